@@ -1,0 +1,35 @@
+import os
+import pathlib
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> pathlib.Path:
+    """Benchmark data folder: $ZOO_DATA_DIR, else ../shared/data beside the checkout."""
+    return pathlib.Path(os.environ.get("ZOO_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data():
+    d = data_dir()
+    if not (d / "ml-1m.5core.seq.gz").exists():
+        pytest.skip(f"benchmark data not found in {d} (set ZOO_DATA_DIR to the folder holding ml-1m.5core.seq.gz)")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine); run on a GPU host to exercise it")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

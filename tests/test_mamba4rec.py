@@ -1,0 +1,172 @@
+"""Mamba4Rec: exact stepwise inference, save/load, init quirk, parameter counts, bad input."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+import zoo
+from equivalence import check_step_equivalence
+from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+
+def tiny(**kw):
+    cfg = dict(n_items=53, hidden_size=16, d_state=8, num_layers=2, max_seq_length=600)
+    cfg.update(kw)
+    return Mamba4RecModel(Mamba4RecConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("plan", ["ones", "mixed", "all"])
+def test_step_equals_full_forward(num_layers, plan):
+    model = tiny(num_layers=num_layers)
+    worst = check_step_equivalence(model, [1, 2, 5, 37, 600, 213], chunk_plan=plan, atol=1e-4, seed=num_layers)
+    print(f"mamba4rec layers={num_layers} plan={plan}: max |step - full| = {worst:.2e}")
+
+
+def test_random_padding_batches_equal_single_rows():
+    model = tiny()
+    g = torch.Generator().manual_seed(3)
+    for trial in range(3):
+        lengths = torch.randint(1, 300, (6,), generator=g).tolist()
+        hist = [torch.randint(1, 53, (n,), generator=g).tolist() for n in lengths]
+        ids, mask = model.pad_batch(hist, max_length=600)
+        extra = torch.zeros(len(hist), int(torch.randint(0, 20, (1,), generator=g)), dtype=torch.long)
+        batched = model(torch.cat([ids, extra], 1)).logits
+        for r, h in enumerate(hist):
+            single = model(torch.tensor([h])).logits
+            assert (batched[r] - single[0]).abs().max() <= 1e-4
+
+
+def test_parameter_counts_match_official():
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert n(Mamba4RecModel(Mamba4RecConfig())) == 290_944
+    assert n(Mamba4RecModel(Mamba4RecConfig(num_layers=2))) == 363_072
+
+
+def test_recbole_init_quirk_and_mamba_init():
+    m = Mamba4RecModel(Mamba4RecConfig())
+    mixer = m.mamba_layers[0].mamba
+    assert torch.all(mixer.dt_proj.bias == 0), "RecBole init zeroes dt_proj.bias"
+    assert abs(mixer.in_proj.weight.std().item() - 0.02) < 0.002
+    assert torch.allclose(mixer.A_log[3], torch.log(torch.arange(1, 33.0)))
+    m2 = Mamba4RecModel(Mamba4RecConfig(mamba_init="mamba"))
+    dt = torch.nn.functional.softplus(m2.mamba_layers[0].mamba.dt_proj.bias)
+    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = tiny()
+    model.set_item_vocab(zoo.ItemVocab(list(range(1000, 1052))))
+    model.save_pretrained(tmp_path)
+    files = sorted(os.listdir(tmp_path))
+    assert "model.safetensors" in files and "item_vocab.json" in files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert json.load(open(tmp_path / "config.json"))["model_type"] == "mamba4rec"
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is Mamba4RecModel
+    ids = torch.randint(1, 53, (4, 30))
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert loaded.item_vocab == model.item_vocab
+    rec = loaded.recommend([[1000, 1001, 1002], [1051]], k=5)
+    assert all(1000 <= i <= 1051 for row in rec.items for i in row) and rec.scores.shape == (2, 5)
+
+
+def test_recommend_exclude_seen_and_unknown_ids():
+    model = tiny()
+    model.set_item_vocab(zoo.ItemVocab([f"m{i}" for i in range(52)]))
+    rec = model.recommend([["m1", "m2", "m3"]], k=49, exclude_seen=True)
+    assert torch.isfinite(rec.scores).all()
+    assert not {"m1", "m2", "m3"} & set(rec.items[0])
+    with pytest.raises(zoo.UnknownItemError, match="unknown item id 'nope'"):
+        model.recommend([["m1", "nope"]])
+    with pytest.raises(ValueError, match="history 1 is empty"):
+        model.recommend([["m1"], []])
+    with pytest.raises(ValueError, match="k must be"):
+        model.recommend([["m1"]], k=0)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = tiny()
+    with pytest.raises(TypeError, match="integer tensor"):
+        model(torch.rand(2, 5))
+    with pytest.raises(ValueError, match=r"shape \[batch, seq_len\]"):
+        model(torch.ones(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="out of range"):
+        model(torch.tensor([[1, 2, 53]]))
+    with pytest.raises(ValueError, match="out of range"):
+        model(torch.tensor([[1, -2, 3]]))
+    with pytest.raises(ValueError, match="empty history"):
+        model(torch.tensor([[1, 2], [0, 0]]))
+    with pytest.raises(ValueError, match="not right-padded"):
+        model(torch.tensor([[0, 1, 2]]))
+    with pytest.raises(ValueError, match="not right-padded"):
+        model(torch.tensor([[1, 2, 3]]), attention_mask=torch.tensor([[1, 0, 1]]))
+    with pytest.raises(ValueError, match="padding index 0 inside"):
+        model(torch.tensor([[1, 0, 3]]), attention_mask=torch.tensor([[1, 1, 1]]))
+    state = model.init_state(2)
+    with pytest.raises(ValueError, match="conv_state.*shape"):
+        model.step(torch.tensor([[1], [2]]), {**state, "conv_state": state["conv_state"][:1]})
+    with pytest.raises(ValueError, match="missing"):
+        model.step(torch.tensor([[1], [2]]), {"ssm_state": state["ssm_state"]})
+    with pytest.raises(TypeError, match="dtype"):
+        model.step(torch.tensor([[1], [2]]), {k: v.double() for k, v in state.items()})
+    with pytest.raises(ValueError, match="padding index 0 is not allowed"):
+        model.step(torch.tensor([[1], [0]]), state)
+
+
+def test_step_does_not_modify_state_in_place():
+    model = tiny()
+    s0 = model.init_state(1)
+    _, s1 = model.step(torch.tensor([[4, 5, 6]]), s0)
+    snap = {k: v.clone() for k, v in s1.items()}
+    model.step(torch.tensor([[7]]), s1)
+    assert all(torch.equal(snap[k], s1[k]) for k in s1) and all(torch.all(v == 0) for v in s0.values())
+
+
+def test_wrong_class_corrupt_and_mismatched_checkpoints(tmp_path):
+    model = tiny()
+    model.save_pretrained(tmp_path / "ok")
+    other = [cls for t, (_, cls) in zoo.MODELS.items() if t != "mamba4rec"]
+    if other:
+        with pytest.raises(ValueError, match="cannot be loaded into"):
+            other[0].from_pretrained(tmp_path / "ok")
+    # mismatched shapes: config says a different width than the weights
+    bad = tmp_path / "mismatch"
+    model.save_pretrained(bad)
+    cfg = json.load(open(bad / "config.json"))
+    cfg["d_state"] = 4
+    json.dump(cfg, open(bad / "config.json", "w"))
+    with pytest.raises(ValueError, match="do not match"):
+        AutoModel.from_pretrained(bad)
+    # corrupt weight file
+    cor = tmp_path / "corrupt"
+    model.save_pretrained(cor)
+    (cor / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="corrupt weight file"):
+        AutoModel.from_pretrained(cor)
+    # vocabulary that does not fit n_items
+    voc = tmp_path / "vocab"
+    model.save_pretrained(voc)
+    zoo.ItemVocab(list(range(10))).save(voc)
+    with pytest.raises(ValueError, match="item vocabulary has 10 items"):
+        AutoModel.from_pretrained(voc)
+
+
+def test_training_reduces_loss():
+    torch.manual_seed(0)
+    model = tiny(num_layers=1, dropout_prob=0.0).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ids = torch.randint(1, 52, (16, 1)) + torch.arange(0, 20)[None] % 52
+    ids = (ids - 1) % 52 + 1                                  # next item = item + 1 (mod 52)
+    labels = (ids % 52) + 1
+    first = None
+    for _ in range(80):
+        loss = model(ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first or loss.item()
+    assert loss.item() < 0.3 * first, (first, loss.item())

@@ -1,0 +1,13 @@
+"""SSM recommender zoo: state-space-model sequential recommenders as Hugging Face models.
+
+Importing :mod:`zoo` registers every model with ``transformers.AutoConfig`` / ``AutoModel``.
+"""
+
+from .modeling_utils import Recommendations, SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel, StateTensorSpec
+from .models import MODELS, get_model_class
+from .vocab import ItemVocab, UnknownItemError
+
+__version__ = "0.1.0"
+
+__all__ = ["ItemVocab", "UnknownItemError", "Recommendations", "SeqRecConfig", "SeqRecOutput",
+           "SeqRecPreTrainedModel", "StateTensorSpec", "MODELS", "get_model_class", "__version__"]

@@ -1,0 +1,22 @@
+"""Data loading for the zoo: readers, k-core filtering, per-user sequences, leave-one-out split and batching.
+
+Typical use::
+
+    from zoo.data import load_dataset, leave_one_out, training_windows, iterate_batches, eval_batches
+
+    ds = load_dataset("ml-1m.5core.seq.gz")          # 6,040 users, 3,416 items, 999,611 interactions
+    split = leave_one_out(ds)                        # train seq[:-2]; valid -> seq[-2]; test -> seq[-1]
+    windows = training_windows(split.train, max_len=200, timestamps=split.train_timestamps)
+    for batch in iterate_batches(windows, 128, padding_side="left", seed=0):
+        ...
+"""
+
+from .batching import TrainingWindows, eval_batches, iterate_batches, pad_sequences, training_windows
+from .readers import FORMATS, Interactions, detect_format, read_interactions
+from .split import (EvalExamples, SequenceDataset, Split, build_sequences, factorize, kcore_filter, leave_one_out,
+                    load_dataset)
+
+__all__ = ["Interactions", "read_interactions", "detect_format", "FORMATS",
+           "kcore_filter", "build_sequences", "load_dataset", "leave_one_out", "factorize",
+           "SequenceDataset", "EvalExamples", "Split",
+           "TrainingWindows", "training_windows", "iterate_batches", "eval_batches", "pad_sequences"]

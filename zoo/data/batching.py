@@ -1,0 +1,235 @@
+"""Batches for training (all-position windows) and evaluation (last ``max_len`` items of each history).
+
+Training windows
+----------------
+For each user training sequence ``s`` (length ``n >= 2``) the aligned pairs are ``inputs = s[:-1]`` and
+``labels = s[1:]`` (label ``t`` is the item after input ``t``). These ``n - 1`` pairs are cut **from the end** into
+windows of at most ``max_len`` pairs: ``[n-1-max_len, n-1)``, ``[n-1-2*max_len, n-1-max_len)``, ... down to the
+start; the leftmost window holds the remainder and may be short. Every pair is used exactly once.
+
+This is LRURec's sliding window with ``step = max_len`` (``sliding_window_size = 1.0``), with two documented
+differences: (1) LRURec keeps only the last ``max_len`` items of a sequence shorter than ``2 * max_len`` and drops
+the remainder left of the last full window, while here the remainder becomes its own short window; (2) LRURec's
+label vector has one more item than its inputs (at the leftmost label the input is padding, target ``s[0]``); here
+inputs and labels are aligned pairs, so no position predicts from an empty history.
+
+All windows live in flat arrays (``inputs``, ``labels``, ``timestamps``) addressed by ``starts``/``lengths``, so a
+batch is built with one vectorised gather.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TrainingWindows:
+    """``W`` training windows stored flat.
+
+    Args:
+        inputs: ``[T]`` int64 input items of all windows, concatenated.
+        labels: ``[T]`` int64 next items aligned with ``inputs``.
+        timestamps: ``[T]`` float64 timestamps of the input items, or ``None``.
+        starts: ``[W]`` int64 offset of each window in the flat arrays.
+        lengths: ``[W]`` int64 number of positions (1..max_len) of each window.
+        users: ``[W]`` int64 index (into the ``sequences`` given) of the user each window comes from.
+        max_len: the window length limit.
+    """
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    timestamps: np.ndarray | None
+    starts: np.ndarray
+    lengths: np.ndarray
+    users: np.ndarray
+    max_len: int
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def n_positions(self) -> int:
+        """Total supervised positions (sum of window lengths)."""
+        return int(self.lengths.sum())
+
+    def window(self, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(inputs [l], labels [l])`` of window ``w`` (views)."""
+        s, l = int(self.starts[w]), int(self.lengths[w])
+        return self.inputs[s:s + l], self.labels[s:s + l]
+
+
+def training_windows(sequences: Sequence[np.ndarray], max_len: int,
+                     timestamps: Sequence[np.ndarray] | None = None) -> TrainingWindows:
+    """All-position training windows of ``sequences`` (see the module docstring).
+
+    Args:
+        sequences: ``U`` int64 arrays of internal item indices (e.g. ``Split.train``); sequences shorter than 2
+            give no window.
+        max_len: maximum window length ``L`` (e.g. the model's ``max_seq_length``).
+        timestamps: ``U`` float64 arrays aligned with ``sequences``, or ``None``.
+    Returns:
+        :class:`TrainingWindows`; windows are ordered by user, then from the left of each sequence to the right.
+    """
+    if int(max_len) < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    max_len = int(max_len)
+    if timestamps is not None and len(timestamps) != len(sequences):
+        raise ValueError(f"got {len(timestamps)} timestamp arrays for {len(sequences)} sequences")
+    lens = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    use = np.flatnonzero(lens >= 2)
+    if len(use) == 0:
+        raise ValueError("no training sequence has >= 2 items; nothing to train on")
+    seqs = [np.asarray(sequences[u], dtype=np.int64) for u in use]
+    inputs = np.concatenate([s[:-1] for s in seqs])
+    labels = np.concatenate([s[1:] for s in seqs])
+    ts = None
+    if timestamps is not None:
+        for u in use:
+            if len(timestamps[u]) != lens[u]:
+                raise ValueError(f"sequence {u} has {lens[u]} items but {len(timestamps[u])} timestamps")
+        ts = np.concatenate([np.asarray(timestamps[u], dtype=np.float64)[:-1] for u in use])
+    m = lens[use] - 1                                           # pairs per user
+    base = np.concatenate([[0], np.cumsum(m)[:-1]])             # flat offset of each user's pairs
+    nw = -(-m // max_len)                                       # windows per user (ceil)
+    user_of = np.repeat(np.arange(len(use)), nw)
+    # k = 0 for the leftmost window of a user, nw-1 for the rightmost one
+    k = np.arange(int(nw.sum())) - np.repeat(np.cumsum(nw) - nw, nw)
+    from_end = np.repeat(nw, nw) - 1 - k                        # 0 for the rightmost window
+    end = base[user_of] + m[user_of] - from_end * max_len
+    start = np.maximum(base[user_of], end - max_len)
+    return TrainingWindows(inputs, labels, ts, start.astype(np.int64), (end - start).astype(np.int64),
+                           use[user_of].astype(np.int64), max_len)
+
+
+def _gather_padded(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, padding_side: str,
+                   fill=0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``flat[starts[b] : starts[b] + lengths[b]]`` padded to ``[B, max(lengths)]`` -> ``(values, mask)``."""
+    L = int(lengths.max())
+    col = np.arange(L)[None, :]
+    if padding_side == "right":
+        mask = col < lengths[:, None]
+        src = starts[:, None] + col
+    else:
+        shift = (L - lengths)[:, None]
+        mask = col >= shift
+        src = starts[:, None] + col - shift
+    src = np.where(mask, src, 0)
+    out = np.where(mask, flat[src], fill) if len(flat) else np.full(mask.shape, fill, dtype=flat.dtype)
+    return out.astype(flat.dtype, copy=False), mask
+
+
+def _check_side(padding_side: str) -> None:
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+
+
+def iterate_batches(windows: TrainingWindows, batch_size: int, padding_side: str, shuffle: bool = True,
+                    seed: int | None = None, generator: np.random.Generator | None = None,
+                    bucket_by_length: bool = False, drop_last: bool = False) -> Iterator[dict]:
+    """Padded training batches over ``windows`` (one epoch).
+
+    Args:
+        windows: from :func:`training_windows`.
+        batch_size: windows per batch ``B``.
+        padding_side: ``"right"`` (RecBole models) or ``"left"`` (LRURec); use the model's ``padding_side``.
+        shuffle: random window order (from ``generator``, else ``np.random.default_rng(seed)``).
+        bucket_by_length: group windows of similar length into the same batch to cut padding compute: the shuffled
+            windows are taken 50 batches at a time, sorted by length inside that pool, cut into batches, and the
+            batches are shuffled again. Deterministic given the seed; batches are then not i.i.d. in length.
+        drop_last: skip a final batch smaller than ``batch_size``.
+    Yields:
+        dicts of torch tensors, padded to the longest window of the batch (``Lb <= max_len``)::
+
+            input_ids      [B, Lb] int64   (0 at padding)
+            attention_mask [B, Lb] bool
+            labels         [B, Lb] int64   (0 at padding = no target)
+            timestamps     [B, Lb] float64 (only when the windows have timestamps; 0 at padding)
+    """
+    _check_side(padding_side)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(windows)
+    rng = generator if generator is not None else np.random.default_rng(seed)
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if bucket_by_length:
+        pool = 50 * batch_size
+        batches = []
+        for p in range(0, n, pool):
+            chunk = order[p:p + pool]
+            chunk = chunk[np.argsort(windows.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        if shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+    for idx in batches:
+        if drop_last and len(idx) < batch_size:
+            continue
+        starts, lengths = windows.starts[idx], windows.lengths[idx]
+        ids, mask = _gather_padded(windows.inputs, starts, lengths, padding_side)
+        labels, _ = _gather_padded(windows.labels, starts, lengths, padding_side)
+        batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+                 "labels": torch.from_numpy(labels)}
+        if windows.timestamps is not None:
+            ts, _ = _gather_padded(windows.timestamps, starts, lengths, padding_side, fill=0.0)
+            batch["timestamps"] = torch.from_numpy(ts)
+        yield batch
+
+
+def pad_sequences(seqs: Sequence[np.ndarray], padding_side: str, max_len: int | None = None,
+                  dtype=np.int64, fill=0) -> tuple[np.ndarray, np.ndarray]:
+    """``B`` 1-D arrays -> ``(values [B, L], mask [B, L])`` keeping the last ``max_len`` of each, padded on a side.
+
+    ``L`` is the longest (truncated) row. Empty rows are allowed here (all padding); models reject them.
+    """
+    _check_side(padding_side)
+    rows = [np.asarray(s, dtype=dtype) for s in seqs]
+    if max_len is not None:
+        rows = [r[-max_len:] if len(r) > max_len else r for r in rows]
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    if len(rows) == 0:
+        raise ValueError("no sequences given")
+    flat = np.concatenate(rows) if lengths.sum() else np.zeros(0, dtype=dtype)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    if lengths.max() == 0:
+        return np.full((len(rows), 0), fill, dtype=dtype), np.zeros((len(rows), 0), dtype=bool)
+    return _gather_padded(flat, starts, lengths, padding_side, fill=fill)
+
+
+def eval_batches(examples, max_len: int, padding_side: str, batch_size: int = 256) -> Iterator[dict]:
+    """Evaluation batches, in example order, from :class:`~zoo.data.split.EvalExamples`.
+
+    Each history is cut to its last ``max_len`` items (the model's window) and padded on ``padding_side``.
+
+    Yields:
+        dicts of torch tensors::
+
+            input_ids      [B, Lb] int64
+            attention_mask [B, Lb] bool
+            targets        [B]     int64  (held-out next item)
+            timestamps     [B, Lb] float64 (only when the examples have history timestamps)
+            index          slice          (positions of this batch in ``examples``)
+    """
+    _check_side(padding_side)
+    if int(max_len) < 1 or int(batch_size) < 1:
+        raise ValueError(f"max_len and batch_size must be >= 1, got {max_len}, {batch_size}")
+    n = len(examples)
+    for s in range(0, n, batch_size):
+        sl = slice(s, min(n, s + batch_size))
+        hist = examples.histories[sl]
+        for r, h in enumerate(hist):
+            if len(h) == 0:
+                raise ValueError(f"example {s + r} (user {examples.users[s + r]!r}) has an empty history")
+        ids, mask = pad_sequences(hist, padding_side, max_len)
+        batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+                 "targets": torch.from_numpy(np.asarray(examples.targets[sl], dtype=np.int64)), "index": sl}
+        if examples.history_timestamps is not None:
+            ts, _ = pad_sequences(examples.history_timestamps[sl], padding_side, max_len, dtype=np.float64, fill=0.0)
+            batch["timestamps"] = torch.from_numpy(ts)
+        yield batch
+
+
+__all__ = ["TrainingWindows", "training_windows", "iterate_batches", "eval_batches", "pad_sequences"]

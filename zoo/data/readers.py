@@ -1,0 +1,353 @@
+"""Readers for interaction files, all returning one :class:`Interactions` table.
+
+Supported formats (``.gz`` is read transparently, detected by the gzip magic bytes):
+
+``"atomic"``
+    RecBole atomic ``.inter`` files: a typed header such as
+    ``user_id:token<TAB>item_id:token<TAB>rating:float<TAB>timestamp:float``. Columns are found by name (the part
+    before ``:``); other columns (rating, ...) are ignored.
+``"movielens"``
+    MovieLens ``ratings.dat``: ``user::item::rating::timestamp`` per line, no header.
+``"delimited"``
+    Plain TSV/CSV with a header naming the user column (``user_id``/``user``/``userid``/``uid``), the item column
+    (``item_id``/``item``/``itemid``/``movie_id``/``iid``) and optionally the timestamp column
+    (``timestamp``/``time``/``ts``). Tab, comma or semicolon separated (taken from the header line).
+``"seq"``
+    One user per line, items already in time order: header ``user_id<TAB>item_ids_chronological``, then
+    ``user<TAB>item item item ...`` (space separated). There are no timestamps: the order is the time order.
+
+:func:`read_interactions` picks the format from the header / file name (``format="auto"``).
+
+Ids are kept as they are in the file: ``int64`` arrays when every id of a column is an integer, else ``str`` arrays.
+Rows keep the file order (for the ``seq`` format: user by user, each user's items in order).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+FORMATS = ("atomic", "movielens", "delimited", "seq")
+
+USER_COLUMNS = ("user_id", "user", "userid", "uid")
+ITEM_COLUMNS = ("item_id", "item", "itemid", "movie_id", "movieid", "iid", "sid")
+TIME_COLUMNS = ("timestamp", "time", "ts", "unix_time", "datetime")
+
+
+@dataclass
+class Interactions:
+    """A table of (user, item[, timestamp]) interactions in file order.
+
+    Args:
+        user: ``[N]`` external user ids (``int64`` when all ids are integers, else ``str``).
+        item: ``[N]`` external item ids (``int64`` when all ids are integers, else ``str``).
+        timestamp: ``[N]`` float64 seconds, or ``None`` when the source has no timestamps (then the row order
+            within a user is the time order).
+        source: where the rows came from (a path), for messages.
+        format: the reader format that produced the rows (``""`` when built in memory).
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    timestamp: np.ndarray | None = None
+    source: str = "<memory>"
+    format: str = ""
+
+    def __post_init__(self):
+        self.user = np.asarray(self.user)
+        self.item = np.asarray(self.item)
+        if self.timestamp is not None:
+            self.timestamp = np.asarray(self.timestamp, dtype=np.float64)
+        n = len(self.user)
+        if len(self.item) != n or (self.timestamp is not None and len(self.timestamp) != n):
+            raise ValueError(f"{self.source}: user, item and timestamp columns have different lengths "
+                             f"({len(self.user)}, {len(self.item)}, "
+                             f"{None if self.timestamp is None else len(self.timestamp)})")
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @property
+    def n_users(self) -> int:
+        return len(np.unique(self.user))
+
+    @property
+    def n_items(self) -> int:
+        return len(np.unique(self.item))
+
+    def select(self, mask_or_index: np.ndarray) -> "Interactions":
+        """Rows picked by a boolean mask ``[N]`` or an index array (order kept)."""
+        ts = None if self.timestamp is None else self.timestamp[mask_or_index]
+        return Interactions(self.user[mask_or_index], self.item[mask_or_index], ts, self.source, self.format)
+
+    def __repr__(self) -> str:
+        ts = "no timestamps" if self.timestamp is None else "timestamps"
+        return (f"Interactions({len(self)} rows, {self.n_users} users, {self.n_items} items, {ts}, "
+                f"source={self.source!r})")
+
+
+# --------------------------------------------------------------------------- low level helpers
+def _read_text(path: str) -> str:
+    """Whole file as text; gzip detected by magic bytes (so a ``.gz`` name is not required, nor trusted)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"interaction file not found: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory, expected an interaction file")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{path}: corrupt gzip file ({e})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # MovieLens files are latin-1
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def _ids(tokens: list[str]) -> np.ndarray:
+    """Id column: int64 when every token is an integer, else a str array (tokens stripped)."""
+    try:
+        return np.fromiter(map(int, tokens), dtype=np.int64, count=len(tokens))
+    except (ValueError, OverflowError):
+        return np.array([t.strip() for t in tokens], dtype=str)
+
+
+def _timestamps(tokens: list[str], path: str, column: str, first_line: int, line_numbers=None) -> np.ndarray:
+    """Float64 timestamps; ``ValueError`` naming file, line and column for a non-numeric or NaN/inf value.
+
+    ``line_numbers`` maps token position -> 1-based line number when lines were skipped (default: consecutive
+    lines starting at ``first_line``).
+    """
+    def where(i: int) -> str:
+        line = int(line_numbers[i]) if line_numbers is not None else first_line + i
+        return f"{path}, line {line}, column {column!r}"
+
+    try:
+        ts = np.fromiter(map(float, tokens), dtype=np.float64, count=len(tokens))
+    except ValueError:
+        for i, t in enumerate(tokens):
+            try:
+                float(t)
+            except ValueError:
+                raise ValueError(f"{where(i)}: timestamp {t!r} is not a number") from None
+        raise
+    bad = ~np.isfinite(ts)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where(i)}: timestamp {tokens[i]!r} is not a finite number (NaN/inf)")
+    return ts
+
+
+def _split_rows(lines: list[str], sep: str | None, n_cols: int, path: str, first_line: int) -> list[str]:
+    """Row-major tokens of ``lines`` (``n_cols`` fields each); ``ValueError`` naming the first malformed line."""
+    if sep is None:  # whitespace separated
+        tokens = " ".join(lines).split()
+    else:
+        tokens = sep.join(lines).split(sep)
+    if len(tokens) == len(lines) * n_cols:
+        return tokens
+    for i, line in enumerate(lines):  # slow path only to build the message
+        n = len(line.split(sep))
+        if n != n_cols:
+            raise ValueError(f"{path}, line {first_line + i}: expected {n_cols} fields, found {n}: {line[:80]!r}")
+    raise ValueError(f"{path}: inconsistent number of fields")  # pragma: no cover
+
+
+def _fast_tokens(text: str, start: int, sep: str, n_cols: int) -> list[str] | None:
+    """Row-major tokens of the lines from index ``start`` on, in one C-level split; ``None`` when the body has
+    blank lines, whitespace separators or ragged rows (the caller then takes the slow, line-aware path)."""
+    pos = 0
+    for _ in range(start):
+        pos = text.find("\n", pos) + 1
+        if pos == 0:
+            return None
+    body = text[pos:].rstrip("\n")
+    if not body or "\n\n" in body or sep in ("\n", " ") or (sep != "\t" and "\t" in body):
+        return None
+    n_lines = body.count("\n") + 1
+    tokens = body.replace("\n", sep).split(sep)
+    return tokens if len(tokens) == n_lines * n_cols else None
+
+
+def _body_lines(text: str, start: int) -> tuple[list[str], np.ndarray | None]:
+    """Non-empty lines from index ``start`` on, plus their 1-based line numbers when blank lines were dropped."""
+    lines = text.split("\n")[start:]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if all(line.strip() for line in lines):
+        return lines, None
+    keep = [i for i, l in enumerate(lines) if l.strip()]
+    return [lines[i] for i in keep], np.asarray(keep, dtype=np.int64) + start + 1
+
+
+def _find_column(names: list[str], candidates: tuple[str, ...]) -> int | None:
+    low = [n.strip().lower() for n in names]
+    for c in candidates:
+        if c in low:
+            return low.index(c)
+    return None
+
+
+def _header_sep(header: str) -> str | None:
+    for sep in ("\t", ",", ";"):
+        if sep in header:
+            return sep
+    return None
+
+
+# --------------------------------------------------------------------------- formats
+def _read_table(text: str, path: str, typed_header: bool) -> Interactions:
+    """Atomic ``.inter`` (typed header) and plain delimited files with a header."""
+    first_nl = text.find("\n")
+    header = text if first_nl < 0 else text[:first_nl]
+    if not header.strip():
+        raise ValueError(f"{path}: empty file or empty header line")
+    sep = _header_sep(header)
+    names_raw = header.split(sep) if sep else header.split()
+    names = [n.split(":", 1)[0].strip() for n in names_raw] if typed_header else [n.strip() for n in names_raw]
+    ucol, icol, tcol = (_find_column(names, c) for c in (USER_COLUMNS, ITEM_COLUMNS, TIME_COLUMNS))
+    missing = [what for what, c in (("user", ucol), ("item", icol)) if c is None]
+    if missing:
+        raise ValueError(f"{path}: no {' or '.join(missing)} column in the header {names_raw!r} (expected one of "
+                         f"user: {USER_COLUMNS}, item: {ITEM_COLUMNS}, optional timestamp: {TIME_COLUMNS})")
+    tokens = None if sep is None or '"' in text else _fast_tokens(text, 1, sep, len(names))
+    line_numbers = None
+    if tokens is not None:
+        n_cols = len(names)
+
+        def col(c):
+            return tokens[c::n_cols]
+    else:
+        col, line_numbers = _slow_columns(text, path, sep, names)
+    user = _ids(col(ucol))
+    item = _ids(col(icol))
+    ts = None
+    if tcol is not None:
+        ts = _timestamps(col(tcol), path, names[tcol], first_line=2, line_numbers=line_numbers)
+    return Interactions(user, item, ts, source=path)
+
+
+def _slow_columns(text: str, path: str, sep: str | None, names: list[str]):
+    """Line-aware parsing (blank lines, quoted CSV, whitespace separators, error messages)."""
+    lines, line_numbers = _body_lines(text, 1)
+    if not lines:
+        raise ValueError(f"{path}: no interactions after the header")
+    if sep == "," and '"' in text:  # quoted CSV: let the csv module handle quotes
+        import csv
+        rows = list(csv.reader(lines))
+        for i, r in enumerate(rows):
+            if len(r) != len(names):
+                ln = int(line_numbers[i]) if line_numbers is not None else i + 2
+                raise ValueError(f"{path}, line {ln}: expected {len(names)} fields, found {len(r)}")
+        cols = [list(c) for c in zip(*rows)]
+        col = cols.__getitem__
+    else:
+        tokens = _split_rows(lines, sep, len(names), path, 2)
+        n_cols = len(names)
+
+        def col(c):
+            return tokens[c::n_cols]
+    return col, line_numbers
+
+
+def _read_movielens(text: str, path: str) -> Interactions:
+    """MovieLens ``user::item::rating::timestamp`` (no header)."""
+    tokens, line_numbers = _fast_tokens(text, 0, "::", 4), None
+    if tokens is None:
+        lines, line_numbers = _body_lines(text, 0)
+        if not lines:
+            raise ValueError(f"{path}: empty file")
+        tokens = _split_rows(lines, "::", 4, path, 1)
+    user, item = _ids(tokens[0::4]), _ids(tokens[1::4])
+    ts = _timestamps(tokens[3::4], path, "timestamp (4th field)", first_line=1, line_numbers=line_numbers)
+    return Interactions(user, item, ts, source=path)
+
+
+def _read_seq(text: str, path: str) -> Interactions:
+    """``user<TAB>item item ...`` per line after a header; rows come out user by user, items in order."""
+    lines, line_numbers = _body_lines(text, 1)
+    if not lines:
+        raise ValueError(f"{path}: no sequences after the header")
+    users, items = [], []
+    for i, line in enumerate(lines):
+        parts = line.split("\t", 1)
+        if len(parts) != 2:
+            parts = line.split(None, 1)
+        if len(parts) != 2 or not parts[0].strip():
+            ln = int(line_numbers[i]) if line_numbers is not None else i + 2
+            raise ValueError(f"{path}, line {ln}: expected 'user<TAB>item item ...', got {line[:80]!r}")
+        users.append(parts[0].strip())
+        items.append(parts[1].strip())
+    # one C-level split for all items; per-line counts from the single-space count (checked, else exact path)
+    flat = " ".join(items).split()
+    counts = np.fromiter((s.count(" ") + 1 if s else 0 for s in items), dtype=np.int64, count=len(items))
+    if counts.sum() != len(flat):  # several spaces / tabs between items somewhere
+        counts = np.fromiter((len(s.split()) for s in items), dtype=np.int64, count=len(items))
+    user = np.repeat(_ids(users), counts)
+    return Interactions(user, _ids(flat), None, source=path)
+
+
+# --------------------------------------------------------------------------- dispatch
+def detect_format(path: str, header: str) -> str:
+    """Format of a file from its (decompressed) first line and its name; ``ValueError`` when unrecognised."""
+    name = os.path.basename(path).lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    h = header.strip()
+    fields = re.split(r"[\t,;]", h) if re.search(r"[\t,;]", h) else h.split()
+    low = [f.strip().lower() for f in fields]
+    if name.endswith(".seq") or (len(low) == 2 and low[1].startswith("item_ids")):
+        return "seq"
+    if "::" in h and re.match(r"^[^:]+::[^:]+::", h):
+        return "movielens"
+    if any(":" in f for f in fields) and all(re.match(r"^[^:]+:[a-z_]+$", f.strip()) for f in fields if f.strip()):
+        return "atomic"
+    if _find_column(fields, USER_COLUMNS) is not None and _find_column(fields, ITEM_COLUMNS) is not None:
+        return "delimited"
+    raise ValueError(f"{path}: unknown interaction file format (first line {h[:80]!r}). Supported: RecBole atomic "
+                     f".inter (typed header 'user_id:token ...'), MovieLens ratings.dat ('u::i::r::t'), TSV/CSV with a "
+                     f"user_id/item_id[/timestamp] header, and .seq files ('user_id<TAB>item_ids_chronological'); "
+                     f"or pass format= one of {FORMATS}")
+
+
+def read_interactions(path: str | os.PathLike, format: str = "auto") -> Interactions:
+    """Read an interaction file into :class:`Interactions` (rows in file order).
+
+    Args:
+        path: file path; gzip-compressed files are detected and decompressed transparently.
+        format: ``"auto"`` (from the header / file name) or one of ``"atomic"``, ``"movielens"``, ``"delimited"``,
+            ``"seq"``.
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unknown format, missing user/item column, malformed line, non-numeric or NaN timestamp (the
+            message names the file, line and column).
+    """
+    path = os.fspath(path)
+    if format not in ("auto",) + FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose 'auto' or one of {FORMATS}")
+    text = _read_text(path)
+    if not text.strip():
+        raise ValueError(f"{path}: empty file")
+    header = text.lstrip("\n").split("\n", 1)[0]
+    text = text.lstrip("\n") if format != "movielens" else text
+    fmt = detect_format(path, header) if format == "auto" else format
+    if fmt == "seq":
+        inter = _read_seq(text, path)
+    elif fmt == "movielens":
+        inter = _read_movielens(text, path)
+    else:
+        inter = _read_table(text, path, typed_header=(fmt == "atomic"))
+    inter.format = fmt
+    return inter
+
+
+__all__ = ["Interactions", "read_interactions", "detect_format", "FORMATS"]

@@ -1,0 +1,333 @@
+"""From interactions to per-user sequences and the leave-one-out split.
+
+Pipeline (RecBole v1.2.0 sequential protocol, see ``models.md`` §1.1)::
+
+    read_interactions(path)          # rows in file order
+    -> kcore_filter(inter, 5, 5)     # iterative: drop users/items with < k interactions until stable
+    -> build_sequences(inter)        # per-user chronological sequences + ItemVocab
+    -> leave_one_out(ds)             # train seq[:-2]; valid seq[:-2] -> seq[-2]; test seq[:-1] -> seq[-1]
+
+:func:`load_dataset` runs the first three steps.
+
+Index conventions
+-----------------
+* Item internal indices are ``1..n_items`` (0 is padding), assigned by **first appearance in the filtered rows in
+  file order** -- RecBole's ``_remap_ID_all`` order. For files sorted by (user, time) (all files in
+  ``shared/data``) this is also the order of first appearance in the concatenated chronological sequences; e.g.
+  ML-1M 5-core: external item 3186 (user 1's first item) gets index 1.
+* Users keep their order of first appearance in the filtered rows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..vocab import ItemVocab, UnknownItemError
+from .readers import Interactions, read_interactions
+
+
+# --------------------------------------------------------------------------- helpers
+def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values [N]`` -> ``(codes [N] int64 in 0..U-1, uniques [U])`` with codes in order of first appearance."""
+    values = np.asarray(values)
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), values[:0]
+    if values.dtype.kind in "iu":
+        lo, hi = int(values.min()), int(values.max())
+        if hi - lo <= 4 * n + 1024:  # dense integer ids: O(N) lookup table instead of a sort
+            off = values - lo
+            present = np.zeros(hi - lo + 1, dtype=bool)
+            present[off] = True
+            inv = (np.cumsum(present) - 1)[off]                # codes in sorted-value order
+            uniq = np.flatnonzero(present) + lo
+            first = np.full(len(uniq), n, dtype=np.int64)
+            np.minimum.at(first, inv, np.arange(n, dtype=np.int64))
+            order = np.argsort(first, kind="stable")
+            rank = np.empty(len(uniq), dtype=np.int64)
+            rank[order] = np.arange(len(uniq), dtype=np.int64)
+            return rank[inv], uniq[order].astype(values.dtype)
+    uniq, first, inv = np.unique(values, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")           # unique values by first appearance
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[order] = np.arange(len(uniq), dtype=np.int64)
+    return rank[inv.reshape(-1)], uniq[order]
+
+
+def _py(values: np.ndarray) -> list:
+    """numpy ids -> Python ints / strs (for ItemVocab and user lists)."""
+    return values.tolist()
+
+
+# --------------------------------------------------------------------------- k-core
+def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None = 5,
+                 max_iterations: int = 1000) -> Interactions:
+    """Iterative k-core filter (RecBole ``_filter_by_inter_num`` with ``[k, inf)`` intervals).
+
+    Each round counts interactions per user and per item on the current rows, then drops -- simultaneously --
+    every row whose user has fewer than ``user_k`` or whose item has fewer than ``item_k`` interactions; rounds
+    repeat until nothing is dropped. Row order is kept. ``None`` or ``0`` disables a side.
+
+    Args:
+        inter: ``N`` rows.
+    Returns:
+        the kept rows (a new :class:`Interactions`); may be empty.
+    """
+    user_k = int(user_k or 0)
+    item_k = int(item_k or 0)
+    if user_k <= 1 and item_k <= 1:
+        return inter
+    ucode, _ = factorize(inter.user)
+    icode, _ = factorize(inter.item)
+    nu, ni = (int(ucode.max()) + 1, int(icode.max()) + 1) if len(inter) else (0, 0)
+    keep = np.ones(len(inter), dtype=bool)
+    for _ in range(max_iterations):
+        u, i = ucode[keep], icode[keep]
+        drop = np.zeros(len(u), dtype=bool)
+        if user_k > 1:
+            drop |= np.bincount(u, minlength=nu)[u] < user_k
+        if item_k > 1:
+            drop |= np.bincount(i, minlength=ni)[i] < item_k
+        if not drop.any():
+            break
+        idx = np.flatnonzero(keep)
+        keep[idx[drop]] = False
+    else:  # pragma: no cover - each round removes >= 1 row, so N rounds always suffice in practice
+        raise RuntimeError(f"k-core filter did not converge in {max_iterations} rounds")
+    return inter if keep.all() else inter.select(keep)
+
+
+# --------------------------------------------------------------------------- sequences
+@dataclass
+class SequenceDataset:
+    """Per-user chronological item sequences.
+
+    Args:
+        users: ``U`` external user ids, in order of first appearance.
+        sequences: ``U`` int64 arrays of internal item indices (``1..n_items``), oldest first.
+        timestamps: ``U`` float64 arrays aligned with ``sequences``, or ``None`` (order-only data).
+        vocab: the :class:`~zoo.vocab.ItemVocab` mapping external item ids to the indices in ``sequences``.
+        name: a label for messages / reports (by default the file name).
+        kcore: ``(user_k, item_k)`` of the k-core filter applied by :func:`load_dataset`, ``None`` if unfiltered.
+    """
+
+    users: list
+    sequences: list
+    timestamps: list | None
+    vocab: ItemVocab
+    name: str = ""
+    kcore: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def n_items(self) -> int:
+        """Number of real items in the vocabulary (a model needs ``n_items + 1`` embedding rows)."""
+        return len(self.vocab)
+
+    @property
+    def n_interactions(self) -> int:
+        return int(sum(len(s) for s in self.sequences))
+
+    def stats(self) -> dict:
+        """Users, items, interactions and sequence-length summary."""
+        lens = np.fromiter((len(s) for s in self.sequences), dtype=np.int64, count=len(self.sequences))
+        return {"users": self.n_users, "items": self.n_items, "interactions": int(lens.sum()),
+                "avg_length": float(lens.mean()) if len(lens) else 0.0,
+                "median_length": float(np.median(lens)) if len(lens) else 0.0,
+                "min_length": int(lens.min()) if len(lens) else 0, "max_length": int(lens.max()) if len(lens) else 0}
+
+    def reencode(self, vocab: ItemVocab, unknown: str = "error") -> "SequenceDataset":
+        """The same sequences indexed with another vocabulary (e.g. a pretrained model's ``item_vocab``).
+
+        Args:
+            vocab: target vocabulary (external ids -> new internal indices).
+            unknown: what to do with items the target vocabulary lacks: ``"error"`` (raise
+                :class:`~zoo.vocab.UnknownItemError` counting them) or ``"drop"`` (remove those interactions;
+                users left empty are removed).
+        """
+        if unknown not in ("error", "drop"):
+            raise ValueError(f"unknown must be 'error' or 'drop', got {unknown!r}")
+        old = self.vocab.items
+        table = np.zeros(len(old) + 1, dtype=np.int64)       # old index -> new index (0 = unknown)
+        missing = []
+        for i, x in enumerate(old, start=1):
+            if x in vocab:
+                table[i] = vocab.encode([x])[0]
+            else:
+                missing.append(x)
+        if missing and unknown == "error":
+            flat = np.concatenate(self.sequences) if self.sequences else np.zeros(0, np.int64)
+            n_rows = int((table[flat] == 0).sum())
+            raise UnknownItemError(
+                f"{len(missing)} of the {len(old)} items of {self.name or 'the data'} ({n_rows} interactions) are not "
+                f"in the model's item vocabulary ({len(vocab)} items), e.g. {missing[:5]}; the model was trained on "
+                f"other data (pass unknown='drop' to evaluate only known items)")
+        users, seqs, tss = [], [], [] if self.timestamps is not None else None
+        for r, s in enumerate(self.sequences):
+            new = table[s]
+            keep = new > 0
+            if not keep.any():
+                continue
+            users.append(self.users[r])
+            seqs.append(new[keep] if not keep.all() else new)
+            if tss is not None:
+                tss.append(self.timestamps[r][keep])
+        return SequenceDataset(users, seqs, tss, vocab, self.name, self.kcore)
+
+    def __repr__(self) -> str:
+        return (f"SequenceDataset({self.name!r}: {self.n_users} users, {self.n_items} items, "
+                f"{self.n_interactions} interactions, {'timestamps' if self.timestamps is not None else 'order only'})")
+
+
+def build_sequences(inter: Interactions, name: str | None = None) -> SequenceDataset:
+    """Group rows into per-user chronological sequences.
+
+    Rows are sorted by (user, timestamp) with a stable sort, so rows with equal timestamps keep their file order
+    (RecBole); without timestamps the file order is the time order. Users come in order of first appearance, item
+    indices by first appearance in file order (see the module docstring).
+    """
+    if len(inter) == 0:
+        raise ValueError(f"{inter.source}: no interactions left to build sequences from")
+    ucode, users = factorize(inter.user)
+    icode, items = factorize(inter.item)
+    if inter.timestamp is not None:
+        order = np.argsort(inter.timestamp, kind="stable")
+        order = order[np.argsort(ucode[order], kind="stable")]
+    else:
+        order = np.argsort(ucode, kind="stable")
+    seq_flat = icode[order] + 1                                          # internal indices 1..n
+    counts = np.bincount(ucode, minlength=len(users))
+    bounds = np.cumsum(counts)[:-1]
+    sequences = np.split(seq_flat, bounds)
+    timestamps = np.split(inter.timestamp[order], bounds) if inter.timestamp is not None else None
+    vocab = ItemVocab(_py(items))
+    if name is None:
+        name = os.path.basename(inter.source)
+    return SequenceDataset(_py(users), sequences, timestamps, vocab, name)
+
+
+def load_dataset(path: str | os.PathLike, kcore: int | None | str = "auto", format: str = "auto",
+                 user_k: int | None = None, item_k: int | None = None, name: str | None = None) -> SequenceDataset:
+    """Read a file, optionally k-core filter it, and build the per-user sequences.
+
+    Args:
+        path: interaction file (see :func:`~zoo.data.readers.read_interactions` for the formats).
+        kcore: ``k`` for both users and items (iterative, RecBole), ``None``/``0`` for no filter, or ``"auto"``:
+            5 for interaction files, none for ``.seq`` files (already filtered: ML-1M 5-core).
+        format: reader format (``"auto"`` by default).
+        user_k, item_k: override ``kcore`` for one side.
+    Example:
+        ``load_dataset("ml-1m.5core.seq.gz")`` -> 6,040 users, 3,416 items, 999,611 interactions.
+    """
+    inter = read_interactions(path, format=format)
+    if kcore == "auto":
+        kcore = None if inter.format == "seq" else 5
+    elif isinstance(kcore, str):
+        raise ValueError(f"kcore must be an int, None or 'auto', got {kcore!r}")
+    uk = kcore if user_k is None else user_k
+    ik = kcore if item_k is None else item_k
+    if uk or ik:
+        inter = kcore_filter(inter, uk, ik)
+        if len(inter) == 0:
+            raise ValueError(f"{path}: no interactions left after the {uk}/{ik}-core filter")
+    ds = build_sequences(inter, name=name)
+    ds.kcore = (int(uk or 0), int(ik or 0)) if (uk or ik) else None
+    return ds
+
+
+# --------------------------------------------------------------------------- leave-one-out
+@dataclass
+class EvalExamples:
+    """Evaluation examples: one history and one target item per user.
+
+    Args:
+        histories: ``B`` int64 arrays of internal indices, oldest first (full history; models window it).
+        targets: ``[B]`` int64 internal index of the held-out next item.
+        users: ``B`` external user ids.
+        history_timestamps: ``B`` float64 arrays aligned with ``histories``, or ``None``.
+        target_timestamps: ``[B]`` float64, or ``None``.
+    """
+
+    histories: list
+    targets: np.ndarray
+    users: list
+    history_timestamps: list | None = None
+    target_timestamps: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def head(self, n: int) -> "EvalExamples":
+        """The first ``n`` examples (deterministic subset, e.g. for quick evaluations)."""
+        return EvalExamples(self.histories[:n], self.targets[:n], self.users[:n],
+                            None if self.history_timestamps is None else self.history_timestamps[:n],
+                            None if self.target_timestamps is None else self.target_timestamps[:n])
+
+
+@dataclass
+class Split:
+    """Leave-one-out split of a :class:`SequenceDataset`.
+
+    Args:
+        train: ``U`` int64 training sequences (``seq[:-2]``; whole sequence for users too short to evaluate).
+        train_timestamps: ``U`` float64 arrays aligned with ``train``, or ``None``.
+        train_users: ``U`` external user ids aligned with ``train``.
+        valid: history ``seq[:-2]`` -> target ``seq[-2]`` (users with >= 3 items).
+        test: history ``seq[:-1]`` -> target ``seq[-1]`` (users with >= 3 items).
+        dataset: the source dataset (vocabulary, name).
+    """
+
+    train: list
+    train_timestamps: list | None
+    train_users: list
+    valid: EvalExamples
+    test: EvalExamples
+    dataset: SequenceDataset | None = field(default=None, repr=False)
+
+
+def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
+    """RecBole leave-one-out by time (``LS: valid_and_test``, order ``TO``), also LRURec's split.
+
+    For each user sequence ``s`` of length ``n >= 3``: train ``s[:-2]``; valid history ``s[:-2]`` -> target
+    ``s[-2]``; test history ``s[:-1]`` (includes the valid item) -> target ``s[-1]``.
+
+    Users with fewer than ``min_length`` (3) items cannot give both a valid and a test example with a non-empty
+    history: they are dropped from valid/test and their whole sequence goes to train (it is never evaluated, so
+    nothing leaks). After a 5-core filter no user is that short. Raises ``ValueError`` if no user is long enough.
+    """
+    if min_length < 3:
+        raise ValueError("min_length must be >= 3 (valid and test need a non-empty history)")
+    lens = np.fromiter((len(s) for s in ds.sequences), dtype=np.int64, count=len(ds.sequences))
+    ev = np.flatnonzero(lens >= min_length)
+    if len(ev) == 0:
+        raise ValueError(f"{ds.name}: no user has >= {min_length} items; nothing to evaluate")
+    has_ts = ds.timestamps is not None
+    train, train_ts = [], [] if has_ts else None
+    for r, s in enumerate(ds.sequences):
+        short = lens[r] < min_length
+        train.append(s if short else s[:-2])
+        if has_ts:
+            train_ts.append(ds.timestamps[r] if short else ds.timestamps[r][:-2])
+    users = [ds.users[r] for r in ev]
+    seqs = [ds.sequences[r] for r in ev]
+    tss = [ds.timestamps[r] for r in ev] if has_ts else None
+    valid = EvalExamples([s[:-2] for s in seqs], np.array([s[-2] for s in seqs], dtype=np.int64), users,
+                         [t[:-2] for t in tss] if has_ts else None,
+                         np.array([t[-2] for t in tss], dtype=np.float64) if has_ts else None)
+    test = EvalExamples([s[:-1] for s in seqs], np.array([s[-1] for s in seqs], dtype=np.int64), list(users),
+                        [t[:-1] for t in tss] if has_ts else None,
+                        np.array([t[-1] for t in tss], dtype=np.float64) if has_ts else None)
+    return Split(train, train_ts, list(ds.users), valid, test, ds)
+
+
+__all__ = ["kcore_filter", "build_sequences", "load_dataset", "leave_one_out", "factorize",
+           "SequenceDataset", "EvalExamples", "Split"]

@@ -1,0 +1,213 @@
+"""Full-ranking evaluation of a zoo model on leave-one-out examples, and the ``zoo-evaluate`` command.
+
+Protocols
+---------
+* **RecBole** (default; Mamba4Rec, TiM4Rec, SSD4Rec papers): score all items, padding masked, history **not**
+  masked; rank of the held-out item among all items; HR/NDCG/MRR@K averaged over users.
+* **LRURec** (``exclude_history=True``): additionally every item of the model's input window (the last
+  ``max_seq_length`` items of the history) is masked before ranking. (LRURec masks with -1e9, we use -inf; a target
+  that is itself in the window therefore ranks last: it can never be a hit.)
+
+Command line::
+
+    python -m zoo.evaluate --model runs/mamba4rec-ml1m --data ../shared/data/ml-1m.5core.seq.gz \\
+        [--split test|valid] [--exclude-history] [--ks 5 10 20] [--batch-size 256] [--json out.json] \\
+        [--max-users N] [--kcore K|none|auto] [--device cpu] [--no-progress]
+
+Data item ids are mapped through the model's own ``item_vocab`` (external ids -> the indices it was trained with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Iterable, Sequence
+
+import torch
+
+from .data.batching import eval_batches
+from .data.split import EvalExamples, SequenceDataset, leave_one_out, load_dataset
+from .metrics import compute_metrics, rank_of_target
+
+
+@torch.no_grad()
+def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False,
+                   batch_size: int = 256, device: str | torch.device | None = None, progress: bool = True,
+                   max_len: int | None = None, return_ranks: bool = False):
+    """Full-ranking metrics of ``model`` on ``examples``.
+
+    Args:
+        model: a :class:`~zoo.modeling_utils.SeqRecPreTrainedModel`; its ``padding_side`` and
+            ``config.max_seq_length`` shape the batches; its ``predict`` scores them (padding logit at ``-inf``).
+        examples: histories/targets in the model's internal indices (e.g. ``leave_one_out(ds).test``).
+        ks: metric cut-offs.
+        exclude_history: LRURec protocol: mask every item of the windowed history before ranking.
+        batch_size: examples per forward pass.
+        device: where to run (default: the model's device).
+        progress: show a tqdm bar.
+        max_len: history window (default ``model.config.max_seq_length``).
+        return_ranks: also return the ``[B]`` int64 ranks (CPU, example order).
+    Returns:
+        ``{"HR@5": ..., "NDCG@5": ..., "MRR@5": ..., "Recall@5": ..., ...}`` (floats), or ``(metrics, ranks)``.
+    """
+    if len(examples) == 0:
+        raise ValueError("no evaluation examples")
+    n_items = int(model.config.n_items)
+    tmax = int(examples.targets.max())
+    tmin = int(examples.targets.min())
+    if tmin < 1 or tmax >= n_items:
+        raise ValueError(f"target item index {tmax if tmax >= n_items else tmin} out of range 1..{n_items - 1} "
+                         f"(model n_items={n_items}); were the data encoded with the model's item vocabulary?")
+    uses_ts = bool(getattr(model, "uses_timestamps", False))
+    if uses_ts and examples.history_timestamps is None:
+        raise ValueError(f"{type(model).__name__} reads timestamps but the evaluation data has none "
+                         "(e.g. a .seq file); use a file with timestamps")
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    model = model.to(device)
+    was_training = model.training
+    model.eval()
+    max_len = int(max_len or model.config.max_seq_length)
+    ranks = torch.empty(len(examples), dtype=torch.long)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(examples), desc="evaluate", unit="user", leave=False)
+    try:
+        for batch in eval_batches(examples, max_len, model.padding_side, batch_size):
+            ids = batch["input_ids"].to(device)
+            mask = batch["attention_mask"].to(device)
+            ts = batch["timestamps"].to(device) if uses_ts else None
+            scores = model.predict(ids, mask, timestamps=ts, exclude_seen=False).float()   # [B, V], pad at -inf
+            if exclude_history:
+                seen = torch.where(mask, ids, torch.zeros_like(ids))                       # pad -> index 0
+                scores = scores.scatter(1, seen, float("-inf"))
+            ranks[batch["index"]] = rank_of_target(scores, batch["targets"].to(device)).cpu()
+            if bar is not None:
+                bar.update(ids.shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    metrics = compute_metrics(ranks, ks)
+    return (metrics, ranks) if return_ranks else metrics
+
+
+# --------------------------------------------------------------------------- CLI helpers
+def align_with_model(ds: SequenceDataset, model) -> tuple[SequenceDataset, str]:
+    """Re-index ``ds`` with the model's ``item_vocab``; returns ``(dataset, note)``.
+
+    Raises :class:`~zoo.vocab.UnknownItemError` counting the data items the model does not know. A model without a
+    vocabulary is assumed to use the data's own first-appearance indexing (checked against ``n_items``).
+    """
+    vocab = getattr(model, "item_vocab", None)
+    if vocab is not None:
+        return ds.reencode(vocab, unknown="error"), f"item ids mapped through the model's vocabulary ({len(vocab)} items)"
+    if ds.n_items + 1 > model.config.n_items:
+        raise ValueError(f"the data has {ds.n_items} items but the model (no item vocabulary) has only "
+                         f"n_items={model.config.n_items} rows; cannot map item ids")
+    return ds, ("WARNING: the model has no item vocabulary; using the data's first-appearance item indexing, "
+                "which is only right if the model was trained on this file with the zoo loader")
+
+
+def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR", "NDCG", "MRR")) -> str:
+    """Metric rows x ``@K`` columns, 4 decimals."""
+    head = "metric".ljust(8) + "".join(f"@{k}".rjust(10) for k in ks)
+    rows = [head, "-" * len(head)]
+    for m in names:
+        if any(f"{m}@{k}" in metrics for k in ks):
+            rows.append(m.ljust(8) + "".join(f"{metrics.get(f'{m}@{k}', float('nan')):10.4f}" for k in ks))
+    return "\n".join(rows)
+
+
+def _kcore_arg(v: str):
+    if v.lower() == "auto":
+        return "auto"
+    if v.lower() in ("none", "0"):
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--kcore must be an int, 'none' or 'auto', got {v!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zoo-evaluate", description="Full-ranking leave-one-out evaluation of a zoo model.")
+    p.add_argument("--model", required=True, help="model folder or Hub id (loaded with transformers.AutoModel)")
+    p.add_argument("--data", required=True, help="interaction file (.inter/.tsv/.csv/ratings.dat/.seq, optionally .gz)")
+    p.add_argument("--split", choices=("test", "valid"), default="test")
+    p.add_argument("--exclude-history", action="store_true",
+                   help="LRURec protocol: mask the items of the input window before ranking")
+    p.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="cut-offs (default 5 10 20)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--max-users", type=int, default=None, help="evaluate only the first N users (quick check)")
+    p.add_argument("--kcore", type=_kcore_arg, default="auto",
+                   help="k-core filter: int, 'none', or 'auto' (5 for interaction files, none for .seq)")
+    p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Entry point of ``python -m zoo.evaluate`` / ``zoo-evaluate``; returns the result dict (also printed)."""
+    args = build_parser().parse_args(argv)
+    if args.max_users is not None and args.max_users < 1:
+        raise SystemExit("--max-users must be >= 1")
+    import zoo  # noqa: F401  (registers the zoo models with AutoModel)
+    from transformers import AutoModel
+
+    t0 = time.time()
+    model = AutoModel.from_pretrained(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ds = load_dataset(args.data, kcore=args.kcore)
+    ds, note = align_with_model(ds, model)
+    split = leave_one_out(ds)
+    examples = split.test if args.split == "test" else split.valid
+    if args.max_users:
+        examples = examples.head(args.max_users)
+    metrics = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
+                             batch_size=args.batch_size, device=device, progress=not args.no_progress)
+    protocol = {
+        "name": "lrurec" if args.exclude_history else "recbole",
+        "split": args.split,
+        "leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]",
+        "ranking": "full (all items), padding masked" + ("; history window masked" if args.exclude_history else ""),
+        "exclude_history": bool(args.exclude_history),
+        "ties": "pessimistic",
+        "max_seq_length": int(model.config.max_seq_length),
+        "kcore": ds.kcore,  # effective (user_k, item_k), None when unfiltered
+        "ks": list(args.ks),
+    }
+    result = {
+        "metrics": metrics,
+        "protocol": protocol,
+        "data": os.path.abspath(args.data) if os.path.exists(args.data) else args.data,
+        "dataset": ds.stats(),
+        "model": args.model,
+        "model_type": getattr(model.config, "model_type", None),
+        "n_users": len(examples),
+        "n_items": int(model.config.n_items) - 1,
+        "vocab": note,
+        "seconds": round(time.time() - t0, 2),
+    }
+    print(f"{type(model).__name__} ({args.model}) on {ds.name}: {args.split}, {len(examples)} users, "
+          f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}")
+    if note.startswith("WARNING"):
+        print(note, file=sys.stderr)
+    print(format_table(metrics, args.ks))
+    if args.json:
+        d = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(d, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Full-ranking metrics for next-item prediction with one held-out target per user.
+
+Everything derives from the 1-based rank of the target among all items:
+
+* ``HR@K = 1[rank <= K]`` (with a single target ``Recall@K == HR@K``; LRURec reports it as Recall@K),
+* ``NDCG@K = 1 / log2(rank + 1)`` if ``rank <= K`` else 0 (the ideal DCG of one relevant item is 1),
+* ``MRR@K = 1 / rank`` if ``rank <= K`` else 0,
+
+averaged over users (RecBole: mean over all evaluated users; LRURec averages per-batch means, which differs only
+through an unequal last batch).
+
+Ties: by default the rank is **pessimistic**: every other item whose score equals the target's is placed before
+the target, ``rank = 1 + #(score > s_t) + #(other items with score == s_t)``. ``ties="optimistic"`` gives
+``rank = 1 + #(score > s_t)`` (ties after the target). RecBole ranks with ``torch.topk``, whose order among exactly
+tied scores is implementation-defined; with real-valued model scores exact ties are rare and both rules agree, but
+the pessimistic rule can never overstate a degenerate model (a constant-score model gets the worst rank, not the
+best). Items masked to ``-inf`` (padding, excluded history) never outrank a finite target; a target that is itself
+``-inf`` ranks last among the ``-inf`` items (pessimistic) -- it can never count as a hit unless K covers them.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+METRICS = ("HR", "NDCG", "MRR")
+
+
+def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pessimistic") -> torch.Tensor:
+    """1-based rank of each row's target among all ``V`` scores.
+
+    Args:
+        scores: ``[B, V]`` float scores over all items (masked items at ``-inf``).
+        targets: ``[B]`` int64 target index per row.
+        ties: ``"pessimistic"`` (default): ``1 + #(other items with score >= target score)``;
+            ``"optimistic"``: ``1 + #(items with score > target score)``.
+    Returns:
+        ``[B]`` int64 ranks in ``1..V``.
+    Raises:
+        ValueError: shape mismatch, target out of range, or NaN scores.
+    """
+    scores = torch.as_tensor(scores)
+    targets = torch.as_tensor(targets, device=scores.device).long()
+    if scores.dim() != 2 or targets.dim() != 1 or targets.shape[0] != scores.shape[0]:
+        raise ValueError(f"expected scores [B, V] and targets [B], got {list(scores.shape)} and {list(targets.shape)}")
+    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= scores.shape[1]):
+        raise ValueError(f"target index out of range 0..{scores.shape[1] - 1}")
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN; cannot rank")
+    if ties not in ("pessimistic", "optimistic"):
+        raise ValueError(f"ties must be 'pessimistic' or 'optimistic', got {ties!r}")
+    t = scores.gather(1, targets[:, None])                                   # [B, 1]
+    if ties == "pessimistic":
+        return (scores >= t).sum(1).long()                                   # the target counts itself once
+    return (scores > t).sum(1).long() + 1
+
+
+def _ranks(ranks) -> torch.Tensor:
+    r = torch.as_tensor(np.asarray(ranks) if not isinstance(ranks, torch.Tensor) else ranks).double()
+    if r.dim() != 1:
+        raise ValueError(f"ranks must be 1-D, got shape {list(r.shape)}")
+    if len(r) and float(r.min()) < 1:
+        raise ValueError("ranks are 1-based; got a rank < 1")
+    return r
+
+
+def hit_at_k(ranks, k: int) -> torch.Tensor:
+    """``[B]`` float64: 1 if ``rank <= k`` else 0."""
+    r = _ranks(ranks)
+    return (r <= k).double()
+
+
+def ndcg_at_k(ranks, k: int) -> torch.Tensor:
+    """``[B]`` float64: ``1 / log2(rank + 1)`` if ``rank <= k`` else 0."""
+    r = _ranks(ranks)
+    return torch.where(r <= k, 1.0 / torch.log2(r + 1.0), torch.zeros_like(r))
+
+
+def mrr_at_k(ranks, k: int) -> torch.Tensor:
+    """``[B]`` float64: ``1 / rank`` if ``rank <= k`` else 0."""
+    r = _ranks(ranks)
+    return torch.where(r <= k, 1.0 / r, torch.zeros_like(r))
+
+
+_FUNCS = {"HR": hit_at_k, "NDCG": ndcg_at_k, "MRR": mrr_at_k}
+
+
+def compute_metrics(ranks, ks: Iterable[int] = (5, 10, 20), metrics: Sequence[str] = METRICS,
+                    recall_alias: bool = True) -> dict[str, float]:
+    """Mean metrics over users from their target ranks.
+
+    Args:
+        ranks: ``[B]`` 1-based ranks (tensor, array or list).
+        ks: cut-offs.
+        metrics: any of ``"HR"``, ``"NDCG"``, ``"MRR"``.
+        recall_alias: also emit ``"Recall@K"`` (identical to ``HR@K`` with a single target).
+    Returns:
+        ``{"HR@5": ..., "HR@10": ..., "NDCG@5": ..., ..., "MRR@20": ..., "Recall@5": ...}`` as Python floats
+        (metric-major, ``ks`` in the given order).
+    """
+    r = _ranks(ranks)
+    if len(r) == 0:
+        raise ValueError("no ranks given")
+    ks = [int(k) for k in ks]
+    if any(k < 1 for k in ks):
+        raise ValueError(f"cut-offs must be >= 1, got {ks}")
+    unknown = [m for m in metrics if m not in _FUNCS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(_FUNCS)}")
+    out = {}
+    for m in metrics:
+        for k in ks:
+            out[f"{m}@{k}"] = float(_FUNCS[m](r, k).mean())
+    if recall_alias and "HR" in metrics:
+        for k in ks:
+            out[f"Recall@{k}"] = out[f"HR@{k}"]
+    return out
+
+
+__all__ = ["rank_of_target", "hit_at_k", "ndcg_at_k", "mrr_at_k", "compute_metrics", "METRICS"]

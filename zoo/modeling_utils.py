@@ -1,0 +1,512 @@
+"""What every zoo model shares: input validation, the scoring/recommend API, the recurrent-state API and
+safe (safetensors-only, strict) save/load with the item vocabulary.
+
+A model file subclasses :class:`SeqRecPreTrainedModel` and implements
+
+* ``encode(input_ids [B, L], attention_mask [B, L], timestamps [B, L] | None) -> hidden [B, L, D]``
+  (hidden state at every position; for causal models position ``t`` only sees positions ``<= t``),
+* ``score(hidden [..., D]) -> logits [..., n_items]`` (tied item embeddings, optional item bias),
+* for models with an exact recurrent step: ``state_spec(batch_size)`` and
+  ``_step(item_ids [B, T], state, timestamps [B, T] | None) -> (hidden [B, T, D], new_state)``.
+
+Conventions
+-----------
+* Internal item index 0 is padding; real items are ``1 .. n_items - 1``.
+* Each model class declares ``padding_side`` ("right" like RecBole, or "left" like LRURec). Batches must be padded
+  on that side, contiguously; :meth:`pad_batch` builds such batches from Python lists.
+* ``logits`` returned by :meth:`forward` and :meth:`step` are raw (the padding logit is not masked);
+  :meth:`predict` and :meth:`recommend` mask it (and, optionally, the items already in the history).
+* State tensors are named, with fixed layouts given by :meth:`state_spec` (batch first, layers packed); recurrent
+  states are float32 (SASRec's re-encoding window is int64 item ids).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .vocab import VOCAB_FILE, ItemVocab, UnknownItemError
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class SeqRecOutput(ModelOutput):
+    """Output of a zoo model's forward pass.
+
+    Args:
+        loss: scalar cross-entropy when ``labels`` were given.
+        logits: ``[B, n_items]`` raw next-item scores read at each row's last real position.
+        hidden_states: ``[B, L, D]`` final hidden state at every position.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class Recommendations:
+    """Top-k recommendations in the caller's own item ids.
+
+    Args:
+        items: ``B`` lists of ``k`` external item ids, best first.
+        scores: ``[B, k]`` float scores matching ``items``.
+    """
+
+    items: list[list[Any]]
+    scores: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StateTensorSpec:
+    """One named recurrent-state tensor: shape (batch first), dtype, initial fill value and meaning."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    init: float = 0.0
+    doc: str = ""
+
+
+class SeqRecConfig(PreTrainedConfig):
+    """Fields shared by every zoo model config (each model's config documents its own fields too).
+
+    Args:
+        n_items (`int`): rows of the item embedding table, padding row 0 included (RecBole's ``n_items``; ML-1M: 3,417).
+        max_seq_length (`int`): history window length ``L`` used in training and by :meth:`recommend`.
+        hidden_size (`int`): model width ``D``.
+        initializer_range (`float`): std of the normal init of linear/embedding weights.
+    """
+
+    model_type = "seqrec"
+
+    def __init__(self, n_items: int = 3417, max_seq_length: int = 200, hidden_size: int = 64,
+                 initializer_range: float = 0.02, **kwargs):
+        if int(n_items) < 2:
+            raise ValueError(f"n_items must be >= 2 (padding + at least one item), got {n_items}")
+        if int(max_seq_length) < 1:
+            raise ValueError(f"max_seq_length must be >= 1, got {max_seq_length}")
+        self.n_items = int(n_items)
+        self.max_seq_length = int(max_seq_length)
+        self.hidden_size = int(hidden_size)
+        self.initializer_range = float(initializer_range)
+        super().__init__(**kwargs)
+
+
+class SeqRecPreTrainedModel(PreTrainedModel):
+    """Base class of every zoo model (see the module docstring for what subclasses implement)."""
+
+    config_class = SeqRecConfig
+    base_model_prefix = "seqrec"
+    main_input_name = "input_ids"
+    #: side on which batches are padded: "right" (RecBole) or "left" (LRURec)
+    padding_side: str = "right"
+    #: True when :meth:`step` is an exact O(1)-in-history recurrent update
+    has_exact_step: bool = False
+    #: True when the model reads timestamps
+    uses_timestamps: bool = False
+
+    def __init__(self, config: SeqRecConfig):
+        super().__init__(config)
+        self.item_vocab: ItemVocab | None = None
+
+    # ----------------------------------------------------------------- hooks
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L]`` ids (+ mask, timestamps) -> ``[B, L, D]`` hidden states. Implemented by each model."""
+        raise NotImplementedError
+
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[..., D]`` -> ``[..., n_items]`` raw logits. Implemented by each model."""
+        raise NotImplementedError
+
+    def state_spec(self, batch_size: int) -> list[StateTensorSpec]:
+        """Named state tensors of the recurrent step (empty for models without one)."""
+        raise NotImplementedError(f"{type(self).__name__} has no recurrent step")
+
+    def _step(self, item_ids: torch.Tensor, state: State,
+              timestamps: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError(f"{type(self).__name__} has no recurrent step")
+
+    # ------------------------------------------------------------ validation
+    def _check_ids(self, ids: Any, name: str = "input_ids") -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of item indices, got {type(ids).__name__}")
+        if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"{name} must be an integer tensor (int64), got dtype {ids.dtype}")
+        if ids.dim() != 2:
+            raise ValueError(f"{name} must have shape [batch, seq_len], got shape {list(ids.shape)}")
+        if ids.shape[0] == 0 or ids.shape[1] == 0:
+            raise ValueError(f"{name} is empty (shape {list(ids.shape)}): every row needs at least one item")
+        ids = ids.long()
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.config.n_items:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} holds item index {bad}, out of range [0, {self.config.n_items - 1}] "
+                             f"(n_items={self.config.n_items}; 0 is padding)")
+        return ids
+
+    def check_inputs(self, input_ids: Any, attention_mask: Any = None,
+                     timestamps: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Validate a padded batch; returns ``(input_ids long, attention_mask bool, timestamps float | None)``.
+
+        Raises ``TypeError``/``ValueError`` naming the problem: wrong dtype or rank, ids out of range, empty rows,
+        padding on the wrong side or not contiguous, padding id inside the real part, missing/bad timestamps.
+        """
+        ids = self._check_ids(input_ids)
+        if attention_mask is None:
+            mask = ids != 0
+        else:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != ids.shape:
+                got = list(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+                raise ValueError(f"attention_mask must be a tensor of the same shape as input_ids {list(ids.shape)}, got {got}")
+            if attention_mask.is_floating_point() and not torch.all((attention_mask == 0) | (attention_mask == 1)):
+                raise ValueError("attention_mask must hold only 0 and 1")
+            mask = attention_mask.bool()
+        lengths = mask.sum(1)
+        empty = (lengths == 0).nonzero()
+        if len(empty):
+            raise ValueError(f"batch row {int(empty[0])} has an empty history (no real items); "
+                             "every row needs at least one item")
+        m = mask.long()
+        if self.padding_side == "right":
+            bad_order = (m[:, 1:] > m[:, :-1]).any(1)
+            side = "right-padded: real items first, then padding"
+        else:
+            bad_order = (m[:, 1:] < m[:, :-1]).any(1)
+            side = "left-padded: padding first, then real items"
+        if bad_order.any():
+            r = int(bad_order.nonzero()[0])
+            raise ValueError(f"batch row {r} is not {side} ({type(self).__name__} expects {self.padding_side} padding); "
+                             f"use model.pad_batch(...) to build batches")
+        if (ids[mask] == 0).any():
+            r = int(((ids == 0) & mask).any(1).nonzero()[0])
+            raise ValueError(f"batch row {r} has padding index 0 inside its real items")
+        if (ids[~mask] != 0).any():
+            r = int(((ids != 0) & ~mask).any(1).nonzero()[0])
+            raise ValueError(f"batch row {r} has non-zero item ids at masked (padding) positions")
+        ts = None
+        if self.uses_timestamps:
+            ts = self.check_timestamps(timestamps, mask)
+        return ids, mask, ts
+
+    def check_timestamps(self, timestamps: Any, mask: torch.Tensor) -> torch.Tensor:
+        """Timestamps ``[B, L]`` (seconds): present, finite, non-negative, non-decreasing over each row's real items."""
+        if timestamps is None:
+            raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps [batch, seq_len] (seconds)")
+        if not isinstance(timestamps, torch.Tensor):
+            timestamps = torch.as_tensor(timestamps)
+        if timestamps.shape != mask.shape:
+            raise ValueError(f"timestamps must have the shape of input_ids {list(mask.shape)}, got {list(timestamps.shape)}")
+        ts = timestamps.double()
+        real = ts[mask]
+        if not torch.isfinite(real).all():
+            raise ValueError("timestamps contain NaN or infinite values at real positions")
+        if (real < 0).any():
+            raise ValueError("timestamps contain negative values")
+        big = torch.finfo(torch.float64).max
+        filled = torch.where(mask, ts, torch.full_like(ts, -big))
+        prev = torch.cummax(filled, dim=1).values
+        dec = mask[:, 1:] & (ts[:, 1:] < prev[:, :-1])
+        if dec.any():
+            r = int(dec.any(1).nonzero()[0])
+            raise ValueError(f"timestamps of batch row {r} decrease; histories must be in time order")
+        return ts
+
+    # ---------------------------------------------------------------- batches
+    def pad_batch(self, histories: Sequence[Sequence[int]], max_length: int | None = None,
+                  timestamps: Sequence[Sequence[float]] | None = None):
+        """Internal-index histories -> padded ``(input_ids [B, L], attention_mask [B, L][, timestamps [B, L]])``.
+
+        Each history is truncated to its most recent ``max_length`` (default ``config.max_seq_length``) items and
+        padded on the model's ``padding_side``.
+        """
+        max_length = max_length or self.config.max_seq_length
+        if len(histories) == 0:
+            raise ValueError("no histories given")
+        rows = []
+        for r, h in enumerate(histories):
+            h = list(h)
+            if len(h) == 0:
+                raise ValueError(f"history {r} is empty; every history needs at least one item")
+            rows.append(h[-max_length:])
+        L = max(len(h) for h in rows)
+        ids = torch.zeros(len(rows), L, dtype=torch.long)
+        mask = torch.zeros(len(rows), L, dtype=torch.bool)
+        ts = torch.zeros(len(rows), L, dtype=torch.float64) if timestamps is not None else None
+        if timestamps is not None and len(timestamps) != len(rows):
+            raise ValueError(f"got {len(timestamps)} timestamp lists for {len(rows)} histories")
+        for r, h in enumerate(rows):
+            n = len(h)
+            sl = slice(0, n) if self.padding_side == "right" else slice(L - n, L)
+            ids[r, sl] = torch.tensor(h, dtype=torch.long)
+            mask[r, sl] = True
+            if ts is not None:
+                t = list(timestamps[r])
+                if len(t) != len(histories[r]):
+                    raise ValueError(f"history {r} has {len(histories[r])} items but {len(t)} timestamps")
+                ts[r, sl] = torch.tensor(t[-max_length:], dtype=torch.float64)
+        return (ids, mask) if ts is None else (ids, mask, ts)
+
+    def last_positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B]`` index of each row's last real position."""
+        if self.padding_side == "right":
+            return attention_mask.long().sum(1) - 1
+        return torch.full((attention_mask.shape[0],), attention_mask.shape[1] - 1, dtype=torch.long,
+                          device=attention_mask.device)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, timestamps: torch.Tensor | None = None,
+                **kwargs) -> SeqRecOutput:
+        """Encode a padded batch and score the next item.
+
+        Args:
+            input_ids: ``[B, L]`` int64 internal item indices, padded on ``self.padding_side`` with 0.
+            attention_mask: ``[B, L]`` 1 at real items (default: ``input_ids != 0``).
+            labels: ``[B]`` next item per row (loss at the last position, RecBole style) or ``[B, L]`` next item
+                at every position (0 = no target; all-position training). Cross-entropy over all ``n_items`` logits.
+            timestamps: ``[B, L]`` seconds, for time-aware models.
+        Returns:
+            :class:`SeqRecOutput` with ``logits [B, n_items]`` at each row's last real position.
+        """
+        ids, mask, ts = self.check_inputs(input_ids, attention_mask, timestamps)
+        hidden = self.encode(ids, mask, ts)                                   # [B, L, D]
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        last = hidden[rows, self.last_positions(mask)]                         # [B, D]
+        logits = self.score(last)                                              # [B, V]
+        loss = None
+        if labels is not None:
+            loss = self.loss_from_hidden(hidden, logits, labels)
+        return SeqRecOutput(loss=loss, logits=logits, hidden_states=hidden)
+
+    def loss_from_hidden(self, hidden: torch.Tensor, last_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy for ``labels [B]`` (last position) or ``[B, L]`` (every position with label > 0)."""
+        labels = labels.to(hidden.device).long()
+        if labels.dim() == 1:
+            return F.cross_entropy(last_logits, labels)
+        if labels.shape != hidden.shape[:2]:
+            raise ValueError(f"labels must be [batch] or [batch, seq_len] = {list(hidden.shape[:2])}, got {list(labels.shape)}")
+        sel = labels > 0
+        if not sel.any():
+            raise ValueError("labels hold no target (all 0)")
+        return F.cross_entropy(self.score(hidden[sel]), labels[sel])
+
+    # -------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                timestamps: torch.Tensor | None = None, exclude_seen: bool = False) -> torch.Tensor:
+        """``[B, n_items]`` scores for the next item, padding (and optionally the history's items) set to ``-inf``."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.forward(input_ids, attention_mask, timestamps=timestamps)
+        finally:
+            self.train(was_training)
+        scores = out.logits.float().clone()
+        scores[:, 0] = -float("inf")
+        if exclude_seen:
+            mask = attention_mask.bool() if attention_mask is not None else input_ids != 0
+            seen = torch.where(mask, input_ids.long(), torch.zeros_like(input_ids.long()))
+            scores.scatter_(1, seen.to(scores.device), -float("inf"))
+        return scores
+
+    def encode_histories(self, histories: Sequence[Sequence[Any]]) -> list[list[int]]:
+        """External item ids -> internal indices via the model's vocabulary (identity when it has none)."""
+        out = []
+        for r, h in enumerate(histories):
+            if isinstance(h, (str, bytes)) or not hasattr(h, "__iter__"):
+                raise TypeError(f"history {r} must be a sequence of item ids, got {type(h).__name__}")
+            h = list(h)
+            if len(h) == 0:
+                raise ValueError(f"history {r} is empty; every history needs at least one item")
+            if self.item_vocab is not None:
+                try:
+                    out.append(self.item_vocab.encode(h))
+                except UnknownItemError as e:
+                    raise UnknownItemError(f"history {r}: {e}") from None
+            else:
+                idx = []
+                for x in h:
+                    if isinstance(x, bool) or not isinstance(x, int) and not (hasattr(x, "item") and not isinstance(x, str)):
+                        raise TypeError(f"history {r}: item id {x!r} is not an int (the model has no item vocabulary, "
+                                        "so ids are internal indices)")
+                    x = int(x)
+                    if not 1 <= x < self.config.n_items:
+                        raise UnknownItemError(f"history {r}: item index {x} out of range 1..{self.config.n_items - 1} "
+                                               "(the model has no item vocabulary, so ids are internal indices)")
+                    idx.append(x)
+                out.append(idx)
+        return out
+
+    def decode_items(self, indices: Sequence[int]) -> list[Any]:
+        if self.item_vocab is None:
+            return [int(i) for i in indices]
+        return self.item_vocab.decode(indices)
+
+    @torch.no_grad()
+    def recommend(self, histories: Sequence[Sequence[Any]], k: int = 10, exclude_seen: bool = False,
+                  timestamps: Sequence[Sequence[float]] | None = None, batch_size: int = 512) -> Recommendations:
+        """Top-``k`` next items for each history, in the caller's own item ids.
+
+        Args:
+            histories: ``B`` lists of external item ids, oldest first (only the last ``max_seq_length`` are used).
+            k: how many items to return per history.
+            exclude_seen: never recommend an item already in the (windowed) history.
+            timestamps: ``B`` lists of seconds, one per item, for time-aware models.
+        """
+        if isinstance(histories, torch.Tensor):
+            raise TypeError("recommend() takes lists of external item ids; for index tensors use predict()")
+        if len(histories) == 0:
+            raise ValueError("no histories given")
+        if not isinstance(k, int) or not 1 <= k <= self.config.n_items - 1:
+            raise ValueError(f"k must be an int in 1..{self.config.n_items - 1}, got {k!r}")
+        idx = self.encode_histories(histories)
+        device = next(self.parameters()).device
+        items, scores = [], []
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            ts_chunk = None if timestamps is None else timestamps[s:s + batch_size]
+            if self.uses_timestamps:
+                if timestamps is None:
+                    raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps=[[...], ...]")
+                ids, mask, ts = self.pad_batch(chunk, timestamps=ts_chunk)
+                ts = ts.to(device)
+            else:
+                ids, mask = self.pad_batch(chunk)
+                ts = None
+            sc = self.predict(ids.to(device), mask.to(device), timestamps=ts, exclude_seen=exclude_seen)
+            top = torch.topk(sc, k, dim=1)
+            scores.append(top.values.cpu())
+            items.extend(self.decode_items(row.tolist()) for row in top.indices.cpu())
+        return Recommendations(items=items, scores=torch.cat(scores))
+
+    # ------------------------------------------------------------- stepwise
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """Fresh recurrent state for ``batch_size`` empty histories (named float32 tensors, see :meth:`state_spec`)."""
+        device = device or next(self.parameters()).device
+        return {s.name: torch.full(s.shape, s.init, dtype=s.dtype, device=device) for s in self.state_spec(batch_size)}
+
+    def check_state(self, state: State, batch_size: int) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of named tensors (from init_state), got {type(state).__name__}")
+        spec = {s.name: s for s in self.state_spec(batch_size)}
+        missing = sorted(set(spec) - set(state))
+        extra = sorted(set(state) - set(spec))
+        if missing or extra:
+            raise ValueError(f"state has wrong tensors: missing {missing}, unexpected {extra}")
+        for name, s in spec.items():
+            t = state[name]
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"state[{name!r}] must be a tensor, got {type(t).__name__}")
+            if tuple(t.shape) != tuple(s.shape):
+                raise ValueError(f"state[{name!r}] has shape {list(t.shape)}, expected {list(s.shape)} "
+                                 f"for batch size {batch_size}")
+            if t.dtype != s.dtype:
+                raise TypeError(f"state[{name!r}] has dtype {t.dtype}, expected {s.dtype}")
+
+    def step(self, item_ids: torch.Tensor, state: State, timestamps: torch.Tensor | None = None,
+             all_positions: bool = False) -> tuple[torch.Tensor, State]:
+        """Advance the recurrent state by ``T >= 1`` new items per row and score the next item.
+
+        Args:
+            item_ids: ``[B, T]`` int64 internal indices (no padding: every row gets ``T`` real items).
+            state: named state tensors from :meth:`init_state` or a previous :meth:`step`; not modified in place.
+            timestamps: ``[B, T]`` seconds for time-aware models.
+            all_positions: return logits after each of the ``T`` items (``[B, T, n_items]``) instead of only the last.
+        Returns:
+            ``(logits [B, n_items] or [B, T, n_items], new_state)``; logits equal :meth:`forward`'s at the same
+            history (exactly, up to float error, for models with ``has_exact_step``).
+        """
+        ids = self._check_ids(item_ids, "item_ids")
+        if (ids == 0).any():
+            raise ValueError("item_ids for step() must be real items (>= 1); padding index 0 is not allowed")
+        self.check_state(state, ids.shape[0])
+        ts = None
+        if self.uses_timestamps:
+            ts = self.check_timestamps(timestamps, torch.ones_like(ids, dtype=torch.bool))
+        hidden, new_state = self._step(ids, state, ts)                        # [B, T, D]
+        logits = self.score(hidden if all_positions else hidden[:, -1])
+        return logits, new_state
+
+    # ------------------------------------------------------------- save/load
+    def set_item_vocab(self, vocab: ItemVocab | None) -> None:
+        if vocab is not None and vocab.n_items != self.config.n_items:
+            raise ValueError(f"item vocabulary has {len(vocab)} items (n_items {vocab.n_items}) but the model has "
+                             f"n_items={self.config.n_items}")
+        self.item_vocab = vocab
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """Write ``config.json``, ``model.safetensors`` and ``item_vocab.json`` (when the model has a vocabulary)."""
+        kwargs.setdefault("safe_serialization", True)
+        if not kwargs["safe_serialization"]:
+            raise ValueError("zoo models are saved as safetensors only (no pickles)")
+        os.makedirs(save_directory, exist_ok=True)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.item_vocab is not None:
+            self.item_vocab.save(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a zoo model from a folder (or Hub id): strict about class, weights and vocabulary.
+
+        Raises ``ValueError`` when the checkpoint is of another model type, when weights are missing, unexpected
+        or of the wrong shape, when the weight file is corrupt, or when the vocabulary does not fit ``n_items``.
+        """
+        from .hub import resolve_pretrained
+
+        path = resolve_pretrained(pretrained_model_name_or_path)
+        config = kwargs.pop("config", None)
+        if config is None:
+            config = AutoConfig.from_pretrained(path)
+        if cls is SeqRecPreTrainedModel:  # the base class loads whatever concrete model the folder holds
+            from .models import get_model_class
+
+            return get_model_class(config.model_type)[1].from_pretrained(path, *model_args, config=config, **kwargs)
+        expected = getattr(cls.config_class, "model_type", None)
+        if cls is not SeqRecPreTrainedModel and expected not in (None, "seqrec") and config.model_type != expected:
+            raise ValueError(f"{path} holds a {config.model_type!r} checkpoint; it cannot be loaded into "
+                             f"{cls.__name__} (model_type {expected!r}). Use AutoModel.from_pretrained or the right class.")
+        kwargs.pop("output_loading_info", None)
+        kwargs.setdefault("use_safetensors", True)
+        try:
+            model, info = super().from_pretrained(path, *model_args, config=config, output_loading_info=True, **kwargs)
+        except Exception as e:  # safetensors header errors, truncated files, size mismatches, ...
+            text = f"{type(e).__module__} {e}".lower()
+            if "safetensor" in text or "deserializ" in text or "header" in text:
+                raise ValueError(f"corrupt weight file in {path}: {e}") from e
+            if "mismatch" in text:
+                raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): "
+                                 f"tensor shapes differ from the config ({e})") from e
+            raise
+        problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if problems:
+            detail = "; ".join(f"{k.replace('_', ' ')}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
+            raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): {detail}")
+        vocab_path = os.path.join(path, VOCAB_FILE) if os.path.isdir(path) else None
+        if vocab_path and os.path.exists(vocab_path):
+            model.set_item_vocab(ItemVocab.load(vocab_path))
+        return model
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        """RecBole's init: linear/embedding weights N(0, initializer_range), biases 0, LayerNorm (1, 0)."""
+        std = self.config.initializer_range
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, torch.nn.LayerNorm):
+            torch.nn.init.ones_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+
+
+__all__ = ["SeqRecConfig", "SeqRecPreTrainedModel", "SeqRecOutput", "Recommendations", "StateTensorSpec", "State"]

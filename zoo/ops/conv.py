@@ -1,0 +1,65 @@
+"""Causal depthwise conv1d with a carried state (Mamba's short convolution), pure PyTorch.
+
+Optional CUDA fast path: ``causal_conv1d`` (Dao-AILab) when installed and no state is carried in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional CUDA fast path
+    from causal_conv1d import causal_conv1d_fn as _causal_conv1d_fn
+except Exception:
+    _causal_conv1d_fn = None
+
+
+def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      conv_state: torch.Tensor | None = None, activation: str | None = None):
+    """Depthwise causal convolution over the last axis, continuing from ``conv_state``.
+
+    Args:
+        x: ``[B, E, L]`` inputs.
+        weight: ``[E, K]`` per-channel kernel (``nn.Conv1d(E, E, K, groups=E).weight[:, 0]``).
+        bias: ``[E]`` or None.
+        conv_state: ``[B, E, K-1]`` the last ``K-1`` inputs before ``x`` (zeros for an empty history), or None.
+        activation: None or ``"silu"``.
+    Returns:
+        ``(out [B, E, L], new_conv_state [B, E, K-1])`` where ``new_conv_state`` holds the last ``K-1`` inputs.
+    """
+    b, e, L = x.shape
+    k = weight.shape[-1]
+    if weight.shape != (e, k):
+        raise ValueError(f"causal_conv1d: weight must be [E={e}, K], got {list(weight.shape)}")
+    if conv_state is None:
+        conv_state = x.new_zeros(b, e, k - 1)
+    elif conv_state.shape != (b, e, k - 1):
+        raise ValueError(f"causal_conv1d: conv_state must be [{b}, {e}, {k - 1}], got {list(conv_state.shape)}")
+    xp = torch.cat([conv_state.to(x.dtype), x], dim=-1)                      # [B, E, K-1+L]
+    out = F.conv1d(xp, weight.unsqueeze(1), bias, groups=e)                   # [B, E, L]
+    if activation == "silu":
+        out = F.silu(out)
+    elif activation is not None:
+        raise ValueError(f"causal_conv1d: unsupported activation {activation!r}")
+    return out, xp[:, :, xp.shape[-1] - (k - 1):]
+
+
+def causal_conv1d_update_ref(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                             bias: torch.Tensor | None = None, activation: str | None = None):
+    """One step: ``x [B, E]`` with ``conv_state [B, E, K-1]`` -> ``(out [B, E], new_conv_state)``."""
+    out, new_state = causal_conv1d_ref(x.unsqueeze(-1), weight, bias, conv_state, activation)
+    return out[..., 0], new_state
+
+
+def causal_conv1d(x, weight, bias=None, conv_state=None, activation=None):
+    """Dispatch: causal-conv1d's CUDA kernel when available and no state is carried in, else the reference."""
+    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+    if x.is_cuda and _causal_conv1d_fn is not None and conv_state is None and not exporting:
+        out = _causal_conv1d_fn(x, weight, bias, activation=activation)
+        k = weight.shape[-1]
+        tail = F.pad(x, (max(0, k - 1 - x.shape[-1]), 0))[:, :, -(k - 1):]
+        return out, tail
+    return causal_conv1d_ref(x, weight, bias, conv_state, activation)
+
+
+__all__ = ["causal_conv1d", "causal_conv1d_ref", "causal_conv1d_update_ref"]

@@ -1,0 +1,193 @@
+"""Fused CPU selective scan (Mamba-1) as a lazily built PyTorch C++ extension.
+
+``selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+delta_softplus=False, return_last_state=False, initial_state=None)`` computes exactly
+what ``mamba_ssm.ops.selective_scan_interface.selective_scan_ref`` computes, for the
+input-dependent case (``B``, ``C`` of shape ``[batch, N, L]``), without ever building the
+``[batch, E, L, N]`` tensors of the reference:
+
+* forward: one sequential scan per (batch, channel) row with the ``[N]`` state held in
+  cache, rows in parallel (``at::parallel_for``), inner loop over ``N`` vectorised;
+* backward (C++ as well): the forward stores a checkpoint of the state every
+  ``CHECKPOINT_CHUNK`` (=32) steps (``[batch, E, ceil(L/32), N]`` -- for N=32 the size of
+  one ``[batch, E, L]`` tensor); the backward recomputes each chunk's states from its
+  checkpoint into a small per-thread scratch and runs the reverse-time adjoint recursion
+  (cost: one extra forward pass).  Gradients for ``u, delta, A, B, C, D, z, delta_bias,
+  initial_state`` (and a gradient flowing into ``last_state``) are supported.
+
+Dtypes: float32 (training) and float64 (used by ``gradcheck``).  CPU tensors only.
+
+The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (needs a
+C++ compiler and the ``ninja`` PyPI package) into ``$TORCH_EXTENSIONS_DIR`` or
+``~/.cache/zoo_extensions``; later imports reuse the cached build.  Flags: ``-O3
+-fopenmp`` only (no ``-march=native``, no fast-math): the hot loops are compiled for the
+x86-64 baseline and for AVX2+FMA and picked at load time (GCC ``target_clones``), so the
+cached binary is portable.  ``is_available()`` tries the build once, caches the answer
+and warns once with the reason if it failed; importing this module never raises.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import threading
+import warnings
+from typing import Optional
+
+import torch
+
+__all__ = ["is_available", "selective_scan_cpu", "load_extension", "CHECKPOINT_CHUNK"]
+
+CHECKPOINT_CHUNK = 32
+_EXT_NAME = "zoo_selective_scan_cpu"
+_SRC = pathlib.Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
+
+_lock = threading.Lock()
+_ext = None
+_tried = False
+_error: Optional[str] = None
+
+
+def _build_dir() -> str:
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "zoo_extensions"
+    )
+    # one folder per torch version so an upgrade never loads a stale binary
+    d = os.path.join(root, f"{_EXT_NAME}_torch{torch.__version__.replace('+', '_')}")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def load_extension(verbose: bool = False):
+    """Build (first time) / load the extension; raises on failure."""
+    global _ext
+    if _ext is not None:
+        return _ext
+    try:
+        import ninja  # noqa: F401  (torch.utils.cpp_extension.load needs it)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError("the 'ninja' package is missing (pip install ninja)") from exc
+    if not _SRC.exists():
+        raise RuntimeError(f"extension source not found: {_SRC}")
+    from torch.utils.cpp_extension import load
+
+    _ext = load(
+        name=_EXT_NAME,
+        sources=[str(_SRC)],
+        extra_cflags=["-O3", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        build_directory=_build_dir(),
+        verbose=verbose,
+    )
+    return _ext
+
+
+def is_available() -> bool:
+    """True when the extension builds/loads; tried once, warns once with the reason."""
+    global _tried, _error
+    if _ext is not None:
+        return True
+    with _lock:
+        if not _tried:
+            _tried = True
+            try:
+                load_extension()
+            except Exception as exc:  # noqa: BLE001 - any build problem means "unavailable"
+                _error = f"{type(exc).__name__}: {exc}"
+                warnings.warn(
+                    f"zoo selective_scan_cpu extension unavailable ({_error}); "
+                    "falling back is up to the caller",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+    return _ext is not None
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why the build failed (None if it succeeded or was not tried)."""
+    return _error
+
+
+class _SelectiveScanCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk):
+        ext = load_extension()
+        out, last, ckpt = ext.fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                  initial_state, int(chunk))
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+        ctx.delta_softplus = bool(delta_softplus)
+        ctx.chunk = int(chunk)
+        ctx.has_h0 = initial_state is not None
+        ctx.set_materialize_grads(False)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(u)
+        dout = dout.contiguous()
+        if dlast is not None:
+            dlast = dlast.contiguous()
+        ext = load_extension()
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = ext.bwd(
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ckpt, dout, dlast, ctx.chunk
+        )
+        return (du, ddelta, dA, dB, dC, dD if D is not None else None,
+                dz if z is not None else None, dbias if delta_bias is not None else None,
+                None, dh0 if ctx.has_h0 else None, None)
+
+
+def _prep(t: Optional[torch.Tensor], name: str, dtype: torch.dtype, shape) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"selective_scan_cpu: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"selective_scan_cpu: {name} is on {t.device}, expected a CPU tensor")
+    if t.dtype != dtype:
+        raise TypeError(f"selective_scan_cpu: {name} has dtype {t.dtype}, expected {dtype} (same as u)")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"selective_scan_cpu: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    return t.contiguous()
+
+
+def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False, initial_state=None, *, chunk: int = CHECKPOINT_CHUNK):
+    """Fused CPU selective scan; same arguments/semantics as mamba-ssm's ``selective_scan_ref``.
+
+    u, delta, z: [batch, E, L]; A: [E, N]; B, C: [batch, N, L]; D, delta_bias: [E];
+    initial_state: [batch, E, N].  Returns ``out`` [batch, E, L], or ``(out, last_state)``
+    with ``last_state`` [batch, E, N] when ``return_last_state``.  Differentiable w.r.t. all
+    tensor inputs.  ``chunk`` is the backward checkpoint interval (memory/scratch trade-off).
+    """
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        raise ValueError(f"selective_scan_cpu: u must be a [batch, E, L] tensor, got "
+                         f"{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}")
+    if u.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"selective_scan_cpu: u has dtype {u.dtype}; only float32/float64 are supported")
+    if not isinstance(A, torch.Tensor) or A.dim() != 2:
+        raise ValueError("selective_scan_cpu: A must be an [E, N] tensor")
+    if isinstance(B, torch.Tensor) and B.dim() != 3:
+        raise ValueError(f"selective_scan_cpu: B must be [batch, N, L] (input-dependent), got shape {tuple(B.shape)}")
+    if isinstance(C, torch.Tensor) and C.dim() != 3:
+        raise ValueError(f"selective_scan_cpu: C must be [batch, N, L] (input-dependent), got shape {tuple(C.shape)}")
+    if int(chunk) < 1:
+        raise ValueError("selective_scan_cpu: chunk must be >= 1")
+    bsz, E, L = u.shape
+    N = A.shape[1]
+    dt = u.dtype
+    u = _prep(u, "u", dt, (bsz, E, L))
+    delta = _prep(delta, "delta", dt, (bsz, E, L))
+    A = _prep(A, "A", dt, (E, N))
+    B = _prep(B, "B", dt, (bsz, N, L))
+    C = _prep(C, "C", dt, (bsz, N, L))
+    D = _prep(D, "D", dt, (E,))
+    z = _prep(z, "z", dt, (bsz, E, L))
+    delta_bias = _prep(delta_bias, "delta_bias", dt, (E,))
+    initial_state = _prep(initial_state, "initial_state", dt, (bsz, E, N))
+    if not is_available():
+        raise RuntimeError(f"selective_scan_cpu extension unavailable: {_error}")
+    out, last = _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                        initial_state, int(chunk))
+    return (out, last) if return_last_state else out

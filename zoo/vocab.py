@@ -1,0 +1,152 @@
+"""Item vocabulary: the caller's own item ids <-> the model's internal indices.
+
+Internal index 0 is always padding; external item ``items[i]`` has internal index ``i + 1``, so a vocabulary of
+``len(items)`` items serves a model with ``n_items = len(items) + 1`` rows in its embedding table.
+
+The vocabulary is saved next to the weights as ``item_vocab.json`` (plain JSON, no pickles)::
+
+    {"format": "zoo-item-vocab/1", "id_type": "int", "pad_index": 0, "items": [3186, 1022, ...]}
+
+``id_type`` is ``"int"`` or ``"str"``: ids come back from :meth:`ItemVocab.decode` with the type they went in with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Sequence
+
+VOCAB_FILE = "item_vocab.json"
+_FORMAT = "zoo-item-vocab/1"
+
+
+class UnknownItemError(KeyError):
+    """An external item id that the model's vocabulary does not contain."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "unknown item id"
+
+
+class ItemVocab:
+    """Bidirectional map between external item ids and internal indices ``1..n``.
+
+    Args:
+        items: external ids in internal-index order (``items[0]`` gets index 1). All ints or all strings, unique.
+    """
+
+    def __init__(self, items: Sequence[int | str]):
+        items = list(items)
+        if not items:
+            raise ValueError("ItemVocab needs at least one item")
+        kinds = {type(x) for x in items}
+        if kinds <= {int} or all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+            self.id_type = "int"
+            items = [int(x) for x in items]
+        elif kinds <= {str}:
+            self.id_type = "str"
+        else:
+            raise ValueError(f"ItemVocab items must be all int or all str, got types {sorted(k.__name__ for k in kinds)}")
+        self.items = items
+        self._index = {x: i + 1 for i, x in enumerate(items)}
+        if len(self._index) != len(items):
+            seen, dup = set(), None
+            for x in items:
+                if x in seen:
+                    dup = x
+                    break
+                seen.add(x)
+            raise ValueError(f"ItemVocab items must be unique; {dup!r} appears more than once")
+
+    # ------------------------------------------------------------------ sizes
+    def __len__(self) -> int:
+        """Number of real items (excluding padding)."""
+        return len(self.items)
+
+    @property
+    def n_items(self) -> int:
+        """Embedding rows needed: real items + the padding row 0."""
+        return len(self.items) + 1
+
+    def __contains__(self, item) -> bool:
+        try:
+            return self._key(item) in self._index
+        except (TypeError, ValueError):
+            return False
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ItemVocab) and self.items == other.items
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(x) for x in self.items[:3])
+        return f"ItemVocab({len(self)} {self.id_type} ids: [{head}, ...])"
+
+    # ----------------------------------------------------------- conversion
+    def _key(self, item):
+        if self.id_type == "int":
+            if isinstance(item, bool):
+                raise TypeError(f"item id {item!r} is a bool, expected an int id")
+            if isinstance(item, int):
+                return item
+            if hasattr(item, "item") and not isinstance(item, str):  # numpy / torch scalar
+                return int(item.item())
+            if isinstance(item, str) and item.strip().lstrip("-").isdigit():
+                return int(item)
+            raise TypeError(f"item id {item!r} ({type(item).__name__}) is not an int id; this vocabulary holds int ids")
+        return item if isinstance(item, str) else str(item)
+
+    def encode(self, items: Iterable) -> list[int]:
+        """External ids -> internal indices (>= 1). Raises :class:`UnknownItemError` naming the first unknown id."""
+        out = []
+        for x in items:
+            k = self._key(x)
+            idx = self._index.get(k)
+            if idx is None:
+                raise UnknownItemError(f"unknown item id {x!r}: not in the model's item vocabulary ({len(self)} items)")
+            out.append(idx)
+        return out
+
+    def decode(self, indices: Iterable[int]) -> list:
+        """Internal indices (1..n) -> external ids. Index 0 (padding) or out-of-range indices raise ``IndexError``."""
+        out = []
+        for i in indices:
+            i = int(i)
+            if not 1 <= i <= len(self.items):
+                raise IndexError(f"internal item index {i} out of range 1..{len(self.items)}")
+            out.append(self.items[i - 1])
+        return out
+
+    # ------------------------------------------------------------------- io
+    def to_dict(self) -> dict:
+        return {"format": _FORMAT, "id_type": self.id_type, "pad_index": 0, "items": self.items}
+
+    def save(self, directory: str | os.PathLike) -> str:
+        path = os.path.join(directory, VOCAB_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, separators=(",", ":"))
+        os.replace(tmp, path)  # never leave a half-written vocabulary behind
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "item vocabulary") -> "ItemVocab":
+        if not isinstance(d, dict) or d.get("format") != _FORMAT or "items" not in d:
+            raise ValueError(f"{source} is not a zoo item vocabulary (expected format {_FORMAT!r})")
+        items = d["items"]
+        if d.get("id_type") == "str":
+            items = [str(x) for x in items]
+        return cls(items)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ItemVocab":
+        """Load from ``item_vocab.json`` or from a directory containing it."""
+        if os.path.isdir(path):
+            path = os.path.join(path, VOCAB_FILE)
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"corrupt item vocabulary {path}: {e}") from None
+        return cls.from_dict(d, source=str(path))
+
+
+__all__ = ["ItemVocab", "UnknownItemError", "VOCAB_FILE"]

@@ -9,5 +9,17 @@ from .vocab import ItemVocab, UnknownItemError
 
 __version__ = "0.1.0"
 
+
+def _seed_cache() -> None:
+    import os
+
+    if os.environ.get("ZOO_NO_CACHE_SEED", "0") != "1":
+        from .hub import seed_hf_cache
+
+        seed_hf_cache()
+
+
+_seed_cache()
+
 __all__ = ["ItemVocab", "UnknownItemError", "Recommendations", "SeqRecConfig", "SeqRecOutput",
            "SeqRecPreTrainedModel", "StateTensorSpec", "MODELS", "get_model_class", "__version__"]

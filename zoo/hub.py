@@ -1,20 +1,319 @@
-"""Resolve ``from_pretrained`` names: local folders, Hub ids, and the copies bundled with this package."""
+"""Hub integration: resolve ``from_pretrained`` names (local folder, Hub id, bundled copy), write model cards and
+publish card folders.
+
+Resolution of a name given to ``from_pretrained``:
+
+1. an existing local folder is used as is;
+2. a Hub id ``org/name`` goes through the normal Hugging Face machinery (``huggingface_hub.snapshot_download``,
+   which honours ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and the local cache);
+3. when the Hub cannot be reached (offline mode, no network, a quick connection probe fails) or does not have the
+   repo, and ``name`` is one of the models bundled with this package (``hub_cards/<name>``), the bundled copy is used.
+   The probe (1.5 s, ``ZOO_HUB_PROBE_TIMEOUT``) keeps a machine without network from hanging on download timeouts.
+
+Bundled names resolve under the project's organisation (``ZOO_HUB_ORG``, default ``ssm-rec-zoo``) and under the
+placeholder organisation ``org`` used in the docs (``from_pretrained("org/mamba4rec-ml1m")``).
+
+CLI::
+
+    python -m zoo.hub list
+    python -m zoo.hub card --run runs/mamba4rec-ml1m --name mamba4rec-ml1m --data ../shared/data/ml-1m.5core.seq.gz
+    python -m zoo.hub push hub_cards/mamba4rec-ml1m --repo-id ssm-rec-zoo/mamba4rec-ml1m
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
+import pathlib
+import shutil
+import socket
+import sys
+from typing import Sequence
+from urllib.parse import urlparse
+
+logger = logging.getLogger(__name__)
+
+HUB_ORG = os.environ.get("ZOO_HUB_ORG", "ssm-rec-zoo")
+PLACEHOLDER_ORGS = ("org",)
+CARD_FILES = ("config.json", "model.safetensors", "item_vocab.json", "README.md")
+
+
+# ------------------------------------------------------------------------------------------- bundled copies
+def bundled_dirs() -> list[pathlib.Path]:
+    """Folders searched for bundled model folders: $ZOO_BUNDLED_DIR, the checkout's hub_cards/, package data."""
+    dirs = []
+    if os.environ.get("ZOO_BUNDLED_DIR"):
+        dirs.append(pathlib.Path(os.environ["ZOO_BUNDLED_DIR"]))
+    here = pathlib.Path(__file__).resolve().parent
+    dirs.append(here.parent / "hub_cards")      # source checkout / editable install
+    dirs.append(here / "bundled")                # wheel install (hub_cards packaged as zoo/bundled)
+    return [d for d in dirs if d.is_dir()]
+
+
+def bundled_models() -> dict[str, pathlib.Path]:
+    """``{name: folder}`` of every bundled model folder (one holding config.json + model.safetensors)."""
+    out = {}
+    for d in bundled_dirs():
+        for sub in sorted(d.iterdir()):
+            if (sub / "config.json").exists() and (sub / "model.safetensors").exists():
+                out.setdefault(sub.name, sub)
+    return out
+
+
+def _bundled_for(repo_id: str) -> pathlib.Path | None:
+    org, _, name = repo_id.partition("/")
+    if not name or org not in (HUB_ORG, *PLACEHOLDER_ORGS):
+        return None
+    return bundled_models().get(name)
+
+
+def _content_commit(folder: pathlib.Path) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(hashlib.sha1(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def seed_hf_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """Place the bundled models in the Hugging Face cache as ``<org>/<name>`` snapshots.
+
+    This is what lets the *normal* machinery (``AutoConfig``/``AutoModel.from_pretrained("org/name")``,
+    ``HF_HUB_OFFLINE=1``, ``hf_hub_download(..., local_files_only=True)``) find them without network: a request that
+    cannot reach the Hub falls back to the cache. A repo whose ``refs/main`` already points at a real download is
+    left alone. Called on ``import zoo``; failures (read-only cache) are logged and ignored.
+    """
+    from huggingface_hub import constants
+
+    cache = pathlib.Path(cache_dir or constants.HF_HUB_CACHE)
+    written = []
+    for name, folder in bundled_models().items():
+        commit = None
+        for org in (HUB_ORG, *PLACEHOLDER_ORGS):
+            repo = cache / f"models--{org}--{name}"
+            ref = repo / "refs" / "main"
+            try:
+                if ref.exists():
+                    current = ref.read_text().strip()
+                    snap = repo / "snapshots" / current
+                    if not (snap / ".zoo-bundled").exists() or (commit or _content_commit(folder)) == current:
+                        continue  # a real Hub download, or our copy is current
+                commit = commit or _content_commit(folder)
+                snap = repo / "snapshots" / commit
+                snap.mkdir(parents=True, exist_ok=True)
+                for f in folder.iterdir():
+                    if f.is_file():
+                        shutil.copyfile(f, snap / f.name)
+                (snap / ".zoo-bundled").write_text("copied from the ssm-rec-zoo package\n")
+                ref.parent.mkdir(parents=True, exist_ok=True)
+                ref.write_text(commit)
+                written.append(f"{org}/{name}")
+            except OSError as e:
+                logger.debug("could not seed the HF cache with %s: %s", name, e)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ resolve
+def hub_reachable(timeout: float | None = None) -> bool:
+    """Quick TCP probe of the Hub endpoint (so an offline machine never waits on HTTP timeouts)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    timeout = float(os.environ.get("ZOO_HUB_PROBE_TIMEOUT", timeout or 1.5))
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
-    """Return a local folder holding ``config.json`` for ``name_or_path``.
-
-    A local folder is used as is. A Hub id (``org/name``) is downloaded with ``huggingface_hub.snapshot_download``.
-    """
+    """A local folder holding ``config.json`` for ``name_or_path`` (see the module docstring for the order)."""
     p = os.fspath(name_or_path)
     if os.path.isdir(p):
         return p
     if os.path.exists(p):
         raise ValueError(f"{p} is a file; from_pretrained expects a folder with config.json and model.safetensors")
+    if p.count("/") != 1:
+        raise ValueError(f"{p!r} is neither a local folder nor a Hub id of the form 'org/name'")
+    bundled = _bundled_for(p)
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    return snapshot_download(repo_id=p, allow_patterns=["*.json", "*.safetensors", "*.md"])
+    patterns = ["*.json", "*.safetensors", "*.md"]
+    if not hub_reachable():
+        try:  # the normal machinery, cache only
+            return snapshot_download(repo_id=p, allow_patterns=patterns, local_files_only=True)
+        except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+            if bundled is not None:
+                logger.info("Hugging Face Hub not reachable: using the bundled copy of %s at %s", p, bundled)
+                return str(bundled)
+            raise OSError(f"cannot load {p!r}: the Hugging Face Hub is not reachable, it is not in the local cache, "
+                          f"and it is not a bundled model (bundled: {sorted(bundled_models())})") from None
+    try:
+        return snapshot_download(repo_id=p, allow_patterns=patterns)
+    except (RepositoryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
+        if bundled is not None:
+            logger.warning("could not download %s from the Hub (%s): using the bundled copy at %s", p, e, bundled)
+            return str(bundled)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------- cards
+def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dict, dataset: dict, train_log: dict,
+              repo_id: str | None = None, extra_sections: str = "") -> str:
+    """Write ``folder/README.md``: a Hub model card (huggingface_hub ``ModelCard``) with ``model-index`` metrics."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    import zoo
+
+    repo_id = repo_id or f"{HUB_ORG}/{name}"
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    model_type = cfg["model_type"]
+    ds_name, ds_type = dataset.get("name", "dataset"), dataset.get("type", "dataset")
+    split = "test (leave-one-out)"
+    results = [EvalResult(task_type="sequential-recommendation", task_name="Sequential recommendation (next item)",
+                          dataset_type=ds_type, dataset_name=ds_name, dataset_split=split,
+                          metric_type=k.split("@")[0].lower() + "_at_" + k.split("@")[1], metric_name=k,
+                          metric_value=round(float(v), 6), metric_config=protocol.get("name"))
+               for k, v in metrics.items() if not k.startswith("Recall")]
+    data = ModelCardData(library_name="transformers", license="apache-2.0", model_name=repo_id, eval_results=results,
+                         tags=["recommendation", "sequential-recommendation", model_type, "state-space-model", "ssm-rec-zoo"],
+                         datasets=[ds_type], pipeline_tag="other")
+    env = train_log.get("environment", {})
+    table = "| metric | @5 | @10 | @20 |\n|---|---|---|---|\n" + "\n".join(
+        f"| {m} | " + " | ".join(f"{metrics.get(f'{m}@{k}', float('nan')):.4f}" for k in (5, 10, 20)) + " |"
+        for m in ("HR", "NDCG", "MRR"))
+    body = f"""
+# {name}
+
+A **{model_type}** sequential recommender trained by the SSM recommender zoo (`ssm-rec-zoo` {zoo.__version__}).
+It predicts the next item of a user's history over the full item catalogue.
+
+```python
+import zoo                                   # registers the zoo's models with transformers' Auto classes
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("{repo_id}")   # works offline: a copy is bundled with ssm-rec-zoo
+print(model.recommend([[1, 48, 150]], k=10).items)   # item ids are the dataset's own ids
+```
+
+## Evaluation ({protocol.get('name', '')})
+
+Full ranking over all {cfg['n_items'] - 1:,} items (no sampled negatives), {protocol.get('description', '')}
+Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} test users.
+
+{table}
+
+(HR@K equals Recall@K with one held-out item per user.)
+
+## Training
+
+- Data: {dataset.get('description', ds_name)}
+- Objective: {train_log.get('objective', '')}
+- Optimiser: {train_log.get('train', {})}; seed {train_log.get('seed')}; best epoch {train_log.get('best_epoch')} of
+  {len(train_log.get('epochs', []))} ({train_log.get('stopped', '')}); {train_log.get('train_minutes', 0):.0f} minutes on {env.get('platform', '?')}
+  ({env.get('cpu_threads', '?')} CPU threads{', GPU ' + env['cuda'] if env.get('cuda') else ''}).
+- Command: `{train_log.get('command', '')}`
+- Software: python {env.get('python')}, torch {env.get('torch')}, transformers {env.get('transformers')}, numpy {env.get('numpy')}.
+- Parameters: {train_log.get('n_parameters', 0):,}. Config: see `config.json`; item vocabulary: `item_vocab.json`.
+{extra_sections}
+"""
+    card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
+    path = os.path.join(folder, "README.md")
+    card.save(path)
+    return path
+
+
+def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,
+                      description: str | None = None, dataset_type: str = "ml-1m",
+                      dataset_name: str = "MovieLens-1M (5-core)") -> dict:
+    """Copy a training run's best checkpoint into ``hub_cards/<name>``, evaluate it on the test split and write
+    its card. Returns the measured metrics."""
+    from transformers import AutoModel
+
+    from .data import leave_one_out, load_dataset
+    from .evaluate import align_with_model, evaluate_model
+
+    out_dir = out_dir or os.path.join(pathlib.Path(__file__).resolve().parent.parent, "hub_cards", name)
+    os.makedirs(out_dir, exist_ok=True)
+    for f in ("config.json", "model.safetensors", "item_vocab.json"):
+        shutil.copyfile(os.path.join(run_dir, f), os.path.join(out_dir, f))
+    model = AutoModel.from_pretrained(out_dir)
+    ds, _ = align_with_model(load_dataset(data), model)
+    metrics = evaluate_model(model, leave_one_out(ds).test, ks=(5, 10, 20), exclude_history=exclude_history)
+    log = json.load(open(os.path.join(run_dir, "train_log.json")))
+    data_file = os.path.basename(data)
+    cmd = f"python -m zoo.evaluate --model {HUB_ORG}/{name} --data {data_file}" + (
+        " --exclude-history" if exclude_history else "")
+    protocol = {"name": "LRURec protocol (history items masked)" if exclude_history else "RecBole protocol",
+                "description": ("leave-one-out by time (last item = test, second-to-last = validation), "
+                                + ("items of the input window masked before ranking (LRURec's protocol)."
+                                   if exclude_history else "history items not masked (RecBole's protocol).")),
+                "command": cmd}
+    dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences),
+               "description": description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, "
+                                             f"{ds.n_interactions:,} interactions"}
+    make_card(out_dir, name, metrics, protocol, dataset, log)
+    with open(os.path.join(out_dir, "eval_results.json"), "w") as f:
+        json.dump({"metrics": metrics, "protocol": protocol, "data_file": data_file,
+                   "exclude_history": exclude_history}, f, indent=1)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------- push
+def push(folder: str, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Publish a card folder to the Hub with ``huggingface_hub`` (needs credentials: ``HF_TOKEN`` or a login)."""
+    from huggingface_hub import HfApi
+
+    missing = [f for f in CARD_FILES if not os.path.exists(os.path.join(folder, f))]
+    if missing:
+        raise ValueError(f"{folder} is not a complete card folder: missing {missing}")
+    api = HfApi(token=token)
+    if not (token or api.token):
+        raise RuntimeError("no Hugging Face credentials: set HF_TOKEN or run `hf auth login` first")
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=f"Upload {os.path.basename(folder)}")
+    return str(info)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m zoo.hub", description="Bundled models, model cards, publishing.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="list bundled models")
+    c = sub.add_parser("card", help="turn a training run into a hub_cards/<name> folder with a measured card")
+    c.add_argument("--run", required=True)
+    c.add_argument("--name", required=True)
+    c.add_argument("--data", required=True)
+    c.add_argument("--out")
+    c.add_argument("--exclude-history", action="store_true")
+    c.add_argument("--dataset-type", default="ml-1m")
+    c.add_argument("--dataset-name", default="MovieLens-1M (5-core)")
+    c.add_argument("--description")
+    u = sub.add_parser("push", help="publish a card folder to the Hub")
+    u.add_argument("folder")
+    u.add_argument("--repo-id", required=True)
+    u.add_argument("--private", action="store_true")
+    args = p.parse_args(argv)
+    if args.cmd == "list":
+        for name, path in bundled_models().items():
+            print(f"{HUB_ORG}/{name}\t{path}")
+    elif args.cmd == "card":
+        m = build_card_folder(args.run, args.name, args.data, args.out, args.exclude_history, args.description,
+                              args.dataset_type, args.dataset_name)
+        print(json.dumps(m, indent=1))
+    elif args.cmd == "push":
+        try:
+            print(push(args.folder, args.repo_id, args.private))
+        except (RuntimeError, ValueError) as e:
+            sys.exit(f"push failed: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -20,9 +20,10 @@ Dtypes: float32 (training) and float64 (used by ``gradcheck``).  CPU tensors onl
 The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (needs a
 C++ compiler and the ``ninja`` PyPI package) into ``$TORCH_EXTENSIONS_DIR`` or
 ``~/.cache/zoo_extensions``; later imports reuse the cached build.  Flags: ``-O3
--fopenmp`` only (no ``-march=native``, no fast-math): the hot loops are compiled for the
-x86-64 baseline and for AVX2+FMA and picked at load time (GCC ``target_clones``), so the
-cached binary is portable.  ``is_available()`` tries the build once, caches the answer
+-fopenmp -fno-trapping-math`` (no ``-march=native``, no fast-math; ``-fno-trapping-math``
+only lets GCC if-convert/vectorise the exp loop, IEEE results are unchanged): the kernels
+are compiled for the x86-64 baseline and for AVX2+FMA and the AVX2 copy is picked at run
+time when the CPU supports it, so the cached binary is portable.  ``is_available()`` tries the build once, caches the answer
 and warns once with the reason if it failed; importing this module never raises.
 """
 
@@ -39,7 +40,7 @@ import torch
 __all__ = ["is_available", "selective_scan_cpu", "load_extension", "CHECKPOINT_CHUNK"]
 
 CHECKPOINT_CHUNK = 32
-_EXT_NAME = "zoo_selective_scan_cpu"
+_EXT_NAME = "zoo_selective_scan_cpu"  # bump the build dir when flags change
 _SRC = pathlib.Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
 
 _lock = threading.Lock()
@@ -74,7 +75,7 @@ def load_extension(verbose: bool = False):
     _ext = load(
         name=_EXT_NAME,
         sources=[str(_SRC)],
-        extra_cflags=["-O3", "-fopenmp"],
+        extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"],
         extra_ldflags=["-fopenmp"],
         build_directory=_build_dir(),
         verbose=verbose,

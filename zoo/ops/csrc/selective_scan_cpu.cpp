@@ -23,8 +23,14 @@
 // exp(): for float32 a branch-free Cephes-style expf (rel. error ~1e-7) that the compiler
 // can vectorise (std::exp is not vectorised without -ffast-math); inputs below ~-87 give
 // exactly 0 (true value < 2e-38), above 88.72 give +inf, NaN propagates.  float64 uses
-// std::exp.  The hot kernels are compiled twice (x86-64 baseline and haswell = AVX2+FMA)
-// with GCC target_clones and dispatched at load time, so the binary stays portable.
+// std::exp.  Built with -O3 -fno-trapping-math (needed for GCC to if-convert and vectorise
+// the exp loop; results are unchanged).  The kernels (the `#else` branch at the bottom of this file) are compiled twice,
+// by including this file into itself: once for the x86-64 baseline and once under
+// `#pragma GCC target("avx2,fma")`; the AVX2 copy is chosen at run time when the CPU has
+// AVX2+FMA (__builtin_cpu_supports), so the binary stays portable (no -march=native).
+
+#ifndef ZOO_SS_KERNEL_BODY
+#define ZOO_SS_KERNEL_BODY 1
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -34,246 +40,67 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define ZOO_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define ZOO_CLONES
-#endif
 
 #define ZOO_INLINE inline __attribute__((always_inline))
 
 namespace {
-
-ZOO_INLINE float vexp(float x) {
-  const float hi = 88.7228391f;    // log(FLT_MAX)
-  const float lo = -87.3365448f;   // log(FLT_MIN)
-  float xc = x > hi ? hi : x;
-  xc = xc < lo ? lo : xc;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: round-to-nearest trick
-  float kf = xc * 1.44269504088896341f + magic;
-  kf = kf - magic;
-  float r = xc - kf * 0.693359375f;
-  r = r - kf * (-2.12194440e-4f);
-  float p = 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t k = static_cast<int32_t>(kf);       // in [-126, 128]
-  int32_t bits = (k + 126) << 23;             // 2^(k-1), exponent field in [0, 254]
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(float));
-  float res = (p * 2.0f) * scale;
-  res = x > hi ? std::numeric_limits<float>::infinity() : res;
-  res = x < lo ? 0.0f : res;
-  res = (x != x) ? x : res;
-  return res;
-}
-
-ZOO_INLINE double vexp(double x) { return std::exp(x); }
-
-template <typename T>
-ZOO_INLINE T softplus_fwd(T x) {
-  return x > T(20) ? x : std::log1p(std::exp(x));
-}
-
-template <typename T>
-ZOO_INLINE T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
 
 struct RowArgs {
   int64_t L, N, chunk;
   bool softplus;
 };
 
-// ---------------------------------------------------------------- forward, one (b, e) row
-template <typename T>
-ZOO_INLINE void fwd_row_impl(const RowArgs& a, const T* __restrict u, const T* __restrict delta,
-                             const T* __restrict z, const T* __restrict A, const T* __restrict Bt,
-                             const T* __restrict Ct, T Dv, T bias, const T* __restrict h0,
-                             T* __restrict out, T* __restrict last, T* __restrict ckpt,
-                             T* __restrict h) {
-  const int64_t L = a.L, N = a.N, K = a.chunk;
-  if (h0) {
-    for (int64_t n = 0; n < N; ++n) h[n] = h0[n];
-  } else {
-    for (int64_t n = 0; n < N; ++n) h[n] = T(0);
-  }
-  for (int64_t t = 0; t < L; ++t) {
-    if (t % K == 0) {
-      T* dst = ckpt + (t / K) * N;
-      for (int64_t n = 0; n < N; ++n) dst[n] = h[n];
-    }
-    T dt = delta[t] + bias;
-    if (a.softplus) dt = softplus_fwd(dt);
-    const T ut = u[t];
-    const T du = dt * ut;
-    const T* __restrict Bp = Bt + t * N;
-    const T* __restrict Cp = Ct + t * N;
-    T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-    for (int64_t n = 0; n < N; ++n) {
-      const T dA = vexp(dt * A[n]);
-      const T hn = dA * h[n] + du * Bp[n];
-      h[n] = hn;
-      acc += Cp[n] * hn;
-    }
-    T y = acc + Dv * ut;
-    if (z) {
-      const T zt = z[t];
-      y = y * (zt * sigmoid(zt));
-    }
-    out[t] = y;
-  }
-  for (int64_t n = 0; n < N; ++n) last[n] = h[n];
+}  // namespace
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define ZOO_HAVE_AVX2_PATH 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace zoo_avx2 {
+namespace {
+#include __FILE__
+}  // namespace
+}  // namespace zoo_avx2
+#pragma GCC pop_options
+#endif
+
+namespace zoo_base {
+namespace {
+#include __FILE__
+}  // namespace
+}  // namespace zoo_base
+
+namespace {
+
+bool use_avx2() {
+#ifdef ZOO_HAVE_AVX2_PATH
+  static const bool v = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return v;
+#else
+  return false;
+#endif
 }
 
-// ---------------------------------------------------------------- backward, one (b, e) row
-// Accumulates into dBt/dCt ([L, N], private to the calling work item), writes the rest.
-template <typename T>
-ZOO_INLINE void bwd_row_impl(const RowArgs& a, const T* __restrict u, const T* __restrict delta,
-                             const T* __restrict z, const T* __restrict A, const T* __restrict Bt,
-                             const T* __restrict Ct, T Dv, T bias, const T* __restrict ckpt,
-                             const T* __restrict dout, const T* __restrict dlast,
-                             T* __restrict du_out, T* __restrict ddelta_out, T* __restrict dz_out,
-                             T* __restrict dA_out, T* __restrict dD_out, T* __restrict dbias_out,
-                             T* __restrict dh0_out, T* __restrict dBt, T* __restrict dCt,
-                             T* __restrict hs, T* __restrict dAs, T* __restrict dts,
-                             T* __restrict dh, T* __restrict dAacc) {
-  const int64_t L = a.L, N = a.N, K = a.chunk;
-  const int64_t nchunk = (L + K - 1) / K;
-  for (int64_t n = 0; n < N; ++n) {
-    dh[n] = dlast ? dlast[n] : T(0);
-    dAacc[n] = T(0);
-  }
-  T dD = T(0), dbias = T(0);
-  for (int64_t c = nchunk - 1; c >= 0; --c) {
-    const int64_t t0 = c * K;
-    const int64_t t1 = std::min(L, t0 + K);
-    // recompute states inside the chunk: hs[j] = h before step t0+j, hs[j+1] = after
-    {
-      const T* src = ckpt + c * N;
-      for (int64_t n = 0; n < N; ++n) hs[n] = src[n];
-    }
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t j = t - t0;
-      T dt = delta[t] + bias;
-      if (a.softplus) dt = softplus_fwd(dt);
-      dts[j] = dt;
-      const T du = dt * u[t];
-      const T* __restrict Bp = Bt + t * N;
-      const T* __restrict hp = hs + j * N;
-      T* __restrict hc = hs + (j + 1) * N;
-      T* __restrict ea = dAs + j * N;
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) {
-        const T dA = vexp(dt * A[n]);
-        ea[n] = dA;
-        hc[n] = dA * hp[n] + du * Bp[n];
-      }
-    }
-    // reverse-time adjoint
-    for (int64_t t = t1 - 1; t >= t0; --t) {
-      const int64_t j = t - t0;
-      const T dt = dts[j];
-      const T ut = u[t];
-      const T du = dt * ut;
-      const T* __restrict Bp = Bt + t * N;
-      const T* __restrict Cp = Ct + t * N;
-      const T* __restrict hp = hs + j * N;
-      const T* __restrict hc = hs + (j + 1) * N;
-      const T* __restrict ea = dAs + j * N;
-      T* __restrict dBp = dBt + t * N;
-      T* __restrict dCp = dCt + t * N;
-      T g = dout[t];
-      if (z) {
-        T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-        for (int64_t n = 0; n < N; ++n) acc += Cp[n] * hc[n];
-        const T y = acc + Dv * ut;
-        const T zt = z[t];
-        const T sz = sigmoid(zt);
-        dz_out[t] = g * y * sz * (T(1) + zt * (T(1) - sz));
-        g = g * zt * sz;
-      }
-      dD += g * ut;
-      T sdhB = T(0), sddt = T(0);
-#pragma omp simd reduction(+ : sdhB, sddt)
-      for (int64_t n = 0; n < N; ++n) {
-        const T dhn = dh[n] + g * Cp[n];
-        dCp[n] += g * hc[n];
-        dBp[n] += dhn * du;
-        sdhB += dhn * Bp[n];
-        const T hA = dhn * hp[n] * ea[n];  // d h_t / d(dt*A)
-        sddt += hA * A[n];
-        dAacc[n] += hA * dt;
-        dh[n] = dhn * ea[n];
-      }
-      sddt += sdhB * ut;
-      du_out[t] = g * Dv + dt * sdhB;
-      T ddelta = sddt;
-      if (a.softplus) {
-        const T x = delta[t] + bias;
-        if (!(x > T(20))) ddelta = sddt * sigmoid(x);
-      }
-      ddelta_out[t] = ddelta;
-      dbias += ddelta;
-    }
-  }
-  for (int64_t n = 0; n < N; ++n) {
-    dh0_out[n] = dh[n];
-    dA_out[n] = dAacc[n];
-  }
-  *dD_out = dD;
-  *dbias_out = dbias;
-}
-
-// Non-template entry points so GCC can clone them per target ISA.
-ZOO_CLONES void fwd_row_f32(const RowArgs& a, const float* u, const float* delta, const float* z,
-                            const float* A, const float* Bt, const float* Ct, float Dv, float bias,
-                            const float* h0, float* out, float* last, float* ckpt, float* h) {
-  fwd_row_impl<float>(a, u, delta, z, A, Bt, Ct, Dv, bias, h0, out, last, ckpt, h);
-}
-ZOO_CLONES void fwd_row_f64(const RowArgs& a, const double* u, const double* delta,
-                            const double* z, const double* A, const double* Bt, const double* Ct,
-                            double Dv, double bias, const double* h0, double* out, double* last,
-                            double* ckpt, double* h) {
-  fwd_row_impl<double>(a, u, delta, z, A, Bt, Ct, Dv, bias, h0, out, last, ckpt, h);
-}
-ZOO_CLONES void bwd_row_f32(const RowArgs& a, const float* u, const float* delta, const float* z,
-                            const float* A, const float* Bt, const float* Ct, float Dv, float bias,
-                            const float* ckpt, const float* dout, const float* dlast, float* du,
-                            float* ddelta, float* dz, float* dA, float* dD, float* dbias,
-                            float* dh0, float* dBt, float* dCt, float* hs, float* dAs, float* dts,
-                            float* dh, float* dAacc) {
-  bwd_row_impl<float>(a, u, delta, z, A, Bt, Ct, Dv, bias, ckpt, dout, dlast, du, ddelta, dz, dA,
-                      dD, dbias, dh0, dBt, dCt, hs, dAs, dts, dh, dAacc);
-}
-ZOO_CLONES void bwd_row_f64(const RowArgs& a, const double* u, const double* delta,
-                            const double* z, const double* A, const double* Bt, const double* Ct,
-                            double Dv, double bias, const double* ckpt, const double* dout,
-                            const double* dlast, double* du, double* ddelta, double* dz,
-                            double* dA, double* dD, double* dbias, double* dh0, double* dBt,
-                            double* dCt, double* hs, double* dAs, double* dts, double* dh,
-                            double* dAacc) {
-  bwd_row_impl<double>(a, u, delta, z, A, Bt, Ct, Dv, bias, ckpt, dout, dlast, du, ddelta, dz, dA,
-                       dD, dbias, dh0, dBt, dCt, hs, dAs, dts, dh, dAacc);
-}
+#ifdef ZOO_HAVE_AVX2_PATH
+#define ZOO_DISPATCH(fn, ...) (use_avx2() ? zoo_avx2::fn(__VA_ARGS__) : zoo_base::fn(__VA_ARGS__))
+#else
+#define ZOO_DISPATCH(fn, ...) zoo_base::fn(__VA_ARGS__)
+#endif
 
 inline void fwd_row(const RowArgs& a, const float* u, const float* delta, const float* z,
                     const float* A, const float* Bt, const float* Ct, float Dv, float bias,
                     const float* h0, float* out, float* last, float* ckpt, float* h) {
-  fwd_row_f32(a, u, delta, z, A, Bt, Ct, Dv, bias, h0, out, last, ckpt, h);
+  ZOO_DISPATCH(fwd_row_f32, a, u, delta, z, A, Bt, Ct, Dv, bias, h0, out, last, ckpt, h);
 }
 inline void fwd_row(const RowArgs& a, const double* u, const double* delta, const double* z,
                     const double* A, const double* Bt, const double* Ct, double Dv, double bias,
                     const double* h0, double* out, double* last, double* ckpt, double* h) {
-  fwd_row_f64(a, u, delta, z, A, Bt, Ct, Dv, bias, h0, out, last, ckpt, h);
+  ZOO_DISPATCH(fwd_row_f64, a, u, delta, z, A, Bt, Ct, Dv, bias, h0, out, last, ckpt, h);
 }
 template <typename T>
 inline void bwd_row(const RowArgs& a, const T* u, const T* delta, const T* z, const T* A,
@@ -281,10 +108,10 @@ inline void bwd_row(const RowArgs& a, const T* u, const T* delta, const T* z, co
                     const T* dlast, T* du, T* ddelta, T* dz, T* dA, T* dD, T* dbias, T* dh0,
                     T* dBt, T* dCt, T* hs, T* dAs, T* dts, T* dh, T* dAacc) {
   if constexpr (std::is_same_v<T, float>) {
-    bwd_row_f32(a, u, delta, z, A, Bt, Ct, Dv, bias, ckpt, dout, dlast, du, ddelta, dz, dA, dD,
+    ZOO_DISPATCH(bwd_row_f32, a, u, delta, z, A, Bt, Ct, Dv, bias, ckpt, dout, dlast, du, ddelta, dz, dA, dD,
                 dbias, dh0, dBt, dCt, hs, dAs, dts, dh, dAacc);
   } else {
-    bwd_row_f64(a, u, delta, z, A, Bt, Ct, Dv, bias, ckpt, dout, dlast, du, ddelta, dz, dA, dD,
+    ZOO_DISPATCH(bwd_row_f64, a, u, delta, z, A, Bt, Ct, Dv, bias, ckpt, dout, dlast, du, ddelta, dz, dA, dD,
                 dbias, dh0, dBt, dCt, hs, dAs, dts, dh, dAacc);
   }
 }
@@ -488,3 +315,270 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("checkpoints"),
         py::arg("grad_out"), py::arg("grad_last_state"), py::arg("chunk"));
 }
+
+#else  // ZOO_SS_KERNEL_BODY: the kernels, included twice above (baseline and AVX2+FMA)
+
+ZOO_INLINE float vexp(float x) {
+  const float hi = 88.7228391f;    // log(FLT_MAX)
+  const float lo = -87.3365448f;   // log(FLT_MIN)
+  float xc = x > hi ? hi : x;
+  xc = xc < lo ? lo : xc;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: round-to-nearest trick
+  float kf = xc * 1.44269504088896341f + magic;
+  kf = kf - magic;
+  float r = xc - kf * 0.693359375f;
+  r = r - kf * (-2.12194440e-4f);
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t k = static_cast<int32_t>(kf);       // in [-126, 128]
+  int32_t bits = (k + 126) << 23;             // 2^(k-1), exponent field in [0, 254]
+  const float scale = __builtin_bit_cast(float, bits);
+  float res = (p * 2.0f) * scale;
+  res = x > hi ? std::numeric_limits<float>::infinity() : res;
+  res = x < lo ? 0.0f : res;
+  res = (x != x) ? x : res;
+  return res;
+}
+
+ZOO_INLINE double vexp(double x) { return std::exp(x); }
+
+template <typename T>
+ZOO_INLINE T softplus_fwd(T x) {
+  return x > T(20) ? x : std::log1p(std::exp(x));
+}
+
+template <typename T>
+ZOO_INLINE T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// ---------------------------------------------------------------- inner loops over n
+// Kept out of line (noinline): GCC vectorises them reliably on their own; inlined into the
+// time loop, if-conversion of vexp failed.  Reductions use explicit 8-lane partial sums (no
+// -ffast-math needed; the summation order is fixed, so results are deterministic).
+#define ZOO_NOINLINE __attribute__((noinline))
+constexpr int64_t kLanes = 8;
+
+template <typename T>
+ZOO_INLINE T lane_sum(const T* s) {
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+template <typename T>
+ZOO_NOINLINE void step_recompute(const T* __restrict A, const T* __restrict Bp,
+                                 const T* __restrict hp, T* __restrict hc, T* __restrict ea, T dt,
+                                 T du, int64_t N) {
+#pragma omp simd
+  for (int64_t n = 0; n < N; ++n) {
+    const T dA = vexp(dt * A[n]);
+    ea[n] = dA;
+    hc[n] = dA * hp[n] + du * Bp[n];
+  }
+}
+
+template <typename T>
+ZOO_NOINLINE T dot(const T* __restrict a, const T* __restrict b, int64_t N) {
+  T s[kLanes] = {};
+  int64_t n = 0;
+  for (; n + kLanes <= N; n += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) s[j] += a[n + j] * b[n + j];
+  for (; n < N; ++n) s[0] += a[n] * b[n];
+  return lane_sum(s);
+}
+
+// h = exp(dt*A) * h + du * B; returns sum_n C * h
+template <typename T>
+ZOO_NOINLINE T step_fwd(const T* __restrict A, const T* __restrict Bp, const T* __restrict Cp,
+                        T* __restrict h, T dt, T du, int64_t N) {
+#pragma omp simd
+  for (int64_t n = 0; n < N; ++n) h[n] = vexp(dt * A[n]) * h[n] + du * Bp[n];
+  return dot(Cp, h, N);
+}
+
+template <typename T>
+ZOO_INLINE void adjoint_one(const T* __restrict A, const T* __restrict Bp, const T* __restrict Cp,
+                            const T* __restrict hp, const T* __restrict hc,
+                            const T* __restrict ea, T* __restrict dh, T* __restrict dBp,
+                            T* __restrict dCp, T* __restrict dAacc, T g, T dt, T du, int64_t n,
+                            T& sB, T& sT) {
+  const T dhn = dh[n] + g * Cp[n];
+  dCp[n] += g * hc[n];
+  dBp[n] += dhn * du;
+  sB += dhn * Bp[n];
+  const T hA = dhn * hp[n] * ea[n];  // dL/d(dt*A[n])
+  sT += hA * A[n];
+  dAacc[n] += hA * dt;
+  dh[n] = dhn * ea[n];
+}
+
+template <typename T>
+ZOO_NOINLINE void step_adjoint(const T* __restrict A, const T* __restrict Bp,
+                               const T* __restrict Cp, const T* __restrict hp,
+                               const T* __restrict hc, const T* __restrict ea, T* __restrict dh,
+                               T* __restrict dBp, T* __restrict dCp, T* __restrict dAacc, T g,
+                               T dt, T du, int64_t N, T* sdhB, T* sddt) {
+  T sB[kLanes] = {}, sT[kLanes] = {};
+  int64_t n = 0;
+  for (; n + kLanes <= N; n += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j)
+      adjoint_one(A, Bp, Cp, hp, hc, ea, dh, dBp, dCp, dAacc, g, dt, du, n + j, sB[j], sT[j]);
+  for (; n < N; ++n)
+    adjoint_one(A, Bp, Cp, hp, hc, ea, dh, dBp, dCp, dAacc, g, dt, du, n, sB[0], sT[0]);
+  *sdhB = lane_sum(sB);
+  *sddt = lane_sum(sT);
+}
+
+// ---------------------------------------------------------------- forward, one (b, e) row
+template <typename T>
+ZOO_INLINE void fwd_row_impl(const RowArgs& a, const T* __restrict u, const T* __restrict delta,
+                             const T* __restrict z, const T* __restrict A, const T* __restrict Bt,
+                             const T* __restrict Ct, T Dv, T bias, const T* __restrict h0,
+                             T* __restrict out, T* __restrict last, T* __restrict ckpt,
+                             T* __restrict h) {
+  const int64_t L = a.L, N = a.N, K = a.chunk;
+  if (h0) {
+    for (int64_t n = 0; n < N; ++n) h[n] = h0[n];
+  } else {
+    for (int64_t n = 0; n < N; ++n) h[n] = T(0);
+  }
+  for (int64_t t = 0; t < L; ++t) {
+    if (t % K == 0) {
+      T* dst = ckpt + (t / K) * N;
+      for (int64_t n = 0; n < N; ++n) dst[n] = h[n];
+    }
+    T dt = delta[t] + bias;
+    if (a.softplus) dt = softplus_fwd(dt);
+    const T ut = u[t];
+    const T du = dt * ut;
+    const T* __restrict Bp = Bt + t * N;
+    const T* __restrict Cp = Ct + t * N;
+    T y = step_fwd(A, Bp, Cp, h, dt, du, N) + Dv * ut;
+    if (z) {
+      const T zt = z[t];
+      y = y * (zt * sigmoid(zt));
+    }
+    out[t] = y;
+  }
+  for (int64_t n = 0; n < N; ++n) last[n] = h[n];
+}
+
+// ---------------------------------------------------------------- backward, one (b, e) row
+// Accumulates into dBt/dCt ([L, N], private to the calling work item), writes the rest.
+template <typename T>
+ZOO_INLINE void bwd_row_impl(const RowArgs& a, const T* __restrict u, const T* __restrict delta,
+                             const T* __restrict z, const T* __restrict A, const T* __restrict Bt,
+                             const T* __restrict Ct, T Dv, T bias, const T* __restrict ckpt,
+                             const T* __restrict dout, const T* __restrict dlast,
+                             T* __restrict du_out, T* __restrict ddelta_out, T* __restrict dz_out,
+                             T* __restrict dA_out, T* __restrict dD_out, T* __restrict dbias_out,
+                             T* __restrict dh0_out, T* __restrict dBt, T* __restrict dCt,
+                             T* __restrict hs, T* __restrict dAs, T* __restrict dts,
+                             T* __restrict dh, T* __restrict dAacc) {
+  const int64_t L = a.L, N = a.N, K = a.chunk;
+  const int64_t nchunk = (L + K - 1) / K;
+  for (int64_t n = 0; n < N; ++n) {
+    dh[n] = dlast ? dlast[n] : T(0);
+    dAacc[n] = T(0);
+  }
+  T dD = T(0), dbias = T(0);
+  for (int64_t c = nchunk - 1; c >= 0; --c) {
+    const int64_t t0 = c * K;
+    const int64_t t1 = std::min(L, t0 + K);
+    // recompute states inside the chunk: hs[j] = h before step t0+j, hs[j+1] = after
+    {
+      const T* src = ckpt + c * N;
+      for (int64_t n = 0; n < N; ++n) hs[n] = src[n];
+    }
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t j = t - t0;
+      T dt = delta[t] + bias;
+      if (a.softplus) dt = softplus_fwd(dt);
+      dts[j] = dt;
+      const T du = dt * u[t];
+      const T* __restrict Bp = Bt + t * N;
+      const T* __restrict hp = hs + j * N;
+      T* __restrict hc = hs + (j + 1) * N;
+      T* __restrict ea = dAs + j * N;
+      step_recompute(A, Bp, hp, hc, ea, dt, du, N);
+    }
+    // reverse-time adjoint
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      const int64_t j = t - t0;
+      const T dt = dts[j];
+      const T ut = u[t];
+      const T du = dt * ut;
+      const T* __restrict Bp = Bt + t * N;
+      const T* __restrict Cp = Ct + t * N;
+      const T* __restrict hp = hs + j * N;
+      const T* __restrict hc = hs + (j + 1) * N;
+      const T* __restrict ea = dAs + j * N;
+      T* __restrict dBp = dBt + t * N;
+      T* __restrict dCp = dCt + t * N;
+      T g = dout[t];
+      if (z) {
+        const T y = dot(Cp, hc, N) + Dv * ut;
+        const T zt = z[t];
+        const T sz = sigmoid(zt);
+        dz_out[t] = g * y * sz * (T(1) + zt * (T(1) - sz));
+        g = g * zt * sz;
+      }
+      dD += g * ut;
+      T sdhB, sddt;
+      step_adjoint(A, Bp, Cp, hp, hc, ea, dh, dBp, dCp, dAacc, g, dt, du, N, &sdhB, &sddt);
+      sddt += sdhB * ut;
+      du_out[t] = g * Dv + dt * sdhB;
+      T ddelta = sddt;
+      if (a.softplus) {
+        const T x = delta[t] + bias;
+        if (!(x > T(20))) ddelta = sddt * sigmoid(x);
+      }
+      ddelta_out[t] = ddelta;
+      dbias += ddelta;
+    }
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    dh0_out[n] = dh[n];
+    dA_out[n] = dAacc[n];
+  }
+  *dD_out = dD;
+  *dbias_out = dbias;
+}
+
+// Non-template entry points so GCC can clone them per target ISA.
+void fwd_row_f32(const RowArgs& a, const float* u, const float* delta, const float* z,
+                            const float* A, const float* Bt, const float* Ct, float Dv, float bias,
+                            const float* h0, float* out, float* last, float* ckpt, float* h) {
+  fwd_row_impl<float>(a, u, delta, z, A, Bt, Ct, Dv, bias, h0, out, last, ckpt, h);
+}
+void fwd_row_f64(const RowArgs& a, const double* u, const double* delta,
+                            const double* z, const double* A, const double* Bt, const double* Ct,
+                            double Dv, double bias, const double* h0, double* out, double* last,
+                            double* ckpt, double* h) {
+  fwd_row_impl<double>(a, u, delta, z, A, Bt, Ct, Dv, bias, h0, out, last, ckpt, h);
+}
+void bwd_row_f32(const RowArgs& a, const float* u, const float* delta, const float* z,
+                            const float* A, const float* Bt, const float* Ct, float Dv, float bias,
+                            const float* ckpt, const float* dout, const float* dlast, float* du,
+                            float* ddelta, float* dz, float* dA, float* dD, float* dbias,
+                            float* dh0, float* dBt, float* dCt, float* hs, float* dAs, float* dts,
+                            float* dh, float* dAacc) {
+  bwd_row_impl<float>(a, u, delta, z, A, Bt, Ct, Dv, bias, ckpt, dout, dlast, du, ddelta, dz, dA,
+                      dD, dbias, dh0, dBt, dCt, hs, dAs, dts, dh, dAacc);
+}
+void bwd_row_f64(const RowArgs& a, const double* u, const double* delta,
+                            const double* z, const double* A, const double* Bt, const double* Ct,
+                            double Dv, double bias, const double* ckpt, const double* dout,
+                            const double* dlast, double* du, double* ddelta, double* dz,
+                            double* dA, double* dD, double* dbias, double* dh0, double* dBt,
+                            double* dCt, double* hs, double* dAs, double* dts, double* dh,
+                            double* dAacc) {
+  bwd_row_impl<double>(a, u, delta, z, A, Bt, Ct, Dv, bias, ckpt, dout, dlast, du, ddelta, dz, dA,
+                       dD, dbias, dh0, dBt, dCt, hs, dAs, dts, dh, dAacc);
+}
+
+#endif  // ZOO_SS_KERNEL_BODY

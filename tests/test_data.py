@@ -1,0 +1,280 @@
+"""Readers, k-core, sequences, leave-one-out and batching on hand-made files (plus one ML-1M check)."""
+
+import gzip
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from zoo.data import (EvalExamples, Interactions, build_sequences, eval_batches, iterate_batches, kcore_filter,
+                      leave_one_out, load_dataset, pad_sequences, read_interactions, training_windows)
+from zoo.vocab import ItemVocab, UnknownItemError
+
+
+def write(path, text, gz=False):
+    if gz:
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- readers
+ATOMIC = ("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+          "1\t10\t4\t100\n1\t20\t5\t50\n2\t10\t3\t70\n")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_atomic_inter(tmp_path, gz):
+    p = write(tmp_path / ("x.inter.gz" if gz else "x.inter"), ATOMIC, gz)
+    x = read_interactions(p)
+    assert x.format == "atomic"
+    assert x.user.dtype == np.int64 and x.item.dtype == np.int64
+    assert x.user.tolist() == [1, 1, 2] and x.item.tolist() == [10, 20, 10]
+    assert x.timestamp.dtype == np.float64 and x.timestamp.tolist() == [100.0, 50.0, 70.0]
+
+
+def test_atomic_columns_by_name_any_order(tmp_path):
+    p = write(tmp_path / "y.inter", "timestamp:float\trating:float\titem_id:token\tuser_id:token\n"
+                                    "5\t1\tA\tu1\n6\t2\tB\tu2\n")
+    x = read_interactions(p)
+    assert x.user.tolist() == ["u1", "u2"] and x.item.tolist() == ["A", "B"]   # str ids kept as str
+    assert x.timestamp.tolist() == [5.0, 6.0]
+
+
+def test_gzip_detected_by_magic_not_name(tmp_path):
+    p = write(tmp_path / "noext.inter", ATOMIC, gz=True)
+    assert len(read_interactions(p)) == 3
+
+
+def test_movielens_ratings_dat(tmp_path):
+    p = write(tmp_path / "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n")
+    x = read_interactions(p)
+    assert x.format == "movielens"
+    assert x.user.tolist() == [1, 1, 2] and x.item.tolist() == [1193, 661, 1193]
+    assert x.timestamp.tolist() == [978300760.0, 978302109.0, 978298413.0]
+
+
+@pytest.mark.parametrize("text", [
+    "user_id\titem_id\ttimestamp\n1\t5\t10\n1\t6\t11\n",
+    "user,item,time\n1,5,10\n1,6,11\n",
+    "user;item;rating;time\n1;5;3;10\n1;6;3;11\n",
+])
+def test_delimited(tmp_path, text):
+    p = write(tmp_path / "d.csv", text)
+    x = read_interactions(p)
+    assert x.format == "delimited"
+    assert x.user.tolist() == [1, 1] and x.item.tolist() == [5, 6] and x.timestamp.tolist() == [10.0, 11.0]
+
+
+def test_delimited_without_timestamp_and_blank_lines(tmp_path):
+    p = write(tmp_path / "d.tsv", "user_id\titem_id\n1\t5\n\n2\t6\n\n")
+    x = read_interactions(p)
+    assert x.timestamp is None and x.item.tolist() == [5, 6]
+
+
+def test_quoted_csv(tmp_path):
+    p = write(tmp_path / "q.csv", 'user_id,item_id,timestamp\n"a","x, y",1\n"b","z",2\n')
+    x = read_interactions(p)
+    assert x.user.tolist() == ["a", "b"] and x.item.tolist() == ["x, y", "z"]
+
+
+def test_seq_format(tmp_path):
+    p = write(tmp_path / "s.seq.gz", "user_id\titem_ids_chronological\n7\t3 1 2\n8\t2  5\n", gz=True)
+    x = read_interactions(p)
+    assert x.format == "seq" and x.timestamp is None
+    assert x.user.tolist() == [7, 7, 7, 8, 8] and x.item.tolist() == [3, 1, 2, 2, 5]
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_interactions(tmp_path / "missing.inter")
+    with pytest.raises(ValueError, match="unknown interaction file format"):
+        read_interactions(write(tmp_path / "a.txt", "foo\tbar\n1\t2\n"))
+    with pytest.raises(ValueError, match="unknown format"):
+        read_interactions(write(tmp_path / "b.txt", ATOMIC), format="parquet")
+    with pytest.raises(ValueError, match="no item column"):
+        read_interactions(write(tmp_path / "c.tsv", "user_id\tfoo\n1\t2\n"), format="delimited")
+    with pytest.raises(ValueError, match=r"line 3, column 'timestamp'.*not a number"):
+        read_interactions(write(tmp_path / "d.tsv", "user_id\titem_id\ttimestamp\n1\t2\t3\n1\t3\tabc\n"))
+    with pytest.raises(ValueError, match=r"line 2, column 'timestamp'.*NaN"):
+        read_interactions(write(tmp_path / "e.tsv", "user_id\titem_id\ttimestamp\n1\t2\tnan\n"))
+    with pytest.raises(ValueError, match=r"line 3: expected 3 fields, found 2"):
+        read_interactions(write(tmp_path / "f.tsv", "user_id\titem_id\ttimestamp\n1\t2\t3\n1\t2\n"))
+    with pytest.raises(ValueError, match="empty file"):
+        read_interactions(write(tmp_path / "g.tsv", "\n"))
+    with pytest.raises(ValueError, match="f2.dat.*line 2"):
+        read_interactions(write(tmp_path / "f2.dat", "1::2::3::4\n1::2::3\n"))
+
+
+# ----------------------------------------------------------------------------------------------- k-core
+def test_kcore_cascade():
+    # u4 has 1 row -> dropped; then i3 has 1 row -> dropped; then u3 has 1 row -> dropped. A single pass keeps u3.
+    users = np.array([1, 1, 2, 2, 3, 3, 4])
+    items = np.array([1, 2, 1, 2, 2, 3, 3])
+    x = kcore_filter(Interactions(users, items), 2, 2)
+    assert x.user.tolist() == [1, 1, 2, 2] and x.item.tolist() == [1, 2, 1, 2]
+    assert kcore_filter(Interactions(users, items), None, None) is not None
+    assert len(kcore_filter(Interactions(users, items), 3, 3)) == 0
+
+
+def _naive_kcore(users, items, k):
+    rows = list(zip(users.tolist(), items.tolist()))
+    while True:
+        uc, ic = {}, {}
+        for u, i in rows:
+            uc[u] = uc.get(u, 0) + 1
+            ic[i] = ic.get(i, 0) + 1
+        new = [(u, i) for u, i in rows if uc[u] >= k and ic[i] >= k]
+        if len(new) == len(rows):
+            return new
+        rows = new
+
+
+def test_kcore_matches_naive_on_random_data():
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 40, 600), rng.integers(0, 60, 600)
+    x = kcore_filter(Interactions(users, items), 5, 5)
+    assert list(zip(x.user.tolist(), x.item.tolist())) == _naive_kcore(users, items, 5)
+    # string ids go through the np.unique path
+    xs = kcore_filter(Interactions(users.astype(str), items.astype(str)), 5, 5)
+    assert len(xs) == len(x)
+
+
+# ----------------------------------------------------------------------------------------------- sequences
+def test_build_sequences_stable_ties_and_vocab_order():
+    # user 2 appears first; ties at t=5 keep file order (30 before 10)
+    x = Interactions(np.array([2, 1, 2, 2, 1]), np.array([30, 20, 10, 40, 30]),
+                     np.array([5.0, 1.0, 5.0, 1.0, 0.0]))
+    ds = build_sequences(x, name="t")
+    assert ds.users == [2, 1]
+    assert ds.vocab.items == [30, 20, 10, 40]               # first appearance in file order
+    assert [ds.vocab.decode(s) for s in ds.sequences] == [[40, 30, 10], [30, 20]]
+    assert [t.tolist() for t in ds.timestamps] == [[1.0, 5.0, 5.0], [0.0, 1.0]]
+    assert all(s.dtype == np.int64 for s in ds.sequences)
+    assert ds.n_users == 2 and ds.n_items == 4 and ds.n_interactions == 5
+
+
+def test_load_dataset_seq_has_no_filter_by_default(tmp_path):
+    p = write(tmp_path / "s.seq", "user_id\titem_ids_chronological\n1\t5 6 7\n2\t6\n")
+    ds = load_dataset(p)
+    assert ds.n_users == 2 and ds.kcore is None
+    assert [ds.vocab.decode(s) for s in ds.sequences] == [[5, 6, 7], [6]]
+    assert load_dataset(p, kcore=2, item_k=0).n_users == 1   # allowed on request
+    with pytest.raises(ValueError, match="no interactions left"):
+        load_dataset(p, kcore=2)
+
+
+def test_load_dataset_inter_kcore_auto(tmp_path):
+    rows = "".join(f"{u}\t{i}\t{i}\n" for u in range(1, 7) for i in range(1, 6)) + "9\t1\t1\n"
+    ds = load_dataset(write(tmp_path / "x.tsv", "user_id\titem_id\ttimestamp\n" + rows))
+    assert ds.kcore == (5, 5) and ds.n_users == 6 and ds.n_items == 5      # user 9 (1 row) filtered
+    assert load_dataset(tmp_path / "x.tsv", kcore=None).n_users == 7
+
+
+def test_reencode_with_model_vocab():
+    x = Interactions(np.array([1, 1, 2]), np.array([10, 20, 30]), np.array([1.0, 2.0, 3.0]))
+    ds = build_sequences(x)
+    v = ItemVocab([30, 20, 10, 99])
+    r = ds.reencode(v)
+    assert [s.tolist() for s in r.sequences] == [[3, 2], [1]] and r.vocab is v
+    with pytest.raises(UnknownItemError, match=r"1 of the 3 items .*1 interactions"):
+        ds.reencode(ItemVocab([10, 20]))
+    d = ds.reencode(ItemVocab([10, 20]), unknown="drop")
+    assert d.users == [1] and d.timestamps[0].tolist() == [1.0, 2.0]
+
+
+# ----------------------------------------------------------------------------------------------- leave-one-out
+def test_leave_one_out():
+    x = Interactions(np.array([1] * 5 + [2] * 3 + [3] * 2), np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 1]),
+                     np.arange(10, dtype=float))
+    ds = build_sequences(x)
+    sp = leave_one_out(ds)
+    dec = ds.vocab.decode
+    assert [dec(s) for s in sp.train] == [[1, 2, 3], [6], [9, 1]]          # short user 3: whole sequence
+    assert sp.train_users == [1, 2, 3]
+    assert [t.tolist() for t in sp.train_timestamps] == [[0, 1, 2], [5], [8, 9]]
+    assert sp.valid.users == [1, 2] and sp.test.users == [1, 2]            # user 3 (2 items) not evaluated
+    assert [dec(h) for h in sp.valid.histories] == [[1, 2, 3], [6]]
+    assert dec(sp.valid.targets) == [4, 7]
+    assert [dec(h) for h in sp.test.histories] == [[1, 2, 3, 4], [6, 7]]
+    assert dec(sp.test.targets) == [5, 8]
+    assert sp.test.target_timestamps.tolist() == [4.0, 7.0]
+    assert [t.tolist() for t in sp.test.history_timestamps] == [[0, 1, 2, 3], [5, 6]]
+    assert len(sp.test.head(1)) == 1
+    with pytest.raises(ValueError, match="no user has >= 3 items"):
+        leave_one_out(build_sequences(Interactions(np.array([1, 1]), np.array([1, 2]))))
+
+
+# ----------------------------------------------------------------------------------------------- batching
+def test_training_windows_chunked_from_end():
+    seqs = [np.arange(1, 8), np.array([5]), np.array([3, 4])]
+    ts = [np.arange(7, dtype=float), np.array([0.0]), np.array([1.0, 2.0])]
+    w = training_windows(seqs, max_len=4, timestamps=ts)
+    got = [tuple(a.tolist() for a in w.window(i)) for i in range(len(w))]
+    assert got == [([1, 2], [2, 3]), ([3, 4, 5, 6], [4, 5, 6, 7]), ([3], [4])]
+    assert w.users.tolist() == [0, 0, 2] and w.n_positions == 7
+    assert w.timestamps[w.starts[1]:w.starts[1] + 4].tolist() == [2.0, 3.0, 4.0, 5.0]
+    # exact multiple: two full windows, no empty one
+    w2 = training_windows([np.arange(1, 10)], max_len=4)
+    assert w2.lengths.tolist() == [4, 4]
+    with pytest.raises(ValueError, match="no training sequence"):
+        training_windows([np.array([1])], 4)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_iterate_batches_padding(side):
+    w = training_windows([np.arange(1, 8), np.array([3, 4])], max_len=4, timestamps=[np.arange(7.0), np.array([1.0, 2.0])])
+    b = next(iterate_batches(w, batch_size=3, padding_side=side, shuffle=False))
+    assert b["input_ids"].dtype == torch.int64 and b["attention_mask"].dtype == torch.bool
+    assert b["labels"].dtype == torch.int64 and b["timestamps"].dtype == torch.float64
+    if side == "right":
+        assert b["input_ids"].tolist() == [[1, 2, 0, 0], [3, 4, 5, 6], [3, 0, 0, 0]]
+        assert b["labels"].tolist() == [[2, 3, 0, 0], [4, 5, 6, 7], [4, 0, 0, 0]]
+        assert b["timestamps"][0].tolist() == [0.0, 1.0, 0.0, 0.0]
+    else:
+        assert b["input_ids"].tolist() == [[0, 0, 1, 2], [3, 4, 5, 6], [0, 0, 0, 3]]
+        assert b["labels"].tolist() == [[0, 0, 2, 3], [4, 5, 6, 7], [0, 0, 0, 4]]
+    assert b["attention_mask"].tolist() == (b["input_ids"] != 0).tolist()
+
+
+def test_iterate_batches_shuffle_deterministic_and_complete():
+    seqs = [np.arange(1, n + 2) for n in range(1, 30)]
+    w = training_windows(seqs, max_len=5)
+    epoch = lambda **kw: [b["labels"][b["attention_mask"]].tolist() for b in iterate_batches(w, 7, "left", **kw)]
+    a, b = epoch(seed=1), epoch(seed=1)
+    assert a == b and a != epoch(seed=2)
+    flat = sorted(x for batch in a for x in batch)
+    assert flat == sorted(w.labels.tolist())
+    c = epoch(seed=1, bucket_by_length=True)
+    assert sorted(x for batch in c for x in batch) == flat
+    assert sum(len(x) for x in epoch(seed=0, drop_last=True)) <= len(w.labels)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_eval_batches(side):
+    ex = EvalExamples([np.array([1, 2, 3, 4]), np.array([5])], np.array([7, 8]), ["a", "b"],
+                      [np.array([1.0, 2, 3, 4]), np.array([9.0])], np.array([5.0, 10.0]))
+    (b,) = list(eval_batches(ex, max_len=3, padding_side=side, batch_size=8))
+    exp = [[2, 3, 4], [5, 0, 0]] if side == "right" else [[2, 3, 4], [0, 0, 5]]
+    assert b["input_ids"].tolist() == exp and b["targets"].tolist() == [7, 8]
+    assert b["timestamps"][0].tolist() == [2.0, 3.0, 4.0]
+    assert len(list(eval_batches(ex, 3, side, batch_size=1))) == 2
+    vals, mask = pad_sequences([[1], [2, 3]], side)
+    assert mask.sum() == 3
+
+
+# ----------------------------------------------------------------------------------------------- ML-1M (shared data)
+def test_ml1m_5core_stats(shared_data):
+    t = time.time()
+    ds = load_dataset(shared_data / "ml-1m.5core.seq.gz")
+    elapsed = time.time() - t
+    assert (ds.n_users, ds.n_items, ds.n_interactions) == (6040, 3416, 999_611)
+    assert ds.vocab.items[0] == 3186 and ds.sequences[0][0] == 1
+    sp = leave_one_out(ds)
+    assert len(sp.valid) == len(sp.test) == 6040
+    assert sum(len(s) - 1 for s in sp.train) == 981_491          # RecBole's train samples (models.md §1.1)
+    assert all(len(h) == len(g) + 1 for h, g in zip(sp.test.histories[:50], sp.valid.histories[:50]))
+    assert elapsed < 15, f"ML-1M took {elapsed:.1f}s to load"

@@ -1,0 +1,98 @@
+"""Hub-id resolution with bundled copies (no network), card folders, official-checkpoint conversion."""
+
+import os
+import time
+
+import pytest
+import torch
+from transformers import AutoModel
+
+import zoo
+from zoo import hub
+from zoo.convert import convert
+from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+
+@pytest.fixture
+def bundled(tmp_path, monkeypatch):
+    model = Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=16, d_state=4)).eval()
+    model.set_item_vocab(zoo.ItemVocab(list(range(100, 129))))
+    model.save_pretrained(tmp_path / "bundle" / "tiny-mamba4rec")
+    monkeypatch.setenv("ZOO_BUNDLED_DIR", str(tmp_path / "bundle"))
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf"))  # empty cache
+    assert f"{hub.HUB_ORG}/tiny-mamba4rec" in hub.seed_hf_cache()
+    return model
+
+
+@pytest.mark.parametrize("org", [hub.HUB_ORG, "org"])
+def test_offline_mode_uses_bundled_copy(bundled, monkeypatch, org):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.time()
+    m = AutoModel.from_pretrained(f"{org}/tiny-mamba4rec")
+    assert time.time() - t < 10
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(m.eval()(ids).logits, bundled(ids).logits)
+    assert m.item_vocab == bundled.item_vocab
+
+
+def test_unreachable_hub_falls_back_fast(bundled, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")        # closed port: refused at once
+    t = time.time()
+    m = Mamba4RecModel.from_pretrained(f"{hub.HUB_ORG}/tiny-mamba4rec")
+    assert time.time() - t < 10 and isinstance(m, Mamba4RecModel)
+    with pytest.raises(OSError, match="not reachable"):
+        Mamba4RecModel.from_pretrained(f"{hub.HUB_ORG}/no-such-model")
+    with pytest.raises(OSError, match="connect"):
+        AutoModel.from_pretrained(f"{hub.HUB_ORG}/no-such-model")
+    with pytest.raises(ValueError, match="neither a local folder nor a Hub id"):
+        Mamba4RecModel.from_pretrained("not/a/valid/id")
+
+
+def test_push_refuses_incomplete_folder_and_missing_credentials(tmp_path, bundled, monkeypatch):
+    with pytest.raises(ValueError, match="missing"):
+        hub.push(str(tmp_path / "bundle" / "tiny-mamba4rec"), "me/x")
+    folder = tmp_path / "bundle" / "tiny-mamba4rec"
+    (folder / "README.md").write_text("card")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "nope"))
+    with pytest.raises(RuntimeError, match="credentials"):
+        hub.push(str(folder), "me/x")
+
+
+def _official_layout(model):
+    sd = model.state_dict()
+    out = {}
+    for k, v in sd.items():
+        k = k.replace("layer_norm.", "LayerNorm.")
+        out[k] = v.clone()
+    return out
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_convert_official_mamba4rec_checkpoint(tmp_path, num_layers):
+    src = Mamba4RecModel(Mamba4RecConfig(n_items=40, hidden_size=32, d_state=8, num_layers=num_layers)).eval()
+    sd = _official_layout(src)
+    assert "LayerNorm.weight" in sd and "mamba_layers.0.ffn.LayerNorm.weight" in sd
+    torch.save({"state_dict": sd, "other_parameter": {"epoch": 3}}, tmp_path / "Mamba4Rec.pth")
+    (tmp_path / "tokens.txt").write_text("[PAD]\n" + "\n".join(str(1000 + i) for i in range(39)))
+    convert("mamba4rec", str(tmp_path / "Mamba4Rec.pth"), str(tmp_path / "out"), str(tmp_path / "tokens.txt"))
+    m = AutoModel.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(1, 40, (3, 17))
+    assert torch.equal(m(ids).logits, src(ids).logits)
+    assert m.config.num_layers == num_layers and m.item_vocab.decode([1]) == [1000]
+
+
+class Config:  # stands in for RecBole's Config object
+    pass
+
+
+def test_convert_refuses_unsafe_pickle(tmp_path):
+    src = Mamba4RecModel(Mamba4RecConfig(n_items=20, hidden_size=16, d_state=4))
+    torch.save({"state_dict": _official_layout(src), "config": Config()}, tmp_path / "ckpt.pth")
+    with pytest.raises(ValueError, match="cannot be loaded safely"):
+        convert("mamba4rec", str(tmp_path / "ckpt.pth"), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="not a Mamba4Rec state dict"):
+        torch.save({"foo": torch.zeros(1)}, tmp_path / "other.pth")
+        convert("mamba4rec", str(tmp_path / "other.pth"), str(tmp_path / "out2"))

@@ -1,0 +1,378 @@
+"""LRURec: the real/imag LRU scan op, the model's central invariant (step == full forward), padding, save/load,
+the official parameter count, faithfulness to the official algorithm, and that it trains."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import zoo  # noqa: E402,F401  (registers the models with AutoConfig / AutoModel)
+from equivalence import check_step_equivalence  # noqa: E402
+from zoo.models.lrurec import LRURecConfig, LRURecModel, convert_official_state_dict  # noqa: E402
+from zoo.ops.lru import lru_scan_doubling, lru_scan_loop, lru_scan_ref, lru_step_ref  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny ops run faster (and more predictably on a shared machine) on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _rand_lambda(n, dtype=torch.float64, r_lo=0.3, r_hi=0.995):
+    r = torch.rand(n, dtype=dtype) * (r_hi - r_lo) + r_lo
+    th = torch.rand(n, dtype=dtype) * 2 * math.pi
+    return r * torch.cos(th), r * torch.sin(th)
+
+
+def _left_mask(B, L, lengths):
+    return torch.arange(L)[None, :] >= (L - torch.as_tensor(lengths))[:, None]
+
+
+def small_model(**kw):
+    cfg = dict(hidden_size=16, n_items=50, max_seq_length=64)
+    cfg.update(kw)
+    return LRURecModel(LRURecConfig(**cfg))
+
+
+# ----------------------------------------------------------------------------------------------------------- op
+@pytest.mark.parametrize("L", [1, 2, 7, 20, 37, 64, 200, 257])
+@pytest.mark.parametrize("mask_kind", [None, "left", "random"])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_scan_matches_loop(L, mask_kind, with_h0):
+    B, N = 3, 6
+    u_re, u_im = torch.randn(B, L, N, dtype=torch.float64), torch.randn(B, L, N, dtype=torch.float64)
+    lam_re, lam_im = _rand_lambda(N)
+    mask = None
+    if mask_kind == "left":
+        mask = _left_mask(B, L, [L, max(1, L // 2), 1])
+    elif mask_kind == "random":
+        mask = torch.rand(B, L) > 0.3
+    h0 = (torch.randn(B, N, dtype=torch.float64), torch.randn(B, N, dtype=torch.float64)) if with_h0 else (None, None)
+    ref = lru_scan_loop(u_re, u_im, lam_re, lam_im, mask, *h0)
+    for chunk in (1, 4, 16, 20):
+        out = lru_scan_ref(u_re, u_im, lam_re, lam_im, mask, *h0, chunk_size=chunk)
+        assert out[0].shape == (B, L, N) and out[1].shape == (B, L, N)
+        torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(lru_scan_doubling(u_re, u_im, lam_re, lam_im, mask, *h0), ref, atol=1e-10, rtol=1e-10)
+
+
+def test_scan_left_padding_is_exact():
+    """Extra left padding (with arbitrary garbage inputs there) changes nothing at real positions; with h0 the state
+    enters at the first real position."""
+    B, L, N, P = 2, 30, 5, 13
+    u_re, u_im = torch.randn(B, L, N, dtype=torch.float64), torch.randn(B, L, N, dtype=torch.float64)
+    lam_re, lam_im = _rand_lambda(N)
+    h0 = (torch.randn(B, N, dtype=torch.float64), torch.randn(B, N, dtype=torch.float64))
+    base = lru_scan_ref(u_re, u_im, lam_re, lam_im, None, *h0)
+    g_re, g_im = torch.randn(B, P, N, dtype=torch.float64) * 100, torch.randn(B, P, N, dtype=torch.float64) * 100
+    mask = _left_mask(B, L + P, [L, L])
+    out = lru_scan_ref(torch.cat([g_re, u_re], 1), torch.cat([g_im, u_im], 1), lam_re, lam_im, mask, *h0)
+    torch.testing.assert_close((out[0][:, P:], out[1][:, P:]), base, atol=1e-10, rtol=1e-10)
+    assert out[0][:, :P].abs().max() == 0 and out[1][:, :P].abs().max() == 0    # no state before the first item
+    # the step form continues the scan exactly
+    s = lru_step_ref(u_re[:, -1], u_im[:, -1], lam_re, lam_im, base[0][:, -2], base[1][:, -2])
+    torch.testing.assert_close(s, (base[0][:, -1], base[1][:, -1]), atol=1e-12, rtol=1e-12)
+
+
+def test_scan_grads_finite_and_match_loop():
+    B, L, N = 2, 45, 4
+    u_re = torch.randn(B, L, N, dtype=torch.float64, requires_grad=True)
+    u_im = torch.randn(B, L, N, dtype=torch.float64, requires_grad=True)
+    nu_log = torch.randn(N, dtype=torch.float64).mul(0.5).sub(2).requires_grad_()
+    th_log = torch.randn(N, dtype=torch.float64).requires_grad_()
+    mask = _left_mask(B, L, [L, 17])
+    h0 = (torch.randn(B, N, dtype=torch.float64, requires_grad=True),
+          torch.randn(B, N, dtype=torch.float64, requires_grad=True))
+    leaves = [u_re, u_im, nu_log, th_log, *h0]
+    w = torch.randn(B, L, N, dtype=torch.float64)
+
+    def grads(fn):
+        lam_re = torch.exp(-torch.exp(nu_log)) * torch.cos(torch.exp(th_log))
+        lam_im = torch.exp(-torch.exp(nu_log)) * torch.sin(torch.exp(th_log))
+        h_re, h_im = fn(u_re, u_im, lam_re, lam_im, mask, *h0)
+        loss = (w * h_re).sum() + (h_im ** 2).sum()
+        return torch.autograd.grad(loss, leaves)
+
+    g_ref, g_loop = grads(lru_scan_ref), grads(lru_scan_loop)
+    for a, b in zip(g_ref, g_loop):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c, d: lru_scan_ref(a, b, c, d, mask[:, :9], chunk_size=4),
+        (torch.randn(B, 9, 3, dtype=torch.float64, requires_grad=True),
+         torch.randn(B, 9, 3, dtype=torch.float64, requires_grad=True),
+         *[t.requires_grad_() for t in _rand_lambda(3)]))
+
+
+def test_scan_speed_train_shape(one_thread):
+    """B=128, L=200, N=128 forward + backward well under a second (CPU time, one thread)."""
+    B, L, N = 128, 200, 128
+    u_re = torch.randn(N, B * L).t().reshape(B, L, N).requires_grad_()  # any layout works; this one is the model's
+    u_im = torch.randn(B, L, N, requires_grad=True)
+    lam_re, lam_im = (t.float().requires_grad_() for t in _rand_lambda(N))
+    mask = _left_mask(B, L, torch.randint(1, L + 1, (B,)))
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.process_time()
+        h_re, h_im = lru_scan_ref(u_re, u_im, lam_re, lam_im, mask)
+        (h_re.square().mean() + h_im.mean()).backward()
+        best = min(best, time.process_time() - t0)
+    assert best < 1.0, f"scan forward+backward took {best:.2f} s CPU"
+
+
+# ------------------------------------------------------------------------------------------------ central invariant
+@pytest.mark.parametrize("plan", ["ones", "mixed"])
+def test_step_equivalence(plan, one_thread):
+    model = small_model()
+    worst = check_step_equivalence(model, [1, 2, 37, 200, 600], chunk_plan=plan, atol=1e-4, seed=1)
+    print(f"LRURec step vs full forward ({plan}): max abs diff {worst:.3g}")
+    assert worst < 1e-4
+
+
+def test_step_multi_item_and_state_untouched():
+    model = small_model().eval()
+    ids = torch.randint(1, 50, (3, 11))
+    state = model.init_state(3)
+    assert set(state) == {"lru_state_re", "lru_state_im"}
+    assert state["lru_state_re"].shape == (3, 2, 32) and state["lru_state_re"].dtype == torch.float32
+    logits_all, s_all = model.step(ids, state, all_positions=True)
+    assert all(v.abs().max() == 0 for v in state.values())                      # not modified in place
+    s, outs = state, []
+    for t in range(11):
+        before = {k: v.clone() for k, v in s.items()}
+        lg, s_new = model.step(ids[:, t:t + 1], s)
+        assert all(torch.equal(before[k], s[k]) for k in s)
+        outs.append(lg)
+        s = s_new
+    torch.testing.assert_close(torch.stack(outs, 1), logits_all, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s, s_all, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        full = model(*model.pad_batch(ids.tolist())).logits
+    torch.testing.assert_close(logits_all[:, -1], full, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------- padding
+def test_padding_invariance():
+    model = small_model().eval()
+    hist = [[3, 4, 5, 6, 7, 8, 9], [10, 11], [12]]
+    ids, mask = model.pad_batch(hist)
+    assert model.padding_side == "left" and mask[:, -1].all()
+    with torch.no_grad():
+        out = model(ids, mask)
+        P = 25                                                                   # extra left pads
+        ids2 = torch.cat([torch.zeros(3, P, dtype=torch.long), ids], 1)
+        mask2 = torch.cat([torch.zeros(3, P, dtype=torch.bool), mask], 1)
+        out2 = model(ids2, mask2)
+        torch.testing.assert_close(out2.logits, out.logits, atol=1e-5, rtol=1e-5)
+        for r, h in enumerate(hist):
+            n = len(h)
+            single = model(torch.tensor([h]))                                    # no padding at all
+            torch.testing.assert_close(out.hidden_states[r, -n:], single.hidden_states[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out2.hidden_states[r, -n:], single.hidden_states[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="left-padded"):
+        model(torch.tensor([[5, 6, 0]]))
+
+
+# ----------------------------------------------------------------------------------------------------- faithfulness
+def _official_algorithm_logits(model, ids):
+    """Independent re-implementation of the official forward from the spec (models.md §6.1-6.2): complex dtype,
+    left padding to a power of two, recursive-doubling scan whose carry is masked when it comes from padding."""
+    cd = torch.complex128
+    mask = ids > 0
+    x = F.layer_norm(F.embedding(ids, model.item_embedding.weight.double()), (model.config.hidden_size,),
+                     model.emb_layer_norm.weight.double(), model.emb_layer_norm.bias.double(), model.config.layer_norm_eps)
+    L = ids.shape[1]
+    Lp = 2 ** math.ceil(math.log2(L)) if L > 1 else 1
+    x = F.pad(x, (0, 0, Lp - L, 0))
+    mask = F.pad(mask, (Lp - L, 0))
+    B = ids.shape[0]
+    for blk in model.lru_blocks:
+        lay = blk.lru_layer
+        nu, theta, gamma = torch.exp(lay.params_log.double())
+        lam = torch.exp(torch.complex(-nu, theta))
+        W_in = torch.complex(lay.in_proj.weight_re.double(), lay.in_proj.weight_im.double())
+        b_in = torch.complex(lay.in_proj.bias_re.double(), lay.in_proj.bias_im.double())
+        W_out = torch.complex(lay.out_proj.weight_re.double(), lay.out_proj.weight_im.double())
+        b_out = torch.complex(lay.out_proj.bias_re.double(), lay.out_proj.bias_im.double())
+        h = (x.to(cd) @ W_in.T + b_in) * gamma
+        N = h.shape[-1]
+        powers = lam.unsqueeze(0)                                                # [l/2, N]
+        for i in range(1, int(math.log2(Lp)) + 1):
+            l = 2 ** i
+            hh = h.reshape(B * Lp // l, l, N)
+            mm = mask.reshape(B * Lp // l, l)
+            if i > 1:
+                powers = torch.cat([powers, powers * powers[-1]], 0)
+            h1, h2 = hh[:, : l // 2], hh[:, l // 2:]
+            h2 = h2 + powers * h1[:, -1:] * mm[:, l // 2 - 1: l // 2].unsqueeze(-1)
+            h = torch.cat([h1, h2], 1).reshape(B, Lp, N)
+        y = (h @ W_out.T + b_out).real + x
+        y = F.layer_norm(y, y.shape[-1:], lay.layer_norm.weight.double(), lay.layer_norm.bias.double(), lay.layer_norm.eps)
+        ff = blk.feed_forward
+        z = F.gelu(F.linear(y, ff.w_1.weight.double(), ff.w_1.bias.double()))
+        z = F.linear(z, ff.w_2.weight.double(), ff.w_2.bias.double()) + y
+        x = F.layer_norm(z, z.shape[-1:], ff.layer_norm.weight.double(), ff.layer_norm.bias.double(), ff.layer_norm.eps)
+    x = x[:, -L:]
+    return x @ model.item_embedding.weight.double().T + model.item_bias.double()
+
+
+def test_matches_official_algorithm():
+    model = small_model().eval()
+    hist = [list(torch.randint(1, 50, (n,)).tolist()) for n in (1, 5, 37, 100)]
+    ids, mask = model.pad_batch(hist, max_length=100)                           # L = 100 -> official pads to 128
+    ref = _official_algorithm_logits(model, ids)
+    with torch.no_grad():
+        ours = model.double()(ids, mask).hidden_states
+        ours = model.score(ours)
+    for r, h in enumerate(hist):
+        n = len(h)
+        torch.testing.assert_close(ours[r, -n:], ref[r, -n:], atol=1e-9, rtol=1e-9)
+
+
+def test_official_state_dict_conversion():
+    model = small_model()
+    sd = model.state_dict()
+    official = {"embedding.token.weight": sd["item_embedding.weight"], "model.bias": sd["item_bias"]}
+    for k in ("weight", "bias"):
+        official[f"embedding.layer_norm.{k}"] = sd[f"emb_layer_norm.{k}"]
+    for k, v in sd.items():
+        if k.startswith("lru_blocks.") and not k.endswith("_im"):
+            if k.endswith("_re"):
+                official["model." + k[:-3]] = torch.complex(v, sd[k[:-3] + "_im"])
+            else:
+                official["model." + k] = v
+    conv = convert_official_state_dict(official)
+    assert set(conv) == set(sd)
+    for k in sd:
+        assert torch.equal(conv[k], sd[k]), k
+
+
+def test_init_is_official():
+    model = LRURecModel(LRURecConfig())
+    for name, p in model.named_parameters():
+        if "layer_norm" in name:
+            assert torch.all(p == (1.0 if name.endswith("weight") else 0.0)), name
+        elif "params_log" in name:
+            nu, theta, gamma = torch.exp(p.detach().double())
+            r = torch.exp(-nu)
+            assert r.min() >= 0.8 - 1e-6 and r.max() <= 0.99 + 1e-6
+            assert theta.min() >= 0 and theta.max() <= 2 * math.pi + 1e-6
+            torch.testing.assert_close(gamma, torch.sqrt(1 - r ** 2), atol=1e-6, rtol=1e-5)
+        else:
+            assert p.abs().max() <= 0.04 + 1e-7, name
+            assert 0.012 < p.std() < 0.02, (name, p.std())                          # N(0, .02) cut at 2 std: .0176
+
+
+def test_parameter_count_official():
+    """Official count (complex parameters counted once): 322,841 for ML-1M defaults.
+
+    Each complex tensor is stored here as a *_re / *_im pair, so the raw numel is 355,993 (= 322,841 + the 33,152
+    imaginary parts of in_proj / out_proj in the two blocks: 2 x (64*128 + 128 + 128*64 + 64))."""
+    model = LRURecModel(LRURecConfig(n_items=3417))
+    named = dict(model.named_parameters())
+    pairs = [n for n in named if n.endswith("_re")]
+    assert all(n[:-3] + "_im" in named and named[n].shape == named[n[:-3] + "_im"].shape for n in pairs)
+    official = sum(p.numel() for n, p in named.items() if not n.endswith("_im"))
+    assert official == 322_841
+    assert sum(p.numel() for p in model.parameters()) == 355_993
+    assert model.item_embedding.weight.numel() == 218_688
+    block = sum(p.numel() for n, p in model.lru_blocks[0].named_parameters() if not n.endswith("_im"))
+    assert block == 50_304
+
+
+# --------------------------------------------------------------------------------------------------------- save/load
+def test_save_load_roundtrip(tmp_path):
+    from transformers import AutoModel
+
+    model = small_model().eval()
+    model.save_pretrained(tmp_path)
+    files = sorted(os.listdir(tmp_path))
+    assert "model.safetensors" in files and "config.json" in files
+    assert not [f for f in files if f.endswith(".bin") or f.endswith(".pt") or f.endswith(".pth")], files
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert type(loaded) is LRURecModel and loaded.config.model_type == "lrurec"
+    loaded.eval()
+    ids, mask = model.pad_batch([[1, 2, 3, 4], [5, 6], [7, 8, 9, 10, 11, 12, 13]])
+    with torch.no_grad():
+        assert torch.equal(model(ids, mask).logits, loaded(ids, mask).logits)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+
+
+# -------------------------------------------------------------------------------------------------------------- train
+def test_trains_on_synthetic_next_item(one_thread):
+    torch.manual_seed(0)
+    V, B, L = 30, 32, 16
+    model = small_model(n_items=V, hidden_size=32, hidden_dropout=0.1, attn_dropout=0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def batch():
+        start = torch.randint(0, V - 1, (B, 1))
+        seq = (start + torch.arange(L + 1)) % (V - 1) + 1                        # next item = item + 1 (mod)
+        lengths = torch.randint(2, L + 1, (B,))
+        mask = _left_mask(B, L, lengths)
+        ids = torch.where(mask, seq[:, :-1], 0)
+        labels = torch.where(mask, seq[:, 1:], 0)
+        return ids, mask, labels
+
+    model.train()
+    losses = []
+    for _ in range(40):
+        ids, mask, labels = batch()
+        loss = model(ids, mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 3.0
+    assert sum(losses[-5:]) / 5 < 0.25 * losses[0], losses
+    model.eval()
+    ids, mask, labels = batch()
+    acc = (model.predict(ids, mask).argmax(1) == labels[:, -1]).float().mean()
+    assert acc > 0.9
+
+
+# ---------------------------------------------------------------------------------------------------------------- onnx
+def test_no_complex_dtype_and_onnx_export(tmp_path):
+    """Real/imag pairs only, so encode + score trace to plain ONNX (legacy exporter, fixed length, left padding)."""
+    model = small_model().eval()
+    assert not any(torch.is_complex(t) for t in model.state_dict().values())
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+
+    class Head(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids, mask):
+            return self.m.score(self.m.encode(ids, mask)[:, -1])
+
+    head = Head(model).eval()
+    ids, mask = model.pad_batch([[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11]], max_length=40)
+    pad = 40 - ids.shape[1]
+    ids = torch.cat([torch.zeros(2, pad, dtype=torch.long), ids], 1)
+    mask = torch.cat([torch.zeros(2, pad, dtype=torch.bool), mask], 1)
+    path = str(tmp_path / "lrurec.onnx")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(head, (ids, mask), path, dynamo=False, opset_version=18, input_names=["ids", "mask"])
+    sess = ort.InferenceSession(path)
+    out = sess.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})[0]
+    with torch.no_grad():
+        ref = head(ids, mask).numpy()
+    assert abs(out - ref).max() < 1e-4

@@ -1,0 +1,116 @@
+"""Import official checkpoints into the zoo's format (config.json + model.safetensors + item_vocab.json).
+
+``python -m zoo.convert --model mamba4rec --checkpoint Mamba4Rec-ml-1m.pth --out DIR [--item-tokens FILE]``
+
+Supported sources:
+
+* **Mamba4Rec** (chengkai-liu/Mamba4Rec, RecBole v1.2.0): keys ``item_embedding.weight``, ``LayerNorm.*``,
+  ``mamba_layers.{i}.mamba.{in_proj,conv1d,x_proj,dt_proj,out_proj,A_log,D}``, ``mamba_layers.{i}.LayerNorm.*``,
+  ``mamba_layers.{i}.ffn.{w_1,w_2,LayerNorm}.*``. The config (layers, d_state, d_conv, expand, dt_rank, n_items) is
+  read off the tensor shapes.
+* **SASRec** (RecBole v1.2.0): the zoo uses RecBole's own parameter names, so the state dict loads as is.
+
+A RecBole checkpoint file is a pickle holding ``state_dict`` next to RecBole's ``Config`` object. It is loaded with
+``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused unless ``--trust-pickle`` is given
+(only for files you trust). RecBole keeps the item-id mapping in its dataset, not in the checkpoint: pass
+``--item-tokens`` (one RecBole item token per line in internal order, ``[PAD]`` first) to save a vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Sequence
+
+import torch
+
+from .vocab import ItemVocab
+
+
+def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A tensor state dict from a raw state-dict file or a RecBole checkpoint (``{"state_dict": ...}``)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not trust_pickle:
+            raise ValueError(f"{path} cannot be loaded safely (weights_only): {str(e).splitlines()[0]}. It probably "
+                             "holds RecBole's Config object; re-run with --trust-pickle if you trust the file, or "
+                             "save ckpt['state_dict'] alone in a RecBole environment") from None
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def mamba4rec_from_official(sd: dict[str, torch.Tensor]):
+    """Official Mamba4Rec state dict -> ``(Mamba4RecConfig kwargs, renamed state dict)``."""
+    if "item_embedding.weight" not in sd or not any(k.startswith("mamba_layers.") for k in sd):
+        raise ValueError("not a Mamba4Rec state dict: item_embedding.weight / mamba_layers.* missing")
+    layers = sorted({int(m.group(1)) for k in sd if (m := re.match(r"mamba_layers\.(\d+)\.", k))})
+    n_items, hidden = sd["item_embedding.weight"].shape
+    E, N = sd["mamba_layers.0.mamba.A_log"].shape
+    K = sd["mamba_layers.0.mamba.conv1d.weight"].shape[-1]
+    R = sd["mamba_layers.0.mamba.dt_proj.weight"].shape[1]
+    inner = sd["mamba_layers.0.ffn.w_1.weight"].shape[0]
+    cfg = dict(n_items=int(n_items), hidden_size=int(hidden), num_layers=len(layers), d_state=int(N), d_conv=int(K),
+               expand=int(E // hidden), dt_rank=int(R), inner_size=int(inner),
+               conv_bias="mamba_layers.0.mamba.conv1d.bias" in sd,
+               proj_bias="mamba_layers.0.mamba.in_proj.bias" in sd)
+    out = {}
+    for k, v in sd.items():
+        k2 = re.sub(r"(^|\.)LayerNorm\.", r"\1layer_norm.", k)
+        out[k2] = v
+    return cfg, out
+
+
+def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | None = None,
+            trust_pickle: bool = False, max_seq_length: int = 200):
+    """Convert ``checkpoint`` and write a zoo model folder; returns the loaded model (strictly checked)."""
+    from .models import get_model_class
+
+    sd = load_state_dict(checkpoint, trust_pickle)
+    cfg_cls, model_cls = get_model_class(model_type)
+    if model_type == "mamba4rec":
+        cfg, sd = mamba4rec_from_official(sd)
+    elif model_type == "sasrec":
+        n_items, hidden = sd["item_embedding.weight"].shape
+        layers = {int(m.group(1)) for k in sd if (m := re.match(r"trm_encoder\.layer\.(\d+)\.", k))}
+        cfg = dict(n_items=int(n_items), hidden_size=int(hidden), num_layers=len(layers),
+                   inner_size=int(sd["trm_encoder.layer.0.feed_forward.dense_1.weight"].shape[0]))
+        max_seq_length = int(sd["position_embedding.weight"].shape[0])
+    else:
+        raise ValueError(f"no converter for {model_type!r} (supported: mamba4rec, sasrec)")
+    cfg.setdefault("max_seq_length", max_seq_length)
+    model = model_cls(cfg_cls(**cfg))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match {model_cls.__name__}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    if item_tokens:
+        with open(item_tokens) as f:
+            tokens = [t.strip() for t in f if t.strip()]
+        if tokens and tokens[0] == "[PAD]":
+            tokens = tokens[1:]
+        ints = all(t.lstrip("-").isdigit() for t in tokens)
+        model.set_item_vocab(ItemVocab([int(t) for t in tokens] if ints else tokens))
+    model.save_pretrained(out_dir)
+    return model
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m zoo.convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, choices=["mamba4rec", "sasrec"])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--item-tokens")
+    p.add_argument("--max-seq-length", type=int, default=200)
+    p.add_argument("--trust-pickle", action="store_true")
+    a = p.parse_args(argv)
+    m = convert(a.model, a.checkpoint, a.out, a.item_tokens, a.trust_pickle, a.max_seq_length)
+    print(f"wrote {a.out}: {type(m).__name__} with {sum(t.numel() for t in m.parameters()):,} parameters")
+
+
+if __name__ == "__main__":
+    main()

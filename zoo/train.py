@@ -1,0 +1,234 @@
+"""Train a zoo model on an interaction file: ``python -m zoo.train --model mamba4rec --data PATH --out DIR``.
+
+Protocol (RecBole's, see ``../shared/reference/models.md`` §1): leave-one-out by time, validation on each user's
+second-to-last item every epoch (full ranking, NDCG@10), early stopping, best checkpoint written with
+``save_pretrained`` (config + safetensors + item vocabulary), final full-ranking test metrics written to
+``DIR/train_log.json``.
+
+Training objective: cross-entropy over all items at **every position** of each training window (windows of
+``max_seq_length`` cut from the end of each user's training sequence). For causal models this gives the same
+(prefix -> next item) targets as RecBole's prefix augmentation, where each prefix is a separate sample, at a fraction
+of the cost; the targets are identical, the weighting per epoch differs (each window position once).
+
+Per-model defaults (``TRAIN_PRESETS``) follow each model's official recipe (Adam lr 1e-3 for the RecBole models;
+AdamW wd 0.01 without decay on bias/LayerNorm, grad clip 5, batch 128 for LRURec); every one can be overridden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+TRAIN_PRESETS = {
+    "mamba4rec": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, clip=0.0),
+    "sasrec": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, clip=0.0),
+    "lrurec": dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, batch_size=128, clip=5.0),
+}
+DEFAULT_PRESET = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, clip=0.0)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``["num_layers=2", "dropout_prob=0.3"]`` -> dict with JSON-parsed values (strings stay strings)."""
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ValueError(f"--set expects key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def build_model(model_type: str, n_items: int, config_overrides: dict):
+    from .models import get_model_class
+
+    cfg_cls, model_cls = get_model_class(model_type)
+    config = cfg_cls(n_items=n_items, **config_overrides)
+    return model_cls(config)
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float):
+    """Adam, or AdamW with LRURec's name-based grouping (no decay on names containing 'bias' or 'layer_norm')."""
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        decay, no_decay = [], []
+        for n, p in model.named_parameters():
+            (no_decay if ("bias" in n or "layer_norm" in n) else decay).append(p)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    raise ValueError(f"unknown optimizer {name!r} (adam or adamw)")
+
+
+def environment() -> dict:
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": np.__version__, "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int = 10, seed: int = 2020,
+          max_len: int = 200, config_overrides: dict | None = None, optimizer: str | None = None,
+          lr: float | None = None, weight_decay: float | None = None, batch_size: int | None = None,
+          clip: float | None = None, device: str | None = None, amp: bool = False, max_minutes: float | None = None,
+          valid_users: int | None = None, exclude_history: bool = False, kcore="auto", progress: bool = True,
+          command: str | None = None) -> dict:
+    """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log."""
+    from tqdm.auto import tqdm
+
+    from .data import iterate_batches, leave_one_out, load_dataset, training_windows
+    from .evaluate import evaluate_model
+
+    preset = dict(TRAIN_PRESETS.get(model_type, DEFAULT_PRESET))
+    for k, v in dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, clip=clip).items():
+        if v is not None:
+            preset[k] = v
+    set_seed(seed)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t0 = time.time()
+    ds = load_dataset(data, kcore=kcore)
+    split = leave_one_out(ds)
+    overrides = dict(config_overrides or {})
+    overrides.setdefault("max_seq_length", max_len)
+    model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
+    model.set_item_vocab(ds.vocab)
+    windows = training_windows(split.train, model.config.max_seq_length,
+                               split.train_timestamps if model.uses_timestamps else None)
+    valid = split.valid if not valid_users else split.valid.head(valid_users)
+    opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"])
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[zoo.train] {model_type}: {n_params:,} parameters | data {ds.name}: {ds.n_users:,} users, "
+          f"{ds.n_items:,} items, {ds.n_interactions:,} interactions | {len(windows):,} training windows, "
+          f"{windows.n_positions:,} positions | device {device} | {preset}", flush=True)
+    os.makedirs(out, exist_ok=True)
+    log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(), "seed": seed,
+           "train": preset, "config_overrides": overrides, "epochs": [], "command": command,
+           "objective": "cross-entropy over all items at every position of windows of max_seq_length",
+           "environment": environment(), "n_parameters": n_params}
+    best, best_epoch, bad = -1.0, -1, 0
+    gen = np.random.default_rng(seed)
+    deadline = t0 + max_minutes * 60 if max_minutes else None
+    stopped = "max epochs"
+    for epoch in range(1, epochs + 1):
+        model.train()
+        te = time.time()
+        total, count = 0.0, 0
+        batches = iterate_batches(windows, preset["batch_size"], model.padding_side, shuffle=True, generator=gen,
+                                  bucket_by_length=True)
+        n_batches = math.ceil(len(windows) / preset["batch_size"])
+        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not progress)
+        for batch in bar:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                loss = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
+                             timestamps=batch.get("timestamps")).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if preset["clip"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), preset["clip"])
+            opt.step()
+            total += loss.item()
+            count += 1
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        metrics = evaluate_model(model, valid, ks=(10,), exclude_history=exclude_history, progress=False)
+        ndcg = metrics["NDCG@10"]
+        row = {"epoch": epoch, "loss": total / max(count, 1), "valid_NDCG@10": ndcg, "valid_HR@10": metrics["HR@10"],
+               "seconds": time.time() - te}
+        log["epochs"].append(row)
+        improved = ndcg > best
+        if improved:
+            best, best_epoch, bad = ndcg, epoch, 0
+            model.save_pretrained(out)
+        else:
+            bad += 1
+        print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} valid NDCG@10 {ndcg:.4f} HR@10 "
+              f"{metrics['HR@10']:.4f} ({row['seconds']:.0f}s){' *' if improved else ''}", flush=True)
+        with open(os.path.join(out, "train_log.json"), "w") as f:
+            json.dump(log, f, indent=1)
+        if bad >= patience:
+            stopped = f"early stopping: no valid NDCG@10 gain for {patience} epochs"
+            break
+        if deadline and time.time() > deadline:
+            stopped = f"time budget of {max_minutes} minutes reached"
+            break
+    from .models import get_model_class
+
+    best_model = get_model_class(model_type)[1].from_pretrained(out).to(device)
+    test = evaluate_model(best_model, split.test, ks=(5, 10, 20), exclude_history=exclude_history, progress=progress)
+    log.update(best_epoch=best_epoch, best_valid_NDCG10=best, stopped=stopped, test=test,
+               protocol={"split": "leave-one-out by time (RecBole LS valid_and_test)", "ranking": "full",
+                         "history_masked": exclude_history},
+               train_minutes=(time.time() - t0) / 60)
+    with open(os.path.join(out, "train_log.json"), "w") as f:
+        json.dump(log, f, indent=1)
+    print(f"[zoo.train] done ({stopped}); best epoch {best_epoch}; test: "
+          + " ".join(f"{k} {v:.4f}" for k, v in test.items() if "Recall" not in k), flush=True)
+    return log
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model type, e.g. mamba4rec, lrurec, sasrec")
+    p.add_argument("--data", required=True, help="interaction file (.seq, .inter, ratings.dat, csv/tsv; .gz ok)")
+    p.add_argument("--out", required=True, help="folder for the best checkpoint and train_log.json")
+    p.add_argument("--config", help="JSON file with model config fields")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=10, help="early stopping on valid NDCG@10")
+    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--max-len", type=int, default=200, help="history window (max_seq_length)")
+    p.add_argument("--optimizer", choices=["adam", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--batch-size", type=int, help="training windows per batch")
+    p.add_argument("--clip", type=float, help="gradient clip norm (0 = off)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--max-minutes", type=float, help="stop after this much wall time (best checkpoint kept)")
+    p.add_argument("--valid-users", type=int, help="validate on the first N users only (faster epochs)")
+    p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: mask history items in eval")
+    p.add_argument("--kcore", default="auto", help="k-core filter: auto (5 for .inter, none for .seq), 0, or k")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {}
+    if args.config:
+        with open(args.config) as f:
+            overrides.update(json.load(f))
+    overrides.update(parse_overrides(args.set))
+    kcore = args.kcore if args.kcore == "auto" else (int(args.kcore) or None)
+    command = "python -m zoo.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    return train(args.model, args.data, args.out, epochs=args.epochs, patience=args.patience, seed=args.seed,
+                 max_len=args.max_len, config_overrides=overrides, optimizer=args.optimizer, lr=args.lr,
+                 weight_decay=args.weight_decay, batch_size=args.batch_size, clip=args.clip, device=args.device,
+                 amp=args.amp, max_minutes=args.max_minutes, valid_users=args.valid_users,
+                 exclude_history=args.exclude_history, kcore=kcore, progress=not args.no_progress, command=command)
+
+
+if __name__ == "__main__":
+    main()

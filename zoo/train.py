@@ -91,7 +91,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           lr: float | None = None, weight_decay: float | None = None, batch_size: int | None = None,
           clip: float | None = None, device: str | None = None, amp: bool = False, max_minutes: float | None = None,
           valid_users: int | None = None, exclude_history: bool = False, kcore="auto", progress: bool = True,
-          command: str | None = None) -> dict:
+          command: str | None = None, init_from: str | None = None) -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log."""
     from tqdm.auto import tqdm
 
@@ -109,7 +109,15 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     split = leave_one_out(ds)
     overrides = dict(config_overrides or {})
     overrides.setdefault("max_seq_length", max_len)
-    model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
+    if init_from:  # continue from a checkpoint (e.g. a bundled model trained in an earlier, time-limited run)
+        from .models import get_model_class
+
+        model = get_model_class(model_type)[1].from_pretrained(init_from).to(device)
+        if model.item_vocab is None or model.item_vocab != ds.vocab:
+            raise ValueError(f"--init-from {init_from}: its item vocabulary differs from the data's; cannot continue")
+        print(f"[zoo.train] initialised from {init_from}", flush=True)
+    else:
+        model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
     model.set_item_vocab(ds.vocab)
     windows = training_windows(split.train, model.config.max_seq_length,
                                split.train_timestamps if model.uses_timestamps else None)
@@ -123,7 +131,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(), "seed": seed,
            "train": preset, "config_overrides": overrides, "epochs": [], "command": command,
            "objective": "cross-entropy over all items at every position of windows of max_seq_length",
-           "environment": environment(), "n_parameters": n_params}
+           "environment": environment(), "n_parameters": n_params, "init_from": init_from}
     best, best_epoch, bad = -1.0, -1, 0
     gen = np.random.default_rng(seed)
     deadline = t0 + max_minutes * 60 if max_minutes else None
@@ -208,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-users", type=int, help="validate on the first N users only (faster epochs)")
     p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: mask history items in eval")
     p.add_argument("--kcore", default="auto", help="k-core filter: auto (5 for .inter, none for .seq), 0, or k")
+    p.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -227,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  max_len=args.max_len, config_overrides=overrides, optimizer=args.optimizer, lr=args.lr,
                  weight_decay=args.weight_decay, batch_size=args.batch_size, clip=args.clip, device=args.device,
                  amp=args.amp, max_minutes=args.max_minutes, valid_users=args.valid_users,
-                 exclude_history=args.exclude_history, kcore=kcore, progress=not args.no_progress, command=command)
+                 exclude_history=args.exclude_history, kcore=kcore, progress=not args.no_progress, command=command,
+                 init_from=args.init_from)
 
 
 if __name__ == "__main__":

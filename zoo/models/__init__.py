@@ -12,7 +12,7 @@ import os
 from transformers import AutoConfig, AutoModel
 
 #: model modules in the order they are listed to users
-MODEL_MODULES = ["mamba4rec", "lrurec", "sasrec", "tim4rec", "ssd4rec", "bert4rec", "gru4rec"]
+MODEL_MODULES = ["mamba4rec", "lrurec", "sasrec", "tim4rec", "tim4rec_causal", "ssd4rec", "bert4rec", "gru4rec"]
 
 MODELS: dict[str, tuple[type, type]] = {}
 _here = os.path.dirname(__file__)

@@ -1,0 +1,68 @@
+"""The pretrained models bundled in hub_cards/: complete, loadable by Hub id offline, and their cards' numbers
+reproduced by evaluating them on ../shared/data (skipped with the reason when the data folder is absent)."""
+
+import json
+import pathlib
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModel
+
+import zoo
+from zoo import hub
+
+CARDS = pathlib.Path(__file__).resolve().parents[1] / "hub_cards"
+FOLDERS = sorted(p for p in CARDS.iterdir() if (p / "config.json").exists()) if CARDS.exists() else []
+
+
+def test_there_are_bundled_models():
+    names = {p.name for p in FOLDERS}
+    assert {"mamba4rec-ml1m", "lrurec-ml1m", "sasrec-ml1m"} <= names, names
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_folder_is_complete_and_small(folder):
+    for f in ("config.json", "model.safetensors", "item_vocab.json", "README.md", "eval_results.json"):
+        assert (folder / f).exists(), f"{folder.name}: {f} missing"
+    assert not [f for f in folder.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size < 8 * 2**20, f"{folder.name} is {size / 2**20:.1f} MiB"
+    card = (folder / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "transformers" and "sequential-recommendation" in meta["tags"]
+    results = meta["model-index"][0]["results"][0]["metrics"]
+    measured = json.load(open(folder / "eval_results.json"))["metrics"]
+    for m in results:
+        assert abs(m["value"] - measured[m["name"]]) < 1e-6, m["name"]
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_loads_by_hub_id_offline(folder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    m = AutoModel.from_pretrained(f"{hub.HUB_ORG}/{folder.name}")
+    assert m.item_vocab is not None and m.config.n_items == m.item_vocab.n_items
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_card_numbers_reproduced(folder, shared_data):
+    from zoo.data import leave_one_out, load_dataset
+    from zoo.evaluate import align_with_model, evaluate_model
+
+    torch.set_num_threads(2)
+    info = json.load(open(folder / "eval_results.json"))
+    model = AutoModel.from_pretrained(folder)
+    ds, _ = align_with_model(load_dataset(shared_data / info["data_file"]), model)
+    got = evaluate_model(model, leave_one_out(ds).test, ks=(5, 10, 20), exclude_history=info["exclude_history"],
+                         progress=False)
+    for k, v in info["metrics"].items():
+        assert abs(got[k] - v) <= 1e-4, f"{folder.name} {k}: card {v:.6f}, measured now {got[k]:.6f}"
+    print(f"{folder.name}: " + " ".join(f"{k} {got[k]:.4f}" for k in ("HR@10", "NDCG@10", "MRR@10")))
+
+
+def test_readme_main_command_runs_on_the_bundled_default(capsys):
+    from zoo.recommend import main
+
+    out = main(["--stepwise"])
+    assert out["model_type"] == "mamba4rec" and len(out["items"]) == 10
+    assert out["stepwise_items"] == out["items"] and out["stepwise_max_abs_diff"] < 1e-4

@@ -1,0 +1,69 @@
+"""End-to-end training on generated data: metrics rise far above random within a few epochs.
+
+Guards against the "HR@10 0.0096" failure official Mamba4Rec users hit (Mamba4Rec#1/#3): a pipeline that trains
+but learns nothing.
+"""
+
+import json
+import random
+
+import pytest
+import torch
+
+from zoo.train import main as train_main, parse_overrides
+
+
+def _markov_file(path, n_users=150, n_items=40, length=(12, 40), p_follow=0.85, seed=0):
+    """Interactions where the next item is usually (item + 1) mod n_items: learnable, far from random."""
+    rng = random.Random(seed)
+    lines = ["user_id\titem_id\ttimestamp"]
+    for u in range(1, n_users + 1):
+        item, t = rng.randrange(n_items), 1_000_000 + rng.randrange(10_000)
+        for _ in range(rng.randint(*length)):
+            lines.append(f"{u}\t{100 + item}\t{t}")
+            item = (item + 1) % n_items if rng.random() < p_follow else rng.randrange(n_items)
+            t += rng.randint(1, 500)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+TINY = {"mamba4rec": ["hidden_size=16", "d_state=8"],
+        "sasrec": ["hidden_size=16", "inner_size=32", "hidden_dropout=0.1", "attn_dropout=0.1"],
+        "lrurec": ["hidden_size=16"]}
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY))
+def test_training_beats_random_by_far(tmp_path, model_type):
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "markov.tsv")
+    out = tmp_path / model_type
+    log = train_main(["--model", model_type, "--data", str(data), "--out", str(out), "--epochs", "6",
+                      "--max-len", "50", "--batch-size", "16", "--lr", "5e-3", "--kcore", "0", "--no-progress",
+                      "--set", *TINY[model_type]])
+    random_hr10 = 10 / 40
+    assert log["test"]["HR@10"] > 2.5 * random_hr10, log["test"]
+    assert log["test"]["NDCG@10"] > 0.3, log["test"]
+    saved = json.load(open(out / "train_log.json"))
+    assert saved["best_epoch"] >= 1 and (out / "model.safetensors").exists() and (out / "item_vocab.json").exists()
+    # the checkpoint is a complete model: evaluating it again gives the logged test metrics
+    from zoo.evaluate import main as eval_main
+    again = eval_main(["--model", str(out), "--data", str(data), "--kcore", "none", "--no-progress"])
+    assert abs(again["metrics"]["NDCG@10"] - log["test"]["NDCG@10"]) < 1e-6
+
+
+def test_init_from_continues_training(tmp_path):
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "markov.tsv", n_users=60)
+    args = ["--model", "mamba4rec", "--data", str(data), "--epochs", "1", "--max-len", "30", "--kcore", "0",
+            "--no-progress", "--set", *TINY["mamba4rec"]]
+    first = train_main(args + ["--out", str(tmp_path / "a")])
+    second = train_main(args + ["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")])
+    assert second["init_from"] == str(tmp_path / "a")
+    assert second["epochs"][0]["loss"] < first["epochs"][0]["loss"]
+
+
+def test_parse_overrides():
+    assert parse_overrides(["num_layers=2", "dropout_prob=0.3", "mamba_init=mamba"]) == {
+        "num_layers": 2, "dropout_prob": 0.3, "mamba_init": "mamba"}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["oops"])

@@ -1,0 +1,515 @@
+"""Triton Inference Server model repositories for the zoo's exported graphs.
+
+CLI::
+
+    python -m export.triton --model NAME_OR_PATH --repo DIR [--backend onnxruntime|tensorrt|python]
+                            [--state implicit|explicit] [--name NAME] [--topk K] [--idle-timeout-s S]
+                            [--max-batch-size N] [--onnx EXPORT_DIR] [--plan ENGINE] [--plugin-lib SO]
+
+``--model`` is exported with :func:`export.onnx.export_model` (step graph for models with an exact step, window graph
+otherwise); ``--onnx DIR`` reuses an export (``model.onnx`` + ``state_spec.json``) instead.
+
+What is written (``DIR/<name>/config.pbtxt``, ``DIR/<name>/1/...``, ``DIR/<name>/item_vocab.json``, ``DIR/README.md``)
+-----------------------------------------------------------------------------------------------------------------
+* ``--backend onnxruntime --state implicit`` (default): the step graph behind Triton's **sequence batcher**
+  (``oldest`` strategy, ``START``/``READY``/``CORRID`` control inputs, one ``state`` entry per recurrent tensor mapped
+  by name ``<s>`` -> ``<s>_out``, zero initial state, ``max_sequence_idle_microseconds`` from ``--idle-timeout-s``).
+  Clients send only the new item(s) of each event. The graph gets the three control inputs added; ``START`` also
+  zeroes the incoming state inside the graph, so a restarted sequence never sees an old state.
+* ``--state explicit``: the plain step graph with the state tensors as ordinary inputs/outputs and **dynamic
+  batching**: the client keeps each user's state (see the README recipe and :class:`export.triton_client.
+  ExplicitStateRecommender`) -- for users who pause longer than a sequence slot lives.
+* ``--backend tensorrt``: same configs with ``backend: "tensorrt"`` (``model.plan``), ``KIND_GPU``; the engine is built
+  from the ONNX graph with the zoo's scan plugins (``libzoo_trt_plugins.so``) by ``DIR/<name>/build_engine.sh``, and
+  ``DIR/serve.sh`` starts Triton with ``--backend-config=tensorrt,plugins=...``.
+* ``--backend python``: the step graph run by ONNX Runtime inside Triton's python backend, state kept per correlation
+  id by :mod:`export.triton_server` (``START``/``END``/``CORRID`` controls); with ``--state explicit`` the same
+  model serves the explicit-state I/O with dynamic batching. This is what the CPU tests serve through
+  the ``tritonserver`` bundled with nvidia-pytriton (which has only the python backend).
+* Window graphs (models without an exact step, e.g. SASRec) become **stateless dynamic-batching** models whatever
+  ``--state`` says: the client sends the padded history window each time.
+
+Every ``config.pbtxt`` is parsed with Triton's own schema (``tritonclient.grpc.model_config_pb2``) and checked
+against the graph's I/O before it is written; a config that does not validate is never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Sequence
+
+from . import plugin_spec as ps
+
+SPEC_FILE = "state_spec.json"
+GRAPH_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+VOCAB_FILE = "item_vocab.json"
+BACKENDS = ("onnxruntime", "tensorrt", "python")
+STATES = ("implicit", "explicit")
+#: Triton container the README/serve.sh commands name (any release >= 24.01 with the ORT/TRT backends works)
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
+_DT = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "int32": "TYPE_INT32", "float16": "TYPE_FP16"}
+
+
+class TritonConfigError(ValueError):
+    """A generated config that Triton's schema (or the graph's I/O) rejects."""
+
+
+# ================================================================================================= validation
+def _model_config_pb2():
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as e:  # pragma: no cover - depends on the env
+        raise ImportError("validating Triton configs needs tritonclient with its protobuf schema: "
+                          "pip install 'tritonclient[http]' grpcio  (or the `triton` extra)") from e
+    return model_config_pb2
+
+
+def validate_config(text: str, spec: dict | None = None):
+    """Parse ``text`` with Triton's ``ModelConfig`` schema; with ``spec`` also check it against the graph's I/O.
+
+    Returns the parsed ``model_config_pb2.ModelConfig``; raises :class:`TritonConfigError` naming the problem.
+    """
+    from google.protobuf import text_format
+
+    mc = _model_config_pb2()
+    cfg = mc.ModelConfig()
+    try:
+        text_format.Parse(text, cfg)
+    except text_format.ParseError as e:
+        raise TritonConfigError(f"config.pbtxt does not parse with Triton's schema: {e}") from None
+    if not cfg.name:
+        raise TritonConfigError("config has no name")
+    if not (cfg.backend or cfg.platform):
+        raise TritonConfigError("config names no backend/platform")
+    seq = cfg.sequence_batching if cfg.HasField("sequence_batching") else None
+    if seq is not None and cfg.HasField("dynamic_batching"):
+        raise TritonConfigError("a model cannot have both sequence_batching and dynamic_batching")
+    if seq is not None:
+        kinds = {c.kind for ci in seq.control_input for c in ci.control}
+        if mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START not in kinds:
+            raise TritonConfigError("sequence_batching without a CONTROL_SEQUENCE_START control input")
+        if seq.WhichOneof("strategy_choice") == "oldest" and \
+                mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID not in kinds:
+            raise TritonConfigError("the oldest strategy needs a CONTROL_SEQUENCE_CORRID control input")
+        ins, outs = [s.input_name for s in seq.state], [s.output_name for s in seq.state]
+        # triton-inference-server/server#8586: several states are paired by sorted position
+        if sorted(range(len(ins)), key=lambda i: ins[i]) != sorted(range(len(outs)), key=lambda i: outs[i]):
+            raise TritonConfigError(f"state input names {ins} and output names {outs} sort differently "
+                                    "(Triton would pair them by sorted position)")
+        for s in seq.state:
+            if not s.dims:
+                raise TritonConfigError(f"state {s.input_name!r} has no dims (0-d states are not supported)")
+            if len(s.initial_state) == 0:
+                raise TritonConfigError(f"state {s.input_name!r} has no initial_state")
+    if spec is not None:
+        g_in = {e["name"]: e for e in spec["inputs"]}
+        g_out = {e["name"]: e for e in spec["outputs"]}
+        declared_in = [i.name for i in cfg.input] + ([ci.name for ci in seq.control_input] if seq is not None else [])
+        declared_out = [o.name for o in cfg.output]
+        if cfg.backend != "python":
+            state_in = {s.input_name: s for s in seq.state} if seq is not None else {}
+            state_out = {s.output_name for s in seq.state} if seq is not None else set()
+            missing = [n for n in g_in if n not in declared_in and n not in state_in]
+            if missing:
+                raise TritonConfigError(f"graph inputs {missing} are neither config inputs nor states")
+            for n in list(declared_in) + list(state_in):
+                if n not in g_in:
+                    raise TritonConfigError(f"config input/state {n!r} is not a graph input")
+            for n in list(declared_out) + list(state_out):
+                if n not in g_out:
+                    raise TritonConfigError(f"config output/state {n!r} is not a graph output")
+            for s in (seq.state if seq is not None else []):
+                want = [int(d) for d in g_in[s.input_name]["shape"][1:]]
+                if list(s.dims) != want:
+                    raise TritonConfigError(f"state {s.input_name!r} dims {list(s.dims)} != graph {want} (batch dim "
+                                            "excluded)")
+        for i in cfg.input:
+            if i.name in g_in and _DT[g_in[i.name]["dtype"]] != mc.DataType.Name(i.data_type):
+                raise TritonConfigError(f"input {i.name!r} has {mc.DataType.Name(i.data_type)}, graph has "
+                                        f"{g_in[i.name]['dtype']}")
+    return cfg
+
+
+# ================================================================================================ config text
+def _dims(shape) -> str:
+    return "[ " + ", ".join(str(-1 if isinstance(d, str) else int(d)) for d in shape) + " ]"
+
+
+def _io(entries, indent="  ") -> str:
+    return ",\n".join(f'{indent}{{ name: "{e["name"]}" data_type: {_DT[e["dtype"]]} dims: {_dims(e["shape"][1:])} }}'
+                      for e in entries)
+
+
+def _params(d: dict) -> str:
+    return "".join(f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n' for k, v in d.items())
+
+
+def _oldest(max_batch: int, max_candidates: int, delay_us: int) -> str:
+    pref = sorted({b for b in (max(1, max_batch // 4), max_batch) if b >= 1})
+    return (f"  oldest {{ max_candidate_sequences: {max_candidates} "
+            f"preferred_batch_size: [ {', '.join(map(str, pref))} ] max_queue_delay_microseconds: {delay_us} }}\n")
+
+
+def _controls(names: Sequence[str], corrid_type: str) -> str:
+    ctl = {
+        "START": 'control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ]',
+        "READY": 'control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ]',
+        "END": 'control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ]',
+        "CORRID": f'control [ {{ kind: CONTROL_SEQUENCE_CORRID data_type: {corrid_type} }} ]',
+    }
+    rows = ",\n".join(f'    {{ name: "{n}" {ctl[n]} }}' for n in names)
+    return f"  control_input [\n{rows}\n  ]\n"
+
+
+def _state_block(spec: dict) -> str:
+    rows = []
+    for s in spec["state"]:
+        d = _dims(s["shape"][1:])
+        t = _DT[s["dtype"]]
+        if float(s.get("init", 0.0)) != 0.0:
+            raise TritonConfigError(f"state {s['name']!r} has a non-zero initial value; only zero initial states "
+                                    "are generated")
+        rows.append(f'    {{ input_name: "{s["name"]}" output_name: "{s["output"]}" data_type: {t} dims: {d}\n'
+                    f'      initial_state: {{ data_type: {t} dims: {d} zero_data: true name: "{s["name"]}_zero" }} }}')
+    return "  state [\n" + ",\n".join(rows) + "\n  ]\n"
+
+
+def _model_inputs(spec):
+    states = {s["name"] for s in spec["state"]}
+    return [e for e in spec["inputs"] if e["name"] not in states]
+
+
+def _model_outputs(spec, with_states: bool):
+    outs = {s["output"] for s in spec["state"]}
+    return [e for e in spec["outputs"] if with_states or e["name"] not in outs]
+
+
+def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str = "implicit", max_batch_size: int = 64,
+                idle_timeout_s: float = 600.0, max_candidate_sequences: int = 1024, queue_delay_us: int = 500,
+                instances: int = 1, ort_threads: int = 1) -> str:
+    """The ``config.pbtxt`` text for one variant (not validated; :func:`write_repository` validates)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if state not in STATES:
+        raise ValueError(f"state must be one of {STATES}, got {state!r}")
+    window = spec["kind"] != "step"
+    kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
+    idle_us = int(round(idle_timeout_s * 1e6))
+    head = f'name: "{name}"\nbackend: "{backend}"\nmax_batch_size: {max_batch_size}\n'
+    if backend == "tensorrt":
+        head += f'default_model_filename: "{PLAN_FILE}"\n'
+    elif backend == "onnxruntime":
+        head += f'default_model_filename: "{GRAPH_FILE}"\n'
+    inst = f"instance_group [ {{ kind: {kind} count: {instances} }} ]\n"
+    params = {"model_type": spec["model_type"], "n_items": spec["n_items"], "topk": spec["topk"],
+              "kind": spec["kind"]}
+    if backend == "python":
+        if window:
+            raise TritonConfigError("the python backend model serves step graphs only; serve window graphs with "
+                                    "--backend onnxruntime (stateless dynamic batching)")
+        params["ort_intra_op_threads"] = ort_threads
+        if state == "explicit":
+            return (head + f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}\n"
+                    + "input [\n" + _io(spec["inputs"]) + "\n]\n"
+                    + "output [\n" + _io(_model_outputs(spec, with_states=True)) + "\n]\n" + inst + _params(params))
+        outs = _model_outputs(spec, with_states=False) + [{"name": "live_sequences", "shape": ["B", 1],
+                                                           "dtype": "int64"}]
+        return (head + "sequence_batching {\n" + f"  max_sequence_idle_microseconds: {idle_us}\n"
+                + _oldest(max_batch_size, max_candidate_sequences, queue_delay_us)
+                + _controls(["START", "END", "CORRID"], "TYPE_UINT64") + "}\n"
+                + "input [\n" + _io(_model_inputs(spec)) + "\n]\n"
+                + "output [\n" + _io(outs) + "\n]\n" + inst + _params(params))
+    if window or state == "explicit":
+        ins = spec["inputs"]
+        outs = _model_outputs(spec, with_states=True)
+        return (head + f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}\n"
+                + "input [\n" + _io(ins) + "\n]\n" + "output [\n" + _io(outs) + "\n]\n" + inst + _params(params))
+    # implicit state
+    extra = ""
+    if backend == "tensorrt":
+        extra = 'parameters { key: "execution_context_allocation_strategy" value { string_value: "STATIC" } }\n'
+    return (head + "sequence_batching {\n" + f"  max_sequence_idle_microseconds: {idle_us}\n"
+            + _oldest(max_batch_size, max_candidate_sequences, queue_delay_us)
+            + _controls(["START", "READY", "CORRID"], "TYPE_INT64") + _state_block(spec) + "}\n"
+            + "input [\n" + _io(_model_inputs(spec)) + "\n]\n"
+            + "output [\n" + _io(_model_outputs(spec, with_states=False)) + "\n]\n" + inst + extra + _params(params))
+
+
+# ========================================================================================= implicit-state graph
+def add_sequence_controls(graph_path: str | os.PathLike, out_path: str | os.PathLike, spec: dict) -> None:
+    """Copy the step graph adding Triton's control inputs ``START``/``READY`` (int32 [B, 1]) and ``CORRID``
+    (int64 [B, 1]); every incoming state is multiplied by ``1 - START`` so a (re)started sequence begins from zeros
+    even if the server handed it a stale buffer. ``READY``/``CORRID`` are declared for the sequence batcher only."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as oh
+
+    mp = onnx.load(str(graph_path))
+    g = mp.graph
+    names = {i.name for i in g.input}
+    for c in ("START", "READY", "CORRID"):
+        if c in names:
+            raise TritonConfigError(f"{graph_path} already has an input named {c}")
+    g.input.extend([oh.make_tensor_value_info("START", TensorProto.INT32, ["B", 1]),
+                    oh.make_tensor_value_info("READY", TensorProto.INT32, ["B", 1]),
+                    oh.make_tensor_value_info("CORRID", TensorProto.INT64, ["B", 1])])
+    new_nodes = [oh.make_node("Cast", ["START"], ["__zoo_start_f"], to=TensorProto.FLOAT),
+                 oh.make_node("Constant", [], ["__zoo_one"], value=oh.make_tensor("v", TensorProto.FLOAT, [], [1.0])),
+                 oh.make_node("Sub", ["__zoo_one", "__zoo_start_f"], ["__zoo_keep"])]
+    rename = {}
+    for s in spec["state"]:
+        rank = len(s["shape"])
+        shp = f"__zoo_shape_r{rank}"
+        if not any(n.output and n.output[0] == shp for n in new_nodes):
+            new_nodes.append(oh.make_node("Constant", [], [shp], value=oh.make_tensor(
+                "v", TensorProto.INT64, [rank], [-1] + [1] * (rank - 1))))
+        keep_r = f"__zoo_keep_r{rank}"
+        if not any(n.output and n.output[0] == keep_r for n in new_nodes):
+            new_nodes.append(oh.make_node("Reshape", ["__zoo_keep", shp], [keep_r]))
+        gated = f"{s['name']}__gated"
+        new_nodes.append(oh.make_node("Mul", [s["name"], keep_r], [gated]))
+        rename[s["name"]] = gated
+
+    def _rewire(graph):
+        for n in graph.node:
+            for k, x in enumerate(n.input):
+                if x in rename:
+                    n.input[k] = rename[x]
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    _rewire(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sg in a.graphs:
+                        _rewire(sg)
+
+    _rewire(g)
+    for o in g.output:                                      # a state passed straight through (never in practice)
+        if o.name in rename:
+            raise TritonConfigError(f"graph output {o.name} is a state input")
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(new_nodes + nodes)
+    onnx.checker.check_model(mp, full_check=False)
+    onnx.save(mp, str(out_path))
+
+
+def implicit_spec(spec: dict) -> dict:
+    """``spec`` with the control inputs the implicit-state graph gains (for validation)."""
+    s = json.loads(json.dumps(spec))
+    s["inputs"] += [{"name": "START", "shape": ["B", 1], "dtype": "int32"},
+                    {"name": "READY", "shape": ["B", 1], "dtype": "int32"},
+                    {"name": "CORRID", "shape": ["B", 1], "dtype": "int64"}]
+    return s
+
+
+# ============================================================================================== repository
+def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict) -> str:
+    window = spec["kind"] != "step"
+    states = ", ".join(f"`{s['name']}` {s['shape']}" for s in spec["state"]) or "none"
+    lines = [f"# Triton model repository: `{name}` ({spec['model_type']}, {spec['kind']} graph, backend {backend}"
+             + ("" if window else f", {state} state") + ")", "",
+             f"Generated by `python -m export.triton`. Top-{spec['topk']} internal item indices come back as "
+             "`topk_ids`; `item_vocab.json` (beside `config.pbtxt`) maps them to your ids "
+             "(`export.triton_client` does it for you).", "", f"State tensors: {states}.", "", "## Serve", ""]
+    if backend == "python":
+        lines += ["CPU, no Docker (nvidia-pytriton's tritonserver, python backend):", "", "```bash",
+                  "bash export/triton_server_env.sh          # once: .venv-triton with nvidia-pytriton, numpy<2",
+                  f".venv-triton/bin/python export/triton_server.py --repo {repo} --http-port 8000 --grpc-port 8001",
+                  "```", "", "Or in a Triton container (the python backend needs numpy + onnxruntime there):", "",
+                  "```bash", f"docker run --rm -p8000:8000 -p8001:8001 -v {repo}:/models {TRITON_IMAGE} "
+                  "bash -c 'pip install onnxruntime && tritonserver --model-repository=/models'", "```"]
+    elif backend == "tensorrt":
+        lines += ["```bash", f"bash {repo}/serve.sh      # builds 1/model.plan with trtexec + the scan plugins if "
+                  "missing, then starts Triton", "```", "",
+                  f"`serve.sh` runs `{TRITON_IMAGE}` with `--backend-config=tensorrt,plugins=/models/{name}/plugins/"
+                  f"{ps.PLUGIN_LIBRARY}`. The engine and the plugin library must come from the TensorRT version of "
+                  "that container (`plugins/` builds it: `python -m export.build_plugins`)."]
+    else:
+        lines += ["```bash", f"docker run --rm -p8000:8000 -p8001:8001 -v {repo}:/models {TRITON_IMAGE} "
+                  "tritonserver --model-repository=/models", "```"]
+    lines += ["", "## Call it", ""]
+    if window:
+        lines += ["Stateless: send the padded history window `item_ids [1, L]` each time (dynamic batching)."]
+    elif state == "implicit":
+        lines += ["```python", "from export.triton_client import TritonRecommender",
+                  f'rec = TritonRecommender("127.0.0.1:8001", "{name}", protocol="grpc", vocab="{repo}/{name}/'
+                  f'{VOCAB_FILE}")', 'rec.prime("user-42", history)          # one request: START + the whole history',
+                  'top = rec.recommend("user-42", [new_item])  # each event: only the new item(s)',
+                  'rec.end("user-42")                       # frees the server-side state', "```", "",
+                  "Sequence ids are Triton correlation ids (uint64; strings are hashed). A sequence idle for longer "
+                  "than `max_sequence_idle_microseconds` is dropped by Triton: re-prime it from the history, or use "
+                  "the explicit-state variant."]
+    else:
+        lines += ["Explicit state (for users who come back after minutes or days): the request carries the state, "
+                  "the response returns the new one; keep it in any key-value store:", "", "```python",
+                  "from export.triton_client import ExplicitStateRecommender",
+                  f'rec = ExplicitStateRecommender("127.0.0.1:8001", "{name}", protocol="grpc", '
+                  f'vocab="{repo}/{name}/{VOCAB_FILE}", store={{}})  # store: dict-like, e.g. a Redis wrapper',
+                  'top = rec.recommend("user-42", [new_item])   # loads the state (zeros if new), stores the new one',
+                  "```", "", "Store recipe: key = user id, value = the state tensors' raw float32 bytes "
+                  "(`np.savez` or concatenated `tobytes()`), a few KB per user; a missing key means an empty history; "
+                  "expire keys with the store's TTL instead of Triton's idle timeout."]
+    return "\n".join(lines) + "\n"
+
+
+def _serve_sh(name: str, spec: dict, max_batch: int) -> str:
+    L = int(spec.get("max_seq_length", 200))
+    step = spec["kind"] == "step"
+    shapes = []
+    for e in spec["inputs"]:
+        dims = [d for d in e["shape"][1:]]
+        mk = lambda b, t: "x".join([str(b)] + [str(t if isinstance(d, str) else d) for d in dims])  # noqa: E731
+        shapes.append((e["name"], mk(1, 1), mk(max(1, max_batch // 2), 1), mk(max_batch, L)))
+    fmt = lambda i: ",".join(f"{n}:{s[i]}" for n, *s in shapes)  # noqa: E731
+    onnx_name = "model_implicit.onnx" if step else GRAPH_FILE
+    return f"""#!/usr/bin/env bash
+# Serve this TensorRT model repository with Triton (one command). Builds {name}/1/{PLAN_FILE} first if missing.
+set -euo pipefail
+here="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
+image="${{TRITON_IMAGE:-{TRITON_IMAGE}}}"
+plugin="/models/{name}/plugins/{ps.PLUGIN_LIBRARY}"
+docker run --rm --gpus all -p8000:8000 -p8001:8001 -p8002:8002 -v "$here":/models "$image" bash -c "
+  set -e
+  if [ ! -f /models/{name}/1/{PLAN_FILE} ]; then
+    /usr/src/tensorrt/bin/trtexec --onnx=/models/{name}/onnx/{onnx_name} --saveEngine=/models/{name}/1/{PLAN_FILE} \\
+      --dynamicPlugins=$plugin --minShapes={fmt(0)} --optShapes={fmt(1)} --maxShapes={fmt(2)}
+  fi
+  exec tritonserver --model-repository=/models --backend-config=tensorrt,plugins=$plugin"
+"""
+
+
+def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, name: str | None = None,
+                     backend: str = "onnxruntime", state: str = "implicit", vocab_path: str | None = None,
+                     plan: str | None = None, plugin_lib: str | None = None, **config_kwargs) -> pathlib.Path:
+    """Write ``repo/<name>/`` from an :mod:`export.onnx` export folder (``model.onnx`` + ``state_spec.json``).
+
+    Returns the model folder. The config is validated (schema + graph I/O) before anything is written there.
+    """
+    export_dir, repo = pathlib.Path(export_dir), pathlib.Path(repo).resolve()
+    if not (export_dir / SPEC_FILE).exists():
+        raise FileNotFoundError(f"{export_dir} holds no {SPEC_FILE}: pass a folder written by `python -m export.onnx`")
+    spec = json.loads((export_dir / SPEC_FILE).read_text())
+    graph = export_dir / spec.get("graph", GRAPH_FILE)
+    if not graph.exists():
+        raise FileNotFoundError(f"{graph} not found (export the model with `python -m export.onnx` first)")
+    name = name or f"{spec['model_type']}_{spec['kind']}_{backend}" + (
+        f"_{state}" if spec["kind"] == "step" and (backend != "python" or state == "explicit") else "")
+    text = make_config(spec, name, backend, state, **config_kwargs)
+    implicit = spec["kind"] == "step" and backend != "python" and state == "implicit"
+    validate_config(text, implicit_spec(spec) if implicit else spec)
+    mdir = repo / name
+    vdir = mdir / "1"
+    if mdir.exists():
+        shutil.rmtree(mdir)
+    vdir.mkdir(parents=True)
+    (mdir / "config.pbtxt").write_text(text)
+    if vocab_path and os.path.exists(vocab_path):
+        shutil.copy(vocab_path, mdir / VOCAB_FILE)
+    if backend == "python":
+        shutil.copy(graph, vdir / GRAPH_FILE)
+        shutil.copy(export_dir / SPEC_FILE, vdir / SPEC_FILE)
+        shutil.copy(pathlib.Path(__file__).with_name("triton_server.py"), vdir / "model.py")
+    elif backend == "onnxruntime":
+        if implicit:
+            add_sequence_controls(graph, vdir / GRAPH_FILE, spec)
+        else:
+            shutil.copy(graph, vdir / GRAPH_FILE)
+        shutil.copy(export_dir / SPEC_FILE, mdir / SPEC_FILE)
+    else:  # tensorrt: keep the ONNX beside the version folder, build the plan in the container (serve.sh)
+        odir = mdir / "onnx"
+        odir.mkdir()
+        shutil.copy(graph, odir / GRAPH_FILE)
+        if implicit:
+            add_sequence_controls(graph, odir / "model_implicit.onnx", spec)
+        shutil.copy(export_dir / SPEC_FILE, mdir / SPEC_FILE)
+        if plan:
+            shutil.copy(plan, vdir / PLAN_FILE)
+        pdir = mdir / "plugins"
+        pdir.mkdir()
+        if not plugin_lib:                                  # one built by `python -m export.build_plugins`, if any
+            try:
+                from .build_plugins import library_path
+
+                cand = library_path()
+                plugin_lib = str(cand) if cand.exists() else None
+            except Exception:
+                plugin_lib = None
+        if plugin_lib:
+            shutil.copy(plugin_lib, pdir / ps.PLUGIN_LIBRARY)
+        else:
+            (pdir / "README.md").write_text(f"Put {ps.PLUGIN_LIBRARY} (built for the container's TensorRT by "
+                                            "`python -m export.build_plugins`) here.\n")
+        sh = repo / "serve.sh"
+        sh.write_text(_serve_sh(name, implicit_spec(spec) if implicit else spec,
+                                config_kwargs.get("max_batch_size", 64)))
+        sh.chmod(0o755)
+    (repo / "README.md").write_text(_readme(repo, name, backend, state, spec))
+    return mdir
+
+
+def export_and_write(model, repo: str | os.PathLike, topk: int = 10, work_dir: str | None = None,
+                     **kwargs) -> pathlib.Path:
+    """Export a zoo model with :func:`export.onnx.export_model` (verified) and write its Triton repository."""
+    from .onnx import export_model
+
+    with tempfile.TemporaryDirectory(prefix="zoo-triton-export-") as tmp:
+        out = pathlib.Path(work_dir or tmp)
+        export_model(model, out, topk=topk, verify=kwargs.pop("verify", True))
+        vocab = None
+        if getattr(model, "item_vocab", None) is not None:
+            model.item_vocab.save(str(out))
+            vocab = str(out / VOCAB_FILE)
+        return write_repository(out, repo, vocab_path=vocab, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.triton", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="zoo model name (bundled/Hub) or folder")
+    src.add_argument("--onnx", help="an export.onnx output folder (model.onnx + state_spec.json) to reuse")
+    p.add_argument("--repo", required=True, help="Triton model repository folder to write into")
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    p.add_argument("--state", choices=STATES, default="implicit")
+    p.add_argument("--name", help="model name in the repository (default <model_type>_<kind>_<backend>[_<state>])")
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--idle-timeout-s", type=float, default=600.0,
+                   help="max_sequence_idle_microseconds / 1e6: how long an idle sequence keeps its slot")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-candidate-sequences", type=int, default=1024)
+    p.add_argument("--queue-delay-us", type=int, default=500)
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--vocab", help="item_vocab.json to ship (with --onnx)")
+    p.add_argument("--plan", help="prebuilt TensorRT engine to copy to 1/model.plan")
+    p.add_argument("--plugin-lib", help=f"{ps.PLUGIN_LIBRARY} to copy into <name>/plugins/ (default: the one "
+                   "`python -m export.build_plugins` built, when present)")
+    p.add_argument("--no-verify", action="store_true", help="skip export.verify when exporting --model")
+    a = p.parse_args(argv)
+    kw = dict(name=a.name, backend=a.backend, state=a.state, plan=a.plan, plugin_lib=a.plugin_lib,
+              max_batch_size=a.max_batch_size, idle_timeout_s=a.idle_timeout_s,
+              max_candidate_sequences=a.max_candidate_sequences, queue_delay_us=a.queue_delay_us,
+              instances=a.instances)
+    try:
+        if a.onnx:
+            vocab = a.vocab or (os.path.join(a.onnx, VOCAB_FILE) if os.path.exists(os.path.join(a.onnx, VOCAB_FILE))
+                                else None)
+            mdir = write_repository(a.onnx, a.repo, vocab_path=vocab, **kw)
+        else:
+            from .onnx import _load_model
+
+            mdir = export_and_write(_load_model(a.model), a.repo, topk=a.topk, verify=not a.no_verify, **kw)
+    except (TritonConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {mdir} (config validated with tritonclient's model_config_pb2); see {pathlib.Path(a.repo) / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""A real Triton Inference Server on a CPU box: the zoo's stepwise ONNX graph behind Triton's sequence batcher.
+
+This one file plays two roles.
+
+1. **Triton python-backend model** (``export.triton --backend python`` copies it to ``<repo>/<model>/1/model.py``).
+   :class:`TritonPythonModel` runs ``model.onnx`` (the step graph of :mod:`export.onnx`) with ONNX Runtime and keeps
+   the recurrent state **per correlation id** (the python backend has no implicit state: Triton does not feed a
+   python model's output state back, see ``deploy.md`` §6.1):
+
+   * ``START`` resets the sequence's state to the initial state of ``state_spec.json`` (zeros);
+   * ``END`` frees it after the request is answered; states of sequences that stay idle longer than the config's
+     ``max_sequence_idle_microseconds`` are freed too (Triton forgets such a sequence; so do we);
+   * requests from different sequences that Triton batches together (``oldest`` strategy) run as one ORT call per
+     distinct number of new items ``T``; the sequence's state never mixes with another one's;
+   * a bad request (item index outside ``1 .. n_items-1``, a continuation whose state is gone, ...) gets an error
+     response naming the problem, the other requests of the batch are answered normally and the model keeps serving.
+
+   Outputs: ``topk_ids [K]`` (internal indices; :mod:`export.triton_client` maps them to external ids),
+   ``topk_scores [K]`` and ``live_sequences [1]`` (how many sequence states the model holds after this request).
+   This module imports only the standard library at top level (numpy / onnxruntime / triton_python_backend_utils are
+   imported inside the stub), so it also runs as a script from the server virtualenv.
+
+2. **Launcher** for the ``tritonserver`` binary bundled in ``nvidia-pytriton`` (2.51, python backend only), run with
+   the server virtualenv made by ``export/triton_server_env.sh`` (numpy < 2 lives there only)::
+
+       .venv-triton/bin/python export/triton_server.py --repo REPO [--http-port 8000] [--grpc-port 8001]
+
+   It lays out a backend directory with the python stub of the running interpreter, sets ``LD_LIBRARY_PATH`` (the
+   server's own libs + this Python's ``libpython``) and ``PATH`` (the venv first, so the stub imports the venv's
+   numpy 1.x / onnxruntime), listens on 127.0.0.1 only, forwards SIGTERM/SIGINT to ``tritonserver`` and waits for
+   it to exit. From the main environment (tests, bench) use :func:`start_server` which runs that command as a
+   subprocess and waits until the server is ready; ``stop()`` ends it cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+STATE_SPEC_FILE = "state_spec.json"
+GRAPH_FILE = "model.onnx"
+DEFAULT_IDLE_S = 60.0
+
+
+# ==================================================================================== the python-backend model
+class _Fatal(Exception):
+    pass
+
+
+class TritonPythonModel:
+    """Stateful step model for Triton's python backend (see the module docstring)."""
+
+    def initialize(self, args):
+        import numpy as np
+        import onnxruntime as ort
+
+        self.np = np
+        cfg = json.loads(args["model_config"])
+        self.name = cfg.get("name", "zoo")
+        here = pathlib.Path(args["model_repository"]) / str(args["model_version"])
+        params = {k: v.get("string_value", "") for k, v in (cfg.get("parameters") or {}).items()}
+        spec = json.loads((here / STATE_SPEC_FILE).read_text())
+        self.spec = spec
+        self.n_items = int(spec["n_items"])
+        self.k = int(spec["topk"])
+        self.states = [(s["name"], tuple(int(d) for d in s["shape"][1:]), s.get("dtype", "float32"),
+                        float(s.get("init", 0.0))) for s in spec.get("state", [])]
+        if not self.states:
+            raise _Fatal(f"{here / STATE_SPEC_FILE} lists no state tensors: the python sequence model serves step "
+                         "graphs only (serve window graphs as stateless models)")
+        self.state_out = [s.get("output", s["name"] + "_out") for s in spec["state"]]
+        self.uses_timestamps = bool(spec.get("uses_timestamps", False))
+        seq = cfg.get("sequence_batching") or {}
+        self.explicit = not seq            # dynamic batching: the state travels with each request (client-side store)
+        idle_us = int(seq.get("max_sequence_idle_microseconds") or 0)
+        self.idle_s = idle_us / 1e6 if idle_us > 0 else DEFAULT_IDLE_S
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(params.get("ort_intra_op_threads") or 1)
+        so.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(str(here / spec.get("graph", GRAPH_FILE)), so,
+                                         providers=["CPUExecutionProvider"])
+        self.out_names = [o.name for o in self.sess.get_outputs()]
+        self.store = {}            # corrid -> (tuple of per-sequence state arrays, last-touch monotonic time)
+        self._last_sweep = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _fresh(self):
+        np = self.np
+        return tuple(np.full(shape, init, dtype=np.dtype(dt)) for _, shape, dt, init in self.states)
+
+    def _sweep(self, now):
+        if now - self._last_sweep < min(1.0, self.idle_s / 4):
+            return
+        self._last_sweep = now
+        dead = [c for c, (_, t) in self.store.items() if now - t > self.idle_s]
+        for c in dead:
+            del self.store[c]
+
+    def _parse(self, pb, r):
+        """-> dict(corrid, start, end, ids [T], ts [T] | None) or raises ValueError with the client-facing message."""
+        np = self.np
+
+        def get(name, required=True):
+            t = pb.get_input_tensor_by_name(r, name)
+            if t is None:
+                if required:
+                    raise ValueError(f"request has no input {name!r}")
+                return None
+            return t.as_numpy()
+
+        corr = get("CORRID").reshape(-1)
+        corrid = corr[0].item() if corr.size else 0
+        if isinstance(corrid, bytes):
+            corrid = corrid.decode("utf-8", "replace")
+        start = bool(get("START").reshape(-1)[0])
+        end = bool(get("END").reshape(-1)[0])
+        ids = get("item_ids")
+        if ids.dtype != np.int64:
+            raise ValueError(f"item_ids must be INT64, got {ids.dtype}")
+        ids = ids.reshape(-1)
+        if ids.size == 0 and not end:
+            raise ValueError("item_ids is empty: send at least one new item (an empty request is only allowed "
+                             "with sequence_end to close the sequence)")
+        bad = ids[(ids < 1) | (ids >= self.n_items)]
+        if bad.size:
+            raise ValueError(f"item index {int(bad[0])} is out of range 1..{self.n_items - 1} (0 is padding; "
+                             f"map external ids with the model's item vocabulary)")
+        ts = None
+        if self.uses_timestamps:
+            ts = get("timestamps").reshape(-1).astype(np.float32)
+            if ts.shape != ids.shape:
+                raise ValueError(f"timestamps has {ts.size} values for {ids.size} items")
+        return {"corrid": corrid, "start": start, "end": end, "ids": ids, "ts": ts}
+
+    # ------------------------------------------------------------------------------------------ execute
+    def execute(self, requests):
+        import triton_python_backend_utils as pb
+
+        if self.explicit:
+            return self._execute_explicit(pb, requests)
+        np = self.np
+        now = time.monotonic()
+        self._sweep(now)
+        responses = [None] * len(requests)
+        work = []                                           # (request index, parsed)
+        for i, r in enumerate(requests):
+            try:
+                p = self._parse(pb, r)
+                if not p["start"] and p["corrid"] not in self.store:
+                    raise ValueError(f"sequence {p['corrid']!r} has no state on the server (it was never started, "
+                                     f"was ended, or stayed idle longer than {self.idle_s:g} s); "
+                                     "restart it with sequence_start=True and its history")
+                work.append((i, p))
+            except ValueError as e:
+                responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(f"{self.name}: {e}"))
+        # one ORT call per group of equal T with distinct correlation ids (a sequence appears once per call, in order)
+        pending = work
+        while pending:
+            groups, rest, seen = {}, [], set()
+            for i, p in pending:
+                if p["corrid"] in seen:
+                    rest.append((i, p))
+                    continue
+                seen.add(p["corrid"])
+                groups.setdefault(int(p["ids"].size), []).append((i, p))
+            for T, members in groups.items():
+                self._run_group(pb, T, members, responses, now)
+            pending = rest
+        return responses
+
+    def _execute_explicit(self, pb, requests):
+        """Explicit state: ``item_ids`` + the state tensors in, ``topk_*`` + ``<state>_out`` out; nothing kept."""
+        np = self.np
+        responses = [None] * len(requests)
+        groups = {}
+        for i, r in enumerate(requests):
+            try:
+                ids = pb.get_input_tensor_by_name(r, "item_ids").as_numpy().reshape(-1)
+                if ids.size == 0:
+                    raise ValueError("item_ids is empty: send at least one new item")
+                bad = ids[(ids < 1) | (ids >= self.n_items)]
+                if bad.size:
+                    raise ValueError(f"item index {int(bad[0])} is out of range 1..{self.n_items - 1} (0 is padding; "
+                                     "map external ids with the model's item vocabulary)")
+                feeds = {"item_ids": ids}
+                if self.uses_timestamps:
+                    feeds["timestamps"] = pb.get_input_tensor_by_name(r, "timestamps").as_numpy().reshape(-1)
+                for name, shape, _, _ in self.states:
+                    st = pb.get_input_tensor_by_name(r, name).as_numpy().reshape(shape)
+                    if not np.isfinite(st).all():
+                        raise ValueError(f"state {name!r} holds NaN/inf")
+                    feeds[name] = st
+                groups.setdefault(int(ids.size), []).append((i, feeds))
+            except ValueError as e:
+                responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(f"{self.name}: {e}"))
+        for members in groups.values():
+            feeds = {k: np.stack([f[k] for _, f in members]) for k in members[0][1]}
+            try:
+                outs = dict(zip(self.out_names, self.sess.run(None, feeds)))
+            except Exception as e:
+                for i, _ in members:
+                    responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(
+                        f"{self.name}: onnxruntime failed: {e}"))
+                continue
+            for row, (i, _) in enumerate(members):
+                responses[i] = pb.InferenceResponse(output_tensors=[
+                    pb.Tensor(n, np.ascontiguousarray(outs[n][row:row + 1])) for n in
+                    ["topk_ids", "topk_scores"] + self.state_out])
+        return responses
+
+    def _run_group(self, pb, T, members, responses, now):
+        np = self.np
+        if T == 0:                                          # END without items: just free the state
+            for i, p in members:
+                self.store.pop(p["corrid"], None)
+                responses[i] = self._response(pb, np.zeros(self.k, np.int64),
+                                              np.full(self.k, -np.inf, np.float32))
+            return
+        states = []
+        for _, p in members:
+            if p["start"]:
+                states.append(self._fresh())
+            else:
+                states.append(self.store[p["corrid"]][0])
+        feeds = {"item_ids": np.stack([p["ids"] for _, p in members])}
+        if self.uses_timestamps:
+            feeds["timestamps"] = np.stack([p["ts"] for _, p in members])
+        for j, (name, _, _, _) in enumerate(self.states):
+            feeds[name] = np.stack([s[j] for s in states])
+        try:
+            outs = dict(zip(self.out_names, self.sess.run(None, feeds)))
+        except Exception as e:                              # keep serving; report to every request of the group
+            for i, _ in members:
+                responses[i] = pb.InferenceResponse(output_tensors=[],
+                                                    error=pb.TritonError(f"{self.name}: onnxruntime failed: {e}"))
+            return
+        for row, (i, p) in enumerate(members):
+            if p["end"]:
+                self.store.pop(p["corrid"], None)
+            else:
+                self.store[p["corrid"]] = (tuple(np.ascontiguousarray(outs[o][row]) for o in self.state_out), now)
+            responses[i] = self._response(pb, outs["topk_ids"][row], outs["topk_scores"][row])
+
+    def _response(self, pb, ids, scores):
+        np = self.np
+        return pb.InferenceResponse(output_tensors=[
+            pb.Tensor("topk_ids", np.ascontiguousarray(ids, dtype=np.int64).reshape(1, -1)),
+            pb.Tensor("topk_scores", np.ascontiguousarray(scores, dtype=np.float32).reshape(1, -1)),
+            pb.Tensor("live_sequences", np.array([[len(self.store)]], dtype=np.int64)),
+        ])
+
+    def finalize(self):
+        self.store.clear()
+
+
+# ================================================================================================ the launcher
+def _pytriton_paths():
+    import pytriton  # noqa: F401  (only in the server venv)
+    from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
+
+    root = pathlib.Path(get_root_module_path()) / "tritonserver"
+    stub = pathlib.Path(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"))
+    return root, pathlib.Path(get_libs_path()), stub
+
+
+def _prepare_workspace(ws: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """Backend dir with the stub for this Python + the environment tritonserver needs. Returns (binary, env)."""
+    import sysconfig
+
+    root, libs, stub = _pytriton_paths()
+    backends = ws / "backends"
+    shutil.copytree(root / "backends", backends)
+    shutil.copy(stub, backends / "python" / "triton_python_backend_stub")
+    env = os.environ.copy()
+    pylib = sysconfig.get_config_var("LIBDIR") or ""
+    ld = [str(libs)] + ([pylib] if pylib else []) + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else [])
+    env["LD_LIBRARY_PATH"] = ":".join(ld)
+    env["PATH"] = f"{pathlib.Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return root / "bin" / "tritonserver", env
+
+
+def serve(repo: str, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int | None = None,
+          log_verbose: int = 0, exit_timeout_s: int = 10) -> int:
+    """Run tritonserver on ``repo`` (127.0.0.1 only) until SIGTERM/SIGINT; returns its exit status."""
+    repo = os.path.abspath(repo)
+    if not os.path.isdir(repo):
+        print(f"model repository {repo} does not exist", file=sys.stderr)
+        return 2
+    ws = pathlib.Path(tempfile.mkdtemp(prefix="zoo-tritonserver-"))
+    try:
+        binary, env = _prepare_workspace(ws)
+        cmd = [str(binary), f"--model-repository={repo}", f"--backend-directory={ws / 'backends'}",
+               f"--cache-directory={binary.parent.parent / 'caches'}",
+               "--http-address=127.0.0.1", f"--http-port={http_port}",
+               "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
+               f"--allow-metrics={'true' if metrics_port else 'false'}", "--allow-gpu-metrics=false",
+               f"--exit-timeout-secs={exit_timeout_s}", "--strict-readiness=true", "--exit-on-error=true",
+               f"--log-verbose={log_verbose}"]
+        if metrics_port:
+            cmd += ["--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}"]
+        print("+ " + " ".join(cmd), flush=True)
+        proc = subprocess.Popen(cmd, env=env)
+
+        def forward(signum, _frame):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        return proc.wait()
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+
+
+# ============================================================================ start/stop from the main environment
+def default_venv() -> pathlib.Path:
+    here = pathlib.Path(__file__).resolve().parent.parent
+    return pathlib.Path(os.environ.get("ZOO_TRITON_VENV", here / ".venv-triton"))
+
+
+def server_python(venv: str | os.PathLike | None = None) -> pathlib.Path:
+    """The server venv's python, or raises RuntimeError saying how to create it."""
+    py = pathlib.Path(venv or default_venv()) / "bin" / "python"
+    if not py.exists():
+        raise RuntimeError(f"no Triton server environment at {py.parent.parent}: run `bash export/triton_server_env.sh`"
+                           " (creates a venv with nvidia-pytriton and numpy<2; ~1 min)")
+    return py
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerHandle:
+    """A running tritonserver started by :func:`start_server`; use as a context manager or call :meth:`stop`."""
+
+    def __init__(self, proc, http_port, grpc_port, log_path):
+        self.proc, self.http_port, self.grpc_port, self.log_path = proc, http_port, grpc_port, log_path
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        try:
+            return pathlib.Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM the launcher (it stops tritonserver and waits for it); SIGKILL its process group on timeout."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)    # the group this handle created (start_new_session)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _ready(http_port: int, models: list[str]) -> bool:
+    import urllib.request
+
+    try:
+        for path in ["/v2/health/ready"] + [f"/v2/models/{m}/ready" for m in models]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{path}", timeout=2) as r:
+                if r.status != 200:
+                    return False
+        return True
+    except Exception:
+        return False
+
+
+def start_server(repo: str | os.PathLike, venv: str | os.PathLike | None = None, http_port: int | None = None,
+                 grpc_port: int | None = None, timeout: float = 180.0, log_path: str | None = None) -> ServerHandle:
+    """Start tritonserver on ``repo`` from the server venv (loopback only) and wait until every model is ready.
+
+    Raises RuntimeError with the server log's tail when it exits or is not ready within ``timeout`` seconds.
+    """
+    py = server_python(venv)
+    http_port = http_port or free_port()
+    grpc_port = grpc_port or free_port()
+    models = sorted(d.name for d in pathlib.Path(repo).iterdir() if (d / "config.pbtxt").exists())
+    log_path = log_path or tempfile.mktemp(prefix="zoo-tritonserver-", suffix=".log")
+    log = open(log_path, "w")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    proc = subprocess.Popen([str(py), os.path.abspath(__file__), "--repo", str(repo), "--http-port", str(http_port),
+                             "--grpc-port", str(grpc_port)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    log.close()
+    h = ServerHandle(proc, http_port, grpc_port, log_path)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tritonserver exited with status {proc.returncode} while starting; log tail:\n"
+                               + h.log()[-4000:])
+        if _ready(http_port, models):
+            return h
+        time.sleep(0.5)
+    h.stop()
+    raise RuntimeError(f"tritonserver not ready after {timeout:.0f} s; log tail:\n" + h.log()[-4000:])
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Run the nvidia-pytriton tritonserver (python backend) on a model "
+                                            "repository written by `python -m export.triton --backend python`.")
+    p.add_argument("--repo", required=True, help="Triton model repository")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=0, help="0 = metrics off")
+    p.add_argument("--log-verbose", type=int, default=0)
+    a = p.parse_args(argv)
+    return serve(a.repo, a.http_port, a.grpc_port, a.metrics_port or None, a.log_verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

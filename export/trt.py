@@ -1,0 +1,522 @@
+"""TensorRT engines for the zoo's stepwise graphs, with the scan nodes bound to the plugins in ``plugins/``.
+
+CLI::
+
+    python -m export.trt --model NAME_OR_PATH --out DIR [--fp16] [--workspace 2G] [--topk K]
+                         [--max-batch 2048] [--opt-batch 64] [--max-steps 200] [--version-compatible]
+                         [--plugin-lib PATH] [--build-dir build/plugins] [--quick]
+
+What it does, in order, printing a report as it goes:
+
+1. exports the model's step graph to ``DIR/model.onnx`` with :func:`export.onnx.export_model` (one ``SelectiveScan`` /
+   ``LRUScan`` node per layer, attributes from :mod:`export.plugin_spec`) and runs the ONNX-level verification
+   against PyTorch (ONNX Runtime, CPU) — always, even when TensorRT is missing;
+2. builds (or reuses) ``libzoo_trt_plugins.so`` (:mod:`export.build_plugins`) and loads it into TensorRT's plugin
+   registry;
+3. builds the engine: strongly typed network (TensorRT >= 10; precision comes from the graph's dtypes — ``--fp16``
+   converts the graph's internal float tensors to fp16 with ``onnxconverter-common``, keeping graph I/O, states and
+   the scan nodes in fp32, and verifies that fp16 graph with ONNX Runtime first; NOTE: with the current exporter's
+   graphs onnxconverter-common 1.16 yields an invalid graph (fp32 state inputs meet fp16 activations in the conv
+   ``Concat``), so ``--fp16`` stops there with exit code 1 until export.onnx writes fp16 graphs itself), TF32 off for fp32, aliased plugin I/O preview feature on, one optimisation profile over
+   batch ``[1, opt, max]`` and steps ``T in [1, 1, max_steps]``; checks that every scan node became a plugin layer;
+4. runs the engine through the shared verifier (:func:`export.verify.verify_export`: priming with a history, then
+   many single steps, each side carrying its own state; plus a many-row top-k case) under the tolerance table
+   :data:`TOLERANCES`;
+5. writes ``DIR/model.engine`` only when that verification passes, and ``DIR/trt_report.json`` always.
+
+Exit codes:
+
+* ``0`` engine built and verified, written;
+* ``1`` error (bad arguments, export / plugin build / engine build failure, scan nodes not bound to plugins);
+* ``2`` verification failed (the ONNX graph against PyTorch, or the engine against PyTorch); nothing is written
+  for the failing artefact;
+* ``3`` TensorRT builder or CUDA GPU missing: the ONNX graph was exported and verified, the plugin library was built
+  and (when ``tensorrt_lean`` is installed) loaded and checked, and the report names exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import plugin_spec as ps
+
+EXIT_OK, EXIT_ERROR, EXIT_VERIFY_FAILED, EXIT_MISSING = 0, 1, 2, 3
+ENGINE_FILE = "model.engine"
+REPORT_FILE = "trt_report.json"
+
+#: engine vs PyTorch tolerances per precision (max abs score error on every real item, state error, top-k agreement).
+#: fp32 uses the ONNX-level tolerance of export.verify for scores (TF32 is disabled); fp16 activations carry ~1e-3
+#: relative rounding per op, hence the looser numbers. Not yet calibrated on a real engine (no TensorRT builder was
+#: available when this was written): adjust after the first GPU run.
+TOLERANCES = {
+    "fp32": {"score_atol": 1e-4, "state_atol": 1e-3, "topk_min_agreement": 0.999},
+    "fp16": {"score_atol": 5e-2, "state_atol": 5e-2, "topk_min_agreement": 0.99},
+}
+
+
+class TrtError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ environment
+@dataclass
+class Environment:
+    """What this machine has for building / running TensorRT engines."""
+
+    tensorrt: Any = None                 # the full `tensorrt` module (builder + ONNX parser), or None
+    tensorrt_version: str | None = None
+    tensorrt_error: str | None = None
+    lean: Any = None                     # tensorrt_lean_bindings (runtime only), or None
+    lean_version: str | None = None
+    gpu: str | None = None               # device name
+    gpu_error: str | None = None
+    missing: list = field(default_factory=list)
+
+    @property
+    def can_build(self) -> bool:
+        return self.tensorrt is not None and self.gpu is not None
+
+
+def probe_environment() -> Environment:
+    env = Environment()
+    try:
+        import tensorrt as trt  # noqa: F401
+
+        if not hasattr(trt, "Builder"):
+            raise ImportError("the installed `tensorrt` module has no Builder (runtime-only package)")
+        env.tensorrt, env.tensorrt_version = trt, getattr(trt, "__version__", "?")
+    except Exception as e:  # ImportError, or OSError for a missing libnvinfer.so / libnvonnxparser.so
+        env.tensorrt_error = f"{type(e).__name__}: {e}"
+    for mod in ("tensorrt_lean", "tensorrt_lean_bindings"):
+        try:
+            lean = __import__(mod)
+            if hasattr(lean, "get_plugin_registry"):
+                env.lean, env.lean_version = lean, getattr(lean, "__version__", "?")
+                break
+        except Exception:
+            continue
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env.gpu = torch.cuda.get_device_name(0)
+        else:
+            env.gpu_error = (f"torch {torch.__version__} reports no CUDA device"
+                             + ("" if torch.version.cuda else " (CPU-only torch build)"))
+    except Exception as e:
+        env.gpu_error = f"{type(e).__name__}: {e}"
+    if env.tensorrt is None:
+        env.missing.append("TensorRT builder + ONNX parser: `import tensorrt` failed (" + env.tensorrt_error + "). "
+                           "Install the full TensorRT (libnvinfer, libnvonnxparser and the `tensorrt` Python package, "
+                           "e.g. NVIDIA's wheels or a TensorRT container); the PyPI `tensorrt-cu13-libs` is only a "
+                           "placeholder that downloads from NVIDIA's index at install time"
+                           + (f"; the lean runtime {env.lean_version} is installed but cannot build engines"
+                              if env.lean is not None else ""))
+    if env.gpu is None:
+        env.missing.append(f"CUDA GPU: {env.gpu_error}")
+    return env
+
+
+# ------------------------------------------------------------------------------------------------ plugin library
+def ensure_plugin_library(plugin_lib: str | None = None, build_dir: str | None = None, rebuild: bool = False,
+                          say=print) -> Path:
+    """Path of libzoo_trt_plugins.so; builds it with CMake (export.build_plugins) when absent."""
+    from . import build_plugins as BP
+
+    if plugin_lib:
+        p = Path(plugin_lib)
+        if not p.is_file():
+            raise TrtError(f"plugin library {p} does not exist")
+        return p
+    p = BP.library_path(build_dir)
+    if p.is_file() and not rebuild:
+        return p
+    say(f"building the plugin library ({BP.PLUGINS_DIR} -> {p.parent}) ...")
+    t0 = time.perf_counter()
+    try:
+        res = BP.build(build_dir, quiet=True)
+    except BP.BuildError as e:
+        raise TrtError(str(e)) from e
+    if res["plugins"] is None:
+        raise TrtError(f"{ps.PLUGIN_LIBRARY} was not built: {res['tensorrt_headers']}")
+    say(f"  built {res['plugins']} (TensorRT headers {res['tensorrt_header_version']} from {res['tensorrt_headers']}) "
+        f"[{time.perf_counter() - t0:.1f} s]")
+    return Path(res["plugins"])
+
+
+def _load_plugins(trt_module, lib: Path):
+    """Load ``lib`` into the registry once per process (a second load would register the creators twice)."""
+    reg = trt_module.get_plugin_registry()
+    first = next(iter(ps.SCAN_OPS))
+    if reg.get_creator(first, ps.PLUGIN_VERSION, ps.PLUGIN_NAMESPACE) is None:
+        if reg.load_library(str(lib)) is None:
+            raise TrtError(f"the plugin registry could not load {lib}")
+    return reg
+
+
+def check_registry(trt_module, lib: Path) -> list[dict]:
+    """Load ``lib`` into ``trt_module``'s plugin registry and return one row per spec op: the creator found under
+    (op_type, PLUGIN_VERSION, PLUGIN_NAMESPACE) and its field names. Raises :class:`TrtError` on any mismatch."""
+    reg = _load_plugins(trt_module, lib)
+    rows, bad = [], []
+    for op in ps.SCAN_OPS.values():
+        c = reg.get_creator(op.op_type, ps.PLUGIN_VERSION, ps.PLUGIN_NAMESPACE)
+        if c is None:
+            bad.append(f"no creator {op.op_type!r} v{ps.PLUGIN_VERSION} in namespace {ps.PLUGIN_NAMESPACE!r}")
+            continue
+        fields = [f.name for f in c.field_names]
+        if fields != list(op.attributes):
+            bad.append(f"{op.op_type}: creator fields {fields} != spec attributes {list(op.attributes)}")
+        rows.append({"op_type": c.name, "version": c.plugin_version, "namespace": c.plugin_namespace,
+                     "fields": fields, "interface": type(c).__name__})
+    if bad:
+        raise TrtError("; ".join(bad))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ engine
+def _parse_size(s: str | int) -> int:
+    if isinstance(s, int):
+        return s
+    s = s.strip().upper().rstrip("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if s and s[-1] in mult:
+        return int(float(s[:-1]) * mult[s[-1]])
+    return int(s) << 20  # plain number = MiB
+
+
+def to_fp16_graph(graph: bytes) -> bytes:
+    """fp16 internals, fp32 graph I/O (item ids, states, scores) and fp32 scan nodes (their states/parameters must stay
+    fp32); needs ``onnxconverter-common``."""
+    import onnx
+
+    try:
+        from onnxconverter_common import float16
+    except ImportError as e:
+        raise TrtError("--fp16 needs the `onnxconverter-common` package (pip install onnxconverter-common): "
+                       "export.onnx writes fp32 graphs only") from e
+    mp = onnx.load_from_string(graph)
+    # Identity(initializer) -> a copy of the initializer under the Identity's output name: the converter otherwise
+    # turns such an Identity feeding a blocked (fp32) scan node into fp16 without a Cast
+    inits = {i.name: i for i in mp.graph.initializer}
+    keep = []
+    for n in mp.graph.node:
+        if n.op_type == "Identity" and n.input[0] in inits:
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[n.input[0]])
+            t.name = n.output[0]
+            mp.graph.initializer.append(t)
+        else:
+            keep.append(n)
+    del mp.graph.node[:]
+    mp.graph.node.extend(keep)
+    block = list(float16.DEFAULT_OP_BLOCK_LIST) + list(ps.SCAN_OPS) + ["TopK"]
+    mp16 = float16.convert_float_to_float16(mp, keep_io_types=True, op_block_list=block)
+    del mp16.graph.value_info[:]  # the converter's annotations can contradict the nodes (e.g. Cast to float)
+    return mp16.SerializeToString()
+
+
+@dataclass
+class EngineBuild:
+    engine: Any
+    serialized: bytes
+    n_plugin_layers: int
+    n_scan_nodes: int
+    seconds: float
+
+
+def build_engine(trt, graph: bytes, spec: dict, lib: Path, *, precision: str = "fp32", workspace: int = 2 << 30,
+                 opt_batch: int = 64, max_batch: int = 2048, max_steps: int = 200,
+                 version_compatible: bool = False, say=print) -> EngineBuild:
+    """Parse ``graph`` with the plugins registered, build and deserialize the engine."""
+    import onnx
+
+    t0 = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    reg = _load_plugins(trt, lib)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if hasattr(trt, "OnnxParserFlag") and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
+        parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
+    if not parser.parse(graph):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TrtError(f"ONNX parser failed: {errs}")
+    mp = onnx.load_from_string(graph)
+    n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN and n.op_type in ps.SCAN_OPS)
+    plugin_types = [trt.LayerType.PLUGIN_V3] if hasattr(trt.LayerType, "PLUGIN_V3") else []
+    n_plugin = sum(1 for i in range(network.num_layers) if network.get_layer(i).type in plugin_types)
+    if n_plugin != n_scan:
+        raise TrtError(f"{n_scan} scan nodes in the graph but {n_plugin} IPluginV3 layers in the network: the ONNX "
+                       f"parser did not bind every scan node to the {ps.PLUGIN_NAMESPACE}:: plugins (registry has "
+                       f"{[c.name for c in reg.all_creators if c.plugin_namespace == ps.PLUGIN_NAMESPACE]})")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if hasattr(trt, "PreviewFeature") and hasattr(trt.PreviewFeature, "ALIASED_PLUGIN_IO_10_03"):
+        config.set_preview_feature(trt.PreviewFeature.ALIASED_PLUGIN_IO_10_03, True)
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        config.plugins_to_serialize = [str(lib)]
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        dims = list(t.shape)
+        lo, opt, hi = [], [], []
+        for ax, d in enumerate(dims):
+            if d >= 0:
+                lo.append(d), opt.append(d), hi.append(d)
+            elif ax == 0:
+                lo.append(1), opt.append(min(opt_batch, max_batch)), hi.append(max_batch)
+            else:  # the step axis T of item_ids / timestamps
+                lo.append(1), opt.append(1), hi.append(max_steps)
+        profile.set_shape(t.name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    say(f"  building the engine ({precision}, {n_plugin} plugin layers, batch [1, {opt_batch}, {max_batch}], "
+        f"T [1, 1, {max_steps}], workspace {workspace >> 20} MiB) ...")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TrtError("builder.build_serialized_network returned None (see the TensorRT log above)")
+    serialized = bytes(serialized)
+    runtime = trt.Runtime(logger)
+    if version_compatible:
+        runtime.engine_host_code_allowed = True
+    engine = runtime.deserialize_cuda_engine(serialized)
+    if engine is None:
+        raise TrtError("deserializing the freshly built engine failed")
+    return EngineBuild(engine, serialized, n_plugin, n_scan, time.perf_counter() - t0)
+
+
+class TrtRunner:
+    """``run(output_names, feeds) -> list[np.ndarray]`` over a TensorRT engine (ONNX Runtime session signature, so
+    :func:`export.verify.verify_export` drives it). Inputs are copied to the GPU, outputs back to the host."""
+
+    def __init__(self, trt, engine):
+        import torch
+
+        self.trt, self.engine, self.torch = trt, engine, torch
+        self.context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._dt = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                    trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool}
+        if hasattr(trt.DataType, "BF16"):
+            self._dt[trt.DataType.BF16] = torch.bfloat16
+
+    def run(self, output_names: Sequence[str], feeds: dict):
+        torch = self.torch
+        keep = []
+        for n in self.inputs:
+            t = torch.as_tensor(feeds[n]).to(device="cuda", dtype=self._dt[self.engine.get_tensor_dtype(n)])
+            t = t.contiguous()
+            keep.append(t)
+            self.context.set_input_shape(n, tuple(t.shape))
+            self.context.set_tensor_address(n, t.data_ptr())
+        outs = {}
+        for n in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(n))
+            o = torch.empty(shape, dtype=self._dt[self.engine.get_tensor_dtype(n)], device="cuda")
+            outs[n] = o
+            self.context.set_tensor_address(n, o.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise TrtError("execute_async_v3 failed")
+        stream.synchronize()
+        return [outs[n].float().cpu().numpy() if outs[n].dtype in (torch.float16, torch.bfloat16)
+                else outs[n].cpu().numpy() for n in output_names]
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def _load_model(name_or_path: str):
+    from .onnx import _load_model as load
+
+    return load(name_or_path)
+
+
+def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | int = "2G", topk: int = 10,
+        max_batch: int = 2048, opt_batch: int = 64, max_steps: int = 200, version_compatible: bool = False,
+        plugin_lib: str | None = None, build_dir: str | None = None, quick: bool = False, model=None,
+        say=print) -> tuple[int, dict]:
+    """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json``."""
+    from . import onnx as E
+    from . import verify as V
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    precision = "fp16" if fp16 else "fp32"
+    tol = TOLERANCES[precision]
+    report: dict = {"model": model_name, "precision": precision, "tolerances": tol, "plugin_spec": {
+        "namespace": ps.PLUGIN_NAMESPACE, "version": ps.PLUGIN_VERSION, "ops": list(ps.SCAN_OPS)}}
+    engine_path = out / ENGINE_FILE
+    if engine_path.exists():
+        engine_path.unlink()  # never leave a stale engine next to a new report
+
+    def finish(code: int, status: str):
+        report["exit_code"], report["status"] = code, status
+        (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        say("")
+        say(f"RESULT: {status} (exit code {code}); report: {out / REPORT_FILE}")
+        return code, report
+
+    verify_kwargs = dict(prime_len=min(200, max_steps), n_steps=500, batch=4, topk_cases=min(2000, max_batch))
+    if quick:
+        verify_kwargs = dict(prime_len=min(20, max_steps), n_steps=20, batch=2, topk_cases=min(64, max_batch))
+    report["verify_kwargs"] = verify_kwargs
+
+    # 1. ONNX export + ONNX-level verification (always)
+    say(f"[1/4] ONNX export + verification against PyTorch (ONNX Runtime, CPU) of {model_name}")
+    try:
+        model = model if model is not None else _load_model(model_name)
+        res = E.export_model(model, out, kind="step", topk=topk, verify=True, verify_kwargs=verify_kwargs,
+                             progress=lambda m: say("  " + m))
+    except E.VerificationError as e:
+        say(f"  ONNX verification FAILED: {e}")
+        if e.report is not None:
+            say(e.report.table())
+            report["onnx_verification"] = e.report.to_dict()
+        return finish(EXIT_VERIFY_FAILED, "ONNX graph verification failed")
+    except Exception as e:
+        say(f"  ERROR: {type(e).__name__}: {e}")
+        report["error"] = f"{type(e).__name__}: {e}"
+        return finish(EXIT_ERROR, "ONNX export failed")
+    say(res.report.table())
+    report["onnx"] = {"graph": res.graph_path, "spec": res.spec_path, "verification": res.report.to_dict()}
+    import onnx
+
+    mp = onnx.load(res.graph_path)
+    scan_nodes = [{"op_type": n.op_type, "domain": n.domain, "inputs": len(n.input),
+                   "attributes": {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}}
+                  for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN]
+    for n in scan_nodes:
+        n["attributes"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in n["attributes"].items()}
+    report["onnx"]["scan_nodes"] = scan_nodes
+    say(f"  scan nodes: {', '.join(sorted({n['op_type'] for n in scan_nodes}))} x{len(scan_nodes)} "
+        f"(plugin_namespace={ps.PLUGIN_NAMESPACE!r}, plugin_version={ps.PLUGIN_VERSION!r})")
+
+    graph16 = None
+    if fp16:  # the fp16 graph must itself pass the ONNX-level verification before any engine is built from it
+        say("[1b] fp16 graph (onnxconverter-common; I/O, states and scan nodes fp32) + verification with ONNX Runtime")
+        try:
+            graph16 = to_fp16_graph(V._with_scores_output(res.graph_path))
+            sess = V.ort_session(graph16)
+            rep16 = V.verify_export(model, res.graph_path, res.spec, runner=sess, progress=lambda m: say("  " + m),
+                                    **tol, **verify_kwargs)
+        except Exception as e:
+            say(f"  ERROR: fp16 conversion/run failed: {type(e).__name__}: {str(e)[:500]}")
+            report["error"] = f"fp16 graph: {type(e).__name__}: {e}"
+            return finish(EXIT_ERROR, "fp16 graph conversion failed (no fp16 engine attempted)")
+        say(rep16.table())
+        report["onnx_fp16_verification"] = rep16.to_dict()
+        if not rep16.ok:
+            return finish(EXIT_VERIFY_FAILED, "fp16 ONNX graph verification failed")
+
+    # 2. environment + plugin library
+    say("[2/4] TensorRT environment and plugin library")
+    env = probe_environment()
+    report["environment"] = {"tensorrt": env.tensorrt_version, "tensorrt_error": env.tensorrt_error,
+                             "tensorrt_lean": env.lean_version, "gpu": env.gpu, "gpu_error": env.gpu_error}
+    say(f"  TensorRT builder : {env.tensorrt_version or 'MISSING (' + str(env.tensorrt_error) + ')'}")
+    say(f"  TensorRT lean    : {env.lean_version or 'not installed'}")
+    say(f"  GPU              : {env.gpu or 'MISSING (' + str(env.gpu_error) + ')'}")
+    lib = None
+    try:
+        lib = ensure_plugin_library(plugin_lib, build_dir, say=lambda m: say("  " + m))
+        report["plugin_library"] = str(lib)
+        say(f"  plugin library   : {lib}")
+        reg_mod = env.tensorrt or env.lean
+        if reg_mod is not None:
+            rows = check_registry(reg_mod, lib)
+            report["registry"] = {"runtime": "tensorrt" if env.tensorrt else "tensorrt_lean", "creators": rows}
+            for r in rows:
+                say(f"  registered       : {r['namespace']}::{r['op_type']} v{r['version']} fields={r['fields']}")
+        else:
+            say("  registry check   : skipped (neither tensorrt nor tensorrt_lean is importable)")
+    except TrtError as e:
+        report["plugin_error"] = str(e)
+        say(f"  plugin library   : FAILED: {e}")
+        if env.can_build:
+            return finish(EXIT_ERROR, "plugin library unavailable")
+        env.missing.append(f"{ps.PLUGIN_LIBRARY}: {e}")
+
+    if not env.can_build or lib is None:
+        say("[3/4] engine build: NOT POSSIBLE here; missing:")
+        for m in env.missing:
+            say(f"  - {m}")
+        say("[4/4] engine verification: not run (no engine). The ONNX graph above IS verified; no engine was written.")
+        report["missing"] = env.missing
+        return finish(EXIT_MISSING, "TensorRT/GPU missing: ONNX verified, engine NOT built")
+
+    # 3. engine
+    trt = env.tensorrt
+    say("[3/4] engine build")
+    try:
+        graph = graph16 if fp16 else V._with_scores_output(res.graph_path)  # the verifier compares every score
+        eb = build_engine(trt, graph, res.spec, lib, precision=precision, workspace=_parse_size(workspace),
+                          opt_batch=opt_batch, max_batch=max_batch, max_steps=max_steps,
+                          version_compatible=version_compatible, say=lambda m: say("  " + m))
+    except Exception as e:
+        say(f"  ERROR: {type(e).__name__}: {e}")
+        report["error"] = f"{type(e).__name__}: {e}"
+        return finish(EXIT_ERROR, "engine build failed")
+    report["engine"] = {"plugin_layers": eb.n_plugin_layers, "scan_nodes": eb.n_scan_nodes,
+                        "build_seconds": eb.seconds, "bytes": len(eb.serialized)}
+    say(f"  built: {len(eb.serialized) / 1e6:.2f} MB, {eb.n_plugin_layers} plugin layers [{eb.seconds:.1f} s]")
+
+    # 4. engine vs PyTorch
+    say(f"[4/4] engine verification against PyTorch ({precision}: score atol {tol['score_atol']:g}, "
+        f"state atol {tol['state_atol']:g}, top-k >= {100 * tol['topk_min_agreement']:g}%)")
+    try:
+        rep = V.verify_export(model, res.graph_path, res.spec, runner=TrtRunner(trt, eb.engine),
+                              progress=lambda m: say("  " + m), **tol, **verify_kwargs)
+    except Exception as e:
+        say(f"  ERROR while running the engine: {type(e).__name__}: {e}")
+        report["error"] = f"{type(e).__name__}: {e}"
+        return finish(EXIT_ERROR, "engine execution failed")
+    say(rep.table())
+    report["engine_verification"] = rep.to_dict()
+    if not rep.ok:
+        say(f"  {rep.worst_message()}")
+        return finish(EXIT_VERIFY_FAILED, "engine verification FAILED: engine NOT written")
+    engine_path.write_bytes(eb.serialized)
+    report["engine"]["path"] = str(engine_path)
+    return finish(EXIT_OK, f"engine verified and written to {engine_path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n\n")[0],
+                                epilog="exit codes: 0 ok, 1 error, 2 verification failed, 3 TensorRT/GPU missing")
+    p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
+    p.add_argument("--out", required=True, help="output folder (model.onnx, state_spec.json, model.engine, report)")
+    p.add_argument("--fp16", action="store_true", help="fp16 internals (states, graph I/O and scan nodes stay fp32)")
+    p.add_argument("--workspace", default="2G", help="builder workspace pool limit, e.g. 512M, 2G (default 2G)")
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--max-batch", type=int, default=2048)
+    p.add_argument("--opt-batch", type=int, default=64)
+    p.add_argument("--max-steps", type=int, default=200, help="largest T per call (priming length)")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="build a version-compatible engine (runs on the lean/dispatch runtime; plugin lib serialized)")
+    p.add_argument("--plugin-lib", default=None, help=f"use this {ps.PLUGIN_LIBRARY} instead of building one")
+    p.add_argument("--build-dir", default=None, help="CMake build folder for the plugins (default build/plugins)")
+    p.add_argument("--quick", action="store_true", help="small verification (CI smoke runs)")
+    a = p.parse_args(argv)
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    code, _ = run(a.model, a.out, fp16=a.fp16, workspace=a.workspace, topk=a.topk, max_batch=a.max_batch,
+                  opt_batch=a.opt_batch, max_steps=a.max_steps, version_compatible=a.version_compatible,
+                  plugin_lib=a.plugin_lib, build_dir=a.build_dir, quick=a.quick, say=say)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Thin ctypes harness: call the plugins' CUDA kernels (``libzoo_scan_kernels.so``) on torch CUDA tensors and compare
+them with the PyTorch references; also times them against the reference and the memory-bandwidth floor.
+
+No TensorRT is involved: the TensorRT plugins call exactly these launchers (``plugins/common/zooScanKernels.h``).
+
+    python plugins/harness.py [--lib build/plugins/libzoo_scan_kernels.so] [--check] [--bench]
+
+References: Mamba-1 -> ``zoo.ops.selective_scan.selective_scan_loop``; LRU -> ``zoo.ops.lru.lru_scan_loop``;
+SSD (Mamba-2, per-head scalar decay) -> ``zoo.ops.ssd.ssd_scan_loop`` (or :func:`ssd_scan_ref` below, same loop). The references run on
+the same (possibly half-precision) input values, in float64; the kernels keep the state in fp32.
+
+Tolerances (max abs error, see :data:`TOLERANCE`): fp32 1e-4 absolute; fp16 / bf16 outputs are rounded to the
+activation dtype, so ``atol + rtol * max|ref|`` with rtol = 2 ulp of the dtype (fp16 2e-3, bf16 1.6e-2); states are
+fp32 in every precision and use the fp32 tolerance scaled by max(1, max|ref|).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import itertools
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from zoo.ops.lru import lru_scan_loop  # noqa: E402
+from zoo.ops.selective_scan import selective_scan_loop  # noqa: E402
+
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+#: (atol, rtol) per activation dtype, for activation outputs; states use TOLERANCE[torch.float32] scaled
+TOLERANCE = {torch.float32: (1e-4, 0.0), torch.float16: (1e-3, 2e-3), torch.bfloat16: (1e-2, 1.6e-2)}
+STATE_TOL = 1e-4
+
+
+def default_lib() -> Path:
+    env = os.environ.get("ZOO_SCAN_KERNELS_LIB")
+    return Path(env) if env else REPO_ROOT / "build" / "plugins" / "libzoo_scan_kernels.so"
+
+
+class ScanKernels:
+    """ctypes binding of libzoo_scan_kernels.so (or libzoo_trt_plugins.so, which exports the same C ABI)."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path or default_lib())
+        self.lib = ctypes.CDLL(str(self.path))
+        P, I = ctypes.c_void_p, ctypes.c_int32
+        self.lib.zoo_selective_scan.argtypes = [I] + [P] * 11 + [I] * 5 + [P]
+        self.lib.zoo_ssd_scan.argtypes = [I] + [P] * 10 + [I] * 7 + [P]
+        self.lib.zoo_lru_scan.argtypes = [I] + [P] * 8 + [I] * 3 + [P]
+        for f in ("zoo_selective_scan", "zoo_ssd_scan", "zoo_lru_scan", "zoo_scan_max_state"):
+            getattr(self.lib, f).restype = I
+        self.lib.zoo_trt_plugins_spec_json.restype = ctypes.c_char_p
+        self.lib.zoo_trt_plugins_spec_json.argtypes = []
+
+    def spec(self) -> dict:
+        return json.loads(self.lib.zoo_trt_plugins_spec_json().decode())
+
+    def max_state(self) -> int:
+        return int(self.lib.zoo_scan_max_state())
+
+    @staticmethod
+    def _p(t):
+        if t is None:
+            return None
+        if not t.is_cuda or not t.is_contiguous():
+            raise ValueError("kernel inputs must be contiguous CUDA tensors")
+        return ctypes.c_void_p(t.data_ptr())
+
+    @staticmethod
+    def _stream():
+        return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+
+    def _rc(self, rc: int, what: str):
+        if rc != 0:
+            raise RuntimeError(f"{what}: CUDA error {rc}")
+
+    def selective_scan(self, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus=True, out=None, h_out=None):
+        """Same math as ``selective_scan_loop(..., return_last_state=True, initial_state=h0)``; returns (y, h).
+        ``h_out`` may be ``h0`` itself (in-place state update, as the TensorRT plugin does with aliased I/O)."""
+        b, e, T = u.shape
+        n = A.shape[1]
+        y = out if out is not None else torch.empty_like(u)
+        h = h_out if h_out is not None else torch.empty(b, e, n, device=u.device, dtype=torch.float32)
+        p = self._p
+        self._rc(self.lib.zoo_selective_scan(DTYPE_CODE[u.dtype], p(u), p(delta), p(A), p(B), p(C), p(D), p(z),
+                                             p(delta_bias), p(h0), p(y), p(h), b, e, n, T, int(delta_softplus),
+                                             self._stream()), "zoo_selective_scan")
+        return y, h
+
+    def ssd_scan(self, x, dt, A, B, C, D, dt_bias, h0, dt_softplus=True, h_out=None):
+        b, T, H, P = x.shape
+        G, N = B.shape[2], B.shape[3]
+        y = torch.empty_like(x)
+        h = h_out if h_out is not None else torch.empty(b, H, P, N, device=x.device, dtype=torch.float32)
+        p = self._p
+        self._rc(self.lib.zoo_ssd_scan(DTYPE_CODE[x.dtype], p(x), p(dt), p(A), p(B), p(C), p(D), p(dt_bias), p(h0),
+                                       p(y), p(h), b, T, H, P, G, N, int(dt_softplus), self._stream()), "zoo_ssd_scan")
+        return y, h
+
+    def lru_scan(self, u_re, u_im, lam_re, lam_im, h0_re=None, h0_im=None):
+        b, T, N = u_re.shape
+        h_re, h_im = torch.empty_like(u_re), torch.empty_like(u_im)
+        p = self._p
+        self._rc(self.lib.zoo_lru_scan(DTYPE_CODE[u_re.dtype], p(u_re), p(u_im), p(lam_re), p(lam_im), p(h0_re),
+                                       p(h0_im), p(h_re), p(h_im), b, T, N, self._stream()), "zoo_lru_scan")
+        return h_re, h_im
+
+
+# ------------------------------------------------------------------------------------------------ references
+def ssd_scan_ref(x, dt, A, B, C, D=None, dt_bias=None, h0=None, dt_softplus=True):
+    """Mamba-2 / SSD recurrence (textbook loop; float64 if x is float64, else fp32): x [B,T,H,P], dt [B,T,H], A [H],
+    B/C [B,T,G,N], h0 [B,H,P,N]."""
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x, dt, B, C, A = x.to(ct), dt.to(ct), B.to(ct), C.to(ct), A.to(ct)
+    D = D.to(ct) if D is not None else None
+    dt_bias = dt_bias.to(ct) if dt_bias is not None else None
+    b, T, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    rep = H // G
+    B, C = B.repeat_interleave(rep, dim=2), C.repeat_interleave(rep, dim=2)     # [B, T, H, N]
+    if dt_bias is not None:
+        dt = dt + dt_bias
+    if dt_softplus:
+        dt = F.softplus(dt)
+    h = h0.to(ct).clone() if h0 is not None else x.new_zeros(b, H, P, N)
+    ys = []
+    for t in range(T):
+        dA = torch.exp(dt[:, t] * A)                                              # [B, H]
+        h = dA[:, :, None, None] * h + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]
+        y = torch.einsum("bhpn,bhn->bhp", h, C[:, t])
+        if D is not None:
+            y = y + D[:, None] * x[:, t]
+        ys.append(y)
+    return torch.stack(ys, 1), h
+
+
+# ------------------------------------------------------------------------------------------------ test cases
+@dataclass
+class Case:
+    op: str
+    dtype: torch.dtype
+    T: int
+    with_h0: bool
+    shape: dict
+
+    @property
+    def id(self) -> str:
+        s = "x".join(f"{k}{v}" for k, v in self.shape.items())
+        return f"{self.op}-{str(self.dtype).replace('torch.', '')}-T{self.T}-{'h0' if self.with_h0 else 'zero'}-{s}"
+
+
+SHAPES = {
+    "SelectiveScan": [dict(B=2, E=64, N=16), dict(B=3, E=40, N=32), dict(B=1, E=8, N=5), dict(B=2, E=16, N=64)],
+    "SSDScan": [dict(B=2, H=4, P=16, G=1, N=16), dict(B=1, H=6, P=8, G=2, N=32), dict(B=2, H=2, P=4, G=2, N=7)],
+    "LRUScan": [dict(B=2, N=64), dict(B=3, N=33)],
+}
+
+
+def cases(long_T: int = 200):
+    for op, shapes in SHAPES.items():
+        for shape, dtype, T, h0 in itertools.product(shapes, DTYPE_CODE, (1, long_T), (False, True)):
+            yield Case(op, dtype, T, h0, shape)
+
+
+def make_inputs(case: Case, device="cuda", seed: int = 0) -> dict:
+    """Fresh random inputs for a case (activations in case.dtype, parameters and states fp32)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    act = lambda t: t.to(case.dtype).to(device).contiguous()  # noqa: E731
+    f32 = lambda t: t.float().to(device).contiguous()  # noqa: E731
+    s, T = case.shape, case.T
+    if case.op == "SelectiveScan":
+        b, e, n = s["B"], s["E"], s["N"]
+        d = dict(u=act(r(b, e, T)), delta=act(r(b, e, T) * 0.5 - 1.0), A=f32(-torch.exp(r(e, n) * 0.5)),
+                 B=act(r(b, n, T)), C=act(r(b, n, T)), D=f32(r(e)), z=act(r(b, e, T)), delta_bias=f32(r(e) * 0.1),
+                 h0=f32(r(b, e, n)) if case.with_h0 else None)
+    elif case.op == "SSDScan":
+        b, H, P, G, n = s["B"], s["H"], s["P"], s["G"], s["N"]
+        d = dict(x=act(r(b, T, H, P)), dt=act(r(b, T, H) * 0.5 - 1.0), A=f32(-torch.exp(r(H) * 0.5)),
+                 B=act(r(b, T, G, n)), C=act(r(b, T, G, n)), D=f32(r(H)), dt_bias=f32(r(H) * 0.1),
+                 h0=f32(r(b, H, P, n)) if case.with_h0 else None)
+    else:
+        b, n = s["B"], s["N"]
+        mod = torch.exp(-torch.exp(r(n) * 0.5 - 2.0))
+        th = torch.rand(n, generator=g) * 3.0
+        d = dict(u_re=act(r(b, T, n)), u_im=act(r(b, T, n)), lam_re=f32(mod * torch.cos(th)),
+                 lam_im=f32(mod * torch.sin(th)), h0_re=f32(r(b, n)) if case.with_h0 else None,
+                 h0_im=f32(r(b, n)) if case.with_h0 else None)
+    return d
+
+
+def reference(case: Case, d: dict):
+    """(activation output(s), state output(s)) from the PyTorch reference, computed in float64 from the very same
+    (possibly fp16/bf16) input values, returned as float32."""
+    d = {k: (v.double() if v is not None else None) for k, v in d.items()}
+    if case.op == "SelectiveScan":
+        y, h = selective_scan_loop(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"], d["delta_bias"],
+                                   delta_softplus=True, return_last_state=True, initial_state=d["h0"])
+        outs = [y], [h]
+    elif case.op == "SSDScan":
+        try:  # the zoo's own SSD oracle when present (zoo.ops.ssd), else the loop below (same math)
+            from zoo.ops.ssd import ssd_scan_loop
+
+            dt = F.softplus(d["dt"] + d["dt_bias"])
+            y, h = ssd_scan_loop(d["x"], dt, d["A"], d["B"], d["C"], d["D"], d["h0"])
+        except ImportError:
+            y, h = ssd_scan_ref(d["x"], d["dt"], d["A"], d["B"], d["C"], d["D"], d["dt_bias"], d["h0"])
+        outs = [y], [h]
+    else:
+        h_re, h_im = lru_scan_loop(d["u_re"], d["u_im"], d["lam_re"], d["lam_im"], None, d["h0_re"], d["h0_im"])
+        outs = [h_re, h_im], [h_re[:, -1], h_im[:, -1]]
+    return [t.float() for t in outs[0]], [t.float() for t in outs[1]]
+
+
+def run_kernel(k: ScanKernels, case: Case, d: dict, in_place: bool = False):
+    """(activation output(s), state output(s)) from the CUDA kernel. ``in_place``: the state output is written into
+    the h0 buffer (aliased I/O, as in the TensorRT engine)."""
+    if case.op == "SelectiveScan":
+        h0 = d["h0"].clone() if (in_place and d["h0"] is not None) else d["h0"]
+        y, h = k.selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"], d["delta_bias"], h0,
+                                h_out=h0 if in_place else None)
+        return [y], [h]
+    if case.op == "SSDScan":
+        h0 = d["h0"].clone() if (in_place and d["h0"] is not None) else d["h0"]
+        y, h = k.ssd_scan(d["x"], d["dt"], d["A"], d["B"], d["C"], d["D"], d["dt_bias"], h0,
+                          h_out=h0 if in_place else None)
+        return [y], [h]
+    h_re, h_im = k.lru_scan(d["u_re"], d["u_im"], d["lam_re"], d["lam_im"], d["h0_re"], d["h0_im"])
+    return [h_re, h_im], [h_re[:, -1].float(), h_im[:, -1].float()]
+
+
+def compare(case: Case, got, ref) -> dict:
+    """Max abs errors and pass/fail under :data:`TOLERANCE`."""
+    atol, rtol = TOLERANCE[case.dtype]
+    res = {"case": case.id, "act_err": 0.0, "state_err": 0.0, "ok": True}
+    for g, r in zip(got[0], ref[0]):
+        err = (g.float() - r).abs().max().item()
+        scale = r.abs().max().item()
+        res["act_err"] = max(res["act_err"], err)
+        res["ok"] &= err <= atol + rtol * scale
+    for g, r in zip(got[1], ref[1]):
+        err = (g.float() - r).abs().max().item()
+        res["state_err"] = max(res["state_err"], err)
+        # LRU "states" are the last activation row (act dtype); Mamba states are fp32
+        tol = (atol + rtol * r.abs().max().item()) if case.op == "LRUScan" else STATE_TOL * max(1.0, r.abs().max().item())
+        res["ok"] &= err <= tol
+    return res
+
+
+def check_all(k: ScanKernels, long_T: int = 200, verbose: bool = True) -> list[dict]:
+    out = []
+    for i, case in enumerate(cases(long_T)):
+        d = make_inputs(case, seed=i)
+        ref = reference(case, {kk: (v.cpu() if v is not None else None) for kk, v in d.items()})
+        ref = ([r.cuda() for r in ref[0]], [r.cuda() for r in ref[1]])
+        for in_place in ((False, True) if case.op != "LRUScan" and case.with_h0 else (False,)):
+            got = run_kernel(k, case, d, in_place=in_place)
+            torch.cuda.synchronize()
+            res = compare(case, got, ref)
+            res["in_place"] = in_place
+            out.append(res)
+            if verbose:
+                print(f"{'ok  ' if res['ok'] else 'FAIL'} {case.id:<58} in_place={in_place!s:<5} "
+                      f"act {res['act_err']:.2e} state {res['state_err']:.2e}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def _bytes(d: dict, outs) -> int:
+    n = sum(v.numel() * v.element_size() for v in d.values() if v is not None)
+    return n + sum(t.numel() * t.element_size() for grp in outs for t in grp)
+
+
+def bench(k: ScanKernels, iters: int = 20) -> list[dict]:
+    """Kernel vs PyTorch reference (on the GPU) vs the memory-bandwidth floor (bytes moved / peak bandwidth)."""
+    from zoo.ops.lru import lru_scan_ref
+    from zoo.ops.selective_scan import selective_scan_ref
+
+    props = torch.cuda.get_device_properties(0)
+    # peak DRAM bandwidth: 2 * memory clock (kHz) * bus width (bits) / 8 when torch exposes them; else H100 SXM value
+    clk, width = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
+    peak = 2 * clk * 1e3 * width / 8 if clk and width else 3.35e12
+    rows = []
+    configs = [Case("SelectiveScan", torch.float32, T, True, dict(B=256, E=128, N=32)) for T in (1, 50, 200)]
+    configs += [Case("SelectiveScan", torch.bfloat16, 200, True, dict(B=256, E=128, N=32))]
+    configs += [Case("SSDScan", torch.float32, T, True, dict(B=256, H=8, P=16, G=1, N=32)) for T in (1, 200)]
+    configs += [Case("LRUScan", torch.float32, T, True, dict(B=256, N=128)) for T in (1, 200)]
+
+    def t_ms(fn):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(iters):
+            fn()
+        e.record()
+        torch.cuda.synchronize()
+        return s.elapsed_time(e) / iters
+
+    for case in configs:
+        d = make_inputs(case)
+        outs = run_kernel(k, case, d)
+        if case.op == "SelectiveScan":
+            ref = lambda: selective_scan_ref(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"],  # noqa: E731
+                                            d["delta_bias"], True, True, d["h0"])
+        elif case.op == "SSDScan":
+            ref = lambda: ssd_scan_ref(d["x"], d["dt"], d["A"], d["B"], d["C"], d["D"], d["dt_bias"], d["h0"])  # noqa: E731
+        else:
+            ref = lambda: lru_scan_ref(d["u_re"], d["u_im"], d["lam_re"], d["lam_im"], None, d["h0_re"], d["h0_im"])  # noqa: E731
+        kt = t_ms(lambda: run_kernel(k, case, d))
+        rt = t_ms(ref)
+        floor = _bytes(d, outs) / peak * 1e3
+        rows.append({"case": case.id, "kernel_ms": kt, "torch_ref_ms": rt, "bw_floor_ms": floor,
+                     "kernel_vs_floor": kt / floor if floor else float("nan")})
+        print(f"{case.id:<60} kernel {kt:8.4f} ms  torch ref {rt:8.4f} ms  floor {floor:8.4f} ms  "
+              f"({kt / floor:5.1f}x floor)")
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lib", default=None)
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--long-T", type=int, default=200)
+    ap.add_argument("--json", default=None, help="write results here")
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: the kernels can only be compared with the references on a GPU", file=sys.stderr)
+        return 3
+    k = ScanKernels(a.lib)
+    res = {}
+    if a.check or not a.bench:
+        res["check"] = check_all(k, a.long_T)
+    if a.bench:
+        res["bench"] = bench(k)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    bad = [r for r in res.get("check", []) if not r["ok"]]
+    print(f"{len(res.get('check', [])) - len(bad)} passed, {len(bad)} failed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+#include "ssdScanPlugin.h"
+
+#include <new>
+
+using namespace nvinfer1;
+namespace S = zoo_spec::SSDScan;
+
+static_assert(S::kIsActivation[0], "ZooScanPluginBase expects an activation at I/O position 0");
+
+namespace zoo
+{
+namespace plugin
+{
+
+SsdScanPlugin::SsdScanPlugin(std::string const& layerName, int32_t dtSoftplus) noexcept
+    : ZooScanPluginBase(layerName)
+    , mDtSoftplus(dtSoftplus)
+{
+}
+
+IPluginV3* SsdScanPlugin::clone() noexcept
+{
+    return new (std::nothrow) SsdScanPlugin(mLayerName, mDtSoftplus);
+}
+
+bool SsdScanPlugin::isActivation(int32_t pos) const noexcept
+{
+    return pos >= 0 && pos < S::kNbInputs + S::kNbOutputs && S::kIsActivation[pos];
+}
+
+int32_t SsdScanPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
+    DimsExprs* outputs, int32_t nbOutputs, IExprBuilder&) noexcept
+{
+    if (nbInputs != S::kNbInputs || nbOutputs != S::kNbOutputs)
+    {
+        return -1;
+    }
+    outputs[S::kOut_y] = inputs[S::kIn_x];  // [B, T, H, P]
+    outputs[S::kOut_h] = inputs[S::kIn_h0]; // [B, H, P, N]
+    return 0;
+}
+
+int32_t SsdScanPlugin::getAliasedInput(int32_t outputIndex) noexcept
+{
+    return outputIndex == S::kAliasedOutput ? S::kAliasedInput : -1;
+}
+
+int32_t SsdScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
+    void* const* outputs, void*, cudaStream_t stream) noexcept
+{
+    Dims const& dx = inputDesc[S::kIn_x].dims;  // B, T, H, P
+    Dims const& dB = inputDesc[S::kIn_B].dims;  // B, T, G, N
+    if (dx.nbDims != 4 || dB.nbDims != 4)
+    {
+        logError("SSDScan: x must be [B,T,H,P] and B [B,T,G,N]");
+        return -1;
+    }
+    int32_t const rc = zoo_ssd_scan(toZooDType(inputDesc[S::kIn_x].type), inputs[S::kIn_x], inputs[S::kIn_dt],
+        static_cast<float const*>(inputs[S::kIn_A]), inputs[S::kIn_B], inputs[S::kIn_C],
+        static_cast<float const*>(inputs[S::kIn_D]), static_cast<float const*>(inputs[S::kIn_dt_bias]),
+        static_cast<float const*>(inputs[S::kIn_h0]), outputs[S::kOut_y], static_cast<float*>(outputs[S::kOut_h]),
+        static_cast<int32_t>(dx.d[0]), static_cast<int32_t>(dx.d[1]), static_cast<int32_t>(dx.d[2]),
+        static_cast<int32_t>(dx.d[3]), static_cast<int32_t>(dB.d[2]), static_cast<int32_t>(dB.d[3]), mDtSoftplus,
+        stream);
+    if (rc != 0)
+    {
+        logError("SSDScan: kernel launch failed (N > zoo_scan_max_state(), H % G != 0 or a CUDA error)");
+        return -1;
+    }
+    return 0;
+}
+
+SsdScanPluginCreator::SsdScanPluginCreator() noexcept
+    : ZooScanCreatorBase(S::kOpType, S::kFieldNames, S::kNbFields)
+{
+}
+
+IPluginV3* SsdScanPluginCreator::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept
+{
+    int32_t dtSoftplus = S::kDefault_dt_softplus;
+    readIntField(fc, S::kField_dt_softplus, dtSoftplus);
+    return new (std::nothrow) SsdScanPlugin(name != nullptr ? name : "", dtSoftplus);
+}
+
+IPluginCreatorV3One* ssdScanCreator() noexcept
+{
+    static SsdScanPluginCreator creator;
+    return &creator;
+}
+
+} // namespace plugin
+} // namespace zoo

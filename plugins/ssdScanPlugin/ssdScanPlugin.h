@@ -1,0 +1,59 @@
+/*
+ * SSDScan (Mamba-2 / TiM4Rec-causal) TensorRT plugin, IPluginV3 + IPluginCreatorV3One.
+ * I/O, versions and fields: see README.md beside this file and export/plugin_spec.py (SSD_SCAN).
+ */
+#pragma once
+
+#include "zooScanPluginBase.h"
+
+namespace zoo
+{
+namespace plugin
+{
+
+class SsdScanPlugin : public ZooScanPluginBase
+{
+public:
+    SsdScanPlugin(std::string const& layerName, int32_t dtSoftplus) noexcept;
+
+    nvinfer1::IPluginV3* clone() noexcept override;
+    char const* getPluginName() const noexcept override
+    {
+        return zoo_spec::SSDScan::kOpType;
+    }
+    int32_t getNbOutputs() const noexcept override
+    {
+        return zoo_spec::SSDScan::kNbOutputs;
+    }
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
+        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    int32_t getAliasedInput(int32_t outputIndex) noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+
+protected:
+    int32_t nbInputs() const noexcept override
+    {
+        return zoo_spec::SSDScan::kNbInputs;
+    }
+    bool isActivation(int32_t pos) const noexcept override;
+    std::vector<std::pair<char const*, int32_t*>> intFields() noexcept override
+    {
+        return {{zoo_spec::SSDScan::kField_dt_softplus, &mDtSoftplus}};
+    }
+
+private:
+    int32_t mDtSoftplus;
+};
+
+class SsdScanPluginCreator : public ZooScanCreatorBase
+{
+public:
+    SsdScanPluginCreator() noexcept;
+    nvinfer1::IPluginV3* createPlugin(
+        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
+};
+
+} // namespace plugin
+} // namespace zoo

@@ -1,0 +1,433 @@
+"""TensorRT scan plugins (plugins/, export/build_plugins.py, export/trt.py).
+
+CPU CI (no GPU, no TensorRT builder):
+* the plugins compile with nvcc (one arch, ``ZOO_TRT_TEST_ARCH``, default 80) into libzoo_trt_plugins.so and
+  libzoo_scan_kernels.so; the constants compiled in equal export/plugin_spec.py (generated header + JSON probe);
+* the C++ self-test exercises every plugin class (types, formats, shapes, aliasing, field serialization);
+* the library loads into TensorRT's lean runtime plugin registry (``tensorrt-lean-cu13``), every creator is found
+  under (op type, version, namespace) with the spec's fields, and plugins are created in both phases;
+* the exported ONNX graphs' scan nodes carry exactly the op types / attributes / arity those creators answer to;
+* ``python -m export.trt`` without TensorRT/GPU verifies the ONNX graph, writes no engine and exits with code 3.
+
+GPU (marker ``gpu``): every kernel vs the PyTorch reference (shapes x fp32/fp16/bf16 x T = 1 and long T x with and
+without initial state, plus in-place state); timings vs reference and the bandwidth floor.
+GPU + TensorRT (markers ``gpu`` and ``tensorrt``): engine build + verification against PyTorch through export.trt.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from export import build_plugins as BP
+from export import plugin_spec as ps
+
+ROOT = Path(__file__).resolve().parent.parent
+CUDA = torch.cuda.is_available()
+
+
+def _load_by_path(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+harness = _load_by_path("zoo_scan_harness", ROOT / "plugins" / "harness.py")
+gen_header = _load_by_path("zoo_gen_spec_header", ROOT / "plugins" / "gen_spec_header.py")
+
+
+def _full_tensorrt():
+    try:
+        import tensorrt as trt
+
+        return trt if hasattr(trt, "Builder") else None
+    except Exception:
+        return None
+
+
+def _lean():
+    for mod in ("tensorrt_lean", "tensorrt_lean_bindings"):
+        try:
+            m = __import__(mod)
+            if hasattr(m, "get_plugin_registry"):
+                return m
+        except Exception:
+            continue
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- build
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """Build both libraries once per session (CMake, -j2). On a GPU, for that GPU's arch."""
+    missing = [t for t in ("cmake", "nvcc") if shutil.which(t) is None and not Path(f"/usr/local/cuda/bin/{t}").exists()]
+    if missing:
+        pytest.skip(f"cannot compile the plugins: {', '.join(missing)} not found")
+    arch = os.environ.get("ZOO_TRT_TEST_ARCH")
+    if arch is None:
+        if CUDA:
+            major, minor = torch.cuda.get_device_capability(0)
+            arch = f"{major}{minor}"
+        else:
+            arch = "80"
+    bdir = tmp_path_factory.mktemp("plugins_build")
+    res = BP.build(bdir, arch=arch, jobs=2, quiet=True)
+    assert res["kernels"].is_file(), res["log"][-3000:]
+    return res
+
+
+@pytest.fixture(scope="session")
+def plugin_lib(built):
+    if built["plugins"] is None:
+        pytest.skip(f"{ps.PLUGIN_LIBRARY} not built (the plugin classes need TensorRT headers): "
+                    f"{built['tensorrt_headers']}; the kernels were compiled")
+    return built["plugins"]
+
+
+def test_generated_header_follows_spec():
+    text = gen_header.render(gen_header.load_spec(str(ROOT / "export" / "plugin_spec.py")))
+    assert f'kPluginNamespace = "{ps.PLUGIN_NAMESPACE}"' in text
+    assert f'kPluginVersion = "{ps.PLUGIN_VERSION}"' in text
+    for op in ps.SCAN_OPS.values():
+        assert f'kOpType = "{op.op_type}"' in text
+        for i, t in enumerate(op.inputs):
+            assert f"kIn_{t.name} = {i};" in text
+        for i, t in enumerate(op.outputs):
+            assert f"kOut_{t.name} = {i};" in text
+        for k, (_typ, default, _doc) in op.attributes.items():
+            assert f'kField_{k} = "{k}";' in text and f"kDefault_{k} = {default};" in text
+
+
+def test_library_name_matches_spec():
+    assert BP.PLUGIN_LIBRARY == ps.PLUGIN_LIBRARY
+
+
+def test_plugins_compile(built):
+    print(f"TensorRT headers: {built['tensorrt_headers']} (version {built['tensorrt_header_version']})")
+    assert built["kernels"].is_file()
+    if built["plugins"] is None:
+        print(f"NOTE: {ps.PLUGIN_LIBRARY} skipped: {built['tensorrt_headers']}")
+
+
+def _spec_as_json() -> dict:
+    return {"namespace": ps.PLUGIN_NAMESPACE, "version": ps.PLUGIN_VERSION, "library": ps.PLUGIN_LIBRARY,
+            "ops": {op.op_type: {"inputs": op.input_names, "outputs": op.output_names, "fields": list(op.attributes)}
+                    for op in ps.SCAN_OPS.values()}}
+
+
+@pytest.mark.parametrize("which", ["kernels", "plugins"])
+def test_compiled_constants_equal_plugin_spec(built, which):
+    """The names/positions compiled into the libraries cannot drift from export/plugin_spec.py."""
+    path = built[which]
+    if path is None:
+        pytest.skip(f"{which} library not built: {built['tensorrt_headers']}")
+    k = harness.ScanKernels(path)  # dlopen works without a GPU (static cudart, no CUDA call)
+    assert k.spec() == _spec_as_json()
+    assert k.max_state() == 256
+
+
+def test_plugin_library_is_self_contained(plugin_lib):
+    """No libnvinfer / libcudart dependency: loads into the full, lean and dispatch runtimes and Triton alike."""
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf not available")
+    dyn = subprocess.run(["readelf", "-d", str(plugin_lib)], capture_output=True, text=True).stdout
+    needed = [ln.split("[")[1].rstrip("]") for ln in dyn.splitlines() if "(NEEDED)" in ln]
+    assert not [n for n in needed if "nvinfer" in n or "cudart" in n], needed
+    syms = subprocess.run(["nm", "-D", "--defined-only", str(plugin_lib)], capture_output=True, text=True).stdout
+    exported = {ln.split()[-1] for ln in syms.splitlines() if " T " in ln}
+    assert {"getCreators", "setLoggerFinder"} <= exported
+
+
+def test_plugin_cpp_selftest(built, plugin_lib):
+    exe = Path(plugin_lib).parent / "zoo_plugin_selftest"
+    r = subprocess.run([str(exe), str(plugin_lib)], capture_output=True, text=True, timeout=60)
+    print(r.stdout[-4000:])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " 0 failed" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+@pytest.fixture(scope="session")
+def registry(plugin_lib):
+    trt = _full_tensorrt() or _lean()
+    if trt is None:
+        pytest.skip("neither `tensorrt` nor the lean runtime (`pip install tensorrt-lean-cu13`) is installed")
+    reg = trt.get_plugin_registry()
+    assert reg.load_library(str(plugin_lib)) is not None
+    return trt, reg
+
+
+def test_registry_finds_every_creator(registry):
+    trt, reg = registry
+    ours = {(c.name, c.plugin_version, c.plugin_namespace) for c in reg.all_creators
+            if c.plugin_namespace == ps.PLUGIN_NAMESPACE}
+    assert ours == {(op, ps.PLUGIN_VERSION, ps.PLUGIN_NAMESPACE) for op in ps.SCAN_OPS}
+    for op in ps.SCAN_OPS.values():
+        c = reg.get_creator(op.op_type, ps.PLUGIN_VERSION, ps.PLUGIN_NAMESPACE)
+        assert c is not None and isinstance(c, trt.IPluginCreatorV3One), op.op_type
+        fields = [(f.name, f.type) for f in c.field_names]
+        assert fields == [(k, trt.PluginFieldType.INT32) for k in op.attributes], op.op_type
+
+
+@pytest.mark.parametrize("op_type", list(ps.SCAN_OPS))
+def test_registry_creates_plugins(registry, op_type):
+    import numpy as np
+
+    trt, reg = registry
+    op = ps.SCAN_OPS[op_type]
+    c = reg.get_creator(op_type, ps.PLUGIN_VERSION, ps.PLUGIN_NAMESPACE)
+    fc = trt.PluginFieldCollection([trt.PluginField(k, np.array([0], dtype=np.int32), trt.PluginFieldType.INT32)
+                                    for k in op.attributes])
+    for phase in (trt.TensorRTPhase.BUILD, trt.TensorRTPhase.RUNTIME):
+        p = c.create_plugin(f"{op_type}_0", fc, phase)
+        assert isinstance(p, trt.IPluginV3)
+        core = p.get_capability_interface(trt.PluginCapabilityType.CORE)
+        assert (core.plugin_name, core.plugin_version, core.plugin_namespace) == \
+            (op_type, ps.PLUGIN_VERSION, ps.PLUGIN_NAMESPACE)
+        build = p.get_capability_interface(trt.PluginCapabilityType.BUILD)
+        assert type(build).__name__ == "IPluginV3OneBuildV2"  # aliased (in-place) state I/O
+        assert build.num_outputs == len(op.outputs)
+        assert type(p.get_capability_interface(trt.PluginCapabilityType.RUNTIME)).__name__ == "IPluginV3OneRuntime"
+
+
+# ---------------------------------------------------------------------------------------------------- ONNX nodes
+@pytest.fixture(scope="module")
+def scan_nodes():
+    """Scan nodes of freshly traced step graphs (Mamba4Rec -> SelectiveScan, LRURec -> LRUScan)."""
+    E = pytest.importorskip("export.onnx")
+    from zoo.models.lrurec import LRURecConfig, LRURecModel
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+    torch.manual_seed(0)
+    nodes = []
+    for model in (Mamba4RecModel(Mamba4RecConfig(n_items=40, hidden_size=16, num_layers=2, d_state=8)),
+                  LRURecModel(LRURecConfig(n_items=40, hidden_size=16, num_layers=1))):
+        mp, _spec = E.trace_graph(model.eval(), "step", 5)
+        nodes += [n for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN]
+    assert {n.op_type for n in nodes} == {"SelectiveScan", "LRUScan"}
+    return nodes
+
+
+def _attrs(node) -> dict:
+    import onnx
+
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def test_onnx_scan_nodes_match_spec(scan_nodes):
+    for n in scan_nodes:
+        op = ps.SCAN_OPS[n.op_type]
+        a = _attrs(n)
+        assert a.pop("plugin_namespace") == ps.PLUGIN_NAMESPACE
+        assert a.pop("plugin_version") == ps.PLUGIN_VERSION
+        assert set(a) == set(op.attributes), n.op_type      # every other attribute becomes a plugin field
+        assert len(n.input) == len(op.inputs) and len(n.output) == len(op.outputs)
+
+
+def test_onnx_scan_nodes_bind_to_registered_creators(scan_nodes, registry):
+    """What TensorRT's ONNX parser does: creator lookup by (op_type, plugin_version, plugin_namespace), then node
+    attributes passed as fields only when the creator lists them."""
+    _trt, reg = registry
+    for n in scan_nodes:
+        a = _attrs(n)
+        c = reg.get_creator(n.op_type, a["plugin_version"], a["plugin_namespace"])
+        assert c is not None, f"no creator for {n.op_type} v{a['plugin_version']} ns {a['plugin_namespace']}"
+        fields = {f.name for f in c.field_names}
+        assert fields == set(a) - {"plugin_namespace", "plugin_version"}, n.op_type
+
+
+# ---------------------------------------------------------------------------------------------------- export.trt
+def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
+    if _full_tensorrt() is not None and CUDA:
+        pytest.skip("TensorRT and a GPU are present: the engine tests cover export.trt")
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+    torch.manual_seed(0)
+    mdir = tmp_path / "m"
+    Mamba4RecModel(Mamba4RecConfig(n_items=40, hidden_size=16, num_layers=1, d_state=8)).save_pretrained(mdir)
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "export.trt", "--model", str(mdir), "--out", str(out), "--quick",
+                        "--plugin-lib", str(plugin_lib)], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=600)
+    print(r.stdout[-5000:], r.stderr[-3000:])
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "verification (step, mamba4rec): PASSED" in r.stdout        # ONNX-level verification still ran
+    assert "engine build: NOT POSSIBLE here; missing:" in r.stdout
+    assert not (out / "model.engine").exists()
+    rep = json.loads((out / "trt_report.json").read_text())
+    assert rep["exit_code"] == 3 and rep["missing"]
+    assert rep["onnx"]["verification"]["passed"] is True
+    if _lean() is not None:
+        assert {c["op_type"] for c in rep["registry"]["creators"]} == set(ps.SCAN_OPS)
+
+
+# ---------------------------------------------------------------------------------------------------- GPU: kernels
+KERNEL_CASES = list(harness.cases(long_T=200))
+
+
+@pytest.fixture(scope="session")
+def kernels(built):
+    if not CUDA:
+        pytest.skip("needs a CUDA GPU")
+    return harness.ScanKernels(built["kernels"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=[c.id for c in KERNEL_CASES])
+def test_kernel_matches_reference(kernels, case):
+    d = harness.make_inputs(case, seed=zlib.crc32(case.id.encode()) % 10_000)
+    ref = harness.reference(case, {k: (v.cpu() if v is not None else None) for k, v in d.items()})
+    ref = ([r.cuda() for r in ref[0]], [r.cuda() for r in ref[1]])
+    for in_place in ((False, True) if case.op != "LRUScan" and case.with_h0 else (False,)):
+        got = harness.run_kernel(kernels, case, d, in_place=in_place)
+        torch.cuda.synchronize()
+        res = harness.compare(case, got, ref)
+        assert res["ok"], res
+        if case.dtype == torch.float32:
+            assert res["act_err"] <= 1e-4 and res["state_err"] <= 1e-4 * max(1.0, max(r.abs().max().item()
+                                                                                   for r in ref[1])), res
+
+
+@pytest.mark.gpu
+def test_kernel_timings(kernels):
+    rows = harness.bench(kernels, iters=10)
+    assert all(r["kernel_ms"] > 0 for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------------- GPU + TRT: engines
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("arch", ["mamba4rec", "lrurec"])
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_engine_build_and_verify(tmp_path, plugin_lib, arch, fp16):
+    if _full_tensorrt() is None or not CUDA:
+        pytest.skip("needs the TensorRT builder (`import tensorrt` with libnvinfer) and a CUDA GPU")
+    if fp16 and importlib.util.find_spec("onnxconverter_common") is None:
+        pytest.skip("--fp16 needs onnxconverter-common")
+    from export import trt as T
+    from zoo.models.lrurec import LRURecConfig, LRURecModel
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+    torch.manual_seed(0)
+    if arch == "mamba4rec":
+        model = Mamba4RecModel(Mamba4RecConfig(n_items=200, hidden_size=32, num_layers=2, d_state=16))
+    else:
+        model = LRURecModel(LRURecConfig(n_items=200, hidden_size=32, num_layers=2))
+    with torch.no_grad():
+        model.item_embedding.weight.normal_(0, 1.0)
+    model.eval()
+    code, rep = T.run(arch, str(tmp_path), fp16=fp16, plugin_lib=str(plugin_lib), model=model, max_batch=2048)
+    if fp16 and code == T.EXIT_ERROR and "fp16 graph" in str(rep.get("error", "")):
+        pytest.xfail(f"fp16 ONNX graph conversion (onnxconverter-common) fails on the exported graph: {rep['error']}")
+    assert code == T.EXIT_OK, rep
+    assert (tmp_path / T.ENGINE_FILE).is_file()
+    assert rep["engine"]["plugin_layers"] == rep["engine"]["scan_nodes"] > 0
+    assert rep["engine_verification"]["passed"]
+
+
+def test_plugin_docs_are_current():
+    """*_PluginConfig.yaml and the README I/O tables are generated from plugin_spec (python plugins/gen_spec_header.py
+    --docs rewrites them)."""
+    stale = gen_header.write_docs(gen_header.load_spec(str(ROOT / "export" / "plugin_spec.py")), check=True)
+    assert not stale, f"regenerate with `python plugins/gen_spec_header.py --docs`: {stale}"
+    import yaml
+
+    for op in ps.SCAN_OPS.values():
+        y = yaml.safe_load((ROOT / "plugins" / gen_header.PLUGIN_DIRS[op.op_type]
+                            / f"{op.op_type}_PluginConfig.yaml").read_text())
+        v = y["versions"][ps.PLUGIN_VERSION]
+        assert (y["name"], y["namespace"], v["inputs"], v["outputs"]) == \
+            (op.op_type, ps.PLUGIN_NAMESPACE, op.input_names, op.output_names)
+        assert v["attributes"] == list(op.attributes)
+
+
+def test_autoregister_is_opt_in_and_version_guarded(plugin_lib):
+    """ZOO_TRT_PLUGINS_AUTOREGISTER=1 (for dlopen-only loaders such as Triton) never registers into a TensorRT of
+    another major version than the headers', and says so; without TensorRT in the process it says that."""
+    env = dict(os.environ, ZOO_TRT_PLUGINS_AUTOREGISTER="1")
+    code = f"import ctypes; ctypes.CDLL({str(plugin_lib)!r}); print('loaded')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "loaded" in r.stdout
+    assert "no TensorRT library is loaded" in r.stderr
+    lean = _lean()
+    if lean is None:
+        return
+    hdr = BP.tensorrt_header_version(Path(BP.find_tensorrt_include()[0]))
+    rt_major = lean.__version__.split(".")[0]
+    code = (f"import {lean.__name__} as trt, ctypes; ctypes.CDLL({str(plugin_lib)!r}); "
+            f"print(sorted(c.name for c in trt.get_plugin_registry().all_creators if c.plugin_namespace == 'zoo'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    if hdr is not None and hdr.split(".")[0] != rt_major:
+        assert "not auto-registering" in r.stderr and r.stdout.strip().endswith("[]")
+    else:
+        assert r.stdout.strip().endswith(str(sorted(ps.SCAN_OPS)))
+
+
+def test_ssd_reference_agrees_with_selective_scan():
+    """The harness's SSD reference (used against the SSDScan kernel on a GPU) equals the Mamba-1 loop when every head
+    is one channel (P = 1, one group) with A broadcast over the state."""
+    from zoo.ops.selective_scan import selective_scan_loop
+
+    g = torch.Generator().manual_seed(0)
+    b, T, E, N = 2, 9, 5, 4
+    x, dt = torch.randn(b, T, E, 1, generator=g), torch.randn(b, T, E, generator=g)
+    A, D, db = -torch.rand(E, generator=g), torch.randn(E, generator=g), torch.randn(E, generator=g)
+    Bm, Cm = torch.randn(b, T, 1, N, generator=g), torch.randn(b, T, 1, N, generator=g)
+    h0 = torch.randn(b, E, 1, N, generator=g)
+    y, h = harness.ssd_scan_ref(x, dt, A, Bm, Cm, D, db, h0)
+    y2, h2 = selective_scan_loop(x[..., 0].transpose(1, 2), dt.transpose(1, 2), A[:, None].expand(E, N), Bm[:, :, 0]
+                                 .transpose(1, 2), Cm[:, :, 0].transpose(1, 2), D, None, db, True, True, h0[:, :, 0])
+    torch.testing.assert_close(y[..., 0], y2.transpose(1, 2))
+    torch.testing.assert_close(h[:, :, 0], h2)
+    # groups: G = H (each head its own B/C) equals running each head separately with G = 1
+    H, P, G = 4, 3, 4
+    x, dt = torch.randn(b, T, H, P, generator=g), torch.randn(b, T, H, generator=g)
+    A, D, db = -torch.rand(H, generator=g), torch.randn(H, generator=g), torch.randn(H, generator=g)
+    Bm, Cm = torch.randn(b, T, G, N, generator=g), torch.randn(b, T, G, N, generator=g)
+    h0 = torch.randn(b, H, P, N, generator=g)
+    y, h = harness.ssd_scan_ref(x, dt, A, Bm, Cm, D, db, h0)
+    for hd in range(H):
+        yh, hh = harness.ssd_scan_ref(x[:, :, hd:hd + 1], dt[:, :, hd:hd + 1], A[hd:hd + 1], Bm[:, :, hd:hd + 1],
+                                      Cm[:, :, hd:hd + 1], D[hd:hd + 1], db[hd:hd + 1], h0[:, hd:hd + 1])
+        torch.testing.assert_close(y[:, :, hd:hd + 1], yh)
+        torch.testing.assert_close(h[:, hd:hd + 1], hh)
+
+
+def test_kernel_cases_cover_the_matrix():
+    ids = [c.id for c in KERNEL_CASES]
+    assert len(ids) == len(set(ids))
+    for op in ps.SCAN_OPS:
+        cs = [c for c in KERNEL_CASES if c.op == op]
+        assert {c.dtype for c in cs} == {torch.float32, torch.float16, torch.bfloat16}
+        assert {c.T for c in cs} == {1, 200} and {c.with_h0 for c in cs} == {False, True}
+
+
+def test_ssd_reference_agrees_with_zoo_ssd_ops():
+    ssd = pytest.importorskip("zoo.ops.ssd")
+    g = torch.Generator().manual_seed(1)
+    b, T, H, P, G, N = 2, 13, 4, 3, 2, 5
+    x, dt = torch.randn(b, T, H, P, generator=g), torch.randn(b, T, H, generator=g)
+    A, D, db = -torch.rand(H, generator=g), torch.randn(H, generator=g), torch.randn(H, generator=g)
+    Bm, Cm = torch.randn(b, T, G, N, generator=g), torch.randn(b, T, G, N, generator=g)
+    h0 = torch.randn(b, H, P, N, generator=g)
+    y, h = harness.ssd_scan_ref(x, dt, A, Bm, Cm, D, db, h0, dt_softplus=True)
+    y2, h2 = ssd.ssd_scan_fn(x, dt, A, Bm, Cm, D=D, dt_bias=db, dt_softplus=True, initial_state=h0)
+    torch.testing.assert_close(y, y2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, h2, atol=1e-5, rtol=1e-5)

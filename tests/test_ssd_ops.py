@@ -1,0 +1,131 @@
+"""SSD (Mamba-2) reference ops: chunked == loop == steps, seq_idx isolation, gated RMSNorm, gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoo.ops.conv import causal_conv1d_ref
+
+from zoo.ops.ssd import (causal_conv1d_act, rmsnorm_gated_ref, ssd_chunk_scan_ref, ssd_scan_fn, ssd_scan_loop,
+                         ssd_step_ref)
+
+
+def inputs(b=2, L=37, h=4, p=3, g=2, n=5, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)
+    x = r(b, L, h, p)
+    dt = F.softplus(r(b, L, h) - 1)
+    A = -torch.exp(r(h) * 0.5)
+    B, C = r(b, L, g, n), r(b, L, g, n)
+    D = r(h)
+    h0 = r(b, h, p, n)
+    return x, dt, A, B, C, D, h0
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 32, 64])
+@pytest.mark.parametrize("with_init", [False, True])
+def test_chunked_equals_loop(chunk, with_init):
+    x, dt, A, B, C, D, h0 = inputs()
+    h0 = h0 if with_init else None
+    y, s = ssd_chunk_scan_ref(x, dt, A, B, C, chunk, D, h0)
+    y2, s2 = ssd_scan_loop(x, dt, A, B, C, D, h0)
+    assert y.shape == x.shape and s.shape == (2, 4, 3, 5)
+    torch.testing.assert_close(y, y2, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(s, s2, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 32, 64])
+def test_seq_idx_blocks_state_flow(chunk):
+    x, dt, A, B, C, D, h0 = inputs(b=2, L=30)
+    cuts = [[0] * 7 + [1] * 13 + [2] * 10, [0] * 30]
+    seq_idx = torch.tensor(cuts)
+    y, s = ssd_chunk_scan_ref(x, dt, A, B, C, chunk, D, h0, seq_idx)
+    y2, s2 = ssd_scan_loop(x, dt, A, B, C, D, h0, seq_idx)
+    torch.testing.assert_close(y, y2, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(s, s2, atol=1e-10, rtol=1e-9)
+    # each segment equals an independent scan of that segment alone (zero initial state after the first)
+    for lo, hi in [(0, 7), (7, 20), (20, 30)]:
+        init = h0[:1] if lo == 0 else None
+        ys, ss = ssd_scan_loop(x[:1, lo:hi], dt[:1, lo:hi], A, B[:1, lo:hi], C[:1, lo:hi], D, init)
+        torch.testing.assert_close(y[:1, lo:hi], ys, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(s[:1], ss, atol=1e-10, rtol=1e-9)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        ssd_chunk_scan_ref(x, dt, A, B, C, 8, D, None, seq_idx.flip(1))
+
+
+def test_steps_equal_loop_and_chunks_continue():
+    x, dt, A, B, C, D, h0 = inputs(L=20)
+    y_ref, s_ref = ssd_scan_loop(x, dt, A, B, C, D, h0)
+    s = h0
+    for t in range(20):
+        y, s = ssd_step_ref(s, x[:, t], dt[:, t], A, B[:, t], C[:, t], D)
+        torch.testing.assert_close(y, y_ref[:, t], atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(s, s_ref, atol=1e-10, rtol=1e-9)
+    # chunked scan over two halves with the state carried == one pass
+    ya, sa = ssd_chunk_scan_ref(x[:, :9], dt[:, :9], A, B[:, :9], C[:, :9], 4, D, h0)
+    yb, sb = ssd_chunk_scan_ref(x[:, 9:], dt[:, 9:], A, B[:, 9:], C[:, 9:], 4, D, sa)
+    torch.testing.assert_close(torch.cat([ya, yb], 1), y_ref, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(sb, s_ref, atol=1e-10, rtol=1e-9)
+
+
+def test_float32_long_sequence_and_scan_fn():
+    x, dt, A, B, C, D, h0 = inputs(b=1, L=600, h=2, p=4, g=1, n=8, dtype=torch.float32, seed=1)
+    raw = torch.randn(1, 600, 2)
+    bias = torch.tensor([0.3, -0.5])
+    y, s = ssd_scan_fn(x, raw, A, B, C, 32, D, dt_bias=bias, dt_softplus=True)
+    y2, s2 = ssd_scan_loop(x.double(), F.softplus(raw + bias).double(), A.double(), B.double(), C.double(),
+                           D.double())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), y2, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(s.double(), s2, atol=1e-4, rtol=1e-4)
+
+
+def test_gradients_finite_and_match_loop():
+    x, dt, A, B, C, D, h0 = inputs(L=13)
+    leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C, D, h0)]
+    y, s = ssd_chunk_scan_ref(*leaves[:5], 4, leaves[5], leaves[6])
+    (y.square().sum() + s.sum()).backward()
+    g1 = [t.grad.clone() for t in leaves]
+    assert all(torch.isfinite(g).all() for g in g1)
+    leaves2 = [t.detach().clone().requires_grad_(True) for t in (x, dt, A, B, C, D, h0)]
+    y2, s2 = ssd_scan_loop(*leaves2[:5], leaves2[5], leaves2[6])
+    (y2.square().sum() + s2.sum()).backward()
+    for a, b in zip(g1, leaves2):
+        torch.testing.assert_close(a, b.grad, atol=1e-8, rtol=1e-7)
+
+
+def test_rmsnorm_gated():
+    y, z, w = torch.randn(3, 5, 8), torch.randn(3, 5, 8), torch.randn(8)
+    out = rmsnorm_gated_ref(y, z, w, eps=1e-6)
+    g = y * F.silu(z)
+    torch.testing.assert_close(out, g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + 1e-6) * w)
+    out2 = rmsnorm_gated_ref(y, z, w, eps=1e-6, group_size=4, norm_before_gate=True)
+    yg = y.reshape(3, 5, 2, 4)
+    ref = (yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + 1e-6)).reshape(3, 5, 8) * w * F.silu(z)
+    torch.testing.assert_close(out2, ref)
+    with pytest.raises(ValueError, match="group_size"):
+        rmsnorm_gated_ref(y, z, w, group_size=3)
+
+
+def test_causal_conv_hardswish_with_state():
+    x, w, b = torch.randn(2, 6, 11), torch.randn(6, 4), torch.randn(6)
+    full, tail = causal_conv1d_act(x, w, b, None, "hardswish")
+    o1, s1 = causal_conv1d_act(x[..., :5], w, b, None, "hardswish")
+    o2, s2 = causal_conv1d_act(x[..., 5:], w, b, s1, "hardswish")
+    torch.testing.assert_close(torch.cat([o1, o2], -1), full)
+    torch.testing.assert_close(s2, tail)
+    ref, ref_tail = causal_conv1d_ref(x, w, b, None, None)
+    torch.testing.assert_close(full, F.hardswish(ref))
+    torch.testing.assert_close(tail, ref_tail)
+    silu, _ = causal_conv1d_act(x[..., :2], w, b, torch.randn(2, 6, 3), "silu")   # L < K - 1
+    assert silu.shape == (2, 6, 2)
+    with pytest.raises(ValueError, match="unsupported"):
+        causal_conv1d_act(x, w, b, None, "relu")
+
+
+def test_shape_errors():
+    x, dt, A, B, C, D, h0 = inputs()
+    with pytest.raises(ValueError, match="dt must have shape"):
+        ssd_chunk_scan_ref(x, dt[:, :3], A, B, C, 8)
+    with pytest.raises(ValueError, match="multiple of groups"):
+        ssd_chunk_scan_ref(x, dt, A, B[:, :, :1].expand(-1, -1, 3, -1), C[:, :, :1].expand(-1, -1, 3, -1), 8)

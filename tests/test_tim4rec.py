@@ -1,0 +1,258 @@
+"""TiM4Rec (faithful, window-recompute step) and TiM4Rec-causal (exact recurrent step)."""
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModel
+
+import zoo
+from equivalence import check_step_equivalence
+from zoo.models.tim4rec import TiM4RecConfig, TiM4RecModel
+from zoo.models.tim4rec_causal import TiM4RecCausalConfig, TiM4RecCausalModel
+
+SMALL = dict(n_items=53, hidden_size=16, d_state=8, head_dim=8, chunk_size=4, dropout_prob=0.0,
+             time_dropout_prob=0.0)
+
+
+def perturb(model, scale=0.3, seed=0):
+    """Random weights of a useful magnitude (at init the time path is ~0 and logits are tiny)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+        for m in model.modules():   # Δ = softplus(dt_bias) ~ 0.5..1 instead of 1e-3..0.1: the SSD path matters
+            if hasattr(m, "dt_bias"):
+                m.dt_bias.copy_(torch.randn(m.dt_bias.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+def faithful(**kw):
+    return perturb(TiM4RecModel(TiM4RecConfig(**{**SMALL, "max_seq_length": 12, **kw})))
+
+
+def causal(**kw):
+    return perturb(TiM4RecCausalModel(TiM4RecCausalConfig(**{**SMALL, "max_seq_length": 600, **kw})))
+
+
+def history(n, seed=0, V=53):
+    rng = random.Random(seed)
+    items = [rng.randrange(1, V) for _ in range(n)]
+    ts, t = [], float(rng.randrange(10**8, 2 * 10**8))
+    for _ in range(n):
+        t += rng.choice([0, 1, 30, 600, 86400, 10**6])
+        ts.append(t)
+    return items, ts
+
+
+# ------------------------------------------------------------------------------ faithful TiM4Rec
+def test_parameter_counts_match_official():
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    cfg = TiM4RecConfig()
+    assert (cfg.hidden_size, cfg.num_layers, cfg.d_state, cfg.n_heads, cfg.chunk_size, cfg.max_seq_length) == \
+        (64, 2, 32, 4, 32, 200)
+    assert cfg.activation == "hardswish"
+    assert n(TiM4RecModel(cfg)) == 508_818
+    assert n(TiM4RecModel(TiM4RecConfig(is_time=False))) == 346_336
+
+
+def test_official_config_forward_and_init():
+    model = TiM4RecModel(TiM4RecConfig()).eval()
+    mixer = model.layers[0].mixer
+    dt = torch.nn.functional.softplus(mixer.dt_bias)
+    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6
+    assert (-torch.exp(mixer.A_log)).max() <= -1 + 1e-5 and (-torch.exp(mixer.A_log)).min() >= -16 - 1e-4
+    assert torch.all(mixer.conv1d.bias == 0) and abs(mixer.conv1d.weight.std().item() - (2 / 768) ** 0.5) < 0.01
+    ids, mask, ts = model.pad_batch([[1, 2, 3], list(range(1, 251))],
+                                    timestamps=[[9e8, 9e8 + 5, 9e8 + 99], [9e8 + 60 * i for i in range(250)]])
+    assert ids.shape == (2, 200)
+    out = model(ids, mask, timestamps=ts)
+    assert out.logits.shape == (2, 3417) and torch.isfinite(out.logits).all()
+
+
+def test_window_step_equals_forward_on_same_window():
+    model = faithful()
+    hists = [history(30, seed=1), history(5, seed=2)]
+    states = [model.init_state(1), model.init_state(1)]
+    worst = 0.0
+    for r, (items, ts) in enumerate(hists):
+        state, pos = model.init_state(1), 0
+        rng = random.Random(r)
+        while pos < len(items):
+            c = min(rng.choice([1, 1, 2, 3, 7, 16]), len(items) - pos)
+            with torch.no_grad():
+                lg, state = model.step(torch.tensor([items[pos:pos + c]]), state,
+                                       timestamps=torch.tensor([ts[pos:pos + c]], dtype=torch.float64),
+                                       all_positions=True)
+            for j in range(c):
+                e = pos + j + 1
+                ids, mask, tsb = model.pad_batch([items[:e]], timestamps=[ts[:e]])   # last 12 items, right-padded
+                with torch.no_grad():
+                    ref = model(ids, mask, timestamps=tsb).logits[0]
+                worst = max(worst, (lg[0, j] - ref).abs().max().item())
+            pos += c
+        states[r] = state
+        assert int(state["window_len"]) == min(len(items), 12)
+        assert state["window_ids"][0, :int(state["window_len"])].tolist() == items[-12:]
+    assert worst <= 1e-4, worst
+    # batched step over rows at different window fill levels == per-row steps
+    both = {k: torch.cat([states[0][k], states[1][k]]) for k in states[0]}
+    new = torch.tensor([[7, 8], [9, 10]])
+    nts = torch.tensor([[2e8, 2e8 + 1], [2e8, 2e8 + 5]], dtype=torch.float64)
+    with torch.no_grad():
+        lg, _ = model.step(new, both, timestamps=nts)
+        for r in range(2):
+            one, _ = model.step(new[r:r + 1], states[r], timestamps=nts[r:r + 1])
+            assert (lg[r] - one[0]).abs().max() <= 1e-4
+
+
+def test_window_padding_and_time_sensitivity():
+    model = faithful()
+    items, ts = history(8, seed=3)
+    ids, mask, tsb = model.pad_batch([items, items[:3]], timestamps=[ts, ts[:3]])
+    wide = torch.nn.functional.pad(ids, (0, 4)), torch.nn.functional.pad(mask, (0, 4)), \
+        torch.nn.functional.pad(tsb, (0, 4))
+    with torch.no_grad():
+        a = model(ids, mask, timestamps=tsb).logits
+        b = model(*wide[:2], timestamps=wide[2]).logits        # always re-padded to max_seq_length inside
+        single = model(torch.tensor([items[:3]]), timestamps=torch.tensor([ts[:3]], dtype=torch.float64)).logits
+        # a full window (no padding): regular 60 s gaps vs alternating 60 s / 1 day gaps
+        f_ids = torch.arange(1, 13)[None]
+        even = 1e9 + 60.0 * torch.arange(12, dtype=torch.float64)[None]
+        bursty = 1e9 + torch.cumsum(torch.tensor([0.0] + [60.0, 86400.0] * 5 + [60.0], dtype=torch.float64), 0)[None]
+        c0 = model(f_ids, timestamps=even).logits
+        c1 = model(f_ids, timestamps=bursty).logits
+        c2 = model(f_ids, timestamps=1e9 + (even - 1e9) * 7.0).logits    # LN over the window: scale-invariant
+    assert (a - b).abs().max() <= 1e-5 and (a[1] - single[0]).abs().max() <= 1e-5
+    assert (c0 - c1).abs().max() > 1e-2, "timestamps must influence the prediction"
+    assert (c0 - c2).abs().max() <= 1e-4
+    # RecBole's float32 timestamps: 64-second resolution around 1e9 s (opt-in emulation)
+    f32 = faithful(float32_timestamps=True)
+    f32.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        jitter = even.clone()
+        jitter[0, 5] += 20.0                                              # below float32 resolution at 1e9
+        assert torch.equal(f32(f_ids, timestamps=even).logits, f32(f_ids, timestamps=jitter).logits)
+        assert (model(f_ids, timestamps=even).logits - model(f_ids, timestamps=jitter).logits).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="fixed window"):
+        model(torch.ones(1, 13, dtype=torch.long), timestamps=torch.arange(13.0)[None])
+    no_time = faithful(is_time=False)
+    assert not no_time.uses_timestamps
+    assert no_time(ids, mask).logits.shape == (2, 53)
+    lg, st = no_time.step(torch.tensor([[1, 2]]), no_time.init_state(1))
+    assert lg.shape == (1, 53)
+
+
+def test_all_position_labels_use_the_prefix_objective():
+    """[B, L] labels must not leak the targets' timestamps through the window-level time features."""
+    model = faithful()
+    items, ts = history(6, seed=6)
+    ids, mask, tsb = model.pad_batch([items, items[:4]], timestamps=[ts, ts[:4]])
+    labels = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 0, 0]])
+    with torch.no_grad():
+        loss = model(ids, mask, labels=labels, timestamps=tsb).loss
+        singles = [model(ids[r:r + 1, :t + 1], labels=labels[r:r + 1, t], timestamps=tsb[r:r + 1, :t + 1]).loss
+                   for r, n in [(0, 6), (1, 4)] for t in range(n)]
+    assert abs(loss.item() - torch.stack(singles).mean().item()) <= 1e-5
+
+
+@pytest.mark.parametrize("make", [faithful, causal])
+def test_timestamp_validation(make):
+    model = make()
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match="pass timestamps"):
+        model(ids)
+    with pytest.raises(ValueError, match="NaN"):
+        model(ids, timestamps=torch.tensor([[1.0, float("nan"), 3.0]]))
+    with pytest.raises(ValueError, match="decrease"):
+        model(ids, timestamps=torch.tensor([[5.0, 4.0, 6.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        model(ids, timestamps=torch.tensor([[5.0, 6.0]]))
+    with pytest.raises(ValueError, match="negative"):
+        model(ids, timestamps=torch.tensor([[-5.0, 6.0, 7.0]]))
+    _, state = model.step(ids, model.init_state(1), timestamps=torch.tensor([[1.0, 2.0, 100.0]]))
+    with pytest.raises(ValueError, match="back in time"):
+        model.step(torch.tensor([[4]]), state, timestamps=torch.tensor([[99.0]]))
+    with pytest.raises(ValueError, match="pass timestamps"):
+        model.step(torch.tensor([[4]]), state)
+
+
+@pytest.mark.parametrize("make,cls", [(faithful, TiM4RecModel), (causal, TiM4RecCausalModel)])
+def test_save_load_roundtrip(tmp_path, make, cls):
+    model = make()
+    model.set_item_vocab(zoo.ItemVocab(list(range(1000, 1052))))
+    model.save_pretrained(tmp_path)
+    assert json.load(open(tmp_path / "config.json"))["model_type"] == model.config.model_type
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is cls and loaded.item_vocab == model.item_vocab
+    items, ts = history(9, seed=4)
+    ids, mask, tsb = model.pad_batch([items], timestamps=[ts])
+    with torch.no_grad():
+        assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+        torch.testing.assert_close(model(ids, mask, timestamps=tsb).logits, loaded(ids, mask, timestamps=tsb).logits,
+                                   atol=1e-5, rtol=1e-5)
+    rec = loaded.recommend([[1000, 1001, 1002]], k=5, timestamps=[[1e9, 1e9 + 60, 1e9 + 7200]])
+    assert all(1000 <= i <= 1051 for i in rec.items[0])
+    other = TiM4RecCausalModel if cls is TiM4RecModel else TiM4RecModel
+    with pytest.raises(ValueError, match="cannot be loaded into"):
+        other.from_pretrained(tmp_path)
+
+
+# ------------------------------------------------------------------------------ TiM4Rec-causal
+@pytest.mark.parametrize("plan,lengths,layers", [("ones", [1, 2, 5, 37], 2), ("ones", [600], 1),
+                                                 ("mixed", [1, 3, 600, 213], 2), ("all", [1, 64], 2)])
+def test_causal_step_equals_full_forward(plan, lengths, layers):
+    model = causal(num_layers=layers)
+    worst = check_step_equivalence(model, lengths, chunk_plan=plan, atol=1e-4, timestamps=True)
+    print(f"tim4rec_causal plan={plan}: max |step - full| = {worst:.2e}")
+
+
+def test_causal_state_layout_and_time_use():
+    model = causal(num_layers=3)
+    spec = {s.name: s for s in model.state_spec(2)}
+    c = model.config
+    assert spec["conv_state"].shape == (2, 3, c.d_inner + 2 * c.d_state, c.d_conv - 1)
+    assert spec["ssm_state"].shape == (2, 3, c.n_heads, c.head_dim, c.d_state)
+    assert spec["time_conv_state"].shape == (2, 3, 2, c.n_heads, c.d_conv - 1)
+    assert spec["last_ts"].dtype == torch.float64 and spec["last_ts"].init == -1.0
+    items = torch.tensor([[3, 4, 5, 6]])
+    t1 = torch.tensor([[1e9, 1e9 + 10, 1e9 + 20, 1e9 + 30]], dtype=torch.float64)
+    t2 = torch.tensor([[1e9, 1e9 + 10, 1e9 + 86400, 1e9 + 86410]], dtype=torch.float64)
+    with torch.no_grad():
+        a, b = model(items, timestamps=t1).logits, model(items, timestamps=t2).logits
+        shifted = model(items, timestamps=t1 + 12345.0).logits          # only gaps matter
+        prefix = model(items[:, :2], timestamps=t1[:, :2]).hidden_states
+        full = model(items, timestamps=t2).hidden_states
+    assert (a - b).abs().max() > 1e-4 and (a - shifted).abs().max() <= 1e-5
+    assert (prefix - full[:, :2]).abs().max() <= 1e-5, "causal: later timestamps never change earlier positions"
+    _, st = model.step(items, model.init_state(1), timestamps=t1)
+    assert float(st["last_ts"]) == 1e9 + 30
+
+
+def test_causal_trains_on_time_dependent_task():
+    """Next item = 51 after a long gap (> 1 h), else 52: only learnable through the time branch."""
+    torch.manual_seed(0)
+    model = TiM4RecCausalModel(TiM4RecCausalConfig(**{**SMALL, "max_seq_length": 8, "num_layers": 1}))
+    g = torch.Generator().manual_seed(1)
+    n, L = 128, 6
+    ids = torch.randint(1, 50, (n, L), generator=g)
+    gaps = torch.where(torch.rand(n, L, generator=g) < 0.5, torch.full((n, L), 30.0), torch.full((n, L), 86400.0))
+    gaps[:, 0] = 0
+    ts = 1e9 + torch.cumsum(gaps.double(), 1)
+    labels = torch.where(gaps[:, -1] > 3600, 51, 52)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(40):
+        out = model(ids, timestamps=ts, labels=labels)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    model.eval()
+    with torch.no_grad():
+        pred = model(ids, timestamps=ts).logits[:, 51:53].argmax(1) + 51
+    acc = (pred == labels).float().mean().item()
+    print(f"tim4rec_causal toy task: loss {losses[0]:.3f} -> {losses[-1]:.3f}, accuracy {acc:.3f}")
+    assert losses[-1] < 0.5 * losses[0] and acc > 0.9

@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--history", nargs="+", help="item ids, oldest first (default: a short ML-1M example)")
     p.add_argument("--data", help="interaction file to take a user's history from (with --user)")
     p.add_argument("--user", help="user id in --data")
+    p.add_argument("--timestamps", nargs="+", type=float, help="seconds, one per history item (time-aware models)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the history")
     p.add_argument("--stepwise", action="store_true", help="use init_state/step (recurrent models) and compare")
@@ -51,10 +52,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
             sys.exit(f"user {args.user!r} not found in {args.data}")
         r = ds.users.index(uid)
         history = ds.vocab.decode(ds.sequences[r].tolist())
+        timestamps = ds.timestamps[r].tolist() if ds.timestamps is not None else None
     else:
         history = [_parse_id(x) for x in args.history] if args.history else list(DEFAULT_HISTORY)
+        timestamps = args.timestamps
+    if model.uses_timestamps and timestamps is None:
+        sys.exit(f"error: {model.config.model_type} reads timestamps: pass --timestamps (one per item) or --data/--user")
     try:
-        rec = model.recommend([history], k=args.k, exclude_seen=args.exclude_seen)
+        rec = model.recommend([history], k=args.k, exclude_seen=args.exclude_seen,
+                              timestamps=[timestamps] if timestamps is not None else None)
     except (KeyError, ValueError, TypeError) as e:
         sys.exit(f"error: {e}")
     out = {"model": args.model, "model_type": model.config.model_type, "history_length": len(history),
@@ -63,9 +69,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if not model.has_exact_step:
             sys.exit(f"{model.config.model_type} has no exact recurrent step")
         ids = model.encode_histories([history[-model.config.max_seq_length:]])[0]
+        ts = None
+        if model.uses_timestamps:
+            ts = torch.tensor([timestamps[-model.config.max_seq_length:]], dtype=torch.float64)
         with torch.no_grad():
             state = model.init_state(1)
-            logits, state = model.step(torch.tensor([ids]), state)         # prime with the whole history at once
+            logits, state = model.step(torch.tensor([ids]), state, timestamps=ts)   # prime with the whole history
         scores = logits.clone()
         scores[:, 0] = -float("inf")
         if args.exclude_seen:

@@ -1,0 +1,707 @@
+"""ONNX export of the zoo's models: stepwise-recurrent graphs with one portable scan node per layer, and
+history-window graphs for models without an exact step.
+
+CLI::
+
+    python -m export.onnx --model NAME_OR_PATH (--out DIR | --card-dir CARD_FOLDER) [--kind step|window] [--topk K]
+                          [--scores] [--data INTERACTIONS] [--no-verify]
+                          [--verify-prime 200] [--verify-steps 500] [--verify-cases 2000]
+
+Step graph (``--kind step``, the default for models with ``has_exact_step``)
+---------------------------------------------------------------------------
+Inputs: ``item_ids [B, T]`` int64 (``T >= 1`` dynamic; one graph serves ``T = 1`` (one event) and ``T = L``
+(priming from a history)), ``timestamps [B, T]`` float32 for models that read time, then the recurrent state tensors
+named exactly as ``model.state_spec()`` names them (float32, batch first, layers packed in dim 1).
+Outputs: ``topk_ids [B, K]`` int64, ``topk_scores [B, K]`` float32 (in-graph ``TopK``, ``K`` fixed at export, the
+padding logit of item 0 set to ``-inf`` first), optionally ``scores [B, n_items]`` (raw logits except column 0 =
+``-inf``), then the new state tensors ``<state>_out``. ``state_spec.json`` beside the graph lists every tensor.
+
+The scan is ONE node per layer in the custom domain :data:`export.plugin_spec.ONNX_DOMAIN`
+(``SelectiveScan`` for Mamba4Rec, ``LRUScan`` for LRURec, I/O order as in :mod:`export.plugin_spec`), carrying
+``plugin_namespace`` / ``plugin_version`` (TensorRT binds its plugin by these), and the same op is shipped as a
+model-local ONNX function made of standard ops (an ONNX ``Scan`` over ``T``), so ONNX Runtime runs the file as is.
+
+Window graph (``--kind window``, models without an exact step, e.g. SASRec)
+--------------------------------------------------------------------------
+Inputs: ``item_ids [B, L]`` int64 padded with 0 on the model's ``padding_side`` (``L <= max_seq_length``, dynamic)
+(+ ``timestamps [B, L]`` for time-aware models). Outputs: ``topk_ids``, ``topk_scores`` (+ ``scores``).
+
+Every export is verified against PyTorch (:mod:`export.verify`); an artefact that fails verification is deleted and
+the CLI exits with status 1 naming the worst case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import torch
+from onnx import AttributeProto, TensorProto
+from onnx import helper as oh
+
+from . import plugin_spec as ps
+
+logger = logging.getLogger(__name__)
+
+OPSET = 18
+IR_VERSION = 9
+GRAPH_FILE = "model.onnx"
+SPEC_FILE = "state_spec.json"
+SPEC_FORMAT = "ssm-rec-zoo/onnx/1"
+#: models whose step graph this exporter knows how to build (their scans become custom nodes)
+STEP_MODEL_TYPES = ("mamba4rec", "lrurec")
+CARD_BEGIN = "<!-- onnx-export:begin -->"
+CARD_END = "<!-- onnx-export:end -->"
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported in the requested way."""
+
+
+class VerificationError(RuntimeError):
+    """ORT disagrees with PyTorch beyond tolerance; the artefact has been removed."""
+
+    def __init__(self, message: str, report: Any = None):
+        super().__init__(message)
+        self.report = report
+
+
+# =============================================================================================== ONNX functions
+def _const_ints(name: str, values: Sequence[int]) -> onnx.NodeProto:
+    return oh.make_node("Constant", [], [name], value=oh.make_tensor(name + "_v", TensorProto.INT64, [len(values)],
+                                                                      list(values)))
+
+
+def selective_scan_function() -> onnx.FunctionProto:
+    """``SelectiveScan`` (see :data:`plugin_spec.SELECTIVE_SCAN`) as a model-local function of standard ops.
+
+    ``dt = softplus(delta + delta_bias)`` (softplus iff the attribute ``delta_softplus`` is 1), then an ONNX ``Scan``
+    over ``T`` carries ``h [B, E, N]``: ``h = exp(dt_t A) h + (dt_t u_t) B_t``, ``y_t = sum_n C_t h``; finally
+    ``y = (y + D u) * silu(z)``.
+    """
+    spec = ps.SELECTIVE_SCAN
+    u, delta, A, Bm, Cm, D, z, dbias, h0 = spec.input_names
+    y, h = spec.output_names
+    # body of the scan over t: state h_in [B,E,N]; scan inputs u_t, dt_t [B,E], B_t, C_t [B,N]
+    body_nodes = [
+        _const_ints("ax_m1", [-1]), _const_ints("ax_1", [1]),
+        oh.make_node("Unsqueeze", ["dt_t", "ax_m1"], ["dt3"]),
+        oh.make_node("Mul", ["dt3", A], ["dtA"]),                      # A from the function's (outer) scope
+        oh.make_node("Exp", ["dtA"], ["dA"]),
+        oh.make_node("Mul", ["dA", "h_in"], ["hA"]),
+        oh.make_node("Mul", ["dt_t", "u_t"], ["dtu"]),
+        oh.make_node("Unsqueeze", ["dtu", "ax_m1"], ["dtu3"]),
+        oh.make_node("Unsqueeze", ["B_t", "ax_1"], ["B3"]),
+        oh.make_node("Mul", ["dtu3", "B3"], ["dBu"]),
+        oh.make_node("Add", ["hA", "dBu"], ["h_out"]),
+        oh.make_node("Unsqueeze", ["C_t", "ax_1"], ["C3"]),
+        oh.make_node("Mul", ["h_out", "C3"], ["hC"]),
+        oh.make_node("ReduceSum", ["hC", "ax_m1"], ["y_t"], keepdims=0),
+    ]
+    f = TensorProto.FLOAT
+    body = oh.make_graph(
+        body_nodes, "selective_scan_step",
+        [oh.make_tensor_value_info("h_in", f, None), oh.make_tensor_value_info("u_t", f, None),
+         oh.make_tensor_value_info("dt_t", f, None), oh.make_tensor_value_info("B_t", f, None),
+         oh.make_tensor_value_info("C_t", f, None)],
+        [oh.make_tensor_value_info("h_out", f, None), oh.make_tensor_value_info("y_t", f, None)])
+    flag = oh.make_node("Constant", [], ["sp_flag"])
+    ref = AttributeProto()
+    ref.name, ref.ref_attr_name, ref.type = "value_int", "delta_softplus", AttributeProto.INT
+    flag.attribute.append(ref)
+    nodes = [
+        _const_ints("ax_02", [0, 2]),
+        oh.make_node("Unsqueeze", [dbias, "ax_02"], ["dbias3"]),
+        oh.make_node("Add", [delta, "dbias3"], ["d_biased"]),
+        oh.make_node("Softplus", ["d_biased"], ["d_soft"]),
+        flag,
+        oh.make_node("Cast", ["sp_flag"], ["sp_bool"], to=TensorProto.BOOL),
+        oh.make_node("Where", ["sp_bool", "d_soft", "d_biased"], ["dt"]),
+        oh.make_node("Scan", [h0, u, "dt", Bm, Cm], ["h_last", "y_ssm"], body=body, num_scan_inputs=4,
+                     scan_input_axes=[2, 2, 2, 2], scan_output_axes=[2]),
+        oh.make_node("Unsqueeze", [D, "ax_02"], ["D3"]),
+        oh.make_node("Mul", ["D3", u], ["Du"]),
+        oh.make_node("Add", ["y_ssm", "Du"], ["y_pre"]),
+        oh.make_node("Sigmoid", [z], ["z_sig"]),
+        oh.make_node("Mul", [z, "z_sig"], ["z_silu"]),
+        oh.make_node("Mul", ["y_pre", "z_silu"], [y]),
+        oh.make_node("Identity", ["h_last"], [h]),
+    ]
+    default = oh.make_attribute("delta_softplus", 1)
+    return oh.make_function(ps.ONNX_DOMAIN, spec.op_type, spec.input_names, spec.output_names, nodes,
+                            opset_imports=[oh.make_opsetid("", OPSET)], attribute_protos=[default],
+                            doc_string=spec.doc)
+
+
+def lru_scan_function() -> onnx.FunctionProto:
+    """``LRUScan`` (see :data:`plugin_spec.LRU_SCAN`): ``h_t = lam h_{t-1} + u_t`` on real/imaginary pairs, as an
+    ONNX ``Scan`` over ``T`` returning the state after every step."""
+    spec = ps.LRU_SCAN
+    u_re, u_im, lam_re, lam_im, h0_re, h0_im = spec.input_names
+    h_re, h_im = spec.output_names
+    f = TensorProto.FLOAT
+    body_nodes = [
+        oh.make_node("Mul", [lam_re, "hr"], ["a1"]), oh.make_node("Mul", [lam_im, "hi"], ["a2"]),
+        oh.make_node("Sub", ["a1", "a2"], ["a3"]), oh.make_node("Add", ["a3", "ur"], ["hr_new"]),
+        oh.make_node("Mul", [lam_re, "hi"], ["b1"]), oh.make_node("Mul", [lam_im, "hr"], ["b2"]),
+        oh.make_node("Add", ["b1", "b2"], ["b3"]), oh.make_node("Add", ["b3", "ui"], ["hi_new"]),
+        oh.make_node("Identity", ["hr_new"], ["hr_seq"]), oh.make_node("Identity", ["hi_new"], ["hi_seq"]),
+    ]
+    body = oh.make_graph(
+        body_nodes, "lru_step",
+        [oh.make_tensor_value_info(n, f, None) for n in ("hr", "hi", "ur", "ui")],
+        [oh.make_tensor_value_info(n, f, None) for n in ("hr_new", "hi_new", "hr_seq", "hi_seq")])
+    nodes = [oh.make_node("Scan", [h0_re, h0_im, u_re, u_im], ["h_last_re", "h_last_im", h_re, h_im], body=body,
+                          num_scan_inputs=2, scan_input_axes=[1, 1], scan_output_axes=[1, 1])]
+    return oh.make_function(ps.ONNX_DOMAIN, spec.op_type, spec.input_names, spec.output_names, nodes,
+                            opset_imports=[oh.make_opsetid("", OPSET)], doc_string=spec.doc)
+
+
+SCAN_FUNCTIONS = {"SelectiveScan": selective_scan_function, "LRUScan": lru_scan_function}
+
+
+# ============================================================================= torch ops that export as scan nodes
+def _node_attrs(spec: ps.ScanOpSpec, **overrides) -> dict:
+    """``g.op`` keyword attributes (``name_s`` / ``name_i``) of a scan node, from :func:`plugin_spec.node_attributes`."""
+    out = {}
+    for k, v in {**ps.node_attributes(spec), **overrides}.items():
+        out[f"{k}_s" if isinstance(v, str) else f"{k}_i"] = v
+    return out
+
+
+class _SelectiveScanOp(torch.autograd.Function):
+    """Runs the reference selective scan in PyTorch; exports as one ``SelectiveScan`` node."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus: int):
+        from zoo.ops.selective_scan import selective_scan_ref
+
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), True, h0)
+
+    @staticmethod
+    def symbolic(g, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
+        spec = ps.SELECTIVE_SCAN
+        y, h = g.op(f"{ps.ONNX_DOMAIN}::{spec.op_type}", u, delta, A, B, C, D, z, delta_bias, h0,
+                    outputs=len(spec.outputs), **_node_attrs(spec, delta_softplus=int(delta_softplus)))
+        y.setType(u.type())
+        h.setType(h0.type())
+        return y, h
+
+
+class _LRUScanOp(torch.autograd.Function):
+    """Runs the sequential LRU recurrence in PyTorch; exports as one ``LRUScan`` node."""
+
+    @staticmethod
+    def forward(ctx, u_re, u_im, lam_re, lam_im, h0_re, h0_im):
+        from zoo.ops.lru import lru_scan_ref
+
+        return lru_scan_ref(u_re, u_im, lam_re, lam_im, None, h0_re, h0_im)
+
+    @staticmethod
+    def symbolic(g, u_re, u_im, lam_re, lam_im, h0_re, h0_im):
+        spec = ps.LRU_SCAN
+        h_re, h_im = g.op(f"{ps.ONNX_DOMAIN}::{spec.op_type}", u_re, u_im, lam_re, lam_im, h0_re, h0_im,
+                          outputs=len(spec.outputs), **_node_attrs(spec))
+        h_re.setType(u_re.type())
+        h_im.setType(u_im.type())
+        return h_re, h_im
+
+
+def _selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           return_last_state=False, initial_state=None):
+    if D is None or z is None or delta_bias is None or initial_state is None:
+        raise ExportError("the SelectiveScan node needs D, z, delta_bias and an initial state")
+    y, h = _SelectiveScanOp.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, int(bool(delta_softplus)))
+    return (y, h) if return_last_state else y
+
+
+def _causal_conv1d_export(x, weight, bias=None, conv_state=None, activation=None):
+    """Depthwise causal conv as K shifted multiply-adds (static slices, any T): ORT's grouped ``Conv`` is several times
+    slower for the short windows of a step. Same result as ``zoo.ops.conv.causal_conv1d_ref``."""
+    import torch.nn.functional as F
+
+    k = weight.shape[-1]
+    if conv_state is None:
+        conv_state = torch.zeros(x.shape[0], x.shape[1], k - 1, dtype=x.dtype)
+    xp = torch.cat([conv_state.to(x.dtype), x], dim=-1)                      # [B, E, K-1+T]
+    out = None
+    for j in range(k):
+        end = j - (k - 1)
+        tap = xp[:, :, j:end] if end < 0 else xp[:, :, j:]                    # [B, E, T]
+        term = tap * weight[:, j:j + 1]
+        out = term if out is None else out + term
+    if bias is not None:
+        out = out + bias[:, None]
+    if activation == "silu":
+        out = F.silu(out)
+    elif activation is not None:
+        raise ExportError(f"unsupported conv activation {activation!r}")
+    return out, xp[:, :, -(k - 1):] if k > 1 else xp[:, :, :0]
+
+
+def _lru_scan_export(u_re, u_im, lam_re, lam_im, mask=None, h0_re=None, h0_im=None, chunk_size=20):
+    if mask is not None or h0_re is None or h0_im is None:
+        raise ExportError("the LRUScan node is exported for the stepwise path only (no mask, with a state)")
+    return _LRUScanOp.apply(u_re, u_im, lam_re, lam_im, h0_re, h0_im)
+
+
+def _lru_step_export(u_re, u_im, lam_re, lam_im, h_re, h_im):
+    hr, hi = _LRUScanOp.apply(u_re.unsqueeze(1), u_im.unsqueeze(1), lam_re, lam_im, h_re, h_im)
+    return hr[:, 0], hi[:, 0]
+
+
+@contextlib.contextmanager
+def _scan_nodes(model_type: str):
+    """Route the model's scan calls through the custom-node ops while tracing (the zoo code itself is unchanged)."""
+    from unittest import mock
+
+    patches = []
+    if model_type == "mamba4rec":
+        patches += [mock.patch("zoo.models.mamba4rec.selective_scan_fn", _selective_scan_export),
+                    mock.patch("zoo.models.mamba4rec.causal_conv1d", _causal_conv1d_export)]
+    elif model_type == "lrurec":
+        patches += [mock.patch("zoo.models.lrurec.lru_scan_ref", _lru_scan_export),
+                    mock.patch("zoo.models.lrurec.lru_step_ref", _lru_step_export)]
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        yield
+
+
+# ======================================================================================== graph wrappers (torch)
+def _pad_mask(n_items: int) -> torch.Tensor:
+    """``[n_items]`` additive mask: -inf at the padding id 0, 0 elsewhere (an initializer in the graph)."""
+    pad = torch.zeros(n_items)
+    pad[0] = float("-inf")
+    return pad
+
+
+def _mask_and_topk(scores: torch.Tensor, pad: torch.Tensor, k: int):
+    """Padding logit (column 0) -> -inf, then top-k."""
+    scores = scores + pad
+    vals, ids = torch.topk(scores, k, dim=-1)
+    return ids, vals, scores
+
+
+class StepGraph(torch.nn.Module):
+    """``(item_ids [B, T], [timestamps], *state) -> (topk_ids, topk_scores, scores, *new_state)`` via ``model._step``."""
+
+    def __init__(self, model, k: int):
+        super().__init__()
+        self.model = model
+        self.k = k
+        self.state_names = [s.name for s in model.state_spec(1)]
+        self.uses_timestamps = bool(model.uses_timestamps)
+        self.register_buffer("pad", _pad_mask(model.config.n_items), persistent=False)
+
+    def forward(self, item_ids, *rest):
+        ts = None
+        if self.uses_timestamps:
+            ts, rest = rest[0].double(), rest[1:]
+        state = dict(zip(self.state_names, rest))
+        hidden, new_state = self.model._step(item_ids, state, ts)
+        scores = self.model.score(hidden[:, -1]).float()
+        ids, vals, scores = _mask_and_topk(scores, self.pad, self.k)
+        return (ids, vals, scores, *[new_state[n].float() for n in self.state_names])
+
+
+class WindowGraph(torch.nn.Module):
+    """``(item_ids [B, L] padded with 0, [timestamps]) -> (topk_ids, topk_scores, scores)`` via ``model.encode``."""
+
+    def __init__(self, model, k: int):
+        super().__init__()
+        self.model = model
+        self.k = k
+        self.uses_timestamps = bool(model.uses_timestamps)
+        self.register_buffer("pad", _pad_mask(model.config.n_items), persistent=False)
+
+    def forward(self, item_ids, *rest):
+        ts = rest[0].double() if self.uses_timestamps else None
+        mask = item_ids != 0
+        hidden = self.model.encode(item_ids, mask, ts)                        # [B, L, D]
+        if self.model.padding_side == "right":
+            last = mask.long().sum(1) - 1
+            h = torch.gather(hidden, 1, last.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1]))[:, 0]
+        else:
+            h = hidden[:, -1]
+        scores = self.model.score(h).float()
+        return _mask_and_topk(scores, self.pad, self.k)
+
+
+# ================================================================================================ the exporter
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote."""
+
+    kind: str
+    graph_path: str
+    spec_path: str
+    spec: dict
+    report: Any = None                      # export.verify.VerifyReport (None with verify=False)
+    files: list = field(default_factory=list)
+
+
+def _io_entry(name, shape, dtype, doc=""):
+    return {"name": name, "shape": list(shape), "dtype": dtype, "doc": doc}
+
+
+def build_spec(model, kind: str, k: int, with_scores: bool) -> dict:
+    """The I/O table written to ``state_spec.json`` (and into the card / README)."""
+    c = model.config
+    inputs, outputs, state = [], [], []
+    if kind == "step":
+        inputs.append(_io_entry("item_ids", ["B", "T"], "int64",
+                                f"T >= 1 new real items per row (1 .. {c.n_items - 1}), oldest first; 0 is not allowed"))
+    else:
+        inputs.append(_io_entry("item_ids", ["B", "L"], "int64",
+                                f"history window, 0-padded on the {model.padding_side}, L <= {c.max_seq_length}"))
+    if model.uses_timestamps:
+        inputs.append(_io_entry("timestamps", ["B", inputs[0]["shape"][1]], "float64",
+                                "seconds, non-decreasing per row (float64: float32 cannot hold epoch seconds exactly)"))
+    if kind == "step":
+        for s in model.state_spec(1):
+            shape = ["B", *s.shape[1:]]
+            dt = str(s.dtype).replace("torch.", "")
+            state.append({"name": s.name, "shape": shape, "dtype": dt, "init": float(s.init), "output": f"{s.name}_out",
+                          "doc": s.doc})
+            inputs.append(_io_entry(s.name, shape, dt, s.doc))
+    outputs.append(_io_entry("topk_ids", ["B", k], "int64", "internal item indices, best first (never 0)"))
+    outputs.append(_io_entry("topk_scores", ["B", k], "float32", "raw scores of topk_ids"))
+    if with_scores:
+        outputs.append(_io_entry("scores", ["B", c.n_items], "float32", "raw next-item scores; column 0 (padding) = -inf"))
+    for s in state:
+        outputs.append(_io_entry(s["output"], s["shape"], s["dtype"], f"new {s['name']}"))
+    ops = []
+    if kind == "step":
+        op = {"mamba4rec": ps.SELECTIVE_SCAN, "lrurec": ps.LRU_SCAN}[c.model_type]
+        ops.append({"domain": ps.ONNX_DOMAIN, "domain_version": ps.ONNX_DOMAIN_VERSION, "op_type": op.op_type,
+                    "count": int(getattr(c, "num_layers", 1)), "attributes": ps.node_attributes(op),
+                    "inputs": op.input_names, "outputs": op.output_names, "plugin_library": ps.PLUGIN_LIBRARY})
+    return {
+        "format": SPEC_FORMAT, "kind": kind, "graph": GRAPH_FILE, "model_type": c.model_type, "opset": OPSET,
+        "n_items": int(c.n_items), "max_seq_length": int(c.max_seq_length), "topk": int(k), "padding_id": 0,
+        "padding_side": model.padding_side, "uses_timestamps": bool(model.uses_timestamps),
+        "inputs": inputs, "outputs": outputs, "state": state, "custom_ops": ops,
+    }
+
+
+def _set_value_info(vi: onnx.ValueInfoProto, shape, dtype: str) -> None:
+    elem = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "float16": TensorProto.FLOAT16,
+            "float64": TensorProto.DOUBLE}[dtype]
+    vi.type.tensor_type.elem_type = elem
+    vi.type.tensor_type.ClearField("shape")
+    shp = vi.type.tensor_type.shape
+    for d in shape:
+        dim = shp.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        else:
+            dim.dim_value = int(d)
+
+
+def _postprocess(mp: onnx.ModelProto, spec: dict, model) -> onnx.ModelProto:
+    """Fix I/O names/shapes, attach the scan functions and the opset of the custom domain, drop unused outputs."""
+    want_out = [o["name"] for o in spec["outputs"]]
+    by_name = {o["name"]: o for o in spec["inputs"] + spec["outputs"]}
+    keep = [o for o in mp.graph.output if o.name in want_out]
+    del mp.graph.output[:]
+    mp.graph.output.extend(sorted(keep, key=lambda o: want_out.index(o.name)))
+    for vi in list(mp.graph.input) + list(mp.graph.output):
+        e = by_name[vi.name]
+        _set_value_info(vi, e["shape"], e["dtype"])
+    del mp.graph.value_info[:]                                     # exporter's guesses; shape inference redoes them
+    used = sorted({n.op_type for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN})
+    for i, n in enumerate(x for x in mp.graph.node if x.domain == ps.ONNX_DOMAIN):
+        n.name = f"layer{i}/{n.op_type}"
+    del mp.functions[:]
+    mp.functions.extend(SCAN_FUNCTIONS[u]() for u in used)
+    others = [o for o in mp.opset_import if o.domain not in ("", "ai.onnx", ps.ONNX_DOMAIN)]
+    del mp.opset_import[:]
+    mp.opset_import.extend([oh.make_opsetid("", OPSET)] + others)
+    if used:
+        mp.opset_import.append(oh.make_opsetid(ps.ONNX_DOMAIN, ps.ONNX_DOMAIN_VERSION))
+    mp.ir_version = IR_VERSION
+    mp.producer_name = "ssm-rec-zoo export.onnx"
+    mp.doc_string = f"{model.config.model_type} {spec['kind']} graph; I/O table in {SPEC_FILE}"
+    del mp.metadata_props[:]
+    for k, v in {"model_type": spec["model_type"], "kind": spec["kind"], "n_items": str(spec["n_items"]),
+                 "topk": str(spec["topk"]), "state_spec": json.dumps(spec["state"])}.items():
+        mp.metadata_props.add(key=k, value=v)
+    return mp
+
+
+def _example_inputs(model, kind: str, batch: int = 2, length: int = 3):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, model.config.n_items, (batch, length), generator=g)
+    args, names, dyn = [ids], ["item_ids"], {"item_ids": {0: "B", 1: "T" if kind == "step" else "L"}}
+    if model.uses_timestamps:
+        args.append(1.6e9 + torch.arange(length, dtype=torch.float64).repeat(batch, 1) * 60.0)
+        names.append("timestamps")
+        dyn["timestamps"] = dyn["item_ids"]
+    if kind == "step":
+        for s in model.state_spec(batch):
+            args.append(torch.randn(s.shape) * 0.1 if s.dtype == torch.float32 else torch.zeros(s.shape, dtype=s.dtype))
+            names.append(s.name)
+            dyn[s.name] = {0: "B"}
+    return tuple(args), names, dyn
+
+
+def trace_graph(model, kind: str, k: int, with_scores: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """Trace ``model`` into an ONNX ModelProto (not written) and its I/O spec."""
+    mt = model.config.model_type
+    if kind == "step":
+        if not getattr(model, "has_exact_step", False):
+            raise ExportError(f"{type(model).__name__} has no exact recurrent step; export it with --kind window")
+        if mt not in STEP_MODEL_TYPES:
+            raise ExportError(f"no step exporter for model type {mt!r} (known: {', '.join(STEP_MODEL_TYPES)}); "
+                              "use --kind window")
+        module = StepGraph(model, k)
+    elif kind == "window":
+        if mt in STEP_MODEL_TYPES:
+            raise ExportError(f"{mt} exports as a step graph (--kind step): its parallel training-time scan traces to "
+                              "one fixed length, and the step graph serves any history length")
+        module = WindowGraph(model, k)
+    else:
+        raise ExportError(f"kind must be 'step' or 'window', got {kind!r}")
+    if not 1 <= k <= model.config.n_items - 1:
+        raise ExportError(f"topk must be in 1..{model.config.n_items - 1}, got {k}")
+    spec = build_spec(model, kind, k, with_scores)
+    args, in_names, dyn = _example_inputs(model, kind, length=3 if kind == "step" else min(5, model.config.max_seq_length))
+    out_names = ["topk_ids", "topk_scores", "scores"] + [s["output"] for s in spec["state"]]
+    for o in out_names:
+        dyn[o] = {0: "B"}
+    was_training = model.training
+    model.eval()
+    buf = io.BytesIO()
+    try:
+        with torch.no_grad(), _scan_nodes(mt if kind == "step" else ""), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, buf, dynamo=False, opset_version=OPSET, input_names=in_names,
+                              output_names=out_names, dynamic_axes=dyn, do_constant_folding=True)
+    finally:
+        model.train(was_training)
+    mp = _postprocess(onnx.load_from_string(buf.getvalue()), spec, model)
+    onnx.checker.check_model(mp, full_check=True)
+    return mp, spec
+
+
+def _load_model(name_or_path: str):
+    from zoo.modeling_utils import SeqRecPreTrainedModel
+    import zoo.models  # noqa: F401  (registers the model classes)
+
+    return SeqRecPreTrainedModel.from_pretrained(name_or_path)
+
+
+def _remove(paths) -> None:
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(p)
+
+
+def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, topk: int = 10,
+                 with_scores: bool = False, verify: bool = True, real_histories: Sequence[Sequence[int]] | None = None,
+                 verify_kwargs: dict | None = None, progress=None) -> ExportResult:
+    """Export ``model`` to ``out_dir/model.onnx`` + ``out_dir/state_spec.json`` and verify it against PyTorch.
+
+    Args:
+        kind: "step" (default for models with an exact step) or "window".
+        topk: ``K`` of the in-graph TopK.
+        with_scores: also output ``scores [B, n_items]``.
+        verify: run :func:`export.verify.verify_export`; on failure both files are removed and
+            :class:`VerificationError` is raised.
+        real_histories: internal-index histories for the "real" verification cases.
+    """
+    say = progress or (lambda msg: None)
+    kind = kind or ("step" if getattr(model, "has_exact_step", False) else "window")
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    graph_path, spec_path = out / GRAPH_FILE, out / SPEC_FILE
+    t0 = time.perf_counter()
+    say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}) ...")
+    mp, spec = trace_graph(model, kind, topk, with_scores)
+    n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN)
+    say(f"  {len(mp.graph.node)} nodes ({n_scan} scan nodes in {ps.ONNX_DOMAIN}), checker full_check OK "
+        f"[{time.perf_counter() - t0:.1f} s]")
+    onnx.save(mp, str(graph_path))
+    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+    files = [str(graph_path), str(spec_path)]
+    if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
+        files.append(model.item_vocab.save(str(out)))
+        spec["item_vocab"] = os.path.basename(files[-1])
+        spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+    report = None
+    if verify:
+        from . import verify as V
+
+        say("verifying against PyTorch (ONNX Runtime, CPU) ...")
+        try:
+            report = V.verify_export(model, str(graph_path), spec, real_histories=real_histories, progress=say,
+                                     **(verify_kwargs or {}))
+        except Exception:
+            _remove(files)
+            raise
+        if not report.ok:
+            _remove(files)
+            raise VerificationError(f"verification FAILED, artefact removed ({graph_path}): {report.worst_message()}",
+                                    report)
+        spec["verification"] = report.to_dict()
+        spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+    return ExportResult(kind=kind, graph_path=str(graph_path), spec_path=str(spec_path), spec=spec, report=report,
+                        files=files)
+
+
+# =============================================================================================== card section
+def io_table_markdown(spec: dict) -> str:
+    rows = ["| direction | name | shape | dtype | meaning |", "|---|---|---|---|---|"]
+    for d, lst in (("in", spec["inputs"]), ("out", spec["outputs"])):
+        for e in lst:
+            shape = "[" + ", ".join(str(s) for s in e["shape"]) + "]"
+            rows.append(f"| {d} | `{e['name']}` | {shape} | {e['dtype']} | {e['doc']} |")
+    return "\n".join(rows)
+
+
+def card_section(spec: dict, rel_dir: str) -> str:
+    lines = [CARD_BEGIN, "## ONNX export", ""]
+    if spec["kind"] == "step":
+        lines += [f"`{rel_dir}/{GRAPH_FILE}` is a **stepwise** graph: feed `T >= 1` new items and the recurrent state, "
+                  "get the top-k next items and the new state (`T = L` primes from a history, `T = 1` is one event). "
+                  f"The state layouts and initial values are in `{rel_dir}/{SPEC_FILE}`."]
+    else:
+        lines += [f"`{rel_dir}/{GRAPH_FILE}` is a **history-window** graph: feed the last "
+                  f"`L <= {spec['max_seq_length']}` items ({spec['padding_side']}-padded with 0), get the top-k."]
+    for op in spec["custom_ops"]:
+        lines += ["", f"Each layer's scan is one `{op['domain']}::{op['op_type']}` node (plugin_namespace "
+                      f"`{op['attributes']['plugin_namespace']}`, plugin_version `{op['attributes']['plugin_version']}`, "
+                      "bound by TensorRT to the zoo plugin) with a model-local ONNX function of standard ops, so "
+                      "ONNX Runtime runs the file as is."]
+    lines += ["", io_table_markdown(spec), ""]
+    v = spec.get("verification")
+    if v:
+        lines += [f"Verified against PyTorch with ONNX Runtime: max abs score error {v['max_abs_err']:.2e}, "
+                  f"top-{spec['topk']} agreement {100 * v['topk_agreement']:.2f}% "
+                  f"({v['topk_cases']} cases).", ""]
+    lines += ["```python", "from export.runtime import OnnxStepSession" if spec["kind"] == "step"
+              else "from export.runtime import OnnxWindowSession",
+              f"sess = {'OnnxStepSession' if spec['kind'] == 'step' else 'OnnxWindowSession'}(\"{rel_dir}\")", "```",
+              CARD_END]
+    return "\n".join(lines) + "\n"
+
+
+def write_card_section(card_dir: str | os.PathLike, spec: dict, rel_dir: str) -> pathlib.Path:
+    """Insert (or replace) the ONNX section of ``card_dir/README.md``."""
+    readme = pathlib.Path(card_dir) / "README.md"
+    text = readme.read_text() if readme.exists() else ""
+    sec = card_section(spec, rel_dir)
+    if CARD_BEGIN in text and CARD_END in text:
+        a = text.index(CARD_BEGIN)
+        b = text.index(CARD_END) + len(CARD_END)
+        text = text[:a] + sec.rstrip("\n") + text[b:]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + sec
+    readme.write_text(text)
+    return readme
+
+
+# ======================================================================================================== CLI
+def load_real_histories(path: str, model, max_users: int = 512) -> list[list[int]]:
+    """Histories (internal indices) from an interaction file, mapped with the model's vocabulary."""
+    from zoo.data.readers import read_interactions
+
+    inter = read_interactions(path)
+    users, starts = np.unique(inter.user, return_index=True)
+    order = np.argsort(starts)
+    bounds = list(np.sort(starts)) + [len(inter.user)]
+    hist = []
+    for j in range(min(len(order), max_users * 4)):
+        items = inter.item[bounds[j]:bounds[j + 1]]
+        if model.item_vocab is not None:
+            idx = []
+            for x in items.tolist():
+                try:
+                    idx.append(model.item_vocab.encode([x])[0])
+                except Exception:
+                    continue
+        else:
+            idx = [int(x) for x in items.tolist() if 1 <= int(x) < model.config.n_items]
+        if len(idx) >= 2:
+            hist.append(idx)
+        if len(hist) >= max_users:
+            break
+    return hist
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
+    p.add_argument("--out", default=None, help="output folder (model.onnx + state_spec.json); not needed with --card-dir")
+    p.add_argument("--kind", choices=("step", "window"), default=None,
+                   help="step (default for models with an exact step) or window")
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--scores", action="store_true", help="also output all scores [B, n_items]")
+    p.add_argument("--fp16", action="store_true", help="(not supported yet: fp32 graphs only)")
+    p.add_argument("--data", default=None, help="interaction file for the 'real histories' verification cases")
+    p.add_argument("--card-dir", default=None,
+                   help="write the graph into CARD_DIR/onnx[-window]/ and add an 'ONNX export' section to its README")
+    p.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
+    p.add_argument("--verify-prime", type=int, default=200, help="step graphs: items in the priming call (200)")
+    p.add_argument("--verify-steps", type=int, default=500, help="step graphs: single steps after priming (500)")
+    p.add_argument("--verify-cases", type=int, default=2000, help="random cases for top-k agreement (2000)")
+    args = p.parse_args(argv)
+    if not args.out and not args.card_dir:
+        p.error("give --out DIR or --card-dir CARD_FOLDER")
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    if args.fp16:
+        say("error: --fp16 export is not implemented yet (the graphs are fp32; the state is always fp32)")
+        return 2
+    t0 = time.perf_counter()
+    say(f"loading {args.model} ...")
+    model = _load_model(args.model)
+    kind = args.kind or ("step" if model.has_exact_step else "window")
+    out = args.out
+    rel = None
+    if args.card_dir:
+        rel = "onnx" if kind == "step" else "onnx-window"
+        out = os.path.join(args.card_dir, rel)
+    real = load_real_histories(args.data, model) if args.data else None
+    if real is not None:
+        say(f"  {len(real)} real histories from {args.data}")
+    try:
+        vk = {"topk_cases": args.verify_cases}
+        if kind == "step":
+            vk.update(prime_len=args.verify_prime, n_steps=args.verify_steps)
+        res = export_model(model, out, kind=kind, topk=args.topk, with_scores=args.scores,
+                           verify=not args.no_verify, real_histories=real, verify_kwargs=vk, progress=say)
+    except VerificationError as e:
+        say(f"ERROR: {e}")
+        if e.report is not None:
+            say(e.report.table())
+        return 1
+    except ExportError as e:
+        say(f"ERROR: {e}")
+        return 2
+    if res.report is not None:
+        say(res.report.table())
+    if args.card_dir:
+        readme = write_card_section(args.card_dir, res.spec, rel)
+        say(f"card section written to {readme}")
+    size = os.path.getsize(res.graph_path)
+    say(f"wrote {res.graph_path} ({size / 1e6:.2f} MB, {res.kind} graph, top-{args.topk}) and {res.spec_path} "
+        f"in {time.perf_counter() - t0:.1f} s")
+    say(io_table_markdown(res.spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Run an exported zoo graph with ONNX Runtime + NumPy only (no torch, no zoo import).
+
+::
+
+    from export.runtime import OnnxStepSession
+    sess = OnnxStepSession("exported/mamba4rec")          # folder with model.onnx + state_spec.json
+    state = sess.init_state(batch_size=2)
+    out = sess.step([[12, 7, 99], [5, 5, 3]], state)      # prime with T = 3 items per row
+    out = sess.step([[42], [8]], out.state)               # then one event per row
+    out.topk_ids, out.topk_scores                         # [2, K] internal item indices (never 0), scores
+
+The wrapper checks what ONNX Runtime would only report vaguely (or not at all: an out-of-range id would silently
+read another row of the embedding table in some runtimes): ids are integers in ``1 .. n_items - 1``, the batch is
+non-empty, the state has exactly the named tensors with the documented shapes/dtypes, the batch sizes agree.
+The graph itself rejects a wrong dtype or a wrong state shape with ONNX Runtime's own error (``raw_run``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+GRAPH_FILE = "model.onnx"
+SPEC_FILE = "state_spec.json"
+_DTYPES = {"float32": np.float32, "int64": np.int64, "float16": np.float16, "float64": np.float64}
+
+
+@dataclass
+class StepOutput:
+    """Result of :meth:`OnnxStepSession.step`: top-k ids/scores (+ all scores when exported) and the new state."""
+
+    topk_ids: np.ndarray
+    topk_scores: np.ndarray
+    state: dict[str, np.ndarray]
+    scores: np.ndarray | None = None
+
+
+def _resolve(path: str | os.PathLike) -> tuple[str, str]:
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return os.path.join(path, GRAPH_FILE), os.path.join(path, SPEC_FILE)
+    return path, os.path.join(os.path.dirname(path) or ".", SPEC_FILE)
+
+
+class _Base:
+    kind = ""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None,
+                 session_options: ort.SessionOptions | None = None):
+        graph, spec_path = _resolve(path)
+        if not os.path.exists(graph):
+            raise FileNotFoundError(f"no ONNX graph at {graph}")
+        if not os.path.exists(spec_path):
+            raise FileNotFoundError(f"no {SPEC_FILE} beside {graph} (written by python -m export.onnx)")
+        with open(spec_path) as f:
+            self.spec: dict = json.load(f)
+        if self.spec.get("kind") != self.kind:
+            raise ValueError(f"{graph} is a {self.spec.get('kind')!r} graph; use "
+                             f"{'OnnxStepSession' if self.spec.get('kind') == 'step' else 'OnnxWindowSession'}")
+        so = session_options or ort.SessionOptions()
+        if threads is not None:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(graph, so, providers=list(providers or ["CPUExecutionProvider"]))
+        self.n_items = int(self.spec["n_items"])
+        self.topk = int(self.spec["topk"])
+        self.uses_timestamps = bool(self.spec.get("uses_timestamps"))
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.has_scores = "scores" in self.output_names
+        self.items: list | None = None                      # external ids (item_vocab.json), index i + 1 <-> items[i]
+        vocab = os.path.join(os.path.dirname(graph), self.spec.get("item_vocab", "item_vocab.json"))
+        if os.path.exists(vocab):
+            with open(vocab) as f:
+                v = json.load(f)
+            self.items = [str(x) for x in v["items"]] if v.get("id_type") == "str" else list(v["items"])
+            self._index = {x: i + 1 for i, x in enumerate(self.items)}
+            self._str_ids = v.get("id_type") == "str"
+
+    # ---------------------------------------------------------------------------------------- vocabulary
+    def encode(self, histories: Sequence[Sequence[Any]]) -> list[list[int]]:
+        """The caller's item ids -> internal indices (``item_vocab.json`` beside the graph; identity without one)."""
+        if self.items is None:
+            return [[int(x) for x in h] for h in histories]
+        out = []
+        for r, h in enumerate(histories):
+            row = []
+            for x in h:
+                key = str(x) if self._str_ids else int(x)
+                if key not in self._index:
+                    raise KeyError(f"history {r}: unknown item id {x!r} (not in the model's item vocabulary)")
+                row.append(self._index[key])
+            out.append(row)
+        return out
+
+    def decode(self, topk_ids: np.ndarray) -> list[list[Any]]:
+        """Internal indices ``[B, K]`` -> the caller's item ids (identity without a vocabulary)."""
+        if self.items is None:
+            return [[int(i) for i in row] for row in np.asarray(topk_ids)]
+        return [[self.items[int(i) - 1] for i in row] for row in np.asarray(topk_ids)]
+
+    # -------------------------------------------------------------------------------------------- checks
+    def check_ids(self, item_ids: Any, name: str = "item_ids", allow_padding: bool = False) -> np.ndarray:
+        """``[B, T]`` integer ids in range -> int64 array; raises TypeError/ValueError naming the problem."""
+        arr = np.asarray(item_ids)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+            raise TypeError(f"{name} must hold integer item indices, got dtype {arr.dtype}")
+        if arr.ndim != 2:
+            raise ValueError(f"{name} must have shape [batch, length], got shape {list(arr.shape)}")
+        if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise ValueError(f"{name} is empty (shape {list(arr.shape)})")
+        lo = 0 if allow_padding else 1
+        bad = (arr < lo) | (arr >= self.n_items)
+        if bad.any():
+            r, c = map(int, np.argwhere(bad)[0])
+            raise ValueError(f"{name}[{r}, {c}] = {int(arr[r, c])} is out of range {lo}..{self.n_items - 1} "
+                             f"(n_items={self.n_items}{'' if allow_padding else '; 0 is padding, not an item'})")
+        return arr.astype(np.int64, copy=False)
+
+    def check_timestamps(self, timestamps: Any, shape) -> np.ndarray:
+        if timestamps is None:
+            raise ValueError("this model reads timestamps: pass timestamps [batch, length] (seconds)")
+        ts = np.asarray(timestamps, dtype=np.float64)
+        if ts.shape != tuple(shape):
+            raise ValueError(f"timestamps must have shape {list(shape)}, got {list(ts.shape)}")
+        if not np.all(np.isfinite(ts)) or (ts < 0).any():
+            raise ValueError("timestamps must be finite and non-negative")
+        return ts
+
+    def raw_run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """The ONNX Runtime session without any check (its own errors for wrong dtypes/shapes)."""
+        return self.session.run(list(output_names) if output_names else None, feeds)
+
+
+class OnnxStepSession(_Base):
+    """Stepwise graph: ``step(item_ids [B, T], state) -> StepOutput`` with the state as named float32 arrays."""
+
+    kind = "step"
+
+    def __init__(self, path, threads: int | None = None, providers=None, session_options=None):
+        super().__init__(path, threads, providers, session_options)
+        self.state_specs = self.spec["state"]
+        self.state_names = [s["name"] for s in self.state_specs]
+
+    def state_shape(self, name: str, batch_size: int) -> tuple[int, ...]:
+        s = next(s for s in self.state_specs if s["name"] == name)
+        return (int(batch_size), *[int(d) for d in s["shape"][1:]])
+
+    def init_state(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Fresh state for ``batch_size`` empty histories (the documented initial values)."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        return {s["name"]: np.full(self.state_shape(s["name"], batch_size), s["init"], dtype=_DTYPES[s["dtype"]])
+                for s in self.state_specs}
+
+    def check_state(self, state: Any, batch_size: int) -> dict[str, np.ndarray]:
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of named arrays (from init_state), got {type(state).__name__}")
+        missing = sorted(set(self.state_names) - set(state))
+        extra = sorted(set(state) - set(self.state_names))
+        if missing or extra:
+            raise ValueError(f"state has wrong tensors: missing {missing}, unexpected {extra}")
+        out = {}
+        for s in self.state_specs:
+            a = state[s["name"]]
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"state[{s['name']!r}] must be a numpy array, got {type(a).__name__}")
+            want = self.state_shape(s["name"], batch_size)
+            if a.shape != want:
+                raise ValueError(f"state[{s['name']!r}] has shape {list(a.shape)}, expected {list(want)} "
+                                 f"for batch size {batch_size}")
+            if a.dtype != _DTYPES[s["dtype"]]:
+                raise TypeError(f"state[{s['name']!r}] has dtype {a.dtype}, expected {s['dtype']}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"state[{s['name']!r}] holds NaN or infinite values")
+            out[s["name"]] = a
+        return out
+
+    def step(self, item_ids: Any, state: dict[str, np.ndarray], timestamps: Any = None) -> StepOutput:
+        """Advance ``state`` by ``T >= 1`` real items per row; returns the top-k after the last one and the new state.
+
+        ``state`` is not modified (the new state is returned).
+        """
+        ids = self.check_ids(item_ids)
+        st = self.check_state(state, ids.shape[0])
+        feeds = {"item_ids": ids}
+        if self.uses_timestamps:
+            feeds["timestamps"] = self.check_timestamps(timestamps, ids.shape)
+        feeds.update(st)
+        res = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        return StepOutput(res["topk_ids"], res["topk_scores"],
+                          {n: res[f"{n}_out"] for n in self.state_names}, res.get("scores"))
+
+    def prime(self, histories: Sequence[Sequence[int]]) -> StepOutput:
+        """Fresh state primed with equal-length histories (one graph call with ``T = L``)."""
+        ids = self.check_ids(histories)
+        return self.step(ids, self.init_state(ids.shape[0]))
+
+
+class OnnxWindowSession(_Base):
+    """History-window graph (models without an exact step): ``recommend(histories) -> (topk_ids, topk_scores)``."""
+
+    kind = "window"
+
+    def pad(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        """Lists of internal ids -> ``[B, L]`` int64, the most recent ``max_seq_length`` items, 0-padded on the
+        model's side."""
+        M = int(self.spec["max_seq_length"])
+        if len(histories) == 0:
+            raise ValueError("no histories given")
+        rows = []
+        for r, h in enumerate(histories):
+            h = list(h)[-M:]
+            if not h:
+                raise ValueError(f"history {r} is empty")
+            rows.append(h)
+        L = max(map(len, rows))
+        out = np.zeros((len(rows), L), dtype=np.int64)
+        for r, h in enumerate(rows):
+            arr = self.check_ids([h], name=f"history {r}")[0]
+            if self.spec["padding_side"] == "right":
+                out[r, :len(h)] = arr
+            else:
+                out[r, L - len(h):] = arr
+        return out
+
+    def run_window(self, item_ids: Any, timestamps: Any = None) -> StepOutput:
+        """Run a padded ``[B, L]`` window batch (checked: ids in range, ``L <= max_seq_length``, padding contiguous)."""
+        ids = self.check_ids(item_ids, allow_padding=True)
+        if ids.shape[1] > int(self.spec["max_seq_length"]):
+            raise ValueError(f"window length {ids.shape[1]} exceeds max_seq_length {self.spec['max_seq_length']}")
+        real = ids != 0
+        if not real.any(1).all():
+            raise ValueError(f"batch row {int(np.argmin(real.any(1)))} has no real item")
+        m = real.astype(np.int8)
+        bad = (m[:, 1:] > m[:, :-1]) if self.spec["padding_side"] == "right" else (m[:, 1:] < m[:, :-1])
+        if bad.any():
+            raise ValueError(f"batch row {int(np.argwhere(bad.any(1))[0, 0])} is not {self.spec['padding_side']}-padded")
+        feeds = {"item_ids": ids}
+        if self.uses_timestamps:
+            feeds["timestamps"] = self.check_timestamps(timestamps, ids.shape)
+        res = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        return StepOutput(res["topk_ids"], res["topk_scores"], {}, res.get("scores"))
+
+    def recommend(self, histories: Sequence[Sequence[int]]) -> StepOutput:
+        return self.run_window(self.pad(histories))
+
+
+__all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput"]

@@ -1,0 +1,334 @@
+"""Verification of an exported graph against the PyTorch model (used by ``export.onnx``; reusable by the TensorRT
+path: pass any ``runner`` with the ONNX Runtime session's ``run(output_names, feeds)`` signature).
+
+Step graphs (cases, each run side by side in PyTorch (``model.step``) and in the runtime, every side carrying its
+own state, so errors accumulate as they would in production):
+
+* ``random/prime+steps``: ``batch`` random histories, primed with ``prime_len`` items in one call (``T = L``), then
+  ``n_steps`` single-item calls (``T = 1``); scores compared after the priming and after every step, states compared
+  after the last step;
+* ``random/topk``: ``topk_cases`` rows (one batch) from random states reached by priming random histories, then one
+  ``T = 1`` step: top-k agreement (identical ordered lists) and score error;
+* ``real/prime+steps``: the same as the first case on real histories (when given): the first half primes, the rest
+  is stepped one item at a time.
+
+Window graphs: ``random/windows`` (``topk_cases`` random padded windows of random lengths, several padded widths) and
+``real/windows``; compared with ``model.forward``.
+
+Pass criteria (module constants, so a caller can tighten them): ``max |score_ort - score_torch| <= SCORE_ATOL`` on
+every real item's score (fp32) and top-k agreement ``>= TOPK_MIN_AGREEMENT``. The state error is reported and must be
+``<= STATE_ATOL``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+SCORE_ATOL = 1e-4
+STATE_ATOL = 1e-3
+TOPK_MIN_AGREEMENT = 0.999
+
+
+@dataclass
+class CaseResult:
+    name: str
+    max_abs_err: float
+    max_rel_err: float
+    topk_agreement: float
+    topk_cases: int
+    state_err: float | None = None
+    detail: str = ""
+    ok: bool = True
+    reason: str = ""
+
+
+@dataclass
+class VerifyReport:
+    kind: str
+    model_type: str
+    cases: list[CaseResult] = field(default_factory=list)
+    seconds: float = 0.0
+    score_atol: float = SCORE_ATOL
+    topk_min_agreement: float = TOPK_MIN_AGREEMENT
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.cases)
+
+    @property
+    def worst(self) -> CaseResult:
+        bad = [c for c in self.cases if not c.ok]
+        pool = bad or self.cases
+        return max(pool, key=lambda c: (c.max_abs_err / max(self.score_atol, 1e-30), -c.topk_agreement))
+
+    def worst_message(self) -> str:
+        w = self.worst
+        return (f"worst case {w.name!r}: {w.reason or 'ok'} (max abs err {w.max_abs_err:.3e}, max rel err "
+                f"{w.max_rel_err:.3e}, top-k agreement {100 * w.topk_agreement:.3f}% of {w.topk_cases}"
+                + (f", state err {w.state_err:.3e}" if w.state_err is not None else "") + f"; {w.detail})")
+
+    def table(self) -> str:
+        rows = [f"verification ({self.kind}, {self.model_type}): {'PASSED' if self.ok else 'FAILED'} "
+                f"[tolerance {self.score_atol:g} abs, top-k >= {100 * self.topk_min_agreement:g}%; {self.seconds:.1f} s]",
+                f"  {'case':22s} {'max abs':>10s} {'max rel':>10s} {'top-k agree':>12s} {'cases':>6s} {'state err':>10s}  detail"]
+        for c in self.cases:
+            st = f"{c.state_err:.2e}" if c.state_err is not None else "-"
+            rows.append(f"  {c.name:22s} {c.max_abs_err:10.2e} {c.max_rel_err:10.2e} {100 * c.topk_agreement:11.3f}% "
+                        f"{c.topk_cases:6d} {st:>10s}  {c.detail}{'' if c.ok else '  <-- FAIL: ' + c.reason}")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict:
+        return {"passed": self.ok, "max_abs_err": max((c.max_abs_err for c in self.cases), default=0.0),
+                "max_rel_err": max((c.max_rel_err for c in self.cases), default=0.0),
+                "topk_agreement": min((c.topk_agreement for c in self.cases), default=1.0),
+                "topk_cases": sum(c.topk_cases for c in self.cases),
+                "state_err": max((c.state_err for c in self.cases if c.state_err is not None), default=None),
+                "score_atol": self.score_atol, "topk_min_agreement": self.topk_min_agreement,
+                "cases": [asdict(c) for c in self.cases]}
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def ort_session(graph: str | bytes, threads: int = 1):
+    """An ONNX Runtime CPU session (``threads`` intra-op threads) for a graph path or serialized bytes."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+
+
+def _with_scores_output(graph_path: str) -> bytes:
+    """The graph with the internal ``scores`` tensor exposed as an output (for full-score comparison)."""
+    import onnx
+
+    mp = onnx.load(graph_path)
+    if "scores" not in [o.name for o in mp.graph.output]:
+        if not any("scores" in n.output for n in mp.graph.node):
+            return mp.SerializeToString()
+        n_items = int(next(p.value for p in mp.metadata_props if p.key == "n_items"))
+        mp.graph.output.append(onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["B", n_items]))
+    return mp.SerializeToString()
+
+
+def _errs(ort_scores: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """Max abs / rel error over the real items (column 0, padding, is -inf in the graph and excluded)."""
+    a, b = ort_scores[..., 1:].astype(np.float64), ref[..., 1:].astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        return float("inf"), float("inf")
+    d = np.abs(a - b)
+    scale = max(float(np.abs(b).max()), 1e-12)
+    return float(d.max()), float(d.max() / scale)
+
+
+def _topk_ref(ref: np.ndarray, k: int) -> np.ndarray:
+    t = torch.from_numpy(ref.astype(np.float32)).clone()
+    t[:, 0] = -float("inf")
+    return torch.topk(t, k, dim=1).indices.numpy()
+
+
+def _agreement(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> float:
+    ref_ids = _topk_ref(ref_scores, k)
+    return float(np.mean(np.all(ort_ids == ref_ids, axis=1)))
+
+
+class _Acc:
+    def __init__(self):
+        self.abs = 0.0
+        self.rel = 0.0
+        self.agree = []
+        self.where = ""
+
+    def add(self, out: dict, ref: np.ndarray, k: int, where: str):
+        a, r = _errs(out["scores"], ref)
+        if a > self.abs or not np.isfinite(a):
+            self.where = where
+        self.abs, self.rel = max(self.abs, a), max(self.rel, r)
+        self.agree.append(np.all(out["topk_ids"] == _topk_ref(ref, k), axis=1))
+
+
+def _judge(c: CaseResult, score_atol: float, min_agree: float, state_atol: float) -> CaseResult:
+    reasons = []
+    if not c.max_abs_err <= score_atol:
+        reasons.append(f"score error {c.max_abs_err:.3e} > {score_atol:g}")
+    if not c.topk_agreement >= min_agree:
+        reasons.append(f"top-k agreement {100 * c.topk_agreement:.3f}% < {100 * min_agree:g}%")
+    if c.state_err is not None and not c.state_err <= state_atol:
+        reasons.append(f"state error {c.state_err:.3e} > {state_atol:g}")
+    c.ok = not reasons
+    c.reason = "; ".join(reasons)
+    return c
+
+
+# ------------------------------------------------------------------------------------------------- step graphs
+class _StepPair:
+    """Runs the same events through ``model.step`` and the runtime, each side with its own state."""
+
+    def __init__(self, model, run: Callable, spec: dict, batch: int):
+        self.model, self.run, self.spec = model, run, spec
+        self.names = [s["name"] for s in spec["state"]]
+        self.t_state = model.init_state(batch, device="cpu")
+        self.o_state = {s["name"]: np.full([batch, *s["shape"][1:]], s["init"], dtype=np.float32) for s in spec["state"]}
+        self.out_names = ["topk_ids", "topk_scores", "scores"] + [s["output"] for s in spec["state"]]
+
+    def step(self, ids: np.ndarray, ts: np.ndarray | None = None):
+        tid = torch.from_numpy(ids)
+        with torch.no_grad():
+            logits, self.t_state = self.model.step(tid, self.t_state, None if ts is None else torch.from_numpy(ts))
+        feeds = {"item_ids": ids}
+        if ts is not None:
+            feeds["timestamps"] = ts.astype(np.float64)
+        feeds.update(self.o_state)
+        res = dict(zip(self.out_names, self.run(self.out_names, feeds)))
+        self.o_state = {n: res[f"{n}_out"] for n in self.names}
+        return res, logits.float().numpy()
+
+    def state_err(self) -> float:
+        return max(float(np.abs(self.o_state[n] - self.t_state[n].float().numpy()).max()) for n in self.names)
+
+
+def _rand_ts(rng, B, T, start=None):
+    base = rng.uniform(1e9, 1.1e9, size=(B, 1)) if start is None else start
+    return (base + np.cumsum(rng.integers(1, 3600, size=(B, T)), axis=1)).astype(np.float64)
+
+
+def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps: int = 500, batch: int = 4,
+                topk_cases: int = 2000, topk_prime: int = 20, real_histories: Sequence[Sequence[int]] | None = None,
+                seed: int = 0, runner: Any = None, progress=None) -> list[CaseResult]:
+    say = progress or (lambda m: None)
+    k = spec["topk"]
+    n_items = spec["n_items"]
+    rng = np.random.default_rng(seed)
+    run = (runner or ort_session(_with_scores_output(graph))).run
+    uses_ts = spec["uses_timestamps"]
+    cases = []
+
+    def prime_and_step(name, hist: np.ndarray, n_prime: int):
+        B, Ltot = hist.shape
+        ts = _rand_ts(rng, B, Ltot) if uses_ts else None
+        pair = _StepPair(model, run, spec, B)
+        acc = _Acc()
+        out, ref = pair.step(hist[:, :n_prime], None if ts is None else ts[:, :n_prime])
+        acc.add(out, ref, k, f"after priming with {n_prime} items")
+        for t in range(n_prime, Ltot):
+            out, ref = pair.step(hist[:, t:t + 1], None if ts is None else ts[:, t:t + 1])
+            acc.add(out, ref, k, f"single step {t - n_prime + 1}")
+        agree = np.concatenate(acc.agree)
+        return CaseResult(name, acc.abs, acc.rel, float(agree.mean()), int(agree.size), pair.state_err(),
+                          f"B={B}, prime {n_prime} + {Ltot - n_prime} single steps; worst at {acc.where}")
+
+    t0 = time.perf_counter()
+    hist = rng.integers(1, n_items, size=(batch, prime_len + n_steps))
+    cases.append(prime_and_step("random/prime+steps", hist, prime_len))
+    say(f"  random/prime+steps done [{time.perf_counter() - t0:.1f} s]")
+
+    # top-k agreement on many independent cases: one batch of random states, then one T = 1 step
+    t0 = time.perf_counter()
+    hist = rng.integers(1, n_items, size=(topk_cases, topk_prime + 1))
+    ts = _rand_ts(rng, topk_cases, topk_prime + 1) if uses_ts else None
+    pair = _StepPair(model, run, spec, topk_cases)
+    out, ref = pair.step(hist[:, :topk_prime], None if ts is None else ts[:, :topk_prime])
+    out, ref = pair.step(hist[:, topk_prime:], None if ts is None else ts[:, topk_prime:])
+    a, r = _errs(out["scores"], ref)
+    agree = _agreement(out["topk_ids"], ref, k)
+    cases.append(CaseResult("random/topk", a, r, agree, topk_cases, pair.state_err(),
+                            f"B={topk_cases} random states (prime {topk_prime}) + 1 step"))
+    say(f"  random/topk done [{time.perf_counter() - t0:.1f} s]")
+
+    if real_histories:
+        t0 = time.perf_counter()
+        hs = [list(h) for h in real_histories if len(h) >= 4]
+        if hs:
+            hs = sorted(hs, key=len, reverse=True)[:max(batch, 8)]
+            L = min(len(h) for h in hs)
+            L = min(L, prime_len + n_steps)
+            arr = np.array([h[:L] for h in hs], dtype=np.int64)
+            cases.append(prime_and_step("real/prime+steps", arr, max(1, min(prime_len, L // 2))))
+            say(f"  real/prime+steps done [{time.perf_counter() - t0:.1f} s]")
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------- window graphs
+def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widths: Sequence[int] | None = None,
+                  real_histories: Sequence[Sequence[int]] | None = None, seed: int = 0, runner: Any = None,
+                  batch_chunk: int = 500, progress=None) -> list[CaseResult]:
+    say = progress or (lambda m: None)
+    k, n_items, M = spec["topk"], spec["n_items"], spec["max_seq_length"]
+    rng = np.random.default_rng(seed)
+    run = (runner or ort_session(_with_scores_output(graph))).run
+    widths = list(widths or sorted({M, max(1, M // 2), min(M, 7)}))
+    out_names = ["topk_ids", "topk_scores", "scores"]
+
+    uses_ts = spec["uses_timestamps"]
+
+    def compare(name, groups):
+        acc = _Acc()
+        n = 0
+        chunks = [g[s:s + batch_chunk] for g in groups for s in range(0, len(g), batch_chunk)]
+        for chunk in chunks:
+            s = n
+            if uses_ts:
+                tss = [(1.6e9 + np.cumsum(rng.integers(0, 86400, size=len(h)))).tolist() for h in chunk]
+                ids, mask, ts = model.pad_batch(chunk, max_length=M, timestamps=tss)
+                feeds = {"item_ids": ids.numpy(), "timestamps": ts.numpy().astype(np.float64)}
+            else:
+                ids, mask = model.pad_batch(chunk, max_length=M)[:2]
+                ts, feeds = None, {"item_ids": ids.numpy()}
+            with torch.no_grad():
+                ref = model.predict(ids, mask, timestamps=ts).numpy()
+            res = dict(zip(out_names, run(out_names, feeds)))
+            acc.add(res, ref, k, f"rows {s}..{s + len(chunk) - 1}, width {ids.shape[1]}")
+            n += len(chunk)
+        agree = np.concatenate(acc.agree)
+        return CaseResult(name, acc.abs, acc.rel, float(agree.mean()), int(agree.size), None,
+                          f"{n} windows; worst at {acc.where}")
+
+    t0 = time.perf_counter()
+    groups = []
+    per = -(-topk_cases // len(widths))
+    for w in widths:   # each group is padded to width w (its longest row has w items): several graph lengths
+        lens = rng.integers(1, w + 1, size=per)
+        lens[0] = w
+        groups.append([rng.integers(1, n_items, size=int(n)).tolist() for n in lens])
+    cases = [compare("random/windows", groups)]
+    say(f"  random/windows done [{time.perf_counter() - t0:.1f} s]")
+    if real_histories:
+        hs = [list(h)[-M:] for h in real_histories if len(h) >= 1][:topk_cases]
+        if hs:
+            cases.append(compare("real/windows", [hs]))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------------- entry
+def verify_export(model, graph: str, spec: dict, *, real_histories=None, runner=None, progress=None,
+                  score_atol: float | None = None, topk_min_agreement: float | None = None,
+                  state_atol: float | None = None, **kwargs) -> VerifyReport:
+    """Verify ``graph`` (described by ``spec``, see ``export.onnx.build_spec``) against ``model``.
+
+    Tolerances default to the module constants :data:`SCORE_ATOL`, :data:`TOPK_MIN_AGREEMENT`, :data:`STATE_ATOL`
+    (read at call time). ``kwargs`` go to :func:`verify_step` / :func:`verify_window`.
+    """
+    score_atol = SCORE_ATOL if score_atol is None else score_atol
+    min_agree = TOPK_MIN_AGREEMENT if topk_min_agreement is None else topk_min_agreement
+    state_atol = STATE_ATOL if state_atol is None else state_atol
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    try:
+        fn = verify_step if spec["kind"] == "step" else verify_window
+        cases = fn(model, graph, spec, real_histories=real_histories, runner=runner, progress=progress, **kwargs)
+    finally:
+        model.train(was_training)
+    rep = VerifyReport(spec["kind"], spec["model_type"], [_judge(c, score_atol, min_agree, state_atol) for c in cases],
+                       time.perf_counter() - t0, score_atol, min_agree)
+    return rep
+
+
+__all__ = ["SCORE_ATOL", "STATE_ATOL", "TOPK_MIN_AGREEMENT", "CaseResult", "VerifyReport", "verify_export",
+           "verify_step", "verify_window", "ort_session"]

@@ -1,0 +1,42 @@
+"""Item vocabulary: caller ids <-> internal indices, saved as plain JSON."""
+
+import json
+
+import pytest
+
+from zoo.vocab import ItemVocab, UnknownItemError
+
+
+def test_int_and_str_round_trip(tmp_path):
+    v = ItemVocab([3186, 1022, 1270])
+    assert v.n_items == 4 and len(v) == 3
+    assert v.encode([1270, "3186"]) == [3, 1]
+    assert v.decode([1, 3]) == [3186, 1270]
+    v.save(tmp_path)
+    assert ItemVocab.load(tmp_path) == v and ItemVocab.load(tmp_path).id_type == "int"
+    s = ItemVocab(["B00A", "B00B"])
+    s.save(tmp_path)
+    back = ItemVocab.load(tmp_path / "item_vocab.json")
+    assert back.decode([2]) == ["B00B"] and back.id_type == "str"
+
+
+def test_errors_name_the_problem(tmp_path):
+    v = ItemVocab([10, 20])
+    with pytest.raises(UnknownItemError, match="unknown item id 30"):
+        v.encode([10, 30])
+    with pytest.raises(TypeError, match="not an int id"):
+        v.encode([1.5])
+    with pytest.raises(IndexError, match="out of range 1..2"):
+        v.decode([0])
+    with pytest.raises(ValueError, match="unique"):
+        ItemVocab([1, 2, 1])
+    with pytest.raises(ValueError, match="all int or all str"):
+        ItemVocab([1, "a"])
+    with pytest.raises(ValueError, match="at least one item"):
+        ItemVocab([])
+    (tmp_path / "item_vocab.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt item vocabulary"):
+        ItemVocab.load(tmp_path)
+    (tmp_path / "item_vocab.json").write_text(json.dumps({"items": [1]}))
+    with pytest.raises(ValueError, match="not a zoo item vocabulary"):
+        ItemVocab.load(tmp_path)

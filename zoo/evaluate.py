@@ -162,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from transformers import AutoModel
 
     t0 = time.time()
-    model = AutoModel.from_pretrained(args.model)
+    from .hub import resolve_pretrained
+
+    model = AutoModel.from_pretrained(resolve_pretrained(args.model))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ds = load_dataset(args.data, kcore=args.kcore)
     ds, note = align_with_model(ds, model)

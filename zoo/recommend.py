@@ -40,7 +40,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import zoo  # noqa: F401  (registers the models)
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(args.model).eval()
+    from .hub import resolve_pretrained
+
+    # resolve first: a Hub id that is unreachable *or not published* falls back to the bundled copy
+    model = AutoModel.from_pretrained(resolve_pretrained(args.model)).eval()
     if args.data:
         if args.user is None:
             p.error("--data needs --user")

@@ -4,7 +4,7 @@ history-window graphs for models without an exact step.
 CLI::
 
     python -m export.onnx --model NAME_OR_PATH (--out DIR | --card-dir CARD_FOLDER) [--kind step|window] [--topk K]
-                          [--scores] [--data INTERACTIONS] [--no-verify]
+                          [--scores] [--fp16] [--data INTERACTIONS] [--no-verify]
                           [--verify-prime 200] [--verify-steps 500] [--verify-cases 2000]
 
 Step graph (``--kind step``, the default for models with ``has_exact_step``)
@@ -26,8 +26,12 @@ Window graph (``--kind window``, models without an exact step, e.g. SASRec)
 Inputs: ``item_ids [B, L]`` int64 padded with 0 on the model's ``padding_side`` (``L <= max_seq_length``, dynamic)
 (+ ``timestamps [B, L]`` for time-aware models). Outputs: ``topk_ids``, ``topk_scores`` (+ ``scores``).
 
-Every export is verified against PyTorch (:mod:`export.verify`); an artefact that fails verification is deleted and
-the CLI exits with status 1 naming the worst case.
+``--fp16`` (:func:`convert_to_fp16`): fp16 weights and activations; the graph I/O (states, scores), the state paths,
+the scan nodes (fp32, with ``Cast`` nodes at their activation inputs/outputs) and the score tail stay fp32, so the
+I/O table is unchanged (``state_spec.json`` adds ``"precision": "fp16"``).
+
+Every export is verified against PyTorch (:mod:`export.verify`, tolerances per precision); an artefact that fails
+verification is deleted and the CLI exits with status 1 naming the worst case.
 """
 
 from __future__ import annotations
@@ -62,6 +66,13 @@ SPEC_FILE = "state_spec.json"
 SPEC_FORMAT = "ssm-rec-zoo/onnx/1"
 #: models whose step graph this exporter knows how to build (their scans become custom nodes)
 STEP_MODEL_TYPES = ("mamba4rec", "lrurec")
+#: graph precisions (``--fp16``; ``state_spec.json``'s ``precision``); graph I/O dtypes are the same for both
+PRECISION_DOC = {
+    "fp32": "all float tensors float32",
+    "fp16": "weights and activations float16; graph I/O (recurrent states, scores), the state paths, the scan nodes "
+            "(computed in fp32 with Cast nodes at their activation inputs/outputs) and the score tail (padding mask, "
+            "TopK) float32",
+}
 CARD_BEGIN = "<!-- onnx-export:begin -->"
 CARD_END = "<!-- onnx-export:end -->"
 
@@ -357,7 +368,7 @@ def _io_entry(name, shape, dtype, doc=""):
     return {"name": name, "shape": list(shape), "dtype": dtype, "doc": doc}
 
 
-def build_spec(model, kind: str, k: int, with_scores: bool) -> dict:
+def build_spec(model, kind: str, k: int, with_scores: bool, precision: str = "fp32") -> dict:
     """The I/O table written to ``state_spec.json`` (and into the card / README)."""
     c = model.config
     inputs, outputs, state = [], [], []
@@ -393,7 +404,7 @@ def build_spec(model, kind: str, k: int, with_scores: bool) -> dict:
         "format": SPEC_FORMAT, "kind": kind, "graph": GRAPH_FILE, "model_type": c.model_type, "opset": OPSET,
         "n_items": int(c.n_items), "max_seq_length": int(c.max_seq_length), "topk": int(k), "padding_id": 0,
         "padding_side": model.padding_side, "uses_timestamps": bool(model.uses_timestamps),
-        "inputs": inputs, "outputs": outputs, "state": state, "custom_ops": ops,
+        "inputs": inputs, "outputs": outputs, "state": state, "custom_ops": ops, "precision": precision,
     }
 
 
@@ -458,8 +469,12 @@ def _example_inputs(model, kind: str, batch: int = 2, length: int = 3):
     return tuple(args), names, dyn
 
 
-def trace_graph(model, kind: str, k: int, with_scores: bool = False) -> tuple[onnx.ModelProto, dict]:
-    """Trace ``model`` into an ONNX ModelProto (not written) and its I/O spec."""
+def trace_graph(model, kind: str, k: int, with_scores: bool = False,
+                precision: str = "fp32") -> tuple[onnx.ModelProto, dict]:
+    """Trace ``model`` into an ONNX ModelProto (not written) and its I/O spec; ``precision="fp16"`` then converts it
+    with :func:`convert_to_fp16` (graph I/O, states, scan nodes and the score tail stay fp32)."""
+    if precision not in PRECISION_DOC:
+        raise ExportError(f"precision must be one of {', '.join(PRECISION_DOC)}, got {precision!r}")
     mt = model.config.model_type
     if kind == "step":
         if not getattr(model, "has_exact_step", False):
@@ -475,9 +490,12 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False) -> tuple[on
         module = WindowGraph(model, k)
     else:
         raise ExportError(f"kind must be 'step' or 'window', got {kind!r}")
+    if precision == "fp16" and model.uses_timestamps:
+        raise ExportError(f"--fp16 is not supported for time-aware models ({mt}): their time features are raw second "
+                          "differences, far beyond float16's range (65504); export them in fp32")
     if not 1 <= k <= model.config.n_items - 1:
         raise ExportError(f"topk must be in 1..{model.config.n_items - 1}, got {k}")
-    spec = build_spec(model, kind, k, with_scores)
+    spec = build_spec(model, kind, k, with_scores, precision)
     args, in_names, dyn = _example_inputs(model, kind, length=3 if kind == "step" else min(5, model.config.max_seq_length))
     out_names = ["topk_ids", "topk_scores", "scores"] + [s["output"] for s in spec["state"]]
     for o in out_names:
@@ -493,8 +511,211 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False) -> tuple[on
     finally:
         model.train(was_training)
     mp = _postprocess(onnx.load_from_string(buf.getvalue()), spec, model)
+    if precision == "fp16":
+        mp = convert_to_fp16(mp, spec)
     onnx.checker.check_model(mp, full_check=True)
     return mp, spec
+
+
+# ============================================================================================ fp16 conversion
+#: op types that always compute in fp32 in an fp16 graph (besides the scan nodes, the state paths and the score tail)
+FP16_BLOCKED_OPS = ("TopK", "Range", "CumSum", "NonMaxSuppression", "RandomNormal", "RandomUniform",
+                    "RandomNormalLike", "RandomUniformLike")
+
+
+#: ops that only move / select data: the state islands are the paths made of these alone
+_MOVE_OPS = {"Identity", "Cast", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Transpose", "Split",
+             "Flatten", "Expand"}
+
+
+def _graph_reach(nodes, srcs: set, forward: bool, ops: set | None = None) -> set:
+    """Indices of the nodes reachable from the tensors ``srcs`` (downstream if ``forward``, else upstream; a node is
+    reached when one of its inputs (downstream) / outputs (upstream) is reached), through nodes of ``ops`` only when
+    given."""
+    reached_t, reached_n = set(srcs), set()
+    order = range(len(nodes)) if forward else range(len(nodes) - 1, -1, -1)
+    changed = True
+    while changed:                      # the exporter's node list is topologically sorted: one pass is enough
+        changed = False
+        for i in order:
+            if i in reached_n:
+                continue
+            n = nodes[i]
+            if ops is not None and n.op_type not in ops:
+                continue
+            if any(t in reached_t for t in (n.input if forward else n.output)):
+                reached_n.add(i)
+                reached_t.update(n.output if forward else [t for t in n.input if t])
+                changed = True
+    return reached_n
+
+
+def _to_fp16_array(arr: np.ndarray) -> np.ndarray:
+    """float32 -> float16, finite values clipped to +-65504 (infinities and NaN kept)."""
+    a = arr.astype(np.float64)
+    fin = np.isfinite(a)
+    a[fin] = np.clip(a[fin], -65504.0, 65504.0)
+    return a.astype(np.float16)
+
+
+def convert_to_fp16(mp: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
+    """fp16 weights and activations; fp32 graph I/O (states, scores), state paths, scan nodes and score tail.
+
+    Every node computes either in fp16 or in fp32 (its "mode"); every float tensor gets the dtype of its producer's
+    mode, float initializers / ``Constant`` values are stored as fp16 when only fp16 nodes read them, and an explicit
+    ``Cast`` is inserted wherever a float tensor meets a node of the other mode. fp32 nodes:
+
+    * the **scan nodes** (so their model-local functions stay fp32 as written): their activation inputs (``u``,
+      ``delta``, ``B``, ``C``, ``z`` / ``u_re``, ``u_im``) get a ``Cast(fp16 -> fp32)`` and ``y`` (LRU: ``h_re`` /
+      ``h_im`` on their way into the next projection) a ``Cast(fp32 -> fp16)``;
+    * the constant-only nodes computing the scan **parameters** (``A = -exp(A_log)``, ``lam = exp(-nu) cos/sin
+      theta``, ``D``, ``delta_bias``): fp16 rounding of ``|lam| ~ 0.99`` would change the decay over long histories;
+    * the **state islands**: every data-movement node (``Gather``/``Slice``/``Concat``/``Unsqueeze``/...) on a path (of
+      such nodes only) from a state input or a scan node's state output to a state output or a scan node's state
+      input, so the recurrent state never round-trips through fp16. This includes Mamba's conv window
+      ``Concat(conv_state, x)``: the new fp16 conv inputs ``x`` are cast to fp32 explicitly before it (a naive
+      conversion meets an fp32 state and fp16 activations in that ``Concat``);
+    * the **score tail**: ``scores = logits + padding mask (-inf at item 0)`` and ``TopK`` (the logits are cast to
+      fp32 first), so ``scores`` / ``topk_scores`` are fp32 and column 0 stays ``-inf``.
+
+    The graph I/O types are unchanged.
+    """
+    mp = onnx.ModelProto.FromString(mp.SerializeToString())
+    g = mp.graph
+    inferred = onnx.shape_inference.infer_shapes(mp)
+    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    inits = {i.name: i for i in g.initializer}
+    types.update({n: t.data_type for n, t in inits.items()})
+    nodes = list(g.node)
+    for i, n in enumerate(nodes):
+        if not n.name:
+            n.name = f"n{i}/{n.op_type}"
+        for o in n.output:
+            if o and o not in types and n.domain == ps.ONNX_DOMAIN:
+                types[o] = FLOAT
+    graph_inputs = {i.name for i in g.input}
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+
+    # ---- fp32 nodes
+    fp32 = set()
+    state_in = {s["name"] for s in spec["state"]}
+    state_out = {s["output"] for s in spec["state"]}
+    scan_state_out, scan_state_in, scan_params = set(), set(), set()
+    for i, n in enumerate(nodes):
+        if n.domain == ps.ONNX_DOMAIN:
+            fp32.add(i)
+            op = ps.SCAN_OPS[n.op_type]
+            for t, name in zip(op.inputs, n.input):
+                if t.name.startswith("h0"):
+                    scan_state_in.add(name)
+                elif "B" not in t.shape.split(","):
+                    scan_params.add(name)
+            for t, name in zip(op.outputs, n.output):
+                if t.name.startswith("h"):
+                    scan_state_out.add(name)
+        elif n.op_type in FP16_BLOCKED_OPS:
+            fp32.add(i)
+    fp32 |= (_graph_reach(nodes, state_in | scan_state_out, True, _MOVE_OPS)
+             & _graph_reach(nodes, state_out | scan_state_in, False, _MOVE_OPS))
+    dynamic = _graph_reach(nodes, graph_inputs, True)               # nodes that depend on a graph input
+    fp32 |= _graph_reach(nodes, scan_params, False) - dynamic       # constant-only parameter preprocessing
+    tail = _graph_reach(nodes, {"scores"}, True) | {i for i, n in enumerate(nodes) if "scores" in n.output}
+    if not any(nodes[i].op_type == "TopK" for i in tail):
+        raise ExportError("fp16: the score tail (scores + padding mask -> TopK) was not found")
+    fp32 |= tail
+
+    # ---- Constant nodes and initializers take the mode of their consumers (fp16 only if all consumers are fp16)
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            consumers.setdefault(t, []).append(i)
+    graph_outputs = {o.name for o in g.output}
+    for i, n in enumerate(nodes):
+        if n.op_type == "Constant" and n.output[0] not in graph_outputs and \
+                all(c not in fp32 for c in consumers.get(n.output[0], [])):
+            attr = n.attribute[0]
+            if attr.name == "value" and attr.t.data_type == FLOAT:
+                attr.t.CopyFrom(onnx.numpy_helper.from_array(_to_fp16_array(onnx.numpy_helper.to_array(attr.t)),
+                                                             attr.t.name))
+        elif n.op_type == "Constant":
+            fp32.add(i)
+    new_dtype = {}                                                  # float tensor -> its dtype after conversion
+    for name in graph_inputs:
+        if types.get(name) == FLOAT:
+            new_dtype[name] = FLOAT
+    for name, t in inits.items():
+        if t.data_type != FLOAT:
+            continue
+        users = consumers.get(name, [])
+        if users and all(c not in fp32 for c in users):
+            t.CopyFrom(onnx.numpy_helper.from_array(_to_fp16_array(onnx.numpy_helper.to_array(t)), name))
+            new_dtype[name] = HALF
+        else:
+            new_dtype[name] = FLOAT
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if types.get(o) == FLOAT:
+                new_dtype[o] = FLOAT if i in fp32 else HALF
+
+    # ---- rewrite: fp16 nodes' float attributes, Casts at every mode boundary
+    out_nodes, casts = [], {}
+
+    def cast(name: str, to: int) -> str:
+        key = (name, to)
+        if key not in casts:
+            casts[key] = f"{name}_as_{'fp16' if to == HALF else 'fp32'}"
+            out_nodes.append(oh.make_node("Cast", [name], [casts[key]], to=to,
+                                          name=f"fp16/{casts[key]}"))
+        return casts[key]
+
+    for i, n in enumerate(nodes):
+        want = FLOAT if i in fp32 else HALF
+        if n.op_type == "Cast":
+            if n.attribute[0].i == FLOAT and want == HALF:
+                n.attribute[0].i = HALF
+        else:
+            for j, t in enumerate(n.input):
+                if t in new_dtype and new_dtype[t] != want:
+                    n.input[j] = cast(t, want)
+        if want == HALF:
+            for attr in n.attribute:
+                if attr.type == AttributeProto.TENSOR and attr.t.data_type == FLOAT and n.op_type != "Constant":
+                    attr.t.CopyFrom(onnx.numpy_helper.from_array(
+                        _to_fp16_array(onnx.numpy_helper.to_array(attr.t)), attr.t.name))
+                elif attr.name in ("dtype", "to") and attr.type == AttributeProto.INT and attr.i == FLOAT:
+                    attr.i = HALF
+        out_nodes.append(n)
+    # graph outputs keep their declared dtypes
+    for o in g.output:
+        if types.get(o.name) == FLOAT and new_dtype.get(o.name) == HALF:
+            k = producer[o.name]
+            n = nodes[k]
+            inner = f"{o.name}_fp16"
+            for j, t in enumerate(n.output):
+                if t == o.name:
+                    n.output[j] = inner
+            for m in out_nodes:
+                for j, t in enumerate(m.input):
+                    if t == o.name:
+                        m.input[j] = inner
+            out_nodes.append(oh.make_node("Cast", [inner], [o.name], to=FLOAT, name=f"fp16/{o.name}"))
+    # topological order (a Cast is appended right when first needed, before its consumer; output casts at the end)
+    del g.node[:]
+    g.node.extend(out_nodes)
+    del g.value_info[:]
+    _check_fp16_graph(mp, spec)
+    return mp
+
+
+def _check_fp16_graph(mp: onnx.ModelProto, spec: dict) -> None:
+    """The contract of an fp16 graph: fp32 graph I/O as in ``spec``, fp32 scan nodes, fp16 weights."""
+    inits = {i.name: i for i in mp.graph.initializer}
+    n16 = sum(int(np.prod(t.dims)) for t in inits.values() if t.data_type == TensorProto.FLOAT16)
+    n32 = sum(int(np.prod(t.dims)) for t in inits.values() if t.data_type == TensorProto.FLOAT)
+    if n16 <= n32:
+        raise ExportError(f"fp16: only {n16} of {n16 + n32} float weights were converted to float16")
 
 
 def _load_model(name_or_path: str):
@@ -512,7 +733,7 @@ def _remove(paths) -> None:
 
 def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, topk: int = 10,
                  with_scores: bool = False, verify: bool = True, real_histories: Sequence[Sequence[int]] | None = None,
-                 verify_kwargs: dict | None = None, progress=None) -> ExportResult:
+                 verify_kwargs: dict | None = None, progress=None, precision: str = "fp32") -> ExportResult:
     """Export ``model`` to ``out_dir/model.onnx`` + ``out_dir/state_spec.json`` and verify it against PyTorch.
 
     Args:
@@ -522,6 +743,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         verify: run :func:`export.verify.verify_export`; on failure both files are removed and
             :class:`VerificationError` is raised.
         real_histories: internal-index histories for the "real" verification cases.
+        precision: "fp32" or "fp16" (fp16 weights/activations; graph I/O, states and the scans stay fp32; verified
+            under the fp16 row of :data:`export.verify.TOLERANCES`).
     """
     say = progress or (lambda msg: None)
     kind = kind or ("step" if getattr(model, "has_exact_step", False) else "window")
@@ -529,8 +752,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     out.mkdir(parents=True, exist_ok=True)
     graph_path, spec_path = out / GRAPH_FILE, out / SPEC_FILE
     t0 = time.perf_counter()
-    say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}) ...")
-    mp, spec = trace_graph(model, kind, topk, with_scores)
+    say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}, {precision}) ...")
+    mp, spec = trace_graph(model, kind, topk, with_scores, precision)
     n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN)
     say(f"  {len(mp.graph.node)} nodes ({n_scan} scan nodes in {ps.ONNX_DOMAIN}), checker full_check OK "
         f"[{time.perf_counter() - t0:.1f} s]")
@@ -650,7 +873,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="step (default for models with an exact step) or window")
     p.add_argument("--topk", type=int, default=10)
     p.add_argument("--scores", action="store_true", help="also output all scores [B, n_items]")
-    p.add_argument("--fp16", action="store_true", help="(not supported yet: fp32 graphs only)")
+    p.add_argument("--fp16", action="store_true",
+                   help="fp16 weights and activations (graph I/O, recurrent states and the scans stay fp32)")
     p.add_argument("--data", default=None, help="interaction file for the 'real histories' verification cases")
     p.add_argument("--card-dir", default=None,
                    help="write the graph into CARD_DIR/onnx[-window]/ and add an 'ONNX export' section to its README")
@@ -662,9 +886,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.out and not args.card_dir:
         p.error("give --out DIR or --card-dir CARD_FOLDER")
     say = lambda m: print(m, flush=True)  # noqa: E731
-    if args.fp16:
-        say("error: --fp16 export is not implemented yet (the graphs are fp32; the state is always fp32)")
-        return 2
     t0 = time.perf_counter()
     say(f"loading {args.model} ...")
     model = _load_model(args.model)
@@ -682,7 +903,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if kind == "step":
             vk.update(prime_len=args.verify_prime, n_steps=args.verify_steps)
         res = export_model(model, out, kind=kind, topk=args.topk, with_scores=args.scores,
-                           verify=not args.no_verify, real_histories=real, verify_kwargs=vk, progress=say)
+                           verify=not args.no_verify, real_histories=real, verify_kwargs=vk, progress=say,
+                           precision="fp16" if args.fp16 else "fp32")
     except VerificationError as e:
         say(f"ERROR: {e}")
         if e.report is not None:
@@ -697,7 +919,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         readme = write_card_section(args.card_dir, res.spec, rel)
         say(f"card section written to {readme}")
     size = os.path.getsize(res.graph_path)
-    say(f"wrote {res.graph_path} ({size / 1e6:.2f} MB, {res.kind} graph, top-{args.topk}) and {res.spec_path} "
+    say(f"wrote {res.graph_path} ({size / 1e6:.2f} MB, {res.kind} graph, {res.spec['precision']}, top-{args.topk}) "
+        f"and {res.spec_path} "
         f"in {time.perf_counter() - t0:.1f} s")
     say(io_table_markdown(res.spec))
     return 0

@@ -351,3 +351,127 @@ def test_window_graph_other_models(tmp_path, model_type):
     assert res.report.ok, res.report.table()
     names = [i.name for i in onnx.load(res.graph_path).graph.input]
     assert names == (["item_ids", "timestamps"] if model.uses_timestamps else ["item_ids"])
+
+
+# ------------------------------------------------------------------------------------------------- fp16
+def _producer_map(mp):
+    return {o: n for n in mp.graph.node for o in n.output}
+
+
+@pytest.fixture(scope="module")
+def exported_fp16(tmp_path_factory):
+    """name -> (model, ExportResult) of the fp16 step graph (full-size verification, fp16 tolerance row)."""
+    torch.set_num_threads(1)
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model = make_model(name)
+            out = tmp_path_factory.mktemp(name + "-fp16")
+            cache[name] = (model, E.export_model(model, out, topk=10, with_scores=True, precision="fp16"))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ["mamba4rec-1l", "lrurec"])
+def test_fp16_step_graph(exported, exported_fp16, name):
+    """fp16 weights/activations; graph I/O, states and the scan nodes fp32; ORT runs it; verified under the fp16 row."""
+    model, res = exported_fp16(name)
+    _, res32 = exported(name)
+    rep = res.report
+    assert rep.ok and rep.precision == "fp16", rep.table()
+    assert rep.score_rtol == V.FP16_SCORE_RTOL and rep.topk_min_agreement == V.FP16_TOPK_MIN_AGREEMENT
+    cases = {c.name: c for c in rep.cases}
+    assert "prime 200 + 500 single steps" in cases["random/prime+steps"].detail
+    assert cases["random/topk"].topk_cases >= 2000
+    for c in rep.cases:                                   # really fp16 (not fp32 in disguise), but close
+        assert 1e-5 < c.max_abs_err and c.max_rel_err <= V.FP16_SCORE_RTOL and c.state_err <= V.FP16_STATE_ATOL
+    mp = onnx.load(res.graph_path)
+    onnx.checker.check_model(mp, full_check=True)
+    mp32 = onnx.load(res32.graph_path)
+    F, H = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    io = lambda m: [(v.name, v.type.tensor_type.elem_type, str(v.type.tensor_type.shape))  # noqa: E731
+                    for v in list(m.graph.input) + list(m.graph.output)]
+    assert io(mp) == io(mp32)                                               # same names, shapes and dtypes
+    types = {n: t for n, t, _ in io(mp)}
+    names = [s.name for s in model.state_spec(1)]
+    assert all(types[s] == types[f"{s}_out"] == F for s in names)
+    assert types["topk_scores"] == types["scores"] == F
+    # weights stored as float16 (the scan parameters stay fp32)
+    inits = {i.name: i for i in mp.graph.initializer}
+    n16 = sum(int(np.prod(t.dims)) for t in inits.values() if t.data_type == H)
+    n32 = sum(int(np.prod(t.dims)) for t in inits.values() if t.data_type == F)
+    assert n16 > 10 * n32 > 0
+    emb = max(inits.values(), key=lambda t: int(np.prod(t.dims)))
+    assert emb.data_type == H and int(np.prod(emb.dims)) >= N_ITEMS * 16
+    # the scan nodes and their functions stay fp32: activations are cast to fp32 before, the state comes in as fp32
+    prod = _producer_map(mp)
+    op = ps.SELECTIVE_SCAN if name.startswith("mamba") else ps.LRU_SCAN
+    for n in (x for x in mp.graph.node if x.domain == ps.ONNX_DOMAIN):
+        for t, inp in zip(op.inputs, n.input):
+            if "B" in t.shape.split(",") and not t.name.startswith("h0"):
+                p = prod[inp]
+                assert p.op_type == "Cast" and p.attribute[0].i == F, (t.name, p)
+    fn = next(f for f in mp.functions if f.name == op.op_type)
+    assert fn == next(f for f in mp32.functions if f.name == op.op_type)
+    spec = json.loads(open(res.spec_path).read())
+    spec32 = json.loads(open(res32.spec_path).read())
+    assert spec["precision"] == "fp16" and spec32["precision"] == "fp32"
+    assert spec["state"] == spec32["state"] and spec["inputs"] == spec32["inputs"]
+    assert spec["outputs"] == spec32["outputs"]
+    assert spec["verification"]["precision"] == "fp16" and spec["verification"]["passed"] is True
+    # the torch-free runtime runs it unchanged; float32 state and scores come back, padding never recommended
+    sess = OnnxStepSession(os.path.dirname(res.graph_path))
+    hist = np.random.default_rng(3).integers(1, N_ITEMS, size=(3, 9))
+    out = sess.prime(hist[:, :8])
+    out = sess.step(hist[:, 8:], out.state)
+    assert out.topk_scores.dtype == np.float32 and (out.topk_ids != 0).all()
+    assert all(a.dtype == np.float32 for a in out.state.values())
+    assert out.scores.dtype == np.float32 and np.isneginf(out.scores[:, 0]).all()
+
+
+def test_fp16_tolerance_table(exported_fp16):
+    """fp32 graphs are judged by the fp32 row, fp16 graphs by the fp16 row; an fp16 graph fails the fp32 row."""
+    assert V.tolerances("fp32") == {"score_atol": V.SCORE_ATOL, "score_rtol": None, "state_atol": V.STATE_ATOL,
+                                    "topk_min_agreement": V.TOPK_MIN_AGREEMENT}
+    assert V.tolerances("fp16")["score_rtol"] == V.FP16_SCORE_RTOL and V.TOLERANCES["fp16"]["score_atol"] is None
+    model, res = exported_fp16("mamba4rec-1l")
+    small = dict(prime_len=10, n_steps=10, topk_cases=100)
+    rep32 = V.verify_export(model, res.graph_path, res.spec, precision="fp32", **small)
+    assert not rep32.ok and "score error" in rep32.worst_message()
+    assert "fp32" in rep32.table() and "fp16" in res.report.table()
+    rep16 = V.verify_export(model, res.graph_path, res.spec, **small)   # precision from the spec
+    assert rep16.ok and rep16.precision == "fp16"
+    assert rep16.to_dict()["score_rtol"] == V.FP16_SCORE_RTOL
+
+
+def test_fp16_cli_and_window_graph(saved_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert E.main(["--model", saved_model, "--out", str(out), "--fp16", *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "PASSED" in text and "fp16" in text
+    spec = json.loads((out / "state_spec.json").read_text())
+    assert spec["precision"] == "fp16" and all(s["dtype"] == "float32" for s in spec["state"])
+    model = make_model("sasrec")
+    res = E.export_model(model, tmp_path / "win", topk=10, precision="fp16", verify_kwargs={"topk_cases": 300})
+    assert res.report.ok and res.report.precision == "fp16", res.report.table()
+    mp = onnx.load(res.graph_path)
+    onnx.checker.check_model(mp, full_check=True)
+    assert [o.type.tensor_type.elem_type for o in mp.graph.output] == [onnx.TensorProto.INT64, onnx.TensorProto.FLOAT]
+    sess = OnnxWindowSession(tmp_path / "win")
+    assert sess.recommend([[1, 2, 3]]).topk_scores.dtype == np.float32
+    with pytest.raises(E.ExportError, match="precision"):
+        E.trace_graph(model, "window", 10, precision="bf16")
+
+
+def test_fp16_refused_for_time_aware_models():
+    from zoo.models import MODELS
+
+    if "tim4rec" not in MODELS:
+        pytest.skip("tim4rec is not in this checkout")
+    cfg_cls, cls = MODELS["tim4rec"]
+    model = cls(cfg_cls(n_items=N_ITEMS, hidden_size=16, max_seq_length=20))
+    assert model.uses_timestamps
+    with pytest.raises(E.ExportError, match="time-aware"):
+        E.trace_graph(model, "window", 10, precision="fp16")

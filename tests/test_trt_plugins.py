@@ -318,8 +318,6 @@ def test_kernel_timings(kernels):
 def test_engine_build_and_verify(tmp_path, plugin_lib, arch, fp16):
     if _full_tensorrt() is None or not CUDA:
         pytest.skip("needs the TensorRT builder (`import tensorrt` with libnvinfer) and a CUDA GPU")
-    if fp16 and importlib.util.find_spec("onnxconverter_common") is None:
-        pytest.skip("--fp16 needs onnxconverter-common")
     from export import trt as T
     from zoo.models.lrurec import LRURecConfig, LRURecModel
     from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel

@@ -237,7 +237,7 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
 {extra_sections}
 """
     ref = PUBLISHED.get(model_type)
-    if ref and dataset_type == "ml-1m":
+    if ref and ds_type == "ml-1m":
         rows = "\n".join(f"| {k} | {v:.4f} | {metrics.get(k, float('nan')):.4f} | {metrics.get(k, 0) - v:+.4f} |"
                          for k, v in ref.items() if k != "source")
         met = all(metrics.get(k, 0) >= v for k, v in ref.items() if k != "source")

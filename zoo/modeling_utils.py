@@ -509,4 +509,41 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             torch.nn.init.zeros_(module.bias)
 
 
-__all__ = ["SeqRecConfig", "SeqRecPreTrainedModel", "SeqRecOutput", "Recommendations", "StateTensorSpec", "State"]
+# ------------------------------------------------------------------------------------- window re-encode state
+def window_append(state: State, item_ids: torch.Tensor, max_len: int, n_items: int):
+    """Shared by the re-encoding steps (SASRec, BERT4Rec): append ``item_ids [B, T]`` to the window state.
+
+    ``state`` holds ``window_ids [B, M]`` (oldest first, zero-padded on the right) and ``window_len [B, 1]``.
+    Returns ``(combined [B, M + T], p [B, T], total [B])``: each row's window followed by its new items (right-padded
+    with 0), the position of each new item in ``combined``, and each row's new history length.
+    """
+    M = max_len
+    win, n = state["window_ids"], state["window_len"][:, 0]
+    if (n < 0).any() or (n > M).any():
+        raise ValueError(f"state['window_len'] must be in 0..{M}, got {n.tolist()}")
+    device = item_ids.device
+    win, n = win.to(device), n.to(device)
+    if int(win.min()) < 0 or int(win.max()) >= n_items:
+        raise ValueError("state['window_ids'] holds item indices out of range")
+    B, T = item_ids.shape
+    ar = torch.arange(M + T, device=device)
+    combined = torch.zeros(B, M + T, dtype=torch.long, device=device)
+    combined[:, :M] = torch.where(ar[None, :M] < n[:, None], win, torch.zeros_like(win))
+    p = n[:, None] + torch.arange(T, device=device)[None]                     # [B, T] position of each new item
+    combined = combined.scatter(1, p, item_ids)
+    return combined, p, n + T
+
+
+def window_state(combined: torch.Tensor, total: torch.Tensor, max_len: int) -> State:
+    """New window state: the last ``max_len`` items of each row of ``combined [B, W]`` (``total [B]`` real)."""
+    M, W, device = max_len, combined.shape[1], combined.device
+    new_len = total.clamp(max=M)
+    start = total - new_len                                                   # [B]
+    idx = (start[:, None] + torch.arange(M, device=device)[None]).clamp(max=W - 1)
+    new_win = combined.gather(1, idx)
+    new_win = torch.where(torch.arange(M, device=device)[None] < new_len[:, None], new_win, torch.zeros_like(new_win))
+    return {"window_ids": new_win, "window_len": new_len[:, None].clone()}
+
+
+__all__ = ["SeqRecConfig", "SeqRecPreTrainedModel", "SeqRecOutput", "Recommendations", "StateTensorSpec", "State",
+           "window_append", "window_state"]

@@ -75,7 +75,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling_utils import SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel, State, StateTensorSpec
+from ..modeling_utils import (SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel, State, StateTensorSpec, window_append,
+                              window_state)
 from .sasrec import _ACTIVATIONS, SASRecEncoder
 
 INFERENCE_MASK_MODES = ("recbole", "append")
@@ -339,21 +340,10 @@ class BERT4RecModel(SeqRecPreTrainedModel):
         batches of at most ``step_chunk_elems / M**2`` windows. The input state is not modified.
         """
         M = self.config.max_seq_length
-        win, n = state["window_ids"], state["window_len"][:, 0]
-        if (n < 0).any() or (n > M).any():
-            raise ValueError(f"state['window_len'] must be in 0..{M}, got {n.tolist()}")
         device = item_ids.device
-        win, n = win.to(device), n.to(device)
-        if int(win.min()) < 0 or int(win.max()) >= self.config.n_items:
-            raise ValueError("state['window_ids'] holds item indices out of range")
         B, T = item_ids.shape
         W = M + T
-        ar = torch.arange(W, device=device)
-        combined = torch.zeros(B, W, dtype=torch.long, device=device)
-        combined[:, :M] = torch.where(ar[None, :M] < n[:, None], win, torch.zeros_like(win))
-        p = n[:, None] + torch.arange(T, device=device)[None]                               # [B, T]
-        combined = combined.scatter(1, p, item_ids)
-        total = n + T
+        combined, p, total = window_append(state, item_ids, M, self.config.n_items)
 
         # one window per new position: history[start .. p], left-aligned, right-padded to width Lw
         wlen = (p + 1).clamp(max=M).reshape(-1)                                             # [K]
@@ -371,12 +361,7 @@ class BERT4RecModel(SeqRecPreTrainedModel):
             outs.append(h[torch.arange(w.shape[0], device=device), ln - 1])
         hidden = torch.cat(outs).view(B, T, -1)
 
-        new_len = total.clamp(max=M)
-        st = total - new_len
-        idx = (st[:, None] + torch.arange(M, device=device)[None]).clamp(max=W - 1)
-        new_win = combined.gather(1, idx)
-        new_win = torch.where(torch.arange(M, device=device)[None] < new_len[:, None], new_win, torch.zeros_like(new_win))
-        return hidden, {"window_ids": new_win, "window_len": new_len[:, None].clone()}
+        return hidden, window_state(combined, total, M)
 
 
 CONFIG_CLASS = BERT4RecConfig

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec
+from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, window_append, window_state
 
 _ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as RecBole's ``x * 0.5 * (1 + erf(x / sqrt(2)))``
@@ -231,22 +231,11 @@ class SASRecModel(SeqRecPreTrainedModel):
         The input state is not modified.
         """
         M = self.config.max_seq_length
-        win, n = state["window_ids"], state["window_len"][:, 0]
-        if (n < 0).any() or (n > M).any():
-            raise ValueError(f"state['window_len'] must be in 0..{M}, got {n.tolist()}")
         device = item_ids.device
-        win, n = win.to(device), n.to(device)
-        if int(win.min()) < 0 or int(win.max()) >= self.config.n_items:
-            raise ValueError("state['window_ids'] holds item indices out of range")
         B, T = item_ids.shape
-        W = M + T
-        ar = torch.arange(W, device=device)
+        ar = torch.arange(M + T, device=device)
         # combined history per row: window[:n] then the T new items, right-padded with 0 to width M + T
-        combined = torch.zeros(B, W, dtype=torch.long, device=device)
-        combined[:, :M] = torch.where(ar[None, :M] < n[:, None], win, torch.zeros_like(win))
-        p = n[:, None] + torch.arange(T, device=device)[None]                     # [B, T] position of each new item
-        combined = combined.scatter(1, p, item_ids)
-        total = n + T                                                             # [B]
+        combined, p, total = window_append(state, item_ids, M, self.config.n_items)
 
         hidden = torch.zeros(B, T, self.config.hidden_size, device=device, dtype=self.item_embedding.weight.dtype)
         short = p < M                                                             # window starts at history start
@@ -271,12 +260,7 @@ class SASRecModel(SeqRecPreTrainedModel):
             hidden = hidden.index_put((rows, cols), torch.cat(outs).to(hidden.dtype))
 
         # new state: the last M items of each row's combined history, left-aligned
-        new_len = total.clamp(max=M)
-        start = total - new_len                                                   # [B]
-        idx = (start[:, None] + torch.arange(M, device=device)[None]).clamp(max=W - 1)
-        new_win = combined.gather(1, idx)
-        new_win = torch.where(torch.arange(M, device=device)[None] < new_len[:, None], new_win, torch.zeros_like(new_win))
-        return hidden, {"window_ids": new_win, "window_len": new_len[:, None].clone()}
+        return hidden, window_state(combined, total, M)
 
 
 CONFIG_CLASS = SASRecConfig

@@ -510,6 +510,16 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
 
 # ------------------------------------------------------------------------------------- window re-encode state
+def window_state_spec(batch_size: int, max_len: int) -> list[StateTensorSpec]:
+    """State of the re-encoding steps: the most recent ``max_len`` item ids (left-aligned) and their count."""
+    return [
+        StateTensorSpec("window_ids", (batch_size, max_len), torch.int64, 0,
+                        "last max_seq_length internal item ids, oldest first at index 0, zero-padded on the right"),
+        StateTensorSpec("window_len", (batch_size, 1), torch.int64, 0,
+                        "number of real items in window_ids (0 .. max_seq_length)"),
+    ]
+
+
 def window_append(state: State, item_ids: torch.Tensor, max_len: int, n_items: int):
     """Shared by the re-encoding steps (SASRec, BERT4Rec): append ``item_ids [B, T]`` to the window state.
 
@@ -546,4 +556,4 @@ def window_state(combined: torch.Tensor, total: torch.Tensor, max_len: int) -> S
 
 
 __all__ = ["SeqRecConfig", "SeqRecPreTrainedModel", "SeqRecOutput", "Recommendations", "StateTensorSpec", "State",
-           "window_append", "window_state"]
+           "window_state_spec", "window_append", "window_state"]

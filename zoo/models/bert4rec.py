@@ -76,7 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling_utils import (SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel, State, StateTensorSpec, window_append,
-                              window_state)
+                              window_state, window_state_spec)
 from .sasrec import _ACTIVATIONS, SASRecEncoder
 
 INFERENCE_MASK_MODES = ("recbole", "append")
@@ -323,13 +323,7 @@ class BERT4RecModel(SeqRecPreTrainedModel):
     # ------------------------------------------------------------------ step
     def state_spec(self, batch_size: int) -> list[StateTensorSpec]:
         """Re-encoding state: the most recent ``max_seq_length`` item ids (left-aligned) and their count."""
-        M = self.config.max_seq_length
-        return [
-            StateTensorSpec("window_ids", (batch_size, M), torch.int64, 0,
-                            "last max_seq_length internal item ids, oldest first at index 0, zero-padded on the right"),
-            StateTensorSpec("window_len", (batch_size, 1), torch.int64, 0,
-                            "number of real items in window_ids (0 .. max_seq_length)"),
-        ]
+        return window_state_spec(batch_size, self.config.max_seq_length)
 
     def _step(self, item_ids: torch.Tensor, state: State,
               timestamps: torch.Tensor | None) -> tuple[torch.Tensor, State]:

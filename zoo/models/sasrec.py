@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, window_append, window_state
+from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, window_append,
+                              window_state, window_state_spec)
 
 _ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as RecBole's ``x * 0.5 * (1 + erf(x / sqrt(2)))``
@@ -212,13 +213,7 @@ class SASRecModel(SeqRecPreTrainedModel):
     # ------------------------------------------------------------------ step
     def state_spec(self, batch_size: int) -> list[StateTensorSpec]:
         """Re-encoding state: the most recent ``max_seq_length`` item ids (left-aligned) and their count."""
-        M = self.config.max_seq_length
-        return [
-            StateTensorSpec("window_ids", (batch_size, M), torch.int64, 0,
-                            "last max_seq_length internal item ids, oldest first at index 0, zero-padded on the right"),
-            StateTensorSpec("window_len", (batch_size, 1), torch.int64, 0,
-                            "number of real items in window_ids (0 .. max_seq_length)"),
-        ]
+        return window_state_spec(batch_size, self.config.max_seq_length)
 
     def _step(self, item_ids: torch.Tensor, state: State,
               timestamps: torch.Tensor | None) -> tuple[torch.Tensor, State]:

@@ -122,6 +122,23 @@ def _const_ints(name: str, values: Sequence[int]) -> onnx.NodeProto:
                                                                       list(values)))
 
 
+def _if_one_step(x: str, then_nodes: list, outputs: list[str], scan: onnx.NodeProto,
+                 axis: int = 2) -> list[onnx.NodeProto]:
+    """``If(x.shape[axis] == 1)``: ``then_nodes`` (closed form of one step, producing ``<output>_1``) else ``scan``
+    (producing ``<output>_T``), into ``outputs``. ONNX Runtime's ``Scan`` has a fixed per-call cost (subgraph
+    set-up, state copies) that dominates a one-event step; both branches compute the same recurrence."""
+    f = TensorProto.FLOAT
+    branch = lambda nodes, sfx: oh.make_graph(                          # noqa: E731
+        nodes, f"T{sfx}", [], [oh.make_tensor_value_info(o + sfx, f, None) for o in outputs])
+    return [
+        oh.make_node("Shape", [x], [x + "_T"], start=axis, end=axis + 1),
+        _const_ints("one_T", [1]),
+        oh.make_node("Equal", [x + "_T", "one_T"], ["is_one_v"]),
+        oh.make_node("Squeeze", ["is_one_v"], ["is_one"]),
+        oh.make_node("If", ["is_one"], outputs, then_branch=branch(then_nodes, "_1"), else_branch=branch([scan], "_T")),
+    ]
+
+
 def selective_scan_function() -> onnx.FunctionProto:
     """``SelectiveScan`` (see :data:`plugin_spec.SELECTIVE_SCAN`) as a model-local function of standard ops.
 
@@ -155,6 +172,17 @@ def selective_scan_function() -> onnx.FunctionProto:
          oh.make_tensor_value_info("dt_t", f, None), oh.make_tensor_value_info("B_t", f, None),
          oh.make_tensor_value_info("C_t", f, None)],
         [oh.make_tensor_value_info("h_out", f, None), oh.make_tensor_value_info("y_t", f, None)])
+    # T == 1 (one event, the serving case): the same update in closed form, without the Scan's per-call setup
+    one_step = [
+        oh.make_node("Mul", ["dt", A], ["s_dtA"]),                     # [B,E,1] * [E,N] -> [B,E,N]
+        oh.make_node("Exp", ["s_dtA"], ["s_dA"]),
+        oh.make_node("Mul", ["s_dA", h0], ["s_hA"]),
+        oh.make_node("Mul", ["dt", u], ["s_dtu"]),                     # [B,E,1]
+        oh.make_node("Transpose", [Bm], ["s_Bt"], perm=[0, 2, 1]),     # [B,1,N]
+        oh.make_node("Mul", ["s_dtu", "s_Bt"], ["s_dBu"]),             # [B,E,N]
+        oh.make_node("Add", ["s_hA", "s_dBu"], ["h_last_1"]),
+        oh.make_node("MatMul", ["h_last_1", Cm], ["y_ssm_1"]),         # [B,E,N] @ [B,N,1] -> [B,E,1]
+    ]
     flag = oh.make_node("Constant", [], ["sp_flag"])
     ref = AttributeProto()
     ref.name, ref.ref_attr_name, ref.type = "value_int", "delta_softplus", AttributeProto.INT
@@ -167,8 +195,9 @@ def selective_scan_function() -> onnx.FunctionProto:
         flag,
         oh.make_node("Cast", ["sp_flag"], ["sp_bool"], to=TensorProto.BOOL),
         oh.make_node("Where", ["sp_bool", "d_soft", "d_biased"], ["dt"]),
-        oh.make_node("Scan", [h0, u, "dt", Bm, Cm], ["h_last", "y_ssm"], body=body, num_scan_inputs=4,
-                     scan_input_axes=[2, 2, 2, 2], scan_output_axes=[2]),
+        *_if_one_step(u, one_step, ["h_last", "y_ssm"], oh.make_node(
+            "Scan", [h0, u, "dt", Bm, Cm], ["h_last_T", "y_ssm_T"], body=body, num_scan_inputs=4,
+            scan_input_axes=[2, 2, 2, 2], scan_output_axes=[2])),
         oh.make_node("Unsqueeze", [D, "ax_02"], ["D3"]),
         oh.make_node("Mul", ["D3", u], ["Du"]),
         oh.make_node("Add", ["y_ssm", "Du"], ["y_pre"]),
@@ -201,8 +230,18 @@ def lru_scan_function() -> onnx.FunctionProto:
         body_nodes, "lru_step",
         [oh.make_tensor_value_info(n, f, None) for n in ("hr", "hi", "ur", "ui")],
         [oh.make_tensor_value_info(n, f, None) for n in ("hr_new", "hi_new", "hr_seq", "hi_seq")])
-    nodes = [oh.make_node("Scan", [h0_re, h0_im, u_re, u_im], ["h_last_re", "h_last_im", h_re, h_im], body=body,
-                          num_scan_inputs=2, scan_input_axes=[1, 1], scan_output_axes=[1, 1])]
+    # T == 1 (one event): h = lam h0 + u in closed form, [B, 1, N] (h0 [B, N] -> [B, 1, N] first)
+    one_step = [
+        _const_ints("ax_1", [1]),
+        oh.make_node("Unsqueeze", [h0_re, "ax_1"], ["s_hr"]), oh.make_node("Unsqueeze", [h0_im, "ax_1"], ["s_hi"]),
+        oh.make_node("Mul", [lam_re, "s_hr"], ["s_a1"]), oh.make_node("Mul", [lam_im, "s_hi"], ["s_a2"]),
+        oh.make_node("Sub", ["s_a1", "s_a2"], ["s_a3"]), oh.make_node("Add", ["s_a3", u_re], [h_re + "_1"]),
+        oh.make_node("Mul", [lam_re, "s_hi"], ["s_b1"]), oh.make_node("Mul", [lam_im, "s_hr"], ["s_b2"]),
+        oh.make_node("Add", ["s_b1", "s_b2"], ["s_b3"]), oh.make_node("Add", ["s_b3", u_im], [h_im + "_1"]),
+    ]
+    nodes = _if_one_step(u_re, one_step, [h_re, h_im], oh.make_node(
+        "Scan", [h0_re, h0_im, u_re, u_im], ["h_last_re", "h_last_im", h_re + "_T", h_im + "_T"], body=body,
+        num_scan_inputs=2, scan_input_axes=[1, 1], scan_output_axes=[1, 1]), axis=1)
     return oh.make_function(ps.ONNX_DOMAIN, spec.op_type, spec.input_names, spec.output_names, nodes,
                             opset_imports=[oh.make_opsetid("", OPSET)], doc_string=spec.doc)
 
@@ -387,6 +426,17 @@ def _lru_scan_export(u_re, u_im, lam_re, lam_im, mask=None, h0_re=None, h0_im=No
     return _LRUScanOp.apply(u_re, u_im, lam_re, lam_im, h0_re, h0_im)
 
 
+def _lru_inputs_export(self, x):
+    """``LRULayer.inputs`` as two plain linear maps ``[B, T, D] -> [B, T, N]`` (MatMul + Add): the training code's
+    channel-first ``addmm`` on a ``[B T, D]`` reshape traces to ~10 shape-arithmetic nodes per layer. Same math."""
+    import torch.nn.functional as F
+
+    gamma = torch.exp(self.params_log[2])
+    p = self.in_proj
+    return (F.linear(x, gamma[:, None] * p.weight_re, gamma * p.bias_re),
+            F.linear(x, gamma[:, None] * p.weight_im, gamma * p.bias_im))
+
+
 def _lru_step_export(u_re, u_im, lam_re, lam_im, h_re, h_im):
     hr, hi = _LRUScanOp.apply(u_re.unsqueeze(1), u_im.unsqueeze(1), lam_re, lam_im, h_re, h_im)
     return hr[:, 0], hi[:, 0]
@@ -436,7 +486,8 @@ def _scan_nodes(model_type: str):
                     mock.patch("zoo.models.mamba4rec.causal_conv1d", _causal_conv1d_export)]
     elif model_type == "lrurec":
         patches += [mock.patch("zoo.models.lrurec.lru_scan_ref", _lru_scan_export),
-                    mock.patch("zoo.models.lrurec.lru_step_ref", _lru_step_export)]
+                    mock.patch("zoo.models.lrurec.lru_step_ref", _lru_step_export),
+                    mock.patch("zoo.models.lrurec.LRULayer.inputs", _lru_inputs_export)]
     elif model_type == "tim4rec_causal":         # SSDCore.scan_and_out (zoo/models/tim4rec.py) runs the SSD
         patches += [mock.patch("zoo.models.tim4rec.ssd_scan_fn", _ssd_scan_export),
                     mock.patch("zoo.models.tim4rec.ssd_step_ref", _ssd_step_not_traced)]
@@ -486,7 +537,10 @@ class StepGraph(torch.nn.Module):
     def _outputs(self, hidden, new_state):
         scores = self.model.score(hidden[:, -1]).float()
         ids, vals, scores = _mask_and_topk(scores, self.pad, self.k)
-        return (ids, vals, scores, *[new_state[n].to(d) for n, d in zip(self.state_names, self.state_dtypes)])
+        # a Cast only where the dtype changes: a no-op Cast in front of a graph output stays in ORT's plan
+        return (ids, vals, scores, *[t if t.dtype == d else t.to(d)
+                                     for t, d in ((new_state[n], d) for n, d in zip(self.state_names,
+                                                                                     self.state_dtypes))])
 
 
 class GapsStepGraph(StepGraph):

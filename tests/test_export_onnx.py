@@ -516,19 +516,94 @@ def test_fp16_refused_for_time_aware_models():
 
 
 # ------------------------------------------------------------------------------------ TiM4Rec-causal (SSDScan)
-def _ssd_function_model(dt_softplus: int) -> onnx.ModelProto:
-    """A one-node graph calling the ``SSDScan`` model-local function (x [B,T,H,P] ... h0 [B,H,P,N])."""
-    op = ps.SSD_SCAN
+def _function_model(op, function: onnx.FunctionProto, **attrs) -> onnx.ModelProto:
+    """A one-node graph calling the model-local function of the scan op ``op`` (I/O as in plugin_spec)."""
     F32 = onnx.TensorProto.FLOAT
     node = onnx.helper.make_node(op.op_type, op.input_names, op.output_names, domain=ps.ONNX_DOMAIN,
-                                 **{**ps.node_attributes(op), "dt_softplus": dt_softplus})
+                                 **{**ps.node_attributes(op), **attrs})
     vi = lambda t: onnx.helper.make_tensor_value_info(t.name, F32, t.shape.split(","))  # noqa: E731  (spec shapes)
-    graph = onnx.helper.make_graph([node], "ssd", [vi(t) for t in op.inputs], [vi(t) for t in op.outputs])
+    graph = onnx.helper.make_graph([node], op.op_type, [vi(t) for t in op.inputs], [vi(t) for t in op.outputs])
     mp = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", E.OPSET),
                                                       onnx.helper.make_opsetid(ps.ONNX_DOMAIN, 1)],
-                                functions=[E.ssd_scan_function()], ir_version=E.IR_VERSION)
+                                functions=[function], ir_version=E.IR_VERSION)
     onnx.checker.check_model(mp, full_check=True)
     return mp
+
+
+def _ssd_function_model(dt_softplus: int) -> onnx.ModelProto:
+    """A one-node graph calling the ``SSDScan`` model-local function (x [B,T,H,P] ... h0 [B,H,P,N])."""
+    return _function_model(ps.SSD_SCAN, E.ssd_scan_function(), dt_softplus=dt_softplus)
+
+
+def _ort(mp: onnx.ModelProto):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("T,softplus", [(1, 1), (1, 0), (6, 1), (6, 0)])
+def test_selective_scan_function_both_branches(T, softplus):
+    """``SelectiveScan``'s function has two branches: a closed-form step when T == 1 (the serving case) and an ONNX
+    ``Scan`` otherwise. Both against the naive loop oracle on fresh random inputs (tolerance 1e-5 abs + 1e-5 rel),
+    and T steps of one event chained through the state == one call with T events."""
+    from zoo.ops.selective_scan import selective_scan_loop
+
+    g = torch.Generator().manual_seed(100 + T * 2 + softplus)
+    Bsz, Ed, N = 3, 8, 5
+    d = {"u": torch.randn(Bsz, Ed, T, generator=g), "delta": torch.randn(Bsz, Ed, T, generator=g),
+         "A": -torch.rand(Ed, N, generator=g) * 2 - 0.1, "B": torch.randn(Bsz, N, T, generator=g),
+         "C": torch.randn(Bsz, N, T, generator=g), "D": torch.randn(Ed, generator=g),
+         "z": torch.randn(Bsz, Ed, T, generator=g), "delta_bias": torch.randn(Ed, generator=g) * 0.5,
+         "h0": torch.randn(Bsz, Ed, N, generator=g)}
+    if not softplus:
+        d["delta"] = d["delta"].abs()
+    y_ref, h_ref = selective_scan_loop(*[d[k].double() for k in ("u", "delta", "A", "B", "C", "D", "z",
+                                                                  "delta_bias")],
+                                       delta_softplus=bool(softplus), return_last_state=True,
+                                       initial_state=d["h0"].double())
+    sess = _ort(_function_model(ps.SELECTIVE_SCAN, E.selective_scan_function(), delta_softplus=softplus))
+    feeds = {k: v.numpy() for k, v in d.items()}
+    y, h = sess.run(None, feeds)
+    assert y.shape == (Bsz, Ed, T) and h.shape == (Bsz, Ed, N)
+    np.testing.assert_allclose(y, y_ref.numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(h, h_ref.numpy(), atol=1e-5, rtol=1e-5)
+    hs, ys = feeds["h0"], []
+    for t in range(T):                                             # one event at a time: the T == 1 branch
+        step = {**feeds, "h0": hs, **{k: feeds[k][..., t:t + 1] for k in ("u", "delta", "B", "C", "z")}}
+        yt, hs = sess.run(None, step)
+        ys.append(yt)
+    np.testing.assert_allclose(np.concatenate(ys, -1), y, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(hs, h, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("T", [1, 6])
+def test_lru_scan_function_both_branches(T):
+    """``LRUScan``'s function: closed form when T == 1, ONNX ``Scan`` otherwise; both against the naive loop oracle
+    (1e-5), and T chained one-event calls == one call with T events."""
+    from zoo.ops.lru import lru_scan_loop
+
+    g = torch.Generator().manual_seed(200 + T)
+    Bsz, N = 3, 7
+    r, th = torch.rand(N, generator=g) * 0.5 + 0.45, torch.rand(N, generator=g) * 6.28
+    d = {"u_re": torch.randn(Bsz, T, N, generator=g), "u_im": torch.randn(Bsz, T, N, generator=g),
+         "lam_re": r * torch.cos(th), "lam_im": r * torch.sin(th),
+         "h0_re": torch.randn(Bsz, N, generator=g), "h0_im": torch.randn(Bsz, N, generator=g)}
+    hr_ref, hi_ref = lru_scan_loop(*[d[k].double() for k in ("u_re", "u_im", "lam_re", "lam_im")], None,
+                                   d["h0_re"].double(), d["h0_im"].double())
+    sess = _ort(_function_model(ps.LRU_SCAN, E.lru_scan_function()))
+    feeds = {k: v.numpy() for k, v in d.items()}
+    hr, hi = sess.run(None, feeds)
+    assert hr.shape == hi.shape == (Bsz, T, N)
+    np.testing.assert_allclose(hr, hr_ref.numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(hi, hi_ref.numpy(), atol=1e-5, rtol=1e-5)
+    state, outs = (feeds["h0_re"], feeds["h0_im"]), []
+    for t in range(T):
+        o = sess.run(None, {**feeds, "h0_re": state[0], "h0_im": state[1],
+                            "u_re": feeds["u_re"][:, t:t + 1], "u_im": feeds["u_im"][:, t:t + 1]})
+        outs.append(o)
+        state = (o[0][:, 0], o[1][:, 0])
+    np.testing.assert_allclose(np.concatenate([o[0] for o in outs], 1), hr, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.concatenate([o[1] for o in outs], 1), hi, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("T,G,dt_softplus", [(1, 1, 1), (7, 2, 1), (5, 4, 0), (9, 1, 0)])

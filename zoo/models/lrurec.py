@@ -312,8 +312,9 @@ class LRURecModel(LRURecPreTrainedModel):
             x, h_re, h_im = block(x, None, s_re[:, layer], s_im[:, layer])
             new_re.append(h_re[:, -1])
             new_im.append(h_im[:, -1])
-        new_state = {"lru_state_re": torch.stack(new_re, 1).to(torch.float32),
-                     "lru_state_im": torch.stack(new_im, 1).to(torch.float32)}
+        # float32 state; no cast when it already is (a traced no-op Cast would stay in front of the graph output)
+        new_state = {k: v if v.dtype == torch.float32 else v.float()
+                     for k, v in (("lru_state_re", torch.stack(new_re, 1)), ("lru_state_im", torch.stack(new_im, 1)))}
         return x, new_state
 
 

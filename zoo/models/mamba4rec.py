@@ -117,7 +117,7 @@ class MambaMixer(nn.Module):
         """
         # fmt: off
         xz = self.in_proj(hidden).transpose(1, 2)                              # [B, 2E, L]
-        x, z = xz.chunk(2, dim=1)                                              # [B, E, L] each
+        x, z = xz.split([self.d_inner, self.d_inner], dim=1)                   # [B, E, L] each (static sizes)
         x, new_conv = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state, "silu")  # [B, E, L]
         x_dbl = self.x_proj(x.transpose(1, 2))                                 # [B, L, R + 2N]
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -225,7 +225,13 @@ class Mamba4RecModel(Mamba4RecPreTrainedModel):
             x, conv, ssm = layer(x, state["conv_state"][:, i], state["ssm_state"][:, i], return_state=True)
             convs.append(conv.float())
             ssms.append(ssm.float())
-        return x, {"conv_state": torch.stack(convs, 1), "ssm_state": torch.stack(ssms, 1)}
+        return x, {"conv_state": _pack_layers(convs), "ssm_state": _pack_layers(ssms)}
+
+
+def _pack_layers(per_layer: list[torch.Tensor]) -> torch.Tensor:
+    """``num_layers`` tensors ``[B, ...]`` -> ``[B, num_layers, ...]`` (one layer: a plain unsqueeze, which exports as
+    one node instead of ``Unsqueeze`` + a one-input ``Concat``)."""
+    return per_layer[0].unsqueeze(1) if len(per_layer) == 1 else torch.stack(per_layer, 1)
 
 
 CONFIG_CLASS = Mamba4RecConfig

@@ -279,6 +279,25 @@ def ssd_scan_function() -> onnx.FunctionProto:
         body_nodes, "ssd_scan_step",
         [oh.make_tensor_value_info(n, f, None) for n in ("h_in", "x_t", "dt_t", "B_t", "C_t")],
         [oh.make_tensor_value_info("h_out", f, None), oh.make_tensor_value_info("y_t", f, None)])
+    # T == 1 (one event): the same update in closed form; x [B,1,H,P], dt_eff [B,1,H], B/C_heads [B,1,H,N]
+    one_step = [
+        _const_ints("s_ax1", [1]), _const_ints("s_axm1", [-1]),
+        oh.make_node("Mul", ["dt_eff", A], ["s_dtA"]),                           # [B,1,H]
+        oh.make_node("Exp", ["s_dtA"], ["s_dA"]),
+        oh.make_node("Transpose", ["s_dA"], ["s_dAt"], perm=[0, 2, 1]),         # [B,H,1]
+        oh.make_node("Unsqueeze", ["s_dAt", "s_axm1"], ["s_dA4"]),              # [B,H,1,1]
+        oh.make_node("Mul", ["s_dA4", h0], ["s_hA"]),                           # [B,H,P,N]
+        oh.make_node("Unsqueeze", ["dt_eff", "s_axm1"], ["s_dt4"]),             # [B,1,H,1]
+        oh.make_node("Mul", ["s_dt4", x], ["s_dtx"]),                           # [B,1,H,P]
+        oh.make_node("Squeeze", ["s_dtx", "s_ax1"], ["s_dtx3"]),                # [B,H,P]
+        oh.make_node("Unsqueeze", ["s_dtx3", "s_axm1"], ["s_dtx4"]),            # [B,H,P,1]
+        oh.make_node("Transpose", ["B_heads"], ["s_Bt"], perm=[0, 2, 1, 3]),    # [B,H,1,N]
+        oh.make_node("Mul", ["s_dtx4", "s_Bt"], ["s_dBx"]),
+        oh.make_node("Add", ["s_hA", "s_dBx"], ["h_last_1"]),
+        oh.make_node("Transpose", ["C_heads"], ["s_Ct"], perm=[0, 2, 3, 1]),    # [B,H,N,1]
+        oh.make_node("MatMul", ["h_last_1", "s_Ct"], ["s_y4"]),                 # [B,H,P,1]
+        oh.make_node("Transpose", ["s_y4"], ["y_ssm_1"], perm=[0, 3, 1, 2]),    # [B,1,H,P]
+    ]
     flag = oh.make_node("Constant", [], ["sp_flag"])
     ref = AttributeProto()
     ref.name, ref.ref_attr_name, ref.type = "value_int", "dt_softplus", AttributeProto.INT
@@ -304,8 +323,9 @@ def ssd_scan_function() -> onnx.FunctionProto:
         oh.make_node("Unsqueeze", [Cm, "ax_3"], ["C5"]),
         oh.make_node("Expand", ["C5", "s_exp"], ["C5x"]),
         oh.make_node("Reshape", ["C5x", "s_heads"], ["C_heads"]),
-        oh.make_node("Scan", [h0, x, "dt_eff", "B_heads", "C_heads"], ["h_last", "y_ssm"], body=body,
-                     num_scan_inputs=4, scan_input_axes=[1, 1, 1, 1], scan_output_axes=[1]),
+        *_if_one_step(x, one_step, ["h_last", "y_ssm"], oh.make_node(
+            "Scan", [h0, x, "dt_eff", "B_heads", "C_heads"], ["h_last_T", "y_ssm_T"], body=body,
+            num_scan_inputs=4, scan_input_axes=[1, 1, 1, 1], scan_output_axes=[1]), axis=1),
         _const_ints("ax_m1o", [-1]),
         oh.make_node("Unsqueeze", [D, "ax_m1o"], ["D2"]),               # [H,1]
         oh.make_node("Mul", ["D2", x], ["Dx"]),

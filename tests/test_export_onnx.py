@@ -516,6 +516,17 @@ def test_fp16_refused_for_time_aware_models():
 
 
 # ------------------------------------------------------------------------------------ TiM4Rec-causal (SSDScan)
+def _nested_nodes(nodes) -> list:
+    """``nodes`` and every node of their subgraphs (If branches, Scan bodies), recursively."""
+    out = []
+    for nd in nodes:
+        out.append(nd)
+        for a in nd.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                out += _nested_nodes(a.g.node)
+    return out
+
+
 def _function_model(op, function: onnx.FunctionProto, **attrs) -> onnx.ModelProto:
     """A one-node graph calling the model-local function of the scan op ``op`` (I/O as in plugin_spec)."""
     F32 = onnx.TensorProto.FLOAT
@@ -606,7 +617,7 @@ def test_lru_scan_function_both_branches(T):
     np.testing.assert_allclose(np.concatenate([o[1] for o in outs], 1), hi, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("T,G,dt_softplus", [(1, 1, 1), (7, 2, 1), (5, 4, 0), (9, 1, 0)])
+@pytest.mark.parametrize("T,G,dt_softplus", [(1, 1, 1), (1, 2, 0), (7, 2, 1), (5, 4, 0), (9, 1, 0)])
 def test_ssd_scan_function_matches_plugin_math(T, G, dt_softplus):
     """The ONNX function and the torch op compute exactly the SSDScan contract of plugin_spec / plugins/ssdScanPlugin
     (y includes D x; head h reads group h // (H / G); softplus(dt + dt_bias) only when dt_softplus = 1), checked
@@ -635,6 +646,14 @@ def test_ssd_scan_function_matches_plugin_math(T, G, dt_softplus):
     yt, ht = E._SSDScanOp.apply(*[d[n] for n in ps.SSD_SCAN.input_names], dt_softplus)
     np.testing.assert_allclose(yt.numpy(), y_ref.numpy(), atol=2e-5, rtol=1e-5)
     np.testing.assert_allclose(ht.numpy(), h_ref.numpy(), atol=2e-5, rtol=1e-5)
+    # the function's T == 1 branch (closed form), chained event by event, == its Scan branch over all T
+    feeds = {k: v.numpy() for k, v in d.items()}
+    hs, ys = feeds["h0"], []
+    for t in range(T):
+        yt1, hs = sess.run(None, {**feeds, "h0": hs, **{k: feeds[k][:, t:t + 1] for k in ("x", "dt", "B", "C")}})
+        ys.append(yt1)
+    np.testing.assert_allclose(np.concatenate(ys, 1), y, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(hs, h, atol=2e-5, rtol=1e-5)
 
 
 def _check_ssd_scan_nodes(mp, model) -> None:
@@ -654,10 +673,11 @@ def _check_ssd_scan_nodes(mp, model) -> None:
     f = fns[(ps.ONNX_DOMAIN, "SSDScan")]
     assert list(f.input) == op.input_names and list(f.output) == op.output_names
     assert [a.name for a in f.attribute_proto] == ["dt_softplus"]
-    body_nodes = [b for nd in f.node for a in nd.attribute if a.type == onnx.AttributeProto.GRAPH for b in a.g.node]
-    assert body_nodes and all(nd.domain in ("", "ai.onnx") for nd in list(f.node) + body_nodes), \
+    nested = _nested_nodes(f.node)
+    assert len(nested) > len(f.node) and all(nd.domain in ("", "ai.onnx") for nd in nested), \
         "the function must be made of standard ops"
-    assert [nd.op_type for nd in f.node].count("Scan") == 1
+    # one If: a closed-form step when T == 1, else the one Scan over T
+    assert [nd.op_type for nd in f.node].count("If") == 1 and [nd.op_type for nd in nested].count("Scan") == 1
     assert {(o.domain, o.version) for o in mp.opset_import} >= {(ps.ONNX_DOMAIN, ps.ONNX_DOMAIN_VERSION)}
 
 

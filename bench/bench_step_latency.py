@@ -17,6 +17,7 @@ Calls are timed in process CPU time by default (the benchmark machine is shared;
 
     OMP_NUM_THREADS=1 python bench/bench_step_latency.py [--lengths 50 200 2000] [--batches 1 256]
                                                          [--min-time 0.5] [--markdown bench/RESULTS.md]
+                                                         [--plot bench/step_latency.png]
 """
 
 from __future__ import annotations
@@ -194,6 +195,35 @@ def mermaid(results, lengths, B) -> str:
     return "\n".join(lines) + "\n\n" + legend + "\n"
 
 
+def plot(results, lengths, batches, path: str) -> None:
+    """Per-event latency vs history length (log-log), one panel per batch size, as a PNG (needs matplotlib: the
+    ``bench`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.2 * len(batches), 4.2), squeeze=False)
+    for ax, B in zip(axes[0], batches):
+        for m in METHODS:
+            pts = [(L, results[(m, L, B)]) for L in lengths if (m, L, B) in results]
+            if pts:
+                style = "-o" if m.startswith("ORT") else ("--s" if "re-encode" in m else ":^")
+                ax.plot([p[0] for p in pts], [p[1] * 1e6 for p in pts], style, label=m)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(lengths, [f"{L:,}" for L in lengths])
+        ax.set_xlabel("history length L (items)")
+        ax.set_ylabel("latency per call (µs, log)")
+        ax.set_title(f"B = {B} (one new event per row per call)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Stepwise inference vs re-encoding the history, 1 CPU thread", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[50, 200, 2000])
@@ -201,6 +231,7 @@ def main(argv=None):
     p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per cell (at least)")
     p.add_argument("--wall", action="store_true", help="time wall-clock instead of process CPU time")
     p.add_argument("--markdown", default=None, help="also write the tables (and a mermaid plot) to this file")
+    p.add_argument("--plot", default=None, help="also draw the latencies into this PNG (needs matplotlib)")
     args = p.parse_args(argv)
     global CLOCK
     if args.wall:
@@ -217,7 +248,8 @@ def main(argv=None):
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("# Stepwise inference vs re-encoding: per-event latency on CPU\n\n")
-            f.write("Produced by `OMP_NUM_THREADS=1 python bench/bench_step_latency.py --markdown bench/RESULTS.md` "
+            f.write("Produced by `OMP_NUM_THREADS=1 python bench/bench_step_latency.py --markdown bench/RESULTS.md "
+                    "--plot bench/step_latency.png` "
                     f"({time.strftime('%Y-%m-%d')}, {env}; {time.perf_counter() - t0:.0f} s).\n")
             f.write("ML-1M default configs (n_items 3,417, hidden 64; Mamba4Rec 1 layer, d_state 32; LRURec 2 layers; "
                     "SASRec 2 layers with L position embeddings), random weights, top-10 included in every method. "
@@ -229,6 +261,9 @@ def main(argv=None):
             f.write(md + "\n")
             f.write(mermaid(res, args.lengths, args.batches[0]) + "\n")
         print(f"wrote {args.markdown}")
+    if args.plot:
+        plot(res, args.lengths, args.batches, args.plot)
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

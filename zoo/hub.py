@@ -46,6 +46,9 @@ PUBLISHED = {
                "NDCG@10": 0.17},
     "lrurec": {"source": "LRURec paper Table 3, LRURec protocol (history masked)", "HR@10": 0.32636,
                "NDCG@10": 0.19298, "HR@20": 0.43313, "NDCG@20": 0.21990},
+    "gru4rec": {"source": "RecBole#945, RecBole GRU4Rec with default parameters under the RecBole protocol "
+                          "(third-party sanity range, models.md §7)", "HR@10": 0.2548, "NDCG@10": 0.1406,
+                "MRR@10": 0.1059},
 }
 CARD_FILES = ("config.json", "model.safetensors", "item_vocab.json", "README.md")
 

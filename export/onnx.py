@@ -122,6 +122,18 @@ def _const_ints(name: str, values: Sequence[int]) -> onnx.NodeProto:
                                                                       list(values)))
 
 
+def _if_softplus(flag: str, x: str, out: str) -> onnx.NodeProto:
+    """``out = softplus(x) if flag else x`` for a scalar bool ``flag`` (from the op's softplus attribute): an ``If``
+    computes only the branch it takes, and costs less in ONNX Runtime than a broadcast ``Where`` over both."""
+    f = TensorProto.FLOAT
+    return oh.make_node(
+        "If", [flag], [out],
+        then_branch=oh.make_graph([oh.make_node("Softplus", [x], [out + "_sp"])], "softplus", [],
+                                  [oh.make_tensor_value_info(out + "_sp", f, None)]),
+        else_branch=oh.make_graph([oh.make_node("Identity", [x], [out + "_id"])], "identity", [],
+                                  [oh.make_tensor_value_info(out + "_id", f, None)]))
+
+
 def _if_one_step(x: str, then_nodes: list, outputs: list[str], scan: onnx.NodeProto,
                  axis: int = 2) -> list[onnx.NodeProto]:
     """``If(x.shape[axis] == 1)``: ``then_nodes`` (closed form of one step, producing ``<output>_1``) else ``scan``
@@ -133,8 +145,7 @@ def _if_one_step(x: str, then_nodes: list, outputs: list[str], scan: onnx.NodePr
     return [
         oh.make_node("Shape", [x], [x + "_T"], start=axis, end=axis + 1),
         _const_ints("one_T", [1]),
-        oh.make_node("Equal", [x + "_T", "one_T"], ["is_one_v"]),
-        oh.make_node("Squeeze", ["is_one_v"], ["is_one"]),
+        oh.make_node("Equal", [x + "_T", "one_T"], ["is_one"]),                   # [1] bool: one element
         oh.make_node("If", ["is_one"], outputs, then_branch=branch(then_nodes, "_1"), else_branch=branch([scan], "_T")),
     ]
 
@@ -191,10 +202,9 @@ def selective_scan_function() -> onnx.FunctionProto:
         _const_ints("ax_02", [0, 2]),
         oh.make_node("Unsqueeze", [dbias, "ax_02"], ["dbias3"]),
         oh.make_node("Add", [delta, "dbias3"], ["d_biased"]),
-        oh.make_node("Softplus", ["d_biased"], ["d_soft"]),
         flag,
         oh.make_node("Cast", ["sp_flag"], ["sp_bool"], to=TensorProto.BOOL),
-        oh.make_node("Where", ["sp_bool", "d_soft", "d_biased"], ["dt"]),
+        _if_softplus("sp_bool", "d_biased", "dt"),
         *_if_one_step(u, one_step, ["h_last", "y_ssm"], oh.make_node(
             "Scan", [h0, u, "dt", Bm, Cm], ["h_last_T", "y_ssm_T"], body=body, num_scan_inputs=4,
             scan_input_axes=[2, 2, 2, 2], scan_output_axes=[2])),
@@ -304,10 +314,9 @@ def ssd_scan_function() -> onnx.FunctionProto:
     flag.attribute.append(ref)
     nodes = [
         oh.make_node("Add", [dt, dt_bias], ["dt_biased"]),             # [B,T,H] + [H]
-        oh.make_node("Softplus", ["dt_biased"], ["dt_soft"]),
         flag,
         oh.make_node("Cast", ["sp_flag"], ["sp_bool"], to=TensorProto.BOOL),
-        oh.make_node("Where", ["sp_bool", "dt_soft", "dt_biased"], ["dt_eff"]),
+        _if_softplus("sp_bool", "dt_biased", "dt_eff"),
         # groups -> heads: [B,T,G,N] -> [B,T,G,1,N] -> Expand [B,T,G,H/G,N] -> Reshape [B,T,H,N]
         oh.make_node("Shape", [x], ["s_H"], start=2, end=3),
         oh.make_node("Shape", [Bm], ["s_BT"], start=0, end=2),

@@ -676,8 +676,8 @@ def _check_ssd_scan_nodes(mp, model) -> None:
     nested = _nested_nodes(f.node)
     assert len(nested) > len(f.node) and all(nd.domain in ("", "ai.onnx") for nd in nested), \
         "the function must be made of standard ops"
-    # one If: a closed-form step when T == 1, else the one Scan over T
-    assert [nd.op_type for nd in f.node].count("If") == 1 and [nd.op_type for nd in nested].count("Scan") == 1
+    # two Ifs: softplus(dt) iff dt_softplus; a closed-form step when T == 1, else the one Scan over T
+    assert [nd.op_type for nd in f.node].count("If") == 2 and [nd.op_type for nd in nested].count("Scan") == 1
     assert {(o.domain, o.version) for o in mp.opset_import} >= {(ps.ONNX_DOMAIN, ps.ONNX_DOMAIN_VERSION)}
 
 

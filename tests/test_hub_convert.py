@@ -122,5 +122,18 @@ def test_training_stages_follow_init_from_through_card_folders(tmp_path):
     md = hub._stages_markdown(stages)
     assert "6 epochs, 60 minutes in all" in md and md.count("\n| ") == 4          # header + 3 stage rows
     assert hub._stages_markdown(stages[:1]) == ""
+    # re-carding d into the card folder it started from: d's stage is already there, and is not counted twice
+    (card / hub.STAGES_FILE).write_text(json.dumps({"stages": stages}))
+    assert [s["command"] for s in hub.training_stages(d)] == ["train a", "train b", "train d"]
     e = log(tmp_path / "e", "train e", tmp_path / "missing")                      # broken chain: what is known
     assert [s["command"] for s in hub.training_stages(e)] == ["train e"]
+
+
+def test_card_says_why_a_checkpoint_misses_its_reference():
+    """A run that finished a decaying schedule is not called 'not yet trained to convergence'; any other miss is."""
+    finished = {"stopped": "max epochs", "epochs": [{}] * 42, "train": {"lr_schedule": "linear"}}
+    assert "complete 42-epoch run" in hub._below_reference_note(finished)
+    assert "not yet trained to convergence" not in hub._below_reference_note(finished)
+    for log in ({"stopped": "time budget of 95 minutes reached", "train": {"lr_schedule": "linear"}},
+                {"stopped": "max epochs", "train": {"lr_schedule": "constant"}}, {}):
+        assert "not yet trained to convergence" in hub._below_reference_note(log)

@@ -246,12 +246,22 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
         met = all(metrics.get(k, 0) >= v for k, v in ref.items() if k != "source")
         body += (f"\n## Against the published numbers\n\nReference: {ref['source']}.\n\n| metric | published | this model "
                  f"| difference |\n|---|---|---|---|\n{rows}\n\n" + ("**Meets or beats every published number.**\n"
-                 if met else "**Below the published numbers**: this checkpoint is not yet trained to convergence "
-                 "(see Training); training continues with `--init-from` and the card will be replaced.\n"))
+                 if met else _below_reference_note(train_log)))
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
     path = os.path.join(folder, "README.md")
     card.save(path)
     return path
+
+
+def _below_reference_note(train_log: dict) -> str:
+    """What the card says when the checkpoint misses its reference numbers: why, from the run's own log."""
+    schedule = (train_log.get("train") or {}).get("lr_schedule", "constant")
+    if train_log.get("stopped") == "max epochs" and schedule != "constant":
+        return (f"**Below the reference numbers** after a complete {len(train_log.get('epochs', []))}-epoch run whose "
+                f"learning rate decayed ({schedule}) to 0, sized to a CPU time budget (see Training): a longer "
+                "schedule is the next step; training continues with `--init-from` and the card will be replaced.\n")
+    return ("**Below the published numbers**: this checkpoint is not yet trained to convergence (see Training); "
+            "training continues with `--init-from` and the card will be replaced.\n")
 
 
 STAGES_FILE = "training_log.json"
@@ -282,7 +292,10 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
                 logger.warning("training history stops at %s (init_from %s not found)", run_dir, prev)
                 return stages
         elif (folder / STAGES_FILE).exists():
-            return json.load(open(folder / STAGES_FILE))["stages"] + stages
+            earlier = json.load(open(folder / STAGES_FILE))["stages"]
+            while earlier and earlier[-1] in stages:   # the card was already written from this run (re-carding)
+                earlier.pop()
+            return earlier + stages
         else:
             logger.warning("training history stops at %s (no train_log.json or %s)", folder, STAGES_FILE)
             return stages

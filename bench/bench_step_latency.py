@@ -267,8 +267,8 @@ def main(argv=None):
                     f"Best of N repeated calls (as the timeit docs recommend: slower repeats are interference), "
                     f"best of {args.rounds} whole sweep(s) per cell (medians: the lowest round median), timed as "
                     f"{'wall-clock' if args.wall else 'process CPU'} time "
-                    "(single-threaded, so CPU time = the latency on an otherwise idle core; the machine was shared "
-                    f"with training jobs, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end). "
+                    "(single-threaded, so CPU time = the latency on an otherwise idle core; load average "
+                    f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end). "
                     "Cell = per-event latency · throughput (events/s per core).\n\n")
             f.write(md + "\n")
             f.write(mermaid(res, args.lengths, args.batches[0]) + "\n")

@@ -137,7 +137,8 @@ def test_scan_nodes_follow_plugin_spec(exported, name):
     fns = {(f.domain, f.name): f for f in mp.functions}
     f = fns[(ps.ONNX_DOMAIN, op.op_type)]
     assert list(f.input) == op.input_names and list(f.output) == op.output_names
-    assert all(nd.domain in ("", "ai.onnx") for nd in f.node), "the function must be made of standard ops"
+    assert all(nd.domain in ("", "ai.onnx") for nd in _nested_nodes(f.node)), \
+        "the function (with its If branches and Scan body) must be made of standard ops"
     assert {(o.domain, o.version) for o in mp.opset_import} >= {(ps.ONNX_DOMAIN, ps.ONNX_DOMAIN_VERSION)}
     # graph-level I/O contract
     names = [s.name for s in model.state_spec(1)]
@@ -622,7 +623,6 @@ def test_ssd_scan_function_matches_plugin_math(T, G, dt_softplus):
     """The ONNX function and the torch op compute exactly the SSDScan contract of plugin_spec / plugins/ssdScanPlugin
     (y includes D x; head h reads group h // (H / G); softplus(dt + dt_bias) only when dt_softplus = 1), checked
     against zoo.ops.ssd.ssd_scan_loop, the oracle the plugin's harness also uses."""
-    import onnxruntime as ort
     from zoo.ops.ssd import ssd_scan_loop
 
     g = torch.Generator().manual_seed(T * 10 + G)
@@ -637,8 +637,7 @@ def test_ssd_scan_function_matches_plugin_math(T, G, dt_softplus):
     delta = torch.nn.functional.softplus(delta) if dt_softplus else delta
     y_ref, h_ref = ssd_scan_loop(d["x"].double(), delta.double(), d["A"].double(), d["B"].double(), d["C"].double(),
                                  d["D"].double(), d["h0"].double())
-    sess = ort.InferenceSession(_ssd_function_model(dt_softplus).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+    sess = _ort(_ssd_function_model(dt_softplus))
     y, h = sess.run(None, {k: v.numpy() for k, v in d.items()})
     assert y.shape == (Bsz, T, H, P) and h.shape == (Bsz, H, P, N)
     np.testing.assert_allclose(y, y_ref.numpy(), atol=2e-5, rtol=1e-5)

@@ -224,6 +224,55 @@ def test_training_windows_chunked_from_end():
         training_windows([np.array([1])], 4)
 
 
+def _targets_with_context(w, side, batch_size=3, **kw):
+    """(label, number of real items up to and including its input) for every supervised batch position."""
+    out = []
+    for b in iterate_batches(w, batch_size, side, **kw):
+        for r, c in zip(*np.nonzero(b["labels"].numpy())):
+            out.append((int(b["labels"][r, c]), int(b["attention_mask"][r, :c + 1].sum())))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_strided_windows_give_prefix_contexts(side):
+    # hand-made: pairs of [1..11] are (1->2) ... (10->11); L = 4
+    seqs = [np.arange(1, 12), np.array([3, 4, 5]), np.arange(20, 29)]
+    w = training_windows(seqs, max_len=4, stride=2)
+    # user 0 (10 pairs): windows end at 10, 8, 6, 4 -> starts 6, 4, 2, 0; only the leftmost supervises all 4
+    assert w.starts[:4].tolist() == [0, 2, 4, 6] and w.lengths[:4].tolist() == [4, 4, 4, 4]
+    assert w.skip[:4].tolist() == [0, 2, 2, 2] and w.stride == 2
+    assert w.n_positions == 10 + 2 + 8 and w.n_computed == 16 + 2 + 12
+    # user 0 alone: label -> context (the leftmost window gives 1..4, then each target sees >= L - s + 1 = 3)
+    got0 = _targets_with_context(training_windows(seqs[:1], max_len=4, stride=2), side, shuffle=False)
+    assert got0 == [(2, 1), (3, 2), (4, 3), (5, 4), (6, 3), (7, 4), (8, 3), (9, 4), (10, 3), (11, 4)]
+    got = _targets_with_context(w, side, shuffle=False)
+    # every pair of every user is a target exactly once: same multiset of labels as the non-overlapping windows
+    base = training_windows(seqs, max_len=4)
+    assert sorted(l for l, _ in got) == sorted(l for l, _ in _targets_with_context(base, side, shuffle=False))
+    # stride 1 == RecBole's prefix augmentation: every target sees min(i + 1, L) items
+    w1 = training_windows([np.arange(1, 12)], max_len=4, stride=1)
+    assert _targets_with_context(w1, side, shuffle=True, seed=3) == [(i + 2, min(i + 1, 4)) for i in range(10)]
+    # stride = max_len is the non-overlapping scheme
+    wl = training_windows(seqs, max_len=4, stride=4)
+    assert wl.starts.tolist() == base.starts.tolist() and not wl.skip.any()
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="stride must be in"):
+            training_windows(seqs, max_len=4, stride=bad)
+
+
+def test_strided_windows_realistic_context_floor():
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, 50, size=n) for n in rng.integers(2, 700, size=40)]
+    L, s = 200, 50
+    w = training_windows(seqs, max_len=L, stride=s)
+    assert w.n_positions == sum(len(q) - 1 for q in seqs)
+    pos = np.arange(L)
+    for i in range(len(w)):
+        if w.skip[i]:
+            # supervised positions of an overlapping window all have >= L - s + 1 items of context
+            assert w.lengths[i] == L and (pos[w.skip[i]:] + 1).min() == L - s + 1
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_iterate_batches_padding(side):
     w = training_windows([np.arange(1, 8), np.array([3, 4])], max_len=4, timestamps=[np.arange(7.0), np.array([1.0, 2.0])])

@@ -109,3 +109,19 @@ def test_linear_schedule_decays_over_planned_epochs(tmp_path, monkeypatch):
     assert n >= 8 and seen[0] == pytest.approx(1e-2)
     assert all(b < a for a, b in zip(seen, seen[1:]))
     assert seen[-1] == pytest.approx(1e-2 / n)
+
+
+def test_window_stride_trains_and_is_logged(tmp_path):
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "markov.tsv", n_users=80, length=(30, 60))
+    args = ["--data", str(data), "--epochs", "3", "--max-len", "12", "--batch-size", "16", "--lr", "5e-3",
+            "--kcore", "0", "--no-progress"]
+    log = train_main(args + ["--model", "sasrec", "--out", str(tmp_path / "s"), "--window-stride", "4",
+                             "--set", *TINY["sasrec"]])
+    assert log["window_stride"] == 4 and "supervising its last 4 positions" in log["objective"]
+    assert log["test"]["HR@10"] > 2.5 * 10 / 40, log["test"]
+    with pytest.raises(ValueError, match="Cloze"):
+        train_main(args + ["--model", "bert4rec", "--out", str(tmp_path / "b"), "--window-stride", "4"])
+    with pytest.raises(ValueError, match="stride must be in"):
+        train_main(args + ["--model", "sasrec", "--out", str(tmp_path / "x"), "--window-stride", "13",
+                           "--set", *TINY["sasrec"]])

@@ -8,7 +8,11 @@ second-to-last item every epoch (full ranking, NDCG@10), early stopping, best ch
 Training objective: cross-entropy over all items at **every position** of each training window (windows of
 ``max_seq_length`` cut from the end of each user's training sequence). For causal models this gives the same
 (prefix -> next item) targets as RecBole's prefix augmentation, where each prefix is a separate sample, at a fraction
-of the cost; the targets are identical, the weighting per epoch differs (each window position once).
+of the cost; the targets are identical, the weighting per epoch differs (each window position once). The contexts
+differ too: a target sees only the items before it *in its window* (on ML-1M a mean of 80 items vs 119 under prefix
+augmentation). ``--window-stride S`` (< ``max_seq_length``) overlaps the windows and supervises only the last ``S``
+positions of each, so every target sees ``>= max_seq_length - S + 1`` items (or its whole prefix), as under prefix
+augmentation, for ``~max_seq_length / S`` times the compute on long histories (see ``zoo.data.batching``).
 
 Per-model defaults (``TRAIN_PRESETS``) follow each model's official recipe (Adam lr 1e-3 for the RecBole models;
 AdamW wd 0.01 without decay on bias/LayerNorm, grad clip 5, batch 128 for LRURec); every one can be overridden.
@@ -108,7 +112,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           lr: float | None = None, weight_decay: float | None = None, batch_size: int | None = None,
           clip: float | None = None, device: str | None = None, amp: bool = False, max_minutes: float | None = None,
           valid_users: int | None = None, exclude_history: bool = False, kcore="auto", progress: bool = True,
-          command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant") -> dict:
+          command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant",
+          window_stride: int | None = None) -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     ``lr_schedule`` (``constant`` / ``linear`` / ``cosine``) scales the learning rate per batch over the planned
@@ -140,19 +145,28 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     else:
         model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
     model.set_item_vocab(ds.vocab)
+    if window_stride is not None and model_type == "bert4rec":
+        raise ValueError("--window-stride: BERT4Rec's Cloze objective does not use per-position targets, so "
+                         "overlapping windows would only repeat masked items; use the default non-overlapping windows")
     windows = training_windows(split.train, model.config.max_seq_length,
-                               split.train_timestamps if model.uses_timestamps else None)
+                               split.train_timestamps if model.uses_timestamps else None, stride=window_stride)
     valid = split.valid if not valid_users else split.valid.head(valid_users)
     opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"])
     preset["lr_schedule"] = lr_schedule
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[zoo.train] {model_type}: {n_params:,} parameters | data {ds.name}: {ds.n_users:,} users, "
           f"{ds.n_items:,} items, {ds.n_interactions:,} interactions | {len(windows):,} training windows, "
-          f"{windows.n_positions:,} positions | device {device} | {preset}", flush=True)
+          f"{windows.n_positions:,} targets ({windows.n_computed:,} positions computed, stride {windows.stride}) | device {device} | {preset}", flush=True)
     os.makedirs(out, exist_ok=True)
     log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(), "seed": seed,
            "train": preset, "config_overrides": overrides, "epochs": [], "command": command,
-           "objective": "cross-entropy over all items at every position of windows of max_seq_length",
+           "objective": ("cross-entropy over all items at every position of windows of max_seq_length"
+                         if windows.stride == windows.max_len else
+                         f"cross-entropy over all items; windows of max_seq_length = {windows.max_len} ending every "
+                         f"{windows.stride} items, each supervising its last {windows.stride} positions (every "
+                         f"target once, with >= {windows.max_len - windows.stride + 1} items of context or its whole "
+                         "prefix)"),
+           "window_stride": windows.stride,
            "environment": environment(), "n_parameters": n_params, "init_from": init_from}
     best, best_epoch, bad = -1.0, -1, 0
     gen = np.random.default_rng(seed)
@@ -234,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--batch-size", type=int, help="training windows per batch")
+    p.add_argument("--window-stride", type=int,
+                   help="overlapping training windows: a window ends every S items and supervises its last S "
+                        "positions, so each target sees >= max_len - S + 1 items of context (default: max_len)")
     p.add_argument("--clip", type=float, help="gradient clip norm (0 = off)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="learning-rate decay over the planned --epochs (linear/cosine to 0)")
@@ -265,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  weight_decay=args.weight_decay, batch_size=args.batch_size, clip=args.clip, device=args.device,
                  amp=args.amp, max_minutes=args.max_minutes, valid_users=args.valid_users,
                  exclude_history=args.exclude_history, kcore=kcore, progress=not args.no_progress, command=command,
-                 init_from=args.init_from, lr_schedule=args.lr_schedule)
+                 init_from=args.init_from, lr_schedule=args.lr_schedule, window_stride=args.window_stride)
 
 
 if __name__ == "__main__":

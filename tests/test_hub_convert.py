@@ -137,3 +137,46 @@ def test_card_says_why_a_checkpoint_misses_its_reference():
     for log in ({"stopped": "time budget of 95 minutes reached", "train": {"lr_schedule": "linear"}},
                 {"stopped": "max epochs", "train": {"lr_schedule": "constant"}}, {}):
         assert "not yet trained to convergence" in hub._below_reference_note(log)
+
+
+def test_recarding_refreshes_the_cards_onnx_graph(tmp_path):
+    """Carding new weights into a folder that holds an ONNX export re-exports (and verifies) that graph, and keeps
+    the card's ONNX section; a stale graph of the old weights would otherwise be served silently."""
+    import hashlib
+    import json
+
+    import numpy as np
+    import torch
+
+    from export.onnx import CARD_BEGIN, main as onnx_main
+    from tests.test_train import TINY, _markov_file
+    from zoo.train import main as train_main
+
+    torch.set_num_threads(1)
+    data = str(_markov_file(tmp_path / "markov.tsv", n_users=40, length=(12, 20)))
+    common = ["--model", "mamba4rec", "--data", data, "--epochs", "1", "--max-len", "20", "--kcore", "0",
+              "--no-progress", "--set", *TINY["mamba4rec"]]
+    train_main(common + ["--out", str(tmp_path / "a")])
+    train_main(common + ["--out", str(tmp_path / "b"), "--seed", "7"])
+    card = tmp_path / "card"
+    hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card))
+    assert hub.existing_onnx_exports(card) == []
+    assert onnx_main(["--model", str(card), "--card-dir", str(card), "--topk", "5", "--verify-prime", "10",
+                      "--verify-steps", "10", "--verify-cases", "50"]) == 0
+    assert hub.existing_onnx_exports(card) == [["--kind", "step", "--topk", "5"]]
+    digest = lambda: hashlib.sha256((card / "onnx" / "model.onnx").read_bytes()).hexdigest()  # noqa: E731
+    before = digest()
+    hub.build_card_folder(str(tmp_path / "b"), "tiny", data, out_dir=str(card))
+    assert digest() != before
+    assert CARD_BEGIN in (card / "README.md").read_text()
+    spec = json.loads((card / "onnx" / "state_spec.json").read_text())
+    assert spec["topk"] == 5 and spec["verification"]["passed"]
+    # the refreshed graph ranks like the new weights (one priming call on one history)
+    from transformers import AutoModel
+
+    from export.runtime import OnnxStepSession
+
+    model = AutoModel.from_pretrained(str(card)).eval()
+    got = OnnxStepSession(card / "onnx").prime([[1, 2, 3, 4]])
+    want = model.predict(torch.tensor([[1, 2, 3, 4]]))[0].topk(5).indices
+    assert np.asarray(got.topk_ids)[0].tolist() == want.tolist()

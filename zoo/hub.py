@@ -332,6 +332,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
 
     out_dir = out_dir or os.path.join(pathlib.Path(__file__).resolve().parent.parent, "hub_cards", name)
     os.makedirs(out_dir, exist_ok=True)
+    exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
     for f in ("config.json", "model.safetensors", "item_vocab.json"):
         shutil.copyfile(os.path.join(run_dir, f), os.path.join(out_dir, f))
     model = AutoModel.from_pretrained(out_dir)
@@ -357,7 +358,47 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     with open(os.path.join(out_dir, "eval_results.json"), "w") as f:
         json.dump({"metrics": metrics, "protocol": protocol, "data_file": data_file,
                    "exclude_history": exclude_history}, f, indent=1)
+    for args in exports:
+        refresh_onnx_export(out_dir, args, data)
     return metrics
+
+
+def existing_onnx_exports(card_dir: str | os.PathLike) -> list[list[str]]:
+    """``python -m export.onnx`` arguments that reproduce the ONNX graphs already in a card folder.
+
+    A card folder may hold ``onnx/`` (step graph) and ``onnx-window/`` exported from its weights; when the weights are
+    replaced (a new training stage carded into the same folder) those graphs would silently serve the old model, and
+    the regenerated README would lose their section. Read from each graph's ``state_spec.json``: kind, top-k,
+    precision, time input and whether all scores are an output.
+    """
+    found = []
+    for rel in ("onnx", "onnx-window"):
+        spec_path = pathlib.Path(card_dir) / rel / "state_spec.json"
+        if not spec_path.exists():
+            continue
+        spec = json.loads(spec_path.read_text())
+        args = ["--kind", spec["kind"], "--topk", str(spec["topk"])]
+        if spec.get("precision") == "fp16":
+            args.append("--fp16")
+        if spec.get("time_input"):
+            args += ["--time-input", spec["time_input"]]
+        if any(o["name"] == "scores" for o in spec["outputs"]):
+            args.append("--scores")
+        found.append(args)
+    return found
+
+
+def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str | None = None) -> None:
+    """Re-export (and verify) one ONNX graph of a card folder from its current weights; raises when that fails."""
+    from export.onnx import main as onnx_main
+
+    argv = ["--model", str(card_dir), "--card-dir", str(card_dir), *args] + (["--data", data] if data else [])
+    print(f"[zoo.hub] re-exporting the card's ONNX graph for the new weights: python -m export.onnx {' '.join(argv)}",
+          flush=True)
+    rc = onnx_main(argv)
+    if rc != 0:
+        raise RuntimeError(f"re-export of the ONNX graph in {card_dir} failed (exit {rc}); the card's weights were "
+                           f"updated but its ONNX graph was not: run `python -m export.onnx {' '.join(argv)}`")
 
 
 # --------------------------------------------------------------------------------------------------- push

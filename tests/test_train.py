@@ -117,11 +117,28 @@ def test_window_stride_trains_and_is_logged(tmp_path):
     args = ["--data", str(data), "--epochs", "3", "--max-len", "12", "--batch-size", "16", "--lr", "5e-3",
             "--kcore", "0", "--no-progress"]
     log = train_main(args + ["--model", "sasrec", "--out", str(tmp_path / "s"), "--window-stride", "4",
+                             "--loss-weighting", "target",
                              "--set", *TINY["sasrec"]])
-    assert log["window_stride"] == 4 and "supervising its last 4 positions" in log["objective"]
+    assert log["window_stride"] == 4 and log["loss_weighting"] == "target" and "supervising its last 4 positions" in log["objective"]
     assert log["test"]["HR@10"] > 2.5 * 10 / 40, log["test"]
     with pytest.raises(ValueError, match="Cloze"):
         train_main(args + ["--model", "bert4rec", "--out", str(tmp_path / "b"), "--window-stride", "4"])
     with pytest.raises(ValueError, match="stride must be in"):
         train_main(args + ["--model", "sasrec", "--out", str(tmp_path / "x"), "--window-stride", "13",
                            "--set", *TINY["sasrec"]])
+
+
+def test_target_loss_weighting_weighs_every_target_the_same():
+    from zoo.train import loss_scale
+
+    torch.manual_seed(0)
+    # two batches of different target counts (3 and 1): per-target CE values
+    ce = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0])]
+    labels = [torch.tensor([[5, 6, 7, 0]]), torch.tensor([[0, 0, 0, 9]])]
+    per_batch = 2.0                                              # 4 targets over 2 batches
+    total = sum(c.mean() * loss_scale(l, per_batch, "target") for c, l in zip(ce, labels))
+    assert torch.isclose(total, torch.cat(ce).sum() / per_batch)   # == sum over targets / const: uniform weights
+    # the default keeps the batch means (the lone target of batch 2 weighs 3x one of batch 1)
+    assert sum(c.mean() * loss_scale(l, per_batch, "window") for c, l in zip(ce, labels)) == 2.0 + 10.0
+    with pytest.raises(ValueError, match="loss weighting"):
+        loss_scale(labels[0], per_batch, "user")

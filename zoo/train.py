@@ -48,6 +48,7 @@ def set_seed(seed: int) -> None:
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+LOSS_WEIGHTINGS = ("window", "target")
 
 
 def lr_factor(schedule: str, progress: float) -> float:
@@ -99,6 +100,26 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: f
     raise ValueError(f"unknown optimizer {name!r} (adam or adamw)")
 
 
+def loss_scale(labels: torch.Tensor, targets_per_batch: float, weighting: str) -> float:
+    """Factor applied to a batch's mean loss before ``backward``.
+
+    ``window``: 1 (the batch mean; with length bucketing the windows of a batch have similar lengths, so each window
+    weighs about the same and a target of a short window weighs more than one of a long window). ``target``:
+    ``n_targets(batch) / targets_per_batch`` turns the mean into the batch's *sum* over targets divided by a constant
+    (the average number of targets per batch), so every target weighs the same, as in RecBole's batches of prefixes.
+
+    Args:
+        labels: ``[B, L]`` training labels (``> 0`` = target).
+        targets_per_batch: average targets per batch over the epoch.
+        weighting: ``window`` or ``target``.
+    """
+    if weighting == "window":
+        return 1.0
+    if weighting == "target":
+        return int((labels > 0).sum()) / targets_per_batch
+    raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+
+
 def environment() -> dict:
     import transformers
 
@@ -113,7 +134,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           clip: float | None = None, device: str | None = None, amp: bool = False, max_minutes: float | None = None,
           valid_users: int | None = None, exclude_history: bool = False, kcore="auto", progress: bool = True,
           command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant",
-          window_stride: int | None = None) -> dict:
+          window_stride: int | None = None, loss_weighting: str = "window") -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     ``lr_schedule`` (``constant`` / ``linear`` / ``cosine``) scales the learning rate per batch over the planned
@@ -145,6 +166,10 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     else:
         model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
     model.set_item_vocab(ds.vocab)
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+    if loss_weighting == "target" and model_type == "bert4rec":
+        raise ValueError("--loss-weighting target: BERT4Rec's Cloze loss is not a mean over the labelled positions")
     if window_stride is not None and model_type == "bert4rec":
         raise ValueError("--window-stride: BERT4Rec's Cloze objective does not use per-position targets, so "
                          "overlapping windows would only repeat masked items; use the default non-overlapping windows")
@@ -166,8 +191,9 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                          f"{windows.stride} items, each supervising its last {windows.stride} positions (every "
                          f"target once, with >= {windows.max_len - windows.stride + 1} items of context or its whole "
                          "prefix)"),
-           "window_stride": windows.stride,
+           "window_stride": windows.stride, "loss_weighting": loss_weighting,
            "environment": environment(), "n_parameters": n_params, "init_from": init_from}
+    targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]
     best, best_epoch, bad = -1.0, -1, 0
     gen = np.random.default_rng(seed)
     deadline = t0 + max_minutes * 60 if max_minutes else None
@@ -190,7 +216,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                 loss = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
                              timestamps=batch.get("timestamps")).loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * loss_scale(batch["labels"], targets_per_batch, loss_weighting)).backward()
             if preset["clip"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), preset["clip"])
             opt.step()
@@ -248,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--batch-size", type=int, help="training windows per batch")
+    p.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="window",
+                   help="window: each batch's loss is the mean over its targets (with length bucketing a short "
+                        "window's targets weigh more than a long one's); target: every target weighs the same, as in "
+                        "RecBole's prefix batches")
     p.add_argument("--window-stride", type=int,
                    help="overlapping training windows: a window ends every S items and supervises its last S "
                         "positions, so each target sees >= max_len - S + 1 items of context (default: max_len)")
@@ -282,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  weight_decay=args.weight_decay, batch_size=args.batch_size, clip=args.clip, device=args.device,
                  amp=args.amp, max_minutes=args.max_minutes, valid_users=args.valid_users,
                  exclude_history=args.exclude_history, kcore=kcore, progress=not args.no_progress, command=command,
-                 init_from=args.init_from, lr_schedule=args.lr_schedule, window_stride=args.window_stride)
+                 init_from=args.init_from, lr_schedule=args.lr_schedule, window_stride=args.window_stride,
+                 loss_weighting=args.loss_weighting)
 
 
 if __name__ == "__main__":

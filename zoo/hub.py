@@ -230,7 +230,7 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
 ## Training
 
 - Data: {dataset.get('description', ds_name)}
-- Objective: {train_log.get('objective', '')}
+- Objective: {train_log.get('objective', '')}{_weighting_note(train_log)}
 - Optimiser: {train_log.get('train', {})}; seed {train_log.get('seed')}; best epoch {train_log.get('best_epoch')} of
   {len(train_log.get('epochs', []))} ({train_log.get('stopped', '')}); {train_log.get('train_minutes', 0):.0f} minutes on {env.get('platform', '?')}
   ({env.get('cpu_threads', '?')} CPU threads{', GPU ' + env['cuda'] if env.get('cuda') else ''}).
@@ -251,6 +251,16 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
     path = os.path.join(folder, "README.md")
     card.save(path)
     return path
+
+
+def _weighting_note(train_log: dict) -> str:
+    """How the batch loss weighs targets (``zoo.train --loss-weighting``), for the card's objective line."""
+    w = train_log.get("loss_weighting")
+    if w == "target":
+        return "; every target weighs the same (`--loss-weighting target`, RecBole's weighting)"
+    if w == "window":
+        return "; each batch's loss is the mean over its targets (`--loss-weighting window`)"
+    return ""
 
 
 def _below_reference_note(train_log: dict) -> str:

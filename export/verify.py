@@ -25,7 +25,8 @@ Pass criteria, per graph precision (``spec["precision"]``, see :data:`TOLERANCES
 for both):
 
 * fp32: ``max |score_ort - score_torch| <= SCORE_ATOL`` on every real item's score, top-k agreement
-  ``>= TOPK_MIN_AGREEMENT``, state error ``<= STATE_ATOL`` (module constants, read at call time, so a caller can
+  ``>= TOPK_MIN_AGREEMENT`` (identical ordered lists, up to swaps of items whose PyTorch scores are within
+  ``SCORE_ATOL``: see :func:`_rows_agree`), state error ``<= STATE_ATOL`` (module constants, read at call time, so a caller can
   tighten them);
 * fp16: the max abs score error relative to the score scale (``max_rel_err = max |d| / max |score_torch|``)
   ``<= score_rtol``, top-k agreement and state error as in the fp16 row of :data:`TOLERANCES`.
@@ -184,9 +185,24 @@ def _topk_ref(ref: np.ndarray, k: int) -> np.ndarray:
     return torch.topk(t, k, dim=1).indices.numpy()
 
 
-def _agreement(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> float:
+def _rows_agree(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> np.ndarray:
+    """``[B]`` bool: the graph's ordered top-k equals PyTorch's, up to order swaps of near-tied items.
+
+    A row agrees when the ids are identical, or when the PyTorch scores of the graph's ids, position by position,
+    are within ``SCORE_ATOL`` of PyTorch's own top-k scores: items whose reference scores differ by less than the
+    allowed score error have no defined order under that tolerance (on real 3,416-item models about 1 row in 700 of
+    random histories has such a near-tie at some rank).
+    """
     ref_ids = _topk_ref(ref_scores, k)
-    return float(np.mean(np.all(ort_ids == ref_ids, axis=1)))
+    same = np.all(ort_ids == ref_ids, axis=1)
+    rows = np.arange(len(ref_ids))[:, None]
+    ids = np.clip(ort_ids.astype(np.int64), 0, ref_scores.shape[1] - 1)
+    gap = np.abs(ref_scores[rows, ids].astype(np.float64) - ref_scores[rows, ref_ids].astype(np.float64))
+    return same | (np.all(ort_ids > 0, axis=1) & np.all(gap <= SCORE_ATOL, axis=1))
+
+
+def _agreement(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> float:
+    return float(np.mean(_rows_agree(ort_ids, ref_scores, k)))
 
 
 class _Acc:
@@ -201,7 +217,7 @@ class _Acc:
         if a > self.abs or not np.isfinite(a):
             self.where = where
         self.abs, self.rel = max(self.abs, a), max(self.rel, r)
-        self.agree.append(np.all(out["topk_ids"] == _topk_ref(ref, k), axis=1))
+        self.agree.append(_rows_agree(out["topk_ids"], ref, k))
 
 
 def _judge(c: CaseResult, score_atol: float | None, min_agree: float, state_atol: float,

@@ -1013,3 +1013,18 @@ def test_trt_takes_gaps_form_of_time_aware_model(saved_tim4rec_causal, tmp_path,
     spec = json.loads((tmp_path / "state_spec.json").read_text())
     assert spec["time_input"] == "gaps" and all(e["dtype"] != "float64" for e in spec["inputs"] + spec["outputs"])
     assert not (tmp_path / T.ENGINE_FILE).exists() and (tmp_path / "model.onnx").exists()
+
+
+def test_topk_agreement_tolerates_only_near_tie_swaps():
+    """A swap of two items whose PyTorch scores differ by less than SCORE_ATOL is not a disagreement; a wider swap,
+    a wrong item or padding in the list is."""
+    import export.verify as V
+
+    ref = np.array([[-np.inf, 0.5, 0.9, 0.9 + V.SCORE_ATOL / 2, 0.1, 0.3]], dtype=np.float32)
+    exact = np.array([[3, 2, 1]])
+    assert V._rows_agree(exact, ref, 3).tolist() == [True]
+    assert V._rows_agree(np.array([[2, 3, 1]]), ref, 3).tolist() == [True]                  # near-tie swap
+    assert V._rows_agree(np.array([[3, 1, 2]]), ref, 3).tolist() == [False]                 # 0.9 vs 0.5 swapped
+    assert V._rows_agree(np.array([[3, 2, 5]]), ref, 3).tolist() == [False]                 # wrong third item
+    assert V._rows_agree(np.array([[3, 2, 0]]), ref, 3).tolist() == [False]                 # padding never agrees
+    assert V._agreement(np.array([[2, 3, 1], [3, 1, 2]]), np.repeat(ref, 2, 0), 3) == 0.5

@@ -144,7 +144,13 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     from .data import iterate_batches, leave_one_out, load_dataset, training_windows
     from .evaluate import evaluate_model
 
-    lr_factor(lr_schedule, 0.0)                                    # validate the name before any work
+    lr_factor(lr_schedule, 0.0)                                    # validate the names before any work
+    loss_scale(torch.ones(1, 1, dtype=torch.long), 1.0, loss_weighting)
+    if loss_weighting == "target" and model_type == "bert4rec":
+        raise ValueError("--loss-weighting target: BERT4Rec's Cloze loss is not a mean over the labelled positions")
+    if window_stride is not None and model_type == "bert4rec":
+        raise ValueError("--window-stride: BERT4Rec's Cloze objective does not use per-position targets, so "
+                         "overlapping windows would only repeat masked items; use the default non-overlapping windows")
     preset = dict(TRAIN_PRESETS.get(model_type, DEFAULT_PRESET))
     for k, v in dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, clip=clip).items():
         if v is not None:
@@ -166,13 +172,6 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     else:
         model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
     model.set_item_vocab(ds.vocab)
-    if loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
-    if loss_weighting == "target" and model_type == "bert4rec":
-        raise ValueError("--loss-weighting target: BERT4Rec's Cloze loss is not a mean over the labelled positions")
-    if window_stride is not None and model_type == "bert4rec":
-        raise ValueError("--window-stride: BERT4Rec's Cloze objective does not use per-position targets, so "
-                         "overlapping windows would only repeat masked items; use the default non-overlapping windows")
     windows = training_windows(split.train, model.config.max_seq_length,
                                split.train_timestamps if model.uses_timestamps else None, stride=window_stride)
     valid = split.valid if not valid_users else split.valid.head(valid_users)

@@ -209,9 +209,7 @@ def iterate_batches(windows: TrainingWindows, batch_size: int, padding_side: str
         labels, _ = _gather_padded(windows.labels, starts, lengths, padding_side)
         skip = windows.skip[idx]
         if skip.any():                                          # overlap context of strided windows: no target
-            Lb = labels.shape[1]
-            pos = np.arange(Lb)[None, :] - (0 if padding_side == "right" else (Lb - lengths)[:, None])
-            labels[pos < skip[:, None]] = 0
+            labels[np.cumsum(mask, axis=1) <= skip[:, None]] = 0  # cumsum - 1 = position in the window (real slots)
         batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
                  "labels": torch.from_numpy(labels)}
         if windows.timestamps is not None:

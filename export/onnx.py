@@ -4,7 +4,8 @@ history-window graphs for models without an exact step.
 CLI::
 
     python -m export.onnx --model NAME_OR_PATH (--out DIR | --card-dir CARD_FOLDER) [--kind step|window] [--topk K]
-                          [--scores] [--fp16] [--time-input timestamps|gaps] [--data INTERACTIONS] [--no-verify]
+                          [--scores] [--fp16] [--time-input timestamps|gaps] [--exclude-seen] [--data INTERACTIONS]
+                          [--no-verify]
                           [--verify-prime 200] [--verify-steps 500] [--verify-cases 2000]
 
 Step graph (``--kind step``, the default for models with ``has_exact_step``)
@@ -28,6 +29,12 @@ The scan is ONE node per layer in the custom domain :data:`export.plugin_spec.ON
 :mod:`export.plugin_spec`), carrying
 ``plugin_namespace`` / ``plugin_version`` (TensorRT binds its plugin by these), and the same op is shipped as a
 model-local ONNX function made of standard ops (an ONNX ``Scan`` over ``T``), so ONNX Runtime runs the file as is.
+
+``--exclude-seen`` (step and window graphs): the items of the history are ranked after every unseen item (they score
+:data:`export.runtime.SEEN_SCORE`, float32's lowest value, in ``scores`` and ``topk_scores``; the padding id stays
+``-inf``), the LRURec protocol's history masking done in the graph. A step graph carries the history as one more
+state, ``seen [B, n_items]`` float32 (1 = fed before; one ``ScatterElements`` per call), so a stateful server needs no
+history of its own; a window graph masks the items of its input window.
 
 Window graph (``--kind window``, models without an exact step, e.g. SASRec)
 --------------------------------------------------------------------------
@@ -64,6 +71,7 @@ from onnx import AttributeProto, TensorProto
 from onnx import helper as oh
 
 from . import plugin_spec as ps
+from .runtime import SEEN_SCORE, SEEN_STATE
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +108,11 @@ TIME_GAPS_DOC = (
     "non-negative, non-decreasing per row, not before last_ts): gap_0 = ts_0 - last_ts (0 when last_ts < 0), "
     "gap_i = ts_i - ts_{i-1}; then casts them to float32 and sets last_ts = ts_{T-1}. export.runtime.OnnxStepSession "
     "does this (export.runtime.time_gaps)")
+SEEN_DOC = {
+    "step": "1 = the item is in this sequence's history (every item fed so far), 0 = not; starts at 0 for an empty "
+            "history (O(n_items) floats per sequence)",
+    "window": "the items of the input window",
+}
 CARD_BEGIN = "<!-- onnx-export:begin -->"
 CARD_END = "<!-- onnx-export:end -->"
 
@@ -535,38 +548,58 @@ def _pad_mask(n_items: int) -> torch.Tensor:
     return pad
 
 
-def _mask_and_topk(scores: torch.Tensor, pad: torch.Tensor, k: int):
-    """Padding logit (column 0) -> -inf, then top-k."""
+def _mask_and_topk(scores: torch.Tensor, pad: torch.Tensor, k: int, seen: torch.Tensor | None = None):
+    """Padding logit (column 0) -> -inf, the items flagged in ``seen [B, n_items]`` (``--exclude-seen``) ->
+    :data:`SEEN_SCORE` (never column 0: the padding stays ``-inf``), then top-k. The ``seen`` mask is the last op
+    before ``TopK`` so it is part of the fp32 score tail of an fp16 graph (``SEEN_SCORE`` does not fit float16)."""
     scores = scores + pad
+    if seen is not None:
+        scores = scores.masked_fill((seen > 0) & (pad == 0), SEEN_SCORE)
     vals, ids = torch.topk(scores, k, dim=-1)
     return ids, vals, scores
+
+
+def _mark_seen(seen: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+    """``seen [B, n_items]`` float32 with 1 at every id of ``item_ids [B, T]`` (one ``ScatterElements``; repeated ids
+    in a row write the same 1, so their order does not matter)."""
+    return seen.scatter(1, item_ids, torch.ones_like(item_ids, dtype=seen.dtype))
 
 
 class StepGraph(torch.nn.Module):
     """``(item_ids [B, T], [timestamps], *state) -> (topk_ids, topk_scores, scores, *new_state)`` via ``model._step``."""
 
-    def __init__(self, model, k: int, states=None):
+    def __init__(self, model, k: int, states=None, exclude_seen: bool = False):
         super().__init__()
         self.model = model
         self.k = k
         states = model.state_spec(1) if states is None else states
-        self.state_names = [s.name for s in states]
+        #: the model's states (``model._step``), then the graph's own ``seen`` state with ``exclude_seen``
+        self.model_state_names = [s.name for s in states]
+        self.exclude_seen = bool(exclude_seen)
+        self.state_names = self.model_state_names + ([SEEN_STATE] if exclude_seen else [])
         #: each new state keeps its declared dtype (float64 ``last_ts`` must not be rounded to float32)
-        self.state_dtypes = [s.dtype for s in states]
+        self.state_dtypes = [s.dtype for s in states] + ([torch.float32] if exclude_seen else [])
         self.uses_timestamps = bool(model.uses_timestamps)
         self.register_buffer("pad", _pad_mask(model.config.n_items), persistent=False)
+
+    def _split(self, item_ids, rest):
+        """``(model state dict, new seen state or None)`` from the state inputs."""
+        state = dict(zip(self.state_names, rest))
+        seen = _mark_seen(state.pop(SEEN_STATE), item_ids) if self.exclude_seen else None
+        return state, seen
 
     def forward(self, item_ids, *rest):
         ts = None
         if self.uses_timestamps:
             ts, rest = rest[0].double(), rest[1:]
-        state = dict(zip(self.state_names, rest))
+        state, seen = self._split(item_ids, rest)
         hidden, new_state = self.model._step(item_ids, state, ts)
-        return self._outputs(hidden, new_state)
+        return self._outputs(hidden, new_state, seen)
 
-    def _outputs(self, hidden, new_state):
+    def _outputs(self, hidden, new_state, seen=None):
         scores = self.model.score(hidden[:, -1]).float()
-        ids, vals, scores = _mask_and_topk(scores, self.pad, self.k)
+        ids, vals, scores = _mask_and_topk(scores, self.pad, self.k, seen)
+        new_state = {**new_state, **({SEEN_STATE: seen} if seen is not None else {})}
         states = [new_state[n] for n in self.state_names]
         # a Cast only where the dtype changes: a no-op Cast in front of a graph output stays in ORT's plan
         return (ids, vals, scores, *[t if t.dtype == d else t.to(d) for t, d in zip(states, self.state_dtypes)])
@@ -577,22 +610,23 @@ class GapsStepGraph(StepGraph):
     ``model._step_from_gaps`` (the same time features and layers as ``model._step``; the float64 differencing of the
     timestamps and ``last_ts`` are the caller's), so every graph tensor is float32 or int64."""
 
-    def __init__(self, model, k: int):
-        super().__init__(model, k, split_time_states(model, "gaps")[0])
+    def __init__(self, model, k: int, exclude_seen: bool = False):
+        super().__init__(model, k, split_time_states(model, "gaps")[0], exclude_seen)
 
     def forward(self, item_ids, time_gaps, *rest):
-        state = dict(zip(self.state_names, rest))
+        state, seen = self._split(item_ids, rest)
         hidden, new_state = self.model._step_from_gaps(item_ids, state, time_gaps)
-        return self._outputs(hidden, new_state)
+        return self._outputs(hidden, new_state, seen)
 
 
 class WindowGraph(torch.nn.Module):
     """``(item_ids [B, L] padded with 0, [timestamps]) -> (topk_ids, topk_scores, scores)`` via ``model.encode``."""
 
-    def __init__(self, model, k: int):
+    def __init__(self, model, k: int, exclude_seen: bool = False):
         super().__init__()
         self.model = model
         self.k = k
+        self.exclude_seen = bool(exclude_seen)
         self.uses_timestamps = bool(model.uses_timestamps)
         self.register_buffer("pad", _pad_mask(model.config.n_items), persistent=False)
 
@@ -606,7 +640,9 @@ class WindowGraph(torch.nn.Module):
         else:
             h = hidden[:, -1]
         scores = self.model.score(h).float()
-        return _mask_and_topk(scores, self.pad, self.k)
+        # --exclude-seen: the items of the window (the padding id 0 is flagged too, and stays -inf)
+        seen = _mark_seen(torch.zeros_like(scores), item_ids) if self.exclude_seen else None
+        return _mask_and_topk(scores, self.pad, self.k, seen)
 
 
 # ================================================================================================ the exporter
@@ -666,7 +702,7 @@ def _state_entry(s) -> dict:
 
 
 def build_spec(model, kind: str, k: int, with_scores: bool, precision: str = "fp32",
-               time_input: str | None = None) -> dict:
+               time_input: str | None = None, exclude_seen: bool = False) -> dict:
     """The I/O table written to ``state_spec.json`` (and into the card / README)."""
     c = model.config
     time_input = resolve_time_input(model, kind, time_input)
@@ -689,10 +725,18 @@ def build_spec(model, kind: str, k: int, with_scores: bool, precision: str = "fp
     for s in graph_states:
         state.append(_state_entry(s))
         inputs.append(_io_entry(s.name, state[-1]["shape"], state[-1]["dtype"], s.doc))
-    outputs.append(_io_entry("topk_ids", ["B", k], "int64", "internal item indices, best first (never 0)"))
-    outputs.append(_io_entry("topk_scores", ["B", k], "float32", "raw scores of topk_ids"))
+    if exclude_seen and kind == "step":
+        state.append({"name": SEEN_STATE, "shape": ["B", int(c.n_items)], "dtype": "float32", "init": 0.0,
+                      "output": f"{SEEN_STATE}_out", "doc": SEEN_DOC["step"]})
+        inputs.append(_io_entry(SEEN_STATE, state[-1]["shape"], "float32", SEEN_DOC["step"]))
+    seen_note = (f"; items of the history ({'seen state' if kind == 'step' else 'input window'}) score "
+                 f"{SEEN_SCORE:.8g} (--exclude-seen)") if exclude_seen else ""
+    outputs.append(_io_entry("topk_ids", ["B", k], "int64", "internal item indices, best first (never 0)"
+                             + (", unseen items first" if exclude_seen else "")))
+    outputs.append(_io_entry("topk_scores", ["B", k], "float32", "raw scores of topk_ids" + seen_note))
     if with_scores:
-        outputs.append(_io_entry("scores", ["B", c.n_items], "float32", "raw next-item scores; column 0 (padding) = -inf"))
+        outputs.append(_io_entry("scores", ["B", c.n_items], "float32",
+                                 "raw next-item scores; column 0 (padding) = -inf" + seen_note))
     for s in state:
         outputs.append(_io_entry(s["output"], s["shape"], s["dtype"], f"new {s['name']}"))
     ops = []
@@ -710,6 +754,9 @@ def build_spec(model, kind: str, k: int, with_scores: bool, precision: str = "fp
         "client_state": [{key: v for key, v in _state_entry(s).items() if key != "output"} for s in client_states],
         **({"time_input_doc": TIME_GAPS_DOC} if time_input == "gaps" else {}),
         "custom_ops": ops, "precision": precision,
+        # --exclude-seen: items of the history are ranked last (score SEEN_SCORE): step graphs keep a `seen` state,
+        # window graphs mask the input window
+        "exclude_seen": bool(exclude_seen), **({"seen_score": SEEN_SCORE} if exclude_seen else {}),
     }
 
 
@@ -754,12 +801,14 @@ def _postprocess(mp: onnx.ModelProto, spec: dict, model) -> onnx.ModelProto:
     del mp.metadata_props[:]
     for k, v in {"model_type": spec["model_type"], "kind": spec["kind"], "n_items": str(spec["n_items"]),
                  "topk": str(spec["topk"]), "state_spec": json.dumps(spec["state"]),
-                 **({"time_input": spec["time_input"]} if spec.get("time_input") else {})}.items():
+                 **({"time_input": spec["time_input"]} if spec.get("time_input") else {}),
+                 **({"exclude_seen": "1"} if spec.get("exclude_seen") else {})}.items():
         mp.metadata_props.add(key=k, value=v)
     return mp
 
 
-def _example_inputs(model, kind: str, batch: int = 2, length: int = 3, time_input: str | None = None):
+def _example_inputs(model, kind: str, batch: int = 2, length: int = 3, time_input: str | None = None,
+                    exclude_seen: bool = False):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, model.config.n_items, (batch, length), generator=g)
     args, names, dyn = [ids], ["item_ids"], {"item_ids": {0: "B", 1: "T" if kind == "step" else "L"}}
@@ -777,14 +826,21 @@ def _example_inputs(model, kind: str, batch: int = 2, length: int = 3, time_inpu
                         else torch.full(s.shape, s.init, dtype=s.dtype))
             names.append(s.name)
             dyn[s.name] = {0: "B"}
+        if exclude_seen:
+            seen = torch.zeros(batch, model.config.n_items)
+            seen[:, 1::7] = 1.0
+            args.append(seen)
+            names.append(SEEN_STATE)
+            dyn[SEEN_STATE] = {0: "B"}
     return tuple(args), names, dyn
 
 
 def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: str = "fp32",
-                time_input: str | None = None) -> tuple[onnx.ModelProto, dict]:
+                time_input: str | None = None, exclude_seen: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Trace ``model`` into an ONNX ModelProto (not written) and its I/O spec; ``precision="fp16"`` then converts it
     with :func:`convert_to_fp16` (graph I/O, states, scan nodes and the score tail stay fp32). ``time_input``: see
-    :data:`TIME_INPUTS` (time-aware models only; default "timestamps")."""
+    :data:`TIME_INPUTS` (time-aware models only; default "timestamps"). ``exclude_seen``: rank the history's items last
+    (see :data:`export.runtime.SEEN_SCORE`)."""
     if precision not in PRECISION_DOC:
         raise ExportError(f"precision must be one of {', '.join(PRECISION_DOC)}, got {precision!r}")
     mt = model.config.model_type
@@ -797,12 +853,13 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
         if mt not in STEP_MODEL_TYPES:
             raise ExportError(f"no step exporter for model type {mt!r} (known: {', '.join(STEP_MODEL_TYPES)}); "
                               "use --kind window")
-        module = GapsStepGraph(model, k) if time_input == "gaps" else StepGraph(model, k)
+        module = (GapsStepGraph(model, k, exclude_seen=exclude_seen) if time_input == "gaps"
+                  else StepGraph(model, k, exclude_seen=exclude_seen))
     elif kind == "window":
         if mt in SCAN_STEP_MODEL_TYPES:
             raise ExportError(f"{mt} exports as a step graph (--kind step): its parallel training-time scan traces to "
                               "one fixed length, and the step graph serves any history length")
-        module = WindowGraph(model, k)
+        module = WindowGraph(model, k, exclude_seen=exclude_seen)
     if precision == "fp16" and time_input not in (None, "gaps"):
         raise ExportError(f"--fp16 is not supported for time-aware models ({mt}) with float64 timestamps: their time "
                           "features start from raw second differences, far beyond float16's range (65504); export "
@@ -810,9 +867,10 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
                                             "features in fp32)" if gaps_form_available(model) else ""))
     if not 1 <= k <= model.config.n_items - 1:
         raise ExportError(f"topk must be in 1..{model.config.n_items - 1}, got {k}")
-    spec = build_spec(model, kind, k, with_scores, precision, time_input)
+    spec = build_spec(model, kind, k, with_scores, precision, time_input, exclude_seen)
     length = 3 if kind == "step" else min(5, model.config.max_seq_length)
-    args, in_names, dyn = _example_inputs(model, kind, length=length, time_input=time_input)
+    args, in_names, dyn = _example_inputs(model, kind, length=length, time_input=time_input,
+                                          exclude_seen=exclude_seen and kind == "step")
     out_names = ["topk_ids", "topk_scores", "scores"] + [s["output"] for s in spec["state"]]
     for o in out_names:
         dyn[o] = {0: "B"}
@@ -1078,7 +1136,7 @@ def _remove(paths) -> None:
 def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, topk: int = 10,
                  with_scores: bool = False, verify: bool = True, real_histories: Sequence[Sequence[int]] | None = None,
                  verify_kwargs: dict | None = None, progress=None, precision: str = "fp32",
-                 time_input: str | None = None) -> ExportResult:
+                 time_input: str | None = None, exclude_seen: bool = False) -> ExportResult:
     """Export ``model`` to ``out_dir/model.onnx`` + ``out_dir/state_spec.json`` and verify it against PyTorch.
 
     Args:
@@ -1092,6 +1150,9 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
             under the fp16 row of :data:`export.verify.TOLERANCES`).
         time_input: time-aware models only: "timestamps" (default; float64 ``timestamps`` + ``last_ts`` state) or
             "gaps" (step graphs: float32 ``time_gaps``, ``last_ts`` kept by the caller; see :data:`TIME_GAPS_DOC`).
+        exclude_seen: never rank an item of the history above an unseen one: step graphs get a ``seen [B, n_items]``
+            state (1 = fed before) and window graphs mask their input window; such items score
+            :data:`export.runtime.SEEN_SCORE` (the LRURec protocol's history masking, inside the graph).
     """
     say = progress or (lambda msg: None)
     kind = kind or ("step" if getattr(model, "has_exact_step", False) else "window")
@@ -1101,8 +1162,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     t0 = time.perf_counter()
     ti = resolve_time_input(model, kind, time_input)
     say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}, {precision}"
-        + (f", time input: {ti}" if ti else "") + ") ...")
-    mp, spec = trace_graph(model, kind, topk, with_scores, precision, ti)
+        + (f", time input: {ti}" if ti else "") + (", history excluded" if exclude_seen else "") + ") ...")
+    mp, spec = trace_graph(model, kind, topk, with_scores, precision, ti, exclude_seen)
     n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN)
     say(f"  {len(mp.graph.node)} nodes ({n_scan} scan nodes in {ps.ONNX_DOMAIN}), checker full_check OK "
         f"[{time.perf_counter() - t0:.1f} s]")
@@ -1158,6 +1219,12 @@ def card_section(spec: dict, rel_dir: str) -> str:
                       f"`{op['attributes']['plugin_namespace']}`, plugin_version `{op['attributes']['plugin_version']}`, "
                       "bound by TensorRT to the zoo plugin) with a model-local ONNX function of standard ops, so "
                       "ONNX Runtime runs the file as is."]
+    if spec.get("exclude_seen"):
+        lines += ["", ("Items already in the history are never ranked above an unseen item (`--exclude-seen`): the "
+                       "graph keeps a `seen` state (1 per item fed so far) and gives those items the score "
+                       f"{SEEN_SCORE:.8g}.") if spec["kind"] == "step" else
+                      ("The items of the input window are never ranked above an unseen item (`--exclude-seen`): "
+                       f"they get the score {SEEN_SCORE:.8g}.")]
     if spec.get("time_input") == "gaps":
         lines += ["", "Time input: `time_gaps` (float32 seconds since the row's previous event). The caller keeps "
                       "`last_ts` (float64 Unix seconds, -1 = no event yet) and computes the gaps from float64 "
@@ -1231,6 +1298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--time-input", choices=TIME_INPUTS, default=None,
                    help="time-aware models: 'timestamps' (default: float64 timestamps + float64 last_ts state in the "
                         "graph) or 'gaps' (step graphs: float32 time_gaps, last_ts kept by the caller; TensorRT-able)")
+    p.add_argument("--exclude-seen", action="store_true",
+                   help="rank the items of the history last (step graphs: a 'seen' state [B, n_items]; window graphs: "
+                        "the input window), as the LRURec protocol's history masking")
     p.add_argument("--data", default=None, help="interaction file for the 'real histories' verification cases")
     p.add_argument("--card-dir", default=None,
                    help="write the graph into CARD_DIR/onnx[-window]/ and add an 'ONNX export' section to its README")
@@ -1260,7 +1330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             vk.update(prime_len=args.verify_prime, n_steps=args.verify_steps)
         res = export_model(model, out, kind=kind, topk=args.topk, with_scores=args.scores,
                            verify=not args.no_verify, real_histories=real, verify_kwargs=vk, progress=say,
-                           precision="fp16" if args.fp16 else "fp32", time_input=args.time_input)
+                           precision="fp16" if args.fp16 else "fp32", time_input=args.time_input,
+                           exclude_seen=args.exclude_seen)
     except VerificationError as e:
         say(f"ERROR: {e}")
         if e.report is not None:

@@ -39,6 +39,13 @@ import onnxruntime as ort
 GRAPH_FILE = "model.onnx"
 SPEC_FILE = "state_spec.json"
 _DTYPES = {"float32": np.float32, "int64": np.int64, "float16": np.float16, "float64": np.float64}
+#: graphs exported with ``--exclude-seen`` (``state_spec.json``'s ``exclude_seen``): the score of every item already
+#: in the history (step graphs: the ``seen`` state; window graphs: the input window), in ``scores`` and
+#: ``topk_scores``. Finite (float32's lowest value), so such items still rank above the padding id 0 (``-inf``) when
+#: fewer than ``K`` unseen items are left.
+SEEN_SCORE = float(np.finfo(np.float32).min)
+#: name of the step graphs' ``seen`` state (``[B, n_items]`` float32, 1 = item in the history, 0 = not)
+SEEN_STATE = "seen"
 
 
 def time_gaps(timestamps: np.ndarray, last_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,6 +219,8 @@ class OnnxStepSession(_Base):
                 raise TypeError(f"state[{s['name']!r}] has dtype {a.dtype}, expected {s['dtype']}")
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"state[{s['name']!r}] holds NaN or infinite values")
+            if s["name"] == SEEN_STATE and not np.all((a == 0) | (a == 1)):
+                raise ValueError(f"state[{s['name']!r}] must hold 0 (not seen) or 1 (seen) per item")
             out[s["name"]] = a
         return out
 

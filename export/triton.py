@@ -618,13 +618,14 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
 
 
 def export_and_write(model, repo: str | os.PathLike, topk: int = 10, work_dir: str | None = None,
-                     **kwargs) -> pathlib.Path:
-    """Export a zoo model with :func:`export.onnx.export_model` (verified) and write its Triton repository."""
+                     exclude_seen: bool = False, **kwargs) -> pathlib.Path:
+    """Export a zoo model with :func:`export.onnx.export_model` (verified) and write its Triton repository
+    (``exclude_seen``: the graph ranks the history's items last, step graphs keep a ``seen`` state)."""
     from .onnx import export_model
 
     with tempfile.TemporaryDirectory(prefix="zoo-triton-export-") as tmp:
         out = pathlib.Path(work_dir or tmp)
-        export_model(model, out, topk=topk, verify=kwargs.pop("verify", True))
+        export_model(model, out, topk=topk, verify=kwargs.pop("verify", True), exclude_seen=exclude_seen)
         vocab = None
         if getattr(model, "item_vocab", None) is not None:
             model.item_vocab.save(str(out))
@@ -642,6 +643,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--state", choices=STATES, default="implicit")
     p.add_argument("--name", help="model name in the repository (default <model_type>_<kind>_<backend>[_<state>])")
     p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--exclude-seen", action="store_true",
+                   help="with --model: export the graph with the history's items ranked last (a 'seen' state per "
+                        "sequence; see export.onnx --exclude-seen)")
     p.add_argument("--idle-timeout-s", type=float, default=600.0,
                    help="max_sequence_idle_microseconds / 1e6: how long an idle sequence keeps its slot")
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -660,13 +664,17 @@ def main(argv: Sequence[str] | None = None) -> int:
               instances=a.instances)
     try:
         if a.onnx:
+            if a.exclude_seen and not json.loads((pathlib.Path(a.onnx) / SPEC_FILE).read_text()).get("exclude_seen"):
+                raise ValueError(f"--exclude-seen: the graph in {a.onnx} was exported without it; re-export it with "
+                                 "`python -m export.onnx --exclude-seen` or pass --model")
             vocab = a.vocab or (os.path.join(a.onnx, VOCAB_FILE) if os.path.exists(os.path.join(a.onnx, VOCAB_FILE))
                                 else None)
             mdir = write_repository(a.onnx, a.repo, vocab_path=vocab, **kw)
         else:
             from .onnx import _load_model
 
-            mdir = export_and_write(_load_model(a.model), a.repo, topk=a.topk, verify=not a.no_verify, **kw)
+            mdir = export_and_write(_load_model(a.model), a.repo, topk=a.topk, verify=not a.no_verify,
+                                    exclude_seen=a.exclude_seen, **kw)
     except (TritonConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -21,6 +21,12 @@ includes the float32 rounding of the gaps.
 Window graphs: ``random/windows`` (``topk_cases`` random padded windows of random lengths, several padded widths) and
 ``real/windows``; compared with ``model.forward``.
 
+Graphs exported with ``--exclude-seen`` (``spec["exclude_seen"]``): the PyTorch side keeps its own record of each
+row's history (every id fed so far; for window graphs the ids of the window) and gives those items
+:data:`export.runtime.SEEN_SCORE`; the graph's masked entries must equal it exactly (a mask that differs is an infinite
+score error), the score errors are measured over the other entries, and the graph's ``seen`` state is compared with
+the record.
+
 Pass criteria, per graph precision (``spec["precision"]``, see :data:`TOLERANCES`; the same metrics are reported
 for both):
 
@@ -40,6 +46,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+from .runtime import SEEN_SCORE, SEEN_STATE
 
 _NP_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16, "int64": np.int64}
 
@@ -170,13 +178,29 @@ def _with_scores_output(graph_path: str) -> bytes:
 
 
 def _errs(ort_scores: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """Max abs / rel error over the real items (column 0, padding, is -inf in the graph and excluded)."""
+    """Max abs / rel error over the real items (column 0, padding, is -inf in the graph and excluded). Items the
+    reference excludes as seen (:data:`SEEN_SCORE`) must hold exactly that score in the graph and are left out of the
+    error and of the score scale; a graph that masks another set of items gets an infinite error."""
     a, b = ort_scores[..., 1:].astype(np.float64), ref[..., 1:].astype(np.float64)
     if not np.all(np.isfinite(a)):
         return float("inf"), float("inf")
-    d = np.abs(a - b)
-    scale = max(float(np.abs(b).max()), 1e-12)
+    seen_ref, seen_ort = b == SEEN_SCORE, a == SEEN_SCORE
+    if np.any(seen_ref != seen_ort):
+        return float("inf"), float("inf")
+    live = ~seen_ref
+    if not live.any():
+        return 0.0, 0.0
+    d = np.abs(a - b)[live]
+    scale = max(float(np.abs(b[live]).max()), 1e-12)
     return float(d.max()), float(d.max() / scale)
+
+
+def _exclude(ref: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """The reference scores with the items flagged in ``seen [B, n_items]`` (bool) set to :data:`SEEN_SCORE`
+    (never column 0, the padding, which the comparisons leave out)."""
+    seen = seen.copy()
+    seen[:, 0] = False
+    return np.where(seen, np.float32(SEEN_SCORE), ref.astype(np.float32))
 
 
 def _topk_ref(ref: np.ndarray, k: int) -> np.ndarray:
@@ -256,6 +280,9 @@ class _StepPair:
         self.o_state = {s["name"]: np.full([batch, *s["shape"][1:]], s["init"], dtype=_NP_DTYPES[s["dtype"]])
                         for s in list(spec["state"]) + list(spec.get("client_state", []))}
         self.out_names = ["topk_ids", "topk_scores", "scores"] + [s["output"] for s in spec["state"]]
+        #: --exclude-seen graphs: the PyTorch side's own record of every id fed to each row (the reference mask)
+        self.exclude_seen = bool(spec.get("exclude_seen"))
+        self.t_seen = np.zeros((batch, spec["n_items"]), dtype=bool) if self.exclude_seen else None
         #: gaps-form graphs: the largest gap fed so far and how many gaps float32 rounded (not exactly representable)
         self.max_gap, self.rounded_gaps = 0.0, 0
 
@@ -277,13 +304,19 @@ class _StepPair:
         feeds.update({n: self.o_state[n] for n in self.graph_names})
         res = dict(zip(self.out_names, self.run(self.out_names, feeds)))
         self.o_state = {**{n: res[f"{n}_out"] for n in self.graph_names}, **client}
-        return res, logits.float().numpy()
+        ref = logits.float().numpy()
+        if self.exclude_seen:
+            np.put_along_axis(self.t_seen, ids.astype(np.int64), True, axis=1)
+            ref = _exclude(ref, self.t_seen)
+        return res, ref
 
     def state_err(self) -> float:
         """Max abs difference over every state tensor, compared in float64 (a float64 state such as ``last_ts``
         must come back exactly: any rounding to float32 shows up as an error of up to 64 s at epoch seconds)."""
-        return max(float(np.abs(np.asarray(self.o_state[n], dtype=np.float64) - self.t_state[n].double().numpy()).max())
-                   for n in self.names)
+        ref = {n: self.t_state[n].double().numpy() for n in self.names if n != SEEN_STATE}
+        if self.exclude_seen:
+            ref[SEEN_STATE] = self.t_seen.astype(np.float64)
+        return max(float(np.abs(np.asarray(self.o_state[n], dtype=np.float64) - ref[n]).max()) for n in self.names)
 
 
 #: gap mixture of the random timestamps (seconds): same second, seconds, minutes, hours, days, months, and (1 in 20)
@@ -400,6 +433,10 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
                 ts, feeds = None, {"item_ids": ids.numpy()}
             with torch.no_grad():
                 ref = model.predict(ids, mask, timestamps=ts).numpy()
+            if spec.get("exclude_seen"):                       # the items of each row's window
+                seen = np.zeros(ref.shape, dtype=bool)
+                np.put_along_axis(seen, ids.numpy(), True, axis=1)
+                ref = _exclude(ref, seen)
             res = dict(zip(out_names, run(out_names, feeds)))
             acc.add(res, ref, k, f"rows {s}..{s + len(chunk) - 1}, width {ids.shape[1]}")
             n += len(chunk)

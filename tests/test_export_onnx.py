@@ -1028,3 +1028,145 @@ def test_topk_agreement_tolerates_only_near_tie_swaps():
     assert V._rows_agree(np.array([[3, 2, 5]]), ref, 3).tolist() == [False]                 # wrong third item
     assert V._rows_agree(np.array([[3, 2, 0]]), ref, 3).tolist() == [False]                 # padding never agrees
     assert V._agreement(np.array([[2, 3, 1], [3, 1, 2]]), np.repeat(ref, 2, 0), 3) == 0.5
+
+
+# ------------------------------------------------------------------------------------------- --exclude-seen
+SEEN_FAST = dict(prime_len=12, n_steps=20, topk_cases=300)
+
+
+def _torch_step(model, hist, ts=None):
+    with torch.no_grad():
+        logits, _ = model.step(torch.from_numpy(hist), model.init_state(len(hist)),
+                               None if ts is None else torch.from_numpy(ts))
+    return logits.float().numpy()
+
+
+@pytest.mark.parametrize("name", ALL_STEP_MODELS + ["tim4rec_causal-gaps"])
+def test_exclude_seen_step_graph(tmp_path, name):
+    """--exclude-seen: the graph's ``seen`` state records every item fed to the row; those items score SEEN_SCORE
+    (after every unseen item, before the padding), the other scores are the model's; the export is verified against
+    PyTorch's own record of the history."""
+    from export.runtime import SEEN_SCORE
+
+    gaps = name.endswith(GAPS)
+    model = make_model(name.removesuffix(GAPS))
+    res = E.export_model(model, tmp_path, topk=10, with_scores=True, exclude_seen=True,
+                         time_input="gaps" if gaps else None, verify_kwargs=SEEN_FAST)
+    assert res.report.ok, res.report.table()
+    spec = json.loads(open(res.spec_path).read())
+    assert spec["exclude_seen"] is True and spec["seen_score"] == SEEN_SCORE
+    assert spec["state"][-1] == {"name": "seen", "shape": ["B", N_ITEMS], "dtype": "float32", "init": 0.0,
+                                 "output": "seen_out", "doc": E.SEEN_DOC["step"]}
+    assert [s["name"] for s in spec["state"][:-1]] == [s.name for s in E.split_time_states(model, spec["time_input"])[0]]
+    mp = onnx.load(res.graph_path)
+    assert sum(n.op_type == "ScatterElements" for n in mp.graph.node) == 1
+    assert {p.key: p.value for p in mp.metadata_props}["exclude_seen"] == "1"
+
+    sess = OnnxStepSession(tmp_path)
+    rng = np.random.default_rng(5)
+    hist = rng.integers(1, N_ITEMS, size=(3, 15))
+    ts = V._rand_ts(rng, 3, 15) if model.uses_timestamps else None
+    out = sess.step(hist[:, :11], sess.init_state(3), None if ts is None else ts[:, :11])
+    out = sess.step(hist[:, 11:], out.state, None if ts is None else ts[:, 11:])     # the record spans calls
+    ref = _torch_step(model, hist, ts)
+    for r in range(3):
+        h = sorted(set(hist[r].tolist()))
+        want = np.zeros(N_ITEMS, np.float32)
+        want[h] = 1.0
+        np.testing.assert_array_equal(out.state["seen"][r], want)
+        assert not set(h) & set(out.topk_ids[r].tolist())
+        assert (out.scores[r, h] == SEEN_SCORE).all() and np.isneginf(out.scores[r, 0])
+        other = [i for i in range(1, N_ITEMS) if i not in h]
+        np.testing.assert_allclose(out.scores[r, other], ref[r, other], atol=1e-4)
+    # fewer unseen items than K: the unseen ones first, then seen items (finite SEEN_SCORE), never the padding
+    rest = np.array([[i for i in range(1, N_ITEMS) if i not in (7, 8, 9)]], dtype=np.int64)
+    ts1 = V._rand_ts(rng, 1, rest.shape[1]) if model.uses_timestamps else None
+    out = sess.step(rest, sess.init_state(1), ts1)
+    top = out.topk_ids[0].tolist()
+    assert sorted(top[:3]) == [7, 8, 9] and 0 not in top
+    assert (out.topk_scores[0, 3:] == SEEN_SCORE).all() and (out.topk_scores[0, :3] > SEEN_SCORE).all()
+
+
+def test_exclude_seen_verification_catches_a_wrong_record(tmp_path, monkeypatch):
+    """A graph whose ``seen`` state records a neighbour of each item instead fails verification (infinite score
+    error where the masks differ) and leaves no artefact behind."""
+    real = E._mark_seen
+    monkeypatch.setattr(E, "_mark_seen", lambda seen, ids: real(seen, torch.clamp(ids - 1, min=1)))
+    with pytest.raises(E.VerificationError, match="score error inf"):
+        E.export_model(make_model("lrurec"), tmp_path, topk=10, exclude_seen=True, verify_kwargs=SEEN_FAST)
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "state_spec.json").exists()
+
+
+def test_exclude_seen_window_graph(tmp_path):
+    """Window graph: the items of the input window (after truncation to max_seq_length) score SEEN_SCORE."""
+    from export.runtime import SEEN_SCORE
+
+    model = make_model("sasrec")
+    res = E.export_model(model, tmp_path, topk=10, with_scores=True, exclude_seen=True,
+                         verify_kwargs={"topk_cases": 300})
+    assert res.report.ok, res.report.table()
+    assert res.spec["exclude_seen"] is True and res.spec["state"] == []
+    sess = OnnxWindowSession(tmp_path)
+    hists = [[1, 2, 3], list(range(1, 50))]                     # the second is cut to its last 30 items (20..49)
+    out = sess.recommend(hists)
+    ids, mask = model.pad_batch(hists)
+    with torch.no_grad():
+        ref = model.predict(ids, mask).numpy()
+    for r, h in enumerate(hists):
+        window = sorted(set(h[-30:]))
+        assert not set(window) & set(out.topk_ids[r].tolist())
+        assert (out.scores[r, window] == SEEN_SCORE).all() and np.isneginf(out.scores[r, 0])
+        other = [i for i in range(1, N_ITEMS) if i not in window]
+        np.testing.assert_allclose(out.scores[r, other], ref[r, other], atol=1e-4)
+    assert out.scores[1, 5] > SEEN_SCORE                        # item 5 left the window: not excluded
+
+
+def test_exclude_seen_fp16_and_cli_card(saved_model, tmp_path, capsys):
+    """fp16: the mask sits in the fp32 score tail (SEEN_SCORE does not fit float16) and ``seen`` stays exact; the CLI
+    flag reaches the spec and the card section; the runtime refuses a ``seen`` state that is not 0/1."""
+    from export.runtime import SEEN_SCORE
+
+    res = E.export_model(make_model("lrurec"), tmp_path / "fp16", topk=10, with_scores=True, exclude_seen=True,
+                         precision="fp16", verify_kwargs=SEEN_FAST)
+    assert res.report.ok and res.report.precision == "fp16", res.report.table()
+    sess = OnnxStepSession(tmp_path / "fp16")
+    hist = np.array([[3, 9, 27, 41]], dtype=np.int64)
+    out = sess.step(hist, sess.init_state(1))
+    assert (out.scores[0, hist[0]] == SEEN_SCORE).all() and out.state["seen"][0, hist[0]].tolist() == [1.0] * 4
+    assert out.state["seen"].sum() == 4 and not set(hist[0].tolist()) & set(out.topk_ids[0].tolist())
+    bad = dict(out.state, seen=out.state["seen"] * 0.5)
+    with pytest.raises(ValueError, match="seen.*0 .not seen. or 1"):
+        sess.step([[5]], bad)
+    card = tmp_path / "card"
+    card.mkdir()
+    assert E.main(["--model", saved_model, "--card-dir", str(card), "--exclude-seen", *FAST]) == 0
+    assert "history excluded" in capsys.readouterr().out
+    spec = json.loads((card / "onnx" / "state_spec.json").read_text())
+    assert spec["exclude_seen"] and spec["state"][-1]["name"] == "seen" and spec["verification"]["passed"]
+    readme = (card / "README.md").read_text()
+    assert "never ranked above an unseen item" in readme and "`seen_out`" in readme
+
+
+def test_trt_exports_exclude_seen_graph(tmp_path, capsys, monkeypatch):
+    """export.trt --exclude-seen: the ONNX step (verified, with the ``seen`` state) is what the engine would be built
+    from; here (no builder/GPU) the run ends with the exit-3 report (the engine build itself is a GPU test)."""
+    from export import build_plugins as BP
+    from export import trt as T
+
+    if T.probe_environment().can_build:
+        pytest.skip("the TensorRT builder and a GPU are present: tests/test_trt_plugins.py builds the engine")
+    lib = BP.library_path()
+    extra = ["--plugin-lib", str(lib)] if lib.is_file() else []
+    if not extra:                                    # do not compile CUDA here (tests/test_trt_plugins.py does)
+        def no_build(*a, **k):
+            raise BP.BuildError("not compiled by this test")
+
+        monkeypatch.setattr(BP, "build", no_build)
+    mdir = tmp_path / "lru"
+    make_model("lrurec").save_pretrained(mdir)
+    code = T.main(["--model", str(mdir), "--out", str(tmp_path / "out"), "--quick", "--exclude-seen", *extra])
+    text = capsys.readouterr().out
+    assert code == T.EXIT_MISSING == 3, text
+    assert "history excluded" in text and "verification (step, lrurec): PASSED" in text
+    spec = json.loads((tmp_path / "out" / "state_spec.json").read_text())
+    assert spec["exclude_seen"] and spec["state"][-1]["name"] == "seen"

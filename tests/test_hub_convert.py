@@ -180,3 +180,17 @@ def test_recarding_refreshes_the_cards_onnx_graph(tmp_path):
     got = OnnxStepSession(card / "onnx").prime([[1, 2, 3, 4]])
     want = model.predict(torch.tensor([[1, 2, 3, 4]]))[0].topk(5).indices
     assert np.asarray(got.topk_ids)[0].tolist() == want.tolist()
+
+
+def test_existing_onnx_exports_reads_every_export_flag(tmp_path):
+    """Re-carding re-exports a card's graphs with the flags they were made with (read from state_spec.json)."""
+    import json
+
+    for rel, spec in (("onnx", {"kind": "step", "topk": 20, "precision": "fp16", "time_input": "gaps",
+                                "outputs": [{"name": "topk_ids"}, {"name": "scores"}], "exclude_seen": True}),
+                      ("onnx-window", {"kind": "window", "topk": 10, "outputs": [{"name": "topk_ids"}]})):
+        (tmp_path / rel).mkdir()
+        (tmp_path / rel / "state_spec.json").write_text(json.dumps(spec))
+    assert hub.existing_onnx_exports(tmp_path) == [
+        ["--kind", "step", "--topk", "20", "--fp16", "--time-input", "gaps", "--scores", "--exclude-seen"],
+        ["--kind", "window", "--topk", "10"]]

@@ -90,6 +90,15 @@ def lru_export(tmp_path_factory):
     return m, d
 
 
+@pytest.fixture(scope="module")
+def lru_seen_export(tmp_path_factory):
+    """LRURec step graph exported with --exclude-seen (a ``seen [B, n_items]`` state beside the LRU states)."""
+    m = _lru()
+    d = tmp_path_factory.mktemp("lru_seen_export")
+    export_model(m, d, topk=K, exclude_seen=True, verify=False)
+    return m, d
+
+
 def _parse(path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
@@ -103,6 +112,20 @@ def _reference_topk(model, histories):
     for s in range(0, len(histories), 256):
         ids, mask = model.pad_batch(histories[s:s + 256])
         sc = model.predict(ids, mask)
+        top = torch.topk(sc, K, dim=1)
+        out += list(zip(top.indices.numpy(), sc.numpy()))
+    return out
+
+
+def _reference_topk_unseen(model, histories):
+    """As :func:`_reference_topk`, with every item of the history ranked last (``--exclude-seen``)."""
+    out = []
+    for s in range(0, len(histories), 256):
+        chunk = histories[s:s + 256]
+        ids, mask = model.pad_batch(chunk)
+        sc = model.predict(ids, mask)
+        for r, h in enumerate(chunk):
+            sc[r, sorted(set(h))] = -1e30
         top = torch.topk(sc, K, dim=1)
         out += list(zip(top.indices.numpy(), sc.numpy()))
     return out
@@ -205,6 +228,19 @@ def test_cli_exports_a_model_folder(mamba, tmp_path):
     assert ItemVocab.load(str(mdir / "item_vocab.json")) == mamba.item_vocab
 
 
+def test_cli_exclude_seen(mamba, mamba_export, lru_seen_export, tmp_path, capsys):
+    """--exclude-seen: with --model the graph is exported with the ``seen`` state, which the sequence batcher keeps
+    like the other states; with --onnx it is refused for a graph exported without it."""
+    mamba.save_pretrained(tmp_path / "m")
+    assert T.main(["--model", str(tmp_path / "m"), "--repo", str(tmp_path / "r"), "--no-verify", "--exclude-seen"]) == 0
+    seq = _parse(tmp_path / "r" / "mamba4rec_step_onnxruntime_implicit" / "config.pbtxt").sequence_batching
+    seen = [s for s in seq.state if s.input_name == "seen"]
+    assert len(seen) == 1 and seen[0].output_name == "seen_out" and list(seen[0].dims) == [N_ITEMS]
+    assert T.main(["--onnx", str(lru_seen_export[1]), "--repo", str(tmp_path / "r2"), "--exclude-seen"]) == 0
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r3"), "--exclude-seen"]) == 1
+    assert "exported without it" in capsys.readouterr().err and not (tmp_path / "r3").exists()
+
+
 def test_cli_writes_repository(mamba_export, tmp_path):
     assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--backend", "tensorrt",
                    "--name", "m4r"]) == 0
@@ -244,7 +280,7 @@ def test_implicit_graph_follows_triton_state_protocol(which, mamba, mamba_export
 
 # ================================================================================================ live server
 @pytest.fixture(scope="module")
-def live_server(mamba_export, tmp_path_factory):
+def live_server(mamba_export, lru_seen_export, tmp_path_factory):
     from export import triton_server as S
 
     try:
@@ -259,6 +295,8 @@ def live_server(mamba_export, tmp_path_factory):
                        vocab_path=str(mamba_export / "item_vocab.json"), max_batch_size=8)
     T.write_repository(mamba_export, repo, name="m4r_explicit", backend="python", state="explicit",
                        vocab_path=str(mamba_export / "item_vocab.json"), max_batch_size=32, queue_delay_us=1000)
+    T.write_repository(lru_seen_export[1], repo, name="lru_seen", backend="python", idle_timeout_s=30,
+                       max_batch_size=16, queue_delay_us=1000)
     try:
         h = S.start_server(repo, timeout=240)
     except RuntimeError as e:
@@ -334,6 +372,37 @@ def test_live_interleaved_sequences_match_pytorch(live_server, mamba):
     assert cl.last_live_sequences == 1
     cl.end("probe")
     assert cl.last_live_sequences == 0
+
+
+def test_live_exclude_seen_sequences_never_get_their_history(live_server, lru_seen_export):
+    """An --exclude-seen step graph behind the sequence batcher: the server keeps each sequence's ``seen`` state with
+    its LRU state, so no event's top-k holds an item of that sequence's history, and the rest of the ranking is
+    PyTorch's (full forward over the prefix, history masked)."""
+    from export.triton_client import TritonRecommender
+
+    model, _ = lru_seen_export
+    h, repo = live_server
+    cfg = _parse(repo / "lru_seen" / "config.pbtxt")
+    assert "seen" in [s.input_name for s in cfg.sequence_batching.state]
+    cl = TritonRecommender(h.grpc_url, "lru_seen", protocol="grpc")
+    rng = random.Random(4)
+    plans = {s: [[rng.randrange(1, N_ITEMS) for _ in range(rng.randrange(1, 6))]]
+             + [[rng.randrange(1, N_ITEMS)] for _ in range(rng.randrange(3, 8))] for s in range(1, 25)}
+    order = [s for s in plans for _ in plans[s]]
+    rng.shuffle(order)                                      # interleaved sequences
+    pos, served, prefixes = {s: 0 for s in plans}, [], []
+    for s in order:
+        e = plans[s][pos[s]]
+        last = pos[s] == len(plans[s]) - 1
+        got = cl.recommend(7000 + s, e, end=last) if pos[s] else cl.prime(7000 + s, e)
+        prefixes.append([x for ev in plans[s][:pos[s] + 1] for x in ev])
+        served.append(np.asarray(got))
+        pos[s] += 1
+    assert all(not set(p) & set(g.tolist()) for p, g in zip(prefixes, served))
+    bad = [i for i, (got, (ri, rs)) in enumerate(zip(served, _reference_topk_unseen(model, prefixes)))
+           if not _same_topk(got, ri, rs)]
+    assert not bad, f"{len(bad)} of {len(served)} events differ from PyTorch, first at prefix {prefixes[bad[0]]}"
+    cl.client.close()
 
 
 def test_live_restart_and_isolation(live_server, mamba):

@@ -339,6 +339,28 @@ def test_engine_build_and_verify(tmp_path, plugin_lib, arch, fp16):
     assert rep["engine_verification"]["passed"]
 
 
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_engine_build_exclude_seen(tmp_path, plugin_lib):
+    """An --exclude-seen LRURec step graph (``seen [B, n_items]`` state, one ScatterElements) builds and matches
+    PyTorch's history-masked scores on the GPU."""
+    if _full_tensorrt() is None or not CUDA:
+        pytest.skip("needs the TensorRT builder (`import tensorrt` with libnvinfer) and a CUDA GPU")
+    from export import trt as T
+    from zoo.models.lrurec import LRURecConfig, LRURecModel
+
+    torch.manual_seed(0)
+    model = LRURecModel(LRURecConfig(n_items=200, hidden_size=32, num_layers=2))
+    with torch.no_grad():
+        model.item_embedding.weight.normal_(0, 1.0)
+    model.eval()
+    code, rep = T.run("lrurec", str(tmp_path), plugin_lib=str(plugin_lib), model=model, max_batch=512,
+                      exclude_seen=True)
+    assert code == T.EXIT_OK, rep
+    assert rep["engine_verification"]["passed"]
+    assert json.loads((tmp_path / "state_spec.json").read_text())["exclude_seen"] is True
+
+
 def test_plugin_docs_are_current():
     """*_PluginConfig.yaml and the README I/O tables are generated from plugin_spec (python plugins/gen_spec_header.py
     --docs rewrites them)."""

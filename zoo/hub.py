@@ -379,7 +379,7 @@ def existing_onnx_exports(card_dir: str | os.PathLike) -> list[list[str]]:
     A card folder may hold ``onnx/`` (step graph) and ``onnx-window/`` exported from its weights; when the weights are
     replaced (a new training stage carded into the same folder) those graphs would silently serve the old model, and
     the regenerated README would lose their section. Read from each graph's ``state_spec.json``: kind, top-k,
-    precision, time input and whether all scores are an output.
+    precision, time input, whether all scores are an output and whether the history is excluded.
     """
     found = []
     for rel in ("onnx", "onnx-window"):
@@ -394,6 +394,8 @@ def existing_onnx_exports(card_dir: str | os.PathLike) -> list[list[str]]:
             args += ["--time-input", spec["time_input"]]
         if any(o["name"] == "scores" for o in spec["outputs"]):
             args.append("--scores")
+        if spec.get("exclude_seen"):
+            args.append("--exclude-seen")
         found.append(args)
     return found
 

@@ -96,3 +96,24 @@ def test_card_onnx_graph_serves_the_cards_weights(folder, rel):
         want = sc.topk(k)
         assert np.asarray(got.topk_ids)[row].tolist() == want.indices.tolist(), (folder.name, rel, r)
         assert np.allclose(np.asarray(got.topk_scores)[row], want.values.numpy(), atol=1e-4), (folder.name, rel, r)
+
+
+@pytest.mark.parametrize("folder,rel", EXPORTS, ids=lambda x: x if isinstance(x, str) else x.name)
+def test_card_onnx_graph_reproduces_the_cards_numbers(folder, rel, shared_data):
+    """The deployed artefact's numbers: the card's ONNX graph run with ONNX Runtime on the test split (step graphs
+    primed with each user's window in one call, window graphs padded) gives the card's @5/@10 metrics (1e-4), under
+    the card's protocol (an LRURec-protocol card's graph masks the history itself: --exclude-seen)."""
+    from zoo.data import leave_one_out, load_dataset
+    from zoo.evaluate import evaluate_onnx
+    from zoo.vocab import ItemVocab
+
+    info = json.load(open(folder / "eval_results.json"))
+    spec = json.load(open(folder / rel / "state_spec.json"))
+    assert bool(spec.get("exclude_seen")) == bool(info["exclude_history"]), (
+        f"{folder.name}/{rel}: the card's protocol {'masks' if info['exclude_history'] else 'does not mask'} the "
+        f"history, the graph {'does' if spec.get('exclude_seen') else 'does not'}")
+    ds = load_dataset(shared_data / info["data_file"]).reencode(ItemVocab.load(folder / rel), unknown="error")
+    got = evaluate_onnx(folder / rel, leave_one_out(ds).test, ks=(5, 10), threads=2, progress=False)
+    for k, v in got.items():
+        assert abs(v - info["metrics"][k]) <= 1e-4, f"{folder.name}/{rel} {k}: card {info['metrics'][k]:.6f}, graph {v:.6f}"
+    print(f"{folder.name}/{rel}: " + " ".join(f"{k} {got[k]:.4f}" for k in ("HR@10", "NDCG@10", "MRR@10")))

@@ -161,3 +161,115 @@ def test_cli_inter_file_and_unknown_items(tmp_path):
                     "1\t10\t1\n1\t60\t2\n1\t70\t3\n1\t40\t4\n")
     with pytest.raises(KeyError, match=r"2 of the 4 items .*not in the model's item vocabulary"):
         main(["--model", str(d), "--data", str(data), "--kcore", "none", "--no-progress"])
+
+
+# ------------------------------------------------------------------------------------ exported graphs (--onnx)
+def _tiny(name, n_items=40, max_len=12):
+    from zoo.models.gru4rec import GRU4RecConfig, GRU4RecModel
+    from zoo.models.lrurec import LRURecConfig, LRURecModel
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+    from zoo.models.sasrec import SASRecConfig, SASRecModel
+
+    torch.manual_seed(0)
+    model = {"mamba4rec": lambda: Mamba4RecModel(Mamba4RecConfig(n_items=n_items, hidden_size=16, num_layers=1,
+                                                                 d_state=8, max_seq_length=max_len)),
+             "lrurec": lambda: LRURecModel(LRURecConfig(n_items=n_items, hidden_size=16, num_layers=2,
+                                                        max_seq_length=max_len)),
+             "gru4rec": lambda: GRU4RecModel(GRU4RecConfig(n_items=n_items, embedding_size=16, hidden_size=16,
+                                                           max_seq_length=max_len)),
+             "sasrec": lambda: SASRecModel(SASRecConfig(n_items=n_items, hidden_size=16, max_seq_length=max_len))}[name]()
+    with torch.no_grad():
+        model.item_embedding.weight.normal_(0, 1.0)     # spread the scores: no near-ties in the top-k
+    return model.eval()
+
+
+def _random_examples(n=80, n_items=40, seed=0):
+    rng = np.random.default_rng(seed)
+    hists = [rng.integers(1, n_items, size=int(rng.integers(1, 25))) for _ in range(n)]   # windows cut at 12
+    targets = rng.integers(1, n_items, size=n)
+    targets[:20] = [h[-1] for h in hists[:20]]          # some targets inside the window (masked under LRURec's)
+    return EvalExamples(hists, targets.astype(np.int64), [f"u{i}" for i in range(n)])
+
+
+@pytest.mark.parametrize("name,exclude", [("mamba4rec", False), ("gru4rec", False), ("lrurec", True),
+                                          ("sasrec", False), ("sasrec", True)])
+def test_evaluate_onnx_equals_evaluate_model(tmp_path, name, exclude):
+    """The exported graph, evaluated with ONNX Runtime alone, gives the PyTorch model's metrics and ranks (within its
+    top-K): step graphs primed with each window (rows grouped by length), window graphs padded; an --exclude-seen
+    graph under the LRURec protocol."""
+    from export.onnx import export_model
+    from zoo.evaluate import evaluate_onnx
+
+    torch.set_num_threads(1)
+    model = _tiny(name)
+    export_model(model, tmp_path, topk=10, exclude_seen=exclude, verify=False)
+    ex = _random_examples()
+    ref, ref_ranks = evaluate_model(model, ex, ks=(1, 5, 10), exclude_history=exclude, progress=False,
+                                    return_ranks=True)
+    got, ranks = evaluate_onnx(tmp_path, ex, ks=(1, 5, 10), batch_size=7, threads=1, progress=False,
+                               return_ranks=True)
+    assert got == pytest.approx(ref, abs=1e-9)
+    np.testing.assert_array_equal(ranks.numpy(), np.minimum(ref_ranks.numpy(), 11))
+    assert (ref_ranks <= 10).sum() > 10                   # the check is not vacuous
+    if exclude:
+        assert (ranks[:20] == 11).all()                   # targets inside the window are never hits
+
+
+def test_evaluate_onnx_full_scores_and_errors(tmp_path):
+    from export.onnx import export_model
+    from zoo.evaluate import evaluate_onnx
+
+    torch.set_num_threads(1)
+    model = _tiny("lrurec")
+    export_model(model, tmp_path / "k5", topk=5, verify=False)
+    export_model(model, tmp_path / "scores", topk=5, with_scores=True, verify=False)
+    ex = _random_examples()
+    with pytest.raises(ValueError, match=r"@10 is above the graph's in-graph top-5.*--scores"):
+        evaluate_onnx(tmp_path / "k5", ex, ks=(5, 10), progress=False)
+    ref, ref_ranks = evaluate_model(model, ex, ks=(5, 10, 20), progress=False, return_ranks=True)
+    got, ranks = evaluate_onnx(tmp_path / "scores", ex, ks=(5, 10, 20), progress=False, return_ranks=True)
+    assert got == pytest.approx(ref, abs=1e-9) and ranks.tolist() == ref_ranks.tolist()      # full ranking
+    bad = EvalExamples([np.array([1, 2])], np.array([40]), ["u"])
+    with pytest.raises(ValueError, match="target item index 40 out of range 1..39"):
+        evaluate_onnx(tmp_path / "k5", bad, ks=(5,), progress=False)
+    with pytest.raises(ValueError, match="empty history"):
+        evaluate_onnx(tmp_path / "k5", EvalExamples([np.array([], np.int64)], np.array([3]), ["u"]), ks=(5,),
+                      progress=False)
+
+
+def test_cli_onnx(tmp_path, capsys):
+    """``--onnx DIR``: data ids through the graph's item_vocab.json, protocol from the graph, JSON written; asking
+    for the LRURec protocol from a graph that cannot mask is refused."""
+    from export.onnx import export_model
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    items = [str(1000 + i) for i in range(1, 40)]
+    lines = ["user_id\titem_id\ttimestamp"]
+    for u in range(30):
+        for t, x in enumerate(rng.choice(items, size=int(rng.integers(4, 15)))):
+            lines.append(f"{u}\t{x}\t{t}")
+    data = tmp_path / "toy.tsv"
+    data.write_text("\n".join(lines) + "\n")
+    model = _tiny("lrurec")
+    model.set_item_vocab(ItemVocab(items))
+    export_model(model, tmp_path / "g", topk=10, exclude_seen=True, verify=False)
+    export_model(model, tmp_path / "plain", topk=10, verify=False)
+    out = main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--kcore", "none", "--ks", "5", "10",
+                "--no-progress", "--json", str(tmp_path / "r.json")])
+    text = capsys.readouterr().out
+    assert "protocol lrurec (history excluded by the graph)" in text and "NDCG" in text
+    saved = json.load(open(tmp_path / "r.json"))
+    assert saved["metrics"] == out["metrics"] and saved["protocol"]["exclude_history"] is True
+    assert saved["graph"]["exclude_seen"] is True and "the graph's vocabulary (39 items)" in saved["vocab"]
+    # the same numbers as the PyTorch model under the LRURec protocol (ids mapped the same way)
+    ref = main(["--model", str(_save(model, tmp_path / "m")), "--data", str(data), "--kcore", "none", "--ks", "5",
+                "10", "--exclude-history", "--no-progress"])
+    assert out["metrics"] == pytest.approx(ref["metrics"], abs=1e-9)
+    with pytest.raises(SystemExit, match="exported without --exclude-seen"):
+        main(["--onnx", str(tmp_path / "plain"), "--data", str(data), "--exclude-history", "--ks", "5"])
+
+
+def _save(model, path):
+    model.save_pretrained(path)
+    return path

@@ -13,8 +13,15 @@ Command line::
     python -m zoo.evaluate --model runs/mamba4rec-ml1m --data ../shared/data/ml-1m.5core.seq.gz \\
         [--split test|valid] [--exclude-history] [--ks 5 10 20] [--batch-size 256] [--json out.json] \\
         [--max-users N] [--kcore K|none|auto] [--device cpu] [--no-progress]
+    python -m zoo.evaluate --onnx hub_cards/lrurec-ml1m/onnx --data ../shared/data/ml-1m.5core.seq.gz --ks 5 10
 
 Data item ids are mapped through the model's own ``item_vocab`` (external ids -> the indices it was trained with).
+
+``--onnx DIR`` evaluates an exported graph (``python -m export.onnx``) instead, with ONNX Runtime only: the artefact a
+server runs, on the same examples and windows (:func:`evaluate_onnx`). A step graph is primed with each user's window in
+one call, a window graph gets it padded; ranks come from the in-graph top-K (so cut-offs must be <= K unless the graph
+outputs all scores); a graph exported with ``--exclude-seen`` is evaluated under the LRURec protocol (it masks the
+window itself), one without it cannot be.
 """
 
 from __future__ import annotations
@@ -97,6 +104,93 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     return (metrics, ranks) if return_ranks else metrics
 
 
+def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[int] = (5, 10), batch_size: int = 256,
+                  threads: int | None = None, progress: bool = True, return_ranks: bool = False):
+    """Full-ranking metrics of an exported graph (an ``export.onnx`` folder: ``model.onnx`` + ``state_spec.json``),
+    run with ONNX Runtime, on ``examples`` (internal indices of the graph's ``item_vocab.json``).
+
+    Each history is cut to the graph's ``max_seq_length`` window, as :func:`evaluate_model` does. Step graphs are
+    primed with the window in one call (``T = window length``; rows are grouped by that length because a step graph
+    takes no padding), window graphs get it padded on the model's side. A graph exported with ``--exclude-seen`` masks
+    the window itself (the LRURec protocol); otherwise nothing is masked (the RecBole protocol).
+
+    Ranks: with a ``scores`` output (``--scores``), full ranking with pessimistic ties as in :func:`evaluate_model`;
+    otherwise from the in-graph top-K: position in ``topk_ids`` (1-based), ``K + 1`` when the target is not there, so
+    every cut-off must be ``<= K``.
+
+    Returns:
+        the metrics dict of :func:`zoo.metrics.compute_metrics`, or ``(metrics, ranks)``.
+    Raises:
+        ValueError: a cut-off above K (top-K graphs), target/history ids out of the graph's range, an empty history,
+            a time-aware graph without timestamps.
+    """
+    import numpy as np
+
+    from export.runtime import OnnxStepSession, OnnxWindowSession, _resolve
+
+    from .data.batching import pad_sequences
+
+    with open(_resolve(path)[1]) as f:
+        kind = json.load(f).get("kind")
+    sess = (OnnxStepSession if kind == "step" else OnnxWindowSession)(path, threads=threads)
+    ks = [int(k) for k in ks]
+    if len(examples) == 0:
+        raise ValueError("no evaluation examples")
+    if not sess.has_scores and max(ks) > sess.topk:
+        raise ValueError(f"cut-off @{max(ks)} is above the graph's in-graph top-{sess.topk} (no 'scores' output): "
+                         f"evaluate @K <= {sess.topk}, or export with --topk {max(ks)} or --scores")
+    targets = np.asarray(examples.targets, dtype=np.int64)
+    if targets.min() < 1 or targets.max() >= sess.n_items:
+        bad = int(targets.max() if targets.max() >= sess.n_items else targets.min())
+        raise ValueError(f"target item index {bad} out of range 1..{sess.n_items - 1} (graph n_items={sess.n_items}); "
+                         "were the data encoded with the graph's item_vocab.json?")
+    if sess.uses_timestamps and examples.history_timestamps is None:
+        raise ValueError("the graph reads timestamps but the evaluation data has none (e.g. a .seq file)")
+    M = int(sess.spec["max_seq_length"])
+    windows = [np.asarray(h[-M:], dtype=np.int64) for h in examples.histories]
+    tss = ([np.asarray(t[-M:], dtype=np.float64) for t in examples.history_timestamps]
+           if sess.uses_timestamps else None)
+    for r, w in enumerate(windows):
+        if len(w) == 0:
+            raise ValueError(f"example {r} (user {examples.users[r]!r}) has an empty history")
+    if kind == "step":                                  # equal-length groups, each in batches, longest first
+        by_len: dict[int, list[int]] = {}
+        for r, w in enumerate(windows):
+            by_len.setdefault(len(w), []).append(r)
+        chunks = [rows[s:s + batch_size] for n in sorted(by_len, reverse=True)
+                  for rows in [by_len[n]] for s in range(0, len(rows), batch_size)]
+    else:
+        chunks = [list(range(s, min(len(windows), s + batch_size))) for s in range(0, len(windows), batch_size)]
+    ranks = np.empty(len(windows), dtype=np.int64)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(windows), desc=f"evaluate ONNX ({kind})", unit="user", leave=False)
+    try:
+        for rows in chunks:
+            if kind == "step":
+                out = sess.prime(np.stack([windows[r] for r in rows]),
+                                 np.stack([tss[r] for r in rows]) if tss is not None else None)
+            else:
+                side = sess.spec["padding_side"]
+                ids, _ = pad_sequences([windows[r] for r in rows], side, M)
+                ts = pad_sequences([tss[r] for r in rows], side, M, dtype=np.float64, fill=0.0)[0] if tss else None
+                out = sess.run_window(ids, ts)
+            t = targets[rows]
+            if out.scores is not None:
+                ranks[rows] = rank_of_target(torch.from_numpy(out.scores), torch.from_numpy(t)).numpy()
+            else:
+                hit = np.asarray(out.topk_ids) == t[:, None]
+                ranks[rows] = np.where(hit.any(1), hit.argmax(1) + 1, sess.topk + 1)
+            if bar is not None:
+                bar.update(len(rows))
+    finally:
+        if bar is not None:
+            bar.close()
+    metrics = compute_metrics(torch.from_numpy(ranks), ks)
+    return (metrics, torch.from_numpy(ranks)) if return_ranks else metrics
+
+
 # --------------------------------------------------------------------------- CLI helpers
 def align_with_model(ds: SequenceDataset, model) -> tuple[SequenceDataset, str]:
     """Re-index ``ds`` with the model's ``item_vocab``; returns ``(dataset, note)``.
@@ -137,13 +231,17 @@ def _kcore_arg(v: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zoo-evaluate", description="Full-ranking leave-one-out evaluation of a zoo model.")
-    p.add_argument("--model", required=True, help="model folder or Hub id (loaded with transformers.AutoModel)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model folder or Hub id (loaded with transformers.AutoModel)")
+    src.add_argument("--onnx", help="an export.onnx folder (model.onnx + state_spec.json + item_vocab.json): evaluate "
+                                    "the exported graph with ONNX Runtime")
     p.add_argument("--data", required=True, help="interaction file (.inter/.tsv/.csv/ratings.dat/.seq, optionally .gz)")
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--exclude-history", action="store_true",
                    help="LRURec protocol: mask the items of the input window before ranking")
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="cut-offs (default 5 10 20)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="--onnx: ONNX Runtime intra-op threads")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--max-users", type=int, default=None, help="evaluate only the first N users (quick check)")
     p.add_argument("--kcore", type=_kcore_arg, default="auto",
@@ -158,10 +256,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.max_users is not None and args.max_users < 1:
         raise SystemExit("--max-users must be >= 1")
+    t0 = time.time()
+    if args.onnx:
+        return _main_onnx(args, t0)
     import zoo  # noqa: F401  (registers the zoo models with AutoModel)
     from transformers import AutoModel
 
-    t0 = time.time()
     from .hub import resolve_pretrained
 
     model = AutoModel.from_pretrained(resolve_pretrained(args.model))
@@ -202,12 +302,82 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     print(format_table(metrics, args.ks))
-    if args.json:
-        d = os.path.dirname(os.path.abspath(args.json))
+    _write_json(result, args.json)
+    return result
+
+
+def _write_json(result: dict, path: str | None) -> None:
+    if path:
+        d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
-        with open(args.json, "w") as f:
+        with open(path, "w") as f:
             json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+        print(f"wrote {path}")
+
+
+def _main_onnx(args, t0: float) -> dict:
+    """``--onnx DIR``: the exported graph on the same examples (:func:`evaluate_onnx`)."""
+    from export.runtime import _resolve
+
+    from .vocab import ItemVocab
+
+    graph, spec_path = _resolve(args.onnx)
+    if not os.path.exists(spec_path):
+        raise SystemExit(f"--onnx {args.onnx}: no state_spec.json there (a folder written by python -m export.onnx)")
+    with open(spec_path) as f:
+        spec = json.load(f)
+    excluded = bool(spec.get("exclude_seen"))
+    if args.exclude_history and not excluded:
+        raise SystemExit(f"--exclude-history: the graph in {args.onnx} was exported without --exclude-seen, so it "
+                         "cannot mask the history; re-export it with `python -m export.onnx --exclude-seen`")
+    ds = load_dataset(args.data, kcore=args.kcore)
+    vocab_path = os.path.join(os.path.dirname(graph), spec.get("item_vocab", "item_vocab.json"))
+    if os.path.exists(vocab_path):
+        vocab = ItemVocab.load(vocab_path)
+        ds, note = ds.reencode(vocab, unknown="error"), f"item ids mapped through the graph's vocabulary ({len(vocab)} items)"
+    else:
+        if ds.n_items + 1 > int(spec["n_items"]):
+            raise SystemExit(f"the data has {ds.n_items} items but the graph (no item_vocab.json) has only "
+                             f"n_items={spec['n_items']} rows; cannot map item ids")
+        note = ("WARNING: no item_vocab.json beside the graph; using the data's first-appearance item indexing, which "
+                "is only right if the model was trained on this file with the zoo loader")
+    split = leave_one_out(ds)
+    examples = split.test if args.split == "test" else split.valid
+    if args.max_users:
+        examples = examples.head(args.max_users)
+    try:
+        metrics = evaluate_onnx(args.onnx, examples, ks=args.ks, batch_size=args.batch_size, threads=args.threads,
+                                progress=not args.no_progress)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    has_scores = any(o["name"] == "scores" for o in spec["outputs"])
+    protocol = {
+        "name": "lrurec" if excluded else "recbole",
+        "split": args.split,
+        "leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]",
+        "ranking": ("full (all items, the graph's scores output)" if has_scores else
+                    f"the graph's in-graph top-{spec['topk']} (a target outside it counts as a miss)")
+                   + ", padding masked" + ("; history window masked by the graph (--exclude-seen)" if excluded else ""),
+        "exclude_history": excluded,
+        "ties": "pessimistic" if has_scores else "the graph's TopK order",
+        "max_seq_length": int(spec["max_seq_length"]),
+        "kcore": ds.kcore,
+        "ks": list(args.ks),
+    }
+    result = {"metrics": metrics, "protocol": protocol,
+              "data": os.path.abspath(args.data) if os.path.exists(args.data) else args.data,
+              "dataset": ds.stats(), "onnx": os.path.abspath(args.onnx),
+              "graph": {k: spec.get(k) for k in ("kind", "model_type", "topk", "precision", "time_input",
+                                                  "exclude_seen")},
+              "model_type": spec.get("model_type"), "n_users": len(examples), "n_items": int(spec["n_items"]) - 1,
+              "vocab": note, "seconds": round(time.time() - t0, 2)}
+    print(f"ONNX {spec['kind']} graph of {spec.get('model_type')} ({args.onnx}, {spec.get('precision', 'fp32')}) on "
+          f"{ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
+          + (" (history excluded by the graph)" if excluded else ""))
+    if note.startswith("WARNING"):
+        print(note, file=sys.stderr)
+    print(format_table(metrics, args.ks))
+    _write_json(result, args.json)
     return result
 
 

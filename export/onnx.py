@@ -1135,6 +1135,7 @@ def _remove(paths) -> None:
 
 def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, topk: int = 10,
                  with_scores: bool = False, verify: bool = True, real_histories: Sequence[Sequence[int]] | None = None,
+                 real_timestamps: Sequence[Sequence[float]] | None = None,
                  verify_kwargs: dict | None = None, progress=None, precision: str = "fp32",
                  time_input: str | None = None, exclude_seen: bool = False) -> ExportResult:
     """Export ``model`` to ``out_dir/model.onnx`` + ``out_dir/state_spec.json`` and verify it against PyTorch.
@@ -1146,6 +1147,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         verify: run :func:`export.verify.verify_export`; on failure both files are removed and
             :class:`VerificationError` is raised.
         real_histories: internal-index histories for the "real" verification cases.
+        real_timestamps: their timestamps (seconds, aligned item by item) for time-aware models; without them the
+            real cases get synthetic timestamps.
         precision: "fp32" or "fp16" (fp16 weights/activations; graph I/O, states and the scans stay fp32; verified
             under the fp16 row of :data:`export.verify.TOLERANCES`).
         time_input: time-aware models only: "timestamps" (default; float64 ``timestamps`` + ``last_ts`` state) or
@@ -1180,8 +1183,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
 
         say("verifying against PyTorch (ONNX Runtime, CPU) ...")
         try:
-            report = V.verify_export(model, str(graph_path), spec, real_histories=real_histories, progress=say,
-                                     **(verify_kwargs or {}))
+            report = V.verify_export(model, str(graph_path), spec, real_histories=real_histories,
+                                     real_timestamps=real_timestamps, progress=say, **(verify_kwargs or {}))
         except Exception:
             _remove(files)
             raise
@@ -1232,9 +1235,11 @@ def card_section(spec: dict, rel_dir: str) -> str:
     lines += ["", io_table_markdown(spec), ""]
     v = spec.get("verification")
     if v:
+        names = ", ".join(c["name"] + (" with their own timestamps" if "real timestamps" in c.get("detail", "") else "")
+                          for c in v.get("cases", []))
         lines += [f"Verified against PyTorch with ONNX Runtime: max abs score error {v['max_abs_err']:.2e}, "
                   f"top-{spec['topk']} agreement {100 * v['topk_agreement']:.2f}% "
-                  f"({v['topk_cases']} cases).", ""]
+                  f"({v['topk_cases']} cases" + (f": {names}" if names else "") + ").", ""]
     lines += ["```python", "from export.runtime import OnnxStepSession" if spec["kind"] == "step"
               else "from export.runtime import OnnxWindowSession",
               f"sess = {'OnnxStepSession' if spec['kind'] == 'step' else 'OnnxWindowSession'}(\"{rel_dir}\")", "```",
@@ -1258,30 +1263,42 @@ def write_card_section(card_dir: str | os.PathLike, spec: dict, rel_dir: str) ->
 
 
 # ======================================================================================================== CLI
-def load_real_histories(path: str, model, max_users: int = 512) -> list[list[int]]:
-    """Histories (internal indices) from an interaction file, mapped with the model's vocabulary."""
+def load_real_histories(path: str, model, max_users: int = 512,
+                        with_timestamps: bool = False) -> list[list[int]] | tuple[list[list[int]], list | None]:
+    """Histories (internal indices) from an interaction file, mapped with the model's vocabulary (items it does not
+    know are left out). ``with_timestamps``: return ``(histories, timestamps)``, the float64 seconds of each kept item
+    (``None`` when the file has no timestamps), in time order (stable: ties keep the file order)."""
     from zoo.data.readers import read_interactions
 
     inter = read_interactions(path)
     users, starts = np.unique(inter.user, return_index=True)
     order = np.argsort(starts)
     bounds = list(np.sort(starts)) + [len(inter.user)]
-    hist = []
+    has_ts = inter.timestamp is not None
+    hist, tss = [], []
     for j in range(min(len(order), max_users * 4)):
         items = inter.item[bounds[j]:bounds[j + 1]]
-        if model.item_vocab is not None:
-            idx = []
-            for x in items.tolist():
+        ts = inter.timestamp[bounds[j]:bounds[j + 1]] if has_ts else np.zeros(len(items))
+        o = np.argsort(ts, kind="stable")
+        idx, kept = [], []
+        for x, t in zip(items[o].tolist(), ts[o].tolist()):
+            if model.item_vocab is not None:
                 try:
                     idx.append(model.item_vocab.encode([x])[0])
                 except Exception:
                     continue
-        else:
-            idx = [int(x) for x in items.tolist() if 1 <= int(x) < model.config.n_items]
+            elif 1 <= int(x) < model.config.n_items:
+                idx.append(int(x))
+            else:
+                continue
+            kept.append(float(t))
         if len(idx) >= 2:
             hist.append(idx)
+            tss.append(kept)
         if len(hist) >= max_users:
             break
+    if with_timestamps:
+        return hist, (tss if has_ts else None)
     return hist
 
 
@@ -1321,15 +1338,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.card_dir:
         rel = "onnx" if kind == "step" else "onnx-window"
         out = os.path.join(args.card_dir, rel)
-    real = load_real_histories(args.data, model) if args.data else None
+    real, real_ts = load_real_histories(args.data, model, with_timestamps=True) if args.data else (None, None)
     if real is not None:
-        say(f"  {len(real)} real histories from {args.data}")
+        say(f"  {len(real)} real histories from {args.data}"
+            + ("" if not model.uses_timestamps else " with their timestamps" if real_ts is not None
+               else " (no timestamps in the file: the real cases get synthetic timestamps)"))
     try:
         vk = {"topk_cases": args.verify_cases}
         if kind == "step":
             vk.update(prime_len=args.verify_prime, n_steps=args.verify_steps)
         res = export_model(model, out, kind=kind, topk=args.topk, with_scores=args.scores,
-                           verify=not args.no_verify, real_histories=real, verify_kwargs=vk, progress=say,
+                           verify=not args.no_verify, real_histories=real, real_timestamps=real_ts,
+                           verify_kwargs=vk, progress=say,
                            precision="fp16" if args.fp16 else "fp32", time_input=args.time_input,
                            exclude_seen=args.exclude_seen)
     except VerificationError as e:

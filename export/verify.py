@@ -12,8 +12,9 @@ own state, so errors accumulate as they would in production):
 * ``real/prime+steps``: the same as the first case on real histories (when given): the first half primes, the rest
   is stepped one item at a time.
 
-Time-aware step graphs get float64 Unix-second timestamps in every case (:func:`_rand_ts`: gaps from 0 s to 5 years,
-some with milliseconds). PyTorch always gets them as they are (``model.step``); a gaps-form graph
+Time-aware graphs get the real timestamps with the real histories when they are given (``real_timestamps``, e.g.
+``export.onnx --data`` with a file that has timestamps), otherwise, and in the random cases, float64 Unix-second
+timestamps (:func:`_rand_ts`: gaps from 0 s to 5 years, some with milliseconds). PyTorch always gets them as they are (``model.step``); a gaps-form graph
 (``spec["time_input"] == "gaps"``) gets float32 ``time_gaps`` computed from them by the client code of
 ``export.runtime`` (:func:`export.runtime.time_gaps`, ``last_ts`` kept beside the graph state), so the comparison
 includes the float32 rounding of the gaps.
@@ -350,7 +351,8 @@ def _gaps_note(pair: _StepPair) -> str:
 
 def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps: int = 500, batch: int = 4,
                 topk_cases: int = 2000, topk_prime: int = 20, real_histories: Sequence[Sequence[int]] | None = None,
-                seed: int = 0, runner: Any = None, progress=None) -> list[CaseResult]:
+                real_timestamps: Sequence[Sequence[float]] | None = None, seed: int = 0, runner: Any = None,
+                progress=None) -> list[CaseResult]:
     say = progress or (lambda m: None)
     k = spec["topk"]
     n_items = spec["n_items"]
@@ -359,9 +361,11 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
     uses_ts = spec["uses_timestamps"]
     cases = []
 
-    def prime_and_step(name, hist: np.ndarray, n_prime: int):
+    def prime_and_step(name, hist: np.ndarray, n_prime: int, ts: np.ndarray | None = None):
         B, Ltot = hist.shape
-        ts = _rand_ts(rng, B, Ltot) if uses_ts else None
+        ts_note = "; real timestamps" if uses_ts and ts is not None else ""
+        if uses_ts and ts is None:
+            ts = _rand_ts(rng, B, Ltot)
         pair = _StepPair(model, run, spec, B)
         acc = _Acc()
         out, ref = pair.step(hist[:, :n_prime], None if ts is None else ts[:, :n_prime])
@@ -372,7 +376,7 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
         agree = np.concatenate(acc.agree)
         return CaseResult(name, acc.abs, acc.rel, float(agree.mean()), int(agree.size), pair.state_err(),
                           f"B={B}, prime {n_prime} + {Ltot - n_prime} single steps; worst at {acc.where}"
-                          + _gaps_note(pair))
+                          + ts_note + _gaps_note(pair))
 
     t0 = time.perf_counter()
     hist = rng.integers(1, n_items, size=(batch, prime_len + n_steps))
@@ -394,20 +398,38 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
 
     if real_histories:
         t0 = time.perf_counter()
-        hs = [list(h) for h in real_histories if len(h) >= 4]
-        if hs:
-            hs = sorted(hs, key=len, reverse=True)[:max(batch, 8)]
-            L = min(len(h) for h in hs)
+        tss = _check_real_timestamps(real_histories, real_timestamps)
+        keep = [j for j, h in enumerate(real_histories) if len(h) >= 4]
+        if keep:
+            keep = sorted(keep, key=lambda j: len(real_histories[j]), reverse=True)[:max(batch, 8)]
+            L = min(len(real_histories[j]) for j in keep)
             L = min(L, prime_len + n_steps)
-            arr = np.array([h[:L] for h in hs], dtype=np.int64)
-            cases.append(prime_and_step("real/prime+steps", arr, max(1, min(prime_len, L // 2))))
+            arr = np.array([list(real_histories[j])[:L] for j in keep], dtype=np.int64)
+            ts = np.array([list(tss[j])[:L] for j in keep], dtype=np.float64) if tss is not None else None
+            cases.append(prime_and_step("real/prime+steps", arr, max(1, min(prime_len, L // 2)), ts))
             say(f"  real/prime+steps done [{time.perf_counter() - t0:.1f} s]")
     return cases
 
 
+def _check_real_timestamps(histories, timestamps):
+    """``timestamps`` aligned with ``histories`` (one float per item, finite, non-decreasing per history), or None."""
+    if timestamps is None:
+        return None
+    if len(timestamps) != len(histories):
+        raise ValueError(f"real_timestamps has {len(timestamps)} rows, real_histories {len(histories)}")
+    for j, (h, t) in enumerate(zip(histories, timestamps)):
+        t = np.asarray(t, dtype=np.float64)
+        if len(t) != len(h):
+            raise ValueError(f"real history {j}: {len(h)} items but {len(t)} timestamps")
+        if not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
+            raise ValueError(f"real history {j}: timestamps must be finite and non-decreasing")
+    return timestamps
+
+
 # ----------------------------------------------------------------------------------------------- window graphs
 def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widths: Sequence[int] | None = None,
-                  real_histories: Sequence[Sequence[int]] | None = None, seed: int = 0, runner: Any = None,
+                  real_histories: Sequence[Sequence[int]] | None = None,
+                  real_timestamps: Sequence[Sequence[float]] | None = None, seed: int = 0, runner: Any = None,
                   batch_chunk: int = 500, progress=None) -> list[CaseResult]:
     say = progress or (lambda m: None)
     k, n_items, M = spec["topk"], spec["n_items"], spec["max_seq_length"]
@@ -418,14 +440,17 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
 
     uses_ts = spec["uses_timestamps"]
 
-    def compare(name, groups):
+    def compare(name, groups, given_ts=None):
         acc = _Acc()
         n = 0
         chunks = [g[s:s + batch_chunk] for g in groups for s in range(0, len(g), batch_chunk)]
-        for chunk in chunks:
+        ts_chunks = ([given_ts[s:s + batch_chunk] for s in range(0, len(given_ts), batch_chunk)]
+                     if given_ts is not None else None)
+        for ci, chunk in enumerate(chunks):
             s = n
             if uses_ts:
-                tss = [(1.6e9 + np.cumsum(rng.integers(0, 86400, size=len(h)))).tolist() for h in chunk]
+                tss = (ts_chunks[ci] if ts_chunks is not None else
+                       [(1.6e9 + np.cumsum(rng.integers(0, 86400, size=len(h)))).tolist() for h in chunk])
                 ids, mask, ts = model.pad_batch(chunk, max_length=M, timestamps=tss)
                 feeds = {"item_ids": ids.numpy(), "timestamps": ts.numpy().astype(np.float64)}
             else:
@@ -442,7 +467,8 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
             n += len(chunk)
         agree = np.concatenate(acc.agree)
         return CaseResult(name, acc.abs, acc.rel, float(agree.mean()), int(agree.size), None,
-                          f"{n} windows; worst at {acc.where}")
+                          f"{n} windows; worst at {acc.where}"
+                          + ("; real timestamps" if uses_ts and given_ts is not None else ""))
 
     t0 = time.perf_counter()
     groups = []
@@ -454,14 +480,18 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
     cases = [compare("random/windows", groups)]
     say(f"  random/windows done [{time.perf_counter() - t0:.1f} s]")
     if real_histories:
-        hs = [list(h)[-M:] for h in real_histories if len(h) >= 1][:topk_cases]
+        tss = _check_real_timestamps(real_histories, real_timestamps)
+        keep = [j for j, h in enumerate(real_histories) if len(h) >= 1][:topk_cases]
+        hs = [list(real_histories[j])[-M:] for j in keep]
         if hs:
-            cases.append(compare("real/windows", [hs]))
+            cases.append(compare("real/windows", [hs],
+                                 [list(tss[j])[-M:] for j in keep] if tss is not None else None))
     return cases
 
 
 # ---------------------------------------------------------------------------------------------------- entry
-def verify_export(model, graph: str, spec: dict, *, real_histories=None, runner=None, progress=None,
+def verify_export(model, graph: str, spec: dict, *, real_histories=None, real_timestamps=None, runner=None,
+                  progress=None,
                   score_atol: float | None = None, topk_min_agreement: float | None = None,
                   state_atol: float | None = None, score_rtol: float | None = None, precision: str | None = None,
                   **kwargs) -> VerifyReport:
@@ -483,7 +513,8 @@ def verify_export(model, graph: str, spec: dict, *, real_histories=None, runner=
     t0 = time.perf_counter()
     try:
         fn = verify_step if spec["kind"] == "step" else verify_window
-        cases = fn(model, graph, spec, real_histories=real_histories, runner=runner, progress=progress, **kwargs)
+        cases = fn(model, graph, spec, real_histories=real_histories, real_timestamps=real_timestamps, runner=runner,
+                   progress=progress, **kwargs)
     finally:
         model.train(was_training)
     rep = VerifyReport(spec["kind"], spec["model_type"],

@@ -1170,3 +1170,57 @@ def test_trt_exports_exclude_seen_graph(tmp_path, capsys, monkeypatch):
     assert "history excluded" in text and "verification (step, lrurec): PASSED" in text
     spec = json.loads((tmp_path / "out" / "state_spec.json").read_text())
     assert spec["exclude_seen"] and spec["state"][-1]["name"] == "seen"
+
+
+# ------------------------------------------------------------------------------------- real verification cases
+def _toy_inter(path, rows):
+    path.write_text("user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in rows))
+    return str(path)
+
+
+def test_real_histories_keep_their_timestamps(tmp_path):
+    """``load_real_histories(..., with_timestamps=True)``: per user, items mapped through the model's vocabulary
+    (unknown ones dropped with their timestamps), in time order, timestamps aligned; a file without timestamps gives
+    None."""
+    from zoo.vocab import ItemVocab
+
+    model = make_model("lrurec")
+    model.set_item_vocab(ItemVocab([100 + i for i in range(1, N_ITEMS)]))      # external 101.. -> internal 1..
+    rows = [(1, 103, 50.0), (1, 999, 60.0), (1, 101, 70.0), (1, 102, 70.0),     # 999 is unknown
+            (2, 105, 10.0), (2, 104, 5.0),                                      # out of time order in the file
+            (3, 106, 1.0)]                                                      # one item: not a history
+    hist, ts = E.load_real_histories(_toy_inter(tmp_path / "t.inter", rows), model, with_timestamps=True)
+    assert hist == [[3, 1, 2], [4, 5]] and ts == [[50.0, 70.0, 70.0], [5.0, 10.0]]
+    assert E.load_real_histories(str(tmp_path / "t.inter"), model) == hist       # the old return value
+    (tmp_path / "s.seq").write_text("user_id\titem_ids_chronological\n1\t101 102 103\n2\t104 105\n")
+    assert E.load_real_histories(str(tmp_path / "s.seq"), model, with_timestamps=True) == ([[1, 2, 3], [4, 5]], None)
+
+
+def test_time_aware_graph_verified_on_real_timestamps(saved_tim4rec_causal, tmp_path, capsys):
+    """``export.onnx --data FILE`` with timestamps: the time-aware graph's real cases run on the file's own
+    timestamps (same-second events, long gaps), not synthetic ones; misaligned timestamps are refused."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for u in range(1, 9):
+        t = 9.7e8 + u * 1e5
+        for j in range(40):
+            t += float(rng.choice([0, 0, 1, 30, 3600, 86400 * 40]))           # ties and gaps of weeks
+            rows.append((u, int(rng.integers(1, N_ITEMS)), t))
+    data = _toy_inter(tmp_path / "tc.inter", rows)
+    assert E.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path / "g"), "--data", data, *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "8 real histories from" in text and "with their timestamps" in text
+    spec = json.loads((tmp_path / "g" / "state_spec.json").read_text())
+    real = next(c for c in spec["verification"]["cases"] if c["name"] == "real/prime+steps")
+    assert "real timestamps" in real["detail"] and real["ok"]
+    rand = next(c for c in spec["verification"]["cases"] if c["name"] == "random/prime+steps")
+    assert "real timestamps" not in rand["detail"]
+    model = make_model("tim4rec_causal")
+    hist, ts = E.load_real_histories(data, model, with_timestamps=True)
+    with pytest.raises(ValueError, match="real history 0: 40 items but 39 timestamps"):
+        E.export_model(model, tmp_path / "bad", real_histories=hist, real_timestamps=[t[:-1] for t in ts],
+                       verify_kwargs=dict(prime_len=10, n_steps=10, topk_cases=50))
+    assert not (tmp_path / "bad" / "model.onnx").exists()
+    with pytest.raises(ValueError, match="non-decreasing"):
+        E.export_model(model, tmp_path / "bad2", real_histories=hist, real_timestamps=[t[::-1] for t in ts],
+                       verify_kwargs=dict(prime_len=10, n_steps=10, topk_cases=50))

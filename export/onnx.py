@@ -108,11 +108,9 @@ TIME_GAPS_DOC = (
     "non-negative, non-decreasing per row, not before last_ts): gap_0 = ts_0 - last_ts (0 when last_ts < 0), "
     "gap_i = ts_i - ts_{i-1}; then casts them to float32 and sets last_ts = ts_{T-1}. export.runtime.OnnxStepSession "
     "does this (export.runtime.time_gaps)")
-SEEN_DOC = {
-    "step": "1 = the item is in this sequence's history (every item fed so far), 0 = not; starts at 0 for an empty "
-            "history (O(n_items) floats per sequence)",
-    "window": "the items of the input window",
-}
+#: the ``seen`` state of an ``--exclude-seen`` step graph (``state_spec.json``)
+SEEN_DOC = ("1 = the item is in this sequence's history (every item fed so far), 0 = not; starts at 0 for an empty "
+            "history (O(n_items) floats per sequence)")
 CARD_BEGIN = "<!-- onnx-export:begin -->"
 CARD_END = "<!-- onnx-export:end -->"
 
@@ -573,10 +571,9 @@ class StepGraph(torch.nn.Module):
         self.model = model
         self.k = k
         states = model.state_spec(1) if states is None else states
-        #: the model's states (``model._step``), then the graph's own ``seen`` state with ``exclude_seen``
-        self.model_state_names = [s.name for s in states]
         self.exclude_seen = bool(exclude_seen)
-        self.state_names = self.model_state_names + ([SEEN_STATE] if exclude_seen else [])
+        #: the model's states (``model._step``), then the graph's own ``seen`` state with ``exclude_seen``
+        self.state_names = [s.name for s in states] + ([SEEN_STATE] if exclude_seen else [])
         #: each new state keeps its declared dtype (float64 ``last_ts`` must not be rounded to float32)
         self.state_dtypes = [s.dtype for s in states] + ([torch.float32] if exclude_seen else [])
         self.uses_timestamps = bool(model.uses_timestamps)
@@ -727,8 +724,8 @@ def build_spec(model, kind: str, k: int, with_scores: bool, precision: str = "fp
         inputs.append(_io_entry(s.name, state[-1]["shape"], state[-1]["dtype"], s.doc))
     if exclude_seen and kind == "step":
         state.append({"name": SEEN_STATE, "shape": ["B", int(c.n_items)], "dtype": "float32", "init": 0.0,
-                      "output": f"{SEEN_STATE}_out", "doc": SEEN_DOC["step"]})
-        inputs.append(_io_entry(SEEN_STATE, state[-1]["shape"], "float32", SEEN_DOC["step"]))
+                      "output": f"{SEEN_STATE}_out", "doc": SEEN_DOC})
+        inputs.append(_io_entry(SEEN_STATE, state[-1]["shape"], "float32", SEEN_DOC))
     seen_note = (f"; items of the history ({'seen state' if kind == 'step' else 'input window'}) score "
                  f"{SEEN_SCORE:.8g} (--exclude-seen)") if exclude_seen else ""
     outputs.append(_io_entry("topk_ids", ["B", k], "int64", "internal item indices, best first (never 0)"

@@ -14,10 +14,10 @@ own state, so errors accumulate as they would in production):
 
 Time-aware graphs get the real timestamps with the real histories when they are given (``real_timestamps``, e.g.
 ``export.onnx --data`` with a file that has timestamps), otherwise, and in the random cases, float64 Unix-second
-timestamps (:func:`_rand_ts`: gaps from 0 s to 5 years, some with milliseconds). PyTorch always gets them as they are (``model.step``); a gaps-form graph
-(``spec["time_input"] == "gaps"``) gets float32 ``time_gaps`` computed from them by the client code of
-``export.runtime`` (:func:`export.runtime.time_gaps`, ``last_ts`` kept beside the graph state), so the comparison
-includes the float32 rounding of the gaps.
+timestamps (:func:`_rand_ts`: gaps from 0 s to 5 years, some with milliseconds). PyTorch always gets them as they are
+(``model.step``); a gaps-form graph (``spec["time_input"] == "gaps"``) gets float32 ``time_gaps`` computed from them
+by the client code of ``export.runtime`` (:func:`export.runtime.time_gaps`, ``last_ts`` kept beside the graph state),
+so the comparison includes the float32 rounding of the gaps.
 
 Window graphs: ``random/windows`` (``topk_cases`` random padded windows of random lengths, several padded widths) and
 ``real/windows``; compared with ``model.forward``.

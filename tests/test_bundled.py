@@ -119,5 +119,6 @@ def test_card_onnx_graph_reproduces_the_cards_numbers(folder, rel, shared_data):
     ds = load_dataset(shared_data / info["data_file"]).reencode(ItemVocab.load(folder / rel), unknown="error")
     got = evaluate_onnx(folder / rel, leave_one_out(ds).test, ks=(5, 10), threads=2, progress=False)
     for k, v in got.items():
-        assert abs(v - info["metrics"][k]) <= 1e-4, f"{folder.name}/{rel} {k}: card {info['metrics'][k]:.6f}, graph {v:.6f}"
+        card = info["metrics"][k]
+        assert abs(v - card) <= 1e-4, f"{folder.name}/{rel} {k}: card {card:.6f}, graph {v:.6f}"
     print(f"{folder.name}/{rel}: " + " ".join(f"{k} {got[k]:.4f}" for k in ("HR@10", "NDCG@10", "MRR@10")))

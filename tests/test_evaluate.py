@@ -177,7 +177,8 @@ def _tiny(name, n_items=40, max_len=12):
                                                         max_seq_length=max_len)),
              "gru4rec": lambda: GRU4RecModel(GRU4RecConfig(n_items=n_items, embedding_size=16, hidden_size=16,
                                                            max_seq_length=max_len)),
-             "sasrec": lambda: SASRecModel(SASRecConfig(n_items=n_items, hidden_size=16, max_seq_length=max_len))}[name]()
+             "sasrec": lambda: SASRecModel(SASRecConfig(n_items=n_items, hidden_size=16,
+                                                        max_seq_length=max_len))}[name]()
     with torch.no_grad():
         model.item_embedding.weight.normal_(0, 1.0)     # spread the scores: no near-ties in the top-k
     return model.eval()

@@ -334,7 +334,8 @@ def _main_onnx(args, t0: float) -> dict:
     vocab_path = os.path.join(os.path.dirname(graph), spec.get("item_vocab", "item_vocab.json"))
     if os.path.exists(vocab_path):
         vocab = ItemVocab.load(vocab_path)
-        ds, note = ds.reencode(vocab, unknown="error"), f"item ids mapped through the graph's vocabulary ({len(vocab)} items)"
+        ds = ds.reencode(vocab, unknown="error")
+        note = f"item ids mapped through the graph's vocabulary ({len(vocab)} items)"
     else:
         if ds.n_items + 1 > int(spec["n_items"]):
             raise SystemExit(f"the data has {ds.n_items} items but the graph (no item_vocab.json) has only "

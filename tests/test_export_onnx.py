@@ -984,21 +984,32 @@ def test_tim4rec_causal_cli_time_input_gaps(saved_tim4rec_causal, saved_model, t
         E.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path / "x"), "--time-input", "seconds"])
 
 
-def test_trt_takes_gaps_form_of_time_aware_model(saved_tim4rec_causal, tmp_path, capsys, monkeypatch):
-    """export.trt picks --time-input gaps for TiM4Rec-causal and goes the normal way: ONNX export + verification, then
-    the plugin-library / TensorRT-builder / GPU report and exit 3 (here), as for Mamba4Rec; no float64 refusal."""
+def _trt_without_builder(monkeypatch) -> list[str]:
+    """For export.trt runs that must end in the exit-3 report: skip where the builder and a GPU are present; reuse a
+    compiled plugin library when there is one (``--plugin-lib``), else make compiling one fail instead of running nvcc
+    here (tests/test_trt_plugins.py compiles it)."""
     from export import build_plugins as BP
     from export import trt as T
 
     if T.probe_environment().can_build:
-        pytest.skip("the TensorRT builder and a GPU are present: this test checks the report without them")
+        pytest.skip("the TensorRT builder and a GPU are present: tests/test_trt_plugins.py builds the engines")
     lib = BP.library_path()
-    extra = ["--plugin-lib", str(lib)] if lib.is_file() else []
-    if not extra:                                    # do not compile CUDA here (tests/test_trt_plugins.py does)
-        def no_build(*a, **k):
-            raise BP.BuildError("not compiled by this test")
+    if lib.is_file():
+        return ["--plugin-lib", str(lib)]
 
-        monkeypatch.setattr(BP, "build", no_build)
+    def no_build(*a, **k):
+        raise BP.BuildError("not compiled by this test")
+
+    monkeypatch.setattr(BP, "build", no_build)
+    return []
+
+
+def test_trt_takes_gaps_form_of_time_aware_model(saved_tim4rec_causal, tmp_path, capsys, monkeypatch):
+    """export.trt picks --time-input gaps for TiM4Rec-causal and goes the normal way: ONNX export + verification, then
+    the plugin-library / TensorRT-builder / GPU report and exit 3 (here), as for Mamba4Rec; no float64 refusal."""
+    from export import trt as T
+
+    extra = _trt_without_builder(monkeypatch)
     code = T.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path), "--quick", *extra])
     text = capsys.readouterr().out
     assert code == T.EXIT_MISSING == 3, text
@@ -1151,18 +1162,9 @@ def test_exclude_seen_fp16_and_cli_card(saved_model, tmp_path, capsys):
 def test_trt_exports_exclude_seen_graph(tmp_path, capsys, monkeypatch):
     """export.trt --exclude-seen: the ONNX step (verified, with the ``seen`` state) is what the engine would be built
     from; here (no builder/GPU) the run ends with the exit-3 report (the engine build itself is a GPU test)."""
-    from export import build_plugins as BP
     from export import trt as T
 
-    if T.probe_environment().can_build:
-        pytest.skip("the TensorRT builder and a GPU are present: tests/test_trt_plugins.py builds the engine")
-    lib = BP.library_path()
-    extra = ["--plugin-lib", str(lib)] if lib.is_file() else []
-    if not extra:                                    # do not compile CUDA here (tests/test_trt_plugins.py does)
-        def no_build(*a, **k):
-            raise BP.BuildError("not compiled by this test")
-
-        monkeypatch.setattr(BP, "build", no_build)
+    extra = _trt_without_builder(monkeypatch)
     mdir = tmp_path / "lru"
     make_model("lrurec").save_pretrained(mdir)
     code = T.main(["--model", str(mdir), "--out", str(tmp_path / "out"), "--quick", "--exclude-seen", *extra])

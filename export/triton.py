@@ -432,6 +432,13 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
              "`topk_ids`; `item_vocab.json` (beside `config.pbtxt`) maps them to your ids "
              "(`export.triton_client` does it for you).", "", f"State tensors: {states}."
              + (" The others start at 0." if any(_state_init(s) != 0.0 for s in spec["state"]) else ""), ""]
+    if spec.get("exclude_seen"):
+        lines += [("History excluded (`--exclude-seen`): the `seen` state records every item the sequence has fed, "
+                   "so no response ranks one of them above an unseen item (they score "
+                   f"{spec.get('seen_score', -3.4028234663852886e38):.8g}, the padding id never comes back). "
+                   f"It costs {4 * int(spec['n_items']):,} bytes per live sequence.") if not window else
+                  "History excluded (`--exclude-seen`): the items of the request's window are never ranked above an "
+                  "unseen item.", ""]
     if uses_ts:
         lines += ["Time-aware model: every request carries `timestamps` (one per item, Unix seconds) as **float64** "
                   "(`TYPE_FP64`; float32 cannot hold epoch seconds), non-decreasing, never before the sequence's "

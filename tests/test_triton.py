@@ -236,6 +236,7 @@ def test_cli_exclude_seen(mamba, mamba_export, lru_seen_export, tmp_path, capsys
     seq = _parse(tmp_path / "r" / "mamba4rec_step_onnxruntime_implicit" / "config.pbtxt").sequence_batching
     seen = [s for s in seq.state if s.input_name == "seen"]
     assert len(seen) == 1 and seen[0].output_name == "seen_out" and list(seen[0].dims) == [N_ITEMS]
+    assert "History excluded (`--exclude-seen`)" in (tmp_path / "r" / "README.md").read_text()
     assert T.main(["--onnx", str(lru_seen_export[1]), "--repo", str(tmp_path / "r2"), "--exclude-seen"]) == 0
     assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r3"), "--exclude-seen"]) == 1
     assert "exported without it" in capsys.readouterr().err and not (tmp_path / "r3").exists()

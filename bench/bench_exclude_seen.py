@@ -1,0 +1,111 @@
+"""What ``--exclude-seen`` costs a step graph: per-event latency of the exported ONNX step graph with and without the
+``seen [B, n_items]`` state, side by side in one run (a benchmark, not a test).
+
+For Mamba4Rec and LRURec (ML-1M default configs, hidden 64, random weights) at catalog sizes ``n_items`` (default:
+3,417 = ML-1M, 18,358 = Amazon Sports, 100,001) and batch sizes ``B`` (default 1 and 256): the state is primed with
+``L = 200`` items, then one ``T = 1`` event per row is timed through ``OnnxStepSession.raw_run`` (the graph alone, as a
+server runs it). The ``seen`` state is ``4 * n_items`` bytes per sequence; the table lists it beside the recurrent
+state. Best of N calls in process CPU time on one thread (``bench_step_latency.py`` explains the estimator).
+
+    OMP_NUM_THREADS=1 python bench/bench_exclude_seen.py [--items 3417 18358 100001] [--batches 1 256]
+                                                        [--min-time 0.5] [--markdown bench/RESULTS_EXCLUDE_SEEN.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import zoo  # noqa: E402,F401
+from bench_step_latency import MEDIANS, fmt_lat, timeit  # noqa: E402
+from export.onnx import export_model  # noqa: E402
+from export.runtime import OnnxStepSession  # noqa: E402
+from zoo.models.lrurec import LRURecConfig, LRURecModel  # noqa: E402
+from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel  # noqa: E402
+
+K = 10
+L = 200
+
+
+def bench(items, batches, min_time, log):
+    torch.set_num_threads(1)
+    rows = []
+    tmp = tempfile.mkdtemp(prefix="bench_seen_")
+    for n_items in items:
+        torch.manual_seed(0)
+        models = {"Mamba4Rec": Mamba4RecModel(Mamba4RecConfig(n_items=n_items)).eval(),
+                  "LRURec": LRURecModel(LRURecConfig(n_items=n_items)).eval()}
+        for name, m in models.items():
+            sess = {}
+            for ex in (False, True):
+                d = os.path.join(tmp, f"{name}-{n_items}-{int(ex)}")
+                export_model(m, d, topk=K, exclude_seen=ex, verify=False)
+                sess[ex] = OnnxStepSession(d, threads=1)
+            state_bytes = sum(4 * int(np.prod(s["shape"][1:])) for s in sess[False].spec["state"])
+            for B in batches:
+                rng = np.random.default_rng(0)
+                hist = rng.integers(1, n_items, size=(B, L + 1))
+                t = {}
+                for ex, s in sess.items():
+                    st = s.prime(hist[:, :L]).state
+                    feeds = {"item_ids": hist[:, L:].astype(np.int64), **st}
+                    t[ex] = timeit(lambda: s.raw_run(feeds), min_time, key=(name, n_items, B, ex))
+                rows.append({"model": name, "n_items": n_items, "B": B, "plain": t[False], "seen": t[True],
+                             "plain_med": MEDIANS[(name, n_items, B, False)],
+                             "seen_med": MEDIANS[(name, n_items, B, True)],
+                             "state_bytes": state_bytes})
+                log(f"{name} n_items={n_items:,} B={B}: plain {fmt_lat(t[False])}, --exclude-seen {fmt_lat(t[True])} "
+                    f"({t[True] / t[False]:.2f}x)")
+    return rows
+
+
+def markdown(rows) -> str:
+    out = ["| model | n_items | B | step | step `--exclude-seen` | ratio (best / median) | state per sequence "
+           "(recurrent + seen) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['model']} | {r['n_items']:,} | {r['B']} | {fmt_lat(r['plain'])} | {fmt_lat(r['seen'])} | "
+                   f"{r['seen'] / r['plain']:.2f}× / {r['seen_med'] / r['plain_med']:.2f}× | "
+                   f"{r['state_bytes'] / 1024:.1f} KiB + {4 * r['n_items'] / 1024:.1f} KiB |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--items", type=int, nargs="+", default=[3417, 18358, 100001])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 256])
+    p.add_argument("--min-time", type=float, default=0.5)
+    p.add_argument("--markdown", default=None)
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    rows = bench(args.items, args.batches, args.min_time, lambda m: print(m, flush=True))
+    md = markdown(rows)
+    print()
+    print(md)
+    if args.markdown:
+        import onnxruntime as ort
+
+        env = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs (1 thread), torch "
+               f"{torch.__version__}, onnxruntime {ort.__version__}")
+        with open(args.markdown, "w") as f:
+            f.write("# `--exclude-seen`: cost of the `seen` state in a step graph (CPU)\n\n")
+            f.write("Produced by `OMP_NUM_THREADS=1 python bench/bench_exclude_seen.py --markdown "
+                    f"bench/RESULTS_EXCLUDE_SEEN.md` ({time.strftime('%Y-%m-%d')}, {env}; "
+                    f"{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} at the end). "
+                    f"One `T = 1` event per row after priming with {L} items, the ONNX step graph alone "
+                    "(`raw_run`), top-10 in the graph; best of N calls in process CPU time; both graphs of a row timed "
+                    "side by side in the same run.\n\n")
+            f.write(md)
+        print(f"wrote {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()

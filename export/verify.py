@@ -364,7 +364,9 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
     def prime_and_step(name, hist: np.ndarray, n_prime: int, ts: np.ndarray | None = None):
         B, Ltot = hist.shape
         ts_note = "; real timestamps" if uses_ts and ts is not None else ""
-        if uses_ts and ts is None:
+        if not uses_ts:
+            ts = None                               # a model that reads no time gets none, real or not
+        elif ts is None:
             ts = _rand_ts(rng, B, Ltot)
         pair = _StepPair(model, run, spec, B)
         acc = _Acc()

@@ -435,7 +435,7 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
     if spec.get("exclude_seen"):
         lines += [("History excluded (`--exclude-seen`): the `seen` state records every item the sequence has fed, "
                    "so no response ranks one of them above an unseen item (they score "
-                   f"{spec.get('seen_score', -3.4028234663852886e38):.8g}, the padding id never comes back). "
+                   f"{spec['seen_score']:.8g}, the padding id never comes back). "
                    f"It costs {4 * int(spec['n_items']):,} bytes per live sequence.") if not window else
                   "History excluded (`--exclude-seen`): the items of the request's window are never ranked above an "
                   "unseen item.", ""]

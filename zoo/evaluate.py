@@ -40,6 +40,21 @@ from .data.split import EvalExamples, SequenceDataset, leave_one_out, load_datas
 from .metrics import compute_metrics, rank_of_target
 
 
+def _check_examples(examples: EvalExamples, n_items: int, uses_ts: bool, owner: str, name: str) -> None:
+    """Non-empty, every target in ``1 .. n_items - 1``, timestamps present when ``owner`` ("model" / "graph") reads
+    them; raises ValueError naming the problem."""
+    if len(examples) == 0:
+        raise ValueError("no evaluation examples")
+    tmax = int(examples.targets.max())
+    tmin = int(examples.targets.min())
+    if tmin < 1 or tmax >= n_items:
+        raise ValueError(f"target item index {tmax if tmax >= n_items else tmin} out of range 1..{n_items - 1} "
+                         f"({owner} n_items={n_items}); were the data encoded with the {owner}'s item vocabulary?")
+    if uses_ts and examples.history_timestamps is None:
+        raise ValueError(f"{name} reads timestamps but the evaluation data has none "
+                         "(e.g. a .seq file); use a file with timestamps")
+
+
 @torch.no_grad()
 def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False,
                    batch_size: int = 256, device: str | torch.device | None = None, progress: bool = True,
@@ -60,18 +75,8 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     Returns:
         ``{"HR@5": ..., "NDCG@5": ..., "MRR@5": ..., "Recall@5": ..., ...}`` (floats), or ``(metrics, ranks)``.
     """
-    if len(examples) == 0:
-        raise ValueError("no evaluation examples")
-    n_items = int(model.config.n_items)
-    tmax = int(examples.targets.max())
-    tmin = int(examples.targets.min())
-    if tmin < 1 or tmax >= n_items:
-        raise ValueError(f"target item index {tmax if tmax >= n_items else tmin} out of range 1..{n_items - 1} "
-                         f"(model n_items={n_items}); were the data encoded with the model's item vocabulary?")
     uses_ts = bool(getattr(model, "uses_timestamps", False))
-    if uses_ts and examples.history_timestamps is None:
-        raise ValueError(f"{type(model).__name__} reads timestamps but the evaluation data has none "
-                         "(e.g. a .seq file); use a file with timestamps")
+    _check_examples(examples, int(model.config.n_items), uses_ts, "model", type(model).__name__)
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -134,18 +139,11 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
         kind = json.load(f).get("kind")
     sess = (OnnxStepSession if kind == "step" else OnnxWindowSession)(path, threads=threads)
     ks = [int(k) for k in ks]
-    if len(examples) == 0:
-        raise ValueError("no evaluation examples")
+    _check_examples(examples, sess.n_items, sess.uses_timestamps, "graph", f"the {kind} graph")
     if not sess.has_scores and max(ks) > sess.topk:
         raise ValueError(f"cut-off @{max(ks)} is above the graph's in-graph top-{sess.topk} (no 'scores' output): "
                          f"evaluate @K <= {sess.topk}, or export with --topk {max(ks)} or --scores")
     targets = np.asarray(examples.targets, dtype=np.int64)
-    if targets.min() < 1 or targets.max() >= sess.n_items:
-        bad = int(targets.max() if targets.max() >= sess.n_items else targets.min())
-        raise ValueError(f"target item index {bad} out of range 1..{sess.n_items - 1} (graph n_items={sess.n_items}); "
-                         "were the data encoded with the graph's item_vocab.json?")
-    if sess.uses_timestamps and examples.history_timestamps is None:
-        raise ValueError("the graph reads timestamps but the evaluation data has none (e.g. a .seq file)")
     M = int(sess.spec["max_seq_length"])
     windows = [np.asarray(h[-M:], dtype=np.int64) for h in examples.histories]
     tss = ([np.asarray(t[-M:], dtype=np.float64) for t in examples.history_timestamps]
@@ -198,13 +196,18 @@ def align_with_model(ds: SequenceDataset, model) -> tuple[SequenceDataset, str]:
     Raises :class:`~zoo.vocab.UnknownItemError` counting the data items the model does not know. A model without a
     vocabulary is assumed to use the data's own first-appearance indexing (checked against ``n_items``).
     """
-    vocab = getattr(model, "item_vocab", None)
+    return align_with_vocab(ds, getattr(model, "item_vocab", None), int(model.config.n_items), "model")
+
+
+def align_with_vocab(ds: SequenceDataset, vocab, n_items: int, owner: str = "model") -> tuple[SequenceDataset, str]:
+    """:func:`align_with_model` for any ``owner`` of a vocabulary (a model, an exported graph's ``item_vocab.json``);
+    ``vocab`` None: the data's first-appearance indexing, checked against ``n_items``."""
     if vocab is not None:
-        return ds.reencode(vocab, unknown="error"), f"item ids mapped through the model's vocabulary ({len(vocab)} items)"
-    if ds.n_items + 1 > model.config.n_items:
-        raise ValueError(f"the data has {ds.n_items} items but the model (no item vocabulary) has only "
-                         f"n_items={model.config.n_items} rows; cannot map item ids")
-    return ds, ("WARNING: the model has no item vocabulary; using the data's first-appearance item indexing, "
+        return ds.reencode(vocab, unknown="error"), f"item ids mapped through the {owner}'s vocabulary ({len(vocab)} items)"
+    if ds.n_items + 1 > n_items:
+        raise ValueError(f"the data has {ds.n_items} items but the {owner} (no item vocabulary) has only "
+                         f"n_items={n_items} rows; cannot map item ids")
+    return ds, (f"WARNING: the {owner} has no item vocabulary; using the data's first-appearance item indexing, "
                 "which is only right if the model was trained on this file with the zoo loader")
 
 
@@ -332,16 +335,11 @@ def _main_onnx(args, t0: float) -> dict:
                          "cannot mask the history; re-export it with `python -m export.onnx --exclude-seen`")
     ds = load_dataset(args.data, kcore=args.kcore)
     vocab_path = os.path.join(os.path.dirname(graph), spec.get("item_vocab", "item_vocab.json"))
-    if os.path.exists(vocab_path):
-        vocab = ItemVocab.load(vocab_path)
-        ds = ds.reencode(vocab, unknown="error")
-        note = f"item ids mapped through the graph's vocabulary ({len(vocab)} items)"
-    else:
-        if ds.n_items + 1 > int(spec["n_items"]):
-            raise SystemExit(f"the data has {ds.n_items} items but the graph (no item_vocab.json) has only "
-                             f"n_items={spec['n_items']} rows; cannot map item ids")
-        note = ("WARNING: no item_vocab.json beside the graph; using the data's first-appearance item indexing, which "
-                "is only right if the model was trained on this file with the zoo loader")
+    vocab = ItemVocab.load(vocab_path) if os.path.exists(vocab_path) else None
+    try:
+        ds, note = align_with_vocab(ds, vocab, int(spec["n_items"]), "graph")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     split = leave_one_out(ds)
     examples = split.test if args.split == "test" else split.valid
     if args.max_users:

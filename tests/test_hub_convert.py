@@ -194,3 +194,30 @@ def test_existing_onnx_exports_reads_every_export_flag(tmp_path):
     assert hub.existing_onnx_exports(tmp_path) == [
         ["--kind", "step", "--topk", "20", "--fp16", "--time-input", "gaps", "--scores", "--exclude-seen"],
         ["--kind", "window", "--topk", "10"]]
+
+
+def test_card_compares_with_the_reference_under_the_references_protocol(tmp_path):
+    """BERT4Rec's only published ML-1M number is history-masked (LRURec Table 3): a RecBole-protocol card must
+    compare the model's history-masked numbers with it, never numbers of two protocols side by side."""
+    import json
+
+    import pytest
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert4rec", "n_items": 3417}))
+    recbole = {"HR@10": 0.25, "NDCG@10": 0.13, "HR@20": 0.35, "NDCG@20": 0.16}
+    masked = {"HR@10": 0.31, "NDCG@10": 0.17, "HR@20": 0.42, "NDCG@20": 0.20}
+    protocol = {"name": "RecBole protocol", "history_masked": False, "command": "python -m zoo.evaluate ..."}
+    dataset = {"name": "MovieLens-1M", "type": "ml-1m", "users": 6040}
+    log = {"stopped": "max epochs", "epochs": [{}] * 3, "train": {"lr_schedule": "linear"}}
+    with pytest.raises(ValueError, match="another protocol"):
+        hub.make_card(tmp_path, "b4r", recbole, protocol, dataset, log)
+    ref_cmd = "python -m zoo.evaluate --model ssm-rec-zoo/b4r --data ml-1m.5core.seq.gz --exclude-history"
+    card = open(hub.make_card(tmp_path, "b4r", recbole, protocol, dataset, log,
+                              reference_metrics={"metrics": masked, "command": ref_cmd})).read()
+    section = card.split("## Against the published numbers")[1]
+    assert ref_cmd in section and "| HR@10 | 0.3089 | 0.3100 | +0.0011 |" in section
+    assert "**Meets or beats every published number.**" in section
+    # the same protocol needs no second measurement, and the headline numbers are compared
+    protocol_masked = dict(protocol, name="LRURec protocol", history_masked=True)
+    card = open(hub.make_card(tmp_path, "b4r", recbole, protocol_masked, dataset, log)).read()
+    assert "| HR@10 | 0.3089 | 0.2500 | -0.0589 |" in card and "Below the reference numbers" in card

@@ -142,3 +142,16 @@ def test_target_loss_weighting_weighs_every_target_the_same():
     assert sum(c.mean() * loss_scale(l, per_batch, "window") for c, l in zip(ce, labels)) == 2.0 + 10.0
     with pytest.raises(ValueError, match="loss weighting"):
         loss_scale(labels[0], per_batch, "user")
+
+
+def test_objective_is_described_per_model():
+    """The log (and so the card) names what was optimised: BERT4Rec's Cloze masking with its own ratios, not the
+    next-item cross-entropy of the causal models; overlapping windows say how many positions each supervises."""
+    from zoo.train import describe_objective
+
+    b = describe_objective("bert4rec", 200, 200, {"mask_ratio": 0.2, "ft_ratio": 0.5, "ft_prefix_sampling": True})
+    assert "Cloze" in b and "mask_ratio = 0.2" in b and "ft_ratio = 0.5" in b and "every position" not in b
+    assert describe_objective("sasrec", 200, 200) == "cross-entropy over all items at every position of windows of " \
+                                                     "max_seq_length"
+    s = describe_objective("mamba4rec", 200, 50)
+    assert "last 50 positions" in s and ">= 151 items" in s

@@ -40,16 +40,21 @@ PLACEHOLDER_ORGS = ("org",)
 SSM_MODELS = ("mamba4rec", "lrurec", "tim4rec", "tim4rec_causal", "ssd4rec")
 #: published reference numbers (../shared/reference/models.md §8) the cards compare against
 PUBLISHED = {
-    "mamba4rec": {"source": "Mamba4Rec paper (1 layer), RecBole protocol", "HR@10": 0.3121, "NDCG@10": 0.1822,
-                  "MRR@10": 0.1425},
-    "sasrec": {"source": "issue #3 target under the RecBole protocol (RecBole-style SASRec)", "HR@10": 0.30,
-               "NDCG@10": 0.17},
-    "lrurec": {"source": "LRURec paper Table 3, LRURec protocol (history masked)", "HR@10": 0.32636,
-               "NDCG@10": 0.19298, "HR@20": 0.43313, "NDCG@20": 0.21990},
+    "mamba4rec": {"source": "Mamba4Rec paper (1 layer), RecBole protocol", "history_masked": False, "HR@10": 0.3121,
+                  "NDCG@10": 0.1822, "MRR@10": 0.1425},
+    "sasrec": {"source": "issue #3 target under the RecBole protocol (RecBole-style SASRec)", "history_masked": False,
+               "HR@10": 0.30, "NDCG@10": 0.17},
+    "lrurec": {"source": "LRURec paper Table 3, LRURec protocol (history masked)", "history_masked": True,
+               "HR@10": 0.32636, "NDCG@10": 0.19298, "HR@20": 0.43313, "NDCG@20": 0.21990},
     "gru4rec": {"source": "RecBole#945, RecBole GRU4Rec with default parameters under the RecBole protocol "
-                          "(third-party sanity range, models.md §7)", "HR@10": 0.2548, "NDCG@10": 0.1406,
-                "MRR@10": 0.1059},
+                          "(third-party sanity range, models.md §7)", "history_masked": False, "HR@10": 0.2548,
+                "NDCG@10": 0.1406, "MRR@10": 0.1059},
+    "bert4rec": {"source": "LRURec paper Table 3, BERT4Rec row (CE, AdamW lr 1e-3, batch 128), LRURec protocol "
+                           "(history masked); no RecBole-protocol number for BERT4Rec on ML-1M is known (models.md §8)",
+                 "history_masked": True, "HR@10": 0.30894, "NDCG@10": 0.16377, "HR@20": 0.41738, "NDCG@20": 0.19118},
 }
+#: keys of a PUBLISHED entry that are not metrics
+_REF_META = ("source", "history_masked")
 CARD_FILES = ("config.json", "model.safetensors", "item_vocab.json", "README.md")
 
 
@@ -180,8 +185,13 @@ def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
 
 # ------------------------------------------------------------------------------------------------- cards
 def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dict, dataset: dict, train_log: dict,
-              repo_id: str | None = None, extra_sections: str = "") -> str:
-    """Write ``folder/README.md``: a Hub model card (huggingface_hub ``ModelCard``) with ``model-index`` metrics."""
+              repo_id: str | None = None, extra_sections: str = "", reference_metrics: dict | None = None) -> str:
+    """Write ``folder/README.md``: a Hub model card (huggingface_hub ``ModelCard``) with ``model-index`` metrics.
+
+    ``protocol["history_masked"]`` says how ``metrics`` were measured. When the model's published reference
+    (``PUBLISHED``) was measured under the other protocol, ``reference_metrics = {"metrics": ..., "command": ...}``
+    must hold this model's numbers under the reference's protocol; the comparison uses them, never numbers of
+    different protocols side by side."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     import zoo
@@ -230,7 +240,7 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
 ## Training
 
 - Data: {dataset.get('description', ds_name)}
-- Objective: {train_log.get('objective', '')}{_weighting_note(train_log)}
+- Objective: {_objective(cfg, train_log)}{_weighting_note(train_log)}
 - Optimiser: {train_log.get('train', {})}; seed {train_log.get('seed')}; best epoch {train_log.get('best_epoch')} of
   {len(train_log.get('epochs', []))} ({train_log.get('stopped', '')}); {train_log.get('train_minutes', 0):.0f} minutes on {env.get('platform', '?')}
   ({env.get('cpu_threads', '?')} CPU threads{', GPU ' + env['cuda'] if env.get('cuda') else ''}).
@@ -241,16 +251,36 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
 """
     ref = PUBLISHED.get(model_type)
     if ref and ds_type == "ml-1m":
-        rows = "\n".join(f"| {k} | {v:.4f} | {metrics.get(k, float('nan')):.4f} | {metrics.get(k, 0) - v:+.4f} |"
-                         for k, v in ref.items() if k != "source")
-        met = all(metrics.get(k, 0) >= v for k, v in ref.items() if k != "source")
-        body += (f"\n## Against the published numbers\n\nReference: {ref['source']}.\n\n| metric | published | this model "
-                 f"| difference |\n|---|---|---|---|\n{rows}\n\n" + ("**Meets or beats every published number.**\n"
-                 if met else _below_reference_note(train_log)))
+        # compare under the reference's own protocol: a card under the RecBole protocol whose reference was measured
+        # with the history masked carries a second measurement (``reference_metrics``) made under that protocol
+        same = bool(ref["history_masked"]) == bool(protocol.get("history_masked", False))
+        if not same and reference_metrics is None:
+            raise ValueError(f"{model_type}'s published reference is under another protocol (history masked: "
+                             f"{ref['history_masked']}): pass reference_metrics measured under it")
+        cmp = metrics if same else reference_metrics["metrics"]
+        rows = "\n".join(f"| {k} | {v:.4f} | {cmp.get(k, float('nan')):.4f} | {cmp.get(k, 0) - v:+.4f} |"
+                         for k, v in ref.items() if k not in _REF_META)
+        met = all(cmp.get(k, 0) >= v for k, v in ref.items() if k not in _REF_META)
+        measured_note = "" if same else (
+            f"The reference was measured under {'the LRURec protocol (history items masked)' if ref['history_masked'] else 'the RecBole protocol (history not masked)'}, "
+            f"so this model is compared after the same measurement: `{reference_metrics['command']}` "
+            f"(the numbers at the top of this card are under the {protocol.get('name', 'card')}).\n\n")
+        body += (f"\n## Against the published numbers\n\nReference: {ref['source']}.\n\n{measured_note}| metric | "
+                 f"published | this model | difference |\n|---|---|---|---|\n{rows}\n\n"
+                 + ("**Meets or beats every published number.**\n" if met else _below_reference_note(train_log)))
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
     path = os.path.join(folder, "README.md")
     card.save(path)
     return path
+
+
+def _objective(cfg: dict, train_log: dict) -> str:
+    """The card's objective line, derived from the model and the run (``zoo.train.describe_objective``) rather than
+    copied from the log's text (logs written before BERT4Rec had its own sentence describe next-item CE)."""
+    from .train import describe_objective
+
+    max_len = int(cfg.get("max_seq_length", 0))
+    return describe_objective(cfg["model_type"], max_len, int(train_log.get("window_stride") or max_len), cfg)
 
 
 def _weighting_note(train_log: dict) -> str:
@@ -334,7 +364,11 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                       description: str | None = None, dataset_type: str = "ml-1m",
                       dataset_name: str = "MovieLens-1M (5-core)", notes: str = "") -> dict:
     """Copy a training run's best checkpoint into ``hub_cards/<name>``, evaluate it on the test split and write
-    its card. Returns the measured metrics."""
+    its card. Returns the measured metrics.
+
+    When the model's published reference was measured under the other protocol (BERT4Rec: LRURec's history-masked
+    numbers), the model is evaluated under that protocol too; ``eval_results.json["reference_protocol"]`` keeps
+    those numbers and the command that reproduces them, and the card compares like with like."""
     from transformers import AutoModel
 
     from .data import leave_one_out, load_dataset
@@ -356,18 +390,28 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                 "description": ("leave-one-out by time (last item = test, second-to-last = validation), "
                                 + ("items of the input window masked before ranking (LRURec's protocol)."
                                    if exclude_history else "history items not masked (RecBole's protocol).")),
-                "command": cmd}
+                "command": cmd, "history_masked": exclude_history}
+    ref = PUBLISHED.get(model.config.model_type)
+    reference = None
+    if ref and dataset_type == "ml-1m" and bool(ref["history_masked"]) != exclude_history:
+        # the published number was measured under the other protocol: measure this model under it too
+        masked = bool(ref["history_masked"])
+        reference = {"exclude_history": masked, "command": f"python -m zoo.evaluate --model {HUB_ORG}/{name} "
+                     f"--data {data_file}" + (" --exclude-history" if masked else ""),
+                     "metrics": evaluate_model(model, leave_one_out(ds).test, ks=(5, 10, 20), exclude_history=masked)}
     dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences),
                "description": description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, "
                                              f"{ds.n_interactions:,} interactions"}
     stages = training_stages(run_dir)
     make_card(out_dir, name, metrics, protocol, dataset, log,
-              extra_sections=_stages_markdown(stages) + (f"\n{notes.strip()}\n" if notes.strip() else ""))
+              extra_sections=_stages_markdown(stages) + (f"\n{notes.strip()}\n" if notes.strip() else ""),
+              reference_metrics=reference)
     with open(os.path.join(out_dir, STAGES_FILE), "w") as f:
         json.dump({"stages": stages}, f, indent=1)
     with open(os.path.join(out_dir, "eval_results.json"), "w") as f:
         json.dump({"metrics": metrics, "protocol": protocol, "data_file": data_file,
-                   "exclude_history": exclude_history}, f, indent=1)
+                   "exclude_history": exclude_history, **({"reference_protocol": reference} if reference else {})},
+                  f, indent=1)
     for args in exports:
         refresh_onnx_export(out_dir, args, data)
     return metrics

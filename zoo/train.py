@@ -13,6 +13,8 @@ differ too: a target sees only the items before it *in its window* (on ML-1M a m
 augmentation). ``--window-stride S`` (< ``max_seq_length``) overlaps the windows and supervises only the last ``S``
 positions of each, so every target sees ``>= max_seq_length - S + 1`` items (or its whole prefix), as under prefix
 augmentation, for ``~max_seq_length / S`` times the compute on long histories (see ``zoo.data.batching``).
+BERT4Rec is the exception: it trains with its masked-item (Cloze) objective on the same non-overlapping windows (see
+``zoo.models.bert4rec``); ``describe_objective`` gives the sentence the log and the card carry for each model.
 
 Per-model defaults (``TRAIN_PRESETS``) follow each model's official recipe (Adam lr 1e-3 for the RecBole models;
 AdamW wd 0.01 without decay on bias/LayerNorm, grad clip 5, batch 128 for LRURec); every one can be overridden.
@@ -120,6 +122,31 @@ def loss_scale(labels: torch.Tensor, targets_per_batch: float, weighting: str) -
     raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
 
 
+def describe_objective(model_type: str, max_len: int, stride: int, config: dict | None = None) -> str:
+    """One sentence for the training log and the model card: what ``zoo.train`` optimised for this model.
+
+    Args:
+        model_type: the model's ``config.model_type``.
+        max_len: training window length (``max_seq_length``).
+        stride: pairs between consecutive window ends (``max_len`` = non-overlapping windows).
+        config: the model's config as a dict (BERT4Rec's masking fields).
+    """
+    if model_type == "bert4rec":
+        c = config or {}
+        ft = (f"with probability ft_ratio = {c.get('ft_ratio')} a batch instead masks only the last item of each row"
+              + (" (of a uniformly drawn prefix, one RecBole prefix sample per window)"
+                 if c.get("ft_prefix_sampling", True) else ""))
+        return (f"BERT4Rec's masked-item (Cloze) objective in RecBole's form, on non-overlapping windows of "
+                f"max_seq_length = {max_len} (plus the item after each window): every item is masked with probability "
+                f"mask_ratio = {c.get('mask_ratio')}, {ft}; cross-entropy over all items at the predicted masked "
+                "positions; masks are drawn anew every epoch")
+    if stride == max_len:
+        return "cross-entropy over all items at every position of windows of max_seq_length"
+    return (f"cross-entropy over all items; windows of max_seq_length = {max_len} ending every {stride} items, each "
+            f"supervising its last {stride} positions (every target once, with >= {max_len - stride + 1} items of "
+            "context or its whole prefix)")
+
+
 def environment() -> dict:
     import transformers
 
@@ -184,12 +211,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     os.makedirs(out, exist_ok=True)
     log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(), "seed": seed,
            "train": preset, "config_overrides": overrides, "epochs": [], "command": command,
-           "objective": ("cross-entropy over all items at every position of windows of max_seq_length"
-                         if windows.stride == windows.max_len else
-                         f"cross-entropy over all items; windows of max_seq_length = {windows.max_len} ending every "
-                         f"{windows.stride} items, each supervising its last {windows.stride} positions (every "
-                         f"target once, with >= {windows.max_len - windows.stride + 1} items of context or its whole "
-                         "prefix)"),
+           "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict()),
            "window_stride": windows.stride, "loss_weighting": loss_weighting,
            "environment": environment(), "n_parameters": n_params, "init_from": init_from}
     targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]

@@ -216,7 +216,6 @@ class TritonPythonModel:
             return self._execute_window(pb, requests)
         if self.explicit:
             return self._execute_explicit(pb, requests)
-        np = self.np
         now = time.monotonic()
         self._sweep(now)
         responses = [None] * len(requests)

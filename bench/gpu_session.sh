@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU checks of this project as ONE prepared run, for a session that is lent a GPU machine (device tool:
+# 15 device-minutes per task, one chip, a bare image with nvcc 13, CMake, torch, triton, onnx(runtime), pytest,
+# no network, no TensorRT builder). Everything else is verified on CPU by CI; this covers what only a GPU shows:
+#
+#   1. facts: GPU, driver, nvcc, torch/triton versions            -> $OUT/env.txt
+#   2. build libzoo_scan_kernels.so + libzoo_trt_plugins.so (sm_90) -> $OUT/build.log
+#   3. kernel parity + timings: plugins/harness.py --check --bench  -> $OUT/harness.log, $OUT/harness.json
+#      (the plugins' CUDA kernels vs the PyTorch references, fp32/fp16/bf16, T = 1 and long T, zero/given state)
+#   4. every GPU-marked test (pytest -m gpu -rs): kernels, SSD/selective-scan GPU paths; the TensorRT-engine tests
+#      skip with their reason where the image has no TensorRT builder  -> $OUT/pytest_gpu.log
+#
+# On this (CPU) machine, once, in the repository root (.whl/ is git-ignored; 0.2 MB of the 64 MiB that may travel):
+#   python3 -m pip download --no-deps kernel-lens==2.0.1 -d .whl      # TensorRT headers for the plugin library
+# then call the device tool with:
+#   command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=540
+# Each step has its own time limit, a failed step does not stop the later ones, and the summary at the end of the
+# output (and in $OUT/summary.txt) gives every step's exit status. Copy the numbers into plugins/README.md
+# ("Timings") and the closing note; give the machine back afterwards. Not here: TensorRT engine builds (the image has no
+# TensorRT builder and its wheels are larger than what may travel) and mamba-ssm parity (its wheels need a network
+# build); both stay unverified until a machine with them is lent. Flow checked on CPU only (every step then reports
+# "no CUDA"); this script has not yet run on a GPU.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu_session_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 ZOO_DATA_DIR="${ZOO_DATA_DIR:-/nonexistent}"
+summary=()
+step() {  # step NAME SECONDS LOGFILE -- command...
+    local name=$1 limit=$2 log=$3
+    shift 4
+    local t0=$SECONDS
+    echo "=== [$name] $* (limit ${limit}s)" | tee -a "$OUT/$log"
+    timeout "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
+    local rc=${PIPESTATUS[0]}
+    summary+=("$name: exit $rc, $((SECONDS - t0)) s")
+}
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="/tmp/site:$PWD"
+else
+    echo "no .whl/ carried: the plugin library needs TensorRT headers (kernel-lens), only the kernels library is built"
+    export PYTHONPATH="$PWD"
+fi
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    nvcc --version | tail -n 2
+    cmake --version | head -n 1
+    python3 -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name(0))"
+    python3 -c "import triton; print('triton', triton.__version__)" || true
+    python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" || true
+    python3 -c "import tensorrt as t; print('tensorrt', t.__version__)" || echo "tensorrt: not importable (no builder)"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+step build 240 build.log -- python3 -m export.build_plugins --arch 90 -j 16
+step harness 180 harness.log -- python3 plugins/harness.py --check --bench --json "$OUT/harness.json"
+step pytest-gpu 240 pytest_gpu.log -- python3 -m pytest -q -rs -m gpu -p no:cacheprovider
+
+printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"

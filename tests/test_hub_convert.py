@@ -221,3 +221,33 @@ def test_card_compares_with_the_reference_under_the_references_protocol(tmp_path
     protocol_masked = dict(protocol, name="LRURec protocol", history_masked=True)
     card = open(hub.make_card(tmp_path, "b4r", recbole, protocol_masked, dataset, log)).read()
     assert "| HR@10 | 0.3089 | 0.2500 | -0.0589 |" in card and "Below the reference numbers" in card
+
+
+def test_build_card_folder_measures_under_the_references_protocol(tmp_path):
+    """Carding a BERT4Rec run (RecBole protocol) also evaluates it with the history masked, as its reference was
+    measured; eval_results.json keeps those numbers, and they are what evaluate_model gives under that protocol."""
+    import json
+
+    import torch
+
+    from tests.test_train import _markov_file
+    from zoo.data import leave_one_out, load_dataset
+    from zoo.evaluate import align_with_model, evaluate_model
+    from zoo.train import main as train_main
+
+    torch.set_num_threads(1)
+    data = str(_markov_file(tmp_path / "markov.tsv", n_users=40, length=(12, 20)))
+    train_main(["--model", "bert4rec", "--data", data, "--epochs", "1", "--max-len", "20", "--kcore", "0",
+                "--no-progress", "--out", str(tmp_path / "run"), "--set", "hidden_size=16", "inner_size=32"])
+    card = tmp_path / "card"
+    hub.build_card_folder(str(tmp_path / "run"), "tiny-b4r", data, out_dir=str(card), dataset_type="ml-1m")
+    info = json.loads((card / "eval_results.json").read_text())
+    ref = info["reference_protocol"]
+    assert info["exclude_history"] is False and ref["exclude_history"] is True
+    assert ref["command"].endswith("--exclude-history")
+    model = AutoModel.from_pretrained(str(card))
+    ds, _ = align_with_model(load_dataset(data), model)
+    masked = evaluate_model(model, leave_one_out(ds).test, ks=(5, 10, 20), exclude_history=True, progress=False)
+    assert all(abs(masked[k] - v) < 1e-9 for k, v in ref["metrics"].items())
+    text = (card / "README.md").read_text()
+    assert ref["command"] in text and "Cloze" in text and f"| HR@10 | 0.3089 | {masked['HR@10']:.4f} |" in text

@@ -55,6 +55,8 @@ PUBLISHED = {
 }
 #: keys of a PUBLISHED entry that are not metrics
 _REF_META = ("source", "history_masked")
+#: a card's protocol name, by whether the history was masked
+PROTOCOL_NAMES = {False: "RecBole protocol", True: "LRURec protocol (history items masked)"}
 CARD_FILES = ("config.json", "model.safetensors", "item_vocab.json", "README.md")
 
 
@@ -262,7 +264,7 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
                          for k, v in ref.items() if k not in _REF_META)
         met = all(cmp.get(k, 0) >= v for k, v in ref.items() if k not in _REF_META)
         measured_note = "" if same else (
-            f"The reference was measured under {'the LRURec protocol (history items masked)' if ref['history_masked'] else 'the RecBole protocol (history not masked)'}, "
+            f"The reference was measured under the {PROTOCOL_NAMES[bool(ref['history_masked'])]}, "
             f"so this model is compared after the same measurement: `{reference_metrics['command']}` "
             f"(the numbers at the top of this card are under the {protocol.get('name', 'card')}).\n\n")
         body += (f"\n## Against the published numbers\n\nReference: {ref['source']}.\n\n{measured_note}| metric | "
@@ -381,24 +383,27 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         shutil.copyfile(os.path.join(run_dir, f), os.path.join(out_dir, f))
     model = AutoModel.from_pretrained(out_dir)
     ds, _ = align_with_model(load_dataset(data), model)
-    metrics = evaluate_model(model, leave_one_out(ds).test, ks=(5, 10, 20), exclude_history=exclude_history)
+    test = leave_one_out(ds).test
+    metrics = evaluate_model(model, test, ks=(5, 10, 20), exclude_history=exclude_history)
     log = json.load(open(os.path.join(run_dir, "train_log.json")))
     data_file = os.path.basename(data)
-    cmd = f"python -m zoo.evaluate --model {HUB_ORG}/{name} --data {data_file}" + (
-        " --exclude-history" if exclude_history else "")
-    protocol = {"name": "LRURec protocol (history items masked)" if exclude_history else "RecBole protocol",
+
+    def evaluate_command(masked: bool) -> str:
+        return f"python -m zoo.evaluate --model {HUB_ORG}/{name} --data {data_file}" + (
+            " --exclude-history" if masked else "")
+
+    protocol = {"name": PROTOCOL_NAMES[exclude_history],
                 "description": ("leave-one-out by time (last item = test, second-to-last = validation), "
                                 + ("items of the input window masked before ranking (LRURec's protocol)."
                                    if exclude_history else "history items not masked (RecBole's protocol).")),
-                "command": cmd, "history_masked": exclude_history}
+                "command": evaluate_command(exclude_history), "history_masked": exclude_history}
     ref = PUBLISHED.get(model.config.model_type)
     reference = None
     if ref and dataset_type == "ml-1m" and bool(ref["history_masked"]) != exclude_history:
         # the published number was measured under the other protocol: measure this model under it too
         masked = bool(ref["history_masked"])
-        reference = {"exclude_history": masked, "command": f"python -m zoo.evaluate --model {HUB_ORG}/{name} "
-                     f"--data {data_file}" + (" --exclude-history" if masked else ""),
-                     "metrics": evaluate_model(model, leave_one_out(ds).test, ks=(5, 10, 20), exclude_history=masked)}
+        reference = {"exclude_history": masked, "command": evaluate_command(masked),
+                     "metrics": evaluate_model(model, test, ks=(5, 10, 20), exclude_history=masked)}
     dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences),
                "description": description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, "
                                              f"{ds.n_interactions:,} interactions"}

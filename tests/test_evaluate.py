@@ -101,6 +101,24 @@ def test_evaluate_model_known_ranks(cls):
     assert vr.tolist() == [1, 1, 2]
 
 
+@pytest.mark.parametrize("cls", [NextItemModel, LeftNextItemModel])
+def test_history_share(cls):
+    # test histories [1,2,3], [5,1], [2,4,1]; preference after x: x+1, x+2, ... -> top-2 {4,5}, {2,3}, {2,3}:
+    # history items among them 0, 0, 1 (item 2 of user 3); top-3 adds 1, 4, 4: 1, 0, 2
+    model = cls(NextItemConfig(n_items=M + 1, max_seq_length=10, hidden_size=M + 1))
+    sp = examples()
+    m = evaluate_model(model, sp.test, ks=(1, 2, 3), progress=False, history_share=True)
+    assert m["Hist@1"] == pytest.approx(1 / 3) and m["Hist@2"] == pytest.approx(1 / 6)
+    assert m["Hist@3"] == pytest.approx(3 / 9)
+    assert m["HR@3"] == pytest.approx(2 / 3)                 # the ranking metrics are unchanged
+    assert "Hist@3" not in evaluate_model(model, sp.test, ks=(3,), progress=False)
+    masked = evaluate_model(model, sp.test, ks=(1, 3), progress=False, history_share=True, exclude_history=True)
+    assert masked["Hist@1"] == 0.0 and masked["Hist@3"] == 0.0
+    # only the window counts: with a window of 1 user 3's history is [1] alone, so item 2 is no longer history
+    small = cls(NextItemConfig(n_items=M + 1, max_seq_length=1, hidden_size=M + 1))
+    assert evaluate_model(small, sp.test, ks=(1,), progress=False, history_share=True)["Hist@1"] == 0.0
+
+
 def test_exclude_history_uses_the_window():
     sp = examples()
     model = NextItemModel(NextItemConfig(n_items=M + 1, max_seq_length=10, hidden_size=M + 1))
@@ -143,7 +161,9 @@ def test_cli_maps_ids_through_model_vocab(tmp_path, capsys):
     assert saved["n_users"] == 3 and saved["protocol"]["split"] == "test" and saved["protocol"]["kcore"] is None
     assert saved["model_type"] == "test_next_item" and saved["data"].endswith("d.seq")
     text = capsys.readouterr().out
-    assert "HR" in text and "NDCG" in text and "@3" in text
+    assert "HR" in text and "NDCG" in text and "@3" in text and "Hist" not in text
+    res = main(["--model", str(d), "--data", str(data), "--ks", "1", "3", "--history-share", "--no-progress"])
+    assert res["metrics"]["Hist@1"] == pytest.approx(1 / 3) and "Hist" in capsys.readouterr().out
     # valid split, history exclusion, first user only
     res = main(["--model", str(d), "--data", str(data), "--split", "valid", "--exclude-history", "--max-users", "1",
                 "--ks", "1", "--no-progress"])
@@ -267,6 +287,8 @@ def test_cli_onnx(tmp_path, capsys):
     ref = main(["--model", str(_save(model, tmp_path / "m")), "--data", str(data), "--kcore", "none", "--ks", "5",
                 "10", "--exclude-history", "--no-progress"])
     assert out["metrics"] == pytest.approx(ref["metrics"], abs=1e-9)
+    with pytest.raises(SystemExit, match="--history-share is measured on a --model"):
+        main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--history-share", "--ks", "5"])
     with pytest.raises(SystemExit, match="exported without --exclude-seen"):
         main(["--onnx", str(tmp_path / "plain"), "--data", str(data), "--exclude-history", "--ks", "5"])
 

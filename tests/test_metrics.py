@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.metrics import compute_metrics, hit_at_k, mrr_at_k, ndcg_at_k, rank_of_target
+from zoo.metrics import compute_metrics, history_in_top_k, hit_at_k, mrr_at_k, ndcg_at_k, rank_of_target
 
 
 def test_rank_of_target():
@@ -30,6 +30,27 @@ def test_rank_errors():
         rank_of_target(torch.zeros(3), torch.tensor([0]))
     with pytest.raises(ValueError, match="ties"):
         rank_of_target(torch.zeros(1, 3), torch.tensor([0]), ties="random")
+
+
+def test_history_in_top_k():
+    scores = torch.tensor([[-math.inf, 0.9, 0.5, 0.1, 0.7],      # order 1, 4, 2, 3
+                           [-math.inf, 0.1, 0.2, 0.3, 0.4]])     # order 4, 3, 2, 1
+    hist = torch.tensor([[0, 0, 4, 1],                            # padding 0 is not history
+                         [2, 3, 0, 0]])
+    assert history_in_top_k(scores, hist, 1).tolist() == [1, 0]
+    assert history_in_top_k(scores, hist, 2).tolist() == [2, 1]
+    assert history_in_top_k(scores, hist, 4).tolist() == [2, 2]
+    # a history item masked to -inf (the LRURec protocol) cannot be in the top-k while finite items remain
+    masked = scores.clone()
+    masked[0, [1, 4]] = -math.inf
+    assert history_in_top_k(masked, hist, 2).tolist()[0] == 0
+    assert history_in_top_k(masked, hist, 4).tolist()[0] == 0      # -inf items are not recommended, even in the top-k
+    with pytest.raises(ValueError, match="k must be"):
+        history_in_top_k(scores, hist, 0)
+    with pytest.raises(ValueError, match="out of range"):
+        history_in_top_k(scores, torch.tensor([[5], [1]]), 1)
+    with pytest.raises(ValueError, match="expected scores"):
+        history_in_top_k(scores, hist[0], 1)
 
 
 def test_per_user_metrics():

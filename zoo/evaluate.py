@@ -11,8 +11,8 @@ Protocols
 Command line::
 
     python -m zoo.evaluate --model runs/mamba4rec-ml1m --data ../shared/data/ml-1m.5core.seq.gz \\
-        [--split test|valid] [--exclude-history] [--ks 5 10 20] [--batch-size 256] [--json out.json] \\
-        [--max-users N] [--kcore K|none|auto] [--device cpu] [--no-progress]
+        [--split test|valid] [--exclude-history] [--ks 5 10 20] [--history-share] [--batch-size 256] \\
+        [--json out.json] [--max-users N] [--kcore K|none|auto] [--device cpu] [--no-progress]
     python -m zoo.evaluate --onnx hub_cards/lrurec-ml1m/onnx --data ../shared/data/ml-1m.5core.seq.gz --ks 5 10
 
 Data item ids are mapped through the model's own ``item_vocab`` (external ids -> the indices it was trained with).
@@ -37,7 +37,7 @@ import torch
 
 from .data.batching import eval_batches
 from .data.split import EvalExamples, SequenceDataset, leave_one_out, load_dataset
-from .metrics import compute_metrics, rank_of_target
+from .metrics import compute_metrics, history_in_top_k, rank_of_target
 
 
 def _check_examples(examples: EvalExamples, n_items: int, uses_ts: bool, owner: str, name: str) -> None:
@@ -58,7 +58,7 @@ def _check_examples(examples: EvalExamples, n_items: int, uses_ts: bool, owner: 
 @torch.no_grad()
 def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False,
                    batch_size: int = 256, device: str | torch.device | None = None, progress: bool = True,
-                   max_len: int | None = None, return_ranks: bool = False):
+                   max_len: int | None = None, return_ranks: bool = False, history_share: bool = False):
     """Full-ranking metrics of ``model`` on ``examples``.
 
     Args:
@@ -72,8 +72,11 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
         progress: show a tqdm bar.
         max_len: history window (default ``model.config.max_seq_length``).
         return_ranks: also return the ``[B]`` int64 ranks (CPU, example order).
+        history_share: also report ``Hist@K``, the mean share of the top-K slots taken by items of the input window
+            (:func:`zoo.metrics.history_in_top_k`; 0 when ``exclude_history``).
     Returns:
-        ``{"HR@5": ..., "NDCG@5": ..., "MRR@5": ..., "Recall@5": ..., ...}`` (floats), or ``(metrics, ranks)``.
+        ``{"HR@5": ..., "NDCG@5": ..., "MRR@5": ..., "Recall@5": ..., ...}`` (floats; plus ``"Hist@K"`` with
+        ``history_share``), or ``(metrics, ranks)``.
     """
     uses_ts = bool(getattr(model, "uses_timestamps", False))
     _check_examples(examples, int(model.config.n_items), uses_ts, "model", type(model).__name__)
@@ -85,6 +88,8 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     model.eval()
     max_len = int(max_len or model.config.max_seq_length)
     ranks = torch.empty(len(examples), dtype=torch.long)
+    ks = [int(k) for k in ks]
+    in_top = {k: torch.zeros(len(examples), dtype=torch.long) for k in ks} if history_share else {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -99,6 +104,8 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
                 seen = torch.where(mask, ids, torch.zeros_like(ids))                       # pad -> index 0
                 scores = scores.scatter(1, seen, float("-inf"))
             ranks[batch["index"]] = rank_of_target(scores, batch["targets"].to(device)).cpu()
+            for k, counts in in_top.items():
+                counts[batch["index"]] = history_in_top_k(scores, torch.where(mask, ids, 0), k).cpu()
             if bar is not None:
                 bar.update(ids.shape[0])
     finally:
@@ -106,6 +113,8 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
             bar.close()
         model.train(was_training)
     metrics = compute_metrics(ranks, ks)
+    for k, counts in in_top.items():
+        metrics[f"Hist@{k}"] = float(counts.double().mean() / k)
     return (metrics, ranks) if return_ranks else metrics
 
 
@@ -211,7 +220,7 @@ def align_with_vocab(ds: SequenceDataset, vocab, n_items: int, owner: str = "mod
                 "which is only right if the model was trained on this file with the zoo loader")
 
 
-def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR", "NDCG", "MRR")) -> str:
+def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR", "NDCG", "MRR", "Hist")) -> str:
     """Metric rows x ``@K`` columns, 4 decimals."""
     head = "metric".ljust(8) + "".join(f"@{k}".rjust(10) for k in ks)
     rows = [head, "-" * len(head)]
@@ -243,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-history", action="store_true",
                    help="LRURec protocol: mask the items of the input window before ranking")
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="cut-offs (default 5 10 20)")
+    p.add_argument("--history-share", action="store_true",
+                   help="also report Hist@K: the mean share of the top-K slots taken by items of the input window "
+                        "(never the target on data without repeats, e.g. ML-1M; 0 with --exclude-history)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="--onnx: ONNX Runtime intra-op threads")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
@@ -261,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit("--max-users must be >= 1")
     t0 = time.time()
     if args.onnx:
+        if args.history_share:
+            raise SystemExit("--history-share is measured on a --model (PyTorch) evaluation; an exported graph's "
+                             "top-K does not say which of its items were in the window")
         return _main_onnx(args, t0)
     import zoo  # noqa: F401  (registers the zoo models with AutoModel)
     from transformers import AutoModel
@@ -276,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.max_users:
         examples = examples.head(args.max_users)
     metrics = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
-                             batch_size=args.batch_size, device=device, progress=not args.no_progress)
+                             batch_size=args.batch_size, device=device, progress=not args.no_progress,
+                             history_share=args.history_share)
     protocol = {
         "name": "lrurec" if args.exclude_history else "recbole",
         "split": args.split,

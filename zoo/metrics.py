@@ -16,6 +16,11 @@ tied scores is implementation-defined; with real-valued model scores exact ties 
 the pessimistic rule can never overstate a degenerate model (a constant-score model gets the worst rank, not the
 best). Items masked to ``-inf`` (padding, excluded history) never outrank a finite target; a target that is itself
 ``-inf`` ranks last among the ``-inf`` items (pessimistic) -- it can never count as a hit unless K covers them.
+
+A diagnostic besides the ranking metrics: ``Hist@K`` (:func:`history_in_top_k`), the mean share of the top-K slots
+taken by items of the model's input window. On data without repeat interactions (ML-1M: no user rates an item twice)
+those slots can never hold the target, so ``Hist@K`` is what the LRURec protocol's history mask gives back; it is 0
+under that protocol by construction.
 """
 
 from __future__ import annotations
@@ -55,6 +60,36 @@ def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pes
     if ties == "pessimistic":
         return (scores >= t).sum(1).long()                                   # the target counts itself once
     return (scores > t).sum(1).long() + 1
+
+
+def history_in_top_k(scores: torch.Tensor, history: torch.Tensor, k: int) -> torch.Tensor:
+    """How many of each row's top-``k`` items are in its history.
+
+    Args:
+        scores: ``[B, V]`` float scores over all items (masked items at ``-inf``).
+        history: ``[B, L]`` int64 item indices of each row's input window; ``0`` (padding) is ignored.
+        k: cut-off, ``1 <= k <= V``.
+    Returns:
+        ``[B]`` int64 counts in ``0..k`` (the top-``k`` by ``torch.topk``; among exactly tied scores which items
+        enter is implementation-defined, as in RecBole's ranking). Items scored ``-inf`` (masked) are never
+        counted, so a history mask gives 0 even when fewer than ``k`` items remain unmasked.
+    Raises:
+        ValueError: shape mismatch, ``k`` out of range, or history indices outside ``0..V-1``.
+    """
+    scores = torch.as_tensor(scores)
+    history = torch.as_tensor(history, device=scores.device).long()
+    if scores.dim() != 2 or history.dim() != 2 or history.shape[0] != scores.shape[0]:
+        raise ValueError(f"expected scores [B, V] and history [B, L], got {list(scores.shape)} and "
+                         f"{list(history.shape)}")
+    if not 1 <= int(k) <= scores.shape[1]:
+        raise ValueError(f"k must be in 1..{scores.shape[1]}, got {k}")
+    if history.numel() and (int(history.min()) < 0 or int(history.max()) >= scores.shape[1]):
+        raise ValueError(f"history index out of range 0..{scores.shape[1] - 1}")
+    seen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    seen.scatter_(1, history, True)
+    seen[:, 0] = False                                                        # padding is not history
+    top_scores, top = scores.topk(int(k), dim=1)                              # [B, k]
+    return (seen.gather(1, top) & (top_scores > float("-inf"))).sum(1).long()
 
 
 def _ranks(ranks) -> torch.Tensor:
@@ -119,4 +154,4 @@ def compute_metrics(ranks, ks: Iterable[int] = (5, 10, 20), metrics: Sequence[st
     return out
 
 
-__all__ = ["rank_of_target", "hit_at_k", "ndcg_at_k", "mrr_at_k", "compute_metrics", "METRICS"]
+__all__ = ["rank_of_target", "history_in_top_k", "hit_at_k", "ndcg_at_k", "mrr_at_k", "compute_metrics", "METRICS"]

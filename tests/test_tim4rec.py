@@ -144,6 +144,25 @@ def test_window_padding_and_time_sensitivity():
     assert lg.shape == (1, 53)
 
 
+@pytest.mark.parametrize("kw", [{}, {"p2p_residual": True, "num_layers": 1}, {"is_time": False}])
+def test_narrow_batch_equals_the_padded_window(kw):
+    """encode() at width L_in < max_seq_length skips the pad slots of the causal hidden path; it must equal the
+    explicitly right-padded window (what the official model computes) on its first L_in slots."""
+    model = faithful(chunk_size=4, **kw)
+    M = model.config.max_seq_length
+    for seed, (n, width) in enumerate([(1, 1), (3, 5), (7, 7), (5, 11), (12, 12)]):
+        items, ts = history(n, seed=10 + seed)
+        rows = [(items, ts), (items[:max(1, n - 2)], ts[:max(1, n - 2)])]
+        ids, mask, tsb = model.pad_batch([r[0] for r in rows], timestamps=[r[1] for r in rows])
+        ids, mask, tsb = (torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in (ids, mask, tsb))
+        full = [torch.nn.functional.pad(t, (0, M - width)) for t in (ids, mask, tsb)]
+        with torch.no_grad():
+            narrow_h = model.encode(ids, mask, tsb if model.uses_timestamps else None)
+            full_h = model.encode(full[0], full[1], full[2] if model.uses_timestamps else None)
+        assert narrow_h.shape == (2, width, model.config.hidden_size)
+        assert (narrow_h - full_h[:, :width]).abs().max() <= 1e-5
+
+
 def test_all_position_labels_use_the_prefix_objective():
     """[B, L] labels must not leak the targets' timestamps through the window-level time features."""
     model = faithful()

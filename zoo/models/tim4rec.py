@@ -20,10 +20,11 @@ mamba-ssm 2.2.2) as described, verified from that code, in ``shared/reference/mo
 
 **The window is part of the model.** LayerNorm over the window axis, the ``Linear(L, L)`` MLPs and the ``L -> 1`` gate
 mix every slot of the ``L = max_seq_length`` window, *including the right padding* (pad timestamps are 0, so the first
-pad slot carries the diff ``-τ_last``). :meth:`encode` therefore always right-pads its input to exactly
-``max_seq_length`` slots (ids 0, timestamps 0) before running, whatever the batch's padded width, and returns the first
-``L_in`` positions; inputs wider than ``max_seq_length`` are rejected (use :meth:`pad_batch`, which keeps the most
-recent ``max_seq_length`` items as RecBole does). Because of the non-causal time features, the hidden state at position
+pad slot carries the diff ``-τ_last``). :meth:`encode` therefore computes the time features over the timestamps
+right-padded to exactly ``max_seq_length`` slots, whatever the batch's padded width, and returns the same first ``L_in``
+positions a fully padded input would give (the hidden path is causal, so the pad slots after them are not computed);
+inputs wider than ``max_seq_length`` are rejected (use :meth:`pad_batch`, which keeps the most recent
+``max_seq_length`` items as RecBole does). Because of the non-causal time features, the hidden state at position
 ``t < len - 1`` is *not* what a forward on the prefix ``[0..t]`` would give; only the readout at ``len - 1`` is a
 prediction.
 
@@ -36,7 +37,7 @@ whole model is re-run on it. The logits after each new item equal :meth:`forward
 Training: ``labels [B]`` trains the readout at ``len - 1`` (RecBole). All-position ``labels [B, L]`` (what
 ``zoo.train`` feeds) would leak the targets' timestamps through the window-level time features, so they switch to the
 **prefix objective** of :class:`WindowRecomputeMixin`: every labelled position becomes its own right-padded prefix
-sample (RecBole's data augmentation; one forward per labelled position, ~L times a causal model's cost per batch).
+sample (RecBole's data augmentation; one forward per labelled position, each as wide as the batch's longest prefix).
 
 Deviations (documented): timestamps are differenced in float64 (RecBole loads them as float32, i.e. 64-second
 resolution for Unix times around 1e9; ``float32_timestamps=True`` reproduces that) and the diffs are then cast to
@@ -222,14 +223,16 @@ class TiSSD(SSDCore):
             self.time_norm = nn.LayerNorm(L, eps=config.norm_eps)
 
     def forward(self, hidden: torch.Tensor, T: torch.Tensor | None):
-        """``hidden [B, L, D]``, ``T [B, H, L]`` (None without time) -> ``(out [B, L, D], T_next)``."""
+        """``hidden [B, L, D]`` (the first ``L <= M`` slots of the window), ``T [B, H, M]`` over the whole window
+        (None without time) -> ``(out [B, L, D], T_next [B, H, M])``. The time path always spans all ``M`` slots; the
+        hidden path is causal, so its first ``L`` slots do not depend on the slots after them."""
         z, x, Bm, Cm, dt, _ = self.project(hidden)
         T_next = None
         if self.is_time:
-            tau = T * self.time_mlp(T)                                          # [B, H, L]
+            tau = T * self.time_mlp(T)                                          # [B, H, M]
             tau, _ = causal_conv1d_act(tau, self.time_conv1.weight[:, 0], self.time_conv1.bias, None, self.act)
             tau, _ = causal_conv1d_act(tau, self.time_conv2.weight[:, 0], self.time_conv2.bias, None, self.act)
-            dt = dt * tau.transpose(1, 2)                                       # [B, L, H]  δ' = δ ⊙ τ̃
+            dt = dt * tau[..., :hidden.shape[1]].transpose(1, 2)                # [B, L, H]  δ' = δ ⊙ τ̃
             g = torch.sigmoid(self.time_gate(self.gate_dropout(T)))             # [B, H, 1] (or [B, H, L])
             T_next = self.time_norm(g * T + (1 - g) * tau)                      # [B, H, L]
         out, _ = self.scan_and_out(z, x, Bm, Cm, dt)
@@ -438,26 +441,28 @@ class TiM4RecModel(WindowRecomputeMixin, TiM4RecPreTrainedModel):
         return T.unsqueeze(1).expand(-1, self.config.n_heads, -1)                              # [B, H, M]
 
     def encode(self, input_ids, attention_mask, timestamps=None):
-        """Right-pads to exactly ``max_seq_length`` slots, runs the model, returns the first ``L_in`` positions."""
+        """``[B, L_in <= max_seq_length]`` right-padded -> hidden ``[B, L_in, D]``, as if the input were right-padded
+        to exactly ``M = max_seq_length`` slots (ids 0, timestamps 0), which is what the official model sees.
+
+        Only the time features need the whole window (LN and ``Linear(M, M)`` over its slots, pad slots included):
+        they are computed over the ``M``-slot padding of the timestamps. The hidden path (embedding, in_proj, causal
+        conv, SSD, gated norm, FFN) is causal and position-wise, so slots ``>= L_in`` cannot change the first ``L_in``
+        and are not computed: a batch ``L_in`` wide costs ``L_in / M`` of a full window (the prefix objective's short
+        prefixes). ``tests/test_tim4rec.py`` checks this against the explicitly padded input."""
         M = self.config.max_seq_length
         B, L_in = input_ids.shape
         if L_in > M:
             raise ValueError(f"TiM4Rec's time branch has a fixed window of max_seq_length={M} slots; got a batch "
                              f"{L_in} wide. Keep the most recent {M} items (model.pad_batch does this).")
-        if L_in < M:
-            input_ids = F.pad(input_ids, (0, M - L_in))
-            attention_mask = F.pad(attention_mask, (0, M - L_in))
-            if timestamps is not None:
-                timestamps = F.pad(timestamps, (0, M - L_in))
-        x = self.layer_norm(self.dropout(self.item_embedding(input_ids)))     # [B, M, D]
+        x = self.layer_norm(self.dropout(self.item_embedding(input_ids)))     # [B, L_in, D]
         T = None
         if self.config.is_time:
             if timestamps is None:
                 raise ValueError("TiM4Rec with is_time=True needs timestamps [batch, seq_len] (seconds)")
-            T = self.time_features(timestamps, attention_mask)
+            T = self.time_features(F.pad(timestamps, (0, M - L_in)), F.pad(attention_mask, (0, M - L_in)))  # [B, H, M]
         for layer in self.layers:
             x, T = layer(x, T)
-        return x[:, :L_in]
+        return x
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.item_embedding.weight.t()                       # [..., n_items]

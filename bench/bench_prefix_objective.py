@@ -1,0 +1,108 @@
+"""What TiM4Rec's prefix objective costs per training step, with the hidden path computed only as wide as the batch
+(``TiM4RecModel.encode`` today) against every prefix padded to the full ``max_seq_length`` window (the official
+model's computation, and this project's before the change), side by side in one run (a benchmark, not a test).
+
+Faithful TiM4Rec trains with RecBole's prefix augmentation (``WindowRecomputeMixin.forward``): each labelled position
+of a window is its own sample. Its time features mix all ``M`` slots of the window, pad slots included, but its hidden
+path is causal, so the slots after a prefix need not be computed; both variants give the same loss (checked here to
+1e-5 on every row, and in ``tests/test_tim4rec.py``). Each row: one forward + backward of the prefix objective on
+``B`` windows of ``n`` items (all ``n`` positions labelled), random weights and timestamps, best of ``--repeats`` in
+wall time on one thread (``torch.set_num_threads(1)``).
+
+    python bench/bench_prefix_objective.py [--repeats 3] [--markdown out.md]
+
+Configs: Beauty (official 64d Beauty config: M = 50, p2p_residual, 12,101 items) and ML-1M (official 64d ML-1M config:
+M = 200, 3,416 items).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from zoo.models.tim4rec import TiM4RecConfig, TiM4RecModel  # noqa: E402
+
+CONFIGS = {
+    "beauty": (dict(n_items=12102, max_seq_length=50, dropout_prob=0.4, time_dropout_prob=0.0, norm_eps=1e-5,
+                    p2p_residual=True, kaiming_init=False), 64, (5, 10, 25, 50)),
+    "ml-1m": (dict(n_items=3417, max_seq_length=200), 4, (25, 100, 200)),
+}
+
+
+class PaddedTiM4Rec(TiM4RecModel):
+    """Every input right-padded to ``max_seq_length`` before the whole model runs (the official computation)."""
+
+    def encode(self, input_ids, attention_mask, timestamps=None):
+        M, L_in = self.config.max_seq_length, input_ids.shape[1]
+        pad = (0, M - L_in)
+        ts = F.pad(timestamps, pad) if timestamps is not None else None
+        return super().encode(F.pad(input_ids, pad), F.pad(attention_mask, pad), ts)[:, :L_in]
+
+
+def step_seconds(model, ids, mask, ts, labels, repeats):
+    best, loss = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = model(ids, mask, labels=labels, timestamps=ts)
+        out.loss.backward()
+        best = min(best, time.perf_counter() - t)
+        model.zero_grad(set_to_none=True)
+        loss = out.loss.item()
+    return best, loss
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--markdown", help="also write the table to this file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    lines = [f"TiM4Rec prefix objective, one training step (forward + backward), best of {args.repeats}, one thread; "
+             f"torch {torch.__version__}, {platform.processor() or platform.machine()}", "",
+             "| config | M | windows B | items per window n | prefixes | padded to M (s) | batch width (s) | "
+             "speed-up | loss diff |", "|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for name, (cfg, B, lengths) in CONFIGS.items():
+        torch.manual_seed(0)
+        fast = TiM4RecModel(TiM4RecConfig(**cfg)).train()
+        slow = PaddedTiM4Rec(fast.config).train()
+        slow.load_state_dict(fast.state_dict())
+        for n in lengths:
+            g = torch.Generator().manual_seed(n)
+            ids = torch.randint(1, cfg["n_items"], (B, n), generator=g)
+            mask = torch.ones(B, n, dtype=torch.bool)
+            ts = 1e9 + torch.cumsum(torch.randint(0, 86400, (B, n), generator=g).double(), 1)
+            labels = torch.randint(1, cfg["n_items"], (B, n), generator=g)
+            with torch.random.fork_rng():
+                torch.manual_seed(1)
+                t_slow, l_slow = step_seconds(slow, ids, mask, ts, labels, args.repeats)
+            with torch.random.fork_rng():
+                torch.manual_seed(1)
+                t_fast, l_fast = step_seconds(fast, ids, mask, ts, labels, args.repeats)
+            with torch.no_grad():                       # same loss without dropout (the masks' shapes differ)
+                fast.eval(), slow.eval()
+                diff = abs(fast(ids, mask, labels=labels, timestamps=ts).loss.item()
+                           - slow(ids, mask, labels=labels, timestamps=ts).loss.item())
+                fast.train(), slow.train()
+            if diff > 1e-5:
+                raise SystemExit(f"{name} n={n}: the two computations disagree (loss diff {diff:.2e})")
+            row = (f"| {name} | {cfg['max_seq_length']} | {B} | {n} | {B * n} | {t_slow:.3f} | {t_fast:.3f} | "
+                   f"{t_slow / t_fast:.1f}x | {diff:.1e} |")
+            lines.append(row)
+            print(row, flush=True)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"wrote {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()

@@ -155,3 +155,8 @@ def test_objective_is_described_per_model():
                                                      "max_seq_length"
     s = describe_objective("mamba4rec", 200, 50)
     assert "last 50 positions" in s and ">= 151 items" in s
+    for non_causal in ("tim4rec", "ssd4rec"):                # WindowRecomputeMixin models: one prefix per target
+        t = describe_objective(non_causal, 50, 50)
+        assert "prefix objective" in t and "every position is its own sample" in t and "every position of" not in t
+    assert "each of the last 10 positions" in describe_objective("tim4rec", 50, 10)
+    assert "prefix" not in describe_objective("tim4rec_causal", 50, 50)

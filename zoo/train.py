@@ -140,6 +140,16 @@ def describe_objective(model_type: str, max_len: int, stride: int, config: dict 
                 f"max_seq_length = {max_len} (plus the item after each window): every item is masked with probability "
                 f"mask_ratio = {c.get('mask_ratio')}, {ft}; cross-entropy over all items at the predicted masked "
                 "positions; masks are drawn anew every epoch")
+    from .models import MODELS
+    from .models.tim4rec import WindowRecomputeMixin
+
+    if model_type in MODELS and issubclass(MODELS[model_type][1], WindowRecomputeMixin):
+        # non-causal hidden states (TiM4Rec's window-level time features, SSD4Rec's backward pass)
+        sup = "every position" if stride == max_len else f"each of the last {stride} positions"
+        return (f"RecBole's prefix objective: in windows of max_seq_length = {max_len} (ending every {stride} items), "
+                f"{sup} is its own sample, the prefix up to it (right-padded) -> the next item, cross-entropy over "
+                "all items at the prefix's last position; one forward per target, as the model's representations are "
+                "not causal")
     if stride == max_len:
         return "cross-entropy over all items at every position of windows of max_seq_length"
     return (f"cross-entropy over all items; windows of max_seq_length = {max_len} ending every {stride} items, each "

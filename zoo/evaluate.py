@@ -100,12 +100,12 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
             mask = batch["attention_mask"].to(device)
             ts = batch["timestamps"].to(device) if uses_ts else None
             scores = model.predict(ids, mask, timestamps=ts, exclude_seen=False).float()   # [B, V], pad at -inf
+            window = torch.where(mask, ids, torch.zeros_like(ids))                         # [B, L], pad -> index 0
             if exclude_history:
-                seen = torch.where(mask, ids, torch.zeros_like(ids))                       # pad -> index 0
-                scores = scores.scatter(1, seen, float("-inf"))
+                scores = scores.scatter(1, window, float("-inf"))
             ranks[batch["index"]] = rank_of_target(scores, batch["targets"].to(device)).cpu()
             for k, counts in in_top.items():
-                counts[batch["index"]] = history_in_top_k(scores, torch.where(mask, ids, 0), k).cpu()
+                counts[batch["index"]] = history_in_top_k(scores, window, k).cpu()
             if bar is not None:
                 bar.update(ids.shape[0])
     finally:

@@ -233,8 +233,8 @@ class TiSSD(SSDCore):
             tau, _ = causal_conv1d_act(tau, self.time_conv1.weight[:, 0], self.time_conv1.bias, None, self.act)
             tau, _ = causal_conv1d_act(tau, self.time_conv2.weight[:, 0], self.time_conv2.bias, None, self.act)
             dt = dt * tau[..., :hidden.shape[1]].transpose(1, 2)                # [B, L, H]  δ' = δ ⊙ τ̃
-            g = torch.sigmoid(self.time_gate(self.gate_dropout(T)))             # [B, H, 1] (or [B, H, L])
-            T_next = self.time_norm(g * T + (1 - g) * tau)                      # [B, H, L]
+            g = torch.sigmoid(self.time_gate(self.gate_dropout(T)))             # [B, H, 1] (or [B, H, M])
+            T_next = self.time_norm(g * T + (1 - g) * tau)                      # [B, H, M]
         out, _ = self.scan_and_out(z, x, Bm, Cm, dt)
         return out, T_next
 

@@ -27,9 +27,26 @@ def _markov_file(path, n_users=150, n_items=40, length=(12, 40), p_follow=0.85, 
     return path
 
 
+def _cluster_file(path, n_users=150, n_items=40, n_clusters=4, length=(12, 40), seed=0):
+    """Interactions where every user draws items from one of ``n_clusters`` disjoint item groups (order carries no
+    signal): the next item is one of the 10 items of the user's group, so a model that learnt the groups puts it in
+    its top 10 (HR@10 -> 1) where a random ranking of the 40 items gets 0.25."""
+    rng = random.Random(seed)
+    per = n_items // n_clusters
+    lines = ["user_id\titem_id\ttimestamp"]
+    for u in range(1, n_users + 1):
+        c, t = rng.randrange(n_clusters), 1_000_000 + rng.randrange(10_000)
+        for _ in range(rng.randint(*length)):
+            lines.append(f"{u}\t{100 + c * per + rng.randrange(per)}\t{t}")
+            t += rng.randint(1, 500)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 TINY = {"mamba4rec": ["hidden_size=16", "d_state=8"],
         "sasrec": ["hidden_size=16", "inner_size=32", "hidden_dropout=0.1", "attn_dropout=0.1"],
-        "lrurec": ["hidden_size=16"]}
+        "lrurec": ["hidden_size=16"],
+        "gru4rec": ["embedding_size=16", "hidden_size=32"]}
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY))
@@ -49,6 +66,23 @@ def test_training_beats_random_by_far(tmp_path, model_type):
     from zoo.evaluate import main as eval_main
     again = eval_main(["--model", str(out), "--data", str(data), "--kcore", "none", "--no-progress"])
     assert abs(again["metrics"]["NDCG@10"] - log["test"]["NDCG@10"]) < 1e-6
+
+
+def test_bert4rec_training_beats_random_by_far(tmp_path):
+    """BERT4Rec's end-to-end guard (its Cloze objective through ``zoo.train``), on the item-group data rather than the
+    Markov chain: the [MASK] slot has no residual path from the item before it, so an item-to-next-item chain must be
+    found through the absolute position embeddings, which takes BERT4Rec ~1,500+ steps (measured on the Markov data:
+    loss still ~ln(41) after 400 steps of batch 16, HR@10 0.86 after 2,500). Measured on this data (4 data seeds):
+    hidden 32 at lr 2e-3 learns the groups in 20 epochs every time (HR@10 1.0); hidden 16, or lr 5e-3 with dropout,
+    can stall on a plateau that separates only two of the four groups (loss ~3.0, HR@10 ~0.5) -- a post-LN
+    Transformer's optimisation, not the pipeline (without dropout, or at lr 1e-3, the same setting learns)."""
+    torch.set_num_threads(1)
+    data = _cluster_file(tmp_path / "groups.tsv")
+    log = train_main(["--model", "bert4rec", "--data", str(data), "--out", str(tmp_path / "b"), "--epochs", "20",
+                      "--max-len", "50", "--batch-size", "8", "--lr", "2e-3", "--kcore", "0", "--no-progress",
+                      "--set", "hidden_size=32", "inner_size=64"])
+    assert log["test"]["HR@10"] > 2.5 * 10 / 40, log["test"]                  # random: 0.25
+    assert log["test"]["NDCG@10"] > 0.3, log["test"]                          # random: 0.11; all 10 group items on top: 0.45
 
 
 def test_init_from_continues_training(tmp_path):

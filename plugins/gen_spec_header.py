@@ -80,7 +80,7 @@ def render(mod) -> str:
             out.append(f"constexpr int32_t kDefault_{_ident(k)} = {int(default)};")
         acts = ACTIVATIONS[op.op_type]
         flags = ", ".join("true" if t.name in acts else "false" for t in (*op.inputs, *op.outputs))
-        out.append(f"//! per I/O position (inputs, then outputs): takes the activation dtype (fp32/fp16/bf16); else fp32")
+        out.append("//! per I/O position (inputs, then outputs): takes the activation dtype (fp32/fp16/bf16); else fp32")
         out.append(f"constexpr bool kIsActivation[] = {{{flags}}};")
         alias = ALIASES[op.op_type]
         if alias:

@@ -9,7 +9,6 @@ import torch
 import yaml
 from transformers import AutoModel
 
-import zoo
 from zoo import hub
 
 CARDS = pathlib.Path(__file__).resolve().parents[1] / "hub_cards"

@@ -1,6 +1,5 @@
 """Hub-id resolution with bundled copies (no network), card folders, official-checkpoint conversion."""
 
-import os
 import time
 
 import pytest

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel
+from transformers import AutoModel
 
 import zoo
 from equivalence import check_step_equivalence

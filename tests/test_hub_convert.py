@@ -136,6 +136,10 @@ def test_card_says_why_a_checkpoint_misses_its_reference():
     for log in ({"stopped": "time budget of 95 minutes reached", "train": {"lr_schedule": "linear"}},
                 {"stopped": "max epochs", "train": {"lr_schedule": "constant"}}, {}):
         assert "not yet trained to convergence" in hub._below_reference_note(log)
+    # a partial miss names the metrics on each side; a miss on every metric needs no list
+    part = hub._below_reference_note(finished, ["HR@20"], ["HR@10", "NDCG@10"])
+    assert part.startswith("**Below the reference numbers** at HR@20 (meets or beats them at HR@10, NDCG@10) after")
+    assert hub._below_reference_note(finished, ["HR@10"], []).startswith("**Below the reference numbers** after")
 
 
 def test_recarding_refreshes_the_cards_onnx_graph(tmp_path):

@@ -262,14 +262,16 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
         cmp = metrics if same else reference_metrics["metrics"]
         rows = "\n".join(f"| {k} | {v:.4f} | {cmp.get(k, float('nan')):.4f} | {cmp.get(k, 0) - v:+.4f} |"
                          for k, v in ref.items() if k not in _REF_META)
-        met = all(cmp.get(k, 0) >= v for k, v in ref.items() if k not in _REF_META)
+        below = [k for k, v in ref.items() if k not in _REF_META and cmp.get(k, 0) < v]
+        met = not below
         measured_note = "" if same else (
             f"The reference was measured under the {PROTOCOL_NAMES[bool(ref['history_masked'])]}, "
             f"so this model is compared after the same measurement: `{reference_metrics['command']}` "
             f"(the numbers at the top of this card are under the {protocol.get('name', 'card')}).\n\n")
         body += (f"\n## Against the published numbers\n\nReference: {ref['source']}.\n\n{measured_note}| metric | "
                  f"published | this model | difference |\n|---|---|---|---|\n{rows}\n\n"
-                 + ("**Meets or beats every published number.**\n" if met else _below_reference_note(train_log)))
+                 + ("**Meets or beats every published number.**\n" if met else _below_reference_note(
+                     train_log, below, [k for k in ref if k not in _REF_META and k not in below])))
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
     path = os.path.join(folder, "README.md")
     card.save(path)
@@ -295,14 +297,16 @@ def _weighting_note(train_log: dict) -> str:
     return ""
 
 
-def _below_reference_note(train_log: dict) -> str:
-    """What the card says when the checkpoint misses its reference numbers: why, from the run's own log."""
+def _below_reference_note(train_log: dict, below: list[str] | tuple = (), met: list[str] | tuple = ()) -> str:
+    """What the card says when the checkpoint misses its reference numbers: which ones (when only some are missed)
+    and why, from the run's own log."""
     schedule = (train_log.get("train") or {}).get("lr_schedule", "constant")
+    where = f" at {', '.join(below)} (meets or beats them at {', '.join(met)})" if below and met else ""
     if train_log.get("stopped") == "max epochs" and schedule != "constant":
-        return (f"**Below the reference numbers** after a complete {len(train_log.get('epochs', []))}-epoch run whose "
+        return (f"**Below the reference numbers**{where} after a complete {len(train_log.get('epochs', []))}-epoch run whose "
                 f"learning rate decayed ({schedule}) to 0, sized to a CPU time budget (see Training): a longer "
                 "schedule is the next step; training continues with `--init-from` and the card will be replaced.\n")
-    return ("**Below the published numbers**: this checkpoint is not yet trained to convergence (see Training); "
+    return (f"**Below the published numbers**{where}: this checkpoint is not yet trained to convergence (see Training); "
             "training continues with `--init-from` and the card will be replaced.\n")
 
 

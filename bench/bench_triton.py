@@ -65,7 +65,7 @@ def run_level(h, model_name, n_items, conc, args):
                 seq += 1
                 sid = 10_000_000 * (conc + 1) + 10_000 * w + seq
                 cl.prime(sid, [rng.randrange(1, n_items) for _ in range(args.history)])
-                for e in range(args.events_per_seq):
+                for _e in range(args.events_per_seq):
                     with lock:
                         if budget[0] <= 0 or time.perf_counter() > stop_at:
                             budget[0] = 0

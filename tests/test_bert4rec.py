@@ -387,7 +387,7 @@ def test_save_load_roundtrip(tmp_path):
     again = BERT4RecModel.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(model(ids, mask).logits, again(ids, mask).logits)
-    for other_type, (_, cls) in MODELS.items():
+    for _, cls in MODELS.values():
         if cls is not BERT4RecModel:
             with pytest.raises(ValueError):
                 cls.from_pretrained(tmp_path)

@@ -1206,7 +1206,7 @@ def test_time_aware_graph_verified_on_real_timestamps(saved_tim4rec_causal, tmp_
     rows = []
     for u in range(1, 9):
         t = 9.7e8 + u * 1e5
-        for j in range(40):
+        for _j in range(40):
             t += float(rng.choice([0, 0, 1, 30, 3600, 86400 * 40]))           # ties and gaps of weeks
             rows.append((u, int(rng.integers(1, N_ITEMS)), t))
     data = _toy_inter(tmp_path / "tc.inter", rows)

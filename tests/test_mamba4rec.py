@@ -29,7 +29,7 @@ def test_step_equals_full_forward(num_layers, plan):
 def test_random_padding_batches_equal_single_rows():
     model = tiny()
     g = torch.Generator().manual_seed(3)
-    for trial in range(3):
+    for _trial in range(3):
         lengths = torch.randint(1, 300, (6,), generator=g).tolist()
         hist = [torch.randint(1, 53, (n,), generator=g).tolist() for n in lengths]
         ids, mask = model.pad_batch(hist, max_length=600)

@@ -264,7 +264,7 @@ class _OtherModel(SeqRecPreTrainedModel):
 def test_load_into_wrong_class_raises(tmp_path):
     model = small(max_seq_length=20)
     model.save_pretrained(tmp_path)
-    for model_type, (_, cls) in MODELS.items():
+    for _, cls in MODELS.values():
         if cls is SASRecModel:
             continue
         with pytest.raises(ValueError):

@@ -1,7 +1,9 @@
 """Hub-id resolution with bundled copies (no network), card folders, official-checkpoint conversion."""
 
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModel
@@ -85,6 +87,69 @@ def test_convert_official_mamba4rec_checkpoint(tmp_path, num_layers):
 
 class Config:  # stands in for RecBole's Config object
     pass
+
+
+class RecBoleConfig:  # stands in for RecBole's Config object, with the settings it keeps
+    def __init__(self, settings):
+        self.final_config_dict = dict(settings)
+
+
+RECBOLE_SASREC = Path(__file__).parent / "data" / "recbole_sasrec"
+
+
+def test_convert_real_recbole_sasrec_checkpoint(tmp_path):
+    """A SASRec trained by RecBole 1.2.0 itself (2 layers, 2 heads, hidden 32, 20 positions, ML-100K; made by
+    ``bench/recbole_reference.py``, see ``tests/data/recbole_sasrec/README.md``) converts to the zoo's SASRec with the
+    same scores as RecBole's own ``full_sort_predict`` on 32 random right-padded histories (lengths 1..20)."""
+    z = np.load(RECBOLE_SASREC / "scores.npz")
+    ckpt = str(RECBOLE_SASREC / "state_dict.pth")
+    with pytest.raises(ValueError, match="attention heads is not in the weights"):
+        convert("sasrec", ckpt, str(tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
+    convert("sasrec", ckpt, str(tmp_path / "out"), overrides={"num_heads": 2})
+    m = AutoModel.from_pretrained(tmp_path / "out").eval()
+    assert (m.config.hidden_size, m.config.num_layers, m.config.max_seq_length, m.config.n_items) == (32, 2, 20, 1350)
+    ids, lens = torch.from_numpy(z["item_id_list"]), torch.from_numpy(z["item_length"])
+    mask = torch.arange(ids.shape[1])[None] < lens[:, None]
+    theirs = torch.from_numpy(z["scores"])
+    with torch.no_grad():
+        ours = m(ids, mask).logits
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max() <= 1e-5                                # fp32, RecBole's own forward
+    top_ours, top_theirs = ours[:, 1:].topk(10).indices, theirs[:, 1:].topk(10).indices
+    assert (top_ours == top_theirs).float().mean() >= 0.99
+    # a wrong head count loads and runs but scores differently: the reason the converter asks for it
+    convert("sasrec", ckpt, str(tmp_path / "heads4"), overrides={"num_heads": 4})
+    with torch.no_grad():
+        wrong = AutoModel.from_pretrained(tmp_path / "heads4").eval()(ids, mask).logits
+    assert (wrong - theirs).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="weights say hidden_size = 32"):
+        convert("sasrec", ckpt, str(tmp_path / "x"), overrides={"num_heads": 2, "hidden_size": 64})
+    with pytest.raises(ValueError, match="has 20 positions"):
+        convert("sasrec", ckpt, str(tmp_path / "x"), max_seq_length=50, overrides={"num_heads": 2})
+
+
+def test_convert_reads_recbole_settings_from_a_trusted_checkpoint(tmp_path):
+    """Fields the weights do not show come from the checkpoint's RecBole Config (with --trust-pickle)."""
+    sd = torch.load(RECBOLE_SASREC / "state_dict.pth", weights_only=True)["state_dict"]
+    settings = {"n_heads": 4, "hidden_act": "relu", "layer_norm_eps": 1e-5, "hidden_dropout_prob": 0.3,
+                "attn_dropout_prob": 0.1, "MAX_ITEM_LIST_LENGTH": 20, "dataset": "ml-100k", "topk": [10]}
+    torch.save({"state_dict": sd, "config": RecBoleConfig(settings)}, tmp_path / "SASRec.pth")
+    with pytest.raises(ValueError, match="cannot be loaded safely"):
+        convert("sasrec", str(tmp_path / "SASRec.pth"), str(tmp_path / "no"))
+    m = convert("sasrec", str(tmp_path / "SASRec.pth"), str(tmp_path / "out"), trust_pickle=True)
+    c = m.config
+    assert (c.num_heads, c.hidden_act, c.layer_norm_eps, c.hidden_dropout, c.attn_dropout) == (4, "relu", 1e-5, 0.3, 0.1)
+    m = convert("sasrec", str(tmp_path / "SASRec.pth"), str(tmp_path / "out2"), trust_pickle=True,
+                overrides={"num_heads": 2})                                   # --set wins over the checkpoint
+    assert m.config.num_heads == 2
+    src = Mamba4RecModel(Mamba4RecConfig(n_items=20, hidden_size=16, d_state=4))
+    torch.save({"state_dict": _official_layout(src),
+                "config": RecBoleConfig({"MAX_ITEM_LIST_LENGTH": 50, "dropout_prob": 0.4})}, tmp_path / "M.pth")
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "m"), trust_pickle=True)
+    assert (m.config.max_seq_length, m.config.dropout_prob) == (50, 0.4)
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "m2"), trust_pickle=True, max_seq_length=200)
+    assert m.config.max_seq_length == 200
 
 
 def test_convert_refuses_unsafe_pickle(tmp_path):

@@ -8,7 +8,14 @@ Supported sources:
   ``mamba_layers.{i}.mamba.{in_proj,conv1d,x_proj,dt_proj,out_proj,A_log,D}``, ``mamba_layers.{i}.LayerNorm.*``,
   ``mamba_layers.{i}.ffn.{w_1,w_2,LayerNorm}.*``. The config (layers, d_state, d_conv, expand, dt_rank, n_items) is
   read off the tensor shapes.
-* **SASRec** (RecBole v1.2.0): the zoo uses RecBole's own parameter names, so the state dict loads as is.
+* **SASRec** (RecBole v1.2.0): the zoo uses RecBole's own parameter names, so the state dict loads as is. Checked
+  against a real RecBole-trained checkpoint (``tests/data/recbole_sasrec``, made by ``bench/recbole_reference.py``):
+  same scores as RecBole's ``full_sort_predict`` on random histories.
+
+Config fields that the weights do not show (SASRec's ``num_heads``, activation, LayerNorm eps and dropouts;
+Mamba4Rec's dropout and ``max_seq_length``) are read from the checkpoint's RecBole ``Config`` when the file holds one
+and ``--trust-pickle`` lets it be read; ``--set KEY=VALUE`` sets or overrides them. Converting SASRec without either
+source for ``num_heads`` is refused: a wrong head count gives a model that loads and silently scores differently.
 
 A RecBole checkpoint file is a pickle holding ``state_dict`` next to RecBole's ``Config`` object. It is loaded with
 ``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused unless ``--trust-pickle`` is given
@@ -29,6 +36,30 @@ from .vocab import ItemVocab
 
 def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """A tensor state dict from a raw state-dict file or a RecBole checkpoint (``{"state_dict": ...}``)."""
+    return load_checkpoint(path, trust_pickle)[0]
+
+
+#: RecBole config key -> zoo config field, for the fields a state dict does not show
+RECBOLE_FIELDS = {
+    "sasrec": {"n_heads": "num_heads", "hidden_act": "hidden_act", "layer_norm_eps": "layer_norm_eps",
+               "hidden_dropout_prob": "hidden_dropout", "attn_dropout_prob": "attn_dropout",
+               "initializer_range": "initializer_range"},
+    "mamba4rec": {"dropout_prob": "dropout_prob", "MAX_ITEM_LIST_LENGTH": "max_seq_length"},
+}
+
+
+def _recbole_config(obj) -> dict:
+    """The plain settings of a RecBole ``Config`` object (``final_config_dict``), or ``{}``."""
+    d = getattr(obj, "final_config_dict", None)
+    if d is None and isinstance(obj, dict):
+        d = obj
+    return {k: v for k, v in (d or {}).items() if isinstance(v, (bool, int, float, str))}
+
+
+def load_checkpoint(path: str, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(state dict, RecBole settings)`` from a raw state-dict file or a RecBole checkpoint; the settings are ``{}``
+    unless the file holds RecBole's ``Config`` (readable only with ``trust_pickle``)."""
+    settings: dict = {}
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -38,10 +69,11 @@ def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Te
                              "save ckpt['state_dict'] alone in a RecBole environment") from None
         obj = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        settings = _recbole_config(obj.get("config"))
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
-    return obj
+    return obj, settings
 
 
 def mamba4rec_from_official(sd: dict[str, torch.Tensor]):
@@ -66,11 +98,14 @@ def mamba4rec_from_official(sd: dict[str, torch.Tensor]):
 
 
 def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | None = None,
-            trust_pickle: bool = False, max_seq_length: int = 200):
-    """Convert ``checkpoint`` and write a zoo model folder; returns the loaded model (strictly checked)."""
+            trust_pickle: bool = False, max_seq_length: int | None = None, overrides: dict | None = None):
+    """Convert ``checkpoint`` and write a zoo model folder; returns the loaded model (strictly checked).
+
+    Config fields come from the weights' shapes, then the checkpoint's RecBole settings (see ``RECBOLE_FIELDS``),
+    then ``max_seq_length`` (Mamba4Rec's window, default 200; SASRec's is its position table) and ``overrides``."""
     from .models import get_model_class
 
-    sd = load_state_dict(checkpoint, trust_pickle)
+    sd, settings = load_checkpoint(checkpoint, trust_pickle)
     cfg_cls, model_cls = get_model_class(model_type)
     if model_type == "mamba4rec":
         cfg, sd = mamba4rec_from_official(sd)
@@ -79,10 +114,25 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
         layers = {int(m.group(1)) for k in sd if (m := re.match(r"trm_encoder\.layer\.(\d+)\.", k))}
         cfg = dict(n_items=int(n_items), hidden_size=int(hidden), num_layers=len(layers),
                    inner_size=int(sd["trm_encoder.layer.0.feed_forward.dense_1.weight"].shape[0]))
-        max_seq_length = int(sd["position_embedding.weight"].shape[0])
+        positions = int(sd["position_embedding.weight"].shape[0])
+        if max_seq_length is not None and max_seq_length != positions:
+            raise ValueError(f"--max-seq-length {max_seq_length}: this SASRec checkpoint has {positions} positions")
+        max_seq_length = positions
     else:
         raise ValueError(f"no converter for {model_type!r} (supported: mamba4rec, sasrec)")
-    cfg.setdefault("max_seq_length", max_seq_length)
+    cfg.update({ours: settings[theirs] for theirs, ours in RECBOLE_FIELDS[model_type].items() if theirs in settings})
+    if max_seq_length is not None:
+        cfg["max_seq_length"] = int(max_seq_length)
+    cfg.setdefault("max_seq_length", 200)
+    shape_fields = set(cfg) - set(RECBOLE_FIELDS[model_type].values()) - {"max_seq_length"}
+    for k, v in (overrides or {}).items():
+        if k in shape_fields and v != cfg[k]:
+            raise ValueError(f"--set {k}={v}: the checkpoint's weights say {k} = {cfg[k]}")
+        cfg[k] = v
+    if model_type == "sasrec" and "num_heads" not in cfg:
+        raise ValueError("SASRec's number of attention heads is not in the weights and this checkpoint carries no "
+                         "RecBole config (or --trust-pickle was not given): pass it, e.g. --set num_heads=2 "
+                         "(RecBole's default n_heads)")
     model = model_cls(cfg_cls(**cfg))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
@@ -105,10 +155,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--item-tokens")
-    p.add_argument("--max-seq-length", type=int, default=200)
+    p.add_argument("--max-seq-length", type=int,
+                   help="Mamba4Rec's history window (default: the checkpoint's MAX_ITEM_LIST_LENGTH, else 200)")
     p.add_argument("--trust-pickle", action="store_true")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config fields the weights do not show, e.g. num_heads=2 (JSON values)")
     a = p.parse_args(argv)
-    m = convert(a.model, a.checkpoint, a.out, a.item_tokens, a.trust_pickle, a.max_seq_length)
+    from .train import parse_overrides
+
+    m = convert(a.model, a.checkpoint, a.out, a.item_tokens, a.trust_pickle, a.max_seq_length,
+                parse_overrides(a.set))
     print(f"wrote {a.out}: {type(m).__name__} with {sum(t.numel() for t in m.parameters()):,} parameters")
 
 

@@ -1,0 +1,332 @@
+"""RecBole v1.2.0 (the framework behind Mamba4Rec, TiM4Rec, SSD4Rec and the RecBole baselines) side by side with the zoo.
+
+RecBole is *not* a project dependency; this script runs in an environment that has it, e.g.::
+
+    python -m venv --system-site-packages /tmp/rbenv            # sees torch and the zoo from the main environment
+    /tmp/rbenv/bin/pip install recbole==1.2.0 kmeans_pytorch     # kmeans_pytorch: imported by RecBole's model registry
+
+RecBole 1.2.0 predates NumPy 2: :func:`_numpy2_shims` restores the removed aliases it uses (``np.float_``,
+``np.complex_``, ``np.unicode_``, ``np.NaN``, ``np.Inf``, and ``np.float`` / ``np.int`` for its metrics).
+
+Subcommands (all print what they measured; nothing here is a test):
+
+``order-probe``
+    How RecBole orders one user's events. Its float fields become ``torch.FloatTensor`` before the (stable) sort by
+    (user, timestamp), so Unix times around 1e9 s are compared at float32 resolution (64 s): events less than a
+    float32 step apart tie and keep the *file* order. Writes a 3-user file whose first six events per user are 5 s
+    apart and written newest first, and prints the histories RecBole builds from it.
+``train``
+    Trains RecBole's own SASRec with its own trainer (prefix augmentation, CE over all items, Adam, early stopping on
+    valid NDCG@10) and writes ``--out``: the best checkpoint RecBole saved, ``state_dict.pth`` (tensors only, RecBole's
+    key layout, for ``python -m zoo.convert --model sasrec``), ``recbole_config.json`` (its plain settings, e.g.
+    ``n_heads``), ``item_tokens.txt`` / ``user_tokens.txt`` (RecBole's
+    internal order), ``recbole_result.json`` (RecBole's own valid/test metrics) and ``test_inputs.npz`` (RecBole's test
+    windows, lengths, targets and its full-sort scores).
+``fixture``
+    From a RecBole SASRec checkpoint, writes the zoo's test fixture: ``state_dict.pth`` (``{"state_dict": ...}``, tensors
+    only) and ``scores.npz`` (seeded random right-padded histories, their lengths and RecBole's ``full_sort_predict``
+    scores). ``tests/test_hub_convert.py`` converts the state dict with ``zoo.convert`` and compares.
+``compare``
+    (zoo side; RecBole not needed) Converts ``--run``'s ``state_dict.pth`` with ``zoo.convert`` and scores RecBole's own
+    test inputs with the zoo's SASRec: max score difference, target ranks, HR/NDCG@K and ``Hist@K`` (share of the top-K
+    taken by the input window's items) of the RecBole-trained model.
+
+Note: RecBole maps the dataset name ``ml-100k`` to the copy bundled inside the package (``recbole/dataset_example``,
+the same 100,000 ratings in the original ``u.data`` row order, with ``normalize_all: True`` from its ``ml-100k.yaml``),
+whatever ``--data-dir`` says; any other name is read from ``--data-dir/NAME/NAME.inter``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the zoo, for `compare`
+
+
+def _numpy2_shims() -> None:
+    """The NumPy aliases RecBole 1.2.0 still uses (removed in NumPy 2.0); no-ops where they exist."""
+    for name, value in [("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_),
+                        ("NaN", np.nan), ("Inf", np.inf)]:
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+def _recbole():
+    _numpy2_shims()
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")   # RecBole reloads its own pickled checkpoints
+    os.chdir(tempfile.mkdtemp(prefix="recbole-cwd-"))                  # RecBole writes log/ and log_tensorboard/ here
+    del sys.argv[1:]                                                   # RecBole's Config also parses --key=value argv
+    try:
+        from recbole.config import Config
+        from recbole.data import create_dataset, data_preparation
+        from recbole.model.sequential_recommender import SASRec
+        from recbole.trainer import Trainer
+        from recbole.utils import init_logger, init_seed
+    except ImportError as e:
+        sys.exit(f"RecBole is not importable here ({e}); see this script's docstring for the environment it needs")
+    np.float, np.int = np.float64, int                                  # used by RecBole's metrics at run time
+    return Config, create_dataset, data_preparation, SASRec, Trainer, init_logger, init_seed
+
+
+def _config(args, **extra) -> dict:
+    cfg = {
+        "data_path": args.data_dir, "checkpoint_dir": getattr(args, "out", tempfile.gettempdir()),
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "user_inter_num_interval": "[5,inf)", "item_inter_num_interval": "[5,inf)",
+        "MAX_ITEM_LIST_LENGTH": args.max_len, "train_neg_sample_args": None, "loss_type": "CE",
+        "hidden_size": args.hidden_size, "inner_size": args.inner_size, "n_layers": args.layers, "n_heads": args.heads,
+        "hidden_dropout_prob": args.hidden_dropout, "attn_dropout_prob": args.attn_dropout,
+        "epochs": args.epochs, "stopping_step": args.stopping_step, "train_batch_size": args.batch_size,
+        "eval_batch_size": 4096, "learning_rate": args.lr,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+        "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 20], "valid_metric": "NDCG@10",
+        "use_gpu": False, "device": "cpu", "seed": args.seed, "reproducibility": True, "show_progress": False,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def order_probe(args) -> int:
+    Config, create_dataset, data_preparation, SASRec, *_ = _recbole()
+    root = tempfile.mkdtemp(prefix="recbole-order-")
+    os.makedirs(os.path.join(root, "tieprobe"))
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(1, 4):
+        for k in reversed(range(6)):                                   # written newest first, 5 s apart
+            rows.append(f"{u}\t{10 * u + k}\t{970000000 + 5 * k}")
+        rows.append(f"{u}\t{10 * u + 9}\t{970000000 + 1000}")          # 1,000 s later: the true last event
+    with open(os.path.join(root, "tieprobe", "tieprobe.inter"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    ns = argparse.Namespace(**{**vars(args), "data_dir": root})
+    config = Config(model=SASRec, dataset="tieprobe", config_dict=_config(
+        ns, user_inter_num_interval=None, item_inter_num_interval=None, normalize_all=None, normalize_field=None))
+    ds = create_dataset(config)
+    _, valid, test = data_preparation(config, ds)
+    inter = test.dataset.inter_feat
+    print(f"timestamps after loading: {inter['timestamp'].dtype} (float32 step at 9.7e8 s: "
+          f"{float(np.spacing(np.float32(9.7e8))):.0f} s)")
+    print("true time order per user: 10 11 12 13 14 15 (5 s apart), then 19 (1,000 s later); file order 15 14 ... 10, 19")
+    reversed_users = 0
+    for u, n, seq, t in zip(inter["user_id"], inter["item_length"], inter["item_id_list"], inter["item_id"]):
+        hist = [str(x) for x in ds.id2token("item_id", seq[:n].numpy())]
+        print(f"  user {ds.id2token('user_id', [int(u)])[0]}: RecBole test history {' '.join(hist)} -> "
+              f"{ds.id2token('item_id', [int(t)])[0]}")
+        reversed_users += hist == sorted(hist, key=int, reverse=True)
+    print(f"{reversed_users} of {len(inter)} users keep the file order inside the 64-s float32 step "
+          "(i.e. RecBole's order there is the file's, not the timestamps')")
+    return 0
+
+
+def _export(model, ds, test, config, out: str) -> None:
+    import torch
+
+    from zoo.convert import _recbole_config
+
+    with open(os.path.join(out, "recbole_config.json"), "w") as f:         # RecBole's settings, plain values only
+        json.dump(_recbole_config(config), f, indent=1, sort_keys=True)
+
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+               os.path.join(out, "state_dict.pth"))
+    for field, name in (("item_id", "item_tokens.txt"), ("user_id", "user_tokens.txt")):
+        with open(os.path.join(out, name), "w") as f:
+            f.write("\n".join(str(t) for t in ds.field2id_token[field]) + "\n")
+    rows, lens, targets, users, scores = [], [], [], [], []
+    model.eval()
+    with torch.no_grad():
+        for batched in test:
+            inter = batched[0]
+            rows.append(inter["item_id_list"])
+            lens.append(inter["item_length"])
+            targets.append(inter["item_id"])
+            users.append(inter["user_id"])
+            scores.append(model.full_sort_predict(inter).view(len(inter), -1))
+    np.savez_compressed(os.path.join(out, "test_inputs.npz"), item_id_list=torch.cat(rows).numpy(),
+                        item_length=torch.cat(lens).numpy(), target=torch.cat(targets).numpy(),
+                        user=torch.cat(users).numpy(), scores=torch.cat(scores).numpy())
+
+
+def train(args) -> int:
+    Config, create_dataset, data_preparation, SASRec, Trainer, init_logger, init_seed = _recbole()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    config = Config(model=SASRec, dataset=args.dataset, config_dict=_config(args))
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    ds = create_dataset(config)
+    print(ds)
+    stats = {"users": ds.user_num - 1, "items": ds.item_num - 1, "interactions": ds.inter_num}
+    train_data, valid, test = data_preparation(config, ds)
+    model = SASRec(config, train_data.dataset).to(config["device"])
+    trainer = Trainer(config, model)
+    t0 = time.time()
+    _, best_valid = trainer.fit(train_data, valid, saved=True, show_progress=False, verbose=True)
+    test_result = trainer.evaluate(test, load_best_model=True, show_progress=False)
+    result = {"recbole_valid": dict(best_valid), "recbole_test": dict(test_result),
+              "minutes": round((time.time() - t0) / 60, 1), "checkpoint": trainer.saved_model_file,
+              **stats, "command": args.command}
+    _export(trainer.model, ds, test, config, args.out)
+    with open(os.path.join(args.out, "recbole_result.json"), "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    print(json.dumps(result, indent=1, default=float))
+    return 0
+
+
+def export(args) -> int:
+    """RecBole's own metrics and test inputs for a checkpoint written by ``train`` (e.g. while it still runs)."""
+    Config, create_dataset, data_preparation, SASRec, Trainer, init_logger, init_seed = _recbole()
+    import torch
+
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)   # our own RecBole run's file
+    config = ckpt["config"]
+    config["device"] = torch.device("cpu")
+    init_seed(config["seed"], config["reproducibility"])
+    ds = create_dataset(config)
+    train_data, valid, test = data_preparation(config, ds)
+    model = SASRec(config, train_data.dataset)
+    model.load_state_dict(ckpt["state_dict"])
+    trainer = Trainer(config, model)
+    os.makedirs(args.out, exist_ok=True)
+    result = {"epoch": ckpt.get("cur_epoch"), "checkpoint": args.checkpoint,
+              "recbole_valid": dict(trainer.evaluate(valid, load_best_model=False, show_progress=False)),
+              "recbole_test": dict(trainer.evaluate(test, load_best_model=False, show_progress=False))}
+    _export(model, ds, test, config, args.out)
+    with open(os.path.join(args.out, "recbole_result.json"), "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    print(json.dumps(result, indent=1, default=float))
+    return 0
+
+
+def fixture(args) -> int:
+    _, _, _, SASRec, *_ = _recbole()
+    import torch
+
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)   # our own RecBole run's file
+    config = ckpt["config"]
+    sd = {k: v.contiguous() for k, v in ckpt["state_dict"].items()}
+    n_items, max_len = sd["item_embedding.weight"].shape[0], sd["position_embedding.weight"].shape[0]
+
+    class _Data:                                                       # what SASRec.__init__ reads off a dataset
+        def num(self, field):
+            return n_items
+
+        def fields(self, *a, **k):
+            return []
+
+    config["device"] = torch.device("cpu")
+    model = SASRec(config, _Data())
+    model.load_state_dict(sd)
+    model.eval()
+    g = torch.Generator().manual_seed(args.seed)
+    lengths = torch.cat([torch.tensor([1, 2, max_len, max_len]), torch.randint(1, max_len + 1, (args.rows - 4,),
+                                                                                 generator=g)])
+    ids = torch.randint(1, n_items, (args.rows, max_len), generator=g)
+    ids[torch.arange(max_len)[None] >= lengths[:, None]] = 0           # RecBole's right padding
+    from recbole.data.interaction import Interaction
+
+    with torch.no_grad():
+        scores = model.full_sort_predict(Interaction({"item_id_list": ids, "item_length": lengths}))
+    os.makedirs(args.out, exist_ok=True)
+    torch.save({"state_dict": sd}, os.path.join(args.out, "state_dict.pth"))
+    np.savez_compressed(os.path.join(args.out, "scores.npz"), item_id_list=ids.numpy(), item_length=lengths.numpy(),
+                        scores=scores.view(args.rows, -1).numpy())
+    print(f"wrote {args.out}: RecBole SASRec ({sum(v.numel() for v in sd.values()):,} parameters, n_items {n_items}, "
+          f"max_len {max_len}) and its scores for {args.rows} random histories")
+    return 0
+
+
+def compare(args) -> int:
+    import torch
+    from transformers import AutoModel
+
+    import zoo  # noqa: F401  (registers the models)
+    from zoo.convert import RECBOLE_FIELDS, convert
+    from zoo.metrics import history_in_top_k
+
+    with open(os.path.join(args.run, "recbole_config.json")) as f:
+        settings = json.load(f)
+    zdir = os.path.join(args.run, "zoo")
+    convert("sasrec", os.path.join(args.run, "state_dict.pth"), zdir,
+            item_tokens=os.path.join(args.run, "item_tokens.txt"),
+            overrides={ours: settings[theirs] for theirs, ours in RECBOLE_FIELDS["sasrec"].items() if theirs in settings})
+    model = AutoModel.from_pretrained(zdir).eval()
+    z = np.load(os.path.join(args.run, "test_inputs.npz"))
+    ids, lens = torch.from_numpy(z["item_id_list"]), torch.from_numpy(z["item_length"])
+    with torch.no_grad():
+        ours = model(ids, torch.arange(ids.shape[1])[None] < lens[:, None]).logits
+    theirs = torch.from_numpy(z["scores"])
+    print(f"{len(ids)} RecBole test inputs: max |zoo - RecBole| score {(ours - theirs).abs().max().item():.2e}")
+
+    def ranks(s):
+        s = s.clone()
+        s[:, 0] = -torch.inf
+        t = s[torch.arange(len(s)), torch.from_numpy(z["target"])]
+        return (s > t[:, None]).sum(1) + 1
+
+    r_zoo, r_rb = ranks(ours), ranks(theirs)
+    print(f"target rank differs for {int((r_zoo != r_rb).sum())} users")
+    s = ours.clone()
+    s[:, 0] = -torch.inf
+    with open(os.path.join(args.run, "recbole_result.json")) as f:
+        rb = json.load(f)["recbole_test"]
+    print("| K | HR@K (zoo) | HR@K (RecBole) | NDCG@K (zoo) | NDCG@K (RecBole) | Hist@K (zoo) |\n|---|---|---|---|---|---|")
+    for k in args.ks:
+        hit = r_zoo <= k
+        ndcg = torch.where(hit, 1 / torch.log2(r_zoo.double() + 1), torch.zeros((), dtype=torch.float64))
+        hist = history_in_top_k(s, ids, k).double() / k
+        print(f"| {k} | {hit.double().mean():.4f} | {rb.get(f'hit@{k}', float('nan')):.4f} | {ndcg.mean():.4f} | "
+              f"{rb.get(f'ndcg@{k}', float('nan')):.4f} | {hist.mean():.4f} |")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("order-probe", "train"):
+        q = sub.add_parser(name)
+        q.add_argument("--dataset", default="ml-100k")
+        q.add_argument("--data-dir", default=tempfile.gettempdir())
+        q.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "recbole-sasrec"))
+        q.add_argument("--max-len", type=int, default=50)
+        q.add_argument("--hidden-size", type=int, default=64)
+        q.add_argument("--inner-size", type=int, default=256)
+        q.add_argument("--layers", type=int, default=2)
+        q.add_argument("--heads", type=int, default=2)
+        q.add_argument("--hidden-dropout", type=float, default=0.2)
+        q.add_argument("--attn-dropout", type=float, default=0.2)
+        q.add_argument("--epochs", type=int, default=200)
+        q.add_argument("--stopping-step", type=int, default=10)
+        q.add_argument("--batch-size", type=int, default=2048)
+        q.add_argument("--lr", type=float, default=1e-3)
+        q.add_argument("--seed", type=int, default=2020)
+        q.add_argument("--threads", type=int, default=1)
+    q = sub.add_parser("export")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--out", required=True)
+    q = sub.add_parser("fixture")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--rows", type=int, default=32)
+    q.add_argument("--seed", type=int, default=0)
+    q = sub.add_parser("compare")
+    q.add_argument("--run", required=True, help="a folder written by train or export")
+    q.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
+    args = p.parse_args(argv)
+    args.command = "python bench/recbole_reference.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    for name in ("out", "data_dir", "checkpoint", "run"):              # absolute: RecBole runs in a scratch cwd
+        if getattr(args, name, None):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
+    return {"order-probe": order_probe, "train": train, "export": export, "fixture": fixture,
+            "compare": compare}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,13 @@
 """How much the order of same-second ratings moves ML-1M's leave-one-out numbers (an evaluation study, not a test).
 
 ML-1M users rate many movies within the same second. ``ml-1m.5core.seq.gz`` (the data of our ML-1M cards, and of
-LRURec's protocol) orders such ties by item id; RecBole keeps the source file's order (``ratings.dat``). Only
-``ml-1m.users0001-2999.inter.gz`` still has the real timestamps and the source order, so this study uses users 1-2999:
+LRURec's protocol) orders such ties by item id; RecBole keeps the source file's order (``ratings.dat``) -- and not only
+for same-second ties: it sorts by the timestamps *as float32* (64-second steps around 1e9 s; shown by
+``bench/recbole_reference.py order-probe``), so every rating within one float32 step of another keeps the file order.
+``ml-1m.users0001-2999.inter.gz`` still has the real timestamps but keeps the source order only among same-second
+ratings, so RecBole's exact order cannot be rebuilt from it; the "source file" order here applies the file order to
+same-second ties only (and the statistics say how many users' last items fall in a shared float32 step). This study
+uses users 1-2999:
 
 1. how often the last (test) and second-to-last (valid) item differ between the two tie orders;
 2. every bundled ML-1M model (trained on the item-id order) evaluated on the same 2,999 users with both orders
@@ -34,7 +39,7 @@ from zoo.data.split import EvalExamples  # noqa: E402
 from zoo.evaluate import evaluate_model  # noqa: E402
 
 ORDERS = {"item id (ml-1m.5core.seq, LRURec)": lambda e: (e[0], e[2]),
-          "source file (RecBole)": lambda e: (e[0], e[1])}
+          "source file on same-second ties (~RecBole)": lambda e: (e[0], e[1])}
 
 
 def events_by_user(path: str) -> dict:
@@ -52,8 +57,13 @@ def tie_stats(by: dict) -> dict:
     n = len(by)
     last = [sorted(ev, key=ORDERS[k]) for ev in by.values() for k in ORDERS]
     a, b = last[0::2], last[1::2]
+    f32 = [np.float32([e[0] for e in ev]) for ev in a]
     return {"users": n,
             "last two in the same second": sum(ev[-1][0] == ev[-2][0] for ev in a) / n,
+            "test item shares its second": sum(sum(e[0] == ev[-1][0] for e in ev) > 1 for ev in a) / n,
+            "test item shares its float32 step": sum(int((t == t[-1]).sum()) > 1 for t in f32) / n,
+            "valid item shares its second": sum(sum(e[0] == ev[-2][0] for e in ev) > 1 for ev in a) / n,
+            "valid item shares its float32 step": sum(int((t == t[-2]).sum()) > 1 for t in f32) / n,
             "test item differs": sum(x[-1][2] != y[-1][2] for x, y in zip(a, b)) / n,
             "valid item differs": sum(x[-2][2] != y[-2][2] for x, y in zip(a, b)) / n}
 
@@ -77,6 +87,7 @@ def main(argv=None):
                    help="bundled card names or model folders (e.g. training runs)")
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "ml-1m.users0001-2999.inter.gz"))
     p.add_argument("--markdown", default=None)
+    p.add_argument("--stats-only", action="store_true", help="print the tie statistics and stop (no models)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -84,10 +95,17 @@ def main(argv=None):
     st = tie_stats(by)
     lines = [f"Users {st['users']:,}: the last two ratings share a second for {st['last two in the same second']:.1%}; "
              f"the test item differs between the two tie orders for {st['test item differs']:.1%} of users, the "
-             f"validation item for {st['valid item differs']:.1%}.", "",
+             f"validation item for {st['valid item differs']:.1%}. RecBole compares float32 timestamps (64-s steps): "
+             f"the test item shares its float32 timestamp with another rating for "
+             f"{st['test item shares its float32 step']:.1%} of users (its exact second for "
+             f"{st['test item shares its second']:.1%}), the validation item for "
+             f"{st['valid item shares its float32 step']:.1%} ({st['valid item shares its second']:.1%}); there "
+             "RecBole's order is the file's, which this file does not keep across seconds.", "",
              "| model | test tie order | HR@10 | NDCG@10 | MRR@10 | masked HR@10 | "
              "masked NDCG@10 |", "|---|---|---|---|---|---|---|"]
     print(lines[0], flush=True)
+    if args.stats_only:
+        return
     for name in args.models:
         path = name if os.path.isdir(name) else os.path.join(ROOT, "hub_cards", name)   # a card name or a folder
         model = AutoModel.from_pretrained(path).eval()

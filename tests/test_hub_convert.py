@@ -152,6 +152,41 @@ def test_convert_reads_recbole_settings_from_a_trusted_checkpoint(tmp_path):
     assert m.config.max_seq_length == 200
 
 
+def test_trusted_checkpoint_converts_without_recbole_installed(tmp_path, monkeypatch):
+    """A real RecBole checkpoint pickles RecBole's own classes (Config, enums); with --trust-pickle it converts in an
+    environment without RecBole, its settings read off the pickled attributes."""
+    import enum
+    import sys
+    import types
+
+    fake = types.ModuleType("recbole_absent_config")
+
+    class Config:                                  # pickled as recbole_absent_config.Config
+        def __init__(self):
+            self.final_config_dict = {"n_heads": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+                                      "MAX_ITEM_LIST_LENGTH": 20, "MODEL_TYPE": ModelType.SEQUENTIAL}
+
+    class ModelType(enum.Enum):
+        SEQUENTIAL = 2
+
+    for cls in (Config, ModelType):
+        cls.__module__, cls.__qualname__ = fake.__name__, cls.__name__
+        setattr(fake, cls.__name__, cls)
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    sd = torch.load(RECBOLE_SASREC / "state_dict.pth", weights_only=True)["state_dict"]
+    torch.save({"state_dict": sd, "config": Config(), "other_parameter": None}, tmp_path / "SASRec.pth")
+    monkeypatch.delitem(sys.modules, fake.__name__)                             # "RecBole" is gone
+    with pytest.raises(ValueError, match="cannot be loaded safely"):
+        convert("sasrec", str(tmp_path / "SASRec.pth"), str(tmp_path / "no"))
+    m = convert("sasrec", str(tmp_path / "SASRec.pth"), str(tmp_path / "out"), trust_pickle=True)
+    assert (m.config.num_heads, m.config.hidden_act, m.config.max_seq_length) == (2, "gelu", 20)
+    z = np.load(RECBOLE_SASREC / "scores.npz")
+    ids, lens = torch.from_numpy(z["item_id_list"]), torch.from_numpy(z["item_length"])
+    with torch.no_grad():
+        ours = m.eval()(ids, torch.arange(ids.shape[1])[None] < lens[:, None]).logits
+    assert (ours - torch.from_numpy(z["scores"])).abs().max() <= 1e-5
+
+
 def test_convert_refuses_unsafe_pickle(tmp_path):
     src = Mamba4RecModel(Mamba4RecConfig(n_items=20, hidden_size=16, d_state=4))
     torch.save({"state_dict": _official_layout(src), "config": Config()}, tmp_path / "ckpt.pth")

@@ -19,7 +19,8 @@ source for ``num_heads`` is refused: a wrong head count gives a model that loads
 
 A RecBole checkpoint file is a pickle holding ``state_dict`` next to RecBole's ``Config`` object. It is loaded with
 ``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused unless ``--trust-pickle`` is given
-(only for files you trust). RecBole keeps the item-id mapping in its dataset, not in the checkpoint: pass
+(only for files you trust). RecBole need not be installed for that: classes the pickle names but this environment
+cannot import are rebuilt as plain attribute holders, so the ``Config``'s settings can still be read. RecBole keeps the item-id mapping in its dataset, not in the checkpoint: pass
 ``--item-tokens`` (one RecBole item token per line in internal order, ``[PAD]`` first) to save a vocabulary.
 """
 
@@ -48,6 +49,39 @@ RECBOLE_FIELDS = {
 }
 
 
+class _Missing:
+    """Stands in for a class a trusted checkpoint pickled but this environment cannot import (RecBole's ``Config``
+    and enums, when RecBole is not installed): keeps the pickled attributes, runs none of the original code."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.state = state
+
+
+def _stub_pickle_module():
+    """A ``pickle`` stand-in for ``torch.load`` whose Unpickler maps unimportable classes to :class:`_Missing`."""
+    import pickle
+    import types
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            try:
+                return super().find_class(module, name)
+            except (ImportError, AttributeError):
+                return type(name, (_Missing,), {"__module__": module, "__qualname__": name})
+
+    mod = types.ModuleType("zoo_convert_pickle")
+    mod.Unpickler = Unpickler
+    mod.load = lambda f, **kw: Unpickler(f, **kw).load()
+    mod.__dict__.update({k: getattr(pickle, k) for k in ("UnpicklingError", "HIGHEST_PROTOCOL", "dump", "dumps")})
+    return mod
+
+
 def _recbole_config(obj) -> dict:
     """The plain settings of a RecBole ``Config`` object (``final_config_dict``), or ``{}``."""
     d = getattr(obj, "final_config_dict", None)
@@ -67,7 +101,7 @@ def load_checkpoint(path: str, trust_pickle: bool = False) -> tuple[dict[str, to
             raise ValueError(f"{path} cannot be loaded safely (weights_only): {str(e).splitlines()[0]}. It probably "
                              "holds RecBole's Config object; re-run with --trust-pickle if you trust the file, or "
                              "save ckpt['state_dict'] alone in a RecBole environment") from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle_module())
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         settings = _recbole_config(obj.get("config"))
         obj = obj["state_dict"]

@@ -31,6 +31,8 @@ Subcommands (all print what they measured; nothing here is a test):
     test inputs with the zoo's SASRec: max score difference, target ranks, HR/NDCG@K and ``Hist@K`` (share of the top-K
     taken by the input window's items) of the RecBole-trained model.
 
+Results: ``bench/RECBOLE_SIDE_BY_SIDE.md`` (SASRec on ML-100K, RecBole's trainer against ``zoo.train``).
+
 Note: RecBole maps the dataset name ``ml-100k`` to the copy bundled inside the package (``recbole/dataset_example``,
 the same 100,000 ratings in the original ``u.data`` row order, with ``normalize_all: True`` from its ``ml-100k.yaml``),
 whatever ``--data-dir`` says; any other name is read from ``--data-dir/NAME/NAME.inter``.

@@ -125,6 +125,8 @@ def test_convert_real_recbole_sasrec_checkpoint(tmp_path):
     assert (wrong - theirs).abs().max() > 1e-2
     with pytest.raises(ValueError, match="weights say hidden_size = 32"):
         convert("sasrec", ckpt, str(tmp_path / "x"), overrides={"num_heads": 2, "hidden_size": 64})
+    with pytest.raises(ValueError, match="weights say max_seq_length = 20"):
+        convert("sasrec", ckpt, str(tmp_path / "x"), overrides={"num_heads": 2, "max_seq_length": 50})
     with pytest.raises(ValueError, match="has 20 positions"):
         convert("sasrec", ckpt, str(tmp_path / "x"), max_seq_length=50, overrides={"num_heads": 2})
 

@@ -20,8 +20,9 @@ source for ``num_heads`` is refused: a wrong head count gives a model that loads
 A RecBole checkpoint file is a pickle holding ``state_dict`` next to RecBole's ``Config`` object. It is loaded with
 ``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused unless ``--trust-pickle`` is given
 (only for files you trust). RecBole need not be installed for that: classes the pickle names but this environment
-cannot import are rebuilt as plain attribute holders, so the ``Config``'s settings can still be read. RecBole keeps the item-id mapping in its dataset, not in the checkpoint: pass
-``--item-tokens`` (one RecBole item token per line in internal order, ``[PAD]`` first) to save a vocabulary.
+cannot import are rebuilt as plain attribute holders, so the ``Config``'s settings can still be read. RecBole keeps
+the item-id mapping in its dataset, not in the checkpoint: pass ``--item-tokens`` (one RecBole item token per line in
+internal order, ``[PAD]`` first) to save a vocabulary.
 """
 
 from __future__ import annotations
@@ -158,7 +159,9 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     if max_seq_length is not None:
         cfg["max_seq_length"] = int(max_seq_length)
     cfg.setdefault("max_seq_length", 200)
-    shape_fields = set(cfg) - set(RECBOLE_FIELDS[model_type].values()) - {"max_seq_length"}
+    shape_fields = set(cfg) - set(RECBOLE_FIELDS[model_type].values())
+    if model_type == "mamba4rec":
+        shape_fields.discard("max_seq_length")                         # no position table: any window works
     for k, v in (overrides or {}).items():
         if k in shape_fields and v != cfg[k]:
             raise ValueError(f"--set {k}={v}: the checkpoint's weights say {k} = {cfg[k]}")

@@ -129,10 +129,10 @@ def order_probe(args) -> int:
 def _export(model, ds, test, config, out: str) -> None:
     import torch
 
-    from zoo.convert import _recbole_config
+    from zoo.convert import recbole_settings
 
     with open(os.path.join(out, "recbole_config.json"), "w") as f:         # RecBole's settings, plain values only
-        json.dump(_recbole_config(config), f, indent=1, sort_keys=True)
+        json.dump(recbole_settings(config), f, indent=1, sort_keys=True)
 
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                os.path.join(out, "state_dict.pth"))
@@ -152,6 +152,12 @@ def _export(model, ds, test, config, out: str) -> None:
     np.savez_compressed(os.path.join(out, "test_inputs.npz"), item_id_list=torch.cat(rows).numpy(),
                         item_length=torch.cat(lens).numpy(), target=torch.cat(targets).numpy(),
                         user=torch.cat(users).numpy(), scores=torch.cat(scores).numpy())
+
+
+def _write_result(out: str, result: dict) -> None:
+    with open(os.path.join(out, "recbole_result.json"), "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    print(json.dumps(result, indent=1, default=float))
 
 
 def train(args) -> int:
@@ -176,9 +182,7 @@ def train(args) -> int:
               "minutes": round((time.time() - t0) / 60, 1), "checkpoint": trainer.saved_model_file,
               **stats, "command": args.command}
     _export(trainer.model, ds, test, config, args.out)
-    with open(os.path.join(args.out, "recbole_result.json"), "w") as f:
-        json.dump(result, f, indent=1, default=float)
-    print(json.dumps(result, indent=1, default=float))
+    _write_result(args.out, result)
     return 0
 
 
@@ -201,9 +205,7 @@ def export(args) -> int:
               "recbole_valid": dict(trainer.evaluate(valid, load_best_model=False, show_progress=False)),
               "recbole_test": dict(trainer.evaluate(test, load_best_model=False, show_progress=False))}
     _export(model, ds, test, config, args.out)
-    with open(os.path.join(args.out, "recbole_result.json"), "w") as f:
-        json.dump(result, f, indent=1, default=float)
-    print(json.dumps(result, indent=1, default=float))
+    _write_result(args.out, result)
     return 0
 
 
@@ -250,15 +252,14 @@ def compare(args) -> int:
     from transformers import AutoModel
 
     import zoo  # noqa: F401  (registers the models)
-    from zoo.convert import RECBOLE_FIELDS, convert
-    from zoo.metrics import history_in_top_k
+    from zoo.convert import convert, recbole_fields
+    from zoo.metrics import compute_metrics, history_in_top_k, rank_of_target
 
     with open(os.path.join(args.run, "recbole_config.json")) as f:
         settings = json.load(f)
     zdir = os.path.join(args.run, "zoo")
     convert("sasrec", os.path.join(args.run, "state_dict.pth"), zdir,
-            item_tokens=os.path.join(args.run, "item_tokens.txt"),
-            overrides={ours: settings[theirs] for theirs, ours in RECBOLE_FIELDS["sasrec"].items() if theirs in settings})
+            item_tokens=os.path.join(args.run, "item_tokens.txt"), overrides=recbole_fields("sasrec", settings))
     model = AutoModel.from_pretrained(zdir).eval()
     z = np.load(os.path.join(args.run, "test_inputs.npz"))
     ids, lens = torch.from_numpy(z["item_id_list"]), torch.from_numpy(z["item_length"])
@@ -266,25 +267,17 @@ def compare(args) -> int:
         ours = model(ids, torch.arange(ids.shape[1])[None] < lens[:, None]).logits
     theirs = torch.from_numpy(z["scores"])
     print(f"{len(ids)} RecBole test inputs: max |zoo - RecBole| score {(ours - theirs).abs().max().item():.2e}")
-
-    def ranks(s):
-        s = s.clone()
-        s[:, 0] = -torch.inf
-        t = s[torch.arange(len(s)), torch.from_numpy(z["target"])]
-        return (s > t[:, None]).sum(1) + 1
-
-    r_zoo, r_rb = ranks(ours), ranks(theirs)
+    ours[:, 0] = theirs[:, 0] = -torch.inf                             # the padding item is never ranked
+    target = torch.from_numpy(z["target"])
+    r_zoo, r_rb = rank_of_target(ours, target), rank_of_target(theirs, target)
     print(f"target rank differs for {int((r_zoo != r_rb).sum())} users")
-    s = ours.clone()
-    s[:, 0] = -torch.inf
+    m = compute_metrics(r_zoo, ks=args.ks, metrics=("HR", "NDCG"), recall_alias=False)
     with open(os.path.join(args.run, "recbole_result.json")) as f:
         rb = json.load(f)["recbole_test"]
     print("| K | HR@K (zoo) | HR@K (RecBole) | NDCG@K (zoo) | NDCG@K (RecBole) | Hist@K (zoo) |\n|---|---|---|---|---|---|")
     for k in args.ks:
-        hit = r_zoo <= k
-        ndcg = torch.where(hit, 1 / torch.log2(r_zoo.double() + 1), torch.zeros((), dtype=torch.float64))
-        hist = history_in_top_k(s, ids, k).double() / k
-        print(f"| {k} | {hit.double().mean():.4f} | {rb.get(f'hit@{k}', float('nan')):.4f} | {ndcg.mean():.4f} | "
+        hist = history_in_top_k(ours, ids, k).double() / k
+        print(f"| {k} | {m[f'HR@{k}']:.4f} | {rb.get(f'hit@{k}', float('nan')):.4f} | {m[f'NDCG@{k}']:.4f} | "
               f"{rb.get(f'ndcg@{k}', float('nan')):.4f} | {hist.mean():.4f} |")
     return 0
 

@@ -36,11 +36,6 @@ import torch
 from .vocab import ItemVocab
 
 
-def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """A tensor state dict from a raw state-dict file or a RecBole checkpoint (``{"state_dict": ...}``)."""
-    return load_checkpoint(path, trust_pickle)[0]
-
-
 #: RecBole config key -> zoo config field, for the fields a state dict does not show
 RECBOLE_FIELDS = {
     "sasrec": {"n_heads": "num_heads", "hidden_act": "hidden_act", "layer_norm_eps": "layer_norm_eps",
@@ -83,12 +78,17 @@ def _stub_pickle_module():
     return mod
 
 
-def _recbole_config(obj) -> dict:
+def recbole_settings(obj) -> dict:
     """The plain settings of a RecBole ``Config`` object (``final_config_dict``), or ``{}``."""
     d = getattr(obj, "final_config_dict", None)
     if d is None and isinstance(obj, dict):
         d = obj
     return {k: v for k, v in (d or {}).items() if isinstance(v, (bool, int, float, str))}
+
+
+def recbole_fields(model_type: str, settings: dict) -> dict:
+    """The zoo config fields (``RECBOLE_FIELDS``) that RecBole ``settings`` give for ``model_type``."""
+    return {ours: settings[theirs] for theirs, ours in RECBOLE_FIELDS[model_type].items() if theirs in settings}
 
 
 def load_checkpoint(path: str, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
@@ -104,7 +104,7 @@ def load_checkpoint(path: str, trust_pickle: bool = False) -> tuple[dict[str, to
                              "save ckpt['state_dict'] alone in a RecBole environment") from None
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle_module())
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        settings = _recbole_config(obj.get("config"))
+        settings = recbole_settings(obj.get("config"))
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
@@ -155,7 +155,7 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
         max_seq_length = positions
     else:
         raise ValueError(f"no converter for {model_type!r} (supported: mamba4rec, sasrec)")
-    cfg.update({ours: settings[theirs] for theirs, ours in RECBOLE_FIELDS[model_type].items() if theirs in settings})
+    cfg.update(recbole_fields(model_type, settings))
     if max_seq_length is not None:
         cfg["max_seq_length"] = int(max_seq_length)
     cfg.setdefault("max_seq_length", 200)

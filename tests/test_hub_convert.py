@@ -97,11 +97,19 @@ class RecBoleConfig:  # stands in for RecBole's Config object, with the settings
 RECBOLE_SASREC = Path(__file__).parent / "data" / "recbole_sasrec"
 
 
+def _score_fixture_histories(model):
+    """``(zoo scores, RecBole's scores)`` ``[32, 1350]`` on the fixture's right-padded random histories."""
+    z = np.load(RECBOLE_SASREC / "scores.npz")
+    ids, lens = torch.from_numpy(z["item_id_list"]), torch.from_numpy(z["item_length"])
+    with torch.no_grad():
+        ours = model.eval()(ids, torch.arange(ids.shape[1])[None] < lens[:, None]).logits
+    return ours, torch.from_numpy(z["scores"])
+
+
 def test_convert_real_recbole_sasrec_checkpoint(tmp_path):
     """A SASRec trained by RecBole 1.2.0 itself (2 layers, 2 heads, hidden 32, 20 positions, ML-100K; made by
     ``bench/recbole_reference.py``, see ``tests/data/recbole_sasrec/README.md``) converts to the zoo's SASRec with the
     same scores as RecBole's own ``full_sort_predict`` on 32 random right-padded histories (lengths 1..20)."""
-    z = np.load(RECBOLE_SASREC / "scores.npz")
     ckpt = str(RECBOLE_SASREC / "state_dict.pth")
     with pytest.raises(ValueError, match="attention heads is not in the weights"):
         convert("sasrec", ckpt, str(tmp_path / "refused"))
@@ -109,19 +117,14 @@ def test_convert_real_recbole_sasrec_checkpoint(tmp_path):
     convert("sasrec", ckpt, str(tmp_path / "out"), overrides={"num_heads": 2})
     m = AutoModel.from_pretrained(tmp_path / "out").eval()
     assert (m.config.hidden_size, m.config.num_layers, m.config.max_seq_length, m.config.n_items) == (32, 2, 20, 1350)
-    ids, lens = torch.from_numpy(z["item_id_list"]), torch.from_numpy(z["item_length"])
-    mask = torch.arange(ids.shape[1])[None] < lens[:, None]
-    theirs = torch.from_numpy(z["scores"])
-    with torch.no_grad():
-        ours = m(ids, mask).logits
+    ours, theirs = _score_fixture_histories(m)
     assert ours.shape == theirs.shape
     assert (ours - theirs).abs().max() <= 1e-5                                # fp32, RecBole's own forward
     top_ours, top_theirs = ours[:, 1:].topk(10).indices, theirs[:, 1:].topk(10).indices
     assert (top_ours == top_theirs).float().mean() >= 0.99
     # a wrong head count loads and runs but scores differently: the reason the converter asks for it
     convert("sasrec", ckpt, str(tmp_path / "heads4"), overrides={"num_heads": 4})
-    with torch.no_grad():
-        wrong = AutoModel.from_pretrained(tmp_path / "heads4").eval()(ids, mask).logits
+    wrong, _ = _score_fixture_histories(AutoModel.from_pretrained(tmp_path / "heads4"))
     assert (wrong - theirs).abs().max() > 1e-2
     with pytest.raises(ValueError, match="weights say hidden_size = 32"):
         convert("sasrec", ckpt, str(tmp_path / "x"), overrides={"num_heads": 2, "hidden_size": 64})
@@ -182,11 +185,8 @@ def test_trusted_checkpoint_converts_without_recbole_installed(tmp_path, monkeyp
         convert("sasrec", str(tmp_path / "SASRec.pth"), str(tmp_path / "no"))
     m = convert("sasrec", str(tmp_path / "SASRec.pth"), str(tmp_path / "out"), trust_pickle=True)
     assert (m.config.num_heads, m.config.hidden_act, m.config.max_seq_length) == (2, "gelu", 20)
-    z = np.load(RECBOLE_SASREC / "scores.npz")
-    ids, lens = torch.from_numpy(z["item_id_list"]), torch.from_numpy(z["item_length"])
-    with torch.no_grad():
-        ours = m.eval()(ids, torch.arange(ids.shape[1])[None] < lens[:, None]).logits
-    assert (ours - torch.from_numpy(z["scores"])).abs().max() <= 1e-5
+    ours, theirs = _score_fixture_histories(m)
+    assert (ours - theirs).abs().max() <= 1e-5
 
 
 def test_convert_refuses_unsafe_pickle(tmp_path):

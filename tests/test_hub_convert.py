@@ -134,6 +134,21 @@ def test_convert_real_recbole_sasrec_checkpoint(tmp_path):
         convert("sasrec", ckpt, str(tmp_path / "x"), max_seq_length=50, overrides={"num_heads": 2})
 
 
+def test_convert_cli_reports_a_refusal_as_an_error_line(tmp_path, capsys):
+    """``python -m zoo.convert`` turns the converter's refusals into one error line naming the fix (exit status set,
+    no traceback) and writes nothing."""
+    from zoo.convert import main
+    ckpt = str(RECBOLE_SASREC / "state_dict.pth")
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "sasrec", "--checkpoint", ckpt, "--out", str(tmp_path / "refused")])
+    assert "error:" in str(e.value.code) and "--set num_heads" in str(e.value.code)
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(SystemExit, match="no such file|No such file|not found"):
+        main(["--model", "sasrec", "--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x")])
+    main(["--model", "sasrec", "--checkpoint", ckpt, "--out", str(tmp_path / "ok"), "--set", "num_heads=2"])
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "ok" / "model.safetensors").exists()
+
+
 def test_convert_reads_recbole_settings_from_a_trusted_checkpoint(tmp_path):
     """Fields the weights do not show come from the checkpoint's RecBole Config (with --trust-pickle)."""
     sd = torch.load(RECBOLE_SASREC / "state_dict.pth", weights_only=True)["state_dict"]

@@ -200,8 +200,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = p.parse_args(argv)
     from .train import parse_overrides
 
-    m = convert(a.model, a.checkpoint, a.out, a.item_tokens, a.trust_pickle, a.max_seq_length,
-                parse_overrides(a.set))
+    try:
+        m = convert(a.model, a.checkpoint, a.out, a.item_tokens, a.trust_pickle, a.max_seq_length,
+                    parse_overrides(a.set))
+    except (ValueError, KeyError, FileNotFoundError) as e:  # the messages name the problem and the fix
+        raise SystemExit(f"python -m zoo.convert: error: {e}") from None
     print(f"wrote {a.out}: {type(m).__name__} with {sum(t.numel() for t in m.parameters()):,} parameters")
 
 

@@ -96,6 +96,28 @@ def test_init_from_continues_training(tmp_path):
     assert second["epochs"][0]["loss"] < first["epochs"][0]["loss"]
 
 
+def test_eval_every_validates_every_n_epochs_and_after_the_last(tmp_path):
+    """``--eval-every 3`` over 7 epochs validates after epochs 3, 6 and 7 (the last), keeps the best of those, and
+    ``--patience`` counts validations; ``--eval-every 0`` is refused before any work."""
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--set", *TINY["gru4rec"]]
+    log = train_main(args + ["--out", str(tmp_path / "a"), "--epochs", "7", "--eval-every", "3"])
+    validated = [r["epoch"] for r in log["epochs"] if "valid_NDCG@10" in r]
+    assert [r["epoch"] for r in log["epochs"]] == list(range(1, 8)) and validated == [3, 6, 7]
+    assert log["best_epoch"] in validated and log["eval_every"] == 3
+    assert log["best_valid_NDCG10"] == max(r["valid_NDCG@10"] for r in log["epochs"] if "valid_NDCG@10" in r)
+    # patience 1 with a learning rate that cannot improve: stops after the second validation (epoch 4), not epoch 2
+    log = train_main(args + ["--out", str(tmp_path / "b"), "--epochs", "9", "--eval-every", "2", "--patience", "1",
+                             "--lr", "1e-12"])
+    assert [r["epoch"] for r in log["epochs"] if "valid_NDCG@10" in r][-1] == 4 and len(log["epochs"]) == 4
+    assert "no valid NDCG@10 gain for 1 validations (every 2 epochs)" in log["stopped"]
+    with pytest.raises(ValueError, match="eval_every must be >= 1"):
+        train_main(args + ["--out", str(tmp_path / "c"), "--eval-every", "0"])
+    assert not (tmp_path / "c").exists()
+
+
 def test_parse_overrides():
     assert parse_overrides(["num_layers=2", "dropout_prob=0.3", "mamba_init=mamba"]) == {
         "num_layers": 2, "dropout_prob": 0.3, "mamba_init": "mamba"}

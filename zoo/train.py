@@ -171,17 +171,21 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           clip: float | None = None, device: str | None = None, amp: bool = False, max_minutes: float | None = None,
           valid_users: int | None = None, exclude_history: bool = False, kcore="auto", progress: bool = True,
           command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant",
-          window_stride: int | None = None, loss_weighting: str = "window") -> dict:
+          window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1) -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     ``lr_schedule`` (``constant`` / ``linear`` / ``cosine``) scales the learning rate per batch over the planned
-    ``epochs`` (see :func:`lr_factor`); with ``max_minutes`` set, choose ``epochs`` so that they fit the budget."""
+    ``epochs`` (see :func:`lr_factor`); with ``max_minutes`` set, choose ``epochs`` so that they fit the budget.
+    ``eval_every`` (RecBole's ``eval_step``) validates every that many epochs, and always after the last epoch and
+    when the time budget ends; ``patience`` counts validations without a gain, as RecBole's ``stopping_step`` does."""
     from tqdm.auto import tqdm
 
     from .data import iterate_batches, leave_one_out, load_dataset, training_windows
     from .evaluate import evaluate_model
 
     lr_factor(lr_schedule, 0.0)                                    # validate the names before any work
+    if int(eval_every) < 1:
+        raise ValueError(f"eval_every must be >= 1 (validate every N epochs), got {eval_every}")
     loss_scale(torch.ones(1, 1, dtype=torch.long), 1.0, loss_weighting)
     if loss_weighting == "target" and model_type == "bert4rec":
         raise ValueError("--loss-weighting target: BERT4Rec's Cloze loss is not a mean over the labelled positions")
@@ -223,7 +227,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
            "train": preset, "config_overrides": overrides, "epochs": [], "command": command,
            "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict()),
            "window_stride": windows.stride, "loss_weighting": loss_weighting,
-           "environment": environment(), "n_parameters": n_params, "init_from": init_from}
+           "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every}
     targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]
     best, best_epoch, bad = -1.0, -1, 0
     gen = np.random.default_rng(seed)
@@ -254,6 +258,12 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             total += loss.item()
             count += 1
             bar.set_postfix(loss=f"{total / count:.4f}")
+        out_of_time = bool(deadline and time.time() > deadline)
+        if epoch % eval_every and epoch != epochs and not out_of_time:   # no validation this epoch
+            row = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.time() - te}
+            log["epochs"].append(row)
+            print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} ({row['seconds']:.0f}s)", flush=True)
+            continue
         metrics = evaluate_model(model, valid, ks=(10,), exclude_history=exclude_history, progress=False)
         ndcg = metrics["NDCG@10"]
         row = {"epoch": epoch, "loss": total / max(count, 1), "valid_NDCG@10": ndcg, "valid_HR@10": metrics["HR@10"],
@@ -270,9 +280,10 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         with open(os.path.join(out, "train_log.json"), "w") as f:
             json.dump(log, f, indent=1)
         if bad >= patience:
-            stopped = f"early stopping: no valid NDCG@10 gain for {patience} epochs"
+            stopped = f"early stopping: no valid NDCG@10 gain for {patience} validations (every {eval_every} epochs)" \
+                if eval_every > 1 else f"early stopping: no valid NDCG@10 gain for {patience} epochs"
             break
-        if deadline and time.time() > deadline:
+        if out_of_time or (deadline and time.time() > deadline):
             stopped = f"time budget of {max_minutes} minutes reached"
             break
     from .models import get_model_class
@@ -298,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file with model config fields")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides")
     p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=10, help="early stopping on valid NDCG@10")
+    p.add_argument("--patience", type=int, default=10,
+                   help="early stopping: validations without a valid NDCG@10 gain")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="validate every N epochs (RecBole's eval_step), and after the last epoch and at the time budget")
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--max-len", type=int, default=200, help="history window (max_seq_length)")
     p.add_argument("--optimizer", choices=["adam", "adamw"])
@@ -344,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  amp=args.amp, max_minutes=args.max_minutes, valid_users=args.valid_users,
                  exclude_history=args.exclude_history, kcore=kcore, progress=not args.no_progress, command=command,
                  init_from=args.init_from, lr_schedule=args.lr_schedule, window_stride=args.window_stride,
-                 loss_weighting=args.loss_weighting)
+                 loss_weighting=args.loss_weighting, eval_every=args.eval_every)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ def _seed_cache() -> None:
     import os
 
     if os.environ.get("ZOO_NO_CACHE_SEED", "0") != "1":
-        from .hub import seed_hf_cache
+        from .pretrained import seed_hf_cache
 
         seed_hf_cache()
 

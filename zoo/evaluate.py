@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import zoo  # noqa: F401  (registers the zoo models with AutoModel)
     from transformers import AutoModel
 
-    from .hub import resolve_pretrained
+    from .pretrained import resolve_pretrained
 
     model = AutoModel.from_pretrained(resolve_pretrained(args.model))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -460,7 +460,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         Raises ``ValueError`` when the checkpoint is of another model type, when weights are missing, unexpected
         or of the wrong shape, when the weight file is corrupt, or when the vocabulary does not fit ``n_items``.
         """
-        from .hub import resolve_pretrained
+        from .pretrained import resolve_pretrained
 
         path = resolve_pretrained(pretrained_model_name_or_path)
         config = kwargs.pop("config", None)

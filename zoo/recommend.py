@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import zoo  # noqa: F401  (registers the models)
     from transformers import AutoModel
 
-    from .hub import resolve_pretrained
+    from .pretrained import resolve_pretrained
 
     # resolve first: a Hub id that is unreachable *or not published* falls back to the bundled copy
     model = AutoModel.from_pretrained(resolve_pretrained(args.model)).eval()

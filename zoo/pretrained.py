@@ -1,0 +1,154 @@
+"""Resolution of ``from_pretrained`` names and the bundled model copies (imported by ``import zoo``; the card and
+publishing tools built on it are in :mod:`zoo.hub`).
+
+Resolution of a name given to ``from_pretrained``:
+
+1. an existing local folder is used as is;
+2. a Hub id ``org/name`` goes through the normal Hugging Face machinery (``huggingface_hub.snapshot_download``,
+   which honours ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and the local cache);
+3. when the Hub cannot be reached (offline mode, no network, a quick connection probe fails) or does not have the
+   repo, and ``name`` is one of the models bundled with this package (``hub_cards/<name>``), the bundled copy is used.
+   The probe (1.5 s, ``ZOO_HUB_PROBE_TIMEOUT``) keeps a machine without network from hanging on download timeouts.
+
+Bundled names resolve under the project's organisation (``ZOO_HUB_ORG``, default ``ssm-rec-zoo``) and under the
+placeholder organisation ``org`` used in the docs (``from_pretrained("org/mamba4rec-ml1m")``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import socket
+from urllib.parse import urlparse
+
+logger = logging.getLogger(__name__)
+
+HUB_ORG = os.environ.get("ZOO_HUB_ORG", "ssm-rec-zoo")
+PLACEHOLDER_ORGS = ("org",)
+
+
+# ------------------------------------------------------------------------------------------- bundled copies
+def bundled_dirs() -> list[pathlib.Path]:
+    """Folders searched for bundled model folders: $ZOO_BUNDLED_DIR, the checkout's hub_cards/, package data."""
+    dirs = []
+    if os.environ.get("ZOO_BUNDLED_DIR"):
+        dirs.append(pathlib.Path(os.environ["ZOO_BUNDLED_DIR"]))
+    here = pathlib.Path(__file__).resolve().parent
+    dirs.append(here.parent / "hub_cards")      # source checkout / editable install
+    dirs.append(here / "bundled")                # wheel install (hub_cards packaged as zoo/bundled)
+    return [d for d in dirs if d.is_dir()]
+
+
+def bundled_models() -> dict[str, pathlib.Path]:
+    """``{name: folder}`` of every bundled model folder (one holding config.json + model.safetensors)."""
+    out = {}
+    for d in bundled_dirs():
+        for sub in sorted(d.iterdir()):
+            if (sub / "config.json").exists() and (sub / "model.safetensors").exists():
+                out.setdefault(sub.name, sub)
+    return out
+
+
+def _bundled_for(repo_id: str) -> pathlib.Path | None:
+    org, _, name = repo_id.partition("/")
+    if not name or org not in (HUB_ORG, *PLACEHOLDER_ORGS):
+        return None
+    return bundled_models().get(name)
+
+
+def _content_commit(folder: pathlib.Path) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(hashlib.sha1(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def seed_hf_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """Place the bundled models in the Hugging Face cache as ``<org>/<name>`` snapshots.
+
+    This is what lets the *normal* machinery (``AutoConfig``/``AutoModel.from_pretrained("org/name")``,
+    ``HF_HUB_OFFLINE=1``, ``hf_hub_download(..., local_files_only=True)``) find them without network: a request that
+    cannot reach the Hub falls back to the cache. A repo whose ``refs/main`` already points at a real download is
+    left alone. Called on ``import zoo``; failures (read-only cache) are logged and ignored.
+    """
+    from huggingface_hub import constants
+
+    cache = pathlib.Path(cache_dir or constants.HF_HUB_CACHE)
+    written = []
+    for name, folder in bundled_models().items():
+        commit = None
+        for org in (HUB_ORG, *PLACEHOLDER_ORGS):
+            repo = cache / f"models--{org}--{name}"
+            ref = repo / "refs" / "main"
+            try:
+                if ref.exists():
+                    current = ref.read_text().strip()
+                    snap = repo / "snapshots" / current
+                    if not (snap / ".zoo-bundled").exists() or (commit or _content_commit(folder)) == current:
+                        continue  # a real Hub download, or our copy is current
+                commit = commit or _content_commit(folder)
+                snap = repo / "snapshots" / commit
+                snap.mkdir(parents=True, exist_ok=True)
+                for f in folder.iterdir():
+                    if f.is_file():
+                        shutil.copyfile(f, snap / f.name)
+                (snap / ".zoo-bundled").write_text("copied from the ssm-rec-zoo package\n")
+                ref.parent.mkdir(parents=True, exist_ok=True)
+                ref.write_text(commit)
+                written.append(f"{org}/{name}")
+            except OSError as e:
+                logger.debug("could not seed the HF cache with %s: %s", name, e)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ resolve
+def hub_reachable(timeout: float | None = None) -> bool:
+    """Quick TCP probe of the Hub endpoint (so an offline machine never waits on HTTP timeouts)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    timeout = float(os.environ.get("ZOO_HUB_PROBE_TIMEOUT", timeout or 1.5))
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
+    """A local folder holding ``config.json`` for ``name_or_path`` (see the module docstring for the order)."""
+    p = os.fspath(name_or_path)
+    if os.path.isdir(p):
+        return p
+    if os.path.exists(p):
+        raise ValueError(f"{p} is a file; from_pretrained expects a folder with config.json and model.safetensors")
+    if p.count("/") != 1:
+        raise ValueError(f"{p!r} is neither a local folder nor a Hub id of the form 'org/name'")
+    bundled = _bundled_for(p)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.md"]
+    if not hub_reachable():
+        try:  # the normal machinery, cache only
+            return snapshot_download(repo_id=p, allow_patterns=patterns, local_files_only=True)
+        except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+            if bundled is not None:
+                logger.info("Hugging Face Hub not reachable: using the bundled copy of %s at %s", p, bundled)
+                return str(bundled)
+            raise OSError(f"cannot load {p!r}: the Hugging Face Hub is not reachable, it is not in the local cache, "
+                          f"and it is not a bundled model (bundled: {sorted(bundled_models())})") from None
+    try:
+        return snapshot_download(repo_id=p, allow_patterns=patterns)
+    except (RepositoryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
+        if bundled is not None:
+            logger.warning("could not download %s from the Hub (%s): using the bundled copy at %s", p, e, bundled)
+            return str(bundled)
+        raise

@@ -12,6 +12,7 @@ import zoo
 from zoo import hub
 from zoo.convert import convert
 from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+from zoo.pretrained import seed_hf_cache
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def bundled(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_BUNDLED_DIR", str(tmp_path / "bundle"))
     import huggingface_hub.constants as c
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf"))  # empty cache
-    assert f"{hub.HUB_ORG}/tiny-mamba4rec" in hub.seed_hf_cache()
+    assert f"{hub.HUB_ORG}/tiny-mamba4rec" in seed_hf_cache()
     return model
 
 

@@ -1,6 +1,5 @@
 """Model cards and publishing: build a Hub-ready card folder from a training run, list the bundled models, push a
-folder to the Hub. (Resolving ``from_pretrained`` names and the bundled copies is :mod:`zoo.pretrained`; its names
-are re-exported here.)
+folder to the Hub. (Resolving ``from_pretrained`` names and the bundled copies is :mod:`zoo.pretrained`.)
 
 CLI::
 
@@ -20,8 +19,7 @@ import shutil
 import sys
 from typing import Sequence
 
-from .pretrained import (HUB_ORG, PLACEHOLDER_ORGS, bundled_dirs, bundled_models, hub_reachable,  # noqa: F401
-                         resolve_pretrained, seed_hf_cache)
+from .pretrained import HUB_ORG, bundled_models
 
 logger = logging.getLogger(__name__)
 

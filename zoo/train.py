@@ -258,17 +258,15 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             total += loss.item()
             count += 1
             bar.set_postfix(loss=f"{total / count:.4f}")
-        out_of_time = bool(deadline and time.time() > deadline)
-        if epoch % eval_every and epoch != epochs and not out_of_time:   # no validation this epoch
-            row = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.time() - te}
-            log["epochs"].append(row)
+        row = {"epoch": epoch, "loss": total / max(count, 1)}
+        log["epochs"].append(row)
+        if epoch % eval_every and epoch != epochs and not (deadline and time.time() > deadline):  # no validation
+            row["seconds"] = time.time() - te
             print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} ({row['seconds']:.0f}s)", flush=True)
             continue
         metrics = evaluate_model(model, valid, ks=(10,), exclude_history=exclude_history, progress=False)
         ndcg = metrics["NDCG@10"]
-        row = {"epoch": epoch, "loss": total / max(count, 1), "valid_NDCG@10": ndcg, "valid_HR@10": metrics["HR@10"],
-               "seconds": time.time() - te}
-        log["epochs"].append(row)
+        row.update({"valid_NDCG@10": ndcg, "valid_HR@10": metrics["HR@10"], "seconds": time.time() - te})
         improved = ndcg > best
         if improved:
             best, best_epoch, bad = ndcg, epoch, 0
@@ -283,7 +281,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             stopped = f"early stopping: no valid NDCG@10 gain for {patience} validations (every {eval_every} epochs)" \
                 if eval_every > 1 else f"early stopping: no valid NDCG@10 gain for {patience} epochs"
             break
-        if out_of_time or (deadline and time.time() > deadline):
+        if deadline and time.time() > deadline:
             stopped = f"time budget of {max_minutes} minutes reached"
             break
     from .models import get_model_class

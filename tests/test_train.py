@@ -216,3 +216,29 @@ def test_objective_is_described_per_model():
         assert "prefix objective" in t and "every position is its own sample" in t and "every position of" not in t
     assert "each of the last 10 positions" in describe_objective("tim4rec", 50, 10)
     assert "prefix" not in describe_objective("tim4rec_causal", 50, 50)
+
+
+@pytest.mark.parametrize("model_type", ["lrurec", "sasrec", "bert4rec", "tim4rec"])
+def test_adamw_decays_no_bias_or_norm_gain(model_type):
+    """AdamW groups: for LRURec exactly its official name rule ("bias" / "layer_norm" in the name: params_log and the
+    item table are decayed); for every model no bias and no LayerNorm/RMSNorm gain is decayed (SASRec's and
+    BERT4Rec's ``LayerNorm`` and the SSD's ``norm_weight`` would be by the name rule), and every parameter is in
+    exactly one group."""
+    from zoo.train import build_model, make_optimizer
+
+    small = {"lrurec": dict(hidden_size=16), "sasrec": dict(hidden_size=16, inner_size=32),
+             "bert4rec": dict(hidden_size=16, inner_size=32), "tim4rec": dict(hidden_size=16, d_state=8)}
+    model = build_model(model_type, 50, small[model_type])
+    opt = make_optimizer(model, "adamw", 1e-3, 0.01)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    dec = {names[id(p)] for p in decay["params"]}
+    nod = {names[id(p)] for p in no_decay["params"]}
+    assert dec | nod == set(names.values()) and not dec & nod
+    if model_type == "lrurec":
+        assert nod == {n for n in names.values() if "bias" in n or "layer_norm" in n}
+        assert any("params_log" in n for n in dec) and "item_embedding.weight" in dec
+    norms = {n for n in names.values() if "norm" in n.lower() and n.endswith("weight")}
+    assert norms and norms <= nod, norms - nod
+    assert not {n for n in dec if "bias" in n}

@@ -89,14 +89,34 @@ def build_model(model_type: str, n_items: int, config_overrides: dict):
     return model_cls(config)
 
 
+def no_decay_parameter(module_name: str, module: torch.nn.Module, param_name: str) -> bool:
+    """True for the parameters AdamW must not decay: biases and normalization gains.
+
+    LRURec's rule is by name ("bias" or "layer_norm" in the name, which decays its ``params_log`` and the item table);
+    by name alone it would decay SASRec's and BERT4Rec's ``LayerNorm`` gains (RecBole/HF naming) and the SSD's gated
+    RMSNorm ``norm_weight``. Deciding by module type gives LRURec exactly its own groups (every ``layer_norm`` there
+    is an ``nn.LayerNorm``) and the same intent for every other model.
+    """
+    if "bias" in param_name:
+        return True
+    if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm,
+                           torch.nn.modules.batchnorm._BatchNorm)):
+        return True
+    return param_name.startswith("norm")  # a norm gain held directly by its layer (e.g. TiSSD.norm_weight)
+
+
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float):
-    """Adam, or AdamW with LRURec's name-based grouping (no decay on names containing 'bias' or 'layer_norm')."""
+    """Adam, or AdamW without decay on biases and normalization gains (:func:`no_decay_parameter`; for LRURec this is
+    its official name-based grouping)."""
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     if name == "adamw":
-        decay, no_decay = [], []
-        for n, p in model.named_parameters():
-            (no_decay if ("bias" in n or "layer_norm" in n) else decay).append(p)
+        decay, no_decay, seen = [], [], set()
+        for mn, module in model.named_modules():
+            for pn, p in module.named_parameters(recurse=False):
+                if id(p) not in seen:  # a tied parameter once
+                    seen.add(id(p))
+                    (no_decay if no_decay_parameter(mn, module, pn) else decay).append(p)
         return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     raise ValueError(f"unknown optimizer {name!r} (adam or adamw)")

@@ -68,7 +68,7 @@ def test_training_beats_random_by_far(tmp_path, model_type):
     assert abs(again["metrics"]["NDCG@10"] - log["test"]["NDCG@10"]) < 1e-6
 
 
-def test_bert4rec_training_beats_random_by_far(tmp_path):
+def test_bert4rec_training_beats_random_by_far(tmp_path, capsys):
     """BERT4Rec's end-to-end guard (its Cloze objective through ``zoo.train``), on the item-group data rather than the
     Markov chain: the [MASK] slot has no residual path from the item before it, so an item-to-next-item chain must be
     found through the absolute position embeddings, which takes BERT4Rec ~1,500+ steps (measured on the Markov data:
@@ -83,6 +83,8 @@ def test_bert4rec_training_beats_random_by_far(tmp_path):
                       "--set", "hidden_size=32", "inner_size=64"])
     assert log["test"]["HR@10"] > 2.5 * 10 / 40, log["test"]                  # random: 0.25
     assert log["test"]["NDCG@10"] > 0.3, log["test"]                          # random: 0.11; all 10 group items on top: 0.45
+    header = next(line for line in capsys.readouterr().out.splitlines() if "training windows" in line)
+    assert "window items (Cloze" in header and " targets (" not in header, header   # not every item is a target
 
 
 def test_init_from_continues_training(tmp_path):

@@ -239,9 +239,12 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"])
     preset["lr_schedule"] = lr_schedule
     n_params = sum(p.numel() for p in model.parameters())
+    # BERT4Rec's Cloze objective predicts a random subset of the window items each epoch, not each of them
+    what = "window items (Cloze: a random subset predicted per epoch)" if model_type == "bert4rec" else "targets"
     print(f"[zoo.train] {model_type}: {n_params:,} parameters | data {ds.name}: {ds.n_users:,} users, "
           f"{ds.n_items:,} items, {ds.n_interactions:,} interactions | {len(windows):,} training windows, "
-          f"{windows.n_positions:,} targets ({windows.n_computed:,} positions computed, stride {windows.stride}) | device {device} | {preset}", flush=True)
+          f"{windows.n_positions:,} {what} ({windows.n_computed:,} positions computed, stride {windows.stride}) | "
+          f"device {device} | {preset}", flush=True)
     os.makedirs(out, exist_ok=True)
     log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(), "seed": seed,
            "train": preset, "config_overrides": overrides, "epochs": [], "command": command,

@@ -204,7 +204,7 @@ def plot(results, lengths, batches, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(batches), figsize=(5.2 * len(batches), 4.2), squeeze=False)
-    for ax, B in zip(axes[0], batches):
+    for ax, B in zip(axes[0], batches, strict=True):
         for m in METHODS:
             pts = [(L, results[(m, L, B)]) for L in lengths if (m, L, B) in results]
             if pts:

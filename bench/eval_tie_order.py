@@ -48,7 +48,7 @@ def events_by_user(path: str) -> dict:
     if inter.timestamp is None:
         raise SystemExit(f"{path} has no timestamps: the tie order cannot be rebuilt")
     by = collections.defaultdict(list)
-    for j, (u, i, t) in enumerate(zip(inter.user.tolist(), inter.item.tolist(), inter.timestamp.tolist())):
+    for j, (u, i, t) in enumerate(zip(inter.user.tolist(), inter.item.tolist(), inter.timestamp.tolist(), strict=True)):
         by[u].append((float(t), j, i))
     return by
 
@@ -63,8 +63,8 @@ def tie_stats(by: dict) -> dict:
             "test item shares its float32 step": sum(int((t == t[-1]).sum()) > 1 for t in f32) / n,
             "valid item shares its second": sum(sum(e[0] == ev[-2][0] for e in ev) > 1 for ev in a) / n,
             "valid item shares its float32 step": sum(int((t == t[-2]).sum()) > 1 for t in f32) / n,
-            "test item differs": sum(x[-1][2] != y[-1][2] for x, y in zip(a, b)) / n,
-            "valid item differs": sum(x[-2][2] != y[-2][2] for x, y in zip(a, b)) / n}
+            "test item differs": sum(x[-1][2] != y[-1][2] for x, y in zip(a, b, strict=True)) / n,
+            "valid item differs": sum(x[-2][2] != y[-2][2] for x, y in zip(a, b, strict=True)) / n}
 
 
 def examples(by: dict, vocab, key) -> EvalExamples:

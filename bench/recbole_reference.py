@@ -116,7 +116,8 @@ def order_probe(args) -> int:
           f"{float(np.spacing(np.float32(9.7e8))):.0f} s)")
     print("true time order per user: 10 11 12 13 14 15 (5 s apart), then 19 (1,000 s later); file order 15 14 ... 10, 19")
     reversed_users = 0
-    for u, n, seq, t in zip(inter["user_id"], inter["item_length"], inter["item_id_list"], inter["item_id"]):
+    for u, n, seq, t in zip(inter["user_id"], inter["item_length"], inter["item_id_list"], inter["item_id"],
+                            strict=True):
         hist = [str(x) for x in ds.id2token("item_id", seq[:n].numpy())]
         print(f"  user {ds.id2token('user_id', [int(u)])[0]}: RecBole test history {' '.join(hist)} -> "
               f"{ds.id2token('item_id', [int(t)])[0]}")

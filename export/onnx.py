@@ -581,7 +581,7 @@ class StepGraph(torch.nn.Module):
 
     def _split(self, item_ids, rest):
         """``(model state dict, new seen state or None)`` from the state inputs."""
-        state = dict(zip(self.state_names, rest))
+        state = dict(zip(self.state_names, rest, strict=True))
         seen = _mark_seen(state.pop(SEEN_STATE), item_ids) if self.exclude_seen else None
         return state, seen
 
@@ -599,7 +599,8 @@ class StepGraph(torch.nn.Module):
         new_state = {**new_state, **({SEEN_STATE: seen} if seen is not None else {})}
         states = [new_state[n] for n in self.state_names]
         # a Cast only where the dtype changes: a no-op Cast in front of a graph output stays in ORT's plan
-        return (ids, vals, scores, *[t if t.dtype == d else t.to(d) for t, d in zip(states, self.state_dtypes)])
+        return (ids, vals, scores,
+                *[t if t.dtype == d else t.to(d) for t, d in zip(states, self.state_dtypes, strict=True)])
 
 
 class GapsStepGraph(StepGraph):
@@ -1004,12 +1005,12 @@ def convert_to_fp16(mp: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
         if n.domain == ps.ONNX_DOMAIN:
             fp32.add(i)
             op = ps.SCAN_OPS[n.op_type]
-            for t, name in zip(op.inputs, n.input):
+            for t, name in zip(op.inputs, n.input, strict=True):
                 if t.name.startswith("h0"):
                     scan_state_in.add(name)
                 elif "B" not in t.shape.split(","):
                     scan_params.add(name)
-            for t, name in zip(op.outputs, n.output):
+            for t, name in zip(op.outputs, n.output, strict=True):
                 if t.name.startswith("h"):
                     scan_state_out.add(name)
         elif n.op_type in FP16_BLOCKED_OPS:
@@ -1278,7 +1279,7 @@ def load_real_histories(path: str, model, max_users: int = 512,
         ts = inter.timestamp[bounds[j]:bounds[j + 1]] if has_ts else np.zeros(len(items))
         o = np.argsort(ts, kind="stable")
         idx, kept = [], []
-        for x, t in zip(items[o].tolist(), ts[o].tolist()):
+        for x, t in zip(items[o].tolist(), ts[o].tolist(), strict=True):
             if model.item_vocab is not None:
                 try:
                     idx.append(model.item_vocab.encode([x])[0])

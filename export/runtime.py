@@ -244,7 +244,7 @@ class OnnxStepSession(_Base):
                 raise ValueError("time gaps between the timestamps do not fit float32")
             feeds["time_gaps"] = gaps32
         feeds.update({n: st[n] for n in self.graph_state_names})
-        res = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        res = dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
         return StepOutput(res["topk_ids"], res["topk_scores"],
                           {**{n: res[f"{n}_out"] for n in self.graph_state_names}, **client}, res.get("scores"))
 
@@ -315,7 +315,7 @@ class OnnxWindowSession(_Base):
         feeds = {"item_ids": ids}
         if self.uses_timestamps:
             feeds["timestamps"] = self.check_timestamps(timestamps, ids.shape)
-        res = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        res = dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
         return StepOutput(res["topk_ids"], res["topk_scores"], {}, res.get("scores"))
 
     def recommend(self, histories: Sequence[Sequence[int]]) -> StepOutput:

@@ -316,7 +316,7 @@ class TritonPythonModel:
         for members in groups.values():
             feeds = {k: np.stack([f[k] for _, f in members]) for k in members[0][1]}
             try:
-                outs = dict(zip(self.out_names, self.sess.run(None, feeds)))
+                outs = dict(zip(self.out_names, self.sess.run(None, feeds), strict=True))
             except Exception as e:
                 for i, _ in members:
                     responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(
@@ -347,7 +347,7 @@ class TritonPythonModel:
         for j, (name, _, _, _) in enumerate(self.states):
             feeds[name] = np.stack([s[j] for s in states])
         try:
-            outs = dict(zip(self.out_names, self.sess.run(None, feeds)))
+            outs = dict(zip(self.out_names, self.sess.run(None, feeds), strict=True))
         except Exception as e:                              # keep serving; report to every request of the group
             for i, _ in members:
                 responses[i] = pb.InferenceResponse(output_tensors=[],

@@ -303,7 +303,7 @@ class _StepPair:
         elif ts is not None:
             feeds["timestamps"] = ts.astype(np.float64)
         feeds.update({n: self.o_state[n] for n in self.graph_names})
-        res = dict(zip(self.out_names, self.run(self.out_names, feeds)))
+        res = dict(zip(self.out_names, self.run(self.out_names, feeds), strict=True))
         self.o_state = {**{n: res[f"{n}_out"] for n in self.graph_names}, **client}
         ref = logits.float().numpy()
         if self.exclude_seen:
@@ -419,7 +419,7 @@ def _check_real_timestamps(histories, timestamps):
         return None
     if len(timestamps) != len(histories):
         raise ValueError(f"real_timestamps has {len(timestamps)} rows, real_histories {len(histories)}")
-    for j, (h, t) in enumerate(zip(histories, timestamps)):
+    for j, (h, t) in enumerate(zip(histories, timestamps, strict=True)):
         t = np.asarray(t, dtype=np.float64)
         if len(t) != len(h):
             raise ValueError(f"real history {j}: {len(h)} items but {len(t)} timestamps")
@@ -464,7 +464,7 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
                 seen = np.zeros(ref.shape, dtype=bool)
                 np.put_along_axis(seen, ids.numpy(), True, axis=1)
                 ref = _exclude(ref, seen)
-            res = dict(zip(out_names, run(out_names, feeds)))
+            res = dict(zip(out_names, run(out_names, feeds), strict=True))
             acc.add(res, ref, k, f"rows {s}..{s + len(chunk) - 1}, width {ids.shape[1]}")
             n += len(chunk)
         agree = np.concatenate(acc.agree)

@@ -242,12 +242,12 @@ def compare(case: Case, got, ref) -> dict:
     """Max abs errors and pass/fail under :data:`TOLERANCE`."""
     atol, rtol = TOLERANCE[case.dtype]
     res = {"case": case.id, "act_err": 0.0, "state_err": 0.0, "ok": True}
-    for g, r in zip(got[0], ref[0]):
+    for g, r in zip(got[0], ref[0], strict=True):
         err = (g.float() - r).abs().max().item()
         scale = r.abs().max().item()
         res["act_err"] = max(res["act_err"], err)
         res["ok"] &= err <= atol + rtol * scale
-    for g, r in zip(got[1], ref[1]):
+    for g, r in zip(got[1], ref[1], strict=True):
         err = (g.float() - r).abs().max().item()
         res["state_err"] = max(res["state_err"], err)
         # LRU "states" are the last activation row (act dtype); Mamba states are fp32

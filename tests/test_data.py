@@ -121,7 +121,7 @@ def test_kcore_cascade():
 
 
 def _naive_kcore(users, items, k):
-    rows = list(zip(users.tolist(), items.tolist()))
+    rows = list(zip(users.tolist(), items.tolist(), strict=True))
     while True:
         uc, ic = {}, {}
         for u, i in rows:
@@ -137,7 +137,7 @@ def test_kcore_matches_naive_on_random_data():
     rng = np.random.default_rng(0)
     users, items = rng.integers(0, 40, 600), rng.integers(0, 60, 600)
     x = kcore_filter(Interactions(users, items), 5, 5)
-    assert list(zip(x.user.tolist(), x.item.tolist())) == _naive_kcore(users, items, 5)
+    assert list(zip(x.user.tolist(), x.item.tolist(), strict=True)) == _naive_kcore(users, items, 5)
     # string ids go through the np.unique path
     xs = kcore_filter(Interactions(users.astype(str), items.astype(str)), 5, 5)
     assert len(xs) == len(x)
@@ -228,7 +228,7 @@ def _targets_with_context(w, side, batch_size=3, **kw):
     """(label, number of real items up to and including its input) for every supervised batch position."""
     out = []
     for b in iterate_batches(w, batch_size, side, **kw):
-        for r, c in zip(*np.nonzero(b["labels"].numpy())):
+        for r, c in zip(*np.nonzero(b["labels"].numpy()), strict=True):
             out.append((int(b["labels"][r, c]), int(b["attention_mask"][r, :c + 1].sum())))
     return sorted(out)
 
@@ -325,5 +325,5 @@ def test_ml1m_5core_stats(shared_data):
     sp = leave_one_out(ds)
     assert len(sp.valid) == len(sp.test) == 6040
     assert sum(len(s) - 1 for s in sp.train) == 981_491          # RecBole's train samples (models.md §1.1)
-    assert all(len(h) == len(g) + 1 for h, g in zip(sp.test.histories[:50], sp.valid.histories[:50]))
+    assert all(len(h) == len(g) + 1 for h, g in zip(sp.test.histories[:50], sp.valid.histories[:50], strict=True))
     assert elapsed < 15, f"ML-1M took {elapsed:.1f}s to load"

@@ -88,7 +88,7 @@ def metrics_of(ranks, ks):
 def test_evaluate_model_known_ranks(cls):
     model = cls(NextItemConfig(n_items=M + 1, max_seq_length=10, hidden_size=M + 1))
     sp = examples()
-    assert [expected_rank(list(h), t) for h, t in zip(sp.test.histories, sp.test.targets)] == [1, 2, 4]
+    assert [expected_rank(list(h), t) for h, t in zip(sp.test.histories, sp.test.targets, strict=True)] == [1, 2, 4]
     m, ranks = evaluate_model(model, sp.test, ks=(1, 3), progress=False, return_ranks=True)
     assert ranks.tolist() == [1, 2, 4]
     for k, v in metrics_of([1, 2, 4], (1, 3)).items():

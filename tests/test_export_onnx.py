@@ -155,7 +155,7 @@ def test_state_spec_json(exported, name):
     spec = json.loads(open(res.spec_path).read())
     want = model.state_spec(3)
     assert [s["name"] for s in spec["state"]] == [s.name for s in want]
-    for s, w in zip(spec["state"], want):
+    for s, w in zip(spec["state"], want, strict=True):
         assert s["shape"][0] == "B" and s["shape"][1:] == list(w.shape[1:]) and len(s["shape"]) >= 2
         assert s["dtype"] == "float32" and s["init"] == 0.0 and s["output"] == f"{w.name}_out"
     assert spec["topk"] == 10 and spec["n_items"] == N_ITEMS and spec["kind"] == "step"
@@ -448,7 +448,7 @@ def test_fp16_step_graph(exported, exported_fp16, name):
     prod = _producer_map(mp)
     op = ps.SELECTIVE_SCAN if name.startswith("mamba") else ps.LRU_SCAN
     for n in (x for x in mp.graph.node if x.domain == ps.ONNX_DOMAIN):
-        for t, inp in zip(op.inputs, n.input):
+        for t, inp in zip(op.inputs, n.input, strict=True):
             if "B" in t.shape.split(",") and not t.name.startswith("h0"):
                 p = prod[inp]
                 assert p.op_type == "Cast" and p.attribute[0].i == F, (t.name, p)

@@ -105,7 +105,7 @@ def test_scan_grads_finite_and_match_loop():
         return torch.autograd.grad(loss, leaves)
 
     g_ref, g_loop = grads(lru_scan_ref), grads(lru_scan_loop)
-    for a, b in zip(g_ref, g_loop):
+    for a, b in zip(g_ref, g_loop, strict=True):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
     assert torch.autograd.gradcheck(

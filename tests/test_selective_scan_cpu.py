@@ -92,7 +92,7 @@ def _cases():
         for fi, flags in enumerate(FLAGS):
             if si in (1, 2) or fi % 8 == si % 8 or all(flags) or not any(flags):
                 yield pytest.param(shape, flags, id=f"{'x'.join(map(str, shape))}-" +
-                                   "".join(n for n, f in zip(["D", "z", "b", "s", "h"], flags) if f))
+                                   "".join(n for n, f in zip(["D", "z", "b", "s", "h"], flags, strict=True) if f))
 
 
 @pytest.mark.parametrize("shape,flags", list(_cases()))
@@ -122,7 +122,7 @@ def test_matches_naive_loop(shape, flags):
     grads = torch.autograd.grad((out * gout.float()).sum() + (last * glast.float()).sum(),
                                 [x32[k] for k in names])
     rgrads = torch.autograd.grad((rout * gout).sum() + (rlast * glast).sum(), [x64[k] for k in names])
-    for k, gk, rk in zip(names, grads, rgrads):
+    for k, gk, rk in zip(names, grads, rgrads, strict=True):
         assert gk.shape == rk.shape, k
         _check(gk, rk, 1e-4, f"grad {k}")
 
@@ -162,7 +162,7 @@ def test_gradcheck_float64():
     tensors = [inp[k].clone().requires_grad_(True) for k in names]
 
     def f(*ts):
-        kw = dict(zip(names, ts))
+        kw = dict(zip(names, ts, strict=True))
         out, last = ssc.selective_scan_cpu(**kw, delta_softplus=True, return_last_state=True, chunk=4)
         return out, last
 

@@ -90,7 +90,7 @@ def test_gradients_finite_and_match_loop():
     leaves2 = [t.detach().clone().requires_grad_(True) for t in (x, dt, A, B, C, D, h0)]
     y2, s2 = ssd_scan_loop(*leaves2[:5], leaves2[5], leaves2[6])
     (y2.square().sum() + s2.sum()).backward()
-    for a, b in zip(g1, leaves2):
+    for a, b in zip(g1, leaves2, strict=True):
         torch.testing.assert_close(a, b.grad, atol=1e-8, rtol=1e-7)
 
 
@@ -172,5 +172,5 @@ def test_ssd_scan_fn_reference_switch_on_cuda(monkeypatch):
     a = ssd_scan_fn(x, dt, A, B, C, 32, D, None, False, h0)
     monkeypatch.setenv("ZOO_SSD_KERNEL", "0")
     b = ssd_scan_fn(x, dt, A, B, C, 32, D, None, False, h0)
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         assert (u - v).abs().max().item() <= 1e-3 * max(1.0, v.abs().max().item())

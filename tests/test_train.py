@@ -4,6 +4,7 @@ Guards against the "HR@10 0.0096" failure official Mamba4Rec users hit (Mamba4Re
 but learns nothing.
 """
 
+import itertools
 import json
 import random
 
@@ -165,7 +166,7 @@ def test_linear_schedule_decays_over_planned_epochs(tmp_path, monkeypatch):
     assert log["train"]["lr_schedule"] == "linear"
     n = len(seen)
     assert n >= 8 and seen[0] == pytest.approx(1e-2)
-    assert all(b < a for a, b in zip(seen, seen[1:]))
+    assert all(b < a for a, b in itertools.pairwise(seen))
     assert seen[-1] == pytest.approx(1e-2 / n)
 
 
@@ -194,10 +195,10 @@ def test_target_loss_weighting_weighs_every_target_the_same():
     ce = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0])]
     labels = [torch.tensor([[5, 6, 7, 0]]), torch.tensor([[0, 0, 0, 9]])]
     per_batch = 2.0                                              # 4 targets over 2 batches
-    total = sum(c.mean() * loss_scale(l, per_batch, "target") for c, l in zip(ce, labels))
+    total = sum(c.mean() * loss_scale(l, per_batch, "target") for c, l in zip(ce, labels, strict=True))
     assert torch.isclose(total, torch.cat(ce).sum() / per_batch)   # == sum over targets / const: uniform weights
     # the default keeps the batch means (the lone target of batch 2 weighs 3x one of batch 1)
-    assert sum(c.mean() * loss_scale(l, per_batch, "window") for c, l in zip(ce, labels)) == 2.0 + 10.0
+    assert sum(c.mean() * loss_scale(l, per_batch, "window") for c, l in zip(ce, labels, strict=True)) == 2.0 + 10.0
     with pytest.raises(ValueError, match="loss weighting"):
         loss_scale(labels[0], per_batch, "user")
 

@@ -113,7 +113,7 @@ def _reference_topk(model, histories):
         ids, mask = model.pad_batch(histories[s:s + 256])
         sc = model.predict(ids, mask)
         top = torch.topk(sc, K, dim=1)
-        out += list(zip(top.indices.numpy(), sc.numpy()))
+        out += list(zip(top.indices.numpy(), sc.numpy(), strict=True))
     return out
 
 
@@ -127,7 +127,7 @@ def _reference_topk_unseen(model, histories):
         for r, h in enumerate(chunk):
             sc[r, sorted(set(h))] = -1e30
         top = torch.topk(sc, K, dim=1)
-        out += list(zip(top.indices.numpy(), sc.numpy()))
+        out += list(zip(top.indices.numpy(), sc.numpy(), strict=True))
     return out
 
 
@@ -270,12 +270,12 @@ def test_implicit_graph_follows_triton_state_protocol(which, mamba, mamba_export
         for s in spec["state"]:                 # at START Triton hands a zero buffer; we hand garbage: START must win
             feeds[s["name"]] = np.stack([slots[i][s["name"]] if step else
                                          np.full(s["shape"][1:], 7.0, np.float32) for i in rows])
-        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
         for r, i in enumerate(rows):
             slots[i] = {s["name"]: outs[s["output"]][r] for s in spec["state"]}
             served.append(outs["topk_ids"][r])
             prefixes.append(hist[i][:step + 1])
-    for got, (ref_ids, ref_sc) in zip(served, _reference_topk(model, prefixes)):
+    for got, (ref_ids, ref_sc) in zip(served, _reference_topk(model, prefixes), strict=True):
         assert _same_topk(got, ref_ids, ref_sc)
 
 
@@ -354,12 +354,12 @@ def test_live_interleaved_sequences_match_pytorch(live_server, mamba):
     prefixes, served = [], []
     for s, ev in plans.items():
         acc = []
-        for e, got in zip(ev, results[s]):
+        for e, got in zip(ev, results[s], strict=True):
             acc = acc + e
             prefixes.append(list(acc))
             served.append(vocab.encode(got))
     assert len(served) == sum(len(e) for e in plans.values()) >= 600
-    bad = [i for i, (got, (ri, rs)) in enumerate(zip(served, _reference_topk(mamba, prefixes)))
+    bad = [i for i, (got, (ri, rs)) in enumerate(zip(served, _reference_topk(mamba, prefixes), strict=True))
            if not _same_topk(got, ri, rs)]
     assert not bad, f"{len(bad)} of {len(served)} events differ from PyTorch, first at prefix {prefixes[bad[0]]}"
     # Triton really batched requests of different sequences together (inference_count > execution_count)
@@ -399,8 +399,8 @@ def test_live_exclude_seen_sequences_never_get_their_history(live_server, lru_se
         prefixes.append([x for ev in plans[s][:pos[s] + 1] for x in ev])
         served.append(np.asarray(got))
         pos[s] += 1
-    assert all(not set(p) & set(g.tolist()) for p, g in zip(prefixes, served))
-    bad = [i for i, (got, (ri, rs)) in enumerate(zip(served, _reference_topk_unseen(model, prefixes)))
+    assert all(not set(p) & set(g.tolist()) for p, g in zip(prefixes, served, strict=True))
+    bad = [i for i, (got, (ri, rs)) in enumerate(zip(served, _reference_topk_unseen(model, prefixes), strict=True))
            if not _same_topk(got, ri, rs)]
     assert not bad, f"{len(bad)} of {len(served)} events differ from PyTorch, first at prefix {prefixes[bad[0]]}"
     cl.client.close()
@@ -500,7 +500,7 @@ def test_live_explicit_state_with_client_side_store(live_server, mamba):
         hist[u] += new
         served.append(mamba.item_vocab.encode(cl.recommend(u, mamba.item_vocab.decode(new))))
         prefixes.append(list(hist[u]))
-    for got, (ri, rs) in zip(served, _reference_topk(mamba, prefixes)):
+    for got, (ri, rs) in zip(served, _reference_topk(mamba, prefixes), strict=True):
         assert _same_topk(got, ri, rs)
     assert set(store.kv) == {u for u in hist if hist[u]} and all(len(v) < 20_000 for v in store.kv.values())
     cl.forget(0)
@@ -595,7 +595,7 @@ def _step_reference(model, plan, last_ts_init=None):
 def _check_served(served, refs, what):
     """Top-K ids equal PyTorch's (or a near-tie swap) and the served scores equal PyTorch's at those ids (1e-4)."""
     worst = 0.0
-    for (ids, scores), (ref, _) in zip(served, refs):
+    for (ids, scores), (ref, _) in zip(served, refs, strict=True):
         ref_ids = np.argsort(-ref, kind="stable")[:K]
         assert _same_topk(ids, ref_ids, ref), (what, ids, ref_ids)
         worst = max(worst, float(np.abs(np.asarray(scores) - ref[np.asarray(ids)]).max()))
@@ -735,7 +735,7 @@ def test_tim4rec_causal_implicit_graph_follows_triton_state_protocol(tc_model, t
             for s in spec["state"]:
                 dt = np.float64 if s["dtype"] == "float64" else np.float32
                 feeds[s["name"]] = slot[s["name"]] if i else np.full([1] + s["shape"][1:], np.nan, dt)
-            outs = dict(zip(names, sess.run(None, feeds)))
+            outs = dict(zip(names, sess.run(None, feeds), strict=True))
             slot = {s["name"]: outs[s["output"]] for s in spec["state"]}
             assert slot["last_ts"].dtype == np.float64 and slot["last_ts"][0, 0] == ts[-1]
             served.append((outs["topk_ids"][0], outs["topk_scores"][0]))
@@ -868,7 +868,7 @@ def test_live_tim4rec_window_serves_float64_timestamps(tc_server, tim4rec_window
     rng = np.random.default_rng(41)
     hists = [[int(x) for x in rng.integers(1, TC_ITEMS, size=n)] for n in (1, 3, 7, 12, 20, 26, 33)]
     tss = [_ts(rng, len(hh)) for hh in hists]
-    served = [cl.recommend_with_scores(hh, timestamps=t) for hh, t in zip(hists, tss)]
+    served = [cl.recommend_with_scores(hh, timestamps=t) for hh, t in zip(hists, tss, strict=True)]
     ids, mask, ts = model.pad_batch(hists, timestamps=tss)
     ref = model.predict(ids, mask, timestamps=ts).numpy()
     _check_served(served, [(r, None) for r in ref], "Triton window (TiM4Rec)")

@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         print(f"model: {args.model} ({out['model_type']}); history ({len(history)} items, last 10): {out['history_tail']}")
         print(f"{'rank':>4}  {'item':>8}  {'score':>8}")
-        for i, (item, s) in enumerate(zip(out["items"], out["scores"]), 1):
+        for i, (item, s) in enumerate(zip(out["items"], out["scores"], strict=True), 1):
             print(f"{i:>4}  {item!s:>8}  {s:8.4f}")
         if args.stepwise:
             print(f"stepwise (init_state + one step over the history, state {out['state_bytes']:,} bytes): "

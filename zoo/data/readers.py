@@ -248,7 +248,7 @@ def _slow_columns(text: str, path: str, sep: str | None, names: list[str]):
             if len(r) != len(names):
                 ln = int(line_numbers[i]) if line_numbers is not None else i + 2
                 raise ValueError(f"{path}, line {ln}: expected {len(names)} fields, found {len(r)}")
-        cols = [list(c) for c in zip(*rows)]
+        cols = [list(c) for c in zip(*rows, strict=True)]
         col = cols.__getitem__
     else:
         tokens = _split_rows(lines, sep, len(names), path, 2)

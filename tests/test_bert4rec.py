@@ -20,13 +20,7 @@ from zoo.models import MODELS  # noqa: E402
 from zoo.models.bert4rec import BERT4RecConfig, BERT4RecModel  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is much faster than oversubscribing a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(**kw) -> BERT4RecModel:

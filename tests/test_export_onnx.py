@@ -75,12 +75,7 @@ GAPS = "-gaps"                                                 # (suffix) --time
 FAST = ["--verify-prime", "20", "--verify-steps", "30", "--verify-cases", "200"]   # CLI plumbing tests only
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

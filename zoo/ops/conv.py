@@ -14,6 +14,20 @@ except Exception:
     _causal_conv1d_fn = None
 
 
+def with_conv_state(x: torch.Tensor, weight: torch.Tensor, conv_state: torch.Tensor | None) -> torch.Tensor:
+    """``x [B, E, L]`` behind its ``conv_state [B, E, K-1]`` (None = zeros) -> ``[B, E, K-1+L]``, the input of a
+    causal depthwise conv with ``weight [E, K]``; wrong weight or state shapes are errors naming the expected ones."""
+    b, e, _ = x.shape
+    k = weight.shape[-1]
+    if weight.shape != (e, k):
+        raise ValueError(f"causal_conv1d: weight must be [E={e}, K], got {list(weight.shape)}")
+    if conv_state is None:
+        conv_state = x.new_zeros(b, e, k - 1)
+    elif conv_state.shape != (b, e, k - 1):
+        raise ValueError(f"causal_conv1d: conv_state must be [{b}, {e}, {k - 1}], got {list(conv_state.shape)}")
+    return torch.cat([conv_state.to(x.dtype), x], dim=-1)
+
+
 def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                       conv_state: torch.Tensor | None = None, activation: str | None = None):
     """Depthwise causal convolution over the last axis, continuing from ``conv_state``.
@@ -27,15 +41,8 @@ def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     Returns:
         ``(out [B, E, L], new_conv_state [B, E, K-1])`` where ``new_conv_state`` holds the last ``K-1`` inputs.
     """
-    b, e, L = x.shape
-    k = weight.shape[-1]
-    if weight.shape != (e, k):
-        raise ValueError(f"causal_conv1d: weight must be [E={e}, K], got {list(weight.shape)}")
-    if conv_state is None:
-        conv_state = x.new_zeros(b, e, k - 1)
-    elif conv_state.shape != (b, e, k - 1):
-        raise ValueError(f"causal_conv1d: conv_state must be [{b}, {e}, {k - 1}], got {list(conv_state.shape)}")
-    xp = torch.cat([conv_state.to(x.dtype), x], dim=-1)                      # [B, E, K-1+L]
+    e, k = x.shape[1], weight.shape[-1]
+    xp = with_conv_state(x, weight, conv_state)                               # [B, E, K-1+L]
     out = F.conv1d(xp, weight.unsqueeze(1), bias, groups=e)                   # [B, E, L]
     if activation == "silu":
         out = F.silu(out)

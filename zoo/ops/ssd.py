@@ -38,6 +38,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .conv import with_conv_state
+
 logger = logging.getLogger(__name__)
 
 try:  # optional CUDA fast path: mamba-ssm's Triton SSD kernels
@@ -289,15 +291,8 @@ def causal_conv1d_act(x, weight, bias=None, conv_state=None, activation=None):
     ``K`` shifted multiply-adds (much faster than ``F.conv1d``'s oneDNN path for the tiny channel counts and one-step
     calls of the SSD models).
     """
-    b, e, L = x.shape
-    k = weight.shape[-1]
-    if weight.shape != (e, k):
-        raise ValueError(f"causal_conv1d: weight must be [E={e}, K], got {list(weight.shape)}")
-    if conv_state is None:
-        conv_state = x.new_zeros(b, e, k - 1)
-    elif conv_state.shape != (b, e, k - 1):
-        raise ValueError(f"causal_conv1d: conv_state must be [{b}, {e}, {k - 1}], got {list(conv_state.shape)}")
-    xp = torch.cat([conv_state.to(x.dtype), x], dim=-1)                         # [B, E, K-1+L]
+    L, k = x.shape[-1], weight.shape[-1]
+    xp = with_conv_state(x, weight, conv_state)                                 # [B, E, K-1+L]
     w = weight.to(x.dtype)
     out = xp[..., 0:L] * w[:, 0, None]
     for j in range(1, k):

@@ -344,6 +344,18 @@ def test_card_compares_with_the_reference_under_the_references_protocol(tmp_path
     assert "| HR@10 | 0.3089 | 0.2500 | -0.0589 |" in card and "Below the reference numbers" in card
 
 
+def test_card_states_the_optimiser_in_words():
+    """The card's Optimiser line is prose, not a Python dict, and names what AdamW leaves undecayed."""
+    assert hub._optimiser_text({"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "batch_size": 32,
+                                "clip": 0.0, "lr_schedule": "linear"}) == \
+        "Adam, lr 0.001 (linear decay to 0), weight decay 0, batch 32, no gradient clipping"
+    assert hub._optimiser_text({"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "batch_size": 128,
+                                "clip": 5.0, "lr_schedule": "constant"}) == \
+        ("AdamW (no decay on biases and normalization gains), lr 0.001, weight decay 0.01, batch 128, "
+         "gradient clip-norm 5")
+    assert hub._threads_text(1) == "1 CPU thread" and hub._threads_text(2) == "2 CPU threads"
+
+
 def test_build_card_folder_measures_under_the_references_protocol(tmp_path):
     """Carding a BERT4Rec run (RecBole protocol) also evaluates it with the history masked, as its reference was
     measured; eval_results.json keeps those numbers, and they are what evaluate_model gives under that protocol."""

@@ -104,9 +104,9 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
 
 - Data: {dataset.get('description', ds_name)}
 - Objective: {_objective(cfg, train_log)}{_weighting_note(train_log)}
-- Optimiser: {train_log.get('train', {})}; seed {train_log.get('seed')}; best epoch {train_log.get('best_epoch')} of
+- Optimiser: {_optimiser_text(train_log.get('train', {}))}; seed {train_log.get('seed')}; best epoch {train_log.get('best_epoch')} of
   {len(train_log.get('epochs', []))} ({train_log.get('stopped', '')}); {train_log.get('train_minutes', 0):.0f} minutes on {env.get('platform', '?')}
-  ({env.get('cpu_threads', '?')} CPU threads{', GPU ' + env['cuda'] if env.get('cuda') else ''}).
+  ({_threads_text(env.get('cpu_threads'))}{', GPU ' + env['cuda'] if env.get('cuda') else ''}).
 - Command: `{train_log.get('command', '')}`
 - Software: python {env.get('python')}, torch {env.get('torch')}, transformers {env.get('transformers')}, numpy {env.get('numpy')}.
 - Parameters: {train_log.get('n_parameters', 0):,}. Config: see `config.json`; item vocabulary: `item_vocab.json`.
@@ -206,6 +206,24 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
         else:
             logger.warning("training history stops at %s (no train_log.json or %s)", folder, STAGES_FILE)
             return stages
+
+
+def _optimiser_text(train: dict) -> str:
+    """``{'optimizer': 'adam', 'lr': 0.001, ...}`` (a training log's ``train``) as card prose:
+    ``Adam, lr 0.001 (linear decay to 0), weight decay 0, batch 32, no gradient clipping``."""
+    if not train:
+        return "not recorded"
+    opt = {"adam": "Adam", "adamw": "AdamW (no decay on biases and normalization gains)"}.get(train.get("optimizer"), str(train.get("optimizer")))
+    sched = train.get("lr_schedule", "constant")
+    parts = [opt, f"lr {train.get('lr')}" + ("" if sched == "constant" else f" ({sched} decay to 0)"),
+             f"weight decay {train.get('weight_decay', 0):g}", f"batch {train.get('batch_size')}"]
+    clip = train.get("clip") or 0
+    parts.append(f"gradient clip-norm {clip:g}" if clip else "no gradient clipping")
+    return ", ".join(parts)
+
+
+def _threads_text(n) -> str:
+    return f"{n} CPU thread" + ("" if n == 1 else "s") if n is not None else "CPU threads not recorded"
 
 
 def _stages_markdown(stages: list[dict]) -> str:

@@ -353,6 +353,9 @@ def test_card_states_the_optimiser_in_words():
                                 "clip": 5.0, "lr_schedule": "constant"}) == \
         ("AdamW (no decay on biases and normalization gains), lr 0.001, weight decay 0.01, batch 128, "
          "gradient clip-norm 5")
+    assert hub._optimiser_text({"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "batch_size": 32, "clip": 0.0,
+                                "lr_schedule": "linear", "decay_over": "time budget of 120.0 minutes"}).startswith(
+        "Adam, lr 0.001 (linear decay to 0 over the time budget of 120.0 minutes), ")
     assert hub._threads_text(1) == "1 CPU thread" and hub._threads_text(2) == "2 CPU threads"
 
 

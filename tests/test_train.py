@@ -245,3 +245,79 @@ def test_adamw_decays_no_bias_or_norm_gain(model_type):
     norms = {n for n in names.values() if "norm" in n.lower() and n.endswith("weight")}
     assert norms and norms <= nod, norms - nod
     assert not {n for n in dec if "bias" in n}
+
+
+class _Clock:
+    """A fake ``time`` module for zoo.train: every call is one second later (deterministic budgets)."""
+
+    def __init__(self):
+        self.t = 1_000.0
+
+    def time(self):
+        self.t += 1.0
+        return self.t
+
+
+def _recorded_lrs(monkeypatch):
+    import zoo.train as T
+
+    seen, real = [], T.make_optimizer
+
+    def recording(*a, **kw):
+        opt = real(*a, **kw)
+        step = opt.step
+
+        def wrapped(*sa, **skw):
+            seen.append(opt.param_groups[0]["lr"])
+            return step(*sa, **skw)
+
+        opt.step = wrapped
+        return opt
+
+    monkeypatch.setattr(T, "make_optimizer", recording)
+    monkeypatch.setattr(T, "time", _Clock())
+    return seen
+
+
+@pytest.mark.parametrize("decay_over", ["epochs", "budget"])
+def test_decay_over_budget_ends_the_decay_at_the_time_budget(tmp_path, monkeypatch, capsys, decay_over):
+    """A 1-minute budget (fake clock, 1 s per clock read) stops a 50-epoch linear schedule after a few epochs: paced
+    by the epochs the learning rate is still near its base there, and the run says so after its first epoch; paced by
+    the budget it has decayed to ~0 by the last step."""
+    seen = _recorded_lrs(monkeypatch)
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    log = train_main(["--model", "mamba4rec", "--data", str(data), "--out", str(tmp_path / "m"), "--epochs", "50",
+                      "--max-len", "30", "--kcore", "0", "--batch-size", "8", "--lr", "1e-2", "--lr-schedule",
+                      "linear", "--max-minutes", "1", "--decay-over", decay_over, "--no-progress",
+                      "--set", *TINY["mamba4rec"]])
+    out = capsys.readouterr().out
+    assert log["stopped"].startswith("time budget") and len(log["epochs"]) < 25, log["stopped"]
+    assert all(b <= a for a, b in itertools.pairwise(seen)) and seen[0] > 0.9e-2
+    if decay_over == "budget":
+        assert seen[-1] < 0.1e-2, seen[-5:]
+        assert log["train"]["decay_over"] == "time budget of 1.0 minutes" and "note:" not in out
+    else:
+        assert seen[-1] > 0.5e-2, seen[-5:]
+        assert "decay_over" not in log["train"]
+        note = next(line for line in out.splitlines() if "note:" in line)
+        assert "time budget ends by epoch" in note and "--decay-over budget" in note, note
+
+
+def test_decay_over_budget_needs_a_budget_and_a_decay(tmp_path):
+    data = _markov_file(tmp_path / "markov.tsv", n_users=20)
+    args = ["--model", "mamba4rec", "--data", str(data), "--out", str(tmp_path / "m"), "--kcore", "0",
+            "--decay-over", "budget", "--no-progress", "--set", *TINY["mamba4rec"]]
+    with pytest.raises(ValueError, match="give --max-minutes"):
+        train_main(args + ["--lr-schedule", "linear"])
+    with pytest.raises(ValueError, match="constant schedule has no decay"):
+        train_main(args + ["--max-minutes", "5"])
+
+
+def test_schedule_progress_takes_the_limit_reached_first():
+    from zoo.train import schedule_progress
+
+    assert schedule_progress(10, 100) == pytest.approx(0.1)
+    assert schedule_progress(10, 100, elapsed_s=30, budget_s=60) == pytest.approx(0.5)
+    assert schedule_progress(90, 100, elapsed_s=30, budget_s=60) == pytest.approx(0.9)
+    assert schedule_progress(10, 100, elapsed_s=90, budget_s=60) == 1.0

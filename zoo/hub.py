@@ -215,7 +215,8 @@ def _optimiser_text(train: dict) -> str:
         return "not recorded"
     opt = {"adam": "Adam", "adamw": "AdamW (no decay on biases and normalization gains)"}.get(train.get("optimizer"), str(train.get("optimizer")))
     sched = train.get("lr_schedule", "constant")
-    parts = [opt, f"lr {train.get('lr')}" + ("" if sched == "constant" else f" ({sched} decay to 0)"),
+    horizon = f" over the {train['decay_over']}" if train.get("decay_over") else ""
+    parts = [opt, f"lr {train.get('lr')}" + ("" if sched == "constant" else f" ({sched} decay to 0{horizon})"),
              f"weight decay {train.get('weight_decay', 0):g}", f"batch {train.get('batch_size')}"]
     clip = train.get("clip") or 0
     parts.append(f"gradient clip-norm {clip:g}" if clip else "no gradient clipping")

@@ -50,6 +50,7 @@ def set_seed(seed: int) -> None:
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+DECAY_HORIZONS = ("epochs", "budget")
 LOSS_WEIGHTINGS = ("window", "target")
 
 
@@ -65,6 +66,17 @@ def lr_factor(schedule: str, progress: float) -> float:
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * p))
     return 1.0
+
+
+def schedule_progress(step: int, total_steps: int, elapsed_s: float = 0.0, budget_s: float | None = None) -> float:
+    """Where the learning-rate schedule stands, in [0, 1]: ``step / total_steps`` of the planned epochs, or, with a
+    time budget (``--decay-over budget``), the larger of that and ``elapsed_s / budget_s``, so that the decay ends at
+    whichever limit comes first. A budget-paced schedule depends on the machine's speed: the same command on another
+    machine takes other learning rates (the log records the budget and the epochs reached)."""
+    p = step / max(total_steps, 1)
+    if budget_s:
+        p = max(p, elapsed_s / budget_s)
+    return min(max(p, 0.0), 1.0)
 
 
 def parse_overrides(items: Sequence[str]) -> dict:
@@ -191,11 +203,15 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           clip: float | None = None, device: str | None = None, amp: bool = False, max_minutes: float | None = None,
           valid_users: int | None = None, exclude_history: bool = False, kcore="auto", progress: bool = True,
           command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant",
-          window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1) -> dict:
+          window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1,
+          decay_over: str = "epochs") -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     ``lr_schedule`` (``constant`` / ``linear`` / ``cosine``) scales the learning rate per batch over the planned
-    ``epochs`` (see :func:`lr_factor`); with ``max_minutes`` set, choose ``epochs`` so that they fit the budget.
+    ``epochs`` (see :func:`lr_factor`); with ``max_minutes`` set, choose ``epochs`` so that they fit the budget (after
+    the first epoch a note says where the budget will stop the schedule), or pace the decay by the clock with
+    ``decay_over="budget"`` (:func:`schedule_progress`: the decay ends at the budget or the last epoch, whichever
+    comes first).
     ``eval_every`` (RecBole's ``eval_step``) validates every that many epochs, and always after the last epoch and
     when the time budget ends; ``patience`` counts validations without a gain, as RecBole's ``stopping_step`` does."""
     from tqdm.auto import tqdm
@@ -204,6 +220,12 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     from .evaluate import evaluate_model
 
     lr_factor(lr_schedule, 0.0)                                    # validate the names before any work
+    if decay_over not in DECAY_HORIZONS:
+        raise ValueError(f"decay_over must be one of {DECAY_HORIZONS}, got {decay_over!r}")
+    if decay_over == "budget" and not max_minutes:
+        raise ValueError("--decay-over budget paces the learning-rate decay by the time budget: give --max-minutes")
+    if decay_over == "budget" and lr_schedule == "constant":
+        raise ValueError("--decay-over budget: the constant schedule has no decay; choose --lr-schedule linear or cosine")
     if int(eval_every) < 1:
         raise ValueError(f"eval_every must be >= 1 (validate every N epochs), got {eval_every}")
     loss_scale(torch.ones(1, 1, dtype=torch.long), 1.0, loss_weighting)
@@ -238,6 +260,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     valid = split.valid if not valid_users else split.valid.head(valid_users)
     opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"])
     preset["lr_schedule"] = lr_schedule
+    if decay_over == "budget":
+        preset["decay_over"] = f"time budget of {max_minutes} minutes"
     n_params = sum(p.numel() for p in model.parameters())
     # BERT4Rec's Cloze objective predicts a random subset of the window items each epoch, not each of them
     what = "window items (Cloze: a random subset predicted per epoch)" if model_type == "bert4rec" else "targets"
@@ -266,7 +290,9 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not progress)
         for i_batch, batch in enumerate(bar):
             if lr_schedule != "constant":
-                f = lr_factor(lr_schedule, ((epoch - 1) * n_batches + i_batch) / (epochs * n_batches))
+                f = lr_factor(lr_schedule, schedule_progress(
+                    (epoch - 1) * n_batches + i_batch, epochs * n_batches, time.time() - t0,
+                    max_minutes * 60 if decay_over == "budget" else None))
                 for group in opt.param_groups:
                     group["lr"] = preset["lr"] * f
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -283,6 +309,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             bar.set_postfix(loss=f"{total / count:.4f}")
         row = {"epoch": epoch, "loss": total / max(count, 1)}
         log["epochs"].append(row)
+        if epoch == 1 and deadline and lr_schedule != "constant" and decay_over == "epochs":
+            _note_budget_vs_schedule(time.time() - te, deadline - te, epochs, lr_schedule)
         if epoch % eval_every and epoch != epochs and not (deadline and time.time() > deadline):  # no validation
             row["seconds"] = time.time() - te
             print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} ({row['seconds']:.0f}s)", flush=True)
@@ -322,6 +350,18 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     return log
 
 
+def _note_budget_vs_schedule(epoch_s: float, left_s: float, epochs: int, schedule: str) -> None:
+    """After the first epoch: if the time budget will end a decaying schedule well before its last epoch, say where
+    (and what the learning rate will still be), so the run can be restarted with fitting ``--epochs``."""
+    fit = 1 + int(max(left_s - epoch_s, 0.0) / max(epoch_s, 1e-9))
+    if fit >= 0.9 * epochs:
+        return
+    print(f"[zoo.train] note: at ~{epoch_s:.0f} s per training epoch (validations not counted) the time budget ends "
+          f"by epoch {fit} of the planned {epochs}, where the {schedule} schedule is still at "
+          f"{lr_factor(schedule, fit / epochs):.2f} x the base learning rate; --epochs {fit} (or fewer) finishes the "
+          "decay, --decay-over budget paces it by the clock", flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model type, e.g. mamba4rec, lrurec, sasrec")
@@ -350,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, help="gradient clip norm (0 = off)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="learning-rate decay over the planned --epochs (linear/cosine to 0)")
+    p.add_argument("--decay-over", choices=DECAY_HORIZONS, default="epochs",
+                   help="budget: the decay ends at --max-minutes or the last epoch, whichever comes first (paced by "
+                        "the clock, so the learning rates depend on the machine's speed)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -379,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  amp=args.amp, max_minutes=args.max_minutes, valid_users=args.valid_users,
                  exclude_history=args.exclude_history, kcore=kcore, progress=not args.no_progress, command=command,
                  init_from=args.init_from, lr_schedule=args.lr_schedule, window_stride=args.window_stride,
-                 loss_weighting=args.loss_weighting, eval_every=args.eval_every)
+                 loss_weighting=args.loss_weighting, eval_every=args.eval_every, decay_over=args.decay_over)
 
 
 if __name__ == "__main__":

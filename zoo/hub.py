@@ -213,7 +213,8 @@ def _optimiser_text(train: dict) -> str:
     ``Adam, lr 0.001 (linear decay to 0), weight decay 0, batch 32, no gradient clipping``."""
     if not train:
         return "not recorded"
-    opt = {"adam": "Adam", "adamw": "AdamW (no decay on biases and normalization gains)"}.get(train.get("optimizer"), str(train.get("optimizer")))
+    names = {"adam": "Adam", "adamw": "AdamW (no decay on biases and normalization gains)"}
+    opt = names.get(train.get("optimizer"), str(train.get("optimizer")))
     sched = train.get("lr_schedule", "constant")
     horizon = f" over the {train['decay_over']}" if train.get("decay_over") else ""
     parts = [opt, f"lr {train.get('lr')}" + ("" if sched == "constant" else f" ({sched} decay to 0{horizon})"),
@@ -224,7 +225,9 @@ def _optimiser_text(train: dict) -> str:
 
 
 def _threads_text(n) -> str:
-    return f"{n} CPU thread" + ("" if n == 1 else "s") if n is not None else "CPU threads not recorded"
+    if n is None:
+        return "CPU threads not recorded"
+    return f"{n} CPU thread" + ("" if n == 1 else "s")
 
 
 def _stages_markdown(stages: list[dict]) -> str:

@@ -101,7 +101,7 @@ def build_model(model_type: str, n_items: int, config_overrides: dict):
     return model_cls(config)
 
 
-def no_decay_parameter(module_name: str, module: torch.nn.Module, param_name: str) -> bool:
+def no_decay_parameter(module: torch.nn.Module, param_name: str) -> bool:
     """True for the parameters AdamW must not decay: biases and normalization gains.
 
     LRURec's rule is by name ("bias" or "layer_norm" in the name, which decays its ``params_log`` and the item table);
@@ -124,11 +124,11 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: f
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         decay, no_decay, seen = [], [], set()
-        for mn, module in model.named_modules():
+        for module in model.modules():
             for pn, p in module.named_parameters(recurse=False):
                 if id(p) not in seen:  # a tied parameter once
                     seen.add(id(p))
-                    (no_decay if no_decay_parameter(mn, module, pn) else decay).append(p)
+                    (no_decay if no_decay_parameter(module, pn) else decay).append(p)
         return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     raise ValueError(f"unknown optimizer {name!r} (adam or adamw)")

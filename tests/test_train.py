@@ -141,23 +141,7 @@ def test_lr_factor_schedules():
 
 def test_linear_schedule_decays_over_planned_epochs(tmp_path, monkeypatch):
     """Every optimizer step sees lr = base * (1 - done/total): strictly decreasing, from base to ~0 at the end."""
-    import zoo.train as T
-
-    seen = []
-    real = T.make_optimizer
-
-    def recording(*a, **kw):
-        opt = real(*a, **kw)
-        step = opt.step
-
-        def wrapped(*sa, **skw):
-            seen.append(opt.param_groups[0]["lr"])
-            return step(*sa, **skw)
-
-        opt.step = wrapped
-        return opt
-
-    monkeypatch.setattr(T, "make_optimizer", recording)
+    seen = _recorded_lrs(monkeypatch)
     torch.set_num_threads(1)
     data = _markov_file(tmp_path / "markov.tsv", n_users=40)
     log = train_main(["--model", "mamba4rec", "--data", str(data), "--out", str(tmp_path / "m"), "--epochs", "2",
@@ -258,7 +242,8 @@ class _Clock:
         return self.t
 
 
-def _recorded_lrs(monkeypatch):
+def _recorded_lrs(monkeypatch, clock=None):
+    """The learning rate of every optimizer step zoo.train takes (filled as it trains); ``clock``: a fake ``time``."""
     import zoo.train as T
 
     seen, real = [], T.make_optimizer
@@ -275,7 +260,8 @@ def _recorded_lrs(monkeypatch):
         return opt
 
     monkeypatch.setattr(T, "make_optimizer", recording)
-    monkeypatch.setattr(T, "time", _Clock())
+    if clock is not None:
+        monkeypatch.setattr(T, "time", clock)
     return seen
 
 
@@ -284,7 +270,7 @@ def test_decay_over_budget_ends_the_decay_at_the_time_budget(tmp_path, monkeypat
     """A 1-minute budget (fake clock, 1 s per clock read) stops a 50-epoch linear schedule after a few epochs: paced
     by the epochs the learning rate is still near its base there, and the run says so after its first epoch; paced by
     the budget it has decayed to ~0 by the last step."""
-    seen = _recorded_lrs(monkeypatch)
+    seen = _recorded_lrs(monkeypatch, clock=_Clock())
     torch.set_num_threads(1)
     data = _markov_file(tmp_path / "markov.tsv", n_users=40)
     log = train_main(["--model", "mamba4rec", "--data", str(data), "--out", str(tmp_path / "m"), "--epochs", "50",

@@ -239,6 +239,9 @@ def test_training_stages_follow_init_from_through_card_folders(tmp_path):
     md = hub._stages_markdown(stages)
     assert "6 epochs, 60 minutes in all" in md and md.count("\n| ") == 4          # header + 3 stage rows
     assert hub._stages_markdown(stages[:1]) == ""
+    # a stage that logged its starting checkpoint's validation shows where it started
+    md = hub._stages_markdown([stages[0], {**stages[1], "init_valid_NDCG10": 0.25}])
+    assert "| 0.2500 → 0.3000 |" in md and "| 0.2000 |" in md, md
     # re-carding d into the card folder it started from: d's stage is already there, and is not counted twice
     (card / hub.STAGES_FILE).write_text(json.dumps({"stages": stages}))
     assert [s["command"] for s in hub.training_stages(d)] == ["train a", "train b", "train d"]

@@ -97,6 +97,44 @@ def test_init_from_continues_training(tmp_path):
     second = train_main(args + ["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")])
     assert second["init_from"] == str(tmp_path / "a")
     assert second["epochs"][0]["loss"] < first["epochs"][0]["loss"]
+    # the stage starts by validating its checkpoint: the first run's best, measured again
+    assert second["init_valid_NDCG10"] == pytest.approx(first["best_valid_NDCG10"], abs=1e-6)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_stage_that_does_not_beat_its_start_says_so(tmp_path, capsys):
+    """With lr 0 no epoch can beat the starting checkpoint: the run says that the checkpoint it started from remains
+    the better model."""
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "1", "--set", *TINY["gru4rec"]]
+    train_main(args + ["--out", str(tmp_path / "a")])
+    capsys.readouterr()
+    log = train_main(args + ["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a"), "--lr", "0"])
+    assert log["best_valid_NDCG10"] == log["init_valid_NDCG10"]
+    assert f"{tmp_path / 'a'} remains the better model" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_out_folder_holding_a_checkpoint_is_refused(tmp_path):
+    """A run never silently replaces a checkpoint: --out holding one needs --overwrite, and --out equal to
+    --init-from is refused even then; both before any work (the existing files are untouched)."""
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "1", "--set", *TINY["gru4rec"]]
+    a = tmp_path / "a"
+    train_main(args + ["--out", str(a)])
+    before = {f.name: f.read_bytes() for f in a.iterdir()}
+    with pytest.raises(ValueError, match=r"already holds a checkpoint \(config.json, model.safetensors, train_log"):
+        train_main(args + ["--out", str(a)])
+    with pytest.raises(ValueError, match="would overwrite the checkpoint it starts from"):
+        train_main(args + ["--out", str(a), "--init-from", str(a), "--overwrite"])
+    assert {f.name: f.read_bytes() for f in a.iterdir()} == before
+    log = train_main(args + ["--out", str(a), "--overwrite", "--seed", "3"])
+    assert json.loads((a / "train_log.json").read_text())["seed"] == log["seed"] == 3
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        train_main(args + ["--out", str(tmp_path / "c"), "--patience", "0"])
+    assert not (tmp_path / "c").exists()
 
 
 def test_eval_every_validates_every_n_epochs_and_after_the_last(tmp_path):

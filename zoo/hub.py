@@ -237,16 +237,17 @@ def _stages_markdown(stages: list[dict]) -> str:
     rows = []
     for i, st in enumerate(stages, 1):
         ep = st.get("epochs", [])
-        best = st.get("best_valid_NDCG10")
+        best, start = st.get("best_valid_NDCG10"), st.get("init_valid_NDCG10")
+        valid = "" if best is None else f"{best:.4f}" if start is None else f"{start:.4f} → {best:.4f}"
         rows.append(f"| {i} | `{st.get('command', '')}` | {len(ep)} | {st.get('best_epoch', '?')} | "
-                    f"{'' if best is None else f'{best:.4f}'} | {st.get('train_minutes', 0):.0f} | "
+                    f"{valid} | {st.get('train_minutes', 0):.0f} | "
                     f"{st.get('stopped', '')} |")
     total_ep = sum(len(st.get("epochs", [])) for st in stages)
     total_min = sum(st.get("train_minutes", 0) for st in stages)
     return ("\n### Training stages\n\nThis checkpoint was trained in stages, each continuing from the best checkpoint "
             f"of the one before (`--init-from`): {total_ep} epochs, {total_min:.0f} minutes in all. The full logs "
             f"(per-epoch loss and validation) are in `{STAGES_FILE}`.\n\n| stage | command | epochs | best epoch | "
-            "best valid NDCG@10 | minutes | stopped |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "valid NDCG@10 (start → best) | minutes | stopped |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,

@@ -204,7 +204,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           valid_users: int | None = None, exclude_history: bool = False, kcore="auto", progress: bool = True,
           command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant",
           window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1,
-          decay_over: str = "epochs") -> dict:
+          decay_over: str = "epochs", overwrite: bool = False) -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     ``lr_schedule`` (``constant`` / ``linear`` / ``cosine``) scales the learning rate per batch over the planned
@@ -213,7 +213,10 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     ``decay_over="budget"`` (:func:`schedule_progress`: the decay ends at the budget or the last epoch, whichever
     comes first).
     ``eval_every`` (RecBole's ``eval_step``) validates every that many epochs, and always after the last epoch and
-    when the time budget ends; ``patience`` counts validations without a gain, as RecBole's ``stopping_step`` does."""
+    when the time budget ends; ``patience`` counts validations without a gain, as RecBole's ``stopping_step`` does.
+    A run started ``init_from`` a checkpoint first validates that checkpoint (logged as ``init_valid_NDCG10``) and
+    says at the end when no epoch beat it. ``out`` must not already hold a checkpoint unless ``overwrite`` (see
+    :func:`check_output_folder`)."""
     from tqdm.auto import tqdm
 
     from .data import iterate_batches, leave_one_out, load_dataset, training_windows
@@ -228,6 +231,9 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         raise ValueError("--decay-over budget: the constant schedule has no decay; choose --lr-schedule linear or cosine")
     if int(eval_every) < 1:
         raise ValueError(f"eval_every must be >= 1 (validate every N epochs), got {eval_every}")
+    if int(patience) < 1:
+        raise ValueError(f"patience must be >= 1 (validations without a gain before stopping), got {patience}")
+    check_output_folder(out, init_from, overwrite)
     loss_scale(torch.ones(1, 1, dtype=torch.long), 1.0, loss_weighting)
     if loss_weighting == "target" and model_type == "bert4rec":
         raise ValueError("--loss-weighting target: BERT4Rec's Cloze loss is not a mean over the labelled positions")
@@ -276,6 +282,11 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
            "window_stride": windows.stride, "loss_weighting": loss_weighting,
            "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every}
     targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]
+    if init_from:  # where this stage starts, so that a stage that only lost ground says so
+        start = evaluate_model(model, valid, ks=(10,), exclude_history=exclude_history, progress=False)
+        log["init_valid_NDCG10"] = start["NDCG@10"]
+        print(f"[zoo.train] starting checkpoint: valid NDCG@10 {start['NDCG@10']:.4f} HR@10 {start['HR@10']:.4f}",
+              flush=True)
     best, best_epoch, bad = -1.0, -1, 0
     gen = np.random.default_rng(seed)
     deadline = t0 + max_minutes * 60 if max_minutes else None
@@ -345,9 +356,29 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                train_minutes=(time.time() - t0) / 60)
     with open(os.path.join(out, "train_log.json"), "w") as f:
         json.dump(log, f, indent=1)
+    if init_from and best <= log["init_valid_NDCG10"]:
+        print(f"[zoo.train] note: no epoch beat the starting checkpoint on validation (best NDCG@10 {best:.4f} at "
+              f"epoch {best_epoch}, {log['init_valid_NDCG10']:.4f} at the start): {init_from} remains the better "
+              "model", flush=True)
     print(f"[zoo.train] done ({stopped}); best epoch {best_epoch}; test: "
           + " ".join(f"{k} {v:.4f}" for k, v in test.items() if "Recall" not in k), flush=True)
     return log
+
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "train_log.json")
+
+
+def check_output_folder(out: str | os.PathLike, init_from: str | None = None, overwrite: bool = False) -> None:
+    """Refuse, before any work, to write a run into a folder that already holds a checkpoint (one of
+    :data:`CHECKPOINT_FILES`) unless ``overwrite``, and always into the folder the run starts from (``init_from``):
+    the first validated epoch would replace the starting checkpoint, whether or not it is better."""
+    if init_from and os.path.isdir(init_from) and os.path.isdir(out) and os.path.samefile(out, init_from):
+        raise ValueError(f"--out {out} is the --init-from checkpoint: the run would overwrite the checkpoint it "
+                         "starts from; choose a new folder")
+    found = [f for f in CHECKPOINT_FILES if os.path.exists(os.path.join(out, f))]
+    if found and not overwrite:
+        raise ValueError(f"--out {out} already holds a checkpoint ({', '.join(found)}): choose a new folder, or pass "
+                         "--overwrite to replace it")
 
 
 def _note_budget_vs_schedule(epoch_s: float, left_s: float, epochs: int, schedule: str) -> None:
@@ -400,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-users", type=int, help="validate on the first N users only (faster epochs)")
     p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: mask history items in eval")
     p.add_argument("--kcore", default="auto", help="k-core filter: auto (5 for .inter, none for .seq), 0, or k")
-    p.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init")
+    p.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init; it "
+                                       "is validated first, so the log shows where the run started")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -422,7 +455,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  amp=args.amp, max_minutes=args.max_minutes, valid_users=args.valid_users,
                  exclude_history=args.exclude_history, kcore=kcore, progress=not args.no_progress, command=command,
                  init_from=args.init_from, lr_schedule=args.lr_schedule, window_stride=args.window_stride,
-                 loss_weighting=args.loss_weighting, eval_every=args.eval_every, decay_over=args.decay_over)
+                 loss_weighting=args.loss_weighting, eval_every=args.eval_every, decay_over=args.decay_over,
+                 overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -1125,12 +1127,6 @@ def _load_model(name_or_path: str):
     return SeqRecPreTrainedModel.from_pretrained(name_or_path)
 
 
-def _remove(paths) -> None:
-    for p in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(p)
-
-
 def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, topk: int = 10,
                  with_scores: bool = False, verify: bool = True, real_histories: Sequence[Sequence[int]] | None = None,
                  real_timestamps: Sequence[Sequence[float]] | None = None,
@@ -1142,8 +1138,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         kind: "step" (default for models with an exact step) or "window".
         topk: ``K`` of the in-graph TopK.
         with_scores: also output ``scores [B, n_items]``.
-        verify: run :func:`export.verify.verify_export`; on failure both files are removed and
-            :class:`VerificationError` is raised.
+        verify: run :func:`export.verify.verify_export`; on failure :class:`VerificationError` is raised and
+            nothing is written to ``out_dir`` (the files are staged and only moved there once verified).
         real_histories: internal-index histories for the "real" verification cases.
         real_timestamps: their timestamps (seconds, aligned item by item) for time-aware models; without them the
             real cases get synthetic timestamps.
@@ -1168,30 +1164,34 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN)
     say(f"  {len(mp.graph.node)} nodes ({n_scan} scan nodes in {ps.ONNX_DOMAIN}), checker full_check OK "
         f"[{time.perf_counter() - t0:.1f} s]")
-    onnx.save(mp, str(graph_path))
-    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
-    files = [str(graph_path), str(spec_path)]
-    if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
-        files.append(model.item_vocab.save(str(out)))
-        spec["item_vocab"] = os.path.basename(files[-1])
-        spec_path.write_text(json.dumps(spec, indent=2) + "\n")
-    report = None
-    if verify:
-        from . import verify as V
+    # written and verified in a staging folder inside out_dir, moved into place only when verified: a failed
+    # export leaves out_dir's earlier files (e.g. a card's verified graph) as they were
+    stage = pathlib.Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out))
+    try:
+        onnx.save(mp, str(stage / GRAPH_FILE))
+        (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        names = [GRAPH_FILE, SPEC_FILE]
+        if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
+            names.append(os.path.basename(model.item_vocab.save(str(stage))))
+            spec["item_vocab"] = names[-1]
+            (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        report = None
+        if verify:
+            from . import verify as V
 
-        say("verifying against PyTorch (ONNX Runtime, CPU) ...")
-        try:
-            report = V.verify_export(model, str(graph_path), spec, real_histories=real_histories,
+            say("verifying against PyTorch (ONNX Runtime, CPU) ...")
+            report = V.verify_export(model, str(stage / GRAPH_FILE), spec, real_histories=real_histories,
                                      real_timestamps=real_timestamps, progress=say, **(verify_kwargs or {}))
-        except Exception:
-            _remove(files)
-            raise
-        if not report.ok:
-            _remove(files)
-            raise VerificationError(f"verification FAILED, artefact removed ({graph_path}): {report.worst_message()}",
-                                    report)
-        spec["verification"] = report.to_dict()
-        spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+            if not report.ok:
+                raise VerificationError(f"verification FAILED, nothing written to {out} (its earlier files are kept): "
+                                        f"{report.worst_message()}", report)
+            spec["verification"] = report.to_dict()
+            (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        for name in names:
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    files = [str(out / name) for name in names]
     return ExportResult(kind=kind, graph_path=str(graph_path), spec_path=str(spec_path), spec=spec, report=report,
                         files=files)
 

@@ -278,13 +278,21 @@ def saved_model(tmp_path_factory):
 
 
 def test_failed_verification_exits_nonzero_and_removes_artefact(saved_model, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(V, "SCORE_ATOL", 0.0)
     out = tmp_path / "out"
+    assert E.main(["--model", saved_model, "--out", str(out), *FAST]) == 0      # a verified export already there
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert {"model.onnx", "state_spec.json"} <= set(before)
+    capsys.readouterr()
+    monkeypatch.setattr(V, "SCORE_ATOL", 0.0)
     rc = E.main(["--model", saved_model, "--out", str(out), *FAST])
     text = capsys.readouterr().out
     assert rc == 1
-    assert "FAILED" in text and "worst case" in text
-    assert not (out / "model.onnx").exists() and not (out / "state_spec.json").exists()
+    assert "FAILED" in text and "worst case" in text and "nothing written to" in text
+    # the failed export is gone, staging folder included, and the earlier verified files are untouched
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    fresh = tmp_path / "fresh"
+    assert E.main(["--model", saved_model, "--out", str(fresh), *FAST]) == 1
+    assert list(fresh.iterdir()) == []
 
 
 def test_corrupted_graph_fails_verification(saved_model, tmp_path, monkeypatch, capsys):

@@ -13,6 +13,7 @@ from zoo import hub
 from zoo.convert import convert
 from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
 from zoo.pretrained import seed_hf_cache
+from zoo.vocab import UnknownItemError
 
 
 @pytest.fixture
@@ -390,3 +391,12 @@ def test_build_card_folder_measures_under_the_references_protocol(tmp_path):
     assert all(abs(masked[k] - v) < 1e-9 for k, v in ref["metrics"].items())
     text = (card / "README.md").read_text()
     assert ref["command"] in text and "Cloze" in text and f"| HR@10 | 0.3089 | {masked['HR@10']:.4f} |" in text
+    # re-carding from a second run against data the model cannot rank (unknown items) fails before it replaces
+    # anything in the card folder
+    train_main(["--model", "bert4rec", "--data", data, "--epochs", "1", "--max-len", "20", "--kcore", "0", "--seed", "5",
+                "--no-progress", "--out", str(tmp_path / "run2"), "--set", "hidden_size=16", "inner_size=32"])
+    other = str(_markov_file(tmp_path / "other.tsv", n_users=40, n_items=60, length=(12, 20)))
+    before = {f.name: f.read_bytes() for f in card.iterdir()}
+    with pytest.raises(UnknownItemError):
+        hub.build_card_folder(str(tmp_path / "run2"), "tiny-b4r", other, out_dir=str(card), dataset_type="ml-1m")
+    assert {f.name: f.read_bytes() for f in card.iterdir()} == before

@@ -253,8 +253,8 @@ def _stages_markdown(stages: list[dict]) -> str:
 def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,
                       description: str | None = None, dataset_type: str = "ml-1m",
                       dataset_name: str = "MovieLens-1M (5-core)", notes: str = "") -> dict:
-    """Copy a training run's best checkpoint into ``hub_cards/<name>``, evaluate it on the test split and write
-    its card. Returns the measured metrics.
+    """Evaluate a training run's best checkpoint on the test split, then copy it into ``hub_cards/<name>`` and write
+    its card (nothing in the folder is replaced when the evaluation fails). Returns the measured metrics.
 
     When the model's published reference was measured under the other protocol (BERT4Rec: LRURec's history-masked
     numbers), the model is evaluated under that protocol too; ``eval_results.json["reference_protocol"]`` keeps
@@ -265,11 +265,9 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     from .evaluate import align_with_model, evaluate_model
 
     out_dir = out_dir or os.path.join(pathlib.Path(__file__).resolve().parent.parent, "hub_cards", name)
-    os.makedirs(out_dir, exist_ok=True)
-    exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
-    for f in ("config.json", "model.safetensors", "item_vocab.json"):
-        shutil.copyfile(os.path.join(run_dir, f), os.path.join(out_dir, f))
-    model = AutoModel.from_pretrained(out_dir)
+    # everything is measured on the run's checkpoint first: an error (wrong data, a vocabulary that does not fit)
+    # leaves an existing card folder as it was
+    model = AutoModel.from_pretrained(run_dir)
     ds, _ = align_with_model(load_dataset(data), model)
     test = leave_one_out(ds).test
     metrics = evaluate_model(model, test, ks=(5, 10, 20), exclude_history=exclude_history)
@@ -296,6 +294,10 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                "description": description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, "
                                              f"{ds.n_interactions:,} interactions"}
     stages = training_stages(run_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
+    for f in ("config.json", "model.safetensors", "item_vocab.json"):
+        shutil.copyfile(os.path.join(run_dir, f), os.path.join(out_dir, f))
     make_card(out_dir, name, metrics, protocol, dataset, log,
               extra_sections=_stages_markdown(stages) + (f"\n{notes.strip()}\n" if notes.strip() else ""),
               reference_metrics=reference)

@@ -393,8 +393,9 @@ def test_build_card_folder_measures_under_the_references_protocol(tmp_path):
     assert ref["command"] in text and "Cloze" in text and f"| HR@10 | 0.3089 | {masked['HR@10']:.4f} |" in text
     # re-carding from a second run against data the model cannot rank (unknown items) fails before it replaces
     # anything in the card folder
-    train_main(["--model", "bert4rec", "--data", data, "--epochs", "1", "--max-len", "20", "--kcore", "0", "--seed", "5",
-                "--no-progress", "--out", str(tmp_path / "run2"), "--set", "hidden_size=16", "inner_size=32"])
+    train_main(["--model", "bert4rec", "--data", data, "--epochs", "1", "--max-len", "20", "--kcore", "0",
+                "--seed", "5", "--no-progress", "--out", str(tmp_path / "run2"), "--set", "hidden_size=16",
+                "inner_size=32"])
     other = str(_markov_file(tmp_path / "other.tsv", n_users=40, n_items=60, length=(12, 20)))
     before = {f.name: f.read_bytes() for f in card.iterdir()}
     with pytest.raises(UnknownItemError):

@@ -247,7 +247,8 @@ def _stages_markdown(stages: list[dict]) -> str:
     return ("\n### Training stages\n\nThis checkpoint was trained in stages, each continuing from the best checkpoint "
             f"of the one before (`--init-from`): {total_ep} epochs, {total_min:.0f} minutes in all. The full logs "
             f"(per-epoch loss and validation) are in `{STAGES_FILE}`.\n\n| stage | command | epochs | best epoch | "
-            "valid NDCG@10 (start → best) | minutes | stopped |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "valid NDCG@10 (start → best) | minutes | stopped |\n|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
 
 
 def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,

@@ -116,7 +116,7 @@ def test_a_stage_that_does_not_beat_its_start_says_so(tmp_path, capsys):
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_out_folder_holding_a_checkpoint_is_refused(tmp_path):
+def test_out_folder_holding_a_checkpoint_is_refused(tmp_path, monkeypatch):
     """A run never silently replaces a checkpoint: --out holding one needs --overwrite, and --out equal to
     --init-from is refused even then; both before any work (the existing files are untouched)."""
     data = _markov_file(tmp_path / "markov.tsv", n_users=40)
@@ -129,6 +129,10 @@ def test_out_folder_holding_a_checkpoint_is_refused(tmp_path):
         train_main(args + ["--out", str(a)])
     with pytest.raises(ValueError, match="would overwrite the checkpoint it starts from"):
         train_main(args + ["--out", str(a), "--init-from", str(a), "--overwrite"])
+    import zoo.pretrained                                           # a Hub id that resolves to the bundled folder `a`
+    monkeypatch.setattr(zoo.pretrained, "bundled_models", lambda: {"tiny-gru": a})
+    with pytest.raises(ValueError, match="would overwrite the checkpoint it starts from"):
+        train_main(args + ["--out", str(a), "--init-from", "ssm-rec-zoo/tiny-gru", "--overwrite"])
     assert {f.name: f.read_bytes() for f in a.iterdir()} == before
     log = train_main(args + ["--out", str(a), "--overwrite", "--seed", "3"])
     assert json.loads((a / "train_log.json").read_text())["seed"] == log["seed"] == 3

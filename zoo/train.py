@@ -372,7 +372,10 @@ def check_output_folder(out: str | os.PathLike, init_from: str | None = None, ov
     """Refuse, before any work, to write a run into a folder that already holds a checkpoint (one of
     :data:`CHECKPOINT_FILES`) unless ``overwrite``, and always into the folder the run starts from (``init_from``):
     the first validated epoch would replace the starting checkpoint, whether or not it is better."""
-    if init_from and os.path.isdir(init_from) and os.path.isdir(out) and os.path.samefile(out, init_from):
+    from .pretrained import _bundled_for
+
+    start = None if not init_from else init_from if os.path.isdir(init_from) else _bundled_for(init_from)
+    if start is not None and os.path.isdir(out) and os.path.samefile(out, start):   # a folder, or a bundled Hub id
         raise ValueError(f"--out {out} is the --init-from checkpoint: the run would overwrite the checkpoint it "
                          "starts from; choose a new folder")
     found = [f for f in CHECKPOINT_FILES if os.path.exists(os.path.join(out, f))]

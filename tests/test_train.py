@@ -349,3 +349,18 @@ def test_schedule_progress_takes_the_limit_reached_first():
     assert schedule_progress(10, 100, elapsed_s=30, budget_s=60) == pytest.approx(0.5)
     assert schedule_progress(90, 100, elapsed_s=30, budget_s=60) == pytest.approx(0.9)
     assert schedule_progress(10, 100, elapsed_s=90, budget_s=60) == 1.0
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--batch-size", "0", "batch_size must be >= 1"), ("--epochs", "0", "epochs must be >= 1"),
+    ("--clip", "-1", "clip .* must be >= 0"), ("--lr", "-0.001", "lr must be >= 0"),
+    ("--weight-decay", "-1", "weight_decay must be >= 0"), ("--max-minutes", "0", "max_minutes must be > 0"),
+    ("--max-minutes", "nan", "max_minutes must be > 0"), ("--valid-users", "0", "valid_users must be >= 1"),
+    ("--threads", "0", "--threads must be >= 1")])
+def test_bad_training_numbers_are_refused_before_any_work(tmp_path, flag, value, message):
+    """Numbers that would crash late (batch 0), do nothing (0 epochs), or train silently wrong (a negative clip norm
+    flips the gradients' sign; a zero budget or --valid-users 0 would mean 'one epoch' or 'all users') are errors."""
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        train_main(["--model", "gru4rec", "--data", str(tmp_path / "not-read.tsv"), "--out", str(out), flag, value])
+    assert not out.exists()

@@ -244,6 +244,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     for k, v in dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, clip=clip).items():
         if v is not None:
             preset[k] = v
+    _check_numbers(epochs=epochs, batch_size=preset["batch_size"], lr=preset["lr"], clip=preset["clip"],
+                   weight_decay=preset["weight_decay"], max_minutes=max_minutes, valid_users=valid_users)
     set_seed(seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.time()
@@ -263,7 +265,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     model.set_item_vocab(ds.vocab)
     windows = training_windows(split.train, model.config.max_seq_length,
                                split.train_timestamps if model.uses_timestamps else None, stride=window_stride)
-    valid = split.valid if not valid_users else split.valid.head(valid_users)
+    valid = split.valid if valid_users is None else split.valid.head(valid_users)
     opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"])
     preset["lr_schedule"] = lr_schedule
     if decay_over == "budget":
@@ -365,6 +367,29 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     return log
 
 
+def _check_numbers(epochs: int, batch_size: int, lr: float, clip: float, weight_decay: float,
+                   max_minutes: float | None, valid_users: int | None) -> None:
+    """Refuse numbers that would fail late or train silently wrong (a negative clip norm flips the gradients'
+    sign in ``clip_grad_norm_``; a zero budget or ``--valid-users 0`` would otherwise mean "one epoch" / "all")."""
+    bad = []
+    if int(epochs) < 1:
+        bad.append(f"epochs must be >= 1, got {epochs}")
+    if int(batch_size) < 1:
+        bad.append(f"batch_size must be >= 1, got {batch_size}")
+    if not float(lr) >= 0.0:
+        bad.append(f"lr must be >= 0, got {lr}")
+    if not float(clip) >= 0.0:
+        bad.append(f"clip (gradient clip norm; 0 = off) must be >= 0, got {clip}")
+    if not float(weight_decay) >= 0.0:
+        bad.append(f"weight_decay must be >= 0, got {weight_decay}")
+    if max_minutes is not None and not float(max_minutes) > 0.0:
+        bad.append(f"max_minutes must be > 0, got {max_minutes}")
+    if valid_users is not None and int(valid_users) < 1:
+        bad.append(f"valid_users must be >= 1 (omit it to validate on every user), got {valid_users}")
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "train_log.json")
 
 
@@ -443,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     overrides = {}
     if args.config:

@@ -291,6 +291,10 @@ def test_cli_onnx(tmp_path, capsys):
         main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--history-share", "--ks", "5"])
     with pytest.raises(SystemExit, match="exported without --exclude-seen"):
         main(["--onnx", str(tmp_path / "plain"), "--data", str(data), "--exclude-history", "--ks", "5"])
+    with pytest.raises(SystemExit, match="must be >= 1"):
+        main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--threads", "0"])
+    with pytest.raises(SystemExit, match="--threads is for --onnx"):             # was silently ignored
+        main(["--model", str(tmp_path / "m"), "--data", str(data), "--threads", "2"])
 
 
 def _save(model, path):

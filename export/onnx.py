@@ -1169,12 +1169,11 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     stage = pathlib.Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out))
     try:
         onnx.save(mp, str(stage / GRAPH_FILE))
-        (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
         names = [GRAPH_FILE, SPEC_FILE]
         if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
             names.append(os.path.basename(model.item_vocab.save(str(stage))))
             spec["item_vocab"] = names[-1]
-            (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
         report = None
         if verify:
             from . import verify as V

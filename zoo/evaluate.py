@@ -271,9 +271,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.max_users is not None and args.max_users < 1:
         raise SystemExit("--max-users must be >= 1")
-    if args.threads is not None and (args.threads < 1 or not args.onnx):
-        raise SystemExit("--threads sets ONNX Runtime's threads for --onnx, and must be >= 1" if args.threads < 1 else
-                         "--threads is for --onnx (ONNX Runtime's threads); a --model evaluation uses torch's, set by "
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit("--threads sets ONNX Runtime's threads for --onnx, and must be >= 1")
+    if args.threads is not None and not args.onnx:
+        raise SystemExit("--threads is for --onnx (ONNX Runtime's threads); a --model evaluation uses torch's, set by "
                          "OMP_NUM_THREADS")
     t0 = time.time()
     if args.onnx:

@@ -229,10 +229,6 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         raise ValueError("--decay-over budget paces the learning-rate decay by the time budget: give --max-minutes")
     if decay_over == "budget" and lr_schedule == "constant":
         raise ValueError("--decay-over budget: the constant schedule has no decay; choose --lr-schedule linear or cosine")
-    if int(eval_every) < 1:
-        raise ValueError(f"eval_every must be >= 1 (validate every N epochs), got {eval_every}")
-    if int(patience) < 1:
-        raise ValueError(f"patience must be >= 1 (validations without a gain before stopping), got {patience}")
     check_output_folder(out, init_from, overwrite)
     loss_scale(torch.ones(1, 1, dtype=torch.long), 1.0, loss_weighting)
     if loss_weighting == "target" and model_type == "bert4rec":
@@ -245,7 +241,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         if v is not None:
             preset[k] = v
     _check_numbers(epochs=epochs, batch_size=preset["batch_size"], lr=preset["lr"], clip=preset["clip"],
-                   weight_decay=preset["weight_decay"], max_minutes=max_minutes, valid_users=valid_users)
+                   weight_decay=preset["weight_decay"], max_minutes=max_minutes, valid_users=valid_users,
+                   eval_every=eval_every, patience=patience)
     set_seed(seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.time()
@@ -266,6 +263,10 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     windows = training_windows(split.train, model.config.max_seq_length,
                                split.train_timestamps if model.uses_timestamps else None, stride=window_stride)
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
+
+    def validate(m) -> dict:
+        return evaluate_model(m, valid, ks=(10,), exclude_history=exclude_history, progress=False)
+
     opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"])
     preset["lr_schedule"] = lr_schedule
     if decay_over == "budget":
@@ -285,7 +286,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
            "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every}
     targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]
     if init_from:  # where this stage starts, so that a stage that only lost ground says so
-        start = evaluate_model(model, valid, ks=(10,), exclude_history=exclude_history, progress=False)
+        start = validate(model)
         log["init_valid_NDCG10"] = start["NDCG@10"]
         print(f"[zoo.train] starting checkpoint: valid NDCG@10 {start['NDCG@10']:.4f} HR@10 {start['HR@10']:.4f}",
               flush=True)
@@ -328,7 +329,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             row["seconds"] = time.time() - te
             print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} ({row['seconds']:.0f}s)", flush=True)
             continue
-        metrics = evaluate_model(model, valid, ks=(10,), exclude_history=exclude_history, progress=False)
+        metrics = validate(model)
         ndcg = metrics["NDCG@10"]
         row.update({"valid_NDCG@10": ndcg, "valid_HR@10": metrics["HR@10"], "seconds": time.time() - te})
         improved = ndcg > best
@@ -368,7 +369,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
 
 
 def _check_numbers(epochs: int, batch_size: int, lr: float, clip: float, weight_decay: float,
-                   max_minutes: float | None, valid_users: int | None) -> None:
+                   max_minutes: float | None, valid_users: int | None, eval_every: int, patience: int) -> None:
     """Refuse numbers that would fail late or train silently wrong (a negative clip norm flips the gradients'
     sign in ``clip_grad_norm_``; a zero budget or ``--valid-users 0`` would otherwise mean "one epoch" / "all")."""
     bad = []
@@ -386,6 +387,10 @@ def _check_numbers(epochs: int, batch_size: int, lr: float, clip: float, weight_
         bad.append(f"max_minutes must be > 0, got {max_minutes}")
     if valid_users is not None and int(valid_users) < 1:
         bad.append(f"valid_users must be >= 1 (omit it to validate on every user), got {valid_users}")
+    if int(eval_every) < 1:
+        bad.append(f"eval_every must be >= 1 (validate every N epochs), got {eval_every}")
+    if int(patience) < 1:
+        bad.append(f"patience must be >= 1 (validations without a gain before stopping), got {patience}")
     if bad:
         raise ValueError("; ".join(bad))
 

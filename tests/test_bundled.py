@@ -76,6 +76,30 @@ def test_readme_main_command_runs_on_the_bundled_default(capsys):
     assert out["stepwise_items"] == out["items"] and out["stepwise_max_abs_diff"] < 1e-4
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--user", "5"], "--user needs --data"),
+    (["--data", "x.seq", "--user", "5", "--history", "1", "2"], "two sources of history"),
+    (["--data", "x.seq", "--user", "5", "--timestamps", "1"], "two sources of history"),
+    (["--timestamps", "1", "2"], "--timestamps needs --history"),
+    (["--data", "x.seq"], "--data needs --user"),
+])
+def test_recommend_refuses_ambiguous_history_sources(argv, message, capsys):
+    """A history option the command would ignore (``--user`` without a file, ``--history`` beside ``--data``) is a
+    usage error before any model is loaded, not a recommendation for some other history."""
+    from zoo.recommend import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_recommend_refuses_timestamps_for_a_model_that_ignores_them():
+    from zoo.recommend import main
+
+    with pytest.raises(SystemExit, match="mamba4rec does not read timestamps"):
+        main(["--history", "1", "2", "3", "--timestamps", "1", "2"])
+
+
 EXPORTS = [(f, rel) for f in FOLDERS for rel in ("onnx", "onnx-window") if (f / rel / "state_spec.json").exists()]
 
 

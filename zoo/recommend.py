@@ -36,6 +36,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--stepwise", action="store_true", help="use init_state/step (recurrent models) and compare")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
+    # one source of history: a file's user, or ids (and timestamps) on the command line -- never both silently
+    if args.data and args.user is None:
+        p.error("--data needs --user")
+    if args.user is not None and not args.data:
+        p.error("--user needs --data (the interaction file the user is in)")
+    if args.data and (args.history or args.timestamps):
+        p.error("--history/--timestamps and --data/--user are two sources of history: give one")
+    if args.timestamps and not args.history:
+        p.error("--timestamps needs --history (one timestamp per history item)")
 
     import zoo  # noqa: F401  (registers the models)
     from transformers import AutoModel
@@ -45,20 +54,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # resolve first: a Hub id that is unreachable *or not published* falls back to the bundled copy
     model = AutoModel.from_pretrained(resolve_pretrained(args.model)).eval()
     if args.data:
-        if args.user is None:
-            p.error("--data needs --user")
         from .data import load_dataset
 
         ds = load_dataset(args.data)
         uid = _parse_id(args.user)
         if uid not in ds.users:
-            sys.exit(f"user {args.user!r} not found in {args.data}")
+            sys.exit(f"error: user {args.user!r} not found in {args.data}")
         r = ds.users.index(uid)
         history = ds.vocab.decode(ds.sequences[r].tolist())
         timestamps = ds.timestamps[r].tolist() if ds.timestamps is not None else None
     else:
         history = [_parse_id(x) for x in args.history] if args.history else list(DEFAULT_HISTORY)
         timestamps = args.timestamps
+    if args.timestamps and not model.uses_timestamps:
+        sys.exit(f"error: {model.config.model_type} does not read timestamps; --timestamps is for time-aware models")
     if model.uses_timestamps and timestamps is None:
         sys.exit(f"error: {model.config.model_type} reads timestamps: pass --timestamps (one per item) or --data/--user")
     try:

@@ -183,6 +183,38 @@ def test_cli_inter_file_and_unknown_items(tmp_path):
         main(["--model", str(d), "--data", str(data), "--kcore", "none", "--no-progress"])
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--ks", "0"], "--ks: expected an int >= 1, got '0'"), (["--batch-size", "0"], "--batch-size: expected an int"),
+    (["--max-users", "-5"], "--max-users: expected an int"), (["--kcore", "-1"], "--kcore must be an int >= 1"),
+    (["--kcore", "x"], "--kcore must be an int >= 1")])
+def test_cli_refuses_bad_numbers_before_loading(tmp_path, argv, message, capsys):
+    """Cut-offs, batch size, user count and k-core are checked by the parser (usage error, exit 2), not by a
+    traceback from deep inside the evaluation -- and a negative k-core is not silently 'no filter'."""
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path / "not-read"), "--data", str(tmp_path / "not-read.seq"), *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_duplicate_cutoffs_and_unavailable_device(tmp_path, capsys):
+    d = save_model(tmp_path, [10, 20, 30, 40, 50])
+    data = tmp_path / "d.seq"
+    data.write_text("user_id\titem_ids_chronological\n1\t10 20 30 40\n2\t50 10 30\n")
+    res = main(["--model", str(d), "--data", str(data), "--ks", "3", "1", "3", "--no-progress"])
+    assert res["protocol"]["ks"] == [1, 3]
+    assert {k.split("@")[1] for k in res["metrics"]} == {"1", "3"}
+    assert capsys.readouterr().out.count("@3") == 1                      # one column per cut-off
+    with pytest.raises(SystemExit, match=r"--device: device 'cuda:99': (CUDA is not available|only \d+ GPU)"):
+        main(["--model", str(d), "--data", str(data), "--device", "cuda:99", "--no-progress"])
+
+
+def test_kcore_filter_refuses_negative_thresholds():
+    from zoo.data import kcore_filter, parse_kcore
+
+    with pytest.raises(ValueError, match="k-core thresholds must be >= 0"):
+        kcore_filter(Interactions(np.array([1, 1]), np.array([2, 3])), -1, 5)
+    assert [parse_kcore(v) for v in ("auto", "AUTO", "none", "0", "5")] == ["auto", "auto", None, None, 5]
+
+
 # ------------------------------------------------------------------------------------ exported graphs (--onnx)
 def _tiny(name, n_items=40, max_len=12):
     from zoo.models.gru4rec import GRU4RecConfig, GRU4RecModel

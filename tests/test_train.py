@@ -356,11 +356,22 @@ def test_schedule_progress_takes_the_limit_reached_first():
     ("--clip", "-1", "clip .* must be >= 0"), ("--lr", "-0.001", "lr must be >= 0"),
     ("--weight-decay", "-1", "weight_decay must be >= 0"), ("--max-minutes", "0", "max_minutes must be > 0"),
     ("--max-minutes", "nan", "max_minutes must be > 0"), ("--valid-users", "0", "valid_users must be >= 1"),
-    ("--threads", "0", "--threads must be >= 1")])
+    ("--threads", "0", "--threads must be >= 1"), ("--kcore", "-1", "--kcore must be an int >= 1"),
+    ("--kcore", "five", "--kcore must be an int >= 1"),
+    ("--device", "cuda:99", r"CUDA is not available|GPU\(s\) visible"), ("--device", "tpu", "device 'tpu'")])
 def test_bad_training_numbers_are_refused_before_any_work(tmp_path, flag, value, message):
     """Numbers that would crash late (batch 0), do nothing (0 epochs), or train silently wrong (a negative clip norm
     flips the gradients' sign; a zero budget or --valid-users 0 would mean 'one epoch' or 'all users') are errors."""
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=message):
         train_main(["--model", "gru4rec", "--data", str(tmp_path / "not-read.tsv"), "--out", str(out), flag, value])
+    assert not out.exists()
+
+
+def test_amp_off_cuda_is_refused(tmp_path):
+    """--amp is bfloat16 autocast on CUDA; on the CPU it would be silently ignored, so it is an error."""
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="amp .* is for CUDA; the run is on cpu"):
+        train_main(["--model", "gru4rec", "--data", str(tmp_path / "not-read.tsv"), "--out", str(out),
+                    "--device", "cpu", "--amp"])
     assert not out.exists()

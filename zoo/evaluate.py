@@ -36,8 +36,9 @@ from typing import Iterable, Sequence
 import torch
 
 from .data.batching import eval_batches
-from .data.split import EvalExamples, SequenceDataset, leave_one_out, load_dataset
+from .data.split import EvalExamples, SequenceDataset, leave_one_out, load_dataset, parse_kcore
 from .metrics import compute_metrics, history_in_top_k, rank_of_target
+from .modeling_utils import resolve_device
 
 
 def _check_examples(examples: EvalExamples, n_items: int, uses_ts: bool, owner: str, name: str) -> None:
@@ -231,14 +232,20 @@ def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR",
 
 
 def _kcore_arg(v: str):
-    if v.lower() == "auto":
-        return "auto"
-    if v.lower() in ("none", "0"):
-        return None
     try:
-        return int(v)
+        return parse_kcore(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive_int(v: str) -> int:
+    try:
+        n = int(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--kcore must be an int, 'none' or 'auto', got {v!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {v!r}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,14 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--exclude-history", action="store_true",
                    help="LRURec protocol: mask the items of the input window before ranking")
-    p.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="cut-offs (default 5 10 20)")
+    p.add_argument("--ks", type=_positive_int, nargs="+", default=[5, 10, 20], help="cut-offs (default 5 10 20)")
     p.add_argument("--history-share", action="store_true",
                    help="also report Hist@K: the mean share of the top-K slots taken by items of the input window "
                         "(never the target on data without repeats, e.g. ML-1M; 0 with --exclude-history)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--threads", type=int, default=None, help="--onnx: ONNX Runtime intra-op threads")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
-    p.add_argument("--max-users", type=int, default=None, help="evaluate only the first N users (quick check)")
+    p.add_argument("--max-users", type=_positive_int, default=None, help="evaluate only the first N users (quick check)")
     p.add_argument("--kcore", type=_kcore_arg, default="auto",
                    help="k-core filter: int, 'none', or 'auto' (5 for interaction files, none for .seq)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
@@ -269,8 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``python -m zoo.evaluate`` / ``zoo-evaluate``; returns the result dict (also printed)."""
     args = build_parser().parse_args(argv)
-    if args.max_users is not None and args.max_users < 1:
-        raise SystemExit("--max-users must be >= 1")
+    args.ks = sorted(set(args.ks))          # "--ks 10 10" is one cut-off, reported once
     if args.threads is not None and args.threads < 1:
         raise SystemExit("--threads sets ONNX Runtime's threads for --onnx, and must be >= 1")
     if args.threads is not None and not args.onnx:
@@ -288,7 +294,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .pretrained import resolve_pretrained
 
     model = AutoModel.from_pretrained(resolve_pretrained(args.model))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"--device: {e}") from None
     ds = load_dataset(args.data, kcore=args.kcore)
     ds, note = align_with_model(ds, model)
     split = leave_one_out(ds)

@@ -510,6 +510,28 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
 
 # ------------------------------------------------------------------------------------- window re-encode state
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device a command runs on: ``device`` when given (checked), else CUDA when available, else the CPU.
+
+    Raises:
+        ValueError: a CUDA device asked for where torch sees none (a CPU build of torch, or no GPU visible), or an
+            index beyond the visible GPUs -- instead of torch's assertion deep inside the first ``.to()``.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r}: {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible GPU"
+            raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}: {build})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    return dev
+
+
 def window_state_spec(batch_size: int, max_len: int) -> list[StateTensorSpec]:
     """State of the re-encoding steps: the most recent ``max_len`` item ids (left-aligned) and their count."""
     return [
@@ -556,4 +578,4 @@ def window_state(combined: torch.Tensor, total: torch.Tensor, max_len: int) -> S
 
 
 __all__ = ["SeqRecConfig", "SeqRecPreTrainedModel", "SeqRecOutput", "Recommendations", "StateTensorSpec", "State",
-           "window_state_spec", "window_append", "window_state"]
+           "window_state_spec", "window_append", "window_state", "resolve_device"]

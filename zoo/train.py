@@ -221,6 +221,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
 
     from .data import iterate_batches, leave_one_out, load_dataset, training_windows
     from .evaluate import evaluate_model
+    from .modeling_utils import resolve_device
 
     lr_factor(lr_schedule, 0.0)                                    # validate the names before any work
     if decay_over not in DECAY_HORIZONS:
@@ -243,8 +244,10 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     _check_numbers(epochs=epochs, batch_size=preset["batch_size"], lr=preset["lr"], clip=preset["clip"],
                    weight_decay=preset["weight_decay"], max_minutes=max_minutes, valid_users=valid_users,
                    eval_every=eval_every, patience=patience)
+    device = resolve_device(device)
+    if amp and device.type != "cuda":
+        raise ValueError(f"amp (bfloat16 autocast) is for CUDA; the run is on {device}")
     set_seed(seed)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.time()
     ds = load_dataset(data, kcore=kcore)
     split = leave_one_out(ds)
@@ -463,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, help="stop after this much wall time (best checkpoint kept)")
     p.add_argument("--valid-users", type=int, help="validate on the first N users only (faster epochs)")
     p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: mask history items in eval")
-    p.add_argument("--kcore", default="auto", help="k-core filter: auto (5 for .inter, none for .seq), 0, or k")
+    p.add_argument("--kcore", default="auto", help="k-core filter: auto (5 for .inter, none for .seq), none (or 0), "
+                                                  "or k >= 1")
     p.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init; it "
                                        "is validated first, so the log shows where the run started")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
@@ -482,7 +486,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         with open(args.config) as f:
             overrides.update(json.load(f))
     overrides.update(parse_overrides(args.set))
-    kcore = args.kcore if args.kcore == "auto" else (int(args.kcore) or None)
+    from .data import parse_kcore
+
+    kcore = parse_kcore(args.kcore)
     command = "python -m zoo.train " + " ".join(sys.argv[1:] if argv is None else argv)
     return train(args.model, args.data, args.out, epochs=args.epochs, patience=args.patience, seed=args.seed,
                  max_len=args.max_len, config_overrides=overrides, optimizer=args.optimizer, lr=args.lr,

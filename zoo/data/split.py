@@ -78,6 +78,8 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
     """
     user_k = int(user_k or 0)
     item_k = int(item_k or 0)
+    if user_k < 0 or item_k < 0:
+        raise ValueError(f"k-core thresholds must be >= 0 (0 = no filter), got user_k={user_k}, item_k={item_k}")
     if user_k <= 1 and item_k <= 1:
         return inter
     ucode, _ = factorize(inter.user)
@@ -213,6 +215,26 @@ def build_sequences(inter: Interactions, name: str | None = None) -> SequenceDat
     if name is None:
         name = os.path.basename(inter.source)
     return SequenceDataset(_py(users), sequences, timestamps, vocab, name)
+
+
+def parse_kcore(value: str) -> int | None | str:
+    """A command line's ``--kcore``: ``"auto"``, ``"none"``/``"0"`` (no filter, ``None``) or an int ``k >= 1``.
+
+    Raises:
+        ValueError: anything else (a negative ``k`` included), naming the value.
+    """
+    v = str(value).strip().lower()
+    if v == "auto":
+        return "auto"
+    if v in ("none", "0"):
+        return None
+    try:
+        k = int(v)
+    except ValueError:
+        raise ValueError(f"--kcore must be an int >= 1, 'none' (or 0) or 'auto', got {value!r}") from None
+    if k < 1:
+        raise ValueError(f"--kcore must be an int >= 1, 'none' (or 0) or 'auto', got {value!r}")
+    return k
 
 
 def load_dataset(path: str | os.PathLike, kcore: int | None | str = "auto", format: str = "auto",

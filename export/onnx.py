@@ -1299,6 +1299,16 @@ def load_real_histories(path: str, model, max_users: int = 512,
     return hist
 
 
+def _count(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {v!r}")
+    return n
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
@@ -1319,12 +1329,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--card-dir", default=None,
                    help="write the graph into CARD_DIR/onnx[-window]/ and add an 'ONNX export' section to its README")
     p.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
-    p.add_argument("--verify-prime", type=int, default=200, help="step graphs: items in the priming call (200)")
-    p.add_argument("--verify-steps", type=int, default=500, help="step graphs: single steps after priming (500)")
-    p.add_argument("--verify-cases", type=int, default=2000, help="random cases for top-k agreement (2000)")
+    p.add_argument("--verify-prime", type=_count, default=None, help="step graphs: items in the priming call (200)")
+    p.add_argument("--verify-steps", type=_count, default=None, help="step graphs: single steps after priming (500)")
+    p.add_argument("--verify-cases", type=_count, default=2000, help="random cases for top-k agreement (2000)")
     args = p.parse_args(argv)
     if not args.out and not args.card_dir:
         p.error("give --out DIR or --card-dir CARD_FOLDER")
+    if args.out and args.card_dir:
+        p.error("--card-dir writes into CARD_DIR/onnx[-window]/: give it or --out, not both")
+    if args.kind == "window" and (args.verify_prime or args.verify_steps):
+        p.error("--verify-prime/--verify-steps verify a step graph's priming and single steps; a window graph has "
+                "neither (--verify-cases sets its cases)")
     say = lambda m: print(m, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     say(f"loading {args.model} ...")
@@ -1343,7 +1358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         vk = {"topk_cases": args.verify_cases}
         if kind == "step":
-            vk.update(prime_len=args.verify_prime, n_steps=args.verify_steps)
+            vk.update(prime_len=args.verify_prime or 200, n_steps=args.verify_steps or 500)
+        elif args.verify_prime or args.verify_steps:
+            raise ExportError(f"--verify-prime/--verify-steps: {model.config.model_type} exports a window graph (no "
+                              "exact step), which has no priming or single steps to verify")
         res = export_model(model, out, kind=kind, topk=args.topk, with_scores=args.scores,
                            verify=not args.no_verify, real_histories=real, real_timestamps=real_ts,
                            verify_kwargs=vk, progress=say,

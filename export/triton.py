@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -289,6 +290,20 @@ def _model_outputs(spec, with_states: bool):
     return [e for e in spec["outputs"] if with_states or e["name"] not in outs]
 
 
+def check_config_numbers(max_batch_size: int = 64, idle_timeout_s: float = 600.0, max_candidate_sequences: int = 1024,
+                         queue_delay_us: int = 500, instances: int = 1, ort_threads: int = 1) -> None:
+    """Raise ``ValueError`` naming every serving number out of range (batch size, instances, threads and candidate
+    sequences >= 1, queue delay >= 0, idle timeout > 0 s), before any export or file is written."""
+    bad = [f"{n} must be an int >= {lo}, got {v}" for n, v, lo in (
+        ("max_batch_size", max_batch_size, 1), ("max_candidate_sequences", max_candidate_sequences, 1),
+        ("queue_delay_us", queue_delay_us, 0), ("instances", instances, 1), ("ort_threads", ort_threads, 1))
+        if int(v) != v or v < lo]
+    if not (math.isfinite(idle_timeout_s) and idle_timeout_s > 0):
+        bad.append(f"idle_timeout_s must be a positive number of seconds, got {idle_timeout_s}")
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
 def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str = "implicit", max_batch_size: int = 64,
                 idle_timeout_s: float = 600.0, max_candidate_sequences: int = 1024, queue_delay_us: int = 500,
                 instances: int = 1, ort_threads: int = 1) -> str:
@@ -301,6 +316,9 @@ def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str 
         raise ValueError(f"state must be one of {STATES}, got {state!r}")
     if backend == "tensorrt" and float64_tensors(spec):
         raise _tensorrt_float64_error(float64_tensors(spec))
+    check_config_numbers(max_batch_size=max_batch_size, idle_timeout_s=idle_timeout_s,
+                         max_candidate_sequences=max_candidate_sequences, queue_delay_us=queue_delay_us,
+                         instances=instances, ort_threads=ort_threads)
     window = spec["kind"] != "step"
     kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
     idle_us = int(round(idle_timeout_s * 1e6))
@@ -640,6 +658,9 @@ def export_and_write(model, repo: str | os.PathLike, topk: int = 10, work_dir: s
         return write_repository(out, repo, vocab_path=vocab, **kwargs)
 
 
+_NUMBERS = ("max_batch_size", "idle_timeout_s", "max_candidate_sequences", "queue_delay_us", "instances")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.triton", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -649,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--state", choices=STATES, default="implicit")
     p.add_argument("--name", help="model name in the repository (default <model_type>_<kind>_<backend>[_<state>])")
-    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--topk", type=int, default=None, help="with --model: top-k of the exported graph (default 10)")
     p.add_argument("--exclude-seen", action="store_true",
                    help="with --model: export the graph with the history's items ranked last (a 'seen' state per "
                         "sequence; see export.onnx --exclude-seen)")
@@ -669,6 +690,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               max_batch_size=a.max_batch_size, idle_timeout_s=a.idle_timeout_s,
               max_candidate_sequences=a.max_candidate_sequences, queue_delay_us=a.queue_delay_us,
               instances=a.instances)
+    if a.onnx and a.topk is not None:
+        p.error("--topk is fixed by the graph in --onnx (export.onnx --topk); it applies to --model")
+    try:
+        check_config_numbers(**{k: v for k, v in kw.items() if k in _NUMBERS})
+    except ValueError as e:
+        p.error(str(e))
+    errors: tuple = (TritonConfigError, FileNotFoundError, ValueError)
     try:
         if a.onnx:
             if a.exclude_seen and not json.loads((pathlib.Path(a.onnx) / SPEC_FILE).read_text()).get("exclude_seen"):
@@ -678,11 +706,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 else None)
             mdir = write_repository(a.onnx, a.repo, vocab_path=vocab, **kw)
         else:
-            from .onnx import _load_model
+            from .onnx import ExportError, VerificationError, _load_model
 
-            mdir = export_and_write(_load_model(a.model), a.repo, topk=a.topk, verify=not a.no_verify,
+            errors += (ExportError, VerificationError)
+            mdir = export_and_write(_load_model(a.model), a.repo, topk=10 if a.topk is None else a.topk,
+                                    verify=not a.no_verify,
                                     exclude_seen=a.exclude_seen, **kw)
-    except (TritonConfigError, FileNotFoundError, ValueError) as e:
+    except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {mdir} (config validated with tritonclient's model_config_pb2); see {pathlib.Path(a.repo) / 'README.md'}")

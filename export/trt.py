@@ -189,13 +189,41 @@ def check_registry(trt_module, lib: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ engine
 def _parse_size(s: str | int) -> int:
+    """Bytes from a workspace size: an int (bytes), ``"512M"``, ``"2G"``, ``"64K"`` or a plain number of MiB.
+
+    Raises:
+        ValueError: not a size, or not positive.
+    """
     if isinstance(s, int):
-        return s
-    s = s.strip().upper().rstrip("B")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    if s and s[-1] in mult:
-        return int(float(s[:-1]) * mult[s[-1]])
-    return int(s) << 20  # plain number = MiB
+        n = s
+    else:
+        t = s.strip().upper().rstrip("B")
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        try:
+            n = int(float(t[:-1]) * mult[t[-1]]) if t and t[-1] in mult else int(float(t) * (1 << 20))
+        except ValueError:
+            raise ValueError(f"workspace must be a size such as 512M or 2G (a plain number is MiB), got {s!r}") from None
+    if n <= 0:
+        raise ValueError(f"workspace must be positive, got {s!r}")
+    return n
+
+
+def check_run_numbers(*, workspace: str | int, topk: int, max_batch: int, opt_batch: int, max_steps: int) -> None:
+    """Raise ``ValueError`` naming every out-of-range engine setting, before :func:`run` touches ``out_dir`` (so a
+    typo never deletes the engine already there): workspace a positive size, ``topk``/``max_steps`` >= 1,
+    ``1 <= opt_batch <= max_batch`` (the optimisation profile's opt must lie inside [1, max])."""
+    bad = []
+    try:
+        _parse_size(workspace)
+    except ValueError as e:
+        bad.append(str(e))
+    bad += [f"{n} must be an int >= 1, got {v}" for n, v in (("topk", topk), ("max_batch", max_batch),
+                                                            ("opt_batch", opt_batch), ("max_steps", max_steps))
+            if int(v) != v or v < 1]
+    if not bad and opt_batch > max_batch:
+        bad.append(f"opt_batch ({opt_batch}) must be <= max_batch ({max_batch}): the profile's opt lies in [1, max]")
+    if bad:
+        raise ValueError("; ".join(bad))
 
 
 def to_fp16_graph(graph: bytes, spec: dict) -> bytes:
@@ -341,6 +369,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     from . import onnx as E
     from . import verify as V
 
+    check_run_numbers(workspace=workspace, topk=topk, max_batch=max_batch, opt_batch=opt_batch, max_steps=max_steps)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     precision = "fp16" if fp16 else "fp32"
@@ -527,6 +556,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--exclude-seen", action="store_true",
                    help="rank the history's items last (a 'seen' state [B, n_items]; see export.onnx --exclude-seen)")
     a = p.parse_args(argv)
+    try:
+        check_run_numbers(workspace=a.workspace, topk=a.topk, max_batch=a.max_batch, opt_batch=a.opt_batch,
+                          max_steps=a.max_steps)
+    except ValueError as e:
+        p.error(str(e))
     say = lambda m: print(m, flush=True)  # noqa: E731
     code, _ = run(a.model, a.out, fp16=a.fp16, workspace=a.workspace, topk=a.topk, max_batch=a.max_batch,
                   opt_batch=a.opt_batch, max_steps=a.max_steps, version_compatible=a.version_compatible,

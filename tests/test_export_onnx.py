@@ -319,6 +319,20 @@ def test_corrupted_graph_fails_verification(saved_model, tmp_path, monkeypatch, 
     assert not (tmp_path / "api" / "model.onnx").exists()
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--verify-steps", "0"], "--verify-steps: expected an int >= 1"),
+    (["--verify-cases", "-1"], "--verify-cases: expected an int >= 1"),
+    (["--kind", "window", "--verify-prime", "5"], "a window graph has neither"),
+    (["--card-dir", "c"], "give it or --out, not both")])
+def test_cli_refuses_contradictory_or_empty_verification(tmp_path, flags, message, capsys):
+    """Zero single steps would verify only the priming call, a negative case count crashed in numpy, a step-only
+    setting on a window graph and --out beside --card-dir were silently ignored: all are usage errors now."""
+    with pytest.raises(SystemExit) as e:
+        E.main(["--model", str(tmp_path / "not-read"), "--out", str(tmp_path / "o"), *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_and_card_section(saved_model, tmp_path, capsys):
     card = tmp_path / "card"
     card.mkdir()
@@ -981,7 +995,7 @@ def test_tim4rec_causal_cli_time_input_gaps(saved_tim4rec_causal, saved_model, t
     assert E.main(["--model", saved_model, "--out", str(tmp_path / "m"), "--time-input", "gaps", *FAST]) == 2
     assert "does not read time" in capsys.readouterr().out
     assert E.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path / "w"), "--kind", "window",
-                   "--time-input", "gaps", *FAST]) == 2
+                   "--time-input", "gaps", "--verify-cases", "200"]) == 2
     assert "for step graphs" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         E.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path / "x"), "--time-input", "seconds"])

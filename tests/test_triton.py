@@ -249,6 +249,32 @@ def test_cli_writes_repository(mamba_export, tmp_path):
     assert T.main(["--onnx", str(tmp_path / "nope"), "--repo", str(tmp_path / "r2")]) != 0
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--max-batch-size", "0"], "max_batch_size must be an int >= 1, got 0"),
+    (["--instances", "0"], "instances must be an int >= 1"), (["--queue-delay-us", "-5"], "queue_delay_us must be"),
+    (["--idle-timeout-s", "-1"], "idle_timeout_s must be a positive number"),
+    (["--max-candidate-sequences", "0"], "max_candidate_sequences must be"),
+    (["--topk", "5"], "--topk is fixed by the graph in --onnx")])
+def test_cli_refuses_bad_serving_numbers_before_writing(mamba_export, tmp_path, flags, message, capsys):
+    """Serving numbers Triton would reject (or, as --max-batch-size 0 and --instances 0, take to mean something else)
+    are usage errors before any export or write; the model folder already in the repository is kept."""
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--name", "m"]) == 0
+    before = (tmp_path / "r" / "m" / "config.pbtxt").read_text()
+    with pytest.raises(SystemExit) as e:
+        T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--name", "m", *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "r" / "m" / "config.pbtxt").read_text() == before
+    spec = json.loads((mamba_export / "state_spec.json").read_text())
+    with pytest.raises(ValueError, match="max_batch_size must be an int >= 1"):
+        T.make_config(spec, "m", max_batch_size=0)
+
+
+def test_cli_model_export_errors_are_reported_not_raised(mamba, tmp_path, capsys):
+    mamba.save_pretrained(tmp_path / "m")
+    assert T.main(["--model", str(tmp_path / "m"), "--repo", str(tmp_path / "r"), "--topk", "0", "--no-verify"]) == 1
+    assert "topk must be in 1.." in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 # ============================================================= implicit state, driven like Triton's sequence batcher
 @pytest.mark.parametrize("which", ["mamba", "lru"])
 def test_implicit_graph_follows_triton_state_protocol(which, mamba, mamba_export, lru_export, tmp_path):

@@ -164,7 +164,13 @@ def registry(plugin_lib):
     if trt is None:
         pytest.skip("neither `tensorrt` nor the lean runtime (`pip install tensorrt-lean-cu13`) is installed")
     reg = trt.get_plugin_registry()
-    assert reg.load_library(str(plugin_lib)) is not None
+    first = next(iter(ps.SCAN_OPS))
+    if reg.get_creator(first, ps.PLUGIN_VERSION, ps.PLUGIN_NAMESPACE) is not None:
+        # an earlier test in this process (export.trt's registry check) loaded it: the process-wide registry returns
+        # None for a second load of the same library, and test_export_trt_without_tensorrt loads it afresh
+        print(f"plugin library already in this process's registry (creator {first!r} found)")
+    else:
+        assert reg.load_library(str(plugin_lib)) is not None
     return trt, reg
 
 
@@ -275,6 +281,35 @@ def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
     assert rep["onnx"]["verification"]["passed"] is True
     if _lean() is not None:
         assert {c["op_type"] for c in rep["registry"]["creators"]} == set(ps.SCAN_OPS)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--max-batch", "0"], "max_batch must be an int >= 1"), (["--max-steps", "0"], "max_steps must be an int >= 1"),
+    (["--opt-batch", "5000"], "opt_batch (5000) must be <= max_batch (2048)"), (["--topk", "0"], "topk must be"),
+    (["--workspace", "abc"], "workspace must be a size"), (["--workspace=-1G"], "workspace must be positive")])
+def test_export_trt_refuses_bad_settings_before_touching_out(tmp_path, flags, message, capsys):
+    """Engine settings are checked before any work and before ``--out`` is touched: a typo is a usage error (exit
+    2), and the engine already in ``--out`` stays (run() deletes a stale engine only once it starts a build)."""
+    from export import trt as T
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / T.ENGINE_FILE).write_bytes(b"earlier engine")
+    with pytest.raises(SystemExit) as e:
+        T.main(["--model", str(tmp_path / "not-read"), "--out", str(out), *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        T.run(str(tmp_path / "not-read"), str(out), **T_KW[flags[0].split("=")[0]](flags))
+    assert (out / T.ENGINE_FILE).read_bytes() == b"earlier engine" and sorted(os.listdir(out)) == [T.ENGINE_FILE]
+    assert T._parse_size("512M") == 512 << 20 and T._parse_size("2g") == 2 << 30 and T._parse_size("64") == 64 << 20
+
+
+def _kw(name, cast=int):
+    return lambda flags: {name: cast(flags[-1].split("=")[-1])}
+
+
+T_KW = {"--max-batch": _kw("max_batch"), "--max-steps": _kw("max_steps"), "--opt-batch": _kw("opt_batch"),
+        "--topk": _kw("topk"), "--workspace": _kw("workspace", str)}
 
 
 # ---------------------------------------------------------------------------------------------------- GPU: kernels

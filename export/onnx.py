@@ -1299,17 +1299,9 @@ def load_real_histories(path: str, model, max_users: int = 512,
     return hist
 
 
-def _count(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {v!r}")
-    return n
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    from zoo.cli import positive_int
+
     p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
     p.add_argument("--out", default=None, help="output folder (model.onnx + state_spec.json); not needed with --card-dir")
@@ -1329,9 +1321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--card-dir", default=None,
                    help="write the graph into CARD_DIR/onnx[-window]/ and add an 'ONNX export' section to its README")
     p.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
-    p.add_argument("--verify-prime", type=_count, default=None, help="step graphs: items in the priming call (200)")
-    p.add_argument("--verify-steps", type=_count, default=None, help="step graphs: single steps after priming (500)")
-    p.add_argument("--verify-cases", type=_count, default=2000, help="random cases for top-k agreement (2000)")
+    p.add_argument("--verify-prime", type=positive_int, default=None,
+                   help="step graphs: items in the priming call (200)")
+    p.add_argument("--verify-steps", type=positive_int, default=None,
+                   help="step graphs: single steps after priming (500)")
+    p.add_argument("--verify-cases", type=positive_int, default=2000, help="random cases for top-k agreement (2000)")
     args = p.parse_args(argv)
     if not args.out and not args.card_dir:
         p.error("give --out DIR or --card-dir CARD_FOLDER")

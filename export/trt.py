@@ -202,7 +202,8 @@ def _parse_size(s: str | int) -> int:
         try:
             n = int(float(t[:-1]) * mult[t[-1]]) if t and t[-1] in mult else int(float(t) * (1 << 20))
         except ValueError:
-            raise ValueError(f"workspace must be a size such as 512M or 2G (a plain number is MiB), got {s!r}") from None
+            raise ValueError(f"workspace must be a size such as 512M or 2G (a plain number is MiB), got {s!r}") \
+                from None
     if n <= 0:
         raise ValueError(f"workspace must be positive, got {s!r}")
     return n

@@ -356,8 +356,7 @@ def test_schedule_progress_takes_the_limit_reached_first():
     ("--clip", "-1", "clip .* must be >= 0"), ("--lr", "-0.001", "lr must be >= 0"),
     ("--weight-decay", "-1", "weight_decay must be >= 0"), ("--max-minutes", "0", "max_minutes must be > 0"),
     ("--max-minutes", "nan", "max_minutes must be > 0"), ("--valid-users", "0", "valid_users must be >= 1"),
-    ("--threads", "0", "--threads must be >= 1"), ("--kcore", "-1", "--kcore must be an int >= 1"),
-    ("--kcore", "five", "--kcore must be an int >= 1"),
+    ("--threads", "0", "--threads must be >= 1"),
     ("--device", "cuda:99", r"CUDA is not available|GPU\(s\) visible"), ("--device", "tpu", "device 'tpu'")])
 def test_bad_training_numbers_are_refused_before_any_work(tmp_path, flag, value, message):
     """Numbers that would crash late (batch 0), do nothing (0 epochs), or train silently wrong (a negative clip norm
@@ -375,3 +374,13 @@ def test_amp_off_cuda_is_refused(tmp_path):
         train_main(["--model", "gru4rec", "--data", str(tmp_path / "not-read.tsv"), "--out", str(out),
                     "--device", "cpu", "--amp"])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "five"])
+def test_bad_kcore_is_a_usage_error(tmp_path, value, capsys):
+    """A negative k-core was silently 'no filter', and 'none' (which zoo.evaluate takes) was a ValueError."""
+    with pytest.raises(SystemExit) as e:
+        train_main(["--model", "gru4rec", "--data", str(tmp_path / "not-read.tsv"), "--out", str(tmp_path / "o"),
+                    "--kcore", value])
+    assert e.value.code == 2 and "--kcore must be an int >= 1, 'none' (or 0) or 'auto'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

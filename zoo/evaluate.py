@@ -35,8 +35,10 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .cli import kcore as kcore_arg
+from .cli import positive_int
 from .data.batching import eval_batches
-from .data.split import EvalExamples, SequenceDataset, leave_one_out, load_dataset, parse_kcore
+from .data.split import EvalExamples, SequenceDataset, leave_one_out, load_dataset
 from .metrics import compute_metrics, history_in_top_k, rank_of_target
 from .modeling_utils import resolve_device
 
@@ -231,23 +233,6 @@ def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR",
     return "\n".join(rows)
 
 
-def _kcore_arg(v: str):
-    try:
-        return parse_kcore(v)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _positive_int(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {v!r}")
-    return n
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zoo-evaluate", description="Full-ranking leave-one-out evaluation of a zoo model.")
     src = p.add_mutually_exclusive_group(required=True)
@@ -258,15 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--exclude-history", action="store_true",
                    help="LRURec protocol: mask the items of the input window before ranking")
-    p.add_argument("--ks", type=_positive_int, nargs="+", default=[5, 10, 20], help="cut-offs (default 5 10 20)")
+    p.add_argument("--ks", type=positive_int, nargs="+", default=[5, 10, 20], help="cut-offs (default 5 10 20)")
     p.add_argument("--history-share", action="store_true",
                    help="also report Hist@K: the mean share of the top-K slots taken by items of the input window "
                         "(never the target on data without repeats, e.g. ML-1M; 0 with --exclude-history)")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--threads", type=int, default=None, help="--onnx: ONNX Runtime intra-op threads")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
-    p.add_argument("--max-users", type=_positive_int, default=None, help="evaluate only the first N users (quick check)")
-    p.add_argument("--kcore", type=_kcore_arg, default="auto",
+    p.add_argument("--max-users", type=positive_int, default=None, help="evaluate only the first N users (quick check)")
+    p.add_argument("--kcore", type=kcore_arg, default="auto",
                    help="k-core filter: int, 'none', or 'auto' (5 for interaction files, none for .seq)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -288,8 +273,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise SystemExit("--history-share is measured on a --model (PyTorch) evaluation; an exported graph's "
                              "top-K does not say which of its items were in the window")
         return _main_onnx(args, t0)
-    import zoo  # noqa: F401  (registers the zoo models with AutoModel)
     from transformers import AutoModel
+
+    import zoo  # noqa: F401  (registers the zoo models with AutoModel)
 
     from .pretrained import resolve_pretrained
 

@@ -430,6 +430,8 @@ def _note_budget_vs_schedule(epoch_s: float, left_s: float, epochs: int, schedul
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import kcore as kcore_arg
+
     p = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model type, e.g. mamba4rec, lrurec, sasrec")
     p.add_argument("--data", required=True, help="interaction file (.seq, .inter, ratings.dat, csv/tsv; .gz ok)")
@@ -466,8 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, help="stop after this much wall time (best checkpoint kept)")
     p.add_argument("--valid-users", type=int, help="validate on the first N users only (faster epochs)")
     p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: mask history items in eval")
-    p.add_argument("--kcore", default="auto", help="k-core filter: auto (5 for .inter, none for .seq), none (or 0), "
-                                                  "or k >= 1")
+    p.add_argument("--kcore", type=kcore_arg, default="auto",
+                   help="k-core filter: auto (5 for .inter, none for .seq), none (or 0), or k >= 1")
     p.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init; it "
                                        "is validated first, so the log shows where the run started")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
@@ -486,15 +488,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         with open(args.config) as f:
             overrides.update(json.load(f))
     overrides.update(parse_overrides(args.set))
-    from .data import parse_kcore
-
-    kcore = parse_kcore(args.kcore)
     command = "python -m zoo.train " + " ".join(sys.argv[1:] if argv is None else argv)
     return train(args.model, args.data, args.out, epochs=args.epochs, patience=args.patience, seed=args.seed,
                  max_len=args.max_len, config_overrides=overrides, optimizer=args.optimizer, lr=args.lr,
                  weight_decay=args.weight_decay, batch_size=args.batch_size, clip=args.clip, device=args.device,
                  amp=args.amp, max_minutes=args.max_minutes, valid_users=args.valid_users,
-                 exclude_history=args.exclude_history, kcore=kcore, progress=not args.no_progress, command=command,
+                 exclude_history=args.exclude_history, kcore=args.kcore, progress=not args.no_progress, command=command,
                  init_from=args.init_from, lr_schedule=args.lr_schedule, window_stride=args.window_stride,
                  loss_weighting=args.loss_weighting, eval_every=args.eval_every, decay_over=args.decay_over,
                  overwrite=args.overwrite)

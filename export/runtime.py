@@ -268,7 +268,15 @@ class OnnxStepSession(_Base):
 
     def prime(self, histories: Sequence[Sequence[int]], timestamps: Any = None) -> StepOutput:
         """Fresh state primed with equal-length histories (one graph call with ``T = L``; ``timestamps [B, L]``
-        seconds for time-aware graphs)."""
+        seconds for time-aware graphs). Histories of different lengths cannot share a call (a step graph has no
+        padding): prime them in separate calls, or group them by length."""
+        if len(histories) == 0:
+            raise ValueError("no histories given")
+        if not isinstance(histories, np.ndarray):
+            lengths = sorted({len(h) for h in histories})
+            if len(lengths) > 1:
+                raise ValueError(f"prime: histories of different lengths {lengths} in one call; a step graph has no "
+                                 "padding, so prime them separately or grouped by length")
         ids = self.check_ids(histories)
         return self.step(ids, self.init_state(ids.shape[0]), timestamps)
 

@@ -265,6 +265,10 @@ def test_runtime_wrapper_checks_inputs(exported):
         sess.step([[1], [2]], {"lru_state_re": st["lru_state_re"]})
     with pytest.raises(ValueError, match="'step' graph; use OnnxStepSession"):
         OnnxWindowSession(os.path.dirname(res.graph_path))
+    with pytest.raises(ValueError, match=r"different lengths \[1, 3\] in one call"):   # was numpy's ragged error
+        sess.prime([[1, 2, 3], [4]])
+    with pytest.raises(ValueError, match="no histories given"):
+        sess.prime([])
     out = sess.step([[1], [2]], st)
     assert out.topk_ids.shape == (2, 10) and out.topk_ids.dtype == np.int64 and (out.topk_ids != 0).all()
 

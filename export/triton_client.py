@@ -91,6 +91,8 @@ class _Base:
 
         self._exc = InferenceServerException
         kw = {"network_timeout": timeout_s, "connection_timeout": timeout_s} if protocol == "http" else {}
+        # gRPC has no client-wide timeout: each call gets it as a deadline (else a hung server blocks forever)
+        self._rpc = {"client_timeout": timeout_s} if protocol == "grpc" else {}
         self.client = self._m.InferenceServerClient(url, **kw)
         self.model_name = model_name
         self.vocab = _load_vocab(vocab)
@@ -109,7 +111,8 @@ class _Base:
             if self.protocol == "grpc":
                 from google.protobuf.json_format import MessageToDict
 
-                md = MessageToDict(self.client.get_model_metadata(self.model_name), preserving_proto_field_name=True)
+                md = MessageToDict(self.client.get_model_metadata(self.model_name, **self._rpc),
+                                   preserving_proto_field_name=True)
             else:
                 md = self.client.get_model_metadata(self.model_name)
         except self._exc as e:
@@ -144,7 +147,7 @@ class _Base:
     def _model_config(self) -> dict:
         try:
             if self.protocol == "grpc":
-                return self.client.get_model_config(self.model_name, as_json=True).get("config", {})
+                return self.client.get_model_config(self.model_name, as_json=True, **self._rpc).get("config", {})
             return self.client.get_model_config(self.model_name)
         except self._exc as e:
             raise TritonRecommendError(f"cannot read the config of model {self.model_name!r}: {e.message()}") from None
@@ -210,7 +213,7 @@ class TritonRecommender(_Base):
             outs.append(self._m.InferRequestedOutput("live_sequences"))
         try:
             r = self.client.infer(self.model_name, ins, outputs=outs, sequence_id=sid, sequence_start=start,
-                                  sequence_end=end, timeout=None if self.protocol == "http" else None)
+                                  sequence_end=end, **self._rpc)
         except self._exc as e:
             msg = str(e.message())
             gone = "no state" in msg or "START flag" in msg
@@ -322,7 +325,7 @@ class ExplicitStateRecommender(_Base):
         outs = [self._m.InferRequestedOutput(n) for n in ["topk_ids", "topk_scores"] +
                 [f"{n}_out" for n in self.state_names]]
         try:
-            r = self.client.infer(self.model_name, ins, outputs=outs)
+            r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
         except self._exc as e:
             raise TritonRecommendError(str(e.message())) from None
         self.store[user_id] = {n: r.as_numpy(f"{n}_out") for n in self.state_names}
@@ -364,7 +367,7 @@ class WindowRecommender(_Base):
             ins.append(self._input("timestamps", np.ascontiguousarray(ts[:, -self.max_len:]), "FP64"))
         outs = [self._m.InferRequestedOutput(n) for n in ("topk_ids", "topk_scores")]
         try:
-            r = self.client.infer(self.model_name, ins, outputs=outs)
+            r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
         except self._exc as e:
             raise TritonRecommendError(str(e.message())) from None
         return self._decode(r.as_numpy("topk_ids")[0][:k]), r.as_numpy("topk_scores")[0][:k]

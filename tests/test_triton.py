@@ -275,6 +275,40 @@ def test_cli_model_export_errors_are_reported_not_raised(mamba, tmp_path, capsys
     assert "topk must be in 1.." in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_client_times_out_on_a_server_that_never_answers(protocol):
+    """timeout_s bounds every call on both protocols: over gRPC it is passed as each call's deadline (gRPC has no
+    client-wide timeout; without it the constructor's metadata read waited ~20 s for gRPC's own connect deadline,
+    and a call on an established connection to a stuck server had no deadline at all)."""
+    import socket
+
+    pytest.importorskip("tritonclient.grpc" if protocol == "grpc" else "tritonclient.http",
+                        reason=f"tritonclient[{protocol}] is not installed")
+    from export.triton_client import TritonRecommendError, TritonRecommender
+
+    silent = socket.socket()                       # accepts connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    url = f"127.0.0.1:{silent.getsockname()[1]}"
+    outcome = []
+
+    def connect():
+        try:
+            TritonRecommender(url, "m", protocol=protocol, timeout_s=1.0)
+            outcome.append("answered")
+        except Exception as e:                     # noqa: BLE001 (the type is the assertion)
+            outcome.append(e)
+
+    t = threading.Thread(target=connect, daemon=True)
+    t.start()
+    t.join(8)                                      # gRPC's own connect deadline is ~20 s: the 1-s one must win
+    alive = t.is_alive()
+    t.join(60)
+    silent.close()
+    assert not alive, f"{protocol}: still waiting after 8 s although timeout_s=1"
+    assert len(outcome) == 1 and isinstance(outcome[0], (TritonRecommendError, OSError, TimeoutError)), outcome
+
+
 # ============================================================= implicit state, driven like Triton's sequence batcher
 @pytest.mark.parametrize("which", ["mamba", "lru"])
 def test_implicit_graph_follows_triton_state_protocol(which, mamba, mamba_export, lru_export, tmp_path):

@@ -266,6 +266,12 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     from .evaluate import align_with_model, evaluate_model
 
     out_dir = out_dir or os.path.join(pathlib.Path(__file__).resolve().parent.parent, "hub_cards", name)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run folder {run_dir} not found (a `python -m zoo.train --out` folder)")
+    missing = [f for f in ("config.json", "model.safetensors", "train_log.json")
+               if not os.path.exists(os.path.join(run_dir, f))]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} is not a finished zoo.train run: missing {missing}")
     # everything is measured on the run's checkpoint first: an error (wrong data, a vocabulary that does not fit)
     # leaves an existing card folder as it was
     model = AutoModel.from_pretrained(run_dir)
@@ -392,9 +398,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, path in bundled_models().items():
             print(f"{HUB_ORG}/{name}\t{path}")
     elif args.cmd == "card":
-        m = build_card_folder(args.run, args.name, args.data, args.out, args.exclude_history, args.description,
-                              args.dataset_type, args.dataset_name,
-                              open(args.notes).read() if args.notes else "")
+        try:
+            notes = pathlib.Path(args.notes).read_text() if args.notes else ""
+            m = build_card_folder(args.run, args.name, args.data, args.out, args.exclude_history, args.description,
+                                  args.dataset_type, args.dataset_name, notes)
+        except (FileNotFoundError, KeyError, ValueError) as e:        # the messages name the file or the items
+            sys.exit(f"card not written: {e}")
         print(json.dumps(m, indent=1))
     elif args.cmd == "push":
         try:

@@ -149,9 +149,23 @@ def test_wrong_class_corrupt_and_mismatched_checkpoints(tmp_path):
         AutoModel.from_pretrained(cor)
     # vocabulary that does not fit n_items
     voc = tmp_path / "vocab"
+    model.set_item_vocab(zoo.ItemVocab(list(range(100, 100 + model.config.n_items - 1))))
     model.save_pretrained(voc)
     zoo.ItemVocab(list(range(10))).save(voc)
     with pytest.raises(ValueError, match="item vocabulary has 10 items"):
+        AutoModel.from_pretrained(voc)
+    # config.json records whether a vocabulary belongs to the weights: a deleted one is an error (the ids would
+    # silently become internal indices), and so is one beside weights saved without a vocabulary
+    (voc / "item_vocab.json").unlink()
+    with pytest.raises(ValueError, match="saved with an item vocabulary .* item_vocab.json is missing"):
+        AutoModel.from_pretrained(voc)
+    model.save_pretrained(voc)
+    assert AutoModel.from_pretrained(voc).item_vocab == model.item_vocab
+    model.set_item_vocab(None)
+    model.save_pretrained(voc)                     # the vocabulary of the weights it replaces is not left behind
+    assert not (voc / "item_vocab.json").exists() and AutoModel.from_pretrained(voc).item_vocab is None
+    zoo.ItemVocab(list(range(100, 100 + model.config.n_items - 1))).save(voc)
+    with pytest.raises(ValueError, match="does not belong to these weights"):
         AutoModel.from_pretrained(voc)
 
 

@@ -449,16 +449,23 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         if not kwargs["safe_serialization"]:
             raise ValueError("zoo models are saved as safetensors only (no pickles)")
         os.makedirs(save_directory, exist_ok=True)
+        # config.json records whether a vocabulary belongs to these weights, so that loading can tell a deleted
+        # item_vocab.json (error) from a model that never had one, and a stale one left from earlier weights
+        self.config.item_vocab_file = VOCAB_FILE if self.item_vocab is not None else None
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.item_vocab is not None:
             self.item_vocab.save(save_directory)
+        elif os.path.exists(os.path.join(save_directory, VOCAB_FILE)):
+            os.remove(os.path.join(save_directory, VOCAB_FILE))     # it described the weights just replaced
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a zoo model from a folder (or Hub id): strict about class, weights and vocabulary.
 
         Raises ``ValueError`` when the checkpoint is of another model type, when weights are missing, unexpected
-        or of the wrong shape, when the weight file is corrupt, or when the vocabulary does not fit ``n_items``.
+        or of the wrong shape, when the weight file is corrupt, when the vocabulary does not fit ``n_items``, or
+        when ``config.item_vocab_file`` (written by :meth:`save_pretrained`) says a vocabulary belongs to the weights
+        and it is missing, or that none does and one is there.
         """
         from .pretrained import resolve_pretrained
 
@@ -491,6 +498,13 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             detail = "; ".join(f"{k.replace('_', ' ')}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
             raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): {detail}")
         vocab_path = os.path.join(path, VOCAB_FILE) if os.path.isdir(path) else None
+        recorded = getattr(config, "item_vocab_file", "unrecorded")      # unrecorded: saved before the field existed
+        if vocab_path and recorded not in (None, "unrecorded") and not os.path.exists(vocab_path):
+            raise ValueError(f"{path} was saved with an item vocabulary ({recorded}) but {VOCAB_FILE} is missing: "
+                             "without it the model's item ids are internal indices, not the data's ids")
+        if vocab_path and recorded is None and os.path.exists(vocab_path):
+            raise ValueError(f"{path}/{VOCAB_FILE} does not belong to these weights (config.json says the model "
+                             "was saved without a vocabulary): remove it, or re-save the model with its vocabulary")
         if vocab_path and os.path.exists(vocab_path):
             model.set_item_vocab(ItemVocab.load(vocab_path))
         return model

@@ -179,8 +179,15 @@ def test_cli_inter_file_and_unknown_items(tmp_path):
     assert res["metrics"]["HR@1"] == 1.0
     data.write_text("user_id:token\titem_id:token\ttimestamp:float\n"
                     "1\t10\t1\n1\t60\t2\n1\t70\t3\n1\t40\t4\n")
-    with pytest.raises(KeyError, match=r"2 of the 4 items .*not in the model's item vocabulary"):
+    with pytest.raises(SystemExit, match=r"2 of the 4 items .*not in the model's item vocabulary.*--unknown-items"):
         main(["--model", str(d), "--data", str(data), "--kcore", "none", "--no-progress"])
+    # --unknown-items drop: the unknown interactions go, the evaluation runs on the rest and says so
+    data.write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                    "1\t10\t1\n1\t60\t2\n1\t20\t3\n1\t30\t4\n1\t40\t5\n")
+    res = main(["--model", str(d), "--data", str(data), "--kcore", "none", "--ks", "1", "--no-progress",
+                "--unknown-items", "drop"])
+    assert res["metrics"]["HR@1"] == 1.0 and res["protocol"]["unknown_items"] == "drop"
+    assert "1 interactions with items the model does not know dropped" in res["vocab"]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -319,6 +326,11 @@ def test_cli_onnx(tmp_path, capsys):
     ref = main(["--model", str(_save(model, tmp_path / "m")), "--data", str(data), "--kcore", "none", "--ks", "5",
                 "10", "--exclude-history", "--no-progress"])
     assert out["metrics"] == pytest.approx(ref["metrics"], abs=1e-9)
+    # without --ks, a top-10 graph with no scores output answers the default cut-offs it can (5, 10; not 20)
+    default = main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--kcore", "none", "--no-progress"])
+    assert default["protocol"]["ks"] == [5, 10] and default["metrics"] == out["metrics"]
+    with pytest.raises(SystemExit, match="cut-off @20 is above the graph's in-graph top-10"):
+        main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--kcore", "none", "--ks", "20", "--no-progress"])
     with pytest.raises(SystemExit, match="--history-share is measured on a --model"):
         main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--history-share", "--ks", "5"])
     with pytest.raises(SystemExit, match="exported without --exclude-seen"):

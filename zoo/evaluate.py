@@ -202,25 +202,39 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
 
 
 # --------------------------------------------------------------------------- CLI helpers
-def align_with_model(ds: SequenceDataset, model) -> tuple[SequenceDataset, str]:
+def align_with_model(ds: SequenceDataset, model, unknown: str = "error") -> tuple[SequenceDataset, str]:
     """Re-index ``ds`` with the model's ``item_vocab``; returns ``(dataset, note)``.
 
-    Raises :class:`~zoo.vocab.UnknownItemError` counting the data items the model does not know. A model without a
-    vocabulary is assumed to use the data's own first-appearance indexing (checked against ``n_items``).
+    Raises :class:`~zoo.vocab.UnknownItemError` counting the data items the model does not know (``unknown="drop"``
+    removes their interactions instead, and the note says how many). A model without a vocabulary is assumed to use
+    the data's own first-appearance indexing (checked against ``n_items``).
     """
-    return align_with_vocab(ds, getattr(model, "item_vocab", None), int(model.config.n_items), "model")
+    return align_with_vocab(ds, getattr(model, "item_vocab", None), int(model.config.n_items), "model", unknown)
 
 
-def align_with_vocab(ds: SequenceDataset, vocab, n_items: int, owner: str = "model") -> tuple[SequenceDataset, str]:
+def align_with_vocab(ds: SequenceDataset, vocab, n_items: int, owner: str = "model",
+                     unknown: str = "error") -> tuple[SequenceDataset, str]:
     """:func:`align_with_model` for any ``owner`` of a vocabulary (a model, an exported graph's ``item_vocab.json``);
     ``vocab`` None: the data's first-appearance indexing, checked against ``n_items``."""
     if vocab is not None:
-        return ds.reencode(vocab, unknown="error"), f"item ids mapped through the {owner}'s vocabulary ({len(vocab)} items)"
+        out = ds.reencode(vocab, unknown=unknown)
+        note = f"item ids mapped through the {owner}'s vocabulary ({len(vocab)} items)"
+        dropped = ds.n_interactions - out.n_interactions
+        if dropped:
+            note += (f"; {dropped} interactions with items the {owner} does not know dropped "
+                     f"({ds.n_users - out.n_users} users left with none): not the full data's protocol")
+        return out, note
     if ds.n_items + 1 > n_items:
         raise ValueError(f"the data has {ds.n_items} items but the {owner} (no item vocabulary) has only "
                          f"n_items={n_items} rows; cannot map item ids")
     return ds, (f"WARNING: the {owner} has no item vocabulary; using the data's first-appearance item indexing, "
                 "which is only right if the model was trained on this file with the zoo loader")
+
+
+def _unknown_hint(e: Exception) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return msg.replace("(pass unknown='drop' to evaluate only known items)",
+                       "(--unknown-items drop evaluates on the known items only)")
 
 
 def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR", "NDCG", "MRR", "Hist")) -> str:
@@ -243,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--exclude-history", action="store_true",
                    help="LRURec protocol: mask the items of the input window before ranking")
-    p.add_argument("--ks", type=positive_int, nargs="+", default=[5, 10, 20], help="cut-offs (default 5 10 20)")
+    p.add_argument("--ks", type=positive_int, nargs="+", default=None,
+                   help="cut-offs (default 5 10 20; for an --onnx graph without a scores output, those <= its top-K)")
     p.add_argument("--history-share", action="store_true",
                    help="also report Hist@K: the mean share of the top-K slots taken by items of the input window "
                         "(never the target on data without repeats, e.g. ML-1M; 0 with --exclude-history)")
@@ -251,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="--onnx: ONNX Runtime intra-op threads")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--max-users", type=positive_int, default=None, help="evaluate only the first N users (quick check)")
+    p.add_argument("--unknown-items", choices=("error", "drop"), default="error",
+                   help="data items the model does not know: error (default), or drop their interactions (the "
+                        "evaluation then covers only known items; the note and JSON say how many were dropped)")
     p.add_argument("--kcore", type=kcore_arg, default="auto",
                    help="k-core filter: int, 'none', or 'auto' (5 for interaction files, none for .seq)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
@@ -261,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``python -m zoo.evaluate`` / ``zoo-evaluate``; returns the result dict (also printed)."""
     args = build_parser().parse_args(argv)
-    args.ks = sorted(set(args.ks))          # "--ks 10 10" is one cut-off, reported once
+    if args.ks is not None:
+        args.ks = sorted(set(args.ks))          # "--ks 10 10" is one cut-off, reported once
     if args.threads is not None and args.threads < 1:
         raise SystemExit("--threads sets ONNX Runtime's threads for --onnx, and must be >= 1")
     if args.threads is not None and not args.onnx:
@@ -284,8 +303,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         device = resolve_device(args.device)
     except ValueError as e:
         raise SystemExit(f"--device: {e}") from None
+    args.ks = args.ks or [5, 10, 20]
     ds = load_dataset(args.data, kcore=args.kcore)
-    ds, note = align_with_model(ds, model)
+    try:
+        ds, note = align_with_model(ds, model, args.unknown_items)
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"error: {_unknown_hint(e)}") from None
     split = leave_one_out(ds)
     examples = split.test if args.split == "test" else split.valid
     if args.max_users:
@@ -303,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "max_seq_length": int(model.config.max_seq_length),
         "kcore": ds.kcore,  # effective (user_k, item_k), None when unfiltered
         "ks": list(args.ks),
+        "unknown_items": args.unknown_items,
     }
     result = {
         "metrics": metrics,
@@ -318,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     print(f"{type(model).__name__} ({args.model}) on {ds.name}: {args.split}, {len(examples)} users, "
           f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}")
-    if note.startswith("WARNING"):
+    if note.startswith("WARNING") or "dropped" in note:
         print(note, file=sys.stderr)
     print(format_table(metrics, args.ks))
     _write_json(result, args.json)
@@ -353,9 +377,12 @@ def _main_onnx(args, t0: float) -> dict:
     vocab_path = os.path.join(os.path.dirname(graph), spec.get("item_vocab", "item_vocab.json"))
     vocab = ItemVocab.load(vocab_path) if os.path.exists(vocab_path) else None
     try:
-        ds, note = align_with_vocab(ds, vocab, int(spec["n_items"]), "graph")
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        ds, note = align_with_vocab(ds, vocab, int(spec["n_items"]), "graph", args.unknown_items)
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"error: {_unknown_hint(e)}") from None
+    has_scores = any(o["name"] == "scores" for o in spec["outputs"])
+    if args.ks is None:                     # the default cut-offs the graph can answer
+        args.ks = [k for k in (5, 10, 20) if has_scores or k <= int(spec["topk"])] or [int(spec["topk"])]
     split = leave_one_out(ds)
     examples = split.test if args.split == "test" else split.valid
     if args.max_users:
@@ -365,7 +392,6 @@ def _main_onnx(args, t0: float) -> dict:
                                 progress=not args.no_progress)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    has_scores = any(o["name"] == "scores" for o in spec["outputs"])
     protocol = {
         "name": "lrurec" if excluded else "recbole",
         "split": args.split,
@@ -378,6 +404,7 @@ def _main_onnx(args, t0: float) -> dict:
         "max_seq_length": int(spec["max_seq_length"]),
         "kcore": ds.kcore,
         "ks": list(args.ks),
+        "unknown_items": args.unknown_items,
     }
     result = {"metrics": metrics, "protocol": protocol,
               "data": os.path.abspath(args.data) if os.path.exists(args.data) else args.data,
@@ -389,7 +416,7 @@ def _main_onnx(args, t0: float) -> dict:
     print(f"ONNX {spec['kind']} graph of {spec.get('model_type')} ({args.onnx}, {spec.get('precision', 'fp32')}) on "
           f"{ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
           + (" (history excluded by the graph)" if excluded else ""))
-    if note.startswith("WARNING"):
+    if note.startswith("WARNING") or "dropped" in note:
         print(note, file=sys.stderr)
     print(format_table(metrics, args.ks))
     _write_json(result, args.json)

@@ -55,6 +55,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -68,6 +69,7 @@ PLAN_FILE = "model.plan"
 VOCAB_FILE = "item_vocab.json"
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 STATES = ("implicit", "explicit")
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.\-]+")          # one folder of the repository
 #: Triton container the README/serve.sh commands name (any release >= 24.01 with the ORT/TRT backends works)
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
 #: Triton folder (under the model folder) holding the ``initial_state`` data files
@@ -570,9 +572,25 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
                      plan: str | None = None, plugin_lib: str | None = None, **config_kwargs) -> pathlib.Path:
     """Write ``repo/<name>/`` from an :mod:`export.onnx` export folder (``model.onnx`` + ``state_spec.json``).
 
-    Returns the model folder. The config is validated (schema + graph I/O) before anything is written there.
+    Returns the model folder. The config is validated (schema + graph I/O) and every input file checked before
+    anything is written; the folder is assembled in a hidden staging folder beside it and replaces an existing
+    ``repo/<name>/`` only once complete (a failure leaves the previous one as it was).
+
+    Raises:
+        ValueError: a name that is not one folder name, ``plan``/``plugin_lib`` with a backend other than tensorrt,
+            or a config out of range. FileNotFoundError: the export, ``vocab_path``, ``plan`` or ``plugin_lib``
+            does not exist.
     """
     export_dir, repo = pathlib.Path(export_dir), pathlib.Path(repo).resolve()
+    for what, path in (("vocab_path", vocab_path), ("plan", plan), ("plugin_lib", plugin_lib)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{what} {path} not found")
+    for what, path in (("plan", plan), ("plugin_lib", plugin_lib)):
+        if path and backend != "tensorrt":
+            raise ValueError(f"{what} is for the tensorrt backend; backend {backend!r} would not use {path}")
+    if name is not None and (not MODEL_NAME.fullmatch(name) or name in (".", "..")):
+        raise ValueError(f"model name {name!r}: Triton serves each model from one folder of the repository; use "
+                         "letters, digits, '_', '-' and '.' (no path separators)")
     if not (export_dir / SPEC_FILE).exists():
         raise FileNotFoundError(f"{export_dir} holds no {SPEC_FILE}: pass a folder written by `python -m export.onnx`")
     spec = json.loads((export_dir / SPEC_FILE).read_text())
@@ -584,10 +602,31 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     text = make_config(spec, name, backend, state, **config_kwargs)
     implicit = spec["kind"] == "step" and backend != "python" and state == "implicit"
     cfg = validate_config(text, implicit_spec(spec) if implicit else spec)
-    mdir = repo / name
+    final = repo / name
+    repo.mkdir(parents=True, exist_ok=True)
+    mdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=repo))
+    try:
+        _write_model_folder(mdir, text, cfg, spec, graph, export_dir, backend, implicit, vocab_path, plan, plugin_lib)
+    except BaseException:
+        shutil.rmtree(mdir, ignore_errors=True)
+        raise
+    mdir.chmod(0o755)                                       # mkdtemp's 0700 would hide it from the server's user
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(mdir, final)
+    if backend == "tensorrt":
+        sh = repo / "serve.sh"
+        sh.write_text(_serve_sh(name, implicit_spec(spec) if implicit else spec,
+                                config_kwargs.get("max_batch_size", 64)))
+        sh.chmod(0o755)
+    (repo / "README.md").write_text(_readme(repo, name, backend, state, spec))
+    return final
+
+
+def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: pathlib.Path, export_dir: pathlib.Path,
+                        backend: str, implicit: bool, vocab_path, plan, plugin_lib) -> None:
+    """The files of one model folder (config, initial states, vocabulary, graph or plan, plugins) into ``mdir``."""
     vdir = mdir / "1"
-    if mdir.exists():
-        shutil.rmtree(mdir)
     vdir.mkdir(parents=True)
     (mdir / "config.pbtxt").write_text(text)
     if cfg.HasField("sequence_batching"):
@@ -598,7 +637,7 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
                 (mdir / INIT_DIR).mkdir(exist_ok=True)
                 (mdir / INIT_DIR / f).write_bytes(initial_state_bytes(by_name[st.input_name]))
         check_initial_state_files(mdir, cfg)
-    if vocab_path and os.path.exists(vocab_path):
+    if vocab_path:
         shutil.copy(vocab_path, mdir / VOCAB_FILE)
     if backend == "python":
         shutil.copy(graph, vdir / GRAPH_FILE)
@@ -634,12 +673,6 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
         else:
             (pdir / "README.md").write_text(f"Put {ps.PLUGIN_LIBRARY} (built for the container's TensorRT by "
                                             "`python -m export.build_plugins`) here.\n")
-        sh = repo / "serve.sh"
-        sh.write_text(_serve_sh(name, implicit_spec(spec) if implicit else spec,
-                                config_kwargs.get("max_batch_size", 64)))
-        sh.chmod(0o755)
-    (repo / "README.md").write_text(_readme(repo, name, backend, state, spec))
-    return mdir
 
 
 def export_and_write(model, repo: str | os.PathLike, topk: int = 10, work_dir: str | None = None,

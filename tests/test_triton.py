@@ -269,6 +269,36 @@ def test_cli_refuses_bad_serving_numbers_before_writing(mamba_export, tmp_path, 
         T.make_config(spec, "m", max_batch_size=0)
 
 
+def test_repository_inputs_are_checked_and_a_failed_write_keeps_the_previous_folder(mamba_export, tmp_path,
+                                                                                    monkeypatch):
+    """Names that leave the repository, files that are not there and options the backend would ignore are errors
+    before anything is written; a write that fails half-way (here: the graph rewrite) leaves the model folder that
+    was there byte-identical and no staging folder behind (it used to be deleted first)."""
+    repo = tmp_path / "r"
+    mdir = T.write_repository(mamba_export, repo, name="m")
+    before = {p.relative_to(mdir): p.read_bytes() for p in mdir.rglob("*") if p.is_file()}
+    for kw, err, msg in ((dict(name="../evil"), ValueError, "one folder of the repository"),
+                         (dict(name="a/b"), ValueError, "no path separators"),
+                         (dict(name="m", vocab_path=str(tmp_path / "no.json")), FileNotFoundError, "vocab_path"),
+                         (dict(name="m", backend="tensorrt", plan=str(tmp_path / "no.plan")), FileNotFoundError,
+                          "plan .* not found"),
+                         (dict(name="m", plan=str(mamba_export / "state_spec.json")), ValueError,
+                          "plan is for the tensorrt backend")):
+        with pytest.raises(err, match=msg):
+            T.write_repository(mamba_export, repo, **kw)
+    assert not (tmp_path / "evil").exists() and not (repo / "a").exists()
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(T, "add_sequence_controls", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        T.write_repository(mamba_export, repo, name="m")
+    assert {p.relative_to(mdir): p.read_bytes() for p in mdir.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "m"]
+    assert oct(mdir.stat().st_mode & 0o777) == "0o755"
+
+
 def test_cli_model_export_errors_are_reported_not_raised(mamba, tmp_path, capsys):
     mamba.save_pretrained(tmp_path / "m")
     assert T.main(["--model", str(tmp_path / "m"), "--repo", str(tmp_path / "r"), "--topk", "0", "--no-verify"]) == 1

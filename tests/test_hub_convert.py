@@ -145,8 +145,20 @@ def test_convert_cli_reports_a_refusal_as_an_error_line(tmp_path, capsys):
         main(["--model", "sasrec", "--checkpoint", ckpt, "--out", str(tmp_path / "refused")])
     assert "error:" in str(e.value.code) and "--set num_heads" in str(e.value.code)
     assert not (tmp_path / "refused").exists()
-    with pytest.raises(SystemExit, match="no such file|No such file|not found"):
+    with pytest.raises(SystemExit, match="checkpoint .*missing.pth not found"):   # not "probably RecBole's Config"
         main(["--model", "sasrec", "--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x")])
+    # a file that is no checkpoint, an empty one and a truncated one are named as such (were unpickler tracebacks
+    # with --trust-pickle, or the advice to trust the file)
+    (tmp_path / "notes.pth").write_text("# not weights\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "cut.pth").write_bytes((RECBOLE_SASREC / "state_dict.pth").read_bytes()[:1000])
+    for name, msg in (("notes.pth", "is not a PyTorch checkpoint .*neither torch.save's zip archive nor a pickle"),
+                      ("empty.pth", r"is not a PyTorch checkpoint \(empty file\)"),
+                      ("cut.pth", "is a truncated or corrupt checkpoint")):
+        for trust in ([], ["--trust-pickle"]):
+            with pytest.raises(SystemExit, match=msg):
+                main(["--model", "sasrec", "--checkpoint", str(tmp_path / name), "--out", str(tmp_path / "x"), *trust])
+    assert not (tmp_path / "x").exists()
     main(["--model", "sasrec", "--checkpoint", ckpt, "--out", str(tmp_path / "ok"), "--set", "num_heads=2"])
     assert "wrote" in capsys.readouterr().out and (tmp_path / "ok" / "model.safetensors").exists()
 

@@ -28,6 +28,7 @@ internal order, ``[PAD]`` first) to save a vocabulary.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from typing import Sequence
 
@@ -95,14 +96,27 @@ def load_checkpoint(path: str, trust_pickle: bool = False) -> tuple[dict[str, to
     """``(state dict, RecBole settings)`` from a raw state-dict file or a RecBole checkpoint; the settings are ``{}``
     unless the file holds RecBole's ``Config`` (readable only with ``trust_pickle``)."""
     settings: dict = {}
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):    # torch.save's zip, or a legacy pickle
+        raise ValueError(f"{path} is not a PyTorch checkpoint (" + ("empty file)" if not head else
+                         f"it starts with {head!r}, neither torch.save's zip archive nor a pickle)"))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "central directory" in str(e) or isinstance(e, EOFError):
+            raise ValueError(f"{path} is a truncated or corrupt checkpoint: torch.load could not read it") from None
         if not trust_pickle:
-            raise ValueError(f"{path} cannot be loaded safely (weights_only): {str(e).splitlines()[0]}. It probably "
+            raise ValueError(f"{path} cannot be loaded safely (weights_only): {first}. It probably "
                              "holds RecBole's Config object; re-run with --trust-pickle if you trust the file, or "
                              "save ckpt['state_dict'] alone in a RecBole environment") from None
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle_module())
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle_module())
+        except Exception as e2:                      # a truncated or foreign file: name it, not the unpickler's trace
+            raise ValueError(f"{path} could not be unpickled ({type(e2).__name__}: {e2})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         settings = recbole_settings(obj.get("config"))
         obj = obj["state_dict"]

@@ -83,6 +83,9 @@ class SeqRecConfig(PreTrainedConfig):
         max_seq_length (`int`): history window length ``L`` used in training and by :meth:`recommend`.
         hidden_size (`int`): model width ``D``.
         initializer_range (`float`): std of the normal init of linear/embedding weights.
+        item_vocab_file (`str` or `None`, written by ``save_pretrained``): ``"item_vocab.json"`` when the weights
+            were saved with their item vocabulary, ``None`` when without one (loading checks the folder against it;
+            checkpoints saved before this field existed do not have it).
     """
 
     model_type = "seqrec"

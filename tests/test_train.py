@@ -384,3 +384,43 @@ def test_bad_kcore_is_a_usage_error(tmp_path, value, capsys):
                     "--kcore", value])
     assert e.value.code == 2 and "--kcore must be an int >= 1, 'none' (or 0) or 'auto'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_set_names_only_config_fields(tmp_path):
+    """--set of a field the model's config does not have (a typo) is refused before any work; it used to be stored in
+    config.json and change nothing."""
+    with pytest.raises(ValueError, match=r"--set: \['hiden_size'\] not fields of SASRecConfig"):
+        train_main(["--model", "sasrec", "--data", str(tmp_path / "not-read.tsv"), "--out", str(tmp_path / "o"),
+                    "--set", "hiden_size=128"])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_init_from_applies_set_or_refuses_it(tmp_path, capsys):
+    """With --init-from, --set and --max-len used to be silently ignored (the checkpoint's config won). Now a field
+    that keeps the weights' shapes (dropout; Mamba4Rec's window, which has no position table) is applied and logged,
+    one that would reshape them (width; SASRec's position table) is an error, and a value equal to the checkpoint's
+    changes nothing."""
+    import json
+
+    data = _markov_file(tmp_path / "m.tsv", n_users=30, length=(8, 14))
+    base = ["--data", str(data), "--epochs", "1", "--kcore", "0", "--no-progress", "--batch-size", "8"]
+    train_main(["--model", "sasrec", *base, "--max-len", "20", "--out", str(tmp_path / "a"), "--set",
+                "hidden_size=16", "inner_size=32", "hidden_dropout=0.5"])
+    train_main(["--model", "sasrec", *base, "--init-from", str(tmp_path / "a"), "--out", str(tmp_path / "b"),
+                "--set", "hidden_dropout=0.1", "hidden_size=16"])
+    assert "hidden_dropout 0.5 -> 0.1" in capsys.readouterr().out
+    log = json.loads((tmp_path / "b" / "train_log.json").read_text())
+    assert log["init_config_changes"] == {"hidden_dropout": [0.5, 0.1]}
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert cfg["hidden_dropout"] == 0.1 and cfg["max_seq_length"] == 20      # no --max-len: the checkpoint's window
+    for extra, what in ((["--set", "hidden_size=32"], "hidden_size=32 changes the checkpoint's weights"),
+                        (["--max-len", "30"], "max_seq_length=30 changes the checkpoint's weights")):
+        with pytest.raises(ValueError, match=what):
+            train_main(["--model", "sasrec", *base, "--init-from", str(tmp_path / "a"), "--out", str(tmp_path / "c"),
+                        *extra])
+    train_main(["--model", "mamba4rec", *base, "--max-len", "20", "--out", str(tmp_path / "m1"), "--set",
+                "hidden_size=16", "d_state=4"])
+    train_main(["--model", "mamba4rec", *base, "--max-len", "12", "--init-from", str(tmp_path / "m1"), "--out",
+                str(tmp_path / "m2")])
+    assert json.loads((tmp_path / "m2" / "config.json").read_text())["max_seq_length"] == 12

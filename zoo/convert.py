@@ -176,6 +176,9 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     shape_fields = set(cfg) - set(RECBOLE_FIELDS[model_type].values())
     if model_type == "mamba4rec":
         shape_fields.discard("max_seq_length")                         # no position table: any window works
+    from .train import check_config_overrides
+
+    check_config_overrides(cfg_cls, overrides or {})
     for k, v in (overrides or {}).items():
         if k in shape_fields and v != cfg[k]:
             raise ValueError(f"--set {k}={v}: the checkpoint's weights say {k} = {cfg[k]}")

@@ -75,6 +75,10 @@ class StateTensorSpec:
     doc: str = ""
 
 
+_SIZE_FIELDS = ("num_layers", "d_state", "d_conv", "expand", "inner_size", "num_heads", "head_dim", "chunk_size",
+                "embedding_size", "state_expansion", "dt_rank")
+
+
 class SeqRecConfig(PreTrainedConfig):
     """Fields shared by every zoo model config (each model's config documents its own fields too).
 
@@ -96,6 +100,15 @@ class SeqRecConfig(PreTrainedConfig):
             raise ValueError(f"n_items must be >= 2 (padding + at least one item), got {n_items}")
         if int(max_seq_length) < 1:
             raise ValueError(f"max_seq_length must be >= 1, got {max_seq_length}")
+        if int(hidden_size) < 1:
+            raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
+        # the sizes and rates the model configs share by name (each config checks its own relations too)
+        bad = [f"{k} must be >= 1, got {v}" for k in _SIZE_FIELDS
+               if (v := getattr(self, k, None)) is not None and not isinstance(v, str) and int(v) < 1]
+        bad += [f"{k} must be in [0, 1), got {v}" for k, v in vars(self).items()
+                if "dropout" in k and isinstance(v, (int, float)) and not 0.0 <= float(v) < 1.0]
+        if bad:
+            raise ValueError("; ".join(bad))
         self.n_items = int(n_items)
         self.max_seq_length = int(max_seq_length)
         self.hidden_size = int(hidden_size)

@@ -93,12 +93,59 @@ def parse_overrides(items: Sequence[str]) -> dict:
     return out
 
 
+def config_fields(cfg_cls) -> set[str]:
+    """The documented fields of a zoo config class: the ``__init__`` parameters of it and its zoo bases."""
+    import inspect
+
+    from .modeling_utils import SeqRecConfig
+
+    names: set[str] = set()
+    for klass in cfg_cls.__mro__:
+        if isinstance(klass, type) and issubclass(klass, SeqRecConfig):
+            names |= {n for n, p in inspect.signature(klass.__init__).parameters.items()
+                      if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names
+
+
+def check_config_overrides(cfg_cls, overrides: dict, where: str = "--set") -> None:
+    """``ValueError`` for an override that is not a field of ``cfg_cls`` (a typo such as ``hiden_size`` would
+    otherwise be stored in config.json and change nothing)."""
+    fields = config_fields(cfg_cls)
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"{where}: {unknown} not fields of {cfg_cls.__name__} ({cfg_cls.model_type}); its fields: "
+                         f"{sorted(fields)}")
+
+
 def build_model(model_type: str, n_items: int, config_overrides: dict):
     from .models import get_model_class
 
     cfg_cls, model_cls = get_model_class(model_type)
+    check_config_overrides(cfg_cls, config_overrides)
     config = cfg_cls(n_items=n_items, **config_overrides)
     return model_cls(config)
+
+
+def apply_config_overrides(model, overrides: dict, where: str = "--init-from"):
+    """``(model, changes)``: ``model`` with the config fields in ``overrides`` that differ from its own set (dropout,
+    a window length without a position table, ...), its weights carried over. An override that changes a weight's
+    shape (width, layers, a position table's length) is a ``ValueError``: the checkpoint cannot be continued with it.
+    ``changes`` maps each changed field to ``(old, new)``."""
+    cfg = model.config
+    check_config_overrides(type(cfg), overrides)
+    changes = {k: (getattr(cfg, k, None), v) for k, v in overrides.items() if getattr(cfg, k, None) != v}
+    if not changes:
+        return model, {}
+    new = type(model)(type(cfg)(**{**cfg.to_dict(), **{k: v for k, (_, v) in changes.items()}}))
+    old_sd, new_sd = model.state_dict(), new.state_dict()
+    reshaped = sorted(k for k in old_sd if k in new_sd and old_sd[k].shape != new_sd[k].shape)
+    if reshaped or set(old_sd) != set(new_sd):
+        raise ValueError(f"{where}: {', '.join(f'{k}={v!r}' for k, (_, v) in changes.items())} changes the "
+                         f"checkpoint's weights ({(reshaped or sorted(set(old_sd) ^ set(new_sd)))[:4]}); a checkpoint "
+                         "can be continued only with settings that keep its weights' shapes")
+    new.load_state_dict(old_sd, strict=True)
+    new.set_item_vocab(model.item_vocab)
+    return new, changes
 
 
 def no_decay_parameter(module: torch.nn.Module, param_name: str) -> bool:
@@ -198,7 +245,7 @@ def environment() -> dict:
 
 
 def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int = 10, seed: int = 2020,
-          max_len: int = 200, config_overrides: dict | None = None, optimizer: str | None = None,
+          max_len: int | None = None, config_overrides: dict | None = None, optimizer: str | None = None,
           lr: float | None = None, weight_decay: float | None = None, batch_size: int | None = None,
           clip: float | None = None, device: str | None = None, amp: bool = False, max_minutes: float | None = None,
           valid_users: int | None = None, exclude_history: bool = False, kcore="auto", progress: bool = True,
@@ -224,6 +271,9 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     from .modeling_utils import resolve_device
 
     lr_factor(lr_schedule, 0.0)                                    # validate the names before any work
+    from .models import get_model_class
+
+    check_config_overrides(get_model_class(model_type)[0], dict(config_overrides or {}))
     if decay_over not in DECAY_HORIZONS:
         raise ValueError(f"decay_over must be one of {DECAY_HORIZONS}, got {decay_over!r}")
     if decay_over == "budget" and not max_minutes:
@@ -252,15 +302,21 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     ds = load_dataset(data, kcore=kcore)
     split = leave_one_out(ds)
     overrides = dict(config_overrides or {})
-    overrides.setdefault("max_seq_length", max_len)
+    if max_len is not None:
+        overrides.setdefault("max_seq_length", max_len)
+    init_changes: dict = {}
     if init_from:  # continue from a checkpoint (e.g. a bundled model trained in an earlier, time-limited run)
         from .models import get_model_class
 
-        model = get_model_class(model_type)[1].from_pretrained(init_from).to(device)
+        model = get_model_class(model_type)[1].from_pretrained(init_from)
         if model.item_vocab is None or model.item_vocab != ds.vocab:
             raise ValueError(f"--init-from {init_from}: its item vocabulary differs from the data's; cannot continue")
-        print(f"[zoo.train] initialised from {init_from}", flush=True)
+        model, init_changes = apply_config_overrides(model, overrides, f"--init-from {init_from}")
+        model = model.to(device)
+        print(f"[zoo.train] initialised from {init_from}"
+              + "".join(f"; {k} {a!r} -> {b!r}" for k, (a, b) in init_changes.items()), flush=True)
     else:
+        overrides.setdefault("max_seq_length", 200)
         model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
     model.set_item_vocab(ds.vocab)
     windows = training_windows(split.train, model.config.max_seq_length,
@@ -287,6 +343,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
            "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict()),
            "window_stride": windows.stride, "loss_weighting": loss_weighting,
            "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every}
+    if init_changes:
+        log["init_config_changes"] = {k: list(v) for k, v in init_changes.items()}
     targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]
     if init_from:  # where this stage starts, so that a stage that only lost ground says so
         start = validate(model)
@@ -444,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=1,
                    help="validate every N epochs (RecBole's eval_step), and after the last epoch and at the time budget")
     p.add_argument("--seed", type=int, default=2020)
-    p.add_argument("--max-len", type=int, default=200, help="history window (max_seq_length)")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="history window (max_seq_length; default 200, or the --init-from checkpoint's)")
     p.add_argument("--optimizer", choices=["adam", "adamw"])
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)

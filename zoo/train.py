@@ -306,8 +306,6 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         overrides.setdefault("max_seq_length", max_len)
     init_changes: dict = {}
     if init_from:  # continue from a checkpoint (e.g. a bundled model trained in an earlier, time-limited run)
-        from .models import get_model_class
-
         model = get_model_class(model_type)[1].from_pretrained(init_from)
         if model.item_vocab is None or model.item_vocab != ds.vocab:
             raise ValueError(f"--init-from {init_from}: its item vocabulary differs from the data's; cannot continue")

@@ -231,10 +231,9 @@ def align_with_vocab(ds: SequenceDataset, vocab, n_items: int, owner: str = "mod
                 "which is only right if the model was trained on this file with the zoo loader")
 
 
-def _unknown_hint(e: Exception) -> str:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    return msg.replace("(pass unknown='drop' to evaluate only known items)",
-                       "(--unknown-items drop evaluates on the known items only)")
+def _message(e: Exception) -> str:
+    """The text of an error (a ``KeyError``'s ``str`` would add quotes)."""
+    return e.args[0] if isinstance(e, KeyError) and e.args else str(e)
 
 
 def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR", "NDCG", "MRR", "Hist")) -> str:
@@ -308,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         ds, note = align_with_model(ds, model, args.unknown_items)
     except (KeyError, ValueError) as e:
-        raise SystemExit(f"error: {_unknown_hint(e)}") from None
+        raise SystemExit(f"error: {_message(e)}") from None
     split = leave_one_out(ds)
     examples = split.test if args.split == "test" else split.valid
     if args.max_users:
@@ -379,7 +378,7 @@ def _main_onnx(args, t0: float) -> dict:
     try:
         ds, note = align_with_vocab(ds, vocab, int(spec["n_items"]), "graph", args.unknown_items)
     except (KeyError, ValueError) as e:
-        raise SystemExit(f"error: {_unknown_hint(e)}") from None
+        raise SystemExit(f"error: {_message(e)}") from None
     has_scores = any(o["name"] == "scores" for o in spec["outputs"])
     if args.ks is None:                     # the default cut-offs the graph can answer
         args.ks = [k for k in (5, 10, 20) if has_scores or k <= int(spec["topk"])] or [int(spec["topk"])]

@@ -4,14 +4,26 @@ Guards against the "HR@10 0.0096" failure official Mamba4Rec users hit (Mamba4Re
 but learns nothing.
 """
 
+import contextlib
 import itertools
 import json
 import random
+import re
 
 import pytest
 import torch
 
 from zoo.train import main as train_main, parse_overrides
+
+
+@contextlib.contextmanager
+def refused(capsys, match):
+    """``python -m zoo.train`` refusing a run before any work: a usage error (exit code 2) whose one line on stderr
+    names the problem, and no traceback."""
+    with pytest.raises(SystemExit) as e:
+        yield
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and re.search(match, err) and "Traceback" not in err, err
 
 
 def _markov_file(path, n_users=150, n_items=40, length=(12, 40), p_follow=0.85, seed=0):
@@ -116,7 +128,7 @@ def test_a_stage_that_does_not_beat_its_start_says_so(tmp_path, capsys):
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_out_folder_holding_a_checkpoint_is_refused(tmp_path, monkeypatch):
+def test_out_folder_holding_a_checkpoint_is_refused(tmp_path, monkeypatch, capsys):
     """A run never silently replaces a checkpoint: --out holding one needs --overwrite, and --out equal to
     --init-from is refused even then; both before any work (the existing files are untouched)."""
     data = _markov_file(tmp_path / "markov.tsv", n_users=40)
@@ -125,23 +137,23 @@ def test_out_folder_holding_a_checkpoint_is_refused(tmp_path, monkeypatch):
     a = tmp_path / "a"
     train_main(args + ["--out", str(a)])
     before = {f.name: f.read_bytes() for f in a.iterdir()}
-    with pytest.raises(ValueError, match=r"already holds a checkpoint \(config.json, model.safetensors, train_log"):
+    with refused(capsys, r"already holds a checkpoint \(config.json, model.safetensors, train_log"):
         train_main(args + ["--out", str(a)])
-    with pytest.raises(ValueError, match="would overwrite the checkpoint it starts from"):
+    with refused(capsys, "would overwrite the checkpoint it starts from"):
         train_main(args + ["--out", str(a), "--init-from", str(a), "--overwrite"])
     import zoo.pretrained                                           # a Hub id that resolves to the bundled folder `a`
     monkeypatch.setattr(zoo.pretrained, "bundled_models", lambda: {"tiny-gru": a})
-    with pytest.raises(ValueError, match="would overwrite the checkpoint it starts from"):
+    with refused(capsys, "would overwrite the checkpoint it starts from"):
         train_main(args + ["--out", str(a), "--init-from", "ssm-rec-zoo/tiny-gru", "--overwrite"])
     assert {f.name: f.read_bytes() for f in a.iterdir()} == before
     log = train_main(args + ["--out", str(a), "--overwrite", "--seed", "3"])
     assert json.loads((a / "train_log.json").read_text())["seed"] == log["seed"] == 3
-    with pytest.raises(ValueError, match="patience must be >= 1"):
+    with refused(capsys, "patience must be >= 1"):
         train_main(args + ["--out", str(tmp_path / "c"), "--patience", "0"])
     assert not (tmp_path / "c").exists()
 
 
-def test_eval_every_validates_every_n_epochs_and_after_the_last(tmp_path):
+def test_eval_every_validates_every_n_epochs_and_after_the_last(tmp_path, capsys):
     """``--eval-every 3`` over 7 epochs validates after epochs 3, 6 and 7 (the last), keeps the best of those, and
     ``--patience`` counts validations; ``--eval-every 0`` is refused before any work."""
     torch.set_num_threads(1)
@@ -158,7 +170,7 @@ def test_eval_every_validates_every_n_epochs_and_after_the_last(tmp_path):
                              "--lr", "1e-12"])
     assert [r["epoch"] for r in log["epochs"] if "valid_NDCG@10" in r][-1] == 4 and len(log["epochs"]) == 4
     assert "no valid NDCG@10 gain for 1 validations (every 2 epochs)" in log["stopped"]
-    with pytest.raises(ValueError, match="eval_every must be >= 1"):
+    with refused(capsys, "eval_every must be >= 1"):
         train_main(args + ["--out", str(tmp_path / "c"), "--eval-every", "0"])
     assert not (tmp_path / "c").exists()
 
@@ -196,7 +208,7 @@ def test_linear_schedule_decays_over_planned_epochs(tmp_path, monkeypatch):
     assert seen[-1] == pytest.approx(1e-2 / n)
 
 
-def test_window_stride_trains_and_is_logged(tmp_path):
+def test_window_stride_trains_and_is_logged(tmp_path, capsys):
     torch.set_num_threads(1)
     data = _markov_file(tmp_path / "markov.tsv", n_users=80, length=(30, 60))
     args = ["--data", str(data), "--epochs", "3", "--max-len", "12", "--batch-size", "16", "--lr", "5e-3",
@@ -206,9 +218,9 @@ def test_window_stride_trains_and_is_logged(tmp_path):
                              "--set", *TINY["sasrec"]])
     assert log["window_stride"] == 4 and log["loss_weighting"] == "target" and "supervising its last 4 positions" in log["objective"]
     assert log["test"]["HR@10"] > 2.5 * 10 / 40, log["test"]
-    with pytest.raises(ValueError, match="Cloze"):
+    with refused(capsys, "Cloze"):
         train_main(args + ["--model", "bert4rec", "--out", str(tmp_path / "b"), "--window-stride", "4"])
-    with pytest.raises(ValueError, match="stride must be in"):
+    with refused(capsys, "stride must be in"):
         train_main(args + ["--model", "sasrec", "--out", str(tmp_path / "x"), "--window-stride", "13",
                            "--set", *TINY["sasrec"]])
 
@@ -332,13 +344,13 @@ def test_decay_over_budget_ends_the_decay_at_the_time_budget(tmp_path, monkeypat
         assert "time budget ends by epoch" in note and "--decay-over budget" in note, note
 
 
-def test_decay_over_budget_needs_a_budget_and_a_decay(tmp_path):
+def test_decay_over_budget_needs_a_budget_and_a_decay(tmp_path, capsys):
     data = _markov_file(tmp_path / "markov.tsv", n_users=20)
     args = ["--model", "mamba4rec", "--data", str(data), "--out", str(tmp_path / "m"), "--kcore", "0",
             "--decay-over", "budget", "--no-progress", "--set", *TINY["mamba4rec"]]
-    with pytest.raises(ValueError, match="give --max-minutes"):
+    with refused(capsys, "give --max-minutes"):
         train_main(args + ["--lr-schedule", "linear"])
-    with pytest.raises(ValueError, match="constant schedule has no decay"):
+    with refused(capsys, "constant schedule has no decay"):
         train_main(args + ["--max-minutes", "5"])
 
 
@@ -356,21 +368,21 @@ def test_schedule_progress_takes_the_limit_reached_first():
     ("--clip", "-1", "clip .* must be >= 0"), ("--lr", "-0.001", "lr must be >= 0"),
     ("--weight-decay", "-1", "weight_decay must be >= 0"), ("--max-minutes", "0", "max_minutes must be > 0"),
     ("--max-minutes", "nan", "max_minutes must be > 0"), ("--valid-users", "0", "valid_users must be >= 1"),
-    ("--threads", "0", "--threads must be >= 1"),
+    ("--threads", "0", "argument --threads: expected an int >= 1, got '0'"),
     ("--device", "cuda:99", r"CUDA is not available|GPU\(s\) visible"), ("--device", "tpu", "device 'tpu'")])
-def test_bad_training_numbers_are_refused_before_any_work(tmp_path, flag, value, message):
+def test_bad_training_numbers_are_refused_before_any_work(tmp_path, flag, value, message, capsys):
     """Numbers that would crash late (batch 0), do nothing (0 epochs), or train silently wrong (a negative clip norm
     flips the gradients' sign; a zero budget or --valid-users 0 would mean 'one epoch' or 'all users') are errors."""
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=message):
+    with refused(capsys, message):
         train_main(["--model", "gru4rec", "--data", str(tmp_path / "not-read.tsv"), "--out", str(out), flag, value])
     assert not out.exists()
 
 
-def test_amp_off_cuda_is_refused(tmp_path):
+def test_amp_off_cuda_is_refused(tmp_path, capsys):
     """--amp is bfloat16 autocast on CUDA; on the CPU it would be silently ignored, so it is an error."""
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="amp .* is for CUDA; the run is on cpu"):
+    with refused(capsys, "amp .* is for CUDA; the run is on cpu"):
         train_main(["--model", "gru4rec", "--data", str(tmp_path / "not-read.tsv"), "--out", str(out),
                     "--device", "cpu", "--amp"])
     assert not out.exists()
@@ -386,10 +398,10 @@ def test_bad_kcore_is_a_usage_error(tmp_path, value, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_set_names_only_config_fields(tmp_path):
+def test_set_names_only_config_fields(tmp_path, capsys):
     """--set of a field the model's config does not have (a typo) is refused before any work; it used to be stored in
     config.json and change nothing."""
-    with pytest.raises(ValueError, match=r"--set: \['hiden_size'\] not fields of SASRecConfig"):
+    with refused(capsys, r"--set: \['hiden_size'\] not fields of SASRecConfig"):
         train_main(["--model", "sasrec", "--data", str(tmp_path / "not-read.tsv"), "--out", str(tmp_path / "o"),
                     "--set", "hiden_size=128"])
     assert not (tmp_path / "o").exists()
@@ -416,7 +428,7 @@ def test_init_from_applies_set_or_refuses_it(tmp_path, capsys):
     assert cfg["hidden_dropout"] == 0.1 and cfg["max_seq_length"] == 20      # no --max-len: the checkpoint's window
     for extra, what in ((["--set", "hidden_size=32"], "hidden_size=32 changes the checkpoint's weights"),
                         (["--max-len", "30"], "max_seq_length=30 changes the checkpoint's weights")):
-        with pytest.raises(ValueError, match=what):
+        with refused(capsys, what):
             train_main(["--model", "sasrec", *base, "--init-from", str(tmp_path / "a"), "--out", str(tmp_path / "c"),
                         *extra])
     train_main(["--model", "mamba4rec", *base, "--max-len", "20", "--out", str(tmp_path / "m1"), "--set",
@@ -424,3 +436,29 @@ def test_init_from_applies_set_or_refuses_it(tmp_path, capsys):
     train_main(["--model", "mamba4rec", *base, "--max-len", "12", "--init-from", str(tmp_path / "m1"), "--out",
                 str(tmp_path / "m2")])
     assert json.loads((tmp_path / "m2" / "config.json").read_text())["max_seq_length"] == 12
+
+
+def test_setup_errors_are_usage_errors_on_the_command_line_and_value_errors_in_the_api(tmp_path, capsys):
+    """A missing or malformed data file and a bad --config are refused with one line naming the problem (no
+    traceback, nothing written); ``train()`` raises the same as a ``RunSetupError`` (a ``ValueError``) whose cause is
+    the original exception."""
+    from zoo.train import RunSetupError, train
+
+    out = tmp_path / "out"
+    with refused(capsys, f"interaction file not found: {tmp_path / 'missing.tsv'}"):
+        train_main(["--model", "gru4rec", "--data", str(tmp_path / "missing.tsv"), "--out", str(out)])
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("user_id\titem_id\ttimestamp\n1\t5\t100\n1\t6\tlater\n")
+    with refused(capsys, r"bad.tsv, line 3, column 'timestamp': timestamp 'later' is not a number"):
+        train_main(["--model", "gru4rec", "--data", str(bad), "--out", str(out), "--kcore", "0"])
+    for text, what in (("[1, 2]", "expected a JSON object of config fields, got list"), ("{oops", "not valid JSON")):
+        (tmp_path / "c.json").write_text(text)
+        with refused(capsys, f"--config {tmp_path / 'c.json'}: {re.escape(what)}"):
+            train_main(["--model", "gru4rec", "--data", str(bad), "--out", str(out), "--config",
+                        str(tmp_path / "c.json")])
+    with refused(capsys, f"--config {tmp_path / 'none.json'}: cannot read it"):
+        train_main(["--model", "gru4rec", "--data", str(bad), "--out", str(out), "--config", str(tmp_path / "none.json")])
+    with pytest.raises(RunSetupError, match="interaction file not found") as e:
+        train("gru4rec", str(tmp_path / "missing.tsv"), str(out))
+    assert isinstance(e.value, ValueError) and isinstance(e.value.__cause__, FileNotFoundError)
+    assert not out.exists()

@@ -93,6 +93,23 @@ def parse_overrides(items: Sequence[str]) -> dict:
     return out
 
 
+def read_config_file(path: str | os.PathLike) -> dict:
+    """``--config FILE``: a JSON object of model config fields. ``ValueError`` naming the file when it is not valid
+    JSON or not an object (a list or a number would otherwise fail later, far from the cause)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of config fields, got {type(fields).__name__}")
+    return fields
+
+
 def config_fields(cfg_cls) -> set[str]:
     """The documented fields of a zoo config class: the ``__init__`` parameters of it and its zoo bases."""
     import inspect
@@ -244,35 +261,26 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int = 10, seed: int = 2020,
-          max_len: int | None = None, config_overrides: dict | None = None, optimizer: str | None = None,
-          lr: float | None = None, weight_decay: float | None = None, batch_size: int | None = None,
-          clip: float | None = None, device: str | None = None, amp: bool = False, max_minutes: float | None = None,
-          valid_users: int | None = None, exclude_history: bool = False, kcore="auto", progress: bool = True,
-          command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant",
-          window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1,
-          decay_over: str = "epochs", overwrite: bool = False) -> dict:
-    """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
+class RunSetupError(ValueError):
+    """A run refused before its first epoch: a bad setting, an unreadable or malformed data file, or a starting
+    checkpoint that does not fit the data (``--out`` is untouched). ``python -m zoo.train`` prints it as a usage error,
+    without a traceback; the original exception is its ``__cause__``."""
 
-    ``lr_schedule`` (``constant`` / ``linear`` / ``cosine``) scales the learning rate per batch over the planned
-    ``epochs`` (see :func:`lr_factor`); with ``max_minutes`` set, choose ``epochs`` so that they fit the budget (after
-    the first epoch a note says where the budget will stop the schedule), or pace the decay by the clock with
-    ``decay_over="budget"`` (:func:`schedule_progress`: the decay ends at the budget or the last epoch, whichever
-    comes first).
-    ``eval_every`` (RecBole's ``eval_step``) validates every that many epochs, and always after the last epoch and
-    when the time budget ends; ``patience`` counts validations without a gain, as RecBole's ``stopping_step`` does.
-    A run started ``init_from`` a checkpoint first validates that checkpoint (logged as ``init_valid_NDCG10``) and
-    says at the end when no epoch beat it. ``out`` must not already hold a checkpoint unless ``overwrite`` (see
-    :func:`check_output_folder`)."""
-    from tqdm.auto import tqdm
 
-    from .data import iterate_batches, leave_one_out, load_dataset, training_windows
-    from .evaluate import evaluate_model
+def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int, seed: int, max_len: int | None,
+            config_overrides: dict | None, optimizer: str | None, lr: float | None, weight_decay: float | None,
+            batch_size: int | None, clip: float | None, device: str | None, amp: bool, max_minutes: float | None,
+            valid_users: int | None, kcore, init_from: str | None, lr_schedule: str, window_stride: int | None,
+            loss_weighting: str, eval_every: int, decay_over: str, overwrite: bool):
+    """Everything :func:`train` does before its first epoch, in this order: check the settings, seed, read and split
+    the data, build (or load ``init_from``) the model, cut the training windows. Writes nothing.
+
+    Returns ``(preset, device, dataset, split, model, config_overrides, init_config_changes, windows)``."""
+    from .data import leave_one_out, load_dataset, training_windows
     from .modeling_utils import resolve_device
-
-    lr_factor(lr_schedule, 0.0)                                    # validate the names before any work
     from .models import get_model_class
 
+    lr_factor(lr_schedule, 0.0)                                    # validate the names before any work
     check_config_overrides(get_model_class(model_type)[0], dict(config_overrides or {}))
     if decay_over not in DECAY_HORIZONS:
         raise ValueError(f"decay_over must be one of {DECAY_HORIZONS}, got {decay_over!r}")
@@ -298,7 +306,6 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     if amp and device.type != "cuda":
         raise ValueError(f"amp (bfloat16 autocast) is for CUDA; the run is on {device}")
     set_seed(seed)
-    t0 = time.time()
     ds = load_dataset(data, kcore=kcore)
     split = leave_one_out(ds)
     overrides = dict(config_overrides or {})
@@ -319,6 +326,44 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     model.set_item_vocab(ds.vocab)
     windows = training_windows(split.train, model.config.max_seq_length,
                                split.train_timestamps if model.uses_timestamps else None, stride=window_stride)
+    return preset, device, ds, split, model, overrides, init_changes, windows
+
+
+def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int = 10, seed: int = 2020,
+          max_len: int | None = None, config_overrides: dict | None = None, optimizer: str | None = None,
+          lr: float | None = None, weight_decay: float | None = None, batch_size: int | None = None,
+          clip: float | None = None, device: str | None = None, amp: bool = False, max_minutes: float | None = None,
+          valid_users: int | None = None, exclude_history: bool = False, kcore="auto", progress: bool = True,
+          command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant",
+          window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1,
+          decay_over: str = "epochs", overwrite: bool = False) -> dict:
+    """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
+
+    ``lr_schedule`` (``constant`` / ``linear`` / ``cosine``) scales the learning rate per batch over the planned
+    ``epochs`` (see :func:`lr_factor`); with ``max_minutes`` set, choose ``epochs`` so that they fit the budget (after
+    the first epoch a note says where the budget will stop the schedule), or pace the decay by the clock with
+    ``decay_over="budget"`` (:func:`schedule_progress`: the decay ends at the budget or the last epoch, whichever
+    comes first).
+    ``eval_every`` (RecBole's ``eval_step``) validates every that many epochs, and always after the last epoch and
+    when the time budget ends; ``patience`` counts validations without a gain, as RecBole's ``stopping_step`` does.
+    A run started ``init_from`` a checkpoint first validates that checkpoint (logged as ``init_valid_NDCG10``) and
+    says at the end when no epoch beat it. ``out`` must not already hold a checkpoint unless ``overwrite`` (see
+    :func:`check_output_folder`)."""
+    from tqdm.auto import tqdm
+
+    from .data import iterate_batches
+    from .evaluate import evaluate_model
+
+    t0 = time.time()
+    try:
+        preset, device, ds, split, model, overrides, init_changes, windows = _set_up(
+            model_type, data, out, epochs=epochs, patience=patience, seed=seed, max_len=max_len,
+            config_overrides=config_overrides, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+            batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes, valid_users=valid_users,
+            kcore=kcore, init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride,
+            loss_weighting=loss_weighting, eval_every=eval_every, decay_over=decay_over, overwrite=overwrite)
+    except (ValueError, OSError) as e:
+        raise RunSetupError(str(e)) from e
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
 
     def validate(m) -> dict:
@@ -487,6 +532,7 @@ def _note_budget_vs_schedule(epoch_s: float, left_s: float, epochs: int, schedul
 
 def build_parser() -> argparse.ArgumentParser:
     from .cli import kcore as kcore_arg
+    from .cli import positive_int
 
     p = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model type, e.g. mamba4rec, lrurec, sasrec")
@@ -521,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the clock, so the learning rates depend on the machine's speed)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--max-minutes", type=float, help="stop after this much wall time (best checkpoint kept)")
     p.add_argument("--valid-users", type=int, help="validate on the first N users only (faster epochs)")
     p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: mask history items in eval")
@@ -535,25 +581,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    """Entry point of ``python -m zoo.train``; returns the training log. A run refused before its first epoch
+    (:class:`RunSetupError`: settings, data file, starting checkpoint) exits with a usage error naming the problem."""
+    p = build_parser()
+    args = p.parse_args(argv)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     overrides = {}
-    if args.config:
-        with open(args.config) as f:
-            overrides.update(json.load(f))
-    overrides.update(parse_overrides(args.set))
+    try:
+        if args.config:
+            overrides.update(read_config_file(args.config))
+        overrides.update(parse_overrides(args.set))
+    except ValueError as e:
+        p.error(str(e))
     command = "python -m zoo.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    return train(args.model, args.data, args.out, epochs=args.epochs, patience=args.patience, seed=args.seed,
-                 max_len=args.max_len, config_overrides=overrides, optimizer=args.optimizer, lr=args.lr,
-                 weight_decay=args.weight_decay, batch_size=args.batch_size, clip=args.clip, device=args.device,
-                 amp=args.amp, max_minutes=args.max_minutes, valid_users=args.valid_users,
-                 exclude_history=args.exclude_history, kcore=args.kcore, progress=not args.no_progress, command=command,
-                 init_from=args.init_from, lr_schedule=args.lr_schedule, window_stride=args.window_stride,
-                 loss_weighting=args.loss_weighting, eval_every=args.eval_every, decay_over=args.decay_over,
-                 overwrite=args.overwrite)
+    try:
+        return train(args.model, args.data, args.out, epochs=args.epochs, patience=args.patience, seed=args.seed,
+                     max_len=args.max_len, config_overrides=overrides, optimizer=args.optimizer, lr=args.lr,
+                     weight_decay=args.weight_decay, batch_size=args.batch_size, clip=args.clip, device=args.device,
+                     amp=args.amp, max_minutes=args.max_minutes, valid_users=args.valid_users,
+                     exclude_history=args.exclude_history, kcore=args.kcore, progress=not args.no_progress,
+                     command=command, init_from=args.init_from, lr_schedule=args.lr_schedule,
+                     window_stride=args.window_stride, loss_weighting=args.loss_weighting,
+                     eval_every=args.eval_every, decay_over=args.decay_over, overwrite=args.overwrite)
+    except RunSetupError as e:
+        p.error(str(e))
 
 
 if __name__ == "__main__":

@@ -152,7 +152,8 @@ def test_step_repository_validates(mamba_export, tmp_path, backend, state):
                               vocab_path=str(mamba_export / "item_vocab.json"), idle_timeout_s=42)
     cfg = _parse(mdir / "config.pbtxt")
     assert cfg.backend == backend and cfg.max_batch_size == 64
-    assert (mdir / "item_vocab.json").exists() and (tmp_path / "repo" / "README.md").exists()
+    assert (mdir / "item_vocab.json").exists() and (mdir / "README.md").read_text().startswith(f"# `{mdir.name}` — ")
+    assert f"[`{mdir.name}`]({mdir.name}/README.md)" in (tmp_path / "repo" / "README.md").read_text()
     if state == "explicit" and backend != "python":
         assert cfg.HasField("dynamic_batching") and not cfg.HasField("sequence_batching")
         assert {i.name for i in cfg.input} == {"item_ids", "conv_state", "ssm_state"}
@@ -182,7 +183,9 @@ def test_step_repository_validates(mamba_export, tmp_path, backend, state):
         assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.Kind.KIND_GPU
         serve = (tmp_path / "repo" / "serve.sh").read_text()
         assert f'plugin="/models/{cfg.name}/plugins/{T.ps.PLUGIN_LIBRARY}"' in serve
-        assert "--backend-config=tensorrt,plugins=$plugin" in serve and "--dynamicPlugins=$plugin" in serve
+        assert "--backend-config=tensorrt,plugins=$plugin" in serve
+        assert f"bash /models/{cfg.name}/build_engine.sh $plugin" in serve
+        assert '--dynamicPlugins="$plugin"' in (mdir / "build_engine.sh").read_text()
         assert (mdir / "onnx" / "model_implicit.onnx").exists()
     else:
         g = onnx.load(str(mdir / "1" / "model.onnx"))
@@ -236,7 +239,8 @@ def test_cli_exclude_seen(mamba, mamba_export, lru_seen_export, tmp_path, capsys
     seq = _parse(tmp_path / "r" / "mamba4rec_step_onnxruntime_implicit" / "config.pbtxt").sequence_batching
     seen = [s for s in seq.state if s.input_name == "seen"]
     assert len(seen) == 1 and seen[0].output_name == "seen_out" and list(seen[0].dims) == [N_ITEMS]
-    assert "History excluded (`--exclude-seen`)" in (tmp_path / "r" / "README.md").read_text()
+    assert "History excluded (`--exclude-seen`)" in (tmp_path / "r" / "mamba4rec_step_onnxruntime_implicit" /
+                                                     "README.md").read_text()
     assert T.main(["--onnx", str(lru_seen_export[1]), "--repo", str(tmp_path / "r2"), "--exclude-seen"]) == 0
     assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r3"), "--exclude-seen"]) == 1
     assert "exported without it" in capsys.readouterr().err and not (tmp_path / "r3").exists()
@@ -248,6 +252,52 @@ def test_cli_writes_repository(mamba_export, tmp_path):
     assert (tmp_path / "r" / "m4r" / "config.pbtxt").exists()
     assert T.main(["--onnx", str(tmp_path / "nope"), "--repo", str(tmp_path / "r2")]) != 0
 
+
+def test_repository_of_several_models(mamba_export, lru_export, tmp_path):
+    """Each model folder carries its own README; the repository README indexes every folder (it described only the
+    last model written), and serve.sh builds every TensorRT model's plan, not only the last one's. Regenerating the
+    TensorRT folders as onnxruntime ones removes serve.sh; a folder Triton serves that this tool did not write is
+    listed as such."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    _, lru_dir = lru_export
+    T.write_repository(mamba_export, repo, name="mamba_trt", backend="tensorrt")
+    T.write_repository(lru_dir, repo, name="lru_trt", backend="tensorrt", max_batch_size=8)
+    (repo / "custom").mkdir()
+    (repo / "custom" / "config.pbtxt").write_text('name: "custom"\n')
+    T.write_repository(mamba_export, repo, name="mamba_ort", backend="onnxruntime")
+    index = (repo / "README.md").read_text()
+    assert "[`mamba_trt`](mamba_trt/README.md): mamba4rec, step graph, backend tensorrt, implicit state" in index
+    assert "[`lru_trt`](lru_trt/README.md): lrurec, step graph, backend tensorrt" in index
+    assert "[`mamba_ort`](mamba_ort/README.md): mamba4rec, step graph, backend onnxruntime" in index
+    assert "`custom` (no README" in index
+    serve = (repo / "serve.sh").read_text()
+    assert "bash /models/lru_trt/build_engine.sh $plugin" in serve and "bash /models/mamba_trt/build_engine.sh" in serve
+    assert f'plugin="/models/lru_trt/plugins/{T.ps.PLUGIN_LIBRARY}"' in serve and "mamba_ort" not in serve
+    for script in (repo / "serve.sh", repo / "lru_trt" / "build_engine.sh"):
+        subprocess.run(["bash", "-n", str(script)], check=True)                  # syntax
+
+    # build_engine.sh runs trtexec (here a stand-in that records its arguments) once, then finds the plan
+    fake = tmp_path / "trtexec"
+    fake.write_text('#!/usr/bin/env bash\necho "$@" > "$(dirname "$0")/args"\n'
+                    'for a in "$@"; do case $a in --saveEngine=*) touch "${a#--saveEngine=}";; esac; done\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "TRTEXEC": str(fake)}
+    mdir = repo / "lru_trt"
+    run = subprocess.run(["bash", str(mdir / "build_engine.sh")], env=env, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    args = (tmp_path / "args").read_text().split()
+    assert f"--onnx={mdir}/onnx/model_implicit.onnx" in args and f"--saveEngine={mdir}/1/model.plan" in args
+    assert f"--dynamicPlugins={mdir}/plugins/{T.ps.PLUGIN_LIBRARY}" in args
+    shapes = dict(a.split("=", 1) for a in args if "Shapes=" in a)
+    assert shapes["--maxShapes"].startswith("item_ids:8x") and shapes["--minShapes"].startswith("item_ids:1x1")
+    run = subprocess.run(["bash", str(mdir / "build_engine.sh")], env=env, capture_output=True, text=True, check=False)
+    assert run.returncode == 0 and "model.plan exists" in run.stdout
+
+    for name in ("mamba_trt", "lru_trt"):
+        T.write_repository(mamba_export, repo, name=name, backend="onnxruntime")
+    assert not (repo / "serve.sh").exists() and "backend tensorrt" not in (repo / "README.md").read_text()
 
 @pytest.mark.parametrize("flags,message", [
     (["--max-batch-size", "0"], "max_batch_size must be an int >= 1, got 0"),
@@ -735,7 +785,7 @@ def test_tim4rec_causal_configs_declare_float64_and_initial_state(tc_export, tmp
         params = {k: v.string_value for k, v in cfg.parameters.items()}
         assert json.loads(params["state_init"]) == {"conv_state": 0.0, "ssm_state": 0.0, "time_conv_state": 0.0,
                                                     "last_ts": -1.0}
-        readme = (tmp_path / backend / "README.md").read_text()
+        readme = (mdir / "README.md").read_text()
         assert "float64" in readme and "timestamps=" in readme
         if state == "explicit":
             assert types["last_ts"] == types["last_ts_out"] == "TYPE_FP64" and types["ssm_state"] == "TYPE_FP32"

@@ -344,3 +344,21 @@ def test_cli_onnx(tmp_path, capsys):
 def _save(model, path):
     model.save_pretrained(path)
     return path
+
+
+def test_cli_time_aware_model_on_data_without_usable_timestamps(tmp_path):
+    """A time-aware model evaluated on order-only data or on negative timestamps: a one-line error naming the file."""
+    from zoo.models import MODELS
+
+    cfg_cls, cls = MODELS["tim4rec_causal"]
+    model = cls(cfg_cls(n_items=6, hidden_size=16, max_seq_length=8))
+    model.set_item_vocab(ItemVocab([10, 20, 30, 40, 50]))
+    model.save_pretrained(tmp_path / "m")
+    seq = tmp_path / "d.seq"
+    seq.write_text("user_id\titem_ids_chronological\n1\t10 20 30 40\n")
+    with pytest.raises(SystemExit, match="TiM4RecCausalModel reads timestamps, but d.seq has none"):
+        main(["--model", str(tmp_path / "m"), "--data", str(seq), "--no-progress"])
+    neg = tmp_path / "n.tsv"
+    neg.write_text("user_id\titem_id\ttimestamp\n1\t10\t-9\n1\t20\t3\n1\t30\t4\n")
+    with pytest.raises(SystemExit, match=r"n.tsv: 1 negative timestamps \(user 1 starts at -9\)"):
+        main(["--model", str(tmp_path / "m"), "--data", str(neg), "--kcore", "none", "--no-progress"])

@@ -462,3 +462,18 @@ def test_setup_errors_are_usage_errors_on_the_command_line_and_value_errors_in_t
         train("gru4rec", str(tmp_path / "missing.tsv"), str(out))
     assert isinstance(e.value, ValueError) and isinstance(e.value.__cause__, FileNotFoundError)
     assert not out.exists()
+
+
+def test_time_aware_model_needs_non_negative_timestamps(tmp_path, capsys):
+    """TiM4Rec on order-only data, or on negative timestamps, is refused before the model is built, naming the file
+    (it used to fail at the first batch with "TiM4RecModel reads timestamps: pass timestamps")."""
+    seq = tmp_path / "d.seq"
+    seq.write_text("user_id\titem_ids_chronological\n1\t1 2 3 4\n2\t2 3 4 5\n")
+    base = ["--model", "tim4rec_causal", "--out", str(tmp_path / "o"), "--kcore", "0"]
+    with refused(capsys, r"TiM4RecCausalModel reads timestamps, but d.seq has none"):
+        train_main(base + ["--data", str(seq)])
+    neg = tmp_path / "n.tsv"
+    neg.write_text("user_id\titem_id\ttimestamp\n1\t1\t-5\n1\t2\t3\n1\t3\t4\n")
+    with refused(capsys, r"n.tsv: 1 negative timestamps \(user 1 starts at -5\)"):
+        train_main(base + ["--data", str(neg)])
+    assert not (tmp_path / "o").exists()

@@ -306,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ds = load_dataset(args.data, kcore=args.kcore)
     try:
         ds, note = align_with_model(ds, model, args.unknown_items)
+        if model.uses_timestamps:
+            ds.check_timestamps_for(type(model).__name__)
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {_message(e)}") from None
     split = leave_one_out(ds)
@@ -377,6 +379,8 @@ def _main_onnx(args, t0: float) -> dict:
     vocab = ItemVocab.load(vocab_path) if os.path.exists(vocab_path) else None
     try:
         ds, note = align_with_vocab(ds, vocab, int(spec["n_items"]), "graph", args.unknown_items)
+        if spec.get("uses_timestamps"):                # the graph itself does not check them
+            ds.check_timestamps_for(f"the {spec.get('model_type')} graph")
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {_message(e)}") from None
     has_scores = any(o["name"] == "scores" for o in spec["outputs"])

@@ -307,13 +307,16 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         raise ValueError(f"amp (bfloat16 autocast) is for CUDA; the run is on {device}")
     set_seed(seed)
     ds = load_dataset(data, kcore=kcore)
+    model_cls = get_model_class(model_type)[1]
+    if model_cls.uses_timestamps:
+        ds.check_timestamps_for(model_cls.__name__)
     split = leave_one_out(ds)
     overrides = dict(config_overrides or {})
     if max_len is not None:
         overrides.setdefault("max_seq_length", max_len)
     init_changes: dict = {}
     if init_from:  # continue from a checkpoint (e.g. a bundled model trained in an earlier, time-limited run)
-        model = get_model_class(model_type)[1].from_pretrained(init_from)
+        model = model_cls.from_pretrained(init_from)
         if model.item_vocab is None or model.item_vocab != ds.vocab:
             raise ValueError(f"--init-from {init_from}: its item vocabulary differs from the data's; cannot continue")
         model, init_changes = apply_config_overrides(model, overrides, f"--init-from {init_from}")

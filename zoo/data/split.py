@@ -147,6 +147,21 @@ class SequenceDataset:
                 "median_length": float(np.median(lens)) if len(lens) else 0.0,
                 "min_length": int(lens.min()) if len(lens) else 0, "max_length": int(lens.max()) if len(lens) else 0}
 
+    def check_timestamps_for(self, reader: str) -> None:
+        """Before a time-aware model (named ``reader``) trains or is evaluated on this data: ``ValueError`` when the
+        data has no timestamps (an order-only file such as ``.seq``) or has negative ones (the models read Unix
+        seconds >= 0), naming the file and the first user concerned -- instead of an error at the first batch.
+        (Missing, NaN and non-numeric values are refused by the readers; rows are sorted by time per user.)"""
+        name = self.name or "the data"
+        if self.timestamps is None:
+            raise ValueError(f"{reader} reads timestamps, but {name} has none (order-only data such as a .seq file): "
+                             "use an interaction file with a timestamp column")
+        for user, ts in zip(self.users, self.timestamps, strict=True):
+            if len(ts) and ts[0] < 0:                         # sorted per user: the first is the smallest
+                n = sum(int((t < 0).sum()) for t in self.timestamps)
+                raise ValueError(f"{name}: {n} negative timestamps (user {user!r} starts at {ts[0]:g}); {reader} reads "
+                                 "Unix seconds >= 0")
+
     def reencode(self, vocab: ItemVocab, unknown: str = "error") -> "SequenceDataset":
         """The same sequences indexed with another vocabulary (e.g. a pretrained model's ``item_vocab``).
 

@@ -4,15 +4,24 @@ With no arguments it loads the bundled pretrained Mamba4Rec on ML-1M (``ssm-rec-
 needed) and recommends for a short example history of MovieLens movie ids. Histories may also come from a data
 file (``--data FILE --user ID``). ``--stepwise`` shows the recurrent path: the history is primed with one ``step``
 call and each further event costs one ``step`` with a fixed-size state.
+
+Batch mode (``--data FILE --all-users --out RECS.jsonl``): the top-``k`` next items of every user of the file, from
+the user's whole history (the model reads its last ``max_seq_length`` items), one JSON line per user in the file's
+order: ``{"user": ..., "items": [...], "scores": [...]}``. ``--exclude-seen`` there excludes every item of the
+user's history in the file, not only the window. The file is written beside ``--out`` and moved there once complete.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+import time
 from typing import Sequence
 
+import numpy as np
 import torch
 
 DEFAULT_MODEL = "ssm-rec-zoo/mamba4rec-ml1m"
@@ -24,21 +33,103 @@ def _parse_id(x: str):
     return int(x) if x.lstrip("-").isdigit() else x
 
 
+def _json_value(x):
+    """JSON for an id: numpy scalars become Python ones."""
+    return x.item() if isinstance(x, np.generic) else x
+
+
+@torch.no_grad()
+def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_seen: bool = False,
+                        unknown: str = "error", batch_size: int = 256, progress: bool = True) -> dict:
+    """Top-``k`` next items of every user of the :class:`~zoo.data.SequenceDataset` ``ds``, as JSON Lines at ``out``.
+
+    Each user's whole history is mapped through the model's item vocabulary (``unknown``: ``"error"`` refuses data
+    with items the model does not know, ``"drop"`` removes those interactions, and users left with none) and scored
+    from its last ``max_seq_length`` items; ``exclude_seen`` sets every item of the whole history to ``-inf`` (a row
+    then lists fewer than ``k`` items only when fewer remain). The lines go to a temporary file beside ``out`` that
+    replaces it once complete, so an interrupted run leaves an existing ``out`` as it was.
+
+    Returns a summary: ``users`` written, ``dropped_users``, ``vocab`` note, ``seconds``, ``out``.
+    """
+    from tqdm.auto import tqdm
+
+    from .evaluate import align_with_model
+
+    if not isinstance(k, int) or not 1 <= k <= model.config.n_items - 1:
+        raise ValueError(f"k must be an int in 1..{model.config.n_items - 1}, got {k!r}")
+    t0 = time.time()
+    aligned, note = align_with_model(ds, model, unknown)
+    if model.uses_timestamps:
+        aligned.check_timestamps_for(type(model).__name__)
+    model.eval()
+    device = next(model.parameters()).device
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", dir=os.path.dirname(out))
+    try:
+        with os.fdopen(fd, "w") as f, tqdm(total=len(aligned), desc="recommend", unit="user", leave=False,
+                                           disable=not progress) as bar:
+            for s in range(0, len(aligned), batch_size):
+                seqs = aligned.sequences[s:s + batch_size]                     # U_b int64 arrays, internal ids
+                ts = aligned.timestamps[s:s + batch_size] if model.uses_timestamps else None
+                batch = model.pad_batch([q.tolist() for q in seqs],
+                                        timestamps=None if ts is None else [t.tolist() for t in ts])
+                ids, mask = batch[0].to(device), batch[1].to(device)           # [B, L], last L items of each
+                scores = model.predict(ids, mask, timestamps=batch[2].to(device) if ts is not None else None)
+                if exclude_seen:                                               # the whole history, not the window
+                    for r, q in enumerate(seqs):
+                        scores[r, torch.from_numpy(q).to(device)] = float("-inf")
+                top = torch.topk(scores, k, dim=1)
+                for r, (vals, idx) in enumerate(zip(top.values.cpu(), top.indices.cpu(), strict=True)):
+                    keep = torch.isfinite(vals)
+                    f.write(json.dumps({"user": _json_value(aligned.users[s + r]),
+                                        "items": [_json_value(x) for x in model.decode_items(idx[keep].tolist())],
+                                        "scores": [round(float(v), 6) for v in vals[keep]]}) + "\n")
+                bar.update(len(seqs))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return {"out": out, "users": len(aligned), "dropped_users": ds.n_users - aligned.n_users, "vocab": note,
+            "seconds": round(time.time() - t0, 2)}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
+    from .cli import kcore as kcore_arg
+    from .cli import positive_int
+
     p = argparse.ArgumentParser(prog="python -m zoo.recommend", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
     p.add_argument("--history", nargs="+", help="item ids, oldest first (default: a short ML-1M example)")
     p.add_argument("--data", help="interaction file to take a user's history from (with --user)")
     p.add_argument("--user", help="user id in --data")
     p.add_argument("--timestamps", nargs="+", type=float, help="seconds, one per history item (time-aware models)")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the history")
+    p.add_argument("--k", type=positive_int, default=10)
+    p.add_argument("--exclude-seen", action="store_true",
+                   help="never recommend an item of the history (with --all-users: of the user's whole history)")
     p.add_argument("--stepwise", action="store_true", help="use init_state/step (recurrent models) and compare")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--all-users", action="store_true",
+                   help="batch mode: recommend for every user of --data, one JSON line each, into --out")
+    p.add_argument("--out", help="JSON Lines file for --all-users")
+    p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
+                   help="history items the model does not know: refuse (default) or leave them out")
+    p.add_argument("--kcore", type=kcore_arg, default=None,
+                   help="k-core filter of --data before picking users (default none: every user of the file)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass (--all-users)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (--all-users)")
     args = p.parse_args(argv)
-    # one source of history: a file's user, or ids (and timestamps) on the command line -- never both silently
-    if args.data and args.user is None:
-        p.error("--data needs --user")
+    # one source of history: a file's user(s), or ids (and timestamps) on the command line -- never both silently
+    if args.all_users:
+        if not args.data or not args.out:
+            p.error("--all-users needs --data (the users' interactions) and --out (the JSON Lines file)")
+        if args.user is not None or args.stepwise:
+            p.error("--all-users recommends for every user of --data: --user and --stepwise are for one history")
+    elif args.out:
+        p.error("--out is the file of --all-users")
+    elif args.data and args.user is None:
+        p.error("--data needs --user (or --all-users)")
     if args.user is not None and not args.data:
         p.error("--user needs --data (the interaction file the user is in)")
     if args.data and (args.history or args.timestamps):
@@ -56,7 +147,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.data:
         from .data import load_dataset
 
-        ds = load_dataset(args.data)
+        try:
+            ds = load_dataset(args.data, kcore=args.kcore)
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: {e}")
+    if args.all_users:
+        from .evaluate import _message
+
+        try:
+            summary = recommend_all_users(model, ds, args.out, k=args.k, exclude_seen=args.exclude_seen,
+                                          unknown=args.unknown_items, batch_size=args.batch_size,
+                                          progress=not args.no_progress)
+        except (KeyError, ValueError) as e:
+            sys.exit(f"error: {_message(e)}")
+        summary = {"model": args.model, "model_type": model.config.model_type, "data": args.data, "k": args.k,
+                   "exclude_seen": args.exclude_seen, **summary}
+        if args.json:
+            print(json.dumps(summary, indent=1))
+        else:
+            print(f"wrote top-{args.k} for {summary['users']:,} users of {args.data} to {summary['out']} "
+                  f"({summary['seconds']:.1f} s; {summary['vocab']})")
+        return summary
+    if args.data:
         uid = _parse_id(args.user)
         if uid not in ds.users:
             sys.exit(f"error: user {args.user!r} not found in {args.data}")
@@ -66,6 +178,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         history = [_parse_id(x) for x in args.history] if args.history else list(DEFAULT_HISTORY)
         timestamps = args.timestamps
+    if args.unknown_items == "drop" and model.item_vocab is not None:
+        keep = [x in model.item_vocab for x in history]
+        history = [x for x, ok in zip(history, keep, strict=True) if ok]
+        if timestamps is not None and len(timestamps) == len(keep):
+            timestamps = [t for t, ok in zip(timestamps, keep, strict=True) if ok]
+        if not history:
+            sys.exit("error: the model knows none of the history's items")
     if args.timestamps and not model.uses_timestamps:
         sys.exit(f"error: {model.config.model_type} does not read timestamps; --timestamps is for time-aware models")
     if model.uses_timestamps and timestamps is None:

@@ -187,7 +187,8 @@ class SequenceDataset:
             raise UnknownItemError(
                 f"{len(missing)} of the {len(old)} items of {self.name or 'the data'} ({n_rows} interactions) are not "
                 f"in the model's item vocabulary ({len(vocab)} items), e.g. {missing[:5]}; the model was trained on "
-                f"other data (unknown='drop', or zoo.evaluate --unknown-items drop, keeps only the known items)")
+                "other data (unknown='drop', or --unknown-items drop in zoo.evaluate and zoo.recommend, keeps only the "
+                "known items)")
         users, seqs, tss = [], [], [] if self.timestamps is not None else None
         for r, s in enumerate(self.sequences):
             new = table[s]

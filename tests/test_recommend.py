@@ -1,0 +1,145 @@
+"""``python -m zoo.recommend``: batch mode (``--all-users``) and the history options, on small random models."""
+
+import json
+import os
+import random
+
+import pytest
+import torch
+
+from zoo.models import MODELS
+from zoo.recommend import main
+from zoo.vocab import ItemVocab
+
+ITEMS = [100 + 7 * i for i in range(30)]          # external ids
+
+
+def _model(tmp_path, model_type="gru4rec", max_len=4, **kw):
+    cfg_cls, cls = MODELS[model_type]
+    torch.manual_seed(0)
+    model = cls(cfg_cls(n_items=len(ITEMS) + 1, max_seq_length=max_len, **kw)).eval()
+    model.set_item_vocab(ItemVocab(ITEMS))
+    model.save_pretrained(tmp_path / model_type)
+    return model, str(tmp_path / model_type)
+
+
+def _data(path, n_users=9, length=(2, 11), items=ITEMS, seed=0):
+    """A TSV of users with histories longer than the models' window (4); returns ``{user: (items, timestamps)}``."""
+    rng = random.Random(seed)
+    lines, users = ["user_id\titem_id\ttimestamp"], {}
+    for u in range(1, n_users + 1):
+        t, hist = 1_000 * u, []
+        for _ in range(rng.randint(*length)):
+            t += rng.randint(1, 50)
+            hist.append((rng.choice(items), float(t)))
+            lines.append(f"u{u}\t{hist[-1][0]}\t{t}")
+        users[f"u{u}"] = ([x for x, _ in hist], [s for _, s in hist])
+    path.write_text("\n".join(lines) + "\n")
+    return users
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("model_type,kw", [("gru4rec", {"embedding_size": 16, "hidden_size": 16}),
+                                           ("tim4rec_causal", {"hidden_size": 16})])
+def test_all_users_equal_one_recommend_call_per_user(tmp_path, model_type, kw):
+    """Every user of the file gets one line, in the file's order, with what ``model.recommend`` returns for that user's
+    whole history (the model reads its last max_seq_length items; timestamps for the time-aware model)."""
+    model, path = _model(tmp_path, model_type, **kw)
+    users = _data(tmp_path / "d.tsv")
+    out = tmp_path / "recs" / "r.jsonl"
+    summary = main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(out), "--no-progress", "--k", "5",
+                    "--batch-size", "4"])
+    assert summary["users"] == len(users) and summary["dropped_users"] == 0
+    rows = _lines(out)
+    assert [r["user"] for r in rows] == list(users)
+    for r in rows:
+        hist, ts = users[r["user"]]
+        want = model.recommend([hist], k=5, timestamps=[ts] if model.uses_timestamps else None)
+        assert r["items"] == want.items[0], r["user"]
+        assert r["scores"] == pytest.approx(want.scores[0].tolist(), abs=1e-5)
+
+
+def test_all_users_exclude_seen_covers_the_whole_history(tmp_path):
+    """--exclude-seen in batch mode leaves out every item the user had, also those older than the model's window; a
+    user who has seen all but 2 items gets those 2 (no -inf rows, valid JSON)."""
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    users = _data(tmp_path / "d.tsv", length=(8, 14), items=ITEMS[:12])
+    with open(tmp_path / "d.tsv", "a") as f:                         # a user who has seen 28 of the 30 items
+        f.writelines(f"full\t{x}\t{99_000 + i}\n" for i, x in enumerate(ITEMS[2:]))
+    out = tmp_path / "r.jsonl"
+    main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(out), "--no-progress", "--k", "10",
+          "--exclude-seen"])
+    rows = {r["user"]: r for r in _lines(out)}
+    for u, (hist, _) in users.items():
+        assert len(rows[u]["items"]) == 10 and not set(rows[u]["items"]) & set(hist), u
+    assert sorted(rows["full"]["items"]) == ITEMS[:2] and len(rows["full"]["scores"]) == 2
+
+
+def test_all_users_unknown_items_and_an_interrupted_run(tmp_path, monkeypatch, capsys):
+    """Items the model does not know are an error naming the remedy, or (--unknown-items drop) left out, a user with
+    none left dropped and counted; a run that fails midway leaves an existing --out as it was, and no stray file."""
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    _data(tmp_path / "d.tsv")
+    with open(tmp_path / "d.tsv", "a") as f:
+        f.write("u1\t5\t999999\nnew\t5\t1\nnew\t6\t2\n")               # items 5 and 6 are not in the vocabulary
+    out = tmp_path / "r.jsonl"
+    out.write_text("previous run\n")
+    argv = ["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(out), "--no-progress"]
+    with pytest.raises(SystemExit, match=r"2 of the \d+ items of d.tsv \(3 interactions\) are not in the model's item "
+                                         r"vocabulary.*--unknown-items"):
+        main(argv)
+    import zoo.modeling_utils
+
+    calls = []
+
+    def failing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return original(self, *a, **k)
+
+    original = zoo.modeling_utils.SeqRecPreTrainedModel.predict
+    monkeypatch.setattr(zoo.modeling_utils.SeqRecPreTrainedModel, "predict", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(argv + ["--unknown-items", "drop", "--batch-size", "4"])
+    assert out.read_text() == "previous run\n" and sorted(os.listdir(tmp_path)) == ["d.tsv", "gru4rec", "r.jsonl"]
+    monkeypatch.undo()
+    summary = main(argv + ["--unknown-items", "drop", "--json"])
+    assert summary["users"] == 9 and summary["dropped_users"] == 1 and "dropped" in summary["vocab"]
+    assert [r["user"] for r in _lines(out)] == [f"u{i}" for i in range(1, 10)]
+    assert json.loads(capsys.readouterr().out)["users"] == 9
+
+
+def test_one_user_unknown_items_drop(tmp_path):
+    """--data/--user: the user's history alone decides (other users' unknown items do not matter); with
+    --unknown-items drop the unknown items of the history are left out, as if never seen."""
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    users = _data(tmp_path / "d.tsv")
+    with open(tmp_path / "d.tsv", "a") as f:
+        f.write("u2\t5\t999999\nnew\t6\t1\n")
+    out = main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--user", "u1", "--k", "3"])
+    assert out["items"] == model.recommend([users["u1"][0]], k=3).items[0]
+    with pytest.raises(SystemExit, match="unknown item"):
+        main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--user", "u2"])
+    out = main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--user", "u2", "--k", "3",
+                "--unknown-items", "drop"])
+    assert out["items"] == model.recommend([users["u2"][0]], k=3).items[0]
+    with pytest.raises(SystemExit, match="knows none of the history's items"):
+        main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--user", "new", "--unknown-items", "drop"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--all-users", "--out", "r.jsonl"], "--all-users needs --data"),
+    (["--all-users", "--data", "x.tsv"], "--all-users needs --data (the users' interactions) and --out"),
+    (["--all-users", "--data", "x.tsv", "--out", "r.jsonl", "--user", "3"], "--user and --stepwise are for one"),
+    (["--history", "1", "--out", "r.jsonl"], "--out is the file of --all-users"),
+    (["--k", "0"], "argument --k: expected an int >= 1"),
+    (["--data", "x.tsv"], "--data needs --user (or --all-users)"),
+])
+def test_batch_mode_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -33,6 +33,7 @@ import sys
 import time
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from .cli import kcore as kcore_arg
@@ -264,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--threads", type=int, default=None, help="--onnx: ONNX Runtime intra-op threads")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--ranks-out", default=None, metavar="CSV",
+                   help="also write each user's target and its rank (for paired comparisons: python -m zoo.compare)")
     p.add_argument("--max-users", type=positive_int, default=None, help="evaluate only the first N users (quick check)")
     p.add_argument("--unknown-items", choices=("error", "drop"), default="error",
                    help="data items the model does not know: error (default), or drop their interactions (the "
@@ -314,9 +317,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     examples = split.test if args.split == "test" else split.valid
     if args.max_users:
         examples = examples.head(args.max_users)
-    metrics = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
-                             batch_size=args.batch_size, device=device, progress=not args.no_progress,
-                             history_share=args.history_share)
+    metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
+                                    batch_size=args.batch_size, device=device, progress=not args.no_progress,
+                                    history_share=args.history_share, return_ranks=True)
     protocol = {
         "name": "lrurec" if args.exclude_history else "recbole",
         "split": args.split,
@@ -347,7 +350,40 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(note, file=sys.stderr)
     print(format_table(metrics, args.ks))
     _write_json(result, args.json)
+    _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
+        "model": args.model, "data": result["data"], "split": args.split, "protocol": protocol["name"],
+        "max_rank": None, "n_items": result["n_items"]})
     return result
+
+
+RANKS_HEADER = "# zoo.evaluate ranks "
+
+
+def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict) -> None:
+    """``--ranks-out``: a ``# zoo.evaluate ranks {json}`` line (what was evaluated; ``max_rank`` K when ranks above
+    K are censored, i.e. a top-K-only graph's misses written as K + 1), then ``user,target,rank`` per example, target
+    in the data's own item ids. Written beside ``path`` and moved there once complete."""
+    if not path:
+        return
+    import csv
+    import tempfile
+
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(RANKS_HEADER + json.dumps(meta) + "\n")
+            w = csv.writer(f)
+            w.writerow(["user", "target", "rank"])
+            w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
+                            strict=True))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    print(f"wrote {path}")
 
 
 def _write_json(result: dict, path: str | None) -> None:
@@ -391,8 +427,8 @@ def _main_onnx(args, t0: float) -> dict:
     if args.max_users:
         examples = examples.head(args.max_users)
     try:
-        metrics = evaluate_onnx(args.onnx, examples, ks=args.ks, batch_size=args.batch_size, threads=args.threads,
-                                progress=not args.no_progress)
+        metrics, ranks = evaluate_onnx(args.onnx, examples, ks=args.ks, batch_size=args.batch_size,
+                                       threads=args.threads, progress=not args.no_progress, return_ranks=True)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     protocol = {
@@ -423,6 +459,10 @@ def _main_onnx(args, t0: float) -> dict:
         print(note, file=sys.stderr)
     print(format_table(metrics, args.ks))
     _write_json(result, args.json)
+    _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
+        "model": os.path.abspath(args.onnx), "data": result["data"], "split": args.split,
+        "protocol": protocol["name"], "max_rank": None if has_scores else int(spec["topk"]),
+        "n_items": result["n_items"]})
     return result
 
 

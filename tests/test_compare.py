@@ -1,0 +1,122 @@
+"""Paired comparison of two models: ``zoo.evaluate --ranks-out`` files, ``zoo.metrics.paired_bootstrap`` and
+``python -m zoo.compare``."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from zoo.compare import main as compare_main
+from zoo.compare import read_ranks
+from zoo.evaluate import main as evaluate_main
+from zoo.metrics import compute_metrics, paired_bootstrap
+from zoo.models import MODELS
+from zoo.vocab import ItemVocab
+
+
+def test_paired_bootstrap_against_closed_forms():
+    """The observed difference is the difference of the means; the interval's width is the normal one from the
+    per-user differences' standard error (within 10%); identical models give 0, [0, 0], p = 1; a model better for
+    every user gives p below 1/n_boot."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 40, 3000)
+    b = np.maximum(1, a + rng.integers(-6, 5, 3000))
+    res = paired_bootstrap(a, b, ks=(10,), n_boot=4000, seed=1)["NDCG@10"]
+    ma, mb = compute_metrics(a, (10,))["NDCG@10"], compute_metrics(b, (10,))["NDCG@10"]
+    assert res["a"] == pytest.approx(ma) and res["b"] == pytest.approx(mb) and res["diff"] == pytest.approx(mb - ma)
+    d = np.where(b <= 10, 1 / np.log2(b + 1), 0) - np.where(a <= 10, 1 / np.log2(a + 1), 0)
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    assert (res["ci_high"] - res["ci_low"]) == pytest.approx(2 * 1.96 * se, rel=0.1)
+    assert res["ci_low"] < res["diff"] < res["ci_high"]
+    same = paired_bootstrap(a, a, ks=(5, 10), n_boot=200)
+    assert all(v["diff"] == 0 and v["ci_low"] == v["ci_high"] == 0 and v["p"] == 1 for v in same.values())
+    better = paired_bootstrap(a + 5, a, ks=(10,), metrics=("MRR",), n_boot=500)["MRR@10"]
+    assert better["p"] < 1 / 500 and better["ci_low"] > 0
+    with pytest.raises(ValueError, match="same, non-zero number of examples"):
+        paired_bootstrap(a, a[:-1])
+    with pytest.raises(ValueError, match="n_boot must be >= 100"):
+        paired_bootstrap(a, a, n_boot=10)
+
+
+def _toy(tmp_path, n_users=40):
+    rng = np.random.default_rng(3)
+    items = [str(1000 + i) for i in range(1, 30)]
+    lines = ["user_id\titem_id\ttimestamp"]
+    for u in range(n_users):
+        for t, x in enumerate(rng.choice(items, size=int(rng.integers(4, 15)))):
+            lines.append(f"{u}\t{x}\t{t}")
+    (tmp_path / "toy.tsv").write_text("\n".join(lines) + "\n")
+    return items, str(tmp_path / "toy.tsv")
+
+
+def _lru(items, seed, path):
+    cfg_cls, cls = MODELS["lrurec"]
+    torch.manual_seed(seed)
+    model = cls(cfg_cls(n_items=len(items) + 1, hidden_size=16, max_seq_length=10))
+    model.set_item_vocab(ItemVocab(items))
+    model.save_pretrained(path)
+    return model
+
+
+def test_ranks_out_and_compare(tmp_path, capsys):
+    """--ranks-out holds every user's target (the data's own id) and rank, from which the printed metrics follow; the
+    comparison of A with itself is 0 everywhere; A against B gives the difference of the two evaluations' metrics."""
+    items, data = _toy(tmp_path)
+    for name, seed in (("a", 0), ("b", 1)):
+        _lru(items, seed, tmp_path / name)
+    common = ["--data", data, "--kcore", "none", "--no-progress", "--ks", "5", "10"]
+    res = {n: evaluate_main(["--model", str(tmp_path / n), *common, "--ranks-out", str(tmp_path / f"{n}.csv")])
+           for n in "ab"}
+    meta, users, targets, ranks = read_ranks(tmp_path / "a.csv")
+    assert meta["split"] == "test" and meta["protocol"] == "recbole" and meta["max_rank"] is None
+    assert users == [str(u) for u in range(40)] and set(targets) <= set(items)
+    assert compute_metrics(ranks, (5, 10)) == pytest.approx(res["a"]["metrics"])
+    capsys.readouterr()
+    same = compare_main([str(tmp_path / "a.csv"), str(tmp_path / "a.csv"), "--bootstrap", "200"])
+    assert all(m["diff"] == 0 and m["p"] == 1 for m in same["metrics"].values())
+    out = compare_main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--ks", "10", "5", "--bootstrap", "300",
+                        "--json", str(tmp_path / "c.json")])
+    for name, m in out["metrics"].items():
+        assert m["diff"] == pytest.approx(res["b"]["metrics"][name] - res["a"]["metrics"][name])
+    text = capsys.readouterr().out
+    assert "paired bootstrap over users, 300 resamples" in text and "NDCG@10" in text and "95% interval" in text
+    assert json.loads((tmp_path / "c.json").read_text())["n_users"] == 40
+
+
+def test_compare_refuses_what_is_not_a_paired_comparison(tmp_path, capsys):
+    """Another split or protocol, other users or targets, a cut-off above a top-K-only graph's K, and a file that is
+    not a --ranks-out file are usage errors naming the problem."""
+    from export.onnx import export_model
+
+    items, data = _toy(tmp_path)
+    model = _lru(items, 0, tmp_path / "m")
+    common = ["--data", data, "--kcore", "none", "--no-progress", "--ks", "5"]
+    files = {"test": [], "valid": ["--split", "valid"], "lrurec": ["--exclude-history"], "head": ["--max-users", "30"]}
+    for name, extra in files.items():
+        evaluate_main(["--model", str(tmp_path / "m"), *common, *extra, "--ranks-out", str(tmp_path / f"{name}.csv")])
+    export_model(model, tmp_path / "g", topk=10, verify=False)
+    evaluate_main(["--onnx", str(tmp_path / "g"), *common, "--ranks-out", str(tmp_path / "graph.csv")])
+    assert read_ranks(tmp_path / "graph.csv")[0]["max_rank"] == 10
+    # a changed target: same users, another held-out item for the first one
+    rows = (tmp_path / "test.csv").read_text().splitlines()
+    first = next(csv.reader([rows[2]]))
+    other = next(x for x in items if x != first[1])
+    (tmp_path / "moved.csv").write_text("\n".join([*rows[:2], f"{first[0]},{other},{first[2]}", *rows[3:]]) + "\n")
+    (tmp_path / "plain.csv").write_text("user,target,rank\n1,2,3\n")
+    (tmp_path / "bad.csv").write_text("\n".join([*rows[:3], "7,1005,zero"]) + "\n")
+    for b, extra, message in (
+            ("valid", [], "A and B differ in split ('test' vs 'valid')"),
+            ("lrurec", [], "A and B differ in protocol ('recbole' vs 'lrurec')"),
+            ("head", [], "A has 40 users, B 30"),
+            ("moved", [], f"user {first[0]}: target {first[1]} in A, {other} in B"),
+            ("graph", ["--ks", "20"], "ranks censored above 10 (a top-10 graph without scores)"),
+            ("plain", [], "not a zoo.evaluate --ranks-out file"),
+            ("bad", [], "bad.csv, line 4: expected user,target,rank with a rank >= 1")):
+        with pytest.raises(SystemExit) as e:
+            compare_main([str(tmp_path / "test.csv"), str(tmp_path / f"{b}.csv"), "--bootstrap", "100", *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err, (b, err)
+    ok = compare_main([str(tmp_path / "test.csv"), str(tmp_path / "graph.csv"), "--ks", "5", "10", "--bootstrap", "100"])
+    assert ok["metrics"]["HR@10"]["diff"] == pytest.approx(0, abs=1e-9)     # the graph ranks as the model does

@@ -1,0 +1,120 @@
+"""Compare two models on the same users: ``python -m zoo.compare A.csv B.csv [--ks 10 20] [--bootstrap 10000]``.
+
+The inputs are ``zoo.evaluate --ranks-out`` files (each user's held-out target and its rank). The two must hold the
+same users with the same targets, from the same split and protocol; the comparison is paired: per metric, the means
+of A and B, the difference ``B - A``, its percentile bootstrap interval over users, and a two-sided bootstrap p-value
+(:func:`zoo.metrics.paired_bootstrap`). A difference whose interval excludes 0 is one the test set supports; one that
+does not may be seed noise (compare two seeds of one model to see how large that is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from .cli import positive_int
+from .evaluate import RANKS_HEADER
+from .metrics import METRICS, paired_bootstrap
+
+
+def read_ranks(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray]:
+    """``(meta, users, targets, ranks [U] int64)`` of a ``--ranks-out`` file; ``ValueError`` naming the file and
+    line for anything else (no header line, wrong columns, a rank that is not an int >= 1)."""
+    with open(path, newline="") as f:
+        first = f.readline()
+        if not first.startswith(RANKS_HEADER):
+            raise ValueError(f"{path}: not a zoo.evaluate --ranks-out file (its first line should start with "
+                             f"{RANKS_HEADER.strip()!r})")
+        try:
+            meta = json.loads(first[len(RANKS_HEADER):])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line 1: unreadable header ({e})") from None
+        rows = csv.reader(f)
+        if next(rows, None) != ["user", "target", "rank"]:
+            raise ValueError(f"{path}, line 2: expected the columns user,target,rank")
+        users, targets, ranks = [], [], []
+        for line, row in enumerate(rows, start=3):
+            if len(row) != 3 or not row[2].isdigit() or int(row[2]) < 1:
+                raise ValueError(f"{path}, line {line}: expected user,target,rank with a rank >= 1, got {row}")
+            users.append(row[0])
+            targets.append(row[1])
+            ranks.append(int(row[2]))
+    if not ranks:
+        raise ValueError(f"{path}: no examples")
+    return meta, users, targets, np.asarray(ranks, dtype=np.int64)
+
+
+def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int = 10_000, seed: int = 0,
+            confidence: float = 0.95) -> dict:
+    """Paired comparison of two ``--ranks-out`` files (see the module doc); ``ValueError`` when they are not the same
+    examples (users, targets, split, protocol) or a cut-off exceeds a top-K-only graph's K."""
+    meta_a, users_a, targets_a, ranks_a = read_ranks(path_a)
+    meta_b, users_b, targets_b, ranks_b = read_ranks(path_b)
+    for key in ("split", "protocol"):
+        if meta_a.get(key) != meta_b.get(key):
+            raise ValueError(f"A and B differ in {key} ({meta_a.get(key)!r} vs {meta_b.get(key)!r}): their metrics are "
+                             "not comparable")
+    if users_a != users_b:
+        extra = sorted(set(users_a) ^ set(users_b))
+        raise ValueError(f"A has {len(users_a)} users, B {len(users_b)}"
+                         + (f"; e.g. {extra[:3]} in only one" if extra else "; the same users in another order")
+                         + ": evaluate both on the same data and split")
+    bad = next((i for i, (x, y) in enumerate(zip(targets_a, targets_b, strict=True)) if x != y), None)
+    if bad is not None:
+        raise ValueError(f"user {users_a[bad]}: target {targets_a[bad]} in A, {targets_b[bad]} in B: not the same "
+                         "held-out items (another data file, k-core or split)")
+    caps = [m["max_rank"] for m in (meta_a, meta_b) if m.get("max_rank")]
+    if caps and max(ks) > min(caps):
+        raise ValueError(f"--ks {max(ks)}: a file holds ranks censored above {min(caps)} (a top-{min(caps)} graph "
+                         f"without scores); use cut-offs <= {min(caps)}")
+    stats = paired_bootstrap(ranks_a, ranks_b, ks=ks, n_boot=n_boot, seed=seed, confidence=confidence)
+    return {"a": {"file": os.path.abspath(path_a), **meta_a}, "b": {"file": os.path.abspath(path_b), **meta_b},
+            "n_users": len(users_a), "n_boot": n_boot, "seed": seed, "confidence": confidence, "metrics": stats}
+
+
+def format_comparison(result: dict) -> str:
+    """One row per metric: A, B, B - A, the interval, p."""
+    c = int(round(result["confidence"] * 100))
+    floor = 1.0 / result["n_boot"]
+    lines = [f"{'metric':<9} {'A':>7} {'B':>7} {'B - A':>8}  {f'{c}% interval':>19}  {'p':>7}"]
+    for name, m in result["metrics"].items():
+        p = f"<{floor:.0e}" if m["p"] < floor else f"{m['p']:.4f}"
+        lines.append(f"{name:<9} {m['a']:7.4f} {m['b']:7.4f} {m['diff']:+8.4f}  [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]"
+                     f"  {p:>7}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m zoo.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("a", help="ranks of model A (python -m zoo.evaluate ... --ranks-out A.csv)")
+    p.add_argument("b", help="ranks of model B, on the same data and split")
+    p.add_argument("--ks", type=positive_int, nargs="+", default=[10, 20])
+    p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS))
+    p.add_argument("--bootstrap", type=positive_int, default=10_000, help="resamples (>= 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the comparison to this JSON file")
+    args = p.parse_args(argv)
+    if args.bootstrap < 100:
+        p.error(f"--bootstrap must be >= 100, got {args.bootstrap}")
+    try:
+        result = compare(args.a, args.b, ks=sorted(set(args.ks)), n_boot=args.bootstrap, seed=args.seed)
+    except (OSError, ValueError) as e:
+        p.error(str(e))
+    result["metrics"] = {k: v for k, v in result["metrics"].items() if k.split("@")[0] in args.metrics}
+    print(f"A: {result['a']['model']}\nB: {result['b']['model']}\n{result['n_users']:,} users, "
+          f"{result['a']['split']} split, {result['a']['protocol']} protocol; paired bootstrap over users, "
+          f"{args.bootstrap:,} resamples (seed {args.seed})")
+    print(format_comparison(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

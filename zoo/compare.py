@@ -50,7 +50,7 @@ def read_ranks(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray]:
 
 
 def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int = 10_000, seed: int = 0,
-            confidence: float = 0.95) -> dict:
+            confidence: float = 0.95, metrics: Sequence[str] = METRICS) -> dict:
     """Paired comparison of two ``--ranks-out`` files (see the module doc); ``ValueError`` when they are not the same
     examples (users, targets, split, protocol) or a cut-off exceeds a top-K-only graph's K."""
     meta_a, users_a, targets_a, ranks_a = read_ranks(path_a)
@@ -72,7 +72,8 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
     if caps and max(ks) > min(caps):
         raise ValueError(f"--ks {max(ks)}: a file holds ranks censored above {min(caps)} (a top-{min(caps)} graph "
                          f"without scores); use cut-offs <= {min(caps)}")
-    stats = paired_bootstrap(ranks_a, ranks_b, ks=ks, n_boot=n_boot, seed=seed, confidence=confidence)
+    stats = paired_bootstrap(ranks_a, ranks_b, ks=ks, metrics=metrics, n_boot=n_boot, seed=seed,
+                             confidence=confidence)
     return {"a": {"file": os.path.abspath(path_a), **meta_a}, "b": {"file": os.path.abspath(path_b), **meta_b},
             "n_users": len(users_a), "n_boot": n_boot, "seed": seed, "confidence": confidence, "metrics": stats}
 
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("a", help="ranks of model A (python -m zoo.evaluate ... --ranks-out A.csv)")
     p.add_argument("b", help="ranks of model B, on the same data and split")
     p.add_argument("--ks", type=positive_int, nargs="+", default=[10, 20])
-    p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS))
+    p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS), help="default: all")
     p.add_argument("--bootstrap", type=positive_int, default=10_000, help="resamples (>= 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the comparison to this JSON file")
@@ -102,10 +103,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.bootstrap < 100:
         p.error(f"--bootstrap must be >= 100, got {args.bootstrap}")
     try:
-        result = compare(args.a, args.b, ks=sorted(set(args.ks)), n_boot=args.bootstrap, seed=args.seed)
+        result = compare(args.a, args.b, ks=sorted(set(args.ks)), n_boot=args.bootstrap, seed=args.seed,
+                         metrics=args.metrics)
     except (OSError, ValueError) as e:
         p.error(str(e))
-    result["metrics"] = {k: v for k, v in result["metrics"].items() if k.split("@")[0] in args.metrics}
     print(f"A: {result['a']['model']}\nB: {result['b']['model']}\n{result['n_users']:,} users, "
           f"{result['a']['split']} split, {result['a']['protocol']} protocol; paired bootstrap over users, "
           f"{args.bootstrap:,} resamples (seed {args.seed})")

@@ -358,6 +358,14 @@ def test_card_compares_with_the_reference_under_the_references_protocol(tmp_path
     protocol_masked = dict(protocol, name="LRURec protocol", history_masked=True)
     card = open(hub.make_card(tmp_path, "b4r", recbole, protocol_masked, dataset, log)).read()
     assert "| HR@10 | 0.3089 | 0.2500 | -0.0589 |" in card and "Below the reference numbers" in card
+    # with the test users' intervals: stated under the table, and which published numbers lie inside them
+    iv = {"HR@10": (0.24, 0.26), "NDCG@10": (0.12, 0.17), "MRR@10": (0.09, 0.11)}
+    card = open(hub.make_card(tmp_path, "b4r", recbole, protocol_masked, dataset, log, intervals=iv)).read()
+    assert "95% intervals over the test users" in card and "HR@10 [0.2400, 0.2600], NDCG@10 [0.1200, 0.1700]" in card
+    assert "published inside this model's 95% interval? |" in card
+    assert "| HR@10 | 0.3089 | 0.2500 | -0.0589 | no |" in card and "| NDCG@10 | 0.1638 | 0.1300 | -0.0338 | yes |" in card
+    hr20 = next(line for line in card.splitlines() if line.startswith("| HR@20 |"))
+    assert hr20.endswith("| – |"), hr20                               # no interval at @20: not claimed either way
 
 
 def test_card_states_the_optimiser_in_words():

@@ -48,13 +48,16 @@ CARD_FILES = ("config.json", "model.safetensors", "item_vocab.json", "README.md"
 
 # ------------------------------------------------------------------------------------------------- cards
 def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dict, dataset: dict, train_log: dict,
-              repo_id: str | None = None, extra_sections: str = "", reference_metrics: dict | None = None) -> str:
+              repo_id: str | None = None, extra_sections: str = "", reference_metrics: dict | None = None,
+              intervals: dict | None = None) -> str:
     """Write ``folder/README.md``: a Hub model card (huggingface_hub ``ModelCard``) with ``model-index`` metrics.
 
     ``protocol["history_masked"]`` says how ``metrics`` were measured. When the model's published reference
     (``PUBLISHED``) was measured under the other protocol, ``reference_metrics = {"metrics": ..., "command": ...}``
     must hold this model's numbers under the reference's protocol; the comparison uses them, never numbers of
-    different protocols side by side."""
+    different protocols side by side. ``intervals`` (:func:`zoo.metrics.bootstrap_interval` of the test ranks,
+    ``{"HR@10": (low, high), ...}``) are stated under the table, and the comparison says which published numbers
+    lie inside them (a difference the test users do not resolve)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     import zoo
@@ -98,7 +101,7 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
 
 {table}
 
-(HR@K equals Recall@K with one held-out item per user.)
+(HR@K equals Recall@K with one held-out item per user.){_intervals_text(intervals)}
 
 ## Training
 
@@ -121,7 +124,11 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
             raise ValueError(f"{model_type}'s published reference is under another protocol (history masked: "
                              f"{ref['history_masked']}): pass reference_metrics measured under it")
         cmp = metrics if same else reference_metrics["metrics"]
+        inside = {} if not (same and intervals) else {
+            k: "yes" if intervals[_hr(k)][0] <= v <= intervals[_hr(k)][1] else "no"
+            for k, v in ref.items() if k not in _REF_META and _hr(k) in intervals}
         rows = "\n".join(f"| {k} | {v:.4f} | {cmp.get(k, float('nan')):.4f} | {cmp.get(k, 0) - v:+.4f} |"
+                         + (f" {inside.get(k, '–')} |" if inside else "")
                          for k, v in ref.items() if k not in _REF_META)
         below = [k for k, v in ref.items() if k not in _REF_META and cmp.get(k, 0) < v]
         met = not below
@@ -129,14 +136,30 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
             f"The reference was measured under the {PROTOCOL_NAMES[bool(ref['history_masked'])]}, "
             f"so this model is compared after the same measurement: `{reference_metrics['command']}` "
             f"(the numbers at the top of this card are under the {protocol.get('name', 'card')}).\n\n")
-        body += (f"\n## Against the published numbers\n\nReference: {ref['source']}.\n\n{measured_note}| metric | "
-                 f"published | this model | difference |\n|---|---|---|---|\n{rows}\n\n"
+        head = ("| metric | published | this model | difference |"
+                + (" published inside this model's 95% interval? |\n|---|---|---|---|---|" if inside else
+                   "\n|---|---|---|---|"))
+        body += (f"\n## Against the published numbers\n\nReference: {ref['source']}.\n\n{measured_note}{head}\n"
+                 f"{rows}\n\n"
                  + ("**Meets or beats every published number.**\n" if met else _below_reference_note(
                      train_log, below, [k for k in ref if k not in _REF_META and k not in below])))
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
     path = os.path.join(folder, "README.md")
     card.save(path)
     return path
+
+
+def _hr(name: str) -> str:
+    """``Recall@K`` (the LRURec paper's name) is ``HR@K`` with one held-out item."""
+    return name.replace("Recall@", "HR@")
+
+
+def _intervals_text(intervals: dict | None) -> str:
+    if not intervals:
+        return ""
+    return ("\n\n95% intervals over the test users (percentile bootstrap, 10,000 resamples; another draw of as many "
+            "users, not another training seed): " + ", ".join(f"{k} [{lo:.4f}, {hi:.4f}]"
+                                                             for k, (lo, hi) in intervals.items()) + ".")
 
 
 def _objective(cfg: dict, train_log: dict) -> str:
@@ -264,6 +287,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
 
     from .data import leave_one_out, load_dataset
     from .evaluate import align_with_model, evaluate_model
+    from .metrics import bootstrap_interval
 
     out_dir = out_dir or os.path.join(pathlib.Path(__file__).resolve().parent.parent, "hub_cards", name)
     if not os.path.isdir(run_dir):
@@ -277,7 +301,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     model = AutoModel.from_pretrained(run_dir)
     ds, _ = align_with_model(load_dataset(data), model)
     test = leave_one_out(ds).test
-    metrics = evaluate_model(model, test, ks=(5, 10, 20), exclude_history=exclude_history)
+    metrics, ranks = evaluate_model(model, test, ks=(5, 10, 20), exclude_history=exclude_history, return_ranks=True)
+    intervals = bootstrap_interval(ranks, ks=(10,))
     log = json.load(open(os.path.join(run_dir, "train_log.json")))
     data_file = os.path.basename(data)
 
@@ -307,11 +332,12 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         shutil.copyfile(os.path.join(run_dir, f), os.path.join(out_dir, f))
     make_card(out_dir, name, metrics, protocol, dataset, log,
               extra_sections=_stages_markdown(stages) + (f"\n{notes.strip()}\n" if notes.strip() else ""),
-              reference_metrics=reference)
+              reference_metrics=reference, intervals=intervals)
     with open(os.path.join(out_dir, STAGES_FILE), "w") as f:
         json.dump({"stages": stages}, f, indent=1)
     with open(os.path.join(out_dir, "eval_results.json"), "w") as f:
-        json.dump({"metrics": metrics, "protocol": protocol, "data_file": data_file,
+        json.dump({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
+                   "protocol": protocol, "data_file": data_file,
                    "exclude_history": exclude_history, **({"reference_protocol": reference} if reference else {})},
                   f, indent=1)
     for args in exports:

@@ -154,6 +154,44 @@ def compute_metrics(ranks, ks: Iterable[int] = (5, 10, 20), metrics: Sequence[st
     return out
 
 
+def _resampled_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """``[M, n_boot]`` means of ``values [M, U]`` over users drawn with replacement (the same draw for every row)."""
+    n_users = values.shape[1]
+    gen = np.random.default_rng(seed)
+    out = np.empty((values.shape[0], n_boot))
+    for s in range(0, n_boot, 100):                                                   # 100 resamples at a time
+        idx = gen.integers(0, n_users, size=(min(100, n_boot - s), n_users))          # [R, U] users drawn
+        out[:, s:s + len(idx)] = values[:, idx].mean(axis=2)
+    return out
+
+
+def _check_bootstrap(n_boot: int, confidence: float, metrics: Sequence[str]) -> None:
+    if int(n_boot) < 100:
+        raise ValueError(f"n_boot must be >= 100, got {n_boot}")
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    unknown = [m for m in metrics if m not in _FUNCS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(_FUNCS)}")
+
+
+def bootstrap_interval(ranks, ks: Iterable[int] = (10,), metrics: Sequence[str] = METRICS, n_boot: int = 10_000,
+                       seed: int = 0, confidence: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval over users of each mean metric: ``{"NDCG@10": (low, high), ...}``.
+
+    What a model card states beside its numbers: how far another draw of the same number of test users could move
+    them (not how far retraining with another seed could)."""
+    r = _ranks(ranks)
+    if len(r) == 0:
+        raise ValueError("no ranks given")
+    _check_bootstrap(n_boot, confidence, metrics)
+    names = [f"{m}@{int(k)}" for m in metrics for k in ks]
+    values = np.stack([_FUNCS[n.split("@")[0]](r, int(n.split("@")[1])).numpy() for n in names])   # [M, U]
+    lo, hi = np.quantile(_resampled_means(values, int(n_boot), seed), [(1 - confidence) / 2, (1 + confidence) / 2],
+                         axis=1)
+    return {n: (float(lo[i]), float(hi[i])) for i, n in enumerate(names)}
+
+
 def paired_bootstrap(ranks_a, ranks_b, ks: Iterable[int] = (10,), metrics: Sequence[str] = METRICS,
                      n_boot: int = 10_000, seed: int = 0, confidence: float = 0.95) -> dict[str, dict]:
     """Paired bootstrap over users of the difference ``B - A`` of two models' mean metrics on the same examples.
@@ -174,22 +212,11 @@ def paired_bootstrap(ranks_a, ranks_b, ks: Iterable[int] = (10,), metrics: Seque
     a, b = _ranks(ranks_a), _ranks(ranks_b)
     if a.shape != b.shape or len(a) == 0:
         raise ValueError(f"paired ranks need the same, non-zero number of examples; got {len(a)} and {len(b)}")
-    if int(n_boot) < 100:
-        raise ValueError(f"n_boot must be >= 100, got {n_boot}")
-    if not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    unknown = [m for m in metrics if m not in _FUNCS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {list(_FUNCS)}")
+    _check_bootstrap(n_boot, confidence, metrics)
     names = [(m, int(k)) for m in metrics for k in ks]
     per_user = {f"{m}@{k}": (_FUNCS[m](a, k).numpy(), _FUNCS[m](b, k).numpy()) for m, k in names}
     diffs = np.stack([pb - pa for pa, pb in per_user.values()])                       # [M, U]
-    n_users = diffs.shape[1]
-    gen = np.random.default_rng(seed)
-    boot = np.empty((len(per_user), int(n_boot)))                                     # [M, n_boot]
-    for s in range(0, int(n_boot), 100):                                              # 100 resamples at a time
-        idx = gen.integers(0, n_users, size=(min(100, int(n_boot) - s), n_users))   # [R, U] users drawn
-        boot[:, s:s + len(idx)] = diffs[:, idx].mean(axis=2)
+    boot = _resampled_means(diffs, int(n_boot), seed)                                 # [M, n_boot]
     lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2], axis=1)
     out = {}
     for i, (name, (pa, pb)) in enumerate(per_user.items()):
@@ -200,4 +227,4 @@ def paired_bootstrap(ranks_a, ranks_b, ks: Iterable[int] = (10,), metrics: Seque
 
 
 __all__ = ["rank_of_target", "history_in_top_k", "hit_at_k", "ndcg_at_k", "mrr_at_k", "compute_metrics", "METRICS",
-           "paired_bootstrap"]
+           "paired_bootstrap", "bootstrap_interval"]

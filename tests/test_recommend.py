@@ -143,3 +143,12 @@ def test_batch_mode_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_all_users_none_known(tmp_path):
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    (tmp_path / "d.tsv").write_text("user_id\titem_id\ttimestamp\na\t5\t1\nb\t6\t2\n")
+    with pytest.raises(SystemExit, match="no user of d.tsv has an item the model knows"):
+        main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(tmp_path / "r.jsonl"),
+              "--unknown-items", "drop", "--no-progress"])
+    assert not (tmp_path / "r.jsonl").exists()

@@ -24,3 +24,8 @@ def kcore(value: str) -> int | None | str:
         return parse_kcore(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def error_text(e: Exception) -> str:
+    """The text of an error for a one-line CLI message (a ``KeyError``'s ``str`` would add quotes)."""
+    return e.args[0] if isinstance(e, KeyError) and e.args else str(e)

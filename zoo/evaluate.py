@@ -36,8 +36,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .cli import error_text, positive_int
 from .cli import kcore as kcore_arg
-from .cli import positive_int
 from .data.batching import eval_batches
 from .data.split import EvalExamples, SequenceDataset, leave_one_out, load_dataset
 from .metrics import compute_metrics, history_in_top_k, rank_of_target
@@ -232,11 +232,6 @@ def align_with_vocab(ds: SequenceDataset, vocab, n_items: int, owner: str = "mod
                 "which is only right if the model was trained on this file with the zoo loader")
 
 
-def _message(e: Exception) -> str:
-    """The text of an error (a ``KeyError``'s ``str`` would add quotes)."""
-    return e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-
-
 def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR", "NDCG", "MRR", "Hist")) -> str:
     """Metric rows x ``@K`` columns, 4 decimals."""
     head = "metric".ljust(8) + "".join(f"@{k}".rjust(10) for k in ks)
@@ -312,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if model.uses_timestamps:
             ds.check_timestamps_for(type(model).__name__)
     except (KeyError, ValueError) as e:
-        raise SystemExit(f"error: {_message(e)}") from None
+        raise SystemExit(f"error: {error_text(e)}") from None
     split = leave_one_out(ds)
     examples = split.test if args.split == "test" else split.valid
     if args.max_users:
@@ -418,7 +413,7 @@ def _main_onnx(args, t0: float) -> dict:
         if spec.get("uses_timestamps"):                # the graph itself does not check them
             ds.check_timestamps_for(f"the {spec.get('model_type')} graph")
     except (KeyError, ValueError) as e:
-        raise SystemExit(f"error: {_message(e)}") from None
+        raise SystemExit(f"error: {error_text(e)}") from None
     has_scores = any(o["name"] == "scores" for o in spec["outputs"])
     if args.ks is None:                     # the default cut-offs the graph can answer
         args.ks = [k for k in (5, 10, 20) if has_scores or k <= int(spec["topk"])] or [int(spec["topk"])]

@@ -59,6 +59,8 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
         raise ValueError(f"k must be an int in 1..{model.config.n_items - 1}, got {k!r}")
     t0 = time.time()
     aligned, note = align_with_model(ds, model, unknown)
+    if len(aligned) == 0:
+        raise ValueError(f"no user of {ds.name or 'the data'} has an item the model knows")
     if model.uses_timestamps:
         aligned.check_timestamps_for(type(model).__name__)
     model.eval()
@@ -96,8 +98,8 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    from .cli import error_text, positive_int
     from .cli import kcore as kcore_arg
-    from .cli import positive_int
 
     p = argparse.ArgumentParser(prog="python -m zoo.recommend", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
@@ -152,14 +154,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         except (OSError, ValueError) as e:
             sys.exit(f"error: {e}")
     if args.all_users:
-        from .evaluate import _message
-
         try:
             summary = recommend_all_users(model, ds, args.out, k=args.k, exclude_seen=args.exclude_seen,
                                           unknown=args.unknown_items, batch_size=args.batch_size,
                                           progress=not args.no_progress)
         except (KeyError, ValueError) as e:
-            sys.exit(f"error: {_message(e)}")
+            sys.exit(f"error: {error_text(e)}")
         summary = {"model": args.model, "model_type": model.config.model_type, "data": args.data, "k": args.k,
                    "exclude_seen": args.exclude_seen, **summary}
         if args.json:

@@ -584,9 +584,11 @@ def _repository_files(repo: pathlib.Path) -> None:
              "serve and call it:", ""]
     for d in models:
         readme = d / "README.md"
-        title = readme.read_text().partition("\n")[0].partition(" — ")[2] if readme.is_file() else ""
-        lines.append(f"- [`{d.name}`]({d.name}/README.md): {title}" if title else
-                     f"- `{d.name}` (no README: not written by `python -m export.triton`)")
+        if not readme.is_file():
+            lines.append(f"- `{d.name}` (no README: not written by `python -m export.triton`)")
+            continue
+        title = readme.read_text().partition("\n")[0].partition(" — ")[2]
+        lines.append(f"- [`{d.name}`]({d.name}/README.md)" + (f": {title}" if title else ""))
     trt = [d.name for d in models if (d / ENGINE_SCRIPT).is_file()]
     if trt:
         lines += ["", f"`bash serve.sh` builds the missing TensorRT plans ({', '.join(trt)}) and starts Triton "

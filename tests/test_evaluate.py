@@ -362,3 +362,19 @@ def test_cli_time_aware_model_on_data_without_usable_timestamps(tmp_path):
     neg.write_text("user_id\titem_id\ttimestamp\n1\t10\t-9\n1\t20\t3\n1\t30\t4\n")
     with pytest.raises(SystemExit, match=r"n.tsv: 1 negative timestamps \(user 1 starts at -9\)"):
         main(["--model", str(tmp_path / "m"), "--data", str(neg), "--kcore", "none", "--no-progress"])
+
+
+def test_cli_intervals(tmp_path, capsys):
+    """--intervals: every metric gets a 95% bootstrap interval over users that holds the metric, printed as its
+    half-width under the metric's row and kept exactly in the JSON."""
+    d = save_model(tmp_path, [10, 20, 30, 40, 50])
+    rng = np.random.default_rng(0)
+    lines = ["user_id\titem_ids_chronological"] + [f"{u}\t" + " ".join(map(str, rng.choice([10, 20, 30, 40, 50], 6)))
+                                                  for u in range(60)]
+    (tmp_path / "d.seq").write_text("\n".join(lines) + "\n")
+    res = main(["--model", str(d), "--data", str(tmp_path / "d.seq"), "--ks", "1", "3", "--intervals",
+                "--no-progress"])
+    assert set(res["intervals_95"]) == {"HR@1", "HR@3", "NDCG@1", "NDCG@3", "MRR@1", "MRR@3"}
+    for name, (lo, hi) in res["intervals_95"].items():
+        assert lo <= res["metrics"][name] <= hi and hi > lo, name
+    assert capsys.readouterr().out.count("95% ±") == 3

@@ -12,7 +12,8 @@ Command line::
 
     python -m zoo.evaluate --model runs/mamba4rec-ml1m --data ../shared/data/ml-1m.5core.seq.gz \\
         [--split test|valid] [--exclude-history] [--ks 5 10 20] [--history-share] [--batch-size 256] \\
-        [--json out.json] [--max-users N] [--kcore K|none|auto] [--device cpu] [--no-progress]
+        [--json out.json] [--max-users N] [--kcore K|none|auto] [--device cpu] [--no-progress] \\
+        [--intervals] [--ranks-out ranks.csv]
     python -m zoo.evaluate --onnx hub_cards/lrurec-ml1m/onnx --data ../shared/data/ml-1m.5core.seq.gz --ks 5 10
 
 Data item ids are mapped through the model's own ``item_vocab`` (external ids -> the indices it was trained with).
@@ -22,6 +23,10 @@ server runs, on the same examples and windows (:func:`evaluate_onnx`). A step gr
 one call, a window graph gets it padded; ranks come from the in-graph top-K (so cut-offs must be <= K unless the graph
 outputs all scores); a graph exported with ``--exclude-seen`` is evaluated under the LRURec protocol (it masks the
 window itself), one without it cannot be.
+
+``--intervals`` adds 95% percentile-bootstrap intervals over the users to every metric (how far another draw of as
+many users could move it); ``--ranks-out`` keeps each user's target rank for paired comparisons of two models
+(``python -m zoo.compare``).
 """
 
 from __future__ import annotations
@@ -232,13 +237,19 @@ def align_with_vocab(ds: SequenceDataset, vocab, n_items: int, owner: str = "mod
                 "which is only right if the model was trained on this file with the zoo loader")
 
 
-def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR", "NDCG", "MRR", "Hist")) -> str:
-    """Metric rows x ``@K`` columns, 4 decimals."""
+def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR", "NDCG", "MRR", "Hist"),
+                 intervals: dict | None = None) -> str:
+    """Metric rows x ``@K`` columns, 4 decimals; with ``intervals`` (``{"HR@10": (low, high)}``) each metric's row
+    is followed by the half-width of its interval (``±``; the JSON keeps the exact, possibly asymmetric, bounds)."""
     head = "metric".ljust(8) + "".join(f"@{k}".rjust(10) for k in ks)
     rows = [head, "-" * len(head)]
     for m in names:
         if any(f"{m}@{k}" in metrics for k in ks):
             rows.append(m.ljust(8) + "".join(f"{metrics.get(f'{m}@{k}', float('nan')):10.4f}" for k in ks))
+            if intervals and any(f"{m}@{k}" in intervals for k in ks):
+                rows.append("  95% ±" + "".join(
+                    (f"{(intervals[f'{m}@{k}'][1] - intervals[f'{m}@{k}'][0]) / 2:10.4f}"
+                     if f"{m}@{k}" in intervals else " " * 10) for k in ks)[1:])
     return "\n".join(rows)
 
 
@@ -260,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--threads", type=int, default=None, help="--onnx: ONNX Runtime intra-op threads")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--intervals", action="store_true",
+                   help="95%% bootstrap intervals over users for every metric (10,000 resamples)")
     p.add_argument("--ranks-out", default=None, metavar="CSV",
                    help="also write each user's target and its rank (for paired comparisons: python -m zoo.compare)")
     p.add_argument("--max-users", type=positive_int, default=None, help="evaluate only the first N users (quick check)")
@@ -343,12 +356,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}")
     if note.startswith("WARNING") or "dropped" in note:
         print(note, file=sys.stderr)
-    print(format_table(metrics, args.ks))
+    _add_intervals(result, ranks, args)
+    print(format_table(metrics, args.ks, intervals=result.get("intervals_95")))
     _write_json(result, args.json)
     _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
         "model": args.model, "data": result["data"], "split": args.split, "protocol": protocol["name"],
         "max_rank": None, "n_items": result["n_items"]})
     return result
+
+
+def _add_intervals(result: dict, ranks, args) -> None:
+    """``--intervals``: ``result["intervals_95"] = {"HR@10": [low, high], ...}`` for the evaluated cut-offs."""
+    if args.intervals:
+        from .metrics import bootstrap_interval
+
+        result["intervals_95"] = {k: list(v) for k, v in bootstrap_interval(ranks, ks=args.ks).items()}
 
 
 RANKS_HEADER = "# zoo.evaluate ranks "
@@ -452,7 +474,8 @@ def _main_onnx(args, t0: float) -> dict:
           + (" (history excluded by the graph)" if excluded else ""))
     if note.startswith("WARNING") or "dropped" in note:
         print(note, file=sys.stderr)
-    print(format_table(metrics, args.ks))
+    _add_intervals(result, ranks, args)
+    print(format_table(metrics, args.ks, intervals=result.get("intervals_95")))
     _write_json(result, args.json)
     _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
         "model": os.path.abspath(args.onnx), "data": result["data"], "split": args.split,

@@ -477,3 +477,63 @@ def test_time_aware_model_needs_non_negative_timestamps(tmp_path, capsys):
     with refused(capsys, r"n.tsv: 1 negative timestamps \(user 1 starts at -5\)"):
         train_main(base + ["--data", str(neg)])
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("model_type, extra", [
+    ("sasrec", ["--set", *TINY["sasrec"], "--lr-schedule", "linear", "--eval-every", "2"]),
+    ("bert4rec", ["--set", "hidden_size=16", "inner_size=32", "--optimizer", "adamw", "--weight-decay", "0.01"])])
+def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, model_type, extra):
+    """A run interrupted after epoch 2 of 5 and resumed with --resume ends with the same weights, losses, validation
+    numbers and test metrics as the same run left alone: weights, optimizer moments, learning-rate position,
+    shuffling, dropout and (BERT4Rec) masking draws all continue where they stopped."""
+    from safetensors.torch import load_file
+
+    import zoo.train_state
+
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    args = ["--model", model_type, "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "5", "--batch-size", "8", "--patience", "10", *extra]
+    whole = train_main(args + ["--out", str(tmp_path / "whole")])
+    assert not (tmp_path / "whole" / "resume").exists()                 # finished: nothing left to resume
+
+    real_save, calls = zoo.train_state.save, []
+
+    def interrupted(*a, **k):
+        real_save(*a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(zoo.train_state, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(args + ["--out", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    assert (tmp_path / "cut" / "resume" / "state.json").exists()
+    capsys.readouterr()
+    resumed = train_main(args + ["--out", str(tmp_path / "cut"), "--resume"])
+    assert "resuming" in capsys.readouterr().out
+    assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in whole["epochs"]]
+    assert [e.get("valid_NDCG@10") for e in resumed["epochs"]] == [e.get("valid_NDCG@10") for e in whole["epochs"]]
+    assert resumed["test"] == whole["test"] and resumed["best_epoch"] == whole["best_epoch"]
+    assert resumed["resumed"][0]["after_epoch"] == 2
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "cut" / "resume").exists()
+
+
+def test_resume_refusals(tmp_path, capsys):
+    """--resume needs a resume state in --out, the run's own settings (a changed one is named), and no --overwrite;
+    a run stopped by its budget keeps its state and says how to continue."""
+    data = _markov_file(tmp_path / "markov.tsv", n_users=30)
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "3", "--set", *TINY["gru4rec"], "--out", str(tmp_path / "r")]
+    with refused(capsys, r"--resume: .* holds no resume state"):
+        train_main(args + ["--resume"])
+    train_main(args + ["--max-minutes", "0.0001"])                        # the budget ends it after epoch 1
+    assert "state is kept" in capsys.readouterr().out and (tmp_path / "r" / "resume").is_dir()
+    with refused(capsys, r"these differ: lr: the run has None, given 0.01"):
+        train_main(args + ["--resume", "--lr", "0.01", "--max-minutes", "5"])
+    with refused(capsys, "--overwrite would replace it"):
+        train_main(args + ["--resume", "--overwrite"])
+    log = train_main(args + ["--resume", "--max-minutes", "5"])          # a larger budget: the run goes on
+    assert len(log["epochs"]) == 3 and log["stopped"] == "max epochs" and not (tmp_path / "r" / "resume").exists()

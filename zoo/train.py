@@ -16,6 +16,9 @@ augmentation, for ``~max_seq_length / S`` times the compute on long histories (s
 BERT4Rec is the exception: it trains with its masked-item (Cloze) objective on the same non-overlapping windows (see
 ``zoo.models.bert4rec``); ``describe_objective`` gives the sentence the log and the card carry for each model.
 
+Every epoch leaves the run's full state in ``DIR/resume/`` (:mod:`zoo.train_state`); ``--resume`` continues an
+interrupted or budget-stopped run from it exactly (same command; ``--max-minutes`` and ``--device`` may change).
+
 Per-model defaults (``TRAIN_PRESETS``) follow each model's official recipe (Adam lr 1e-3 for the RecBole models;
 AdamW wd 0.01 without decay on bias/LayerNorm, grad clip 5, batch 128 for LRURec); every one can be overridden.
 """
@@ -271,11 +274,15 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             config_overrides: dict | None, optimizer: str | None, lr: float | None, weight_decay: float | None,
             batch_size: int | None, clip: float | None, device: str | None, amp: bool, max_minutes: float | None,
             valid_users: int | None, kcore, init_from: str | None, lr_schedule: str, window_stride: int | None,
-            loss_weighting: str, eval_every: int, decay_over: str, overwrite: bool):
-    """Everything :func:`train` does before its first epoch, in this order: check the settings, seed, read and split
-    the data, build (or load ``init_from``) the model, cut the training windows. Writes nothing.
+            loss_weighting: str, eval_every: int, decay_over: str, overwrite: bool, resume: bool = False,
+            settings: dict | None = None):
+    """Everything :func:`train` does before its first epoch, in this order: check the settings (with ``resume``:
+    against the interrupted run's), seed, read and split the data, build (or load ``init_from``) the model, cut the
+    training windows. Writes nothing.
 
-    Returns ``(preset, device, dataset, split, model, config_overrides, init_config_changes, windows)``."""
+    Returns ``(preset, device, dataset, split, model, config_overrides, init_config_changes, windows, resumed)``,
+    ``resumed`` being ``(folder, state, tensors)`` of the resume state or ``None``."""
+    from . import train_state
     from .data import leave_one_out, load_dataset, training_windows
     from .modeling_utils import resolve_device
     from .models import get_model_class
@@ -288,7 +295,20 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         raise ValueError("--decay-over budget paces the learning-rate decay by the time budget: give --max-minutes")
     if decay_over == "budget" and lr_schedule == "constant":
         raise ValueError("--decay-over budget: the constant schedule has no decay; choose --lr-schedule linear or cosine")
-    check_output_folder(out, init_from, overwrite)
+    resumed = None
+    if resume:
+        if overwrite:
+            raise ValueError("--resume continues the run in --out; --overwrite would replace it: give one")
+        folder = train_state.resume_dir(out)
+        if folder is None:
+            raise ValueError(f"--resume: {out} holds no resume state (the run finished -- early stopping or its last "
+                             "epoch -- or was never started there)")
+        state, tensors = train_state.load(folder)
+        train_state.check_settings(state["settings"], settings or {})
+        resumed = (folder, state, tensors)
+        check_output_folder(out, init_from, overwrite=True)     # its checkpoint is the run's own best so far
+    else:
+        check_output_folder(out, init_from, overwrite)
     loss_scale(torch.ones(1, 1, dtype=torch.long), 1.0, loss_weighting)
     if loss_weighting == "target" and model_type == "bert4rec":
         raise ValueError("--loss-weighting target: BERT4Rec's Cloze loss is not a mean over the labelled positions")
@@ -329,7 +349,7 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     model.set_item_vocab(ds.vocab)
     windows = training_windows(split.train, model.config.max_seq_length,
                                split.train_timestamps if model.uses_timestamps else None, stride=window_stride)
-    return preset, device, ds, split, model, overrides, init_changes, windows
+    return preset, device, ds, split, model, overrides, init_changes, windows, resumed
 
 
 def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int = 10, seed: int = 2020,
@@ -339,8 +359,13 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           valid_users: int | None = None, exclude_history: bool = False, kcore="auto", progress: bool = True,
           command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant",
           window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1,
-          decay_over: str = "epochs", overwrite: bool = False) -> dict:
+          decay_over: str = "epochs", overwrite: bool = False, resume: bool = False) -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
+
+    After every epoch the run's full state goes to ``out/resume/`` (:mod:`zoo.train_state`); ``resume=True``, with
+    the same settings (``max_minutes`` and ``device`` may change), continues an interrupted or budget-stopped run
+    from its last completed epoch exactly as if it had not stopped: same weights, optimizer moments, learning-rate
+    position, shuffling and dropout draws, early-stopping counters, and time used (the budget counts it).
 
     ``lr_schedule`` (``constant`` / ``linear`` / ``cosine``) scales the learning rate per batch over the planned
     ``epochs`` (see :func:`lr_factor`); with ``max_minutes`` set, choose ``epochs`` so that they fit the budget (after
@@ -357,14 +382,25 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     from .data import iterate_batches
     from .evaluate import evaluate_model
 
+    from . import train_state
+
     t0 = time.time()
+    # what a resumed run must share with the run it continues (JSON form, as the resume state keeps it)
+    settings = json.loads(json.dumps(dict(
+        model_type=model_type, data=os.path.abspath(data), epochs=epochs, patience=patience, seed=seed,
+        max_len=max_len, config_overrides=dict(config_overrides or {}), optimizer=optimizer, lr=lr,
+        weight_decay=weight_decay, batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes,
+        valid_users=valid_users, exclude_history=exclude_history, kcore=kcore, progress=progress, command=command,
+        init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride, loss_weighting=loss_weighting,
+        eval_every=eval_every, decay_over=decay_over)))
     try:
-        preset, device, ds, split, model, overrides, init_changes, windows = _set_up(
+        preset, device, ds, split, model, overrides, init_changes, windows, resumed = _set_up(
             model_type, data, out, epochs=epochs, patience=patience, seed=seed, max_len=max_len,
             config_overrides=config_overrides, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
             batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes, valid_users=valid_users,
             kcore=kcore, init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride,
-            loss_weighting=loss_weighting, eval_every=eval_every, decay_over=decay_over, overwrite=overwrite)
+            loss_weighting=loss_weighting, eval_every=eval_every, decay_over=decay_over, overwrite=overwrite,
+            resume=resume, settings=settings)
     except (ValueError, OSError) as e:
         raise RunSetupError(str(e)) from e
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
@@ -392,16 +428,32 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     if init_changes:
         log["init_config_changes"] = {k: list(v) for k, v in init_changes.items()}
     targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]
-    if init_from:  # where this stage starts, so that a stage that only lost ground says so
+    best, best_epoch, bad, start_epoch = -1.0, -1, 0, 1
+    gen = np.random.default_rng(seed)
+    if resumed:                     # continue the interrupted run: its weights, optimizer, generators, counters, log
+        folder, state, tensors = resumed
+        train_state.restore(folder, state, tensors, model, opt, gen)
+        done = state["progress"]
+        best, best_epoch, bad, start_epoch = done["best"], done["best_epoch"], done["bad"], done["epoch"] + 1
+        t0 = time.time() - done["elapsed_s"]
+        log = state["log"]
+        log.setdefault("resumed", []).append({"after_epoch": done["epoch"], "command": command,
+                                              "max_minutes": max_minutes})
+        print(f"[zoo.train] resuming {out} after epoch {done['epoch']} ({done['elapsed_s'] / 60:.1f} minutes used; "
+              f"best valid NDCG@10 {best:.4f} at epoch {best_epoch})", flush=True)
+    elif init_from:  # where this stage starts, so that a stage that only lost ground says so
         start = validate(model)
         log["init_valid_NDCG10"] = start["NDCG@10"]
         print(f"[zoo.train] starting checkpoint: valid NDCG@10 {start['NDCG@10']:.4f} HR@10 {start['HR@10']:.4f}",
               flush=True)
-    best, best_epoch, bad = -1.0, -1, 0
-    gen = np.random.default_rng(seed)
+
+    def keep_state(epoch: int) -> None:
+        train_state.save(out, model, opt, gen, {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
+                                                "elapsed_s": time.time() - t0}, settings, log)
+
     deadline = t0 + max_minutes * 60 if max_minutes else None
     stopped = "max epochs"
-    for epoch in range(1, epochs + 1):
+    for epoch in range(start_epoch, epochs + 1):
         model.train()
         te = time.time()
         total, count = 0.0, 0
@@ -435,6 +487,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         if epoch % eval_every and epoch != epochs and not (deadline and time.time() > deadline):  # no validation
             row["seconds"] = time.time() - te
             print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} ({row['seconds']:.0f}s)", flush=True)
+            keep_state(epoch)
             continue
         metrics = validate(model)
         ndcg = metrics["NDCG@10"]
@@ -449,6 +502,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
               f"{metrics['HR@10']:.4f} ({row['seconds']:.0f}s){' *' if improved else ''}", flush=True)
         with open(os.path.join(out, "train_log.json"), "w") as f:
             json.dump(log, f, indent=1)
+        keep_state(epoch)
         if bad >= patience:
             stopped = f"early stopping: no valid NDCG@10 gain for {patience} validations (every {eval_every} epochs)" \
                 if eval_every > 1 else f"early stopping: no valid NDCG@10 gain for {patience} epochs"
@@ -466,7 +520,12 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                train_minutes=(time.time() - t0) / 60)
     with open(os.path.join(out, "train_log.json"), "w") as f:
         json.dump(log, f, indent=1)
-    if init_from and best <= log["init_valid_NDCG10"]:
+    if stopped.startswith("time budget"):
+        print(f"[zoo.train] the run's state is kept in {os.path.join(out, train_state.RESUME_DIR)}: the same command "
+              "with --resume and a larger --max-minutes continues it", flush=True)
+    else:
+        train_state.remove(out)
+    if init_from and "init_valid_NDCG10" in log and best <= log["init_valid_NDCG10"]:
         print(f"[zoo.train] note: no epoch beat the starting checkpoint on validation (best NDCG@10 {best:.4f} at "
               f"epoch {best_epoch}, {log['init_valid_NDCG10']:.4f} at the start): {init_from} remains the better "
               "model", flush=True)
@@ -579,6 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init; it "
                                        "is validated first, so the log shows where the run started")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted (or budget-stopped) run in --out from its last epoch, exactly; "
+                        "give the run's own command (only --max-minutes and --device may change)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -606,7 +668,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      exclude_history=args.exclude_history, kcore=args.kcore, progress=not args.no_progress,
                      command=command, init_from=args.init_from, lr_schedule=args.lr_schedule,
                      window_stride=args.window_stride, loss_weighting=args.loss_weighting,
-                     eval_every=args.eval_every, decay_over=args.decay_over, overwrite=args.overwrite)
+                     eval_every=args.eval_every, decay_over=args.decay_over, overwrite=args.overwrite,
+                     resume=args.resume)
     except RunSetupError as e:
         p.error(str(e))
 

@@ -1,0 +1,148 @@
+"""Resumable training state for ``python -m zoo.train --resume``: everything an interrupted run needs to continue
+exactly where it stopped, as if it had never stopped.
+
+After every epoch :func:`save` writes ``OUT/resume/``:
+
+* ``model.safetensors`` -- the current weights (not the best: those are ``OUT/model.safetensors``);
+* ``optimizer.safetensors`` -- the optimizer's per-parameter tensors (Adam's moments and step counts) and torch's
+  random-number-generator states (CPU, and CUDA when used: dropout and BERT4Rec's masking draw from them);
+* ``state.json`` -- the epoch, the early-stopping counters, the time used so far, the batch-shuffling generator's and
+  Python's/NumPy's global generator states, the optimizer's hyper-parameters, the run's settings and its log.
+
+No pickles: tensors in safetensors, the rest in JSON. The folder is written as ``resume.new/`` and swapped in, so an
+interruption while saving leaves the previous epoch's state whole (``resume.old/`` is used when the swap itself was
+cut). A run that ends by early stopping or by its last epoch removes the folder (there is nothing left to resume); one
+stopped by its time budget keeps it, so ``--resume --max-minutes M`` can give it more time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+
+RESUME_DIR = "resume"
+STATE_FILE = "state.json"
+FORMAT_VERSION = 1
+#: settings that may change when a run is resumed (the rest must match the interrupted run's)
+RESUMABLE_CHANGES = ("max_minutes", "device", "progress", "command")
+
+
+def resume_dir(out: str | os.PathLike) -> str | None:
+    """The resume state folder of the run in ``out`` (``resume/``, else a ``resume.old/`` left by a cut swap), or
+    ``None`` when there is none."""
+    for name in (RESUME_DIR, RESUME_DIR + ".old"):
+        path = os.path.join(out, name)
+        if os.path.isfile(os.path.join(path, STATE_FILE)):
+            return path
+    return None
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """``(tensors, meta)``: the optimizer state's tensors by ``state.<param>.<key>`` and its JSON part."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state_dict(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for name, value in tensors.items():
+        if name.startswith("state."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save(out: str | os.PathLike, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: np.random.Generator,
+         progress: dict, settings: dict, log: dict) -> None:
+    """Write ``out/resume/`` (see the module doc). ``progress``: ``epoch`` (last completed), ``best``,
+    ``best_epoch``, ``bad`` (validations without a gain), ``elapsed_s`` (time used, data loading included)."""
+    from safetensors.torch import save_file, save_model
+
+    new, old, final = (os.path.join(out, RESUME_DIR + s) for s in (".new", ".old", ""))
+    shutil.rmtree(new, ignore_errors=True)
+    os.makedirs(new)
+    save_model(model, os.path.join(new, "model.safetensors"))          # handles tied weights (shared tensors)
+    tensors, opt_meta = _optimizer_tensors(opt)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    save_file(tensors, os.path.join(new, "optimizer.safetensors"))
+    np_state = np.random.get_state()
+    state = {"format_version": FORMAT_VERSION, "progress": progress, "settings": settings, "optimizer": opt_meta,
+             "shuffle_generator": gen.bit_generator.state, "python_random": random.getstate(),
+             "numpy_global": [np_state[0], np_state[1].tolist(), *np_state[2:]], "log": log}
+    with open(os.path.join(new, STATE_FILE), "w") as f:
+        json.dump(state, f)
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.isdir(final):
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(state, tensors)`` of a resume folder; ``ValueError`` naming the folder when it is unreadable or of another
+    format version."""
+    from safetensors.torch import load_file
+
+    try:
+        with open(os.path.join(path, STATE_FILE)) as f:
+            state = json.load(f)
+        tensors = load_file(os.path.join(path, "optimizer.safetensors"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable resume state ({e})") from None
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: resume state format {state.get('format_version')!r}, this zoo reads "
+                         f"{FORMAT_VERSION}")
+    return state, tensors
+
+
+def check_settings(saved: dict, given: dict) -> None:
+    """``ValueError`` listing every setting (other than :data:`RESUMABLE_CHANGES`) that differs from the run's."""
+    diff = [f"{k}: the run has {saved.get(k)!r}, given {given.get(k)!r}" for k in sorted(set(saved) | set(given))
+            if k not in RESUMABLE_CHANGES and saved.get(k) != given.get(k)]
+    if diff:
+        raise ValueError("--resume continues a run with its own settings; these differ: " + "; ".join(diff)
+                         + f" (only {', '.join(RESUMABLE_CHANGES[:2])} may change)")
+
+
+def restore(path: str | os.PathLike, state: dict, tensors: dict, model: torch.nn.Module,
+            opt: torch.optim.Optimizer, gen: np.random.Generator) -> None:
+    """Load the saved weights, optimizer state and generator states into ``model``, ``opt`` and ``gen`` (in place)."""
+    from safetensors.torch import load_model
+
+    load_model(model, os.path.join(path, "model.safetensors"), strict=True, device=str(next(model.parameters()).device))
+    opt.load_state_dict(_optimizer_state_dict({k: v for k, v in tensors.items() if k.startswith("state.")},
+                                              state["optimizer"]))
+    gen.bit_generator.state = state["shuffle_generator"]
+    version, internal, gauss = state["python_random"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy_global"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    cuda = [tensors[k] for k in cuda_keys]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def remove(out: str | os.PathLike) -> None:
+    """Drop the resume state of a run that has finished (nothing left to resume)."""
+    for s in ("", ".new", ".old"):
+        shutil.rmtree(os.path.join(out, RESUME_DIR + s), ignore_errors=True)

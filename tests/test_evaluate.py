@@ -378,3 +378,11 @@ def test_cli_intervals(tmp_path, capsys):
     for name, (lo, hi) in res["intervals_95"].items():
         assert lo <= res["metrics"][name] <= hi and hi > lo, name
     assert capsys.readouterr().out.count("95% ±") == 3
+
+
+def test_cli_missing_model_or_data_is_a_one_line_error(tmp_path):
+    d = save_model(tmp_path, [10, 20, 30, 40, 50])
+    with pytest.raises(SystemExit, match=f"error: interaction file not found: {tmp_path / 'none.seq'}"):
+        main(["--model", str(d), "--data", str(tmp_path / "none.seq"), "--no-progress"])
+    with pytest.raises(SystemExit, match=r"error: --model .*no-model: .* neither a local folder \(none exists there\)"):
+        main(["--model", str(tmp_path / "a" / "no-model"), "--data", str(tmp_path / "none.seq"), "--no-progress"])

@@ -49,8 +49,9 @@ def test_unreachable_hub_falls_back_fast(bundled, monkeypatch):
         Mamba4RecModel.from_pretrained(f"{hub.HUB_ORG}/no-such-model")
     with pytest.raises(OSError, match="connect"):
         AutoModel.from_pretrained(f"{hub.HUB_ORG}/no-such-model")
-    with pytest.raises(ValueError, match="neither a local folder nor a Hub id"):
-        Mamba4RecModel.from_pretrained("not/a/valid/id")
+    for bad in ("not/a/valid/id", "/nonexistent", "./no-such-folder", "org/"):        # not Hub ids: no network call either
+        with pytest.raises(ValueError, match=r"neither a local folder \(none exists there\) nor a Hub id"):
+            Mamba4RecModel.from_pretrained(bad)
 
 
 def test_push_refuses_incomplete_folder_and_missing_credentials(tmp_path, bundled, monkeypatch):

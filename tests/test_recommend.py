@@ -152,3 +152,8 @@ def test_all_users_none_known(tmp_path):
         main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(tmp_path / "r.jsonl"),
               "--unknown-items", "drop", "--no-progress"])
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_missing_model_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match=r"error: --model ./no-such-folder: .* neither a local folder"):
+        main(["--model", "./no-such-folder"])

@@ -308,13 +308,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     from .pretrained import resolve_pretrained
 
-    model = AutoModel.from_pretrained(resolve_pretrained(args.model))
+    try:
+        model = AutoModel.from_pretrained(resolve_pretrained(args.model))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: --model {args.model}: {e}") from None
     try:
         device = resolve_device(args.device)
     except ValueError as e:
         raise SystemExit(f"--device: {e}") from None
     args.ks = args.ks or [5, 10, 20]
-    ds = load_dataset(args.data, kcore=args.kcore)
+    ds = _load_data(args)
     try:
         ds, note = align_with_model(ds, model, args.unknown_items)
         if model.uses_timestamps:
@@ -363,6 +366,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "model": args.model, "data": result["data"], "split": args.split, "protocol": protocol["name"],
         "max_rank": None, "n_items": result["n_items"]})
     return result
+
+
+def _load_data(args):
+    """``--data`` read and k-core filtered; a missing or malformed file is a one-line error naming it."""
+    try:
+        return load_dataset(args.data, kcore=args.kcore)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def _add_intervals(result: dict, ranks, args) -> None:
@@ -427,7 +438,7 @@ def _main_onnx(args, t0: float) -> dict:
     if args.exclude_history and not excluded:
         raise SystemExit(f"--exclude-history: the graph in {args.onnx} was exported without --exclude-seen, so it "
                          "cannot mask the history; re-export it with `python -m export.onnx --exclude-seen`")
-    ds = load_dataset(args.data, kcore=args.kcore)
+    ds = _load_data(args)
     vocab_path = os.path.join(os.path.dirname(graph), spec.get("item_vocab", "item_vocab.json"))
     vocab = ItemVocab.load(vocab_path) if os.path.exists(vocab_path) else None
     try:

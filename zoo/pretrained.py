@@ -129,8 +129,9 @@ def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
         return p
     if os.path.exists(p):
         raise ValueError(f"{p} is a file; from_pretrained expects a folder with config.json and model.safetensors")
-    if p.count("/") != 1:
-        raise ValueError(f"{p!r} is neither a local folder nor a Hub id of the form 'org/name'")
+    org, _, repo = p.partition("/")
+    if p.count("/") != 1 or not org or not repo or org in (".", "..", "~"):
+        raise ValueError(f"{p!r} is neither a local folder (none exists there) nor a Hub id of the form 'org/name'")
     bundled = _bundled_for(p)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -143,8 +144,9 @@ def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
             if bundled is not None:
                 logger.info("Hugging Face Hub not reachable: using the bundled copy of %s at %s", p, bundled)
                 return str(bundled)
-            raise OSError(f"cannot load {p!r}: the Hugging Face Hub is not reachable, it is not in the local cache, "
-                          f"and it is not a bundled model (bundled: {sorted(bundled_models())})") from None
+            raise OSError(f"cannot load {p!r}: no such local folder, the Hugging Face Hub is not reachable, it is not "
+                          f"in the local cache, and it is not a bundled model (bundled: {sorted(bundled_models())})"
+                          ) from None
     try:
         return snapshot_download(repo_id=p, allow_patterns=patterns)
     except (RepositoryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:

@@ -145,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .pretrained import resolve_pretrained
 
     # resolve first: a Hub id that is unreachable *or not published* falls back to the bundled copy
-    model = AutoModel.from_pretrained(resolve_pretrained(args.model)).eval()
+    try:
+        model = AutoModel.from_pretrained(resolve_pretrained(args.model)).eval()
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: --model {args.model}: {e}")
     if args.data:
         from .data import load_dataset
 

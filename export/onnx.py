@@ -1337,7 +1337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = lambda m: print(m, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     say(f"loading {args.model} ...")
-    model = _load_model(args.model)
+    try:
+        model = _load_model(args.model)
+    except (OSError, ValueError) as e:
+        p.error(f"--model {args.model}: {e}")
     kind = args.kind or ("step" if model.has_exact_step else "window")
     out = args.out
     rel = None

@@ -327,7 +327,9 @@ def test_corrupted_graph_fails_verification(saved_model, tmp_path, monkeypatch, 
     (["--verify-steps", "0"], "--verify-steps: expected an int >= 1"),
     (["--verify-cases", "-1"], "--verify-cases: expected an int >= 1"),
     (["--kind", "window", "--verify-prime", "5"], "a window graph has neither"),
-    (["--card-dir", "c"], "give it or --out, not both")])
+    (["--card-dir", "c"], "give it or --out, not both"),
+    ([], "not-read' is neither a local folder"),       # a model folder that does not exist: named, no traceback
+])
 def test_cli_refuses_contradictory_or_empty_verification(tmp_path, flags, message, capsys):
     """Zero single steps would verify only the priming call, a negative case count crashed in numpy, a step-only
     setting on a window graph and --out beside --card-dir were silently ignored: all are usage errors now."""

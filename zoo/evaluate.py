@@ -221,14 +221,15 @@ def align_with_model(ds: SequenceDataset, model, unknown: str = "error") -> tupl
 def align_with_vocab(ds: SequenceDataset, vocab, n_items: int, owner: str = "model",
                      unknown: str = "error") -> tuple[SequenceDataset, str]:
     """:func:`align_with_model` for any ``owner`` of a vocabulary (a model, an exported graph's ``item_vocab.json``);
-    ``vocab`` None: the data's first-appearance indexing, checked against ``n_items``."""
+    ``vocab`` None: the data's first-appearance indexing, checked against ``n_items``. A note that starts with
+    ``WARNING`` (dropped interactions, no vocabulary) is one the commands print to stderr."""
     if vocab is not None:
         out = ds.reencode(vocab, unknown=unknown)
         note = f"item ids mapped through the {owner}'s vocabulary ({len(vocab)} items)"
         dropped = ds.n_interactions - out.n_interactions
         if dropped:
-            note += (f"; {dropped} interactions with items the {owner} does not know dropped "
-                     f"({ds.n_users - out.n_users} users left with none): not the full data's protocol")
+            note = (f"WARNING: {dropped} interactions with items the {owner} does not know dropped "
+                    f"({ds.n_users - out.n_users} users left with none): not the full data's protocol; {note}")
         return out, note
     if ds.n_items + 1 > n_items:
         raise ValueError(f"the data has {ds.n_items} items but the {owner} (no item vocabulary) has only "
@@ -357,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     print(f"{type(model).__name__} ({args.model}) on {ds.name}: {args.split}, {len(examples)} users, "
           f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}")
-    if note.startswith("WARNING") or "dropped" in note:
+    if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     _add_intervals(result, ranks, args)
     print(format_table(metrics, args.ks, intervals=result.get("intervals_95")))
@@ -483,7 +484,7 @@ def _main_onnx(args, t0: float) -> dict:
     print(f"ONNX {spec['kind']} graph of {spec.get('model_type')} ({args.onnx}, {spec.get('precision', 'fp32')}) on "
           f"{ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
           + (" (history excluded by the graph)" if excluded else ""))
-    if note.startswith("WARNING") or "dropped" in note:
+    if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     _add_intervals(result, ranks, args)
     print(format_table(metrics, args.ks, intervals=result.get("intervals_95")))

@@ -25,7 +25,9 @@ What it does, in order, printing a report as it goes:
 4. runs the engine through the shared verifier (:func:`export.verify.verify_export`: priming with a history, then
    many single steps, each side carrying its own state; plus a many-row top-k case) under the tolerance table
    :data:`TOLERANCES`;
-5. writes ``DIR/model.engine`` only when that verification passes, and ``DIR/trt_report.json`` always.
+5. writes ``DIR/model.engine`` only when that verification passes, and ``DIR/trt_report.json`` always. An engine
+   already in ``DIR`` moves with its report to ``DIR/previous/`` when a run starts, so ``DIR`` never pairs an old
+   engine with a new report and a failed rebuild loses nothing.
 
 Exit codes:
 
@@ -43,6 +45,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,6 +57,8 @@ from . import plugin_spec as ps
 
 EXIT_OK, EXIT_ERROR, EXIT_VERIFY_FAILED, EXIT_MISSING = 0, 1, 2, 3
 ENGINE_FILE = "model.engine"
+#: where run() keeps the engine (and report) of an earlier run while it builds a new one
+PREVIOUS_DIR = "previous"
 REPORT_FILE = "trt_report.json"
 
 #: engine vs PyTorch tolerances per precision (max abs score error on every real item, state error, top-k agreement).
@@ -379,7 +385,16 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         "namespace": ps.PLUGIN_NAMESPACE, "version": ps.PLUGIN_VERSION, "ops": list(ps.SCAN_OPS)}}
     engine_path = out / ENGINE_FILE
     if engine_path.exists():
-        engine_path.unlink()  # never leave a stale engine next to a new report
+        # never leave a stale engine next to a new report, and never lose a verified one: the earlier engine and
+        # its report move to out/previous/ (replacing an older pair there) until a new engine passes verification
+        prev = out / PREVIOUS_DIR
+        shutil.rmtree(prev, ignore_errors=True)
+        prev.mkdir()
+        os.replace(engine_path, prev / ENGINE_FILE)
+        if (out / REPORT_FILE).exists():
+            os.replace(out / REPORT_FILE, prev / REPORT_FILE)
+        say(f"moved the engine of an earlier run (and its report) to {prev}/: out keeps an engine only once a new "
+            "one passes verification")
 
     def finish(code: int, status: str):
         report["exit_code"], report["status"] = code, status

@@ -267,6 +267,9 @@ def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
     mdir = tmp_path / "m"
     Mamba4RecModel(Mamba4RecConfig(n_items=40, hidden_size=16, num_layers=1, d_state=8)).save_pretrained(mdir)
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.engine").write_bytes(b"engine of an earlier run")          # kept (in previous/) with its report
+    (out / "trt_report.json").write_text('{"status": "earlier"}')
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-m", "export.trt", "--model", str(mdir), "--out", str(out), "--quick",
                         "--plugin-lib", str(plugin_lib)], capture_output=True, text=True, cwd=ROOT, env=env,
@@ -276,6 +279,8 @@ def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
     assert "verification (step, mamba4rec): PASSED" in r.stdout        # ONNX-level verification still ran
     assert "engine build: NOT POSSIBLE here; missing:" in r.stdout
     assert not (out / "model.engine").exists()
+    assert (out / "previous" / "model.engine").read_bytes() == b"engine of an earlier run"
+    assert json.loads((out / "previous" / "trt_report.json").read_text()) == {"status": "earlier"}
     rep = json.loads((out / "trt_report.json").read_text())
     assert rep["exit_code"] == 3 and rep["missing"]
     assert rep["onnx"]["verification"]["passed"] is True
@@ -289,7 +294,7 @@ def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
     (["--workspace", "abc"], "workspace must be a size"), (["--workspace=-1G"], "workspace must be positive")])
 def test_export_trt_refuses_bad_settings_before_touching_out(tmp_path, flags, message, capsys):
     """Engine settings are checked before any work and before ``--out`` is touched: a typo is a usage error (exit
-    2), and the engine already in ``--out`` stays (run() deletes a stale engine only once it starts a build)."""
+    2), and the engine already in ``--out`` stays (run() moves it to ``previous/`` only once it starts a build)."""
     from export import trt as T
 
     out = tmp_path / "out"

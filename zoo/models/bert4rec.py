@@ -116,17 +116,10 @@ class BERT4RecConfig(SeqRecConfig):
                  hidden_act: str = "gelu", layer_norm_eps: float = 1e-12, mask_ratio: float = 0.2,
                  ft_ratio: float = 0.5, inference_mask: str = "recbole", append_last_label: bool = True,
                  ft_prefix_sampling: bool = True, initializer_range: float = 0.02, **kwargs):
-        if int(num_layers) < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if int(num_heads) < 1 or int(hidden_size) % int(num_heads) != 0:
             raise ValueError(f"hidden_size ({hidden_size}) must be a positive multiple of num_heads ({num_heads})")
-        if int(inner_size) < 1:
-            raise ValueError(f"inner_size must be >= 1, got {inner_size}")
         if hidden_act not in _ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {hidden_act!r}")
-        for name, p in (("hidden_dropout", hidden_dropout), ("attn_dropout", attn_dropout)):
-            if not 0.0 <= float(p) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
         if not 0.0 < float(mask_ratio) <= 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1], got {mask_ratio}")
         if not 0.0 <= float(ft_ratio) <= 1.0:

@@ -55,14 +55,6 @@ class GRU4RecConfig(SeqRecConfig):
     def __init__(self, n_items: int = 3417, max_seq_length: int = 200, embedding_size: int = 64,
                  hidden_size: int = 128, num_layers: int = 1, dropout_prob: float = 0.3,
                  initializer_range: float = 0.02, **kwargs):
-        if int(embedding_size) < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
-        if int(hidden_size) < 1:
-            raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
-        if int(num_layers) < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if not 0.0 <= float(dropout_prob) < 1.0:
-            raise ValueError(f"dropout_prob must be in [0, 1), got {dropout_prob}")
         self.embedding_size = int(embedding_size)
         self.num_layers = int(num_layers)
         self.dropout_prob = float(dropout_prob)

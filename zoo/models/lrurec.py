@@ -84,15 +84,6 @@ class LRURecConfig(SeqRecConfig):
                  **kwargs):
         if "dropout" in kwargs:
             hidden_dropout = kwargs.pop("dropout")
-        if int(hidden_size) < 1:
-            raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
-        if int(num_layers) < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if int(state_expansion) < 1:
-            raise ValueError(f"state_expansion must be >= 1, got {state_expansion}")
-        for name, p in (("hidden_dropout", hidden_dropout), ("attn_dropout", attn_dropout)):
-            if not 0.0 <= float(p) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
         if not 0.0 < float(r_min) <= float(r_max) < 1.0:
             raise ValueError(f"ring init needs 0 < r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
         if float(initializer_range) <= 0 or float(initializer_cutoff) <= 0:

@@ -59,8 +59,6 @@ class Mamba4RecConfig(SeqRecConfig):
                  initializer_range=0.02, **kwargs):
         if mamba_init not in ("recbole", "mamba"):
             raise ValueError(f"mamba_init must be 'recbole' or 'mamba', got {mamba_init!r}")
-        if int(num_layers) < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.num_layers = int(num_layers)
         self.d_state = int(d_state)
         self.d_conv = int(d_conv)

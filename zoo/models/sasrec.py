@@ -71,17 +71,10 @@ class SASRecConfig(SeqRecConfig):
     def __init__(self, n_items: int = 3417, max_seq_length: int = 200, hidden_size: int = 64, num_layers: int = 2,
                  num_heads: int = 2, inner_size: int = 256, hidden_dropout: float = 0.5, attn_dropout: float = 0.5,
                  hidden_act: str = "gelu", layer_norm_eps: float = 1e-12, initializer_range: float = 0.02, **kwargs):
-        if int(num_layers) < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if int(num_heads) < 1 or int(hidden_size) % int(num_heads) != 0:
             raise ValueError(f"hidden_size ({hidden_size}) must be a positive multiple of num_heads ({num_heads})")
-        if int(inner_size) < 1:
-            raise ValueError(f"inner_size must be >= 1, got {inner_size}")
         if hidden_act not in _ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {hidden_act!r}")
-        for name, p in (("hidden_dropout", hidden_dropout), ("attn_dropout", attn_dropout)):
-            if not 0.0 <= float(p) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
         self.num_layers = int(num_layers)
         self.num_heads = int(num_heads)
         self.inner_size = int(inner_size)

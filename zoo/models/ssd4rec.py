@@ -82,8 +82,6 @@ class SSD4RecConfig(SeqRecConfig):
                  expand=2, head_dim=16, chunk_size=32, dropout_prob=0.2, norm_embedding=True, beta=0.1,
                  mask_ratio=0.1, inner_size=None, layer_norm_eps=1e-12, rmsnorm_eps=1e-5, A_init_range=(1.0, 16.0),
                  dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4, initializer_range=0.02, **kwargs):
-        if int(num_layers) < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         d_inner = int(expand) * int(hidden_size)
         if int(head_dim) < 1 or d_inner % int(head_dim) != 0:
             raise ValueError(f"expand * hidden_size ({d_inner}) must be a multiple of head_dim ({head_dim})")

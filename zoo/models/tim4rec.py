@@ -103,8 +103,6 @@ class TiM4RecConfig(SeqRecConfig):
                  is_time=True, is_ffn=True, p2p_residual=False, kaiming_init=True, inner_size=None,
                  conv_activation="auto", A_init_range=(1.0, 16.0), dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4,
                  float32_timestamps=False, initializer_range=0.02, **kwargs):
-        if int(num_layers) < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         d_inner = int(expand) * int(hidden_size)
         if int(head_dim) < 1 or d_inner % int(head_dim) != 0:
             raise ValueError(f"expand * hidden_size ({d_inner}) must be a multiple of head_dim ({head_dim})")

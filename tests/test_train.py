@@ -493,7 +493,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, model_type, ext
 
     data = _markov_file(tmp_path / "markov.tsv", n_users=40)
     args = ["--model", model_type, "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
-            "--epochs", "5", "--batch-size", "8", "--patience", "10", *extra]
+            "--epochs", "5", "--batch-size", "8", "--patience", "10", "--device", "cpu", *extra]   # deterministic
     whole = train_main(args + ["--out", str(tmp_path / "whole")])
     assert not (tmp_path / "whole" / "resume").exists()                 # finished: nothing left to resume
 

@@ -430,3 +430,33 @@ def test_build_card_folder_measures_under_the_references_protocol(tmp_path):
         with pytest.raises(SystemExit, match="card not written: " + message):
             hub.main(["card", "--run", str(run), "--name", "tiny-b4r", "--data", data, "--out", str(card)])
     assert {f.name: f.read_bytes() for f in card.iterdir()} == before
+
+
+def test_keep_notes_carries_a_cards_notes_to_the_next_card(tmp_path):
+    """--keep-notes: the notes of the card being replaced (between the notes markers) come first in the new card,
+    the new --notes after them; a card written before the markers is refused rather than guessed at."""
+    import torch
+
+    from tests.test_train import TINY, _markov_file
+    from zoo.train import main as train_main
+
+    torch.set_num_threads(1)
+    data = str(_markov_file(tmp_path / "markov.tsv", n_users=30, length=(12, 20)))
+    common = ["--model", "gru4rec", "--data", data, "--epochs", "1", "--max-len", "20", "--kcore", "0",
+              "--no-progress", "--set", *TINY["gru4rec"]]
+    train_main(common + ["--out", str(tmp_path / "a")])
+    card = tmp_path / "card"
+    hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card), notes="## Stage 1 note\n\nfirst")
+    assert hub.card_notes(card) == "## Stage 1 note\n\nfirst"
+    train_main(common + ["--out", str(tmp_path / "b"), "--init-from", str(card)])
+    (tmp_path / "n2.md").write_text("## Stage 2 note\n\nsecond\n")
+    hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card),
+              "--keep-notes", "--notes", str(tmp_path / "n2.md")])
+    assert hub.card_notes(card) == "## Stage 1 note\n\nfirst\n\n## Stage 2 note\n\nsecond"
+    text = (card / "README.md").read_text()
+    assert text.count("## Stage 1 note") == 1 and text.index("## Stage 1 note") < text.index("## Stage 2 note")
+    (card / "README.md").write_text("# old card\n\n## Some notes\n")          # no markers
+    with pytest.raises(SystemExit, match="no <!-- zoo:notes --> markers"):
+        hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card),
+                  "--keep-notes"])
+    assert (card / "README.md").read_text() == "# old card\n\n## Some notes\n"

@@ -194,6 +194,28 @@ def _below_reference_note(train_log: dict, below: list[str] | tuple = (), met: l
             "training continues with `--init-from` and the card will be replaced.\n")
 
 
+NOTES_BEGIN, NOTES_END = "<!-- zoo:notes -->", "<!-- /zoo:notes -->"
+
+
+def _marked_notes(notes: str) -> str:
+    """The card's free-form notes between markers, so that the next card of the folder can carry them over."""
+    return f"\n{NOTES_BEGIN}\n{notes.strip()}\n{NOTES_END}\n" if notes.strip() else ""
+
+
+def card_notes(card_dir: str | os.PathLike) -> str:
+    """The notes of the card in ``card_dir`` (what ``--notes`` added, between the notes markers); ``""`` when the
+    folder has no card. ``ValueError`` for a card with notes written before the markers existed, whose notes cannot be
+    told apart from the generated sections."""
+    readme = pathlib.Path(card_dir) / "README.md"
+    if not readme.is_file():
+        return ""
+    text = readme.read_text()
+    if NOTES_BEGIN in text and NOTES_END in text:
+        return text.split(NOTES_BEGIN, 1)[1].split(NOTES_END, 1)[0].strip()
+    raise ValueError(f"{readme} has no {NOTES_BEGIN} markers (a card written before they existed): pass its notes "
+                     "with --notes instead of --keep-notes")
+
+
 STAGES_FILE = "training_log.json"
 
 
@@ -276,7 +298,7 @@ def _stages_markdown(stages: list[dict]) -> str:
 
 def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,
                       description: str | None = None, dataset_type: str = "ml-1m",
-                      dataset_name: str = "MovieLens-1M (5-core)", notes: str = "") -> dict:
+                      dataset_name: str = "MovieLens-1M (5-core)", notes: str = "", keep_notes: bool = False) -> dict:
     """Evaluate a training run's best checkpoint on the test split, then copy it into ``hub_cards/<name>`` and write
     its card (nothing in the folder is replaced when the evaluation fails). Returns the measured metrics.
 
@@ -326,12 +348,14 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                "description": description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, "
                                              f"{ds.n_interactions:,} interactions"}
     stages = training_stages(run_dir)
+    if keep_notes:          # the notes of the card being replaced come first, the new ones after them
+        notes = "\n\n".join(n for n in (card_notes(out_dir), notes.strip()) if n)
     os.makedirs(out_dir, exist_ok=True)
     exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
     for f in ("config.json", "model.safetensors", "item_vocab.json"):
         shutil.copyfile(os.path.join(run_dir, f), os.path.join(out_dir, f))
     make_card(out_dir, name, metrics, protocol, dataset, log,
-              extra_sections=_stages_markdown(stages) + (f"\n{notes.strip()}\n" if notes.strip() else ""),
+              extra_sections=_stages_markdown(stages) + _marked_notes(notes),
               reference_metrics=reference, intervals=intervals)
     with open(os.path.join(out_dir, STAGES_FILE), "w") as f:
         json.dump({"stages": stages}, f, indent=1)
@@ -415,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--dataset-name", default="MovieLens-1M (5-core)")
     c.add_argument("--description")
     c.add_argument("--notes", help="markdown file appended to the card (e.g. an ablation or a data caveat)")
+    c.add_argument("--keep-notes", action="store_true",
+                   help="carry over the notes of the card being replaced (before --notes, when both are given)")
     u = sub.add_parser("push", help="publish a card folder to the Hub")
     u.add_argument("folder")
     u.add_argument("--repo-id", required=True)
@@ -427,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             notes = pathlib.Path(args.notes).read_text() if args.notes else ""
             m = build_card_folder(args.run, args.name, args.data, args.out, args.exclude_history, args.description,
-                                  args.dataset_type, args.dataset_name, notes)
+                                  args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes)
         except (FileNotFoundError, KeyError, ValueError) as e:        # the messages name the file or the items
             sys.exit(f"card not written: {e}")
         print(json.dumps(m, indent=1))

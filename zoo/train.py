@@ -640,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted (or budget-stopped) run in --out from its last epoch, exactly; "
-                        "give the run's own command (only --max-minutes and --device may change)")
+                        "give the run's own command (only --max-minutes and --device may change; a larger "
+                        "--max-minutes with --decay-over budget re-paces the rest of the decay to the new budget)")
     p.add_argument("--no-progress", action="store_true")
     return p
 

@@ -1,8 +1,12 @@
-"""argparse value types shared by the zoo's and the exporters' commands (usage errors name the bad value)."""
+"""What the zoo's and the exporters' commands share: argparse value types (usage errors name the bad value), the
+one-line text of an error, and writing an output file whole."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import tempfile
 
 from .data.split import parse_kcore
 
@@ -29,3 +33,20 @@ def kcore(value: str) -> int | None | str:
 def error_text(e: Exception) -> str:
     """The text of an error for a one-line CLI message (a ``KeyError``'s ``str`` would add quotes)."""
     return e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+
+
+@contextlib.contextmanager
+def written_whole(path: str | os.PathLike, newline: str | None = None):
+    """Yield a text file opened beside ``path`` (its folder created) that replaces ``path`` only when the block
+    completes; an error or an interruption removes it and leaves an existing ``path`` as it was."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", newline=newline) as f:
+            yield f
+        os.chmod(tmp, 0o644)                               # mkstemp's 0600 would hide it from other users
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

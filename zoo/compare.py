@@ -85,8 +85,8 @@ def format_comparison(result: dict) -> str:
     lines = [f"{'metric':<9} {'A':>7} {'B':>7} {'B - A':>8}  {f'{c}% interval':>19}  {'p':>7}"]
     for name, m in result["metrics"].items():
         p = f"<{floor:.0e}" if m["p"] < floor else f"{m['p']:.4f}"
-        lines.append(f"{name:<9} {m['a']:7.4f} {m['b']:7.4f} {m['diff']:+8.4f}  [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]"
-                     f"  {p:>7}")
+        lines.append(f"{name:<9} {m['a']:7.4f} {m['b']:7.4f} {m['diff']:+8.4f}  "
+                     f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]  {p:>7}")
     return "\n".join(lines)
 
 

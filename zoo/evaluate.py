@@ -41,7 +41,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .cli import error_text, positive_int
+from .cli import error_text, positive_int, written_whole
 from .cli import kcore as kcore_arg
 from .data.batching import eval_batches
 from .data.split import EvalExamples, SequenceDataset, leave_one_out, load_dataset
@@ -395,24 +395,14 @@ def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict) -> None:
     if not path:
         return
     import csv
-    import tempfile
 
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(RANKS_HEADER + json.dumps(meta) + "\n")
-            w = csv.writer(f)
-            w.writerow(["user", "target", "rank"])
-            w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
-                            strict=True))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    print(f"wrote {path}")
+    with written_whole(path, newline="") as f:
+        f.write(RANKS_HEADER + json.dumps(meta) + "\n")
+        w = csv.writer(f)
+        w.writerow(["user", "target", "rank"])
+        w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
+                        strict=True))
+    print(f"wrote {os.path.abspath(path)}")
 
 
 def _write_json(result: dict, path: str | None) -> None:

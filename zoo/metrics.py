@@ -122,6 +122,12 @@ def mrr_at_k(ranks, k: int) -> torch.Tensor:
 _FUNCS = {"HR": hit_at_k, "NDCG": ndcg_at_k, "MRR": mrr_at_k}
 
 
+def _check_metric_names(metrics: Sequence[str]) -> None:
+    unknown = [m for m in metrics if m not in _FUNCS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(_FUNCS)}")
+
+
 def compute_metrics(ranks, ks: Iterable[int] = (5, 10, 20), metrics: Sequence[str] = METRICS,
                     recall_alias: bool = True) -> dict[str, float]:
     """Mean metrics over users from their target ranks.
@@ -141,9 +147,7 @@ def compute_metrics(ranks, ks: Iterable[int] = (5, 10, 20), metrics: Sequence[st
     ks = [int(k) for k in ks]
     if any(k < 1 for k in ks):
         raise ValueError(f"cut-offs must be >= 1, got {ks}")
-    unknown = [m for m in metrics if m not in _FUNCS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {list(_FUNCS)}")
+    _check_metric_names(metrics)
     out = {}
     for m in metrics:
         for k in ks:
@@ -170,9 +174,7 @@ def _check_bootstrap(n_boot: int, confidence: float, metrics: Sequence[str]) -> 
         raise ValueError(f"n_boot must be >= 100, got {n_boot}")
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    unknown = [m for m in metrics if m not in _FUNCS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {list(_FUNCS)}")
+    _check_metric_names(metrics)
 
 
 def bootstrap_interval(ranks, ks: Iterable[int] = (10,), metrics: Sequence[str] = METRICS, n_boot: int = 10_000,

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Sequence
 
@@ -53,6 +52,7 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
     """
     from tqdm.auto import tqdm
 
+    from .cli import written_whole
     from .evaluate import align_with_model
 
     if not isinstance(k, int) or not 1 <= k <= model.config.n_items - 1:
@@ -65,36 +65,27 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
         aligned.check_timestamps_for(type(model).__name__)
     model.eval()
     device = next(model.parameters()).device
-    out = os.path.abspath(out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", dir=os.path.dirname(out))
-    try:
-        with os.fdopen(fd, "w") as f, tqdm(total=len(aligned), desc="recommend", unit="user", leave=False,
-                                           disable=not progress) as bar:
-            for s in range(0, len(aligned), batch_size):
-                seqs = aligned.sequences[s:s + batch_size]                     # U_b int64 arrays, internal ids
-                ts = aligned.timestamps[s:s + batch_size] if model.uses_timestamps else None
-                batch = model.pad_batch([q.tolist() for q in seqs],
-                                        timestamps=None if ts is None else [t.tolist() for t in ts])
-                ids, mask = batch[0].to(device), batch[1].to(device)           # [B, L], last L items of each
-                scores = model.predict(ids, mask, timestamps=batch[2].to(device) if ts is not None else None)
-                if exclude_seen:                                               # the whole history, not the window
-                    for r, q in enumerate(seqs):
-                        scores[r, torch.from_numpy(q).to(device)] = float("-inf")
-                top = torch.topk(scores, k, dim=1)
-                for r, (vals, idx) in enumerate(zip(top.values.cpu(), top.indices.cpu(), strict=True)):
-                    keep = torch.isfinite(vals)
-                    f.write(json.dumps({"user": _json_value(aligned.users[s + r]),
-                                        "items": [_json_value(x) for x in model.decode_items(idx[keep].tolist())],
-                                        "scores": [round(float(v), 6) for v in vals[keep]]}) + "\n")
-                bar.update(len(seqs))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return {"out": out, "users": len(aligned), "dropped_users": ds.n_users - aligned.n_users, "vocab": note,
-            "seconds": round(time.time() - t0, 2)}
+    with written_whole(out) as f, tqdm(total=len(aligned), desc="recommend", unit="user", leave=False,
+                                       disable=not progress) as bar:
+        for s in range(0, len(aligned), batch_size):
+            seqs = aligned.sequences[s:s + batch_size]                         # U_b int64 arrays, internal ids
+            ts = aligned.timestamps[s:s + batch_size] if model.uses_timestamps else None
+            batch = model.pad_batch([q.tolist() for q in seqs],
+                                    timestamps=None if ts is None else [t.tolist() for t in ts])
+            ids, mask = batch[0].to(device), batch[1].to(device)               # [B, L], last L items of each
+            scores = model.predict(ids, mask, timestamps=batch[2].to(device) if ts is not None else None)
+            if exclude_seen:                                                   # the whole history, not the window
+                for r, q in enumerate(seqs):
+                    scores[r, torch.from_numpy(q).to(device)] = float("-inf")
+            top = torch.topk(scores, k, dim=1)
+            for r, (vals, idx) in enumerate(zip(top.values.cpu(), top.indices.cpu(), strict=True)):
+                keep = torch.isfinite(vals)
+                f.write(json.dumps({"user": _json_value(aligned.users[s + r]),
+                                    "items": [_json_value(x) for x in model.decode_items(idx[keep].tolist())],
+                                    "scores": [round(float(v), 6) for v in vals[keep]]}) + "\n")
+            bar.update(len(seqs))
+    return {"out": os.path.abspath(out), "users": len(aligned), "dropped_users": ds.n_users - aligned.n_users,
+            "vocab": note, "seconds": round(time.time() - t0, 2)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

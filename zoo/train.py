@@ -379,10 +379,9 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     :func:`check_output_folder`)."""
     from tqdm.auto import tqdm
 
+    from . import train_state
     from .data import iterate_batches
     from .evaluate import evaluate_model
-
-    from . import train_state
 
     t0 = time.time()
     # what a resumed run must share with the run it continues (JSON form, as the resume state keeps it)

@@ -460,3 +460,52 @@ def test_keep_notes_carries_a_cards_notes_to_the_next_card(tmp_path):
         hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card),
                   "--keep-notes"])
     assert (card / "README.md").read_text() == "# old card\n\n## Some notes\n"
+
+
+def test_a_card_folder_is_recarded_in_place(tmp_path):
+    """``card --run <card folder>`` into the same folder re-measures and re-writes the card from the folder's own
+    stage logs: weights and vocabulary untouched, the dataset's name and the notes kept, the ONNX graph re-exported and
+    verified; a protocol other than the card's is refused before anything is written."""
+    import hashlib
+    import json
+
+    import torch
+
+    from export.onnx import main as onnx_main
+    from tests.test_train import TINY, _markov_file
+    from zoo.train import main as train_main
+
+    torch.set_num_threads(1)
+    data = str(_markov_file(tmp_path / "markov.tsv", n_users=30, length=(12, 20)))
+    common = ["--model", "gru4rec", "--data", data, "--epochs", "1", "--max-len", "20", "--kcore", "0",
+              "--no-progress", "--set", *TINY["gru4rec"]]
+    train_main(common + ["--out", str(tmp_path / "a")])
+    card = tmp_path / "card"
+    hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card), notes="## A note\n\nkept",
+                          dataset_type="markov", dataset_name="Markov chain (generated)")
+    assert onnx_main(["--model", str(card), "--card-dir", str(card), "--topk", "5", "--verify-prime", "10",
+                      "--verify-steps", "10", "--verify-cases", "50"]) == 0
+    readme = (card / "README.md").read_text()
+    # a card written before intervals existed: take them out, as the cards carded before 2026-12-03 are
+    head, rest = readme.split("(HR@K equals Recall@K with one held-out item per user.)", 1)
+    (card / "README.md").write_text(head + "(HR@K equals Recall@K with one held-out item per user.)\n\n## Training"
+                                    + rest.split("## Training", 1)[1])
+    weights = {f: hashlib.sha256((card / f).read_bytes()).hexdigest()
+               for f in ("model.safetensors", "config.json", "item_vocab.json")}
+    stages = json.loads((card / hub.STAGES_FILE).read_text())
+    (card / "onnx" / "model.onnx").unlink()                 # the re-export must write it again
+    before = {f.name: f.read_bytes() for f in card.iterdir() if f.is_file()}
+    with pytest.raises(SystemExit, match="without --exclude-history .*drop --exclude-history"):
+        hub.main(["card", "--run", str(card), "--name", "tiny", "--data", data, "--out", str(card),
+                  "--exclude-history", "--keep-notes"])
+    assert {f.name: f.read_bytes() for f in card.iterdir() if f.is_file()} == before
+    hub.main(["card", "--run", str(card), "--name", "tiny", "--data", data, "--out", str(card), "--keep-notes"])
+    assert {f: hashlib.sha256((card / f).read_bytes()).hexdigest() for f in weights} == weights
+    assert json.loads((card / hub.STAGES_FILE).read_text()) == stages
+    text = (card / "README.md").read_text()
+    assert "95% intervals over the test users" in text and hub.card_notes(card) == "## A note\n\nkept"
+    assert hub._card_dataset(card) == {"name": "Markov chain (generated)", "type": "markov"}
+    assert f"Command: `{stages['stages'][-1]['command']}`" in text
+    assert (card / "onnx" / "model.onnx").exists()
+    assert json.loads((card / "onnx" / "state_spec.json").read_text())["verification"]["passed"]
+    assert json.loads((card / "eval_results.json").read_text())["intervals_95"]["HR@10"]

@@ -297,10 +297,15 @@ def _stages_markdown(stages: list[dict]) -> str:
 
 
 def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,
-                      description: str | None = None, dataset_type: str = "ml-1m",
-                      dataset_name: str = "MovieLens-1M (5-core)", notes: str = "", keep_notes: bool = False) -> dict:
+                      description: str | None = None, dataset_type: str | None = None,
+                      dataset_name: str | None = None, notes: str = "", keep_notes: bool = False) -> dict:
     """Evaluate a training run's best checkpoint on the test split, then copy it into ``hub_cards/<name>`` and write
     its card (nothing in the folder is replaced when the evaluation fails). Returns the measured metrics.
+
+    ``run_dir`` may also be a card folder (its ``training_log.json`` holds every stage); given as its own ``out_dir``
+    the card is re-measured and re-written in place (same weights: new card sections, intervals, re-verified ONNX
+    graphs), under the protocol it was measured with. ``dataset_type``/``dataset_name`` default to those of the card
+    being replaced, else MovieLens-1M's.
 
     When the model's published reference was measured under the other protocol (BERT4Rec: LRURec's history-masked
     numbers), the model is evaluated under that protocol too; ``eval_results.json["reference_protocol"]`` keeps
@@ -314,10 +319,18 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     out_dir = out_dir or os.path.join(pathlib.Path(__file__).resolve().parent.parent, "hub_cards", name)
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run folder {run_dir} not found (a `python -m zoo.train --out` folder)")
-    missing = [f for f in ("config.json", "model.safetensors", "train_log.json")
+    from_card = (not os.path.exists(os.path.join(run_dir, "train_log.json"))
+                 and os.path.exists(os.path.join(run_dir, STAGES_FILE)))
+    missing = [f for f in ("config.json", "model.safetensors", STAGES_FILE if from_card else "train_log.json")
                if not os.path.exists(os.path.join(run_dir, f))]
     if missing:
-        raise FileNotFoundError(f"{run_dir} is not a finished zoo.train run: missing {missing}")
+        raise FileNotFoundError(f"{run_dir} is neither a finished zoo.train run nor a card folder: missing {missing}")
+    in_place = os.path.isdir(out_dir) and os.path.samefile(run_dir, out_dir)
+    if in_place:
+        _check_same_protocol(out_dir, exclude_history)
+    old_ds = _card_dataset(out_dir)
+    dataset_type = dataset_type or old_ds.get("type") or "ml-1m"
+    dataset_name = dataset_name or old_ds.get("name") or "MovieLens-1M (5-core)"
     # everything is measured on the run's checkpoint first: an error (wrong data, a vocabulary that does not fit)
     # leaves an existing card folder as it was
     model = AutoModel.from_pretrained(run_dir)
@@ -325,7 +338,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     test = leave_one_out(ds).test
     metrics, ranks = evaluate_model(model, test, ks=(5, 10, 20), exclude_history=exclude_history, return_ranks=True)
     intervals = bootstrap_interval(ranks, ks=(10,))
-    log = json.load(open(os.path.join(run_dir, "train_log.json")))
+    stages = training_stages(run_dir)
+    log = stages[-1] if from_card else json.load(open(os.path.join(run_dir, "train_log.json")))
     data_file = os.path.basename(data)
 
     def evaluate_command(masked: bool) -> str:
@@ -347,12 +361,11 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences),
                "description": description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, "
                                              f"{ds.n_interactions:,} interactions"}
-    stages = training_stages(run_dir)
     if keep_notes:          # the notes of the card being replaced come first, the new ones after them
         notes = "\n\n".join(n for n in (card_notes(out_dir), notes.strip()) if n)
     os.makedirs(out_dir, exist_ok=True)
     exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
-    for f in ("config.json", "model.safetensors", "item_vocab.json"):
+    for f in () if in_place else ("config.json", "model.safetensors", "item_vocab.json"):
         shutil.copyfile(os.path.join(run_dir, f), os.path.join(out_dir, f))
     make_card(out_dir, name, metrics, protocol, dataset, log,
               extra_sections=_stages_markdown(stages) + _marked_notes(notes),
@@ -367,6 +380,31 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     for args in exports:
         refresh_onnx_export(out_dir, args, data)
     return metrics
+
+
+def _card_dataset(card_dir: str | os.PathLike) -> dict:
+    """``{"name", "type"}`` of the dataset in the model-index of the card in ``card_dir`` (``{}`` when there is none),
+    so that a card re-written into its folder keeps them without repeating ``--dataset-name``/``--dataset-type``."""
+    from huggingface_hub import ModelCard
+
+    readme = pathlib.Path(card_dir) / "README.md"
+    if not readme.is_file():
+        return {}
+    results = ModelCard.load(readme).data.eval_results or []
+    return {"name": results[0].dataset_name, "type": results[0].dataset_type} if results else {}
+
+
+def _check_same_protocol(card_dir: str | os.PathLike, exclude_history: bool) -> None:
+    """A card re-measured in place keeps its protocol: ``ValueError`` when ``--exclude-history`` differs from the
+    one its ``eval_results.json`` was measured with."""
+    path = pathlib.Path(card_dir) / "eval_results.json"
+    if not path.is_file():
+        return
+    was = bool(json.loads(path.read_text()).get("exclude_history", False))
+    if was != exclude_history:
+        raise ValueError(f"{card_dir} was measured {'with' if was else 'without'} --exclude-history "
+                         f"({PROTOCOL_NAMES[was]}); re-carding it in place keeps its protocol: "
+                         f"{'add' if was else 'drop'} --exclude-history")
 
 
 def existing_onnx_exports(card_dir: str | os.PathLike) -> list[list[str]]:
@@ -430,13 +468,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list bundled models")
     c = sub.add_parser("card", help="turn a training run into a hub_cards/<name> folder with a measured card")
-    c.add_argument("--run", required=True)
+    c.add_argument("--run", required=True, help="a zoo.train --out folder, or a card folder (the card's own folder "
+                                                 "re-measures and re-writes it in place)")
     c.add_argument("--name", required=True)
     c.add_argument("--data", required=True)
-    c.add_argument("--out")
+    c.add_argument("--out", help="default hub_cards/<name>")
     c.add_argument("--exclude-history", action="store_true")
-    c.add_argument("--dataset-type", default="ml-1m")
-    c.add_argument("--dataset-name", default="MovieLens-1M (5-core)")
+    c.add_argument("--dataset-type", help="default: the replaced card's, else ml-1m")
+    c.add_argument("--dataset-name", help="default: the replaced card's, else 'MovieLens-1M (5-core)'")
     c.add_argument("--description")
     c.add_argument("--notes", help="markdown file appended to the card (e.g. an ablation or a data caveat)")
     c.add_argument("--keep-notes", action="store_true",

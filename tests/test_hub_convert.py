@@ -432,9 +432,9 @@ def test_build_card_folder_measures_under_the_references_protocol(tmp_path):
     assert {f.name: f.read_bytes() for f in card.iterdir()} == before
 
 
-def test_keep_notes_carries_a_cards_notes_to_the_next_card(tmp_path):
-    """--keep-notes: the notes of the card being replaced (between the notes markers) come first in the new card,
-    the new --notes after them; a card written before the markers is refused rather than guessed at."""
+def _tiny_gru4rec_run(tmp_path):
+    """``(data, common)``: a generated interaction file and a tiny one-epoch GRU4Rec run of it in ``tmp_path / "a"``;
+    ``common`` is that run's command line without ``--out``."""
     import torch
 
     from tests.test_train import TINY, _markov_file
@@ -445,6 +445,15 @@ def test_keep_notes_carries_a_cards_notes_to_the_next_card(tmp_path):
     common = ["--model", "gru4rec", "--data", data, "--epochs", "1", "--max-len", "20", "--kcore", "0",
               "--no-progress", "--set", *TINY["gru4rec"]]
     train_main(common + ["--out", str(tmp_path / "a")])
+    return data, common
+
+
+def test_keep_notes_carries_a_cards_notes_to_the_next_card(tmp_path):
+    """--keep-notes: the notes of the card being replaced (between the notes markers) come first in the new card,
+    the new --notes after them; a card written before the markers is refused rather than guessed at."""
+    from zoo.train import main as train_main
+
+    data, common = _tiny_gru4rec_run(tmp_path)
     card = tmp_path / "card"
     hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card), notes="## Stage 1 note\n\nfirst")
     assert hub.card_notes(card) == "## Stage 1 note\n\nfirst"
@@ -469,17 +478,9 @@ def test_a_card_folder_is_recarded_in_place(tmp_path):
     import hashlib
     import json
 
-    import torch
-
     from export.onnx import main as onnx_main
-    from tests.test_train import TINY, _markov_file
-    from zoo.train import main as train_main
 
-    torch.set_num_threads(1)
-    data = str(_markov_file(tmp_path / "markov.tsv", n_users=30, length=(12, 20)))
-    common = ["--model", "gru4rec", "--data", data, "--epochs", "1", "--max-len", "20", "--kcore", "0",
-              "--no-progress", "--set", *TINY["gru4rec"]]
-    train_main(common + ["--out", str(tmp_path / "a")])
+    data, _ = _tiny_gru4rec_run(tmp_path)
     card = tmp_path / "card"
     hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card), notes="## A note\n\nkept",
                           dataset_type="markov", dataset_name="Markov chain (generated)")

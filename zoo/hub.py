@@ -439,8 +439,8 @@ def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str 
     from export.onnx import main as onnx_main
 
     argv = ["--model", str(card_dir), "--card-dir", str(card_dir), *args] + (["--data", data] if data else [])
-    print(f"[zoo.hub] re-exporting the card's ONNX graph for the new weights: python -m export.onnx {' '.join(argv)}",
-          flush=True)
+    print("[zoo.hub] re-exporting (and verifying) the card's ONNX graph from its weights: "
+          f"python -m export.onnx {' '.join(argv)}", flush=True)
     rc = onnx_main(argv)
     if rc != 0:
         raise RuntimeError(f"re-export of the ONNX graph in {card_dir} failed (exit {rc}); the card's weights were "

@@ -328,6 +328,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     in_place = os.path.isdir(out_dir) and os.path.samefile(run_dir, out_dir)
     if in_place:
         _check_same_protocol(out_dir, exclude_history)
+    kept_notes = card_notes(out_dir) if keep_notes else ""     # refused (no markers) before any measuring
     old_ds = _card_dataset(out_dir)
     dataset_type = dataset_type or old_ds.get("type") or "ml-1m"
     dataset_name = dataset_name or old_ds.get("name") or "MovieLens-1M (5-core)"
@@ -361,8 +362,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences),
                "description": description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, "
                                              f"{ds.n_interactions:,} interactions"}
-    if keep_notes:          # the notes of the card being replaced come first, the new ones after them
-        notes = "\n\n".join(n for n in (card_notes(out_dir), notes.strip()) if n)
+    notes = "\n\n".join(n for n in (kept_notes, notes.strip()) if n)   # the replaced card's notes first
     os.makedirs(out_dir, exist_ok=True)
     exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
     for f in () if in_place else ("config.json", "model.safetensors", "item_vocab.json"):

@@ -5,6 +5,7 @@ CLI::
 
     python -m zoo.hub list
     python -m zoo.hub card --run runs/mamba4rec-ml1m --name mamba4rec-ml1m --data ../shared/data/ml-1m.5core.seq.gz
+    python -m zoo.hub card --run hub_cards/mamba4rec-ml1m --name mamba4rec-ml1m --data ... --keep-notes   # in place
     python -m zoo.hub push hub_cards/mamba4rec-ml1m --repo-id ssm-rec-zoo/mamba4rec-ml1m
 """
 

@@ -268,6 +268,12 @@ def test_card_says_why_a_checkpoint_misses_its_reference():
     finished = {"stopped": "max epochs", "epochs": [{}] * 42, "train": {"lr_schedule": "linear"}}
     assert "complete 42-epoch run" in hub._below_reference_note(finished)
     assert "not yet trained to convergence" not in hub._below_reference_note(finished)
+    # --decay-over budget: the decay ends at the time budget, so a run stopped by that budget finished it too
+    paced = {"stopped": "time budget of 135.0 minutes reached", "epochs": [{}] * 233,
+             "train": {"lr_schedule": "linear", "decay_over": "time budget of 135.0 minutes"}}
+    assert "complete 233-epoch run" in hub._below_reference_note(paced)
+    unpaced = {**paced, "train": {"lr_schedule": "linear"}}                  # decay planned over epochs: cut short
+    assert "not yet trained to convergence" in hub._below_reference_note(unpaced)
     for log in ({"stopped": "time budget of 95 minutes reached", "train": {"lr_schedule": "linear"}},
                 {"stopped": "max epochs", "train": {"lr_schedule": "constant"}}, {}):
         assert "not yet trained to convergence" in hub._below_reference_note(log)

@@ -185,9 +185,14 @@ def _weighting_note(train_log: dict) -> str:
 def _below_reference_note(train_log: dict, below: list[str] | tuple = (), met: list[str] | tuple = ()) -> str:
     """What the card says when the checkpoint misses its reference numbers: which ones (when only some are missed)
     and why, from the run's own log."""
-    schedule = (train_log.get("train") or {}).get("lr_schedule", "constant")
+    train = train_log.get("train") or {}
+    schedule = train.get("lr_schedule", "constant")
     where = f" at {', '.join(below)} (meets or beats them at {', '.join(met)})" if below and met else ""
-    if train_log.get("stopped") == "max epochs" and schedule != "constant":
+    stopped = str(train_log.get("stopped", ""))
+    # the decay ran its course: to the last epoch, or (--decay-over budget) to the time budget that stopped the run
+    decayed = schedule != "constant" and (stopped == "max epochs" or (
+        str(train.get("decay_over", "")).startswith("time budget") and stopped.startswith("time budget")))
+    if decayed:
         return (f"**Below the reference numbers**{where} after a complete {len(train_log.get('epochs', []))}-epoch run whose "
                 f"learning rate decayed ({schedule}) to 0, sized to a CPU time budget (see Training): a longer "
                 "schedule is the next step; training continues with `--init-from` and the card will be replaced.\n")

@@ -47,16 +47,24 @@ def test_loads_by_hub_id_offline(folder, monkeypatch):
 def test_card_numbers_reproduced(folder, shared_data):
     from zoo.data import leave_one_out, load_dataset
     from zoo.evaluate import align_with_model, evaluate_model
+    from zoo.metrics import bootstrap_interval
 
     torch.set_num_threads(2)
     info = json.load(open(folder / "eval_results.json"))
     model = AutoModel.from_pretrained(folder)
     ds, _ = align_with_model(load_dataset(shared_data / info["data_file"]), model)
-    got = evaluate_model(model, leave_one_out(ds).test, ks=(5, 10, 20), exclude_history=info["exclude_history"],
-                         progress=False)
+    got, ranks = evaluate_model(model, leave_one_out(ds).test, ks=(5, 10, 20), exclude_history=info["exclude_history"],
+                                progress=False, return_ranks=True)
     for k, v in info["metrics"].items():
         assert abs(got[k] - v) <= 1e-4, f"{folder.name} {k}: card {v:.6f}, measured now {got[k]:.6f}"
     print(f"{folder.name}: " + " ".join(f"{k} {got[k]:.4f}" for k in ("HR@10", "NDCG@10", "MRR@10")))
+    # the card's 95% intervals (a fixed-seed bootstrap of these ranks), in eval_results.json and in its text
+    assert "intervals_95" in info, f"{folder.name}: no intervals; re-card it (python -m zoo.hub card --run {folder})"
+    now = bootstrap_interval(ranks, ks=(10,))
+    card = (folder / "README.md").read_text()
+    for k, (lo, hi) in info["intervals_95"].items():
+        assert abs(now[k][0] - lo) <= 1e-3 and abs(now[k][1] - hi) <= 1e-3, f"{folder.name} {k}: {(lo, hi)} vs {now[k]}"
+        assert f"{k} [{lo:.4f}, {hi:.4f}]" in card, f"{folder.name}: the card does not state its {k} interval"
     ref = info.get("reference_protocol")      # numbers under the published reference's protocol, when it differs
     if ref:
         assert ref["exclude_history"] != info["exclude_history"]

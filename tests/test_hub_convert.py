@@ -502,9 +502,10 @@ def test_a_card_folder_is_recarded_in_place(tmp_path):
     stages = json.loads((card / hub.STAGES_FILE).read_text())
     (card / "onnx" / "model.onnx").unlink()                 # the re-export must write it again
     before = {f.name: f.read_bytes() for f in card.iterdir() if f.is_file()}
-    with pytest.raises(SystemExit, match="without --exclude-history .*drop --exclude-history"):
-        hub.main(["card", "--run", str(card), "--name", "tiny", "--data", data, "--out", str(card),
-                  "--exclude-history", "--keep-notes"])
+    for run in (card, tmp_path / "a"):        # in place, or a run replacing the card: the protocol is the card's
+        with pytest.raises(SystemExit, match="without --exclude-history .*drop --exclude-history, or write"):
+            hub.main(["card", "--run", str(run), "--name", "tiny", "--data", data, "--out", str(card),
+                      "--exclude-history", "--keep-notes"])
     assert {f.name: f.read_bytes() for f in card.iterdir() if f.is_file()} == before
     hub.main(["card", "--run", str(card), "--name", "tiny", "--data", data, "--out", str(card), "--keep-notes"])
     assert {f: hashlib.sha256((card / f).read_bytes()).hexdigest() for f in weights} == weights

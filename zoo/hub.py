@@ -310,8 +310,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
 
     ``run_dir`` may also be a card folder (its ``training_log.json`` holds every stage); given as its own ``out_dir``
     the card is re-measured and re-written in place (same weights: new card sections, intervals, re-verified ONNX
-    graphs), under the protocol it was measured with. ``dataset_type``/``dataset_name`` default to those of the card
-    being replaced, else MovieLens-1M's.
+    graphs). A card replaced in its folder keeps the protocol it was measured with (``exclude_history`` must match).
+    ``dataset_type``/``dataset_name`` default to those of the card being replaced, else MovieLens-1M's.
 
     When the model's published reference was measured under the other protocol (BERT4Rec: LRURec's history-masked
     numbers), the model is evaluated under that protocol too; ``eval_results.json["reference_protocol"]`` keeps
@@ -332,8 +332,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     if missing:
         raise FileNotFoundError(f"{run_dir} is neither a finished zoo.train run nor a card folder: missing {missing}")
     in_place = os.path.isdir(out_dir) and os.path.samefile(run_dir, out_dir)
-    if in_place:
-        _check_same_protocol(out_dir, exclude_history)
+    _check_same_protocol(out_dir, exclude_history)
     kept_notes = card_notes(out_dir) if keep_notes else ""     # refused (no markers) before any measuring
     old_ds = _card_dataset(out_dir)
     dataset_type = dataset_type or old_ds.get("type") or "ml-1m"
@@ -401,16 +400,17 @@ def _card_dataset(card_dir: str | os.PathLike) -> dict:
 
 
 def _check_same_protocol(card_dir: str | os.PathLike, exclude_history: bool) -> None:
-    """A card re-measured in place keeps its protocol: ``ValueError`` when ``--exclude-history`` differs from the
-    one its ``eval_results.json`` was measured with."""
+    """A card replaced in its folder (in place, or by a new stage) keeps its protocol: ``ValueError`` when
+    ``--exclude-history`` differs from the one its ``eval_results.json`` was measured with (a forgotten flag would
+    otherwise switch the card's numbers to the other protocol)."""
     path = pathlib.Path(card_dir) / "eval_results.json"
     if not path.is_file():
         return
     was = bool(json.loads(path.read_text()).get("exclude_history", False))
     if was != exclude_history:
         raise ValueError(f"{card_dir} was measured {'with' if was else 'without'} --exclude-history "
-                         f"({PROTOCOL_NAMES[was]}); re-carding it in place keeps its protocol: "
-                         f"{'add' if was else 'drop'} --exclude-history")
+                         f"({PROTOCOL_NAMES[was]}); a card replaced in its folder keeps its protocol: "
+                         f"{'add' if was else 'drop'} --exclude-history, or write the card to a new folder")
 
 
 def existing_onnx_exports(card_dir: str | os.PathLike) -> list[list[str]]:

@@ -188,10 +188,12 @@ def _below_reference_note(train_log: dict, below: list[str] | tuple = (), met: l
     train = train_log.get("train") or {}
     schedule = train.get("lr_schedule", "constant")
     where = f" at {', '.join(below)} (meets or beats them at {', '.join(met)})" if below and met else ""
+    from .train import TIME_BUDGET
+
     stopped = str(train_log.get("stopped", ""))
     # the decay ran its course: to the last epoch, or (--decay-over budget) to the time budget that stopped the run
     decayed = schedule != "constant" and (stopped == "max epochs" or (
-        str(train.get("decay_over", "")).startswith("time budget") and stopped.startswith("time budget")))
+        str(train.get("decay_over", "")).startswith(TIME_BUDGET) and stopped.startswith(TIME_BUDGET)))
     if decayed:
         return (f"**Below the reference numbers**{where} after a complete {len(train_log.get('epochs', []))}-epoch run whose "
                 f"learning rate decayed ({schedule}) to 0, sized to a CPU time budget (see Training): a longer "
@@ -345,7 +347,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     metrics, ranks = evaluate_model(model, test, ks=(5, 10, 20), exclude_history=exclude_history, return_ranks=True)
     intervals = bootstrap_interval(ranks, ks=(10,))
     stages = training_stages(run_dir)
-    log = stages[-1] if from_card else json.load(open(os.path.join(run_dir, "train_log.json")))
+    log = stages[-1]                        # the run's own train_log.json, or a card folder's last stage
     data_file = os.path.basename(data)
 
     def evaluate_command(masked: bool) -> str:

@@ -54,6 +54,8 @@ def set_seed(seed: int) -> None:
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DECAY_HORIZONS = ("epochs", "budget")
+#: how a run's log names its --max-minutes budget (the start of "stopped" and "decay_over" texts, which cards read)
+TIME_BUDGET = "time budget"
 LOSS_WEIGHTINGS = ("window", "target")
 
 
@@ -410,7 +412,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"])
     preset["lr_schedule"] = lr_schedule
     if decay_over == "budget":
-        preset["decay_over"] = f"time budget of {max_minutes} minutes"
+        preset["decay_over"] = f"{TIME_BUDGET} of {max_minutes} minutes"
     n_params = sum(p.numel() for p in model.parameters())
     # BERT4Rec's Cloze objective predicts a random subset of the window items each epoch, not each of them
     what = "window items (Cloze: a random subset predicted per epoch)" if model_type == "bert4rec" else "targets"
@@ -507,7 +509,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                 if eval_every > 1 else f"early stopping: no valid NDCG@10 gain for {patience} epochs"
             break
         if deadline and time.time() > deadline:
-            stopped = f"time budget of {max_minutes} minutes reached"
+            stopped = f"{TIME_BUDGET} of {max_minutes} minutes reached"
             break
     from .models import get_model_class
 
@@ -519,7 +521,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                train_minutes=(time.time() - t0) / 60)
     with open(os.path.join(out, "train_log.json"), "w") as f:
         json.dump(log, f, indent=1)
-    if stopped.startswith("time budget"):
+    if stopped.startswith(TIME_BUDGET):
         print(f"[zoo.train] the run's state is kept in {os.path.join(out, train_state.RESUME_DIR)}: the same command "
               "with --resume and a larger --max-minutes continues it", flush=True)
     else:

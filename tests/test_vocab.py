@@ -40,3 +40,17 @@ def test_errors_name_the_problem(tmp_path):
     (tmp_path / "item_vocab.json").write_text(json.dumps({"items": [1]}))
     with pytest.raises(ValueError, match="not a zoo item vocabulary"):
         ItemVocab.load(tmp_path)
+
+
+def test_an_interrupted_save_keeps_the_saved_vocabulary(tmp_path, monkeypatch):
+    ItemVocab([5, 7, 9]).save(tmp_path)
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", fail)                  # interrupted while the new vocabulary is written
+    with pytest.raises(KeyboardInterrupt):
+        ItemVocab(list(range(100))).save(tmp_path)
+    monkeypatch.undo()
+    assert ItemVocab.load(tmp_path / "item_vocab.json").items == [5, 7, 9]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["item_vocab.json"]    # no temporary file left beside it

@@ -120,11 +120,11 @@ class ItemVocab:
         return {"format": _FORMAT, "id_type": self.id_type, "pad_index": 0, "items": self.items}
 
     def save(self, directory: str | os.PathLike) -> str:
+        from .cli import written_whole
+
         path = os.path.join(directory, VOCAB_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
+        with written_whole(path) as f:                      # never leave a half-written vocabulary behind
             json.dump(self.to_dict(), f, separators=(",", ":"))
-        os.replace(tmp, path)  # never leave a half-written vocabulary behind
         return path
 
     @classmethod

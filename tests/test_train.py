@@ -175,6 +175,30 @@ def test_eval_every_validates_every_n_epochs_and_after_the_last(tmp_path, capsys
     assert not (tmp_path / "c").exists()
 
 
+def test_a_run_interrupted_while_writing_its_log_keeps_the_last_whole_log(tmp_path, monkeypatch):
+    """The run's ``train_log.json`` is rewritten after every epoch: an interruption during the write keeps the
+    previous epoch's whole log (which ``zoo.hub card`` reads), never a truncated file or a stray temporary one."""
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    real_dump = json.dump
+
+    def dump(obj, f, **kw):                                  # interrupted half-way through epoch 2's log
+        if isinstance(obj, dict) and len(obj.get("epochs", ())) == 2:
+            f.write("{")
+            raise KeyboardInterrupt
+        return real_dump(obj, f, **kw)
+
+    monkeypatch.setattr(json, "dump", dump)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_main(["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+                    "--set", *TINY["gru4rec"], "--out", str(out), "--epochs", "3"])
+    monkeypatch.undo()
+    log = json.loads((out / "train_log.json").read_text())
+    assert [r["epoch"] for r in log["epochs"]] == [1]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".train_log.json")]
+
+
 def test_parse_overrides():
     assert parse_overrides(["num_layers=2", "dropout_prob=0.3", "mamba_init=mamba"]) == {
         "num_layers": 2, "dropout_prob": 0.3, "mamba_init": "mamba"}

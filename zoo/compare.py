@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli import positive_int
+from .cli import positive_int, written_whole
 from .evaluate import RANKS_HEADER
 from .metrics import METRICS, paired_bootstrap
 
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{args.bootstrap:,} resamples (seed {args.seed})")
     print(format_comparison(result))
     if args.json:
-        with open(args.json, "w") as f:
+        with written_whole(args.json) as f:
             json.dump(result, f, indent=1)
     return result
 

@@ -407,9 +407,7 @@ def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict) -> None:
 
 def _write_json(result: dict, path: str | None) -> None:
     if path:
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        with open(path, "w") as f:
+        with written_whole(path) as f:
             json.dump(result, f, indent=2)
         print(f"wrote {path}")
 

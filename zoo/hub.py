@@ -20,6 +20,7 @@ import shutil
 import sys
 from typing import Sequence
 
+from .cli import written_whole
 from .pretrained import HUB_ORG, bundled_models
 
 logger = logging.getLogger(__name__)
@@ -377,9 +378,9 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     make_card(out_dir, name, metrics, protocol, dataset, log,
               extra_sections=_stages_markdown(stages) + _marked_notes(notes),
               reference_metrics=reference, intervals=intervals)
-    with open(os.path.join(out_dir, STAGES_FILE), "w") as f:
+    with written_whole(os.path.join(out_dir, STAGES_FILE)) as f:
         json.dump({"stages": stages}, f, indent=1)
-    with open(os.path.join(out_dir, "eval_results.json"), "w") as f:
+    with written_whole(os.path.join(out_dir, "eval_results.json")) as f:
         json.dump({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
                    "protocol": protocol, "data_file": data_file,
                    "exclude_history": exclude_history, **({"reference_protocol": reference} if reference else {})},

@@ -38,6 +38,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .cli import written_whole
+
 TRAIN_PRESETS = {
     "mamba4rec": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, clip=0.0),
     "sasrec": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, clip=0.0),
@@ -501,7 +503,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             bad += 1
         print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} valid NDCG@10 {ndcg:.4f} HR@10 "
               f"{metrics['HR@10']:.4f} ({row['seconds']:.0f}s){' *' if improved else ''}", flush=True)
-        with open(os.path.join(out, "train_log.json"), "w") as f:
+        with written_whole(os.path.join(out, "train_log.json")) as f:     # an interruption keeps the last whole log
             json.dump(log, f, indent=1)
         keep_state(epoch)
         if bad >= patience:
@@ -519,7 +521,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                protocol={"split": "leave-one-out by time (RecBole LS valid_and_test)", "ranking": "full",
                          "history_masked": exclude_history},
                train_minutes=(time.time() - t0) / 60)
-    with open(os.path.join(out, "train_log.json"), "w") as f:
+    with written_whole(os.path.join(out, "train_log.json")) as f:
         json.dump(log, f, indent=1)
     if stopped.startswith(TIME_BUDGET):
         print(f"[zoo.train] the run's state is kept in {os.path.join(out, train_state.RESUME_DIR)}: the same command "

@@ -52,7 +52,7 @@ def test_card_numbers_reproduced(folder, shared_data):
     torch.set_num_threads(2)
     info = json.load(open(folder / "eval_results.json"))
     model = AutoModel.from_pretrained(folder)
-    ds, _ = align_with_model(load_dataset(shared_data / info["data_file"]), model)
+    ds, _ = align_with_model(load_dataset(shared_data / info["data_file"], **info.get("data_options", {})), model)
     got, ranks = evaluate_model(model, leave_one_out(ds).test, ks=(5, 10, 20), exclude_history=info["exclude_history"],
                                 progress=False, return_ranks=True)
     for k, v in info["metrics"].items():

@@ -170,6 +170,28 @@ def test_build_sequences_stable_ties_and_vocab_order():
     assert ds.n_users == 2 and ds.n_items == 4 and ds.n_interactions == 5
 
 
+def test_time_ties_item_sorts_equal_timestamps_by_item_id(tmp_path):
+    """time_ties="item" (LRURec) orders one user's rows with equal timestamps by item id -- numerically for integer
+    ids, as strings otherwise -- where "file" (RecBole) keeps the file order; the vocabulary is the same either way."""
+    rows = "user_id\titem_id\ttimestamp\n" + "".join(f"1\t{i}\t{t}\n" for i, t in [(9, 1), (30, 5), (4, 5), (100, 5),
+                                                                                 (2, 7)])
+    p = write(tmp_path / "t.tsv", rows)
+    by_file, by_item = load_dataset(p, kcore=None), load_dataset(p, kcore=None, time_ties="item")
+    assert by_file.vocab.decode(by_file.sequences[0]) == [9, 30, 4, 100, 2]
+    assert by_item.vocab.decode(by_item.sequences[0]) == [9, 4, 30, 100, 2]       # 4 < 30 < 100, not "100" < "30"
+    assert by_item.vocab.items == by_file.vocab.items and by_item.time_ties == "item" and by_file.time_ties == "file"
+    assert by_item.timestamps[0].tolist() == [1.0, 5.0, 5.0, 5.0, 7.0]
+    x = Interactions(np.array([1, 1, 1]), np.array(["b10", "a", "b2"]), np.array([3.0, 3.0, 1.0]))
+    ds = build_sequences(x, time_ties="item")
+    assert ds.vocab.decode(ds.sequences[0]) == ["b2", "a", "b10"]
+    assert build_sequences(x).reencode(build_sequences(x).vocab).time_ties == "file"
+    with pytest.raises(ValueError, match="time_ties must be one of"):
+        load_dataset(p, time_ties="timestamp")
+    seq = write(tmp_path / "s.seq", "user_id\titem_ids_chronological\n7\t3 1 2\n")
+    with pytest.raises(ValueError, match="no timestamps"):
+        load_dataset(seq, time_ties="item")
+
+
 def test_load_dataset_seq_has_no_filter_by_default(tmp_path):
     p = write(tmp_path / "s.seq", "user_id\titem_ids_chronological\n1\t5 6 7\n2\t6\n")
     ds = load_dataset(p)
@@ -340,3 +362,22 @@ def test_ml1m_5core_stats(shared_data):
     assert sum(len(s) - 1 for s in sp.train) == 981_491          # RecBole's train samples (models.md §1.1)
     assert all(len(h) == len(g) + 1 for h, g in zip(sp.test.histories[:50], sp.valid.histories[:50], strict=True))
     assert elapsed < 15, f"ML-1M took {elapsed:.1f}s to load"
+
+
+def test_ml1m_time_ties_item_reproduces_the_5core_order(shared_data):
+    """The 5-core sequence file orders equal timestamps by item id (the data README): ML-1M's raw ratings of users
+    1-2999 with time_ties="item", restricted to the 5-core's items, give exactly its sequences for those users. With
+    RecBole's file order 807 of the 2,999 users get another test item (and 1,126 another validation item): the order
+    of ties is part of the protocol."""
+    path = shared_data / "ml-1m.users0001-2999.inter.gz"
+    if not path.exists():
+        pytest.skip(f"{path.name} not found in {shared_data}")
+    five = load_dataset(shared_data / "ml-1m.5core.seq.gz")
+    want = {u: five.vocab.decode(s) for u, s in zip(five.users, five.sequences, strict=True)}
+    got = {}
+    for ties in ("item", "file"):
+        ds = load_dataset(path, kcore=None, time_ties=ties).reencode(five.vocab, unknown="drop")
+        got[ties] = {u: ds.vocab.decode(s) for u, s in zip(ds.users, ds.sequences, strict=True)}
+    assert len(got["item"]) == 2999 and all(got["item"][u] == want[u] for u in got["item"])
+    assert sum(got["file"][u][-1] != want[u][-1] for u in got["file"]) == 807
+    assert sum(got["file"][u][-2] != want[u][-2] for u in got["file"]) == 1126

@@ -517,3 +517,42 @@ def test_a_card_folder_is_recarded_in_place(tmp_path):
     assert (card / "onnx" / "model.onnx").exists()
     assert json.loads((card / "onnx" / "state_spec.json").read_text())["verification"]["passed"]
     assert json.loads((card / "eval_results.json").read_text())["intervals_95"]["HR@10"]
+
+
+def test_a_card_is_measured_on_the_sequences_its_run_was_trained_on(tmp_path):
+    """A run trained with --time-ties item and --kcore none keeps them in its log's data_options; zoo.hub card then
+    evaluates on the same sequences (the order of ties decides the test items), records the options, and gives the
+    zoo.evaluate command with their flags, which reproduces the card's numbers."""
+    import json
+    import random
+
+    from tests.test_train import TINY
+    from zoo.evaluate import main as evaluate_main
+    from zoo.train import main as train_main
+
+    torch.set_num_threads(1)
+    rng = random.Random(0)
+    lines = ["user_id\titem_id\ttimestamp"]
+    for u in range(1, 31):
+        for t in range(1000, 1140, 10):     # pairs of items in one second, the larger id first in the file
+            a, b = sorted(rng.sample(range(100, 140), 2))
+            lines += [f"{u}\t{b}\t{t}", f"{u}\t{a}\t{t}"]
+    data = tmp_path / "ties.tsv"
+    data.write_text("\n".join(lines) + "\n")
+    train_main(["--model", "gru4rec", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
+                "--max-len", "20", "--kcore", "none", "--time-ties", "item", "--no-progress",
+                "--set", *TINY["gru4rec"]])
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert log["data_options"] == {"kcore": None, "time_ties": "item"}
+    card = tmp_path / "card"
+    metrics = hub.build_card_folder(str(tmp_path / "run"), "tiny", str(data), out_dir=str(card))
+    info = json.loads((card / "eval_results.json").read_text())
+    assert info["data_options"] == {"kcore": None, "time_ties": "item"}
+    assert info["protocol"]["command"].endswith("--data ties.tsv --kcore none --time-ties item")
+    assert "--kcore none --time-ties item" in (card / "README.md").read_text()
+    flags = ["--model", str(card), "--data", str(data), "--kcore", "none", "--no-progress"]
+    same = evaluate_main(flags + ["--time-ties", "item"])
+    assert same["metrics"] == metrics and same["protocol"]["time_ties"] == "item"
+    assert evaluate_main(flags)["metrics"] != metrics          # file order: other test items
+    assert hub.data_flags(hub.run_data_options({})) == ""     # a log from before data_options: the defaults
+    assert hub.data_flags({"kcore": 3, "time_ties": "file"}) == " --kcore 3"

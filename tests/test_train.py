@@ -561,3 +561,14 @@ def test_resume_refusals(tmp_path, capsys):
         train_main(args + ["--resume", "--overwrite"])
     log = train_main(args + ["--resume", "--max-minutes", "5"])          # a larger budget: the run goes on
     assert len(log["epochs"]) == 3 and log["stopped"] == "max epochs" and not (tmp_path / "r" / "resume").exists()
+
+
+def test_a_resume_state_saved_before_time_ties_existed_resumes_with_the_default():
+    """A run saved before ``time_ties`` was a setting ran with file order: resuming it with the default is allowed,
+    with --time-ties item it is refused, naming the setting."""
+    from zoo.train_state import check_settings
+
+    saved = {"model_type": "mamba4rec", "kcore": "auto", "max_minutes": 10}
+    check_settings(saved, {"model_type": "mamba4rec", "kcore": "auto", "max_minutes": 20, "time_ties": "file"})
+    with pytest.raises(ValueError, match="time_ties: the run has 'file', given 'item'"):
+        check_settings(saved, {"model_type": "mamba4rec", "kcore": "auto", "max_minutes": 10, "time_ties": "item"})

@@ -12,11 +12,14 @@ Command line::
 
     python -m zoo.evaluate --model runs/mamba4rec-ml1m --data ../shared/data/ml-1m.5core.seq.gz \\
         [--split test|valid] [--exclude-history] [--ks 5 10 20] [--history-share] [--batch-size 256] \\
-        [--json out.json] [--max-users N] [--kcore K|none|auto] [--device cpu] [--no-progress] \\
-        [--intervals] [--ranks-out ranks.csv]
+        [--json out.json] [--max-users N] [--kcore K|none|auto] [--time-ties file|item] [--device cpu] \\
+        [--no-progress] [--intervals] [--ranks-out ranks.csv]
     python -m zoo.evaluate --onnx hub_cards/lrurec-ml1m/onnx --data ../shared/data/ml-1m.5core.seq.gz --ks 5 10
 
 Data item ids are mapped through the model's own ``item_vocab`` (external ids -> the indices it was trained with).
+Interactions of one user with equal timestamps keep their file order (RecBole) unless ``--time-ties item`` sorts them
+by item id (LRURec); on ML-1M the choice changes the test item of about a quarter of the users, so evaluate with the
+order the model was trained on (a card's ``eval_results.json`` says which, under ``data_options``).
 
 ``--onnx DIR`` evaluates an exported graph (``python -m export.onnx``) instead, with ONNX Runtime only: the artefact a
 server runs, on the same examples and windows (:func:`evaluate_onnx`). A step graph is primed with each user's window in
@@ -44,7 +47,7 @@ import torch
 from .cli import error_text, positive_int, written_whole
 from .cli import kcore as kcore_arg
 from .data.batching import eval_batches
-from .data.split import EvalExamples, SequenceDataset, leave_one_out, load_dataset
+from .data.split import TIME_TIES, EvalExamples, SequenceDataset, leave_one_out, load_dataset
 from .metrics import compute_metrics, history_in_top_k, rank_of_target
 from .modeling_utils import resolve_device
 
@@ -282,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluation then covers only known items; the note and JSON say how many were dropped)")
     p.add_argument("--kcore", type=kcore_arg, default="auto",
                    help="k-core filter: int, 'none', or 'auto' (5 for interaction files, none for .seq)")
+    p.add_argument("--time-ties", choices=TIME_TIES, default="file",
+                   help="order of one user's interactions with equal timestamps: file (RecBole: file order) or item "
+                        "(LRURec: by item id); it decides which item is the test item when the last ones tie")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -341,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "ties": "pessimistic",
         "max_seq_length": int(model.config.max_seq_length),
         "kcore": ds.kcore,  # effective (user_k, item_k), None when unfiltered
+        "time_ties": ds.time_ties,
         "ks": list(args.ks),
         "unknown_items": args.unknown_items,
     }
@@ -372,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def _load_data(args):
     """``--data`` read and k-core filtered; a missing or malformed file is a one-line error naming it."""
     try:
-        return load_dataset(args.data, kcore=args.kcore)
+        return load_dataset(args.data, kcore=args.kcore, time_ties=args.time_ties)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -459,6 +466,7 @@ def _main_onnx(args, t0: float) -> dict:
         "ties": "pessimistic" if has_scores else "the graph's TopK order",
         "max_seq_length": int(spec["max_seq_length"]),
         "kcore": ds.kcore,
+        "time_ties": ds.time_ties,
         "ks": list(args.ks),
         "unknown_items": args.unknown_items,
     }

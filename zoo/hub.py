@@ -343,16 +343,17 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     # everything is measured on the run's checkpoint first: an error (wrong data, a vocabulary that does not fit)
     # leaves an existing card folder as it was
     model = AutoModel.from_pretrained(run_dir)
-    ds, _ = align_with_model(load_dataset(data), model)
+    stages = training_stages(run_dir)
+    log = stages[-1]                        # the run's own train_log.json, or a card folder's last stage
+    data_options = run_data_options(log)    # the sequences it was trained on: same k-core, same order of ties
+    ds, _ = align_with_model(load_dataset(data, **data_options), model)
     test = leave_one_out(ds).test
     metrics, ranks = evaluate_model(model, test, ks=(5, 10, 20), exclude_history=exclude_history, return_ranks=True)
     intervals = bootstrap_interval(ranks, ks=(10,))
-    stages = training_stages(run_dir)
-    log = stages[-1]                        # the run's own train_log.json, or a card folder's last stage
     data_file = os.path.basename(data)
 
     def evaluate_command(masked: bool) -> str:
-        return f"python -m zoo.evaluate --model {HUB_ORG}/{name} --data {data_file}" + (
+        return f"python -m zoo.evaluate --model {HUB_ORG}/{name} --data {data_file}" + data_flags(data_options) + (
             " --exclude-history" if masked else "")
 
     protocol = {"name": PROTOCOL_NAMES[exclude_history],
@@ -382,12 +383,27 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         json.dump({"stages": stages}, f, indent=1)
     with written_whole(os.path.join(out_dir, "eval_results.json")) as f:
         json.dump({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
-                   "protocol": protocol, "data_file": data_file,
+                   "protocol": protocol, "data_file": data_file, "data_options": data_options,
                    "exclude_history": exclude_history, **({"reference_protocol": reference} if reference else {})},
                   f, indent=1)
     for args in exports:
         refresh_onnx_export(out_dir, args, data)
     return metrics
+
+
+def run_data_options(log: dict) -> dict:
+    """The :func:`zoo.data.load_dataset` options (``kcore``, ``time_ties``) a run's checkpoint was trained with, from
+    its log's ``data_options``; a log from before they were recorded ran with the defaults (``"auto"``, ``"file"``)."""
+    given = log.get("data_options") or {}
+    return {"kcore": given.get("kcore", "auto"), "time_ties": given.get("time_ties", "file")}
+
+
+def data_flags(options: dict) -> str:
+    """The ``zoo.evaluate`` flags that load the data as ``options`` (:func:`run_data_options`) say: ``""`` for the
+    defaults."""
+    kcore, ties = options.get("kcore", "auto"), options.get("time_ties", "file")
+    return ("" if kcore == "auto" else f" --kcore {'none' if kcore is None else kcore}") + (
+        "" if ties == "file" else f" --time-ties {ties}")
 
 
 def _card_dataset(card_dir: str | os.PathLike) -> dict:

@@ -30,6 +30,8 @@ STATE_FILE = "state.json"
 FORMAT_VERSION = 1
 #: settings that may change when a run is resumed (the rest must match the interrupted run's)
 RESUMABLE_CHANGES = ("max_minutes", "device", "progress", "command")
+#: settings added after runs were saved: a state without one ran with this value
+SETTING_DEFAULTS = {"time_ties": "file"}
 
 
 def resume_dir(out: str | os.PathLike) -> str | None:
@@ -115,6 +117,7 @@ def load(path: str | os.PathLike) -> tuple[dict, dict]:
 
 def check_settings(saved: dict, given: dict) -> None:
     """``ValueError`` listing every setting (other than :data:`RESUMABLE_CHANGES`) that differs from the run's."""
+    saved = {**SETTING_DEFAULTS, **saved}
     diff = [f"{k}: the run has {saved.get(k)!r}, given {given.get(k)!r}" for k in sorted(set(saved) | set(given))
             if k not in RESUMABLE_CHANGES and saved.get(k) != given.get(k)]
     if diff:

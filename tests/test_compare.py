@@ -120,3 +120,10 @@ def test_compare_refuses_what_is_not_a_paired_comparison(tmp_path, capsys):
         assert e.value.code == 2 and message in err, (b, err)
     ok = compare_main([str(tmp_path / "test.csv"), str(tmp_path / "graph.csv"), "--ks", "5", "10", "--bootstrap", "100"])
     assert ok["metrics"]["HR@10"]["diff"] == pytest.approx(0, abs=1e-9)     # the graph ranks as the model does
+    capsys.readouterr()
+    # the same users with another held-out item for one of them (e.g. another order of ties): paired on request
+    moved = compare_main([str(tmp_path / "test.csv"), str(tmp_path / "moved.csv"), "--ks", "5", "--bootstrap", "100",
+                          "--other-targets"])
+    assert moved["targets_differ"] == 1 and moved["n_users"] == 40
+    assert "100 resamples (seed 0); the held-out items differ for 1 of them" in capsys.readouterr().out
+    assert moved["metrics"]["HR@5"]["diff"] == pytest.approx(0, abs=1e-9)     # the ranks were kept, only the id moved

@@ -5,6 +5,10 @@ same users with the same targets, from the same split and protocol; the comparis
 of A and B, the difference ``B - A``, its percentile bootstrap interval over users, and a two-sided bootstrap p-value
 (:func:`zoo.metrics.paired_bootstrap`). A difference whose interval excludes 0 is one the test set supports; one that
 does not may be seed noise (compare two seeds of one model to see how large that is).
+
+``--other-targets`` pairs the users even where their held-out items differ: two versions of the same users' data,
+e.g. the two orders of ML-1M's same-second ratings (``zoo.evaluate --time-ties``), each with a model trained on it.
+The difference then mixes the models' with that of the tasks; the result counts the users whose targets differ.
 """
 
 from __future__ import annotations
@@ -50,9 +54,10 @@ def read_ranks(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray]:
 
 
 def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int = 10_000, seed: int = 0,
-            confidence: float = 0.95, metrics: Sequence[str] = METRICS) -> dict:
+            confidence: float = 0.95, metrics: Sequence[str] = METRICS, other_targets: bool = False) -> dict:
     """Paired comparison of two ``--ranks-out`` files (see the module doc); ``ValueError`` when they are not the same
-    examples (users, targets, split, protocol) or a cut-off exceeds a top-K-only graph's K."""
+    examples (users, targets -- unless ``other_targets`` --, split, protocol) or a cut-off exceeds a top-K-only
+    graph's K."""
     meta_a, users_a, targets_a, ranks_a = read_ranks(path_a)
     meta_b, users_b, targets_b, ranks_b = read_ranks(path_b)
     for key in ("split", "protocol"):
@@ -64,10 +69,12 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
         raise ValueError(f"A has {len(users_a)} users, B {len(users_b)}"
                          + (f"; e.g. {extra[:3]} in only one" if extra else "; the same users in another order")
                          + ": evaluate both on the same data and split")
-    bad = next((i for i, (x, y) in enumerate(zip(targets_a, targets_b, strict=True)) if x != y), None)
-    if bad is not None:
+    differ = [i for i, (x, y) in enumerate(zip(targets_a, targets_b, strict=True)) if x != y]
+    if differ and not other_targets:
+        bad = differ[0]
         raise ValueError(f"user {users_a[bad]}: target {targets_a[bad]} in A, {targets_b[bad]} in B: not the same "
-                         "held-out items (another data file, k-core or split)")
+                         f"held-out items ({len(differ)} of {len(users_a)} users; another data file, k-core, split or "
+                         "order of ties); --other-targets pairs the users anyway")
     caps = [m["max_rank"] for m in (meta_a, meta_b) if m.get("max_rank")]
     if caps and max(ks) > min(caps):
         raise ValueError(f"--ks {max(ks)}: a file holds ranks censored above {min(caps)} (a top-{min(caps)} graph "
@@ -75,7 +82,8 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
     stats = paired_bootstrap(ranks_a, ranks_b, ks=ks, metrics=metrics, n_boot=n_boot, seed=seed,
                              confidence=confidence)
     return {"a": {"file": os.path.abspath(path_a), **meta_a}, "b": {"file": os.path.abspath(path_b), **meta_b},
-            "n_users": len(users_a), "n_boot": n_boot, "seed": seed, "confidence": confidence, "metrics": stats}
+            "n_users": len(users_a), "targets_differ": len(differ), "n_boot": n_boot, "seed": seed,
+            "confidence": confidence, "metrics": stats}
 
 
 def format_comparison(result: dict) -> str:
@@ -99,17 +107,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--bootstrap", type=positive_int, default=10_000, help="resamples (>= 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the comparison to this JSON file")
+    p.add_argument("--other-targets", action="store_true",
+                   help="pair the users even where their held-out items differ (two versions of the same users' "
+                        "data, e.g. two orders of ties); the result counts those users")
     args = p.parse_args(argv)
     if args.bootstrap < 100:
         p.error(f"--bootstrap must be >= 100, got {args.bootstrap}")
     try:
         result = compare(args.a, args.b, ks=sorted(set(args.ks)), n_boot=args.bootstrap, seed=args.seed,
-                         metrics=args.metrics)
+                         metrics=args.metrics, other_targets=args.other_targets)
     except (OSError, ValueError) as e:
         p.error(str(e))
     print(f"A: {result['a']['model']}\nB: {result['b']['model']}\n{result['n_users']:,} users, "
           f"{result['a']['split']} split, {result['a']['protocol']} protocol; paired bootstrap over users, "
-          f"{args.bootstrap:,} resamples (seed {args.seed})")
+          f"{args.bootstrap:,} resamples (seed {args.seed})"
+          + (f"; the held-out items differ for {result['targets_differ']:,} of them" if result["targets_differ"]
+             else ""))
     print(format_comparison(result))
     if args.json:
         with written_whole(args.json) as f:

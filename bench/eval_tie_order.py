@@ -16,12 +16,18 @@ uses users 1-2999:
 
     python bench/eval_tie_order.py [--models mamba4rec-ml1m sasrec-ml1m gru4rec-ml1m lrurec-ml1m]
                                    [--data ../shared/data/ml-1m.users0001-2999.inter.gz] [--markdown bench/TIE_ORDER.md]
+    python bench/eval_tie_order.py --write-seq DIR     # the two orders as .seq files, to train a model on each
+
+``--write-seq DIR`` writes ``u2999-item.seq.gz`` and ``u2999-file.seq.gz``: the ratings of the data's users restricted
+to the items of ``ml-1m.5core.seq.gz`` (as the 5-core filter left them), same-second ties by item id (these sequences
+equal the 5-core file's for those users) and in file order. Keep them outside the project (the data's terms).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import gzip
 import os
 import sys
 import time
@@ -35,7 +41,7 @@ sys.path.insert(0, ROOT)
 import zoo  # noqa: E402,F401
 from transformers import AutoModel  # noqa: E402
 from zoo.data.readers import read_interactions  # noqa: E402
-from zoo.data.split import EvalExamples  # noqa: E402
+from zoo.data.split import TIME_TIES, EvalExamples, load_dataset  # noqa: E402
 from zoo.evaluate import evaluate_model  # noqa: E402
 
 ORDERS = {"item id (ml-1m.5core.seq, LRURec)": lambda e: (e[0], e[2]),
@@ -80,6 +86,24 @@ def examples(by: dict, vocab, key) -> EvalExamples:
     return EvalExamples(H, np.asarray(T, dtype=np.int64), U)
 
 
+def write_seq(path: str, out_dir: str) -> list[str]:
+    """The users of ``path`` restricted to the 5-core's items, in each order of ties, as ``.seq.gz`` files."""
+    five = load_dataset(os.path.join(os.path.dirname(path), "ml-1m.5core.seq.gz"))
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for ties in TIME_TIES:
+        ds = load_dataset(path, kcore=None, time_ties=ties).reencode(five.vocab, unknown="drop")
+        out = os.path.join(out_dir, f"u2999-{ties}.seq.gz")
+        with gzip.open(out, "wt") as f:
+            f.write("user_id\titem_ids_chronological\n")
+            for u, s in zip(ds.users, ds.sequences, strict=True):
+                f.write(f"{u}\t{' '.join(map(str, ds.vocab.decode(s)))}\n")
+        print(f"wrote {out}: {ds.n_users:,} users, {ds.n_items:,} items, {ds.n_interactions:,} interactions "
+              f"(same-second ties: {ties} order)")
+        written.append(out)
+    return written
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["mamba4rec-ml1m", "sasrec-ml1m", "gru4rec-ml1m", "lrurec-ml1m"],
@@ -87,7 +111,10 @@ def main(argv=None):
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "ml-1m.users0001-2999.inter.gz"))
     p.add_argument("--markdown", default=None)
     p.add_argument("--stats-only", action="store_true", help="print the tie statistics and stop (no models)")
+    p.add_argument("--write-seq", metavar="DIR", help="write the two orders as .seq files into DIR and stop")
     args = p.parse_args(argv)
+    if args.write_seq:
+        return write_seq(args.data, args.write_seq)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     by = events_by_user(args.data)

@@ -17,9 +17,10 @@ Command line::
     python -m zoo.evaluate --onnx hub_cards/lrurec-ml1m/onnx --data ../shared/data/ml-1m.5core.seq.gz --ks 5 10
 
 Data item ids are mapped through the model's own ``item_vocab`` (external ids -> the indices it was trained with).
-Interactions of one user with equal timestamps keep their file order (RecBole) unless ``--time-ties item`` sorts them
-by item id (LRURec); on ML-1M the choice changes the test item of about a quarter of the users, so evaluate with the
-order the model was trained on (a card's ``eval_results.json`` says which, under ``data_options``).
+Interactions of one user with equal timestamps keep their file order (a stable sort, as RecBole's) unless
+``--time-ties item`` sorts them by item id (LRURec); on ML-1M the choice changes the test item of about a quarter of
+the users, and a model loses ~0.04 HR@10 on the order it was not trained on (``bench/TIE_ORDER.md``), so evaluate with
+the order of its training (a card's ``eval_results.json`` says which, under ``data_options``).
 
 ``--onnx DIR`` evaluates an exported graph (``python -m export.onnx``) instead, with ONNX Runtime only: the artefact a
 server runs, on the same examples and windows (:func:`evaluate_onnx`). A step graph is primed with each user's window in
@@ -286,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kcore", type=kcore_arg, default="auto",
                    help="k-core filter: int, 'none', or 'auto' (5 for interaction files, none for .seq)")
     p.add_argument("--time-ties", choices=TIME_TIES, default="file",
-                   help="order of one user's interactions with equal timestamps: file (RecBole: file order) or item "
-                        "(LRURec: by item id); it decides which item is the test item when the last ones tie")
+                   help="order of one user's interactions with equal timestamps: file (their file order, a stable "
+                        "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz); it decides which item is the test item when the last ones tie")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -643,8 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kcore", type=kcore_arg, default="auto",
                    help="k-core filter: auto (5 for .inter, none for .seq), none (or 0), or k >= 1")
     p.add_argument("--time-ties", choices=TIME_TIES, default="file",
-                   help="order of one user's interactions with equal timestamps: file (RecBole: file order) or item "
-                        "(LRURec: by item id)")
+                   help="order of one user's interactions with equal timestamps: file (their file order, a stable "
+                        "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz)")
     p.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init; it "
                                        "is validated first, so the log shows where the run started")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")

@@ -209,17 +209,19 @@ class SequenceDataset:
 
 
 TIME_TIES = ("file", "item")
-"""How rows of one user with equal timestamps are ordered: ``"file"`` keeps their file order (RecBole's stable sort),
-``"item"`` sorts them by item id (LRURec sorts by (timestamp, item id); ``ml-1m.5core.seq.gz`` is ordered so). It
-matters on ML-1M: 53% of a user's consecutive ratings share their second, and for users 1-2999 of the 5-core the two
-orders give a different test item to 807 of the 2,999 users."""
+"""How rows of one user with equal timestamps are ordered: ``"file"`` keeps their file order (a stable sort, as
+RecBole's), ``"item"`` sorts them by item id (LRURec sorts by (timestamp, item id); ``ml-1m.5core.seq.gz`` is ordered
+so). It matters on ML-1M: 53% of a user's consecutive ratings share their second, and for users 1-2999 of the 5-core
+the two orders give a different test item to 807 of the 2,999 users. (RecBole 1.2.0 also compares timestamps as
+float32, 64-s steps at ML-1M's times, so its order is the file's within every such step: ``"file"`` is RecBole's order
+only for ties of the exact timestamp; ``bench/TIE_ORDER.md``.)"""
 
 
 def build_sequences(inter: Interactions, name: str | None = None, time_ties: str = "file") -> SequenceDataset:
     """Group rows into per-user chronological sequences.
 
-    Rows are sorted by (user, timestamp); rows with equal timestamps keep their file order (``time_ties="file"``,
-    RecBole's stable sort) or are sorted by item id (``time_ties="item"``, LRURec; numeric order for integer ids).
+    Rows are sorted by (user, timestamp); rows with equal timestamps keep their file order (``time_ties="file"``, a
+    stable sort as RecBole's) or are sorted by item id (``time_ties="item"``, LRURec; numeric order for integer ids).
     Without timestamps the file order is the time order (and ``time_ties="item"`` is refused: there is no time to tie
     on). Users come in order of first appearance, item indices by first appearance in file order (see the module
     docstring), so ``time_ties`` changes the order of the sequences, never the vocabulary.
@@ -282,8 +284,8 @@ def load_dataset(path: str | os.PathLike, kcore: int | None | str = "auto", form
             5 for interaction files, none for ``.seq`` files (already filtered: ML-1M 5-core).
         format: reader format (``"auto"`` by default).
         user_k, item_k: override ``kcore`` for one side.
-        time_ties: order of one user's rows with equal timestamps, ``"file"`` (RecBole) or ``"item"`` (LRURec), see
-            :data:`TIME_TIES`.
+        time_ties: order of one user's rows with equal timestamps, ``"file"`` (their file order) or ``"item"`` (by
+            item id, LRURec), see :data:`TIME_TIES`.
     Example:
         ``load_dataset("ml-1m.5core.seq.gz")`` -> 6,040 users, 3,416 items, 999,611 interactions.
     """

@@ -157,3 +157,17 @@ def test_all_users_none_known(tmp_path):
 def test_missing_model_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match=r"error: --model ./no-such-folder: .* neither a local folder"):
         main(["--model", "./no-such-folder"])
+
+
+def test_time_ties_orders_a_users_same_second_history(tmp_path):
+    """--time-ties item: the history read from --data has its same-second interactions sorted by item id (the order
+    the model may have been trained on); the default keeps the file order."""
+    model, path = _model(tmp_path, max_len=8, embedding_size=16, hidden_size=16)
+    a, b, c, d = ITEMS[:4]
+    (tmp_path / "t.tsv").write_text("user_id\titem_id\ttimestamp\n" + "".join(
+        f"t\t{x}\t{s}\n" for x, s in [(d, 1), (c, 5), (a, 5), (b, 5)]))
+    argv = ["--model", path, "--data", str(tmp_path / "t.tsv"), "--user", "t", "--k", "5"]
+    by_file, by_item = main(argv), main(argv + ["--time-ties", "item"])
+    assert by_file["items"] == model.recommend([[d, c, a, b]], k=5).items[0]
+    assert by_item["items"] == model.recommend([[d, a, b, c]], k=5).items[0]              # a < b < c
+    assert by_file["items"] != by_item["items"]                    # the two histories end differently

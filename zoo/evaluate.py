@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="k-core filter: int, 'none', or 'auto' (5 for interaction files, none for .seq)")
     p.add_argument("--time-ties", choices=TIME_TIES, default="file",
                    help="order of one user's interactions with equal timestamps: file (their file order, a stable "
-                        "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz); it decides which item is the test item when the last ones tie")
+                        "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz); it decides "
+                        "which item is the test item when the last ones tie")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -91,6 +91,7 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
 def main(argv: Sequence[str] | None = None) -> dict:
     from .cli import error_text, positive_int
     from .cli import kcore as kcore_arg
+    from .data import TIME_TIES
 
     p = argparse.ArgumentParser(prog="python -m zoo.recommend", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
@@ -110,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="history items the model does not know: refuse (default) or leave them out")
     p.add_argument("--kcore", type=kcore_arg, default=None,
                    help="k-core filter of --data before picking users (default none: every user of the file)")
+    p.add_argument("--time-ties", choices=TIME_TIES, default="file",
+                   help="order of a user's interactions with equal timestamps in --data: file (their file order) or "
+                        "item (by item id); use the order the model was trained on")
     p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass (--all-users)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (--all-users)")
     args = p.parse_args(argv)
@@ -144,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from .data import load_dataset
 
         try:
-            ds = load_dataset(args.data, kcore=args.kcore)
+            ds = load_dataset(args.data, kcore=args.kcore, time_ties=args.time_ties)
         except (OSError, ValueError) as e:
             sys.exit(f"error: {e}")
     if args.all_users:

@@ -556,3 +556,37 @@ def test_a_card_is_measured_on_the_sequences_its_run_was_trained_on(tmp_path):
     assert evaluate_main(flags)["metrics"] != metrics          # file order: other test items
     assert hub.data_flags(hub.run_data_options({})) == ""     # a log from before data_options: the defaults
     assert hub.data_flags({"kcore": 3, "time_ties": "file"}) == " --kcore 3"
+
+
+def test_a_recard_that_fails_half_way_leaves_the_card_folder_as_it_was(tmp_path, monkeypatch):
+    """The new card is written into a staged copy and swapped in whole: when the re-export of the card's ONNX graph
+    from the new weights fails (after the weights, card and logs were written), the folder keeps every byte of the
+    old card and no staged folder is left beside it; a successful re-card replaces the folder and leaves nothing."""
+    import hashlib
+
+    import export.onnx
+    from zoo.train import main as train_main
+
+    data, common = _tiny_gru4rec_run(tmp_path)
+    card = tmp_path / "cards" / "tiny"
+    hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card))
+    assert export.onnx.main(["--model", str(card), "--card-dir", str(card), "--topk", "5", "--verify-prime", "5",
+                             "--verify-steps", "5", "--verify-cases", "20"]) == 0
+    train_main(common + ["--out", str(tmp_path / "b"), "--seed", "7"])
+
+    def snapshot():
+        return {str(p.relative_to(card)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(card.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    monkeypatch.setattr(export.onnx, "main", lambda argv: 1)
+    with pytest.raises(SystemExit, match=r"card not written: re-export of the ONNX graph .* failed \(exit 1.*was left "
+                                         r"as it was"):
+        hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card)])
+    assert snapshot() == before and sorted(p.name for p in card.parent.iterdir()) == ["tiny"]
+    monkeypatch.undo()
+    hub.build_card_folder(str(tmp_path / "b"), "tiny", data, out_dir=str(card))
+    after = snapshot()
+    assert after["model.safetensors"] != before["model.safetensors"] and after.keys() == before.keys()
+    assert after["onnx/model.onnx"] != before["onnx/model.onnx"]
+    assert sorted(p.name for p in card.parent.iterdir()) == ["tiny"]

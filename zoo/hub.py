@@ -309,7 +309,9 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                       description: str | None = None, dataset_type: str | None = None,
                       dataset_name: str | None = None, notes: str = "", keep_notes: bool = False) -> dict:
     """Evaluate a training run's best checkpoint on the test split, then copy it into ``hub_cards/<name>`` and write
-    its card (nothing in the folder is replaced when the evaluation fails). Returns the measured metrics.
+    its card, re-exporting the folder's ONNX graphs from the new weights. Returns the measured metrics. The new card
+    is written into a staged copy of the folder and swapped in whole: when any step fails (the evaluation, a graph
+    that no longer verifies) the folder is left as it was.
 
     ``run_dir`` may also be a card folder (its ``training_log.json`` holds every stage); given as its own ``out_dir``
     the card is re-measured and re-written in place (same weights: new card sections, intervals, re-verified ONNX
@@ -372,23 +374,59 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                "description": description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, "
                                              f"{ds.n_interactions:,} interactions"}
     notes = "\n\n".join(n for n in (kept_notes, notes.strip()) if n)   # the replaced card's notes first
-    os.makedirs(out_dir, exist_ok=True)
     exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
-    for f in () if in_place else ("config.json", "model.safetensors", "item_vocab.json"):
-        shutil.copyfile(os.path.join(run_dir, f), os.path.join(out_dir, f))
-    make_card(out_dir, name, metrics, protocol, dataset, log,
-              extra_sections=_stages_markdown(stages) + _marked_notes(notes),
-              reference_metrics=reference, intervals=intervals)
-    with written_whole(os.path.join(out_dir, STAGES_FILE)) as f:
-        json.dump({"stages": stages}, f, indent=1)
-    with written_whole(os.path.join(out_dir, "eval_results.json")) as f:
-        json.dump({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
-                   "protocol": protocol, "data_file": data_file, "data_options": data_options,
-                   "exclude_history": exclude_history, **({"reference_protocol": reference} if reference else {})},
-                  f, indent=1)
-    for args in exports:
-        refresh_onnx_export(out_dir, args, data)
+    # the new card is written into a staged copy of the folder and swapped in whole: a failure on the way (an ONNX
+    # graph that no longer verifies, a full disk) leaves the card folder as it was
+    stage = _staged_copy(out_dir)
+    try:
+        for f in () if in_place else ("config.json", "model.safetensors", "item_vocab.json"):
+            shutil.copyfile(os.path.join(run_dir, f), os.path.join(stage, f))
+        make_card(stage, name, metrics, protocol, dataset, log,
+                  extra_sections=_stages_markdown(stages) + _marked_notes(notes),
+                  reference_metrics=reference, intervals=intervals)
+        with written_whole(os.path.join(stage, STAGES_FILE)) as f:
+            json.dump({"stages": stages}, f, indent=1)
+        with written_whole(os.path.join(stage, "eval_results.json")) as f:
+            json.dump({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
+                       "protocol": protocol, "data_file": data_file, "data_options": data_options,
+                       "exclude_history": exclude_history,
+                       **({"reference_protocol": reference} if reference else {})}, f, indent=1)
+        for args in exports:
+            refresh_onnx_export(stage, args, data)
+    except RuntimeError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise RuntimeError(f"{e}; {out_dir} was left as it was") from e
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    _swap_in(stage, out_dir)
     return metrics
+
+
+def _staged_copy(out_dir: str) -> str:
+    """A new hidden sibling of ``out_dir`` holding a copy of its files (empty when ``out_dir`` does not exist yet), for
+    :func:`build_card_folder` to write the new card into before :func:`_swap_in`."""
+    import tempfile
+
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=f".{base}.staged-", dir=parent)     # same file system: the swap is a rename
+    if os.path.isdir(out_dir):
+        shutil.copytree(out_dir, stage, dirs_exist_ok=True)
+    return stage
+
+
+def _swap_in(stage: str, out_dir: str) -> None:
+    """Replace the folder ``out_dir`` (if any) by ``stage`` with two renames; the old folder is removed after."""
+    old = None
+    if os.path.isdir(out_dir):
+        parent, base = os.path.split(os.path.abspath(out_dir))
+        old = os.path.join(parent, f".{base}.replaced-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out_dir, old)
+    os.rename(stage, out_dir)
+    if old:
+        shutil.rmtree(old)
 
 
 def run_data_options(log: dict) -> dict:
@@ -468,8 +506,8 @@ def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str 
           f"python -m export.onnx {' '.join(argv)}", flush=True)
     rc = onnx_main(argv)
     if rc != 0:
-        raise RuntimeError(f"re-export of the ONNX graph in {card_dir} failed (exit {rc}); the card's weights were "
-                           f"updated but its ONNX graph was not: run `python -m export.onnx {' '.join(argv)}`")
+        raise RuntimeError(f"re-export of the ONNX graph {args} from the new weights failed (exit {rc}; its report "
+                           "above says why)")
 
 
 # --------------------------------------------------------------------------------------------------- push
@@ -518,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             notes = pathlib.Path(args.notes).read_text() if args.notes else ""
             m = build_card_folder(args.run, args.name, args.data, args.out, args.exclude_history, args.description,
                                   args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes)
-        except (FileNotFoundError, KeyError, ValueError) as e:        # the messages name the file or the items
+        except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:  # the messages name what failed
             sys.exit(f"card not written: {e}")
         print(json.dumps(m, indent=1))
     elif args.cmd == "push":

@@ -659,19 +659,13 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     text = make_config(spec, name, backend, state, **config_kwargs)
     implicit = spec["kind"] == "step" and backend != "python" and state == "implicit"
     cfg = validate_config(text, implicit_spec(spec) if implicit else spec)
+    from zoo.cli import written_whole_folder
+
     final = repo / name
-    repo.mkdir(parents=True, exist_ok=True)
-    mdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=repo))
-    try:
+    with written_whole_folder(final) as staged:              # a failed write keeps the folder that was there
+        mdir = pathlib.Path(staged)
         _write_model_folder(mdir, text, cfg, spec, graph, export_dir, backend, implicit, vocab_path, plan, plugin_lib)
         (mdir / "README.md").write_text(_readme(repo, name, backend, state, spec))
-    except BaseException:
-        shutil.rmtree(mdir, ignore_errors=True)
-        raise
-    mdir.chmod(0o755)                                       # mkdtemp's 0700 would hide it from the server's user
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(mdir, final)
     _repository_files(repo)
     return final
 

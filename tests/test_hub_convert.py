@@ -570,6 +570,7 @@ def test_a_recard_that_fails_half_way_leaves_the_card_folder_as_it_was(tmp_path,
     data, common = _tiny_gru4rec_run(tmp_path)
     card = tmp_path / "cards" / "tiny"
     hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card))
+    assert card.stat().st_mode & 0o777 == 0o755            # a new card is readable by others (not mkdtemp's 0700)
     assert export.onnx.main(["--model", str(card), "--card-dir", str(card), "--topk", "5", "--verify-prime", "5",
                              "--verify-steps", "5", "--verify-cases", "20"]) == 0
     train_main(common + ["--out", str(tmp_path / "b"), "--seed", "7"])

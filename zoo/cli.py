@@ -1,11 +1,12 @@
 """What the zoo's and the exporters' commands share: argparse value types (usage errors name the bad value), the
-one-line text of an error, and writing an output file whole."""
+one-line text of an error, and writing an output file or folder whole."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import shutil
 import tempfile
 
 from .data.split import parse_kcore
@@ -50,3 +51,29 @@ def written_whole(path: str | os.PathLike, newline: str | None = None):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def written_whole_folder(path: str | os.PathLike, copy_existing: bool = False):
+    """Yield a new folder beside ``path`` (holding a copy of ``path``'s files with ``copy_existing``) that replaces the
+    folder ``path`` only when the block completes; an error or an interruption removes it and leaves an existing
+    ``path`` as it was. The swap is two renames on one file system (the old folder is removed after)."""
+    path = os.path.abspath(path)
+    parent, base = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=f".{base}.staged-", dir=parent)
+    try:
+        if copy_existing and os.path.isdir(path):
+            shutil.copytree(path, stage, dirs_exist_ok=True)
+        yield stage
+        os.chmod(stage, 0o755)                             # mkdtemp's 0700 would hide it from other users
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = None
+    if os.path.isdir(path):
+        old = tempfile.mkdtemp(prefix=f".{base}.replaced-", dir=parent)
+        os.replace(path, old)                              # onto the empty folder just made
+    os.replace(stage, path)
+    if old:
+        shutil.rmtree(old)

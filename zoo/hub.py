@@ -20,7 +20,7 @@ import shutil
 import sys
 from typing import Sequence
 
-from .cli import written_whole
+from .cli import written_whole, written_whole_folder
 from .pretrained import HUB_ORG, bundled_models
 
 logger = logging.getLogger(__name__)
@@ -377,56 +377,25 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
     # the new card is written into a staged copy of the folder and swapped in whole: a failure on the way (an ONNX
     # graph that no longer verifies, a full disk) leaves the card folder as it was
-    stage = _staged_copy(out_dir)
     try:
-        for f in () if in_place else ("config.json", "model.safetensors", "item_vocab.json"):
-            shutil.copyfile(os.path.join(run_dir, f), os.path.join(stage, f))
-        make_card(stage, name, metrics, protocol, dataset, log,
-                  extra_sections=_stages_markdown(stages) + _marked_notes(notes),
-                  reference_metrics=reference, intervals=intervals)
-        with written_whole(os.path.join(stage, STAGES_FILE)) as f:
-            json.dump({"stages": stages}, f, indent=1)
-        with written_whole(os.path.join(stage, "eval_results.json")) as f:
-            json.dump({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
-                       "protocol": protocol, "data_file": data_file, "data_options": data_options,
-                       "exclude_history": exclude_history,
-                       **({"reference_protocol": reference} if reference else {})}, f, indent=1)
-        for args in exports:
-            refresh_onnx_export(stage, args, data)
+        with written_whole_folder(out_dir, copy_existing=True) as stage:
+            for f in () if in_place else ("config.json", "model.safetensors", "item_vocab.json"):
+                shutil.copyfile(os.path.join(run_dir, f), os.path.join(stage, f))
+            make_card(stage, name, metrics, protocol, dataset, log,
+                      extra_sections=_stages_markdown(stages) + _marked_notes(notes),
+                      reference_metrics=reference, intervals=intervals)
+            with written_whole(os.path.join(stage, STAGES_FILE)) as f:
+                json.dump({"stages": stages}, f, indent=1)
+            with written_whole(os.path.join(stage, "eval_results.json")) as f:
+                json.dump({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
+                           "protocol": protocol, "data_file": data_file, "data_options": data_options,
+                           "exclude_history": exclude_history,
+                           **({"reference_protocol": reference} if reference else {})}, f, indent=1)
+            for args in exports:
+                refresh_onnx_export(stage, args, data)
     except RuntimeError as e:
-        shutil.rmtree(stage, ignore_errors=True)
         raise RuntimeError(f"{e}; {out_dir} was left as it was") from e
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    _swap_in(stage, out_dir)
     return metrics
-
-
-def _staged_copy(out_dir: str) -> str:
-    """A new hidden sibling of ``out_dir`` holding a copy of its files (empty when ``out_dir`` does not exist yet), for
-    :func:`build_card_folder` to write the new card into before :func:`_swap_in`."""
-    import tempfile
-
-    parent, base = os.path.split(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=f".{base}.staged-", dir=parent)     # same file system: the swap is a rename
-    if os.path.isdir(out_dir):
-        shutil.copytree(out_dir, stage, dirs_exist_ok=True)
-    return stage
-
-
-def _swap_in(stage: str, out_dir: str) -> None:
-    """Replace the folder ``out_dir`` (if any) by ``stage`` with two renames; the old folder is removed after."""
-    old = None
-    if os.path.isdir(out_dir):
-        parent, base = os.path.split(os.path.abspath(out_dir))
-        old = os.path.join(parent, f".{base}.replaced-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out_dir, old)
-    os.rename(stage, out_dir)
-    if old:
-        shutil.rmtree(old)
 
 
 def run_data_options(log: dict) -> dict:

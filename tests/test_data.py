@@ -122,6 +122,66 @@ def test_reader_errors(tmp_path):
         read_interactions(write(tmp_path / "f2.dat", "1::2::3::4\n1::2::3\n"))
 
 
+@pytest.mark.parametrize("name, text, line, found", [
+    # a row with an extra field and one with a missing field: the total token count matches, each line does not
+    ("r.csv", "user_id,item_id,timestamp\n1,10,100,extra\n2,20\n", 2, 4),
+    ("r.tsv", "user_id\titem_id\ttimestamp\n1\t10\t100\n2\t20\n3\t30\t300\t9\n", 3, 2),
+    ("r.inter", "user_id:token\titem_id:token\ttimestamp:float\n1\t10\n2\t20\t200\t9\n", 2, 2),
+    ("ratings.dat", "1::10::5::100::x\n2::20::5\n", 1, 5),
+    ("b.tsv", "user_id\titem_id\n1\t5\n\n2\t6\t7\n3\n", 4, 3),       # blank line: slow path, real line number
+    ("w.txt", "user_id item_id\n1 5 6\n2\n", 2, 3),                   # whitespace separated
+    ("e.dat", "1::2::3::4:\n:5::6::7\n", 2, 3),                     # ':' at a line edge must not fuse with '::'
+])
+def test_ragged_rows_refused_per_line(tmp_path, name, text, line, found):
+    """Missing and extra fields on different lines cancel out in a total count; each line is checked, and the first
+    bad line is named with its field count (they used to be read shifted, e.g. users ['1', 'extra'])."""
+    with pytest.raises(ValueError, match=rf"{name}, line {line}: expected \d fields, found {found}"):
+        read_interactions(write(tmp_path / name, text))
+
+
+def test_distinct_id_spellings_stay_distinct(tmp_path):
+    """'007', '07' and '7' are three ids: a column is integer only when every id is a canonical integer (int() would
+    merge them, and '+7', '-0', '1_0', non-ASCII digits); surrounding blanks are not part of an id."""
+    x = read_interactions(write(tmp_path / "z.csv", "user_id,item_id\n1,007\n1,07\n1,7\n2,+7\n2,1_0\n2,-0\n2,\u0663\n"))
+    assert x.user.dtype == np.int64 and x.item.dtype.kind == "U"
+    assert x.item.tolist() == ["007", "07", "7", "+7", "1_0", "-0", "\u0663"] and x.n_items == 7
+    ml = read_interactions(write(tmp_path / "ratings.dat", "007::1::5::1\n7::1::5::2\n"))
+    assert ml.user.tolist() == ["007", "7"] and ml.item.dtype == np.int64
+    seq = read_interactions(write(tmp_path / "s.seq", "user_id\titem_ids_chronological\n1\t07 7\n01\t7\n"))
+    assert seq.user.tolist() == ["1", "1", "01"] and seq.item.tolist() == ["07", "7", "7"]
+    ints = read_interactions(write(tmp_path / "i.csv", "user_id, item_id\n 1, 0\n2, -9223372036854775808\n"
+                                                       "10, 9223372036854775807\n"))
+    assert ints.user.tolist() == [1, 2, 10] and ints.item.tolist() == [0, -2 ** 63, 2 ** 63 - 1]
+
+
+@pytest.mark.parametrize("text, where", [
+    ("user_id,item_id\n1,\n1,5\n", r"line 2, column 'item_id': empty id"),
+    ("user_id\titem_id\ttimestamp\n1\t5\t1\n\n \t6\t2\n", r"line 4, column 'user_id': empty id"),
+    ('user_id,item_id\n"a",""\n', r"line 2, column 'item_id': empty id"),
+])
+def test_empty_id_refused(tmp_path, text, where):
+    with pytest.raises(ValueError, match=rf"e.csv, {where}"):
+        read_interactions(write(tmp_path / "e.csv", text))
+    with pytest.raises(ValueError, match=r"e.dat, line 2, column 'item \(2nd field\)': empty id"):
+        read_interactions(write(tmp_path / "e.dat", "1::2::3::4\n1::::3::4\n"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1\t1 588 364\n2\t595 480\n", (r"n.seq, line 1: expected the header 'user_id<TAB>item_ids_chronological'.*"
+                                    r"got '1\\t1 588 364'; a .seq file without its header line would lose its first")),
+    # duplicate and empty user: the first bad line is named
+    ("user_id\titem_ids_chronological\n1\t1 2 3\n1\t4 5\n2\t\n", r"user '1' is listed twice \(lines 2 and 3\)"),
+    ("user_id\titem_ids_chronological\n1\t1,588,364\n", r"line 2: items must be space separated, found a comma"),
+    ("user_id\titem_ids_chronological\n1\t1 2 3\n2\t4\n1\t4 5\n", r"user '1' is listed twice \(lines 2 and 4\)"),
+    ("user_id\titem_ids_chronological\n1\t1 2 3\n\n2\t\n", r"n.seq, line 4: user '2' has no items"),
+])
+def test_seq_malformed_refused(tmp_path, text, message):
+    """.seq files: no header, comma-separated items, a user on two lines, a user without items -- each used to be
+    read silently wrong (first user lost, one item '1,588,364', histories merged, user dropped)."""
+    with pytest.raises(ValueError, match=message):
+        read_interactions(write(tmp_path / "n.seq", text))
+
+
 # ----------------------------------------------------------------------------------------------- k-core
 def test_kcore_cascade():
     # u4 has 1 row -> dropped; then i3 has 1 row -> dropped; then u3 has 1 row -> dropped. A single pass keeps u3.

@@ -13,12 +13,15 @@ Supported formats (``.gz`` is read transparently, detected by the gzip magic byt
     (``item_id``/``item``/``itemid``/``movie_id``/``iid``) and optionally the timestamp column
     (``timestamp``/``time``/``ts``). Tab, comma or semicolon separated (taken from the header line).
 ``"seq"``
-    One user per line, items already in time order: header ``user_id<TAB>item_ids_chronological``, then
-    ``user<TAB>item item item ...`` (space separated). There are no timestamps: the order is the time order.
+    One user per line, items already in time order: header ``user_id<TAB>item_ids_chronological`` (required), then
+    ``user<TAB>item item item ...`` (space separated). There are no timestamps: the order is the time order. A user
+    on two lines, a user without items or comma-separated items are refused.
 
 :func:`read_interactions` picks the format from the header / file name (``format="auto"``).
 
-Ids are kept as they are in the file: ``int64`` arrays when every id of a column is an integer, else ``str`` arrays.
+Ids are kept as they are in the file: ``int64`` arrays when every id of a column is a canonical integer (``7``, not
+``07``, ``+7`` or ``7_0``: those stay distinct ids), else ``str`` arrays; blanks around an id are dropped, an empty id
+is refused. Every line must have the header's number of fields; the first line that does not is named.
 Rows keep the file order (for the ``seq`` format: user by user, each user's items in order).
 """
 
@@ -113,12 +116,50 @@ def _read_text(path: str) -> str:
     return text
 
 
-def _ids(tokens: list[str]) -> np.ndarray:
-    """Id column: int64 when every token is an integer, else a str array (tokens stripped)."""
+def _where(path: str, column: str, first_line: int, line_numbers=None):
+    """Token position -> ``"path, line N, column 'c'"`` (``line_numbers``: 1-based line of each token position when
+    lines were skipped; default: consecutive lines starting at ``first_line``)."""
+    def where(i: int) -> str:
+        line = int(line_numbers[i]) if line_numbers is not None else first_line + i
+        return f"{path}, line {line}, column {column!r}"
+    return where
+
+
+_POW10 = 10 ** np.arange(1, 20, dtype=np.uint64)   # 10 .. 10**19: digits of |v| = 1 + searchsorted(_POW10, |v|)
+
+
+def _canonical_ints(tokens: list[str], values: np.ndarray, ascii: bool = False) -> bool:
+    """True when every token is the canonical spelling of its parsed ``values`` (``str(int(t)) == t``): no leading
+    zeros, ``+``, ``_``, whitespace, ``-0`` or non-ASCII digits. int() accepts all of those, and each one only adds
+    characters to the canonical spelling, so equal total lengths (plus ASCII-only) means every token is canonical.
+    ``ascii``: the caller knows the tokens are ASCII (e.g. the whole file is)."""
+    if not ascii and not "".join(tokens).isascii():
+        return False
+    mag = np.abs(values).astype(np.uint64)       # int64 min wraps to itself and casts to 2**63: still exact
+    canonical = np.searchsorted(_POW10, mag, side="right") + 1 + (values < 0)
+    return int(canonical.sum()) == sum(map(len, tokens))
+
+
+def _ids(tokens: list[str], where=None, ascii: bool = False) -> np.ndarray:
+    """Id column: int64 when every token (stripped) is a canonical integer, else a str array (tokens stripped).
+
+    ``007``, ``07`` and ``7`` are three different ids, so a column with any non-canonical integer spelling stays a
+    str column (int() would merge them). An empty id is refused (``where(i)`` names the line), never made an id.
+    ``ascii``: the tokens are known to be ASCII (saves a pass over them).
+    """
     try:
-        return np.array(tokens, dtype=np.int64)   # same rules as int(); ~2x faster than fromiter(map(int))
+        values = np.array(tokens, dtype=np.int64)   # same rules as int(); ~2x faster than fromiter(map(int))
     except (ValueError, OverflowError):
-        return np.array([t.strip() for t in tokens], dtype=str)
+        values = None
+    if values is not None and _canonical_ints(tokens, values, ascii):
+        return values
+    stripped = [t.strip() for t in tokens]
+    if values is not None and _canonical_ints(stripped, values):   # " 7" is 7: surrounding blanks are not the id
+        return values
+    if "" in stripped:
+        i = stripped.index("")
+        raise ValueError(f"{where(i) if where else 'id column'}: empty id")
+    return np.array(stripped, dtype=str)
 
 
 def _timestamps(tokens: list[str], path: str, column: str, first_line: int, line_numbers=None) -> np.ndarray:
@@ -127,10 +168,7 @@ def _timestamps(tokens: list[str], path: str, column: str, first_line: int, line
     ``line_numbers`` maps token position -> 1-based line number when lines were skipped (default: consecutive
     lines starting at ``first_line``).
     """
-    def where(i: int) -> str:
-        line = int(line_numbers[i]) if line_numbers is not None else first_line + i
-        return f"{path}, line {line}, column {column!r}"
-
+    where = _where(path, column, first_line, line_numbers)
     try:
         ts = np.fromiter(map(float, tokens), dtype=np.float64, count=len(tokens))
     except ValueError:
@@ -147,18 +185,57 @@ def _timestamps(tokens: list[str], path: str, column: str, first_line: int, line
     return ts
 
 
-def _split_rows(lines: list[str], sep: str | None, n_cols: int, path: str, first_line: int) -> list[str]:
+def _seps_per_line_ok(body: str, sep: str, n_cols: int) -> bool:
+    """True when every line of ``body`` holds exactly ``n_cols - 1`` separators ``sep`` (ASCII), counted over the
+    bytes with numpy: a total count alone lets a row with a missing field cancel one with an extra field. Overlapping
+    matches of a multi-character ``sep`` are counted too (an over-count, never an under-count), and a line that starts
+    with its first or ends with its last character gives ``False`` (joining the lines with ``sep`` could fuse there:
+    ``"4:" + "::" + "2"``)."""
+    a = np.frombuffer(body.encode("utf-8"), dtype=np.uint8)  # "\n" / ASCII never occur inside a multi-byte char
+    s = sep.encode()
+    hit = a == s[0]
+    for k in range(1, len(s)):
+        hit[:-k] &= a[k:] == s[k]
+        hit[len(hit) - k:] = False
+    newline = a == 10
+    if len(s) > 1 and ((newline[:-1] & (a[1:] == s[0])).any() or ((a[:-1] == s[-1]) & newline[1:]).any()):
+        return False
+    kind = newline[np.flatnonzero(hit | newline)]       # delimiters in order: True for a line end
+    n_lines = int(kind.sum()) + 1
+    # n_cols - 1 separators then a line end, line after line (the last line has no line end)
+    return len(kind) == n_lines * n_cols - 1 and bool(kind[n_cols - 1::n_cols].all())
+
+
+def _tokens(body: str, sep: str | None, n_cols: int) -> list[str] | None:
+    """Row-major tokens of ``body`` (non-empty lines joined by newlines) when every line has exactly ``n_cols``
+    fields, else ``None``."""
+    n_lines = body.count("\n") + 1
+    if sep is None:  # whitespace separated (rare): per-line check in Python
+        if any(len(line.split()) != n_cols for line in body.split("\n")):
+            return None
+        return body.split()
+    if _seps_per_line_ok(body, sep, n_cols):
+        tokens = body.replace("\n", sep).split(sep)
+        # the total is exact; the per-line separator count (>= the split count per line) then equals it line by line
+        if len(tokens) == n_lines * n_cols:
+            return tokens
+    if len(sep) == 1:
+        return None
+    rows = [line.split(sep) for line in body.split("\n")]    # exact, per line ("::::" holds one empty field)
+    return None if any(len(r) != n_cols for r in rows) else [t for r in rows for t in r]
+
+
+def _split_rows(lines: list[str], sep: str | None, n_cols: int, path: str, first_line: int,
+                line_numbers: np.ndarray | None = None) -> list[str]:
     """Row-major tokens of ``lines`` (``n_cols`` fields each); ``ValueError`` naming the first malformed line."""
-    if sep is None:  # whitespace separated
-        tokens = " ".join(lines).split()
-    else:
-        tokens = sep.join(lines).split(sep)
-    if len(tokens) == len(lines) * n_cols:
+    tokens = _tokens("\n".join(lines), sep, n_cols)
+    if tokens is not None:
         return tokens
     for i, line in enumerate(lines):  # slow path only to build the message
         n = len(line.split(sep))
         if n != n_cols:
-            raise ValueError(f"{path}, line {first_line + i}: expected {n_cols} fields, found {n}: {line[:80]!r}")
+            ln = int(line_numbers[i]) if line_numbers is not None else first_line + i
+            raise ValueError(f"{path}, line {ln}: expected {n_cols} fields, found {n}: {line[:80]!r}")
     raise ValueError(f"{path}: inconsistent number of fields")  # pragma: no cover
 
 
@@ -173,9 +250,7 @@ def _fast_tokens(text: str, start: int, sep: str, n_cols: int) -> list[str] | No
     body = text[pos:].rstrip("\n")
     if not body or "\n\n" in body or sep in ("\n", " ") or (sep != "\t" and "\t" in body):
         return None
-    n_lines = body.count("\n") + 1
-    tokens = body.replace("\n", sep).split(sep)
-    return tokens if len(tokens) == n_lines * n_cols else None
+    return _tokens(body, sep, n_cols)
 
 
 def _body_lines(text: str, start: int) -> tuple[list[str], np.ndarray | None]:
@@ -228,8 +303,8 @@ def _read_table(text: str, path: str, typed_header: bool) -> Interactions:
             return tokens[c::n_cols]
     else:
         col, line_numbers = _slow_columns(text, path, sep, names)
-    user = _ids(col(ucol))
-    item = _ids(col(icol))
+    user = _ids(col(ucol), _where(path, names[ucol], 2, line_numbers), text.isascii())
+    item = _ids(col(icol), _where(path, names[icol], 2, line_numbers), text.isascii())
     ts = None
     if tcol is not None:
         ts = _timestamps(col(tcol), path, names[tcol], first_line=2, line_numbers=line_numbers)
@@ -251,7 +326,7 @@ def _slow_columns(text: str, path: str, sep: str | None, names: list[str]):
         cols = [list(c) for c in zip(*rows, strict=True)]
         col = cols.__getitem__
     else:
-        tokens = _split_rows(lines, sep, len(names), path, 2)
+        tokens = _split_rows(lines, sep, len(names), path, 2, line_numbers)
         n_cols = len(names)
 
         def col(c):
@@ -266,34 +341,59 @@ def _read_movielens(text: str, path: str) -> Interactions:
         lines, line_numbers = _body_lines(text, 0)
         if not lines:
             raise ValueError(f"{path}: empty file")
-        tokens = _split_rows(lines, "::", 4, path, 1)
-    user, item = _ids(tokens[0::4]), _ids(tokens[1::4])
+        tokens = _split_rows(lines, "::", 4, path, 1, line_numbers)
+    user = _ids(tokens[0::4], _where(path, "user (1st field)", 1, line_numbers), text.isascii())
+    item = _ids(tokens[1::4], _where(path, "item (2nd field)", 1, line_numbers), text.isascii())
     ts = _timestamps(tokens[3::4], path, "timestamp (4th field)", first_line=1, line_numbers=line_numbers)
     return Interactions(user, item, ts, source=path)
 
 
 def _read_seq(text: str, path: str) -> Interactions:
-    """``user<TAB>item item ...`` per line after a header; rows come out user by user, items in order."""
+    """``user<TAB>item item ...`` per line after a header; rows come out user by user, items in order.
+
+    The header is required (its first field names the user column, e.g. ``user_id``): without it the first user's
+    line would be taken for the header and lost, so a first line that is not such a header is refused. Items must be
+    space separated (a comma is refused), each user has one non-empty line (a repeated user or a user without items
+    is refused, naming the lines).
+    """
+    header = text.split("\n", 1)[0]
+    first = (header.split("\t", 1) if "\t" in header else header.split(None, 1) or [""])[0]
+    if _find_column([first.split(":", 1)[0]], USER_COLUMNS) is None:
+        raise ValueError(f"{path}, line 1: expected the header 'user_id<TAB>item_ids_chronological' (first field one "
+                         f"of {USER_COLUMNS}), got {header[:80]!r}; a .seq file without its header line would lose "
+                         f"its first user, so add the header")
     lines, line_numbers = _body_lines(text, 1)
     if not lines:
         raise ValueError(f"{path}: no sequences after the header")
-    users, items = [], []
+
+    def line_no(i: int) -> int:
+        return int(line_numbers[i]) if line_numbers is not None else i + 2
+
+    users, items, seen = [], [], {}
     for i, line in enumerate(lines):
         parts = line.split("\t", 1)
         if len(parts) != 2:
             parts = line.split(None, 1)
         if len(parts) != 2 or not parts[0].strip():
-            ln = int(line_numbers[i]) if line_numbers is not None else i + 2
-            raise ValueError(f"{path}, line {ln}: expected 'user<TAB>item item ...', got {line[:80]!r}")
-        users.append(parts[0].strip())
-        items.append(parts[1].strip())
+            raise ValueError(f"{path}, line {line_no(i)}: expected 'user<TAB>item item ...', got {line[:80]!r}")
+        user, its = parts[0].strip(), parts[1].strip()
+        if not its:
+            raise ValueError(f"{path}, line {line_no(i)}: user {user!r} has no items")
+        if "," in its:
+            raise ValueError(f"{path}, line {line_no(i)}: items must be space separated, found a comma in {its[:80]!r}")
+        if user in seen:
+            raise ValueError(f"{path}: user {user!r} is listed twice (lines {line_no(seen[user])} and {line_no(i)}); "
+                             f"a .seq file has one line per user")
+        seen[user] = i
+        users.append(user)
+        items.append(its)
     # one C-level split for all items; per-line counts from the single-space count (checked, else exact path)
     flat = " ".join(items).split()
-    counts = np.fromiter((s.count(" ") + 1 if s else 0 for s in items), dtype=np.int64, count=len(items))
+    counts = np.fromiter((s.count(" ") + 1 for s in items), dtype=np.int64, count=len(items))
     if counts.sum() != len(flat):  # several spaces / tabs between items somewhere
         counts = np.fromiter((len(s.split()) for s in items), dtype=np.int64, count=len(items))
-    user = np.repeat(_ids(users), counts)
-    return Interactions(user, _ids(flat), None, source=path)
+    user = np.repeat(_ids(users, ascii=text.isascii()), counts)
+    return Interactions(user, _ids(flat, ascii=text.isascii()), None, source=path)
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -328,8 +428,9 @@ def read_interactions(path: str | os.PathLike, format: str = "auto") -> Interact
             ``"seq"``.
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unknown format, missing user/item column, malformed line, non-numeric or NaN timestamp (the
-            message names the file, line and column).
+        ValueError: unknown format, missing user/item column, malformed line (wrong number of fields, empty id;
+            ``seq``: no header, repeated user, user without items, comma-separated items), non-numeric or NaN
+            timestamp (the message names the file, line and column).
     """
     path = os.fspath(path)
     if format not in ("auto",) + FORMATS:

@@ -1334,6 +1334,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.kind == "window" and (args.verify_prime or args.verify_steps):
         p.error("--verify-prime/--verify-steps verify a step graph's priming and single steps; a window graph has "
                 "neither (--verify-cases sets its cases)")
+    if args.out:
+        there = os.path.abspath(args.out)                   # OUT, or the nearest folder above it that exists
+        while not os.path.exists(there):
+            there = os.path.dirname(there)
+        if not os.path.isdir(there):
+            p.error(f"--out {args.out}: {there} is a file, not a folder (the graph goes into OUT/{GRAPH_FILE})")
+    if args.card_dir:                                       # a card folder (zoo.hub card): its weights and config
+        lacks = [f for f in ("config.json", "model.safetensors") if not os.path.isfile(os.path.join(args.card_dir, f))]
+        if not os.path.isdir(args.card_dir) or lacks:
+            p.error(f"--card-dir {args.card_dir} is not a card folder ("
+                    + (f"it lacks {' and '.join(lacks)}" if os.path.isdir(args.card_dir) else "no such folder")
+                    + "; make one with `python -m zoo.hub card`, or write the graph elsewhere with --out)")
+    if args.data and not os.path.isfile(args.data):
+        p.error(f"--data {args.data}: no such file")
     say = lambda m: print(m, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     say(f"loading {args.model} ...")
@@ -1347,7 +1361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.card_dir:
         rel = "onnx" if kind == "step" else "onnx-window"
         out = os.path.join(args.card_dir, rel)
-    real, real_ts = load_real_histories(args.data, model, with_timestamps=True) if args.data else (None, None)
+    try:
+        real, real_ts = load_real_histories(args.data, model, with_timestamps=True) if args.data else (None, None)
+    except (OSError, ValueError) as e:
+        p.error(f"--data {args.data}: {e}")
     if real is not None:
         say(f"  {len(real)} real histories from {args.data}"
             + ("" if not model.uses_timestamps else " with their timestamps" if real_ts is not None

@@ -16,6 +16,10 @@ time-aware step graphs (TiM4Rec-causal) the timestamps are finite, non-negative,
 not before the state's ``last_ts`` (the graph itself does not check time order: it would silently clamp a negative
 gap to 0).
 The graph itself rejects a wrong dtype or a wrong state shape with ONNX Runtime's own error (``raw_run``).
+Loading checks the folder: a ``state_spec.json`` that is not JSON or lacks a field, an ``item_vocab.json`` that is not
+a zoo vocabulary or does not hold ``n_items - 1`` ids, a ``model.onnx`` ONNX Runtime cannot load each raise one
+ValueError naming the file; :meth:`~OnnxStepSession.decode` refuses indices outside ``1 .. n_items - 1`` and
+:meth:`~OnnxStepSession.encode` ids that are not integers (a float is never truncated to an id).
 
 Time-aware step graphs come in two forms (``state_spec.json``'s ``time_input``), with the same API here: the caller
 passes float64 Unix-second ``timestamps`` and gets ``last_ts`` back in the state either way.
@@ -78,6 +82,71 @@ def _resolve(path: str | os.PathLike) -> tuple[str, str]:
     return path, os.path.join(os.path.dirname(path) or ".", SPEC_FILE)
 
 
+#: ``state_spec.json`` fields every graph has, and those of each kind
+_SPEC_FIELDS = ("kind", "n_items", "topk", "inputs", "outputs")
+_KIND_FIELDS = {"step": ("state",), "window": ("max_seq_length", "padding_side")}
+VOCAB_FORMAT = "zoo-item-vocab/1"
+
+
+def _int_id(x: Any, where: str) -> int:
+    """An integer item id (int, numpy integer or a string of digits) -> int; anything else (a float such as
+    ``588.9``, which ``int`` would truncate, a bool) raises TypeError naming it."""
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{where}: item id {x!r} is a bool, not an integer id")
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, str) and x.strip().lstrip("-").isdigit():
+        return int(x)
+    raise TypeError(f"{where}: item id {x!r} ({type(x).__name__}) is not an integer id")
+
+
+def read_spec(spec_path: str | os.PathLike) -> dict:
+    """``state_spec.json`` as a dict; a file that is not JSON, not an object or lacks a field every graph has raises
+    ValueError naming the file."""
+    try:
+        with open(spec_path) as f:
+            spec = json.load(f)
+    except ValueError as e:                                 # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"corrupt {spec_path}: {e} (a {SPEC_FILE} written by python -m export.onnx)") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{spec_path} is not a JSON object (a {SPEC_FILE} written by python -m export.onnx)")
+    lacks = [k for k in _SPEC_FIELDS + _KIND_FIELDS.get(spec.get("kind"), ()) if k not in spec]
+    if lacks:
+        raise ValueError(f"{spec_path} lacks the field{'s' * (len(lacks) > 1)} {', '.join(lacks)} (a {SPEC_FILE} "
+                         "written by python -m export.onnx)")
+    if spec["kind"] not in _KIND_FIELDS:
+        raise ValueError(f"{spec_path}: unknown graph kind {spec['kind']!r} (expected 'step' or 'window')")
+    for k in ("n_items", "topk"):
+        if isinstance(spec[k], bool) or not isinstance(spec[k], int) or spec[k] < (2 if k == "n_items" else 1):
+            raise ValueError(f"{spec_path}: {k} must be an int >= {2 if k == 'n_items' else 1}, got {spec[k]!r}")
+    return spec
+
+
+def read_vocab(path: str | os.PathLike, n_items: int) -> tuple[list, bool]:
+    """``item_vocab.json`` beside a graph -> ``(items, str_ids)``, checked against the graph's ``n_items`` (index
+    ``i + 1`` is ``items[i]``, so it must hold ``n_items - 1`` unique ids); ValueError naming the file otherwise."""
+    try:
+        with open(path) as f:
+            v = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"corrupt item vocabulary {path}: {e}") from None
+    if not isinstance(v, dict) or v.get("format") != VOCAB_FORMAT or not isinstance(v.get("items"), list):
+        raise ValueError(f"{path} is not a zoo item vocabulary (expected format {VOCAB_FORMAT!r} with an items list)")
+    items = v["items"]
+    if v.get("id_type") == "str":                           # as zoo.vocab.ItemVocab reads it: else all int or all str
+        items = [str(x) for x in items]
+    str_ids = all(isinstance(x, str) for x in items) and bool(items)
+    if not str_ids and not all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+        raise ValueError(f"item vocabulary {path}: items must be all int or all str, got types "
+                         f"{sorted({type(x).__name__ for x in items})}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"item vocabulary {path} holds an item id more than once")
+    if len(items) != n_items - 1:
+        raise ValueError(f"item vocabulary {path} holds {len(items)} items, but the graph has {n_items - 1} "
+                         f"(n_items {n_items} in its {SPEC_FILE}, index 0 being padding): they do not belong together")
+    return items, str_ids
+
+
 class _Base:
     kind = ""
 
@@ -88,40 +157,45 @@ class _Base:
             raise FileNotFoundError(f"no ONNX graph at {graph}")
         if not os.path.exists(spec_path):
             raise FileNotFoundError(f"no {SPEC_FILE} beside {graph} (written by python -m export.onnx)")
-        with open(spec_path) as f:
-            self.spec: dict = json.load(f)
-        if self.spec.get("kind") != self.kind:
-            raise ValueError(f"{graph} is a {self.spec.get('kind')!r} graph; use "
-                             f"{'OnnxStepSession' if self.spec.get('kind') == 'step' else 'OnnxWindowSession'}")
+        self.spec: dict = read_spec(spec_path)
+        if self.spec["kind"] != self.kind:
+            raise ValueError(f"{graph} is a {self.spec['kind']!r} graph; use "
+                             f"{'OnnxStepSession' if self.spec['kind'] == 'step' else 'OnnxWindowSession'}")
+        self.n_items = int(self.spec["n_items"])
+        self.topk = int(self.spec["topk"])
+        self.items: list | None = None                      # external ids (item_vocab.json), index i + 1 <-> items[i]
+        vocab = os.path.join(os.path.dirname(graph), self.spec.get("item_vocab", "item_vocab.json"))
+        if os.path.exists(vocab):
+            self.items, self._str_ids = read_vocab(vocab, self.n_items)
+            self._index = {x: i + 1 for i, x in enumerate(self.items)}
         so = session_options or ort.SessionOptions()
         if threads is not None:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(graph, so, providers=list(providers or ["CPUExecutionProvider"]))
-        self.n_items = int(self.spec["n_items"])
-        self.topk = int(self.spec["topk"])
+        try:
+            self.session = ort.InferenceSession(graph, so, providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as e:                              # ONNX Runtime's own errors: a truncated or foreign file
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            raise ValueError(f"ONNX Runtime cannot load {graph} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); re-export it with python -m export.onnx"
+                             ) from None
         self.uses_timestamps = bool(self.spec.get("uses_timestamps"))
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.has_scores = "scores" in self.output_names
-        self.items: list | None = None                      # external ids (item_vocab.json), index i + 1 <-> items[i]
-        vocab = os.path.join(os.path.dirname(graph), self.spec.get("item_vocab", "item_vocab.json"))
-        if os.path.exists(vocab):
-            with open(vocab) as f:
-                v = json.load(f)
-            self.items = [str(x) for x in v["items"]] if v.get("id_type") == "str" else list(v["items"])
-            self._index = {x: i + 1 for i, x in enumerate(self.items)}
-            self._str_ids = v.get("id_type") == "str"
 
     # ---------------------------------------------------------------------------------------- vocabulary
     def encode(self, histories: Sequence[Sequence[Any]]) -> list[list[int]]:
-        """The caller's item ids -> internal indices (``item_vocab.json`` beside the graph; identity without one)."""
-        if self.items is None:
-            return [[int(x) for x in h] for h in histories]
+        """The caller's item ids -> internal indices (``item_vocab.json`` beside the graph; identity without one).
+        Ids of an int vocabulary (and identity ids) must be integers: a float such as ``588.9`` raises TypeError."""
         out = []
         for r, h in enumerate(histories):
             row = []
             for x in h:
-                key = str(x) if self._str_ids else int(x)
+                if self.items is None:
+                    row.append(_int_id(x, f"history {r}"))
+                    continue
+                key = str(x) if self._str_ids else _int_id(x, f"history {r}")
                 if key not in self._index:
                     raise KeyError(f"history {r}: unknown item id {x!r} (not in the model's item vocabulary)")
                 row.append(self._index[key])
@@ -129,10 +203,23 @@ class _Base:
         return out
 
     def decode(self, topk_ids: np.ndarray) -> list[list[Any]]:
-        """Internal indices ``[B, K]`` -> the caller's item ids (identity without a vocabulary)."""
+        """Internal indices ``[B, K]`` -> the caller's item ids (identity without a vocabulary). Indices must be
+        integers in ``1 .. n_items - 1`` (0 is padding): anything else raises naming it."""
+        arr = np.asarray(topk_ids)
+        if arr.size and (arr.dtype == object or not np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"topk_ids must hold integer item indices, got dtype {arr.dtype}")
+        if arr.ndim != 2:
+            if arr.size == 0:
+                return []
+            raise ValueError(f"topk_ids must have shape [batch, k], got shape {list(arr.shape)}")
+        bad = (arr < 1) | (arr >= self.n_items)
+        if bad.any():
+            r, c = map(int, np.argwhere(bad)[0])
+            raise ValueError(f"topk_ids[{r}, {c}] = {int(arr[r, c])} is not an item index (1..{self.n_items - 1}; "
+                             "0 is padding)")
         if self.items is None:
-            return [[int(i) for i in row] for row in np.asarray(topk_ids)]
-        return [[self.items[int(i) - 1] for i in row] for row in np.asarray(topk_ids)]
+            return [[int(i) for i in row] for row in arr]
+        return [[self.items[int(i) - 1] for i in row] for row in arr]
 
     # -------------------------------------------------------------------------------------------- checks
     def check_ids(self, item_ids: Any, name: str = "item_ids", allow_padding: bool = False) -> np.ndarray:
@@ -250,7 +337,7 @@ class OnnxStepSession(_Base):
 
     def check_step_timestamps(self, timestamps: Any, shape, state: dict[str, np.ndarray]) -> np.ndarray:
         """``[B, T]`` float64 seconds: finite, non-negative, non-decreasing along each row and, where the state has
-        seen an event (``last_ts >= 0``), not before it."""
+        seen an event (``last_ts >= 0``), not before it; a ``last_ts`` that is neither ``>= 0`` nor ``-1`` is refused."""
         ts = self.check_timestamps(timestamps, shape)
         dec = ts[:, 1:] < ts[:, :-1]
         if dec.any():
@@ -259,6 +346,11 @@ class OnnxStepSession(_Base):
                              "events must be in time order")
         if "last_ts" in state:
             last = state["last_ts"][:, 0]
+            odd = (last < 0) & (last != -1)                    # timestamps are >= 0; -1: no event yet (model.step)
+            if odd.any():
+                r = int(np.argmax(odd))
+                raise ValueError(f"state['last_ts'] of batch row {r} is {float(last[r])}: it must be the last event's "
+                                 "timestamp (>= 0) or -1 (no event yet)")
             back = (last >= 0) & (ts[:, 0] < last)
             if back.any():
                 r = int(np.argmax(back))
@@ -330,4 +422,4 @@ class OnnxWindowSession(_Base):
         return self.run_window(self.pad(histories))
 
 
-__all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "time_gaps"]
+__all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "read_spec", "read_vocab", "time_gaps"]

@@ -297,13 +297,15 @@ def _model_outputs(spec, with_states: bool):
 def check_config_numbers(max_batch_size: int = 64, idle_timeout_s: float = 600.0, max_candidate_sequences: int = 1024,
                          queue_delay_us: int = 500, instances: int = 1, ort_threads: int = 1) -> None:
     """Raise ``ValueError`` naming every serving number out of range (batch size, instances, threads and candidate
-    sequences >= 1, queue delay >= 0, idle timeout > 0 s), before any export or file is written."""
+    sequences >= 1, queue delay >= 0, idle timeout >= 1 microsecond), before any export or file is written."""
     bad = [f"{n} must be an int >= {lo}, got {v}" for n, v, lo in (
         ("max_batch_size", max_batch_size, 1), ("max_candidate_sequences", max_candidate_sequences, 1),
         ("queue_delay_us", queue_delay_us, 0), ("instances", instances, 1), ("ort_threads", ort_threads, 1))
         if int(v) != v or v < lo]
     if not (math.isfinite(idle_timeout_s) and idle_timeout_s > 0):
         bad.append(f"idle_timeout_s must be a positive number of seconds, got {idle_timeout_s}")
+    elif round(idle_timeout_s * 1e6) < 1:                   # would write max_sequence_idle_microseconds: 0
+        bad.append(f"idle_timeout_s must be at least 1e-06 s (Triton counts whole microseconds), got {idle_timeout_s}")
     if bad:
         raise ValueError("; ".join(bad))
 
@@ -624,6 +626,62 @@ def check_initial_state_files(mdir: str | os.PathLike, cfg) -> None:
                                         f"expected {want} ({n} x {mc.DataType.Name(init.data_type)})")
 
 
+def read_spec(export_dir: str | os.PathLike) -> dict:
+    """``export_dir/state_spec.json`` (an :mod:`export.onnx` folder); FileNotFoundError when it is not there, ValueError
+    naming the file when it is not JSON, not an object or lacks a field the repository is built from."""
+    path = pathlib.Path(export_dir) / SPEC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{export_dir} holds no {SPEC_FILE}: pass a folder written by `python -m export.onnx`")
+    try:
+        spec = json.loads(path.read_text())
+    except ValueError as e:                                 # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"corrupt {path}: {e} (a {SPEC_FILE} written by `python -m export.onnx`)") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} is not a JSON object (a {SPEC_FILE} written by `python -m export.onnx`)")
+    need = ("kind", "model_type", "n_items", "topk", "inputs", "outputs") + (("state",) if spec.get("kind") == "step"
+                                                                            else ())
+    lacks = [k for k in need if k not in spec]
+    if lacks:
+        raise ValueError(f"{path} lacks the field{'s' * (len(lacks) > 1)} {', '.join(lacks)} (a {SPEC_FILE} written "
+                         "by `python -m export.onnx`)")
+    if spec["kind"] not in ("step", "window"):
+        raise ValueError(f"{path}: unknown graph kind {spec['kind']!r} (expected 'step' or 'window')")
+    return spec
+
+
+def check_graph(graph: str | os.PathLike, spec: dict) -> None:
+    """``graph`` parses as an ONNX model whose inputs and outputs are those ``state_spec.json`` lists; ValueError naming
+    the file otherwise (a truncated copy, another export's graph)."""
+    import onnx
+
+    try:
+        g = onnx.load(str(graph), load_external_data=False).graph
+    except Exception as e:                                  # protobuf's DecodeError for a truncated file
+        raise ValueError(f"{graph} is not a readable ONNX graph ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); re-export it with `python -m export.onnx`"
+                         ) from None
+    for what, have, want in (("inputs", g.input, spec["inputs"]), ("outputs", g.output, spec["outputs"])):
+        have, want = sorted(t.name for t in have), sorted(e["name"] for e in want)
+        if have != want:
+            raise ValueError(f"{graph} has {what} {have}, but its {SPEC_FILE} lists {want}: the two files do not "
+                             "belong together (re-export with `python -m export.onnx`)")
+
+
+def check_vocab(vocab_path: str | os.PathLike, spec: dict) -> None:
+    """``vocab_path`` is a zoo item vocabulary (read by :meth:`zoo.vocab.ItemVocab.load`) with one id per item of the
+    graph (``n_items - 1``); ValueError naming the file otherwise."""
+    from zoo.vocab import ItemVocab
+
+    try:
+        vocab = ItemVocab.load(vocab_path)
+    except ValueError as e:                                 # its own messages mostly name the file already
+        raise (e if str(vocab_path) in str(e) else ValueError(f"item vocabulary {vocab_path}: {e}")) from None
+    if len(vocab) != int(spec["n_items"]) - 1:
+        raise ValueError(f"item vocabulary {vocab_path} holds {len(vocab)} items, but the graph has "
+                         f"{int(spec['n_items']) - 1} (n_items {spec['n_items']} in its {SPEC_FILE}, index 0 being "
+                         "padding): they do not belong together")
+
+
 def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, name: str | None = None,
                      backend: str = "onnxruntime", state: str = "implicit", vocab_path: str | None = None,
                      plan: str | None = None, plugin_lib: str | None = None, **config_kwargs) -> pathlib.Path:
@@ -635,7 +693,8 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
 
     Raises:
         ValueError: a name that is not one folder name, ``plan``/``plugin_lib`` with a backend other than tensorrt,
-            or a config out of range. FileNotFoundError: the export, ``vocab_path``, ``plan`` or ``plugin_lib``
+            a config out of range, a ``repo`` that is a file, a corrupt ``state_spec.json``, a graph that does not
+            parse or does not match it, a ``vocab_path`` that is not a zoo item vocabulary of ``n_items - 1`` ids. FileNotFoundError: the export, ``vocab_path``, ``plan`` or ``plugin_lib``
             does not exist.
     """
     export_dir, repo = pathlib.Path(export_dir), pathlib.Path(repo).resolve()
@@ -648,12 +707,15 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     if name is not None and (not MODEL_NAME.fullmatch(name) or name in (".", "..")):
         raise ValueError(f"model name {name!r}: Triton serves each model from one folder of the repository; use "
                          "letters, digits, '_', '-' and '.' (no path separators)")
-    if not (export_dir / SPEC_FILE).exists():
-        raise FileNotFoundError(f"{export_dir} holds no {SPEC_FILE}: pass a folder written by `python -m export.onnx`")
-    spec = json.loads((export_dir / SPEC_FILE).read_text())
+    if repo.exists() and not repo.is_dir():
+        raise ValueError(f"repository {repo} is a file, not a folder")
+    spec = read_spec(export_dir)
     graph = export_dir / spec.get("graph", GRAPH_FILE)
     if not graph.exists():
         raise FileNotFoundError(f"{graph} not found (export the model with `python -m export.onnx` first)")
+    check_graph(graph, spec)
+    if vocab_path:
+        check_vocab(vocab_path, spec)
     name = name or f"{spec['model_type']}_{spec['kind']}_{backend}" + (
         f"_{state}" if spec["kind"] == "step" and (backend != "python" or state == "explicit") else "")
     text = make_config(spec, name, backend, state, **config_kwargs)
@@ -779,10 +841,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_config_numbers(**{k: v for k, v in kw.items() if k in _NUMBERS})
     except ValueError as e:
         p.error(str(e))
-    errors: tuple = (TritonConfigError, FileNotFoundError, ValueError)
+    if os.path.exists(a.repo) and not os.path.isdir(a.repo):
+        p.error(f"--repo {a.repo} is a file, not a folder (the Triton model repository to write into)")
+    errors: tuple = (TritonConfigError, OSError, ValueError)
     try:
         if a.onnx:
-            if a.exclude_seen and not json.loads((pathlib.Path(a.onnx) / SPEC_FILE).read_text()).get("exclude_seen"):
+            if a.exclude_seen and not read_spec(a.onnx).get("exclude_seen"):
                 raise ValueError(f"--exclude-seen: the graph in {a.onnx} was exported without it; re-export it with "
                                  "`python -m export.onnx --exclude-seen` or pass --model")
             vocab = a.vocab or (os.path.join(a.onnx, VOCAB_FILE) if os.path.exists(os.path.join(a.onnx, VOCAB_FILE))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -339,10 +340,16 @@ def test_cli_refuses_contradictory_or_empty_verification(tmp_path, flags, messag
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_and_card_section(saved_model, tmp_path, capsys):
+def _card(saved_model, tmp_path):
+    """A card folder: the model's config and weights (as zoo.hub card writes them) and a README."""
     card = tmp_path / "card"
-    card.mkdir()
+    shutil.copytree(saved_model, card)
     (card / "README.md").write_text("# m4r\n\nSome card.\n")
+    return card
+
+
+def test_cli_and_card_section(saved_model, tmp_path, capsys):
+    card = _card(saved_model, tmp_path)
     for extra in (["--no-verify"], []):                                         # idempotent: section replaced
         assert E.main(["--model", saved_model, "--card-dir", str(card), "--topk", "5", *FAST, *extra]) == 0
     text = capsys.readouterr().out
@@ -351,6 +358,99 @@ def test_cli_and_card_section(saved_model, tmp_path, capsys):
     assert readme.startswith("# m4r") and readme.count("## ONNX export") == 1
     assert "`conv_state_out`" in readme and "SelectiveScan" in readme
     assert (card / "onnx" / "model.onnx").exists() and (card / "onnx" / "state_spec.json").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--out", "{f}"], "{f} is a file, not a folder"),
+    (["--out", "{f}/sub"], "{f} is a file, not a folder"),
+    (["--out", "{t}/o", "--data", "{t}/missing.csv"], "--data {t}/missing.csv: no such file"),
+    (["--card-dir", "{t}/nocard"], "--card-dir {t}/nocard is not a card folder (no such folder"),
+    (["--card-dir", "{t}"], "it lacks config.json and model.safetensors"),
+])
+def test_cli_refuses_bad_paths_before_loading(tmp_path, flags, message, capsys):
+    """--out naming a file (FileExistsError), a missing --data file (FileNotFoundError after the model was loaded)
+    were tracebacks; --card-dir of a folder that is not a card made a "card" of a README and onnx/ alone."""
+    (tmp_path / "afile").write_text("x")
+    sub = {"f": str(tmp_path / "afile"), "t": str(tmp_path)}
+    with pytest.raises(SystemExit) as e:                         # the model is never loaded: usage errors first
+        E.main(["--model", str(tmp_path / "not-read"), *[a.format(**sub) for a in flags]])
+    assert e.value.code == 2 and message.format(**sub) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_cli_reports_an_unreadable_data_file(saved_model, tmp_path, capsys):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(SystemExit) as e:
+        E.main(["--model", saved_model, "--out", str(tmp_path / "o"), "--data", str(tmp_path / "empty.csv"), *FAST])
+    assert e.value.code == 2 and f"--data {tmp_path / 'empty.csv'}:" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------- runtime inputs
+@pytest.fixture
+def bundled_graph(tmp_path):
+    """A copy of a bundled step graph folder (model.onnx + state_spec.json + item_vocab.json) to spoil."""
+    d = tmp_path / "onnx"
+    shutil.copytree(os.path.join(ROOT, "hub_cards", "lrurec-ml1m", "onnx"), d)
+    return d
+
+
+def test_runtime_decode_and_encode_refuse_what_is_not_an_item(bundled_graph):
+    """decode([[0]]) returned the vocabulary's last item and decode([[-1]]) another (Python's negative indexing);
+    encode([[588.9]]) truncated the float to item 588."""
+    sess = OnnxStepSession(bundled_graph)
+    n = sess.n_items
+    assert len(sess.items) == n - 1 and sess.decode([[1, n - 1]]) == [[sess.items[0], sess.items[-1]]]
+    for bad in (0, -1, n):
+        with pytest.raises(ValueError, match=rf"topk_ids\[0, 1\] = {bad} is not an item index \(1..{n - 1}; 0 is pad"):
+            sess.decode([[1, bad]])
+    with pytest.raises(TypeError, match="integer item indices"):
+        sess.decode(np.array([[1.7]]))
+    with pytest.raises(TypeError, match=r"history 0: item id 588.9 \(float\) is not an integer id"):
+        sess.encode([[sess.items[0], 588.9]])
+    assert sess.encode([[sess.items[0], str(sess.items[1]), np.int64(sess.items[2])]]) == [[1, 2, 3]]
+    os.remove(bundled_graph / "item_vocab.json")                      # identity ids: the same checks
+    plain = OnnxStepSession(bundled_graph)
+    with pytest.raises(ValueError, match="= 0 is not an item index"):
+        plain.decode([[0]])
+    with pytest.raises(TypeError, match="588.9"):
+        plain.encode([[588.9]])
+    assert plain.encode([[5, np.int32(7)]]) == [[5, 7]] and plain.decode(np.array([[5, 7]])) == [[5, 7]]
+
+
+def _spoil(d, name, text):
+    if isinstance(text, bytes):
+        (d / name).write_bytes(text)
+    else:
+        (d / name).write_text(text)
+    return str(d / name)
+
+
+@pytest.mark.parametrize("file,spoil,message", [
+    ("item_vocab.json", lambda v: json.dumps(dict(v, items=v["items"][:100])),
+     "holds 100 items, but the graph has 3416 (n_items 3417"),
+    ("item_vocab.json", lambda v: "{oops", "corrupt item vocabulary {path}: Expecting property name"),
+    ("item_vocab.json", lambda v: json.dumps(v["items"]), "{path} is not a zoo item vocabulary"),
+    ("item_vocab.json", lambda v: json.dumps(dict(v, items=v["items"][:-1] + v["items"][:1])),
+     "item vocabulary {path} holds an item id more than once"),
+    ("state_spec.json", lambda s: "{oops", "corrupt {path}: Expecting property name"),
+    ("state_spec.json", lambda s: json.dumps({k: v for k, v in s.items() if k != "kind"}),
+     "{path} lacks the field kind"),
+    ("state_spec.json", lambda s: json.dumps(dict(s, kind="stream")), "{path}: unknown graph kind 'stream'"),
+    ("state_spec.json", lambda s: json.dumps({k: v for k, v in s.items() if k != "state"}),
+     "{path} lacks the field state"),
+    ("model.onnx", lambda g: g[:len(g) // 2], "ONNX Runtime cannot load {path} (InvalidProtobuf"),
+])
+def test_runtime_refuses_a_spoilt_folder_naming_the_file(bundled_graph, file, spoil, message):
+    """A vocabulary of another size loaded and decoded silently (zoo.evaluate --onnx printed metrics); a corrupt
+    state_spec.json / item_vocab.json raised a bare JSONDecodeError, a truncated model.onnx ONNX Runtime's
+    InvalidProtobuf, a spec without kind said "is a None graph"; each is one ValueError naming the file now."""
+    path = bundled_graph / file
+    old = path.read_bytes() if file == "model.onnx" else json.loads(path.read_text())
+    _spoil(bundled_graph, file, spoil(old))
+    with pytest.raises(ValueError) as e:
+        OnnxStepSession(bundled_graph)
+    assert message.format(path=path) in str(e.value)
 
 
 # ------------------------------------------------------------------------------------------------- window
@@ -810,6 +910,9 @@ def test_tim4rec_causal_runtime_checks_timestamps(exported, name):
     with pytest.raises(TypeError, match=r"last_ts.*dtype float32, expected float64"):
         sess.step([[5], [6]], dict(out.state, last_ts=out.state["last_ts"].astype(np.float32)),
                   timestamps=[[1.6e9 + 9], [1.8e9]])
+    with pytest.raises(ValueError, match=r"last_ts'\] of batch row 1 is -7.0.*or -1 \(no event yet\)"):
+        sess.step([[5], [6]], dict(out.state, last_ts=np.array([[1.6e9 + 5], [-7.0]])),   # as model.step refuses
+                  timestamps=[[1.6e9 + 9], [1.8e9]])
     same = sess.step([[5], [6]], out.state, timestamps=ts[:, 1:])                # equal to last_ts: a gap of 0
     assert same.topk_ids.shape == (2, 10)
 
@@ -1172,8 +1275,7 @@ def test_exclude_seen_fp16_and_cli_card(saved_model, tmp_path, capsys):
     bad = dict(out.state, seen=out.state["seen"] * 0.5)
     with pytest.raises(ValueError, match="seen.*0 .not seen. or 1"):
         sess.step([[5]], bad)
-    card = tmp_path / "card"
-    card.mkdir()
+    card = _card(saved_model, tmp_path)
     assert E.main(["--model", saved_model, "--card-dir", str(card), "--exclude-seen", *FAST]) == 0
     assert "history excluded" in capsys.readouterr().out
     spec = json.loads((card / "onnx" / "state_spec.json").read_text())

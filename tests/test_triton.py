@@ -303,6 +303,7 @@ def test_repository_of_several_models(mamba_export, lru_export, tmp_path):
     (["--max-batch-size", "0"], "max_batch_size must be an int >= 1, got 0"),
     (["--instances", "0"], "instances must be an int >= 1"), (["--queue-delay-us", "-5"], "queue_delay_us must be"),
     (["--idle-timeout-s", "-1"], "idle_timeout_s must be a positive number"),
+    (["--idle-timeout-s", "1e-9"], "idle_timeout_s must be at least 1e-06 s"),   # wrote ..._microseconds: 0
     (["--max-candidate-sequences", "0"], "max_candidate_sequences must be"),
     (["--topk", "5"], "--topk is fixed by the graph in --onnx")])
 def test_cli_refuses_bad_serving_numbers_before_writing(mamba_export, tmp_path, flags, message, capsys):
@@ -347,6 +348,61 @@ def test_repository_inputs_are_checked_and_a_failed_write_keeps_the_previous_fol
     assert {p.relative_to(mdir): p.read_bytes() for p in mdir.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in repo.iterdir()) == ["README.md", "m"]
     assert oct(mdir.stat().st_mode & 0o777) == "0o755"
+
+
+def _spoilt_export(src, dst, file, spoil):
+    import shutil
+
+    shutil.copytree(src, dst)
+    path = dst / file
+    path.write_bytes(spoil(path.read_bytes()))
+    return path
+
+
+@pytest.mark.parametrize("file,spoil,message", [
+    ("item_vocab.json", lambda b: b"{oops", "corrupt item vocabulary {path}: Expecting property name"),
+    ("item_vocab.json", lambda b: json.dumps(dict(json.loads(b), items=["a", "b"])).encode(),
+     "item vocabulary {path} holds 2 items, but the graph has 119 (n_items 120"),
+    ("state_spec.json", lambda b: b"{oops", "corrupt {path}: Expecting property name"),
+    ("state_spec.json", lambda b: json.dumps({k: v for k, v in json.loads(b).items() if k != "kind"}).encode(),
+     "{path} lacks the field kind"),
+    ("model.onnx", lambda b: b[:len(b) // 2], "{path} is not a readable ONNX graph (DecodeError"),
+])
+def test_cli_refuses_a_spoilt_export_naming_the_file(mamba_export, tmp_path, file, spoil, message, capsys):
+    """A corrupt vocabulary (or one of another model) was shipped as item_vocab.json and the config reported
+    validated; a corrupt state_spec.json said "error: Expecting property name..." without the file; a truncated
+    model.onnx was a protobuf DecodeError traceback (onnxruntime backend) or shipped as is (python backend)."""
+    path = _spoilt_export(mamba_export, tmp_path / "export", file, spoil)
+    for backend in ("onnxruntime", "python"):
+        assert T.main(["--onnx", str(tmp_path / "export"), "--repo", str(tmp_path / "r"), "--backend", backend]) == 1
+        assert message.format(path=path) in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("vocab,message", [
+    ("{tiny_csv}", "corrupt item vocabulary {tiny_csv}: Expecting value"),
+    ("{short}", "item vocabulary {short} holds 3 items, but the graph has 119"),
+])
+def test_cli_validates_the_vocab_it_ships(mamba_export, tmp_path, vocab, message, capsys):
+    """--vocab of an interaction file (or of another model) was copied to item_vocab.json and reported validated."""
+    paths = {"tiny_csv": str(tmp_path / "tiny.csv"), "short": str(ItemVocab(["a", "b", "c"]).save(str(tmp_path)))}
+    (tmp_path / "tiny.csv").write_text("user_id,item_id,timestamp\n1,28,1000\n")
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--vocab", vocab.format(**paths)]) == 1
+    assert message.format(**paths) in capsys.readouterr().err and not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match="item vocabulary"):
+        T.write_repository(mamba_export, tmp_path / "r", vocab_path=vocab.format(**paths))
+    assert not (tmp_path / "r").exists()
+    mdir = T.write_repository(mamba_export, tmp_path / "r", vocab_path=str(mamba_export / "item_vocab.json"))
+    assert ItemVocab.load(mdir / "item_vocab.json") == ItemVocab.load(mamba_export / "item_vocab.json")
+
+
+def test_cli_refuses_a_repo_that_is_a_file(mamba_export, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as e:                              # was a FileExistsError traceback
+        T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "afile")])
+    assert e.value.code == 2 and f"--repo {tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "afile" / "r")]) == 1
+    assert "Not a directory" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "x"
 
 
 def test_cli_model_export_errors_are_reported_not_raised(mamba, tmp_path, capsys):

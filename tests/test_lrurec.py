@@ -376,3 +376,13 @@ def test_no_complex_dtype_and_onnx_export(tmp_path):
     with torch.no_grad():
         ref = head(ids, mask).numpy()
     assert abs(out - ref).max() < 1e-4
+
+
+def test_step_refuses_non_finite_state():
+    """A NaN or infinite state value is an error naming the tensor (it gave NaN logits)."""
+    model = small_model().eval()
+    for name in ("lru_state_re", "lru_state_im"):
+        st = model.init_state(2)
+        st[name][1, 0, 3] = float("nan") if name.endswith("re") else float("-inf")
+        with pytest.raises(ValueError, match=rf"state\['{name}'\] holds NaN or infinite values"):
+            model.step(torch.tensor([[1], [2]]), st)

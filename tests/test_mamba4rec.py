@@ -184,3 +184,45 @@ def test_training_reduces_loss():
         opt.step()
         first = first or loss.item()
     assert loss.item() < 0.3 * first, (first, loss.item())
+
+
+def test_step_refuses_non_finite_state():
+    model = tiny()
+    for name in ("conv_state", "ssm_state"):
+        st = model.init_state(1)
+        st[name].view(-1)[5] = float("nan")
+        with pytest.raises(ValueError, match=rf"state\['{name}'\] holds NaN or infinite values"):
+            model.step(torch.tensor([[4]]), st)
+
+
+def test_loading_refuses_bad_weights_and_names_a_missing_file_or_unknown_type(tmp_path):
+    """NaN or integer weight tensors are refused naming the tensor and the file (they loaded silently: NaN scores, or
+    ints cast to float); a missing model.safetensors is said to be missing (not 'corrupt'); an unknown model_type is
+    one line naming it and the zoo's types."""
+    from safetensors.torch import load_file, save_file
+
+    from zoo.modeling_utils import SeqRecPreTrainedModel
+
+    model = tiny()
+    for what, change, message in [
+        ("nan", lambda t: t.index_fill(0, torch.tensor([2]), float("nan")), "holds NaN or infinite values"),
+        ("int", lambda t: (t * 1000).to(torch.int32), "has dtype torch.int32; zoo weights are floating point"),
+    ]:
+        model.save_pretrained(tmp_path / what)
+        f = tmp_path / what / "model.safetensors"
+        w = load_file(f)
+        w["item_embedding.weight"] = change(w["item_embedding.weight"])
+        save_file(w, f, metadata={"format": "pt"})
+        for load in (AutoModel.from_pretrained, SeqRecPreTrainedModel.from_pretrained):
+            with pytest.raises(ValueError, match=rf"weight 'item_embedding.weight' in .*{what}.model.safetensors {message}"):
+                load(tmp_path / what)
+    model.save_pretrained(tmp_path / "gone")
+    (tmp_path / "gone" / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="has no weights: model.safetensors is missing"):
+        AutoModel.from_pretrained(tmp_path / "gone")
+    model.save_pretrained(tmp_path / "odd")
+    cfg = json.loads((tmp_path / "odd" / "config.json").read_text())
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({**cfg, "model_type": "foo4rec"}))
+    with pytest.raises(ValueError, match=r"^\S*config.json: model_type 'foo4rec' is not a zoo model \(the zoo has "
+                                         r"\[.*'mamba4rec'.*\]\)$"):
+        SeqRecPreTrainedModel.from_pretrained(tmp_path / "odd")

@@ -171,3 +171,98 @@ def test_time_ties_orders_a_users_same_second_history(tmp_path):
     assert by_file["items"] == model.recommend([[d, c, a, b]], k=5).items[0]
     assert by_item["items"] == model.recommend([[d, a, b, c]], k=5).items[0]              # a < b < c
     assert by_file["items"] != by_item["items"]                    # the two histories end differently
+
+
+def test_all_users_out_that_is_the_data_or_cannot_be_written_is_refused_before_scoring(tmp_path, capsys):
+    """--out naming the --data file (it was replaced by the recommendations), a folder, or a path under a file is a
+    usage error before any user is scored (were silent data loss, or IsADirectoryError / FileExistsError after
+    scoring every user); the data file is left as it was."""
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    data = tmp_path / "d.tsv"
+    _data(data)
+    before = data.read_text()
+    (tmp_path / "afile").write_text("")
+    for out, message in ((data, f"--out {data} is the input --data"), (tmp_path, f"--out {tmp_path} is a folder"),
+                         (tmp_path / "afile" / "r.jsonl", f"{tmp_path / 'afile'} is a file, not a folder")):
+        with pytest.raises(SystemExit) as e:
+            main(["--model", path, "--data", str(data), "--all-users", "--out", str(out), "--no-progress"])
+        assert e.value.code == 2 and message in capsys.readouterr().err, out
+    assert data.read_text() == before
+
+
+# ------------------------------------------------------------------ one history: exclude_seen, ids, API misuse
+def test_exclude_seen_masks_the_whole_history_and_never_returns_a_masked_item(tmp_path, capsys):
+    """exclude_seen means the whole given history (also items older than the window of 4), for the API, the CLI and
+    --stepwise alike; a k above the items left is refused naming both numbers, never filled with seen (-inf) items
+    or the padding index."""
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    hist = ITEMS[:10] + ITEMS[:3]                                     # 10 distinct items, window 4
+    rec = model.recommend([hist], k=20, exclude_seen=True)
+    assert sorted(rec.items[0]) == ITEMS[10:] and torch.isfinite(rec.scores).all()
+    for k in (21, 29):
+        with pytest.raises(ValueError, match=rf"k={k} is more than the 20 items left .* history 1 .*30 items, 10 of"):
+            model.recommend([[ITEMS[0]], hist], k=k, exclude_seen=True)
+    assert len(model.recommend([hist], k=30).items[0]) == 30           # without exclude_seen all 30 may come back
+    (tmp_path / "d.tsv").write_text("user_id\titem_id\ttimestamp\n" + "".join(f"a\t{x}\t{i}\n" for i, x in enumerate(hist)))
+    for argv in (["--data", str(tmp_path / "d.tsv"), "--user", "a"], ["--history", *map(str, hist)]):
+        out = main(["--model", path, *argv, "--k", "20", "--exclude-seen", "--stepwise"])
+        assert sorted(out["items"]) == ITEMS[10:] and out["stepwise_items"] == out["items"]
+        with pytest.raises(SystemExit, match="k=21 is more than the 20 items left"):
+            main(["--model", path, *argv, "--k", "21", "--exclude-seen", "--stepwise"])
+
+
+def test_command_line_ids_are_taken_as_written(tmp_path):
+    """A string-id model/data keeps '007' as '007' (not the int 7, nor the item '7'); only ASCII digits make an int,
+    so '³' or Arabic-Indic digits are one-line errors, not a traceback or a silently different item."""
+    cfg_cls, cls = MODELS["gru4rec"]
+    torch.manual_seed(0)
+    names = ["007", "7", "u1", "u2", "x"]
+    model = cls(cfg_cls(n_items=len(names) + 1, max_seq_length=4, embedding_size=8, hidden_size=8)).eval()
+    model.set_item_vocab(ItemVocab(names))
+    model.save_pretrained(tmp_path / "s")
+    out = main(["--model", str(tmp_path / "s"), "--history", "007", "u1", "--k", "3"])
+    assert out["history_tail"] == ["007", "u1"] and out["items"] == model.recommend([["007", "u1"]], k=3).items[0]
+    (tmp_path / "u.tsv").write_text("user_id\titem_id\ttimestamp\n007\tu1\t1\n007\tx\t2\n7\tu2\t3\n")
+    for user, hist in (("007", ["u1", "x"]), ("7", ["u2"])):
+        out = main(["--model", str(tmp_path / "s"), "--data", str(tmp_path / "u.tsv"), "--user", user, "--k", "3"])
+        assert out["history_tail"] == hist, user
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)    # int ids 100, 107, ...
+    assert main(["--model", path, "--history", "0100", "--k", "3"])["history_tail"] == [100]
+    for bad in ("³", "\u0661\u0660\u0660"):                          # '³', Arabic-Indic '100'
+        with pytest.raises(SystemExit, match=f"item id '{bad}' .*is not an int id"):
+            main(["--model", path, "--history", bad])
+
+
+def test_recommend_refuses_bad_arguments_by_name(tmp_path):
+    model, _ = _model(tmp_path, embedding_size=16, hidden_size=16)
+    h = [ITEMS[:3]]
+    np = pytest.importorskip("numpy")
+    assert model.recommend(h, k=np.int64(3)).items == model.recommend(h, k=3).items
+    assert model.recommend(h, k=3, batch_size=np.int32(1)).items == model.recommend(h, k=3).items
+    for kw, message in [({"k": True}, "k must be an int 1..30, got True"), ({"k": 3.0}, "k must be an int"),
+                        ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+                        ({"batch_size": -1}, "batch_size must be an int >= 1, got -1"),
+                        ({"timestamps": [[1.0, 2.0, 3.0]]}, "GRU4RecModel does not use timestamps")]:
+        with pytest.raises(ValueError, match=message):
+            model.recommend(h, **{"k": 3, **kw})
+    for hist in ({ITEMS[0]: 1}, {ITEMS[0]}, "100"):
+        with pytest.raises(TypeError, match="history 0 must be a sequence of item ids"):
+            model.recommend([hist], k=3)
+    with pytest.raises(TypeError, match="histories must be a sequence"):
+        model.recommend({0: ITEMS[:3]}, k=3)
+    ids, mask = model.pad_batch([[1, 2, 3]])
+    with pytest.raises(ValueError, match="attention_mask must hold only 0 and 1"):
+        model(ids, attention_mask=mask.long() * 2)
+
+
+def test_init_state_and_step_refuse_bad_state(tmp_path):
+    model, _ = _model(tmp_path, embedding_size=16, hidden_size=16)
+    for n in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            model.init_state(n)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            model.init_state(1, device="cuda")
+    meta = {k: v.to("meta") for k, v in model.init_state(1).items()}
+    with pytest.raises(ValueError, match=r"state\['gru_state'\] is on the meta device"):
+        model.step(torch.tensor([[1]]), meta)

@@ -275,3 +275,21 @@ def test_causal_trains_on_time_dependent_task():
     acc = (pred == labels).float().mean().item()
     print(f"tim4rec_causal toy task: loss {losses[0]:.3f} -> {losses[-1]:.3f}, accuracy {acc:.3f}")
     assert losses[-1] < 0.5 * losses[0] and acc > 0.9
+
+
+def test_causal_step_refuses_non_finite_state_and_a_last_ts_that_is_no_timestamp():
+    """Only -1 in last_ts means 'no event yet'; NaN/inf in any state tensor or another negative last_ts is an error
+    naming the tensor (it gave NaN logits, or was silently treated as an empty history)."""
+    model = causal()
+    items, ts = torch.tensor([[3, 4]]), torch.tensor([[10.0, 20.0]], dtype=torch.float64)
+    fresh = model.init_state(1)
+    model.step(items, fresh, timestamps=ts)
+    for name in fresh:
+        for v in (float("nan"), float("inf")):
+            st = {k: t.clone() for k, t in fresh.items()}
+            st[name][..., 0] = v
+            with pytest.raises(ValueError, match=rf"state\['{name}'\] holds NaN or infinite values"):
+                model.step(items, st, timestamps=ts)
+    for v in (-7.0, -0.5):
+        with pytest.raises(ValueError, match=rf"state\['last_ts'\] of batch row 0 is {v}: .* or -1 \(no event yet\)"):
+            model.step(items, {**fresh, "last_ts": torch.full((1, 1), v, dtype=torch.float64)}, timestamps=ts)

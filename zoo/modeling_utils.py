@@ -23,6 +23,8 @@ Conventions
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .vocab import VOCAB_FILE, ItemVocab, UnknownItemError
+from .vocab import VOCAB_FILE, ItemVocab, UnknownItemError, int_id
 
 State = dict[str, torch.Tensor]
 
@@ -183,7 +185,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != ids.shape:
                 got = list(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
                 raise ValueError(f"attention_mask must be a tensor of the same shape as input_ids {list(ids.shape)}, got {got}")
-            if attention_mask.is_floating_point() and not torch.all((attention_mask == 0) | (attention_mask == 1)):
+            if attention_mask.dtype != torch.bool and not torch.all((attention_mask == 0) | (attention_mask == 1)):
                 raise ValueError("attention_mask must hold only 0 and 1")
             mask = attention_mask.bool()
         lengths = mask.sum(1)
@@ -319,7 +321,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 timestamps: torch.Tensor | None = None, exclude_seen: bool = False) -> torch.Tensor:
-        """``[B, n_items]`` scores for the next item, padding (and optionally the history's items) set to ``-inf``."""
+        """``[B, n_items]`` scores for the next item, padding (and with ``exclude_seen`` the items of ``input_ids``, the
+        window given) set to ``-inf``; :meth:`recommend` excludes whole histories, also items older than the window."""
         was_training = self.training
         self.eval()
         try:
@@ -336,10 +339,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
     def encode_histories(self, histories: Sequence[Sequence[Any]]) -> list[list[int]]:
         """External item ids -> internal indices via the model's vocabulary (identity when it has none)."""
+        _check_sequence(histories, "histories", "a sequence of histories")
         out = []
         for r, h in enumerate(histories):
-            if isinstance(h, (str, bytes)) or not hasattr(h, "__iter__"):
-                raise TypeError(f"history {r} must be a sequence of item ids, got {type(h).__name__}")
+            _check_sequence(h, f"history {r}", "a sequence of item ids, oldest first")
             h = list(h)
             if len(h) == 0:
                 raise ValueError(f"history {r} is empty; every history needs at least one item")
@@ -350,11 +353,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                     raise UnknownItemError(f"history {r}: {e}") from None
             else:
                 idx = []
-                for x in h:
-                    if isinstance(x, bool) or not isinstance(x, int) and not (hasattr(x, "item") and not isinstance(x, str)):
-                        raise TypeError(f"history {r}: item id {x!r} is not an int (the model has no item vocabulary, "
-                                        "so ids are internal indices)")
-                    x = int(x)
+                for x0 in h:
+                    x = int_id(x0)
+                    if x is None:
+                        raise TypeError(f"history {r}: item id {x0!r} ({type(x0).__name__}) is not an int (the model "
+                                        "has no item vocabulary, so ids are internal indices)")
                     if not 1 <= x < self.config.n_items:
                         raise UnknownItemError(f"history {r}: item index {x} out of range 1..{self.config.n_items - 1} "
                                                "(the model has no item vocabulary, so ids are internal indices)")
@@ -373,32 +376,55 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         """Top-``k`` next items for each history, in the caller's own item ids.
 
         Args:
-            histories: ``B`` lists of external item ids, oldest first (only the last ``max_seq_length`` are used).
-            k: how many items to return per history.
-            exclude_seen: never recommend an item already in the (windowed) history.
-            timestamps: ``B`` lists of seconds, one per item, for time-aware models.
+            histories: ``B`` lists of external item ids, oldest first (the model reads the last ``max_seq_length``).
+            k: how many items to return per history (an int, numpy ints accepted).
+            exclude_seen: never recommend an item of the given history -- the whole history, also the items older
+                than the model's window. Every row still gets ``k`` items: a ``k`` larger than the items a history
+                leaves to recommend (``n_items - 1`` minus its distinct items) is refused with a ``ValueError``
+                naming both numbers (``zoo.recommend --all-users`` instead lists fewer for such a user).
+            timestamps: ``B`` lists of seconds, one per item, for time-aware models (refused for the others).
+            batch_size: histories per forward pass.
+        Raises:
+            TypeError / ValueError / UnknownItemError naming the problem (a history that is not a sequence of ids,
+            an unknown id, a bad ``k``/``batch_size``, timestamps missing or given to a model that reads none).
         """
         if isinstance(histories, torch.Tensor):
             raise TypeError("recommend() takes lists of external item ids; for index tensors use predict()")
+        _check_sequence(histories, "histories", "a sequence of histories (lists of item ids)")
         if len(histories) == 0:
             raise ValueError("no histories given")
-        if not isinstance(k, int) or not 1 <= k <= self.config.n_items - 1:
-            raise ValueError(f"k must be an int in 1..{self.config.n_items - 1}, got {k!r}")
+        k = _as_count(k, "k", 1, self.config.n_items - 1)
+        batch_size = _as_count(batch_size, "batch_size")
+        if timestamps is not None and not self.uses_timestamps:
+            raise ValueError(f"{type(self).__name__} does not use timestamps; call recommend() without timestamps")
+        if self.uses_timestamps and timestamps is None:
+            raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps=[[...], ...]")
+        if timestamps is not None:
+            _check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
+            if len(timestamps) != len(histories):
+                raise ValueError(f"got {len(timestamps)} timestamp lists for {len(histories)} histories")
         idx = self.encode_histories(histories)
+        if exclude_seen:
+            for r, h in enumerate(idx):
+                left = self.config.n_items - 1 - len(set(h))
+                if k > left:
+                    raise ValueError(f"k={k} is more than the {left} items left to recommend for history {r} with "
+                                     f"exclude_seen ({self.config.n_items - 1} items, {len(set(h))} of them in the "
+                                     "history)")
         device = next(self.parameters()).device
         items, scores = [], []
         for s in range(0, len(idx), batch_size):
             chunk = idx[s:s + batch_size]
-            ts_chunk = None if timestamps is None else timestamps[s:s + batch_size]
             if self.uses_timestamps:
-                if timestamps is None:
-                    raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps=[[...], ...]")
-                ids, mask, ts = self.pad_batch(chunk, timestamps=ts_chunk)
+                ids, mask, ts = self.pad_batch(chunk, timestamps=timestamps[s:s + batch_size])
                 ts = ts.to(device)
             else:
                 ids, mask = self.pad_batch(chunk)
                 ts = None
-            sc = self.predict(ids.to(device), mask.to(device), timestamps=ts, exclude_seen=exclude_seen)
+            sc = self.predict(ids.to(device), mask.to(device), timestamps=ts)
+            if exclude_seen:                                   # the whole history, not only the window the model read
+                for r, h in enumerate(chunk):
+                    sc[r, torch.tensor(h, device=sc.device)] = -float("inf")
             top = torch.topk(sc, k, dim=1)
             scores.append(top.values.cpu())
             items.extend(self.decode_items(row.tolist()) for row in top.indices.cpu())
@@ -406,11 +432,17 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
     # ------------------------------------------------------------- stepwise
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        """Fresh recurrent state for ``batch_size`` empty histories (named float32 tensors, see :meth:`state_spec`)."""
-        device = device or next(self.parameters()).device
+        """Fresh recurrent state for ``batch_size`` empty histories (named float32 tensors, see :meth:`state_spec`).
+
+        ``device`` defaults to the model's; one asked for that is not there (CUDA without a GPU) is a ``ValueError``.
+        """
+        batch_size = _as_count(batch_size, "batch_size")
+        device = next(self.parameters()).device if device is None else resolve_device(device)
         return {s.name: torch.full(s.shape, s.init, dtype=s.dtype, device=device) for s in self.state_spec(batch_size)}
 
     def check_state(self, state: State, batch_size: int) -> None:
+        """Refuse a state that is not the named tensors of :meth:`state_spec` for ``batch_size`` rows: wrong names,
+        shapes or dtypes, tensors without data (the meta device), and NaN or infinite values."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of named tensors (from init_state), got {type(state).__name__}")
         spec = {s.name: s for s in self.state_spec(batch_size)}
@@ -427,6 +459,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                                  f"for batch size {batch_size}")
             if t.dtype != s.dtype:
                 raise TypeError(f"state[{name!r}] has dtype {t.dtype}, expected {s.dtype}")
+            if t.is_meta:
+                raise ValueError(f"state[{name!r}] is on the meta device (a tensor without data)")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"state[{name!r}] holds NaN or infinite values")
 
     def step(self, item_ids: torch.Tensor, state: State, timestamps: torch.Tensor | None = None,
              all_positions: bool = False) -> tuple[torch.Tensor, State]:
@@ -478,8 +514,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a zoo model from a folder (or Hub id): strict about class, weights and vocabulary.
 
-        Raises ``ValueError`` when the checkpoint is of another model type, when weights are missing, unexpected
-        or of the wrong shape, when the weight file is corrupt, when the vocabulary does not fit ``n_items``, or
+        Raises ``ValueError`` when the checkpoint is of another model type or of a ``model_type`` the zoo does not
+        have, when weights are missing, unexpected, of the wrong shape, not floating point or not finite (NaN/inf),
+        when the weight file is missing or corrupt, when the vocabulary does not fit ``n_items``, or
         when ``config.item_vocab_file`` (written by :meth:`save_pretrained`) says a vocabulary belongs to the weights
         and it is missing, or that none does and one is there.
         """
@@ -488,6 +525,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         path = resolve_pretrained(pretrained_model_name_or_path)
         config = kwargs.pop("config", None)
         if config is None:
+            _check_model_type(path)
             config = AutoConfig.from_pretrained(path)
         if cls is SeqRecPreTrainedModel:  # the base class loads whatever concrete model the folder holds
             from .models import get_model_class
@@ -499,6 +537,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                              f"{cls.__name__} (model_type {expected!r}). Use AutoModel.from_pretrained or the right class.")
         kwargs.pop("output_loading_info", None)
         kwargs.setdefault("use_safetensors", True)
+        weight_files = _weight_files(path)
         try:
             model, info = super().from_pretrained(path, *model_args, config=config, output_loading_info=True, **kwargs)
         except Exception as e:  # safetensors header errors, truncated files, size mismatches, ...
@@ -513,6 +552,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         if problems:
             detail = "; ".join(f"{k.replace('_', ' ')}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
             raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): {detail}")
+        _check_weight_values(weight_files)
         vocab_path = os.path.join(path, VOCAB_FILE) if os.path.isdir(path) else None
         recorded = getattr(config, "item_vocab_file", "unrecorded")      # unrecorded: saved before the field existed
         if vocab_path and recorded not in (None, "unrecorded") and not os.path.exists(vocab_path):
@@ -537,6 +577,70 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         elif isinstance(module, torch.nn.LayerNorm):
             torch.nn.init.ones_(module.weight)
             torch.nn.init.zeros_(module.bias)
+
+
+def _check_model_type(path: str) -> None:
+    """A one-line error for a ``config.json`` whose ``model_type`` is no zoo model (before transformers' advice to
+    upgrade transformers); a folder without a readable ``config.json`` is left to ``AutoConfig``'s own error."""
+    import json
+
+    from .models import MODELS
+
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return
+    if model_type not in MODELS:
+        raise ValueError(f"{os.path.join(path, 'config.json')}: model_type {model_type!r} is not a zoo model "
+                         f"(the zoo has {sorted(MODELS)})")
+
+
+def _weight_files(path: str) -> list[str]:
+    """The safetensors files of a checkpoint folder (``model.safetensors``, or the shards of its index)."""
+    import json
+
+    single = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        return [single]
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                return [os.path.join(path, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"corrupt weight index {index}: {e}") from None
+    raise ValueError(f"{path} has no weights: model.safetensors is missing")
+
+
+def _check_weight_values(files: list[str]) -> None:
+    """Every weight tensor floating point and finite: an integer tensor would be cast silently, a NaN would make every
+    score NaN."""
+    from safetensors import safe_open
+
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():                    # noqa: SIM118  (a safetensors file, not a dict)
+                t = f.get_tensor(name)
+                if not t.is_floating_point():
+                    raise ValueError(f"weight {name!r} in {file} has dtype {t.dtype}; zoo weights are floating point")
+                if not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"weight {name!r} in {file} holds NaN or infinite values")
+
+
+def _check_sequence(x: Any, what: str, expected: str) -> None:
+    """Refuse what is not an ordered sequence: a string, a dict (whose keys iteration would yield), a set (no order)."""
+    if isinstance(x, (str, bytes, Mapping, AbstractSet)) or not hasattr(x, "__iter__"):
+        raise TypeError(f"{what} must be {expected}, got {type(x).__name__}")
+
+
+def _as_count(x: Any, name: str, lo: int = 1, hi: int | None = None) -> int:
+    """``x`` as a Python int in ``lo..hi`` (numpy / torch integer scalars accepted; bools, floats, strings refused)."""
+    v = int_id(x)
+    if v is None or v < lo or (hi is not None and v > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an int {rng}, got {x!r}")
+    return v
 
 
 # ------------------------------------------------------------------------------------- window re-encode state

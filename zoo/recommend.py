@@ -7,8 +7,9 @@ call and each further event costs one ``step`` with a fixed-size state.
 
 Batch mode (``--data FILE --all-users --out RECS.jsonl``): the top-``k`` next items of every user of the file, from
 the user's whole history (the model reads its last ``max_seq_length`` items), one JSON line per user in the file's
-order: ``{"user": ..., "items": [...], "scores": [...]}``. ``--exclude-seen`` there excludes every item of the
-user's history in the file, not only the window. The file is written beside ``--out`` and moved there once complete.
+order: ``{"user": ..., "items": [...], "scores": [...]}``. ``--exclude-seen`` (in either mode) excludes every item of
+the history, not only the window; a user with fewer than ``k`` items left gets a shorter line (for one history, such
+a ``--k`` is an error). The file is written beside ``--out`` and moved there once complete.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from typing import Sequence
@@ -28,8 +30,31 @@ DEFAULT_MODEL = "ssm-rec-zoo/mamba4rec-ml1m"
 DEFAULT_HISTORY = [1, 588, 364, 595, 480]
 
 
+_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
 def _parse_id(x: str):
-    return int(x) if x.lstrip("-").isdigit() else x
+    """A command-line id: an int when written as one canonically in ASCII digits (``588``, ``-3``), else the string
+    itself (``007``, ``u1``, ``³`` stay strings: a string-id model or data file has them as they are written)."""
+    return int(x) if _CANONICAL_INT.fullmatch(x) else x
+
+
+def _find_user(users: list, x: str):
+    """The entry of ``users`` the command-line ``--user x`` names: ``x`` parsed as :func:`_parse_id` does, else ``x``
+    as written, else (``007`` for int user ids) its ASCII integer value; ``None`` when none is there."""
+    tries = [_parse_id(x), x]
+    if re.fullmatch(r"-?[0-9]+", x):
+        tries.append(int(x))
+    known = set(users)
+    return next((u for u in tries if u in known), None)
+
+
+def _history_id(x: str, model):
+    """A command-line history id for ``model``: kept as written for a string-id vocabulary (``007`` is not ``7``),
+    else an int when written in ASCII digits (``007`` is 7); anything else stays a string, which the model refuses."""
+    if model.item_vocab is not None and model.item_vocab.id_type == "str":
+        return x
+    return int(x) if re.fullmatch(r"-?[0-9]+", x) else x
 
 
 def _json_value(x):
@@ -54,9 +79,10 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
 
     from .cli import written_whole
     from .evaluate import align_with_model
+    from .modeling_utils import _as_count
 
-    if not isinstance(k, int) or not 1 <= k <= model.config.n_items - 1:
-        raise ValueError(f"k must be an int in 1..{model.config.n_items - 1}, got {k!r}")
+    k = _as_count(k, "k", 1, model.config.n_items - 1)
+    batch_size = _as_count(batch_size, "batch_size")
     t0 = time.time()
     aligned, note = align_with_model(ds, model, unknown)
     if len(aligned) == 0:
@@ -101,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--timestamps", nargs="+", type=float, help="seconds, one per history item (time-aware models)")
     p.add_argument("--k", type=positive_int, default=10)
     p.add_argument("--exclude-seen", action="store_true",
-                   help="never recommend an item of the history (with --all-users: of the user's whole history)")
+                   help="never recommend an item of the history, all of it (also items older than the model's "
+                        "window); for one history a --k above the items left is an error, with --all-users such a "
+                        "user's line lists fewer")
     p.add_argument("--stepwise", action="store_true", help="use init_state/step (recurrent models) and compare")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--all-users", action="store_true",
@@ -133,15 +161,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
         p.error("--history/--timestamps and --data/--user are two sources of history: give one")
     if args.timestamps and not args.history:
         p.error("--timestamps needs --history (one timestamp per history item)")
+    if args.out:
+        from .cli import check_outputs
+
+        try:                                # before any work: a folder, an unwritable place, or the --data file
+            check_outputs({"--out": args.out}, {"--data": args.data})
+        except ValueError as e:
+            p.error(str(e))
 
     import zoo  # noqa: F401  (registers the models)
-    from transformers import AutoModel
 
+    from .modeling_utils import SeqRecPreTrainedModel
     from .pretrained import resolve_pretrained
 
-    # resolve first: a Hub id that is unreachable *or not published* falls back to the bundled copy
+    # resolve first: a Hub id that is unreachable *or not published* falls back to the bundled copy; the zoo's own
+    # loader (what AutoModel calls) names a model_type the zoo does not have in one line
     try:
-        model = AutoModel.from_pretrained(resolve_pretrained(args.model)).eval()
+        model = SeqRecPreTrainedModel.from_pretrained(resolve_pretrained(args.model)).eval()
     except (OSError, ValueError) as e:
         sys.exit(f"error: --model {args.model}: {e}")
     if args.data:
@@ -158,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                           progress=not args.no_progress)
         except (KeyError, ValueError) as e:
             sys.exit(f"error: {error_text(e)}")
+        except OSError as e:                # writing --out (its place was checked before any work)
+            sys.exit(f"error: --out {args.out}: cannot write it ({e.strerror or e})")
         summary = {"model": args.model, "model_type": model.config.model_type, "data": args.data, "k": args.k,
                    "exclude_seen": args.exclude_seen, **summary}
         if args.json:
@@ -167,14 +205,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                   f"({summary['seconds']:.1f} s; {summary['vocab']})")
         return summary
     if args.data:
-        uid = _parse_id(args.user)
-        if uid not in ds.users:
+        uid = _find_user(ds.users, args.user)
+        if uid is None:
             sys.exit(f"error: user {args.user!r} not found in {args.data}")
         r = ds.users.index(uid)
         history = ds.vocab.decode(ds.sequences[r].tolist())
         timestamps = ds.timestamps[r].tolist() if ds.timestamps is not None else None
     else:
-        history = [_parse_id(x) for x in args.history] if args.history else list(DEFAULT_HISTORY)
+        history = [_history_id(x, model) for x in args.history] if args.history else list(DEFAULT_HISTORY)
         timestamps = args.timestamps
     if args.unknown_items == "drop" and model.item_vocab is not None:
         keep = [x in model.item_vocab for x in history]
@@ -189,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(f"error: {model.config.model_type} reads timestamps: pass --timestamps (one per item) or --data/--user")
     try:
         rec = model.recommend([history], k=args.k, exclude_seen=args.exclude_seen,
-                              timestamps=[timestamps] if timestamps is not None else None)
+                              timestamps=[timestamps] if model.uses_timestamps else None)
     except (KeyError, ValueError, TypeError) as e:
         sys.exit(f"error: {e}")
     out = {"model": args.model, "model_type": model.config.model_type, "history_length": len(history),
@@ -206,8 +244,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             logits, state = model.step(torch.tensor([ids]), state, timestamps=ts)   # prime with the whole history
         scores = logits.clone()
         scores[:, 0] = -float("inf")
-        if args.exclude_seen:
-            scores[0, torch.tensor(ids)] = -float("inf")
+        if args.exclude_seen:                             # the whole history, as recommend() does
+            scores[0, torch.tensor(model.encode_histories([history])[0])] = -float("inf")
         top = torch.topk(scores, args.k, dim=1)
         out["stepwise_items"] = model.decode_items(top.indices[0].tolist())
         out["stepwise_max_abs_diff"] = float((top.values[0] - rec.scores[0]).abs().max())

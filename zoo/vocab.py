@@ -14,10 +14,31 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Iterable, Sequence
 
 VOCAB_FILE = "item_vocab.json"
 _FORMAT = "zoo-item-vocab/1"
+
+
+_INT_TEXT = re.compile(r"-?[0-9]+")
+
+
+def int_id_value(x):
+    """``x`` itself, or its Python value for a numpy / torch scalar (``.item()``); anything else as is."""
+    if isinstance(x, (str, bytes)) or not hasattr(x, "item"):
+        return x
+    try:
+        return x.item()
+    except (TypeError, ValueError, RuntimeError):                     # arrays of more than one element
+        return x
+
+
+def int_id(x) -> int | None:
+    """``x`` as an int id when it is one: a Python int or a numpy / torch integer scalar (never a bool, a float --
+    numpy's included, whose fraction would be cut off silently -- or a string); else ``None``."""
+    v = int_id_value(x)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 class UnknownItemError(KeyError):
@@ -83,15 +104,15 @@ class ItemVocab:
     # ----------------------------------------------------------- conversion
     def _key(self, item):
         if self.id_type == "int":
-            if isinstance(item, bool):
-                raise TypeError(f"item id {item!r} is a bool, expected an int id")
-            if isinstance(item, int):
-                return item
-            if hasattr(item, "item") and not isinstance(item, str):  # numpy / torch scalar
-                return int(item.item())
-            if isinstance(item, str) and item.strip().lstrip("-").isdigit():
-                return int(item)
-            raise TypeError(f"item id {item!r} ({type(item).__name__}) is not an int id; this vocabulary holds int ids")
+            if isinstance(item, str):
+                if _INT_TEXT.fullmatch(item.strip()):                # ASCII digits only: '³' or '٥٨٨' are not ids
+                    return int(item)
+            else:
+                x = int_id(item)
+                if x is not None:
+                    return x
+            kind = "a bool" if isinstance(int_id_value(item), bool) else f"{type(item).__name__}"
+            raise TypeError(f"item id {item!r} ({kind}) is not an int id; this vocabulary holds int ids")
         return item if isinstance(item, str) else str(item)
 
     def encode(self, items: Iterable) -> list[int]:
@@ -149,4 +170,4 @@ class ItemVocab:
         return cls.from_dict(d, source=str(path))
 
 
-__all__ = ["ItemVocab", "UnknownItemError", "VOCAB_FILE"]
+__all__ = ["ItemVocab", "UnknownItemError", "VOCAB_FILE", "int_id"]

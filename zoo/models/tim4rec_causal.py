@@ -201,6 +201,11 @@ class TiM4RecCausalModel(TiM4RecPreTrainedModel):
                 raise ValueError("TiM4Rec-causal.step needs timestamps [batch, T] (seconds)")
             ts = timestamps.double()
             last = state["last_ts"].to(ts.device)                                 # [B, 1]
+            odd = (last[:, 0] < 0) & (last[:, 0] != -1)                            # timestamps are >= 0; -1: none yet
+            if odd.any():
+                r = int(odd.nonzero()[0])
+                raise ValueError(f"state['last_ts'] of batch row {r} is {float(last[r, 0])}: it must be the last "
+                                 "event's timestamp (>= 0) or -1 (no event yet)")
             bad = (last[:, 0] >= 0) & (ts[:, 0] < last[:, 0])
             if bad.any():
                 r = int(bad.nonzero()[0])

@@ -127,3 +127,50 @@ def test_compare_refuses_what_is_not_a_paired_comparison(tmp_path, capsys):
     assert moved["targets_differ"] == 1 and moved["n_users"] == 40
     assert "100 resamples (seed 0); the held-out items differ for 1 of them" in capsys.readouterr().out
     assert moved["metrics"]["HR@5"]["diff"] == pytest.approx(0, abs=1e-9)     # the ranks were kept, only the id moved
+
+
+def test_compare_refuses_impossible_ranks_files_naming_the_line(tmp_path, capsys):
+    """A rank above what the file's header allows (n_items + 1 for a full ranking, max_rank + 1 for a top-K graph), a
+    user listed twice, and a header that is not zoo.evaluate's (not an object, lacking its keys, a max_rank that is no
+    int) are usage errors naming the file and the line; they were accepted (or AttributeError/KeyError/TypeError)."""
+    head = "# zoo.evaluate ranks "
+    meta = {"model": "m", "split": "test", "protocol": "recbole", "max_rank": None, "n_items": 30}
+    ok = tmp_path / "ok.csv"
+    ok.write_text(head + json.dumps(meta) + "\nuser,target,rank\n1,5,1\n2,6,31\n")
+    assert read_ranks(ok)[3].tolist() == [1, 31]                    # a masked target ranks behind the padding row
+    files = {
+        "big": (head + json.dumps(meta) + "\nuser,target,rank\n1,5,1\n2,6,99999999\n",
+                "big.csv, line 4: rank 99999999 is above the largest possible, 31 = the file's n_items 30 + 1"),
+        "cap": (head + json.dumps({**meta, "max_rank": 5}) + "\nuser,target,rank\n1,5,6\n2,6,30\n",
+                "cap.csv, line 4: rank 30 is above the largest possible, 6 = the file's max_rank 5 + 1"),
+        "dup": (head + json.dumps(meta) + "\nuser,target,rank\n1,5,1\n2,6,3\n1,5,1\n",
+                "dup.csv, line 5: user 1 again (first on line 3)"),
+        "list": (head + "[]\nuser,target,rank\n1,5,1\n", "list.csv, line 1: the header should be a JSON object"),
+        "empty": (head + "{}\nuser,target,rank\n1,5,1\n", "empty.csv, line 1: the header lacks model, split, protocol"),
+        "str": (head + json.dumps({**meta, "max_rank": "10"}) + "\nuser,target,rank\n1,5,1\n",
+                "str.csv, line 1: max_rank should be an int >= 1 or null, got '10'"),
+        "sup": (head + json.dumps(meta) + "\nuser,target,rank\n1,5,³\n", "sup.csv, line 3: expected user,target,rank")}
+    for name, (text, message) in files.items():
+        (tmp_path / f"{name}.csv").write_text(text)
+        with pytest.raises(SystemExit) as e:
+            compare_main([str(ok), str(tmp_path / f"{name}.csv"), "--bootstrap", "100"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err, (name, err)
+
+
+def test_compare_refuses_outputs_it_cannot_write_before_any_work(tmp_path, capsys):
+    """--json naming an input (it would replace the ranks file), a folder, or a path under a file is a usage error
+    before the comparison, and the input is left as it was."""
+    head = "# zoo.evaluate ranks " + json.dumps({"model": "m", "split": "test", "protocol": "recbole"})
+    a = tmp_path / "a.csv"
+    a.write_text(head + "\nuser,target,rank\n1,5,1\n2,6,3\n")
+    before = a.read_text()
+    (tmp_path / "afile").write_text("")
+    for out, message in ((a, "--json " + str(a) + " is the input A: writing it would replace that file"),
+                         (tmp_path, f"--json {tmp_path} is a folder"),
+                         (tmp_path / "afile" / "c.json", f"{tmp_path / 'afile'} is a file, not a folder")):
+        with pytest.raises(SystemExit) as e:
+            compare_main([str(a), str(a), "--bootstrap", "100", "--json", str(out)])
+        err = capsys.readouterr()
+        assert e.value.code == 2 and message in err.err and "paired bootstrap" not in err.out, (out, err)
+    assert a.read_text() == before

@@ -386,3 +386,78 @@ def test_cli_missing_model_or_data_is_a_one_line_error(tmp_path):
         main(["--model", str(d), "--data", str(tmp_path / "none.seq"), "--no-progress"])
     with pytest.raises(SystemExit, match=r"error: --model .*no-model: .* neither a local folder \(none exists there\)"):
         main(["--model", str(tmp_path / "a" / "no-model"), "--data", str(tmp_path / "none.seq"), "--no-progress"])
+
+
+def test_cli_refuses_outputs_it_cannot_write_before_evaluating(tmp_path, capsys):
+    """--json/--ranks-out that name the --data file or each other, a folder, or a path under a file are one-line
+    errors before the evaluation (they failed after it with a traceback, or replaced the input or the other output);
+    the data file is left as it was."""
+    d = save_model(tmp_path, [10, 20, 30, 40, 50])
+    data = tmp_path / "d.seq"
+    data.write_text("user_id\titem_ids_chronological\n1\t10 20 30 40\n2\t50 10 30\n")
+    (tmp_path / "afile").write_text("")
+    base = ["--model", str(d), "--data", str(data), "--ks", "1", "--no-progress"]
+    r = str(tmp_path / "r.json")
+    for extra, message in ((["--json", r, "--ranks-out", r], f"--ranks-out {r} is also --json"),
+                           (["--ranks-out", str(data)], f"--ranks-out {data} is the input --data"),
+                           (["--json", str(tmp_path)], f"--json {tmp_path} is a folder"),
+                           (["--ranks-out", str(tmp_path / "afile" / "r.csv")],
+                            f"--ranks-out {tmp_path / 'afile' / 'r.csv'}: {tmp_path / 'afile'} is a file, not a "
+                            "folder")):
+        with pytest.raises(SystemExit, match="^error: " + re_escape(message)):
+            main(base + extra)
+        assert "HR" not in capsys.readouterr().out                  # refused before the evaluation
+    assert data.read_text().startswith("user_id") and not (tmp_path / "r.json").exists()
+
+
+def re_escape(text):
+    import re
+
+    return re.escape(text)
+
+
+def test_cli_data_without_examples_and_cutoffs_above_the_items_are_one_line_errors(tmp_path):
+    """Data in which no user has 3 items (or none is left by --unknown-items drop) was a ValueError traceback; a
+    cut-off above the number of items ranked reported HR@K = 1 for every model."""
+    d = save_model(tmp_path, [10, 20, 30, 40, 50])
+    data = tmp_path / "d.seq"
+    data.write_text("user_id\titem_ids_chronological\n1\t10 20\n2\t50 10\n")
+    with pytest.raises(SystemExit, match=f"error: --data {re_escape(str(data))}: .*no user has >= 3 items"):
+        main(["--model", str(d), "--data", str(data), "--ks", "1", "--no-progress"])
+    data.write_text("user_id\titem_ids_chronological\n1\t60 70 80 90\n")
+    with pytest.raises(SystemExit, match=f"error: --data {re_escape(str(data))}: "):
+        main(["--model", str(d), "--data", str(data), "--ks", "1", "--no-progress", "--unknown-items", "drop"])
+    data.write_text("user_id\titem_ids_chronological\n1\t10 20 30 40\n")
+    with pytest.raises(SystemExit, match=r"error: --ks 6: the model ranks 5 items; use cut-offs <= 5"):
+        main(["--model", str(d), "--data", str(data), "--ks", "1", "6", "--no-progress"])
+    assert main(["--model", str(d), "--data", str(data), "--ks", "5", "--no-progress"])["protocol"]["ks"] == [5]
+
+
+def test_cli_onnx_unreadable_export_files_are_one_line_errors(tmp_path):
+    """--onnx with a corrupt state_spec.json or item_vocab.json, or a truncated model.onnx: one line naming the file
+    (were a JSONDecodeError without the file, a ValueError traceback, an InvalidProtobuf traceback)."""
+    import shutil
+
+    from export.onnx import export_model
+
+    torch.set_num_threads(1)
+    items = [str(1000 + i) for i in range(1, 40)]
+    data = tmp_path / "toy.tsv"
+    data.write_text("user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{items[(u + t) % 39]}\t{t}\n"
+                                                              for u in range(5) for t in range(6)))
+    model = _tiny("lrurec")
+    model.set_item_vocab(ItemVocab(items))
+    export_model(model, tmp_path / "g", topk=10, verify=False)
+    base = ["--data", str(data), "--kcore", "none", "--ks", "5", "--no-progress"]
+    assert main(["--onnx", str(tmp_path / "g"), *base])["n_users"] == 5
+    for name, broken, message in (
+            ("spec", "state_spec.json", r"error: --onnx .*spec: unreadable .*spec.state_spec.json"),
+            ("vocab", "item_vocab.json", r"error: --onnx .*vocab: corrupt item vocabulary .*vocab.item_vocab.json"),
+            ("graph", "model.onnx", r"error: .*ONNX Runtime cannot load .*graph.model.onnx")):
+        shutil.copytree(tmp_path / "g", tmp_path / name)
+        text = (tmp_path / name / broken).read_bytes()
+        (tmp_path / name / broken).write_bytes(text[:len(text) // 2])
+        with pytest.raises(SystemExit, match=message):
+            main(["--onnx", str(tmp_path / name), *base])
+    with pytest.raises(SystemExit, match=r"error: --ks 40: the graph ranks 39 items"):
+        main(["--onnx", str(tmp_path / "g"), *base[:-3], "--ks", "40", "--no-progress"])

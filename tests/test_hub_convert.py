@@ -591,3 +591,90 @@ def test_a_recard_that_fails_half_way_leaves_the_card_folder_as_it_was(tmp_path,
     assert after["model.safetensors"] != before["model.safetensors"] and after.keys() == before.keys()
     assert after["onnx/model.onnx"] != before["onnx/model.onnx"]
     assert sorted(p.name for p in card.parent.iterdir()) == ["tiny"]
+
+
+def test_written_whole_folder_whose_swap_fails_leaves_the_target_and_no_staged_folder(tmp_path, monkeypatch):
+    """The final swap of ``zoo.cli.written_whole_folder`` failing (a file where the folder goes; the second rename
+    refused) raises, leaves the target as it was (a replaced folder is put back) and removes its staged folder; it
+    used to leave a stray ``.name.staged-*`` folder beside the target."""
+    import os
+
+    from zoo import cli
+
+    (tmp_path / "afile").write_text("keep")
+    with pytest.raises(NotADirectoryError):
+        with cli.written_whole_folder(tmp_path / "afile") as stage:
+            Path(stage, "config.json").write_text("{}")
+    assert (tmp_path / "afile").read_text() == "keep" and sorted(os.listdir(tmp_path)) == ["afile"]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "old.txt").write_text("old")
+    real = os.replace
+
+    def refuse_the_stage(src, dst):
+        if ".staged-" in str(src):
+            raise PermissionError(13, "Permission denied", str(dst))
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", refuse_the_stage)
+    with pytest.raises(PermissionError):
+        with cli.written_whole_folder(tmp_path / "d") as stage:
+            Path(stage, "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["afile", "d"] and os.listdir(tmp_path / "d") == ["old.txt"]
+
+
+def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, capsys):
+    """``zoo.convert --out`` a folder that holds files (e.g. another model's card) is refused before any work; with
+    --overwrite the folder is replaced whole (nothing of the old folder stays beside the new model). An --out that is
+    a file, an --item-tokens folder or a token file int() cannot read are one-line errors naming the path."""
+    from zoo.convert import main
+
+    ckpt = str(RECBOLE_SASREC / "state_dict.pth")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "README.md").write_text("# another model")
+    (victim / "item_vocab.json").write_text("{}")
+    args = ["--model", "sasrec", "--checkpoint", ckpt, "--set", "num_heads=2"]
+    with pytest.raises(SystemExit, match=r"--out .*victim already holds files \(README.md, item_vocab.json\).*"
+                                         "--overwrite"):
+        main(args + ["--out", str(victim)])
+    assert sorted(p.name for p in victim.iterdir()) == ["README.md", "item_vocab.json"]
+    main(args + ["--out", str(victim), "--overwrite"])
+    assert sorted(p.name for p in victim.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]           # no staged or replaced folder left
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "sup.txt").write_text("[PAD]\n" + "\n".join(["³"] + [str(i) for i in range(1, 1349)]) + "\n")
+    for extra, msg in ((["--out", str(tmp_path / "afile")], "--out .*afile is a file, not a folder"),
+                       (["--out", str(tmp_path / "o"), "--item-tokens", str(tmp_path / "tokens")],
+                        r"--item-tokens .*tokens: cannot read it \(Is a directory\)"),
+                       (["--out", str(tmp_path / "o"), "--set", "num_heads=null"],
+                        "SASRecModel cannot be built with these config values .*num_heads=None"),
+                       (["--out", str(tmp_path / "afile" / "o")], "afile is a file, not a folder")):
+        with pytest.raises(SystemExit, match=msg):
+            main(args + extra)
+    assert not (tmp_path / "o").exists() and (tmp_path / "afile").read_text() == "x"
+    # '³' is a digit to str.isdigit but not to int(): such a file is a vocabulary of strings, as any non-int token
+    main(args + ["--out", str(tmp_path / "o"), "--item-tokens", str(tmp_path / "sup.txt")])
+    assert AutoModel.from_pretrained(tmp_path / "o").item_vocab.decode([1, 2]) == ["³", "1"]
+    (tmp_path / "dup.txt").write_text("[PAD]\n" + "\n".join(["5"] + [str(i) for i in range(1, 1349)]) + "\n")
+    with pytest.raises(SystemExit, match=r"--item-tokens .*dup.txt: ItemVocab items must be unique; 5 appears"):
+        main(args + ["--out", str(tmp_path / "o2"), "--item-tokens", str(tmp_path / "dup.txt")])
+    capsys.readouterr()
+
+
+def test_card_refuses_a_notes_folder_and_an_out_file_in_one_line(tmp_path):
+    """``zoo.hub card --notes <folder>`` and ``--out <a file>`` are 'card not written' lines (were IsADirectoryError
+    and, after the whole evaluation, NotADirectoryError with a stray staged folder beside the file)."""
+    import os
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("config.json", "model.safetensors", "train_log.json"):
+        (run / f).write_text("{}")
+    (tmp_path / "afile").write_text("keep")
+    base = ["card", "--run", str(run), "--name", "tiny", "--data", str(tmp_path / "not-read.tsv")]
+    with pytest.raises(SystemExit, match=r"card not written: --notes .*: cannot read it \(Is a directory\)"):
+        hub.main(base + ["--out", str(tmp_path / "card"), "--notes", str(tmp_path)])
+    with pytest.raises(SystemExit, match="card not written: --out .*afile is a file, not a folder"):
+        hub.main(base + ["--out", str(tmp_path / "afile")])
+    assert sorted(os.listdir(tmp_path)) == ["afile", "run"] and (tmp_path / "afile").read_text() == "keep"

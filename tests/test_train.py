@@ -572,3 +572,50 @@ def test_a_resume_state_saved_before_time_ties_existed_resumes_with_the_default(
     check_settings(saved, {"model_type": "mamba4rec", "kcore": "auto", "max_minutes": 20, "time_ties": "file"})
     with pytest.raises(ValueError, match="time_ties: the run has 'file', given 'item'"):
         check_settings(saved, {"model_type": "mamba4rec", "kcore": "auto", "max_minutes": 10, "time_ties": "item"})
+
+
+def test_out_paths_and_config_values_that_would_fail_late_are_refused_before_any_work(tmp_path, capsys):
+    """--out that is a file (or under one), a --set value of the wrong type and an infinite --lr are usage errors
+    before the first epoch (were FileExistsError/NotADirectoryError and TypeError tracebacks, and a run that failed
+    after epoch 1 leaving an empty --out)."""
+    data = _markov_file(tmp_path / "m.tsv", n_users=20, length=(6, 10))
+    (tmp_path / "afile").write_text("keep")
+    base = ["--model", "gru4rec", "--data", str(data), "--kcore", "0", "--epochs", "1", "--no-progress"]
+    for out, what in ((tmp_path / "afile", "--out .*afile is a file, not a folder"),
+                      (tmp_path / "afile" / "o", "afile is a file, not a folder"),
+                      (data, "--out .*m.tsv is the input --data")):
+        with refused(capsys, what):
+            train_main(base + ["--out", str(out)])
+    for extra, what in ((["--set", "num_layers=null"], r"GRU4RecModel cannot be built with these config values "
+                                                       r"\(num_layers=None, "),
+                        (["--set", "hidden_size=[8]"], r"cannot be built .*hidden_size=\[8\]"),
+                        (["--lr", "inf"], "lr must be >= 0 and finite, got inf"),
+                        (["--weight-decay", "inf"], "weight_decay must be >= 0 and finite, got inf")):
+        with refused(capsys, what):
+            train_main(base + ["--out", str(tmp_path / "o"), *extra])
+    assert not (tmp_path / "o").exists() and (tmp_path / "afile").read_text() == "keep"
+
+
+def test_resume_from_a_damaged_state_is_refused_naming_it(tmp_path, capsys):
+    """--resume with a truncated resume/model.safetensors or a state.json without its progress: a usage error naming
+    the resume folder before any epoch (were a SafetensorError and a KeyError traceback)."""
+    import shutil
+
+    data = _markov_file(tmp_path / "markov.tsv", n_users=30)
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "3", "--set", *TINY["gru4rec"]]
+    train_main(args + ["--out", str(tmp_path / "r"), "--max-minutes", "0.0001"])      # budget: state kept
+    for name in ("cut", "noprogress"):
+        shutil.copytree(tmp_path / "r", tmp_path / name)
+    weights = tmp_path / "cut" / "resume" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    state = json.loads((tmp_path / "noprogress" / "resume" / "state.json").read_text())
+    del state["progress"]
+    (tmp_path / "noprogress" / "resume" / "state.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    for name, what in (("cut", r"cut.resume: the resume state cannot be restored \(SafetensorError"),
+                       ("noprogress", r"noprogress.resume: incomplete resume state \(state.json lacks progress\)")):
+        before = (tmp_path / name / "train_log.json").read_text()
+        with refused(capsys, what):
+            train_main(args + ["--out", str(tmp_path / name), "--resume", "--max-minutes", "5"])
+        assert (tmp_path / name / "train_log.json").read_text() == before

@@ -71,9 +71,60 @@ def written_whole_folder(path: str | os.PathLike, copy_existing: bool = False):
         shutil.rmtree(stage, ignore_errors=True)
         raise
     old = None
-    if os.path.isdir(path):
-        old = tempfile.mkdtemp(prefix=f".{base}.replaced-", dir=parent)
-        os.replace(path, old)                              # onto the empty folder just made
-    os.replace(stage, path)
+    try:
+        if os.path.isdir(path):
+            old = tempfile.mkdtemp(prefix=f".{base}.replaced-", dir=parent)
+            os.replace(path, old)                          # onto the empty folder just made
+        os.replace(stage, path)
+    except BaseException:                                  # e.g. ``path`` is a file: put back what was there
+        if old is not None:
+            if os.path.lexists(path):
+                os.rmdir(old)                              # the first rename did not happen: still the empty folder
+            else:
+                os.replace(old, path)
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     if old:
         shutil.rmtree(old)
+
+
+def check_outputs(outputs: dict, inputs: dict | None = None, folders: bool = False) -> None:
+    """Before any work: ``ValueError`` naming the first output path (``outputs``: ``{flag: path}``, ``None`` paths
+    skipped) that could not be written at the end -- a folder where a file goes (with ``folders``: a file where a
+    folder goes), a path under a file, a place that cannot be written -- or that is one of the ``inputs``
+    (``{label: path}``) or another output, which writing it would replace."""
+    inputs = {k: v for k, v in (inputs or {}).items() if v}
+    seen: dict = {}
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        for label, other in [*inputs.items(), *seen.items()]:
+            if _same_path(path, other):
+                what = f"also {label}" if label in seen else f"the input {label}"
+                raise ValueError(f"{flag} {path} is {what}: writing it would replace that file; choose another path")
+        seen[flag] = path
+        if folders and os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{flag} {path} is a file, not a folder")
+        if not folders and os.path.isdir(path):
+            raise ValueError(f"{flag} {path} is a folder; give a file path")
+        where = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(where):                   # the nearest existing folder (the rest is made)
+            where = os.path.dirname(where)
+        if not os.path.isdir(where):
+            raise ValueError(f"{flag} {path}: {where} is a file, not a folder")
+        for folder in [where] + ([path] if folders and os.path.isdir(path) else []):
+            try:
+                with tempfile.TemporaryFile(dir=folder):   # what can be written there (root is refused by /proc)
+                    pass
+            except OSError as e:
+                raise ValueError(f"{flag} {path}: cannot write in {folder} ({e.strerror or e})") from None
+
+
+def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` name the same file (one that exists under both names, or the same resolved path)."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)

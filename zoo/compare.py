@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli import positive_int, written_whole
+from .cli import check_outputs, positive_int, written_whole
 from .evaluate import RANKS_HEADER
 from .metrics import METRICS, paired_bootstrap
 
@@ -38,19 +38,49 @@ def read_ranks(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray]:
             meta = json.loads(first[len(RANKS_HEADER):])
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line 1: unreadable header ({e})") from None
+        top = _rank_cap(path, meta)
         rows = csv.reader(f)
         if next(rows, None) != ["user", "target", "rank"]:
             raise ValueError(f"{path}, line 2: expected the columns user,target,rank")
         users, targets, ranks = [], [], []
+        line_of: dict = {}
         for line, row in enumerate(rows, start=3):
-            if len(row) != 3 or not row[2].isdigit() or int(row[2]) < 1:
+            if len(row) != 3 or not (row[2].isascii() and row[2].isdigit()) or int(row[2]) < 1:
                 raise ValueError(f"{path}, line {line}: expected user,target,rank with a rank >= 1, got {row}")
+            if top and int(row[2]) > top[0]:
+                raise ValueError(f"{path}, line {line}: rank {row[2]} is above the largest possible, {top[0]} = "
+                                 f"{top[1]}")
+            if row[0] in line_of:
+                raise ValueError(f"{path}, line {line}: user {row[0]} again (first on line {line_of[row[0]]}); a "
+                                 "ranks file holds one row per user")
+            line_of[row[0]] = line
             users.append(row[0])
             targets.append(row[1])
             ranks.append(int(row[2]))
     if not ranks:
         raise ValueError(f"{path}: no examples")
     return meta, users, targets, np.asarray(ranks, dtype=np.int64)
+
+
+def _rank_cap(path, meta) -> tuple[int, str] | None:
+    """``(the largest possible rank, why)`` from a ranks file's header (``max_rank`` K: misses written as K + 1;
+    ``n_items``: full ranking among that many items), or ``None``; ``ValueError`` naming the file for a header that
+    is not what ``zoo.evaluate`` writes."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}, line 1: the header should be a JSON object, got {type(meta).__name__}")
+    missing = [k for k in ("model", "split", "protocol") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}, line 1: the header lacks {', '.join(missing)}")
+    for key in ("max_rank", "n_items"):
+        v = meta.get(key)
+        if v is not None and (type(v) is not int or v < 1):
+            raise ValueError(f"{path}, line 1: {key} should be an int >= 1 or null, got {v!r}")
+    if meta.get("max_rank"):
+        return meta["max_rank"] + 1, f"the file's max_rank {meta['max_rank']} + 1 (a miss of its top-K graph)"
+    if meta.get("n_items"):
+        return meta["n_items"] + 1, (f"the file's n_items {meta['n_items']} + 1 (full ranking; a masked target "
+                                     "ranks behind the padding row)")
+    return None
 
 
 def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int = 10_000, seed: int = 0,
@@ -114,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.bootstrap < 100:
         p.error(f"--bootstrap must be >= 100, got {args.bootstrap}")
     try:
+        check_outputs({"--json": args.json}, {"A": args.a, "B": args.b})
+    except ValueError as e:
+        p.error(str(e))
+    try:
         result = compare(args.a, args.b, ks=sorted(set(args.ks)), n_boot=args.bootstrap, seed=args.seed,
                          metrics=args.metrics, other_targets=args.other_targets)
     except (OSError, ValueError) as e:
@@ -125,8 +159,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
              else ""))
     print(format_comparison(result))
     if args.json:
-        with written_whole(args.json) as f:
-            json.dump(result, f, indent=1)
+        try:
+            with written_whole(args.json) as f:
+                json.dump(result, f, indent=1)
+        except OSError as e:
+            p.exit(1, f"{p.prog}: error: --json {args.json}: cannot write it ({e.strerror or e})\n")
     return result
 
 

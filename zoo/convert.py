@@ -2,6 +2,9 @@
 
 ``python -m zoo.convert --model mamba4rec --checkpoint Mamba4Rec-ml-1m.pth --out DIR [--item-tokens FILE]``
 
+``DIR`` is written whole (a failed conversion leaves nothing there); a folder that already holds files is refused
+unless ``--overwrite``, which replaces it whole.
+
 Supported sources:
 
 * **Mamba4Rec** (chengkai-liu/Mamba4Rec, RecBole v1.2.0): keys ``item_embedding.weight``, ``LayerNorm.*``,
@@ -34,6 +37,7 @@ from typing import Sequence
 
 import torch
 
+from .cli import check_outputs, written_whole_folder
 from .vocab import ItemVocab
 
 
@@ -147,13 +151,17 @@ def mamba4rec_from_official(sd: dict[str, torch.Tensor]):
 
 
 def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | None = None,
-            trust_pickle: bool = False, max_seq_length: int | None = None, overrides: dict | None = None):
+            trust_pickle: bool = False, max_seq_length: int | None = None, overrides: dict | None = None,
+            overwrite: bool = False):
     """Convert ``checkpoint`` and write a zoo model folder; returns the loaded model (strictly checked).
 
     Config fields come from the weights' shapes, then the checkpoint's RecBole settings (see ``RECBOLE_FIELDS``),
-    then ``max_seq_length`` (Mamba4Rec's window, default 200; SASRec's is its position table) and ``overrides``."""
+    then ``max_seq_length`` (Mamba4Rec's window, default 200; SASRec's is its position table) and ``overrides``.
+    ``out_dir`` is written whole (:func:`zoo.cli.written_whole_folder`); a folder that already holds files is
+    refused before any work unless ``overwrite``, which replaces it whole (no file of the old folder is kept)."""
     from .models import get_model_class
 
+    check_out_folder(out_dir, overwrite, {"--checkpoint": checkpoint, "--item-tokens": item_tokens})
     sd, settings = load_checkpoint(checkpoint, trust_pickle)
     cfg_cls, model_cls = get_model_class(model_type)
     if model_type == "mamba4rec":
@@ -187,27 +195,57 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
         raise ValueError("SASRec's number of attention heads is not in the weights and this checkpoint carries no "
                          "RecBole config (or --trust-pickle was not given): pass it, e.g. --set num_heads=2 "
                          "(RecBole's default n_heads)")
-    model = model_cls(cfg_cls(**cfg))
+    try:
+        model = model_cls(cfg_cls(**cfg))
+    except TypeError as e:                   # a value of the wrong type, e.g. --set num_heads=null
+        raise ValueError(f"{model_cls.__name__} cannot be built with these config values "
+                         f"({', '.join(f'{k}={v!r}' for k, v in (overrides or {}).items())}): {e}") from None
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint does not match {model_cls.__name__}: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     if item_tokens:
-        with open(item_tokens) as f:
-            tokens = [t.strip() for t in f if t.strip()]
+        try:
+            with open(item_tokens) as f:
+                tokens = [t.strip() for t in f if t.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--item-tokens {item_tokens}: cannot read it ({getattr(e, 'strerror', None) or e})") \
+                from None
         if tokens and tokens[0] == "[PAD]":
             tokens = tokens[1:]
-        ints = all(t.lstrip("-").isdigit() for t in tokens)
-        model.set_item_vocab(ItemVocab([int(t) for t in tokens] if ints else tokens))
-    model.save_pretrained(out_dir)
+        ints = all(re.fullmatch(r"-?[0-9]+", t) for t in tokens)    # ASCII digits: int() refuses e.g. '³'
+        try:
+            model.set_item_vocab(ItemVocab([int(t) for t in tokens] if ints else tokens))
+        except ValueError as e:
+            raise ValueError(f"--item-tokens {item_tokens}: {e}") from None
+    with written_whole_folder(out_dir) as stage:   # no mixed folder: the new one replaces out_dir whole, or nothing
+        model.save_pretrained(stage)
     return model
+
+
+def check_out_folder(out_dir: str, overwrite: bool, inputs: dict) -> None:
+    """Refuse, before any work, an ``out_dir`` that cannot be a folder or already holds files (unless
+    ``overwrite``), and one whose replacement would delete an input (``{flag: path}``) kept inside it."""
+    check_outputs({"--out": out_dir}, folders=True)
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not overwrite:
+            raise ValueError(f"--out {out_dir} already holds files ({', '.join(sorted(os.listdir(out_dir))[:4])}"
+                             f"{', ...' if len(os.listdir(out_dir)) > 4 else ''}): choose a new folder, or pass "
+                             "--overwrite to replace it whole")
+        out = os.path.realpath(out_dir)
+        for flag, path in inputs.items():
+            if path and os.path.commonpath([os.path.realpath(path), out]) == out:
+                raise ValueError(f"{flag} {path} is inside --out {out_dir}, which --overwrite would replace whole; "
+                                 "move it out first")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m zoo.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, choices=["mamba4rec", "sasrec"])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the model folder to write (refused if it holds files, unless "
+                                                "--overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out folder that already holds files, whole")
     p.add_argument("--item-tokens")
     p.add_argument("--max-seq-length", type=int,
                    help="Mamba4Rec's history window (default: the checkpoint's MAX_ITEM_LIST_LENGTH, else 200)")
@@ -219,9 +257,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         m = convert(a.model, a.checkpoint, a.out, a.item_tokens, a.trust_pickle, a.max_seq_length,
-                    parse_overrides(a.set))
+                    parse_overrides(a.set), overwrite=a.overwrite)
     except (ValueError, KeyError, FileNotFoundError) as e:  # the messages name the problem and the fix
         raise SystemExit(f"python -m zoo.convert: error: {e}") from None
+    except OSError as e:                                    # writing --out (its place was checked before any work)
+        raise SystemExit(f"python -m zoo.convert: error: --out {a.out}: cannot write it ({e.strerror or e})") \
+            from None
     print(f"wrote {a.out}: {type(m).__name__} with {sum(t.numel() for t in m.parameters()):,} parameters")
 
 

@@ -45,7 +45,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .cli import error_text, positive_int, written_whole
+from .cli import check_outputs, error_text, positive_int, written_whole
 from .cli import kcore as kcore_arg
 from .data.batching import eval_batches
 from .data.split import TIME_TIES, EvalExamples, SequenceDataset, leave_one_out, load_dataset
@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-history", action="store_true",
                    help="LRURec protocol: mask the items of the input window before ranking")
     p.add_argument("--ks", type=positive_int, nargs="+", default=None,
-                   help="cut-offs (default 5 10 20; for an --onnx graph without a scores output, those <= its top-K)")
+                   help="cut-offs, at most the number of items (default 5 10 20, those a tiny model has items for; for "
+                        "an --onnx graph without a scores output, those <= its top-K)")
     p.add_argument("--history-share", action="store_true",
                    help="also report Hist@K: the mean share of the top-K slots taken by items of the input window "
                         "(never the target on data without repeats, e.g. ML-1M; 0 with --exclude-history)")
@@ -305,6 +306,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.threads is not None and not args.onnx:
         raise SystemExit("--threads is for --onnx (ONNX Runtime's threads); a --model evaluation uses torch's, set by "
                          "OMP_NUM_THREADS")
+    try:                                        # before any work: outputs that cannot be written, or replace --data
+        check_outputs({"--json": args.json, "--ranks-out": args.ranks_out}, {"--data": args.data})
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     t0 = time.time()
     if args.onnx:
         if args.history_share:
@@ -325,7 +330,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         device = resolve_device(args.device)
     except ValueError as e:
         raise SystemExit(f"--device: {e}") from None
-    args.ks = args.ks or [5, 10, 20]
+    n_ranked = int(model.config.n_items) - 1
+    args.ks = args.ks or [k for k in (5, 10, 20) if k <= n_ranked] or [n_ranked]    # defaults a tiny model can answer
+    _check_ks(args.ks, n_ranked, "model")
     ds = _load_data(args)
     try:
         ds, note = align_with_model(ds, model, args.unknown_items)
@@ -333,10 +340,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ds.check_timestamps_for(type(model).__name__)
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {error_text(e)}") from None
-    split = leave_one_out(ds)
-    examples = split.test if args.split == "test" else split.valid
-    if args.max_users:
-        examples = examples.head(args.max_users)
+    examples = _examples(ds, args)
     metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
                                     batch_size=args.batch_size, device=device, progress=not args.no_progress,
                                     history_share=args.history_share, return_ranks=True)
@@ -386,6 +390,23 @@ def _load_data(args):
         raise SystemExit(f"error: {e}") from None
 
 
+def _examples(ds, args):
+    """The ``--split`` examples of ``ds`` (``--max-users`` of them); data that leaves no user with an example is a
+    one-line error."""
+    try:
+        split = leave_one_out(ds)
+    except ValueError as e:
+        raise SystemExit(f"error: --data {args.data}: {e}") from None
+    examples = split.test if args.split == "test" else split.valid
+    return examples.head(args.max_users) if args.max_users else examples
+
+
+def _check_ks(ks, n_items: int, owner: str) -> None:
+    """A cut-off above the number of items ranked would count every target a hit (HR@K = 1)."""
+    if max(ks) > n_items:
+        raise SystemExit(f"error: --ks {max(ks)}: the {owner} ranks {n_items} items; use cut-offs <= {n_items}")
+
+
 def _add_intervals(result: dict, ranks, args) -> None:
     """``--intervals``: ``result["intervals_95"] = {"HR@10": [low, high], ...}`` for the evaluated cut-offs."""
     if args.intervals:
@@ -405,19 +426,25 @@ def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict) -> None:
         return
     import csv
 
-    with written_whole(path, newline="") as f:
-        f.write(RANKS_HEADER + json.dumps(meta) + "\n")
-        w = csv.writer(f)
-        w.writerow(["user", "target", "rank"])
-        w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
-                        strict=True))
+    try:
+        with written_whole(path, newline="") as f:
+            f.write(RANKS_HEADER + json.dumps(meta) + "\n")
+            w = csv.writer(f)
+            w.writerow(["user", "target", "rank"])
+            w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
+                            strict=True))
+    except OSError as e:
+        raise SystemExit(f"error: --ranks-out {path}: cannot write it ({e.strerror or e})") from None
     print(f"wrote {os.path.abspath(path)}")
 
 
 def _write_json(result: dict, path: str | None) -> None:
     if path:
-        with written_whole(path) as f:
-            json.dump(result, f, indent=2)
+        try:
+            with written_whole(path) as f:
+                json.dump(result, f, indent=2)
+        except OSError as e:
+            raise SystemExit(f"error: --json {path}: cannot write it ({e.strerror or e})") from None
         print(f"wrote {path}")
 
 
@@ -430,33 +457,48 @@ def _main_onnx(args, t0: float) -> dict:
     graph, spec_path = _resolve(args.onnx)
     if not os.path.exists(spec_path):
         raise SystemExit(f"--onnx {args.onnx}: no state_spec.json there (a folder written by python -m export.onnx)")
-    with open(spec_path) as f:
-        spec = json.load(f)
+    try:
+        with open(spec_path) as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: --onnx {args.onnx}: unreadable {spec_path} ({e})") from None
+    lacks = ([k for k in ("kind", "n_items", "topk", "max_seq_length", "outputs") if k not in spec]
+             if isinstance(spec, dict) else ["(not a JSON object)"])
+    if lacks:
+        raise SystemExit(f"error: --onnx {args.onnx}: {spec_path} lacks {', '.join(lacks)} (a state_spec.json "
+                         "written by python -m export.onnx)")
     excluded = bool(spec.get("exclude_seen"))
     if args.exclude_history and not excluded:
         raise SystemExit(f"--exclude-history: the graph in {args.onnx} was exported without --exclude-seen, so it "
                          "cannot mask the history; re-export it with `python -m export.onnx --exclude-seen`")
-    ds = _load_data(args)
+    has_scores = any(o["name"] == "scores" for o in spec["outputs"])
+    if args.ks is None:                     # the default cut-offs the graph can answer
+        cap = min(int(spec["n_items"]) - 1, 10**9 if has_scores else int(spec["topk"]))
+        args.ks = [k for k in (5, 10, 20) if k <= cap] or [cap]
+    _check_ks(args.ks, int(spec["n_items"]) - 1, "graph")
     vocab_path = os.path.join(os.path.dirname(graph), spec.get("item_vocab", "item_vocab.json"))
-    vocab = ItemVocab.load(vocab_path) if os.path.exists(vocab_path) else None
+    try:
+        vocab = ItemVocab.load(vocab_path) if os.path.exists(vocab_path) else None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: --onnx {args.onnx}: {e}") from None
+    ds = _load_data(args)
     try:
         ds, note = align_with_vocab(ds, vocab, int(spec["n_items"]), "graph", args.unknown_items)
         if spec.get("uses_timestamps"):                # the graph itself does not check them
             ds.check_timestamps_for(f"the {spec.get('model_type')} graph")
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {error_text(e)}") from None
-    has_scores = any(o["name"] == "scores" for o in spec["outputs"])
-    if args.ks is None:                     # the default cut-offs the graph can answer
-        args.ks = [k for k in (5, 10, 20) if has_scores or k <= int(spec["topk"])] or [int(spec["topk"])]
-    split = leave_one_out(ds)
-    examples = split.test if args.split == "test" else split.valid
-    if args.max_users:
-        examples = examples.head(args.max_users)
+    examples = _examples(ds, args)
     try:
         metrics, ranks = evaluate_onnx(args.onnx, examples, ks=args.ks, batch_size=args.batch_size,
                                        threads=args.threads, progress=not args.no_progress, return_ranks=True)
-    except ValueError as e:
+    except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
+    except Exception as e:                  # ONNX Runtime's own errors (a truncated or foreign model.onnx)
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        raise SystemExit(f"error: --onnx {args.onnx}: ONNX Runtime cannot load or run {graph} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     protocol = {
         "name": "lrurec" if excluded else "recbole",
         "split": args.split,

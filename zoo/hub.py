@@ -20,7 +20,7 @@ import shutil
 import sys
 from typing import Sequence
 
-from .cli import written_whole, written_whole_folder
+from .cli import check_outputs, written_whole, written_whole_folder
 from .pretrained import HUB_ORG, bundled_models
 
 logger = logging.getLogger(__name__)
@@ -336,6 +336,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                if not os.path.exists(os.path.join(run_dir, f))]
     if missing:
         raise FileNotFoundError(f"{run_dir} is neither a finished zoo.train run nor a card folder: missing {missing}")
+    check_outputs({"--out": out_dir}, folders=True)            # a file there, or a place that cannot be written
     in_place = os.path.isdir(out_dir) and os.path.samefile(run_dir, out_dir)
     _check_same_protocol(out_dir, exclude_history)
     kept_notes = card_notes(out_dir) if keep_notes else ""     # refused (no markers) before any measuring
@@ -523,9 +524,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.cmd == "card":
         try:
             notes = pathlib.Path(args.notes).read_text() if args.notes else ""
+        except (OSError, UnicodeDecodeError) as e:
+            sys.exit(f"card not written: --notes {args.notes}: cannot read it ({getattr(e, 'strerror', None) or e})")
+        try:
             m = build_card_folder(args.run, args.name, args.data, args.out, args.exclude_history, args.description,
                                   args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes)
-        except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:  # the messages name what failed
+        except (OSError, KeyError, ValueError, RuntimeError) as e:  # the messages name what failed
             sys.exit(f"card not written: {e}")
         print(json.dumps(m, indent=1))
     elif args.cmd == "push":

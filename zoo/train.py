@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cli import written_whole
+from .cli import check_outputs, written_whole
 
 TRAIN_PRESETS = {
     "mamba4rec": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, clip=0.0),
@@ -146,8 +146,11 @@ def build_model(model_type: str, n_items: int, config_overrides: dict):
 
     cfg_cls, model_cls = get_model_class(model_type)
     check_config_overrides(cfg_cls, config_overrides)
-    config = cfg_cls(n_items=n_items, **config_overrides)
-    return model_cls(config)
+    try:
+        return model_cls(cfg_cls(n_items=n_items, **config_overrides))
+    except TypeError as e:                   # a value of the wrong type, e.g. --set num_layers=null
+        raise ValueError(f"{model_cls.__name__} cannot be built with these config values "
+                         f"({', '.join(f'{k}={v!r}' for k, v in config_overrides.items())}): {e}") from None
 
 
 def apply_config_overrides(model, overrides: dict, where: str = "--init-from"):
@@ -299,6 +302,7 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         raise ValueError("--decay-over budget paces the learning-rate decay by the time budget: give --max-minutes")
     if decay_over == "budget" and lr_schedule == "constant":
         raise ValueError("--decay-over budget: the constant schedule has no decay; choose --lr-schedule linear or cosine")
+    check_outputs({"--out": out}, {"--data": data}, folders=True)      # a file there, or a place that cannot be written
     resumed = None
     if resume:
         if overwrite:
@@ -438,7 +442,10 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     gen = np.random.default_rng(seed)
     if resumed:                     # continue the interrupted run: its weights, optimizer, generators, counters, log
         folder, state, tensors = resumed
-        train_state.restore(folder, state, tensors, model, opt, gen)
+        try:
+            train_state.restore(folder, state, tensors, model, opt, gen)
+        except ValueError as e:                     # a truncated or foreign file: refused before any epoch
+            raise RunSetupError(str(e)) from e
         done = state["progress"]
         best, best_epoch, bad, start_epoch = done["best"], done["best_epoch"], done["bad"], done["epoch"] + 1
         t0 = time.time() - done["elapsed_s"]
@@ -549,12 +556,12 @@ def _check_numbers(epochs: int, batch_size: int, lr: float, clip: float, weight_
         bad.append(f"epochs must be >= 1, got {epochs}")
     if int(batch_size) < 1:
         bad.append(f"batch_size must be >= 1, got {batch_size}")
-    if not float(lr) >= 0.0:
-        bad.append(f"lr must be >= 0, got {lr}")
+    if not (float(lr) >= 0.0 and math.isfinite(float(lr))):
+        bad.append(f"lr must be >= 0 and finite, got {lr}")
     if not float(clip) >= 0.0:
         bad.append(f"clip (gradient clip norm; 0 = off) must be >= 0, got {clip}")
-    if not float(weight_decay) >= 0.0:
-        bad.append(f"weight_decay must be >= 0, got {weight_decay}")
+    if not (float(weight_decay) >= 0.0 and math.isfinite(float(weight_decay))):
+        bad.append(f"weight_decay must be >= 0 and finite, got {weight_decay}")
     if max_minutes is not None and not float(max_minutes) > 0.0:
         bad.append(f"max_minutes must be > 0, got {max_minutes}")
     if valid_users is not None and int(valid_users) < 1:

@@ -109,10 +109,22 @@ def load(path: str | os.PathLike) -> tuple[dict, dict]:
         tensors = load_file(os.path.join(path, "optimizer.safetensors"))
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable resume state ({e})") from None
-    if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: resume state format {state.get('format_version')!r}, this zoo reads "
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: resume state format "
+                         f"{state.get('format_version') if isinstance(state, dict) else state!r}, this zoo reads "
                          f"{FORMAT_VERSION}")
+    missing = [k for k in STATE_KEYS if k not in state]
+    missing += [f"progress.{k}" for k in PROGRESS_KEYS
+                if "progress" not in missing and (not isinstance(state["progress"], dict) or k not in state["progress"])]
+    if missing or "rng.torch" not in tensors:
+        raise ValueError(f"{path}: incomplete resume state ({STATE_FILE} lacks {', '.join(missing)})" if missing else
+                         f"{path}: incomplete resume state (optimizer.safetensors lacks rng.torch)")
     return state, tensors
+
+
+#: what :func:`save` writes in ``state.json`` (and ``progress``) and :func:`restore` reads
+STATE_KEYS = ("progress", "settings", "optimizer", "shuffle_generator", "python_random", "numpy_global", "log")
+PROGRESS_KEYS = ("epoch", "best", "best_epoch", "bad", "elapsed_s")
 
 
 def check_settings(saved: dict, given: dict) -> None:
@@ -127,7 +139,16 @@ def check_settings(saved: dict, given: dict) -> None:
 
 def restore(path: str | os.PathLike, state: dict, tensors: dict, model: torch.nn.Module,
             opt: torch.optim.Optimizer, gen: np.random.Generator) -> None:
-    """Load the saved weights, optimizer state and generator states into ``model``, ``opt`` and ``gen`` (in place)."""
+    """Load the saved weights, optimizer state and generator states into ``model``, ``opt`` and ``gen`` (in place);
+    ``ValueError`` naming the folder when any of them cannot be restored (a truncated or foreign file)."""
+    try:
+        _restore(path, state, tensors, model, opt, gen)
+    except Exception as e:                   # safetensors' own errors, a state of another model or optimizer, ...
+        raise ValueError(f"{path}: the resume state cannot be restored ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+def _restore(path, state, tensors, model, opt, gen) -> None:
     from safetensors.torch import load_model
 
     load_model(model, os.path.join(path, "model.safetensors"), strict=True, device=str(next(model.parameters()).device))

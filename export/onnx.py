@@ -1300,7 +1300,7 @@ def load_real_histories(path: str, model, max_users: int = 512,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zoo.cli import positive_int
+    from zoo.cli import check_outputs, positive_int
 
     p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
@@ -1334,12 +1334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.kind == "window" and (args.verify_prime or args.verify_steps):
         p.error("--verify-prime/--verify-steps verify a step graph's priming and single steps; a window graph has "
                 "neither (--verify-cases sets its cases)")
-    if args.out:
-        there = os.path.abspath(args.out)                   # OUT, or the nearest folder above it that exists
-        while not os.path.exists(there):
-            there = os.path.dirname(there)
-        if not os.path.isdir(there):
-            p.error(f"--out {args.out}: {there} is a file, not a folder (the graph goes into OUT/{GRAPH_FILE})")
+    if args.out:                                            # a file there or above it, or a place not writable
+        try:
+            check_outputs({"--out": args.out}, folders=True)
+        except ValueError as e:
+            p.error(f"{e} (the graph goes into OUT/{GRAPH_FILE})")
     if args.card_dir:                                       # a card folder (zoo.hub card): its weights and config
         lacks = [f for f in ("config.json", "model.safetensors") if not os.path.isfile(os.path.join(args.card_dir, f))]
         if not os.path.isdir(args.card_dir) or lacks:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -82,9 +83,10 @@ def _resolve(path: str | os.PathLike) -> tuple[str, str]:
     return path, os.path.join(os.path.dirname(path) or ".", SPEC_FILE)
 
 
-#: ``state_spec.json`` fields every graph has, and those of each kind
-_SPEC_FIELDS = ("kind", "n_items", "topk", "inputs", "outputs")
-_KIND_FIELDS = {"step": ("state",), "window": ("max_seq_length", "padding_side")}
+#: ``state_spec.json`` fields every graph has (what this runtime, ``zoo.evaluate --onnx`` and ``export.triton`` read),
+#: and those of each kind
+_SPEC_FIELDS = ("kind", "model_type", "n_items", "max_seq_length", "topk", "inputs", "outputs")
+_KIND_FIELDS = {"step": ("state",), "window": ("padding_side",)}
 VOCAB_FORMAT = "zoo-item-vocab/1"
 
 
@@ -95,7 +97,7 @@ def _int_id(x: Any, where: str) -> int:
         raise TypeError(f"{where}: item id {x!r} is a bool, not an integer id")
     if isinstance(x, (int, np.integer)):
         return int(x)
-    if isinstance(x, str) and x.strip().lstrip("-").isdigit():
+    if isinstance(x, str) and re.fullmatch(r"-?[0-9]+", x.strip()):    # ASCII digits, as zoo.vocab.is_int_text
         return int(x)
     raise TypeError(f"{where}: item id {x!r} ({type(x).__name__}) is not an integer id")
 

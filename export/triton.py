@@ -629,24 +629,12 @@ def check_initial_state_files(mdir: str | os.PathLike, cfg) -> None:
 def read_spec(export_dir: str | os.PathLike) -> dict:
     """``export_dir/state_spec.json`` (an :mod:`export.onnx` folder); FileNotFoundError when it is not there, ValueError
     naming the file when it is not JSON, not an object or lacks a field the repository is built from."""
+    from .runtime import read_spec as read_spec_file
+
     path = pathlib.Path(export_dir) / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{export_dir} holds no {SPEC_FILE}: pass a folder written by `python -m export.onnx`")
-    try:
-        spec = json.loads(path.read_text())
-    except ValueError as e:                                 # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"corrupt {path}: {e} (a {SPEC_FILE} written by `python -m export.onnx`)") from None
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path} is not a JSON object (a {SPEC_FILE} written by `python -m export.onnx`)")
-    need = ("kind", "model_type", "n_items", "topk", "inputs", "outputs") + (("state",) if spec.get("kind") == "step"
-                                                                            else ())
-    lacks = [k for k in need if k not in spec]
-    if lacks:
-        raise ValueError(f"{path} lacks the field{'s' * (len(lacks) > 1)} {', '.join(lacks)} (a {SPEC_FILE} written "
-                         "by `python -m export.onnx`)")
-    if spec["kind"] not in ("step", "window"):
-        raise ValueError(f"{path}: unknown graph kind {spec['kind']!r} (expected 'step' or 'window')")
-    return spec
+    return read_spec_file(path)
 
 
 def check_graph(graph: str | os.PathLike, spec: dict) -> None:

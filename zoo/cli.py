@@ -36,6 +36,12 @@ def error_text(e: Exception) -> str:
     return e.args[0] if isinstance(e, KeyError) and e.args else str(e)
 
 
+def cannot(flag: str, path, e: Exception, verb: str = "write") -> str:
+    """``"--json out.json: cannot write it (Is a directory)"``: the one-line text for a path a command cannot
+    ``verb`` (``e``: the ``OSError``, or a decoding error, that said so)."""
+    return f"{flag} {path}: cannot {verb} it ({getattr(e, 'strerror', None) or e})"
+
+
 @contextlib.contextmanager
 def written_whole(path: str | os.PathLike, newline: str | None = None):
     """Yield a text file opened beside ``path`` (its folder created) that replaces ``path`` only when the block

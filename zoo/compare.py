@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli import check_outputs, positive_int, written_whole
+from .cli import cannot, check_outputs, positive_int, written_whole
 from .evaluate import RANKS_HEADER
 from .metrics import METRICS, paired_bootstrap
 
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             with written_whole(args.json) as f:
                 json.dump(result, f, indent=1)
         except OSError as e:
-            p.exit(1, f"{p.prog}: error: --json {args.json}: cannot write it ({e.strerror or e})\n")
+            p.exit(1, f"{p.prog}: error: {cannot('--json', args.json, e)}\n")
     return result
 
 

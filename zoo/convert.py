@@ -37,8 +37,8 @@ from typing import Sequence
 
 import torch
 
-from .cli import check_outputs, written_whole_folder
-from .vocab import ItemVocab
+from .cli import cannot, check_outputs, written_whole_folder
+from .vocab import ItemVocab, is_int_text
 
 
 #: RecBole config key -> zoo config field, for the fields a state dict does not show
@@ -159,7 +159,7 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     then ``max_seq_length`` (Mamba4Rec's window, default 200; SASRec's is its position table) and ``overrides``.
     ``out_dir`` is written whole (:func:`zoo.cli.written_whole_folder`); a folder that already holds files is
     refused before any work unless ``overwrite``, which replaces it whole (no file of the old folder is kept)."""
-    from .models import get_model_class
+    from .models import build_model_class, get_model_class
 
     check_out_folder(out_dir, overwrite, {"--checkpoint": checkpoint, "--item-tokens": item_tokens})
     sd, settings = load_checkpoint(checkpoint, trust_pickle)
@@ -195,11 +195,7 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
         raise ValueError("SASRec's number of attention heads is not in the weights and this checkpoint carries no "
                          "RecBole config (or --trust-pickle was not given): pass it, e.g. --set num_heads=2 "
                          "(RecBole's default n_heads)")
-    try:
-        model = model_cls(cfg_cls(**cfg))
-    except TypeError as e:                   # a value of the wrong type, e.g. --set num_heads=null
-        raise ValueError(f"{model_cls.__name__} cannot be built with these config values "
-                         f"({', '.join(f'{k}={v!r}' for k, v in (overrides or {}).items())}): {e}") from None
+    model = build_model_class(cfg_cls, model_cls, cfg, overrides or {})   # e.g. --set num_heads=null: ValueError
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint does not match {model_cls.__name__}: missing {missing[:5]}, "
@@ -209,11 +205,10 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
             with open(item_tokens) as f:
                 tokens = [t.strip() for t in f if t.strip()]
         except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"--item-tokens {item_tokens}: cannot read it ({getattr(e, 'strerror', None) or e})") \
-                from None
+            raise ValueError(cannot("--item-tokens", item_tokens, e, "read")) from None
         if tokens and tokens[0] == "[PAD]":
             tokens = tokens[1:]
-        ints = all(re.fullmatch(r"-?[0-9]+", t) for t in tokens)    # ASCII digits: int() refuses e.g. '³'
+        ints = all(is_int_text(t) for t in tokens)                  # ASCII digits: int() refuses e.g. '³'
         try:
             model.set_item_vocab(ItemVocab([int(t) for t in tokens] if ints else tokens))
         except ValueError as e:
@@ -261,8 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, KeyError, FileNotFoundError) as e:  # the messages name the problem and the fix
         raise SystemExit(f"python -m zoo.convert: error: {e}") from None
     except OSError as e:                                    # writing --out (its place was checked before any work)
-        raise SystemExit(f"python -m zoo.convert: error: --out {a.out}: cannot write it ({e.strerror or e})") \
-            from None
+        raise SystemExit(f"python -m zoo.convert: error: {cannot('--out', a.out, e)}") from None
     print(f"wrote {a.out}: {type(m).__name__} with {sum(t.numel() for t in m.parameters()):,} parameters")
 
 

@@ -45,7 +45,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .cli import check_outputs, error_text, positive_int, written_whole
+from .cli import cannot, check_outputs, error_text, positive_int, written_whole
 from .cli import kcore as kcore_arg
 from .data.batching import eval_batches
 from .data.split import TIME_TIES, EvalExamples, SequenceDataset, leave_one_out, load_dataset
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except ValueError as e:
         raise SystemExit(f"--device: {e}") from None
     n_ranked = int(model.config.n_items) - 1
-    args.ks = args.ks or [k for k in (5, 10, 20) if k <= n_ranked] or [n_ranked]    # defaults a tiny model can answer
+    args.ks = args.ks or _default_ks(n_ranked)
     _check_ks(args.ks, n_ranked, "model")
     ds = _load_data(args)
     try:
@@ -401,6 +401,11 @@ def _examples(ds, args):
     return examples.head(args.max_users) if args.max_users else examples
 
 
+def _default_ks(cap: int) -> list[int]:
+    """The default cut-offs 5, 10, 20 that a model or graph answering ``cap`` ranks has (else ``[cap]``)."""
+    return [k for k in (5, 10, 20) if k <= cap] or [cap]
+
+
 def _check_ks(ks, n_items: int, owner: str) -> None:
     """A cut-off above the number of items ranked would count every target a hit (HR@K = 1)."""
     if max(ks) > n_items:
@@ -434,7 +439,7 @@ def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict) -> None:
             w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
                             strict=True))
     except OSError as e:
-        raise SystemExit(f"error: --ranks-out {path}: cannot write it ({e.strerror or e})") from None
+        raise SystemExit(f"error: {cannot('--ranks-out', path, e)}") from None
     print(f"wrote {os.path.abspath(path)}")
 
 
@@ -444,13 +449,13 @@ def _write_json(result: dict, path: str | None) -> None:
             with written_whole(path) as f:
                 json.dump(result, f, indent=2)
         except OSError as e:
-            raise SystemExit(f"error: --json {path}: cannot write it ({e.strerror or e})") from None
+            raise SystemExit(f"error: {cannot('--json', path, e)}") from None
         print(f"wrote {path}")
 
 
 def _main_onnx(args, t0: float) -> dict:
     """``--onnx DIR``: the exported graph on the same examples (:func:`evaluate_onnx`)."""
-    from export.runtime import _resolve
+    from export.runtime import _resolve, read_spec
 
     from .vocab import ItemVocab
 
@@ -458,23 +463,16 @@ def _main_onnx(args, t0: float) -> dict:
     if not os.path.exists(spec_path):
         raise SystemExit(f"--onnx {args.onnx}: no state_spec.json there (a folder written by python -m export.onnx)")
     try:
-        with open(spec_path) as f:
-            spec = json.load(f)
+        spec = read_spec(spec_path)                 # every field read below, or ValueError naming the file
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: --onnx {args.onnx}: unreadable {spec_path} ({e})") from None
-    lacks = ([k for k in ("kind", "n_items", "topk", "max_seq_length", "outputs") if k not in spec]
-             if isinstance(spec, dict) else ["(not a JSON object)"])
-    if lacks:
-        raise SystemExit(f"error: --onnx {args.onnx}: {spec_path} lacks {', '.join(lacks)} (a state_spec.json "
-                         "written by python -m export.onnx)")
     excluded = bool(spec.get("exclude_seen"))
     if args.exclude_history and not excluded:
         raise SystemExit(f"--exclude-history: the graph in {args.onnx} was exported without --exclude-seen, so it "
                          "cannot mask the history; re-export it with `python -m export.onnx --exclude-seen`")
     has_scores = any(o["name"] == "scores" for o in spec["outputs"])
-    if args.ks is None:                     # the default cut-offs the graph can answer
-        cap = min(int(spec["n_items"]) - 1, 10**9 if has_scores else int(spec["topk"]))
-        args.ks = [k for k in (5, 10, 20) if k <= cap] or [cap]
+    if args.ks is None:                     # without a scores output the graph answers only its top-K
+        args.ks = _default_ks(min(int(spec["n_items"]) - 1, 10**9 if has_scores else int(spec["topk"])))
     _check_ks(args.ks, int(spec["n_items"]) - 1, "graph")
     vocab_path = os.path.join(os.path.dirname(graph), spec.get("item_vocab", "item_vocab.json"))
     try:

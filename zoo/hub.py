@@ -20,7 +20,7 @@ import shutil
 import sys
 from typing import Sequence
 
-from .cli import check_outputs, written_whole, written_whole_folder
+from .cli import cannot, check_outputs, written_whole, written_whole_folder
 from .pretrained import HUB_ORG, bundled_models
 
 logger = logging.getLogger(__name__)
@@ -525,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             notes = pathlib.Path(args.notes).read_text() if args.notes else ""
         except (OSError, UnicodeDecodeError) as e:
-            sys.exit(f"card not written: --notes {args.notes}: cannot read it ({getattr(e, 'strerror', None) or e})")
+            sys.exit(f"card not written: {cannot('--notes', args.notes, e, 'read')}")
         try:
             m = build_card_folder(args.run, args.name, args.data, args.out, args.exclude_history, args.description,
                                   args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes)

@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Sequence
 
+from .vocab import is_int_text
+
 import numpy as np
 import torch
 
@@ -43,7 +45,7 @@ def _find_user(users: list, x: str):
     """The entry of ``users`` the command-line ``--user x`` names: ``x`` parsed as :func:`_parse_id` does, else ``x``
     as written, else (``007`` for int user ids) its ASCII integer value; ``None`` when none is there."""
     tries = [_parse_id(x), x]
-    if re.fullmatch(r"-?[0-9]+", x):
+    if is_int_text(x):
         tries.append(int(x))
     known = set(users)
     return next((u for u in tries if u in known), None)
@@ -54,7 +56,7 @@ def _history_id(x: str, model):
     else an int when written in ASCII digits (``007`` is 7); anything else stays a string, which the model refuses."""
     if model.item_vocab is not None and model.item_vocab.id_type == "str":
         return x
-    return int(x) if re.fullmatch(r"-?[0-9]+", x) else x
+    return int(x) if is_int_text(x) else x
 
 
 def _json_value(x):
@@ -115,7 +117,7 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .cli import error_text, positive_int
+    from .cli import cannot, check_outputs, error_text, positive_int
     from .cli import kcore as kcore_arg
     from .data import TIME_TIES
 
@@ -162,8 +164,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.timestamps and not args.history:
         p.error("--timestamps needs --history (one timestamp per history item)")
     if args.out:
-        from .cli import check_outputs
-
         try:                                # before any work: a folder, an unwritable place, or the --data file
             check_outputs({"--out": args.out}, {"--data": args.data})
         except ValueError as e:
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         except (KeyError, ValueError) as e:
             sys.exit(f"error: {error_text(e)}")
         except OSError as e:                # writing --out (its place was checked before any work)
-            sys.exit(f"error: --out {args.out}: cannot write it ({e.strerror or e})")
+            sys.exit(f"error: {cannot('--out', args.out, e)}")
         summary = {"model": args.model, "model_type": model.config.model_type, "data": args.data, "k": args.k,
                    "exclude_seen": args.exclude_seen, **summary}
         if args.json:
@@ -235,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.stepwise:
         if not model.has_exact_step:
             sys.exit(f"{model.config.model_type} has no exact recurrent step")
-        ids = model.encode_histories([history[-model.config.max_seq_length:]])[0]
+        encoded = model.encode_histories([history])[0]               # the whole history (--exclude-seen masks it)
+        ids = encoded[-model.config.max_seq_length:]                 # the window the model reads
         ts = None
         if model.uses_timestamps:
             ts = torch.tensor([timestamps[-model.config.max_seq_length:]], dtype=torch.float64)
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         scores = logits.clone()
         scores[:, 0] = -float("inf")
         if args.exclude_seen:                             # the whole history, as recommend() does
-            scores[0, torch.tensor(model.encode_histories([history])[0])] = -float("inf")
+            scores[0, torch.tensor(encoded)] = -float("inf")
         top = torch.topk(scores, args.k, dim=1)
         out["stepwise_items"] = model.decode_items(top.indices[0].tolist())
         out["stepwise_max_abs_diff"] = float((top.values[0] - rec.scores[0]).abs().max())

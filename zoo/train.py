@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cli import check_outputs, written_whole
+from .cli import cannot, check_outputs, written_whole
 
 TRAIN_PRESETS = {
     "mamba4rec": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, clip=0.0),
@@ -107,7 +107,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
         with open(path) as f:
             text = f.read()
     except OSError as e:
-        raise ValueError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+        raise ValueError(cannot("--config", path, e, "read")) from None
     try:
         fields = json.loads(text)
     except json.JSONDecodeError as e:
@@ -142,15 +142,11 @@ def check_config_overrides(cfg_cls, overrides: dict, where: str = "--set") -> No
 
 
 def build_model(model_type: str, n_items: int, config_overrides: dict):
-    from .models import get_model_class
+    from .models import build_model_class, get_model_class
 
     cfg_cls, model_cls = get_model_class(model_type)
     check_config_overrides(cfg_cls, config_overrides)
-    try:
-        return model_cls(cfg_cls(n_items=n_items, **config_overrides))
-    except TypeError as e:                   # a value of the wrong type, e.g. --set num_layers=null
-        raise ValueError(f"{model_cls.__name__} cannot be built with these config values "
-                         f"({', '.join(f'{k}={v!r}' for k, v in config_overrides.items())}): {e}") from None
+    return build_model_class(cfg_cls, model_cls, dict(n_items=n_items, **config_overrides), config_overrides)
 
 
 def apply_config_overrides(model, overrides: dict, where: str = "--init-from"):

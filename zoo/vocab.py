@@ -24,6 +24,12 @@ _FORMAT = "zoo-item-vocab/1"
 _INT_TEXT = re.compile(r"-?[0-9]+")
 
 
+def is_int_text(s: str) -> bool:
+    """Whether ``s`` writes an integer in ASCII digits (``588``, ``-3``, ``007``); ``str.isdigit`` would also take
+    ``'³'`` or ``'٥٨٨'``, which ``int()`` then refuses or reads as another number."""
+    return _INT_TEXT.fullmatch(s) is not None
+
+
 def int_id_value(x):
     """``x`` itself, or its Python value for a numpy / torch scalar (``.item()``); anything else as is."""
     if isinstance(x, (str, bytes)) or not hasattr(x, "item"):
@@ -105,7 +111,7 @@ class ItemVocab:
     def _key(self, item):
         if self.id_type == "int":
             if isinstance(item, str):
-                if _INT_TEXT.fullmatch(item.strip()):                # ASCII digits only: '³' or '٥٨٨' are not ids
+                if is_int_text(item.strip()):                        # ASCII digits only: '³' or '٥٨٨' are not ids
                     return int(item)
             else:
                 x = int_id(item)
@@ -170,4 +176,4 @@ class ItemVocab:
         return cls.from_dict(d, source=str(path))
 
 
-__all__ = ["ItemVocab", "UnknownItemError", "VOCAB_FILE", "int_id"]
+__all__ = ["ItemVocab", "UnknownItemError", "VOCAB_FILE", "int_id", "is_int_text"]

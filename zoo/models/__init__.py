@@ -34,4 +34,14 @@ def get_model_class(model_type: str):
         raise ValueError(f"unknown model type {model_type!r}; the zoo has {sorted(MODELS)}") from None
 
 
-__all__ = ["MODELS", "MODEL_MODULES", "get_model_class"]
+def build_model_class(cfg_cls: type, model_cls: type, fields: dict, given: dict):
+    """``model_cls(cfg_cls(**fields))``; a field of the wrong type (e.g. ``--set num_layers=null``, which the config or
+    a layer refuses with ``TypeError``) is a ``ValueError`` listing the values the user ``given``."""
+    try:
+        return model_cls(cfg_cls(**fields))
+    except TypeError as e:
+        raise ValueError(f"{model_cls.__name__} cannot be built with these config values "
+                         f"({', '.join(f'{k}={v!r}' for k, v in given.items())}): {e}") from None
+
+
+__all__ = ["MODELS", "MODEL_MODULES", "build_model_class", "get_model_class"]

@@ -174,3 +174,47 @@ def test_compare_refuses_outputs_it_cannot_write_before_any_work(tmp_path, capsy
         err = capsys.readouterr()
         assert e.value.code == 2 and message in err.err and "paired bootstrap" not in err.out, (out, err)
     assert a.read_text() == before
+
+
+def test_paired_table_measures_the_pairs_and_rewrites_only_the_marked_table(tmp_path, capsys):
+    """``bench/paired_table.py`` evaluates each card with the data options its eval_results.json records, prints a - b
+    (= zoo.compare's B - A with the files swapped) and, with --update, replaces only the text between the markers;
+    a file without the markers is refused, before any evaluation, and left as it was; a cached ranks file of the card is re-used."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("paired_table", os.path.join(os.path.dirname(__file__), "..",
+                                                                                 "bench", "paired_table.py"))
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    items, data = _toy(tmp_path)
+    cards = tmp_path / "cards"
+    for name, seed in (("x-ml1m", 0), ("y-ml1m", 1)):
+        _lru(items, seed, cards / name)
+        (cards / name / "eval_results.json").write_text(json.dumps({"data_options": {"kcore": None}}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"head\n{paired.BEGIN}\nold table\n{paired.END}\ntail\n")
+    argv = ["--data", data, "--cards", str(cards), "--pairs", "recbole:x-ml1m:y-ml1m", "lrurec:y-ml1m:x-ml1m",
+            "--ranks-dir", str(tmp_path / "ranks"), "--bootstrap", "200"]
+    block = paired.main([*argv, "--update", str(readme)])
+    ref = compare_main([str(tmp_path / "ranks" / "y-ml1m.recbole.csv"), str(tmp_path / "ranks" / "x-ml1m.recbole.csv"),
+                        "--ks", "10", "--bootstrap", "200"])["metrics"]["HR@10"]
+    row = next(line for line in block.splitlines() if line.startswith("| x − y | RecBole"))
+    assert row.split(" | ")[2] == (f"{paired.signed(ref['diff'])} [{paired.signed(ref['ci_low'])}, "
+                                   f"{paired.signed(ref['ci_high'])}]")
+    assert "| y − x | LRURec |" in block and "over the 40 test users, 200 resamples" in block
+    text = readme.read_text()
+    assert text.startswith(f"head\n{paired.BEGIN}\n") and text.endswith(f"{paired.END}\ntail\n")
+    assert "old table" not in text and row in text
+    mtime = os.path.getmtime(tmp_path / "ranks" / "x-ml1m.lrurec.csv")
+    capsys.readouterr()
+    paired.main(argv)
+    assert "evaluated" not in capsys.readouterr().err
+    assert os.path.getmtime(tmp_path / "ranks" / "x-ml1m.lrurec.csv") == mtime
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    os.remove(tmp_path / "ranks" / "x-ml1m.lrurec.csv")
+    with pytest.raises(SystemExit, match="paired-table:begin"):
+        paired.main([*argv, "--update", str(plain)])
+    assert plain.read_text() == "no markers\n"
+    assert not (tmp_path / "ranks" / "x-ml1m.lrurec.csv").exists()      # refused before any evaluation

@@ -153,12 +153,11 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
     """
     import numpy as np
 
-    from export.runtime import OnnxStepSession, OnnxWindowSession, _resolve
+    from export.runtime import OnnxStepSession, OnnxWindowSession, _resolve, read_spec
 
     from .data.batching import pad_sequences
 
-    with open(_resolve(path)[1]) as f:
-        kind = json.load(f).get("kind")
+    kind = read_spec(_resolve(path)[1])["kind"]
     sess = (OnnxStepSession if kind == "step" else OnnxWindowSession)(path, threads=threads)
     ks = [int(k) for k in ks]
     _check_examples(examples, sess.n_items, sess.uses_timestamps, "graph", f"the {kind} graph")
@@ -259,7 +258,7 @@ def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zoo-evaluate", description="Full-ranking leave-one-out evaluation of a zoo model.")
+    p = argparse.ArgumentParser(prog="python -m zoo.evaluate", description="Full-ranking leave-one-out evaluation of a zoo model.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model folder or Hub id (loaded with transformers.AutoModel)")
     src.add_argument("--onnx", help="an export.onnx folder (model.onnx + state_spec.json + item_vocab.json): evaluate "

@@ -15,7 +15,10 @@ def full_logits_per_position(model, ids, mask, timestamps=None):
 
 
 def check_step_equivalence(model, lengths, chunk_plan="mixed", atol=1e-4, seed=0, timestamps=False):
-    """Assert that stepping each history through ``model.step`` reproduces the full forward at every position.
+    """Assert that stepping each history through ``model.step`` reproduces the full forward at every position:
+    each row alone (``B = 1``), then the rows at least as long as the median length together in one batched state
+    (``B >= 2`` with different histories, over the first ``min`` of their lengths), so that a state whose rows mix
+    or whose layers are packed in the wrong order cannot pass.
 
     Args:
         lengths: history lengths, one row each (batched forward with padding on the model's side).
@@ -40,27 +43,35 @@ def check_step_equivalence(model, lengths, chunk_plan="mixed", atol=1e-4, seed=0
         ids, mask = model.pad_batch(hist, max_length=L)
         ts = None
     full = full_logits_per_position(model, ids, mask, ts)                 # [B, L, V]
-    worst = 0.0
-    for r, n in enumerate(lengths):
-        offset = 0 if model.padding_side == "right" else L - n
-        state = model.init_state(1)
+    offsets = [0 if model.padding_side == "right" else L - n for n in lengths]
+
+    def chunks(n):
         pos = 0
         while pos < n:
-            if chunk_plan == "ones":
-                c = 1
-            elif chunk_plan == "all":
-                c = n
-            else:
-                c = rng.choice([1, 1, 2, 3, 7, 16, 64])
-            c = min(c, n - pos)
-            x = torch.tensor([hist[r][pos:pos + c]])
-            t = torch.tensor([ts_lists[r][pos:pos + c]], dtype=torch.float64) if timestamps else None
-            with torch.no_grad():
-                logits, state = model.step(x, state, timestamps=t, all_positions=True)   # [1, c, V]
-            ref = full[r, offset + pos: offset + pos + c]
-            diff = (logits[0] - ref).abs().max().item()
-            worst = max(worst, diff)
-            assert diff <= atol, (f"row {r} (len {n}) positions {pos}..{pos + c - 1}: step vs full forward "
-                                  f"max abs diff {diff:.3g} > {atol}")
+            c = {"ones": 1, "all": n}.get(chunk_plan) or rng.choice([1, 1, 2, 3, 7, 16, 64])
+            yield pos, min(c, n - pos)
             pos += c
+
+    worst = 0.0
+    med = sorted(lengths)[len(lengths) // 2]
+    batched = [r for r, n in enumerate(lengths) if n >= med] if len(lengths) > 1 else []
+    if len(batched) < 2:
+        batched = []
+    plans = [([r], lengths[r]) for r in range(len(lengths))]
+    if batched:
+        plans.append((batched, min(lengths[r] for r in batched)))
+    for rows, n in plans:
+        state = model.init_state(len(rows))
+        for pos, c in chunks(n):
+            x = torch.tensor([hist[r][pos:pos + c] for r in rows])
+            t = (torch.tensor([ts_lists[r][pos:pos + c] for r in rows], dtype=torch.float64) if timestamps
+                 else None)
+            with torch.no_grad():
+                logits, state = model.step(x, state, timestamps=t, all_positions=True)   # [len(rows), c, V]
+            for i, r in enumerate(rows):
+                ref = full[r, offsets[r] + pos: offsets[r] + pos + c]
+                diff = (logits[i] - ref).abs().max().item()
+                worst = max(worst, diff)
+                assert diff <= atol, (f"row {r} (len {lengths[r]}, stepped in a batch of {len(rows)}) positions "
+                                      f"{pos}..{pos + c - 1}: step vs full forward max abs diff {diff:.3g} > {atol}")
     return worst

@@ -132,9 +132,9 @@ def test_state_spec_and_bad_state():
     assert model.has_exact_step is False
     bad = {k: v.clone() for k, v in st.items()}
     bad["window_len"][0, 0] = 17
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"state\['window_len'\] must be in 0..16, got \[17, 0, 0\]"):
         model.step(torch.tensor([[1], [2], [3]]), bad)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"state\['window_\w+'\] has dtype torch.float32, expected torch.int64"):
         model.step(torch.tensor([[1], [2], [3]]), {k: v.float() for k, v in st.items()})
     with pytest.raises(ValueError, match="out of range"):  # the [MASK] id is not an item
         model.step(torch.tensor([[50], [2], [3]]), st)
@@ -346,17 +346,17 @@ def test_bad_inputs():
         model(torch.randint(1, 50, (2, 9)))
     with pytest.raises(ValueError, match="right"):
         model(torch.tensor([[0, 0, 3, 4]]), torch.tensor([[0, 0, 1, 1]]))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"input_ids must be an integer tensor \(int64\), got dtype torch.float32"):
         model(torch.tensor([[1.0, 2.0]]))
     with pytest.raises(ValueError, match="labels"):
         model(torch.tensor([[1, 2]]), labels=torch.tensor([[1, 2, 3]]))
     with pytest.raises(ValueError, match="out of range"):
         model(torch.tensor([[1, 2]]), labels=torch.tensor([[2, 50]]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"hidden_size \(10\) must be a positive multiple of num_heads \(3\)"):
         BERT4RecConfig(hidden_size=10, num_heads=3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"inference_mask must be one of .*got 'middle'"):
         BERT4RecConfig(inference_mask="middle")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"mask_ratio must be in \(0, 1\], got 0.0"):
         BERT4RecConfig(mask_ratio=0.0)
 
 
@@ -383,7 +383,8 @@ def test_save_load_roundtrip(tmp_path):
         assert torch.equal(model(ids, mask).logits, again(ids, mask).logits)
     for _, cls in MODELS.values():
         if cls is not BERT4RecModel:
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError, match=rf"holds a 'bert4rec' checkpoint; it cannot be loaded into "
+                                                 rf"{cls.__name__} "):
                 cls.from_pretrained(tmp_path)
 
 

@@ -112,14 +112,36 @@ def test_reader_errors(tmp_path):
         read_interactions(write(tmp_path / "c.tsv", "user_id\tfoo\n1\t2\n"), format="delimited")
     with pytest.raises(ValueError, match=r"line 3, column 'timestamp'.*not a number"):
         read_interactions(write(tmp_path / "d.tsv", "user_id\titem_id\ttimestamp\n1\t2\t3\n1\t3\tabc\n"))
-    with pytest.raises(ValueError, match=r"line 2, column 'timestamp'.*NaN"):
-        read_interactions(write(tmp_path / "e.tsv", "user_id\titem_id\ttimestamp\n1\t2\tnan\n"))
+    for bad in ("nan", "inf", "-inf"):
+        with pytest.raises(ValueError, match=rf"e.tsv, line 3, column 'timestamp': timestamp '{bad}' is not a finite "
+                                             r"number \(NaN/inf\)"):
+            read_interactions(write(tmp_path / "e.tsv", f"user_id\titem_id\ttimestamp\n1\t2\t3\n1\t2\t{bad}\n"))
     with pytest.raises(ValueError, match=r"line 3: expected 3 fields, found 2"):
         read_interactions(write(tmp_path / "f.tsv", "user_id\titem_id\ttimestamp\n1\t2\t3\n1\t2\n"))
     with pytest.raises(ValueError, match="empty file"):
         read_interactions(write(tmp_path / "g.tsv", "\n"))
     with pytest.raises(ValueError, match="f2.dat.*line 2"):
         read_interactions(write(tmp_path / "f2.dat", "1::2::3::4\n1::2::3\n"))
+    bad_gz = tmp_path / "h.inter.gz"
+    bad_gz.write_bytes(gzip.compress(ATOMIC.encode())[:-12])        # gzip magic, truncated stream
+    with pytest.raises(ValueError, match=r"h.inter.gz: corrupt gzip file"):
+        read_interactions(bad_gz)
+    (tmp_path / "dir.inter").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"dir.inter is a directory, expected an interaction file"):
+        read_interactions(tmp_path / "dir.inter")
+    with pytest.raises(ValueError, match=r"i.tsv: no interactions after the header"):
+        read_interactions(write(tmp_path / "i.tsv", "user_id\titem_id\ttimestamp\n\n"))
+    with pytest.raises(ValueError, match=r"j.seq: no sequences after the header"):
+        read_interactions(write(tmp_path / "j.seq", "user_id\titem_ids_chronological\n\n"))
+    with pytest.raises(ValueError, match=r"k.seq, line 3: expected 'user<TAB>item item \.\.\.', got 'lonely'"):
+        read_interactions(write(tmp_path / "k.seq", "user_id\titem_ids_chronological\n1\t1 2\nlonely\n"))
+
+
+def test_interactions_column_lengths_must_match():
+    with pytest.raises(ValueError, match=r"user, item and timestamp columns have different lengths \(2, 1, None\)"):
+        Interactions(np.array([1, 2]), np.array([5]))
+    with pytest.raises(ValueError, match=r"different lengths \(2, 2, 3\)"):
+        Interactions(np.array([1, 2]), np.array([5, 6]), np.array([1.0, 2.0, 3.0]))
 
 
 @pytest.mark.parametrize("name, text, line, found", [
@@ -189,7 +211,11 @@ def test_kcore_cascade():
     items = np.array([1, 2, 1, 2, 2, 3, 3])
     x = kcore_filter(Interactions(users, items), 2, 2)
     assert x.user.tolist() == [1, 1, 2, 2] and x.item.tolist() == [1, 2, 1, 2]
-    assert kcore_filter(Interactions(users, items), None, None) is not None
+    for k in (None, 0, 1):       # disabled (None / 0) and k=1 (every row has >= 1 interaction): rows unchanged
+        same = kcore_filter(Interactions(users, items), k, k)
+        assert same.user.tolist() == users.tolist() and same.item.tolist() == items.tolist()
+    one = kcore_filter(Interactions(users, items), 2, 1)     # item_k=1: u4 dropped, but no cascade to u3 via i3
+    assert one.user.tolist() == [1, 1, 2, 2, 3, 3] and one.item.tolist() == [1, 2, 1, 2, 2, 3]
     assert len(kcore_filter(Interactions(users, items), 3, 3)) == 0
 
 
@@ -294,6 +320,8 @@ def test_leave_one_out():
     assert sp.valid.users == [1, 2] and sp.test.users == [1, 2]            # user 3 (2 items) not evaluated
     assert [dec(h) for h in sp.valid.histories] == [[1, 2, 3], [6]]
     assert dec(sp.valid.targets) == [4, 7]
+    assert [t.tolist() for t in sp.valid.history_timestamps] == [[0.0, 1.0, 2.0], [5.0]]
+    assert sp.valid.target_timestamps.tolist() == [3.0, 6.0]
     assert [dec(h) for h in sp.test.histories] == [[1, 2, 3, 4], [6, 7]]
     assert dec(sp.test.targets) == [5, 8]
     assert sp.test.target_timestamps.tolist() == [4.0, 7.0]

@@ -499,8 +499,7 @@ def test_window_graph_other_models(tmp_path, model_type):
     guards a fixed bug: its [MASK]-append width came from the data and was traced into the graph as a constant."""
     from zoo.models import MODELS
 
-    if model_type not in MODELS:
-        pytest.skip(f"{model_type} is not in this checkout")
+    assert model_type in MODELS, f"{model_type} is missing from zoo.models.MODELS"
     cfg_cls, cls = MODELS[model_type]
     torch.manual_seed(0)
     # SSD models: chunk_size 4 < the window (the default 32 < ML-1M's 200) guards a fixed bug: the chunk count was
@@ -630,8 +629,7 @@ def test_fp16_cli_and_window_graph(saved_model, tmp_path, capsys):
 def test_fp16_refused_for_time_aware_models():
     from zoo.models import MODELS
 
-    if "tim4rec" not in MODELS:
-        pytest.skip("tim4rec is not in this checkout")
+    assert "tim4rec" in MODELS, "tim4rec is missing from zoo.models.MODELS"
     cfg_cls, cls = MODELS["tim4rec"]
     model = cls(cfg_cls(n_items=N_ITEMS, hidden_size=16, max_seq_length=20))
     assert model.uses_timestamps

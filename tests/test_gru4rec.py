@@ -59,11 +59,11 @@ def test_state_spec_and_bad_state():
     st = model.init_state(3)
     assert list(st) == ["gru_state"] and st["gru_state"].shape == (3, 2, 24)
     assert model.has_exact_step is True
-    with pytest.raises(ValueError):  # wrong shape
+    with pytest.raises(ValueError, match=r"state\['gru_state'\] has shape \[3, 1, 24\], expected \[3, 2, 24\]"):
         model.step(torch.tensor([[1], [2], [3]]), {"gru_state": torch.zeros(3, 1, 24)})
-    with pytest.raises(TypeError):  # wrong dtype
+    with pytest.raises(TypeError, match=r"state\['gru_state'\] has dtype torch.float64, expected torch.float32"):
         model.step(torch.tensor([[1], [2], [3]]), {"gru_state": torch.zeros(3, 2, 24, dtype=torch.float64)})
-    with pytest.raises(ValueError):  # missing tensor
+    with pytest.raises(ValueError, match=r"state has wrong tensors: missing \['gru_state'\]"):
         model.step(torch.tensor([[1], [2], [3]]), {})
     bad = torch.zeros(3, 2, 24)
     bad[1, 0, 0] = float("nan")
@@ -120,7 +120,7 @@ def test_padding_invariance_and_no_length_limit():
 
 def test_bad_inputs():
     model = small()
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"input_ids must be an integer tensor \(int64\), got dtype torch.float32"):
         model(torch.tensor([[1.0, 2.0]]))
     with pytest.raises(ValueError, match="out of range"):
         model(torch.tensor([[1, 50]]))
@@ -128,11 +128,11 @@ def test_bad_inputs():
         model(torch.tensor([[0, 0, 3, 4]]), torch.tensor([[0, 0, 1, 1]]))
     with pytest.raises(ValueError, match="empty"):
         model(torch.tensor([[0, 0]]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"labels must be \[batch\] or \[batch, seq_len\] = \[1, 2\], got \[1, 3\]"):
         model(torch.tensor([[1, 2]]), labels=torch.tensor([[1, 2, 3]]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"dropout_prob must be in \[0, 1\), got 1.5"):
         GRU4RecConfig(dropout_prob=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"num_layers must be >= 1, got 0"):
         GRU4RecConfig(num_layers=0)
 
 
@@ -161,7 +161,8 @@ def test_save_load_roundtrip(tmp_path):
         assert torch.equal(model(ids, mask).logits, again(ids, mask).logits)
     for _, cls in MODELS.values():
         if cls is not GRU4RecModel:
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError, match=rf"holds a 'gru4rec' checkpoint; it cannot be loaded into "
+                                                 rf"{cls.__name__} "):
                 cls.from_pretrained(tmp_path)
 
 

@@ -1,5 +1,7 @@
 """Reference ops vs naive loops, on fresh random inputs (fp32 unless stated)."""
 
+import os
+
 import pytest
 import torch
 
@@ -61,9 +63,19 @@ def test_state_update_matches_scan_one_step():
     assert torch.allclose(y, out[..., 0], atol=1e-6) and torch.allclose(st, last, atol=1e-6)
 
 
-def test_dispatch_matches_reference_on_cpu():
+def test_dispatch_matches_reference_on_cpu(monkeypatch):
+    """CPU float32 goes through the fused C++ kernel (else this compared the reference with itself)."""
+    if os.environ.get("ZOO_CPU_KERNEL", "1") == "0":
+        pytest.skip("ZOO_CPU_KERNEL=0 forces the reference: the dispatch has no kernel to compare")
+    from zoo.ops import selective_scan_cpu
+    assert selective_scan_cpu.is_available(), \
+        f"selective_scan_cpu extension did not build: {selective_scan_cpu.unavailable_reason()}"
+    calls = []
+    kernel = selective_scan_cpu.selective_scan_cpu
+    monkeypatch.setattr(selective_scan_cpu, "selective_scan_cpu", lambda *a, **k: calls.append(1) or kernel(*a, **k))
     kw = _inputs(L=50)
     a = selective_scan_fn(**kw, delta_softplus=True)
+    assert len(calls) == 1, "selective_scan_fn did not dispatch to the C++ kernel on CPU float32"
     b = selective_scan_ref(**kw, delta_softplus=True)
     assert (a - b).abs().max() <= 1e-4
 
@@ -84,7 +96,9 @@ def test_causal_conv_state_continuation(L):
     assert torch.allclose(torch.cat([head, tail], -1), full, atol=1e-6)
     one, st3 = causal_conv1d_update_ref(x[..., 3], st, w, bias, "silu")
     assert torch.allclose(one, full[..., 3], atol=1e-6)
-    assert torch.equal(st2, x[..., -3:]) if x.shape[-1] >= 3 else True
+    assert torch.equal(st, x[..., :3])                            # state = last width-1 = 3 inputs
+    assert torch.equal(st2, x[..., -3:])                           # x has 3 + L >= 4 steps
+    assert torch.equal(st3, x[..., 1:4])                           # one step on: window shifted by one
 
 
 @pytest.mark.gpu

@@ -4,6 +4,7 @@ import json
 import os
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -236,7 +237,6 @@ def test_command_line_ids_are_taken_as_written(tmp_path):
 def test_recommend_refuses_bad_arguments_by_name(tmp_path):
     model, _ = _model(tmp_path, embedding_size=16, hidden_size=16)
     h = [ITEMS[:3]]
-    np = pytest.importorskip("numpy")
     assert model.recommend(h, k=np.int64(3)).items == model.recommend(h, k=3).items
     assert model.recommend(h, k=3, batch_size=np.int32(1)).items == model.recommend(h, k=3).items
     for kw, message in [({"k": True}, "k must be an int 1..30, got True"), ({"k": 3.0}, "k must be an int"),

@@ -98,9 +98,9 @@ def test_state_spec_and_bad_state():
     assert model.has_exact_step is False
     bad = {k: v.clone() for k, v in st.items()}
     bad["window_len"][0, 0] = 17
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"state\['window_len'\] must be in 0..16, got \[17, 0, 0\]"):
         model.step(torch.tensor([[1], [2], [3]]), bad)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"state\['window_\w+'\] has dtype torch.float32, expected torch.int64"):
         model.step(torch.tensor([[1], [2], [3]]), {k: v.float() for k, v in st.items()})
 
 
@@ -212,9 +212,9 @@ def test_default_parameter_count():
 
 
 def test_bad_config():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"hidden_size \(10\) must be a positive multiple of num_heads \(3\)"):
         SASRecConfig(hidden_size=10, num_heads=3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"hidden_act must be one of \[.*'gelu'.*\], got 'nope'"):
         SASRecConfig(hidden_act="nope")
 
 
@@ -261,7 +261,7 @@ def test_load_into_wrong_class_raises(tmp_path):
     for _, cls in MODELS.values():
         if cls is SASRecModel:
             continue
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=rf"holds a 'sasrec' checkpoint; it cannot be loaded into {cls.__name__} "):
             cls.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="cannot be loaded"):
         _OtherModel.from_pretrained(tmp_path)

@@ -46,8 +46,8 @@ float64 I/O (TiM4Rec's ``timestamps``, TiM4Rec-causal's ``timestamps`` and ``las
 ``TYPE_FP64``: float32 cannot hold Unix seconds.
 
 Every ``config.pbtxt`` is parsed with Triton's own schema (``tritonclient.grpc.model_config_pb2``) and checked
-against the graph's I/O (names, dtypes, state dims, initial states) before it is written; a config that does not
-validate is never written.
+against the graph's I/O (names, dtypes -- the sequence batcher's control inputs' too --, state dims, initial
+states) before it is written; a config that does not validate is never written.
 """
 
 from __future__ import annotations
@@ -196,12 +196,30 @@ def validate_config(text: str, spec: dict | None = None):
             for n, e in ((s.input_name, g_in[s.input_name]), (s.output_name, g_out[s.output_name])):
                 if _DT.get(e["dtype"]) != dt_name(s.data_type):
                     raise TritonConfigError(f"state {n!r} has {dt_name(s.data_type)}, graph has {e['dtype']}")
+        for ci in (seq.control_input if seq is not None else []):       # START/READY/CORRID the graph declares
+            if ci.name in g_in:
+                dts = {_control_dtype(mc, c) for c in ci.control}
+                if dts != {_DT.get(g_in[ci.name]["dtype"])}:
+                    raise TritonConfigError(f"control input {ci.name!r} has {', '.join(sorted(map(str, dts)))}, "
+                                            f"graph has {g_in[ci.name]['dtype']}")
         for ios, graph_io, what in ((cfg.input, g_in, "input"), (cfg.output, g_out, "output")):
             for i in ios:
                 if i.name in graph_io and _DT.get(graph_io[i.name]["dtype"]) != dt_name(i.data_type):
                     raise TritonConfigError(f"{what} {i.name!r} has {dt_name(i.data_type)}, graph has "
                                             f"{graph_io[i.name]['dtype']}")
     return cfg
+
+
+def _control_dtype(mc, c) -> str:
+    """The Triton type of the tensor a sequence-batcher control fills: ``data_type`` for CORRID, else the type of
+    its ``*_false_true`` values (``int32_false_true`` -> TYPE_INT32, ...)."""
+    if c.kind == mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID:
+        return mc.DataType.Name(c.data_type)
+    if c.fp32_false_true:
+        return "TYPE_FP32"
+    if c.bool_false_true:
+        return "TYPE_BOOL"
+    return "TYPE_INT32"
 
 
 # ================================================================================================ config text

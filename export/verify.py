@@ -393,9 +393,9 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
     out, ref = pair.step(hist[:, :topk_prime], None if ts is None else ts[:, :topk_prime])
     out, ref = pair.step(hist[:, topk_prime:], None if ts is None else ts[:, topk_prime:])
     a, r = _errs(out["scores"], ref)
-    agree = _agreement(out["topk_ids"], ref, k)
-    cases.append(CaseResult("random/topk", a, r, agree, topk_cases, pair.state_err(),
-                            f"B={topk_cases} random states (prime {topk_prime}) + 1 step" + _gaps_note(pair)))
+    rows = _rows_agree(out["topk_ids"], ref, k)                # one entry per row actually compared
+    cases.append(CaseResult("random/topk", a, r, float(rows.mean()), int(rows.size), pair.state_err(),
+                            f"B={int(rows.size)} random states (prime {topk_prime}) + 1 step" + _gaps_note(pair)))
     say(f"  random/topk done [{time.perf_counter() - t0:.1f} s]")
 
     if real_histories:

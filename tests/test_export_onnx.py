@@ -493,6 +493,22 @@ def test_item_vocab_travels_with_the_graph(tmp_path):
         sess.encode([["nope"]])
 
 
+def test_string_vocabulary_takes_int_ids_as_their_text(tmp_path):
+    """A string vocabulary whose ids are digits ('7', '007'): an int id is its text (7 -> '7', never '007'), in the
+    graph's runtime as in zoo.vocab; '007' stays its own item."""
+    from zoo.vocab import ItemVocab
+
+    model = make_model("lrurec")
+    names = [str(i) for i in range(1, N_ITEMS - 1)] + ["007"]
+    model.set_item_vocab(ItemVocab(names))
+    E.export_model(model, tmp_path, topk=3, verify=False)
+    sess = OnnxStepSession(tmp_path)
+    assert sess.encode([[7, "8"]]) == sess.encode([["7", "8"]]) == [[7, 8]]
+    assert sess.encode([[7, "007", np.int64(8)]]) == [[7, N_ITEMS - 1, 8]] == [model.item_vocab.encode([7, "007", 8])]
+    with pytest.raises(KeyError, match="unknown item id 59"):
+        sess.encode([[59]])
+
+
 @pytest.mark.parametrize("model_type", ["ssd4rec", "tim4rec", "bert4rec", "tim4rec_causal"])
 def test_window_graph_other_models(tmp_path, model_type):
     """Window graphs for the other models without an exact step (timestamps input for time-aware ones). BERT4Rec
@@ -1163,6 +1179,83 @@ def test_topk_agreement_tolerates_only_near_tie_swaps():
     assert V._rows_agree(np.array([[3, 2, 5]]), ref, 3).tolist() == [False]                 # wrong third item
     assert V._rows_agree(np.array([[3, 2, 0]]), ref, 3).tolist() == [False]                 # padding never agrees
     assert V._agreement(np.array([[2, 3, 1], [3, 1, 2]]), np.repeat(ref, 2, 0), 3) == 0.5
+
+
+@pytest.fixture(scope="module")
+def unverified(tmp_path_factory):
+    """(model, ExportResult) of a mamba4rec-1l step graph with the scores output, exported without verification."""
+    model = make_model("mamba4rec-1l")
+    return model, E.export_model(model, tmp_path_factory.mktemp("unverified"), topk=10, with_scores=True, verify=False)
+
+
+class _Tampered:
+    """ONNX Runtime on the exported graph whose outputs ``change(outputs)`` alters (a dict name -> array, changed in
+    place) before verification sees them; ``fed`` records the rows of every call."""
+
+    def __init__(self, graph, change=None):
+        self.sess, self.change, self.fed = V.ort_session(V._with_scores_output(graph)), change, []
+
+    def run(self, names, feeds):
+        self.fed.append(len(feeds["item_ids"]))
+        out = dict(zip(names, self.sess.run(names, feeds), strict=True))
+        if self.change is not None:
+            self.change(out)
+        return [out[n] for n in names]
+
+
+VERIFY_FAST = dict(prime_len=8, n_steps=6, topk_cases=40)
+
+
+def test_verification_fails_on_a_wrong_topk_order_alone(unverified):
+    """A graph whose top-k lists put the 2nd item first (scores untouched) fails on the top-k agreement criterion,
+    named in the reason; the untampered graph passes the same verification."""
+    model, res = unverified
+    assert V.verify_export(model, res.graph_path, res.spec, runner=_Tampered(res.graph_path), **VERIFY_FAST).ok
+
+    def swap(out):
+        out["topk_ids"][:, [0, 1]] = out["topk_ids"][:, [1, 0]]
+
+    rep = V.verify_export(model, res.graph_path, res.spec, runner=_Tampered(res.graph_path, swap), **VERIFY_FAST)
+    assert not rep.ok and "top-k agreement" in rep.worst_message(), rep.table()
+    for c in rep.cases:
+        assert not c.ok and c.reason.startswith("top-k agreement") and "score error" not in c.reason, rep.table()
+
+
+def test_verification_measures_the_score_error_of_every_row(unverified):
+    """Scores off by 1e-3 (10x SCORE_ATOL) in the last batch row only fail verification with the score error (an
+    error measured on row 0 alone passed it); the top-k lists are right, so the reason is the score error alone."""
+    model, res = unverified
+
+    def shift_last_row(out):
+        out["scores"][-1, 1:] += np.float32(1e-3)
+
+    rep = V.verify_export(model, res.graph_path, res.spec, runner=_Tampered(res.graph_path, shift_last_row),
+                          **VERIFY_FAST)
+    assert not rep.ok, rep.table()
+    for c in rep.cases:
+        assert not c.ok and re.fullmatch(r"score error \S+ > 0\.0001", c.reason), rep.table()
+        assert c.max_abs_err == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_topk_case_reports_the_rows_it_compared(unverified):
+    """random/topk reports the number of rows whose top-k was compared (the rows fed through the runner in its one
+    batch), as a Python int (a numpy count requested through the API was reported as given and broke the report's
+    JSON), and not the number of agreeing rows: one disagreeing row of 40 is 97.5% of 40 cases."""
+    model, res = unverified
+    n = VERIFY_FAST["topk_cases"]
+
+    def swap_row0(out):
+        if len(out["topk_ids"]) == n:
+            out["topk_ids"][0, [0, 1]] = out["topk_ids"][0, [1, 0]]
+
+    runner = _Tampered(res.graph_path, swap_row0)
+    rep = V.verify_export(model, res.graph_path, res.spec, runner=runner, **dict(VERIFY_FAST, topk_cases=np.int64(n)))
+    topk = {c.name: c for c in rep.cases}["random/topk"]
+    assert runner.fed[-2:] == [n, n]                                      # priming call + the compared step
+    assert topk.topk_cases == runner.fed[-1] and type(topk.topk_cases) is int, rep.table()
+    assert topk.topk_agreement == pytest.approx(1 - 1 / n) and not topk.ok
+    assert f"B={n} " in topk.detail
+    assert json.loads(json.dumps(rep.to_dict()))["topk_cases"] == 4 * (1 + VERIFY_FAST["n_steps"]) + n   # B=4 rows
 
 
 # ------------------------------------------------------------------------------------------- --exclude-seen

@@ -197,8 +197,8 @@ def test_step_refuses_non_finite_state():
 
 def test_loading_refuses_bad_weights_and_names_a_missing_file_or_unknown_type(tmp_path):
     """NaN or integer weight tensors are refused naming the tensor and the file (they loaded silently: NaN scores, or
-    ints cast to float); a missing model.safetensors is said to be missing (not 'corrupt'); an unknown model_type is
-    one line naming it and the zoo's types."""
+    ints cast to float), a missing or unexpected tensor too; a missing model.safetensors is said to be missing (not
+    'corrupt'); an unknown model_type is one line naming it and the zoo's types."""
     from safetensors.torch import load_file, save_file
 
     from zoo.modeling_utils import SeqRecPreTrainedModel
@@ -215,6 +215,21 @@ def test_loading_refuses_bad_weights_and_names_a_missing_file_or_unknown_type(tm
         save_file(w, f, metadata={"format": "pt"})
         for load in (AutoModel.from_pretrained, SeqRecPreTrainedModel.from_pretrained):
             with pytest.raises(ValueError, match=rf"weight 'item_embedding.weight' in .*{what}.model.safetensors {message}"):
+                load(tmp_path / what)
+    # a weight file that lacks a tensor, or holds one the model does not have, is refused naming it (a missing one
+    # was left at its random init)
+    for what, change, message in [
+        ("missing", lambda w: w.pop("item_embedding.weight"), r"missing keys: \['item_embedding.weight'\]"),
+        ("extra", lambda w: w.update(extra_head=torch.ones(3)), r"unexpected keys: \['extra_head'\]"),
+    ]:
+        model.save_pretrained(tmp_path / what)
+        f = tmp_path / what / "model.safetensors"
+        w = load_file(f)
+        change(w)
+        save_file(w, f, metadata={"format": "pt"})
+        for load in (AutoModel.from_pretrained, SeqRecPreTrainedModel.from_pretrained):
+            with pytest.raises(ValueError, match=rf"weights in .*{what} do not match Mamba4RecModel\(mamba4rec\): "
+                                                 rf"{message}$"):
                 load(tmp_path / what)
     model.save_pretrained(tmp_path / "gone")
     (tmp_path / "gone" / "model.safetensors").unlink()

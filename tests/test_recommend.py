@@ -212,6 +212,45 @@ def test_exclude_seen_masks_the_whole_history_and_never_returns_a_masked_item(tm
             main(["--model", path, *argv, "--k", "21", "--exclude-seen", "--stepwise"])
 
 
+def test_exclude_seen_over_several_batches_masks_each_rows_own_history(tmp_path):
+    """exclude_seen with histories spread over several forward passes (batch_size 2 of 7 rows) masks each row's own
+    history -- the same lists as one pass, and no row gets one of its own items back."""
+    model, _ = _model(tmp_path, embedding_size=16, hidden_size=16)
+    rng = random.Random(3)
+    hs = [rng.sample(ITEMS, rng.randint(2, 12)) for _ in range(7)]
+    one = model.recommend(hs, k=10, exclude_seen=True)
+    batched = model.recommend(hs, k=10, exclude_seen=True, batch_size=2)
+    assert batched.items == one.items and torch.allclose(batched.scores, one.scores, atol=1e-6)
+    for h, items in zip(hs, batched.items, strict=True):
+        assert len(items) == 10 and not set(items) & set(h), (h, items)
+
+
+def test_unknown_items_drop_keeps_the_timestamps_of_the_kept_items(tmp_path, monkeypatch):
+    """A time-aware model with --unknown-items drop (--history/--timestamps and --data/--user): an unknown item leaves
+    the history together with its timestamp, so the model gets the kept items with their own timestamps and the
+    result is theirs (a tiny random model barely reads time, so the timestamps it is given are checked too)."""
+    model, path = _model(tmp_path, "tim4rec_causal", hidden_size=16)
+    hist, ts = [ITEMS[3], 5, ITEMS[7], ITEMS[1], 6], [100.0, 200.0, 5_000.0, 90_000.0, 90_100.0]    # 5, 6 unknown
+    kept, kept_ts = [ITEMS[3], ITEMS[7], ITEMS[1]], [100.0, 5_000.0, 90_000.0]
+    want = model.recommend([kept], k=5, timestamps=[kept_ts])
+    calls, real = [], type(model).recommend
+
+    def spy(self, histories, *a, **kw):
+        calls.append((list(histories[0]), list(kw["timestamps"][0])))
+        return real(self, histories, *a, **kw)
+
+    monkeypatch.setattr(type(model), "recommend", spy)
+    (tmp_path / "d.tsv").write_text("user_id\titem_id\ttimestamp\n" + "".join(
+        f"a\t{x}\t{t:.0f}\n" for x, t in zip(hist, ts, strict=True)))
+    for argv in (["--history", *map(str, hist), "--timestamps", *map(str, ts)],
+                 ["--data", str(tmp_path / "d.tsv"), "--user", "a"]):
+        calls.clear()
+        out = main(["--model", path, *argv, "--k", "5", "--unknown-items", "drop"])
+        assert calls == [(kept, kept_ts)], argv
+        assert out["history_tail"] == kept and out["items"] == want.items[0], argv
+        assert out["scores"] == pytest.approx(want.scores[0].tolist(), abs=1e-4)
+
+
 def test_command_line_ids_are_taken_as_written(tmp_path):
     """A string-id model/data keeps '007' as '007' (not the int 7, nor the item '7'); only ASCII digits make an int,
     so '³' or Arabic-Indic digits are one-line errors, not a traceback or a silently different item."""

@@ -506,11 +506,14 @@ def test_time_aware_model_needs_non_negative_timestamps(tmp_path, capsys):
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("model_type, extra", [
     ("sasrec", ["--set", *TINY["sasrec"], "--lr-schedule", "linear", "--eval-every", "2"]),
-    ("bert4rec", ["--set", "hidden_size=16", "inner_size=32", "--optimizer", "adamw", "--weight-decay", "0.01"])])
+    ("bert4rec", ["--set", "hidden_size=16", "inner_size=32", "--optimizer", "adamw", "--weight-decay", "0.01"]),
+    # lr 0: no validation gain after epoch 1, so patience 2 stops the run after epoch 3 (one bad epoch before the cut)
+    ("gru4rec", ["--set", *TINY["gru4rec"], "--lr", "0", "--patience", "2"])])
 def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, model_type, extra):
     """A run interrupted after epoch 2 of 5 and resumed with --resume ends with the same weights, losses, validation
     numbers and test metrics as the same run left alone: weights, optimizer moments, learning-rate position,
-    shuffling, dropout and (BERT4Rec) masking draws all continue where they stopped."""
+    shuffling, dropout and (BERT4Rec) masking draws all continue where they stopped, and so does the early-stopping
+    count (a resumed run that restarted it stopped a validation later)."""
     from safetensors.torch import load_file
 
     import zoo.train_state
@@ -520,6 +523,8 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, model_type, ext
             "--epochs", "5", "--batch-size", "8", "--patience", "10", "--device", "cpu", *extra]   # deterministic
     whole = train_main(args + ["--out", str(tmp_path / "whole")])
     assert not (tmp_path / "whole" / "resume").exists()                 # finished: nothing left to resume
+    if "--patience" in extra:
+        assert whole["stopped"].startswith("early stopping") and len(whole["epochs"]) == 3, whole["stopped"]
 
     real_save, calls = zoo.train_state.save, []
 
@@ -539,6 +544,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, model_type, ext
     assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in whole["epochs"]]
     assert [e.get("valid_NDCG@10") for e in resumed["epochs"]] == [e.get("valid_NDCG@10") for e in whole["epochs"]]
     assert resumed["test"] == whole["test"] and resumed["best_epoch"] == whole["best_epoch"]
+    assert resumed["stopped"] == whole["stopped"] and len(resumed["epochs"]) == len(whole["epochs"])
     assert resumed["resumed"][0]["after_epoch"] == 2
     a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

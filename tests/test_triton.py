@@ -164,6 +164,12 @@ def test_step_repository_validates(mamba_export, tmp_path, backend, state):
     assert seq.max_sequence_idle_microseconds == 42_000_000
     kinds = {ci.name: mc.ModelSequenceBatching.Control.Kind.Name(ci.control[0].kind) for ci in seq.control_input}
     assert [i.name for i in cfg.input] == ["item_ids"] and list(cfg.input[0].dims) == [-1]
+    # control dtypes: CORRID is the implicit graph's int64 input (uint64, Triton's correlation id, for the python
+    # model, which reads it itself); START/READY/END are int32 0/1 flags
+    corrid = next(ci.control[0] for ci in seq.control_input if ci.name == "CORRID")
+    assert mc.DataType.Name(corrid.data_type) == ("TYPE_UINT64" if backend == "python" else "TYPE_INT64")
+    assert all(list(ci.control[0].int32_false_true) == [0, 1] and not ci.control[0].fp32_false_true
+               for ci in seq.control_input if ci.name != "CORRID")
     if backend == "python":
         assert kinds == {"START": "CONTROL_SEQUENCE_START", "END": "CONTROL_SEQUENCE_END",
                          "CORRID": "CONTROL_SEQUENCE_CORRID"}
@@ -190,6 +196,9 @@ def test_step_repository_validates(mamba_export, tmp_path, backend, state):
     else:
         g = onnx.load(str(mdir / "1" / "model.onnx"))
         assert [i.name for i in g.graph.input][-3:] == ["START", "READY", "CORRID"]
+    g = onnx.load(str(mdir / ("onnx/model_implicit.onnx" if backend == "tensorrt" else "1/model.onnx")))
+    assert [(i.name, i.type.tensor_type.elem_type) for i in g.graph.input][-3:] == [
+        ("START", onnx.TensorProto.INT32), ("READY", onnx.TensorProto.INT32), ("CORRID", onnx.TensorProto.INT64)]
 
 
 def test_lru_and_window_repositories_validate(lru_export, tmp_path):
@@ -210,6 +219,8 @@ def test_lru_and_window_repositories_validate(lru_export, tmp_path):
 
 
 def test_invalid_configs_are_rejected(mamba_export):
+    """Configs Triton's schema or the graph's I/O refuse: each error names the problem (a control input whose dtype
+    is not the graph's, e.g. a uint64 CORRID for the implicit graph's int64 input, was passed)."""
     spec = json.loads((mamba_export / "state_spec.json").read_text())
     good = T.make_config(spec, "m", "onnxruntime", "implicit")
     T.validate_config(good, T.implicit_spec(spec))
@@ -221,6 +232,15 @@ def test_invalid_configs_are_rejected(mamba_export):
         T.validate_config(good.replace('input_name: "ssm_state"', 'input_name: "ssm_statex"'), T.implicit_spec(spec))
     with pytest.raises(T.TritonConfigError, match="dims"):
         T.validate_config(good.replace("dims: [ 2, 32, 8 ]", "dims: [ 2, 32, 9 ]"), T.implicit_spec(spec))
+    # the control inputs are graph inputs of the implicit graph: a dtype Triton would fill differently is refused
+    assert "CONTROL_SEQUENCE_CORRID data_type: TYPE_INT64" in good
+    with pytest.raises(T.TritonConfigError, match=r"^control input 'CORRID' has TYPE_UINT64, graph has int64$"):
+        T.validate_config(good.replace("CORRID data_type: TYPE_INT64", "CORRID data_type: TYPE_UINT64"),
+                          T.implicit_spec(spec))
+    with pytest.raises(T.TritonConfigError, match=r"^control input 'START' has TYPE_FP32, graph has int32$"):
+        T.validate_config(good.replace("SEQUENCE_START int32_false_true", "SEQUENCE_START fp32_false_true"),
+                          T.implicit_spec(spec))
+    T.validate_config(good.replace("CORRID data_type: TYPE_INT64", "CORRID data_type: TYPE_UINT64"))  # no graph
 
 
 def test_cli_exports_a_model_folder(mamba, tmp_path):

@@ -67,3 +67,14 @@ def test_only_integer_ids_for_an_int_vocabulary():
         with pytest.raises(TypeError, match="is not an int id"):
             v.encode([bad])
         assert bad not in v
+
+
+def test_int_ids_against_a_string_vocabulary_are_their_text():
+    """A string vocabulary of digit ids ('7', '007'): an int id is looked up as its text, so 7 is '7' and '007' stays
+    its own item (an int not turned into text was an unknown id)."""
+    import numpy as np
+    v = ItemVocab(["7", "007"])
+    assert v.id_type == "str" and v.encode([7, "007", np.int64(7)]) == [1, 2, 1]
+    assert 7 in v and 8 not in v
+    with pytest.raises(UnknownItemError, match="unknown item id 8"):
+        v.encode([8])

@@ -408,3 +408,14 @@ def test_default_parameter_count():
     assert n == hand == 339_353
     assert model.item_embedding.weight.shape == (3418, 64) and model.output_bias.shape == (3417,)
     assert torch.equal(model.output_bias, torch.zeros(3417))
+
+
+def test_training_mask_keeps_the_rightmost_capped_slots():
+    """When more positions are masked than the cap allows, the targets are the rightmost capped masked slots (as
+    RecBole, whose training windows end at the newest items); the leftmost ones would pass every other test."""
+    cap_model = small(max_seq_length=10, mask_ratio=0.2, ft_ratio=0.0)
+    long_seq = torch.arange(1, 11)[None].repeat(200, 1)
+    inp, target, _ = cap_model.mask_items(long_seq, torch.ones_like(long_seq, dtype=torch.bool))
+    masked = inp == 50
+    from_right = masked.long().flip(1).cumsum(1).flip(1)
+    assert torch.equal(target > 0, masked & (from_right <= 2))

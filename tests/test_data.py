@@ -469,3 +469,21 @@ def test_ml1m_time_ties_item_reproduces_the_5core_order(shared_data):
     assert len(got["item"]) == 2999 and all(got["item"][u] == want[u] for u in got["item"])
     assert sum(got["file"][u][-1] != want[u][-1] for u in got["file"]) == 807
     assert sum(got["file"][u][-2] != want[u][-2] for u in got["file"]) == 1126
+
+
+def test_bucketing_groups_similar_lengths_and_drop_last_drops():
+    """Length bucketing makes each batch's lengths much closer than random batching (else the padding it exists to
+    save comes back silently); drop_last leaves only full batches."""
+    from zoo.data.batching import training_windows
+
+    rng = np.random.default_rng(0)
+    w = training_windows([np.arange(1, n + 2) for n in rng.integers(1, 40, 400)], max_len=50)
+
+    def spread(batches):
+        return np.mean([b["attention_mask"].sum(1).max().item() - b["attention_mask"].sum(1).min().item()
+                        for b in batches])
+
+    bucketed = spread(list(iterate_batches(w, 8, "right", seed=0, bucket_by_length=True)))
+    assert bucketed < 0.25 * spread(list(iterate_batches(w, 8, "right", seed=0)))
+    sizes = [len(b["labels"]) for b in iterate_batches(w, 7, "right", seed=0, drop_last=True)]
+    assert set(sizes) == {7} and len(sizes) == len(w) // 7

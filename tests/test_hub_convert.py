@@ -678,3 +678,40 @@ def test_card_refuses_a_notes_folder_and_an_out_file_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match="card not written: --out .*afile is a file, not a folder"):
         hub.main(base + ["--out", str(tmp_path / "afile")])
     assert sorted(os.listdir(tmp_path)) == ["afile", "run"] and (tmp_path / "afile").read_text() == "keep"
+
+
+def test_other_org_is_not_served_the_bundled_copy(bundled, monkeypatch):
+    """Offline, only our org's ids (and the documented placeholder orgs) resolve to the bundled copy: another
+    org's model of the same name is not ours, and is an error, not our weights."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="not reachable"):
+        Mamba4RecModel.from_pretrained("someone-else/tiny-mamba4rec")
+
+
+def test_reseeding_refreshes_a_stale_bundled_snapshot(bundled, monkeypatch, tmp_path):
+    """A re-carded bundled folder replaces the snapshot seeded from the old one: offline loads then serve the new
+    weights, never the stale cached ones."""
+    torch.manual_seed(1)
+    new = Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=16, d_state=4)).eval()
+    new.set_item_vocab(zoo.ItemVocab(list(range(100, 129))))
+    new.save_pretrained(tmp_path / "bundle" / "tiny-mamba4rec")
+    assert f"{hub.HUB_ORG}/tiny-mamba4rec" in seed_hf_cache()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    m = AutoModel.from_pretrained(f"{hub.HUB_ORG}/tiny-mamba4rec").eval()
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(m(ids).logits, new(ids).logits)
+
+
+def test_model_index_carries_the_metrics(tmp_path):
+    """The card's model-index holds the measured metrics as they are (no rescaling, no renaming)."""
+    import json
+
+    import yaml
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "sasrec", "n_items": 3417}))
+    metrics = {"HR@10": 0.25, "NDCG@10": 0.13, "HR@20": 0.35, "NDCG@20": 0.16}
+    protocol = {"name": "RecBole protocol", "history_masked": False, "command": "x"}
+    card = Path(hub.make_card(tmp_path, "s", metrics, protocol, {"name": "ML", "type": "ml-1m", "users": 1},
+                              {"epochs": [{}]})).read_text()
+    index = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"][0]["metrics"]
+    assert {m["name"]: m["value"] for m in index} == metrics

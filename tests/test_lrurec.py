@@ -386,3 +386,9 @@ def test_step_refuses_non_finite_state():
         st[name][1, 0, 3] = float("nan") if name.endswith("re") else float("-inf")
         with pytest.raises(ValueError, match=rf"state\['{name}'\] holds NaN or infinite values"):
             model.step(torch.tensor([[1], [2]]), st)
+
+
+def test_config_refuses_a_ring_with_r_min_above_r_max():
+    """The ring init of the eigenvalues needs 0 < r_min <= r_max < 1; reversed bounds are an error naming them."""
+    with pytest.raises(ValueError, match="r_min <= r_max"):
+        LRURecConfig(r_min=0.95, r_max=0.9)

@@ -625,3 +625,20 @@ def test_resume_from_a_damaged_state_is_refused_naming_it(tmp_path, capsys):
         with refused(capsys, what):
             train_main(args + ["--out", str(tmp_path / name), "--resume", "--max-minutes", "5"])
         assert (tmp_path / name / "train_log.json").read_text() == before
+
+
+def test_train_applies_target_weighting(tmp_path, monkeypatch):
+    """--loss-weighting target reaches the training loop: the per-batch loss scale varies with the batch's targets
+    and averages about 1 (a loop that ignored the flag would scale every batch by 1)."""
+    import numpy as np
+
+    import zoo.train as T
+
+    real, scales = T.loss_scale, []
+    monkeypatch.setattr(T, "loss_scale", lambda *a: scales.append(real(*a)) or scales[-1])
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "m.tsv", n_users=80, length=(30, 60))
+    T.main(["--data", str(data), "--epochs", "1", "--max-len", "12", "--batch-size", "16", "--kcore", "0",
+            "--no-progress", "--model", "sasrec", "--out", str(tmp_path / "s"), "--window-stride", "4",
+            "--loss-weighting", "target", "--set", *TINY["sasrec"]])
+    assert len(set(scales)) > 1 and abs(np.mean(scales) - 1) < 0.2, scales

@@ -31,7 +31,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zoo.cli import written_whole  # noqa: E402
+from zoo.cli import cannot, written_whole  # noqa: E402
 from zoo.compare import compare, read_ranks  # noqa: E402
 from zoo.evaluate import main as evaluate_main  # noqa: E402
 from zoo.hub import data_flags, run_data_options  # noqa: E402
@@ -123,7 +123,7 @@ def marked(path: str) -> tuple[str, str]:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"error: --update {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        raise SystemExit(f"error: {cannot('--update', path, e, 'read')}") from None
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
         raise SystemExit(f"error: --update {path}: needs one {BEGIN} followed by one {END}")
     head, rest = text.split(BEGIN)

@@ -226,10 +226,6 @@ def _rows_agree(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> np.ndarr
     return same | (np.all(ort_ids > 0, axis=1) & np.all(gap <= SCORE_ATOL, axis=1))
 
 
-def _agreement(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> float:
-    return float(np.mean(_rows_agree(ort_ids, ref_scores, k)))
-
-
 class _Acc:
     def __init__(self):
         self.abs = 0.0

@@ -54,11 +54,9 @@ def check_step_equivalence(model, lengths, chunk_plan="mixed", atol=1e-4, seed=0
 
     worst = 0.0
     med = sorted(lengths)[len(lengths) // 2]
-    batched = [r for r, n in enumerate(lengths) if n >= med] if len(lengths) > 1 else []
-    if len(batched) < 2:
-        batched = []
-    plans = [([r], lengths[r]) for r in range(len(lengths))]
-    if batched:
+    batched = [r for r, n in enumerate(lengths) if n >= med]
+    plans = [([r], n) for r, n in enumerate(lengths)]
+    if len(batched) >= 2:
         plans.append((batched, min(lengths[r] for r in batched)))
     for rows, n in plans:
         state = model.init_state(len(rows))

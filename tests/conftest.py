@@ -36,6 +36,16 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Tests that call ``torch.set_num_threads`` (or CLIs with ``--threads``) leave the next test the count they
+    found."""
+    n = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -74,6 +74,24 @@ def test_save_load_roundtrip(tmp_path):
     assert all(1000 <= i <= 1051 for row in rec.items for i in row) and rec.scores.shape == (2, 5)
 
 
+def test_loading_draws_no_weight_bar_and_restores_the_switch(tmp_path, capsys):
+    """transformers' per-tensor "Loading weights" bar is off while a zoo model loads (it was the first line of every
+    CLI's output), and transformers' progress-bar switch is left as it was found, on or off."""
+    from transformers.utils import logging as hf_logging
+
+    tiny().save_pretrained(tmp_path)
+    assert hf_logging.is_progress_bar_enabled()
+    AutoModel.from_pretrained(tmp_path)
+    assert "Loading weights" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        AutoModel.from_pretrained(tmp_path)
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def test_recommend_exclude_seen_and_unknown_ids():
     model = tiny()
     model.set_item_vocab(zoo.ItemVocab([f"m{i}" for i in range(52)]))

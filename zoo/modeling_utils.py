@@ -22,6 +22,7 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
@@ -539,7 +540,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         kwargs.setdefault("use_safetensors", True)
         weight_files = _weight_files(path)
         try:
-            model, info = super().from_pretrained(path, *model_args, config=config, output_loading_info=True, **kwargs)
+            with _no_weight_loading_bar():
+                model, info = super().from_pretrained(path, *model_args, config=config, output_loading_info=True,
+                                                      **kwargs)
         except Exception as e:  # safetensors header errors, truncated files, size mismatches, ...
             text = f"{type(e).__module__} {e}".lower()
             if "safetensor" in text or "deserializ" in text or "header" in text:
@@ -577,6 +580,23 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         elif isinstance(module, torch.nn.LayerNorm):
             torch.nn.init.ones_(module.weight)
             torch.nn.init.zeros_(module.bias)
+
+
+@contextlib.contextmanager
+def _no_weight_loading_bar():
+    """Transformers draws a "Loading weights" bar per tensor group; a zoo model has a few dozen small tensors, so the
+    bar is noise on every CLI's first line (and in training logs run with ``--no-progress``). Off while loading a local
+    folder (nothing is downloaded inside), then restored; process-wide, like transformers' own switch."""
+    from transformers.utils import logging as hf_logging
+
+    if not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _check_model_type(path: str) -> None:

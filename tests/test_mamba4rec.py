@@ -74,15 +74,17 @@ def test_save_load_roundtrip(tmp_path):
     assert all(1000 <= i <= 1051 for row in rec.items for i in row) and rec.scores.shape == (2, 5)
 
 
-def test_loading_draws_no_weight_bar_and_restores_the_switch(tmp_path, capsys):
-    """transformers' per-tensor "Loading weights" bar is off while a zoo model loads (it was the first line of every
-    CLI's output), and transformers' progress-bar switch is left as it was found, on or off."""
+def test_loading_and_saving_draw_no_weight_bars_and_restore_the_switch(tmp_path, capsys):
+    """transformers' "Loading weights" and "Writing model shards" bars are off while a zoo model loads or saves (the
+    first was the first line of every CLI's output), and transformers' progress-bar switch is left as it was found,
+    on or off."""
     from transformers.utils import logging as hf_logging
 
-    tiny().save_pretrained(tmp_path)
     assert hf_logging.is_progress_bar_enabled()
+    tiny().save_pretrained(tmp_path)
     AutoModel.from_pretrained(tmp_path)
-    assert "Loading weights" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err
     assert hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:

@@ -505,7 +505,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         # config.json records whether a vocabulary belongs to these weights, so that loading can tell a deleted
         # item_vocab.json (error) from a model that never had one, and a stale one left from earlier weights
         self.config.item_vocab_file = VOCAB_FILE if self.item_vocab is not None else None
-        super().save_pretrained(save_directory, *args, **kwargs)
+        with _no_weight_loading_bar():
+            super().save_pretrained(save_directory, *args, **kwargs)
         if self.item_vocab is not None:
             self.item_vocab.save(save_directory)
         elif os.path.exists(os.path.join(save_directory, VOCAB_FILE)):
@@ -584,9 +585,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
 @contextlib.contextmanager
 def _no_weight_loading_bar():
-    """Transformers draws a "Loading weights" bar per tensor group; a zoo model has a few dozen small tensors, so the
-    bar is noise on every CLI's first line (and in training logs run with ``--no-progress``). Off while loading a local
-    folder (nothing is downloaded inside), then restored; process-wide, like transformers' own switch."""
+    """Transformers draws "Loading weights" and "Writing model shards" bars; a zoo model has a few dozen small
+    tensors in one file, so the bars are noise on every CLI's first line (and in every training log run with
+    ``--no-progress``). Off while loading a local folder (nothing is downloaded inside) or saving one, then restored;
+    process-wide, like transformers' own switch."""
     from transformers.utils import logging as hf_logging
 
     if not hf_logging.is_progress_bar_enabled():

@@ -87,6 +87,7 @@ class Environment:
     tensorrt_error: str | None = None
     lean: Any = None                     # tensorrt_lean_bindings (runtime only), or None
     lean_version: str | None = None
+    lean_error: str | None = None        # why an installed lean runtime could not be imported (None: absent or fine)
     gpu: str | None = None               # device name
     gpu_error: str | None = None
     missing: list = field(default_factory=list)
@@ -112,8 +113,13 @@ def probe_environment() -> Environment:
             if hasattr(lean, "get_plugin_registry"):
                 env.lean, env.lean_version = lean, getattr(lean, "__version__", "?")
                 break
-        except Exception:
-            continue
+        except ModuleNotFoundError as e:
+            if e.name != mod:                  # the module is there but something it needs is not
+                env.lean_error = f"{mod}: {type(e).__name__}: {e}"
+        except Exception as e:                 # ImportError / OSError for a missing libnvinfer_lean.so, ...
+            env.lean_error = f"{mod}: {type(e).__name__}: {e}"
+    if env.lean is not None:
+        env.lean_error = None
     try:
         import torch
 
@@ -207,7 +213,7 @@ def _parse_size(s: str | int) -> int:
         mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
         try:
             n = int(float(t[:-1]) * mult[t[-1]]) if t and t[-1] in mult else int(float(t) * (1 << 20))
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: "inf", "1e400" (int() of an infinite float)
             raise ValueError(f"workspace must be a size such as 512M or 2G (a plain number is MiB), got {s!r}") \
                 from None
     if n <= 0:
@@ -485,9 +491,10 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     say("[2/4] TensorRT environment and plugin library")
     env = probe_environment()
     report["environment"] = {"tensorrt": env.tensorrt_version, "tensorrt_error": env.tensorrt_error,
-                             "tensorrt_lean": env.lean_version, "gpu": env.gpu, "gpu_error": env.gpu_error}
+                             "tensorrt_lean": env.lean_version, "tensorrt_lean_error": env.lean_error,
+                             "gpu": env.gpu, "gpu_error": env.gpu_error}
     say(f"  TensorRT builder : {env.tensorrt_version or 'MISSING (' + str(env.tensorrt_error) + ')'}")
-    say(f"  TensorRT lean    : {env.lean_version or 'not installed'}")
+    say(f"  TensorRT lean    : {env.lean_version or ('BROKEN: ' + env.lean_error if env.lean_error else 'not installed')}")
     say(f"  GPU              : {env.gpu or 'MISSING (' + str(env.gpu_error) + ')'}")
     lib = None
     try:

@@ -30,6 +30,7 @@ import torch
 
 from export import build_plugins as BP
 from export import plugin_spec as ps
+from export.trt import TOLERANCES as T_TOL
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA = torch.cuda.is_available()
@@ -88,15 +89,49 @@ def _need_builder():
                 + (why or "TensorRT builder present") + "; " + ("CUDA GPU present" if CUDA else "no CUDA GPU"))
 
 
-def _lean():
-    for mod in ("tensorrt_lean", "tensorrt_lean_bindings"):
+_LEAN_MODULES = ("tensorrt_lean", "tensorrt_lean_bindings")
+
+
+def _lean_probe(import_module=importlib.import_module):
+    """``(lean runtime module with a plugin registry, None)`` or ``(None, why absent)``. Only ImportError means "not
+    installed"; any other failure of the import (a missing libnvinfer_lean.so read as OSError, a crash in its
+    ``__init__``) is a broken install and fails the calling test with the error instead of reading as "absent"."""
+    why = []
+    for mod in _LEAN_MODULES:
         try:
-            m = __import__(mod)
-            if hasattr(m, "get_plugin_registry"):
-                return m
-        except Exception:
+            m = import_module(mod)
+        except ImportError as e:
+            why.append(f"`import {mod}`: {type(e).__name__}: {e}")
             continue
-    return None
+        except Exception as e:  # noqa: BLE001 - a broken install is a failure, not an absence
+            pytest.fail(f"BROKEN TensorRT lean runtime: `import {mod}` raised {type(e).__name__}: {e}")
+        if hasattr(m, "get_plugin_registry"):
+            return m, None
+        why.append(f"`{mod}` ({getattr(m, '__file__', '?')}) has no get_plugin_registry")
+    return None, "no TensorRT lean runtime (`pip install tensorrt-lean-cu13`): " + "; ".join(why)
+
+
+def _lean():
+    """The lean runtime module, or None when it is not installed (a broken install fails the test)."""
+    return _lean_probe()[0]
+
+
+def test_lean_probe_tells_absent_from_broken():
+    def absent(mod):
+        raise ModuleNotFoundError(f"No module named {mod!r}")
+
+    m, why = _lean_probe(absent)
+    assert m is None and "No module named 'tensorrt_lean'" in why and "No module named 'tensorrt_lean_bindings'" in why
+
+    def broken(mod):
+        raise OSError("libnvinfer_lean.so.10: cannot open shared object file")
+
+    with pytest.raises(pytest.fail.Exception, match=r"BROKEN TensorRT lean runtime: `import tensorrt_lean` raised "
+                                                    r"OSError: libnvinfer_lean\.so\.10"):
+        _lean_probe(broken)
+    fake = type(sys)("tensorrt_lean_bindings")
+    fake.get_plugin_registry = lambda: None
+    assert _lean_probe(lambda mod: fake if mod == "tensorrt_lean_bindings" else absent(mod)) == (fake, None)
 
 
 # ---------------------------------------------------------------------------------------------------- build
@@ -195,7 +230,7 @@ def registry(plugin_lib):
     trt = _full_tensorrt() or _lean()
     if trt is None:
         pytest.skip("neither `tensorrt` nor the lean runtime (`pip install tensorrt-lean-cu13`) is installed ("
-                    f"{_probe_tensorrt()[1]})")
+                    f"{_probe_tensorrt()[1]}; {_lean_probe()[1]})")
     reg = trt.get_plugin_registry()
     first = next(iter(ps.SCAN_OPS))
     if reg.get_creator(first, ps.PLUGIN_VERSION, ps.PLUGIN_NAMESPACE) is not None:
@@ -317,8 +352,12 @@ def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
     rep = json.loads((out / "trt_report.json").read_text())
     assert rep["exit_code"] == 3 and rep["missing"]
     assert rep["onnx"]["verification"]["passed"] is True
+    assert rep["precision"] == "fp32" and rep["tolerances"] == T_TOL["fp32"]
     if _lean() is not None:
         assert {c["op_type"] for c in rep["registry"]["creators"]} == set(ps.SCAN_OPS)
+        assert rep["registry"]["runtime"] == "tensorrt_lean"
+    else:
+        assert "registry" not in rep and "registry check   : skipped" in r.stdout
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -446,17 +485,23 @@ def test_plugin_docs_are_current():
         assert v["attributes"] == list(op.attributes)
 
 
-def test_autoregister_is_opt_in_and_version_guarded(plugin_lib):
-    """ZOO_TRT_PLUGINS_AUTOREGISTER=1 (for dlopen-only loaders such as Triton) never registers into a TensorRT of
-    another major version than the headers', and says so; without TensorRT in the process it says that."""
+def test_autoregister_is_opt_in_and_says_when_no_tensorrt(plugin_lib):
+    """ZOO_TRT_PLUGINS_AUTOREGISTER=1 (for dlopen-only loaders such as Triton): without TensorRT in the process the
+    library still loads and says that nothing was registered."""
     env = dict(os.environ, ZOO_TRT_PLUGINS_AUTOREGISTER="1")
     code = f"import ctypes; ctypes.CDLL({str(plugin_lib)!r}); print('loaded')"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and "loaded" in r.stdout
     assert "no TensorRT library is loaded" in r.stderr
-    lean = _lean()
+
+
+def test_autoregister_is_version_guarded(plugin_lib):
+    """With the lean runtime in the process, auto-registration never registers into a TensorRT of another major
+    version than the headers', and says so; with the same major it registers every creator."""
+    lean, why = _lean_probe()
     if lean is None:
-        return
+        pytest.skip(why)
+    env = dict(os.environ, ZOO_TRT_PLUGINS_AUTOREGISTER="1")
     hdr = BP.tensorrt_header_version(Path(BP.find_tensorrt_include()[0]))
     rt_major = lean.__version__.split(".")[0]
     code = (f"import {lean.__name__} as trt, ctypes; ctypes.CDLL({str(plugin_lib)!r}); "
@@ -520,3 +565,351 @@ def test_ssd_reference_agrees_with_zoo_ssd_ops():
     y2, h2 = ssd.ssd_scan_fn(x, dt, A, Bm, Cm, D=D, dt_bias=db, dt_softplus=True, initial_state=h0)
     torch.testing.assert_close(y, y2, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h, h2, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- generated header
+def _header_blocks(text: str) -> dict:
+    """{op_type: {constant: value}} of the generated header: ints as int, ``kOut_x``-style references resolved,
+    arrays as lists (strings unquoted, true/false as bool)."""
+    import re
+
+    out = {}
+    for op in ps.SCAN_OPS:
+        body = text.split(f"namespace {op}\n{{\n", 1)[1].split(f"}} // namespace {op}", 1)[0]
+        consts: dict = {}
+        for name, arr, val in re.findall(r"constexpr [\w ]+?\*? ?(k\w+)(\[\])? = ([^;]+);", body):
+            val = val.strip()
+            if arr:
+                items = [v.strip() for v in val.strip("{}").split(",") if v.strip()]
+                consts[name] = [v.strip('"') if v.startswith('"') else {"true": True, "false": False}.get(v, v)
+                                for v in items]
+            elif val.startswith('"'):
+                consts[name] = val.strip('"')
+            else:
+                consts[name] = consts[val] if val in consts else int(val)
+        out[op] = consts
+    return out
+
+
+def test_generated_header_blocks_follow_spec():
+    """Per op: counts, names, field list, activation flags and the aliased (in-place) state pair the plugins compile
+    in, against plugin_spec: the state output aliases the state input of the same shape, both fp32."""
+    blocks = _header_blocks(gen_header.render(gen_header.load_spec(str(ROOT / "export" / "plugin_spec.py"))))
+    for op in ps.SCAN_OPS.values():
+        b = blocks[op.op_type]
+        assert (b["kNbInputs"], b["kNbOutputs"], b["kNbFields"]) == (len(op.inputs), len(op.outputs),
+                                                                     len(op.attributes)), op.op_type
+        assert b["kInputNames"] == op.input_names and b["kOutputNames"] == op.output_names
+        assert b["kFieldNames"] == (list(op.attributes) or ["nullptr"])
+        acts = gen_header.ACTIVATIONS[op.op_type]
+        assert acts <= set(op.input_names) | set(op.output_names), op.op_type
+        assert b["kIsActivation"] == [t.name in acts for t in (*op.inputs, *op.outputs)]
+        assert b["kIsActivation"][0], "ZooScanPluginBase expects an activation at I/O position 0"
+        alias = gen_header.ALIASES[op.op_type]
+        if not alias:
+            assert (b["kAliasedOutput"], b["kAliasedInput"]) == (-1, -1)
+            continue
+        (o, i), = alias.items()
+        assert (b["kAliasedOutput"], b["kAliasedInput"]) == (op.output_names.index(o), op.input_names.index(i))
+        to, ti = op.outputs[op.output_names.index(o)], op.inputs[op.input_names.index(i)]
+        assert to.shape == ti.shape and to.dtype == ti.dtype == "float32" and o not in acts and i not in acts
+
+
+def test_generator_tables_cover_every_spec_op():
+    assert set(gen_header.PLUGIN_DIRS) == set(gen_header.ACTIVATIONS) == set(gen_header.ALIASES) == set(ps.SCAN_OPS)
+    for op in ps.SCAN_OPS.values():
+        assert (ROOT / "plugins" / gen_header.PLUGIN_DIRS[op.op_type]).is_dir()
+        for k, (typ, default, _doc) in op.attributes.items():
+            assert typ == "int" and default in (0, 1), (op.op_type, k)     # the yaml lists options 0 / 1
+
+
+def test_gen_header_refuses_bad_spec_names_and_types():
+    spec = gen_header.load_spec(str(ROOT / "export" / "plugin_spec.py"))
+    bad = ps.ScanOpSpec("SelectiveScan", (ps.TensorSpec("u-x", "B", "float32"),), (ps.TensorSpec("y", "B", "float32"),))
+    with pytest.raises(ValueError, match=r"plugin_spec name 'u-x' is not a valid C\+\+ identifier"):
+        gen_header.render(_spec_with(spec, SCAN_OPS={"SelectiveScan": bad}))
+    flt = ps.ScanOpSpec("SelectiveScan", (ps.TensorSpec("u", "B", "float32"),), (ps.TensorSpec("y", "B", "float32"),),
+                        attributes={"eps": ("float", 0.5, "")})
+    with pytest.raises(ValueError, match=r"SelectiveScan\.eps: only int attributes are supported by the plugins, "
+                                         r"got float"):
+        gen_header.render(_spec_with(spec, SCAN_OPS={"SelectiveScan": flt}))
+
+
+def _spec_with(mod, **over):
+    """The spec module's constants with some replaced (what gen_header.render reads)."""
+    import types
+
+    base = {k: getattr(mod, k) for k in ("PLUGIN_NAMESPACE", "PLUGIN_VERSION", "ONNX_DOMAIN", "PLUGIN_LIBRARY",
+                                         "SCAN_OPS")}
+    return types.SimpleNamespace(**{**base, **over})
+
+
+def test_gen_header_main_writes_only_on_change(tmp_path):
+    out = tmp_path / "gen" / "zooPluginSpec.h"
+    assert gen_header.main([str(out), "--spec", str(ROOT / "export" / "plugin_spec.py")]) == 0
+    text = out.read_text()
+    assert text == gen_header.render(gen_header.load_spec(str(ROOT / "export" / "plugin_spec.py")))
+    os.utime(out, (1, 1))
+    assert gen_header.main([str(out)]) == 0 and out.stat().st_mtime == 1      # unchanged: not rewritten
+    out.write_text("stale")
+    assert gen_header.main([str(out)]) == 0 and out.read_text() == text
+
+
+def test_write_docs_check_mode_writes_nothing(tmp_path):
+    """``write_docs(check=True)`` (the docs test) only reports stale files; without check it rewrites them."""
+    spec = gen_header.load_spec(str(ROOT / "export" / "plugin_spec.py"))
+    for d in gen_header.PLUGIN_DIRS.values():
+        shutil.copytree(ROOT / "plugins" / d, tmp_path / d, ignore=shutil.ignore_patterns("*.cu", "*.cpp", "*.h",
+                                                                                           "CMakeLists.txt"))
+    assert gen_header.write_docs(spec, str(tmp_path), check=True) == []
+    y = tmp_path / "lruScanPlugin" / "LRUScan_PluginConfig.yaml"
+    r = tmp_path / "ssdScanPlugin" / "README.md"
+    good_y, good_r = y.read_text(), r.read_text()
+    y.write_text(good_y.replace("u_im", "u_imag"))
+    r.write_text(good_r.replace("| 0 | in |", "| 9 | in |", 1))
+    assert sorted(gen_header.write_docs(spec, str(tmp_path), check=True)) == sorted([str(y), str(r)])
+    assert y.read_text() != good_y and r.read_text() != good_r                 # check mode wrote nothing
+    assert sorted(gen_header.write_docs(spec, str(tmp_path))) == sorted([str(y), str(r)])
+    assert (y.read_text(), r.read_text()) == (good_y, good_r)                  # rewritten
+    assert gen_header.write_docs(spec, str(tmp_path), check=True) == []
+    r.write_text("# no table markers\n")                                       # never guessed where a table goes
+    assert gen_header.write_docs(spec, str(tmp_path)) == [str(r)] and r.read_text() == "# no table markers\n"
+
+
+# ---------------------------------------------------------------------------------------------------- build_plugins
+def test_find_tensorrt_include_precedence(tmp_path, monkeypatch):
+    def hdrs(p):
+        p.mkdir(parents=True)
+        (p / "NvInferRuntime.h").write_text("")
+        return p
+
+    inc, root, envroot = hdrs(tmp_path / "inc"), tmp_path / "root", tmp_path / "envroot"
+    hdrs(root / "include"), hdrs(envroot / "include")
+    (root / "NvInferRuntime.h").write_text("")          # a root's headers are in <root>/include, not the root itself
+    monkeypatch.delenv("TENSORRT_ROOT", raising=False)
+    monkeypatch.setenv("TensorRT_ROOT", str(envroot))
+    assert BP.find_tensorrt_include(str(inc), str(root)) == (inc, f"--tensorrt-include: {inc}")
+    assert BP.find_tensorrt_include(None, str(root)) == (root / "include", f"--tensorrt-root: {root / 'include'}")
+    assert BP.find_tensorrt_include() == (envroot / "include", f"$TensorRT_ROOT: {envroot / 'include'}")
+    monkeypatch.delenv("TensorRT_ROOT")
+    monkeypatch.setenv("TENSORRT_ROOT", str(envroot))
+    assert BP.find_tensorrt_include()[1] == f"$TENSORRT_ROOT: {envroot / 'include'}"
+
+
+@pytest.mark.parametrize("lines,version", [
+    (["#define NV_TENSORRT_MAJOR 10", "#define NV_TENSORRT_MINOR 14", "#define NV_TENSORRT_PATCH 1"], "10.14.1"),
+    (["#define TRT_MAJOR_ENTERPRISE 10", "#define TRT_MINOR_ENTERPRISE 3", "#define TRT_PATCH_ENTERPRISE 0",
+      "#define NV_TENSORRT_MAJOR TRT_MAJOR_ENTERPRISE", "#define NV_TENSORRT_LWS_MAJOR 0"], "10.3.0"),
+    (["#define NV_TENSORRT_MINOR 2"], "?.2.?"), (["// nothing"], None)])
+def test_tensorrt_header_version(tmp_path, lines, version):
+    (tmp_path / "NvInferVersion.h").write_text("\n".join(lines) + "\n")
+    assert BP.tensorrt_header_version(tmp_path) == version
+    assert BP.tensorrt_header_version(tmp_path / "absent") is None
+
+
+def test_library_path_env_overrides(tmp_path, monkeypatch):
+    monkeypatch.delenv("ZOO_TRT_PLUGIN_LIB", raising=False)
+    monkeypatch.delenv("ZOO_SCAN_KERNELS_LIB", raising=False)
+    assert BP.library_path(tmp_path) == tmp_path / ps.PLUGIN_LIBRARY
+    assert BP.library_path(tmp_path, "kernels") == tmp_path / BP.KERNELS_LIBRARY
+    assert BP.library_path() == BP.DEFAULT_BUILD_DIR / ps.PLUGIN_LIBRARY
+    monkeypatch.setenv("ZOO_TRT_PLUGIN_LIB", "/x/plugins.so")
+    monkeypatch.setenv("ZOO_SCAN_KERNELS_LIB", "/x/kernels.so")
+    assert BP.library_path(tmp_path) == Path("/x/plugins.so")
+    assert BP.library_path(tmp_path, "kernels") == Path("/x/kernels.so")
+
+
+def _fake_cmake(monkeypatch, tmp_path, rc=(0, 0), tools=("cmake", "nvcc"), inc="/hdrs"):
+    """BP.build with CMake, the tools lookup and the header search replaced: returns the commands run."""
+    import types
+
+    cmds = []
+
+    def run(cmd, stdout=None, stderr=None, text=None):
+        cmds.append(cmd)
+        if cmd[:2] == ["cmake", "--build"]:
+            (tmp_path / ps.PLUGIN_LIBRARY).write_bytes(b"so")
+        return types.SimpleNamespace(returncode=rc[len(cmds) - 1], stdout=f"output of step {len(cmds)}\n")
+
+    monkeypatch.setattr(BP, "subprocess", types.SimpleNamespace(run=run, PIPE=subprocess.PIPE, STDOUT=subprocess.STDOUT))
+    monkeypatch.setattr(BP, "shutil", types.SimpleNamespace(which=lambda t: f"/bin/{t}" if t in tools else None))
+    monkeypatch.setattr(BP, "find_tensorrt_include",
+                        lambda i=None, r=None: (Path(inc), "given") if inc else (None, "no TensorRT headers: none"))
+    return cmds
+
+
+def test_build_configures_cmake(tmp_path, monkeypatch):
+    cmds = _fake_cmake(monkeypatch, tmp_path)
+    res = BP.build(tmp_path, arch="86", jobs=3, quiet=True)
+    cfg, bld = cmds
+    assert cfg[:5] == ["cmake", "-S", str(BP.PLUGINS_DIR), "-B", str(tmp_path)]
+    assert {"-DCMAKE_CUDA_ARCHITECTURES=86", "-DZOO_REQUIRE_TENSORRT=OFF", "-DTensorRT_INCLUDE_DIR=/hdrs",
+            f"-DPython3_EXECUTABLE={sys.executable}"} <= set(cfg)
+    assert bld == ["cmake", "--build", str(tmp_path), "-j", "3"]
+    assert res["plugins"] == tmp_path / ps.PLUGIN_LIBRARY and res["kernels"] == tmp_path / BP.KERNELS_LIBRARY
+    assert res["log"] == "output of step 1\noutput of step 2\n"
+    cmds.clear()
+    BP.build(tmp_path, require_tensorrt=True, quiet=True)
+    assert "-DZOO_REQUIRE_TENSORRT=ON" in cmds[0] and "-DZOO_REQUIRE_TENSORRT=OFF" not in cmds[0]
+
+
+def test_build_without_headers_reports_no_plugin_library(tmp_path, monkeypatch):
+    cmds = _fake_cmake(monkeypatch, tmp_path, inc=None)
+    res = BP.build(tmp_path, quiet=True)
+    assert not [c for c in cmds[0] if c.startswith("-DTensorRT_INCLUDE_DIR")]
+    assert res["plugins"] is None and res["tensorrt_headers"] == "no TensorRT headers: none"
+    assert res["tensorrt_header_version"] is None
+
+
+@pytest.mark.parametrize("rc,failed", [((1, 0), "cmake -S"), ((0, 2), "cmake --build")])
+def test_build_failure_raises_with_output(tmp_path, monkeypatch, rc, failed):
+    _fake_cmake(monkeypatch, tmp_path, rc=rc)
+    with pytest.raises(BP.BuildError, match=f"{failed} .*failed \\(exit {max(rc)}\\):\noutput of step"):
+        BP.build(tmp_path, quiet=True)
+
+
+def test_build_needs_cmake(tmp_path, monkeypatch):
+    _fake_cmake(monkeypatch, tmp_path, tools=("nvcc",))
+    with pytest.raises(BP.BuildError, match="cmake not found on PATH"):
+        BP.build(tmp_path, quiet=True)
+
+
+def test_build_plugins_print_include(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(BP, "find_tensorrt_include", lambda i=None, r=None: (None, "no TensorRT headers: none"))
+    assert BP.main(["--print-trt-include"]) == 1 and "no TensorRT headers" in capsys.readouterr().err
+    monkeypatch.setattr(BP, "find_tensorrt_include", lambda i=None, r=None: (tmp_path, "given"))
+    assert BP.main(["--print-trt-include"]) == 0 and capsys.readouterr().out.strip() == str(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- harness on CPU
+def _dims(case, T):
+    return dict(case.shape, T=T)
+
+
+@pytest.mark.parametrize("op", list(ps.SCAN_OPS))
+@pytest.mark.parametrize("dtype", list(harness.DTYPE_CODE), ids=str)
+def test_harness_inputs_follow_plugin_spec(op, dtype):
+    """make_inputs gives every spec input (by name, in the spec's shape) with the activation dtype exactly where the
+    plugin takes it (generated header's ACTIVATIONS) and fp32 elsewhere; h0 only for with_h0 cases."""
+    spec = ps.SCAN_OPS[op]
+    acts = gen_header.ACTIVATIONS[op]
+    for with_h0 in (False, True):
+        case = harness.Case(op, dtype, 3, with_h0, harness.SHAPES[op][-1])
+        d = harness.make_inputs(case, device="cpu")
+        assert list(d) == spec.input_names
+        for t in spec.inputs:
+            v = d[t.name]
+            if t.name.startswith("h0"):
+                assert (v is not None) == with_h0, t.name
+                if v is None:
+                    continue
+            assert v.dtype == (dtype if t.name in acts else torch.float32), (t.name, v.dtype)
+            assert list(v.shape) == [_dims(case, 3)[a] for a in t.shape.split(",")], (t.name, t.shape)
+            assert v.is_contiguous()
+
+
+@pytest.mark.parametrize("op", list(ps.SCAN_OPS))
+def test_harness_reference_matches_zoo_references(op):
+    """harness.reference (float64 from the very inputs) equals the zoo's parallel references; the state outputs are
+    the final states (LRU: the last step's row)."""
+    from zoo.ops.lru import lru_scan_ref
+    from zoo.ops.selective_scan import selective_scan_ref
+
+    case = harness.Case(op, torch.float16, 7, True, harness.SHAPES[op][1])     # SSD: 2 groups of 3 heads
+    d = harness.make_inputs(case, device="cpu", seed=3)
+    acts, states = harness.reference(case, d)
+    assert all(t.dtype == torch.float32 for t in (*acts, *states))
+    x = {k: v.double() for k, v in d.items()}
+    if op == "SelectiveScan":
+        want = selective_scan_ref(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
+                                  delta_softplus=True, return_last_state=True, initial_state=x["h0"])
+        want = [want[0]], [want[1]]
+    elif op == "SSDScan":
+        y, h = harness.ssd_scan_ref(x["x"], x["dt"], x["A"], x["B"], x["C"], x["D"], x["dt_bias"], x["h0"])
+        want = [y], [h]
+    else:
+        h_re, h_im = lru_scan_ref(x["u_re"], x["u_im"], x["lam_re"], x["lam_im"], None, x["h0_re"], x["h0_im"])
+        want = [h_re, h_im], [h_re[:, -1], h_im[:, -1]]
+    for got, w in zip((*acts, *states), (*want[0], *want[1]), strict=True):
+        torch.testing.assert_close(got, w.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_harness_compare_tolerances():
+    """compare() fails a case on an activation or a state beyond its tolerance, in every precision."""
+    def check(op, dtype, act_err, state_err, scale=1.0):
+        case = harness.Case(op, dtype, 2, True, {})
+        r = torch.full((2, 3), scale)
+        n = 2 if op == "LRUScan" else 1
+        got = ([r + act_err] * n, [r + state_err] * n)
+        return harness.compare(case, got, ([r] * n, [r] * n))
+
+    ok = check("SelectiveScan", torch.float32, 5e-5, 5e-5)
+    assert ok["ok"] and ok["act_err"] == pytest.approx(5e-5, rel=1e-2) and ok["case"].startswith("SelectiveScan")
+    assert not check("SelectiveScan", torch.float32, 2e-4, 0.0)["ok"]               # activation beyond 1e-4
+    bad_state = check("SelectiveScan", torch.float32, 0.0, 1e-2)
+    assert not bad_state["ok"] and bad_state["state_err"] == pytest.approx(1e-2, rel=1e-3)
+    assert check("SSDScan", torch.float32, 0.0, 5e-4, scale=10.0)["ok"]             # state tol scales with |ref|
+    assert not check("SSDScan", torch.float32, 0.0, 2e-3, scale=10.0)["ok"]
+    assert check("SelectiveScan", torch.float16, 2e-3, 0.0)["ok"]                   # 1e-3 + 2e-3 * 1
+    assert not check("SelectiveScan", torch.float16, 4e-3, 0.0)["ok"]
+    assert not check("SelectiveScan", torch.bfloat16, 0.0, 1e-3)["ok"]             # Mamba states are fp32
+    assert check("LRUScan", torch.bfloat16, 0.0, 2e-2)["ok"]                        # LRU "states": act dtype
+    assert not check("LRUScan", torch.bfloat16, 0.0, 3e-2)["ok"]
+
+
+def _c_prototypes(header: str) -> dict:
+    """{function: [param C types]} of the ZOO_API declarations."""
+    import re
+
+    out = {}
+    for name, params in re.findall(r"ZOO_API\s+[\w\s\*]+?\b(zoo_\w+)\(([^)]*)\)", header):
+        out[name] = [" ".join(p.split()[:-1]) if len(p.split()) > 1 else p for p in
+                     (q.strip() for q in params.split(",")) if p]
+    return out
+
+
+def test_harness_dtype_codes_match_kernels_abi():
+    import re
+
+    header = (ROOT / "plugins" / "common" / "zooScanKernels.h").read_text()
+    enum = {k: int(v) for k, v in re.findall(r"kZOO_(\w+)\s*=\s*(\d+)", header)}
+    assert enum == {"FLOAT32": 0, "FLOAT16": 1, "BFLOAT16": 2}
+    assert harness.DTYPE_CODE == {torch.float32: enum["FLOAT32"], torch.float16: enum["FLOAT16"],
+                                  torch.bfloat16: enum["BFLOAT16"]}
+
+
+def test_harness_ctypes_signatures_match_kernels_abi(monkeypatch):
+    """The ctypes argtypes of ScanKernels equal the C prototypes of zooScanKernels.h position by position (pointer
+    vs int32), so a launcher change cannot silently shift the arguments."""
+    import ctypes
+
+    import types
+
+    class FakeCDLL:  # records what ScanKernels declares; no library, compiler or GPU needed
+        def __init__(self, path):
+            self.path = path
+
+        def __getattr__(self, name):
+            f = types.SimpleNamespace(argtypes=None, restype=None)
+            setattr(self, name, f)
+            return f
+
+    monkeypatch.setattr(harness.ctypes, "CDLL", FakeCDLL)
+    protos = _c_prototypes((ROOT / "plugins" / "common" / "zooScanKernels.h").read_text())
+    assert set(protos) >= {"zoo_selective_scan", "zoo_ssd_scan", "zoo_lru_scan", "zoo_scan_max_state",
+                           "zoo_trt_plugins_spec_json"}, protos
+    k = harness.ScanKernels("/nonexistent/libzoo_scan_kernels.so")
+    for fn in ("zoo_selective_scan", "zoo_ssd_scan", "zoo_lru_scan"):
+        assert all(p == "int32_t" or "*" in p or p == "cudaStream_t" for p in protos[fn]), protos[fn]
+        want = [ctypes.c_int32 if p == "int32_t" else ctypes.c_void_p for p in protos[fn]]
+        assert list(getattr(k.lib, fn).argtypes) == want, fn
+        assert getattr(k.lib, fn).restype == ctypes.c_int32, fn
+
+
+def test_harness_refuses_host_and_strided_tensors():
+    assert harness.ScanKernels._p(None) is None
+    with pytest.raises(ValueError, match="kernel inputs must be contiguous CUDA tensors"):
+        harness.ScanKernels._p(torch.zeros(4))
+    if CUDA:
+        with pytest.raises(ValueError, match="kernel inputs must be contiguous CUDA tensors"):
+            harness.ScanKernels._p(torch.zeros(4, 4, device="cuda").t())

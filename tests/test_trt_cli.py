@@ -1,0 +1,372 @@
+"""export.trt on CPU: the settings checks, the environment probe, the plugin-library / registry checks and the failure
+paths of ``run()`` / ``main()``, each with the code's own message. Nothing here needs TensorRT, a GPU or a compiler:
+the TensorRT module, the plugin registry and the environment are fakes with the attributes export.trt reads, so the
+tests behave the same on every machine (tests/test_trt_plugins.py covers the real library and the lean runtime)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+from export import build_plugins as BP
+from export import plugin_spec as ps
+from export import trt as T
+
+_RUN = T.run      # the real run(), for its signature (tests below replace T.run)
+
+
+# ---------------------------------------------------------------------------------------------------- settings
+@pytest.mark.parametrize("text,n", [
+    ("512M", 512 << 20), ("512MB", 512 << 20), ("512mb", 512 << 20), ("2G", 2 << 30), ("2GB", 2 << 30),
+    (" 2g ", 2 << 30), ("64K", 64 << 10), ("1.5G", 3 << 29), ("64", 64 << 20), ("0.5", 1 << 19),
+    (4096, 4096)])                                                      # an int is bytes, not MiB
+def test_parse_size_units(text, n):
+    assert T._parse_size(text) == n
+
+
+@pytest.mark.parametrize("text,message", [
+    ("0", "workspace must be positive, got '0'"), ("0G", "workspace must be positive, got '0G'"),
+    (0, "workspace must be positive, got 0"), ("-1G", "workspace must be positive"),
+    ("abc", "workspace must be a size such as 512M or 2G"), ("", "workspace must be a size"),
+    ("G", "workspace must be a size"), ("2T", "workspace must be a size"), ("nan", "workspace must be a size"),
+    ("inf", "workspace must be a size"), ("1e400G", "workspace must be a size"), ("-inf", "workspace must be a size")])
+def test_parse_size_refuses(text, message):
+    with pytest.raises(ValueError, match=message):
+        T._parse_size(text)
+
+
+def test_main_refuses_infinite_workspace_as_usage_error(tmp_path, capsys):
+    """``--workspace inf`` is a usage error (exit 2) naming the value, not an OverflowError traceback."""
+    with pytest.raises(SystemExit) as e:
+        T.main(["--model", "m", "--out", str(tmp_path / "out"), "--workspace", "inf"])
+    assert e.value.code == 2
+    assert "workspace must be a size such as 512M or 2G (a plain number is MiB), got 'inf'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_run_numbers_bounds():
+    ok = dict(workspace="2G", topk=10, max_batch=2048, opt_batch=64, max_steps=200)
+    T.check_run_numbers(**ok)
+    T.check_run_numbers(**dict(ok, topk=1, max_batch=1, opt_batch=1, max_steps=1))       # every lower bound
+    T.check_run_numbers(**dict(ok, opt_batch=2048))                                       # opt == max is inside
+    with pytest.raises(ValueError, match=r"opt_batch \(2049\) must be <= max_batch \(2048\)"):
+        T.check_run_numbers(**dict(ok, opt_batch=2049))
+    with pytest.raises(ValueError, match=r"topk must be an int >= 1, got 2\.5"):
+        T.check_run_numbers(**dict(ok, topk=2.5))
+    # every bad setting is named in one message
+    with pytest.raises(ValueError, match=r"workspace must be positive.*; topk must be .*; max_steps must be") as e:
+        T.check_run_numbers(**dict(ok, workspace="0", topk=0, max_steps=-3))
+    assert "max_batch" not in str(e.value) and "opt_batch" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------------- environment
+def test_can_build_needs_builder_and_gpu():
+    assert T.Environment(tensorrt=object(), gpu="GPU").can_build
+    assert not T.Environment(tensorrt=object(), gpu=None).can_build
+    assert not T.Environment(tensorrt=None, gpu="GPU").can_build
+    assert not T.Environment().can_build
+
+
+def _module(name, **attrs):
+    m = types.ModuleType(name)
+    m.__dict__.update(attrs)
+    return m
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_probe_names_builder_and_gpu_missing(monkeypatch, no_gpu):
+    for mod in ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings"):
+        monkeypatch.setitem(sys.modules, mod, None)           # `import mod` raises ImportError
+    env = T.probe_environment()
+    assert env.tensorrt is None and env.lean is None and env.gpu is None and not env.can_build
+    assert "tensorrt" in env.tensorrt_error and "Error" in env.tensorrt_error
+    assert len(env.missing) == 2, env.missing
+    assert env.missing[0].startswith("TensorRT builder + ONNX parser: `import tensorrt` failed (")
+    assert "lean runtime" not in env.missing[0]
+    assert env.missing[1].startswith("CUDA GPU: torch ") and "reports no CUDA device" in env.missing[1]
+
+
+def test_probe_runtime_only_tensorrt_and_lean(monkeypatch, no_gpu):
+    """A ``tensorrt`` without Builder is the runtime-only package: not a builder; the lean runtime is found by its
+    registry (a module without ``get_plugin_registry`` is passed over) and named in the report."""
+    monkeypatch.setitem(sys.modules, "tensorrt", _module("tensorrt", __version__="10.99"))
+    monkeypatch.setitem(sys.modules, "tensorrt_lean", _module("tensorrt_lean", __version__="0.0"))
+    lean = _module("tensorrt_lean_bindings", __version__="10.98", get_plugin_registry=lambda: None)
+    monkeypatch.setitem(sys.modules, "tensorrt_lean_bindings", lean)
+    env = T.probe_environment()
+    assert env.tensorrt is None and "has no Builder (runtime-only package)" in env.tensorrt_error
+    assert env.lean is lean and env.lean_version == "10.98"
+    assert "the lean runtime 10.98 is installed but cannot build engines" in env.missing[0]
+
+
+def test_probe_tells_a_broken_lean_runtime_from_an_absent_one(monkeypatch, tmp_path, no_gpu):
+    """An installed lean runtime whose import fails (its shared library missing) is reported with its error, not
+    as "not installed"; a module that is not there at all leaves no error."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_lean", None)
+    monkeypatch.delitem(sys.modules, "tensorrt_lean_bindings", raising=False)
+    (tmp_path / "tensorrt_lean_bindings.py").write_text(
+        "raise ImportError('libnvinfer_lean.so.11: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = T.probe_environment()
+    assert env.lean is None
+    assert env.lean_error == ("tensorrt_lean_bindings: ImportError: libnvinfer_lean.so.11: cannot open shared "
+                              "object file")
+    monkeypatch.setitem(sys.modules, "tensorrt_lean_bindings", None)
+    assert T.probe_environment().lean_error is None
+
+
+def test_probe_builder_and_gpu_present(monkeypatch):
+    trt = _module("tensorrt", __version__="10.99", Builder=object)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "FakeGPU")
+    env = T.probe_environment()
+    assert env.tensorrt is trt and env.tensorrt_version == "10.99" and env.gpu == "FakeGPU"
+    assert env.can_build and env.missing == []
+
+
+# ---------------------------------------------------------------------------------------------------- plugin library
+class _FakeBuild:
+    """Stands in for BP.build: records its calls and returns ``result(build_dir)``."""
+
+    def __init__(self):
+        self.calls = []
+        self.result = lambda bdir: {"plugins": BP.library_path(bdir), "tensorrt_headers": "fake headers",
+                                    "tensorrt_header_version": "10.99"}
+
+    def __call__(self, build_dir=None, **kw):
+        self.calls.append((build_dir, kw))
+        return self.result(build_dir)
+
+
+@pytest.fixture
+def fake_build(monkeypatch):
+    monkeypatch.delenv("ZOO_TRT_PLUGIN_LIB", raising=False)
+    fb = _FakeBuild()
+    monkeypatch.setattr(BP, "build", fb)
+    return fb
+
+
+def test_ensure_plugin_library_given_path(tmp_path, fake_build):
+    lib = tmp_path / "given.so"
+    with pytest.raises(T.TrtError, match=r"plugin library .*given\.so does not exist"):
+        T.ensure_plugin_library(str(lib))
+    lib.write_bytes(b"x")
+    assert T.ensure_plugin_library(str(lib)) == lib
+    assert fake_build.calls == []                                  # a given library is never built
+
+
+def test_ensure_plugin_library_builds_only_when_absent_or_asked(tmp_path, fake_build):
+    said = []
+    p = T.ensure_plugin_library(None, str(tmp_path), say=said.append)       # absent: built
+    assert p == tmp_path / ps.PLUGIN_LIBRARY and len(fake_build.calls) == 1
+    assert any("built" in m and "fake headers" in m for m in said), said
+    (tmp_path / ps.PLUGIN_LIBRARY).write_bytes(b"x")
+    assert T.ensure_plugin_library(None, str(tmp_path), say=said.append) == tmp_path / ps.PLUGIN_LIBRARY
+    assert len(fake_build.calls) == 1                              # present: reused
+    T.ensure_plugin_library(None, str(tmp_path), rebuild=True, say=said.append)
+    assert len(fake_build.calls) == 2                              # rebuild=True: built again
+
+
+def test_ensure_plugin_library_build_failures(tmp_path, monkeypatch, fake_build):
+    fake_build.result = lambda bdir: {"plugins": None, "tensorrt_headers": "no TensorRT headers: none given",
+                                      "tensorrt_header_version": None}
+    with pytest.raises(T.TrtError, match=f"{ps.PLUGIN_LIBRARY} was not built: no TensorRT headers: none given"):
+        T.ensure_plugin_library(None, str(tmp_path), say=lambda m: None)
+
+    def broken(*a, **k):
+        raise BP.BuildError("cmake --build failed (exit 2)")
+
+    monkeypatch.setattr(BP, "build", broken)
+    with pytest.raises(T.TrtError, match=r"cmake --build failed \(exit 2\)"):
+        T.ensure_plugin_library(None, str(tmp_path), say=lambda m: None)
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+class _Creator:
+    def __init__(self, name, fields):
+        self.name, self.plugin_version, self.plugin_namespace = name, ps.PLUGIN_VERSION, ps.PLUGIN_NAMESPACE
+        self.field_names = [types.SimpleNamespace(name=f) for f in fields]
+
+
+class _Registry:
+    """get_creator answers only after load_library (like TensorRT's registry before/after loading the library)."""
+
+    def __init__(self, creators, loads=True):
+        self.creators, self.loads, self.loaded = creators, loads, []
+
+    def get_creator(self, name, version, namespace):
+        if not self.loaded or (version, namespace) != (ps.PLUGIN_VERSION, ps.PLUGIN_NAMESPACE):
+            return None
+        return next((c for c in self.creators if c.name == name), None)
+
+    def load_library(self, path):
+        if not self.loads:
+            return None
+        self.loaded.append(path)
+        return object()
+
+
+def _fake_trt(creators, loads=True):
+    reg = _Registry(creators, loads)
+    return types.SimpleNamespace(get_plugin_registry=lambda: reg), reg
+
+
+def _good_creators():
+    return [_Creator(op.op_type, list(op.attributes)) for op in ps.SCAN_OPS.values()]
+
+
+def test_check_registry_rows_and_single_load(tmp_path):
+    trt, reg = _fake_trt(_good_creators())
+    rows = T.check_registry(trt, tmp_path / "lib.so")
+    assert [(r["op_type"], r["version"], r["namespace"], r["fields"]) for r in rows] == \
+        [(op.op_type, ps.PLUGIN_VERSION, ps.PLUGIN_NAMESPACE, list(op.attributes)) for op in ps.SCAN_OPS.values()]
+    assert reg.loaded == [str(tmp_path / "lib.so")]
+    T.check_registry(trt, tmp_path / "lib.so")
+    assert len(reg.loaded) == 1                  # already registered: a second load would register twice
+
+
+@pytest.mark.parametrize("fields,message", [
+    ([], r"SelectiveScan: creator fields \[\] != spec attributes \['delta_softplus'\]"),
+    (["delta_softplus", "extra"], r"SelectiveScan: creator fields \['delta_softplus', 'extra'\] != spec"),
+    (["softplus"], r"SelectiveScan: creator fields \['softplus'\] != spec")])
+def test_check_registry_refuses_field_mismatch(tmp_path, fields, message):
+    creators = _good_creators()
+    creators[0] = _Creator("SelectiveScan", fields)
+    with pytest.raises(T.TrtError, match=message):
+        T.check_registry(_fake_trt(creators)[0], tmp_path / "lib.so")
+
+
+def test_check_registry_refuses_missing_creator_and_failed_load(tmp_path):
+    creators = [c for c in _good_creators() if c.name != "LRUScan"]
+    with pytest.raises(T.TrtError, match=r"no creator 'LRUScan' v1 in namespace 'zoo'"):
+        T.check_registry(_fake_trt(creators)[0], tmp_path / "lib.so")
+    with pytest.raises(T.TrtError, match=r"the plugin registry could not load .*lib\.so"):
+        T.check_registry(_fake_trt(_good_creators(), loads=False)[0], tmp_path / "lib.so")
+
+
+# ---------------------------------------------------------------------------------------------------- main()
+def _record_run(monkeypatch, code=3):
+    seen = {}
+
+    def run(model_name, out_dir, **kw):
+        seen.update(model_name=model_name, out_dir=out_dir, **kw)
+        return code, {}
+
+    monkeypatch.setattr(T, "run", run)
+    return seen
+
+
+def test_main_forwards_every_flag(monkeypatch):
+    seen = _record_run(monkeypatch, code=2)
+    assert T.main(["--model", "m", "--out", "o", "--fp16", "--workspace", "512M", "--topk", "5", "--max-batch", "100",
+                   "--opt-batch", "10", "--max-steps", "30", "--version-compatible", "--plugin-lib", "L.so",
+                   "--build-dir", "B", "--quick", "--exclude-seen"]) == 2
+    seen.pop("say")
+    assert seen == dict(model_name="m", out_dir="o", fp16=True, workspace="512M", topk=5, max_batch=100, opt_batch=10,
+                        max_steps=30, version_compatible=True, plugin_lib="L.so", build_dir="B", quick=True,
+                        exclude_seen=True)
+
+
+def test_main_defaults_are_run_defaults(monkeypatch):
+    seen = _record_run(monkeypatch)
+    assert T.main(["--model", "m", "--out", "o"]) == 3
+    defaults = {k: p.default for k, p in inspect.signature(_RUN).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    for k in ("fp16", "workspace", "topk", "max_batch", "opt_batch", "max_steps", "version_compatible", "plugin_lib",
+              "build_dir", "quick", "exclude_seen"):
+        assert seen[k] == defaults[k], k
+
+
+# ---------------------------------------------------------------------------------------------------- run()
+def _earlier_engine(out):
+    out.mkdir()
+    (out / T.ENGINE_FILE).write_bytes(b"earlier engine")
+    (out / T.REPORT_FILE).write_text('{"status": "earlier"}')
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_run_export_failure_exit_1_keeps_earlier_engine(tmp_path, monkeypatch, fp16):
+    def no_model(name):
+        raise RuntimeError(f"no model {name}")
+
+    monkeypatch.setattr(T, "_load_model", no_model)
+    out = tmp_path / "out"
+    _earlier_engine(out)
+    said = []
+    code, rep = T.run("nope", str(out), fp16=fp16, quick=True, max_steps=5, max_batch=8, opt_batch=8,
+                      say=said.append)
+    precision = "fp16" if fp16 else "fp32"
+    assert code == T.EXIT_ERROR == 1 and rep["status"] == "ONNX export failed"
+    assert rep["error"] == "RuntimeError: no model nope" and "ERROR: RuntimeError: no model nope" in "\n".join(said)
+    assert rep["precision"] == precision and rep["tolerances"] == T.TOLERANCES[precision]
+    assert rep["verify_kwargs"] == dict(prime_len=5, n_steps=20, batch=2, topk_cases=8)   # quick, capped by the limits
+    assert rep["plugin_spec"] == {"namespace": ps.PLUGIN_NAMESPACE, "version": ps.PLUGIN_VERSION,
+                                  "ops": list(ps.SCAN_OPS)}
+    assert json.loads((out / T.REPORT_FILE).read_text()) == json.loads(json.dumps(rep, default=str))
+    assert not (out / T.ENGINE_FILE).exists()
+    assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == b"earlier engine"
+    assert json.loads((out / T.PREVIOUS_DIR / T.REPORT_FILE).read_text()) == {"status": "earlier"}
+
+
+@pytest.fixture(scope="module")
+def tiny_mamba():
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+    torch.manual_seed(0)
+    return Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=8, num_layers=1, d_state=4)).eval()
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("builder", [False, True], ids=["no-builder", "builder+gpu"])
+def test_run_plugin_library_failure(tmp_path, monkeypatch, tiny_mamba, builder):
+    """A plugin library that cannot be had: without builder/GPU it is one more missing item of the exit-3 report;
+    with builder and GPU (faked) it is an error (exit 1), never 'TensorRT/GPU missing'."""
+    env = (T.Environment(tensorrt=types.SimpleNamespace(), tensorrt_version="fake", gpu="FakeGPU") if builder else
+           T.Environment(tensorrt_error="ImportError: fake", gpu_error="fake: no GPU",
+                         missing=["TensorRT builder: fake", "CUDA GPU: fake"]))
+    monkeypatch.setattr(T, "probe_environment", lambda: env)
+    missing_lib = tmp_path / "missing" / ps.PLUGIN_LIBRARY
+    said = []
+    code, rep = T.run("tiny", str(tmp_path / "out"), model=tiny_mamba, quick=True, plugin_lib=str(missing_lib),
+                      say=said.append)
+    text = "\n".join(said)
+    assert rep["onnx"]["verification"]["passed"] is True, text
+    assert rep["plugin_error"] == f"plugin library {missing_lib} does not exist"
+    assert "plugin_library" not in rep and "registry" not in rep and "engine" not in rep
+    assert not (tmp_path / "out" / T.ENGINE_FILE).exists()
+    if builder:
+        assert code == T.EXIT_ERROR and rep["status"] == "plugin library unavailable", text
+        assert "missing" not in rep
+    else:
+        assert code == T.EXIT_MISSING and rep["status"].startswith("TensorRT/GPU missing"), text
+        assert rep["missing"] == ["TensorRT builder: fake", "CUDA GPU: fake",
+                                  f"{ps.PLUGIN_LIBRARY}: plugin library {missing_lib} does not exist"]
+        assert "[3/4] engine build: NOT POSSIBLE here; missing:" in text
+
+
+# ---------------------------------------------------------------------------------------------------- fp16 graph
+@pytest.mark.usefixtures("one_thread")
+def test_to_fp16_graph_converts_internals_keeps_io(tiny_mamba):
+    import onnx
+    from onnx import TensorProto
+
+    E = pytest.importorskip("export.onnx")
+    mp, spec = E.trace_graph(tiny_mamba, "step", 5)
+    m16 = onnx.load_from_string(T.to_fp16_graph(mp.SerializeToString(), spec))
+    io = lambda m: [(v.name, v.type.tensor_type.elem_type) for v in (*m.graph.input, *m.graph.output)]  # noqa: E731
+    assert io(m16) == io(mp)                                                   # graph I/O types unchanged
+    assert any(i.data_type == TensorProto.FLOAT16 for i in m16.graph.initializer)       # fp16 weights
+    assert any(n.op_type == "Cast" for n in m16.graph.node)
+    scan = [n.op_type for n in m16.graph.node if n.domain == ps.ONNX_DOMAIN]
+    assert scan == [n.op_type for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN] and scan

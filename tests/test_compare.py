@@ -203,6 +203,9 @@ def test_paired_table_measures_the_pairs_and_rewrites_only_the_marked_table(tmp_
     assert row.split(" | ")[2] == (f"{paired.signed(ref['diff'])} [{paired.signed(ref['ci_low'])}, "
                                    f"{paired.signed(ref['ci_high'])}]")
     assert "| y − x | LRURec |" in block and "over the 40 test users, 200 resamples" in block
+    for card in ("x-ml1m", "y-ml1m"):                 # each file measured under the protocol it is named after
+        for protocol in ("recbole", "lrurec"):
+            assert read_ranks(tmp_path / "ranks" / f"{card}.{protocol}.csv")[0]["protocol"] == protocol
     text = readme.read_text()
     assert text.startswith(f"head\n{paired.BEGIN}\n") and text.endswith(f"{paired.END}\ntail\n")
     assert "old table" not in text and row in text
@@ -218,3 +221,50 @@ def test_paired_table_measures_the_pairs_and_rewrites_only_the_marked_table(tmp_
         paired.main([*argv, "--update", str(plain)])
     assert plain.read_text() == "no markers\n"
     assert not (tmp_path / "ranks" / "x-ml1m.lrurec.csv").exists()      # refused before any evaluation
+
+
+def _paired_table_module():
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("paired_table", os.path.join(os.path.dirname(__file__), "..",
+                                                                                 "bench", "paired_table.py"))
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    return paired
+
+
+def test_paired_table_evaluates_a_recarded_card_and_other_data_again(tmp_path, capsys):
+    """A cached ranks file is re-used only when it is of the same --data and newer than the card's weights: the card
+    whose weights were replaced after it (a re-card) is evaluated again, the other one is not, and another data file
+    evaluates both; a README whose end marker comes before its begin marker is refused, before any evaluation."""
+    import os
+    import shutil
+
+    paired = _paired_table_module()
+    items, data = _toy(tmp_path)
+    cards, ranks = tmp_path / "cards", tmp_path / "ranks"
+    for name, seed in (("x-ml1m", 0), ("y-ml1m", 1)):
+        _lru(items, seed, cards / name)
+        (cards / name / "eval_results.json").write_text(json.dumps({"data_options": {"kcore": None}}))
+    argv = ["--cards", str(cards), "--pairs", "lrurec:x-ml1m:y-ml1m", "--ranks-dir", str(ranks), "--bootstrap", "100"]
+
+    def evaluated(data_file):
+        capsys.readouterr()
+        paired.main(["--data", data_file, *argv])
+        return sorted(line.split()[2] for line in capsys.readouterr().err.splitlines() if "evaluated" in line)
+
+    assert evaluated(data) == ["x-ml1m", "y-ml1m"]
+    assert evaluated(data) == []
+    later = os.path.getmtime(ranks / "x-ml1m.lrurec.csv") + 60
+    os.utime(cards / "x-ml1m" / "model.safetensors", (later, later))          # x re-carded after its ranks file
+    assert evaluated(data) == ["x-ml1m"]
+    other = shutil.copy(data, tmp_path / "other.tsv")
+    assert evaluated(str(other)) == ["x-ml1m", "y-ml1m"]
+    assert read_ranks(ranks / "y-ml1m.lrurec.csv")[0]["data"] == os.path.abspath(other)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{paired.END}\nold\n{paired.BEGIN}\n")
+    shutil.rmtree(ranks)
+    with pytest.raises(SystemExit, match=f"needs one {paired.BEGIN} followed by one {paired.END}"):
+        paired.main(["--data", data, *argv, "--update", str(readme)])
+    assert readme.read_text() == f"{paired.END}\nold\n{paired.BEGIN}\n" and not ranks.exists()

@@ -65,6 +65,55 @@ def test_push_refuses_incomplete_folder_and_missing_credentials(tmp_path, bundle
         hub.push(str(folder), "me/x")
 
 
+def test_push_uploads_the_card_folder_as_asked_with_credentials_from_the_environment(tmp_path, bundled, monkeypatch,
+                                                                                     capsys):
+    """With ``HF_TOKEN`` set and no token argument, ``push`` (and ``python -m zoo.hub push``) creates the repo with the
+    visibility asked for and uploads that folder, not the one above it (it refused with "no Hugging Face credentials:
+    set HF_TOKEN ...": ``HfApi().token`` is only the constructor's argument); a folder that lacks the weights or the
+    vocabulary is refused before any Hub call. No network: HfApi's calls are recorded instead."""
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "update_repo_settings",
+                        lambda self, repo_id, **kw: calls.append(("update_repo_settings", repo_id, kw)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
+                        lambda self, **kw: calls.append(("upload_folder", kw)) or "commit-info")
+    folder = tmp_path / "bundle" / "tiny-mamba4rec"
+    (folder / "README.md").write_text("card")
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "nope"))
+    for private in (True, False):
+        calls.clear()
+        assert hub.push(str(folder), "me/tiny", private=private) == "commit-info"
+        # --private also turns an existing public repo private (create_repo(exist_ok=True) would leave it public)
+        assert [c[0] for c in calls] == ["create_repo"] + ["update_repo_settings"] * private + ["upload_folder"], calls
+        assert calls[0][1] == "me/tiny" and calls[0][2].get("private") is private, calls[0]
+        if private:
+            assert calls[1][1] == "me/tiny" and calls[1][2] == {"private": True}, calls[1]
+        up = calls[-1][1]
+        assert Path(up["folder_path"]).resolve() == folder.resolve() and up["repo_id"] == "me/tiny", up
+    calls.clear()
+    hub.main(["push", str(folder), "--repo-id", "me/cli", "--private"])
+    assert "commit-info" in capsys.readouterr().out
+    assert calls[0][1] == "me/cli" and calls[0][2].get("private") is True and calls[-1][1]["repo_id"] == "me/cli"
+    for f in ("model.safetensors", "item_vocab.json"):
+        calls.clear()
+        (folder / f).rename(tmp_path / f)
+        with pytest.raises(ValueError, match=rf"is not a complete card folder: missing \['{f}'\]"):
+            hub.push(str(folder), "me/tiny")
+        (tmp_path / f).rename(folder / f)
+        assert calls == []
+
+
+def test_list_names_each_bundled_model_by_its_hub_id(bundled, tmp_path, capsys):
+    """``python -m zoo.hub list``: a line per bundled model, its Hub id (what from_pretrained takes) and its folder."""
+    hub.main(["list"])
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{hub.HUB_ORG}/tiny-mamba4rec\t{tmp_path / 'bundle' / 'tiny-mamba4rec'}" in lines, lines
+
+
 def _official_layout(model):
     sd = model.state_dict()
     out = {}
@@ -558,6 +607,32 @@ def test_a_card_is_measured_on_the_sequences_its_run_was_trained_on(tmp_path):
     assert hub.data_flags({"kcore": 3, "time_ties": "file"}) == " --kcore 3"
 
 
+def test_a_card_measured_with_the_history_masked_gives_that_protocol_and_its_command(tmp_path):
+    """A card measured with --exclude-history names the LRURec protocol and gives the zoo.evaluate command with the
+    flag, which reproduces its numbers; GRU4Rec's reference being under the RecBole protocol, the reference
+    measurement is made (and its command given) without the flag."""
+    import json
+    import shlex
+
+    from zoo.evaluate import main as evaluate_main
+
+    data, _ = _tiny_gru4rec_run(tmp_path)
+    card = tmp_path / "card"
+    metrics = hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card), exclude_history=True)
+    info = json.loads((card / "eval_results.json").read_text())
+    protocol, ref = info["protocol"], info["reference_protocol"]
+    assert info["exclude_history"] is True and protocol["history_masked"] is True
+    assert protocol["name"] == hub.PROTOCOL_NAMES[True] and "input window masked" in protocol["description"]
+    assert protocol["command"].endswith(" --exclude-history") and ref["exclude_history"] is False
+    assert ref["command"] == protocol["command"].removesuffix(" --exclude-history")
+    text = (card / "README.md").read_text()
+    assert f"Measured by `{protocol['command']}`" in text and f"`{ref['command']}`" in text
+    flags = shlex.split(protocol["command"])
+    flags = flags[flags.index("--data") + 2:]                     # what follows the data file
+    again = evaluate_main(["--model", str(card), "--data", data, "--no-progress", *flags])
+    assert again["metrics"] == metrics and again["metrics"] != ref["metrics"]
+
+
 def test_a_recard_that_fails_half_way_leaves_the_card_folder_as_it_was(tmp_path, monkeypatch):
     """The new card is written into a staged copy and swapped in whole: when the re-export of the card's ONNX graph
     from the new weights fails (after the weights, card and logs were written), the folder keeps every byte of the
@@ -703,15 +778,27 @@ def test_reseeding_refreshes_a_stale_bundled_snapshot(bundled, monkeypatch, tmp_
 
 
 def test_model_index_carries_the_metrics(tmp_path):
-    """The card's model-index holds the measured metrics as they are (no rescaling, no renaming)."""
+    """The card's model-index holds the measured metrics as they are (no rescaling, no renaming, no Recall@K twin of
+    HR@K), each with its type, the protocol and the dataset; the card's metadata names the library, the dataset, the
+    license and the model's tags."""
     import json
 
     import yaml
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "sasrec", "n_items": 3417}))
-    metrics = {"HR@10": 0.25, "NDCG@10": 0.13, "HR@20": 0.35, "NDCG@20": 0.16}
+    metrics = {"HR@10": 0.254321, "NDCG@10": 0.131234, "HR@20": 0.351117, "NDCG@20": 0.162229, "Recall@10": 0.254321}
     protocol = {"name": "RecBole protocol", "history_masked": False, "command": "x"}
     card = Path(hub.make_card(tmp_path, "s", metrics, protocol, {"name": "ML", "type": "ml-1m", "users": 1},
                               {"epochs": [{}]})).read_text()
-    index = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"][0]["metrics"]
-    assert {m["name"]: m["value"] for m in index} == metrics
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["model-index"][0]["name"] == f"{hub.HUB_ORG}/s"
+    result = meta["model-index"][0]["results"][0]
+    index = result["metrics"]
+    assert {m["name"]: m["value"] for m in index} == {k: v for k, v in metrics.items() if k != "Recall@10"}
+    assert {m["name"]: m["type"] for m in index} == {"HR@10": "hr_at_10", "NDCG@10": "ndcg_at_10",
+                                                     "HR@20": "hr_at_20", "NDCG@20": "ndcg_at_20"}
+    assert all(m.get("config") == "RecBole protocol" for m in index), index
+    assert result["dataset"] == {"name": "ML", "type": "ml-1m", "split": "test (leave-one-out)"}, result["dataset"]
+    assert result["task"]["type"] == "sequential-recommendation"
+    assert meta["library_name"] == "transformers" and meta["datasets"] == ["ml-1m"] and meta["license"] == "apache-2.0"
+    assert {"sasrec", "baseline", "ssm-rec-zoo"} <= set(meta["tags"]) and "state-space-model" not in meta["tags"]

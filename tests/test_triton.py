@@ -43,12 +43,29 @@ N_ITEMS = 120
 K = 10
 
 
+def _history_sensitive(model, scale=0.3, seed=0):
+    """Random tiny Mamba4Rec models barely read the history at init: their top-10 after a history is the top-10 after
+    its last item alone (scores move ~3e-5, under the served tolerance), so a server that lost, mixed up or never
+    reset sequence states matched PyTorch all the same. Perturb the mixers' projections and convs, spread Δ
+    (``dt_proj.bias``) and the item embeddings, so that the ranking depends on the earlier items
+    (:func:`test_mamba_fixture_ranks_by_the_history`). Draws from its own generator; returns ``model``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if any(k in n for k in ("in_proj", "x_proj", "conv1d", "out_proj")):
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+            elif n.endswith("dt_proj.bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        model.item_embedding.weight.normal_(0, 1.0, generator=g)
+    return model.eval()
+
+
 def _mamba():
     from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
 
     torch.manual_seed(0)
-    m = Mamba4RecModel(Mamba4RecConfig(n_items=N_ITEMS, max_seq_length=64, hidden_size=16, num_layers=2, d_state=8,
-                                       d_conv=4, dropout_prob=0.0)).eval()
+    m = _history_sensitive(Mamba4RecModel(Mamba4RecConfig(n_items=N_ITEMS, max_seq_length=64, hidden_size=16,
+                                                          num_layers=2, d_state=8, d_conv=4, dropout_prob=0.0)))
     m.set_item_vocab(ItemVocab([f"item-{i}" for i in range(1, N_ITEMS)]))
     return m
 
@@ -490,6 +507,354 @@ def test_implicit_graph_follows_triton_state_protocol(which, mamba, mamba_export
             prefixes.append(hist[i][:step + 1])
     for got, (ref_ids, ref_sc) in zip(served, _reference_topk(model, prefixes), strict=True):
         assert _same_topk(got, ref_ids, ref_sc)
+
+
+def test_mamba_fixture_ranks_by_the_history(mamba):
+    """Negative control for the tests that serve sequences of the Mamba fixture: its top-10 after a history is not
+    the top-10 after the history's last item alone (what a server that lost or never reset a sequence's state, or
+    used another sequence's, would answer), for nearly every history, and for the restart test's sequences."""
+    rng = random.Random(7)
+    hists = [[rng.randrange(1, N_ITEMS) for _ in range(rng.randrange(2, 10))] for _ in range(200)]
+    full, last = _reference_topk(mamba, hists), _reference_topk(mamba, [h[-1:] for h in hists])
+    apart = [not _same_topk(lo[0], fi[0], fi[1]) for fi, lo in zip(full, last, strict=True)]
+    print(f"top-10 after the last item alone fails the served check for {sum(apart)} of {len(apart)} histories")
+    assert sum(apart) >= 0.95 * len(apart)
+    (after_a, sc), (alone, _), (after_b, _) = _reference_topk(mamba, [[3, 9, 27, 40], [40], [50, 51, 40]])
+    assert not _same_topk(alone, after_a, sc) and not _same_topk(after_b, after_a, sc)
+
+
+# ============================================== the python-backend model, driven in-process (no server, no venv)
+class _FakeTensor:
+    def __init__(self, name, arr):
+        self.name, self.arr = name, np.asarray(arr)
+
+    def as_numpy(self):
+        return self.arr
+
+
+class _FakeResponse:
+    def __init__(self, output_tensors, error=None):
+        self.outputs, self.error = {t.name: t.arr for t in output_tensors}, error
+
+
+class _FakeError:
+    def __init__(self, msg):
+        self.msg = msg
+
+
+def _fake_pb(monkeypatch):
+    """``triton_python_backend_utils`` as the python backend's stub provides it; a request is ``{name: array}``."""
+    import types
+
+    pb = types.ModuleType("triton_python_backend_utils")
+    pb.Tensor, pb.InferenceResponse, pb.TritonError = _FakeTensor, _FakeResponse, _FakeError
+    pb.get_input_tensor_by_name = lambda r, name: _FakeTensor(name, r[name]) if name in r else None
+    monkeypatch.setitem(sys.modules, pb.__name__, pb)
+    return pb
+
+
+def _backend_model(export_dir, repo, monkeypatch, clock=None, **kw):
+    """``export/triton_server.py``'s TritonPythonModel initialised as Triton does (the model config as JSON). Its
+    clock (``time.monotonic``) is ``clock[0]``: frozen at 1000 s unless the test moves it, so a slow machine never
+    lets a sequence go idle between two requests."""
+    import types
+
+    from google.protobuf.json_format import MessageToDict
+
+    from export import triton_server as S
+
+    clock = clock if clock is not None else [1000.0]
+    monkeypatch.setattr(S, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    _fake_pb(monkeypatch)
+    mdir = T.write_repository(export_dir, repo, backend="python", **kw)
+    cfg = MessageToDict(_parse(mdir / "config.pbtxt"), preserving_proto_field_name=True)
+    model = S.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(cfg), "model_repository": str(mdir), "model_version": "1"})
+    return model
+
+
+def _seq_request(model, corrid, items, start=False, end=False):
+    """A sequence-batcher request: the control inputs, the new items, and each state's initial value (Triton hands
+    them to the python model with every request)."""
+    r = {"CORRID": np.array([[corrid]], np.uint64), "START": np.array([[int(start)]], np.int32),
+         "END": np.array([[int(end)]], np.int32), "item_ids": np.array([items], np.int64).reshape(1, -1)}
+    for name, shape, dt, init in model.states:
+        r[name] = np.full((1, *shape), init, np.dtype(dt))
+    return r
+
+
+def _answers(model, mamba, responses, prefixes):
+    """Each response equals PyTorch's full forward over its prefix (ids, and scores within 1e-4)."""
+    for resp, prefix, (ref_ids, ref_sc) in zip(responses, prefixes, _reference_topk(mamba, prefixes), strict=True):
+        assert resp.error is None, resp.error.msg
+        ids, sc = resp.outputs["topk_ids"][0], resp.outputs["topk_scores"][0]
+        assert _same_topk(ids, ref_ids, ref_sc), (prefix, ids, ref_ids)
+        np.testing.assert_allclose(sc, ref_sc[ids], atol=1e-4, err_msg=str(prefix))
+    return [int(r.outputs["live_sequences"].reshape(-1)[0]) for r in responses]
+
+
+def test_python_backend_keeps_sequences_apart_within_one_batch(mamba, mamba_export, tmp_path, monkeypatch):
+    """Requests that Triton's sequence batcher hands over together: each sequence runs from its own state (two
+    continuations of one ORT call, row by row), a START on a live correlation id discards its state, two events of one
+    sequence in one batch are applied in order, an END frees the state (with or without items), and a bad item
+    (0 = padding, or n_items) is an error for that request only."""
+    model = _backend_model(mamba_export, tmp_path / "repo", monkeypatch, idle_timeout_s=30)
+    ex = model.execute
+    a, b, c = [3, 9, 27], [50, 51], [7, 8, 9, 10]
+    live = _answers(model, mamba, ex([_seq_request(model, 11, a, start=True), _seq_request(model, 12, b, start=True),
+                                      _seq_request(model, 13, c, start=True)]), [a, b, c])
+    assert live[-1] == 3
+    # 11 and 12 continue in one ORT call (T = 1); 13 restarts on its live correlation id
+    live = _answers(model, mamba, ex([_seq_request(model, 11, [40]), _seq_request(model, 12, [41]),
+                                      _seq_request(model, 13, [42], start=True)]), [a + [40], b + [41], [42]])
+    # two events of 11 in one batch (the second sees the first), 12 ends with an item, bad items are refused alone
+    resp = ex([_seq_request(model, 11, [5]), _seq_request(model, 11, [6]), _seq_request(model, 14, [0], start=True),
+               _seq_request(model, 12, [43], end=True), _seq_request(model, 15, [N_ITEMS], start=True)])
+    for bad, item in ((resp[2], 0), (resp[4], N_ITEMS)):
+        assert bad.error is not None and f"item index {item} is out of range 1..{N_ITEMS - 1}" in bad.error.msg
+        assert bad.outputs == {}
+    live = _answers(model, mamba, [resp[0], resp[1], resp[3]], [a + [40, 5], a + [40, 5, 6], b + [41, 43]])
+    assert live[-1] == 2                                         # 11 and 13
+    resp = ex([_seq_request(model, 13, [], end=True)])          # END without items: only frees the state
+    assert resp[0].error is None and int(resp[0].outputs["live_sequences"].reshape(-1)[0]) == 1
+    resp = ex([_seq_request(model, 12, [44]), _seq_request(model, 13, [44])])
+    assert all(r.error is not None and "has no state on the server" in r.error.msg for r in resp)
+    _answers(model, mamba, ex([_seq_request(model, 11, [7], end=True)]), [a + [40, 5, 6, 7]])
+    assert model.store == {}
+
+
+def test_python_backend_frees_only_the_sequences_left_idle(mamba, mamba_export, tmp_path, monkeypatch):
+    """A sequence's idle time runs from its last request (not its start): past max_sequence_idle_microseconds only
+    the sequences left idle that long are freed (their continuation is an error naming why); the one still in use
+    keeps its state."""
+    clock = [1000.0]
+    model = _backend_model(mamba_export, tmp_path / "repo", monkeypatch, clock, idle_timeout_s=1.0)
+    assert model.idle_s == 1.0
+    a, b = [3, 9, 27], [50, 51]
+    both = [_seq_request(model, 1, a, start=True), _seq_request(model, 2, b, start=True)]
+    _answers(model, mamba, model.execute(both), [a, b])
+    clock[0] = 1000.8
+    _answers(model, mamba, model.execute([_seq_request(model, 1, [40])]), [a + [40]])
+    clock[0] = 1001.6                                        # 1 idle for 0.8 s, 2 for 1.6 s
+    kept, gone = model.execute([_seq_request(model, 1, [41]), _seq_request(model, 2, [41])])
+    assert gone.error is not None and "stayed idle longer than 1 s" in gone.error.msg
+    assert _answers(model, mamba, [kept], [a + [40, 41]]) == [1]
+
+
+def test_python_backend_explicit_state_refuses_time_going_back(tc_model, tc_export, tmp_path, monkeypatch):
+    """Dynamic batching with the state in the request (TiM4Rec-causal): the first new timestamp may not be before the
+    state's last_ts (events at the same second are fine), checked by the server itself, not only by the client."""
+    model = _backend_model(tc_export, tmp_path / "repo", monkeypatch, state="explicit")
+    assert model.explicit and model.i_last_ts is not None
+
+    def request(ts):
+        r = {"item_ids": np.array([[3] * len(ts)], np.int64), "timestamps": np.array([ts], np.float64)}
+        for name, shape, dt, init in model.states:
+            r[name] = np.full((1, *shape), 5000.0 if name == "last_ts" else init, np.dtype(dt))
+        return r
+
+    back, same, later = model.execute([request([4000.0, 6000.0]), request([5000.0]), request([5001.0, 5002.0])])
+    assert back.error is not None and "go back in time" in back.error.msg and "< last_ts 5000.0" in back.error.msg
+    assert same.error is None and later.error is None
+    assert later.outputs["last_ts_out"].reshape(-1).tolist() == [5002.0]
+
+
+def test_python_backend_window_refuses_padding_on_the_wrong_side(tim4rec_window_export, tmp_path, monkeypatch):
+    """Window graphs: the history is 0-padded on the model's padding side only; padding on the other side (or inside)
+    is an error for that request, a well padded one is answered."""
+    model = _backend_model(tim4rec_window_export[1], tmp_path / "repo", monkeypatch)
+    side = model.padding_side
+    good, bad = ([5, 6, 0, 0], [0, 0, 5, 6]) if side == "right" else ([0, 0, 5, 6], [5, 6, 0, 0])
+    ts = {5: 1.6e9, 6: 1.6e9 + 60, 0: 0.0}
+
+    def request(items):
+        return {"item_ids": np.array([items], np.int64), "timestamps": np.array([[ts[i] for i in items]], np.float64)}
+
+    ok, wrong, inside = model.execute([request(good), request(bad), request([5, 0, 6, 0] if side == "right"
+                                                                            else [0, 5, 0, 6])])
+    assert ok.error is None and ok.outputs["topk_ids"].shape == (1, K)
+    for r in (wrong, inside):
+        assert r.error is not None and f"the window is not {side}-padded" in r.error.msg
+
+
+def test_launcher_listens_on_loopback_only(tmp_path, monkeypatch, capsys):
+    """``serve`` starts tritonserver with every endpoint on 127.0.0.1 (metrics off unless a port is given) and
+    returns its exit status; nothing is started for a repository that does not exist."""
+    from export import triton_server as S
+
+    started = []
+
+    class FakeProc:
+        def __init__(self, cmd, env=None):
+            started.append(cmd)
+
+        def wait(self):
+            return 7
+
+        def poll(self):
+            return 7
+
+    monkeypatch.setattr(S, "_prepare_workspace", lambda ws: (tmp_path / "bin" / "tritonserver", dict(os.environ)))
+    monkeypatch.setattr(S.subprocess, "Popen", FakeProc)
+    monkeypatch.setattr(S.signal, "signal", lambda *a: None)     # keep pytest's own handlers
+    assert S.serve(str(tmp_path), http_port=18000, grpc_port=18001) == 7
+    assert S.serve(str(tmp_path), http_port=18000, grpc_port=18001, metrics_port=18002) == 7
+    assert S.serve(str(tmp_path / "missing")) == 2 and len(started) == 2
+    capsys.readouterr()
+    for cmd, metrics in zip(started, (False, True), strict=True):
+        flags = dict(a.split("=", 1) for a in cmd[1:])
+        addresses = {k: v for k, v in flags.items() if k.endswith("-address")}
+        assert addresses == {"--http-address": "127.0.0.1", "--grpc-address": "127.0.0.1",
+                             **({"--metrics-address": "127.0.0.1"} if metrics else {})}, addresses
+        assert (flags["--http-port"], flags["--grpc-port"]) == ("18000", "18001")
+        assert flags["--allow-metrics"] == ("true" if metrics else "false")
+        assert flags["--model-repository"] == str(tmp_path)
+
+
+# ======================================================= the client against a recorded stand-in (no server needed)
+def _fake_http_client(monkeypatch, inputs, outputs, parameters=None):
+    """tritonclient.http.InferenceServerClient replaced by a stand-in serving one model's metadata (``inputs``,
+    ``outputs``: name -> (datatype, shape)); each infer call is recorded; ``fail[0]``, when set, is the message of the
+    InferenceServerException the next calls raise."""
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    calls, fail = [], [None]
+
+    class Result:
+        def __init__(self, sent):
+            self.sent = sent
+
+        def as_numpy(self, name):
+            if name == "topk_ids":
+                return np.arange(1, K + 1, dtype=np.int64)[None]
+            if name == "topk_scores":
+                return -np.arange(K, dtype=np.float32)[None]
+            if name == "live_sequences":
+                return np.array([[len(calls)]], np.int64)
+            return np.zeros([1] + [abs(d) for d in outputs[name][1][1:]], np.float32)   # a state output
+
+    class Client:
+        def __init__(self, url, **kw):
+            pass
+
+        def get_model_metadata(self, name):
+            io = lambda d: [{"name": n, "datatype": t, "shape": list(s)} for n, (t, s) in d.items()]  # noqa: E731
+            return {"name": name, "inputs": io(inputs), "outputs": io(outputs)}
+
+        def get_model_config(self, name):
+            return {"parameters": {k: {"string_value": v} for k, v in (parameters or {}).items()}}
+
+        def infer(self, model_name, ins, outputs=None, **kw):
+            calls.append({"inputs": [i.name() for i in ins], **kw})
+            if fail[0]:
+                raise InferenceServerException(fail[0])
+            return Result(ins)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(th, "InferenceServerClient", Client)
+    return calls, fail
+
+
+STEP_IO = ({"item_ids": ("INT64", (-1, -1))},
+           {"topk_ids": ("INT64", (-1, K)), "topk_scores": ("FP32", (-1, K)), "live_sequences": ("INT64", (-1, 1))})
+
+
+def test_sequence_ids_are_positive_int64(monkeypatch):
+    from export.triton_client import sequence_id
+
+    assert sequence_id(1) == 1 and sequence_id(2 ** 63 - 1) == 2 ** 63 - 1 and sequence_id(np.int64(5)) == 5
+    for bad in (0, -3, 2 ** 63):
+        with pytest.raises(ValueError, match=r"integer sequence ids must be in 1 \.\. 2\*\*63-1"):
+            sequence_id(bad)
+    with pytest.raises(TypeError, match="not a bool"):
+        sequence_id(True)
+    ids = [sequence_id(f"user-{i}") for i in range(2000)]
+    assert all(1 <= v < 2 ** 63 for v in ids) and len(set(ids)) == len(ids)
+    assert sequence_id("user-1") == ids[1]                               # stable
+
+
+def test_client_sequence_flags_follow_the_sequence(monkeypatch):
+    """start/end flags: the first call of a sequence starts it, the next ones continue it, an ended sequence starts
+    again; end() of a sequence that is not live sends nothing; a continuation the server has no state for marks it
+    gone (the next call says to prime it, sending nothing) while a continuation refused for another reason (a bad
+    item) leaves it live; the client refuses an item index n_items before sending."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import TritonRecommendError, TritonRecommender, sequence_id
+
+    calls, fail = _fake_http_client(monkeypatch, *STEP_IO)
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+
+    def flags():
+        return [(c["sequence_id"], c["sequence_start"], c["sequence_end"]) for c in calls]
+
+    u = sequence_id("u")
+    rec.recommend("u", [1])
+    rec.recommend("u", [2], end=True)
+    rec.recommend("u", [3])
+    assert flags() == [(u, True, False), (u, False, True), (u, True, False)]
+    calls.clear()
+    rec.end("never-started")
+    assert calls == []
+    rec.end("u")
+    rec.end("u")                                                         # already ended: nothing sent
+    assert flags() == [(u, False, True)]
+    with pytest.raises(ValueError, match=rf"item index {N_ITEMS} out of range 1\.\.{N_ITEMS - 1}"):
+        rec.recommend("v", [N_ITEMS])
+    calls.clear()
+    rec.prime("v", [1, 2])
+    fail[0] = "m: item index 500 is out of range 1..119"
+    with pytest.raises(TritonRecommendError, match="out of range"):
+        rec.recommend("v", [5])
+    fail[0] = None
+    rec.recommend("v", [6])                                              # still live: continued
+    fail[0] = ("m: sequence 42 has no state on the server (it was never started, was ended, or stayed idle longer "
+               "than 30 s); restart it with sequence_start=True and its history")
+    with pytest.raises(TritonRecommendError, match="no state on the server"):
+        rec.recommend("v", [7])
+    fail[0] = None
+    n = len(calls)
+    with pytest.raises(TritonRecommendError, match=r"gone from the server .*call prime\(\)"):
+        rec.recommend("v", [8])
+    assert len(calls) == n
+    rec.prime("v", [1, 2, 8])
+    v = sequence_id("v")
+    assert flags() == [(v, True, False), (v, False, False), (v, False, False), (v, False, False), (v, True, False)]
+
+
+def test_client_checks_timestamps_and_honours_k(monkeypatch):
+    """Time-aware models: negative, non-finite or decreasing timestamps are refused before sending; the explicit-state
+    client refuses a first new timestamp before the stored state's last_ts (even when later ones are after it), and
+    returns k items when asked for k."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import ExplicitStateRecommender, TritonRecommender
+
+    ins, outs = dict(STEP_IO[0], timestamps=("FP64", (-1, -1))), STEP_IO[1]
+    calls, _ = _fake_http_client(monkeypatch, ins, outs)
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+    for ts, msg in (([-1.0, 5.0], "finite and non-negative"), ([np.nan, 5.0], "finite and non-negative"),
+                    ([9.0, 5.0], "decrease"), ([5.0], "got 1 timestamps for 2 items")):
+        with pytest.raises(ValueError, match=msg):
+            rec.recommend("u", [1, 2], timestamps=ts)
+    assert calls == []
+    rec.recommend("u", [1, 2], timestamps=[0.0, 5.0])
+    assert calls[-1]["inputs"] == ["item_ids", "timestamps"]
+
+    ins = {**ins, "last_ts": ("FP64", (-1, 1)), "conv_state": ("FP32", (-1, 2, 3))}
+    outs = {**STEP_IO[1], "last_ts_out": ("FP64", (-1, 1)), "conv_state_out": ("FP32", (-1, 2, 3))}
+    calls, _ = _fake_http_client(monkeypatch, ins, outs, {"state_init": json.dumps({"last_ts": -1.0,
+                                                                                    "conv_state": 0.0})})
+    store = {"u": {"last_ts": np.array([[5000.0]]), "conv_state": np.zeros((1, 2, 3), np.float32)}}
+    rec = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", store=store)
+    assert rec.initial_state()["last_ts"].tolist() == [[-1.0]]
+    calls.clear()
+    with pytest.raises(ValueError, match=r"go back in time .*4000\.0 < last_ts 5000\.0"):
+        rec.recommend("u", [1, 2], timestamps=[4000.0, 6000.0])
+    assert calls == []
+    top, scores = rec.recommend_with_scores("u", [1], timestamps=[5000.0], k=3)
+    assert top == [1, 2, 3] and len(scores) == 3 and len(rec.recommend("new-user", [1], timestamps=[1.0], k=2)) == 2
 
 
 # ================================================================================================ live server

@@ -482,16 +482,19 @@ def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str 
 
 # --------------------------------------------------------------------------------------------------- push
 def push(folder: str, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Publish a card folder to the Hub with ``huggingface_hub`` (needs credentials: ``HF_TOKEN`` or a login)."""
-    from huggingface_hub import HfApi
+    """Publish a card folder to the Hub with ``huggingface_hub`` (needs credentials: ``HF_TOKEN`` or a login).
+    ``private`` also makes an existing public repo private; without it an existing repo keeps its visibility."""
+    from huggingface_hub import HfApi, get_token
 
     missing = [f for f in CARD_FILES if not os.path.exists(os.path.join(folder, f))]
     if missing:
         raise ValueError(f"{folder} is not a complete card folder: missing {missing}")
     api = HfApi(token=token)
-    if not (token or api.token):
+    if not (token or get_token()):     # HF_TOKEN or `hf auth login`'s token file (HfApi().token is only the argument)
         raise RuntimeError("no Hugging Face credentials: set HF_TOKEN or run `hf auth login` first")
     api.create_repo(repo_id, private=private, exist_ok=True)
+    if private:                        # create_repo leaves an existing repo's visibility as it was
+        api.update_repo_settings(repo_id, private=True)
     info = api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=f"Upload {os.path.basename(folder)}")
     return str(info)
 

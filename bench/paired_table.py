@@ -91,10 +91,12 @@ def signed(x: float) -> str:
 
 
 def fmt_p(p: float, n_boot: int) -> str:
+    """``<1e-4`` below the bootstrap's resolution (``1 / n_boot``), else two significant digits (``0.0002``,
+    ``0.004``, ``0.44``); never ``0.000``."""
     floor = 1.0 / n_boot
     if p < floor:
         return f"<{floor:.0e}".replace("e-0", "e-")
-    return f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+    return f"{p:.2g}" if p < 0.01 else f"{p:.2f}"
 
 
 def table(pairs, cards: str, data: str, ranks_dir: str, n_boot: int) -> tuple[str, int]:

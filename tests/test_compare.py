@@ -268,3 +268,18 @@ def test_paired_table_evaluates_a_recarded_card_and_other_data_again(tmp_path, c
     with pytest.raises(SystemExit, match=f"needs one {paired.BEGIN} followed by one {paired.END}"):
         paired.main(["--data", data, *argv, "--update", str(readme)])
     assert readme.read_text() == f"{paired.END}\nold\n{paired.BEGIN}\n" and not ranks.exists()
+
+
+def test_paired_table_p_values_keep_their_digits():
+    """A p between the bootstrap's floor and 0.001 keeps its digits (it printed ``0.000``); below the floor it is
+    ``<1e-4`` for 10,000 resamples."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("paired_table", os.path.join(os.path.dirname(__file__), "..",
+                                                                                 "bench", "paired_table.py"))
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    got = [paired.fmt_p(p, 10_000) for p in (0.00005, 0.0002, 0.004, 0.0043, 0.05, 0.44)]
+    assert got == ["<1e-4", "0.0002", "0.004", "0.0043", "0.05", "0.44"]
+    assert paired.fmt_p(0.0005, 1_000) == "<1e-3"

@@ -494,7 +494,8 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
                              "tensorrt_lean": env.lean_version, "tensorrt_lean_error": env.lean_error,
                              "gpu": env.gpu, "gpu_error": env.gpu_error}
     say(f"  TensorRT builder : {env.tensorrt_version or 'MISSING (' + str(env.tensorrt_error) + ')'}")
-    say(f"  TensorRT lean    : {env.lean_version or ('BROKEN: ' + env.lean_error if env.lean_error else 'not installed')}")
+    lean_line = env.lean_version or (f"BROKEN ({env.lean_error})" if env.lean_error else "not installed")
+    say(f"  TensorRT lean    : {lean_line}")
     say(f"  GPU              : {env.gpu or 'MISSING (' + str(env.gpu_error) + ')'}")
     lib = None
     try:

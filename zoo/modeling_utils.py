@@ -505,7 +505,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         # config.json records whether a vocabulary belongs to these weights, so that loading can tell a deleted
         # item_vocab.json (error) from a model that never had one, and a stale one left from earlier weights
         self.config.item_vocab_file = VOCAB_FILE if self.item_vocab is not None else None
-        with _no_weight_loading_bar():
+        with _no_weight_bars():
             super().save_pretrained(save_directory, *args, **kwargs)
         if self.item_vocab is not None:
             self.item_vocab.save(save_directory)
@@ -541,7 +541,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         kwargs.setdefault("use_safetensors", True)
         weight_files = _weight_files(path)
         try:
-            with _no_weight_loading_bar():
+            with _no_weight_bars():
                 model, info = super().from_pretrained(path, *model_args, config=config, output_loading_info=True,
                                                       **kwargs)
         except Exception as e:  # safetensors header errors, truncated files, size mismatches, ...
@@ -584,7 +584,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
 
 @contextlib.contextmanager
-def _no_weight_loading_bar():
+def _no_weight_bars():
     """Transformers draws "Loading weights" and "Writing model shards" bars; a zoo model has a few dozen small
     tensors in one file, so the bars are noise on every CLI's first line (and in every training log run with
     ``--no-progress``). Off while loading a local folder (nothing is downloaded inside) or saving one, then restored;

@@ -134,7 +134,8 @@ def test_scan_speed_train_shape(one_thread):
 # ------------------------------------------------------------------------------------------------ central invariant
 @pytest.mark.parametrize("plan", ["ones", "mixed"])
 def test_step_equivalence(plan, one_thread):
-    model = small_model()
+    # initializer_range 0.1 (cutoff 0.2), not 0.02: at 0.02 the history moved the last logits by only ~2e-3, 20x atol
+    model = small_model(initializer_range=0.1, initializer_cutoff=0.2)
     worst = check_step_equivalence(model, [1, 2, 37, 200, 600], chunk_plan=plan, atol=1e-4, seed=1)
     print(f"LRURec step vs full forward ({plan}): max abs diff {worst:.3g}")
     assert worst < 1e-4

@@ -44,7 +44,8 @@ def check_step_equivalence(model, lengths, chunk_plan="mixed", atol=1e-4, seed=0
         ts = None
     full = full_logits_per_position(model, ids, mask, ts)                 # [B, L, V]
     offsets = [0 if model.padding_side == "right" else L - n for n in lengths]
-    _check_reads_its_history(model, hist, ts_lists if timestamps else None, atol)
+    _check_reads_its_history(model, hist, ts_lists if timestamps else None,
+                             lambda r: full[r, offsets[r] + lengths[r] - 1], atol)
 
     def chunks(n):
         pos = 0
@@ -76,30 +77,35 @@ def check_step_equivalence(model, lengths, chunk_plan="mixed", atol=1e-4, seed=0
     return worst
 
 
-
-def history_effect(model, history, timestamps=None) -> float:
-    """Max abs difference of the logits after ``history`` from those after its last item alone (with its timestamp
-    for a time-aware model): how much the model reads what came before the newest item."""
-    if timestamps is not None:
-        ids, mask, ts = model.pad_batch([history], max_length=len(history), timestamps=[timestamps])
-        ids1, mask1, ts1 = model.pad_batch([history[-1:]], max_length=1, timestamps=[timestamps[-1:]])
-    else:
-        (ids, mask), ts = model.pad_batch([history], max_length=len(history)), None
-        (ids1, mask1), ts1 = model.pad_batch([history[-1:]], max_length=1), None
-    after = full_logits_per_position(model, ids, mask, ts)[0, -1]                 # [V]
-    alone = full_logits_per_position(model, ids1, mask1, ts1)[0, -1]
+def history_effect(model, history, timestamps=None, after=None) -> float:
+    """Max abs difference of the logits after ``history`` (``after``, ``[V]``, when the caller has them) from those
+    after its last item alone (with its timestamp for a time-aware model): how much the model reads what came before
+    the newest item."""
+    if after is None:
+        after = _last_logits(model, history, timestamps)
+    alone = _last_logits(model, history[-1:], None if timestamps is None else timestamps[-1:])
     return (after - alone).abs().max().item()
 
 
-def _check_reads_its_history(model, hist, ts_lists, atol, factor=10.0):
-    """Negative control: the longest history's last logits must differ from those after its last item alone by
-    more than ``factor * atol``. A model that barely reads its history (tiny random inits can move scores by ~1e-5)
-    would let a step that lost, reset or mixed up its state pass the ``atol`` comparison."""
+def _last_logits(model, history, timestamps=None):
+    """``[V]`` logits after one history (its timestamps for a time-aware model)."""
+    if timestamps is not None:
+        ids, mask, ts = model.pad_batch([history], max_length=len(history), timestamps=[timestamps])
+    else:
+        (ids, mask), ts = model.pad_batch([history], max_length=len(history)), None
+    return full_logits_per_position(model, ids, mask, ts)[0, -1]
+
+
+def _check_reads_its_history(model, hist, ts_lists, after, atol, factor=10.0):
+    """Negative control: the longest history's last logits (``after(r)``: row ``r``'s, already computed) must differ
+    from those after its last item alone by more than ``factor * atol``. A model that barely reads its history (tiny
+    random inits can move scores by ~1e-5) would let a step that lost, reset or mixed up its state pass the ``atol``
+    comparison."""
     r = max(range(len(hist)), key=lambda i: len(hist[i]))
     n = len(hist[r])
     if n < 2:
         return
-    moved = history_effect(model, hist[r], ts_lists[r] if ts_lists is not None else None)
+    moved = history_effect(model, hist[r], ts_lists[r] if ts_lists is not None else None, after=after(r))
     print(f"[equivalence] {type(model).__name__}: history moves the last logits by {moved:.3g} (atol {atol})")
     assert moved > factor * atol, (
         f"{type(model).__name__} barely reads its history: the logits after {n} items differ from those after the "

@@ -176,10 +176,8 @@ def test_compare_refuses_outputs_it_cannot_write_before_any_work(tmp_path, capsy
     assert a.read_text() == before
 
 
-def test_paired_table_measures_the_pairs_and_rewrites_only_the_marked_table(tmp_path, capsys):
-    """``bench/paired_table.py`` evaluates each card with the data options its eval_results.json records, prints a - b
-    (= zoo.compare's B - A with the files swapped) and, with --update, replaces only the text between the markers;
-    a file without the markers is refused, before any evaluation, and left as it was; a cached ranks file of the card is re-used."""
+def _paired_table():
+    """``bench/paired_table.py`` (a script, not a package module) loaded as a module."""
     import importlib.util
     import os
 
@@ -187,6 +185,16 @@ def test_paired_table_measures_the_pairs_and_rewrites_only_the_marked_table(tmp_
                                                                                  "bench", "paired_table.py"))
     paired = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(paired)
+    return paired
+
+
+def test_paired_table_measures_the_pairs_and_rewrites_only_the_marked_table(tmp_path, capsys):
+    """``bench/paired_table.py`` evaluates each card with the data options its eval_results.json records, prints a - b
+    (= zoo.compare's B - A with the files swapped) and, with --update, replaces only the text between the markers;
+    a file without the markers is refused, before any evaluation, and left as it was; a cached ranks file of the card is re-used."""
+    import os
+
+    paired = _paired_table()
     items, data = _toy(tmp_path)
     cards = tmp_path / "cards"
     for name, seed in (("x-ml1m", 0), ("y-ml1m", 1)):
@@ -223,17 +231,6 @@ def test_paired_table_measures_the_pairs_and_rewrites_only_the_marked_table(tmp_
     assert not (tmp_path / "ranks" / "x-ml1m.lrurec.csv").exists()      # refused before any evaluation
 
 
-def _paired_table_module():
-    import importlib.util
-    import os
-
-    spec = importlib.util.spec_from_file_location("paired_table", os.path.join(os.path.dirname(__file__), "..",
-                                                                                 "bench", "paired_table.py"))
-    paired = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paired)
-    return paired
-
-
 def test_paired_table_evaluates_a_recarded_card_and_other_data_again(tmp_path, capsys):
     """A cached ranks file is re-used only when it is of the same --data and newer than the card's weights: the card
     whose weights were replaced after it (a re-card) is evaluated again, the other one is not, and another data file
@@ -241,7 +238,7 @@ def test_paired_table_evaluates_a_recarded_card_and_other_data_again(tmp_path, c
     import os
     import shutil
 
-    paired = _paired_table_module()
+    paired = _paired_table()
     items, data = _toy(tmp_path)
     cards, ranks = tmp_path / "cards", tmp_path / "ranks"
     for name, seed in (("x-ml1m", 0), ("y-ml1m", 1)):
@@ -273,13 +270,7 @@ def test_paired_table_evaluates_a_recarded_card_and_other_data_again(tmp_path, c
 def test_paired_table_p_values_keep_their_digits():
     """A p between the bootstrap's floor and 0.001 keeps its digits (it printed ``0.000``); below the floor it is
     ``<1e-4`` for 10,000 resamples."""
-    import importlib.util
-    import os
-
-    spec = importlib.util.spec_from_file_location("paired_table", os.path.join(os.path.dirname(__file__), "..",
-                                                                                 "bench", "paired_table.py"))
-    paired = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paired)
+    paired = _paired_table()
     got = [paired.fmt_p(p, 10_000) for p in (0.00005, 0.0002, 0.004, 0.0043, 0.05, 0.44)]
     assert got == ["<1e-4", "0.0002", "0.004", "0.0043", "0.05", "0.44"]
     assert paired.fmt_p(0.0005, 1_000) == "<1e-3"

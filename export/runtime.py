@@ -344,8 +344,8 @@ class OnnxStepSession(_Base):
         dec = ts[:, 1:] < ts[:, :-1]
         if dec.any():
             r, c = map(int, np.argwhere(dec)[0])
-            raise ValueError(f"timestamps of batch row {r} decrease ({ts[r, c + 1]!r} after {ts[r, c]!r}); "
-                             "events must be in time order")
+            raise ValueError(f"timestamps of batch row {r} decrease ({float(ts[r, c + 1])!r} after "
+                             f"{float(ts[r, c])!r}); events must be in time order")
         if "last_ts" in state:
             last = state["last_ts"][:, 0]
             odd = (last < 0) & (last != -1)                    # timestamps are >= 0; -1: no event yet (model.step)
@@ -357,7 +357,7 @@ class OnnxStepSession(_Base):
             if back.any():
                 r = int(np.argmax(back))
                 raise ValueError(f"timestamps of batch row {r} go back in time relative to its state's last event "
-                                 f"({ts[r, 0]!r} < last_ts {last[r]!r})")
+                                 f"({float(ts[r, 0])!r} < last_ts {float(last[r])!r})")
         return ts
 
     def prime(self, histories: Sequence[Sequence[int]], timestamps: Any = None) -> StepOutput:

@@ -171,8 +171,8 @@ class _Base:
             raise ValueError("timestamps must be finite and non-negative (Unix seconds)")
         if (ts[0, 1:] < ts[0, :-1]).any():
             i = int(np.argmax(ts[0, 1:] < ts[0, :-1]))
-            raise ValueError(f"timestamps decrease ({ts[0, i + 1]!r} after {ts[0, i]!r}); events must be in time "
-                             "order")
+            raise ValueError(f"timestamps decrease ({ts[0, i + 1].item()!r} after {ts[0, i].item()!r}); "
+                             "events must be in time order")
         return ts
 
     def _timestamps(self, timestamps, n: int):

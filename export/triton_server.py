@@ -183,7 +183,8 @@ class TritonPythonModel:
             return ts
         if (ts[1:] < ts[:-1]).any():
             i = int(np.argmax(ts[1:] < ts[:-1]))
-            raise ValueError(f"timestamps decrease ({ts[i + 1]!r} after {ts[i]!r}); events must be in time order")
+            raise ValueError(f"timestamps decrease ({ts[i + 1].item()!r} after {ts[i].item()!r}); "
+                             "events must be in time order")
         return ts
 
     def _check_after_last(self, ts, state):
@@ -192,7 +193,7 @@ class TritonPythonModel:
             return
         last = float(state[self.i_last_ts].reshape(-1)[0])
         if last >= 0 and ts[0] < last:
-            raise ValueError(f"timestamps go back in time relative to the sequence's last event ({ts[0]!r} < "
+            raise ValueError(f"timestamps go back in time relative to the sequence's last event ({ts[0].item()!r} < "
                              f"last_ts {last!r})")
 
     def _initial_from_triton(self, arr, name, shape, dt, value):
@@ -204,8 +205,8 @@ class TritonPythonModel:
         if not (arr == value).all():
             bad = arr.reshape(-1)[np.argmax(arr.reshape(-1) != value)]
             raise ValueError(f"the initial state {name!r} Triton handed over (sequence_batching.state initial_state) "
-                             f"holds {bad!r}, but state_spec.json says {value!r}: the repository's initial_state "
-                             "does not match the graph (regenerate it with python -m export.triton)")
+                             f"holds {bad.item()!r}, but state_spec.json says {value!r}: the repository's "
+                             "initial_state does not match the graph (regenerate it with python -m export.triton)")
         return np.ascontiguousarray(arr)
 
     # ------------------------------------------------------------------------------------------ execute

@@ -623,6 +623,19 @@ def test_python_backend_keeps_sequences_apart_within_one_batch(mamba, mamba_expo
     assert model.store == {}
 
 
+def test_python_backend_refuses_an_initial_state_that_is_not_the_graphs(mamba, mamba_export, tmp_path, monkeypatch):
+    """A starting sequence's initial state as Triton hands it over must be the one state_spec.json gives (the
+    repository's initial_state); a different value is an error for that request that names both values."""
+    model = _backend_model(mamba_export, tmp_path / "repo", monkeypatch)
+    name, _, _, init = model.states[0]
+    bad = _seq_request(model, 1, [3, 9], start=True)
+    bad[name] = bad[name] + 0.5
+    wrong, ok = model.execute([bad, _seq_request(model, 2, [3, 9], start=True)])
+    assert wrong.error is not None, "a wrong initial state was accepted"
+    assert f"holds {float(init) + 0.5!r}, but state_spec.json says {init!r}" in wrong.error.msg, wrong.error.msg
+    _answers(model, mamba, [ok], [[3, 9]])
+
+
 def test_python_backend_frees_only_the_sequences_left_idle(mamba, mamba_export, tmp_path, monkeypatch):
     """A sequence's idle time runs from its last request (not its start): past max_sequence_idle_microseconds only
     the sequences left idle that long are freed (their continuation is an error naming why); the one still in use
@@ -653,8 +666,11 @@ def test_python_backend_explicit_state_refuses_time_going_back(tc_model, tc_expo
             r[name] = np.full((1, *shape), 5000.0 if name == "last_ts" else init, np.dtype(dt))
         return r
 
-    back, same, later = model.execute([request([4000.0, 6000.0]), request([5000.0]), request([5001.0, 5002.0])])
-    assert back.error is not None and "go back in time" in back.error.msg and "< last_ts 5000.0" in back.error.msg
+    back, same, later, down = model.execute([request([4000.0, 6000.0]), request([5000.0]), request([5001.0, 5002.0]),
+                                             request([5003.0, 5002.5])])
+    assert back.error is not None and "go back in time" in back.error.msg, back.error
+    assert "(4000.0 < last_ts 5000.0)" in back.error.msg, back.error.msg
+    assert down.error is not None and "timestamps decrease (5002.5 after 5003.0)" in down.error.msg, down.error
     assert same.error is None and later.error is None
     assert later.outputs["last_ts_out"].reshape(-1).tolist() == [5002.0]
 
@@ -835,7 +851,7 @@ def test_client_checks_timestamps_and_honours_k(monkeypatch):
     calls, _ = _fake_http_client(monkeypatch, ins, outs)
     rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
     for ts, msg in (([-1.0, 5.0], "finite and non-negative"), ([np.nan, 5.0], "finite and non-negative"),
-                    ([9.0, 5.0], "decrease"), ([5.0], "got 1 timestamps for 2 items")):
+                    ([9.0, 5.0], r"decrease \(5\.0 after 9\.0\)"), ([5.0], "got 1 timestamps for 2 items")):
         with pytest.raises(ValueError, match=msg):
             rec.recommend("u", [1, 2], timestamps=ts)
     assert calls == []

@@ -1,4 +1,5 @@
-"""Shared check of the central invariant: full forward == prefix forward followed by step calls."""
+"""Shared checks of the central invariant: full forward == prefix forward followed by step calls (recurrent models), or
+step == a forward over each new item's window (models that re-encode a window)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,7 @@ def check_step_equivalence(model, lengths, chunk_plan="mixed", atol=1e-4, seed=0
     hist = [[rng.randrange(1, V) for _ in range(n)] for n in lengths]
     L = max(lengths)
     if timestamps:
-        ts_lists = []
-        for n in lengths:
-            t, row = rng.randrange(10**8, 2 * 10**8), []
-            for _ in range(n):
-                t += rng.choice([0, 1, 30, 600, 86400, 10**6])
-                row.append(float(t))
-            ts_lists.append(row)
+        ts_lists = [_timestamps(rng, n) for n in lengths]
         ids, mask, ts = model.pad_batch(hist, max_length=L, timestamps=ts_lists)
     else:
         ids, mask = model.pad_batch(hist, max_length=L)
@@ -77,6 +72,127 @@ def check_step_equivalence(model, lengths, chunk_plan="mixed", atol=1e-4, seed=0
     return worst
 
 
+def _timestamps(rng, n, start=None):
+    """``n`` non-decreasing Unix-second timestamps (float) with gaps from 0 (same second) to ~12 days."""
+    t, row = rng.randrange(10**8, 2 * 10**8) if start is None else start, []
+    for _ in range(n):
+        t += rng.choice([0, 1, 30, 600, 86400, 10**6])
+        row.append(float(t))
+    return row
+
+
+def window_logits(model, history, timestamps=None):
+    """``[V]`` logits of a forward over the last ``max_seq_length`` items of ``history`` (with their timestamps for a
+    time-aware model): what a window model's step must give after the newest of them."""
+    args = {} if timestamps is None else {"timestamps": [timestamps]}
+    batch = model.pad_batch([history], **args)                              # truncated to the last max_seq_length
+    ids, mask = batch[:2]
+    with torch.no_grad():
+        return model(ids, mask, **({} if timestamps is None else {"timestamps": batch[2]})).logits[0]
+
+
+def check_window_step_equivalence(model, lengths, chunk_plan="mixed", new=5, atol=1e-4, seed=0, timestamps=False):
+    """The central invariant for models whose step re-encodes a window (SASRec, BERT4Rec, TiM4Rec, SSD4Rec): after
+    every new item the step's logits equal a forward over that item's own window, the last ``max_seq_length`` items of
+    the history up to it.
+
+    Each history (give lengths below, at and beyond ``max_seq_length``) is stepped alone from ``init_state(1)`` in
+    chunks (``chunk_plan``: "ones", "mixed", or a list of chunk sizes, the last one cut to what is left), checking every
+    position (``all_positions``), that the input state is not modified, and the window the state keeps (``window_ids``
+    oldest first and zero-padded, ``window_len``, ``window_ts`` where present). Then the final states, at different
+    fill levels, are stacked into one batch and stepped ``new`` items at once, every position checked again; that
+    batched step is repeated with ``step_chunk_elems = 1`` (one window per encoder call), so that the chunked path is
+    the same. A negative control asserts that the longest history moves the last logits by more than ``10 * atol``.
+    Returns the max abs difference seen.
+    """
+    rng = random.Random(seed)
+    model.eval()
+    V, M = model.config.n_items, model.config.max_seq_length
+    hist = [[rng.randrange(1, V) for _ in range(n)] for n in lengths]
+    ts_lists = [_timestamps(rng, n) for n in lengths] if timestamps else None
+    r_long = max(range(len(lengths)), key=lambda r: lengths[r])
+    if lengths[r_long] >= 2:
+        h, t = hist[r_long], ts_lists[r_long] if timestamps else None
+        moved = (window_logits(model, h, t) - window_logits(model, h[-1:], t[-1:] if t else None)).abs().max().item()
+        _assert_reads_history(model, len(h), moved, atol)
+
+    def ref(r, upto, h=None, t=None):
+        h = hist[r] if h is None else h
+        t = (ts_lists[r] if t is None else t) if timestamps else None
+        return window_logits(model, h[:upto], t[:upto] if timestamps else None)
+
+    def sizes(n):
+        if chunk_plan == "ones":
+            return [1] * n
+        if chunk_plan == "mixed":
+            out = []
+            while sum(out) < n:
+                out.append(min(rng.choice([1, 1, 2, 3, 7, 16]), n - sum(out)))
+            return out
+        out = []
+        for c in chunk_plan:
+            if sum(out) < n:
+                out.append(min(c, n - sum(out)))
+        return out + ([n - sum(out)] if sum(out) < n else [])
+
+    def step(state, items, ts):
+        before = {k: v.clone() for k, v in state.items()}
+        with torch.no_grad():
+            logits, out = model.step(torch.tensor(items), state, all_positions=True,
+                                     timestamps=None if ts is None else torch.tensor(ts, dtype=torch.float64))
+        for k in state:
+            assert torch.equal(state[k], before[k]), f"step modified its input state {k!r}"
+        return logits, out
+
+    worst, finals = 0.0, []
+    for r, n in enumerate(lengths):
+        state, pos = model.init_state(1), 0
+        for c in sizes(n):
+            logits, state = step(state, [hist[r][pos:pos + c]], [ts_lists[r][pos:pos + c]] if timestamps else None)
+            for j in range(c):
+                diff = (logits[0, j] - ref(r, pos + j + 1)).abs().max().item()
+                worst = max(worst, diff)
+                assert diff <= atol, (f"history {r} (len {n}, M {M}) position {pos + j} after a chunk of {c}: step vs "
+                                      f"window forward max abs diff {diff:.3g} > {atol}")
+            pos += c
+            k = min(pos, M)
+            assert int(state["window_len"][0, 0]) == k, (r, pos, state["window_len"])
+            assert state["window_ids"][0, :k].tolist() == hist[r][pos - k:pos], f"history {r}: window_ids after {pos}"
+            assert (state["window_ids"][0, k:] == 0).all(), f"history {r}: window_ids not zero-padded after {k}"
+            if "window_ts" in state:
+                assert state["window_ts"][0, :k].tolist() == ts_lists[r][pos - k:pos], f"history {r}: window_ts"
+                assert (state["window_ts"][0, k:] == 0).all(), f"history {r}: window_ts not zero-padded"
+        finals.append(state)
+    assert len({min(n, M) for n in lengths}) >= 2, "give histories that fill the window to different levels"
+    batch = {k: torch.cat([s[k] for s in finals]) for k in finals[0]}
+    items = [[rng.randrange(1, V) for _ in range(new)] for _ in lengths]
+    ts = [_timestamps(rng, new, start=int(ts_lists[r][-1])) for r in range(len(lengths))] if timestamps else None
+    default = getattr(model, "step_chunk_elems", None)
+    results = []
+    for elems in ([default] if default is None else [default, 1]):
+        if elems is not None:
+            model.step_chunk_elems = elems
+        try:
+            logits, state = step(batch, items, ts)
+        finally:
+            if default is not None:
+                model.step_chunk_elems = default
+        results.append((elems, logits, state))
+        for r, n in enumerate(lengths):
+            for j in range(new):
+                want = ref(r, n + j + 1, hist[r] + items[r], ts_lists[r] + ts[r] if timestamps else None)
+                diff = (logits[r, j] - want).abs().max().item()
+                worst = max(worst, diff)
+                assert diff <= atol, (f"batched step (step_chunk_elems {elems}), history {r} (len {n}) new item {j}: "
+                                      f"step vs window forward max abs diff {diff:.3g} > {atol}")
+    for elems, _, state in results:
+        for r, n in enumerate(lengths):
+            k = min(n + new, M)
+            assert int(state["window_len"][r, 0]) == k
+            assert state["window_ids"][r, :k].tolist() == (hist[r] + items[r])[-k:], f"batched window_ids, row {r}"
+    return worst
+
+
 def history_effect(model, history, timestamps=None, after=None) -> float:
     """Max abs difference of the logits after ``history`` (``after``, ``[V]``, when the caller has them) from those
     after its last item alone (with its timestamp for a time-aware model): how much the model reads what came before
@@ -106,6 +222,11 @@ def _check_reads_its_history(model, hist, ts_lists, after, atol, factor=10.0):
     if n < 2:
         return
     moved = history_effect(model, hist[r], ts_lists[r] if ts_lists is not None else None, after=after(r))
+    _assert_reads_history(model, n, moved, atol, factor)
+
+
+def _assert_reads_history(model, n, moved, atol, factor=10.0):
+    """``moved``: how far ``n`` items of history moved the last logits from those after the last item alone."""
     print(f"[equivalence] {type(model).__name__}: history moves the last logits by {moved:.3g} (atol {atol})")
     assert moved > factor * atol, (
         f"{type(model).__name__} barely reads its history: the logits after {n} items differ from those after the "

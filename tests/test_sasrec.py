@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import sys
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import zoo  # noqa: E402,F401  (registers the models with AutoConfig / AutoModel)
-from equivalence import check_step_equivalence  # noqa: E402
+from equivalence import check_step_equivalence, check_window_step_equivalence  # noqa: E402
 from zoo.modeling_utils import SeqRecConfig, SeqRecPreTrainedModel  # noqa: E402
 from zoo.models import MODELS  # noqa: E402
 from zoo.models.sasrec import SASRecConfig, SASRecModel  # noqa: E402
@@ -38,56 +37,12 @@ def test_step_equivalence(plan):
     assert worst <= 1e-4
 
 
-def _window_logits(model, hist, p):
-    """Logits of a full forward over the last max_seq_length items of hist[:p + 1]."""
-    win = hist[max(0, p + 1 - model.config.max_seq_length): p + 1]
-    with torch.no_grad():
-        return model(torch.tensor([win])).logits[0]
-
-
-@pytest.mark.parametrize("plan", [[1] * 100, [5, 30, 1, 64], [100], [31, 1, 1, 67]])
+@pytest.mark.parametrize("plan", ["ones", [5, 30, 1, 64], [100], [31, 1, 1, 67]])
 def test_step_window_reencode_beyond_max_seq_length(plan):
-    model = small(max_seq_length=32)
-    rng = random.Random(1)
-    hist = [rng.randrange(1, 50) for _ in range(100)]
-    state = model.init_state(1)
-    pos, worst = 0, 0.0
-    for c in plan:
-        before = {k: v.clone() for k, v in state.items()}
-        with torch.no_grad():
-            logits, new_state = model.step(torch.tensor([hist[pos:pos + c]]), state, all_positions=True)
-        for k in state:  # input state untouched
-            assert torch.equal(state[k], before[k])
-        for j in range(c):
-            worst = max(worst, (logits[0, j] - _window_logits(model, hist, pos + j)).abs().max().item())
-        state, pos = new_state, pos + c
-        n = min(pos, 32)
-        assert int(state["window_len"][0, 0]) == n
-        assert state["window_ids"][0, :n].tolist() == hist[pos - n:pos]
-        assert (state["window_ids"][0, n:] == 0).all()
-    assert pos == 100
-    assert worst <= 1e-4, worst
-
-
-def test_step_batched_rows_with_different_window_lengths():
-    model = small(max_seq_length=8)
-    rng = random.Random(2)
-    hists = [[rng.randrange(1, 50) for _ in range(n)] for n in (3, 8, 12)]
-    # build per-row states, then stack them into one batch and step 5 items at once
-    states = []
-    for h in hists:
-        with torch.no_grad():
-            _, s = model.step(torch.tensor([h]), model.init_state(1))
-        states.append(s)
-    state = {k: torch.cat([s[k] for s in states]) for k in states[0]}
-    new = torch.tensor([[rng.randrange(1, 50) for _ in range(5)] for _ in hists])
-    with torch.no_grad():
-        logits, _ = model.step(new, state, all_positions=True)
-    for r, h in enumerate(hists):
-        full = h + new[r].tolist()
-        for j in range(5):
-            ref = _window_logits(model, full, len(h) + j)
-            assert torch.allclose(logits[r, j], ref, atol=1e-4)
+    """Histories below, at and beyond max_seq_length = 32, stepped in chunks that end before, at and past it, then
+    together in one batch: each new position equals a forward over its own last-32 window."""
+    worst = check_window_step_equivalence(small(max_seq_length=32), [3, 32, 100], chunk_plan=plan, atol=1e-4)
+    print(f"SASRec window re-encode, plan {plan if isinstance(plan, str) else plan[:4]}: max abs diff {worst:.3g}")
 
 
 def test_state_spec_and_bad_state():

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModel
 
 import zoo
+from equivalence import check_window_step_equivalence
 from zoo.models.ssd4rec import SSD4RecConfig, SSD4RecModel
 from zoo.ops.ssd import ssd_scan_loop
 
@@ -94,21 +95,12 @@ def test_padding_invariance():
 
 
 def test_window_step_equals_forward_on_same_window():
+    """Histories below, at and beyond max_seq_length = 10, stepped alone and then together in one batch: each new
+    position equals a forward over its own last-10 items; the state is the window only."""
     model = small()
-    rng = random.Random(1)
-    items = [rng.randrange(1, 53) for _ in range(27)]
-    state, pos, worst = model.init_state(1), 0, 0.0
-    while pos < len(items):
-        c = min(rng.choice([1, 1, 2, 5, 13]), len(items) - pos)
-        with torch.no_grad():
-            lg, state = model.step(torch.tensor([items[pos:pos + c]]), state, all_positions=True)
-            for j in range(c):
-                ids, mask = model.pad_batch([items[:pos + j + 1]])              # last 10 items
-                worst = max(worst, (lg[0, j] - model(ids, mask).logits[0]).abs().max().item())
-        pos += c
-    assert worst <= 1e-4, worst
-    assert state["window_ids"][0].tolist() == items[-10:] and int(state["window_len"]) == 10
-    assert set(state) == {"window_ids", "window_len"}
+    worst = check_window_step_equivalence(model, [4, 10, 27], chunk_plan="mixed", atol=1e-4)
+    print(f"SSD4Rec window step: max abs diff {worst:.3g}")
+    assert set(model.init_state(1)) == {"window_ids", "window_len"}
 
 
 def test_prefix_objective_and_item_masking():

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModel
 
 import zoo
-from equivalence import check_step_equivalence
+from equivalence import check_step_equivalence, check_window_step_equivalence
 from zoo.models.tim4rec import TiM4RecConfig, TiM4RecModel
 from zoo.models.tim4rec_causal import TiM4RecCausalConfig, TiM4RecCausalModel
 
@@ -72,39 +72,10 @@ def test_official_config_forward_and_init():
 
 
 def test_window_step_equals_forward_on_same_window():
-    model = faithful()
-    hists = [history(30, seed=1), history(5, seed=2)]
-    states = [model.init_state(1), model.init_state(1)]
-    worst = 0.0
-    for r, (items, ts) in enumerate(hists):
-        state, pos = model.init_state(1), 0
-        rng = random.Random(r)
-        while pos < len(items):
-            c = min(rng.choice([1, 1, 2, 3, 7, 16]), len(items) - pos)
-            with torch.no_grad():
-                lg, state = model.step(torch.tensor([items[pos:pos + c]]), state,
-                                       timestamps=torch.tensor([ts[pos:pos + c]], dtype=torch.float64),
-                                       all_positions=True)
-            for j in range(c):
-                e = pos + j + 1
-                ids, mask, tsb = model.pad_batch([items[:e]], timestamps=[ts[:e]])   # last 12 items, right-padded
-                with torch.no_grad():
-                    ref = model(ids, mask, timestamps=tsb).logits[0]
-                worst = max(worst, (lg[0, j] - ref).abs().max().item())
-            pos += c
-        states[r] = state
-        assert int(state["window_len"]) == min(len(items), 12)
-        assert state["window_ids"][0, :int(state["window_len"])].tolist() == items[-12:]
-    assert worst <= 1e-4, worst
-    # batched step over rows at different window fill levels == per-row steps
-    both = {k: torch.cat([states[0][k], states[1][k]]) for k in states[0]}
-    new = torch.tensor([[7, 8], [9, 10]])
-    nts = torch.tensor([[2e8, 2e8 + 1], [2e8, 2e8 + 5]], dtype=torch.float64)
-    with torch.no_grad():
-        lg, _ = model.step(new, both, timestamps=nts)
-        for r in range(2):
-            one, _ = model.step(new[r:r + 1], states[r], timestamps=nts[r:r + 1])
-            assert (lg[r] - one[0]).abs().max() <= 1e-4
+    """Histories (with timestamps) below, at and beyond max_seq_length = 12, stepped alone and then together in one
+    batch: each new position equals a forward over its own last-12 items and timestamps."""
+    worst = check_window_step_equivalence(faithful(), [5, 12, 30], chunk_plan="mixed", atol=1e-4, timestamps=True)
+    print(f"TiM4Rec window step: max abs diff {worst:.3g}")
 
 
 def test_window_padding_and_time_sensitivity():
@@ -223,7 +194,7 @@ def test_save_load_roundtrip(tmp_path, make, cls):
                                                  ("mixed", [1, 3, 600, 213], 2), ("all", [1, 64], 2)])
 def test_causal_step_equals_full_forward(plan, lengths, layers):
     model = causal(num_layers=layers)
-    worst = check_step_equivalence(model, lengths, chunk_plan=plan, atol=1e-4, timestamps=True)
+    worst = check_step_equivalence(model, lengths, chunk_plan="mixed", atol=1e-4, timestamps=True)
     print(f"tim4rec_causal plan={plan}: max |step - full| = {worst:.2e}")
 
 

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402,F401
+from benchutil import command_line  # noqa: E402
 from bench_step_latency import MEDIANS, fmt_lat, timeit  # noqa: E402
 from export.onnx import export_model  # noqa: E402
 from export.runtime import OnnxStepSession  # noqa: E402
@@ -97,8 +98,8 @@ def main(argv=None):
                f"{torch.__version__}, onnxruntime {ort.__version__}")
         with open(args.markdown, "w") as f:
             f.write("# `--exclude-seen`: cost of the `seen` state in a step graph (CPU)\n\n")
-            f.write("Produced by `OMP_NUM_THREADS=1 python bench/bench_exclude_seen.py --markdown "
-                    f"bench/RESULTS_EXCLUDE_SEEN.md` ({time.strftime('%Y-%m-%d')}, {env}; "
+            f.write(f"Produced by `OMP_NUM_THREADS=1 {command_line('bench/bench_exclude_seen.py', argv)}` "
+                    f"({time.strftime('%Y-%m-%d')}, {env}; "
                     f"{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} at the end). "
                     f"One `T = 1` event per row after priming with {L} items, the ONNX step graph alone "
                     "(`raw_run`), top-10 in the graph; best of N calls in process CPU time; both graphs of a row timed "

@@ -7,8 +7,9 @@ per call):
   ``T = 1`` new item + state in, top-10 + new state out (the state was primed with ``L`` items first);
 * ``torch step``: the same with ``model.step`` in PyTorch (top-10 included);
 * ``torch re-encode``: what a model without a recurrent step must do per event: re-encode the whole history of
-  ``L`` items (PyTorch ``model.forward`` + top-10) with SASRec (window = L, so it has L position embeddings) and with
-  Mamba4Rec (full forward, fused CPU scan kernel when it builds).
+  ``L`` items (PyTorch ``model.forward`` + top-10) with SASRec (one model with position embeddings for the longest L,
+  the first L used; window = L) and with Mamba4Rec (full forward, fused CPU scan kernel when it builds; the
+  environment line says whether it did).
 
 All models use their ML-1M default configs (n_items 3417, hidden 64) with random weights (latency does not depend on
 the weights). Everything runs on ONE thread (torch.set_num_threads(1), ORT intra_op_num_threads=1), so the numbers
@@ -36,6 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402,F401
+from benchutil import command_line  # noqa: E402
 from export.onnx import export_model  # noqa: E402
 from export.runtime import OnnxStepSession  # noqa: E402
 from zoo.models.lrurec import LRURecConfig, LRURecModel  # noqa: E402
@@ -52,7 +54,7 @@ MEDIANS: dict = {}  # (method, L, B) -> median seconds per call (the tables repo
 
 
 def timeit(fn, min_time: float, max_reps: int = 2000, warmup: int = 2, key=None) -> float:
-    """Best-of-N seconds per call (at least 3 timed calls unless one call exceeds ``min_time``).
+    """Best-of-N seconds per call (at least 3 timed calls unless one call takes ``2 * min_time`` or more).
 
     The minimum is the estimator the ``timeit`` docs recommend: slower repeats are interference from other processes
     (this machine is shared). The median is kept in :data:`MEDIANS` and printed too.
@@ -163,13 +165,13 @@ def markdown(results, lengths, batches, scaled=()) -> str:
         for L in lengths:
             a, b = results.get(("torch re-encode SASRec", L, B)), results.get(("ORT step Mamba4Rec", L, B))
             c = results.get(("ORT step LRURec", L, B))
-            ratio.append("-" if a is None or b is None else f"{a / b:,.0f}× / {a / c:,.0f}×")
+            ratio.append("-" if None in (a, b, c) else f"{a / b:,.0f}× / {a / c:,.0f}×")
         out.append("| *SASRec re-encode ÷ ORT step (Mamba4Rec / LRURec)* | " + " | ".join(ratio) + " |")
         med = []
         for L in lengths:
             a, b = MEDIANS.get(("torch re-encode SASRec", L, B)), MEDIANS.get(("ORT step Mamba4Rec", L, B))
             c = MEDIANS.get(("ORT step LRURec", L, B))
-            med.append("-" if a is None or b is None else f"{a / b:,.0f}× / {a / c:,.0f}×")
+            med.append("-" if None in (a, b, c) else f"{a / b:,.0f}× / {a / c:,.0f}×")
         out.append("| *same ratio from medians instead of best-of-N* | " + " | ".join(med) + " |")
         out.append("")
     if scaled:
@@ -251,19 +253,22 @@ def main(argv=None):
     MEDIANS.update(medians)
     import onnxruntime as ort
 
+    from zoo.ops import selective_scan_cpu
+
     env = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs (benchmark on 1 thread), "
-           f"torch {torch.__version__}, onnxruntime {ort.__version__}, Python {platform.python_version()}")
+           f"torch {torch.__version__}, onnxruntime {ort.__version__}, Python {platform.python_version()}, Mamba4Rec "
+           "re-encode on the " + ("fused CPU scan kernel" if selective_scan_cpu.is_available()
+                                  else "PyTorch reference scan"))
     md = markdown(res, args.lengths, args.batches, scaled)
     print()
     print(md)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("# Stepwise inference vs re-encoding: per-event latency on CPU\n\n")
-            f.write("Produced by `OMP_NUM_THREADS=1 python bench/bench_step_latency.py --markdown bench/RESULTS.md "
-                    f"--plot bench/step_latency.png --rounds {args.rounds}` "
+            f.write(f"Produced by `OMP_NUM_THREADS=1 {command_line('bench/bench_step_latency.py', argv)}` "
                     f"({time.strftime('%Y-%m-%d')}, {env}; {time.perf_counter() - t0:.0f} s).\n")
             f.write("ML-1M default configs (n_items 3,417, hidden 64; Mamba4Rec 1 layer, d_state 32; LRURec 2 layers; "
-                    "SASRec 2 layers with L position embeddings), random weights, top-10 included in every method. "
+                    "SASRec 2 layers, window = L), random weights, top-10 included in every method. "
                     f"Best of N repeated calls (as the timeit docs recommend: slower repeats are interference), "
                     f"best of {args.rounds} whole sweep(s) per cell (medians: the lowest round median), timed as "
                     f"{'wall-clock' if args.wall else 'process CPU'} time "

@@ -32,6 +32,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchutil import command_line  # noqa: E402
+
 
 def _model(name):
     import torch
@@ -66,13 +68,11 @@ def run_level(h, model_name, n_items, conc, args):
                 sid = 10_000_000 * (conc + 1) + 10_000 * w + seq
                 cl.prime(sid, [rng.randrange(1, n_items) for _ in range(args.history)])
                 for _e in range(args.events_per_seq):
-                    with lock:
-                        if budget[0] <= 0 or time.perf_counter() > stop_at:
-                            budget[0] = 0
-                    if budget[0] <= 0:
+                    with lock:                   # check and take one event of the budget in one step
+                        go = budget[0] > 0 and time.perf_counter() <= stop_at
+                        budget[0] = budget[0] - 1 if go else 0
+                    if not go:
                         break
-                    with lock:
-                        budget[0] -= 1
                     t0 = time.perf_counter()
                     cl.recommend(sid, [rng.randrange(1, n_items)])
                     mine.append(time.perf_counter() - t0)
@@ -147,6 +147,8 @@ def main(argv=None):
     load = os.getloadavg()
     lines = [
         "# Triton loopback load test (bench/bench_triton.py)", "",
+        f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} "
+        f"{command_line('bench/bench_triton.py', argv)}`.", "",
         f"Server: nvidia-pytriton's tritonserver 2.51 (python backend), ONNX Runtime {_ort_version()} CPU on the step "
         f"graph, state per correlation id, sequence batcher `oldest` (max_batch_size {args.max_batch_size}, "
         f"queue delay {args.queue_delay_us} us), 1 model instance, ORT intra-op threads 1. Model: {desc}, top-{args.topk}.",
@@ -159,7 +161,9 @@ def main(argv=None):
     for r in rows:
         lines.append(f"| {r['concurrency']} | {r['events']} | {r['events_per_s']} | {r['p50_ms']} | {r['p95_ms']} | "
                      f"{r['p99_ms']} |")
-    lines += ["", f"Server statistics for the whole run (incl. priming/end requests and warm-up): "
+    lines += ["", "events/s: the timed events of a level over the level's wall time, which also holds each client's "
+              "connection set-up and its untimed priming and end requests.",
+              "", f"Server statistics for the whole run (incl. priming/end requests and warm-up): "
               f"{st['inference_count']} requests in {st['execution_count']} model executions "
               f"(mean batch {int(st['inference_count']) / max(1, int(st['execution_count'])):.2f}).", "",
               "Reading the numbers: a per-event latency is the whole round trip seen by a Python client -- "

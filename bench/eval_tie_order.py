@@ -39,6 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import zoo  # noqa: E402,F401
+from benchutil import command_line  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 from zoo.data.readers import read_interactions  # noqa: E402
 from zoo.data.split import TIME_TIES, EvalExamples, load_dataset  # noqa: E402
@@ -147,7 +148,7 @@ def main(argv=None):
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("# ML-1M: the order of same-second ratings and the leave-one-out numbers\n\n")
-            f.write(f"Produced by `python bench/eval_tie_order.py --markdown bench/TIE_ORDER.md` "
+            f.write(f"Produced by `{command_line('bench/eval_tie_order.py', argv)}` "
                     f"({time.strftime('%Y-%m-%d')}, {time.perf_counter() - t0:.0f} s) on "
                     "`ml-1m.users0001-2999.inter.gz` (real timestamps, source order kept on ties): users 1-2999, "
                     "leave-one-out (last item = test), full ranking; items outside a model's vocabulary dropped.\n\n")

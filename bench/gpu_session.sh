@@ -7,15 +7,18 @@
 #   2. build libzoo_scan_kernels.so + libzoo_trt_plugins.so (sm_90) -> $OUT/build.log
 #   3. kernel parity + timings: plugins/harness.py --check --bench  -> $OUT/harness.log, $OUT/harness.json
 #      (the plugins' CUDA kernels vs the PyTorch references, fp32/fp16/bf16, T = 1 and long T, zero/given state)
-#   4. every GPU-marked test (pytest -m gpu -rs): kernels, SSD/selective-scan GPU paths; the TensorRT-engine tests
-#      skip with their reason where the image has no TensorRT builder  -> $OUT/pytest_gpu.log
+#   4. every GPU-marked test (pytest -m gpu -rs, in the three files that have them): kernels, SSD/selective-scan GPU
+#      paths; the TensorRT-engine tests skip with their reason where the image has no TensorRT builder; the tests
+#      reuse step 2's build folder (ZOO_PLUGINS_BUILD_DIR: an incremental no-op build)  -> $OUT/pytest_gpu.log
 #
 # On this (CPU) machine, once, in the repository root (.whl/ is git-ignored; 0.2 MB of the 64 MiB that may travel):
 #   python3 -m pip download --no-deps kernel-lens==2.0.1 -d .whl      # TensorRT headers for the plugin library
 # then call the device tool with:
-#   command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=540
-# Each step has its own time limit, a failed step does not stop the later ones, and the summary at the end of the
-# output (and in $OUT/summary.txt) gives every step's exit status. Copy the numbers into plugins/README.md
+#   command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=450
+# Each step has its own time limit (150 + 90 + 150 s, with set-up about 7 minutes: under timeout_s, and with the
+# machine's start it leaves a few of the 15 device-minutes for a rerun of one step), a failed step does not stop the
+# later ones, and each step's exit status and time are appended to $OUT/summary.txt as soon as it ends (so a run cut
+# by the outer timeout keeps the lines of the steps it finished). Copy the numbers into plugins/README.md
 # ("Timings") and the closing note; give the machine back afterwards. Not here: TensorRT engine builds (the image has no
 # TensorRT builder and its wheels are larger than what may travel) and mamba-ssm parity (its wheels need a network
 # build); both stay unverified until a machine with them is lent. Flow checked on CPU only (every step then reports
@@ -25,23 +28,25 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu_session_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 ZOO_DATA_DIR="${ZOO_DATA_DIR:-/nonexistent}"
-summary=()
+export PYTHONPATH="$PWD" ZOO_PLUGINS_BUILD_DIR="$PWD/build/plugins"
+: > "$OUT/summary.txt"
+note() { echo "$1" | tee -a "$OUT/summary.txt"; }
 step() {  # step NAME SECONDS LOGFILE -- command...
     local name=$1 limit=$2 log=$3
     shift 4
     local t0=$SECONDS
     echo "=== [$name] $* (limit ${limit}s)" | tee -a "$OUT/$log"
     timeout "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
-    local rc=${PIPESTATUS[0]}
-    summary+=("$name: exit $rc, $((SECONDS - t0)) s")
+    note "$name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
 }
 
 if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH="/tmp/site:$PWD"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    rc=$?
+    note "pip install .whl (TensorRT headers): exit $rc"
+    [ "$rc" -eq 0 ] && export PYTHONPATH="/tmp/site:$PWD"
 else
-    echo "no .whl/ carried: the plugin library needs TensorRT headers (kernel-lens), only the kernels library is built"
-    export PYTHONPATH="$PWD"
+    note "no .whl/ carried: the plugin library needs TensorRT headers (kernel-lens), only the kernels library is built"
 fi
 
 {
@@ -55,8 +60,10 @@ fi
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-step build 240 build.log -- python3 -m export.build_plugins --arch 90 -j 16
-step harness 180 harness.log -- python3 plugins/harness.py --check --bench --json "$OUT/harness.json"
-step pytest-gpu 240 pytest_gpu.log -- python3 -m pytest -q -rs -m gpu -p no:cacheprovider
+step build 150 build.log -- python3 -m export.build_plugins --build-dir "$ZOO_PLUGINS_BUILD_DIR" --arch 90 -j 16
+step harness 90 harness.log -- python3 plugins/harness.py --check --bench --json "$OUT/harness.json"
+step pytest-gpu 150 pytest_gpu.log -- python3 -m pytest -q -rs -m gpu -p no:cacheprovider \
+    tests/test_trt_plugins.py tests/test_ops.py tests/test_ssd_ops.py
 
-printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
+echo "=== summary"
+cat "$OUT/summary.txt"

@@ -137,7 +137,8 @@ def test_lean_probe_tells_absent_from_broken():
 # ---------------------------------------------------------------------------------------------------- build
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
-    """Build both libraries once per session (CMake, -j2). On a GPU, for that GPU's arch."""
+    """Build both libraries once per session (CMake, -j2). On a GPU, for that GPU's arch. ``ZOO_PLUGINS_BUILD_DIR``
+    names a build folder to reuse (bench/gpu_session.sh's, built just before: CMake then only checks it is current)."""
     missing = [t for t in ("cmake", "nvcc") if shutil.which(t) is None and not Path(f"/usr/local/cuda/bin/{t}").exists()]
     if missing:
         pytest.skip(f"cannot compile the plugins: {', '.join(missing)} not found")
@@ -148,8 +149,8 @@ def built(tmp_path_factory):
             arch = f"{major}{minor}"
         else:
             arch = "80"
-    bdir = tmp_path_factory.mktemp("plugins_build")
-    res = BP.build(bdir, arch=arch, jobs=2, quiet=True)
+    bdir = os.environ.get("ZOO_PLUGINS_BUILD_DIR") or tmp_path_factory.mktemp("plugins_build")
+    res = BP.build(bdir, arch=arch, jobs=os.cpu_count() or 2, quiet=True)
     assert res["kernels"].is_file(), res["log"][-3000:]
     return res
 
@@ -420,6 +421,22 @@ def test_kernel_matches_reference(kernels, case):
 def test_kernel_timings(kernels):
     rows = harness.bench(kernels, iters=10)
     assert all(r["kernel_ms"] > 0 for r in rows)
+    assert all(r["peak_source"] for r in rows), rows[0]
+
+
+def test_bandwidth_floor_names_its_peak():
+    """The timing table's memory-bandwidth floor uses torch's memory clock where exposed, else the published figure
+    for the device by name (an H200 is not taken for an H100), and no floor for an unknown device."""
+    from types import SimpleNamespace as NS
+
+    assert harness.peak_bandwidth(NS(name="x", memory_clock_rate=2_619_000, memory_bus_width=6144))[0] == \
+        pytest.approx(4.0228e12, rel=1e-4)
+    for name, peak in (("NVIDIA H200", 4.8e12), ("NVIDIA H100 80GB HBM3", 3.35e12), ("NVIDIA H100 PCIe", 2.0e12),
+                       ("NVIDIA A100-SXM4-80GB", 2.039e12), ("NVIDIA A100 80GB PCIe", 1.935e12)):
+        value, source = harness.peak_bandwidth(NS(name=name))
+        assert value == peak and "published figure" in source, (name, value, source)
+    value, source = harness.peak_bandwidth(NS(name="Tesla T4", memory_clock_rate=0, memory_bus_width=0))
+    assert value != value and "no floor" in source                       # NaN: no made-up ratio
 
 
 # ---------------------------------------------------------------------------------------------------- GPU + TRT: engines

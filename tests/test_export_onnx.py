@@ -1461,3 +1461,218 @@ def test_time_aware_graph_verified_on_real_timestamps(saved_tim4rec_causal, tmp_
     with pytest.raises(ValueError, match="non-decreasing"):
         E.export_model(model, tmp_path / "bad2", real_histories=hist, real_timestamps=[t[::-1] for t in ts],
                        verify_kwargs=dict(prime_len=10, n_steps=10, topk_cases=50))
+
+
+# ----------------------------------------------------------------------- mutation-audit additions (export/onnx.py)
+def _random_scan_feeds(op, T: int, seed: int) -> dict:
+    """Random inputs of the scan op ``op`` with ``T`` events, shaped as plugin_spec declares (A, lam stable)."""
+    dims = {"B": 2, "E": 3, "N": 4, "T": T, "H": 4, "P": 3, "G": 2}
+    rng = np.random.default_rng(seed)
+    feeds = {t.name: rng.standard_normal([dims[d] for d in t.shape.split(",")]).astype(np.float32) for t in op.inputs}
+    for name in ("A", "lam_re", "lam_im"):
+        if name in feeds:
+            feeds[name] = (-np.abs(feeds[name]) if name == "A" else feeds[name] * 0.5).astype(np.float32)
+    return feeds
+
+
+SCAN_FUNCTION_CASES = [(ps.SELECTIVE_SCAN, E.selective_scan_function), (ps.LRU_SCAN, E.lru_scan_function),
+                       (ps.SSD_SCAN, E.ssd_scan_function)]
+
+
+@pytest.mark.parametrize("op,make_function", SCAN_FUNCTION_CASES, ids=["SelectiveScan", "LRUScan", "SSDScan"])
+def test_scan_functions_serve_one_event_without_the_scan(op, make_function):
+    """A one-event call (T == 1, the serving case) takes the closed-form branch, not the ONNX ``Scan`` (whose per-call
+    set-up the branch exists to avoid): with the Scan branch's outputs negated, T == 1 is unchanged and T == 3 is not.
+    Both branches compute the same numbers, so the oracle tests above cannot tell whether the T == 1 branch is ever
+    taken."""
+    fn = make_function()
+    sabotaged = onnx.FunctionProto.FromString(fn.SerializeToString())
+    (branch_if,) = [n for n in sabotaged.node if n.op_type == "If" and any(
+        m.op_type == "Scan" for a in n.attribute if a.name == "else_branch" for m in a.g.node)]
+    else_branch = next(a.g for a in branch_if.attribute if a.name == "else_branch")
+    (scan,) = else_branch.node
+    for o in else_branch.output:                                   # the Scan branch now returns -(its result)
+        scan.output[list(scan.output).index(o.name)] = o.name + "_raw"
+        else_branch.node.append(onnx.helper.make_node("Neg", [o.name + "_raw"], [o.name]))
+    real, bad = _ort(_function_model(op, fn)), _ort(_function_model(op, sabotaged))
+    one = _random_scan_feeds(op, 1, seed=11)
+    for a, b, name in zip(real.run(None, one), bad.run(None, one), op.output_names, strict=True):
+        np.testing.assert_array_equal(b, a, err_msg=f"{op.op_type} output {name}: T == 1 ran the Scan branch")
+    three = _random_scan_feeds(op, 3, seed=12)
+    assert not np.allclose(real.run(None, three)[0], bad.run(None, three)[0]), "the sabotage must reach T > 1 calls"
+
+
+@pytest.mark.parametrize("op,make_function,attr", [(ps.SELECTIVE_SCAN, E.selective_scan_function, "delta_softplus"),
+                                                   (ps.SSD_SCAN, E.ssd_scan_function, "dt_softplus")],
+                         ids=["SelectiveScan", "SSDScan"])
+def test_scan_function_softplus_default_is_plugin_spec_default(op, make_function, attr):
+    """A node without the softplus attribute gets the function's default, which must be plugin_spec's (1, what the
+    plugin does): the same outputs as with ``attr=1`` and not those of ``attr=0``."""
+    want = op.attributes[attr][1]
+    fn = make_function()
+    (default,) = fn.attribute_proto
+    assert (default.name, default.i) == (attr, want), \
+        f"{op.op_type} function default {default.name}={default.i}, plugin_spec says {want}"
+    without = _function_model(op, fn)
+    node = without.graph.node[0]
+    kept = [a for a in node.attribute if a.name != attr]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    feeds = _random_scan_feeds(op, 2, seed=13)
+    got = _ort(without).run(None, feeds)[0]
+    np.testing.assert_allclose(got, _ort(_function_model(op, fn, **{attr: want})).run(None, feeds)[0], rtol=1e-6,
+                               err_msg=f"{op.op_type} without {attr}: not the default {want}")
+    assert not np.allclose(got, _ort(_function_model(op, fn, **{attr: 1 - want})).run(None, feeds)[0])
+
+
+def test_time_input_has_the_item_ids_length():
+    """``timestamps`` is declared with the length axis of ``item_ids``: ``[B, T]`` in a step graph, ``[B, L]`` in a
+    window graph (one timestamp per window slot), so the I/O table and the graph tie the two lengths together."""
+    model = make_model("tim4rec_causal")
+    for kind, axis in (("step", "T"), ("window", "L")):
+        ins = {e["name"]: e for e in E.build_spec(model, kind, 5, False)["inputs"]}
+        assert ins["item_ids"]["shape"] == ins["timestamps"]["shape"] == ["B", axis], (kind, ins["timestamps"])
+
+
+def test_resolve_time_input_refuses_an_unknown_form():
+    """An unknown ``time_input`` is named as such (for models with and without time), not taken for a third form."""
+    for name in ("tim4rec_causal", "lrurec"):
+        with pytest.raises(E.ExportError, match=r"time_input must be one of timestamps, gaps, got 'seconds'"):
+            E.resolve_time_input(make_model(name), "step", "seconds")
+
+
+def test_graph_declares_the_scores_width_and_its_kind(exported):
+    """``scores`` is ``[B, n_items]`` with the number, in state_spec.json and in the graph; the graph's doc string and
+    metadata name its kind (a window graph is not called a step graph)."""
+    _, res = exported("lrurec")
+    spec = json.loads(open(res.spec_path).read())
+    assert {e["name"]: e["shape"] for e in spec["outputs"]}["scores"] == ["B", N_ITEMS]
+    mp = onnx.load(res.graph_path)
+    dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in mp.graph.output}
+    assert dims["scores"] == ["B", N_ITEMS] and dims["topk_ids"] == dims["topk_scores"] == ["B", 10], dims
+    assert mp.doc_string == "lrurec step graph; I/O table in state_spec.json", mp.doc_string
+    win, _ = E.trace_graph(make_model("sasrec"), "window", 4)
+    assert win.doc_string == "sasrec window graph; I/O table in state_spec.json", win.doc_string
+    assert {p.key: p.value for p in win.metadata_props}["kind"] == "window"
+
+
+def test_fp16_state_paths_stay_fp32(exported_fp16):
+    """fp16 graphs carry the recurrent state in fp32 from end to end: no state output and no scan state input comes
+    out of a converter Cast (it would mean the tensor was fp16 before), and every Cast on the data-movement path up
+    from them casts to float32, so the state never round-trips through float16 (which the fp16 score tolerance alone
+    does not notice)."""
+    F = onnx.TensorProto.FLOAT
+    for name in ("mamba4rec-1l", "lrurec"):
+        _, res = exported_fp16(name)
+        mp = onnx.load(res.graph_path)
+        prod = _producer_map(mp)
+        ends = [s["output"] for s in res.spec["state"]]
+        for n in (x for x in mp.graph.node if x.domain == ps.ONNX_DOMAIN):
+            ends += [t for spec_t, t in zip(ps.SCAN_OPS[n.op_type].inputs, n.input, strict=True)
+                     if spec_t.name.startswith("h0")]
+        assert len(ends) > len(res.spec["state"]), ends
+        for end in ends:
+            assert not prod[end].name.startswith("fp16/"), f"{name}: {end} comes out of {prod[end].name}"
+            todo = [end]
+            while todo:                          # up the state path (data-movement nodes only)
+                n = prod.get(todo.pop())
+                if n is None or n.op_type not in E._MOVE_OPS:
+                    continue
+                if n.op_type == "Cast":
+                    assert n.attribute[0].i == F, f"{name}: {n.name} on the path of {end} casts to float16"
+                    if n.name.startswith("fp16/"):   # an fp16 activation entering the state path in fp32
+                        continue
+                todo += [t for t in n.input if t]
+
+
+def test_fp16_check_refuses_a_graph_whose_weights_stayed_fp32(exported):
+    """``_check_fp16_graph`` (the last step of ``convert_to_fp16``) refuses a graph whose weights are mostly fp32."""
+    _, res = exported("lrurec")
+    with pytest.raises(E.ExportError, match=r"fp16: only 0 of \d+ float weights were converted to float16"):
+        E._check_fp16_graph(onnx.load(res.graph_path), res.spec)
+
+
+def test_io_table_and_card_section_text():
+    """The I/O table marks outputs "out"; the card section prints the verification's top-k agreement in percent."""
+    spec = E.build_spec(make_model("lrurec"), "step", 5, True)
+    table = E.io_table_markdown(spec)
+    assert "| in | `item_ids` | [B, T] | int64 |" in table and "| in | `lru_state_re` |" in table
+    for o in ("topk_ids", "topk_scores", "scores", "lru_state_re_out", "lru_state_im_out"):
+        assert f"| out | `{o}` |" in table, (o, table)
+    spec["verification"] = {"max_abs_err": 3e-6, "topk_agreement": 0.9995, "topk_cases": 2000, "cases": []}
+    sec = E.card_section(spec, "onnx")
+    assert "top-5 agreement 99.95% (2000 cases)" in sec and "max abs score error 3.00e-06" in sec, sec
+
+
+def test_card_section_is_replaced_in_place(tmp_path):
+    """Writing the section again replaces it between its markers: one begin and one end marker, the text around it
+    kept, however often it is written."""
+    spec = E.build_spec(make_model("lrurec"), "step", 5, False)
+    (tmp_path / "README.md").write_text("# card\n\nintro\n")
+    E.write_card_section(tmp_path, spec, "onnx")
+    text = (tmp_path / "README.md").read_text() + "\n## After\n\nkept\n"
+    (tmp_path / "README.md").write_text(text)
+    for _ in range(3):
+        E.write_card_section(tmp_path, spec, "onnx")
+        assert (tmp_path / "README.md").read_text() == text
+    assert text.count(E.CARD_BEGIN) == text.count(E.CARD_END) == 1
+
+
+def test_real_histories_of_a_file_sorted_by_time(tmp_path):
+    """A file sorted by time interleaves its users: each user's rows are gathered wherever they stand (users in the
+    order of their first row), not sliced between first rows (which gave user 1 nothing and user 2 everyone's items)."""
+    rows = [(1, 11, 1.0), (2, 21, 2.0), (1, 12, 3.0), (2, 22, 4.0), (1, 13, 5.0), (2, 23, 6.0)]
+    model = make_model("lrurec")
+    hist, ts = E.load_real_histories(_toy_inter(tmp_path / "t.inter", rows), model, with_timestamps=True)
+    assert (hist, ts) == ([[11, 12, 13], [21, 22, 23]], [[1.0, 3.0, 5.0], [2.0, 4.0, 6.0]])
+
+
+def test_real_histories_refuse_ids_of_another_kind(tmp_path):
+    """A model whose vocabulary holds int ids, given a file of string ids: an error naming the mismatch (it used to
+    drop every item as "unknown" and verify on no real history; the CLI turns it into a usage error)."""
+    from zoo.vocab import ItemVocab
+
+    model = make_model("lrurec")
+    model.set_item_vocab(ItemVocab([100 + i for i in range(1, N_ITEMS)]))
+    path = tmp_path / "s.seq"
+    path.write_text("user_id\titem_ids_chronological\n1\tB01 B02 B03\n")
+    with pytest.raises(TypeError, match="not an int id; this vocabulary holds int ids"):
+        E.load_real_histories(str(path), model)
+
+
+def test_real_histories_stop_at_max_users(tmp_path):
+    """``max_users`` caps the number of histories (the first users of the file)."""
+    rows = [(u, i, float(10 * u + i)) for u in range(1, 6) for i in (1, 2, 3)]
+    path = _toy_inter(tmp_path / "t.inter", rows)
+    model = make_model("lrurec")
+    assert E.load_real_histories(path, model, max_users=2) == [[1, 2, 3], [1, 2, 3]]
+    assert len(E.load_real_histories(path, model)) == 5
+
+
+def test_cli_topk_scores_and_no_verify_reach_the_export(saved_model, tmp_path, capsys):
+    """--topk K, --scores and --no-verify each change the artefact: K-wide top-k outputs, a scores output, no
+    verification record (and no verification run)."""
+    out = tmp_path / "out"
+    assert E.main(["--model", saved_model, "--out", str(out), "--topk", "3", "--scores", "--no-verify"]) == 0
+    text = capsys.readouterr().out
+    assert "verifying" not in text and "PASSED" not in text, text
+    spec = json.loads((out / "state_spec.json").read_text())
+    assert spec["topk"] == 3 and "verification" not in spec
+    assert [e["name"] for e in spec["outputs"]][:3] == ["topk_ids", "topk_scores", "scores"]
+    sess = OnnxStepSession(out)
+    got = sess.step([[1], [2]], sess.init_state(2))
+    assert got.topk_ids.shape == (2, 3) and got.scores.shape == (2, N_ITEMS)
+
+
+def test_cli_card_dir_of_a_window_model(tmp_path, capsys):
+    """--card-dir with a model without an exact step writes the window graph into CARD/onnx-window/, and the card
+    section names that folder and OnnxWindowSession."""
+    card = tmp_path / "card"
+    make_model("sasrec").save_pretrained(card)
+    (card / "README.md").write_text("# sasrec\n")
+    assert E.main(["--model", str(card), "--card-dir", str(card), "--topk", "4", "--no-verify"]) == 0
+    capsys.readouterr()
+    assert (card / "onnx-window" / "model.onnx").is_file() and not (card / "onnx").exists()
+    readme = (card / "README.md").read_text()
+    assert "`onnx-window/model.onnx` is a **history-window** graph" in readme
+    assert 'OnnxWindowSession("onnx-window")' in readme

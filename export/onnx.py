@@ -1266,23 +1266,30 @@ def load_real_histories(path: str, model, max_users: int = 512,
     know are left out). ``with_timestamps``: return ``(histories, timestamps)``, the float64 seconds of each kept item
     (``None`` when the file has no timestamps), in time order (stable: ties keep the file order)."""
     from zoo.data.readers import read_interactions
+    from zoo.vocab import UnknownItemError
 
     inter = read_interactions(path)
-    users, starts = np.unique(inter.user, return_index=True)
-    order = np.argsort(starts)
-    bounds = list(np.sort(starts)) + [len(inter.user)]
+    # users in the order of their first row; each user's rows in file order, wherever they stand in the file (a file
+    # sorted by time interleaves its users)
+    _, first, inv = np.unique(np.asarray(inter.user), return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    row_user = rank[inv.reshape(-1)]
+    rows_by_user = np.argsort(row_user, kind="stable")
+    bounds = np.searchsorted(row_user[rows_by_user], np.arange(len(first) + 1))
     has_ts = inter.timestamp is not None
     hist, tss = [], []
-    for j in range(min(len(order), max_users * 4)):
-        items = inter.item[bounds[j]:bounds[j + 1]]
-        ts = inter.timestamp[bounds[j]:bounds[j + 1]] if has_ts else np.zeros(len(items))
+    for j in range(min(len(first), max_users * 4)):
+        rows = rows_by_user[bounds[j]:bounds[j + 1]]
+        items = np.asarray(inter.item)[rows]
+        ts = np.asarray(inter.timestamp)[rows] if has_ts else np.zeros(len(items))
         o = np.argsort(ts, kind="stable")
         idx, kept = [], []
         for x, t in zip(items[o].tolist(), ts[o].tolist(), strict=True):
             if model.item_vocab is not None:
                 try:
                     idx.append(model.item_vocab.encode([x])[0])
-                except Exception:
+                except UnknownItemError:
                     continue
             elif 1 <= int(x) < model.config.n_items:
                 idx.append(int(x))
@@ -1362,7 +1369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = os.path.join(args.card_dir, rel)
     try:
         real, real_ts = load_real_histories(args.data, model, with_timestamps=True) if args.data else (None, None)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:              # TypeError: the file's ids are not the vocabulary's kind
         p.error(f"--data {args.data}: {e}")
     if real is not None:
         say(f"  {len(real)} real histories from {args.data}"

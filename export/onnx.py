@@ -1266,20 +1266,18 @@ def load_real_histories(path: str, model, max_users: int = 512,
     know are left out). ``with_timestamps``: return ``(histories, timestamps)``, the float64 seconds of each kept item
     (``None`` when the file has no timestamps), in time order (stable: ties keep the file order)."""
     from zoo.data.readers import read_interactions
+    from zoo.data.split import factorize
     from zoo.vocab import UnknownItemError
 
     inter = read_interactions(path)
     # users in the order of their first row; each user's rows in file order, wherever they stand in the file (a file
     # sorted by time interleaves its users)
-    _, first, inv = np.unique(np.asarray(inter.user), return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first)] = np.arange(len(first))
-    row_user = rank[inv.reshape(-1)]
+    row_user, users = factorize(inter.user)
     rows_by_user = np.argsort(row_user, kind="stable")
-    bounds = np.searchsorted(row_user[rows_by_user], np.arange(len(first) + 1))
+    bounds = np.searchsorted(row_user[rows_by_user], np.arange(len(users) + 1))
     has_ts = inter.timestamp is not None
     hist, tss = [], []
-    for j in range(min(len(first), max_users * 4)):
+    for j in range(min(len(users), max_users * 4)):
         rows = rows_by_user[bounds[j]:bounds[j + 1]]
         items = np.asarray(inter.item)[rows]
         ts = np.asarray(inter.timestamp)[rows] if has_ts else np.zeros(len(items))

@@ -215,3 +215,22 @@ def test_training_reduces_loss():
     assert losses[-1] < 0.3 * losses[0], losses[::10]
     acc = (model.predict(ids).argmax(1) == labels[:, -1]).float().mean().item()
     assert acc > 0.9
+
+
+def test_dropout_on_embeddings_only_in_training():
+    """RecBole's emb_dropout: in training the GRU's input (the item embeddings) is dropped, not its output; eval is
+    deterministic."""
+    model = small(dropout_prob=0.5)
+    seen = []
+    model.gru_layers.register_forward_hook(lambda m, inp, out: seen.append((inp[0].clone(), out[0].clone())))
+    ids = torch.randint(1, 50, (4, 12))
+    model.train()
+    model(ids)
+    gru_in, gru_out = seen[-1]
+    frac = (gru_in == 0).float().mean().item()
+    assert 0.35 < frac < 0.65, f"{frac:.2f} of the GRU input is zero in training, want ~dropout_prob = 0.5"
+    assert (gru_out == 0).float().mean().item() < 0.05, "dropout must not act on the GRU output"
+    model.eval()
+    with torch.no_grad():
+        a, b = model(ids).logits, model(ids).logits
+    assert torch.equal(a, b) and (seen[-1][0] != 0).all(), "no dropout in eval"

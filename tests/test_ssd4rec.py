@@ -145,3 +145,23 @@ def test_save_load_roundtrip(tmp_path):
     from zoo.models.tim4rec import TiM4RecModel
     with pytest.raises(ValueError, match="cannot be loaded into"):
         TiM4RecModel.from_pretrained(tmp_path)
+
+
+def test_item_masking_rate_and_config_validation():
+    """Training masks each real item with probability mask_ratio (not 1 - mask_ratio); mask_ratio must be
+    in [0, 1) and H = expand * D / head_dim must be whole."""
+    model = small(mask_ratio=0.2).train()
+    seen = []
+    orig = model.item_embedding.forward
+    model.item_embedding.forward = lambda x: (seen.append(x.clone()), orig(x))[1]
+    torch.manual_seed(1)
+    ids = torch.randint(1, 53, (16, 10))
+    ids[:, 7:] = 0                                                   # right padding
+    model(ids)
+    frac = (seen[-1][:, :7] == 0).float().mean().item()
+    assert 0.1 < frac < 0.3, f"masked fraction {frac:.2f} of real items, want ~mask_ratio = 0.2"
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\)"):
+            SSD4RecConfig(mask_ratio=bad)
+    with pytest.raises(ValueError, match="multiple of head_dim"):
+        SSD4RecConfig(hidden_size=16, head_dim=6)

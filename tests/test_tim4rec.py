@@ -264,3 +264,126 @@ def test_causal_step_refuses_non_finite_state_and_a_last_ts_that_is_no_timestamp
     for v in (-7.0, -0.5):
         with pytest.raises(ValueError, match=rf"state\['last_ts'\] of batch row 0 is {v}: .* or -1 \(no event yet\)"):
             model.step(items, {**fresh, "last_ts": torch.full((1, 1), v, dtype=torch.float64)}, timestamps=ts)
+
+
+# ------------------------------------------------------------------------------ hand-written references (time path)
+def _capture_mixers(model):
+    """Forward hooks recording each layer's mixer ``(hidden, T) -> (out, T_next)``."""
+    seen, handles = [], []
+    for layer in model.layers:
+        handles.append(layer.mixer.register_forward_hook(lambda m, inp, out: seen.append((inp, out))))
+    return seen, handles
+
+
+def test_time_path_matches_hand_computation():
+    """Faithful time branch, written out from the reference (models.md §4): d = [0, τ1-τ0, ...] over the right-padded
+    window (the first pad slot carries -τ_last), T = LN_M(d); per layer τ̃ = act(conv_t2(act(conv_t1(T ⊙ MLP(T))))),
+    δ' = δ ⊙ τ̃, g = σ(Linear(T)), T_next = LN_M(g ⊙ T + (1 - g) ⊙ τ̃) carried to the next layer; act = Hardswish
+    (H = 4)."""
+    model = faithful(num_layers=2)
+    assert model.config.n_heads == 4 and model.config.activation == "hardswish"
+    M, H = model.config.max_seq_length, model.config.n_heads
+    ts = torch.tensor([[1e9, 1e9 + 60, 1e9 + 86460, 1e9 + 86490, 0, 0],
+                       [2e9, 2e9 + 5, 0, 0, 0, 0]], dtype=torch.float64)
+    ids = torch.tensor([[3, 4, 5, 6, 0, 0], [7, 8, 0, 0, 0, 0]])
+    mask = ids != 0
+    with torch.no_grad():
+        d = torch.zeros(2, M, dtype=torch.float64)
+        d[0, 1:5] = torch.tensor([60.0, 86400.0, 30.0, -(1e9 + 86490)])
+        d[1, 1:3] = torch.tensor([5.0, -(2e9 + 5)])
+        want_T = torch.nn.functional.layer_norm(d.float(), (M,), model.time_norm.weight, model.time_norm.bias,
+                                                model.config.norm_eps)
+        got_T = model.time_features(torch.nn.functional.pad(ts, (0, M - 6)), torch.nn.functional.pad(mask, (0, M - 6)))
+        assert got_T.shape == (2, H, M)
+        assert (got_T - want_T[:, None]).abs().max() <= 1e-5, "time features: T = LN over the window of [0, diffs]"
+        seen, handles = _capture_mixers(model)
+        try:
+            model(ids, mask, timestamps=ts)
+        finally:
+            for h in handles:
+                h.remove()
+        T = want_T[:, None].expand(-1, H, -1)
+        act = torch.nn.functional.hardswish
+        for i, (layer, ((hidden, T_in), (out, T_next))) in enumerate(zip(model.layers, seen)):
+            mix = layer.mixer
+            assert (T_in - T).abs().max() <= 1e-5, f"layer {i}: the time feature T it gets is not the carried one"
+            tau = T * mix.time_mlp(T)
+            tau = act(mix.time_conv1(tau)[..., :M])           # nn.Conv1d(padding=K-1)[..., :M]: causal
+            tau = act(mix.time_conv2(tau)[..., :M])
+            g = torch.sigmoid(mix.time_gate(T))
+            want_next = mix.time_norm(g * T + (1 - g) * tau)
+            assert (T_next - want_next).abs().max() <= 1e-5, f"layer {i}: T_next != LN(g*T + (1-g)*tau)"
+            z, x, Bm, Cm, dt, _ = mix.project(hidden)
+            want_out, _ = mix.scan_and_out(z, x, Bm, Cm, dt * tau[..., :hidden.shape[1]].transpose(1, 2))
+            assert (out - want_out).abs().max() <= 1e-5, f"layer {i}: the SSD's dt is not scaled by tau"
+            T = want_next
+
+
+def test_prefix_objective_returns_the_batch_logits():
+    """With [B, L] labels the loss is the prefix objective, but logits / hidden_states are those of the batch."""
+    model = faithful()
+    items, ts = history(5, seed=8)
+    ids, mask, tsb = model.pad_batch([items, items[:3]], timestamps=[ts, ts[:3]])
+    labels = torch.tensor([[5, 6, 7, 8, 9], [11, 12, 13, 0, 0]])
+    with torch.no_grad():
+        out = model(ids, mask, labels=labels, timestamps=tsb)
+        plain = model(ids, mask, timestamps=tsb)
+    assert out.logits.shape == (2, 53) and out.hidden_states.shape == plain.hidden_states.shape
+    assert torch.allclose(out.logits, plain.logits, atol=1e-6)
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="multiple of head_dim"):
+        TiM4RecConfig(hidden_size=16, expand=2, head_dim=6)
+    with pytest.raises(ValueError, match="conv_activation must be"):
+        TiM4RecConfig(conv_activation="relu")
+    assert TiM4RecConfig(hidden_size=64, head_dim=16).activation == "silu"       # H = 8: SiLU
+    for bad in ({"time_unit": 0.0}, {"time_scale": 0.0}, {"time_unit": -60.0}):
+        with pytest.raises(ValueError, match="time_unit and time_scale must be > 0"):
+            TiM4RecCausalConfig(**bad)
+
+
+# ------------------------------------------------------------------------------ TiM4Rec-causal references
+def test_causal_gap_features_and_time_carry_by_hand():
+    """f = log1p(gap / 60) / 10 (first event and pads: gap 0); per layer T_next = γ ⊙ (g ⊙ T + (1-g) ⊙ τ̃) + β,
+    carried to the next layer."""
+    model = causal(num_layers=2)
+    c, H = model.config, model.config.n_heads
+    ts = torch.tensor([[1e9, 1e9, 1e9 + 60, 1e9 + 86460], [5e8, 5e8 + 3600, 0, 0]], dtype=torch.float64)
+    ids = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
+    gaps = torch.tensor([[0.0, 0.0, 60.0, 86400.0], [0.0, 3600.0, 0.0, 0.0]], dtype=torch.float64)
+    f = torch.log1p(gaps / 60.0) / 10.0
+    assert abs(f[0, 2].item() - 0.0693147) < 1e-6 and abs(f[0, 3].item() - 0.727309) < 1e-5
+    seen, handles = _capture_mixers(model)
+    try:
+        with torch.no_grad():
+            model(ids, ids != 0, timestamps=ts)
+    finally:
+        for h in handles:
+            h.remove()
+    T = f.float()[..., None] * model.time_in_weight + model.time_in_bias
+    with torch.no_grad():
+        for i, (layer, ((hidden, T_in, *_), (out, T_next, *_))) in enumerate(zip(model.layers, seen)):
+            mix = layer.mixer
+            assert (T_in - T).abs().max() <= 1e-5, f"layer {i}: T is not the carried / log-gap feature"
+            tau = T * mix.time_mlp(T)
+            tau = torch.nn.functional.hardswish(mix.time_conv1(tau.transpose(1, 2))[..., :4])
+            tau = torch.nn.functional.hardswish(mix.time_conv2(tau)[..., :4]).transpose(1, 2)
+            g = torch.sigmoid(mix.time_gate(T))
+            want = mix.time_weight * (g * T + (1 - g) * tau) + mix.time_bias
+            assert (T_next - want).abs().max() <= 1e-5, f"layer {i}: T_next != γ(g T + (1-g) τ̃) + β"
+            T = want
+
+
+def test_causal_step_from_timestamp_zero():
+    """A history starting at t = 0 s: last_ts = 0 is a real event (only -1 means none), so the next gap is 60 s."""
+    model = causal()
+    ids, ts = torch.tensor([[3, 4, 5]]), torch.tensor([[0.0, 60.0, 86460.0]], dtype=torch.float64)
+    with torch.no_grad():
+        full = model.score(model(ids, timestamps=ts).hidden_states)[0]
+        state, steps = model.init_state(1), []
+        for t in range(3):
+            lg, state = model.step(ids[:, t:t + 1], state, timestamps=ts[:, t:t + 1])
+            steps.append(lg[0])
+        assert float(state["last_ts"]) == 86460.0
+    assert (torch.stack(steps) - full).abs().max() <= 1e-4

@@ -1266,24 +1266,19 @@ def load_real_histories(path: str, model, max_users: int = 512,
     know are left out). ``with_timestamps``: return ``(histories, timestamps)``, the float64 seconds of each kept item
     (``None`` when the file has no timestamps), in time order (stable: ties keep the file order)."""
     from zoo.data.readers import read_interactions
-    from zoo.data.split import factorize
+    from zoo.data.split import build_sequences
     from zoo.vocab import UnknownItemError
 
-    inter = read_interactions(path)
-    # users in the order of their first row; each user's rows in file order, wherever they stand in the file (a file
-    # sorted by time interleaves its users)
-    row_user, users = factorize(inter.user)
-    rows_by_user = np.argsort(row_user, kind="stable")
-    bounds = np.searchsorted(row_user[rows_by_user], np.arange(len(users) + 1))
-    has_ts = inter.timestamp is not None
+    # per user (in the order of their first row, wherever their rows stand: a file sorted by time interleaves its
+    # users), in time order with ties in file order; the file's own ids back through the dataset's vocabulary
+    ds = build_sequences(read_interactions(path))
+    has_ts = ds.timestamps is not None
     hist, tss = [], []
-    for j in range(min(len(users), max_users * 4)):
-        rows = rows_by_user[bounds[j]:bounds[j + 1]]
-        items = np.asarray(inter.item)[rows]
-        ts = np.asarray(inter.timestamp)[rows] if has_ts else np.zeros(len(items))
-        o = np.argsort(ts, kind="stable")
+    for j in range(min(ds.n_users, max_users * 4)):
+        items = ds.vocab.decode(ds.sequences[j])
+        ts = ds.timestamps[j].tolist() if has_ts else [0.0] * len(items)
         idx, kept = [], []
-        for x, t in zip(items[o].tolist(), ts[o].tolist(), strict=True):
+        for x, t in zip(items, ts, strict=True):
             if model.item_vocab is not None:
                 try:
                     idx.append(model.item_vocab.encode([x])[0])

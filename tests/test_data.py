@@ -487,3 +487,166 @@ def test_bucketing_groups_similar_lengths_and_drop_last_drops():
     assert bucketed < 0.25 * spread(list(iterate_batches(w, 8, "right", seed=0)))
     sizes = [len(b["labels"]) for b in iterate_batches(w, 7, "right", seed=0, drop_last=True)]
     assert set(sizes) == {7} and len(sizes) == len(w) // 7
+
+
+# ----------------------------------------------------------------------------------------------- mutation audit 6 (C)
+def test_cr_line_endings_bom_and_latin1_are_decoded(tmp_path):
+    """Old-Mac '\\r' line endings end lines (else header and rows are one line), a UTF-8 byte-order mark is not part
+    of the first column's name (else no user column is found), and a file that is not UTF-8 is read as latin-1 (the
+    MovieLens files) instead of turning its non-ASCII ids into replacement characters."""
+    cr = tmp_path / "cr.tsv"
+    cr.write_bytes(b"user_id\titem_id\ttimestamp\r1\t5\t10\r2\t6\t11\r")
+    x = read_interactions(cr)
+    assert x.user.tolist() == [1, 2] and x.item.tolist() == [5, 6] and x.timestamp.tolist() == [10.0, 11.0]
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfuser_id,item_id\n1,5\n")
+    b = read_interactions(bom)
+    assert b.format == "delimited" and b.user.tolist() == [1] and b.item.tolist() == [5]
+    lat = tmp_path / "ratings.dat"
+    lat.write_bytes("1::caf\xe9::5::1\n2::na\xefve::4::2\n".encode("latin-1"))
+    assert read_interactions(lat).item.tolist() == ["caf\xe9", "na\xefve"]
+
+
+def test_header_names_are_matched_case_insensitively(tmp_path):
+    """'UserID,ItemID,Timestamp' headers (common in exported CSVs) name the user/item/time columns."""
+    x = read_interactions(write(tmp_path / "c.csv", "UserID,ItemID,Rating,Timestamp\n1,5,3,10\n2,6,4,11\n"))
+    assert x.format == "delimited" and x.user.tolist() == [1, 2] and x.item.tolist() == [5, 6]
+    assert x.timestamp.tolist() == [10.0, 11.0]
+
+
+@pytest.mark.parametrize("format", ["movielens", "auto"])
+def test_movielens_line_numbers_count_leading_blank_lines(tmp_path, format):
+    """A ratings.dat starting with a blank line: the bad line is named with its real line number (3, not 2), whether
+    the format is given or detected."""
+    with pytest.raises(ValueError, match=r"m.dat, line 3: expected 4 fields, found 3"):
+        read_interactions(write(tmp_path / "m.dat", "\n1::2::3::4\n1::2::3\n"), format=format)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("lead.tsv", "\n\nuser_id\titem_id\ttimestamp\n1\t2\t3\n1\t3\tabc\n",
+     r"lead.tsv, line 5, column 'timestamp': timestamp 'abc' is not a number"),           # fast path
+    ("gap.tsv", "\n\nuser_id\titem_id\ttimestamp\n1\t2\t3\n\n1\t3\tabc\n",
+     r"gap.tsv, line 6, column 'timestamp': timestamp 'abc' is not a number"),            # blank line inside too
+    ("lead.csv", "\n\nuser_id,item_id\n1,2\n1,2,3\n", r"lead.csv, line 5: expected 2 fields, found 3"),
+    ("q.csv", '\nuser_id,item_id\n"1",2\n1,2,3\n', r"q.csv, line 4: expected 2 fields, found 3"),  # quoted CSV
+    ("a.inter", "\nuser_id:token\titem_id:token\n\t2\n", r"a.inter, line 3, column 'user_id': empty id"),
+    ("l.seq", "\n\nuser_id\titem_ids_chronological\n1\t1 2\n1\t3\n",
+     r"l.seq: user '1' is listed twice \(lines 4 and 5\)"),
+    ("h.seq", "\n\n1\t2 3\n", r"h.seq, line 3: expected the header"),
+])
+def test_line_numbers_count_blank_lines_before_the_header(tmp_path, name, text, message):
+    """Blank lines before a header are skipped, and every message still names the file's real line (they were
+    stripped first and then not counted, so each line number came out short by their count)."""
+    with pytest.raises(ValueError, match=message):
+        read_interactions(write(tmp_path / name, text))
+
+
+def test_format_detected_from_gz_name_typed_columns_and_seq_header(tmp_path):
+    """'.seq.gz' is a .seq file whatever its header says (the '.gz' is dropped before the name check); a .seq file
+    with another name is recognised by its 'user_id<TAB>item_ids...' header; atomic headers with '_seq' types
+    ('genres:token_seq') are still atomic."""
+    x = read_interactions(write(tmp_path / "x.seq.gz", "uid\tsequence\n7\t3 1 2\n", gz=True))
+    assert x.format == "seq" and x.user.tolist() == [7, 7, 7] and x.item.tolist() == [3, 1, 2]
+    y = read_interactions(write(tmp_path / "seqs.txt", "user_id\titem_ids_chronological\n7\t3 1 2\n8\t5\n"))
+    assert y.format == "seq" and y.user.tolist() == [7, 7, 7, 8] and y.item.tolist() == [3, 1, 2, 5]
+    z = read_interactions(write(tmp_path / "a.inter", "user_id:token\titem_id:token\ttimestamp:float\t"
+                                                      "genres:token_seq\n1\t10\t5\tx y\n2\t11\t6\tz\n"))
+    assert z.format == "atomic" and z.item.tolist() == [10, 11] and z.timestamp.tolist() == [5.0, 6.0]
+
+
+def test_empty_user_id_named_with_its_line(tmp_path):
+    """Fast path (no blank lines): an empty user id is named on its own line, 3 (the header is line 1)."""
+    with pytest.raises(ValueError, match=r"u.csv, line 3, column 'user_id': empty id"):
+        read_interactions(write(tmp_path / "u.csv", "user_id,item_id\n1,5\n,6\n"))
+
+
+def test_string_and_sparse_ids_keep_first_appearance_order():
+    """factorize's np.unique path (str ids, integer ids too sparse for the lookup table) gives codes by first
+    appearance, not sorted order: users and item indices follow the file as for dense integer ids."""
+    from zoo.data.split import factorize
+
+    codes, uniq = factorize(np.array(["b", "a", "c", "a", "b"]))
+    assert codes.tolist() == [0, 1, 2, 1, 0] and uniq.tolist() == ["b", "a", "c"]
+    codes, uniq = factorize(np.array([10 ** 12, 5, 10 ** 12, 7]))          # hi - lo > 4 N + 1024
+    assert codes.tolist() == [0, 1, 0, 2] and uniq.tolist() == [10 ** 12, 5, 7] and uniq.dtype == np.int64
+    ds = build_sequences(Interactions(np.array(["u2", "u1", "u2"]), np.array(["z", "y", "x"]),
+                                      np.array([1.0, 2.0, 0.0])))
+    assert ds.users == ["u2", "u1"] and ds.vocab.items == ["z", "y", "x"]
+    assert [s.tolist() for s in ds.sequences] == [[3, 1], [2]]
+
+
+def test_many_equal_timestamps_keep_file_order():
+    """time_ties="file" is a stable sort by (user, time) also beyond 16 rows, where numpy's default sort is no longer
+    an (accidentally stable) insertion sort; checked against Python's stable sorted()."""
+    rng = np.random.default_rng(0)
+    n = 40
+    users, ts, items = rng.integers(0, 2, n), rng.integers(0, 3, n).astype(float), np.arange(1, n + 1)
+    ds = build_sequences(Interactions(users, items, ts))
+    assert ds.users == [int(users[0]), 1 - int(users[0])]
+    for u, s, t in zip(ds.users, ds.sequences, ds.timestamps, strict=True):
+        want = sorted((r for r in range(n) if users[r] == u), key=lambda r: ts[r])
+        assert ds.vocab.decode(s) == [int(items[r]) for r in want] and t.tolist() == [ts[r] for r in want]
+
+
+def test_load_dataset_one_side_override_and_kcore_type(tmp_path):
+    """user_k=0 / item_k=0 turn one side off even when kcore is set (0 is not 'unset'), ds.kcore reports each side,
+    and a str kcore other than 'auto' is refused (the CLI's '5' must go through parse_kcore)."""
+    p = write(tmp_path / "s.seq", "user_id\titem_ids_chronological\n1\t5 6 7\n2\t6\n")
+    items_only = load_dataset(p, kcore=2, user_k=0)           # item 6 (2 users) stays; no user threshold
+    assert items_only.users == [1, 2] and items_only.kcore == (0, 2)
+    assert [items_only.vocab.decode(s) for s in items_only.sequences] == [[6], [6]]
+    users_only = load_dataset(p, kcore=2, item_k=0)
+    assert users_only.users == [1] and users_only.kcore == (2, 0)
+    with pytest.raises(ValueError, match=r"kcore must be an int, None or 'auto', got '5'"):
+        load_dataset(p, kcore="5")
+
+
+def test_leave_one_out_min_length_and_head():
+    """min_length > 3: a shorter user keeps its whole sequence in train (never evaluated, nothing lost); < 3 is
+    refused; EvalExamples.head cuts every field, timestamps included."""
+    x = Interactions(np.array([1] * 5 + [2] * 3), np.arange(1, 9), np.arange(8, dtype=float))
+    ds = build_sequences(x)
+    dec = ds.vocab.decode
+    sp = leave_one_out(ds, min_length=4)
+    assert [dec(s) for s in sp.train] == [[1, 2, 3], [6, 7, 8]]
+    assert [t.tolist() for t in sp.train_timestamps] == [[0.0, 1.0, 2.0], [5.0, 6.0, 7.0]]
+    assert sp.valid.users == [1] and sp.test.users == [1] and dec(sp.test.targets) == [5]
+    with pytest.raises(ValueError, match=r"min_length must be >= 3"):
+        leave_one_out(ds, min_length=2)
+    h = leave_one_out(ds).test.head(1)
+    assert h.users == [1] and dec(h.targets) == [5] and [dec(a) for a in h.histories] == [[1, 2, 3, 4]]
+    assert len(h.history_timestamps) == 1 and h.history_timestamps[0].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert h.target_timestamps.tolist() == [4.0]
+
+
+def test_training_windows_refuse_misaligned_timestamps():
+    """One timestamp array per sequence, as long as it: else the flat timestamps would silently shift."""
+    seqs = [np.array([1, 2, 3]), np.array([4, 5])]
+    with pytest.raises(ValueError, match=r"sequence 1 has 2 items but 3 timestamps"):
+        training_windows(seqs, 4, timestamps=[np.arange(3.0), np.arange(3.0)])
+    with pytest.raises(ValueError, match=r"got 1 timestamp arrays for 2 sequences"):
+        training_windows(seqs, 4, timestamps=[np.arange(3.0)])
+
+
+def test_bucketed_batches_are_shuffled_and_batch_size_checked():
+    """bucket_by_length sorts inside a pool, then shuffles the batches (else every epoch runs short to long windows
+    in the same order); without shuffle the sorted order stays. batch_size 0 is refused by name."""
+    w = training_windows([np.arange(1, n + 2) for n in range(1, 21)], max_len=50)   # 20 windows, lengths 1..20
+    longest = lambda **kw: [int(b["attention_mask"].sum(1).max()) for b in iterate_batches(w, 2, "right", **kw)]
+    shuffled = longest(seed=0, bucket_by_length=True)
+    assert sorted(shuffled) == list(range(2, 21, 2)) and shuffled != sorted(shuffled)
+    assert longest(shuffle=False, bucket_by_length=True) == list(range(2, 21, 2))
+    with pytest.raises(ValueError, match=r"batch_size must be >= 1, got 0"):
+        next(iterate_batches(w, 0, "right"))
+
+
+def test_eval_and_pad_refusals_name_the_problem():
+    """An empty history is named by its index in the examples (not in its batch) and its user; max_len 0 is refused
+    (r[-0:] would silently keep whole histories); pad_sequences of no rows says so."""
+    ex = EvalExamples([np.array([1, 2]), np.array([3]), np.array([], np.int64)], np.array([5, 6, 7]), ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"example 2 \(user 'c'\) has an empty history"):
+        list(eval_batches(ex, max_len=4, padding_side="left", batch_size=2))
+    with pytest.raises(ValueError, match=r"max_len and batch_size must be >= 1, got 0, 2"):
+        next(eval_batches(ex, max_len=0, padding_side="left", batch_size=2))
+    with pytest.raises(ValueError, match="no sequences given"):
+        pad_sequences([], "left")

@@ -280,8 +280,9 @@ def _header_sep(header: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- formats
-def _read_table(text: str, path: str, typed_header: bool) -> Interactions:
-    """Atomic ``.inter`` (typed header) and plain delimited files with a header."""
+def _read_table(text: str, path: str, typed_header: bool, skip: int = 0) -> Interactions:
+    """Atomic ``.inter`` (typed header) and plain delimited files with a header (``skip``: blank lines the caller
+    removed before the header, added to every line number a message gives)."""
     first_nl = text.find("\n")
     header = text if first_nl < 0 else text[:first_nl]
     if not header.strip():
@@ -302,18 +303,21 @@ def _read_table(text: str, path: str, typed_header: bool) -> Interactions:
         def col(c):
             return tokens[c::n_cols]
     else:
-        col, line_numbers = _slow_columns(text, path, sep, names)
-    user = _ids(col(ucol), _where(path, names[ucol], 2, line_numbers), text.isascii())
-    item = _ids(col(icol), _where(path, names[icol], 2, line_numbers), text.isascii())
+        col, line_numbers = _slow_columns(text, path, sep, names, skip)
+    first = 2 + skip
+    user = _ids(col(ucol), _where(path, names[ucol], first, line_numbers), text.isascii())
+    item = _ids(col(icol), _where(path, names[icol], first, line_numbers), text.isascii())
     ts = None
     if tcol is not None:
-        ts = _timestamps(col(tcol), path, names[tcol], first_line=2, line_numbers=line_numbers)
+        ts = _timestamps(col(tcol), path, names[tcol], first_line=first, line_numbers=line_numbers)
     return Interactions(user, item, ts, source=path)
 
 
-def _slow_columns(text: str, path: str, sep: str | None, names: list[str]):
+def _slow_columns(text: str, path: str, sep: str | None, names: list[str], skip: int = 0):
     """Line-aware parsing (blank lines, quoted CSV, whitespace separators, error messages)."""
     lines, line_numbers = _body_lines(text, 1)
+    if line_numbers is not None:
+        line_numbers = line_numbers + skip
     if not lines:
         raise ValueError(f"{path}: no interactions after the header")
     if sep == "," and '"' in text:  # quoted CSV: let the csv module handle quotes
@@ -321,12 +325,12 @@ def _slow_columns(text: str, path: str, sep: str | None, names: list[str]):
         rows = list(csv.reader(lines))
         for i, r in enumerate(rows):
             if len(r) != len(names):
-                ln = int(line_numbers[i]) if line_numbers is not None else i + 2
+                ln = int(line_numbers[i]) if line_numbers is not None else i + 2 + skip
                 raise ValueError(f"{path}, line {ln}: expected {len(names)} fields, found {len(r)}")
         cols = [list(c) for c in zip(*rows, strict=True)]
         col = cols.__getitem__
     else:
-        tokens = _split_rows(lines, sep, len(names), path, 2, line_numbers)
+        tokens = _split_rows(lines, sep, len(names), path, 2 + skip, line_numbers)
         n_cols = len(names)
 
         def col(c):
@@ -348,18 +352,19 @@ def _read_movielens(text: str, path: str) -> Interactions:
     return Interactions(user, item, ts, source=path)
 
 
-def _read_seq(text: str, path: str) -> Interactions:
+def _read_seq(text: str, path: str, skip: int = 0) -> Interactions:
     """``user<TAB>item item ...`` per line after a header; rows come out user by user, items in order.
 
     The header is required (its first field names the user column, e.g. ``user_id``): without it the first user's
     line would be taken for the header and lost, so a first line that is not such a header is refused. Items must be
     space separated (a comma is refused), each user has one non-empty line (a repeated user or a user without items
-    is refused, naming the lines).
+    is refused, naming the lines). ``skip``: blank lines the caller removed before the header (added to every line
+    number a message gives).
     """
     header = text.split("\n", 1)[0]
     first = (header.split("\t", 1) if "\t" in header else header.split(None, 1) or [""])[0]
     if _find_column([first.split(":", 1)[0]], USER_COLUMNS) is None:
-        raise ValueError(f"{path}, line 1: expected the header 'user_id<TAB>item_ids_chronological' (first field one "
+        raise ValueError(f"{path}, line {1 + skip}: expected the header 'user_id<TAB>item_ids_chronological' (first field one "
                          f"of {USER_COLUMNS}), got {header[:80]!r}; a .seq file without its header line would lose "
                          f"its first user, so add the header")
     lines, line_numbers = _body_lines(text, 1)
@@ -367,7 +372,7 @@ def _read_seq(text: str, path: str) -> Interactions:
         raise ValueError(f"{path}: no sequences after the header")
 
     def line_no(i: int) -> int:
-        return int(line_numbers[i]) if line_numbers is not None else i + 2
+        return (int(line_numbers[i]) if line_numbers is not None else i + 2) + skip
 
     users, items, seen = [], [], {}
     for i, line in enumerate(lines):
@@ -438,15 +443,17 @@ def read_interactions(path: str | os.PathLike, format: str = "auto") -> Interact
     text = _read_text(path)
     if not text.strip():
         raise ValueError(f"{path}: empty file")
-    header = text.lstrip("\n").split("\n", 1)[0]
-    text = text.lstrip("\n") if format != "movielens" else text
+    # blank lines before the first line: the header formats start after them, and every line number a message
+    # gives counts them (MovieLens files have no header and skip blank lines like any other)
+    lead = len(text) - len(text.lstrip("\n"))
+    header = text[lead:].split("\n", 1)[0]
     fmt = detect_format(path, header) if format == "auto" else format
     if fmt == "seq":
-        inter = _read_seq(text, path)
+        inter = _read_seq(text[lead:], path, skip=lead)
     elif fmt == "movielens":
         inter = _read_movielens(text, path)
     else:
-        inter = _read_table(text, path, typed_header=(fmt == "atomic"))
+        inter = _read_table(text[lead:], path, typed_header=(fmt == "atomic"), skip=lead)
     inter.format = fmt
     return inter
 

@@ -274,3 +274,71 @@ def test_paired_table_p_values_keep_their_digits():
     got = [paired.fmt_p(p, 10_000) for p in (0.00005, 0.0002, 0.004, 0.0043, 0.05, 0.44)]
     assert got == ["<1e-4", "0.0002", "0.004", "0.0043", "0.05", "0.44"]
     assert paired.fmt_p(0.0005, 1_000) == "<1e-3"
+
+
+# ------------------------------------------------------------------ mutation audit, round 6 (B): guards found missing
+def _ranks_file(path, rows, **meta):
+    head = {"model": path.stem, "split": "test", "protocol": "recbole", "max_rank": None, "n_items": 50, **meta}
+    path.write_text("# zoo.evaluate ranks " + json.dumps(head) + "\nuser,target,rank\n"
+                    + "".join(f"{u},{t},{r}\n" for u, t, r in rows))
+    return str(path)
+
+
+def test_compare_refuses_rank_zero_bad_caps_other_orders_and_empty_files(tmp_path, capsys):
+    """Usage errors naming the problem, each of which was accepted or another error: a rank 0 (ranks are 1-based), a
+    max_rank or n_items of 0 or true (a bool is not an int), the same users in another order (pairing row by row
+    would compare different users), a file without rows, and fewer than 100 resamples."""
+    ok = _ranks_file(tmp_path / "ok.csv", [(1, 5, 1), (2, 6, 3)])
+    files = {
+        "zero": ([(1, 5, 1), (2, 6, 0)], {}, "zero.csv, line 4: expected user,target,rank with a rank >= 1, got "
+                                             "['2', '6', '0']"),
+        "cap0": ([(1, 5, 1), (2, 6, 3)], {"max_rank": 0}, "cap0.csv, line 1: max_rank should be an int >= 1 or null, "
+                                                         "got 0"),
+        "items0": ([(1, 5, 1), (2, 6, 3)], {"n_items": 0}, "items0.csv, line 1: n_items should be an int >= 1 or "
+                                                          "null, got 0"),
+        "captrue": ([(1, 5, 1), (2, 6, 3)], {"max_rank": True}, "captrue.csv, line 1: max_rank should be an int >= 1 "
+                                                               "or null, got True"),
+        "order": ([(2, 6, 3), (1, 5, 1)], {}, "A has 2 users, B 2; the same users in another order"),
+        "empty": ([], {}, "empty.csv: no examples")}
+    for name, (rows, meta, message) in files.items():
+        b = _ranks_file(tmp_path / f"{name}.csv", rows, **meta)
+        with pytest.raises(SystemExit) as e:
+            compare_main([ok, b, "--bootstrap", "100"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err, (name, err)
+    with pytest.raises(SystemExit) as e:
+        compare_main([ok, ok, "--bootstrap", "50"])
+    assert e.value.code == 2 and "--bootstrap must be >= 100, got 50" in capsys.readouterr().err
+
+
+def test_compare_cutoff_is_checked_against_the_smaller_top_k(tmp_path, capsys):
+    """Two top-K-only graphs (K = 5 and 10): a cut-off of 10 is above the first one's K, whose misses were written as
+    6 (only the larger K was checked, so HR@10 of the top-5 graph counted its misses as non-hits silently)."""
+    rows = [(1, 5, 1), (2, 6, 3)]
+    a = _ranks_file(tmp_path / "a.csv", rows, max_rank=5)
+    b = _ranks_file(tmp_path / "b.csv", rows, max_rank=10)
+    for x, y in ((a, b), (b, a)):
+        with pytest.raises(SystemExit) as e:
+            compare_main([x, y, "--ks", "10", "--bootstrap", "100"])
+        assert e.value.code == 2 and "--ks 10: a file holds ranks censored above 5" in capsys.readouterr().err
+    assert set(compare_main([a, b, "--ks", "5", "--bootstrap", "100"])["metrics"]) == {"HR@5", "NDCG@5", "MRR@5"}
+
+
+def test_compare_uses_the_seed_and_confidence_it_is_given(tmp_path, capsys):
+    """``--seed`` / ``seed`` and ``confidence`` reach the bootstrap: the result is paired_bootstrap's with them (a fixed
+    seed 0 or confidence 0.95 was used instead), and another seed moves the interval."""
+    from zoo.compare import compare
+
+    rng = np.random.default_rng(4)
+    ra, rb = rng.integers(1, 30, 200), rng.integers(1, 30, 200)
+    a = _ranks_file(tmp_path / "a.csv", [(u, 1, r) for u, r in enumerate(ra)])
+    b = _ranks_file(tmp_path / "b.csv", [(u, 1, r) for u, r in enumerate(rb)])
+    got = compare_main([a, b, "--seed", "7", "--bootstrap", "300"])
+    assert got["seed"] == 7
+    assert got["metrics"] == paired_bootstrap(ra, rb, ks=(10, 20), n_boot=300, seed=7)
+    assert got["metrics"] != paired_bootstrap(ra, rb, ks=(10, 20), n_boot=300, seed=0)
+    half = compare(a, b, ks=(10,), n_boot=300, seed=1, confidence=0.5)
+    assert half["confidence"] == 0.5
+    assert half["metrics"] == paired_bootstrap(ra, rb, ks=(10,), n_boot=300, seed=1, confidence=0.5)
+    wide = paired_bootstrap(ra, rb, ks=(10,), n_boot=300, seed=1)["HR@10"]
+    assert half["metrics"]["HR@10"]["ci_high"] - half["metrics"]["HR@10"]["ci_low"] < wide["ci_high"] - wide["ci_low"]

@@ -461,3 +461,178 @@ def test_cli_onnx_unreadable_export_files_are_one_line_errors(tmp_path):
             main(["--onnx", str(tmp_path / name), *base])
     with pytest.raises(SystemExit, match=r"error: --ks 40: the graph ranks 39 items"):
         main(["--onnx", str(tmp_path / "g"), *base[:-3], "--ks", "40", "--no-progress"])
+
+
+# ------------------------------------------------------------------ mutation audit, round 6 (B): guards found missing
+class TimeNextItemModel(NextItemModel):
+    """NextItemModel that reads timestamps: each real item ``x`` at time ``s`` counts as item ``(x - 1 + s) % M + 1``,
+    so a rank depends on the timestamp of the last real item of the window (timestamps 0: NextItemModel's ranks)."""
+
+    uses_timestamps = True
+
+    def encode(self, input_ids, attention_mask, timestamps=None):
+        if timestamps is None:
+            raise ValueError("TimeNextItemModel got no timestamps")
+        shifted = (input_ids - 1 + timestamps.long()) % (self.config.n_items - 1) + 1
+        return self.table(torch.where(attention_mask, shifted, torch.zeros_like(shifted)))
+
+
+class LeftTimeNextItemModel(TimeNextItemModel):
+    padding_side = "left"
+
+
+@pytest.mark.parametrize("cls", [TimeNextItemModel, LeftTimeNextItemModel])
+def test_evaluate_model_passes_each_window_its_own_timestamps(cls):
+    """A time-aware model gets the batch's timestamps, aligned with the window on the model's padding side (they were
+    dropped: the model got None), and examples without timestamps are refused before any batch, naming the model."""
+    model = cls(NextItemConfig(n_items=M + 1, max_seq_length=10, hidden_size=M + 1))
+    sp = examples()                                          # test histories [1,2,3]->4, [5,1]->3, [2,4,1]->5
+    ts = [np.array([0.0, 0.0, 1.0]), np.array([0.0, 0.0]), np.array([0.0, 2.0, 2.0])]
+    ex = EvalExamples(sp.test.histories, sp.test.targets, sp.test.users, ts)
+    # last items count as 4, 1, 3 -> ranks of targets 4, 3, 5: 5, 2, 2
+    _, r = evaluate_model(model, ex, ks=(1,), progress=False, return_ranks=True, batch_size=2)
+    assert r.tolist() == [5, 2, 2]
+    zero = EvalExamples(sp.test.histories, sp.test.targets, sp.test.users, [np.zeros(len(h)) for h in ts])
+    assert evaluate_model(model, zero, ks=(1,), progress=False, return_ranks=True)[1].tolist() == [1, 2, 4]
+    with pytest.raises(ValueError, match=f"{cls.__name__} reads timestamps but the evaluation data has none"):
+        evaluate_model(model, sp.test, ks=(1,), progress=False)
+
+
+def test_evaluate_model_refuses_the_padding_target_and_keeps_the_training_mode():
+    """A target 0 (the padding row, never rankable: it is at -inf) is refused like one past the end (only the upper
+    bound was tested); a model in training mode is evaluated in eval mode and handed back in training mode."""
+    model = NextItemModel(NextItemConfig(n_items=M + 1, max_seq_length=10, hidden_size=M + 1))
+    with pytest.raises(ValueError, match=r"target item index 0 out of range 1\.\.5 \(model n_items=6\)"):
+        evaluate_model(model, EvalExamples([np.array([1, 2])], np.array([0]), ["u"]), progress=False)
+    with pytest.raises(ValueError, match=r"target item index 6 out of range 1\.\.5 \(model n_items=6\)"):
+        evaluate_model(model, EvalExamples([np.array([1, 2])], np.array([6]), ["u"]), progress=False)
+    seen = []
+    model.table.register_forward_hook(lambda mod, args, out: seen.append(mod.training))   # predict calls forward
+    model.train()
+    evaluate_model(model, examples().test, ks=(1,), progress=False)
+    assert seen and not any(seen) and model.training
+    model.eval()
+    evaluate_model(model, examples().test, ks=(1,), progress=False)
+    assert not model.training
+
+
+def test_evaluate_model_max_len_overrides_the_config_window():
+    """``max_len`` cuts the windows (it was ignored for ``config.max_seq_length``): with a window of 2 user 3's window
+    is [4, 1], so under the LRURec protocol item 2 is not masked (rank 3, not 2), and with a window of 1 no top-1 item
+    is history."""
+    model = NextItemModel(NextItemConfig(n_items=M + 1, max_seq_length=10, hidden_size=M + 1))
+    sp = examples()
+    _, r = evaluate_model(model, sp.test, ks=(1,), exclude_history=True, progress=False, return_ranks=True, max_len=2)
+    assert r.tolist() == [1, 2, 3]
+    assert evaluate_model(model, sp.test, ks=(1,), progress=False, history_share=True)["Hist@1"] == pytest.approx(1 / 3)
+    assert evaluate_model(model, sp.test, ks=(1,), progress=False, history_share=True, max_len=1)["Hist@1"] == 0.0
+
+
+def test_align_with_vocab_without_vocabulary_checks_the_model_rows():
+    """A model without an item vocabulary takes the data's first-appearance indices 1..n: n items need n + 1 rows
+    (padding row 0); a data file with as many items as the model has rows is refused (item n would be out of range)."""
+    from zoo.evaluate import align_with_vocab
+
+    ds = build_sequences(Interactions(np.array([1, 1, 1, 2, 2, 2]), np.array([7, 8, 9, 10, 11, 12])))
+    assert ds.n_items == 6
+    with pytest.raises(ValueError, match=r"the data has 6 items but the model \(no item vocabulary\) has only "
+                                         r"n_items=6 rows"):
+        align_with_vocab(ds, None, 6)
+    same, note = align_with_vocab(ds, None, 7)
+    assert same is ds and note.startswith("WARNING: the model has no item vocabulary")
+
+
+def test_cli_valid_split_ranks_file_and_item_count(tmp_path):
+    """--split valid evaluates seq[:-2] -> seq[-2] (the test examples were used instead), and the result and the
+    --ranks-out header give the number of items ranked, n_items - 1 (the padding row is not an item)."""
+    from zoo.compare import read_ranks
+
+    d = save_model(tmp_path, [10, 20, 30, 40, 50])
+    data = tmp_path / "d.seq"
+    data.write_text("user_id\titem_ids_chronological\n3\t20 40 10 50\n1\t10 20 30 40\n2\t50 10 30\n")
+    # valid examples (internal): [2, 4] -> 1, [1, 2] -> 3, [5] -> 1: ranks 2, 1, 1
+    res = main(["--model", str(d), "--data", str(data), "--split", "valid", "--ks", "1", "--no-progress",
+                "--ranks-out", str(tmp_path / "v.csv")])
+    assert res["n_items"] == 5 and res["metrics"]["HR@1"] == pytest.approx(2 / 3)
+    meta, users, targets, ranks = read_ranks(tmp_path / "v.csv")
+    assert meta["split"] == "valid" and meta["n_items"] == 5 and meta["max_rank"] is None
+    assert users == ["3", "1", "2"] and targets == ["10", "30", "10"] and ranks.tolist() == [2, 1, 1]
+    res = main(["--model", str(d), "--data", str(data), "--ks", "1", "--no-progress", "--exclude-history",
+                "--json", str(tmp_path / "t.json")])
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["n_items"] == 5 and saved["protocol"]["ranking"] == "full (all items), padding masked; history window masked"
+
+
+def test_cli_onnx_scores_graph_default_cutoffs_and_uncensored_ranks(tmp_path):
+    """A graph with a scores output ranks every item: without --ks it gets the default 5, 10, 20 (not cut at its
+    top-K, 5), pessimistic ties, and its --ranks-out header says the ranks are not censored (max_rank null)."""
+    from export.onnx import export_model
+    from zoo.compare import read_ranks
+
+    torch.set_num_threads(1)
+    items = [str(1000 + i) for i in range(1, 40)]
+    data = tmp_path / "toy.tsv"
+    data.write_text("user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{items[(3 * u + 7 * t) % 39]}\t{t}\n"
+                                                              for u in range(12) for t in range(6)))
+    model = _tiny("lrurec")
+    model.set_item_vocab(ItemVocab(items))
+    export_model(model, tmp_path / "g", topk=5, with_scores=True, verify=False)
+    out = main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--kcore", "none", "--no-progress",
+                "--ranks-out", str(tmp_path / "g.csv")])
+    assert out["protocol"]["ks"] == [5, 10, 20] and out["protocol"]["ties"] == "pessimistic"
+    assert set(out["metrics"]) >= {"HR@20", "NDCG@20", "MRR@20"}
+    meta, _, _, ranks = read_ranks(tmp_path / "g.csv")
+    assert meta["max_rank"] is None and meta["n_items"] == 39
+    ref = main(["--model", str(_save(model, tmp_path / "m")), "--data", str(data), "--kcore", "none", "--no-progress",
+                "--ranks-out", str(tmp_path / "m.csv")])
+    assert ranks.tolist() == read_ranks(tmp_path / "m.csv")[3].tolist() and (ranks > 5).any()
+
+
+def test_format_table_prints_the_half_width_of_each_interval():
+    """The ``95% ±`` row under a metric is half the interval's width (the full width doubled every printed ±), one
+    value per cut-off with an interval; a metric without an interval gets no such row, a cut-off without one is blank
+    (the value stays in the later column)."""
+    from zoo.evaluate import format_table
+
+    text = format_table({"HR@1": 0.5, "HR@3": 0.75, "NDCG@1": 0.5, "NDCG@3": 0.6, "MRR@1": 1.0, "MRR@3": 1.0}, [1, 3],
+                        intervals={"HR@1": (0.25, 0.75), "HR@3": (0.5, 0.9), "NDCG@3": (0.4, 0.7)})
+    lines = text.splitlines()
+    assert [line.split()[0] for line in lines] == ["metric", "-" * 28, "HR", "95%", "NDCG", "95%", "MRR"]
+    assert lines[2].split()[1:] == ["0.5000", "0.7500"] and lines[3].split()[2:] == ["0.2500", "0.2000"]
+    assert lines[5].split()[2:] == ["0.1500"] and lines[5].index("0.1500") > len("metric          @1")
+    # each half-width is right-aligned under its value (the row was 2 characters short, every ± under the wrong column)
+    assert len(lines[3]) == len(lines[2]) and lines[3].rindex("0.2000") == lines[2].rindex("0.7500")
+    assert len(lines[5]) == len(lines[4]) and lines[5].rindex("0.1500") == lines[4].rindex("0.6000")
+
+
+@pytest.mark.parametrize("name,kind", [("tim4rec", "window"), ("tim4rec_causal", "step")])
+def test_evaluate_onnx_time_aware_graphs_get_the_window_timestamps(tmp_path, name, kind):
+    """evaluate_onnx gives a time-aware graph (window or step) the timestamps of each window: the last max_seq_length
+    ones, aligned with its items (no test evaluated a time-aware graph); the PyTorch model's ranks within the top-K."""
+    from export.onnx import export_model
+    from zoo.evaluate import evaluate_onnx
+    from zoo.models import MODELS
+
+    torch.set_num_threads(1)
+    cfg_cls, cls = MODELS[name]
+    torch.manual_seed(0)
+    model = cls(cfg_cls(n_items=30, hidden_size=16, max_seq_length=6)).eval()
+    with torch.no_grad():                               # at init the time branch hardly moves a rank: strengthen it
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        if name == "tim4rec_causal":
+            model.time_in_weight.mul_(10.0)
+        model.item_embedding.weight.normal_(0, 1.0)     # spread the scores: no near-ties in the top-k
+    export_model(model, tmp_path, kind=kind, topk=10, verify=False)
+    rng = np.random.default_rng(0)
+    hists = [rng.integers(1, 30, size=int(rng.integers(1, 12))) for _ in range(40)]      # windows cut at 6
+    tss = [np.cumsum(10 ** rng.uniform(0, 7, size=len(h))).round() for h in hists]      # gaps of 1 s to 4 months
+    ex = EvalExamples(hists, rng.integers(1, 30, size=40).astype(np.int64), [f"u{i}" for i in range(40)],
+                      tss if model.uses_timestamps else None)
+    _, ref = evaluate_model(model, ex, ks=(10,), progress=False, return_ranks=True)
+    _, got = evaluate_onnx(tmp_path, ex, ks=(10,), batch_size=7, threads=1, progress=False, return_ranks=True)
+    np.testing.assert_array_equal(got.numpy(), np.minimum(ref.numpy(), 11))
+    assert (ref <= 10).sum() > 5                           # the check is not vacuous
+    # ... and the time matters: the windows' first timestamps instead of their last ones move some ranks
+    first = EvalExamples(hists, ex.targets, ex.users, [np.sort(np.r_[t[:-6], t[:6]]) for t in tss])
+    assert (evaluate_model(model, first, ks=(10,), progress=False, return_ranks=True)[1] != ref).any()

@@ -77,3 +77,70 @@ def test_compute_metrics():
         compute_metrics([])
     with pytest.raises(ValueError, match="unknown metrics"):
         compute_metrics([1], metrics=("AUC",))
+
+
+# ------------------------------------------------------------------ mutation audit, round 6 (B): guards found missing
+def test_rank_of_target_refuses_a_negative_target():
+    """A negative target must be the same ValueError as one past the end (the ``min() < 0`` half of the range check
+    was untested: without it torch's gather raised an IndexError/RuntimeError instead)."""
+    with pytest.raises(ValueError, match=r"target index out of range 0\.\.2"):
+        rank_of_target(torch.zeros(2, 3), torch.tensor([1, -1]))
+
+
+def test_history_in_top_k_never_counts_the_padding_index():
+    """Index 0 of a padded window is not history even when its score is finite and on top (a model's raw logits before
+    ``predict`` masks them): without ``seen[:, 0] = False`` the scattered padding zeros counted as a history item."""
+    scores = torch.tensor([[9.0, 1.0, 3.0, 2.0],                  # order 0 (padding), 2, 3, 1
+                           [9.0, 3.0, 2.0, 1.0]])                 # order 0 (padding), 1, 2, 3
+    hist = torch.tensor([[0, 0, 1],
+                         [0, 2, 3]])
+    assert history_in_top_k(scores, hist, 1).tolist() == [0, 0]
+    assert history_in_top_k(scores, hist, 2).tolist() == [0, 0]
+    assert history_in_top_k(scores, hist, 3).tolist() == [0, 1]
+    assert history_in_top_k(scores, hist, 4).tolist() == [1, 2]
+
+
+def test_compute_metrics_without_hr_has_no_recall_alias_and_refuses_cutoff_zero():
+    """``Recall@K`` is HR@K's alias only when HR is asked for (it raised KeyError 'HR@K' without HR); a cut-off 0
+    (HR@0 = 0 for every model) is refused, not reported."""
+    m = compute_metrics([1, 3], ks=(2,), metrics=("NDCG", "MRR"))
+    assert list(m) == ["NDCG@2", "MRR@2"]
+    assert m["MRR@2"] == pytest.approx(0.5) and m["NDCG@2"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"cut-offs must be >= 1, got \[5, 0\]"):
+        compute_metrics([1, 3], ks=(5, 0))
+
+
+def test_bootstrap_interval_bounds_are_the_normal_ones_and_draw_every_user():
+    """The 95% percentile interval of a mean over 3000 users sits at mean -/+ 1.96 standard errors (each bound within
+    0.15 se; the quantiles 0.05/0.975 put the low bound at -1.64 se); a resample can draw the last user (with ten users
+    and only the last one a hit the upper bound is above 0; a draw over users 0..U-2 gave (0, 0)); no ranks, a
+    confidence of 0 or 1 are errors."""
+    from zoo.metrics import bootstrap_interval
+
+    rng = np.random.default_rng(5)
+    r = rng.integers(1, 40, 3000)
+    lo, hi = bootstrap_interval(r, ks=(10,), metrics=("HR",), n_boot=4000, seed=2)["HR@10"]
+    p = float(np.mean(r <= 10))
+    se = math.sqrt(p * (1 - p) / len(r))
+    assert lo == pytest.approx(p - 1.96 * se, abs=0.15 * se) and hi == pytest.approx(p + 1.96 * se, abs=0.15 * se)
+    last = bootstrap_interval([50] * 9 + [1], ks=(10,), metrics=("HR",), n_boot=1000)["HR@10"]
+    assert last[0] == 0.0 and last[1] >= 0.1
+    with pytest.raises(ValueError, match="no ranks given"):
+        bootstrap_interval([], n_boot=100)
+    for c in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\)"):
+            bootstrap_interval([1, 2], n_boot=100, confidence=c)
+
+
+def test_paired_bootstrap_p_value_is_two_sided_and_empty_ranks_are_refused():
+    """Two users, B better by one hit for the first only: the resampled mean difference is 0 with probability 1/4, so
+    the two-sided p is 2 * 1/4 = 0.5 (a one-sided p gave 0.25); empty rank lists are an error (were numpy's
+    'high <= 0' from the resampler)."""
+    from zoo.metrics import paired_bootstrap
+
+    res = paired_bootstrap([20, 1], [1, 1], ks=(10,), metrics=("HR",), n_boot=4000, seed=0)["HR@10"]
+    assert res["diff"] == 0.5 and res["a"] == 0.5 and res["b"] == 1.0
+    assert res["p"] == pytest.approx(0.5, abs=0.04)
+    assert res["ci_low"] == 0.0 and res["ci_high"] == 1.0
+    with pytest.raises(ValueError, match="same, non-zero number of examples; got 0 and 0"):
+        paired_bootstrap([], [], n_boot=100)

@@ -251,9 +251,9 @@ def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR",
         if any(f"{m}@{k}" in metrics for k in ks):
             rows.append(m.ljust(8) + "".join(f"{metrics.get(f'{m}@{k}', float('nan')):10.4f}" for k in ks))
             if intervals and any(f"{m}@{k}" in intervals for k in ks):
-                rows.append("  95% ±" + "".join(
+                rows.append("  95% ±".ljust(8) + "".join(
                     (f"{(intervals[f'{m}@{k}'][1] - intervals[f'{m}@{k}'][0]) / 2:10.4f}"
-                     if f"{m}@{k}" in intervals else " " * 10) for k in ks)[1:])
+                     if f"{m}@{k}" in intervals else " " * 10) for k in ks))
     return "\n".join(rows)
 
 

@@ -244,10 +244,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                   timestamps: Sequence[Sequence[float]] | None = None):
         """Internal-index histories -> padded ``(input_ids [B, L], attention_mask [B, L][, timestamps [B, L]])``.
 
-        Each history is truncated to its most recent ``max_length`` (default ``config.max_seq_length``) items and
-        padded on the model's ``padding_side``.
+        Each history is truncated to its most recent ``max_length`` (an int >= 1, default ``config.max_seq_length``)
+        items and padded on the model's ``padding_side``.
         """
-        max_length = max_length or self.config.max_seq_length
+        max_length = (self.config.max_seq_length if max_length is None
+                      else _as_count(max_length, "pad_batch max_length"))  # 0 / -1 would cut silently
         if len(histories) == 0:
             raise ValueError("no histories given")
         rows = []

@@ -1,0 +1,369 @@
+"""The shared base of every zoo model (``zoo.modeling_utils``) and model-name resolution (``zoo.pretrained``), tested
+directly on tiny GRU4Rec / SASRec / LRURec models: input and state validation, batch building, the loss, ``predict`` /
+``recommend``, the window-state helpers and the strict save/load."""
+
+import json
+import os
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo  # noqa: F401  (registers the models with AutoConfig / AutoModel)
+from zoo import pretrained
+from zoo.modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, window_append, window_state
+from zoo.models.gru4rec import GRU4RecConfig, GRU4RecModel
+from zoo.models.lrurec import LRURecConfig, LRURecModel
+from zoo.models.sasrec import SASRecConfig, SASRecModel
+from zoo.vocab import ItemVocab, UnknownItemError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def gru(**kw) -> GRU4RecModel:
+    cfg = dict(n_items=12, max_seq_length=6, embedding_size=8, hidden_size=8, num_layers=1, dropout_prob=0.0)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return GRU4RecModel(GRU4RecConfig(**cfg)).eval()
+
+
+class TimedGRU(GRU4RecModel):
+    """A GRU4Rec that declares it reads timestamps and records the ones its encoder is given (the base class's
+    timestamp plumbing, without a time-aware model's cost)."""
+
+    uses_timestamps = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.seen_timestamps = []
+
+    def encode(self, input_ids, attention_mask, timestamps=None):
+        self.seen_timestamps.append(timestamps[attention_mask].tolist())
+        return super().encode(input_ids, attention_mask, timestamps)
+
+
+# ------------------------------------------------------------------------------------------ input validation
+def test_empty_batches_are_a_value_error_not_a_torch_crash():
+    """A [B, 0] or [0, L] batch is refused naming the problem (``min()`` of an empty tensor raised RuntimeError)."""
+    model = gru()
+    for shape in ((2, 0), (0, 3)):
+        message = f"input_ids is empty (shape {list(shape)}): every row needs at least one item"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            model(torch.zeros(*shape, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"item_ids is empty \(shape \[1, 0\]\)"):
+        model.step(torch.zeros(1, 0, dtype=torch.long), model.init_state(1))
+
+
+def test_real_ids_under_masked_positions_are_refused_naming_the_row():
+    """An attention mask that hides real item ids (padding must be 0) is an error naming the row, not a batch whose
+    masked ids are silently scored."""
+    model = gru()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(ValueError, match="batch row 1 has non-zero item ids at masked \\(padding\\) positions"):
+        model(ids, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    with pytest.raises(ValueError, match="batch row 0 has padding index 0 inside its real items"):
+        model(torch.tensor([[1, 0, 3]]), attention_mask=torch.tensor([[1, 1, 1]]))
+    with pytest.raises(ValueError, match=r"attention_mask must be a tensor of the same shape as input_ids \[2, 3\], "
+                                         r"got \[2, 2\]"):
+        model(ids, attention_mask=torch.ones(2, 2))
+
+
+def test_padding_side_is_checked_per_model_and_last_positions_follow_it():
+    """Right-padded models refuse left padding and vice versa, naming the row; the last real position is the row's
+    length - 1 for right padding and always L - 1 for left padding."""
+    right, left = gru(), LRURecModel(LRURecConfig(n_items=12, max_seq_length=6, hidden_size=8, num_layers=1)).eval()
+    mask_r = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    assert right.last_positions(mask_r).tolist() == [1, 3, 0]
+    assert left.last_positions(mask_r.flip(1)).tolist() == [3, 3, 3]
+    ids_r = torch.where(mask_r, torch.arange(1, 5).expand(3, 4), torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"batch row 0 is not left-padded: padding first, then real items "
+                                         r"\(LRURecModel expects left padding\)"):
+        left(ids_r)
+    with pytest.raises(ValueError, match=r"batch row 0 is not right-padded: real items first, then padding "
+                                         r"\(GRU4RecModel expects right padding\)"):
+        right(ids_r.flip(1))
+
+
+def test_check_timestamps_accepts_ties_and_padding_and_refuses_negative_nan_and_decreasing():
+    """Same-second items are in time order (only a decrease is refused); the zeros pad_batch puts after a right-padded
+    row are not a decrease; a single negative or non-finite value is refused, as is a missing or misshapen tensor."""
+    model = gru()
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    ts = torch.tensor([[5.0, 5.0, 9.0, 0.0], [1.0, 2.0, 2.0, 2.0]])
+    assert torch.equal(model.check_timestamps(ts, mask), ts.double())
+    for bad, message in [([[-1.0, 2.0, 3.0, 0.0], [1.0, 2.0, 3.0, 4.0]], "timestamps contain negative values"),
+                         ([[1.0, float("nan"), 3.0, 0.0], [1.0, 2.0, 3.0, 4.0]], "NaN or infinite"),
+                         ([[1.0, 2.0, 3.0, 0.0], [1.0, 2.0, float("inf"), 4.0]], "NaN or infinite"),
+                         ([[1.0, 2.0, 3.0, 0.0], [1.0, 3.0, 2.0, 4.0]], "timestamps of batch row 1 decrease")]:
+        with pytest.raises(ValueError, match=message):
+            model.check_timestamps(torch.tensor(bad), mask)
+    assert torch.equal(model.check_timestamps(torch.tensor([[-1.0, 2.0, 3.0, 0.0], [1.0, 2.0, 3.0, 4.0]]),
+                                              torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool))[1],
+                       torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))     # negative only at a padding slot
+    with pytest.raises(ValueError, match="GRU4RecModel reads timestamps: pass timestamps"):
+        model.check_timestamps(None, mask)
+    with pytest.raises(ValueError, match=r"timestamps must have the shape of input_ids \[2, 4\], got \[2, 3\]"):
+        model.check_timestamps(torch.zeros(2, 3), mask)
+
+
+# ----------------------------------------------------------------------------------------------- pad_batch
+def test_pad_batch_keeps_the_most_recent_items_and_their_own_timestamps():
+    """Truncation keeps the last max_length items and the timestamps of those items (not the first ones), padded on
+    the model's side with 0."""
+    hists, times = [[1, 2, 3, 4, 5], [6]], [[10.0, 20.0, 30.0, 40.0, 50.0], [7.0]]
+    ids, mask, ts = gru().pad_batch(hists, max_length=3, timestamps=times)
+    assert ids.tolist() == [[3, 4, 5], [6, 0, 0]] and mask.tolist() == [[True] * 3, [True, False, False]]
+    assert ts.dtype == torch.float64 and ts.tolist() == [[30.0, 40.0, 50.0], [7.0, 0.0, 0.0]]
+    left = LRURecModel(LRURecConfig(n_items=12, max_seq_length=4, hidden_size=8, num_layers=1))
+    ids, mask, ts = left.pad_batch(hists, timestamps=times)                   # default: config.max_seq_length = 4
+    assert ids.tolist() == [[2, 3, 4, 5], [0, 0, 0, 6]] and mask.tolist() == [[True] * 4, [False] * 3 + [True]]
+    assert ts.tolist() == [[20.0, 30.0, 40.0, 50.0], [0.0, 0.0, 0.0, 7.0]]
+
+
+def test_pad_batch_refuses_timestamp_lists_that_do_not_match_their_history():
+    """One timestamp per item of the whole history: a list longer or shorter than the history is refused even when
+    truncation to max_length would hide the difference."""
+    model = gru()
+    with pytest.raises(ValueError, match="history 0 has 5 items but 6 timestamps"):
+        model.pad_batch([[1, 2, 3, 4, 5]], max_length=3, timestamps=[[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    with pytest.raises(ValueError, match="history 1 has 5 items but 4 timestamps"):
+        model.pad_batch([[1], [1, 2, 3, 4, 5]], max_length=3, timestamps=[[1.0], [2.0, 3.0, 4.0, 5.0]])
+    with pytest.raises(ValueError, match="got 1 timestamp lists for 2 histories"):
+        model.pad_batch([[1], [2]], timestamps=[[1.0]])
+    with pytest.raises(ValueError, match="history 1 is empty"):
+        model.pad_batch([[1], []])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_pad_batch_refuses_a_window_that_is_not_a_positive_int(bad):
+    """max_length -1 dropped each history's oldest item and 0 fell back to the config's window, both silently."""
+    with pytest.raises(ValueError, match=rf"pad_batch max_length must be an int >= 1, got {bad!r}"):
+        gru().pad_batch([[5, 6], [7, 8]], max_length=bad)
+
+
+# -------------------------------------------------------------------------------------------------- loss
+def test_all_position_loss_is_cross_entropy_over_the_labelled_positions_only():
+    """[B, L] labels: cross-entropy over the positions with a label > 0 (0 = no target), the padding class never a
+    target; labels with no target at all are refused (the mean over nothing was NaN)."""
+    model = gru()
+    ids, mask = model.pad_batch([[1, 2, 3], [4, 5]])
+    labels = torch.tensor([[2, 3, 7], [5, 9, 0]])
+    out = model(ids, mask, labels=labels)
+    hidden = out.hidden_states
+    pos = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    logits = torch.stack([model.score(hidden[r, t]) for r, t in pos])
+    want = F.cross_entropy(logits, torch.tensor([labels[r, t] for r, t in pos]))
+    assert torch.allclose(out.loss, want, atol=1e-6)
+    last = model(ids, mask, labels=torch.tensor([7, 9]))
+    assert torch.allclose(last.loss, F.cross_entropy(out.logits, torch.tensor([7, 9])), atol=1e-6)
+    with pytest.raises(ValueError, match=r"labels hold no target \(all 0\)"):
+        model(ids, mask, labels=torch.zeros(2, 3, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------------------- predict / recommend
+def test_predict_masks_padding_and_the_given_window_and_restores_training_mode():
+    """predict: the padding logit and (exclude_seen) each row's own items are -inf, everything else is the raw logit;
+    it runs in eval mode and leaves a model in training mode in training mode."""
+    model = gru()
+    ids, mask = model.pad_batch([[3, 4, 3], [5]])
+    raw = model(ids, mask).logits
+    plain = model.predict(ids, mask)
+    assert torch.isneginf(plain[:, 0]).all() and torch.equal(plain[:, 1:], raw[:, 1:])
+    seen = model.predict(ids, mask, exclude_seen=True)
+    inf = torch.isneginf(seen)
+    assert inf[0].nonzero().flatten().tolist() == [0, 3, 4] and inf[1].nonzero().flatten().tolist() == [0, 5]
+    assert torch.equal(seen[~inf], raw[~inf])
+    model.train()
+    model.predict(ids, mask)
+    assert model.training
+    model.eval()
+    model.predict(ids, mask)
+    assert not model.training
+
+
+def test_recommend_without_vocabulary_takes_internal_indices_and_refuses_padding_and_out_of_range():
+    """A model without a vocabulary reads internal indices 1..n_items-1: the padding index 0 and n_items are unknown
+    items naming the history (not a ValueError about padding inside the batch), and results are Python ints."""
+    model = gru()
+    rec = model.recommend([[1, 11], [4]], k=3)
+    assert all(type(x) is int for row in rec.items for x in row) and rec.scores.shape == (2, 3)
+    assert rec.items[0] == model.predict(*model.pad_batch([[1, 11]])).topk(3).indices[0].tolist()
+    for bad in (0, 12, -1):
+        with pytest.raises(UnknownItemError, match=rf"history 1: item index {bad} out of range 1..11"):
+            model.recommend([[1], [2, bad]], k=3)
+
+
+def test_recommend_gives_each_batch_its_own_timestamps():
+    """A time-aware model scored over several forward passes (batch_size 1) gets each history's own timestamps (the
+    last max_seq_length of them), the same as one pass."""
+    torch.manual_seed(0)
+    model = TimedGRU(GRU4RecConfig(n_items=12, max_seq_length=3, embedding_size=8, hidden_size=8,
+                                   dropout_prob=0.0)).eval()
+    hs, ts = [[1, 2], [3, 4, 5, 6], [7]], [[1.0, 2.0], [10.0, 20.0, 30.0, 40.0], [5.0]]
+    one = model.recommend(hs, k=4, timestamps=ts)
+    assert model.seen_timestamps == [[1.0, 2.0, 20.0, 30.0, 40.0, 5.0]]
+    model.seen_timestamps.clear()
+    batched = model.recommend(hs, k=4, timestamps=ts, batch_size=1)
+    assert model.seen_timestamps == [[1.0, 2.0], [20.0, 30.0, 40.0], [5.0]]
+    assert batched.items == one.items
+    with pytest.raises(ValueError, match=r"TimedGRU reads timestamps: pass timestamps=\[\[\.\.\.\], \.\.\.\]"):
+        model.recommend(hs, k=4)
+
+
+# ---------------------------------------------------------------------------------------------------- state
+def test_check_state_refuses_unexpected_tensors():
+    """A state with a tensor the model does not have (a typo, another model's state) is refused naming it."""
+    model = gru()
+    st = model.init_state(2)
+    with pytest.raises(ValueError, match=r"state has wrong tensors: missing \[\], unexpected \['conv_state'\]"):
+        model.step(torch.tensor([[1], [2]]), {**st, "conv_state": torch.zeros(2, 3)})
+    with pytest.raises(TypeError, match="state must be a dict of named tensors"):
+        model.step(torch.tensor([[1], [2]]), list(st.values()))
+
+
+def test_window_helpers_keep_the_last_max_len_items_and_check_the_ids():
+    """window_append puts the new items right after each row's window; window_state keeps the last max_len of them
+    (zero-padded on the right); window ids outside 0..n_items-1 are refused, n_items itself included."""
+    state = {"window_ids": torch.tensor([[4, 5, 6], [7, 0, 0], [0, 0, 0]]), "window_len": torch.tensor([[3], [1], [0]])}
+    combined, p, total = window_append(state, torch.tensor([[1, 2], [3, 9], [8, 10]]), 3, 11)
+    assert combined.tolist() == [[4, 5, 6, 1, 2], [7, 3, 9, 0, 0], [8, 10, 0, 0, 0]]
+    assert p.tolist() == [[3, 4], [1, 2], [0, 1]] and total.tolist() == [5, 3, 2]
+    new = window_state(combined, total, 3)
+    assert new["window_ids"].tolist() == [[6, 1, 2], [7, 3, 9], [8, 10, 0]]
+    assert new["window_len"].tolist() == [[3], [3], [2]]
+    for bad in (11, -1):
+        wrong = {**state, "window_ids": torch.tensor([[4, 5, bad], [7, 0, 0], [0, 0, 0]])}
+        with pytest.raises(ValueError, match=r"state\['window_ids'\] holds item indices out of range"):
+            window_append(wrong, torch.tensor([[1], [2], [3]]), 3, 11)
+    sas = SASRecModel(SASRecConfig(n_items=11, max_seq_length=3, hidden_size=8, num_heads=2, inner_size=8,
+                                   num_layers=1)).eval()
+    st = sas.init_state(1)
+    st["window_ids"][0, 0], st["window_len"][0, 0] = 11, 1
+    with pytest.raises(ValueError, match="out of range"):
+        sas.step(torch.tensor([[1]]), st)
+
+
+# ------------------------------------------------------------------------------------------------- config
+def test_config_needs_padding_and_one_item():
+    for n in (1, 0):
+        with pytest.raises(ValueError, match=rf"n_items must be >= 2 \(padding \+ at least one item\), got {n}"):
+            GRU4RecConfig(n_items=n)
+    assert SeqRecConfig(n_items=2).n_items == 2
+
+
+# ------------------------------------------------------------------------------------------------ save/load
+def test_save_pretrained_refuses_pickles(tmp_path):
+    """safe_serialization=False is refused before anything is written (zoo checkpoints never hold pickles)."""
+    with pytest.raises(ValueError, match=r"zoo models are saved as safetensors only \(no pickles\)"):
+        gru().save_pretrained(tmp_path / "out", safe_serialization=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_saved_before_item_vocab_file_existed_loads_its_vocabulary(tmp_path):
+    """config.json without the ``item_vocab_file`` field (older checkpoints) and an item_vocab.json beside it: the
+    vocabulary is loaded, not refused as foreign."""
+    model = gru()
+    model.set_item_vocab(ItemVocab(list(range(500, 511))))
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg.pop("item_vocab_file") == "item_vocab.json"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    for load in (GRU4RecModel.from_pretrained, SeqRecPreTrainedModel.from_pretrained):
+        loaded = load(tmp_path)
+        assert loaded.item_vocab == model.item_vocab
+        assert loaded.recommend([[500, 510]], k=3).items == model.recommend([[500, 510]], k=3).items
+
+
+def test_sharded_checkpoints_load_and_every_shard_is_checked(tmp_path):
+    """A checkpoint saved in shards (model.safetensors.index.json) loads, and a NaN in any shard is refused naming
+    the tensor; a corrupt index is one line naming it."""
+    from safetensors.torch import load_file, save_file
+
+    model = gru(n_items=200, embedding_size=16, hidden_size=16)
+    model.save_pretrained(tmp_path, max_shard_size="8KB")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 2 and not (tmp_path / "model.safetensors").exists()
+    ids, mask = model.pad_batch([[1, 2, 3]])
+    assert torch.equal(GRU4RecModel.from_pretrained(tmp_path).eval()(ids, mask).logits, model(ids, mask).logits)
+    name = "dense.weight"
+    f = tmp_path / index["weight_map"][name]
+    w = load_file(f)
+    w[name][0, 0] = float("inf")
+    save_file(w, f, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"weight '{name}' in .*{f.name} holds NaN or infinite values"):
+        GRU4RecModel.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt weight index .*model.safetensors.index.json"):
+        GRU4RecModel.from_pretrained(tmp_path)
+
+
+def test_base_class_loading_keeps_a_given_config(tmp_path):
+    """SeqRecPreTrainedModel.from_pretrained(path, config=...) loads the concrete class with that config (it was
+    dropped and the folder's read again)."""
+    model = gru()
+    model.save_pretrained(tmp_path)
+    cfg = GRU4RecConfig.from_pretrained(tmp_path)
+    cfg.dropout_prob = 0.25
+    loaded = SeqRecPreTrainedModel.from_pretrained(tmp_path, config=cfg)
+    assert type(loaded) is GRU4RecModel and loaded.config.dropout_prob == 0.25 and loaded.emb_dropout.p == 0.25
+    assert SeqRecPreTrainedModel.from_pretrained(tmp_path).config.dropout_prob == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- pretrained
+def test_resolve_pretrained_names_a_file_given_for_a_folder(tmp_path):
+    gru().save_pretrained(tmp_path)
+    for f in ("config.json", "model.safetensors"):
+        with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path / f))} is a file; from_pretrained expects a"):
+            GRU4RecModel.from_pretrained(tmp_path / f)
+    assert pretrained.resolve_pretrained(tmp_path) == str(tmp_path)
+
+
+def test_bundled_models_need_weights_and_the_env_folder_comes_first(tmp_path, monkeypatch):
+    """Only folders holding config.json and model.safetensors are bundled models; a folder of the same name under
+    $ZOO_BUNDLED_DIR takes precedence over the checkout's hub_cards/."""
+    gru().save_pretrained(tmp_path / "tiny-gru")
+    gru().save_pretrained(tmp_path / "sasrec-ml1m")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text((tmp_path / "tiny-gru" / "config.json").read_text())
+    monkeypatch.setenv("ZOO_BUNDLED_DIR", str(tmp_path))
+    found = pretrained.bundled_models()
+    assert found["tiny-gru"] == tmp_path / "tiny-gru" and "half" not in found
+    assert found["sasrec-ml1m"] == tmp_path / "sasrec-ml1m"
+
+
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes"])
+def test_offline_mode_is_honoured_in_every_spelling_without_a_probe(monkeypatch, value):
+    """HF_HUB_OFFLINE=1/true/yes (any case) means unreachable without opening a connection."""
+    probes = []
+
+    class Conn:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(pretrained.socket, "create_connection", lambda *a, **k: probes.append(a) or Conn())
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert pretrained.hub_reachable() is False and probes == []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert pretrained.hub_reachable() is True and len(probes) == 1           # the probe itself is reached
+
+
+def test_seeding_leaves_a_real_hub_download_alone(tmp_path, monkeypatch):
+    """A cached repo whose refs/main points at a real download (no .zoo-bundled marker) is not replaced by the
+    bundled copy; a cache without the repo is seeded."""
+    gru().save_pretrained(tmp_path / "bundle" / "tiny-gru")
+    monkeypatch.setattr(pretrained, "bundled_models", lambda: {"tiny-gru": tmp_path / "bundle" / "tiny-gru"})
+    cache = tmp_path / "hf"
+    repo = cache / f"models--{pretrained.HUB_ORG}--tiny-gru"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("realcommit")
+    (repo / "snapshots" / "realcommit").mkdir(parents=True)
+    (repo / "snapshots" / "realcommit" / "config.json").write_text("{}")
+    written = pretrained.seed_hf_cache(cache)
+    assert f"{pretrained.HUB_ORG}/tiny-gru" not in written and "org/tiny-gru" in written
+    assert (repo / "refs" / "main").read_text() == "realcommit"
+    assert sorted(os.listdir(repo / "snapshots")) == ["realcommit"]

@@ -642,3 +642,285 @@ def test_train_applies_target_weighting(tmp_path, monkeypatch):
             "--no-progress", "--model", "sasrec", "--out", str(tmp_path / "s"), "--window-stride", "4",
             "--loss-weighting", "target", "--set", *TINY["sasrec"]])
     assert len(set(scales)) > 1 and abs(np.mean(scales) - 1) < 0.2, scales
+
+
+# --- mutation audit round 6 (D): train loop, train_state and zoo.cli guards -------------------------------------
+
+
+def test_lr_factor_clamps_a_negative_progress_to_the_start():
+    """A progress below 0 (clamped) is the schedule's start: the unclamped linear factor would exceed 1 (a learning
+    rate above the base) and the cosine one would come back down."""
+    from zoo.train import lr_factor
+
+    assert lr_factor("linear", -0.5) == 1.0 and lr_factor("cosine", -1.0) == 1.0 and lr_factor("constant", -3) == 1.0
+
+
+def test_adam_applies_its_weight_decay():
+    """``--optimizer adam --weight-decay W``: Adam's (L2) decay is W on every parameter, not silently 0."""
+    from zoo.train import build_model, make_optimizer
+
+    model = build_model("gru4rec", 30, dict(embedding_size=8, hidden_size=8))
+    opt = make_optimizer(model, "adam", 2e-3, 0.25)
+    assert isinstance(opt, torch.optim.Adam) and not isinstance(opt, torch.optim.AdamW)
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(2e-3, 0.25)]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        make_optimizer(model, "sgd", 1e-3, 0.0)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lrurec_preset_clips_at_every_step(tmp_path, monkeypatch):
+    """LRURec's official recipe (AdamW, weight decay 0.01, grad clip 5) applies without flags: the gradient norm is
+    clipped to 5 before every optimizer step (a loop reading the wrong key, or a preset without its clip, would
+    train unclipped without a word)."""
+    seen = _recorded_lrs(monkeypatch)                                   # one entry per optimizer step
+    norms, real = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda params, max_norm, *a, **k: norms.append(max_norm) or real(params, max_norm, *a, **k))
+    data = _markov_file(tmp_path / "m.tsv", n_users=30, length=(8, 14))
+    log = train_main(["--model", "lrurec", "--data", str(data), "--out", str(tmp_path / "l"), "--epochs", "1",
+                      "--max-len", "20", "--batch-size", "8", "--kcore", "0", "--no-progress",
+                      "--set", "hidden_size=16"])
+    assert log["train"] == {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "batch_size": 8, "clip": 5.0,
+                            "lr_schedule": "constant"}
+    assert len(seen) >= 3 and norms == [5.0] * len(seen)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_zero_overrides_replace_the_preset(tmp_path, monkeypatch):
+    """LRURec's preset clips at 5 with weight decay 0.01: ``--clip 0 --weight-decay 0`` turn both off (a 0 taken for
+    'not given' would keep the preset's), and its untouched fields stay its official recipe."""
+    norms = []
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: norms.append(a[1]))
+    data = _markov_file(tmp_path / "m.tsv", n_users=30, length=(8, 14))
+    log = train_main(["--data", str(data), "--epochs", "1", "--max-len", "20", "--kcore", "0", "--no-progress",
+                      "--model", "lrurec", "--out", str(tmp_path / "l"), "--clip", "0", "--weight-decay", "0",
+                      "--set", "hidden_size=16"])
+    assert log["train"] == {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128, "clip": 0.0,
+                            "lr_schedule": "constant"}
+    assert norms == []
+
+
+def _scripted_evaluations(monkeypatch, valid_ndcgs):
+    """Replace zoo.train's evaluations: validation ``i`` returns NDCG@10 ``valid_ndcgs[i]``; the final test returns
+    0.5 everywhere. Returns the calls, each with a CPU copy of the weights evaluated, the examples' count and the
+    keyword arguments."""
+    import zoo.evaluate
+
+    calls = []
+
+    def fake(model, examples, ks=(5, 10, 20), **kw):
+        calls.append({"weights": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                      "n": len(examples), "ks": tuple(ks), **kw})
+        if tuple(ks) == (10,):
+            v = valid_ndcgs[sum(c["ks"] == (10,) for c in calls) - 1]
+            return {"NDCG@10": v, "HR@10": v}
+        return {f"{m}@{k}": 0.5 for m in ("HR", "NDCG") for k in ks}
+
+    monkeypatch.setattr(zoo.evaluate, "evaluate_model", fake)
+    return calls
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_early_stopping_counts_from_the_last_gain_and_the_test_uses_the_best_checkpoint(tmp_path, monkeypatch):
+    """Scripted validations 0.10, 0.05, 0.20, 0.15, 0.12 with patience 2: the gain at epoch 3 resets the count, so the
+    run stops after epoch 5 (not 4); the checkpoint kept, and tested, holds epoch 3's weights (not the last epoch's,
+    and not a checkpoint rewritten at every validation)."""
+    calls = _scripted_evaluations(monkeypatch, [0.10, 0.05, 0.20, 0.15, 0.12, 0.9, 0.9, 0.9])
+    data = _markov_file(tmp_path / "m.tsv", n_users=30, length=(8, 14))
+    log = train_main(["--model", "gru4rec", "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "8",
+                      "--patience", "2", "--max-len", "20", "--batch-size", "8", "--kcore", "0", "--no-progress",
+                      "--set", *TINY["gru4rec"]])
+    assert [r["valid_NDCG@10"] for r in log["epochs"]] == [0.10, 0.05, 0.20, 0.15, 0.12]
+    assert log["best_epoch"] == 3 and log["best_valid_NDCG10"] == 0.20
+    assert log["stopped"] == "early stopping: no valid NDCG@10 gain for 2 epochs"
+    valid, test = calls[:-1], calls[-1]
+    assert [c["ks"] for c in valid] == [(10,)] * 5 and test["ks"] == (5, 10, 20)
+    best, last = valid[2]["weights"], valid[4]["weights"]
+    assert not all(torch.equal(best[k], last[k]) for k in best)              # the weights did move after epoch 3
+    assert test["weights"].keys() == best.keys() and all(torch.equal(test["weights"][k], best[k]) for k in best)
+    assert log["test"]["NDCG@10"] == 0.5
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_exclude_history_and_valid_users_reach_every_evaluation(tmp_path, monkeypatch):
+    """``--exclude-history`` masks the history in every validation and in the final test (and the log says so);
+    ``--valid-users N`` validates on the first N users, and the test still ranks every user."""
+    calls = _scripted_evaluations(monkeypatch, [0.1, 0.2])
+    data = _markov_file(tmp_path / "m.tsv", n_users=30, length=(8, 14))
+    log = train_main(["--model", "gru4rec", "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "2",
+                      "--max-len", "20", "--batch-size", "8", "--kcore", "0", "--no-progress", "--exclude-history",
+                      "--valid-users", "7", "--set", *TINY["gru4rec"]])
+    assert [(c["ks"], c["n"], c.get("exclude_history")) for c in calls] == [
+        ((10,), 7, True), ((10,), 7, True), ((5, 10, 20), 30, True)]
+    assert log["protocol"]["history_masked"] is True
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_time_budget_ending_between_validations_validates_and_stops_there(tmp_path, monkeypatch):
+    """``--eval-every 100`` with a 1-minute budget (fake clock, 1 s per read): the epoch on which the budget ends is
+    validated and the run stops there, well before its 30 epochs (an epoch skipped as 'not a validation epoch' would
+    let the run go on to the last epoch)."""
+    import zoo.train as T
+
+    monkeypatch.setattr(T, "time", _Clock())
+    data = _markov_file(tmp_path / "m.tsv", n_users=20, length=(6, 10))
+    log = train_main(["--model", "gru4rec", "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "30",
+                      "--eval-every", "100", "--max-minutes", "1", "--max-len", "20", "--kcore", "0",
+                      "--no-progress", "--set", *TINY["gru4rec"]])
+    n = len(log["epochs"])
+    assert log["stopped"] == "time budget of 1.0 minutes reached" and 3 < n < 30, (n, log["stopped"])
+    assert [r["epoch"] for r in log["epochs"] if "valid_NDCG@10" in r] == [n] and log["best_epoch"] == n
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_resumed_run_counts_the_time_already_used_against_its_budget(tmp_path):
+    """The resume state's ``elapsed_s`` (here set to 100 minutes) counts: resumed with a 50-minute budget, the run
+    trains one more epoch, stops for its budget and logs >= 100 training minutes (a clock restarted at the resume
+    would run to the last epoch)."""
+    data = _markov_file(tmp_path / "m.tsv", n_users=20, length=(6, 10))
+    out = tmp_path / "r"
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "4", "--set", *TINY["gru4rec"], "--out", str(out)]
+    train_main(args + ["--max-minutes", "0.0001"])                       # the budget ends it after epoch 1
+    state_file = out / "resume" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["progress"]["epoch"] == 1
+    state["progress"]["elapsed_s"] = 6000.0
+    state_file.write_text(json.dumps(state))
+    log = train_main(args + ["--resume", "--max-minutes", "50"])
+    assert [r["epoch"] for r in log["epochs"]] == [1, 2]
+    assert log["stopped"] == "time budget of 50.0 minutes reached" and log["train_minutes"] >= 100
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_init_from_a_checkpoint_of_other_items_is_refused(tmp_path, capsys):
+    """A checkpoint whose item vocabulary is not the data's cannot be continued, even with as many items (its item
+    rows would be other items): a usage error before any work."""
+    base = ["--model", "gru4rec", "--max-len", "20", "--kcore", "0", "--no-progress", "--epochs", "1",
+            "--set", *TINY["gru4rec"]]
+    a = _markov_file(tmp_path / "a.tsv", n_users=20, length=(6, 10))
+    head, *rows = a.read_text().splitlines()                        # the same interactions, other item ids
+    b = tmp_path / "b.tsv"
+    b.write_text("\n".join([head] + [f"{u}\t{int(i) + 1000}\t{t}" for u, i, t in (r.split("\t") for r in rows)]) + "\n")
+    train_main(base + ["--data", str(a), "--out", str(tmp_path / "a")])
+    with refused(capsys, re.escape(f"--init-from {tmp_path / 'a'}: its item vocabulary differs from the data's")):
+        train_main(base + ["--data", str(b), "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")])
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_same_seed_trains_the_same_run_twice_and_another_seed_does_not(tmp_path):
+    """``--seed`` fixes the initial weights and the batch shuffling: two runs in one process with the same seed are
+    identical (a seed that missed torch or the shuffling generator would continue from the previous run's draws)."""
+    from safetensors.torch import load_file
+
+    data = _markov_file(tmp_path / "m.tsv", n_users=30, length=(8, 14))
+    base = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--set", *TINY["gru4rec"]]
+    logs = [train_main(base + ["--out", str(tmp_path / f"r{i}"), "--seed", s]) for i, s in enumerate("556")]
+    losses = [[r["loss"] for r in log["epochs"]] for log in logs]
+    assert losses[0] == losses[1] and losses[2] != losses[0], losses
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("r0", "r1"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_parse_overrides_keeps_an_equals_sign_in_the_value():
+    assert parse_overrides(["note=a=b", " num_layers =2"]) == {"note": "a=b", "num_layers": 2}
+
+
+def test_set_overrides_the_config_file(tmp_path, monkeypatch):
+    """``--config FILE --set k=v``: --set is applied over the file's fields (the file gives the base)."""
+    import zoo.train as T
+
+    seen = {}
+    monkeypatch.setattr(T, "train", lambda *a, **kw: seen.update(kw) or {})
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"hidden_size": 8, "num_layers": 2}))
+    T.main(["--model", "gru4rec", "--data", "d.tsv", "--out", str(tmp_path / "o"), "--config", str(cfg),
+            "--set", "hidden_size=16"])
+    assert seen["config_overrides"] == {"hidden_size": 16, "num_layers": 2}
+
+
+
+def test_a_typo_in_the_config_file_is_named_as_the_files(tmp_path, capsys):
+    """A field of ``--config FILE`` that the model's config lacks is a usage error naming the file (it was reported
+    as a ``--set`` field); an unknown model with a config file is the unknown-model error."""
+    import zoo.train as T
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"hiden_size": 8}))
+    base = ["--data", "d.tsv", "--out", str(tmp_path / "o"), "--config", str(cfg)]
+    with pytest.raises(SystemExit):
+        T.main(["--model", "sasrec", *base])
+    assert re.search(rf"error: --config {re.escape(str(cfg))}: \['hiden_size'\] not fields of SASRecConfig",
+                     capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        T.main(["--model", "nosuchrec", *base])
+    assert "error: unknown model type 'nosuchrec'" in capsys.readouterr().err
+
+
+def test_resume_settings_default_only_what_the_state_lacks():
+    """A state saved with ``time_ties='item'`` keeps it: resuming with 'item' is allowed and with 'file' refused (the
+    default for states saved before the setting existed must not replace a saved value)."""
+    from zoo.train_state import check_settings
+
+    saved = {"model_type": "sasrec", "time_ties": "item", "max_minutes": 5}
+    check_settings(saved, {"model_type": "sasrec", "time_ties": "item", "max_minutes": 9})
+    with pytest.raises(ValueError, match="time_ties: the run has 'item', given 'file'"):
+        check_settings(saved, {"model_type": "sasrec", "time_ties": "file", "max_minutes": 5})
+
+
+def test_resume_dir_prefers_the_current_state_and_falls_back_to_old(tmp_path):
+    """``resume/`` is the last epoch's state; ``resume.old/`` (left by a swap cut between its two renames) is used only
+    when ``resume/`` holds no state."""
+    from zoo.train_state import resume_dir
+
+    assert resume_dir(tmp_path) is None
+    (tmp_path / "resume.old").mkdir()
+    (tmp_path / "resume.old" / "state.json").write_text("{}")
+    assert resume_dir(tmp_path) == str(tmp_path / "resume.old")
+    (tmp_path / "resume").mkdir()
+    assert resume_dir(tmp_path) == str(tmp_path / "resume.old")            # resume/ without its state.json
+    (tmp_path / "resume" / "state.json").write_text("{}")
+    assert resume_dir(tmp_path) == str(tmp_path / "resume")
+
+
+def test_a_resume_state_of_another_format_version_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from zoo.train_state import FORMAT_VERSION, load
+
+    save_file({"rng.torch": torch.get_rng_state()}, str(tmp_path / "optimizer.safetensors"))
+    state = {k: {} for k in ("settings", "optimizer", "shuffle_generator", "log")}
+    state.update(progress={"epoch": 1, "best": 0.1, "best_epoch": 1, "bad": 0, "elapsed_s": 1.0},
+                 python_random=[], numpy_global=[])
+    for version in (FORMAT_VERSION + 1, None):
+        (tmp_path / "state.json").write_text(json.dumps({**state, "format_version": version}))
+        with pytest.raises(ValueError, match=f"resume state format {version}, this zoo reads {FORMAT_VERSION}"):
+            load(tmp_path)
+    (tmp_path / "state.json").write_text(json.dumps({**state, "format_version": FORMAT_VERSION}))
+    assert load(tmp_path)[0]["progress"]["epoch"] == 1
+
+
+def test_written_whole_files_are_readable_by_others(tmp_path):
+    """``written_whole`` replaces the file with mode 0644 (not mkstemp's 0600, which hid train_log.json and the
+    CLI outputs from other users), creating the folder; an error keeps the old file and leaves no temporary one."""
+    from zoo.cli import written_whole
+
+    path = tmp_path / "sub" / "log.json"
+    with written_whole(path) as f:
+        f.write("new")
+    assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RuntimeError), written_whole(path) as f:
+        f.write("half")
+        raise RuntimeError
+    assert path.read_text() == "new" and [p.name for p in path.parent.iterdir()] == ["log.json"]
+
+
+def test_check_outputs_refuses_an_out_folder_that_cannot_be_written_in():
+    """An existing --out folder that cannot be written in (``/proc``, whose parent can) is refused before any work."""
+    from zoo.cli import check_outputs
+
+    with pytest.raises(ValueError, match=r"--out /proc: cannot write in /proc \("):
+        check_outputs({"--out": "/proc"}, folders=True)

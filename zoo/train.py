@@ -669,7 +669,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     overrides = {}
     try:
         if args.config:
-            overrides.update(read_config_file(args.config))
+            from .models import get_model_class
+
+            fields = read_config_file(args.config)
+            # a typo in the file is named as the file's (it was reported as a --set field)
+            check_config_overrides(get_model_class(args.model)[0], fields, where=f"--config {args.config}")
+            overrides.update(fields)
         overrides.update(parse_overrides(args.set))
     except ValueError as e:
         p.error(str(e))

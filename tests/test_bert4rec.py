@@ -377,3 +377,88 @@ def test_training_mask_keeps_the_rightmost_capped_slots():
     masked = inp == 50
     from_right = masked.long().flip(1).cumsum(1).flip(1)
     assert torch.equal(target > 0, masked & (from_right <= 2))
+
+
+# ------------------------------------------------------------------ mutation audit 6 (E): masking and the Cloze loss path
+def test_mask_cap_uses_max_seq_length_and_is_at_least_one():
+    """The number of predicted slots per row is ``max(1, int(mask_ratio * max_seq_length))`` (RecBole's
+    ``mask_item_length``), whatever the width of the batch: a cap from the batch width (2 here instead of 4) or
+    without the floor of 1 (0 here: nothing predicted) passed every other test."""
+    model = small(max_seq_length=10, mask_ratio=0.4, ft_ratio=0.0)          # cap = int(0.4 * 10) = 4
+    seq = torch.arange(1, 7)[None].repeat(300, 1)                            # batch width 6 < max_seq_length
+    inp, target, _ = model.mask_items(seq, torch.ones_like(seq, dtype=torch.bool))
+    masked = inp == 50
+    from_right = masked.long().flip(1).cumsum(1).flip(1)
+    assert torch.equal(target > 0, masked & (from_right <= 4))
+    assert ((target > 0).sum(1) == 4).any()                                  # the cap of 4 is reached by some rows
+    tiny = small(max_seq_length=10, mask_ratio=0.05, ft_ratio=0.0)          # int(0.05 * 10) = 0 -> cap 1
+    seq = torch.arange(1, 11)[None].repeat(400, 1)
+    inp, target, _ = tiny.mask_items(seq, torch.ones_like(seq, dtype=torch.bool))
+    masked = inp == 50
+    assert masked.any(1).sum() > 10
+    assert torch.equal((target > 0).sum(1), masked.any(1).long())            # exactly one predicted per masked row
+    last_masked = 9 - masked.long().flip(1).argmax(1)
+    rows = masked.any(1).nonzero()[:, 0]
+    assert torch.equal(target[rows, last_masked[rows]], seq[rows, last_masked[rows]])
+
+
+@pytest.mark.parametrize("ft_ratio", [0.0, 1.0])
+def test_masked_loss_is_the_ce_of_the_drawn_masks(ft_ratio):
+    """``forward(labels [B, L])`` = CE over the slots ``mask_items`` predicts, encoded with the attention mask that
+    ``mask_items`` returns (for a prefix-cut ft batch: the prefix only). Encoding the cut rows with the uncut mask
+    (the zeroed tail attended as real items) changed the loss but passed every other test."""
+    model = small(max_seq_length=12, ft_ratio=ft_ratio, mask_ratio=0.5)
+    hists = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16], [17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27]]
+    ids, mask = model.pad_batch(hists)
+    labels = torch.where(mask, ids % 49 + 1, torch.zeros_like(ids))
+    cut = False
+    for s in range(6):
+        torch.manual_seed(s)
+        out = model(ids, mask, labels=labels)
+        torch.manual_seed(s)
+        seq, seq_mask = model.training_sequence(ids, mask, labels)
+        inp, target, m = model.mask_items(seq, seq_mask)
+        cut |= bool((m.sum(1) < seq_mask.sum(1)).any())
+        with torch.no_grad():
+            hidden = model.encode_raw(inp, m)
+            sel = target > 0
+            ref = torch.nn.functional.cross_entropy(model.score(hidden[sel]), target[sel])
+        torch.testing.assert_close(out.hidden_states, hidden, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(out.loss, ref, atol=1e-6, rtol=1e-6)
+    assert cut == (ft_ratio == 1.0)                                          # ft batches did cut rows to prefixes
+
+
+def test_masked_loss_without_any_predicted_slot_is_a_differentiable_zero():
+    """A batch in which no slot is masked (possible for tiny batches) gives a loss of exactly 0 that still backpropagates
+    (a constant zero tensor made ``loss.backward()`` fail in the training loop)."""
+    model = small(max_seq_length=8, mask_ratio=1e-7, ft_ratio=0.0).train()
+    ids, mask = model.pad_batch([[1, 2], [3]])
+    out = model(ids, mask, labels=torch.tensor([[2, 4], [0, 0]]))
+    assert out.loss.item() == 0.0 and out.loss.requires_grad
+    out.loss.backward()
+    assert model.item_embedding.weight.grad is not None and torch.all(model.item_embedding.weight.grad == 0)
+
+
+def test_training_sequence_drops_the_oldest_item_only_on_overflow():
+    """Appending the last label to a window one item short of ``max_seq_length`` fills it exactly: nothing is dropped
+    (an overflow test with ``>=`` dropped the oldest item of such rows)."""
+    model = small(max_seq_length=6)
+    ids, mask = model.pad_batch([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16]])
+    labels = torch.tensor([[0, 0, 0, 0, 20, 0], [0, 0, 0, 0, 0, 21], [0, 0, 0, 0, 0, 0]])
+    seq, seq_mask = model.training_sequence(ids, mask, labels)
+    assert seq.tolist() == [[1, 2, 3, 4, 5, 20], [7, 8, 9, 10, 11, 21], [12, 13, 14, 15, 16, 0]]
+    assert seq_mask.sum(1).tolist() == [6, 6, 5]
+
+
+def test_config_refuses_out_of_range_ratios_and_activation():
+    """``ft_ratio`` outside [0, 1], ``mask_ratio`` above 1 and an unknown ``hidden_act`` are errors naming the value
+    (only ``mask_ratio = 0`` and the layout were checked)."""
+    with pytest.raises(ValueError, match=r"ft_ratio must be in \[0, 1\], got 1.5"):
+        BERT4RecConfig(ft_ratio=1.5)
+    with pytest.raises(ValueError, match=r"ft_ratio must be in \[0, 1\], got -0.1"):
+        BERT4RecConfig(ft_ratio=-0.1)
+    with pytest.raises(ValueError, match=r"mask_ratio must be in \(0, 1\], got 1.5"):
+        BERT4RecConfig(mask_ratio=1.5)
+    with pytest.raises(ValueError, match=r"hidden_act must be one of \[.*'gelu'.*\], got 'elu'"):
+        BERT4RecConfig(hidden_act="elu")
+    assert BERT4RecConfig(ft_ratio=0.0, mask_ratio=1.0).ft_ratio == 0.0

@@ -393,3 +393,96 @@ def test_config_refuses_a_ring_with_r_min_above_r_max():
     """The ring init of the eigenvalues needs 0 < r_min <= r_max < 1; reversed bounds are an error naming them."""
     with pytest.raises(ValueError, match="r_min <= r_max"):
         LRURecConfig(r_min=0.95, r_max=0.9)
+
+
+# ------------------------------------------------------------------ mutation audit 6 (E): init, training path, validation
+def test_ring_init_phase_covers_the_full_circle():
+    """Official ring init: ``theta = 2 pi u2`` (u2 ~ U(0, 1)); a phase drawn on [0, pi) (half the circle: every
+    eigenvalue in the upper half-plane) passed ``test_init_is_official``, which only bounds theta by 2 pi."""
+    model = LRURecModel(LRURecConfig())                                      # N = 128 channels per layer
+    for blk in model.lru_blocks:
+        theta = torch.exp(blk.lru_layer.params_log[1].detach().double())
+        assert theta.max() > 1.5 * math.pi and theta.min() < 0.5 * math.pi
+        lam_re, lam_im = blk.lru_layer.lam()
+        assert (lam_im < 0).sum() > 32 and (lam_im > 0).sum() > 32           # both half-planes populated
+
+
+def test_training_embedding_is_dropped_out_then_layernormed():
+    """Official order ``LN(Dropout(E[s]))``: in training every embedded row is still layer-normalised (mean 0, variance
+    1 at init), while ``Dropout(LN(...))`` (identical in eval) leaves zeros and x2-scaled entries. (Init std 1 so that
+    LayerNorm's eps = 1e-5 is negligible against the row variance.)"""
+    model = small_model(hidden_dropout=0.5, initializer_range=1.0, initializer_cutoff=2.0).train()
+    ids = torch.randint(1, 50, (4, 30))
+    x = model.embed(ids)
+    assert not torch.allclose(x, model.eval().embed(ids))                    # dropout did act in training
+    assert (x == 0).sum() == 0
+    torch.testing.assert_close(x.mean(-1), torch.zeros(4, 30), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x.var(-1, unbiased=False), torch.ones(4, 30), atol=1e-3, rtol=0)
+
+
+def test_item_embedding_has_no_padding_idx_so_row_0_trains():
+    """The official embedding has no ``padding_idx``: row 0 is a scored output class (its logit enters the softmax) and
+    gets a gradient; ``padding_idx=0`` froze it (and every other test still passed)."""
+    model = small_model().train()
+    assert model.item_embedding.padding_idx is None
+    ids, mask = model.pad_batch([[3, 4, 5], [6, 7]])
+    labels = torch.where(mask, ids % 49 + 1, torch.zeros_like(ids))
+    model(ids, mask, labels=labels).loss.backward()
+    assert model.item_embedding.weight.grad[0].abs().sum() > 0
+
+
+def test_config_refuses_bad_chunk_size_and_init_range():
+    """``scan_chunk_size = 0`` was silently treated as 1 without the check; a non-positive init std/cutoff is refused."""
+    with pytest.raises(ValueError, match=r"scan_chunk_size must be >= 1, got 0"):
+        LRURecConfig(scan_chunk_size=0)
+    with pytest.raises(ValueError, match="initializer_range and initializer_cutoff must be > 0"):
+        LRURecConfig(initializer_range=0.0)
+    with pytest.raises(ValueError, match="initializer_range and initializer_cutoff must be > 0"):
+        LRURecConfig(initializer_cutoff=-0.1)
+    assert LRURecConfig(dropout=0.3).hidden_dropout == 0.3                    # the documented alias
+
+
+def test_official_state_dict_conversion_strips_module_prefix_and_refuses_unknown_keys():
+    """A DataParallel-style ``module.`` prefix on every key is removed (documented); an unknown key is a KeyError
+    naming it instead of being dropped."""
+    model = small_model()
+    sd = model.state_dict()
+    official = {"embedding.token.weight": sd["item_embedding.weight"], "model.bias": sd["item_bias"],
+                "embedding.layer_norm.weight": sd["emb_layer_norm.weight"],
+                "embedding.layer_norm.bias": sd["emb_layer_norm.bias"]}
+    for k, v in sd.items():
+        if k.startswith("lru_blocks.") and not k.endswith("_im"):
+            official["model." + (k[:-3] if k.endswith("_re") else k)] = (
+                torch.complex(v, sd[k[:-3] + "_im"]) if k.endswith("_re") else v)
+    conv = convert_official_state_dict({"module." + k: v for k, v in official.items()})
+    assert set(conv) == set(sd) and all(torch.equal(conv[k], sd[k]) for k in sd)
+    with pytest.raises(KeyError, match="unexpected key in the official LRURec state dict: 'decoder.weight'"):
+        convert_official_state_dict({**official, "decoder.weight": torch.zeros(2)})
+
+
+def test_scan_refuses_mismatched_mask_and_lambda_shapes():
+    """Shape errors of ``lru_scan_ref`` name the expected shapes (a mask of the wrong length was a broadcast error or
+    silently broadcast)."""
+    u = torch.randn(2, 5, 3)
+    lam_re, lam_im = torch.full((3,), 0.5), torch.zeros(3)
+    with pytest.raises(ValueError, match=r"mask must be \[B, L\] = \[2, 5\], got \[2, 6\]"):
+        lru_scan_ref(u, u, lam_re, lam_im, torch.ones(2, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"mask must be \[B, L\] = \[2, 5\], got \[1, 5\]"):
+        lru_scan_ref(u, u, lam_re, lam_im, torch.ones(1, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"lam_re/lam_im must be \[N\] = \[3\], got \[4\] and \[3\]"):
+        lru_scan_ref(u, u, torch.zeros(4), lam_im)
+
+
+def test_config_defaults_are_the_documented_official_ones():
+    """The documented defaults (official LRURec ML-1M template; PyTorch's LayerNorm eps, not RecBole's 1e-12). The
+    parameter count pins the sizes only: a changed dropout or eps default went unnoticed."""
+    c = LRURecConfig()
+    assert (c.n_items, c.max_seq_length, c.hidden_size, c.num_layers, c.state_expansion, c.lru_state_size) == \
+        (3417, 200, 64, 2, 2, 128)
+    assert (c.hidden_dropout, c.attn_dropout, c.layer_norm_eps) == (0.2, 0.2, 1e-5)
+    assert (c.r_min, c.r_max, c.initializer_range, c.initializer_cutoff, c.scan_chunk_size) == \
+        (0.8, 0.99, 0.02, 0.04, 20)
+    m = small_model()
+    lay = m.lru_blocks[0]
+    assert m.emb_layer_norm.eps == 1e-5 and lay.lru_layer.layer_norm.eps == 1e-5
+    assert (m.emb_dropout.p, lay.lru_layer.dropout.p, lay.feed_forward.dropout.p) == (0.2, 0.2, 0.2)

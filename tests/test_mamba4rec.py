@@ -323,3 +323,69 @@ def test_forward_matches_the_official_computation(num_layers, proj_bias):
         ours = model(ids[None]).logits[0].double()
         ref = _official_mamba4rec_logits(model, ids)
         assert (ours - ref).abs().max() <= 1e-4, (n, (ours - ref).abs().max().item())
+
+
+# ------------------------------------------------------------------ mutation audit 6 (E): config, init, training path
+def test_dt_rank_auto_rounds_up_and_mamba_init_is_validated():
+    """``dt_rank="auto"`` is ``ceil(D / 16)`` (mamba-ssm): widths that are not multiples of 16 round *up* (floor
+    division passed every test, which only use D = 16 and 64); an unknown ``mamba_init`` is an error naming it."""
+    assert [Mamba4RecConfig(hidden_size=d).dt_rank for d in (16, 17, 24, 32, 40, 64)] == [1, 2, 2, 2, 3, 4]
+    assert Mamba4RecConfig(hidden_size=24, dt_rank=5).dt_rank == 5
+    m = Mamba4RecModel(Mamba4RecConfig(n_items=11, hidden_size=24, d_state=4))
+    assert m.mamba_layers[0].mamba.x_proj.weight.shape == (2 + 2 * 4, 48)
+    with pytest.raises(ValueError, match=r"mamba_init must be 'recbole' or 'mamba', got 'Mamba'"):
+        Mamba4RecConfig(mamba_init="Mamba")
+
+
+def test_init_sets_D_to_one_and_A_to_s4d_real():
+    """Mamba's init, kept under RecBole's: ``D = 1`` (skip connection on) and ``A_log[e, n] = log(n + 1)`` for every
+    channel, in every layer (``D = 0`` passed every test: the official-forward test randomises all parameters)."""
+    m = Mamba4RecModel(Mamba4RecConfig(n_items=11, hidden_size=16, d_state=8, num_layers=2))
+    for layer in m.mamba_layers:
+        mixer = layer.mamba
+        assert torch.equal(mixer.D.detach(), torch.ones(32))
+        assert torch.equal(mixer.A_log.detach(), torch.log(torch.arange(1, 9.0)).repeat(32, 1))
+
+
+def test_mamba_dt_init_is_log_uniform_with_scaled_weights():
+    """``mamba_init="mamba"``: Δ = softplus(dt_proj.bias) is log-uniform on [dt_min, dt_max] (floored at
+    dt_init_floor), so it spans the range (a ``clamp(max=floor)`` put every Δ at the floor and still passed the bounds
+    check), and dt_proj.weight ~ U(+-dt_rank^-1/2)."""
+    torch.manual_seed(0)
+    m = Mamba4RecModel(Mamba4RecConfig(n_items=11, mamba_init="mamba"))     # D = 64: E = 128, dt_rank = 4
+    mixer = m.mamba_layers[0].mamba
+    dt = torch.nn.functional.softplus(mixer.dt_proj.bias.detach().double())
+    assert dt.min() >= 1e-3 * (1 - 1e-4) and dt.max() <= 0.1 * (1 + 1e-4)
+    assert dt.min() < 2e-3 and dt.max() > 5e-2                                # log-uniform: both decades reached
+    assert (dt < 1e-2).sum() > 30 and (dt > 1e-2).sum() > 30
+    w = mixer.dt_proj.weight.detach()
+    assert w.abs().max() <= 0.5 and w.abs().max() > 0.45                      # U(+-4^-1/2) over 512 draws
+    floored = Mamba4RecModel(Mamba4RecConfig(n_items=11, mamba_init="mamba", dt_min=1e-5, dt_max=1e-4,
+                                             dt_init_floor=5e-5))
+    dt = torch.nn.functional.softplus(floored.mamba_layers[0].mamba.dt_proj.bias.detach().double())
+    assert dt.min() >= 5e-5 * (1 - 1e-3) and dt.max() > 6e-5
+
+
+def test_training_embedding_is_dropped_out_then_layernormed():
+    """Official order: item embedding -> Dropout -> LayerNorm. In training each embedded row is still normalised (mean
+    0, variance 1 at init); the swapped order (identical in eval, so no other test sees it) leaves zeros."""
+    model = tiny(dropout_prob=0.5).train()
+    ids = torch.randint(1, 53, (4, 30))
+    x = model._embed(ids)
+    assert not torch.allclose(x, model.eval()._embed(ids))
+    assert (x == 0).sum() == 0
+    torch.testing.assert_close(x.mean(-1), torch.zeros(4, 30), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x.var(-1, unbiased=False), torch.ones(4, 30), atol=1e-3, rtol=0)
+
+
+def test_config_defaults_are_the_official_ml1m_ones():
+    """The documented defaults (official ML-1M config + RecBole/mamba-ssm constants). Parameter counts pin the sizes
+    only: a changed dropout or LayerNorm eps default went unnoticed."""
+    c = Mamba4RecConfig()
+    assert (c.n_items, c.max_seq_length, c.hidden_size, c.num_layers, c.d_state, c.d_conv, c.expand, c.d_inner,
+            c.dt_rank, c.inner_size) == (3417, 200, 64, 1, 32, 4, 2, 128, 4, 256)
+    assert (c.dropout_prob, c.layer_norm_eps, c.initializer_range) == (0.2, 1e-12, 0.02)
+    assert (c.conv_bias, c.proj_bias, c.mamba_init) == (True, False, "recbole")
+    assert (c.dt_min, c.dt_max, c.dt_init_floor) == (1e-3, 0.1, 1e-4)
+    m = Mamba4RecModel(Mamba4RecConfig(n_items=11, hidden_size=16, d_state=4))
+    assert m.layer_norm.eps == 1e-12 and m.dropout.p == 0.2 and m.mamba_layers[0].ffn.dropout.p == 0.2

@@ -112,3 +112,59 @@ def test_mamba_ssm_kernel_matches_reference():
     ref, last_ref = selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
     assert (out - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())
     assert (last - last_ref).abs().max() <= 1e-4 * max(1.0, last_ref.abs().max().item())
+
+
+# ------------------------------------------------------------------ mutation audit 6 (E): conv edge cases and validation
+def test_causal_conv_kernel_width_one_has_an_empty_state():
+    """``d_conv = 1``: the carried state holds the last K-1 = 0 inputs, ``[B, E, 0]`` (slicing ``[-(k - 1):]`` = ``[0:]``
+    returned the whole input as the 'state'), and the conv is a per-channel scale + bias."""
+    x, w, bias = torch.randn(2, 5, 7), torch.randn(5, 1), torch.randn(5)
+    out, st = causal_conv1d_ref(x, w, bias)
+    assert st.shape == (2, 5, 0)
+    torch.testing.assert_close(out, x * w + bias[:, None])
+    out2, st2 = causal_conv1d_ref(x[..., 3:], w, bias, st)
+    assert st2.shape == (2, 5, 0)
+    torch.testing.assert_close(out2, out[..., 3:])
+    one, st3 = causal_conv1d_update_ref(x[..., 0], st, w, bias)
+    assert st3.shape == (2, 5, 0)
+    torch.testing.assert_close(one, out[..., 0])
+
+
+def test_causal_conv_state_shorter_than_kernel_and_errors():
+    """Fewer new inputs than K-1 (L = 1, 2 with K = 4): the new state is the old state's tail followed by the inputs;
+    a bad weight / state shape or an unknown activation is an error naming it (each was silently accepted or a raw
+    broadcast error)."""
+    x, w = torch.randn(2, 5, 2), torch.randn(5, 4)
+    st = torch.randn(2, 5, 3)
+    _, new = causal_conv1d_ref(x, w, None, st)
+    assert torch.equal(new, torch.cat([st[..., 2:], x], -1))
+    with pytest.raises(ValueError, match=r"conv_state must be \[2, 5, 3\], got \[2, 5, 2\]"):
+        causal_conv1d_ref(x, w, None, st[..., :2])
+    with pytest.raises(ValueError, match=r"conv_state must be \[2, 5, 3\], got \[1, 5, 3\]"):
+        causal_conv1d_ref(x, w, None, st[:1])
+    with pytest.raises(ValueError, match=r"weight must be \[E=5, K\], got \[4, 4\]"):
+        causal_conv1d_ref(x, w[:4])
+    with pytest.raises(ValueError, match="unsupported activation 'relu'"):
+        causal_conv1d_ref(x, w, activation="relu")
+
+
+@pytest.mark.parametrize("name, bad, message", [
+    ("D", (1,), r"D must have shape \[6\], got \[1\]"),
+    ("delta_bias", (1,), r"delta_bias must have shape \[6\], got \[1\]"),
+    ("z", (2, 6, 1), r"z must have shape \[2, 6, 5\], got \[2, 6, 1\]"),
+])
+def test_selective_scan_refuses_broadcastable_wrong_shapes(name, bad, message):
+    """Parameters with a wrong but *broadcastable* shape (``D [1]``, ``z [B, E, 1]``...) are refused by the reference
+    and the loop, naming the expected shape (without the check they broadcast silently: a different model)."""
+    kw = dict(_inputs(L=5), **{name: torch.ones(bad)})
+    for fn in (selective_scan_ref, selective_scan_loop):
+        with pytest.raises(ValueError, match=message):
+            fn(**kw, delta_softplus=True)
+
+
+def test_selective_scan_cpu_refuses_chunk_below_one():
+    """The checkpoint interval must be >= 1 (checked in Python with a clear ValueError before the kernel runs)."""
+    from zoo.ops import selective_scan_cpu
+    kw = _inputs(L=5)
+    with pytest.raises(ValueError, match="selective_scan_cpu: chunk must be >= 1"):
+        selective_scan_cpu.selective_scan_cpu(**kw, chunk=0)

@@ -229,3 +229,51 @@ def test_config_model_type_in_json(tmp_path):
     model.save_pretrained(tmp_path)
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["model_type"] == "sasrec"
+
+
+# ------------------------------------------------------------------ mutation audit 6 (E): training path, activations, config
+def test_training_embedding_is_layernormed_then_dropped_out():
+    """RecBole order: ``Dropout(LN(E_item + E_pos))``. In eval both orders agree, so only a training-mode check sees a
+    swapped ``LN(Dropout(...))``: every input of the first layer must be 0 or ``LN(...) / (1 - p)``."""
+    model = small(max_seq_length=20, hidden_dropout=0.5).train()
+    seen = []
+    hook = model.trm_encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+    ids = torch.randint(1, 50, (4, 20))
+    try:
+        model(ids)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        ref = model.LayerNorm(model.item_embedding(ids) + model.position_embedding(torch.arange(20))[None])
+    got = seen[0]
+    zero = got == 0
+    assert 0.35 < zero.float().mean().item() < 0.65                      # p = 0.5 of the entries dropped
+    torch.testing.assert_close(got[~zero], ref[~zero] * 2.0, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu", "swish", "tanh", "sigmoid"])
+def test_each_hidden_act_is_the_named_function(act):
+    """Each ``hidden_act`` name maps to its function in the FFN (only "gelu" was exercised: a wrong table entry such
+    as ``"swish": F.gelu`` passed every test)."""
+    expected = {
+        "gelu": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),   # RecBole's exact erf GELU
+        "relu": lambda x: x.clamp(min=0),
+        "swish": lambda x: x * torch.sigmoid(x),
+        "tanh": torch.tanh,
+        "sigmoid": lambda x: 1.0 / (1.0 + torch.exp(-x)),
+    }[act]
+    model = small(max_seq_length=8, hidden_act=act)
+    ff = model.trm_encoder.layer[1].feed_forward
+    x = torch.randn(3, 5, 16) * 3
+    with torch.no_grad():
+        ref = ff.LayerNorm(ff.dense_2(expected(ff.dense_1(x))) + x)
+        torch.testing.assert_close(ff(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_config_refuses_zero_or_negative_num_heads():
+    """``num_heads`` must be positive: 0 was a ZeroDivisionError and a negative count that divides hidden_size was
+    accepted without the positivity check."""
+    with pytest.raises(ValueError, match=r"hidden_size \(64\) must be a positive multiple of num_heads \(0\)"):
+        SASRecConfig(num_heads=0)
+    with pytest.raises(ValueError, match=r"hidden_size \(64\) must be a positive multiple of num_heads \(-2\)"):
+        SASRecConfig(num_heads=-2)

@@ -64,7 +64,8 @@ def causal_conv1d(x, weight, bias=None, conv_state=None, activation=None):
     if x.is_cuda and _causal_conv1d_fn is not None and conv_state is None and not exporting:
         out = _causal_conv1d_fn(x, weight, bias, activation=activation)
         k = weight.shape[-1]
-        tail = F.pad(x, (max(0, k - 1 - x.shape[-1]), 0))[:, :, -(k - 1):]
+        padded = F.pad(x, (max(0, k - 1 - x.shape[-1]), 0))
+        tail = padded[:, :, padded.shape[-1] - (k - 1):]          # [B, E, K-1] (empty for K = 1, as the reference)
         return out, tail
     return causal_conv1d_ref(x, weight, bias, conv_state, activation)
 

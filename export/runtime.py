@@ -328,7 +328,8 @@ class OnnxStepSession(_Base):
         elif self.time_input == "gaps":
             ts = self.check_step_timestamps(timestamps, ids.shape, st)
             gaps, client["last_ts"] = time_gaps(ts, st["last_ts"])
-            gaps32 = gaps.astype(np.float32)
+            with np.errstate(over="ignore"):                 # an overflow is the error below, not a warning
+                gaps32 = gaps.astype(np.float32)
             if not np.all(np.isfinite(gaps32)):              # >= 0 by the checks above; > 3.4e38 s overflows
                 raise ValueError("time gaps between the timestamps do not fit float32")
             feeds["time_gaps"] = gaps32

@@ -1676,3 +1676,193 @@ def test_cli_card_dir_of_a_window_model(tmp_path, capsys):
     readme = (card / "README.md").read_text()
     assert "`onnx-window/model.onnx` is a **history-window** graph" in readme
     assert 'OnnxWindowSession("onnx-window")' in readme
+
+
+# ------------------------------------------------------------------------ audit round 6 (F): verify / runtime
+def test_score_error_is_infinite_for_a_mask_differing_either_way():
+    """_errs: a graph that masks an item the reference does not (an extra SEEN_SCORE) gets an infinite error, as does
+    one that leaves a reference-masked item unmasked (a one-sided mask comparison passed the first as a finite error);
+    equal masks leave those items out of the error and of the score scale; column 0 (padding) is never compared."""
+    S = V.SEEN_SCORE
+    ref = np.array([[-np.inf, 0.5, S, 0.25]], dtype=np.float32)
+    a, r = V._errs(np.array([[7.0, 0.5, S, 0.25 + 1e-3]], dtype=np.float32), ref)
+    assert a == pytest.approx(1e-3, rel=1e-4) and r == pytest.approx(2e-3, rel=1e-4)      # scale 0.5, not |S|
+    assert V._errs(np.array([[-np.inf, 0.5, S, S]], dtype=np.float32), ref) == (float("inf"), float("inf"))
+    assert V._errs(np.array([[-np.inf, 0.5, 0.3, 0.25]], dtype=np.float32), ref) == (float("inf"), float("inf"))
+    assert V._errs(np.array([[-np.inf, np.nan, S, 0.25]], dtype=np.float32), ref) == (float("inf"), float("inf"))
+
+
+def test_report_fails_on_one_failed_case_and_names_it_as_worst():
+    """A report with one passing and one failing case is FAILED (not passed as soon as any case passes); its worst case
+    is the failing one even when a passing case has the larger score error; to_dict gives the lowest agreement, the
+    largest errors and the total count."""
+    good = V._judge(V.CaseResult("a", 5e-5, 1e-4, 1.0, 10, 2e-4), V.SCORE_ATOL, V.TOPK_MIN_AGREEMENT, V.STATE_ATOL)
+    bad = V._judge(V.CaseResult("b", 1e-5, 2e-5, 0.5, 10, None), V.SCORE_ATOL, V.TOPK_MIN_AGREEMENT, V.STATE_ATOL)
+    assert good.ok and not bad.ok and bad.reason == "top-k agreement 50.000% < 99.9%"
+    rep = V.VerifyReport("step", "m", [good, bad])
+    assert not rep.ok and rep.worst is bad
+    assert rep.worst_message().startswith("worst case 'b': top-k agreement 50.000% < 99.9% (max abs err 1.000e-05")
+    d = rep.to_dict()
+    assert (d["passed"], d["topk_agreement"], d["max_abs_err"], d["max_rel_err"], d["topk_cases"], d["state_err"]) == (
+        False, 0.5, 5e-5, 1e-4, 20, 2e-4)
+    assert "FAILED" in rep.table() and "<-- FAIL: top-k agreement" in rep.table()
+    assert V.VerifyReport("step", "m", [good, good]).ok and V.VerifyReport("step", "m", [good]).worst is good
+
+
+def test_explicit_tolerances_override_the_precision_defaults(unverified):
+    """verify_export(score_atol=...) replaces the fp32 default (an explicit tolerance that was ignored failed a graph
+    the caller had allowed 1e-2): scores off by 1e-3 pass at 1e-2 and fail at 5e-4."""
+    model, res = unverified
+
+    def shift(out):
+        out["scores"][:, 1:] += np.float32(1e-3)
+
+    rep = V.verify_export(model, res.graph_path, res.spec, runner=_Tampered(res.graph_path, shift), score_atol=1e-2,
+                          **VERIFY_FAST)
+    assert rep.ok and rep.score_atol == 1e-2 and "tolerance 0.01 abs" in rep.table(), rep.table()
+    rep = V.verify_export(model, res.graph_path, res.spec, runner=_Tampered(res.graph_path, shift), score_atol=5e-4,
+                          **VERIFY_FAST)
+    assert not rep.ok and all(re.fullmatch(r"score error \S+ > 0\.0005", c.reason) for c in rep.cases), rep.table()
+
+
+class _TamperPriming(_Tampered):
+    """Shifts the scores of every call with more than one item per row (the priming calls) only."""
+
+    def run(self, names, feeds):
+        self.change = self.shift if feeds["item_ids"].shape[1] > 1 else None
+        return super().run(names, feeds)
+
+    @staticmethod
+    def shift(out):
+        out["scores"][:, 1:] += np.float32(1e-3)
+
+
+def test_verification_keeps_the_worst_error_of_every_call(unverified):
+    """Scores off by 1e-3 only in the answer to the priming call fail random/prime+steps with the error found after
+    priming (an accumulator that kept the last call's error, or a priming answer never compared, passed it);
+    random/topk compares its single step only, so its priming call does not count."""
+    model, res = unverified
+    rep = V.verify_export(model, res.graph_path, res.spec, runner=_TamperPriming(res.graph_path), **VERIFY_FAST)
+    cases = {c.name: c for c in rep.cases}
+    ps_ = cases["random/prime+steps"]
+    assert not ps_.ok and ps_.max_abs_err == pytest.approx(1e-3, rel=1e-2), rep.table()
+    assert "worst at after priming with 8 items" in ps_.detail
+    assert cases["random/topk"].ok and cases["random/topk"].max_abs_err < V.SCORE_ATOL, rep.table()
+
+
+def test_real_timestamps_are_checked_against_their_histories():
+    """_check_real_timestamps: equal timestamps (several events in one second) are fine; a row with more or fewer
+    timestamps than items, a count of rows that differs, decreasing or non-finite timestamps are refused, naming the
+    row."""
+    h = [[1, 2, 3], [4, 5]]
+    ts = [[5.0, 5.0, 6.0], [1.0, 1.0]]
+    assert V._check_real_timestamps(h, ts) is ts and V._check_real_timestamps(h, None) is None
+    with pytest.raises(ValueError, match=r"^real history 1: 2 items but 3 timestamps$"):
+        V._check_real_timestamps(h, [ts[0], [1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match=r"^real history 1: 2 items but 1 timestamps$"):
+        V._check_real_timestamps(h, [ts[0], [1.0]])
+    with pytest.raises(ValueError, match=r"^real_timestamps has 1 rows, real_histories 2$"):
+        V._check_real_timestamps(h, ts[:1])
+    for bad in ([5.0, 4.0, 6.0], [5.0, np.nan, 6.0], [5.0, 6.0, np.inf]):
+        with pytest.raises(ValueError, match=r"^real history 0: timestamps must be finite and non-decreasing$"):
+            V._check_real_timestamps(h, [bad, ts[1]])
+
+
+@pytest.fixture(scope="module")
+def audit_graphs(tmp_path_factory):
+    """Unverified exports: lrurec --exclude-seen (a ``seen`` state), tim4rec_causal --time-input gaps, sasrec window."""
+    out = {}
+    for key, name, kw in (("seen", "lrurec", dict(exclude_seen=True)),
+                          ("gaps", "tim4rec_causal", dict(time_input="gaps")),
+                          ("window", "sasrec", dict(with_scores=True))):
+        d = tmp_path_factory.mktemp(f"audit_{key}")
+        model = make_model(name)
+        out[key] = (model, d, E.export_model(model, d, topk=10, verify=False, **kw))
+    return out
+
+
+def test_verify_window_feeds_every_default_width(audit_graphs):
+    """verify_window's default widths are max_seq_length, half of it and 7 (a window graph never verified at its full
+    width passed with the full width untested)."""
+    model, _, res = audit_graphs["window"]
+    runner = V.ort_session(V._with_scores_output(res.graph_path))
+    widths = []
+
+    class Rec:
+        def run(self, names, feeds):
+            widths.append(feeds["item_ids"].shape[1])
+            return runner.run(names, feeds)
+
+    cases = V.verify_window(model, res.graph_path, res.spec, topk_cases=30, runner=Rec())
+    assert sorted(set(widths)) == [7, 15, 30] and cases[0].topk_cases == 30
+
+
+def test_runtime_refuses_a_state_that_is_not_finite_or_not_a_seen_mask(audit_graphs):
+    """check_state: a NaN/inf state tensor and a ``seen`` state holding anything but 0/1 are refused, naming the
+    tensor (ONNX Runtime ran them into NaN scores / a fractional mask without a word)."""
+    _, d, _ = audit_graphs["seen"]
+    sess = OnnxStepSession(d)
+    st = sess.init_state(2)
+    assert set(st) == {"lru_state_re", "lru_state_im", "seen"} and st["seen"].shape == (2, N_ITEMS)
+    for bad in (np.nan, np.inf):
+        spoilt = st["lru_state_im"].copy()
+        spoilt[1, ...] = bad
+        with pytest.raises(ValueError, match=r"^state\['lru_state_im'\] holds NaN or infinite values$"):
+            sess.step([[1], [2]], dict(st, lru_state_im=spoilt))
+    half = st["seen"].copy()
+    half[0, 5] = 0.5
+    with pytest.raises(ValueError, match=r"^state\['seen'\] must hold 0 \(not seen\) or 1 \(seen\) per item$"):
+        sess.step([[1], [2]], dict(st, seen=half))
+    out = sess.step([[1], [2]], dict(st, seen=np.where(np.arange(N_ITEMS) == 5, 1, 0).astype(np.float32)[None]
+                                     .repeat(2, 0)))
+    assert 5 not in out.topk_ids and out.state["seen"][0, [1, 5]].tolist() == [1.0, 1.0]
+
+
+def test_runtime_gaps_graph_refuses_negative_timestamps_and_float32_overflow(audit_graphs):
+    """Gaps-form graph: negative timestamps are refused (with last_ts = -1 they ran, gap 0), and so are gaps that do
+    not fit float32 (a 1e39 s gap reached the graph as inf); last_ts = 0 is an event at the epoch, not 'none yet'."""
+    _, d, _ = audit_graphs["gaps"]
+    sess = OnnxStepSession(d)
+    assert sess.time_input == "gaps"
+    st = sess.init_state(2)
+    assert st["last_ts"].tolist() == [[-1.0], [-1.0]]
+    with pytest.raises(ValueError, match=r"^timestamps must be finite and non-negative$"):
+        sess.step([[1], [2]], st, timestamps=[[-5.0], [1.0]])
+    with pytest.raises(ValueError, match=r"^time gaps between the timestamps do not fit float32$"):
+        sess.step([[1, 2], [3, 4]], st, timestamps=[[0.0, 1e39], [1.0, 2.0]])
+    from export.runtime import time_gaps
+
+    gaps, last = time_gaps(np.array([[10.0, 15.0], [10.0, 15.0]]), np.array([[0.0], [-1.0]]))
+    assert gaps.tolist() == [[10.0, 5.0], [0.0, 5.0]] and last.tolist() == [[15.0], [15.0]]
+
+
+def test_runtime_window_checks_length_and_empty_rows(audit_graphs):
+    """run_window: a window longer than max_seq_length and a batch row of padding only are refused (each reached the
+    graph); a row padded on the wrong side is refused naming it."""
+    _, d, res = audit_graphs["window"]
+    sess = OnnxWindowSession(d)
+    side = res.spec["padding_side"]
+    with pytest.raises(ValueError, match=r"^window length 31 exceeds max_seq_length 30$"):
+        sess.run_window(np.ones((1, 31), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"^batch row 1 has no real item$"):
+        sess.run_window(np.array([[1, 2], [0, 0]]))
+    wrong = [[0, 3], [4, 5]] if side == "right" else [[3, 0], [4, 5]]
+    with pytest.raises(ValueError, match=rf"^batch row 0 is not {side}-padded$"):
+        sess.run_window(np.array(wrong))
+    assert sess.run_window(np.ones((2, 30), dtype=np.int64)).topk_ids.shape == (2, 10)
+
+
+def test_runtime_spec_refuses_a_bool_topk(tmp_path):
+    """read_spec: ``topk: true`` (a bool, which isinstance(..., int) accepts) is refused like any non-int."""
+    from export.runtime import read_spec
+
+    base = {"kind": "step", "model_type": "m", "n_items": 5, "max_seq_length": 3, "topk": 2, "inputs": [],
+            "outputs": [], "state": []}
+    p = tmp_path / "state_spec.json"
+    p.write_text(json.dumps(base))
+    assert read_spec(p)["topk"] == 2
+    for k, v in (("topk", True), ("n_items", True), ("topk", 0), ("topk", 2.0)):
+        p.write_text(json.dumps(dict(base, **{k: v})))
+        lo = 2 if k == "n_items" else 1
+        with pytest.raises(ValueError, match=rf"{k} must be an int >= {lo}, got {v!r}"):
+            read_spec(p)

@@ -1466,3 +1466,93 @@ def test_live_tim4rec_window_serves_float64_timestamps(tc_server, tim4rec_window
     ids, mask, ts = model.pad_batch(hists, timestamps=tss)
     ref = model.predict(ids, mask, timestamps=ts).numpy()
     _check_served(served, [(r, None) for r in ref], "Triton window (TiM4Rec)")
+
+
+# ================================================================== audit round 6 (F): validate_config and states
+def _mamba_spec_and_config(mamba_export, backend="onnxruntime"):
+    spec = json.loads((mamba_export / "state_spec.json").read_text())
+    return spec, T.make_config(spec, "m", backend, "implicit")
+
+
+def test_validate_config_refuses_bad_initial_states(mamba_export):
+    """Each initial_state Triton would refuse or misread at load time is refused here, naming the state: a dtype that
+    is not the state's, no initial_state at all, neither zero_data nor a data file (an empty data_file name
+    included), and negative (variable) dims."""
+    import re as _re
+
+    spec, good = _mamba_spec_and_config(mamba_export)
+    assert 'initial_state: { data_type: TYPE_FP32 dims: [ 2, 32, 8 ] zero_data: true name: "ssm_state_zero" }' in good
+    T.validate_config(good, T.implicit_spec(spec))
+    cases = [
+        (good.replace("initial_state: { data_type: TYPE_FP32", "initial_state: { data_type: TYPE_FP64", 1),
+         r"^initial_state of state 'conv_state' is TYPE_FP64, the state is TYPE_FP32$"),
+        (_re.sub(r"\n      initial_state: \{[^}]*\}", "", good, count=1), r"^state 'conv_state' has no initial_state$"),
+        (good.replace('zero_data: true name: "conv_state_zero"', 'data_file: "" name: "conv_state_zero"'),
+         r"^initial_state of state 'conv_state' sets neither zero_data nor a data_file$"),
+        (good.replace('zero_data: true name: "conv_state_zero"', 'name: "conv_state_zero"'),
+         r"^initial_state of state 'conv_state' sets neither zero_data nor a data_file$"),
+        (good.replace("dims: [ 2, 32, 8 ]", "dims: [ 2, -1, 8 ]"),
+         r"^initial_state of state 'ssm_state' has dims \[2, -1, 8\], expected the state's fixed dims"),
+    ]
+    for text, message in cases:
+        assert text != good
+        with pytest.raises(T.TritonConfigError, match=message):
+            T.validate_config(text)
+
+
+def test_validate_config_checks_outputs_and_state_outputs_against_the_graph(mamba_export):
+    """With the graph's spec: an output whose dtype is not the graph's, and a state output the graph does not have,
+    are refused by name (the first was never compared, the second ended in a KeyError)."""
+    spec, good = _mamba_spec_and_config(mamba_export)
+    ispec = T.implicit_spec(spec)
+    assert 'name: "topk_ids" data_type: TYPE_INT64' in good
+    with pytest.raises(T.TritonConfigError, match=r"^output 'topk_ids' has TYPE_INT32, graph has int64$"):
+        T.validate_config(good.replace('name: "topk_ids" data_type: TYPE_INT64',
+                                       'name: "topk_ids" data_type: TYPE_INT32'), ispec)
+    with pytest.raises(T.TritonConfigError, match=r"^input 'item_ids' has TYPE_INT32, graph has int64$"):
+        T.validate_config(good.replace('name: "item_ids" data_type: TYPE_INT64',
+                                       'name: "item_ids" data_type: TYPE_INT32'), ispec)
+    with pytest.raises(T.TritonConfigError, match=r"^config state output 'ssm_state_outx' is not a graph output$"):
+        T.validate_config(good.replace('output_name: "ssm_state_out"', 'output_name: "ssm_state_outx"'), ispec)
+
+
+def test_tensorrt_config_refuses_a_float64_state(mamba_export):
+    """A TensorRT config whose only float64 tensors are sequence-batcher states is refused, naming the state's input
+    and output (only the config's inputs/outputs were looked at)."""
+    import re as _re
+
+    _, good = _mamba_spec_and_config(mamba_export, "tensorrt")
+    T.validate_config(good)
+    f64 = _re.sub(r'(input_name: "conv_state" [^\n]*\n[^\n]*)', lambda m: m.group(1).replace("TYPE_FP32", "TYPE_FP64"),
+                  good, count=1)
+    assert f64.count("TYPE_FP64") == 2 and "TYPE_FP64" not in good
+    with pytest.raises(T.TritonConfigError, match=r"float64 tensors \['conv_state', 'conv_state_out'\]"):
+        T.validate_config(f64)
+    T.validate_config(f64.replace('backend: "tensorrt"', 'backend: "onnxruntime"'))      # fine for ONNX Runtime
+
+
+def test_initial_state_values_and_files_are_checked(mamba_export, tmp_path):
+    """A non-finite initial value (nan, +-inf) is refused before any config is written; a data file must hold exactly
+    prod(dims) values: a missing, shorter or longer file is refused (Triton ignores the excess of a longer one)."""
+    spec = json.loads((mamba_export / "state_spec.json").read_text())
+    for v in (float("nan"), float("inf"), float("-inf")):
+        bad = json.loads(json.dumps(spec))
+        bad["state"][0]["init"] = v
+        with pytest.raises(T.TritonConfigError, match=r"^state 'conv_state' has a non-finite initial value"):
+            T.make_config(bad, "m")
+    spec["state"][0]["init"] = -1.0                                     # conv_state from a data file, ssm_state zero
+    cfg = T.validate_config(T.make_config(spec, "m"))
+    assert T.initial_state_file(spec["state"][0]) == "conv_state.bin" and T.initial_state_file(spec["state"][1]) is None
+    data = T.initial_state_bytes(spec["state"][0])
+    n = int(np.prod(spec["state"][0]["shape"][1:]))
+    assert np.frombuffer(data, "<f4").tolist() == [-1.0] * n
+    (tmp_path / T.INIT_DIR).mkdir()
+    with pytest.raises(T.TritonConfigError, match=r"initial state of 'conv_state': .*conv_state.bin does not exist"):
+        T.check_initial_state_files(tmp_path, cfg)
+    f = tmp_path / T.INIT_DIR / "conv_state.bin"
+    f.write_bytes(data)
+    T.check_initial_state_files(tmp_path, cfg)
+    for wrong in (data[:-4], data + data[:4]):
+        f.write_bytes(wrong)
+        with pytest.raises(T.TritonConfigError, match=rf"has {len(wrong)} bytes, expected {4 * n} \({n} x TYPE_FP32\)"):
+            T.check_initial_state_files(tmp_path, cfg)

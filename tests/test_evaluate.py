@@ -433,21 +433,28 @@ def test_cli_data_without_examples_and_cutoffs_above_the_items_are_one_line_erro
     assert main(["--model", str(d), "--data", str(data), "--ks", "5", "--no-progress"])["protocol"]["ks"] == [5]
 
 
-def test_cli_onnx_unreadable_export_files_are_one_line_errors(tmp_path):
-    """--onnx with a corrupt state_spec.json or item_vocab.json, or a truncated model.onnx: one line naming the file
-    (were a JSONDecodeError without the file, a ValueError traceback, an InvalidProtobuf traceback)."""
-    import shutil
-
+def _toy_lrurec_graph(tmp_path, users: int, user_step: int, topk: int, time_step: int = 1, **export_kw):
+    """A tiny LRURec over 39 string items exported to ``tmp_path / "g"`` (unverified) and a TSV of ``users`` users
+    with 6 events each (item ``(user_step * u + time_step * t) % 39`` at time t); returns ``(tsv path, model)``."""
     from export.onnx import export_model
 
     torch.set_num_threads(1)
     items = [str(1000 + i) for i in range(1, 40)]
     data = tmp_path / "toy.tsv"
-    data.write_text("user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{items[(u + t) % 39]}\t{t}\n"
-                                                              for u in range(5) for t in range(6)))
+    data.write_text("user_id\titem_id\ttimestamp\n" + "".join(
+        f"{u}\t{items[(user_step * u + time_step * t) % 39]}\t{t}\n" for u in range(users) for t in range(6)))
     model = _tiny("lrurec")
     model.set_item_vocab(ItemVocab(items))
-    export_model(model, tmp_path / "g", topk=10, verify=False)
+    export_model(model, tmp_path / "g", topk=topk, verify=False, **export_kw)
+    return data, model
+
+
+def test_cli_onnx_unreadable_export_files_are_one_line_errors(tmp_path):
+    """--onnx with a corrupt state_spec.json or item_vocab.json, or a truncated model.onnx: one line naming the file
+    (were a JSONDecodeError without the file, a ValueError traceback, an InvalidProtobuf traceback)."""
+    import shutil
+
+    data, _ = _toy_lrurec_graph(tmp_path, users=5, user_step=1, topk=10)
     base = ["--data", str(data), "--kcore", "none", "--ks", "5", "--no-progress"]
     assert main(["--onnx", str(tmp_path / "g"), *base])["n_users"] == 5
     for name, broken, message in (
@@ -566,17 +573,9 @@ def test_cli_valid_split_ranks_file_and_item_count(tmp_path):
 def test_cli_onnx_scores_graph_default_cutoffs_and_uncensored_ranks(tmp_path):
     """A graph with a scores output ranks every item: without --ks it gets the default 5, 10, 20 (not cut at its
     top-K, 5), pessimistic ties, and its --ranks-out header says the ranks are not censored (max_rank null)."""
-    from export.onnx import export_model
     from zoo.compare import read_ranks
 
-    torch.set_num_threads(1)
-    items = [str(1000 + i) for i in range(1, 40)]
-    data = tmp_path / "toy.tsv"
-    data.write_text("user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{items[(3 * u + 7 * t) % 39]}\t{t}\n"
-                                                              for u in range(12) for t in range(6)))
-    model = _tiny("lrurec")
-    model.set_item_vocab(ItemVocab(items))
-    export_model(model, tmp_path / "g", topk=5, with_scores=True, verify=False)
+    data, model = _toy_lrurec_graph(tmp_path, users=12, user_step=3, time_step=7, topk=5, with_scores=True)
     out = main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--kcore", "none", "--no-progress",
                 "--ranks-out", str(tmp_path / "g.csv")])
     assert out["protocol"]["ks"] == [5, 10, 20] and out["protocol"]["ties"] == "pessimistic"

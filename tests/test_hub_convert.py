@@ -802,3 +802,83 @@ def test_model_index_carries_the_metrics(tmp_path):
     assert result["task"]["type"] == "sequential-recommendation"
     assert meta["library_name"] == "transformers" and meta["datasets"] == ["ml-1m"] and meta["license"] == "apache-2.0"
     assert {"sasrec", "baseline", "ssm-rec-zoo"} <= set(meta["tags"]) and "state-space-model" not in meta["tags"]
+
+
+# ------------------------------------------------------------------ mutation audit round 6 (G): converter details
+def test_convert_reads_every_mamba_shape_field_off_the_weights(tmp_path):
+    """expand, d_conv, the bias flags (conv_bias off, proj_bias on) come from the tensors, not the defaults; the window
+    is 200 when nothing gives one, and --set max_seq_length (no position table) is accepted for Mamba4Rec."""
+    torch.manual_seed(0)
+    src = Mamba4RecModel(Mamba4RecConfig(n_items=20, hidden_size=16, d_state=4, d_conv=2, expand=4, conv_bias=False,
+                                         proj_bias=True)).eval()
+    torch.save({"state_dict": _official_layout(src)}, tmp_path / "M.pth")
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "out")).eval()
+    c = m.config
+    assert (c.expand, c.d_conv, c.conv_bias, c.proj_bias, c.d_state, c.max_seq_length) == (4, 2, False, True, 4, 200)
+    ids = torch.randint(1, 20, (2, 7))
+    assert torch.equal(m(ids).logits, src(ids).logits)
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "w"), overrides={"max_seq_length": 64})
+    assert m.config.max_seq_length == 64
+
+
+def test_convert_reads_a_legacy_pickle_checkpoint(tmp_path):
+    """A checkpoint saved in torch's legacy (non-zip) format starts with a pickle opcode, not 'PK': it converts."""
+    sd = torch.load(RECBOLE_SASREC / "state_dict.pth", weights_only=True)["state_dict"]
+    torch.save({"state_dict": sd}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert (tmp_path / "legacy.pth").read_bytes()[:1] == b"\x80"
+    m = convert("sasrec", str(tmp_path / "legacy.pth"), str(tmp_path / "out"), overrides={"num_heads": 2})
+    ours, theirs = _score_fixture_histories(m)
+    assert (ours - theirs).abs().max() <= 1e-5
+
+
+def test_convert_reads_settings_kept_as_a_plain_dict(tmp_path):
+    """RecBole settings saved as a plain dict (loadable with weights_only, so no --trust-pickle) give num_heads etc."""
+    sd = torch.load(RECBOLE_SASREC / "state_dict.pth", weights_only=True)["state_dict"]
+    torch.save({"state_dict": sd, "config": {"n_heads": 2, "hidden_act": "relu", "topk": [10]}}, tmp_path / "S.pth")
+    m = convert("sasrec", str(tmp_path / "S.pth"), str(tmp_path / "out"))
+    assert (m.config.num_heads, m.config.hidden_act) == (2, "relu")
+
+
+def test_convert_accepts_a_set_that_agrees_with_the_weights(tmp_path):
+    """--set hidden_size=32 on a hidden-32 checkpoint is no conflict (only a different value is refused)."""
+    m = convert("sasrec", str(RECBOLE_SASREC / "state_dict.pth"), str(tmp_path / "out"),
+                overrides={"num_heads": 2, "hidden_size": 32, "num_layers": 2})
+    assert (m.config.hidden_size, m.config.num_layers) == (32, 2)
+
+
+def test_convert_refuses_unexpected_keys(tmp_path):
+    """A state dict with a tensor the model has no place for is refused naming it, not silently dropped."""
+    sd = torch.load(RECBOLE_SASREC / "state_dict.pth", weights_only=True)["state_dict"]
+    sd["extra_head.weight"] = torch.zeros(3)
+    torch.save({"state_dict": sd}, tmp_path / "S.pth")
+    with pytest.raises(ValueError, match=r"does not match SASRecModel: missing \[\], unexpected \['extra_head.weight'\]"):
+        convert("sasrec", str(tmp_path / "S.pth"), str(tmp_path / "out"), overrides={"num_heads": 2})
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_item_tokens_without_pad_and_with_blank_lines(tmp_path):
+    """--item-tokens: blank lines are skipped and a file without the [PAD] line keeps its first token (item 1)."""
+    src = Mamba4RecModel(Mamba4RecConfig(n_items=6, hidden_size=16, d_state=4))
+    torch.save({"state_dict": _official_layout(src)}, tmp_path / "M.pth")
+    (tmp_path / "blank.txt").write_text("[PAD]\nb1\n\nb2\nb3\n\nb4\nb5\n\n")
+    (tmp_path / "nopad.txt").write_text("11\n12\n13\n14\n15\n")
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "a"), str(tmp_path / "blank.txt"))
+    assert m.item_vocab.items == ["b1", "b2", "b3", "b4", "b5"]
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "b"), str(tmp_path / "nopad.txt"))
+    assert m.item_vocab.items == [11, 12, 13, 14, 15]
+
+
+def test_convert_overwrite_refuses_an_input_inside_the_out_folder(tmp_path):
+    """--overwrite replaces --out whole: an --item-tokens or --checkpoint file inside it is refused before any work
+    (it would be deleted), and the folder is left as it was."""
+    src = Mamba4RecModel(Mamba4RecConfig(n_items=6, hidden_size=16, d_state=4))
+    (tmp_path / "out").mkdir()
+    torch.save({"state_dict": _official_layout(src)}, tmp_path / "out" / "M.pth")
+    (tmp_path / "out" / "tokens.txt").write_text("[PAD]\n" + "\n".join(map(str, range(5))) + "\n")
+    torch.save({"state_dict": _official_layout(src)}, tmp_path / "M.pth")
+    with pytest.raises(ValueError, match=r"--item-tokens .*tokens.txt is inside --out .*move it out first"):
+        convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "out"), str(tmp_path / "out" / "tokens.txt"),
+                overwrite=True)
+    with pytest.raises(ValueError, match=r"--checkpoint .*M.pth is inside --out"):
+        convert("mamba4rec", str(tmp_path / "out" / "M.pth"), str(tmp_path / "out"), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["M.pth", "tokens.txt"]

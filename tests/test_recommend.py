@@ -305,3 +305,113 @@ def test_init_state_and_step_refuse_bad_state(tmp_path):
     meta = {k: v.to("meta") for k, v in model.init_state(1).items()}
     with pytest.raises(ValueError, match=r"state\['gru_state'\] is on the meta device"):
         model.step(torch.tensor([[1]]), meta)
+
+
+# ------------------------------------------------------------------ mutation audit round 6 (G): CLI paths untested
+def test_user_written_with_leading_zeros_names_an_int_user(tmp_path):
+    """Int user ids in --data: ``--user 007`` is user 7 (its ASCII integer value), as the help says; a dropped
+    fallback made it 'user not found'."""
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    (tmp_path / "d.tsv").write_text("user_id\titem_id\ttimestamp\n7\t100\t1\n7\t107\t2\n12\t114\t3\n7\t121\t4\n")
+    for user in ("7", "007"):
+        out = main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--user", user, "--k", "3"])
+        assert out["history_tail"] == [100, 107, 121], user
+        assert out["items"] == model.recommend([[100, 107, 121]], k=3).items[0]
+    with pytest.raises(SystemExit, match="user '8' not found in"):
+        main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--user", "8"])
+
+
+def test_all_users_refuses_data_without_timestamps_for_a_time_aware_model(tmp_path):
+    """--all-users with a time-aware model and a file without a timestamp column is a one-line error naming the
+    model and the file (without the check: a TypeError traceback at the first batch)."""
+    _, path = _model(tmp_path, "tim4rec_causal", hidden_size=16)
+    (tmp_path / "d.tsv").write_text("user_id\titem_id\na\t100\na\t107\nb\t114\n")
+    with pytest.raises(SystemExit, match=r"error: TiM4RecCausalModel reads timestamps, but d.tsv has none"):
+        main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(tmp_path / "r.jsonl"),
+              "--no-progress"])
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_all_users_refuses_stepwise(capsys):
+    """--stepwise is for one history: with --all-users it is a usage error, not silently ignored."""
+    with pytest.raises(SystemExit) as e:
+        main(["--all-users", "--data", "x.tsv", "--out", "r.jsonl", "--stepwise"])
+    assert e.value.code == 2 and "--user and --stepwise are for one history" in capsys.readouterr().err
+
+
+def test_history_tail_is_the_last_ten_items(tmp_path):
+    """The output names the history's length and its last 10 items (not the first 10)."""
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    hist = ITEMS[:13]
+    out = main(["--model", path, "--history", *map(str, hist), "--k", "3"])
+    assert out["history_length"] == 13 and out["history_tail"] == ITEMS[3:13]
+
+
+def test_stepwise_never_returns_the_padding_index(tmp_path, monkeypatch):
+    """--stepwise masks the padding column 0 of the step logits: a step whose padding logit is the largest still gives
+    the same real items as recommend() (unmasked, index 0 was decoded: IndexError traceback)."""
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    real = type(model).step
+
+    def step(self, *a, **kw):
+        logits, state = real(self, *a, **kw)
+        logits = logits.clone()
+        logits[:, 0] = 1e6
+        return logits, state
+
+    monkeypatch.setattr(type(model), "step", step)
+    out = main(["--model", path, "--history", *map(str, ITEMS[:6]), "--k", "5", "--stepwise"])
+    assert out["stepwise_items"] == out["items"] and len(out["items"]) == 5
+    assert out["stepwise_max_abs_diff"] < 1e-5
+
+
+def test_stepwise_reports_the_largest_score_difference_and_the_state_size(tmp_path, monkeypatch):
+    """stepwise_max_abs_diff is the largest |step score - recommend score| over the top k (a step that doubles every
+    logit keeps the order, and the difference is then the largest |score|); state_bytes counts bytes (GRU4Rec, one
+    layer of 16 float32 units: 64), not elements."""
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    argv = ["--model", path, "--history", *map(str, ITEMS[:6]), "--k", "5", "--stepwise"]
+    exact = main(argv)
+    assert exact["state_bytes"] == 64 == sum(t.numel() * t.element_size() for t in model.init_state(1).values())
+    assert exact["stepwise_max_abs_diff"] < 1e-5
+    real = type(model).step
+
+    def doubled(self, *a, **kw):
+        logits, state = real(self, *a, **kw)
+        return logits * 2, state
+
+    monkeypatch.setattr(type(model), "step", doubled)
+    out = main(argv)
+    want = model.recommend([ITEMS[:6]], k=5).scores[0].abs()
+    assert out["stepwise_items"] == out["items"] and want.max() > want.min() + 1e-3
+    assert out["stepwise_max_abs_diff"] == pytest.approx(float(want.max()), abs=1e-5)
+
+
+def test_kcore_filters_the_data_before_picking_users(tmp_path, capsys):
+    """--kcore 3 filters --data first: a user with fewer than 3 interactions is gone, and an item fewer than 3 users
+    had leaves the histories (one history and --all-users alike); the default keeps every user and item."""
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    x, y, z, w = ITEMS[:4]
+    rows = [(u, i) for u in "abc" for i in (x, y, z)] + [("a", w), ("d", x)]
+    (tmp_path / "d.tsv").write_text("user_id\titem_id\ttimestamp\n" + "".join(
+        f"{u}\t{i}\t{t}\n" for t, (u, i) in enumerate(rows)))
+    argv = ["--model", path, "--data", str(tmp_path / "d.tsv")]
+    assert main(argv + ["--user", "a", "--k", "3"])["history_tail"] == [x, y, z, w]
+    out = main(argv + ["--user", "a", "--k", "3", "--kcore", "3"])
+    assert out["history_tail"] == [x, y, z] and out["items"] == model.recommend([[x, y, z]], k=3).items[0]
+    with pytest.raises(SystemExit, match="user 'd' not found"):
+        main(argv + ["--user", "d", "--kcore", "3"])
+    summary = main(argv + ["--all-users", "--out", str(tmp_path / "r.jsonl"), "--no-progress", "--kcore", "3"])
+    assert summary["users"] == 3 and [r["user"] for r in _lines(tmp_path / "r.jsonl")] == ["a", "b", "c"]
+    assert main(argv + ["--all-users", "--out", str(tmp_path / "r.jsonl"), "--no-progress"])["users"] == 4
+
+
+def test_all_users_k_above_the_vocabulary_is_refused(tmp_path):
+    """--all-users --k 31 for a model of 30 items is an error naming the range (was: 31 columns ranked, the padding
+    column among them)."""
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    _data(tmp_path / "d.tsv", n_users=2)
+    with pytest.raises(SystemExit, match=r"error: k must be an int 1\.\.30, got 31"):
+        main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(tmp_path / "r.jsonl"),
+              "--no-progress", "--k", "31"])
+    assert not (tmp_path / "r.jsonl").exists()

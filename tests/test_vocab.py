@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from zoo.vocab import ItemVocab, UnknownItemError
 
@@ -78,3 +79,63 @@ def test_int_ids_against_a_string_vocabulary_are_their_text():
     assert 7 in v and 8 not in v
     with pytest.raises(UnknownItemError, match="unknown item id 8"):
         v.encode([8])
+
+
+# ------------------------------------------------------------------ mutation audit round 6 (G)
+def test_bools_are_not_int_item_ids():
+    """A list of bools is no vocabulary (True/False would silently become items 1 and 0)."""
+    for items in ([True, False], [1, True]):
+        with pytest.raises(ValueError, match=r"all int or all str, got types \[.*'bool'"):
+            ItemVocab(items)
+
+
+def test_negative_int_ids_written_as_text():
+    """'-3' (and ' -3 ') is the int id -3 of an int vocabulary, as is_int_text documents; not a refused string."""
+    v = ItemVocab([-3, 5])
+    assert v.encode(["-3", " -3 ", -3, "5"]) == [1, 1, 1, 2] and "-3" in v and "-4" not in v
+
+
+def test_saved_file_is_the_documented_format(tmp_path):
+    """item_vocab.json holds exactly format, id_type (the vocabulary's own), pad_index 0 and the items."""
+    for items, kind in ((["7", "007"], "str"), ([3186, 1022], "int")):
+        path = ItemVocab(items).save(tmp_path)
+        with open(path) as f:
+            assert json.load(f) == {"format": "zoo-item-vocab/1", "id_type": kind, "pad_index": 0, "items": items}
+
+
+def test_id_type_str_makes_string_ids_of_numbers_in_the_file():
+    """A file that says id_type "str" gives string ids even where its items are written as JSON numbers."""
+    v = ItemVocab.from_dict({"format": "zoo-item-vocab/1", "id_type": "str", "pad_index": 0, "items": [7, 8]})
+    assert v.id_type == "str" and v.items == ["7", "8"] and v.decode([2]) == ["8"]
+
+
+def test_an_array_is_not_an_item_id():
+    """A numpy array of several ids given as one id is a TypeError naming it (like any non-int id), never the
+    ValueError numpy's .item() raises."""
+    import numpy as np
+    v = ItemVocab([1, 2])
+    with pytest.raises(TypeError, match="is not an int id"):
+        v.encode([np.array([1, 2])])
+    assert np.array([1, 2]) not in v
+    assert v.encode([np.array([2])]) == [2]                    # a one-element array is its element
+
+
+def test_vocabularies_equal_only_with_the_same_items_in_order():
+    assert ItemVocab([1, 2]) == ItemVocab([1, 2]) and ItemVocab([1, 2]) != ItemVocab([2, 1])
+    assert ItemVocab([1, 2]) != ItemVocab([1, 3]) and ItemVocab([1]) != [1]
+
+
+def test_numpy_and_torch_integer_ids_make_an_int_vocabulary():
+    """A vocabulary built from a numpy array or a pandas-style column of int64 (or torch scalars) is an int vocabulary
+    equal to the one from Python ints (it was refused: "must be all int or all str, got types ['int64']"); numpy
+    floats and bools stay refused."""
+    import numpy as np
+
+    ref = ItemVocab([7, 3, 11])
+    for items in (np.array([7, 3, 11]), list(np.array([7, 3, 11], dtype=np.int32)), list(torch.tensor([7, 3, 11]))):
+        v = ItemVocab(items)
+        assert v == ref and v.id_type == "int" and all(type(x) is int for x in v.items)
+    with pytest.raises(ValueError, match=r"must be all int or all str, got types \['float64'\]"):
+        ItemVocab(np.array([7.0, 3.0]))
+    with pytest.raises(ValueError, match=r"must be all int or all str, got types \['bool"):
+        ItemVocab(np.array([True, False]))

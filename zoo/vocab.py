@@ -58,7 +58,8 @@ class ItemVocab:
     """Bidirectional map between external item ids and internal indices ``1..n``.
 
     Args:
-        items: external ids in internal-index order (``items[0]`` gets index 1). All ints or all strings, unique.
+        items: external ids in internal-index order (``items[0]`` gets index 1). All ints (numpy / torch integer
+            scalars too, e.g. a pandas column's values) or all strings, unique.
     """
 
     def __init__(self, items: Sequence[int | str]):
@@ -66,9 +67,10 @@ class ItemVocab:
         if not items:
             raise ValueError("ItemVocab needs at least one item")
         kinds = {type(x) for x in items}
-        if kinds <= {int} or all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+        ints = [int_id(x) for x in items]          # Python ints and numpy / torch integer scalars, never bools
+        if all(v is not None for v in ints):
             self.id_type = "int"
-            items = [int(x) for x in items]
+            items = ints
         elif kinds <= {str}:
             self.id_type = "str"
         else:

@@ -364,9 +364,9 @@ def _read_seq(text: str, path: str, skip: int = 0) -> Interactions:
     header = text.split("\n", 1)[0]
     first = (header.split("\t", 1) if "\t" in header else header.split(None, 1) or [""])[0]
     if _find_column([first.split(":", 1)[0]], USER_COLUMNS) is None:
-        raise ValueError(f"{path}, line {1 + skip}: expected the header 'user_id<TAB>item_ids_chronological' (first field one "
-                         f"of {USER_COLUMNS}), got {header[:80]!r}; a .seq file without its header line would lose "
-                         f"its first user, so add the header")
+        raise ValueError(f"{path}, line {1 + skip}: expected the header 'user_id<TAB>item_ids_chronological' (first "
+                         f"field one of {USER_COLUMNS}), got {header[:80]!r}; a .seq file without its header line "
+                         f"would lose its first user, so add the header")
     lines, line_numbers = _body_lines(text, 1)
     if not lines:
         raise ValueError(f"{path}: no sequences after the header")

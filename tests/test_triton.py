@@ -232,11 +232,16 @@ def test_lru_and_window_repositories_validate(lru_export, tmp_path):
     assert cfg.HasField("dynamic_batching") and [i.name for i in cfg.input] == ["item_ids"]
 
 
+def _mamba_spec_and_config(mamba_export, backend="onnxruntime"):
+    """The exported Mamba4Rec's state spec and its generated implicit-state config for ``backend``."""
+    spec = json.loads((mamba_export / "state_spec.json").read_text())
+    return spec, T.make_config(spec, "m", backend, "implicit")
+
+
 def test_invalid_configs_are_rejected(mamba_export):
     """Configs Triton's schema or the graph's I/O refuse: each error names the problem (a control input whose dtype
     is not the graph's, e.g. a uint64 CORRID for the implicit graph's int64 input, was passed)."""
-    spec = json.loads((mamba_export / "state_spec.json").read_text())
-    good = T.make_config(spec, "m", "onnxruntime", "implicit")
+    spec, good = _mamba_spec_and_config(mamba_export)
     T.validate_config(good, T.implicit_spec(spec))
     with pytest.raises(T.TritonConfigError, match="schema"):
         T.validate_config(good.replace("input_name", "input_nam"))
@@ -1469,9 +1474,6 @@ def test_live_tim4rec_window_serves_float64_timestamps(tc_server, tim4rec_window
 
 
 # ================================================================== audit round 6 (F): validate_config and states
-def _mamba_spec_and_config(mamba_export, backend="onnxruntime"):
-    spec = json.loads((mamba_export / "state_spec.json").read_text())
-    return spec, T.make_config(spec, "m", backend, "implicit")
 
 
 def test_validate_config_refuses_bad_initial_states(mamba_export):

@@ -67,12 +67,12 @@ class ItemVocab:
         if not items:
             raise ValueError("ItemVocab needs at least one item")
         kinds = {type(x) for x in items}
-        ints = [int_id(x) for x in items]          # Python ints and numpy / torch integer scalars, never bools
-        if all(v is not None for v in ints):
+        ints = None if kinds <= {str} else [int_id(x) for x in items]   # ints, numpy / torch integer scalars; no bools
+        if ints is None:
+            self.id_type = "str"
+        elif all(v is not None for v in ints):
             self.id_type = "int"
             items = ints
-        elif kinds <= {str}:
-            self.id_type = "str"
         else:
             raise ValueError(f"ItemVocab items must be all int or all str, got types {sorted(k.__name__ for k in kinds)}")
         self.items = items

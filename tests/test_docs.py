@@ -1,0 +1,204 @@
+"""The documentation's commands and code stay true to the code.
+
+Every ``python -m zoo.X`` / ``python -m export.X`` / ``python bench/X.py`` / ``python plugins/X.py`` command written
+in the project's Markdown files (README, export and plugin READMEs, every model card -- whose training command is the
+card's reproduction recipe --, the benchmark results) and in its shell scripts is parsed by that command's own
+argument parser, as a user pasting it would have it parsed (nothing after parsing runs). A renamed flag, a dropped
+choice or a misspelt value therefore fails here, naming the file and line, instead of failing a user. Commands with
+shell variables (``$common``) or elisions (``...``) cannot be parsed whole; each of their ``--flags`` must still be an
+option of the command. ``zoo.train``'s ``--set KEY=VALUE`` fields are also checked against the model's config.
+
+The README's Python example runs as written, on the bundled model, and its stepwise logits equal a full forward.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DOC_GLOBS = ("README.md", "export/README.md", "plugins/**/README.md", "hub_cards/*/README.md", "bench/*.md",
+             "tests/data/*/README.md", "bench/*.sh", ".ci/run")
+
+# the command's start: a module run with -m, or a script of the tree
+COMMAND = re.compile(r"python3? (?:-m ((?:zoo|export)\.[a-z_]+)\b|((?:bench|plugins)/[a-z_]+\.py)\b)")
+# what ends a command: a newline (an escaped one was blanked before), a shell separator, a comment, a code span's end
+COMMAND_END = re.compile(r"\n|;|&&|\|\||\||\s#|`|\)")
+
+
+def _segments(path: Path) -> list[tuple[int, str, bool]]:
+    """``(offset, text, inline)`` of the parts of ``path`` that hold commands: the whole file for a script; for Markdown, the
+    fenced blocks and the inline code spans (a span may wrap over lines). Escaped newlines and a span's newlines
+    become spaces of the same length, so offsets still give line numbers."""
+    text = path.read_text()
+    if path.suffix != ".md":
+        return [(0, text.replace("\\\n", "  "), False)]
+    segments = []            # (offset, text, inline)
+    fence = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+    for m in fence.finditer(text):
+        segments.append((m.start(1), m.group(1).replace("\\\n", "  "), False))
+    outside = fence.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)     # same offsets, fences blanked
+    for m in re.finditer(r"`([^`]+)`", outside):
+        segments.append((m.start(1), m.group(1).replace("\n", " "), True))
+    return segments
+
+
+def documented_commands() -> list[tuple[str, int, str, str, bool]]:
+    """``(file, line, target, arguments, inline)`` of every command found in :data:`DOC_GLOBS`; ``target`` is a
+    module (``zoo.train``) or a script path (``bench/paired_table.py``); ``inline``: in a Markdown code span."""
+    found = []
+    files = sorted({p for g in DOC_GLOBS for p in ROOT.glob(g) if p.is_file()})
+    for path in files:
+        text = path.read_text()
+        for offset, seg, inline in _segments(path):
+            for m in COMMAND.finditer(seg):
+                end = COMMAND_END.search(seg, m.end())
+                args = seg[m.end(): end.start() if end else len(seg)]
+                line = text.count("\n", 0, offset + m.start()) + 1
+                found.append((str(path.relative_to(ROOT)), line, m.group(1) or m.group(2), args.strip(), inline))
+    return found
+
+
+COMMANDS = documented_commands()
+
+
+class _Parsed(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace | None):
+        self.parser, self.namespace = parser, namespace
+
+
+def _entry_point(target: str, monkeypatch):
+    """The ``main`` a command line runs: ``zoo.train`` -> ``zoo.train.main``; ``bench/x.py`` -> that file's
+    ``main``, loaded as the interpreter would run it (its folder first on ``sys.path``)."""
+    if not target.endswith(".py"):
+        return importlib.import_module(target).main
+    path = ROOT / target
+    monkeypatch.syspath_prepend(str(path.parent))
+    name = "_docs_" + path.stem
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _run_parser(target: str, argv: list[str], parse: bool, monkeypatch, required: bool = True) -> _Parsed:
+    """Call the command's ``main`` with ``argv`` and stop it inside ``parse_args``: after parsing (``parse``) or
+    before it (to read the parser's options). Raises SystemExit with argparse's message when parsing fails.
+    ``required=False`` parses with no argument required (a command quoted in prose for one of its flags)."""
+    original = argparse.ArgumentParser.parse_args
+
+    def stop(self, args=None, namespace=None):
+        if not required:
+            for group in [*self._actions, *self._mutually_exclusive_groups]:
+                group.required = False
+        raise _Parsed(self, original(self, args, namespace) if parse else None)
+
+    main = _entry_point(target, monkeypatch)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    monkeypatch.setattr(sys, "argv", [target, *argv])          # for a main() that reads sys.argv itself
+    with pytest.raises(_Parsed) as info:
+        main(argv) if inspect.signature(main).parameters else main()
+    return info.value
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option of ``parser`` and of its sub-commands."""
+    options = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                options |= _option_strings(sub)
+    return options
+
+
+def test_commands_are_found():
+    """The extraction itself: the README's two first commands, a card's training command and a script's are seen
+    (so that an extraction that finds nothing cannot pass the test below)."""
+    seen = {(f, target, args) for f, _, target, args, _ in COMMANDS}
+    assert ("README.md", "zoo.recommend", "--stepwise") in seen
+    assert ("README.md", "bench/paired_table.py", "--update README.md") in seen
+    cards = {f for f, _, target, _, _ in COMMANDS if target == "zoo.train" and f.startswith("hub_cards/")}
+    assert {f"hub_cards/{p.name}/README.md" for p in (ROOT / "hub_cards").iterdir() if p.is_dir()} <= cards
+    assert len(COMMANDS) >= 80, len(COMMANDS)
+
+
+@pytest.mark.parametrize("doc,line,target,args,inline", COMMANDS,
+                         ids=[f"{f}:{line}:{t}" for f, line, t, _, _ in COMMANDS])
+def test_documented_command_parses(doc, line, target, args, inline, monkeypatch, capsys):
+    """A command line of a code block or script must parse whole; one quoted in a prose code span may leave out
+    required arguments (`python -m export.onnx --time-input gaps`), but what it shows must parse."""
+    where = f"{doc}:{line}: python {'-m ' if not target.endswith('.py') else ''}{target} {args}"
+    argv = [t.strip("[]") for t in shlex.split(args)]              # [--flag VALUE]: an optional part, shown
+    argv = [t for t in argv if t]
+    if not argv:                                                   # a mention of the command, not a command line
+        assert callable(_entry_point(target, monkeypatch)), where
+        return
+    if any("$" in t or t == "..." for t in argv):                  # not parseable whole: its flags must exist
+        parser = _run_parser(target, [], parse=False, monkeypatch=monkeypatch).parser
+        options = _option_strings(parser)
+        unknown = [t for t in argv if t.startswith("--") and t.split("=")[0] not in options]
+        assert not unknown, f"{where}\n  unknown options {unknown}"
+        return
+    try:
+        parsed = _run_parser(target, argv, parse=True, monkeypatch=monkeypatch, required=not inline).namespace
+    except SystemExit as e:
+        pytest.fail(f"{where}\n  does not parse (exit {e.code}): {capsys.readouterr().err.strip()}")
+    if target == "zoo.train" and parsed.set:
+        from zoo.models import get_model_class
+        from zoo.train import check_config_overrides, parse_overrides
+
+        check_config_overrides(get_model_class(parsed.model)[0], parse_overrides(parsed.set), where=where)
+
+
+def test_parse_check_can_fail(monkeypatch, capsys):
+    """The parse check rejects what a user's shell would have rejected: an unknown flag, a bad choice, and (for
+    ``zoo.train``) a ``--set`` field the model's config does not have."""
+    with pytest.raises(SystemExit):
+        _run_parser("zoo.evaluate", ["--model", "m", "--data", "d", "--no-such-flag"], True, monkeypatch)
+    assert "--no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _run_parser("zoo.train", ["--model", "m", "--data", "d", "--out", "o", "--lr-schedule", "step"], True,
+                    monkeypatch)
+    assert "invalid choice: 'step'" in capsys.readouterr().err
+    parsed = _run_parser("zoo.train", ["--model", "sasrec", "--data", "d", "--out", "o", "--set", "hiden_dropout=0.1"],
+                         True, monkeypatch).namespace
+    from zoo.models import get_model_class
+    from zoo.train import check_config_overrides, parse_overrides
+
+    with pytest.raises(ValueError, match="hiden_dropout"):
+        check_config_overrides(get_model_class("sasrec")[0], parse_overrides(parsed.set), where="doc")
+    with pytest.raises(SystemExit):                                 # a code block's command must be whole
+        _run_parser("export.onnx", ["--time-input", "gaps"], True, monkeypatch)
+    assert "required: --model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):                                 # a prose mention's values are still checked
+        _run_parser("export.onnx", ["--time-input", "deltas"], True, monkeypatch, required=False)
+    assert "invalid choice: 'deltas'" in capsys.readouterr().err
+    hub = _option_strings(_run_parser("zoo.hub", [], False, monkeypatch).parser)
+    assert {"--run", "--repo-id", "--keep-notes"} <= hub               # sub-commands' options are collected
+
+
+def test_readme_python_example_runs():
+    """README's "Use" block, run as written (bundled Mamba4Rec, no network), then checked: ten recommendations, and
+    the two ``step`` calls' logits equal a full forward over the same six items (the central invariant)."""
+    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+    assert blocks, "README.md has no python block"
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md:python", "exec"), namespace)
+    model, rec, logits = namespace["model"], namespace["rec"], namespace["logits"]
+    assert len(rec.items) == 1 and len(rec.items[0]) == 10 and len(rec.scores[0]) == 10
+    assert not {1, 588, 364, 595, 480} & set(rec.items[0])                      # exclude_seen=True
+    ids = model.encode_histories([[1, 588, 364, 595, 480, 2571]])
+    with torch.no_grad():
+        full = model(torch.tensor(ids), attention_mask=torch.ones(1, 6, dtype=torch.long)).logits
+    assert logits.shape == full.shape == (1, model.config.n_items)
+    torch.testing.assert_close(logits, full, atol=1e-4, rtol=0)

@@ -540,6 +540,12 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                   "history, whose state is the config's `state_init` parameter ("
                   + ", ".join(f"`{x['name']}` = {_state_init(x):g}" for x in spec["state"]) + "); "
                   "expire keys with the store's TTL instead of Triton's idle timeout."]
+    if window or state == "implicit":
+        lines += ["", "## Benchmark it", "", "perf_analyzer (Triton's SDK container) with real histories instead of "
+                  "random ids" + ("" if window else ": one stream per user, primed with its history, then one "
+                                  "request per event") + ":", "", "```bash",
+                  f"python -m export.perf_data --repo {repo} --name {name} --data YOUR_INTERACTIONS --out perf.json",
+                  "```", "", "It prints the `perf_analyzer` command to run."]
     return "\n".join(lines) + "\n"
 
 

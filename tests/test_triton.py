@@ -1558,3 +1558,215 @@ def test_initial_state_values_and_files_are_checked(mamba_export, tmp_path):
         f.write_bytes(wrong)
         with pytest.raises(T.TritonConfigError, match=rf"has {len(wrong)} bytes, expected {4 * n} \({n} x TYPE_FP32\)"):
             T.check_initial_state_files(tmp_path, cfg)
+
+
+# ================================================================== perf_analyzer input data (export.perf_data)
+
+
+def _inter_file(path, rows):
+    """A RecBole atomic ``.inter`` file of ``(user, item, timestamp)`` rows (written in the order given)."""
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"] + [f"{u}\t{i}\t{t!r}" for u, i, t in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _user_rows(rng, users, items, n_items_of, item_name=str):
+    """``{user: (items, timestamps)}`` with ``n_items_of(u)`` events each (time order, float64 seconds that float32
+    cannot hold), and the rows shuffled as a file would hold them."""
+    hist, rows = {}, []
+    for u in users:
+        n = n_items_of(u)
+        its = [int(x) for x in rng.integers(1, items, size=n)]
+        ts = [t + 0.25 * k for k, t in enumerate(_ts(rng, n))]   # strictly increasing: no same-second ties
+        hist[u] = (its, ts)
+        rows += [(u, item_name(i), t) for i, t in zip(its, ts, strict=True)]
+    order = rng.permutation(len(rows))
+    return hist, [rows[j] for j in order]
+
+
+def _perf(capsys, *argv):
+    from export import perf_data
+
+    rc = perf_data.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_perf_data_streams_prime_then_replay_the_last_events(mamba, mamba_export, tmp_path, capsys):
+    """Stateful model (python backend and onnxruntime implicit): one stream per user with two or more items, the first
+    request the (at most --prime) items before the last --events, then one request per event; ids mapped through the
+    model folder's vocabulary; shapes without the batch dimension; the printed perf_analyzer line names the file."""
+    rng = np.random.default_rng(5)
+    lengths = {"u1": 1, "u2": 2, "u3": 4, "u4": 30, "u5": 9}
+    hist, rows = _user_rows(rng, lengths, N_ITEMS, lengths.get, item_name=lambda i: f"item-{i}")
+    data = _inter_file(tmp_path / "d.inter", rows)
+    for backend in ("python", "onnxruntime"):
+        name = f"m_{backend}"
+        T.write_repository(mamba_export, tmp_path / "repo", name=name, backend=backend,
+                           vocab_path=str(mamba_export / "item_vocab.json"))
+        out = tmp_path / f"{name}.json"
+        rc, printed, err = _perf(capsys, "--repo", tmp_path / "repo", "--name", name, "--data", data, "--out", out,
+                                 "--events", 3, "--prime", 4, "--kcore", "none")
+        assert rc == 0, err
+        assert f"perf_analyzer -m {name} -i grpc" in printed and f"--input-data {out}" in printed
+        assert "--sequence-id-range 1:64" in printed
+        streams = json.loads(out.read_text())["data"]
+        assert len(streams) == 4                                         # u1 (one item) cannot prime + replay
+        got = {}
+        for stream in streams:
+            assert all(set(r) == {"item_ids"} for r in stream)
+            assert all(r["item_ids"]["shape"] == [len(r["item_ids"]["content"])] for r in stream)
+            assert all(r["item_ids"]["shape"] == [1] for r in stream[1:])
+            got[tuple(x for r in stream for x in r["item_ids"]["content"])] = [len(r["item_ids"]["content"])
+                                                                              for r in stream]
+        want = {}
+        for u in ("u2", "u3", "u4", "u5"):
+            its = mamba.item_vocab.encode([f"item-{i}" for i in hist[u][0]])
+            n = len(its)
+            e = min(3, n - 1)
+            prime = its[max(0, n - e - 4):n - e]
+            want[tuple(prime + its[n - e:])] = [len(prime)] + [1] * e
+        assert got == want
+
+
+def test_perf_data_time_inputs_and_windows(tc_model, tc_export, tim4rec_window_export, tmp_path, capsys):
+    """Time-aware models: float64 ``timestamps`` exactly as in the file (no float32 rounding of epoch seconds), float32
+    ``time_gaps`` for a --time-input gaps graph (0 for the stream's first event); window models get one request per
+    replayed event holding the last max_seq_length items (and timestamps) before it."""
+    rng = np.random.default_rng(6)
+    lengths = {f"u{k}": n for k, n in enumerate((3, 26, 8))}
+    hist, rows = _user_rows(rng, lengths, TC_ITEMS, lengths.get, item_name=lambda i: f"t{i}")
+    data = _inter_file(tmp_path / "t.inter", rows)
+    repo = tmp_path / "repo"
+    T.write_repository(tc_export, repo, name="tc", vocab_path=str(tc_export / "item_vocab.json"))
+    gaps = tmp_path / "gaps"
+    export_model(tc_model, gaps, topk=K, verify=False, time_input="gaps")
+    T.write_repository(gaps, repo, name="tc_gaps", vocab_path=str(tc_export / "item_vocab.json"))
+    v = tc_model.item_vocab
+    enc = {u: (v.encode([f"t{i}" for i in its]), ts) for u, (its, ts) in hist.items()}
+    common = ["--data", data, "--events", 2, "--prime", 5, "--kcore", "none"]
+
+    assert _perf(capsys, "--repo", repo, "--name", "tc", "--out", tmp_path / "a.json", *common)[0] == 0
+    streams = json.loads((tmp_path / "a.json").read_text())["data"]
+    by_first = {tuple(s[0]["item_ids"]["content"]): s for s in streams}
+    for u, (its, ts) in enc.items():
+        n = len(its)
+        s = by_first[tuple(its[max(0, n - 7):n - 2])]
+        assert [r["timestamps"]["content"] for r in s] == [ts[max(0, n - 7):n - 2], [ts[n - 2]], [ts[n - 1]]]
+        assert all(r["timestamps"]["shape"] == r["item_ids"]["shape"] for r in s)
+
+    assert _perf(capsys, "--repo", repo, "--name", "tc_gaps", "--out", tmp_path / "g.json", *common)[0] == 0
+    for s in json.loads((tmp_path / "g.json").read_text())["data"]:
+        first = tuple(s[0]["item_ids"]["content"])
+        its, ts = next(enc[u] for u in enc if tuple(enc[u][0][max(0, len(enc[u][0]) - 7):-2]) == first)
+        n, t = len(its), np.asarray(ts)
+        p0 = max(0, n - 7)
+        assert "timestamps" not in s[0]
+        assert s[0]["time_gaps"]["content"] == np.float32(np.diff(t[p0:n - 2], prepend=t[p0])).tolist()
+        assert s[0]["time_gaps"]["content"][0] == 0.0
+        assert [r["time_gaps"]["content"] for r in s[1:]] == [[float(np.float32(t[i] - t[i - 1]))]
+                                                              for i in (n - 2, n - 1)]
+
+    T.write_repository(tim4rec_window_export[1], repo, name="win", vocab_path=str(tc_export / "item_vocab.json"))
+    rc, printed, err = _perf(capsys, "--repo", repo, "--name", "win", "--out", tmp_path / "w.json", *common)
+    assert rc == 0 and "--sequence-id-range" not in printed, err
+    reqs = json.loads((tmp_path / "w.json").read_text())["data"]
+    assert all(isinstance(r, dict) for r in reqs)
+    want = sorted((its[max(0, i - 20):i], ts[max(0, i - 20):i]) for its, ts in enc.values()
+                  for i in (len(its) - 2, len(its) - 1))
+    assert sorted((r["item_ids"]["content"], r["timestamps"]["content"]) for r in reqs) == want
+    assert max(len(r["item_ids"]["content"]) for r in reqs) == 20                  # u1's 26 items: the last 20
+
+
+def test_perf_data_refusals_name_the_problem(mamba_export, tc_export, tmp_path, capsys):
+    """Explicit state (perf_analyzer cannot chain states), unknown items, order-only data for a time-aware model, no
+    user with two items, a folder that is not a model's, --out that is --data: each refused with its reason, and an
+    existing --out is left as it was."""
+    repo = tmp_path / "repo"
+    T.write_repository(mamba_export, repo, name="m_exp", state="explicit",
+                       vocab_path=str(mamba_export / "item_vocab.json"))
+    T.write_repository(mamba_export, repo, name="m", vocab_path=str(mamba_export / "item_vocab.json"))
+    T.write_repository(tc_export, repo, name="tc", vocab_path=str(tc_export / "item_vocab.json"))
+    good = _inter_file(tmp_path / "g.inter", [("a", "item-1", 1.0), ("a", "item-2", 2.0)])
+    out = tmp_path / "keep.json"
+    out.write_text("previous")
+    cases = [
+        ("m_exp", good, "keeps its state in the requests \\(--state explicit\\): perf_analyzer cannot feed"),
+        ("m", _inter_file(tmp_path / "u.inter", [("a", "item-1", 1.0), ("a", "nope", 2.0)]),
+         "1 of the 2 items .* are not in the model's item vocabulary"),
+        ("m", _inter_file(tmp_path / "s.inter", [("a", "item-1", 1.0), ("b", "item-2", 2.0)]),
+         "no user of s.inter has two items"),
+        ("nothing", good, "holds no config.pbtxt"),
+    ]
+    seq = tmp_path / "o.seq"
+    seq.write_text("user_id:token\titem_id_list:token_seq\na\tt1 t2 t3\n")
+    cases.append(("tc", seq, "model 'tc' reads timestamps, but o.seq has none"))
+    import re as _re
+
+    for name, data, message in cases:
+        rc, _, err = _perf(capsys, "--repo", repo, "--name", name, "--data", data, "--out", out, "--kcore", "none")
+        assert rc == 2 and _re.search(message, err), (name, err)
+        assert out.read_text() == "previous"
+    with pytest.raises(SystemExit):
+        _perf(capsys, "--repo", repo, "--name", "m", "--data", good, "--out", good)
+    assert "is the input --data" in capsys.readouterr().err
+    drop = _inter_file(tmp_path / "x.inter", [("a", "item-1", 1.0), ("a", "nope", 2.0), ("a", "item-3", 3.0)])
+    rc, _, err = _perf(capsys, "--repo", repo, "--name", "m", "--data", drop, "--out", out, "--kcore", "none",
+                       "--unknown-items", "drop", "--events", 1)
+    assert rc == 0 and "WARNING: 1 interactions with items the model 'm' does not know dropped" in err
+    assert json.loads(out.read_text()) == {"data": [[{"item_ids": {"content": [1], "shape": [1]}},
+                                                     {"item_ids": {"content": [3], "shape": [1]}}]]}
+
+
+def test_live_perf_data_drives_the_server_as_perf_analyzer_would(tc_server, tc_model, tim4rec_window_export, tmp_path,
+                                                                 capsys):
+    """The generated files replayed on a real server the way perf_analyzer plays them: each stream on its own
+    correlation id, START with its first request and END with its last, streams interleaved; each request's tensors
+    exactly as the JSON gives them (content reshaped to [1, *shape]). Every answer equals PyTorch: ``model.step``
+    along the stream (TiM4Rec-causal, float64 timestamps), the forward over the request's window (TiM4Rec)."""
+    import tritonclient.grpc as grpcclient
+
+    h, repo = tc_server
+    rng = np.random.default_rng(7)
+    lengths = {f"u{k}": n for k, n in enumerate((2, 5, 9, 17, 30, 41))}
+    _, rows = _user_rows(rng, lengths, TC_ITEMS, lengths.get, item_name=lambda i: f"t{i}")
+    data = _inter_file(tmp_path / "live.inter", rows)
+    cl = grpcclient.InferenceServerClient(h.grpc_url)
+
+    def infer(model, request, **seq):
+        ins = []
+        for name, t in request.items():
+            arr = np.asarray(t["content"], dtype=np.int64 if name == "item_ids" else np.float64)
+            arr = arr.reshape([1, *t["shape"]])
+            ins.append(grpcclient.InferInput(name, list(arr.shape), "INT64" if name == "item_ids" else "FP64"))
+            ins[-1].set_data_from_numpy(arr)
+        r = cl.infer(model, ins, outputs=[grpcclient.InferRequestedOutput(n) for n in ("topk_ids", "topk_scores")],
+                     **seq)
+        return r.as_numpy("topk_ids")[0], r.as_numpy("topk_scores")[0]
+
+    assert _perf(capsys, "--repo", repo, "--name", "tc", "--data", data, "--out", tmp_path / "tc.json",
+                 "--events", 6, "--prime", 12, "--kcore", "none")[0] == 0
+    streams = json.loads((tmp_path / "tc.json").read_text())["data"]
+    assert len(streams) == 6 and sum(map(len, streams)) == 6 + 1 + 4 + 6 * 4
+    order = [s for s in range(len(streams)) for _ in streams[s]]
+    random.Random(3).shuffle(order)
+    pos, served = [0] * len(streams), [[] for _ in streams]
+    for s in order:
+        req = streams[s][pos[s]]
+        served[s].append(infer("tc", req, sequence_id=9100 + s, sequence_start=pos[s] == 0,
+                               sequence_end=pos[s] == len(streams[s]) - 1))
+        pos[s] += 1
+    refs = [_step_reference(tc_model, [(r["item_ids"]["content"], r["timestamps"]["content"]) for r in stream])
+            for stream in streams]
+    _check_served([x for srv in served for x in srv], [x for ref in refs for x in ref], "perf_data streams (tc)")
+
+    model, _ = tim4rec_window_export
+    assert _perf(capsys, "--repo", repo, "--name", "tim4rec_window", "--data", data, "--out", tmp_path / "w.json",
+                 "--events", 3, "--kcore", "none")[0] == 0              # no vocabulary: first-appearance indices
+    reqs = json.loads((tmp_path / "w.json").read_text())["data"]
+    served = [infer("tim4rec_window", r) for r in reqs]
+    hists = [r["item_ids"]["content"] for r in reqs]
+    ids, mask, ts = model.pad_batch(hists, timestamps=[r["timestamps"]["content"] for r in reqs])
+    ref = model.predict(ids, mask, timestamps=ts).numpy()
+    _check_served(served, [(x, None) for x in ref], "perf_data window requests (TiM4Rec)")
+    cl.close()

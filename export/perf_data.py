@@ -1,0 +1,194 @@
+"""Real input data for Triton's ``perf_analyzer``, from held-out user histories.
+
+CLI::
+
+    python -m export.perf_data --repo DIR --name MODEL --data FILE --out perf.json
+                               [--users 256] [--events 10] [--prime 200] [--seed 0] [--unknown-items error|drop]
+
+``perf_analyzer`` sends random or zero tensors unless given ``--input-data FILE``; neither exercises a recommender
+(random ids, no history) nor a stateful one (a sequence must start with its history). This writes that file for a
+model folder written by :mod:`export.triton`, from the users of an interaction file, in the JSON layout of
+perf_analyzer's "Real Input Data" (``{"data": [...]}``, each tensor as ``{"content": [...], "shape": [...]}``, the
+shape without the batch dimension):
+
+* **stateful models** (``sequence_batching``: ``--state implicit``, and the python backend's sequences): one
+  *stream* per sampled user, which perf_analyzer plays back on one correlation id with ``START`` on its first request
+  and ``END`` on its last. The first request primes the state with the user's items before the replayed events (at
+  most ``--prime``), then each of the last ``--events`` items of the history is one request of one item -- what the
+  server sees in production. ``perf_analyzer -m MODEL --input-data perf.json`` then needs no ``--sequence-length``
+  (each stream is one sequence of its own length).
+* **window models** (stateless, dynamic batching): one request per replayed event, carrying the last
+  ``max_seq_length`` items before it (as :class:`export.triton_client.WindowRecommender` sends them).
+* **explicit-state models** are refused: perf_analyzer cannot feed a response's state tensors into the next request
+  (``bench/bench_triton.py``'s clients do).
+
+Item ids are mapped through the model folder's ``item_vocab.json`` (the ids the data file uses must be the model's:
+``--unknown-items drop`` drops the others, as in ``zoo.evaluate``); time-aware models get each request's float64
+``timestamps`` (or float32 ``time_gaps``, 0 for a stream's first event, for ``--time-input gaps`` graphs) from the
+file. Users are a seeded sample (``--seed``) of those with at least two items. The file is written whole (an
+interrupted run leaves an existing one as it was) and the command prints the ``perf_analyzer`` line to run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from . import triton as T
+
+
+class PerfDataError(ValueError):
+    """The model folder or the data cannot give perf_analyzer input data (the message says why)."""
+
+
+def read_model_folder(model_dir: str | os.PathLike) -> tuple[object, dict, object]:
+    """``(config, spec, vocab)`` of a model folder written by :mod:`export.triton`: the parsed ``config.pbtxt``, the
+    graph's ``state_spec.json`` (beside the config, or in ``1/`` for the python backend) and its ``item_vocab.json``
+    (``None`` when the folder ships none)."""
+    mdir = pathlib.Path(model_dir)
+    if not (mdir / "config.pbtxt").is_file():
+        raise FileNotFoundError(f"{mdir} holds no config.pbtxt: pass --repo and --name of a model written by "
+                                "python -m export.triton")
+    cfg = T.validate_config((mdir / "config.pbtxt").read_text())
+    spec_dir = mdir if (mdir / T.SPEC_FILE).is_file() else mdir / "1"
+    if not (spec_dir / T.SPEC_FILE).is_file():
+        raise FileNotFoundError(f"{mdir} holds no {T.SPEC_FILE} (beside config.pbtxt or in 1/): not a model folder "
+                                "written by python -m export.triton")
+    spec = T.read_spec(spec_dir)
+    vocab = None
+    if (mdir / T.VOCAB_FILE).is_file():
+        from zoo.vocab import ItemVocab
+
+        vocab = ItemVocab.load(str(mdir))
+    return cfg, spec, vocab
+
+
+def _tensor(values, dtype) -> dict:
+    """One request's tensor in perf_analyzer's JSON: row-major ``content`` and its ``shape`` (no batch dimension)."""
+    arr = np.asarray(values, dtype=dtype).reshape(-1)
+    return {"content": arr.tolist(), "shape": [int(arr.size)]}
+
+
+def _time_inputs(spec: dict, ts: np.ndarray, previous: float | None) -> dict:
+    """The time input of one request for the events at ``ts`` (float64 seconds): ``timestamps`` as they are, or
+    float32 ``time_gaps``, seconds since the event before (``previous``; ``None`` at a stream's start: gap 0)."""
+    names = {e["name"] for e in spec["inputs"]}
+    if "timestamps" in names:
+        return {"timestamps": _tensor(ts, np.float64)}
+    if "time_gaps" in names:
+        return {"time_gaps": _tensor(np.diff(ts, prepend=ts[0] if previous is None else previous), np.float32)}
+    return {}
+
+
+def perf_input_data(cfg, spec: dict, ds, users: int = 256, events: int = 10, prime: int = 200,
+                    seed: int = 0) -> dict:
+    """perf_analyzer's ``{"data": [...]}`` for the model (``cfg``, ``spec``) from the :class:`~zoo.data.SequenceDataset`
+    ``ds``, already indexed with the model's vocabulary. See the module docstring for what each request holds."""
+    for what, v in (("users", users), ("events", events), ("prime", prime)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{what} must be an int >= 1, got {v!r}")
+    stateful = cfg.HasField("sequence_batching")
+    if spec["kind"] == "step" and not stateful:
+        raise PerfDataError(f"model {cfg.name!r} keeps its state in the requests (--state explicit): perf_analyzer "
+                            "cannot feed one response's state into the next request; generate an implicit-state "
+                            "repository (--state implicit) for perf_analyzer, or time it with bench/bench_triton.py")
+    names = {e["name"] for e in spec["inputs"]}
+    time_aware = bool(names & {"timestamps", "time_gaps"})
+    if time_aware:
+        ds.check_timestamps_for(f"model {cfg.name!r}")
+    eligible = [u for u, s in enumerate(ds.sequences) if len(s) >= 2]
+    if not eligible:
+        raise PerfDataError(f"no user of {ds.name or 'the data'} has two items (one to prime with, one event)")
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(eligible), size=min(users, len(eligible)), replace=False).tolist())
+    max_len = int(spec["max_seq_length"])
+    data = []
+    for c in chosen:
+        u = eligible[c]
+        seq = np.asarray(ds.sequences[u], dtype=np.int64)
+        ts = np.asarray(ds.timestamps[u], dtype=np.float64) if time_aware else None
+        n = len(seq)
+        first_event = n - min(events, n - 1)                        # index of the first replayed event
+        if stateful:
+            p0 = max(0, first_event - prime)
+            stream = [{"item_ids": _tensor(seq[p0:first_event], np.int64),
+                       **(_time_inputs(spec, ts[p0:first_event], None) if time_aware else {})}]
+            for i in range(first_event, n):
+                stream.append({"item_ids": _tensor(seq[i:i + 1], np.int64),
+                               **(_time_inputs(spec, ts[i:i + 1], ts[i - 1]) if time_aware else {})})
+            data.append(stream)
+        else:
+            for i in range(first_event, n):                          # the window before each replayed event
+                w0 = max(0, i - max_len)
+                data.append({"item_ids": _tensor(seq[w0:i], np.int64),
+                             **(_time_inputs(spec, ts[w0:i], None) if time_aware else {})})
+    return {"data": data}
+
+
+def perf_analyzer_command(cfg, out: str | os.PathLike, n_streams: int) -> str:
+    """The ``perf_analyzer`` line for the written file (gRPC on the default port; concurrency sweep 1..64)."""
+    cmd = f"perf_analyzer -m {cfg.name} -i grpc -u localhost:8001 --input-data {out} --concurrency-range 1:64:2"
+    if cfg.HasField("sequence_batching"):
+        # one correlation id per live sequence: more ids than the concurrency, fewer than the batcher's slots
+        cmd += f" --sequence-id-range 1:{max(64, n_streams)}"
+    return cmd
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from zoo.cli import cannot, check_outputs, error_text, kcore, positive_int, written_whole
+    from zoo.data import TIME_TIES, load_dataset
+
+    p = argparse.ArgumentParser(prog="python -m export.perf_data", description=__doc__.split("\n\n")[0])
+    p.add_argument("--repo", required=True, help="Triton model repository written by python -m export.triton")
+    p.add_argument("--name", required=True, help="the model's folder in --repo")
+    p.add_argument("--data", required=True, help="interaction file whose users' histories are replayed")
+    p.add_argument("--out", required=True, help="JSON file for perf_analyzer --input-data")
+    p.add_argument("--users", type=positive_int, default=256, help="users sampled (one stream each for stateful "
+                                                                    "models)")
+    p.add_argument("--events", type=positive_int, default=10, help="last events of each user replayed one by one")
+    p.add_argument("--prime", type=positive_int, default=200,
+                   help="stateful models: at most this many items before the events prime the sequence")
+    p.add_argument("--seed", type=int, default=0, help="user sample")
+    p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
+                   help="items of --data the model's vocabulary lacks: refuse (default) or drop their interactions")
+    p.add_argument("--kcore", type=kcore, default="auto", help="k-core filter of --data (as in zoo.evaluate)")
+    p.add_argument("--time-ties", choices=TIME_TIES, default="file",
+                   help="order of one user's same-second interactions (as in zoo.evaluate)")
+    a = p.parse_args(argv)
+    try:
+        check_outputs({"--out": a.out}, {"--data": a.data})
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        from zoo.evaluate import align_with_vocab
+
+        cfg, spec, vocab = read_model_folder(pathlib.Path(a.repo) / a.name)
+        ds = load_dataset(a.data, kcore=a.kcore, time_ties=a.time_ties)
+        ds, note = align_with_vocab(ds, vocab, int(spec["n_items"]), f"model {a.name!r}", a.unknown_items)
+        if note.startswith("WARNING"):
+            print(note, file=sys.stderr)
+        data = perf_input_data(cfg, spec, ds, users=a.users, events=a.events, prime=a.prime, seed=a.seed)
+    except (OSError, ValueError, KeyError) as e:                 # UnknownItemError, PerfDataError, config errors
+        print(f"export.perf_data: {error_text(e)}", file=sys.stderr)
+        return 2
+    try:
+        with written_whole(a.out) as f:
+            json.dump(data, f)
+    except OSError as e:
+        print(f"export.perf_data: {cannot('--out', a.out, e)}", file=sys.stderr)
+        return 2
+    stateful = cfg.HasField("sequence_batching")
+    n_req = sum(len(s) for s in data["data"]) if stateful else len(data["data"])
+    print(f"wrote {a.out}: {len(data['data'])} {'streams' if stateful else 'requests'}"
+          + (f", {n_req} requests" if stateful else "") + f" for model {cfg.name!r}")
+    print(perf_analyzer_command(cfg, a.out, len(data["data"])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

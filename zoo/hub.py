@@ -49,6 +49,33 @@ CARD_FILES = ("config.json", "model.safetensors", "item_vocab.json", "README.md"
 
 
 # ------------------------------------------------------------------------------------------------- cards
+#: the example history of a card's code (ML-1M movie ids), when the model's vocabulary has these items
+EXAMPLE_ITEMS = [1, 48, 150]
+#: Unix seconds of the example history, for models that read time
+EXAMPLE_TIMESTAMPS = [978300760, 978302109, 978824268]
+
+
+def _usage_example(folder: str | os.PathLike, cfg: dict) -> str:
+    """The card's ``recommend`` line, runnable as written: :data:`EXAMPLE_ITEMS` if the model's vocabulary holds them
+    (else its first three items: ids of the model's own dataset), and their timestamps for a model that reads time
+    (TiM4Rec's ``uses_timestamps`` is a property of ``is_time``; the other models' a class constant)."""
+    from .models import get_model_class
+    from .vocab import VOCAB_FILE, ItemVocab
+
+    items = EXAMPLE_ITEMS
+    if os.path.exists(os.path.join(folder, VOCAB_FILE)):
+        vocab = ItemVocab.load(str(folder))
+        if not all(x in vocab for x in items):
+            items = list(vocab.items[:3])
+    uses_time = getattr(get_model_class(cfg["model_type"])[1], "uses_timestamps", False)
+    uses_time = uses_time if isinstance(uses_time, bool) else bool(cfg.get("is_time", True))
+    history = json.dumps([items])
+    if uses_time:
+        return (f"print(model.recommend({history}, timestamps={json.dumps([EXAMPLE_TIMESTAMPS])}, k=10).items)  "
+                "# the dataset's item ids and their Unix seconds")
+    return f"print(model.recommend({history}, k=10).items)   # item ids are the dataset's own ids"
+
+
 def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dict, dataset: dict, train_log: dict,
               repo_id: str | None = None, extra_sections: str = "", reference_metrics: dict | None = None,
               intervals: dict | None = None) -> str:
@@ -93,7 +120,7 @@ import zoo                                   # registers the zoo's models with t
 from transformers import AutoModel
 
 model = AutoModel.from_pretrained("{repo_id}")   # works offline: a copy is bundled with ssm-rec-zoo
-print(model.recommend([[1, 48, 150]], k=10).items)   # item ids are the dataset's own ids
+{_usage_example(folder, cfg)}
 ```
 
 ## Evaluation ({protocol.get('name', '')})

@@ -243,3 +243,21 @@ def test_card_example_uses_the_models_own_ids_and_time(tmp_path):
     assert "timestamps=[[978300760, 978302109, 978824268]]" in _usage_example(tmp_path, {"model_type": "tim4rec"})
     assert "timestamps=" in _usage_example(tmp_path, {"model_type": "tim4rec_causal"})
     assert "timestamps=" not in _usage_example(tmp_path, {"model_type": "tim4rec", "is_time": False})
+
+
+def test_export_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    """export/README.md's ONNX Runtime example runs as written against the bundled graphs it stands for
+    (``exported/mamba4rec`` = mamba4rec-ml1m's, ``exported/tim4rec_causal`` = tim4rec-causal-ml1m-u2999's)."""
+    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "export" / "README.md").read_text(), re.S | re.M)
+    assert len(blocks) == 1, len(blocks)
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "mamba4rec").symlink_to(ROOT / "hub_cards" / "mamba4rec-ml1m" / "onnx")
+    (tmp_path / "exported" / "tim4rec_causal").symlink_to(ROOT / "hub_cards" / "tim4rec-causal-ml1m-u2999" / "onnx")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(blocks[0], "export/README.md:python", "exec"), namespace)
+    out = namespace["out"]
+    assert out.topk_ids.shape == (1, 10) and out.state["last_ts"].dtype.name == "float64"
+    assert float(out.state["last_ts"][0, 0]) == 1.6e9 + 90000
+    printed = capsys.readouterr().out
+    assert printed.count("[") >= 2, printed                    # the Mamba4Rec step's decoded ids and scores

@@ -924,3 +924,45 @@ def test_check_outputs_refuses_an_out_folder_that_cannot_be_written_in():
 
     with pytest.raises(ValueError, match=r"--out /proc: cannot write in /proc \("):
         check_outputs({"--out": "/proc"}, folders=True)
+
+
+def test_warmup_factor():
+    from zoo.train import warmup_factor
+
+    assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0 and warmup_factor(0, 1) == 1.0
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        warmup_factor(0, -1)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_warmup_ramps_the_schedule_then_leaves_it(tmp_path, monkeypatch, capsys):
+    """--warmup-steps N: step s runs at base * (s + 1) / N * schedule for s < N, then the schedule alone (a constant
+    schedule included); it is logged, stated on the card's optimiser line, part of the settings a --resume must match
+    (a state saved before the setting existed ran without warmup), and a negative count is a usage error."""
+    from zoo import hub
+    from zoo.train_state import check_settings
+
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "30", "--kcore", "0", "--batch-size", "8",
+            "--lr", "1e-2", "--epochs", "2", "--no-progress", "--set", *TINY["gru4rec"]]
+    seen = _recorded_lrs(monkeypatch)
+    log = train_main(args + ["--out", str(tmp_path / "c"), "--warmup-steps", "3"])
+    assert seen[:4] == pytest.approx([1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2]) and seen[4:] == pytest.approx([1e-2] * (len(seen) - 4))
+    assert log["train"]["warmup_steps"] == 3
+    seen.clear()
+    train_main(args + ["--out", str(tmp_path / "l"), "--warmup-steps", "4", "--lr-schedule", "linear"])
+    n = len(seen)
+    assert seen == pytest.approx([1e-2 * min(1, (s + 1) / 4) * (1 - s / n) for s in range(n)])
+    assert "lr 0.01 (linear warmup over 4 steps, linear decay to 0)" in hub._optimiser_text(
+        {"optimizer": "adam", "lr": 0.01, "lr_schedule": "linear", "warmup_steps": 4, "weight_decay": 0,
+         "batch_size": 8})
+    assert "lr 0.01 (linear warmup over 4 steps)," in hub._optimiser_text(
+        {"optimizer": "adam", "lr": 0.01, "lr_schedule": "constant", "warmup_steps": 4, "weight_decay": 0,
+         "batch_size": 8})
+    old_state = {"model_type": "gru4rec", "time_ties": "file"}                       # saved before warmup existed
+    check_settings(old_state, {**old_state, "warmup_steps": 0})
+    with pytest.raises(ValueError, match="warmup_steps: the run has 0, given 5"):
+        check_settings(old_state, {**old_state, "warmup_steps": 5})
+    with refused(capsys, "--warmup-steps: expected an int >= 0, got '-1'"):
+        train_main(args + ["--out", str(tmp_path / "x"), "--warmup-steps", "-1"])

@@ -23,6 +23,17 @@ def positive_int(value: str) -> int:
     return n
 
 
+def nonnegative_int(value: str) -> int:
+    """An int >= 0 (a count that may be none); anything else is a usage error."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value!r}")
+    return n
+
+
 def kcore(value: str) -> int | None | str:
     """``--kcore``: ``auto``, ``none``/``0`` or ``k >= 1`` (:func:`zoo.data.split.parse_kcore`)."""
     try:

@@ -298,7 +298,9 @@ def _optimiser_text(train: dict) -> str:
     opt = names.get(train.get("optimizer"), str(train.get("optimizer")))
     sched = train.get("lr_schedule", "constant")
     horizon = f" over the {train['decay_over']}" if train.get("decay_over") else ""
-    parts = [opt, f"lr {train.get('lr')}" + ("" if sched == "constant" else f" ({sched} decay to 0{horizon})"),
+    warmup = f"linear warmup over {train['warmup_steps']} steps" if train.get("warmup_steps") else ""
+    shape = ", ".join(x for x in (warmup, "" if sched == "constant" else f"{sched} decay to 0{horizon}") if x)
+    parts = [opt, f"lr {train.get('lr')}" + (f" ({shape})" if shape else ""),
              f"weight decay {train.get('weight_decay', 0):g}", f"batch {train.get('batch_size')}"]
     clip = train.get("clip") or 0
     parts.append(f"gradient clip-norm {clip:g}" if clip else "no gradient clipping")

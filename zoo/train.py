@@ -75,6 +75,17 @@ def lr_factor(schedule: str, progress: float) -> float:
     return 1.0
 
 
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Multiplier of the learning rate at optimizer ``step`` (0-based, counted from the run's first batch) of a linear
+    warmup over ``warmup_steps`` steps: ``(step + 1) / warmup_steps``, then 1 (0 steps: always 1). It multiplies the
+    schedule's factor (Transformers' ``get_linear_schedule_with_warmup`` shape). A restart ``--init-from`` a trained
+    checkpoint starts Adam's moment estimates afresh, whose first updates are about ``lr`` per weight whatever the
+    gradient's size; a warmup lets the estimates settle before full-size steps."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    return 1.0 if step + 1 >= warmup_steps else (step + 1) / warmup_steps
+
+
 def schedule_progress(step: int, total_steps: int, elapsed_s: float = 0.0, budget_s: float | None = None) -> float:
     """Where the learning-rate schedule stands, in [0, 1]: ``step / total_steps`` of the planned epochs, or, with a
     time budget (``--decay-over budget``), the larger of that and ``elapsed_s / budget_s``, so that the decay ends at
@@ -278,7 +289,7 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             batch_size: int | None, clip: float | None, device: str | None, amp: bool, max_minutes: float | None,
             valid_users: int | None, kcore, init_from: str | None, lr_schedule: str, window_stride: int | None,
             loss_weighting: str, eval_every: int, decay_over: str, overwrite: bool, resume: bool = False,
-            settings: dict | None = None, time_ties: str = "file"):
+            settings: dict | None = None, time_ties: str = "file", warmup_steps: int = 0):
     """Everything :func:`train` does before its first epoch, in this order: check the settings (with ``resume``:
     against the interrupted run's), seed, read and split the data, build (or load ``init_from``) the model, cut the
     training windows. Writes nothing.
@@ -291,6 +302,8 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     from .models import get_model_class
 
     lr_factor(lr_schedule, 0.0)                                    # validate the names before any work
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
     check_config_overrides(get_model_class(model_type)[0], dict(config_overrides or {}))
     if decay_over not in DECAY_HORIZONS:
         raise ValueError(f"decay_over must be one of {DECAY_HORIZONS}, got {decay_over!r}")
@@ -364,7 +377,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant",
           window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1,
           decay_over: str = "epochs", overwrite: bool = False, resume: bool = False,
-          time_ties: str = "file") -> dict:
+          time_ties: str = "file", warmup_steps: int = 0) -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     After every epoch the run's full state goes to ``out/resume/`` (:mod:`zoo.train_state`); ``resume=True``, with
@@ -376,7 +389,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     ``epochs`` (see :func:`lr_factor`); with ``max_minutes`` set, choose ``epochs`` so that they fit the budget (after
     the first epoch a note says where the budget will stop the schedule), or pace the decay by the clock with
     ``decay_over="budget"`` (:func:`schedule_progress`: the decay ends at the budget or the last epoch, whichever
-    comes first).
+    comes first). ``warmup_steps`` ramps the learning rate linearly from ``lr / warmup_steps`` to the schedule's value
+    over the run's first optimizer steps (:func:`warmup_factor`; 0: no warmup).
     ``eval_every`` (RecBole's ``eval_step``) validates every that many epochs, and always after the last epoch and
     when the time budget ends; ``patience`` counts validations without a gain, as RecBole's ``stopping_step`` does.
     A run started ``init_from`` a checkpoint first validates that checkpoint (logged as ``init_valid_NDCG10``) and
@@ -397,7 +411,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         weight_decay=weight_decay, batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes,
         valid_users=valid_users, exclude_history=exclude_history, kcore=kcore, progress=progress, command=command,
         init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride, loss_weighting=loss_weighting,
-        eval_every=eval_every, decay_over=decay_over, time_ties=time_ties)))
+        eval_every=eval_every, decay_over=decay_over, time_ties=time_ties, warmup_steps=warmup_steps)))
     try:
         preset, device, ds, split, model, overrides, init_changes, windows, resumed = _set_up(
             model_type, data, out, epochs=epochs, patience=patience, seed=seed, max_len=max_len,
@@ -405,7 +419,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes, valid_users=valid_users,
             kcore=kcore, init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride,
             loss_weighting=loss_weighting, eval_every=eval_every, decay_over=decay_over, overwrite=overwrite,
-            resume=resume, settings=settings, time_ties=time_ties)
+            resume=resume, settings=settings, time_ties=time_ties, warmup_steps=warmup_steps)
     except (ValueError, OSError) as e:
         raise RunSetupError(str(e)) from e
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
@@ -415,6 +429,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
 
     opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"])
     preset["lr_schedule"] = lr_schedule
+    if warmup_steps:
+        preset["warmup_steps"] = warmup_steps
     if decay_over == "budget":
         preset["decay_over"] = f"{TIME_BUDGET} of {max_minutes} minutes"
     n_params = sum(p.numel() for p in model.parameters())
@@ -471,10 +487,11 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         n_batches = math.ceil(len(windows) / preset["batch_size"])
         bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not progress)
         for i_batch, batch in enumerate(bar):
-            if lr_schedule != "constant":
-                f = lr_factor(lr_schedule, schedule_progress(
-                    (epoch - 1) * n_batches + i_batch, epochs * n_batches, time.time() - t0,
-                    max_minutes * 60 if decay_over == "budget" else None))
+            if lr_schedule != "constant" or warmup_steps:
+                step = (epoch - 1) * n_batches + i_batch
+                f = lr_factor(lr_schedule, schedule_progress(step, epochs * n_batches, time.time() - t0,
+                                                             max_minutes * 60 if decay_over == "budget" else None))
+                f *= warmup_factor(step, warmup_steps)
                 for group in opt.param_groups:
                     group["lr"] = preset["lr"] * f
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -603,7 +620,7 @@ def _note_budget_vs_schedule(epoch_s: float, left_s: float, epochs: int, schedul
 
 def build_parser() -> argparse.ArgumentParser:
     from .cli import kcore as kcore_arg
-    from .cli import positive_int
+    from .cli import nonnegative_int, positive_int
     from .data import TIME_TIES
 
     p = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0])
@@ -637,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay-over", choices=DECAY_HORIZONS, default="epochs",
                    help="budget: the decay ends at --max-minutes or the last epoch, whichever comes first (paced by "
                         "the clock, so the learning rates depend on the machine's speed)")
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=0,
+                   help="linear learning-rate warmup over the run's first N optimizer steps (0: none), e.g. for a "
+                        "restart --init-from a trained checkpoint, whose optimizer moments start afresh")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
@@ -688,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      command=command, init_from=args.init_from, lr_schedule=args.lr_schedule,
                      window_stride=args.window_stride, loss_weighting=args.loss_weighting,
                      eval_every=args.eval_every, decay_over=args.decay_over, overwrite=args.overwrite,
-                     resume=args.resume, time_ties=args.time_ties)
+                     resume=args.resume, time_ties=args.time_ties, warmup_steps=args.warmup_steps)
     except RunSetupError as e:
         p.error(str(e))
 

@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 #: settings that may change when a run is resumed (the rest must match the interrupted run's)
 RESUMABLE_CHANGES = ("max_minutes", "device", "progress", "command")
 #: settings added after runs were saved: a state without one ran with this value
-SETTING_DEFAULTS = {"time_ties": "file"}
+SETTING_DEFAULTS = {"time_ties": "file", "warmup_steps": 0}
 
 
 def resume_dir(out: str | os.PathLike) -> str | None:
@@ -129,7 +129,7 @@ PROGRESS_KEYS = ("epoch", "best", "best_epoch", "bad", "elapsed_s")
 
 def check_settings(saved: dict, given: dict) -> None:
     """``ValueError`` listing every setting (other than :data:`RESUMABLE_CHANGES`) that differs from the run's."""
-    saved = {**SETTING_DEFAULTS, **saved}
+    saved, given = {**SETTING_DEFAULTS, **saved}, {**SETTING_DEFAULTS, **given}   # absent: the default either side
     diff = [f"{k}: the run has {saved.get(k)!r}, given {given.get(k)!r}" for k in sorted(set(saved) | set(given))
             if k not in RESUMABLE_CHANGES and saved.get(k) != given.get(k)]
     if diff:

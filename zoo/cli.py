@@ -12,26 +12,24 @@ import tempfile
 from .data.split import parse_kcore
 
 
-def positive_int(value: str) -> int:
-    """An int >= 1 (counts, sizes, cut-offs); anything else is a usage error."""
+def _int_at_least(value: str, low: int) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value!r}") from None
+    if n < low:
+        raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value!r}")
     return n
+
+
+def positive_int(value: str) -> int:
+    """An int >= 1 (counts, sizes, cut-offs); anything else is a usage error."""
+    return _int_at_least(value, 1)
 
 
 def nonnegative_int(value: str) -> int:
     """An int >= 0 (a count that may be none); anything else is a usage error."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value!r}")
-    return n
+    return _int_at_least(value, 0)
 
 
 def kcore(value: str) -> int | None | str:

@@ -1,0 +1,134 @@
+"""The benchmark scripts of ``bench/`` keep running, and their tables say what their numbers say.
+
+Benchmarks are never asserted on their timings (they are measured, not tested). What is tested: each CPU benchmark
+runs end to end in a tiny configuration (a script that rots would otherwise fail only when someone re-measures),
+its table arithmetic (ratios, throughputs, state sizes) on hand-made timings, and the ML-1M tie-order statistics that
+the README quotes, recomputed from the data. (``bench/paired_table.py``: ``tests/test_compare.py``; the GPU scripts:
+``tests/test_trt_plugins.py``.)
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _bench(name: str, monkeypatch):
+    """``bench/<name>.py`` loaded as ``python bench/<name>.py`` runs it (``bench/`` first on the path)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(md: str) -> dict[str, list[str]]:
+    """Markdown table rows by their first cell."""
+    return {cells[0]: cells[1:] for line in md.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+
+
+def test_step_latency_table_arithmetic(monkeypatch):
+    """Each cell is latency · B / latency events per second; the ratio rows divide SASRec's re-encode by each ORT
+    step, from the best-of-N times and from the medians."""
+    b = _bench("bench_step_latency", monkeypatch)
+    times = {"ORT step Mamba4Rec": 100e-6, "ORT step LRURec": 50e-6, "torch step Mamba4Rec": 1e-3,
+             "torch step LRURec": 2.5e-3, "torch re-encode SASRec": 5e-3, "torch re-encode Mamba4Rec": 1.5}
+    results = {(m, L, B): t * L / 50 * B for m, t in times.items() for L in (50, 200) for B in (1, 4)}
+    monkeypatch.setattr(b, "MEDIANS", {k: v * (3 if "SASRec" in k[0] else 2) for k, v in results.items()})
+    md = b.markdown(results, [50, 200], [1, 4], scaled={("torch re-encode Mamba4Rec", 200, 4)})
+    first, second = md.split("**B = 4**")
+    rows = _rows(first)
+    assert rows["ORT step Mamba4Rec"] == ["100 µs · 10,000 ev/s", "400 µs · 2,500 ev/s"]
+    assert rows["torch step LRURec"] == ["2.50 ms · 400 ev/s", "10.00 ms · 100 ev/s"]
+    assert rows["torch re-encode Mamba4Rec"] == ["1.50 s · 1 ev/s", "6.00 s · 0 ev/s"]
+    assert rows["*SASRec re-encode ÷ ORT step (Mamba4Rec / LRURec)*"] == ["50× / 100×", "50× / 100×"]
+    assert rows["*same ratio from medians instead of best-of-N*"] == ["75× / 150×", "75× / 150×"]
+    rows4 = _rows(second)
+    assert rows4["ORT step LRURec"] == ["200 µs · 20,000 ev/s", "800 µs · 5,000 ev/s"]     # B rows per call
+    assert rows4["torch re-encode Mamba4Rec"][1] == "24.00 s · 0 ev/s †" and "† timed on a sub-batch" in second
+    assert _rows(b.markdown({}, [50], [1], set()))["ORT step Mamba4Rec"] == ["-"]          # a cell not timed
+
+
+def test_step_latency_bench_runs(monkeypatch, tmp_path, capsys):
+    """A tiny sweep end to end: every method timed at every length, the file written with the command that made it."""
+    b = _bench("bench_step_latency", monkeypatch)
+    out = tmp_path / "r.md"
+    b.main(["--lengths", "5", "9", "--batches", "1", "--min-time", "0.002", "--markdown", str(out)])
+    text = out.read_text()
+    assert text.startswith("# Stepwise inference vs re-encoding") and "bench/bench_step_latency.py --lengths 5 9" in text
+    rows = _rows(text)
+    for m in b.METHODS:
+        assert len(rows[m]) == 2 and all(re.fullmatch(r"[\d,.]+ (µs|ms|s) · [\d,]+ ev/s", c) for c in rows[m]), m
+    assert all(re.fullmatch(r"\d+× / \d+×", c) for c in rows["*SASRec re-encode ÷ ORT step (Mamba4Rec / LRURec)*"])
+    assert "```mermaid" in text
+
+
+def test_exclude_seen_table_arithmetic(monkeypatch):
+    b = _bench("bench_exclude_seen", monkeypatch)
+    md = b.markdown([{"model": "LRURec", "n_items": 3417, "B": 256, "plain": 2e-4, "seen": 3e-4, "plain_med": 4e-4,
+                      "seen_med": 5e-4, "state_bytes": 2048}])
+    assert _rows(md)["LRURec"] == ["3,417", "256", "200 µs", "300 µs", "1.50× / 1.25×", "2.0 KiB + 13.3 KiB"]
+
+
+def test_exclude_seen_bench_runs(monkeypatch, tmp_path):
+    """Both models, both graphs, per batch size; the state sizes are the ML-1M configs' (Mamba4Rec 1 layer: conv
+    128 x 3 + SSM 128 x 32 floats = 17.5 KiB; LRURec: 2 blocks x 2 x 128 floats = 2 KiB) plus 4 bytes per item."""
+    b = _bench("bench_exclude_seen", monkeypatch)
+    out = tmp_path / "s.md"
+    b.main(["--items", "300", "--batches", "1", "2", "--min-time", "0.002", "--markdown", str(out)])
+    lines = [line for line in out.read_text().splitlines() if line.startswith("| Mamba4Rec") or line.startswith("| LRURec")]
+    assert len(lines) == 4
+    assert all("17.5 KiB + 1.2 KiB" in x for x in lines if "Mamba4Rec" in x)
+    assert all("2.0 KiB + 1.2 KiB" in x for x in lines if "LRURec" in x)
+
+
+def test_selective_scan_cpu_bench_runs(monkeypatch, capsys):
+    """Every implementation timed forward and forward+backward; the first row of each length is the 1.0 reference."""
+    b = _bench("bench_selective_scan_cpu", monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["bench_selective_scan_cpu.py", "--batch", "2", "--dim", "8", "--state", "4",
+                                      "--lens", "16", "8", "--repeat", "1"])
+    b.main()
+    table = capsys.readouterr().out.split("fwd+bwd x")[1]
+    rows = [line.split() for line in table.splitlines() if re.match(r"\s+\d+\s", line)]
+    assert {r[0] for r in rows} == {"16", "8"} and len(rows) % 2 == 0 and len(rows) >= 4
+    for L in ("16", "8"):
+        first = next(r for r in rows if r[0] == L)
+        assert first[-2:] == ["1.0", "1.0"]
+    assert any("naive_loop" in " ".join(r) for r in rows)
+
+
+def test_tie_statistics_on_hand_made_histories(monkeypatch):
+    """Three users: same-second last two ratings whose order flips the test and valid items; no ties; and three
+    distinct seconds of which two fall in one float32 step (64 s around 1e9)."""
+    b = _bench("eval_tie_order", monkeypatch)
+    by = {1: [(10.0, 0, 5), (20.0, 1, 7), (20.0, 2, 3)],
+          2: [(100.0, 3, 1), (200.0, 4, 2), (300.0, 5, 3)],
+          3: [(1_000_000_000.0, 6, 9), (1_000_000_010.0, 7, 8), (1_000_000_100.0, 8, 4)]}
+    st = b.tie_stats(by)
+    assert st == {"users": 3, "last two in the same second": 1 / 3, "test item shares its float32 step": 1 / 3,
+                  "valid item shares its second": 1 / 3, "valid item shares its float32 step": 2 / 3,
+                  "test item differs": 1 / 3, "valid item differs": 1 / 3}
+
+
+def test_tie_statistics_quoted_in_the_readme_are_the_datas(monkeypatch, shared_data):
+    """The README's same-second figures (42.3% of users' last two ratings share a second, the test item differs for
+    26.9%, the validation item for 37.5%, 60.5% share a float32 step) are what ``bench/eval_tie_order.py`` computes
+    from ``ml-1m.users0001-2999.inter.gz``."""
+    path = shared_data / "ml-1m.users0001-2999.inter.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not found (the ML-1M users 1-2999 file with timestamps)")
+    b = _bench("eval_tie_order", monkeypatch)
+    st = b.tie_stats(b.events_by_user(str(path)))
+    readme = (ROOT / "README.md").read_text()
+    assert st["users"] == 2999
+    for key in ("last two in the same second", "test item differs", "valid item differs",
+                "test item shares its float32 step"):
+        assert f"{st[key]:.1%}" in readme, (key, f"{st[key]:.1%}")

@@ -261,3 +261,31 @@ def test_export_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert float(out.state["last_ts"][0, 0]) == 1.6e9 + 90000
     printed = capsys.readouterr().out
     assert printed.count("[") >= 2, printed                    # the Mamba4Rec step's decoded ids and scores
+
+
+def test_console_scripts_exit_0_after_a_successful_run(monkeypatch, capsys):
+    """pyproject's console scripts run as pip's wrappers run them, ``sys.exit(entry())``: status 0 after success
+    (they pointed at the ``main`` functions, whose returned dict -- the recommendations, a run's log, the metrics --
+    became an exit status of 1 and a dict dumped on stderr), and each runs its own command (its argv reaches it)."""
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"zoo-recommend", "zoo-train", "zoo-evaluate"}
+    for name, target in scripts.items():
+        module, attr = target.split(":")
+        entry = getattr(importlib.import_module(module), attr)
+        command = importlib.import_module(f"zoo.{name.removeprefix('zoo-')}")
+        seen = []
+        monkeypatch.setattr(command, "main", lambda argv=None: seen.append(sys.argv[1:]) or {"a": "result"})
+        monkeypatch.setattr(sys, "argv", [name, "--flag"])
+        with pytest.raises(SystemExit) as exit_:
+            sys.exit(entry())
+        assert exit_.value.code in (None, 0) and seen == [["--flag"]], (name, exit_.value.code, seen)
+        monkeypatch.undo()
+    capsys.readouterr()
+    recommend = getattr(importlib.import_module("zoo.cli"), "recommend_script")
+    monkeypatch.setattr(sys, "argv", ["zoo-recommend", "--history", "1", "588", "364"])
+    with pytest.raises(SystemExit) as exit_:
+        sys.exit(recommend())
+    out = capsys.readouterr()
+    assert exit_.value.code is None and out.err == "" and "588" in out.out, out

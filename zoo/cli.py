@@ -143,3 +143,28 @@ def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     except OSError:
         pass
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+# ------------------------------------------------------------------ console scripts (pyproject [project.scripts])
+# Each command's ``main`` returns its result for Python callers (the log of a run, the metrics, the recommendations);
+# a console script runs ``sys.exit(entry())``, which would print that dict to stderr and exit with status 1 after a
+# successful run. These entries return None (status 0); errors still exit through argparse (2) or a traceback (1).
+def _run_main(module: str) -> None:
+    import importlib
+
+    importlib.import_module(f"zoo.{module}").main()
+
+
+def recommend_script() -> None:
+    """``zoo-recommend``: ``python -m zoo.recommend``."""
+    _run_main("recommend")
+
+
+def train_script() -> None:
+    """``zoo-train``: ``python -m zoo.train``."""
+    _run_main("train")
+
+
+def evaluate_script() -> None:
+    """``zoo-evaluate``: ``python -m zoo.evaluate``."""
+    _run_main("evaluate")

@@ -28,8 +28,12 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PLUGINS_DIR = REPO_ROOT / "plugins"
-DEFAULT_BUILD_DIR = REPO_ROOT / "build" / "plugins"
+#: the plugin sources: ``plugins/`` of a checkout, else (an installed wheel, which ships them) ``export/plugins/``
+PLUGINS_DIR = (REPO_ROOT / "plugins" if (REPO_ROOT / "plugins" / "CMakeLists.txt").is_file()
+               else Path(__file__).resolve().parent / "plugins")
+#: ``build/plugins`` (git-ignored) in a checkout; an installed package builds into the user's cache, not site-packages
+DEFAULT_BUILD_DIR = (REPO_ROOT / "build" / "plugins" if PLUGINS_DIR.parent == REPO_ROOT
+                     else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ssm-rec-zoo" / "plugins")
 PLUGIN_LIBRARY = "libzoo_trt_plugins.so"   # == export.plugin_spec.PLUGIN_LIBRARY (asserted in tests)
 KERNELS_LIBRARY = "libzoo_scan_kernels.so"
 _SYSTEM_INCLUDES = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/local/tensorrt/include",

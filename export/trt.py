@@ -575,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--version-compatible", action="store_true",
                    help="build a version-compatible engine (runs on the lean/dispatch runtime; plugin lib serialized)")
     p.add_argument("--plugin-lib", default=None, help=f"use this {ps.PLUGIN_LIBRARY} instead of building one")
-    p.add_argument("--build-dir", default=None, help="CMake build folder for the plugins (default: build/plugins in this checkout, git-ignored)")
+    p.add_argument("--build-dir", default=None, help="CMake build folder for the plugins (default: build/plugins in a checkout, git-ignored; ~/.cache/ssm-rec-zoo/plugins for an installed package)")
     p.add_argument("--quick", action="store_true", help="small verification (CI smoke runs)")
     p.add_argument("--exclude-seen", action="store_true",
                    help="rank the history's items last (a 'seen' state [B, n_items]; see export.onnx --exclude-seen)")

@@ -42,8 +42,10 @@ STATE_TOL = 1e-4
 
 
 def default_lib() -> Path:
-    env = os.environ.get("ZOO_SCAN_KERNELS_LIB")
-    return Path(env) if env else REPO_ROOT / "build" / "plugins" / "libzoo_scan_kernels.so"
+    """``$ZOO_SCAN_KERNELS_LIB``, else the kernels library where ``python -m export.build_plugins`` builds it."""
+    from export.build_plugins import library_path
+
+    return library_path(kind="kernels")
 
 
 class ScanKernels:

@@ -1,0 +1,88 @@
+"""What ``pip install ssm-rec-zoo`` gets: the wheel built from the tracked sources, unpacked as pip installs it, then
+used from outside the checkout -- the bundled model answers ``zoo.recommend``, and the TensorRT plugin sources (shipped
+as ``export/plugins/``) build with ``python -m export.build_plugins`` into the user's cache, not site-packages (from a
+wheel, CMake found no ``plugins/`` folder and the build failed)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: what the wheel is built from (pyproject's packages, package-dirs and readme)
+SOURCES = ("pyproject.toml", "README.md", "zoo", "export", "plugins", "hub_cards")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The wheel's files unpacked into a fresh folder (what pip writes into site-packages)."""
+    pytest.importorskip("setuptools", reason="building the wheel needs setuptools")
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    src.mkdir()
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "*.pyc")
+    for name in SOURCES:
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, src / name, **(
+            {"ignore": junk} if (ROOT / name).is_dir() else {}))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp / "dist")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (wheel,) = (tmp / "dist").glob("ssm_rec_zoo-*.whl")
+    site = tmp / "site"
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(site)
+    return site
+
+
+def _run(site: Path, cwd: Path, *args, **env):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", **env})
+
+
+def test_wheel_ships_the_plugin_sources_and_the_bundled_models(installed, tmp_path):
+    """Every plugin source file (CMake lists, headers, kernels, plugin configs, READMEs, the spec-header generator)
+    is in the wheel under ``export/plugins/``, every card under ``zoo/bundled/``; the installed package resolves the
+    bundled Mamba4Rec and recommends from a folder that is not the checkout."""
+    sources = {p.relative_to(ROOT / "plugins") for p in (ROOT / "plugins").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    shipped = {p.relative_to(installed / "export" / "plugins") for p in (installed / "export" / "plugins").rglob("*")
+               if p.is_file()}
+    assert sources and sources <= shipped, sorted(sources - shipped)
+    for card in (ROOT / "hub_cards").iterdir():
+        if (card / "config.json").is_file():
+            for f in ("config.json", "model.safetensors", "item_vocab.json", "README.md"):
+                assert (installed / "zoo" / "bundled" / card.name / f).is_file(), (card.name, f)
+    r = _run(installed, tmp_path, "-c", "import zoo.pretrained as p, export.build_plugins as b; "
+             "print(sorted(p.bundled_models())); print(p.bundled_models()['mamba4rec-ml1m']); print(b.PLUGINS_DIR); "
+             "print(b.DEFAULT_BUILD_DIR)", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert r.returncode == 0, r.stderr
+    names, mamba, plugins_dir, build_dir = r.stdout.splitlines()
+    assert "'mamba4rec-ml1m'" in names
+    assert Path(mamba) == installed / "zoo" / "bundled" / "mamba4rec-ml1m"
+    assert Path(plugins_dir) == installed / "export" / "plugins"
+    assert Path(build_dir) == tmp_path / "cache" / "ssm-rec-zoo" / "plugins"
+    r = _run(installed, tmp_path, "-m", "zoo.recommend", "--history", "1", "588", "364")
+    assert r.returncode == 0 and "588" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_plugins_build_from_the_installed_package(installed, tmp_path):
+    """``python -m export.build_plugins`` of an installed wheel: CMake runs on ``export/plugins/``, finds
+    ``plugin_spec.py`` beside it, and builds the kernels library (and the plugin library where TensorRT headers are
+    found, as in the checkout) into the user's cache folder."""
+    missing = [t for t in ("cmake", "nvcc") if shutil.which(t) is None and not Path(f"/usr/local/cuda/bin/{t}").exists()]
+    if missing:
+        pytest.skip(f"cannot compile the plugins: {', '.join(missing)} not found")
+    cache = tmp_path / "cache"
+    r = _run(installed, tmp_path, "-m", "export.build_plugins", "--arch", "80", "-j", str(os.cpu_count() or 2),
+             XDG_CACHE_HOME=str(cache))
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    out = cache / "ssm-rec-zoo" / "plugins"
+    assert (out / "libzoo_scan_kernels.so").is_file()
+    assert f"kernels library : {out / 'libzoo_scan_kernels.so'}" in r.stdout
+    assert ("plugin library  : NOT built" in r.stdout) != (out / "libzoo_trt_plugins.so").is_file()
+    assert not (installed / "build").exists()                            # nothing written into site-packages

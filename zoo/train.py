@@ -80,7 +80,9 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     warmup over ``warmup_steps`` steps: ``(step + 1) / warmup_steps``, then 1 (0 steps: always 1). It multiplies the
     schedule's factor (Transformers' ``get_linear_schedule_with_warmup`` shape). A restart ``--init-from`` a trained
     checkpoint starts Adam's moment estimates afresh, whose first updates are about ``lr`` per weight whatever the
-    gradient's size; a warmup lets the estimates settle before full-size steps."""
+    gradient's size; a warmup keeps those first updates small. (Measured once: 540 warmup steps did not change the
+    validation dip at the start of BERT4Rec's ML-1M restarts -- 0.1730 / 0.1700 after 5 / 10 epochs, against 0.1725 /
+    0.1691 without, same seed.)"""
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     return 1.0 if step + 1 >= warmup_steps else (step + 1) / warmup_steps

@@ -78,6 +78,22 @@ def test_exclude_seen_table_arithmetic(monkeypatch):
     assert _rows(md)["LRURec"] == ["3,417", "256", "200 µs", "300 µs", "1.50× / 1.25×", "2.0 KiB + 13.3 KiB"]
 
 
+def test_exclude_seen_bench_alternates_the_two_graphs(monkeypatch):
+    """Each row's plain and --exclude-seen graphs are timed in alternating rounds (a burst of load hits both), and a
+    cell is the best round (times) and the lowest round median."""
+    b = _bench("bench_exclude_seen", monkeypatch)
+    calls, fake = [], iter([5.0, 9.0, 3.0, 8.0, 4.0, 7.0] * 4)
+
+    def timeit(fn, min_time, key=None):
+        calls.append(key[-1])
+        b.MEDIANS[key] = 2 * (t := next(fake))
+        return t
+    monkeypatch.setattr(b, "timeit", timeit)
+    rows = b.bench([300], [1], 0.003, lambda m: None)
+    assert calls == [False, True] * b.ROUNDS * 2 and b.ROUNDS >= 2                  # 2 models x ROUNDS x 2 graphs
+    assert [(r["plain"], r["seen"], r["plain_med"], r["seen_med"]) for r in rows] == [(3.0, 7.0, 6.0, 14.0)] * 2
+
+
 def test_exclude_seen_bench_runs(monkeypatch, tmp_path):
     """Both models, both graphs, per batch size; the state sizes are the ML-1M configs' (Mamba4Rec 1 layer: conv
     128 x 3 + SSM 128 x 32 floats = 17.5 KiB; LRURec: 2 blocks x 2 x 128 floats = 2 KiB) plus 4 bytes per item."""

@@ -1,0 +1,184 @@
+"""Model soups: the weight average of checkpoints of one model, chosen on validation (Wortsman et al., "Model soups:
+averaging weights of multiple fine-tuned models improves accuracy without increasing inference time", ICML 2022).
+
+CLI::
+
+    python -m zoo.soup --models CKPT [CKPT ...] --data FILE --out DIR [--method greedy|uniform] [--exclude-history]
+
+The ingredients are checkpoints of the same model -- same type, same weight names and shapes, same item vocabulary --
+typically the stages and side runs of one lineage (``zoo.train --init-from`` restarts of a card): averaging such
+checkpoints lands in the shared basin. Each ingredient is scored by validation NDCG@10 on ``FILE`` (the
+leave-one-out validation item; ``--exclude-history`` for LRURec's protocol). ``uniform`` averages them all;
+``greedy`` (the paper's recipe) starts from the best ingredient and adds the others in order of their own score,
+keeping each one only if the soup's validation NDCG@10 does not drop. The test split is never read.
+
+``DIR`` receives a normal model folder (``config.json`` of the first checkpoint listed, ``model.safetensors``,
+``item_vocab.json``), loadable with ``from_pretrained`` and evaluated or exported like any checkpoint, and
+``soup_log.json``: the method, every ingredient with its validation score and whether it is in the soup, the soup's
+score, the data, the protocol and the command. An ``--out`` that holds files is refused unless ``--overwrite``
+(replaced whole, once complete).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Sequence
+
+import torch
+
+SOUP_LOG = "soup_log.json"
+METHODS = ("greedy", "uniform")
+
+
+def average_state_dicts(state_dicts: Sequence[dict]) -> dict:
+    """The element-wise mean of ``state_dicts`` (same keys and shapes), computed in float64 and cast back to each
+    tensor's dtype; non-floating tensors (buffers such as indices) must be equal and are kept."""
+    if not state_dicts:
+        raise ValueError("no state dicts to average")
+    first = state_dicts[0]
+    out = {}
+    for k, v in first.items():
+        if v.is_floating_point():
+            out[k] = (sum(sd[k].double() for sd in state_dicts) / len(state_dicts)).to(v.dtype)
+        else:
+            if any(not torch.equal(sd[k], v) for sd in state_dicts[1:]):
+                raise ValueError(f"non-floating tensor {k!r} differs between the checkpoints: they cannot be averaged")
+            out[k] = v.clone()
+    return out
+
+
+def check_ingredients(models: Sequence, names: Sequence[str]) -> list[str]:
+    """``ValueError`` naming the first checkpoint that cannot be averaged with the first one: another model type,
+    other weight names or shapes, another item vocabulary. Returns notes on config fields that differ (dropout, say),
+    which the soup takes from the first checkpoint (it scores every ingredient and writes the soup with that config)."""
+    ref, ref_name = models[0], names[0]
+    ref_sd = ref.state_dict()
+    ref_vocab = getattr(ref, "item_vocab", None)
+    notes = []
+    for m, name in zip(models[1:], names[1:], strict=True):
+        if m.config.model_type != ref.config.model_type:
+            raise ValueError(f"{name} is a {m.config.model_type} model, {ref_name} a {ref.config.model_type}: a soup "
+                             "averages checkpoints of one model")
+        sd = m.state_dict()
+        if set(sd) != set(ref_sd):
+            diff = sorted(set(sd) ^ set(ref_sd))[:4]
+            raise ValueError(f"{name} and {ref_name} have different weights (e.g. {diff}): not the same architecture")
+        shapes = [k for k in ref_sd if sd[k].shape != ref_sd[k].shape]
+        if shapes:
+            raise ValueError(f"{name} and {ref_name} differ in the shape of {shapes[:4]}: not the same architecture")
+        vocab = getattr(m, "item_vocab", None)
+        if (vocab is None) != (ref_vocab is None) or (vocab is not None and list(vocab.items) != list(ref_vocab.items)):
+            raise ValueError(f"{name} and {ref_name} have different item vocabularies: their item rows do not "
+                             "mean the same items")
+        a, b = ref.config.to_dict(), m.config.to_dict()
+        for k in sorted(set(a) | set(b)):
+            if k not in ("_name_or_path", "transformers_version", "architectures") and a.get(k) != b.get(k):
+                notes.append(f"{name}: {k} = {b.get(k)!r} ({ref_name}: {a.get(k)!r}); the soup keeps {a.get(k)!r}")
+    return notes
+
+
+def make_soup(state_dicts: dict, score: Callable[[dict], float], method: str = "greedy",
+              log: Callable[[str], None] = lambda m: None) -> tuple[dict, list[dict], float]:
+    """Average the ``{name: state_dict}`` ingredients by ``method``; ``score(state_dict)`` is the validation metric
+    (higher is better). Returns ``(soup state dict, [{"path", "valid_NDCG@10", "in_soup"}] best first, soup score)``.
+    Greedy: the best ingredient, then each next one kept only if the soup's score does not drop."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    own = {}
+    for name, sd in state_dicts.items():
+        own[name] = score(sd)
+        log(f"{name}: valid NDCG@10 {own[name]:.5f}")
+    order = sorted(state_dicts, key=lambda n: -own[n])
+    if method == "uniform":
+        chosen = list(order)
+        best_sd = average_state_dicts([state_dicts[n] for n in chosen])
+        best = score(best_sd)
+    else:
+        chosen, best_sd, best = [order[0]], state_dicts[order[0]], own[order[0]]
+        for name in order[1:]:
+            cand = average_state_dicts([state_dicts[n] for n in chosen + [name]])
+            s = score(cand)
+            keep = s >= best
+            log(f"+ {name}: soup valid NDCG@10 {s:.5f} ({'kept' if keep else 'left out'}; best {best:.5f})")
+            if keep:
+                chosen, best_sd, best = chosen + [name], cand, s
+    rows = [{"path": n, "valid_NDCG@10": own[n], "in_soup": n in chosen} for n in order]
+    return best_sd, rows, best
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Entry point of ``python -m zoo.soup``; returns the soup log."""
+    from .cli import error_text, kcore
+    from .data import TIME_TIES
+
+    p = argparse.ArgumentParser(prog="python -m zoo.soup", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", required=True, help="checkpoints (folders or bundled Hub ids) to average")
+    p.add_argument("--data", required=True, help="interaction file whose validation split scores the ingredients")
+    p.add_argument("--out", required=True, help="model folder to write (refused if it holds files, unless --overwrite)")
+    p.add_argument("--method", choices=METHODS, default="greedy")
+    p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: history items masked")
+    p.add_argument("--kcore", type=kcore, default="auto", help="k-core filter of --data (as in zoo.train)")
+    p.add_argument("--time-ties", choices=TIME_TIES, default="file")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out folder that already holds files, whole")
+    a = p.parse_args(argv)
+    if len(a.models) < 2 or len(set(a.models)) != len(a.models):
+        p.error("--models: give at least two different checkpoints")
+    try:
+        from .convert import check_out_folder
+
+        check_out_folder(a.out, a.overwrite, {"--data": a.data, **{f"--models {m}": m for m in a.models}})
+    except ValueError as e:
+        p.error(str(e))
+    from transformers import AutoModel
+
+    import zoo  # noqa: F401  (registers the zoo models with AutoModel)
+
+    from .cli import written_whole_folder
+    from .data import leave_one_out, load_dataset
+    from .evaluate import align_with_model, evaluate_model
+    from .pretrained import resolve_pretrained
+
+    try:
+        models = [AutoModel.from_pretrained(resolve_pretrained(m)).eval() for m in a.models]
+        notes = check_ingredients(models, a.models)
+        ds = load_dataset(a.data, kcore=a.kcore, time_ties=a.time_ties)
+        ds, vocab_note = align_with_model(ds, models[0])
+        if models[0].uses_timestamps:
+            ds.check_timestamps_for(type(models[0]).__name__)
+        valid = leave_one_out(ds).valid
+    except (OSError, ValueError, KeyError) as e:        # KeyError: UnknownItemError (data the models do not know)
+        p.error(error_text(e))
+    for n in notes:
+        print(f"[zoo.soup] note: {n}", flush=True)
+    model = models[0]
+
+    def score(sd: dict) -> float:
+        model.load_state_dict(sd)
+        return float(evaluate_model(model, valid, ks=(10,), exclude_history=a.exclude_history,
+                                    progress=False)["NDCG@10"])
+
+    # copies: a state_dict() holds the model's own parameters, which scoring loads the other ingredients into
+    ingredients = {n: {k: v.detach().clone() for k, v in m.state_dict().items()}
+                   for n, m in zip(a.models, models, strict=True)}
+    soup_sd, rows, best = make_soup(ingredients, score,
+                                    a.method, lambda m: print(f"[zoo.soup] {m}", flush=True))
+    model.load_state_dict(soup_sd)                                      # config and vocabulary: the first listed
+    log = {"method": a.method, "ingredients": rows, "valid_NDCG@10": best, "data": os.path.abspath(a.data),
+           "data_options": {"kcore": a.kcore, "time_ties": a.time_ties},
+           "protocol": "lrurec (history excluded)" if a.exclude_history else "recbole",
+           "config_notes": notes, "vocab": vocab_note,
+           "command": "python -m zoo.soup " + " ".join(sys.argv[1:] if argv is None else argv)}
+    with written_whole_folder(a.out) as staged:
+        model.save_pretrained(staged)
+        with open(os.path.join(staged, SOUP_LOG), "w") as f:
+            json.dump(log, f, indent=1)
+    kept = [r["path"] for r in rows if r["in_soup"]]
+    print(f"[zoo.soup] wrote {a.out}: {a.method} soup of {len(kept)} of {len(rows)} checkpoints ({', '.join(kept)}), "
+          f"valid NDCG@10 {best:.5f} (best ingredient {rows[0]['valid_NDCG@10']:.5f})", flush=True)
+    return log
+
+
+if __name__ == "__main__":
+    main()

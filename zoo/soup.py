@@ -16,7 +16,8 @@ keeping each one only if the soup's validation NDCG@10 does not drop. The test s
 ``item_vocab.json``), loadable with ``from_pretrained`` and evaluated or exported like any checkpoint, and
 ``soup_log.json``: the method, every ingredient with its validation score and whether it is in the soup, the soup's
 score, the data, the protocol and the command. An ``--out`` that holds files is refused unless ``--overwrite``
-(replaced whole, once complete).
+(replaced whole, once complete). ``zoo.hub card`` does not card a soup yet (a card describes one training run; it
+says so and writes nothing).
 """
 from __future__ import annotations
 

@@ -8,25 +8,22 @@ the README quotes, recomputed from the data. (``bench/paired_table.py``: ``tests
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_docs import load_script  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bench(name: str, monkeypatch):
-    """``bench/<name>.py`` loaded as ``python bench/<name>.py`` runs it (``bench/`` first on the path)."""
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+    """``bench/<name>.py`` loaded as ``python bench/<name>.py`` runs it."""
+    return load_script(f"bench/{name}.py", monkeypatch)
 
 
 def _rows(md: str) -> dict[str, list[str]]:

@@ -80,19 +80,25 @@ class _Parsed(Exception):
         self.parser, self.namespace = parser, namespace
 
 
-def _entry_point(target: str, monkeypatch):
-    """The ``main`` a command line runs: ``zoo.train`` -> ``zoo.train.main``; ``bench/x.py`` -> that file's
-    ``main``, loaded as the interpreter would run it (its folder first on ``sys.path``)."""
-    if not target.endswith(".py"):
-        return importlib.import_module(target).main
+def load_script(target: str, monkeypatch):
+    """A script of the tree (``bench/x.py``) loaded as ``python bench/x.py`` runs it: its folder first on
+    ``sys.path`` (both undone after the test). Also used by ``tests/test_bench.py``."""
     path = ROOT / target
     monkeypatch.syspath_prepend(str(path.parent))
-    name = "_docs_" + path.stem
+    name = "_script_" + path.stem
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, name, module)
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def _entry_point(target: str, monkeypatch):
+    """The ``main`` a command line runs: ``zoo.train`` -> ``zoo.train.main``; ``bench/x.py`` -> that file's ``main``
+    (:func:`load_script`)."""
+    if not target.endswith(".py"):
+        return importlib.import_module(target).main
+    return load_script(target, monkeypatch).main
 
 
 def _run_parser(target: str, argv: list[str], parse: bool, monkeypatch, required: bool = True) -> _Parsed:

@@ -58,7 +58,10 @@ EXAMPLE_TIMESTAMPS = [978300760, 978302109, 978824268]
 def _usage_example(folder: str | os.PathLike, cfg: dict) -> str:
     """The card's ``recommend`` line, runnable as written: :data:`EXAMPLE_ITEMS` if the model's vocabulary holds them
     (else its first three items: ids of the model's own dataset), and their timestamps for a model that reads time
-    (TiM4Rec's ``uses_timestamps`` is a property of ``is_time``; the other models' a class constant)."""
+    (the model class's own ``uses_timestamps``: a class constant, or for TiM4Rec a property of its config, read here
+    from the card's config without building the model)."""
+    from types import SimpleNamespace
+
     from .models import get_model_class
     from .vocab import VOCAB_FILE, ItemVocab
 
@@ -67,8 +70,10 @@ def _usage_example(folder: str | os.PathLike, cfg: dict) -> str:
         vocab = ItemVocab.load(str(folder))
         if not all(x in vocab for x in items):
             items = list(vocab.items[:3])
-    uses_time = getattr(get_model_class(cfg["model_type"])[1], "uses_timestamps", False)
-    uses_time = uses_time if isinstance(uses_time, bool) else bool(cfg.get("is_time", True))
+    config_cls, model_cls = get_model_class(cfg["model_type"])
+    uses_time = getattr(model_cls, "uses_timestamps", False)
+    if isinstance(uses_time, property):
+        uses_time = bool(uses_time.fget(SimpleNamespace(config=config_cls.from_dict(cfg))))
     history = json.dumps([items])
     if uses_time:
         return (f"print(model.recommend({history}, timestamps={json.dumps([EXAMPLE_TIMESTAMPS])}, k=10).items)  "

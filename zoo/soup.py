@@ -111,7 +111,7 @@ def make_soup(state_dicts: dict, score: Callable[[dict], float], method: str = "
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``python -m zoo.soup``; returns the soup log."""
-    from .cli import error_text, kcore
+    from .cli import error_text, kcore, written_whole_folder
     from .data import TIME_TIES
 
     p = argparse.ArgumentParser(prog="python -m zoo.soup", description=__doc__.split("\n\n")[0])
@@ -136,7 +136,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     import zoo  # noqa: F401  (registers the zoo models with AutoModel)
 
-    from .cli import written_whole_folder
     from .data import leave_one_out, load_dataset
     from .evaluate import align_with_model, evaluate_model
     from .pretrained import resolve_pretrained

@@ -481,7 +481,7 @@ def test_build_card_folder_measures_under_the_references_protocol(tmp_path):
     # from from_pretrained, or a missing train_log.json after the evaluation)
     (tmp_path / "run2" / "train_log.json").unlink()
     for run, message in ((tmp_path / "nope", "run folder .*nope not found"),
-                         (tmp_path / "run2", r".*run2 is neither a finished zoo.train run nor a card folder: missing \['train_log.json'\]")):
+                         (tmp_path / "run2", r".*run2 is neither a finished zoo.train run, a zoo.soup folder nor a card folder: missing \['train_log.json'\]")):
         with pytest.raises(SystemExit, match="card not written: " + message):
             hub.main(["card", "--run", str(run), "--name", "tiny-b4r", "--data", data, "--out", str(card)])
     assert {f.name: f.read_bytes() for f in card.iterdir()} == before

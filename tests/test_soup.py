@@ -137,3 +137,81 @@ def test_check_ingredients_names_shape_and_vocabulary_differences(runs):
     drop = AutoModel.from_pretrained(str(tmp / "s2"))
     drop.config.hidden_dropout = 0.3
     assert check_ingredients([s1, drop], ["s1", "s2"]) == ["s2: hidden_dropout = 0.3 (s1: 0.1); the soup keeps 0.1"]
+
+
+def test_soup_lineage_shares_common_stages_and_lists_each_later_stage_once(tmp_path):
+    """Runs a -> b, then c and d restarted from b, e from c: a soup of (c, d, e, b) shares a and b; c, d, e are
+    listed once each, e's own stages are c's and its own; b, which ends the shared stages, has none of its own."""
+    from zoo.soup import soup_lineage
+
+    def log(name, init_from=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "train_log.json").write_text(json.dumps({
+            "command": f"train {name}", "init_from": None if init_from is None else str(tmp_path / init_from)}))
+        return folder
+
+    a, b = log("a"), log("b", "a")
+    c, d, e = log("c", "b"), log("d", "b"), log("e", "c")
+    shared, stages, own = soup_lineage([c, d, e, b])
+    assert [s["command"] for s in shared] == ["train a", "train b"]
+    assert [s["command"] for s in stages] == ["train c", "train d", "train e"]
+    assert own == [[0], [1], [0, 2], []]
+    shared, stages, own = soup_lineage([c, d])
+    assert len(shared) == 2 and own == [[0], [1]]
+
+
+def test_a_soup_is_carded_with_its_ingredients_and_their_stages(runs, tmp_path, capsys):
+    """Two runs restarted from a common run, souped, then carded with ``zoo.hub card``: the card's Training section
+    says how the weights were made (the soup's recipe and command), its stages table holds the shared stage, each
+    ingredient's own stage and the soup, the ingredients table marks which are in the soup; the card folder's
+    ``training_log.json`` keeps them, and a run restarted from the card carries the soup in its history."""
+    from zoo import hub
+
+    tmp, data = runs
+    args = ["--data", str(data), "--epochs", "1", "--max-len", "20", "--batch-size", "16", "--lr", "1e-3",
+            "--kcore", "0", "--no-progress", "--model", "sasrec", "--init-from", str(tmp / "s1")]
+    for seed in (3, 4):
+        train_main(args + ["--out", str(tmp_path / f"r{seed}"), "--seed", str(seed)])
+    soup = tmp_path / "soup"
+    log = main(["--models", str(tmp_path / "r3"), str(tmp_path / "r4"), str(tmp / "s1"), "--data", str(data),
+                "--out", str(soup), "--kcore", "0", "--method", "uniform"])
+    assert [s["command"].split("--out ")[1].split()[0] for s in log["stages"]] == [str(tmp / "s1")]
+    assert len(log["ingredient_stages"]) == 2
+    assert {r["path"]: r["stages"] for r in log["ingredients"]} == {
+        str(tmp_path / "r3"): [0], str(tmp_path / "r4"): [1], str(tmp / "s1"): []}
+    card = tmp_path / "card"
+    metrics = hub.build_card_folder(str(soup), "tiny-soup", str(data), out_dir=str(card))
+    assert 0 <= metrics["NDCG@10"] <= 1
+    text = (card / "README.md").read_text()
+    assert "Weights: a uniform soup of 3 of 3 checkpoints (`zoo.soup`" in text
+    assert f"Command: `{log['command']}`" in text
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \| `python -m zoo\.", line)]
+    assert [r.split("`")[1].split()[2] for r in rows] == ["zoo.train"] * 3 + ["zoo.soup"], rows
+    assert f"| {log['init_valid_NDCG10']:.4f} → {log['best_valid_NDCG10']:.4f} |" in rows[-1]
+    assert "uniform soup of 3 of 3 checkpoints |" in rows[-1]
+    assert f"| `{tmp_path / 'r4'}` |" in text and f"| `{tmp / 's1'}` |" in text and "none after stage 1 |" in text
+    stages = json.loads((card / hub.STAGES_FILE).read_text())["stages"]
+    assert [s.get("kind") for s in stages] == [None, "soup"] and "stages" not in stages[-1]
+    # a run restarted from the card: the soup is one stage of its history, and its table shows it in the middle
+    train_main(args[:-1] + [str(card), "--out", str(tmp_path / "after"), "--seed", "5"])
+    after = hub.training_stages(tmp_path / "after")
+    assert [s.get("kind") for s in after] == [None, "soup", None]
+    md = hub._stages_markdown(after)
+    assert md.count("\n| ") == (1 + 5) + (1 + 3) and "Ingredients of stage 4" in md, md   # stages, ingredients
+
+
+def test_a_soup_without_its_ingredients_history_is_not_carded(runs, tmp_path, capsys):
+    """A soup_log.json without the ingredients' stages (written before they were recorded) is refused by name, and
+    the card folder is not touched."""
+    from zoo import hub
+
+    tmp, data = runs
+    soup = tmp_path / "soup"
+    main(["--models", str(tmp / "s1"), str(tmp / "s2"), "--data", str(data), "--out", str(soup), "--kcore", "0"])
+    log = json.loads((soup / "soup_log.json").read_text())
+    del log["ingredient_stages"]
+    (soup / "soup_log.json").write_text(json.dumps(log))
+    with pytest.raises(ValueError, match="without the ingredients' training history"):
+        hub.build_card_folder(str(soup), "tiny-soup", str(data), out_dir=str(tmp_path / "card"))
+    assert not (tmp_path / "card").exists()

@@ -6,6 +6,7 @@ CLI::
     python -m zoo.hub list
     python -m zoo.hub card --run runs/mamba4rec-ml1m --name mamba4rec-ml1m --data ../shared/data/ml-1m.5core.seq.gz
     python -m zoo.hub card --run hub_cards/mamba4rec-ml1m --name mamba4rec-ml1m --data ... --keep-notes   # in place
+    python -m zoo.hub card --run runs/soup --name bert4rec-ml1m --data ... --exclude-history   # a zoo.soup folder
     python -m zoo.hub push hub_cards/mamba4rec-ml1m --repo-id ssm-rec-zoo/mamba4rec-ml1m
 """
 
@@ -141,9 +142,7 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
 
 - Data: {dataset.get('description', ds_name)}
 - Objective: {_objective(cfg, train_log)}{_weighting_note(train_log)}
-- Optimiser: {_optimiser_text(train_log.get('train', {}))}; seed {train_log.get('seed')}; best epoch {train_log.get('best_epoch')} of
-  {len(train_log.get('epochs', []))} ({train_log.get('stopped', '')}); {train_log.get('train_minutes', 0):.0f} minutes on {env.get('platform', '?')}
-  ({_threads_text(env.get('cpu_threads'))}{', GPU ' + env['cuda'] if env.get('cuda') else ''}).
+- {_how_trained(train_log)}
 - Command: `{train_log.get('command', '')}`
 - Software: python {env.get('python')}, torch {env.get('torch')}, transformers {env.get('transformers')}, numpy {env.get('numpy')}.
 - Parameters: {train_log.get('n_parameters', 0):,}. Config: see `config.json`; item vocabulary: `item_vocab.json`.
@@ -181,6 +180,22 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
     path = os.path.join(folder, "README.md")
     card.save(path)
     return path
+
+
+def _how_trained(log: dict) -> str:
+    """The card's line on how the weights were made: the optimiser and run of a training stage, or a soup's recipe."""
+    env = log.get("environment", {})
+    where = (f"on {env.get('platform', '?')}\n  ({_threads_text(env.get('cpu_threads'))}"
+             f"{', GPU ' + env['cuda'] if env.get('cuda') else ''})")
+    if _is_soup(log):
+        return (f"Weights: a {_soup_text(log)} (`zoo.soup`; Wortsman et al., 2022, *Model soups*): the element-wise "
+                "average of the weights of the checkpoints of this model's lineage marked below, chosen by validation "
+                f"NDCG@10 alone (best checkpoint {log['init_valid_NDCG10']:.4f}, soup {log['best_valid_NDCG10']:.4f}; "
+                "the test split is not read to choose); how each was trained is in Training stages. Averaged in "
+                f"{log.get('soup_minutes', 0):.0f} minutes {where}.")
+    return (f"Optimiser: {_optimiser_text(log.get('train', {}))}; seed {log.get('seed')}; best epoch "
+            f"{log.get('best_epoch')} of\n  {len(log.get('epochs', []))} ({log.get('stopped', '')}); "
+            f"{log.get('train_minutes', 0):.0f} minutes {where}.")
 
 
 def _hr(name: str) -> str:
@@ -221,6 +236,10 @@ def _below_reference_note(train_log: dict, below: list[str] | tuple = (), met: l
     train = train_log.get("train") or {}
     schedule = train.get("lr_schedule", "constant")
     where = f" at {', '.join(below)} (meets or beats them at {', '.join(met)})" if below and met else ""
+    if _is_soup(train_log):
+        return (f"**Below the reference numbers**{where}: this checkpoint averages checkpoints of runs sized to a CPU "
+                "time budget (see Training); a longer schedule is the next step; training continues with "
+                "`--init-from` and the card will be replaced.\n")
     from .train import TIME_BUDGET
 
     stopped = str(train_log.get("stopped", ""))
@@ -263,7 +282,8 @@ STAGES_FILE = "training_log.json"
 def training_stages(run_dir: str | os.PathLike) -> list[dict]:
     """The training history of a run as a list of stage logs, oldest first: a run started with ``--init-from`` is
     preceded by the stages of the checkpoint it started from (a run folder's ``train_log.json``, followed further,
-    or a card folder's ``training_log.json``, which already holds every earlier stage)."""
+    a card folder's ``training_log.json``, which already holds every earlier stage, or a ``zoo.soup`` folder's
+    ``soup_log.json``: :func:`soup_stages`)."""
     stages: list[dict] = []
     seen = set()
     folder = pathlib.Path(run_dir)
@@ -289,9 +309,28 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
             while earlier and earlier[-1] in stages:   # the card was already written from this run (re-carding)
                 earlier.pop()
             return earlier + stages
+        elif (folder / SOUP_LOG).exists():              # a zoo.soup folder: the stages its ingredients share, then it
+            return soup_stages(json.load(open(folder / SOUP_LOG))) + stages
         else:
             logger.warning("training history stops at %s (no train_log.json or %s)", folder, STAGES_FILE)
             return stages
+
+
+SOUP_LOG = "soup_log.json"
+
+
+def soup_stages(soup_log: dict) -> list[dict]:
+    """A ``zoo.soup`` folder's history as stages: those every ingredient shares, then the soup itself as one stage
+    (``kind: "soup"``: the soup log less the shared stages; its ``ingredient_stages`` hold each ingredient's own
+    stages once, its ``ingredients`` their indices)."""
+    if soup_log.get("kind") != "soup" or "ingredient_stages" not in soup_log:
+        raise ValueError(f"{SOUP_LOG} was written by a zoo.soup without the ingredients' training history: "
+                         "make the soup again with this version")
+    return list(soup_log["stages"]) + [{k: v for k, v in soup_log.items() if k != "stages"}]
+
+
+def _is_soup(stage: dict) -> bool:
+    return stage.get("kind") == "soup"
 
 
 def _optimiser_text(train: dict) -> str:
@@ -318,25 +357,54 @@ def _threads_text(n) -> str:
     return f"{n} CPU thread" + ("" if n == 1 else "s")
 
 
+def _stage_row(i: int, st: dict) -> str:
+    ep = st.get("epochs", [])
+    best, start = st.get("best_valid_NDCG10"), st.get("init_valid_NDCG10")
+    valid = "" if best is None else f"{best:.4f}" if start is None else f"{start:.4f} → {best:.4f}"
+    return (f"| {i} | `{st.get('command', '')}` | {len(ep)} | {st.get('best_epoch', '?')} | {valid} | "
+            f"{st.get('train_minutes', 0):.0f} | {st.get('stopped', '')} |")
+
+
+def _soup_text(st: dict) -> str:
+    """``greedy soup of 4 of 8 checkpoints``."""
+    kept = sum(1 for r in st["ingredients"] if r["in_soup"])
+    return f"{st['method']} soup of {kept} of {len(st['ingredients'])} checkpoints"
+
+
 def _stages_markdown(stages: list[dict]) -> str:
-    """Card lines for a multi-stage training history (empty for a single stage)."""
-    if len(stages) < 2:
+    """Card lines for a multi-stage training history (empty for a single stage). A soup stage (``zoo.soup``) is
+    preceded by its ingredients' own stages and followed by a table of the ingredients."""
+    if len(stages) < 2 and not any(_is_soup(st) for st in stages):
         return ""
-    rows = []
-    for i, st in enumerate(stages, 1):
-        ep = st.get("epochs", [])
-        best, start = st.get("best_valid_NDCG10"), st.get("init_valid_NDCG10")
-        valid = "" if best is None else f"{best:.4f}" if start is None else f"{start:.4f} → {best:.4f}"
-        rows.append(f"| {i} | `{st.get('command', '')}` | {len(ep)} | {st.get('best_epoch', '?')} | "
-                    f"{valid} | {st.get('train_minutes', 0):.0f} | "
-                    f"{st.get('stopped', '')} |")
-    total_ep = sum(len(st.get("epochs", [])) for st in stages)
-    total_min = sum(st.get("train_minutes", 0) for st in stages)
-    return ("\n### Training stages\n\nThis checkpoint was trained in stages, each continuing from the best checkpoint "
-            f"of the one before (`--init-from`): {total_ep} epochs, {total_min:.0f} minutes in all. The full logs "
-            f"(per-epoch loss and validation) are in `{STAGES_FILE}`.\n\n| stage | command | epochs | best epoch | "
+    rows, trained, ingredient_tables = [], [], []
+    for st in stages:
+        if not _is_soup(st):
+            trained.append(st)
+            rows.append(_stage_row(len(rows) + 1, st))
+            continue
+        first = len(rows) + 1                       # the ingredients' own stages are numbered from here
+        for own in st["ingredient_stages"]:
+            trained.append(own)
+            rows.append(_stage_row(len(rows) + 1, own))
+        rows.append(f"| {len(rows) + 1} | `{st['command']}` | – | – | {st['init_valid_NDCG10']:.4f} → "
+                    f"{st['best_valid_NDCG10']:.4f} | {st.get('soup_minutes', 0):.0f} | {_soup_text(st)} |")
+        lines = [f"| `{r['path']}` | {r['valid_NDCG@10']:.4f} | {'yes' if r['in_soup'] else 'no'} | "
+                 + (", ".join(str(first + i) for i in r["stages"]) if r["stages"] else f"none after stage {first - 1}")
+                 + " |" for r in st["ingredients"]]
+        ingredient_tables.append(
+            f"\nIngredients of stage {len(rows)} ({_soup_text(st)}, scored by validation NDCG@10 alone, best first; "
+            "the soup averages the weights of those marked yes):\n\n| checkpoint | valid NDCG@10 | in the soup | "
+            "its own stages |\n|---|---|---|---|\n" + "\n".join(lines) + "\n")
+    total_ep = sum(len(st.get("epochs", [])) for st in trained)
+    total_min = sum(st.get("train_minutes", 0) for st in trained)
+    how = ("each continuing from the best checkpoint of the one before (`--init-from`)" if not ingredient_tables else
+           "each continuing from the checkpoint its `--init-from` names; a `zoo.soup` stage averages the weights of "
+           "checkpoints of this lineage (Wortsman et al., 2022, *Model soups*), chosen on validation")
+    return (f"\n### Training stages\n\nThis checkpoint was trained in stages, {how}: {total_ep} epochs, "
+            f"{total_min:.0f} minutes in all. The full logs (per-epoch loss and validation) are in "
+            f"`{STAGES_FILE}`.\n\n| stage | command | epochs | best epoch | "
             "valid NDCG@10 (start → best) | minutes | stopped |\n|---|---|---|---|---|---|---|\n"
-            + "\n".join(rows) + "\n")
+            + "\n".join(rows) + "\n" + "".join(ingredient_tables))
 
 
 def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,
@@ -347,7 +415,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     is written into a staged copy of the folder and swapped in whole: when any step fails (the evaluation, a graph
     that no longer verifies) the folder is left as it was.
 
-    ``run_dir`` may also be a card folder (its ``training_log.json`` holds every stage); given as its own ``out_dir``
+    ``run_dir`` may also be a ``zoo.soup`` folder (the card lists its ingredients and their stages) or a card folder
+    (its ``training_log.json`` holds every stage); given as its own ``out_dir``
     the card is re-measured and re-written in place (same weights: new card sections, intervals, re-verified ONNX
     graphs). A card replaced in its folder keeps the protocol it was measured with (``exclude_history`` must match).
     ``dataset_type``/``dataset_name`` default to those of the card being replaced, else MovieLens-1M's.
@@ -364,12 +433,12 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     out_dir = out_dir or os.path.join(pathlib.Path(__file__).resolve().parent.parent, "hub_cards", name)
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run folder {run_dir} not found (a `python -m zoo.train --out` folder)")
-    from_card = (not os.path.exists(os.path.join(run_dir, "train_log.json"))
-                 and os.path.exists(os.path.join(run_dir, STAGES_FILE)))
-    missing = [f for f in ("config.json", "model.safetensors", STAGES_FILE if from_card else "train_log.json")
-               if not os.path.exists(os.path.join(run_dir, f))]
+    history = next((f for f in ("train_log.json", SOUP_LOG, STAGES_FILE) if os.path.exists(os.path.join(run_dir, f))),
+                   "train_log.json")
+    missing = [f for f in ("config.json", "model.safetensors", history) if not os.path.exists(os.path.join(run_dir, f))]
     if missing:
-        raise FileNotFoundError(f"{run_dir} is neither a finished zoo.train run nor a card folder: missing {missing}")
+        raise FileNotFoundError(f"{run_dir} is neither a finished zoo.train run, a zoo.soup folder nor a card folder: "
+                                f"missing {missing}")
     check_outputs({"--out": out_dir}, folders=True)            # a file there, or a place that cannot be written
     in_place = os.path.isdir(out_dir) and os.path.samefile(run_dir, out_dir)
     _check_same_protocol(out_dir, exclude_history)
@@ -381,7 +450,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     # leaves an existing card folder as it was
     model = AutoModel.from_pretrained(run_dir)
     stages = training_stages(run_dir)
-    log = stages[-1]                        # the run's own train_log.json, or a card folder's last stage
+    log = stages[-1]                        # the run's own train_log.json, a soup, or a card folder's last stage
     data_options = run_data_options(log)    # the sequences it was trained on: same k-core, same order of ties
     ds, _ = align_with_model(load_dataset(data, **data_options), model)
     test = leave_one_out(ds).test

@@ -15,9 +15,10 @@ keeping each one only if the soup's validation NDCG@10 does not drop. The test s
 ``DIR`` receives a normal model folder (``config.json`` of the first checkpoint listed, ``model.safetensors``,
 ``item_vocab.json``), loadable with ``from_pretrained`` and evaluated or exported like any checkpoint, and
 ``soup_log.json``: the method, every ingredient with its validation score and whether it is in the soup, the soup's
-score, the data, the protocol and the command. An ``--out`` that holds files is refused unless ``--overwrite``
-(replaced whole, once complete). ``zoo.hub card`` does not card a soup yet (a card describes one training run; it
-says so and writes nothing).
+score, the data, the protocol, the command, and the ingredients' training history (:func:`soup_lineage`: the stages
+they share, then each one's own stages). An ``--out`` that holds files is refused unless ``--overwrite`` (replaced
+whole, once complete). ``python -m zoo.hub card --run DIR`` cards a soup folder like a training run: its card lists
+the ingredients and every stage that made them.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Callable, Sequence
 
 import torch
@@ -78,6 +80,30 @@ def check_ingredients(models: Sequence, names: Sequence[str]) -> list[str]:
             if k not in ("_name_or_path", "transformers_version", "architectures") and a.get(k) != b.get(k):
                 notes.append(f"{name}: {k} = {b.get(k)!r} ({ref_name}: {a.get(k)!r}); the soup keeps {a.get(k)!r}")
     return notes
+
+
+def soup_lineage(folders: Sequence[str | os.PathLike]) -> tuple[list[dict], list[dict], list[list[int]]]:
+    """The training history of the ingredients in ``folders``, each one's as :func:`zoo.hub.training_stages` reads
+    it (its ``--init-from`` chain): ``(shared, stages, own)``. ``shared``: the stages every ingredient went through
+    (the longest common prefix); ``stages``: every later stage, once each, in order of first appearance (two
+    ingredients restarted from the same checkpoint share its stages); ``own[i]``: the indices into ``stages`` of the
+    stages ingredient ``i`` went through after ``shared`` (empty for the checkpoint that ends ``shared``)."""
+    from .hub import training_stages
+
+    chains = [training_stages(f) for f in folders]
+    n = 0
+    while all(len(c) > n for c in chains) and all(c[n] == chains[0][n] for c in chains[1:]):
+        n += 1
+    stages: list[dict] = []
+    own = []
+    for chain in chains:
+        idx = []
+        for st in chain[n:]:
+            if st not in stages:
+                stages.append(st)
+            idx.append(stages.index(st))
+        own.append(idx)
+    return chains[0][:n], stages, own
 
 
 def make_soup(state_dicts: dict, score: Callable[[dict], float], method: str = "greedy",
@@ -140,8 +166,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .evaluate import align_with_model, evaluate_model
     from .pretrained import resolve_pretrained
 
+    started = time.perf_counter()
     try:
-        models = [AutoModel.from_pretrained(resolve_pretrained(m)).eval() for m in a.models]
+        folders = [resolve_pretrained(m) for m in a.models]
+        models = [AutoModel.from_pretrained(f).eval() for f in folders]
         notes = check_ingredients(models, a.models)
         ds = load_dataset(a.data, kcore=a.kcore, time_ties=a.time_ties)
         ds, vocab_note = align_with_model(ds, models[0])
@@ -165,11 +193,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
     soup_sd, rows, best = make_soup(ingredients, score,
                                     a.method, lambda m: print(f"[zoo.soup] {m}", flush=True))
     model.load_state_dict(soup_sd)                                      # config and vocabulary: the first listed
-    log = {"method": a.method, "ingredients": rows, "valid_NDCG@10": best, "data": os.path.abspath(a.data),
-           "data_options": {"kcore": a.kcore, "time_ties": a.time_ties},
+    from .train import environment
+
+    shared, stages, own = soup_lineage(folders)
+    own_of = dict(zip(a.models, own, strict=True))
+    for r in rows:
+        r["stages"] = own_of[r["path"]]
+    # the objective the soup's weights were trained with: the best ingredient's last stage (a card describes it)
+    first = rows[0]["path"]
+    trained = stages[own_of[first][-1]] if own_of[first] else (shared[-1] if shared else {})
+    log = {"kind": "soup", "method": a.method, "ingredients": rows, "valid_NDCG@10": best,
+           "init_valid_NDCG10": rows[0]["valid_NDCG@10"], "best_valid_NDCG10": best,
+           "data": os.path.abspath(a.data), "data_options": {"kcore": a.kcore, "time_ties": a.time_ties},
            "protocol": "lrurec (history excluded)" if a.exclude_history else "recbole",
            "config_notes": notes, "vocab": vocab_note,
-           "command": "python -m zoo.soup " + " ".join(sys.argv[1:] if argv is None else argv)}
+           "command": "python -m zoo.soup " + " ".join(sys.argv[1:] if argv is None else argv),
+           "environment": environment(), "n_parameters": sum(p.numel() for p in model.parameters()),
+           **{k: trained[k] for k in ("window_stride", "loss_weighting") if k in trained},
+           "soup_minutes": (time.perf_counter() - started) / 60,
+           "stages": shared, "ingredient_stages": stages}
     with written_whole_folder(a.out) as staged:
         model.save_pretrained(staged)
         with open(os.path.join(staged, SOUP_LOG), "w") as f:

@@ -145,3 +145,23 @@ def test_tie_statistics_quoted_in_the_readme_are_the_datas(monkeypatch, shared_d
     for key in ("last two in the same second", "test item differs", "valid item differs",
                 "test item shares its float32 step"):
         assert f"{st[key]:.1%}" in readme, (key, f"{st[key]:.1%}")
+
+
+def test_prefix_objective_bench_runs(monkeypatch, tmp_path):
+    """Both computations of TiM4Rec's prefix objective timed on a tiny config (one window length shorter than the
+    window, one as long): a row per length, the speed-up is the ratio of the two timings, and the two losses agree
+    (the script refuses a row whose losses differ by more than 1e-5)."""
+    b = _bench("bench_prefix_objective", monkeypatch)
+    tiny = dict(n_items=40, max_seq_length=8, hidden_size=16, num_layers=1, d_state=8, head_dim=8, chunk_size=4)
+    monkeypatch.setattr(b, "CONFIGS", {"tiny": (tiny, 2, (3, 8))})
+    out = tmp_path / "p.md"
+    b.main(["--repeats", "1", "--markdown", str(out)])
+    rows = [r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+                            if line.startswith("| tiny"))]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("8", "2", "3", "6"), ("8", "2", "8", "16")]
+    for r in rows:
+        slow, fast, ratio, diff = float(r[4]), float(r[5]), r[6], float(r[7])
+        # the timings are printed to 3 decimals, the speed-up from the unrounded ones (to 1 decimal)
+        lo, hi = (slow - 5e-4) / (fast + 5e-4), (slow + 5e-4) / max(fast - 5e-4, 1e-9)
+        assert ratio.endswith("x") and lo - 0.05 <= float(ratio[:-1]) <= hi + 0.05, r
+        assert diff <= 1e-5

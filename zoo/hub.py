@@ -358,11 +358,14 @@ def _threads_text(n) -> str:
 
 
 def _stage_row(i: int, st: dict) -> str:
-    ep = st.get("epochs", [])
+    """A row of the stages table: a training run, or a soup (no epochs of its own; start → best: its best
+    ingredient's validation, then its own)."""
     best, start = st.get("best_valid_NDCG10"), st.get("init_valid_NDCG10")
     valid = "" if best is None else f"{best:.4f}" if start is None else f"{start:.4f} → {best:.4f}"
-    return (f"| {i} | `{st.get('command', '')}` | {len(ep)} | {st.get('best_epoch', '?')} | {valid} | "
-            f"{st.get('train_minutes', 0):.0f} | {st.get('stopped', '')} |")
+    if _is_soup(st):
+        return f"| {i} | `{st['command']}` | – | – | {valid} | {st.get('soup_minutes', 0):.0f} | {_soup_text(st)} |"
+    return (f"| {i} | `{st.get('command', '')}` | {len(st.get('epochs', []))} | {st.get('best_epoch', '?')} | "
+            f"{valid} | {st.get('train_minutes', 0):.0f} | {st.get('stopped', '')} |")
 
 
 def _soup_text(st: dict) -> str:
@@ -386,8 +389,7 @@ def _stages_markdown(stages: list[dict]) -> str:
         for own in st["ingredient_stages"]:
             trained.append(own)
             rows.append(_stage_row(len(rows) + 1, own))
-        rows.append(f"| {len(rows) + 1} | `{st['command']}` | – | – | {st['init_valid_NDCG10']:.4f} → "
-                    f"{st['best_valid_NDCG10']:.4f} | {st.get('soup_minutes', 0):.0f} | {_soup_text(st)} |")
+        rows.append(_stage_row(len(rows) + 1, st))
         lines = [f"| `{r['path']}` | {r['valid_NDCG@10']:.4f} | {'yes' if r['in_soup'] else 'no'} | "
                  + (", ".join(str(first + i) for i in r["stages"]) if r["stages"] else f"none after stage {first - 1}")
                  + " |" for r in st["ingredients"]]

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import torch
 
-SOUP_LOG = "soup_log.json"
+from .hub import SOUP_LOG
 METHODS = ("greedy", "uniform")
 
 

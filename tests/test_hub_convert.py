@@ -882,3 +882,44 @@ def test_convert_overwrite_refuses_an_input_inside_the_out_folder(tmp_path):
     with pytest.raises(ValueError, match=r"--checkpoint .*M.pth is inside --out"):
         convert("mamba4rec", str(tmp_path / "out" / "M.pth"), str(tmp_path / "out"), overwrite=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["M.pth", "tokens.txt"]
+
+
+def test_training_stages_of_a_run_whose_card_moved_on(tmp_path, caplog):
+    """Runs b and c both started from the card (stage a); the card was then replaced by c and by a later stage d.
+    c's history is read from the card up to c; b's stops at b, with a warning: the card no longer holds the weights
+    b started from (its log's ``init_weights_sha256``), so its stages are not b's history."""
+    import json
+
+    from zoo.pretrained import weights_sha256
+
+    card = tmp_path / "card"
+    card.mkdir()
+    (card / "model.safetensors").write_bytes(b"weights of a")
+    a = {"command": "train a", "init_from": None}
+    (card / hub.STAGES_FILE).write_text(json.dumps({"stages": [a]}))
+    logs = {}
+    for name in ("b", "c"):
+        (tmp_path / name).mkdir()
+        logs[name] = {"command": f"train {name}", "init_from": str(card), "init_weights_sha256": weights_sha256(card)}
+        (tmp_path / name / "train_log.json").write_text(json.dumps(logs[name]))
+    assert [s["command"] for s in hub.training_stages(tmp_path / "b")] == ["train a", "train b"]
+    d = {"command": "train d", "init_from": str(card)}
+    (card / hub.STAGES_FILE).write_text(json.dumps({"stages": [a, logs["c"], d]}))
+    (card / "model.safetensors").write_bytes(b"weights of d")
+    assert [s["command"] for s in hub.training_stages(tmp_path / "c")] == ["train a", "train c"]
+    with caplog.at_level("WARNING", logger="zoo.hub"):
+        assert [s["command"] for s in hub.training_stages(tmp_path / "b")] == ["train b"]
+    assert "the card" in caplog.text and "was replaced since the run started from it" in caplog.text
+    # a run folder that no longer holds the weights a later run started from (it was trained again) stops it too
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "train_log.json").write_text(json.dumps(
+        {"command": "train e", "init_from": str(tmp_path / "b"), "init_weights_sha256": "0" * 64}))
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"weights of b")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zoo.hub"):
+        assert [s["command"] for s in hub.training_stages(tmp_path / "e")] == ["train e"]
+    assert "no longer holds the weights it started from" in caplog.text
+    # without the hash (a log from before it was recorded) the chain is followed as it reads: into b, whose own
+    # hash then stops it at the replaced card
+    (tmp_path / "e" / "train_log.json").write_text(json.dumps({"command": "train e", "init_from": str(tmp_path / "b")}))
+    assert [s["command"] for s in hub.training_stages(tmp_path / "e")] == ["train b", "train e"]

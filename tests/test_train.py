@@ -109,6 +109,11 @@ def test_init_from_continues_training(tmp_path):
     second = train_main(args + ["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")])
     assert second["init_from"] == str(tmp_path / "a")
     assert second["epochs"][0]["loss"] < first["epochs"][0]["loss"]
+    # which weights it started from (zoo.hub.training_stages follows init_from only into a folder still holding them)
+    import hashlib
+
+    assert second["init_weights_sha256"] == hashlib.sha256((tmp_path / "a" / "model.safetensors").read_bytes()).hexdigest()
+    assert "init_weights_sha256" not in first
     # the stage starts by validating its checkpoint: the first run's best, measured again
     assert second["init_valid_NDCG10"] == pytest.approx(first["best_valid_NDCG10"], abs=1e-6)
 

@@ -22,7 +22,7 @@ import sys
 from typing import Sequence
 
 from .cli import cannot, check_outputs, written_whole, written_whole_folder
-from .pretrained import HUB_ORG, bundled_models
+from .pretrained import HUB_ORG, bundled_models, weights_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,10 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
     """The training history of a run as a list of stage logs, oldest first: a run started with ``--init-from`` is
     preceded by the stages of the checkpoint it started from (a run folder's ``train_log.json``, followed further,
     a card folder's ``training_log.json``, which already holds every earlier stage, or a ``zoo.soup`` folder's
-    ``soup_log.json``: :func:`soup_stages`)."""
+    ``soup_log.json``: :func:`soup_stages`). A card folder that already holds the run's stage (carded from it, then
+    from later stages) gives its stages before it. A run that logged the weights it started from
+    (``init_weights_sha256``) is followed only into a folder that still holds them: a card replaced since (by a
+    sibling run, or a soup) would tell another history, so the history stops there, with a warning."""
     stages: list[dict] = []
     seen = set()
     folder = pathlib.Path(run_dir)
@@ -301,13 +304,25 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
             folder = pathlib.Path(prev)
             if not folder.is_absolute() and not folder.exists():
                 folder = pathlib.Path(run_dir) / prev
+            if not folder.exists() and str(prev).startswith(f"{HUB_ORG}/"):         # a bundled model's Hub id
+                folder = pathlib.Path(bundled_models().get(str(prev).split("/", 1)[1], folder))
             if not folder.exists():
                 logger.warning("training history stops at %s (init_from %s not found)", run_dir, prev)
                 return stages
+            sha = log.get("init_weights_sha256")
+            if sha and weights_sha256(folder) != sha and not (folder / STAGES_FILE).exists():
+                logger.warning("training history stops at %s: %s no longer holds the weights it started from",
+                               run_dir, folder)
+                return stages
         elif (folder / STAGES_FILE).exists():
             earlier = json.load(open(folder / STAGES_FILE))["stages"]
-            while earlier and earlier[-1] in stages:   # the card was already written from this run (re-carding)
-                earlier.pop()
+            sha = stages[0].get("init_weights_sha256") if stages else None
+            if stages and stages[0] in earlier:         # the card holds this run (re-carded from it, or later stages)
+                return earlier[:earlier.index(stages[0])] + stages
+            if sha and weights_sha256(folder) != sha:   # the card was replaced since the run started from it
+                logger.warning("training history stops at %s: the card %s was replaced since the run started from it",
+                               run_dir, folder)
+                return stages
             return earlier + stages
         elif (folder / SOUP_LOG).exists():              # a zoo.soup folder: the stages its ingredients share, then it
             return soup_stages(json.load(open(folder / SOUP_LOG))) + stages

@@ -122,6 +122,18 @@ def hub_reachable(timeout: float | None = None) -> bool:
         return False
 
 
+def weights_sha256(folder: str | os.PathLike) -> str | None:
+    """The SHA-256 of ``folder/model.safetensors`` (``None`` when there is none): which weights a folder held, so that
+    a run started from it can later tell whether the folder still holds them (:func:`zoo.hub.training_stages`)."""
+    import hashlib
+
+    path = os.path.join(os.fspath(folder), "model.safetensors")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
     """A local folder holding ``config.json`` for ``name_or_path`` (see the module docstring for the order)."""
     p = os.fspath(name_or_path)

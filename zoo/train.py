@@ -449,6 +449,10 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
            "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict()),
            "window_stride": windows.stride, "loss_weighting": loss_weighting,
            "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every}
+    if init_from:       # the weights it starts from: a card folder replaced later no longer holds them
+        from .pretrained import resolve_pretrained, weights_sha256
+
+        log["init_weights_sha256"] = weights_sha256(resolve_pretrained(init_from))
     if init_changes:
         log["init_config_changes"] = {k: list(v) for k, v in init_changes.items()}
     targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]

@@ -171,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         folders = [resolve_pretrained(m) for m in a.models]
         models = [AutoModel.from_pretrained(f).eval() for f in folders]
         notes = check_ingredients(models, a.models)
+        shared, stages, own = soup_lineage(folders)     # before the scoring: a broken history fails fast
         ds = load_dataset(a.data, kcore=a.kcore, time_ties=a.time_ties)
         ds, vocab_note = align_with_model(ds, models[0])
         if models[0].uses_timestamps:
@@ -195,7 +196,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model.load_state_dict(soup_sd)                                      # config and vocabulary: the first listed
     from .train import environment
 
-    shared, stages, own = soup_lineage(folders)
     own_of = dict(zip(a.models, own, strict=True))
     for r in rows:
         r["stages"] = own_of[r["path"]]

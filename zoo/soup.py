@@ -10,9 +10,9 @@ typically the stages and side runs of one lineage (``zoo.train --init-from`` res
 the paper finds averaging to work (measured here on ML-1M: +0.0003 to +0.0015 validation NDCG@10, test changes inside
 the test users' resolution; the Mamba4Rec, SASRec and BERT4Rec cards are soups). Each ingredient is scored by
 validation NDCG@10 on ``FILE`` (the leave-one-out validation item; ``--exclude-history`` for LRURec's protocol).
-``uniform`` averages them all;
-``greedy`` (the paper's recipe) starts from the best ingredient and adds the others in order of their own score,
-keeping each one only if the soup's validation NDCG@10 does not drop. The test split is never read.
+``uniform`` averages them all; ``greedy`` (the paper's recipe) starts from the best ingredient and adds the others in
+order of their own score, keeping each one only if the soup's validation NDCG@10 does not drop. The test split is
+never read.
 
 ``DIR`` receives a normal model folder (``config.json`` of the first checkpoint listed, ``model.safetensors``,
 ``item_vocab.json``), loadable with ``from_pretrained`` and evaluated or exported like any checkpoint, and

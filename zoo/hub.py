@@ -290,12 +290,17 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
     stages: list[dict] = []
     seen = set()
     folder = pathlib.Path(run_dir)
+    expect = None       # the SHA-256 of the weights the stage after ``folder`` started from, when its log has it
     while True:
         key = folder.resolve()
         if key in seen:
             raise ValueError(f"training logs form a cycle at {folder}")
         seen.add(key)
         if (folder / "train_log.json").exists():
+            if expect and weights_sha256(folder) != expect:
+                logger.warning("training history stops at %s: %s no longer holds the weights it started from",
+                               run_dir, folder)
+                return stages
             log = json.load(open(folder / "train_log.json"))
             stages.insert(0, log)
             prev = log.get("init_from")
@@ -309,17 +314,12 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
             if not folder.exists():
                 logger.warning("training history stops at %s (init_from %s not found)", run_dir, prev)
                 return stages
-            sha = log.get("init_weights_sha256")
-            if sha and weights_sha256(folder) != sha and not (folder / STAGES_FILE).exists():
-                logger.warning("training history stops at %s: %s no longer holds the weights it started from",
-                               run_dir, folder)
-                return stages
+            expect = log.get("init_weights_sha256")
         elif (folder / STAGES_FILE).exists():
             earlier = json.load(open(folder / STAGES_FILE))["stages"]
-            sha = stages[0].get("init_weights_sha256") if stages else None
             if stages and stages[0] in earlier:         # the card holds this run (re-carded from it, or later stages)
                 return earlier[:earlier.index(stages[0])] + stages
-            if sha and weights_sha256(folder) != sha:   # the card was replaced since the run started from it
+            if expect and weights_sha256(folder) != expect:   # the card was replaced since the run started from it
                 logger.warning("training history stops at %s: the card %s was replaced since the run started from it",
                                run_dir, folder)
                 return stages

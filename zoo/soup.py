@@ -73,8 +73,7 @@ def check_ingredients(models: Sequence, names: Sequence[str]) -> list[str]:
         shapes = [k for k in ref_sd if sd[k].shape != ref_sd[k].shape]
         if shapes:
             raise ValueError(f"{name} and {ref_name} differ in the shape of {shapes[:4]}: not the same architecture")
-        vocab = getattr(m, "item_vocab", None)
-        if (vocab is None) != (ref_vocab is None) or (vocab is not None and list(vocab.items) != list(ref_vocab.items)):
+        if getattr(m, "item_vocab", None) != ref_vocab:                # ItemVocab equality: the same ids in order
             raise ValueError(f"{name} and {ref_name} have different item vocabularies: their item rows do not "
                              "mean the same items")
         a, b = ref.config.to_dict(), m.config.to_dict()

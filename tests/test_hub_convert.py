@@ -400,7 +400,7 @@ def test_card_compares_with_the_reference_under_the_references_protocol(tmp_path
     recbole = {"HR@10": 0.25, "NDCG@10": 0.13, "HR@20": 0.35, "NDCG@20": 0.16}
     masked = {"HR@10": 0.31, "NDCG@10": 0.17, "HR@20": 0.42, "NDCG@20": 0.20}
     protocol = {"name": "RecBole protocol", "history_masked": False, "command": "python -m zoo.evaluate ..."}
-    dataset = {"name": "MovieLens-1M", "type": "ml-1m", "users": 6040}
+    dataset = {"name": "MovieLens-1M", "type": "ml-1m", "users": 6040, "benchmark": hub.PUBLISHED_ON}
     log = {"stopped": "max epochs", "epochs": [{}] * 3, "train": {"lr_schedule": "linear"}}
     with pytest.raises(ValueError, match="another protocol"):
         hub.make_card(tmp_path, "b4r", recbole, protocol, dataset, log)
@@ -439,7 +439,7 @@ def test_card_states_the_optimiser_in_words():
     assert hub._threads_text(1) == "1 CPU thread" and hub._threads_text(2) == "2 CPU threads"
 
 
-def test_build_card_folder_measures_under_the_references_protocol(tmp_path):
+def test_build_card_folder_measures_under_the_references_protocol(tmp_path, monkeypatch):
     """Carding a BERT4Rec run (RecBole protocol) also evaluates it with the history masked, as its reference was
     measured; eval_results.json keeps those numbers, and they are what evaluate_model gives under that protocol."""
     import json
@@ -453,10 +453,11 @@ def test_build_card_folder_measures_under_the_references_protocol(tmp_path):
 
     torch.set_num_threads(1)
     data = str(_markov_file(tmp_path / "markov.tsv", n_users=40, length=(12, 20)))
+    _stand_in_for_the_published_benchmark(monkeypatch, data)
     train_main(["--model", "bert4rec", "--data", data, "--epochs", "1", "--max-len", "20", "--kcore", "0",
                 "--no-progress", "--out", str(tmp_path / "run"), "--set", "hidden_size=16", "inner_size=32"])
     card = tmp_path / "card"
-    hub.build_card_folder(str(tmp_path / "run"), "tiny-b4r", data, out_dir=str(card), dataset_type="ml-1m")
+    hub.build_card_folder(str(tmp_path / "run"), "tiny-b4r", data, out_dir=str(card))
     info = json.loads((card / "eval_results.json").read_text())
     ref = info["reference_protocol"]
     assert info["exclude_history"] is False and ref["exclude_history"] is True
@@ -475,7 +476,7 @@ def test_build_card_folder_measures_under_the_references_protocol(tmp_path):
     other = str(_markov_file(tmp_path / "other.tsv", n_users=40, n_items=60, length=(12, 20)))
     before = {f.name: f.read_bytes() for f in card.iterdir()}
     with pytest.raises(UnknownItemError):
-        hub.build_card_folder(str(tmp_path / "run2"), "tiny-b4r", other, out_dir=str(card), dataset_type="ml-1m")
+        hub.build_card_folder(str(tmp_path / "run2"), "tiny-b4r", other, out_dir=str(card))
     assert {f.name: f.read_bytes() for f in card.iterdir()} == before
     # a run folder that is not there, or not a finished run, is named before any evaluation (was a Hub-id error
     # from from_pretrained, or a missing train_log.json after the evaluation)
@@ -485,6 +486,16 @@ def test_build_card_folder_measures_under_the_references_protocol(tmp_path):
         with pytest.raises(SystemExit, match="card not written: " + message):
             hub.main(["card", "--run", str(run), "--name", "tiny-b4r", "--data", data, "--out", str(card)])
     assert {f.name: f.read_bytes() for f in card.iterdir()} == before
+
+
+def _stand_in_for_the_published_benchmark(monkeypatch, data):
+    """Let generated data (loaded with ``--kcore 0``, as the tiny runs are) stand for the ML-1M 5-core: a card compares
+    with the published numbers only on the data they were measured on, recognised by its statistics."""
+    from zoo.data import load_dataset
+
+    loaded = load_dataset(data, kcore=None)
+    monkeypatch.setitem(hub.BENCHMARKS, hub.PUBLISHED_ON,
+                        ((loaded.n_users, loaded.n_items, loaded.n_interactions), "ml-1m", "MovieLens-1M (5-core)"))
 
 
 def _tiny_gru4rec_run(tmp_path):
@@ -607,7 +618,7 @@ def test_a_card_is_measured_on_the_sequences_its_run_was_trained_on(tmp_path):
     assert hub.data_flags({"kcore": 3, "time_ties": "file"}) == " --kcore 3"
 
 
-def test_a_card_measured_with_the_history_masked_gives_that_protocol_and_its_command(tmp_path):
+def test_a_card_measured_with_the_history_masked_gives_that_protocol_and_its_command(tmp_path, monkeypatch):
     """A card measured with --exclude-history names the LRURec protocol and gives the zoo.evaluate command with the
     flag, which reproduces its numbers; GRU4Rec's reference being under the RecBole protocol, the reference
     measurement is made (and its command given) without the flag."""
@@ -617,6 +628,7 @@ def test_a_card_measured_with_the_history_masked_gives_that_protocol_and_its_com
     from zoo.evaluate import main as evaluate_main
 
     data, _ = _tiny_gru4rec_run(tmp_path)
+    _stand_in_for_the_published_benchmark(monkeypatch, data)
     card = tmp_path / "card"
     metrics = hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card), exclude_history=True)
     info = json.loads((card / "eval_results.json").read_text())
@@ -923,3 +935,59 @@ def test_training_stages_of_a_run_whose_card_moved_on(tmp_path, caplog):
     # hash then stops it at the replaced card
     (tmp_path / "e" / "train_log.json").write_text(json.dumps({"command": "train e", "init_from": str(tmp_path / "b")}))
     assert [s["command"] for s in hub.training_stages(tmp_path / "e")] == ["train b", "train e"]
+
+
+def test_card_names_its_dataset_from_the_data_and_compares_only_on_the_benchmark(tmp_path):
+    """A card's dataset is the data it was measured on: a run on other data is never named MovieLens-1M by default,
+    and naming it ml-1m does not make the card compare with the ML-1M papers' numbers (they were measured on the
+    ML-1M 5-core, which a card recognises by its statistics)."""
+    import yaml
+
+    data, _ = _tiny_gru4rec_run(tmp_path)
+
+    def card_meta(card):
+        text = (card / "README.md").read_text()
+        meta = yaml.safe_load(text.split("---")[1])
+        return meta["datasets"], meta["model-index"][0]["results"][0]["dataset"], text
+
+    hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(tmp_path / "c1"))
+    datasets, ds, text = card_meta(tmp_path / "c1")
+    assert datasets == ["markov"] and (ds["type"], ds["name"]) == ("markov", "markov.tsv"), ds
+    assert "Against the published numbers" not in text                    # GRU4Rec's reference is an ML-1M number
+    hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(tmp_path / "c2"), dataset_type="ml-1m",
+                          dataset_name="MovieLens-1M (5-core)")
+    datasets, ds, text = card_meta(tmp_path / "c2")
+    assert datasets == ["ml-1m"] and ds["name"] == "MovieLens-1M (5-core)"  # named as asked ...
+    assert "Against the published numbers" not in text                    # ... but not the benchmark
+    # the names: as given, else the recognised benchmark's, else the replaced card's, else the file's
+    ml1m = hub.BENCHMARKS["ml-1m-5core"]
+    assert hub._dataset_names(None, None, "ml-1m-5core", {"type": "x", "name": "X"}, "f.tsv") == ml1m[1:]
+    assert hub._dataset_names("t", None, "ml-1m-5core", {}, "f.tsv") == ("t", ml1m[2])
+    assert hub._dataset_names(None, None, None, {"type": "x", "name": "X"}, "f.tsv") == ("x", "X")
+    assert hub._dataset_names(None, "N", None, {}, "my.data.csv.gz") == ("my", "N")
+
+
+def test_the_benchmarks_are_recognised_by_their_statistics(shared_data):
+    """Every benchmark file of the data folder, loaded as the cards load it (k-core auto) and unfiltered, is the
+    benchmark BENCHMARKS names; ML-1M's 5-core is the one the published numbers belong to."""
+    import json
+
+    from tests.conftest import ROOT
+    from zoo.data import load_dataset
+
+    expected = {"ml-1m.5core.seq.gz": ("ml-1m-5core", "ml-1m-5core"),
+                "ml-1m.users0001-2999.inter.gz": ("ml-1m-u2999-5core", "ml-1m-u2999"),
+                "beauty.inter.gz": ("beauty-5core", "beauty-5core"), "sports.inter.gz": ("sports-5core", "sports-5core"),
+                "ml-100k.inter.gz": ("ml-100k-5core", "ml-100k")}
+    for name, (auto, unfiltered) in expected.items():
+        if not (shared_data / name).exists():
+            pytest.skip(f"{name} not found in {shared_data}")
+        assert hub.recognise_benchmark(load_dataset(shared_data / name)) == auto, name
+        assert hub.recognise_benchmark(load_dataset(shared_data / name, kcore=None)) == unfiltered, name
+    assert hub.PUBLISHED_ON == "ml-1m-5core"
+    # every bundled card names its dataset as the recognition would
+    for card in sorted((ROOT / "hub_cards").iterdir()):
+        info = json.loads((card / "eval_results.json").read_text())
+        loaded = load_dataset(shared_data / info["data_file"], **hub.run_data_options(info))
+        key = hub.recognise_benchmark(loaded)
+        assert key is not None and hub._card_dataset(card) == dict(zip(("type", "name"), hub.BENCHMARKS[key][1:])), card

@@ -44,6 +44,26 @@ PUBLISHED = {
 }
 #: keys of a PUBLISHED entry that are not metrics
 _REF_META = ("source", "history_masked")
+#: the public benchmarks a card names by itself, recognised by their statistics as loaded (users, items,
+#: interactions; ``../shared/data/README.md``): key -> (statistics, model-index dataset type, dataset name)
+BENCHMARKS = {
+    "ml-1m-5core": ((6040, 3416, 999611), "ml-1m", "MovieLens-1M (5-core)"),
+    "ml-1m-u2999-5core": ((2999, 3266, 486907), "ml-1m", "MovieLens-1M users 1-2999 (5-core, with timestamps)"),
+    "ml-1m-u2999": ((2999, 3615, 487650), "ml-1m", "MovieLens-1M users 1-2999 (with timestamps)"),
+    "beauty-5core": ((22363, 12101, 198502), "amazon-beauty", "Amazon Beauty (5-core)"),
+    "sports-5core": ((35598, 18357, 296337), "amazon-sports", "Amazon Sports (5-core)"),
+    "ml-100k-5core": ((943, 1349, 99287), "ml-100k", "MovieLens-100K (5-core)"),
+    "ml-100k": ((943, 1682, 100000), "ml-100k", "MovieLens-100K"),
+}
+#: the benchmark PUBLISHED's numbers were measured on: a card compares with them only on this data
+PUBLISHED_ON = "ml-1m-5core"
+
+
+def recognise_benchmark(ds) -> str | None:
+    """The :data:`BENCHMARKS` key of a loaded dataset (a :class:`zoo.data.SequenceDataset`), by its statistics;
+    None for any other data."""
+    stats = (ds.n_users, ds.n_items, ds.n_interactions)
+    return next((key for key, (known, _, _) in BENCHMARKS.items() if known == stats), None)
 #: a card's protocol name, by whether the history was masked
 PROTOCOL_NAMES = {False: "RecBole protocol", True: "LRURec protocol (history items masked)"}
 CARD_FILES = ("config.json", "model.safetensors", "item_vocab.json", "README.md")
@@ -149,7 +169,7 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
 {extra_sections}
 """
     ref = PUBLISHED.get(model_type)
-    if ref and ds_type == "ml-1m":
+    if ref and dataset.get("benchmark") == PUBLISHED_ON:
         # compare under the reference's own protocol: a card under the RecBole protocol whose reference was measured
         # with the history masked carries a second measurement (``reference_metrics``) made under that protocol
         same = bool(ref["history_masked"]) == bool(protocol.get("history_masked", False))
@@ -436,7 +456,10 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     (its ``training_log.json`` holds every stage); given as its own ``out_dir``
     the card is re-measured and re-written in place (same weights: new card sections, intervals, re-verified ONNX
     graphs). A card replaced in its folder keeps the protocol it was measured with (``exclude_history`` must match).
-    ``dataset_type``/``dataset_name`` default to those of the card being replaced, else MovieLens-1M's.
+    ``dataset_type``/``dataset_name`` name the data in the card; by default a recognised benchmark names itself
+    (:data:`BENCHMARKS`, by its statistics), other data keeps the names of the card being replaced, else is named
+    by its file. The card compares with the published numbers only when the data is the benchmark they were
+    measured on (:data:`PUBLISHED_ON`), whatever its names.
 
     When the model's published reference was measured under the other protocol (BERT4Rec: LRURec's history-masked
     numbers), the model is evaluated under that protocol too; ``eval_results.json["reference_protocol"]`` keeps
@@ -460,20 +483,21 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     in_place = os.path.isdir(out_dir) and os.path.samefile(run_dir, out_dir)
     _check_same_protocol(out_dir, exclude_history)
     kept_notes = card_notes(out_dir) if keep_notes else ""     # refused (no markers) before any measuring
-    old_ds = _card_dataset(out_dir)
-    dataset_type = dataset_type or old_ds.get("type") or "ml-1m"
-    dataset_name = dataset_name or old_ds.get("name") or "MovieLens-1M (5-core)"
     # everything is measured on the run's checkpoint first: an error (wrong data, a vocabulary that does not fit)
     # leaves an existing card folder as it was
     model = AutoModel.from_pretrained(run_dir)
     stages = training_stages(run_dir)
     log = stages[-1]                        # the run's own train_log.json, a soup, or a card folder's last stage
     data_options = run_data_options(log)    # the sequences it was trained on: same k-core, same order of ties
-    ds, _ = align_with_model(load_dataset(data, **data_options), model)
+    loaded = load_dataset(data, **data_options)
+    data_file = os.path.basename(data)
+    benchmark = recognise_benchmark(loaded)
+    dataset_type, dataset_name = _dataset_names(dataset_type, dataset_name, benchmark, _card_dataset(out_dir),
+                                                data_file)
+    ds, _ = align_with_model(loaded, model)
     test = leave_one_out(ds).test
     metrics, ranks = evaluate_model(model, test, ks=(5, 10, 20), exclude_history=exclude_history, return_ranks=True)
     intervals = bootstrap_interval(ranks, ks=(10,))
-    data_file = os.path.basename(data)
 
     def evaluate_command(masked: bool) -> str:
         return f"python -m zoo.evaluate --model {HUB_ORG}/{name} --data {data_file}" + data_flags(data_options) + (
@@ -486,12 +510,12 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                 "command": evaluate_command(exclude_history), "history_masked": exclude_history}
     ref = PUBLISHED.get(model.config.model_type)
     reference = None
-    if ref and dataset_type == "ml-1m" and bool(ref["history_masked"]) != exclude_history:
+    if ref and benchmark == PUBLISHED_ON and bool(ref["history_masked"]) != exclude_history:
         # the published number was measured under the other protocol: measure this model under it too
         masked = bool(ref["history_masked"])
         reference = {"exclude_history": masked, "command": evaluate_command(masked),
                      "metrics": evaluate_model(model, test, ks=(5, 10, 20), exclude_history=masked)}
-    dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences),
+    dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences), "benchmark": benchmark,
                "description": description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, "
                                              f"{ds.n_interactions:,} interactions"}
     notes = "\n\n".join(n for n in (kept_notes, notes.strip()) if n)   # the replaced card's notes first
@@ -532,6 +556,19 @@ def data_flags(options: dict) -> str:
     kcore, ties = options.get("kcore", "auto"), options.get("time_ties", "file")
     return ("" if kcore == "auto" else f" --kcore {'none' if kcore is None else kcore}") + (
         "" if ties == "file" else f" --time-ties {ties}")
+
+
+def _dataset_names(given_type: str | None, given_name: str | None, benchmark: str | None, replaced: dict,
+                   data_file: str) -> tuple[str, str]:
+    """``(type, name)`` of a card's dataset: each as given, else the recognised benchmark's (:data:`BENCHMARKS`),
+    else the replaced card's (``replaced``: :func:`_card_dataset`), else the data file's (its name up to the first
+    dot, and the file name), never another dataset's."""
+    if benchmark is not None:
+        _, known_type, known_name = BENCHMARKS[benchmark]
+    else:
+        known_type = replaced.get("type") or data_file.split(".")[0]
+        known_name = replaced.get("name") or data_file
+    return given_type or known_type, given_name or known_name
 
 
 def _card_dataset(card_dir: str | os.PathLike) -> dict:
@@ -630,8 +667,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--data", required=True)
     c.add_argument("--out", help="default hub_cards/<name>")
     c.add_argument("--exclude-history", action="store_true")
-    c.add_argument("--dataset-type", help="default: the replaced card's, else ml-1m")
-    c.add_argument("--dataset-name", help="default: the replaced card's, else 'MovieLens-1M (5-core)'")
+    c.add_argument("--dataset-type", help="the model-index dataset type (default: a recognised benchmark's, e.g. "
+                                          "ml-1m; else the replaced card's; else the data file's name)")
+    c.add_argument("--dataset-name", help="default: a recognised benchmark's, e.g. 'MovieLens-1M (5-core)'; else the "
+                                          "replaced card's; else the data file")
     c.add_argument("--description")
     c.add_argument("--notes", help="markdown file appended to the card (e.g. an ablation or a data caveat)")
     c.add_argument("--keep-notes", action="store_true",

@@ -67,13 +67,18 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import onnx
 import torch
-from onnx import AttributeProto, TensorProto
-from onnx import helper as oh
 
-from . import plugin_spec as ps
-from .runtime import SEEN_SCORE, SEEN_STATE
+from .deps import require
+
+# run as `python -m export.onnx` a missing package is a one-line error, imported a MissingDependencyError
+onnx = require("onnx", "export.onnx", cli=__name__ == "__main__")
+require("onnxruntime", "export.onnx (its verification runs the graph)", cli=__name__ == "__main__")
+from onnx import AttributeProto, TensorProto  # noqa: E402
+from onnx import helper as oh  # noqa: E402
+
+from . import plugin_spec as ps  # noqa: E402
+from .runtime import SEEN_SCORE, SEEN_STATE  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import onnxruntime as ort
+
+from .deps import require
+
+ort = require("onnxruntime", "export.runtime (running exported graphs)")
 
 GRAPH_FILE = "model.onnx"
 SPEC_FILE = "state_spec.json"

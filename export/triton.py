@@ -64,6 +64,7 @@ import tempfile
 from typing import Sequence
 
 from . import plugin_spec as ps
+from .deps import require
 
 SPEC_FILE = "state_spec.json"
 GRAPH_FILE = "model.onnx"
@@ -88,12 +89,7 @@ class TritonConfigError(ValueError):
 
 # ================================================================================================= validation
 def _model_config_pb2():
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as e:  # pragma: no cover - depends on the env
-        raise ImportError("validating Triton configs needs tritonclient with its protobuf schema: "
-                          "pip install 'tritonclient[http]' grpcio  (or the `triton` extra)") from e
-    return model_config_pb2
+    return require("tritonclient.grpc.model_config_pb2", "validating Triton configs (tritonclient's protobuf schema)")
 
 
 def float64_tensors(spec: dict) -> list[str]:
@@ -855,6 +851,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(str(e))
     if os.path.exists(a.repo) and not os.path.isdir(a.repo):
         p.error(f"--repo {a.repo} is a file, not a folder (the Triton model repository to write into)")
+    # what the run needs, before any export: the schema every config is validated with, and ONNX to export --model
+    for module in ("tritonclient.grpc.model_config_pb2",) + (() if a.onnx else ("onnx", "onnxruntime")):
+        require(module, "python -m export.triton", cli=True)
     errors: tuple = (TritonConfigError, OSError, ValueError)
     try:
         if a.onnx:

@@ -41,6 +41,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .deps import require
+
 
 class TritonRecommendError(RuntimeError):
     """Triton answered a request with an error (the message is Triton's / the model's)."""
@@ -73,13 +75,9 @@ def _load_vocab(vocab):
 
 
 def _module(protocol: str):
-    if protocol == "grpc":
-        import tritonclient.grpc as m
-    elif protocol == "http":
-        import tritonclient.http as m
-    else:
+    if protocol not in ("grpc", "http"):
         raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
-    return m
+    return require(f"tritonclient.{protocol}", f"export.triton_client ({protocol})")
 
 
 class _Base:

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import plugin_spec as ps
+from .deps import require
 
 EXIT_OK, EXIT_ERROR, EXIT_VERIFY_FAILED, EXIT_MISSING = 0, 1, 2, 3
 ENGINE_FILE = "model.engine"
@@ -580,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--exclude-seen", action="store_true",
                    help="rank the history's items last (a 'seen' state [B, n_items]; see export.onnx --exclude-seen)")
     a = p.parse_args(argv)
+    for module in ("onnx", "onnxruntime"):        # every run exports and verifies the ONNX graph first
+        require(module, "python -m export.trt", cli=True)
     try:
         check_run_numbers(workspace=a.workspace, topk=a.topk, max_batch=a.max_batch, opt_batch=a.opt_batch,
                           max_steps=a.max_steps)

@@ -991,3 +991,21 @@ def test_the_benchmarks_are_recognised_by_their_statistics(shared_data):
         loaded = load_dataset(shared_data / info["data_file"], **hub.run_data_options(info))
         key = hub.recognise_benchmark(loaded)
         assert key is not None and hub._card_dataset(card) == dict(zip(("type", "name"), hub.BENCHMARKS[key][1:])), card
+
+
+def test_recarding_a_folder_with_onnx_graphs_without_onnx_installed_stops_before_measuring(tmp_path, monkeypatch):
+    """A card folder holding ONNX graphs is re-exported after measuring: without onnx installed, `zoo.hub card`
+    says so in one line (naming the extra) before any evaluation, and leaves the folder as it was."""
+    import json
+    import sys
+
+    data, _ = _tiny_gru4rec_run(tmp_path)
+    card = tmp_path / "card"
+    (card / "onnx").mkdir(parents=True)
+    (card / "onnx" / "state_spec.json").write_text(json.dumps({"kind": "step", "topk": 5, "outputs": []}))
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setattr("zoo.evaluate.evaluate_model", lambda *a, **k: pytest.fail("measured before the check"))
+    with pytest.raises(SystemExit, match=rf"^card not written: re-exporting the ONNX graphs of {card} needs onnx, "
+                                         r".*pip install 'ssm-rec-zoo\[export\]'"):
+        hub.main(["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data, "--out", str(card)])
+    assert [p.name for p in card.rglob("*")] == ["onnx", "state_spec.json"]

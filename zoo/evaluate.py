@@ -454,6 +454,9 @@ def _write_json(result: dict, path: str | None) -> None:
 
 def _main_onnx(args, t0: float) -> dict:
     """``--onnx DIR``: the exported graph on the same examples (:func:`evaluate_onnx`)."""
+    from export.deps import require
+
+    require("onnxruntime", "zoo.evaluate --onnx", cli=True)
     from export.runtime import _resolve, read_spec
 
     from .vocab import ItemVocab

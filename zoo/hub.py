@@ -483,6 +483,12 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     in_place = os.path.isdir(out_dir) and os.path.samefile(run_dir, out_dir)
     _check_same_protocol(out_dir, exclude_history)
     kept_notes = card_notes(out_dir) if keep_notes else ""     # refused (no markers) before any measuring
+    exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
+    if exports:                                         # with what re-exports them, or refused before any measuring
+        from export.deps import require
+
+        for module in ("onnx", "onnxruntime"):
+            require(module, f"re-exporting the ONNX graphs of {out_dir}")
     # everything is measured on the run's checkpoint first: an error (wrong data, a vocabulary that does not fit)
     # leaves an existing card folder as it was
     model = AutoModel.from_pretrained(run_dir)
@@ -519,7 +525,6 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                "description": description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, "
                                              f"{ds.n_interactions:,} interactions"}
     notes = "\n\n".join(n for n in (kept_notes, notes.strip()) if n)   # the replaced card's notes first
-    exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
     # the new card is written into a staged copy of the folder and swapped in whole: a failure on the way (an ONNX
     # graph that no longer verifies, a full disk) leaves the card folder as it was
     try:
@@ -684,6 +689,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, path in bundled_models().items():
             print(f"{HUB_ORG}/{name}\t{path}")
     elif args.cmd == "card":
+        from export.deps import MissingDependencyError
+
         try:
             notes = pathlib.Path(args.notes).read_text() if args.notes else ""
         except (OSError, UnicodeDecodeError) as e:
@@ -691,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             m = build_card_folder(args.run, args.name, args.data, args.out, args.exclude_history, args.description,
                                   args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes)
-        except (OSError, KeyError, ValueError, RuntimeError) as e:  # the messages name what failed
+        except (OSError, KeyError, ValueError, RuntimeError, MissingDependencyError) as e:  # they name what failed
             sys.exit(f"card not written: {e}")
         print(json.dumps(m, indent=1))
     elif args.cmd == "push":

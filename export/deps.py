@@ -1,0 +1,62 @@
+"""The deployment path's optional dependencies: import one by name, or stop with an error naming the extra that
+installs it.
+
+``pip install ssm-rec-zoo`` installs what the models, training, evaluation and cards need; the exporters and the
+Triton client need an extra (``pyproject.toml``). A missing one is named with the command that installs it, never
+left to a bare ``ModuleNotFoundError`` traceback. This module imports nothing of the zoo (nor torch), so that
+``export.runtime`` and ``export.triton_client`` stay light::
+
+    onnx = require("onnx", "export.onnx")
+    # MissingDependencyError: export.onnx needs onnx, which is not installed here:
+    #     pip install 'ssm-rec-zoo[export]'  (or: pip install onnx)
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+#: top-level import name -> (what pip installs, the ``ssm-rec-zoo`` extra that brings it)
+OPTIONAL = {
+    "onnx": ("onnx", "export"),
+    "onnxruntime": ("onnxruntime", "export"),
+    "tritonclient": ("tritonclient[http]", "triton"),
+    "grpc": ("grpcio", "triton"),
+    "matplotlib": ("matplotlib", "bench"),
+}
+
+
+class MissingDependencyError(ImportError):
+    """An optional package that a feature needs is not installed; the message says how to install it."""
+
+
+def require(module: str, needed_by: str, *, cli: bool = False) -> ModuleType:
+    """Import and return ``module`` (e.g. ``"onnx"``, ``"tritonclient.grpc"``) for ``needed_by`` (what needs it, as the
+    user calls it: ``"python -m export.onnx"``).
+
+    When an optional package of :data:`OPTIONAL` is missing (``module`` itself or one it imports, e.g. ``grpc`` under
+    ``tritonclient.grpc``, which re-raises that as a ``RuntimeError``): :class:`MissingDependencyError` naming it and
+    its extra; with ``cli`` (a command's own check, or a module run as ``python -m``) the same text as a one-line
+    ``error: ...`` and exit status 1 instead of a traceback. Any other import failure (a broken installation) is
+    raised as it is."""
+    try:
+        return importlib.import_module(module)
+    except (ImportError, RuntimeError) as e:
+        missing = _missing_optional(e)
+        if missing is None:
+            raise
+        dist, extra = OPTIONAL[missing]
+        err = MissingDependencyError(f"{needed_by} needs {dist}, which is not installed here: "
+                                     f"pip install 'ssm-rec-zoo[{extra}]'  (or: pip install '{dist}')", name=missing)
+    if cli:
+        raise SystemExit(f"error: {err}")
+    raise err
+
+
+def _missing_optional(e: BaseException | None) -> str | None:
+    """The :data:`OPTIONAL` package whose absence ``e`` (or an error it was raised from) reports, else None."""
+    while e is not None:
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in OPTIONAL:
+            return e.name.split(".")[0]
+        e = e.__cause__ or e.__context__
+    return None

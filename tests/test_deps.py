@@ -1,0 +1,88 @@
+"""Optional dependencies (export.deps): a missing one is named with the extra that installs it, as a one-line error
+from the commands and a MissingDependencyError from the library, before any work."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from export.deps import OPTIONAL, MissingDependencyError, require
+from tests.conftest import ROOT
+
+
+def test_require_imports_what_is_there_and_names_the_extra_of_what_is_not(monkeypatch):
+    import onnx
+
+    assert require("onnx", "x") is onnx
+    monkeypatch.setitem(sys.modules, "onnx", None)            # as if not installed
+    with pytest.raises(MissingDependencyError, match=r"^export.onnx needs onnx, which is not installed here: "
+                                                     r"pip install 'ssm-rec-zoo\[export\]'") as e:
+        require("onnx", "export.onnx")
+    assert e.value.name == "onnx" and isinstance(e.value, ImportError)
+    with pytest.raises(SystemExit, match=r"^error: python -m export.onnx needs onnx, .*\[export\]") as e:
+        require("onnx", "python -m export.onnx", cli=True)
+    # a package a submodule imports: named as the one missing (tritonclient.grpc needs grpcio)
+    monkeypatch.setitem(sys.modules, "grpc", None)
+    for name in [m for m in sys.modules if m.startswith("tritonclient.grpc")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(MissingDependencyError, match=r"needs grpcio, .*'ssm-rec-zoo\[triton\]'"):
+        require("tritonclient.grpc.model_config_pb2", "validating Triton configs")
+    # anything else missing is not ours to reword: a broken installation keeps its own error
+    with pytest.raises(ModuleNotFoundError) as e:
+        require("zoo_no_such_module", "x")
+    assert not isinstance(e.value, MissingDependencyError)
+    assert set(OPTIONAL) >= {"onnx", "onnxruntime", "tritonclient", "grpc"}
+
+
+def _run(code: str, cwd) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter at the repository root (the package as a user imports it)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          cwd=str(cwd), timeout=300)
+
+
+def _command_without(missing: str, module: str, args: list[str], cwd) -> subprocess.CompletedProcess:
+    """``python -m module args`` with the package ``missing`` not importable (``sys.modules[missing] = None``)."""
+    return _run(f"""
+        import runpy, sys
+        sys.modules[{missing!r}] = None
+        sys.argv = [{module!r}] + {args!r}
+        runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
+        """, cwd)
+
+
+@pytest.mark.parametrize("missing, module, args, needed_by, extra", [
+    ("onnx", "export.onnx", ["--model", "m", "--out", "o"], "export.onnx", "export"),
+    ("onnxruntime", "export.onnx", ["--model", "m", "--out", "o"], "export.onnx (its verification runs the graph)",
+     "export"),
+    ("onnx", "export.trt", ["--model", "m", "--out", "o"], "python -m export.trt", "export"),
+    ("tritonclient", "export.triton", ["--model", "m", "--repo", "o"], "python -m export.triton", "triton"),
+    ("onnx", "export.triton", ["--model", "m", "--repo", "o"], "python -m export.triton", "export"),
+    ("onnxruntime", "zoo.evaluate", ["--onnx", "g", "--data", "d"], "zoo.evaluate --onnx", "export"),
+])
+def test_a_command_without_its_optional_package_says_so_in_one_line_before_any_work(tmp_path, missing, module,
+                                                                                    args, needed_by, extra):
+    p = _command_without(missing, module, args, tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"error: {needed_by} needs {OPTIONAL[missing][0]}, which is not installed here: "
+        f"pip install 'ssm-rec-zoo[{extra}]'  (or: pip install '{OPTIONAL[missing][0]}')"], p.stderr
+    assert list(tmp_path.iterdir()) == []                      # nothing written (no output folder begun)
+
+
+def test_the_library_raises_missing_dependency_error_and_the_runtime_stays_torch_free(tmp_path):
+    p = _run("""
+        import sys
+        import export.runtime                                  # onnxruntime + numpy only: not the zoo, not torch
+        assert "torch" not in sys.modules and "zoo" not in sys.modules, sorted(m for m in sys.modules if m in ("torch", "zoo"))
+        sys.modules["onnx"] = None
+        from export.deps import MissingDependencyError
+        try:
+            import export.onnx
+        except MissingDependencyError as e:
+            assert str(e).startswith("export.onnx needs onnx") and e.name == "onnx", e
+            print("OK")
+        """, tmp_path)
+    assert p.returncode == 0 and p.stdout.strip() == "OK", p.stdout + p.stderr

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Sequence
 
-from .vocab import is_int_text
+from .vocab import UnknownItemError, is_int_text
 
 import numpy as np
 import torch
@@ -228,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         rec = model.recommend([history], k=args.k, exclude_seen=args.exclude_seen,
                               timestamps=[timestamps] if model.uses_timestamps else None)
+    except UnknownItemError as e:
+        sys.exit(f"error: {e} (--unknown-items drop leaves such items out of the history)")
     except (KeyError, ValueError, TypeError) as e:
         sys.exit(f"error: {e}")
     out = {"model": args.model, "model_type": model.config.model_type, "history_length": len(history),

@@ -1265,18 +1265,19 @@ def write_card_section(card_dir: str | os.PathLike, spec: dict, rel_dir: str) ->
 
 
 # ======================================================================================================== CLI
-def load_real_histories(path: str, model, max_users: int = 512,
-                        with_timestamps: bool = False) -> list[list[int]] | tuple[list[list[int]], list | None]:
+def load_real_histories(path: str, model, max_users: int = 512, with_timestamps: bool = False,
+                        columns: dict | None = None) -> list[list[int]] | tuple[list[list[int]], list | None]:
     """Histories (internal indices) from an interaction file, mapped with the model's vocabulary (items it does not
     know are left out). ``with_timestamps``: return ``(histories, timestamps)``, the float64 seconds of each kept item
-    (``None`` when the file has no timestamps), in time order (stable: ties keep the file order)."""
+    (``None`` when the file has no timestamps), in time order (stable: ties keep the file order). ``columns``: the
+    file's header columns by role when not called by the usual names (:func:`zoo.data.read_interactions`)."""
     from zoo.data.readers import read_interactions
     from zoo.data.split import build_sequences
     from zoo.vocab import UnknownItemError
 
     # per user (in the order of their first row, wherever their rows stand: a file sorted by time interleaves its
     # users), in time order with ties in file order; the file's own ids back through the dataset's vocabulary
-    ds = build_sequences(read_interactions(path))
+    ds = build_sequences(read_interactions(path, columns=columns))
     has_ts = ds.timestamps is not None
     hist, tss = [], []
     for j in range(min(ds.n_users, max_users * 4)):
@@ -1305,7 +1306,7 @@ def load_real_histories(path: str, model, max_users: int = 512,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zoo.cli import check_outputs, positive_int
+    from zoo.cli import add_columns_option, check_outputs, positive_int
 
     p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
@@ -1323,6 +1324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="rank the items of the history last (step graphs: a 'seen' state [B, n_items]; window graphs: "
                         "the input window), as the LRURec protocol's history masking")
     p.add_argument("--data", default=None, help="interaction file for the 'real histories' verification cases")
+    add_columns_option(p)
     p.add_argument("--card-dir", default=None,
                    help="write the graph into CARD_DIR/onnx[-window]/ and add an 'ONNX export' section to its README")
     p.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
@@ -1366,7 +1368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rel = "onnx" if kind == "step" else "onnx-window"
         out = os.path.join(args.card_dir, rel)
     try:
-        real, real_ts = load_real_histories(args.data, model, with_timestamps=True) if args.data else (None, None)
+        real, real_ts = (load_real_histories(args.data, model, with_timestamps=True, columns=args.columns)
+                         if args.data else (None, None))
     except (OSError, ValueError, TypeError) as e:              # TypeError: the file's ids are not the vocabulary's kind
         p.error(f"--data {args.data}: {e}")
     if real is not None:

@@ -140,7 +140,7 @@ def perf_analyzer_command(cfg, out: str | os.PathLike, n_streams: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zoo.cli import cannot, check_outputs, error_text, kcore, positive_int, written_whole
+    from zoo.cli import add_columns_option, cannot, check_outputs, error_text, kcore, positive_int, written_whole
     from zoo.data import TIME_TIES, load_dataset
 
     p = argparse.ArgumentParser(prog="python -m export.perf_data", description=__doc__.split("\n\n")[0])
@@ -159,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--kcore", type=kcore, default="auto", help="k-core filter of --data (as in zoo.evaluate)")
     p.add_argument("--time-ties", choices=TIME_TIES, default="file",
                    help="order of one user's same-second interactions (as in zoo.evaluate)")
+    add_columns_option(p)
     a = p.parse_args(argv)
     try:
         check_outputs({"--out": a.out}, {"--data": a.data})
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zoo.evaluate import align_with_vocab
 
         cfg, spec, vocab = read_model_folder(pathlib.Path(a.repo) / a.name)
-        ds = load_dataset(a.data, kcore=a.kcore, time_ties=a.time_ties)
+        ds = load_dataset(a.data, kcore=a.kcore, time_ties=a.time_ties, columns=a.columns)
         ds, note = align_with_vocab(ds, vocab, int(spec["n_items"]), f"model {a.name!r}", a.unknown_items)
         if note.startswith("WARNING"):
             print(note, file=sys.stderr)

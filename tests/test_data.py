@@ -44,6 +44,48 @@ def test_atomic_columns_by_name_any_order(tmp_path):
     assert x.timestamp.tolist() == [5.0, 6.0]
 
 
+def test_columns_named_by_role(tmp_path):
+    """A header whose columns have other names (Amazon's reviewerID/asin/unixReviewTime, a shop's export) is read with
+    columns= naming them by role; a role not named is found by its usual names; a named column must be there,
+    exactly."""
+    amazon = write(tmp_path / "reviews.csv", "reviewerID,asin,overall,unixReviewTime\nA1,B7,5,300\nA1,B9,4,100\n"
+                                             "A2,B7,3,200\n")
+    with pytest.raises(ValueError, match="unknown interaction file format.*--columns user=NAME item=NAME"):
+        read_interactions(amazon)
+    x = read_interactions(amazon, columns={"user": "reviewerID", "item": "asin", "time": "unixReviewTime"})
+    assert x.format == "delimited" and x.user.tolist() == ["A1", "A1", "A2"] and x.item.tolist() == ["B7", "B9", "B7"]
+    assert x.timestamp.tolist() == [300.0, 100.0, 200.0]
+    # the same file without its time column named: no timestamps (the usual names are not in the header)
+    assert read_interactions(amazon, columns={"user": "reviewerID", "item": "asin"}).timestamp is None
+    # one role named, the others by their usual names; an atomic header compares the name before ':'
+    shop = write(tmp_path / "shop.tsv", "user_id\tsku\ttimestamp\nu\ts1\t1\nu\ts2\t2\n")
+    assert read_interactions(shop, columns={"item": "sku"}).item.tolist() == ["s1", "s2"]
+    typed = write(tmp_path / "x.inter", "session:token\tproduct:token\tts:float\n1\t10\t5\n")
+    x = read_interactions(typed, columns={"user": "session", "item": "product"})
+    assert x.format == "atomic" and x.user.tolist() == [1] and x.timestamp.tolist() == [5.0]
+    ds = load_dataset(amazon, kcore=None, columns={"user": "reviewerID", "item": "asin", "time": "unixReviewTime"})
+    assert ds.vocab.decode(ds.sequences[0].tolist()) == ["B9", "B7"]                # A1's items in time order
+    for columns, message in [
+            ({"user": "customer", "item": "asin"}, r"no user column 'customer' in the header \['reviewerID', "),
+            ({"user": "reviewerid", "item": "asin"}, "no user column 'reviewerid'"),        # exact, not any case
+            ({"usr": "reviewerID"}, r"unknown role\(s\) \['usr'\]; the roles are \['user', 'item', 'time'\]"),
+            ({"user": " ", "item": "asin"}, r"an empty column name for \['user'\]"),
+            ({"user": "asin", "item": "asin"}, "one header column given two roles")]:
+        with pytest.raises(ValueError, match=message):
+            read_interactions(amazon, columns=columns)
+    # a role named only implicitly twice: the item column found by its usual name is the one named for the user
+    both = write(tmp_path / "both.csv", "item_id,x\n1,2\n")
+    with pytest.raises(ValueError, match="one header column found for two roles"):
+        read_interactions(both, columns={"user": "item_id"})
+    # formats whose columns are fixed take no names
+    seq = write(tmp_path / "s.seq", "user_id\titem_ids_chronological\n1\t1 2 3\n")
+    with pytest.raises(ValueError, match="a seq file's columns are fixed"):
+        read_interactions(seq, columns={"user": "user_id"})
+    ml = write(tmp_path / "ratings.dat", "1::10::5::100\n")
+    with pytest.raises(ValueError, match="a movielens file's columns are fixed"):
+        read_interactions(ml, columns={"user": "u"})
+
+
 def test_gzip_detected_by_magic_not_name(tmp_path):
     p = write(tmp_path / "noext.inter", ATOMIC, gz=True)
     assert len(read_interactions(p)) == 3

@@ -1009,3 +1009,49 @@ def test_recarding_a_folder_with_onnx_graphs_without_onnx_installed_stops_before
                                          r".*pip install 'ssm-rec-zoo\[export\]'"):
         hub.main(["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data, "--out", str(card)])
     assert [p.name for p in card.rglob("*")] == ["onnx", "state_spec.json"]
+
+
+def test_a_run_on_a_file_with_other_column_names_keeps_them_through_card_evaluate_and_soup(tmp_path, capsys):
+    """--columns names a file's user/item/time columns: the run logs them with its data options, its card's
+    zoo.evaluate command carries them and reproduces the card's numbers, and zoo.soup reads the same data; a role
+    given twice or an unknown role is a usage error."""
+    import json
+    import shlex
+
+    import torch
+
+    from tests.test_train import TINY, _markov_file
+    from zoo.evaluate import main as evaluate_main
+    from zoo.soup import main as soup_main
+    from zoo.train import main as train_main
+
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "shop.csv", n_users=30, length=(12, 20))
+    data.write_text("customer\tproduct\twhen\n" + data.read_text().split("\n", 1)[1])
+    data = str(data)
+    columns = ["--columns", "user=customer", "item=product", "time=when"]
+    common = ["--model", "gru4rec", "--data", data, "--epochs", "1", "--max-len", "20", "--kcore", "0",
+              "--no-progress", "--set", *TINY["gru4rec"]]
+    with pytest.raises(SystemExit):                                   # the usual names are not there
+        train_main(common + ["--out", str(tmp_path / "x")])
+    train_main(common + ["--out", str(tmp_path / "a")] + columns)
+    log = json.loads((tmp_path / "a" / "train_log.json").read_text())
+    assert log["data_options"] == {"kcore": None, "time_ties": "file",
+                                   "columns": {"user": "customer", "item": "product", "time": "when"}}
+    card = tmp_path / "card"
+    metrics = hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card))
+    command = json.loads((card / "eval_results.json").read_text())["protocol"]["command"]
+    assert command.endswith(" --kcore none --columns user=customer item=product time=when"), command
+    flags = shlex.split(command)
+    again = evaluate_main(["--model", str(card), "--data", data, "--no-progress", *flags[flags.index("--data") + 2:]])
+    assert again["metrics"] == metrics and again["protocol"]["columns"] == log["data_options"]["columns"]
+    train_main(common + ["--out", str(tmp_path / "b"), "--seed", "3"] + columns)
+    soup_main(["--models", str(tmp_path / "a"), str(tmp_path / "b"), "--data", data, "--kcore", "0",
+               "--out", str(tmp_path / "soup"), "--method", "uniform"] + columns)
+    assert json.loads((tmp_path / "soup" / hub.SOUP_LOG).read_text())["data_options"] == log["data_options"]
+    for bad, message in ((["user=customer", "user=x"], "--columns: user given twice"),
+                         (["usr=customer"], "expected ROLE=NAME with ROLE one of user, item, time")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            evaluate_main(["--model", str(card), "--data", data, "--columns", *bad])
+        assert message in capsys.readouterr().err

@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 
+from .data.readers import COLUMN_ROLES, check_columns
 from .data.split import parse_kcore
 
 
@@ -38,6 +39,39 @@ def kcore(value: str) -> int | None | str:
         return parse_kcore(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _column(value: str) -> tuple[str, str]:
+    """One ``--columns`` word: ``ROLE=NAME``."""
+    role, sep, name = value.partition("=")
+    if not sep or role not in COLUMN_ROLES or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected ROLE=NAME with ROLE one of {', '.join(COLUMN_ROLES)}, got "
+                                         f"{value!r}")
+    return role, name
+
+
+class _Columns(argparse.Action):
+    """``--columns user=NAME item=NAME [time=NAME]`` -> ``{"user": NAME, ...}`` (checked by
+    :func:`zoo.data.readers.check_columns`); a role given twice is a usage error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        roles = [role for role, _ in values]
+        twice = sorted({r for r in roles if roles.count(r) > 1})
+        if twice:
+            parser.error(f"{option_string}: {', '.join(twice)} given twice")
+        try:
+            setattr(namespace, self.dest, check_columns(dict(values)))
+        except ValueError as e:
+            parser.error(f"{option_string}: {e}")
+
+
+def add_columns_option(parser: argparse.ArgumentParser) -> None:
+    """``--columns``: the header names of the user, item and time columns of ``--data`` (a delimited or atomic
+    file whose columns are not called by the usual names), as :func:`zoo.data.load_dataset`'s ``columns``."""
+    parser.add_argument("--columns", nargs="+", type=_column, action=_Columns, default=None, metavar="ROLE=NAME",
+                        help="header columns of --data by role when not called user_id/item_id/timestamp (or the "
+                             "other usual names): user=NAME item=NAME [time=NAME], e.g. --columns user=customer "
+                             "item=product time=when")
 
 
 def error_text(e: Exception) -> str:

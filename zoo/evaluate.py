@@ -45,7 +45,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .cli import cannot, check_outputs, error_text, positive_int, written_whole
+from .cli import add_columns_option, cannot, check_outputs, error_text, positive_int, written_whole
 from .cli import kcore as kcore_arg
 from .data.batching import eval_batches
 from .data.split import TIME_TIES, EvalExamples, SequenceDataset, leave_one_out, load_dataset
@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="order of one user's interactions with equal timestamps: file (their file order, a stable "
                         "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz); it decides "
                         "which item is the test item when the last ones tie")
+    add_columns_option(p)
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -353,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "max_seq_length": int(model.config.max_seq_length),
         "kcore": ds.kcore,  # effective (user_k, item_k), None when unfiltered
         "time_ties": ds.time_ties,
+        "columns": args.columns,
         "ks": list(args.ks),
         "unknown_items": args.unknown_items,
     }
@@ -384,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def _load_data(args):
     """``--data`` read and k-core filtered; a missing or malformed file is a one-line error naming it."""
     try:
-        return load_dataset(args.data, kcore=args.kcore, time_ties=args.time_ties)
+        return load_dataset(args.data, kcore=args.kcore, time_ties=args.time_ties, columns=args.columns)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -511,6 +513,7 @@ def _main_onnx(args, t0: float) -> dict:
         "max_seq_length": int(spec["max_seq_length"]),
         "kcore": ds.kcore,
         "time_ties": ds.time_ties,
+        "columns": args.columns,
         "ks": list(args.ks),
         "unknown_items": args.unknown_items,
     }

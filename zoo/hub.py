@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pathlib
+import shlex
 import shutil
 import sys
 from typing import Sequence
@@ -542,25 +543,29 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                            "exclude_history": exclude_history,
                            **({"reference_protocol": reference} if reference else {})}, f, indent=1)
             for args in exports:
-                refresh_onnx_export(stage, args, data)
+                refresh_onnx_export(stage, args, data, data_options.get("columns"))
     except RuntimeError as e:
         raise RuntimeError(f"{e}; {out_dir} was left as it was") from e
     return metrics
 
 
 def run_data_options(log: dict) -> dict:
-    """The :func:`zoo.data.load_dataset` options (``kcore``, ``time_ties``) a run's checkpoint was trained with, from
-    its log's ``data_options``; a log from before they were recorded ran with the defaults (``"auto"``, ``"file"``)."""
+    """The :func:`zoo.data.load_dataset` options (``kcore``, ``time_ties``, ``columns``) a run's checkpoint was trained
+    with, from its log's ``data_options``; a log from before they were recorded ran with the defaults (``"auto"``,
+    ``"file"``, the usual column names)."""
+    from .data import load_options
+
     given = log.get("data_options") or {}
-    return {"kcore": given.get("kcore", "auto"), "time_ties": given.get("time_ties", "file")}
+    return load_options(given.get("kcore", "auto"), given.get("time_ties", "file"), given.get("columns"))
 
 
 def data_flags(options: dict) -> str:
     """The ``zoo.evaluate`` flags that load the data as ``options`` (:func:`run_data_options`) say: ``""`` for the
     defaults."""
-    kcore, ties = options.get("kcore", "auto"), options.get("time_ties", "file")
+    kcore, ties, columns = options.get("kcore", "auto"), options.get("time_ties", "file"), options.get("columns")
     return ("" if kcore == "auto" else f" --kcore {'none' if kcore is None else kcore}") + (
-        "" if ties == "file" else f" --time-ties {ties}")
+        "" if ties == "file" else f" --time-ties {ties}") + (
+        "" if not columns else " --columns " + " ".join(shlex.quote(f"{r}={n}") for r, n in columns.items()))
 
 
 def _dataset_names(given_type: str | None, given_name: str | None, benchmark: str | None, replaced: dict,
@@ -629,11 +634,14 @@ def existing_onnx_exports(card_dir: str | os.PathLike) -> list[list[str]]:
     return found
 
 
-def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str | None = None) -> None:
-    """Re-export (and verify) one ONNX graph of a card folder from its current weights; raises when that fails."""
+def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str | None = None,
+                        columns: dict | None = None) -> None:
+    """Re-export (and verify) one ONNX graph of a card folder from its current weights (``data``, read with
+    ``columns``: real histories for the verification); raises when that fails."""
     from export.onnx import main as onnx_main
 
-    argv = ["--model", str(card_dir), "--card-dir", str(card_dir), *args] + (["--data", data] if data else [])
+    argv = ["--model", str(card_dir), "--card-dir", str(card_dir), *args] + (["--data", data] if data else []) + (
+        ["--columns", *(f"{r}={n}" for r, n in columns.items())] if columns else [])
     print("[zoo.hub] re-exporting (and verifying) the card's ONNX graph from its weights: "
           f"python -m export.onnx {' '.join(argv)}", flush=True)
     rc = onnx_main(argv)

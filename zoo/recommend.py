@@ -117,7 +117,7 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .cli import cannot, check_outputs, error_text, positive_int
+    from .cli import add_columns_option, cannot, check_outputs, error_text, positive_int
     from .cli import kcore as kcore_arg
     from .data import TIME_TIES
 
@@ -144,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--time-ties", choices=TIME_TIES, default="file",
                    help="order of a user's interactions with equal timestamps in --data: file (their file order) or "
                         "item (by item id); use the order the model was trained on")
+    add_columns_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass (--all-users)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (--all-users)")
     args = p.parse_args(argv)
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from .data import load_dataset
 
         try:
-            ds = load_dataset(args.data, kcore=args.kcore, time_ties=args.time_ties)
+            ds = load_dataset(args.data, kcore=args.kcore, time_ties=args.time_ties, columns=args.columns)
         except (OSError, ValueError) as e:
             sys.exit(f"error: {e}")
     if args.all_users:

@@ -138,7 +138,7 @@ def make_soup(state_dicts: dict, score: Callable[[dict], float], method: str = "
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``python -m zoo.soup``; returns the soup log."""
-    from .cli import error_text, kcore, written_whole_folder
+    from .cli import add_columns_option, error_text, kcore, written_whole_folder
     from .data import TIME_TIES
 
     p = argparse.ArgumentParser(prog="python -m zoo.soup", description=__doc__.split("\n\n")[0])
@@ -149,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: history items masked")
     p.add_argument("--kcore", type=kcore, default="auto", help="k-core filter of --data (as in zoo.train)")
     p.add_argument("--time-ties", choices=TIME_TIES, default="file")
+    add_columns_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an --out folder that already holds files, whole")
     a = p.parse_args(argv)
     if len(a.models) < 2 or len(set(a.models)) != len(a.models):
@@ -163,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     import zoo  # noqa: F401  (registers the zoo models with AutoModel)
 
-    from .data import leave_one_out, load_dataset
+    from .data import leave_one_out, load_dataset, load_options
     from .evaluate import align_with_model, evaluate_model
     from .pretrained import resolve_pretrained
 
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         models = [AutoModel.from_pretrained(f).eval() for f in folders]
         notes = check_ingredients(models, a.models)
         shared, stages, own = soup_lineage(folders)     # before the scoring: a broken history fails fast
-        ds = load_dataset(a.data, kcore=a.kcore, time_ties=a.time_ties)
+        ds = load_dataset(a.data, kcore=a.kcore, time_ties=a.time_ties, columns=a.columns)
         ds, vocab_note = align_with_model(ds, models[0])
         if models[0].uses_timestamps:
             ds.check_timestamps_for(type(models[0]).__name__)
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     trained = stages[own_of[first][-1]] if own_of[first] else (shared[-1] if shared else {})
     log = {"kind": "soup", "method": a.method, "ingredients": rows, "valid_NDCG@10": best,
            "init_valid_NDCG10": rows[0]["valid_NDCG@10"], "best_valid_NDCG10": best,
-           "data": os.path.abspath(a.data), "data_options": {"kcore": a.kcore, "time_ties": a.time_ties},
+           "data": os.path.abspath(a.data), "data_options": load_options(a.kcore, a.time_ties, a.columns),
            "protocol": "lrurec (history excluded)" if a.exclude_history else "recbole",
            "config_notes": notes, "vocab": vocab_note,
            "command": "python -m zoo.soup " + " ".join(sys.argv[1:] if argv is None else argv),

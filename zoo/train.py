@@ -291,7 +291,8 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             batch_size: int | None, clip: float | None, device: str | None, amp: bool, max_minutes: float | None,
             valid_users: int | None, kcore, init_from: str | None, lr_schedule: str, window_stride: int | None,
             loss_weighting: str, eval_every: int, decay_over: str, overwrite: bool, resume: bool = False,
-            settings: dict | None = None, time_ties: str = "file", warmup_steps: int = 0):
+            settings: dict | None = None, time_ties: str = "file", warmup_steps: int = 0,
+            columns: dict | None = None):
     """Everything :func:`train` does before its first epoch, in this order: check the settings (with ``resume``:
     against the interrupted run's), seed, read and split the data, build (or load ``init_from``) the model, cut the
     training windows. Writes nothing.
@@ -345,7 +346,7 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     if amp and device.type != "cuda":
         raise ValueError(f"amp (bfloat16 autocast) is for CUDA; the run is on {device}")
     set_seed(seed)
-    ds = load_dataset(data, kcore=kcore, time_ties=time_ties)
+    ds = load_dataset(data, kcore=kcore, time_ties=time_ties, columns=columns)
     model_cls = get_model_class(model_type)[1]
     if model_cls.uses_timestamps:
         ds.check_timestamps_for(model_cls.__name__)
@@ -379,7 +380,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant",
           window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1,
           decay_over: str = "epochs", overwrite: bool = False, resume: bool = False,
-          time_ties: str = "file", warmup_steps: int = 0) -> dict:
+          time_ties: str = "file", warmup_steps: int = 0, columns: dict | None = None) -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     After every epoch the run's full state goes to ``out/resume/`` (:mod:`zoo.train_state`); ``resume=True``, with
@@ -397,12 +398,12 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     when the time budget ends; ``patience`` counts validations without a gain, as RecBole's ``stopping_step`` does.
     A run started ``init_from`` a checkpoint first validates that checkpoint (logged as ``init_valid_NDCG10``) and
     says at the end when no epoch beat it. ``out`` must not already hold a checkpoint unless ``overwrite`` (see
-    :func:`check_output_folder`). ``kcore`` and ``time_ties`` (:func:`zoo.data.load_dataset`) are kept in the log's
-    ``data_options``, so that ``zoo.hub card`` evaluates the checkpoint on the same sequences."""
+    :func:`check_output_folder`). ``kcore``, ``time_ties`` and ``columns`` (:func:`zoo.data.load_dataset`) are kept
+    in the log's ``data_options``, so that ``zoo.hub card`` evaluates the checkpoint on the same sequences."""
     from tqdm.auto import tqdm
 
     from . import train_state
-    from .data import iterate_batches
+    from .data import iterate_batches, load_options
     from .evaluate import evaluate_model
 
     t0 = time.time()
@@ -413,7 +414,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         weight_decay=weight_decay, batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes,
         valid_users=valid_users, exclude_history=exclude_history, kcore=kcore, progress=progress, command=command,
         init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride, loss_weighting=loss_weighting,
-        eval_every=eval_every, decay_over=decay_over, time_ties=time_ties, warmup_steps=warmup_steps)))
+        eval_every=eval_every, decay_over=decay_over, time_ties=time_ties, warmup_steps=warmup_steps,
+        columns=columns)))
     try:
         preset, device, ds, split, model, overrides, init_changes, windows, resumed = _set_up(
             model_type, data, out, epochs=epochs, patience=patience, seed=seed, max_len=max_len,
@@ -421,7 +423,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes, valid_users=valid_users,
             kcore=kcore, init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride,
             loss_weighting=loss_weighting, eval_every=eval_every, decay_over=decay_over, overwrite=overwrite,
-            resume=resume, settings=settings, time_ties=time_ties, warmup_steps=warmup_steps)
+            resume=resume, settings=settings, time_ties=time_ties, warmup_steps=warmup_steps, columns=columns)
     except (ValueError, OSError) as e:
         raise RunSetupError(str(e)) from e
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
@@ -444,7 +446,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           f"device {device} | {preset}", flush=True)
     os.makedirs(out, exist_ok=True)
     log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(),
-           "data_options": {"kcore": kcore, "time_ties": time_ties}, "seed": seed,
+           "data_options": load_options(kcore, time_ties, columns), "seed": seed,
            "train": preset, "config_overrides": overrides, "epochs": [], "command": command,
            "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict()),
            "window_stride": windows.stride, "loss_weighting": loss_weighting,
@@ -626,7 +628,7 @@ def _note_budget_vs_schedule(epoch_s: float, left_s: float, epochs: int, schedul
 
 def build_parser() -> argparse.ArgumentParser:
     from .cli import kcore as kcore_arg
-    from .cli import nonnegative_int, positive_int
+    from .cli import add_columns_option, nonnegative_int, positive_int
     from .data import TIME_TIES
 
     p = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0])
@@ -674,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-ties", choices=TIME_TIES, default="file",
                    help="order of one user's interactions with equal timestamps: file (their file order, a stable "
                         "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz)")
+    add_columns_option(p)
     p.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init; it "
                                        "is validated first, so the log shows where the run started")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
@@ -714,7 +717,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      command=command, init_from=args.init_from, lr_schedule=args.lr_schedule,
                      window_stride=args.window_stride, loss_weighting=args.loss_weighting,
                      eval_every=args.eval_every, decay_over=args.decay_over, overwrite=args.overwrite,
-                     resume=args.resume, time_ties=args.time_ties, warmup_steps=args.warmup_steps)
+                     resume=args.resume, time_ties=args.time_ties, warmup_steps=args.warmup_steps,
+                     columns=args.columns)
     except RunSetupError as e:
         p.error(str(e))
 

@@ -11,7 +11,9 @@ Supported formats (``.gz`` is read transparently, detected by the gzip magic byt
 ``"delimited"``
     Plain TSV/CSV with a header naming the user column (``user_id``/``user``/``userid``/``uid``), the item column
     (``item_id``/``item``/``itemid``/``movie_id``/``iid``) and optionally the timestamp column
-    (``timestamp``/``time``/``ts``). Tab, comma or semicolon separated (taken from the header line).
+    (``timestamp``/``time``/``ts``). Tab, comma or semicolon separated (taken from the header line). Other
+    column names are given with ``columns`` (``{"user": "customer", "item": "product", "time": "when"}``; a role not
+    given is found by its usual names).
 ``"seq"``
     One user per line, items already in time order: header ``user_id<TAB>item_ids_chronological`` (required), then
     ``user<TAB>item item item ...`` (space separated). There are no timestamps: the order is the time order. A user
@@ -39,6 +41,8 @@ FORMATS = ("atomic", "movielens", "delimited", "seq")
 USER_COLUMNS = ("user_id", "user", "userid", "uid")
 ITEM_COLUMNS = ("item_id", "item", "itemid", "movie_id", "movieid", "iid", "sid")
 TIME_COLUMNS = ("timestamp", "time", "ts", "unix_time", "datetime")
+#: the roles ``columns=`` may name a header column for, and the names each is otherwise found by
+COLUMN_ROLES = {"user": USER_COLUMNS, "item": ITEM_COLUMNS, "time": TIME_COLUMNS}
 
 
 @dataclass
@@ -272,6 +276,32 @@ def _find_column(names: list[str], candidates: tuple[str, ...]) -> int | None:
     return None
 
 
+def check_columns(columns: dict | None) -> dict | None:
+    """``columns`` (role -> header column name, roles of :data:`COLUMN_ROLES`) checked; ``ValueError`` naming an
+    unknown role, an empty name or one column given two roles. None or ``{}``: None (the usual names)."""
+    if not columns:
+        return None
+    unknown = sorted(set(columns) - set(COLUMN_ROLES))
+    if unknown:
+        raise ValueError(f"columns: unknown role(s) {unknown}; the roles are {list(COLUMN_ROLES)}")
+    empty = [role for role, name in columns.items() if not isinstance(name, str) or not name.strip()]
+    if empty:
+        raise ValueError(f"columns: an empty column name for {empty}")
+    names = [name.strip() for name in columns.values()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"columns: one header column given two roles ({columns})")
+    return {role: columns[role].strip() for role in COLUMN_ROLES if role in columns}
+
+
+def _column_indices(names: list[str], columns: dict | None) -> list[int | None]:
+    """Header indices of the user, item and time columns: each named in ``columns`` (exact name) or found by its usual
+    names (:data:`COLUMN_ROLES`, any case)."""
+    columns = columns or {}
+    stripped = [n.strip() for n in names]
+    return [(stripped.index(columns[role]) if columns[role] in stripped else None) if role in columns
+            else _find_column(names, usual) for role, usual in COLUMN_ROLES.items()]
+
+
 def _header_sep(header: str) -> str | None:
     for sep in ("\t", ",", ";"):
         if sep in header:
@@ -280,9 +310,10 @@ def _header_sep(header: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- formats
-def _read_table(text: str, path: str, typed_header: bool, skip: int = 0) -> Interactions:
+def _read_table(text: str, path: str, typed_header: bool, skip: int = 0, columns: dict | None = None) -> Interactions:
     """Atomic ``.inter`` (typed header) and plain delimited files with a header (``skip``: blank lines the caller
-    removed before the header, added to every line number a message gives)."""
+    removed before the header, added to every line number a message gives; ``columns``: see
+    :func:`read_interactions`)."""
     first_nl = text.find("\n")
     header = text if first_nl < 0 else text[:first_nl]
     if not header.strip():
@@ -290,11 +321,20 @@ def _read_table(text: str, path: str, typed_header: bool, skip: int = 0) -> Inte
     sep = _header_sep(header)
     names_raw = header.split(sep) if sep else header.split()
     names = [n.split(":", 1)[0].strip() for n in names_raw] if typed_header else [n.strip() for n in names_raw]
-    ucol, icol, tcol = (_find_column(names, c) for c in (USER_COLUMNS, ITEM_COLUMNS, TIME_COLUMNS))
+    ucol, icol, tcol = _column_indices(names, columns)
+    named = [f"{role} column {columns[role]!r}" for role, c in zip(COLUMN_ROLES, (ucol, icol, tcol))
+             if c is None and role in (columns or {})]
+    if named:
+        raise ValueError(f"{path}: no {' or '.join(named)} in the header {names!r} (columns= names header columns "
+                         "exactly)")
     missing = [what for what, c in (("user", ucol), ("item", icol)) if c is None]
     if missing:
         raise ValueError(f"{path}: no {' or '.join(missing)} column in the header {names_raw!r} (expected one of "
-                         f"user: {USER_COLUMNS}, item: {ITEM_COLUMNS}, optional timestamp: {TIME_COLUMNS})")
+                         f"user: {USER_COLUMNS}, item: {ITEM_COLUMNS}, optional timestamp: {TIME_COLUMNS}; or name "
+                         "them: columns= / --columns user=NAME item=NAME [time=NAME])")
+    if len({ucol, icol, tcol} - {None}) != sum(c is not None for c in (ucol, icol, tcol)):
+        raise ValueError(f"{path}: one header column found for two roles (user {names[ucol]!r}, item "
+                         f"{names[icol]!r}{'' if tcol is None else f', time {names[tcol]!r}'}); name them with columns=")
     tokens = None if sep is None or '"' in text else _fast_tokens(text, 1, sep, len(names))
     line_numbers = None
     if tokens is not None:
@@ -402,8 +442,9 @@ def _read_seq(text: str, path: str, skip: int = 0) -> Interactions:
 
 
 # --------------------------------------------------------------------------- dispatch
-def detect_format(path: str, header: str) -> str:
-    """Format of a file from its (decompressed) first line and its name; ``ValueError`` when unrecognised."""
+def detect_format(path: str, header: str, columns: dict | None = None) -> str:
+    """Format of a file from its (decompressed) first line and its name; ``ValueError`` when unrecognised. With
+    ``columns`` (header column names, see :func:`read_interactions`) the file has a header: atomic or delimited."""
     name = os.path.basename(path).lower()
     if name.endswith(".gz"):
         name = name[:-3]
@@ -414,32 +455,45 @@ def detect_format(path: str, header: str) -> str:
         return "seq"
     if "::" in h and re.match(r"^[^:]+::[^:]+::", h):
         return "movielens"
-    if any(":" in f for f in fields) and all(re.match(r"^[^:]+:[a-z_]+$", f.strip()) for f in fields if f.strip()):
+    if columns:
+        return "atomic" if _typed_header(fields) else "delimited"
+    if _typed_header(fields):
         return "atomic"
     if _find_column(fields, USER_COLUMNS) is not None and _find_column(fields, ITEM_COLUMNS) is not None:
         return "delimited"
     raise ValueError(f"{path}: unknown interaction file format (first line {h[:80]!r}). Supported: RecBole atomic "
                      f".inter (typed header 'user_id:token ...'), MovieLens ratings.dat ('u::i::r::t'), TSV/CSV with a "
-                     f"user_id/item_id[/timestamp] header, and .seq files ('user_id<TAB>item_ids_chronological'); "
-                     f"or pass format= one of {FORMATS}")
+                     f"user_id/item_id[/timestamp] header (other names: columns= / --columns user=NAME item=NAME "
+                     f"[time=NAME]), and .seq files ('user_id<TAB>item_ids_chronological'); or pass format= one of "
+                     f"{FORMATS}")
 
 
-def read_interactions(path: str | os.PathLike, format: str = "auto") -> Interactions:
+def _typed_header(fields: list[str]) -> bool:
+    """A RecBole atomic header: every field ``name:type``."""
+    return any(":" in f for f in fields) and all(re.match(r"^[^:]+:[a-z_]+$", f.strip()) for f in fields if f.strip())
+
+
+def read_interactions(path: str | os.PathLike, format: str = "auto", columns: dict | None = None) -> Interactions:
     """Read an interaction file into :class:`Interactions` (rows in file order).
 
     Args:
         path: file path; gzip-compressed files are detected and decompressed transparently.
         format: ``"auto"`` (from the header / file name) or one of ``"atomic"``, ``"movielens"``, ``"delimited"``,
             ``"seq"``.
+        columns: header column names by role, for files with a header (delimited, atomic) whose columns are not
+            called by the usual names: ``{"user": "customer", "item": "product", "time": "when"}`` (each role
+            optional; a named column must be in the header, exactly).
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unknown format, missing user/item column, malformed line (wrong number of fields, empty id;
+        ValueError: unknown format, missing user/item column (or a ``columns`` name not in the header, ``columns``
+            for a format without a header), malformed line (wrong number of fields, empty id;
             ``seq``: no header, repeated user, user without items, comma-separated items), non-numeric or NaN
             timestamp (the message names the file, line and column).
     """
     path = os.fspath(path)
     if format not in ("auto",) + FORMATS:
         raise ValueError(f"unknown format {format!r}; choose 'auto' or one of {FORMATS}")
+    columns = check_columns(columns)
     text = _read_text(path)
     if not text.strip():
         raise ValueError(f"{path}: empty file")
@@ -447,15 +501,17 @@ def read_interactions(path: str | os.PathLike, format: str = "auto") -> Interact
     # gives counts them (MovieLens files have no header and skip blank lines like any other)
     lead = len(text) - len(text.lstrip("\n"))
     header = text[lead:].split("\n", 1)[0]
-    fmt = detect_format(path, header) if format == "auto" else format
+    fmt = detect_format(path, header, columns) if format == "auto" else format
+    if columns and fmt in ("seq", "movielens"):
+        raise ValueError(f"{path}: columns= names header columns, but a {fmt} file's columns are fixed")
     if fmt == "seq":
         inter = _read_seq(text[lead:], path, skip=lead)
     elif fmt == "movielens":
         inter = _read_movielens(text, path)
     else:
-        inter = _read_table(text[lead:], path, typed_header=(fmt == "atomic"), skip=lead)
+        inter = _read_table(text[lead:], path, typed_header=(fmt == "atomic"), skip=lead, columns=columns)
     inter.format = fmt
     return inter
 
 
-__all__ = ["Interactions", "read_interactions", "detect_format", "FORMATS"]
+__all__ = ["Interactions", "read_interactions", "detect_format", "check_columns", "FORMATS", "COLUMN_ROLES"]

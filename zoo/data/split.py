@@ -273,9 +273,15 @@ def parse_kcore(value: str) -> int | None | str:
     return k
 
 
+def load_options(kcore="auto", time_ties: str = "file", columns: dict | None = None) -> dict:
+    """:func:`load_dataset`'s options as a run (or a soup) logs them (``data_options``), to load the same sequences
+    again; ``columns`` only when given, so that the logs of files with the usual column names keep their form."""
+    return {"kcore": kcore, "time_ties": time_ties, **({"columns": dict(columns)} if columns else {})}
+
+
 def load_dataset(path: str | os.PathLike, kcore: int | None | str = "auto", format: str = "auto",
                  user_k: int | None = None, item_k: int | None = None, name: str | None = None,
-                 time_ties: str = "file") -> SequenceDataset:
+                 time_ties: str = "file", columns: dict | None = None) -> SequenceDataset:
     """Read a file, optionally k-core filter it, and build the per-user sequences.
 
     Args:
@@ -286,12 +292,14 @@ def load_dataset(path: str | os.PathLike, kcore: int | None | str = "auto", form
         user_k, item_k: override ``kcore`` for one side.
         time_ties: order of one user's rows with equal timestamps, ``"file"`` (their file order) or ``"item"`` (by
             item id, LRURec), see :data:`TIME_TIES`.
+        columns: header column names by role (``{"user": ..., "item": ..., "time": ...}``) for a file whose columns
+            are not called by the usual names, see :func:`~zoo.data.readers.read_interactions`.
     Example:
         ``load_dataset("ml-1m.5core.seq.gz")`` -> 6,040 users, 3,416 items, 999,611 interactions.
     """
     if time_ties not in TIME_TIES:                     # before reading the file
         raise ValueError(f"time_ties must be one of {TIME_TIES}, got {time_ties!r}")
-    inter = read_interactions(path, format=format)
+    inter = read_interactions(path, format=format, columns=columns)
     if kcore == "auto":
         kcore = None if inter.format == "seq" else 5
     elif isinstance(kcore, str):

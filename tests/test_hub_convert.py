@@ -977,7 +977,8 @@ def test_the_benchmarks_are_recognised_by_their_statistics(shared_data):
 
     expected = {"ml-1m.5core.seq.gz": ("ml-1m-5core", "ml-1m-5core"),
                 "ml-1m.users0001-2999.inter.gz": ("ml-1m-u2999-5core", "ml-1m-u2999"),
-                "beauty.inter.gz": ("beauty-5core", "beauty-5core"), "sports.inter.gz": ("sports-5core", "sports-5core"),
+                "beauty.inter.gz": ("beauty-5core", "beauty-5core"),
+                "sports.inter.gz": ("sports-5core", "sports-5core"),
                 "ml-100k.inter.gz": ("ml-100k-5core", "ml-100k")}
     for name, (auto, unfiltered) in expected.items():
         if not (shared_data / name).exists():

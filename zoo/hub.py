@@ -23,6 +23,7 @@ import sys
 from typing import Sequence
 
 from .cli import cannot, check_outputs, written_whole, written_whole_folder
+from .data.benchmarks import BENCHMARKS, recognise_benchmark
 from .pretrained import HUB_ORG, bundled_models, weights_sha256
 
 logger = logging.getLogger(__name__)
@@ -45,26 +46,8 @@ PUBLISHED = {
 }
 #: keys of a PUBLISHED entry that are not metrics
 _REF_META = ("source", "history_masked")
-#: the public benchmarks a card names by itself, recognised by their statistics as loaded (users, items,
-#: interactions; ``../shared/data/README.md``): key -> (statistics, model-index dataset type, dataset name)
-BENCHMARKS = {
-    "ml-1m-5core": ((6040, 3416, 999611), "ml-1m", "MovieLens-1M (5-core)"),
-    "ml-1m-u2999-5core": ((2999, 3266, 486907), "ml-1m", "MovieLens-1M users 1-2999 (5-core, with timestamps)"),
-    "ml-1m-u2999": ((2999, 3615, 487650), "ml-1m", "MovieLens-1M users 1-2999 (with timestamps)"),
-    "beauty-5core": ((22363, 12101, 198502), "amazon-beauty", "Amazon Beauty (5-core)"),
-    "sports-5core": ((35598, 18357, 296337), "amazon-sports", "Amazon Sports (5-core)"),
-    "ml-100k-5core": ((943, 1349, 99287), "ml-100k", "MovieLens-100K (5-core)"),
-    "ml-100k": ((943, 1682, 100000), "ml-100k", "MovieLens-100K"),
-}
 #: the benchmark PUBLISHED's numbers were measured on: a card compares with them only on this data
 PUBLISHED_ON = "ml-1m-5core"
-
-
-def recognise_benchmark(ds) -> str | None:
-    """The :data:`BENCHMARKS` key of a loaded dataset (a :class:`zoo.data.SequenceDataset`), by its statistics;
-    None for any other data."""
-    stats = (ds.n_users, ds.n_items, ds.n_interactions)
-    return next((key for key, (known, _, _) in BENCHMARKS.items() if known == stats), None)
 #: a card's protocol name, by whether the history was masked
 PROTOCOL_NAMES = {False: "RecBole protocol", True: "LRURec protocol (history items masked)"}
 CARD_FILES = ("config.json", "model.safetensors", "item_vocab.json", "README.md")

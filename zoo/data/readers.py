@@ -333,8 +333,9 @@ def _read_table(text: str, path: str, typed_header: bool, skip: int = 0, columns
                          f"user: {USER_COLUMNS}, item: {ITEM_COLUMNS}, optional timestamp: {TIME_COLUMNS}; or name "
                          "them: columns= / --columns user=NAME item=NAME [time=NAME])")
     if len({ucol, icol, tcol} - {None}) != sum(c is not None for c in (ucol, icol, tcol)):
+        time = "" if tcol is None else f", time {names[tcol]!r}"
         raise ValueError(f"{path}: one header column found for two roles (user {names[ucol]!r}, item "
-                         f"{names[icol]!r}{'' if tcol is None else f', time {names[tcol]!r}'}); name them with columns=")
+                         f"{names[icol]!r}{time}); name them with columns=")
     tokens = None if sep is None or '"' in text else _fast_tokens(text, 1, sep, len(names))
     line_numbers = None
     if tokens is not None:

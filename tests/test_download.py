@@ -1,0 +1,100 @@
+"""python -m zoo.download on local archives (no network here): a download is kept only when it loads as the
+benchmark, and a failure leaves the folder as it was. The archives are built from ../shared/data in the publisher's
+layout (ml-100k.zip's headerless u.data, ml-1m.zip's ratings.dat)."""
+
+import gzip
+import zipfile
+
+import pytest
+
+from zoo import download as D
+from zoo.data import load_dataset
+from zoo.data.benchmarks import BENCHMARKS, SOURCES, recognise_benchmark
+
+
+def _rows(path) -> list[str]:
+    """The data rows of a gzipped interaction file of ../shared/data (its header dropped)."""
+    with gzip.open(path, "rt") as f:
+        return f.read().splitlines()[1:]
+
+
+def _zip(path, member: str, lines: list[str]):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(member, "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def ml100k_zip(shared_data, tmp_path):
+    """ml-100k.zip as GroupLens publishes it: ml-100k/u.data, tab-separated user item rating timestamp, no header."""
+    return _zip(tmp_path / "ml-100k.zip", "ml-100k/u.data", _rows(shared_data / "ml-100k.inter.gz"))
+
+
+def test_an_archive_becomes_the_benchmark_file_and_is_checked_again_when_asked_twice(ml100k_zip, tmp_path, capsys):
+    out = tmp_path / "data"
+    path = D.main(["ml-100k", "--dir", str(out), "--from-zip", str(ml100k_zip)])
+    assert path == str(out / "ml-100k.inter") and sorted(p.name for p in out.iterdir()) == ["ml-100k.inter"]
+    assert recognise_benchmark(load_dataset(path, kcore=None)) == "ml-100k"
+    assert recognise_benchmark(load_dataset(path)) == "ml-100k-5core"            # what the commands train on
+    assert capsys.readouterr().out.startswith(f"wrote: {path} (MovieLens-100K, checked); ")
+    before = (out / "ml-100k.inter").stat().st_mtime_ns
+    D.main(["ml-100k", "--dir", str(out)])                                       # no archive, no network: checked
+    assert capsys.readouterr().out.startswith(f"already there: {path}")
+    assert (out / "ml-100k.inter").stat().st_mtime_ns == before
+
+
+def test_a_download_is_fetched_streamed_and_checked(ml100k_zip, tmp_path, monkeypatch):
+    """The network path, on a file:// URL (urllib's own handler): fetched into the folder's staging area, then kept."""
+    monkeypatch.setitem(SOURCES, "ml-100k", D.Source(**{**vars(SOURCES["ml-100k"]), "url": ml100k_zip.as_uri()}))
+    path, written = D.download("ml-100k", str(tmp_path / "data"), progress=False)
+    assert written and recognise_benchmark(load_dataset(path, kcore=None)) == "ml-100k"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ml-100k.inter"]
+
+
+def test_what_is_not_the_benchmark_is_refused_and_nothing_is_left(shared_data, tmp_path):
+    out = tmp_path / "data"
+    rows = _rows(shared_data / "ml-100k.inter.gz")
+    short = _zip(tmp_path / "short.zip", "ml-100k/u.data", rows[:-10])           # a truncated download
+    with pytest.raises(D.DownloadError, match=r"is not MovieLens-100K: it loads as 943 users, 1,682 items, 99,990 "
+                                              r"interactions \(k-core None\), expected 943 / 1,682 / 100,000"):
+        D.download("ml-100k", str(out), str(short))
+    assert not out.exists()                                   # no staging folder left, nor the folder it made
+    # ML-1M's archive layout (ratings.dat, user::item::rating::time), holding only users 1-2999: not ML-1M
+    u2999 = [line.replace("\t", "::") for line in _rows(shared_data / "ml-1m.users0001-2999.inter.gz")]
+    part = _zip(tmp_path / "ml-1m.zip", "ml-1m/ratings.dat", u2999)
+    with pytest.raises(D.DownloadError, match=r"is not MovieLens-1M \(5-core\): it loads as 2,999 users"):
+        D.download("ml-1m", str(out), str(part))
+    assert not out.exists()
+
+
+def test_a_file_in_place_that_is_not_the_benchmark_is_named_and_kept(ml100k_zip, tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "ml-100k.inter").write_text("user_id\titem_id\n1\t2\n")
+    with pytest.raises(SystemExit, match=r"is not MovieLens-100K: .*left as it is \(--overwrite replaces it\)"):
+        D.main(["ml-100k", "--dir", str(out), "--from-zip", str(ml100k_zip)])
+    assert (out / "ml-100k.inter").read_text() == "user_id\titem_id\n1\t2\n"
+    D.main(["ml-100k", "--dir", str(out), "--from-zip", str(ml100k_zip), "--overwrite"])
+    assert recognise_benchmark(load_dataset(out / "ml-100k.inter", kcore=None)) == "ml-100k"
+
+
+def test_unreachable_sources_and_bad_archives_are_named(tmp_path, monkeypatch):
+    """Without network (a refused port here), a wrong member or a file that is no zip: one error naming the problem
+    and the way out (--from-zip), nothing written."""
+    out = tmp_path / "data"
+    monkeypatch.setitem(SOURCES, "ml-100k", D.Source(**{**vars(SOURCES["ml-100k"]), "url": "http://127.0.0.1:9/x.zip"}))
+    with pytest.raises(SystemExit, match=r"^error: cannot download http://127.0.0.1:9/x.zip \(.*\); download it by "
+                                         r"hand and pass it with --from-zip$"):
+        D.main(["ml-100k", "--dir", str(out), "--no-progress"])
+    other = _zip(tmp_path / "other.zip", "ml-100k/u.item", ["1|Toy Story"])
+    with pytest.raises(D.DownloadError, match=r"other.zip: no ml-100k/u.data in the archive "
+                                              r"\(is it http://127.0.0.1:9/x.zip\?\)"):
+        D.download("ml-100k", str(out), str(other))
+    (tmp_path / "not.zip").write_text("hello")
+    with pytest.raises(D.DownloadError, match="not.zip: not a readable zip archive"):
+        D.download("ml-100k", str(out), str(tmp_path / "not.zip"))
+    assert not out.exists()                                   # the folder the failed calls made is gone again
+    with pytest.raises(SystemExit):                                               # a usage error, before any work
+        D.main(["ml-100k", "--dir", str(out), "--from-zip", str(tmp_path / "missing.zip")])
+    assert set(SOURCES) <= {k.split("-5core")[0] for k in BENCHMARKS} and all(s.benchmark in BENCHMARKS
+                                                                              for s in SOURCES.values())

@@ -1,0 +1,141 @@
+"""Download a public benchmark's interactions from its owner's site, check them, and write them where the zoo reads.
+
+    python -m zoo.download ml-1m --dir data/                  # -> data/ml-1m.ratings.dat (MovieLens' own ratings.dat)
+    python -m zoo.download ml-100k --dir data/                # -> data/ml-100k.inter (u.data with a header)
+    python -m zoo.download ml-1m --dir data/ --from-zip ml-1m.zip   # an archive downloaded by hand (no network)
+
+The file is kept only when it loads as the benchmark (:data:`zoo.data.benchmarks.SOURCES`: its users, items and
+interactions), so a truncated or different archive is refused and nothing is left behind; a file already in place is
+checked, not downloaded again (``--overwrite`` replaces it). Nothing else in the zoo downloads data: every command
+reads the files it is given. The data stays under its owners' terms (MovieLens: GroupLens' usage license).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from typing import Sequence
+
+from .data.benchmarks import BENCHMARKS, SOURCES, Source, recognise_benchmark
+
+
+class DownloadError(RuntimeError):
+    """A download that could not be made or kept; the message says why and what to do instead."""
+
+
+def fetch(url: str, path: str, timeout_s: float = 30.0, progress: bool = True) -> None:
+    """Copy ``url`` to the file ``path`` (streamed, with a tqdm bar); :class:`DownloadError` when it cannot be
+    reached or read."""
+    from tqdm.auto import tqdm
+
+    from . import __version__
+
+    request = urllib.request.Request(url, headers={"User-Agent": f"ssm-rec-zoo/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as r, open(path, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(url), disable=not progress) as bar:
+                while chunk := r.read(1 << 16):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError) as e:      # no network, refused, timed out, HTTP errors
+        raise DownloadError(f"cannot download {url} ({getattr(e, 'reason', None) or e}); download it by hand and "
+                            "pass it with --from-zip") from None
+
+
+def extract(archive: str, source: Source, path: str) -> None:
+    """Write ``source.member`` of the zip ``archive`` to ``path`` (after ``source.header`` when it has none)."""
+    try:
+        with zipfile.ZipFile(archive) as z, z.open(source.member) as member, open(path, "wb") as out:
+            if source.header:
+                out.write(source.header.encode() + b"\n")
+            while chunk := member.read(1 << 20):
+                out.write(chunk)
+    except KeyError:
+        raise DownloadError(f"{archive}: no {source.member} in the archive (is it {source.url}?)") from None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DownloadError(f"{archive}: not a readable zip archive ({e})") from None
+
+
+def check(path: str, name: str) -> None:
+    """:class:`DownloadError` unless the file ``path`` loads as benchmark ``name``'s (:data:`SOURCES`)."""
+    from .data import load_dataset
+
+    source = SOURCES[name]
+    want, _, title = BENCHMARKS[source.benchmark]
+    try:
+        ds = load_dataset(path, kcore=source.kcore)
+    except ValueError as e:
+        raise DownloadError(f"{path} is not {title}: it does not read as an interaction file ({e})") from None
+    if recognise_benchmark(ds) != source.benchmark:
+        got = (ds.n_users, ds.n_items, ds.n_interactions)
+        raise DownloadError(f"{path} is not {title}: it loads as {got[0]:,} users, {got[1]:,} items, "
+                            f"{got[2]:,} interactions (k-core {source.kcore}), expected {want[0]:,} / {want[1]:,} / "
+                            f"{want[2]:,}")
+
+
+def download(name: str, folder: str, from_zip: str | None = None, overwrite: bool = False,
+             progress: bool = True) -> tuple[str, bool]:
+    """Benchmark ``name`` (a key of :data:`SOURCES`) into ``folder``; returns ``(path, written)``, ``written`` False
+    when a checked copy was already there. The archive is fetched (or ``from_zip`` read), its interaction file
+    written beside the target and checked (:func:`check`), then moved into place: a failure anywhere leaves
+    ``folder`` as it was. Raises :class:`DownloadError` (a file in place that is not the benchmark is named, and kept,
+    unless ``overwrite``)."""
+    if name not in SOURCES:
+        raise DownloadError(f"unknown benchmark {name!r}; downloadable: {sorted(SOURCES)}")
+    source = SOURCES[name]
+    path = os.path.join(folder, source.filename)
+    if os.path.exists(path) and not overwrite:
+        try:
+            check(path, name)
+        except DownloadError as e:
+            raise DownloadError(f"{e}; it was left as it is (--overwrite replaces it)") from None
+        return path, False
+    created = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=folder) as tmp:
+            archive = from_zip
+            if archive is None:
+                archive = os.path.join(tmp, os.path.basename(source.url))
+                fetch(source.url, archive, progress=progress)
+            staged = os.path.join(tmp, source.filename)
+            extract(archive, source, staged)
+            check(staged, name)
+            os.replace(staged, path)
+    except BaseException:
+        if created and not os.listdir(folder):              # the folder this call made, and nothing in it
+            os.rmdir(folder)
+        raise
+    return path, True
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    p = argparse.ArgumentParser(prog="python -m zoo.download", description=__doc__.split("\n\n")[0])
+    p.add_argument("name", choices=sorted(SOURCES), help="the benchmark")
+    p.add_argument("--dir", default="data", help="folder to write the interaction file into (default: data)")
+    p.add_argument("--from-zip", help="the benchmark's archive, downloaded by hand (no network needed)")
+    p.add_argument("--overwrite", action="store_true", help="replace a file already there")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    if a.from_zip and not os.path.isfile(a.from_zip):
+        p.error(f"--from-zip {a.from_zip}: no such file")
+    if os.path.exists(a.dir) and not os.path.isdir(a.dir):
+        p.error(f"--dir {a.dir} is a file, not a folder")
+    try:
+        path, written = download(a.name, a.dir, a.from_zip, a.overwrite, progress=not a.no_progress)
+    except DownloadError as e:
+        sys.exit(f"error: {e}")
+    source = SOURCES[a.name]
+    print(f"{'wrote' if written else 'already there'}: {path} ({BENCHMARKS[source.benchmark][2]}, checked); "
+          f"{source.hint}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

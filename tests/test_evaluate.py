@@ -635,3 +635,45 @@ def test_evaluate_onnx_time_aware_graphs_get_the_window_timestamps(tmp_path, nam
     # ... and the time matters: the windows' first timestamps instead of their last ones move some ranks
     first = EvalExamples(hists, ex.targets, ex.users, [np.sort(np.r_[t[:-6], t[:6]]) for t in tss])
     assert (evaluate_model(model, first, ks=(10,), progress=False, return_ranks=True)[1] != ref).any()
+
+
+def test_most_popular_baseline_on_hand_counted_data(tmp_path, capsys):
+    """--baseline pop ranks every item by its count in the training sequences (seq[:-2]); ties are pessimistic, the
+    window is masked under --exclude-history, and its ranks pair with a model's in zoo.compare."""
+    from zoo.evaluate import evaluate_popularity, popularity_scores
+
+    data = tmp_path / "d.seq"
+    # training parts (seq[:-2]): [1, 2, 3], [2, 3], [3, 4]: counts 1:1, 2:2, 3:3, 4:1
+    data.write_text("user_id\titem_ids_chronological\nu1\t1 2 3 2 4\nu2\t2 3 4 1\nu3\t3 4 3 2\n")
+    ds = build_sequences_from(data)
+    split = leave_one_out(ds)
+    idx = {x: i for i, x in enumerate(ds.vocab.decode(list(range(1, ds.n_items + 1))), start=1)}
+    train = [ds.vocab.decode(s.tolist()) for s in split.train]
+    assert train == [[1, 2, 3], [2, 3], [3, 4]]
+    scores = popularity_scores(split.train, ds.n_items + 1)
+    assert scores[0] == float("-inf") and [scores[idx[i]].item() for i in (1, 2, 3, 4)] == [1, 2, 3, 1]
+    # test targets: u1 -> 4 (count 1, tied with item 1: pessimistic rank 4), u2 -> 1 (rank 4), u3 -> 2 (rank 2)
+    metrics, ranks = evaluate_popularity(split.train, split.test, ds.n_items + 1, ks=(1, 2, 4), return_ranks=True)
+    assert ranks.tolist() == [4, 4, 2] and metrics["HR@2"] == pytest.approx(1 / 3)
+    # history masked: u1's window {1, 2, 3} -> 4 is first; u2's {2, 3, 4} -> 1; u3's {3, 4} -> 2; with a window of
+    # one item only the last is masked: u1 (2) -> 4 below 3 and tied with 1; u2 (4) -> 1 below 3, 2; u3 (3) -> 2 first
+    _, masked = evaluate_popularity(split.train, split.test, ds.n_items + 1, ks=(1,), exclude_history=True,
+                                    return_ranks=True)
+    assert masked.tolist() == [1, 1, 1]
+    _, last = evaluate_popularity(split.train, split.test, ds.n_items + 1, ks=(1,), exclude_history=True, max_len=1,
+                                  return_ranks=True)
+    assert last.tolist() == [3, 3, 1]
+    res = main(["--baseline", "pop", "--data", str(data), "--ks", "1", "2", "--ranks-out", str(tmp_path / "p.csv")])
+    assert res["metrics"]["HR@2"] == pytest.approx(1 / 3) and res["baseline"] == "pop"
+    assert capsys.readouterr().out.startswith("most-popular baseline on d.seq: test, 3 users, protocol recbole")
+    from zoo.compare import main as compare_main
+
+    compare_main([str(tmp_path / "p.csv"), str(tmp_path / "p.csv"), "--ks", "1"])
+    with pytest.raises(SystemExit, match="--history-share is for a --model evaluation"):
+        main(["--baseline", "pop", "--data", str(data), "--history-share"])
+
+
+def build_sequences_from(path):
+    from zoo.data import load_dataset
+
+    return load_dataset(path, kcore=None)

@@ -73,6 +73,8 @@ def test_training_beats_random_by_far(tmp_path, model_type):
     random_hr10 = 10 / 40
     assert log["test"]["HR@10"] > 2.5 * random_hr10, log["test"]
     assert log["test"]["NDCG@10"] > 0.3, log["test"]
+    # far above the most-popular floor the run measured on the same validation examples
+    assert log["best_valid_NDCG10"] > 2 * log["popularity_valid_NDCG10"] > 0, log
     saved = json.load(open(out / "train_log.json"))
     assert saved["best_epoch"] >= 1 and (out / "model.safetensors").exists() and (out / "item_vocab.json").exists()
     # the checkpoint is a complete model: evaluating it again gives the logged test metrics
@@ -971,3 +973,17 @@ def test_warmup_ramps_the_schedule_then_leaves_it(tmp_path, monkeypatch, capsys)
         check_settings(old_state, {**old_state, "warmup_steps": 5})
     with refused(capsys, "--warmup-steps: expected an int >= 0, got '-1'"):
         train_main(args + ["--out", str(tmp_path / "x"), "--warmup-steps", "-1"])
+
+
+def test_a_run_that_does_not_beat_the_most_popular_ranking_says_so(tmp_path, capsys):
+    """The "HR@10 0.0096" failure (a model that learnt nothing of order) is named at the end of the run: the log keeps
+    the most-popular baseline's validation NDCG@10 and a best epoch at or below it prints a warning."""
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40, length=(12, 20))
+    log = train_main(["--model", "gru4rec", "--data", str(data), "--out", str(tmp_path / "g"), "--epochs", "1",
+                      "--max-len", "20", "--lr", "1e-7", "--kcore", "0", "--no-progress",
+                      "--set", *TINY["gru4rec"]])
+    out = capsys.readouterr().out
+    assert f"most-popular baseline: valid NDCG@10 {log['popularity_valid_NDCG10']:.4f}" in out
+    assert log["best_valid_NDCG10"] <= log["popularity_valid_NDCG10"], log
+    assert "WARNING: the best epoch (valid NDCG@10" in out and "does not beat the most-popular baseline" in out

@@ -52,6 +52,11 @@ from .data.split import TIME_TIES, EvalExamples, SequenceDataset, leave_one_out,
 from .metrics import compute_metrics, history_in_top_k, rank_of_target
 from .modeling_utils import resolve_device
 
+#: the reference rankings ``--baseline`` evaluates without a model
+BASELINES = ("pop",)
+#: the history window a baseline masks under ``--exclude-history``: the zoo models' default ``max_seq_length``
+BASELINE_WINDOW = 200
+
 
 def _check_examples(examples: EvalExamples, n_items: int, uses_ts: bool, owner: str, name: str) -> None:
     """Non-empty, every target in ``1 .. n_items - 1``, timestamps present when ``owner`` ("model" / "graph") reads
@@ -128,6 +133,35 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     metrics = compute_metrics(ranks, ks)
     for k, counts in in_top.items():
         metrics[f"Hist@{k}"] = float(counts.double().mean() / k)
+    return (metrics, ranks) if return_ranks else metrics
+
+
+def popularity_scores(train: Sequence, n_items: int) -> torch.Tensor:
+    """``[n_items]`` float64 scores of the most-popular baseline: how often each item occurs in the training
+    sequences (``Split.train``: the interactions before every user's validation and test items), padding 0 at -inf."""
+    counts = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in train] or [np.zeros(0, np.int64)]),
+                         minlength=n_items)[:n_items]
+    scores = torch.from_numpy(counts.astype(np.float64))
+    scores[0] = float("-inf")
+    return scores
+
+
+def evaluate_popularity(train: Sequence, examples: EvalExamples, n_items: int, ks: Iterable[int] = (5, 10, 20),
+                        exclude_history: bool = False, max_len: int = 200, return_ranks: bool = False):
+    """Full-ranking metrics of the most-popular baseline (RecBole's ``Pop``): every user gets the same ranking, by
+    :func:`popularity_scores` of ``train``; with ``exclude_history`` the last ``max_len`` items of each history are
+    masked, as :func:`evaluate_model` masks a model's window (LRURec's protocol). Ties are pessimistic, as for the
+    models. The floor a trained model must clear far: one that does not has learnt nothing about order."""
+    _check_examples(examples, n_items, False, "baseline", "most-popular")
+    scores = popularity_scores(train, n_items)
+    ranks = torch.empty(len(examples), dtype=torch.long)
+    for batch in eval_batches(examples, max_len, "right", 1024):
+        s = scores.expand(batch["input_ids"].shape[0], -1)                    # [B, V]
+        if exclude_history:
+            window = torch.where(batch["attention_mask"], batch["input_ids"], torch.zeros_like(batch["input_ids"]))
+            s = s.scatter(1, window, float("-inf"))
+        ranks[batch["index"]] = rank_of_target(s, batch["targets"])
+    metrics = compute_metrics(ranks, [int(k) for k in ks])
     return (metrics, ranks) if return_ranks else metrics
 
 
@@ -263,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="model folder or Hub id (loaded with transformers.AutoModel)")
     src.add_argument("--onnx", help="an export.onnx folder (model.onnx + state_spec.json + item_vocab.json): evaluate "
                                     "the exported graph with ONNX Runtime")
+    src.add_argument("--baseline", choices=BASELINES,
+                     help="a reference without a model: pop, every user gets the items ranked by their count in the "
+                          "training sequences (RecBole's Pop); a trained model should be far above it")
     p.add_argument("--data", required=True, help="interaction file (.inter/.tsv/.csv/ratings.dat/.seq, optionally .gz)")
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--exclude-history", action="store_true",
@@ -311,6 +348,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     t0 = time.time()
+    if args.baseline:
+        if args.history_share:
+            raise SystemExit("--history-share is for a --model evaluation")
+        return _main_baseline(args, t0)
     if args.onnx:
         if args.history_share:
             raise SystemExit("--history-share is measured on a --model (PyTorch) evaluation; an exported graph's "
@@ -380,6 +421,40 @@ def main(argv: Sequence[str] | None = None) -> dict:
     _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
         "model": args.model, "data": result["data"], "split": args.split, "protocol": protocol["name"],
         "max_rank": None, "n_items": result["n_items"]})
+    return result
+
+
+def _main_baseline(args, t0: float) -> dict:
+    """``--baseline pop``: :func:`evaluate_popularity` on the data's own items (their first-appearance indexing), with
+    the window of the zoo's default ``max_seq_length`` (:data:`BASELINE_WINDOW`) masked under ``--exclude-history``."""
+    ds = _load_data(args)
+    args.ks = args.ks or _default_ks(ds.n_items)
+    _check_ks(args.ks, ds.n_items, "data")
+    try:
+        split = leave_one_out(ds)
+    except ValueError as e:
+        raise SystemExit(f"error: --data {args.data}: {e}") from None
+    examples = _examples(ds, args)
+    metrics, ranks = evaluate_popularity(split.train, examples, ds.n_items + 1, args.ks, args.exclude_history,
+                                         BASELINE_WINDOW, return_ranks=True)
+    protocol = {"name": "lrurec" if args.exclude_history else "recbole", "split": args.split,
+                "leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]",
+                "ranking": "full (all items) by training-sequence count, padding masked"
+                           + (f"; the last {BASELINE_WINDOW} history items masked" if args.exclude_history else ""),
+                "exclude_history": bool(args.exclude_history), "ties": "pessimistic", "kcore": ds.kcore,
+                "time_ties": ds.time_ties, "columns": args.columns, "ks": list(args.ks)}
+    result = {"metrics": metrics, "protocol": protocol,
+              "data": os.path.abspath(args.data) if os.path.exists(args.data) else args.data,
+              "dataset": ds.stats(), "baseline": args.baseline, "n_users": len(examples), "n_items": ds.n_items,
+              "seconds": round(time.time() - t0, 2)}
+    print(f"most-popular baseline on {ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
+          f"{' (history excluded)' if args.exclude_history else ''}")
+    _add_intervals(result, ranks, args)
+    print(format_table(metrics, args.ks, intervals=result.get("intervals_95")))
+    _write_json(result, args.json)
+    _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
+        "model": f"baseline:{args.baseline}", "data": result["data"], "split": args.split,
+        "protocol": protocol["name"], "max_rank": None, "n_items": ds.n_items})
     return result
 
 

@@ -71,7 +71,7 @@ import torch
 
 from .deps import require
 
-# run as `python -m export.onnx` a missing package is a one-line error, imported a MissingDependencyError
+# a missing package: a one-line error when run as `python -m export.onnx`, a MissingDependencyError when imported
 onnx = require("onnx", "export.onnx", cli=__name__ == "__main__")
 require("onnxruntime", "export.onnx (its verification runs the graph)", cli=__name__ == "__main__")
 from onnx import AttributeProto, TensorProto  # noqa: E402

@@ -677,3 +677,29 @@ def build_sequences_from(path):
     from zoo.data import load_dataset
 
     return load_dataset(path, kcore=None)
+
+
+def test_metrics_by_history_length(tmp_path, capsys):
+    """--by-length cuts the users by the length of their whole history at the given edges; each bucket's metrics
+    are those of its users' ranks, an empty bucket says so, and bad edges are refused before any evaluation."""
+    from zoo.evaluate import metrics_by_length
+    from zoo.metrics import compute_metrics
+
+    ex = EvalExamples([np.arange(1, n + 1) for n in (1, 3, 4, 9)], np.array([1, 1, 1, 1]), ["a", "b", "c", "d"])
+    ranks = torch.tensor([1, 3, 12, 2])
+    rows = metrics_by_length(ex, ranks, [3, 5, 8], ks=(1, 10))
+    assert [(r["lengths"], r["users"]) for r in rows] == [([1, 3], 2), ([4, 5], 1), ([6, 8], 0), ([9, None], 1)]
+    assert rows[0]["metrics"] == compute_metrics(torch.tensor([1, 3]), (1, 10)) and rows[2]["metrics"] is None
+    assert rows[1]["metrics"]["HR@10"] == 0.0 and rows[3]["metrics"]["HR@1"] == 0.0
+    with pytest.raises(ValueError, match="increasing ints >= 1"):
+        metrics_by_length(ex, ranks, [5, 5], ks=(1,))
+    data = tmp_path / "d.seq"
+    data.write_text("user_id\titem_ids_chronological\nu1\t1 2 3 2 4\nu2\t2 3 4 1\nu3\t3 4 3 2 1 4 2\n")
+    res = main(["--baseline", "pop", "--data", str(data), "--ks", "1", "--by-length", "3", "4",
+                "--json", str(tmp_path / "r.json")])
+    assert [r["users"] for r in res["by_length"]] == [1, 1, 1]
+    assert json.loads((tmp_path / "r.json").read_text())["by_length"] == res["by_length"]
+    out = capsys.readouterr().out
+    assert "history length    users      HR@1    NDCG@1" in out and "\n> 4" in out
+    with pytest.raises(SystemExit, match="--by-length: the edges must increase, got 4 3"):
+        main(["--baseline", "pop", "--data", str(data), "--by-length", "4", "3"])

@@ -313,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--threads", type=int, default=None, help="--onnx: ONNX Runtime intra-op threads")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--by-length", type=positive_int, nargs="+", default=None, metavar="EDGE",
+                   help="also the metrics of the users in each history-length bucket cut at these increasing edges, "
+                        "e.g. --by-length 20 50 100 200 (1-20, 21-50, 51-100, 101-200, > 200 items)")
     p.add_argument("--intervals", action="store_true",
                    help="95%% bootstrap intervals over users for every metric (10,000 resamples)")
     p.add_argument("--ranks-out", default=None, metavar="CSV",
@@ -338,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.ks is not None:
         args.ks = sorted(set(args.ks))          # "--ks 10 10" is one cut-off, reported once
+    if args.by_length and any(b <= a for a, b in zip(args.by_length, args.by_length[1:])):
+        raise SystemExit(f"--by-length: the edges must increase, got {' '.join(map(str, args.by_length))}")
     if args.threads is not None and args.threads < 1:
         raise SystemExit("--threads sets ONNX Runtime's threads for --onnx, and must be >= 1")
     if args.threads is not None and not args.onnx:
@@ -417,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(note, file=sys.stderr)
     _add_intervals(result, ranks, args)
     print(format_table(metrics, args.ks, intervals=result.get("intervals_95")))
+    _add_by_length(result, examples, ranks, args)
     _write_json(result, args.json)
     _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
         "model": args.model, "data": result["data"], "split": args.split, "protocol": protocol["name"],
@@ -451,6 +457,7 @@ def _main_baseline(args, t0: float) -> dict:
           f"{' (history excluded)' if args.exclude_history else ''}")
     _add_intervals(result, ranks, args)
     print(format_table(metrics, args.ks, intervals=result.get("intervals_95")))
+    _add_by_length(result, examples, ranks, args)
     _write_json(result, args.json)
     _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
         "model": f"baseline:{args.baseline}", "data": result["data"], "split": args.split,
@@ -494,6 +501,39 @@ def _add_intervals(result: dict, ranks, args) -> None:
         from .metrics import bootstrap_interval
 
         result["intervals_95"] = {k: list(v) for k, v in bootstrap_interval(ranks, ks=args.ks).items()}
+
+
+def metrics_by_length(examples: EvalExamples, ranks, edges: Sequence[int], ks: Iterable[int]) -> list[dict]:
+    """The metrics of the users in each history-length bucket: ``edges`` ``e1 < e2 < ...`` cut the lengths (the whole
+    history, not the model's window) into ``1..e1``, ``e1+1..e2``, ..., ``> e_last``. Returns one
+    ``{"lengths": [low, high or None], "users": n, "metrics": {...} or None}`` per bucket (``None``: no user)."""
+    edges = [int(e) for e in edges]
+    if not edges or any(e < 1 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"history-length edges must be increasing ints >= 1, got {list(edges)}")
+    lengths = np.array([len(h) for h in examples.histories], dtype=np.int64)
+    ranks = torch.as_tensor(ranks)
+    out = []
+    for low, high in zip([1] + [e + 1 for e in edges], edges + [None]):
+        inside = (lengths >= low) & (lengths <= high if high is not None else True)
+        n = int(inside.sum())
+        out.append({"lengths": [low, high], "users": n,
+                    "metrics": compute_metrics(ranks[torch.from_numpy(inside)], ks) if n else None})
+    return out
+
+
+def _add_by_length(result: dict, examples, ranks, args) -> None:
+    """``--by-length E1 E2 ...``: ``result["by_length"]`` (:func:`metrics_by_length`), printed as a table."""
+    if not args.by_length:
+        return
+    rows = metrics_by_length(examples, ranks, args.by_length, args.ks)
+    result["by_length"] = rows
+    names = [f"{m}@{k}" for m in ("HR", "NDCG") for k in args.ks]
+    print(f"{'history length':<16}{'users':>7}" + "".join(f"{n:>10}" for n in names))
+    for row in rows:
+        low, high = row["lengths"]
+        span = f"{low}-{high}" if high is not None else f"> {low - 1}"
+        cells = "".join(f"{row['metrics'][n]:>10.4f}" if row["metrics"] else f"{'–':>10}" for n in names)
+        print(f"{span:<16}{row['users']:>7}{cells}")
 
 
 RANKS_HEADER = "# zoo.evaluate ranks "
@@ -606,6 +646,7 @@ def _main_onnx(args, t0: float) -> dict:
         print(note, file=sys.stderr)
     _add_intervals(result, ranks, args)
     print(format_table(metrics, args.ks, intervals=result.get("intervals_95")))
+    _add_by_length(result, examples, ranks, args)
     _write_json(result, args.json)
     _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
         "model": os.path.abspath(args.onnx), "data": result["data"], "split": args.split,

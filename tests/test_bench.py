@@ -165,3 +165,27 @@ def test_prefix_objective_bench_runs(monkeypatch, tmp_path):
         lo, hi = (slow - 5e-4) / (fast + 5e-4), (slow + 5e-4) / max(fast - 5e-4, 1e-9)
         assert ratio.endswith("x") and lo - 0.05 <= float(ratio[:-1]) <= hi + 0.05, r
         assert diff <= 1e-5
+
+
+def test_train_cost_bench_runs(monkeypatch, tmp_path):
+    """A tiny run end to end: each model's supervised targets (every position of a causal model, the last --prefixes
+    of a prefix-objective one), its time per target relative to Mamba4Rec's, and the memory of its step measured in a
+    fresh interpreter; the file says the command that made it."""
+    b = _bench("bench_train_cost", monkeypatch)
+    out = tmp_path / "cost.md"
+    b.main(["--batch", "2", "--seq-len", "12", "--prefixes", "3", "--repeats", "1",
+            "--models", "mamba4rec", "sasrec", "tim4rec", "--markdown", str(out)])
+    text = out.read_text()
+    assert text.startswith("# Training cost per step and per target") and "--seq-len 12 --prefixes 3" in text
+    rows = _rows(text)
+    assert [rows[m][2] for m in ("mamba4rec", "sasrec", "tim4rec")] == ["24", "24", "6"]
+    assert rows["mamba4rec"][0] == "card mamba4rec-ml1m" and rows["tim4rec"][0] == "defaults (official ML-1M)"
+    assert rows["mamba4rec"][5] == "1.0x"
+    for m, cells in rows.items():
+        if m in ("model", "---"):
+            continue
+        seconds, ms, ratio = float(cells[3]), float(cells[4]), float(cells[5].rstrip("x"))
+        # both printed rounded: seconds to 1e-4, milliseconds to 1e-3
+        assert ms == pytest.approx(seconds * 1e3 / int(cells[2]), abs=0.05 / int(cells[2]) + 0.0005 + 1e-9), m
+        assert ratio == pytest.approx(ms / float(rows["mamba4rec"][4]), rel=0.06, abs=0.06), m
+        assert float(cells[6]) >= 0, m

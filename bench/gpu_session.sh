@@ -10,13 +10,17 @@
 #   4. every GPU-marked test (pytest -m gpu -rs, in the three files that have them): kernels, SSD/selective-scan GPU
 #      paths; the TensorRT-engine tests skip with their reason where the image has no TensorRT builder; the tests
 #      reuse step 2's build folder (ZOO_PLUGINS_BUILD_DIR: an incremental no-op build)  -> $OUT/pytest_gpu.log
+#   5. the models on CUDA (tests/test_gpu.py, last: the lowest priority): every model's step == full forward (or
+#      window forward) with the CPU tests' tiny models and tolerance, and zoo.train on CUDA with and without --amp,
+#      its checkpoint re-evaluated on the CPU                                -> $OUT/gpu_models.log
 #
 # On this (CPU) machine, once, in the repository root (.whl/ is git-ignored; 0.2 MB of the 64 MiB that may travel):
 #   python3 -m pip download --no-deps kernel-lens==2.0.1 -d .whl      # TensorRT headers for the plugin library
 # then call the device tool with:
-#   command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=450
-# Each step has its own time limit (150 + 90 + 150 s, with set-up about 7 minutes: under timeout_s, and with the
-# machine's start it leaves a few of the 15 device-minutes for a rerun of one step), a failed step does not stop the
+#   command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=540
+# Each step has its own time limit (150 + 90 + 150 + 90 s, with set-up about 8.5 minutes: under timeout_s; with the
+# machine's start it uses most of the 15 device-minutes, so a rerun is of one step at most; at timeout_s=450 only
+# step 5 may be cut), a failed step does not stop the
 # later ones, and each step's exit status and time are appended to $OUT/summary.txt as soon as it ends (so a run cut
 # by the outer timeout keeps the lines of the steps it finished). Copy the numbers into plugins/README.md
 # ("Timings") and the closing note; give the machine back afterwards. Not here: TensorRT engine builds (the image has no
@@ -64,6 +68,7 @@ step build 150 build.log -- python3 -m export.build_plugins --build-dir "$ZOO_PL
 step harness 90 harness.log -- python3 plugins/harness.py --check --bench --json "$OUT/harness.json"
 step pytest-gpu 150 pytest_gpu.log -- python3 -m pytest -q -rs -m gpu -p no:cacheprovider \
     tests/test_trt_plugins.py tests/test_ops.py tests/test_ssd_ops.py
+step gpu-models 90 gpu_models.log -- python3 -m pytest -q -rs -s -m gpu -p no:cacheprovider tests/test_gpu.py
 
 echo "=== summary"
 cat "$OUT/summary.txt"

@@ -436,11 +436,8 @@ def _main_baseline(args, t0: float) -> dict:
     ds = _load_data(args)
     args.ks = args.ks or _default_ks(ds.n_items)
     _check_ks(args.ks, ds.n_items, "data")
-    try:
-        split = leave_one_out(ds)
-    except ValueError as e:
-        raise SystemExit(f"error: --data {args.data}: {e}") from None
-    examples = _examples(ds, args)
+    split = _split(ds, args)
+    examples = _examples(ds, args, split)
     metrics, ranks = evaluate_popularity(split.train, examples, ds.n_items + 1, args.ks, args.exclude_history,
                                          BASELINE_WINDOW, return_ranks=True)
     protocol = {"name": "lrurec" if args.exclude_history else "recbole", "split": args.split,
@@ -473,13 +470,18 @@ def _load_data(args):
         raise SystemExit(f"error: {e}") from None
 
 
-def _examples(ds, args):
-    """The ``--split`` examples of ``ds`` (``--max-users`` of them); data that leaves no user with an example is a
-    one-line error."""
+def _split(ds, args):
+    """``leave_one_out(ds)``; data that leaves no user with an example is a one-line error."""
     try:
-        split = leave_one_out(ds)
+        return leave_one_out(ds)
     except ValueError as e:
         raise SystemExit(f"error: --data {args.data}: {e}") from None
+
+
+def _examples(ds, args, split=None):
+    """The ``--split`` examples of ``ds`` (``--max-users`` of them; ``split``: its leave-one-out split when the caller
+    has it); data that leaves no user with an example is a one-line error."""
+    split = split or _split(ds, args)
     examples = split.test if args.split == "test" else split.valid
     return examples.head(args.max_users) if args.max_users else examples
 

@@ -214,3 +214,37 @@ def test_matches_lead_reference():
     rout, rlast = ref(**inp, delta_softplus=True, return_last_state=True)
     _check(out, rout, 1e-4, "out vs zoo.ops.selective_scan.selective_scan_ref")
     _check(last, rlast, 1e-4, "last_state vs zoo.ops.selective_scan.selective_scan_ref")
+
+
+def test_a_build_killed_half_way_does_not_hang_the_next_one(tmp_path):
+    """torch's build leaves its ``lock`` file behind when the process is killed mid-build, and the next build waits on
+    it forever (a CI run killed during the kernel build hung the next one). Builds run under an flock the kernel
+    drops when its holder dies: the stale ``lock`` is removed under it, with a warning; a live holder is waited for."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "lock").write_text("")                          # what a killed build leaves
+    with pytest.warns(UserWarning, match="build lock behind"):
+        with ssc._build_lock(str(tmp_path)):
+            assert not (tmp_path / "lock").exists()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from zoo.ops import selective_scan_cpu as s\n"
+        "with s._build_lock(sys.argv[2]):\n    print('held', flush=True); time.sleep(60)"),
+        str(ssc._SRC.parents[3]), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (tmp_path / "lock").write_text("")                      # a live build's torch lock: not ours to remove
+        import fcntl
+        with open(tmp_path / ".zoo-build.flock", "w") as f:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)    # held by the live builder
+        assert (tmp_path / "lock").exists()
+    finally:
+        holder.kill()                                           # killed mid-build: the kernel drops its flock
+        holder.wait()
+    t = time.monotonic()
+    with pytest.warns(UserWarning, match="build lock behind"):
+        with ssc._build_lock(str(tmp_path)):
+            assert not (tmp_path / "lock").exists()
+    assert time.monotonic() - t < 5

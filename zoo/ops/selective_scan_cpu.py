@@ -25,10 +25,15 @@ only lets GCC if-convert/vectorise the exp loop, IEEE results are unchanged): th
 are compiled for the x86-64 baseline and for AVX2+FMA and the AVX2 copy is picked at run
 time when the CPU supports it, so the cached binary is portable.  ``is_available()`` tries the build once, caches the answer
 and warns once with the reason if it failed; importing this module never raises.
+
+Builds are serialised across processes by an ``flock`` on the build folder (:func:`_build_lock`), which the kernel
+releases when its holder dies: torch's own ``lock`` file, which a build killed half-way leaves behind and torch then
+waits on forever, is removed (with a warning) when found under it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import threading
@@ -72,15 +77,38 @@ def load_extension(verbose: bool = False):
         raise RuntimeError(f"extension source not found: {_SRC}")
     from torch.utils.cpp_extension import load
 
-    _ext = load(
-        name=_EXT_NAME,
-        sources=[str(_SRC)],
-        extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"],
-        extra_ldflags=["-fopenmp"],
-        build_directory=_build_dir(),
-        verbose=verbose,
-    )
+    build_dir = _build_dir()
+    with _build_lock(build_dir):
+        _ext = load(
+            name=_EXT_NAME,
+            sources=[str(_SRC)],
+            extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=build_dir,
+            verbose=verbose,
+        )
     return _ext
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: str):
+    """Hold an exclusive ``flock`` on ``build_dir/.zoo-build.flock`` (POSIX; elsewhere nothing is held). Every zoo
+    process builds or loads under it, and the kernel drops it when its holder dies, so a torch ``lock`` file found
+    while holding it belongs to a build that was killed: torch would wait on it forever, so it is removed, with a
+    warning naming it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(os.path.join(build_dir, ".zoo-build.flock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        stale = os.path.join(build_dir, "lock")
+        if os.path.exists(stale):
+            warnings.warn(f"removing {stale}: a build of the fused CPU kernel was interrupted and left torch's build "
+                          "lock behind (a later build would wait on it forever)", stacklevel=3)
+            os.remove(stale)
+        yield
 
 
 def is_available() -> bool:

@@ -103,7 +103,8 @@ def test_compare_refuses_what_is_not_a_paired_comparison(tmp_path, capsys):
     rows = (tmp_path / "test.csv").read_text().splitlines()
     first = next(csv.reader([rows[2]]))
     other = next(x for x in items if x != first[1])
-    (tmp_path / "moved.csv").write_text("\n".join([*rows[:2], f"{first[0]},{other},{first[2]}", *rows[3:]]) + "\n")
+    (tmp_path / "moved.csv").write_text("\n".join([*rows[:2], ",".join([first[0], other, *first[2:]]), *rows[3:]])
+                                        + "\n")
     (tmp_path / "plain.csv").write_text("user,target,rank\n1,2,3\n")
     (tmp_path / "bad.csv").write_text("\n".join([*rows[:3], "7,1005,zero"]) + "\n")
     for b, extra, message in (
@@ -113,7 +114,8 @@ def test_compare_refuses_what_is_not_a_paired_comparison(tmp_path, capsys):
             ("moved", [], f"user {first[0]}: target {first[1]} in A, {other} in B"),
             ("graph", ["--ks", "20"], "ranks censored above 10 (a top-10 graph without scores)"),
             ("plain", [], "not a zoo.evaluate --ranks-out file"),
-            ("bad", [], "bad.csv, line 4: expected user,target,rank with a rank >= 1")):
+            ("bad", [], "bad.csv, line 4: expected user,target,rank,history with a rank (and a history length) "
+                        ">= 1")):
         with pytest.raises(SystemExit) as e:
             compare_main([str(tmp_path / "test.csv"), str(tmp_path / f"{b}.csv"), "--bootstrap", "100", *extra])
         err = capsys.readouterr().err
@@ -290,8 +292,8 @@ def test_compare_refuses_rank_zero_bad_caps_other_orders_and_empty_files(tmp_pat
     would compare different users), a file without rows, and fewer than 100 resamples."""
     ok = _ranks_file(tmp_path / "ok.csv", [(1, 5, 1), (2, 6, 3)])
     files = {
-        "zero": ([(1, 5, 1), (2, 6, 0)], {}, "zero.csv, line 4: expected user,target,rank with a rank >= 1, got "
-                                             "['2', '6', '0']"),
+        "zero": ([(1, 5, 1), (2, 6, 0)], {}, "zero.csv, line 4: expected user,target,rank with a rank (and a history "
+                                             "length) >= 1, got ['2', '6', '0']"),
         "cap0": ([(1, 5, 1), (2, 6, 3)], {"max_rank": 0}, "cap0.csv, line 1: max_rank should be an int >= 1 or null, "
                                                          "got 0"),
         "items0": ([(1, 5, 1), (2, 6, 3)], {"n_items": 0}, "items0.csv, line 1: n_items should be an int >= 1 or "
@@ -342,3 +344,47 @@ def test_compare_uses_the_seed_and_confidence_it_is_given(tmp_path, capsys):
     assert half["metrics"] == paired_bootstrap(ra, rb, ks=(10,), n_boot=300, seed=1, confidence=0.5)
     wide = paired_bootstrap(ra, rb, ks=(10,), n_boot=300, seed=1)["HR@10"]
     assert half["metrics"]["HR@10"]["ci_high"] - half["metrics"]["HR@10"]["ci_low"] < wide["ci_high"] - wide["ci_low"]
+
+
+def test_compare_by_history_length(tmp_path, capsys):
+    """--by-length pairs the users of each history-length bucket (the ranks files' history column, each user's whole
+    history): every bucket's numbers are the paired bootstrap of its users alone; files without the column (written
+    before it existed) or with other history lengths are refused, naming why."""
+    from zoo.compare import _read
+
+    items, data = _toy(tmp_path)
+    for name, seed in (("a", 0), ("b", 1)):
+        _lru(items, seed, tmp_path / name)
+        evaluate_main(["--model", str(tmp_path / name), "--data", data, "--kcore", "none", "--no-progress", "--ks",
+                       "5", "--ranks-out", str(tmp_path / f"{name}.csv")])
+    _, _, _, ranks_a, history = _read(tmp_path / "a.csv")
+    ranks_b = _read(tmp_path / "b.csv")[3]
+    from zoo.data import leave_one_out, load_dataset
+
+    ds = load_dataset(data, kcore=None)
+    assert history.tolist() == [len(h) for h in leave_one_out(ds).test.histories]      # the whole history
+    res = compare_main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--ks", "5", "--bootstrap", "200",
+                        "--by-length", "6", "10"])
+    buckets = res["by_length"]
+    assert [b["lengths"] for b in buckets] == [[1, 6], [7, 10], [11, None]]
+    assert sum(b["users"] for b in buckets) == 40
+    for b in buckets:
+        low, high = b["lengths"]
+        inside = (history >= low) & (history <= (high or 10**9))
+        assert b["users"] == int(inside.sum())
+        want = paired_bootstrap(ranks_a[inside], ranks_b[inside], ks=(5,), n_boot=200, seed=0)
+        assert b["metrics"] == want if inside.any() else b["metrics"] is None
+    assert "history 1-6 items:" in capsys.readouterr().out
+    rows = (tmp_path / "b.csv").read_text().splitlines()
+    (tmp_path / "old.csv").write_text("\n".join([rows[0], "user,target,rank"]
+                                                + [r.rsplit(",", 1)[0] for r in rows[2:]]) + "\n")
+    assert compare_main([str(tmp_path / "a.csv"), str(tmp_path / "old.csv"), "--ks", "5", "--bootstrap", "100"])
+    first = rows[2].split(",")
+    (tmp_path / "longer.csv").write_text("\n".join(rows[:2] + [",".join(first[:3] + [str(int(first[3]) + 1)])]
+                                                   + rows[3:]) + "\n")
+    for other, message in (("old", "--by-length: B has no history column (a ranks file from before 2026-12-05)"),
+                           ("longer", f"--by-length: user {first[0]} has a history of {first[3]} items in A")):
+        with pytest.raises(SystemExit):
+            compare_main([str(tmp_path / "a.csv"), str(tmp_path / f"{other}.csv"), "--ks", "5", "--bootstrap", "100",
+                          "--by-length", "6"])
+        assert message in capsys.readouterr().err, other

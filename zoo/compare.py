@@ -9,6 +9,9 @@ does not may be seed noise (compare two seeds of one model to see how large that
 ``--other-targets`` pairs the users even where their held-out items differ: two versions of the same users' data,
 e.g. the two orders of ML-1M's same-second ratings (``zoo.evaluate --time-ties``), each with a model trained on it.
 The difference then mixes the models' with that of the tasks; the result counts the users whose targets differ.
+
+``--by-length E1 E2 ...`` also compares the users of each history-length bucket (``1..E1``, ``E1+1..E2``, ...,
+``> E_last``, by the ``history`` column of the ranks files), each with its own paired bootstrap.
 """
 
 from __future__ import annotations
@@ -22,13 +25,19 @@ from typing import Sequence
 import numpy as np
 
 from .cli import cannot, check_outputs, positive_int, written_whole
-from .evaluate import RANKS_HEADER
+from .evaluate import RANKS_COLUMNS, RANKS_HEADER, length_buckets
 from .metrics import METRICS, paired_bootstrap
 
 
 def read_ranks(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray]:
     """``(meta, users, targets, ranks [U] int64)`` of a ``--ranks-out`` file; ``ValueError`` naming the file and
     line for anything else (no header line, wrong columns, a rank that is not an int >= 1)."""
+    return _read(path)[:4]
+
+
+def _read(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray, np.ndarray | None]:
+    """:func:`read_ranks` and the ``history`` column (``[U]`` int64 history lengths, None in a file written before
+    it existed)."""
     with open(path, newline="") as f:
         first = f.readline()
         if not first.startswith(RANKS_HEADER):
@@ -40,13 +49,16 @@ def read_ranks(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray]:
             raise ValueError(f"{path}, line 1: unreadable header ({e})") from None
         top = _rank_cap(path, meta)
         rows = csv.reader(f)
-        if next(rows, None) != ["user", "target", "rank"]:
-            raise ValueError(f"{path}, line 2: expected the columns user,target,rank")
-        users, targets, ranks = [], [], []
+        columns = next(rows, None)
+        if columns not in (RANKS_COLUMNS, RANKS_COLUMNS[:3]):
+            raise ValueError(f"{path}, line 2: expected the columns {','.join(RANKS_COLUMNS)} (or, from before "
+                             "2026-12-05, without history)")
+        users, targets, ranks, history = [], [], [], []
         line_of: dict = {}
         for line, row in enumerate(rows, start=3):
-            if len(row) != 3 or not (row[2].isascii() and row[2].isdigit()) or int(row[2]) < 1:
-                raise ValueError(f"{path}, line {line}: expected user,target,rank with a rank >= 1, got {row}")
+            if len(row) != len(columns) or not all(c.isascii() and c.isdigit() and int(c) >= 1 for c in row[2:]):
+                raise ValueError(f"{path}, line {line}: expected {','.join(columns)} with a rank (and a history "
+                                 f"length) >= 1, got {row}")
             if top and int(row[2]) > top[0]:
                 raise ValueError(f"{path}, line {line}: rank {row[2]} is above the largest possible, {top[0]} = "
                                  f"{top[1]}")
@@ -57,9 +69,11 @@ def read_ranks(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray]:
             users.append(row[0])
             targets.append(row[1])
             ranks.append(int(row[2]))
+            history.extend(int(c) for c in row[3:])
     if not ranks:
         raise ValueError(f"{path}: no examples")
-    return meta, users, targets, np.asarray(ranks, dtype=np.int64)
+    return (meta, users, targets, np.asarray(ranks, dtype=np.int64),
+            np.asarray(history, dtype=np.int64) if len(columns) == 4 else None)
 
 
 def _rank_cap(path, meta) -> tuple[int, str] | None:
@@ -84,12 +98,14 @@ def _rank_cap(path, meta) -> tuple[int, str] | None:
 
 
 def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int = 10_000, seed: int = 0,
-            confidence: float = 0.95, metrics: Sequence[str] = METRICS, other_targets: bool = False) -> dict:
+            confidence: float = 0.95, metrics: Sequence[str] = METRICS, other_targets: bool = False,
+            by_length: Sequence[int] | None = None) -> dict:
     """Paired comparison of two ``--ranks-out`` files (see the module doc); ``ValueError`` when they are not the same
     examples (users, targets -- unless ``other_targets`` --, split, protocol) or a cut-off exceeds a top-K-only
-    graph's K."""
-    meta_a, users_a, targets_a, ranks_a = read_ranks(path_a)
-    meta_b, users_b, targets_b, ranks_b = read_ranks(path_b)
+    graph's K. ``by_length`` (edges): also ``result["by_length"]``, one ``{"lengths", "users", "metrics"}`` per
+    history-length bucket (``metrics`` None for an empty one), from the files' ``history`` column, which must agree."""
+    meta_a, users_a, targets_a, ranks_a, history_a = _read(path_a)
+    meta_b, users_b, targets_b, ranks_b, history_b = _read(path_b)
     for key in ("split", "protocol"):
         if meta_a.get(key) != meta_b.get(key):
             raise ValueError(f"A and B differ in {key} ({meta_a.get(key)!r} vs {meta_b.get(key)!r}): their metrics are "
@@ -111,9 +127,24 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
                          f"without scores); use cut-offs <= {min(caps)}")
     stats = paired_bootstrap(ranks_a, ranks_b, ks=ks, metrics=metrics, n_boot=n_boot, seed=seed,
                              confidence=confidence)
-    return {"a": {"file": os.path.abspath(path_a), **meta_a}, "b": {"file": os.path.abspath(path_b), **meta_b},
-            "n_users": len(users_a), "targets_differ": len(differ), "n_boot": n_boot, "seed": seed,
-            "confidence": confidence, "metrics": stats}
+    result = {"a": {"file": os.path.abspath(path_a), **meta_a}, "b": {"file": os.path.abspath(path_b), **meta_b},
+              "n_users": len(users_a), "targets_differ": len(differ), "n_boot": n_boot, "seed": seed,
+              "confidence": confidence, "metrics": stats}
+    if by_length:
+        missing = [name for name, h in (("A", history_a), ("B", history_b)) if h is None]
+        if missing:
+            raise ValueError(f"--by-length: {' and '.join(missing)} has no history column (a ranks file from before "
+                             "2026-12-05); write it again with zoo.evaluate --ranks-out")
+        if not np.array_equal(history_a, history_b):
+            bad = int(np.flatnonzero(history_a != history_b)[0])
+            raise ValueError(f"--by-length: user {users_a[bad]} has a history of {history_a[bad]} items in A, "
+                             f"{history_b[bad]} in B: not the same data")
+        result["by_length"] = [
+            {"lengths": [low, high], "users": int(inside.sum()),
+             "metrics": paired_bootstrap(ranks_a[inside], ranks_b[inside], ks=ks, metrics=metrics, n_boot=n_boot,
+                                         seed=seed, confidence=confidence) if inside.any() else None}
+            for low, high, inside in length_buckets(history_a, by_length)]
+    return result
 
 
 def format_comparison(result: dict) -> str:
@@ -137,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--bootstrap", type=positive_int, default=10_000, help="resamples (>= 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the comparison to this JSON file")
+    p.add_argument("--by-length", type=positive_int, nargs="+", default=None, metavar="EDGE",
+                   help="also compare the users of each history-length bucket cut at these increasing edges, e.g. "
+                        "--by-length 50 100 200 (each bucket its own paired bootstrap)")
     p.add_argument("--other-targets", action="store_true",
                    help="pair the users even where their held-out items differ (two versions of the same users' "
                         "data, e.g. two orders of ties); the result counts those users")
@@ -149,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         p.error(str(e))
     try:
         result = compare(args.a, args.b, ks=sorted(set(args.ks)), n_boot=args.bootstrap, seed=args.seed,
-                         metrics=args.metrics, other_targets=args.other_targets)
+                         metrics=args.metrics, other_targets=args.other_targets, by_length=args.by_length)
     except (OSError, ValueError) as e:
         p.error(str(e))
     print(f"A: {result['a']['model']}\nB: {result['b']['model']}\n{result['n_users']:,} users, "
@@ -158,6 +192,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
           + (f"; the held-out items differ for {result['targets_differ']:,} of them" if result["targets_differ"]
              else ""))
     print(format_comparison(result))
+    for bucket in result.get("by_length", []):
+        low, high = bucket["lengths"]
+        span = f"{low}-{high}" if high is not None else f"> {low - 1}"
+        print(f"\nhistory {span} items: {bucket['users']:,} users")
+        if bucket["metrics"]:
+            print(format_comparison(dict(result, metrics=bucket["metrics"])))
     if args.json:
         try:
             with written_whole(args.json) as f:

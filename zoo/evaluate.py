@@ -505,18 +505,23 @@ def _add_intervals(result: dict, ranks, args) -> None:
         result["intervals_95"] = {k: list(v) for k, v in bootstrap_interval(ranks, ks=args.ks).items()}
 
 
-def metrics_by_length(examples: EvalExamples, ranks, edges: Sequence[int], ks: Iterable[int]) -> list[dict]:
-    """The metrics of the users in each history-length bucket: ``edges`` ``e1 < e2 < ...`` cut the lengths (the whole
-    history, not the model's window) into ``1..e1``, ``e1+1..e2``, ..., ``> e_last``. Returns one
-    ``{"lengths": [low, high or None], "users": n, "metrics": {...} or None}`` per bucket (``None``: no user)."""
+def length_buckets(lengths, edges: Sequence[int]) -> list[tuple[int, int | None, np.ndarray]]:
+    """``(low, high or None, [U] bool)`` per history-length bucket: ``edges`` ``e1 < e2 < ...`` cut ``lengths`` (each
+    user's whole history, not a model's window) into ``1..e1``, ``e1+1..e2``, ..., ``> e_last``."""
     edges = [int(e) for e in edges]
     if not edges or any(e < 1 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ValueError(f"history-length edges must be increasing ints >= 1, got {list(edges)}")
-    lengths = np.array([len(h) for h in examples.histories], dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return [(low, high, (lengths >= low) & (lengths <= high if high is not None else True))
+            for low, high in zip([1] + [e + 1 for e in edges], edges + [None])]
+
+
+def metrics_by_length(examples: EvalExamples, ranks, edges: Sequence[int], ks: Iterable[int]) -> list[dict]:
+    """The metrics of the users in each history-length bucket (:func:`length_buckets`). Returns one
+    ``{"lengths": [low, high or None], "users": n, "metrics": {...} or None}`` per bucket (``None``: no user)."""
     ranks = torch.as_tensor(ranks)
     out = []
-    for low, high in zip([1] + [e + 1 for e in edges], edges + [None]):
-        inside = (lengths >= low) & (lengths <= high if high is not None else True)
+    for low, high, inside in length_buckets([len(h) for h in examples.histories], edges):
         n = int(inside.sum())
         out.append({"lengths": [low, high], "users": n,
                     "metrics": compute_metrics(ranks[torch.from_numpy(inside)], ks) if n else None})
@@ -539,12 +544,15 @@ def _add_by_length(result: dict, examples, ranks, args) -> None:
 
 
 RANKS_HEADER = "# zoo.evaluate ranks "
+#: the columns of a ranks file (files written before 2026-12-05 lack ``history``)
+RANKS_COLUMNS = ["user", "target", "rank", "history"]
 
 
 def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict) -> None:
     """``--ranks-out``: a ``# zoo.evaluate ranks {json}`` line (what was evaluated; ``max_rank`` K when ranks above
-    K are censored, i.e. a top-K-only graph's misses written as K + 1), then ``user,target,rank`` per example, target
-    in the data's own item ids. Written beside ``path`` and moved there once complete."""
+    K are censored, i.e. a top-K-only graph's misses written as K + 1), then ``user,target,rank,history`` per example,
+    target in the data's own item ids, ``history`` the length of the user's whole history (``zoo.compare
+    --by-length``). Written beside ``path`` and moved there once complete."""
     if not path:
         return
     import csv
@@ -553,9 +561,9 @@ def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict) -> None:
         with written_whole(path, newline="") as f:
             f.write(RANKS_HEADER + json.dumps(meta) + "\n")
             w = csv.writer(f)
-            w.writerow(["user", "target", "rank"])
+            w.writerow(RANKS_COLUMNS)
             w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
-                            strict=True))
+                            [len(h) for h in examples.histories], strict=True))
     except OSError as e:
         raise SystemExit(f"error: {cannot('--ranks-out', path, e)}") from None
     print(f"wrote {os.path.abspath(path)}")

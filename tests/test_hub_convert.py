@@ -108,10 +108,17 @@ def test_push_uploads_the_card_folder_as_asked_with_credentials_from_the_environ
 
 
 def test_list_names_each_bundled_model_by_its_hub_id(bundled, tmp_path, capsys):
-    """``python -m zoo.hub list``: a line per bundled model, its Hub id (what from_pretrained takes) and its folder."""
+    """``python -m zoo.hub list``: a line per bundled model, its Hub id (what from_pretrained takes) and its folder,
+    then what its card says (``-`` for a folder without one): model type, dataset, protocol, test HR@10, NDCG@10."""
+    import json
+
     hub.main(["list"])
     lines = capsys.readouterr().out.splitlines()
-    assert f"{hub.HUB_ORG}/tiny-mamba4rec\t{tmp_path / 'bundle' / 'tiny-mamba4rec'}" in lines, lines
+    assert f"{hub.HUB_ORG}/tiny-mamba4rec\t{tmp_path / 'bundle' / 'tiny-mamba4rec'}\tmamba4rec\t-\t-\t-\t-" in lines
+    card = Path(__file__).resolve().parents[1] / "hub_cards" / "mamba4rec-ml1m"
+    info = json.loads((card / "eval_results.json").read_text())
+    assert hub.card_summary(card) == ["mamba4rec", "MovieLens-1M (5-core)", "RecBole protocol",
+                                      f"{info['metrics']['HR@10']:.4f}", f"{info['metrics']['NDCG@10']:.4f}"]
 
 
 def _official_layout(model):

@@ -633,6 +633,19 @@ def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str 
                            "above says why)")
 
 
+def card_summary(folder: str | os.PathLike) -> list[str]:
+    """``[model type, dataset name, protocol, HR@10, NDCG@10]`` of a card folder, as text (``-`` for what the folder
+    does not say: a model folder without a measured card)."""
+    folder = pathlib.Path(folder)
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type", "-")
+    results = folder / "eval_results.json"
+    info = json.loads(results.read_text()) if results.is_file() else {}
+    metrics = info.get("metrics", {})
+    protocol = (info.get("protocol") or {}).get("name", "-")
+    return [model_type, _card_dataset(folder).get("name") or "-", protocol,
+            *(f"{metrics[k]:.4f}" if k in metrics else "-" for k in ("HR@10", "NDCG@10"))]
+
+
 # --------------------------------------------------------------------------------------------------- push
 def push(folder: str, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Publish a card folder to the Hub with ``huggingface_hub`` (needs credentials: ``HF_TOKEN`` or a login).
@@ -655,7 +668,8 @@ def push(folder: str, repo_id: str, private: bool = False, token: str | None = N
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m zoo.hub", description="Bundled models, model cards, publishing.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="list bundled models")
+    sub.add_parser("list", help="list bundled models: Hub id, folder, model type, dataset, protocol, test HR@10 and "
+                                "NDCG@10 (tab-separated; - where a folder has no card)")
     c = sub.add_parser("card", help="turn a training run into a hub_cards/<name> folder with a measured card")
     c.add_argument("--run", required=True, help="a zoo.train --out folder, or a card folder (the card's own folder "
                                                  "re-measures and re-writes it in place)")
@@ -678,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.cmd == "list":
         for name, path in bundled_models().items():
-            print(f"{HUB_ORG}/{name}\t{path}")
+            print("\t".join([f"{HUB_ORG}/{name}", str(path), *card_summary(path)]))
     elif args.cmd == "card":
         from export.deps import MissingDependencyError
 

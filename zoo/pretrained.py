@@ -130,8 +130,7 @@ def weights_sha256(folder: str | os.PathLike) -> str | None:
     path = os.path.join(os.fspath(folder), "model.safetensors")
     if not os.path.isfile(path):
         return None
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
 def resolve_pretrained(name_or_path: str | os.PathLike) -> str:

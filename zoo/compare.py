@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from .cli import cannot, check_outputs, positive_int, written_whole
-from .evaluate import RANKS_COLUMNS, RANKS_HEADER, length_buckets
+from .evaluate import RANKS_COLUMNS, RANKS_HEADER, bucket_label, length_buckets
 from .metrics import METRICS, paired_bootstrap
 
 
@@ -193,9 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
              else ""))
     print(format_comparison(result))
     for bucket in result.get("by_length", []):
-        low, high = bucket["lengths"]
-        span = f"{low}-{high}" if high is not None else f"> {low - 1}"
-        print(f"\nhistory {span} items: {bucket['users']:,} users")
+        print(f"\nhistory {bucket_label(*bucket['lengths'])} items: {bucket['users']:,} users")
         if bucket["metrics"]:
             print(format_comparison(dict(result, metrics=bucket["metrics"])))
     if args.json:

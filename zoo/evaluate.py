@@ -420,14 +420,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}")
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
-    _add_intervals(result, ranks, args)
-    print(format_table(metrics, args.ks, intervals=result.get("intervals_95")))
-    _add_by_length(result, examples, ranks, args)
-    _write_json(result, args.json)
-    _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
-        "model": args.model, "data": result["data"], "split": args.split, "protocol": protocol["name"],
-        "max_rank": None, "n_items": result["n_items"]})
-    return result
+    return _report(result, examples, ranks, ds.vocab, args, args.model)
 
 
 def _main_baseline(args, t0: float) -> dict:
@@ -452,14 +445,7 @@ def _main_baseline(args, t0: float) -> dict:
               "seconds": round(time.time() - t0, 2)}
     print(f"most-popular baseline on {ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
           f"{' (history excluded)' if args.exclude_history else ''}")
-    _add_intervals(result, ranks, args)
-    print(format_table(metrics, args.ks, intervals=result.get("intervals_95")))
-    _add_by_length(result, examples, ranks, args)
-    _write_json(result, args.json)
-    _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
-        "model": f"baseline:{args.baseline}", "data": result["data"], "split": args.split,
-        "protocol": protocol["name"], "max_rank": None, "n_items": ds.n_items})
-    return result
+    return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}")
 
 
 def _load_data(args):
@@ -497,6 +483,20 @@ def _check_ks(ks, n_items: int, owner: str) -> None:
         raise SystemExit(f"error: --ks {max(ks)}: the {owner} ranks {n_items} items; use cut-offs <= {n_items}")
 
 
+def _report(result: dict, examples, ranks, vocab, args, source: str, max_rank: int | None = None) -> dict:
+    """What every evaluation (a model, a graph, a baseline) ends with: ``--intervals``, the table, ``--by-length``,
+    ``--json`` and ``--ranks-out`` (``source``: what was evaluated, for the ranks file; ``max_rank``: K of a top-K-only
+    graph). Returns ``result``."""
+    _add_intervals(result, ranks, args)
+    print(format_table(result["metrics"], args.ks, intervals=result.get("intervals_95")))
+    _add_by_length(result, examples, ranks, args)
+    _write_json(result, args.json)
+    _write_ranks(args.ranks_out, examples, ranks, vocab, {
+        "model": source, "data": result["data"], "split": args.split, "protocol": result["protocol"]["name"],
+        "max_rank": max_rank, "n_items": result["n_items"]})
+    return result
+
+
 def _add_intervals(result: dict, ranks, args) -> None:
     """``--intervals``: ``result["intervals_95"] = {"HR@10": [low, high], ...}`` for the evaluated cut-offs."""
     if args.intervals:
@@ -514,6 +514,11 @@ def length_buckets(lengths, edges: Sequence[int]) -> list[tuple[int, int | None,
     lengths = np.asarray(lengths, dtype=np.int64)
     return [(low, high, (lengths >= low) & (lengths <= high if high is not None else True))
             for low, high in zip([1] + [e + 1 for e in edges], edges + [None])]
+
+
+def bucket_label(low: int, high: int | None) -> str:
+    """``"51-100"``, or ``"> 400"`` for the last, open bucket of :func:`length_buckets`."""
+    return f"{low}-{high}" if high is not None else f"> {low - 1}"
 
 
 def metrics_by_length(examples: EvalExamples, ranks, edges: Sequence[int], ks: Iterable[int]) -> list[dict]:
@@ -537,10 +542,8 @@ def _add_by_length(result: dict, examples, ranks, args) -> None:
     names = [f"{m}@{k}" for m in ("HR", "NDCG") for k in args.ks]
     print(f"{'history length':<16}{'users':>7}" + "".join(f"{n:>10}" for n in names))
     for row in rows:
-        low, high = row["lengths"]
-        span = f"{low}-{high}" if high is not None else f"> {low - 1}"
         cells = "".join(f"{row['metrics'][n]:>10.4f}" if row["metrics"] else f"{'–':>10}" for n in names)
-        print(f"{span:<16}{row['users']:>7}{cells}")
+        print(f"{bucket_label(*row['lengths']):<16}{row['users']:>7}{cells}")
 
 
 RANKS_HEADER = "# zoo.evaluate ranks "
@@ -654,15 +657,8 @@ def _main_onnx(args, t0: float) -> dict:
           + (" (history excluded by the graph)" if excluded else ""))
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
-    _add_intervals(result, ranks, args)
-    print(format_table(metrics, args.ks, intervals=result.get("intervals_95")))
-    _add_by_length(result, examples, ranks, args)
-    _write_json(result, args.json)
-    _write_ranks(args.ranks_out, examples, ranks, ds.vocab, {
-        "model": os.path.abspath(args.onnx), "data": result["data"], "split": args.split,
-        "protocol": protocol["name"], "max_rank": None if has_scores else int(spec["topk"]),
-        "n_items": result["n_items"]})
-    return result
+    return _report(result, examples, ranks, ds.vocab, args, os.path.abspath(args.onnx),
+                   max_rank=None if has_scores else int(spec["topk"]))
 
 
 if __name__ == "__main__":

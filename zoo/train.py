@@ -457,11 +457,6 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         log["init_weights_sha256"] = weights_sha256(resolve_pretrained(init_from))
     if init_changes:
         log["init_config_changes"] = {k: list(v) for k, v in init_changes.items()}
-    # the floor: the most-popular ranking on the same validation examples (a model below it learnt nothing of order)
-    log["popularity_valid_NDCG10"] = evaluate_popularity(split.train, valid, int(model.config.n_items), ks=(10,),
-                                                         exclude_history=exclude_history,
-                                                         max_len=int(model.config.max_seq_length))["NDCG@10"]
-    print(f"[zoo.train] most-popular baseline: valid NDCG@10 {log['popularity_valid_NDCG10']:.4f}", flush=True)
     targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]
     best, best_epoch, bad, start_epoch = -1.0, -1, 0, 1
     gen = np.random.default_rng(seed)
@@ -484,6 +479,12 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         log["init_valid_NDCG10"] = start["NDCG@10"]
         print(f"[zoo.train] starting checkpoint: valid NDCG@10 {start['NDCG@10']:.4f} HR@10 {start['HR@10']:.4f}",
               flush=True)
+    if "popularity_valid_NDCG10" not in log:   # a resumed run's log has it already (unless it predates it)
+        # the floor: the most-popular ranking on the same validation examples (below it, nothing of order was learnt)
+        log["popularity_valid_NDCG10"] = evaluate_popularity(split.train, valid, int(model.config.n_items), ks=(10,),
+                                                             exclude_history=exclude_history,
+                                                             max_len=int(model.config.max_seq_length))["NDCG@10"]
+    print(f"[zoo.train] most-popular baseline: valid NDCG@10 {log['popularity_valid_NDCG10']:.4f}", flush=True)
 
     def keep_state(epoch: int) -> None:
         train_state.save(out, model, opt, gen, {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
@@ -564,7 +565,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
               "with --resume and a larger --max-minutes continues it", flush=True)
     else:
         train_state.remove(out)
-    if best <= log.get("popularity_valid_NDCG10", -1.0):
+    if best <= log["popularity_valid_NDCG10"]:
         print(f"[zoo.train] WARNING: the best epoch (valid NDCG@10 {best:.4f}) does not beat the most-popular baseline "
               f"({log['popularity_valid_NDCG10']:.4f}): the model has not learnt the order of the histories (too few "
               "epochs, a learning rate too high or low, or data whose order carries nothing)", flush=True)

@@ -515,12 +515,15 @@ def test_time_aware_model_needs_non_negative_timestamps(tmp_path, capsys):
     ("sasrec", ["--set", *TINY["sasrec"], "--lr-schedule", "linear", "--eval-every", "2"]),
     ("bert4rec", ["--set", "hidden_size=16", "inner_size=32", "--optimizer", "adamw", "--weight-decay", "0.01"]),
     # lr 0: no validation gain after epoch 1, so patience 2 stops the run after epoch 3 (one bad epoch before the cut)
-    ("gru4rec", ["--set", *TINY["gru4rec"], "--lr", "0", "--patience", "2"])])
+    ("gru4rec", ["--set", *TINY["gru4rec"], "--lr", "0", "--patience", "2"]),
+    # sampled softmax: the negatives come from torch's generator, which the state keeps
+    ("mamba4rec", ["--set", *TINY["mamba4rec"], "--loss", "sampled-softmax", "--negatives", "6",
+                   "--negative-sampler", "popularity"])])
 def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, model_type, extra):
     """A run interrupted after epoch 2 of 5 and resumed with --resume ends with the same weights, losses, validation
     numbers and test metrics as the same run left alone: weights, optimizer moments, learning-rate position,
-    shuffling, dropout and (BERT4Rec) masking draws all continue where they stopped, and so does the early-stopping
-    count (a resumed run that restarted it stopped a validation later)."""
+    shuffling, dropout, (BERT4Rec) masking and (sampled softmax) negative draws all continue where they stopped, and
+    so does the early-stopping count (a resumed run that restarted it stopped a validation later)."""
     from safetensors.torch import load_file
 
     import zoo.train_state

@@ -139,9 +139,9 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
 def popularity_scores(train: Sequence, n_items: int) -> torch.Tensor:
     """``[n_items]`` float64 scores of the most-popular baseline: how often each item occurs in the training
     sequences (``Split.train``: the interactions before every user's validation and test items), padding 0 at -inf."""
-    counts = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in train] or [np.zeros(0, np.int64)]),
-                         minlength=n_items)[:n_items]
-    scores = torch.from_numpy(counts.astype(np.float64))
+    from .data import item_counts
+
+    scores = torch.from_numpy(item_counts(train, n_items).astype(np.float64))
     scores[0] = float("-inf")
     return scores
 

@@ -218,10 +218,12 @@ def _intervals_text(intervals: dict | None) -> str:
 def _objective(cfg: dict, train_log: dict) -> str:
     """The card's objective line, derived from the model and the run (``zoo.train.describe_objective``) rather than
     copied from the log's text (logs written before BERT4Rec had its own sentence describe next-item CE)."""
+    from .losses import describe_loss
     from .train import describe_objective
 
     max_len = int(cfg.get("max_seq_length", 0))
-    return describe_objective(cfg["model_type"], max_len, int(train_log.get("window_stride") or max_len), cfg)
+    return describe_objective(cfg["model_type"], max_len, int(train_log.get("window_stride") or max_len), cfg,
+                              describe_loss(train_log.get("loss")))
 
 
 def _weighting_note(train_log: dict) -> str:

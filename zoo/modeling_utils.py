@@ -5,7 +5,8 @@ A model file subclasses :class:`SeqRecPreTrainedModel` and implements
 
 * ``encode(input_ids [B, L], attention_mask [B, L], timestamps [B, L] | None) -> hidden [B, L, D]``
   (hidden state at every position; for causal models position ``t`` only sees positions ``<= t``),
-* ``score(hidden [..., D]) -> logits [..., n_items]`` (tied item embeddings, optional item bias),
+* ``item_output() -> (weight [n_items, D], bias [n_items] | None)``, the output layer of
+  ``score(hidden [..., D]) -> logits [..., n_items]`` (tied item embeddings, optional item bias),
 * for models with an exact recurrent step: ``state_spec(batch_size)`` and
   ``_step(item_ids [B, T], state, timestamps [B, T] | None) -> (hidden [B, T, D], new_state)``.
 
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .losses import NegativeSample, sampled_softmax_loss
 from .vocab import VOCAB_FILE, ItemVocab, UnknownItemError, int_id
 
 State = dict[str, torch.Tensor]
@@ -44,8 +46,9 @@ class SeqRecOutput(ModelOutput):
     """Output of a zoo model's forward pass.
 
     Args:
-        loss: scalar cross-entropy when ``labels`` were given.
-        logits: ``[B, n_items]`` raw next-item scores read at each row's last real position.
+        loss: scalar training loss when ``labels`` were given (cross-entropy, or sampled softmax given negatives).
+        logits: ``[B, n_items]`` raw next-item scores read at each row's last real position (None when the loss was
+            sampled: the full catalogue is then not scored).
         hidden_states: ``[B, L, D]`` final hidden state at every position.
     """
 
@@ -142,9 +145,16 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         """``[B, L]`` ids (+ mask, timestamps) -> ``[B, L, D]`` hidden states. Implemented by each model."""
         raise NotImplementedError
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., D]`` -> ``[..., n_items]`` raw logits. Implemented by each model."""
+    def item_output(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output layer: ``(weight [n_items, D], bias [n_items] or None)``, so that the logits are
+        ``hidden @ weight^T + bias``. Implemented by each model (tied item embeddings, optional item bias). Training
+        losses that score only some items (:mod:`zoo.losses`) read the rows they need from it."""
         raise NotImplementedError
+
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[..., D]`` -> ``[..., n_items]`` raw logits, ``hidden @ weight^T + bias`` (:meth:`item_output`)."""
+        weight, bias = self.item_output()
+        return F.linear(hidden, weight, bias)
 
     def state_spec(self, batch_size: int) -> list[StateTensorSpec]:
         """Named state tensors of the recurrent step (empty for models without one)."""
@@ -285,7 +295,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     # ---------------------------------------------------------------- forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, timestamps: torch.Tensor | None = None,
-                **kwargs) -> SeqRecOutput:
+                negatives: NegativeSample | None = None, **kwargs) -> SeqRecOutput:
         """Encode a padded batch and score the next item.
 
         Args:
@@ -294,6 +304,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             labels: ``[B]`` next item per row (loss at the last position, RecBole style) or ``[B, L]`` next item
                 at every position (0 = no target; all-position training). Cross-entropy over all ``n_items`` logits.
             timestamps: ``[B, L]`` seconds, for time-aware models.
+            negatives: with ``labels``, train with sampled softmax against these shared negatives instead of the
+                full cross-entropy (:mod:`zoo.losses`); the full-catalogue ``logits`` are then not computed (None).
         Returns:
             :class:`SeqRecOutput` with ``logits [B, n_items]`` at each row's last real position.
         """
@@ -301,23 +313,36 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         hidden = self.encode(ids, mask, ts)                                   # [B, L, D]
         rows = torch.arange(ids.shape[0], device=ids.device)
         last = hidden[rows, self.last_positions(mask)]                         # [B, D]
-        logits = self.score(last)                                              # [B, V]
+        sampled = labels is not None and negatives is not None
+        logits = None if sampled else self.score(last)                         # [B, V]
         loss = None
         if labels is not None:
-            loss = self.loss_from_hidden(hidden, logits, labels)
+            loss = self.loss_from_hidden(hidden, last, logits, labels, negatives)
         return SeqRecOutput(loss=loss, logits=logits, hidden_states=hidden)
 
-    def loss_from_hidden(self, hidden: torch.Tensor, last_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy for ``labels [B]`` (last position) or ``[B, L]`` (every position with label > 0)."""
+    def loss_from_hidden(self, hidden: torch.Tensor, last: torch.Tensor, last_logits: torch.Tensor | None,
+                         labels: torch.Tensor, negatives: NegativeSample | None = None) -> torch.Tensor:
+        """The loss for ``labels [B]`` (at ``last [B, D]``, whose logits may be given) or ``[B, L]`` (every position
+        of ``hidden [B, L, D]`` with label > 0): :meth:`item_loss`."""
         labels = labels.to(hidden.device).long()
         if labels.dim() == 1:
-            return F.cross_entropy(last_logits, labels)
+            if last_logits is not None and negatives is None:
+                return F.cross_entropy(last_logits, labels)
+            return self.item_loss(last, labels, negatives)
         if labels.shape != hidden.shape[:2]:
             raise ValueError(f"labels must be [batch] or [batch, seq_len] = {list(hidden.shape[:2])}, got {list(labels.shape)}")
         sel = labels > 0
         if not sel.any():
             raise ValueError("labels hold no target (all 0)")
-        return F.cross_entropy(self.score(hidden[sel]), labels[sel])
+        return self.item_loss(hidden[sel], labels[sel], negatives)
+
+    def item_loss(self, hidden: torch.Tensor, targets: torch.Tensor,
+                  negatives: NegativeSample | None = None) -> torch.Tensor:
+        """Mean loss of ``hidden [M, D]`` for ``targets [M]``: cross-entropy over all ``n_items`` logits, or, given
+        ``negatives``, sampled softmax against them (:func:`zoo.losses.sampled_softmax_loss`)."""
+        if negatives is None:
+            return F.cross_entropy(self.score(hidden), targets)
+        return sampled_softmax_loss(hidden, targets, *self.item_output(), negatives)
 
     # -------------------------------------------------------------- inference
     @torch.no_grad()

@@ -46,6 +46,8 @@ TRAIN_PRESETS = {
     "lrurec": dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, batch_size=128, clip=5.0),
 }
 DEFAULT_PRESET = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, clip=0.0)
+#: ``--negatives`` when ``--loss sampled-softmax`` is given without it
+DEFAULT_NEGATIVES = 256
 
 
 def set_seed(seed: int) -> None:
@@ -237,7 +239,8 @@ def loss_scale(labels: torch.Tensor, targets_per_batch: float, weighting: str) -
     raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
 
 
-def describe_objective(model_type: str, max_len: int, stride: int, config: dict | None = None) -> str:
+def describe_objective(model_type: str, max_len: int, stride: int, config: dict | None = None,
+                       loss: str | None = None) -> str:
     """One sentence for the training log and the model card: what ``zoo.train`` optimised for this model.
 
     Args:
@@ -245,7 +248,9 @@ def describe_objective(model_type: str, max_len: int, stride: int, config: dict 
         max_len: training window length (``max_seq_length``).
         stride: pairs between consecutive window ends (``max_len`` = non-overlapping windows).
         config: the model's config as a dict (BERT4Rec's masking fields).
+        loss: what replaces the full cross-entropy (:meth:`zoo.losses.NegativeSampler.describe`), if anything.
     """
+    ce = loss or "cross-entropy over all items"
     if model_type == "bert4rec":
         c = config or {}
         ft = (f"with probability ft_ratio = {c.get('ft_ratio')} a batch instead masks only the last item of each row"
@@ -253,7 +258,7 @@ def describe_objective(model_type: str, max_len: int, stride: int, config: dict 
                  if c.get("ft_prefix_sampling", True) else ""))
         return (f"BERT4Rec's masked-item (Cloze) objective in RecBole's form, on non-overlapping windows of "
                 f"max_seq_length = {max_len} (plus the item after each window): every item is masked with probability "
-                f"mask_ratio = {c.get('mask_ratio')}, {ft}; cross-entropy over all items at the predicted masked "
+                f"mask_ratio = {c.get('mask_ratio')}, {ft}; {ce} at the predicted masked "
                 "positions; masks are drawn anew every epoch")
     from .models import MODELS
     from .models.tim4rec import WindowRecomputeMixin
@@ -262,12 +267,11 @@ def describe_objective(model_type: str, max_len: int, stride: int, config: dict 
         # non-causal hidden states (TiM4Rec's window-level time features, SSD4Rec's backward pass)
         sup = "every position" if stride == max_len else f"each of the last {stride} positions"
         return (f"RecBole's prefix objective: in windows of max_seq_length = {max_len} (ending every {stride} items), "
-                f"{sup} is its own sample, the prefix up to it (right-padded) -> the next item, cross-entropy over "
-                "all items at the prefix's last position; one forward per target, as the model's representations are "
-                "not causal")
+                f"{sup} is its own sample, the prefix up to it (right-padded) -> the next item, {ce} at the "
+                "prefix's last position; one forward per target, as the model's representations are not causal")
     if stride == max_len:
-        return "cross-entropy over all items at every position of windows of max_seq_length"
-    return (f"cross-entropy over all items; windows of max_seq_length = {max_len} ending every {stride} items, each "
+        return f"{ce} at every position of windows of max_seq_length"
+    return (f"{ce}; windows of max_seq_length = {max_len} ending every {stride} items, each "
             f"supervising its last {stride} positions (every target once, with >= {max_len - stride + 1} items of "
             "context or its whole prefix)")
 
@@ -292,19 +296,32 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             valid_users: int | None, kcore, init_from: str | None, lr_schedule: str, window_stride: int | None,
             loss_weighting: str, eval_every: int, decay_over: str, overwrite: bool, resume: bool = False,
             settings: dict | None = None, time_ties: str = "file", warmup_steps: int = 0,
-            columns: dict | None = None):
+            columns: dict | None = None, loss: str = "ce", negatives: int | None = None,
+            negative_sampler: str = "uniform"):
     """Everything :func:`train` does before its first epoch, in this order: check the settings (with ``resume``:
     against the interrupted run's), seed, read and split the data, build (or load ``init_from``) the model, cut the
     training windows. Writes nothing.
 
-    Returns ``(preset, device, dataset, split, model, config_overrides, init_config_changes, windows, resumed)``,
-    ``resumed`` being ``(folder, state, tensors)`` of the resume state or ``None``."""
+    Returns ``(preset, device, dataset, split, model, config_overrides, init_config_changes, windows, resumed,
+    sampler)``, ``resumed`` being ``(folder, state, tensors)`` of the resume state or ``None``, ``sampler`` the
+    :class:`~zoo.losses.NegativeSampler` of a sampled-softmax run or ``None``."""
     from . import train_state
     from .data import leave_one_out, load_dataset, training_windows
     from .modeling_utils import resolve_device
     from .models import get_model_class
 
+    from .losses import LOSSES, SAMPLERS, NegativeSampler
+
     lr_factor(lr_schedule, 0.0)                                    # validate the names before any work
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if negative_sampler not in SAMPLERS:
+        raise ValueError(f"negative sampler must be one of {SAMPLERS}, got {negative_sampler!r}")
+    if loss == "ce" and (negatives is not None or negative_sampler != "uniform"):
+        raise ValueError("--negatives / --negative-sampler are for --loss sampled-softmax; the full cross-entropy "
+                         "scores every item")
+    if negatives is not None and (isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 1):
+        raise ValueError(f"--negatives must be an int >= 1, got {negatives!r}")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
     check_config_overrides(get_model_class(model_type)[0], dict(config_overrides or {}))
@@ -369,7 +386,18 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     model.set_item_vocab(ds.vocab)
     windows = training_windows(split.train, model.config.max_seq_length,
                                split.train_timestamps if model.uses_timestamps else None, stride=window_stride)
-    return preset, device, ds, split, model, overrides, init_changes, windows, resumed
+    sampler = None
+    if loss == "sampled-softmax":
+        from .data import item_counts
+
+        n_items = int(model.config.n_items)
+        num = DEFAULT_NEGATIVES if negatives is None else negatives
+        if num >= n_items - 1:
+            print(f"[zoo.train] note: --negatives {num} draws as many items as the catalogue holds ({n_items - 1:,}): "
+                  "the full cross-entropy (--loss ce) is exact and cheaper", flush=True)
+        counts = item_counts(split.train, n_items) if negative_sampler == "popularity" else None
+        sampler = NegativeSampler(n_items, num, negative_sampler, counts, device=device)
+    return preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler
 
 
 def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int = 10, seed: int = 2020,
@@ -380,7 +408,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           command: str | None = None, init_from: str | None = None, lr_schedule: str = "constant",
           window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1,
           decay_over: str = "epochs", overwrite: bool = False, resume: bool = False,
-          time_ties: str = "file", warmup_steps: int = 0, columns: dict | None = None) -> dict:
+          time_ties: str = "file", warmup_steps: int = 0, columns: dict | None = None, loss: str = "ce",
+          negatives: int | None = None, negative_sampler: str = "uniform") -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     After every epoch the run's full state goes to ``out/resume/`` (:mod:`zoo.train_state`); ``resume=True``, with
@@ -399,7 +428,10 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     A run started ``init_from`` a checkpoint first validates that checkpoint (logged as ``init_valid_NDCG10``) and
     says at the end when no epoch beat it. ``out`` must not already hold a checkpoint unless ``overwrite`` (see
     :func:`check_output_folder`). ``kcore``, ``time_ties`` and ``columns`` (:func:`zoo.data.load_dataset`) are kept
-    in the log's ``data_options``, so that ``zoo.hub card`` evaluates the checkpoint on the same sequences."""
+    in the log's ``data_options``, so that ``zoo.hub card`` evaluates the checkpoint on the same sequences.
+    ``loss`` is ``ce`` (cross-entropy over all items) or ``sampled-softmax`` (each target against ``negatives``
+    items shared by the batch, drawn by ``negative_sampler``; :mod:`zoo.losses`), for catalogues too large to score
+    whole at every target; validation and test always rank the full catalogue."""
     from tqdm.auto import tqdm
 
     from . import train_state
@@ -415,15 +447,16 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         valid_users=valid_users, exclude_history=exclude_history, kcore=kcore, progress=progress, command=command,
         init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride, loss_weighting=loss_weighting,
         eval_every=eval_every, decay_over=decay_over, time_ties=time_ties, warmup_steps=warmup_steps,
-        columns=columns)))
+        columns=columns, loss=loss, negatives=negatives, negative_sampler=negative_sampler)))
     try:
-        preset, device, ds, split, model, overrides, init_changes, windows, resumed = _set_up(
+        preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler = _set_up(
             model_type, data, out, epochs=epochs, patience=patience, seed=seed, max_len=max_len,
             config_overrides=config_overrides, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
             batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes, valid_users=valid_users,
             kcore=kcore, init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride,
             loss_weighting=loss_weighting, eval_every=eval_every, decay_over=decay_over, overwrite=overwrite,
-            resume=resume, settings=settings, time_ties=time_ties, warmup_steps=warmup_steps, columns=columns)
+            resume=resume, settings=settings, time_ties=time_ties, warmup_steps=warmup_steps, columns=columns,
+            loss=loss, negatives=negatives, negative_sampler=negative_sampler)
     except (ValueError, OSError) as e:
         raise RunSetupError(str(e)) from e
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
@@ -444,11 +477,16 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           f"{ds.n_items:,} items, {ds.n_interactions:,} interactions | {len(windows):,} training windows, "
           f"{windows.n_positions:,} {what} ({windows.n_computed:,} positions computed, stride {windows.stride}) | "
           f"device {device} | {preset}", flush=True)
+    if sampler is not None:
+        print(f"[zoo.train] loss: {sampler.describe()}", flush=True)
     os.makedirs(out, exist_ok=True)
     log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(),
            "data_options": load_options(kcore, time_ties, columns), "seed": seed,
            "train": preset, "config_overrides": overrides, "epochs": [], "command": command,
-           "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict()),
+           "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict(),
+                                           sampler.describe() if sampler is not None else None),
+           "loss": {"type": loss} if sampler is None else {"type": loss, "negatives": sampler.num,
+                                                           "sampler": sampler.kind},
            "window_stride": windows.stride, "loss_weighting": loss_weighting,
            "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every}
     if init_from:       # the weights it starts from: a card folder replaced later no longer holds them
@@ -511,7 +549,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 loss = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
-                             timestamps=batch.get("timestamps")).loss
+                             timestamps=batch.get("timestamps"),
+                             negatives=sampler.sample() if sampler is not None else None).loss
             opt.zero_grad(set_to_none=True)
             (loss * loss_scale(batch["labels"], targets_per_batch, loss_weighting)).backward()
             if preset["clip"]:
@@ -640,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli import kcore as kcore_arg
     from .cli import add_columns_option, nonnegative_int, positive_int
     from .data import TIME_TIES
+    from .losses import LOSSES, SAMPLERS
 
     p = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model type, e.g. mamba4rec, lrurec, sasrec")
@@ -666,6 +706,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-stride", type=int,
                    help="overlapping training windows: a window ends every S items and supervises its last S "
                         "positions, so each target sees >= max_len - S + 1 items of context (default: max_len)")
+    p.add_argument("--loss", choices=LOSSES, default="ce",
+                   help="ce: cross-entropy over all items (default); sampled-softmax: each target against "
+                        "--negatives items shared by the batch, logQ-corrected, for catalogues too large to score "
+                        "whole at every target (validation and test still rank all items)")
+    p.add_argument("--negatives", type=positive_int,
+                   help=f"negatives per batch for --loss sampled-softmax (default {DEFAULT_NEGATIVES})")
+    p.add_argument("--negative-sampler", choices=SAMPLERS, default="uniform",
+                   help="proposal of the negatives: uniform over the items, or popularity (training counts + 1)")
     p.add_argument("--clip", type=float, help="gradient clip norm (0 = off)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="learning-rate decay over the planned --epochs (linear/cosine to 0)")
@@ -728,7 +776,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      window_stride=args.window_stride, loss_weighting=args.loss_weighting,
                      eval_every=args.eval_every, decay_over=args.decay_over, overwrite=args.overwrite,
                      resume=args.resume, time_ties=args.time_ties, warmup_steps=args.warmup_steps,
-                     columns=args.columns)
+                     columns=args.columns, loss=args.loss, negatives=args.negatives,
+                     negative_sampler=args.negative_sampler)
     except RunSetupError as e:
         p.error(str(e))
 

@@ -31,7 +31,8 @@ FORMAT_VERSION = 1
 #: settings that may change when a run is resumed (the rest must match the interrupted run's)
 RESUMABLE_CHANGES = ("max_minutes", "device", "progress", "command")
 #: settings added after runs were saved: a state without one ran with this value
-SETTING_DEFAULTS = {"time_ties": "file", "warmup_steps": 0, "columns": None}
+SETTING_DEFAULTS = {"time_ties": "file", "warmup_steps": 0, "columns": None, "loss": "ce", "negatives": None,
+                    "negative_sampler": "uniform"}
 
 
 def resume_dir(out: str | os.PathLike) -> str | None:

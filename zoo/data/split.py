@@ -400,5 +400,14 @@ def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
     return Split(train, train_ts, list(ds.users), valid, test, ds)
 
 
+def item_counts(sequences, n_items: int) -> np.ndarray:
+    """``[n_items]`` int64: how often each internal item index occurs in ``sequences`` (e.g. ``Split.train``); the
+    most-popular baseline's scores and the popularity proposal of sampled softmax."""
+    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences] or [np.zeros(0, np.int64)])
+    if len(flat) and (flat.min() < 0 or flat.max() >= n_items):
+        raise ValueError(f"sequences hold item indices outside [0, {n_items - 1}]")
+    return np.bincount(flat, minlength=n_items)
+
+
 __all__ = ["TIME_TIES", "kcore_filter", "build_sequences", "load_dataset", "leave_one_out", "factorize",
-           "SequenceDataset", "EvalExamples", "Split"]
+           "item_counts", "SequenceDataset", "EvalExamples", "Split"]

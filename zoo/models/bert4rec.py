@@ -233,21 +233,22 @@ class BERT4RecModel(SeqRecPreTrainedModel):
         idx = (torch.arange(L, device=h.device)[None] + shift[:, None]).clamp(max=h.shape[1] - 1)
         return h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., D]`` -> ``[..., n_items]``: dot products with the item embeddings (no [MASK] row) + output bias."""
-        return torch.matmul(hidden, self.item_embedding.weight[: self.config.n_items].t()) + self.output_bias
+    def item_output(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits = dot products with the item embeddings (no [MASK] row) + output bias: ``(E[:n_items], b)``."""
+        return self.item_embedding.weight[: self.config.n_items], self.output_bias
 
     # -------------------------------------------------------------- training
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, timestamps: torch.Tensor | None = None,
-                **kwargs) -> SeqRecOutput:
+                negatives=None, **kwargs) -> SeqRecOutput:
         """As :meth:`SeqRecPreTrainedModel.forward`; ``labels [B, L]`` switch to the masked-item objective.
 
         See the module docstring: with ``labels [B, L]`` the loss is RecBole's Cloze loss on (window + last label),
         ``logits`` is None in training mode, and ``hidden_states`` are those of the masked sequence.
         """
         if not (isinstance(labels, torch.Tensor) and labels.dim() == 2):
-            return super().forward(input_ids, attention_mask, labels=labels, timestamps=timestamps, **kwargs)
+            return super().forward(input_ids, attention_mask, labels=labels, timestamps=timestamps,
+                                   negatives=negatives, **kwargs)
         ids, mask, _ = self.check_inputs(input_ids, attention_mask, timestamps)
         labels = labels.to(ids.device).long()
         if labels.shape != ids.shape:
@@ -257,11 +258,11 @@ class BERT4RecModel(SeqRecPreTrainedModel):
         hidden = self.encode_raw(masked, seq_mask)
         sel = target > 0
         if sel.any():
-            loss = F.cross_entropy(self.score(hidden[sel]), target[sel])
+            loss = self.item_loss(hidden[sel], target[sel], negatives)
         else:  # no slot masked anywhere in the batch (tiny batches only): a zero loss that keeps the graph
             loss = hidden.sum() * 0.0
         logits = None
-        if not self.training:
+        if not self.training and negatives is None:
             last = self.encode(ids, mask)[torch.arange(ids.shape[0], device=ids.device), self.last_positions(mask)]
             logits = self.score(last)
         return SeqRecOutput(loss=loss, logits=logits, hidden_states=hidden)

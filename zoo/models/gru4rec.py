@@ -103,9 +103,9 @@ class GRU4RecModel(SeqRecPreTrainedModel):
         """
         return self._run(input_ids, None)[0]
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., embedding_size]`` -> ``[..., n_items]``: dot products with the (tied) item embeddings, no bias."""
-        return torch.matmul(hidden, self.item_embedding.weight.t())
+    def item_output(self) -> tuple[torch.Tensor, None]:
+        """Logits = dot products of ``[..., embedding_size]`` with the (tied) item embeddings, no bias."""
+        return self.item_embedding.weight, None
 
     # ------------------------------------------------------------------ step
     def state_spec(self, batch_size: int) -> list[StateTensorSpec]:

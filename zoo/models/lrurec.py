@@ -279,9 +279,9 @@ class LRURecModel(LRURecPreTrainedModel):
             x, _, _ = block(x, mask)
         return x
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., D]`` -> ``[..., n_items]``: ``hidden E^T + b_item``."""
-        return F.linear(hidden, self.item_embedding.weight, self.item_bias)
+    def item_output(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits = ``hidden E^T + b_item``."""
+        return self.item_embedding.weight, self.item_bias
 
     def state_spec(self, batch_size: int) -> list[StateTensorSpec]:
         shape = (batch_size, self.config.num_layers, self.config.lru_state_size)

@@ -203,8 +203,8 @@ class Mamba4RecModel(Mamba4RecPreTrainedModel):
             x = layer(x)
         return x
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.item_embedding.weight.t()                       # [..., n_items]
+    def item_output(self) -> tuple[torch.Tensor, None]:
+        return self.item_embedding.weight, None                                # tied item embeddings, no bias
 
     def state_spec(self, batch_size: int) -> list[StateTensorSpec]:
         c = self.config

@@ -199,9 +199,9 @@ class SASRecModel(SeqRecPreTrainedModel):
         allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]   # [B, 1, L, L]
         return self.trm_encoder(x, allowed)
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., D]`` -> ``[..., n_items]``: dot products with the (tied) item embeddings, no bias."""
-        return torch.matmul(hidden, self.item_embedding.weight.t())
+    def item_output(self) -> tuple[torch.Tensor, None]:
+        """Logits = dot products with the (tied) item embeddings, no bias."""
+        return self.item_embedding.weight, None
 
     # ------------------------------------------------------------------ step
     def state_spec(self, batch_size: int) -> list[StateTensorSpec]:

@@ -209,8 +209,8 @@ class SSD4RecModel(WindowRecomputeMixin, SSD4RecPreTrainedModel):
             x = layer(x, rev)
         return x
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.item_embedding.weight.t()                         # [..., n_items]
+    def item_output(self) -> tuple[torch.Tensor, None]:
+        return self.item_embedding.weight, None                                # tied item embeddings, no bias
 
     def state_spec(self, batch_size: int) -> list[StateTensorSpec]:
         return self.window_state_spec(batch_size)

@@ -388,10 +388,11 @@ class WindowRecomputeMixin:
             new_state["window_ts"] = w_ts[:, -1].clone()
         return hidden, new_state
 
-    def forward(self, input_ids, attention_mask=None, labels=None, timestamps=None, **kwargs):
+    def forward(self, input_ids, attention_mask=None, labels=None, timestamps=None, negatives=None, **kwargs):
         """As :meth:`SeqRecPreTrainedModel.forward`; all-position ``labels [B, L]`` use the prefix objective."""
         if labels is None or not isinstance(labels, torch.Tensor) or labels.dim() != 2:
-            return super().forward(input_ids, attention_mask, labels=labels, timestamps=timestamps, **kwargs)
+            return super().forward(input_ids, attention_mask, labels=labels, timestamps=timestamps,
+                                   negatives=negatives, **kwargs)
         ids, mask, ts = self.check_inputs(input_ids, attention_mask, timestamps)
         labels = labels.to(ids.device).long()
         if labels.shape != ids.shape:
@@ -407,7 +408,9 @@ class WindowRecomputeMixin:
         p_ts = torch.where(p_mask, ts[b_idx], torch.zeros_like(ts[b_idx])) if ts is not None else None
         width = int(t_idx.max()) + 1
         out = super().forward(p_ids[:, :width], p_mask[:, :width], labels=labels[b_idx, t_idx],
-                              timestamps=p_ts[:, :width] if p_ts is not None else None)
+                              timestamps=p_ts[:, :width] if p_ts is not None else None, negatives=negatives)
+        if negatives is not None:       # sampled training: the full catalogue is not scored
+            return type(out)(loss=out.loss)
         with torch.no_grad():  # logits/hidden of the batch itself, for inspection only (no graph kept)
             main = super().forward(input_ids, attention_mask, timestamps=timestamps)
         return type(out)(loss=out.loss, logits=main.logits, hidden_states=main.hidden_states)
@@ -462,8 +465,8 @@ class TiM4RecModel(WindowRecomputeMixin, TiM4RecPreTrainedModel):
             x, T = layer(x, T)
         return x
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.item_embedding.weight.t()                       # [..., n_items]
+    def item_output(self) -> tuple[torch.Tensor, None]:
+        return self.item_embedding.weight, None                                # tied item embeddings, no bias
 
     def state_spec(self, batch_size: int) -> list[StateTensorSpec]:
         return self.window_state_spec(batch_size)

@@ -171,8 +171,8 @@ class TiM4RecCausalModel(TiM4RecPreTrainedModel):
             T = self.gap_features(gaps)
         return self._run(input_ids, T, None)[0]
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.item_embedding.weight.t()                          # [..., n_items]
+    def item_output(self) -> tuple[torch.Tensor, None]:
+        return self.item_embedding.weight, None                                # tied item embeddings, no bias
 
     def state_spec(self, batch_size: int) -> list[StateTensorSpec]:
         c = self.config

@@ -34,7 +34,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line  # noqa: E402
+from bench.benchutil import command_line, reset_peak_rss, status_kb  # noqa: E402
 
 #: model type -> the card whose config it trains with (None: the model's defaults with ML-1M's item rows)
 MODELS = {"mamba4rec": "mamba4rec-ml1m", "lrurec": "lrurec-ml1m", "gru4rec": "gru4rec-ml1m", "sasrec": "sasrec-ml1m",
@@ -100,17 +100,9 @@ def peak_memory_mb(model_type: str, batch: int, seq_len: int, prefixes: int, dev
         step(model, *batch_in)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with open("/proc/self/clear_refs", "w") as f:     # Linux: reset the peak resident set (VmHWM) to the current one
-        f.write("5")
-    before = _status_kb("VmRSS")
+    before = reset_peak_rss()
     step(model, *batch_in)
-    return (_status_kb("VmHWM") - before) / 1024
-
-
-def _status_kb(field: str) -> int:
-    """A ``kB`` field of ``/proc/self/status`` (VmRSS: resident now; VmHWM: the peak since the last reset)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    return (status_kb("VmHWM") - before) / 1024
 
 
 def main(argv=None):

@@ -12,3 +12,16 @@ def command_line(script: str, argv: Sequence[str] | None = None) -> str:
     ``main`` was given, or ``sys.argv[1:]``), for the file's header, so that a rerun with other options says so."""
     args = sys.argv[1:] if argv is None else list(argv)
     return " ".join(["python", script, *map(shlex.quote, args)])
+
+
+def status_kb(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (VmRSS: resident now; VmHWM: the peak since the last reset)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def reset_peak_rss() -> int:
+    """Linux: reset the process's peak resident set (VmHWM) to the current one; returns the resident set (kB)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status_kb("VmRSS")

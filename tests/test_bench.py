@@ -189,3 +189,24 @@ def test_train_cost_bench_runs(monkeypatch, tmp_path):
         assert ms == pytest.approx(seconds * 1e3 / int(cells[2]), abs=0.05 / int(cells[2]) + 0.0005 + 1e-9), m
         assert ratio == pytest.approx(ms / float(rows["mamba4rec"][4]), rel=0.06, abs=0.06), m
         assert float(cells[6]) >= 0, m
+
+
+def test_sampled_softmax_bench_runs(monkeypatch, tmp_path):
+    """A tiny run end to end: a full cross-entropy row and a sampled row per catalogue, each row's time per target the
+    sum of its two timings over the targets, the full row the 1.00x reference, the logits column targets x items x 4
+    bytes, and the memory of each row measured in a fresh interpreter."""
+    b = _bench("bench_sampled_softmax", monkeypatch)
+    out = tmp_path / "ss.md"
+    b.main(["--catalogues", "50", "400", "--negatives", "8", "--batch", "2", "--seq-len", "5", "--repeats", "1",
+            "--markdown", str(out)])
+    text = out.read_text()
+    assert text.startswith("# Full cross-entropy vs sampled softmax") and "--negatives 8 --batch 2" in text
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| 50 ") or line.startswith("| 400 ")]
+    assert [(r[0], r[1]) for r in rows] == [("50", "full cross-entropy"), ("50", "sampled softmax, 8 negatives"),
+                                            ("400", "full cross-entropy"), ("400", "sampled softmax, 8 negatives")]
+    for r in rows:
+        fb, opt, per_target = float(r[2]), float(r[3]), float(r[4])
+        assert per_target == pytest.approx((fb + opt) / 10, abs=0.011), r      # 10 targets; cells rounded
+        assert float(r[6]) >= 0 and r[7] == f"{10 * int(r[0]) * 4 / 2**20:.0f}"
+    assert rows[0][5] == rows[2][5] == "1.00x"

@@ -1,0 +1,150 @@
+"""What the full cross-entropy and sampled softmax (``zoo.train --loss sampled-softmax``) cost one training step as
+the catalogue grows: time and memory, side by side in one run (a benchmark, not a test).
+
+Mamba4Rec in the bundled card's configuration (``hub_cards/mamba4rec-ml1m/config.json``) with its item table resized
+to each catalogue (``--catalogues``; ML-1M has 3,417 rows), random items; every position of ``--batch`` windows of
+``--seq-len`` items is a target, as ``zoo.train`` trains it. Rows: the full cross-entropy, then sampled softmax with
+each ``--negatives`` count (uniform proposal; the popularity proposal costs the same).
+
+    python bench/bench_sampled_softmax.py [--catalogues 3417 100001 1000001] [--negatives 256 1024] [--markdown F]
+
+Columns, one thread, best of ``--repeats`` after a warm-up, the losses alternating within every repeat:
+
+* forward + backward (ms);
+* the Adam step (ms). PyTorch's embedding gradient is dense, so Adam updates every row of the item table whatever
+  the loss: sampled softmax does not make this part cheaper, and on a large catalogue it becomes the cost left;
+* the step's total per target (ms), and its ratio to the full cross-entropy's on the same catalogue;
+* the memory one forward + backward adds (MB): the growth of the peak resident set in a fresh interpreter (Linux;
+  approximate, what the allocator keeps counts). The full cross-entropy's logits alone are ``targets x catalogue x 4``
+  bytes, and their gradient as much again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.benchutil import command_line, reset_peak_rss, status_kb  # noqa: E402
+
+CARD = "mamba4rec-ml1m"
+
+
+def build(n_items: int):
+    """Mamba4Rec with the card's config and ``n_items`` item rows, random weights, in training mode."""
+    import zoo  # noqa: F401  (registers the models)
+    from zoo.models import get_model_class
+
+    cfg_cls, model_cls = get_model_class("mamba4rec")
+    fields = json.load(open(os.path.join(ROOT, "hub_cards", CARD, "config.json")))
+    fields = {k: v for k, v in fields.items() if k not in ("architectures", "item_vocab_file", "transformers_version",
+                                                           "model_type", "dtype")}
+    fields["n_items"] = n_items
+    torch.manual_seed(0)
+    return model_cls(cfg_cls(**fields)).train()
+
+
+def batch(n_items: int, n_windows: int, seq_len: int):
+    """``(ids, mask, labels)``: random windows whose every position is a target."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, n_items, (n_windows, seq_len), generator=g)
+    labels = torch.randint(1, n_items, (n_windows, seq_len), generator=g)
+    return ids, torch.ones(n_windows, seq_len, dtype=torch.bool), labels
+
+
+def sampler(n_items: int, negatives: int | None):
+    """The uniform :class:`~zoo.losses.NegativeSampler` of a row, None for the full cross-entropy."""
+    from zoo.losses import NegativeSampler
+
+    return None if negatives is None else NegativeSampler(n_items, negatives, "uniform")
+
+
+def forward_backward(model, inputs, neg_sampler) -> None:
+    ids, mask, labels = inputs
+    negatives = neg_sampler.sample() if neg_sampler is not None else None
+    model(ids, mask, labels=labels, negatives=negatives).loss.backward()
+
+
+def step_memory_mb(n_items: int, negatives: int | None, n_windows: int, seq_len: int) -> float:
+    """MB one forward + backward adds to the process: peak resident set growth (Linux)."""
+    model, inputs, s = build(n_items), batch(n_items, n_windows, seq_len), sampler(n_items, negatives)
+    before = reset_peak_rss()
+    forward_backward(model, inputs, s)
+    return (status_kb("VmHWM") - before) / 1024
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--catalogues", type=int, nargs="+", default=[3417, 100_001, 1_000_001],
+                   help="item table rows (padding included)")
+    p.add_argument("--negatives", type=int, nargs="+", default=[256, 1024], help="sampled-softmax rows")
+    p.add_argument("--batch", type=int, default=8, help="windows per step")
+    p.add_argument("--seq-len", type=int, default=50, help="items per window (every one a target)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--markdown", help="also write the table to this file")
+    p.add_argument("--memory-of", type=int, nargs=2, metavar=("ITEMS", "NEGATIVES"),
+                   help=argparse.SUPPRESS)                                      # the per-row subprocess (0 = full CE)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if a.memory_of:
+        items, neg = a.memory_of
+        print(step_memory_mb(items, neg or None, a.batch, a.seq_len))
+        return
+    if any(n < 2 for n in a.catalogues) or any(k < 1 for k in a.negatives):
+        p.error("--catalogues need >= 2 rows and --negatives >= 1")
+    targets = a.batch * a.seq_len
+    lines = [f"Produced by `{command_line('bench/bench_sampled_softmax.py', argv)}` ({time.strftime('%Y-%m-%d')}, "
+             f"cpu, one thread; torch {torch.__version__}, {platform.processor() or platform.machine()}): Mamba4Rec "
+             f"({CARD}'s config, the item table resized), one training step on {a.batch} windows of {a.seq_len} items "
+             f"({targets:,} targets), best of {a.repeats} after a warm-up, the losses alternating.", "",
+             "| catalogue (item rows) | loss | forward + backward (ms) | Adam step (ms) | ms per target | "
+             "step vs full CE | memory added by forward + backward (MB) | full-CE logits (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n_items in a.catalogues:
+        rows = []
+        for neg in [None, *a.negatives]:
+            model = build(n_items)
+            rows.append({"neg": neg, "model": model, "opt": torch.optim.Adam(model.parameters(), lr=1e-3),
+                         "sampler": sampler(n_items, neg), "fb": float("inf"), "opt_s": float("inf")})
+        inputs = batch(n_items, a.batch, a.seq_len)
+        for rep in range(a.repeats + 1):                 # rep 0: warm-up (and the optimizer's first, allocating, step)
+            for r in rows:
+                t = time.perf_counter()
+                forward_backward(r["model"], inputs, r["sampler"])
+                t1 = time.perf_counter()
+                r["opt"].step()
+                t2 = time.perf_counter()
+                r["opt"].zero_grad(set_to_none=False)
+                if rep:
+                    r["fb"], r["opt_s"] = min(r["fb"], t1 - t), min(r["opt_s"], t2 - t1)
+        full_step = rows[0]["fb"] + rows[0]["opt_s"]
+        for r in rows:
+            cmd = [sys.executable, os.path.abspath(__file__), "--memory-of", str(n_items), str(r["neg"] or 0),
+                   "--batch", str(a.batch), "--seq-len", str(a.seq_len)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
+            memory = float(out.stdout.strip().splitlines()[-1])
+            total = r["fb"] + r["opt_s"]
+            loss = "full cross-entropy" if r["neg"] is None else f"sampled softmax, {r['neg']} negatives"
+            lines.append(f"| {n_items:,} | {loss} | {r['fb'] * 1e3:.1f} | {r['opt_s'] * 1e3:.1f} | "
+                         f"{total * 1e3 / targets:.3f} | {total / full_step:.2f}x | {memory:.0f} | "
+                         f"{targets * n_items * 4 / 2**20:.0f} |")
+    print("\n".join(lines))
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write("# Full cross-entropy vs sampled softmax: one training step as the catalogue grows\n\n"
+                    + "\n".join(lines) + "\n")
+        print(f"wrote {a.markdown}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,9 +10,10 @@
 #   4. every GPU-marked test (pytest -m gpu -rs, in the three files that have them): kernels, SSD/selective-scan GPU
 #      paths; the TensorRT-engine tests skip with their reason where the image has no TensorRT builder; the tests
 #      reuse step 2's build folder (ZOO_PLUGINS_BUILD_DIR: an incremental no-op build)  -> $OUT/pytest_gpu.log
-#   5. the models on CUDA (tests/test_gpu.py, last: the lowest priority): every model's step == full forward (or
-#      window forward) with the CPU tests' tiny models and tolerance, and zoo.train on CUDA with and without --amp,
-#      its checkpoint re-evaluated on the CPU                                -> $OUT/gpu_models.log
+#   5. the models on CUDA (tests/test_gpu.py, tests/test_losses.py; last: the lowest priority): every model's step ==
+#      full forward (or window forward) with the CPU tests' tiny models and tolerance, sampled softmax with every item
+#      == the full cross-entropy, and zoo.train on CUDA with and without --amp and with sampled softmax, its
+#      checkpoint re-evaluated on the CPU                                    -> $OUT/gpu_models.log
 #
 # On this (CPU) machine, once, in the repository root (.whl/ is git-ignored; 0.2 MB of the 64 MiB that may travel):
 #   python3 -m pip download --no-deps kernel-lens==2.0.1 -d .whl      # TensorRT headers for the plugin library
@@ -68,7 +69,8 @@ step build 150 build.log -- python3 -m export.build_plugins --build-dir "$ZOO_PL
 step harness 90 harness.log -- python3 plugins/harness.py --check --bench --json "$OUT/harness.json"
 step pytest-gpu 150 pytest_gpu.log -- python3 -m pytest -q -rs -m gpu -p no:cacheprovider \
     tests/test_trt_plugins.py tests/test_ops.py tests/test_ssd_ops.py
-step gpu-models 90 gpu_models.log -- python3 -m pytest -q -rs -s -m gpu -p no:cacheprovider tests/test_gpu.py
+step gpu-models 90 gpu_models.log -- python3 -m pytest -q -rs -s -m gpu -p no:cacheprovider tests/test_gpu.py \
+    tests/test_losses.py
 
 echo "=== summary"
 cat "$OUT/summary.txt"

@@ -126,20 +126,23 @@ def test_the_device_proxy_runs_the_checks_unchanged(one_thread):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("amp", [False, True])
-def test_training_on_cuda_and_its_checkpoint_on_the_cpu(tmp_path, amp):
+@pytest.mark.parametrize("amp, loss", [(False, []), (True, []),
+                                       (False, ["--loss", "sampled-softmax", "--negatives", "8",
+                                                "--negative-sampler", "popularity"])])
+def test_training_on_cuda_and_its_checkpoint_on_the_cpu(tmp_path, amp, loss):
     """``zoo.train --device cuda [--amp]`` learns (far above the most-popular floor) and writes a checkpoint that the
-    CPU evaluates to the test numbers the run logged (fp32 weights either way; bf16 only inside the autocast)."""
+    CPU evaluates to the test numbers the run logged (fp32 weights either way; bf16 only inside the autocast); also
+    with sampled softmax, whose negatives are drawn on the GPU."""
     from test_train import TINY, _markov_file
 
     from zoo.evaluate import main as evaluate_main
     from zoo.train import main as train_main
 
     data = _markov_file(tmp_path / "markov.tsv")
-    out = tmp_path / ("amp" if amp else "fp32")
+    out = tmp_path / ("amp" if amp else "fp32") / ("sampled" if loss else "ce")
     log = train_main(["--model", "mamba4rec", "--data", str(data), "--out", str(out), "--epochs", "4",
                       "--max-len", "50", "--batch-size", "16", "--lr", "5e-3", "--kcore", "0", "--no-progress",
-                      "--device", "cuda", "--set", *TINY["mamba4rec"]] + (["--amp"] if amp else []))
+                      "--device", "cuda", "--set", *TINY["mamba4rec"]] + (["--amp"] if amp else []) + loss)
     assert log["environment"].get("cuda") and log["best_valid_NDCG10"] > 2 * log["popularity_valid_NDCG10"], log
     again = evaluate_main(["--model", str(out), "--data", str(data), "--kcore", "none", "--device", "cpu",
                            "--no-progress"])

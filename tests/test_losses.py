@@ -253,3 +253,16 @@ def test_sampling_options_without_the_sampled_loss_are_refused(tmp_path, capsys,
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba4rec", "bert4rec"])
+def test_every_item_once_is_the_full_cross_entropy_on_cuda(name):
+    """The tie of the two losses on the GPU (the sampled loss's gathers and masked fill on CUDA tensors)."""
+    model = _model(name).cuda()
+    ids, mask, ts, labels = (None if t is None else t.cuda() for t in _batch(model))
+    every = NegativeSample.every_item(int(model.config.n_items), device="cuda")
+    torch.manual_seed(1)
+    full = model(ids, mask, labels=labels, timestamps=ts).loss
+    torch.manual_seed(1)
+    sampled = model(ids, mask, labels=labels, timestamps=ts, negatives=every).loss
+    torch.testing.assert_close(sampled, full, atol=1e-5, rtol=1e-5)

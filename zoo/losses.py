@@ -144,5 +144,5 @@ def describe_loss(loss: dict | None) -> str | None:
     if loss["type"] != "sampled-softmax":
         raise ValueError(f"unknown loss {loss['type']!r} (known: {LOSSES})")
     q = "uniformly over the items" if loss["sampler"] == "uniform" else "in proportion to the items' training counts + 1"
-    return (f"sampled softmax: each target against {loss['negatives']} negatives shared by the batch, drawn with "
-            f"replacement {q}, logQ-corrected, accidental hits removed")
+    return (f"sampled softmax (each target against {loss['negatives']} negatives shared by the batch, drawn with "
+            f"replacement {q}; logQ-corrected; accidental hits removed)")

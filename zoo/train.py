@@ -15,6 +15,9 @@ positions of each, so every target sees ``>= max_seq_length - S + 1`` items (or 
 augmentation, for ``~max_seq_length / S`` times the compute on long histories (see ``zoo.data.batching``).
 BERT4Rec is the exception: it trains with its masked-item (Cloze) objective on the same non-overlapping windows (see
 ``zoo.models.bert4rec``); ``describe_objective`` gives the sentence the log and the card carry for each model.
+``--loss sampled-softmax`` replaces the cross-entropy over all items by sampled softmax against ``--negatives`` items
+shared by the batch (:mod:`zoo.losses`), for catalogues too large to score whole at every target; validation and test
+rank the full catalogue either way.
 
 Every epoch leaves the run's full state in ``DIR/resume/`` (:mod:`zoo.train_state`); ``--resume`` continues an
 interrupted or budget-stopped run from it exactly (same command; ``--max-minutes`` and ``--device`` may change).

@@ -102,6 +102,14 @@ def test_every_item_once_is_the_full_cross_entropy_through_each_models_forward(n
     assert layers and any(float(p.grad.abs().sum()) > 0 for n, p in model.named_parameters() if n in layers)
 
 
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "tim4rec"])
+def test_negatives_without_labels_are_refused(name):
+    model = _model(name)
+    ids, mask, ts, _ = _batch(model)
+    with pytest.raises(ValueError, match="negatives are the sampled loss's: give them with labels"):
+        model(ids, mask, timestamps=ts, negatives=NegativeSample.every_item(int(model.config.n_items)))
+
+
 def test_a_real_sample_changes_the_loss_and_trains_only_the_rows_it_reads():
     """With a few negatives the loss differs from the full one, and the output rows outside targets and negatives get
     no gradient (what makes the step cheap on a large catalogue, apart from the optimizer's dense update)."""

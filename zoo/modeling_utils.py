@@ -309,6 +309,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         Returns:
             :class:`SeqRecOutput` with ``logits [B, n_items]`` at each row's last real position.
         """
+        if negatives is not None and labels is None:
+            raise ValueError("negatives are the sampled loss's: give them with labels (training), not for scoring")
         ids, mask, ts = self.check_inputs(input_ids, attention_mask, timestamps)
         hidden = self.encode(ids, mask, ts)                                   # [B, L, D]
         rows = torch.arange(ids.shape[0], device=ids.device)

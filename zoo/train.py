@@ -309,11 +309,10 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     sampler)``, ``resumed`` being ``(folder, state, tensors)`` of the resume state or ``None``, ``sampler`` the
     :class:`~zoo.losses.NegativeSampler` of a sampled-softmax run or ``None``."""
     from . import train_state
-    from .data import leave_one_out, load_dataset, training_windows
+    from .data import item_counts, leave_one_out, load_dataset, training_windows
+    from .losses import LOSSES, SAMPLERS, NegativeSampler
     from .modeling_utils import resolve_device
     from .models import get_model_class
-
-    from .losses import LOSSES, SAMPLERS, NegativeSampler
 
     lr_factor(lr_schedule, 0.0)                                    # validate the names before any work
     if loss not in LOSSES:
@@ -391,8 +390,6 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
                                split.train_timestamps if model.uses_timestamps else None, stride=window_stride)
     sampler = None
     if loss == "sampled-softmax":
-        from .data import item_counts
-
         n_items = int(model.config.n_items)
         num = DEFAULT_NEGATIVES if negatives is None else negatives
         if num >= n_items - 1:

@@ -8,6 +8,7 @@ the README quotes, recomputed from the data. (``bench/paired_table.py``: ``tests
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -210,3 +211,40 @@ def test_sampled_softmax_bench_runs(monkeypatch, tmp_path):
         assert per_target == pytest.approx((fb + opt) / 10, abs=0.011), r      # 10 targets; cells rounded
         assert float(r[6]) >= 0 and r[7] == f"{10 * int(r[0]) * 4 / 2**20:.0f}"
     assert rows[0][5] == rows[2][5] == "1.00x"
+
+
+def _run_log(tmp_path, name, loss, seed, ndcg, data="d.tsv", model="sasrec", finished=True):
+    """A finished zoo.train run folder with the fields bench/loss_table.py reads."""
+    log = {"model_type": model, "data": f"/x/{data}", "seed": seed, "protocol": {"history_masked": False},
+           "loss": loss, "best_valid_NDCG10": ndcg + 0.01, "best_epoch": 2, "train_minutes": 1.5,
+           "epochs": [{"epoch": 1, "seconds": 10.0}, {"epoch": 2, "seconds": 20.0}, {"epoch": 3, "seconds": 30.0}]}
+    if finished:
+        log["test"] = {"HR@10": 2 * ndcg, "NDCG@10": ndcg, "MRR@10": ndcg / 2}
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "train_log.json").write_text(json.dumps(log))
+    return str(folder)
+
+
+def test_loss_table_groups_runs_by_loss_with_their_means(monkeypatch, tmp_path, capsys):
+    b = _bench("loss_table", monkeypatch)
+    sampled = {"type": "sampled-softmax", "negatives": 64, "sampler": "uniform"}
+    runs = [_run_log(tmp_path, "ce-1", {"type": "ce"}, 1, 0.10), _run_log(tmp_path, "ce-2", None, 2, 0.20),
+            _run_log(tmp_path, "ss-1", sampled, 1, 0.30)]
+    out = tmp_path / "t.md"
+    b.main([*runs, "--markdown", str(out)])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| loss")]
+    assert [r[:3] for r in rows] == [["full cross-entropy", "`ce-1`", "1"], ["full cross-entropy", "`ce-2`", "2"],
+                                     ["**full cross-entropy**", "mean of 2", ""],
+                                     ["sampled softmax, 64 uniform", "`ss-1`", "1"]]   # a log without "loss" is CE
+    assert rows[2][3:] == ["0.1600", "0.3000", "0.1500", "0.0750", "3.0 (2.0)", "20", "1.5"]
+    assert rows[3][3:8] == ["0.3100", "0.6000", "0.3000", "0.1500", "3 (2)"]
+    # runs that differ in more than the loss, or one unfinished, are refused
+    other = _run_log(tmp_path, "other", {"type": "ce"}, 1, 0.1, data="e.tsv")
+    unfinished = _run_log(tmp_path, "cut", {"type": "ce"}, 3, 0.1, finished=False)
+    for bad, message in [([runs[0], other], "differ in model, data or protocol"),
+                         ([runs[0], unfinished], "has not finished"), ([str(tmp_path)], "no train_log.json")]:
+        with pytest.raises(SystemExit):
+            b.main(bad)
+        assert message in capsys.readouterr().err

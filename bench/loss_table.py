@@ -1,0 +1,99 @@
+"""Side-by-side table of ``zoo.train`` runs that differ in their loss (``--loss``, ``--negatives``,
+``--negative-sampler``): per run and per loss, the best validation NDCG@10, the test metrics, the epochs and the
+time (a measurement, not a test).
+
+    python bench/loss_table.py RUN_DIR [RUN_DIR ...] [--markdown out.md]
+
+Each ``RUN_DIR`` is a finished run's ``--out`` folder (its ``train_log.json`` holds the test metrics). Runs are grouped
+by their loss; a group's mean row follows its runs. The runs must share the data, model type and protocol (refused
+otherwise: a table of runs that differ in more than the loss would compare nothing), and each group should hold the
+same seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchutil import command_line  # noqa: E402
+
+COLUMNS = ("best valid NDCG@10", "test HR@10", "test NDCG@10", "test MRR@10", "epochs (best)", "s per epoch",
+           "minutes")
+
+
+def loss_name(log: dict) -> str:
+    """``full cross-entropy`` or ``sampled softmax, K <sampler>`` from the log's ``loss`` entry."""
+    loss = log.get("loss") or {"type": "ce"}
+    if loss["type"] == "ce":
+        return "full cross-entropy"
+    return f"sampled softmax, {loss['negatives']} {loss['sampler']}"
+
+
+def run_row(log: dict) -> dict:
+    """The table's numbers of one finished run."""
+    if "test" not in log:
+        raise ValueError("the run has not finished (its log has no test metrics)")
+    epochs = log["epochs"]
+    return {"best valid NDCG@10": log["best_valid_NDCG10"], "test HR@10": log["test"]["HR@10"],
+            "test NDCG@10": log["test"]["NDCG@10"], "test MRR@10": log["test"]["MRR@10"],
+            "epochs": len(epochs), "best epoch": log["best_epoch"],
+            "s per epoch": sum(e["seconds"] for e in epochs) / len(epochs), "minutes": log["train_minutes"]}
+
+
+def table(runs: dict[str, dict]) -> list[str]:
+    """Markdown lines: one row per run (``runs``: folder -> log), grouped by loss, each group closed by its mean."""
+    same = {(log["model_type"], os.path.basename(log["data"]), json.dumps(log["protocol"], sort_keys=True))
+            for log in runs.values()}
+    if len(same) != 1:
+        raise ValueError(f"the runs differ in model, data or protocol: {sorted(same)}")
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for folder, log in runs.items():
+        groups.setdefault(loss_name(log), []).append((folder, {**run_row(log), "seed": log["seed"]}))
+    lines = ["| loss | run | seed | " + " | ".join(COLUMNS) + " |", "|---" * (3 + len(COLUMNS)) + "|"]
+    for name, rows in groups.items():
+        for folder, r in rows:
+            lines.append(f"| {name} | `{os.path.basename(os.path.normpath(folder))}` | {r['seed']} | "
+                         f"{r['best valid NDCG@10']:.4f} | {r['test HR@10']:.4f} | {r['test NDCG@10']:.4f} | "
+                         f"{r['test MRR@10']:.4f} | {r['epochs']} ({r['best epoch']}) | {r['s per epoch']:.0f} | "
+                         f"{r['minutes']:.1f} |")
+        if len(rows) > 1:
+            m = {k: statistics.mean(r[k] for _, r in rows) for k in rows[0][1] if k != "seed"}
+            lines.append(f"| **{name}** | mean of {len(rows)} | | {m['best valid NDCG@10']:.4f} | "
+                         f"{m['test HR@10']:.4f} | {m['test NDCG@10']:.4f} | {m['test MRR@10']:.4f} | "
+                         f"{m['epochs']:.1f} ({m['best epoch']:.1f}) | {m['s per epoch']:.0f} | {m['minutes']:.1f} |")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="finished zoo.train --out folders")
+    p.add_argument("--markdown", help="also write the table to this file")
+    a = p.parse_args(argv)
+    runs = {}
+    for folder in a.runs:
+        path = os.path.join(folder, "train_log.json")
+        if not os.path.exists(path):
+            p.error(f"{folder}: no train_log.json (not a zoo.train --out folder)")
+        runs[folder] = json.load(open(path))
+    try:
+        lines = table(runs)
+    except ValueError as e:
+        p.error(str(e))
+    any_log = next(iter(runs.values()))
+    head = (f"Produced by `{command_line('bench/loss_table.py', argv)}`: {any_log['model_type']} on "
+            f"`{os.path.basename(any_log['data'])}`, test on the leave-one-out split (full ranking, history "
+            f"{'masked' if any_log['protocol']['history_masked'] else 'not masked'}).")
+    print(head + "\n\n" + "\n".join(lines))
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(head + "\n\n" + "\n".join(lines) + "\n")
+        print(f"wrote {a.markdown}")
+
+
+if __name__ == "__main__":
+    main()

@@ -72,7 +72,6 @@ on the same (truncated) history up to float error.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..modeling_utils import (SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel, State, StateTensorSpec, window_append,

@@ -246,6 +246,26 @@ def test_full_cross_entropy_logs_its_loss_and_keeps_its_objective(tmp_path):
     assert log["objective"].startswith("cross-entropy over all items")
 
 
+def test_a_large_catalogue_under_the_full_cross_entropy_points_at_sampled_softmax(tmp_path, capsys, monkeypatch):
+    """The note's size is targets per batch x items x 4 bytes; here the threshold is lowered to this tiny data's."""
+    from test_train import TINY, _markov_file
+
+    import zoo.train as T
+
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    monkeypatch.setattr(T, "LARGE_LOGITS_BYTES", 1000)
+    common = ["--model", "gru4rec", "--data", str(data), "--epochs", "1", "--max-len", "20", "--kcore", "0",
+              "--batch-size", "4", "--no-progress", "--set", *TINY["gru4rec"]]
+    T.main(common + ["--out", str(tmp_path / "ce")])
+    out = capsys.readouterr().out
+    assert "note: the full cross-entropy scores 40 items at every target" in out and "--loss sampled-softmax" in out
+    T.main(common + ["--out", str(tmp_path / "ss"), "--loss", "sampled-softmax", "--negatives", "8"])
+    assert "note: the full cross-entropy" not in capsys.readouterr().out
+    monkeypatch.setattr(T, "LARGE_LOGITS_BYTES", 2**30)
+    T.main(common + ["--out", str(tmp_path / "ce2")])
+    assert "note: the full cross-entropy" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--negatives", "8"], "are for --loss sampled-softmax"),
     (["--negative-sampler", "popularity"], "are for --loss sampled-softmax"),

@@ -51,6 +51,8 @@ TRAIN_PRESETS = {
 DEFAULT_PRESET = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, clip=0.0)
 #: ``--negatives`` when ``--loss sampled-softmax`` is given without it
 DEFAULT_NEGATIVES = 256
+#: full cross-entropy logits per batch above which ``zoo.train`` points at sampled softmax (bytes)
+LARGE_LOGITS_BYTES = 2**30
 
 
 def set_seed(seed: int) -> None:
@@ -496,6 +498,12 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     if init_changes:
         log["init_config_changes"] = {k: list(v) for k, v in init_changes.items()}
     targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]
+    logits_bytes = targets_per_batch * int(model.config.n_items) * 4
+    if sampler is None and logits_bytes > LARGE_LOGITS_BYTES:
+        print(f"[zoo.train] note: the full cross-entropy scores {int(model.config.n_items) - 1:,} items at every target: "
+              f"about {logits_bytes / 2**30:.1f} GiB of logits per batch of {preset['batch_size']} windows, as much "
+              "again for their gradient; --loss sampled-softmax scores each target against --negatives items "
+              "instead (bench/RESULTS_SAMPLED_SOFTMAX_QUALITY.md)", flush=True)
     best, best_epoch, bad, start_epoch = -1.0, -1, 0, 1
     gen = np.random.default_rng(seed)
     if resumed:                     # continue the interrupted run: its weights, optimizer, generators, counters, log

@@ -215,3 +215,19 @@ def test_a_soup_without_its_ingredients_history_is_not_carded(runs, tmp_path, ca
     with pytest.raises(ValueError, match="without the ingredients' training history"):
         hub.build_card_folder(str(soup), "tiny-soup", str(data), out_dir=str(tmp_path / "card"))
     assert not (tmp_path / "card").exists()
+
+
+def test_a_soup_of_sampled_softmax_runs_says_so(tmp_path):
+    """The soup log keeps the loss its best ingredient was trained with, so that its card's objective names it."""
+    from zoo.hub import _objective
+
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    args = ["--model", "sasrec", "--data", str(data), "--epochs", "1", "--max-len", "20", "--kcore", "0",
+            "--no-progress", "--set", *TINY["sasrec"], "--loss", "sampled-softmax", "--negatives", "8"]
+    for seed in (1, 2):
+        train_main(args + ["--out", str(tmp_path / f"s{seed}"), "--seed", str(seed)])
+    log = main(["--models", str(tmp_path / "s1"), str(tmp_path / "s2"), "--data", str(data),
+                "--out", str(tmp_path / "soup"), "--kcore", "0"])
+    assert log["loss"] == {"type": "sampled-softmax", "negatives": 8, "sampler": "uniform"}
+    cfg = json.loads((tmp_path / "soup" / "config.json").read_text())
+    assert _objective(cfg, log).startswith("sampled softmax (each target against 8 negatives")

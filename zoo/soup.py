@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
            "config_notes": notes, "vocab": vocab_note,
            "command": "python -m zoo.soup " + " ".join(sys.argv[1:] if argv is None else argv),
            "environment": environment(), "n_parameters": sum(p.numel() for p in model.parameters()),
-           **{k: trained[k] for k in ("window_stride", "loss_weighting") if k in trained},
+           **{k: trained[k] for k in ("window_stride", "loss_weighting", "loss") if k in trained},
            "soup_minutes": (time.perf_counter() - started) / 60,
            "stages": shared, "ingredient_stages": stages}
     with written_whole_folder(a.out) as staged:

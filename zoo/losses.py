@@ -103,9 +103,14 @@ class NegativeSampler:
         items = torch.multinomial(self.probs, self.num, replacement=True)                     # [K]
         return NegativeSample(items, self.log_count[items])
 
+    @property
+    def spec(self) -> dict:
+        """The loss as a training log keeps it (``"loss"``): ``{"type": "sampled-softmax", "negatives", "sampler"}``."""
+        return {"type": "sampled-softmax", "negatives": self.num, "sampler": self.kind}
+
     def describe(self) -> str:
         """One phrase for the training log and the model card (:func:`describe_loss`)."""
-        return describe_loss({"type": "sampled-softmax", "negatives": self.num, "sampler": self.kind})
+        return describe_loss(self.spec)
 
 
 def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,

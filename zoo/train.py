@@ -439,6 +439,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     from . import train_state
     from .data import iterate_batches, load_options
     from .evaluate import evaluate_model, evaluate_popularity
+    from .losses import describe_loss
 
     t0 = time.time()
     # what a resumed run must share with the run it continues (JSON form, as the resume state keeps it)
@@ -482,13 +483,13 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     if sampler is not None:
         print(f"[zoo.train] loss: {sampler.describe()}", flush=True)
     os.makedirs(out, exist_ok=True)
+    loss_spec = {"type": "ce"} if sampler is None else sampler.spec
     log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(),
            "data_options": load_options(kcore, time_ties, columns), "seed": seed,
            "train": preset, "config_overrides": overrides, "epochs": [], "command": command,
            "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict(),
-                                           sampler.describe() if sampler is not None else None),
-           "loss": {"type": loss} if sampler is None else {"type": loss, "negatives": sampler.num,
-                                                           "sampler": sampler.kind},
+                                           describe_loss(loss_spec)),
+           "loss": loss_spec,
            "window_stride": windows.stride, "loss_weighting": loss_weighting,
            "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every}
     if init_from:       # the weights it starts from: a card folder replaced later no longer holds them

@@ -390,24 +390,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
                                     batch_size=args.batch_size, device=device, progress=not args.no_progress,
                                     history_share=args.history_share, return_ranks=True)
-    protocol = {
-        "name": "lrurec" if args.exclude_history else "recbole",
-        "split": args.split,
-        "leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]",
-        "ranking": "full (all items), padding masked" + ("; history window masked" if args.exclude_history else ""),
-        "exclude_history": bool(args.exclude_history),
-        "ties": "pessimistic",
-        "max_seq_length": int(model.config.max_seq_length),
-        "kcore": ds.kcore,  # effective (user_k, item_k), None when unfiltered
-        "time_ties": ds.time_ties,
-        "columns": args.columns,
-        "ks": list(args.ks),
-        "unknown_items": args.unknown_items,
-    }
+    protocol = _protocol(args, ds, bool(args.exclude_history),
+                         "full (all items), padding masked" + ("; history window masked" if args.exclude_history else ""),
+                         max_seq_length=int(model.config.max_seq_length), unknown_items=args.unknown_items)
     result = {
         "metrics": metrics,
         "protocol": protocol,
-        "data": os.path.abspath(args.data) if os.path.exists(args.data) else args.data,
+        "data": _data_path(args),
         "dataset": ds.stats(),
         "model": args.model,
         "model_type": getattr(model.config, "model_type", None),
@@ -433,19 +422,34 @@ def _main_baseline(args, t0: float) -> dict:
     examples = _examples(ds, args, split)
     metrics, ranks = evaluate_popularity(split.train, examples, ds.n_items + 1, args.ks, args.exclude_history,
                                          BASELINE_WINDOW, return_ranks=True)
-    protocol = {"name": "lrurec" if args.exclude_history else "recbole", "split": args.split,
-                "leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]",
-                "ranking": "full (all items) by training-sequence count, padding masked"
-                           + (f"; the last {BASELINE_WINDOW} history items masked" if args.exclude_history else ""),
-                "exclude_history": bool(args.exclude_history), "ties": "pessimistic", "kcore": ds.kcore,
-                "time_ties": ds.time_ties, "columns": args.columns, "ks": list(args.ks)}
-    result = {"metrics": metrics, "protocol": protocol,
-              "data": os.path.abspath(args.data) if os.path.exists(args.data) else args.data,
+    protocol = _protocol(args, ds, bool(args.exclude_history),
+                         "full (all items) by training-sequence count, padding masked"
+                         + (f"; the last {BASELINE_WINDOW} history items masked" if args.exclude_history else ""))
+    result = {"metrics": metrics, "protocol": protocol, "data": _data_path(args),
               "dataset": ds.stats(), "baseline": args.baseline, "n_users": len(examples), "n_items": ds.n_items,
               "seconds": round(time.time() - t0, 2)}
     print(f"most-popular baseline on {ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
           f"{' (history excluded)' if args.exclude_history else ''}")
     return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}")
+
+
+def _protocol(args, ds, excluded: bool, ranking: str, ties: str = "pessimistic", max_seq_length: int | None = None,
+              unknown_items: str | None = None) -> dict:
+    """An evaluation's ``protocol`` entry: its name (by whether the history was masked), split, ranking and ties, then
+    the data options that gave its sequences (k-core as applied, order of ties, ``--columns``), the cut-offs, and, for
+    a model or a graph, its window and how unknown items were treated."""
+    return {"name": "lrurec" if excluded else "recbole", "split": args.split,
+            "leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]", "ranking": ranking,
+            "exclude_history": excluded, "ties": ties,
+            **({"max_seq_length": max_seq_length} if max_seq_length is not None else {}),
+            "kcore": ds.kcore,  # effective (user_k, item_k), None when unfiltered
+            "time_ties": ds.time_ties, "columns": args.columns, "ks": list(args.ks),
+            **({"unknown_items": unknown_items} if unknown_items is not None else {})}
+
+
+def _data_path(args) -> str:
+    """``--data`` as a result records it: absolute when it is a file here."""
+    return os.path.abspath(args.data) if os.path.exists(args.data) else args.data
 
 
 def _load_data(args):
@@ -629,24 +633,14 @@ def _main_onnx(args, t0: float) -> dict:
             raise
         raise SystemExit(f"error: --onnx {args.onnx}: ONNX Runtime cannot load or run {graph} "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    protocol = {
-        "name": "lrurec" if excluded else "recbole",
-        "split": args.split,
-        "leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]",
-        "ranking": ("full (all items, the graph's scores output)" if has_scores else
-                    f"the graph's in-graph top-{spec['topk']} (a target outside it counts as a miss)")
-                   + ", padding masked" + ("; history window masked by the graph (--exclude-seen)" if excluded else ""),
-        "exclude_history": excluded,
-        "ties": "pessimistic" if has_scores else "the graph's TopK order",
-        "max_seq_length": int(spec["max_seq_length"]),
-        "kcore": ds.kcore,
-        "time_ties": ds.time_ties,
-        "columns": args.columns,
-        "ks": list(args.ks),
-        "unknown_items": args.unknown_items,
-    }
-    result = {"metrics": metrics, "protocol": protocol,
-              "data": os.path.abspath(args.data) if os.path.exists(args.data) else args.data,
+    protocol = _protocol(args, ds, excluded,
+                         ("full (all items, the graph's scores output)" if has_scores else
+                          f"the graph's in-graph top-{spec['topk']} (a target outside it counts as a miss)")
+                         + ", padding masked" + ("; history window masked by the graph (--exclude-seen)" if excluded
+                                                 else ""),
+                         ties="pessimistic" if has_scores else "the graph's TopK order",
+                         max_seq_length=int(spec["max_seq_length"]), unknown_items=args.unknown_items)
+    result = {"metrics": metrics, "protocol": protocol, "data": _data_path(args),
               "dataset": ds.stats(), "onnx": os.path.abspath(args.onnx),
               "graph": {k: spec.get(k) for k in ("kind", "model_type", "topk", "precision", "time_input",
                                                   "exclude_seen")},

@@ -74,6 +74,11 @@ def add_columns_option(parser: argparse.ArgumentParser) -> None:
                              "item=product time=when")
 
 
+def columns_argv(columns: dict | None) -> list[str]:
+    """The ``--columns`` words that give ``columns`` (role -> header name) back to a command: ``[]`` for none."""
+    return ["--columns", *(f"{role}={name}" for role, name in columns.items())] if columns else []
+
+
 def error_text(e: Exception) -> str:
     """The text of an error for a one-line CLI message (a ``KeyError``'s ``str`` would add quotes)."""
     return e.args[0] if isinstance(e, KeyError) and e.args else str(e)

@@ -147,7 +147,7 @@ def popularity_scores(train: Sequence, n_items: int) -> torch.Tensor:
 
 
 def evaluate_popularity(train: Sequence, examples: EvalExamples, n_items: int, ks: Iterable[int] = (5, 10, 20),
-                        exclude_history: bool = False, max_len: int = 200, return_ranks: bool = False):
+                        exclude_history: bool = False, max_len: int = BASELINE_WINDOW, return_ranks: bool = False):
     """Full-ranking metrics of the most-popular baseline (RecBole's ``Pop``): every user gets the same ranking, by
     :func:`popularity_scores` of ``train``; with ``exclude_history`` the last ``max_len`` items of each history are
     masked, as :func:`evaluate_model` masks a model's window (LRURec's protocol). Ties are pessimistic, as for the

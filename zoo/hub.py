@@ -22,7 +22,7 @@ import shutil
 import sys
 from typing import Sequence
 
-from .cli import cannot, check_outputs, written_whole, written_whole_folder
+from .cli import cannot, check_outputs, columns_argv, written_whole, written_whole_folder
 from .data.benchmarks import BENCHMARKS, recognise_benchmark
 from .pretrained import HUB_ORG, bundled_models, weights_sha256
 
@@ -549,8 +549,7 @@ def data_flags(options: dict) -> str:
     defaults."""
     kcore, ties, columns = options.get("kcore", "auto"), options.get("time_ties", "file"), options.get("columns")
     return ("" if kcore == "auto" else f" --kcore {'none' if kcore is None else kcore}") + (
-        "" if ties == "file" else f" --time-ties {ties}") + (
-        "" if not columns else " --columns " + " ".join(shlex.quote(f"{r}={n}") for r, n in columns.items()))
+        "" if ties == "file" else f" --time-ties {ties}") + "".join(" " + shlex.quote(w) for w in columns_argv(columns))
 
 
 def _dataset_names(given_type: str | None, given_name: str | None, benchmark: str | None, replaced: dict,
@@ -625,8 +624,8 @@ def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str 
     ``columns``: real histories for the verification); raises when that fails."""
     from export.onnx import main as onnx_main
 
-    argv = ["--model", str(card_dir), "--card-dir", str(card_dir), *args] + (["--data", data] if data else []) + (
-        ["--columns", *(f"{r}={n}" for r, n in columns.items())] if columns else [])
+    argv = ["--model", str(card_dir), "--card-dir", str(card_dir), *args] + (["--data", data] if data else []) + \
+        columns_argv(columns)
     print("[zoo.hub] re-exporting (and verifying) the card's ONNX graph from its weights: "
           f"python -m export.onnx {' '.join(argv)}", flush=True)
     rc = onnx_main(argv)

@@ -22,7 +22,6 @@ Columns, one thread, best of ``--repeats`` after a warm-up, the losses alternati
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -34,7 +33,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, reset_peak_rss, status_kb  # noqa: E402
+from bench.benchutil import card_config, command_line, reset_peak_rss, status_kb  # noqa: E402
 
 CARD = "mamba4rec-ml1m"
 
@@ -45,10 +44,7 @@ def build(n_items: int):
     from zoo.models import get_model_class
 
     cfg_cls, model_cls = get_model_class("mamba4rec")
-    fields = json.load(open(os.path.join(ROOT, "hub_cards", CARD, "config.json")))
-    fields = {k: v for k, v in fields.items() if k not in ("architectures", "item_vocab_file", "transformers_version",
-                                                           "model_type", "dtype")}
-    fields["n_items"] = n_items
+    fields = {**card_config(CARD), "n_items": n_items}
     torch.manual_seed(0)
     return model_cls(cfg_cls(**fields)).train()
 

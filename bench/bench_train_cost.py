@@ -22,7 +22,6 @@ with ML-1M's 3,417 item rows; random weights, items and timestamps.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -34,7 +33,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, reset_peak_rss, status_kb  # noqa: E402
+from bench.benchutil import card_config, command_line, reset_peak_rss, status_kb  # noqa: E402
 
 #: model type -> the card whose config it trains with (None: the model's defaults with ML-1M's item rows)
 MODELS = {"mamba4rec": "mamba4rec-ml1m", "lrurec": "lrurec-ml1m", "gru4rec": "gru4rec-ml1m", "sasrec": "sasrec-ml1m",
@@ -51,9 +50,7 @@ def build(model_type: str, seq_len: int):
     cfg_cls, model_cls = get_model_class(model_type)
     card = MODELS[model_type]
     if card:
-        fields = json.load(open(os.path.join(ROOT, "hub_cards", card, "config.json")))
-        fields = {k: v for k, v in fields.items() if k not in ("architectures", "item_vocab_file", "transformers_version",
-                                                               "model_type", "dtype")}
+        fields = card_config(card)
         source = f"card {card}"
     else:
         fields, source = {}, "defaults (official ML-1M)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -25,3 +27,13 @@ def reset_peak_rss() -> int:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     return status_kb("VmRSS")
+
+
+def card_config(card: str) -> dict:
+    """The config fields of the bundled card ``hub_cards/<card>`` as config-class keyword arguments (its
+    ``config.json`` without what ``save_pretrained`` adds: architectures, vocabulary file, versions, type, dtype)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "hub_cards", card, "config.json")) as f:
+        fields = json.load(f)
+    return {k: v for k, v in fields.items() if k not in ("architectures", "item_vocab_file", "transformers_version",
+                                                          "model_type", "dtype")}

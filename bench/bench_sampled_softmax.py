@@ -4,15 +4,18 @@ the catalogue grows: time and memory, side by side in one run (a benchmark, not 
 Mamba4Rec in the bundled card's configuration (``hub_cards/mamba4rec-ml1m/config.json``) with its item table resized
 to each catalogue (``--catalogues``; ML-1M has 3,417 rows), random items; every position of ``--batch`` windows of
 ``--seq-len`` items is a target, as ``zoo.train`` trains it. Rows: the full cross-entropy, then sampled softmax with
-each ``--negatives`` count (uniform proposal; the popularity proposal costs the same).
+each ``--negatives`` count (uniform proposal; the popularity proposal costs the same), each with the dense item
+gradient and Adam (the default) and with ``zoo.train --sparse-item-grad`` (sparse item gradient, lazy Adam on the
+item table: ``torch.optim.SparseAdam``).
 
     python bench/bench_sampled_softmax.py [--catalogues 3417 100001 1000001] [--negatives 256 1024] [--markdown F]
 
 Columns, one thread, best of ``--repeats`` after a warm-up, the losses alternating within every repeat:
 
 * forward + backward (ms);
-* the Adam step (ms). PyTorch's embedding gradient is dense, so Adam updates every row of the item table whatever
-  the loss: sampled softmax does not make this part cheaper, and on a large catalogue it becomes the cost left;
+* the optimizer step (ms). PyTorch's embedding gradient is dense by default, so Adam updates every row of the item
+  table whatever the loss: sampled softmax alone does not make this part cheaper, and on a large catalogue it becomes
+  the cost left. With the sparse gradient only the rows the batch read are updated;
 * the step's total per target (ms), and its ratio to the full cross-entropy's on the same catalogue;
 * the memory one forward + backward adds (MB): the growth of the peak resident set in a fresh interpreter (Linux;
   approximate, what the allocator keeps counts). The full cross-entropy's logits alone are ``targets x catalogue x 4``
@@ -64,15 +67,25 @@ def sampler(n_items: int, negatives: int | None):
     return None if negatives is None else NegativeSampler(n_items, negatives, "uniform")
 
 
+def optimizer(model, sparse: bool):
+    """Adam, or (``sparse``) Adam + lazy Adam on the item table with the table's gradient made sparse, as
+    ``zoo.train --sparse-item-grad`` sets them up."""
+    from zoo.train import make_optimizer
+
+    model.get_input_embeddings().sparse = sparse
+    return make_optimizer(model, "adam", 1e-3, 0.0, sparse_items=sparse)
+
+
 def forward_backward(model, inputs, neg_sampler) -> None:
     ids, mask, labels = inputs
     negatives = neg_sampler.sample() if neg_sampler is not None else None
     model(ids, mask, labels=labels, negatives=negatives).loss.backward()
 
 
-def step_memory_mb(n_items: int, negatives: int | None, n_windows: int, seq_len: int) -> float:
+def step_memory_mb(n_items: int, negatives: int | None, sparse: bool, n_windows: int, seq_len: int) -> float:
     """MB one forward + backward adds to the process: peak resident set growth (Linux)."""
     model, inputs, s = build(n_items), batch(n_items, n_windows, seq_len), sampler(n_items, negatives)
+    optimizer(model, sparse)
     before = reset_peak_rss()
     forward_backward(model, inputs, s)
     return (status_kb("VmHWM") - before) / 1024
@@ -87,13 +100,13 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=50, help="items per window (every one a target)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--markdown", help="also write the table to this file")
-    p.add_argument("--memory-of", type=int, nargs=2, metavar=("ITEMS", "NEGATIVES"),
-                   help=argparse.SUPPRESS)                                      # the per-row subprocess (0 = full CE)
+    p.add_argument("--memory-of", type=int, nargs=3, metavar=("ITEMS", "NEGATIVES", "SPARSE"),
+                   help=argparse.SUPPRESS)                           # the per-row subprocess (0 = full CE; 1 = sparse)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.memory_of:
-        items, neg = a.memory_of
-        print(step_memory_mb(items, neg or None, a.batch, a.seq_len))
+        items, neg, sparse = a.memory_of
+        print(step_memory_mb(items, neg or None, bool(sparse), a.batch, a.seq_len))
         return
     if any(n < 2 for n in a.catalogues) or any(k < 1 for k in a.negatives):
         p.error("--catalogues need >= 2 rows and --negatives >= 1")
@@ -102,14 +115,15 @@ def main(argv=None):
              f"cpu, one thread; torch {torch.__version__}, {platform.processor() or platform.machine()}): Mamba4Rec "
              f"({CARD}'s config, the item table resized), one training step on {a.batch} windows of {a.seq_len} items "
              f"({targets:,} targets), best of {a.repeats} after a warm-up, the losses alternating.", "",
-             "| catalogue (item rows) | loss | forward + backward (ms) | Adam step (ms) | ms per target | "
+             "| catalogue (item rows) | loss | item gradient, optimizer | forward + backward (ms) | "
+             "optimizer step (ms) | ms per target | "
              "step vs full CE | memory added by forward + backward (MB) | full-CE logits (MB) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for n_items in a.catalogues:
         rows = []
-        for neg in [None, *a.negatives]:
+        for neg, sparse in [(None, False), *((k, sp) for k in a.negatives for sp in (False, True))]:
             model = build(n_items)
-            rows.append({"neg": neg, "model": model, "opt": torch.optim.Adam(model.parameters(), lr=1e-3),
+            rows.append({"neg": neg, "sparse": sparse, "model": model, "opt": optimizer(model, sparse),
                          "sampler": sampler(n_items, neg), "fb": float("inf"), "opt_s": float("inf")})
         inputs = batch(n_items, a.batch, a.seq_len)
         for rep in range(a.repeats + 1):                 # rep 0: warm-up (and the optimizer's first, allocating, step)
@@ -119,19 +133,20 @@ def main(argv=None):
                 t1 = time.perf_counter()
                 r["opt"].step()
                 t2 = time.perf_counter()
-                r["opt"].zero_grad(set_to_none=False)
+                r["opt"].zero_grad(set_to_none=True)             # as zoo.train does
                 if rep:
                     r["fb"], r["opt_s"] = min(r["fb"], t1 - t), min(r["opt_s"], t2 - t1)
         full_step = rows[0]["fb"] + rows[0]["opt_s"]
         for r in rows:
             cmd = [sys.executable, os.path.abspath(__file__), "--memory-of", str(n_items), str(r["neg"] or 0),
-                   "--batch", str(a.batch), "--seq-len", str(a.seq_len)]
+                   str(int(r["sparse"])), "--batch", str(a.batch), "--seq-len", str(a.seq_len)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                                  env=dict(os.environ, OMP_NUM_THREADS="1"))
             memory = float(out.stdout.strip().splitlines()[-1])
             total = r["fb"] + r["opt_s"]
             loss = "full cross-entropy" if r["neg"] is None else f"sampled softmax, {r['neg']} negatives"
-            lines.append(f"| {n_items:,} | {loss} | {r['fb'] * 1e3:.1f} | {r['opt_s'] * 1e3:.1f} | "
+            grad = "sparse, lazy Adam on the table" if r["sparse"] else "dense, Adam"
+            lines.append(f"| {n_items:,} | {loss} | {grad} | {r['fb'] * 1e3:.1f} | {r['opt_s'] * 1e3:.1f} | "
                          f"{total * 1e3 / targets:.3f} | {total / full_step:.2f}x | {memory:.0f} | "
                          f"{targets * n_items * 4 / 2**20:.0f} |")
     print("\n".join(lines))

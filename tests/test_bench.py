@@ -193,9 +193,10 @@ def test_train_cost_bench_runs(monkeypatch, tmp_path):
 
 
 def test_sampled_softmax_bench_runs(monkeypatch, tmp_path):
-    """A tiny run end to end: a full cross-entropy row and a sampled row per catalogue, each row's time per target the
-    sum of its two timings over the targets, the full row the 1.00x reference, the logits column targets x items x 4
-    bytes, and the memory of each row measured in a fresh interpreter."""
+    """A tiny run end to end: a full cross-entropy row and two sampled rows (dense and sparse item gradient) per
+    catalogue, each row's time per target the sum of its two timings over the targets, the full row the 1.00x
+    reference, the logits column targets x items x 4 bytes, and the memory of each row measured in a fresh
+    interpreter."""
     b = _bench("bench_sampled_softmax", monkeypatch)
     out = tmp_path / "ss.md"
     b.main(["--catalogues", "50", "400", "--negatives", "8", "--batch", "2", "--seq-len", "5", "--repeats", "1",
@@ -204,13 +205,29 @@ def test_sampled_softmax_bench_runs(monkeypatch, tmp_path):
     assert text.startswith("# Full cross-entropy vs sampled softmax") and "--negatives 8 --batch 2" in text
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
             if line.startswith("| 50 ") or line.startswith("| 400 ")]
-    assert [(r[0], r[1]) for r in rows] == [("50", "full cross-entropy"), ("50", "sampled softmax, 8 negatives"),
-                                            ("400", "full cross-entropy"), ("400", "sampled softmax, 8 negatives")]
+    dense, sparse = "dense, Adam", "sparse, lazy Adam on the table"
+    assert [tuple(r[:3]) for r in rows] == [
+        (n, loss, grad) for n in ("50", "400") for loss, grad in (
+            ("full cross-entropy", dense), ("sampled softmax, 8 negatives", dense),
+            ("sampled softmax, 8 negatives", sparse))]
     for r in rows:
-        fb, opt, per_target = float(r[2]), float(r[3]), float(r[4])
+        fb, opt, per_target = float(r[3]), float(r[4]), float(r[5])
         assert per_target == pytest.approx((fb + opt) / 10, abs=0.011), r      # 10 targets; cells rounded
-        assert float(r[6]) >= 0 and r[7] == f"{10 * int(r[0]) * 4 / 2**20:.0f}"
-    assert rows[0][5] == rows[2][5] == "1.00x"
+        assert float(r[7]) >= 0 and r[8] == f"{10 * int(r[0]) * 4 / 2**20:.0f}"
+    assert rows[0][6] == rows[3][6] == "1.00x"
+
+
+def test_the_bench_sets_up_the_sparse_optimizer_as_zoo_train_does(monkeypatch):
+    import torch
+
+    from zoo.train import SparseItemOptimizer
+
+    b = _bench("bench_sampled_softmax", monkeypatch)
+
+    model = b.build(30)
+    opt = b.optimizer(model, True)
+    assert isinstance(opt, SparseItemOptimizer) and model.get_input_embeddings().sparse
+    assert isinstance(b.optimizer(b.build(30), False), torch.optim.Adam)
 
 
 def _run_log(tmp_path, name, loss, seed, ndcg, data="d.tsv", model="sasrec", finished=True):

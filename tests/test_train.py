@@ -518,7 +518,10 @@ def test_time_aware_model_needs_non_negative_timestamps(tmp_path, capsys):
     ("gru4rec", ["--set", *TINY["gru4rec"], "--lr", "0", "--patience", "2"]),
     # sampled softmax: the negatives come from torch's generator, which the state keeps
     ("mamba4rec", ["--set", *TINY["mamba4rec"], "--loss", "sampled-softmax", "--negatives", "6",
-                   "--negative-sampler", "popularity"])])
+                   "--negative-sampler", "popularity"]),
+    # lazy Adam on a sparse item table beside AdamW (LRURec's preset, with its gradient clipping): both optimizers'
+    # moments are kept
+    ("lrurec", ["--set", *TINY["lrurec"], "--loss", "sampled-softmax", "--negatives", "6", "--sparse-item-grad"])])
 def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, model_type, extra):
     """A run interrupted after epoch 2 of 5 and resumed with --resume ends with the same weights, losses, validation
     numbers and test metrics as the same run left alone: weights, optimizer moments, learning-rate position,

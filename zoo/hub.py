@@ -369,6 +369,10 @@ def _optimiser_text(train: dict) -> str:
              f"weight decay {train.get('weight_decay', 0):g}", f"batch {train.get('batch_size')}"]
     clip = train.get("clip") or 0
     parts.append(f"gradient clip-norm {clip:g}" if clip else "no gradient clipping")
+    if train.get("sparse_item_grad"):
+        from .train import SPARSE_ITEMS_TEXT
+
+        parts.append(f"item table: {SPARSE_ITEMS_TEXT}" + (", not weight-decayed" if train.get("weight_decay") else ""))
     return ", ".join(parts)
 
 

@@ -114,7 +114,8 @@ class NegativeSampler:
 
 
 def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
-                         bias: torch.Tensor | None, negatives: NegativeSample) -> torch.Tensor:
+                         bias: torch.Tensor | None, negatives: NegativeSample,
+                         sparse_grad: bool = False) -> torch.Tensor:
     """Mean sampled-softmax loss of ``hidden [M, D]`` for ``targets [M]`` (see the module docstring).
 
     Args:
@@ -123,14 +124,16 @@ def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: to
         weight, bias: the model's output layer (:meth:`~zoo.modeling_utils.SeqRecPreTrainedModel.item_output`),
             ``[V, D]`` and ``[V]`` or None.
         negatives: the batch's shared negatives.
+        sparse_grad: gather the rows with ``F.embedding(..., sparse=True)``, so that ``weight`` (then a leaf: the
+            item table, :func:`sparse_output_table`) gets a sparse gradient holding only the rows read.
     Returns:
         scalar mean over the ``M`` targets.
     """
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"hidden must be [M, D] and targets [M], got {list(hidden.shape)} and {list(targets.shape)}")
     items = negatives.items.to(hidden.device)
-    pos = (hidden * weight[targets]).sum(-1)                                                 # [M]
-    neg = hidden @ weight[items].t()                                                         # [M, K]
+    pos = (hidden * F.embedding(targets, weight, sparse=sparse_grad)).sum(-1)                # [M]
+    neg = hidden @ F.embedding(items, weight, sparse=sparse_grad).t()                        # [M, K]
     if bias is not None:
         pos = pos + bias[targets]
         neg = neg + bias[items]
@@ -138,6 +141,18 @@ def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: to
     neg = neg.masked_fill(items[None, :] == targets[:, None], -math.inf)                     # accidental hits
     logits = torch.cat([pos[:, None], neg], dim=1)                                           # [M, 1 + K]
     return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def sparse_output_table(model_name: str, table: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The item table ``table [R, D]`` (``R >= V``), checked to hold the output weight ``weight [V, D]`` as its first
+    ``V`` rows, so that sampled softmax can gather output rows from the table itself with a sparse gradient. A model
+    whose output layer is not its (tied) item table cannot train with sparse item gradients: ``ValueError``."""
+    tied = (weight.data_ptr() == table.data_ptr() and weight.stride() == table.stride()
+            and weight.shape[1:] == table.shape[1:] and weight.shape[0] <= table.shape[0])
+    if not tied:
+        raise ValueError(f"{model_name}: its output weight is not the leading rows of its item table, so the table's "
+                         "gradient cannot be made sparse (sparse_item_grad needs tied item embeddings)")
+    return table
 
 
 def describe_loss(loss: dict | None) -> str | None:

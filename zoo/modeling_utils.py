@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .losses import NegativeSample, sampled_softmax_loss
+from .losses import NegativeSample, sampled_softmax_loss, sparse_output_table
 from .vocab import VOCAB_FILE, ItemVocab, UnknownItemError, int_id
 
 State = dict[str, torch.Tensor]
@@ -134,6 +134,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     has_exact_step: bool = False
     #: True when the model reads timestamps
     uses_timestamps: bool = False
+    #: the item table, ``nn.Embedding [n_items (+ extra rows), D]`` (HF's ``get_input_embeddings`` reads this name);
+    #: the output layer's weight is its first ``n_items`` rows (:meth:`item_output`)
+    _input_embed_layer = "item_embedding"
 
     def __init__(self, config: SeqRecConfig):
         super().__init__(config)
@@ -342,9 +345,16 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                   negatives: NegativeSample | None = None) -> torch.Tensor:
         """Mean loss of ``hidden [M, D]`` for ``targets [M]``: cross-entropy over all ``n_items`` logits, or, given
         ``negatives``, sampled softmax against them (:func:`zoo.losses.sampled_softmax_loss`)."""
+        table = self.get_input_embeddings()
         if negatives is None:
+            if table.sparse:
+                raise ValueError(f"{type(self).__name__}: the item table gives sparse gradients (sparse_item_grad), "
+                                 "but the full cross-entropy reads every row; train it with sampled softmax")
             return F.cross_entropy(self.score(hidden), targets)
-        return sampled_softmax_loss(hidden, targets, *self.item_output(), negatives)
+        weight, bias = self.item_output()
+        if table.sparse:        # gather the rows from the table itself, so that its gradient is sparse
+            weight = sparse_output_table(type(self).__name__, table.weight, weight)
+        return sampled_softmax_loss(hidden, targets, weight, bias, negatives, sparse_grad=table.sparse)
 
     # -------------------------------------------------------------- inference
     @torch.no_grad()

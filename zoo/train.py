@@ -51,6 +51,9 @@ TRAIN_PRESETS = {
 DEFAULT_PRESET = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, clip=0.0)
 #: ``--negatives`` when ``--loss sampled-softmax`` is given without it
 DEFAULT_NEGATIVES = 256
+#: what ``--sparse-item-grad`` does to the item table (training log, model card)
+SPARSE_ITEMS_TEXT = ("sparse gradient (only the rows a batch reads), updated by lazy Adam (torch.optim.SparseAdam: "
+                     "a row's moments move only when it is read)")
 #: full cross-entropy logits per batch above which ``zoo.train`` points at sampled softmax (bytes)
 LARGE_LOGITS_BYTES = 2**30
 
@@ -207,21 +210,109 @@ def no_decay_parameter(module: torch.nn.Module, param_name: str) -> bool:
     return param_name.startswith("norm")  # a norm gain held directly by its layer (e.g. TiSSD.norm_weight)
 
 
-def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float):
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float, sparse_items: bool = False):
     """Adam, or AdamW without decay on biases and normalization gains (:func:`no_decay_parameter`; for LRURec this is
-    its official name-based grouping)."""
+    its official name-based grouping).
+
+    ``sparse_items``: the item table (``model.get_input_embeddings().weight``, whose gradient is then sparse) goes to
+    lazy Adam (``torch.optim.SparseAdam``: only the rows a batch read move, and no weight decay), every other
+    parameter to ``name``; the two step as one :class:`SparseItemOptimizer`."""
+    if name not in ("adam", "adamw"):
+        raise ValueError(f"unknown optimizer {name!r} (adam or adamw)")
+    table = model.get_input_embeddings().weight if sparse_items else None
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        decay, no_decay, seen = [], [], set()
+        dense = torch.optim.Adam([p for p in model.parameters() if p is not table], lr=lr, weight_decay=weight_decay)
+    else:
+        decay, no_decay, seen = [], [], {id(table)}
         for module in model.modules():
             for pn, p in module.named_parameters(recurse=False):
                 if id(p) not in seen:  # a tied parameter once
                     seen.add(id(p))
                     (no_decay if no_decay_parameter(module, pn) else decay).append(p)
-        return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    raise ValueError(f"unknown optimizer {name!r} (adam or adamw)")
+        dense = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    if table is None:
+        return dense
+    return SparseItemOptimizer(dense, torch.optim.SparseAdam([table], lr=lr), type(model).__name__)
+
+
+class SparseItemOptimizer:
+    """The run's optimizer for every parameter but the item table, and lazy Adam (``torch.optim.SparseAdam``) for the
+    table, stepped as one optimizer (``zoo.train --sparse-item-grad``).
+
+    PyTorch's embedding gradient is dense by default: at a million items the backward writes every row of the table
+    and Adam updates every row, though a sampled-softmax batch reads a few thousand (``bench/bench_sampled_softmax.py``).
+    With a sparse gradient only those rows move, and their Adam moments only then (TensorFlow's LazyAdam). Exposes
+    what ``zoo.train`` and its resume state use: ``param_groups`` (the learning-rate schedule sets both),
+    ``zero_grad``, ``step``, and ``state_dict`` / ``load_state_dict`` in torch's layout (the dense optimizer's
+    parameters first, then the table), so that :mod:`zoo.train_state` saves it like any optimizer.
+    """
+
+    def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.SparseAdam, model_name: str = "the model"):
+        self.dense, self.sparse, self.model_name = dense, sparse, model_name
+        self.table = sparse.param_groups[0]["params"][0]
+
+    @property
+    def optimizers(self) -> tuple:
+        return (self.dense, self.sparse)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        grad = self.table.grad
+        if grad is not None and not grad.is_sparse:
+            raise RuntimeError(f"{self.model_name}: the item table's gradient is dense, so lazy Adam cannot update it: "
+                               "something reads the table other than the embedding lookup and the sampled loss")
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict:
+        state, groups, offset = {}, [], 0
+        for o in self.optimizers:
+            sd = o.state_dict()
+            state.update({offset + i: st for i, st in sd["state"].items()})
+            groups += [dict(g, params=[offset + i for i in g["params"]]) for g in sd["param_groups"]]
+            offset += sum(len(g["params"]) for g in sd["param_groups"])
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        groups, offset = list(state_dict["param_groups"]), 0
+        for o in self.optimizers:
+            mine, groups = groups[:len(o.param_groups)], groups[len(o.param_groups):]
+            n = sum(len(g["params"]) for g in mine)
+            ids = {i for g in mine for i in g["params"]}
+            sizes = [len(g["params"]) for g in o.param_groups]
+            if [len(g["params"]) for g in mine] != sizes or ids != set(range(offset, offset + n)):
+                raise ValueError("the optimizer state is not of a --sparse-item-grad run of this model")
+            o.load_state_dict({"state": {i - offset: st for i, st in state_dict["state"].items() if i in ids},
+                               "param_groups": [dict(g, params=[i - offset for i in g["params"]]) for g in mine]})
+            offset += n
+        if groups:
+            raise ValueError("the optimizer state is not of a --sparse-item-grad run of this model")
+
+
+def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` (2-norm over all gradients, scaled by ``max_norm / (norm + 1e-6)`` when
+    above ``max_norm``), also for sparse gradients, which torch's cannot take: a sparse gradient is coalesced
+    (repeated rows summed) and its values counted. Returns the total norm."""
+    params = [p for p in parameters if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    norms = [torch.linalg.vector_norm(p.grad.values() if p.grad.is_sparse else p.grad) for p in params]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p in params:
+        p.grad.mul_(coef)
+    return total
 
 
 def loss_scale(labels: torch.Tensor, targets_per_batch: float, weighting: str) -> float:
@@ -302,7 +393,7 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             loss_weighting: str, eval_every: int, decay_over: str, overwrite: bool, resume: bool = False,
             settings: dict | None = None, time_ties: str = "file", warmup_steps: int = 0,
             columns: dict | None = None, loss: str = "ce", negatives: int | None = None,
-            negative_sampler: str = "uniform"):
+            negative_sampler: str = "uniform", sparse_item_grad: bool = False):
     """Everything :func:`train` does before its first epoch, in this order: check the settings (with ``resume``:
     against the interrupted run's), seed, read and split the data, build (or load ``init_from``) the model, cut the
     training windows. Writes nothing.
@@ -312,7 +403,7 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     :class:`~zoo.losses.NegativeSampler` of a sampled-softmax run or ``None``."""
     from . import train_state
     from .data import item_counts, leave_one_out, load_dataset, training_windows
-    from .losses import LOSSES, SAMPLERS, NegativeSampler
+    from .losses import LOSSES, SAMPLERS, NegativeSampler, sparse_output_table
     from .modeling_utils import resolve_device
     from .models import get_model_class
 
@@ -324,6 +415,9 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     if loss == "ce" and (negatives is not None or negative_sampler != "uniform"):
         raise ValueError("--negatives / --negative-sampler are for --loss sampled-softmax; the full cross-entropy "
                          "scores every item")
+    if sparse_item_grad and loss != "sampled-softmax":
+        raise ValueError("--sparse-item-grad is for --loss sampled-softmax: the full cross-entropy reads every row of "
+                         "the item table, so its gradient is dense")
     if negatives is not None and (isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 1):
         raise ValueError(f"--negatives must be an int >= 1, got {negatives!r}")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
@@ -399,6 +493,11 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
                   "the full cross-entropy (--loss ce) is exact and cheaper", flush=True)
         counts = item_counts(split.train, n_items) if negative_sampler == "popularity" else None
         sampler = NegativeSampler(n_items, num, negative_sampler, counts, device=device)
+    if sparse_item_grad:        # refused here, before any epoch, when the output layer is not the item table
+        table = model.get_input_embeddings()
+        sparse_output_table(type(model).__name__, table.weight, model.item_output()[0])
+        table.sparse = True
+        preset["sparse_item_grad"] = True
     return preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler
 
 
@@ -411,7 +510,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1,
           decay_over: str = "epochs", overwrite: bool = False, resume: bool = False,
           time_ties: str = "file", warmup_steps: int = 0, columns: dict | None = None, loss: str = "ce",
-          negatives: int | None = None, negative_sampler: str = "uniform") -> dict:
+          negatives: int | None = None, negative_sampler: str = "uniform", sparse_item_grad: bool = False) -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     After every epoch the run's full state goes to ``out/resume/`` (:mod:`zoo.train_state`); ``resume=True``, with
@@ -433,7 +532,9 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     in the log's ``data_options``, so that ``zoo.hub card`` evaluates the checkpoint on the same sequences.
     ``loss`` is ``ce`` (cross-entropy over all items) or ``sampled-softmax`` (each target against ``negatives``
     items shared by the batch, drawn by ``negative_sampler``; :mod:`zoo.losses`), for catalogues too large to score
-    whole at every target; validation and test always rank the full catalogue."""
+    whole at every target; validation and test always rank the full catalogue. ``sparse_item_grad`` (sampled
+    softmax only) gives the item table a sparse gradient and updates it by lazy Adam (:class:`SparseItemOptimizer`):
+    only the rows a batch read move, which is what keeps a step cheap on a catalogue of millions."""
     from tqdm.auto import tqdm
 
     from . import train_state
@@ -450,7 +551,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         valid_users=valid_users, exclude_history=exclude_history, kcore=kcore, progress=progress, command=command,
         init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride, loss_weighting=loss_weighting,
         eval_every=eval_every, decay_over=decay_over, time_ties=time_ties, warmup_steps=warmup_steps,
-        columns=columns, loss=loss, negatives=negatives, negative_sampler=negative_sampler)))
+        columns=columns, loss=loss, negatives=negatives, negative_sampler=negative_sampler,
+        sparse_item_grad=sparse_item_grad)))
     try:
         preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler = _set_up(
             model_type, data, out, epochs=epochs, patience=patience, seed=seed, max_len=max_len,
@@ -459,7 +561,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             kcore=kcore, init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride,
             loss_weighting=loss_weighting, eval_every=eval_every, decay_over=decay_over, overwrite=overwrite,
             resume=resume, settings=settings, time_ties=time_ties, warmup_steps=warmup_steps, columns=columns,
-            loss=loss, negatives=negatives, negative_sampler=negative_sampler)
+            loss=loss, negatives=negatives, negative_sampler=negative_sampler, sparse_item_grad=sparse_item_grad)
     except (ValueError, OSError) as e:
         raise RunSetupError(str(e)) from e
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
@@ -467,7 +569,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     def validate(m) -> dict:
         return evaluate_model(m, valid, ks=(10,), exclude_history=exclude_history, progress=False)
 
-    opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"])
+    opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"],
+                         sparse_items=preset.get("sparse_item_grad", False))
     preset["lr_schedule"] = lr_schedule
     if warmup_steps:
         preset["warmup_steps"] = warmup_steps
@@ -482,6 +585,10 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           f"device {device} | {preset}", flush=True)
     if sampler is not None:
         print(f"[zoo.train] loss: {sampler.describe()}", flush=True)
+    if preset.get("sparse_item_grad"):
+        print(f"[zoo.train] item table: {SPARSE_ITEMS_TEXT}" + (
+            f"; it is not decayed (weight decay {preset['weight_decay']:g} applies to the other parameters)"
+            if preset["weight_decay"] else ""), flush=True)
     os.makedirs(out, exist_ok=True)
     loss_spec = {"type": "ce"} if sampler is None else sampler.spec
     log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(),
@@ -563,7 +670,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             opt.zero_grad(set_to_none=True)
             (loss * loss_scale(batch["labels"], targets_per_batch, loss_weighting)).backward()
             if preset["clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), preset["clip"])
+                clip_grad_norm(model.parameters(), preset["clip"])
             opt.step()
             total += loss.item()
             count += 1
@@ -723,6 +830,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"negatives per batch for --loss sampled-softmax (default {DEFAULT_NEGATIVES})")
     p.add_argument("--negative-sampler", choices=SAMPLERS, default="uniform",
                    help="proposal of the negatives: uniform over the items, or popularity (training counts + 1)")
+    p.add_argument("--sparse-item-grad", action="store_true",
+                   help="with --loss sampled-softmax: the item table gets a sparse gradient and is updated by lazy "
+                        "Adam (torch.optim.SparseAdam), so that a step touches only the rows the batch read instead "
+                        "of the whole table; the table is not weight-decayed")
     p.add_argument("--clip", type=float, help="gradient clip norm (0 = off)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="learning-rate decay over the planned --epochs (linear/cosine to 0)")
@@ -786,7 +897,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      eval_every=args.eval_every, decay_over=args.decay_over, overwrite=args.overwrite,
                      resume=args.resume, time_ties=args.time_ties, warmup_steps=args.warmup_steps,
                      columns=args.columns, loss=args.loss, negatives=args.negatives,
-                     negative_sampler=args.negative_sampler)
+                     negative_sampler=args.negative_sampler, sparse_item_grad=args.sparse_item_grad)
     except RunSetupError as e:
         p.error(str(e))
 

@@ -1,5 +1,5 @@
 """Side-by-side table of ``zoo.train`` runs that differ in their loss (``--loss``, ``--negatives``,
-``--negative-sampler``): per run and per loss, the best validation NDCG@10, the test metrics, the epochs and the
+``--negative-sampler``, ``--sparse-item-grad``): per run and per loss, the best validation NDCG@10, the test metrics, the epochs and the
 time (a measurement, not a test).
 
     python bench/loss_table.py RUN_DIR [RUN_DIR ...] [--markdown out.md]
@@ -27,11 +27,13 @@ COLUMNS = ("best valid NDCG@10", "test HR@10", "test NDCG@10", "test MRR@10", "e
 
 
 def loss_name(log: dict) -> str:
-    """``full cross-entropy`` or ``sampled softmax, K <sampler>`` from the log's ``loss`` entry."""
+    """``full cross-entropy`` or ``sampled softmax, K <sampler>`` from the log's ``loss`` entry, ``+ sparse item
+    gradient`` for a ``--sparse-item-grad`` run (the same loss, another optimizer of the item table: its own group)."""
     loss = log.get("loss") or {"type": "ce"}
     if loss["type"] == "ce":
         return "full cross-entropy"
-    return f"sampled softmax, {loss['negatives']} {loss['sampler']}"
+    sparse = " + sparse item gradient" if (log.get("train") or {}).get("sparse_item_grad") else ""
+    return f"sampled softmax, {loss['negatives']} {loss['sampler']}{sparse}"
 
 
 def run_row(log: dict) -> dict:

@@ -230,9 +230,10 @@ def test_the_bench_sets_up_the_sparse_optimizer_as_zoo_train_does(monkeypatch):
     assert isinstance(b.optimizer(b.build(30), False), torch.optim.Adam)
 
 
-def _run_log(tmp_path, name, loss, seed, ndcg, data="d.tsv", model="sasrec", finished=True):
+def _run_log(tmp_path, name, loss, seed, ndcg, data="d.tsv", model="sasrec", finished=True, sparse=False):
     """A finished zoo.train run folder with the fields bench/loss_table.py reads."""
     log = {"model_type": model, "data": f"/x/{data}", "seed": seed, "protocol": {"history_masked": False},
+           "train": {"optimizer": "adam", **({"sparse_item_grad": True} if sparse else {})},
            "loss": loss, "best_valid_NDCG10": ndcg + 0.01, "best_epoch": 2, "train_minutes": 1.5,
            "epochs": [{"epoch": 1, "seconds": 10.0}, {"epoch": 2, "seconds": 20.0}, {"epoch": 3, "seconds": 30.0}]}
     if finished:
@@ -247,14 +248,16 @@ def test_loss_table_groups_runs_by_loss_with_their_means(monkeypatch, tmp_path, 
     b = _bench("loss_table", monkeypatch)
     sampled = {"type": "sampled-softmax", "negatives": 64, "sampler": "uniform"}
     runs = [_run_log(tmp_path, "ce-1", {"type": "ce"}, 1, 0.10), _run_log(tmp_path, "ce-2", None, 2, 0.20),
-            _run_log(tmp_path, "ss-1", sampled, 1, 0.30)]
+            _run_log(tmp_path, "ss-1", sampled, 1, 0.30), _run_log(tmp_path, "sp-1", sampled, 1, 0.25, sparse=True)]
     out = tmp_path / "t.md"
     b.main([*runs, "--markdown", str(out)])
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| loss")]
     assert [r[:3] for r in rows] == [["full cross-entropy", "`ce-1`", "1"], ["full cross-entropy", "`ce-2`", "2"],
                                      ["**full cross-entropy**", "mean of 2", ""],
-                                     ["sampled softmax, 64 uniform", "`ss-1`", "1"]]   # a log without "loss" is CE
+                                     ["sampled softmax, 64 uniform", "`ss-1`", "1"],   # a log without "loss" is CE
+                                     # the same loss with the lazy item optimizer is its own group
+                                     ["sampled softmax, 64 uniform + sparse item gradient", "`sp-1`", "1"]]
     assert rows[2][3:] == ["0.1600", "0.3000", "0.1500", "0.0750", "3.0 (2.0)", "20", "1.5"]
     assert rows[3][3:8] == ["0.3100", "0.6000", "0.3000", "0.1500", "3 (2)"]
     # runs that differ in more than the loss, or one unfinished, are refused

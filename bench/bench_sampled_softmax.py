@@ -91,6 +91,11 @@ def step_memory_mb(n_items: int, negatives: int | None, sparse: bool, n_windows:
     return (status_kb("VmHWM") - before) / 1024
 
 
+def ratio(x: float) -> str:
+    """``0.56x``; below 0.1 with three decimals (``0.003x``), so that a small ratio does not print as 0."""
+    return f"{x:.2f}x" if x >= 0.1 else f"{x:.3f}x"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--catalogues", type=int, nargs="+", default=[3417, 100_001, 1_000_001],
@@ -147,7 +152,7 @@ def main(argv=None):
             loss = "full cross-entropy" if r["neg"] is None else f"sampled softmax, {r['neg']} negatives"
             grad = "sparse, lazy Adam on the table" if r["sparse"] else "dense, Adam"
             lines.append(f"| {n_items:,} | {loss} | {grad} | {r['fb'] * 1e3:.1f} | {r['opt_s'] * 1e3:.1f} | "
-                         f"{total * 1e3 / targets:.3f} | {total / full_step:.2f}x | {memory:.0f} | "
+                         f"{total * 1e3 / targets:.3f} | {ratio(total / full_step)} | {memory:.0f} | "
                          f"{targets * n_items * 4 / 2**20:.0f} |")
     print("\n".join(lines))
     if a.markdown:

@@ -10,9 +10,10 @@
 #   4. every GPU-marked test (pytest -m gpu -rs, in the three files that have them): kernels, SSD/selective-scan GPU
 #      paths; the TensorRT-engine tests skip with their reason where the image has no TensorRT builder; the tests
 #      reuse step 2's build folder (ZOO_PLUGINS_BUILD_DIR: an incremental no-op build)  -> $OUT/pytest_gpu.log
-#   5. the models on CUDA (tests/test_gpu.py, tests/test_losses.py; last: the lowest priority): every model's step ==
-#      full forward (or window forward) with the CPU tests' tiny models and tolerance, sampled softmax with every item
-#      == the full cross-entropy, and zoo.train on CUDA with and without --amp and with sampled softmax, its
+#   5. the models on CUDA (tests/test_gpu.py, test_losses.py, test_sparse_items.py; last: the lowest priority): every
+#      model's step == full forward (or window forward) with the CPU tests' tiny models and tolerance, sampled softmax
+#      with every item == the full cross-entropy, the sparse item gradient == the dense one (and lazy Adam's first
+#      step == Adam's), and zoo.train on CUDA with and without --amp and with sampled softmax, its
 #      checkpoint re-evaluated on the CPU                                    -> $OUT/gpu_models.log
 #
 # On this (CPU) machine, once, in the repository root (.whl/ is git-ignored; 0.2 MB of the 64 MiB that may travel):
@@ -70,7 +71,7 @@ step harness 90 harness.log -- python3 plugins/harness.py --check --bench --json
 step pytest-gpu 150 pytest_gpu.log -- python3 -m pytest -q -rs -m gpu -p no:cacheprovider \
     tests/test_trt_plugins.py tests/test_ops.py tests/test_ssd_ops.py
 step gpu-models 90 gpu_models.log -- python3 -m pytest -q -rs -s -m gpu -p no:cacheprovider tests/test_gpu.py \
-    tests/test_losses.py
+    tests/test_losses.py tests/test_sparse_items.py
 
 echo "=== summary"
 cat "$OUT/summary.txt"

@@ -791,6 +791,13 @@ def _note_budget_vs_schedule(epoch_s: float, left_s: float, epochs: int, schedul
           "decay, --decay-over budget paces it by the clock", flush=True)
 
 
+def _preset_text(preset: dict) -> str:
+    """``adam, lr 0.001, weight decay 0, batch 64, no clipping`` for ``--help``."""
+    clip = f"clip {preset['clip']:g}" if preset["clip"] else "no clipping"
+    return (f"{preset['optimizer']}, lr {preset['lr']:g}, weight decay {preset['weight_decay']:g}, "
+            f"batch {preset['batch_size']}, {clip}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .cli import kcore as kcore_arg
     from .cli import add_columns_option, nonnegative_int, positive_int
@@ -798,71 +805,82 @@ def build_parser() -> argparse.ArgumentParser:
     from .losses import LOSSES, SAMPLERS
 
     p = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="model type, e.g. mamba4rec, lrurec, sasrec")
-    p.add_argument("--data", required=True, help="interaction file (.seq, .inter, ratings.dat, csv/tsv; .gz ok)")
-    p.add_argument("--out", required=True, help="folder for the best checkpoint and train_log.json")
-    p.add_argument("--config", help="JSON file with model config fields")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=10,
-                   help="early stopping: validations without a valid NDCG@10 gain")
-    p.add_argument("--eval-every", type=int, default=1,
-                   help="validate every N epochs (RecBole's eval_step), and after the last epoch and at the time budget")
-    p.add_argument("--seed", type=int, default=2020)
-    p.add_argument("--max-len", type=int, default=None,
-                   help="history window (max_seq_length; default 200, or the --init-from checkpoint's)")
-    p.add_argument("--optimizer", choices=["adam", "adamw"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--batch-size", type=int, help="training windows per batch")
-    p.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="window",
-                   help="window: each batch's loss is the mean over its targets (with length bucketing a short "
-                        "window's targets weigh more than a long one's); target: every target weighs the same, as in "
-                        "RecBole's prefix batches")
-    p.add_argument("--window-stride", type=int,
-                   help="overlapping training windows: a window ends every S items and supervises its last S "
-                        "positions, so each target sees >= max_len - S + 1 items of context (default: max_len)")
-    p.add_argument("--loss", choices=LOSSES, default="ce",
-                   help="ce: cross-entropy over all items (default); sampled-softmax: each target against "
-                        "--negatives items shared by the batch, logQ-corrected, for catalogues too large to score "
-                        "whole at every target (validation and test still rank all items)")
-    p.add_argument("--negatives", type=positive_int,
-                   help=f"negatives per batch for --loss sampled-softmax (default {DEFAULT_NEGATIVES})")
-    p.add_argument("--negative-sampler", choices=SAMPLERS, default="uniform",
-                   help="proposal of the negatives: uniform over the items, or popularity (training counts + 1)")
-    p.add_argument("--sparse-item-grad", action="store_true",
-                   help="with --loss sampled-softmax: the item table gets a sparse gradient and is updated by lazy "
-                        "Adam (torch.optim.SparseAdam), so that a step touches only the rows the batch read instead "
-                        "of the whole table; the table is not weight-decayed")
-    p.add_argument("--clip", type=float, help="gradient clip norm (0 = off)")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                   help="learning-rate decay over the planned --epochs (linear/cosine to 0)")
-    p.add_argument("--decay-over", choices=DECAY_HORIZONS, default="epochs",
-                   help="budget: the decay ends at --max-minutes or the last epoch, whichever comes first (paced by "
-                        "the clock, so the learning rates depend on the machine's speed)")
-    p.add_argument("--warmup-steps", type=nonnegative_int, default=0,
-                   help="linear learning-rate warmup over the run's first N optimizer steps (0: none), e.g. for a "
-                        "restart --init-from a trained checkpoint, whose optimizer moments start afresh")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
-    p.add_argument("--max-minutes", type=float, help="stop after this much wall time (best checkpoint kept)")
-    p.add_argument("--valid-users", type=int, help="validate on the first N users only (faster epochs)")
-    p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: mask history items in eval")
-    p.add_argument("--kcore", type=kcore_arg, default="auto",
-                   help="k-core filter: auto (5 for .inter, none for .seq), none (or 0), or k >= 1")
-    p.add_argument("--time-ties", choices=TIME_TIES, default="file",
-                   help="order of one user's interactions with equal timestamps: file (their file order, a stable "
-                        "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz)")
-    add_columns_option(p)
-    p.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init; it "
-                                       "is validated first, so the log shows where the run started")
-    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted (or budget-stopped) run in --out from its last epoch, exactly; "
-                        "give the run's own command (only --max-minutes and --device may change; a larger "
-                        "--max-minutes with --decay-over budget re-paces the rest of the decay to the new budget)")
-    p.add_argument("--no-progress", action="store_true")
+    run = p.add_argument_group("run")
+    run.add_argument("--model", required=True, help="model type, e.g. mamba4rec, lrurec, sasrec")
+    run.add_argument("--data", required=True, help="interaction file (.seq, .inter, ratings.dat, csv/tsv; .gz ok)")
+    run.add_argument("--out", required=True, help="folder for the best checkpoint and train_log.json")
+    run.add_argument("--config", help="JSON file with model config fields")
+    run.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides")
+    run.add_argument("--seed", type=int, default=2020,
+                     help="seeds the initial weights, the batch order, dropout, masks and negatives (default 2020)")
+    run.add_argument("--max-len", type=int, default=None,
+                     help="history window (max_seq_length; default 200, or the --init-from checkpoint's)")
+    run.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init; it "
+                                         "is validated first, so the log shows where the run started")
+    run.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted (or budget-stopped) run in --out from its last epoch, exactly; "
+                          "give the run's own command (only --max-minutes and --device may change; a larger "
+                          "--max-minutes with --decay-over budget re-paces the rest of the decay to the new budget)")
+    data = p.add_argument_group("data")
+    data.add_argument("--kcore", type=kcore_arg, default="auto",
+                      help="k-core filter: auto (5 for .inter, none for .seq), none (or 0), or k >= 1")
+    data.add_argument("--time-ties", choices=TIME_TIES, default="file",
+                      help="order of one user's interactions with equal timestamps: file (their file order, a stable "
+                           "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz)")
+    add_columns_option(data)
+    objective = p.add_argument_group("objective")
+    objective.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="window",
+                           help="window: each batch's loss is the mean over its targets (with length bucketing a "
+                                "short window's targets weigh more than a long one's); target: every target weighs "
+                                "the same, as in RecBole's prefix batches")
+    objective.add_argument("--window-stride", type=int,
+                           help="overlapping training windows: a window ends every S items and supervises its last S "
+                                "positions, so each target sees >= max_len - S + 1 items of context (default: max_len)")
+    objective.add_argument("--loss", choices=LOSSES, default="ce",
+                           help="ce: cross-entropy over all items (default); sampled-softmax: each target against "
+                                "--negatives items shared by the batch, logQ-corrected, for catalogues too large to "
+                                "score whole at every target (validation and test still rank all items)")
+    objective.add_argument("--negatives", type=positive_int,
+                           help=f"negatives per batch for --loss sampled-softmax (default {DEFAULT_NEGATIVES})")
+    objective.add_argument("--negative-sampler", choices=SAMPLERS, default="uniform",
+                           help="proposal of the negatives: uniform over the items, or popularity (training "
+                                "counts + 1)")
+    optim = p.add_argument_group("optimisation", "unset values come from the model's preset: "
+                                 + "; ".join(f"{m}: {_preset_text(v)}" for m, v in TRAIN_PRESETS.items())
+                                 + f"; other models: {_preset_text(DEFAULT_PRESET)}")
+    optim.add_argument("--optimizer", choices=["adam", "adamw"])
+    optim.add_argument("--lr", type=float, help="learning rate")
+    optim.add_argument("--weight-decay", type=float)
+    optim.add_argument("--batch-size", type=int, help="training windows per batch")
+    optim.add_argument("--sparse-item-grad", action="store_true",
+                       help="with --loss sampled-softmax: the item table gets a sparse gradient and is updated by "
+                            "lazy Adam (torch.optim.SparseAdam), so that a step touches only the rows the batch read "
+                            "instead of the whole table; the table is not weight-decayed")
+    optim.add_argument("--clip", type=float, help="gradient clip norm (0 = off)")
+    optim.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                       help="learning-rate decay over the planned --epochs (linear/cosine to 0)")
+    optim.add_argument("--decay-over", choices=DECAY_HORIZONS, default="epochs",
+                       help="budget: the decay ends at --max-minutes or the last epoch, whichever comes first "
+                            "(paced by the clock, so the learning rates depend on the machine's speed)")
+    optim.add_argument("--warmup-steps", type=nonnegative_int, default=0,
+                       help="linear learning-rate warmup over the run's first N optimizer steps (0: none), e.g. for a "
+                            "restart --init-from a trained checkpoint, whose optimizer moments start afresh")
+    stop = p.add_argument_group("epochs, validation and stopping")
+    stop.add_argument("--epochs", type=int, default=200, help="most epochs (default 200)")
+    stop.add_argument("--patience", type=int, default=10,
+                      help="early stopping: validations without a valid NDCG@10 gain")
+    stop.add_argument("--eval-every", type=int, default=1,
+                      help="validate every N epochs (RecBole's eval_step), and after the last epoch and at the time "
+                           "budget")
+    stop.add_argument("--max-minutes", type=float, help="stop after this much wall time (best checkpoint kept)")
+    stop.add_argument("--valid-users", type=int, help="validate on the first N users only (faster epochs)")
+    stop.add_argument("--exclude-history", action="store_true", help="LRURec protocol: mask history items in eval")
+    hw = p.add_argument_group("hardware")
+    hw.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    hw.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    hw.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    hw.add_argument("--no-progress", action="store_true", help="no progress bars (the epoch lines are printed)")
     return p
 
 

@@ -87,6 +87,9 @@ IR_VERSION = 9
 GRAPH_FILE = "model.onnx"
 SPEC_FILE = "state_spec.json"
 SPEC_FORMAT = "ssm-rec-zoo/onnx/1"
+#: largest graph a single ``.onnx`` file holds: protobuf serializes at most 2 GiB (bigger models need ONNX's external
+#: data, which this exporter does not write); the weights alone are checked against it before tracing
+ONNX_PROTOBUF_LIMIT = 2**31 - 1
 #: models whose step graph this exporter knows how to build (their scans become custom nodes; GRU4Rec's GRU is the
 #: standard ONNX ``GRU`` op)
 STEP_MODEL_TYPES = ("mamba4rec", "lrurec", "gru4rec", "tim4rec_causal")
@@ -779,8 +782,88 @@ def _set_value_info(vi: onnx.ValueInfoProto, shape, dtype: str) -> None:
             dim.dim_value = int(d)
 
 
+def _share_tied_weights(mp: onnx.ModelProto) -> int:
+    """Score with the item table itself, not a copy of it; returns the copies removed.
+
+    A tied output layer (``hidden @ E^T``, no bias) exports as ``MatMul(hidden, Transpose(E))``, and constant folding
+    turns the transpose into a second initializer; BERT4Rec's (``E[:V]``, a [MASK] row past the items, plus a bias)
+    exports as ``Gemm(hidden, Slice(E), b, transB=1)`` with the slice folded. Either way the file held the item table
+    twice: its largest tensor, so about twice the file and the weights a runtime loads. Each such ``MatMul`` whose
+    ``hidden`` is 2-D (as in every zoo graph: the scores of the last position) becomes ``Gemm(hidden, E, transB=1)``,
+    which reads ``E`` in place (another rank reads ``Transpose(E)``); leading rows are a ``Slice`` node (folded by the
+    runtime when it loads the graph, not stored). Initializers that copy no other are left alone."""
+    from onnx import numpy_helper, shape_inference
+
+    g = mp.graph
+    inits = {t.name: t for t in g.initializer}
+    tables = [t for t in g.initializer if len(t.dims) == 2]
+
+    def source_of(copy, transposed: bool):
+        """The table ``E [R >= V, D]`` whose first ``V`` rows are ``copy`` (``[D, V]`` when ``transposed``, else
+        ``[V, D]``; BERT4Rec's table has a [MASK] row past them), or None."""
+        values = numpy_helper.to_array(copy)
+        rows_of = values.T if transposed else values                         # [V, D]
+        for w in tables:
+            if (w.name != copy.name and w.dims[1] == rows_of.shape[1] and w.dims[0] >= rows_of.shape[0]
+                    and np.array_equal(numpy_helper.to_array(w)[:rows_of.shape[0]], rows_of)):
+                return w, rows_of.shape[0]
+        return None
+
+    def attr(n, name, default=0):
+        return next((oh.get_attribute_value(a) for a in n.attribute if a.name == name), default)
+
+    ranks = None
+    removed, nodes, added = set(), [], []
+    for n in g.node:
+        copy = inits.get(n.input[1]) if n.op_type in ("MatMul", "Gemm") and len(n.input) >= 2 else None
+        found = None
+        if copy is not None and len(copy.dims) == 2 and copy.name not in removed:
+            if n.op_type == "MatMul":
+                found = source_of(copy, transposed=True)
+            elif attr(n, "transB") == 1 and not attr(n, "transA"):
+                found = source_of(copy, transposed=False)
+                if found is not None and found[0].dims[0] == found[1]:
+                    found = None                                           # it reads the table itself already
+        if found is None:
+            nodes.append(n)
+            continue
+        source, rows = found
+        weight = source.name
+        if source.dims[0] != rows:                                         # its leading rows: a Slice, not a copy
+            weight = f"{source.name}/rows"
+            bounds = [f"{weight}/{k}" for k in ("starts", "ends", "axes")]
+            added += [numpy_helper.from_array(np.array([v], dtype=np.int64), name)
+                      for v, name in zip((0, rows, 0), bounds)]
+            nodes.append(oh.make_node("Slice", [source.name, *bounds], [weight], name=f"{n.name}/rows"))
+        if n.op_type == "Gemm":
+            n.input[1] = weight
+            nodes.append(n)
+        else:
+            if ranks is None:
+                inferred = shape_inference.infer_shapes(mp).graph
+                ranks = {vi.name: len(vi.type.tensor_type.shape.dim)
+                         for vi in [*inferred.value_info, *inferred.input, *inferred.output]
+                         if vi.type.tensor_type.HasField("shape")}
+            if ranks.get(n.input[0]) == 2:
+                nodes.append(oh.make_node("Gemm", [n.input[0], weight], list(n.output), name=n.name, transB=1))
+            else:
+                t_out = f"{weight}/transposed"
+                nodes += [oh.make_node("Transpose", [weight], [t_out], name=f"{n.name}/Transpose", perm=[1, 0]),
+                          oh.make_node("MatMul", [n.input[0], t_out], list(n.output), name=n.name)]
+        removed.add(copy.name)
+    if removed:
+        still_read = {i for n in nodes for i in n.input}
+        del g.node[:]
+        g.node.extend(nodes)
+        keep = [t for t in g.initializer if t.name not in removed or t.name in still_read]
+        del g.initializer[:]
+        g.initializer.extend(keep + added)
+    return len(removed)
+
+
 def _postprocess(mp: onnx.ModelProto, spec: dict, model) -> onnx.ModelProto:
-    """Fix I/O names/shapes, attach the scan functions and the opset of the custom domain, drop unused outputs."""
+    """Fix I/O names/shapes, attach the scan functions and the opset of the custom domain, drop unused outputs, and
+    read a tied item table in place (:func:`_share_tied_weights`)."""
     want_out = [o["name"] for o in spec["outputs"]]
     by_name = {o["name"]: o for o in spec["inputs"] + spec["outputs"]}
     keep = [o for o in mp.graph.output if o.name in want_out]
@@ -809,6 +892,7 @@ def _postprocess(mp: onnx.ModelProto, spec: dict, model) -> onnx.ModelProto:
                  **({"time_input": spec["time_input"]} if spec.get("time_input") else {}),
                  **({"exclude_seen": "1"} if spec.get("exclude_seen") else {})}.items():
         mp.metadata_props.add(key=k, value=v)
+    _share_tied_weights(mp)
     return mp
 
 
@@ -840,6 +924,23 @@ def _example_inputs(model, kind: str, batch: int = 2, length: int = 3, time_inpu
     return tuple(args), names, dyn
 
 
+def check_graph_size(model) -> int:
+    """The bytes of the graph torch's exporter serializes: the weights, plus the copy of the output layer its constant
+    folding makes for a tied item table (``hidden @ E^T``; :func:`_postprocess` removes it again, but only after the
+    export). :class:`ExportError`, before any tracing, when they pass :data:`ONNX_PROTOBUF_LIMIT`, which only ONNX's
+    external-data format can hold (not written by this exporter), instead of protobuf's error minutes later."""
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    output = model.item_output()[0]
+    n = weights + output.numel() * output.element_size()
+    if n > ONNX_PROTOBUF_LIMIT:
+        table = model.get_input_embeddings().weight
+        raise ExportError(f"{type(model).__name__} with a {table.shape[0]:,} x {table.shape[1]} item table exports "
+                          f"{n / 2**30:.2f} GiB ({weights / 2**30:.2f} GiB of weights and the exporter's folded copy "
+                          "of the output layer): an ONNX file holds at most 2 GiB (protobuf's limit), and export.onnx "
+                          "does not write ONNX's external-data format")
+    return n
+
+
 def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: str = "fp32",
                 time_input: str | None = None, exclude_seen: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Trace ``model`` into an ONNX ModelProto (not written) and its I/O spec; ``precision="fp16"`` then converts it
@@ -865,6 +966,7 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
             raise ExportError(f"{mt} exports as a step graph (--kind step): its parallel training-time scan traces to "
                               "one fixed length, and the step graph serves any history length")
         module = WindowGraph(model, k, exclude_seen=exclude_seen)
+    check_graph_size(model)
     if precision == "fp16" and time_input not in (None, "gaps"):
         raise ExportError(f"--fp16 is not supported for time-aware models ({mt}) with float64 timestamps: their time "
                           "features start from raw second differences, far beyond float16's range (65504); export "

@@ -88,7 +88,7 @@ GRAPH_FILE = "model.onnx"
 SPEC_FILE = "state_spec.json"
 SPEC_FORMAT = "ssm-rec-zoo/onnx/1"
 #: largest graph a single ``.onnx`` file holds: protobuf serializes at most 2 GiB (bigger models need ONNX's external
-#: data, which this exporter does not write); the weights alone are checked against it before tracing
+#: data, which this exporter does not write); checked before tracing (:func:`check_graph_size`)
 ONNX_PROTOBUF_LIMIT = 2**31 - 1
 #: models whose step graph this exporter knows how to build (their scans become custom nodes; GRU4Rec's GRU is the
 #: standard ONNX ``GRU`` op)
@@ -798,14 +798,19 @@ def _share_tied_weights(mp: onnx.ModelProto) -> int:
     inits = {t.name: t for t in g.initializer}
     tables = [t for t in g.initializer if len(t.dims) == 2]
 
+    def values(t) -> np.ndarray:
+        """``t``'s values; a read-only view of its bytes when it has them (the item table is not copied per node)."""
+        if t.raw_data:
+            return np.frombuffer(t.raw_data, dtype=oh.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
+        return numpy_helper.to_array(t)
+
     def source_of(copy, transposed: bool):
         """The table ``E [R >= V, D]`` whose first ``V`` rows are ``copy`` (``[D, V]`` when ``transposed``, else
         ``[V, D]``; BERT4Rec's table has a [MASK] row past them), or None."""
-        values = numpy_helper.to_array(copy)
-        rows_of = values.T if transposed else values                         # [V, D]
+        rows_of = values(copy).T if transposed else values(copy)            # [V, D]
         for w in tables:
-            if (w.name != copy.name and w.dims[1] == rows_of.shape[1] and w.dims[0] >= rows_of.shape[0]
-                    and np.array_equal(numpy_helper.to_array(w)[:rows_of.shape[0]], rows_of)):
+            if (w.name != copy.name and w.data_type == copy.data_type and w.dims[1] == rows_of.shape[1]
+                    and w.dims[0] >= rows_of.shape[0] and np.array_equal(values(w)[:rows_of.shape[0]], rows_of)):
                 return w, rows_of.shape[0]
         return None
 

@@ -650,6 +650,20 @@ def test_a_card_measured_with_the_history_masked_gives_that_protocol_and_its_com
     flags = flags[flags.index("--data") + 2:]                     # what follows the data file
     again = evaluate_main(["--model", str(card), "--data", data, "--no-progress", *flags])
     assert again["metrics"] == metrics and again["metrics"] != ref["metrics"]
+    # the run chose its checkpoint by validation under the RecBole protocol: the card says so
+    chosen = f"chosen by validation NDCG@10 under the {hub.PROTOCOL_NAMES[False]}, not the protocol of these numbers"
+    assert chosen in protocol["description"] and chosen in text
+    same = tmp_path / "card-same"
+    hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(same))
+    assert "chosen by validation" not in json.loads((same / "eval_results.json").read_text())["protocol"]["description"]
+
+
+def test_validation_masked_reads_runs_and_soups():
+    assert hub.validation_masked({"protocol": {"history_masked": True}}) is True
+    assert hub.validation_masked({"protocol": {"history_masked": False}}) is False
+    assert hub.validation_masked({"protocol": "lrurec (history excluded)"}) is True
+    assert hub.validation_masked({"protocol": "recbole"}) is False
+    assert hub.validation_masked({}) is None and hub.validation_masked({"protocol": {"split": "x"}}) is None
 
 
 def test_a_recard_that_fails_half_way_leaves_the_card_folder_as_it_was(tmp_path, monkeypatch):

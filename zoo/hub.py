@@ -504,6 +504,13 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                                 + ("items of the input window masked before ranking (LRURec's protocol)."
                                    if exclude_history else "history items not masked (RecBole's protocol).")),
                 "command": evaluate_command(exclude_history), "history_masked": exclude_history}
+    validated = validation_masked(log)
+    if validated is not None and validated != exclude_history:   # allowed, but the card and the console say so
+        chosen = (f"The checkpoint was chosen by validation NDCG@10 under the {PROTOCOL_NAMES[validated]}, not the "
+                  "protocol of these numbers.")
+        protocol["description"] += " " + chosen
+        print(f"[zoo.hub] note: {chosen} (`zoo.train{' --exclude-history' if exclude_history else ''}` validates "
+              "under the card's protocol)", flush=True)
     ref = PUBLISHED.get(model.config.model_type)
     reference = None
     if ref and benchmark == PUBLISHED_ON and bool(ref["history_masked"]) != exclude_history:
@@ -579,6 +586,17 @@ def _card_dataset(card_dir: str | os.PathLike) -> dict:
         return {}
     results = ModelCard.load(readme).data.eval_results or []
     return {"name": results[0].dataset_name, "type": results[0].dataset_type} if results else {}
+
+
+def validation_masked(log: dict) -> bool | None:
+    """Whether the run (``zoo.train``'s log) or soup chose its checkpoint by validation under the history-masked
+    protocol; None when its log does not say (written before the entry existed)."""
+    protocol = log.get("protocol")
+    if isinstance(protocol, dict) and "history_masked" in protocol:
+        return bool(protocol["history_masked"])
+    if isinstance(protocol, str):                                      # zoo.soup's "recbole" / "lrurec (...)"
+        return protocol.startswith("lrurec")
+    return None
 
 
 def _check_same_protocol(card_dir: str | os.PathLike, exclude_history: bool) -> None:

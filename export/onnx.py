@@ -782,6 +782,24 @@ def _set_value_info(vi: onnx.ValueInfoProto, shape, dtype: str) -> None:
             dim.dim_value = int(d)
 
 
+def _value_ranks(mp: onnx.ModelProto) -> dict[str, int]:
+    """The rank of each value of the graph, by ONNX shape inference on a copy without the initializers' data (given as
+    typed inputs instead), so that a graph past protobuf's 2 GiB, which shape inference would have to serialize, is
+    inferred too."""
+    from onnx import shape_inference
+
+    g = mp.graph
+    named = {i.name for i in g.input}
+    typed = [oh.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer if t.name not in named]
+    skeleton = oh.make_model(oh.make_graph(list(g.node), g.name, [*g.input, *typed], list(g.output)),
+                             opset_imports=list(mp.opset_import), functions=list(mp.functions),
+                             ir_version=mp.ir_version)
+    inferred = shape_inference.infer_shapes(skeleton).graph
+    return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in [*inferred.value_info, *inferred.input,
+                                                                    *inferred.output]
+            if vi.type.tensor_type.HasField("shape")}
+
+
 def _share_tied_weights(mp: onnx.ModelProto) -> int:
     """Score with the item table itself, not a copy of it; returns the copies removed.
 
@@ -792,7 +810,7 @@ def _share_tied_weights(mp: onnx.ModelProto) -> int:
     ``hidden`` is 2-D (as in every zoo graph: the scores of the last position) becomes ``Gemm(hidden, E, transB=1)``,
     which reads ``E`` in place (another rank reads ``Transpose(E)``); leading rows are a ``Slice`` node (folded by the
     runtime when it loads the graph, not stored). Initializers that copy no other are left alone."""
-    from onnx import numpy_helper, shape_inference
+    from onnx import numpy_helper
 
     g = mp.graph
     inits = {t.name: t for t in g.initializer}
@@ -845,10 +863,7 @@ def _share_tied_weights(mp: onnx.ModelProto) -> int:
             nodes.append(n)
         else:
             if ranks is None:
-                inferred = shape_inference.infer_shapes(mp).graph
-                ranks = {vi.name: len(vi.type.tensor_type.shape.dim)
-                         for vi in [*inferred.value_info, *inferred.input, *inferred.output]
-                         if vi.type.tensor_type.HasField("shape")}
+                ranks = _value_ranks(mp)
             if ranks.get(n.input[0]) == 2:
                 nodes.append(oh.make_node("Gemm", [n.input[0], weight], list(n.output), name=n.name, transB=1))
             else:
@@ -930,20 +945,20 @@ def _example_inputs(model, kind: str, batch: int = 2, length: int = 3, time_inpu
 
 
 def check_graph_size(model) -> int:
-    """The bytes of the graph torch's exporter serializes: the weights, plus the copy of the output layer its constant
-    folding makes for a tied item table (``hidden @ E^T``; :func:`_postprocess` removes it again, but only after the
-    export). :class:`ExportError`, before any tracing, when they pass :data:`ONNX_PROTOBUF_LIMIT`, which only ONNX's
-    external-data format can hold (not written by this exporter), instead of protobuf's error minutes later."""
+    """The bytes of the graph torch's exporter traces: the weights, plus the copy of the output layer its constant
+    folding makes for a tied item table (``hidden @ E^T``; :func:`_postprocess` removes it again). A trace past
+    :data:`ONNX_PROTOBUF_LIMIT` goes through a file with ONNX's external data (:func:`trace_graph`); the graph written
+    holds the weights once, and when they alone pass the limit (about 8 M items at 64 dimensions in fp32), which only
+    the external-data format could hold and this exporter does not write, :class:`ExportError` before any tracing,
+    instead of protobuf's error minutes later."""
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    output = model.item_output()[0]
-    n = weights + output.numel() * output.element_size()
-    if n > ONNX_PROTOBUF_LIMIT:
+    if weights > ONNX_PROTOBUF_LIMIT:
         table = model.get_input_embeddings().weight
-        raise ExportError(f"{type(model).__name__} with a {table.shape[0]:,} x {table.shape[1]} item table exports "
-                          f"{n / 2**30:.2f} GiB ({weights / 2**30:.2f} GiB of weights and the exporter's folded copy "
-                          "of the output layer): an ONNX file holds at most 2 GiB (protobuf's limit), and export.onnx "
-                          "does not write ONNX's external-data format")
-    return n
+        raise ExportError(f"{type(model).__name__} with a {table.shape[0]:,} x {table.shape[1]} item table has "
+                          f"{weights / 2**30:.2f} GiB of weights: an ONNX file holds at most 2 GiB (protobuf's "
+                          "limit), and export.onnx does not write ONNX's external-data format")
+    output = model.item_output()[0]
+    return weights + output.numel() * output.element_size()
 
 
 def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: str = "fp32",
@@ -971,7 +986,7 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
             raise ExportError(f"{mt} exports as a step graph (--kind step): its parallel training-time scan traces to "
                               "one fixed length, and the step graph serves any history length")
         module = WindowGraph(model, k, exclude_seen=exclude_seen)
-    check_graph_size(model)
+    traced_size = check_graph_size(model)
     if precision == "fp16" and time_input not in (None, "gaps"):
         raise ExportError(f"--fp16 is not supported for time-aware models ({mt}) with float64 timestamps: their time "
                           "features start from raw second differences, far beyond float16's range (65504); export "
@@ -988,16 +1003,22 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
         dyn[o] = {0: "B"}
     was_training = model.training
     model.eval()
-    buf = io.BytesIO()
+    # the trace holds the tied item table twice (see check_graph_size): past protobuf's limit torch writes it to a
+    # file with external data, read back whole; _postprocess then drops the copy, and the graph fits one file again
+    large = traced_size > ONNX_PROTOBUF_LIMIT
+    workdir = tempfile.TemporaryDirectory(prefix="zoo-onnx-trace-") if large else contextlib.nullcontext()
     try:
-        patches = _scan_nodes(mt) if kind == "step" else _window_patches()
-        with torch.no_grad(), patches, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, buf, dynamo=False, opset_version=OPSET, input_names=in_names,
-                              output_names=out_names, dynamic_axes=dyn, do_constant_folding=True)
+        with workdir as folder:
+            target = os.path.join(folder, "traced.onnx") if large else io.BytesIO()
+            patches = _scan_nodes(mt) if kind == "step" else _window_patches()
+            with torch.no_grad(), patches, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, args, target, dynamo=False, opset_version=OPSET, input_names=in_names,
+                                  output_names=out_names, dynamic_axes=dyn, do_constant_folding=True)
+            traced = onnx.load(target) if large else onnx.load_from_string(target.getvalue())
     finally:
         model.train(was_training)
-    mp = _postprocess(onnx.load_from_string(buf.getvalue()), spec, model)
+    mp = _postprocess(traced, spec, model)
     if precision == "fp16":
         mp = convert_to_fp16(mp, spec)
     onnx.checker.check_model(mp, full_check=True)

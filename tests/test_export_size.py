@@ -10,6 +10,8 @@ same outputs before and after (hand-made graphs here; every model's verification
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -127,11 +129,31 @@ def test_a_graph_beyond_protobufs_limit_is_refused_before_tracing(tmp_path, monk
     model = _model("mamba4rec")
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     table = model.get_input_embeddings().weight
-    assert E.check_graph_size(model) == weights + table.numel() * 4
-    monkeypatch.setattr(E, "ONNX_PROTOBUF_LIMIT", weights)           # the weights fit; with the folded copy, not
+    assert E.check_graph_size(model) == weights + table.numel() * 4          # the trace: with the folded copy
+    monkeypatch.setattr(E, "ONNX_PROTOBUF_LIMIT", weights - 1)
     traced = []
     monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: traced.append(1))
-    with pytest.raises(E.ExportError, match=r"Mamba4RecModel with a \d+ x 16 item table exports .* GiB .* an ONNX "
-                                            r"file holds at most 2 GiB \(protobuf's limit\)"):
+    with pytest.raises(E.ExportError, match=r"Mamba4RecModel with a \d+ x 16 item table has .* GiB of weights: an "
+                                            r"ONNX file holds at most 2 GiB \(protobuf's limit\)"):
         E.export_model(model, tmp_path / "out", verify=False)
     assert not traced and not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_a_trace_past_the_limit_goes_through_a_file_and_gives_the_same_graph(tmp_path, monkeypatch):
+    """Weights under the limit, the trace (with its folded copy of the table) over it: torch exports to a file (with
+    external data at real size) that is read back, and the graph, whose copy is dropped, is the in-memory route's."""
+    model = _model("sasrec")
+    in_memory, _ = E.trace_graph(model, "window", 5)
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    monkeypatch.setattr(E, "ONNX_PROTOBUF_LIMIT", weights + 1)
+    targets, real_export = [], torch.onnx.export
+
+    def recording(module, args, f, **kw):
+        targets.append(f)
+        return real_export(module, args, f, **kw)
+    monkeypatch.setattr(torch.onnx, "export", recording)
+    through_file, _ = E.trace_graph(model, "window", 5)
+    assert len(targets) == 1 and isinstance(targets[0], str) and targets[0].endswith("traced.onnx")
+    assert not os.path.exists(targets[0])                                       # its folder is removed
+    assert through_file.SerializeToString() == in_memory.SerializeToString()
+    assert _initializer_bytes(through_file) < weights + 40_000

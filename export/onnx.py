@@ -87,9 +87,12 @@ IR_VERSION = 9
 GRAPH_FILE = "model.onnx"
 SPEC_FILE = "state_spec.json"
 SPEC_FORMAT = "ssm-rec-zoo/onnx/1"
-#: largest graph a single ``.onnx`` file holds: protobuf serializes at most 2 GiB (bigger models need ONNX's external
-#: data, which this exporter does not write); checked before tracing (:func:`check_graph_size`)
+#: largest graph a single ``.onnx`` file holds: protobuf serializes at most 2 GiB
 ONNX_PROTOBUF_LIMIT = 2**31 - 1
+#: weights above which the graph is written with ONNX's external data: ``model.onnx`` (the graph) beside
+#: :data:`EXTERNAL_DATA_FILE` (its tensors), below protobuf's limit by room for the graph's own structure
+EXTERNAL_DATA_BYTES = ONNX_PROTOBUF_LIMIT - 2**26
+EXTERNAL_DATA_FILE = "model.onnx.data"
 #: models whose step graph this exporter knows how to build (their scans become custom nodes; GRU4Rec's GRU is the
 #: standard ONNX ``GRU`` op)
 STEP_MODEL_TYPES = ("mamba4rec", "lrurec", "gru4rec", "tim4rec_causal")
@@ -944,21 +947,14 @@ def _example_inputs(model, kind: str, batch: int = 2, length: int = 3, time_inpu
     return tuple(args), names, dyn
 
 
-def check_graph_size(model) -> int:
-    """The bytes of the graph torch's exporter traces: the weights, plus the copy of the output layer its constant
-    folding makes for a tied item table (``hidden @ E^T``; :func:`_postprocess` removes it again). A trace past
-    :data:`ONNX_PROTOBUF_LIMIT` goes through a file with ONNX's external data (:func:`trace_graph`); the graph written
-    holds the weights once, and when they alone pass the limit (about 8 M items at 64 dimensions in fp32), which only
-    the external-data format could hold and this exporter does not write, :class:`ExportError` before any tracing,
-    instead of protobuf's error minutes later."""
+def graph_sizes(model) -> tuple[int, int]:
+    """``(weights, traced)`` bytes: the graph written holds the weights once; torch's trace holds them plus the copy of
+    the output layer its constant folding makes for a tied item table (``hidden @ E^T``; :func:`_postprocess` removes
+    it). A trace past :data:`ONNX_PROTOBUF_LIMIT` goes through a file with external data (:func:`trace_graph`); a
+    graph whose weights pass :data:`EXTERNAL_DATA_BYTES` is written with external data (:func:`export_model`)."""
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    if weights > ONNX_PROTOBUF_LIMIT:
-        table = model.get_input_embeddings().weight
-        raise ExportError(f"{type(model).__name__} with a {table.shape[0]:,} x {table.shape[1]} item table has "
-                          f"{weights / 2**30:.2f} GiB of weights: an ONNX file holds at most 2 GiB (protobuf's "
-                          "limit), and export.onnx does not write ONNX's external-data format")
     output = model.item_output()[0]
-    return weights + output.numel() * output.element_size()
+    return weights, weights + output.numel() * output.element_size()
 
 
 def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: str = "fp32",
@@ -986,7 +982,7 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
             raise ExportError(f"{mt} exports as a step graph (--kind step): its parallel training-time scan traces to "
                               "one fixed length, and the step graph serves any history length")
         module = WindowGraph(model, k, exclude_seen=exclude_seen)
-    traced_size = check_graph_size(model)
+    weights, traced_size = graph_sizes(model)
     if precision == "fp16" and time_input not in (None, "gaps"):
         raise ExportError(f"--fp16 is not supported for time-aware models ({mt}) with float64 timestamps: their time "
                           "features start from raw second differences, far beyond float16's range (65504); export "
@@ -1003,7 +999,7 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
         dyn[o] = {0: "B"}
     was_training = model.training
     model.eval()
-    # the trace holds the tied item table twice (see check_graph_size): past protobuf's limit torch writes it to a
+    # the trace holds the tied item table twice (see graph_sizes): past protobuf's limit torch writes it to a
     # file with external data, read back whole; _postprocess then drops the copy, and the graph fits one file again
     large = traced_size > ONNX_PROTOBUF_LIMIT
     workdir = tempfile.TemporaryDirectory(prefix="zoo-onnx-trace-") if large else contextlib.nullcontext()
@@ -1021,7 +1017,8 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
     mp = _postprocess(traced, spec, model)
     if precision == "fp16":
         mp = convert_to_fp16(mp, spec)
-    onnx.checker.check_model(mp, full_check=True)
+    if weights <= EXTERNAL_DATA_BYTES:       # a larger graph cannot be checked in memory: export_model checks its file
+        onnx.checker.check_model(mp, full_check=True)
     return mp, spec
 
 
@@ -1300,9 +1297,21 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     # written and verified in a staging folder inside out_dir, moved into place only when verified: a failed
     # export leaves out_dir's earlier files (e.g. a card's verified graph) as they were
     stage = pathlib.Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out))
+    external = graph_sizes(model)[0] > EXTERNAL_DATA_BYTES
     try:
-        onnx.save(mp, str(stage / GRAPH_FILE))
-        names = [GRAPH_FILE, SPEC_FILE]
+        if external:            # past protobuf's 2 GiB: the graph in model.onnx, its tensors in model.onnx.data
+            say(f"  writing the tensors to {EXTERNAL_DATA_FILE} (ONNX external data: the weights pass "
+                f"{EXTERNAL_DATA_BYTES / 2**30:.2f} GiB)")
+            onnx.save(mp, str(stage / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=EXTERNAL_DATA_FILE, size_threshold=1024)
+            # onnx creates the tensor file owner-only; it is read by whoever reads the graph (a server's user)
+            os.chmod(stage / EXTERNAL_DATA_FILE, (stage / GRAPH_FILE).stat().st_mode & 0o777)
+            onnx.checker.check_model(str(stage / GRAPH_FILE), full_check=True)
+            spec["external_data"] = EXTERNAL_DATA_FILE
+            names = [GRAPH_FILE, EXTERNAL_DATA_FILE, SPEC_FILE]
+        else:
+            onnx.save(mp, str(stage / GRAPH_FILE))
+            names = [GRAPH_FILE, SPEC_FILE]
         if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
             names.append(os.path.basename(model.item_vocab.save(str(stage))))
             spec["item_vocab"] = names[-1]
@@ -1321,6 +1330,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
             (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
         for name in names:
             os.replace(stage / name, out / name)
+        if not external and (out / EXTERNAL_DATA_FILE).exists():    # an earlier, larger export's tensors
+            (out / EXTERNAL_DATA_FILE).unlink()
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     files = [str(out / name) for name in names]

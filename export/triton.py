@@ -386,6 +386,22 @@ def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str 
 
 
 # ========================================================================================= implicit-state graph
+def copy_graph_data(graph_path: str | os.PathLike, out_path: str | os.PathLike, spec: dict) -> None:
+    """The tensor file of an external-data graph (``spec["external_data"]``, past protobuf's 2 GiB) into the folder of
+    ``out_path``, where the copied graph refers to it by name; nothing for a graph that holds its tensors."""
+    name = spec.get("external_data")
+    if name:
+        dest = pathlib.Path(out_path).parent / name
+        if not dest.exists():
+            shutil.copy(pathlib.Path(graph_path).parent / name, dest)
+
+
+def copy_graph(graph_path: str | os.PathLike, out_path: str | os.PathLike, spec: dict) -> None:
+    """Copy an exported graph, with its tensor file when it has one (:func:`copy_graph_data`)."""
+    shutil.copy(graph_path, out_path)
+    copy_graph_data(graph_path, out_path, spec)
+
+
 def add_sequence_controls(graph_path: str | os.PathLike, out_path: str | os.PathLike, spec: dict) -> None:
     """Copy the step graph adding Triton's control inputs ``START``/``READY`` (int32 [B, 1]) and ``CORRID``
     (int64 [B, 1]); every incoming state goes through ``Where(START, init, state)`` (``init`` = the state's initial
@@ -398,7 +414,8 @@ def add_sequence_controls(graph_path: str | os.PathLike, out_path: str | os.Path
     from onnx import helper as oh
     from onnx import numpy_helper
 
-    mp = onnx.load(str(graph_path))
+    external = spec.get("external_data")       # tensors in a file beside the graph: they stay there, copied along
+    mp = onnx.load(str(graph_path), load_external_data=not external)
     g = mp.graph
     names = {i.name for i in g.input}
     for c in ("START", "READY", "CORRID"):
@@ -444,8 +461,13 @@ def add_sequence_controls(graph_path: str | os.PathLike, out_path: str | os.Path
     nodes = list(g.node)
     del g.node[:]
     g.node.extend(new_nodes + nodes)
-    onnx.checker.check_model(mp, full_check=False)
-    onnx.save(mp, str(out_path))
+    if external:
+        copy_graph_data(graph_path, out_path, spec)
+        onnx.save(mp, str(out_path))
+        onnx.checker.check_model(str(out_path), full_check=False)
+    else:
+        onnx.checker.check_model(mp, full_check=False)
+        onnx.save(mp, str(out_path))
 
 
 def implicit_spec(spec: dict) -> dict:
@@ -757,19 +779,19 @@ def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: p
     if vocab_path:
         shutil.copy(vocab_path, mdir / VOCAB_FILE)
     if backend == "python":
-        shutil.copy(graph, vdir / GRAPH_FILE)
+        copy_graph(graph, vdir / GRAPH_FILE, spec)
         shutil.copy(export_dir / SPEC_FILE, vdir / SPEC_FILE)
         shutil.copy(pathlib.Path(__file__).with_name("triton_server.py"), vdir / "model.py")
     elif backend == "onnxruntime":
         if implicit:
             add_sequence_controls(graph, vdir / GRAPH_FILE, spec)
         else:
-            shutil.copy(graph, vdir / GRAPH_FILE)
+            copy_graph(graph, vdir / GRAPH_FILE, spec)
         shutil.copy(export_dir / SPEC_FILE, mdir / SPEC_FILE)
     else:  # tensorrt: keep the ONNX beside the version folder, build the plan in the container (serve.sh)
         odir = mdir / "onnx"
         odir.mkdir()
-        shutil.copy(graph, odir / GRAPH_FILE)
+        copy_graph(graph, odir / GRAPH_FILE, spec)
         if implicit:
             add_sequence_controls(graph, odir / "model_implicit.onnx", spec)
         shutil.copy(export_dir / SPEC_FILE, mdir / SPEC_FILE)

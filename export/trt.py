@@ -458,6 +458,14 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         report["float64_io"] = f64
         return finish(EXIT_ERROR, "TensorRT does not support float64 I/O (timestamps/last_ts): ONNX graph verified, "
                                   "engine NOT built")
+    if res.spec.get("external_data"):
+        msg = (f"the graph's weights pass protobuf's 2 GiB, so they are in ONNX external data "
+               f"({res.spec['external_data']}); export.trt gives TensorRT's parser the graph as bytes, which cannot "
+               "hold them: no engine for it (not supported, and not verified). The ONNX graph "
+               f"{res.graph_path} is exported and verified: run it with ONNX Runtime (export.runtime.OnnxStepSession)")
+        say(f"  ERROR: {msg}")
+        report["error"] = msg
+        return finish(EXIT_ERROR, "graph with external data (> 2 GiB): ONNX graph verified, engine NOT built")
     import onnx
 
     mp = onnx.load(res.graph_path)
@@ -474,7 +482,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     if fp16:  # the fp16 graph must itself pass the ONNX-level verification before any engine is built from it
         say("[1b] fp16 graph (export.onnx fp16 path; I/O, states and scan nodes fp32) + verification with ONNX Runtime")
         try:
-            graph16 = to_fp16_graph(V._with_scores_output(res.graph_path), res.spec)
+            graph16 = to_fp16_graph(V._with_scores_output(res.graph_path).SerializeToString(), res.spec)
             sess = V.ort_session(graph16)
             # the ONNX-level fp16 criteria of export.verify (TOLERANCES["fp16"] above is for the engine)
             rep16 = V.verify_export(model, res.graph_path, res.spec, runner=sess, progress=lambda m: say("  " + m),
@@ -530,7 +538,8 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     trt = env.tensorrt
     say("[3/4] engine build")
     try:
-        graph = graph16 if fp16 else V._with_scores_output(res.graph_path)  # the verifier compares every score
+        # the verifier compares every score
+        graph = graph16 if fp16 else V._with_scores_output(res.graph_path).SerializeToString()
         eb = build_engine(trt, graph, res.spec, lib, precision=precision, workspace=_parse_size(workspace),
                           opt_batch=opt_batch, max_batch=max_batch, max_steps=max_steps,
                           version_compatible=version_compatible, say=lambda m: say("  " + m))

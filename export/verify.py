@@ -41,6 +41,8 @@ for both):
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -165,17 +167,36 @@ def ort_session(graph: str | bytes, threads: int = 1):
     return ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
 
 
-def _with_scores_output(graph_path: str) -> bytes:
-    """The graph with the internal ``scores`` tensor exposed as an output (for full-score comparison)."""
+def _with_scores_output(graph_path: str, load_external_data: bool = True):
+    """The graph (``ModelProto``) with the internal ``scores`` tensor exposed as an output (for full-score
+    comparison); ``load_external_data=False`` keeps the tensors of an external-data graph in their file."""
     import onnx
 
-    mp = onnx.load(graph_path)
-    if "scores" not in [o.name for o in mp.graph.output]:
-        if not any("scores" in n.output for n in mp.graph.node):
-            return mp.SerializeToString()
+    mp = onnx.load(graph_path, load_external_data=load_external_data)
+    if "scores" not in [o.name for o in mp.graph.output] and any("scores" in n.output for n in mp.graph.node):
         n_items = int(next(p.value for p in mp.metadata_props if p.key == "n_items"))
         mp.graph.output.append(onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["B", n_items]))
-    return mp.SerializeToString()
+    return mp
+
+
+def scores_session(graph_path: str, threads: int = 1):
+    """An :func:`ort_session` of the graph with ``scores`` exposed. A graph with external data (past protobuf's
+    2 GiB, so it cannot be passed as bytes) is given to ONNX Runtime as a sibling file that refers to the same
+    tensor file, removed once the session is made."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    mp = _with_scores_output(graph_path, load_external_data=False)
+    if not any(uses_external_data(t) for t in mp.graph.initializer):
+        return ort_session(_with_scores_output(graph_path).SerializeToString(), threads)
+    folder = os.path.dirname(os.path.abspath(graph_path))
+    fd, sibling = tempfile.mkstemp(prefix=".scores-", suffix=".onnx", dir=folder)
+    os.close(fd)
+    try:
+        onnx.save(mp, sibling)
+        return ort_session(sibling, threads)
+    finally:
+        os.unlink(sibling)
 
 
 def _errs(ort_scores: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -353,7 +374,7 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
     k = spec["topk"]
     n_items = spec["n_items"]
     rng = np.random.default_rng(seed)
-    run = (runner or ort_session(_with_scores_output(graph))).run
+    run = (runner or scores_session(graph)).run
     uses_ts = spec["uses_timestamps"]
     cases = []
 
@@ -432,7 +453,7 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
     say = progress or (lambda m: None)
     k, n_items, M = spec["topk"], spec["n_items"], spec["max_seq_length"]
     rng = np.random.default_rng(seed)
-    run = (runner or ort_session(_with_scores_output(graph))).run
+    run = (runner or scores_session(graph)).run
     widths = list(widths or sorted({M, max(1, M // 2), min(M, 7)}))
     out_names = ["topk_ids", "topk_scores", "scores"]
 

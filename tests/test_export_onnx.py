@@ -1211,7 +1211,7 @@ class _Tampered:
     place) before verification sees them; ``fed`` records the rows of every call."""
 
     def __init__(self, graph, change=None):
-        self.sess, self.change, self.fed = V.ort_session(V._with_scores_output(graph)), change, []
+        self.sess, self.change, self.fed = V.scores_session(graph), change, []
 
     def run(self, names, feeds):
         self.fed.append(len(feeds["item_ids"]))
@@ -1785,7 +1785,7 @@ def test_verify_window_feeds_every_default_width(audit_graphs):
     """verify_window's default widths are max_seq_length, half of it and 7 (a window graph never verified at its full
     width passed with the full width untested)."""
     model, _, res = audit_graphs["window"]
-    runner = V.ort_session(V._with_scores_output(res.graph_path))
+    runner = V.scores_session(res.graph_path)
     widths = []
 
     class Rec:

@@ -123,20 +123,75 @@ def test_weights_that_copy_nothing_are_left_alone():
     assert [n.op_type for n in mp.graph.node] == ["Gather", "MatMul", "Gemm"]
 
 
-def test_a_graph_beyond_protobufs_limit_is_refused_before_tracing(tmp_path, monkeypatch):
-    """The limit is lowered to this tiny model's size: the refusal names the sizes and the reason, comes before the
-    (minutes-long, at that size) trace, and writes nothing."""
+QUICK = dict(prime_len=8, n_steps=4, batch=2, topk_cases=20)
+
+
+def _external_export(model, out, monkeypatch, kind=None, **kw):
+    """Export ``model`` as if its weights passed protobuf's 2 GiB (the threshold lowered to this tiny model's size)."""
+    monkeypatch.setattr(E, "EXTERNAL_DATA_BYTES", 1000)
+    res = E.export_model(model, out, kind=kind, verify_kwargs=kw.pop("verify_kwargs", QUICK), **kw)
+    monkeypatch.undo()
+    return res
+
+
+def test_a_graph_past_the_limit_is_written_with_external_data_verified_and_run(tmp_path, monkeypatch):
+    from export.runtime import OnnxStepSession
+
     model = _model("mamba4rec")
-    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    table = model.get_input_embeddings().weight
-    assert E.check_graph_size(model) == weights + table.numel() * 4          # the trace: with the folded copy
-    monkeypatch.setattr(E, "ONNX_PROTOBUF_LIMIT", weights - 1)
-    traced = []
-    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: traced.append(1))
-    with pytest.raises(E.ExportError, match=r"Mamba4RecModel with a \d+ x 16 item table has .* GiB of weights: an "
-                                            r"ONNX file holds at most 2 GiB \(protobuf's limit\)"):
-        E.export_model(model, tmp_path / "out", verify=False)
-    assert not traced and not (tmp_path / "out" / "model.onnx").exists()
+    weights, traced = E.graph_sizes(model)
+    assert traced == weights + model.get_input_embeddings().weight.numel() * 4      # the trace: with the folded copy
+    out = tmp_path / "out"
+    res = _external_export(model, out, monkeypatch)
+    assert res.report.ok and res.spec["external_data"] == E.EXTERNAL_DATA_FILE
+    assert sorted(p.name for p in out.iterdir()) == sorted([E.GRAPH_FILE, E.EXTERNAL_DATA_FILE, E.SPEC_FILE])
+    graph, data = out / E.GRAPH_FILE, out / E.EXTERNAL_DATA_FILE
+    header = onnx.load(str(graph), load_external_data=False)              # every tensor past 1 KB left the graph
+    assert all(not t.raw_data for t in header.graph.initializer if np.prod(t.dims) * 4 > 1024)
+    assert data.stat().st_size > weights / 2
+    assert data.stat().st_mode == graph.stat().st_mode                       # readable as the graph is (a server's)
+    onnx.checker.check_model(str(graph), full_check=True)
+    assert not any(p.name.startswith(".") for p in out.iterdir())               # no staging or sibling files left
+    # the runtime reads it from its folder, and ranks as the model does
+    sess = OnnxStepSession(str(out))
+    hist = torch.randint(1, int(model.config.n_items), (1, 9), generator=torch.Generator().manual_seed(0))
+    got = sess.step(hist.numpy(), sess.init_state(1))
+    ref = model.predict(hist).topk(got.topk_ids.shape[1]).indices.numpy()
+    np.testing.assert_array_equal(got.topk_ids, ref)
+    # a later export that fits one file replaces it, tensor file included
+    E.export_model(model, out, verify=False)
+    assert not data.exists() and graph.stat().st_size > weights
+
+
+def test_a_window_graph_with_external_data_is_verified(tmp_path, monkeypatch):
+    res = _external_export(_model("sasrec"), tmp_path / "w", monkeypatch, kind="window",
+                           verify_kwargs=dict(topk_cases=20))
+    assert res.report.ok and (tmp_path / "w" / E.EXTERNAL_DATA_FILE).exists()
+
+
+@pytest.mark.parametrize("backend, state", [("onnxruntime", "implicit"), ("onnxruntime", "explicit"),
+                                            ("python", "explicit")])
+def test_a_triton_repository_carries_the_tensor_file(tmp_path, monkeypatch, backend, state):
+    import onnxruntime as ort
+
+    from export.triton import write_repository
+
+    _external_export(_model("mamba4rec"), tmp_path / "x", monkeypatch)
+    folder = write_repository(tmp_path / "x", tmp_path / "repo", backend=backend, state=state)
+    version = folder / "1"
+    assert (version / E.EXTERNAL_DATA_FILE).exists() and (version / E.GRAPH_FILE).exists()
+    ort.InferenceSession(str(version / E.GRAPH_FILE), providers=["CPUExecutionProvider"])   # resolves its tensors
+
+
+def test_export_trt_refuses_a_graph_with_external_data(tmp_path, monkeypatch):
+    from export import trt as T
+
+    model = _model("mamba4rec")
+    model.save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(E, "EXTERNAL_DATA_BYTES", 1000)
+    lines = []
+    code, report = T.run(str(tmp_path / "m"), str(tmp_path / "o"), quick=True, say=lines.append)
+    assert code == T.EXIT_ERROR and "external data" in report["error"] and "engine NOT built" in "\n".join(lines)
+    assert not (tmp_path / "o" / T.ENGINE_FILE).exists()
 
 
 def test_a_trace_past_the_limit_goes_through_a_file_and_gives_the_same_graph(tmp_path, monkeypatch):

@@ -187,8 +187,8 @@ def scores_session(graph_path: str, threads: int = 1):
     from onnx.external_data_helper import uses_external_data
 
     mp = _with_scores_output(graph_path, load_external_data=False)
-    if not any(uses_external_data(t) for t in mp.graph.initializer):
-        return ort_session(_with_scores_output(graph_path).SerializeToString(), threads)
+    if not any(uses_external_data(t) for t in mp.graph.initializer):      # then it holds every tensor already
+        return ort_session(mp.SerializeToString(), threads)
     folder = os.path.dirname(os.path.abspath(graph_path))
     fd, sibling = tempfile.mkstemp(prefix=".scores-", suffix=".onnx", dir=folder)
     os.close(fd)

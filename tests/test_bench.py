@@ -217,6 +217,28 @@ def test_sampled_softmax_bench_runs(monkeypatch, tmp_path):
     assert rows[0][6] == rows[3][6] == "1.00x"
 
 
+def test_eval_memory_bench_runs(monkeypatch, tmp_path):
+    """A tiny run end to end: a row per catalogue, each measured in its own interpreter; the scores column is
+    batch x catalogue x 4 bytes, and the old whole-matrix count gives the same ranks as rank_of_target."""
+    import torch
+
+    from zoo.metrics import rank_of_target
+
+    b = _bench("bench_eval_memory", monkeypatch)
+    out = tmp_path / "e.md"
+    b.main(["--catalogues", "50", "400", "--batch", "4", "--seq-len", "5", "--markdown", str(out)])
+    text = out.read_text()
+    assert text.startswith("# Full-ranking evaluation as the catalogue grows") and "--batch 4" in text
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| 50 ") or line.startswith("| 400 ")]
+    assert [r[0] for r in rows] == ["50", "400"]
+    for r in rows:
+        assert r[1] == f"{4 * int(r[0]) * 4 / 2**20:.0f}" and float(r[2]) > 0 and float(r[3]) >= 0
+        assert all(float(x) >= 0 for cell in r[4:] for x in cell.split(" / "))
+    scores, targets = torch.randn(6, 30), torch.randint(1, 30, (6,))
+    assert torch.equal(b.whole_matrix_rank(scores, targets), rank_of_target(scores, targets))
+
+
 def test_the_bench_sets_up_the_sparse_optimizer_as_zoo_train_does(monkeypatch):
     import torch
 

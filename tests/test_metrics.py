@@ -21,6 +21,25 @@ def test_rank_of_target():
     assert rank_of_target(masked, torch.tensor([1, 1, 1]))[0].item() == 5
 
 
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7, 100])
+def test_rank_of_target_counts_a_few_rows_at_a_time_with_the_same_ranks(monkeypatch, ties, chunk_rows):
+    """The rank count goes over row chunks (a [B, V] comparison counted at once makes an int64 copy of it); the
+    ranks are those of the whole-matrix formula, ties and -inf included, for any chunk size (here 1 to all rows)."""
+    import zoo.metrics as M
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(-3, 4, (7, 11), generator=g).float()        # many ties
+    scores[:, 0] = float("-inf")
+    scores[2, 5] = float("-inf")
+    targets = torch.randint(1, 11, (7,), generator=g)
+    t = scores.gather(1, targets[:, None])
+    whole = (scores >= t).sum(1) if ties == "pessimistic" else (scores > t).sum(1) + 1
+    monkeypatch.setattr(M, "RANK_CHUNK_BYTES", 9 * 11 * chunk_rows)
+    assert torch.equal(rank_of_target(scores, targets, ties=ties), whole)
+    assert rank_of_target(scores[:0], targets[:0], ties=ties).shape == (0,)
+
+
 def test_rank_errors():
     with pytest.raises(ValueError, match="NaN"):
         rank_of_target(torch.tensor([[0.0, float("nan")]]), torch.tensor([0]))

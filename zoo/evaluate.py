@@ -120,7 +120,7 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
             scores = model.predict(ids, mask, timestamps=ts, exclude_seen=False).float()   # [B, V], pad at -inf
             window = torch.where(mask, ids, torch.zeros_like(ids))                         # [B, L], pad -> index 0
             if exclude_history:
-                scores = scores.scatter(1, window, float("-inf"))
+                scores.scatter_(1, window, float("-inf"))                               # predict's own tensor
             ranks[batch["index"]] = rank_of_target(scores, batch["targets"].to(device)).cpu()
             for k, counts in in_top.items():
                 counts[batch["index"]] = history_in_top_k(scores, window, k).cpu()

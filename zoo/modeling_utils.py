@@ -368,7 +368,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             out = self.forward(input_ids, attention_mask, timestamps=timestamps)
         finally:
             self.train(was_training)
-        scores = out.logits.float().clone()
+        scores = out.logits.float()             # the forward's own tensor (no copy: [B, n_items] is large at scale)
         scores[:, 0] = -float("inf")
         if exclude_seen:
             mask = attention_mask.bool() if attention_mask is not None else input_ids != 0

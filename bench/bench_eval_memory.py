@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -29,7 +28,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import card_config, command_line, reset_peak_rss, status_kb  # noqa: E402
+from bench.benchutil import card_config, command_line, fresh_run, reset_peak_rss, status_kb, write_table  # noqa: E402
 
 CARD = "mamba4rec-ml1m"
 WHAT = ("evaluate", "rank", "whole")
@@ -100,20 +99,13 @@ def main(argv=None):
     for n_items in a.catalogues:
         r = {}
         for what in WHAT:
-            cmd = [sys.executable, os.path.abspath(__file__), "--measure", what, str(n_items),
-                   "--batch", str(a.batch), "--seq-len", str(a.seq_len)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
-            r[what] = json.loads(out.stdout.strip().splitlines()[-1])
+            r[what] = json.loads(fresh_run(__file__, ["--measure", what, n_items, "--batch", a.batch,
+                                                       "--seq-len", a.seq_len]))
         lines.append(f"| {n_items:,} | {a.batch * n_items * 4 / 2**20:.0f} | "
                      f"{r['evaluate']['seconds'] * 1e3 / a.batch:.2f} | {r['evaluate']['peak_mb']:.0f} | "
                      f"{r['rank']['seconds'] * 1e3:.1f} / {r['rank']['peak_mb']:.0f} | "
                      f"{r['whole']['seconds'] * 1e3:.1f} / {r['whole']['peak_mb']:.0f} |")
-    print("\n".join(lines))
-    if a.markdown:
-        with open(a.markdown, "w") as f:
-            f.write("# Full-ranking evaluation as the catalogue grows: time and peak memory\n\n" + "\n".join(lines) + "\n")
-        print(f"wrote {a.markdown}")
+    write_table(lines, "Full-ranking evaluation as the catalogue grows: time and peak memory", a.markdown)
 
 
 if __name__ == "__main__":

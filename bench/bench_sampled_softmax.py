@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -36,7 +35,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import card_config, command_line, reset_peak_rss, status_kb  # noqa: E402
+from bench.benchutil import card_config, command_line, fresh_run, reset_peak_rss, status_kb, write_table  # noqa: E402
 
 CARD = "mamba4rec-ml1m"
 
@@ -143,23 +142,15 @@ def main(argv=None):
                     r["fb"], r["opt_s"] = min(r["fb"], t1 - t), min(r["opt_s"], t2 - t1)
         full_step = rows[0]["fb"] + rows[0]["opt_s"]
         for r in rows:
-            cmd = [sys.executable, os.path.abspath(__file__), "--memory-of", str(n_items), str(r["neg"] or 0),
-                   str(int(r["sparse"])), "--batch", str(a.batch), "--seq-len", str(a.seq_len)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
-            memory = float(out.stdout.strip().splitlines()[-1])
+            memory = float(fresh_run(__file__, ["--memory-of", n_items, r["neg"] or 0, int(r["sparse"]),
+                                                "--batch", a.batch, "--seq-len", a.seq_len]))
             total = r["fb"] + r["opt_s"]
             loss = "full cross-entropy" if r["neg"] is None else f"sampled softmax, {r['neg']} negatives"
             grad = "sparse, lazy Adam on the table" if r["sparse"] else "dense, Adam"
             lines.append(f"| {n_items:,} | {loss} | {grad} | {r['fb'] * 1e3:.1f} | {r['opt_s'] * 1e3:.1f} | "
                          f"{total * 1e3 / targets:.3f} | {ratio(total / full_step)} | {memory:.0f} | "
                          f"{targets * n_items * 4 / 2**20:.0f} |")
-    print("\n".join(lines))
-    if a.markdown:
-        with open(a.markdown, "w") as f:
-            f.write("# Full cross-entropy vs sampled softmax: one training step as the catalogue grows\n\n"
-                    + "\n".join(lines) + "\n")
-        print(f"wrote {a.markdown}")
+    write_table(lines, "Full cross-entropy vs sampled softmax: one training step as the catalogue grows", a.markdown)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -33,7 +32,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import card_config, command_line, reset_peak_rss, status_kb  # noqa: E402
+from bench.benchutil import card_config, command_line, fresh_run, reset_peak_rss, status_kb, write_table  # noqa: E402
 
 #: model type -> the card whose config it trains with (None: the model's defaults with ML-1M's item rows)
 MODELS = {"mamba4rec": "mamba4rec-ml1m", "lrurec": "lrurec-ml1m", "gru4rec": "gru4rec-ml1m", "sasrec": "sasrec-ml1m",
@@ -141,10 +140,8 @@ def main(argv=None):
             if rep:
                 best[r["model"]] = min(best[r["model"]], dt)
     for r in rows:
-        cmd = [sys.executable, os.path.abspath(__file__), "--memory-of", r["model"], "--batch", str(a.batch),
-               "--seq-len", str(a.seq_len), "--prefixes", str(a.prefixes), "--device", a.device]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-        r["memory_mb"] = float(out.stdout.strip().splitlines()[-1])
+        r["memory_mb"] = float(fresh_run(__file__, ["--memory-of", r["model"], "--batch", a.batch, "--seq-len",
+                                                    a.seq_len, "--prefixes", a.prefixes, "--device", a.device]))
     ref = next((r for r in rows if r["model"] == "mamba4rec"), rows[0])
     ref_ms = best[ref["model"]] * 1e3 / ref["batch"][4]
     where = (f"{a.device}, one thread" if device.type == "cpu" else torch.cuda.get_device_name(device))
@@ -160,11 +157,7 @@ def main(argv=None):
         ms = best[r["model"]] * 1e3 / targets
         lines.append(f"| {r['model']} | {r['source']} | {r['params']:,} | {targets:,} | {best[r['model']]:.4f} | "
                      f"{ms:.3f} | {ms / ref_ms:.1f}x | {r['memory_mb']:.0f} |")
-    print("\n".join(lines))
-    if a.markdown:
-        with open(a.markdown, "w") as f:
-            f.write("# Training cost per step and per target\n\n" + "\n".join(lines) + "\n")
-        print(f"wrote {a.markdown}")
+    write_table(lines, "Training cost per step and per target", a.markdown)
 
 
 if __name__ == "__main__":

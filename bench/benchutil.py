@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -37,3 +38,20 @@ def card_config(card: str) -> dict:
         fields = json.load(f)
     return {k: v for k, v in fields.items() if k not in ("architectures", "item_vocab_file", "transformers_version",
                                                           "model_type", "dtype")}
+
+
+def fresh_run(script: str, args: Sequence[str]) -> str:
+    """Run ``python <script> <args>`` in a fresh interpreter (one OpenMP thread), for a measurement that must be its
+    own process (a peak resident set); returns the last line it printed."""
+    out = subprocess.run([sys.executable, os.path.abspath(script), *map(str, args)], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return out.stdout.strip().splitlines()[-1]
+
+
+def write_table(lines: Sequence[str], title: str, markdown: str | None) -> None:
+    """Print a bench's table, and write it under ``# title`` to ``markdown`` when given."""
+    print("\n".join(lines))
+    if markdown:
+        with open(markdown, "w") as f:
+            f.write(f"# {title}\n\n" + "\n".join(lines) + "\n")
+        print(f"wrote {markdown}")

@@ -7,6 +7,7 @@ max |err| <= 1e-4 * (1 + max|ref grad|).  A float64 gradcheck covers the backwar
 """
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -248,3 +249,14 @@ def test_a_build_killed_half_way_does_not_hang_the_next_one(tmp_path):
         with ssc._build_lock(str(tmp_path)):
             assert not (tmp_path / "lock").exists()
     assert time.monotonic() - t < 5
+
+
+def test_each_checkout_builds_into_its_own_folder(tmp_path, monkeypatch):
+    """ninja's build file names the source's path: two checkouts sharing one build folder rebuilt the kernel in turn
+    at every load. The folder is per torch version and per source path (and stable for one checkout)."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    here = ssc._build_dir()
+    assert here == ssc._build_dir() and torch.__version__.replace("+", "_") in here
+    monkeypatch.setattr(ssc, "_SRC", tmp_path / "other-checkout" / "selective_scan_cpu.cpp")
+    other = ssc._build_dir()
+    assert other != here and os.path.dirname(other) == os.path.dirname(here) == str(tmp_path)

@@ -19,7 +19,7 @@ Dtypes: float32 (training) and float64 (used by ``gradcheck``).  CPU tensors onl
 
 The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (needs a
 C++ compiler and the ``ninja`` PyPI package) into ``$TORCH_EXTENSIONS_DIR`` or
-``~/.cache/zoo_extensions``; later imports reuse the cached build.  Flags: ``-O3
+``~/.cache/zoo_extensions`` (a folder per torch version and per checkout); later imports reuse the cached build.  Flags: ``-O3
 -fopenmp -fno-trapping-math`` (no ``-march=native``, no fast-math; ``-fno-trapping-math``
 only lets GCC if-convert/vectorise the exp loop, IEEE results are unchanged): the kernels
 are compiled for the x86-64 baseline and for AVX2+FMA and the AVX2 copy is picked at run
@@ -34,6 +34,7 @@ waits on forever, is removed (with a warning) when found under it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pathlib
 import threading
@@ -58,8 +59,10 @@ def _build_dir() -> str:
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "zoo_extensions"
     )
-    # one folder per torch version so an upgrade never loads a stale binary
-    d = os.path.join(root, f"{_EXT_NAME}_torch{torch.__version__.replace('+', '_')}")
+    # one folder per torch version, so that an upgrade never loads a stale binary, and per source file: ninja's build
+    # file names the source's path, so two checkouts sharing one folder rebuilt it in turn at every load
+    src = hashlib.sha256(str(_SRC).encode()).hexdigest()[:10]
+    d = os.path.join(root, f"{_EXT_NAME}_torch{torch.__version__.replace('+', '_')}_{src}")
     os.makedirs(d, exist_ok=True)
     return d
 

@@ -71,7 +71,7 @@ def optimizer(model, sparse: bool):
     ``zoo.train --sparse-item-grad`` sets them up."""
     from zoo.train import make_optimizer
 
-    model.get_input_embeddings().sparse = sparse
+    model.set_sparse_item_grad(sparse)
     return make_optimizer(model, "adam", 1e-3, 0.0, sparse_items=sparse)
 
 

@@ -67,6 +67,17 @@ def test_an_output_layer_that_is_not_the_item_table_is_refused():
     for other in (torch.randn(10, 4), table[1:], table.t()):
         with pytest.raises(ValueError, match="M: its output weight is not the leading rows of its item table"):
             sparse_output_table("M", table, other)
+    # the model's switch checks it before setting the flag, and turns it off again
+    model = _model("bert4rec")
+    model.set_sparse_item_grad()
+    assert model.get_input_embeddings().sparse
+    model.set_sparse_item_grad(False)
+    assert not model.get_input_embeddings().sparse
+    untied = _model("sasrec")
+    untied.item_output = lambda: (torch.randn(int(untied.config.n_items), 16), None)
+    with pytest.raises(ValueError, match="SASRecModel: its output weight is not the leading rows"):
+        untied.set_sparse_item_grad()
+    assert not untied.get_input_embeddings().sparse
 
 
 def _step(model, opt, negatives, seed, n_rows=4):

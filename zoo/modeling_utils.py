@@ -341,6 +341,15 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             raise ValueError("labels hold no target (all 0)")
         return self.item_loss(hidden[sel], labels[sel], negatives)
 
+    def set_sparse_item_grad(self, enabled: bool = True) -> None:
+        """Give the item table (:meth:`get_input_embeddings`) a sparse gradient in sampled-softmax training
+        (``zoo.train --sparse-item-grad``), or a dense one again; ``ValueError`` when the output layer is not the
+        table's leading rows (:func:`zoo.losses.sparse_output_table`)."""
+        table = self.get_input_embeddings()
+        if enabled:
+            sparse_output_table(type(self).__name__, table.weight, self.item_output()[0])
+        table.sparse = enabled
+
     def item_loss(self, hidden: torch.Tensor, targets: torch.Tensor,
                   negatives: NegativeSample | None = None) -> torch.Tensor:
         """Mean loss of ``hidden [M, D]`` for ``targets [M]``: cross-entropy over all ``n_items`` logits, or, given

@@ -403,7 +403,7 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     :class:`~zoo.losses.NegativeSampler` of a sampled-softmax run or ``None``."""
     from . import train_state
     from .data import item_counts, leave_one_out, load_dataset, training_windows
-    from .losses import LOSSES, SAMPLERS, NegativeSampler, sparse_output_table
+    from .losses import LOSSES, SAMPLERS, NegativeSampler
     from .modeling_utils import resolve_device
     from .models import get_model_class
 
@@ -494,9 +494,7 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         counts = item_counts(split.train, n_items) if negative_sampler == "popularity" else None
         sampler = NegativeSampler(n_items, num, negative_sampler, counts, device=device)
     if sparse_item_grad:        # refused here, before any epoch, when the output layer is not the item table
-        table = model.get_input_embeddings()
-        sparse_output_table(type(model).__name__, table.weight, model.item_output()[0])
-        table.sparse = True
+        model.set_sparse_item_grad()
         preset["sparse_item_grad"] = True
     return preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler
 

@@ -35,7 +35,7 @@ def test_rank_of_target_counts_a_few_rows_at_a_time_with_the_same_ranks(monkeypa
     targets = torch.randint(1, 11, (7,), generator=g)
     t = scores.gather(1, targets[:, None])
     whole = (scores >= t).sum(1) if ties == "pessimistic" else (scores > t).sum(1) + 1
-    monkeypatch.setattr(M, "RANK_CHUNK_BYTES", 9 * 11 * chunk_rows)
+    monkeypatch.setattr(M, "RANK_CHUNK_BYTES", 5 * 11 * chunk_rows)
     assert torch.equal(rank_of_target(scores, targets, ties=ties), whole)
     assert rank_of_target(scores[:0], targets[:0], ties=ties).shape == (0,)
 

@@ -33,7 +33,8 @@ import torch
 METRICS = ("HR", "NDCG", "MRR")
 
 
-#: memory the rank count of :func:`rank_of_target` may take at once (its comparison and the count's int64 copy)
+#: memory the rank count of :func:`rank_of_target` may take at once (its bool comparison and that comparison cast
+#: to int32 for the count: 5 bytes an element)
 RANK_CHUNK_BYTES = 2**28
 
 
@@ -63,7 +64,7 @@ def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pes
     t = scores.gather(1, targets[:, None])                                   # [B, 1]
     # a few rows at a time, counted in int32: counting a whole [B, V] comparison makes an int64 copy of it (2 GB at
     # 256 x 1 M items; bench/bench_eval_memory.py), and int32 counts (V < 2**31) are twice as fast
-    rows = max(1, RANK_CHUNK_BYTES // (9 * max(1, scores.shape[1])))
+    rows = max(1, RANK_CHUNK_BYTES // (5 * max(1, scores.shape[1])))
     counts = [(scores[i:i + rows] >= t[i:i + rows] if ties == "pessimistic" else scores[i:i + rows] > t[i:i + rows])
               .sum(1, dtype=torch.int32) for i in range(0, scores.shape[0], rows)]
     counts = torch.cat(counts).long() if counts else torch.zeros(0, dtype=torch.long, device=scores.device)

@@ -128,10 +128,9 @@ QUICK = dict(prime_len=8, n_steps=4, batch=2, topk_cases=20)
 
 def _external_export(model, out, monkeypatch, kind=None, **kw):
     """Export ``model`` as if its weights passed protobuf's 2 GiB (the threshold lowered to this tiny model's size)."""
-    monkeypatch.setattr(E, "EXTERNAL_DATA_BYTES", 1000)
-    res = E.export_model(model, out, kind=kind, verify_kwargs=kw.pop("verify_kwargs", QUICK), **kw)
-    monkeypatch.undo()
-    return res
+    with monkeypatch.context() as m:            # only for this export: the test's own patches stay
+        m.setattr(E, "EXTERNAL_DATA_BYTES", 1000)
+        return E.export_model(model, out, kind=kind, verify_kwargs=kw.pop("verify_kwargs", QUICK), **kw)
 
 
 def test_a_graph_past_the_limit_is_written_with_external_data_verified_and_run(tmp_path, monkeypatch):

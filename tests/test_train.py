@@ -807,22 +807,6 @@ def test_a_resumed_run_counts_the_time_already_used_against_its_budget(tmp_path)
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_init_from_a_checkpoint_of_other_items_is_refused(tmp_path, capsys):
-    """A checkpoint whose item vocabulary is not the data's cannot be continued, even with as many items (its item
-    rows would be other items): a usage error before any work."""
-    base = ["--model", "gru4rec", "--max-len", "20", "--kcore", "0", "--no-progress", "--epochs", "1",
-            "--set", *TINY["gru4rec"]]
-    a = _markov_file(tmp_path / "a.tsv", n_users=20, length=(6, 10))
-    head, *rows = a.read_text().splitlines()                        # the same interactions, other item ids
-    b = tmp_path / "b.tsv"
-    b.write_text("\n".join([head] + [f"{u}\t{int(i) + 1000}\t{t}" for u, i, t in (r.split("\t") for r in rows)]) + "\n")
-    train_main(base + ["--data", str(a), "--out", str(tmp_path / "a")])
-    with refused(capsys, re.escape(f"--init-from {tmp_path / 'a'}: its item vocabulary differs from the data's")):
-        train_main(base + ["--data", str(b), "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")])
-    assert not (tmp_path / "b").exists()
-
-
-@pytest.mark.usefixtures("one_thread")
 def test_the_same_seed_trains_the_same_run_twice_and_another_seed_does_not(tmp_path):
     """``--seed`` fixes the initial weights and the batch shuffling: two runs in one process with the same seed are
     identical (a seed that missed torch or the shuffling generator would continue from the previous run's draws)."""

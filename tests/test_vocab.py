@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,3 +140,14 @@ def test_numpy_and_torch_integer_ids_make_an_int_vocabulary():
         ItemVocab(np.array([7.0, 3.0]))
     with pytest.raises(ValueError, match=r"must be all int or all str, got types \['bool"):
         ItemVocab(np.array([True, False]))
+
+
+def test_extended_keeps_every_index_and_appends_the_new_ids_in_order():
+    v = ItemVocab([5, 3, 9])
+    grown, added = v.extended([3, "12", 7, 12, np.int64(7)])
+    assert added == [12, 7] and grown.items == [5, 3, 9, 12, 7] and grown.encode([5, 3, 9]) == [1, 2, 3]
+    assert v.extended([9, 5]) == (v, [])
+    with pytest.raises(TypeError, match="is not an int id"):
+        v.extended(["sku-1"])
+    s, added = ItemVocab(["a", "b"]).extended([4, "a"])               # an int id in a str vocabulary is its text
+    assert added == ["4"] and s.items == ["a", "b", "4"]

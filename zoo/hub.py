@@ -404,16 +404,21 @@ def _stages_markdown(stages: list[dict]) -> str:
     preceded by its ingredients' own stages and followed by a table of the ingredients."""
     if len(stages) < 2 and not any(_is_soup(st) for st in stages):
         return ""
-    rows, trained, ingredient_tables = [], [], []
+    rows, trained, ingredient_tables, items = [], [], [], []
+
+    def add(st: dict) -> None:
+        trained.append(st)
+        rows.append(_stage_row(len(rows) + 1, st))
+        if st.get("init_items"):                    # data of other items than its checkpoint's (zoo.train)
+            items.append(f"- stage {len(rows)}, item vocabulary: {st['init_items']['note']}\n")
+
     for st in stages:
         if not _is_soup(st):
-            trained.append(st)
-            rows.append(_stage_row(len(rows) + 1, st))
+            add(st)
             continue
         first = len(rows) + 1                       # the ingredients' own stages are numbered from here
         for own in st["ingredient_stages"]:
-            trained.append(own)
-            rows.append(_stage_row(len(rows) + 1, own))
+            add(own)
         rows.append(_stage_row(len(rows) + 1, st))
         lines = [f"| `{r['path']}` | {r['valid_NDCG@10']:.4f} | {'yes' if r['in_soup'] else 'no'} | "
                  + (", ".join(str(first + i) for i in r["stages"]) if r["stages"] else f"none after stage {first - 1}")
@@ -431,7 +436,7 @@ def _stages_markdown(stages: list[dict]) -> str:
             f"{total_min:.0f} minutes in all. The full logs (per-epoch loss and validation) are in "
             f"`{STAGES_FILE}`.\n\n| stage | command | epochs | best epoch | "
             "valid NDCG@10 (start → best) | minutes | stopped |\n|---|---|---|---|---|---|---|\n"
-            + "\n".join(rows) + "\n" + "".join(ingredient_tables))
+            + "\n".join(rows) + "\n" + ("\n" + "".join(items) if items else "") + "".join(ingredient_tables))
 
 
 def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,

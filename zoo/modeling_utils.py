@@ -536,6 +536,77 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         logits = self.score(hidden if all_positions else hidden[:, -1])
         return logits, new_state
 
+    # ------------------------------------------------------------- catalogue
+    def add_items(self, items: Sequence[Any]) -> list:
+        """Give item ids the vocabulary lacks (a catalogue that gained items) their own rows: ``items`` are external
+        ids, those already known are skipped; returns the ids added, which get the indices after the old ones
+        (:meth:`ItemVocab.extended`). The new rows start as described in :meth:`resize_items` (the mean item), so the
+        model ranks the old items exactly as before and the new ones alike, near an average item, until training
+        (``zoo.train --init-from MODEL --unknown-items add``) tells them apart."""
+        if self.item_vocab is None:
+            raise ValueError(f"{type(self).__name__} has no item vocabulary to add ids to; resize_items(n_items) grows "
+                             "a model that uses internal indices")
+        _check_sequence(items, "items", "a sequence of item ids")
+        vocab, added = self.item_vocab.extended(items)
+        if added:
+            self._grow_item_rows(vocab.n_items)
+            self.item_vocab = vocab
+        return added
+
+    def resize_items(self, n_items: int) -> None:
+        """Grow a model without an item vocabulary to ``n_items`` rows (padding included; ``config.n_items``).
+
+        The old rows keep their indices and values, so the old items' logits do not change. Each new item row
+        (and its output bias, where the model has one) is the **mean of the real item rows** (indices ``1..``), as
+        Hugging Face's ``resize_token_embeddings(mean_resizing=True)`` starts new tokens: a new item scores like an
+        average item for every history rather than at random (a random row could put it in everyone's top-k).
+        Rows after the items (BERT4Rec's [MASK]) move to the end of the table. Shrinking is refused: it would
+        re-index items. A model with a vocabulary grows through :meth:`add_items`, which keeps ids and rows in step.
+        """
+        if self.item_vocab is not None:
+            raise ValueError(f"{type(self).__name__} has an item vocabulary: add_items(ids) grows it and the model "
+                             "together (rows without ids could be recommended but not decoded)")
+        self._grow_item_rows(n_items)
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        """Not the way to grow a recommender: Hugging Face's version would leave ``config.n_items``, the item bias and
+        BERT4Rec's [MASK] row behind. Refused with the methods that do it."""
+        raise NotImplementedError(f"{type(self).__name__}: grow the item table with add_items(ids) (a model with an "
+                                  "item vocabulary) or resize_items(n_items), which keep config.n_items, the item "
+                                  "bias and any rows after the items in step")
+
+    @torch.no_grad()
+    def _grow_item_rows(self, n_items: int) -> None:
+        old = int(self.config.n_items)
+        new = _as_count(n_items, "n_items", lo=old)
+        if new == old:
+            return
+        table = self.get_input_embeddings()
+        weight, bias = self.item_output()
+        if weight.data_ptr() != table.weight.data_ptr() or weight.shape[0] != old:
+            raise ValueError(f"{type(self).__name__}: its output layer is not the leading rows of its item table; "
+                             "growing the catalogue is implemented for tied item tables only")
+        extra = table.num_embeddings - old                      # rows after the items: BERT4Rec's [MASK]
+        params = {id(p): name for name, p in self.named_parameters()}
+        mean_rows = lambda t: t[1:old].mean(0, keepdim=True) if old > 1 else torch.zeros_like(t[:1])  # noqa: E731
+
+        def grown(t: torch.Tensor, tail: int) -> torch.Tensor:
+            fill = mean_rows(t).expand(new - old, *t.shape[1:])
+            return torch.cat([t[:old], fill.to(t.dtype), t[old:old + tail]])
+
+        def replace(param: torch.Tensor, value: torch.Tensor) -> None:
+            owner, _, attr = params[id(param)].rpartition(".")
+            module = self.get_submodule(owner) if owner else self
+            setattr(module, attr, torch.nn.Parameter(value.contiguous(), requires_grad=param.requires_grad))
+
+        if bias is not None:
+            if id(bias) not in params:
+                raise ValueError(f"{type(self).__name__}: the item bias is not a parameter; cannot grow it")
+            replace(bias, grown(bias, 0))
+        replace(table.weight, grown(table.weight, extra))
+        table.num_embeddings = new + extra
+        self.config.n_items = new
+
     # ------------------------------------------------------------- save/load
     def set_item_vocab(self, vocab: ItemVocab | None) -> None:
         if vocab is not None and vocab.n_items != self.config.n_items:

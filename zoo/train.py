@@ -393,14 +393,15 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             loss_weighting: str, eval_every: int, decay_over: str, overwrite: bool, resume: bool = False,
             settings: dict | None = None, time_ties: str = "file", warmup_steps: int = 0,
             columns: dict | None = None, loss: str = "ce", negatives: int | None = None,
-            negative_sampler: str = "uniform", sparse_item_grad: bool = False):
+            negative_sampler: str = "uniform", sparse_item_grad: bool = False, unknown_items: str = "error"):
     """Everything :func:`train` does before its first epoch, in this order: check the settings (with ``resume``:
-    against the interrupted run's), seed, read and split the data, build (or load ``init_from``) the model, cut the
-    training windows. Writes nothing.
+    against the interrupted run's), seed, read the data, build (or load ``init_from`` and fit the data to its item
+    vocabulary: :func:`fit_data_to_checkpoint`) the model, split the data, cut the training windows. Writes nothing.
 
     Returns ``(preset, device, dataset, split, model, config_overrides, init_config_changes, windows, resumed,
-    sampler)``, ``resumed`` being ``(folder, state, tensors)`` of the resume state or ``None``, ``sampler`` the
-    :class:`~zoo.losses.NegativeSampler` of a sampled-softmax run or ``None``."""
+    sampler, init_items)``, ``resumed`` being ``(folder, state, tensors)`` of the resume state or ``None``,
+    ``sampler`` the :class:`~zoo.losses.NegativeSampler` of a sampled-softmax run or ``None``, ``init_items`` what
+    fitting the data to the ``init_from`` checkpoint's vocabulary did (``None`` without ``init_from``)."""
     from . import train_state
     from .data import item_counts, leave_one_out, load_dataset, training_windows
     from .losses import LOSSES, SAMPLERS, NegativeSampler
@@ -420,6 +421,11 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
                          "the item table, so its gradient is dense")
     if negatives is not None and (isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 1):
         raise ValueError(f"--negatives must be an int >= 1, got {negatives!r}")
+    if unknown_items not in UNKNOWN_ITEMS:
+        raise ValueError(f"unknown_items must be one of {UNKNOWN_ITEMS}, got {unknown_items!r}")
+    if unknown_items != "error" and not init_from:
+        raise ValueError(f"--unknown-items {unknown_items} is for --init-from: a fresh model's item vocabulary is the "
+                         "data's own, so no item is unknown")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
     check_config_overrides(get_model_class(model_type)[0], dict(config_overrides or {}))
@@ -465,23 +471,25 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     model_cls = get_model_class(model_type)[1]
     if model_cls.uses_timestamps:
         ds.check_timestamps_for(model_cls.__name__)
-    split = leave_one_out(ds)
     overrides = dict(config_overrides or {})
     if max_len is not None:
         overrides.setdefault("max_seq_length", max_len)
     init_changes: dict = {}
+    init_items = None
     if init_from:  # continue from a checkpoint (e.g. a bundled model trained in an earlier, time-limited run)
         model = model_cls.from_pretrained(init_from)
-        if model.item_vocab is None or model.item_vocab != ds.vocab:
-            raise ValueError(f"--init-from {init_from}: its item vocabulary differs from the data's; cannot continue")
+        ds, init_items = fit_data_to_checkpoint(ds, model, unknown_items, f"--init-from {init_from}")
         model, init_changes = apply_config_overrides(model, overrides, f"--init-from {init_from}")
         model = model.to(device)
         print(f"[zoo.train] initialised from {init_from}"
               + "".join(f"; {k} {a!r} -> {b!r}" for k, (a, b) in init_changes.items()), flush=True)
+        if init_items["note"]:
+            print(f"[zoo.train] item vocabulary: {init_items['note']}", flush=True)
     else:
         overrides.setdefault("max_seq_length", 200)
         model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
     model.set_item_vocab(ds.vocab)
+    split = leave_one_out(ds)
     windows = training_windows(split.train, model.config.max_seq_length,
                                split.train_timestamps if model.uses_timestamps else None, stride=window_stride)
     sampler = None
@@ -496,7 +504,56 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     if sparse_item_grad:        # refused here, before any epoch, when the output layer is not the item table
         model.set_sparse_item_grad()
         preset["sparse_item_grad"] = True
-    return preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler
+    return preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler, init_items
+
+
+UNKNOWN_ITEMS = ("error", "add", "drop")
+"""``zoo.train --init-from CKPT --unknown-items``: what to do with data items the checkpoint's vocabulary lacks."""
+
+
+def fit_data_to_checkpoint(ds, model, unknown_items: str = "error", where: str = "--init-from") -> tuple:
+    """Index ``ds`` with the item vocabulary of the checkpoint ``model`` that training continues from.
+
+    Items the checkpoint knows keep its indices (the data may hold them in any order, or only some of them: the
+    checkpoint's other items stay in the catalogue, ranked at evaluation, never a target here). Items it lacks:
+    ``unknown_items="error"`` refuses, counting them; ``"add"`` grows the model's vocabulary and item rows
+    (:meth:`~zoo.modeling_utils.SeqRecPreTrainedModel.add_items`: new rows start at the mean item; the catalogue
+    gained items); ``"drop"`` leaves their interactions out. Returns ``(dataset, info)``, ``info`` for the training
+    log: the checkpoint's and the data's item counts, ``added`` items, ``dropped_interactions`` and a ``note``
+    (empty when the vocabularies were equal)."""
+    vocab = model.item_vocab
+    if vocab is None:
+        raise ValueError(f"{where}: the checkpoint has no item vocabulary, so the data's item ids cannot be matched "
+                         "to its rows")
+    info = {"checkpoint_items": len(vocab), "data_items": len(ds.vocab), "added": 0, "dropped_interactions": 0,
+            "unknown_items": unknown_items, "note": ""}
+    if vocab == ds.vocab:
+        return ds, info
+    unknown = [x for x in ds.vocab.items if x not in vocab]
+    if unknown and unknown_items == "error":
+        flat = np.concatenate(ds.sequences) if ds.sequences else np.zeros(0, np.int64)
+        n_rows = int(np.isin(flat, ds.vocab.encode(unknown)).sum())
+        raise ValueError(
+            f"{where}: {len(unknown)} of the data's {len(ds.vocab)} items ({n_rows} interactions) are not in the "
+            f"checkpoint's item vocabulary ({len(vocab)} items), e.g. {unknown[:5]}: --unknown-items add gives them "
+            "new rows (a catalogue that gained items), --unknown-items drop leaves their interactions out")
+    if unknown and unknown_items == "add":
+        info["added"] = len(model.add_items(unknown))
+    before = ds.n_interactions
+    ds = ds.reencode(model.item_vocab, unknown="drop" if unknown_items == "drop" else "error")
+    info["dropped_interactions"] = before - ds.n_interactions
+    parts = [f"the data's {info['data_items']:,} items indexed with the checkpoint's {info['checkpoint_items']:,}"]
+    if info["added"]:
+        parts.append(f"{info['added']:,} new items added (rows {info['checkpoint_items'] + 1:,}.."
+                     f"{len(model.item_vocab):,}, starting at the mean item)")
+    if unknown and unknown_items == "drop":
+        parts.append(f"{len(unknown):,} unknown items dropped with their {info['dropped_interactions']:,} "
+                     "interactions")
+    known_unused = len(model.item_vocab) - info["added"] - (info["data_items"] - len(unknown))
+    if known_unused:
+        parts.append(f"{known_unused:,} checkpoint items absent from the data stay in the catalogue")
+    info["note"] = "; ".join(parts)
+    return ds, info
 
 
 def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int = 10, seed: int = 2020,
@@ -508,7 +565,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           window_stride: int | None = None, loss_weighting: str = "window", eval_every: int = 1,
           decay_over: str = "epochs", overwrite: bool = False, resume: bool = False,
           time_ties: str = "file", warmup_steps: int = 0, columns: dict | None = None, loss: str = "ce",
-          negatives: int | None = None, negative_sampler: str = "uniform", sparse_item_grad: bool = False) -> dict:
+          negatives: int | None = None, negative_sampler: str = "uniform", sparse_item_grad: bool = False,
+          unknown_items: str = "error") -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     After every epoch the run's full state goes to ``out/resume/`` (:mod:`zoo.train_state`); ``resume=True``, with
@@ -550,16 +608,17 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride, loss_weighting=loss_weighting,
         eval_every=eval_every, decay_over=decay_over, time_ties=time_ties, warmup_steps=warmup_steps,
         columns=columns, loss=loss, negatives=negatives, negative_sampler=negative_sampler,
-        sparse_item_grad=sparse_item_grad)))
+        sparse_item_grad=sparse_item_grad, unknown_items=unknown_items)))
     try:
-        preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler = _set_up(
+        preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler, init_items = _set_up(
             model_type, data, out, epochs=epochs, patience=patience, seed=seed, max_len=max_len,
             config_overrides=config_overrides, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
             batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes, valid_users=valid_users,
             kcore=kcore, init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride,
             loss_weighting=loss_weighting, eval_every=eval_every, decay_over=decay_over, overwrite=overwrite,
             resume=resume, settings=settings, time_ties=time_ties, warmup_steps=warmup_steps, columns=columns,
-            loss=loss, negatives=negatives, negative_sampler=negative_sampler, sparse_item_grad=sparse_item_grad)
+            loss=loss, negatives=negatives, negative_sampler=negative_sampler, sparse_item_grad=sparse_item_grad,
+            unknown_items=unknown_items)
     except (ValueError, OSError) as e:
         raise RunSetupError(str(e)) from e
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
@@ -603,6 +662,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         log["init_weights_sha256"] = weights_sha256(resolve_pretrained(init_from))
     if init_changes:
         log["init_config_changes"] = {k: list(v) for k, v in init_changes.items()}
+    if init_items and init_items["note"]:     # the data's items were re-indexed, grown or dropped to fit the checkpoint
+        log["init_items"] = init_items
     targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]
     logits_bytes = targets_per_batch * int(model.config.n_items) * 4
     if sampler is None and logits_bytes > LARGE_LOGITS_BYTES:
@@ -815,6 +876,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="history window (max_seq_length; default 200, or the --init-from checkpoint's)")
     run.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init; it "
                                          "is validated first, so the log shows where the run started")
+    run.add_argument("--unknown-items", choices=UNKNOWN_ITEMS, default="error",
+                     help="with --init-from, data items the checkpoint's vocabulary lacks: refuse (default), add "
+                          "them (new rows, starting at the mean item: a catalogue that gained items) or drop their "
+                          "interactions; the items it knows keep their indices whatever the data's order")
     run.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted (or budget-stopped) run in --out from its last epoch, exactly; "
@@ -913,7 +978,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      eval_every=args.eval_every, decay_over=args.decay_over, overwrite=args.overwrite,
                      resume=args.resume, time_ties=args.time_ties, warmup_steps=args.warmup_steps,
                      columns=args.columns, loss=args.loss, negatives=args.negatives,
-                     negative_sampler=args.negative_sampler, sparse_item_grad=args.sparse_item_grad)
+                     negative_sampler=args.negative_sampler, sparse_item_grad=args.sparse_item_grad,
+                     unknown_items=args.unknown_items)
     except RunSetupError as e:
         p.error(str(e))
 

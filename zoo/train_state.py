@@ -32,7 +32,8 @@ FORMAT_VERSION = 1
 RESUMABLE_CHANGES = ("max_minutes", "device", "progress", "command")
 #: settings added after runs were saved: a state without one ran with this value
 SETTING_DEFAULTS = {"time_ties": "file", "warmup_steps": 0, "columns": None, "loss": "ce", "negatives": None,
-                    "negative_sampler": "uniform", "sparse_item_grad": False}
+                    "negative_sampler": "uniform", "sparse_item_grad": False,
+                    "unknown_items": "error"}
 
 
 def resume_dir(out: str | os.PathLike) -> str | None:

@@ -144,6 +144,19 @@ class ItemVocab:
             out.append(self.items[i - 1])
         return out
 
+    def extended(self, items: Iterable) -> tuple["ItemVocab", list]:
+        """A vocabulary that grows this one: the same ids at the same indices, then those of ``items`` it lacks, in
+        their order of first appearance (a catalogue that gained items). Returns ``(vocabulary, added ids)``; ids are
+        read as :meth:`encode` reads them (``"42"`` is the int id 42 in an int vocabulary; a string id in an int
+        vocabulary is a ``TypeError``)."""
+        added, seen = [], set()
+        for x in items:
+            k = self._key(x)
+            if k not in self._index and k not in seen:
+                seen.add(k)
+                added.append(k)
+        return (ItemVocab(self.items + added) if added else self), added
+
     # ------------------------------------------------------------------- io
     def to_dict(self) -> dict:
         return {"format": _FORMAT, "id_type": self.id_type, "pad_index": 0, "items": self.items}

@@ -155,7 +155,6 @@ class BERT4RecModel(SeqRecPreTrainedModel):
     def __init__(self, config: BERT4RecConfig):
         super().__init__(config)
         d = config.hidden_size
-        self.mask_token = config.n_items
         self.item_embedding = nn.Embedding(config.n_items + 1, d, padding_idx=0)   # last row: [MASK]
         self.position_embedding = nn.Embedding(config.max_seq_length, d)
         self.trm_encoder = SASRecEncoder(config)
@@ -166,6 +165,11 @@ class BERT4RecModel(SeqRecPreTrainedModel):
         self.output_ln = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.output_bias = nn.Parameter(torch.zeros(config.n_items))
         self.post_init()
+
+    @property
+    def mask_token(self) -> int:
+        """The [MASK] id: the table's last row, ``n_items`` (moves with it when :meth:`resize_items` grows the table)."""
+        return int(self.config.n_items)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

@@ -290,3 +290,39 @@ def test_loss_table_groups_runs_by_loss_with_their_means(monkeypatch, tmp_path, 
         with pytest.raises(SystemExit):
             b.main(bad)
         assert message in capsys.readouterr().err
+
+
+def test_catalogue_growth_bench_runs(monkeypatch, tmp_path):
+    """A tiny run end to end on a file whose items 140..149 appear only after the cut: the old model knows 40 items,
+    the continued runs add the 10 others, and the table counts the test targets that are new items."""
+    import random
+
+    rng = random.Random(0)
+    lines = ["user_id\titem_id\ttimestamp"]
+    for u in range(1, 61):
+        t, item = rng.randrange(5_000), rng.randrange(40)
+        for _ in range(rng.randint(12, 20)):
+            lines.append(f"{u}\t{100 + item}\t{1_000_000_000 + t}")
+            t += rng.randint(100, 600)
+            item = (item + 1) % 40 if t < 6_000 else 40 + (item + 1) % 10       # after the cut: new items only
+    data = tmp_path / "shop.tsv"
+    data.write_text("\n".join(lines) + "\n")
+    b = _bench("catalogue_growth", monkeypatch)
+    out = tmp_path / "g.md"
+    b.main(["--data", str(data), "--before", str(1_000_006_000), "--work", str(tmp_path / "w"), "--old-kcore", "0",
+            "--train-args",
+            "--max-len 20 --epochs 2 --batch-size 16 --lr 5e-3 --kcore 0 --set hidden_size=16 inner_size=32",
+            "--short-epochs", "1", "--markdown", str(out)])
+    text = out.read_text()
+    old_items = {int(r.split("\t")[1]) for r in lines[1:] if int(r.split("\t")[2]) < 1_000_006_000}
+    assert old_items == set(range(100, 140))
+    assert "(0-core: 40 items" in text and "the continued runs add 10 items to it" in text
+    last = {}
+    for r in lines[1:]:
+        u, i, _ = r.split("\t")
+        last[u] = int(i)                                             # each user's test target: the last item
+    assert f"{sum(i >= 140 for i in last.values())} of 60 test targets are items the old model did not know" in text
+    rows = _rows(text)
+    assert {"`continued`", "`fresh`", "`continued-1`", "`fresh-1`"} <= rows.keys()
+    assert rows["`continued-1`"][0] == "1 (1)" and rows["`fresh`"][0].startswith("2 (")
+    assert "`continued` − `fresh`, new-item targets" in rows

@@ -1,11 +1,11 @@
 """A catalogue that gains items: ``model.add_items`` / ``resize_items`` and ``zoo.train --init-from --unknown-items``.
 
-Growing the item table keeps every old row, so the old items' logits are unchanged bit for bit (every model, its own
-output layer, BERT4Rec's [MASK] row moved to the end); the new items start at the mean item, so they all score what
-an average item scores. The grown model keeps the central invariant (step == full forward, or == a forward over the
-window) on histories that hold the new items, saves and loads with its grown vocabulary, and exports. Training from a
-checkpoint on data with new items refuses by default, adds or drops them on request, and re-indexes data that holds
-only known items in another order.
+Growing the item table keeps every old row, so the old items' logits are unchanged (to the rounding of a wider
+matmul; every model, its own output layer, BERT4Rec's [MASK] row moved to the end); the new items start at the mean
+item, so they all score what an average item scores. The grown model keeps the central invariant (step == full
+forward, or == a forward over the window) on histories that hold the new items, saves and loads with its grown
+vocabulary, and exports. Training from a checkpoint on data with new items refuses by default, adds or drops them on
+request, and re-indexes data that holds only known items in another order.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_growing_keeps_the_old_scores_and_starts_new_items_at_the_mean_item(name
     model.resize_items(V + 7)
     after = _logits(model, batch)
     assert int(model.config.n_items) == V + 7 and after.shape == (before.shape[0], V + 7)
-    torch.testing.assert_close(after[:, :V], before, atol=0, rtol=0)
+    torch.testing.assert_close(after[:, :V], before, atol=1e-6, rtol=0)    # the same rows; a wider matmul rounds anew
     # every new item scores what the mean real item (rows 1..V-1, with the mean bias) scores
     weight, bias = model.item_output()
     mean_row = old_rows[1:V].mean(0)

@@ -214,6 +214,24 @@ def test_readme_python_example_runs():
     torch.testing.assert_close(logits, full, atol=1e-4, rtol=0)
 
 
+def test_readme_catalogue_example_runs():
+    """README's "A catalogue that gains items" block, run as written: the two ids get the rows after the bundled
+    model's 3,416 items, and the old items' scores are those of the model as loaded, to float rounding (the new ones
+    are not in the top 10)."""
+    blocks = [b for b in re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+              if "add_items" in b]
+    assert len(blocks) == 1, "README.md: expected one python block with add_items"
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md:python (catalogue)", "exec"), namespace)
+    model, added, grown = namespace["model"], namespace["added"], namespace["grown"]
+    assert added == [5001, 5002] and model.item_vocab.encode(added) == [3417, 3418] and model.config.n_items == 3419
+    from transformers import AutoModel
+
+    as_loaded = AutoModel.from_pretrained("ssm-rec-zoo/mamba4rec-ml1m").recommend([[1, 588, 364]], k=10)
+    assert grown.items == as_loaded.items and not {5001, 5002} & set(grown.items[0])
+    torch.testing.assert_close(grown.scores, as_loaded.scores, atol=1e-5, rtol=0)   # a wider matmul rounds anew
+
+
 CARDS = sorted(p.parent.name for p in (ROOT / "hub_cards").glob("*/README.md"))
 
 

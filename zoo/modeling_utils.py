@@ -541,8 +541,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         """Give item ids the vocabulary lacks (a catalogue that gained items) their own rows: ``items`` are external
         ids, those already known are skipped; returns the ids added, which get the indices after the old ones
         (:meth:`ItemVocab.extended`). The new rows start as described in :meth:`resize_items` (the mean item), so the
-        model ranks the old items exactly as before and the new ones alike, near an average item, until training
-        (``zoo.train --init-from MODEL --unknown-items add``) tells them apart."""
+        model scores the old items as before (to float rounding) and the new ones alike, near an average item, until
+        training (``zoo.train --init-from MODEL --unknown-items add``) tells them apart."""
         if self.item_vocab is None:
             raise ValueError(f"{type(self).__name__} has no item vocabulary to add ids to; resize_items(n_items) grows "
                              "a model that uses internal indices")
@@ -556,12 +556,12 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     def resize_items(self, n_items: int) -> None:
         """Grow a model without an item vocabulary to ``n_items`` rows (padding included; ``config.n_items``).
 
-        The old rows keep their indices and values, so the old items' logits do not change. Each new item row
-        (and its output bias, where the model has one) is the **mean of the real item rows** (indices ``1..``), as
-        Hugging Face's ``resize_token_embeddings(mean_resizing=True)`` starts new tokens: a new item scores like an
-        average item for every history rather than at random (a random row could put it in everyone's top-k).
-        Rows after the items (BERT4Rec's [MASK]) move to the end of the table. Shrinking is refused: it would
-        re-index items. A model with a vocabulary grows through :meth:`add_items`, which keeps ids and rows in step.
+        The old rows keep their indices and values, so the old items' logits do not change (but for the rounding of a
+        wider matmul). Each new item row (and its output bias, where the model has one) is the **mean of the real item
+        rows** (indices ``1..``), as Hugging Face's ``resize_token_embeddings(mean_resizing=True)`` starts new
+        tokens: a new item scores like an average item for every history, not by the luck of a random draw, and the
+        start is deterministic. Rows after the items (BERT4Rec's [MASK]) move to the end of the table. Shrinking is
+        refused: it would re-index items. A model with a vocabulary grows through :meth:`add_items`, which keeps ids and rows in step.
         """
         if self.item_vocab is not None:
             raise ValueError(f"{type(self).__name__} has an item vocabulary: add_items(ids) grows it and the model "

@@ -212,3 +212,19 @@ def test_a_checkpoint_of_other_items_is_still_refused(tmp_path, capsys):
     with refused(capsys, r"--init-from .*: 40 of the data's 40 items .* are not in the checkpoint's item vocabulary"):
         train_main(base + ["--data", str(b), "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")])
     assert not (tmp_path / "b").exists()
+
+
+def test_a_run_that_grew_the_catalogue_resumes(tmp_path, capsys):
+    """``--resume`` replays the growth (same rows, same order) before it loads the saved weights of the grown shape."""
+    base = ["--model", "gru4rec", "--max-len", "20", "--kcore", "0", "--no-progress", "--set", *TINY["gru4rec"]]
+    a = _markov_file(tmp_path / "a.tsv", n_users=30)
+    train_main(base + ["--data", str(a), "--out", str(tmp_path / "a"), "--epochs", "1"])
+    b = _with_new_items(a, tmp_path / "b.tsv")
+    run = base + ["--data", str(b), "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a"),
+                  "--unknown-items", "add", "--epochs", "2"]
+    train_main(run + ["--max-minutes", "0.0001"])                       # the budget ends it after epoch 1
+    with refused(capsys, r"these differ: unknown_items: the run has 'add', given 'drop'"):
+        train_main([*run[:-4], "--unknown-items", "drop", "--epochs", "2", "--resume", "--max-minutes", "50"])
+    log = train_main(run + ["--resume", "--max-minutes", "50"])
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2] and log["init_items"]["added"] == 8
+    assert len(ItemVocab.load(tmp_path / "b")) == 48

@@ -947,6 +947,31 @@ def _example_inputs(model, kind: str, batch: int = 2, length: int = 3, time_inpu
     return tuple(args), names, dyn
 
 
+STATE_FINGERPRINT = "state_fingerprint"
+"""Spec key of a step graph's state fingerprint (:func:`state_fingerprint`)."""
+
+
+def state_fingerprint(model, spec: dict) -> str:
+    """``sha256:<hex>`` of what a step graph's recurrent state depends on: the model's weights and buffers (names,
+    dtypes, shapes, bytes), its type, the graph's precision and time input, and the state layout (names, shapes,
+    dtypes). Two graphs share it exactly when a state one of them wrote means the same to the other: a re-export
+    (another top-k, with or without ``scores``) keeps it, retraining, a grown catalogue, fp16 or another state layout
+    change it. Explicit-state clients tag the states they store with it (:class:`export.triton_client.
+    ExplicitStateRecommender`), so that a state written by an earlier model is never fed to a new one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    head = {"model_type": spec["model_type"], "precision": spec.get("precision", "fp32"),
+            "time_input": spec.get("time_input"), "exclude_seen": bool(spec.get("exclude_seen")),
+            "state": [[st["name"], st["shape"][1:], st["dtype"]] for st in spec["state"]]}
+    h.update(json.dumps(head, sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
 def graph_sizes(model) -> tuple[int, int]:
     """``(weights, traced)`` bytes: the graph written holds the weights once; torch's trace holds them plus the copy of
     the output layer its constant folding makes for a tied item table (``hidden @ E^T``; :func:`_postprocess` removes
@@ -1291,6 +1316,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}, {precision}"
         + (f", time input: {ti}" if ti else "") + (", history excluded" if exclude_seen else "") + ") ...")
     mp, spec = trace_graph(model, kind, topk, with_scores, precision, ti, exclude_seen)
+    if spec["kind"] == "step":              # tags the states an explicit-state store keeps
+        spec[STATE_FINGERPRINT] = state_fingerprint(model, spec)
     n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN)
     say(f"  {len(mp.graph.node)} nodes ({n_scan} scan nodes in {ps.ONNX_DOMAIN}), checker full_check OK "
         f"[{time.perf_counter() - t0:.1f} s]")

@@ -354,6 +354,8 @@ def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str 
         params.update(max_seq_length=spec["max_seq_length"], padding_side=spec["padding_side"])
     else:       # what a new sequence / an unknown user starts from (ExplicitStateRecommender reads it)
         params["state_init"] = json.dumps({s["name"]: _state_init(s) for s in spec["state"]})
+        if spec.get("state_fingerprint"):   # what the states mean (ExplicitStateRecommender tags stored states)
+            params["state_fingerprint"] = spec["state_fingerprint"]
     dynamic = f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}\n"
     if backend == "python":
         params["ort_intra_op_threads"] = ort_threads
@@ -557,7 +559,12 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                   + "; `np.savez` or concatenated `tobytes()`), a few KB per user; a missing key means an empty "
                   "history, whose state is the config's `state_init` parameter ("
                   + ", ".join(f"`{x['name']}` = {_state_init(x):g}" for x in spec["state"]) + "); "
-                  "expire keys with the store's TTL instead of Triton's idle timeout."]
+                  "expire keys with the store's TTL instead of Triton's idle timeout."
+                  + ("" if not spec.get("state_fingerprint") else
+                     " Keep the `state_fingerprint` string the client adds to each state (the config parameter of "
+                     "the same name): a state is the model's own summary of a history, so after this model is "
+                     "replaced (retrained, catalogue grown) the client refuses the states the old one wrote "
+                     "(`StaleStateError`) -- replay such a user's history, or pass `on_stale=\"restart\"`.")]
     if window or state == "implicit":
         lines += ["", "## Benchmark it", "", "perf_analyzer (Triton's SDK container) with real histories instead of "
                   "random ids" + ("" if window else ": one stream per user, primed with its history, then one "

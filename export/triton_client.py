@@ -270,6 +270,16 @@ class TritonRecommender(_Base):
                     self._timestamps(np.zeros((1, 0), np.float64), 0) if self.uses_timestamps else ())
 
 
+class StaleStateError(TritonRecommendError):
+    """A stored state was written by another model than the one serving now (its fingerprint differs)."""
+
+
+FINGERPRINT_KEY = "state_fingerprint"
+"""Key of the fingerprint :class:`ExplicitStateRecommender` stores beside a user's state tensors."""
+
+ON_STALE = ("error", "restart")
+
+
 class ExplicitStateRecommender(_Base):
     """Recommendations from an explicit-state model (``export.triton --state explicit``): the state travels with each
     request and is kept in ``store`` (dict-like, ``store[key] -> dict name -> np.ndarray``) under the user id.
@@ -278,12 +288,25 @@ class ExplicitStateRecommender(_Base):
     arrays (e.g. ``np.savez`` bytes, which keep each array's dtype). A missing key means an empty history: the
     model's initial state (:meth:`initial_state`; not all zeros for TiM4Rec-causal, whose float64 ``last_ts``
     starts at -1). ``state_init`` (name -> value) overrides the initial values read from the model's config.
+
+    **A state belongs to the model that wrote it.** A state is the model's summary of a history, so after the model
+    is replaced (retrained, its catalogue grown, exported in fp16) a stored state means nothing to the new one: fed to
+    it, it gives wrong recommendations without any error. The model's config carries the graph's state fingerprint
+    (``state_fingerprint``: :func:`export.onnx.state_fingerprint`); every stored state gets it as one more entry
+    (``FINGERPRINT_KEY``, a string array), and a stored state with another fingerprint, or none, is refused with
+    :class:`StaleStateError` before anything is sent. Replay that user's history (``forget(user)``, then
+    ``recommend(user, history)``: one call), or pass ``on_stale="restart"`` to start such users from the initial
+    state (their earlier history is then ignored). Repositories written before the fingerprint existed have none, and
+    their states are not checked.
     """
 
     _NP = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32}
 
-    def __init__(self, *args, store=None, state_init: dict | None = None, **kwargs):
+    def __init__(self, *args, store=None, state_init: dict | None = None, on_stale: str = "error", **kwargs):
         super().__init__(*args, **kwargs)
+        if on_stale not in ON_STALE:
+            raise ValueError(f"on_stale must be one of {ON_STALE}, got {on_stale!r}")
+        self.on_stale = on_stale
         self.store = {} if store is None else store
         self.state_names = [n for n in self.inputs if n not in ("item_ids", "timestamps")]
         missing = [f"{n}_out" for n in self.state_names if f"{n}_out" not in self.outputs]
@@ -301,6 +324,29 @@ class ExplicitStateRecommender(_Base):
         bad = {n: self.inputs[n]["datatype"] for n in self.state_names if self.inputs[n]["datatype"] not in self._NP}
         if bad:
             raise TritonRecommendError(f"unsupported state datatypes {bad}")
+        self.fingerprint = self._param(FINGERPRINT_KEY)      # None: a repository written before it existed
+        self.restarted = 0                                     # users started afresh by on_stale="restart"
+
+    def _stored_state(self, user_id) -> dict[str, np.ndarray]:
+        """The user's stored state, checked to be this model's; the initial state for a user without one."""
+        stored = self.store.get(user_id)
+        if not stored:
+            return self.initial_state()
+        if self.fingerprint is None:
+            return stored
+        tag = stored.get(FINGERPRINT_KEY)
+        tag = None if tag is None else str(np.asarray(tag).reshape(-1)[0])
+        if tag == self.fingerprint:
+            return stored
+        if self.on_stale == "restart":
+            self.restarted += 1
+            return self.initial_state()
+        raise StaleStateError(
+            f"the stored state of user {user_id!r} was written by another model than {self.model_name!r} serves now "
+            f"({'no fingerprint: stored before states were tagged' if tag is None else tag[:23] + '...'}; this "
+            f"model: {self.fingerprint[:23]}...): fed to it, it would give wrong recommendations. Replay the user's "
+            "history (forget(user), then recommend(user, history)), or pass on_stale='restart' to start such users "
+            "afresh")
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """A new user's state: each tensor ``[1, ...]`` in its declared dtype, filled with its initial value."""
@@ -310,7 +356,7 @@ class ExplicitStateRecommender(_Base):
     def recommend_with_scores(self, user_id, new_items, timestamps=None, k: int | None = None):
         k = self._check_k(k)
         ids = self._encode(new_items)
-        state = self.store.get(user_id) or self.initial_state()
+        state = self._stored_state(user_id)
         ts = self._timestamps(timestamps, ids.shape[1])
         if ts and "last_ts" in state:
             last = float(np.asarray(state["last_ts"]).reshape(-1)[0])
@@ -326,7 +372,10 @@ class ExplicitStateRecommender(_Base):
             r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
         except self._exc as e:
             raise TritonRecommendError(str(e.message())) from None
-        self.store[user_id] = {n: r.as_numpy(f"{n}_out") for n in self.state_names}
+        new_state = {n: r.as_numpy(f"{n}_out") for n in self.state_names}
+        if self.fingerprint is not None:
+            new_state[FINGERPRINT_KEY] = np.array(self.fingerprint)
+        self.store[user_id] = new_state
         return self._decode(r.as_numpy("topk_ids")[0][:k]), r.as_numpy("topk_scores")[0][:k]
 
     def recommend(self, user_id, new_items, timestamps=None, k: int | None = None) -> list:

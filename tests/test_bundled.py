@@ -111,6 +111,16 @@ def test_recommend_refuses_timestamps_for_a_model_that_ignores_them():
 EXPORTS = [(f, rel) for f in FOLDERS for rel in ("onnx", "onnx-window") if (f / rel / "state_spec.json").exists()]
 
 
+@pytest.mark.parametrize("folder", [f for f, rel in EXPORTS if rel == "onnx"], ids=lambda x: x.name)
+def test_card_step_graph_carries_the_fingerprint_of_the_cards_weights(folder):
+    """A card's step graph names the weights its states come from (``state_fingerprint``, the tag an explicit-state
+    store keeps): the card's own, so a state stored from its graph is accepted and one from other weights is not."""
+    from export.onnx import state_fingerprint
+
+    spec = json.loads((folder / "onnx" / "state_spec.json").read_text())
+    assert spec["state_fingerprint"] == state_fingerprint(AutoModel.from_pretrained(folder), spec)
+
+
 @pytest.mark.parametrize("folder,rel", EXPORTS, ids=lambda x: x if isinstance(x, str) else x.name)
 def test_card_onnx_graph_serves_the_cards_weights(folder, rel):
     """An ONNX graph shipped in a card answers like the card's safetensors (a graph left over from earlier weights

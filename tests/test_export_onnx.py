@@ -496,6 +496,26 @@ def test_sasrec_window_graph(tmp_path):
         sess.recommend([[N_ITEMS]])
 
 
+def test_step_graphs_carry_the_fingerprint_of_what_their_state_means(tmp_path):
+    """``state_fingerprint``: a re-export of the same weights (another top-k) keeps it; other weights (one more item,
+    one changed value), fp16 or another state layout change it; window graphs (no state) have none."""
+    model = make_model("gru4rec")
+    a = E.export_model(model, tmp_path / "a", topk=10, verify=False).spec
+    b = E.export_model(model, tmp_path / "b", topk=5, with_scores=True, verify=False).spec
+    assert a["state_fingerprint"] == b["state_fingerprint"] == E.state_fingerprint(model, a)
+    assert a["state_fingerprint"].startswith("sha256:") and len(a["state_fingerprint"]) == 7 + 64
+    assert E.state_fingerprint(model, {**a, "precision": "fp16"}) != a["state_fingerprint"]
+    assert E.state_fingerprint(model, {**a, "exclude_seen": True}) != a["state_fingerprint"]
+    with torch.no_grad():
+        model.gru_layers.weight_hh_l0[0, 0] += 1e-3
+    assert E.state_fingerprint(model, a) != a["state_fingerprint"]
+    grown = make_model("gru4rec")
+    grown.resize_items(N_ITEMS + 1)
+    assert E.state_fingerprint(grown, a) not in (a["state_fingerprint"], E.state_fingerprint(model, a))
+    window = E.export_model(make_model("sasrec"), tmp_path / "w", verify=False).spec
+    assert "state_fingerprint" not in window
+
+
 def test_item_vocab_travels_with_the_graph(tmp_path):
     from zoo.vocab import ItemVocab
 

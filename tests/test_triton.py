@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import sys
 import threading
 
@@ -878,6 +879,40 @@ def test_client_checks_timestamps_and_honours_k(monkeypatch):
     assert top == [1, 2, 3] and len(scores) == 3 and len(rec.recommend("new-user", [1], timestamps=[1.0], k=2)) == 2
 
 
+def test_explicit_state_client_refuses_a_state_written_by_another_model(monkeypatch):
+    """Stored states carry the fingerprint of the model that wrote them; one with another fingerprint (a retrained
+    model) or none (stored before the tags) is refused before anything is sent, or, with on_stale="restart", replaced
+    by the initial state. A repository without the fingerprint (written before it existed) checks nothing."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import FINGERPRINT_KEY, ExplicitStateRecommender, StaleStateError
+
+    ins = {**STEP_IO[0], "h": ("FP32", (-1, 2))}
+    outs = {**STEP_IO[1], "h_out": ("FP32", (-1, 2))}
+    now, before = "sha256:" + "b" * 64, "sha256:" + "a" * 64
+    calls, _ = _fake_http_client(monkeypatch, ins, outs, {"state_init": json.dumps({"h": 0.0}),
+                                                          "state_fingerprint": now})
+    h = np.ones((1, 2), np.float32)
+    store = {"old": {"h": h, FINGERPRINT_KEY: np.array(before)}, "untagged": {"h": h},
+             "current": {"h": h, FINGERPRINT_KEY: np.array(now)}}
+    rec = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", store=store)
+    for user, shown in (("old", "sha256:aaaaaaaaaaaaaaaa..."), ("untagged", "no fingerprint: stored before")):
+        with pytest.raises(StaleStateError, match=re.escape(shown) + r".*Replay the user's history"):
+            rec.recommend(user, [1])
+    assert calls == [] and store["old"][FINGERPRINT_KEY] == before
+    rec.recommend("current", [1])
+    rec.recommend("new-user", [2])
+    assert len(calls) == 2 and str(store["new-user"][FINGERPRINT_KEY]) == now and rec.restarted == 0
+    restarting = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", store=store, on_stale="restart")
+    restarting.recommend("old", [1])
+    assert restarting.restarted == 1 and str(store["old"][FINGERPRINT_KEY]) == now
+    with pytest.raises(ValueError, match="on_stale must be one of"):
+        ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", on_stale="ignore")
+    calls, _ = _fake_http_client(monkeypatch, ins, outs, {"state_init": json.dumps({"h": 0.0})})
+    legacy = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", store={"untagged": {"h": h}})
+    legacy.recommend("untagged", [1])
+    assert len(calls) == 1 and FINGERPRINT_KEY not in legacy.store["untagged"]
+
+
 # ================================================================================================ live server
 @pytest.fixture(scope="module")
 def live_server(mamba_export, lru_seen_export, tmp_path_factory):
@@ -1083,7 +1118,7 @@ class _BytesStore:
         return self.kv.pop(key, default)
 
 
-def test_live_explicit_state_with_client_side_store(live_server, mamba):
+def test_live_explicit_state_with_client_side_store(live_server, mamba, mamba_export):
     from export.triton_client import ExplicitStateRecommender
 
     h, repo = live_server
@@ -1102,6 +1137,12 @@ def test_live_explicit_state_with_client_side_store(live_server, mamba):
     for got, (ri, rs) in zip(served, _reference_topk(mamba, prefixes), strict=True):
         assert _same_topk(got, ri, rs)
     assert set(store.kv) == {u for u in hist if hist[u]} and all(len(v) < 20_000 for v in store.kv.values())
+    # each stored state carries the fingerprint of the graph that wrote it (exported with the model)
+    from export.triton_client import FINGERPRINT_KEY
+
+    spec = json.loads((mamba_export / "state_spec.json").read_text())
+    assert cl.fingerprint == spec["state_fingerprint"] and cl.fingerprint.startswith("sha256:")
+    assert all(str(store.get(u)[FINGERPRINT_KEY]) == cl.fingerprint for u in store.kv)
     cl.forget(0)
     assert store.get(0) is None
 
@@ -1244,6 +1285,7 @@ def test_tim4rec_causal_configs_declare_float64_and_initial_state(tc_export, tmp
         params = {k: v.string_value for k, v in cfg.parameters.items()}
         assert json.loads(params["state_init"]) == {"conv_state": 0.0, "ssm_state": 0.0, "time_conv_state": 0.0,
                                                     "last_ts": -1.0}
+        assert params["state_fingerprint"] == spec["state_fingerprint"]        # the explicit-state client's tag
         readme = (mdir / "README.md").read_text()
         assert "float64" in readme and "timestamps=" in readme
         if state == "explicit":

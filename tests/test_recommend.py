@@ -415,3 +415,59 @@ def test_all_users_k_above_the_vocabulary_is_refused(tmp_path):
         main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(tmp_path / "r.jsonl"),
               "--no-progress", "--k", "31"])
     assert not (tmp_path / "r.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------ items never to recommend
+def test_exclude_items_are_recommended_to_nobody_and_the_others_keep_their_scores(tmp_path):
+    """``exclude_items`` (retired or unavailable items): never in anyone's list, every other item keeps its score and
+    rank; with exclude_seen both sets are taken away before k is checked; an unknown id is refused naming it."""
+    model, _ = _model(tmp_path, embedding_size=16, hidden_size=16)
+    hs = [ITEMS[:5], ITEMS[10:12], ITEMS[3:4]]
+    full = model.recommend(hs, k=30)
+    gone = [x for x in full.items[0][:3]] + [ITEMS[20]]                   # user 0's top 3 and one more
+    rec = model.recommend(hs, k=10, exclude_items=gone)
+    for r, items in enumerate(rec.items):
+        want = [x for x in full.items[r] if x not in gone][:10]
+        assert items == want and not set(items) & set(gone)
+        torch.testing.assert_close(rec.scores[r], full.scores[r][[full.items[r].index(x) for x in want]])
+    assert model.recommend(hs, k=10, exclude_items=[]).items == model.recommend(hs, k=10).items
+    with pytest.raises(ValueError, match=r"k=27 is more than the 26 items left .* history 0 \(30 items, 4 in exclude"):
+        model.recommend(hs, k=27, exclude_items=gone)
+    left = 30 - len(set(gone) | set(hs[0]))                               # the two sets may share items
+    with pytest.raises(ValueError, match=rf"k={left + 1} is more than the {left} items left .*5 of them in the "
+                                         "history, 4 in exclude_items"):
+        model.recommend(hs, k=left + 1, exclude_items=gone, exclude_seen=True)
+    both = model.recommend(hs, k=left, exclude_items=gone, exclude_seen=True)
+    assert not set(both.items[0]) & (set(gone) | set(hs[0])) and torch.isfinite(both.scores).all()
+    from zoo.vocab import UnknownItemError
+
+    with pytest.raises(UnknownItemError, match="exclude_items: unknown item id 5"):
+        model.recommend(hs, k=5, exclude_items=[ITEMS[0], 5])
+    with pytest.raises(TypeError, match="exclude_items must be a sequence of item ids"):
+        model.recommend(hs, k=5, exclude_items=ITEMS[0])
+
+
+def test_exclude_items_on_the_command_line_and_from_a_file(tmp_path, capsys):
+    """--exclude-items and --exclude-items-file (one id a line, # comments) for one history, --stepwise and
+    --all-users alike; an unknown id is an error naming it unless --unknown-items drop."""
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    users = _data(tmp_path / "d.tsv")
+    top = main(["--model", path, "--history", *map(str, ITEMS[:3]), "--k", "5"])["items"]
+    (tmp_path / "retired.txt").write_text(f"# retired\n{top[0]}\n\n{top[1]}\n")
+    out = main(["--model", path, "--history", *map(str, ITEMS[:3]), "--k", "5", "--stepwise",
+                "--exclude-items", str(top[2]), "--exclude-items-file", str(tmp_path / "retired.txt")])
+    assert out["items"][:2] == top[3:5] and not set(out["items"]) & set(top[:3])
+    assert out["stepwise_items"] == out["items"] and out["excluded_items"] == 3
+    rows = tmp_path / "r.jsonl"
+    summary = main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(rows), "--k", "5",
+                    "--no-progress", "--exclude-items-file", str(tmp_path / "retired.txt")])
+    assert summary["excluded_items"] == 2 and len(_lines(rows)) == len(users)
+    for r in _lines(rows):
+        assert r["items"] == model.recommend([users[r["user"]][0]], k=5, exclude_items=top[:2]).items[0]
+    with pytest.raises(SystemExit, match="--exclude-items: unknown item id 5"):
+        main(["--model", path, "--history", str(ITEMS[0]), "--exclude-items", "5", str(top[0])])
+    out = main(["--model", path, "--history", str(ITEMS[0]), "--exclude-items", "5", str(top[0]),
+                "--unknown-items", "drop"])
+    assert top[0] not in out["items"] and out["excluded_items"] == 1
+    with pytest.raises(SystemExit, match="--exclude-items-file .*nothing.txt: cannot read it"):
+        main(["--model", path, "--history", str(ITEMS[0]), "--exclude-items-file", str(tmp_path / "nothing.txt")])

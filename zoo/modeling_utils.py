@@ -413,6 +413,21 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                 out.append(idx)
         return out
 
+    def encode_item_set(self, items: Sequence[Any], what: str = "exclude_items") -> list[int]:
+        """External ids of a set of items (e.g. items never to recommend) -> sorted distinct internal indices; an id the
+        model does not know is an :class:`UnknownItemError` naming ``what`` (a mistyped id would otherwise leave the
+        item it meant recommendable)."""
+        _check_sequence(items, what, "a sequence of item ids")
+        items = list(items)
+        if not items:
+            return []
+        try:
+            return sorted(set(self.encode_histories([items])[0]))
+        except UnknownItemError as e:
+            raise UnknownItemError(f"{what}: {str(e).removeprefix('history 0: ')}") from None
+        except TypeError as e:
+            raise TypeError(f"{what}: {str(e).removeprefix('history 0: ')}") from None
+
     def decode_items(self, indices: Sequence[int]) -> list[Any]:
         if self.item_vocab is None:
             return [int(i) for i in indices]
@@ -420,7 +435,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def recommend(self, histories: Sequence[Sequence[Any]], k: int = 10, exclude_seen: bool = False,
-                  timestamps: Sequence[Sequence[float]] | None = None, batch_size: int = 512) -> Recommendations:
+                  timestamps: Sequence[Sequence[float]] | None = None, batch_size: int = 512,
+                  exclude_items: Sequence[Any] | None = None) -> Recommendations:
         """Top-``k`` next items for each history, in the caller's own item ids.
 
         Args:
@@ -432,6 +448,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                 naming both numbers (``zoo.recommend --all-users`` instead lists fewer for such a user).
             timestamps: ``B`` lists of seconds, one per item, for time-aware models (refused for the others).
             batch_size: histories per forward pass.
+            exclude_items: external ids never to recommend to anyone (retired or unavailable items, business rules);
+                each must be known to the model. With ``exclude_seen``, ``k`` must fit what both leave.
         Raises:
             TypeError / ValueError / UnknownItemError naming the problem (a history that is not a sequence of ids,
             an unknown id, a bad ``k``/``batch_size``, timestamps missing or given to a model that reads none).
@@ -452,13 +470,16 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             if len(timestamps) != len(histories):
                 raise ValueError(f"got {len(timestamps)} timestamp lists for {len(histories)} histories")
         idx = self.encode_histories(histories)
-        if exclude_seen:
+        excluded = self.encode_item_set(exclude_items) if exclude_items is not None else []
+        if excluded or exclude_seen:
             for r, h in enumerate(idx):
-                left = self.config.n_items - 1 - len(set(h))
+                gone = set(excluded) | (set(h) if exclude_seen else set())
+                left = self.config.n_items - 1 - len(gone)
                 if k > left:
-                    raise ValueError(f"k={k} is more than the {left} items left to recommend for history {r} with "
-                                     f"exclude_seen ({self.config.n_items - 1} items, {len(set(h))} of them in the "
-                                     "history)")
+                    parts = ([f"{len(set(h))} of them in the history"] if exclude_seen else []) + (
+                        [f"{len(excluded)} in exclude_items"] if excluded else [])
+                    raise ValueError(f"k={k} is more than the {left} items left to recommend for history {r} "
+                                     f"({self.config.n_items - 1} items, {', '.join(parts)})")
         device = next(self.parameters()).device
         items, scores = [], []
         for s in range(0, len(idx), batch_size):
@@ -470,6 +491,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                 ids, mask = self.pad_batch(chunk)
                 ts = None
             sc = self.predict(ids.to(device), mask.to(device), timestamps=ts)
+            if excluded:
+                sc[:, torch.tensor(excluded, device=sc.device)] = -float("inf")
             if exclude_seen:                                   # the whole history, not only the window the model read
                 for r, h in enumerate(chunk):
                     sc[r, torch.tensor(h, device=sc.device)] = -float("inf")

@@ -64,16 +64,32 @@ def _json_value(x):
     return x.item() if isinstance(x, np.generic) else x
 
 
+def _excluded_items(args, model) -> list:
+    """The ids of ``--exclude-items`` and ``--exclude-items-file`` (read as history ids are); with ``--unknown-items
+    drop`` the ids the model does not know are left out (they cannot be recommended anyway), else they are refused."""
+    ids = [_history_id(x, model) for x in args.exclude_items]
+    if args.exclude_items_file:
+        with open(args.exclude_items_file, encoding="utf-8") as f:
+            ids += [_history_id(line.strip(), model) for line in f
+                    if line.strip() and not line.lstrip().startswith("#")]
+    if args.unknown_items == "drop" and model.item_vocab is not None:
+        ids = [x for x in ids if x in model.item_vocab]
+    model.encode_item_set(ids, "--exclude-items")                # refuses an unknown id, naming it
+    return ids
+
+
 @torch.no_grad()
 def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_seen: bool = False,
-                        unknown: str = "error", batch_size: int = 256, progress: bool = True) -> dict:
+                        unknown: str = "error", batch_size: int = 256, progress: bool = True,
+                        exclude_items: Sequence | None = None) -> dict:
     """Top-``k`` next items of every user of the :class:`~zoo.data.SequenceDataset` ``ds``, as JSON Lines at ``out``.
 
     Each user's whole history is mapped through the model's item vocabulary (``unknown``: ``"error"`` refuses data
     with items the model does not know, ``"drop"`` removes those interactions, and users left with none) and scored
     from its last ``max_seq_length`` items; ``exclude_seen`` sets every item of the whole history to ``-inf`` (a row
-    then lists fewer than ``k`` items only when fewer remain). The lines go to a temporary file beside ``out`` that
-    replaces it once complete, so an interrupted run leaves an existing ``out`` as it was.
+    then lists fewer than ``k`` items only when fewer remain); ``exclude_items`` (external ids) are recommended to
+    nobody. The lines go to a temporary file beside ``out`` that replaces it once complete, so an interrupted run
+    leaves an existing ``out`` as it was.
 
     Returns a summary: ``users`` written, ``dropped_users``, ``vocab`` note, ``seconds``, ``out``.
     """
@@ -85,6 +101,7 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
 
     k = _as_count(k, "k", 1, model.config.n_items - 1)
     batch_size = _as_count(batch_size, "batch_size")
+    excluded = model.encode_item_set(exclude_items) if exclude_items is not None else []
     t0 = time.time()
     aligned, note = align_with_model(ds, model, unknown)
     if len(aligned) == 0:
@@ -102,6 +119,8 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
                                     timestamps=None if ts is None else [t.tolist() for t in ts])
             ids, mask = batch[0].to(device), batch[1].to(device)               # [B, L], last L items of each
             scores = model.predict(ids, mask, timestamps=batch[2].to(device) if ts is not None else None)
+            if excluded:                                                       # recommended to nobody
+                scores[:, torch.tensor(excluded, device=device)] = float("-inf")
             if exclude_seen:                                                   # the whole history, not the window
                 for r, q in enumerate(seqs):
                     scores[r, torch.from_numpy(q).to(device)] = float("-inf")
@@ -113,7 +132,7 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
                                     "scores": [round(float(v), 6) for v in vals[keep]]}) + "\n")
             bar.update(len(seqs))
     return {"out": os.path.abspath(out), "users": len(aligned), "dropped_users": ds.n_users - aligned.n_users,
-            "vocab": note, "seconds": round(time.time() - t0, 2)}
+            "vocab": note, "excluded_items": len(excluded), "seconds": round(time.time() - t0, 2)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -132,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="never recommend an item of the history, all of it (also items older than the model's "
                         "window); for one history a --k above the items left is an error, with --all-users such a "
                         "user's line lists fewer")
+    p.add_argument("--exclude-items", nargs="+", metavar="ID", default=[],
+                   help="item ids never to recommend (retired, unavailable); each must be known to the model")
+    p.add_argument("--exclude-items-file", metavar="FILE",
+                   help="the same from a file: one item id per line (blank lines and # comments skipped)")
     p.add_argument("--stepwise", action="store_true", help="use init_state/step (recurrent models) and compare")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--all-users", action="store_true",
@@ -181,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model = SeqRecPreTrainedModel.from_pretrained(resolve_pretrained(args.model)).eval()
     except (OSError, ValueError) as e:
         sys.exit(f"error: --model {args.model}: {e}")
+    try:
+        exclude = _excluded_items(args, model)
+    except (OSError, UnicodeDecodeError) as e:
+        sys.exit(f"error: {cannot('--exclude-items-file', args.exclude_items_file, e, 'read')}")
+    except (KeyError, ValueError, TypeError) as e:
+        sys.exit(f"error: {error_text(e)}")
     if args.data:
         from .data import load_dataset
 
@@ -192,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         try:
             summary = recommend_all_users(model, ds, args.out, k=args.k, exclude_seen=args.exclude_seen,
                                           unknown=args.unknown_items, batch_size=args.batch_size,
-                                          progress=not args.no_progress)
+                                          progress=not args.no_progress, exclude_items=exclude)
         except (KeyError, ValueError) as e:
             sys.exit(f"error: {error_text(e)}")
         except OSError as e:                # writing --out (its place was checked before any work)
@@ -203,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(json.dumps(summary, indent=1))
         else:
             print(f"wrote top-{args.k} for {summary['users']:,} users of {args.data} to {summary['out']} "
-                  f"({summary['seconds']:.1f} s; {summary['vocab']})")
+                  f"({summary['seconds']:.1f} s; {summary['vocab']}"
+                  + (f"; {summary['excluded_items']:,} items excluded" if summary["excluded_items"] else "") + ")")
         return summary
     if args.data:
         uid = _find_user(ds.users, args.user)
@@ -228,13 +258,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(f"error: {model.config.model_type} reads timestamps: pass --timestamps (one per item) or --data/--user")
     try:
         rec = model.recommend([history], k=args.k, exclude_seen=args.exclude_seen,
-                              timestamps=[timestamps] if model.uses_timestamps else None)
+                              timestamps=[timestamps] if model.uses_timestamps else None, exclude_items=exclude)
     except UnknownItemError as e:
         sys.exit(f"error: {e} (--unknown-items drop leaves such items out of the history)")
     except (KeyError, ValueError, TypeError) as e:
         sys.exit(f"error: {e}")
     out = {"model": args.model, "model_type": model.config.model_type, "history_length": len(history),
-           "history_tail": history[-10:], "items": rec.items[0], "scores": [round(float(s), 4) for s in rec.scores[0]]}
+           "history_tail": history[-10:], "items": rec.items[0], "scores": [round(float(s), 4) for s in rec.scores[0]],
+           "excluded_items": len(set(exclude))}
     if args.stepwise:
         if not model.has_exact_step:
             sys.exit(f"{model.config.model_type} has no exact recurrent step")
@@ -248,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             logits, state = model.step(torch.tensor([ids]), state, timestamps=ts)   # prime with the whole history
         scores = logits.clone()
         scores[:, 0] = -float("inf")
+        if exclude:
+            scores[:, torch.tensor(model.encode_item_set(exclude))] = -float("inf")
         if args.exclude_seen:                             # the whole history, as recommend() does
             scores[0, torch.tensor(encoded)] = -float("inf")
         top = torch.topk(scores, args.k, dim=1)

@@ -394,23 +394,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             h = list(h)
             if len(h) == 0:
                 raise ValueError(f"history {r} is empty; every history needs at least one item")
-            if self.item_vocab is not None:
-                try:
-                    out.append(self.item_vocab.encode(h))
-                except UnknownItemError as e:
-                    raise UnknownItemError(f"history {r}: {e}") from None
-            else:
-                idx = []
-                for x0 in h:
-                    x = int_id(x0)
-                    if x is None:
-                        raise TypeError(f"history {r}: item id {x0!r} ({type(x0).__name__}) is not an int (the model "
-                                        "has no item vocabulary, so ids are internal indices)")
-                    if not 1 <= x < self.config.n_items:
-                        raise UnknownItemError(f"history {r}: item index {x} out of range 1..{self.config.n_items - 1} "
-                                               "(the model has no item vocabulary, so ids are internal indices)")
-                    idx.append(x)
-                out.append(idx)
+            out.append(self._encode_ids(h, f"history {r}"))
         return out
 
     def encode_item_set(self, items: Sequence[Any], what: str = "exclude_items") -> list[int]:
@@ -418,15 +402,28 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         model does not know is an :class:`UnknownItemError` naming ``what`` (a mistyped id would otherwise leave the
         item it meant recommendable)."""
         _check_sequence(items, what, "a sequence of item ids")
-        items = list(items)
-        if not items:
-            return []
-        try:
-            return sorted(set(self.encode_histories([items])[0]))
-        except UnknownItemError as e:
-            raise UnknownItemError(f"{what}: {str(e).removeprefix('history 0: ')}") from None
-        except TypeError as e:
-            raise TypeError(f"{what}: {str(e).removeprefix('history 0: ')}") from None
+        return sorted(set(self._encode_ids(list(items), what)))
+
+    def _encode_ids(self, ids: list, where: str) -> list[int]:
+        """``ids`` (external) -> internal indices; errors start with ``where`` (``history 3``, ``exclude_items``)."""
+        if self.item_vocab is not None:
+            try:
+                return self.item_vocab.encode(ids)
+            except UnknownItemError as e:
+                raise UnknownItemError(f"{where}: {e}") from None
+            except TypeError as e:
+                raise TypeError(f"{where}: {e}") from None
+        out = []
+        for x0 in ids:
+            x = int_id(x0)
+            if x is None:
+                raise TypeError(f"{where}: item id {x0!r} ({type(x0).__name__}) is not an int (the model has no item "
+                                "vocabulary, so ids are internal indices)")
+            if not 1 <= x < self.config.n_items:
+                raise UnknownItemError(f"{where}: item index {x} out of range 1..{self.config.n_items - 1} (the model "
+                                       "has no item vocabulary, so ids are internal indices)")
+            out.append(x)
+        return out
 
     def decode_items(self, indices: Sequence[int]) -> list[Any]:
         if self.item_vocab is None:
@@ -584,7 +581,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         rows** (indices ``1..``), as Hugging Face's ``resize_token_embeddings(mean_resizing=True)`` starts new
         tokens: a new item scores like an average item for every history, not by the luck of a random draw, and the
         start is deterministic. Rows after the items (BERT4Rec's [MASK]) move to the end of the table. Shrinking is
-        refused: it would re-index items. A model with a vocabulary grows through :meth:`add_items`, which keeps ids and rows in step.
+        refused: it would re-index items. A model with a vocabulary grows through :meth:`add_items`, which keeps ids
+        and rows in step.
         """
         if self.item_vocab is not None:
             raise ValueError(f"{type(self).__name__} has an item vocabulary: add_items(ids) grows it and the model "
@@ -611,11 +609,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                              "growing the catalogue is implemented for tied item tables only")
         extra = table.num_embeddings - old                      # rows after the items: BERT4Rec's [MASK]
         params = {id(p): name for name, p in self.named_parameters()}
-        mean_rows = lambda t: t[1:old].mean(0, keepdim=True) if old > 1 else torch.zeros_like(t[:1])  # noqa: E731
-
         def grown(t: torch.Tensor, tail: int) -> torch.Tensor:
-            fill = mean_rows(t).expand(new - old, *t.shape[1:])
-            return torch.cat([t[:old], fill.to(t.dtype), t[old:old + tail]])
+            """``t``'s item rows, then ``new - old`` copies of their mean (rows ``1..old-1``), then ``tail`` rows."""
+            mean = t[1:old].mean(0, keepdim=True) if old > 1 else torch.zeros_like(t[:1])
+            return torch.cat([t[:old], mean.expand(new - old, *t.shape[1:]).to(t.dtype), t[old:old + tail]])
 
         def replace(param: torch.Tensor, value: torch.Tensor) -> None:
             owner, _, attr = params[id(param)].rpartition(".")

@@ -168,7 +168,7 @@ class BERT4RecModel(SeqRecPreTrainedModel):
 
     @property
     def mask_token(self) -> int:
-        """The [MASK] id: the table's last row, ``n_items`` (moves with it when :meth:`resize_items` grows the table)."""
+        """The [MASK] id: the table's last row, ``n_items`` (moves with it when the catalogue grows)."""
         return int(self.config.n_items)
 
     def _init_weights(self, module: nn.Module) -> None:

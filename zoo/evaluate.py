@@ -45,10 +45,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .cli import add_columns_option, cannot, check_outputs, error_text, positive_int, written_whole
+from .cli import add_columns_option, cannot, check_outputs, error_text, nonnegative_int, positive_int, written_whole
 from .cli import kcore as kcore_arg
 from .data.batching import eval_batches
-from .data.split import TIME_TIES, EvalExamples, SequenceDataset, leave_one_out, load_dataset
+from .data.split import TIME_TIES, EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset
 from .metrics import compute_metrics, history_in_top_k, rank_of_target
 from .modeling_utils import resolve_device
 
@@ -316,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by-length", type=positive_int, nargs="+", default=None, metavar="EDGE",
                    help="also the metrics of the users in each history-length bucket cut at these increasing edges, "
                         "e.g. --by-length 20 50 100 200 (1-20, 21-50, 51-100, 101-200, > 200 items)")
+    p.add_argument("--by-popularity", type=nonnegative_int, nargs="+", default=None, metavar="EDGE",
+                   help="also the metrics of the users whose target item has a training count in each bucket cut at "
+                        "these increasing edges (counts in the leave-one-out training sequences), e.g. "
+                        "--by-popularity 0 20 100 500 (0: items never trained on, 1-20, 21-100, 101-500, > 500)")
     p.add_argument("--intervals", action="store_true",
                    help="95%% bootstrap intervals over users for every metric (10,000 resamples)")
     p.add_argument("--ranks-out", default=None, metavar="CSV",
@@ -341,8 +345,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.ks is not None:
         args.ks = sorted(set(args.ks))          # "--ks 10 10" is one cut-off, reported once
-    if args.by_length and any(b <= a for a, b in zip(args.by_length, args.by_length[1:])):
-        raise SystemExit(f"--by-length: the edges must increase, got {' '.join(map(str, args.by_length))}")
+    for flag, edges in (("--by-length", args.by_length), ("--by-popularity", args.by_popularity)):
+        if edges and any(b <= a for a, b in zip(edges, edges[1:])):
+            raise SystemExit(f"{flag}: the edges must increase, got {' '.join(map(str, edges))}")
     if args.threads is not None and args.threads < 1:
         raise SystemExit("--threads sets ONNX Runtime's threads for --onnx, and must be >= 1")
     if args.threads is not None and not args.onnx:
@@ -386,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ds.check_timestamps_for(type(model).__name__)
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {error_text(e)}") from None
-    examples = _examples(ds, args)
+    examples, split = _examples(ds, args)
     metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
                                     batch_size=args.batch_size, device=device, progress=not args.no_progress,
                                     history_share=args.history_share, return_ranks=True)
@@ -409,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}")
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
-    return _report(result, examples, ranks, ds.vocab, args, args.model)
+    return _report(result, examples, ranks, ds.vocab, args, args.model, train=split.train)
 
 
 def _main_baseline(args, t0: float) -> dict:
@@ -419,7 +424,7 @@ def _main_baseline(args, t0: float) -> dict:
     args.ks = args.ks or _default_ks(ds.n_items)
     _check_ks(args.ks, ds.n_items, "data")
     split = _split(ds, args)
-    examples = _examples(ds, args, split)
+    examples, _ = _examples(ds, args, split)
     metrics, ranks = evaluate_popularity(split.train, examples, ds.n_items + 1, args.ks, args.exclude_history,
                                          BASELINE_WINDOW, return_ranks=True)
     protocol = _protocol(args, ds, bool(args.exclude_history),
@@ -430,7 +435,7 @@ def _main_baseline(args, t0: float) -> dict:
               "seconds": round(time.time() - t0, 2)}
     print(f"most-popular baseline on {ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
           f"{' (history excluded)' if args.exclude_history else ''}")
-    return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}")
+    return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}", train=split.train)
 
 
 def _protocol(args, ds, excluded: bool, ranking: str, ties: str = "pessimistic", max_seq_length: int | None = None,
@@ -469,11 +474,12 @@ def _split(ds, args):
 
 
 def _examples(ds, args, split=None):
-    """The ``--split`` examples of ``ds`` (``--max-users`` of them; ``split``: its leave-one-out split when the caller
-    has it); data that leaves no user with an example is a one-line error."""
+    """``(examples, split)``: the ``--split`` examples of ``ds`` (``--max-users`` of them) and the leave-one-out split
+    they come from (``split``: when the caller has it); data that leaves no user with an example is a one-line
+    error."""
     split = split or _split(ds, args)
     examples = split.test if args.split == "test" else split.valid
-    return examples.head(args.max_users) if args.max_users else examples
+    return (examples.head(args.max_users) if args.max_users else examples), split
 
 
 def _default_ks(cap: int) -> list[int]:
@@ -487,13 +493,16 @@ def _check_ks(ks, n_items: int, owner: str) -> None:
         raise SystemExit(f"error: --ks {max(ks)}: the {owner} ranks {n_items} items; use cut-offs <= {n_items}")
 
 
-def _report(result: dict, examples, ranks, vocab, args, source: str, max_rank: int | None = None) -> dict:
+def _report(result: dict, examples, ranks, vocab, args, source: str, max_rank: int | None = None,
+            train=None) -> dict:
     """What every evaluation (a model, a graph, a baseline) ends with: ``--intervals``, the table, ``--by-length``,
-    ``--json`` and ``--ranks-out`` (``source``: what was evaluated, for the ranks file; ``max_rank``: K of a top-K-only
-    graph). Returns ``result``."""
+    ``--by-popularity`` (``train``: the split's training sequences, which give the targets' counts), ``--json`` and
+    ``--ranks-out`` (``source``: what was evaluated, for the ranks file; ``max_rank``: K of a top-K-only graph).
+    Returns ``result``."""
     _add_intervals(result, ranks, args)
     print(format_table(result["metrics"], args.ks, intervals=result.get("intervals_95")))
     _add_by_length(result, examples, ranks, args)
+    _add_by_popularity(result, examples, ranks, args, train, len(vocab) + 1)
     _write_json(result, args.json)
     _write_ranks(args.ranks_out, examples, ranks, vocab, {
         "model": source, "data": result["data"], "split": args.split, "protocol": result["protocol"]["name"],
@@ -509,20 +518,23 @@ def _add_intervals(result: dict, ranks, args) -> None:
         result["intervals_95"] = {k: list(v) for k, v in bootstrap_interval(ranks, ks=args.ks).items()}
 
 
-def length_buckets(lengths, edges: Sequence[int]) -> list[tuple[int, int | None, np.ndarray]]:
-    """``(low, high or None, [U] bool)`` per history-length bucket: ``edges`` ``e1 < e2 < ...`` cut ``lengths`` (each
-    user's whole history, not a model's window) into ``1..e1``, ``e1+1..e2``, ..., ``> e_last``."""
+def length_buckets(lengths, edges: Sequence[int], start: int = 1,
+                   what: str = "history-length") -> list[tuple[int, int | None, np.ndarray]]:
+    """``(low, high or None, [U] bool)`` per bucket: ``edges`` ``e1 < e2 < ...`` cut ``lengths`` (each user's whole
+    history, not a model's window; or, ``start=0``, counts such as a target's training count) into ``start..e1``,
+    ``e1+1..e2``, ..., ``> e_last``."""
     edges = [int(e) for e in edges]
-    if not edges or any(e < 1 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"history-length edges must be increasing ints >= 1, got {list(edges)}")
+    if not edges or any(e < start for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"{what} edges must be increasing ints >= {start}, got {list(edges)}")
     lengths = np.asarray(lengths, dtype=np.int64)
     return [(low, high, (lengths >= low) & (lengths <= high if high is not None else True))
-            for low, high in zip([1] + [e + 1 for e in edges], edges + [None])]
+            for low, high in zip([start] + [e + 1 for e in edges], edges + [None])]
 
 
 def bucket_label(low: int, high: int | None) -> str:
-    """``"51-100"``, or ``"> 400"`` for the last, open bucket of :func:`length_buckets`."""
-    return f"{low}-{high}" if high is not None else f"> {low - 1}"
+    """``"51-100"``, ``"0"`` for a bucket of one value, or ``"> 400"`` for the last, open bucket of
+    :func:`length_buckets`."""
+    return f"> {low - 1}" if high is None else str(low) if low == high else f"{low}-{high}"
 
 
 def metrics_by_length(examples: EvalExamples, ranks, edges: Sequence[int], ks: Iterable[int]) -> list[dict]:
@@ -537,17 +549,45 @@ def metrics_by_length(examples: EvalExamples, ranks, edges: Sequence[int], ks: I
     return out
 
 
+def metrics_by_popularity(examples: EvalExamples, ranks, train, n_items: int, edges: Sequence[int],
+                          ks: Iterable[int]) -> list[dict]:
+    """The metrics of the users whose target's count in ``train`` (the split's training sequences: what the model
+    learnt each item from) falls in each bucket (``edges`` as :func:`length_buckets` with ``start=0``: ``0..e1``,
+    ...). One ``{"counts": [low, high or None], "users", "items", "metrics" or None}`` per bucket, ``items`` the
+    distinct targets in it."""
+    counts = item_counts(train, n_items)[np.asarray(examples.targets, dtype=np.int64)]
+    targets = np.asarray(examples.targets)
+    ranks = torch.as_tensor(ranks)
+    out = []
+    for low, high, inside in length_buckets(counts, edges, start=0, what="--by-popularity"):
+        n = int(inside.sum())
+        out.append({"counts": [low, high], "users": n, "items": int(len(np.unique(targets[inside]))),
+                    "metrics": compute_metrics(ranks[torch.from_numpy(inside)], ks) if n else None})
+    return out
+
+
+def _print_buckets(title: str, rows: list[dict], key: str, ks) -> None:
+    names = [f"{m}@{k}" for m in ("HR", "NDCG") for k in ks]
+    print(f"{title:<16}{'users':>7}" + "".join(f"{n:>10}" for n in names))
+    for row in rows:
+        cells = "".join(f"{row['metrics'][n]:>10.4f}" if row["metrics"] else f"{'–':>10}" for n in names)
+        print(f"{bucket_label(*row[key]):<16}{row['users']:>7}{cells}")
+
+
 def _add_by_length(result: dict, examples, ranks, args) -> None:
     """``--by-length E1 E2 ...``: ``result["by_length"]`` (:func:`metrics_by_length`), printed as a table."""
     if not args.by_length:
         return
-    rows = metrics_by_length(examples, ranks, args.by_length, args.ks)
-    result["by_length"] = rows
-    names = [f"{m}@{k}" for m in ("HR", "NDCG") for k in args.ks]
-    print(f"{'history length':<16}{'users':>7}" + "".join(f"{n:>10}" for n in names))
-    for row in rows:
-        cells = "".join(f"{row['metrics'][n]:>10.4f}" if row["metrics"] else f"{'–':>10}" for n in names)
-        print(f"{bucket_label(*row['lengths']):<16}{row['users']:>7}{cells}")
+    result["by_length"] = metrics_by_length(examples, ranks, args.by_length, args.ks)
+    _print_buckets("history length", result["by_length"], "lengths", args.ks)
+
+
+def _add_by_popularity(result: dict, examples, ranks, args, train, n_items: int) -> None:
+    """``--by-popularity E1 E2 ...``: ``result["by_popularity"]`` (:func:`metrics_by_popularity`), printed."""
+    if not args.by_popularity:
+        return
+    result["by_popularity"] = metrics_by_popularity(examples, ranks, train, n_items, args.by_popularity, args.ks)
+    _print_buckets("target count", result["by_popularity"], "counts", args.ks)
 
 
 RANKS_HEADER = "# zoo.evaluate ranks "
@@ -622,7 +662,7 @@ def _main_onnx(args, t0: float) -> dict:
             ds.check_timestamps_for(f"the {spec.get('model_type')} graph")
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {error_text(e)}") from None
-    examples = _examples(ds, args)
+    examples, split = _examples(ds, args)
     try:
         metrics, ranks = evaluate_onnx(args.onnx, examples, ks=args.ks, batch_size=args.batch_size,
                                        threads=args.threads, progress=not args.no_progress, return_ranks=True)
@@ -652,7 +692,7 @@ def _main_onnx(args, t0: float) -> dict:
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     return _report(result, examples, ranks, ds.vocab, args, os.path.abspath(args.onnx),
-                   max_rank=None if has_scores else int(spec["topk"]))
+                   max_rank=None if has_scores else int(spec["topk"]), train=split.train)
 
 
 if __name__ == "__main__":

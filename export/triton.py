@@ -564,7 +564,8 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                      " Keep the `state_fingerprint` string the client adds to each state (the config parameter of "
                      "the same name): a state is the model's own summary of a history, so after this model is "
                      "replaced (retrained, catalogue grown) the client refuses the states the old one wrote "
-                     "(`StaleStateError`) -- replay such a user's history, or pass `on_stale=\"restart\"`.")]
+                     "(`StaleStateError`) -- replay such a user's history with `rec.prime(user, history)` (one "
+                     "request), or pass `on_stale=\"restart\"`.")]
     if window or state == "implicit":
         lines += ["", "## Benchmark it", "", "perf_analyzer (Triton's SDK container) with real histories instead of "
                   "random ids" + ("" if window else ": one stream per user, primed with its history, then one "

@@ -294,9 +294,9 @@ class ExplicitStateRecommender(_Base):
     it, it gives wrong recommendations without any error. The model's config carries the graph's state fingerprint
     (``state_fingerprint``: :func:`export.onnx.state_fingerprint`); every stored state gets it as one more entry
     (``FINGERPRINT_KEY``, a string array), and a stored state with another fingerprint, or none, is refused with
-    :class:`StaleStateError` before anything is sent. Replay that user's history (``forget(user)``, then
-    ``recommend(user, history)``: one call), or pass ``on_stale="restart"`` to start such users from the initial
-    state (their earlier history is then ignored). Repositories written before the fingerprint existed have none, and
+    :class:`StaleStateError` before anything is sent. Replay that user's history (:meth:`prime`: one request), or
+    pass ``on_stale="restart"`` to start such users from the initial state (their earlier history is then
+    ignored). Repositories written before the fingerprint existed have none, and
     their states are not checked.
     """
 
@@ -345,18 +345,20 @@ class ExplicitStateRecommender(_Base):
             f"the stored state of user {user_id!r} was written by another model than {self.model_name!r} serves now "
             f"({'no fingerprint: stored before states were tagged' if tag is None else tag[:23] + '...'}; this "
             f"model: {self.fingerprint[:23]}...): fed to it, it would give wrong recommendations. Replay the user's "
-            "history (forget(user), then recommend(user, history)), or pass on_stale='restart' to start such users "
-            "afresh")
+            "history (prime(user, history): one request), or pass on_stale='restart' to start such users afresh")
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """A new user's state: each tensor ``[1, ...]`` in its declared dtype, filled with its initial value."""
         return {n: np.full([1] + self.inputs[n]["shape"][1:], self.state_init[n], self._NP[self.inputs[n]["datatype"]])
                 for n in self.state_names}
 
-    def recommend_with_scores(self, user_id, new_items, timestamps=None, k: int | None = None):
+    def recommend_with_scores(self, user_id, new_items, timestamps=None, k: int | None = None,
+                              start: bool = False):
+        """The top-``k`` after ``new_items`` (and their ``timestamps``), from the user's stored state (``start``:
+        from the initial state, whatever is stored); the new state replaces the stored one."""
         k = self._check_k(k)
         ids = self._encode(new_items)
-        state = self._stored_state(user_id)
+        state = self.initial_state() if start else self._stored_state(user_id)
         ts = self._timestamps(timestamps, ids.shape[1])
         if ts and "last_ts" in state:
             last = float(np.asarray(state["last_ts"]).reshape(-1)[0])
@@ -380,6 +382,11 @@ class ExplicitStateRecommender(_Base):
 
     def recommend(self, user_id, new_items, timestamps=None, k: int | None = None) -> list:
         return self.recommend_with_scores(user_id, new_items, timestamps, k)[0]
+
+    def prime(self, user_id, history: Sequence[Any], timestamps=None, k: int | None = None) -> list:
+        """(Re)start the user from a whole history in ONE request, whatever state is stored (a new user, or one whose
+        state a replaced model wrote: :class:`StaleStateError`); returns the top-k after it."""
+        return self.recommend_with_scores(user_id, history, timestamps, k, start=True)[0]
 
     def forget(self, user_id) -> None:
         self.store.pop(user_id, None)

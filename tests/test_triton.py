@@ -896,9 +896,12 @@ def test_explicit_state_client_refuses_a_state_written_by_another_model(monkeypa
              "current": {"h": h, FINGERPRINT_KEY: np.array(now)}}
     rec = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", store=store)
     for user, shown in (("old", "sha256:aaaaaaaaaaaaaaaa..."), ("untagged", "no fingerprint: stored before")):
-        with pytest.raises(StaleStateError, match=re.escape(shown) + r".*Replay the user's history"):
+        with pytest.raises(StaleStateError, match=re.escape(shown) + r".*prime\(user, history\)"):
             rec.recommend(user, [1])
     assert calls == [] and store["old"][FINGERPRINT_KEY] == before
+    rec.prime("untagged", [1, 2, 3])                                  # the remedy: replay the history, one request
+    assert len(calls) == 1 and str(store["untagged"][FINGERPRINT_KEY]) == now
+    calls.clear()
     rec.recommend("current", [1])
     rec.recommend("new-user", [2])
     assert len(calls) == 2 and str(store["new-user"][FINGERPRINT_KEY]) == now and rec.restarted == 0
@@ -1143,6 +1146,11 @@ def test_live_explicit_state_with_client_side_store(live_server, mamba, mamba_ex
     spec = json.loads((mamba_export / "state_spec.json").read_text())
     assert cl.fingerprint == spec["state_fingerprint"] and cl.fingerprint.startswith("sha256:")
     assert all(str(store.get(u)[FINGERPRINT_KEY]) == cl.fingerprint for u in store.kv)
+    # prime: a whole history in one request, from the initial state whatever is stored (here the user's own state)
+    u = max(hist, key=lambda x: len(hist[x]))
+    primed = mamba.item_vocab.encode(cl.prime(u, mamba.item_vocab.decode(hist[u])))
+    (ri, rs), = _reference_topk(mamba, [hist[u]])
+    assert _same_topk(primed, ri, rs)
     cl.forget(0)
     assert store.get(0) is None
 

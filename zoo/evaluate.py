@@ -139,8 +139,6 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
 def popularity_scores(train: Sequence, n_items: int) -> torch.Tensor:
     """``[n_items]`` float64 scores of the most-popular baseline: how often each item occurs in the training
     sequences (``Split.train``: the interactions before every user's validation and test items), padding 0 at -inf."""
-    from .data import item_counts
-
     scores = torch.from_numpy(item_counts(train, n_items).astype(np.float64))
     scores[0] = float("-inf")
     return scores

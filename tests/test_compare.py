@@ -114,8 +114,8 @@ def test_compare_refuses_what_is_not_a_paired_comparison(tmp_path, capsys):
             ("moved", [], f"user {first[0]}: target {first[1]} in A, {other} in B"),
             ("graph", ["--ks", "20"], "ranks censored above 10 (a top-10 graph without scores)"),
             ("plain", [], "not a zoo.evaluate --ranks-out file"),
-            ("bad", [], "bad.csv, line 4: expected user,target,rank,history with a rank (and a history length) "
-                        ">= 1")):
+            ("bad", [], "bad.csv, line 4: expected user,target,rank,history,target_count with a rank (and a "
+                        "history length) >= 1 and a target count >= 0")):
         with pytest.raises(SystemExit) as e:
             compare_main([str(tmp_path / "test.csv"), str(tmp_path / f"{b}.csv"), "--bootstrap", "100", *extra])
         err = capsys.readouterr().err
@@ -346,6 +346,53 @@ def test_compare_uses_the_seed_and_confidence_it_is_given(tmp_path, capsys):
     assert half["metrics"]["HR@10"]["ci_high"] - half["metrics"]["HR@10"]["ci_low"] < wide["ci_high"] - wide["ci_low"]
 
 
+def test_compare_by_target_popularity(tmp_path, capsys):
+    """--by-popularity pairs the users of each bucket of their target's training count (the ranks files'
+    target_count column, the count in the leave-one-out training sequences); a file without the column (written
+    before it existed) or with other counts is refused, naming why."""
+    from zoo.compare import _read
+    from zoo.data import item_counts, leave_one_out, load_dataset
+
+    items, data = _toy(tmp_path)
+    for name, seed in (("a", 0), ("b", 1)):
+        _lru(items, seed, tmp_path / name)
+        evaluate_main(["--model", str(tmp_path / name), "--data", data, "--kcore", "none", "--no-progress", "--ks",
+                       "5", "--ranks-out", str(tmp_path / f"{name}.csv")])
+    _, _, targets, ranks_a, cols = _read(tmp_path / "a.csv")
+    ranks_b = _read(tmp_path / "b.csv")[3]
+    ds = load_dataset(data, kcore=None)
+    split = leave_one_out(ds)
+    want_counts = item_counts(split.train, ds.vocab.n_items)[np.asarray(split.test.targets)]
+    assert cols["target_count"].tolist() == want_counts.tolist() and targets == [str(t) for t in
+                                                                                 ds.vocab.decode(split.test.targets)]
+    res = compare_main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--ks", "5", "--bootstrap", "200",
+                        "--by-popularity", "8", "12"])
+    buckets = res["by_popularity"]
+    assert [b["counts"] for b in buckets] == [[0, 8], [9, 12], [13, None]] and sum(b["users"] for b in buckets) == 40
+    for b in buckets:
+        low, high = b["counts"]
+        inside = (want_counts >= low) & (want_counts <= (high or 10**9))
+        want = paired_bootstrap(ranks_a[inside], ranks_b[inside], ks=(5,), n_boot=200, seed=0)
+        assert b["users"] == int(inside.sum()) and (b["metrics"] == want if inside.any() else b["metrics"] is None)
+    assert "target's training count 0-8:" in capsys.readouterr().out
+    rows = (tmp_path / "b.csv").read_text().splitlines()
+    (tmp_path / "older.csv").write_text("\n".join([rows[0], "user,target,rank,history"]
+                                                  + [",".join(r.split(",")[:4]) for r in rows[2:]]) + "\n")
+    assert compare_main([str(tmp_path / "a.csv"), str(tmp_path / "older.csv"), "--ks", "5", "--bootstrap", "100",
+                         "--by-length", "6"])["by_length"]                      # a file with history still pairs by it
+    first = rows[2].split(",")
+    (tmp_path / "more.csv").write_text("\n".join(rows[:2] + [",".join(first[:4] + [str(int(first[4]) + 1)])]
+                                                 + rows[3:]) + "\n")
+    for other, message in (("older", "--by-popularity: B has no target_count column (a ranks file from before it "
+                                     "existed)"),
+                           ("more", f"--by-popularity: user {first[0]} has a target with a training count of "
+                                    f"{first[4]} in A")):
+        with pytest.raises(SystemExit):
+            compare_main([str(tmp_path / "a.csv"), str(tmp_path / f"{other}.csv"), "--ks", "5", "--bootstrap", "100",
+                          "--by-popularity", "6"])
+        assert message in capsys.readouterr().err, other
+
+
 def test_compare_by_history_length(tmp_path, capsys):
     """--by-length pairs the users of each history-length bucket (the ranks files' history column, each user's whole
     history): every bucket's numbers are the paired bootstrap of its users alone; files without the column (written
@@ -357,7 +404,8 @@ def test_compare_by_history_length(tmp_path, capsys):
         _lru(items, seed, tmp_path / name)
         evaluate_main(["--model", str(tmp_path / name), "--data", data, "--kcore", "none", "--no-progress", "--ks",
                        "5", "--ranks-out", str(tmp_path / f"{name}.csv")])
-    _, _, _, ranks_a, history = _read(tmp_path / "a.csv")
+    _, _, _, ranks_a, cols = _read(tmp_path / "a.csv")
+    history = cols["history"]
     ranks_b = _read(tmp_path / "b.csv")[3]
     from zoo.data import leave_one_out, load_dataset
 
@@ -377,10 +425,10 @@ def test_compare_by_history_length(tmp_path, capsys):
     assert "history 1-6 items:" in capsys.readouterr().out
     rows = (tmp_path / "b.csv").read_text().splitlines()
     (tmp_path / "old.csv").write_text("\n".join([rows[0], "user,target,rank"]
-                                                + [r.rsplit(",", 1)[0] for r in rows[2:]]) + "\n")
+                                                + [",".join(r.split(",")[:3]) for r in rows[2:]]) + "\n")
     assert compare_main([str(tmp_path / "a.csv"), str(tmp_path / "old.csv"), "--ks", "5", "--bootstrap", "100"])
     first = rows[2].split(",")
-    (tmp_path / "longer.csv").write_text("\n".join(rows[:2] + [",".join(first[:3] + [str(int(first[3]) + 1)])]
+    (tmp_path / "longer.csv").write_text("\n".join(rows[:2] + [",".join(first[:3] + [str(int(first[3]) + 1)] + first[4:])]
                                                    + rows[3:]) + "\n")
     for other, message in (("old", "--by-length: B has no history column (a ranks file from before 2026-12-05)"),
                            ("longer", f"--by-length: user {first[0]} has a history of {first[3]} items in A")):

@@ -715,13 +715,16 @@ def test_metrics_by_target_popularity(tmp_path, capsys):
     train = [np.array([1, 1, 2]), np.array([2, 2, 3]), np.array([1, 2])]       # counts: 1 -> 3, 2 -> 4, 3 -> 1, 4 -> 0
     ex = EvalExamples([np.array([1])] * 5, np.array([4, 3, 1, 2, 2]), list("abcde"))
     ranks = torch.tensor([7, 1, 2, 30, 4])
-    rows = metrics_by_popularity(ex, ranks, train, 5, [0, 1, 3], ks=(1, 10))
+    from zoo.data import item_counts
+
+    counts = item_counts(train, 5)
+    rows = metrics_by_popularity(ex, ranks, counts, [0, 1, 3], ks=(1, 10))
     assert [(r["counts"], r["users"], r["items"]) for r in rows] == [
         ([0, 0], 1, 1), ([1, 1], 1, 1), ([2, 3], 1, 1), ([4, None], 2, 1)]
     assert rows[3]["metrics"] == compute_metrics(torch.tensor([30, 4]), (1, 10))
     assert rows[0]["metrics"]["HR@10"] == 1.0 and rows[1]["metrics"]["HR@1"] == 1.0
     with pytest.raises(ValueError, match=r"--by-popularity edges must be increasing ints >= 0"):
-        metrics_by_popularity(ex, ranks, train, 5, [3, 3], ks=(1,))
+        metrics_by_popularity(ex, ranks, counts, [3, 3], ks=(1,))
     data = tmp_path / "d.seq"                   # train parts: u1 1 2 3, u2 2 3, u3 3 4 3 2 1 (1 -> 2, 2 -> 3, 3 -> 4)
     data.write_text("user_id\titem_ids_chronological\nu1\t1 2 3 2 4\nu2\t2 3 4 1\nu3\t3 4 3 2 1 4 2\n")
     res = main(["--baseline", "pop", "--data", str(data), "--ks", "1", "--by-popularity", "2", "3",

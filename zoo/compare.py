@@ -11,7 +11,8 @@ e.g. the two orders of ML-1M's same-second ratings (``zoo.evaluate --time-ties``
 The difference then mixes the models' with that of the tasks; the result counts the users whose targets differ.
 
 ``--by-length E1 E2 ...`` also compares the users of each history-length bucket (``1..E1``, ``E1+1..E2``, ...,
-``> E_last``, by the ``history`` column of the ranks files), each with its own paired bootstrap.
+``> E_last``, by the ``history`` column of the ranks files), each with its own paired bootstrap;
+``--by-popularity E1 E2 ...`` the same by the target's training count (``0..E1``, ...; the ``target_count`` column).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli import cannot, check_outputs, positive_int, written_whole
+from .cli import cannot, check_outputs, nonnegative_int, positive_int, written_whole
 from .evaluate import RANKS_COLUMNS, RANKS_HEADER, bucket_label, length_buckets
 from .metrics import METRICS, paired_bootstrap
 
@@ -35,9 +36,13 @@ def read_ranks(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray]:
     return _read(path)[:4]
 
 
-def _read(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray, np.ndarray | None]:
-    """:func:`read_ranks` and the ``history`` column (``[U]`` int64 history lengths, None in a file written before
-    it existed)."""
+#: the per-user columns a ranks file may lack (written before they existed), with what a bucket of them is called
+BUCKET_COLUMNS = {"history": "history-length", "target_count": "--by-popularity"}
+
+
+def _read(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray, dict]:
+    """:func:`read_ranks` and the optional columns: ``{"history": [U] int64 history lengths, "target_count": [U]
+    int64 training counts of the targets}``, each None in a file written before it existed."""
     with open(path, newline="") as f:
         first = f.readline()
         if not first.startswith(RANKS_HEADER):
@@ -50,15 +55,16 @@ def _read(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray, np.nda
         top = _rank_cap(path, meta)
         rows = csv.reader(f)
         columns = next(rows, None)
-        if columns not in (RANKS_COLUMNS, RANKS_COLUMNS[:3]):
-            raise ValueError(f"{path}, line 2: expected the columns {','.join(RANKS_COLUMNS)} (or, from before "
-                             "2026-12-05, without history)")
-        users, targets, ranks, history = [], [], [], []
+        if columns not in (RANKS_COLUMNS, RANKS_COLUMNS[:4], RANKS_COLUMNS[:3]):
+            raise ValueError(f"{path}, line 2: expected the columns {','.join(RANKS_COLUMNS)} (or, from earlier "
+                             "versions, without target_count, or without history and target_count)")
+        users, targets, ranks, extra = [], [], [], []
         line_of: dict = {}
         for line, row in enumerate(rows, start=3):
-            if len(row) != len(columns) or not all(c.isascii() and c.isdigit() and int(c) >= 1 for c in row[2:]):
+            if (len(row) != len(columns) or not all(c.isascii() and c.isdigit() for c in row[2:])
+                    or not all(int(c) >= 1 for c in row[2:4])):
                 raise ValueError(f"{path}, line {line}: expected {','.join(columns)} with a rank (and a history "
-                                 f"length) >= 1, got {row}")
+                                 f"length) >= 1{' and a target count >= 0' if len(columns) == 5 else ''}, got {row}")
             if top and int(row[2]) > top[0]:
                 raise ValueError(f"{path}, line {line}: rank {row[2]} is above the largest possible, {top[0]} = "
                                  f"{top[1]}")
@@ -69,11 +75,12 @@ def _read(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray, np.nda
             users.append(row[0])
             targets.append(row[1])
             ranks.append(int(row[2]))
-            history.extend(int(c) for c in row[3:])
+            extra.append([int(c) for c in row[3:]])
     if not ranks:
         raise ValueError(f"{path}: no examples")
+    table = np.asarray(extra, dtype=np.int64).reshape(len(ranks), len(columns) - 3)
     return (meta, users, targets, np.asarray(ranks, dtype=np.int64),
-            np.asarray(history, dtype=np.int64) if len(columns) == 4 else None)
+            {name: table[:, i] if i < table.shape[1] else None for i, name in enumerate(BUCKET_COLUMNS)})
 
 
 def _rank_cap(path, meta) -> tuple[int, str] | None:
@@ -99,13 +106,14 @@ def _rank_cap(path, meta) -> tuple[int, str] | None:
 
 def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int = 10_000, seed: int = 0,
             confidence: float = 0.95, metrics: Sequence[str] = METRICS, other_targets: bool = False,
-            by_length: Sequence[int] | None = None) -> dict:
+            by_length: Sequence[int] | None = None, by_popularity: Sequence[int] | None = None) -> dict:
     """Paired comparison of two ``--ranks-out`` files (see the module doc); ``ValueError`` when they are not the same
     examples (users, targets -- unless ``other_targets`` --, split, protocol) or a cut-off exceeds a top-K-only
     graph's K. ``by_length`` (edges): also ``result["by_length"]``, one ``{"lengths", "users", "metrics"}`` per
-    history-length bucket (``metrics`` None for an empty one), from the files' ``history`` column, which must agree."""
-    meta_a, users_a, targets_a, ranks_a, history_a = _read(path_a)
-    meta_b, users_b, targets_b, ranks_b, history_b = _read(path_b)
+    history-length bucket (``metrics`` None for an empty one), from the files' ``history`` column, which must agree;
+    ``by_popularity`` likewise ``result["by_popularity"]`` (``{"counts", ...}``, buckets from 0) by ``target_count``."""
+    meta_a, users_a, targets_a, ranks_a, cols_a = _read(path_a)
+    meta_b, users_b, targets_b, ranks_b, cols_b = _read(path_b)
     for key in ("split", "protocol"):
         if meta_a.get(key) != meta_b.get(key):
             raise ValueError(f"A and B differ in {key} ({meta_a.get(key)!r} vs {meta_b.get(key)!r}): their metrics are "
@@ -130,20 +138,26 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
     result = {"a": {"file": os.path.abspath(path_a), **meta_a}, "b": {"file": os.path.abspath(path_b), **meta_b},
               "n_users": len(users_a), "targets_differ": len(differ), "n_boot": n_boot, "seed": seed,
               "confidence": confidence, "metrics": stats}
-    if by_length:
-        missing = [name for name, h in (("A", history_a), ("B", history_b)) if h is None]
+    for flag, edges, column, key, start, said in (
+            ("--by-length", by_length, "history", "lengths", 1, "a history of {} items"),
+            ("--by-popularity", by_popularity, "target_count", "counts", 0, "a target with a training count of {}")):
+        if not edges:
+            continue
+        a, b = cols_a[column], cols_b[column]
+        missing = [name for name, c in (("A", a), ("B", b)) if c is None]
         if missing:
-            raise ValueError(f"--by-length: {' and '.join(missing)} has no history column (a ranks file from before "
-                             "2026-12-05); write it again with zoo.evaluate --ranks-out")
-        if not np.array_equal(history_a, history_b):
-            bad = int(np.flatnonzero(history_a != history_b)[0])
-            raise ValueError(f"--by-length: user {users_a[bad]} has a history of {history_a[bad]} items in A, "
-                             f"{history_b[bad]} in B: not the same data")
-        result["by_length"] = [
-            {"lengths": [low, high], "users": int(inside.sum()),
+            raise ValueError(f"{flag}: {' and '.join(missing)} has no {column} column (a ranks file from before "
+                             f"{'2026-12-05' if column == 'history' else 'it existed'}); write it again with "
+                             "zoo.evaluate --ranks-out")
+        if not np.array_equal(a, b):
+            bad = int(np.flatnonzero(a != b)[0])
+            raise ValueError(f"{flag}: user {users_a[bad]} has {said.format(a[bad])} in A, {b[bad]} in B: not the "
+                             "same data")
+        result[flag[2:].replace("-", "_")] = [
+            {key: [low, high], "users": int(inside.sum()),
              "metrics": paired_bootstrap(ranks_a[inside], ranks_b[inside], ks=ks, metrics=metrics, n_boot=n_boot,
                                          seed=seed, confidence=confidence) if inside.any() else None}
-            for low, high, inside in length_buckets(history_a, by_length)]
+            for low, high, inside in length_buckets(a, edges, start=start, what=BUCKET_COLUMNS[column])]
     return result
 
 
@@ -171,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--by-length", type=positive_int, nargs="+", default=None, metavar="EDGE",
                    help="also compare the users of each history-length bucket cut at these increasing edges, e.g. "
                         "--by-length 50 100 200 (each bucket its own paired bootstrap)")
+    p.add_argument("--by-popularity", type=nonnegative_int, nargs="+", default=None, metavar="EDGE",
+                   help="also compare the users of each bucket of their target's training count cut at these "
+                        "increasing edges, e.g. --by-popularity 100 300 1000 (0-100, 101-300, 301-1000, > 1000)")
     p.add_argument("--other-targets", action="store_true",
                    help="pair the users even where their held-out items differ (two versions of the same users' "
                         "data, e.g. two orders of ties); the result counts those users")
@@ -183,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         p.error(str(e))
     try:
         result = compare(args.a, args.b, ks=sorted(set(args.ks)), n_boot=args.bootstrap, seed=args.seed,
-                         metrics=args.metrics, other_targets=args.other_targets, by_length=args.by_length)
+                         metrics=args.metrics, other_targets=args.other_targets, by_length=args.by_length,
+                         by_popularity=args.by_popularity)
     except (OSError, ValueError) as e:
         p.error(str(e))
     print(f"A: {result['a']['model']}\nB: {result['b']['model']}\n{result['n_users']:,} users, "
@@ -192,8 +210,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
           + (f"; the held-out items differ for {result['targets_differ']:,} of them" if result["targets_differ"]
              else ""))
     print(format_comparison(result))
-    for bucket in result.get("by_length", []):
-        print(f"\nhistory {bucket_label(*bucket['lengths'])} items: {bucket['users']:,} users")
+    for bucket in result.get("by_length", []) + result.get("by_popularity", []):
+        what = (f"history {bucket_label(*bucket['lengths'])} items" if "lengths" in bucket else
+                f"target's training count {bucket_label(*bucket['counts'])}")
+        print(f"\n{what}: {bucket['users']:,} users")
         if bucket["metrics"]:
             print(format_comparison(dict(result, metrics=bucket["metrics"])))
     if args.json:

@@ -412,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}")
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
-    return _report(result, examples, ranks, ds.vocab, args, args.model, train=split.train)
+    return _report(result, examples, ranks, ds.vocab, args, args.model, split.train)
 
 
 def _main_baseline(args, t0: float) -> dict:
@@ -433,7 +433,7 @@ def _main_baseline(args, t0: float) -> dict:
               "seconds": round(time.time() - t0, 2)}
     print(f"most-popular baseline on {ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
           f"{' (history excluded)' if args.exclude_history else ''}")
-    return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}", train=split.train)
+    return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}", split.train)
 
 
 def _protocol(args, ds, excluded: bool, ranking: str, ties: str = "pessimistic", max_seq_length: int | None = None,
@@ -491,20 +491,20 @@ def _check_ks(ks, n_items: int, owner: str) -> None:
         raise SystemExit(f"error: --ks {max(ks)}: the {owner} ranks {n_items} items; use cut-offs <= {n_items}")
 
 
-def _report(result: dict, examples, ranks, vocab, args, source: str, max_rank: int | None = None,
-            train=None) -> dict:
+def _report(result: dict, examples, ranks, vocab, args, source: str, train, max_rank: int | None = None) -> dict:
     """What every evaluation (a model, a graph, a baseline) ends with: ``--intervals``, the table, ``--by-length``,
     ``--by-popularity`` (``train``: the split's training sequences, which give the targets' counts), ``--json`` and
     ``--ranks-out`` (``source``: what was evaluated, for the ranks file; ``max_rank``: K of a top-K-only graph).
     Returns ``result``."""
     _add_intervals(result, ranks, args)
     print(format_table(result["metrics"], args.ks, intervals=result.get("intervals_95")))
+    counts = item_counts(train, len(vocab) + 1)
     _add_by_length(result, examples, ranks, args)
-    _add_by_popularity(result, examples, ranks, args, train, len(vocab) + 1)
+    _add_by_popularity(result, examples, ranks, args, counts)
     _write_json(result, args.json)
     _write_ranks(args.ranks_out, examples, ranks, vocab, {
         "model": source, "data": result["data"], "split": args.split, "protocol": result["protocol"]["name"],
-        "max_rank": max_rank, "n_items": result["n_items"]})
+        "max_rank": max_rank, "n_items": result["n_items"]}, counts)
     return result
 
 
@@ -547,13 +547,12 @@ def metrics_by_length(examples: EvalExamples, ranks, edges: Sequence[int], ks: I
     return out
 
 
-def metrics_by_popularity(examples: EvalExamples, ranks, train, n_items: int, edges: Sequence[int],
-                          ks: Iterable[int]) -> list[dict]:
-    """The metrics of the users whose target's count in ``train`` (the split's training sequences: what the model
-    learnt each item from) falls in each bucket (``edges`` as :func:`length_buckets` with ``start=0``: ``0..e1``,
-    ...). One ``{"counts": [low, high or None], "users", "items", "metrics" or None}`` per bucket, ``items`` the
-    distinct targets in it."""
-    counts = item_counts(train, n_items)[np.asarray(examples.targets, dtype=np.int64)]
+def metrics_by_popularity(examples: EvalExamples, ranks, counts, edges: Sequence[int], ks: Iterable[int]) -> list[dict]:
+    """The metrics of the users whose target's training count (``counts [n_items]``: :func:`~zoo.data.item_counts`
+    of the split's training sequences, what the model learnt each item from) falls in each bucket (``edges`` as
+    :func:`length_buckets` with ``start=0``: ``0..e1``, ...). One ``{"counts": [low, high or None], "users", "items",
+    "metrics" or None}`` per bucket, ``items`` the distinct targets in it."""
+    counts = np.asarray(counts)[np.asarray(examples.targets, dtype=np.int64)]
     targets = np.asarray(examples.targets)
     ranks = torch.as_tensor(ranks)
     out = []
@@ -580,24 +579,25 @@ def _add_by_length(result: dict, examples, ranks, args) -> None:
     _print_buckets("history length", result["by_length"], "lengths", args.ks)
 
 
-def _add_by_popularity(result: dict, examples, ranks, args, train, n_items: int) -> None:
+def _add_by_popularity(result: dict, examples, ranks, args, counts) -> None:
     """``--by-popularity E1 E2 ...``: ``result["by_popularity"]`` (:func:`metrics_by_popularity`), printed."""
     if not args.by_popularity:
         return
-    result["by_popularity"] = metrics_by_popularity(examples, ranks, train, n_items, args.by_popularity, args.ks)
+    result["by_popularity"] = metrics_by_popularity(examples, ranks, counts, args.by_popularity, args.ks)
     _print_buckets("target count", result["by_popularity"], "counts", args.ks)
 
 
 RANKS_HEADER = "# zoo.evaluate ranks "
-#: the columns of a ranks file (files written before 2026-12-05 lack ``history``)
-RANKS_COLUMNS = ["user", "target", "rank", "history"]
+#: the columns of a ranks file (earlier files lack ``target_count``, those written before 2026-12-05 ``history`` too)
+RANKS_COLUMNS = ["user", "target", "rank", "history", "target_count"]
 
 
-def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict) -> None:
+def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict, counts) -> None:
     """``--ranks-out``: a ``# zoo.evaluate ranks {json}`` line (what was evaluated; ``max_rank`` K when ranks above
-    K are censored, i.e. a top-K-only graph's misses written as K + 1), then ``user,target,rank,history`` per example,
-    target in the data's own item ids, ``history`` the length of the user's whole history (``zoo.compare
-    --by-length``). Written beside ``path`` and moved there once complete."""
+    K are censored, i.e. a top-K-only graph's misses written as K + 1), then ``user,target,rank,history,target_count``
+    per example, target in the data's own item ids, ``history`` the length of the user's whole history (``zoo.compare
+    --by-length``), ``target_count`` the target's count in the training sequences (``counts``, by internal index;
+    ``zoo.compare --by-popularity``). Written beside ``path`` and moved there once complete."""
     if not path:
         return
     import csv
@@ -608,7 +608,8 @@ def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict) -> None:
             w = csv.writer(f)
             w.writerow(RANKS_COLUMNS)
             w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
-                            [len(h) for h in examples.histories], strict=True))
+                            [len(h) for h in examples.histories],
+                            counts[np.asarray(examples.targets, dtype=np.int64)].tolist(), strict=True))
     except OSError as e:
         raise SystemExit(f"error: {cannot('--ranks-out', path, e)}") from None
     print(f"wrote {os.path.abspath(path)}")
@@ -689,8 +690,8 @@ def _main_onnx(args, t0: float) -> dict:
           + (" (history excluded by the graph)" if excluded else ""))
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
-    return _report(result, examples, ranks, ds.vocab, args, os.path.abspath(args.onnx),
-                   max_rank=None if has_scores else int(spec["topk"]), train=split.train)
+    return _report(result, examples, ranks, ds.vocab, args, os.path.abspath(args.onnx), split.train,
+                   max_rank=None if has_scores else int(spec["topk"]))
 
 
 if __name__ == "__main__":

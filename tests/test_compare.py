@@ -346,12 +346,10 @@ def test_compare_uses_the_seed_and_confidence_it_is_given(tmp_path, capsys):
     assert half["metrics"]["HR@10"]["ci_high"] - half["metrics"]["HR@10"]["ci_low"] < wide["ci_high"] - wide["ci_low"]
 
 
-def test_compare_by_target_popularity(tmp_path, capsys):
-    """--by-popularity pairs the users of each bucket of their target's training count (the ranks files'
-    target_count column, the count in the leave-one-out training sequences); a file without the column (written
-    before it existed) or with other counts is refused, naming why."""
+def _two_ranks_files(tmp_path):
+    """Two random LRURec models evaluated on the toy data with ``--ranks-out`` into ``a.csv`` and ``b.csv``: ``(data,
+    targets, ranks of a, ranks of b, a's optional columns)``."""
     from zoo.compare import _read
-    from zoo.data import item_counts, leave_one_out, load_dataset
 
     items, data = _toy(tmp_path)
     for name, seed in (("a", 0), ("b", 1)):
@@ -359,7 +357,16 @@ def test_compare_by_target_popularity(tmp_path, capsys):
         evaluate_main(["--model", str(tmp_path / name), "--data", data, "--kcore", "none", "--no-progress", "--ks",
                        "5", "--ranks-out", str(tmp_path / f"{name}.csv")])
     _, _, targets, ranks_a, cols = _read(tmp_path / "a.csv")
-    ranks_b = _read(tmp_path / "b.csv")[3]
+    return data, targets, ranks_a, _read(tmp_path / "b.csv")[3], cols
+
+
+def test_compare_by_target_popularity(tmp_path, capsys):
+    """--by-popularity pairs the users of each bucket of their target's training count (the ranks files'
+    target_count column, the count in the leave-one-out training sequences); a file without the column (written
+    before it existed) or with other counts is refused, naming why."""
+    from zoo.data import item_counts, leave_one_out, load_dataset
+
+    data, targets, ranks_a, ranks_b, cols = _two_ranks_files(tmp_path)
     ds = load_dataset(data, kcore=None)
     split = leave_one_out(ds)
     want_counts = item_counts(split.train, ds.vocab.n_items)[np.asarray(split.test.targets)]
@@ -397,16 +404,8 @@ def test_compare_by_history_length(tmp_path, capsys):
     """--by-length pairs the users of each history-length bucket (the ranks files' history column, each user's whole
     history): every bucket's numbers are the paired bootstrap of its users alone; files without the column (written
     before it existed) or with other history lengths are refused, naming why."""
-    from zoo.compare import _read
-
-    items, data = _toy(tmp_path)
-    for name, seed in (("a", 0), ("b", 1)):
-        _lru(items, seed, tmp_path / name)
-        evaluate_main(["--model", str(tmp_path / name), "--data", data, "--kcore", "none", "--no-progress", "--ks",
-                       "5", "--ranks-out", str(tmp_path / f"{name}.csv")])
-    _, _, _, ranks_a, cols = _read(tmp_path / "a.csv")
+    data, _, ranks_a, ranks_b, cols = _two_ranks_files(tmp_path)
     history = cols["history"]
-    ranks_b = _read(tmp_path / "b.csv")[3]
     from zoo.data import leave_one_out, load_dataset
 
     ds = load_dataset(data, kcore=None)

@@ -295,9 +295,8 @@ class ExplicitStateRecommender(_Base):
     (``state_fingerprint``: :func:`export.onnx.state_fingerprint`); every stored state gets it as one more entry
     (``FINGERPRINT_KEY``, a string array), and a stored state with another fingerprint, or none, is refused with
     :class:`StaleStateError` before anything is sent. Replay that user's history (:meth:`prime`: one request), or
-    pass ``on_stale="restart"`` to start such users from the initial state (their earlier history is then
-    ignored). Repositories written before the fingerprint existed have none, and
-    their states are not checked.
+    pass ``on_stale="restart"`` to start such users from the initial state (their earlier history is then ignored).
+    Repositories written before the fingerprint existed have none, and their states are not checked.
     """
 
     _NP = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32}

@@ -427,8 +427,8 @@ def test_compare_by_history_length(tmp_path, capsys):
                                                 + [",".join(r.split(",")[:3]) for r in rows[2:]]) + "\n")
     assert compare_main([str(tmp_path / "a.csv"), str(tmp_path / "old.csv"), "--ks", "5", "--bootstrap", "100"])
     first = rows[2].split(",")
-    (tmp_path / "longer.csv").write_text("\n".join(rows[:2] + [",".join(first[:3] + [str(int(first[3]) + 1)] + first[4:])]
-                                                   + rows[3:]) + "\n")
+    longer = ",".join(first[:3] + [str(int(first[3]) + 1)] + first[4:])          # one more history item
+    (tmp_path / "longer.csv").write_text("\n".join(rows[:2] + [longer] + rows[3:]) + "\n")
     for other, message in (("old", "--by-length: B has no history column (a ranks file from before 2026-12-05)"),
                            ("longer", f"--by-length: user {first[0]} has a history of {first[3]} items in A")):
         with pytest.raises(SystemExit):

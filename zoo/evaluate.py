@@ -547,7 +547,8 @@ def metrics_by_length(examples: EvalExamples, ranks, edges: Sequence[int], ks: I
     return out
 
 
-def metrics_by_popularity(examples: EvalExamples, ranks, counts, edges: Sequence[int], ks: Iterable[int]) -> list[dict]:
+def metrics_by_popularity(examples: EvalExamples, ranks, counts, edges: Sequence[int],
+                          ks: Iterable[int]) -> list[dict]:
     """The metrics of the users whose target's training count (``counts [n_items]``: :func:`~zoo.data.item_counts`
     of the split's training sequences, what the model learnt each item from) falls in each bucket (``edges`` as
     :func:`length_buckets` with ``start=0``: ``0..e1``, ...). One ``{"counts": [low, high or None], "users", "items",

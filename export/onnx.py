@@ -552,10 +552,12 @@ def _scan_nodes(model_type: str):
 
 
 # ======================================================================================== graph wrappers (torch)
-def _pad_mask(n_items: int) -> torch.Tensor:
-    """``[n_items]`` additive mask: -inf at the padding id 0, 0 elsewhere (an initializer in the graph)."""
+def _pad_mask(n_items: int, excluded: Sequence[int] = ()) -> torch.Tensor:
+    """``[n_items]`` additive mask: -inf at the padding id 0 and at the ``excluded`` items (``--exclude-items``), 0
+    elsewhere (an initializer in the graph)."""
     pad = torch.zeros(n_items)
     pad[0] = float("-inf")
+    pad[list(excluded)] = float("-inf")
     return pad
 
 
@@ -579,7 +581,7 @@ def _mark_seen(seen: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
 class StepGraph(torch.nn.Module):
     """``(item_ids [B, T], [timestamps], *state) -> (topk_ids, topk_scores, scores, *new_state)`` via ``model._step``."""
 
-    def __init__(self, model, k: int, states=None, exclude_seen: bool = False):
+    def __init__(self, model, k: int, states=None, exclude_seen: bool = False, excluded: Sequence[int] = ()):
         super().__init__()
         self.model = model
         self.k = k
@@ -590,7 +592,7 @@ class StepGraph(torch.nn.Module):
         #: each new state keeps its declared dtype (float64 ``last_ts`` must not be rounded to float32)
         self.state_dtypes = [s.dtype for s in states] + ([torch.float32] if exclude_seen else [])
         self.uses_timestamps = bool(model.uses_timestamps)
-        self.register_buffer("pad", _pad_mask(model.config.n_items), persistent=False)
+        self.register_buffer("pad", _pad_mask(model.config.n_items, excluded), persistent=False)
 
     def _split(self, item_ids, rest):
         """``(model state dict, new seen state or None)`` from the state inputs."""
@@ -621,8 +623,8 @@ class GapsStepGraph(StepGraph):
     ``model._step_from_gaps`` (the same time features and layers as ``model._step``; the float64 differencing of the
     timestamps and ``last_ts`` are the caller's), so every graph tensor is float32 or int64."""
 
-    def __init__(self, model, k: int, exclude_seen: bool = False):
-        super().__init__(model, k, split_time_states(model, "gaps")[0], exclude_seen)
+    def __init__(self, model, k: int, exclude_seen: bool = False, excluded: Sequence[int] = ()):
+        super().__init__(model, k, split_time_states(model, "gaps")[0], exclude_seen, excluded)
 
     def forward(self, item_ids, time_gaps, *rest):
         state, seen = self._split(item_ids, rest)
@@ -633,13 +635,13 @@ class GapsStepGraph(StepGraph):
 class WindowGraph(torch.nn.Module):
     """``(item_ids [B, L] padded with 0, [timestamps]) -> (topk_ids, topk_scores, scores)`` via ``model.encode``."""
 
-    def __init__(self, model, k: int, exclude_seen: bool = False):
+    def __init__(self, model, k: int, exclude_seen: bool = False, excluded: Sequence[int] = ()):
         super().__init__()
         self.model = model
         self.k = k
         self.exclude_seen = bool(exclude_seen)
         self.uses_timestamps = bool(model.uses_timestamps)
-        self.register_buffer("pad", _pad_mask(model.config.n_items), persistent=False)
+        self.register_buffer("pad", _pad_mask(model.config.n_items, excluded), persistent=False)
 
     def forward(self, item_ids, *rest):
         ts = rest[0].double() if self.uses_timestamps else None
@@ -983,11 +985,16 @@ def graph_sizes(model) -> tuple[int, int]:
 
 
 def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: str = "fp32",
-                time_input: str | None = None, exclude_seen: bool = False) -> tuple[onnx.ModelProto, dict]:
+                time_input: str | None = None, exclude_seen: bool = False,
+                exclude_items: Sequence[int] = ()) -> tuple[onnx.ModelProto, dict]:
     """Trace ``model`` into an ONNX ModelProto (not written) and its I/O spec; ``precision="fp16"`` then converts it
     with :func:`convert_to_fp16` (graph I/O, states, scan nodes and the score tail stay fp32). ``time_input``: see
     :data:`TIME_INPUTS` (time-aware models only; default "timestamps"). ``exclude_seen``: rank the history's items last
-    (see :data:`export.runtime.SEEN_SCORE`)."""
+    (see :data:`export.runtime.SEEN_SCORE`). ``exclude_items``: internal indices never recommended (their scores are
+    ``-inf`` like the padding's, in the graph's constant mask; ``spec["excluded_items"]`` lists them)."""
+    excluded = sorted({int(i) for i in exclude_items})
+    if excluded and not 1 <= excluded[0] <= excluded[-1] < model.config.n_items:
+        raise ExportError(f"exclude_items holds item indices outside 1..{model.config.n_items - 1}")
     if precision not in PRECISION_DOC:
         raise ExportError(f"precision must be one of {', '.join(PRECISION_DOC)}, got {precision!r}")
     mt = model.config.model_type
@@ -1000,22 +1007,25 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
         if mt not in STEP_MODEL_TYPES:
             raise ExportError(f"no step exporter for model type {mt!r} (known: {', '.join(STEP_MODEL_TYPES)}); "
                               "use --kind window")
-        module = (GapsStepGraph(model, k, exclude_seen=exclude_seen) if time_input == "gaps"
-                  else StepGraph(model, k, exclude_seen=exclude_seen))
+        module = (GapsStepGraph(model, k, exclude_seen=exclude_seen, excluded=excluded) if time_input == "gaps"
+                  else StepGraph(model, k, exclude_seen=exclude_seen, excluded=excluded))
     elif kind == "window":
         if mt in SCAN_STEP_MODEL_TYPES:
             raise ExportError(f"{mt} exports as a step graph (--kind step): its parallel training-time scan traces to "
                               "one fixed length, and the step graph serves any history length")
-        module = WindowGraph(model, k, exclude_seen=exclude_seen)
+        module = WindowGraph(model, k, exclude_seen=exclude_seen, excluded=excluded)
     weights, traced_size = graph_sizes(model)
     if precision == "fp16" and time_input not in (None, "gaps"):
         raise ExportError(f"--fp16 is not supported for time-aware models ({mt}) with float64 timestamps: their time "
                           "features start from raw second differences, far beyond float16's range (65504); export "
                           "them in fp32" + (", or as a step graph with --time-input gaps (float32 gaps, time "
                                             "features in fp32)" if gaps_form_available(model) else ""))
-    if not 1 <= k <= model.config.n_items - 1:
-        raise ExportError(f"topk must be in 1..{model.config.n_items - 1}, got {k}")
+    if not 1 <= k <= model.config.n_items - 1 - len(excluded):
+        raise ExportError(f"topk must be in 1..{model.config.n_items - 1 - len(excluded)} (the items left to "
+                          f"recommend{f' after {len(excluded)} excluded' if excluded else ''}), got {k}")
     spec = build_spec(model, kind, k, with_scores, precision, time_input, exclude_seen)
+    if excluded:
+        spec["excluded_items"] = excluded
     length = 3 if kind == "step" else min(5, model.config.max_seq_length)
     args, in_names, dyn = _example_inputs(model, kind, length=length, time_input=time_input,
                                           exclude_seen=exclude_seen and kind == "step")
@@ -1286,7 +1296,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
                  with_scores: bool = False, verify: bool = True, real_histories: Sequence[Sequence[int]] | None = None,
                  real_timestamps: Sequence[Sequence[float]] | None = None,
                  verify_kwargs: dict | None = None, progress=None, precision: str = "fp32",
-                 time_input: str | None = None, exclude_seen: bool = False) -> ExportResult:
+                 time_input: str | None = None, exclude_seen: bool = False,
+                 exclude_items: Sequence[int] = ()) -> ExportResult:
     """Export ``model`` to ``out_dir/model.onnx`` + ``out_dir/state_spec.json`` and verify it against PyTorch.
 
     Args:
@@ -1305,6 +1316,9 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         exclude_seen: never rank an item of the history above an unseen one: step graphs get a ``seen [B, n_items]``
             state (1 = fed before) and window graphs mask their input window; such items score
             :data:`export.runtime.SEEN_SCORE` (the LRURec protocol's history masking, inside the graph).
+        exclude_items: internal item indices never recommended (retired, unavailable): ``-inf`` in the graph's
+            constant mask, like the padding; the spec lists them (``excluded_items``) and ``topk`` must fit the items
+            left. A changed list needs a new export (the state fingerprint does not change: states stay valid).
     """
     say = progress or (lambda msg: None)
     kind = kind or ("step" if getattr(model, "has_exact_step", False) else "window")
@@ -1315,7 +1329,7 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     ti = resolve_time_input(model, kind, time_input)
     say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}, {precision}"
         + (f", time input: {ti}" if ti else "") + (", history excluded" if exclude_seen else "") + ") ...")
-    mp, spec = trace_graph(model, kind, topk, with_scores, precision, ti, exclude_seen)
+    mp, spec = trace_graph(model, kind, topk, with_scores, precision, ti, exclude_seen, exclude_items)
     if spec["kind"] == "step":              # tags the states an explicit-state store keeps
         spec[STATE_FINGERPRINT] = state_fingerprint(model, spec)
     n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN)
@@ -1472,7 +1486,8 @@ def load_real_histories(path: str, model, max_users: int = 512, with_timestamps:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zoo.cli import add_columns_option, check_outputs, positive_int
+    from zoo.cli import add_columns_option, cannot, check_outputs, error_text, positive_int
+    from zoo.recommend import read_id_list
 
     p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
@@ -1489,6 +1504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--exclude-seen", action="store_true",
                    help="rank the items of the history last (step graphs: a 'seen' state [B, n_items]; window graphs: "
                         "the input window), as the LRURec protocol's history masking")
+    p.add_argument("--exclude-items", metavar="FILE", default=None,
+                   help="item ids never to recommend (retired, unavailable), one per line (# comments): they score "
+                        "-inf in the graph, like the padding; each must be in the model's vocabulary")
     p.add_argument("--data", default=None, help="interaction file for the 'real histories' verification cases")
     add_columns_option(p)
     p.add_argument("--card-dir", default=None,
@@ -1528,6 +1546,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         p.error(f"--model {args.model}: {e}")
     kind = args.kind or ("step" if model.has_exact_step else "window")
+    excluded = ()
+    if args.exclude_items:
+        try:
+            excluded = model.encode_item_set(read_id_list(args.exclude_items, model), "--exclude-items")
+        except (OSError, UnicodeDecodeError) as e:
+            p.error(cannot("--exclude-items", args.exclude_items, e, "read"))
+        except (KeyError, ValueError, TypeError) as e:
+            p.error(error_text(e))
     out = args.out
     rel = None
     if args.card_dir:
@@ -1553,7 +1579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            verify=not args.no_verify, real_histories=real, real_timestamps=real_ts,
                            verify_kwargs=vk, progress=say,
                            precision="fp16" if args.fp16 else "fp32", time_input=args.time_input,
-                           exclude_seen=args.exclude_seen)
+                           exclude_seen=args.exclude_seen, exclude_items=excluded)
     except VerificationError as e:
         say(f"ERROR: {e}")
         if e.report is not None:

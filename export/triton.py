@@ -501,6 +501,10 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                    f"It costs {4 * int(spec['n_items']):,} bytes per live sequence.") if not window else
                   "History excluded (`--exclude-seen`): the items of the request's window are never ranked above an "
                   "unseen item.", ""]
+    if spec.get("excluded_items"):
+        lines += [f"Excluded items (`export.onnx --exclude-items`): {len(spec['excluded_items']):,} items are never "
+                  "recommended (their scores are -inf in the graph, like the padding's; `excluded_items` in "
+                  "`state_spec.json` lists their indices). A new list needs a new export.", ""]
     if uses_ts:
         lines += ["Time-aware model: every request carries `timestamps` (one per item, Unix seconds) as **float64** "
                   "(`TYPE_FP64`; float32 cannot hold epoch seconds), non-decreasing, never before the sequence's "

@@ -201,18 +201,20 @@ def scores_session(graph_path: str, threads: int = 1):
 
 def _errs(ort_scores: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     """Max abs / rel error over the real items (column 0, padding, is -inf in the graph and excluded). Items the
-    reference excludes as seen (:data:`SEEN_SCORE`) must hold exactly that score in the graph and are left out of the
-    error and of the score scale; a graph that masks another set of items gets an infinite error."""
+    reference excludes as seen (:data:`SEEN_SCORE`) must hold exactly that score in the graph, and items it masks to
+    ``-inf`` (``--exclude-items``) must be ``-inf`` in the graph; both are left out of the error and of the score
+    scale. A graph that masks another set of items, or holds any other non-finite score, gets an infinite error."""
     a, b = ort_scores[..., 1:].astype(np.float64), ref[..., 1:].astype(np.float64)
-    if not np.all(np.isfinite(a)):
+    gone_ref, gone_ort = np.isneginf(b), np.isneginf(a)
+    if np.any(gone_ref != gone_ort) or not np.all(np.isfinite(a[~gone_ort])):
         return float("inf"), float("inf")
     seen_ref, seen_ort = b == SEEN_SCORE, a == SEEN_SCORE
     if np.any(seen_ref != seen_ort):
         return float("inf"), float("inf")
-    live = ~seen_ref
+    live = ~seen_ref & ~gone_ref
     if not live.any():
         return 0.0, 0.0
-    d = np.abs(a - b)[live]
+    d = np.abs(a[live] - b[live])
     scale = max(float(np.abs(b[live]).max()), 1e-12)
     return float(d.max()), float(d.max() / scale)
 
@@ -223,6 +225,15 @@ def _exclude(ref: np.ndarray, seen: np.ndarray) -> np.ndarray:
     seen = seen.copy()
     seen[:, 0] = False
     return np.where(seen, np.float32(SEEN_SCORE), ref.astype(np.float32))
+
+
+def _mask_excluded(ref: np.ndarray, spec: dict) -> np.ndarray:
+    """The reference scores ``[B, n_items]`` with the graph's ``excluded_items`` (``--exclude-items``) at ``-inf``."""
+    excluded = spec.get("excluded_items") or []
+    if excluded:
+        ref = ref.astype(np.float32, copy=True)
+        ref[:, excluded] = -np.inf
+    return ref
 
 
 def _topk_ref(ref: np.ndarray, k: int) -> np.ndarray:
@@ -326,7 +337,7 @@ class _StepPair:
         if self.exclude_seen:
             np.put_along_axis(self.t_seen, ids.astype(np.int64), True, axis=1)
             ref = _exclude(ref, self.t_seen)
-        return res, ref
+        return res, _mask_excluded(ref, self.spec)
 
     def state_err(self) -> float:
         """Max abs difference over every state tensor, compared in float64 (a float64 state such as ``last_ts``
@@ -481,6 +492,7 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
                 seen = np.zeros(ref.shape, dtype=bool)
                 np.put_along_axis(seen, ids.numpy(), True, axis=1)
                 ref = _exclude(ref, seen)
+            ref = _mask_excluded(ref, spec)
             res = dict(zip(out_names, run(out_names, feeds), strict=True))
             acc.add(res, ref, k, f"rows {s}..{s + len(chunk) - 1}, width {ids.shape[1]}")
             n += len(chunk)

@@ -516,6 +516,58 @@ def test_step_graphs_carry_the_fingerprint_of_what_their_state_means(tmp_path):
     assert "state_fingerprint" not in window
 
 
+@pytest.mark.parametrize("name", ["gru4rec", "sasrec"])
+def test_excluded_items_are_never_recommended_by_the_graph(name, tmp_path):
+    """``exclude_items`` (``--exclude-items``): the graph scores those items -inf like the padding, every other score
+    is the unmasked graph's, no top-k ever holds one, and the states (and their fingerprint) are unchanged. The
+    verifier holds the graph to the spec's list: a graph masking other items than its spec lists fails it."""
+    model = make_model(name)
+    excluded = [1, 5, 7, N_ITEMS - 1]
+    vk = dict(topk_cases=300) if name == "sasrec" else dict(prime_len=20, n_steps=20, topk_cases=300)
+    masked = E.export_model(model, tmp_path / "masked", topk=10, with_scores=True, exclude_items=excluded,
+                            verify_kwargs=vk)
+    plain = E.export_model(model, tmp_path / "plain", topk=10, with_scores=True, verify=False)
+    assert masked.report.ok and masked.spec["excluded_items"] == excluded and "excluded_items" not in plain.spec
+    assert masked.spec.get("state_fingerprint") == plain.spec.get("state_fingerprint")
+    rng = np.random.default_rng(0)
+    hists = rng.integers(1, N_ITEMS, size=(64, 12)).tolist()
+    if masked.kind == "step":
+        a, b = (OnnxStepSession(tmp_path / d).prime(hists) for d in ("masked", "plain"))
+    else:
+        a, b = (OnnxWindowSession(tmp_path / d).recommend(hists) for d in ("masked", "plain"))
+    assert not np.isin(a.topk_ids, excluded).any() and np.isin(b.topk_ids, excluded).any()
+    assert np.isneginf(a.scores[:, excluded]).all()
+    live = np.setdiff1d(np.arange(1, N_ITEMS), excluded)
+    np.testing.assert_array_equal(a.scores[:, live], b.scores[:, live])
+    forgot = {k: v for k, v in masked.spec.items() if k != "excluded_items"}      # negative controls
+    assert not V.verify_export(model, masked.graph_path, forgot, **vk).ok
+    assert not V.verify_export(model, plain.graph_path, {**plain.spec, "excluded_items": excluded}, **vk).ok
+    with pytest.raises(E.ExportError, match=r"topk must be in 1..55 \(the items left to recommend after 4 excluded"):
+        E.export_model(model, tmp_path / "k", topk=56, exclude_items=excluded, verify=False)
+    with pytest.raises(E.ExportError, match="outside 1..59"):
+        E.export_model(model, tmp_path / "k", exclude_items=[0, 3], verify=False)
+
+
+def test_exclude_items_on_the_command_line(saved_model, tmp_path, capsys):
+    """``python -m export.onnx --exclude-items FILE``: ids one per line (# comments), read through the model's
+    vocabulary; an unknown id is a usage error naming it, before any export."""
+    from zoo.vocab import ItemVocab
+
+    model = make_model("gru4rec")
+    model.set_item_vocab(ItemVocab([1000 + i for i in range(1, N_ITEMS)]))
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "retired.txt").write_text("# retired\n1003\n\n1010\n")
+    assert E.main(["--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--exclude-items",
+                   str(tmp_path / "retired.txt"), *FAST]) == 0
+    assert json.loads((tmp_path / "o" / "state_spec.json").read_text())["excluded_items"] == [3, 10]
+    (tmp_path / "bad.txt").write_text("1003\n77\n")
+    with pytest.raises(SystemExit) as e:
+        E.main(["--model", str(tmp_path / "m"), "--out", str(tmp_path / "o2"), "--exclude-items",
+                str(tmp_path / "bad.txt"), *FAST])
+    assert e.value.code == 2 and "--exclude-items: unknown item id 77" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+
+
 def test_item_vocab_travels_with_the_graph(tmp_path):
     from zoo.vocab import ItemVocab
 

@@ -64,14 +64,19 @@ def _json_value(x):
     return x.item() if isinstance(x, np.generic) else x
 
 
+def read_id_list(path: str | os.PathLike, model) -> list:
+    """Item ids from a text file, one per line (blank lines and ``#`` comments skipped), read as command-line history
+    ids are for ``model`` (:func:`_history_id`): ``--exclude-items-file`` here, ``export.onnx --exclude-items``."""
+    with open(path, encoding="utf-8") as f:
+        return [_history_id(line.strip(), model) for line in f if line.strip() and not line.lstrip().startswith("#")]
+
+
 def _excluded_items(args, model) -> list:
     """The ids of ``--exclude-items`` and ``--exclude-items-file`` (read as history ids are); with ``--unknown-items
     drop`` the ids the model does not know are left out (they cannot be recommended anyway), else they are refused."""
     ids = [_history_id(x, model) for x in args.exclude_items]
     if args.exclude_items_file:
-        with open(args.exclude_items_file, encoding="utf-8") as f:
-            ids += [_history_id(line.strip(), model) for line in f
-                    if line.strip() and not line.lstrip().startswith("#")]
+        ids += read_id_list(args.exclude_items_file, model)
     if args.unknown_items == "drop" and model.item_vocab is not None:
         ids = [x for x in ids if x in model.item_vocab]
     model.encode_item_set(ids, "--exclude-items")                # refuses an unknown id, naming it

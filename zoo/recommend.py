@@ -96,7 +96,8 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
     nobody. The lines go to a temporary file beside ``out`` that replaces it once complete, so an interrupted run
     leaves an existing ``out`` as it was.
 
-    Returns a summary: ``users`` written, ``dropped_users``, ``vocab`` note, ``seconds``, ``out``.
+    Returns a summary: ``users`` written, ``dropped_users``, ``vocab`` note, ``excluded_items`` (how many),
+    ``seconds``, ``out``.
     """
     from tqdm.auto import tqdm
 
@@ -166,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="batch mode: recommend for every user of --data, one JSON line each, into --out")
     p.add_argument("--out", help="JSON Lines file for --all-users")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
-                   help="history items the model does not know: refuse (default) or leave them out")
+                   help="history (and --exclude-items) ids the model does not know: refuse (default) or leave them "
+                        "out")
     p.add_argument("--kcore", type=kcore_arg, default=None,
                    help="k-core filter of --data before picking users (default none: every user of the file)")
     p.add_argument("--time-ties", choices=TIME_TIES, default="file",

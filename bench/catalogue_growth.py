@@ -25,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -90,12 +91,13 @@ def run_all(jobs: list[tuple[str, list[str]]], work: str, parallel: int, rerun: 
             log.close()
 
 
-def ranks_of(work: str, name: str, data: str) -> tuple[list, np.ndarray]:
-    """``(targets, ranks)`` of a whole-file model on the test split (``zoo.evaluate --ranks-out``, written once)."""
+def ranks_of(work: str, name: str, data: str, rerun: bool = False) -> tuple[list, np.ndarray]:
+    """``(targets, ranks)`` of a whole-file model on the test split (``zoo.evaluate --ranks-out``, written once, and
+    again with ``rerun``: the model was trained again)."""
     from zoo.compare import read_ranks
 
     path = os.path.join(work, name + ".ranks.csv")
-    if not os.path.exists(path):
+    if rerun or not os.path.exists(path):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
         subprocess.run([sys.executable, "-m", "zoo.evaluate", "--model", os.path.join(work, name), "--data", data,
                         "--ranks-out", path, "--json", path + ".json", "--no-progress"], check=True, env=env,
@@ -129,7 +131,7 @@ def main(argv=None) -> None:
     day = dt.datetime.fromtimestamp(args.before, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     old_file = os.path.join(args.work, "before.tsv")
     cut = write_before(args.data, args.before, old_file)
-    common = ["--model", args.model, *args.train_args.split()]
+    common = ["--model", args.model, *shlex.split(args.train_args)]
     whole = [*common, "--data", args.data]
     grow = ["--init-from", os.path.join(args.work, "old"), "--unknown-items", "add"]
     run_all([("old", [*common, "--data", old_file, "--kcore", args.old_kcore])], args.work, 1, args.rerun)
@@ -141,7 +143,7 @@ def main(argv=None) -> None:
 
     old_vocab = ItemVocab.load(os.path.join(args.work, "old"))
     logs = {n: json.load(open(os.path.join(args.work, n, "train_log.json"))) for n in ["old"] + [j[0] for j in jobs]}
-    ranks = {n: ranks_of(args.work, n, args.data) for n, _ in jobs}
+    ranks = {n: ranks_of(args.work, n, args.data, args.rerun) for n, _ in jobs}
     targets = ranks["fresh"][0]
     new = np.array([t not in old_vocab for t in targets])
     grown = logs["continued"]["init_items"]

@@ -368,9 +368,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     # -------------------------------------------------------------- inference
     @torch.no_grad()
     def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                timestamps: torch.Tensor | None = None, exclude_seen: bool = False) -> torch.Tensor:
-        """``[B, n_items]`` scores for the next item, padding (and with ``exclude_seen`` the items of ``input_ids``, the
-        window given) set to ``-inf``; :meth:`recommend` excludes whole histories, also items older than the window."""
+                timestamps: torch.Tensor | None = None, exclude_seen: bool = False,
+                exclude_items: Sequence[int] | None = None) -> torch.Tensor:
+        """``[B, n_items]`` scores for the next item, padding (with ``exclude_seen`` the items of ``input_ids``, the
+        window given, and the internal indices ``exclude_items``, never to be recommended) set to ``-inf``;
+        :meth:`recommend` excludes whole histories, also items older than the window."""
         was_training = self.training
         self.eval()
         try:
@@ -379,6 +381,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             self.train(was_training)
         scores = out.logits.float()             # the forward's own tensor (no copy: [B, n_items] is large at scale)
         scores[:, 0] = -float("inf")
+        if exclude_items:
+            scores[:, torch.as_tensor(list(exclude_items), device=scores.device)] = -float("inf")
         if exclude_seen:
             mask = attention_mask.bool() if attention_mask is not None else input_ids != 0
             seen = torch.where(mask, input_ids.long(), torch.zeros_like(input_ids.long()))
@@ -487,9 +491,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             else:
                 ids, mask = self.pad_batch(chunk)
                 ts = None
-            sc = self.predict(ids.to(device), mask.to(device), timestamps=ts)
-            if excluded:
-                sc[:, torch.tensor(excluded, device=sc.device)] = -float("inf")
+            sc = self.predict(ids.to(device), mask.to(device), timestamps=ts, exclude_items=excluded)
             if exclude_seen:                                   # the whole history, not only the window the model read
                 for r, h in enumerate(chunk):
                     sc[r, torch.tensor(h, device=sc.device)] = -float("inf")

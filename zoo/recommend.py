@@ -124,9 +124,8 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
             batch = model.pad_batch([q.tolist() for q in seqs],
                                     timestamps=None if ts is None else [t.tolist() for t in ts])
             ids, mask = batch[0].to(device), batch[1].to(device)               # [B, L], last L items of each
-            scores = model.predict(ids, mask, timestamps=batch[2].to(device) if ts is not None else None)
-            if excluded:                                                       # recommended to nobody
-                scores[:, torch.tensor(excluded, device=device)] = float("-inf")
+            scores = model.predict(ids, mask, timestamps=batch[2].to(device) if ts is not None else None,
+                                   exclude_items=excluded)                     # excluded: recommended to nobody
             if exclude_seen:                                                   # the whole history, not the window
                 for r, q in enumerate(seqs):
                     scores[r, torch.from_numpy(q).to(device)] = float("-inf")

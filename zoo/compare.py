@@ -36,8 +36,9 @@ def read_ranks(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray]:
     return _read(path)[:4]
 
 
-#: the per-user columns a ranks file may lack (written before they existed), with what a bucket of them is called
-BUCKET_COLUMNS = {"history": "history-length", "target_count": "--by-popularity"}
+#: the per-user columns after ``rank`` that a ranks file may lack (written before they existed), with what their
+#: buckets are called in a message
+BUCKET_COLUMNS = dict(zip(RANKS_COLUMNS[3:], ("history-length", "--by-popularity"), strict=True))
 
 
 def _read(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray, dict]:

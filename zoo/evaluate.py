@@ -498,7 +498,8 @@ def _report(result: dict, examples, ranks, vocab, args, source: str, train, max_
     Returns ``result``."""
     _add_intervals(result, ranks, args)
     print(format_table(result["metrics"], args.ks, intervals=result.get("intervals_95")))
-    counts = item_counts(train, len(vocab) + 1)
+    # the targets' training counts, for the by-popularity table and the ranks file's target_count column
+    counts = item_counts(train, len(vocab) + 1) if args.by_popularity or args.ranks_out else None
     _add_by_length(result, examples, ranks, args)
     _add_by_popularity(result, examples, ranks, args, counts)
     _write_json(result, args.json)

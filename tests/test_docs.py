@@ -294,7 +294,7 @@ def test_console_scripts_exit_0_after_a_successful_run(monkeypatch, capsys):
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert set(scripts) == {"zoo-recommend", "zoo-train", "zoo-evaluate"}
+    assert set(scripts) == {"zoo-recommend", "zoo-train", "zoo-evaluate", "zoo-embed"}
     for name, target in scripts.items():
         module, attr = target.split(":")
         entry = getattr(importlib.import_module(module), attr)

@@ -3,7 +3,7 @@
 Importing :mod:`zoo` registers every model with ``transformers.AutoConfig`` / ``AutoModel``.
 """
 
-from .modeling_utils import Recommendations, SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel, StateTensorSpec
+from .modeling_utils import ItemVectors, Recommendations, SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel, StateTensorSpec
 from .models import MODELS, get_model_class
 from .vocab import ItemVocab, UnknownItemError
 
@@ -21,5 +21,5 @@ def _seed_cache() -> None:
 
 _seed_cache()
 
-__all__ = ["ItemVocab", "UnknownItemError", "Recommendations", "SeqRecConfig", "SeqRecOutput",
+__all__ = ["ItemVocab", "UnknownItemError", "ItemVectors", "Recommendations", "SeqRecConfig", "SeqRecOutput",
            "SeqRecPreTrainedModel", "StateTensorSpec", "MODELS", "get_model_class", "__version__"]

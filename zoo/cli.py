@@ -207,3 +207,8 @@ def train_script() -> None:
 def evaluate_script() -> None:
     """``zoo-evaluate``: ``python -m zoo.evaluate``."""
     _run_main("evaluate")
+
+
+def embed_script() -> None:
+    """``zoo-embed``: ``python -m zoo.embed``."""
+    _run_main("embed")

@@ -70,6 +70,20 @@ class Recommendations:
     scores: torch.Tensor
 
 
+@dataclass
+class ItemVectors:
+    """Item vectors for retrieval (:meth:`SeqRecPreTrainedModel.item_vectors`).
+
+    Args:
+        ids: the ``n_items - 1`` external item ids, in row order.
+        vectors: ``[n_items - 1, vector_size]`` float32; a user's :meth:`~SeqRecPreTrainedModel.query_vectors` dotted
+            with them gives the model's scores of these items.
+    """
+
+    ids: list[Any]
+    vectors: torch.Tensor
+
+
 @dataclass(frozen=True)
 class StateTensorSpec:
     """One named recurrent-state tensor: shape (batch first), dtype, initial fill value and meaning."""
@@ -295,6 +309,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         return torch.full((attention_mask.shape[0],), attention_mask.shape[1] - 1, dtype=torch.long,
                           device=attention_mask.device)
 
+    def _at_last(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``hidden [B, L, D]`` -> ``[B, D]`` at each row's last real position (what the next item is scored from)."""
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), self.last_positions(mask)]
+
     # ---------------------------------------------------------------- forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, timestamps: torch.Tensor | None = None,
@@ -316,8 +334,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             raise ValueError("negatives are the sampled loss's: give them with labels (training), not for scoring")
         ids, mask, ts = self.check_inputs(input_ids, attention_mask, timestamps)
         hidden = self.encode(ids, mask, ts)                                   # [B, L, D]
-        rows = torch.arange(ids.shape[0], device=ids.device)
-        last = hidden[rows, self.last_positions(mask)]                         # [B, D]
+        last = self._at_last(hidden, mask)                                     # [B, D]
         sampled = labels is not None and negatives is not None
         logits = None if sampled else self.score(last)                         # [B, V]
         loss = None
@@ -455,22 +472,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             TypeError / ValueError / UnknownItemError naming the problem (a history that is not a sequence of ids,
             an unknown id, a bad ``k``/``batch_size``, timestamps missing or given to a model that reads none).
         """
-        if isinstance(histories, torch.Tensor):
-            raise TypeError("recommend() takes lists of external item ids; for index tensors use predict()")
-        _check_sequence(histories, "histories", "a sequence of histories (lists of item ids)")
-        if len(histories) == 0:
-            raise ValueError("no histories given")
+        idx = self._check_histories(histories, timestamps, "recommend", "predict")
         k = _as_count(k, "k", 1, self.config.n_items - 1)
         batch_size = _as_count(batch_size, "batch_size")
-        if timestamps is not None and not self.uses_timestamps:
-            raise ValueError(f"{type(self).__name__} does not use timestamps; call recommend() without timestamps")
-        if self.uses_timestamps and timestamps is None:
-            raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps=[[...], ...]")
-        if timestamps is not None:
-            _check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
-            if len(timestamps) != len(histories):
-                raise ValueError(f"got {len(timestamps)} timestamp lists for {len(histories)} histories")
-        idx = self.encode_histories(histories)
         excluded = self.encode_item_set(exclude_items) if exclude_items is not None else []
         if excluded or exclude_seen:
             for r, h in enumerate(idx):
@@ -481,17 +485,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                         [f"{len(excluded)} in exclude_items"] if excluded else [])
                     raise ValueError(f"k={k} is more than the {left} items left to recommend for history {r} "
                                      f"({self.config.n_items - 1} items, {', '.join(parts)})")
-        device = next(self.parameters()).device
         items, scores = [], []
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s:s + batch_size]
-            if self.uses_timestamps:
-                ids, mask, ts = self.pad_batch(chunk, timestamps=timestamps[s:s + batch_size])
-                ts = ts.to(device)
-            else:
-                ids, mask = self.pad_batch(chunk)
-                ts = None
-            sc = self.predict(ids.to(device), mask.to(device), timestamps=ts, exclude_items=excluded)
+        for chunk, ids, mask, ts in self._batches(idx, timestamps, batch_size):
+            sc = self.predict(ids, mask, timestamps=ts, exclude_items=excluded)
             if exclude_seen:                                   # the whole history, not only the window the model read
                 for r, h in enumerate(chunk):
                     sc[r, torch.tensor(h, device=sc.device)] = -float("inf")
@@ -499,6 +495,120 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             scores.append(top.values.cpu())
             items.extend(self.decode_items(row.tolist()) for row in top.indices.cpu())
         return Recommendations(items=items, scores=torch.cat(scores))
+
+    def _check_histories(self, histories: Any, timestamps: Any, caller: str, tensor_twin: str) -> list[list[int]]:
+        """Check :meth:`recommend`'s / :meth:`user_vectors`' ``histories`` (external ids) and ``timestamps`` (given
+        exactly when the model reads them, one list per history) -> internal indices."""
+        if isinstance(histories, torch.Tensor):
+            raise TypeError(f"{caller}() takes lists of external item ids; for index tensors use {tensor_twin}()")
+        _check_sequence(histories, "histories", "a sequence of histories (lists of item ids)")
+        if len(histories) == 0:
+            raise ValueError("no histories given")
+        if timestamps is not None and not self.uses_timestamps:
+            raise ValueError(f"{type(self).__name__} does not use timestamps; call {caller}() without timestamps")
+        if self.uses_timestamps and timestamps is None:
+            raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps=[[...], ...]")
+        if timestamps is not None:
+            _check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
+            if len(timestamps) != len(histories):
+                raise ValueError(f"got {len(timestamps)} timestamp lists for {len(histories)} histories")
+        return self.encode_histories(histories)
+
+    def _batches(self, idx: list[list[int]], timestamps: Sequence[Sequence[float]] | None, batch_size: int):
+        """Yield ``(histories, input_ids [b, L], attention_mask [b, L], timestamps [b, L] | None)`` per
+        ``batch_size`` histories (internal indices), padded by :meth:`pad_batch` and on the model's device."""
+        device = next(self.parameters()).device
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            if self.uses_timestamps:
+                ids, mask, ts = self.pad_batch(chunk, timestamps=timestamps[s:s + batch_size])
+                yield chunk, ids.to(device), mask.to(device), ts.to(device)
+            else:
+                ids, mask = self.pad_batch(chunk)
+                yield chunk, ids.to(device), mask.to(device), None
+
+    # ------------------------------------------------- vectors for retrieval
+    @property
+    def vector_size(self) -> int:
+        """Width of :meth:`query_vectors` / :meth:`item_vectors`: ``D``, plus one column for the item bias of the
+        models whose output layer has one (LRURec, BERT4Rec)."""
+        weight, bias = self.item_output()
+        return int(weight.shape[1]) + (bias is not None)
+
+    @torch.no_grad()
+    def query_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, vector_size]`` float32 user (query) vectors of a padded batch of internal indices -- the hidden state
+        the next item is scored from, with a column of 1s appended when the output layer has an item bias -- so that
+        ``query_vectors(...) @ item_vectors().vectors.T`` is the forward's logits of items ``1 .. n_items - 1``
+        (maximum-inner-product search over :meth:`item_vectors` ranks exactly as :meth:`predict`)."""
+        was_training = self.training
+        self.eval()
+        try:
+            ids, mask, ts = self.check_inputs(input_ids, attention_mask, timestamps)
+            last = self._at_last(self.encode(ids, mask, ts), mask).float()         # [B, D]
+        finally:
+            self.train(was_training)
+        if self.item_output()[1] is not None:
+            last = torch.cat([last, last.new_ones(last.shape[0], 1)], 1)           # [B, D + 1]
+        return last
+
+    @torch.no_grad()
+    def user_vectors(self, histories: Sequence[Sequence[Any]], timestamps: Sequence[Sequence[float]] | None = None,
+                     batch_size: int = 512) -> torch.Tensor:
+        """``[B, vector_size]`` :meth:`query_vectors` of histories of external item ids (as :meth:`recommend` takes
+        them; the model reads the last ``max_seq_length`` items), on the CPU. Bad histories raise as in
+        :meth:`recommend`."""
+        idx = self._check_histories(histories, timestamps, "user_vectors", "query_vectors")
+        batch_size = _as_count(batch_size, "batch_size")
+        return torch.cat([self.query_vectors(ids, mask, timestamps=ts).cpu()
+                          for _, ids, mask, ts in self._batches(idx, timestamps, batch_size)])
+
+    @torch.no_grad()
+    def item_vectors(self) -> ItemVectors:
+        """Every real item's vector for retrieval, ``[n_items - 1, vector_size]`` float32 on the CPU (row ``r`` is
+        internal item ``r + 1``, whose external id is ``ids[r]``): its output-layer row, with its bias appended when
+        the output layer has one. See :meth:`query_vectors`."""
+        weight, bias = self.item_output()
+        vectors = weight[1:].detach().float().cpu()                                 # [V - 1, D]
+        if bias is not None:
+            vectors = torch.cat([vectors, bias[1:].detach().float().cpu()[:, None]], 1)
+        return ItemVectors(ids=self.decode_items(range(1, self.config.n_items)), vectors=vectors)
+
+    @torch.no_grad()
+    def similar_items(self, items: Sequence[Any], k: int = 10,
+                      exclude_items: Sequence[Any] | None = None) -> Recommendations:
+        """The ``k`` items nearest to each of ``items`` (external ids) by cosine similarity of their output-layer
+        rows (the item embeddings the model scores with, without the bias), best first; the item itself, and the
+        external ids in ``exclude_items``, never appear. Scores are cosines in ``[-1, 1]``.
+
+        This is what the item table learned: "items like this one", not "what comes next" (for that, the model on
+        the user's history; ``recommend([[item]])`` reads one item as a new user's first, which on ML-1M ranks the
+        next item worse than these neighbours do, ``bench/RESULTS_ITEM_SIMILARITY.md``).
+        Raises ``UnknownItemError`` for an id the model does not know, ``ValueError`` for a ``k`` larger than the
+        items left."""
+        _check_sequence(items, "items", "a sequence of item ids")
+        if len(items) == 0:
+            raise ValueError("no items given")
+        query = self._encode_ids(list(items), "items")
+        excluded = self.encode_item_set(exclude_items) if exclude_items is not None else []
+        most = self.config.n_items - 2 - len(excluded)           # the real items but the query and the excluded
+        if any(q in excluded for q in query):
+            most += 1
+        k = _as_count(k, "k", 1)
+        if k > most:
+            raise ValueError(f"k={k} is more than the {most} items left to return ({self.config.n_items - 1} items, "
+                             f"the query item{f' and {len(excluded)} in exclude_items' if excluded else ''} left out)")
+        weight = F.normalize(self.item_output()[0].detach().float(), dim=1)          # [V, D] unit rows
+        q = torch.as_tensor(query, device=weight.device)
+        sims = weight[q] @ weight.t()                                                # [Q, V] cosines
+        sims[:, 0] = -float("inf")
+        sims[torch.arange(len(query), device=weight.device), q] = -float("inf")
+        if excluded:
+            sims[:, torch.as_tensor(excluded, device=weight.device)] = -float("inf")
+        top = torch.topk(sims, k, dim=1)
+        return Recommendations(items=[self.decode_items(row.tolist()) for row in top.indices.cpu()],
+                               scores=top.values.cpu())
 
     # ------------------------------------------------------------- stepwise
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
@@ -873,5 +983,5 @@ def window_state(combined: torch.Tensor, total: torch.Tensor, max_len: int) -> S
     return {"window_ids": new_win, "window_len": new_len[:, None].clone()}
 
 
-__all__ = ["SeqRecConfig", "SeqRecPreTrainedModel", "SeqRecOutput", "Recommendations", "StateTensorSpec", "State",
-           "window_state_spec", "window_append", "window_state", "resolve_device"]
+__all__ = ["SeqRecConfig", "SeqRecPreTrainedModel", "SeqRecOutput", "Recommendations", "ItemVectors",
+           "StateTensorSpec", "State", "window_state_spec", "window_append", "window_state", "resolve_device"]

@@ -71,14 +71,21 @@ def read_id_list(path: str | os.PathLike, model) -> list:
         return [_history_id(line.strip(), model) for line in f if line.strip() and not line.lstrip().startswith("#")]
 
 
+def _drop_unknown(ids: list, args, model) -> list:
+    """``ids`` without those the model does not know with ``--unknown-items drop``; as they are otherwise (the model
+    refuses them, naming them)."""
+    if args.unknown_items == "drop" and model.item_vocab is not None:
+        return [x for x in ids if x in model.item_vocab]
+    return ids
+
+
 def _excluded_items(args, model) -> list:
     """The ids of ``--exclude-items`` and ``--exclude-items-file`` (read as history ids are); with ``--unknown-items
     drop`` the ids the model does not know are left out (they cannot be recommended anyway), else they are refused."""
     ids = [_history_id(x, model) for x in args.exclude_items]
     if args.exclude_items_file:
         ids += read_id_list(args.exclude_items_file, model)
-    if args.unknown_items == "drop" and model.item_vocab is not None:
-        ids = [x for x in ids if x in model.item_vocab]
+    ids = _drop_unknown(ids, args, model)
     model.encode_item_set(ids, "--exclude-items")                # refuses an unknown id, naming it
     return ids
 
@@ -140,6 +147,31 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
             "vocab": note, "excluded_items": len(excluded), "seconds": round(time.time() - t0, 2)}
 
 
+def _similar(args, model, exclude: list) -> dict:
+    """``--similar-to``: :meth:`~zoo.SeqRecPreTrainedModel.similar_items` of the given ids, printed."""
+    from .cli import error_text
+
+    query = _drop_unknown([_history_id(x, model) for x in args.similar_to], args, model)
+    if not query:
+        sys.exit("error: the model knows none of the --similar-to items")
+    try:
+        rec = model.similar_items(query, k=args.k, exclude_items=exclude)
+    except (KeyError, ValueError, TypeError) as e:
+        sys.exit(f"error: {error_text(e)}")
+    out = {"model": args.model, "model_type": model.config.model_type, "similar_to": query, "items": rec.items,
+           "scores": [[round(float(x), 4) for x in row] for row in rec.scores], "excluded_items": len(set(exclude))}
+    if args.json:
+        print(json.dumps(out, indent=1, default=_json_value))
+        return out
+    print(f"model: {args.model} ({out['model_type']}); items nearest by cosine similarity of the item embeddings")
+    for q, items, scores in zip(query, out["items"], out["scores"], strict=True):
+        print(f"similar to {q}:")
+        print(f"{'rank':>4}  {'item':>8}  {'cosine':>8}")
+        for i, (item, c) in enumerate(zip(items, scores, strict=True), 1):
+            print(f"{i:>4}  {item!s:>8}  {c:8.4f}")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     from .cli import add_columns_option, cannot, check_outputs, error_text, positive_int
     from .cli import kcore as kcore_arg
@@ -160,14 +192,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="item ids never to recommend (retired, unavailable); each must be known to the model")
     p.add_argument("--exclude-items-file", metavar="FILE",
                    help="the same from a file: one item id per line (blank lines and # comments skipped)")
+    p.add_argument("--similar-to", nargs="+", metavar="ID",
+                   help="instead of next items: the --k items nearest to each of these items by cosine similarity "
+                        "of the model's item embeddings (model.similar_items)")
     p.add_argument("--stepwise", action="store_true", help="use init_state/step (recurrent models) and compare")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--all-users", action="store_true",
                    help="batch mode: recommend for every user of --data, one JSON line each, into --out")
     p.add_argument("--out", help="JSON Lines file for --all-users")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
-                   help="history (and --exclude-items) ids the model does not know: refuse (default) or leave them "
-                        "out")
+                   help="history (and --exclude-items, --similar-to) ids the model does not know: refuse (default) "
+                        "or leave them out")
     p.add_argument("--kcore", type=kcore_arg, default=None,
                    help="k-core filter of --data before picking users (default none: every user of the file)")
     p.add_argument("--time-ties", choices=TIME_TIES, default="file",
@@ -187,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         p.error("--out is the file of --all-users")
     elif args.data and args.user is None:
         p.error("--data needs --user (or --all-users)")
+    if args.similar_to and (args.history or args.timestamps or args.data or args.stepwise or args.exclude_seen):
+        p.error("--similar-to lists items like the given ones; --history/--timestamps/--data/--user/--all-users/"
+                "--stepwise/--exclude-seen are for next-item recommendations")
     if args.user is not None and not args.data:
         p.error("--user needs --data (the interaction file the user is in)")
     if args.data and (args.history or args.timestamps):
@@ -216,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(f"error: {cannot('--exclude-items-file', args.exclude_items_file, e, 'read')}")
     except (KeyError, ValueError, TypeError) as e:
         sys.exit(f"error: {error_text(e)}")
+    if args.similar_to:
+        return _similar(args, model, exclude)
     if args.data:
         from .data import load_dataset
 

@@ -266,8 +266,7 @@ class BERT4RecModel(SeqRecPreTrainedModel):
             loss = hidden.sum() * 0.0
         logits = None
         if not self.training and negatives is None:
-            last = self.encode(ids, mask)[torch.arange(ids.shape[0], device=ids.device), self.last_positions(mask)]
-            logits = self.score(last)
+            logits = self.score(self._at_last(self.encode(ids, mask), mask))
         return SeqRecOutput(loss=loss, logits=logits, hidden_states=hidden)
 
     def training_sequence(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor

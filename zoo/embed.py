@@ -1,0 +1,253 @@
+"""Vectors for retrieval: ``python -m zoo.embed [--model NAME] --out VECTORS.safetensors [--data FILE]``.
+
+Writes one safetensors file with the model's item vectors (tensor ``items``, ``[n_items - 1, vector_size]``) and,
+with ``--data``, a user vector for every user of the file from the user's whole history (tensor ``users``,
+``[n_users, vector_size]``; the model reads the last ``max_seq_length`` items). A user vector dotted with the item
+vectors gives the model's next-item scores of those items (:meth:`~zoo.SeqRecPreTrainedModel.query_vectors`), so an
+approximate-nearest-neighbour index (FAISS, ScaNN, a vector database) with maximum-inner-product search serves the
+model's recommendations from precomputed user vectors.
+
+The external ids of the rows are in the file's metadata (``item_ids``, ``user_ids``: JSON lists), beside ``model``,
+``model_type``, ``vector_size`` and ``bias_column`` (``"true"`` when the last column carries the item bias: 1 in every
+user vector). :func:`load_vectors` reads such a file back and checks it. The file is written beside ``--out`` and
+moved there once complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+#: the ``format`` metadata value of a vectors file
+FORMAT = "ssm-rec-zoo/vectors"
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class Vectors:
+    """A vectors file read back by :func:`load_vectors`.
+
+    Args:
+        items: ``[n_items - 1, vector_size]`` float32 item vectors; ``item_ids`` their external ids, in row order.
+        users: ``[n_users, vector_size]`` float32 user vectors (None when the file has none); ``user_ids`` likewise.
+        metadata: the file's other metadata (``model``, ``model_type``, ``bias_column``, ...).
+    """
+
+    items: torch.Tensor
+    item_ids: list
+    users: torch.Tensor | None
+    user_ids: list | None
+    metadata: dict
+
+    def scores(self, users: torch.Tensor | None = None) -> torch.Tensor:
+        """``[U, n_items - 1]`` the model's next-item scores of every item (columns in ``item_ids`` order) for the
+        file's user vectors, or for ``users [U, vector_size]``."""
+        users = self.users if users is None else users
+        if users is None:
+            raise ValueError("the file holds no user vectors (written without --data): pass users=")
+        return users @ self.items.t()
+
+
+def user_vectors_of_dataset(model, ds, unknown: str = "error", batch_size: int = 256,
+                            progress: bool = True) -> tuple[list, torch.Tensor, str]:
+    """``(user ids, [U, vector_size] user vectors, vocabulary note)`` of every user of the
+    :class:`~zoo.data.SequenceDataset` ``ds`` from the user's whole history (``unknown`` as in
+    :func:`zoo.recommend.recommend_all_users`)."""
+    from tqdm.auto import tqdm
+
+    from .evaluate import align_with_model
+    from .modeling_utils import _as_count
+
+    batch_size = _as_count(batch_size, "batch_size")
+    aligned, note = align_with_model(ds, model, unknown)
+    if len(aligned) == 0:
+        raise ValueError(f"no user of {ds.name or 'the data'} has an item the model knows")
+    if model.uses_timestamps:
+        aligned.check_timestamps_for(type(model).__name__)
+    device = next(model.parameters()).device
+    out = []
+    with tqdm(total=len(aligned), desc="user vectors", unit="user", leave=False, disable=not progress) as bar:
+        for s in range(0, len(aligned), batch_size):
+            seqs = [q.tolist() for q in aligned.sequences[s:s + batch_size]]
+            if model.uses_timestamps:
+                ids, mask, ts = model.pad_batch(seqs, timestamps=[t.tolist() for t in
+                                                                  aligned.timestamps[s:s + batch_size]])
+                ts = ts.to(device)
+            else:
+                (ids, mask), ts = model.pad_batch(seqs), None
+            out.append(model.query_vectors(ids.to(device), mask.to(device), timestamps=ts).cpu())
+            bar.update(len(seqs))
+    return list(aligned.users), torch.cat(out), note
+
+
+def _json_ids(ids: Sequence) -> str:
+    from .recommend import _json_value
+
+    return json.dumps([_json_value(x) for x in ids])
+
+
+def write_vectors(path: str | os.PathLike, model, users: tuple[list, torch.Tensor] | None = None,
+                  metadata: dict | None = None) -> dict:
+    """Write ``model``'s item vectors (and ``users = (ids, vectors)``) to the safetensors file ``path``: written
+    beside it and moved there once complete, so an error leaves an existing ``path`` as it was. Returns the
+    metadata written (without the id lists)."""
+    from safetensors.torch import save_file
+
+    iv = model.item_vectors()
+    bias = model.item_output()[1] is not None
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_type": model.config.model_type,
+            "vector_size": str(model.vector_size), "bias_column": "true" if bias else "false",
+            "n_items": str(len(iv.ids)),
+            "score": "users @ items.T = the model's next-item logits of the items (maximum inner product search)",
+            **{k: str(v) for k, v in (metadata or {}).items()}}
+    tensors = {"items": iv.vectors.contiguous()}
+    ids = {"item_ids": _json_ids(iv.ids)}
+    if users is not None:
+        user_ids, user_vecs = users
+        if user_vecs.shape != (len(user_ids), model.vector_size):
+            raise ValueError(f"user vectors {list(user_vecs.shape)} do not match {len(user_ids)} user ids x "
+                             f"vector_size {model.vector_size}")
+        tensors["users"] = user_vecs.float().contiguous()
+        ids["user_ids"] = _json_ids(user_ids)
+        meta["n_users"] = str(len(user_ids))
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={**meta, **ids})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return meta
+
+
+def load_vectors(path: str | os.PathLike) -> Vectors:
+    """Read a file written by :func:`write_vectors` / ``python -m zoo.embed``; a file that is not one (another
+    safetensors file, missing or mismatched ids, wrong shapes) is a ``ValueError`` naming the problem."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            names = set(f.keys())
+            tensors = {k: f.get_tensor(k) for k in names & {"items", "users"}}
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a zoo vectors file (metadata format {meta.get('format')!r}, expected "
+                         f"{FORMAT!r}; write one with python -m zoo.embed)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: vectors format version {meta.get('format_version')!r}; this zoo reads "
+                         f"{FORMAT_VERSION!r}")
+
+    def ids_of(kind: str) -> list | None:
+        if kind not in tensors:
+            if f"{kind[:-1]}_ids" in meta:
+                raise ValueError(f"{path}: has {kind[:-1]}_ids but no {kind!r} tensor")
+            return None
+        try:
+            ids = json.loads(meta[f"{kind[:-1]}_ids"])
+        except (KeyError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: the {kind[:-1]}_ids metadata is missing or not JSON ({e})") from None
+        t = tensors[kind]
+        if not isinstance(ids, list) or t.dim() != 2 or t.shape[0] != len(ids):
+            raise ValueError(f"{path}: {kind} tensor {list(t.shape)} does not match its "
+                             f"{len(ids) if isinstance(ids, list) else 'non-list'} ids")
+        if t.dtype != torch.float32:
+            raise ValueError(f"{path}: {kind} tensor is {t.dtype}, expected float32")
+        return ids
+
+    item_ids = ids_of("items")
+    if item_ids is None:
+        raise ValueError(f"{path}: holds no 'items' tensor")
+    user_ids = ids_of("users")
+    if user_ids is not None and tensors["users"].shape[1] != tensors["items"].shape[1]:
+        raise ValueError(f"{path}: user vectors have {tensors['users'].shape[1]} columns, item vectors "
+                         f"{tensors['items'].shape[1]}")
+    rest = {k: v for k, v in meta.items() if k not in ("item_ids", "user_ids")}
+    return Vectors(items=tensors["items"], item_ids=item_ids, users=tensors.get("users"), user_ids=user_ids,
+                   metadata=rest)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from .cli import add_columns_option, check_outputs, error_text, positive_int
+    from .cli import kcore as kcore_arg
+    from .data import TIME_TIES
+    from .recommend import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(prog="python -m zoo.embed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
+    p.add_argument("--out", required=True, help="the safetensors file to write (items, and users with --data)")
+    p.add_argument("--data", help="interaction file: also a user vector for every user, from their whole history")
+    p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
+                   help="--data items the model does not know: refuse (default) or leave those interactions out")
+    p.add_argument("--kcore", type=kcore_arg, default=None,
+                   help="k-core filter of --data before taking users (default none: every user of the file)")
+    p.add_argument("--time-ties", choices=TIME_TIES, default="file",
+                   help="order of a user's interactions with equal timestamps in --data (use the model's)")
+    add_columns_option(p)
+    p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = p.parse_args(argv)
+    try:                                    # before any work: a folder, an unwritable place, or the --data file
+        check_outputs({"--out": args.out}, {"--data": args.data})
+    except ValueError as e:
+        p.error(str(e))
+
+    import zoo  # noqa: F401  (registers the models)
+
+    from .modeling_utils import SeqRecPreTrainedModel
+    from .pretrained import resolve_pretrained
+
+    t0 = time.time()
+    try:
+        model = SeqRecPreTrainedModel.from_pretrained(resolve_pretrained(args.model)).eval()
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: --model {args.model}: {e}")
+    users, note = None, None
+    if args.data:
+        from .data import load_dataset
+
+        try:
+            ds = load_dataset(args.data, kcore=args.kcore, time_ties=args.time_ties, columns=args.columns)
+            user_ids, user_vecs, note = user_vectors_of_dataset(model, ds, unknown=args.unknown_items,
+                                                                batch_size=args.batch_size,
+                                                                progress=not args.no_progress)
+        except (OSError, KeyError, ValueError) as e:
+            sys.exit(f"error: {error_text(e)}")
+        users = (user_ids, user_vecs)
+    try:
+        meta = write_vectors(args.out, model, users=users,
+                             metadata={"model": args.model, **({"data": args.data} if args.data else {})})
+    except OSError as e:
+        from .cli import cannot
+
+        sys.exit(f"error: {cannot('--out', args.out, e)}")
+    summary = {"out": os.path.abspath(args.out), "model": args.model, "model_type": meta["model_type"],
+               "items": int(meta["n_items"]), "users": int(meta.get("n_users", 0)),
+               "vector_size": int(meta["vector_size"]), "bias_column": meta["bias_column"] == "true",
+               "vocab": note, "seconds": round(time.time() - t0, 2)}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        bias = "the last column holds the item bias (1 for users)" if summary["bias_column"] else "no bias column"
+        print(f"wrote {summary['items']:,} item" + (f" and {summary['users']:,} user" if summary["users"] else "")
+              + f" vectors of size {summary['vector_size']} ({bias}) to {summary['out']} ({summary['seconds']:.1f} s"
+              + (f"; {note}" if note else "") + ")")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -326,3 +326,28 @@ def test_catalogue_growth_bench_runs(monkeypatch, tmp_path):
     assert {"`continued`", "`fresh`", "`continued-1`", "`fresh-1`"} <= rows.keys()
     assert rows["`continued-1`"][0] == "1 (1)" and rows["`fresh`"][0].startswith("2 (")
     assert "`continued` − `fresh`, new-item targets" in rows
+
+
+def test_item_similarity_transition_counts_on_hand_made_sequences(monkeypatch):
+    b = _bench("item_similarity", monkeypatch)
+    counts, pop = b.transition_counts([[1, 2, 3, 2, 3], [3, 1], [2]], 5)
+    want = [[0.0] * 5 for _ in range(5)]
+    for i, j in [(1, 2), (2, 3), (3, 2), (2, 3), (3, 1)]:
+        want[i][j] += 1
+    assert counts.tolist() == want and pop.tolist() == [0, 2, 3, 3, 0]
+
+
+def test_item_similarity_bench_runs(monkeypatch, tmp_path, shared_data):
+    """One bundled model on ML-1M: the rows of the table, and the retrieval vectors reproducing its ranks."""
+    b = _bench("item_similarity", monkeypatch)
+    out = tmp_path / "s.md"
+    b.main(["--models", "gru4rec-ml1m", "--threads", "2", "--markdown", str(out)])
+    text = out.read_text()
+    card = json.loads((ROOT / "hub_cards" / "gru4rec-ml1m" / "eval_results.json").read_text())["metrics"]
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| gru4rec-ml1m")]
+    by = {r[1].strip(): [c.strip() for c in r[2:]] for r in rows if len(r) == 5}
+    assert set(by) == {"full", "last item", "cosine"}
+    assert by["full"][0] == f"{card['HR@10']:.4f}"                     # the card's number
+    vec = [r for r in rows if len(r) == 7][0]
+    assert vec[3].strip() == "yes" and float(vec[2]) < 1e-4
+    assert "| (no model) | transitions |" in text and "| (no model) | popularity |" in text

@@ -78,7 +78,7 @@ from onnx import AttributeProto, TensorProto  # noqa: E402
 from onnx import helper as oh  # noqa: E402
 
 from . import plugin_spec as ps  # noqa: E402
-from .runtime import SEEN_SCORE, SEEN_STATE  # noqa: E402
+from .runtime import SEEN_SCORE, SEEN_STATE, USER_VECTOR  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,10 @@ TIME_GAPS_DOC = (
 #: the ``seen`` state of an ``--exclude-seen`` step graph (``state_spec.json``)
 SEEN_DOC = ("1 = the item is in this sequence's history (every item fed so far), 0 = not; starts at 0 for an empty "
             "history (O(n_items) floats per sequence)")
+#: the ``--user-vector`` output (:data:`USER_VECTOR`): the query vector of maximum-inner-product retrieval
+USER_VECTOR_DOC = ("the user (query) vector the next item is scored from: user_vector . item_vectors[i] = the raw score "
+                   "of item i + 1 (python -m zoo.embed writes the item vectors; with an item bias its last column is "
+                   "1 and the items' is their bias), for an approximate-nearest-neighbour index")
 CARD_BEGIN = "<!-- onnx-export:begin -->"
 CARD_END = "<!-- onnx-export:end -->"
 
@@ -579,12 +583,15 @@ def _mark_seen(seen: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
 
 
 class StepGraph(torch.nn.Module):
-    """``(item_ids [B, T], [timestamps], *state) -> (topk_ids, topk_scores, scores, *new_state)`` via ``model._step``."""
+    """``(item_ids [B, T], [timestamps], *state) -> (topk_ids, topk_scores, scores, [user_vector], *new_state)`` via
+    ``model._step``."""
 
-    def __init__(self, model, k: int, states=None, exclude_seen: bool = False, excluded: Sequence[int] = ()):
+    def __init__(self, model, k: int, states=None, exclude_seen: bool = False, excluded: Sequence[int] = (),
+                 user_vector: bool = False):
         super().__init__()
         self.model = model
         self.k = k
+        self.user_vector = bool(user_vector)
         states = model.state_spec(1) if states is None else states
         self.exclude_seen = bool(exclude_seen)
         #: the model's states (``model._step``), then the graph's own ``seen`` state with ``exclude_seen``
@@ -611,10 +618,11 @@ class StepGraph(torch.nn.Module):
     def _outputs(self, hidden, new_state, seen=None):
         scores = self.model.score(hidden[:, -1]).float()
         ids, vals, scores = _mask_and_topk(scores, self.pad, self.k, seen)
+        vector = (self.model.vector_of_hidden(hidden[:, -1]),) if self.user_vector else ()
         new_state = {**new_state, **({SEEN_STATE: seen} if seen is not None else {})}
         states = [new_state[n] for n in self.state_names]
         # a Cast only where the dtype changes: a no-op Cast in front of a graph output stays in ORT's plan
-        return (ids, vals, scores,
+        return (ids, vals, scores, *vector,
                 *[t if t.dtype == d else t.to(d) for t, d in zip(states, self.state_dtypes, strict=True)])
 
 
@@ -623,8 +631,9 @@ class GapsStepGraph(StepGraph):
     ``model._step_from_gaps`` (the same time features and layers as ``model._step``; the float64 differencing of the
     timestamps and ``last_ts`` are the caller's), so every graph tensor is float32 or int64."""
 
-    def __init__(self, model, k: int, exclude_seen: bool = False, excluded: Sequence[int] = ()):
-        super().__init__(model, k, split_time_states(model, "gaps")[0], exclude_seen, excluded)
+    def __init__(self, model, k: int, exclude_seen: bool = False, excluded: Sequence[int] = (),
+                 user_vector: bool = False):
+        super().__init__(model, k, split_time_states(model, "gaps")[0], exclude_seen, excluded, user_vector)
 
     def forward(self, item_ids, time_gaps, *rest):
         state, seen = self._split(item_ids, rest)
@@ -633,12 +642,15 @@ class GapsStepGraph(StepGraph):
 
 
 class WindowGraph(torch.nn.Module):
-    """``(item_ids [B, L] padded with 0, [timestamps]) -> (topk_ids, topk_scores, scores)`` via ``model.encode``."""
+    """``(item_ids [B, L] padded with 0, [timestamps]) -> (topk_ids, topk_scores, scores, [user_vector])`` via
+    ``model.encode``."""
 
-    def __init__(self, model, k: int, exclude_seen: bool = False, excluded: Sequence[int] = ()):
+    def __init__(self, model, k: int, exclude_seen: bool = False, excluded: Sequence[int] = (),
+                 user_vector: bool = False):
         super().__init__()
         self.model = model
         self.k = k
+        self.user_vector = bool(user_vector)
         self.exclude_seen = bool(exclude_seen)
         self.uses_timestamps = bool(model.uses_timestamps)
         self.register_buffer("pad", _pad_mask(model.config.n_items, excluded), persistent=False)
@@ -655,7 +667,8 @@ class WindowGraph(torch.nn.Module):
         scores = self.model.score(h).float()
         # --exclude-seen: the items of the window (the padding id 0 is flagged too, and stays -inf)
         seen = _mark_seen(torch.zeros_like(scores), item_ids) if self.exclude_seen else None
-        return _mask_and_topk(scores, self.pad, self.k, seen)
+        vector = (self.model.vector_of_hidden(h),) if self.user_vector else ()
+        return (*_mask_and_topk(scores, self.pad, self.k, seen), *vector)
 
 
 # ================================================================================================ the exporter
@@ -715,7 +728,7 @@ def _state_entry(s) -> dict:
 
 
 def build_spec(model, kind: str, k: int, with_scores: bool, precision: str = "fp32",
-               time_input: str | None = None, exclude_seen: bool = False) -> dict:
+               time_input: str | None = None, exclude_seen: bool = False, user_vector: bool = False) -> dict:
     """The I/O table written to ``state_spec.json`` (and into the card / README)."""
     c = model.config
     time_input = resolve_time_input(model, kind, time_input)
@@ -750,6 +763,8 @@ def build_spec(model, kind: str, k: int, with_scores: bool, precision: str = "fp
     if with_scores:
         outputs.append(_io_entry("scores", ["B", c.n_items], "float32",
                                  "raw next-item scores; column 0 (padding) = -inf" + seen_note))
+    if user_vector:
+        outputs.append(_io_entry(USER_VECTOR, ["B", model.vector_size], "float32", USER_VECTOR_DOC))
     for s in state:
         outputs.append(_io_entry(s["output"], s["shape"], s["dtype"], f"new {s['name']}"))
     ops = []
@@ -770,6 +785,9 @@ def build_spec(model, kind: str, k: int, with_scores: bool, precision: str = "fp
         # --exclude-seen: items of the history are ranked last (score SEEN_SCORE): step graphs keep a `seen` state,
         # window graphs mask the input window
         "exclude_seen": bool(exclude_seen), **({"seen_score": SEEN_SCORE} if exclude_seen else {}),
+        # --user-vector: the query vector of maximum-inner-product retrieval (zoo.embed's item vectors)
+        **({USER_VECTOR: {"size": model.vector_size, "bias_column": model.item_output()[1] is not None}}
+           if user_vector else {}),
     }
 
 
@@ -915,7 +933,8 @@ def _postprocess(mp: onnx.ModelProto, spec: dict, model) -> onnx.ModelProto:
     for k, v in {"model_type": spec["model_type"], "kind": spec["kind"], "n_items": str(spec["n_items"]),
                  "topk": str(spec["topk"]), "state_spec": json.dumps(spec["state"]),
                  **({"time_input": spec["time_input"]} if spec.get("time_input") else {}),
-                 **({"exclude_seen": "1"} if spec.get("exclude_seen") else {})}.items():
+                 **({"exclude_seen": "1"} if spec.get("exclude_seen") else {}),
+                 **({USER_VECTOR: str(spec[USER_VECTOR]["size"])} if spec.get(USER_VECTOR) else {})}.items():
         mp.metadata_props.add(key=k, value=v)
     _share_tied_weights(mp)
     return mp
@@ -986,12 +1005,13 @@ def graph_sizes(model) -> tuple[int, int]:
 
 def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: str = "fp32",
                 time_input: str | None = None, exclude_seen: bool = False,
-                exclude_items: Sequence[int] = ()) -> tuple[onnx.ModelProto, dict]:
+                exclude_items: Sequence[int] = (), user_vector: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Trace ``model`` into an ONNX ModelProto (not written) and its I/O spec; ``precision="fp16"`` then converts it
     with :func:`convert_to_fp16` (graph I/O, states, scan nodes and the score tail stay fp32). ``time_input``: see
     :data:`TIME_INPUTS` (time-aware models only; default "timestamps"). ``exclude_seen``: rank the history's items last
     (see :data:`export.runtime.SEEN_SCORE`). ``exclude_items``: internal indices never recommended (their scores are
-    ``-inf`` like the padding's, in the graph's constant mask; ``spec["excluded_items"]`` lists them)."""
+    ``-inf`` like the padding's, in the graph's constant mask; ``spec["excluded_items"]`` lists them). ``user_vector``:
+    also output the query vector :data:`USER_VECTOR` (``model.vector_of_hidden`` of the hidden state scored from)."""
     excluded = sorted({int(i) for i in exclude_items})
     if excluded and not 1 <= excluded[0] <= excluded[-1] < model.config.n_items:
         raise ExportError(f"exclude_items holds item indices outside 1..{model.config.n_items - 1}")
@@ -1007,13 +1027,14 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
         if mt not in STEP_MODEL_TYPES:
             raise ExportError(f"no step exporter for model type {mt!r} (known: {', '.join(STEP_MODEL_TYPES)}); "
                               "use --kind window")
-        module = (GapsStepGraph(model, k, exclude_seen=exclude_seen, excluded=excluded) if time_input == "gaps"
-                  else StepGraph(model, k, exclude_seen=exclude_seen, excluded=excluded))
+        module = (GapsStepGraph(model, k, exclude_seen=exclude_seen, excluded=excluded, user_vector=user_vector)
+                  if time_input == "gaps" else
+                  StepGraph(model, k, exclude_seen=exclude_seen, excluded=excluded, user_vector=user_vector))
     elif kind == "window":
         if mt in SCAN_STEP_MODEL_TYPES:
             raise ExportError(f"{mt} exports as a step graph (--kind step): its parallel training-time scan traces to "
                               "one fixed length, and the step graph serves any history length")
-        module = WindowGraph(model, k, exclude_seen=exclude_seen, excluded=excluded)
+        module = WindowGraph(model, k, exclude_seen=exclude_seen, excluded=excluded, user_vector=user_vector)
     weights, traced_size = graph_sizes(model)
     if precision == "fp16" and time_input not in (None, "gaps"):
         raise ExportError(f"--fp16 is not supported for time-aware models ({mt}) with float64 timestamps: their time "
@@ -1023,13 +1044,14 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
     if not 1 <= k <= model.config.n_items - 1 - len(excluded):
         raise ExportError(f"topk must be in 1..{model.config.n_items - 1 - len(excluded)} (the items left to "
                           f"recommend{f' after {len(excluded)} excluded' if excluded else ''}), got {k}")
-    spec = build_spec(model, kind, k, with_scores, precision, time_input, exclude_seen)
+    spec = build_spec(model, kind, k, with_scores, precision, time_input, exclude_seen, user_vector)
     if excluded:
         spec["excluded_items"] = excluded
     length = 3 if kind == "step" else min(5, model.config.max_seq_length)
     args, in_names, dyn = _example_inputs(model, kind, length=length, time_input=time_input,
                                           exclude_seen=exclude_seen and kind == "step")
-    out_names = ["topk_ids", "topk_scores", "scores"] + [s["output"] for s in spec["state"]]
+    out_names = (["topk_ids", "topk_scores", "scores"] + ([USER_VECTOR] if user_vector else [])
+                 + [s["output"] for s in spec["state"]])
     for o in out_names:
         dyn[o] = {0: "B"}
     was_training = model.training
@@ -1297,7 +1319,7 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
                  real_timestamps: Sequence[Sequence[float]] | None = None,
                  verify_kwargs: dict | None = None, progress=None, precision: str = "fp32",
                  time_input: str | None = None, exclude_seen: bool = False,
-                 exclude_items: Sequence[int] = ()) -> ExportResult:
+                 exclude_items: Sequence[int] = (), user_vector: bool = False) -> ExportResult:
     """Export ``model`` to ``out_dir/model.onnx`` + ``out_dir/state_spec.json`` and verify it against PyTorch.
 
     Args:
@@ -1319,6 +1341,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         exclude_items: internal item indices never recommended (retired, unavailable): ``-inf`` in the graph's
             constant mask, like the padding; the spec lists them (``excluded_items``) and ``topk`` must fit the items
             left. A changed list needs a new export (the state fingerprint does not change: states stay valid).
+        user_vector: also output ``user_vector [B, vector_size]``, the query vector whose inner products with
+            ``model.item_vectors()`` (``python -m zoo.embed``) are the raw scores (:data:`USER_VECTOR_DOC`).
     """
     say = progress or (lambda msg: None)
     kind = kind or ("step" if getattr(model, "has_exact_step", False) else "window")
@@ -1329,7 +1353,7 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     ti = resolve_time_input(model, kind, time_input)
     say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}, {precision}"
         + (f", time input: {ti}" if ti else "") + (", history excluded" if exclude_seen else "") + ") ...")
-    mp, spec = trace_graph(model, kind, topk, with_scores, precision, ti, exclude_seen, exclude_items)
+    mp, spec = trace_graph(model, kind, topk, with_scores, precision, ti, exclude_seen, exclude_items, user_vector)
     if spec["kind"] == "step":              # tags the states an explicit-state store keeps
         spec[STATE_FINGERPRINT] = state_fingerprint(model, spec)
     n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN)
@@ -1507,6 +1531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--exclude-items", metavar="FILE", default=None,
                    help="item ids never to recommend (retired, unavailable), one per line (# comments): they score "
                         "-inf in the graph, like the padding; each must be in the model's vocabulary")
+    p.add_argument("--user-vector", action="store_true",
+                   help="also output user_vector [B, vector_size], the query vector of maximum-inner-product retrieval "
+                        "over the item vectors of python -m zoo.embed (its inner products are the raw scores)")
     p.add_argument("--data", default=None, help="interaction file for the 'real histories' verification cases")
     add_columns_option(p)
     p.add_argument("--card-dir", default=None,
@@ -1579,7 +1606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            verify=not args.no_verify, real_histories=real, real_timestamps=real_ts,
                            verify_kwargs=vk, progress=say,
                            precision="fp16" if args.fp16 else "fp32", time_input=args.time_input,
-                           exclude_seen=args.exclude_seen, exclude_items=excluded)
+                           exclude_seen=args.exclude_seen, exclude_items=excluded, user_vector=args.user_vector)
     except VerificationError as e:
         say(f"ERROR: {e}")
         if e.report is not None:

@@ -54,6 +54,8 @@ _DTYPES = {"float32": np.float32, "int64": np.int64, "float16": np.float16, "flo
 SEEN_SCORE = float(np.finfo(np.float32).min)
 #: name of the step graphs' ``seen`` state (``[B, n_items]`` float32, 1 = item in the history, 0 = not)
 SEEN_STATE = "seen"
+#: name of the ``--user-vector`` output (``[B, vector_size]`` float32, the query vector of retrieval)
+USER_VECTOR = "user_vector"
 
 
 def time_gaps(timestamps: np.ndarray, last_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,13 +72,15 @@ def time_gaps(timestamps: np.ndarray, last_ts: np.ndarray) -> tuple[np.ndarray, 
 
 @dataclass
 class StepOutput:
-    """Result of :meth:`OnnxStepSession.step`: top-k ids/scores (+ all scores when exported) and the new state
-    (each tensor in its dtype from ``state_spec.json``: float32, float64 for ``last_ts``)."""
+    """Result of :meth:`OnnxStepSession.step`: top-k ids/scores (+ all scores, + the user vector, when exported) and
+    the new state (each tensor in its dtype from ``state_spec.json``: float32, float64 for ``last_ts``)."""
 
     topk_ids: np.ndarray
     topk_scores: np.ndarray
     state: dict[str, np.ndarray]
     scores: np.ndarray | None = None
+    #: ``[B, vector_size]`` float32 query vector (graphs exported with ``--user-vector``), else None
+    user_vector: np.ndarray | None = None
 
 
 def _resolve(path: str | os.PathLike) -> tuple[str, str]:
@@ -339,7 +343,8 @@ class OnnxStepSession(_Base):
         feeds.update({n: st[n] for n in self.graph_state_names})
         res = dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
         return StepOutput(res["topk_ids"], res["topk_scores"],
-                          {**{n: res[f"{n}_out"] for n in self.graph_state_names}, **client}, res.get("scores"))
+                          {**{n: res[f"{n}_out"] for n in self.graph_state_names}, **client}, res.get("scores"),
+                          res.get(USER_VECTOR))
 
     def check_step_timestamps(self, timestamps: Any, shape, state: dict[str, np.ndarray]) -> np.ndarray:
         """``[B, T]`` float64 seconds: finite, non-negative, non-decreasing along each row and, where the state has
@@ -422,7 +427,7 @@ class OnnxWindowSession(_Base):
         if self.uses_timestamps:
             feeds["timestamps"] = self.check_timestamps(timestamps, ids.shape)
         res = dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
-        return StepOutput(res["topk_ids"], res["topk_scores"], {}, res.get("scores"))
+        return StepOutput(res["topk_ids"], res["topk_scores"], {}, res.get("scores"), res.get(USER_VECTOR))
 
     def recommend(self, histories: Sequence[Sequence[int]]) -> StepOutput:
         return self.run_window(self.pad(histories))

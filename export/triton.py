@@ -501,6 +501,13 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                    f"It costs {4 * int(spec['n_items']):,} bytes per live sequence.") if not window else
                   "History excluded (`--exclude-seen`): the items of the request's window are never ranked above an "
                   "unseen item.", ""]
+    if spec.get("user_vector"):
+        lines += [f"User vector (`--user-vector`): every response also carries `user_vector` "
+                  f"[{spec['user_vector']['size']}] float32, the query vector whose inner products with the item "
+                  "vectors of `python -m zoo.embed` are the raw scores (for an approximate-nearest-neighbour index "
+                  "over a catalogue larger than the graph's own top-k serves)"
+                  + ("; its last column is 1, the items' last column their bias" if spec["user_vector"]["bias_column"]
+                     else "") + ".", ""]
     if spec.get("excluded_items"):
         lines += [f"Excluded items (`export.onnx --exclude-items`): {len(spec['excluded_items']):,} items are never "
                   "recommended (their scores are -inf in the graph, like the padding's; `excluded_items` in "
@@ -830,14 +837,16 @@ def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: p
 
 
 def export_and_write(model, repo: str | os.PathLike, topk: int = 10, work_dir: str | None = None,
-                     exclude_seen: bool = False, **kwargs) -> pathlib.Path:
+                     exclude_seen: bool = False, user_vector: bool = False, **kwargs) -> pathlib.Path:
     """Export a zoo model with :func:`export.onnx.export_model` (verified) and write its Triton repository
-    (``exclude_seen``: the graph ranks the history's items last, step graphs keep a ``seen`` state)."""
+    (``exclude_seen``: the graph ranks the history's items last, step graphs keep a ``seen`` state; ``user_vector``:
+    the graph also outputs the query vector of retrieval)."""
     from .onnx import export_model
 
     with tempfile.TemporaryDirectory(prefix="zoo-triton-export-") as tmp:
         out = pathlib.Path(work_dir or tmp)
-        export_model(model, out, topk=topk, verify=kwargs.pop("verify", True), exclude_seen=exclude_seen)
+        export_model(model, out, topk=topk, verify=kwargs.pop("verify", True), exclude_seen=exclude_seen,
+                     user_vector=user_vector)
         vocab = None
         if getattr(model, "item_vocab", None) is not None:
             model.item_vocab.save(str(out))
@@ -861,6 +870,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--exclude-seen", action="store_true",
                    help="with --model: export the graph with the history's items ranked last (a 'seen' state per "
                         "sequence; see export.onnx --exclude-seen)")
+    p.add_argument("--user-vector", action="store_true",
+                   help="with --model: the graph also outputs user_vector, the query vector of retrieval over the "
+                        "item vectors of python -m zoo.embed (see export.onnx --user-vector)")
     p.add_argument("--idle-timeout-s", type=float, default=600.0,
                    help="max_sequence_idle_microseconds / 1e6: how long an idle sequence keeps its slot")
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -891,9 +903,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors: tuple = (TritonConfigError, OSError, ValueError)
     try:
         if a.onnx:
-            if a.exclude_seen and not read_spec(a.onnx).get("exclude_seen"):
-                raise ValueError(f"--exclude-seen: the graph in {a.onnx} was exported without it; re-export it with "
-                                 "`python -m export.onnx --exclude-seen` or pass --model")
+            for flag, key in (("--exclude-seen", "exclude_seen"), ("--user-vector", "user_vector")):
+                if getattr(a, key) and not read_spec(a.onnx).get(key):
+                    raise ValueError(f"{flag}: the graph in {a.onnx} was exported without it; re-export it with "
+                                     f"`python -m export.onnx {flag}` or pass --model")
             vocab = a.vocab or (os.path.join(a.onnx, VOCAB_FILE) if os.path.exists(os.path.join(a.onnx, VOCAB_FILE))
                                 else None)
             mdir = write_repository(a.onnx, a.repo, vocab_path=vocab, **kw)
@@ -903,7 +916,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             errors += (ExportError, VerificationError)
             mdir = export_and_write(_load_model(a.model), a.repo, topk=10 if a.topk is None else a.topk,
                                     verify=not a.no_verify,
-                                    exclude_seen=a.exclude_seen, **kw)
+                                    exclude_seen=a.exclude_seen, user_vector=a.user_vector, **kw)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -101,8 +101,20 @@ class _Base:
         if "item_ids" not in self.inputs or "topk_ids" not in self.outputs:
             raise TritonRecommendError(f"model {model_name!r} has no item_ids input / topk_ids output: not a zoo model")
         self.k_max = int(self.outputs["topk_ids"]["shape"][-1])
+        #: ``[vector_size]`` float32 query vector of the last response, for a model exported with ``--user-vector``
+        #: (None otherwise): its inner products with ``python -m zoo.embed``'s item vectors are the raw scores
+        self.last_user_vector: np.ndarray | None = None
         self.n_items = n_items or (self.vocab.n_items if self.vocab is not None else None)
         self.uses_timestamps = "timestamps" in self.inputs
+
+    def _outputs_for(self, names: Sequence[str]) -> list:
+        """The outputs to request: ``names``, and ``user_vector`` when the model has it."""
+        return [self._m.InferRequestedOutput(n) for n in [*names, *(["user_vector"] if "user_vector" in self.outputs
+                                                                     else [])]]
+
+    def _keep_vector(self, r) -> None:
+        if "user_vector" in self.outputs:
+            self.last_user_vector = r.as_numpy("user_vector")[0]
 
     def _metadata(self) -> dict:
         try:
@@ -206,9 +218,8 @@ class TritonRecommender(_Base):
 
     def _infer(self, sid: int, ids: np.ndarray, start: bool, end: bool, extra=()):
         ins = [self._input("item_ids", ids, "INT64"), *extra]
-        outs = [self._m.InferRequestedOutput(n) for n in ("topk_ids", "topk_scores")]
-        if "live_sequences" in self.outputs:
-            outs.append(self._m.InferRequestedOutput("live_sequences"))
+        outs = self._outputs_for(["topk_ids", "topk_scores"]
+                                 + (["live_sequences"] if "live_sequences" in self.outputs else []))
         try:
             r = self.client.infer(self.model_name, ins, outputs=outs, sequence_id=sid, sequence_start=start,
                                   sequence_end=end, **self._rpc)
@@ -228,6 +239,7 @@ class TritonRecommender(_Base):
             self._expired.discard(sid)
         if "live_sequences" in self.outputs:
             self.last_live_sequences = int(r.as_numpy("live_sequences").reshape(-1)[0])
+        self._keep_vector(r)
         return r.as_numpy("topk_ids")[0], r.as_numpy("topk_scores")[0]
 
     def recommend_with_scores(self, user_or_sequence_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
@@ -367,12 +379,12 @@ class ExplicitStateRecommender(_Base):
                                  f"({first!r} < last_ts {last!r})")
         ins = [self._input("item_ids", ids, "INT64"), *ts]
         ins += [self._input(n, np.ascontiguousarray(state[n]), self.inputs[n]["datatype"]) for n in self.state_names]
-        outs = [self._m.InferRequestedOutput(n) for n in ["topk_ids", "topk_scores"] +
-                [f"{n}_out" for n in self.state_names]]
+        outs = self._outputs_for(["topk_ids", "topk_scores"] + [f"{n}_out" for n in self.state_names])
         try:
             r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
         except self._exc as e:
             raise TritonRecommendError(str(e.message())) from None
+        self._keep_vector(r)
         new_state = {n: r.as_numpy(f"{n}_out") for n in self.state_names}
         if self.fingerprint is not None:
             new_state[FINGERPRINT_KEY] = np.array(self.fingerprint)
@@ -418,11 +430,12 @@ class WindowRecommender(_Base):
         if self.uses_timestamps:
             ts = self._check_ts(timestamps, ids.shape[1])
             ins.append(self._input("timestamps", np.ascontiguousarray(ts[:, -self.max_len:]), "FP64"))
-        outs = [self._m.InferRequestedOutput(n) for n in ("topk_ids", "topk_scores")]
+        outs = self._outputs_for(["topk_ids", "topk_scores"])
         try:
             r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
         except self._exc as e:
             raise TritonRecommendError(str(e.message())) from None
+        self._keep_vector(r)
         return self._decode(r.as_numpy("topk_ids")[0][:k]), r.as_numpy("topk_scores")[0][:k]
 
     def recommend(self, history, timestamps=None, k: int | None = None) -> list:

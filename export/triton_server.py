@@ -113,6 +113,8 @@ class TritonPythonModel:
         self.sess = ort.InferenceSession(str(here / spec.get("graph", GRAPH_FILE)), so,
                                          providers=["CPUExecutionProvider"])
         self.out_names = [o.name for o in self.sess.get_outputs()]
+        #: outputs served beside topk_*: the query vector of a graph exported with --user-vector
+        self.extra_out = [n for n in ("user_vector",) if n in self.out_names]
         self.store = {}            # corrid -> (tuple of per-sequence state arrays, last-touch monotonic time)
         self._last_sweep = time.monotonic()
 
@@ -275,7 +277,7 @@ class TritonPythonModel:
                 groups.setdefault(int(ids.size), []).append((i, feeds))
             except ValueError as e:
                 responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(f"{self.name}: {e}"))
-        return self._run_groups(pb, groups, responses, ["topk_ids", "topk_scores"] + self.state_out)
+        return self._run_groups(pb, groups, responses, ["topk_ids", "topk_scores"] + self.extra_out + self.state_out)
 
     def _execute_window(self, pb, requests):
         """Window graphs: ``item_ids [L]`` (0-padded on the model's side, ``L <= max_seq_length``) + float64
@@ -308,7 +310,7 @@ class TritonPythonModel:
             except (ValueError, AttributeError) as e:
                 msg = str(e) if isinstance(e, ValueError) else "request lacks item_ids or timestamps"
                 responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(f"{self.name}: {msg}"))
-        return self._run_groups(pb, groups, responses, ["topk_ids", "topk_scores"])
+        return self._run_groups(pb, groups, responses, ["topk_ids", "topk_scores"] + self.extra_out)
 
     def _run_groups(self, pb, groups, responses, out_names):
         """One ORT call per group of same-shape requests (``{key: [(request index, feeds)]}``, stacked on a new batch
@@ -359,14 +361,16 @@ class TritonPythonModel:
                 self.store.pop(p["corrid"], None)
             else:
                 self.store[p["corrid"]] = (tuple(np.ascontiguousarray(outs[o][row]) for o in self.state_out), now)
-            responses[i] = self._response(pb, outs["topk_ids"][row], outs["topk_scores"][row])
+            responses[i] = self._response(pb, outs["topk_ids"][row], outs["topk_scores"][row],
+                                          {n: outs[n][row] for n in self.extra_out})
 
-    def _response(self, pb, ids, scores):
+    def _response(self, pb, ids, scores, extra=None):
         np = self.np
         return pb.InferenceResponse(output_tensors=[
             pb.Tensor("topk_ids", np.ascontiguousarray(ids, dtype=np.int64).reshape(1, -1)),
             pb.Tensor("topk_scores", np.ascontiguousarray(scores, dtype=np.float32).reshape(1, -1)),
             pb.Tensor("live_sequences", np.array([[len(self.store)]], dtype=np.int64)),
+            *[pb.Tensor(n, np.ascontiguousarray(v, dtype=np.float32).reshape(1, -1)) for n, v in (extra or {}).items()],
         ])
 
     def finalize(self):

@@ -50,7 +50,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .runtime import SEEN_SCORE, SEEN_STATE
+from .runtime import SEEN_SCORE, SEEN_STATE, USER_VECTOR
 
 _NP_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16, "int64": np.int64}
 
@@ -219,6 +219,26 @@ def _errs(ort_scores: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(d.max()), float(d.max() / scale)
 
 
+def _item_vectors(model, spec: dict) -> np.ndarray | None:
+    """``[n_items - 1, vector_size]`` the model's item vectors when the graph has a ``user_vector`` output, else None."""
+    return model.item_vectors().vectors.numpy() if spec.get(USER_VECTOR) else None
+
+
+def _add_vector_scores(res: dict, ref: np.ndarray, items: np.ndarray | None) -> dict:
+    """With a ``user_vector`` output (``items``: :func:`_item_vectors`): ``res["vector_scores"]`` = the scores its
+    inner products with the model's item vectors give, ``[B, n_items]``, masked where ``ref`` is (the padding, and
+    the items the score path excludes: the vector is the raw query, the masks are the score path's)."""
+    if items is not None:
+        v = np.full(ref.shape, -np.inf, dtype=np.float32)
+        v[:, 1:] = res[USER_VECTOR].astype(np.float32) @ items.T
+        res["vector_scores"] = np.where(np.isneginf(ref) | (ref == SEEN_SCORE), ref, v)
+    return res
+
+
+def _vector_note(items: np.ndarray | None) -> str:
+    return "; user_vector . item vectors compared too" if items is not None else ""
+
+
 def _exclude(ref: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """The reference scores with the items flagged in ``seen [B, n_items]`` (bool) set to :data:`SEEN_SCORE`
     (never column 0, the padding, which the comparisons leave out)."""
@@ -267,6 +287,8 @@ class _Acc:
 
     def add(self, out: dict, ref: np.ndarray, k: int, where: str):
         a, r = _errs(out["scores"], ref)
+        if "vector_scores" in out:                 # a --user-vector graph: its vectors must give the scores too
+            a, r = (max(x, y) for x, y in zip((a, r), _errs(out["vector_scores"], ref), strict=True))
         if a > self.abs or not np.isfinite(a):
             self.where = where
         self.abs, self.rel = max(self.abs, a), max(self.rel, r)
@@ -308,7 +330,9 @@ class _StepPair:
         # each state in its declared dtype (float32; float64 for TiM4Rec-causal's last_ts), initial value from the spec
         self.o_state = {s["name"]: np.full([batch, *s["shape"][1:]], s["init"], dtype=_NP_DTYPES[s["dtype"]])
                         for s in list(spec["state"]) + list(spec.get("client_state", []))}
-        self.out_names = ["topk_ids", "topk_scores", "scores"] + [s["output"] for s in spec["state"]]
+        self.items = _item_vectors(model, spec)
+        self.out_names = (["topk_ids", "topk_scores", "scores"] + ([USER_VECTOR] if self.items is not None else [])
+                          + [s["output"] for s in spec["state"]])
         #: --exclude-seen graphs: the PyTorch side's own record of every id fed to each row (the reference mask)
         self.exclude_seen = bool(spec.get("exclude_seen"))
         self.t_seen = np.zeros((batch, spec["n_items"]), dtype=bool) if self.exclude_seen else None
@@ -337,7 +361,8 @@ class _StepPair:
         if self.exclude_seen:
             np.put_along_axis(self.t_seen, ids.astype(np.int64), True, axis=1)
             ref = _exclude(ref, self.t_seen)
-        return res, _mask_excluded(ref, self.spec)
+        ref = _mask_excluded(ref, self.spec)
+        return _add_vector_scores(res, ref, self.items), ref
 
     def state_err(self) -> float:
         """Max abs difference over every state tensor, compared in float64 (a float64 state such as ``last_ts``
@@ -406,7 +431,7 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
         agree = np.concatenate(acc.agree)
         return CaseResult(name, acc.abs, acc.rel, float(agree.mean()), int(agree.size), pair.state_err(),
                           f"B={B}, prime {n_prime} + {Ltot - n_prime} single steps; worst at {acc.where}"
-                          + ts_note + _gaps_note(pair))
+                          + ts_note + _gaps_note(pair) + _vector_note(pair.items))
 
     t0 = time.perf_counter()
     hist = rng.integers(1, n_items, size=(batch, prime_len + n_steps))
@@ -423,7 +448,8 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
     a, r = _errs(out["scores"], ref)
     rows = _rows_agree(out["topk_ids"], ref, k)                # one entry per row actually compared
     cases.append(CaseResult("random/topk", a, r, float(rows.mean()), int(rows.size), pair.state_err(),
-                            f"B={int(rows.size)} random states (prime {topk_prime}) + 1 step" + _gaps_note(pair)))
+                            f"B={int(rows.size)} random states (prime {topk_prime}) + 1 step" + _gaps_note(pair)
+                            + _vector_note(pair.items)))
     say(f"  random/topk done [{time.perf_counter() - t0:.1f} s]")
 
     if real_histories:
@@ -466,7 +492,8 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
     rng = np.random.default_rng(seed)
     run = (runner or scores_session(graph)).run
     widths = list(widths or sorted({M, max(1, M // 2), min(M, 7)}))
-    out_names = ["topk_ids", "topk_scores", "scores"]
+    items = _item_vectors(model, spec)
+    out_names = ["topk_ids", "topk_scores", "scores"] + ([USER_VECTOR] if items is not None else [])
 
     uses_ts = spec["uses_timestamps"]
 
@@ -493,13 +520,13 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
                 np.put_along_axis(seen, ids.numpy(), True, axis=1)
                 ref = _exclude(ref, seen)
             ref = _mask_excluded(ref, spec)
-            res = dict(zip(out_names, run(out_names, feeds), strict=True))
+            res = _add_vector_scores(dict(zip(out_names, run(out_names, feeds), strict=True)), ref, items)
             acc.add(res, ref, k, f"rows {s}..{s + len(chunk) - 1}, width {ids.shape[1]}")
             n += len(chunk)
         agree = np.concatenate(acc.agree)
         return CaseResult(name, acc.abs, acc.rel, float(agree.mean()), int(agree.size), None,
                           f"{n} windows; worst at {acc.where}"
-                          + ("; real timestamps" if uses_ts and given_ts is not None else ""))
+                          + ("; real timestamps" if uses_ts and given_ts is not None else "") + _vector_note(items))
 
     t0 = time.perf_counter()
     groups = []

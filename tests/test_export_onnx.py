@@ -548,6 +548,55 @@ def test_excluded_items_are_never_recommended_by_the_graph(name, tmp_path):
         E.export_model(model, tmp_path / "k", exclude_items=[0, 3], verify=False)
 
 
+@pytest.mark.parametrize("name,precision", [("lrurec", "fp32"), ("gru4rec", "fp32"), ("mamba4rec-1l", "fp16"),
+                                            ("tim4rec_causal-gaps", "fp32"), ("sasrec", "fp32")])
+def test_user_vector_output_is_the_models_query_vector(name, precision, tmp_path):
+    """``--user-vector``: the graph also outputs ``user_vector [B, vector_size]``, the model's ``query_vectors`` of the
+    history fed so far, whose inner products with ``model.item_vectors()`` are the graph's own scores (LRURec: with
+    the bias column); the verifier checks them (and fails a graph whose vector is off). Without the flag the graph
+    has no such output."""
+    gaps = name.endswith(GAPS)
+    model = make_model(name.removesuffix(GAPS))
+    ti = "gaps" if gaps else None
+    step = model.has_exact_step
+    vk = dict(prime_len=20, n_steps=20, topk_cases=300) if step else dict(topk_cases=300)
+    res = E.export_model(model, tmp_path / "v", topk=10, with_scores=True, precision=precision, time_input=ti,
+                         user_vector=True, verify_kwargs=vk)
+    plain = E.export_model(model, tmp_path / "p", topk=10, with_scores=True, precision=precision, time_input=ti,
+                           verify=False)
+    assert res.report.ok and all("user_vector . item vectors compared too" in c.detail for c in res.report.cases)
+    out = {o["name"]: o for o in res.spec["outputs"]}
+    assert out["user_vector"]["shape"] == ["B", model.vector_size] and "user_vector" not in plain.spec
+    assert res.spec["user_vector"] == {"size": model.vector_size, "bias_column": model.item_output()[1] is not None}
+    assert res.spec.get("state_fingerprint") == plain.spec.get("state_fingerprint")        # the states mean the same
+    outputs = [o.name for o in onnx.load(plain.graph_path).graph.output]
+    assert outputs == [o.name for o in onnx.load(res.graph_path).graph.output if o.name != "user_vector"]
+    rng = np.random.default_rng(1)
+    hists = rng.integers(1, N_ITEMS, size=(16, 9)).tolist()
+    ts = (1.6e9 + np.cumsum(rng.integers(0, 3600, size=(16, 9)), axis=1)).tolist() if model.uses_timestamps else None
+    if step:
+        got = OnnxStepSession(tmp_path / "v").prime(hists, timestamps=ts)
+    else:
+        got = OnnxWindowSession(tmp_path / "v").recommend(hists)
+    padded = model.pad_batch(hists, timestamps=ts)
+    want = model.query_vectors(padded[0], padded[1], timestamps=padded[2] if ts else None).numpy()
+    atol = 1e-4 if precision == "fp32" else 2e-2
+    np.testing.assert_allclose(got.user_vector, want, atol=atol, rtol=0)
+    items = model.item_vectors().vectors.numpy()
+    np.testing.assert_allclose(got.user_vector @ items.T, got.scores[:, 1:], atol=10 * atol, rtol=0)
+    # negative control: a graph whose vector is off by a little (its scores untouched) fails verification
+    real = model.vector_of_hidden
+    bad = lambda h: real(h) * 1.01  # noqa: E731
+    object.__setattr__(model, "vector_of_hidden", bad)
+    try:
+        mp, spec = E.trace_graph(model, "step" if step else "window", 10, precision=precision, time_input=ti,
+                                 user_vector=True)
+    finally:
+        object.__delattr__(model, "vector_of_hidden")
+    onnx.save(mp, str(tmp_path / "bad.onnx"))
+    assert not V.verify_export(model, str(tmp_path / "bad.onnx"), spec, **vk).ok
+
+
 def test_exclude_items_on_the_command_line(saved_model, tmp_path, capsys):
     """``python -m export.onnx --exclude-items FILE``: ids one per line (# comments), read through the model's
     vocabulary; an unknown id is a usage error naming it, before any export."""

@@ -110,10 +110,11 @@ def lru_export(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lru_seen_export(tmp_path_factory):
-    """LRURec step graph exported with --exclude-seen (a ``seen [B, n_items]`` state beside the LRU states)."""
+    """LRURec step graph exported with --exclude-seen (a ``seen [B, n_items]`` state beside the LRU states) and
+    --user-vector (the query vector beside the top-k)."""
     m = _lru()
     d = tmp_path_factory.mktemp("lru_seen_export")
-    export_model(m, d, topk=K, exclude_seen=True, verify=False)
+    export_model(m, d, topk=K, exclude_seen=True, user_vector=True, verify=False)
     return m, d
 
 
@@ -284,6 +285,23 @@ def test_cli_exclude_seen(mamba, mamba_export, lru_seen_export, tmp_path, capsys
     assert T.main(["--onnx", str(lru_seen_export[1]), "--repo", str(tmp_path / "r2"), "--exclude-seen"]) == 0
     assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r3"), "--exclude-seen"]) == 1
     assert "exported without it" in capsys.readouterr().err and not (tmp_path / "r3").exists()
+
+
+def test_cli_user_vector(mamba, mamba_export, lru_seen_export, tmp_path, capsys):
+    """--user-vector: with --model the graph gets the ``user_vector`` output, which the config declares (implicit and
+    explicit state) and the repository README explains; with --onnx it is refused for a graph exported without it."""
+    mamba.save_pretrained(tmp_path / "m")
+    for state in ("implicit", "explicit"):
+        assert T.main(["--model", str(tmp_path / "m"), "--repo", str(tmp_path / state), "--no-verify", "--user-vector",
+                       "--state", state]) == 0
+        mdir = tmp_path / state / f"mamba4rec_step_onnxruntime_{state}"
+        out = {o.name: o for o in _parse(mdir / "config.pbtxt").output}
+        assert list(out["user_vector"].dims) == [mamba.vector_size]
+        assert "User vector (`--user-vector`)" in (mdir / "README.md").read_text()
+    assert T.main(["--onnx", str(lru_seen_export[1]), "--repo", str(tmp_path / "r2"), "--user-vector"]) == 0
+    assert "last column is 1" in (tmp_path / "r2" / "lrurec_step_onnxruntime_implicit" / "README.md").read_text()
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r3"), "--user-vector"]) == 1
+    assert "--user-vector: the graph" in capsys.readouterr().err and not (tmp_path / "r3").exists()
 
 
 def test_cli_writes_repository(mamba_export, tmp_path):
@@ -1028,14 +1046,19 @@ def test_live_exclude_seen_sequences_never_get_their_history(live_server, lru_se
              + [[rng.randrange(1, N_ITEMS)] for _ in range(rng.randrange(3, 8))] for s in range(1, 25)}
     order = [s for s in plans for _ in plans[s]]
     rng.shuffle(order)                                      # interleaved sequences
-    pos, served, prefixes = {s: 0 for s in plans}, [], []
+    pos, served, prefixes, vectors = {s: 0 for s in plans}, [], [], []
     for s in order:
         e = plans[s][pos[s]]
         last = pos[s] == len(plans[s]) - 1
         got = cl.recommend(7000 + s, e, end=last) if pos[s] else cl.prime(7000 + s, e)
         prefixes.append([x for ev in plans[s][:pos[s] + 1] for x in ev])
         served.append(np.asarray(got))
+        vectors.append(cl.last_user_vector)
         pos[s] += 1
+    # the graph was exported with --user-vector too: each response's vector is the model's query vector of the prefix
+    for p, v in zip(prefixes, vectors, strict=True):
+        want = model.query_vectors(torch.tensor([p]))[0].numpy()
+        np.testing.assert_allclose(v, want, atol=1e-4, rtol=0)
     assert all(not set(p) & set(g.tolist()) for p, g in zip(prefixes, served, strict=True))
     bad = [i for i, (got, (ri, rs)) in enumerate(zip(served, _reference_topk_unseen(model, prefixes), strict=True))
            if not _same_topk(got, ri, rs)]

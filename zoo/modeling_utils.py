@@ -546,12 +546,17 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         self.eval()
         try:
             ids, mask, ts = self.check_inputs(input_ids, attention_mask, timestamps)
-            last = self._at_last(self.encode(ids, mask, ts), mask).float()         # [B, D]
+            return self.vector_of_hidden(self._at_last(self.encode(ids, mask, ts), mask))
         finally:
             self.train(was_training)
+
+    def vector_of_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` hidden states scored from -> ``[B, vector_size]`` float32 query vectors (a column of 1s appended
+        when the output layer has an item bias); the exported graphs' ``user_vector`` output is this too."""
+        v = hidden.float()
         if self.item_output()[1] is not None:
-            last = torch.cat([last, last.new_ones(last.shape[0], 1)], 1)           # [B, D + 1]
-        return last
+            v = torch.cat([v, torch.ones_like(v[:, :1])], 1)                         # [B, D + 1]
+        return v
 
     @torch.no_grad()
     def user_vectors(self, histories: Sequence[Sequence[Any]], timestamps: Sequence[Sequence[float]] | None = None,

@@ -375,7 +375,8 @@ def _load_model(name_or_path: str):
 def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | int = "2G", topk: int = 10,
         max_batch: int = 2048, opt_batch: int = 64, max_steps: int = 200, version_compatible: bool = False,
         plugin_lib: str | None = None, build_dir: str | None = None, quick: bool = False, model=None,
-        time_input: str = "auto", exclude_seen: bool = False, say=print) -> tuple[int, dict]:
+        time_input: str = "auto", exclude_seen: bool = False, user_vector: bool = False,
+        say=print) -> tuple[int, dict]:
     """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json``.
 
     ``time_input``: "auto" (time-aware step models get the float32 gaps form, the only one TensorRT can build; others
@@ -429,7 +430,8 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
                     "The default float64 timestamps form cannot be built: TensorRT has no float64")
         report["time_input"] = ti
         res = E.export_model(model, out, kind="step", topk=topk, verify=True, verify_kwargs=verify_kwargs,
-                             progress=lambda m: say("  " + m), time_input=ti, exclude_seen=exclude_seen)
+                             progress=lambda m: say("  " + m), time_input=ti, exclude_seen=exclude_seen,
+                             user_vector=user_vector)
     except E.VerificationError as e:
         say(f"  ONNX verification FAILED: {e}")
         if e.report is not None:
@@ -589,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small verification (CI smoke runs)")
     p.add_argument("--exclude-seen", action="store_true",
                    help="rank the history's items last (a 'seen' state [B, n_items]; see export.onnx --exclude-seen)")
+    p.add_argument("--user-vector", action="store_true",
+                   help="also output user_vector, the query vector of retrieval (see export.onnx --user-vector)")
     a = p.parse_args(argv)
     for module in ("onnx", "onnxruntime"):        # every run exports and verifies the ONNX graph first
         require(module, "python -m export.trt", cli=True)
@@ -600,7 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = lambda m: print(m, flush=True)  # noqa: E731
     code, _ = run(a.model, a.out, fp16=a.fp16, workspace=a.workspace, topk=a.topk, max_batch=a.max_batch,
                   opt_batch=a.opt_batch, max_steps=a.max_steps, version_compatible=a.version_compatible,
-                  plugin_lib=a.plugin_lib, build_dir=a.build_dir, quick=a.quick, exclude_seen=a.exclude_seen, say=say)
+                  plugin_lib=a.plugin_lib, build_dir=a.build_dir, quick=a.quick, exclude_seen=a.exclude_seen,
+                  user_vector=a.user_vector, say=say)
     return code
 
 

@@ -1530,6 +1530,22 @@ def test_trt_exports_exclude_seen_graph(tmp_path, capsys, monkeypatch):
     assert spec["exclude_seen"] and spec["state"][-1]["name"] == "seen"
 
 
+def test_trt_exports_user_vector_graph(tmp_path, capsys, monkeypatch):
+    """export.trt --user-vector: the verified ONNX step carries ``user_vector`` (compared with the item vectors) before
+    the engine build, which ends here with the exit-3 report."""
+    from export import trt as T
+
+    extra = _trt_without_builder(monkeypatch)
+    mdir = tmp_path / "lru"
+    make_model("lrurec").save_pretrained(mdir)
+    code = T.main(["--model", str(mdir), "--out", str(tmp_path / "out"), "--quick", "--user-vector", *extra])
+    text = capsys.readouterr().out
+    assert code == T.EXIT_MISSING == 3, text
+    assert "verification (step, lrurec): PASSED" in text and "user_vector . item vectors compared too" in text
+    spec = json.loads((tmp_path / "out" / "state_spec.json").read_text())
+    assert spec["user_vector"]["bias_column"] and "user_vector" in [o["name"] for o in spec["outputs"]]
+
+
 # ------------------------------------------------------------------------------------- real verification cases
 def _toy_inter(path, rows):
     path.write_text("user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in rows))

@@ -7,6 +7,12 @@ Protocols
 * **LRURec** (``exclude_history=True``): additionally every item of the model's input window (the last
   ``max_seq_length`` items of the history) is masked before ranking. (LRURec masks with -1e9, we use -inf; a target
   that is itself in the window therefore ranks last: it can never be a hit.)
+* **Sampled** (``--sampled uni100`` / ``pop100``, RecBole's ``mode: uni100 | pop100``, the SASRec and BERT4Rec papers'
+  protocol): the target is ranked among ``N`` negatives drawn for its user -- uniformly, or in proportion to the items'
+  training counts -- never from the user's history or the target. The draws depend only on ``--sample-seed``, the
+  example's position and the data, so every model evaluated on the same data and seed meets the same negatives (RecBole
+  draws them anew, RecBole#2077). Sampled metrics are kept for comparing with papers that report them; they can rank
+  models differently from full ranking (Krichene & Rendle, KDD 2020; ``bench/RESULTS_SAMPLED_METRICS.md``).
 
 Command line::
 
@@ -54,6 +60,73 @@ from .modeling_utils import resolve_device
 
 #: the reference rankings ``--baseline`` evaluates without a model
 BASELINES = ("pop",)
+#: how ``--sampled`` draws the negatives: uniformly over the items, or in proportion to their training counts
+SAMPLERS = {"uni": "uniformly", "pop": "in proportion to their training counts"}
+
+
+def parse_sampled(text: str) -> tuple[str, int]:
+    """``"uni100"`` -> ``("uni", 100)``: a sampler of :data:`SAMPLERS` and a number of negatives ``>= 1``."""
+    import re
+
+    m = re.fullmatch(r"(uni|pop)([0-9]+)", str(text))
+    if not m or int(m.group(2)) < 1:
+        raise ValueError(f"expected uniN or popN (N >= 1 negatives per user, e.g. uni100), got {text!r}")
+    return m.group(1), int(m.group(2))
+
+
+def sample_negatives(examples: EvalExamples, n_items: int, n: int, how: str = "uni", seed: int = 0,
+                     counts: np.ndarray | None = None) -> np.ndarray:
+    """``[B, n]`` int64 distinct negatives per example: internal indices ``1 .. n_items - 1`` that are neither in the
+    example's history nor its target, drawn uniformly (``how="uni"``) or in proportion to ``counts [n_items]`` (the
+    training counts, ``how="pop"``: items never trained on are never drawn). Row ``r`` depends only on ``seed``, ``r``
+    and the data (``numpy.random.default_rng([seed, r])``), so evaluations of several models share their negatives.
+
+    Raises ``ValueError`` for a row with fewer than ``n`` items left to draw (naming the user)."""
+    if how not in SAMPLERS:
+        raise ValueError(f"how must be one of {', '.join(SAMPLERS)}, got {how!r}")
+    n = int(n)
+    cdf = None
+    if how == "pop":
+        if counts is None or len(counts) != n_items:
+            raise ValueError(f"pop sampling needs the items' training counts [{n_items}]")
+        w = np.asarray(counts, dtype=np.float64).copy()
+        w[0] = 0.0
+        if w.sum() <= 0:
+            raise ValueError("pop sampling: no item has a training count")
+        cdf = np.cumsum(w / w.sum())
+        drawable = w > 0
+    else:
+        drawable = np.ones(n_items, dtype=bool)
+        drawable[0] = False
+    out = np.empty((len(examples), n), dtype=np.int64)
+    for r, (h, t) in enumerate(zip(examples.histories, examples.targets, strict=True)):
+        gone = set(np.asarray(h).tolist()) | {int(t)}
+        left = int(drawable.sum()) - sum(1 for x in gone if 0 <= x < n_items and drawable[x])
+        if left < n:
+            raise ValueError(f"user {examples.users[r]!r}: {left} items left to draw as negatives, fewer than {n} "
+                             f"({'items with a training count' if how == 'pop' else 'items'} not in the user's "
+                             "history or target)")
+        rng = np.random.default_rng([int(seed), r])
+        chosen: dict[int, None] = {}                        # insertion-ordered: the draw order decides
+        while len(chosen) < n:
+            size = 2 * (n - len(chosen)) + 8
+            draw = (rng.integers(1, n_items, size=size) if cdf is None
+                    else np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), n_items - 1))
+            for x in draw.tolist():
+                if x not in gone and x not in chosen and drawable[x]:
+                    chosen[x] = None
+                    if len(chosen) == n:
+                        break
+        out[r] = list(chosen)
+    return out
+
+
+def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """``[B]`` pessimistic rank of each target among itself and its ``negatives [B, N]`` under ``scores [B, V]``
+    (1 .. N + 1; a masked target, ``-inf``, ranks last)."""
+    cand = torch.cat([targets.long()[:, None], negatives.long()], 1).to(scores.device)      # [B, 1 + N]
+    sub = scores.gather(1, cand)
+    return rank_of_target(sub, torch.zeros(len(targets), dtype=torch.long, device=scores.device))
 #: the history window a baseline masks under ``--exclude-history``: the zoo models' default ``max_seq_length``
 BASELINE_WINDOW = 200
 
@@ -76,7 +149,8 @@ def _check_examples(examples: EvalExamples, n_items: int, uses_ts: bool, owner: 
 @torch.no_grad()
 def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False,
                    batch_size: int = 256, device: str | torch.device | None = None, progress: bool = True,
-                   max_len: int | None = None, return_ranks: bool = False, history_share: bool = False):
+                   max_len: int | None = None, return_ranks: bool = False, history_share: bool = False,
+                   negatives: np.ndarray | None = None):
     """Full-ranking metrics of ``model`` on ``examples``.
 
     Args:
@@ -92,12 +166,17 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
         return_ranks: also return the ``[B]`` int64 ranks (CPU, example order).
         history_share: also report ``Hist@K``, the mean share of the top-K slots taken by items of the input window
             (:func:`zoo.metrics.history_in_top_k`; 0 when ``exclude_history``).
+        negatives: ``[len(examples), N]`` (:func:`sample_negatives`): rank each target among its N negatives only
+            (sampled metrics) instead of among all items.
     Returns:
         ``{"HR@5": ..., "NDCG@5": ..., "MRR@5": ..., "Recall@5": ..., ...}`` (floats; plus ``"Hist@K"`` with
         ``history_share``), or ``(metrics, ranks)``.
     """
     uses_ts = bool(getattr(model, "uses_timestamps", False))
     _check_examples(examples, int(model.config.n_items), uses_ts, "model", type(model).__name__)
+    negs = _check_negatives(negatives, examples, int(model.config.n_items))
+    if negs is not None and history_share:
+        raise ValueError("history_share is a full-ranking measure (the top-K of all items); not with negatives")
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -121,7 +200,9 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
             window = torch.where(mask, ids, torch.zeros_like(ids))                         # [B, L], pad -> index 0
             if exclude_history:
                 scores.scatter_(1, window, float("-inf"))                               # predict's own tensor
-            ranks[batch["index"]] = rank_of_target(scores, batch["targets"].to(device)).cpu()
+            targets = batch["targets"].to(device)
+            ranks[batch["index"]] = (rank_of_target(scores, targets) if negs is None
+                                     else sampled_ranks(scores, targets, negs[batch["index"]])).cpu()
             for k, counts in in_top.items():
                 counts[batch["index"]] = history_in_top_k(scores, window, k).cpu()
             if bar is not None:
@@ -145,12 +226,15 @@ def popularity_scores(train: Sequence, n_items: int) -> torch.Tensor:
 
 
 def evaluate_popularity(train: Sequence, examples: EvalExamples, n_items: int, ks: Iterable[int] = (5, 10, 20),
-                        exclude_history: bool = False, max_len: int = BASELINE_WINDOW, return_ranks: bool = False):
+                        exclude_history: bool = False, max_len: int = BASELINE_WINDOW, return_ranks: bool = False,
+                        negatives: np.ndarray | None = None):
     """Full-ranking metrics of the most-popular baseline (RecBole's ``Pop``): every user gets the same ranking, by
     :func:`popularity_scores` of ``train``; with ``exclude_history`` the last ``max_len`` items of each history are
-    masked, as :func:`evaluate_model` masks a model's window (LRURec's protocol). Ties are pessimistic, as for the
-    models. The floor a trained model must clear far: one that does not has learnt nothing about order."""
+    masked, as :func:`evaluate_model` masks a model's window (LRURec's protocol); ``negatives`` as for
+    :func:`evaluate_model`. Ties are pessimistic, as for the models. The floor a trained model must clear far: one that
+    does not has learnt nothing about order."""
     _check_examples(examples, n_items, False, "baseline", "most-popular")
+    negs = _check_negatives(negatives, examples, n_items)
     scores = popularity_scores(train, n_items)
     ranks = torch.empty(len(examples), dtype=torch.long)
     for batch in eval_batches(examples, max_len, "right", 1024):
@@ -158,9 +242,24 @@ def evaluate_popularity(train: Sequence, examples: EvalExamples, n_items: int, k
         if exclude_history:
             window = torch.where(batch["attention_mask"], batch["input_ids"], torch.zeros_like(batch["input_ids"]))
             s = s.scatter(1, window, float("-inf"))
-        ranks[batch["index"]] = rank_of_target(s, batch["targets"])
+        ranks[batch["index"]] = (rank_of_target(s, batch["targets"]) if negs is None
+                                 else sampled_ranks(s, batch["targets"], negs[batch["index"]]))
     metrics = compute_metrics(ranks, [int(k) for k in ks])
     return (metrics, ranks) if return_ranks else metrics
+
+
+def _check_negatives(negatives, examples: EvalExamples, n_items: int) -> torch.Tensor | None:
+    """``negatives`` as a ``[len(examples), N]`` int64 tensor of item indices ``1 .. n_items - 1`` (None: full
+    ranking); anything else is a ``ValueError`` naming the problem."""
+    if negatives is None:
+        return None
+    negs = torch.as_tensor(np.asarray(negatives))
+    if negs.dim() != 2 or negs.shape[0] != len(examples) or negs.shape[1] < 1 or negs.dtype != torch.int64:
+        raise ValueError(f"negatives must be int64 [{len(examples)} examples, N >= 1], got {negs.dtype} "
+                         f"{list(negs.shape)}")
+    if int(negs.min()) < 1 or int(negs.max()) >= n_items:
+        raise ValueError(f"negatives hold item indices outside 1..{n_items - 1}")
+    return negs
 
 
 def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[int] = (5, 10), batch_size: int = 256,
@@ -308,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history-share", action="store_true",
                    help="also report Hist@K: the mean share of the top-K slots taken by items of the input window "
                         "(never the target on data without repeats, e.g. ML-1M; 0 with --exclude-history)")
+    p.add_argument("--sampled", type=_sampled_arg, default=None, metavar="uniN|popN",
+                   help="sampled metrics (RecBole's uni100/pop100; the SASRec and BERT4Rec papers): rank the target "
+                        "among N negatives drawn per user, uniformly (uniN) or by training count (popN), never from "
+                        "the user's history; the same draws for every model (--sample-seed). Not comparable with full "
+                        "ranking: for papers that report them")
+    p.add_argument("--sample-seed", type=nonnegative_int, default=0, help="seed of the --sampled negatives (0)")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--threads", type=int, default=None, help="--onnx: ONNX Runtime intra-op threads")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
@@ -338,9 +443,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sampled_arg(text: str) -> tuple[str, int]:
+    try:
+        return parse_sampled(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``python -m zoo.evaluate`` / ``zoo-evaluate``; returns the result dict (also printed)."""
     args = build_parser().parse_args(argv)
+    if args.sampled and (args.onnx or args.history_share):
+        raise SystemExit("--sampled ranks the target among sampled negatives: for --model and --baseline, without "
+                         "--history-share (a full-ranking measure)" + ("; an --onnx graph's top-K ranks all items"
+                                                                        if args.onnx else ""))
+    if args.sample_seed and not args.sampled:
+        raise SystemExit("--sample-seed seeds the --sampled negatives; give --sampled uniN or popN")
     if args.ks is not None:
         args.ks = sorted(set(args.ks))          # "--ks 10 10" is one cut-off, reported once
     for flag, edges in (("--by-length", args.by_length), ("--by-popularity", args.by_popularity)):
@@ -379,9 +497,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         device = resolve_device(args.device)
     except ValueError as e:
         raise SystemExit(f"--device: {e}") from None
-    n_ranked = int(model.config.n_items) - 1
-    args.ks = args.ks or _default_ks(n_ranked)
-    _check_ks(args.ks, n_ranked, "model")
+    _set_ks(args, int(model.config.n_items) - 1, "model")
     ds = _load_data(args)
     try:
         ds, note = align_with_model(ds, model, args.unknown_items)
@@ -390,11 +506,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {error_text(e)}") from None
     examples, split = _examples(ds, args)
+    negatives = _negatives(args, examples, split, int(model.config.n_items))
     metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
                                     batch_size=args.batch_size, device=device, progress=not args.no_progress,
-                                    history_share=args.history_share, return_ranks=True)
+                                    history_share=args.history_share, return_ranks=True, negatives=negatives)
     protocol = _protocol(args, ds, bool(args.exclude_history),
-                         "full (all items), padding masked" + ("; history window masked" if args.exclude_history else ""),
+                         _ranking(args, "full (all items), padding masked")
+                         + ("; history window masked" if args.exclude_history else ""),
                          max_seq_length=int(model.config.max_seq_length), unknown_items=args.unknown_items)
     result = {
         "metrics": metrics,
@@ -419,14 +537,14 @@ def _main_baseline(args, t0: float) -> dict:
     """``--baseline pop``: :func:`evaluate_popularity` on the data's own items (their first-appearance indexing), with
     the window of the zoo's default ``max_seq_length`` (:data:`BASELINE_WINDOW`) masked under ``--exclude-history``."""
     ds = _load_data(args)
-    args.ks = args.ks or _default_ks(ds.n_items)
-    _check_ks(args.ks, ds.n_items, "data")
+    _set_ks(args, ds.n_items, "data")
     split = _split(ds, args)
     examples, _ = _examples(ds, args, split)
+    negatives = _negatives(args, examples, split, ds.n_items + 1)
     metrics, ranks = evaluate_popularity(split.train, examples, ds.n_items + 1, args.ks, args.exclude_history,
-                                         BASELINE_WINDOW, return_ranks=True)
+                                         BASELINE_WINDOW, return_ranks=True, negatives=negatives)
     protocol = _protocol(args, ds, bool(args.exclude_history),
-                         "full (all items) by training-sequence count, padding masked"
+                         _ranking(args, "full (all items) by training-sequence count, padding masked")
                          + (f"; the last {BASELINE_WINDOW} history items masked" if args.exclude_history else ""))
     result = {"metrics": metrics, "protocol": protocol, "data": _data_path(args),
               "dataset": ds.stats(), "baseline": args.baseline, "n_users": len(examples), "n_items": ds.n_items,
@@ -441,13 +559,40 @@ def _protocol(args, ds, excluded: bool, ranking: str, ties: str = "pessimistic",
     """An evaluation's ``protocol`` entry: its name (by whether the history was masked), split, ranking and ties, then
     the data options that gave its sequences (k-core as applied, order of ties, ``--columns``), the cut-offs, and, for
     a model or a graph, its window and how unknown items were treated."""
-    return {"name": "lrurec" if excluded else "recbole", "split": args.split,
+    sampled = getattr(args, "sampled", None)
+    name = ("lrurec" if excluded else "recbole") + (f"-{sampled[0]}{sampled[1]}-seed{args.sample_seed}"
+                                                      if sampled else "")
+    return {"name": name, "split": args.split,
+            **({"sampled": {"sampler": sampled[0], "negatives": sampled[1], "seed": args.sample_seed,
+                            "drawn": SAMPLERS[sampled[0]], "never": "the user's history items and the target"}}
+               if sampled else {}),
             "leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]", "ranking": ranking,
             "exclude_history": excluded, "ties": ties,
             **({"max_seq_length": max_seq_length} if max_seq_length is not None else {}),
             "kcore": ds.kcore,  # effective (user_k, item_k), None when unfiltered
             "time_ties": ds.time_ties, "columns": args.columns, "ks": list(args.ks),
             **({"unknown_items": unknown_items} if unknown_items is not None else {})}
+
+
+def _ranking(args, full: str) -> str:
+    """The ``ranking`` text of the protocol: ``full``, or that of ``--sampled``."""
+    if not args.sampled:
+        return full
+    how, n = args.sampled
+    return (f"sampled: the target among {n} negatives drawn {SAMPLERS[how]} (never from the user's history), seed "
+            f"{args.sample_seed}")
+
+
+def _negatives(args, examples, split, n_items: int) -> np.ndarray | None:
+    """``--sampled``: :func:`sample_negatives` of the examples (popularity from the split's training sequences)."""
+    if not args.sampled:
+        return None
+    how, n = args.sampled
+    counts = item_counts(split.train, n_items) if how == "pop" else None
+    try:
+        return sample_negatives(examples, n_items, n, how, args.sample_seed, counts)
+    except ValueError as e:
+        raise SystemExit(f"error: --sampled {how}{n}: {e}") from None
 
 
 def _data_path(args) -> str:
@@ -485,6 +630,15 @@ def _default_ks(cap: int) -> list[int]:
     return [k for k in (5, 10, 20) if k <= cap] or [cap]
 
 
+def _set_ks(args, n_items: int, owner: str) -> None:
+    """``args.ks`` (the default ones when not given) checked against the items each target is ranked among: the
+    ``owner``'s ``n_items``, or itself and its ``--sampled`` negatives."""
+    if args.sampled:
+        n_items, owner = args.sampled[1] + 1, f"--sampled {args.sampled[0]}{args.sampled[1]} protocol"
+    args.ks = args.ks or _default_ks(n_items)
+    _check_ks(args.ks, n_items, owner)
+
+
 def _check_ks(ks, n_items: int, owner: str) -> None:
     """A cut-off above the number of items ranked would count every target a hit (HR@K = 1)."""
     if max(ks) > n_items:
@@ -505,7 +659,9 @@ def _report(result: dict, examples, ranks, vocab, args, source: str, train, max_
     _write_json(result, args.json)
     _write_ranks(args.ranks_out, examples, ranks, vocab, {
         "model": source, "data": result["data"], "split": args.split, "protocol": result["protocol"]["name"],
-        "max_rank": max_rank, "n_items": result["n_items"]}, counts)
+        "max_rank": max_rank,
+        # the items each target was ranked among: all of them, or itself and its --sampled negatives
+        "n_items": result["n_items"] if not getattr(args, "sampled", None) else args.sampled[1] + 1}, counts)
     return result
 
 

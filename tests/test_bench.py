@@ -351,3 +351,27 @@ def test_item_similarity_bench_runs(monkeypatch, tmp_path, shared_data):
     vec = [r for r in rows if len(r) == 7][0]
     assert vec[3].strip() == "yes" and float(vec[2]) < 1e-4
     assert "| (no model) | transitions |" in text and "| (no model) | popularity |" in text
+
+
+def test_sampled_metrics_bench_runs(monkeypatch, tmp_path, shared_data):
+    """Two bundled models on the first 300 ML-1M test users: the full-ranking row is what zoo.evaluate measures on them,
+    the sampled ones are ranks among the same shared negatives, and the ordering table counts flipped pairs."""
+    from transformers import AutoModel
+
+    from zoo.data import leave_one_out, load_dataset
+    from zoo.evaluate import align_with_model, evaluate_model
+
+    b = _bench("sampled_metrics", monkeypatch)
+    out = tmp_path / "s.md"
+    res = b.main(["--models", "gru4rec-ml1m", "lrurec-ml1m", "--max-users", "300", "--markdown", str(out)])
+    model = AutoModel.from_pretrained(ROOT / "hub_cards" / "gru4rec-ml1m")
+    ds, _ = align_with_model(load_dataset(shared_data / "ml-1m.5core.seq.gz"), model)
+    full = evaluate_model(model, leave_one_out(ds).test.head(300), ks=(10,), progress=False)
+    assert res["results"]["gru4rec-ml1m"]["full"]["HR@10"] == pytest.approx(full["HR@10"], abs=1e-9)
+    for name in ("gru4rec-ml1m", "lrurec-ml1m", "(popularity)"):
+        r = res["results"][name]
+        assert r["uni100"]["HR@10"] > r["full"]["HR@10"] and len(res["spread"][name]) == 5
+    assert b.flips({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 3.0, "b": 2.0, "c": 1.0}) == 3
+    assert b.flips({"a": 1.0, "b": 2.0}, {"a": 1.5, "b": 2.5}) == 0
+    text = out.read_text()
+    assert "| full |" in text and "| uni100 |" in text and "of 3 |" in text and "300 test users" in text

@@ -19,7 +19,7 @@ Command line::
     python -m zoo.evaluate --model runs/mamba4rec-ml1m --data ../shared/data/ml-1m.5core.seq.gz \\
         [--split test|valid] [--exclude-history] [--ks 5 10 20] [--history-share] [--batch-size 256] \\
         [--json out.json] [--max-users N] [--kcore K|none|auto] [--time-ties file|item] [--device cpu] \\
-        [--no-progress] [--intervals] [--ranks-out ranks.csv]
+        [--no-progress] [--intervals] [--ranks-out ranks.csv] [--sampled uni100|pop100 [--sample-seed 0]]
     python -m zoo.evaluate --onnx hub_cards/lrurec-ml1m/onnx --data ../shared/data/ml-1m.5core.seq.gz --ks 5 10
 
 Data item ids are mapped through the model's own ``item_vocab`` (external ids -> the indices it was trained with).

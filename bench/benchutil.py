@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: ML-1M as the bundled cards were measured on it: ``$ZOO_DATA_DIR``, else ``../shared/data`` beside the checkout
+ML1M_DATA = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(_ROOT, "..", "shared", "data")),
+                         "ml-1m.5core.seq.gz")
+#: the bundled cards trained on it
+ML1M_CARDS = ["mamba4rec-ml1m", "sasrec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "bert4rec-ml1m"]
 
 
 def command_line(script: str, argv: Sequence[str] | None = None) -> str:
@@ -55,3 +64,26 @@ def write_table(lines: Sequence[str], title: str, markdown: str | None) -> None:
         with open(markdown, "w") as f:
             f.write(f"# {title}\n\n" + "\n".join(lines) + "\n")
         print(f"wrote {markdown}")
+
+
+def cards_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a bench over the bundled ML-1M cards: ``--models``, ``--data``, ``--threads``, ``--markdown``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--models", nargs="+", default=ML1M_CARDS, help="bundled ML-1M cards")
+    p.add_argument("--data", default=ML1M_DATA)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--markdown", help="also write the tables to this file")
+    return p
+
+
+def cards_data(args):
+    """For :func:`cards_parser`'s ``args``: torch's threads set, and ``--data`` loaded (an exit naming it when it is
+    not there)."""
+    import torch
+
+    from zoo.data import load_dataset
+
+    torch.set_num_threads(args.threads)
+    if not os.path.exists(args.data):
+        sys.exit(f"data not found: {args.data} (set ZOO_DATA_DIR)")
+    return load_dataset(args.data)

@@ -20,7 +20,6 @@ scoring (one matrix product and top-10 for all users).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -32,11 +31,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, write_table  # noqa: E402
-
-DATA_DEFAULT = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data")),
-                            "ml-1m.5core.seq.gz")
-MODELS = ["mamba4rec-ml1m", "sasrec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "bert4rec-ml1m"]
+from bench.benchutil import cards_data, cards_parser, command_line, write_table  # noqa: E402
 
 
 def ranks_of(score_rows, targets: np.ndarray, batch: int = 512) -> torch.Tensor:
@@ -63,24 +58,16 @@ def transition_counts(train, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=MODELS, help="bundled ML-1M cards")
-    p.add_argument("--data", default=DATA_DEFAULT)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--markdown", help="also write the tables to this file")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = cards_parser(__doc__.split("\n\n")[0]).parse_args(argv)
 
     import zoo  # noqa: F401
     from transformers import AutoModel
 
-    from zoo.data import EvalExamples, leave_one_out, load_dataset
+    from zoo.data import EvalExamples, leave_one_out
     from zoo.evaluate import align_with_model, evaluate_model
     from zoo.metrics import compute_metrics
 
-    if not os.path.exists(args.data):
-        sys.exit(f"data not found: {args.data} (set ZOO_DATA_DIR)")
-    ds0 = load_dataset(args.data)
+    ds0 = cards_data(args)
     rows, checks = [], []
     base_done = False
     for card in args.models:

@@ -12,7 +12,6 @@ the other order than full ranking does (Krichene & Rendle, "On Sampled Metrics f
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import sys
@@ -23,11 +22,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, write_table  # noqa: E402
-
-DATA_DEFAULT = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data")),
-                            "ml-1m.5core.seq.gz")
-MODELS = ["mamba4rec-ml1m", "sasrec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "bert4rec-ml1m"]
+from bench.benchutil import cards_data, cards_parser, command_line, write_table  # noqa: E402
 PROTOCOLS = [("full", None), ("uni100", ("uni", 100)), ("pop100", ("pop", 100))]
 EXTRA_SEEDS = (1, 2, 3, 4)
 
@@ -59,25 +54,18 @@ def flips(values: dict[str, float], reference: dict[str, float]) -> int:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=MODELS, help="bundled ML-1M cards")
-    p.add_argument("--data", default=DATA_DEFAULT)
-    p.add_argument("--threads", type=int, default=2)
+    p = cards_parser(__doc__.split("\n\n")[0])
     p.add_argument("--max-users", type=int, default=None, help="the first N test users only (quick runs)")
-    p.add_argument("--markdown", help="also write the tables to this file")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
 
     import zoo  # noqa: F401
     from transformers import AutoModel
 
-    from zoo.data import item_counts, leave_one_out, load_dataset
+    from zoo.data import item_counts, leave_one_out
     from zoo.evaluate import align_with_model, popularity_scores, sample_negatives
     from zoo.metrics import compute_metrics
 
-    if not os.path.exists(args.data):
-        sys.exit(f"data not found: {args.data} (set ZOO_DATA_DIR)")
-    ds0 = load_dataset(args.data)
+    ds0 = cards_data(args)
     results: dict[str, dict[str, dict]] = {}           # name -> protocol -> metrics
     spread: dict[str, list[float]] = {}                # name -> uni100 HR@10 over the seeds
     negatives = None

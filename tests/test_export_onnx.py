@@ -1514,36 +1514,26 @@ def test_exclude_seen_fp16_and_cli_card(saved_model, tmp_path, capsys):
     assert "never ranked above an unseen item" in readme and "`seen_out`" in readme
 
 
-def test_trt_exports_exclude_seen_graph(tmp_path, capsys, monkeypatch):
-    """export.trt --exclude-seen: the ONNX step (verified, with the ``seen`` state) is what the engine would be built
-    from; here (no builder/GPU) the run ends with the exit-3 report (the engine build itself is a GPU test)."""
+@pytest.mark.parametrize("flag", ["--exclude-seen", "--user-vector"])
+def test_trt_exports_flagged_graph(flag, tmp_path, capsys, monkeypatch):
+    """export.trt --exclude-seen / --user-vector: the ONNX step (verified, with the ``seen`` state / the user vector
+    compared with the item vectors) is what the engine would be built from; here (no builder/GPU) the run ends with
+    the exit-3 report (the engine build itself is a GPU test)."""
     from export import trt as T
 
     extra = _trt_without_builder(monkeypatch)
     mdir = tmp_path / "lru"
     make_model("lrurec").save_pretrained(mdir)
-    code = T.main(["--model", str(mdir), "--out", str(tmp_path / "out"), "--quick", "--exclude-seen", *extra])
+    code = T.main(["--model", str(mdir), "--out", str(tmp_path / "out"), "--quick", flag, *extra])
     text = capsys.readouterr().out
     assert code == T.EXIT_MISSING == 3, text
-    assert "history excluded" in text and "verification (step, lrurec): PASSED" in text
+    assert "verification (step, lrurec): PASSED" in text
     spec = json.loads((tmp_path / "out" / "state_spec.json").read_text())
-    assert spec["exclude_seen"] and spec["state"][-1]["name"] == "seen"
-
-
-def test_trt_exports_user_vector_graph(tmp_path, capsys, monkeypatch):
-    """export.trt --user-vector: the verified ONNX step carries ``user_vector`` (compared with the item vectors) before
-    the engine build, which ends here with the exit-3 report."""
-    from export import trt as T
-
-    extra = _trt_without_builder(monkeypatch)
-    mdir = tmp_path / "lru"
-    make_model("lrurec").save_pretrained(mdir)
-    code = T.main(["--model", str(mdir), "--out", str(tmp_path / "out"), "--quick", "--user-vector", *extra])
-    text = capsys.readouterr().out
-    assert code == T.EXIT_MISSING == 3, text
-    assert "verification (step, lrurec): PASSED" in text and "user_vector . item vectors compared too" in text
-    spec = json.loads((tmp_path / "out" / "state_spec.json").read_text())
-    assert spec["user_vector"]["bias_column"] and "user_vector" in [o["name"] for o in spec["outputs"]]
+    if flag == "--exclude-seen":
+        assert "history excluded" in text and spec["exclude_seen"] and spec["state"][-1]["name"] == "seen"
+    else:
+        assert "user_vector . item vectors compared too" in text and spec["user_vector"]["bias_column"]
+        assert "user_vector" in [o["name"] for o in spec["outputs"]]
 
 
 # ------------------------------------------------------------------------------------- real verification cases

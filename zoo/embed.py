@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -72,19 +72,13 @@ def user_vectors_of_dataset(model, ds, unknown: str = "error", batch_size: int =
         raise ValueError(f"no user of {ds.name or 'the data'} has an item the model knows")
     if model.uses_timestamps:
         aligned.check_timestamps_for(type(model).__name__)
-    device = next(model.parameters()).device
+    seqs = [q.tolist() for q in aligned.sequences]
+    ts = [t.tolist() for t in aligned.timestamps] if model.uses_timestamps else None
     out = []
     with tqdm(total=len(aligned), desc="user vectors", unit="user", leave=False, disable=not progress) as bar:
-        for s in range(0, len(aligned), batch_size):
-            seqs = [q.tolist() for q in aligned.sequences[s:s + batch_size]]
-            if model.uses_timestamps:
-                ids, mask, ts = model.pad_batch(seqs, timestamps=[t.tolist() for t in
-                                                                  aligned.timestamps[s:s + batch_size]])
-                ts = ts.to(device)
-            else:
-                (ids, mask), ts = model.pad_batch(seqs), None
-            out.append(model.query_vectors(ids.to(device), mask.to(device), timestamps=ts).cpu())
-            bar.update(len(seqs))
+        for chunk, ids, mask, t in model.padded_batches(seqs, ts, batch_size):
+            out.append(model.query_vectors(ids, mask, timestamps=t).cpu())
+            bar.update(len(chunk))
     return list(aligned.users), torch.cat(out), note
 
 

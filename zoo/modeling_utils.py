@@ -486,7 +486,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                     raise ValueError(f"k={k} is more than the {left} items left to recommend for history {r} "
                                      f"({self.config.n_items - 1} items, {', '.join(parts)})")
         items, scores = [], []
-        for chunk, ids, mask, ts in self._batches(idx, timestamps, batch_size):
+        for chunk, ids, mask, ts in self.padded_batches(idx, timestamps, batch_size):
             sc = self.predict(ids, mask, timestamps=ts, exclude_items=excluded)
             if exclude_seen:                                   # the whole history, not only the window the model read
                 for r, h in enumerate(chunk):
@@ -514,9 +514,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                 raise ValueError(f"got {len(timestamps)} timestamp lists for {len(histories)} histories")
         return self.encode_histories(histories)
 
-    def _batches(self, idx: list[list[int]], timestamps: Sequence[Sequence[float]] | None, batch_size: int):
+    def padded_batches(self, idx: Sequence[Sequence[int]], timestamps: Sequence[Sequence[float]] | None,
+                       batch_size: int):
         """Yield ``(histories, input_ids [b, L], attention_mask [b, L], timestamps [b, L] | None)`` per
-        ``batch_size`` histories (internal indices), padded by :meth:`pad_batch` and on the model's device."""
+        ``batch_size`` histories of internal indices (and their timestamps, for a model that reads them), padded by
+        :meth:`pad_batch` (the last ``max_seq_length`` items of each) and on the model's device."""
         device = next(self.parameters()).device
         for s in range(0, len(idx), batch_size):
             chunk = idx[s:s + batch_size]
@@ -567,7 +569,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         idx = self._check_histories(histories, timestamps, "user_vectors", "query_vectors")
         batch_size = _as_count(batch_size, "batch_size")
         return torch.cat([self.query_vectors(ids, mask, timestamps=ts).cpu()
-                          for _, ids, mask, ts in self._batches(idx, timestamps, batch_size)])
+                          for _, ids, mask, ts in self.padded_batches(idx, timestamps, batch_size)])
 
     @torch.no_grad()
     def item_vectors(self) -> ItemVectors:

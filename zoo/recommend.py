@@ -122,27 +122,23 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
     if model.uses_timestamps:
         aligned.check_timestamps_for(type(model).__name__)
     model.eval()
-    device = next(model.parameters()).device
+    seqs = [q.tolist() for q in aligned.sequences]                             # internal ids, whole histories
+    ts = [t.tolist() for t in aligned.timestamps] if model.uses_timestamps else None
+    users = iter(aligned.users)
     with written_whole(out) as f, tqdm(total=len(aligned), desc="recommend", unit="user", leave=False,
                                        disable=not progress) as bar:
-        for s in range(0, len(aligned), batch_size):
-            seqs = aligned.sequences[s:s + batch_size]                         # U_b int64 arrays, internal ids
-            ts = aligned.timestamps[s:s + batch_size] if model.uses_timestamps else None
-            batch = model.pad_batch([q.tolist() for q in seqs],
-                                    timestamps=None if ts is None else [t.tolist() for t in ts])
-            ids, mask = batch[0].to(device), batch[1].to(device)               # [B, L], last L items of each
-            scores = model.predict(ids, mask, timestamps=batch[2].to(device) if ts is not None else None,
-                                   exclude_items=excluded)                     # excluded: recommended to nobody
+        for chunk, ids, mask, t in model.padded_batches(seqs, ts, batch_size):   # [B, L]: last L items of each
+            scores = model.predict(ids, mask, timestamps=t, exclude_items=excluded)   # excluded: to nobody
             if exclude_seen:                                                   # the whole history, not the window
-                for r, q in enumerate(seqs):
-                    scores[r, torch.from_numpy(q).to(device)] = float("-inf")
+                for r, q in enumerate(chunk):
+                    scores[r, torch.tensor(q, device=scores.device)] = float("-inf")
             top = torch.topk(scores, k, dim=1)
-            for r, (vals, idx) in enumerate(zip(top.values.cpu(), top.indices.cpu(), strict=True)):
+            for vals, idx in zip(top.values.cpu(), top.indices.cpu(), strict=True):
                 keep = torch.isfinite(vals)
-                f.write(json.dumps({"user": _json_value(aligned.users[s + r]),
+                f.write(json.dumps({"user": _json_value(next(users)),
                                     "items": [_json_value(x) for x in model.decode_items(idx[keep].tolist())],
                                     "scores": [round(float(v), 6) for v in vals[keep]]}) + "\n")
-            bar.update(len(seqs))
+            bar.update(len(chunk))
     return {"out": os.path.abspath(out), "users": len(aligned), "dropped_users": ds.n_users - aligned.n_users,
             "vocab": note, "excluded_items": len(excluded), "seconds": round(time.time() - t0, 2)}
 

@@ -63,17 +63,11 @@ def user_vectors_of_dataset(model, ds, unknown: str = "error", batch_size: int =
     :func:`zoo.recommend.recommend_all_users`)."""
     from tqdm.auto import tqdm
 
-    from .evaluate import align_with_model
     from .modeling_utils import _as_count
+    from .recommend import histories_for
 
     batch_size = _as_count(batch_size, "batch_size")
-    aligned, note = align_with_model(ds, model, unknown)
-    if len(aligned) == 0:
-        raise ValueError(f"no user of {ds.name or 'the data'} has an item the model knows")
-    if model.uses_timestamps:
-        aligned.check_timestamps_for(type(model).__name__)
-    seqs = [q.tolist() for q in aligned.sequences]
-    ts = [t.tolist() for t in aligned.timestamps] if model.uses_timestamps else None
+    aligned, note, seqs, ts = histories_for(model, ds, unknown)
     out = []
     with tqdm(total=len(aligned), desc="user vectors", unit="user", leave=False, disable=not progress) as bar:
         for chunk, ids, mask, t in model.padded_batches(seqs, ts, batch_size):

@@ -90,6 +90,23 @@ def _excluded_items(args, model) -> list:
     return ids
 
 
+def histories_for(model, ds, unknown: str = "error") -> tuple:
+    """``(aligned dataset, vocabulary note, histories, timestamps)`` of every user of the
+    :class:`~zoo.data.SequenceDataset` ``ds`` for ``model``: ids mapped through its vocabulary (``unknown``: ``"error"``
+    refuses items it does not know, ``"drop"`` removes their interactions, and users left with none), each user's
+    whole history as a list of internal indices, and its timestamps (a list per user) for a model that reads them,
+    else None. ``ValueError`` when no user is left or a time-aware model gets unusable timestamps."""
+    from .evaluate import align_with_model
+
+    aligned, note = align_with_model(ds, model, unknown)
+    if len(aligned) == 0:
+        raise ValueError(f"no user of {ds.name or 'the data'} has an item the model knows")
+    if model.uses_timestamps:
+        aligned.check_timestamps_for(type(model).__name__)
+    ts = [t.tolist() for t in aligned.timestamps] if model.uses_timestamps else None
+    return aligned, note, [q.tolist() for q in aligned.sequences], ts
+
+
 @torch.no_grad()
 def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_seen: bool = False,
                         unknown: str = "error", batch_size: int = 256, progress: bool = True,
@@ -109,21 +126,14 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
     from tqdm.auto import tqdm
 
     from .cli import written_whole
-    from .evaluate import align_with_model
     from .modeling_utils import _as_count
 
     k = _as_count(k, "k", 1, model.config.n_items - 1)
     batch_size = _as_count(batch_size, "batch_size")
     excluded = model.encode_item_set(exclude_items) if exclude_items is not None else []
     t0 = time.time()
-    aligned, note = align_with_model(ds, model, unknown)
-    if len(aligned) == 0:
-        raise ValueError(f"no user of {ds.name or 'the data'} has an item the model knows")
-    if model.uses_timestamps:
-        aligned.check_timestamps_for(type(model).__name__)
+    aligned, note, seqs, ts = histories_for(model, ds, unknown)
     model.eval()
-    seqs = [q.tolist() for q in aligned.sequences]                             # internal ids, whole histories
-    ts = [t.tolist() for t in aligned.timestamps] if model.uses_timestamps else None
     users = iter(aligned.users)
     with written_whole(out) as f, tqdm(total=len(aligned), desc="recommend", unit="user", leave=False,
                                        disable=not progress) as bar:

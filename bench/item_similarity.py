@@ -10,7 +10,7 @@ ranks the held-out next item five ways per model:
    (``model.similar_items``; the query item itself is never returned);
 
 beside two baselines that need no model: ``transitions`` (how often each item followed the last item in the training
-sequences, ties by popularity) and ``popularity``. It also checks that the model's retrieval vectors reproduce its
+sequences, ties by popularity: ``zoo.evaluate --baseline markov``) and ``popularity`` (``--baseline pop``). It also checks that the model's retrieval vectors reproduce its
 ranking: ``user_vectors @ item_vectors.T`` against ``predict`` (max |score difference| and whether every rank is the
 same), and times the two halves of serving from precomputed vectors: the user vectors (one forward per user) and the
 scoring (one matrix product and top-10 for all users).
@@ -45,18 +45,6 @@ def ranks_of(score_rows, targets: np.ndarray, batch: int = 512) -> torch.Tensor:
     return torch.cat(out)
 
 
-def transition_counts(train, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``([V, V] float32 counts of item j right after item i in the training sequences, [V] popularity)``."""
-    counts = torch.zeros(n_items, n_items)
-    pop = torch.zeros(n_items)
-    for seq in train:
-        s = torch.as_tensor(seq, dtype=torch.long)
-        pop += torch.bincount(s, minlength=n_items).float()
-        if len(s) > 1:
-            counts.index_put_((s[:-1], s[1:]), torch.ones(len(s) - 1), accumulate=True)
-    return counts, pop
-
-
 def main(argv=None) -> None:
     args = cards_parser(__doc__.split("\n\n")[0]).parse_args(argv)
 
@@ -64,7 +52,7 @@ def main(argv=None) -> None:
     from transformers import AutoModel
 
     from zoo.data import EvalExamples, leave_one_out
-    from zoo.evaluate import align_with_model, evaluate_model
+    from zoo.evaluate import align_with_model, evaluate_baseline, evaluate_model
     from zoo.metrics import compute_metrics
 
     ds0 = cards_data(args)
@@ -95,21 +83,8 @@ def main(argv=None) -> None:
         for how in ("full", "last item", "cosine"):
             rows.append((card, how, met[how]))
         if not base_done:                   # the model-free baselines, once (every ML-1M card has the same items)
-            counts, pop = transition_counts(split.train, V)
-            tie = pop / (pop.max() + 1)                                                # < 1: breaks ties only
-
-            def trans_rows(s, e):
-                sc = counts[torch.as_tensor(last[s:e])] + tie
-                sc[:, 0] = -float("inf")
-                return sc
-
-            def pop_rows(s, e):
-                sc = pop.expand(e - s, -1).clone()
-                sc[:, 0] = -float("inf")
-                return sc
-
-            rows.append(("(no model)", "transitions", compute_metrics(ranks_of(trans_rows, targets), (10,))))
-            rows.append(("(no model)", "popularity", compute_metrics(ranks_of(pop_rows, targets), (10,))))
+            for kind, label in (("markov", "transitions"), ("pop", "popularity")):
+                rows.append(("(no model)", label, evaluate_baseline(kind, split.train, test, V, ks=(10,))))
             base_done = True
         # retrieval vectors reproduce the ranking; time the two halves of serving from them
         hist = [model.decode_items(h.tolist()) for h in test.histories]

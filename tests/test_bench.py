@@ -328,15 +328,6 @@ def test_catalogue_growth_bench_runs(monkeypatch, tmp_path):
     assert "`continued` − `fresh`, new-item targets" in rows
 
 
-def test_item_similarity_transition_counts_on_hand_made_sequences(monkeypatch):
-    b = _bench("item_similarity", monkeypatch)
-    counts, pop = b.transition_counts([[1, 2, 3, 2, 3], [3, 1], [2]], 5)
-    want = [[0.0] * 5 for _ in range(5)]
-    for i, j in [(1, 2), (2, 3), (3, 2), (2, 3), (3, 1)]:
-        want[i][j] += 1
-    assert counts.tolist() == want and pop.tolist() == [0, 2, 3, 3, 0]
-
-
 def test_item_similarity_bench_runs(monkeypatch, tmp_path, shared_data):
     """One bundled model on ML-1M: the rows of the table, and the retrieval vectors reproducing its ranks."""
     b = _bench("item_similarity", monkeypatch)

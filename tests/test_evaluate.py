@@ -673,6 +673,44 @@ def test_most_popular_baseline_on_hand_counted_data(tmp_path, capsys):
         main(["--baseline", "pop", "--data", str(data), "--history-share"])
 
 
+def test_transitions_baseline_on_hand_counted_data(tmp_path, capsys):
+    """--baseline markov ranks the items by how often each directly followed the history's last item in the training
+    sequences (seq[:-2]), ties (and items that never followed it) by training count, pessimistically."""
+    from zoo.evaluate import TransitionCounts, evaluate_baseline
+
+    data = tmp_path / "d.seq"
+    # training parts: [1, 2, 3, 2, 4, 2, 3], [2, 3, 4], [3, 4, 1]: transitions 1->2, 2->3 (x3), 3->2, 2->4, 4->2,
+    # 3->4 (x2), 4->1; counts 1:2, 2:4, 3:4, 4:3
+    data.write_text("user_id\titem_ids_chronological\nu1\t1 2 3 2 4 2 3 1 4\nu2\t2 3 4 1 2\nu3\t3 4 1 3 2\n")
+    ds = build_sequences_from(data)
+    split = leave_one_out(ds)
+    idx = {x: i for i, x in enumerate(ds.vocab.decode(list(range(1, ds.n_items + 1))), start=1)}
+    assert [ds.vocab.decode(q.tolist()) for q in split.train] == [[1, 2, 3, 2, 4, 2, 3], [2, 3, 4], [3, 4, 1]]
+    t = TransitionCounts(split.train, ds.n_items + 1)
+    rows = t.rows(np.array([idx[2], idx[3], idx[1]]))
+    assert [rows[0, idx[j]].item() for j in (1, 2, 3, 4)] == [0, 0, 3, 1]           # after 2: 3 three times, 4 once
+    assert [rows[1, idx[j]].item() for j in (1, 2, 3, 4)] == [0, 1, 0, 2]
+    assert [rows[2, idx[j]].item() for j in (1, 2, 3, 4)] == [0, 1, 0, 0]
+    # test examples: u1 [.. 3, 1] -> 4: after 1 only 2 (count 1); then by popularity 3 (4) tied with 2... 2 is first
+    # (transition), then 3 (pop 4), 4 (pop 3) -> rank 3; u2 [2, 3, 4, 1] -> 2: after 1, 2 first -> rank 1;
+    # u3 [3, 4, 1, 3] -> 2: after 3, 4 (x2) then 2 (x1) -> rank 2
+    metrics, ranks = evaluate_baseline("markov", split.train, split.test, ds.n_items + 1, ks=(1, 2),
+                                       return_ranks=True)
+    assert ranks.tolist() == [3, 1, 2] and metrics["HR@2"] == pytest.approx(2 / 3)
+    _, masked = evaluate_baseline("markov", split.train, split.test, ds.n_items + 1, ks=(1,), exclude_history=True,
+                                  return_ranks=True)
+    assert masked.tolist() == [5, 5, 1]             # u1's and u2's targets are in their windows: masked, ranked last
+    #                                                 (behind the padding column); u3's 2 is all that is left
+    res = main(["--baseline", "markov", "--data", str(data), "--ks", "1", "2"])
+    assert res["metrics"]["HR@2"] == pytest.approx(2 / 3) and res["baseline"] == "markov"
+    assert "first-order transitions" in res["protocol"]["ranking"]
+    assert capsys.readouterr().out.startswith("first-order transitions (markov) baseline on d.seq")
+    with pytest.raises(ValueError, match="kind must be one of pop, markov"):
+        evaluate_baseline("knn", split.train, split.test, ds.n_items + 1)
+    with pytest.raises(ValueError, match="outside"):
+        TransitionCounts([[1, 9]], 5)
+
+
 def build_sequences_from(path):
     from zoo.data import load_dataset
 

@@ -58,8 +58,10 @@ from .data.split import TIME_TIES, EvalExamples, SequenceDataset, item_counts, l
 from .metrics import compute_metrics, history_in_top_k, rank_of_target
 from .modeling_utils import resolve_device
 
-#: the reference rankings ``--baseline`` evaluates without a model
-BASELINES = ("pop",)
+#: the reference rankings ``--baseline`` evaluates without a model, and how each ranks the items
+BASELINES = {"pop": "by training-sequence count (RecBole's Pop)",
+             "markov": "by how often each item directly followed the history's last item in the training sequences "
+                       "(first-order transitions), ties by training count"}
 #: how ``--sampled`` draws the negatives: uniformly over the items, or in proportion to their training counts
 SAMPLERS = {"uni": "uniformly", "pop": "in proportion to their training counts"}
 
@@ -225,6 +227,35 @@ def popularity_scores(train: Sequence, n_items: int) -> torch.Tensor:
     return scores
 
 
+class TransitionCounts:
+    """First-order item transitions of training sequences: how often item ``j`` directly followed item ``i``, kept
+    sparse (CSR over ``i``: a catalogue of 10^5 items would not fit as a dense ``[V, V]`` table).
+
+    Args:
+        train: the training sequences (``Split.train``, internal indices).
+        n_items: rows of the item table (padding 0 included).
+    """
+
+    def __init__(self, train: Sequence, n_items: int):
+        self.n_items = int(n_items)
+        seqs = [np.asarray(q, dtype=np.int64) for q in train]
+        src = np.concatenate([q[:-1] for q in seqs] or [np.zeros(0, np.int64)])
+        dst = np.concatenate([q[1:] for q in seqs] or [np.zeros(0, np.int64)])
+        if len(src) and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= self.n_items):
+            raise ValueError(f"sequences hold item indices outside [0, {self.n_items - 1}]")
+        pairs, counts = np.unique(src * self.n_items + dst, return_counts=True)    # sorted by (i, j)
+        self.indptr = np.searchsorted(pairs // self.n_items, np.arange(self.n_items + 1))
+        self.next_items, self.counts = pairs % self.n_items, counts.astype(np.float64)
+
+    def rows(self, items: np.ndarray) -> torch.Tensor:
+        """``[B, n_items]`` float64: row ``r`` counts how often each item followed ``items[r]``."""
+        out = np.zeros((len(items), self.n_items))
+        for r, i in enumerate(np.asarray(items, dtype=np.int64).tolist()):
+            lo, hi = self.indptr[i], self.indptr[i + 1]
+            out[r, self.next_items[lo:hi]] = self.counts[lo:hi]
+        return torch.from_numpy(out)
+
+
 def evaluate_popularity(train: Sequence, examples: EvalExamples, n_items: int, ks: Iterable[int] = (5, 10, 20),
                         exclude_history: bool = False, max_len: int = BASELINE_WINDOW, return_ranks: bool = False,
                         negatives: np.ndarray | None = None):
@@ -233,12 +264,30 @@ def evaluate_popularity(train: Sequence, examples: EvalExamples, n_items: int, k
     masked, as :func:`evaluate_model` masks a model's window (LRURec's protocol); ``negatives`` as for
     :func:`evaluate_model`. Ties are pessimistic, as for the models. The floor a trained model must clear far: one that
     does not has learnt nothing about order."""
-    _check_examples(examples, n_items, False, "baseline", "most-popular")
+    return evaluate_baseline("pop", train, examples, n_items, ks, exclude_history, max_len, return_ranks, negatives)
+
+
+def evaluate_baseline(kind: str, train: Sequence, examples: EvalExamples, n_items: int,
+                      ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False, max_len: int = BASELINE_WINDOW,
+                      return_ranks: bool = False, negatives: np.ndarray | None = None):
+    """:func:`evaluate_popularity` for any of :data:`BASELINES`: ``"pop"``, or ``"markov"``, which ranks the items
+    by how often they directly followed the history's last item in ``train`` (:class:`TransitionCounts`; ties, and
+    items that never followed it, by training count) -- the order signal a sequential model must beat, where the
+    most-popular ranking has none."""
+    if kind not in BASELINES:
+        raise ValueError(f"kind must be one of {', '.join(BASELINES)}, got {kind!r}")
+    _check_examples(examples, n_items, False, "baseline", {"pop": "most-popular", "markov": "transitions"}[kind])
     negs = _check_negatives(negatives, examples, n_items)
     scores = popularity_scores(train, n_items)
+    if kind == "markov":            # counts of the transitions first; the popularity (< 1 in total) breaks their ties
+        transitions = TransitionCounts(train, n_items)
+        scores = scores / (scores[1:].max() + 1) if n_items > 1 else scores
     ranks = torch.empty(len(examples), dtype=torch.long)
     for batch in eval_batches(examples, max_len, "right", 1024):
         s = scores.expand(batch["input_ids"].shape[0], -1)                    # [B, V]
+        if kind == "markov":
+            last = [examples.histories[i][-1] for i in range(*batch["index"].indices(len(examples)))]
+            s = s + transitions.rows(np.asarray(last))
         if exclude_history:
             window = torch.where(batch["attention_mask"], batch["input_ids"], torch.zeros_like(batch["input_ids"]))
             s = s.scatter(1, window, float("-inf"))
@@ -394,9 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="model folder or Hub id (loaded with transformers.AutoModel)")
     src.add_argument("--onnx", help="an export.onnx folder (model.onnx + state_spec.json + item_vocab.json): evaluate "
                                     "the exported graph with ONNX Runtime")
-    src.add_argument("--baseline", choices=BASELINES,
+    src.add_argument("--baseline", choices=list(BASELINES),
                      help="a reference without a model: pop, every user gets the items ranked by their count in the "
-                          "training sequences (RecBole's Pop); a trained model should be far above it")
+                          "training sequences (RecBole's Pop); markov, the items that most often directly followed "
+                          "the user's last item in the training sequences (ties by count): the order signal a "
+                          "sequential model must beat, where pop has none")
     p.add_argument("--data", required=True, help="interaction file (.inter/.tsv/.csv/ratings.dat/.seq, optionally .gz)")
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--exclude-history", action="store_true",
@@ -534,22 +585,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def _main_baseline(args, t0: float) -> dict:
-    """``--baseline pop``: :func:`evaluate_popularity` on the data's own items (their first-appearance indexing), with
-    the window of the zoo's default ``max_seq_length`` (:data:`BASELINE_WINDOW`) masked under ``--exclude-history``."""
+    """``--baseline pop|markov``: :func:`evaluate_baseline` on the data's own items (their first-appearance indexing),
+    with the window of the zoo's default ``max_seq_length`` (:data:`BASELINE_WINDOW`) masked under
+    ``--exclude-history``."""
     ds = _load_data(args)
     _set_ks(args, ds.n_items, "data")
     split = _split(ds, args)
     examples, _ = _examples(ds, args, split)
     negatives = _negatives(args, examples, split, ds.n_items + 1)
-    metrics, ranks = evaluate_popularity(split.train, examples, ds.n_items + 1, args.ks, args.exclude_history,
-                                         BASELINE_WINDOW, return_ranks=True, negatives=negatives)
+    metrics, ranks = evaluate_baseline(args.baseline, split.train, examples, ds.n_items + 1, args.ks,
+                                       args.exclude_history, BASELINE_WINDOW, return_ranks=True, negatives=negatives)
     protocol = _protocol(args, ds, bool(args.exclude_history),
-                         _ranking(args, "full (all items) by training-sequence count, padding masked")
+                         _ranking(args, f"full (all items) {BASELINES[args.baseline]}, padding masked")
                          + (f"; the last {BASELINE_WINDOW} history items masked" if args.exclude_history else ""))
     result = {"metrics": metrics, "protocol": protocol, "data": _data_path(args),
               "dataset": ds.stats(), "baseline": args.baseline, "n_users": len(examples), "n_items": ds.n_items,
               "seconds": round(time.time() - t0, 2)}
-    print(f"most-popular baseline on {ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
+    what = {"pop": "most-popular", "markov": "first-order transitions (markov)"}[args.baseline]
+    print(f"{what} baseline on {ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
           f"{' (history excluded)' if args.exclude_history else ''}")
     return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}", split.train)
 

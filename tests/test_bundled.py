@@ -57,6 +57,16 @@ def test_card_numbers_reproduced(folder, shared_data):
                                 progress=False, return_ranks=True)
     for k, v in info["metrics"].items():
         assert abs(got[k] - v) <= 1e-4, f"{folder.name} {k}: card {v:.6f}, measured now {got[k]:.6f}"
+    # the rankings without a model the card sets the model beside, on the same users and protocol
+    from zoo.evaluate import evaluate_baseline
+
+    split = leave_one_out(ds)
+    assert set(info["baselines"]) == {"markov", "pop"}, folder.name
+    for kind, b in info["baselines"].items():
+        base = evaluate_baseline(kind, split.train, split.test, int(model.config.n_items), ks=(10,),
+                                 exclude_history=info["exclude_history"])
+        for k, v in b["metrics"].items():
+            assert abs(base[k] - v) <= 1e-4, f"{folder.name} {kind} {k}: card {v:.6f}, measured now {base[k]:.6f}"
     print(f"{folder.name}: " + " ".join(f"{k} {got[k]:.4f}" for k in ("HR@10", "NDCG@10", "MRR@10")))
     # the card's 95% intervals (a fixed-seed bootstrap of these ranks), in eval_results.json and in its text
     assert "intervals_95" in info, f"{folder.name}: no intervals; re-card it (python -m zoo.hub card --run {folder})"

@@ -586,6 +586,36 @@ def test_a_card_folder_is_recarded_in_place(tmp_path):
     assert json.loads((card / "eval_results.json").read_text())["intervals_95"]["HR@10"]
 
 
+def test_a_card_sets_the_model_beside_the_rankings_without_a_model(tmp_path):
+    """The card measures the transitions and most-popular rankings on its own test users and protocol; the command it
+    prints for each reproduces its numbers, and a model that adds little to the transitions is told so."""
+    import json
+
+    from zoo.evaluate import main as evaluate_main
+
+    data, _ = _tiny_gru4rec_run(tmp_path)
+    card = tmp_path / "card"
+    metrics = hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card))
+    saved = json.loads((card / "eval_results.json").read_text())["baselines"]
+    assert list(saved) == ["markov", "pop"]
+    text = (card / "README.md").read_text()
+    assert "## Against rankings without a model" in text and f"| this model | {metrics['HR@10']:.4f} |" in text
+    for kind, b in saved.items():
+        assert b["command"].startswith(f"python -m zoo.evaluate --baseline {kind} --data markov.tsv --kcore none")
+        assert f"(`{b['command']}`) | {b['metrics']['HR@10']:.4f} | {b['metrics']['NDCG@10']:.4f} |" in text
+        argv = b["command"].split()[3:]
+        argv[argv.index("--data") + 1] = data
+        again = evaluate_main(argv + ["--ks", "10", "--no-progress"])["metrics"]
+        assert again["HR@10"] == pytest.approx(b["metrics"]["HR@10"]) and again["NDCG@10"] == pytest.approx(
+            b["metrics"]["NDCG@10"])
+    close = hub._baselines_markdown({"HR@10": 0.07, "NDCG@10": 0.0319}, {"markov": {
+        "metrics": {"HR@10": 0.05, "NDCG@10": 0.0301}, "command": "c"}})
+    assert "NDCG@10 only +6% against the first-order transitions" in close
+    far = hub._baselines_markdown({"HR@10": 0.28, "NDCG@10": 0.16}, {"markov": {
+        "metrics": {"HR@10": 0.19, "NDCG@10": 0.11}, "command": "c"}})
+    assert "only" not in far and hub._baselines_markdown({"HR@10": 0.1, "NDCG@10": 0.1}, None) == ""
+
+
 def test_a_card_is_measured_on_the_sequences_its_run_was_trained_on(tmp_path):
     """A run trained with --time-ties item and --kcore none keeps them in its log's data_options; zoo.hub card then
     evaluates on the same sequences (the order of ties decides the test items), records the options, and gives the

@@ -88,7 +88,7 @@ def _usage_example(folder: str | os.PathLike, cfg: dict) -> str:
 
 def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dict, dataset: dict, train_log: dict,
               repo_id: str | None = None, extra_sections: str = "", reference_metrics: dict | None = None,
-              intervals: dict | None = None) -> str:
+              intervals: dict | None = None, baselines: dict | None = None) -> str:
     """Write ``folder/README.md``: a Hub model card (huggingface_hub ``ModelCard``) with ``model-index`` metrics.
 
     ``protocol["history_masked"]`` says how ``metrics`` were measured. When the model's published reference
@@ -96,7 +96,8 @@ def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dic
     must hold this model's numbers under the reference's protocol; the comparison uses them, never numbers of
     different protocols side by side. ``intervals`` (:func:`zoo.metrics.bootstrap_interval` of the test ranks,
     ``{"HR@10": (low, high), ...}``) are stated under the table, and the comparison says which published numbers
-    lie inside them (a difference the test users do not resolve)."""
+    lie inside them (a difference the test users do not resolve). ``baselines`` (``{"markov": {"metrics", "command"},
+    "pop": ...}``, measured on the same users under the same protocol) are set beside the model's numbers."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     import zoo
@@ -141,7 +142,7 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
 {table}
 
 (HR@K equals Recall@K with one held-out item per user.){_intervals_text(intervals)}
-
+{_baselines_markdown(metrics, baselines)}
 ## Training
 
 - Data: {dataset.get('description', ds_name)}
@@ -184,6 +185,31 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
     path = os.path.join(folder, "README.md")
     card.save(path)
     return path
+
+
+#: how a card names the baselines of :data:`zoo.evaluate.BASELINES`
+BASELINE_ROWS = {"markov": "first-order transitions: what most often directly followed the user's last item in the "
+                           "training sequences",
+                 "pop": "most popular in the training sequences"}
+#: below this ratio of NDCG@10 to the transitions baseline's, a card says the model adds little to it
+BASELINE_MARGIN = 1.25
+
+
+def _baselines_markdown(metrics: dict, baselines: dict | None) -> str:
+    """The card's section setting the model beside the rankings that need no model (empty without ``baselines``)."""
+    if not baselines:
+        return ""
+    rows = [f"| this model | {metrics['HR@10']:.4f} | {metrics['NDCG@10']:.4f} |"]
+    rows += [f"| {BASELINE_ROWS[k]} (`{b['command']}`) | {b['metrics']['HR@10']:.4f} | {b['metrics']['NDCG@10']:.4f} |"
+             for k, b in baselines.items()]
+    text = ("\n## Against rankings without a model\n\nThe same test users and protocol. A sequential model must clear "
+            "the first-order transitions far (the order signal of the last item alone), the most popular items very "
+            "far.\n\n| ranking | HR@10 | NDCG@10 |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+    markov = baselines.get("markov", {}).get("metrics", {}).get("NDCG@10")
+    if markov and metrics["NDCG@10"] < BASELINE_MARGIN * markov:
+        text += (f"\n**NDCG@10 only {100 * (metrics['NDCG@10'] / markov - 1):+.0f}% against the first-order "
+                 "transitions:** this model adds little to what the last item's transitions already say.\n")
+    return text
 
 
 def _how_trained(log: dict) -> str:
@@ -462,7 +488,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     from transformers import AutoModel
 
     from .data import leave_one_out, load_dataset
-    from .evaluate import align_with_model, evaluate_model
+    from .evaluate import BASELINES, align_with_model, evaluate_baseline, evaluate_model
     from .metrics import bootstrap_interval
 
     out_dir = out_dir or os.path.join(pathlib.Path(__file__).resolve().parent.parent, "hub_cards", name)
@@ -496,13 +522,19 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     dataset_type, dataset_name = _dataset_names(dataset_type, dataset_name, benchmark, _card_dataset(out_dir),
                                                 data_file)
     ds, _ = align_with_model(loaded, model)
-    test = leave_one_out(ds).test
+    split = leave_one_out(ds)
+    test = split.test
     metrics, ranks = evaluate_model(model, test, ks=(5, 10, 20), exclude_history=exclude_history, return_ranks=True)
     intervals = bootstrap_interval(ranks, ks=(10,))
 
-    def evaluate_command(masked: bool) -> str:
-        return f"python -m zoo.evaluate --model {HUB_ORG}/{name} --data {data_file}" + data_flags(data_options) + (
+    def evaluate_command(masked: bool, source: str = f"--model {HUB_ORG}/{name}") -> str:
+        return f"python -m zoo.evaluate {source} --data {data_file}" + data_flags(data_options) + (
             " --exclude-history" if masked else "")
+
+    baselines = {kind: {"metrics": evaluate_baseline(kind, split.train, test, int(model.config.n_items), ks=(10,),
+                                                     exclude_history=exclude_history),
+                        "command": evaluate_command(exclude_history, f"--baseline {kind}")}
+                 for kind in ("markov", "pop") if kind in BASELINES}
 
     protocol = {"name": PROTOCOL_NAMES[exclude_history],
                 "description": ("leave-one-out by time (last item = test, second-to-last = validation), "
@@ -535,13 +567,13 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                 shutil.copyfile(os.path.join(run_dir, f), os.path.join(stage, f))
             make_card(stage, name, metrics, protocol, dataset, log,
                       extra_sections=_stages_markdown(stages) + _marked_notes(notes),
-                      reference_metrics=reference, intervals=intervals)
+                      reference_metrics=reference, intervals=intervals, baselines=baselines)
             with written_whole(os.path.join(stage, STAGES_FILE)) as f:
                 json.dump({"stages": stages}, f, indent=1)
             with written_whole(os.path.join(stage, "eval_results.json")) as f:
                 json.dump({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
                            "protocol": protocol, "data_file": data_file, "data_options": data_options,
-                           "exclude_history": exclude_history,
+                           "exclude_history": exclude_history, "baselines": baselines,
                            **({"reference_protocol": reference} if reference else {})}, f, indent=1)
             for args in exports:
                 refresh_onnx_export(stage, args, data, data_options.get("columns"))

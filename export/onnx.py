@@ -1307,6 +1307,23 @@ def _check_fp16_graph(mp: onnx.ModelProto, spec: dict) -> None:
         raise ExportError(f"fp16: only {n16} of {n16 + n32} float weights were converted to float16")
 
 
+def excluded_indices(model, path: str | None) -> list[int]:
+    """``--exclude-items FILE`` (one id per line, ``#`` comments; read as command-line ids are) -> the model's
+    sorted internal indices (``[]`` without a file); a file that cannot be read or an id the model does not know is
+    a ``ValueError`` naming it."""
+    if not path:
+        return []
+    from zoo.cli import cannot, error_text
+    from zoo.recommend import read_id_list
+
+    try:
+        return model.encode_item_set(read_id_list(path, model), "--exclude-items")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(cannot("--exclude-items", path, e, "read")) from None
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(error_text(e)) from None
+
+
 def _load_model(name_or_path: str):
     from zoo.modeling_utils import SeqRecPreTrainedModel
     import zoo.models  # noqa: F401  (registers the model classes)
@@ -1510,8 +1527,7 @@ def load_real_histories(path: str, model, max_users: int = 512, with_timestamps:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zoo.cli import add_columns_option, cannot, check_outputs, error_text, positive_int
-    from zoo.recommend import read_id_list
+    from zoo.cli import add_columns_option, check_outputs, positive_int
 
     p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
@@ -1573,14 +1589,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         p.error(f"--model {args.model}: {e}")
     kind = args.kind or ("step" if model.has_exact_step else "window")
-    excluded = ()
-    if args.exclude_items:
-        try:
-            excluded = model.encode_item_set(read_id_list(args.exclude_items, model), "--exclude-items")
-        except (OSError, UnicodeDecodeError) as e:
-            p.error(cannot("--exclude-items", args.exclude_items, e, "read"))
-        except (KeyError, ValueError, TypeError) as e:
-            p.error(error_text(e))
+    try:
+        excluded = excluded_indices(model, args.exclude_items)
+    except ValueError as e:
+        p.error(str(e))
     out = args.out
     rel = None
     if args.card_dir:

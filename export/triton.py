@@ -837,16 +837,17 @@ def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: p
 
 
 def export_and_write(model, repo: str | os.PathLike, topk: int = 10, work_dir: str | None = None,
-                     exclude_seen: bool = False, user_vector: bool = False, **kwargs) -> pathlib.Path:
+                     exclude_seen: bool = False, user_vector: bool = False, exclude_items: Sequence[int] = (),
+                     **kwargs) -> pathlib.Path:
     """Export a zoo model with :func:`export.onnx.export_model` (verified) and write its Triton repository
     (``exclude_seen``: the graph ranks the history's items last, step graphs keep a ``seen`` state; ``user_vector``:
-    the graph also outputs the query vector of retrieval)."""
+    the graph also outputs the query vector of retrieval; ``exclude_items``: internal indices never recommended)."""
     from .onnx import export_model
 
     with tempfile.TemporaryDirectory(prefix="zoo-triton-export-") as tmp:
         out = pathlib.Path(work_dir or tmp)
         export_model(model, out, topk=topk, verify=kwargs.pop("verify", True), exclude_seen=exclude_seen,
-                     user_vector=user_vector)
+                     user_vector=user_vector, exclude_items=exclude_items)
         vocab = None
         if getattr(model, "item_vocab", None) is not None:
             model.item_vocab.save(str(out))
@@ -870,6 +871,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--exclude-seen", action="store_true",
                    help="with --model: export the graph with the history's items ranked last (a 'seen' state per "
                         "sequence; see export.onnx --exclude-seen)")
+    p.add_argument("--exclude-items", metavar="FILE",
+                   help="with --model: item ids never to recommend, one per line (see export.onnx --exclude-items)")
     p.add_argument("--user-vector", action="store_true",
                    help="with --model: the graph also outputs user_vector, the query vector of retrieval over the "
                         "item vectors of python -m zoo.embed (see export.onnx --user-vector)")
@@ -891,6 +894,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               instances=a.instances)
     if a.onnx and a.topk is not None:
         p.error("--topk is fixed by the graph in --onnx (export.onnx --topk); it applies to --model")
+    if a.onnx and a.exclude_items:
+        p.error("--exclude-items is fixed by the graph in --onnx (export.onnx --exclude-items); it applies to --model")
     try:
         check_config_numbers(**{k: v for k, v in kw.items() if k in _NUMBERS})
     except ValueError as e:
@@ -911,12 +916,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 else None)
             mdir = write_repository(a.onnx, a.repo, vocab_path=vocab, **kw)
         else:
-            from .onnx import ExportError, VerificationError, _load_model
+            from .onnx import ExportError, VerificationError, _load_model, excluded_indices
 
             errors += (ExportError, VerificationError)
-            mdir = export_and_write(_load_model(a.model), a.repo, topk=10 if a.topk is None else a.topk,
-                                    verify=not a.no_verify,
-                                    exclude_seen=a.exclude_seen, user_vector=a.user_vector, **kw)
+            model = _load_model(a.model)
+            mdir = export_and_write(model, a.repo, topk=10 if a.topk is None else a.topk, verify=not a.no_verify,
+                                    exclude_seen=a.exclude_seen, user_vector=a.user_vector,
+                                    exclude_items=excluded_indices(model, a.exclude_items), **kw)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

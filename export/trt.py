@@ -376,7 +376,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         max_batch: int = 2048, opt_batch: int = 64, max_steps: int = 200, version_compatible: bool = False,
         plugin_lib: str | None = None, build_dir: str | None = None, quick: bool = False, model=None,
         time_input: str = "auto", exclude_seen: bool = False, user_vector: bool = False,
-        say=print) -> tuple[int, dict]:
+        exclude_items: str | None = None, say=print) -> tuple[int, dict]:
     """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json``.
 
     ``time_input``: "auto" (time-aware step models get the float32 gaps form, the only one TensorRT can build; others
@@ -431,7 +431,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         report["time_input"] = ti
         res = E.export_model(model, out, kind="step", topk=topk, verify=True, verify_kwargs=verify_kwargs,
                              progress=lambda m: say("  " + m), time_input=ti, exclude_seen=exclude_seen,
-                             user_vector=user_vector)
+                             user_vector=user_vector, exclude_items=E.excluded_indices(model, exclude_items))
     except E.VerificationError as e:
         say(f"  ONNX verification FAILED: {e}")
         if e.report is not None:
@@ -593,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="rank the history's items last (a 'seen' state [B, n_items]; see export.onnx --exclude-seen)")
     p.add_argument("--user-vector", action="store_true",
                    help="also output user_vector, the query vector of retrieval (see export.onnx --user-vector)")
+    p.add_argument("--exclude-items", metavar="FILE", default=None,
+                   help="item ids never to recommend, one per line (see export.onnx --exclude-items)")
     a = p.parse_args(argv)
     for module in ("onnx", "onnxruntime"):        # every run exports and verifies the ONNX graph first
         require(module, "python -m export.trt", cli=True)
@@ -605,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code, _ = run(a.model, a.out, fp16=a.fp16, workspace=a.workspace, topk=a.topk, max_batch=a.max_batch,
                   opt_batch=a.opt_batch, max_steps=a.max_steps, version_compatible=a.version_compatible,
                   plugin_lib=a.plugin_lib, build_dir=a.build_dir, quick=a.quick, exclude_seen=a.exclude_seen,
-                  user_vector=a.user_vector, say=say)
+                  user_vector=a.user_vector, exclude_items=a.exclude_items, say=say)
     return code
 
 

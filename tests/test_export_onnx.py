@@ -1514,26 +1514,33 @@ def test_exclude_seen_fp16_and_cli_card(saved_model, tmp_path, capsys):
     assert "never ranked above an unseen item" in readme and "`seen_out`" in readme
 
 
-@pytest.mark.parametrize("flag", ["--exclude-seen", "--user-vector"])
+@pytest.mark.parametrize("flag", ["--exclude-seen", "--user-vector", "--exclude-items"])
 def test_trt_exports_flagged_graph(flag, tmp_path, capsys, monkeypatch):
-    """export.trt --exclude-seen / --user-vector: the ONNX step (verified, with the ``seen`` state / the user vector
-    compared with the item vectors) is what the engine would be built from; here (no builder/GPU) the run ends with
-    the exit-3 report (the engine build itself is a GPU test)."""
+    """export.trt --exclude-seen / --user-vector / --exclude-items FILE: the ONNX step (verified, with the ``seen``
+    state / the user vector compared with the item vectors / the excluded items at -inf) is what the engine would be
+    built from; here (no builder/GPU) the run ends with the exit-3 report (the engine build itself is a GPU test)."""
     from export import trt as T
 
     extra = _trt_without_builder(monkeypatch)
     mdir = tmp_path / "lru"
     make_model("lrurec").save_pretrained(mdir)
-    code = T.main(["--model", str(mdir), "--out", str(tmp_path / "out"), "--quick", flag, *extra])
+    (tmp_path / "gone.txt").write_text("# retired\n3\n17\n")
+    args = [flag] + ([str(tmp_path / "gone.txt")] if flag == "--exclude-items" else [])
+    code = T.main(["--model", str(mdir), "--out", str(tmp_path / "out"), "--quick", *args, *extra])
     text = capsys.readouterr().out
     assert code == T.EXIT_MISSING == 3, text
     assert "verification (step, lrurec): PASSED" in text
     spec = json.loads((tmp_path / "out" / "state_spec.json").read_text())
     if flag == "--exclude-seen":
         assert "history excluded" in text and spec["exclude_seen"] and spec["state"][-1]["name"] == "seen"
-    else:
+    elif flag == "--user-vector":
         assert "user_vector . item vectors compared too" in text and spec["user_vector"]["bias_column"]
         assert "user_vector" in [o["name"] for o in spec["outputs"]]
+    else:
+        assert spec["excluded_items"] == [3, 17]
+        (tmp_path / "gone.txt").write_text("3\n999\n")            # an id the model does not know: a clear error
+        code = T.main(["--model", str(mdir), "--out", str(tmp_path / "out2"), "--quick", *args, *extra])
+        assert code == T.EXIT_ERROR and "--exclude-items: item index 999 out of range" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------- real verification cases

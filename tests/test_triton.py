@@ -304,6 +304,26 @@ def test_cli_user_vector(mamba, mamba_export, lru_seen_export, tmp_path, capsys)
     assert "--user-vector: the graph" in capsys.readouterr().err and not (tmp_path / "r3").exists()
 
 
+def test_cli_exclude_items(mamba, mamba_export, tmp_path, capsys):
+    """--exclude-items FILE with --model: the graph is exported with those items at -inf (its state_spec.json in the
+    repository lists them, and its README says so); with --onnx it is a usage error (the graph fixes it)."""
+    mamba.save_pretrained(tmp_path / "m")
+    gone = mamba.item_vocab.decode([2, 7])
+    (tmp_path / "gone.txt").write_text("".join(f"{x}\n" for x in gone))
+    assert T.main(["--model", str(tmp_path / "m"), "--repo", str(tmp_path / "r"), "--no-verify", "--exclude-items",
+                   str(tmp_path / "gone.txt")]) == 0
+    mdir = tmp_path / "r" / "mamba4rec_step_onnxruntime_implicit"
+    spec = json.loads(next(mdir.rglob("state_spec.json")).read_text())
+    assert spec["excluded_items"] == [2, 7] and "Excluded items" in (mdir / "README.md").read_text()
+    with pytest.raises(SystemExit) as e:
+        T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r2"), "--exclude-items", "x.txt"])
+    assert e.value.code == 2 and "fixed by the graph in --onnx" in capsys.readouterr().err
+    (tmp_path / "gone.txt").write_text("no-such-item\n")
+    assert T.main(["--model", str(tmp_path / "m"), "--repo", str(tmp_path / "r3"), "--no-verify", "--exclude-items",
+                   str(tmp_path / "gone.txt")]) == 1
+    assert "--exclude-items" in capsys.readouterr().err and not (tmp_path / "r3").exists()
+
+
 def test_cli_writes_repository(mamba_export, tmp_path):
     assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--backend", "tensorrt",
                    "--name", "m4r"]) == 0

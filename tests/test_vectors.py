@@ -248,3 +248,69 @@ def test_recommend_similar_to_prints_similar_items(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         recommend_main(["--model", path, "--similar-to", str(ITEMS[0]), "--history", str(ITEMS[1])])
     assert e.value.code == 2 and "--similar-to" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- candidates
+@pytest.mark.parametrize("name", ["lrurec", "tim4rec_causal", "bert4rec"])
+def test_recommend_among_candidates_is_the_full_ranking_restricted_to_them(name):
+    """``recommend(candidates=...)``: the top-k of the candidates only, in the order and with the scores of the full
+    ranking (shared or per-history lists; the exclusions still apply); what cannot be ranked is refused."""
+    model = _model(name)
+    V = int(model.config.n_items)
+    model.set_item_vocab(ItemVocab([f"i{j}" for j in range(1, V)]))
+    rng = random.Random(2)
+    hist = [[f"i{rng.randrange(1, V)}" for _ in range(n)] for n in (3, 8)]
+    ts = [[1000.0 + 60 * t for t in range(len(h))] for h in hist] if model.uses_timestamps else None
+    full = model.recommend(hist, k=V - 1, timestamps=ts)                      # every item, best first
+    shared = [f"i{j}" for j in range(1, V, 3)]
+    per = [[f"i{j}" for j in range(2, V, 4)], [f"i{j}" for j in range(1, 12)]]
+    for cands in (shared, per):
+        got = model.recommend(hist, k=4, timestamps=ts, candidates=cands)
+        for r in range(2):
+            pool = set(cands if cands is shared else cands[r])
+            want = [x for x in full.items[r] if x in pool][:4]
+            assert got.items[r] == want
+            torch.testing.assert_close(got.scores[r], full.scores[r][[full.items[r].index(x) for x in want]])
+    seen = model.recommend(hist, k=2, timestamps=ts, candidates=shared, exclude_seen=True,
+                           exclude_items=[shared[0]])
+    for r in range(2):
+        assert not set(seen.items[r]) & (set(hist[r]) | {shared[0]}) and set(seen.items[r]) <= set(shared)
+    with pytest.raises(ValueError, match=r"k=3 is more than the 2 items left to recommend for history 0 \(2 candidates"):
+        model.recommend(hist, k=3, timestamps=ts, candidates=["i1", "i2"])
+    other = next(f"i{j}" for j in range(1, V) if f"i{j}" not in hist[0])
+    with pytest.raises(ValueError, match=r"the 1 items left .* \(2 candidates, 1 of them in the history\)"):
+        model.recommend(hist[:1], k=2, timestamps=ts[:1] if ts else None, candidates=[hist[0][0], other],
+                        exclude_seen=True)
+    with pytest.raises(ValueError, match="got 3 candidate lists for 2 histories"):
+        model.recommend(hist, k=1, timestamps=ts, candidates=[["i1"], ["i2"], ["i3"]])
+    with pytest.raises(ValueError, match="candidates is empty"):
+        model.recommend(hist, k=1, timestamps=ts, candidates=[])
+    with pytest.raises(ValueError, match="candidates of history 1 are empty"):
+        model.recommend(hist, k=1, timestamps=ts, candidates=[["i1"], []])
+    with pytest.raises(UnknownItemError, match="candidates of history 0"):
+        model.recommend(hist, k=1, timestamps=ts, candidates=[["nope"], ["i1"]])
+
+
+def test_recommend_cli_candidates(tmp_path, capsys):
+    model, path = _saved(tmp_path, "gru4rec", embedding_size=16, hidden_size=16)
+    users = _data(tmp_path / "d.tsv")
+    cands = ITEMS[::3]
+    (tmp_path / "c.txt").write_text("# in stock\n" + "".join(f"{x}\n" for x in cands[5:]))
+    out = recommend_main(["--model", path, "--history", str(ITEMS[1]), str(ITEMS[4]), "--k", "3", "--candidates",
+                          *map(str, cands[:5]), "--candidates-file", str(tmp_path / "c.txt"), "--stepwise", "--json"])
+    assert out["items"] == model.recommend([[ITEMS[1], ITEMS[4]]], k=3, candidates=cands).items[0]
+    assert out["stepwise_items"] == out["items"] and out["candidates"] == len(cands)
+    capsys.readouterr()
+    summary = recommend_main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out",
+                              str(tmp_path / "r.jsonl"), "--k", "4", "--candidates", *map(str, cands),
+                              "--exclude-seen", "--no-progress"])
+    assert summary["candidates"] == len(cands)
+    for line in (tmp_path / "r.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        hist = users[row["user"]][0]
+        want = model.recommend([hist], k=min(4, len(set(cands) - set(hist))), candidates=cands, exclude_seen=True)
+        assert row["items"] == want.items[0]
+    with pytest.raises(SystemExit, match="--candidates: unknown item id 5"):
+        recommend_main(["--model", path, "--candidates", "5"])
+    with pytest.raises(SystemExit, match="knows none of the candidates"):
+        recommend_main(["--model", path, "--candidates", "5", "--unknown-items", "drop"])

@@ -454,7 +454,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def recommend(self, histories: Sequence[Sequence[Any]], k: int = 10, exclude_seen: bool = False,
                   timestamps: Sequence[Sequence[float]] | None = None, batch_size: int = 512,
-                  exclude_items: Sequence[Any] | None = None) -> Recommendations:
+                  exclude_items: Sequence[Any] | None = None,
+                  candidates: Sequence[Any] | Sequence[Sequence[Any]] | None = None) -> Recommendations:
         """Top-``k`` next items for each history, in the caller's own item ids.
 
         Args:
@@ -468,6 +469,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             batch_size: histories per forward pass.
             exclude_items: external ids never to recommend to anyone (retired or unavailable items, business rules);
                 each must be known to the model. With ``exclude_seen``, ``k`` must fit what both leave.
+            candidates: rank only these external ids instead of the whole catalogue: one list for every history, or
+                ``B`` lists, one per history -- the items an approximate-nearest-neighbour index retrieved (re-ranked
+                here by the model's exact scores), the items in stock. Each must be known to the model; the
+                exclusions above still apply, and ``k`` must fit the candidates they leave.
         Raises:
             TypeError / ValueError / UnknownItemError naming the problem (a history that is not a sequence of ids,
             an unknown id, a bad ``k``/``batch_size``, timestamps missing or given to a model that reads none).
@@ -476,25 +481,62 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         k = _as_count(k, "k", 1, self.config.n_items - 1)
         batch_size = _as_count(batch_size, "batch_size")
         excluded = self.encode_item_set(exclude_items) if exclude_items is not None else []
-        if excluded or exclude_seen:
+        pools = self._candidate_pools(candidates, len(idx))                # None, or B sorted lists of indices
+        if excluded or exclude_seen or pools is not None:
             for r, h in enumerate(idx):
-                gone = set(excluded) | (set(h) if exclude_seen else set())
-                left = self.config.n_items - 1 - len(gone)
+                seen, ex = (set(h) if exclude_seen else set()), set(excluded)
+                total = self.config.n_items - 1
+                if pools is not None:                          # what the exclusions take from the candidates only
+                    pool = set(pools[r])
+                    seen, ex, total = seen & pool, ex & pool, len(pool)
+                left = total - len(seen | ex)
                 if k > left:
-                    parts = ([f"{len(set(h))} of them in the history"] if exclude_seen else []) + (
-                        [f"{len(excluded)} in exclude_items"] if excluded else [])
+                    parts = ([f"{len(seen)} of them in the history"] if exclude_seen else []) + (
+                        [f"{len(ex)} in exclude_items"] if excluded else [])
+                    what = f"{total} {'candidates' if pools is not None else 'items'}"
                     raise ValueError(f"k={k} is more than the {left} items left to recommend for history {r} "
-                                     f"({self.config.n_items - 1} items, {', '.join(parts)})")
+                                     f"({', '.join([what] + parts)})")
         items, scores = [], []
+        done = 0
         for chunk, ids, mask, ts in self.padded_batches(idx, timestamps, batch_size):
             sc = self.predict(ids, mask, timestamps=ts, exclude_items=excluded)
             if exclude_seen:                                   # the whole history, not only the window the model read
                 for r, h in enumerate(chunk):
                     sc[r, torch.tensor(h, device=sc.device)] = -float("inf")
+            if pools is not None:                              # everything but each row's candidates
+                keep = torch.zeros_like(sc, dtype=torch.bool)
+                for r in range(len(chunk)):
+                    keep[r, torch.tensor(pools[done + r], device=sc.device)] = True
+                sc.masked_fill_(~keep, -float("inf"))
+            done += len(chunk)
             top = torch.topk(sc, k, dim=1)
             scores.append(top.values.cpu())
             items.extend(self.decode_items(row.tolist()) for row in top.indices.cpu())
         return Recommendations(items=items, scores=torch.cat(scores))
+
+    def _candidate_pools(self, candidates: Any, n: int) -> list[list[int]] | None:
+        """:meth:`recommend`'s ``candidates`` -> ``n`` sorted lists of distinct internal indices (one list shared, or
+        one per history), None without them; an empty list, a count of lists other than ``n`` or an unknown id is an
+        error naming it."""
+        if candidates is None:
+            return None
+        _check_sequence(candidates, "candidates", "a sequence of item ids, or one such sequence per history")
+        per_history = len(candidates) > 0 and all(
+            isinstance(c, (list, tuple, range)) or (hasattr(c, "__len__") and hasattr(c, "dtype") and c.ndim == 1)
+            for c in candidates)
+        if not per_history:
+            shared = self.encode_item_set(list(candidates), "candidates")
+            if not shared:
+                raise ValueError("candidates is empty: give the items to rank (or None for the whole catalogue)")
+            return [shared] * n
+        if len(candidates) != n:
+            raise ValueError(f"got {len(candidates)} candidate lists for {n} histories (one list per history, or one "
+                             "list for all)")
+        pools = [self.encode_item_set(list(c), f"candidates of history {r}") for r, c in enumerate(candidates)]
+        empty = [r for r, p in enumerate(pools) if not p]
+        if empty:
+            raise ValueError(f"the candidates of history {empty[0]} are empty")
+        return pools
 
     def _check_histories(self, histories: Any, timestamps: Any, caller: str, tensor_twin: str) -> list[list[int]]:
         """Check :meth:`recommend`'s / :meth:`user_vectors`' ``histories`` (external ids) and ``timestamps`` (given

@@ -79,15 +79,22 @@ def _drop_unknown(ids: list, args, model) -> list:
     return ids
 
 
-def _excluded_items(args, model) -> list:
-    """The ids of ``--exclude-items`` and ``--exclude-items-file`` (read as history ids are); with ``--unknown-items
-    drop`` the ids the model does not know are left out (they cannot be recommended anyway), else they are refused."""
-    ids = [_history_id(x, model) for x in args.exclude_items]
-    if args.exclude_items_file:
-        ids += read_id_list(args.exclude_items_file, model)
+def _id_option(args, model, flag: str) -> list:
+    """The ids of ``--<flag>`` and ``--<flag>-file`` (read as history ids are); with ``--unknown-items drop`` the
+    ids the model does not know are left out, else they are refused, naming them."""
+    dest = flag.replace("-", "_")
+    ids = [_history_id(x, model) for x in getattr(args, dest)]
+    if getattr(args, f"{dest}_file"):
+        ids += read_id_list(getattr(args, f"{dest}_file"), model)
     ids = _drop_unknown(ids, args, model)
-    model.encode_item_set(ids, "--exclude-items")                # refuses an unknown id, naming it
+    model.encode_item_set(ids, f"--{flag}")                       # refuses an unknown id, naming it
     return ids
+
+
+def _excluded_items(args, model) -> list:
+    """``--exclude-items`` / ``--exclude-items-file``: items never to recommend (an unknown one cannot be recommended
+    anyway: dropped with ``--unknown-items drop``)."""
+    return _id_option(args, model, "exclude-items")
 
 
 def histories_for(model, ds, unknown: str = "error") -> tuple:
@@ -110,18 +117,19 @@ def histories_for(model, ds, unknown: str = "error") -> tuple:
 @torch.no_grad()
 def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_seen: bool = False,
                         unknown: str = "error", batch_size: int = 256, progress: bool = True,
-                        exclude_items: Sequence | None = None) -> dict:
+                        exclude_items: Sequence | None = None, candidates: Sequence | None = None) -> dict:
     """Top-``k`` next items of every user of the :class:`~zoo.data.SequenceDataset` ``ds``, as JSON Lines at ``out``.
 
     Each user's whole history is mapped through the model's item vocabulary (``unknown``: ``"error"`` refuses data
     with items the model does not know, ``"drop"`` removes those interactions, and users left with none) and scored
     from its last ``max_seq_length`` items; ``exclude_seen`` sets every item of the whole history to ``-inf`` (a row
     then lists fewer than ``k`` items only when fewer remain); ``exclude_items`` (external ids) are recommended to
-    nobody. The lines go to a temporary file beside ``out`` that replaces it once complete, so an interrupted run
+    nobody; with ``candidates`` (external ids) only those are ranked (a user left with fewer than ``k`` of them gets
+    fewer). The lines go to a temporary file beside ``out`` that replaces it once complete, so an interrupted run
     leaves an existing ``out`` as it was.
 
     Returns a summary: ``users`` written, ``dropped_users``, ``vocab`` note, ``excluded_items`` (how many),
-    ``seconds``, ``out``.
+    ``candidates`` (how many, when given), ``seconds``, ``out``.
     """
     from tqdm.auto import tqdm
 
@@ -131,6 +139,9 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
     k = _as_count(k, "k", 1, model.config.n_items - 1)
     batch_size = _as_count(batch_size, "batch_size")
     excluded = model.encode_item_set(exclude_items) if exclude_items is not None else []
+    pool = model.encode_item_set(candidates, "candidates") if candidates is not None else None
+    if pool is not None and not pool:
+        raise ValueError("candidates is empty: give the items to rank")
     t0 = time.time()
     aligned, note, seqs, ts = histories_for(model, ds, unknown)
     model.eval()
@@ -142,6 +153,10 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
             if exclude_seen:                                                   # the whole history, not the window
                 for r, q in enumerate(chunk):
                     scores[r, torch.tensor(q, device=scores.device)] = float("-inf")
+            if pool is not None:                                               # only the candidates are ranked
+                keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
+                keep[torch.tensor(pool, device=scores.device)] = True
+                scores[:, ~keep] = float("-inf")
             top = torch.topk(scores, k, dim=1)
             for vals, idx in zip(top.values.cpu(), top.indices.cpu(), strict=True):
                 keep = torch.isfinite(vals)
@@ -150,7 +165,8 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
                                     "scores": [round(float(v), 6) for v in vals[keep]]}) + "\n")
             bar.update(len(chunk))
     return {"out": os.path.abspath(out), "users": len(aligned), "dropped_users": ds.n_users - aligned.n_users,
-            "vocab": note, "excluded_items": len(excluded), "seconds": round(time.time() - t0, 2)}
+            "vocab": note, "excluded_items": len(excluded),
+            **({"candidates": len(pool)} if pool is not None else {}), "seconds": round(time.time() - t0, 2)}
 
 
 def _similar(args, model, exclude: list) -> dict:
@@ -198,6 +214,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="item ids never to recommend (retired, unavailable); each must be known to the model")
     p.add_argument("--exclude-items-file", metavar="FILE",
                    help="the same from a file: one item id per line (blank lines and # comments skipped)")
+    p.add_argument("--candidates", nargs="+", metavar="ID", default=[],
+                   help="rank only these item ids (e.g. the items an index retrieved, or those in stock) instead of "
+                        "the whole catalogue; each must be known to the model")
+    p.add_argument("--candidates-file", metavar="FILE",
+                   help="the same from a file: one item id per line (blank lines and # comments skipped)")
     p.add_argument("--similar-to", nargs="+", metavar="ID",
                    help="instead of next items: the --k items nearest to each of these items by cosine similarity "
                         "of the model's item embeddings (model.similar_items)")
@@ -228,9 +249,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         p.error("--out is the file of --all-users")
     elif args.data and args.user is None:
         p.error("--data needs --user (or --all-users)")
-    if args.similar_to and (args.history or args.timestamps or args.data or args.stepwise or args.exclude_seen):
+    if args.similar_to and (args.history or args.timestamps or args.data or args.stepwise or args.exclude_seen
+                            or args.candidates or args.candidates_file):
         p.error("--similar-to lists items like the given ones; --history/--timestamps/--data/--user/--all-users/"
-                "--stepwise/--exclude-seen are for next-item recommendations")
+                "--stepwise/--exclude-seen/--candidates are for next-item recommendations")
     if args.user is not None and not args.data:
         p.error("--user needs --data (the interaction file the user is in)")
     if args.data and (args.history or args.timestamps):
@@ -260,6 +282,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(f"error: {cannot('--exclude-items-file', args.exclude_items_file, e, 'read')}")
     except (KeyError, ValueError, TypeError) as e:
         sys.exit(f"error: {error_text(e)}")
+    candidates = None
+    if args.candidates or args.candidates_file:
+        try:
+            candidates = _id_option(args, model, "candidates")
+        except (OSError, UnicodeDecodeError) as e:
+            sys.exit(f"error: {cannot('--candidates-file', args.candidates_file, e, 'read')}")
+        except (KeyError, ValueError, TypeError) as e:
+            sys.exit(f"error: {error_text(e)}")
+        if not candidates:
+            sys.exit("error: --candidates: the model knows none of the candidates")
     if args.similar_to:
         return _similar(args, model, exclude)
     if args.data:
@@ -273,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         try:
             summary = recommend_all_users(model, ds, args.out, k=args.k, exclude_seen=args.exclude_seen,
                                           unknown=args.unknown_items, batch_size=args.batch_size,
-                                          progress=not args.no_progress, exclude_items=exclude)
+                                          progress=not args.no_progress, exclude_items=exclude,
+                                          candidates=candidates)
         except (KeyError, ValueError) as e:
             sys.exit(f"error: {error_text(e)}")
         except OSError as e:                # writing --out (its place was checked before any work)
@@ -310,14 +343,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(f"error: {model.config.model_type} reads timestamps: pass --timestamps (one per item) or --data/--user")
     try:
         rec = model.recommend([history], k=args.k, exclude_seen=args.exclude_seen,
-                              timestamps=[timestamps] if model.uses_timestamps else None, exclude_items=exclude)
+                              timestamps=[timestamps] if model.uses_timestamps else None, exclude_items=exclude,
+                              candidates=candidates)
     except UnknownItemError as e:
         sys.exit(f"error: {e} (--unknown-items drop leaves such items out of the history)")
     except (KeyError, ValueError, TypeError) as e:
         sys.exit(f"error: {e}")
     out = {"model": args.model, "model_type": model.config.model_type, "history_length": len(history),
            "history_tail": history[-10:], "items": rec.items[0], "scores": [round(float(s), 4) for s in rec.scores[0]],
-           "excluded_items": len(set(exclude))}
+           "excluded_items": len(set(exclude)), **({"candidates": len(set(candidates))} if candidates else {})}
     if args.stepwise:
         if not model.has_exact_step:
             sys.exit(f"{model.config.model_type} has no exact recurrent step")
@@ -335,6 +369,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             scores[:, torch.tensor(model.encode_item_set(exclude))] = -float("inf")
         if args.exclude_seen:                             # the whole history, as recommend() does
             scores[0, torch.tensor(encoded)] = -float("inf")
+        if candidates is not None:                        # only the candidates, as recommend() does
+            keep = torch.zeros(scores.shape[1], dtype=torch.bool)
+            keep[torch.tensor(model.encode_item_set(candidates))] = True
+            scores[:, ~keep] = -float("inf")
         top = torch.topk(scores, args.k, dim=1)
         out["stepwise_items"] = model.decode_items(top.indices[0].tolist())
         out["stepwise_max_abs_diff"] = float((top.values[0] - rec.scores[0]).abs().max())

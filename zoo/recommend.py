@@ -228,8 +228,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="batch mode: recommend for every user of --data, one JSON line each, into --out")
     p.add_argument("--out", help="JSON Lines file for --all-users")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
-                   help="history (and --exclude-items, --similar-to) ids the model does not know: refuse (default) "
-                        "or leave them out")
+                   help="history (and --exclude-items, --candidates, --similar-to) ids the model does not know: "
+                        "refuse (default) or leave them out")
     p.add_argument("--kcore", type=kcore_arg, default=None,
                    help="k-core filter of --data before picking users (default none: every user of the file)")
     p.add_argument("--time-ties", choices=TIME_TIES, default="file",

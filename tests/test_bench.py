@@ -366,3 +366,34 @@ def test_sampled_metrics_bench_runs(monkeypatch, tmp_path, shared_data):
     assert b.flips({"a": 1.0, "b": 2.0}, {"a": 1.5, "b": 2.5}) == 0
     text = out.read_text()
     assert "| full |" in text and "| uni100 |" in text and "of 3 |" in text and "300 test users" in text
+
+
+def test_day_ties_bench_on_a_file_with_same_day_reviews(monkeypatch, tmp_path):
+    """A generated file whose users review two items on their last day in descending id order: the item order
+    moves every test item, the tie shares count it, and the baselines and a given run are evaluated under both."""
+    import random
+
+    from zoo.train import main as train_main
+
+    rng = random.Random(0)
+    lines = ["user_id\titem_id\ttimestamp"]
+    for u in range(1, 41):
+        day = 86400 * rng.randrange(1, 50)
+        items = rng.sample(range(100, 130), 6)
+        for j, i in enumerate(items[:4]):
+            lines.append(f"{u}\t{i}\t{day + 86400 * j}")
+        a, b = sorted(items[4:], reverse=True)                # the last day: two reviews, higher id first
+        lines += [f"{u}\t{a}\t{day + 86400 * 9}", f"{u}\t{b}\t{day + 86400 * 9}"]
+    data = tmp_path / "days.tsv"
+    data.write_text("\n".join(lines) + "\n")
+    train_main(["--model", "gru4rec", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
+                "--kcore", "0", "--no-progress", "--set", "embedding_size=8", "hidden_size=8"])
+    b = _bench("day_ties", monkeypatch)
+    out = tmp_path / "t.md"
+    res = b.main(["--data", str(data), "--models", str(tmp_path / "run"), "--labels", "tiny run", "--kcore", "0",
+                  "--markdown", str(out)])["days.tsv"]
+    assert res["test_tied"] == 1.0 and res["valid_tied"] == 0.0 and res["test_item_moved"] == 1.0
+    assert set(res["rows"]) == {"most popular (`--baseline pop`)", "first-order transitions (`--baseline markov`)",
+                                "tiny run"}
+    text = out.read_text()
+    assert "the test item shares its day with the item before it for 100.0%" in text and "| tiny run |" in text

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from typing import Iterable, Sequence
@@ -68,8 +69,6 @@ SAMPLERS = {"uni": "uniformly", "pop": "in proportion to their training counts"}
 
 def parse_sampled(text: str) -> tuple[str, int]:
     """``"uni100"`` -> ``("uni", 100)``: a sampler of :data:`SAMPLERS` and a number of negatives ``>= 1``."""
-    import re
-
     m = re.fullmatch(r"(uni|pop)([0-9]+)", str(text))
     if not m or int(m.group(2)) < 1:
         raise ValueError(f"expected uniN or popN (N >= 1 negatives per user, e.g. uni100), got {text!r}")
@@ -129,6 +128,8 @@ def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.
     cand = torch.cat([targets.long()[:, None], negatives.long()], 1).to(scores.device)      # [B, 1 + N]
     sub = scores.gather(1, cand)
     return rank_of_target(sub, torch.zeros(len(targets), dtype=torch.long, device=scores.device))
+
+
 #: the history window a baseline masks under ``--exclude-history``: the zoo models' default ``max_seq_length``
 BASELINE_WINDOW = 200
 

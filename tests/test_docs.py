@@ -232,6 +232,25 @@ def test_readme_catalogue_example_runs():
     torch.testing.assert_close(grown.scores, as_loaded.scores, atol=1e-5, rtol=0)   # a wider matmul rounds anew
 
 
+def test_readme_retrieval_example_runs():
+    """README's "Retrieval vectors and similar items" block, run as written after the "Use" block (whose ``model`` it
+    takes): the inner products are the model's logits of every item, and the similar items are two lists of ten."""
+    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+    vectors = [b for b in blocks if "user_vectors" in b]
+    assert len(vectors) == 1, "README.md: expected one python block with user_vectors"
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md:python", "exec"), namespace)
+    exec(compile(vectors[0], "README.md:python (vectors)", "exec"), namespace)
+    model, scores, items = namespace["model"], namespace["scores"], namespace["items"]
+    ids, mask = model.pad_batch(model.encode_histories([[1, 588, 364, 595, 480]]))
+    with torch.no_grad():
+        logits = model(ids, mask).logits
+    assert items.ids == model.decode_items(range(1, model.config.n_items))
+    torch.testing.assert_close(scores, logits[:, 1:], atol=1e-5, rtol=0)
+    similar = model.similar_items([1, 2571], k=10)
+    assert [len(x) for x in similar.items] == [10, 10] and 1 not in similar.items[0]
+
+
 CARDS = sorted(p.parent.name for p in (ROOT / "hub_cards").glob("*/README.md"))
 
 

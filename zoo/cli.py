@@ -91,20 +91,31 @@ def cannot(flag: str, path, e: Exception, verb: str = "write") -> str:
 
 
 @contextlib.contextmanager
-def written_whole(path: str | os.PathLike, newline: str | None = None):
-    """Yield a text file opened beside ``path`` (its folder created) that replaces ``path`` only when the block
-    completes; an error or an interruption removes it and leaves an existing ``path`` as it was."""
+def written_whole_path(path: str | os.PathLike):
+    """Yield the path of a new empty file beside ``path`` (its folder created), for a writer that takes a path
+    (safetensors, ONNX); it replaces ``path`` only when the block completes, and an error or an interruption removes it
+    and leaves an existing ``path`` as it was."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", newline=newline) as f:
-            yield f
+        yield tmp
         os.chmod(tmp, 0o644)                               # mkstemp's 0600 would hide it from other users
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def written_whole(path: str | os.PathLike, newline: str | None = None):
+    """Yield a text file opened beside ``path`` (its folder created) that replaces ``path`` only when the block
+    completes; an error or an interruption removes it and leaves an existing ``path`` as it was
+    (:func:`written_whole_path`)."""
+    with written_whole_path(path) as tmp, open(tmp, "w", newline=newline) as f:
+        yield f
 
 
 @contextlib.contextmanager

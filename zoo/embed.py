@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -89,6 +88,8 @@ def write_vectors(path: str | os.PathLike, model, users: tuple[list, torch.Tenso
     metadata written (without the id lists)."""
     from safetensors.torch import save_file
 
+    from .cli import written_whole_path
+
     iv = model.item_vectors()
     bias = model.item_output()[1] is not None
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_type": model.config.model_type,
@@ -106,17 +107,8 @@ def write_vectors(path: str | os.PathLike, model, users: tuple[list, torch.Tenso
         tensors["users"] = user_vecs.float().contiguous()
         ids["user_ids"] = _json_ids(user_ids)
         meta["n_users"] = str(len(user_ids))
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
+    with written_whole_path(path) as tmp:
         save_file(tensors, tmp, metadata={**meta, **ids})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     return meta
 
 

@@ -145,6 +145,10 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
     t0 = time.time()
     aligned, note, seqs, ts = histories_for(model, ds, unknown)
     model.eval()
+    outside = None                                                             # [V] True where not a candidate
+    if pool is not None:
+        outside = torch.ones(model.config.n_items, dtype=torch.bool, device=next(model.parameters()).device)
+        outside[torch.tensor(pool, device=outside.device)] = False
     users = iter(aligned.users)
     with written_whole(out) as f, tqdm(total=len(aligned), desc="recommend", unit="user", leave=False,
                                        disable=not progress) as bar:
@@ -153,10 +157,8 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
             if exclude_seen:                                                   # the whole history, not the window
                 for r, q in enumerate(chunk):
                     scores[r, torch.tensor(q, device=scores.device)] = float("-inf")
-            if pool is not None:                                               # only the candidates are ranked
-                keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
-                keep[torch.tensor(pool, device=scores.device)] = True
-                scores[:, ~keep] = float("-inf")
+            if outside is not None:                                            # only the candidates are ranked
+                scores[:, outside] = float("-inf")
             top = torch.topk(scores, k, dim=1)
             for vals, idx in zip(top.values.cpu(), top.indices.cpu(), strict=True):
                 keep = torch.isfinite(vals)

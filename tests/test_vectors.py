@@ -128,6 +128,9 @@ def test_similar_items_refuse_bad_input_and_fill_every_item_left():
     with pytest.raises(ValueError, match=f"{V - 4} items left.*2 in exclude_items"):
         model.similar_items(["i1"], k=V - 3, exclude_items=["i2", "i3"])
     assert len(model.similar_items(["i1"], k=V - 3, exclude_items=["i1", "i2"]).items[0]) == V - 3
+    # two queries, one of them excluded: the other has one item fewer left, and k must fit it too
+    with pytest.raises(ValueError, match=f"{V - 4} items left"):
+        model.similar_items(["i1", "i3"], k=V - 3, exclude_items=["i1", "i2"])
     with pytest.raises(UnknownItemError, match="items: .*'nope'"):
         model.similar_items(["nope"])
     with pytest.raises(UnknownItemError, match="exclude_items"):

@@ -641,9 +641,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             raise ValueError("no items given")
         query = self._encode_ids(list(items), "items")
         excluded = self.encode_item_set(exclude_items) if exclude_items is not None else []
-        most = self.config.n_items - 2 - len(excluded)           # the real items but the query and the excluded
-        if any(q in excluded for q in query):
-            most += 1
+        gone = set(excluded)                                     # per query: the real items but it and the excluded
+        most = min(self.config.n_items - 1 - len(gone | {q}) for q in query)
         k = _as_count(k, "k", 1)
         if k > most:
             raise ValueError(f"k={k} is more than the {most} items left to return ({self.config.n_items - 1} items, "

@@ -113,6 +113,9 @@ class SeqRecConfig(PreTrainedConfig):
     """
 
     model_type = "seqrec"
+    #: outputs the ``Trainer``'s evaluation leaves out of what it gathers (``[B, L, D]`` per batch; only the logits
+    #: are ranked, :mod:`zoo.hf_trainer`)
+    keys_to_ignore_at_inference = ["hidden_states"]
 
     def __init__(self, n_items: int = 3417, max_seq_length: int = 200, hidden_size: int = 64,
                  initializer_range: float = 0.02, **kwargs):
@@ -142,6 +145,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     config_class = SeqRecConfig
     base_model_prefix = "seqrec"
     main_input_name = "input_ids"
+    #: the loss is each batch's own mean (``forward`` takes no ``num_items_in_batch``), so the ``Trainer`` divides it
+    #: by the gradient-accumulation steps itself (it would not for a forward it took to take loss kwargs, **kwargs)
+    accepts_loss_kwargs = False
     #: side on which batches are padded: "right" (RecBole) or "left" (LRURec)
     padding_side: str = "right"
     #: True when :meth:`step` is an exact O(1)-in-history recurrent update

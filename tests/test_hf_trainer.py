@@ -1,0 +1,231 @@
+"""Training and evaluating zoo models with 🤗 transformers' ``Trainer`` (``zoo.hf_trainer``).
+
+The ties to the zoo's own pipeline: the collated batches are ``zoo.train``'s batches (same windows, padding, labels and
+timestamps), the ``Trainer``'s evaluation metrics are ``zoo.evaluate``'s for the same weights (and its ``eval_loss``
+the next-item cross-entropy), for every model; gradient accumulation averages the micro-batches' gradients; a run
+learns far above random, and its best checkpoint loads with its item vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate (pip install -e '.[train]')")
+
+from transformers import AutoModel, Trainer, TrainingArguments   # noqa: E402
+
+from test_train import _markov_file                               # noqa: E402
+from zoo.data import (EvalExamples, eval_batches, iterate_batches, leave_one_out, load_dataset,   # noqa: E402
+                      training_windows)
+from zoo.evaluate import evaluate_model                           # noqa: E402
+from zoo.hf_trainer import (HistoryDataset, SeqRecCollator, WindowDataset, logits_to_ranks,       # noqa: E402
+                            ranking_metrics, trainer_kwargs)
+from zoo.models import MODEL_MODULES                              # noqa: E402
+from zoo.train import build_model                                 # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: small configs (hidden 16) that train in a second or two on the generated data
+TINY = {"hidden_size": 16, "max_seq_length": 30}
+
+
+def _args(tmp_path, **kw) -> TrainingArguments:
+    base = dict(use_cpu=True, report_to=[], disable_tqdm=True, seed=0, save_strategy="no", logging_strategy="no")
+    return TrainingArguments(str(tmp_path / "trainer"), **{**base, **kw})
+
+
+def _data(tmp_path, **kw):
+    ds = load_dataset(_markov_file(tmp_path / "markov.tsv", **kw), kcore=None)
+    return ds, leave_one_out(ds)
+
+
+def _model(model_type, ds, **overrides):
+    model = build_model(model_type, ds.vocab.n_items, {**TINY, **overrides})
+    model.set_item_vocab(ds.vocab)
+    return model
+
+
+def _random_sequences(n=9, seed=0):
+    rng = np.random.default_rng(seed)
+    seqs = [rng.integers(1, 50, size=int(rng.integers(1, 23))) for _ in range(n)]
+    ts = [np.cumsum(rng.integers(0, 100, size=len(s))).astype(np.float64) + 1e9 for s in seqs]
+    return seqs, ts
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("stride", [None, 3])
+def test_collated_windows_are_zoo_train_batches(side, stride):
+    seqs, ts = _random_sequences()
+    w = training_windows(seqs, 8, ts, stride=stride)
+    got = SeqRecCollator(side)([WindowDataset(w)[i] for i in range(len(w))])
+    want = next(iterate_batches(w, len(w), side, shuffle=False))
+    assert sorted(got) == sorted(want) == ["attention_mask", "input_ids", "labels", "timestamps"]
+    for key in want:
+        assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+    if stride is not None:           # overlapping windows: context positions carry no target, each target once
+        assert int((got["labels"] > 0).sum()) == w.n_positions < w.n_computed
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collated_histories_are_evaluation_batches(side):
+    seqs, ts = _random_sequences(seed=1)
+    ex = EvalExamples([s[:-1] for s in seqs if len(s) > 1], np.array([s[-1] for s in seqs if len(s) > 1]),
+                      [f"u{i}" for i, s in enumerate(seqs) if len(s) > 1], [t[:-1] for t in ts if len(t) > 1])
+    got = SeqRecCollator(side)([HistoryDataset(ex, 6)[i] for i in range(len(ex))])
+    want = next(eval_batches(ex, 6, side, batch_size=len(ex)))
+    assert torch.equal(got["labels"], want["targets"])
+    for key in ("input_ids", "attention_mask", "timestamps"):
+        assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+
+
+@pytest.mark.parametrize("model_type", MODEL_MODULES)
+def test_trainer_evaluation_is_zoo_evaluate_and_one_step_trains(tmp_path, model_type):
+    """For every model: ``Trainer.evaluate`` gives ``zoo.evaluate``'s full-ranking metrics on the same weights, and
+    its ``eval_loss`` the next-item cross-entropy of the users; one ``Trainer`` step (the model's own objective:
+    Cloze for BERT4Rec, timestamps for the time-aware models) gives a finite loss and moves the weights."""
+    ds, split = _data(tmp_path, n_users=40)
+    model = _model(model_type, ds)
+    kw = trainer_kwargs(model, split, ks=(1, 5, 10))
+    trainer = Trainer(model=model, args=_args(tmp_path, per_device_eval_batch_size=7, max_steps=1,
+                                              per_device_train_batch_size=8, learning_rate=1e-2), **kw)
+    got = trainer.evaluate()
+    want = evaluate_model(model, split.valid, ks=(1, 5, 10), progress=False)
+    for name in ("HR", "NDCG", "MRR"):
+        for k in (1, 5, 10):
+            assert got[f"eval_{name}@{k}"] == pytest.approx(want[f"{name}@{k}"], abs=1e-9), (name, k)
+    batch = SeqRecCollator.for_model(model)([kw["eval_dataset"][i] for i in range(len(split.valid))])
+    model.eval()
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"], timestamps=batch.get("timestamps")).logits
+    assert got["eval_loss"] == pytest.approx(float(F.cross_entropy(logits, batch["labels"])), rel=1e-5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = trainer.train()
+    assert out.global_step == 1 and np.isfinite(out.training_loss) and out.training_loss > 0
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_gradient_accumulation_averages_the_micro_batches(tmp_path):
+    """Two windows, one per micro-batch, two accumulation steps: one SGD step along the mean of their gradients (a
+    forward taking loss kwargs would make the ``Trainer`` skip its division: twice the step)."""
+    ds, split = _data(tmp_path, n_users=2, length=(12, 14))
+    model = _model("gru4rec", ds, dropout_prob=0.0)
+    kw = trainer_kwargs(model, split)
+    train = kw["train_dataset"]
+    assert len(train) == 2
+    collate = kw["data_collator"]
+    grads = []
+    for i in range(2):
+        model.zero_grad()
+        model(**collate([train[i]])).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lr = 0.5
+    Trainer(model=model, args=_args(tmp_path, optim="sgd", learning_rate=lr, lr_scheduler_type="constant",
+                                    weight_decay=0.0, max_grad_norm=0.0, per_device_train_batch_size=1,
+                                    gradient_accumulation_steps=2, max_steps=1), **kw).train()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n] - lr * (grads[0][n] + grads[1][n]) / 2, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["sasrec", "lrurec"])
+def test_trainer_learns_far_above_random_and_its_best_checkpoint_loads(tmp_path, model_type):
+    """``load_best_model_at_end`` on validation NDCG@10, as ``zoo.train``'s early stopping: the run learns the chain
+    far above random (40 items: HR@10 0.25) and the best checkpoint is a complete model (config, weights, item
+    vocabulary) that ranks as the trained one, in the data's own item ids."""
+    ds, split = _data(tmp_path)
+    model = _model(model_type, ds)
+    trainer = Trainer(model=model, args=_args(tmp_path, num_train_epochs=6, per_device_train_batch_size=16,
+                                              learning_rate=5e-3, eval_strategy="epoch", save_strategy="epoch",
+                                              metric_for_best_model="NDCG@10", load_best_model_at_end=True,
+                                              save_total_limit=1), **trainer_kwargs(model, split, ks=(10,)))
+    trainer.train()
+    test = trainer.evaluate(trainer_kwargs(model, split, eval_on="test")["eval_dataset"], metric_key_prefix="test")
+    assert test["test_HR@10"] > 2.5 * 10 / 40 and test["test_NDCG@10"] > 0.3, test
+    best = trainer.state.best_model_checkpoint
+    loaded = AutoModel.from_pretrained(best)
+    assert type(loaded) is type(model) and loaded.item_vocab.items == ds.vocab.items
+    history = [[100, 101, 102, 103]]                            # the file's own ids: 100 + item
+    assert loaded.recommend(history, k=5).items == model.recommend(history, k=5).items
+    assert trainer.state.best_metric == max(e["eval_NDCG@10"] for e in trainer.state.log_history
+                                            if "eval_NDCG@10" in e)
+
+
+def test_trainer_kwargs_refuse_data_that_does_not_fit_the_model(tmp_path):
+    ds, split = _data(tmp_path, n_users=20)
+    bare = build_model("sasrec", ds.vocab.n_items, TINY)
+    with pytest.raises(ValueError, match="has no item vocabulary: call model.set_item_vocab"):
+        trainer_kwargs(bare, split)
+    other = _model("sasrec", ds)
+    other.set_item_vocab(type(ds.vocab)(list(reversed(ds.vocab.items))))
+    with pytest.raises(ValueError, match="another vocabulary than SASRecModel's.*align_with_model"):
+        trainer_kwargs(other, split)
+    small = build_model("sasrec", 10, TINY)
+    with pytest.raises(ValueError, match=r"item index \d+ but SASRecModel has n_items=10"):
+        trainer_kwargs(small, dataclasses.replace(split, dataset=None))
+    with pytest.raises(ValueError, match="reads timestamps, but the data has none"):
+        trainer_kwargs(_model("tim4rec_causal", ds), dataclasses.replace(split, train_timestamps=None))
+    with pytest.raises(ValueError, match="eval_on must be one of"):
+        trainer_kwargs(_model("sasrec", ds), split, eval_on="train")
+    with pytest.raises(TypeError, match="split must be zoo.data.Split"):
+        trainer_kwargs(_model("sasrec", ds), split.valid)
+
+
+def test_bad_batches_and_predictions_are_refused_naming_the_problem():
+    seqs, ts = _random_sequences()
+    w = training_windows(seqs, 8, ts)
+    ex = EvalExamples([s for s in seqs], np.array([1] * len(seqs)), list(range(len(seqs))))
+    collate = SeqRecCollator("right")
+    with pytest.raises(ValueError, match="example 1 has the fields .*one batch mixes"):
+        collate([WindowDataset(w)[0], HistoryDataset(ex, 8)[0]])
+    item = dict(WindowDataset(w)[0])
+    item["labels"] = item["labels"][:-1]
+    with pytest.raises(ValueError, match="example 0 has \\d+ input_ids but \\d+ labels"):
+        collate([item])
+    with pytest.raises(ValueError, match="input_ids must be a non-empty 1-D sequence of ints"):
+        collate([{"input_ids": np.array([1.5, 2.0]), "labels": 3}])
+    with pytest.raises(ValueError, match="padding_side must be"):
+        SeqRecCollator("middle")
+    empty = EvalExamples([np.array([3]), np.array([], dtype=np.int64)], np.array([1, 2]), ["a", "b"])
+    with pytest.raises(ValueError, match="example 1 \\(user 'b'\\) has an empty history"):
+        HistoryDataset(empty, 8)
+    with pytest.raises(ValueError, match="one next item per history"):
+        logits_to_ranks(torch.zeros(2, 5), torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="keys_to_ignore_at_inference"):
+        logits_to_ranks((torch.zeros(2, 5), torch.zeros(2, 3, 4)), torch.ones(2, dtype=torch.long))
+    compute = ranking_metrics((10,))
+    with pytest.raises(ValueError, match="preprocess_logits_for_metrics"):
+        compute(type("P", (), {"predictions": np.zeros((2, 5))})())
+    with pytest.raises(ValueError, match="cut-offs must be ints >= 1"):
+        ranking_metrics((0,))
+
+
+def test_logits_to_ranks_never_ranks_the_padding_item():
+    logits = torch.tensor([[9.0, 1.0, 2.0, 3.0], [9.0, 3.0, 2.0, 1.0]])
+    assert logits_to_ranks(logits.clone(), torch.tensor([3, 3])).tolist() == [1, 3]
+    assert ranking_metrics((1,))(type("P", (), {"predictions": np.array([1, 3])})()) == {
+        "HR@1": 0.5, "NDCG@1": 0.5, "MRR@1": 0.5}
+
+
+def test_readme_trainer_example_runs(tmp_path, monkeypatch, shared_data):
+    """README's Trainer block as written, on the shared ML-100K file, but for one epoch (not twenty) into a temporary
+    folder: it trains, keeps the best checkpoint and reports test metrics."""
+    blocks = re.findall(r"^```python\n(.*?)^```", (__import__("conftest").ROOT / "README.md").read_text(),
+                        re.S | re.M)
+    found = [b for b in blocks if "trainer_kwargs" in b]
+    assert len(found) == 1, "README.md: expected one python block with trainer_kwargs"
+    code = found[0]
+    assert "num_train_epochs=20" in code and '"../shared/data/ml-100k.inter.gz"' in code
+    code = code.replace("num_train_epochs=20", "num_train_epochs=1").replace(
+        '"../shared/data/ml-100k.inter.gz"', repr(str(shared_data / "ml-100k.inter.gz")))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md:python (Trainer)", "exec"), namespace)
+    test = namespace["test"]
+    assert 0 < test["test_NDCG@10"] < test["test_HR@10"] < 1, test
+    assert (tmp_path / "runs" / "sasrec-ml100k").is_dir()

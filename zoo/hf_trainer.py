@@ -1,0 +1,274 @@
+"""Train and evaluate zoo models with 🤗 transformers' ``Trainer`` (``TrainingArguments``, callbacks, logging
+integrations, checkpoints, ``load_best_model_at_end``) instead of ``python -m zoo.train``.
+
+Every zoo model's ``forward(input_ids, attention_mask, labels, timestamps)`` already returns the training loss: with
+``labels [B, L]`` the all-position cross-entropy (BERT4Rec: its masked-item Cloze objective), with ``labels [B]`` the
+cross-entropy of the next item at each row's last position. This module gives the ``Trainer`` what it needs around
+that::
+
+    from transformers import Trainer, TrainingArguments
+    from zoo.data import leave_one_out, load_dataset
+    from zoo.hf_trainer import trainer_kwargs
+    from zoo.models.sasrec import SASRecConfig, SASRecModel
+
+    ds = load_dataset("ml-100k.inter.gz")                     # any file zoo.data reads
+    split = leave_one_out(ds)
+    model = SASRecModel(SASRecConfig(n_items=ds.vocab.n_items, max_seq_length=50))
+    model.set_item_vocab(ds.vocab)                            # checkpoints then map the caller's own item ids
+    args = TrainingArguments("runs/sasrec", num_train_epochs=20, per_device_train_batch_size=64, learning_rate=1e-3,
+                             eval_strategy="epoch", save_strategy="epoch", metric_for_best_model="NDCG@10",
+                             load_best_model_at_end=True, use_cpu=True)
+    trainer = Trainer(model=model, args=args, **trainer_kwargs(model, split))
+    trainer.train()
+    trainer.evaluate(trainer_kwargs(model, split, eval_on="test")["eval_dataset"], metric_key_prefix="test")
+
+- **Training data**: :class:`WindowDataset`, the same all-position windows as ``zoo.train``
+  (:func:`zoo.data.training_windows`, ``stride`` as ``--window-stride``); the loss of a batch is its mean over its
+  targets (``zoo.train``'s default ``--loss-weighting window``).
+- **Evaluation**: :class:`HistoryDataset` (each user's history, cut to the model's window, and its held-out next item),
+  :func:`logits_to_ranks` as ``preprocess_logits_for_metrics`` (the ``Trainer`` then keeps one rank per user, never
+  ``[users, n_items]`` logits) and :func:`ranking_metrics` as ``compute_metrics``: full-ranking HR/NDCG/MRR@K under
+  RecBole's protocol, the numbers ``zoo.evaluate`` gives for the same weights (``eval_loss`` is the next-item
+  cross-entropy). LRURec's protocol (``--exclude-history``) needs the histories, which ``preprocess_logits_for_metrics``
+  never sees: evaluate a saved checkpoint with ``python -m zoo.evaluate --exclude-history`` for it.
+- **Batches**: :class:`SeqRecCollator` pads on the model's side (``model.padding_side``) with 0 = no item / no target.
+
+The ``Trainer`` saves checkpoints with ``save_pretrained`` (``config.json``, ``model.safetensors``,
+``item_vocab.json``), so ``AutoModel.from_pretrained(checkpoint)`` loads one with its vocabulary, as a ``zoo.train``
+folder; the ``Trainer``'s own files beside them (``training_args.bin``, optimizer states) are its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .data.batching import TrainingWindows, pad_sequences, training_windows
+from .data.split import EvalExamples, Split
+from .metrics import compute_metrics, rank_of_target
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """The training windows of :func:`zoo.data.training_windows` as a map-style dataset, one window an example::
+
+        {"input_ids": int64 [l], "labels": int64 [l] (0: no target), "timestamps": float64 [l] (time-aware data)}
+
+    A window's leading context positions of overlapping windows (``stride < max_len``) get label 0, as in
+    :func:`zoo.data.iterate_batches`, so every training target is supervised once an epoch.
+    """
+
+    def __init__(self, windows: TrainingWindows):
+        if not isinstance(windows, TrainingWindows):
+            raise TypeError(f"windows must be zoo.data.TrainingWindows, got {type(windows).__name__}")
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        w = self.windows
+        s, n, skip = int(w.starts[i]), int(w.lengths[i]), int(w.skip[i])
+        labels = w.labels[s:s + n].copy()
+        labels[:skip] = 0                                       # overlap context: no target
+        item = {"input_ids": w.inputs[s:s + n], "labels": labels}
+        if w.timestamps is not None:
+            item["timestamps"] = w.timestamps[s:s + n]
+        return item
+
+
+class HistoryDataset(torch.utils.data.Dataset):
+    """Evaluation examples (:class:`zoo.data.EvalExamples`: ``split.valid`` / ``split.test``) as a map-style dataset::
+
+        {"input_ids": int64 [<= max_len] (the last max_len items of the history), "labels": int (the next item),
+         "timestamps": float64 [<= max_len] (when the examples have them)}
+    """
+
+    def __init__(self, examples: EvalExamples, max_len: int):
+        if not isinstance(examples, EvalExamples):
+            raise TypeError(f"examples must be zoo.data.EvalExamples (split.valid / split.test), got "
+                            f"{type(examples).__name__}")
+        if int(max_len) < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        empty = [r for r, h in enumerate(examples.histories) if len(h) == 0]
+        if empty:
+            raise ValueError(f"example {empty[0]} (user {examples.users[empty[0]]!r}) has an empty history: nothing to "
+                             "predict from")
+        self.examples, self.max_len = examples, int(max_len)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ex, L = self.examples, self.max_len
+        item = {"input_ids": np.asarray(ex.histories[i], dtype=np.int64)[-L:], "labels": int(ex.targets[i])}
+        if ex.history_timestamps is not None:
+            item["timestamps"] = np.asarray(ex.history_timestamps[i], dtype=np.float64)[-L:]
+        return item
+
+
+class SeqRecCollator:
+    """Pads a list of :class:`WindowDataset` / :class:`HistoryDataset` examples into a batch for a model::
+
+        input_ids      [B, Lb] int64   (0 at padding; Lb = the longest example)
+        attention_mask [B, Lb] bool
+        labels         [B, Lb] int64   (0 at padding: no target) for windows, [B] int64 for histories
+        timestamps     [B, Lb] float64 (0 at padding; when the examples have them)
+
+    Args:
+        padding_side: the model's ``padding_side`` (``"right"``; ``"left"`` for LRURec); :meth:`for_model` reads it.
+    """
+
+    def __init__(self, padding_side: str):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        self.padding_side = padding_side
+
+    @classmethod
+    def for_model(cls, model) -> "SeqRecCollator":
+        return cls(model.padding_side)
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        if len(features) == 0:
+            raise ValueError("no examples to collate")
+        keys = set(features[0])
+        for r, f in enumerate(features):
+            if set(f) != keys:
+                raise ValueError(f"example {r} has the fields {sorted(f)}, example 0 {sorted(keys)}: one batch mixes "
+                                 "kinds of examples")
+        if "input_ids" not in keys or "labels" not in keys or not keys <= {"input_ids", "labels", "timestamps"}:
+            raise ValueError(f"examples must have input_ids, labels and optionally timestamps; got {sorted(keys)}")
+        ids = [np.asarray(f["input_ids"]) for f in features]
+        for r, a in enumerate(ids):
+            if a.ndim != 1 or len(a) == 0 or not np.issubdtype(a.dtype, np.integer):
+                raise ValueError(f"example {r}: input_ids must be a non-empty 1-D sequence of ints, got shape "
+                                 f"{list(a.shape)} of {a.dtype}")
+        values, mask = pad_sequences(ids, self.padding_side)
+        batch = {"input_ids": torch.from_numpy(values), "attention_mask": torch.from_numpy(mask)}
+        labels = [np.asarray(f["labels"]) for f in features]
+        if all(a.ndim == 0 for a in labels):                   # one next item per history
+            batch["labels"] = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        elif all(a.ndim == 1 for a in labels):                 # a target per position of each window
+            for r, (a, b) in enumerate(zip(labels, ids)):
+                if len(a) != len(b):
+                    raise ValueError(f"example {r} has {len(b)} input_ids but {len(a)} labels")
+            batch["labels"] = torch.from_numpy(pad_sequences(labels, self.padding_side)[0])
+        else:
+            raise ValueError("labels must be one int per example (histories) or one per input item (windows), not "
+                             "a mix")
+        if "timestamps" in keys:
+            ts = [np.asarray(f["timestamps"], dtype=np.float64) for f in features]
+            for r, (a, b) in enumerate(zip(ts, ids)):
+                if a.shape != b.shape:
+                    raise ValueError(f"example {r} has {len(b)} input_ids but {a.shape[0] if a.ndim else 0} "
+                                     "timestamps")
+            batch["timestamps"] = torch.from_numpy(pad_sequences(ts, self.padding_side, dtype=np.float64,
+                                                                 fill=0.0)[0])
+        return batch
+
+
+def logits_to_ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``preprocess_logits_for_metrics`` for the ``Trainer``: ``logits [B, n_items]`` of a batch of histories and
+    their next items ``labels [B]`` -> ``[B]`` int64 1-based full-ranking ranks, padding index 0 never ranked (as
+    ``model.predict``), ties counted against the target (``zoo.evaluate``'s default). The logits are the forward's own
+    tensor, discarded after this call: index 0 is set to ``-inf`` in place rather than copying ``[B, n_items]``."""
+    if isinstance(logits, (tuple, list)):
+        raise ValueError(f"expected the model's logits alone, got {len(logits)} outputs: the model config's "
+                         "keys_to_ignore_at_inference must hold hidden_states")
+    if labels is None or labels.dim() != 1:
+        raise ValueError("ranks need one next item per history (labels [B]): evaluate on zoo.hf_trainer."
+                         "HistoryDataset, not on training windows")
+    scores = logits.float()
+    scores[:, 0] = -float("inf")
+    return rank_of_target(scores, labels)
+
+
+def ranking_metrics(ks: Iterable[int] = (5, 10, 20)):
+    """``compute_metrics`` for the ``Trainer`` (with :func:`logits_to_ranks` as ``preprocess_logits_for_metrics``):
+    ``EvalPrediction(predictions=ranks [N])`` -> ``{"HR@K", "NDCG@K", "MRR@K"}`` means over the N users, reported
+    by the ``Trainer`` as ``eval_NDCG@10`` etc. (``metric_for_best_model="NDCG@10"``)."""
+    ks = [int(k) for k in ks]
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"cut-offs must be ints >= 1, got {ks}")
+
+    def compute(pred) -> dict[str, float]:
+        ranks = pred.predictions
+        if isinstance(ranks, tuple):
+            raise ValueError("predictions are not ranks: pass preprocess_logits_for_metrics=zoo.hf_trainer."
+                             "logits_to_ranks to the Trainer")
+        ranks = np.asarray(ranks)
+        if ranks.ndim != 1:
+            raise ValueError(f"predictions must be [N] ranks (preprocess_logits_for_metrics=logits_to_ranks), got "
+                             f"shape {list(ranks.shape)}")
+        return compute_metrics(torch.from_numpy(ranks.astype(np.int64)), ks, recall_alias=False)
+
+    return compute
+
+
+EVAL_ON = ("valid", "test")
+
+
+def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride: int | None = None,
+                   eval_on: str = "valid") -> dict[str, Any]:
+    """What ``Trainer(model=model, args=args, **trainer_kwargs(model, split))`` needs to train ``model`` on ``split``
+    and evaluate it by full ranking: ``train_dataset``, ``eval_dataset`` (``split.valid``, or ``split.test`` with
+    ``eval_on="test"``), ``data_collator``, ``preprocess_logits_for_metrics`` and ``compute_metrics``.
+
+    Args:
+        model: a zoo model (its ``padding_side``, ``config.max_seq_length`` and ``config.n_items`` shape the data).
+        split: :func:`zoo.data.leave_one_out` of a dataset indexed like the model: with its own vocabulary set on the
+            model (``model.set_item_vocab(ds.vocab)``), or one re-indexed to the model's
+            (:func:`zoo.evaluate.align_with_model`).
+        ks: metric cut-offs.
+        stride: window stride (``zoo.train --window-stride``; default ``max_seq_length``: no overlap).
+        eval_on: ``"valid"`` or ``"test"``.
+    Raises:
+        ValueError naming the problem: items beyond the model's ``n_items``, a vocabulary other than the model's, a
+        time-aware model without timestamps, no training window.
+    """
+    from .modeling_utils import SeqRecPreTrainedModel
+
+    if not isinstance(model, SeqRecPreTrainedModel):
+        raise TypeError(f"model must be a zoo model, got {type(model).__name__}")
+    if not isinstance(split, Split):
+        raise TypeError(f"split must be zoo.data.Split (leave_one_out(dataset)), got {type(split).__name__}")
+    if eval_on not in EVAL_ON:
+        raise ValueError(f"eval_on must be one of {EVAL_ON}, got {eval_on!r}")
+    _check_split_fits(model, split)
+    windows = training_windows(split.train, int(model.config.max_seq_length),
+                               split.train_timestamps if model.uses_timestamps else None, stride=stride)
+    examples = split.valid if eval_on == "valid" else split.test
+    if not model.uses_timestamps and examples.history_timestamps is not None:   # the model reads none: send none
+        examples = EvalExamples(examples.histories, examples.targets, examples.users)
+    return {"train_dataset": WindowDataset(windows),
+            "eval_dataset": HistoryDataset(examples, int(model.config.max_seq_length)),
+            "data_collator": SeqRecCollator.for_model(model),
+            "preprocess_logits_for_metrics": logits_to_ranks,
+            "compute_metrics": ranking_metrics(ks)}
+
+
+def _check_split_fits(model, split: Split) -> None:
+    n_items = int(model.config.n_items)
+    name = type(model).__name__
+    vocab = getattr(model, "item_vocab", None)
+    data_vocab = getattr(split.dataset, "vocab", None) if split.dataset is not None else None
+    if data_vocab is not None:
+        if vocab is None:
+            raise ValueError(f"{name} has no item vocabulary: call model.set_item_vocab(dataset.vocab) first, so that "
+                             "the checkpoints the Trainer saves map the data's own item ids")
+        if list(vocab.items) != list(data_vocab.items):
+            raise ValueError(f"the data is indexed by another vocabulary than {name}'s ({len(data_vocab)} items "
+                             f"against {len(vocab)}): re-index it with zoo.evaluate.align_with_model(dataset, model) "
+                             "before leave_one_out")
+    top = max([int(np.max(s)) for s in split.train if len(s)] + [int(split.valid.targets.max(initial=0)),
+                                                                  int(split.test.targets.max(initial=0))])
+    if top >= n_items:
+        raise ValueError(f"the data holds item index {top} but {name} has n_items={n_items} (indices 1.."
+                         f"{n_items - 1}): build the model with n_items=dataset.vocab.n_items")
+    if model.uses_timestamps and split.train_timestamps is None:
+        raise ValueError(f"{name} reads timestamps, but the data has none")
+
+
+__all__ = ["WindowDataset", "HistoryDataset", "SeqRecCollator", "logits_to_ranks", "ranking_metrics",
+           "trainer_kwargs", "EVAL_ON"]

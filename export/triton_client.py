@@ -218,8 +218,10 @@ class TritonRecommender(_Base):
 
     def _infer(self, sid: int, ids: np.ndarray, start: bool, end: bool, extra=()):
         ins = [self._input("item_ids", ids, "INT64"), *extra]
-        outs = self._outputs_for(["topk_ids", "topk_scores"]
-                                 + (["live_sequences"] if "live_sequences" in self.outputs else []))
+        live = ["live_sequences"] if "live_sequences" in self.outputs else []
+        bare_end = ids.shape[1] == 0                # end(): no event, so no top-k and no user vector to read
+        outs = ([self._m.InferRequestedOutput(n) for n in live or ["topk_ids"]] if bare_end
+                else self._outputs_for(["topk_ids", "topk_scores", *live]))
         try:
             r = self.client.infer(self.model_name, ins, outputs=outs, sequence_id=sid, sequence_start=start,
                                   sequence_end=end, **self._rpc)
@@ -239,6 +241,8 @@ class TritonRecommender(_Base):
             self._expired.discard(sid)
         if "live_sequences" in self.outputs:
             self.last_live_sequences = int(r.as_numpy("live_sequences").reshape(-1)[0])
+        if bare_end:
+            return None
         self._keep_vector(r)
         return r.as_numpy("topk_ids")[0], r.as_numpy("topk_scores")[0]
 
@@ -273,7 +277,8 @@ class TritonRecommender(_Base):
         return self.recommend(user_or_sequence_id, history, timestamps, k, start=True)
 
     def end(self, user_or_sequence_id) -> None:
-        """Close the sequence: the server frees its state (an empty END request)."""
+        """Close the sequence: the server frees its state (an empty END request). It answers no recommendation, so
+        ``last_user_vector`` stays the vector after the sequence's last event."""
         sid = sequence_id(user_or_sequence_id)
         with self._lock:
             if sid not in self._live:

@@ -1083,6 +1083,12 @@ def test_live_exclude_seen_sequences_never_get_their_history(live_server, lru_se
     bad = [i for i, (got, (ri, rs)) in enumerate(zip(served, _reference_topk_unseen(model, prefixes), strict=True))
            if not _same_topk(got, ri, rs)]
     assert not bad, f"{len(bad)} of {len(served)} events differ from PyTorch, first at prefix {prefixes[bad[0]]}"
+    # a bare END answers no event: end() frees the state and keeps the vector of the sequence's last event
+    cl.prime("probe", [3, 4])
+    vector, live = cl.last_user_vector.copy(), cl.last_live_sequences
+    cl.end("probe")
+    np.testing.assert_array_equal(cl.last_user_vector, vector)
+    assert cl.last_live_sequences == live - 1
     cl.client.close()
 
 

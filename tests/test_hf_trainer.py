@@ -24,8 +24,8 @@ from test_train import _markov_file                               # noqa: E402
 from zoo.data import (EvalExamples, eval_batches, iterate_batches, leave_one_out, load_dataset,   # noqa: E402
                       training_windows)
 from zoo.evaluate import evaluate_model                           # noqa: E402
-from zoo.hf_trainer import (HistoryDataset, SeqRecCollator, WindowDataset, logits_to_ranks,       # noqa: E402
-                            ranking_metrics, trainer_kwargs)
+from zoo.hf_trainer import (HISTORY_LABELS, HistoryDataset, SeqRecCollator, WindowDataset,      # noqa: E402
+                            logits_to_ranks, ranking_metrics, trainer_kwargs)
 from zoo.models import MODEL_MODULES                              # noqa: E402
 from zoo.train import build_model                                 # noqa: E402
 
@@ -108,6 +108,31 @@ def test_trainer_evaluation_is_zoo_evaluate_and_one_step_trains(tmp_path, model_
     out = trainer.train()
     assert out.global_step == 1 and np.isfinite(out.training_loss) and out.training_loss > 0
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("model_type", ["lrurec", "sasrec"])
+def test_trainer_evaluation_under_lrurecs_protocol_is_zoo_evaluate_exclude_history(tmp_path, model_type):
+    """``exclude_history=True`` with ``label_names=HISTORY_LABELS``: the ``Trainer``'s metrics are ``zoo.evaluate
+    --exclude-history``'s (the window's items never ranked; left- and right-padded windows), which differ from the
+    RecBole protocol's on this data (the chain revisits items); without the label names it is an error naming them,
+    never the other protocol's numbers."""
+    ds, split = _data(tmp_path, n_users=60)
+    model = _model(model_type, ds)
+    kw = trainer_kwargs(model, split, ks=(5, 10), exclude_history=True)
+    got = Trainer(model=model, args=_args(tmp_path, label_names=HISTORY_LABELS, per_device_eval_batch_size=16),
+                  **kw).evaluate()
+    want = evaluate_model(model, split.valid, ks=(5, 10), exclude_history=True, progress=False)
+    plain = evaluate_model(model, split.valid, ks=(5, 10), progress=False)
+    assert any(abs(want[m] - plain[m]) > 1e-3 for m in want), "the two protocols agree here: the test shows nothing"
+    for m in ("HR@5", "NDCG@5", "MRR@5", "HR@10", "NDCG@10", "MRR@10"):
+        assert got[f"eval_{m}"] == pytest.approx(want[m], abs=1e-9), m
+    with pytest.raises(ValueError, match="label_names=zoo.hf_trainer.HISTORY_LABELS"):
+        Trainer(model=model, args=_args(tmp_path), **kw).evaluate()
+    with pytest.raises(ValueError, match="lack one of the Trainer's label_names .*exclude_history=True"):
+        Trainer(model=model, args=_args(tmp_path, label_names=HISTORY_LABELS),
+                **trainer_kwargs(model, split, ks=(10,))).evaluate()
+    with pytest.raises(ValueError, match="got 2 label tensors"):
+        logits_to_ranks(torch.zeros(2, 5), (torch.ones(2, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)))
 
 
 def test_gradient_accumulation_averages_the_micro_batches(tmp_path):

@@ -29,8 +29,9 @@ that::
   :func:`logits_to_ranks` as ``preprocess_logits_for_metrics`` (the ``Trainer`` then keeps one rank per user, never
   ``[users, n_items]`` logits) and :func:`ranking_metrics` as ``compute_metrics``: full-ranking HR/NDCG/MRR@K under
   RecBole's protocol, the numbers ``zoo.evaluate`` gives for the same weights (``eval_loss`` is the next-item
-  cross-entropy). LRURec's protocol (``--exclude-history``) needs the histories, which ``preprocess_logits_for_metrics``
-  never sees: evaluate a saved checkpoint with ``python -m zoo.evaluate --exclude-history`` for it.
+  cross-entropy). LRURec's protocol (``zoo.evaluate --exclude-history``: the window's items never ranked) with
+  ``trainer_kwargs(..., exclude_history=True)`` and ``TrainingArguments(..., label_names=HISTORY_LABELS)``: the
+  window then reaches ``preprocess_logits_for_metrics`` as a second label, ``history``, which the models ignore.
 - **Batches**: :class:`SeqRecCollator` pads on the model's side (``model.padding_side``) with 0 = no item / no target.
 
 The ``Trainer`` saves checkpoints with ``save_pretrained`` (``config.json``, ``model.safetensors``,
@@ -40,6 +41,7 @@ folder; the ``Trainer``'s own files beside them (``training_args.bin``, optimize
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -82,10 +84,11 @@ class HistoryDataset(torch.utils.data.Dataset):
     """Evaluation examples (:class:`zoo.data.EvalExamples`: ``split.valid`` / ``split.test``) as a map-style dataset::
 
         {"input_ids": int64 [<= max_len] (the last max_len items of the history), "labels": int (the next item),
-         "timestamps": float64 [<= max_len] (when the examples have them)}
+         "timestamps": float64 [<= max_len] (when the examples have them),
+         "history": int64 [<= max_len] (with with_history: the window again, the items LRURec's protocol never ranks)}
     """
 
-    def __init__(self, examples: EvalExamples, max_len: int):
+    def __init__(self, examples: EvalExamples, max_len: int, with_history: bool = False):
         if not isinstance(examples, EvalExamples):
             raise TypeError(f"examples must be zoo.data.EvalExamples (split.valid / split.test), got "
                             f"{type(examples).__name__}")
@@ -95,7 +98,7 @@ class HistoryDataset(torch.utils.data.Dataset):
         if empty:
             raise ValueError(f"example {empty[0]} (user {examples.users[empty[0]]!r}) has an empty history: nothing to "
                              "predict from")
-        self.examples, self.max_len = examples, int(max_len)
+        self.examples, self.max_len, self.with_history = examples, int(max_len), bool(with_history)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -105,6 +108,8 @@ class HistoryDataset(torch.utils.data.Dataset):
         item = {"input_ids": np.asarray(ex.histories[i], dtype=np.int64)[-L:], "labels": int(ex.targets[i])}
         if ex.history_timestamps is not None:
             item["timestamps"] = np.asarray(ex.history_timestamps[i], dtype=np.float64)[-L:]
+        if self.with_history:
+            item["history"] = item["input_ids"]
         return item
 
 
@@ -115,6 +120,7 @@ class SeqRecCollator:
         attention_mask [B, Lb] bool
         labels         [B, Lb] int64   (0 at padding: no target) for windows, [B] int64 for histories
         timestamps     [B, Lb] float64 (0 at padding; when the examples have them)
+        history        [B, Lb] int64   (0 at padding; from HistoryDataset(..., with_history=True))
 
     Args:
         padding_side: the model's ``padding_side`` (``"right"``; ``"left"`` for LRURec); :meth:`for_model` reads it.
@@ -137,8 +143,10 @@ class SeqRecCollator:
             if set(f) != keys:
                 raise ValueError(f"example {r} has the fields {sorted(f)}, example 0 {sorted(keys)}: one batch mixes "
                                  "kinds of examples")
-        if "input_ids" not in keys or "labels" not in keys or not keys <= {"input_ids", "labels", "timestamps"}:
-            raise ValueError(f"examples must have input_ids, labels and optionally timestamps; got {sorted(keys)}")
+        if "input_ids" not in keys or "labels" not in keys or not keys <= {"input_ids", "labels", "timestamps",
+                                                                            "history"}:
+            raise ValueError(f"examples must have input_ids, labels and optionally timestamps and history; got "
+                             f"{sorted(keys)}")
         ids = [np.asarray(f["input_ids"]) for f in features]
         for r, a in enumerate(ids):
             if a.ndim != 1 or len(a) == 0 or not np.issubdtype(a.dtype, np.integer):
@@ -165,21 +173,47 @@ class SeqRecCollator:
                                      "timestamps")
             batch["timestamps"] = torch.from_numpy(pad_sequences(ts, self.padding_side, dtype=np.float64,
                                                                  fill=0.0)[0])
+        if "history" in keys:
+            batch["history"] = torch.from_numpy(pad_sequences([np.asarray(f["history"], dtype=np.int64)
+                                                               for f in features], self.padding_side)[0])
         return batch
 
 
-def logits_to_ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+#: ``TrainingArguments(label_names=HISTORY_LABELS)`` with ``trainer_kwargs(..., exclude_history=True)``: the ``Trainer``
+#: then hands each batch's window to ``preprocess_logits_for_metrics`` beside the next items
+HISTORY_LABELS = ["labels", "history"]
+
+
+def logits_to_ranks(logits: torch.Tensor, labels: Any, exclude_history: bool = False) -> torch.Tensor:
     """``preprocess_logits_for_metrics`` for the ``Trainer``: ``logits [B, n_items]`` of a batch of histories and
     their next items ``labels [B]`` -> ``[B]`` int64 1-based full-ranking ranks, padding index 0 never ranked (as
-    ``model.predict``), ties counted against the target (``zoo.evaluate``'s default). The logits are the forward's own
-    tensor, discarded after this call: index 0 is set to ``-inf`` in place rather than copying ``[B, n_items]``."""
+    ``model.predict``), ties counted against the target (``zoo.evaluate``'s default). With ``exclude_history``
+    (LRURec's protocol), ``labels`` is ``(next items [B], history [B, L])`` (``label_names=HISTORY_LABELS``) and the
+    window's items are never ranked either. The logits are the forward's own tensor, discarded after this call: they
+    are masked in place rather than copying ``[B, n_items]``."""
+    if labels is None:             # the Trainer passes labels only when the batch has every one of its label_names
+        raise ValueError("no next items reached the metrics: the evaluation batches lack one of the Trainer's "
+                         "label_names (label_names=HISTORY_LABELS goes with trainer_kwargs(..., exclude_history=True))")
     if isinstance(logits, (tuple, list)):
         raise ValueError(f"expected the model's logits alone, got {len(logits)} outputs: the model config's "
                          "keys_to_ignore_at_inference must hold hidden_states")
-    if labels is None or labels.dim() != 1:
+    history = None
+    if exclude_history:
+        if not (isinstance(labels, (tuple, list)) and len(labels) == 2):
+            raise ValueError("exclude_history needs each batch's window beside its next items: give the Trainer "
+                             "TrainingArguments(..., label_names=zoo.hf_trainer.HISTORY_LABELS)")
+        labels, history = labels
+    elif isinstance(labels, (tuple, list)):
+        raise ValueError(f"got {len(labels)} label tensors: label_names=HISTORY_LABELS goes with "
+                         "trainer_kwargs(..., exclude_history=True)")
+    if labels.dim() != 1:
         raise ValueError("ranks need one next item per history (labels [B]): evaluate on zoo.hf_trainer."
                          "HistoryDataset, not on training windows")
     scores = logits.float()
+    if history is not None:
+        if history.dim() != 2 or history.shape[0] != scores.shape[0]:
+            raise ValueError(f"history must be [B, L] with B = {scores.shape[0]}, got {list(history.shape)}")
+        scores.scatter_(1, history.to(scores.device).long().clamp(min=0), -float("inf"))   # padding 0 (or -100)
     scores[:, 0] = -float("inf")
     return rank_of_target(scores, labels)
 
@@ -210,7 +244,7 @@ EVAL_ON = ("valid", "test")
 
 
 def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride: int | None = None,
-                   eval_on: str = "valid") -> dict[str, Any]:
+                   eval_on: str = "valid", exclude_history: bool = False) -> dict[str, Any]:
     """What ``Trainer(model=model, args=args, **trainer_kwargs(model, split))`` needs to train ``model`` on ``split``
     and evaluate it by full ranking: ``train_dataset``, ``eval_dataset`` (``split.valid``, or ``split.test`` with
     ``eval_on="test"``), ``data_collator``, ``preprocess_logits_for_metrics`` and ``compute_metrics``.
@@ -223,6 +257,9 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride:
         ks: metric cut-offs.
         stride: window stride (``zoo.train --window-stride``; default ``max_seq_length``: no overlap).
         eval_on: ``"valid"`` or ``"test"``.
+        exclude_history: rank under LRURec's protocol (``zoo.evaluate --exclude-history``: the window's items are
+            never ranked); give the ``Trainer`` ``TrainingArguments(..., label_names=HISTORY_LABELS)`` with it (an
+            evaluation without them is an error naming them).
     Raises:
         ValueError naming the problem: items beyond the model's ``n_items``, a vocabulary other than the model's, a
         time-aware model without timestamps, no training window.
@@ -242,9 +279,10 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride:
     if not model.uses_timestamps and examples.history_timestamps is not None:   # the model reads none: send none
         examples = EvalExamples(examples.histories, examples.targets, examples.users)
     return {"train_dataset": WindowDataset(windows),
-            "eval_dataset": HistoryDataset(examples, int(model.config.max_seq_length)),
+            "eval_dataset": HistoryDataset(examples, int(model.config.max_seq_length), with_history=exclude_history),
             "data_collator": SeqRecCollator.for_model(model),
-            "preprocess_logits_for_metrics": logits_to_ranks,
+            "preprocess_logits_for_metrics": (partial(logits_to_ranks, exclude_history=True) if exclude_history
+                                              else logits_to_ranks),
             "compute_metrics": ranking_metrics(ks)}
 
 
@@ -271,4 +309,4 @@ def _check_split_fits(model, split: Split) -> None:
 
 
 __all__ = ["WindowDataset", "HistoryDataset", "SeqRecCollator", "logits_to_ranks", "ranking_metrics",
-           "trainer_kwargs", "EVAL_ON"]
+           "trainer_kwargs", "EVAL_ON", "HISTORY_LABELS"]

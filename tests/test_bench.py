@@ -397,3 +397,21 @@ def test_day_ties_bench_on_a_file_with_same_day_reviews(monkeypatch, tmp_path):
                                 "tiny run"}
     text = out.read_text()
     assert "the test item shares its day with the item before it for 100.0%" in text and "| tiny run |" in text
+
+
+def test_hf_trainer_bench_runs(monkeypatch, tmp_path):
+    """``zoo.train`` and the ``Trainer`` side by side on a small generated file, one epoch, one seed: a row per loop,
+    the means and the time ratio; both learn the chain far above random (40 items: HR@10 0.25)."""
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate (pip install -e '.[train]')")
+    from test_train import _markov_file
+
+    b = _bench("hf_trainer", monkeypatch)
+    out = tmp_path / "t.md"
+    b.main(["--data", str(_markov_file(tmp_path / "m.tsv")), "--epochs", "3", "--seeds", "0", "--max-len", "30",
+            "--batch-size", "16", "--lr", "5e-3", "--markdown", str(out)])
+    text = out.read_text()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| zoo.train | 0 |") or line.startswith("| Trainer | 0 |")]
+    assert [r[0] for r in rows] == ["zoo.train", "Trainer"]
+    assert all(float(r[5]) > 2.5 * 10 / 40 for r in rows), rows        # test HR@10
+    assert re.search(r"Trainer / zoo.train wall time: \d+\.\d\dx", text)

@@ -135,6 +135,52 @@ def test_trainer_evaluation_under_lrurecs_protocol_is_zoo_evaluate_exclude_histo
         logits_to_ranks(torch.zeros(2, 5), (torch.ones(2, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)))
 
 
+class _EveryItem:
+    """A "sampler" that draws every item once, uncorrected: the sampled-softmax loss is then the full cross-entropy."""
+
+    def __init__(self, n_items):
+        self.n_items = n_items
+
+    def sample(self):
+        from zoo.losses import NegativeSample
+
+        return NegativeSample.every_item(self.n_items)
+
+
+@pytest.mark.parametrize("model_type", ["sasrec", "bert4rec", "tim4rec_causal"])
+def test_a_collator_with_a_sampler_trains_with_sampled_softmax_and_never_evaluates_with_it(tmp_path, model_type):
+    """Training windows carry the sampler's negatives into the model's own objective: with every item drawn once,
+    uncorrected, the loss is the full cross-entropy's (BERT4Rec's Cloze too, under the same masks); evaluation batches
+    carry none, so the ``Trainer``'s metrics stay ``zoo.evaluate``'s; ``trainer_kwargs(negatives=N)`` trains."""
+    ds, split = _data(tmp_path, n_users=30)
+    model = _model(model_type, ds).eval()                     # no dropout: two forwards see the same network
+    n = int(model.config.n_items)
+    windows = WindowDataset(training_windows(split.train, 30, split.train_timestamps))
+    full = SeqRecCollator.for_model(model)([windows[i] for i in range(6)])
+    sampled = SeqRecCollator.for_model(model, _EveryItem(n))([windows[i] for i in range(6)])
+    assert "negatives" in sampled and "negatives" not in full
+    torch.manual_seed(3)
+    want = model(**full).loss.detach()
+    torch.manual_seed(3)                                      # BERT4Rec draws its masks: the same ones again
+    got = model(**sampled).loss.detach()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    from zoo.losses import NegativeSampler
+
+    torch.manual_seed(3)                                      # a real draw of 8 reaches the loss: another number
+    few = model(**SeqRecCollator.for_model(model, NegativeSampler(n, 8))([windows[i] for i in range(6)])).loss.detach()
+    assert abs(few.item() - want.item()) > 1e-3
+    ex = HistoryDataset(split.valid, 30)
+    assert "negatives" not in SeqRecCollator.for_model(model, _EveryItem(n))([ex[0], ex[1]])
+    kw = trainer_kwargs(model, split, ks=(10,), negatives=8, negative_sampler="popularity")
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=2, per_device_train_batch_size=8), **kw)
+    out = trainer.train()
+    assert np.isfinite(out.training_loss) and out.training_loss > 0
+    assert trainer.evaluate()["eval_NDCG@10"] == pytest.approx(
+        evaluate_model(model, split.valid, ks=(10,), progress=False)["NDCG@10"], abs=1e-9)
+    with pytest.raises(TypeError, match="sampler must have a sample\\(\\) method"):
+        SeqRecCollator("right", sampler=8)
+
+
 def test_gradient_accumulation_averages_the_micro_batches(tmp_path):
     """Two windows, one per micro-batch, two accumulation steps: one SGD step along the mean of their gradients (a
     forward taking loss kwargs would make the ``Trainer`` skip its division: twice the step)."""

@@ -24,7 +24,8 @@ that::
 
 - **Training data**: :class:`WindowDataset`, the same all-position windows as ``zoo.train``
   (:func:`zoo.data.training_windows`, ``stride`` as ``--window-stride``); the loss of a batch is its mean over its
-  targets (``zoo.train``'s default ``--loss-weighting window``).
+  targets (``zoo.train``'s default ``--loss-weighting window``): the full cross-entropy, or with
+  ``trainer_kwargs(..., negatives=N)`` sampled softmax against N negatives a batch (``--loss sampled-softmax``).
 - **Evaluation**: :class:`HistoryDataset` (each user's history, cut to the model's window, and its held-out next item),
   :func:`logits_to_ranks` as ``preprocess_logits_for_metrics`` (the ``Trainer`` then keeps one rank per user, never
   ``[users, n_items]`` logits) and :func:`ranking_metrics` as ``compute_metrics``: full-ranking HR/NDCG/MRR@K under
@@ -122,18 +123,27 @@ class SeqRecCollator:
         timestamps     [B, Lb] float64 (0 at padding; when the examples have them)
         history        [B, Lb] int64   (0 at padding; from HistoryDataset(..., with_history=True))
 
+        negatives      NegativeSample  (with a sampler, training windows only: their sampled-softmax negatives)
+
     Args:
         padding_side: the model's ``padding_side`` (``"right"``; ``"left"`` for LRURec); :meth:`for_model` reads it.
+        sampler: a :class:`zoo.losses.NegativeSampler` (anything with ``sample() -> NegativeSample``): every batch of
+            training windows then carries one draw of negatives, and the model's forward trains it with sampled
+            softmax against them (``zoo.train --loss sampled-softmax``) instead of the full cross-entropy. Batches
+            of histories (evaluation) never get negatives: they are ranked against every item.
     """
 
-    def __init__(self, padding_side: str):
+    def __init__(self, padding_side: str, sampler=None):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        self.padding_side = padding_side
+        if sampler is not None and not callable(getattr(sampler, "sample", None)):
+            raise TypeError(f"sampler must have a sample() method (zoo.losses.NegativeSampler), got "
+                            f"{type(sampler).__name__}")
+        self.padding_side, self.sampler = padding_side, sampler
 
     @classmethod
-    def for_model(cls, model) -> "SeqRecCollator":
-        return cls(model.padding_side)
+    def for_model(cls, model, sampler=None) -> "SeqRecCollator":
+        return cls(model.padding_side, sampler)
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         if len(features) == 0:
@@ -162,6 +172,8 @@ class SeqRecCollator:
                 if len(a) != len(b):
                     raise ValueError(f"example {r} has {len(b)} input_ids but {len(a)} labels")
             batch["labels"] = torch.from_numpy(pad_sequences(labels, self.padding_side)[0])
+            if self.sampler is not None:
+                batch["negatives"] = self.sampler.sample()
         else:
             raise ValueError("labels must be one int per example (histories) or one per input item (windows), not "
                              "a mix")
@@ -244,7 +256,8 @@ EVAL_ON = ("valid", "test")
 
 
 def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride: int | None = None,
-                   eval_on: str = "valid", exclude_history: bool = False) -> dict[str, Any]:
+                   eval_on: str = "valid", exclude_history: bool = False, negatives: int | None = None,
+                   negative_sampler: str = "uniform") -> dict[str, Any]:
     """What ``Trainer(model=model, args=args, **trainer_kwargs(model, split))`` needs to train ``model`` on ``split``
     and evaluate it by full ranking: ``train_dataset``, ``eval_dataset`` (``split.valid``, or ``split.test`` with
     ``eval_on="test"``), ``data_collator``, ``preprocess_logits_for_metrics`` and ``compute_metrics``.
@@ -260,6 +273,11 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride:
         exclude_history: rank under LRURec's protocol (``zoo.evaluate --exclude-history``: the window's items are
             never ranked); give the ``Trainer`` ``TrainingArguments(..., label_names=HISTORY_LABELS)`` with it (an
             evaluation without them is an error naming them).
+        negatives: train with sampled softmax against this many negatives per batch (``zoo.train --loss
+            sampled-softmax --negatives N``: large catalogues, where the full cross-entropy's ``[targets, n_items]``
+            logits do not fit); None: the full cross-entropy.
+        negative_sampler: ``"uniform"`` or ``"popularity"`` (by training count, logQ-corrected;
+            :class:`zoo.losses.NegativeSampler`).
     Raises:
         ValueError naming the problem: items beyond the model's ``n_items``, a vocabulary other than the model's, a
         time-aware model without timestamps, no training window.
@@ -275,12 +293,20 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride:
     _check_split_fits(model, split)
     windows = training_windows(split.train, int(model.config.max_seq_length),
                                split.train_timestamps if model.uses_timestamps else None, stride=stride)
+    sampler = None
+    if negatives is not None:
+        from .data.split import item_counts
+        from .losses import NegativeSampler
+
+        n_items = int(model.config.n_items)
+        sampler = NegativeSampler(n_items, negatives, negative_sampler,
+                                  item_counts(split.train, n_items) if negative_sampler == "popularity" else None)
     examples = split.valid if eval_on == "valid" else split.test
     if not model.uses_timestamps and examples.history_timestamps is not None:   # the model reads none: send none
         examples = EvalExamples(examples.histories, examples.targets, examples.users)
     return {"train_dataset": WindowDataset(windows),
             "eval_dataset": HistoryDataset(examples, int(model.config.max_seq_length), with_history=exclude_history),
-            "data_collator": SeqRecCollator.for_model(model),
+            "data_collator": SeqRecCollator.for_model(model, sampler),
             "preprocess_logits_for_metrics": (partial(logits_to_ranks, exclude_history=True) if exclude_history
                                               else logits_to_ranks),
             "compute_metrics": ranking_metrics(ks)}

@@ -25,7 +25,7 @@ from zoo.data import (EvalExamples, eval_batches, iterate_batches, leave_one_out
                       training_windows)
 from zoo.evaluate import evaluate_model                           # noqa: E402
 from zoo.hf_trainer import (HISTORY_LABELS, HistoryDataset, SeqRecCollator, WindowDataset,      # noqa: E402
-                            logits_to_ranks, ranking_metrics, trainer_kwargs)
+                            logits_to_ranks, ranking_metrics, save_run, trainer_kwargs)
 from zoo.models import MODEL_MODULES                              # noqa: E402
 from zoo.train import build_model                                 # noqa: E402
 
@@ -225,6 +225,62 @@ def test_trainer_learns_far_above_random_and_its_best_checkpoint_loads(tmp_path,
     assert loaded.recommend(history, k=5).items == model.recommend(history, k=5).items
     assert trainer.state.best_metric == max(e["eval_NDCG@10"] for e in trainer.state.log_history
                                             if "eval_NDCG@10" in e)
+
+
+def test_save_run_makes_a_trainer_run_a_card(tmp_path):
+    """A ``Trainer`` run under LRURec's protocol, saved with ``save_run``, is carded by ``zoo.hub card`` like a
+    ``zoo.train`` run: the card's test metrics are the ones ``save_run`` measured (the best checkpoint's, on the
+    protocol it validated with), its training section names the ``Trainer`` and the optimiser it ran (the
+    ``TrainingArguments``' clipping and warmup included), and the log keeps every ``TrainingArguments`` field."""
+    import json
+
+    from zoo.hub import build_card_folder
+
+    data = _markov_file(tmp_path / "markov.tsv", n_users=60)
+    ds = load_dataset(data)
+    split = leave_one_out(ds)
+    model = _model("lrurec", ds)
+    trainer = Trainer(model=model, args=_args(tmp_path, num_train_epochs=2, per_device_train_batch_size=16,
+                                              learning_rate=5e-3, eval_strategy="epoch", save_strategy="epoch",
+                                              metric_for_best_model="NDCG@10", load_best_model_at_end=True,
+                                              label_names=HISTORY_LABELS, warmup_steps=3, save_total_limit=1),
+                      **trainer_kwargs(model, split, exclude_history=True))
+    trainer.train()
+    log = save_run(trainer, tmp_path / "run", str(data), command="python train_lrurec.py")
+    assert log["protocol"]["history_masked"] is True and len(log["epochs"]) == 2
+    assert log["best_valid_NDCG10"] == pytest.approx(trainer.state.best_metric, abs=1e-9)
+    assert log["train"] == {"optimizer": "adam", "lr": 5e-3, "weight_decay": 0.0, "batch_size": 16, "clip": 1.0,
+                            "lr_schedule": "linear", "warmup_steps": 3}
+    assert log["trainer"]["training_arguments"]["metric_for_best_model"] == "NDCG@10"
+    metrics = build_card_folder(str(tmp_path / "run"), "lrurec-markov", str(data), out_dir=str(tmp_path / "card"),
+                                exclude_history=True)
+    for k in ("HR@10", "NDCG@10", "MRR@10"):
+        assert metrics[k] == pytest.approx(log["test"][k], abs=1e-9), k
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert "trained with transformers' `Trainer`" in card and "`python train_lrurec.py`" in card
+    assert "linear warmup over 3 steps" in card and "gradient clip-norm 1" in card
+    assert json.loads((tmp_path / "card" / "training_log.json").read_text())["stages"][0]["trainer"]
+    loaded = AutoModel.from_pretrained(tmp_path / "card")
+    assert loaded.recommend([[100, 101]], k=3).items == model.recommend([[100, 101]], k=3).items
+
+
+def test_save_run_refuses_other_data_an_occupied_folder_and_foreign_trainers(tmp_path):
+    ds, split = _data(tmp_path, n_users=20)
+    model = _model("sasrec", ds)
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=1), **trainer_kwargs(model, split))
+    trainer.train()
+    other = _markov_file(tmp_path / "other.tsv", n_users=20, seed=5)
+    with pytest.raises(ValueError, match="is not the data the Trainer trained on"):
+        save_run(trainer, tmp_path / "a", str(other), data_options={"kcore": None})
+    data = str(tmp_path / "markov.tsv")
+    save_run(trainer, tmp_path / "a", data, data_options={"kcore": None})
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        save_run(trainer, tmp_path / "a", data, data_options={"kcore": None})
+    save_run(trainer, tmp_path / "a", data, data_options={"kcore": None}, overwrite=True)
+    bare = Trainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=trainer.train_dataset,
+                   data_collator=trainer.data_collator)
+    with pytest.raises(ValueError, match="built with zoo.hf_trainer.trainer_kwargs"):
+        save_run(bare, tmp_path / "b", data)
 
 
 def test_trainer_kwargs_refuse_data_that_does_not_fit_the_model(tmp_path):

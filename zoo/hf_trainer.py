@@ -37,11 +37,14 @@ that::
 
 The ``Trainer`` saves checkpoints with ``save_pretrained`` (``config.json``, ``model.safetensors``,
 ``item_vocab.json``), so ``AutoModel.from_pretrained(checkpoint)`` loads one with its vocabulary, as a ``zoo.train``
-folder; the ``Trainer``'s own files beside them (``training_args.bin``, optimizer states) are its own.
+folder; the ``Trainer``'s own files beside them (``training_args.bin``, a pickle the zoo never reads, optimizer
+states) are its own. :func:`save_run` turns a finished run into a ``zoo.train`` run folder (model + ``train_log.json``)
+that ``python -m zoo.hub card`` cards.
 """
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any, Iterable, Sequence
 
@@ -312,6 +315,103 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride:
             "compute_metrics": ranking_metrics(ks)}
 
 
+def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_options: dict | None = None,
+             command: str | None = None, overwrite: bool = False) -> dict:
+    """Save a ``Trainer`` run as a ``zoo.train`` run folder, so that ``python -m zoo.hub card --run OUT`` cards it
+    (full-ranking metrics, protocol, baselines, training record) like the project's own models.
+
+    Writes the ``Trainer``'s model (the best checkpoint with ``load_best_model_at_end``) with ``save_pretrained`` and
+    a ``train_log.json`` in ``zoo.train``'s format: the data and its loading options, the optimiser and schedule read
+    from the ``TrainingArguments`` (all of them are kept too, under ``trainer``), the objective, the per-epoch
+    validation, the validation NDCG@10 of the saved weights and their test metrics (measured here, under the protocol
+    the run validated with: LRURec's when its evaluation set was built with ``exclude_history``).
+
+    Args:
+        trainer: the ``Trainer``, after ``train()``, built with :func:`trainer_kwargs`.
+        out: the run folder (a new one, or one holding a checkpoint with ``overwrite``).
+        data: the interaction file the split came from, as ``zoo.hub card --data`` will be given it.
+        data_options: the :func:`zoo.data.load_dataset` options it was loaded with (``kcore``, ``time_ties``,
+            ``columns``; default: ``load_dataset``'s defaults).
+        command: how the run was started, for the card (default: this process's command line).
+    Raises:
+        ValueError: the data, loaded with ``data_options``, is not what the ``Trainer`` trained on (another file,
+        k-core or order of ties), ``out`` already holds a checkpoint, or the trainer was not built by
+        :func:`trainer_kwargs`.
+    """
+    import json
+    import shlex
+    import sys
+    import time
+
+    from .cli import written_whole
+    from .data.split import leave_one_out, load_dataset, load_options
+    from .evaluate import align_with_model, evaluate_model
+    from .losses import describe_loss
+    from .train import check_output_folder, describe_objective, environment
+
+    train_set, eval_set = trainer.train_dataset, trainer.eval_dataset
+    if not isinstance(train_set, WindowDataset) or not isinstance(eval_set, HistoryDataset):
+        raise ValueError("save_run takes a Trainer built with zoo.hf_trainer.trainer_kwargs (its train_dataset a "
+                         "WindowDataset, its eval_dataset a HistoryDataset)")
+    check_output_folder(str(out), overwrite=overwrite)
+    model = trainer.model
+    options = load_options(**(data_options or {}))
+    ds, _ = align_with_model(load_dataset(data, **options), model)
+    split = leave_one_out(ds)
+    w = train_set.windows
+    again = training_windows(split.train, w.max_len, split.train_timestamps if w.timestamps is not None else None,
+                             stride=w.stride)
+    if not (np.array_equal(again.inputs, w.inputs) and np.array_equal(again.labels, w.labels)):
+        raise ValueError(f"{data} loaded with {options} is not the data the Trainer trained on (another file, k-core "
+                         "or order of ties): give save_run the file and data_options of the run")
+    masked = eval_set.with_history                             # validated under LRURec's protocol
+    valid = evaluate_model(model, split.valid, ks=(10,), exclude_history=masked, progress=False)
+    test = evaluate_model(model, split.test, ks=(5, 10, 20), exclude_history=masked, progress=False)
+    args = trainer.args
+    state = trainer.state
+    evals = [e for e in state.log_history if "eval_NDCG@10" in e]
+    losses = {round(e["epoch"]): e["loss"] for e in state.log_history if "loss" in e and "epoch" in e}
+    epochs = [{"epoch": round(e["epoch"]), **({"loss": losses[round(e["epoch"])]} if round(e["epoch"]) in losses
+                                              else {}),
+               "valid_NDCG@10": e["eval_NDCG@10"], **({"valid_HR@10": e["eval_HR@10"]} if "eval_HR@10" in e else {})}
+              for e in evals]
+    best_kept = bool(args.load_best_model_at_end) and str(args.metric_for_best_model).removeprefix("eval_") == "NDCG@10"
+    best_epoch = next((ep["epoch"] for ep, e in zip(epochs, evals) if e["eval_NDCG@10"] == state.best_metric),
+                      None) if best_kept else None
+    stopped = ("early stopping" if state.max_steps and state.global_step < state.max_steps else "max epochs") + (
+        "" if best_kept else "; the Trainer's final weights (no load_best_model_at_end on NDCG@10)")
+    optim = str(getattr(args.optim, "value", args.optim))
+    name = ("adam" if not args.weight_decay else "adamw") if optim.startswith("adamw") else optim
+    schedule = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+    sampler = getattr(trainer.data_collator, "sampler", None)
+    loss = sampler.spec if sampler is not None and hasattr(sampler, "spec") else {"type": "ce"}
+    cfg = model.config.to_dict()
+    log = {"model_type": model.config.model_type, "data": os.path.abspath(data), "dataset": ds.stats(),
+           "data_options": options, "seed": args.seed,
+           "train": {"optimizer": name, "lr": args.learning_rate, "weight_decay": args.weight_decay,
+                     "batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps
+                     * max(1, args.world_size), "clip": args.max_grad_norm or 0.0, "lr_schedule": schedule,
+                     **({"warmup_steps": args.get_warmup_steps(state.max_steps)}
+                        if args.get_warmup_steps(state.max_steps) else {})},
+           "config_overrides": {}, "epochs": epochs,
+           "command": command or "python " + " ".join(map(shlex.quote, sys.argv)),
+           "objective": describe_objective(cfg["model_type"], w.max_len, w.stride, cfg, describe_loss(loss)),
+           "loss": loss, "window_stride": w.stride, "loss_weighting": "window", "environment": environment(),
+           "n_parameters": sum(p.numel() for p in model.parameters()), "init_from": None,
+           "trainer": {"class": f"{type(trainer).__module__}.{type(trainer).__name__}",
+                       "training_arguments": json.loads(args.to_json_string())},
+           "best_epoch": best_epoch if best_epoch is not None else (epochs[-1]["epoch"] if epochs else None),
+           "best_valid_NDCG10": valid["NDCG@10"], "stopped": stopped, "test": test,
+           "protocol": {"split": "leave-one-out by time (RecBole LS valid_and_test)", "ranking": "full",
+                        "history_masked": masked},
+           "train_minutes": sum(e.get("train_runtime", 0.0) for e in state.log_history) / 60}
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out)
+    with written_whole(os.path.join(out, "train_log.json")) as f:
+        json.dump(log, f, indent=1)
+    return log
+
+
 def _check_split_fits(model, split: Split) -> None:
     n_items = int(model.config.n_items)
     name = type(model).__name__
@@ -335,4 +435,4 @@ def _check_split_fits(model, split: Split) -> None:
 
 
 __all__ = ["WindowDataset", "HistoryDataset", "SeqRecCollator", "logits_to_ranks", "ranking_metrics",
-           "trainer_kwargs", "EVAL_ON", "HISTORY_LABELS"]
+           "trainer_kwargs", "save_run", "EVAL_ON", "HISTORY_LABELS"]

@@ -223,7 +223,9 @@ def _how_trained(log: dict) -> str:
                 f"NDCG@10 alone (best checkpoint {log['init_valid_NDCG10']:.4f}, soup {log['best_valid_NDCG10']:.4f}; "
                 "the test split is not read to choose); how each was trained is in Training stages. Averaged in "
                 f"{log.get('soup_minutes', 0):.0f} minutes {where}.")
-    return (f"Optimiser: {_optimiser_text(log.get('train', {}))}; seed {log.get('seed')}; best epoch "
+    loop = ("; trained with transformers' `Trainer` (`zoo.hf_trainer`; all its `TrainingArguments` are in "
+            f"`{STAGES_FILE}`)" if log.get("trainer") else "")
+    return (f"Optimiser: {_optimiser_text(log.get('train', {}))}; seed {log.get('seed')}{loop}; best epoch "
             f"{log.get('best_epoch')} of\n  {len(log.get('epochs', []))} ({log.get('stopped', '')}); "
             f"{log.get('train_minutes', 0):.0f} minutes {where}.")
 

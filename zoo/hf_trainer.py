@@ -125,7 +125,6 @@ class SeqRecCollator:
         labels         [B, Lb] int64   (0 at padding: no target) for windows, [B] int64 for histories
         timestamps     [B, Lb] float64 (0 at padding; when the examples have them)
         history        [B, Lb] int64   (0 at padding; from HistoryDataset(..., with_history=True))
-
         negatives      NegativeSample  (with a sampler, training windows only: their sampled-softmax negatives)
 
     Args:
@@ -148,7 +147,7 @@ class SeqRecCollator:
     def for_model(cls, model, sampler=None) -> "SeqRecCollator":
         return cls(model.padding_side, sampler)
 
-    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: Sequence[dict]) -> dict[str, Any]:
         if len(features) == 0:
             raise ValueError("no examples to collate")
         keys = set(features[0])

@@ -149,7 +149,7 @@ def test_reader_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown interaction file format"):
         read_interactions(write(tmp_path / "a.txt", "foo\tbar\n1\t2\n"))
     with pytest.raises(ValueError, match="unknown format"):
-        read_interactions(write(tmp_path / "b.txt", ATOMIC), format="parquet")
+        read_interactions(write(tmp_path / "b.txt", ATOMIC), format="xlsx")
     with pytest.raises(ValueError, match="no item column"):
         read_interactions(write(tmp_path / "c.tsv", "user_id\tfoo\n1\t2\n"), format="delimited")
     with pytest.raises(ValueError, match=r"line 3, column 'timestamp'.*not a number"):

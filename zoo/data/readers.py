@@ -14,6 +14,10 @@ Supported formats (``.gz`` is read transparently, detected by the gzip magic byt
     (``timestamp``/``time``/``ts``). Tab, comma or semicolon separated (taken from the header line). Other
     column names are given with ``columns`` (``{"user": "customer", "item": "product", "time": "when"}``; a role not
     given is found by its usual names).
+``"parquet"``
+    Parquet tables (pandas / polars / Spark / 🤗 datasets exports; needs ``pyarrow``, the ``[parquet]`` extra),
+    detected by their magic bytes: columns found by name as in delimited files, only those read; integer or string
+    ids; timestamps as numbers (seconds) or Arrow timestamp / date columns.
 ``"seq"``
     One user per line, items already in time order: header ``user_id<TAB>item_ids_chronological`` (required), then
     ``user<TAB>item item item ...`` (space separated). There are no timestamps: the order is the time order. A user
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FORMATS = ("atomic", "movielens", "delimited", "seq")
+FORMATS = ("atomic", "movielens", "delimited", "seq", "parquet")
 
 USER_COLUMNS = ("user_id", "user", "userid", "uid")
 ITEM_COLUMNS = ("item_id", "item", "itemid", "movie_id", "movieid", "iid", "sid")
@@ -302,6 +306,29 @@ def _column_indices(names: list[str], columns: dict | None) -> list[int | None]:
             else _find_column(names, usual) for role, usual in COLUMN_ROLES.items()]
 
 
+def _role_columns(path: str, names: list[str], shown: list[str], columns: dict | None,
+                  what: str = "header") -> list[int | None]:
+    """Indices of the user, item and time columns among ``names`` (:func:`_column_indices`); ``ValueError`` naming
+    a ``columns`` name not among them, a missing user or item column, or one column found for two roles (``shown``:
+    the names as the file spells them, for the message)."""
+    ucol, icol, tcol = _column_indices(names, columns)
+    named = [f"{role} column {columns[role]!r}" for role, c in zip(COLUMN_ROLES, (ucol, icol, tcol))
+             if c is None and role in (columns or {})]
+    if named:
+        raise ValueError(f"{path}: no {' or '.join(named)} in the {what} {names!r} (columns= names {what} columns "
+                         "exactly)")
+    missing = [role for role, c in (("user", ucol), ("item", icol)) if c is None]
+    if missing:
+        raise ValueError(f"{path}: no {' or '.join(missing)} column in the {what} {shown!r} (expected one of "
+                         f"user: {USER_COLUMNS}, item: {ITEM_COLUMNS}, optional timestamp: {TIME_COLUMNS}; or name "
+                         "them: columns= / --columns user=NAME item=NAME [time=NAME])")
+    if len({ucol, icol, tcol} - {None}) != sum(c is not None for c in (ucol, icol, tcol)):
+        time = "" if tcol is None else f", time {names[tcol]!r}"
+        raise ValueError(f"{path}: one {what} column found for two roles (user {names[ucol]!r}, item "
+                         f"{names[icol]!r}{time}); name them with columns=")
+    return [ucol, icol, tcol]
+
+
 def _header_sep(header: str) -> str | None:
     for sep in ("\t", ",", ";"):
         if sep in header:
@@ -321,21 +348,7 @@ def _read_table(text: str, path: str, typed_header: bool, skip: int = 0, columns
     sep = _header_sep(header)
     names_raw = header.split(sep) if sep else header.split()
     names = [n.split(":", 1)[0].strip() for n in names_raw] if typed_header else [n.strip() for n in names_raw]
-    ucol, icol, tcol = _column_indices(names, columns)
-    named = [f"{role} column {columns[role]!r}" for role, c in zip(COLUMN_ROLES, (ucol, icol, tcol))
-             if c is None and role in (columns or {})]
-    if named:
-        raise ValueError(f"{path}: no {' or '.join(named)} in the header {names!r} (columns= names header columns "
-                         "exactly)")
-    missing = [what for what, c in (("user", ucol), ("item", icol)) if c is None]
-    if missing:
-        raise ValueError(f"{path}: no {' or '.join(missing)} column in the header {names_raw!r} (expected one of "
-                         f"user: {USER_COLUMNS}, item: {ITEM_COLUMNS}, optional timestamp: {TIME_COLUMNS}; or name "
-                         "them: columns= / --columns user=NAME item=NAME [time=NAME])")
-    if len({ucol, icol, tcol} - {None}) != sum(c is not None for c in (ucol, icol, tcol)):
-        time = "" if tcol is None else f", time {names[tcol]!r}"
-        raise ValueError(f"{path}: one header column found for two roles (user {names[ucol]!r}, item "
-                         f"{names[icol]!r}{time}); name them with columns=")
+    ucol, icol, tcol = _role_columns(path, names, names_raw, columns)
     tokens = None if sep is None or '"' in text else _fast_tokens(text, 1, sep, len(names))
     line_numbers = None
     if tokens is not None:
@@ -377,6 +390,76 @@ def _slow_columns(text: str, path: str, sep: str | None, names: list[str], skip:
         def col(c):
             return tokens[c::n_cols]
     return col, line_numbers
+
+
+PARQUET_MAGIC = b"PAR1"
+
+
+def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
+    """A Parquet table (pandas / polars / Spark / 🤗 datasets exports): columns found by name as in delimited files
+    (``columns``: see :func:`read_interactions`), only those read. Ids: integer columns stay int64, string columns
+    str (blanks around an id dropped); timestamps: numbers (seconds), or Arrow timestamps / dates (seconds since the
+    epoch). A null, an empty id, a NaN or infinite timestamp, or a column of another type is an error naming the
+    column and row."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"{path}: reading Parquet needs pyarrow (pip install 'ssm-rec-zoo[parquet]')") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+    names = list(pf.schema_arrow.names)
+    cols = _role_columns(path, names, names, columns, what="schema")
+    try:
+        table = pf.read(columns=[names[c] for c in cols if c is not None])
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: could not read columns of the Parquet file ({e})") from None
+
+    def column(c):
+        arr = table.column(names[c]).combine_chunks()
+        if pa.types.is_dictionary(arr.type):                 # categorical ids: their values
+            arr = arr.dictionary_decode()
+        if arr.null_count:
+            row = arr.is_null().to_numpy(zero_copy_only=False).argmax()
+            raise ValueError(f"{path}, row {row + 1}, column {names[c]!r}: null value")
+        return arr
+
+    def ids(c) -> np.ndarray:
+        arr = column(c)
+        if pa.types.is_integer(arr.type):
+            return arr.to_numpy().astype(np.int64)
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            return _ids(arr.to_pylist(), lambda i: f"{path}, row {i + 1}, column {names[c]!r}")
+        raise ValueError(f"{path}: column {names[c]!r} holds {arr.type}; ids must be integers or strings")
+
+    user, item = ids(cols[0]), ids(cols[1])
+    ts = None
+    if cols[2] is not None:
+        arr = column(cols[2])
+        if pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type):
+            unit = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[arr.type.unit] if pa.types.is_timestamp(arr.type) else (
+                1 / 86400 if pa.types.is_date32(arr.type) else 1e3)          # date32: days, date64: ms
+            ts = arr.cast(pa.int64() if pa.types.is_timestamp(arr.type) or pa.types.is_date64(arr.type)
+                          else pa.int32()).to_numpy().astype(np.float64) / unit
+        elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+            ts = arr.to_numpy().astype(np.float64)
+        else:
+            raise ValueError(f"{path}: column {names[cols[2]]!r} holds {arr.type}; timestamps must be numbers "
+                             "(seconds) or a timestamp / date type")
+        bad = np.flatnonzero(~np.isfinite(ts))
+        if len(bad):
+            raise ValueError(f"{path}, row {bad[0] + 1}, column {names[cols[2]]!r}: timestamp {float(ts[bad[0]])!r} is "
+                             "not a finite number")
+    return Interactions(user, item, ts, source=path)
+
+
+def _is_parquet(path: str) -> bool:
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == PARQUET_MAGIC
 
 
 def _read_movielens(text: str, path: str) -> Interactions:
@@ -465,7 +548,7 @@ def detect_format(path: str, header: str, columns: dict | None = None) -> str:
     raise ValueError(f"{path}: unknown interaction file format (first line {h[:80]!r}). Supported: RecBole atomic "
                      f".inter (typed header 'user_id:token ...'), MovieLens ratings.dat ('u::i::r::t'), TSV/CSV with a "
                      f"user_id/item_id[/timestamp] header (other names: columns= / --columns user=NAME item=NAME "
-                     f"[time=NAME]), and .seq files ('user_id<TAB>item_ids_chronological'); or pass format= one of "
+                     f"[time=NAME]), .seq files ('user_id<TAB>item_ids_chronological') and Parquet tables; or pass format= one of "
                      f"{FORMATS}")
 
 
@@ -479,8 +562,8 @@ def read_interactions(path: str | os.PathLike, format: str = "auto", columns: di
 
     Args:
         path: file path; gzip-compressed files are detected and decompressed transparently.
-        format: ``"auto"`` (from the header / file name) or one of ``"atomic"``, ``"movielens"``, ``"delimited"``,
-            ``"seq"``.
+        format: ``"auto"`` (Parquet by its magic bytes, else from the header / file name) or one of ``"atomic"``,
+            ``"movielens"``, ``"delimited"``, ``"seq"``, ``"parquet"``.
         columns: header column names by role, for files with a header (delimited, atomic) whose columns are not
             called by the usual names: ``{"user": "customer", "item": "product", "time": "when"}`` (each role
             optional; a named column must be in the header, exactly).
@@ -495,6 +578,12 @@ def read_interactions(path: str | os.PathLike, format: str = "auto", columns: di
     if format not in ("auto",) + FORMATS:
         raise ValueError(f"unknown format {format!r}; choose 'auto' or one of {FORMATS}")
     columns = check_columns(columns)
+    if format == "parquet" or (format == "auto" and _is_parquet(path)):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"interaction file not found: {path}")
+        inter = _read_parquet(path, columns)
+        inter.format = "parquet"
+        return inter
     text = _read_text(path)
     if not text.strip():
         raise ValueError(f"{path}: empty file")

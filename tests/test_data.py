@@ -692,3 +692,18 @@ def test_eval_and_pad_refusals_name_the_problem():
         next(eval_batches(ex, max_len=0, padding_side="left", batch_size=2))
     with pytest.raises(ValueError, match="no sequences given"):
         pad_sequences([], "left")
+
+
+def test_load_dataset_takes_interactions_in_memory(tmp_path):
+    """A table already in memory (a DataFrame's columns) loads as the same file would: same k-core, ties, vocabulary
+    and sequences."""
+    text = "user_id\titem_id\ttimestamp\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in
+                                                      [(1, 5, 3), (1, 6, 3), (2, 5, 1), (1, 7, 2), (2, 6, 9), (3, 5, 4)])
+    f = write(tmp_path / "x.tsv", text)
+    inter = read_interactions(f)
+    mem = Interactions(inter.user.copy(), inter.item.copy(), inter.timestamp.copy())
+    for kw in ({"kcore": None}, {"kcore": 2}, {"kcore": None, "time_ties": "item"}):
+        a, b = load_dataset(mem, **kw), load_dataset(f, **kw)
+        assert a.vocab.items == b.vocab.items and a.users == b.users, kw
+        assert [s.tolist() for s in a.sequences] == [s.tolist() for s in b.sequences], kw
+    assert "<memory>" in repr(load_dataset(mem, kcore=None))

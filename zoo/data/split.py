@@ -279,13 +279,16 @@ def load_options(kcore="auto", time_ties: str = "file", columns: dict | None = N
     return {"kcore": kcore, "time_ties": time_ties, **({"columns": dict(columns)} if columns else {})}
 
 
-def load_dataset(path: str | os.PathLike, kcore: int | None | str = "auto", format: str = "auto",
+def load_dataset(path: "str | os.PathLike | Interactions", kcore: int | None | str = "auto", format: str = "auto",
                  user_k: int | None = None, item_k: int | None = None, name: str | None = None,
                  time_ties: str = "file", columns: dict | None = None) -> SequenceDataset:
     """Read a file, optionally k-core filter it, and build the per-user sequences.
 
     Args:
-        path: interaction file (see :func:`~zoo.data.readers.read_interactions` for the formats).
+        path: interaction file (see :func:`~zoo.data.readers.read_interactions` for the formats), or an
+            :class:`~zoo.data.readers.Interactions` table already in memory (e.g. a DataFrame's columns:
+            ``Interactions(df.user_id.to_numpy(), df.item_id.to_numpy(), df.timestamp.to_numpy())``; ``format``
+            and ``columns`` are then not used).
         kcore: ``k`` for both users and items (iterative, RecBole), ``None``/``0`` for no filter, or ``"auto"``:
             5 for interaction files, none for ``.seq`` files (already filtered: ML-1M 5-core).
         format: reader format (``"auto"`` by default).
@@ -299,7 +302,10 @@ def load_dataset(path: str | os.PathLike, kcore: int | None | str = "auto", form
     """
     if time_ties not in TIME_TIES:                     # before reading the file
         raise ValueError(f"time_ties must be one of {TIME_TIES}, got {time_ties!r}")
-    inter = read_interactions(path, format=format, columns=columns)
+    if isinstance(path, Interactions):
+        inter, path = path, path.source
+    else:
+        inter = read_interactions(path, format=format, columns=columns)
     if kcore == "auto":
         kcore = None if inter.format == "seq" else 5
     elif isinstance(kcore, str):

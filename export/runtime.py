@@ -433,4 +433,139 @@ class OnnxWindowSession(_Base):
         return self.run_window(self.pad(histories))
 
 
-__all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "read_spec", "read_vocab", "time_gaps"]
+class UserStateRecommender:
+    """Per-user recommendations from a step graph in this process (ONNX Runtime), each user's recurrent state kept in
+    ``store`` between their events: an event costs one O(1) graph call whatever the user's history, and a user may
+    pause for months (a Triton sequence slot is freed after ``max_sequence_idle_microseconds``; ONNX Runtime itself
+    keeps no state). ::
+
+        rec = UserStateRecommender("exported/mamba4rec", store=my_store)
+        rec.prime("user-42", [1, 588, 364])             # a new (or returning) user: the whole history, one call
+        rec.recommend("user-42", [2571])                # then one call per event: the caller's own item ids out
+        rec.recommend_many([("user-7", [50]), ("user-42", [260, 1196])])   # many users, one call per event length
+
+    Args:
+        graph: an :class:`OnnxStepSession`, or the folder (or ``model.onnx``) of a step graph.
+        store: dict-like, user id -> state (``get`` / ``__setitem__`` / ``pop``; a dict by default). Any key-value
+            store wrapped to (de)serialise the arrays works (``np.savez`` bytes keep each array's dtype). A state is
+            ``{state name: np.ndarray [1, ...]}`` plus the graph's fingerprint under ``state_fingerprint`` -- the layout
+            :class:`export.triton_client.ExplicitStateRecommender` keeps, so one store serves the graph in this
+            process or behind Triton.
+        on_stale: what to do with a stored state another model wrote (retrained, its catalogue grown, fp16):
+            ``"error"`` (:class:`export.state_store.StaleStateError`: replay the user's history with :meth:`prime`)
+            or ``"restart"`` (start the user from the initial state; counted in ``restarted``). Graphs exported before
+            the fingerprint existed accept every state unchecked.
+        threads: ONNX Runtime intra-op threads (when ``graph`` is a path).
+
+    Item ids are the caller's own (``item_vocab.json`` beside the graph); an unknown id is a ``KeyError`` naming it.
+    Time-aware graphs take float64 Unix seconds, refused when they go back before the user's last event. A refused
+    event leaves the stored state as it was."""
+
+    def __init__(self, graph, store=None, on_stale: str = "error", threads: int | None = None):
+        from . import state_store
+
+        self._ss = state_store
+        self.session = graph if isinstance(graph, OnnxStepSession) else OnnxStepSession(graph, threads=threads)
+        self.store = {} if store is None else store
+        self.on_stale = state_store.check_on_stale(on_stale)
+        self.fingerprint: str | None = self.session.spec.get("state_fingerprint")
+        self.restarted = 0                                      # users started afresh by on_stale="restart"
+        #: ``[vector_size]`` float32 query vector after the last event of the last call (graphs exported with
+        #: ``--user-vector``; None otherwise): its inner products with ``python -m zoo.embed``'s item vectors are the
+        #: raw scores
+        self.last_user_vector: np.ndarray | None = None
+
+    def _check_k(self, k) -> int:
+        top = self.session.topk
+        if k is None:
+            return top
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= top:
+            raise ValueError(f"k must be an int in 1..{top} (the graph's top-k), got {k!r}")
+        return int(k)
+
+    def _state_of(self, user_id, start: bool) -> dict[str, np.ndarray]:
+        stored = None if start else self.store.get(user_id)
+        state = self._ss.usable_state(stored, self.fingerprint, self.on_stale, user_id, "this graph")
+        if state is None:
+            self.restarted += bool(stored)
+            return self.session.init_state(1)
+        return {n: state[n] for n in self.session.state_names}      # the fingerprint entry is not a graph input
+
+    def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False
+                       ) -> list[tuple[list, np.ndarray]]:
+        """``(top-k ids, their scores)`` of each event, in order: ``events`` are ``(user_id, new_items)`` or
+        ``(user_id, new_items, timestamps)``, one per user (a user twice in one call would need the first event's
+        state for the second). Events with as many new items share one graph call; the users' new states replace the
+        stored ones once every call has run (a refused event -- an unknown id, timestamps going back -- stores
+        nothing for any user of the call). ``start``: every user from the initial state, whatever is stored
+        (:meth:`prime`)."""
+        k = self._check_k(k)
+        if len(events) == 0:
+            raise ValueError("no events given")
+        users = [e[0] for e in events]
+        seen, dup = set(), None
+        for u in users:
+            if u in seen:
+                dup = u
+                break
+            seen.add(u)
+        if dup is not None:
+            raise ValueError(f"user {dup!r} has two events in one call; send the second after the first")
+        groups: dict[int, list[int]] = {}
+        encoded = []
+        for i, e in enumerate(events):
+            if len(e) not in (2, 3):
+                raise ValueError(f"event {i} must be (user_id, new_items) or (user_id, new_items, timestamps)")
+            items = e[1]
+            if isinstance(items, (str, bytes)) or not hasattr(items, "__len__") or len(items) == 0:
+                raise ValueError(f"event {i} (user {e[0]!r}): new_items must be a non-empty sequence of item ids")
+            ids = self.session.encode([items])[0]
+            ts = e[2] if len(e) == 3 else None
+            if self.session.uses_timestamps and ts is None:
+                raise ValueError(f"event {i} (user {e[0]!r}): this model reads timestamps; give "
+                                 "(user_id, new_items, timestamps)")
+            encoded.append((ids, ts))
+            groups.setdefault(len(ids), []).append(i)
+        results: list = [None] * len(events)
+        vectors: list = [None] * len(events)
+        pending = {}                                    # stored only once every group has run: all or nothing
+        for rows in groups.values():
+            states = [self._state_of(users[i], start) for i in rows]
+            state = {n: np.concatenate([st[n] for st in states]) for n in self.session.state_names}
+            ids = np.array([encoded[i][0] for i in rows], dtype=np.int64)
+            ts = (np.array([np.asarray(encoded[i][1], dtype=np.float64).reshape(-1) for i in rows])
+                  if self.session.uses_timestamps else None)
+            out = self.session.step(ids, state, ts)
+            for r, i in enumerate(rows):
+                new = {n: out.state[n][r:r + 1].copy() for n in self.session.state_names}
+                pending[users[i]] = self._ss.tagged(new, self.fingerprint)
+                results[i] = (self.session.decode(out.topk_ids[r:r + 1, :k])[0], out.topk_scores[r, :k].copy())
+                if out.user_vector is not None:
+                    vectors[i] = out.user_vector[r].copy()
+        for user, state in pending.items():
+            self.store[user] = state
+        self.last_user_vector = vectors[-1]
+        return results
+
+    def recommend_with_scores(self, user_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
+                              start: bool = False) -> tuple[list, np.ndarray]:
+        """``(top-k ids, their scores)`` after ``new_items`` (oldest first; their ``timestamps`` for time-aware
+        graphs), continuing the user's stored state (``start``: from the initial state)."""
+        event = (user_id, new_items) if timestamps is None else (user_id, new_items, timestamps)
+        return self.recommend_many([event], k, start)[0]
+
+    def recommend(self, user_id, new_items: Sequence[Any], timestamps=None, k: int | None = None) -> list:
+        """Top-k ids after ``new_items`` (one event, or several)."""
+        return self.recommend_with_scores(user_id, new_items, timestamps, k)[0]
+
+    def prime(self, user_id, history: Sequence[Any], timestamps=None, k: int | None = None) -> list:
+        """(Re)start the user from a whole history in one graph call, whatever is stored (a new user, or one whose
+        state a replaced model wrote); returns the top-k after it."""
+        return self.recommend_with_scores(user_id, history, timestamps, k, start=True)[0]
+
+    def forget(self, user_id) -> None:
+        self.store.pop(user_id, None)
+
+
+__all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "UserStateRecommender", "read_spec", "read_vocab",
+           "time_gaps"]

@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import state_store
 from .deps import require
 
 
@@ -287,14 +288,14 @@ class TritonRecommender(_Base):
                     self._timestamps(np.zeros((1, 0), np.float64), 0) if self.uses_timestamps else ())
 
 
-class StaleStateError(TritonRecommendError):
+class StaleStateError(TritonRecommendError, state_store.StaleStateError):
     """A stored state was written by another model than the one serving now (its fingerprint differs)."""
 
 
-FINGERPRINT_KEY = "state_fingerprint"
+FINGERPRINT_KEY = state_store.FINGERPRINT_KEY
 """Key of the fingerprint :class:`ExplicitStateRecommender` stores beside a user's state tensors."""
 
-ON_STALE = ("error", "restart")
+ON_STALE = state_store.ON_STALE
 
 
 class ExplicitStateRecommender(_Base):
@@ -320,9 +321,7 @@ class ExplicitStateRecommender(_Base):
 
     def __init__(self, *args, store=None, state_init: dict | None = None, on_stale: str = "error", **kwargs):
         super().__init__(*args, **kwargs)
-        if on_stale not in ON_STALE:
-            raise ValueError(f"on_stale must be one of {ON_STALE}, got {on_stale!r}")
-        self.on_stale = on_stale
+        self.on_stale = state_store.check_on_stale(on_stale)
         self.store = {} if store is None else store
         self.state_names = [n for n in self.inputs if n not in ("item_ids", "timestamps")]
         missing = [f"{n}_out" for n in self.state_names if f"{n}_out" not in self.outputs]
@@ -344,24 +343,15 @@ class ExplicitStateRecommender(_Base):
         self.restarted = 0                                     # users started afresh by on_stale="restart"
 
     def _stored_state(self, user_id) -> dict[str, np.ndarray]:
-        """The user's stored state, checked to be this model's; the initial state for a user without one."""
+        """The user's stored state, checked to be this model's (:func:`export.state_store.usable_state`); the
+        initial state for a user without one (or a stale one, with ``on_stale="restart"``)."""
         stored = self.store.get(user_id)
-        if not stored:
+        state = state_store.usable_state(stored, self.fingerprint, self.on_stale, user_id, repr(self.model_name),
+                                         StaleStateError)
+        if state is None:
+            self.restarted += bool(stored)
             return self.initial_state()
-        if self.fingerprint is None:
-            return stored
-        tag = stored.get(FINGERPRINT_KEY)
-        tag = None if tag is None else str(np.asarray(tag).reshape(-1)[0])
-        if tag == self.fingerprint:
-            return stored
-        if self.on_stale == "restart":
-            self.restarted += 1
-            return self.initial_state()
-        raise StaleStateError(
-            f"the stored state of user {user_id!r} was written by another model than {self.model_name!r} serves now "
-            f"({'no fingerprint: stored before states were tagged' if tag is None else tag[:23] + '...'}; this "
-            f"model: {self.fingerprint[:23]}...): fed to it, it would give wrong recommendations. Replay the user's "
-            "history (prime(user, history): one request), or pass on_stale='restart' to start such users afresh")
+        return state
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """A new user's state: each tensor ``[1, ...]`` in its declared dtype, filled with its initial value."""
@@ -390,10 +380,8 @@ class ExplicitStateRecommender(_Base):
         except self._exc as e:
             raise TritonRecommendError(str(e.message())) from None
         self._keep_vector(r)
-        new_state = {n: r.as_numpy(f"{n}_out") for n in self.state_names}
-        if self.fingerprint is not None:
-            new_state[FINGERPRINT_KEY] = np.array(self.fingerprint)
-        self.store[user_id] = new_state
+        self.store[user_id] = state_store.tagged({n: r.as_numpy(f"{n}_out") for n in self.state_names},
+                                                 self.fingerprint)
         return self._decode(r.as_numpy("topk_ids")[0][:k]), r.as_numpy("topk_scores")[0][:k]
 
     def recommend(self, user_id, new_items, timestamps=None, k: int | None = None) -> list:

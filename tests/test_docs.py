@@ -289,10 +289,10 @@ def test_card_example_uses_the_models_own_ids_and_time(tmp_path):
 
 
 def test_export_readme_python_example_runs(tmp_path, monkeypatch, capsys):
-    """export/README.md's ONNX Runtime example runs as written against the bundled graphs it stands for
+    """export/README.md's ONNX Runtime examples run as written against the bundled graphs they stand for
     (``exported/mamba4rec`` = mamba4rec-ml1m's, ``exported/tim4rec_causal`` = tim4rec-causal-ml1m-u2999's)."""
     blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "export" / "README.md").read_text(), re.S | re.M)
-    assert len(blocks) == 1, len(blocks)
+    assert len(blocks) == 2, len(blocks)
     (tmp_path / "exported").mkdir()
     (tmp_path / "exported" / "mamba4rec").symlink_to(ROOT / "hub_cards" / "mamba4rec-ml1m" / "onnx")
     (tmp_path / "exported" / "tim4rec_causal").symlink_to(ROOT / "hub_cards" / "tim4rec-causal-ml1m-u2999" / "onnx")
@@ -304,6 +304,12 @@ def test_export_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert float(out.state["last_ts"][0, 0]) == 1.6e9 + 90000
     printed = capsys.readouterr().out
     assert printed.count("[") >= 2, printed                    # the Mamba4Rec step's decoded ids and scores
+    # the UserStateRecommender block, with a dict as the store: both users stored, tagged with the graph's fingerprint
+    users: dict = {"my_store": {}}
+    exec(compile(blocks[1], "export/README.md:python (users)", "exec"), users)
+    spec = json.loads((ROOT / "hub_cards" / "mamba4rec-ml1m" / "onnx" / "state_spec.json").read_text())
+    assert set(users["my_store"]) == {"user-42", "user-7"}
+    assert all(str(st["state_fingerprint"]) == spec["state_fingerprint"] for st in users["my_store"].values())
 
 
 def test_console_scripts_exit_0_after_a_successful_run(monkeypatch, capsys):

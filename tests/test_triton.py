@@ -1204,6 +1204,34 @@ def test_live_explicit_state_with_client_side_store(live_server, mamba, mamba_ex
     assert store.get(0) is None
 
 
+def test_live_one_store_serves_the_graph_in_process_and_behind_triton(live_server, mamba, mamba_export):
+    """A bytes store shared by ``export.runtime.UserStateRecommender`` (ONNX Runtime in this process) and Triton's
+    explicit-state model of the same export: users primed in one continue in the other, in both directions, and
+    every event's top-k is PyTorch's full forward over the user's whole prefix."""
+    from export.runtime import UserStateRecommender
+    from export.triton_client import ExplicitStateRecommender
+
+    h, repo = live_server
+    v = mamba.item_vocab
+    store = _BytesStore()
+    local = UserStateRecommender(mamba_export, store=store)
+    served = ExplicitStateRecommender(h.http_url, "m4r_explicit", protocol="http",
+                                      vocab=str(repo / "m4r_explicit" / "item_vocab.json"), store=store)
+    rng = random.Random(9)
+    hist = {u: [] for u in range(8)}
+    got, prefixes = [], []
+    for n in range(48):                                     # each user alternates between the two
+        u = rng.randrange(8)
+        new = [rng.randrange(1, N_ITEMS) for _ in range(rng.choice([1, 2]))]
+        hist[u] += new
+        client = local if (n + u) % 2 else served
+        got.append(v.encode(client.recommend(u, v.decode(new))))
+        prefixes.append(list(hist[u]))
+    for g, (ri, rs) in zip(got, _reference_topk(mamba, prefixes), strict=True):
+        assert _same_topk(g, ri, rs)
+    assert local.fingerprint == served.fingerprint
+
+
 def test_live_idle_sequence_is_dropped_and_must_be_reprimed(live_server, mamba):
     import time
 

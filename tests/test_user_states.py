@@ -1,0 +1,194 @@
+"""``export.runtime.UserStateRecommender``: per-user states of a step graph kept in a store, in this process.
+
+The invariant: however a user's events are split and interleaved with other users' (one by one, or many users in
+one call), each event's top-k is PyTorch's full forward over that user's whole prefix. Around it: a state a
+replaced model wrote is refused (or restarted), a refused event stores nothing, time-aware graphs keep time order,
+and the store's layout is the Triton explicit-state client's.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the step graphs run with ONNX Runtime (pip install -e '.[export]')")
+
+from export.onnx import export_model                                      # noqa: E402
+from export.runtime import OnnxStepSession, UserStateRecommender          # noqa: E402
+from export.state_store import FINGERPRINT_KEY, StaleStateError           # noqa: E402
+from zoo.vocab import ItemVocab                                           # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+N_ITEMS = 60
+K = 10
+
+
+def _sharp(model):
+    with torch.no_grad():
+        model.item_embedding.weight.normal_(0, 1.0)
+    return model.eval()
+
+
+def _mamba(seed=0):
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+    torch.manual_seed(seed)
+    m = _sharp(Mamba4RecModel(Mamba4RecConfig(n_items=N_ITEMS, hidden_size=16, num_layers=2, d_state=8,
+                                              dropout_prob=0.0, initializer_range=0.1)))
+    m.set_item_vocab(ItemVocab([f"item-{i}" for i in range(1, N_ITEMS)]))
+    return m
+
+
+def _causal():
+    from time_models import perturb_time_path
+    from zoo.models.tim4rec_causal import TiM4RecCausalConfig, TiM4RecCausalModel
+
+    torch.manual_seed(0)
+    cfg = TiM4RecCausalConfig(n_items=N_ITEMS, hidden_size=16, num_layers=2, d_state=8, head_dim=8, max_seq_length=50)
+    return _sharp(perturb_time_path(TiM4RecCausalModel(cfg), 0.3, torch.Generator().manual_seed(0)))
+
+
+@pytest.fixture(scope="module")
+def mamba(tmp_path_factory):
+    m = _mamba()
+    d = tmp_path_factory.mktemp("mamba")
+    export_model(m, d, topk=K, user_vector=True, verify=False)
+    return m, d
+
+
+def _reference(model, prefix_ids, ts=None):
+    """PyTorch's top-K (internal indices) and scores after the whole prefix."""
+    if ts is None:
+        ids, mask = model.pad_batch([prefix_ids])
+        sc = model.predict(ids, mask)[0]
+    else:
+        ids, mask, stamps = model.pad_batch([prefix_ids], timestamps=[ts])
+        sc = model.predict(ids, mask, timestamps=stamps)[0]
+    return torch.topk(sc, K).indices.numpy(), sc.numpy()
+
+
+def _same(got_idx, ref_idx, ref_scores, tol=1e-4):
+    return np.array_equal(got_idx, ref_idx) or np.allclose(ref_scores[got_idx], ref_scores[ref_idx], atol=tol)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_interleaved_users_get_the_full_forward_of_their_whole_prefix(mamba, batched):
+    """Twenty users, events of 1-4 items interleaved at random (or sent a round at a time, many users per call):
+    every event's top-k is PyTorch's full forward over that user's prefix, its scores too, and the vector after the
+    last event is the model's query vector."""
+    model, d = mamba
+    vocab = model.item_vocab
+    rec = UserStateRecommender(d)
+    rng = random.Random(3)
+    plans = {f"u{s}": [[rng.randrange(1, N_ITEMS) for _ in range(rng.randrange(1, 5))] for _ in range(rng.randrange(2,
+                                                                                                                      7))]
+             for s in range(20)}
+    served, prefixes = [], []
+    if batched:
+        for rnd in range(max(map(len, plans.values()))):
+            events = [(u, vocab.decode(p[rnd])) for u, p in plans.items() if rnd < len(p)]
+            for (u, _), (items, scores) in zip(events, rec.recommend_many(events)):
+                prefixes.append([x for ev in plans[u][:rnd + 1] for x in ev])
+                served.append((items, scores))
+    else:
+        pos = {u: 0 for u in plans}
+        order = [u for u in plans for _ in plans[u]]
+        rng.shuffle(order)
+        for u in order:
+            ev = plans[u][pos[u]]
+            served.append(rec.recommend_with_scores(u, vocab.decode(ev)))
+            pos[u] += 1
+            prefixes.append([x for e in plans[u][:pos[u]] for x in e])
+    bad = []
+    for n, ((items, scores), prefix) in enumerate(zip(served, prefixes)):
+        ref_idx, ref_sc = _reference(model, prefix)
+        got = np.array(vocab.encode(items))
+        if not _same(got, ref_idx, ref_sc) or not np.allclose(scores, ref_sc[got], atol=1e-4):
+            bad.append(n)
+    assert not bad, f"{len(bad)} of {len(served)} events differ from PyTorch, first at prefix {prefixes[bad[0]]}"
+    np.testing.assert_allclose(rec.last_user_vector, model.query_vectors(torch.tensor([prefixes[-1]]))[0].numpy(),
+                               atol=1e-4)
+    assert set(rec.store) == set(plans)
+    st = rec.store["u0"]
+    assert str(st[FINGERPRINT_KEY]) == OnnxStepSession(d).spec["state_fingerprint"]
+    assert all(st[n].shape[0] == 1 for n in st if n != FINGERPRINT_KEY)
+
+
+def test_prime_restarts_and_forget_frees(mamba):
+    model, d = mamba
+    v = model.item_vocab
+    rec = UserStateRecommender(d)
+    rec.recommend("a", v.decode([3, 4, 5]))
+    again = rec.prime("a", v.decode([7, 8]))                 # whatever was stored: from the start
+    assert v.encode(again) == _reference(model, [7, 8])[0].tolist() or _same(
+        np.array(v.encode(again)), *_reference(model, [7, 8]))
+    assert len(rec.recommend("a", v.decode([9]), k=3)) == 3
+    rec.forget("a")
+    assert "a" not in rec.store
+    rec.forget("never-seen")                                 # nothing stored: nothing to do
+
+
+def test_a_state_another_model_wrote_is_refused_or_restarted(mamba, tmp_path):
+    """A store written under one export is refused by a retrained model's export (its fingerprint differs), with a
+    message naming the way out; ``on_stale="restart"`` starts such users afresh and counts them. A state stored
+    without any fingerprint is refused too."""
+    model, d = mamba
+    v = model.item_vocab
+    store = {}
+    UserStateRecommender(d, store=store).prime("u", v.decode([1, 2, 3]))
+    other = _mamba(seed=5)
+    d2 = tmp_path / "retrained"
+    export_model(other, d2, topk=K, verify=False)
+    with pytest.raises(StaleStateError, match="written by another model.*prime\\(user, history\\)"):
+        UserStateRecommender(d2, store=store).recommend("u", v.decode([4]))
+    assert str(store["u"][FINGERPRINT_KEY]) == OnnxStepSession(d).spec["state_fingerprint"]   # kept as it was
+    rec = UserStateRecommender(d2, store=store, on_stale="restart")
+    got = rec.recommend("u", v.decode([4]))
+    assert rec.restarted == 1 and _same(np.array(v.encode(got)), *_reference(other, [4]))
+    untagged = {n: a for n, a in store["u"].items() if n != FINGERPRINT_KEY}
+    with pytest.raises(StaleStateError, match="no fingerprint"):
+        UserStateRecommender(d2, store={"x": untagged}).recommend("x", v.decode([4]))
+    with pytest.raises(ValueError, match="on_stale must be one of"):
+        UserStateRecommender(d2, on_stale="ignore")
+
+
+def test_refused_events_store_nothing(mamba):
+    model, d = mamba
+    v = model.item_vocab
+    rec = UserStateRecommender(d)
+    rec.prime("a", v.decode([1, 2]))
+    before = {n: a.copy() for n, a in rec.store["a"].items() if n != FINGERPRINT_KEY}
+    with pytest.raises(KeyError, match="unknown item id 'item-999'"):
+        rec.recommend_many([("a", v.decode([3])), ("b", ["item-999"])])
+    with pytest.raises(ValueError, match="user 'a' has two events in one call"):
+        rec.recommend_many([("a", v.decode([3])), ("a", v.decode([4]))])
+    with pytest.raises(ValueError, match="new_items must be a non-empty sequence"):
+        rec.recommend("a", [])
+    with pytest.raises(ValueError, match="k must be an int in 1..10"):
+        rec.recommend("a", v.decode([3]), k=11)
+    assert set(rec.store) == {"a"}
+    for n, a in before.items():
+        np.testing.assert_array_equal(rec.store["a"][n], a)
+
+
+def test_time_aware_users_keep_time_order(tmp_path):
+    """TiM4Rec-causal: each user's events carry Unix seconds; the stored ``last_ts`` refuses an event before the
+    user's last one (nothing stored for anyone of that call), and the top-k is PyTorch's over the timed prefix."""
+    model = _causal()
+    d = tmp_path / "causal"
+    export_model(model, d, topk=K, verify=False)
+    rec = UserStateRecommender(d)
+    t0 = 1.6e9
+    rec.prime("a", [3, 4, 5], [t0, t0 + 60, t0 + 3600])
+    got, _ = rec.recommend_with_scores("a", [6], [t0 + 7200])
+    assert _same(np.array(got), *_reference(model, [3, 4, 5, 6], [t0, t0 + 60, t0 + 3600, t0 + 7200]))
+    before = rec.store["a"]["last_ts"].copy()
+    with pytest.raises(ValueError, match="go back in time"):
+        rec.recommend_many([("b", [1], [t0]), ("a", [7], [t0])])
+    assert "b" not in rec.store and rec.store["a"]["last_ts"] == before
+    with pytest.raises(ValueError, match="this model reads timestamps"):
+        rec.recommend("a", [7])

@@ -303,8 +303,8 @@ class ExplicitStateRecommender(_Base):
     request and is kept in ``store`` (dict-like, ``store[key] -> dict name -> np.ndarray``) under the user id.
 
     Any key-value store works: wrap it so ``get``/``__setitem__``/``pop`` take the user id and (de)serialise the
-    arrays (e.g. ``np.savez`` bytes, which keep each array's dtype). A missing key means an empty history: the
-    model's initial state (:meth:`initial_state`; not all zeros for TiM4Rec-causal, whose float64 ``last_ts``
+    arrays (:class:`export.state_store.BytesStore` wraps any mapping of bytes). A missing key means an empty history:
+    the model's initial state (:meth:`initial_state`; not all zeros for TiM4Rec-causal, whose float64 ``last_ts``
     starts at -1). ``state_init`` (name -> value) overrides the initial values read from the model's config.
 
     **A state belongs to the model that wrote it.** A state is the model's summary of a history, so after the model

@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -416,3 +417,20 @@ def test_hf_trainer_bench_runs(monkeypatch, tmp_path):
     assert [r[0] for r in rows] == ["zoo.train", "Trainer"] and [r[1] for r in rows] == ["0", "0"], text
     assert all(float(r[5]) > 2.5 * 10 / 40 for r in rows), rows        # test HR@10
     assert re.search(r"Trainer / zoo.train wall time: \d+\.\d\dx", text)
+
+
+def test_user_states_bench_runs(monkeypatch, tmp_path):
+    """One bundled step graph, few users and events: a row per store and batch, the one-per-call rows at 1.0x, and
+    the state size the graph's spec gives."""
+    pytest.importorskip("onnxruntime", reason="the step graphs run with ONNX Runtime")
+    b = _bench("bench_user_states", monkeypatch)
+    out = tmp_path / "u.md"
+    b.main(["--cards", "gru4rec-ml1m", "--users", "16", "--events", "64", "--batch", "8", "--markdown", str(out)])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+            if line.startswith("| gru4rec-ml1m |")]
+    assert [(r[1], r[2]) for r in rows] == [(s, n) for s in ("dict", "bytes (np.savez)",
+                                                            "bytes (state_store.BytesStore)") for n in ("1", "8")]
+    assert all(r[5] == "1.0x" for r in rows if r[2] == "1")
+    spec = json.loads((ROOT / "hub_cards" / "gru4rec-ml1m" / "onnx" / "state_spec.json").read_text())
+    size = sum(4 * int(np.prod(s["shape"][1:])) for s in spec["state"])          # float32 tensors, batch of 1
+    assert {r[6] for r in rows} == {f"{size:,}"}

@@ -1,0 +1,124 @@
+"""Events per second of ``export.runtime.UserStateRecommender`` on the bundled step graphs: one event per call against
+many users' events in one call (``recommend_many``), with the states kept in a dict and in two bytes stores (what
+Redis & co. would hold: ``np.savez`` per user, and ``export.state_store.BytesStore``'s header + raw tensors), side by
+side in one run (a measurement, not a test).
+
+Each configuration first primes ``--users`` users with 20 items each (not timed), then times ``--events`` one-item
+events drawn over those users (round-robin, so a batch holds distinct users); every configuration serves the same
+events. Time-aware graphs get one timestamp per event, an hour after the user's last.
+
+    python bench/bench_user_states.py [--cards mamba4rec-ml1m lrurec-ml1m gru4rec-ml1m] [--users 512] [--events 4096] [--batch 64 256] [--markdown bench/RESULTS_USER_STATES.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.benchutil import command_line, write_table  # noqa: E402
+
+CARDS = ["mamba4rec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "tim4rec-causal-ml1m-u2999"]
+
+
+class BytesStore:
+    """A user's state as ``np.savez`` bytes, as a key-value store would hold it."""
+
+    def __init__(self):
+        self.kv: dict = {}
+
+    def get(self, key):
+        raw = self.kv.get(key)
+        if raw is None:
+            return None
+        with np.load(io.BytesIO(raw)) as z:
+            return {k: z[k] for k in z.files}
+
+    def __setitem__(self, key, arrays):
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        self.kv[key] = buf.getvalue()
+
+    def pop(self, key, default=None):
+        return self.kv.pop(key, default)
+
+
+def run(graph: str, store, users: int, events: int, batch: int, threads: int, seed: int = 0) -> dict:
+    """Prime ``users`` users, then serve ``events`` one-item events ``batch`` at a time; events per second."""
+    from export.runtime import UserStateRecommender
+
+    rec = UserStateRecommender(graph, store=store, threads=threads)
+    sess = rec.session
+    rng = np.random.default_rng(seed)
+    items = sess.items if sess.items is not None else list(range(1, sess.n_items))
+    t_now = {}
+    for s in range(0, users, 64):                           # primed 64 users a call (all 20 items long)
+        group = list(range(s, min(users, s + 64)))
+        evs = []
+        for u in group:
+            hist = [items[i] for i in rng.integers(0, len(items), 20)]
+            if sess.uses_timestamps:
+                ts = 1.6e9 + 3600.0 * np.arange(20)
+                t_now[u] = float(ts[-1])
+                evs.append((u, hist, ts))
+            else:
+                evs.append((u, hist))
+        rec.recommend_many(evs, start=True)
+    order = [(u % users, items[int(i)]) for u, i in enumerate(rng.integers(0, len(items), events))]
+    t0 = time.perf_counter()
+    for s in range(0, len(order), batch):
+        evs = []
+        for u, item in order[s:s + batch]:
+            if sess.uses_timestamps:
+                t_now[u] += 3600.0
+                evs.append((u, [item], [t_now[u]]))
+            else:
+                evs.append((u, [item]))
+        rec.recommend_many(evs)
+    dt = time.perf_counter() - t0
+    state_bytes = sum(a.nbytes for n, a in store.get(0).items() if n != "state_fingerprint")
+    return {"events_per_s": len(order) / dt, "us_per_event": 1e6 * dt / len(order), "state_bytes": state_bytes}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cards", nargs="+", default=CARDS)
+    p.add_argument("--users", type=int, default=512)
+    p.add_argument("--events", type=int, default=4096)
+    p.add_argument("--batch", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--markdown")
+    args = p.parse_args(argv)
+    import onnxruntime
+
+    lines = [f"Produced by `{command_line('bench/bench_user_states.py', argv)}` ({time.strftime('%Y-%m-%d')}, cpu, "
+             f"ONNX Runtime {onnxruntime.__version__}, {args.threads} intra-op thread(s)): {args.users} users primed "
+             f"with 20 items, then {args.events} one-item events served round-robin over them; the same events for "
+             "every configuration.", "",
+             "| card | store | events per call | events/s | us per event | vs one per call | state per user (bytes) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for card in args.cards:
+        graph = os.path.join(ROOT, "hub_cards", card, "onnx")
+        from export.state_store import BytesStore as ZooBytes
+
+        for store_name, make in (("dict", dict), ("bytes (np.savez)", BytesStore), ("bytes (state_store.BytesStore)",
+                                                                                   ZooBytes)):
+            base = None
+            for batch in [1, *args.batch]:
+                r = run(graph, make(), args.users, args.events, batch, args.threads)
+                base = base or r["events_per_s"]
+                lines.append(f"| {card} | {store_name} | {batch} | {r['events_per_s']:,.0f} | {r['us_per_event']:.0f} | "
+                             f"{r['events_per_s'] / base:.1f}x | {r['state_bytes']:,} |")
+                print(lines[-1], flush=True)
+    write_table(lines, "Per-user states in this process (export.runtime.UserStateRecommender)", args.markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,9 @@ This one file plays two roles.
      the model ignores them for a continuing sequence, whose state it keeps itself. (A config without a ``state``
      block, from an older generator, starts from ``state_spec.json``'s initial values.);
    * ``END`` frees it after the request is answered; states of sequences that stay idle longer than the config's
-     ``max_sequence_idle_microseconds`` are freed too (Triton forgets such a sequence; so do we);
+     ``max_sequence_idle_microseconds`` are freed too (Triton forgets such a sequence; so do we). An END with no
+     items (``TritonRecommender.end``) is no event: its response has no recommendation (``topk_ids`` 0, the padding
+     index, with scores ``-inf``, and no ``user_vector``) and only ``live_sequences`` means anything;
    * requests from different sequences that Triton batches together (``oldest`` strategy) run as one ORT call per
      distinct number of new items ``T``; the sequence's state never mixes with another one's;
    * time-aware graphs (TiM4Rec-causal) take ``timestamps`` as float64 Unix seconds (``TYPE_FP64``), checked like

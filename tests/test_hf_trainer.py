@@ -268,6 +268,8 @@ def test_save_run_refuses_other_data_an_occupied_folder_and_foreign_trainers(tmp
     ds, split = _data(tmp_path, n_users=20)
     model = _model("sasrec", ds)
     trainer = Trainer(model=model, args=_args(tmp_path, max_steps=1), **trainer_kwargs(model, split))
+    with pytest.raises(ValueError, match="has taken no training step"):
+        save_run(trainer, tmp_path / "a", str(tmp_path / "markov.tsv"), data_options={"kcore": None})
     trainer.train()
     other = _markov_file(tmp_path / "other.tsv", n_users=20, seed=5)
     with pytest.raises(ValueError, match="is not the data the Trainer trained on"):

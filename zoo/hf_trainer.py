@@ -334,8 +334,8 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
         command: how the run was started, for the card (default: this process's command line).
     Raises:
         ValueError: the data, loaded with ``data_options``, is not what the ``Trainer`` trained on (another file,
-        k-core or order of ties), ``out`` already holds a checkpoint, or the trainer was not built by
-        :func:`trainer_kwargs`.
+        k-core or order of ties), ``out`` already holds a checkpoint, the trainer was not built by
+        :func:`trainer_kwargs`, or it has not trained.
     """
     import json
     import shlex
@@ -352,6 +352,8 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
     if not isinstance(train_set, WindowDataset) or not isinstance(eval_set, HistoryDataset):
         raise ValueError("save_run takes a Trainer built with zoo.hf_trainer.trainer_kwargs (its train_dataset a "
                          "WindowDataset, its eval_dataset a HistoryDataset)")
+    if not trainer.state.global_step:
+        raise ValueError("save_run takes a Trainer after train(): this one has taken no training step")
     check_output_folder(str(out), overwrite=overwrite)
     model = trainer.model
     options = load_options(**(data_options or {}))

@@ -434,3 +434,18 @@ def test_user_states_bench_runs(monkeypatch, tmp_path):
     spec = json.loads((ROOT / "hub_cards" / "gru4rec-ml1m" / "onnx" / "state_spec.json").read_text())
     size = sum(4 * int(np.prod(s["shape"][1:])) for s in spec["state"])          # float32 tensors, batch of 1
     assert {r[6] for r in rows} == {f"{size:,}"}
+
+
+def test_int8_graphs_bench_runs(monkeypatch, tmp_path, shared_data):
+    """One bundled step graph: the fp32 row reproduces the card's ONNX metrics, and both int8 rows are written, smaller
+    than fp32."""
+    pytest.importorskip("onnxruntime.quantization", reason="ONNX Runtime's quantization tools")
+    b = _bench("int8_graphs", monkeypatch)
+    out = tmp_path / "q.md"
+    b.main(["--cards", "gru4rec-ml1m", "--reps", "5", "--markdown", str(out)])
+    rows = {r[1]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+                              if line.startswith("| gru4rec-ml1m |"))}
+    assert set(rows) == {"fp32", "int8 per tensor", "int8 per channel"}
+    card = json.loads((ROOT / "hub_cards" / "gru4rec-ml1m" / "eval_results.json").read_text())["metrics"]
+    assert rows["fp32"][5] == f"{card['HR@10']:.4f}" and rows["fp32"][7] == "+0.0000"
+    assert all(float(rows[v][2]) < float(rows["fp32"][2]) for v in ("int8 per tensor", "int8 per channel"))

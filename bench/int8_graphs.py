@@ -1,0 +1,116 @@
+"""ONNX Runtime dynamic int8 quantization of the bundled step graphs: what it does to their size, their step latency
+and their test metrics, side by side with the fp32 graphs in one run (a measurement, not a test; the zoo ships fp32
+and fp16 graphs, not int8).
+
+Each graph is quantized with ``onnxruntime.quantization.quantize_dynamic`` (int8 weights of the MatMul/Gemm nodes,
+activations quantized per call), per tensor and per output channel. The metrics are ``python -m zoo.evaluate --onnx``'s
+on the card's own data and protocol (the test users, full ranking from the in-graph top-10); the latency is one step
+of one new item at batch 1 and 256, from primed states (median of repeated calls, one ONNX Runtime thread).
+
+    python bench/int8_graphs.py [--cards mamba4rec-ml1m lrurec-ml1m gru4rec-ml1m tim4rec-causal-ml1m-u2999] [--markdown bench/RESULTS_INT8.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.benchutil import command_line, write_table  # noqa: E402
+
+DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
+CARDS = ["mamba4rec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "tim4rec-causal-ml1m-u2999"]
+VARIANTS = [("fp32", None), ("int8 per tensor", False), ("int8 per channel", True)]
+
+
+def card_data(card: str) -> tuple[str, list[str]]:
+    """The data file a card was measured on and the ``zoo.evaluate`` flags of its loading options."""
+    res = json.load(open(os.path.join(ROOT, "hub_cards", card, "eval_results.json")))
+    opts = res.get("data_options") or {}
+    flags = [] if opts.get("kcore", "auto") == "auto" else ["--kcore", "none" if opts["kcore"] is None else str(opts["kcore"])]
+    flags += [] if opts.get("time_ties", "file") == "file" else ["--time-ties", opts["time_ties"]]
+    return os.path.join(DATA_DIR, res["data_file"]), flags
+
+
+def step_latency_ms(folder: str, batch: int, reps: int, threads: int) -> float:
+    """Median milliseconds of one step of one new item per row, from states primed with 20 items."""
+    from export.runtime import OnnxStepSession
+
+    sess = OnnxStepSession(folder, threads=threads)
+    rng = np.random.default_rng(0)
+    hist = rng.integers(1, sess.n_items, size=(batch, 20))
+    ts = 1.6e9 + 60.0 * np.arange(21)[None, :].repeat(batch, 0) if sess.uses_timestamps else None
+    state = sess.step(hist, sess.init_state(batch), None if ts is None else ts[:, :20]).state
+    new = rng.integers(1, sess.n_items, size=(batch, 1))
+    last = None if ts is None else ts[:, 20:]
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sess.step(new, state, last)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def measure(card: str, args) -> list[dict]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from zoo.evaluate import main as eval_main
+
+    data, flags = card_data(card)
+    src = os.path.join(ROOT, "hub_cards", card, "onnx")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, per_channel in VARIANTS:
+            folder = os.path.join(tmp, name.replace(" ", "-"))
+            shutil.copytree(src, folder)
+            if per_channel is not None:
+                quantize_dynamic(os.path.join(src, "model.onnx"), os.path.join(folder, "model.onnx"),
+                                 weight_type=QuantType.QInt8, per_channel=per_channel)
+            res = eval_main(["--onnx", folder, "--data", data, *flags, "--no-progress", "--threads",
+                             str(args.threads)])
+            rows.append({"card": card, "variant": name,
+                         "mb": os.path.getsize(os.path.join(folder, "model.onnx")) / 2**20,
+                         "b1_ms": step_latency_ms(folder, 1, args.reps, args.threads),
+                         "b256_ms": step_latency_ms(folder, 256, max(5, args.reps // 20), args.threads),
+                         "HR@10": res["metrics"]["HR@10"], "NDCG@10": res["metrics"]["NDCG@10"]})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cards", nargs="+", default=CARDS)
+    p.add_argument("--reps", type=int, default=400)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--markdown")
+    args = p.parse_args(argv)
+    logging.getLogger().setLevel(logging.ERROR)          # quantize_dynamic's "consider pre-processing" warning
+    import onnxruntime
+
+    rows = [r for card in args.cards for r in measure(card, args)]
+    lines = [f"Produced by `{command_line('bench/int8_graphs.py', argv)}` ({time.strftime('%Y-%m-%d')}, cpu, ONNX "
+             f"Runtime {onnxruntime.__version__}, {args.threads} thread(s)). Metrics: `python -m zoo.evaluate --onnx` on "
+             "each card's data and protocol (test users, ranks from the in-graph top-10). Latency: median of one "
+             "step of one new item from primed states.", "",
+             "| card | graph | model.onnx MB | step ms, B=1 | step ms, B=256 | test HR@10 | test NDCG@10 | "
+             "NDCG@10 vs fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        base = next(b for b in rows if b["card"] == r["card"] and b["variant"] == "fp32")
+        lines.append(f"| {r['card']} | {r['variant']} | {r['mb']:.2f} | {r['b1_ms']:.3f} | {r['b256_ms']:.2f} | "
+                     f"{r['HR@10']:.4f} | {r['NDCG@10']:.4f} | {r['NDCG@10'] - base['NDCG@10']:+.4f} |")
+    write_table(lines, "Dynamic int8 quantization of the step graphs (ONNX Runtime)", args.markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -100,7 +100,7 @@ def main(argv=None) -> None:
 
     rows = [r for card in args.cards for r in measure(card, args)]
     lines = [f"Produced by `{command_line('bench/int8_graphs.py', argv)}` ({time.strftime('%Y-%m-%d')}, cpu, ONNX "
-             f"Runtime {onnxruntime.__version__}, {args.threads} thread(s)). Metrics: `python -m zoo.evaluate --onnx` on "
+             f"Runtime {onnxruntime.__version__}, {args.threads} thread(s)). Metrics: zoo.evaluate's ONNX mode (`--onnx`) on "
              "each card's data and protocol (test users, ranks from the in-graph top-10). Latency: median of one "
              "step of one new item from primed states.", "",
              "| card | graph | model.onnx MB | step ms, B=1 | step ms, B=256 | test HR@10 | test NDCG@10 | "

@@ -434,28 +434,36 @@ class OnnxWindowSession(_Base):
 
 
 class UserStateRecommender:
-    """Per-user recommendations from a step graph in this process (ONNX Runtime), each user's recurrent state kept in
-    ``store`` between their events: an event costs one O(1) graph call whatever the user's history, and a user may
-    pause for months (a Triton sequence slot is freed after ``max_sequence_idle_microseconds``; ONNX Runtime itself
-    keeps no state). ::
+    """Per-user recommendations from an exported graph in this process (ONNX Runtime), each user's state kept in
+    ``store`` between their events, with one API for every model of the zoo:
+
+    * a **step graph** (Mamba4Rec, LRURec, GRU4Rec, TiM4Rec-causal): the user's recurrent state; an event costs one
+      O(1) graph call whatever the user's history;
+    * a **window graph** (SASRec, BERT4Rec, TiM4Rec, SSD4Rec): the user's last ``max_seq_length`` items (and their
+      timestamps for TiM4Rec); an event re-encodes that window.
+
+    A user may pause for months (a Triton sequence slot is freed after ``max_sequence_idle_microseconds``; ONNX Runtime
+    itself keeps no state). ::
 
         rec = UserStateRecommender("exported/mamba4rec", store=my_store)
         rec.prime("user-42", [1, 588, 364])             # a new (or returning) user: the whole history, one call
         rec.recommend("user-42", [2571])                # then one call per event: the caller's own item ids out
-        rec.recommend_many([("user-7", [50]), ("user-42", [260, 1196])])   # many users, one call per event length
+        rec.recommend_many([("user-7", [50]), ("user-42", [260, 1196])])   # many users in few graph calls
 
     Args:
-        graph: an :class:`OnnxStepSession`, or the folder (or ``model.onnx``) of a step graph.
+        graph: an :class:`OnnxStepSession` / :class:`OnnxWindowSession`, or the folder (or ``model.onnx``) of a graph.
         store: dict-like, user id -> state (``get`` / ``__setitem__`` / ``pop``; a dict by default). Any key-value
             store of bytes works through :class:`export.state_store.BytesStore` (a JSON header + the raw tensors,
             each in its dtype; 2-5x faster than ``np.savez``, ``bench/RESULTS_USER_STATES.md``). A state is
-            ``{state name: np.ndarray [1, ...]}`` plus the graph's fingerprint under ``state_fingerprint`` -- the layout
-            :class:`export.triton_client.ExplicitStateRecommender` keeps, so one store serves the graph in this
-            process or behind Triton.
-        on_stale: what to do with a stored state another model wrote (retrained, its catalogue grown, fp16):
-            ``"error"`` (:class:`export.state_store.StaleStateError`: replay the user's history with :meth:`prime`)
-            or ``"restart"`` (start the user from the initial state; counted in ``restarted``). Graphs exported before
-            the fingerprint existed accept every state unchecked.
+            ``{name: np.ndarray [1, ...]}`` plus a fingerprint under ``state_fingerprint``: for a step graph its
+            state tensors and the graph's fingerprint -- the layout :class:`export.triton_client.
+            ExplicitStateRecommender` keeps, so one store serves the graph in this process or behind Triton; for a
+            window graph ``items`` (int64 internal indices) and ``timestamps`` (float64, time-aware graphs), tagged
+            with the graph's item vocabulary (a model with the same vocabulary continues them).
+        on_stale: what to do with a stored state another model wrote (a step graph: retrained, its catalogue grown,
+            fp16; a window graph: another item vocabulary): ``"error"`` (:class:`export.state_store.StaleStateError`:
+            replay the user's history with :meth:`prime`) or ``"restart"`` (start the user afresh; counted in
+            ``restarted``). Step graphs exported before the fingerprint existed accept every state unchecked.
         threads: ONNX Runtime intra-op threads (when ``graph`` is a path).
 
     Item ids are the caller's own (``item_vocab.json`` beside the graph); an unknown id is a ``KeyError`` naming it.
@@ -466,10 +474,21 @@ class UserStateRecommender:
         from . import state_store
 
         self._ss = state_store
-        self.session = graph if isinstance(graph, OnnxStepSession) else OnnxStepSession(graph, threads=threads)
+        if isinstance(graph, (OnnxStepSession, OnnxWindowSession)):
+            self.session = graph
+        else:
+            kind = read_spec(_resolve(graph)[1])["kind"]
+            self.session = (OnnxStepSession if kind == "step" else OnnxWindowSession)(graph, threads=threads)
+        self.window = isinstance(self.session, OnnxWindowSession)
         self.store = {} if store is None else store
         self.on_stale = state_store.check_on_stale(on_stale)
-        self.fingerprint: str | None = self.session.spec.get("state_fingerprint")
+        if self.window:
+            self.max_len = int(self.session.spec["max_seq_length"])
+            self.state_names = ["items"] + (["timestamps"] if self.session.uses_timestamps else [])
+            self.fingerprint: str | None = _vocab_fingerprint(self.session)
+        else:
+            self.state_names = list(self.session.state_names)
+            self.fingerprint = self.session.spec.get("state_fingerprint")
         self.restarted = 0                                      # users started afresh by on_stale="restart"
         #: ``[vector_size]`` float32 query vector after the last event of the last call (graphs exported with
         #: ``--user-vector``; None otherwise): its inner products with ``python -m zoo.embed``'s item vectors are the
@@ -484,22 +503,32 @@ class UserStateRecommender:
             raise ValueError(f"k must be an int in 1..{top} (the graph's top-k), got {k!r}")
         return int(k)
 
+    def _initial(self) -> dict[str, np.ndarray]:
+        if self.window:
+            return {"items": np.zeros((1, 0), np.int64), **({"timestamps": np.zeros((1, 0), np.float64)}
+                                                            if self.session.uses_timestamps else {})}
+        return self.session.init_state(1)
+
     def _state_of(self, user_id, start: bool) -> dict[str, np.ndarray]:
         stored = None if start else self.store.get(user_id)
         state = self._ss.usable_state(stored, self.fingerprint, self.on_stale, user_id, "this graph")
         if state is None:
             self.restarted += bool(stored)
-            return self.session.init_state(1)
-        return {n: state[n] for n in self.session.state_names}      # the fingerprint entry is not a graph input
+            return self._initial()
+        missing = [n for n in self.state_names if n not in state]
+        if missing:
+            raise ValueError(f"the stored state of user {user_id!r} lacks {missing}: it is not a state of this "
+                             f"{'window' if self.window else 'step'} graph")
+        return {n: state[n] for n in self.state_names}           # the fingerprint entry is not a graph input
 
     def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False
                        ) -> list[tuple[list, np.ndarray]]:
         """``(top-k ids, their scores)`` of each event, in order: ``events`` are ``(user_id, new_items)`` or
         ``(user_id, new_items, timestamps)``, one per user (a user twice in one call would need the first event's
-        state for the second). Events with as many new items share one graph call; the users' new states replace the
-        stored ones once every call has run (a refused event -- an unknown id, timestamps going back -- stores
-        nothing for any user of the call). ``start``: every user from the initial state, whatever is stored
-        (:meth:`prime`)."""
+        state for the second). Step graphs: events with as many new items share one graph call; window graphs: one
+        call for all. The users' new states replace the stored ones once every call has run (a refused event -- an
+        unknown id, timestamps going back -- stores nothing for any user of the call). ``start``: every user from the
+        initial state, whatever is stored (:meth:`prime`)."""
         k = self._check_k(k)
         if len(events) == 0:
             raise ValueError("no events given")
@@ -512,7 +541,6 @@ class UserStateRecommender:
             seen.add(u)
         if dup is not None:
             raise ValueError(f"user {dup!r} has two events in one call; send the second after the first")
-        groups: dict[int, list[int]] = {}
         encoded = []
         for i, e in enumerate(events):
             if len(e) not in (2, 3):
@@ -526,27 +554,67 @@ class UserStateRecommender:
                 raise ValueError(f"event {i} (user {e[0]!r}): this model reads timestamps; give "
                                  "(user_id, new_items, timestamps)")
             encoded.append((ids, ts))
+        states = [self._state_of(u, start) for u in users]
+        run = self._run_windows if self.window else self._run_steps
+        results, pending, vectors = run(encoded, states, k)
+        for user, state in zip(users, pending):          # stored only once every graph call has run: all or nothing
+            self.store[user] = self._ss.tagged(state, self.fingerprint)
+        self.last_user_vector = vectors[-1]
+        return results
+
+    def _run_steps(self, encoded, states, k):
+        """Step graphs: one call per number of new items; each row's new state."""
+        n = len(encoded)
+        results, pending, vectors = [None] * n, [None] * n, [None] * n
+        groups: dict[int, list[int]] = {}
+        for i, (ids, _) in enumerate(encoded):
             groups.setdefault(len(ids), []).append(i)
-        results: list = [None] * len(events)
-        vectors: list = [None] * len(events)
-        pending = {}                                    # stored only once every group has run: all or nothing
         for rows in groups.values():
-            states = [self._state_of(users[i], start) for i in rows]
-            state = {n: np.concatenate([st[n] for st in states]) for n in self.session.state_names}
+            state = {name: np.concatenate([states[i][name] for i in rows]) for name in self.state_names}
             ids = np.array([encoded[i][0] for i in rows], dtype=np.int64)
             ts = (np.array([np.asarray(encoded[i][1], dtype=np.float64).reshape(-1) for i in rows])
                   if self.session.uses_timestamps else None)
             out = self.session.step(ids, state, ts)
             for r, i in enumerate(rows):
-                new = {n: out.state[n][r:r + 1].copy() for n in self.session.state_names}
-                pending[users[i]] = self._ss.tagged(new, self.fingerprint)
+                pending[i] = {name: out.state[name][r:r + 1].copy() for name in self.state_names}
                 results[i] = (self.session.decode(out.topk_ids[r:r + 1, :k])[0], out.topk_scores[r, :k].copy())
                 if out.user_vector is not None:
                     vectors[i] = out.user_vector[r].copy()
-        for user, state in pending.items():
-            self.store[user] = state
-        self.last_user_vector = vectors[-1]
-        return results
+        return results, pending, vectors
+
+    def _run_windows(self, encoded, states, k):
+        """Window graphs: each user's last ``max_seq_length`` items after the event, all in one padded call."""
+        L, uses_ts = self.max_len, self.session.uses_timestamps
+        windows, stamps = [], []
+        for i, ((ids, ts), st) in enumerate(zip(encoded, states)):
+            windows.append(np.concatenate([st["items"].reshape(-1), np.asarray(ids, np.int64)])[-L:])
+            if uses_ts:
+                new = self.session.check_timestamps([np.asarray(ts, dtype=np.float64).reshape(-1)], (1, len(ids)))[0]
+                old = st["timestamps"].reshape(-1)
+                seq = np.concatenate([old, new])
+                if (np.diff(seq) < 0).any():
+                    raise ValueError(f"event {i}: timestamps go back in time relative to the user's last event or "
+                                     "decrease within the event; events must be in time order")
+                stamps.append(seq[-L:])
+        padded = self.session.pad(windows)
+        ts = None
+        if uses_ts:
+            ts = np.zeros(padded.shape, np.float64)
+            for r, t in enumerate(stamps):
+                if self.session.spec["padding_side"] == "right":
+                    ts[r, :len(t)] = t
+                else:
+                    ts[r, ts.shape[1] - len(t):] = t
+        out = self.session.run_window(padded, ts)
+        n = len(encoded)
+        results, pending, vectors = [None] * n, [None] * n, [None] * n
+        for r in range(n):
+            pending[r] = {"items": windows[r][None].copy(), **({"timestamps": stamps[r][None].copy()} if uses_ts
+                                                                else {})}
+            results[r] = (self.session.decode(out.topk_ids[r:r + 1, :k])[0], out.topk_scores[r, :k].copy())
+            if out.user_vector is not None:
+                vectors[r] = out.user_vector[r].copy()
+        return results, pending, vectors
 
     def recommend_with_scores(self, user_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
                               start: bool = False) -> tuple[list, np.ndarray]:
@@ -566,6 +634,15 @@ class UserStateRecommender:
 
     def forget(self, user_id) -> None:
         self.store.pop(user_id, None)
+
+
+def _vocab_fingerprint(sess: "_Base") -> str:
+    """``sha256:<hex>`` of what a window graph's stored ``items`` mean: its item vocabulary (``item_vocab.json``; the
+    identity of ``1 .. n_items - 1`` without one)."""
+    import hashlib
+
+    ids = sess.items if sess.items is not None else list(range(1, sess.n_items))
+    return "sha256:" + hashlib.sha256(json.dumps({"window-items": [str(x) for x in ids]}).encode()).hexdigest()
 
 
 __all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "UserStateRecommender", "read_spec", "read_vocab",

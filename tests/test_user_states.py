@@ -1,9 +1,9 @@
-"""``export.runtime.UserStateRecommender``: per-user states of a step graph kept in a store, in this process.
+"""``export.runtime.UserStateRecommender``: per-user states of an exported graph kept in a store, in this process.
 
 The invariant: however a user's events are split and interleaved with other users' (one by one, or many users in
-one call), each event's top-k is PyTorch's full forward over that user's whole prefix. Around it: a state a
-replaced model wrote is refused (or restarted), a refused event stores nothing, time-aware graphs keep time order,
-and the store's layout is the Triton explicit-state client's.
+one call), each event's top-k is PyTorch's forward over that user's whole prefix (a window graph: its last
+``max_seq_length`` items). Around it: a state a replaced model wrote is refused (or restarted), a refused event stores
+nothing, time-aware graphs keep time order, and a step state's layout is the Triton explicit-state client's.
 """
 
 from __future__ import annotations
@@ -195,3 +195,104 @@ def test_time_aware_users_keep_time_order(tmp_path):
     assert "b" not in rec.store and rec.store["a"]["last_ts"] == before
     with pytest.raises(ValueError, match="this model reads timestamps"):
         rec.recommend("a", [7])
+
+
+# ------------------------------------------------------------------------------------------------ window graphs
+def _sasrec(seed=2, vocab=None):
+    from zoo.models.sasrec import SASRecConfig, SASRecModel
+
+    torch.manual_seed(seed)
+    m = _sharp(SASRecModel(SASRecConfig(n_items=N_ITEMS, max_seq_length=8, hidden_size=16, num_layers=1, num_heads=1,
+                                        inner_size=32, hidden_dropout=0.0, attn_dropout=0.0)))
+    m.set_item_vocab(vocab or ItemVocab([f"item-{i}" for i in range(1, N_ITEMS)]))
+    return m
+
+
+@pytest.fixture(scope="module")
+def sasrec(tmp_path_factory):
+    m = _sasrec()
+    d = tmp_path_factory.mktemp("sasrec")
+    export_model(m, d, topk=K, verify=False)
+    return m, d
+
+
+def test_a_window_graph_serves_users_with_the_same_api(sasrec):
+    """SASRec's window graph behind the same calls: each user's stored state is their last ``max_seq_length`` items,
+    and every event's top-k is PyTorch's forward over that window of the whole prefix (longer than the window here)."""
+    model, d = sasrec
+    v = model.item_vocab
+    rec = UserStateRecommender(d)
+    assert rec.window and rec.state_names == ["items"]
+    rng = random.Random(4)
+    hist = {f"u{s}": [] for s in range(10)}
+    got, prefixes = [], []
+    for rnd in range(6):
+        events = []
+        for u in hist:
+            if rng.random() < 0.8:
+                new = [rng.randrange(1, N_ITEMS) for _ in range(rng.randrange(1, 4))]
+                hist[u] += new
+                events.append((u, v.decode(new)))
+                prefixes.append(list(hist[u]))
+        if rnd == 0:
+            out = [rec.prime(u, items) for u, items in events]
+        else:
+            out = [items for items, _ in rec.recommend_many(events)]
+        got += [np.array(v.encode(o)) for o in out]
+    for g, p in zip(got, prefixes):
+        assert _same(g, *_reference(model, p[-8:]))
+    longest = max(hist, key=lambda u: len(hist[u]))
+    assert len(hist[longest]) > 8 and rec.store[longest]["items"].tolist() == [hist[longest][-8:]]
+
+
+def test_window_states_follow_the_vocabulary_not_the_weights(sasrec, tmp_path):
+    """A stored window is items: another model with the same item vocabulary continues it (its own forward over
+    the same window); a model of another vocabulary refuses it (or restarts the user)."""
+    model, d = sasrec
+    v = model.item_vocab
+    store = {}
+    UserStateRecommender(d, store=store).prime("u", v.decode([1, 2, 3]))
+    retrained = _sasrec(seed=7)
+    d2 = tmp_path / "retrained"
+    export_model(retrained, d2, topk=K, verify=False)
+    got = UserStateRecommender(d2, store=store).recommend("u", v.decode([4]))
+    assert _same(np.array(v.encode(got)), *_reference(retrained, [1, 2, 3, 4]))
+    other = _sasrec(vocab=ItemVocab([f"other-{i}" for i in range(1, N_ITEMS)]))
+    d3 = tmp_path / "other-vocab"
+    export_model(other, d3, topk=K, verify=False)
+    with pytest.raises(StaleStateError, match="written by another model"):
+        UserStateRecommender(d3, store=store).recommend("u", ["other-4"])
+    rec = UserStateRecommender(d3, store=store, on_stale="restart")
+    rec.recommend("u", ["other-4"])
+    assert rec.restarted == 1 and store["u"]["items"].tolist() == [[4]]
+    step_store = {}
+    UserStateRecommender(_mamba_dir(tmp_path), store=step_store).prime("s", v.decode([1, 2]))
+    with pytest.raises(StaleStateError):                       # a step state is no window (another fingerprint)
+        UserStateRecommender(d, store=step_store).recommend("s", v.decode([3]))
+
+
+def _mamba_dir(tmp_path):
+    d = tmp_path / "mamba"
+    export_model(_mamba(), d, topk=K, verify=False)
+    return d
+
+
+def test_a_time_aware_window_graph_keeps_time_order(tmp_path):
+    """The faithful TiM4Rec (a window graph reading timestamps): the stored window keeps each item's timestamp, the
+    top-k is PyTorch's over the timed window, and an event before the user's last one is refused (nothing stored)."""
+    from test_tim4rec import faithful
+
+    model = faithful().eval()
+    d = tmp_path / "tim4rec"
+    export_model(model, d, topk=K, verify=False)
+    rec = UserStateRecommender(d)
+    assert rec.state_names == ["items", "timestamps"]
+    t0 = 1.6e9
+    rec.prime("a", [3, 4, 5], [t0, t0 + 60, t0 + 3600])
+    got, _ = rec.recommend_with_scores("a", [6, 7], [t0 + 7200, t0 + 7200])
+    ref_idx, ref_sc = _reference(model, [3, 4, 5, 6, 7], [t0, t0 + 60, t0 + 3600, t0 + 7200, t0 + 7200])
+    assert _same(np.array(got), ref_idx, ref_sc)
+    before = {n: a.copy() for n, a in rec.store["a"].items()}
+    with pytest.raises(ValueError, match="go back in time"):
+        rec.recommend_many([("b", [1], [t0]), ("a", [8], [t0])])
+    assert "b" not in rec.store and all(np.array_equal(rec.store["a"][n], a) for n, a in before.items())

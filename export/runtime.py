@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -533,12 +534,8 @@ class UserStateRecommender:
         if len(events) == 0:
             raise ValueError("no events given")
         users = [e[0] for e in events]
-        seen, dup = set(), None
-        for u in users:
-            if u in seen:
-                dup = u
-                break
-            seen.add(u)
+        counts = Counter(users)
+        dup = next((u for u in users if counts[u] > 1), None)
         if dup is not None:
             raise ValueError(f"user {dup!r} has two events in one call; send the second after the first")
         encoded = []

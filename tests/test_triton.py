@@ -1144,30 +1144,12 @@ def test_live_errors_keep_server_serving(live_server, mamba):
     assert h.alive()
 
 
-class _BytesStore:
-    """The README's state-store recipe: values kept as bytes (what Redis & co. hold), keyed by user id."""
+def _BytesStore():
+    """A store of bytes values (what Redis & co. hold), keyed by user id: the codec the generated READMEs recommend
+    (``export.state_store.BytesStore``: a JSON header + the raw tensors)."""
+    from export.state_store import BytesStore
 
-    def __init__(self):
-        self.kv = {}
-
-    def get(self, key):
-        import io
-
-        raw = self.kv.get(key)
-        if raw is None:
-            return None
-        with np.load(io.BytesIO(raw)) as z:
-            return {k: z[k] for k in z.files}
-
-    def __setitem__(self, key, arrays):
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        self.kv[key] = buf.getvalue()
-
-    def pop(self, key, default=None):
-        return self.kv.pop(key, default)
+    return BytesStore()
 
 
 def test_live_explicit_state_with_client_side_store(live_server, mamba, mamba_export):

@@ -114,7 +114,8 @@ def main(argv=None) -> None:
             for batch in [1, *args.batch]:
                 r = run(graph, make(), args.users, args.events, batch, args.threads)
                 base = base or r["events_per_s"]
-                lines.append(f"| {card} | {store_name} | {batch} | {r['events_per_s']:,.0f} | {r['us_per_event']:.0f} | "
+                lines.append(f"| {card} | {store_name} | {batch} | {r['events_per_s']:,.0f} | "
+                             f"{r['us_per_event']:.0f} | "
                              f"{r['events_per_s'] / base:.1f}x | {r['state_bytes']:,} |")
                 print(lines[-1], flush=True)
     write_table(lines, "Per-user states in this process (export.runtime.UserStateRecommender)", args.markdown)

@@ -38,7 +38,8 @@ def card_data(card: str) -> tuple[str, list[str]]:
     """The data file a card was measured on and the ``zoo.evaluate`` flags of its loading options."""
     res = json.load(open(os.path.join(ROOT, "hub_cards", card, "eval_results.json")))
     opts = res.get("data_options") or {}
-    flags = [] if opts.get("kcore", "auto") == "auto" else ["--kcore", "none" if opts["kcore"] is None else str(opts["kcore"])]
+    kcore = opts.get("kcore", "auto")
+    flags = [] if kcore == "auto" else ["--kcore", "none" if kcore is None else str(kcore)]
     flags += [] if opts.get("time_ties", "file") == "file" else ["--time-ties", opts["time_ties"]]
     return os.path.join(DATA_DIR, res["data_file"]), flags
 
@@ -100,8 +101,8 @@ def main(argv=None) -> None:
 
     rows = [r for card in args.cards for r in measure(card, args)]
     lines = [f"Produced by `{command_line('bench/int8_graphs.py', argv)}` ({time.strftime('%Y-%m-%d')}, cpu, ONNX "
-             f"Runtime {onnxruntime.__version__}, {args.threads} thread(s)). Metrics: zoo.evaluate's ONNX mode (`--onnx`) on "
-             "each card's data and protocol (test users, ranks from the in-graph top-10). Latency: median of one "
+             f"Runtime {onnxruntime.__version__}, {args.threads} thread(s)). Metrics: zoo.evaluate's ONNX mode "
+             "(`--onnx`) on each card's data and protocol (test users, ranks from the in-graph top-10). Latency: median of one "
              "step of one new item from primed states.", "",
              "| card | graph | model.onnx MB | step ms, B=1 | step ms, B=256 | test HR@10 | test NDCG@10 | "
              "NDCG@10 vs fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|"]

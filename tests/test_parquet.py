@@ -78,6 +78,7 @@ def test_parquet_refusals_name_the_column_and_row(tmp_path):
         (dict(user_id=[1, 2, 3], item_id=[1, 2, 3], timestamp=["x", "y", "z"]),
          r"column 'timestamp' holds string; timestamps must be numbers"),
         (dict(customer=[1], item_id=[1]), r"no user column in the schema \['customer', 'item_id'\]"),
+        (dict(user_id=[1, 2, 3], item_id=pa.array([1, 2, 2**63], pa.uint64())), r"ids above 2\*\*63 - 1"),
     ]
     for i, (cols, message) in enumerate(cases):
         with pytest.raises(ValueError, match=message):

@@ -87,9 +87,8 @@ def test_interleaved_users_get_the_full_forward_of_their_whole_prefix(mamba, bat
     vocab = model.item_vocab
     rec = UserStateRecommender(d, store={} if store == "dict" else BytesStore())
     rng = random.Random(3)
-    plans = {f"u{s}": [[rng.randrange(1, N_ITEMS) for _ in range(rng.randrange(1, 5))] for _ in range(rng.randrange(2,
-                                                                                                                      7))]
-             for s in range(20)}
+    plans = {f"u{s}": [[rng.randrange(1, N_ITEMS) for _ in range(rng.randrange(1, 5))]
+                       for _ in range(rng.randrange(2, 7))] for s in range(20)}
     served, prefixes = [], []
     if batched:
         for rnd in range(max(map(len, plans.values()))):

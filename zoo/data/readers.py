@@ -429,7 +429,10 @@ def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
     def ids(c) -> np.ndarray:
         arr = column(c)
         if pa.types.is_integer(arr.type):
-            return arr.to_numpy().astype(np.int64)
+            values = arr.to_numpy()
+            if values.dtype == np.uint64 and len(values) and values.max() > np.iinfo(np.int64).max:
+                raise ValueError(f"{path}: column {names[c]!r} holds ids above 2**63 - 1; store them as strings")
+            return values.astype(np.int64)
         if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
             return _ids(arr.to_pylist(), lambda i: f"{path}, row {i + 1}, column {names[c]!r}")
         raise ValueError(f"{path}: column {names[c]!r} holds {arr.type}; ids must be integers or strings")
@@ -450,8 +453,8 @@ def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
                              "(seconds) or a timestamp / date type")
         bad = np.flatnonzero(~np.isfinite(ts))
         if len(bad):
-            raise ValueError(f"{path}, row {bad[0] + 1}, column {names[cols[2]]!r}: timestamp {float(ts[bad[0]])!r} is "
-                             "not a finite number")
+            raise ValueError(f"{path}, row {bad[0] + 1}, column {names[cols[2]]!r}: timestamp "
+                             f"{float(ts[bad[0]])!r} is not a finite number")
     return Interactions(user, item, ts, source=path)
 
 
@@ -548,8 +551,8 @@ def detect_format(path: str, header: str, columns: dict | None = None) -> str:
     raise ValueError(f"{path}: unknown interaction file format (first line {h[:80]!r}). Supported: RecBole atomic "
                      f".inter (typed header 'user_id:token ...'), MovieLens ratings.dat ('u::i::r::t'), TSV/CSV with a "
                      f"user_id/item_id[/timestamp] header (other names: columns= / --columns user=NAME item=NAME "
-                     f"[time=NAME]), .seq files ('user_id<TAB>item_ids_chronological') and Parquet tables; or pass format= one of "
-                     f"{FORMATS}")
+                     f"[time=NAME]), .seq files ('user_id<TAB>item_ids_chronological') and Parquet tables; or pass "
+                     f"format= one of {FORMATS}")
 
 
 def _typed_header(fields: list[str]) -> bool:

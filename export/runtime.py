@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -469,7 +470,11 @@ class UserStateRecommender:
 
     Item ids are the caller's own (``item_vocab.json`` beside the graph); an unknown id is a ``KeyError`` naming it.
     Time-aware graphs take float64 Unix seconds, refused when they go back before the user's last event. A refused
-    event leaves the stored state as it was."""
+    event leaves the stored state as it was.
+
+    Threads may share one recommender: events of the same user take turns (their state is read, advanced and stored
+    under a lock), others run side by side (ONNX Runtime sessions are thread-safe). Several processes sharing one store
+    need the store's own guarantee (one writer per user, or compare-and-set)."""
 
     def __init__(self, graph, store=None, on_stale: str = "error", threads: int | None = None):
         from . import state_store
@@ -491,6 +496,9 @@ class UserStateRecommender:
             self.state_names = list(self.session.state_names)
             self.fingerprint = self.session.spec.get("state_fingerprint")
         self.restarted = 0                                      # users started afresh by on_stale="restart"
+        # one lock per stripe of users: threads serving the same user take turns (read, run, store), others do not
+        self._stripes = [threading.Lock() for _ in range(64)]
+        self._count_lock = threading.Lock()
         #: ``[vector_size]`` float32 query vector after the last event of the last call (graphs exported with
         #: ``--user-vector``; None otherwise): its inner products with ``python -m zoo.embed``'s item vectors are the
         #: raw scores
@@ -514,7 +522,9 @@ class UserStateRecommender:
         stored = None if start else self.store.get(user_id)
         state = self._ss.usable_state(stored, self.fingerprint, self.on_stale, user_id, "this graph")
         if state is None:
-            self.restarted += bool(stored)
+            if stored:
+                with self._count_lock:
+                    self.restarted += 1
             return self._initial()
         missing = [n for n in self.state_names if n not in state]
         if missing:
@@ -551,11 +561,18 @@ class UserStateRecommender:
                 raise ValueError(f"event {i} (user {e[0]!r}): this model reads timestamps; give "
                                  "(user_id, new_items, timestamps)")
             encoded.append((ids, ts))
-        states = [self._state_of(u, start) for u in users]
-        run = self._run_windows if self.window else self._run_steps
-        results, pending, vectors = run(encoded, states, k)
-        for user, state in zip(users, pending):          # stored only once every graph call has run: all or nothing
-            self.store[user] = self._ss.tagged(state, self.fingerprint)
+        stripes = sorted({hash(u) % len(self._stripes) for u in users})   # in index order: no two calls deadlock
+        for i in stripes:
+            self._stripes[i].acquire()
+        try:                                # read, run, store: no other thread's event of these users in between
+            states = [self._state_of(u, start) for u in users]
+            run = self._run_windows if self.window else self._run_steps
+            results, pending, vectors = run(encoded, states, k)
+            for user, state in zip(users, pending):      # stored only once every graph call has run: all or nothing
+                self.store[user] = self._ss.tagged(state, self.fingerprint)
+        finally:
+            for i in reversed(stripes):
+                self._stripes[i].release()
         self.last_user_vector = vectors[-1]
         return results
 

@@ -295,3 +295,29 @@ def test_a_time_aware_window_graph_keeps_time_order(tmp_path):
     with pytest.raises(ValueError, match="go back in time"):
         rec.recommend_many([("b", [1], [t0]), ("a", [8], [t0])])
     assert "b" not in rec.store and all(np.array_equal(rec.store["a"][n], a) for n, a in before.items())
+
+
+def test_threads_serving_one_user_take_turns(sasrec):
+    """Eight threads send one event each for the same user at once, five times over: every event lands in the
+    stored window (a read-run-store race would lose some), and other users' events are not held up by them."""
+    import threading
+
+    model, d = sasrec
+    v = model.item_vocab
+    rec = UserStateRecommender(d)
+    for rnd in range(5):
+        barrier = threading.Barrier(9)
+        user = f"shared-{rnd}"
+
+        def send(item):
+            barrier.wait()
+            rec.recommend(user, v.decode([item]))
+
+        threads = [threading.Thread(target=send, args=(1 + i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        rec.recommend(f"other-{rnd}", v.decode([40]))          # another user meanwhile
+        for t in threads:
+            t.join()
+        assert sorted(rec.store[user]["items"][0].tolist()) == list(range(1, 9)), rnd

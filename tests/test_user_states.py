@@ -177,12 +177,14 @@ def test_refused_events_store_nothing(mamba):
         np.testing.assert_array_equal(rec.store["a"][n], a)
 
 
-def test_time_aware_users_keep_time_order(tmp_path):
-    """TiM4Rec-causal: each user's events carry Unix seconds; the stored ``last_ts`` refuses an event before the
-    user's last one (nothing stored for anyone of that call), and the top-k is PyTorch's over the timed prefix."""
+@pytest.mark.parametrize("time_input", ["timestamps", "gaps"])
+def test_time_aware_users_keep_time_order(tmp_path, time_input):
+    """TiM4Rec-causal (float64 timestamps into the graph, or the gaps form whose ``last_ts`` the runtime keeps):
+    each user's events carry Unix seconds; the stored ``last_ts`` refuses an event before the user's last one
+    (nothing stored for anyone of that call), and the top-k is PyTorch's over the timed prefix."""
     model = _causal()
     d = tmp_path / "causal"
-    export_model(model, d, topk=K, verify=False)
+    export_model(model, d, topk=K, verify=False, time_input=time_input)
     rec = UserStateRecommender(d)
     t0 = 1.6e9
     rec.prime("a", [3, 4, 5], [t0, t0 + 60, t0 + 3600])

@@ -1107,3 +1107,25 @@ def test_a_run_on_a_file_with_other_column_names_keeps_them_through_card_evaluat
         with pytest.raises(SystemExit):
             evaluate_main(["--model", str(card), "--data", data, "--columns", *bad])
         assert message in capsys.readouterr().err
+
+
+def test_model_push_to_hub_uploads_the_item_vocabulary(monkeypatch):
+    """``model.push_to_hub`` (transformers' own, not ``zoo.hub push``) saves through the zoo's ``save_pretrained``, so
+    the uploaded commit holds the item vocabulary beside the weights (the Hub's calls are stubbed: no network)."""
+    import huggingface_hub
+
+    model = Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=16, d_state=4)).eval()
+    model.set_item_vocab(zoo.ItemVocab(list(range(100, 129))))
+    uploaded = {}
+
+    def commit(self, repo_id, operations, **kw):
+        uploaded.update({op.path_in_repo: op.path_or_fileobj for op in operations})
+        return type("Commit", (), {"commit_url": "", "oid": "", "pr_url": None})()
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: type("Url", (), {"repo_id": repo_id})())
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")                  # the card lookup on the way must not wait on a network
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model.push_to_hub("me/tiny", token="not-a-real-token")
+    assert {"config.json", "model.safetensors", "item_vocab.json"} <= set(uploaded)

@@ -145,8 +145,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     config_class = SeqRecConfig
     base_model_prefix = "seqrec"
     main_input_name = "input_ids"
-    #: the loss is each batch's own mean (``forward`` takes no ``num_items_in_batch``), so the ``Trainer`` divides it
-    #: by the gradient-accumulation steps itself (it would not for a forward it took to take loss kwargs, **kwargs)
+    #: the loss is each batch's own mean (``forward`` takes no ``num_items_in_batch``), so the ``Trainer`` must divide
+    #: it by the gradient-accumulation steps itself; without this flag the ``**kwargs`` of ``forward`` would make it
+    #: believe the model normalises the loss and skip that division
     accepts_loss_kwargs = False
     #: side on which batches are padded: "right" (RecBole) or "left" (LRURec)
     padding_side: str = "right"

@@ -358,3 +358,20 @@ def test_readme_trainer_example_runs(tmp_path, monkeypatch, shared_data):
     test = namespace["test"]
     assert 0 < test["test_NDCG@10"] < test["test_HR@10"] < 1, test
     assert (tmp_path / "runs" / "sasrec-ml100k").is_dir()
+
+
+def test_save_run_records_an_early_stop(tmp_path):
+    """With transformers' ``EarlyStoppingCallback`` and nothing to learn (lr 0: validation never improves), the run
+    stops after its patience and ``save_run``'s log says so, with the best epoch the first."""
+    from transformers import EarlyStoppingCallback
+
+    ds, split = _data(tmp_path, n_users=20)
+    model = _model("gru4rec", ds)
+    trainer = Trainer(model=model, args=_args(tmp_path, num_train_epochs=6, learning_rate=0.0, eval_strategy="epoch",
+                                              save_strategy="epoch", metric_for_best_model="NDCG@10",
+                                              load_best_model_at_end=True, save_total_limit=1,
+                                              per_device_train_batch_size=16),
+                      callbacks=[EarlyStoppingCallback(early_stopping_patience=2)], **trainer_kwargs(model, split))
+    trainer.train()
+    log = save_run(trainer, tmp_path / "run", str(tmp_path / "markov.tsv"), data_options={"kcore": None})
+    assert log["stopped"] == "early stopping" and log["best_epoch"] == 1 and len(log["epochs"]) == 3, log["epochs"]

@@ -449,3 +449,16 @@ def test_int8_graphs_bench_runs(monkeypatch, tmp_path, shared_data):
     card = json.loads((ROOT / "hub_cards" / "gru4rec-ml1m" / "eval_results.json").read_text())["metrics"]
     assert rows["fp32"][5] == f"{card['HR@10']:.4f}" and rows["fp32"][7] == "+0.0000"
     assert all(float(rows[v][2]) < float(rows["fp32"][2]) for v in ("int8 per tensor", "int8 per channel"))
+
+
+def test_temporal_split_bench_runs(monkeypatch, tmp_path):
+    """Both splits of a generated file: leave-one-out trains on some of the future, the temporal split on none."""
+    from test_train import _markov_file
+
+    b = _bench("temporal_split", monkeypatch)
+    out = tmp_path / "t.md"
+    b.main(["--data", str(_markov_file(tmp_path / "m.tsv")), "--markdown", str(out)])
+    rows = {r[1]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+                              if line.startswith("| m.tsv |"))}
+    assert set(rows) == {"leave-one-out", "temporal"}
+    assert float(rows["leave-one-out"][4]) > 0.1 and rows["temporal"][4] == "0.000"

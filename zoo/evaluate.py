@@ -55,7 +55,8 @@ import torch
 from .cli import add_columns_option, cannot, check_outputs, error_text, nonnegative_int, positive_int, written_whole
 from .cli import kcore as kcore_arg
 from .data.batching import eval_batches
-from .data.split import TIME_TIES, EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset
+from .data.split import (TIME_TIES, EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset,
+                         temporal_cuts, temporal_split)
 from .metrics import compute_metrics, history_in_top_k, rank_of_target
 from .modeling_utils import resolve_device
 
@@ -451,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "sequential model must beat, where pop has none")
     p.add_argument("--data", required=True, help="interaction file (.inter/.tsv/.csv/ratings.dat/.seq, optionally .gz)")
     p.add_argument("--split", choices=("test", "valid"), default="test")
+    p.add_argument("--temporal-split", type=float, nargs=2, default=None, metavar=("TEST_SHARE", "VALID_SHARE"),
+                   help="a global temporal split instead of leave-one-out: the last TEST_SHARE of all interactions "
+                        "(by time) is the test period, the VALID_SHARE before it validation; each user's first item "
+                        "of a period is the target, everything before the period the history (zoo.data."
+                        "temporal_split); a model must have been trained on the same split (zoo.train "
+                        "--temporal-split)")
     p.add_argument("--exclude-history", action="store_true",
                    help="LRURec protocol: mask the items of the input window before ranking")
     p.add_argument("--ks", type=positive_int, nargs="+", default=None,
@@ -614,13 +621,15 @@ def _protocol(args, ds, excluded: bool, ranking: str, ties: str = "pessimistic",
     the data options that gave its sequences (k-core as applied, order of ties, ``--columns``), the cut-offs, and, for
     a model or a graph, its window and how unknown items were treated."""
     sampled = getattr(args, "sampled", None)
-    name = ("lrurec" if excluded else "recbole") + (f"-{sampled[0]}{sampled[1]}-seed{args.sample_seed}"
-                                                      if sampled else "")
+    split = split_data(ds, getattr(args, "temporal_split", None)) if getattr(args, "temporal_split", None) else None
+    name = ("lrurec" if excluded else "recbole") + (protocol_suffix(split) if split is not None else "") + (
+        f"-{sampled[0]}{sampled[1]}-seed{args.sample_seed}" if sampled else "")
     return {"name": name, "split": args.split,
             **({"sampled": {"sampler": sampled[0], "negatives": sampled[1], "seed": args.sample_seed,
                             "drawn": SAMPLERS[sampled[0]], "never": "the user's history items and the target"}}
                if sampled else {}),
-            "leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]", "ranking": ranking,
+            **(split_protocol(split) if split is not None
+               else {"leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]"}), "ranking": ranking,
             "exclude_history": excluded, "ties": ties,
             **({"max_seq_length": max_seq_length} if max_seq_length is not None else {}),
             "kcore": ds.kcore,  # effective (user_k, item_k), None when unfiltered
@@ -663,11 +672,39 @@ def _load_data(args):
 
 
 def _split(ds, args):
-    """``leave_one_out(ds)``; data that leaves no user with an example is a one-line error."""
+    """``leave_one_out(ds)``, or with ``--temporal-split`` the temporal split at the cuts of those shares; data that
+    leaves no user with an example (or has no timestamps for a temporal split) is a one-line error."""
     try:
-        return leave_one_out(ds)
+        return split_data(ds, getattr(args, "temporal_split", None))
     except ValueError as e:
         raise SystemExit(f"error: --data {args.data}: {e}") from None
+
+
+def split_data(ds, temporal: Sequence[float] | None = None):
+    """``leave_one_out(ds)``, or, given ``temporal = (test_share, valid_share)``, :func:`zoo.data.temporal_split` at
+    the cut times of those shares (:func:`zoo.data.temporal_cuts`)."""
+    if not temporal:
+        return leave_one_out(ds)
+    test_share, valid_share = (float(x) for x in temporal)
+    valid_from, test_from = temporal_cuts(ds, test_share, valid_share)
+    return temporal_split(ds, test_from, valid_from, {"test_share": test_share, "valid_share": valid_share})
+
+
+def split_protocol(split) -> dict:
+    """The split's entries of a protocol record: its description, and a temporal split's cuts."""
+    if split.kind == "temporal":
+        return {"split_kind": "temporal", "cuts": dict(split.cuts),
+                "temporal": "train: items before valid_from; valid: history before valid_from -> first item at or "
+                            "after it (before test_from); test: history before test_from -> first item at or after it"}
+    return {"leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]"}
+
+
+def protocol_suffix(split) -> str:
+    """``""`` for leave-one-out; ``-temporal-t<test share>-v<valid share>`` for a temporal split (so that ranks of the
+    two splits are never paired by ``zoo.compare``)."""
+    if split.kind != "temporal":
+        return ""
+    return f"-temporal-t{split.cuts['test_share']:g}-v{split.cuts['valid_share']:g}"
 
 
 def _examples(ds, args, split=None):

@@ -306,7 +306,9 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride:
     examples = split.valid if eval_on == "valid" else split.test
     if not model.uses_timestamps and examples.history_timestamps is not None:   # the model reads none: send none
         examples = EvalExamples(examples.histories, examples.targets, examples.users)
-    return {"train_dataset": WindowDataset(windows),
+    train_set = WindowDataset(windows)
+    train_set.split_kind = split.kind                   # save_run cards leave-one-out runs only
+    return {"train_dataset": train_set,
             "eval_dataset": HistoryDataset(examples, int(model.config.max_seq_length), with_history=exclude_history),
             "data_collator": SeqRecCollator.for_model(model, sampler),
             "preprocess_logits_for_metrics": (partial(logits_to_ranks, exclude_history=True) if exclude_history
@@ -354,6 +356,9 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
                          "WindowDataset, its eval_dataset a HistoryDataset)")
     if not trainer.state.global_step:
         raise ValueError("save_run takes a Trainer after train(): this one has taken no training step")
+    if getattr(train_set, "split_kind", "leave-one-out") != "leave-one-out":
+        raise ValueError(f"the Trainer trained on a {train_set.split_kind} split: save_run makes a run for zoo.hub "
+                         "card, whose cards report leave-one-out")
     check_output_folder(str(out), overwrite=overwrite)
     model = trainer.model
     options = load_options(**(data_options or {}))

@@ -368,6 +368,17 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
 SOUP_LOG = "soup_log.json"
 
 
+def check_leave_one_out(stages: list[dict], where: str) -> None:
+    """``ValueError`` when a stage of this history trained on a temporal split (``zoo.train --temporal-split``):
+    cards and soups report and choose on leave-one-out, and such a checkpoint has never seen the last periods'
+    interactions that leave-one-out trains on."""
+    temporal = [st for st in stages if (st.get("split") or {}).get("kind") == "temporal"]
+    if temporal:
+        raise ValueError(f"{where} was trained on a temporal split ({temporal[0]['split'].get('cuts')}): cards and "
+                         "soups are measured on leave-one-out, which that run's checkpoint cannot be compared on; "
+                         "evaluate it with python -m zoo.evaluate --temporal-split instead")
+
+
 def soup_stages(soup_log: dict) -> list[dict]:
     """A ``zoo.soup`` folder's history as stages: those every ingredient shares, then the soup itself as one stage
     (``kind: "soup"``: the soup log less the shared stages; its ``ingredient_stages`` hold each ingredient's own
@@ -516,6 +527,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     # leaves an existing card folder as it was
     model = AutoModel.from_pretrained(run_dir)
     stages = training_stages(run_dir)
+    check_leave_one_out(stages, run_dir)
     log = stages[-1]                        # the run's own train_log.json, a soup, or a card folder's last stage
     data_options = run_data_options(log)    # the sequences it was trained on: same k-core, same order of ties
     loaded = load_dataset(data, **data_options)

@@ -174,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         models = [AutoModel.from_pretrained(f).eval() for f in folders]
         notes = check_ingredients(models, a.models)
         shared, stages, own = soup_lineage(folders)     # before the scoring: a broken history fails fast
+        from .hub import check_leave_one_out, training_stages
+
+        for f, m in zip(folders, a.models):
+            check_leave_one_out(training_stages(f), m)
         ds = load_dataset(a.data, kcore=a.kcore, time_ties=a.time_ties, columns=a.columns)
         ds, vocab_note = align_with_model(ds, models[0])
         if models[0].uses_timestamps:

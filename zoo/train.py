@@ -393,7 +393,8 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             loss_weighting: str, eval_every: int, decay_over: str, overwrite: bool, resume: bool = False,
             settings: dict | None = None, time_ties: str = "file", warmup_steps: int = 0,
             columns: dict | None = None, loss: str = "ce", negatives: int | None = None,
-            negative_sampler: str = "uniform", sparse_item_grad: bool = False, unknown_items: str = "error"):
+            negative_sampler: str = "uniform", sparse_item_grad: bool = False, unknown_items: str = "error",
+            temporal_split: Sequence[float] | None = None):
     """Everything :func:`train` does before its first epoch, in this order: check the settings (with ``resume``:
     against the interrupted run's), seed, read the data, build (or load ``init_from`` and fit the data to its item
     vocabulary: :func:`fit_data_to_checkpoint`) the model, split the data, cut the training windows. Writes nothing.
@@ -403,7 +404,7 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     ``sampler`` the :class:`~zoo.losses.NegativeSampler` of a sampled-softmax run or ``None``, ``init_items`` what
     fitting the data to the ``init_from`` checkpoint's vocabulary did (``None`` without ``init_from``)."""
     from . import train_state
-    from .data import item_counts, leave_one_out, load_dataset, training_windows
+    from .data import item_counts, load_dataset, training_windows
     from .losses import LOSSES, SAMPLERS, NegativeSampler
     from .modeling_utils import resolve_device
     from .models import get_model_class
@@ -489,7 +490,9 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         overrides.setdefault("max_seq_length", 200)
         model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
     model.set_item_vocab(ds.vocab)
-    split = leave_one_out(ds)
+    from .evaluate import split_data
+
+    split = split_data(ds, temporal_split)          # leave-one-out, or the temporal split at those shares
     windows = training_windows(split.train, model.config.max_seq_length,
                                split.train_timestamps if model.uses_timestamps else None, stride=window_stride)
     sampler = None
@@ -566,7 +569,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           decay_over: str = "epochs", overwrite: bool = False, resume: bool = False,
           time_ties: str = "file", warmup_steps: int = 0, columns: dict | None = None, loss: str = "ce",
           negatives: int | None = None, negative_sampler: str = "uniform", sparse_item_grad: bool = False,
-          unknown_items: str = "error") -> dict:
+          unknown_items: str = "error", temporal_split: Sequence[float] | None = None) -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     After every epoch the run's full state goes to ``out/resume/`` (:mod:`zoo.train_state`); ``resume=True``, with
@@ -608,7 +611,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride, loss_weighting=loss_weighting,
         eval_every=eval_every, decay_over=decay_over, time_ties=time_ties, warmup_steps=warmup_steps,
         columns=columns, loss=loss, negatives=negatives, negative_sampler=negative_sampler,
-        sparse_item_grad=sparse_item_grad, unknown_items=unknown_items)))
+        sparse_item_grad=sparse_item_grad, unknown_items=unknown_items,
+        temporal_split=list(temporal_split) if temporal_split else None)))
     try:
         preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler, init_items = _set_up(
             model_type, data, out, epochs=epochs, patience=patience, seed=seed, max_len=max_len,
@@ -618,7 +622,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             loss_weighting=loss_weighting, eval_every=eval_every, decay_over=decay_over, overwrite=overwrite,
             resume=resume, settings=settings, time_ties=time_ties, warmup_steps=warmup_steps, columns=columns,
             loss=loss, negatives=negatives, negative_sampler=negative_sampler, sparse_item_grad=sparse_item_grad,
-            unknown_items=unknown_items)
+            unknown_items=unknown_items, temporal_split=temporal_split)
     except (ValueError, OSError) as e:
         raise RunSetupError(str(e)) from e
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
@@ -650,6 +654,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     loss_spec = {"type": "ce"} if sampler is None else sampler.spec
     log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(),
            "data_options": load_options(kcore, time_ties, columns), "seed": seed,
+           "split": {"kind": split.kind, **({"cuts": split.cuts} if split.cuts else {})},
            "train": preset, "config_overrides": overrides, "epochs": [], "command": command,
            "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict(),
                                            describe_loss(loss_spec)),
@@ -769,7 +774,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     best_model = get_model_class(model_type)[1].from_pretrained(out).to(device)
     test = evaluate_model(best_model, split.test, ks=(5, 10, 20), exclude_history=exclude_history, progress=progress)
     log.update(best_epoch=best_epoch, best_valid_NDCG10=best, stopped=stopped, test=test,
-               protocol={"split": "leave-one-out by time (RecBole LS valid_and_test)", "ranking": "full",
+               protocol={"split": ("leave-one-out by time (RecBole LS valid_and_test)" if split.kind != "temporal"
+                                   else f"temporal: {split.cuts}"), "ranking": "full",
                          "history_masked": exclude_history},
                train_minutes=(time.time() - t0) / 60)
     with written_whole(os.path.join(out, "train_log.json")) as f:
@@ -888,6 +894,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data")
     data.add_argument("--kcore", type=kcore_arg, default="auto",
                       help="k-core filter: auto (5 for .inter, none for .seq), none (or 0), or k >= 1")
+    data.add_argument("--temporal-split", type=float, nargs=2, default=None, metavar=("TEST_SHARE", "VALID_SHARE"),
+                      help="train on a global temporal split instead of leave-one-out: the last TEST_SHARE of all "
+                           "interactions (by time) is the test period, the VALID_SHARE before it validation, and only "
+                           "the interactions before validation are trained on (zoo.data.temporal_split); the run "
+                           "cannot be carded (cards report leave-one-out)")
     data.add_argument("--time-ties", choices=TIME_TIES, default="file",
                       help="order of one user's interactions with equal timestamps: file (their file order, a stable "
                            "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz)")
@@ -979,7 +990,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      resume=args.resume, time_ties=args.time_ties, warmup_steps=args.warmup_steps,
                      columns=args.columns, loss=args.loss, negatives=args.negatives,
                      negative_sampler=args.negative_sampler, sparse_item_grad=args.sparse_item_grad,
-                     unknown_items=args.unknown_items)
+                     unknown_items=args.unknown_items, temporal_split=args.temporal_split)
     except RunSetupError as e:
         p.error(str(e))
 

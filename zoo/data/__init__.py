@@ -13,11 +13,13 @@ Typical use::
 
 from .batching import TrainingWindows, eval_batches, iterate_batches, pad_sequences, training_windows
 from .readers import FORMATS, Interactions, detect_format, read_interactions
-from .split import (TIME_TIES, EvalExamples, SequenceDataset, Split, build_sequences, factorize, item_counts,
-                    kcore_filter, leave_one_out, load_dataset, load_options, parse_kcore)
+from .split import (SPLITS, TIME_TIES, EvalExamples, SequenceDataset, Split, build_sequences, factorize, item_counts,
+                    kcore_filter, leave_one_out, load_dataset, load_options, parse_kcore, temporal_cuts,
+                    temporal_split)
 
 __all__ = ["Interactions", "read_interactions", "detect_format", "FORMATS",
-           "TIME_TIES", "kcore_filter", "build_sequences", "load_dataset", "load_options", "parse_kcore", "leave_one_out", "factorize",
+           "TIME_TIES", "SPLITS", "kcore_filter", "build_sequences", "load_dataset", "load_options", "parse_kcore",
+           "leave_one_out", "temporal_split", "temporal_cuts", "factorize",
            "item_counts",
            "SequenceDataset", "EvalExamples", "Split",
            "TrainingWindows", "training_windows", "iterate_batches", "eval_batches", "pad_sequences"]

@@ -369,6 +369,11 @@ class Split:
     valid: EvalExamples
     test: EvalExamples
     dataset: SequenceDataset | None = field(default=None, repr=False)
+    #: :data:`SPLITS`: ``"leave-one-out"`` (:func:`leave_one_out`) or ``"temporal"`` (:func:`temporal_split`)
+    kind: str = "leave-one-out"
+    #: a temporal split's cut times and shares (``valid_from``, ``test_from``, seconds; ``valid_share``,
+    #: ``test_share`` when the cuts came from shares), else None
+    cuts: dict | None = None
 
 
 def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
@@ -406,6 +411,74 @@ def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
     return Split(train, train_ts, list(ds.users), valid, test, ds)
 
 
+SPLITS = ("leave-one-out", "temporal")
+
+
+def temporal_cuts(ds: SequenceDataset, test_share: float, valid_share: float) -> tuple[float, float]:
+    """``(valid_from, test_from)``: the times after which about ``valid_share + test_share`` and ``test_share`` of all
+    interactions happened (the interaction timestamps' quantiles; ties at a cut fall after it)."""
+    for name, v in (("test_share", test_share), ("valid_share", valid_share)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"{name} must be a fraction in (0, 1), got {v!r}")
+    if test_share + valid_share >= 1:
+        raise ValueError(f"test_share + valid_share must be < 1 (something must be left to train on), got "
+                         f"{test_share} + {valid_share}")
+    if ds.timestamps is None:
+        raise ValueError(f"{ds.name}: a temporal split needs timestamps, and this data has none (a .seq file keeps "
+                         "only the order)")
+    ts = np.sort(np.concatenate(ds.timestamps))
+    n = len(ts)
+    at = lambda share: float(ts[min(n - 1, int(np.ceil((1 - share) * n)))])   # noqa: E731
+    return at(valid_share + test_share), at(test_share)
+
+
+def temporal_split(ds: SequenceDataset, test_from: float, valid_from: float, cuts_info: dict | None = None) -> Split:
+    """A global temporal split (one timeline for every user, as a deployed model meets the future): nothing after a
+    cut is trained on or seen before it is predicted, which leave-one-out does not give (a user's last items there may
+    predate other users' training items; Ji et al., 2023, *A Critical Study on Data Leakage in Recommender System
+    Offline Evaluation*).
+
+    For each user (items in time order): train on the items before ``valid_from``; validation: the history before
+    ``valid_from`` -> the first item at or after it, when that item is before ``test_from``; test: the history before
+    ``test_from`` (validation-period items included, as inputs only) -> the first item at or after ``test_from``. A
+    user needs at least one item before a cut to be evaluated at it.
+
+    Args:
+        ds: a dataset with timestamps.
+        test_from, valid_from: cut times in the timestamps' unit (seconds), ``valid_from <= test_from``;
+            :func:`temporal_cuts` picks them by shares of the interactions.
+        cuts_info: extra entries for ``Split.cuts`` (the shares the cuts came from).
+    Raises:
+        ValueError: no timestamps, cuts out of order, or no user to validate or test at the cuts.
+    """
+    if ds.timestamps is None:
+        raise ValueError(f"{ds.name}: a temporal split needs timestamps, and this data has none (a .seq file keeps "
+                         "only the order)")
+    test_from, valid_from = float(test_from), float(valid_from)
+    if not (np.isfinite(test_from) and np.isfinite(valid_from)) or valid_from > test_from:
+        raise ValueError(f"the cuts must be finite with valid_from <= test_from, got valid_from {valid_from}, "
+                         f"test_from {test_from}")
+    train, train_ts = [], []
+    ex = {"valid": ([], [], [], [], []), "test": ([], [], [], [], [])}   # histories, targets, users, hist ts, target ts
+    for u, seq, t in zip(ds.users, ds.sequences, ds.timestamps):
+        v = int(np.searchsorted(t, valid_from, side="left"))            # items before valid_from
+        c = int(np.searchsorted(t, test_from, side="left"))             # items before test_from
+        train.append(seq[:v])
+        train_ts.append(t[:v])
+        for name, n, ok in (("valid", v, v < len(seq) and t[v] < test_from), ("test", c, c < len(seq))):
+            if n >= 1 and ok:
+                h, y, users, hts, yts = ex[name]
+                h.append(seq[:n]), y.append(seq[n]), users.append(u), hts.append(t[:n]), yts.append(t[n])
+    examples = {}
+    for name, (h, y, users, hts, yts) in ex.items():
+        if not h:
+            raise ValueError(f"{ds.name}: no user has an item before and one after the {name} cut "
+                             f"({valid_from if name == 'valid' else test_from}); choose other cuts")
+        examples[name] = EvalExamples(h, np.array(y, dtype=np.int64), users, hts, np.array(yts, dtype=np.float64))
+    cuts = {"valid_from": valid_from, "test_from": test_from, **(cuts_info or {})}
+    return Split(train, train_ts, list(ds.users), examples["valid"], examples["test"], ds, kind="temporal", cuts=cuts)
+
+
 def item_counts(sequences, n_items: int) -> np.ndarray:
     """``[n_items]`` int64: how often each internal item index occurs in ``sequences`` (e.g. ``Split.train``); the
     most-popular baseline's scores and the popularity proposal of sampled softmax."""
@@ -415,5 +488,5 @@ def item_counts(sequences, n_items: int) -> np.ndarray:
     return np.bincount(flat, minlength=n_items)
 
 
-__all__ = ["TIME_TIES", "kcore_filter", "build_sequences", "load_dataset", "leave_one_out", "factorize",
-           "item_counts", "SequenceDataset", "EvalExamples", "Split"]
+__all__ = ["TIME_TIES", "SPLITS", "kcore_filter", "build_sequences", "load_dataset", "leave_one_out", "temporal_split",
+           "temporal_cuts", "factorize", "item_counts", "SequenceDataset", "EvalExamples", "Split"]

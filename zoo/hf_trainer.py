@@ -266,9 +266,9 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride:
 
     Args:
         model: a zoo model (its ``padding_side``, ``config.max_seq_length`` and ``config.n_items`` shape the data).
-        split: :func:`zoo.data.leave_one_out` of a dataset indexed like the model: with its own vocabulary set on the
-            model (``model.set_item_vocab(ds.vocab)``), or one re-indexed to the model's
-            (:func:`zoo.evaluate.align_with_model`).
+        split: :func:`zoo.data.leave_one_out` (or :func:`zoo.data.temporal_split`) of a dataset indexed like the
+            model: with its own vocabulary set on the model (``model.set_item_vocab(ds.vocab)``), or one re-indexed
+            to the model's (:func:`zoo.evaluate.align_with_model`).
         ks: metric cut-offs.
         stride: window stride (``zoo.train --window-stride``; default ``max_seq_length``: no overlap).
         eval_on: ``"valid"`` or ``"test"``.

@@ -628,8 +628,7 @@ def _protocol(args, ds, excluded: bool, ranking: str, ties: str = "pessimistic",
             **({"sampled": {"sampler": sampled[0], "negatives": sampled[1], "seed": args.sample_seed,
                             "drawn": SAMPLERS[sampled[0]], "never": "the user's history items and the target"}}
                if sampled else {}),
-            **(split_protocol(split) if split is not None
-               else {"leave_one_out": "valid: seq[:-2] -> seq[-2]; test: seq[:-1] -> seq[-1]"}), "ranking": ranking,
+            **split_protocol(split), "ranking": ranking,
             "exclude_history": excluded, "ties": ties,
             **({"max_seq_length": max_seq_length} if max_seq_length is not None else {}),
             "kcore": ds.kcore,  # effective (user_k, item_k), None when unfiltered
@@ -690,9 +689,9 @@ def split_data(ds, temporal: Sequence[float] | None = None):
     return temporal_split(ds, test_from, valid_from, {"test_share": test_share, "valid_share": valid_share})
 
 
-def split_protocol(split) -> dict:
-    """The split's entries of a protocol record: its description, and a temporal split's cuts."""
-    if split.kind == "temporal":
+def split_protocol(split=None) -> dict:
+    """The split's entries of a protocol record: its description, and a temporal split's cuts (None: leave-one-out)."""
+    if split is not None and split.kind == "temporal":
         return {"split_kind": "temporal", "cuts": dict(split.cuts),
                 "temporal": "train: items before valid_from; valid: history before valid_from -> first item at or "
                             "after it (before test_from); test: history before test_from -> first item at or after it"}

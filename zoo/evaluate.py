@@ -569,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
                                     batch_size=args.batch_size, device=device, progress=not args.no_progress,
                                     history_share=args.history_share, return_ranks=True, negatives=negatives)
-    protocol = _protocol(args, ds, bool(args.exclude_history),
+    protocol = _protocol(args, ds, split, bool(args.exclude_history),
                          _ranking(args, "full (all items), padding masked")
                          + ("; history window masked" if args.exclude_history else ""),
                          max_seq_length=int(model.config.max_seq_length), unknown_items=args.unknown_items)
@@ -603,7 +603,7 @@ def _main_baseline(args, t0: float) -> dict:
     negatives = _negatives(args, examples, split, ds.n_items + 1)
     metrics, ranks = evaluate_baseline(args.baseline, split.train, examples, ds.n_items + 1, args.ks,
                                        args.exclude_history, BASELINE_WINDOW, return_ranks=True, negatives=negatives)
-    protocol = _protocol(args, ds, bool(args.exclude_history),
+    protocol = _protocol(args, ds, split, bool(args.exclude_history),
                          _ranking(args, f"full (all items) {BASELINES[args.baseline]}, padding masked")
                          + (f"; the last {BASELINE_WINDOW} history items masked" if args.exclude_history else ""))
     result = {"metrics": metrics, "protocol": protocol, "data": _data_path(args),
@@ -615,14 +615,14 @@ def _main_baseline(args, t0: float) -> dict:
     return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}", split.train)
 
 
-def _protocol(args, ds, excluded: bool, ranking: str, ties: str = "pessimistic", max_seq_length: int | None = None,
-              unknown_items: str | None = None) -> dict:
-    """An evaluation's ``protocol`` entry: its name (by whether the history was masked), split, ranking and ties, then
+def _protocol(args, ds, split, excluded: bool, ranking: str, ties: str = "pessimistic",
+              max_seq_length: int | None = None, unknown_items: str | None = None) -> dict:
+    """An evaluation's ``protocol`` entry: its name (by whether the history was masked and by the ``split`` the
+    examples came from: leave-one-out, or a temporal split and its cuts), split, ranking and ties, then
     the data options that gave its sequences (k-core as applied, order of ties, ``--columns``), the cut-offs, and, for
     a model or a graph, its window and how unknown items were treated."""
     sampled = getattr(args, "sampled", None)
-    split = split_data(ds, getattr(args, "temporal_split", None)) if getattr(args, "temporal_split", None) else None
-    name = ("lrurec" if excluded else "recbole") + (protocol_suffix(split) if split is not None else "") + (
+    name = ("lrurec" if excluded else "recbole") + protocol_suffix(split) + (
         f"-{sampled[0]}{sampled[1]}-seed{args.sample_seed}" if sampled else "")
     return {"name": name, "split": args.split,
             **({"sampled": {"sampler": sampled[0], "negatives": sampled[1], "seed": args.sample_seed,
@@ -920,7 +920,7 @@ def _main_onnx(args, t0: float) -> dict:
             raise
         raise SystemExit(f"error: --onnx {args.onnx}: ONNX Runtime cannot load or run {graph} "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    protocol = _protocol(args, ds, excluded,
+    protocol = _protocol(args, ds, split, excluded,
                          ("full (all items, the graph's scores output)" if has_scores else
                           f"the graph's in-graph top-{spec['topk']} (a target outside it counts as a miss)")
                          + ", padding masked" + ("; history window masked by the graph (--exclude-seen)" if excluded

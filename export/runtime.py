@@ -403,14 +403,18 @@ class OnnxWindowSession(_Base):
             if not h:
                 raise ValueError(f"history {r} is empty")
             rows.append(h)
+        return self.place([self.check_ids([h], name=f"history {r}")[0] for r, h in enumerate(rows)], np.int64)
+
+    def place(self, rows: Sequence[np.ndarray], dtype) -> np.ndarray:
+        """Rows of different lengths -> ``[B, L]`` (``L`` the longest), each on the model's padding side, 0 elsewhere:
+        the layout of :meth:`pad`, for the ids and for their timestamps alike."""
         L = max(map(len, rows))
-        out = np.zeros((len(rows), L), dtype=np.int64)
+        out = np.zeros((len(rows), L), dtype=dtype)
         for r, h in enumerate(rows):
-            arr = self.check_ids([h], name=f"history {r}")[0]
             if self.spec["padding_side"] == "right":
-                out[r, :len(h)] = arr
+                out[r, :len(h)] = h
             else:
-                out[r, L - len(h):] = arr
+                out[r, L - len(h):] = h
         return out
 
     def run_window(self, item_ids: Any, timestamps: Any = None) -> StepOutput:
@@ -611,14 +615,7 @@ class UserStateRecommender:
                                      "decrease within the event; events must be in time order")
                 stamps.append(seq[-L:])
         padded = self.session.pad(windows)
-        ts = None
-        if uses_ts:
-            ts = np.zeros(padded.shape, np.float64)
-            for r, t in enumerate(stamps):
-                if self.session.spec["padding_side"] == "right":
-                    ts[r, :len(t)] = t
-                else:
-                    ts[r, ts.shape[1] - len(t):] = t
+        ts = self.session.place(stamps, np.float64) if uses_ts else None
         out = self.session.run_window(padded, ts)
         n = len(encoded)
         results, pending, vectors = [None] * n, [None] * n, [None] * n

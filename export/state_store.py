@@ -10,6 +10,7 @@ NumPy only (no onnxruntime, no tritonclient), so either client imports it withou
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import numpy as np
@@ -82,8 +83,6 @@ def to_bytes(state: dict[str, np.ndarray]) -> bytes:
         if a.dtype.kind not in "fiub":
             raise TypeError(f"state tensor {name!r} has dtype {a.dtype}; a state holds numbers")
         tensors.append((name, a))
-    import json
-
     header = json.dumps({"format": STATE_FORMAT, "fingerprint": tag,
                          "tensors": [[n, a.dtype.str, list(a.shape)] for n, a in tensors]}).encode()
     return b"".join([len(header).to_bytes(_LEN, "little"), header, *(a.tobytes() for _, a in tensors)])
@@ -92,8 +91,6 @@ def to_bytes(state: dict[str, np.ndarray]) -> bytes:
 def from_bytes(raw: bytes) -> dict[str, np.ndarray]:
     """:func:`to_bytes`'s value back as ``{name: np.ndarray, FINGERPRINT_KEY: ...}`` (read-only arrays); a value
     that is not one (another format, truncated, trailing bytes) is a ``ValueError`` naming what is wrong."""
-    import json
-
     raw = bytes(raw)
     if len(raw) < _LEN:
         raise ValueError(f"not a stored zoo state: {len(raw)} bytes")

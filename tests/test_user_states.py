@@ -52,12 +52,16 @@ def _causal():
     return _sharp(perturb_time_path(TiM4RecCausalModel(cfg), 0.3, torch.Generator().manual_seed(0)))
 
 
+def _exported(model, folder, **kw):
+    """``model``'s graph exported (top-K, unverified: the tests compare it with PyTorch themselves) into ``folder``."""
+    export_model(model, folder, topk=K, verify=False, **kw)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def mamba(tmp_path_factory):
     m = _mamba()
-    d = tmp_path_factory.mktemp("mamba")
-    export_model(m, d, topk=K, user_vector=True, verify=False)
-    return m, d
+    return m, _exported(m, tmp_path_factory.mktemp("mamba"), user_vector=True)
 
 
 def _reference(model, prefix_ids, ts=None):
@@ -143,8 +147,7 @@ def test_a_state_another_model_wrote_is_refused_or_restarted(mamba, tmp_path):
     store = {}
     UserStateRecommender(d, store=store).prime("u", v.decode([1, 2, 3]))
     other = _mamba(seed=5)
-    d2 = tmp_path / "retrained"
-    export_model(other, d2, topk=K, verify=False)
+    d2 = _exported(other, tmp_path / "retrained")
     with pytest.raises(StaleStateError, match="written by another model.*prime\\(user, history\\)"):
         UserStateRecommender(d2, store=store).recommend("u", v.decode([4]))
     assert str(store["u"][FINGERPRINT_KEY]) == OnnxStepSession(d).spec["state_fingerprint"]   # kept as it was
@@ -183,8 +186,7 @@ def test_time_aware_users_keep_time_order(tmp_path, time_input):
     each user's events carry Unix seconds; the stored ``last_ts`` refuses an event before the user's last one
     (nothing stored for anyone of that call), and the top-k is PyTorch's over the timed prefix."""
     model = _causal()
-    d = tmp_path / "causal"
-    export_model(model, d, topk=K, verify=False, time_input=time_input)
+    d = _exported(model, tmp_path / "causal", time_input=time_input)
     rec = UserStateRecommender(d)
     t0 = 1.6e9
     rec.prime("a", [3, 4, 5], [t0, t0 + 60, t0 + 3600])
@@ -212,9 +214,7 @@ def _sasrec(seed=2, vocab=None):
 @pytest.fixture(scope="module")
 def sasrec(tmp_path_factory):
     m = _sasrec()
-    d = tmp_path_factory.mktemp("sasrec")
-    export_model(m, d, topk=K, verify=False)
-    return m, d
+    return m, _exported(m, tmp_path_factory.mktemp("sasrec"))
 
 
 def test_a_window_graph_serves_users_with_the_same_api(sasrec):
@@ -254,28 +254,20 @@ def test_window_states_follow_the_vocabulary_not_the_weights(sasrec, tmp_path):
     store = {}
     UserStateRecommender(d, store=store).prime("u", v.decode([1, 2, 3]))
     retrained = _sasrec(seed=7)
-    d2 = tmp_path / "retrained"
-    export_model(retrained, d2, topk=K, verify=False)
+    d2 = _exported(retrained, tmp_path / "retrained")
     got = UserStateRecommender(d2, store=store).recommend("u", v.decode([4]))
     assert _same(np.array(v.encode(got)), *_reference(retrained, [1, 2, 3, 4]))
     other = _sasrec(vocab=ItemVocab([f"other-{i}" for i in range(1, N_ITEMS)]))
-    d3 = tmp_path / "other-vocab"
-    export_model(other, d3, topk=K, verify=False)
+    d3 = _exported(other, tmp_path / "other-vocab")
     with pytest.raises(StaleStateError, match="written by another model"):
         UserStateRecommender(d3, store=store).recommend("u", ["other-4"])
     rec = UserStateRecommender(d3, store=store, on_stale="restart")
     rec.recommend("u", ["other-4"])
     assert rec.restarted == 1 and store["u"]["items"].tolist() == [[4]]
     step_store = {}
-    UserStateRecommender(_mamba_dir(tmp_path), store=step_store).prime("s", v.decode([1, 2]))
+    UserStateRecommender(_exported(_mamba(), tmp_path / "mamba"), store=step_store).prime("s", v.decode([1, 2]))
     with pytest.raises(StaleStateError):                       # a step state is no window (another fingerprint)
         UserStateRecommender(d, store=step_store).recommend("s", v.decode([3]))
-
-
-def _mamba_dir(tmp_path):
-    d = tmp_path / "mamba"
-    export_model(_mamba(), d, topk=K, verify=False)
-    return d
 
 
 def test_a_time_aware_window_graph_keeps_time_order(tmp_path):
@@ -284,8 +276,7 @@ def test_a_time_aware_window_graph_keeps_time_order(tmp_path):
     from test_tim4rec import faithful
 
     model = faithful().eval()
-    d = tmp_path / "tim4rec"
-    export_model(model, d, topk=K, verify=False)
+    d = _exported(model, tmp_path / "tim4rec")
     rec = UserStateRecommender(d)
     assert rec.state_names == ["items", "timestamps"]
     t0 = 1.6e9

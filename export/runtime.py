@@ -465,7 +465,8 @@ class UserStateRecommender:
             state tensors and the graph's fingerprint -- the layout :class:`export.triton_client.
             ExplicitStateRecommender` keeps, so one store serves the graph in this process or behind Triton; for a
             window graph ``items`` (int64 internal indices) and ``timestamps`` (float64, time-aware graphs), tagged
-            with the graph's item vocabulary (a model with the same vocabulary continues them).
+            with the graph's item vocabulary (a model with the same vocabulary continues them). Processes share
+            :class:`export.state_store.SQLiteStateStore` (see below).
         on_stale: what to do with a stored state another model wrote (a step graph: retrained, its catalogue grown,
             fp16; a window graph: another item vocabulary): ``"error"`` (:class:`export.state_store.StaleStateError`:
             replay the user's history with :meth:`prime`) or ``"restart"`` (start the user afresh; counted in
@@ -477,8 +478,11 @@ class UserStateRecommender:
     event leaves the stored state as it was.
 
     Threads may share one recommender: events of the same user take turns (their state is read, advanced and stored
-    under a lock), others run side by side (ONNX Runtime sessions are thread-safe). Several processes sharing one store
-    need the store's own guarantee (one writer per user, or compare-and-set)."""
+    under a lock), others run side by side (ONNX Runtime sessions are thread-safe). Processes (serving workers) may
+    share a *versioned* store (:class:`export.state_store.SQLiteStateStore`, or any store with ``get_versioned`` and
+    ``commit``: :func:`export.state_store.is_versioned`): a call's new states are committed only if no other process
+    stored those users since they were read, else it reads and runs again (counted in ``conflicts``), so no event is
+    lost. A plain store shared by processes needs one writer per user."""
 
     def __init__(self, graph, store=None, on_stale: str = "error", threads: int | None = None):
         from . import state_store
@@ -500,6 +504,7 @@ class UserStateRecommender:
             self.state_names = list(self.session.state_names)
             self.fingerprint = self.session.spec.get("state_fingerprint")
         self.restarted = 0                                      # users started afresh by on_stale="restart"
+        self.conflicts = 0              # commits a versioned store refused (another process wrote a user first)
         # one lock per stripe of users: threads serving the same user take turns (read, run, store), others do not
         self._stripes = [threading.Lock() for _ in range(64)]
         self._count_lock = threading.Lock()
@@ -522,19 +527,17 @@ class UserStateRecommender:
                                                             if self.session.uses_timestamps else {})}
         return self.session.init_state(1)
 
-    def _state_of(self, user_id, start: bool) -> dict[str, np.ndarray]:
-        stored = None if start else self.store.get(user_id)
+    def _state_of(self, user_id, stored: dict | None) -> tuple[dict[str, np.ndarray], bool]:
+        """The graph's state to continue from ``stored`` (None: nothing stored), and whether a stale one was
+        restarted."""
         state = self._ss.usable_state(stored, self.fingerprint, self.on_stale, user_id, "this graph")
         if state is None:
-            if stored:
-                with self._count_lock:
-                    self.restarted += 1
-            return self._initial()
+            return self._initial(), bool(stored)
         missing = [n for n in self.state_names if n not in state]
         if missing:
             raise ValueError(f"the stored state of user {user_id!r} lacks {missing}: it is not a state of this "
                              f"{'window' if self.window else 'step'} graph")
-        return {n: state[n] for n in self.state_names}           # the fingerprint entry is not a graph input
+        return {n: state[n] for n in self.state_names}, False    # the fingerprint entry is not a graph input
 
     def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False
                        ) -> list[tuple[list, np.ndarray]]:
@@ -568,15 +571,24 @@ class UserStateRecommender:
         stripes = sorted({hash(u) % len(self._stripes) for u in users})   # in index order: no two calls deadlock
         for i in stripes:
             self._stripes[i].acquire()
+        run = self._run_windows if self.window else self._run_steps
+
+        def compute(stored):
+            states = [self._state_of(u, s) for u, s in zip(users, stored)]
+            results, pending, vectors = run(encoded, [s for s, _ in states], k)
+            return ((results, vectors, sum(r for _, r in states)),
+                    [self._ss.tagged(state, self.fingerprint) for state in pending])
+
         try:                                # read, run, store: no other thread's event of these users in between
-            states = [self._state_of(u, start) for u in users]
-            run = self._run_windows if self.window else self._run_steps
-            results, pending, vectors = run(encoded, states, k)
-            for user, state in zip(users, pending):      # stored only once every graph call has run: all or nothing
-                self.store[user] = self._ss.tagged(state, self.fingerprint)
+            # stored only once every graph call has run (all or nothing); with a versioned store, committed only if
+            # no other process stored these users meanwhile (else read and run again)
+            (results, vectors, restarted), conflicts = self._ss.transact(self.store, users, compute, read=not start)
         finally:
             for i in reversed(stripes):
                 self._stripes[i].release()
+        with self._count_lock:
+            self.restarted += restarted
+            self.conflicts += conflicts
         self.last_user_vector = vectors[-1]
         return results
 

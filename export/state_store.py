@@ -5,13 +5,25 @@ process, ONNX Runtime) and :class:`export.triton_client.ExplicitStateRecommender
 store a user's state as ``{state name: np.ndarray [1, ...], FINGERPRINT_KEY: np.array(fingerprint)}``, so one store
 serves either, and a state a replaced model wrote is refused, never fed to the new one.
 
+Several processes may share one store when it is *versioned* (:func:`is_versioned`: ``get_versioned`` and
+``commit``, a compare-and-set of several keys at once, as :class:`SQLiteStateStore` has): both clients then read a
+user's state with its version, run the model, and commit only if no other process wrote that user in between, else
+read and run again (:func:`transact`). A plain store has no such guarantee across processes (one writer per user).
+
 NumPy only (no onnxruntime, no tritonclient), so either client imports it without the other's dependencies.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+import numbers
+import os
+import random
+import re
+import sqlite3
+import threading
+import time
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -145,5 +157,207 @@ class BytesStore:
         return len(self.kv)
 
 
-__all__ = ["FINGERPRINT_KEY", "ON_STALE", "STATE_FORMAT", "StaleStateError", "BytesStore", "check_on_stale",
-           "stored_tag", "usable_state", "tagged", "to_bytes", "from_bytes"]
+# ---------------------------------------------------------------------------------------- sharing across processes
+class ConcurrentUpdateError(RuntimeError):
+    """Other writers changed a user's stored state between every read and commit of :func:`transact` (nothing of the
+    call was stored)."""
+
+
+RETRIES = 32
+"""Commits :func:`transact` tries before :class:`ConcurrentUpdateError` (each failed one means another writer's
+commit of the same user went through: the store as a whole always moves on)."""
+
+
+def is_versioned(store) -> bool:
+    """Whether ``store`` offers compare-and-set: ``get_versioned(key) -> (state or None, version)`` and
+    ``commit([(key, version read, new state), ...]) -> bool``, which stores every new state, or none when any key's
+    version has moved since it was read."""
+    return callable(getattr(store, "get_versioned", None)) and callable(getattr(store, "commit", None))
+
+
+def transact(store, keys: Sequence, compute: Callable[[list], tuple[Any, list]], retries: int = RETRIES,
+             read: bool = True) -> tuple[Any, int]:
+    """Read the states of ``keys``, ``compute(stored states) -> (result, new states)``, store the new states: all of
+    them or (``compute`` raising) none. Returns ``(result, conflicts)``.
+
+    With a versioned store (:func:`is_versioned`) the new states are committed only if no other writer (another
+    process) stored any of these keys since they were read; otherwise they are read again and ``compute`` runs
+    again, up to ``retries`` more times (with a short random pause), then :class:`ConcurrentUpdateError`. ``compute``
+    must therefore only compute: its result is the one of the states that were committed on. ``conflicts``: the
+    commits refused on the way. With a plain store the states are read and written once, unguarded.
+
+    ``read=False``: ``compute`` gets None for every key, whatever is stored (the states are overwritten; a versioned
+    store still reads them for their versions)."""
+    keys = list(keys)
+    if not is_versioned(store):
+        result, new = compute([store.get(k) for k in keys] if read else [None] * len(keys))
+        for k, state in zip(keys, new):
+            store[k] = state
+        return result, 0
+    for attempt in range(retries + 1):
+        got = [store.get_versioned(k) for k in keys]
+        result, new = compute([state if read else None for state, _ in got])
+        if store.commit([(k, version, state) for k, (_, version), state in zip(keys, got, new)]):
+            return result, attempt
+        time.sleep(random.uniform(0, 0.001 * min(attempt + 1, 10)))
+    raise ConcurrentUpdateError(
+        f"the stored states of {keys[:3]!r}{' ...' if len(keys) > 3 else ''} changed under {retries + 1} commits in "
+        "a row (other processes writing the same users); nothing of this call was stored")
+
+
+class SQLiteStateStore:
+    """States in one SQLite file (:func:`to_bytes` values, WAL journal), shared by the threads and processes of a
+    machine -- several serving workers -- with compare-and-set commits (:func:`is_versioned`), so no process loses
+    another's event of the same user: ``UserStateRecommender(graph, store=SQLiteStateStore("states.db"))``.
+
+    Keys are user ids, ``str`` or ``int`` (``42`` and ``"42"`` are two users). ``get`` / ``__getitem__`` /
+    ``__setitem__`` / ``pop`` / ``in`` / ``len`` as a dict (``__setitem__`` overwrites unconditionally; the clients
+    commit instead). Each thread and process opens its own connection; the object pickles as its path, so it can be
+    handed to worker processes.
+
+    Args:
+        path: the database file (created with its table if absent).
+        table: the table's name (letters, digits, ``_``), so one database may hold several models' states.
+        timeout: seconds a writer waits for another's commit before ``sqlite3.OperationalError``.
+        synchronous: SQLite's ``synchronous`` setting for this store's connections: ``"NORMAL"`` (default; with the
+            WAL journal a commit survives the process crashing, and the last commits may be lost if the machine loses
+            power -- those users then continue from an older state) or ``"FULL"`` (every commit synced to disk,
+            slower; ``bench/RESULTS_USER_STATES.md``).
+    """
+
+    def __init__(self, path, table: str = "zoo_states", timeout: float = 30.0, synchronous: str = "NORMAL"):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table or ""):
+            raise ValueError(f"table must be an identifier (letters, digits, _), got {table!r}")
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        self.path, self.table, self.timeout, self.synchronous = os.fspath(path), table, float(timeout), synchronous
+        self._local = threading.local()
+        self._read("PRAGMA journal_mode=WAL")
+        self._write(lambda c: (True, c.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, "
+                                               "version INTEGER NOT NULL, value BLOB NOT NULL)")))
+
+    def __reduce__(self):
+        return type(self), (self.path, self.table, self.timeout, self.synchronous)
+
+    def _conn(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():           # a new thread, or a forked process: its own
+            # no SQLite busy handler (it sleeps whole milliseconds): _retry polls for a lock instead
+            local.conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+            local.pid = os.getpid()
+            self._retry(lambda: local.conn.execute(f"PRAGMA synchronous={self.synchronous}"))
+        return local.conn
+
+    def _retry(self, fn):
+        """``fn()``, again after 20 us - 1 ms pauses while the database is locked by another connection, for up to
+        ``timeout`` seconds. (SQLite's own busy handler sleeps 1 ms and more between tries, so workers contending
+        for the write lock, held ~50 us a commit, would mostly sleep.)"""
+        deadline, pause = None, 20e-6
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + self.timeout
+                if now >= deadline:
+                    raise sqlite3.OperationalError(
+                        f"{self.path}: the database stayed locked for {self.timeout:g} s (another connection holds "
+                        f"a write transaction open): {e}") from None
+                time.sleep(pause)
+                pause = min(2 * pause, 1e-3)
+
+    def _read(self, sql: str, params=()) -> list:
+        return self._retry(lambda: self._conn().execute(sql, params).fetchall())
+
+    def _write(self, body):
+        """``body(connection) -> (keep, result)`` inside one write transaction (the database's write lock taken
+        first), committed if ``keep`` else rolled back (as on any error); returns ``result``."""
+        c = self._conn()
+        self._retry(lambda: c.execute("BEGIN IMMEDIATE"))
+        try:
+            keep, result = body(c)
+            c.execute("COMMIT" if keep else "ROLLBACK")
+            return result
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local = threading.local()
+
+    @staticmethod
+    def _key(key) -> str:
+        if isinstance(key, bool) or not isinstance(key, (str, numbers.Integral)):
+            raise TypeError(f"a user id in a SQLiteStateStore must be a str or an int, got {type(key).__name__} "
+                            f"{key!r}")
+        return json.dumps(key if isinstance(key, str) else int(key))
+
+    def get_versioned(self, key) -> tuple[dict | None, int]:
+        """``(state, version)``; ``(None, 0)`` when nothing is stored under ``key``."""
+        rows = self._read(f"SELECT value, version FROM {self.table} WHERE key = ?", (self._key(key),))
+        return (None, 0) if not rows else (from_bytes(rows[0][0]), int(rows[0][1]))
+
+    def commit(self, writes: Sequence[tuple[Any, int, dict]]) -> bool:
+        """Store each ``(key, version read, state)`` in one transaction if every key still has the version read
+        (0: absent); store nothing and return False if any has moved."""
+        rows = [(self._key(k), int(v), to_bytes(s)) for k, v, s in writes]
+
+        def body(c):                                  # under the write lock: no version moves while checked
+            for key, version, _ in rows:
+                now = c.execute(f"SELECT version FROM {self.table} WHERE key = ?", (key,)).fetchone()
+                if (0 if now is None else int(now[0])) != version:
+                    return False, False
+            c.executemany(f"INSERT INTO {self.table} (key, version, value) VALUES (?, ?, ?) ON CONFLICT(key) "
+                          "DO UPDATE SET version = excluded.version, value = excluded.value",
+                          [(key, version + 1, raw) for key, version, raw in rows])
+            return True, True
+
+        return self._write(body)
+
+    def get(self, key, default=None):
+        state, _ = self.get_versioned(key)
+        return default if state is None else state
+
+    def __getitem__(self, key) -> dict:
+        state, _ = self.get_versioned(key)
+        if state is None:
+            raise KeyError(key)
+        return state
+
+    def __setitem__(self, key, state: dict[str, np.ndarray]) -> None:
+        row = (self._key(key), to_bytes(state))
+        self._write(lambda c: (True, c.execute(
+            f"INSERT INTO {self.table} (key, version, value) VALUES (?, 1, ?) ON CONFLICT(key) "
+            "DO UPDATE SET version = version + 1, value = excluded.value", row)))
+
+    def pop(self, key, default=None):
+        key = self._key(key)
+
+        def body(c):
+            row = c.execute(f"SELECT value FROM {self.table} WHERE key = ?", (key,)).fetchone()
+            c.execute(f"DELETE FROM {self.table} WHERE key = ?", (key,))
+            return True, row
+
+        row = self._write(body)
+        return default if row is None else from_bytes(row[0])
+
+    def __contains__(self, key) -> bool:
+        return bool(self._read(f"SELECT 1 FROM {self.table} WHERE key = ?", (self._key(key),)))
+
+    def __len__(self) -> int:
+        return int(self._read(f"SELECT COUNT(*) FROM {self.table}")[0][0])
+
+    def __iter__(self):
+        return (json.loads(k) for (k,) in self._read(f"SELECT key FROM {self.table}"))
+
+
+__all__ = ["FINGERPRINT_KEY", "ON_STALE", "RETRIES", "STATE_FORMAT", "StaleStateError", "ConcurrentUpdateError",
+           "BytesStore", "SQLiteStateStore", "check_on_stale", "stored_tag", "usable_state", "tagged", "to_bytes",
+           "from_bytes", "is_versioned", "transact"]

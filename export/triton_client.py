@@ -315,6 +315,10 @@ class ExplicitStateRecommender(_Base):
     :class:`StaleStateError` before anything is sent. Replay that user's history (:meth:`prime`: one request), or
     pass ``on_stale="restart"`` to start such users from the initial state (their earlier history is then ignored).
     Repositories written before the fingerprint existed have none, and their states are not checked.
+
+    Several client processes may share a *versioned* store (:class:`export.state_store.SQLiteStateStore`, or any
+    store with ``get_versioned`` / ``commit``): the new state is committed only if no other process stored the user
+    since it was read, else the request is sent again from the newer state (counted in ``conflicts``).
     """
 
     _NP = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32}
@@ -341,17 +345,17 @@ class ExplicitStateRecommender(_Base):
             raise TritonRecommendError(f"unsupported state datatypes {bad}")
         self.fingerprint = self._param(FINGERPRINT_KEY)      # None: a repository written before it existed
         self.restarted = 0                                     # users started afresh by on_stale="restart"
+        self.conflicts = 0             # commits a versioned store refused (another process wrote the user first)
 
-    def _stored_state(self, user_id) -> dict[str, np.ndarray]:
-        """The user's stored state, checked to be this model's (:func:`export.state_store.usable_state`); the
-        initial state for a user without one (or a stale one, with ``on_stale="restart"``)."""
-        stored = self.store.get(user_id)
+    def _stored_state(self, user_id, stored: dict | None) -> tuple[dict[str, np.ndarray], bool]:
+        """The state to continue from ``stored`` (None: nothing stored), checked to be this model's
+        (:func:`export.state_store.usable_state`): the initial state for a user without one (or a stale one, with
+        ``on_stale="restart"``); and whether a stale one was restarted."""
         state = state_store.usable_state(stored, self.fingerprint, self.on_stale, user_id, repr(self.model_name),
                                          StaleStateError)
         if state is None:
-            self.restarted += bool(stored)
-            return self.initial_state()
-        return state
+            return self.initial_state(), bool(stored)
+        return state, False
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """A new user's state: each tensor ``[1, ...]`` in its declared dtype, filled with its initial value."""
@@ -364,24 +368,32 @@ class ExplicitStateRecommender(_Base):
         from the initial state, whatever is stored); the new state replaces the stored one."""
         k = self._check_k(k)
         ids = self._encode(new_items)
-        state = self.initial_state() if start else self._stored_state(user_id)
         ts = self._timestamps(timestamps, ids.shape[1])
-        if ts and "last_ts" in state:
-            last = float(np.asarray(state["last_ts"]).reshape(-1)[0])
-            first = float(np.asarray(timestamps, dtype=np.float64).reshape(-1)[0])
-            if last >= 0 and first < last:
-                raise ValueError(f"timestamps of user {user_id!r} go back in time relative to their last event "
-                                 f"({first!r} < last_ts {last!r})")
-        ins = [self._input("item_ids", ids, "INT64"), *ts]
-        ins += [self._input(n, np.ascontiguousarray(state[n]), self.inputs[n]["datatype"]) for n in self.state_names]
         outs = self._outputs_for(["topk_ids", "topk_scores"] + [f"{n}_out" for n in self.state_names])
-        try:
-            r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
-        except self._exc as e:
-            raise TritonRecommendError(str(e.message())) from None
+
+        def compute(stored):
+            state, restarted = self._stored_state(user_id, stored[0])
+            if ts and "last_ts" in state:
+                last = float(np.asarray(state["last_ts"]).reshape(-1)[0])
+                first = float(np.asarray(timestamps, dtype=np.float64).reshape(-1)[0])
+                if last >= 0 and first < last:
+                    raise ValueError(f"timestamps of user {user_id!r} go back in time relative to their last event "
+                                     f"({first!r} < last_ts {last!r})")
+            ins = [self._input("item_ids", ids, "INT64"), *ts]
+            ins += [self._input(n, np.ascontiguousarray(state[n]), self.inputs[n]["datatype"])
+                    for n in self.state_names]
+            try:
+                r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
+            except self._exc as e:
+                raise TritonRecommendError(str(e.message())) from None
+            new = state_store.tagged({n: r.as_numpy(f"{n}_out") for n in self.state_names}, self.fingerprint)
+            return (r, restarted), [new]
+
+        # with a versioned store, committed only if no other process stored this user meanwhile (else sent again)
+        (r, restarted), conflicts = state_store.transact(self.store, [user_id], compute, read=not start)
+        self.restarted += restarted
+        self.conflicts += conflicts
         self._keep_vector(r)
-        self.store[user_id] = state_store.tagged({n: r.as_numpy(f"{n}_out") for n in self.state_names},
-                                                 self.fingerprint)
         return self._decode(r.as_numpy("topk_ids")[0][:k]), r.as_numpy("topk_scores")[0][:k]
 
     def recommend(self, user_id, new_items, timestamps=None, k: int | None = None) -> list:

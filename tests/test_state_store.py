@@ -1,13 +1,14 @@
-"""``export.state_store``: the stored-state rules both explicit-state clients share, and the bytes codec of a state
-(header + raw tensors) for key-value stores. NumPy only."""
+"""``export.state_store``: the stored-state rules both explicit-state clients share, the bytes codec of a state
+(header + raw tensors) for key-value stores, and the versioned SQLite store with the compare-and-set transaction that
+lets processes share one. NumPy only."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from export.state_store import (FINGERPRINT_KEY, STATE_FORMAT, BytesStore, StaleStateError, from_bytes, tagged,
-                                to_bytes, usable_state)
+from export.state_store import (FINGERPRINT_KEY, STATE_FORMAT, BytesStore, ConcurrentUpdateError, SQLiteStateStore,
+                                StaleStateError, from_bytes, is_versioned, tagged, to_bytes, transact, usable_state)
 
 
 def _state(seed=0):
@@ -67,3 +68,101 @@ def test_usable_state_rules():
         usable_state(st, "B", "error", "u", "m")
     with pytest.raises(StaleStateError, match="no fingerprint"):
         usable_state(_state(), "B", "error", "u", "m")
+
+
+def _same_state(a, b):
+    return set(a) == set(b) and all(np.array_equal(np.asarray(a[n]), np.asarray(b[n])) for n in a)
+
+
+def test_sqlite_store_is_a_versioned_store(tmp_path):
+    """Dict behaviour, versions counting the writes, str and int user ids kept apart, and the data there for a new
+    handle (another worker) on the same file."""
+    store = SQLiteStateStore(tmp_path / "states.db")
+    assert is_versioned(store) and not is_versioned({}) and not is_versioned(BytesStore())
+    assert store.get("u") is None and store.get_versioned("u") == (None, 0) and "u" not in store and len(store) == 0
+    with pytest.raises(KeyError):
+        store["u"]
+    a, b = tagged(_state(0), "fp"), tagged(_state(1), "fp")
+    store["u"] = a
+    store[7] = b
+    assert _same_state(store["u"], a) and _same_state(store.get(7), b) and "7" not in store and 7 in store
+    store["u"] = b
+    state, version = store.get_versioned("u")
+    assert version == 2 and _same_state(state, b) and str(state[FINGERPRINT_KEY]) == "fp"
+    again = SQLiteStateStore(tmp_path / "states.db")
+    assert len(again) == 2 and sorted(map(str, again)) == ["7", "u"] and _same_state(again["u"], b)
+    assert _same_state(again.pop("u"), b) and again.pop("u", "gone") == "gone" and "u" not in store
+    assert np.int64(7) in store                                      # numpy ints are ints
+    for bad in (1.5, True, ("a", 1), None):
+        with pytest.raises(TypeError, match="must be a str or an int"):
+            store.get(bad)
+    with pytest.raises(ValueError, match="table must be an identifier"):
+        SQLiteStateStore(tmp_path / "x.db", table="states; DROP TABLE x")
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(store))                         # handed to a worker process as its path
+    assert copy.path == store.path and _same_state(copy[7], store[7])
+    other = SQLiteStateStore(tmp_path / "states.db", table="other_model")
+    assert len(other) == 0 and len(store) == 1
+
+
+def test_sqlite_commit_is_compare_and_set_over_all_its_keys(tmp_path):
+    """A commit stores every key's new state only if none of their versions moved since read; one stale version
+    stores nothing of it (all or nothing), and a row that is not a state is refused naming why."""
+    store = SQLiteStateStore(tmp_path / "s.db")
+    a, b, c = (tagged(_state(i), "fp") for i in range(3))
+    assert store.commit([("x", 0, a), ("y", 0, a)])                  # both absent: version 0
+    assert store.get_versioned("x")[1] == 1
+    assert not store.commit([("x", 1, b), ("y", 0, b)])              # y moved (0 -> 1): nothing stored
+    assert _same_state(store["x"], a) and _same_state(store["y"], a)
+    assert store.commit([("x", 1, b), ("y", 1, c)])
+    assert _same_state(store["x"], b) and _same_state(store["y"], c) and store.get_versioned("y")[1] == 2
+    store.pop("x")
+    assert not store.commit([("x", 2, c)]) and store.commit([("x", 0, c)])   # deleted: back to absent
+    import sqlite3
+
+    with sqlite3.connect(store.path) as raw:
+        raw.execute("UPDATE zoo_states SET value = ? WHERE key = ?", (b"junk", '"y"'))
+    with pytest.raises(ValueError, match="not a stored zoo state"):
+        store.get("y")
+
+
+def test_transact_runs_again_on_the_newer_state_when_another_writer_got_in_first(tmp_path):
+    """``transact`` on a versioned store: a write by another handle (process) between the read and the commit makes
+    the commit fail; the computation runs again on the newer state and that result is the one returned and stored.
+    A plain store is read and written once; a computation that raises stores nothing; a writer that always gets in
+    first ends in ConcurrentUpdateError with nothing stored."""
+    path = tmp_path / "s.db"
+    store, rival = SQLiteStateStore(path), SQLiteStateStore(path)
+    count = lambda n: {"count": np.array([[n]], np.int64)}            # noqa: E731
+    store["u"] = count(1)
+    seen = []
+
+    def add_one(stored):
+        n = int(stored[0]["count"][0, 0])
+        seen.append(n)
+        if len(seen) == 1:
+            rival["u"] = count(10)                                     # another process's event, meanwhile
+        return n + 1, [count(n + 1)]
+
+    assert transact(store, ["u"], add_one) == (11, 1)
+    assert seen == [1, 10] and int(store["u"]["count"][0, 0]) == 11
+    plain = {"u": count(1)}
+    assert transact(plain, ["u"], lambda s: (None, [count(int(s[0]["count"][0, 0]) + 1)])) == (None, 0)
+    assert int(plain["u"]["count"][0, 0]) == 2
+    assert transact(store, ["u"], lambda s: (s[0] is None, [count(0)]), read=False) == (True, 0)   # prime
+
+    def fails(stored):
+        raise ValueError("refused event")
+
+    with pytest.raises(ValueError, match="refused event"):
+        transact(store, ["u", "v"], fails)
+    assert "v" not in store and int(store["u"]["count"][0, 0]) == 0
+
+    def always_late(stored):
+        rival["u"] = count(99)
+        return None, [count(-1)]
+
+    with pytest.raises(ConcurrentUpdateError, match="changed under 3 commits in a row"):
+        transact(store, ["u"], always_late, retries=2)
+    assert int(store["u"]["count"][0, 0]) == 99

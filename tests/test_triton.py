@@ -1214,6 +1214,41 @@ def test_live_one_store_serves_the_graph_in_process_and_behind_triton(live_serve
     assert local.fingerprint == served.fingerprint
 
 
+def test_live_explicit_state_on_a_shared_sqlite_store_keeps_an_event_committed_meanwhile(live_server, mamba,
+                                                                                       mamba_export, tmp_path):
+    """Triton's explicit-state client on a versioned store (``SQLiteStateStore``) shared with another process's
+    recommender (here ONNX Runtime in this process, on its own handle of the file): when the other stores an event of
+    the user between this client's read and its commit, the commit is refused and the request is sent again from the
+    newer state -- the top-k is PyTorch's forward over the prefix with both events, each once."""
+    from export.runtime import UserStateRecommender
+    from export.state_store import SQLiteStateStore
+    from export.triton_client import ExplicitStateRecommender
+
+    h, repo = live_server
+    v = mamba.item_vocab
+    db = tmp_path / "states.db"
+    rival = UserStateRecommender(mamba_export, store=SQLiteStateStore(db))
+
+    class Raced(SQLiteStateStore):
+        rival_events: list = []
+
+        def commit(self, writes):
+            while self.rival_events:
+                rival.recommend(*self.rival_events.pop(0))
+            return super().commit(writes)
+
+    store = Raced(db)
+    served = ExplicitStateRecommender(h.http_url, "m4r_explicit", protocol="http",
+                                      vocab=str(repo / "m4r_explicit" / "item_vocab.json"), store=store)
+    served.prime("u", v.decode([3, 4]))
+    store.rival_events = [("u", v.decode([5, 6]))]
+    got = v.encode(served.recommend("u", v.decode([7])))
+    (ri, rs), = _reference_topk(mamba, [[3, 4, 5, 6, 7]])
+    assert _same_topk(got, ri, rs) and served.conflicts == 1
+    (ri, rs), = _reference_topk(mamba, [[3, 4, 5, 6, 7, 8]])
+    assert _same_topk(v.encode(rival.recommend("u", v.decode([8]))), ri, rs)
+
+
 def test_live_idle_sequence_is_dropped_and_must_be_reprimed(live_server, mamba):
     import time
 

@@ -23,6 +23,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -205,6 +206,42 @@ def transact(store, keys: Sequence, compute: Callable[[list], tuple[Any, list]],
         "a row (other processes writing the same users); nothing of this call was stored")
 
 
+_CHECKPOINTERS: dict = {}                  # (pid, database path) -> the live stores of that file in this process
+_CHECKPOINTERS_LOCK = threading.Lock()
+
+
+def _checkpointer(store: "SQLiteStateStore") -> None:
+    """Count ``store`` among the stores of its file that this process's checkpoint thread serves, starting the thread
+    if there is none: every ``checkpoint_every`` seconds it checkpoints the WAL (PASSIVE: never waits for a writer
+    or reader), until no store of that file is left in the process."""
+    key = (os.getpid(), os.path.realpath(store.path))
+    with _CHECKPOINTERS_LOCK:
+        stores = _CHECKPOINTERS.get(key)
+        if stores is not None:
+            stores.add(store)
+            return
+        stores = _CHECKPOINTERS[key] = weakref.WeakSet([store])
+    path, every = store.path, store.checkpoint_every           # not the store itself: the thread must not keep it
+
+    def loop():
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        try:
+            while True:
+                time.sleep(every)
+                with _CHECKPOINTERS_LOCK:
+                    if not stores:
+                        del _CHECKPOINTERS[key]
+                        return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.OperationalError:            # busy: another process's thread is checkpointing
+                    pass
+        finally:
+            conn.close()
+
+    threading.Thread(target=loop, name=f"zoo-state-checkpoint {path}", daemon=True).start()
+
+
 class SQLiteStateStore:
     """States in one SQLite file (:func:`to_bytes` values, WAL journal), shared by the threads and processes of a
     machine -- several serving workers -- with compare-and-set commits (:func:`is_versioned`), so no process loses
@@ -223,21 +260,30 @@ class SQLiteStateStore:
             WAL journal a commit survives the process crashing, and the last commits may be lost if the machine loses
             power -- those users then continue from an older state) or ``"FULL"`` (every commit synced to disk,
             slower; ``bench/RESULTS_USER_STATES.md``).
+        checkpoint_every: seconds between the checkpoints (the WAL's pages copied into the database file, synced) that
+            one background thread of each process runs; the connections that serve events never checkpoint, as a
+            checkpoint's sync would stall the event whose commit set it off and, through it, the other workers
+            (``bench/RESULTS_SHARED_STORE.md``). The WAL file holds up to that many seconds of commits. None:
+            SQLite's own checkpoints, every 1,000 pages, on the committing connection.
     """
 
-    def __init__(self, path, table: str = "zoo_states", timeout: float = 30.0, synchronous: str = "NORMAL"):
+    def __init__(self, path, table: str = "zoo_states", timeout: float = 30.0, synchronous: str = "NORMAL",
+                 checkpoint_every: float | None = 1.0):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table or ""):
             raise ValueError(f"table must be an identifier (letters, digits, _), got {table!r}")
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        if checkpoint_every is not None and not checkpoint_every > 0:
+            raise ValueError(f"checkpoint_every must be a positive number of seconds or None, got {checkpoint_every!r}")
         self.path, self.table, self.timeout, self.synchronous = os.fspath(path), table, float(timeout), synchronous
+        self.checkpoint_every = checkpoint_every
         self._local = threading.local()
         self._read("PRAGMA journal_mode=WAL")
         self._write(lambda c: (True, c.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, "
                                                "version INTEGER NOT NULL, value BLOB NOT NULL)")))
 
     def __reduce__(self):
-        return type(self), (self.path, self.table, self.timeout, self.synchronous)
+        return type(self), (self.path, self.table, self.timeout, self.synchronous, self.checkpoint_every)
 
     def _conn(self) -> sqlite3.Connection:
         local = self._local
@@ -246,6 +292,9 @@ class SQLiteStateStore:
             local.conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
             local.pid = os.getpid()
             self._retry(lambda: local.conn.execute(f"PRAGMA synchronous={self.synchronous}"))
+            if self.checkpoint_every is not None:
+                local.conn.execute("PRAGMA wal_autocheckpoint=0")
+                _checkpointer(self)
         return local.conn
 
     def _retry(self, fn):

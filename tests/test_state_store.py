@@ -4,6 +4,8 @@ lets processes share one. NumPy only."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -166,3 +168,40 @@ def test_transact_runs_again_on_the_newer_state_when_another_writer_got_in_first
     with pytest.raises(ConcurrentUpdateError, match="changed under 3 commits in a row"):
         transact(store, ["u"], always_late, retries=2)
     assert int(store["u"]["count"][0, 0]) == 99
+
+
+def test_sqlite_checkpoints_run_in_one_background_thread_per_process(tmp_path):
+    """The connections serving events never checkpoint (their commits stay in the WAL, the database file does not
+    grow); the process's checkpoint thread copies them into the database file within ``checkpoint_every`` seconds,
+    and ends once no store of the file is left. ``checkpoint_every=None``: SQLite's own checkpoints."""
+    import gc
+    import time
+
+    from export import state_store
+
+    big = {"h": np.zeros((1, 8192), np.float32)}                      # 32 KB a state
+    idle = SQLiteStateStore(tmp_path / "idle.db", checkpoint_every=3600)
+    for u in range(40):
+        idle[u] = big
+    assert os.path.getsize(tmp_path / "idle.db") < 100_000 < os.path.getsize(tmp_path / "idle.db-wal")
+    busy = SQLiteStateStore(tmp_path / "busy.db", checkpoint_every=0.05)
+    for u in range(40):
+        busy[u] = big
+    deadline = time.monotonic() + 10
+    while os.path.getsize(tmp_path / "busy.db") < 40 * 32_768 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.getsize(tmp_path / "busy.db") >= 40 * 32_768
+    key = (os.getpid(), os.path.realpath(busy.path))
+    assert key in state_store._CHECKPOINTERS
+    del busy
+    gc.collect()
+    while key in state_store._CHECKPOINTERS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert key not in state_store._CHECKPOINTERS
+    auto = SQLiteStateStore(tmp_path / "auto.db", checkpoint_every=None)
+    for u in range(160):                                            # 5 MB: past SQLite's 1,000 pages (4 MB)
+        auto[u] = big
+    assert os.path.getsize(tmp_path / "auto.db") > 1_000_000
+    assert (os.getpid(), os.path.realpath(auto.path)) not in state_store._CHECKPOINTERS
+    with pytest.raises(ValueError, match="checkpoint_every must be a positive"):
+        SQLiteStateStore(tmp_path / "x.db", checkpoint_every=0)

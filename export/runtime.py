@@ -54,6 +54,8 @@ _DTYPES = {"float32": np.float32, "int64": np.int64, "float16": np.float16, "flo
 #: ``topk_scores``. Finite (float32's lowest value), so such items still rank above the padding id 0 (``-inf``) when
 #: fewer than ``K`` unseen items are left.
 SEEN_SCORE = float(np.finfo(np.float32).min)
+#: entry of a stored window state beside ``items``: how many items the vocabulary of the graph that wrote it held
+VOCAB_ITEMS = "vocab_items"
 #: name of the step graphs' ``seen`` state (``[B, n_items]`` float32, 1 = item in the history, 0 = not)
 SEEN_STATE = "seen"
 #: name of the ``--user-vector`` output (``[B, vector_size]`` float32, the query vector of retrieval)
@@ -465,7 +467,8 @@ class UserStateRecommender:
             state tensors and the graph's fingerprint -- the layout :class:`export.triton_client.
             ExplicitStateRecommender` keeps, so one store serves the graph in this process or behind Triton; for a
             window graph ``items`` (int64 internal indices) and ``timestamps`` (float64, time-aware graphs), tagged
-            with the graph's item vocabulary (a model with the same vocabulary continues them). Processes share
+            with the graph's item vocabulary (a model with the same vocabulary continues them, and so does one whose
+            catalogue gained items: ``add_items`` appends them, so every stored index keeps its item). Processes share
             :class:`export.state_store.SQLiteStateStore` (see below).
         on_stale: what to do with a stored state another model wrote (a step graph: retrained, its catalogue grown,
             fp16; a window graph: another item vocabulary): ``"error"`` (:class:`export.state_store.StaleStateError`:
@@ -499,7 +502,9 @@ class UserStateRecommender:
         if self.window:
             self.max_len = int(self.session.spec["max_seq_length"])
             self.state_names = ["items"] + (["timestamps"] if self.session.uses_timestamps else [])
-            self.fingerprint: str | None = _vocab_fingerprint(self.session)
+            self._vocab = self.session.items if self.session.items is not None else list(range(1, self.session.n_items))
+            self._prefix_tags: dict[int, str] = {}
+            self.fingerprint: str | None = self._vocab_tag(len(self._vocab))
         else:
             self.state_names = list(self.session.state_names)
             self.fingerprint = self.session.spec.get("state_fingerprint")
@@ -527,10 +532,30 @@ class UserStateRecommender:
                                                             if self.session.uses_timestamps else {})}
         return self.session.init_state(1)
 
+    def _vocab_tag(self, n: int) -> str:
+        """``sha256:<hex>`` of what a window state's ``items`` mean when written by a graph whose item vocabulary is
+        this one's first ``n`` ids (``item_vocab.json``; the identity of ``1 .. n_items - 1`` without one)."""
+        if n not in self._prefix_tags:
+            import hashlib
+
+            ids = json.dumps({"window-items": [str(x) for x in self._vocab[:n]]}).encode()
+            self._prefix_tags[n] = "sha256:" + hashlib.sha256(ids).hexdigest()
+        return self._prefix_tags[n]
+
+    def _expected_tag(self, stored: dict | None) -> str | None:
+        """The fingerprint ``stored`` must carry to be continued: a window state written by a graph of fewer items
+        (``vocab_items``) must carry that of this vocabulary's first ``vocab_items`` ids -- a catalogue that gained
+        items (``add_items`` appends them) keeps every stored index's meaning."""
+        if self.window and stored and VOCAB_ITEMS in stored:
+            n = int(np.asarray(stored[VOCAB_ITEMS]).reshape(-1)[0])
+            if 0 < n < len(self._vocab):
+                return self._vocab_tag(n)
+        return self.fingerprint
+
     def _state_of(self, user_id, stored: dict | None) -> tuple[dict[str, np.ndarray], bool]:
         """The graph's state to continue from ``stored`` (None: nothing stored), and whether a stale one was
         restarted."""
-        state = self._ss.usable_state(stored, self.fingerprint, self.on_stale, user_id, "this graph")
+        state = self._ss.usable_state(stored, self._expected_tag(stored), self.on_stale, user_id, "this graph")
         if state is None:
             return self._initial(), bool(stored)
         missing = [n for n in self.state_names if n not in state]
@@ -631,9 +656,10 @@ class UserStateRecommender:
         out = self.session.run_window(padded, ts)
         n = len(encoded)
         results, pending, vectors = [None] * n, [None] * n, [None] * n
+        size = np.array([[len(self._vocab)]], np.int64)
         for r in range(n):
             pending[r] = {"items": windows[r][None].copy(), **({"timestamps": stamps[r][None].copy()} if uses_ts
-                                                                else {})}
+                                                                else {}), VOCAB_ITEMS: size}
             results[r] = (self.session.decode(out.topk_ids[r:r + 1, :k])[0], out.topk_scores[r, :k].copy())
             if out.user_vector is not None:
                 vectors[r] = out.user_vector[r].copy()
@@ -657,15 +683,6 @@ class UserStateRecommender:
 
     def forget(self, user_id) -> None:
         self.store.pop(user_id, None)
-
-
-def _vocab_fingerprint(sess: "_Base") -> str:
-    """``sha256:<hex>`` of what a window graph's stored ``items`` mean: its item vocabulary (``item_vocab.json``; the
-    identity of ``1 .. n_items - 1`` without one)."""
-    import hashlib
-
-    ids = sess.items if sess.items is not None else list(range(1, sess.n_items))
-    return "sha256:" + hashlib.sha256(json.dumps({"window-items": [str(x) for x in ids]}).encode()).hexdigest()
 
 
 __all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "UserStateRecommender", "read_spec", "read_vocab",

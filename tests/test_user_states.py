@@ -8,6 +8,7 @@ nothing, time-aware graphs keep time order, and a step state's layout is the Tri
 
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -248,7 +249,8 @@ def test_a_window_graph_serves_users_with_the_same_api(sasrec):
 
 def test_window_states_follow_the_vocabulary_not_the_weights(sasrec, tmp_path):
     """A stored window is items: another model with the same item vocabulary continues it (its own forward over
-    the same window); a model of another vocabulary refuses it (or restarts the user)."""
+    the same window), and so does one whose catalogue gained items (``add_items``); a model of another vocabulary
+    refuses it (or restarts the user), and so does the smaller graph a state of the grown one."""
     model, d = sasrec
     v = model.item_vocab
     store = {}
@@ -264,6 +266,20 @@ def test_window_states_follow_the_vocabulary_not_the_weights(sasrec, tmp_path):
     rec = UserStateRecommender(d3, store=store, on_stale="restart")
     rec.recommend("u", ["other-4"])
     assert rec.restarted == 1 and store["u"]["items"].tolist() == [[4]]
+    grown = copy.deepcopy(model)                                 # the catalogue gains items (appended)
+    assert grown.add_items(["new-a", "new-b"]) == ["new-a", "new-b"]
+    with torch.no_grad():
+        grown.item_embedding.weight[-2:].normal_(0, 1.0)            # as if trained: they may enter the top-k
+    d4 = _exported(grown, tmp_path / "grown")
+    store = {}
+    UserStateRecommender(d, store=store).prime("u", v.decode([1, 2, 3]))
+    rec = UserStateRecommender(d4, store=store)
+    got = rec.recommend("u", ["new-a", "item-4"])                # continued: no restart, no StaleStateError
+    assert rec.restarted == 0 and store["u"]["vocab_items"].tolist() == [[N_ITEMS + 1]]
+    gv = grown.item_vocab
+    assert _same(np.array(gv.encode(got)), *_reference(grown, [1, 2, 3, N_ITEMS, 4]))
+    with pytest.raises(StaleStateError):                       # the old graph does not know new-a
+        UserStateRecommender(d, store=store).recommend("u", v.decode([5]))
     step_store = {}
     UserStateRecommender(_exported(_mamba(), tmp_path / "mamba"), store=step_store).prime("s", v.decode([1, 2]))
     with pytest.raises(StaleStateError):                       # a step state is no window (another fingerprint)

@@ -23,6 +23,7 @@ OPTIONAL = {
     "tritonclient": ("tritonclient[http]", "triton"),
     "grpc": ("grpcio", "triton"),
     "matplotlib": ("matplotlib", "bench"),
+    "redis": ("redis", "redis"),
 }
 
 

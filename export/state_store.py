@@ -6,7 +6,8 @@ store a user's state as ``{state name: np.ndarray [1, ...], FINGERPRINT_KEY: np.
 serves either, and a state a replaced model wrote is refused, never fed to the new one.
 
 Several processes may share one store when it is *versioned* (:func:`is_versioned`: ``get_versioned`` and
-``commit``, a compare-and-set of several keys at once, as :class:`SQLiteStateStore` has): both clients then read a
+``commit``, a compare-and-set of several keys at once, as :class:`SQLiteStateStore` and :class:`RedisStateStore`
+have): both clients then read a
 user's state with its version, run the model, and commit only if no other process wrote that user in between, else
 read and run again (:func:`transact`). A plain store has no such guarantee across processes (one writer per user).
 
@@ -407,6 +408,129 @@ class SQLiteStateStore:
         return (json.loads(k) for (k,) in self._read(f"SELECT key FROM {self.table}"))
 
 
+class RedisStateStore:
+    """States in Redis (or a server speaking its protocol: Valkey, KeyDB), shared by the serving workers of many
+    machines, with compare-and-set commits (:func:`is_versioned`) run as one Lua script (atomic on the server):
+    ``UserStateRecommender(graph, store=RedisStateStore("redis://cache:6379/0", ttl=30 * 86400))``.
+
+    Each user is a hash at ``prefix + json(user id)`` with the state's :func:`to_bytes` value (``s``) and its version
+    (``v``). Keys are user ids, ``str`` or ``int`` (``42`` and ``"42"`` are two users); the dict methods as
+    :class:`SQLiteStateStore`. The object pickles as its URL when built from one, so it can be handed to worker
+    processes.
+
+    Args:
+        client: a ``redis://`` / ``rediss://`` / ``unix://`` URL (needs the ``redis`` package:
+            ``pip install 'ssm-rec-zoo[redis]'``), or a ``redis.Redis`` client (``decode_responses=False``).
+        prefix: prepended to every key (no glob characters), so one server may hold several models' states. On a
+            Redis Cluster a call's users must share a hash slot: put a hash tag in it (``"zoo:{m4r}:"``) or send
+            one user a call.
+        ttl: seconds after a user's last commit that Redis drops their state (a user who stays away that long
+            starts afresh: the store's TTL instead of Triton's idle timeout); None: kept until popped.
+    """
+
+    _COMMIT = """
+        local n = #KEYS
+        for i = 1, n do
+            if tonumber(redis.call('HGET', KEYS[i], 'v') or '0') ~= tonumber(ARGV[i]) then return 0 end
+        end
+        local ttl = tonumber(ARGV[2 * n + 1])
+        for i = 1, n do
+            redis.call('HSET', KEYS[i], 'v', tonumber(ARGV[i]) + 1, 's', ARGV[n + i])
+            if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+        end
+        return 1"""
+    _SET = """
+        redis.call('HINCRBY', KEYS[1], 'v', 1)
+        redis.call('HSET', KEYS[1], 's', ARGV[1])
+        if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+        return 1"""
+    _POP = """
+        local s = redis.call('HGET', KEYS[1], 's')
+        redis.call('DEL', KEYS[1])
+        return s"""
+
+    def __init__(self, client, prefix: str = "zoo:state:", ttl: int | None = None):
+        if not isinstance(prefix, str) or re.search(r"[*?\[\]\\]", prefix):
+            raise ValueError(f"prefix must be a str without glob characters (* ? [ ] \\), got {prefix!r}")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1):
+            raise ValueError(f"ttl must be a positive int of seconds or None, got {ttl!r}")
+        self.url = client if isinstance(client, str) else None
+        if self.url is not None:
+            from .deps import require
+
+            client = require("redis", "export.state_store.RedisStateStore").Redis.from_url(self.url)
+        self.client, self.prefix, self.ttl = client, prefix, ttl
+        self._commit = client.register_script(self._COMMIT)
+        self._set = client.register_script(self._SET)
+        self._pop = client.register_script(self._POP)
+
+    def __reduce__(self):
+        if self.url is None:
+            raise TypeError("a RedisStateStore built from a client object does not pickle; build it from a URL to "
+                            "hand it to worker processes")
+        return type(self), (self.url, self.prefix, self.ttl)
+
+    def _key(self, key) -> str:
+        if isinstance(key, bool) or not isinstance(key, (str, numbers.Integral)):
+            raise TypeError(f"a user id in a RedisStateStore must be a str or an int, got {type(key).__name__} "
+                            f"{key!r}")
+        return self.prefix + json.dumps(key if isinstance(key, str) else int(key))
+
+    def _fields(self, key: str) -> list:
+        try:
+            return self.client.hmget(key, ["v", "s"])
+        except Exception as e:                             # redis.ResponseError: WRONGTYPE
+            if "WRONGTYPE" in str(e):
+                raise ValueError(f"Redis key {key!r} holds {self.client.type(key)!r}, not a stored zoo state (a "
+                                 "hash of 'v' and 's'): another application's key under this prefix?") from None
+            raise
+
+    def get_versioned(self, key) -> tuple[dict | None, int]:
+        """``(state, version)``; ``(None, 0)`` when nothing is stored under ``key``."""
+        k = self._key(key)
+        v, raw = self._fields(k)
+        if raw is None:
+            return None, 0
+        return from_bytes(raw), int(v)
+
+    def commit(self, writes: Sequence[tuple[Any, int, dict]]) -> bool:
+        """Store each ``(key, version read, state)`` atomically (one Lua script) if every key still has the version
+        read (0: absent); store nothing and return False if any has moved."""
+        keys = [self._key(k) for k, _, _ in writes]
+        args = [int(v) for _, v, _ in writes] + [to_bytes(s) for _, _, s in writes] + [self.ttl or 0]
+        return bool(self._commit(keys=keys, args=args))
+
+    def get(self, key, default=None):
+        state, _ = self.get_versioned(key)
+        return default if state is None else state
+
+    def __getitem__(self, key) -> dict:
+        state, _ = self.get_versioned(key)
+        if state is None:
+            raise KeyError(key)
+        return state
+
+    def __setitem__(self, key, state: dict[str, np.ndarray]) -> None:
+        self._set(keys=[self._key(key)], args=[to_bytes(state), self.ttl or 0])
+
+    def pop(self, key, default=None):
+        raw = self._pop(keys=[self._key(key)])
+        return default if raw is None else from_bytes(raw)
+
+    def __contains__(self, key) -> bool:
+        return bool(self.client.exists(self._key(key)))
+
+    def _keys(self):
+        return self.client.scan_iter(match=self.prefix + "*", count=1000)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._keys())
+
+    def __iter__(self):
+        n = len(self.prefix)
+        return (json.loads(k[n:]) for k in (k.decode() if isinstance(k, bytes) else k for k in self._keys()))
+
+
 __all__ = ["FINGERPRINT_KEY", "ON_STALE", "RETRIES", "STATE_FORMAT", "StaleStateError", "ConcurrentUpdateError",
-           "BytesStore", "SQLiteStateStore", "check_on_stale", "stored_tag", "usable_state", "tagged", "to_bytes",
+           "BytesStore", "SQLiteStateStore", "RedisStateStore", "check_on_stale", "stored_tag", "usable_state", "tagged", "to_bytes",
            "from_bytes", "is_versioned", "transact"]

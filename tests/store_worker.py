@@ -4,16 +4,15 @@ it imports neither torch nor the zoo (only NumPy, ONNX Runtime and ``export``)."
 from __future__ import annotations
 
 
-def send_events(graph_dir: str, db_path: str, start_at: float, users: list, items: list) -> int:
+def send_events(graph_dir: str, store, start_at: float, users: list, items: list) -> int:
     """From ``start_at`` (``time.time()``, so the workers start together), each of ``items`` (the caller's ids, in
     order) as one event for every user in ``users``, through this process's own ``UserStateRecommender`` on the shared
-    SQLite store; returns the commits the store refused (conflicts)."""
+    ``store`` (a versioned store, pickled as its path or URL); returns the commits the store refused (conflicts)."""
     import time
 
     from export.runtime import UserStateRecommender
-    from export.state_store import SQLiteStateStore
 
-    rec = UserStateRecommender(graph_dir, store=SQLiteStateStore(db_path), threads=1)
+    rec = UserStateRecommender(graph_dir, store=store, threads=1)
     rec.recommend("warm-up", [items[0]])
     time.sleep(max(0.0, start_at - time.time()))
     for item in items:

@@ -374,14 +374,16 @@ def test_an_event_committed_meanwhile_by_another_process_is_kept(mamba, tmp_path
         assert _same(np.array(v.encode(fresh.recommend(user, v.decode([22])))), *_reference(model, prefix)), user
 
 
-def test_serving_processes_sharing_a_sqlite_store_lose_no_event(tmp_path):
-    """Three worker processes, each with its own recommender on one SQLite file, send 12 events each to the same
-    three users at once: every user's stored window (SASRec, 64 items) holds all 36 items, each worker's in the
-    order it sent them. (Run by hand with the store's ``get_versioned`` hidden -- a plain store -- events are lost.)"""
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_serving_processes_sharing_a_store_lose_no_event(tmp_path, request, kind):
+    """Three worker processes, each with its own recommender on one shared store (a SQLite file; a real Redis
+    server), send 12 events each to the same three users at once: every user's stored window (SASRec, 64 items)
+    holds all 36 items, each worker's in the order it sent them. (Run by hand with the store's ``get_versioned``
+    hidden -- a plain store -- events are lost.)"""
     import multiprocessing
     import time
 
-    from export.state_store import SQLiteStateStore
+    from export.state_store import RedisStateStore, SQLiteStateStore
 
     torch.manual_seed(5)
     from zoo.models.sasrec import SASRecConfig, SASRecModel
@@ -390,15 +392,14 @@ def test_serving_processes_sharing_a_sqlite_store_lose_no_event(tmp_path):
                                      inner_size=32)).eval()
     model.set_item_vocab(ItemVocab([f"item-{i}" for i in range(1, N_ITEMS)]))
     d = _exported(model, tmp_path / "sasrec")
-    db = tmp_path / "states.db"
-    SQLiteStateStore(db)
+    store = (SQLiteStateStore(tmp_path / "states.db") if kind == "sqlite"
+             else RedisStateStore(request.getfixturevalue("redis_url"), prefix=f"zoo:{tmp_path.name}:"))
     users = ["a", "b", "c"]
     sent = {w: [f"item-{1 + 12 * w + j}" for j in range(12)] for w in range(3)}
     with multiprocessing.get_context("spawn").Pool(3) as pool:
         conflicts = pool.starmap(__import__("store_worker").send_events,
-                                 [(str(d), str(db), time.time() + 5, users, sent[w]) for w in range(3)])
+                                 [(str(d), store, time.time() + 5, users, sent[w]) for w in range(3)])
     print(f"commits refused and run again: {conflicts}")
-    store = SQLiteStateStore(db)
     for user in users:
         window = model.item_vocab.decode(store[user]["items"][0].tolist())
         assert sorted(window) == sorted(x for items in sent.values() for x in items), user

@@ -1,0 +1,145 @@
+"""``export.state_store.RedisStateStore`` against a real ``redis-server`` (the ``redis_url`` fixture starts one on
+loopback; skipped with the reason where none can run): the versioned store's rules as for SQLite -- dict behaviour,
+versions, compare-and-set of all a call's users at once -- plus the TTL, foreign keys under the prefix, pickling, and
+the recommenders committing through it."""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+
+import numpy as np
+import pytest
+
+from export.state_store import (FINGERPRINT_KEY, ConcurrentUpdateError, RedisStateStore, is_versioned, tagged,
+                                transact)
+
+
+def _state(seed=0):
+    rng = np.random.default_rng(seed)
+    return tagged({"h": rng.normal(size=(1, 2, 8)).astype(np.float32),
+                   "last_ts": np.array([[1.6e9 + 0.25]], dtype=np.float64)}, "fp")
+
+
+def _same(a, b):
+    return set(a) == set(b) and all(np.array_equal(np.asarray(a[n]), np.asarray(b[n])) for n in a)
+
+
+@pytest.fixture
+def store(redis_url):
+    """A store under a prefix of its own (the server is shared by the session)."""
+    return RedisStateStore(redis_url, prefix=f"test:{uuid.uuid4().hex}:")
+
+
+def test_redis_store_is_a_versioned_store(store):
+    assert is_versioned(store)
+    assert store.get("u") is None and store.get_versioned("u") == (None, 0) and "u" not in store and len(store) == 0
+    with pytest.raises(KeyError):
+        store["u"]
+    a, b = _state(0), _state(1)
+    store["u"] = a
+    store[7] = b
+    assert _same(store["u"], a) and _same(store.get(7), b) and 7 in store and "7" not in store
+    store["u"] = b
+    state, version = store.get_versioned("u")
+    assert version == 2 and _same(state, b) and str(state[FINGERPRINT_KEY]) == "fp"
+    assert sorted(map(str, store)) == ["7", "u"] and len(store) == 2
+    again = pickle.loads(pickle.dumps(store))                         # handed to a worker as its URL
+    assert again.url == store.url and _same(again[7], b)
+    assert _same(again.pop("u"), b) and again.pop("u", "gone") == "gone" and "u" not in store
+    for bad in (1.5, True, None, ("a", 1)):
+        with pytest.raises(TypeError, match="must be a str or an int"):
+            store.get(bad)
+    other = RedisStateStore(store.url, prefix=store.prefix + "other:")
+    assert len(other) == 0
+
+
+def test_redis_commit_is_compare_and_set_over_all_its_keys(store):
+    a, b, c = (_state(i) for i in range(3))
+    assert store.commit([("x", 0, a), ("y", 0, a)])
+    assert not store.commit([("x", 1, b), ("y", 0, b)])              # y moved: nothing stored
+    assert _same(store["x"], a) and _same(store["y"], a)
+    assert store.commit([("x", 1, b), ("y", 1, c)])
+    assert _same(store["x"], b) and _same(store["y"], c) and store.get_versioned("y")[1] == 2
+    store.pop("x")
+    assert not store.commit([("x", 2, c)]) and store.commit([("x", 0, c)])
+    rival = RedisStateStore(store.url, prefix=store.prefix)          # another process's handle
+    seen = []
+
+    def bump(stored):
+        n = int(stored[0]["h"][0, 0, 0]) if stored[0] is not None else 0
+        seen.append(n)
+        if len(seen) == 1:
+            rival["z"] = {"h": np.full((1, 2, 8), 10, np.float32)}
+        return n + 1, [{"h": np.full((1, 2, 8), n + 1, np.float32)}]
+
+    store["z"] = {"h": np.full((1, 2, 8), 1, np.float32)}
+    assert transact(store, ["z"], bump) == (11, 1) and seen == [1, 10] and store["z"]["h"][0, 0, 0] == 11
+
+    def always_late(stored):
+        rival["z"] = {"h": np.zeros((1, 2, 8), np.float32)}
+        return None, [{"h": np.ones((1, 2, 8), np.float32)}]
+
+    with pytest.raises(ConcurrentUpdateError):
+        transact(store, ["z"], always_late, retries=2)
+    assert store["z"]["h"].sum() == 0
+
+
+def test_redis_ttl_and_foreign_keys(store):
+    """Each commit (re)sets the TTL; a key under the prefix that is not a zoo state is refused naming it; the
+    options are checked."""
+    import redis
+
+    timed = RedisStateStore(store.url, prefix=store.prefix, ttl=3600)
+    timed["u"] = _state()
+    raw = redis.Redis.from_url(store.url)
+    assert 3500 < raw.ttl(store.prefix + '"u"') <= 3600
+    raw.persist(store.prefix + '"u"')
+    assert timed.commit([("u", 1, _state(1))]) and 3500 < raw.ttl(store.prefix + '"u"') <= 3600
+    store["forever"] = _state()
+    assert raw.ttl(store.prefix + '"forever"') == -1
+    raw.set(store.prefix + '"foreign"', b"hello")
+    with pytest.raises(ValueError, match=r"holds .*string.*not a stored zoo state"):
+        store.get("foreign")
+    raw.hset(store.prefix + '"junk"', mapping={"v": 1, "s": b"junk"})
+    with pytest.raises(ValueError, match="not a stored zoo state"):
+        store.get("junk")
+    with pytest.raises(ValueError, match="without glob characters"):
+        RedisStateStore(store.url, prefix="zoo:*:")
+    with pytest.raises(ValueError, match="ttl must be a positive int"):
+        RedisStateStore(store.url, ttl=0)
+    with pytest.raises(TypeError, match="does not pickle"):
+        pickle.dumps(RedisStateStore(raw))
+
+
+def test_user_state_recommender_on_redis_matches_the_full_forward(store, tmp_path):
+    """Interleaved users through ``UserStateRecommender`` on the Redis store: every event's top-k is PyTorch's
+    forward over the user's whole prefix, and a second recommender (another worker) continues the same users."""
+    pytest.importorskip("onnxruntime", reason="the step graphs run with ONNX Runtime")
+    import random
+
+    import torch
+
+    from export.onnx import export_model
+    from export.runtime import UserStateRecommender
+    from zoo.models.gru4rec import GRU4RecConfig, GRU4RecModel
+
+    torch.manual_seed(0)
+    model = GRU4RecModel(GRU4RecConfig(n_items=40, hidden_size=16, embedding_size=16, dropout_prob=0.0)).eval()
+    with torch.no_grad():
+        model.item_embedding.weight.normal_(0, 1.0)
+    export_model(model, tmp_path / "g", topk=5, verify=False)
+    recs = [UserStateRecommender(tmp_path / "g", store=store),
+            UserStateRecommender(tmp_path / "g", store=RedisStateStore(store.url, prefix=store.prefix))]
+    rng = random.Random(1)
+    hist = {u: [] for u in range(6)}
+    for n in range(30):
+        u = rng.randrange(6)
+        new = [rng.randrange(1, 40) for _ in range(rng.choice([1, 2]))]
+        hist[u] += new
+        got = recs[n % 2].recommend(u, new)
+        with torch.no_grad():
+            scores = model.predict(torch.tensor([hist[u]]))[0]
+        ref = torch.topk(scores, 5).indices.tolist()
+        assert got == ref or np.allclose(scores[got].numpy(), scores[ref].numpy(), atol=1e-4), (n, hist[u])
+    assert len(store) == len([u for u in hist if hist[u]])

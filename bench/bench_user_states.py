@@ -1,7 +1,8 @@
 """Events per second of ``export.runtime.UserStateRecommender`` on the bundled step graphs: one event per call against
-many users' events in one call (``recommend_many``), with the states kept in a dict and in two bytes stores (what
-Redis & co. would hold: ``np.savez`` per user, and ``export.state_store.BytesStore``'s header + raw tensors), side by
-side in one run (a measurement, not a test).
+many users' events in one call (``recommend_many``), with the states kept in a dict, in two bytes stores (what
+Redis & co. would hold: ``np.savez`` per user, and ``export.state_store.BytesStore``'s header + raw tensors) and in a
+SQLite file (``export.state_store.SQLiteStateStore``: the versioned store processes share, each call a
+compare-and-set commit), side by side in one run (a measurement, not a test).
 
 Each configuration first primes ``--users`` users with 20 items each (not timed), then times ``--events`` one-item
 events drawn over those users (round-robin, so a batch holds distinct users); every configuration serves the same
@@ -16,6 +17,7 @@ import argparse
 import io
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -107,9 +109,17 @@ def main(argv=None) -> None:
     for card in args.cards:
         graph = os.path.join(ROOT, "hub_cards", card, "onnx")
         from export.state_store import BytesStore as ZooBytes
+        from export.state_store import SQLiteStateStore
+
+        tmp, files = tempfile.mkdtemp(prefix="bench-states-"), iter(range(10**6))
+
+        def sqlite(synchronous):                                  # a fresh file for every configuration
+            return lambda: SQLiteStateStore(os.path.join(tmp, f"{next(files)}.db"), synchronous=synchronous)
 
         for store_name, make in (("dict", dict), ("bytes (np.savez)", BytesStore), ("bytes (state_store.BytesStore)",
-                                                                                   ZooBytes)):
+                                                                                   ZooBytes),
+                                 ("SQLite file (state_store.SQLiteStateStore)", sqlite("NORMAL")),
+                                 ("SQLite file, synchronous=FULL", sqlite("FULL"))):
             base = None
             for batch in [1, *args.batch]:
                 r = run(graph, make(), args.users, args.events, batch, args.threads)

@@ -8,8 +8,10 @@ the README quotes, recomputed from the data. (``bench/paired_table.py``: ``tests
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -429,11 +431,35 @@ def test_user_states_bench_runs(monkeypatch, tmp_path):
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
             if line.startswith("| gru4rec-ml1m |")]
     assert [(r[1], r[2]) for r in rows] == [(s, n) for s in ("dict", "bytes (np.savez)",
-                                                            "bytes (state_store.BytesStore)") for n in ("1", "8")]
+                                                            "bytes (state_store.BytesStore)",
+                                                            "SQLite file (state_store.SQLiteStateStore)",
+                                                            "SQLite file, synchronous=FULL")
+                                            for n in ("1", "8")]
     assert all(r[5] == "1.0x" for r in rows if r[2] == "1")
     spec = json.loads((ROOT / "hub_cards" / "gru4rec-ml1m" / "onnx" / "state_spec.json").read_text())
     size = sum(4 * int(np.prod(s["shape"][1:])) for s in spec["state"])          # float32 tensors, batch of 1
     assert {r[6] for r in rows} == {f"{size:,}"}
+
+
+def test_shared_store_bench_runs(monkeypatch, tmp_path):
+    """Two worker processes with dicts of their own, then on one SQLite file, each on its own users and then on the
+    same two: a row per configuration, no event lost in any, and no commit refused while the workers have users of
+    their own."""
+    pytest.importorskip("onnxruntime", reason="the step graphs run with ONNX Runtime")
+    b = _bench("shared_store", monkeypatch)
+    out = tmp_path / "s.md"
+    b.main(["--card", "gru4rec-ml1m", "--processes", "2", "--events", "40", "--users", "8", "--hot-users", "2",
+            "--markdown", str(out)])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+            if line.startswith(("| dict", "| SQLite", "| Redis"))]
+    want = [("dict per worker (not shared)", "2", "own"), ("SQLiteStateStore", "2", "own"),
+            ("SQLiteStateStore, checkpoint_every=None", "2", "own"), ("SQLiteStateStore", "2", "hot (shared)")]
+    if shutil.which("redis-server") and importlib.util.find_spec("redis"):     # the bench starts a server of its own
+        want += [("RedisStateStore (loopback)", "2", "own"), ("RedisStateStore (loopback)", "2", "hot (shared)")]
+    assert [(r[0], r[1], r[2]) for r in rows] == want, rows
+    assert all(r[3] == "80" for r in rows) and rows[0][5] == "1.00x", rows
+    assert all(r[6] == "0" for r in rows if r[2] == "own"), rows                  # commits refused: own users
+    assert [r[8] for r in rows] == ["-"] + ["0"] * (len(want) - 1), rows
 
 
 def test_int8_graphs_bench_runs(monkeypatch, tmp_path, shared_data):

@@ -1,0 +1,217 @@
+"""Serving workers in several processes sharing one state store (``export.state_store.SQLiteStateStore``, and
+``RedisStateStore`` where a Redis server runs): events per second in all, and the commits refused and run again
+(another worker stored the user first), with each worker on its own users or all of them on the same few hot users,
+side by side in one run with the ceiling (workers keeping their own users in a dict of their own, sharing nothing) and
+with SQLite's own checkpoints (``checkpoint_every=None``: on the committing connection) instead of the store's
+background thread (a measurement, not a test).
+
+Each worker is its own ``python`` process with its own ``UserStateRecommender`` (one ONNX Runtime thread) on the same
+SQLite file; they start together and send one-item events one per call. After each configuration every user's
+stored version is checked against the events sent to it (a version counts the commits; with compare-and-set each
+commit continues the one before, so equal counts mean no event was lost).
+
+    python bench/shared_store.py [--card mamba4rec-ml1m] [--processes 1 2 4] [--events 1000] [--users 256] [--hot-users 4] [--redis-url URL] [--markdown bench/RESULTS_SHARED_STORE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.benchutil import command_line, write_table  # noqa: E402
+
+
+def make_store(spec: dict):
+    """The store a ``spec`` names: ``{"kind": "dict"}``, ``{"kind": "sqlite", "path", "checkpoint_every"}`` or
+    ``{"kind": "redis", "url", "prefix"}``."""
+    from export.state_store import RedisStateStore, SQLiteStateStore
+
+    if spec["kind"] == "sqlite":
+        return SQLiteStateStore(spec["path"], checkpoint_every=spec["checkpoint_every"])
+    if spec["kind"] == "redis":
+        return RedisStateStore(spec["url"], prefix=spec["prefix"])
+    return {}
+
+
+def worker(graph: str, spec: dict, start_at: float, users: list, items: list) -> dict:
+    """Serve ``items[j]`` to ``users[j]`` one event a call from ``start_at``; the wall times and conflicts. A
+    ``dict`` store is this process's own (users primed here first): the ceiling without a shared store."""
+    from export.runtime import UserStateRecommender
+
+    rec = UserStateRecommender(graph, store=make_store(spec), threads=1)
+    if spec["kind"] == "dict":
+        rng = np.random.default_rng(0)
+        rec.recommend_many([(u, [items[int(i)] for i in rng.integers(0, len(items), 20)]) for u in sorted(set(users))],
+                           start=True)
+    rec.recommend_many([(f"warm-up-{os.getpid()}", [items[0]])], start=True)   # not one of the users served
+    time.sleep(max(0.0, start_at - time.time()))
+    t0 = time.time()
+    for user, item in zip(users, items):
+        rec.recommend(user, [item])
+    return {"start": t0, "end": time.time(), "conflicts": rec.conflicts}
+
+
+def run(graph: str, processes: int, events: int, users: list[list], spec: dict, seed: int = 0) -> dict:
+    """``processes`` workers on the store ``spec`` names (:func:`make_store`; a fresh SQLite file or Redis prefix
+    each run), worker ``w`` sending ``events`` events round-robin over ``users[w]``, after every user was primed
+    with 20 items; events per second in all, conflicts, and the users whose version is off (a dict store: each
+    worker's own, nothing to check)."""
+    from export.runtime import UserStateRecommender
+
+    spec = dict(spec)
+    if spec["kind"] == "sqlite":
+        spec["path"] = os.path.join(tempfile.mkdtemp(prefix="bench-shared-"), "states.db")
+    elif spec["kind"] == "redis":
+        spec["prefix"] = f"bench:{os.getpid()}:{time.time_ns()}:"
+    shared = spec["kind"] != "dict"
+    rec = UserStateRecommender(graph, store=make_store(spec) if shared else {}, threads=1)
+    sess = rec.session
+    catalogue = sess.items if sess.items is not None else list(range(1, sess.n_items))
+    rng = np.random.default_rng(seed)
+    everyone = sorted({u for us in users for u in us})
+    for s in range(0, len(everyone), 64):
+        rec.recommend_many([(u, [catalogue[i] for i in rng.integers(0, len(catalogue), 20)])
+                            for u in everyone[s:s + 64]], start=True)
+    sent = {u: 1 for u in everyone}                                   # the prime's commit
+    jobs = []
+    for w in range(processes):
+        order = [users[w][j % len(users[w])] for j in range(events)]
+        for u in order:
+            sent[u] += 1
+        jobs.append({"users": order, "items": [catalogue[i] for i in rng.integers(0, len(catalogue), events)],
+                     "spec": spec})
+    start_at = time.time() + 3.0 + 0.5 * processes                    # after every worker's imports
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", graph, str(start_at)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1")) for _ in range(processes)]
+    for p, job in zip(procs, jobs):
+        p.stdin.write(json.dumps(job))
+        p.stdin.close()
+    outs = []
+    for p in procs:
+        out = p.stdout.read()
+        if p.wait() != 0:
+            raise RuntimeError(f"a worker failed (status {p.returncode})")
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    off = [u for u in everyone if rec.store.get_versioned(u)[1] != sent[u]] if shared else []
+    wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
+    total = processes * events
+    return {"events_per_s": total / wall, "conflicts": sum(o["conflicts"] for o in outs), "events": total,
+            "off": len(off)}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--card", default="mamba4rec-ml1m")
+    p.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--events", type=int, default=1000, help="events per worker")
+    p.add_argument("--users", type=int, default=256, help="users of each worker, when each has its own")
+    p.add_argument("--hot-users", type=int, default=4, help="users all workers share, in the hot configuration")
+    p.add_argument("--redis-url", help="a Redis server for the RedisStateStore rows (default: a redis-server "
+                   "started on loopback for the run, when one is installed; else no Redis rows)")
+    p.add_argument("--worker", nargs=2, metavar=("GRAPH", "START_AT"), help=argparse.SUPPRESS)
+    p.add_argument("--markdown")
+    args = p.parse_args(argv)
+    if args.worker:
+        graph, start_at = args.worker
+        job = json.loads(sys.stdin.read())
+        print(json.dumps(worker(graph, job["spec"], float(start_at), job["users"], job["items"])))
+        return
+    with _redis(args.redis_url) as redis_url:
+        _measure(args, argv, redis_url)
+
+
+@contextlib.contextmanager
+def _redis(url: str | None):
+    """``url``, or a ``redis-server`` started on a free loopback port for the run (stopped after), or None (with a
+    printed note) when neither the server nor the ``redis`` package is installed."""
+    if url:
+        yield url
+        return
+    server = shutil.which("redis-server")
+    try:
+        import redis
+    except ImportError:
+        redis = None
+    if server is None or redis is None:
+        print(f"no RedisStateStore rows: {'redis-server' if server is None else 'the redis package'} is not "
+              "installed (or pass --redis-url)", flush=True)
+        yield None
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    work = tempfile.mkdtemp(prefix="bench-redis-")
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        for _ in range(600):
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _redis_version(url: str) -> str:
+    import redis
+
+    return str(redis.Redis.from_url(url).info("server")["redis_version"])
+
+
+def _measure(args, argv, redis_url: str | None) -> None:
+    import onnxruntime
+
+    graph = os.path.join(ROOT, "hub_cards", args.card, "onnx")
+    lines = [f"Produced by `{command_line('bench/shared_store.py', argv)}` ({time.strftime('%Y-%m-%d')}, "
+             f"{os.cpu_count()} CPUs, ONNX Runtime {onnxruntime.__version__}, one intra-op thread a worker, SQLite "
+             f"{__import__('sqlite3').sqlite_version} (synchronous=NORMAL)"
+             + (f", Redis {_redis_version(redis_url)} on loopback (no persistence)" if redis_url else "")
+             + f"): `{args.card}`'s step graph, "
+             f"{args.events} one-item events a worker, one per call; own users: {args.users} users a worker, "
+             f"round-robin; hot users: the same {args.hot_users} users for every worker.", "",
+             "| store | workers | users | events | events/s in all | vs the first row | commits refused | "
+             "per 1,000 events | users with an event lost |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    base = None
+    sqlite = {"kind": "sqlite", "checkpoint_every": 1.0}
+    stores = [("dict per worker (not shared)", {"kind": "dict"}, "own"), ("SQLiteStateStore", sqlite, "own"),
+              ("SQLiteStateStore, checkpoint_every=None", {**sqlite, "checkpoint_every": None}, "own"),
+              ("SQLiteStateStore", sqlite, "hot")]
+    if redis_url:
+        redis_spec = {"kind": "redis", "url": redis_url}
+        stores += [("RedisStateStore (loopback)", redis_spec, "own"), ("RedisStateStore (loopback)", redis_spec, "hot")]
+    for store, spec, kind in stores:
+        for n in args.processes:
+            users = ([[f"w{w}-u{i}" for i in range(args.users)] for w in range(n)] if kind == "own"
+                     else [[f"hot-{i}" for i in range(args.hot_users)]] * n)
+            r = run(graph, n, args.events, users, spec)
+            base = base or r["events_per_s"]                 # the first row: the fewest workers, own dicts
+            lines.append(f"| {store} | {n} | {'own' if kind == 'own' else 'hot (shared)'} | {r['events']:,} | "
+                         f"{r['events_per_s']:,.0f} | {r['events_per_s'] / base:.2f}x | {r['conflicts']:,} | "
+                         f"{1000 * r['conflicts'] / r['events']:.1f} | "
+                         f"{r['off'] if spec['kind'] != 'dict' else '-'} |")
+            print(lines[-1], flush=True)
+    write_table(lines, "Serving processes sharing one state store", args.markdown)
+
+
+if __name__ == "__main__":
+    main()

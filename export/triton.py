@@ -573,8 +573,9 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                   + ", ".join(f"`{x['name']}` = {_state_init(x):g}" for x in spec["state"]) + "); "
                   "expire keys with the store's TTL instead of Triton's idle timeout. Several client processes "
                   "(serving workers) sharing one store need a versioned one, so that none loses another's event of "
-                  "the same user: `export.state_store.SQLiteStateStore(path)` on one machine, or any store with "
-                  "`get_versioned` / `commit` (compare-and-set; Redis: `WATCH` + `MULTI`)."
+                  "the same user: `export.state_store.SQLiteStateStore(path)` on one machine, "
+                  "`export.state_store.RedisStateStore(url, ttl=...)` across machines, or any store with "
+                  "`get_versioned` / `commit` (compare-and-set)."
                   + ("" if not spec.get("state_fingerprint") else
                      " Keep the `state_fingerprint` string the client adds to each state (the config parameter of "
                      "the same name): a state is the model's own summary of a history, so after this model is "

@@ -682,7 +682,8 @@ class UserStateRecommender:
         return self.recommend_with_scores(user_id, history, timestamps, k, start=True)[0]
 
     def forget(self, user_id) -> None:
-        self.store.pop(user_id, None)
+        """Drop the user's stored state (also one that is no state: a corrupt value)."""
+        self._ss.forget(self.store, user_id)
 
 
 __all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "UserStateRecommender", "read_spec", "read_vocab",

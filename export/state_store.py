@@ -177,6 +177,16 @@ def is_versioned(store) -> bool:
     return callable(getattr(store, "get_versioned", None)) and callable(getattr(store, "commit", None))
 
 
+def forget(store, key) -> None:
+    """Remove ``key``'s state from ``store`` (nothing stored: nothing to do), also when the stored value is no state
+    (a store that decodes what it pops, e.g. :class:`BytesStore`, raises only after removing it)."""
+    try:
+        store.pop(key, None)
+    except ValueError:
+        if key in store:
+            raise
+
+
 def transact(store, keys: Sequence, compute: Callable[[list], tuple[Any, list]], retries: int = RETRIES,
              read: bool = True) -> tuple[Any, int]:
     """Read the states of ``keys``, ``compute(stored states) -> (result, new states)``, store the new states: all of
@@ -188,16 +198,17 @@ def transact(store, keys: Sequence, compute: Callable[[list], tuple[Any, list]],
     must therefore only compute: its result is the one of the states that were committed on. ``conflicts``: the
     commits refused on the way. With a plain store the states are read and written once, unguarded.
 
-    ``read=False``: ``compute`` gets None for every key, whatever is stored (the states are overwritten; a versioned
-    store still reads them for their versions)."""
+    ``read=False``: ``compute`` gets None for every key, whatever is stored (the states are overwritten, even values
+    that are no state: a versioned store with a ``version(key)`` method is asked only for the versions)."""
     keys = list(keys)
     if not is_versioned(store):
         result, new = compute([store.get(k) for k in keys] if read else [None] * len(keys))
         for k, state in zip(keys, new):
             store[k] = state
         return result, 0
+    versions_only = not read and callable(getattr(store, "version", None))
     for attempt in range(retries + 1):
-        got = [store.get_versioned(k) for k in keys]
+        got = [(None, store.version(k)) if versions_only else store.get_versioned(k) for k in keys]
         result, new = compute([state if read else None for state, _ in got])
         if store.commit([(k, version, state) for k, (_, version), state in zip(keys, got, new)]):
             return result, attempt
@@ -354,6 +365,11 @@ class SQLiteStateStore:
         rows = self._read(f"SELECT value, version FROM {self.table} WHERE key = ?", (self._key(key),))
         return (None, 0) if not rows else (from_bytes(rows[0][0]), int(rows[0][1]))
 
+    def version(self, key) -> int:
+        """The version of ``key``'s state (0: absent), without reading the state."""
+        rows = self._read(f"SELECT version FROM {self.table} WHERE key = ?", (self._key(key),))
+        return int(rows[0][0]) if rows else 0
+
     def commit(self, writes: Sequence[tuple[Any, int, dict]]) -> bool:
         """Store each ``(key, version read, state)`` in one transaction if every key still has the version read
         (0: absent); store nothing and return False if any has moved."""
@@ -459,6 +475,10 @@ class RedisStateStore:
             from .deps import require
 
             client = require("redis", "export.state_store.RedisStateStore").Redis.from_url(self.url)
+        kwargs = getattr(client, "get_connection_kwargs", None)
+        if callable(kwargs) and kwargs().get("decode_responses"):
+            raise ValueError("the Redis client decodes responses to str (decode_responses=True); states are bytes: "
+                             "give a client with decode_responses=False, or a URL")
         self.client, self.prefix, self.ttl = client, prefix, ttl
         self._commit = client.register_script(self._COMMIT)
         self._set = client.register_script(self._SET)
@@ -476,14 +496,18 @@ class RedisStateStore:
                             f"{key!r}")
         return self.prefix + json.dumps(key if isinstance(key, str) else int(key))
 
-    def _fields(self, key: str) -> list:
+    def _ask(self, key: str, fn):
+        """``fn()``, a read of ``key``'s hash; a key of another type is a ValueError naming it."""
         try:
-            return self.client.hmget(key, ["v", "s"])
+            return fn()
         except Exception as e:                             # redis.ResponseError: WRONGTYPE
             if "WRONGTYPE" in str(e):
                 raise ValueError(f"Redis key {key!r} holds {self.client.type(key)!r}, not a stored zoo state (a "
                                  "hash of 'v' and 's'): another application's key under this prefix?") from None
             raise
+
+    def _fields(self, key: str) -> list:
+        return self._ask(key, lambda: self.client.hmget(key, ["v", "s"]))
 
     def get_versioned(self, key) -> tuple[dict | None, int]:
         """``(state, version)``; ``(None, 0)`` when nothing is stored under ``key``."""
@@ -492,6 +516,12 @@ class RedisStateStore:
         if raw is None:
             return None, 0
         return from_bytes(raw), int(v)
+
+    def version(self, key) -> int:
+        """The version of ``key``'s state (0: absent), without reading the state."""
+        k = self._key(key)
+        v = self._ask(k, lambda: self.client.hget(k, "v"))
+        return 0 if v is None else int(v)
 
     def commit(self, writes: Sequence[tuple[Any, int, dict]]) -> bool:
         """Store each ``(key, version read, state)`` atomically (one Lua script) if every key still has the version
@@ -533,4 +563,4 @@ class RedisStateStore:
 
 __all__ = ["FINGERPRINT_KEY", "ON_STALE", "RETRIES", "STATE_FORMAT", "StaleStateError", "ConcurrentUpdateError",
            "BytesStore", "SQLiteStateStore", "RedisStateStore", "check_on_stale", "stored_tag", "usable_state", "tagged", "to_bytes",
-           "from_bytes", "is_versioned", "transact"]
+           "from_bytes", "is_versioned", "transact", "forget"]

@@ -405,7 +405,8 @@ class ExplicitStateRecommender(_Base):
         return self.recommend_with_scores(user_id, history, timestamps, k, start=True)[0]
 
     def forget(self, user_id) -> None:
-        self.store.pop(user_id, None)
+        """Drop the user's stored state (also one that is no state: a corrupt value)."""
+        state_store.forget(self.store, user_id)
 
 
 class WindowRecommender(_Base):

@@ -11,8 +11,8 @@ import uuid
 import numpy as np
 import pytest
 
-from export.state_store import (FINGERPRINT_KEY, ConcurrentUpdateError, RedisStateStore, is_versioned, tagged,
-                                transact)
+from export.state_store import (FINGERPRINT_KEY, ConcurrentUpdateError, RedisStateStore, forget, is_versioned,
+                                tagged, transact)
 
 
 def _state(seed=0):
@@ -104,6 +104,16 @@ def test_redis_ttl_and_foreign_keys(store):
     raw.hset(store.prefix + '"junk"', mapping={"v": 1, "s": b"junk"})
     with pytest.raises(ValueError, match="not a stored zoo state"):
         store.get("junk")
+    with pytest.raises(ValueError, match="not a stored zoo state"):
+        store.version("foreign")
+    assert store.version("junk") == 1 and store.version("nobody") == 0
+    assert transact(store, ["junk"], lambda s: (s, [_state()]), read=False) == ([None], 0)   # a prime overwrites it
+    assert store.version("junk") == 2 and _same(store["junk"], _state())
+    raw.hset(store.prefix + '"junk"', mapping={"s": b"junk"})
+    forget(store, "junk")
+    assert "junk" not in store
+    with pytest.raises(ValueError, match="decode_responses=True"):
+        RedisStateStore(redis.Redis.from_url(store.url, decode_responses=True))
     with pytest.raises(ValueError, match="without glob characters"):
         RedisStateStore(store.url, prefix="zoo:*:")
     with pytest.raises(ValueError, match="ttl must be a positive int"):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from export.state_store import (FINGERPRINT_KEY, STATE_FORMAT, BytesStore, ConcurrentUpdateError, SQLiteStateStore,
-                                StaleStateError, from_bytes, is_versioned, tagged, to_bytes, transact, usable_state)
+                                StaleStateError, forget, from_bytes, is_versioned, tagged, to_bytes, transact,
+                                usable_state)
 
 
 def _state(seed=0):
@@ -127,6 +128,18 @@ def test_sqlite_commit_is_compare_and_set_over_all_its_keys(tmp_path):
         raw.execute("UPDATE zoo_states SET value = ? WHERE key = ?", (b"junk", '"y"'))
     with pytest.raises(ValueError, match="not a stored zoo state"):
         store.get("y")
+    assert store.version("y") == 2 and store.version("nobody") == 0
+    # a prime (read=False) overwrites what is no state, asking only for its version; forget removes one
+    assert transact(store, ["y"], lambda stored: (stored, [a]), read=False) == ([None], 0)
+    assert _same_state(store["y"], a) and store.version("y") == 3
+    with sqlite3.connect(store.path) as raw:
+        raw.execute("UPDATE zoo_states SET value = ? WHERE key = ?", (b"junk", '"y"'))
+    forget(store, "y")
+    forget(store, "nobody")
+    assert "y" not in store
+    plain = BytesStore({"u": b"junk"})
+    forget(plain, "u")
+    assert "u" not in plain
 
 
 def test_transact_runs_again_on_the_newer_state_when_another_writer_got_in_first(tmp_path):

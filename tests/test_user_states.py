@@ -139,6 +139,33 @@ def test_prime_restarts_and_forget_frees(mamba):
     rec.forget("never-seen")                                 # nothing stored: nothing to do
 
 
+@pytest.mark.parametrize("kind", ["bytes", "sqlite"])
+def test_a_corrupt_stored_value_is_refused_and_prime_or_forget_clears_it(mamba, tmp_path, kind):
+    """A stored value that is no state (a corrupted store) is refused naming why; ``prime`` overwrites it (the remedy
+    the refusals name), and ``forget`` removes it."""
+    import sqlite3
+
+    from export.state_store import BytesStore, SQLiteStateStore
+
+    model, d = mamba
+    v = model.item_vocab
+    store = BytesStore() if kind == "bytes" else SQLiteStateStore(tmp_path / "s.db")
+    rec = UserStateRecommender(d, store=store)
+    for user in ("a", "b"):
+        rec.prime(user, v.decode([1, 2]))
+        if kind == "bytes":
+            store.kv[user] = b"junk"
+        else:
+            with sqlite3.connect(store.path) as raw:
+                raw.execute("UPDATE zoo_states SET value = ? WHERE key = ?", (b"junk", f'"{user}"'))
+    with pytest.raises(ValueError, match="not a stored zoo state"):
+        rec.recommend("a", v.decode([3]))
+    got = rec.prime("a", v.decode([3, 4]))
+    assert _same(np.array(v.encode(got)), *_reference(model, [3, 4]))
+    rec.forget("b")
+    assert "b" not in store and "a" in store
+
+
 def test_a_state_another_model_wrote_is_refused_or_restarted(mamba, tmp_path):
     """A store written under one export is refused by a retrained model's export (its fingerprint differs), with a
     message naming the way out; ``on_stale="restart"`` starts such users afresh and counts them. A state stored

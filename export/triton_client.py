@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import threading
+from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
@@ -344,6 +345,8 @@ class ExplicitStateRecommender(_Base):
         if bad:
             raise TritonRecommendError(f"unsupported state datatypes {bad}")
         self.fingerprint = self._param(FINGERPRINT_KEY)      # None: a repository written before it existed
+        #: rows a request may carry (the config's ``max_batch_size``; 0, no batching: one row)
+        self.max_batch = max(1, int(self._model_config().get("max_batch_size") or 0))
         self.restarted = 0                                     # users started afresh by on_stale="restart"
         self.conflicts = 0             # commits a versioned store refused (another process wrote the user first)
 
@@ -366,35 +369,84 @@ class ExplicitStateRecommender(_Base):
                               start: bool = False):
         """The top-``k`` after ``new_items`` (and their ``timestamps``), from the user's stored state (``start``:
         from the initial state, whatever is stored); the new state replaces the stored one."""
+        event = (user_id, new_items) if timestamps is None else (user_id, new_items, timestamps)
+        return self.recommend_many([event], k, start)[0]
+
+    def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False
+                       ) -> list[tuple[list, np.ndarray]]:
+        """``(top-k ids, their scores)`` of each event, in order: ``events`` are ``(user_id, new_items)`` or
+        ``(user_id, new_items, timestamps)``, one per user (a user twice in one call would need the first event's
+        state for the second). Events with as many new items go in one request, a batch of users (up to the model's
+        ``max_batch_size`` rows), their states stacked row for row. The users' new states replace the stored ones once
+        every request has answered: all or nothing (a refused event -- an unknown id, timestamps going back -- sends
+        and stores nothing); with a versioned store they are committed together, or sent again from the newer states
+        if another process stored one of these users meanwhile. ``start``: every user from the initial state."""
         k = self._check_k(k)
-        ids = self._encode(new_items)
-        ts = self._timestamps(timestamps, ids.shape[1])
+        if len(events) == 0:
+            raise ValueError("no events given")
+        users = [e[0] for e in events]
+        counts = Counter(users)
+        dup = next((u for u in users if counts[u] > 1), None)
+        if dup is not None:
+            raise ValueError(f"user {dup!r} has two events in one call; send the second after the first")
+        encoded = []
+        for i, e in enumerate(events):
+            if len(e) not in (2, 3):
+                raise ValueError(f"event {i} must be (user_id, new_items) or (user_id, new_items, timestamps)")
+            ids = self._encode(e[1])
+            if ids.shape[1] == 0:
+                raise ValueError(f"event {i} (user {e[0]!r}): new_items is empty")
+            ts = self._check_ts(e[2] if len(e) == 3 else None, ids.shape[1]) if self.uses_timestamps else None
+            encoded.append((ids, ts))
+        groups: dict[int, list[int]] = {}
+        for i, (ids, _) in enumerate(encoded):
+            groups.setdefault(ids.shape[1], []).append(i)
         outs = self._outputs_for(["topk_ids", "topk_scores"] + [f"{n}_out" for n in self.state_names])
+        vector = "user_vector" in self.outputs
 
         def compute(stored):
-            state, restarted = self._stored_state(user_id, stored[0])
-            if ts and "last_ts" in state:
-                last = float(np.asarray(state["last_ts"]).reshape(-1)[0])
-                first = float(np.asarray(timestamps, dtype=np.float64).reshape(-1)[0])
-                if last >= 0 and first < last:
-                    raise ValueError(f"timestamps of user {user_id!r} go back in time relative to their last event "
-                                     f"({first!r} < last_ts {last!r})")
-            ins = [self._input("item_ids", ids, "INT64"), *ts]
-            ins += [self._input(n, np.ascontiguousarray(state[n]), self.inputs[n]["datatype"])
-                    for n in self.state_names]
-            try:
-                r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
-            except self._exc as e:
-                raise TritonRecommendError(str(e.message())) from None
-            new = state_store.tagged({n: r.as_numpy(f"{n}_out") for n in self.state_names}, self.fingerprint)
-            return (r, restarted), [new]
+            states, restarted = [], 0
+            for i, (user, s) in enumerate(zip(users, stored)):
+                state, again = self._stored_state(user, s)
+                restarted += again
+                ts = encoded[i][1]
+                if ts is not None and "last_ts" in state:
+                    last = float(np.asarray(state["last_ts"]).reshape(-1)[0])
+                    if last >= 0 and ts[0, 0] < last:
+                        raise ValueError(f"timestamps of user {user!r} go back in time relative to their last event "
+                                         f"({ts[0, 0].item()!r} < last_ts {last!r})")
+                states.append(state)
+            results, new, last_vector = [None] * len(users), [None] * len(users), None
+            for rows in groups.values():
+                for at in range(0, len(rows), self.max_batch):
+                    chunk = rows[at:at + self.max_batch]
+                    ins = [self._input("item_ids", np.concatenate([encoded[i][0] for i in chunk]), "INT64")]
+                    if self.uses_timestamps:
+                        ins.append(self._input("timestamps", np.concatenate([encoded[i][1] for i in chunk]), "FP64"))
+                    ins += [self._input(n, np.ascontiguousarray(np.concatenate(
+                        [np.asarray(states[i][n]).reshape(self.inputs[n]["shape"][1:])[None] for i in chunk])),
+                        self.inputs[n]["datatype"]) for n in self.state_names]
+                    try:
+                        r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
+                    except self._exc as e:
+                        raise TritonRecommendError(str(e.message())) from None
+                    top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
+                    for row, i in enumerate(chunk):
+                        results[i] = (self._decode(top[row][:k]), scores[row][:k].copy())
+                        new[i] = state_store.tagged({n: r.as_numpy(f"{n}_out")[row:row + 1].copy()
+                                                     for n in self.state_names}, self.fingerprint)
+                    if vector and chunk[-1] == len(users) - 1:
+                        last_vector = r.as_numpy("user_vector")[-1].copy()
+            return (results, restarted, last_vector), new
 
-        # with a versioned store, committed only if no other process stored this user meanwhile (else sent again)
-        (r, restarted), conflicts = state_store.transact(self.store, [user_id], compute, read=not start)
+        # with a versioned store, committed only if no other process stored these users meanwhile (else sent again)
+        (results, restarted, last_vector), conflicts = state_store.transact(self.store, users, compute,
+                                                                            read=not start)
         self.restarted += restarted
         self.conflicts += conflicts
-        self._keep_vector(r)
-        return self._decode(r.as_numpy("topk_ids")[0][:k]), r.as_numpy("topk_scores")[0][:k]
+        if vector:
+            self.last_user_vector = last_vector
+        return results
 
     def recommend(self, user_id, new_items, timestamps=None, k: int | None = None) -> list:
         return self.recommend_with_scores(user_id, new_items, timestamps, k)[0]
@@ -420,29 +472,59 @@ class WindowRecommender(_Base):
         if self.max_len < 1 or self._param("kind") != "window":
             raise TritonRecommendError(f"model {self.model_name!r} is not a window model written by "
                                        "python -m export.triton (no kind=window / max_seq_length parameters)")
+        self.padding_side = self._param("padding_side", "right")
+        #: rows a request may carry (the config's ``max_batch_size``; 0, no batching: one row)
+        self.max_batch = max(1, int(self._model_config().get("max_batch_size") or 0))
 
     def recommend_with_scores(self, history, timestamps=None, k: int | None = None) -> tuple[list, np.ndarray]:
         """``(top-k external ids, their scores)`` after ``history`` (oldest first)."""
+        return self.recommend_many([history], None if timestamps is None else [timestamps], k)[0]
+
+    def recommend_many(self, histories: Sequence, timestamps: Sequence | None = None, k: int | None = None
+                       ) -> list[tuple[list, np.ndarray]]:
+        """``(top-k external ids, their scores)`` after each of ``histories`` (oldest first; only the last
+        ``max_seq_length`` items are sent), and their ``timestamps`` for time-aware models: the histories go as the
+        rows of one request (up to the model's ``max_batch_size``), 0-padded to the longest on the model's side."""
         k = self._check_k(k)
-        ids = self._encode(history)
-        if ids.shape[1] == 0:
-            raise ValueError("history is empty")
-        if self.n_items is not None:
-            bad = ids[(ids < 1) | (ids >= self.n_items)]
-            if bad.size:
-                raise ValueError(f"item index {int(bad[0])} out of range 1..{self.n_items - 1}")
-        # one history per request: no padding needed (Triton batches only requests of the same length)
-        ins = [self._input("item_ids", np.ascontiguousarray(ids[:, -self.max_len:]), "INT64")]
-        if self.uses_timestamps:
-            ts = self._check_ts(timestamps, ids.shape[1])
-            ins.append(self._input("timestamps", np.ascontiguousarray(ts[:, -self.max_len:]), "FP64"))
+        if len(histories) == 0:
+            raise ValueError("no histories given")
+        if self.uses_timestamps and (timestamps is None or len(timestamps) != len(histories)):
+            raise ValueError(f"model {self.model_name!r} reads timestamps: give one list per history")
+        rows = []
+        for i, history in enumerate(histories):
+            ids = self._encode(history)
+            if ids.shape[1] == 0:
+                raise ValueError("history is empty" if len(histories) == 1 else f"history {i} is empty")
+            if self.n_items is not None:
+                bad = ids[(ids < 1) | (ids >= self.n_items)]
+                if bad.size:
+                    raise ValueError(f"item index {int(bad[0])} out of range 1..{self.n_items - 1}")
+            ts = self._check_ts(timestamps[i], ids.shape[1])[0, -self.max_len:] if self.uses_timestamps else None
+            rows.append((ids[0, -self.max_len:], ts))
         outs = self._outputs_for(["topk_ids", "topk_scores"])
-        try:
-            r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
-        except self._exc as e:
-            raise TritonRecommendError(str(e.message())) from None
-        self._keep_vector(r)
-        return self._decode(r.as_numpy("topk_ids")[0][:k]), r.as_numpy("topk_scores")[0][:k]
+        results = []
+        for at in range(0, len(rows), self.max_batch):
+            chunk = rows[at:at + self.max_batch]
+            L = max(len(ids) for ids, _ in chunk)
+            ids = np.zeros((len(chunk), L), np.int64)
+            ts = np.zeros((len(chunk), L), np.float64)
+            for b, (row, stamps) in enumerate(chunk):
+                cols = slice(0, len(row)) if self.padding_side == "right" else slice(L - len(row), L)
+                ids[b, cols] = row
+                if stamps is not None:
+                    ts[b, cols] = stamps
+            ins = [self._input("item_ids", ids, "INT64")]
+            if self.uses_timestamps:
+                ins.append(self._input("timestamps", ts, "FP64"))
+            try:
+                r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
+            except self._exc as e:
+                raise TritonRecommendError(str(e.message())) from None
+            top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
+            results += [(self._decode(top[b][:k]), scores[b][:k].copy()) for b in range(len(chunk))]
+            if "user_vector" in self.outputs:
+                self.last_user_vector = r.as_numpy("user_vector")[-1].copy()
+        return results
 
     def recommend(self, history, timestamps=None, k: int | None = None) -> list:
         """Top-k external ids after ``history`` (oldest first; only the last ``max_seq_length`` items are sent)."""

@@ -252,74 +252,108 @@ class TritonPythonModel:
             pending = rest
         return responses
 
+    def _batch_input(self, pb, r, name, dtype, B=None):
+        """Input ``name`` of request ``r`` as ``[batch, ...]`` (the first axis is the batch: ``max_batch_size`` > 0),
+        checked to hold ``B`` rows of ``dtype`` when given; ValueError naming the problem otherwise."""
+        np = self.np
+        t = pb.get_input_tensor_by_name(r, name)
+        if t is None:
+            raise ValueError(f"request has no input {name!r}")
+        a = t.as_numpy()
+        if a.ndim < 2 or a.shape[0] == 0:
+            raise ValueError(f"{name} must be [batch, ...] with at least one row, got shape {list(a.shape)}")
+        if a.dtype != np.dtype(dtype):
+            raise ValueError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype}")
+        if B is not None and a.shape[0] != B:
+            raise ValueError(f"{name} has {a.shape[0]} rows, item_ids {B}: one row per user")
+        return a
+
     def _execute_explicit(self, pb, requests):
-        """Explicit state: ``item_ids`` + the state tensors in, ``topk_*`` + ``<state>_out`` out; nothing kept."""
+        """Explicit state: ``item_ids [B, T]`` + the state tensors ``[B, ...]`` in (``B`` users a request, each row
+        its own), ``topk_*`` + ``<state>_out`` out, row for row; nothing kept."""
         np = self.np
         responses = [None] * len(requests)
         groups = {}
         for i, r in enumerate(requests):
             try:
-                ids = pb.get_input_tensor_by_name(r, "item_ids").as_numpy().reshape(-1)
-                if ids.size == 0:
+                all_ids = self._batch_input(pb, r, "item_ids", np.int64)
+                B, T = all_ids.shape[0], int(all_ids[0].size)
+                if T == 0:
                     raise ValueError("item_ids is empty: send at least one new item")
-                bad = ids[(ids < 1) | (ids >= self.n_items)]
+                bad = all_ids[(all_ids < 1) | (all_ids >= self.n_items)]
                 if bad.size:
                     raise ValueError(f"item index {int(bad[0])} is out of range 1..{self.n_items - 1} (0 is padding; "
                                      "map external ids with the model's item vocabulary)")
-                feeds = {"item_ids": ids}
-                if self.uses_timestamps:
-                    feeds["timestamps"] = self._check_ts(pb.get_input_tensor_by_name(r, "timestamps").as_numpy(),
-                                                         ids.size)
-                for name, shape, _, _ in self.states:
-                    st = pb.get_input_tensor_by_name(r, name).as_numpy().reshape(shape)
+                all_ts = self._batch_input(pb, r, "timestamps", np.float64, B) if self.uses_timestamps else None
+                all_states = {}
+                for name, shape, dt, _ in self.states:
+                    st = self._batch_input(pb, r, name, dt, B)
+                    if st[0].size != int(np.prod(shape)):
+                        raise ValueError(f"state {name!r} rows hold {st[0].size} values, the graph's "
+                                         f"{int(np.prod(shape))} (shape {list(shape)})")
                     if not np.isfinite(st).all():
                         raise ValueError(f"state {name!r} holds NaN/inf")
-                    feeds[name] = st
-                self._check_after_last(feeds.get("timestamps"), [feeds[n] for n, *_ in self.states])
-                groups.setdefault(int(ids.size), []).append((i, feeds))
+                    all_states[name] = st.reshape((B, *shape))
+                rows = []
+                for b in range(B):
+                    feeds = {"item_ids": all_ids[b].reshape(-1)}
+                    if self.uses_timestamps:
+                        feeds["timestamps"] = self._check_ts(all_ts[b], T)
+                    for name, *_ in self.states:
+                        feeds[name] = all_states[name][b]
+                    self._check_after_last(feeds.get("timestamps"), [feeds[n] for n, *_ in self.states])
+                    rows.append(feeds)
+                groups.setdefault(T, []).append((i, rows))
             except ValueError as e:
                 responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(f"{self.name}: {e}"))
         return self._run_groups(pb, groups, responses, ["topk_ids", "topk_scores"] + self.extra_out + self.state_out)
 
     def _execute_window(self, pb, requests):
-        """Window graphs: ``item_ids [L]`` (0-padded on the model's side, ``L <= max_seq_length``) + float64
-        ``timestamps [L]`` for time-aware models -> ``topk_*``; one ORT call per distinct ``L``; nothing kept."""
+        """Window graphs: ``item_ids [B, L]`` (``B`` windows a request, each 0-padded on the model's side,
+        ``L <= max_seq_length``) + float64 ``timestamps [B, L]`` for time-aware models -> ``topk_*`` row for row; one
+        ORT call per distinct ``L``; nothing kept."""
         np = self.np
         responses = [None] * len(requests)
         groups = {}
         for i, r in enumerate(requests):
             try:
-                ids = pb.get_input_tensor_by_name(r, "item_ids").as_numpy().reshape(-1)
-                L = int(ids.size)
+                all_ids = self._batch_input(pb, r, "item_ids", np.int64)
+                B, L = all_ids.shape[0], int(all_ids[0].size)
                 if L == 0:
                     raise ValueError("item_ids is empty: send the history window")
                 if self.max_len and L > self.max_len:
                     raise ValueError(f"window length {L} exceeds max_seq_length {self.max_len}")
-                bad = ids[(ids < 0) | (ids >= self.n_items)]
+                bad = all_ids[(all_ids < 0) | (all_ids >= self.n_items)]
                 if bad.size:
                     raise ValueError(f"item index {int(bad[0])} is out of range 0..{self.n_items - 1} (0 = padding)")
-                real = (ids != 0).astype(np.int8)
-                if not real.any():
-                    raise ValueError("the window has no real item")
-                if (real[1:] > real[:-1]).any() if self.padding_side == "right" else (real[1:] < real[:-1]).any():
-                    raise ValueError(f"the window is not {self.padding_side}-padded (padding must be contiguous on "
-                                     f"the {self.padding_side})")
-                feeds = {"item_ids": ids}
-                if self.uses_timestamps:
-                    feeds["timestamps"] = self._check_ts(
-                        pb.get_input_tensor_by_name(r, "timestamps").as_numpy(), L, window=True)
-                groups.setdefault(L, []).append((i, feeds))
-            except (ValueError, AttributeError) as e:
-                msg = str(e) if isinstance(e, ValueError) else "request lacks item_ids or timestamps"
-                responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(f"{self.name}: {msg}"))
+                all_ts = self._batch_input(pb, r, "timestamps", np.float64, B) if self.uses_timestamps else None
+                rows = []
+                for b in range(B):
+                    ids = all_ids[b].reshape(-1)
+                    where = f" (row {b})" if B > 1 else ""
+                    real = (ids != 0).astype(np.int8)
+                    if not real.any():
+                        raise ValueError(f"the window has no real item{where}")
+                    if (real[1:] > real[:-1]).any() if self.padding_side == "right" else (real[1:] < real[:-1]).any():
+                        raise ValueError(f"the window is not {self.padding_side}-padded (padding must be contiguous "
+                                         f"on the {self.padding_side}){where}")
+                    feeds = {"item_ids": ids}
+                    if self.uses_timestamps:
+                        feeds["timestamps"] = self._check_ts(all_ts[b], L, window=True)
+                    rows.append(feeds)
+                groups.setdefault(L, []).append((i, rows))
+            except ValueError as e:
+                responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(f"{self.name}: {e}"))
         return self._run_groups(pb, groups, responses, ["topk_ids", "topk_scores"] + self.extra_out)
 
     def _run_groups(self, pb, groups, responses, out_names):
-        """One ORT call per group of same-shape requests (``{key: [(request index, feeds)]}``, stacked on a new batch
-        axis); fills ``responses`` with each row's ``out_names`` (or the ORT error for the whole group)."""
+        """One ORT call per group of same-shape requests (``{key: [(request index, [feeds of each row])]}``, every
+        row on the batch axis); fills ``responses`` with each request's rows of ``out_names`` (or the ORT error for
+        every request of the group)."""
         np = self.np
         for members in groups.values():
-            feeds = {k: np.stack([f[k] for _, f in members]) for k in members[0][1]}
+            rows = [f for _, fs in members for f in fs]
+            feeds = {k: np.stack([f[k] for f in rows]) for k in rows[0]}
             try:
                 outs = dict(zip(self.out_names, self.sess.run(None, feeds), strict=True))
             except Exception as e:
@@ -327,9 +361,11 @@ class TritonPythonModel:
                     responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(
                         f"{self.name}: onnxruntime failed: {e}"))
                 continue
-            for row, (i, _) in enumerate(members):
+            at = 0
+            for i, fs in members:
                 responses[i] = pb.InferenceResponse(output_tensors=[
-                    pb.Tensor(n, np.ascontiguousarray(outs[n][row:row + 1])) for n in out_names])
+                    pb.Tensor(n, np.ascontiguousarray(outs[n][at:at + len(fs)])) for n in out_names])
+                at += len(fs)
         return responses
 
     def _run_group(self, pb, T, members, responses, now):

@@ -1249,6 +1249,39 @@ def test_live_explicit_state_on_a_shared_sqlite_store_keeps_an_event_committed_m
     assert _same_topk(v.encode(rival.recommend("u", v.decode([8]))), ri, rs)
 
 
+def test_live_explicit_state_recommend_many_sends_users_as_batch_rows(live_server, mamba):
+    """``ExplicitStateRecommender.recommend_many``: the events of a call with as many new items go as the rows of
+    one request (at most ``max_batch_size`` = 32 rows: 40 users take two), their states stacked; every event's top-k
+    is PyTorch's full forward over that user's prefix, and the stored states continue one at a time."""
+    from export.triton_client import ExplicitStateRecommender
+
+    h, repo = live_server
+    v = mamba.item_vocab
+    cl = ExplicitStateRecommender(h.http_url, "m4r_explicit", protocol="http",
+                                  vocab=str(repo / "m4r_explicit" / "item_vocab.json"), store=_BytesStore())
+    assert cl.max_batch == 32
+    sent = []
+    infer = cl.client.infer
+    cl.client.infer = lambda *a, **kw: sent.append(a[1][0].shape()) or infer(*a, **kw)
+    rng = random.Random(12)
+    hist = {u: [] for u in range(40)}
+    served, prefixes = [], []
+    for rnd in range(3):
+        events = []
+        for u in hist:
+            new = [rng.randrange(1, N_ITEMS) for _ in range(1 if rnd else rng.choice([1, 3]))]
+            hist[u] += new
+            events.append((u, v.decode(new)))
+            prefixes.append(list(hist[u]))
+        served += [v.encode(items) for items, _ in cl.recommend_many(events, start=rnd == 0)]
+    for got, (ri, rs) in zip(served, _reference_topk(mamba, prefixes), strict=True):
+        assert _same_topk(got, ri, rs)
+    assert all(b <= 32 for b, _ in sent) and sum(b for b, _ in sent) == 3 * 40, sent   # every event once, as a row
+    assert sent[-2:] == [[32, 1], [8, 1]]                           # 40 one-item events: two requests
+    (ri, rs), = _reference_topk(mamba, [hist[7] + [9]])
+    assert _same_topk(v.encode(cl.recommend(7, v.decode([9]))), ri, rs)
+
+
 def test_live_idle_sequence_is_dropped_and_must_be_reprimed(live_server, mamba):
     import time
 
@@ -1599,6 +1632,71 @@ def test_live_tim4rec_causal_explicit_state_matches_pytorch(tc_server, tc_model)
         cl.recommend(0, v.decode([3]), timestamps=[plans[0][-1][1][-1] - 60])
 
 
+def test_live_time_aware_recommend_many_equals_one_event_a_request(tc_server, tc_model):
+    """TiM4Rec-causal behind the explicit-state model (``max_batch_size`` 8): ten users' events a call, as batch
+    rows with float64 timestamps (two requests a call), give what one request per event gives, and the same stored
+    states; an event going back in time refuses the whole call before anything is sent."""
+    from export.triton_client import ExplicitStateRecommender
+
+    h, repo = tc_server
+    v = tc_model.item_vocab
+    kw = dict(protocol="http", vocab=str(repo / "tc_explicit" / "item_vocab.json"))
+    many = ExplicitStateRecommender(h.http_url, "tc_explicit", store=_BytesStore(), **kw)
+    one = ExplicitStateRecommender(h.http_url, "tc_explicit", store=_BytesStore(), **kw)
+    rng = np.random.default_rng(8)
+    t = {u: float(rng.integers(1_400_000_000, 1_600_000_000)) + 0.5 for u in range(10)}
+    for rnd in range(3):
+        events = []
+        for u in range(10):
+            n = int(rng.integers(1, 3))
+            ts = _ts(rng, n, start=t[u])
+            t[u] = ts[-1]
+            events.append((u, v.decode([int(x) for x in rng.integers(1, TC_ITEMS, n)]), ts))
+        got = many.recommend_many(events)
+        for (u, items, ts), (top, sc) in zip(events, got, strict=True):
+            top1, sc1 = one.recommend_with_scores(u, items, timestamps=ts)
+            assert top == top1 or np.allclose(sc, sc1, atol=1e-5), (rnd, u)
+            np.testing.assert_allclose(sc, sc1, rtol=1e-5, atol=1e-5)
+    for u in range(10):
+        a, b = many.store.get(u), one.store.get(u)
+        assert a["last_ts"][0, 0] == b["last_ts"][0, 0] == t[u]
+        np.testing.assert_allclose(a["ssm_state"], b["ssm_state"], rtol=1e-5, atol=1e-5)
+    before = many.store.kv.copy()
+    with pytest.raises(ValueError, match="go back in time"):
+        many.recommend_many([(0, v.decode([3]), [t[0] + 1]), (1, v.decode([4]), [t[1] - 60])])
+    assert many.store.kv == before
+
+
+def test_live_window_requests_carry_several_histories_as_rows(tc_server, tim4rec_window_export):
+    """A window model's request of ``B`` rows (each a padded window with its timestamps) answers ``B`` rows, each what
+    the window sent alone answers (the python backend once read such a request as one long window)."""
+    import tritonclient.grpc as g
+
+    h, _ = tc_server
+    model, _ = tim4rec_window_export
+    cl = g.InferenceServerClient(h.grpc_url)
+    rng = np.random.default_rng(3)
+    hists = [[int(x) for x in rng.integers(1, TC_ITEMS, size=n)] for n in (3, 5, 2)]
+    ids, mask, ts = model.pad_batch(hists, timestamps=[_ts(rng, len(x)) for x in hists])
+
+    def ask(rows):
+        ins = [g.InferInput("item_ids", [len(rows), ids.shape[1]], "INT64"),
+               g.InferInput("timestamps", [len(rows), ids.shape[1]], "FP64")]
+        ins[0].set_data_from_numpy(ids[rows].numpy())
+        ins[1].set_data_from_numpy(ts[rows].numpy().astype(np.float64))
+        r = cl.infer("tim4rec_window", ins)
+        return r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
+
+    top, sc = ask([0, 1, 2])
+    assert top.shape == (3, K)
+    for b in range(3):
+        t1, s1 = ask([b])
+        assert np.array_equal(top[b], t1[0]) or np.allclose(sc[b], s1[0], atol=1e-5)
+        np.testing.assert_allclose(sc[b], s1[0], rtol=1e-5, atol=1e-5)
+    ref = model.predict(ids, mask, timestamps=ts)
+    np.testing.assert_allclose(sc, torch.topk(ref, K, dim=1).values.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_live_tim4rec_window_serves_float64_timestamps(tc_server, tim4rec_window_export):
     """TiM4Rec (faithful) window graph served statelessly with float64 timestamps; histories longer than the window
     are cut to the last max_seq_length items; answers equal PyTorch's forward."""
@@ -1615,6 +1713,13 @@ def test_live_tim4rec_window_serves_float64_timestamps(tc_server, tim4rec_window
     ids, mask, ts = model.pad_batch(hists, timestamps=tss)
     ref = model.predict(ids, mask, timestamps=ts).numpy()
     _check_served(served, [(r, None) for r in ref], "Triton window (TiM4Rec)")
+    sent = []
+    infer = cl.client.infer
+    cl.client.infer = lambda *a, **kw: sent.append(a[1][0].shape()) or infer(*a, **kw)
+    _check_served(cl.recommend_many(hists, tss), [(r, None) for r in ref], "Triton window, many a request")
+    assert sent == [[7, 20]]                                       # one request: 7 rows, padded to the window
+    with pytest.raises(ValueError, match="one list per history"):
+        cl.recommend_many(hists)
 
 
 # ================================================================== audit round 6 (F): validate_config and states

@@ -545,7 +545,8 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                   f'rec = WindowRecommender("127.0.0.1:8001", "{name}", protocol="grpc", {vocab})',
                   "top = rec.recommend(history" + (", timestamps=history_ts)   # float64 Unix seconds, one per item"
                                                    if uses_ts else ")   # sends the last max_seq_length items"),
-                  "```"]
+                  "many = rec.recommend_many(histories" + (", histories_ts" if uses_ts else "")
+                  + ")   # one request, a row per history", "```"]
     elif state == "implicit":
         ts1, ts2 = (", timestamps=history_ts", ", timestamps=[ts]") if uses_ts else ("", "")
         lines += ["```python", "from export.triton_client import TritonRecommender",
@@ -562,9 +563,11 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                   "the response returns the new one; keep it in any key-value store:", "", "```python",
                   "from export.triton_client import ExplicitStateRecommender",
                   f'rec = ExplicitStateRecommender("127.0.0.1:8001", "{name}", protocol="grpc", '
-                  f'{vocab}, store={{}})  # store: dict-like, e.g. a Redis wrapper',
+                  f'{vocab}, store={{}})  # store: dict-like; state_store.RedisStateStore(url) for many clients',
                   f'top = rec.recommend("user-42", [new_item]{ts2})   # loads the state (initial state if new), '
-                  "stores the new one", "```", "",
+                  "stores the new one",
+                  f'many = rec.recommend_many([("user-7", [item_a]{ts2}), ("user-42", [item_b]{ts2})])   '
+                  "# users as the rows of one request", "```", "",
                   "Store recipe: key = user id, value = the state tensors' raw bytes, each in its own dtype "
                   "(float32" + (", float64 `last_ts`" if any(x["dtype"] == "float64" for x in spec["state"]) else "")
                   + "; `export.state_store.BytesStore` keeps them as a JSON header + raw tensors, 2-5x faster "

@@ -488,3 +488,37 @@ def test_temporal_split_bench_runs(monkeypatch, tmp_path):
                               if line.startswith("| m.tsv |"))}
     assert set(rows) == {"leave-one-out", "temporal"}
     assert float(rows["leave-one-out"][4]) > 0.1 and rows["temporal"][4] == "0.000"
+
+
+def _triton_server_or_skip():
+    from export import triton_server as S
+
+    try:
+        S.server_python()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+
+def test_triton_bench_runs(monkeypatch, tmp_path):
+    """The loopback load test on a real server, one client, a few events: a row per level, every event answered."""
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed")
+    _triton_server_or_skip()
+    b = _bench("bench_triton", monkeypatch)
+    out = tmp_path / "t.md"
+    b.main(["--concurrency", "1", "--events", "10", "--events-per-seq", "5", "--history", "5", "--max-seconds", "20",
+            "--out", str(out)])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+            if line.startswith("| 1 |")]
+    assert len(rows) == 1 and rows[0][1] == "10" and float(rows[0][2]) > 0, rows
+
+
+def test_triton_many_users_bench_runs(monkeypatch, tmp_path):
+    """One user a request against four: a row per batch, the first at 1.0x, as many calls as the events need."""
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed")
+    _triton_server_or_skip()
+    b = _bench("triton_many_users", monkeypatch)
+    out = tmp_path / "m.md"
+    b.main(["--users", "8", "--events", "16", "--batch", "1", "4", "--markdown", str(out)])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+            if line.startswith(("| 1 |", "| 4 |"))]
+    assert [(r[0], r[1]) for r in rows] == [("1", "16"), ("4", "4")] and rows[0][4] == "1.0x", rows

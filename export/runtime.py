@@ -36,7 +36,6 @@ import json
 import os
 import re
 import threading
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -573,17 +572,9 @@ class UserStateRecommender:
         unknown id, timestamps going back -- stores nothing for any user of the call). ``start``: every user from the
         initial state, whatever is stored (:meth:`prime`)."""
         k = self._check_k(k)
-        if len(events) == 0:
-            raise ValueError("no events given")
-        users = [e[0] for e in events]
-        counts = Counter(users)
-        dup = next((u for u in users if counts[u] > 1), None)
-        if dup is not None:
-            raise ValueError(f"user {dup!r} has two events in one call; send the second after the first")
+        users = self._ss.check_events(events)
         encoded = []
         for i, e in enumerate(events):
-            if len(e) not in (2, 3):
-                raise ValueError(f"event {i} must be (user_id, new_items) or (user_id, new_items, timestamps)")
             items = e[1]
             if isinstance(items, (str, bytes)) or not hasattr(items, "__len__") or len(items) == 0:
                 raise ValueError(f"event {i} (user {e[0]!r}): new_items must be a non-empty sequence of item ids")

@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import Counter
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -177,6 +178,23 @@ def is_versioned(store) -> bool:
     return callable(getattr(store, "get_versioned", None)) and callable(getattr(store, "commit", None))
 
 
+def check_events(events: Sequence[tuple]) -> list:
+    """The users of a batch of ``(user_id, new_items[, timestamps])`` events, checked: at least one event, each of
+    two or three parts, no user twice (the second event would need the first one's state); ValueError naming the
+    problem otherwise."""
+    if len(events) == 0:
+        raise ValueError("no events given")
+    for i, e in enumerate(events):
+        if not isinstance(e, (tuple, list)) or len(e) not in (2, 3):
+            raise ValueError(f"event {i} must be (user_id, new_items) or (user_id, new_items, timestamps)")
+    users = [e[0] for e in events]
+    counts = Counter(users)
+    dup = next((u for u in users if counts[u] > 1), None)
+    if dup is not None:
+        raise ValueError(f"user {dup!r} has two events in one call; send the second after the first")
+    return users
+
+
 def forget(store, key) -> None:
     """Remove ``key``'s state from ``store`` (nothing stored: nothing to do), also when the stored value is no state
     (a store that decodes what it pops, e.g. :class:`BytesStore`, raises only after removing it)."""
@@ -254,7 +272,29 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
     threading.Thread(target=loop, name=f"zoo-state-checkpoint {path}", daemon=True).start()
 
 
-class SQLiteStateStore:
+class _VersionedStore:
+    """What the versioned stores share: user ids as text, and the dict reads on top of ``get_versioned``."""
+
+    def _user(self, key) -> str:
+        """``key`` (a user id, ``str`` or ``int``: ``42`` and ``"42"`` are two users) as the JSON text it is stored
+        under; TypeError for any other type."""
+        if isinstance(key, bool) or not isinstance(key, (str, numbers.Integral)):
+            raise TypeError(f"a user id in a {type(self).__name__} must be a str or an int, got "
+                            f"{type(key).__name__} {key!r}")
+        return json.dumps(key if isinstance(key, str) else int(key))
+
+    def get(self, key, default=None):
+        state, _ = self.get_versioned(key)
+        return default if state is None else state
+
+    def __getitem__(self, key) -> dict:
+        state, _ = self.get_versioned(key)
+        if state is None:
+            raise KeyError(key)
+        return state
+
+
+class SQLiteStateStore(_VersionedStore):
     """States in one SQLite file (:func:`to_bytes` values, WAL journal), shared by the threads and processes of a
     machine -- several serving workers -- with compare-and-set commits (:func:`is_versioned`), so no process loses
     another's event of the same user: ``UserStateRecommender(graph, store=SQLiteStateStore("states.db"))``.
@@ -353,12 +393,8 @@ class SQLiteStateStore:
             conn.close()
         self._local = threading.local()
 
-    @staticmethod
-    def _key(key) -> str:
-        if isinstance(key, bool) or not isinstance(key, (str, numbers.Integral)):
-            raise TypeError(f"a user id in a SQLiteStateStore must be a str or an int, got {type(key).__name__} "
-                            f"{key!r}")
-        return json.dumps(key if isinstance(key, str) else int(key))
+    def _key(self, key) -> str:
+        return self._user(key)
 
     def get_versioned(self, key) -> tuple[dict | None, int]:
         """``(state, version)``; ``(None, 0)`` when nothing is stored under ``key``."""
@@ -387,16 +423,6 @@ class SQLiteStateStore:
 
         return self._write(body)
 
-    def get(self, key, default=None):
-        state, _ = self.get_versioned(key)
-        return default if state is None else state
-
-    def __getitem__(self, key) -> dict:
-        state, _ = self.get_versioned(key)
-        if state is None:
-            raise KeyError(key)
-        return state
-
     def __setitem__(self, key, state: dict[str, np.ndarray]) -> None:
         row = (self._key(key), to_bytes(state))
         self._write(lambda c: (True, c.execute(
@@ -424,7 +450,7 @@ class SQLiteStateStore:
         return (json.loads(k) for (k,) in self._read(f"SELECT key FROM {self.table}"))
 
 
-class RedisStateStore:
+class RedisStateStore(_VersionedStore):
     """States in Redis (or a server speaking its protocol: Valkey, KeyDB), shared by the serving workers of many
     machines, with compare-and-set commits (:func:`is_versioned`) run as one Lua script (atomic on the server):
     ``UserStateRecommender(graph, store=RedisStateStore("redis://cache:6379/0", ttl=30 * 86400))``.
@@ -491,10 +517,7 @@ class RedisStateStore:
         return type(self), (self.url, self.prefix, self.ttl)
 
     def _key(self, key) -> str:
-        if isinstance(key, bool) or not isinstance(key, (str, numbers.Integral)):
-            raise TypeError(f"a user id in a RedisStateStore must be a str or an int, got {type(key).__name__} "
-                            f"{key!r}")
-        return self.prefix + json.dumps(key if isinstance(key, str) else int(key))
+        return self.prefix + self._user(key)
 
     def _ask(self, key: str, fn):
         """``fn()``, a read of ``key``'s hash; a key of another type is a ValueError naming it."""
@@ -530,16 +553,6 @@ class RedisStateStore:
         args = [int(v) for _, v, _ in writes] + [to_bytes(s) for _, _, s in writes] + [self.ttl or 0]
         return bool(self._commit(keys=keys, args=args))
 
-    def get(self, key, default=None):
-        state, _ = self.get_versioned(key)
-        return default if state is None else state
-
-    def __getitem__(self, key) -> dict:
-        state, _ = self.get_versioned(key)
-        if state is None:
-            raise KeyError(key)
-        return state
-
     def __setitem__(self, key, state: dict[str, np.ndarray]) -> None:
         self._set(keys=[self._key(key)], args=[to_bytes(state), self.ttl or 0])
 
@@ -563,4 +576,4 @@ class RedisStateStore:
 
 __all__ = ["FINGERPRINT_KEY", "ON_STALE", "RETRIES", "STATE_FORMAT", "StaleStateError", "ConcurrentUpdateError",
            "BytesStore", "SQLiteStateStore", "RedisStateStore", "check_on_stale", "stored_tag", "usable_state", "tagged", "to_bytes",
-           "from_bytes", "is_versioned", "transact", "forget"]
+           "from_bytes", "is_versioned", "transact", "forget", "check_events"]

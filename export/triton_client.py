@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import threading
-from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
@@ -382,17 +381,9 @@ class ExplicitStateRecommender(_Base):
         and stores nothing); with a versioned store they are committed together, or sent again from the newer states
         if another process stored one of these users meanwhile. ``start``: every user from the initial state."""
         k = self._check_k(k)
-        if len(events) == 0:
-            raise ValueError("no events given")
-        users = [e[0] for e in events]
-        counts = Counter(users)
-        dup = next((u for u in users if counts[u] > 1), None)
-        if dup is not None:
-            raise ValueError(f"user {dup!r} has two events in one call; send the second after the first")
+        users = state_store.check_events(events)
         encoded = []
         for i, e in enumerate(events):
-            if len(e) not in (2, 3):
-                raise ValueError(f"event {i} must be (user_id, new_items) or (user_id, new_items, timestamps)")
             ids = self._encode(e[1])
             if ids.shape[1] == 0:
                 raise ValueError(f"event {i} (user {e[0]!r}): new_items is empty")

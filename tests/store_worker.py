@@ -1,5 +1,6 @@
-"""A serving worker for the multi-process test of ``tests/test_user_states.py``: imported by spawned processes, so
-it imports neither torch nor the zoo (only NumPy, ONNX Runtime and ``export``)."""
+"""Helpers for the tests of stores shared by processes: a serving worker for the multi-process test of
+``tests/test_user_states.py`` (imported by spawned processes, so this module imports neither torch nor the zoo: only
+NumPy, ONNX Runtime and ``export``), and a store whose commits another writer races."""
 
 from __future__ import annotations
 
@@ -19,3 +20,20 @@ def send_events(graph_dir: str, store, start_at: float, users: list, items: list
         for user in users:
             rec.recommend(user, [item])
     return rec.conflicts
+
+
+def raced_sqlite(path, rival):
+    """A ``SQLiteStateStore`` on ``path`` whose every commit first lets ``rival`` (a recommender on its own handle of
+    the same file, as another process would) send the events queued in its ``rival_events`` list: each such event
+    lands between the call's read and its commit."""
+    from export.state_store import SQLiteStateStore
+
+    class Raced(SQLiteStateStore):
+        def commit(self, writes):
+            while self.rival_events:
+                rival.recommend(*self.rival_events.pop(0))
+            return super().commit(writes)
+
+    store = Raced(path)
+    store.rival_events = []
+    return store

@@ -1222,22 +1222,14 @@ def test_live_explicit_state_on_a_shared_sqlite_store_keeps_an_event_committed_m
     newer state -- the top-k is PyTorch's forward over the prefix with both events, each once."""
     from export.runtime import UserStateRecommender
     from export.state_store import SQLiteStateStore
+    from store_worker import raced_sqlite
     from export.triton_client import ExplicitStateRecommender
 
     h, repo = live_server
     v = mamba.item_vocab
     db = tmp_path / "states.db"
     rival = UserStateRecommender(mamba_export, store=SQLiteStateStore(db))
-
-    class Raced(SQLiteStateStore):
-        rival_events: list = []
-
-        def commit(self, writes):
-            while self.rival_events:
-                rival.recommend(*self.rival_events.pop(0))
-            return super().commit(writes)
-
-    store = Raced(db)
+    store = raced_sqlite(db, rival)
     served = ExplicitStateRecommender(h.http_url, "m4r_explicit", protocol="http",
                                       vocab=str(repo / "m4r_explicit" / "item_vocab.json"), store=store)
     served.prime("u", v.decode([3, 4]))

@@ -366,21 +366,14 @@ def test_an_event_committed_meanwhile_by_another_process_is_kept(mamba, tmp_path
     newer state, and its top-k and scores are PyTorch's forward over the prefix with both events, each once. With two
     users in the call and one of them written meanwhile, the other's event is not applied twice either."""
     from export.state_store import SQLiteStateStore
+    from store_worker import raced_sqlite
 
     model, d = mamba
     v = model.item_vocab
     path = tmp_path / "states.db"
     rival = UserStateRecommender(d, store=SQLiteStateStore(path))
 
-    class Raced(SQLiteStateStore):
-        rival_events: list = []
-
-        def commit(self, writes):
-            while self.rival_events:                  # the other process's events land before this commit
-                rival.recommend(*self.rival_events.pop(0))
-            return super().commit(writes)
-
-    store = Raced(path)
+    store = raced_sqlite(path, rival)
     rec = UserStateRecommender(d, store=store)
     store.rival_events = [("u", v.decode([9, 10]))]
     got = rec.prime("u", v.decode([1, 2, 3]))                     # a prime overwrites what the rival stored
@@ -411,6 +404,7 @@ def test_serving_processes_sharing_a_store_lose_no_event(tmp_path, request, kind
     import time
 
     from export.state_store import RedisStateStore, SQLiteStateStore
+    from store_worker import send_events
 
     torch.manual_seed(5)
     from zoo.models.sasrec import SASRecConfig, SASRecModel
@@ -424,7 +418,7 @@ def test_serving_processes_sharing_a_store_lose_no_event(tmp_path, request, kind
     users = ["a", "b", "c"]
     sent = {w: [f"item-{1 + 12 * w + j}" for j in range(12)] for w in range(3)}
     with multiprocessing.get_context("spawn").Pool(3) as pool:
-        conflicts = pool.starmap(__import__("store_worker").send_events,
+        conflicts = pool.starmap(send_events,
                                  [(str(d), store, time.time() + 5, users, sent[w]) for w in range(3)])
     print(f"commits refused and run again: {conflicts}")
     for user in users:

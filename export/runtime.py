@@ -468,7 +468,7 @@ class UserStateRecommender:
             window graph ``items`` (int64 internal indices) and ``timestamps`` (float64, time-aware graphs), tagged
             with the graph's item vocabulary (a model with the same vocabulary continues them, and so does one whose
             catalogue gained items: ``add_items`` appends them, so every stored index keeps its item). Processes share
-            :class:`export.state_store.SQLiteStateStore` (see below).
+            a versioned store (see below).
         on_stale: what to do with a stored state another model wrote (a step graph: retrained, its catalogue grown,
             fp16; a window graph: another item vocabulary): ``"error"`` (:class:`export.state_store.StaleStateError`:
             replay the user's history with :meth:`prime`) or ``"restart"`` (start the user afresh; counted in
@@ -481,8 +481,9 @@ class UserStateRecommender:
 
     Threads may share one recommender: events of the same user take turns (their state is read, advanced and stored
     under a lock), others run side by side (ONNX Runtime sessions are thread-safe). Processes (serving workers) may
-    share a *versioned* store (:class:`export.state_store.SQLiteStateStore`, or any store with ``get_versioned`` and
-    ``commit``: :func:`export.state_store.is_versioned`): a call's new states are committed only if no other process
+    share a *versioned* store (:class:`export.state_store.SQLiteStateStore` on one machine, :class:`export.
+    state_store.RedisStateStore` across machines, or any store with ``get_versioned`` and ``commit``:
+    :func:`export.state_store.is_versioned`): a call's new states are committed only if no other process
     stored those users since they were read, else it reads and runs again (counted in ``conflicts``), so no event is
     lost. A plain store shared by processes needs one writer per user."""
 

@@ -7,9 +7,9 @@ serves either, and a state a replaced model wrote is refused, never fed to the n
 
 Several processes may share one store when it is *versioned* (:func:`is_versioned`: ``get_versioned`` and
 ``commit``, a compare-and-set of several keys at once, as :class:`SQLiteStateStore` and :class:`RedisStateStore`
-have): both clients then read a
-user's state with its version, run the model, and commit only if no other process wrote that user in between, else
-read and run again (:func:`transact`). A plain store has no such guarantee across processes (one writer per user).
+have): both clients then read a user's state with its version, run the model, and commit only if no other process
+wrote that user in between, else read and run again (:func:`transact`). A plain store has no such guarantee across
+processes (one writer per user).
 
 NumPy only (no onnxruntime, no tritonclient), so either client imports it without the other's dependencies.
 """

@@ -316,8 +316,8 @@ class ExplicitStateRecommender(_Base):
     pass ``on_stale="restart"`` to start such users from the initial state (their earlier history is then ignored).
     Repositories written before the fingerprint existed have none, and their states are not checked.
 
-    Several client processes may share a *versioned* store (:class:`export.state_store.SQLiteStateStore`, or any
-    store with ``get_versioned`` / ``commit``): the new state is committed only if no other process stored the user
+    Several client processes may share a *versioned* store (:class:`export.state_store.SQLiteStateStore`,
+    :class:`export.state_store.RedisStateStore`, or any store with ``get_versioned`` / ``commit``): the new state is committed only if no other process stored the user
     since it was read, else the request is sent again from the newer state (counted in ``conflicts``).
     """
 

@@ -333,14 +333,18 @@ def test_a_time_aware_window_graph_keeps_time_order(tmp_path):
     assert "b" not in rec.store and all(np.array_equal(rec.store["a"][n], a) for n, a in before.items())
 
 
-def test_threads_serving_one_user_take_turns(sasrec):
+@pytest.mark.parametrize("kind", ["dict", "sqlite"])
+def test_threads_serving_one_user_take_turns(sasrec, tmp_path, kind):
     """Eight threads send one event each for the same user at once, five times over: every event lands in the
-    stored window (a read-run-store race would lose some), and other users' events are not held up by them."""
+    stored window (a read-run-store race would lose some), and other users' events are not held up by them -- in a
+    dict, and in a SQLite store (each thread on its own connection)."""
     import threading
+
+    from export.state_store import SQLiteStateStore
 
     model, d = sasrec
     v = model.item_vocab
-    rec = UserStateRecommender(d)
+    rec = UserStateRecommender(d, store={} if kind == "dict" else SQLiteStateStore(tmp_path / "s.db"))
     for rnd in range(5):
         barrier = threading.Barrier(9)
         user = f"shared-{rnd}"

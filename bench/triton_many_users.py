@@ -1,11 +1,13 @@
-"""Many users' events through Triton's explicit-state model: one request per event (``recommend``) against the users
-of a call as the rows of one request (``recommend_many``), side by side on one loopback server (a measurement, not a
+"""Many users' events through Triton: one request per event (``recommend``) against the users of a call sent
+together (``recommend_many``), for both state placements, side by side on one loopback server (a measurement, not a
 test).
 
 A real ``tritonserver`` (nvidia-pytriton, python backend; ``bash export/triton_server_env.sh`` once) serves a bundled
-step graph with explicit state (``max_batch_size`` 64); one client thread keeps ``--users`` users in a dict store,
-primes each with 20 items (not timed) and then sends ``--events`` one-item events round-robin over them, ``--batch``
-users a call. Reported: events per second and milliseconds per call.
+step graph twice (``max_batch_size`` 64): with explicit state, where ``recommend_many`` sends the users of a call as
+the rows of one request (states in the client's dict store), and with implicit state behind the sequence batcher,
+where it sends one request per sequence, all in flight together from a client thread pool (gRPC). One client
+primes ``--users`` users with 20 items each (not timed), then sends ``--events`` one-item events round-robin over
+them, ``--batch`` users a call. Reported: events per second and milliseconds per call.
 
     python bench/triton_many_users.py [--card mamba4rec-ml1m] [--users 256] [--events 2048] [--batch 1 8 64] [--protocol grpc] [--markdown bench/RESULTS_TRITON_MANY_USERS.md]
 """
@@ -29,12 +31,16 @@ from bench.benchutil import command_line, write_table  # noqa: E402
 def run(client, users: int, events: int, batch: int, seed: int = 0) -> dict:
     """Prime ``users`` users, then serve ``events`` one-item events ``batch`` users a call; events/s, ms a call."""
     items = client.vocab.items if client.vocab is not None else list(range(1, client.n_items))
-    client.store.clear()
     rng = np.random.default_rng(seed)
-    for s in range(0, users, 64):
-        client.recommend_many([(u, [items[i] for i in rng.integers(0, len(items), 20)])
-                               for u in range(s, min(users, s + 64))], start=True)
-    order = [(j % users, items[int(i)]) for j, i in enumerate(rng.integers(0, len(items), events))]
+    if hasattr(client, "store"):                                      # explicit state: the client's store
+        client.store.clear()
+        for s in range(0, users, 64):
+            client.recommend_many([(u, [items[i] for i in rng.integers(0, len(items), 20)])
+                                   for u in range(s + 1, min(users, s + 64) + 1)], start=True)
+    else:                                                             # implicit: each sequence restarted
+        for u in range(1, users + 1):                                 # sequence ids start at 1
+            client.prime(u, [items[i] for i in rng.integers(0, len(items), 20)])
+    order = [(1 + j % users, items[int(i)]) for j, i in enumerate(rng.integers(0, len(items), events))]
     calls = 0
     t0 = time.perf_counter()
     for s in range(0, len(order), batch):
@@ -59,34 +65,41 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     from export import triton as T
     from export import triton_server as S
-    from export.triton_client import ExplicitStateRecommender
+    from export.triton_client import ExplicitStateRecommender, TritonRecommender
 
     graph = os.path.join(ROOT, "hub_cards", args.card, "onnx")
     repo = tempfile.mkdtemp(prefix="bench-triton-many-")
+    vocab = os.path.join(graph, "item_vocab.json")
     T.write_repository(graph, repo, name="explicit", backend="python", state="explicit", max_batch_size=64,
-                       vocab_path=os.path.join(graph, "item_vocab.json"))
+                       vocab_path=vocab)
+    T.write_repository(graph, repo, name="implicit", backend="python", state="implicit", max_batch_size=64,
+                       vocab_path=vocab, idle_timeout_s=600)
     h = S.start_server(repo, timeout=240)
     try:
         url = h.grpc_url if args.protocol == "grpc" else h.http_url
-        client = ExplicitStateRecommender(url, "explicit", protocol=args.protocol,
-                                          vocab=os.path.join(repo, "explicit", "item_vocab.json"), store={})
+        clients = {"explicit (rows of one request)": ExplicitStateRecommender(
+                       url, "explicit", protocol=args.protocol, vocab=vocab, store={}),
+                   "implicit (requests in flight together)": TritonRecommender(
+                       url, "implicit", protocol=args.protocol, vocab=vocab, threads=64)}
         lines = [f"Produced by `{command_line('bench/triton_many_users.py', argv)}` ({time.strftime('%Y-%m-%d')}, "
                  f"{os.cpu_count()} CPUs shared by server and client, loopback {args.protocol}): `{args.card}`'s step "
-                 f"graph behind Triton's python backend with explicit state (max_batch_size 64, ORT 1 thread); "
-                 f"{args.users} users primed with 20 items, then {args.events} one-item events round-robin over "
-                 "them, the states in a dict.", "",
-                 "| users a call | calls | events/s | ms a call | vs one a call |", "|---:|---:|---:|---:|---:|"]
-        base = None
-        for batch in args.batch:
-            run(client, args.users, min(args.events, 4 * batch), batch, seed=1)       # warm-up
-            r = run(client, args.users, args.events, batch)
-            base = base or r["events_per_s"]
-            lines.append(f"| {batch} | {-(-args.events // batch):,} | {r['events_per_s']:,.0f} | "
-                         f"{r['ms_per_call']:.2f} | {r['events_per_s'] / base:.1f}x |")
-            print(lines[-1], flush=True)
+                 f"graph behind Triton's python backend (max_batch_size 64, ORT 1 thread; implicit state: sequence "
+                 f"batcher, strategy oldest); {args.users} users primed with 20 items, then {args.events} one-item "
+                 "events round-robin over them (explicit state: the states in a dict).", "",
+                 "| state | users a call | calls | events/s | ms a call | vs one a call |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for state, client in clients.items():
+            base = None
+            for batch in args.batch:
+                run(client, args.users, min(args.events, 4 * batch), batch, seed=1)       # warm-up
+                r = run(client, args.users, args.events, batch)
+                base = base or r["events_per_s"]
+                lines.append(f"| {state} | {batch} | {-(-args.events // batch):,} | {r['events_per_s']:,.0f} | "
+                             f"{r['ms_per_call']:.2f} | {r['events_per_s'] / base:.1f}x |")
+                print(lines[-1], flush=True)
     finally:
         h.stop()
-    write_table(lines, "Many users a request through Triton (explicit state)", args.markdown)
+    write_table(lines, "Many users a call through Triton", args.markdown)
 
 
 if __name__ == "__main__":

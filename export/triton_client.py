@@ -113,10 +113,6 @@ class _Base:
         return [self._m.InferRequestedOutput(n) for n in [*names, *(["user_vector"] if "user_vector" in self.outputs
                                                                      else [])]]
 
-    def _keep_vector(self, r) -> None:
-        if "user_vector" in self.outputs:
-            self.last_user_vector = r.as_numpy("user_vector")[0]
-
     def _metadata(self) -> dict:
         try:
             if self.protocol == "grpc":
@@ -207,11 +203,17 @@ class TritonRecommender(_Base):
         model_name: the model's name in the repository.
         protocol: ``"grpc"`` or ``"http"``.
         vocab: ``item_vocab.json`` path or :class:`zoo.vocab.ItemVocab` (None: ids are internal indices).
+        threads: requests :meth:`recommend_many` sends at once (gRPC).
     Not thread-safe for protocol="http" (tritonclient's HTTP client is not): use one instance per thread.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, threads: int = 16, **kwargs):
         super().__init__(*args, **kwargs)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        #: requests :meth:`recommend_many` has in flight at once (gRPC)
+        self.threads = threads
+        self._pool = None
         self._live: set[int] = set()
         self._expired: set[int] = set()
         self._lock = threading.Lock()
@@ -244,29 +246,86 @@ class TritonRecommender(_Base):
             self.last_live_sequences = int(r.as_numpy("live_sequences").reshape(-1)[0])
         if bare_end:
             return None
-        self._keep_vector(r)
-        return r.as_numpy("topk_ids")[0], r.as_numpy("topk_scores")[0]
+        vector = r.as_numpy("user_vector")[0].copy() if "user_vector" in self.outputs else None
+        return r.as_numpy("topk_ids")[0], r.as_numpy("topk_scores")[0], vector
 
     def recommend_with_scores(self, user_or_sequence_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
                               start: bool | None = None, end: bool = False) -> tuple[list, np.ndarray]:
         """``(top-k external ids, their scores)`` after appending ``new_items`` to the sequence."""
         k = self._check_k(k)
-        sid = sequence_id(user_or_sequence_id)
+        top, sc, vector = self._event(user_or_sequence_id, self._event_ids(new_items), timestamps, start, end)
+        if vector is not None:
+            self.last_user_vector = vector
+        return self._decode(top[:k]), sc[:k]
+
+    def _event_ids(self, new_items, where: str = "") -> np.ndarray:
+        """``new_items`` as internal indices ``[1, T]``, checked: not empty, each in the model's range."""
         ids = self._encode(new_items)
         if ids.shape[1] == 0:
-            raise ValueError("new_items is empty; to close a sequence call end()")
+            raise ValueError(f"{where}new_items is empty; to close a sequence call end()")
         if self.n_items is not None:
             bad = ids[(ids < 1) | (ids >= self.n_items)]
             if bad.size:
-                raise ValueError(f"item index {int(bad[0])} out of range 1..{self.n_items - 1}")
+                raise ValueError(f"{where}item index {int(bad[0])} out of range 1..{self.n_items - 1}")
+        return ids
+
+    def _event(self, user_or_sequence_id, ids: np.ndarray, timestamps, start, end):
+        """One event's request: ``(top-k indices, scores, user vector or None)``."""
+        sid = sequence_id(user_or_sequence_id)
         if start is None:
             with self._lock:
                 if sid in self._expired:
                     raise TritonRecommendError(f"sequence {user_or_sequence_id!r} is gone from the server (idle "
                                                "timeout or server restart): call prime() with its history")
                 start = sid not in self._live
-        top, sc = self._infer(sid, ids, bool(start), bool(end), self._timestamps(timestamps, ids.shape[1]))
-        return self._decode(top[:k]), sc[:k]
+        return self._infer(sid, ids, bool(start), bool(end), self._timestamps(timestamps, ids.shape[1]))
+
+    def recommend_many(self, events: Sequence[tuple], k: int | None = None) -> list[tuple[list, np.ndarray]]:
+        """``(top-k external ids, their scores)`` of each event, in order: ``events`` are ``(user_or_sequence_id,
+        new_items)`` or ``(user_or_sequence_id, new_items, timestamps)``, one per sequence (a sequence's events must
+        reach the server in order). With gRPC the requests go out together from a thread pool (at most
+        ``threads``), so Triton's sequence batcher can run them as one batch; tritonclient's HTTP client is not
+        thread-safe, so with HTTP they go one after another. A sequence that is not live is started, as by
+        :meth:`recommend`.
+
+        Every event is checked before any is sent (an unknown id or an empty event sends nothing). The states live on
+        the server, so a request the server refuses does not undo the others: the first refusal is raised once every
+        request has answered, the other sequences having advanced."""
+        k = self._check_k(k)
+        users = state_store.check_events(events)
+        sids = [sequence_id(u) for u in users]
+        if len(set(sids)) < len(sids):
+            raise ValueError("two events of one call map to the same sequence id; send the second after the first")
+        checked = []
+        for i, e in enumerate(events):
+            ids = self._event_ids(e[1], f"event {i} (sequence {e[0]!r}): ")
+            if self.uses_timestamps:
+                self._check_ts(e[2] if len(e) == 3 else None, ids.shape[1])
+            checked.append((e[0], ids, e[2] if len(e) == 3 else None))
+
+        def one(event):
+            return self._event(*event, None, False)
+
+        if self.protocol != "grpc" or len(events) == 1:
+            answers = [one(e) for e in checked]
+        else:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="zoo-triton")
+            futures = [self._pool.submit(one, e) for e in checked]
+            answers, first_error = [], None
+            for f in futures:
+                try:
+                    answers.append(f.result())
+                except Exception as err:                   # raised below, once every request has answered
+                    answers.append(None)
+                    first_error = first_error or err
+            if first_error is not None:
+                raise first_error
+        if answers[-1][2] is not None:
+            self.last_user_vector = answers[-1][2]
+        return [(self._decode(top[:k]), sc[:k]) for top, sc, _ in answers]
 
     def recommend(self, user_or_sequence_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
                   start: bool | None = None, end: bool = False) -> list:

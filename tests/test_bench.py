@@ -513,12 +513,15 @@ def test_triton_bench_runs(monkeypatch, tmp_path):
 
 
 def test_triton_many_users_bench_runs(monkeypatch, tmp_path):
-    """One user a request against four: a row per batch, the first at 1.0x, as many calls as the events need."""
+    """One user a call against four, explicit and implicit state: a row per batch, the first of each at 1.0x, as many
+    calls as the events need."""
     pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed")
     _triton_server_or_skip()
     b = _bench("triton_many_users", monkeypatch)
     out = tmp_path / "m.md"
     b.main(["--users", "8", "--events", "16", "--batch", "1", "4", "--markdown", str(out)])
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
-            if line.startswith(("| 1 |", "| 4 |"))]
-    assert [(r[0], r[1]) for r in rows] == [("1", "16"), ("4", "4")] and rows[0][4] == "1.0x", rows
+            if line.startswith(("| explicit", "| implicit"))]
+    assert [(r[0].split()[0], r[1], r[2]) for r in rows] == [
+        (s, n, c) for s in ("explicit", "implicit") for n, c in (("1", "16"), ("4", "4"))], rows
+    assert rows[0][5] == rows[2][5] == "1.0x", rows

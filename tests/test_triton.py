@@ -1274,6 +1274,41 @@ def test_live_explicit_state_recommend_many_sends_users_as_batch_rows(live_serve
     assert _same_topk(v.encode(cl.recommend(7, v.decode([9]))), ri, rs)
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_live_implicit_state_recommend_many_matches_pytorch(live_server, mamba, protocol):
+    """``TritonRecommender.recommend_many``: twenty sequences' events a call (gRPC: in flight together, so the
+    sequence batcher may run them as one batch; HTTP: one after another), sequences started on their first event;
+    every event's top-k is PyTorch's full forward over that sequence's prefix. A call with an unknown id or a
+    sequence twice sends nothing."""
+    h, repo = live_server
+    v = mamba.item_vocab
+    cl = _client(h, repo, protocol)
+    rng = random.Random(21)
+    users = [f"many-{protocol}-{u}" for u in range(20)]
+    hist = {u: [] for u in users}
+    served, prefixes = [], []
+    for rnd in range(4):
+        events = []
+        for u in users:
+            new = [rng.randrange(1, N_ITEMS) for _ in range(rng.choice([1, 3]) if rnd == 0 else 1)]
+            hist[u] += new
+            events.append((u, v.decode(new)))
+            prefixes.append(list(hist[u]))
+        served += [v.encode(items) for items, _ in cl.recommend_many(events)]
+    for got, (ri, rs) in zip(served, _reference_topk(mamba, prefixes), strict=True):
+        assert _same_topk(got, ri, rs)
+    live = set(cl._live)
+    with pytest.raises(ValueError, match="two events"):
+        cl.recommend_many([(users[0], v.decode([1])), (users[0], v.decode([2]))])
+    with pytest.raises(Exception, match="unknown|not in"):
+        cl.recommend_many([(users[1], v.decode([1])), (users[2], ["no-such-item"])])
+    assert cl._live == live
+    (ri, rs), = _reference_topk(mamba, [hist[users[1]] + [5]])      # nothing of the refused calls was sent
+    assert _same_topk(v.encode(cl.recommend(users[1], v.decode([5]))), ri, rs)
+    for u in users:
+        cl.end(u)
+
+
 def test_live_idle_sequence_is_dropped_and_must_be_reprimed(live_server, mamba):
     import time
 

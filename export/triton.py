@@ -553,6 +553,8 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                   f'rec = TritonRecommender("127.0.0.1:8001", "{name}", protocol="grpc", {vocab})',
                   f'rec.prime("user-42", history{ts1})          # one request: START + the whole history',
                   f'top = rec.recommend("user-42", [new_item]{ts2})  # each event: only the new item(s)',
+                  f'many = rec.recommend_many([("user-7", [item_a]{ts2}), ("user-42", [item_b]{ts2})])  '
+                  "# in flight together (gRPC)",
                   'rec.end("user-42")                       # frees the server-side state', "```", "",
                   "Sequence ids are Triton correlation ids (uint64; strings are hashed). A sequence idle for longer "
                   "than `max_sequence_idle_microseconds` is dropped by Triton: re-prime it from the history, or use "

@@ -297,11 +297,14 @@ class TritonPythonModel:
                 rows = []
                 for b in range(B):
                     feeds = {"item_ids": all_ids[b].reshape(-1)}
-                    if self.uses_timestamps:
-                        feeds["timestamps"] = self._check_ts(all_ts[b], T)
                     for name, *_ in self.states:
                         feeds[name] = all_states[name][b]
-                    self._check_after_last(feeds.get("timestamps"), [feeds[n] for n, *_ in self.states])
+                    try:
+                        if self.uses_timestamps:
+                            feeds["timestamps"] = self._check_ts(all_ts[b], T)
+                        self._check_after_last(feeds.get("timestamps"), [feeds[n] for n, *_ in self.states])
+                    except ValueError as e:
+                        raise ValueError(f"{e} (row {b})" if B > 1 else str(e)) from None
                     rows.append(feeds)
                 groups.setdefault(T, []).append((i, rows))
             except ValueError as e:

@@ -1694,6 +1694,29 @@ def test_live_time_aware_recommend_many_equals_one_event_a_request(tc_server, tc
     assert many.store.kv == before
 
 
+def test_live_explicit_state_batch_refuses_a_row_naming_it(tc_server):
+    """A batched explicit-state request whose second row's timestamps go back before that row's ``last_ts`` is
+    refused as a whole, the error naming the row."""
+    import tritonclient.grpc as g
+    from tritonclient.utils import InferenceServerException
+
+    from export.triton_client import ExplicitStateRecommender
+
+    h, _ = tc_server
+    cl = ExplicitStateRecommender(h.grpc_url, "tc_explicit", protocol="grpc")
+    states = {n: np.concatenate([a, a]) for n, a in cl.initial_state().items()}
+    states["last_ts"][1, 0] = 2000.0
+    arrays = {"item_ids": np.array([[3], [4]], np.int64), "timestamps": np.array([[1000.0], [1000.0]]), **states}
+    ins = {name: g.InferInput(name, list(a.shape), cl.inputs[name]["datatype"]) for name, a in arrays.items()}
+    for name, a in arrays.items():
+        ins[name].set_data_from_numpy(a)
+    with pytest.raises(InferenceServerException, match=r"go back in time .*\(row 1\)"):
+        cl.client.infer("tc_explicit", list(ins.values()))
+    states["last_ts"][1, 0] = 500.0                                 # in time order now: both rows answered
+    ins["last_ts"].set_data_from_numpy(states["last_ts"])
+    assert cl.client.infer("tc_explicit", list(ins.values())).as_numpy("topk_ids").shape == (2, K)
+
+
 def test_live_window_requests_carry_several_histories_as_rows(tc_server, tim4rec_window_export):
     """A window model's request of ``B`` rows (each a padded window with its timestamps) answers ``B`` rows, each what
     the window sent alone answers (the python backend once read such a request as one long window)."""

@@ -301,7 +301,7 @@ class SQLiteStateStore(_VersionedStore):
 
     Keys are user ids, ``str`` or ``int`` (``42`` and ``"42"`` are two users). ``get`` / ``__getitem__`` /
     ``__setitem__`` / ``pop`` / ``in`` / ``len`` as a dict (``__setitem__`` overwrites unconditionally; the clients
-    commit instead). Each thread and process opens its own connection; the object pickles as its path, so it can be
+    commit instead). :meth:`expire` drops the users idle for a given time (Redis's TTL, run when you choose). Each thread and process opens its own connection; the object pickles as its path, so it can be
     handed to worker processes.
 
     Args:
@@ -331,8 +331,17 @@ class SQLiteStateStore(_VersionedStore):
         self.checkpoint_every = checkpoint_every
         self._local = threading.local()
         self._read("PRAGMA journal_mode=WAL")
-        self._write(lambda c: (True, c.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, "
-                                               "version INTEGER NOT NULL, value BLOB NOT NULL)")))
+        self._write(self._create)
+
+    def _create(self, c):
+        """The table (``updated``: Unix seconds of the state's last write, for :meth:`expire`) and its index."""
+        t = self.table
+        c.execute(f"CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+                  "value BLOB NOT NULL, updated REAL NOT NULL DEFAULT 0)")
+        if "updated" not in [row[1] for row in c.execute(f"PRAGMA table_info({t})").fetchall()]:
+            c.execute(f"ALTER TABLE {t} ADD COLUMN updated REAL NOT NULL DEFAULT 0")     # a table of before
+        c.execute(f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated)")
+        return True, None
 
     def __reduce__(self):
         return type(self), (self.path, self.table, self.timeout, self.synchronous, self.checkpoint_every)
@@ -416,18 +425,28 @@ class SQLiteStateStore(_VersionedStore):
                 now = c.execute(f"SELECT version FROM {self.table} WHERE key = ?", (key,)).fetchone()
                 if (0 if now is None else int(now[0])) != version:
                     return False, False
-            c.executemany(f"INSERT INTO {self.table} (key, version, value) VALUES (?, ?, ?) ON CONFLICT(key) "
-                          "DO UPDATE SET version = excluded.version, value = excluded.value",
-                          [(key, version + 1, raw) for key, version, raw in rows])
+            now = time.time()
+            c.executemany(f"INSERT INTO {self.table} (key, version, value, updated) VALUES (?, ?, ?, ?) "
+                          "ON CONFLICT(key) DO UPDATE SET version = excluded.version, value = excluded.value, "
+                          "updated = excluded.updated", [(key, version + 1, raw, now) for key, version, raw in rows])
             return True, True
 
         return self._write(body)
 
     def __setitem__(self, key, state: dict[str, np.ndarray]) -> None:
-        row = (self._key(key), to_bytes(state))
+        row = (self._key(key), to_bytes(state), time.time())
         self._write(lambda c: (True, c.execute(
-            f"INSERT INTO {self.table} (key, version, value) VALUES (?, 1, ?) ON CONFLICT(key) "
-            "DO UPDATE SET version = version + 1, value = excluded.value", row)))
+            f"INSERT INTO {self.table} (key, version, value, updated) VALUES (?, 1, ?, ?) ON CONFLICT(key) "
+            "DO UPDATE SET version = version + 1, value = excluded.value, updated = excluded.updated", row)))
+
+    def expire(self, idle_seconds: float) -> int:
+        """Delete the states not written for ``idle_seconds`` or more (users who stayed away that long start
+        afresh, as a Redis TTL would have them); returns how many. Run it from time to time, e.g. a cron job."""
+        if isinstance(idle_seconds, bool) or not isinstance(idle_seconds, (int, float)) or not idle_seconds >= 0:
+            raise ValueError(f"idle_seconds must be a non-negative number, got {idle_seconds!r}")
+        cut = time.time() - idle_seconds
+        return self._write(lambda c: (True, c.execute(f"DELETE FROM {self.table} WHERE updated <= ?",
+                                                      (cut,)).rowcount))
 
     def pop(self, key, default=None):
         key = self._key(key)

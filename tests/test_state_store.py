@@ -183,6 +183,29 @@ def test_transact_runs_again_on_the_newer_state_when_another_writer_got_in_first
     assert int(store["u"]["count"][0, 0]) == 99
 
 
+def test_sqlite_expire_drops_the_users_idle_that_long(tmp_path):
+    """``expire(idle_seconds)`` deletes the states last written at least that long ago and keeps the others; an
+    expired user's next commit starts from absent (version 0); a table made before the ``updated`` column gets it."""
+    import sqlite3
+    import time
+
+    store = SQLiteStateStore(tmp_path / "s.db")
+    for u in ("old", "older", "fresh"):
+        store[u] = _state()
+    with sqlite3.connect(store.path) as raw:
+        raw.execute("UPDATE zoo_states SET updated = ? WHERE key IN (?, ?)", (time.time() - 7200, '"old"', '"older"'))
+    assert store.expire(3600) == 2 and sorted(store) == ["fresh"]
+    assert store.expire(3600) == 0 and store.version("old") == 0 and store.commit([("old", 0, _state(1))])
+    assert store.expire(0) == 2 and len(store) == 0
+    with pytest.raises(ValueError, match="idle_seconds must be"):
+        store.expire(-1)
+    with sqlite3.connect(tmp_path / "before.db") as raw:
+        raw.execute("CREATE TABLE zoo_states (key TEXT PRIMARY KEY, version INTEGER NOT NULL, value BLOB NOT NULL)")
+        raw.execute("INSERT INTO zoo_states VALUES (?, 1, ?)", ('"u"', to_bytes(_state())))
+    before = SQLiteStateStore(tmp_path / "before.db")
+    assert _same_state(before["u"], _state()) and before.expire(3600) == 1       # written at time 0
+
+
 def test_sqlite_checkpoints_run_in_one_background_thread_per_process(tmp_path):
     """The connections serving events never checkpoint (their commits stay in the WAL, the database file does not
     grow); the process's checkpoint thread copies them into the database file within ``checkpoint_every`` seconds,

@@ -325,6 +325,9 @@ class SQLiteStateStore(_VersionedStore):
             raise ValueError(f"table must be an identifier (letters, digits, _), got {table!r}")
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        if os.fspath(path) in ("", ":memory:"):
+            raise ValueError(f"SQLiteStateStore needs a database file, got {os.fspath(path)!r}: each connection (one "
+                             "a thread) would get a database of its own; a dict is the in-memory store")
         if checkpoint_every is not None and not checkpoint_every > 0:
             raise ValueError(f"checkpoint_every must be a positive number of seconds or None, got {checkpoint_every!r}")
         self.path, self.table, self.timeout, self.synchronous = os.fspath(path), table, float(timeout), synchronous

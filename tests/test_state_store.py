@@ -101,6 +101,9 @@ def test_sqlite_store_is_a_versioned_store(tmp_path):
             store.get(bad)
     with pytest.raises(ValueError, match="table must be an identifier"):
         SQLiteStateStore(tmp_path / "x.db", table="states; DROP TABLE x")
+    for bad in (":memory:", ""):
+        with pytest.raises(ValueError, match="needs a database file"):
+            SQLiteStateStore(bad)
     import pickle
 
     copy = pickle.loads(pickle.dumps(store))                         # handed to a worker process as its path

@@ -2,13 +2,14 @@
 many users' events in one call (``recommend_many``), with the states kept in a dict, in two bytes stores (what
 Redis & co. would hold: ``np.savez`` per user, and ``export.state_store.BytesStore``'s header + raw tensors) and in a
 SQLite file (``export.state_store.SQLiteStateStore``: the versioned store processes share, each call a
-compare-and-set commit), side by side in one run (a measurement, not a test).
+compare-and-set commit) and, where a Redis server runs, in Redis (``RedisStateStore``), side by side in one run (a
+measurement, not a test).
 
 Each configuration first primes ``--users`` users with 20 items each (not timed), then times ``--events`` one-item
 events drawn over those users (round-robin, so a batch holds distinct users); every configuration serves the same
 events. Time-aware graphs get one timestamp per event, an hour after the user's last.
 
-    python bench/bench_user_states.py [--cards mamba4rec-ml1m lrurec-ml1m gru4rec-ml1m] [--users 512] [--events 4096] [--batch 64 256] [--markdown bench/RESULTS_USER_STATES.md]
+    python bench/bench_user_states.py [--cards mamba4rec-ml1m lrurec-ml1m gru4rec-ml1m] [--users 512] [--events 4096] [--batch 64 256] [--redis-url URL] [--markdown bench/RESULTS_USER_STATES.md]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, write_table  # noqa: E402
+from bench.benchutil import command_line, redis_server, redis_version, write_table  # noqa: E402
 
 CARDS = ["mamba4rec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "tim4rec-causal-ml1m-u2999"]
 
@@ -96,12 +97,21 @@ def main(argv=None) -> None:
     p.add_argument("--events", type=int, default=4096)
     p.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--redis-url", help="a Redis server for the RedisStateStore rows (default: a redis-server "
+                   "started on loopback for the run, when one is installed; else no Redis rows)")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
+    with redis_server(args.redis_url) as redis_url:
+        _measure(args, argv, redis_url)
+
+
+def _measure(args, argv, redis_url: str | None) -> None:
     import onnxruntime
 
     lines = [f"Produced by `{command_line('bench/bench_user_states.py', argv)}` ({time.strftime('%Y-%m-%d')}, cpu, "
-             f"ONNX Runtime {onnxruntime.__version__}, {args.threads} intra-op thread(s)): {args.users} users primed "
+             f"ONNX Runtime {onnxruntime.__version__}, {args.threads} intra-op thread(s)"
+             + (f", Redis {redis_version(redis_url)} on loopback" if redis_url else "")
+             + f"): {args.users} users primed "
              f"with 20 items, then {args.events} one-item events served round-robin over them; the same events for "
              "every configuration.", "",
              "| card | store | events per call | events/s | us per event | vs one per call | state per user (bytes) |",
@@ -109,17 +119,22 @@ def main(argv=None) -> None:
     for card in args.cards:
         graph = os.path.join(ROOT, "hub_cards", card, "onnx")
         from export.state_store import BytesStore as ZooBytes
-        from export.state_store import SQLiteStateStore
+        from export.state_store import RedisStateStore, SQLiteStateStore
 
         tmp, files = tempfile.mkdtemp(prefix="bench-states-"), iter(range(10**6))
 
         def sqlite(synchronous):                                  # a fresh file for every configuration
             return lambda: SQLiteStateStore(os.path.join(tmp, f"{next(files)}.db"), synchronous=synchronous)
 
-        for store_name, make in (("dict", dict), ("bytes (np.savez)", BytesStore), ("bytes (state_store.BytesStore)",
-                                                                                   ZooBytes),
-                                 ("SQLite file (state_store.SQLiteStateStore)", sqlite("NORMAL")),
-                                 ("SQLite file, synchronous=FULL", sqlite("FULL"))):
+        def redis():                                              # a fresh prefix for every configuration
+            return RedisStateStore(redis_url, prefix=f"bench:{os.getpid()}:{next(files)}:")
+
+        stores = [("dict", dict), ("bytes (np.savez)", BytesStore), ("bytes (state_store.BytesStore)", ZooBytes),
+                  ("SQLite file (state_store.SQLiteStateStore)", sqlite("NORMAL")),
+                  ("SQLite file, synchronous=FULL", sqlite("FULL"))]
+        if redis_url:
+            stores.append(("Redis on loopback (state_store.RedisStateStore)", redis))
+        for store_name, make in stores:
             base = None
             for batch in [1, *args.batch]:
                 r = run(graph, make(), args.users, args.events, batch, args.threads)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 
 
@@ -87,3 +92,46 @@ def cards_data(args):
     if not os.path.exists(args.data):
         sys.exit(f"data not found: {args.data} (set ZOO_DATA_DIR)")
     return load_dataset(args.data)
+
+
+@contextlib.contextmanager
+def redis_server(url: str | None):
+    """``url``, or a ``redis-server`` started on a free loopback port for the run (stopped after), or None (with a
+    printed note) when neither the server nor the ``redis`` package is installed."""
+    if url:
+        yield url
+        return
+    server = shutil.which("redis-server")
+    try:
+        import redis
+    except ImportError:
+        redis = None
+    if server is None or redis is None:
+        print(f"no RedisStateStore rows: {'redis-server' if server is None else 'the redis package'} is not "
+              "installed (or pass --redis-url)", flush=True)
+        yield None
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    work = tempfile.mkdtemp(prefix="bench-redis-")
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        for _ in range(600):
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def redis_version(url: str) -> str:
+    import redis
+
+    return str(redis.Redis.from_url(url).info("server")["redis_version"])

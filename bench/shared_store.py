@@ -16,11 +16,8 @@ commit continues the one before, so equal counts mean no event was lost).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +28,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, write_table  # noqa: E402
+from bench.benchutil import command_line, redis_server, redis_version, write_table  # noqa: E402
 
 
 def make_store(spec: dict):
@@ -130,51 +127,8 @@ def main(argv=None) -> None:
         job = json.loads(sys.stdin.read())
         print(json.dumps(worker(graph, job["spec"], float(start_at), job["users"], job["items"])))
         return
-    with _redis(args.redis_url) as redis_url:
+    with redis_server(args.redis_url) as redis_url:
         _measure(args, argv, redis_url)
-
-
-@contextlib.contextmanager
-def _redis(url: str | None):
-    """``url``, or a ``redis-server`` started on a free loopback port for the run (stopped after), or None (with a
-    printed note) when neither the server nor the ``redis`` package is installed."""
-    if url:
-        yield url
-        return
-    server = shutil.which("redis-server")
-    try:
-        import redis
-    except ImportError:
-        redis = None
-    if server is None or redis is None:
-        print(f"no RedisStateStore rows: {'redis-server' if server is None else 'the redis package'} is not "
-              "installed (or pass --redis-url)", flush=True)
-        yield None
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    work = tempfile.mkdtemp(prefix="bench-redis-")
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        for _ in range(600):
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _redis_version(url: str) -> str:
-    import redis
-
-    return str(redis.Redis.from_url(url).info("server")["redis_version"])
 
 
 def _measure(args, argv, redis_url: str | None) -> None:
@@ -184,7 +138,7 @@ def _measure(args, argv, redis_url: str | None) -> None:
     lines = [f"Produced by `{command_line('bench/shared_store.py', argv)}` ({time.strftime('%Y-%m-%d')}, "
              f"{os.cpu_count()} CPUs, ONNX Runtime {onnxruntime.__version__}, one intra-op thread a worker, SQLite "
              f"{__import__('sqlite3').sqlite_version} (synchronous=NORMAL)"
-             + (f", Redis {_redis_version(redis_url)} on loopback (no persistence)" if redis_url else "")
+             + (f", Redis {redis_version(redis_url)} on loopback (no persistence)" if redis_url else "")
              + f"): `{args.card}`'s step graph, "
              f"{args.events} one-item events a worker, one per call; own users: {args.users} users a worker, "
              f"round-robin; hot users: the same {args.hot_users} users for every worker.", "",

@@ -226,7 +226,12 @@ def transact(store, keys: Sequence, compute: Callable[[list], tuple[Any, list]],
         return result, 0
     versions_only = not read and callable(getattr(store, "version", None))
     for attempt in range(retries + 1):
-        got = [(None, store.version(k)) if versions_only else store.get_versioned(k) for k in keys]
+        if versions_only:
+            got = [(None, store.version(k)) for k in keys]
+        elif callable(getattr(store, "get_versioned_many", None)):
+            got = store.get_versioned_many(keys)                   # one round trip for all the call's users
+        else:
+            got = [store.get_versioned(k) for k in keys]
         result, new = compute([state if read else None for state, _ in got])
         if store.commit([(k, version, state) for k, (_, version), state in zip(keys, got, new)]):
             return result, attempt
@@ -283,6 +288,10 @@ class _VersionedStore:
                             f"{type(key).__name__} {key!r}")
         return json.dumps(key if isinstance(key, str) else int(key))
 
+    def get_versioned_many(self, keys: Sequence) -> list[tuple[dict | None, int]]:
+        """:meth:`get_versioned` of each of ``keys``, in one query or round trip where the store can."""
+        return [self.get_versioned(k) for k in keys]
+
     def get(self, key, default=None):
         state, _ = self.get_versioned(key)
         return default if state is None else state
@@ -301,8 +310,9 @@ class SQLiteStateStore(_VersionedStore):
 
     Keys are user ids, ``str`` or ``int`` (``42`` and ``"42"`` are two users). ``get`` / ``__getitem__`` /
     ``__setitem__`` / ``pop`` / ``in`` / ``len`` as a dict (``__setitem__`` overwrites unconditionally; the clients
-    commit instead). :meth:`expire` drops the users idle for a given time (Redis's TTL, run when you choose). Each thread and process opens its own connection; the object pickles as its path, so it can be
-    handed to worker processes.
+    commit instead). :meth:`expire` drops the users idle for a given time (Redis's TTL, run when you choose). Each
+    thread and process opens its own connection; the object pickles as its path, so it can be handed to worker
+    processes.
 
     Args:
         path: the database file (created with its table if absent).
@@ -412,6 +422,16 @@ class SQLiteStateStore(_VersionedStore):
         """``(state, version)``; ``(None, 0)`` when nothing is stored under ``key``."""
         rows = self._read(f"SELECT value, version FROM {self.table} WHERE key = ?", (self._key(key),))
         return (None, 0) if not rows else (from_bytes(rows[0][0]), int(rows[0][1]))
+
+    def get_versioned_many(self, keys: Sequence) -> list[tuple[dict | None, int]]:
+        """:meth:`get_versioned` of each of ``keys`` in one query (one read transaction: a consistent view)."""
+        texts = [self._key(k) for k in keys]
+        found = {}
+        for at in range(0, len(texts), 500):                       # SQLite's bound-parameter limit
+            part = texts[at:at + 500]
+            found.update((k, (v, n)) for k, v, n in self._read(
+                f"SELECT key, value, version FROM {self.table} WHERE key IN ({', '.join('?' * len(part))})", part))
+        return [(from_bytes(found[k][0]), int(found[k][1])) if k in found else (None, 0) for k in texts]
 
     def version(self, key) -> int:
         """The version of ``key``'s state (0: absent), without reading the state."""
@@ -546,10 +566,14 @@ class RedisStateStore(_VersionedStore):
         try:
             return fn()
         except Exception as e:                             # redis.ResponseError: WRONGTYPE
-            if "WRONGTYPE" in str(e):
-                raise ValueError(f"Redis key {key!r} holds {self.client.type(key)!r}, not a stored zoo state (a "
-                                 "hash of 'v' and 's'): another application's key under this prefix?") from None
-            raise
+            raise self._foreign(key, e) from None
+
+    def _foreign(self, key: str, e: Exception) -> Exception:
+        """The error to raise for ``e``, a failed read of ``key``: a key of another type named as such."""
+        if "WRONGTYPE" not in str(e):
+            return e
+        return ValueError(f"Redis key {key!r} holds {self.client.type(key)!r}, not a stored zoo state (a hash of "
+                          "'v' and 's'): another application's key under this prefix?")
 
     def _fields(self, key: str) -> list:
         return self._ask(key, lambda: self.client.hmget(key, ["v", "s"]))
@@ -561,6 +585,21 @@ class RedisStateStore(_VersionedStore):
         if raw is None:
             return None, 0
         return from_bytes(raw), int(v)
+
+    def get_versioned_many(self, keys: Sequence) -> list[tuple[dict | None, int]]:
+        """:meth:`get_versioned` of each of ``keys`` in one round trip (a pipeline of ``HMGET``)."""
+        texts = [self._key(k) for k in keys]
+        pipe = self.client.pipeline(transaction=False)
+        for k in texts:
+            pipe.hmget(k, ["v", "s"])
+        answers = pipe.execute(raise_on_error=False)
+        out = []
+        for k, a in zip(texts, answers):
+            if isinstance(a, Exception):
+                raise self._foreign(k, a)
+            v, raw = a
+            out.append((None, 0) if raw is None else (from_bytes(raw), int(v)))
+        return out
 
     def version(self, key) -> int:
         """The version of ``key``'s state (0: absent), without reading the state."""
@@ -597,5 +636,5 @@ class RedisStateStore(_VersionedStore):
 
 
 __all__ = ["FINGERPRINT_KEY", "ON_STALE", "RETRIES", "STATE_FORMAT", "StaleStateError", "ConcurrentUpdateError",
-           "BytesStore", "SQLiteStateStore", "RedisStateStore", "check_on_stale", "stored_tag", "usable_state", "tagged", "to_bytes",
-           "from_bytes", "is_versioned", "transact", "forget", "check_events"]
+           "BytesStore", "SQLiteStateStore", "RedisStateStore", "check_on_stale", "stored_tag", "usable_state",
+           "tagged", "to_bytes", "from_bytes", "is_versioned", "transact", "forget", "check_events"]

@@ -376,8 +376,9 @@ class ExplicitStateRecommender(_Base):
     Repositories written before the fingerprint existed have none, and their states are not checked.
 
     Several client processes may share a *versioned* store (:class:`export.state_store.SQLiteStateStore`,
-    :class:`export.state_store.RedisStateStore`, or any store with ``get_versioned`` / ``commit``): the new state is committed only if no other process stored the user
-    since it was read, else the request is sent again from the newer state (counted in ``conflicts``).
+    :class:`export.state_store.RedisStateStore`, or any store with ``get_versioned`` / ``commit``): the new state is
+    committed only if no other process stored the user since it was read, else the request is sent again from the
+    newer state (counted in ``conflicts``).
     """
 
     _NP = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32}

@@ -430,11 +430,11 @@ def test_user_states_bench_runs(monkeypatch, tmp_path):
     b.main(["--cards", "gru4rec-ml1m", "--users", "16", "--events", "64", "--batch", "8", "--markdown", str(out)])
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
             if line.startswith("| gru4rec-ml1m |")]
-    assert [(r[1], r[2]) for r in rows] == [(s, n) for s in ("dict", "bytes (np.savez)",
-                                                            "bytes (state_store.BytesStore)",
-                                                            "SQLite file (state_store.SQLiteStateStore)",
-                                                            "SQLite file, synchronous=FULL")
-                                            for n in ("1", "8")]
+    stores = ["dict", "bytes (np.savez)", "bytes (state_store.BytesStore)",
+              "SQLite file (state_store.SQLiteStateStore)", "SQLite file, synchronous=FULL"]
+    if shutil.which("redis-server") and importlib.util.find_spec("redis"):     # the bench starts a server of its own
+        stores.append("Redis on loopback (state_store.RedisStateStore)")
+    assert [(r[1], r[2]) for r in rows] == [(s, n) for s in stores for n in ("1", "8")]
     assert all(r[5] == "1.0x" for r in rows if r[2] == "1")
     spec = json.loads((ROOT / "hub_cards" / "gru4rec-ml1m" / "onnx" / "state_spec.json").read_text())
     size = sum(4 * int(np.prod(s["shape"][1:])) for s in spec["state"])          # float32 tensors, batch of 1

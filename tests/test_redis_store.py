@@ -106,6 +106,10 @@ def test_redis_ttl_and_foreign_keys(store):
         store.get("junk")
     with pytest.raises(ValueError, match="not a stored zoo state"):
         store.version("foreign")
+    with pytest.raises(ValueError, match=r"holds .*string.*not a stored zoo state"):
+        store.get_versioned_many(["forever", "foreign"])
+    (got, v), (none, zero) = store.get_versioned_many(["forever", "nobody"])     # one round trip
+    assert _same(got, _state()) and v == 1 and none is None and zero == 0
     assert store.version("junk") == 1 and store.version("nobody") == 0
     assert transact(store, ["junk"], lambda s: (s, [_state()]), read=False) == ([None], 0)   # a prime overwrites it
     assert store.version("junk") == 2 and _same(store["junk"], _state())

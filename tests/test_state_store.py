@@ -186,6 +186,26 @@ def test_transact_runs_again_on_the_newer_state_when_another_writer_got_in_first
     assert int(store["u"]["count"][0, 0]) == 99
 
 
+def test_sqlite_reads_a_call_s_users_in_one_query(tmp_path):
+    """``get_versioned_many`` equals ``get_versioned`` key by key (absent keys, more keys than one query binds), and
+    ``transact`` reads a call's users through it."""
+    store = SQLiteStateStore(tmp_path / "s.db")
+    for u in range(0, 1200, 2):
+        store[u] = {"h": np.full((1, 2), u, np.float32)}
+    store[4] = {"h": np.full((1, 2), 4, np.float32)}                  # version 2
+    keys = list(range(1200)) + ["absent"]
+    many = store.get_versioned_many(keys)
+    assert len(many) == len(keys) and all(
+        (a is None and b is None or _same_state(a, b)) and va == vb
+        for (a, va), (b, vb) in zip(many, (store.get_versioned(k) for k in keys)))
+    assert many[4][1] == 2 and many[3] == (None, 0) and many[-1] == (None, 0)
+    calls = []
+    real = store.get_versioned_many
+    store.get_versioned_many = lambda ks: calls.append(list(ks)) or real(ks)
+    assert transact(store, [2, 3], lambda st: ([s is None for s in st], [_state(), _state()]))[0] == [False, True]
+    assert calls == [[2, 3]]
+
+
 def test_sqlite_expire_drops_the_users_idle_that_long(tmp_path):
     """``expire(idle_seconds)`` deletes the states last written at least that long ago and keeps the others; an
     expired user's next commit starts from absent (version 0); a table made before the ``updated`` column gets it."""

@@ -288,10 +288,6 @@ class _VersionedStore:
                             f"{type(key).__name__} {key!r}")
         return json.dumps(key if isinstance(key, str) else int(key))
 
-    def get_versioned_many(self, keys: Sequence) -> list[tuple[dict | None, int]]:
-        """:meth:`get_versioned` of each of ``keys``, in one query or round trip where the store can."""
-        return [self.get_versioned(k) for k in keys]
-
     def get(self, key, default=None):
         state, _ = self.get_versioned(key)
         return default if state is None else state

@@ -33,6 +33,7 @@ with Triton's message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -150,6 +151,11 @@ class _Base:
         t = self._m.InferInput(name, list(arr.shape), dtype)
         t.set_data_from_numpy(arr)
         return t
+
+    @functools.cached_property
+    def max_batch(self) -> int:
+        """Rows a request may carry: the config's ``max_batch_size`` (0, no batching: one row)."""
+        return max(1, int(self._model_config().get("max_batch_size") or 0))
 
     def _model_config(self) -> dict:
         try:
@@ -404,8 +410,6 @@ class ExplicitStateRecommender(_Base):
         if bad:
             raise TritonRecommendError(f"unsupported state datatypes {bad}")
         self.fingerprint = self._param(FINGERPRINT_KEY)      # None: a repository written before it existed
-        #: rows a request may carry (the config's ``max_batch_size``; 0, no batching: one row)
-        self.max_batch = max(1, int(self._model_config().get("max_batch_size") or 0))
         self.restarted = 0                                     # users started afresh by on_stale="restart"
         self.conflicts = 0             # commits a versioned store refused (another process wrote the user first)
 
@@ -524,8 +528,6 @@ class WindowRecommender(_Base):
             raise TritonRecommendError(f"model {self.model_name!r} is not a window model written by "
                                        "python -m export.triton (no kind=window / max_seq_length parameters)")
         self.padding_side = self._param("padding_side", "right")
-        #: rows a request may carry (the config's ``max_batch_size``; 0, no batching: one row)
-        self.max_batch = max(1, int(self._model_config().get("max_batch_size") or 0))
 
     def recommend_with_scores(self, history, timestamps=None, k: int | None = None) -> tuple[list, np.ndarray]:
         """``(top-k external ids, their scores)`` after ``history`` (oldest first)."""

@@ -96,8 +96,9 @@ def cards_data(args):
 
 @contextlib.contextmanager
 def redis_server(url: str | None):
-    """``url``, or a ``redis-server`` started on a free loopback port for the run (stopped after), or None (with a
-    printed note) when neither the server nor the ``redis`` package is installed."""
+    """``url``, or a ``redis-server`` started on a free loopback port for the run (no persistence; stopped after;
+    RuntimeError if it does not answer within 30 s), or None (with a printed note) when the server or the ``redis``
+    package is not installed. Also the tests' ``redis_url`` fixture (``tests/conftest.py``)."""
     if url:
         yield url
         return
@@ -119,11 +120,14 @@ def redis_server(url: str | None):
                              "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        for _ in range(600):
+        deadline = time.monotonic() + 30
+        while True:
             try:
                 redis.Redis.from_url(url).ping()
                 break
             except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {port} (status {proc.poll()})") from None
                 time.sleep(0.05)
         yield url
     finally:

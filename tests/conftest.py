@@ -21,42 +21,22 @@ def shared_data():
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A real ``redis-server`` on a free loopback port for the session (no persistence), its URL; skipped with the
-    reason where the server binary or the ``redis`` client package is missing."""
+def redis_url():
+    """A real ``redis-server`` on a free loopback port for the session (no persistence; ``bench/benchutil.py``'s
+    ``redis_server``), its URL; skipped with the reason where the server binary or the ``redis`` client package is
+    missing."""
+    import importlib.util
     import shutil
-    import socket
-    import subprocess
-    import time
 
     pytest.importorskip("redis", reason="the redis client package is not installed (pip install -e '.[redis]')")
-    server = shutil.which("redis-server")
-    if server is None:
+    if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed here (apt-get install redis-server); the Redis store tests need "
                     "a real server")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    work = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    import redis
-
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"redis-server did not start on port {port} (status {proc.poll()})")
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    spec = importlib.util.spec_from_file_location("_benchutil", ROOT / "bench" / "benchutil.py")
+    benchutil = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchutil)
+    with benchutil.redis_server(None) as url:
+        yield url
 
 
 @pytest.fixture

@@ -414,6 +414,13 @@ def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
 SPLITS = ("leave-one-out", "temporal")
 
 
+def _need_timestamps(ds: SequenceDataset) -> None:
+    """ValueError naming ``ds`` when it has no timestamps, which a temporal split needs."""
+    if ds.timestamps is None:
+        raise ValueError(f"{ds.name}: a temporal split needs timestamps, and this data has none (a .seq file keeps "
+                         "only the order)")
+
+
 def temporal_cuts(ds: SequenceDataset, test_share: float, valid_share: float) -> tuple[float, float]:
     """``(valid_from, test_from)``: the times after which about ``valid_share + test_share`` and ``test_share`` of all
     interactions happened (the interaction timestamps' quantiles; ties at a cut fall after it)."""
@@ -423,9 +430,7 @@ def temporal_cuts(ds: SequenceDataset, test_share: float, valid_share: float) ->
     if test_share + valid_share >= 1:
         raise ValueError(f"test_share + valid_share must be < 1 (something must be left to train on), got "
                          f"{test_share} + {valid_share}")
-    if ds.timestamps is None:
-        raise ValueError(f"{ds.name}: a temporal split needs timestamps, and this data has none (a .seq file keeps "
-                         "only the order)")
+    _need_timestamps(ds)
     ts = np.sort(np.concatenate(ds.timestamps))
     n = len(ts)
     at = lambda share: float(ts[min(n - 1, int(np.ceil((1 - share) * n)))])   # noqa: E731
@@ -451,9 +456,7 @@ def temporal_split(ds: SequenceDataset, test_from: float, valid_from: float, cut
     Raises:
         ValueError: no timestamps, cuts out of order, or no user to validate or test at the cuts.
     """
-    if ds.timestamps is None:
-        raise ValueError(f"{ds.name}: a temporal split needs timestamps, and this data has none (a .seq file keeps "
-                         "only the order)")
+    _need_timestamps(ds)
     test_from, valid_from = float(test_from), float(valid_from)
     if not (np.isfinite(test_from) and np.isfinite(valid_from)) or valid_from > test_from:
         raise ValueError(f"the cuts must be finite with valid_from <= test_from, got valid_from {valid_from}, "

@@ -10,6 +10,12 @@ It runs CMake on ``plugins/CMakeLists.txt``; the result is
 * ``<build-dir>/libzoo_scan_kernels.so`` — the same CUDA kernels behind a C ABI, used by ``plugins/harness.py`` to
   compare every kernel with the PyTorch reference on a GPU (no TensorRT needed).
 
+``python -m export.build_plugins --emulated`` builds ``<build-dir>/emu/libzoo_scan_kernels_emu.so`` instead: the same
+kernel sources compiled for the CPU by the host C++ compiler against ``plugins/emu/`` (a SIMT emulator: each CUDA
+thread a fiber, warp shuffles resolved per warp and their undefined uses refused), so that CI without a GPU runs the
+kernels the plugins launch (:func:`build_emulated`; ``python plugins/harness.py --emulate --check``). No nvcc, CMake
+or TensorRT is needed for it.
+
 TensorRT headers are never committed. They come, first found wins, from ``--tensorrt-include`` /
 ``--tensorrt-root`` (or env ``TensorRT_ROOT``/``TENSORRT_ROOT``), system locations, or an installed Python distribution
 that ships ``NvInferRuntime.h`` (:func:`find_tensorrt_include`; e.g. ``pip install --no-deps kernel-lens``, which
@@ -36,6 +42,10 @@ DEFAULT_BUILD_DIR = (REPO_ROOT / "build" / "plugins" if PLUGINS_DIR.parent == RE
                      else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ssm-rec-zoo" / "plugins")
 PLUGIN_LIBRARY = "libzoo_trt_plugins.so"   # == export.plugin_spec.PLUGIN_LIBRARY (asserted in tests)
 KERNELS_LIBRARY = "libzoo_scan_kernels.so"
+EMULATED_LIBRARY = "libzoo_scan_kernels_emu.so"
+EMULATED_ASAN_LIBRARY = "libzoo_scan_kernels_emu_asan.so"
+#: flags of the AddressSanitizer build of the emulated kernels (run it with :func:`asan_runtime` preloaded)
+ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
 _SYSTEM_INCLUDES = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/local/tensorrt/include",
                     "/opt/tensorrt/include", "/usr/include", "/usr/local/include")
 
@@ -135,6 +145,100 @@ def build(build_dir: str | os.PathLike | None = None, arch: str = "80;90", jobs:
             "tensorrt_header_version": tensorrt_header_version(inc) if inc else None, "log": "".join(out)}
 
 
+_LAUNCH = None
+
+
+def rewrite_launches(source: str, name: str = "<kernel>") -> str:
+    """``kernel<<<grid, block, shmem, stream>>>(args)`` -> ``::zoo_emu::Launch(grid, block, shmem, stream)(&kernel,
+    args)``, the one piece of CUDA syntax a host compiler cannot read (line count kept, so diagnostics point at the
+    original lines). Raises :class:`BuildError` if a ``<<<`` is left that the pattern did not understand."""
+    import re
+
+    global _LAUNCH
+    if _LAUNCH is None:
+        _LAUNCH = re.compile(r"(?P<k>[A-Za-z_][\w:]*(?:<[^<>;(){}]*>)?)\s*<<<(?P<cfg>.*?)>>>\s*\(", re.S)
+    out = _LAUNCH.sub(lambda m: f"::zoo_emu::Launch({m['cfg']})(&{m['k']}, ", source)
+    if "<<<" in out:
+        line = out[:out.index("<<<")].count("\n") + 1
+        raise BuildError(f"{name}:{line}: a kernel launch the emulator's rewrite does not understand (write it as "
+                         "kernel<<<grid, block, shmem, stream>>>(args))")
+    return out
+
+
+def _cxx() -> str | None:
+    for c in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if c and shutil.which(c):
+            return shutil.which(c)
+    return None
+
+
+def asan_runtime() -> Path:
+    """The AddressSanitizer runtime of the C++ compiler (``c++ -print-file-name=libasan.so``), to ``LD_PRELOAD`` into
+    a Python that loads an ASan build (:data:`ASAN_FLAGS`); :class:`BuildError` if the compiler has none."""
+    cxx = _cxx()
+    if cxx is None:
+        raise BuildError("no C++ compiler found ($CXX, c++, g++, clang++)")
+    r = subprocess.run([cxx, "-print-file-name=libasan.so"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+    p = Path(r.stdout.strip())
+    if r.returncode != 0 or not p.is_absolute() or not p.is_file():
+        raise BuildError(f"{cxx} has no AddressSanitizer runtime (libasan.so); install it (Debian: libasan8)")
+    return p
+
+
+def build_emulated(build_dir: str | os.PathLike | None = None, kernels: list[Path] | None = None,
+                   out_name: str = EMULATED_LIBRARY, extra_flags: tuple[str, ...] = (), quiet: bool = True) -> Path:
+    """Compile the CUDA scan kernels for the CPU against ``plugins/emu/`` and return the shared library (same C ABI as
+    ``libzoo_scan_kernels.so``, host pointers, plus ``zoo_emu_last_error``). Rebuilt only when a source, the spec or
+    the flags change. ``kernels`` defaults to every ``plugins/*Plugin/*Kernel.cu``."""
+    import hashlib
+
+    cxx = _cxx()
+    if cxx is None:
+        raise BuildError("no C++ compiler found ($CXX, c++, g++, clang++): the emulated kernels need one")
+    bdir = Path(build_dir or DEFAULT_BUILD_DIR) / "emu"
+    gen = bdir / "generated"
+    gen.mkdir(parents=True, exist_ok=True)
+    emu, common = PLUGINS_DIR / "emu", PLUGINS_DIR / "common"
+    kernels = sorted(kernels if kernels is not None else PLUGINS_DIR.glob("*Plugin/*Kernel.cu"))
+    if not kernels:
+        raise BuildError(f"no kernel sources (*Plugin/*Kernel.cu) under {PLUGINS_DIR}")
+    spec_py = REPO_ROOT / "export" / "plugin_spec.py"
+    if not spec_py.is_file():
+        spec_py = Path(__file__).resolve().parent / "plugin_spec.py"
+    header = gen / "zooPluginSpec.h"
+    r = subprocess.run([sys.executable, str(PLUGINS_DIR / "gen_spec_header.py"), str(header), "--spec", str(spec_py)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise BuildError(f"gen_spec_header.py failed:\n{r.stdout}")
+    sources = []
+    for k in kernels:
+        k = Path(k).resolve()
+        dst = bdir / (k.stem + ".emu.cpp")
+        text = f'#line 1 "{k}"\n' + rewrite_launches(k.read_text(), str(k))
+        if not dst.is_file() or dst.read_text() != text:
+            dst.write_text(text)
+        sources.append(dst)
+    sources += [emu / "zooCudaEmu.cpp", emu / "zooCudaEmuConvert.cpp", common / "zooSpecJson.cpp"]
+    flags = ["-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", *extra_flags,
+             f"-I{emu}", f"-I{common}", f"-I{gen}"]
+    lib = bdir / out_name
+    h = hashlib.sha256(" ".join([cxx, *flags]).encode())
+    for f in [*sources, header, *sorted(emu.glob("*.h")), *sorted(common.glob("*.h")), *sorted(common.glob("*.cuh"))]:
+        h.update(str(f).encode() + b"\0" + Path(f).read_bytes())
+    stamp = bdir / (out_name + ".sha256")
+    if lib.is_file() and stamp.is_file() and stamp.read_text() == h.hexdigest():
+        return lib
+    cmd = [cxx, *flags, *map(str, sources), "-o", str(lib)]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise BuildError(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{r.stdout[-6000:]}")
+    if not quiet:
+        sys.stdout.write(r.stdout)
+    stamp.write_text(h.hexdigest())
+    return lib
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.build_plugins", description=__doc__.splitlines()[0])
     ap.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR))
@@ -143,6 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tensorrt-root", default=None)
     ap.add_argument("--tensorrt-include", default=None)
     ap.add_argument("--require-tensorrt", action="store_true", help="fail when no TensorRT headers are found")
+    ap.add_argument("--emulated", action="store_true",
+                    help="build only the CPU-emulated kernels library (host C++ compiler; no nvcc/CMake/TensorRT)")
     ap.add_argument("--print-trt-include", action="store_true",
                     help="print the TensorRT include directory that would be used and exit (1 if none)")
     a = ap.parse_args(argv)
@@ -152,6 +258,14 @@ def main(argv=None) -> int:
             print(why, file=sys.stderr)
             return 1
         print(inc)
+        return 0
+    if a.emulated:
+        try:
+            lib = build_emulated(a.build_dir, quiet=False)
+        except BuildError as e:
+            print(f"build failed: {e}", file=sys.stderr)
+            return 1
+        print(f"emulated kernels library : {lib}  (CPU; python plugins/harness.py --emulate --check)")
         return 0
     try:
         res = build(a.build_dir, a.arch, a.jobs, a.tensorrt_root, a.tensorrt_include, a.require_tensorrt)

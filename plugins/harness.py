@@ -4,6 +4,13 @@ them with the PyTorch references; also times them against the reference and the 
 No TensorRT is involved: the TensorRT plugins call exactly these launchers (``plugins/common/zooScanKernels.h``).
 
     python plugins/harness.py [--lib build/plugins/libzoo_scan_kernels.so] [--check] [--bench]
+    python plugins/harness.py --emulate --check          # no GPU: the same kernel sources, CPU-emulated
+
+``--emulate`` compiles the kernels for the CPU against ``plugins/emu/`` (``python -m export.build_plugins
+--emulated``): every CUDA thread runs as a fiber, warp shuffles are resolved per warp and their undefined uses fail
+the launch. Outputs then sit between guard words and start as a NaN pattern, so a write outside an output or an
+element never written fails the check. It shows the kernels' arithmetic and indexing on every case below; the GPU's
+own behaviour (its expf, scheduling, timing) still needs a GPU.
 
 References: Mamba-1 -> ``zoo.ops.selective_scan.selective_scan_loop``; LRU -> ``zoo.ops.lru.lru_scan_loop``;
 SSD (Mamba-2, per-head scalar decay) -> ``zoo.ops.ssd.ssd_scan_loop`` (or :func:`ssd_scan_ref` below, same loop). The references run on
@@ -48,12 +55,26 @@ def default_lib() -> Path:
     return library_path(kind="kernels")
 
 
+#: bit patterns the emulated outputs start as (a NaN of each dtype) and the guard words around them hold
+_SENTINEL = {torch.float32: (torch.int32, 0x7FA5A5A5), torch.float16: (torch.int16, 0x7D5A),
+             torch.bfloat16: (torch.int16, 0x7FA5)}
+_GUARD = 64
+
+
 class ScanKernels:
-    """ctypes binding of libzoo_scan_kernels.so (or libzoo_trt_plugins.so, which exports the same C ABI)."""
+    """ctypes binding of libzoo_scan_kernels.so (or libzoo_trt_plugins.so, which exports the same C ABI), or of the
+    CPU-emulated build of the same kernels (libzoo_scan_kernels_emu.so: host pointers, ``device == 'cpu'``)."""
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path or default_lib())
         self.lib = ctypes.CDLL(str(self.path))
+        #: the emulated build exports zoo_emu_last_error; it takes CPU tensors and no stream
+        self.emulated = hasattr(self.lib, "zoo_emu_last_error")
+        self.device = "cpu" if self.emulated else "cuda"
+        self._guards: list[tuple[torch.Tensor, int, int, str]] = []
+        if self.emulated:
+            self.lib.zoo_emu_last_error.restype = ctypes.c_char_p
+            self.lib.zoo_emu_last_error.argtypes = []
         P, I = ctypes.c_void_p, ctypes.c_int32
         self.lib.zoo_selective_scan.argtypes = [I] + [P] * 11 + [I] * 5 + [P]
         self.lib.zoo_ssd_scan.argtypes = [I] + [P] * 10 + [I] * 7 + [P]
@@ -69,29 +90,47 @@ class ScanKernels:
     def max_state(self) -> int:
         return int(self.lib.zoo_scan_max_state())
 
-    @staticmethod
-    def _p(t):
+    def _p(self, t):
         if t is None:
             return None
-        if not t.is_cuda or not t.is_contiguous():
-            raise ValueError("kernel inputs must be contiguous CUDA tensors")
+        if t.device.type != self.device or not t.is_contiguous():
+            raise ValueError(f"kernel inputs must be contiguous {'CPU' if self.emulated else 'CUDA'} tensors"
+                             + (" (this is the CPU-emulated kernels library)" if self.emulated else ""))
         return ctypes.c_void_p(t.data_ptr())
 
-    @staticmethod
-    def _stream():
-        return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+    def _stream(self):
+        return None if self.emulated else ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+
+    def _empty(self, shape, dtype, like_device) -> torch.Tensor:
+        """An output buffer; in the emulator it starts as a NaN pattern between two guard words (checked by
+        :meth:`_rc`), so an element the kernel never writes, or a write past either end, is caught."""
+        if not self.emulated:
+            return torch.empty(shape, dtype=dtype, device=like_device)
+        n = 1
+        for d in shape:
+            n *= int(d)
+        idt, bits = _SENTINEL[dtype]
+        buf = torch.full((n + 2 * _GUARD,), bits, dtype=idt)
+        self._guards.append((buf, n, bits, f"{dtype} output of shape {list(shape)}"))
+        return buf[_GUARD:_GUARD + n].view(dtype).view(*shape)
 
     def _rc(self, rc: int, what: str):
+        guards, self._guards = self._guards, []
         if rc != 0:
-            raise RuntimeError(f"{what}: CUDA error {rc}")
+            msg = self.lib.zoo_emu_last_error().decode() if self.emulated else ""
+            raise RuntimeError(f"{what}: CUDA error {rc}" + (f": {msg}" if msg else ""))
+        for buf, n, bits, name in guards:
+            if not (bool((buf[:_GUARD] == bits).all()) and bool((buf[_GUARD + n:] == bits).all())):
+                raise RuntimeError(f"{what} wrote outside its {name} (guard words changed)")
 
     def selective_scan(self, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus=True, out=None, h_out=None):
         """Same math as ``selective_scan_loop(..., return_last_state=True, initial_state=h0)``; returns (y, h).
         ``h_out`` may be ``h0`` itself (in-place state update, as the TensorRT plugin does with aliased I/O)."""
+        self._guards = []
         b, e, T = u.shape
         n = A.shape[1]
-        y = out if out is not None else torch.empty_like(u)
-        h = h_out if h_out is not None else torch.empty(b, e, n, device=u.device, dtype=torch.float32)
+        y = out if out is not None else self._empty(u.shape, u.dtype, u.device)
+        h = h_out if h_out is not None else self._empty((b, e, n), torch.float32, u.device)
         p = self._p
         self._rc(self.lib.zoo_selective_scan(DTYPE_CODE[u.dtype], p(u), p(delta), p(A), p(B), p(C), p(D), p(z),
                                              p(delta_bias), p(h0), p(y), p(h), b, e, n, T, int(delta_softplus),
@@ -99,18 +138,20 @@ class ScanKernels:
         return y, h
 
     def ssd_scan(self, x, dt, A, B, C, D, dt_bias, h0, dt_softplus=True, h_out=None):
+        self._guards = []
         b, T, H, P = x.shape
         G, N = B.shape[2], B.shape[3]
-        y = torch.empty_like(x)
-        h = h_out if h_out is not None else torch.empty(b, H, P, N, device=x.device, dtype=torch.float32)
+        y = self._empty(x.shape, x.dtype, x.device)
+        h = h_out if h_out is not None else self._empty((b, H, P, N), torch.float32, x.device)
         p = self._p
         self._rc(self.lib.zoo_ssd_scan(DTYPE_CODE[x.dtype], p(x), p(dt), p(A), p(B), p(C), p(D), p(dt_bias), p(h0),
                                        p(y), p(h), b, T, H, P, G, N, int(dt_softplus), self._stream()), "zoo_ssd_scan")
         return y, h
 
     def lru_scan(self, u_re, u_im, lam_re, lam_im, h0_re=None, h0_im=None):
+        self._guards = []
         b, T, N = u_re.shape
-        h_re, h_im = torch.empty_like(u_re), torch.empty_like(u_im)
+        h_re, h_im = self._empty(u_re.shape, u_re.dtype, u_re.device), self._empty(u_im.shape, u_im.dtype, u_im.device)
         p = self._p
         self._rc(self.lib.zoo_lru_scan(DTYPE_CODE[u_re.dtype], p(u_re), p(u_im), p(lam_re), p(lam_im), p(h0_re),
                                        p(h0_im), p(h_re), p(h_im), b, T, N, self._stream()), "zoo_lru_scan")
@@ -240,38 +281,55 @@ def run_kernel(k: ScanKernels, case: Case, d: dict, in_place: bool = False):
     return [h_re, h_im], [h_re[:, -1].float(), h_im[:, -1].float()]
 
 
+def _nanmax(a: float, b: float) -> float:
+    return a if a != a else (b if b != b else max(a, b))
+
+
 def compare(case: Case, got, ref) -> dict:
-    """Max abs errors and pass/fail under :data:`TOLERANCE`."""
+    """Max abs errors and pass/fail under :data:`TOLERANCE` (a NaN anywhere -- e.g. an element the emulated kernel
+    never wrote -- is reported as a NaN error and fails)."""
     atol, rtol = TOLERANCE[case.dtype]
     res = {"case": case.id, "act_err": 0.0, "state_err": 0.0, "ok": True}
     for g, r in zip(got[0], ref[0], strict=True):
         err = (g.float() - r).abs().max().item()
         scale = r.abs().max().item()
-        res["act_err"] = max(res["act_err"], err)
+        res["act_err"] = _nanmax(res["act_err"], err)
         res["ok"] &= err <= atol + rtol * scale
     for g, r in zip(got[1], ref[1], strict=True):
         err = (g.float() - r).abs().max().item()
-        res["state_err"] = max(res["state_err"], err)
+        res["state_err"] = _nanmax(res["state_err"], err)
         # LRU "states" are the last activation row (act dtype); Mamba states are fp32
         tol = (atol + rtol * r.abs().max().item()) if case.op == "LRUScan" else STATE_TOL * max(1.0, r.abs().max().item())
         res["ok"] &= err <= tol
     return res
 
 
-def check_all(k: ScanKernels, long_T: int = 200, verbose: bool = True) -> list[dict]:
+def check_case(k: ScanKernels, case: Case, seed: int) -> list[dict]:
+    """Runs one case on ``k`` (GPU or emulated) against the float64 reference: out-of-place, and in place (the state
+    output written into the h0 buffer) where the op has an initial state. One result dict per run."""
+    d = make_inputs(case, device=k.device, seed=seed)
+    ref = reference(case, {kk: (v.cpu() if v is not None else None) for kk, v in d.items()})
+    ref = ([r.to(k.device) for r in ref[0]], [r.to(k.device) for r in ref[1]])
+    out = []
+    for in_place in ((False, True) if case.op != "LRUScan" and case.with_h0 else (False,)):
+        got = run_kernel(k, case, d, in_place=in_place)
+        if not k.emulated:
+            torch.cuda.synchronize()
+        res = compare(case, got, ref)
+        res["in_place"] = in_place
+        out.append(res)
+    return out
+
+
+def check_all(k: ScanKernels, long_T: int = 200, verbose: bool = True, only: str | None = None) -> list[dict]:
     out = []
     for i, case in enumerate(cases(long_T)):
-        d = make_inputs(case, seed=i)
-        ref = reference(case, {kk: (v.cpu() if v is not None else None) for kk, v in d.items()})
-        ref = ([r.cuda() for r in ref[0]], [r.cuda() for r in ref[1]])
-        for in_place in ((False, True) if case.op != "LRUScan" and case.with_h0 else (False,)):
-            got = run_kernel(k, case, d, in_place=in_place)
-            torch.cuda.synchronize()
-            res = compare(case, got, ref)
-            res["in_place"] = in_place
+        if only and only not in case.id:
+            continue
+        for res in check_case(k, case, seed=i):
             out.append(res)
             if verbose:
-                print(f"{'ok  ' if res['ok'] else 'FAIL'} {case.id:<58} in_place={in_place!s:<5} "
+                print(f"{'ok  ' if res['ok'] else 'FAIL'} {case.id:<58} in_place={res['in_place']!s:<5} "
                       f"act {res['act_err']:.2e} state {res['state_err']:.2e}")
     return out
 
@@ -382,14 +440,55 @@ def main(argv=None) -> int:
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--long-T", type=int, default=200)
     ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--emulate", action="store_true",
+                    help="no GPU: build the kernels for the CPU emulator (python -m export.build_plugins --emulated) "
+                         "and check them there (--lib names an emulated build instead)")
+    ap.add_argument("--asan", action="store_true",
+                    help="with --emulate: build the emulated kernels with AddressSanitizer and run the checks under "
+                         "it (this command runs again with the ASan runtime preloaded), so any read or write outside "
+                         "a tensor fails")
+    ap.add_argument("--cases", default=None, help="only the cases whose id contains this text")
     a = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("no CUDA device: the kernels can only be compared with the references on a GPU", file=sys.stderr)
+    if a.asan and not a.emulate:
+        print("--asan needs --emulate (the sanitizer checks the CPU-emulated kernels)", file=sys.stderr)
+        return 2
+    if a.emulate:
+        if a.bench:
+            print("--bench needs a GPU: the emulator's timings say nothing about the kernels'", file=sys.stderr)
+            return 2
+        from export.build_plugins import (ASAN_FLAGS, EMULATED_ASAN_LIBRARY, BuildError, asan_runtime,
+                                          build_emulated)
+
+        if a.asan:
+            try:
+                rt = str(asan_runtime())
+                lib = a.lib or str(build_emulated(out_name=EMULATED_ASAN_LIBRARY, extra_flags=ASAN_FLAGS))
+            except BuildError as e:
+                print(f"--asan: {e}", file=sys.stderr)
+                return 2
+            if rt not in os.environ.get("LD_PRELOAD", ""):
+                import subprocess
+
+                env = dict(os.environ, LD_PRELOAD=" ".join(x for x in (rt, os.environ.get("LD_PRELOAD")) if x),
+                           ASAN_OPTIONS=":".join(x for x in ("detect_leaks=0", os.environ.get("ASAN_OPTIONS")) if x))
+                args = list(sys.argv[1:] if argv is None else argv)
+                if not a.lib:
+                    args += ["--lib", lib]
+                return subprocess.call([sys.executable, str(Path(__file__).resolve()), *args], env=env)
+            a.lib = lib
+        k = ScanKernels(a.lib or build_emulated())
+        if not k.emulated:
+            print(f"{k.path} is not an emulated build (no zoo_emu_last_error)", file=sys.stderr)
+            return 2
+    elif not torch.cuda.is_available():
+        print("no CUDA device: the kernels can only be compared with the references on a GPU (or on the CPU "
+              "emulator: --emulate)", file=sys.stderr)
         return 3
-    k = ScanKernels(a.lib)
+    else:
+        k = ScanKernels(a.lib)
     res = {}
     if a.check or not a.bench:
-        res["check"] = check_all(k, a.long_T)
+        res["check"] = check_all(k, a.long_T, only=a.cases)
     if a.bench:
         res["bench"] = bench(k)
     if a.json:

@@ -926,9 +926,16 @@ def test_harness_ctypes_signatures_match_kernels_abi(monkeypatch):
 
 
 def test_harness_refuses_host_and_strided_tensors():
-    assert harness.ScanKernels._p(None) is None
+    """The GPU library takes contiguous CUDA tensors only; the CPU-emulated one contiguous CPU tensors only."""
+    k = object.__new__(harness.ScanKernels)     # the pointer check alone: no library loaded
+    k.emulated, k.device = False, "cuda"
+    assert k._p(None) is None
     with pytest.raises(ValueError, match="kernel inputs must be contiguous CUDA tensors"):
-        harness.ScanKernels._p(torch.zeros(4))
+        k._p(torch.zeros(4))
     if CUDA:
         with pytest.raises(ValueError, match="kernel inputs must be contiguous CUDA tensors"):
-            harness.ScanKernels._p(torch.zeros(4, 4, device="cuda").t())
+            k._p(torch.zeros(4, 4, device="cuda").t())
+    k.emulated, k.device = True, "cpu"
+    assert k._p(torch.zeros(4)) is not None
+    with pytest.raises(ValueError, match=r"contiguous CPU tensors \(this is the CPU-emulated kernels library\)"):
+        k._p(torch.zeros(4, 4).t())

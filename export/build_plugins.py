@@ -44,6 +44,7 @@ PLUGIN_LIBRARY = "libzoo_trt_plugins.so"   # == export.plugin_spec.PLUGIN_LIBRAR
 KERNELS_LIBRARY = "libzoo_scan_kernels.so"
 EMULATED_LIBRARY = "libzoo_scan_kernels_emu.so"
 EMULATED_ASAN_LIBRARY = "libzoo_scan_kernels_emu_asan.so"
+EMULATED_PLUGIN_LIBRARY = "libzoo_trt_plugins_emu.so"
 #: flags of the AddressSanitizer build of the emulated kernels (run it with :func:`asan_runtime` preloaded)
 ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
 _SYSTEM_INCLUDES = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/local/tensorrt/include",
@@ -187,10 +188,19 @@ def asan_runtime() -> Path:
 
 
 def build_emulated(build_dir: str | os.PathLike | None = None, kernels: list[Path] | None = None,
-                   out_name: str = EMULATED_LIBRARY, extra_flags: tuple[str, ...] = (), quiet: bool = True) -> Path:
+                   out_name: str | None = None, extra_flags: tuple[str, ...] = (), quiet: bool = True,
+                   plugins: bool = False, tensorrt_include: str | None = None, tensorrt_root: str | None = None,
+                   replace: dict[str, Path] | None = None) -> Path:
     """Compile the CUDA scan kernels for the CPU against ``plugins/emu/`` and return the shared library (same C ABI as
     ``libzoo_scan_kernels.so``, host pointers, plus ``zoo_emu_last_error``). Rebuilt only when a source, the spec or
-    the flags change. ``kernels`` defaults to every ``plugins/*Plugin/*Kernel.cu``."""
+    the flags change. ``kernels`` defaults to every ``plugins/*Plugin/*Kernel.cu``.
+
+    ``plugins=True`` also compiles the TensorRT plugin classes (``*Plugin.cpp``, ``common/``; TensorRT headers found as
+    for :func:`build`, :class:`BuildError` without them) and ``emu/zooPluginEnqueue.cpp`` into
+    ``libzoo_trt_plugins_emu.so``: ``zoo_emu_plugin_enqueue`` creates a plugin through ``getCreators`` and runs its
+    ``enqueue`` on host buffers, so the plugins' runtime path runs here without TensorRT.
+
+    ``replace`` maps a source's file name to another file compiled in its place (the tests' mutants)."""
     import hashlib
 
     cxx = _cxx()
@@ -211,9 +221,10 @@ def build_emulated(build_dir: str | os.PathLike | None = None, kernels: list[Pat
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if r.returncode != 0:
         raise BuildError(f"gen_spec_header.py failed:\n{r.stdout}")
+    replace = {name: Path(p) for name, p in (replace or {}).items()}
     sources = []
     for k in kernels:
-        k = Path(k).resolve()
+        k = replace.get(Path(k).name, Path(k)).resolve()
         dst = bdir / (k.stem + ".emu.cpp")
         text = f'#line 1 "{k}"\n' + rewrite_launches(k.read_text(), str(k))
         if not dst.is_file() or dst.read_text() != text:
@@ -222,14 +233,26 @@ def build_emulated(build_dir: str | os.PathLike | None = None, kernels: list[Pat
     sources += [emu / "zooCudaEmu.cpp", emu / "zooCudaEmuConvert.cpp", common / "zooSpecJson.cpp"]
     flags = ["-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", *extra_flags,
              f"-I{emu}", f"-I{common}", f"-I{gen}"]
-    lib = bdir / out_name
+    if plugins:
+        inc, why = find_tensorrt_include(tensorrt_include, tensorrt_root)
+        if inc is None:
+            raise BuildError(f"the emulated plugin library needs the TensorRT headers: {why}")
+        sources += [common / "zooScanPluginBase.cpp", common / "zooPlugins.cpp",
+                    *sorted(PLUGINS_DIR.glob("*Plugin/*Plugin.cpp")), emu / "zooPluginEnqueue.cpp"]
+        # the emulator's cuda_runtime_api.h must win over any CUDA beside the TensorRT headers: -isystem comes after -I
+        flags += [*(f"-I{d}" for d in sorted(PLUGINS_DIR.glob("*Plugin")) if d.is_dir()),  # as CMake: each plugin dir
+                  "-Wno-deprecated-declarations", "-isystem", str(inc), "-ldl"]
+    sources = [replace.get(f.name, f) for f in sources]
+    lib = bdir / (out_name or (EMULATED_PLUGIN_LIBRARY if plugins else EMULATED_LIBRARY))
     h = hashlib.sha256(" ".join([cxx, *flags]).encode())
-    for f in [*sources, header, *sorted(emu.glob("*.h")), *sorted(common.glob("*.h")), *sorted(common.glob("*.cuh"))]:
+    for f in [*sources, header, *sorted(emu.glob("*.h")), *sorted(common.glob("*.h")), *sorted(common.glob("*.cuh")),
+              *sorted(PLUGINS_DIR.glob("*Plugin/*.h"))]:
         h.update(str(f).encode() + b"\0" + Path(f).read_bytes())
-    stamp = bdir / (out_name + ".sha256")
+    stamp = bdir / (lib.name + ".sha256")
     if lib.is_file() and stamp.is_file() and stamp.read_text() == h.hexdigest():
         return lib
-    cmd = [cxx, *flags, *map(str, sources), "-o", str(lib)]
+    ldl = ["-ldl"] if "-ldl" in flags else []
+    cmd = [cxx, *[f for f in flags if f != "-ldl"], *map(str, sources), *ldl, "-o", str(lib)]
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if r.returncode != 0:
         raise BuildError(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{r.stdout[-6000:]}")

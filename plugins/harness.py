@@ -157,6 +157,38 @@ class ScanKernels:
                                        p(h0_im), p(h_re), p(h_im), b, T, N, self._stream()), "zoo_lru_scan")
         return h_re, h_im
 
+    def plugin_enqueue(self, op_type: str, fields: dict, inputs: list, outputs: list):
+        """The TensorRT plugin's runtime path without TensorRT (emulated plugin library only,
+        ``build_emulated(plugins=True)``): the creator named ``op_type`` makes the plugin from ``fields`` (int32
+        values), and its ``enqueue`` runs on ``inputs`` / ``outputs`` in the spec's order (an output may be an input's
+        very tensor: aliased state). Raises ``RuntimeError`` with the reason when it fails."""
+        if not hasattr(self.lib, "zoo_emu_plugin_enqueue"):
+            raise RuntimeError(f"{self.path} has no zoo_emu_plugin_enqueue (build it with build_emulated(plugins=True))")
+        names = [n.encode() for n in fields]
+        I32, I64, PP = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
+
+        def arrays(ts):
+            dims = (I64 * (8 * len(ts)))()
+            for i, t in enumerate(ts):
+                for j, v in enumerate(t.shape):
+                    dims[8 * i + j] = v
+            return ((I32 * len(ts))(*[DTYPE_CODE[t.dtype] for t in ts]), (I32 * len(ts))(*[t.dim() for t in ts]),
+                    dims, (PP * len(ts))(*[self._p(t) for t in ts]))
+
+        ins, outs = arrays(inputs), arrays(outputs)
+        err = ctypes.create_string_buffer(256)
+        rc = self.lib.zoo_emu_plugin_enqueue(
+            op_type.encode(), len(names), (ctypes.c_char_p * max(1, len(names)))(*names),
+            (I32 * max(1, len(names)))(*[int(v) for v in fields.values()]), len(inputs), *ins, len(outputs), *outs,
+            err, len(err))
+        guards, self._guards = self._guards, []
+        if rc != 0:
+            launch = self.lib.zoo_emu_last_error().decode()
+            raise RuntimeError(f"{op_type} plugin enqueue: {err.value.decode()} (status {rc})"
+                               + (f"; kernel: {launch}" if launch else ""))
+        self._guards = guards
+        self._rc(0, f"{op_type} plugin enqueue")
+
 
 # ------------------------------------------------------------------------------------------------ references
 def ssd_scan_ref(x, dt, A, B, C, D=None, dt_bias=None, h0=None, dt_softplus=True):
@@ -264,6 +296,39 @@ def reference(case: Case, d: dict):
     return [t.float() for t in outs[0]], [t.float() for t in outs[1]]
 
 
+def run_plugin(k: ScanKernels, case: Case, d: dict, in_place: bool = False, fields: dict | None = None):
+    """Like :func:`run_kernel`, through the TensorRT plugin's ``enqueue`` (CPU-emulated plugin library): inputs in the
+    spec's order (a missing initial state is fed as zeros, as the exported graphs do), ``in_place`` aliases the state
+    output to the h0 input (IPluginV3OneBuildV2 aliasing)."""
+    from export.plugin_spec import SCAN_OPS
+
+    spec = SCAN_OPS[case.op]
+    d = dict(d)
+    if case.op == "LRUScan":
+        for n in ("h0_re", "h0_im"):
+            if d[n] is None:
+                d[n] = torch.zeros(d["u_re"].shape[0], d["u_re"].shape[2], device=k.device)
+    elif d["h0"] is None:
+        b = d["u" if case.op == "SelectiveScan" else "x"].shape[0]
+        d["h0"] = torch.zeros(b, *(d["u"].shape[1:2] + d["A"].shape[1:2] if case.op == "SelectiveScan" else
+                                   (d["x"].shape[2], d["x"].shape[3], d["B"].shape[3])), device=k.device)
+    elif in_place:
+        d["h0"] = d["h0"].clone()
+    ins = [d[n] for n in spec.input_names]
+    k._guards = []
+    if case.op == "LRUScan":
+        outs = [k._empty(d["u_re"].shape, d["u_re"].dtype, k.device), k._empty(d["u_im"].shape, d["u_im"].dtype, k.device)]
+    else:
+        act = d["u" if case.op == "SelectiveScan" else "x"]
+        h = d["h0"] if in_place else k._empty(d["h0"].shape, torch.float32, k.device)
+        outs = [k._empty(act.shape, act.dtype, k.device), h]
+    defaults = {a: v[1] for a, v in spec.attributes.items()}
+    k.plugin_enqueue(case.op, {**defaults, **(fields or {})}, ins, outs)
+    if case.op == "LRUScan":
+        return outs, [outs[0][:, -1].float(), outs[1][:, -1].float()]
+    return [outs[0]], [outs[1]]
+
+
 def run_kernel(k: ScanKernels, case: Case, d: dict, in_place: bool = False):
     """(activation output(s), state output(s)) from the CUDA kernel. ``in_place``: the state output is written into
     the h0 buffer (aliased I/O, as in the TensorRT engine)."""
@@ -304,15 +369,16 @@ def compare(case: Case, got, ref) -> dict:
     return res
 
 
-def check_case(k: ScanKernels, case: Case, seed: int) -> list[dict]:
+def check_case(k: ScanKernels, case: Case, seed: int, plugin: bool = False) -> list[dict]:
     """Runs one case on ``k`` (GPU or emulated) against the float64 reference: out-of-place, and in place (the state
-    output written into the h0 buffer) where the op has an initial state. One result dict per run."""
+    output written into the h0 buffer) where the op has an initial state. One result dict per run. ``plugin``: through
+    the TensorRT plugin's enqueue (:func:`run_plugin`, emulated plugin library) instead of the kernel's C ABI."""
     d = make_inputs(case, device=k.device, seed=seed)
     ref = reference(case, {kk: (v.cpu() if v is not None else None) for kk, v in d.items()})
     ref = ([r.to(k.device) for r in ref[0]], [r.to(k.device) for r in ref[1]])
     out = []
     for in_place in ((False, True) if case.op != "LRUScan" and case.with_h0 else (False,)):
-        got = run_kernel(k, case, d, in_place=in_place)
+        got = (run_plugin if plugin else run_kernel)(k, case, d, in_place=in_place)
         if not k.emulated:
             torch.cuda.synchronize()
         res = compare(case, got, ref)
@@ -321,12 +387,13 @@ def check_case(k: ScanKernels, case: Case, seed: int) -> list[dict]:
     return out
 
 
-def check_all(k: ScanKernels, long_T: int = 200, verbose: bool = True, only: str | None = None) -> list[dict]:
+def check_all(k: ScanKernels, long_T: int = 200, verbose: bool = True, only: str | None = None,
+              plugin: bool = False) -> list[dict]:
     out = []
     for i, case in enumerate(cases(long_T)):
         if only and only not in case.id:
             continue
-        for res in check_case(k, case, seed=i):
+        for res in check_case(k, case, seed=i, plugin=plugin):
             out.append(res)
             if verbose:
                 print(f"{'ok  ' if res['ok'] else 'FAIL'} {case.id:<58} in_place={res['in_place']!s:<5} "
@@ -448,9 +515,12 @@ def main(argv=None) -> int:
                          "it (this command runs again with the ASan runtime preloaded), so any read or write outside "
                          "a tensor fails")
     ap.add_argument("--cases", default=None, help="only the cases whose id contains this text")
+    ap.add_argument("--plugin", action="store_true",
+                    help="with --emulate: run each case through the TensorRT plugin's enqueue (creator, fields, shape "
+                         "mapping; the emulated plugin library, needs the TensorRT headers) instead of the kernel ABI")
     a = ap.parse_args(argv)
-    if a.asan and not a.emulate:
-        print("--asan needs --emulate (the sanitizer checks the CPU-emulated kernels)", file=sys.stderr)
+    if (a.asan or a.plugin) and not a.emulate:
+        print(f"{'--asan' if a.asan else '--plugin'} needs --emulate (it checks the CPU-emulated build)", file=sys.stderr)
         return 2
     if a.emulate:
         if a.bench:
@@ -462,7 +532,9 @@ def main(argv=None) -> int:
         if a.asan:
             try:
                 rt = str(asan_runtime())
-                lib = a.lib or str(build_emulated(out_name=EMULATED_ASAN_LIBRARY, extra_flags=ASAN_FLAGS))
+                lib = a.lib or str(build_emulated(out_name=EMULATED_ASAN_LIBRARY.replace(
+                    "scan_kernels", "trt_plugins" if a.plugin else "scan_kernels"), extra_flags=ASAN_FLAGS,
+                    plugins=a.plugin))
             except BuildError as e:
                 print(f"--asan: {e}", file=sys.stderr)
                 return 2
@@ -476,7 +548,11 @@ def main(argv=None) -> int:
                     args += ["--lib", lib]
                 return subprocess.call([sys.executable, str(Path(__file__).resolve()), *args], env=env)
             a.lib = lib
-        k = ScanKernels(a.lib or build_emulated())
+        try:
+            k = ScanKernels(a.lib or build_emulated(plugins=a.plugin))
+        except BuildError as e:
+            print(f"--emulate: {e}", file=sys.stderr)
+            return 2
         if not k.emulated:
             print(f"{k.path} is not an emulated build (no zoo_emu_last_error)", file=sys.stderr)
             return 2
@@ -488,7 +564,7 @@ def main(argv=None) -> int:
         k = ScanKernels(a.lib)
     res = {}
     if a.check or not a.bench:
-        res["check"] = check_all(k, a.long_T, only=a.cases)
+        res["check"] = check_all(k, a.long_T, only=a.cases, plugin=a.plugin)
     if a.bench:
         res["bench"] = bench(k)
     if a.json:

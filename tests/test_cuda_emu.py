@@ -7,6 +7,10 @@ zero/given initial state, plus in-place state), with the same tolerances. Output
 guard words (an unwritten element or a stray write fails), and an AddressSanitizer build runs the matrix again so a
 read outside any input fails too.
 
+The TensorRT plugin classes are compiled against the same emulated kernels too (with the TensorRT headers, no
+TensorRT library): each case then runs through the creator, the plugin's fields and its ``enqueue``, so the mapping of
+tensor dims to kernel arguments is checked with numbers.
+
 The emulator is tested first: fp16/bf16 conversions against torch on every bit pattern, team sums and PTX's
 segment rule for ``__shfl_xor_sync``, each undefined use of a shuffle refused with its reason, and mutated kernels
 (a wrong index, a stray write, an out-of-bounds read) caught -- so a pass means something.
@@ -129,6 +133,77 @@ def test_emulated_state_chunks_compose(emulated, op):
         ys.append(ys_[0])
         h = hs[0]
     torch.testing.assert_close(torch.cat(ys, t_axis), full[0], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- the plugins
+PLUGIN_CASES = list(harness.cases(long_T=16))
+
+
+@pytest.fixture(scope="session")
+def emulated_plugins(emu_dir):
+    try:
+        return harness.ScanKernels(BP.build_emulated(emu_dir, plugins=True))
+    except BP.BuildError as e:
+        if "TensorRT headers" in str(e):
+            pytest.skip(f"the emulated plugin library needs the TensorRT headers: {e}")
+        raise
+
+
+@pytest.mark.parametrize("case", PLUGIN_CASES, ids=[c.id for c in PLUGIN_CASES])
+def test_emulated_plugin_enqueue_matches_reference(emulated_plugins, case):
+    """The TensorRT plugins' runtime path without TensorRT: the creator found through getCreators makes the plugin
+    from its fields (runtime phase), and its enqueue -- the mapping of the tensors' dims and types to the kernel's
+    arguments -- runs the emulated kernel on the case's tensors in the spec's I/O order; out of place and with the
+    state output aliased to the h0 input. Same references and tolerances as the kernel test."""
+    for res in harness.check_case(emulated_plugins, case, seed=zlib.crc32(case.id.encode()) % 10_000, plugin=True):
+        assert res["ok"], res
+
+
+@pytest.mark.parametrize("op,field", [("SelectiveScan", "delta_softplus"), ("SSDScan", "dt_softplus")])
+def test_emulated_plugin_fields_reach_the_kernel(emulated_plugins, op, field):
+    """A plugin created with its softplus field 0 computes what the kernel computes without softplus (bit for bit),
+    and something else than with it: the creator reads the field and the plugin passes it on."""
+    shape = dict(B=2, E=8, N=16) if op == "SelectiveScan" else dict(B=2, H=4, P=4, G=2, N=8)
+    case = harness.Case(op, torch.float32, 5, True, shape)
+    d = harness.make_inputs(case, device="cpu", seed=5)
+    k = emulated_plugins
+    if op == "SelectiveScan":
+        want = k.selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"], d["delta_bias"], d["h0"],
+                                delta_softplus=False)
+    else:
+        want = k.ssd_scan(d["x"], d["dt"], d["A"], d["B"], d["C"], d["D"], d["dt_bias"], d["h0"], dt_softplus=False)
+    got = harness.run_plugin(k, case, d, fields={field: 0})
+    assert torch.equal(got[0][0], want[0]) and torch.equal(got[1][0], want[1])
+    default = harness.run_plugin(k, case, d)
+    assert not torch.equal(default[0][0], want[0])
+
+
+def test_emulated_plugin_enqueue_names_unknown_ops(emulated_plugins):
+    with pytest.raises(RuntimeError, match=r"Nope plugin enqueue: no creator of that name \(status -2\)"):
+        emulated_plugins.plugin_enqueue("Nope", {}, [torch.zeros(1)], [torch.zeros(1)])
+
+
+@pytest.mark.parametrize("rel,old,new,op,shape", [
+    # A is [E, N]: N read from its first dim
+    ("selectiveScanPlugin/selectiveScanPlugin.cpp", "static_cast<int32_t>(dA.d[1])", "static_cast<int32_t>(dA.d[0])",
+     "SelectiveScan", dict(B=2, E=8, N=16)),
+    # B is [B, T, G, N]: G and N swapped
+    ("ssdScanPlugin/ssdScanPlugin.cpp", "static_cast<int32_t>(dB.d[2]), static_cast<int32_t>(dB.d[3])",
+     "static_cast<int32_t>(dB.d[3]), static_cast<int32_t>(dB.d[2])", "SSDScan", dict(B=1, H=4, P=3, G=1, N=4)),
+])
+def test_emulated_plugin_check_catches_a_wrong_shape_mapping(tmp_path, emulated_plugins, emu_dir, rel, old, new, op,
+                                                             shape):
+    """Negative control: a plugin that maps one dim wrongly onto the kernel's arguments fails the plugin check."""
+    src = ROOT / "plugins" / rel
+    text = src.read_text()
+    assert text.count(old) == 1
+    (tmp_path / src.name).write_text(text.replace(old, new))
+    lib = BP.build_emulated(emu_dir, plugins=True, out_name=f"libmut_plugin_{op}.so",
+                            replace={src.name: tmp_path / src.name})
+    k = harness.ScanKernels(lib)
+    case = harness.Case(op, torch.float32, 4, True, shape)
+    assert all(r["ok"] for r in harness.check_case(emulated_plugins, case, seed=2, plugin=True))
+    assert not any(r["ok"] for r in harness.check_case(k, case, seed=2, plugin=True))
 
 
 # ---------------------------------------------------------------------------------------------------- the emulator
@@ -295,7 +370,8 @@ def test_address_sanitizer_catches_an_out_of_bounds_read(tmp_path, emu_dir):
 
 
 def test_harness_refuses_timings_and_asan_without_emulation():
-    for args, msg in ((["--emulate", "--bench"], "--bench needs a GPU"), (["--asan", "--check"], "--asan needs --emulate")):
+    for args, msg in ((["--emulate", "--bench"], "--bench needs a GPU"), (["--asan", "--check"], "--asan needs --emulate"),
+                      (["--plugin", "--check"], "--plugin needs --emulate")):
         r = subprocess.run([sys.executable, str(HARNESS), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         assert r.returncode == 2 and msg in r.stdout, r.stdout

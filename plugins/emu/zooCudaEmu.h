@@ -40,6 +40,7 @@ enum cudaError_t : int32_t
     cudaErrorLaunchFailure = 719,
 };
 typedef struct CUstream_st* cudaStream_t;
+typedef struct CUevent_st* cudaEvent_t; // only named by TensorRT's headers (the emulated plugin library)
 
 struct dim3
 {

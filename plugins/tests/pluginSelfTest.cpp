@@ -6,7 +6,8 @@
  *   getOutputShapes (pass-through of the right inputs), getAliasedInput (state in place), field serialization round
  *   trip (build phase -> getFieldsToSerialize -> createPlugin(kRUNTIME)), clone, attachToContext.
  * Prints one line per check ("ok ..." / "FAIL ...") and "N passed, M failed"; exit code = number of failures (max 100).
- * No CUDA call is made (enqueue is exercised on a GPU by the engine tests).
+ * No CUDA call is made (enqueue runs on a GPU in the engine tests, and on the CPU against the emulated kernels in
+ * tests/test_cuda_emu.py).
  */
 #include "NvInferRuntime.h"
 #include "zooPluginSpec.h"

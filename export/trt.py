@@ -4,7 +4,7 @@ CLI::
 
     python -m export.trt --model NAME_OR_PATH --out DIR [--fp16] [--workspace 2G] [--topk K]
                          [--max-batch 2048] [--opt-batch 64] [--max-steps 200] [--version-compatible]
-                         [--plugin-lib PATH] [--build-dir build/plugins] [--quick]
+                         [--plugin-lib PATH] [--build-dir build/plugins] [--quick] [--no-emulate]
 
 What it does, in order, printing a report as it goes:
 
@@ -38,7 +38,10 @@ Exit codes:
 * ``2`` verification failed (the ONNX graph against PyTorch, or the engine against PyTorch); nothing is written
   for the failing artefact;
 * ``3`` TensorRT builder or CUDA GPU missing: the ONNX graph was exported and verified, the plugin library was built
-  and (when ``tensorrt_lean`` is installed) loaded and checked, and the report names exactly what is missing.
+  and (when ``tensorrt_lean`` is installed) loaded and checked, and the report names exactly what is missing. The
+  graph was also verified against PyTorch with its scan nodes run by the plugins' own code on the CPU (the plugin
+  classes and CUDA kernels compiled against ``plugins/emu/``; :mod:`export.emulated_plugins`; ``--no-emulate`` skips
+  it, a missing C++ compiler or TensorRT headers skip it with a message); if that fails, the exit code is ``2``.
 """
 
 from __future__ import annotations
@@ -372,15 +375,55 @@ def _load_model(name_or_path: str):
     return load(name_or_path)
 
 
+#: verification sizes of the CPU-emulated plugin check (every CUDA thread a fiber: kept small)
+EMULATED_VERIFY = dict(prime_len=50, n_steps=20, batch=2, topk_cases=32)
+
+
+def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, say, build_dir=None) -> bool:
+    """Without an engine, what the plugins contribute is still checked: the graph runs on ONNX's reference evaluator
+    with each scan node handed to the plugin's ``enqueue`` -- the plugin classes and CUDA kernels compiled for the CPU
+    against plugins/emu/ (:mod:`export.emulated_plugins`) -- and goes through the shared verifier against PyTorch.
+    Fills ``report["emulated_plugins"]``; returns True when the verification ran and failed (a C++ compiler or the
+    TensorRT headers missing only skips it, saying so)."""
+    from . import verify as V
+    from .build_plugins import BuildError, build_emulated
+    from .emulated_plugins import EmulatedPluginRunner
+
+    say("[4b] the graph with the zoo plugins' code, CPU-emulated (plugin classes + CUDA kernels compiled for the CPU "
+        "against plugins/emu/; ONNX reference evaluator for the other nodes), against PyTorch")
+    try:
+        lib = build_emulated(build_dir, plugins=True)
+    except BuildError as e:
+        say(f"  skipped: {str(e).splitlines()[0]}")
+        report["emulated_plugins"] = {"skipped": str(e)}
+        return False
+    graph = graph16 if graph16 is not None else V._with_scores_output(res.graph_path)
+    runner = EmulatedPluginRunner(graph, lib)
+    kw = dict(EMULATED_VERIFY)
+    rep = V.verify_export(model, res.graph_path, res.spec, runner=runner, progress=lambda m: say("  " + m),
+                          precision=precision, **kw)
+    say(rep.table())
+    calls = {k: v for k, v in runner.calls.items() if v}
+    say(f"  plugin runs: {', '.join(f'{k} x{v}' for k, v in calls.items()) or 'none'} (library {lib})")
+    report["emulated_plugins"] = {"library": str(lib), "verify_kwargs": kw, "plugin_calls": calls, "ok": rep.ok,
+                                  "verification": rep.to_dict(),
+                                  "unverified": "TensorRT's own kernels, fusions and precision choices, and the GPU"}
+    if not rep.ok:
+        say(f"  {rep.worst_message()}")
+    return not rep.ok
+
+
 def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | int = "2G", topk: int = 10,
         max_batch: int = 2048, opt_batch: int = 64, max_steps: int = 200, version_compatible: bool = False,
         plugin_lib: str | None = None, build_dir: str | None = None, quick: bool = False, model=None,
         time_input: str = "auto", exclude_seen: bool = False, user_vector: bool = False,
-        exclude_items: str | None = None, say=print) -> tuple[int, dict]:
+        exclude_items: str | None = None, emulate: bool = True, say=print) -> tuple[int, dict]:
     """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json``.
 
     ``time_input``: "auto" (time-aware step models get the float32 gaps form, the only one TensorRT can build; others
-    none), or an explicit :data:`export.onnx.TIME_INPUTS` value ("timestamps" ends with the float64 error, exit 1)."""
+    none), or an explicit :data:`export.onnx.TIME_INPUTS` value ("timestamps" ends with the float64 error, exit 1).
+    ``emulate``: when no engine can be built, verify the graph with the plugins' code on the CPU emulator
+    (:func:`_emulated_plugin_check`)."""
     from . import onnx as E
     from . import verify as V
 
@@ -534,7 +577,14 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
             say(f"  - {m}")
         say("[4/4] engine verification: not run (no engine). The ONNX graph above IS verified; no engine was written.")
         report["missing"] = env.missing
-        return finish(EXIT_MISSING, "TensorRT/GPU missing: ONNX verified, engine NOT built")
+        if emulate:
+            failed = _emulated_plugin_check(model, res, graph16, precision, report, say, build_dir)
+            if failed:
+                return finish(EXIT_VERIFY_FAILED, "the graph with the zoo plugins' code (CPU-emulated) FAILED "
+                                                  "verification; TensorRT/GPU missing, engine NOT built")
+        return finish(EXIT_MISSING, "TensorRT/GPU missing: ONNX verified"
+                      + (", plugins verified on the CPU emulator" if report.get("emulated_plugins", {}).get("ok")
+                         else "") + ", engine NOT built")
 
     # 3. engine
     trt = env.tensorrt
@@ -595,6 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also output user_vector, the query vector of retrieval (see export.onnx --user-vector)")
     p.add_argument("--exclude-items", metavar="FILE", default=None,
                    help="item ids never to recommend, one per line (see export.onnx --exclude-items)")
+    p.add_argument("--no-emulate", action="store_true",
+                   help="without TensorRT/GPU, skip the check of the graph with the plugins' code on the CPU emulator")
     a = p.parse_args(argv)
     for module in ("onnx", "onnxruntime"):        # every run exports and verifies the ONNX graph first
         require(module, "python -m export.trt", cli=True)
@@ -607,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code, _ = run(a.model, a.out, fp16=a.fp16, workspace=a.workspace, topk=a.topk, max_batch=a.max_batch,
                   opt_batch=a.opt_batch, max_steps=a.max_steps, version_compatible=a.version_compatible,
                   plugin_lib=a.plugin_lib, build_dir=a.build_dir, quick=a.quick, exclude_seen=a.exclude_seen,
-                  user_vector=a.user_vector, exclude_items=a.exclude_items, say=say)
+                  user_vector=a.user_vector, exclude_items=a.exclude_items, emulate=not a.no_emulate, say=say)
     return code
 
 

@@ -75,6 +75,7 @@ class ScanKernels:
         if self.emulated:
             self.lib.zoo_emu_last_error.restype = ctypes.c_char_p
             self.lib.zoo_emu_last_error.argtypes = []
+            self.lib.zoo_emu_reset_error.argtypes = []
         P, I = ctypes.c_void_p, ctypes.c_int32
         self.lib.zoo_selective_scan.argtypes = [I] + [P] * 11 + [I] * 5 + [P]
         self.lib.zoo_ssd_scan.argtypes = [I] + [P] * 10 + [I] * 7 + [P]
@@ -97,6 +98,12 @@ class ScanKernels:
             raise ValueError(f"kernel inputs must be contiguous {'CPU' if self.emulated else 'CUDA'} tensors"
                              + (" (this is the CPU-emulated kernels library)" if self.emulated else ""))
         return ctypes.c_void_p(t.data_ptr())
+
+    def _reset(self):
+        """Before each call: no output guards yet, and (emulator) no error message left from an earlier call."""
+        self._guards = []
+        if self.emulated:
+            self.lib.zoo_emu_reset_error()
 
     def _stream(self):
         return None if self.emulated else ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
@@ -126,7 +133,7 @@ class ScanKernels:
     def selective_scan(self, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus=True, out=None, h_out=None):
         """Same math as ``selective_scan_loop(..., return_last_state=True, initial_state=h0)``; returns (y, h).
         ``h_out`` may be ``h0`` itself (in-place state update, as the TensorRT plugin does with aliased I/O)."""
-        self._guards = []
+        self._reset()
         b, e, T = u.shape
         n = A.shape[1]
         y = out if out is not None else self._empty(u.shape, u.dtype, u.device)
@@ -138,7 +145,7 @@ class ScanKernels:
         return y, h
 
     def ssd_scan(self, x, dt, A, B, C, D, dt_bias, h0, dt_softplus=True, h_out=None):
-        self._guards = []
+        self._reset()
         b, T, H, P = x.shape
         G, N = B.shape[2], B.shape[3]
         y = self._empty(x.shape, x.dtype, x.device)
@@ -149,7 +156,7 @@ class ScanKernels:
         return y, h
 
     def lru_scan(self, u_re, u_im, lam_re, lam_im, h0_re=None, h0_im=None):
-        self._guards = []
+        self._reset()
         b, T, N = u_re.shape
         h_re, h_im = self._empty(u_re.shape, u_re.dtype, u_re.device), self._empty(u_im.shape, u_im.dtype, u_im.device)
         p = self._p
@@ -159,33 +166,16 @@ class ScanKernels:
 
     def plugin_enqueue(self, op_type: str, fields: dict, inputs: list, outputs: list):
         """The TensorRT plugin's runtime path without TensorRT (emulated plugin library only,
-        ``build_emulated(plugins=True)``): the creator named ``op_type`` makes the plugin from ``fields`` (int32
-        values), and its ``enqueue`` runs on ``inputs`` / ``outputs`` in the spec's order (an output may be an input's
-        very tensor: aliased state). Raises ``RuntimeError`` with the reason when it fails."""
-        if not hasattr(self.lib, "zoo_emu_plugin_enqueue"):
-            raise RuntimeError(f"{self.path} has no zoo_emu_plugin_enqueue (build it with build_emulated(plugins=True))")
-        names = [n.encode() for n in fields]
-        I32, I64, PP = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
+        ``build_emulated(plugins=True)``; :func:`export.emulated_plugins.enqueue`): the creator named ``op_type`` makes
+        the plugin from ``fields`` (int32 values), and its ``enqueue`` runs on ``inputs`` / ``outputs`` in the spec's
+        order (an output may be an input's very tensor: aliased state). Raises ``RuntimeError`` with the reason."""
+        from export.emulated_plugins import enqueue, prepare
 
-        def arrays(ts):
-            dims = (I64 * (8 * len(ts)))()
-            for i, t in enumerate(ts):
-                for j, v in enumerate(t.shape):
-                    dims[8 * i + j] = v
-            return ((I32 * len(ts))(*[DTYPE_CODE[t.dtype] for t in ts]), (I32 * len(ts))(*[t.dim() for t in ts]),
-                    dims, (PP * len(ts))(*[self._p(t) for t in ts]))
-
-        ins, outs = arrays(inputs), arrays(outputs)
-        err = ctypes.create_string_buffer(256)
-        rc = self.lib.zoo_emu_plugin_enqueue(
-            op_type.encode(), len(names), (ctypes.c_char_p * max(1, len(names)))(*names),
-            (I32 * max(1, len(names)))(*[int(v) for v in fields.values()]), len(inputs), *ins, len(outputs), *outs,
-            err, len(err))
+        prepare(self.lib, self.path)
         guards, self._guards = self._guards, []
-        if rc != 0:
-            launch = self.lib.zoo_emu_last_error().decode()
-            raise RuntimeError(f"{op_type} plugin enqueue: {err.value.decode()} (status {rc})"
-                               + (f"; kernel: {launch}" if launch else ""))
+        self.lib.zoo_emu_reset_error()
+        enqueue(self.lib, op_type, fields, [(self._p(t).value, tuple(t.shape), DTYPE_CODE[t.dtype]) for t in inputs],
+                [(self._p(t).value, tuple(t.shape), DTYPE_CODE[t.dtype]) for t in outputs])
         self._guards = guards
         self._rc(0, f"{op_type} plugin enqueue")
 

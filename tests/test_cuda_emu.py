@@ -206,6 +206,115 @@ def test_emulated_plugin_check_catches_a_wrong_shape_mapping(tmp_path, emulated_
     assert not any(r["ok"] for r in harness.check_case(k, case, seed=2, plugin=True))
 
 
+# ---------------------------------------------------------------------------------------------------- whole graphs
+def _tiny_step_model(name: str):
+    """Tiny step models with each kind of scan node (the sizes of tests/test_export_onnx.py)."""
+    from zoo.models.lrurec import LRURecConfig, LRURecModel
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+    from zoo.models.tim4rec_causal import TiM4RecCausalConfig, TiM4RecCausalModel
+
+    torch.manual_seed(0)
+    if name == "mamba4rec":
+        m = Mamba4RecModel(Mamba4RecConfig(n_items=60, hidden_size=16, num_layers=2, d_state=8,
+                                           initializer_range=0.1))
+    elif name == "lrurec":
+        m = LRURecModel(LRURecConfig(n_items=60, hidden_size=16, num_layers=2))
+    else:
+        m = TiM4RecCausalModel(TiM4RecCausalConfig(n_items=60, hidden_size=16, num_layers=2, d_state=8, head_dim=8,
+                                                   max_seq_length=50))
+    with torch.no_grad():
+        m.item_embedding.weight.normal_(0, 1.0)
+    return m.eval()
+
+
+STEP_GRAPHS = {"mamba4rec": "SelectiveScan", "lrurec": "LRUScan", "tim4rec_causal": "SSDScan"}
+
+
+def _export(tmp_path, name):
+    from export import onnx as E
+
+    model = _tiny_step_model(name)
+    ti = "gaps" if name == "tim4rec_causal" else None      # the form export.trt builds engines from
+    res = E.export_model(model, tmp_path / name, kind="step", topk=10, with_scores=True, verify=False, time_input=ti)
+    return model, res
+
+
+@pytest.mark.parametrize("name", list(STEP_GRAPHS))
+def test_step_graph_verifies_with_its_scan_nodes_run_by_the_plugin(tmp_path, emulated_plugins, name):
+    """An exported step graph run as a TensorRT engine would run our part of it: every scan node handed, with the
+    node's own inputs and attributes, to the plugin's enqueue (CPU-emulated), the other nodes by ONNX's reference
+    evaluator -- through export.verify's verifier against PyTorch (priming, single steps carrying the state, top-k
+    on many rows), under the fp32 tolerances."""
+    from export import verify as V
+    from export.emulated_plugins import EmulatedPluginRunner
+
+    model, res = _export(tmp_path, name)
+    runner = EmulatedPluginRunner(res.graph_path, emulated_plugins.lib)
+    rep = V.verify_export(model, res.graph_path, res.spec, runner=runner, prime_len=16, n_steps=6, batch=2,
+                          topk_cases=16)
+    assert rep.ok, rep.table()
+    assert runner.calls[STEP_GRAPHS[name]] >= 2 * 2 and sum(runner.calls.values()) == runner.calls[STEP_GRAPHS[name]]
+
+
+def test_emulated_graph_check_catches_a_wrong_plugin(tmp_path, emulated_plugins, emu_dir):
+    """Negative control: the same graph with a plugin that drops its delta_softplus field (always 0) fails the
+    verification. (A wrong dim mapping would fail too, but by reading and writing out of bounds: a crash here, an
+    illegal address on a GPU; the ASan test covers that class.)"""
+    from export import verify as V
+    from export.emulated_plugins import EmulatedPluginRunner
+
+    src = ROOT / "plugins" / "selectiveScanPlugin" / "selectiveScanPlugin.cpp"
+    (tmp_path / src.name).write_text(src.read_text().replace("mDeltaSoftplus, stream);", "0, stream);"))
+    lib = BP.build_emulated(emu_dir, plugins=True, out_name="libmut_graph.so", replace={src.name: tmp_path / src.name})
+    model, res = _export(tmp_path, "mamba4rec")
+    rep = V.verify_export(model, res.graph_path, res.spec, runner=EmulatedPluginRunner(res.graph_path, lib),
+                          prime_len=8, n_steps=2, batch=2, topk_cases=4)
+    assert not rep.ok
+
+
+def test_run_op_refuses_what_a_plugin_cannot_take(emulated_plugins):
+    import numpy as np
+
+    from export.emulated_plugins import PluginError, run_op
+
+    lib = emulated_plugins.lib
+    z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
+    with pytest.raises(PluginError, match=r"LRUScan needs its 6 inputs \['u_re', 'u_im', 'lam_re', 'lam_im', 'h0_re', "
+                                          r"'h0_im'\] .*; the node gives 5"):
+        run_op(lib, "LRUScan", {}, [z(1, 2, 3), z(1, 2, 3), z(3), z(3), z(1, 3), None])
+    with pytest.raises(PluginError, match=r"LRUScan: input 'lam_re' is float16, the plugin takes float32"):
+        run_op(lib, "LRUScan", {}, [z(1, 2, 3), z(1, 2, 3), z(3).astype(np.float16), z(3), z(1, 3), z(1, 3)])
+    with pytest.raises(PluginError, match=r"activation dtype float64"):
+        run_op(lib, "LRUScan", {}, [np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), z(3), z(3), z(1, 3), z(1, 3)])
+    # a state larger than the kernels take: the plugin's enqueue refuses, and says so
+    with pytest.raises(PluginError, match=r"SelectiveScan plugin enqueue: enqueue failed .*status -1"):
+        run_op(lib, "SelectiveScan", {"delta_softplus": 1},
+               [z(1, 2, 3), z(1, 2, 3), z(2, 300), z(1, 300, 3), z(1, 300, 3), z(2), z(1, 2, 3), z(2), z(1, 2, 300)])
+    out = run_op(lib, "LRUScan", {}, [z(1, 2, 3), z(1, 2, 3), z(3), z(3), z(1, 3) + 1, z(1, 3)])
+    assert [o.shape for o in out] == [(1, 2, 3), (1, 2, 3)] and out[0][0, 0, 0] == 0.0
+
+
+def test_export_trt_exits_2_when_the_emulated_plugin_check_fails(tmp_path, monkeypatch, emu_dir):
+    """export.trt without TensorRT: a plugin that computes wrong makes the run fail verification (exit 2) instead of
+    'TensorRT/GPU missing' (exit 3); nothing is written as an engine."""
+    from export import trt as T
+
+    src = ROOT / "plugins" / "selectiveScanPlugin" / "selectiveScanPlugin.cpp"
+    (tmp_path / src.name).write_text(src.read_text().replace("mDeltaSoftplus, stream);", "0, stream);"))
+    bad = BP.build_emulated(emu_dir, plugins=True, out_name="libmut_trt.so", replace={src.name: tmp_path / src.name})
+    monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: bad)
+    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(
+        tensorrt_error="ImportError: fake", gpu_error="fake: no GPU", missing=["TensorRT builder: fake", "GPU: fake"]))
+    monkeypatch.setattr(T, "EMULATED_VERIFY", dict(prime_len=8, n_steps=2, batch=2, topk_cases=4))
+    said = []
+    code, rep = T.run("tiny", str(tmp_path / "out"), model=_tiny_step_model("mamba4rec"), quick=True,
+                      plugin_lib=str(tmp_path / "none.so"), say=said.append)
+    assert code == T.EXIT_VERIFY_FAILED, "\n".join(said)
+    assert rep["emulated_plugins"]["ok"] is False and "FAILED verification" in rep["status"]
+    assert rep["onnx"]["verification"]["passed"] is True
+    assert not (tmp_path / "out" / T.ENGINE_FILE).exists()
+
+
 # ---------------------------------------------------------------------------------------------------- the emulator
 def test_rewrite_launches_keeps_lines_and_refuses_what_it_cannot_read():
     src = ("x;\nfoo<T><<<static_cast<uint32_t>(blocks), kBlock,\n 0, stream>>>(a,\n b);\n"

@@ -271,11 +271,12 @@ def test_main_forwards_every_flag(monkeypatch):
     seen = _record_run(monkeypatch, code=2)
     assert T.main(["--model", "m", "--out", "o", "--fp16", "--workspace", "512M", "--topk", "5", "--max-batch", "100",
                    "--opt-batch", "10", "--max-steps", "30", "--version-compatible", "--plugin-lib", "L.so",
-                   "--build-dir", "B", "--quick", "--exclude-seen", "--user-vector", "--exclude-items", "gone.txt"]) == 2
+                   "--build-dir", "B", "--quick", "--exclude-seen", "--user-vector", "--exclude-items", "gone.txt",
+                   "--no-emulate"]) == 2
     seen.pop("say")
     assert seen == dict(model_name="m", out_dir="o", fp16=True, workspace="512M", topk=5, max_batch=100, opt_batch=10,
                         max_steps=30, version_compatible=True, plugin_lib="L.so", build_dir="B", quick=True,
-                        exclude_seen=True, user_vector=True, exclude_items="gone.txt")
+                        exclude_seen=True, user_vector=True, exclude_items="gone.txt", emulate=False)
 
 
 def test_main_defaults_are_run_defaults(monkeypatch):
@@ -284,7 +285,7 @@ def test_main_defaults_are_run_defaults(monkeypatch):
     defaults = {k: p.default for k, p in inspect.signature(_RUN).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     for k in ("fp16", "workspace", "topk", "max_batch", "opt_batch", "max_steps", "version_compatible", "plugin_lib",
-              "build_dir", "quick", "exclude_seen", "user_vector", "exclude_items"):
+              "build_dir", "quick", "exclude_seen", "user_vector", "exclude_items", "emulate"):
         assert seen[k] == defaults[k], k
 
 
@@ -353,6 +354,10 @@ def test_run_plugin_library_failure(tmp_path, monkeypatch, tiny_mamba, builder):
         assert rep["missing"] == ["TensorRT builder: fake", "CUDA GPU: fake",
                                   f"{ps.PLUGIN_LIBRARY}: plugin library {missing_lib} does not exist"]
         assert "[3/4] engine build: NOT POSSIBLE here; missing:" in text
+        # the plugins' code was still checked on the CPU emulator (or skipped, saying why)
+        emu = rep["emulated_plugins"]
+        assert ("skipped" in emu and "[4b]" in text) or (emu["ok"] is True and emu["plugin_calls"]["SelectiveScan"] > 0
+                                                         and "plugins verified on the CPU emulator" in rep["status"])
 
 
 # ---------------------------------------------------------------------------------------------------- fp16 graph

@@ -354,6 +354,10 @@ def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
     assert rep["exit_code"] == 3 and rep["missing"]
     assert rep["onnx"]["verification"]["passed"] is True
     assert rep["precision"] == "fp32" and rep["tolerances"] == T_TOL["fp32"]
+    # the graph also ran with its scan node through the plugin's code on the CPU emulator, and passed
+    assert "[4b] the graph with the zoo plugins' code, CPU-emulated" in r.stdout
+    assert rep["emulated_plugins"]["ok"] is True and rep["emulated_plugins"]["plugin_calls"]["SelectiveScan"] > 0
+    assert "plugins verified on the CPU emulator" in rep["status"]
     if _lean() is not None:
         assert {c["op_type"] for c in rep["registry"]["creators"]} == set(ps.SCAN_OPS)
         assert rep["registry"]["runtime"] == "tensorrt_lean"

@@ -370,3 +370,9 @@ extern "C" char const* zoo_emu_last_error()
 {
     return zoo_emu::tlLastMsg.c_str();
 }
+
+extern "C" void zoo_emu_reset_error()
+{
+    zoo_emu::tlLastErr = cudaSuccess;
+    zoo_emu::tlLastMsg.clear();
+}

@@ -135,4 +135,7 @@ inline uint32_t shflXorAt(char const* file, int32_t line, uint32_t mask, uint32_
 cudaError_t cudaGetLastError();
 cudaError_t cudaPeekAtLastError();
 
+//! The message of the last failed launch on this CPU thread ("" if none since zoo_emu_reset_error()).
 extern "C" __attribute__((visibility("default"))) char const* zoo_emu_last_error();
+//! Clears the error code and message (callers reset before a call, so a message never outlives its call).
+extern "C" __attribute__((visibility("default"))) void zoo_emu_reset_error();

@@ -105,6 +105,14 @@ class ScanKernels:
         if self.emulated:
             self.lib.zoo_emu_reset_error()
 
+    def set_schedule(self, mode: str = "in-order", seed: int = 0) -> None:
+        """Emulator only: the order CUDA blocks and threads run in on this thread ("in-order", "reversed", "random"
+        with ``seed``). A kernel whose outputs change with it has a race."""
+        if not self.emulated:
+            raise RuntimeError("set_schedule is the emulator's: a GPU schedules its own threads")
+        self.lib.zoo_emu_set_schedule.argtypes = [ctypes.c_int32, ctypes.c_uint64]
+        self.lib.zoo_emu_set_schedule({"in-order": 0, "reversed": 1, "random": 2}[mode], seed)
+
     def _stream(self):
         return None if self.emulated else ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
 

@@ -112,6 +112,28 @@ def test_emulated_library_exports_the_kernels_abi(emulated):
         harness.run_kernel(emulated, case, d)
 
 
+@pytest.mark.parametrize("case", [c for c in harness.cases(long_T=12) if c.with_h0 and c.dtype != torch.float32
+                                  or c.id.endswith(("N5", "N7", "N33"))], ids=lambda c: c.id)
+def test_emulated_kernels_do_not_depend_on_thread_order(emulated, case):
+    """Blocks and threads run in order, reversed and in two random orders: every output equals the in-order run bit
+    for bit, in place too. A kernel reading another thread's write without synchronisation (a race on a GPU) would
+    differ (negative control: test_emulator_schedules_expose_a_race)."""
+    d = harness.make_inputs(case, device="cpu", seed=7)
+    try:
+        runs = []
+        for mode, seed in (("in-order", 0), ("reversed", 0), ("random", 1), ("random", 2)):
+            emulated.set_schedule(mode, seed)
+            for in_place in (False, True) if case.op != "LRUScan" else (False,):
+                runs.append((mode, seed, in_place, harness.run_kernel(emulated, case, d, in_place=in_place)))
+    finally:
+        emulated.set_schedule("in-order")
+    first = {ip: out for m, _, ip, out in runs if m == "in-order"}
+    for mode, seed, in_place, (acts, states) in runs:
+        ref_acts, ref_states = first[in_place]
+        for a, b in zip(acts + states, ref_acts + ref_states):
+            assert torch.equal(a, b), (mode, seed, in_place)
+
+
 @pytest.mark.parametrize("op", ["SelectiveScan", "SSDScan"])
 def test_emulated_state_chunks_compose(emulated, op):
     """The central invariant at the kernel level: one call over T steps equals a call over a prefix followed by single
@@ -379,6 +401,23 @@ def test_emulator_shuffle_segments_follow_ptx(selftest):
                 src = lane ^ lane_mask
                 want.append(lane if src > (lane & ~(width - 1)) | (width - 1) else src)
             assert out.int().tolist() == want, (width, lane_mask)
+
+
+def test_emulator_schedules_expose_a_race(selftest):
+    """Negative control of the schedule test: a kernel that reads its neighbour's write without synchronisation gives
+    one answer in order and another reversed."""
+    selftest.zoo_emu_set_schedule.argtypes = [ctypes.c_int32, ctypes.c_uint64]
+    outs = []
+    try:
+        for mode in (0, 1):
+            selftest.zoo_emu_set_schedule(mode, 0)
+            buf, out = torch.full((70,), -1.0), torch.zeros(70)
+            assert selftest.emu_racy(_p(buf), _p(out), 70) == 0
+            outs.append(out)
+    finally:
+        selftest.zoo_emu_set_schedule(0, 0)
+    assert outs[0][5].item() == -1.0 and outs[1][5].item() == 6.0       # in order: not yet written; reversed: written
+    assert not torch.equal(outs[0], outs[1])
 
 
 @pytest.mark.parametrize("which,message", [

@@ -1,7 +1,8 @@
 /*
- * Kernels that check the emulator itself (tests/test_trt_plugins.py): team sums at every width the scan kernels use,
- * PTX's "no later segment" rule of __shfl_xor_sync, and one kernel per undefined use of a warp shuffle, which the
- * emulator must refuse (on a GPU each would silently return garbage or hang).
+ * Kernels that check the emulator itself (tests/test_cuda_emu.py): team sums at every width the scan kernels use,
+ * PTX's "no later segment" rule of __shfl_xor_sync, one kernel per undefined use of a warp shuffle, which the
+ * emulator must refuse (on a GPU each would silently return garbage or hang), and a racy kernel whose result changes
+ * with the emulator's schedule.
  */
 #include "zooCudaUtils.cuh"
 #include "zooScanKernels.h"
@@ -59,7 +60,24 @@ __global__ void fullMaskKernel(float* out)
     out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.f, 1, 32); // launched with 20 threads: lanes 20..31 absent
 }
 
+__global__ void racyKernel(float* buf, float* out, int32_t n)
+{
+    int32_t const i = static_cast<int32_t>(blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= n)
+    {
+        return;
+    }
+    buf[i] = static_cast<float>(i);
+    out[i] = buf[(i + 1) % n]; // another thread's write, no synchronisation: a race
+}
+
 } // namespace
+
+extern "C" ZOO_API int32_t emu_racy(float* buf, float* out, int32_t n)
+{
+    racyKernel<<<(n + 31) / 32, 32, 0, nullptr>>>(buf, out, n);
+    return static_cast<int32_t>(cudaGetLastError());
+}
 
 extern "C" ZOO_API int32_t emu_team_sum(float const* in, float* out, int32_t n, int32_t width, int32_t block)
 {

@@ -68,6 +68,37 @@ struct Launcher
 };
 
 thread_local Launcher* tl = nullptr;
+
+//! Order in which blocks, and the ready threads of a block, are run (zoo_emu_set_schedule): 0 in order, 1 reversed,
+//! 2 a fresh random permutation every round (xorshift64*, seeded). A kernel whose results depend on it reads what
+//! another thread writes without synchronisation: on a GPU, a race.
+thread_local int32_t tlSchedule = 0;
+thread_local uint64_t tlSeed = 0x9E3779B97F4A7C15ull;
+
+uint64_t nextRandom()
+{
+    tlSeed ^= tlSeed >> 12;
+    tlSeed ^= tlSeed << 25;
+    tlSeed ^= tlSeed >> 27;
+    return tlSeed * 0x2545F4914F6CDD1Dull;
+}
+
+//! 0..n-1 in the current schedule's order.
+void scheduleOrder(std::vector<size_t>& order, size_t n)
+{
+    order.resize(n);
+    for (size_t i = 0; i < n; ++i)
+    {
+        order[i] = tlSchedule == 1 ? n - 1 - i : i;
+    }
+    if (tlSchedule == 2)
+    {
+        for (size_t i = n; i > 1; --i)
+        {
+            std::swap(order[i - 1], order[nextRandom() % i]);
+        }
+    }
+}
 thread_local cudaError_t tlLastErr = cudaSuccess;
 thread_local std::string tlLastMsg;
 
@@ -227,10 +258,12 @@ std::string runBlock(Launcher& L, dim3 grid, dim3 block, dim3 bid)
     }
     std::string const where = "block (" + std::to_string(bid.x) + "," + std::to_string(bid.y) + ","
         + std::to_string(bid.z) + ") warp ";
+    std::vector<size_t> order;
     for (;;)
     {
         bool pending = false;
-        for (size_t i = 0; i < n; ++i)
+        scheduleOrder(order, n);
+        for (size_t i : order)
         {
             Fiber& fb = L.fibers[i];
             if (fb.state == State::Ready)
@@ -329,15 +362,14 @@ cudaError_t launch(dim3 grid, dim3 block, std::function<void()> const& body)
     L.body = &body;
     tl = &L;
     std::string err;
-    for (uint32_t z = 0; z < grid.z && err.empty(); ++z)
+    size_t const nBlocks = static_cast<size_t>(grid.x) * grid.y * grid.z;
+    std::vector<size_t> blocks;
+    scheduleOrder(blocks, nBlocks);
+    for (size_t k = 0; k < nBlocks && err.empty(); ++k)
     {
-        for (uint32_t y = 0; y < grid.y && err.empty(); ++y)
-        {
-            for (uint32_t x = 0; x < grid.x && err.empty(); ++x)
-            {
-                err = runBlock(L, grid, block, dim3(x, y, z));
-            }
-        }
+        size_t const b = blocks[k];
+        err = runBlock(L, grid, block, dim3(static_cast<uint32_t>(b % grid.x),
+            static_cast<uint32_t>((b / grid.x) % grid.y), static_cast<uint32_t>(b / (static_cast<size_t>(grid.x) * grid.y))));
     }
     tl = nullptr;
 #ifdef ZOO_EMU_ASAN
@@ -375,4 +407,10 @@ extern "C" void zoo_emu_reset_error()
 {
     zoo_emu::tlLastErr = cudaSuccess;
     zoo_emu::tlLastMsg.clear();
+}
+
+extern "C" void zoo_emu_set_schedule(int32_t mode, uint64_t seed)
+{
+    zoo_emu::tlSchedule = mode;
+    zoo_emu::tlSeed = seed != 0 ? seed : 0x9E3779B97F4A7C15ull;
 }

@@ -16,9 +16,9 @@
  *               these headers, so nothing is silently emulated wrong. Timing, memory coalescing and fast-math
  *               differences (the GPU's expf is within 2 ulp of the host's) are a GPU's business.
  *
- * Threads of a block run in order (lane 0 first), so a kernel that reads another thread's output without
- * synchronisation gets one deterministic interleaving here; the in-place state tests rely on each thread reading its
- * own state before writing it, which any interleaving preserves.
+ * Blocks, and the threads of a block, run in order (lane 0 first) by default; zoo_emu_set_schedule runs them reversed
+ * or in a random order, so a kernel that reads another thread's output without synchronisation (a race on a GPU)
+ * gives different results under different schedules, which the tests compare bit for bit.
  */
 #pragma once
 #include <cstddef>
@@ -139,3 +139,6 @@ cudaError_t cudaPeekAtLastError();
 extern "C" __attribute__((visibility("default"))) char const* zoo_emu_last_error();
 //! Clears the error code and message (callers reset before a call, so a message never outlives its call).
 extern "C" __attribute__((visibility("default"))) void zoo_emu_reset_error();
+//! The order blocks and threads run in, on this CPU thread: 0 in order (default), 1 reversed, 2 random (seeded).
+//! Results that change with it come from a race.
+extern "C" __attribute__((visibility("default"))) void zoo_emu_set_schedule(int32_t mode, uint64_t seed);

@@ -323,10 +323,15 @@ class SQLiteStateStore(_VersionedStore):
             checkpoint's sync would stall the event whose commit set it off and, through it, the other workers
             (``bench/RESULTS_SHARED_STORE.md``). The WAL file holds up to that many seconds of commits. None:
             SQLite's own checkpoints, every 1,000 pages, on the committing connection.
+        wal_size_limit: bytes the WAL file is cut back to when it starts over after a checkpoint (SQLite's
+            ``journal_size_limit``). SQLite reuses the WAL file without shrinking it, so a burst of events would
+            otherwise keep its size on disk for good; None keeps SQLite's default (never shrink). 64 MiB by default:
+            well above the seconds of commits between checkpoints at the rates of ``bench/RESULTS_SHARED_STORE.md``,
+            so the file is not cut and regrown every second.
     """
 
     def __init__(self, path, table: str = "zoo_states", timeout: float = 30.0, synchronous: str = "NORMAL",
-                 checkpoint_every: float | None = 1.0):
+                 checkpoint_every: float | None = 1.0, wal_size_limit: int | None = 64 << 20):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table or ""):
             raise ValueError(f"table must be an identifier (letters, digits, _), got {table!r}")
         if synchronous not in ("NORMAL", "FULL"):
@@ -337,7 +342,10 @@ class SQLiteStateStore(_VersionedStore):
         if checkpoint_every is not None and not checkpoint_every > 0:
             raise ValueError(f"checkpoint_every must be a positive number of seconds or None, got {checkpoint_every!r}")
         self.path, self.table, self.timeout, self.synchronous = os.fspath(path), table, float(timeout), synchronous
-        self.checkpoint_every = checkpoint_every
+        if wal_size_limit is not None and (isinstance(wal_size_limit, bool) or not isinstance(wal_size_limit, int)
+                                           or wal_size_limit < 0):
+            raise ValueError(f"wal_size_limit must be a number of bytes >= 0 or None, got {wal_size_limit!r}")
+        self.checkpoint_every, self.wal_size_limit = checkpoint_every, wal_size_limit
         self._local = threading.local()
         self._read("PRAGMA journal_mode=WAL")
         self._write(self._create)
@@ -353,7 +361,8 @@ class SQLiteStateStore(_VersionedStore):
         return True, None
 
     def __reduce__(self):
-        return type(self), (self.path, self.table, self.timeout, self.synchronous, self.checkpoint_every)
+        return type(self), (self.path, self.table, self.timeout, self.synchronous, self.checkpoint_every,
+                            self.wal_size_limit)
 
     def _conn(self) -> sqlite3.Connection:
         local = self._local
@@ -362,6 +371,8 @@ class SQLiteStateStore(_VersionedStore):
             local.conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
             local.pid = os.getpid()
             self._retry(lambda: local.conn.execute(f"PRAGMA synchronous={self.synchronous}"))
+            if self.wal_size_limit is not None:
+                local.conn.execute(f"PRAGMA journal_size_limit={int(self.wal_size_limit)}").fetchall()
             if self.checkpoint_every is not None:
                 local.conn.execute("PRAGMA wal_autocheckpoint=0")
                 _checkpointer(self)

@@ -264,3 +264,33 @@ def test_sqlite_checkpoints_run_in_one_background_thread_per_process(tmp_path):
     assert (os.getpid(), os.path.realpath(auto.path)) not in state_store._CHECKPOINTERS
     with pytest.raises(ValueError, match="checkpoint_every must be a positive"):
         SQLiteStateStore(tmp_path / "x.db", checkpoint_every=0)
+
+
+@pytest.mark.parametrize("limit", [32_768, None])
+def test_sqlite_wal_shrinks_back_after_a_burst(tmp_path, limit):
+    """SQLite reuses its WAL file without shrinking it: after a 1.3 MB burst of commits the file keeps that size for
+    good, unless ``wal_size_limit`` (``journal_size_limit``) cuts it back when the WAL starts over after a checkpoint.
+    The store's settings travel with it (pickled as its arguments) and bad limits are refused."""
+    import pickle
+    import time
+
+    big = {"h": np.zeros((1, 8192), np.float32)}                      # 32 KB a state
+    store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=0.05, wal_size_limit=limit)
+    for u in range(40):
+        store[u] = big
+    wal = tmp_path / "s.db-wal"
+    assert os.path.getsize(wal) > 40 * 32_768
+    deadline = time.monotonic() + 10
+    while os.path.getsize(tmp_path / "s.db") < 40 * 32_768 and time.monotonic() < deadline:
+        time.sleep(0.05)                                              # the background checkpoint copied the burst
+    time.sleep(0.2)
+    store["after"] = {"h": np.zeros((1, 4), np.float32)}            # the next writer starts the WAL over
+    if limit is None:
+        assert os.path.getsize(wal) > 40 * 32_768
+    else:
+        assert os.path.getsize(wal) <= limit + 2 * 4096 + 32, os.path.getsize(wal)
+    assert store["after"]["h"].shape == (1, 4) and len(store) == 41
+    assert pickle.loads(pickle.dumps(store)).wal_size_limit == limit
+    for bad in (-1, 1.5, True, "64M"):
+        with pytest.raises(ValueError, match="wal_size_limit must be a number of bytes"):
+            SQLiteStateStore(tmp_path / "x.db", wal_size_limit=bad)

@@ -243,21 +243,32 @@ def ssd_scan_fn(x, dt, A, B, C, chunk_size=256, D=None, dt_bias=None, dt_softplu
     exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
     if (not exporting and x.is_cuda and x.dtype != torch.float64 and _mamba_chunk_scan_combined is not None
             and os.environ.get("ZOO_SSD_KERNEL", "1") != "0"):
-        _check(x, dt, A, B, C, D, initial_state, seq_idx)
-        y, last = _mamba_chunk_scan_combined(
-            x.contiguous(), dt.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(), int(chunk_size),
-            D=None if D is None else D.float().contiguous(),
-            dt_bias=None if dt_bias is None else dt_bias.float().contiguous(),
-            initial_states=None if initial_state is None else initial_state.contiguous(),
-            seq_idx=None if seq_idx is None else seq_idx.to(torch.int32).contiguous(),
-            dt_softplus=bool(dt_softplus), return_final_states=True)
-        return y.to(x.dtype), last.to(x.dtype)
+        return ssd_scan_kernel(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initial_state, seq_idx)
     dt = dt.to(_ct(x))
     if dt_bias is not None:
         dt = dt + dt_bias.to(dt.dtype)
     if dt_softplus:
         dt = F.softplus(dt)
     return ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size, D, initial_state, seq_idx)
+
+
+def ssd_scan_kernel(x, dt, A, B, C, chunk_size=256, D=None, dt_bias=None, dt_softplus=False, initial_state=None,
+                    seq_idx=None):
+    """The fast path of :func:`ssd_scan_fn` (same signature and result): mamba-ssm's Triton
+    ``mamba_chunk_scan_combined``, called with the zoo's conventions (float32 ``A``/``D``/``dt_bias``, int32
+    ``seq_idx``, outputs back in ``x``'s dtype). Checked against the reference by ``tests/test_mamba_ssm_interp.py``
+    with the kernel run in Triton's CPU interpreter, and on a GPU by ``tests/test_ssd_ops.py``."""
+    if _mamba_chunk_scan_combined is None:
+        raise RuntimeError("mamba-ssm's Triton SSD kernel (mamba_ssm.ops.triton.ssd_combined) is not importable")
+    _check(x, dt, A, B, C, D, initial_state, seq_idx)
+    y, last = _mamba_chunk_scan_combined(
+        x.contiguous(), dt.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(), int(chunk_size),
+        D=None if D is None else D.float().contiguous(),
+        dt_bias=None if dt_bias is None else dt_bias.float().contiguous(),
+        initial_states=None if initial_state is None else initial_state.contiguous(),
+        seq_idx=None if seq_idx is None else seq_idx.to(torch.int32).contiguous(),
+        dt_softplus=bool(dt_softplus), return_final_states=True)
+    return y.to(x.dtype), last.to(x.dtype)
 
 
 def rmsnorm_gated_ref(y, z, weight, eps=1e-5, group_size=None, norm_before_gate=False):

@@ -462,6 +462,22 @@ def test_shared_store_bench_runs(monkeypatch, tmp_path):
     assert [r[8] for r in rows] == ["-"] + ["0"] * (len(want) - 1), rows
 
 
+def test_sqlite_wal_bench_runs(monkeypatch, tmp_path):
+    """One worker process, one second of load a configuration: a row for the default limit and for None, with the
+    events served, latency percentiles in order and WAL sizes."""
+    pytest.importorskip("onnxruntime", reason="the step graphs run with ONNX Runtime")
+    b = _bench("sqlite_wal", monkeypatch)
+    out = tmp_path / "w.md"
+    b.main(["--card", "gru4rec-ml1m", "--seconds", "1", "--processes", "1", "--users", "8", "--markdown", str(out)])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+            if line.startswith(("| 64 MiB", "| None"))]
+    assert [(r[0], r[1]) for r in rows] == [("64 MiB (default)", "1"), ("None", "1")], rows
+    for r in rows:
+        assert int(r[2].replace(",", "")) > 0
+        p50, p99, p999, mx = map(float, r[4:8])
+        assert 0 < p50 <= p99 <= p999 <= mx, r
+
+
 def test_int8_graphs_bench_runs(monkeypatch, tmp_path, shared_data):
     """One bundled step graph: the fp32 row reproduces the card's ONNX metrics, and both int8 rows are written, smaller
     than fp32."""

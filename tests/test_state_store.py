@@ -294,3 +294,30 @@ def test_sqlite_wal_shrinks_back_after_a_burst(tmp_path, limit):
     for bad in (-1, 1.5, True, "64M"):
         with pytest.raises(ValueError, match="wal_size_limit must be a number of bytes"):
             SQLiteStateStore(tmp_path / "x.db", wal_size_limit=bad)
+
+
+@pytest.mark.parametrize("limit", [262_144, None])
+def test_sqlite_wal_stays_bounded_under_sustained_writes(tmp_path, limit):
+    """Serving-like writes (a commit, then ~100 us of a model's compute, without pause): a PASSIVE checkpoint never
+    catches up with them, so SQLite never starts the WAL over and without a limit it holds everything written (tens
+    of MB here; gigabytes an hour when serving). With ``wal_size_limit`` the checkpoint thread truncates it once past
+    the limit: it stays within the limit plus a few checkpoint intervals of writes."""
+    import time
+
+    store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=0.02, wal_size_limit=limit)
+    state = {"h": np.zeros((1, 1024), np.float32)}                   # 4 KB a state
+    wal, written, peak, t0 = tmp_path / "s.db-wal", 0, 0, time.monotonic()
+    while written < 32e6 and time.monotonic() - t0 < 60:
+        for u in range(64):
+            store[u] = state
+            t = time.perf_counter()
+            while time.perf_counter() - t < 1e-4:                    # the model's compute between two events
+                pass
+        written += 64 * 4096
+        peak = max(peak, os.path.getsize(wal))
+    assert written >= 32e6
+    if limit is None:
+        assert peak > 24e6, peak                 # never started over for most of the run
+    else:
+        assert peak < 12e6, peak                 # the limit + what the writes add while a truncation waits
+    assert len(store) == 64

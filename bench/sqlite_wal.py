@@ -1,0 +1,134 @@
+"""The SQLite store's WAL under sustained serving: its size on disk, events per second and event latency, with
+``SQLiteStateStore(wal_size_limit=64 MiB)`` (the default: past it the checkpoint thread truncates the WAL) and with
+``wal_size_limit=None``, side by side in one run (a measurement, not a test).
+
+Each worker is its own ``python`` process with its own ``UserStateRecommender`` (one ONNX Runtime thread) on one SQLite
+file, sending one-item events one per call, round-robin over its own users, for ``--seconds`` seconds without pause.
+Under such load a PASSIVE checkpoint never catches up with the writers, so SQLite never starts the WAL over: without a
+limit the file holds everything written since the load began.
+
+    python bench/sqlite_wal.py [--card mamba4rec-ml1m] [--seconds 20] [--processes 1 2] [--users 256] [--markdown bench/RESULTS_SQLITE_WAL.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.benchutil import command_line, write_table  # noqa: E402
+
+LIMITS = {"64 MiB (default)": 64 << 20, "None": None}
+
+
+def worker(graph: str, path: str, limit, start_at: float, seconds: float, users: list, items: list) -> dict:
+    """Serve events round-robin over ``users`` for ``seconds`` from ``start_at``; each event's latency (ms)."""
+    from export.runtime import UserStateRecommender
+    from export.state_store import SQLiteStateStore
+
+    rec = UserStateRecommender(graph, store=SQLiteStateStore(path, wal_size_limit=limit), threads=1)
+    rec.recommend_many([(f"warm-up-{os.getpid()}", [items[0]])], start=True)
+    time.sleep(max(0.0, start_at - time.time()))
+    lat, t0, j = [], time.time(), 0
+    while time.time() - t0 < seconds:
+        t = time.perf_counter()
+        rec.recommend(users[j % len(users)], [items[j % len(items)]])
+        lat.append((time.perf_counter() - t) * 1e3)
+        j += 1
+    return {"events": j, "start": t0, "end": time.time(), "lat_ms": lat}
+
+
+def run(graph: str, processes: int, seconds: float, n_users: int, limit, seed: int = 0) -> dict:
+    from export.runtime import UserStateRecommender
+    from export.state_store import SQLiteStateStore
+
+    path = os.path.join(tempfile.mkdtemp(prefix="bench-wal-"), "states.db")
+    rec = UserStateRecommender(graph, store=SQLiteStateStore(path, wal_size_limit=limit), threads=1)
+    sess = rec.session
+    catalogue = sess.items if sess.items is not None else list(range(1, sess.n_items))
+    rng = np.random.default_rng(seed)
+    users = [[f"w{w}-u{i}" for i in range(n_users)] for w in range(processes)]
+    for us in users:
+        for s in range(0, len(us), 64):
+            rec.recommend_many([(u, [catalogue[i] for i in rng.integers(0, len(catalogue), 20)]) for u in us[s:s + 64]],
+                               start=True)
+    start_at = time.time() + 3.0 + 0.5 * processes
+    wal, peak, done = path + "-wal", [0], threading.Event()
+
+    def watch():                                      # the WAL's size on disk, every 50 ms
+        while not done.is_set():
+            if os.path.exists(wal):
+                peak[0] = max(peak[0], os.path.getsize(wal))
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", graph, path, str(limit),
+                               str(start_at), str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1")) for _ in range(processes)]
+    for p, us in zip(procs, users):
+        p.stdin.write(json.dumps({"users": us, "items": [catalogue[i] for i in rng.integers(0, len(catalogue), 4096)]}))
+        p.stdin.close()
+    outs = []
+    for p in procs:
+        out = p.stdout.read()
+        if p.wait() != 0:
+            raise RuntimeError(f"a worker failed (status {p.returncode})")
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    done.set()
+    lat = np.concatenate([o["lat_ms"] for o in outs])
+    wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
+    events = sum(o["events"] for o in outs)
+    state_bytes = os.path.getsize(path)
+    return {"events_per_s": events / wall, "events": events, "p50": np.percentile(lat, 50),
+            "p99": np.percentile(lat, 99), "p999": np.percentile(lat, 99.9), "max": lat.max(),
+            "wal_peak": peak[0], "wal_end": os.path.getsize(wal) if os.path.exists(wal) else 0, "db": state_bytes}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--card", default="mamba4rec-ml1m")
+    p.add_argument("--seconds", type=float, default=20.0, help="seconds of sustained load a configuration")
+    p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--users", type=int, default=256, help="users of each worker")
+    p.add_argument("--worker", nargs=5, metavar=("GRAPH", "DB", "LIMIT", "START_AT", "SECONDS"), help=argparse.SUPPRESS)
+    p.add_argument("--markdown")
+    args = p.parse_args(argv)
+    if args.worker:
+        graph, path, limit, start_at, seconds = args.worker
+        job = json.loads(sys.stdin.read())
+        print(json.dumps(worker(graph, path, None if limit == "None" else int(limit), float(start_at), float(seconds),
+                                job["users"], job["items"])))
+        return
+    import onnxruntime
+
+    graph = os.path.join(ROOT, "hub_cards", args.card, "onnx")
+    lines = [f"Produced by `{command_line('bench/sqlite_wal.py', argv)}` ({time.strftime('%Y-%m-%d')}, "
+             f"{os.cpu_count()} CPUs, ONNX Runtime {onnxruntime.__version__}, one intra-op thread a worker, SQLite "
+             f"{__import__('sqlite3').sqlite_version}, synchronous=NORMAL, checkpoint_every=1 s): `{args.card}`'s "
+             f"step graph, one-item events one per call without pause for {args.seconds:g} s a configuration, "
+             f"{args.users} own users a worker; WAL sizes sampled every 50 ms.", "",
+             "| wal_size_limit | workers | events | events/s in all | p50 ms | p99 ms | p99.9 ms | max ms | "
+             "WAL peak MB | WAL at the end MB | database MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in args.processes:
+        for name, limit in LIMITS.items():
+            r = run(graph, n, args.seconds, args.users, limit)
+            lines.append(f"| {name} | {n} | {r['events']:,} | {r['events_per_s']:,.0f} | {r['p50']:.3f} | "
+                         f"{r['p99']:.3f} | {r['p999']:.2f} | {r['max']:.1f} | {r['wal_peak'] / 1e6:,.0f} | "
+                         f"{r['wal_end'] / 1e6:,.0f} | {r['db'] / 1e6:.1f} |")
+            print(lines[-1], flush=True)
+    write_table(lines, "The SQLite store's WAL under sustained serving", args.markdown)
+
+
+if __name__ == "__main__":
+    main()

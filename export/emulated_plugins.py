@@ -127,7 +127,8 @@ def run_op(lib: ctypes.CDLL, op_type: str, fields: dict, inputs: Sequence[np.nda
     arrs = {t.name: np.ascontiguousarray(x) for t, x in zip(spec.inputs, inputs)}
     act = arrs[spec.inputs[0].name].dtype
     if act not in ZOO_DTYPE:
-        raise PluginError(f"{op_type}: activation dtype {act} (the plugins take float32, float16, bfloat16)")
+        raise PluginError(f"{op_type}: activation dtype {act} (the plugins take float32, float16 and bfloat16; "
+                          "numpy, and so this runner, has no bfloat16)")
     outs = []
     for t in spec.outputs:
         like = {"y": spec.inputs[0].name, "h": "h0", "h_re": "u_re", "h_im": "u_im"}[t.name]

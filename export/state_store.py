@@ -271,10 +271,10 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
     or reader), until no store of that file is left in the process.
 
     Under sustained writes a PASSIVE checkpoint never catches up with the writers (they append while it copies), so
-    SQLite never starts the WAL over and the file grows without bound (about 70 MB/s at 5,600 events/s of 18 KB
-    states, measured). So when the WAL passes ``wal_size_limit`` the thread also runs a TRUNCATE checkpoint: it waits
-    up to ``timeout`` seconds for the writer of the moment, holds new writers while it copies what PASSIVE left
-    (little, just after a PASSIVE one) and empties the file."""
+    SQLite never starts the WAL over and the file grows without bound (about 100 MB/s at 4,500 events/s of 18 KB
+    states: ``bench/RESULTS_SQLITE_WAL.md``). So when the WAL passes ``wal_size_limit`` the thread also runs a
+    TRUNCATE checkpoint: it waits up to ``timeout`` seconds for the writer of the moment, holds new writers while it
+    copies what PASSIVE left (little, just after a PASSIVE one) and empties the file."""
     key = (os.getpid(), os.path.realpath(store.path))
     with _CHECKPOINTERS_LOCK:
         stores = _CHECKPOINTERS.get(key)
@@ -353,16 +353,16 @@ class SQLiteStateStore(_VersionedStore):
             checkpoint's sync would stall the event whose commit set it off and, through it, the other workers
             (``bench/RESULTS_SHARED_STORE.md``). The WAL's size is bounded by ``wal_size_limit``. None:
             SQLite's own checkpoints, every 1,000 pages, on the committing connection.
-        wal_size_limit: bytes the WAL file may hold. Under sustained writes SQLite never starts a WAL over (a
-            PASSIVE checkpoint never catches up with the writers), so it would grow without bound; past this size
-            the checkpoint thread runs a TRUNCATE checkpoint, which holds the writers while it copies what is left
-            and empties the file: the WAL then peaks at the limit plus one ``checkpoint_every`` of writes
-            (``bench/RESULTS_SQLITE_WAL.md``: 125 MB at 4,500 events/s of 18 KB states, against 2 GB after 20 s
-            without a limit; events/s were higher with it, the slowest event slower: 43 ms against 14 ms). It is also SQLite's
-            ``journal_size_limit``: the size the file is cut back to when the WAL starts over in a quiet moment
-            (SQLite otherwise keeps a burst's size on disk for good). None: neither (the WAL may grow until writes
-            pause). With ``checkpoint_every=None`` only the ``journal_size_limit`` part applies. A second store of
-            the same file in one process shares the first one's checkpoint thread and its settings.
+        wal_size_limit: bytes the WAL file may hold. Under sustained writes SQLite never starts a WAL over (a PASSIVE
+            checkpoint never catches up with the writers), so it would grow without bound; past this size the
+            checkpoint thread runs a TRUNCATE checkpoint, which holds the writers while it copies what is left and
+            empties the file: the WAL then peaks at the limit plus one ``checkpoint_every`` of writes
+            (``bench/RESULTS_SQLITE_WAL.md``: 125 MB at 4,500 events/s of 18 KB states, against 2 GB after 20 s without
+            a limit; events/s were higher with it, the slowest event slower: 43 ms against 14 ms). It is also SQLite's
+            ``journal_size_limit``: the size the file is cut back to when the WAL starts over in a quiet moment (SQLite
+            otherwise keeps a burst's size on disk for good). None: neither (the WAL may grow until writes pause). With
+            ``checkpoint_every=None`` only the ``journal_size_limit`` part applies. A second store of the same file in
+            one process shares the first one's checkpoint thread and its settings.
     """
 
     def __init__(self, path, table: str = "zoo_states", timeout: float = 30.0, synchronous: str = "NORMAL",

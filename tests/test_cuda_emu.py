@@ -337,6 +337,38 @@ def test_export_trt_exits_2_when_the_emulated_plugin_check_fails(tmp_path, monke
     assert not (tmp_path / "out" / T.ENGINE_FILE).exists()
 
 
+@pytest.mark.parametrize("error,code", [("plugin", 2), ("evaluator", 3)])
+def test_export_trt_tells_a_refused_node_from_an_evaluator_limit(tmp_path, monkeypatch, emu_dir, error, code):
+    """A scan node the plugin refuses (PluginError: TensorRT's engine would fail the same) fails the run, exit 2; a
+    graph ONNX's reference evaluator cannot run is not the plugins' fault: the check is recorded as skipped, exit 3."""
+    from export import emulated_plugins as EP
+    from export import trt as T
+
+    lib = BP.build_emulated(emu_dir, plugins=True)
+    monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: lib)
+
+    class Broken:
+        def __init__(self, *a, **k):
+            if error == "plugin":
+                raise EP.PluginError("SelectiveScan needs its 9 inputs; the node gives 8")
+            raise NotImplementedError("Scan is not implemented for other input axes than 0.")
+
+    monkeypatch.setattr(EP, "EmulatedPluginRunner", Broken)
+    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(
+        tensorrt_error="ImportError: fake", gpu_error="fake: no GPU", missing=["TensorRT builder: fake", "GPU: fake"]))
+    said = []
+    got, rep = T.run("tiny", str(tmp_path / "out"), model=_tiny_step_model("mamba4rec"), quick=True,
+                     plugin_lib=str(tmp_path / "none.so"), say=said.append)
+    text = "\n".join(said)
+    assert got == code, text
+    if error == "plugin":
+        assert rep["emulated_plugins"]["ok"] is False and "the node gives 8" in rep["emulated_plugins"]["error"]
+        assert "FAILED: SelectiveScan needs its 9 inputs" in text
+    else:
+        assert "NotImplementedError" in rep["emulated_plugins"]["skipped"] and "could not run" in text
+        assert rep["status"] == "TensorRT/GPU missing: ONNX verified, engine NOT built"
+
+
 # ---------------------------------------------------------------------------------------------------- the emulator
 def test_rewrite_launches_keeps_lines_and_refuses_what_it_cannot_read():
     src = ("x;\nfoo<T><<<static_cast<uint32_t>(blocks), kBlock,\n 0, stream>>>(a,\n b);\n"

@@ -62,6 +62,24 @@ def fresh_run(script: str, args: Sequence[str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def run_workers(script: str, args: Sequence[str], jobs: Sequence[dict]) -> list[dict]:
+    """One ``python script --worker *args`` process per job, started together (``OMP_NUM_THREADS=1``), each sent its
+    job as JSON on stdin; returns the JSON each printed last, in job order. A worker that fails raises RuntimeError."""
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(script), "--worker", *map(str, args)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1")) for _ in jobs]
+    for p, job in zip(procs, jobs):
+        p.stdin.write(json.dumps(job))
+        p.stdin.close()
+    outs = []
+    for p in procs:
+        out = p.stdout.read()
+        if p.wait() != 0:
+            raise RuntimeError(f"a worker of {os.path.basename(script)} failed (status {p.returncode})")
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    return outs
+
+
 def write_table(lines: Sequence[str], title: str, markdown: str | None) -> None:
     """Print a bench's table, and write it under ``# title`` to ``markdown`` when given."""
     print("\n".join(lines))

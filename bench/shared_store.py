@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, redis_server, redis_version, write_table  # noqa: E402
+from bench.benchutil import command_line, redis_server, redis_version, run_workers, write_table  # noqa: E402
 
 
 def make_store(spec: dict):
@@ -91,18 +90,7 @@ def run(graph: str, processes: int, events: int, users: list[list], spec: dict, 
         jobs.append({"users": order, "items": [catalogue[i] for i in rng.integers(0, len(catalogue), events)],
                      "spec": spec})
     start_at = time.time() + 3.0 + 0.5 * processes                    # after every worker's imports
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", graph, str(start_at)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS="1")) for _ in range(processes)]
-    for p, job in zip(procs, jobs):
-        p.stdin.write(json.dumps(job))
-        p.stdin.close()
-    outs = []
-    for p in procs:
-        out = p.stdout.read()
-        if p.wait() != 0:
-            raise RuntimeError(f"a worker failed (status {p.returncode})")
-        outs.append(json.loads(out.strip().splitlines()[-1]))
+    outs = run_workers(__file__, [graph, start_at], jobs)
     off = [u for u in everyone if rec.store.get_versioned(u)[1] != sent[u]] if shared else []
     wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     total = processes * events

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,7 +25,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, write_table  # noqa: E402
+from bench.benchutil import command_line, run_workers, write_table  # noqa: E402
 
 LIMITS = {"64 MiB (default)": 64 << 20, "None": None}
 
@@ -72,19 +71,11 @@ def run(graph: str, processes: int, seconds: float, n_users: int, limit, seed: i
             time.sleep(0.05)
 
     threading.Thread(target=watch, daemon=True).start()
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", graph, path, str(limit),
-                               str(start_at), str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS="1")) for _ in range(processes)]
-    for p, us in zip(procs, users):
-        p.stdin.write(json.dumps({"users": us, "items": [catalogue[i] for i in rng.integers(0, len(catalogue), 4096)]}))
-        p.stdin.close()
-    outs = []
-    for p in procs:
-        out = p.stdout.read()
-        if p.wait() != 0:
-            raise RuntimeError(f"a worker failed (status {p.returncode})")
-        outs.append(json.loads(out.strip().splitlines()[-1]))
-    done.set()
+    jobs = [{"users": us, "items": [catalogue[i] for i in rng.integers(0, len(catalogue), 4096)]} for us in users]
+    try:
+        outs = run_workers(__file__, [graph, path, limit, start_at, seconds], jobs)
+    finally:
+        done.set()
     lat = np.concatenate([o["lat_ms"] for o in outs])
     wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     events = sum(o["events"] for o in outs)

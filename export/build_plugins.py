@@ -45,6 +45,7 @@ KERNELS_LIBRARY = "libzoo_scan_kernels.so"
 EMULATED_LIBRARY = "libzoo_scan_kernels_emu.so"
 EMULATED_ASAN_LIBRARY = "libzoo_scan_kernels_emu_asan.so"
 EMULATED_PLUGIN_LIBRARY = "libzoo_trt_plugins_emu.so"
+EMULATED_PLUGIN_ASAN_LIBRARY = "libzoo_trt_plugins_emu_asan.so"
 #: flags of the AddressSanitizer build of the emulated kernels (run it with :func:`asan_runtime` preloaded)
 ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
 _SYSTEM_INCLUDES = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/local/tensorrt/include",

@@ -129,11 +129,11 @@ def run_op(lib: ctypes.CDLL, op_type: str, fields: dict, inputs: Sequence[np.nda
     if act not in ZOO_DTYPE:
         raise PluginError(f"{op_type}: activation dtype {act} (the plugins take float32, float16 and bfloat16; "
                           "numpy, and so this runner, has no bfloat16)")
+    acts = activations()[op_type]
     outs = []
     for t in spec.outputs:
         like = {"y": spec.inputs[0].name, "h": "h0", "h_re": "u_re", "h_im": "u_im"}[t.name]
-        outs.append(np.empty(arrs[like].shape, dtype=act if t.name in activations()[op_type] else np.float32))
-    acts = activations()[op_type]
+        outs.append(np.empty(arrs[like].shape, dtype=act if t.name in acts else np.float32))
     for t in spec.inputs:
         want = act if t.name in acts else np.float32
         if arrs[t.name].dtype != want:

@@ -245,24 +245,35 @@ _CHECKPOINTERS: dict = {}                  # (pid, database path) -> the live st
 _CHECKPOINTERS_LOCK = threading.Lock()
 
 
-def _truncate_wal(conn: sqlite3.Connection, wait: float) -> bool:
-    """``wal_checkpoint(TRUNCATE)``, tried again after 20 us - 1 ms pauses for up to ``wait`` seconds while the
-    writer lock is taken (SQLite's own busy handler sleeps whole milliseconds and more, and misses the short gaps
-    between the commits of busy writers); True once the WAL is emptied."""
-    deadline, pause = time.monotonic() + wait, 2e-5
+def _retry_locked(fn, timeout: float, path: str):
+    """``fn()``, again after 20 us - 1 ms pauses while the database is locked by another connection, for up to
+    ``timeout`` seconds, then ``sqlite3.OperationalError`` naming ``path``. (SQLite's own busy handler sleeps 1 ms and
+    more between tries, so workers contending for the write lock, held ~50 us a commit, would mostly sleep.)"""
+    deadline, pause = None, 20e-6
     while True:
         try:
-            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            return fn()
         except sqlite3.OperationalError as e:
             if "locked" not in str(e) and "busy" not in str(e):
                 raise
-            busy = 1
-        if not busy:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(pause)
-        pause = min(pause * 2, 1e-3)
+            now = time.monotonic()
+            deadline = deadline or now + timeout
+            if now >= deadline:
+                raise sqlite3.OperationalError(
+                    f"{path}: the database stayed locked for {timeout:g} s (another connection holds "
+                    f"a write transaction open): {e}") from None
+            time.sleep(pause)
+            pause = min(2 * pause, 1e-3)
+
+
+def _truncate_wal(conn: sqlite3.Connection, wait: float, path: str) -> None:
+    """``wal_checkpoint(TRUNCATE)``, tried again by :func:`_retry_locked` for up to ``wait`` seconds while the writer
+    lock is taken (SQLite's own busy handler misses the short gaps between the commits of busy writers)."""
+    def attempt():
+        if conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:        # busy: a writer or reader held on
+            raise sqlite3.OperationalError("database is busy: the TRUNCATE checkpoint waits for the writer")
+
+    _retry_locked(attempt, wait, path)
 
 
 def _checkpointer(store: "SQLiteStateStore") -> None:
@@ -298,9 +309,9 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     if limit is not None and os.path.exists(wal) and os.path.getsize(wal) > limit:
-                        _truncate_wal(conn, wait)
-                except sqlite3.OperationalError:            # busy: another process's thread is checkpointing
-                    pass
+                        _truncate_wal(conn, wait, path)
+                except sqlite3.OperationalError:            # busy: another process's thread is checkpointing, or
+                    pass                                    # the writers did not let the TRUNCATE in: next round
         finally:
             conn.close()
 
@@ -414,24 +425,8 @@ class SQLiteStateStore(_VersionedStore):
         return local.conn
 
     def _retry(self, fn):
-        """``fn()``, again after 20 us - 1 ms pauses while the database is locked by another connection, for up to
-        ``timeout`` seconds. (SQLite's own busy handler sleeps 1 ms and more between tries, so workers contending
-        for the write lock, held ~50 us a commit, would mostly sleep.)"""
-        deadline, pause = None, 20e-6
-        while True:
-            try:
-                return fn()
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
-                now = time.monotonic()
-                deadline = deadline or now + self.timeout
-                if now >= deadline:
-                    raise sqlite3.OperationalError(
-                        f"{self.path}: the database stayed locked for {self.timeout:g} s (another connection holds "
-                        f"a write transaction open): {e}") from None
-                time.sleep(pause)
-                pause = min(2 * pause, 1e-3)
+        """``fn()`` through :func:`_retry_locked`, for up to this store's ``timeout``."""
+        return _retry_locked(fn, self.timeout, self.path)
 
     def _read(self, sql: str, params=()) -> list:
         return self._retry(lambda: self._conn().execute(sql, params).fetchall())

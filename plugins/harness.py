@@ -180,12 +180,9 @@ class ScanKernels:
         from export.emulated_plugins import enqueue, prepare
 
         prepare(self.lib, self.path)
-        guards, self._guards = self._guards, []
-        self.lib.zoo_emu_reset_error()
         enqueue(self.lib, op_type, fields, [(self._p(t).value, tuple(t.shape), DTYPE_CODE[t.dtype]) for t in inputs],
                 [(self._p(t).value, tuple(t.shape), DTYPE_CODE[t.dtype]) for t in outputs])
-        self._guards = guards
-        self._rc(0, f"{op_type} plugin enqueue")
+        self._rc(0, f"{op_type} plugin enqueue")     # the guard words of the outputs made by _empty
 
 
 # ------------------------------------------------------------------------------------------------ references
@@ -313,7 +310,7 @@ def run_plugin(k: ScanKernels, case: Case, d: dict, in_place: bool = False, fiel
     elif in_place:
         d["h0"] = d["h0"].clone()
     ins = [d[n] for n in spec.input_names]
-    k._guards = []
+    k._reset()
     if case.op == "LRUScan":
         outs = [k._empty(d["u_re"].shape, d["u_re"].dtype, k.device), k._empty(d["u_im"].shape, d["u_im"].dtype, k.device)]
     else:
@@ -524,15 +521,15 @@ def main(argv=None) -> int:
         if a.bench:
             print("--bench needs a GPU: the emulator's timings say nothing about the kernels'", file=sys.stderr)
             return 2
-        from export.build_plugins import (ASAN_FLAGS, EMULATED_ASAN_LIBRARY, BuildError, asan_runtime,
-                                          build_emulated)
+        from export.build_plugins import (ASAN_FLAGS, EMULATED_ASAN_LIBRARY, EMULATED_PLUGIN_ASAN_LIBRARY, BuildError,
+                                          asan_runtime, build_emulated)
 
         if a.asan:
             try:
                 rt = str(asan_runtime())
-                lib = a.lib or str(build_emulated(out_name=EMULATED_ASAN_LIBRARY.replace(
-                    "scan_kernels", "trt_plugins" if a.plugin else "scan_kernels"), extra_flags=ASAN_FLAGS,
-                    plugins=a.plugin))
+                lib = a.lib or str(build_emulated(
+                    out_name=EMULATED_PLUGIN_ASAN_LIBRARY if a.plugin else EMULATED_ASAN_LIBRARY,
+                    extra_flags=ASAN_FLAGS, plugins=a.plugin))
             except BuildError as e:
                 print(f"--asan: {e}", file=sys.stderr)
                 return 2

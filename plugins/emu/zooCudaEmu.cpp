@@ -64,7 +64,6 @@ struct Launcher
     std::function<void()> const* body = nullptr;
     char* stacks = nullptr;
     size_t stacksBytes = 0;
-    std::string error;
 };
 
 thread_local Launcher* tl = nullptr;
@@ -391,11 +390,6 @@ cudaError_t cudaGetLastError()
     cudaError_t const e = zoo_emu::tlLastErr;
     zoo_emu::tlLastErr = cudaSuccess;
     return e;
-}
-
-cudaError_t cudaPeekAtLastError()
-{
-    return zoo_emu::tlLastErr;
 }
 
 extern "C" char const* zoo_emu_last_error()

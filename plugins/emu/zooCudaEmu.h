@@ -133,7 +133,6 @@ inline uint32_t shflXorAt(char const* file, int32_t line, uint32_t mask, uint32_
 #define __shfl_xor_sync(...) ::zoo_emu::shflXorAt(__FILE__, __LINE__, __VA_ARGS__)
 
 cudaError_t cudaGetLastError();
-cudaError_t cudaPeekAtLastError();
 
 //! The message of the last failed launch on this CPU thread ("" if none since zoo_emu_reset_error()).
 extern "C" __attribute__((visibility("default"))) char const* zoo_emu_last_error();

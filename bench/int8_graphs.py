@@ -1,9 +1,10 @@
 """ONNX Runtime dynamic int8 quantization of the bundled step graphs: what it does to their size, their step latency
-and their test metrics, side by side with the fp32 graphs in one run (a measurement, not a test; the zoo ships fp32
-and fp16 graphs, not int8).
+and their test metrics, side by side with the fp32 graphs in one run (a measurement, not a test).
 
 Each graph is quantized with ``onnxruntime.quantization.quantize_dynamic`` (int8 weights of the MatMul/Gemm nodes,
-activations quantized per call), per tensor and per output channel. The metrics are ``python -m zoo.evaluate --onnx``'s
+activations quantized per call) per output channel, as ``python -m export.onnx --int8`` ships it (the same function,
+``export.onnx.quantize_int8``; the exporter also verifies it against PyTorch), and per tensor, the alternative it does
+not ship. The metrics are ``python -m zoo.evaluate --onnx``'s
 on the card's own data and protocol (the test users, full ranking from the in-graph top-10); the latency is one step
 of one new item at batch 1 and 256, from primed states (median of repeated calls, one ONNX Runtime thread).
 
@@ -66,6 +67,7 @@ def step_latency_ms(folder: str, batch: int, reps: int, threads: int) -> float:
 def measure(card: str, args) -> list[dict]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from export.onnx import quantize_int8
     from zoo.evaluate import main as eval_main
 
     data, flags = card_data(card)
@@ -75,9 +77,11 @@ def measure(card: str, args) -> list[dict]:
         for name, per_channel in VARIANTS:
             folder = os.path.join(tmp, name.replace(" ", "-"))
             shutil.copytree(src, folder)
-            if per_channel is not None:
+            if per_channel:                                   # what export.onnx --int8 writes
+                quantize_int8(os.path.join(src, "model.onnx"), os.path.join(folder, "model.onnx"))
+            elif per_channel is not None:
                 quantize_dynamic(os.path.join(src, "model.onnx"), os.path.join(folder, "model.onnx"),
-                                 weight_type=QuantType.QInt8, per_channel=per_channel)
+                                 weight_type=QuantType.QInt8, per_channel=False)
             res = eval_main(["--onnx", folder, "--data", data, *flags, "--no-progress", "--threads",
                              str(args.threads)])
             rows.append({"card": card, "variant": name,

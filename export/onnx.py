@@ -106,7 +106,15 @@ PRECISION_DOC = {
     "fp16": "weights and activations float16; graph I/O (recurrent states, scores), the state paths, the scan nodes "
             "(computed in fp32 with Cast nodes at their activation inputs/outputs) and the score tail (padding mask, "
             "TopK) float32",
+    "int8": "dynamic int8 (ONNX Runtime's quantize_dynamic of the verified fp32 graph): the stored weights of the "
+            "MatMul/Gemm nodes and the item table int8 per output channel, their activations quantized per call; "
+            "everything else (graph I/O, recurrent states, the scan nodes, norms, the score tail, MatMuls whose "
+            "weight the graph computes) float32",
 }
+#: ``--int8``: what :func:`quantize_int8` quantizes (stored weights only: a MatMul whose second input is computed in
+#: the graph stays fp32 -- attention's two products, LRURec's input projection scaled by its gamma) and how
+INT8_OP_TYPES = ("MatMul", "Gemm", "Gather")
+INT8_OPTIONS = {"weight_type": "int8", "per_channel": True, "reduce_range": False}
 #: how a time-aware step graph takes time (``--time-input``; ``state_spec.json``'s ``time_input``):
 #: "timestamps" (default): float64 ``timestamps [B, T]`` + float64 ``last_ts`` state, differenced in the graph;
 #: "gaps": float32 ``time_gaps [B, T]``, the float64 differencing and ``last_ts`` moved to the caller (TensorRT-able)
@@ -1015,6 +1023,9 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
     excluded = sorted({int(i) for i in exclude_items})
     if excluded and not 1 <= excluded[0] <= excluded[-1] < model.config.n_items:
         raise ExportError(f"exclude_items holds item indices outside 1..{model.config.n_items - 1}")
+    if precision == "int8":
+        raise ExportError("precision 'int8' is applied to the written, verified fp32 graph by export_model "
+                          "(quantize_int8); trace_graph traces fp32 or fp16")
     if precision not in PRECISION_DOC:
         raise ExportError(f"precision must be one of {', '.join(PRECISION_DOC)}, got {precision!r}")
     mt = model.config.model_type
@@ -1307,6 +1318,87 @@ def _check_fp16_graph(mp: onnx.ModelProto, spec: dict) -> None:
         raise ExportError(f"fp16: only {n16} of {n16 + n32} float weights were converted to float16")
 
 
+# ============================================================================================ int8 quantization
+class _DropQuantizerAdvice(logging.Filter):
+    """Drops onnxruntime.quantization's "Please consider to run pre-processing before quantization" warning: the
+    pre-processing pass (``quant_pre_process``: symbolic shape inference and graph optimisation) would rewrite the
+    traced graph beyond the quantized nodes; the dynamic quantizer reads the weights' shapes from the initializers,
+    and the int8 graph is judged by its verification, not by the pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, external: bool = False) -> dict:
+    """Quantize the fp32 graph file ``src`` into ``dst`` with ONNX Runtime's dynamic quantization (``--int8``):
+    the weight initializers of :data:`INT8_OP_TYPES` nodes become int8 per output channel (``MatMulInteger`` with
+    ``DynamicQuantizeLinear`` of its activation input; the item table behind the input ``Gather`` is stored 8-bit
+    and dequantized), everything else stays as traced: the scan nodes (their model-local functions are not
+    touched), the states, norms and the score tail. ``external``: write the tensors to ``dst``'s sibling
+    ``<name>.data`` (the fp32 graph passed protobuf's limit). Returns what was done (``state_spec.json``'s
+    ``quantization``)."""
+    import collections
+
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    before = collections.Counter(n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node)
+    root = logging.getLogger()
+    quiet = _DropQuantizerAdvice()
+    root.addFilter(quiet)
+    try:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(INT8_OP_TYPES), weight_type=QuantType.QInt8,
+                         per_channel=INT8_OPTIONS["per_channel"], reduce_range=INT8_OPTIONS["reduce_range"],
+                         use_external_data_format=external)
+    finally:
+        root.removeFilter(quiet)
+    after = collections.Counter(n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node)
+    if not after["MatMulInteger"]:
+        raise ExportError(f"int8 quantization changed nothing in {os.path.basename(src)}: no MatMul/Gemm weight was "
+                          "quantized")
+    return {"method": "onnxruntime.quantization.quantize_dynamic", "onnxruntime": onnxruntime.__version__,
+            **INT8_OPTIONS, "op_types": list(INT8_OP_TYPES),
+            "nodes": {"MatMul+Gemm before": before["MatMul"] + before["Gemm"],
+                      "MatMulInteger": after["MatMulInteger"], "MatMul left in fp32": after["MatMul"],
+                      "DynamicQuantizeLinear": after["DynamicQuantizeLinear"],
+                      "DequantizeLinear": after["DequantizeLinear"]}}
+
+
+def _quantize_staged(model, stage: pathlib.Path, spec: dict, external: bool, verify: bool, real_histories,
+                     real_timestamps, verify_kwargs: dict | None, say) -> None:
+    """``export_model``'s int8 path: verify the staged fp32 graph under the fp32 row (a failure there is the
+    export's, not the quantization's), quantize it in place (:func:`quantize_int8`) and record what was done in
+    ``spec["quantization"]`` (written to the staged ``state_spec.json``)."""
+    from . import verify as V
+
+    rep32 = None
+    if verify:
+        say("verifying the fp32 graph against PyTorch before quantizing it (ONNX Runtime, CPU) ...")
+        rep32 = V.verify_export(model, str(stage / GRAPH_FILE), spec, real_histories=real_histories,
+                                real_timestamps=real_timestamps, progress=say, precision="fp32",
+                                **(verify_kwargs or {}))
+        if not rep32.ok:
+            raise VerificationError("verification FAILED for the fp32 graph the int8 graph is quantized from, nothing "
+                                    f"written (earlier files are kept): {rep32.worst_message()}", rep32)
+        say(rep32.table())
+    say("quantizing to int8 (ONNX Runtime dynamic quantization, int8 weights per output channel) ...")
+    qdir = stage / "int8"
+    qdir.mkdir()
+    info = quantize_int8(stage / GRAPH_FILE, qdir / GRAPH_FILE, external=external)
+    onnx.checker.check_model(str(qdir / GRAPH_FILE), full_check=True)
+    os.replace(qdir / GRAPH_FILE, stage / GRAPH_FILE)
+    if external:
+        os.replace(qdir / EXTERNAL_DATA_FILE, stage / EXTERNAL_DATA_FILE)
+    n = info["nodes"]
+    say(f"  {n['MatMulInteger']} of {n['MatMul+Gemm before']} MatMul/Gemm nodes int8 ({n['MatMul left in fp32']} left "
+        "in fp32: their weight is computed in the graph, not stored), checker full_check OK")
+    if rep32 is not None:
+        info["fp32_verification"] = rep32.to_dict()
+    spec["quantization"] = info
+    (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+
+
+# ==================================================================================================== export
 def excluded_indices(model, path: str | None) -> list[int]:
     """``--exclude-items FILE`` (one id per line, ``#`` comments; read as command-line ids are) -> the model's
     sorted internal indices (``[]`` without a file); a file that cannot be read or an id the model does not know is
@@ -1348,8 +1440,10 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         real_histories: internal-index histories for the "real" verification cases.
         real_timestamps: their timestamps (seconds, aligned item by item) for time-aware models; without them the
             real cases get synthetic timestamps.
-        precision: "fp32" or "fp16" (fp16 weights/activations; graph I/O, states and the scans stay fp32; verified
-            under the fp16 row of :data:`export.verify.TOLERANCES`).
+        precision: "fp32", "fp16" (fp16 weights/activations; graph I/O, states and the scans stay fp32; verified
+            under the fp16 row of :data:`export.verify.TOLERANCES`) or "int8" (the fp32 graph is traced, verified
+            under the fp32 row, then quantized by :func:`quantize_int8` and verified under the int8 row: the score
+            error relative to the score scale and the top-k overlap; ``spec["quantization"]`` records both).
         time_input: time-aware models only: "timestamps" (default; float64 ``timestamps`` + ``last_ts`` state) or
             "gaps" (step graphs: float32 ``time_gaps``, ``last_ts`` kept by the caller; see :data:`TIME_GAPS_DOC`).
         exclude_seen: never rank an item of the history above an unseen one: step graphs get a ``seen [B, n_items]``
@@ -1368,9 +1462,13 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     graph_path, spec_path = out / GRAPH_FILE, out / SPEC_FILE
     t0 = time.perf_counter()
     ti = resolve_time_input(model, kind, time_input)
-    say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}, {precision}"
+    int8 = precision == "int8"
+    say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}, {'fp32, then int8' if int8 else precision}"
         + (f", time input: {ti}" if ti else "") + (", history excluded" if exclude_seen else "") + ") ...")
-    mp, spec = trace_graph(model, kind, topk, with_scores, precision, ti, exclude_seen, exclude_items, user_vector)
+    mp, spec = trace_graph(model, kind, topk, with_scores, "fp32" if int8 else precision, ti, exclude_seen,
+                           exclude_items, user_vector)
+    if int8:                                # before the fingerprint: an int8 graph's states are its own
+        spec["precision"] = "int8"
     if spec["kind"] == "step":              # tags the states an explicit-state store keeps
         spec[STATE_FINGERPRINT] = state_fingerprint(model, spec)
     n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN)
@@ -1398,6 +1496,9 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
             names.append(os.path.basename(model.item_vocab.save(str(stage))))
             spec["item_vocab"] = names[-1]
         (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        if int8:
+            _quantize_staged(model, stage, spec, external, verify, real_histories, real_timestamps, verify_kwargs,
+                             say)
         report = None
         if verify:
             from . import verify as V
@@ -1536,8 +1637,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="step (default for models with an exact step) or window")
     p.add_argument("--topk", type=int, default=10)
     p.add_argument("--scores", action="store_true", help="also output all scores [B, n_items]")
-    p.add_argument("--fp16", action="store_true",
-                   help="fp16 weights and activations (graph I/O, recurrent states and the scans stay fp32)")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true",
+                      help="fp16 weights and activations (graph I/O, recurrent states and the scans stay fp32)")
+    prec.add_argument("--int8", action="store_true",
+                      help="dynamic int8 for CPU serving with ONNX Runtime: the fp32 graph is verified, then its "
+                           "MatMul/Gemm weights and item table are quantized to int8 per output channel and the result "
+                           "is verified on its score error and top-k overlap (graph I/O, states and the scans stay "
+                           "fp32; not for TensorRT)")
     p.add_argument("--time-input", choices=TIME_INPUTS, default=None,
                    help="time-aware models: 'timestamps' (default: float64 timestamps + float64 last_ts state in the "
                         "graph) or 'gaps' (step graphs: float32 time_gaps, last_ts kept by the caller; TensorRT-able)")
@@ -1565,6 +1672,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("give --out DIR or --card-dir CARD_FOLDER")
     if args.out and args.card_dir:
         p.error("--card-dir writes into CARD_DIR/onnx[-window]/: give it or --out, not both")
+    if args.int8 and args.card_dir:
+        p.error("--int8 with --card-dir: the card's ONNX section describes its fp32 graph; write the int8 graph beside "
+                "it with --out CARD_DIR/onnx-int8")
     if args.kind == "window" and (args.verify_prime or args.verify_steps):
         p.error("--verify-prime/--verify-steps verify a step graph's priming and single steps; a window graph has "
                 "neither (--verify-cases sets its cases)")
@@ -1617,7 +1727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = export_model(model, out, kind=kind, topk=args.topk, with_scores=args.scores,
                            verify=not args.no_verify, real_histories=real, real_timestamps=real_ts,
                            verify_kwargs=vk, progress=say,
-                           precision="fp16" if args.fp16 else "fp32", time_input=args.time_input,
+                           precision="fp16" if args.fp16 else "int8" if args.int8 else "fp32",
+                           time_input=args.time_input,
                            exclude_seen=args.exclude_seen, exclude_items=excluded, user_vector=args.user_vector)
     except VerificationError as e:
         say(f"ERROR: {e}")

@@ -104,6 +104,14 @@ def _tensorrt_float64_error(names) -> TritonConfigError:
         "(or --backend python).")
 
 
+def _tensorrt_int8_error() -> TritonConfigError:
+    return TritonConfigError(
+        "this graph is dynamic int8 (export.onnx --int8: ONNX Runtime's DynamicQuantizeLinear + MatMulInteger), which "
+        "TensorRT does not take (it quantizes through explicit QuantizeLinear/DequantizeLinear pairs): there is no "
+        "TensorRT engine for it. Serve it with --backend onnxruntime (or --backend python), or build the engine from "
+        "the fp32 or fp16 export.")
+
+
 def validate_config(text: str, spec: dict | None = None):
     """Parse ``text`` with Triton's ``ModelConfig`` schema; with ``spec`` also check it against the graph's I/O.
 
@@ -161,6 +169,8 @@ def validate_config(text: str, spec: dict | None = None):
                 for x in (s.input_name, s.output_name)]
         if f64:
             raise _tensorrt_float64_error(f64)
+        if spec is not None and spec.get("precision") == "int8":
+            raise _tensorrt_int8_error()
     if spec is not None:
         g_in = {e["name"]: e for e in spec["inputs"]}
         g_out = {e["name"]: e for e in spec["outputs"]}
@@ -329,13 +339,16 @@ def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str 
                 instances: int = 1, ort_threads: int = 1) -> str:
     """The ``config.pbtxt`` text for one variant (not validated; :func:`write_repository` validates).
 
-    Raises :class:`TritonConfigError` for ``backend="tensorrt"`` when the graph has float64 tensors (named)."""
+    Raises :class:`TritonConfigError` for ``backend="tensorrt"`` when the graph has float64 tensors (named) or is a
+    dynamic int8 graph (``export.onnx --int8``)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}, got {state!r}")
     if backend == "tensorrt" and float64_tensors(spec):
         raise _tensorrt_float64_error(float64_tensors(spec))
+    if backend == "tensorrt" and spec.get("precision") == "int8":
+        raise _tensorrt_int8_error()
     check_config_numbers(max_batch_size=max_batch_size, idle_timeout_s=idle_timeout_s,
                          max_candidate_sequences=max_candidate_sequences, queue_delay_us=queue_delay_us,
                          instances=instances, ort_threads=ort_threads)

@@ -36,7 +36,14 @@ for both):
   ``SCORE_ATOL``: see :func:`_rows_agree`), state error ``<= STATE_ATOL`` (module constants, read at call time, so a caller can
   tighten them);
 * fp16: the max abs score error relative to the score scale (``max_rel_err = max |d| / max |score_torch|``)
-  ``<= score_rtol``, top-k agreement and state error as in the fp16 row of :data:`TOLERANCES`.
+  ``<= score_rtol``, top-k agreement and state error as in the fp16 row of :data:`TOLERANCES`;
+* int8 (``export.onnx --int8``, dynamic int8 weights): the score error relative to the score scale ``<= score_rtol``
+  and the **top-k overlap** (``topk_overlap``: the mean fraction of PyTorch's top-k items found in the graph's top-k,
+  order aside) ``>= topk_min_overlap``; the ordered top-k agreement and the state error are reported, not judged
+  (int8 rounding reorders near items on most rows and moves the states, and what a client sees of both is the
+  ranking the overlap judges after hundreds of steps on the carried state).
+
+Every case reports the top-k overlap beside the ordered agreement, whatever the precision.
 """
 
 from __future__ import annotations
@@ -68,20 +75,38 @@ FP16_STATE_ATOL = 5e-2
 FP16_TOPK_MIN_AGREEMENT = 0.90
 
 
+#: int8 graphs (``export.onnx --int8``: ONNX Runtime's dynamic quantization, int8 weights per output channel,
+#: activations quantized per call; the scans, states and score tail stay fp32). Measured (ORT 1.32 CPU, 200-item
+#: priming + 500 steps, 2,000 top-k rows, the bundled ML-1M step graphs): score error <= 9.3e-2 of the score scale
+#: (Mamba4Rec; LRURec 4.9e-2, GRU4Rec 3.2e-2), mean top-10 overlap 0.94-0.97 (worst row 6 of 10), while the ordered
+#: top-10 is identical on only 3-18% of the rows (int8 reorders near items) and states move by up to 0.67. Their test
+#: metrics stay inside the cards' 95% intervals (bench/RESULTS_INT8.md). Set with margin: 2.7x on the score error,
+#: 0.85 on the overlap; the ordered agreement and the states are not judged (see the module docstring).
+INT8_SCORE_RTOL = 0.25
+INT8_TOPK_MIN_OVERLAP = 0.85
+
+#: graph precisions with a row of pass criteria (``spec["precision"]``)
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
 def tolerances(precision: str = "fp32") -> dict:
     """The pass criteria for a graph precision: ``score_atol`` (abs, None = not checked), ``score_rtol`` (relative to
-    the score scale, None = not checked), ``state_atol``, ``topk_min_agreement``. fp32 reads the module constants."""
+    the score scale, None = not checked), ``state_atol`` (None = not checked), ``topk_min_agreement`` (ordered lists),
+    ``topk_min_overlap`` (top-k sets; None = not checked). fp32 reads the module constants."""
     if precision == "fp32":
         return {"score_atol": SCORE_ATOL, "score_rtol": None, "state_atol": STATE_ATOL,
-                "topk_min_agreement": TOPK_MIN_AGREEMENT}
+                "topk_min_agreement": TOPK_MIN_AGREEMENT, "topk_min_overlap": None}
     if precision == "fp16":
         return {"score_atol": None, "score_rtol": FP16_SCORE_RTOL, "state_atol": FP16_STATE_ATOL,
-                "topk_min_agreement": FP16_TOPK_MIN_AGREEMENT}
-    raise ValueError(f"unknown precision {precision!r}")
+                "topk_min_agreement": FP16_TOPK_MIN_AGREEMENT, "topk_min_overlap": None}
+    if precision == "int8":
+        return {"score_atol": None, "score_rtol": INT8_SCORE_RTOL, "state_atol": None,
+                "topk_min_agreement": 0.0, "topk_min_overlap": INT8_TOPK_MIN_OVERLAP}
+    raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
 
 
 #: the per-precision table (a snapshot at import; :func:`tolerances` reads the constants at call time)
-TOLERANCES = {p: tolerances(p) for p in ("fp32", "fp16")}
+TOLERANCES = {p: tolerances(p) for p in PRECISIONS}
 
 
 @dataclass
@@ -95,6 +120,8 @@ class CaseResult:
     detail: str = ""
     ok: bool = True
     reason: str = ""
+    #: mean fraction of PyTorch's top-k items found in the graph's top-k (order aside), over the compared rows
+    topk_overlap: float | None = None
 
 
 @dataclass
@@ -108,6 +135,7 @@ class VerifyReport:
     precision: str = "fp32"
     score_rtol: float | None = None
     state_atol: float | None = STATE_ATOL
+    topk_min_overlap: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -119,12 +147,13 @@ class VerifyReport:
         pool = bad or self.cases
         if self.score_atol is not None:
             return max(pool, key=lambda c: (c.max_abs_err / max(self.score_atol, 1e-30), -c.topk_agreement))
-        return max(pool, key=lambda c: (c.max_rel_err, -c.topk_agreement))
+        return max(pool, key=lambda c: (c.max_rel_err, -(c.topk_overlap or 0.0), -c.topk_agreement))
 
     def worst_message(self) -> str:
         w = self.worst
         return (f"worst case {w.name!r}: {w.reason or 'ok'} (max abs err {w.max_abs_err:.3e}, max rel err "
                 f"{w.max_rel_err:.3e}, top-k agreement {100 * w.topk_agreement:.3f}% of {w.topk_cases}"
+                + (f", top-k overlap {w.topk_overlap:.3f}" if w.topk_overlap is not None else "")
                 + (f", state err {w.state_err:.3e}" if w.state_err is not None else "") + f"; {w.detail})")
 
     def table(self) -> str:
@@ -133,15 +162,22 @@ class VerifyReport:
             tol.append(f"{self.score_atol:g} abs")
         if self.score_rtol is not None:
             tol.append(f"{self.score_rtol:g} of the score scale")
+        crit = [f"tolerance {', '.join(tol)}"]
+        if self.topk_min_agreement > 0:
+            crit.append(f"top-k >= {100 * self.topk_min_agreement:g}%")
+        if self.topk_min_overlap is not None:
+            crit.append(f"top-k overlap >= {self.topk_min_overlap:g}")
+        if self.state_atol is not None:
+            crit.append(f"state {self.state_atol:g}")
         rows = [f"verification ({self.kind}, {self.model_type}): {'PASSED' if self.ok else 'FAILED'} "
-                f"[{self.precision}: tolerance {', '.join(tol)}, top-k >= {100 * self.topk_min_agreement:g}%"
-                + (f", state {self.state_atol:g}" if self.state_atol is not None else "")
-                + f"; {self.seconds:.1f} s]",
-                f"  {'case':22s} {'max abs':>10s} {'max rel':>10s} {'top-k agree':>12s} {'cases':>6s} {'state err':>10s}  detail"]
+                f"[{self.precision}: {', '.join(crit)}; {self.seconds:.1f} s]",
+                f"  {'case':22s} {'max abs':>10s} {'max rel':>10s} {'top-k agree':>12s} {'overlap':>8s} {'cases':>6s} "
+                f"{'state err':>10s}  detail"]
         for c in self.cases:
             st = f"{c.state_err:.2e}" if c.state_err is not None else "-"
+            ov = f"{c.topk_overlap:.4f}" if c.topk_overlap is not None else "-"
             rows.append(f"  {c.name:22s} {c.max_abs_err:10.2e} {c.max_rel_err:10.2e} {100 * c.topk_agreement:11.3f}% "
-                        f"{c.topk_cases:6d} {st:>10s}  {c.detail}{'' if c.ok else '  <-- FAIL: ' + c.reason}")
+                        f"{ov:>8s} {c.topk_cases:6d} {st:>10s}  {c.detail}{'' if c.ok else '  <-- FAIL: ' + c.reason}")
         return "\n".join(rows)
 
     def to_dict(self) -> dict:
@@ -149,9 +185,11 @@ class VerifyReport:
                 "max_rel_err": max((c.max_rel_err for c in self.cases), default=0.0),
                 "topk_agreement": min((c.topk_agreement for c in self.cases), default=1.0),
                 "topk_cases": sum(c.topk_cases for c in self.cases),
+                "topk_overlap": min((c.topk_overlap for c in self.cases if c.topk_overlap is not None), default=None),
                 "state_err": max((c.state_err for c in self.cases if c.state_err is not None), default=None),
                 "precision": self.precision, "score_atol": self.score_atol, "score_rtol": self.score_rtol,
                 "state_atol": self.state_atol, "topk_min_agreement": self.topk_min_agreement,
+                "topk_min_overlap": self.topk_min_overlap,
                 "cases": [asdict(c) for c in self.cases]}
 
 
@@ -278,11 +316,19 @@ def _rows_agree(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> np.ndarr
     return same | (np.all(ort_ids > 0, axis=1) & np.all(gap <= SCORE_ATOL, axis=1))
 
 
+def _rows_overlap(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> np.ndarray:
+    """``[B]`` float: the fraction of PyTorch's top-k items that are in the graph's top-k, order aside."""
+    ref_ids = _topk_ref(ref_scores, k)
+    hit = (ort_ids.astype(np.int64)[:, :, None] == ref_ids[:, None, :]).any(axis=1)      # [B, k]
+    return hit.mean(axis=1)
+
+
 class _Acc:
     def __init__(self):
         self.abs = 0.0
         self.rel = 0.0
         self.agree = []
+        self.overlap = []
         self.where = ""
 
     def add(self, out: dict, ref: np.ndarray, k: int, where: str):
@@ -293,10 +339,14 @@ class _Acc:
             self.where = where
         self.abs, self.rel = max(self.abs, a), max(self.rel, r)
         self.agree.append(_rows_agree(out["topk_ids"], ref, k))
+        self.overlap.append(_rows_overlap(out["topk_ids"], ref, k))
+
+    def overlap_mean(self) -> float:
+        return float(np.concatenate(self.overlap).mean())
 
 
-def _judge(c: CaseResult, score_atol: float | None, min_agree: float, state_atol: float,
-           score_rtol: float | None = None) -> CaseResult:
+def _judge(c: CaseResult, score_atol: float | None, min_agree: float, state_atol: float | None,
+           score_rtol: float | None = None, min_overlap: float | None = None) -> CaseResult:
     reasons = []
     if score_atol is not None and not c.max_abs_err <= score_atol:
         reasons.append(f"score error {c.max_abs_err:.3e} > {score_atol:g}")
@@ -304,7 +354,10 @@ def _judge(c: CaseResult, score_atol: float | None, min_agree: float, state_atol
         reasons.append(f"score error {c.max_rel_err:.3e} of the score scale > {score_rtol:g}")
     if not c.topk_agreement >= min_agree:
         reasons.append(f"top-k agreement {100 * c.topk_agreement:.3f}% < {100 * min_agree:g}%")
-    if c.state_err is not None and not c.state_err <= state_atol:
+    if min_overlap is not None and not (c.topk_overlap is not None and c.topk_overlap >= min_overlap):
+        reasons.append(f"top-k overlap {c.topk_overlap if c.topk_overlap is not None else float('nan'):.4f} < "
+                       f"{min_overlap:g}")
+    if state_atol is not None and c.state_err is not None and not c.state_err <= state_atol:
         reasons.append(f"state error {c.state_err:.3e} > {state_atol:g}")
     c.ok = not reasons
     c.reason = "; ".join(reasons)
@@ -431,7 +484,7 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
         agree = np.concatenate(acc.agree)
         return CaseResult(name, acc.abs, acc.rel, float(agree.mean()), int(agree.size), pair.state_err(),
                           f"B={B}, prime {n_prime} + {Ltot - n_prime} single steps; worst at {acc.where}"
-                          + ts_note + _gaps_note(pair) + _vector_note(pair.items))
+                          + ts_note + _gaps_note(pair) + _vector_note(pair.items), topk_overlap=acc.overlap_mean())
 
     t0 = time.perf_counter()
     hist = rng.integers(1, n_items, size=(batch, prime_len + n_steps))
@@ -449,7 +502,8 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
     rows = _rows_agree(out["topk_ids"], ref, k)                # one entry per row actually compared
     cases.append(CaseResult("random/topk", a, r, float(rows.mean()), int(rows.size), pair.state_err(),
                             f"B={int(rows.size)} random states (prime {topk_prime}) + 1 step" + _gaps_note(pair)
-                            + _vector_note(pair.items)))
+                            + _vector_note(pair.items),
+                            topk_overlap=float(_rows_overlap(out["topk_ids"], ref, k).mean())))
     say(f"  random/topk done [{time.perf_counter() - t0:.1f} s]")
 
     if real_histories:
@@ -526,7 +580,8 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
         agree = np.concatenate(acc.agree)
         return CaseResult(name, acc.abs, acc.rel, float(agree.mean()), int(agree.size), None,
                           f"{n} windows; worst at {acc.where}"
-                          + ("; real timestamps" if uses_ts and given_ts is not None else "") + _vector_note(items))
+                          + ("; real timestamps" if uses_ts and given_ts is not None else "") + _vector_note(items),
+                          topk_overlap=acc.overlap_mean())
 
     t0 = time.perf_counter()
     groups = []
@@ -552,7 +607,7 @@ def verify_export(model, graph: str, spec: dict, *, real_histories=None, real_ti
                   progress=None,
                   score_atol: float | None = None, topk_min_agreement: float | None = None,
                   state_atol: float | None = None, score_rtol: float | None = None, precision: str | None = None,
-                  **kwargs) -> VerifyReport:
+                  topk_min_overlap: float | None = None, **kwargs) -> VerifyReport:
     """Verify ``graph`` (described by ``spec``, see ``export.onnx.build_spec``) against ``model``.
 
     Tolerances default to :func:`tolerances` of the graph's precision (``precision``, else ``spec["precision"]``,
@@ -566,6 +621,7 @@ def verify_export(model, graph: str, spec: dict, *, real_histories=None, real_ti
     score_rtol = tol["score_rtol"] if score_rtol is None else score_rtol
     min_agree = tol["topk_min_agreement"] if topk_min_agreement is None else topk_min_agreement
     state_atol = tol["state_atol"] if state_atol is None else state_atol
+    min_overlap = tol["topk_min_overlap"] if topk_min_overlap is None else topk_min_overlap
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
@@ -576,11 +632,11 @@ def verify_export(model, graph: str, spec: dict, *, real_histories=None, real_ti
     finally:
         model.train(was_training)
     rep = VerifyReport(spec["kind"], spec["model_type"],
-                       [_judge(c, score_atol, min_agree, state_atol, score_rtol) for c in cases],
-                       time.perf_counter() - t0, score_atol, min_agree, precision, score_rtol, state_atol)
+                       [_judge(c, score_atol, min_agree, state_atol, score_rtol, min_overlap) for c in cases],
+                       time.perf_counter() - t0, score_atol, min_agree, precision, score_rtol, state_atol, min_overlap)
     return rep
 
 
 __all__ = ["SCORE_ATOL", "STATE_ATOL", "TOPK_MIN_AGREEMENT", "FP16_SCORE_RTOL", "FP16_STATE_ATOL",
-           "FP16_TOPK_MIN_AGREEMENT", "TOLERANCES", "tolerances", "CaseResult", "VerifyReport", "verify_export",
+           "FP16_TOPK_MIN_AGREEMENT", "INT8_SCORE_RTOL", "INT8_TOPK_MIN_OVERLAP", "PRECISIONS", "TOLERANCES", "tolerances", "CaseResult", "VerifyReport", "verify_export",
            "verify_step", "verify_window", "ort_session"]

@@ -750,7 +750,7 @@ def test_fp16_step_graph(exported, exported_fp16, name):
 def test_fp16_tolerance_table(exported_fp16):
     """fp32 graphs are judged by the fp32 row, fp16 graphs by the fp16 row; an fp16 graph fails the fp32 row."""
     assert V.tolerances("fp32") == {"score_atol": V.SCORE_ATOL, "score_rtol": None, "state_atol": V.STATE_ATOL,
-                                    "topk_min_agreement": V.TOPK_MIN_AGREEMENT}
+                                    "topk_min_agreement": V.TOPK_MIN_AGREEMENT, "topk_min_overlap": None}
     assert V.tolerances("fp16")["score_rtol"] == V.FP16_SCORE_RTOL and V.TOLERANCES["fp16"]["score_atol"] is None
     model, res = exported_fp16("mamba4rec-1l")
     small = dict(prime_len=10, n_steps=10, topk_cases=100)

@@ -241,7 +241,8 @@ def transact(store, keys: Sequence, compute: Callable[[list], tuple[Any, list]],
         "a row (other processes writing the same users); nothing of this call was stored")
 
 
-_CHECKPOINTERS: dict = {}                  # (pid, database path) -> the live stores of that file in this process
+_CHECKPOINTERS: dict = {}      # (pid, database path) -> (the live stores of that file in this process, its thread's
+                               # wake-up event)
 _CHECKPOINTERS_LOCK = threading.Lock()
 
 
@@ -276,6 +277,14 @@ def _truncate_wal(conn: sqlite3.Connection, wait: float, path: str) -> None:
     _retry_locked(attempt, wait, path)
 
 
+def _shared_settings(stores) -> tuple[float, int | None, float]:
+    """``(checkpoint_every, wal_size_limit, timeout)`` the checkpoint thread of a file serves its live ``stores``
+    with: the shortest interval, the smallest WAL limit (None when none sets one) and the longest wait, so that no
+    store gets less than it asked for."""
+    limits = [s.wal_size_limit for s in stores if s.wal_size_limit is not None]
+    return (min(s.checkpoint_every for s in stores), min(limits) if limits else None, max(s.timeout for s in stores))
+
+
 def _checkpointer(store: "SQLiteStateStore") -> None:
     """Count ``store`` among the stores of its file that this process's checkpoint thread serves, starting the thread
     if there is none: every ``checkpoint_every`` seconds it checkpoints the WAL (PASSIVE: never waits for a writer
@@ -285,27 +294,36 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
     SQLite never starts the WAL over and the file grows without bound (about 100 MB/s at 4,500 events/s of 18 KB
     states: ``bench/RESULTS_SQLITE_WAL.md``). So when the WAL passes ``wal_size_limit`` the thread also runs a
     TRUNCATE checkpoint: it waits up to ``timeout`` seconds for the writer of the moment, holds new writers while it
-    copies what PASSIVE left (little, just after a PASSIVE one) and empties the file."""
+    copies what PASSIVE left (little, just after a PASSIVE one) and empties the file.
+
+    Several stores of one file in a process share the thread, which serves the strictest of their settings, read
+    again every round (:func:`_shared_settings`); a store joining wakes it, so a shorter interval applies at once.
+    """
     key = (os.getpid(), os.path.realpath(store.path))
     with _CHECKPOINTERS_LOCK:
-        stores = _CHECKPOINTERS.get(key)
-        if stores is not None:
-            stores.add(store)
+        entry = _CHECKPOINTERS.get(key)
+        if entry is not None:
+            entry[0].add(store)
+            entry[1].set()
             return
-        stores = _CHECKPOINTERS[key] = weakref.WeakSet([store])
+        stores, wake = weakref.WeakSet([store]), threading.Event()
+        _CHECKPOINTERS[key] = (stores, wake)
     # not the store itself: the thread must not keep it alive
-    path, every, limit, wait = store.path, store.checkpoint_every, store.wal_size_limit, store.timeout
-    wal = path + "-wal"
+    path, wal = store.path, store.path + "-wal"
+    every = store.checkpoint_every
 
     def loop():
+        nonlocal every
         conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
         try:
             while True:
-                time.sleep(every)
+                wake.wait(every)
+                wake.clear()
                 with _CHECKPOINTERS_LOCK:
                     if not stores:
                         del _CHECKPOINTERS[key]
                         return
+                    every, limit, wait = _shared_settings(stores)
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     if limit is not None and os.path.exists(wal) and os.path.getsize(wal) > limit:
@@ -372,8 +390,9 @@ class SQLiteStateStore(_VersionedStore):
             a limit; events/s were higher with it, the slowest event slower: 43 ms against 14 ms). It is also SQLite's
             ``journal_size_limit``: the size the file is cut back to when the WAL starts over in a quiet moment (SQLite
             otherwise keeps a burst's size on disk for good). None: neither (the WAL may grow until writes pause). With
-            ``checkpoint_every=None`` only the ``journal_size_limit`` part applies. A second store of the same file in
-            one process shares the first one's checkpoint thread and its settings.
+            ``checkpoint_every=None`` only the ``journal_size_limit`` part applies. Stores of the same file in one
+            process share one checkpoint thread, which serves the strictest of their settings (the shortest
+            ``checkpoint_every``, the smallest ``wal_size_limit``, the longest ``timeout``).
     """
 
     def __init__(self, path, table: str = "zoo_states", timeout: float = 30.0, synchronous: str = "NORMAL",

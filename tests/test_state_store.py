@@ -296,17 +296,13 @@ def test_sqlite_wal_shrinks_back_after_a_burst(tmp_path, limit):
             SQLiteStateStore(tmp_path / "x.db", wal_size_limit=bad)
 
 
-@pytest.mark.parametrize("limit", [262_144, None])
-def test_sqlite_wal_stays_bounded_under_sustained_writes(tmp_path, limit):
-    """Serving-like writes (a commit, then ~100 us of a model's compute, without pause): a PASSIVE checkpoint never
-    catches up with them, so SQLite never starts the WAL over and without a limit it holds everything written (tens
-    of MB here; gigabytes an hour when serving). With ``wal_size_limit`` the checkpoint thread truncates it once past
-    the limit: it stays within the limit plus a few checkpoint intervals of writes."""
+def _sustained_writes(store, wal) -> tuple[int, int]:
+    """Serving-like writes into ``store`` (a commit, then ~100 us of a model's compute, without pause) until 32 MB
+    are written or 60 s pass: (bytes written, the WAL file's peak size)."""
     import time
 
-    store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=0.02, wal_size_limit=limit)
     state = {"h": np.zeros((1, 1024), np.float32)}                   # 4 KB a state
-    wal, written, peak, t0 = tmp_path / "s.db-wal", 0, 0, time.monotonic()
+    written, peak, t0 = 0, 0, time.monotonic()
     while written < 32e6 and time.monotonic() - t0 < 60:
         for u in range(64):
             store[u] = state
@@ -315,9 +311,39 @@ def test_sqlite_wal_stays_bounded_under_sustained_writes(tmp_path, limit):
                 pass
         written += 64 * 4096
         peak = max(peak, os.path.getsize(wal))
+    return written, peak
+
+
+@pytest.mark.parametrize("limit", [262_144, None])
+def test_sqlite_wal_stays_bounded_under_sustained_writes(tmp_path, limit):
+    """Serving-like writes: a PASSIVE checkpoint never catches up with them, so SQLite never starts the WAL over and
+    without a limit it holds everything written (tens of MB here; gigabytes an hour when serving). With
+    ``wal_size_limit`` the checkpoint thread truncates it once past the limit: it stays within the limit plus a few
+    checkpoint intervals of writes."""
+    store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=0.02, wal_size_limit=limit)
+    written, peak = _sustained_writes(store, tmp_path / "s.db-wal")
     assert written >= 32e6
     if limit is None:
         assert peak > 24e6, peak                 # never started over for most of the run
     else:
         assert peak < 12e6, peak                 # the limit + what the writes add while a truncation waits
     assert len(store) == 64
+
+
+def test_sqlite_stores_of_one_file_get_the_strictest_checkpoint_settings(tmp_path):
+    """Two stores of one file in a process share a checkpoint thread. It used to keep the first store's settings, so
+    a second store's ``wal_size_limit`` (and shorter ``checkpoint_every``) was silently ignored; it now serves the
+    strictest of the live stores' settings, from the moment the second store joins (the thread was asleep for the
+    first store's 0.5 s, in which the WAL grew to ~45 MB): the WAL stays bounded though the first store set no
+    limit."""
+    from export import state_store
+
+    loose = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=0.5, wal_size_limit=None, timeout=1.0)
+    strict = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=0.02, wal_size_limit=262_144, timeout=5.0)
+    strict["x"] = {"h": np.zeros((1, 4), np.float32)}               # opens its connection: joins the thread
+    stores = state_store._CHECKPOINTERS[(os.getpid(), os.path.realpath(loose.path))][0]
+    assert set(stores) == {loose, strict}
+    assert state_store._shared_settings(stores) == (0.02, 262_144, 5.0)
+    written, peak = _sustained_writes(loose, tmp_path / "s.db-wal")     # the writes go through the loose store
+    assert written >= 32e6 and peak < 12e6, peak
+    assert state_store._shared_settings([loose]) == (0.5, None, 1.0)

@@ -1096,6 +1096,28 @@ FP16_BLOCKED_OPS = ("TopK", "Range", "CumSum", "NonMaxSuppression", "RandomNorma
                     "RandomNormalLike", "RandomUniformLike")
 
 
+def _batch_transposes_into_matmul(nodes) -> set:
+    """Indices of the ``Transpose`` nodes that move leading (batch) axes, keep the last axis in place and feed a
+    ``MatMul``/``Gemm``. ONNX Runtime 1.32's CPU provider crashes the process (SIGSEGV, while creating the session)
+    on such a Transpose in float16 followed by a float16 MatMul with a constant weight (its Transpose + MatMul
+    fusion); GRU4Rec's graph has one (the time-major GRU output back to batch-major before ``dense``). They compute
+    in fp32 in an fp16 graph, so a Cast separates them from the MatMul (tests/test_export_onnx.py::
+    test_fp16_gru4rec_graph_runs)."""
+    readers: dict[str, list] = {}
+    for n in nodes:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    found = set()
+    for i, n in enumerate(nodes):
+        if n.op_type != "Transpose":
+            continue
+        perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), [])
+        if (perm and perm[-1] == len(perm) - 1 and perm != sorted(perm)
+                and any(r.op_type in ("MatMul", "Gemm") for r in readers.get(n.output[0], []))):
+            found.add(i)
+    return found
+
+
 #: ops that only move / select data: the state islands are the paths made of these alone
 _MOVE_OPS = {"Identity", "Cast", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Transpose", "Split",
              "Flatten", "Expand"}
@@ -1174,7 +1196,9 @@ def convert_to_fp16(mp: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
       ``Concat(conv_state, x)``: the new fp16 conv inputs ``x`` are cast to fp32 explicitly before it (a naive
       conversion meets an fp32 state and fp16 activations in that ``Concat``);
     * the **score tail**: ``scores = logits + padding mask (-inf at item 0)`` and ``TopK`` (the logits are cast to
-      fp32 first), so ``scores`` / ``topk_scores`` are fp32 and column 0 stays ``-inf``.
+      fp32 first), so ``scores`` / ``topk_scores`` are fp32 and column 0 stays ``-inf``;
+    * a ``Transpose`` of batch axes feeding a ``MatMul`` (:func:`_batch_transposes_into_matmul`: ONNX Runtime's CPU
+      provider crashes on it in fp16).
 
     The graph I/O types are unchanged.
     """
@@ -1223,6 +1247,7 @@ def convert_to_fp16(mp: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
     if not any(nodes[i].op_type == "TopK" for i in tail):
         raise ExportError("fp16: the score tail (scores + padding mask -> TopK) was not found")
     fp32 |= tail
+    fp32 |= _batch_transposes_into_matmul(nodes)
     if TIME_GAPS_INPUT in graph_inputs:
         fp32 |= _time_feature_nodes(nodes)
 

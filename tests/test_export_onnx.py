@@ -747,6 +747,25 @@ def test_fp16_step_graph(exported, exported_fp16, name):
     assert out.scores.dtype == np.float32 and np.isneginf(out.scores[:, 0]).all()
 
 
+def test_fp16_gru4rec_graph_runs(tmp_path):
+    """The fp16 GRU4Rec graph crashed ONNX Runtime 1.32's CPU session setup (SIGSEGV, the whole process: `export.onnx
+    --fp16` on the bundled GRU4Rec died without a word). The trigger is an fp16 Transpose of batch axes feeding an
+    fp16 MatMul (GRU4Rec's time-major GRU output going into `dense`); such Transposes now compute in fp32. The session
+    is created in a child process first, so a regression fails this test instead of killing the test run."""
+    model = make_model("gru4rec")
+    mp32 = E.trace_graph(model, "step", 10, with_scores=True)[0]
+    assert E._batch_transposes_into_matmul(list(mp32.graph.node))           # the pattern is there in fp32
+    mp, spec = E.trace_graph(model, "step", 10, with_scores=True, precision="fp16")
+    assert not E._batch_transposes_into_matmul(list(mp.graph.node))         # a Cast separates it in fp16
+    path = tmp_path / "model.onnx"
+    onnx.save(mp, str(path))
+    child = subprocess.run([sys.executable, "-c", "import onnxruntime as ort; ort.InferenceSession("
+                            f"{str(path)!r}, providers=['CPUExecutionProvider'])"], capture_output=True, text=True)
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    rep = V.verify_export(model, str(path), spec, prime_len=20, n_steps=30, topk_cases=300)
+    assert all(c.max_rel_err <= V.FP16_SCORE_RTOL for c in rep.cases), rep.table()
+
+
 def test_fp16_tolerance_table(exported_fp16):
     """fp32 graphs are judged by the fp32 row, fp16 graphs by the fp16 row; an fp16 graph fails the fp32 row."""
     assert V.tolerances("fp32") == {"score_atol": V.SCORE_ATOL, "score_rtol": None, "state_atol": V.STATE_ATOL,

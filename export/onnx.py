@@ -136,6 +136,11 @@ SEEN_DOC = ("1 = the item is in this sequence's history (every item fed so far),
 USER_VECTOR_DOC = ("the user (query) vector the next item is scored from: user_vector . item_vectors[i] = the raw score "
                    "of item i + 1 (python -m zoo.embed writes the item vectors; with an item bias its last column is "
                    "1 and the items' is their bias), for an approximate-nearest-neighbour index")
+#: the ``--candidates`` input: each row's candidate items, the only ones it may recommend
+CANDIDATES = "candidates"
+CANDIDATES_DOC = ("internal item indices this row may recommend (a retrieval stage's candidates, a page's items), 0 = "
+                  "padding; a row with no real candidate (all 0, or C = 0) is not restricted; top-k slots left without "
+                  "a candidate hold id 0 and score -inf")
 CARD_BEGIN = "<!-- onnx-export:begin -->"
 CARD_END = "<!-- onnx-export:end -->"
 
@@ -573,14 +578,24 @@ def _pad_mask(n_items: int, excluded: Sequence[int] = ()) -> torch.Tensor:
     return pad
 
 
-def _mask_and_topk(scores: torch.Tensor, pad: torch.Tensor, k: int, seen: torch.Tensor | None = None):
-    """Padding logit (column 0) -> -inf, the items flagged in ``seen [B, n_items]`` (``--exclude-seen``) ->
-    :data:`SEEN_SCORE` (never column 0: the padding stays ``-inf``), then top-k. The ``seen`` mask is the last op
-    before ``TopK`` so it is part of the fp32 score tail of an fp16 graph (``SEEN_SCORE`` does not fit float16)."""
+def _mask_and_topk(scores: torch.Tensor, pad: torch.Tensor, k: int, seen: torch.Tensor | None = None,
+                   candidates: torch.Tensor | None = None):
+    """Padding logit (column 0) -> -inf, with ``candidates [B, C]`` (``--candidates``) every item a restricted row does
+    not list -> -inf too, the items flagged in ``seen [B, n_items]`` (``--exclude-seen``) -> :data:`SEEN_SCORE`
+    (never an item already at ``-inf``), then top-k. The ``seen`` mask is the last op before ``TopK`` so it is part of
+    the fp32 score tail of an fp16 graph (``SEEN_SCORE`` does not fit float16); the candidates join the additive
+    ``-inf`` mask, which float16 holds. With candidates, a top-k slot left without an item (a row listing fewer than
+    ``k``) gets id 0 and score ``-inf``."""
+    if candidates is not None:
+        allowed = torch.zeros_like(scores).scatter(1, candidates, torch.ones_like(candidates, dtype=scores.dtype))
+        restricted = (candidates > 0).long().sum(dim=1, keepdim=True) > 0           # a row with a real candidate
+        pad = torch.where(restricted & (allowed == 0), torch.full_like(scores, float("-inf")), pad.expand_as(scores))
     scores = scores + pad
     if seen is not None:
         scores = scores.masked_fill((seen > 0) & (pad == 0), SEEN_SCORE)
     vals, ids = torch.topk(scores, k, dim=-1)
+    if candidates is not None:
+        ids = torch.where(vals == float("-inf"), torch.zeros_like(ids), ids)
     return ids, vals, scores
 
 
@@ -595,11 +610,12 @@ class StepGraph(torch.nn.Module):
     ``model._step``."""
 
     def __init__(self, model, k: int, states=None, exclude_seen: bool = False, excluded: Sequence[int] = (),
-                 user_vector: bool = False):
+                 user_vector: bool = False, candidates: bool = False):
         super().__init__()
         self.model = model
         self.k = k
         self.user_vector = bool(user_vector)
+        self.candidates = bool(candidates)          # the last input: candidates [B, C]
         states = model.state_spec(1) if states is None else states
         self.exclude_seen = bool(exclude_seen)
         #: the model's states (``model._step``), then the graph's own ``seen`` state with ``exclude_seen``
@@ -619,13 +635,14 @@ class StepGraph(torch.nn.Module):
         ts = None
         if self.uses_timestamps:
             ts, rest = rest[0].double(), rest[1:]
+        rest, cands = (rest[:-1], rest[-1]) if self.candidates else (rest, None)
         state, seen = self._split(item_ids, rest)
         hidden, new_state = self.model._step(item_ids, state, ts)
-        return self._outputs(hidden, new_state, seen)
+        return self._outputs(hidden, new_state, seen, cands)
 
-    def _outputs(self, hidden, new_state, seen=None):
+    def _outputs(self, hidden, new_state, seen=None, candidates=None):
         scores = self.model.score(hidden[:, -1]).float()
-        ids, vals, scores = _mask_and_topk(scores, self.pad, self.k, seen)
+        ids, vals, scores = _mask_and_topk(scores, self.pad, self.k, seen, candidates)
         vector = (self.model.vector_of_hidden(hidden[:, -1]),) if self.user_vector else ()
         new_state = {**new_state, **({SEEN_STATE: seen} if seen is not None else {})}
         states = [new_state[n] for n in self.state_names]
@@ -640,13 +657,15 @@ class GapsStepGraph(StepGraph):
     timestamps and ``last_ts`` are the caller's), so every graph tensor is float32 or int64."""
 
     def __init__(self, model, k: int, exclude_seen: bool = False, excluded: Sequence[int] = (),
-                 user_vector: bool = False):
-        super().__init__(model, k, split_time_states(model, "gaps")[0], exclude_seen, excluded, user_vector)
+                 user_vector: bool = False, candidates: bool = False):
+        super().__init__(model, k, split_time_states(model, "gaps")[0], exclude_seen, excluded, user_vector,
+                         candidates)
 
     def forward(self, item_ids, time_gaps, *rest):
+        rest, cands = (rest[:-1], rest[-1]) if self.candidates else (rest, None)
         state, seen = self._split(item_ids, rest)
         hidden, new_state = self.model._step_from_gaps(item_ids, state, time_gaps)
-        return self._outputs(hidden, new_state, seen)
+        return self._outputs(hidden, new_state, seen, cands)
 
 
 class WindowGraph(torch.nn.Module):
@@ -654,17 +673,19 @@ class WindowGraph(torch.nn.Module):
     ``model.encode``."""
 
     def __init__(self, model, k: int, exclude_seen: bool = False, excluded: Sequence[int] = (),
-                 user_vector: bool = False):
+                 user_vector: bool = False, candidates: bool = False):
         super().__init__()
         self.model = model
         self.k = k
         self.user_vector = bool(user_vector)
+        self.candidates = bool(candidates)          # the last input: candidates [B, C]
         self.exclude_seen = bool(exclude_seen)
         self.uses_timestamps = bool(model.uses_timestamps)
         self.register_buffer("pad", _pad_mask(model.config.n_items, excluded), persistent=False)
 
     def forward(self, item_ids, *rest):
         ts = rest[0].double() if self.uses_timestamps else None
+        cands = rest[-1] if self.candidates else None
         mask = item_ids != 0
         hidden = self.model.encode(item_ids, mask, ts)                        # [B, L, D]
         if self.model.padding_side == "right":
@@ -676,7 +697,7 @@ class WindowGraph(torch.nn.Module):
         # --exclude-seen: the items of the window (the padding id 0 is flagged too, and stays -inf)
         seen = _mark_seen(torch.zeros_like(scores), item_ids) if self.exclude_seen else None
         vector = (self.model.vector_of_hidden(h),) if self.user_vector else ()
-        return (*_mask_and_topk(scores, self.pad, self.k, seen), *vector)
+        return (*_mask_and_topk(scores, self.pad, self.k, seen, cands), *vector)
 
 
 # ================================================================================================ the exporter
@@ -736,7 +757,8 @@ def _state_entry(s) -> dict:
 
 
 def build_spec(model, kind: str, k: int, with_scores: bool, precision: str = "fp32",
-               time_input: str | None = None, exclude_seen: bool = False, user_vector: bool = False) -> dict:
+               time_input: str | None = None, exclude_seen: bool = False, user_vector: bool = False,
+               candidates: bool = False) -> dict:
     """The I/O table written to ``state_spec.json`` (and into the card / README)."""
     c = model.config
     time_input = resolve_time_input(model, kind, time_input)
@@ -763,6 +785,8 @@ def build_spec(model, kind: str, k: int, with_scores: bool, precision: str = "fp
         state.append({"name": SEEN_STATE, "shape": ["B", int(c.n_items)], "dtype": "float32", "init": 0.0,
                       "output": f"{SEEN_STATE}_out", "doc": SEEN_DOC})
         inputs.append(_io_entry(SEEN_STATE, state[-1]["shape"], "float32", SEEN_DOC))
+    if candidates:                              # the last input, after the states
+        inputs.append(_io_entry(CANDIDATES, ["B", "C"], "int64", CANDIDATES_DOC))
     seen_note = (f"; items of the history ({'seen state' if kind == 'step' else 'input window'}) score "
                  f"{SEEN_SCORE:.8g} (--exclude-seen)") if exclude_seen else ""
     outputs.append(_io_entry("topk_ids", ["B", k], "int64", "internal item indices, best first (never 0)"
@@ -793,6 +817,8 @@ def build_spec(model, kind: str, k: int, with_scores: bool, precision: str = "fp
         # --exclude-seen: items of the history are ranked last (score SEEN_SCORE): step graphs keep a `seen` state,
         # window graphs mask the input window
         "exclude_seen": bool(exclude_seen), **({"seen_score": SEEN_SCORE} if exclude_seen else {}),
+        # --candidates: a candidates [B, C] input restricts each row's ranking to the items it lists
+        "candidates": bool(candidates),
         # --user-vector: the query vector of maximum-inner-product retrieval (zoo.embed's item vectors)
         **({USER_VECTOR: {"size": model.vector_size, "bias_column": model.item_output()[1] is not None}}
            if user_vector else {}),
@@ -942,6 +968,7 @@ def _postprocess(mp: onnx.ModelProto, spec: dict, model) -> onnx.ModelProto:
                  "topk": str(spec["topk"]), "state_spec": json.dumps(spec["state"]),
                  **({"time_input": spec["time_input"]} if spec.get("time_input") else {}),
                  **({"exclude_seen": "1"} if spec.get("exclude_seen") else {}),
+                 **({CANDIDATES: "1"} if spec.get(CANDIDATES) else {}),
                  **({USER_VECTOR: str(spec[USER_VECTOR]["size"])} if spec.get(USER_VECTOR) else {})}.items():
         mp.metadata_props.add(key=k, value=v)
     _share_tied_weights(mp)
@@ -949,7 +976,7 @@ def _postprocess(mp: onnx.ModelProto, spec: dict, model) -> onnx.ModelProto:
 
 
 def _example_inputs(model, kind: str, batch: int = 2, length: int = 3, time_input: str | None = None,
-                    exclude_seen: bool = False):
+                    exclude_seen: bool = False, candidates: bool = False):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, model.config.n_items, (batch, length), generator=g)
     args, names, dyn = [ids], ["item_ids"], {"item_ids": {0: "B", 1: "T" if kind == "step" else "L"}}
@@ -973,6 +1000,10 @@ def _example_inputs(model, kind: str, batch: int = 2, length: int = 3, time_inpu
             args.append(seen)
             names.append(SEEN_STATE)
             dyn[SEEN_STATE] = {0: "B"}
+    if candidates:
+        args.append(torch.tensor([[3, 1, 0, 2], [0, 0, 0, 0]] * (batch // 2) + [[5, 4, 0, 0]] * (batch % 2))[:batch])
+        names.append(CANDIDATES)
+        dyn[CANDIDATES] = {0: "B", 1: "C"}
     return tuple(args), names, dyn
 
 
@@ -1013,13 +1044,15 @@ def graph_sizes(model) -> tuple[int, int]:
 
 def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: str = "fp32",
                 time_input: str | None = None, exclude_seen: bool = False,
-                exclude_items: Sequence[int] = (), user_vector: bool = False) -> tuple[onnx.ModelProto, dict]:
+                exclude_items: Sequence[int] = (), user_vector: bool = False,
+                candidates: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Trace ``model`` into an ONNX ModelProto (not written) and its I/O spec; ``precision="fp16"`` then converts it
     with :func:`convert_to_fp16` (graph I/O, states, scan nodes and the score tail stay fp32). ``time_input``: see
     :data:`TIME_INPUTS` (time-aware models only; default "timestamps"). ``exclude_seen``: rank the history's items last
     (see :data:`export.runtime.SEEN_SCORE`). ``exclude_items``: internal indices never recommended (their scores are
     ``-inf`` like the padding's, in the graph's constant mask; ``spec["excluded_items"]`` lists them). ``user_vector``:
-    also output the query vector :data:`USER_VECTOR` (``model.vector_of_hidden`` of the hidden state scored from)."""
+    also output the query vector :data:`USER_VECTOR` (``model.vector_of_hidden`` of the hidden state scored from).
+    ``candidates``: one more input, :data:`CANDIDATES` ``[B, C]``, restricting each row's ranking (:data:`CANDIDATES_DOC`)."""
     excluded = sorted({int(i) for i in exclude_items})
     if excluded and not 1 <= excluded[0] <= excluded[-1] < model.config.n_items:
         raise ExportError(f"exclude_items holds item indices outside 1..{model.config.n_items - 1}")
@@ -1038,14 +1071,14 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
         if mt not in STEP_MODEL_TYPES:
             raise ExportError(f"no step exporter for model type {mt!r} (known: {', '.join(STEP_MODEL_TYPES)}); "
                               "use --kind window")
-        module = (GapsStepGraph(model, k, exclude_seen=exclude_seen, excluded=excluded, user_vector=user_vector)
-                  if time_input == "gaps" else
-                  StepGraph(model, k, exclude_seen=exclude_seen, excluded=excluded, user_vector=user_vector))
+        kw = dict(exclude_seen=exclude_seen, excluded=excluded, user_vector=user_vector, candidates=candidates)
+        module = GapsStepGraph(model, k, **kw) if time_input == "gaps" else StepGraph(model, k, **kw)
     elif kind == "window":
         if mt in SCAN_STEP_MODEL_TYPES:
             raise ExportError(f"{mt} exports as a step graph (--kind step): its parallel training-time scan traces to "
                               "one fixed length, and the step graph serves any history length")
-        module = WindowGraph(model, k, exclude_seen=exclude_seen, excluded=excluded, user_vector=user_vector)
+        module = WindowGraph(model, k, exclude_seen=exclude_seen, excluded=excluded, user_vector=user_vector,
+                             candidates=candidates)
     weights, traced_size = graph_sizes(model)
     if precision == "fp16" and time_input not in (None, "gaps"):
         raise ExportError(f"--fp16 is not supported for time-aware models ({mt}) with float64 timestamps: their time "
@@ -1055,12 +1088,12 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
     if not 1 <= k <= model.config.n_items - 1 - len(excluded):
         raise ExportError(f"topk must be in 1..{model.config.n_items - 1 - len(excluded)} (the items left to "
                           f"recommend{f' after {len(excluded)} excluded' if excluded else ''}), got {k}")
-    spec = build_spec(model, kind, k, with_scores, precision, time_input, exclude_seen, user_vector)
+    spec = build_spec(model, kind, k, with_scores, precision, time_input, exclude_seen, user_vector, candidates)
     if excluded:
         spec["excluded_items"] = excluded
     length = 3 if kind == "step" else min(5, model.config.max_seq_length)
     args, in_names, dyn = _example_inputs(model, kind, length=length, time_input=time_input,
-                                          exclude_seen=exclude_seen and kind == "step")
+                                          exclude_seen=exclude_seen and kind == "step", candidates=candidates)
     out_names = (["topk_ids", "topk_scores", "scores"] + ([USER_VECTOR] if user_vector else [])
                  + [s["output"] for s in spec["state"]])
     for o in out_names:
@@ -1196,7 +1229,8 @@ def convert_to_fp16(mp: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
       ``Concat(conv_state, x)``: the new fp16 conv inputs ``x`` are cast to fp32 explicitly before it (a naive
       conversion meets an fp32 state and fp16 activations in that ``Concat``);
     * the **score tail**: ``scores = logits + padding mask (-inf at item 0)`` and ``TopK`` (the logits are cast to
-      fp32 first), so ``scores`` / ``topk_scores`` are fp32 and column 0 stays ``-inf``;
+      fp32 first), so ``scores`` / ``topk_scores`` are fp32 and column 0 stays ``-inf``; with ``--candidates`` every
+      node fed by the ``candidates`` input (the candidates' mask) too;
     * a ``Transpose`` of batch axes feeding a ``MatMul`` (:func:`_batch_transposes_into_matmul`: ONNX Runtime's CPU
       provider crashes on it in fp16).
 
@@ -1248,6 +1282,8 @@ def convert_to_fp16(mp: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
         raise ExportError("fp16: the score tail (scores + padding mask -> TopK) was not found")
     fp32 |= tail
     fp32 |= _batch_transposes_into_matmul(nodes)
+    if CANDIDATES in graph_inputs:              # the candidates' -inf mask joins the fp32 score tail
+        fp32 |= _graph_reach(nodes, {CANDIDATES}, True)
     if TIME_GAPS_INPUT in graph_inputs:
         fp32 |= _time_feature_nodes(nodes)
 
@@ -1453,7 +1489,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
                  real_timestamps: Sequence[Sequence[float]] | None = None,
                  verify_kwargs: dict | None = None, progress=None, precision: str = "fp32",
                  time_input: str | None = None, exclude_seen: bool = False,
-                 exclude_items: Sequence[int] = (), user_vector: bool = False) -> ExportResult:
+                 exclude_items: Sequence[int] = (), user_vector: bool = False,
+                 candidates: bool = False) -> ExportResult:
     """Export ``model`` to ``out_dir/model.onnx`` + ``out_dir/state_spec.json`` and verify it against PyTorch.
 
     Args:
@@ -1479,6 +1516,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
             left. A changed list needs a new export (the state fingerprint does not change: states stay valid).
         user_vector: also output ``user_vector [B, vector_size]``, the query vector whose inner products with
             ``model.item_vectors()`` (``python -m zoo.embed``) are the raw scores (:data:`USER_VECTOR_DOC`).
+        candidates: one more input, ``candidates [B, C]`` int64: each row recommends only the items it lists (0 =
+            padding; a row without a real candidate is not restricted; :data:`CANDIDATES_DOC`).
     """
     say = progress or (lambda msg: None)
     kind = kind or ("step" if getattr(model, "has_exact_step", False) else "window")
@@ -1489,9 +1528,10 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     ti = resolve_time_input(model, kind, time_input)
     int8 = precision == "int8"
     say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}, {'fp32, then int8' if int8 else precision}"
-        + (f", time input: {ti}" if ti else "") + (", history excluded" if exclude_seen else "") + ") ...")
+        + (f", time input: {ti}" if ti else "") + (", history excluded" if exclude_seen else "")
+        + (", candidates input" if candidates else "") + ") ...")
     mp, spec = trace_graph(model, kind, topk, with_scores, "fp32" if int8 else precision, ti, exclude_seen,
-                           exclude_items, user_vector)
+                           exclude_items, user_vector, candidates)
     if int8:                                # before the fingerprint: an int8 graph's states are its own
         spec["precision"] = "int8"
     if spec["kind"] == "step":              # tags the states an explicit-state store keeps
@@ -1577,6 +1617,9 @@ def card_section(spec: dict, rel_dir: str) -> str:
                        f"{SEEN_SCORE:.8g}.") if spec["kind"] == "step" else
                       ("The items of the input window are never ranked above an unseen item (`--exclude-seen`): "
                        f"they get the score {SEEN_SCORE:.8g}.")]
+    if spec.get(CANDIDATES):
+        lines += ["", "Each row recommends only the items of its `candidates` input (`--candidates`; 0 = padding, a "
+                      "row without a real candidate is not restricted)."]
     if spec.get("time_input") == "gaps":
         lines += ["", "Time input: `time_gaps` (float32 seconds since the row's previous event). The caller keeps "
                       "`last_ts` (float64 Unix seconds, -1 = no event yet) and computes the gaps from float64 "
@@ -1682,6 +1725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--user-vector", action="store_true",
                    help="also output user_vector [B, vector_size], the query vector of maximum-inner-product retrieval "
                         "over the item vectors of python -m zoo.embed (its inner products are the raw scores)")
+    p.add_argument("--candidates", action="store_true",
+                   help="add a candidates [B, C] input: each row recommends only the items it lists (a retrieval "
+                        "stage's candidates, a page's items; 0 = padding, a row without any is not restricted)")
     p.add_argument("--data", default=None, help="interaction file for the 'real histories' verification cases")
     add_columns_option(p)
     p.add_argument("--card-dir", default=None,
@@ -1754,7 +1800,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            verify_kwargs=vk, progress=say,
                            precision="fp16" if args.fp16 else "int8" if args.int8 else "fp32",
                            time_input=args.time_input,
-                           exclude_seen=args.exclude_seen, exclude_items=excluded, user_vector=args.user_vector)
+                           exclude_seen=args.exclude_seen, exclude_items=excluded, user_vector=args.user_vector,
+                           candidates=args.candidates)
     except VerificationError as e:
         say(f"ERROR: {e}")
         if e.report is not None:

@@ -195,6 +195,8 @@ class _Base:
         self.uses_timestamps = bool(self.spec.get("uses_timestamps"))
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.has_scores = "scores" in self.output_names
+        #: the graph has the ``candidates [B, C]`` input (``export.onnx --candidates``)
+        self.has_candidates = bool(self.spec.get("candidates"))
 
     # ---------------------------------------------------------------------------------------- vocabulary
     def encode(self, histories: Sequence[Sequence[Any]]) -> list[list[int]]:
@@ -250,6 +252,39 @@ class _Base:
             raise ValueError(f"{name}[{r}, {c}] = {int(arr[r, c])} is out of range {lo}..{self.n_items - 1} "
                              f"(n_items={self.n_items}{'' if allow_padding else '; 0 is padding, not an item'})")
         return arr.astype(np.int64, copy=False)
+
+    def check_candidates(self, candidates: Any, batch_size: int) -> dict[str, np.ndarray]:
+        """The ``candidates`` feed of a ``--candidates`` graph: ``[B, C]`` internal indices (0 = padding; a row
+        without a real candidate, or ``None`` for the whole batch, is not restricted). Empty for other graphs, which
+        refuse candidates (ValueError: re-export with ``--candidates``)."""
+        if candidates is None:
+            return {"candidates": np.zeros((batch_size, 0), np.int64)} if self.has_candidates else {}
+        if not self.has_candidates:
+            raise ValueError("this graph has no candidates input: export it with python -m export.onnx --candidates "
+                             "to restrict its recommendations to given items")
+        arr = np.asarray(candidates)
+        if arr.size == 0 and arr.ndim == 2 and arr.shape[0] == batch_size:
+            return {"candidates": np.zeros((batch_size, 0), np.int64)}
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"candidates must hold integer item indices, got dtype {arr.dtype} (rows of different "
+                            "lengths: pad them with 0, or use encode_candidates)")
+        if arr.ndim != 2 or arr.shape[0] != batch_size:
+            raise ValueError(f"candidates must have shape [batch={batch_size}, C], got shape {list(arr.shape)}")
+        bad = (arr < 0) | (arr >= self.n_items)
+        if bad.any():
+            r, c = map(int, np.argwhere(bad)[0])
+            raise ValueError(f"candidates[{r}, {c}] = {int(arr[r, c])} is out of range 0..{self.n_items - 1} "
+                             "(0 is padding)")
+        return {"candidates": arr.astype(np.int64, copy=False)}
+
+    def encode_candidates(self, lists: Sequence[Sequence[Any] | None]) -> np.ndarray:
+        """Per row the caller's candidate item ids (None or empty: the row is not restricted) -> ``[B, C]`` internal
+        indices, 0-padded (:meth:`encode`: an unknown id is a KeyError naming it)."""
+        rows = [self.encode([c])[0] if c is not None and len(c) else [] for c in lists]
+        out = np.zeros((len(rows), max([len(r) for r in rows] + [0])), np.int64)
+        for r, row in enumerate(rows):
+            out[r, :len(row)] = row
+        return out
 
     def check_timestamps(self, timestamps: Any, shape) -> np.ndarray:
         if timestamps is None:
@@ -323,14 +358,18 @@ class OnnxStepSession(_Base):
             out[s["name"]] = a
         return out
 
-    def step(self, item_ids: Any, state: dict[str, np.ndarray], timestamps: Any = None) -> StepOutput:
+    def step(self, item_ids: Any, state: dict[str, np.ndarray], timestamps: Any = None,
+             candidates: Any = None) -> StepOutput:
         """Advance ``state`` by ``T >= 1`` real items per row; returns the top-k after the last one and the new state.
 
         ``timestamps [B, T]`` (seconds, float64) are required by time-aware graphs (``uses_timestamps``) and ignored
-        otherwise, as by ``model.step``. ``state`` is not modified (the new state is returned).
+        otherwise, as by ``model.step``. ``candidates [B, C]`` (``--candidates`` graphs only; :meth:`check_candidates`):
+        each row's top-k among those items, empty slots holding id 0 and score ``-inf``. ``state`` is not modified
+        (the new state is returned).
         """
         ids = self.check_ids(item_ids)
         st = self.check_state(state, ids.shape[0])
+        cands = self.check_candidates(candidates, ids.shape[0])
         feeds = {"item_ids": ids}
         client = {}
         if self.time_input == "timestamps":
@@ -344,6 +383,7 @@ class OnnxStepSession(_Base):
                 raise ValueError("time gaps between the timestamps do not fit float32")
             feeds["time_gaps"] = gaps32
         feeds.update({n: st[n] for n in self.graph_state_names})
+        feeds.update(cands)
         res = dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
         return StepOutput(res["topk_ids"], res["topk_scores"],
                           {**{n: res[f"{n}_out"] for n in self.graph_state_names}, **client}, res.get("scores"),
@@ -372,10 +412,10 @@ class OnnxStepSession(_Base):
                                  f"({float(ts[r, 0])!r} < last_ts {float(last[r])!r})")
         return ts
 
-    def prime(self, histories: Sequence[Sequence[int]], timestamps: Any = None) -> StepOutput:
+    def prime(self, histories: Sequence[Sequence[int]], timestamps: Any = None, candidates: Any = None) -> StepOutput:
         """Fresh state primed with equal-length histories (one graph call with ``T = L``; ``timestamps [B, L]``
-        seconds for time-aware graphs). Histories of different lengths cannot share a call (a step graph has no
-        padding): prime them in separate calls, or group them by length."""
+        seconds for time-aware graphs; ``candidates`` as for :meth:`step`). Histories of different lengths cannot
+        share a call (a step graph has no padding): prime them in separate calls, or group them by length."""
         if len(histories) == 0:
             raise ValueError("no histories given")
         if not isinstance(histories, np.ndarray):
@@ -384,7 +424,7 @@ class OnnxStepSession(_Base):
                 raise ValueError(f"prime: histories of different lengths {lengths} in one call; a step graph has no "
                                  "padding, so prime them separately or grouped by length")
         ids = self.check_ids(histories)
-        return self.step(ids, self.init_state(ids.shape[0]), timestamps)
+        return self.step(ids, self.init_state(ids.shape[0]), timestamps, candidates)
 
 
 class OnnxWindowSession(_Base):
@@ -418,8 +458,9 @@ class OnnxWindowSession(_Base):
                 out[r, L - len(h):] = h
         return out
 
-    def run_window(self, item_ids: Any, timestamps: Any = None) -> StepOutput:
-        """Run a padded ``[B, L]`` window batch (checked: ids in range, ``L <= max_seq_length``, padding contiguous)."""
+    def run_window(self, item_ids: Any, timestamps: Any = None, candidates: Any = None) -> StepOutput:
+        """Run a padded ``[B, L]`` window batch (checked: ids in range, ``L <= max_seq_length``, padding contiguous);
+        ``candidates [B, C]`` as for :meth:`OnnxStepSession.step`."""
         ids = self.check_ids(item_ids, allow_padding=True)
         if ids.shape[1] > int(self.spec["max_seq_length"]):
             raise ValueError(f"window length {ids.shape[1]} exceeds max_seq_length {self.spec['max_seq_length']}")
@@ -433,11 +474,12 @@ class OnnxWindowSession(_Base):
         feeds = {"item_ids": ids}
         if self.uses_timestamps:
             feeds["timestamps"] = self.check_timestamps(timestamps, ids.shape)
+        feeds.update(self.check_candidates(candidates, ids.shape[0]))
         res = dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
         return StepOutput(res["topk_ids"], res["topk_scores"], {}, res.get("scores"), res.get(USER_VECTOR))
 
-    def recommend(self, histories: Sequence[Sequence[int]]) -> StepOutput:
-        return self.run_window(self.pad(histories))
+    def recommend(self, histories: Sequence[Sequence[int]], candidates: Any = None) -> StepOutput:
+        return self.run_window(self.pad(histories), candidates=candidates)
 
 
 class UserStateRecommender:
@@ -564,16 +606,29 @@ class UserStateRecommender:
                              f"{'window' if self.window else 'step'} graph")
         return {n: state[n] for n in self.state_names}, False    # the fingerprint entry is not a graph input
 
-    def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False
-                       ) -> list[tuple[list, np.ndarray]]:
+    def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False,
+                       candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
         """``(top-k ids, their scores)`` of each event, in order: ``events`` are ``(user_id, new_items)`` or
         ``(user_id, new_items, timestamps)``, one per user (a user twice in one call would need the first event's
         state for the second). Step graphs: events with as many new items share one graph call; window graphs: one
         call for all. The users' new states replace the stored ones once every call has run (a refused event -- an
         unknown id, timestamps going back -- stores nothing for any user of the call). ``start``: every user from the
-        initial state, whatever is stored (:meth:`prime`)."""
+        initial state, whatever is stored (:meth:`prime`). ``candidates`` (``--candidates`` graphs): one list of the
+        caller's item ids per event (None or empty: not restricted); an event's top-k is then taken among its
+        candidates and holds fewer than ``k`` ids when it lists fewer unseen items."""
         k = self._check_k(k)
         users = self._ss.check_events(events)
+        if candidates is not None:
+            if len(candidates) != len(events):
+                raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
+            if not self.session.has_candidates:
+                self.session.check_candidates([[1]], 1)                # raises: the graph has no candidates input
+            for i, c in enumerate(candidates):
+                if c is not None and (isinstance(c, (str, bytes)) or not hasattr(c, "__len__")):
+                    raise TypeError(f"candidates of event {i}: a sequence of item ids (or None), got {c!r}")
+            cand_rows = list(self.session.encode_candidates(candidates))
+        else:
+            cand_rows = [None] * len(events)
         encoded = []
         for i, e in enumerate(events):
             items = e[1]
@@ -584,7 +639,7 @@ class UserStateRecommender:
             if self.session.uses_timestamps and ts is None:
                 raise ValueError(f"event {i} (user {e[0]!r}): this model reads timestamps; give "
                                  "(user_id, new_items, timestamps)")
-            encoded.append((ids, ts))
+            encoded.append((ids, ts, cand_rows[i]))
         stripes = sorted({hash(u) % len(self._stripes) for u in users})   # in index order: no two calls deadlock
         for i in stripes:
             self._stripes[i].acquire()
@@ -614,17 +669,17 @@ class UserStateRecommender:
         n = len(encoded)
         results, pending, vectors = [None] * n, [None] * n, [None] * n
         groups: dict[int, list[int]] = {}
-        for i, (ids, _) in enumerate(encoded):
+        for i, (ids, _, _) in enumerate(encoded):
             groups.setdefault(len(ids), []).append(i)
         for rows in groups.values():
             state = {name: np.concatenate([states[i][name] for i in rows]) for name in self.state_names}
             ids = np.array([encoded[i][0] for i in rows], dtype=np.int64)
             ts = (np.array([np.asarray(encoded[i][1], dtype=np.float64).reshape(-1) for i in rows])
                   if self.session.uses_timestamps else None)
-            out = self.session.step(ids, state, ts)
+            out = self.session.step(ids, state, ts, _stack_candidates([encoded[i][2] for i in rows]))
             for r, i in enumerate(rows):
                 pending[i] = {name: out.state[name][r:r + 1].copy() for name in self.state_names}
-                results[i] = (self.session.decode(out.topk_ids[r:r + 1, :k])[0], out.topk_scores[r, :k].copy())
+                results[i] = self._result(out, r, k)
                 if out.user_vector is not None:
                     vectors[i] = out.user_vector[r].copy()
         return results, pending, vectors
@@ -633,7 +688,7 @@ class UserStateRecommender:
         """Window graphs: each user's last ``max_seq_length`` items after the event, all in one padded call."""
         L, uses_ts = self.max_len, self.session.uses_timestamps
         windows, stamps = [], []
-        for i, ((ids, ts), st) in enumerate(zip(encoded, states)):
+        for i, ((ids, ts, _), st) in enumerate(zip(encoded, states)):
             windows.append(np.concatenate([st["items"].reshape(-1), np.asarray(ids, np.int64)])[-L:])
             if uses_ts:
                 new = self.session.check_timestamps([np.asarray(ts, dtype=np.float64).reshape(-1)], (1, len(ids)))[0]
@@ -645,37 +700,58 @@ class UserStateRecommender:
                 stamps.append(seq[-L:])
         padded = self.session.pad(windows)
         ts = self.session.place(stamps, np.float64) if uses_ts else None
-        out = self.session.run_window(padded, ts)
+        out = self.session.run_window(padded, ts, _stack_candidates([e[2] for e in encoded]))
         n = len(encoded)
         results, pending, vectors = [None] * n, [None] * n, [None] * n
         size = np.array([[len(self._vocab)]], np.int64)
         for r in range(n):
             pending[r] = {"items": windows[r][None].copy(), **({"timestamps": stamps[r][None].copy()} if uses_ts
                                                                 else {}), VOCAB_ITEMS: size}
-            results[r] = (self.session.decode(out.topk_ids[r:r + 1, :k])[0], out.topk_scores[r, :k].copy())
+            results[r] = self._result(out, r, k)
             if out.user_vector is not None:
                 vectors[r] = out.user_vector[r].copy()
         return results, pending, vectors
 
+    def _result(self, out: StepOutput, r: int, k: int) -> tuple[list, np.ndarray]:
+        """Row ``r``'s top-``k`` (the caller's ids, their scores), without the empty slots (id 0, score ``-inf``) a
+        ``--candidates`` graph leaves when a row lists fewer items."""
+        ids, scores = out.topk_ids[r, :k], out.topk_scores[r, :k]
+        keep = ids > 0
+        return self.session.decode(ids[keep][None])[0] if keep.any() else [], scores[keep].copy()
+
     def recommend_with_scores(self, user_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
-                              start: bool = False) -> tuple[list, np.ndarray]:
+                              start: bool = False, candidates: Sequence[Any] | None = None) -> tuple[list, np.ndarray]:
         """``(top-k ids, their scores)`` after ``new_items`` (oldest first; their ``timestamps`` for time-aware
-        graphs), continuing the user's stored state (``start``: from the initial state)."""
+        graphs), continuing the user's stored state (``start``: from the initial state); ``candidates``: the
+        caller's item ids to choose from (``--candidates`` graphs)."""
         event = (user_id, new_items) if timestamps is None else (user_id, new_items, timestamps)
-        return self.recommend_many([event], k, start)[0]
+        return self.recommend_many([event], k, start, None if candidates is None else [candidates])[0]
 
-    def recommend(self, user_id, new_items: Sequence[Any], timestamps=None, k: int | None = None) -> list:
-        """Top-k ids after ``new_items`` (one event, or several)."""
-        return self.recommend_with_scores(user_id, new_items, timestamps, k)[0]
+    def recommend(self, user_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
+                  candidates: Sequence[Any] | None = None) -> list:
+        """Top-k ids after ``new_items`` (one event, or several), among ``candidates`` when given."""
+        return self.recommend_with_scores(user_id, new_items, timestamps, k, candidates=candidates)[0]
 
-    def prime(self, user_id, history: Sequence[Any], timestamps=None, k: int | None = None) -> list:
+    def prime(self, user_id, history: Sequence[Any], timestamps=None, k: int | None = None,
+              candidates: Sequence[Any] | None = None) -> list:
         """(Re)start the user from a whole history in one graph call, whatever is stored (a new user, or one whose
         state a replaced model wrote); returns the top-k after it."""
-        return self.recommend_with_scores(user_id, history, timestamps, k, start=True)[0]
+        return self.recommend_with_scores(user_id, history, timestamps, k, start=True, candidates=candidates)[0]
 
     def forget(self, user_id) -> None:
         """Drop the user's stored state (also one that is no state: a corrupt value)."""
         self._ss.forget(self.store, user_id)
+
+
+def _stack_candidates(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """Encoded candidate rows (None: not restricted) -> ``[B, C]`` 0-padded, or None when no row has any."""
+    if all(r is None for r in rows):
+        return None
+    out = np.zeros((len(rows), max(len(r) for r in rows if r is not None)), np.int64)
+    for i, r in enumerate(rows):
+        if r is not None:
+            out[i, :len(r)] = r
+    return out
 
 
 __all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "UserStateRecommender", "read_spec", "read_vocab",

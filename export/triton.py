@@ -242,7 +242,13 @@ def _dt(dtype: str, what: str) -> str:
 
 def _io(entries, indent="  ") -> str:
     return ",\n".join(f'{indent}{{ name: "{e["name"]}" data_type: {_dt(e["dtype"], repr(e["name"]))} '
-                      f'dims: {_dims(e["shape"][1:])} }}' for e in entries)
+                      f'dims: {_dims(e["shape"][1:])}{" optional: true" if e.get("optional") else ""} }}'
+                      for e in entries)
+
+
+def _optional_candidates(entries) -> list:
+    """The python backend's inputs: a ``--candidates`` graph's ``candidates`` may be left out (not restricted)."""
+    return [{**e, "optional": True} if e["name"] == "candidates" else e for e in entries]
 
 
 def _pbtxt_str(v) -> str:
@@ -373,7 +379,7 @@ def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str 
     if backend == "python":
         params["ort_intra_op_threads"] = ort_threads
         if window or state == "explicit":
-            return (head + dynamic + "input [\n" + _io(spec["inputs"]) + "\n]\n"
+            return (head + dynamic + "input [\n" + _io(_optional_candidates(spec["inputs"])) + "\n]\n"
                     + "output [\n" + _io(_model_outputs(spec, with_states=True)) + "\n]\n" + inst + _params(params))
         # the python backend cannot hand output states back to Triton: the model keeps them per correlation id,
         # and takes each sequence's initial state from Triton's `state` block (the same one as the onnxruntime model)
@@ -382,7 +388,7 @@ def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str 
         return (head + "sequence_batching {\n" + f"  max_sequence_idle_microseconds: {idle_us}\n"
                 + _oldest(max_batch_size, max_candidate_sequences, queue_delay_us)
                 + _controls(["START", "END", "CORRID"], "TYPE_UINT64") + _state_block(spec) + "}\n"
-                + "input [\n" + _io(_model_inputs(spec)) + "\n]\n"
+                + "input [\n" + _io(_optional_candidates(_model_inputs(spec))) + "\n]\n"
                 + "output [\n" + _io(outs) + "\n]\n" + inst + _params(params))
     if window or state == "explicit":
         ins = spec["inputs"]
@@ -521,6 +527,12 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                   "over a catalogue larger than the graph's own top-k serves)"
                   + ("; its last column is 1, the items' last column their bias" if spec["user_vector"]["bias_column"]
                      else "") + ".", ""]
+    if spec.get("candidates"):
+        lines += ["Candidates (`--candidates`): a request may carry `candidates` (int64 internal indices, 0 = "
+                  "padding): its top-k is then taken among those items only, slots left empty holding id 0 and "
+                  "score -inf (`export.triton_client` drops them); a request without a real candidate is not "
+                  "restricted" + (" (the python backend also takes requests without the input)." if backend == "python"
+                                  else "; every request must carry the input (a row of 0s restricts nothing)."), ""]
     if spec.get("excluded_items"):
         lines += [f"Excluded items (`export.onnx --exclude-items`): {len(spec['excluded_items']):,} items are never "
                   "recommended (their scores are -inf in the graph, like the padding's; `excluded_items` in "
@@ -861,16 +873,17 @@ def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: p
 
 def export_and_write(model, repo: str | os.PathLike, topk: int = 10, work_dir: str | None = None,
                      exclude_seen: bool = False, user_vector: bool = False, exclude_items: Sequence[int] = (),
-                     **kwargs) -> pathlib.Path:
+                     candidates: bool = False, **kwargs) -> pathlib.Path:
     """Export a zoo model with :func:`export.onnx.export_model` (verified) and write its Triton repository
     (``exclude_seen``: the graph ranks the history's items last, step graphs keep a ``seen`` state; ``user_vector``:
-    the graph also outputs the query vector of retrieval; ``exclude_items``: internal indices never recommended)."""
+    the graph also outputs the query vector of retrieval; ``exclude_items``: internal indices never recommended;
+    ``candidates``: a ``candidates`` input restricts each request's ranking)."""
     from .onnx import export_model
 
     with tempfile.TemporaryDirectory(prefix="zoo-triton-export-") as tmp:
         out = pathlib.Path(work_dir or tmp)
         export_model(model, out, topk=topk, verify=kwargs.pop("verify", True), exclude_seen=exclude_seen,
-                     user_vector=user_vector, exclude_items=exclude_items)
+                     user_vector=user_vector, exclude_items=exclude_items, candidates=candidates)
         vocab = None
         if getattr(model, "item_vocab", None) is not None:
             model.item_vocab.save(str(out))
@@ -899,6 +912,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--user-vector", action="store_true",
                    help="with --model: the graph also outputs user_vector, the query vector of retrieval over the "
                         "item vectors of python -m zoo.embed (see export.onnx --user-vector)")
+    p.add_argument("--candidates", action="store_true",
+                   help="with --model: requests may carry candidates, the items to choose from (see export.onnx "
+                        "--candidates)")
     p.add_argument("--idle-timeout-s", type=float, default=600.0,
                    help="max_sequence_idle_microseconds / 1e6: how long an idle sequence keeps its slot")
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -931,7 +947,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors: tuple = (TritonConfigError, OSError, ValueError)
     try:
         if a.onnx:
-            for flag, key in (("--exclude-seen", "exclude_seen"), ("--user-vector", "user_vector")):
+            for flag, key in (("--exclude-seen", "exclude_seen"), ("--user-vector", "user_vector"),
+                              ("--candidates", "candidates")):
                 if getattr(a, key) and not read_spec(a.onnx).get(key):
                     raise ValueError(f"{flag}: the graph in {a.onnx} was exported without it; re-export it with "
                                      f"`python -m export.onnx {flag}` or pass --model")
@@ -944,7 +961,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             errors += (ExportError, VerificationError)
             model = _load_model(a.model)
             mdir = export_and_write(model, a.repo, topk=10 if a.topk is None else a.topk, verify=not a.no_verify,
-                                    exclude_seen=a.exclude_seen, user_vector=a.user_vector,
+                                    exclude_seen=a.exclude_seen, user_vector=a.user_vector, candidates=a.candidates,
                                     exclude_items=excluded_indices(model, a.exclude_items), **kw)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)

@@ -108,6 +108,45 @@ class _Base:
         self.last_user_vector: np.ndarray | None = None
         self.n_items = n_items or (self.vocab.n_items if self.vocab is not None else None)
         self.uses_timestamps = "timestamps" in self.inputs
+        #: the model takes ``candidates`` (``export.onnx --candidates``): recommendations among given items
+        self.has_candidates = "candidates" in self.inputs
+
+    def _candidates(self, lists: Sequence | None, rows: int = 1) -> list:
+        """``[]``, or the ``candidates [B, C]`` input for one list of the caller's item ids per row (None or empty:
+        the row is not restricted; ``lists=None``: ``rows`` rows, none restricted); every id checked like the
+        events' (an unknown one sends nothing). A model without the input refuses candidates."""
+        if lists is None or all(c is None or len(c) == 0 for c in lists):
+            if not self.has_candidates:
+                return []
+            lists = [None] * (rows if lists is None else len(lists))
+        elif not self.has_candidates:
+            raise ValueError(f"model {self.model_name!r} has no candidates input: export it with python -m "
+                             "export.onnx --candidates (or python -m export.triton --candidates)")
+        rows = []
+        for i, c in enumerate(lists):
+            if c is None or len(c) == 0:
+                rows.append(np.zeros(0, np.int64))
+                continue
+            if isinstance(c, (str, bytes)) or not hasattr(c, "__iter__"):
+                raise TypeError(f"candidates of row {i}: a sequence of item ids (or None), got {c!r}")
+            ids = self._encode(c)[0]
+            if self.n_items is not None:
+                bad = ids[(ids < 1) | (ids >= self.n_items)]
+                if bad.size:
+                    raise ValueError(f"candidates of row {i}: item index {int(bad[0])} out of range "
+                                     f"1..{self.n_items - 1}")
+            rows.append(ids)
+        arr = np.zeros((len(rows), max(1, max(len(r) for r in rows))), np.int64)   # a row of 0s: not restricted
+        for i, r in enumerate(rows):
+            arr[i, :len(r)] = r
+        return [self._input("candidates", arr, "INT64")]
+
+    def _pick(self, top: np.ndarray, scores: np.ndarray, k: int) -> tuple[list, np.ndarray]:
+        """The first ``k`` of a top-k row as (external ids, scores), without the empty slots (id 0, score ``-inf``)
+        a ``--candidates`` model leaves when a row lists fewer items."""
+        top, scores = np.asarray(top)[:k], np.asarray(scores)[:k]
+        keep = top > 0
+        return self._decode(top[keep]), scores[keep].copy()
 
     def _outputs_for(self, names: Sequence[str]) -> list:
         """The outputs to request: ``names``, and ``user_vector`` when the model has it."""
@@ -256,13 +295,16 @@ class TritonRecommender(_Base):
         return r.as_numpy("topk_ids")[0], r.as_numpy("topk_scores")[0], vector
 
     def recommend_with_scores(self, user_or_sequence_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
-                              start: bool | None = None, end: bool = False) -> tuple[list, np.ndarray]:
-        """``(top-k external ids, their scores)`` after appending ``new_items`` to the sequence."""
+                              start: bool | None = None, end: bool = False,
+                              candidates: Sequence[Any] | None = None) -> tuple[list, np.ndarray]:
+        """``(top-k external ids, their scores)`` after appending ``new_items`` to the sequence; ``candidates``: the
+        item ids to choose from (a ``--candidates`` model; fewer than ``k`` ids come back when it lists fewer)."""
         k = self._check_k(k)
-        top, sc, vector = self._event(user_or_sequence_id, self._event_ids(new_items), timestamps, start, end)
+        extra = self._candidates(None if candidates is None else [candidates])
+        top, sc, vector = self._event(user_or_sequence_id, self._event_ids(new_items), timestamps, start, end, extra)
         if vector is not None:
             self.last_user_vector = vector
-        return self._decode(top[:k]), sc[:k]
+        return self._pick(top, sc, k)
 
     def _event_ids(self, new_items, where: str = "") -> np.ndarray:
         """``new_items`` as internal indices ``[1, T]``, checked: not empty, each in the model's range."""
@@ -275,7 +317,7 @@ class TritonRecommender(_Base):
                 raise ValueError(f"{where}item index {int(bad[0])} out of range 1..{self.n_items - 1}")
         return ids
 
-    def _event(self, user_or_sequence_id, ids: np.ndarray, timestamps, start, end):
+    def _event(self, user_or_sequence_id, ids: np.ndarray, timestamps, start, end, extra=()):
         """One event's request: ``(top-k indices, scores, user vector or None)``."""
         sid = sequence_id(user_or_sequence_id)
         if start is None:
@@ -284,12 +326,13 @@ class TritonRecommender(_Base):
                     raise TritonRecommendError(f"sequence {user_or_sequence_id!r} is gone from the server (idle "
                                                "timeout or server restart): call prime() with its history")
                 start = sid not in self._live
-        return self._infer(sid, ids, bool(start), bool(end), self._timestamps(timestamps, ids.shape[1]))
+        return self._infer(sid, ids, bool(start), bool(end), [*self._timestamps(timestamps, ids.shape[1]), *extra])
 
-    def recommend_many(self, events: Sequence[tuple], k: int | None = None) -> list[tuple[list, np.ndarray]]:
+    def recommend_many(self, events: Sequence[tuple], k: int | None = None,
+                       candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
         """``(top-k external ids, their scores)`` of each event, in order: ``events`` are ``(user_or_sequence_id,
         new_items)`` or ``(user_or_sequence_id, new_items, timestamps)``, one per sequence (a sequence's events must
-        reach the server in order). With gRPC the requests go out together from a thread pool (at most
+        reach the server in order); ``candidates``: one list of item ids per event (None: not restricted). With gRPC the requests go out together from a thread pool (at most
         ``threads``), so Triton's sequence batcher can run them as one batch; tritonclient's HTTP client is not
         thread-safe, so with HTTP they go one after another. A sequence that is not live is started, as by
         :meth:`recommend`.
@@ -302,15 +345,19 @@ class TritonRecommender(_Base):
         sids = [sequence_id(u) for u in users]
         if len(set(sids)) < len(sids):
             raise ValueError("two events of one call map to the same sequence id; send the second after the first")
+        if candidates is not None and len(candidates) != len(events):
+            raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
         checked = []
         for i, e in enumerate(events):
             ids = self._event_ids(e[1], f"event {i} (sequence {e[0]!r}): ")
             if self.uses_timestamps:
                 self._check_ts(e[2] if len(e) == 3 else None, ids.shape[1])
-            checked.append((e[0], ids, e[2] if len(e) == 3 else None))
+            extra = self._candidates(None if candidates is None else [candidates[i]])
+            checked.append((e[0], ids, e[2] if len(e) == 3 else None, extra))
 
         def one(event):
-            return self._event(*event, None, False)
+            user, ids, ts, extra = event
+            return self._event(user, ids, ts, None, False, extra)
 
         if self.protocol != "grpc" or len(events) == 1:
             answers = [one(e) for e in checked]
@@ -331,16 +378,17 @@ class TritonRecommender(_Base):
                 raise first_error
         if answers[-1][2] is not None:
             self.last_user_vector = answers[-1][2]
-        return [(self._decode(top[:k]), sc[:k]) for top, sc, _ in answers]
+        return [self._pick(top, sc, k) for top, sc, _ in answers]
 
     def recommend(self, user_or_sequence_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
-                  start: bool | None = None, end: bool = False) -> list:
+                  start: bool | None = None, end: bool = False, candidates: Sequence[Any] | None = None) -> list:
         """Top-k external ids after appending ``new_items`` (one event, or several) to the sequence."""
-        return self.recommend_with_scores(user_or_sequence_id, new_items, timestamps, k, start, end)[0]
+        return self.recommend_with_scores(user_or_sequence_id, new_items, timestamps, k, start, end, candidates)[0]
 
-    def prime(self, user_or_sequence_id, history: Sequence[Any], timestamps=None, k: int | None = None) -> list:
+    def prime(self, user_or_sequence_id, history: Sequence[Any], timestamps=None, k: int | None = None,
+              candidates: Sequence[Any] | None = None) -> list:
         """(Re)start the sequence from a whole history in ONE request; returns the top-k after it."""
-        return self.recommend(user_or_sequence_id, history, timestamps, k, start=True)
+        return self.recommend(user_or_sequence_id, history, timestamps, k, start=True, candidates=candidates)
 
     def end(self, user_or_sequence_id) -> None:
         """Close the sequence: the server frees its state (an empty END request). It answers no recommendation, so
@@ -350,7 +398,8 @@ class TritonRecommender(_Base):
             if sid not in self._live:
                 return
         self._infer(sid, np.zeros((1, 0), np.int64), False, True,
-                    self._timestamps(np.zeros((1, 0), np.float64), 0) if self.uses_timestamps else ())
+                    [*(self._timestamps(np.zeros((1, 0), np.float64), 0) if self.uses_timestamps else ()),
+                     *self._candidates(None)])
 
 
 class StaleStateError(TritonRecommendError, state_store.StaleStateError):
@@ -393,7 +442,7 @@ class ExplicitStateRecommender(_Base):
         super().__init__(*args, **kwargs)
         self.on_stale = state_store.check_on_stale(on_stale)
         self.store = {} if store is None else store
-        self.state_names = [n for n in self.inputs if n not in ("item_ids", "timestamps")]
+        self.state_names = [n for n in self.inputs if n not in ("item_ids", "timestamps", "candidates")]
         missing = [f"{n}_out" for n in self.state_names if f"{n}_out" not in self.outputs]
         if not self.state_names or missing:
             raise TritonRecommendError(f"model {self.model_name!r} is not an explicit-state step model "
@@ -429,23 +478,28 @@ class ExplicitStateRecommender(_Base):
                 for n in self.state_names}
 
     def recommend_with_scores(self, user_id, new_items, timestamps=None, k: int | None = None,
-                              start: bool = False):
+                              start: bool = False, candidates: Sequence[Any] | None = None):
         """The top-``k`` after ``new_items`` (and their ``timestamps``), from the user's stored state (``start``:
-        from the initial state, whatever is stored); the new state replaces the stored one."""
+        from the initial state, whatever is stored); the new state replaces the stored one. ``candidates``: the item
+        ids to choose from (a ``--candidates`` model)."""
         event = (user_id, new_items) if timestamps is None else (user_id, new_items, timestamps)
-        return self.recommend_many([event], k, start)[0]
+        return self.recommend_many([event], k, start, None if candidates is None else [candidates])[0]
 
-    def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False
-                       ) -> list[tuple[list, np.ndarray]]:
+    def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False,
+                       candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
         """``(top-k ids, their scores)`` of each event, in order: ``events`` are ``(user_id, new_items)`` or
         ``(user_id, new_items, timestamps)``, one per user (a user twice in one call would need the first event's
         state for the second). Events with as many new items go in one request, a batch of users (up to the model's
         ``max_batch_size`` rows), their states stacked row for row. The users' new states replace the stored ones once
         every request has answered: all or nothing (a refused event -- an unknown id, timestamps going back -- sends
         and stores nothing); with a versioned store they are committed together, or sent again from the newer states
-        if another process stored one of these users meanwhile. ``start``: every user from the initial state."""
+        if another process stored one of these users meanwhile. ``start``: every user from the initial state.
+        ``candidates``: one list of item ids per event (None: not restricted; a ``--candidates`` model)."""
         k = self._check_k(k)
         users = state_store.check_events(events)
+        if candidates is not None and len(candidates) != len(events):
+            raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
+        self._candidates(candidates)                  # every candidate checked before anything is sent
         encoded = []
         for i, e in enumerate(events):
             ids = self._encode(e[1])
@@ -481,13 +535,15 @@ class ExplicitStateRecommender(_Base):
                     ins += [self._input(n, np.ascontiguousarray(np.concatenate(
                         [np.asarray(states[i][n]).reshape(self.inputs[n]["shape"][1:])[None] for i in chunk])),
                         self.inputs[n]["datatype"]) for n in self.state_names]
+                    ins += self._candidates(None if candidates is None else [candidates[i] for i in chunk],
+                                            len(chunk))
                     try:
                         r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
                     except self._exc as e:
                         raise TritonRecommendError(str(e.message())) from None
                     top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
                     for row, i in enumerate(chunk):
-                        results[i] = (self._decode(top[row][:k]), scores[row][:k].copy())
+                        results[i] = self._pick(top[row], scores[row], k)
                         new[i] = state_store.tagged({n: r.as_numpy(f"{n}_out")[row:row + 1].copy()
                                                      for n in self.state_names}, self.fingerprint)
                     if vector and chunk[-1] == len(users) - 1:
@@ -503,13 +559,15 @@ class ExplicitStateRecommender(_Base):
             self.last_user_vector = last_vector
         return results
 
-    def recommend(self, user_id, new_items, timestamps=None, k: int | None = None) -> list:
-        return self.recommend_with_scores(user_id, new_items, timestamps, k)[0]
+    def recommend(self, user_id, new_items, timestamps=None, k: int | None = None,
+                  candidates: Sequence[Any] | None = None) -> list:
+        return self.recommend_with_scores(user_id, new_items, timestamps, k, candidates=candidates)[0]
 
-    def prime(self, user_id, history: Sequence[Any], timestamps=None, k: int | None = None) -> list:
+    def prime(self, user_id, history: Sequence[Any], timestamps=None, k: int | None = None,
+              candidates: Sequence[Any] | None = None) -> list:
         """(Re)start the user from a whole history in ONE request, whatever state is stored (a new user, or one whose
         state a replaced model wrote: :class:`StaleStateError`); returns the top-k after it."""
-        return self.recommend_with_scores(user_id, history, timestamps, k, start=True)[0]
+        return self.recommend_with_scores(user_id, history, timestamps, k, start=True, candidates=candidates)[0]
 
     def forget(self, user_id) -> None:
         """Drop the user's stored state (also one that is no state: a corrupt value)."""
@@ -529,18 +587,25 @@ class WindowRecommender(_Base):
                                        "python -m export.triton (no kind=window / max_seq_length parameters)")
         self.padding_side = self._param("padding_side", "right")
 
-    def recommend_with_scores(self, history, timestamps=None, k: int | None = None) -> tuple[list, np.ndarray]:
-        """``(top-k external ids, their scores)`` after ``history`` (oldest first)."""
-        return self.recommend_many([history], None if timestamps is None else [timestamps], k)[0]
+    def recommend_with_scores(self, history, timestamps=None, k: int | None = None,
+                              candidates: Sequence[Any] | None = None) -> tuple[list, np.ndarray]:
+        """``(top-k external ids, their scores)`` after ``history`` (oldest first), among ``candidates`` when
+        given."""
+        return self.recommend_many([history], None if timestamps is None else [timestamps], k,
+                                   None if candidates is None else [candidates])[0]
 
-    def recommend_many(self, histories: Sequence, timestamps: Sequence | None = None, k: int | None = None
-                       ) -> list[tuple[list, np.ndarray]]:
+    def recommend_many(self, histories: Sequence, timestamps: Sequence | None = None, k: int | None = None,
+                       candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
         """``(top-k external ids, their scores)`` after each of ``histories`` (oldest first; only the last
         ``max_seq_length`` items are sent), and their ``timestamps`` for time-aware models: the histories go as the
-        rows of one request (up to the model's ``max_batch_size``), 0-padded to the longest on the model's side."""
+        rows of one request (up to the model's ``max_batch_size``), 0-padded to the longest on the model's side.
+        ``candidates``: one list of item ids per history (None: not restricted; a ``--candidates`` model)."""
         k = self._check_k(k)
         if len(histories) == 0:
             raise ValueError("no histories given")
+        if candidates is not None and len(candidates) != len(histories):
+            raise ValueError(f"candidates: one list per history ({len(histories)}), got {len(candidates)}")
+        self._candidates(candidates)                  # every candidate checked before anything is sent
         if self.uses_timestamps and (timestamps is None or len(timestamps) != len(histories)):
             raise ValueError(f"model {self.model_name!r} reads timestamps: give one list per history")
         rows = []
@@ -569,19 +634,21 @@ class WindowRecommender(_Base):
             ins = [self._input("item_ids", ids, "INT64")]
             if self.uses_timestamps:
                 ins.append(self._input("timestamps", ts, "FP64"))
+            ins += self._candidates(None if candidates is None else candidates[at:at + self.max_batch], len(chunk))
             try:
                 r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
             except self._exc as e:
                 raise TritonRecommendError(str(e.message())) from None
             top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
-            results += [(self._decode(top[b][:k]), scores[b][:k].copy()) for b in range(len(chunk))]
+            results += [self._pick(top[b], scores[b], k) for b in range(len(chunk))]
             if "user_vector" in self.outputs:
                 self.last_user_vector = r.as_numpy("user_vector")[-1].copy()
         return results
 
-    def recommend(self, history, timestamps=None, k: int | None = None) -> list:
+    def recommend(self, history, timestamps=None, k: int | None = None,
+                  candidates: Sequence[Any] | None = None) -> list:
         """Top-k external ids after ``history`` (oldest first; only the last ``max_seq_length`` items are sent)."""
-        return self.recommend_with_scores(history, timestamps, k)[0]
+        return self.recommend_with_scores(history, timestamps, k, candidates)[0]
 
 
 __all__ = ["TritonRecommender", "ExplicitStateRecommender", "WindowRecommender", "TritonRecommendError",

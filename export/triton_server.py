@@ -32,6 +32,10 @@ This one file plays two roles.
    the stateless history-window I/O (``item_ids [L]`` 0-padded on the model's side, + float64 ``timestamps [L]``
    for TiM4Rec).
 
+   A graph exported with ``--candidates`` takes an optional ``candidates [C]`` input (``[B, C]`` in the batched
+   forms; int64 internal indices, 0 = padding): the request's top-k among those items, slots left empty holding id 0
+   and score ``-inf``; a request without it, or without a real candidate, is not restricted.
+
    Outputs: ``topk_ids [K]`` (internal indices; :mod:`export.triton_client` maps them to external ids),
    ``topk_scores [K]`` and ``live_sequences [1]`` (how many sequence states the model holds after this request).
    This module imports only the standard library at top level (numpy / onnxruntime / triton_python_backend_utils are
@@ -117,6 +121,8 @@ class TritonPythonModel:
         self.out_names = [o.name for o in self.sess.get_outputs()]
         #: outputs served beside topk_*: the query vector of a graph exported with --user-vector
         self.extra_out = [n for n in ("user_vector",) if n in self.out_names]
+        #: a graph exported with --candidates: each request may send its rows' candidate items (optional input)
+        self.candidates = bool(spec.get("candidates"))
         self.store = {}            # corrid -> (tuple of per-sequence state arrays, last-touch monotonic time)
         self._last_sweep = time.monotonic()
 
@@ -165,11 +171,35 @@ class TritonPythonModel:
         ts = None
         if self.uses_timestamps:
             ts = self._check_ts(get("timestamps"), ids.size)
+        cands = self._candidates(get("candidates", required=False), 1)[0] if self.candidates else None
         init = None
         if start and self.triton_states and ids.size:
             init = tuple(self._initial_from_triton(get(name), name, shape, dt, value)
                          for name, shape, dt, value in self.states)
-        return {"corrid": corrid, "start": start, "end": end, "ids": ids, "ts": ts, "init": init}
+        return {"corrid": corrid, "start": start, "end": end, "ids": ids, "ts": ts, "init": init, "cands": cands}
+
+    def _candidates(self, arr, B):
+        """The optional ``candidates`` input of a request: ``[B, C]`` int64 internal indices (0 = padding; a row
+        without a real candidate, or no input at all, is not restricted), checked; ValueError otherwise."""
+        np = self.np
+        if arr is None:
+            return [np.zeros(0, np.int64)] * B
+        if arr.dtype != np.int64:
+            raise ValueError(f"candidates must be INT64, got {arr.dtype}")
+        arr = arr.reshape(B, -1) if arr.size else np.zeros((B, 0), np.int64)
+        bad = arr[(arr < 0) | (arr >= self.n_items)]
+        if bad.size:
+            raise ValueError(f"candidate index {int(bad[0])} is out of range 0..{self.n_items - 1} (0 is padding; "
+                             "map external ids with the model's item vocabulary)")
+        return list(arr)
+
+    def _stack_candidates(self, rows):
+        """Candidate rows of different lengths -> ``[B, C]`` 0-padded (0 is padding: it restricts nothing)."""
+        np = self.np
+        out = np.zeros((len(rows), max(len(r) for r in rows)), np.int64)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = r
+        return out
 
     def _check_ts(self, ts, n, window=False):
         """float64 ``[n]`` Unix seconds: finite, non-negative and (events, not a padded ``window``) non-decreasing,
@@ -285,6 +315,7 @@ class TritonPythonModel:
                     raise ValueError(f"item index {int(bad[0])} is out of range 1..{self.n_items - 1} (0 is padding; "
                                      "map external ids with the model's item vocabulary)")
                 all_ts = self._batch_input(pb, r, "timestamps", np.float64, B) if self.uses_timestamps else None
+                all_cands = self._request_candidates(pb, r, B)
                 all_states = {}
                 for name, shape, dt, _ in self.states:
                     st = self._batch_input(pb, r, name, dt, B)
@@ -299,6 +330,8 @@ class TritonPythonModel:
                     feeds = {"item_ids": all_ids[b].reshape(-1)}
                     for name, *_ in self.states:
                         feeds[name] = all_states[name][b]
+                    if all_cands is not None:
+                        feeds["candidates"] = all_cands[b]
                     try:
                         if self.uses_timestamps:
                             feeds["timestamps"] = self._check_ts(all_ts[b], T)
@@ -330,6 +363,7 @@ class TritonPythonModel:
                 if bad.size:
                     raise ValueError(f"item index {int(bad[0])} is out of range 0..{self.n_items - 1} (0 = padding)")
                 all_ts = self._batch_input(pb, r, "timestamps", np.float64, B) if self.uses_timestamps else None
+                all_cands = self._request_candidates(pb, r, B)
                 rows = []
                 for b in range(B):
                     ids = all_ids[b].reshape(-1)
@@ -343,11 +377,20 @@ class TritonPythonModel:
                     feeds = {"item_ids": ids}
                     if self.uses_timestamps:
                         feeds["timestamps"] = self._check_ts(all_ts[b], L, window=True)
+                    if all_cands is not None:
+                        feeds["candidates"] = all_cands[b]
                     rows.append(feeds)
                 groups.setdefault(L, []).append((i, rows))
             except ValueError as e:
                 responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(f"{self.name}: {e}"))
         return self._run_groups(pb, groups, responses, ["topk_ids", "topk_scores"] + self.extra_out)
+
+    def _request_candidates(self, pb, r, B):
+        """A batched request's candidate rows (``[B, C]``; None for a graph without the input)."""
+        if not self.candidates:
+            return None
+        t = pb.get_input_tensor_by_name(r, "candidates")
+        return self._candidates(None if t is None else t.as_numpy(), B)
 
     def _run_groups(self, pb, groups, responses, out_names):
         """One ORT call per group of same-shape requests (``{key: [(request index, [feeds of each row])]}``, every
@@ -356,7 +399,8 @@ class TritonPythonModel:
         np = self.np
         for members in groups.values():
             rows = [f for _, fs in members for f in fs]
-            feeds = {k: np.stack([f[k] for f in rows]) for k in rows[0]}
+            feeds = {k: (self._stack_candidates([f[k] for f in rows]) if k == "candidates" else
+                         np.stack([f[k] for f in rows])) for k in rows[0]}
             try:
                 outs = dict(zip(self.out_names, self.sess.run(None, feeds), strict=True))
             except Exception as e:
@@ -390,6 +434,8 @@ class TritonPythonModel:
             feeds["timestamps"] = np.stack([p["ts"] for _, p in members])
         for j, (name, _, _, _) in enumerate(self.states):
             feeds[name] = np.stack([s[j] for s in states])
+        if self.candidates:
+            feeds["candidates"] = self._stack_candidates([p["cands"] for _, p in members])
         try:
             outs = dict(zip(self.out_names, self.sess.run(None, feeds), strict=True))
         except Exception as e:                              # keep serving; report to every request of the group

@@ -28,6 +28,11 @@ row's history (every id fed so far; for window graphs the ids of the window) and
 score error), the score errors are measured over the other entries, and the graph's ``seen`` state is compared with
 the record.
 
+Graphs exported with ``--candidates`` (``spec["candidates"]``): every call gets fresh candidate lists
+(:func:`_rand_candidates`: most rows restricted to ``k .. 3k`` items, some to fewer than ``k``, some not restricted);
+the reference gives every item a restricted row does not list ``-inf``, the graph's ``scores`` must hold ``-inf``
+exactly there, and its top-k must match, empty slots (id 0) included.
+
 Pass criteria, per graph precision (``spec["precision"]``, see :data:`TOLERANCES`; the same metrics are reported
 for both):
 
@@ -295,9 +300,40 @@ def _mask_excluded(ref: np.ndarray, spec: dict) -> np.ndarray:
 
 
 def _topk_ref(ref: np.ndarray, k: int) -> np.ndarray:
+    """PyTorch's top-k ids; a slot whose score is ``-inf`` (a ``--candidates`` row listing fewer than ``k`` items)
+    holds id 0, as the graph gives it."""
     t = torch.from_numpy(ref.astype(np.float32)).clone()
     t[:, 0] = -float("inf")
-    return torch.topk(t, k, dim=1).indices.numpy()
+    vals, ids = torch.topk(t, k, dim=1)
+    return np.where(np.isneginf(vals.numpy()), 0, ids.numpy())
+
+
+def _rand_candidates(rng, B: int, n_items: int, k: int) -> np.ndarray:
+    """``[B, 3k + 2]`` int64 candidate lists for a ``--candidates`` graph, drawn to exercise its rules: most rows list
+    ``k .. 3k`` distinct items scattered among 0-padding (some with one item twice), 1 in 8 lists fewer than ``k``
+    (empty top-k slots: id 0, score ``-inf``), 1 in 8 lists none (the row is not restricted)."""
+    C = 3 * k + 2
+    out = np.zeros((B, C), np.int64)
+    kind = rng.random(B)
+    for b in range(B):
+        if kind[b] < 0.125:
+            continue
+        m = int(rng.integers(1, k)) if kind[b] < 0.25 and k > 1 else int(rng.integers(k, 3 * k + 1))
+        items = rng.choice(np.arange(1, n_items), size=min(m, n_items - 1), replace=False)
+        if len(items) >= 3 and rng.random() < 0.25:
+            items[-1] = items[0]                                    # a repeat
+        out[b, rng.choice(C, size=len(items), replace=False)] = items
+    return out
+
+
+def _mask_candidates(ref: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """The reference scores with every item a restricted row of ``cands [B, C]`` does not list at ``-inf`` (a row
+    without a real candidate is not restricted)."""
+    allowed = np.zeros(ref.shape, dtype=bool)
+    np.put_along_axis(allowed, cands, True, axis=1)
+    allowed[:, 0] = False                                          # 0 pads the lists; the padding id is no item
+    drop = (cands > 0).any(axis=1)[:, None] & ~allowed
+    return np.where(drop, np.float32(-np.inf), ref.astype(np.float32))
 
 
 def _rows_agree(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> np.ndarray:
@@ -306,14 +342,17 @@ def _rows_agree(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> np.ndarr
     A row agrees when the ids are identical, or when the PyTorch scores of the graph's ids, position by position,
     are within ``SCORE_ATOL`` of PyTorch's own top-k scores: items whose reference scores differ by less than the
     allowed score error have no defined order under that tolerance (on real 3,416-item models about 1 row in 700 of
-    random histories has such a near-tie at some rank).
+    random histories has such a near-tie at some rank; with ``--exclude-seen`` and ``--candidates`` the history's
+    candidates all tie at :data:`SEEN_SCORE`). An empty slot (id 0: a ``--candidates`` row listing fewer than ``k``
+    items) must be empty in both.
     """
     ref_ids = _topk_ref(ref_scores, k)
-    same = np.all(ort_ids == ref_ids, axis=1)
     rows = np.arange(len(ref_ids))[:, None]
     ids = np.clip(ort_ids.astype(np.int64), 0, ref_scores.shape[1] - 1)
-    gap = np.abs(ref_scores[rows, ids].astype(np.float64) - ref_scores[rows, ref_ids].astype(np.float64))
-    return same | (np.all(ort_ids > 0, axis=1) & np.all(gap <= SCORE_ATOL, axis=1))
+    real = (ort_ids > 0) & (ref_ids > 0)
+    with np.errstate(invalid="ignore"):                             # -inf - -inf where a slot is empty
+        gap = np.abs(ref_scores[rows, ids].astype(np.float64) - ref_scores[rows, ref_ids].astype(np.float64))
+    return np.all((ort_ids == ref_ids) | (real & (gap <= SCORE_ATOL)), axis=1)
 
 
 def _rows_overlap(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> np.ndarray:
@@ -391,6 +430,8 @@ class _StepPair:
         self.t_seen = np.zeros((batch, spec["n_items"]), dtype=bool) if self.exclude_seen else None
         #: gaps-form graphs: the largest gap fed so far and how many gaps float32 rounded (not exactly representable)
         self.max_gap, self.rounded_gaps = 0.0, 0
+        #: --candidates graphs: fresh candidate lists every call (:func:`_rand_candidates`), from their own stream
+        self.cand_rng = np.random.default_rng([17, batch]) if spec.get("candidates") else None
 
     def step(self, ids: np.ndarray, ts: np.ndarray | None = None):
         tid = torch.from_numpy(ids)
@@ -408,6 +449,9 @@ class _StepPair:
         elif ts is not None:
             feeds["timestamps"] = ts.astype(np.float64)
         feeds.update({n: self.o_state[n] for n in self.graph_names})
+        if self.cand_rng is not None:
+            feeds["candidates"] = _rand_candidates(self.cand_rng, ids.shape[0], self.spec["n_items"],
+                                                   self.spec["topk"])
         res = dict(zip(self.out_names, self.run(self.out_names, feeds), strict=True))
         self.o_state = {**{n: res[f"{n}_out"] for n in self.graph_names}, **client}
         ref = logits.float().numpy()
@@ -415,6 +459,8 @@ class _StepPair:
             np.put_along_axis(self.t_seen, ids.astype(np.int64), True, axis=1)
             ref = _exclude(ref, self.t_seen)
         ref = _mask_excluded(ref, self.spec)
+        if self.cand_rng is not None:
+            ref = _mask_candidates(ref, feeds["candidates"])
         return _add_vector_scores(res, ref, self.items), ref
 
     def state_err(self) -> float:
@@ -574,6 +620,9 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
                 np.put_along_axis(seen, ids.numpy(), True, axis=1)
                 ref = _exclude(ref, seen)
             ref = _mask_excluded(ref, spec)
+            if spec.get("candidates"):
+                feeds["candidates"] = _rand_candidates(rng, len(chunk), n_items, k)
+                ref = _mask_candidates(ref, feeds["candidates"])
             res = _add_vector_scores(dict(zip(out_names, run(out_names, feeds), strict=True)), ref, items)
             acc.add(res, ref, k, f"rows {s}..{s + len(chunk) - 1}, width {ids.shape[1]}")
             n += len(chunk)

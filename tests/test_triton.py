@@ -118,6 +118,24 @@ def lru_seen_export(tmp_path_factory):
     return m, d
 
 
+@pytest.fixture(scope="module")
+def mamba_cand_export(mamba, tmp_path_factory):
+    """The mamba fixture's step graph exported with --candidates (its vocabulary beside it)."""
+    d = tmp_path_factory.mktemp("mamba_cand_export")
+    export_model(mamba, d, topk=K, candidates=True, verify=False)
+    mamba.item_vocab.save(str(d))
+    return d
+
+
+def _reference_topk_among(model, histories, candidates):
+    """PyTorch's full-forward top-K of each history among its candidate indices (fewer when it lists fewer)."""
+    out = []
+    for (_, sc), cands in zip(_reference_topk(model, histories), candidates, strict=True):
+        cands = sorted(set(cands), key=lambda i: -float(sc[i]))
+        out.append((np.array(cands[:K]), sc))
+    return out
+
+
 def _parse(path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
@@ -667,6 +685,59 @@ def test_python_backend_keeps_sequences_apart_within_one_batch(mamba, mamba_expo
     assert model.store == {}
 
 
+def test_python_backend_candidates(mamba, mamba_cand_export, tmp_path, monkeypatch):
+    """A --candidates graph behind the python backend: each request's top-k among its own candidates (requests of one
+    batch with lists of different lengths share one ORT call, padded with 0), fewer than K slots left empty (id 0,
+    -inf), a request without the (optional) input not restricted, a candidate out of range refused for that request
+    alone; the states advance as without candidates. The explicit-state form takes [B, C] candidate rows."""
+    model = _backend_model(mamba_cand_export, tmp_path / "repo", monkeypatch, idle_timeout_s=30)
+    assert model.candidates
+    cfg = _parse(tmp_path / "repo" / "mamba4rec_step_python" / "config.pbtxt")
+    assert next(i for i in cfg.input if i.name == "candidates").optional
+    a, b, c = [3, 9, 27], [50, 51, 52], [7, 8, 9]
+    ca, cb = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 11, 21], [5, 6]
+    reqs = [_seq_request(model, 1, a, start=True), _seq_request(model, 2, b, start=True),
+            _seq_request(model, 3, c, start=True)]
+    reqs[0]["candidates"] = np.array([ca], np.int64)
+    reqs[1]["candidates"] = np.array([cb + [0, 0]], np.int64)
+    resp = model.execute(reqs)
+    ref = _reference_topk_among(mamba, [a, b], [ca, cb])
+    for r, (ids, sc) in zip(resp[:2], ref, strict=True):
+        assert r.error is None, r.error.msg
+        got = r.outputs["topk_ids"][0]
+        assert _same_topk(got[:len(ids)], ids, sc) and set(got[:len(ids)]) <= set(ids.tolist())
+    assert (resp[1].outputs["topk_ids"][0, 2:] == 0).all() and np.isneginf(resp[1].outputs["topk_scores"][0, 2:]).all()
+    _answers(model, mamba, [resp[2]], [c])                       # no candidates: the whole catalogue
+    bad = _seq_request(model, 1, [5])
+    bad["candidates"] = np.array([[3, N_ITEMS]], np.int64)
+    wrong, ok = model.execute([bad, _seq_request(model, 2, [5])])
+    assert wrong.error is not None and f"candidate index {N_ITEMS} is out of range" in wrong.error.msg
+    _answers(model, mamba, [ok], [b + [5]])                      # 2's state advanced as without candidates
+    _answers(model, mamba, model.execute([_seq_request(model, 1, [5])]), [a + [5]])    # 1 kept its state
+
+    explicit = _backend_model(mamba_cand_export, tmp_path / "repo_x", monkeypatch, state="explicit")
+    assert explicit.explicit and explicit.candidates
+    r = {"item_ids": np.array([a, c], np.int64), "candidates": np.array([[5, 6, 7], [0, 0, 0]], np.int64)}
+    for name, shape, dt, init in explicit.states:
+        r[name] = np.full((2, *shape), init, np.dtype(dt))
+    (resp,) = explicit.execute([r])
+    assert resp.error is None, resp.error.msg
+    (ids, sc), = _reference_topk_among(mamba, [a], [[5, 6, 7]])
+    assert _same_topk(resp.outputs["topk_ids"][0, :3], ids, sc) and (resp.outputs["topk_ids"][0, 3:] == 0).all()
+    (ri, rs), = _reference_topk(mamba, [c])
+    assert _same_topk(resp.outputs["topk_ids"][1], ri, rs)
+
+
+def test_onnxruntime_configs_require_the_candidates_input(mamba_cand_export, tmp_path):
+    """The onnxruntime backend feeds the graph's inputs as they are: candidates is a required input there (a row of
+    0s restricts nothing); the README says which."""
+    mdir = T.write_repository(mamba_cand_export, tmp_path / "repo", backend="onnxruntime", state="explicit")
+    cfg = _parse(mdir / "config.pbtxt")
+    cand = next(i for i in cfg.input if i.name == "candidates")
+    assert not cand.optional and list(cand.dims) == [-1]
+    assert "every request must carry the input" in (mdir / "README.md").read_text()
+
+
 def test_python_backend_refuses_an_initial_state_that_is_not_the_graphs(mamba, mamba_export, tmp_path, monkeypatch):
     """A starting sequence's initial state as Triton hands it over must be the one state_spec.json gives (the
     repository's initial_state); a different value is an error for that request that names both values."""
@@ -956,7 +1027,7 @@ def test_explicit_state_client_refuses_a_state_written_by_another_model(monkeypa
 
 # ================================================================================================ live server
 @pytest.fixture(scope="module")
-def live_server(mamba_export, lru_seen_export, tmp_path_factory):
+def live_server(mamba_export, lru_seen_export, mamba_cand_export, tmp_path_factory):
     from export import triton_server as S
 
     try:
@@ -973,6 +1044,10 @@ def live_server(mamba_export, lru_seen_export, tmp_path_factory):
                        vocab_path=str(mamba_export / "item_vocab.json"), max_batch_size=32, queue_delay_us=1000)
     T.write_repository(lru_seen_export[1], repo, name="lru_seen", backend="python", idle_timeout_s=30,
                        max_batch_size=16, queue_delay_us=1000)
+    T.write_repository(mamba_cand_export, repo, name="m4r_cand", backend="python", idle_timeout_s=30,
+                       vocab_path=str(mamba_cand_export / "item_vocab.json"), max_batch_size=16, queue_delay_us=1000)
+    T.write_repository(mamba_cand_export, repo, name="m4r_cand_explicit", backend="python", state="explicit",
+                       vocab_path=str(mamba_cand_export / "item_vocab.json"), max_batch_size=16)
     try:
         h = S.start_server(repo, timeout=240)
     except RuntimeError as e:
@@ -1307,6 +1382,41 @@ def test_live_implicit_state_recommend_many_matches_pytorch(live_server, mamba, 
     assert _same_topk(v.encode(cl.recommend(users[1], v.decode([5]))), ri, rs)
     for u in users:
         cl.end(u)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_live_candidates_through_a_real_server(live_server, mamba, protocol):
+    """A --candidates model on a real tritonserver: TritonRecommender (implicit state) and ExplicitStateRecommender
+    send each event's candidates as external ids; the answers are PyTorch's top-k among them (fewer when fewer are
+    listed), an event without candidates ranks the whole catalogue, and an unknown candidate sends nothing."""
+    from export.triton_client import ExplicitStateRecommender, TritonRecommender
+
+    h, repo = live_server
+    v = mamba.item_vocab
+    url = h.grpc_url if protocol == "grpc" else h.http_url
+    vocab = str(repo / "m4r_cand" / "item_vocab.json")
+    cl = TritonRecommender(url, "m4r_cand", protocol=protocol, vocab=vocab)
+    ex = ExplicitStateRecommender(url, "m4r_cand_explicit", protocol=protocol, vocab=vocab)
+    assert cl.has_candidates and ex.has_candidates and ex.state_names == ["conv_state", "ssm_state"]
+    rng = random.Random(5)
+    hist, cands = [rng.randrange(1, N_ITEMS) for _ in range(6)], [rng.randrange(1, N_ITEMS) for _ in range(15)]
+    user = f"cand-{protocol}"
+    for client in (cl, ex):
+        got, scores = client.recommend_with_scores(user, v.decode(hist), candidates=v.decode(cands), start=True)
+        (ids, sc), = _reference_topk_among(mamba, [hist], [cands])
+        assert _same_topk(v.encode(got), ids, sc) and len(got) == K and np.isfinite(scores).all()
+        few = client.recommend(user, v.decode([4]), candidates=v.decode([7, 8, 9]))
+        assert sorted(v.encode(few)) == [7, 8, 9]
+        (ri, rs), = _reference_topk(mamba, [hist + [4, 5]])
+        assert _same_topk(v.encode(client.recommend(user, v.decode([5]))), ri, rs)   # the states went on
+        with pytest.raises(Exception, match="unknown|not in"):
+            client.recommend(user, v.decode([6]), candidates=["no-such-item"])
+    (ri, rs), = _reference_topk(mamba, [hist + [4, 5, 6]])      # nothing of the refused calls was sent
+    assert _same_topk(v.encode(cl.recommend(user, v.decode([6]))), ri, rs)
+    cl.end(user)
+    plain = _client(h, repo, protocol)
+    with pytest.raises(ValueError, match="has no candidates input"):
+        plain.recommend("x", v.decode([1]), candidates=v.decode([2]))
 
 
 def test_live_idle_sequence_is_dropped_and_must_be_reprimed(live_server, mamba):

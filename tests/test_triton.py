@@ -808,6 +808,25 @@ def test_python_backend_window_refuses_padding_on_the_wrong_side(tim4rec_window_
         assert r.error is not None and f"the window is not {side}-padded" in r.error.msg
 
 
+def test_python_backend_window_candidates(tmp_path, monkeypatch):
+    """A --candidates window graph behind the python backend: two requests with candidate rows of different lengths
+    share one ORT call; each row's top-k is PyTorch's among its candidates, a row of 0s is not restricted."""
+    sas = _sasrec()
+    d = tmp_path / "export"
+    export_model(sas, d, kind="window", topk=K, candidates=True, verify=False)
+    model = _backend_model(d, tmp_path / "repo", monkeypatch)
+    h1, h2 = [5, 6, 7], [8, 9, 10]
+    c1 = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
+    r1 = {"item_ids": np.array([h1], np.int64), "candidates": np.array([c1], np.int64)}
+    r2 = {"item_ids": np.array([h2], np.int64), "candidates": np.array([[0, 0]], np.int64)}
+    one, two = model.execute([r1, r2])
+    assert one.error is None and two.error is None
+    (ids, sc), = _reference_topk_among(sas, [h1], [c1])
+    assert _same_topk(one.outputs["topk_ids"][0], ids, sc)
+    (ri, rs), = _reference_topk(sas, [h2])
+    assert _same_topk(two.outputs["topk_ids"][0], ri, rs)
+
+
 def test_launcher_listens_on_loopback_only(tmp_path, monkeypatch, capsys):
     """``serve`` starts tritonserver with every endpoint on 127.0.0.1 (metrics off unless a port is given) and
     returns its exit status; nothing is started for a repository that does not exist."""

@@ -19,6 +19,11 @@ fusions, and the GPU.
     from export.verify import verify_export
     report = verify_export(model, "model.onnx", spec, runner=EmulatedPluginRunner("model.onnx"),
                            prime_len=20, n_steps=10)
+
+A plugin bug such as a wrong dim mapping reads and writes out of bounds, which kills the process it runs in.
+:class:`IsolatedPluginRunner` is the same runner in a child process (numpy and onnx only; the caller keeps the model
+and the verifier): a crash there raises :class:`PluginCrash` in the caller, naming the signal and the plugin run in
+progress (``python -m export.trt`` uses it).
 """
 
 from __future__ import annotations
@@ -97,23 +102,11 @@ def enqueue(lib: ctypes.CDLL, op_type: str, fields: dict, inputs: Sequence[tuple
                           + (f"; kernel: {launch}" if launch else ""))
 
 
-def activations() -> dict[str, set[str]]:
-    """Per op, the I/O names that take the activation dtype (all others are float32): the table the plugins' type
-    checks are generated from (``plugins/gen_spec_header.py``)."""
-    global _ACTS
-    if _ACTS is None:
-        import importlib.util
-
-        from .build_plugins import PLUGINS_DIR
-
-        spec = importlib.util.spec_from_file_location("_zoo_gen_spec_header", PLUGINS_DIR / "gen_spec_header.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _ACTS = {k: set(v) for k, v in mod.ACTIVATIONS.items()}
-    return _ACTS
-
-
-_ACTS: dict[str, set[str]] | None = None
+def activations() -> dict[str, frozenset[str]]:
+    """Per op, the I/O names that take the activation dtype (all others are float32): ``ScanOpSpec.activations`` of
+    :mod:`export.plugin_spec`, the table the plugins' type checks are generated from
+    (``plugins/gen_spec_header.py``)."""
+    return {op: spec.activations for op, spec in ps.SCAN_OPS.items()}
 
 
 def run_op(lib: ctypes.CDLL, op_type: str, fields: dict, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -129,7 +122,7 @@ def run_op(lib: ctypes.CDLL, op_type: str, fields: dict, inputs: Sequence[np.nda
     if act not in ZOO_DTYPE:
         raise PluginError(f"{op_type}: activation dtype {act} (the plugins take float32, float16 and bfloat16; "
                           "numpy, and so this runner, has no bfloat16)")
-    acts = activations()[op_type]
+    acts = spec.activations
     outs = []
     for t in spec.outputs:
         like = {"y": spec.inputs[0].name, "h": "h0", "h_re": "u_re", "h_im": "u_im"}[t.name]
@@ -152,7 +145,9 @@ class EmulatedPluginRunner:
     ``ModelProto``; ``lib``: the emulated plugin library (built on first use when None). ``calls`` counts the plugin
     runs per op, so a caller can check the plugin ran at all."""
 
-    def __init__(self, graph, lib: str | os.PathLike | ctypes.CDLL | None = None):
+    def __init__(self, graph, lib: str | os.PathLike | ctypes.CDLL | None = None, on_call=None):
+        """``on_call(op_type, fields, inputs)``, when given, is called before each plugin run (what was about to run
+        when a plugin crashes the process: :class:`IsolatedPluginRunner` reports it)."""
         import onnx
         from onnx.reference import ReferenceEvaluator
         from onnx.reference.op_run import OpRun
@@ -168,6 +163,8 @@ class EmulatedPluginRunner:
                 fields = {a: int(attrs[a]) if attrs.get(a) is not None else spec.attributes[a][1]
                           for a in spec.attributes}
                 runner.calls[op_type] += 1
+                if on_call is not None:
+                    on_call(op_type, fields, inputs)
                 return tuple(run_op(runner.lib, op_type, fields, list(inputs)))
 
             return type(op_type, (OpRun,), {"op_domain": ps.ONNX_DOMAIN, "_run": _run})
@@ -189,3 +186,204 @@ class EmulatedPluginRunner:
 
     def run(self, output_names, feeds):
         return self.evaluator.run(output_names, feeds)
+
+
+# ---------------------------------------------------------------------------------------------------- in a child
+class PluginCrash(PluginError):
+    """The process running the plugins' code died (a signal such as SIGSEGV: the plugin or its kernel read or wrote
+    out of bounds; or an exit without an answer). ``returncode`` is the child's (negative: the signal), ``signal``
+    its name (None for an exit), ``last_call`` the plugin run in progress ``{"op_type", "inputs": {name: shape},
+    "dtype"}`` (None when no plugin had started)."""
+
+    def __init__(self, message: str, returncode: int | None = None, signal: str | None = None,
+                 last_call: dict | None = None):
+        super().__init__(message)
+        self.returncode, self.signal, self.last_call = returncode, signal, last_call
+
+
+#: what each fatal signal of the child most likely means (the rest get the generic line)
+_ASAN_HINT = "rerun with ASan: python plugins/harness.py --emulate --plugin --asan --check"
+_SIGNAL_CAUSES = {
+    "SIGSEGV": f"the plugin read or wrote out of bounds — {_ASAN_HINT}",
+    "SIGBUS": f"the plugin read or wrote out of bounds — {_ASAN_HINT}",
+    "SIGABRT": f"the plugin's code aborted (a failed check, std::terminate, or heap corruption glibc detected: an "
+               f"out-of-bounds write) — {_ASAN_HINT}",
+    "SIGFPE": "an arithmetic fault in the plugin's code (an integer division by zero: a dim read as 0?)",
+    "SIGILL": "an illegal instruction in the plugin's code (undefined behaviour, or a build for another CPU)",
+    "SIGKILL": "killed from outside (the kernel's out-of-memory killer sends SIGKILL)",
+}
+
+
+def _crash_message(returncode: int | None, last_call: dict | None) -> tuple[str, str | None]:
+    """``(message, signal name or None)`` for a child that died with ``returncode`` during ``last_call``."""
+    import signal
+
+    where = ""
+    if last_call is not None:
+        shapes = ", ".join(f"{k}{list(v)}" for k, v in last_call["inputs"].items())
+        where = f" (during the {last_call['op_type']} plugin's enqueue, {last_call['dtype']}: {shapes})"
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        cause = _SIGNAL_CAUSES.get(name, "the process running the plugins' code was killed by it")
+        return f"{name} in the emulated plugin check{where}: {cause}", name
+    return (f"the emulated plugin check's process exited with code {returncode} without an answer{where} (a plugin "
+            f"or the emulator called exit(), or the process could not start; its stderr is above)"), None
+
+
+class IsolatedPluginRunner:
+    """:class:`EmulatedPluginRunner` in a child process: ``run(output_names, feeds)`` sends the feeds over a pipe and
+    returns the child's outputs, so a plugin that reads or writes out of bounds kills the child, not the caller: the
+    next ``run`` raises :class:`PluginCrash` naming the signal and the plugin run in progress. The child imports only
+    numpy, onnx and this module (no torch, no model): the caller keeps the model and the verification. An error the
+    runner raises in the child (:class:`PluginError`, an evaluator limit) is raised again here with its type.
+
+    ``graph``: a path, serialized bytes or a ``ModelProto``; ``lib``: the emulated plugin library (a path or a loaded
+    library; built here when None). Use it as a context manager, or call :meth:`close`. ``calls`` counts the plugin
+    runs per op."""
+
+    def __init__(self, graph, lib: str | os.PathLike | ctypes.CDLL | None = None):
+        import subprocess
+        import sys
+        from multiprocessing import Pipe
+
+        if lib is None:
+            from .build_plugins import build_emulated
+
+            lib = build_emulated(plugins=True)
+        elif isinstance(lib, ctypes.CDLL):
+            lib = lib._name
+        if not isinstance(graph, (bytes, bytearray)):
+            graph = graph.SerializeToString() if hasattr(graph, "SerializeToString") else Path(graph).read_bytes()
+        self.calls = {op: 0 for op in ps.SCAN_OPS}
+        self.last_call: dict | None = None
+        self.proc = None
+        self._conn, child_end = Pipe(duplex=True)
+        fd = child_end.fileno()
+        root = str(Path(__file__).resolve().parent.parent)         # the folder holding this `export` package
+        code = f"import sys; sys.path.insert(0, {root!r}); from export.emulated_plugins import _serve; _serve({fd})"
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(fd,), stdin=subprocess.DEVNULL)
+        except BaseException:
+            self._conn.close()
+            raise
+        finally:
+            child_end.close()
+        try:
+            self.input_names, self.output_names = self._ask(("init", bytes(graph), str(lib)))
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, output_names, feeds):
+        return self._ask(("run", None if output_names is None else list(output_names), dict(feeds)))
+
+    def _ask(self, request):
+        try:
+            self._conn.send(request)
+            kind, *msg = self._conn.recv()
+            while kind == "call":                       # a plugin run starts (what a crash would happen in)
+                op_type, shapes, dtype = msg
+                self.calls[op_type] += 1
+                self.last_call = {"op_type": op_type, "dtype": dtype,
+                                  "inputs": dict(zip(ps.SCAN_OPS[op_type].input_names, shapes))}
+                kind, *msg = self._conn.recv()
+        except (EOFError, OSError):                     # the child is gone: why?
+            raise self._crash() from None
+        self.last_call = None
+        if kind == "error":
+            raise _unpickle_error(*msg)
+        return msg[0] if kind == "done" else tuple(msg)      # "done": the outputs; "ready": the I/O names
+
+    def _crash(self) -> PluginCrash:
+        import subprocess
+
+        self._conn.close()
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:              # the pipe broke but the child lives on: stop it
+            self.proc.kill()
+            rc = self.proc.wait()
+        message, name = _crash_message(rc, self.last_call)
+        return PluginCrash(message, rc, name, self.last_call)
+
+    def close(self) -> None:
+        """Ends the child (it exits when the pipe closes; killed after 10 s)."""
+        import subprocess
+
+        self._conn.close()
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _unpickle_error(payload: bytes | None, type_name: str, message: str) -> Exception:
+    import pickle
+
+    if payload is not None:
+        try:
+            return pickle.loads(payload)
+        except Exception:  # noqa: BLE001 - an exception type this process cannot rebuild: keep its name and message
+            pass
+    return RuntimeError(f"{type_name}: {message}")
+
+
+class _PipeGone(BaseException):
+    """The caller closed the pipe (BaseException: it must pass through the evaluator's own error handling)."""
+
+
+def _serve(fd: int) -> None:
+    """The child of :class:`IsolatedPluginRunner`: answers ``("init", graph, lib)`` with the runner's I/O names and
+    each ``("run", output_names, feeds)`` with the outputs, sending ``("call", op_type, shapes, dtype)`` before each
+    plugin run; an exception goes back as ``("error", pickled or None, type name, message)``. Ends when the pipe
+    closes. A fatal signal kills it (faulthandler prints the Python stack to stderr first)."""
+    import faulthandler
+    import pickle
+    import signal
+    from multiprocessing.connection import Connection
+
+    faulthandler.enable()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the caller's to handle: it closes the pipe
+    conn = Connection(fd)
+
+    def send(msg):
+        try:
+            conn.send(msg)
+        except OSError:
+            raise _PipeGone from None
+
+    def on_call(op_type, fields, inputs):
+        send(("call", op_type, [tuple(np.shape(x)) for x in inputs], str(np.asarray(inputs[0]).dtype)))
+
+    runner = None
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            try:
+                if request[0] == "init":
+                    runner = EmulatedPluginRunner(request[1], request[2], on_call=on_call)
+                    send(("ready", runner.input_names, runner.output_names))
+                else:
+                    send(("done", [np.asarray(o) for o in runner.run(request[1], request[2])]))
+            except Exception as e:  # noqa: BLE001 - sent back to the caller, which raises it
+                try:
+                    payload = pickle.dumps(e)
+                except Exception:  # noqa: BLE001
+                    payload = None
+                send(("error", payload, type(e).__name__, str(e)))
+        except _PipeGone:
+            return

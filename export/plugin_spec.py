@@ -38,6 +38,15 @@ class ScanOpSpec:
     outputs: tuple[TensorSpec, ...]
     attributes: dict = field(default_factory=dict)   # name -> (type, default, doc)
     doc: str = ""
+    #: the I/O names that take the activation dtype (fp32 / fp16 / bf16, the dtype of input 0); all others are fp32.
+    #: The plugins' type checks (``kIsActivation`` of the generated header) and the emulated runner's dtypes follow it
+    activations: frozenset = frozenset()
+
+    def __post_init__(self):
+        object.__setattr__(self, "activations", frozenset(self.activations))
+        unknown = set(self.activations) - {t.name for t in (*self.inputs, *self.outputs)}
+        if unknown:
+            raise ValueError(f"{self.op_type}: activations {sorted(unknown)} are not among its inputs/outputs")
 
     @property
     def input_names(self) -> list[str]:
@@ -67,6 +76,7 @@ SELECTIVE_SCAN = ScanOpSpec(
         TensorSpec("h", "B,E,N", "float32", "final state (fp32; may alias h0)"),
     ),
     attributes={"delta_softplus": ("int", 1, "apply softplus to delta + delta_bias")},
+    activations=frozenset({"u", "delta", "B", "C", "z", "y"}),
 )
 
 LRU_SCAN = ScanOpSpec(
@@ -84,6 +94,7 @@ LRU_SCAN = ScanOpSpec(
         TensorSpec("h_re", "B,T,N", "float32", "states after each step, real"),
         TensorSpec("h_im", "B,T,N", "float32", "states after each step, imaginary"),
     ),
+    activations=frozenset({"u_re", "u_im", "h_re", "h_im"}),
 )
 
 SSD_SCAN = ScanOpSpec(
@@ -104,6 +115,7 @@ SSD_SCAN = ScanOpSpec(
         TensorSpec("h", "B,H,P,N", "float32", "final state"),
     ),
     attributes={"dt_softplus": ("int", 1, "apply softplus to dt + dt_bias")},
+    activations=frozenset({"x", "dt", "B", "C", "y"}),
 )
 
 SCAN_OPS = {s.op_type: s for s in (SELECTIVE_SCAN, LRU_SCAN, SSD_SCAN)}

@@ -41,7 +41,9 @@ Exit codes:
   and (when ``tensorrt_lean`` is installed) loaded and checked, and the report names exactly what is missing. The
   graph was also verified against PyTorch with its scan nodes run by the plugins' own code on the CPU (the plugin
   classes and CUDA kernels compiled against ``plugins/emu/``; :mod:`export.emulated_plugins`; ``--no-emulate`` skips
-  it, a missing C++ compiler or TensorRT headers skip it with a message); if that fails, the exit code is ``2``.
+  it, a missing C++ compiler or TensorRT headers skip it with a message); if that fails, the exit code is ``2``. The
+  graph runs in a child process for that check, so a plugin that reads or writes out of bounds kills the child, not
+  the run: a crash is a failure (exit ``2``) whose report names the signal and the plugin run it happened in.
 """
 
 from __future__ import annotations
@@ -383,11 +385,14 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
     """Without an engine, what the plugins contribute is still checked: the graph runs on ONNX's reference evaluator
     with each scan node handed to the plugin's ``enqueue`` -- the plugin classes and CUDA kernels compiled for the CPU
     against plugins/emu/ (:mod:`export.emulated_plugins`) -- and goes through the shared verifier against PyTorch.
-    Fills ``report["emulated_plugins"]``; returns True when the verification ran and failed (a C++ compiler or the
-    TensorRT headers missing only skips it, saying so)."""
+    The graph runs in a child process (:class:`export.emulated_plugins.IsolatedPluginRunner`; this process keeps the
+    model and the verification), so a plugin that reads or writes out of bounds kills the child, not this run: a
+    crash fails the check with the signal's name. Fills ``report["emulated_plugins"]``; returns True when the
+    verification ran and failed or crashed (a C++ compiler or the TensorRT headers missing only skips it, saying
+    so)."""
     from . import verify as V
     from .build_plugins import BuildError, build_emulated
-    from .emulated_plugins import EmulatedPluginRunner
+    from .emulated_plugins import EmulatedPluginRunner, IsolatedPluginRunner, PluginCrash, PluginError
 
     say("[4b] the graph with the zoo plugins' code, CPU-emulated (plugin classes + CUDA kernels compiled for the CPU "
         "against plugins/emu/; ONNX reference evaluator for the other nodes), against PyTorch")
@@ -397,14 +402,24 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
         say(f"  skipped: {str(e).splitlines()[0]}")
         report["emulated_plugins"] = {"skipped": str(e)}
         return False
-    from .emulated_plugins import PluginError
 
     graph = graph16 if graph16 is not None else V._with_scores_output(res.graph_path)
     kw = dict(EMULATED_VERIFY)
+    runner = None
     try:
-        runner = EmulatedPluginRunner(graph, lib)
+        # loading the library and making the evaluator run no plugin code: a library that is not an emulated plugin
+        # library or a graph the evaluator cannot take is found here, in this process, before a child starts
+        EmulatedPluginRunner(graph, lib)
+        runner = IsolatedPluginRunner(graph, lib)
         rep = V.verify_export(model, res.graph_path, res.spec, runner=runner, progress=lambda m: say("  " + m),
                               precision=precision, **kw)
+    except PluginCrash as e:                 # the plugin's code killed the child (SIGSEGV, ...): TensorRT's would too
+        say(f"  FAILED: {e}")
+        calls = {k: v for k, v in (runner.calls if runner else {}).items() if v}
+        report["emulated_plugins"] = {"library": str(lib), "ok": False, "error": str(e), "signal": e.signal,
+                                      "child_exit_code": e.returncode, "plugin_call": e.last_call,
+                                      "plugin_calls": calls}
+        return True
     except PluginError as e:                 # a scan node the plugin refuses: TensorRT's engine would fail the same
         say(f"  FAILED: {e}")
         report["emulated_plugins"] = {"library": str(lib), "ok": False, "error": str(e)}
@@ -413,6 +428,9 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
         say(f"  could not run: {type(e).__name__}: {str(e)[:500]}")
         report["emulated_plugins"] = {"library": str(lib), "skipped": f"{type(e).__name__}: {e}"}
         return False
+    finally:
+        if runner is not None:
+            runner.close()
     say(rep.table())
     calls = {k: v for k, v in runner.calls.items() if v}
     say(f"  plugin runs: {', '.join(f'{k} x{v}' for k, v in calls.items()) or 'none'} (library {lib})")
@@ -591,8 +609,13 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         if emulate:
             failed = _emulated_plugin_check(model, res, graph16, precision, report, say, build_dir)
             if failed:
+                emu = report["emulated_plugins"]
+                crash = emu.get("signal") or ("exit code {}".format(emu["child_exit_code"])
+                                              if "child_exit_code" in emu else None)
                 return finish(EXIT_VERIFY_FAILED, "the graph with the zoo plugins' code (CPU-emulated) FAILED "
-                                                  "verification; TensorRT/GPU missing, engine NOT built")
+                                                  "verification" + (f" ({crash}: the plugin crashed its process)"
+                                                                    if crash else "")
+                              + "; TensorRT/GPU missing, engine NOT built")
         return finish(EXIT_MISSING, "TensorRT/GPU missing: ONNX verified"
                       + (", plugins verified on the CPU emulator" if report.get("emulated_plugins", {}).get("ok")
                          else "") + ", engine NOT built")

@@ -1,14 +1,19 @@
 """export.trt on CPU: the settings checks, the environment probe, the plugin-library / registry checks and the failure
 paths of ``run()`` / ``main()``, each with the code's own message. Nothing here needs TensorRT, a GPU or a compiler:
 the TensorRT module, the plugin registry and the environment are fakes with the attributes export.trt reads, so the
-tests behave the same on every machine (tests/test_trt_plugins.py covers the real library and the lean runtime)."""
+tests behave the same on every machine (tests/test_trt_plugins.py covers the real library and the lean runtime).
+The tests of the CPU-emulated plugin check ([4b], run in a child process) build the emulated plugin library where a
+C++ compiler and the TensorRT headers are found, and skip otherwise."""
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
+import signal
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +23,7 @@ from export import plugin_spec as ps
 from export import trt as T
 
 _RUN = T.run      # the real run(), for its signature (tests below replace T.run)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------------------------------------- settings
@@ -375,3 +381,140 @@ def test_to_fp16_graph_converts_internals_keeps_io(tiny_mamba):
     assert any(n.op_type == "Cast" for n in m16.graph.node)
     scan = [n.op_type for n in m16.graph.node if n.domain == ps.ONNX_DOMAIN]
     assert scan == [n.op_type for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN] and scan
+
+
+# ---------------------------------------------------------------------------------------------------- [4b] in a child
+_NO_TRT = dict(tensorrt_error="ImportError: fake", gpu_error="fake: no GPU", missing=["TensorRT builder: fake",
+                                                                                     "CUDA GPU: fake"])
+
+
+def _emulated_plugin_library(build_dir, **kw):
+    """The emulated plugin library (``kw`` as for BP.build_emulated), or a skip where it cannot be built here."""
+    if BP._cxx() is None:
+        pytest.skip("no C++ compiler: the emulated plugin library cannot be built")
+    try:
+        return BP.build_emulated(build_dir, plugins=True, **kw)
+    except BP.BuildError as e:
+        pytest.skip(f"the emulated plugin library cannot be built here: {str(e).splitlines()[0]}")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_run_emulated_check_runs_in_a_child_and_passes(tmp_path, monkeypatch, tiny_mamba):
+    """[4b] runs the graph in a child process (this one keeps the model and the verifier): a correct plugin passes
+    (exit 3, "plugins verified on the CPU emulator"), the progress lines come as the cases finish, and the child has
+    exited cleanly once the check is over."""
+    from export import emulated_plugins as EP
+
+    lib = _emulated_plugin_library(tmp_path / "build")
+    monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: lib)
+    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+    made = []
+
+    class Recording(EP.IsolatedPluginRunner):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(EP, "IsolatedPluginRunner", Recording)
+    said = []
+    code, rep = T.run("tiny", str(tmp_path / "out"), model=tiny_mamba, quick=True,
+                      plugin_lib=str(tmp_path / "none.so"), say=said.append)
+    text = "\n".join(said)
+    assert code == T.EXIT_MISSING, text
+    assert rep["status"] == ("TensorRT/GPU missing: ONNX verified, plugins verified on the CPU emulator, engine NOT "
+                             "built")
+    emu = rep["emulated_plugins"]
+    assert emu["ok"] is True and emu["library"] == str(lib) and emu["plugin_calls"]["SelectiveScan"] > 0
+    (child,) = made
+    assert child.proc.pid != os.getpid() and child.proc.returncode == 0          # its own process, ended cleanly
+    assert {k: v for k, v in child.calls.items() if v} == emu["plugin_calls"]
+    after = text.split("[4b]", 1)[1]
+    assert "random/prime+steps done" in after and "plugin runs: SelectiveScan x" in after
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_main_reports_a_plugin_that_crashes_the_emulated_check(tmp_path, monkeypatch, capsys):
+    """A plugin with a wrong dim mapping (SelectiveScan reading the batch from u's channel dim) reads and writes out
+    of bounds: the child running the graph dies of the signal, and export.trt -- still alive -- fails the run with
+    exit 2, writes the report naming the signal and the plugin run it happened in, and loses nothing written before
+    (the ONNX graph, an earlier engine moved to previous/)."""
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+    src = ROOT / "plugins" / "selectiveScanPlugin" / "selectiveScanPlugin.cpp"
+    old = "static_cast<int32_t>(du.d[0]), static_cast<int32_t>(du.d[1])"          # B, E of u [B, E, T]
+    text = src.read_text()
+    assert text.count(old) == 1
+    (tmp_path / src.name).write_text(text.replace(old, "static_cast<int32_t>(du.d[1]), static_cast<int32_t>(du.d[1])"))
+    bad = _emulated_plugin_library(tmp_path / "build", out_name="libmut_crash.so",
+                                   replace={src.name: tmp_path / src.name})
+    monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: bad)
+    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+    torch.manual_seed(0)
+    Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=8, num_layers=1, d_state=4)).save_pretrained(
+        tmp_path / "model")
+    out = tmp_path / "out"
+    _earlier_engine(out)
+    code = T.main(["--model", str(tmp_path / "model"), "--out", str(out), "--quick",
+                   "--plugin-lib", str(tmp_path / "none.so")])
+    stdout = capsys.readouterr().out
+    assert code == T.EXIT_VERIFY_FAILED == 2, stdout
+    rep = json.loads((out / T.REPORT_FILE).read_text())
+    emu = rep["emulated_plugins"]
+    sig = emu["signal"]
+    assert sig in ("SIGSEGV", "SIGBUS", "SIGABRT"), emu                 # heap corruption may end in an abort
+    assert emu["ok"] is False and emu["child_exit_code"] < 0 and emu["plugin_call"]["op_type"] == "SelectiveScan"
+    assert emu["error"].startswith(f"{sig} in the emulated plugin check (during the SelectiveScan plugin's "
+                                   "enqueue, float32: u[2, 16, ")
+    assert "rerun with ASan: python plugins/harness.py --emulate --plugin --asan --check" in emu["error"]
+    assert rep["exit_code"] == 2 and f"FAILED verification ({sig}: the plugin crashed its process)" in rep["status"]
+    assert f"  FAILED: {sig} in the emulated plugin check" in stdout and "RESULT: " in stdout
+    assert rep["onnx"]["verification"]["passed"] is True and (out / "model.onnx").is_file()
+    assert not (out / T.ENGINE_FILE).exists()
+    assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == b"earlier engine"
+
+
+def test_crash_messages_name_the_signal_and_the_plugin_run():
+    from export.emulated_plugins import _crash_message
+
+    call = {"op_type": "LRUScan", "dtype": "float32", "inputs": {"u_re": (2, 3, 4), "lam_re": (4,)}}
+    msg, name = _crash_message(-signal.SIGSEGV, call)
+    assert name == "SIGSEGV" and msg == (
+        "SIGSEGV in the emulated plugin check (during the LRUScan plugin's enqueue, float32: u_re[2, 3, 4], "
+        "lam_re[4]): the plugin read or wrote out of bounds — rerun with ASan: python plugins/harness.py --emulate "
+        "--plugin --asan --check")
+    msg, name = _crash_message(-signal.SIGABRT, None)
+    assert name == "SIGABRT" and msg.startswith("SIGABRT in the emulated plugin check: the plugin's code aborted")
+    assert _crash_message(-signal.SIGKILL, None)[0].endswith("(the kernel's out-of-memory killer sends SIGKILL)")
+    msg, name = _crash_message(3, call)
+    assert name is None and msg.startswith("the emulated plugin check's process exited with code 3 without an "
+                                           "answer (during the LRUScan plugin's enqueue")
+
+
+def test_isolated_runner_raises_the_childs_error_with_its_type(tmp_path):
+    """An error of the runner in the child comes back with its type (PluginError here: a library that is not an
+    emulated plugin library), not as a crash, and the child is ended. No compiler needed."""
+    import _ctypes
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export import emulated_plugins as EP
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_model(g)
+    procs = []
+
+    class Recording(EP.IsolatedPluginRunner):
+        def close(self):
+            procs.append(self.proc)
+            super().close()
+
+    with pytest.raises(EP.PluginError, match=r"is not an emulated plugin library") as e:
+        Recording(graph, _ctypes.__file__)
+    assert not isinstance(e.value, EP.PluginCrash)
+    assert len(procs) == 1 and procs[0].returncode == 0
+    onnx.save(graph, tmp_path / "g.onnx")
+    with pytest.raises(EP.PluginError, match=r"is not an emulated plugin library"):
+        EP.IsolatedPluginRunner(str(tmp_path / "g.onnx"), _ctypes.__file__)

@@ -624,7 +624,7 @@ def test_generated_header_blocks_follow_spec():
                                                                      len(op.attributes)), op.op_type
         assert b["kInputNames"] == op.input_names and b["kOutputNames"] == op.output_names
         assert b["kFieldNames"] == (list(op.attributes) or ["nullptr"])
-        acts = gen_header.ACTIVATIONS[op.op_type]
+        acts = op.activations
         assert acts <= set(op.input_names) | set(op.output_names), op.op_type
         assert b["kIsActivation"] == [t.name in acts for t in (*op.inputs, *op.outputs)]
         assert b["kIsActivation"][0], "ZooScanPluginBase expects an activation at I/O position 0"
@@ -639,11 +639,23 @@ def test_generated_header_blocks_follow_spec():
 
 
 def test_generator_tables_cover_every_spec_op():
-    assert set(gen_header.PLUGIN_DIRS) == set(gen_header.ACTIVATIONS) == set(gen_header.ALIASES) == set(ps.SCAN_OPS)
+    assert set(gen_header.PLUGIN_DIRS) == set(gen_header.ALIASES) == set(ps.SCAN_OPS)
+    assert not hasattr(gen_header, "ACTIVATIONS")          # one table: ScanOpSpec.activations in export/plugin_spec.py
+    from export.emulated_plugins import activations
+
+    assert activations() == {k: op.activations for k, op in ps.SCAN_OPS.items()}        # what the emulated runner uses
     for op in ps.SCAN_OPS.values():
         assert (ROOT / "plugins" / gen_header.PLUGIN_DIRS[op.op_type]).is_dir()
+        assert op.input_names[0] in op.activations, op.op_type       # the activation dtype is input 0's
         for k, (typ, default, _doc) in op.attributes.items():
             assert typ == "int" and default in (0, 1), (op.op_type, k)     # the yaml lists options 0 / 1
+
+
+def test_scan_op_spec_refuses_activations_outside_its_io():
+    with pytest.raises(ValueError, match=r"SelectiveScan: activations \['v'\] are not among its inputs/outputs"):
+        ps.ScanOpSpec("SelectiveScan", (ps.TensorSpec("u", "B", "float32"),), (ps.TensorSpec("y", "B", "float32"),),
+                      activations={"u", "y", "v"})
+    assert ps.ScanOpSpec("X", (ps.TensorSpec("u", "B", "float32"),), (), activations=["u"]).activations == {"u"}
 
 
 def test_gen_header_refuses_bad_spec_names_and_types():
@@ -813,9 +825,10 @@ def _dims(case, T):
 @pytest.mark.parametrize("dtype", list(harness.DTYPE_CODE), ids=str)
 def test_harness_inputs_follow_plugin_spec(op, dtype):
     """make_inputs gives every spec input (by name, in the spec's shape) with the activation dtype exactly where the
-    plugin takes it (generated header's ACTIVATIONS) and fp32 elsewhere; h0 only for with_h0 cases."""
+    plugin takes it (plugin_spec's ScanOpSpec.activations, what the generated header's kIsActivation is made from)
+    and fp32 elsewhere; h0 only for with_h0 cases."""
     spec = ps.SCAN_OPS[op]
-    acts = gen_header.ACTIVATIONS[op]
+    acts = spec.activations
     for with_h0 in (False, True):
         case = harness.Case(op, dtype, 3, with_h0, harness.SHAPES[op][-1])
         d = harness.make_inputs(case, device="cpu")

@@ -5,6 +5,7 @@ CLI::
     python -m export.trt --model NAME_OR_PATH --out DIR [--fp16] [--workspace 2G] [--topk K]
                          [--max-batch 2048] [--opt-batch 64] [--max-steps 200] [--version-compatible]
                          [--plugin-lib PATH] [--build-dir build/plugins] [--quick] [--no-emulate]
+                         [--candidates [--max-candidates 1024]]
 
 What it does, in order, printing a report as it goes:
 
@@ -66,6 +67,9 @@ ENGINE_FILE = "model.engine"
 #: where run() keeps the engine (and report) of an earlier run while it builds a new one
 PREVIOUS_DIR = "previous"
 REPORT_FILE = "trt_report.json"
+
+#: ``--candidates``: the largest candidate list (``C``) of the engine's optimisation profile by default
+MAX_CANDIDATES = 1024
 
 #: engine vs PyTorch tolerances per precision (max abs score error on every real item, state error, top-k agreement).
 #: fp32 uses the ONNX-level tolerance of export.verify for scores (TF32 is disabled); fp16 activations carry ~1e-3
@@ -227,17 +231,20 @@ def _parse_size(s: str | int) -> int:
     return n
 
 
-def check_run_numbers(*, workspace: str | int, topk: int, max_batch: int, opt_batch: int, max_steps: int) -> None:
+def check_run_numbers(*, workspace: str | int, topk: int, max_batch: int, opt_batch: int, max_steps: int,
+                      max_candidates: int = MAX_CANDIDATES) -> None:
     """Raise ``ValueError`` naming every out-of-range engine setting, before :func:`run` touches ``out_dir`` (so a
-    typo never deletes the engine already there): workspace a positive size, ``topk``/``max_steps`` >= 1,
-    ``1 <= opt_batch <= max_batch`` (the optimisation profile's opt must lie inside [1, max])."""
+    typo never deletes the engine already there): workspace a positive size, ``topk``/``max_steps``/
+    ``max_candidates`` >= 1, ``1 <= opt_batch <= max_batch`` (the optimisation profile's opt must lie inside
+    [1, max])."""
     bad = []
     try:
         _parse_size(workspace)
     except ValueError as e:
         bad.append(str(e))
     bad += [f"{n} must be an int >= 1, got {v}" for n, v in (("topk", topk), ("max_batch", max_batch),
-                                                            ("opt_batch", opt_batch), ("max_steps", max_steps))
+                                                            ("opt_batch", opt_batch), ("max_steps", max_steps),
+                                                            ("max_candidates", max_candidates))
             if int(v) != v or v < 1]
     if not bad and opt_batch > max_batch:
         bad.append(f"opt_batch ({opt_batch}) must be <= max_batch ({max_batch}): the profile's opt lies in [1, max]")
@@ -264,10 +271,32 @@ class EngineBuild:
     seconds: float
 
 
+def profile_shapes(name: str, dims: Sequence[int], *, opt_batch: int = 64, max_batch: int = 2048,
+                   max_steps: int = 200, max_candidates: int = MAX_CANDIDATES) -> tuple[list, list, list]:
+    """``(min, opt, max)`` of the optimisation profile for network input ``name`` of ``dims`` (-1 = dynamic): fixed
+    axes as they are, the batch (axis 0) ``[1, opt_batch, max_batch]``, a ``--candidates`` graph's list axis ``C``
+    ``[1, min(64, max_candidates), max_candidates]``, the step axis ``T`` of ``item_ids`` / ``time_gaps``
+    ``[1, 1, max_steps]``."""
+    lo, opt, hi = [], [], []
+    for ax, d in enumerate(dims):
+        if d >= 0:
+            lo.append(d), opt.append(d), hi.append(d)
+        elif ax == 0:
+            lo.append(1), opt.append(min(opt_batch, max_batch)), hi.append(max_batch)
+        elif name == "candidates":
+            lo.append(1), opt.append(min(64, max_candidates)), hi.append(max_candidates)
+        else:
+            lo.append(1), opt.append(1), hi.append(max_steps)
+    return lo, opt, hi
+
+
 def build_engine(trt, graph: bytes, spec: dict, lib: Path, *, precision: str = "fp32", workspace: int = 2 << 30,
                  opt_batch: int = 64, max_batch: int = 2048, max_steps: int = 200,
-                 version_compatible: bool = False, say=print) -> EngineBuild:
-    """Parse ``graph`` with the plugins registered, build and deserialize the engine."""
+                 version_compatible: bool = False, max_candidates: int = MAX_CANDIDATES, say=print) -> EngineBuild:
+    """Parse ``graph`` with the plugins registered, build and deserialize the engine. Dynamic axes get the profile
+    ``[1, opt, max]``: the batch ``[1, opt_batch, max_batch]``, the step axis ``T`` ``[1, 1, max_steps]``, and a
+    ``--candidates`` graph's list axis ``C`` ``[1, min(64, max_candidates), max_candidates]`` (at least one column:
+    a row of 0s restricts nothing)."""
     import onnx
 
     t0 = time.perf_counter()
@@ -304,16 +333,8 @@ def build_engine(trt, graph: bytes, spec: dict, lib: Path, *, precision: str = "
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         t = network.get_input(i)
-        dims = list(t.shape)
-        lo, opt, hi = [], [], []
-        for ax, d in enumerate(dims):
-            if d >= 0:
-                lo.append(d), opt.append(d), hi.append(d)
-            elif ax == 0:
-                lo.append(1), opt.append(min(opt_batch, max_batch)), hi.append(max_batch)
-            else:  # the step axis T of item_ids / timestamps
-                lo.append(1), opt.append(1), hi.append(max_steps)
-        profile.set_shape(t.name, lo, opt, hi)
+        profile.set_shape(t.name, *profile_shapes(t.name, list(t.shape), opt_batch=opt_batch, max_batch=max_batch,
+                                                  max_steps=max_steps, max_candidates=max_candidates))
     config.add_optimization_profile(profile)
     say(f"  building the engine ({precision}, {n_plugin} plugin layers, batch [1, {opt_batch}, {max_batch}], "
         f"T [1, 1, {max_steps}], workspace {workspace >> 20} MiB) ...")
@@ -446,17 +467,20 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         max_batch: int = 2048, opt_batch: int = 64, max_steps: int = 200, version_compatible: bool = False,
         plugin_lib: str | None = None, build_dir: str | None = None, quick: bool = False, model=None,
         time_input: str = "auto", exclude_seen: bool = False, user_vector: bool = False,
-        exclude_items: str | None = None, emulate: bool = True, say=print) -> tuple[int, dict]:
+        exclude_items: str | None = None, emulate: bool = True, candidates: bool = False,
+        max_candidates: int = MAX_CANDIDATES, say=print) -> tuple[int, dict]:
     """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json``.
 
     ``time_input``: "auto" (time-aware step models get the float32 gaps form, the only one TensorRT can build; others
     none), or an explicit :data:`export.onnx.TIME_INPUTS` value ("timestamps" ends with the float64 error, exit 1).
     ``emulate``: when no engine can be built, verify the graph with the plugins' code on the CPU emulator
-    (:func:`_emulated_plugin_check`)."""
+    (:func:`_emulated_plugin_check`). ``candidates``: the graph takes ``candidates [B, C]`` (``export.onnx
+    --candidates``), ``C`` up to ``max_candidates`` in the engine's profile."""
     from . import onnx as E
     from . import verify as V
 
-    check_run_numbers(workspace=workspace, topk=topk, max_batch=max_batch, opt_batch=opt_batch, max_steps=max_steps)
+    check_run_numbers(workspace=workspace, topk=topk, max_batch=max_batch, opt_batch=opt_batch, max_steps=max_steps,
+                      max_candidates=max_candidates)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     precision = "fp16" if fp16 else "fp32"
@@ -503,7 +527,8 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         report["time_input"] = ti
         res = E.export_model(model, out, kind="step", topk=topk, verify=True, verify_kwargs=verify_kwargs,
                              progress=lambda m: say("  " + m), time_input=ti, exclude_seen=exclude_seen,
-                             user_vector=user_vector, exclude_items=E.excluded_indices(model, exclude_items))
+                             user_vector=user_vector, exclude_items=E.excluded_indices(model, exclude_items),
+                             candidates=candidates)
     except E.VerificationError as e:
         say(f"  ONNX verification FAILED: {e}")
         if e.report is not None:
@@ -628,7 +653,8 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         graph = graph16 if fp16 else V._with_scores_output(res.graph_path).SerializeToString()
         eb = build_engine(trt, graph, res.spec, lib, precision=precision, workspace=_parse_size(workspace),
                           opt_batch=opt_batch, max_batch=max_batch, max_steps=max_steps,
-                          version_compatible=version_compatible, say=lambda m: say("  " + m))
+                          version_compatible=version_compatible, max_candidates=max_candidates,
+                          say=lambda m: say("  " + m))
     except Exception as e:
         say(f"  ERROR: {type(e).__name__}: {e}")
         report["error"] = f"{type(e).__name__}: {e}"
@@ -679,6 +705,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also output user_vector, the query vector of retrieval (see export.onnx --user-vector)")
     p.add_argument("--exclude-items", metavar="FILE", default=None,
                    help="item ids never to recommend, one per line (see export.onnx --exclude-items)")
+    p.add_argument("--candidates", action="store_true",
+                   help="the graph takes candidates [B, C], the items each row may recommend (see export.onnx "
+                        "--candidates)")
+    p.add_argument("--max-candidates", type=int, default=MAX_CANDIDATES,
+                   help=f"with --candidates: largest C in the engine's profile (default {MAX_CANDIDATES})")
     p.add_argument("--no-emulate", action="store_true",
                    help="without TensorRT/GPU, skip the check of the graph with the plugins' code on the CPU emulator")
     a = p.parse_args(argv)
@@ -686,14 +717,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         require(module, "python -m export.trt", cli=True)
     try:
         check_run_numbers(workspace=a.workspace, topk=a.topk, max_batch=a.max_batch, opt_batch=a.opt_batch,
-                          max_steps=a.max_steps)
+                          max_steps=a.max_steps, max_candidates=a.max_candidates)
     except ValueError as e:
         p.error(str(e))
     say = lambda m: print(m, flush=True)  # noqa: E731
     code, _ = run(a.model, a.out, fp16=a.fp16, workspace=a.workspace, topk=a.topk, max_batch=a.max_batch,
                   opt_batch=a.opt_batch, max_steps=a.max_steps, version_compatible=a.version_compatible,
                   plugin_lib=a.plugin_lib, build_dir=a.build_dir, quick=a.quick, exclude_seen=a.exclude_seen,
-                  user_vector=a.user_vector, exclude_items=a.exclude_items, emulate=not a.no_emulate, say=say)
+                  user_vector=a.user_vector, exclude_items=a.exclude_items, emulate=not a.no_emulate,
+                  candidates=a.candidates, max_candidates=a.max_candidates, say=say)
     return code
 
 

@@ -68,6 +68,20 @@ def test_check_run_numbers_bounds():
     with pytest.raises(ValueError, match=r"workspace must be positive.*; topk must be .*; max_steps must be") as e:
         T.check_run_numbers(**dict(ok, workspace="0", topk=0, max_steps=-3))
     assert "max_batch" not in str(e.value) and "opt_batch" not in str(e.value)
+    with pytest.raises(ValueError, match=r"max_candidates must be an int >= 1, got 0"):
+        T.check_run_numbers(**dict(ok, max_candidates=0))
+
+
+def test_profile_shapes():
+    """The engine's optimisation profile per input: the batch [1, opt, max], T [1, 1, max_steps], a --candidates
+    graph's C [1, min(64, max), max] (a request sends at least one column; a row of 0s restricts nothing), fixed
+    axes as they are."""
+    kw = dict(opt_batch=16, max_batch=512, max_steps=100, max_candidates=300)
+    assert T.profile_shapes("item_ids", [-1, -1], **kw) == ([1, 1], [16, 1], [512, 100])
+    assert T.profile_shapes("candidates", [-1, -1], **kw) == ([1, 1], [16, 64], [512, 300])
+    assert T.profile_shapes("candidates", [-1, -1], **dict(kw, max_candidates=20)) == ([1, 1], [16, 20], [512, 20])
+    assert T.profile_shapes("ssm_state", [-1, 1, 128, 32], **kw) == ([1, 1, 128, 32], [16, 1, 128, 32],
+                                                                    [512, 1, 128, 32])
 
 
 # ---------------------------------------------------------------------------------------------------- environment
@@ -278,11 +292,12 @@ def test_main_forwards_every_flag(monkeypatch):
     assert T.main(["--model", "m", "--out", "o", "--fp16", "--workspace", "512M", "--topk", "5", "--max-batch", "100",
                    "--opt-batch", "10", "--max-steps", "30", "--version-compatible", "--plugin-lib", "L.so",
                    "--build-dir", "B", "--quick", "--exclude-seen", "--user-vector", "--exclude-items", "gone.txt",
-                   "--no-emulate"]) == 2
+                   "--no-emulate", "--candidates", "--max-candidates", "300"]) == 2
     seen.pop("say")
     assert seen == dict(model_name="m", out_dir="o", fp16=True, workspace="512M", topk=5, max_batch=100, opt_batch=10,
                         max_steps=30, version_compatible=True, plugin_lib="L.so", build_dir="B", quick=True,
-                        exclude_seen=True, user_vector=True, exclude_items="gone.txt", emulate=False)
+                        exclude_seen=True, user_vector=True, exclude_items="gone.txt", emulate=False,
+                        candidates=True, max_candidates=300)
 
 
 def test_main_defaults_are_run_defaults(monkeypatch):
@@ -291,7 +306,8 @@ def test_main_defaults_are_run_defaults(monkeypatch):
     defaults = {k: p.default for k, p in inspect.signature(_RUN).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     for k in ("fp16", "workspace", "topk", "max_batch", "opt_batch", "max_steps", "version_compatible", "plugin_lib",
-              "build_dir", "quick", "exclude_seen", "user_vector", "exclude_items", "emulate"):
+              "build_dir", "quick", "exclude_seen", "user_vector", "exclude_items", "emulate", "candidates",
+              "max_candidates"):
         assert seen[k] == defaults[k], k
 
 
@@ -430,6 +446,21 @@ def test_run_emulated_check_runs_in_a_child_and_passes(tmp_path, monkeypatch, ti
     assert {k: v for k, v in child.calls.items() if v} == emu["plugin_calls"]
     after = text.split("[4b]", 1)[1]
     assert "random/prime+steps done" in after and "plugin runs: SelectiveScan x" in after
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_run_emulated_check_of_a_candidates_graph(tmp_path, monkeypatch, tiny_mamba):
+    """export.trt --candidates: the graph takes candidates [B, C]; its ONNX verification and the [4b] check with the
+    plugins' code feed fresh candidate lists, and both pass."""
+    lib = _emulated_plugin_library(tmp_path / "build")
+    monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: lib)
+    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+    said = []
+    code, rep = T.run("tiny", str(tmp_path / "out"), model=tiny_mamba, quick=True, candidates=True,
+                      plugin_lib=str(tmp_path / "none.so"), say=said.append)
+    assert code == T.EXIT_MISSING and rep["emulated_plugins"]["ok"] is True, "\n".join(said)
+    spec = json.loads((tmp_path / "out" / "state_spec.json").read_text())
+    assert spec["candidates"] is True and spec["inputs"][-1]["name"] == "candidates"
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -265,17 +265,10 @@ class _Base:
         arr = np.asarray(candidates)
         if arr.size == 0 and arr.ndim == 2 and arr.shape[0] == batch_size:
             return {"candidates": np.zeros((batch_size, 0), np.int64)}
-        if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"candidates must hold integer item indices, got dtype {arr.dtype} (rows of different "
-                            "lengths: pad them with 0, or use encode_candidates)")
-        if arr.ndim != 2 or arr.shape[0] != batch_size:
+        arr = self.check_ids(arr, "candidates", allow_padding=True)       # rows of different lengths: pad with 0
+        if arr.shape[0] != batch_size:
             raise ValueError(f"candidates must have shape [batch={batch_size}, C], got shape {list(arr.shape)}")
-        bad = (arr < 0) | (arr >= self.n_items)
-        if bad.any():
-            r, c = map(int, np.argwhere(bad)[0])
-            raise ValueError(f"candidates[{r}, {c}] = {int(arr[r, c])} is out of range 0..{self.n_items - 1} "
-                             "(0 is padding)")
-        return {"candidates": arr.astype(np.int64, copy=False)}
+        return {"candidates": arr}
 
     def encode_candidates(self, lists: Sequence[Sequence[Any] | None]) -> np.ndarray:
         """Per row the caller's candidate item ids (None or empty: the row is not restricted) -> ``[B, C]`` internal

@@ -1052,7 +1052,8 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
     (see :data:`export.runtime.SEEN_SCORE`). ``exclude_items``: internal indices never recommended (their scores are
     ``-inf`` like the padding's, in the graph's constant mask; ``spec["excluded_items"]`` lists them). ``user_vector``:
     also output the query vector :data:`USER_VECTOR` (``model.vector_of_hidden`` of the hidden state scored from).
-    ``candidates``: one more input, :data:`CANDIDATES` ``[B, C]``, restricting each row's ranking (:data:`CANDIDATES_DOC`)."""
+    ``candidates``: one more input, :data:`CANDIDATES` ``[B, C]``, restricting each row's ranking
+    (:data:`CANDIDATES_DOC`)."""
     excluded = sorted({int(i) for i in exclude_items})
     if excluded and not 1 <= excluded[0] <= excluded[-1] < model.config.n_items:
         raise ExportError(f"exclude_items holds item indices outside 1..{model.config.n_items - 1}")

@@ -687,5 +687,5 @@ def verify_export(model, graph: str, spec: dict, *, real_histories=None, real_ti
 
 
 __all__ = ["SCORE_ATOL", "STATE_ATOL", "TOPK_MIN_AGREEMENT", "FP16_SCORE_RTOL", "FP16_STATE_ATOL",
-           "FP16_TOPK_MIN_AGREEMENT", "INT8_SCORE_RTOL", "INT8_TOPK_MIN_OVERLAP", "PRECISIONS", "TOLERANCES", "tolerances", "CaseResult", "VerifyReport", "verify_export",
-           "verify_step", "verify_window", "ort_session"]
+           "FP16_TOPK_MIN_AGREEMENT", "INT8_SCORE_RTOL", "INT8_TOPK_MIN_OVERLAP", "PRECISIONS", "TOLERANCES",
+           "tolerances", "CaseResult", "VerifyReport", "verify_export", "verify_step", "verify_window", "ort_session"]

@@ -541,3 +541,34 @@ def test_triton_many_users_bench_runs(monkeypatch, tmp_path):
     assert [(r[0].split()[0], r[1], r[2]) for r in rows] == [
         (s, n, c) for s in ("explicit", "implicit") for n, c in (("1", "16"), ("4", "4"))], rows
     assert rows[0][5] == rows[2][5] == "1.0x", rows
+
+
+def test_emu_switch_bench_runs(monkeypatch, tmp_path):
+    """Both fiber switches of the CUDA emulator built and timed on one op's fp32 cases of each check (the kernel
+    matrix, the kernels alone, the plugin path and the ASan run where their headers / runtime are here): a row each,
+    with the runs checked, two times and the speed-up (never asserted: a measurement)."""
+    from export import build_plugins as BP
+
+    if BP._cxx() is None:
+        pytest.skip("no C++ compiler: the emulated kernels cannot be built")
+    b = _bench("emu_switch", monkeypatch)
+    out = tmp_path / "e.md"
+    b.main(["--long-T", "4", "--plugin-T", "4", "--asan-T", "4", "--repeat", "1", "--cases", "LRUScan-float32",
+            "--markdown", str(out)])
+    text = out.read_text()
+    assert text.startswith("# The CUDA emulator's fiber switch") and "bench/emu_switch.py --long-T 4" in text
+    rows = _rows(text)
+    want = ["harness check, matrix at T = 4", "kernels alone, matrix at T = 4"]
+    if BP.find_tensorrt_include()[0] is not None:
+        want.append("plugin check (`--plugin`), matrix at T = 4")
+    try:
+        BP.asan_runtime()
+        want += ["ASan: the command's start alone (interpreter, torch, the library; no case)",
+                 "ASan check (`--asan`, own process), matrix at T = 4"]
+    except BP.BuildError:
+        pass
+    assert [r for r in rows if r != "check" and "not run" not in r] == want, rows
+    for r in want:
+        runs, fast, slow, ratio = rows[r]
+        assert runs == ("0" if "start alone" in r else "8"), (r, rows[r])
+        assert float(fast) > 0 and float(slow) > 0 and re.fullmatch(r"\d+\.\dx", ratio), (r, rows[r])

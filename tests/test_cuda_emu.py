@@ -13,7 +13,11 @@ tensor dims to kernel arguments is checked with numbers.
 
 The emulator is tested first: fp16/bf16 conversions against torch on every bit pattern, team sums and PTX's
 segment rule for ``__shfl_xor_sync``, each undefined use of a shuffle refused with its reason, and mutated kernels
-(a wrong index, a stray write, an out-of-bounds read) caught -- so a pass means something.
+(a wrong index, a stray write, an out-of-bounds read) caught -- so a pass means something. Its fiber switch
+(``plugins/emu/zooFiber.h``: user space on x86-64 and aarch64, ucontext with ``-DZOO_EMU_UCONTEXT``) is tested in both
+builds: the same outputs bit for bit, callee-saved registers and floating-point control state kept per thread (with
+mutated switches as negative controls), no system call per switch, and the aarch64 one under qemu where a cross
+compiler is installed.
 
 What only a GPU shows (its expf within 2 ulp, scheduling, memory coalescing, timings) stays in the ``gpu`` tests.
 """
@@ -22,8 +26,11 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
 import os
+import platform
 import re
+import shutil
 import subprocess
 import sys
 import zlib
@@ -69,10 +76,22 @@ def emulated(emu_dir):
     return harness.ScanKernels(BP.build_emulated(emu_dir))
 
 
-@pytest.fixture(scope="session")
-def selftest(emu_dir):
-    lib = ctypes.CDLL(str(BP.build_emulated(emu_dir, kernels=[SELFTEST], out_name="libemu_selftest.so")))
+#: the emulator's fiber switches (plugins/emu/zooFiber.h): the default (user space on x86-64 and aarch64) and the
+#: ucontext fallback, each a build of the same sources
+SWITCHES = {"default": (), "ucontext": ("-DZOO_EMU_UCONTEXT",)}
+#: what zoo_emu_fiber_switch() names the default here
+FAST_SWITCH = {"x86_64": "x86-64 (user-space switch)", "aarch64": "aarch64 (user-space switch)"}.get(
+    platform.machine(), "ucontext (swapcontext)")
+
+
+@pytest.fixture(scope="session", params=list(SWITCHES))
+def selftest(request, emu_dir):
+    """The emulator's own test kernels (emuSelfTest.cu), once with each fiber switch."""
+    lib = ctypes.CDLL(str(BP.build_emulated(emu_dir, kernels=[SELFTEST], out_name=f"libemu_selftest_{request.param}.so",
+                                            extra_flags=SWITCHES[request.param])))
     lib.zoo_emu_last_error.restype = ctypes.c_char_p
+    lib.zoo_emu_fiber_switch.restype = ctypes.c_char_p
+    lib.switch = request.param
     return lib
 
 
@@ -567,3 +586,328 @@ def test_harness_refuses_timings_and_asan_without_emulation():
         r = subprocess.run([sys.executable, str(HARNESS), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         assert r.returncode == 2 and msg in r.stdout, r.stdout
+
+
+# ---------------------------------------------------------------------------------------------------- fiber switch
+@pytest.fixture(scope="session")
+def emulated_ucontext(emu_dir):
+    return harness.ScanKernels(BP.build_emulated(emu_dir, out_name="libzoo_scan_kernels_emu_ucontext.so",
+                                                 extra_flags=SWITCHES["ucontext"]))
+
+
+def _switch_name(k) -> str:
+    k.lib.zoo_emu_fiber_switch.restype = ctypes.c_char_p
+    return k.lib.zoo_emu_fiber_switch().decode()
+
+
+def test_builds_name_their_fiber_switch(emulated, emulated_ucontext, selftest):
+    """The default build switches fibers in user space on x86-64 and aarch64; -DZOO_EMU_UCONTEXT builds the ucontext
+    fallback (so the comparisons below compare two switches, not one twice)."""
+    assert _switch_name(emulated) == FAST_SWITCH
+    assert _switch_name(emulated_ucontext) == "ucontext (swapcontext)"
+    want = FAST_SWITCH if selftest.switch == "default" else "ucontext (swapcontext)"
+    assert selftest.zoo_emu_fiber_switch().decode() == want
+
+
+SWITCH_CASES = [c for c in harness.cases(long_T=24) if c.T == 24 and c.id in (
+    "SelectiveScan-float32-T24-h0-B3xE40xN32", "SelectiveScan-bfloat16-T24-zero-B1xE8xN5",
+    "SSDScan-float16-T24-h0-B1xH6xP8xG2xN32", "SSDScan-float32-T24-h0-B2xH2xP4xG2xN7",
+    "LRUScan-bfloat16-T24-h0-B3xN33")]
+
+
+@pytest.mark.parametrize("case", SWITCH_CASES, ids=lambda c: c.id)
+def test_ucontext_fallback_gives_identical_outputs(emulated, emulated_ucontext, case):
+    """Only the switching between fibers differs between the two builds, so every output is equal bit for bit, in
+    order, in a random order and in place."""
+    assert len(SWITCH_CASES) == 5
+    d = harness.make_inputs(case, device="cpu", seed=11)
+    try:
+        for mode, seed in (("in-order", 0), ("random", 3)):
+            runs = []
+            for k in (emulated, emulated_ucontext):
+                k.set_schedule(mode, seed)
+                runs.append([harness.run_kernel(k, case, d, in_place=ip)
+                             for ip in ((False, True) if case.op != "LRUScan" else (False,))])
+            for (acts, states), (acts_u, states_u) in zip(*runs):
+                for a, b in zip(acts + states, acts_u + states_u):
+                    assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), (case.id, mode)
+    finally:
+        emulated.set_schedule("in-order")
+        emulated_ucontext.set_schedule("in-order")
+
+
+LIVE_BLOCKS, LIVE_ROUNDS = 3, 40
+
+
+def _live_values_expected(blocks: int, rounds: int) -> tuple[list[int], list[float]]:
+    """What liveValuesKernel (emuSelfTest.cu) leaves in outA / outD: per thread 8 LCG chains and 8 exact sums."""
+    m, mask = 6364136223846793005, (1 << 64) - 1
+    want_a, want_d = [], []
+    for t in range(blocks * 64):
+        a = [t * 8 + k + 1 for k in range(8)]
+        d = [t + k + 0.5 for k in range(8)]
+        for r in range(rounds):             # x = r: every lane's shuffle returns its neighbour's r
+            a = [(a[k] * m + r + k) & mask for k in range(8)]
+            d = [d[k] + (k + 1) * r for k in range(8)]
+        want_a += a
+        want_d += d
+    return want_a, want_d
+
+
+def _live_values(lib, blocks: int, rounds: int) -> tuple[int, list[int], list[float]]:
+    n = blocks * 64 * 8
+    a, d = (ctypes.c_uint64 * n)(), (ctypes.c_double * n)()
+    lib.emu_live_values.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32]
+    rc = lib.emu_live_values(a, d, rounds, blocks)
+    return rc, list(a), list(d)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_fiber_switch_keeps_callee_saved_registers(selftest, mode):
+    """64-thread blocks whose threads keep 8 integers and 8 doubles live across 40 shuffles -- in the callee-saved
+    registers (x86-64: the kernel uses rbx, rbp and r12-r15; aarch64: x19-x28, d8-d15) or spilled on each fiber's
+    stack -- every value its own thread's, in order, reversed and in a random order (negative control:
+    test_fiber_switch_check_catches_a_broken_switch)."""
+    selftest.zoo_emu_set_schedule.argtypes = [ctypes.c_int32, ctypes.c_uint64]
+    try:
+        selftest.zoo_emu_set_schedule(mode, 5)
+        rc, a, d = _live_values(selftest, LIVE_BLOCKS, LIVE_ROUNDS)
+    finally:
+        selftest.zoo_emu_set_schedule(0, 0)
+    assert rc == 0, selftest.zoo_emu_last_error()
+    assert (a, d) == _live_values_expected(LIVE_BLOCKS, LIVE_ROUNDS)
+
+
+#: (1/3, -1/3) as float bits in each rounding mode: the pair tells the four modes apart
+QUOTIENTS = {"nearest": (0x3EAAAAAB, 0xBEAAAAAB), "upward": (0x3EAAAAAB, 0xBEAAAAAA),
+             "downward": (0x3EAAAAAA, 0xBEAAAAAB), "toward zero": (0x3EAAAAAA, 0xBEAAAAAA)}
+FP_ROUNDS = 5
+
+
+def _fe_modes(lib) -> dict[str, int]:
+    out = (ctypes.c_int32 * 4)()
+    lib.emu_fe_modes(out)
+    return dict(zip(QUOTIENTS, out))
+
+
+def _fp_control(lib, host_mode: int) -> dict:
+    modes, q = (ctypes.c_int32 * (32 * FP_ROUNDS))(), (ctypes.c_uint32 * (64 * FP_ROUNDS))()
+    host = (ctypes.c_int32 * 2)()
+    lib.emu_fp_control.argtypes = [ctypes.c_int32] + [ctypes.c_void_p] * 2 + [ctypes.c_int32, ctypes.c_void_p]
+    rc = lib.emu_fp_control(host_mode, modes, q, FP_ROUNDS, host)
+    return {"rc": rc, "modes": list(modes), "q": list(q), "host": [host[0], host[1] & 0xFFFFFFFF]}
+
+
+def _fp_control_expected(fe: dict[str, int], host: str) -> dict:
+    """fpControlKernel: thread t in mode t % 5 (0: the launching thread's), after every shuffle; the launching thread
+    back in its own mode after the launch."""
+    names = [host, "nearest", "upward", "downward", "toward zero"]
+    want = {"rc": 0, "modes": [], "q": [], "host": [fe[host], QUOTIENTS[host][0]]}
+    for t in range(32):
+        want["modes"] += [fe[names[t % 5]]] * FP_ROUNDS
+        want["q"] += list(QUOTIENTS[names[t % 5]]) * FP_ROUNDS
+    return want
+
+
+@pytest.mark.parametrize("host", ["toward zero", "upward"])
+def test_fiber_switch_keeps_floating_point_control_per_thread(selftest, host):
+    """Each thread of a warp sets its own rounding mode (or keeps the launching thread's) and finds it unchanged after
+    every shuffle, in the mode fegetround reports (x86-64: the x87 control word) and in how float division rounds
+    (x86-64: MXCSR); the launching thread has its own mode back afterwards (negative control: the same with a switch
+    that does not restore them)."""
+    fe = _fe_modes(selftest)
+    assert _fp_control(selftest, fe[host]) == _fp_control_expected(fe, host)
+
+
+#: one line of the user-space switch changed: (what, old, new) per architecture
+BROKEN_SWITCHES = {
+    "x86_64": [("fp control not restored", "    ldmxcsr (%rsp)\n    fldcw 4(%rsp)\n", ""),
+               ("rbx not restored", "    popq %rbx\n", "    popq %rax\n"),
+               ("r15 not restored", "    popq %r15\n", "    popq %rax\n")],
+    "aarch64": [("fpcr not restored", "    msr fpcr, x9\n", ""),
+                ("x19, x20 not restored", "    ldp x19, x20, [sp, #0]\n", "    ldp x9, x10, [sp, #0]\n"),
+                ("d8, d9 not restored", "    ldp d8, d9, [sp, #96]\n", "    ldp d16, d17, [sp, #96]\n")],
+}
+
+#: run in a fresh interpreter (a broken switch may crash it): liveValuesKernel's outputs as JSON
+_LIVE_VALUES_SCRIPT = """
+import ctypes, json, sys
+lib = ctypes.CDLL(sys.argv[1])
+blocks, rounds = int(sys.argv[2]), int(sys.argv[3])
+n = blocks * 64 * 8
+a, d = (ctypes.c_uint64 * n)(), (ctypes.c_double * n)()
+rc = lib.emu_live_values(a, d, rounds, blocks) if rounds else 0
+print(json.dumps({"rc": rc, "a": list(a), "d": list(d)}))
+"""
+
+
+def _live_values_isolated(lib: Path, blocks: int, rounds: int, prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, "-c", _LIVE_VALUES_SCRIPT, str(lib), str(blocks), str(rounds)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+def _broken_switch(tmp_path: Path, old: str, new: str) -> dict[str, Path]:
+    """build_emulated's ``replace`` for zooCudaEmu.cpp compiled with zooFiber.h edited (old -> new)."""
+    text = (ROOT / "plugins" / "emu" / "zooFiber.h").read_text()
+    assert text.count(old) == 1, old
+    (tmp_path / "zooFiber.h").write_text(text.replace(old, new))       # found first: beside the copy including it
+    shutil.copy(ROOT / "plugins" / "emu" / "zooCudaEmu.cpp", tmp_path / "zooCudaEmu.cpp")
+    return {"zooCudaEmu.cpp": tmp_path / "zooCudaEmu.cpp"}
+
+
+@pytest.mark.parametrize("what,old,new", BROKEN_SWITCHES.get(platform.machine(), []),
+                         ids=[w for w, _, _ in BROKEN_SWITCHES.get(platform.machine(), [])])
+def test_fiber_switch_check_catches_a_broken_switch(tmp_path, emu_dir, what, old, new):
+    """Negative controls: a switch that forgets the FP control state runs every thread in one rounding mode; one that
+    forgets a callee-saved register hands threads each other's values or crashes (run in its own process)."""
+    lib = BP.build_emulated(emu_dir, kernels=[SELFTEST], replace=_broken_switch(tmp_path, old, new),
+                            out_name=f"libemu_selftest_broken_{zlib.crc32(old.encode())}.so")
+    if "fp" in what:
+        mut = ctypes.CDLL(str(lib))
+        fe = _fe_modes(mut)
+        got = _fp_control(mut, fe["upward"])
+        assert got["rc"] == 0 and got != _fp_control_expected(fe, "upward")
+    else:
+        r = _live_values_isolated(lib, LIVE_BLOCKS, LIVE_ROUNDS)
+        if r.returncode == 0:
+            got = json.loads(r.stdout)
+            assert (got["a"], got["d"]) != _live_values_expected(LIVE_BLOCKS, LIVE_ROUNDS), what
+        else:
+            assert r.returncode < 0, r.stderr[-2000:]                 # killed by a signal: the scheduler's registers
+
+
+def test_fiber_switch_makes_no_system_call(emu_dir):
+    """The point of the user-space switch: the ucontext build makes an rt_sigprocmask system call at every switch
+    (glibc's swapcontext restores the signal mask), the default build none (counted by strace over a launch with
+    192 threads x 201 switches there and back, against the same interpreter without the launch)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    if FAST_SWITCH.startswith("ucontext"):
+        pytest.skip(f"no user-space switch on {platform.machine()}")
+    counts = {}
+    for name, flags in SWITCHES.items():
+        lib = BP.build_emulated(emu_dir, kernels=[SELFTEST], out_name=f"libemu_selftest_{name}.so", extra_flags=flags)
+        for rounds in (0, 200):
+            log = emu_dir / f"strace-{name}-{rounds}.txt"
+            r = _live_values_isolated(lib, 3, rounds,
+                                      [strace, "-f", "-qq", "-e", "trace=rt_sigprocmask", "-o", str(log)])
+            if r.returncode != 0 and "ptrace" in r.stderr:
+                pytest.skip(f"strace cannot trace here: {r.stderr.strip()[-300:]}")
+            assert r.returncode == 0, r.stderr[-2000:]
+            counts[name, rounds] = sum("rt_sigprocmask(" in line for line in log.read_text().splitlines())
+    switches = 3 * 64 * (200 + 1) * 2
+    assert counts["ucontext", 200] - counts["ucontext", 0] >= switches, counts
+    assert counts["default", 200] - counts["default", 0] <= 2, counts
+
+
+AARCH64_DRIVER = r"""
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+extern "C" {
+char const* zoo_emu_fiber_switch();
+char const* zoo_emu_last_error();
+void zoo_emu_set_schedule(int32_t mode, uint64_t seed);
+int32_t emu_live_values(uint64_t* a, double* d, int32_t rounds, int32_t blocks);
+int32_t emu_fe_modes(int32_t* out);
+int32_t emu_fp_control(int32_t hostMode, int32_t* modes, float* q, int32_t rounds, int32_t* host);
+int32_t emu_undefined(int32_t which, float* out);
+}
+int main()
+{
+    int32_t const blocks = BLOCKS, rounds = ROUNDS, fpRounds = FP_ROUNDS;
+    std::printf("{\"switch\": \"%s\", \"live\": [", zoo_emu_fiber_switch());
+    for (int32_t mode = 0; mode < 3; ++mode)
+    {
+        zoo_emu_set_schedule(mode, 5);
+        std::vector<uint64_t> a(blocks * 64 * 8);
+        std::vector<double> d(a.size());
+        int32_t const rc = emu_live_values(a.data(), d.data(), rounds, blocks);
+        std::printf("%s{\"rc\": %d, \"a\": [", mode ? ", " : "", rc);
+        for (size_t i = 0; i < a.size(); ++i) std::printf("%s%llu", i ? ", " : "", (unsigned long long) a[i]);
+        std::printf("], \"d\": [");
+        for (size_t i = 0; i < d.size(); ++i) std::printf("%s%.17g", i ? ", " : "", d[i]);
+        std::printf("]}");
+    }
+    zoo_emu_set_schedule(0, 0);
+    int32_t fe[4];
+    emu_fe_modes(fe);
+    std::printf("], \"fe\": [%d, %d, %d, %d], \"fp\": [", fe[0], fe[1], fe[2], fe[3]);
+    for (int32_t h = 0; h < 4; ++h)
+    {
+        std::vector<int32_t> modes(32 * fpRounds);
+        std::vector<float> q(64 * fpRounds);
+        int32_t host[2];
+        int32_t const rc = emu_fp_control(fe[h], modes.data(), q.data(), fpRounds, host);
+        std::printf("%s{\"rc\": %d, \"modes\": [", h ? ", " : "", rc);
+        for (size_t i = 0; i < modes.size(); ++i) std::printf("%s%d", i ? ", " : "", modes[i]);
+        std::printf("], \"q\": [");
+        for (size_t i = 0; i < q.size(); ++i)
+        {
+            uint32_t b;
+            __builtin_memcpy(&b, &q[i], 4);
+            std::printf("%s%u", i ? ", " : "", b);
+        }
+        std::printf("], \"host\": [%d, %u]}", host[0], (uint32_t) host[1]);
+    }
+    std::printf("], \"undefined\": [");
+    for (int32_t which = 0; which < 5; ++which)
+    {
+        float out[32];
+        int32_t const rc = emu_undefined(which, out);
+        std::printf("%s[%d, \"%s\"]", which ? ", " : "", rc, zoo_emu_last_error());
+    }
+    std::printf("]}\n");
+}
+"""
+
+
+def _run_aarch64(tmp_path: Path, monkeypatch, flags=(), replace=None) -> subprocess.CompletedProcess:
+    """emuSelfTest.cu and AARCH64_DRIVER cross-compiled for aarch64 and run under qemu-user (skips without the tools;
+    Debian: g++-aarch64-linux-gnu qemu-user-static)."""
+    cxx = shutil.which("aarch64-linux-gnu-g++")
+    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    sysroot = Path("/usr/aarch64-linux-gnu")
+    if cxx is None or qemu is None or not sysroot.is_dir():
+        pytest.skip("no aarch64 cross compiler (aarch64-linux-gnu-g++) or qemu-aarch64 here")
+    monkeypatch.setenv("CXX", cxx)                                              # build_emulated's compiler
+    lib = BP.build_emulated(tmp_path / "build", kernels=[SELFTEST], out_name="libemu_selftest.so", extra_flags=flags,
+                            replace=replace)
+    driver = tmp_path / "driver.cpp"
+    driver.write_text(AARCH64_DRIVER.replace("BLOCKS", str(LIVE_BLOCKS)).replace("FP_ROUNDS", str(FP_ROUNDS))
+                      .replace("ROUNDS", str(LIVE_ROUNDS)))
+    exe = tmp_path / "driver"
+    subprocess.run([cxx, "-O2", str(driver), str(lib), f"-Wl,-rpath,{lib.parent}", "-o", str(exe)], check=True)
+    return subprocess.run([qemu, "-L", str(sysroot), str(exe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=300)
+
+
+def _aarch64_outputs_right(got: dict) -> bool:
+    want_a, want_d = _live_values_expected(LIVE_BLOCKS, LIVE_ROUNDS)
+    fe = dict(zip(QUOTIENTS, got["fe"]))
+    return (all(run["rc"] == 0 and run["a"] == want_a and run["d"] == want_d for run in got["live"])
+            and got["fp"] == [_fp_control_expected(fe, host) for host in QUOTIENTS])
+
+
+def test_aarch64_switch_under_qemu(tmp_path, monkeypatch, selftest):
+    """The aarch64 switch, cross-compiled and run under qemu-user where the tools are installed: the live values (in
+    order, reversed, random), the rounding modes of every thread and the launching one, and the shuffle errors, the
+    same as this machine's build of the same switch (and the ucontext fallback there too)."""
+    r = _run_aarch64(tmp_path, monkeypatch, SWITCHES[selftest.switch])
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    want = "aarch64 (user-space switch)" if selftest.switch == "default" else "ucontext (swapcontext)"
+    assert got["switch"] == want
+    assert _aarch64_outputs_right(got)
+    for which, (rc, msg) in enumerate(got["undefined"]):                      # the same messages as here
+        assert rc == selftest.emu_undefined(which, _p(torch.zeros(32))) == 719
+        assert msg == selftest.zoo_emu_last_error().decode(), which
+
+
+@pytest.mark.parametrize("what,old,new", BROKEN_SWITCHES["aarch64"], ids=[w for w, _, _ in BROKEN_SWITCHES["aarch64"]])
+def test_aarch64_switch_check_catches_a_broken_switch(tmp_path, monkeypatch, what, old, new):
+    """Negative controls of the qemu run (and a check that BROKEN_SWITCHES still matches the aarch64 switch): fpcr,
+    two general or two FP callee-saved registers not restored give wrong outputs or a crash."""
+    r = _run_aarch64(tmp_path, monkeypatch, replace=_broken_switch(tmp_path, old, new))
+    assert r.returncode < 0 if r.returncode != 0 else not _aarch64_outputs_right(json.loads(r.stdout)), r.stderr[-2000:]

@@ -1,9 +1,10 @@
-// The SIMT emulator behind zooCudaEmu.h: one cooperative fiber (ucontext) per CUDA thread of a block, warp
-// intrinsics resolved for the whole warp once every lane has reached one (or returned).
+// The SIMT emulator behind zooCudaEmu.h: one cooperative fiber per CUDA thread of a block (switched by zooFiber.h:
+// user space on x86-64 and aarch64, ucontext elsewhere or with -DZOO_EMU_UCONTEXT), warp intrinsics resolved for the
+// whole warp once every lane has reached one (or returned).
 #include "zooCudaEmu.h"
+#include "zooFiber.h"
 
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,7 +45,8 @@ enum class State
 
 struct Fiber
 {
-    ucontext_t ctx;
+    fiber::Context ctx;
+    void* stack = nullptr; // [stack, stack + kStack): its stack, for ASan's fiber API
     State state = State::Ready;
     ThreadCtx tc;
     uint64_t nShfl = 0; // warp intrinsics this thread has completed
@@ -56,7 +58,7 @@ struct Fiber
 
 struct Launcher
 {
-    ucontext_t sched;
+    fiber::Context sched;
     void const* schedStack = nullptr; // the scheduler's stack, as ASan's fiber API reports it
     size_t schedStackSize = 0;
     std::vector<Fiber> fibers;
@@ -107,7 +109,7 @@ thread_local std::string tlLastMsg;
 inline void enter(Fiber& f, void** fake)
 {
 #ifdef ZOO_EMU_ASAN
-    __sanitizer_start_switch_fiber(fake, f.ctx.uc_stack.ss_sp, f.ctx.uc_stack.ss_size);
+    __sanitizer_start_switch_fiber(fake, f.stack, kStack);
 #else
     (void) f;
     (void) fake;
@@ -143,8 +145,9 @@ void fiberMain()
 {
     entered(nullptr);
     (*tl->body)();
-    tl->cur->state = State::Done; // uc_link returns to the scheduler
+    tl->cur->state = State::Done;
     leave(true, nullptr);
+    fiber::finish(tl->cur->ctx, tl->sched); // back to the scheduler for good (ucontext: uc_link, on return)
 }
 
 std::string site(Fiber const& f)
@@ -249,11 +252,8 @@ std::string runBlock(Launcher& L, dim3 grid, dim3 block, dim3 bid)
         fb.tc.bid = bid;
         fb.tc.bdim = block;
         fb.tc.gdim = grid;
-        getcontext(&fb.ctx);
-        fb.ctx.uc_stack.ss_sp = L.stacks + i * (kStack + page) + page; // a PROT_NONE guard page below each stack
-        fb.ctx.uc_stack.ss_size = kStack;
-        fb.ctx.uc_link = &L.sched;
-        makecontext(&fb.ctx, fiberMain, 0);
+        fb.stack = L.stacks + i * (kStack + page) + page; // a PROT_NONE guard page below each stack
+        fiber::make(fb.ctx, fb.stack, kStack, fiberMain, L.sched);
     }
     std::string const where = "block (" + std::to_string(bid.x) + "," + std::to_string(bid.y) + ","
         + std::to_string(bid.z) + ") warp ";
@@ -270,7 +270,7 @@ std::string runBlock(Launcher& L, dim3 grid, dim3 block, dim3 bid)
                 L.cur = &fb;
                 void* fake = nullptr;
                 enter(fb, &fake);
-                swapcontext(&L.sched, &fb.ctx);
+                fiber::swap(L.sched, fb.ctx);
                 left(fake);
                 L.cur = nullptr;
             }
@@ -325,7 +325,7 @@ uint32_t shflXor(uint32_t mask, uint32_t bits, int32_t laneMask, int32_t width, 
     fb.state = State::AtShfl;
     void* fake = nullptr;
     leave(false, &fake);
-    swapcontext(&fb.ctx, &tl->sched);
+    fiber::swap(fb.ctx, tl->sched);
     entered(fake);
     return fb.result;
 }
@@ -341,6 +341,11 @@ cudaError_t launch(dim3 grid, dim3 block, std::function<void()> const& body)
     if (tl != nullptr)
     {
         setError(cudaErrorLaunchFailure, "a kernel launched from inside a kernel (not emulated)");
+        return cudaErrorLaunchFailure;
+    }
+    if (char const* why = fiber::unusable())
+    {
+        setError(cudaErrorLaunchFailure, why);
         return cudaErrorLaunchFailure;
     }
     Launcher L;
@@ -401,6 +406,11 @@ extern "C" void zoo_emu_reset_error()
 {
     zoo_emu::tlLastErr = cudaSuccess;
     zoo_emu::tlLastMsg.clear();
+}
+
+extern "C" char const* zoo_emu_fiber_switch()
+{
+    return zoo_emu::fiber::kSwitch;
 }
 
 extern "C" void zoo_emu_set_schedule(int32_t mode, uint64_t seed)

@@ -3,7 +3,7 @@
  * source the TensorRT plugins compile (plugins/<name>Plugin/<name>Kernel.cu) with the PyTorch references.
  *
  * What it is: a SIMT emulator for the subset of CUDA those kernels use. Every CUDA thread of a launch runs as a
- * cooperative fiber (ucontext) on the calling CPU thread; a warp's lanes run until each one reaches a warp
+ * cooperative fiber (zooFiber.h) on the calling CPU thread; a warp's lanes run until each one reaches a warp
  * intrinsic or returns, then the intrinsic is resolved for the whole warp at once, as the hardware does.
  *
  *   supported : __global__/__device__ functions, threadIdx / blockIdx / blockDim / gridDim (x only is non-trivial),
@@ -141,3 +141,6 @@ extern "C" __attribute__((visibility("default"))) void zoo_emu_reset_error();
 //! The order blocks and threads run in, on this CPU thread: 0 in order (default), 1 reversed, 2 random (seeded).
 //! Results that change with it come from a race.
 extern "C" __attribute__((visibility("default"))) void zoo_emu_set_schedule(int32_t mode, uint64_t seed);
+//! How this build switches between fibers: "x86-64 (user-space switch)", "aarch64 (user-space switch)" or
+//! "ucontext (swapcontext)" (other architectures, or built with -DZOO_EMU_UCONTEXT).
+extern "C" __attribute__((visibility("default"))) char const* zoo_emu_fiber_switch();

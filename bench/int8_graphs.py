@@ -1,14 +1,16 @@
-"""ONNX Runtime dynamic int8 quantization of the bundled step graphs: what it does to their size, their step latency
-and their test metrics, side by side with the fp32 graphs in one run (a measurement, not a test).
+"""ONNX Runtime dynamic int8 quantization of the bundled graphs (step and window): what it does to their size, their
+latency and their test metrics, side by side with the fp32 graphs in one run (a measurement, not a test).
 
 Each graph is quantized with ``onnxruntime.quantization.quantize_dynamic`` (int8 weights of the MatMul/Gemm nodes,
 activations quantized per call) per output channel, as ``python -m export.onnx --int8`` ships it (the same function,
 ``export.onnx.quantize_int8``; the exporter also verifies it against PyTorch), and per tensor, the alternative it does
 not ship. The metrics are ``python -m zoo.evaluate --onnx``'s
-on the card's own data and protocol (the test users, full ranking from the in-graph top-10); the latency is one step
-of one new item at batch 1 and 256, from primed states (median of repeated calls, one ONNX Runtime thread).
+on the card's own data and protocol (the test users, full ranking from the in-graph top-10). The latency is the median
+of repeated calls at batch 1 and 256 on one ONNX Runtime thread: for a step graph one step of one new item from
+primed states, for a window graph (SASRec, BERT4Rec) one full window of ``max_seq_length`` items, which such a model
+re-encodes for every event.
 
-    python bench/int8_graphs.py [--cards mamba4rec-ml1m lrurec-ml1m gru4rec-ml1m tim4rec-causal-ml1m-u2999] [--markdown bench/RESULTS_INT8.md]
+    python bench/int8_graphs.py [--cards mamba4rec-ml1m lrurec-ml1m gru4rec-ml1m tim4rec-causal-ml1m-u2999 sasrec-ml1m bert4rec-ml1m] [--markdown bench/RESULTS_INT8.md]
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ sys.path.insert(0, ROOT)
 from bench.benchutil import command_line, write_table  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
-CARDS = ["mamba4rec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "tim4rec-causal-ml1m-u2999"]
+CARDS = ["mamba4rec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "tim4rec-causal-ml1m-u2999", "sasrec-ml1m", "bert4rec-ml1m"]
 VARIANTS = [("fp32", None), ("int8 per tensor", False), ("int8 per channel", True)]
 
 
@@ -64,6 +66,23 @@ def step_latency_ms(folder: str, batch: int, reps: int, threads: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def window_latency_ms(folder: str, batch: int, reps: int, threads: int) -> float:
+    """Median milliseconds of one call on full windows (``max_seq_length`` random items per row)."""
+    from export.runtime import OnnxWindowSession
+
+    sess = OnnxWindowSession(folder, threads=threads)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, sess.n_items, size=(batch, int(sess.spec["max_seq_length"])))
+    ts = 1.6e9 + 60.0 * np.arange(ids.shape[1])[None, :].repeat(batch, 0) if sess.uses_timestamps else None
+    sess.run_window(ids, ts)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sess.run_window(ids, ts)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
 def measure(card: str, args) -> list[dict]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -71,7 +90,9 @@ def measure(card: str, args) -> list[dict]:
     from zoo.evaluate import main as eval_main
 
     data, flags = card_data(card)
-    src = os.path.join(ROOT, "hub_cards", card, "onnx")
+    step = os.path.isdir(os.path.join(ROOT, "hub_cards", card, "onnx"))
+    src = os.path.join(ROOT, "hub_cards", card, "onnx" if step else "onnx-window")
+    latency = step_latency_ms if step else window_latency_ms
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, per_channel in VARIANTS:
@@ -84,10 +105,10 @@ def measure(card: str, args) -> list[dict]:
                                  weight_type=QuantType.QInt8, per_channel=False)
             res = eval_main(["--onnx", folder, "--data", data, *flags, "--no-progress", "--threads",
                              str(args.threads)])
-            rows.append({"card": card, "variant": name,
+            rows.append({"card": card, "variant": name, "kind": "step" if step else "window",
                          "mb": os.path.getsize(os.path.join(folder, "model.onnx")) / 2**20,
-                         "b1_ms": step_latency_ms(folder, 1, args.reps, args.threads),
-                         "b256_ms": step_latency_ms(folder, 256, max(5, args.reps // 20), args.threads),
+                         "b1_ms": latency(folder, 1, args.reps, args.threads),
+                         "b256_ms": latency(folder, 256, max(5, args.reps // (20 if step else 80)), args.threads),
                          "HR@10": res["metrics"]["HR@10"], "NDCG@10": res["metrics"]["NDCG@10"]})
             print(rows[-1], flush=True)
     return rows
@@ -106,15 +127,17 @@ def main(argv=None) -> None:
     rows = [r for card in args.cards for r in measure(card, args)]
     lines = [f"Produced by `{command_line('bench/int8_graphs.py', argv)}` ({time.strftime('%Y-%m-%d')}, cpu, ONNX "
              f"Runtime {onnxruntime.__version__}, {args.threads} thread(s)). Metrics: zoo.evaluate's ONNX mode "
-             "(`--onnx`) on each card's data and protocol (test users, ranks from the in-graph top-10). Latency: median of one "
-             "step of one new item from primed states.", "",
-             "| card | graph | model.onnx MB | step ms, B=1 | step ms, B=256 | test HR@10 | test NDCG@10 | "
-             "NDCG@10 vs fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "(`--onnx`) on each card's data and protocol (test users, ranks from the in-graph top-10). Latency: median of "
+             "one call; a step graph's call is one step of one new item from primed states, a window graph's call "
+             "re-encodes a full window of max_seq_length items.", "",
+             "| card | graph | model.onnx MB | call ms, B=1 | call ms, B=256 | B=256 time vs fp32 | test HR@10 | "
+             "test NDCG@10 | NDCG@10 vs fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         base = next(b for b in rows if b["card"] == r["card"] and b["variant"] == "fp32")
-        lines.append(f"| {r['card']} | {r['variant']} | {r['mb']:.2f} | {r['b1_ms']:.3f} | {r['b256_ms']:.2f} | "
-                     f"{r['HR@10']:.4f} | {r['NDCG@10']:.4f} | {r['NDCG@10'] - base['NDCG@10']:+.4f} |")
-    write_table(lines, "Dynamic int8 quantization of the step graphs (ONNX Runtime)", args.markdown)
+        lines.append(f"| {r['card']} ({r['kind']}) | {r['variant']} | {r['mb']:.2f} | {r['b1_ms']:.3f} | "
+                     f"{r['b256_ms']:.2f} | {r['b256_ms'] / base['b256_ms']:.2f}x | {r['HR@10']:.4f} | "
+                     f"{r['NDCG@10']:.4f} | {r['NDCG@10'] - base['NDCG@10']:+.4f} |")
+    write_table(lines, "Dynamic int8 quantization of the bundled graphs (ONNX Runtime)", args.markdown)
 
 
 if __name__ == "__main__":

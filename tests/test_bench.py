@@ -486,11 +486,13 @@ def test_int8_graphs_bench_runs(monkeypatch, tmp_path, shared_data):
     out = tmp_path / "q.md"
     b.main(["--cards", "gru4rec-ml1m", "--reps", "5", "--markdown", str(out)])
     rows = {r[1]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
-                              if line.startswith("| gru4rec-ml1m |"))}
+                              if line.startswith("| gru4rec-ml1m (step) |"))}
     assert set(rows) == {"fp32", "int8 per tensor", "int8 per channel"}
     card = json.loads((ROOT / "hub_cards" / "gru4rec-ml1m" / "eval_results.json").read_text())["metrics"]
-    assert rows["fp32"][5] == f"{card['HR@10']:.4f}" and rows["fp32"][7] == "+0.0000"
+    assert rows["fp32"][6] == f"{card['HR@10']:.4f}" and rows["fp32"][8] == "+0.0000" and rows["fp32"][5] == "1.00x"
     assert all(float(rows[v][2]) < float(rows["fp32"][2]) for v in ("int8 per tensor", "int8 per channel"))
+    # the window graphs' latency path (their metrics rows run the same zoo.evaluate --onnx as the step graphs')
+    assert b.window_latency_ms(str(ROOT / "hub_cards" / "sasrec-ml1m" / "onnx-window"), 2, 2, 1) > 0
 
 
 def test_temporal_split_bench_runs(monkeypatch, tmp_path):

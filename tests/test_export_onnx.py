@@ -714,11 +714,17 @@ def test_fp16_step_graph(exported, exported_fp16, name):
     names = [s.name for s in model.state_spec(1)]
     assert all(types[s] == types[f"{s}_out"] == F for s in names)
     assert types["topk_scores"] == types["scores"] == F
-    # weights stored as float16 (the scan parameters stay fp32)
+    # weights stored as float16 (the scan parameters stay fp32: initializers, or Constant nodes such as LRURec's lam)
     inits = {i.name: i for i in mp.graph.initializer}
+    consts = {n.output[0]: a.t for n in mp.graph.node if n.op_type == "Constant" for a in n.attribute
+              if a.name == "value"}
     n16 = sum(int(np.prod(t.dims)) for t in inits.values() if t.data_type == H)
-    n32 = sum(int(np.prod(t.dims)) for t in inits.values() if t.data_type == F)
+    n32 = sum(int(np.prod(t.dims)) for t in [*inits.values(), *consts.values()] if t.data_type == F)
     assert n16 > 10 * n32 > 0
+    for n in (x for x in mp.graph.node if x.domain == ps.ONNX_DOMAIN):          # the parameters the scan reads
+        for t, inp in zip(ps.SCAN_OPS[n.op_type].inputs, n.input, strict=True):
+            if "B" not in t.shape.split(",") and inp in {**inits, **consts}:
+                assert {**inits, **consts}[inp].data_type == F, (t.name, inp)
     emb = max(inits.values(), key=lambda t: int(np.prod(t.dims)))
     assert emb.data_type == H and int(np.prod(emb.dims)) >= N_ITEMS * 16
     # the scan nodes and their functions stay fp32: activations are cast to fp32 before, the state comes in as fp32
@@ -745,6 +751,26 @@ def test_fp16_step_graph(exported, exported_fp16, name):
     assert out.topk_scores.dtype == np.float32 and (out.topk_ids != 0).all()
     assert all(a.dtype == np.float32 for a in out.state.values())
     assert out.scores.dtype == np.float32 and np.isneginf(out.scores[:, 0]).all()
+
+
+def test_lrurec_graph_holds_the_models_own_lambda(exported):
+    """LRURec's decay lam = exp(-nu + i theta) is a constant of the graph, bit for bit PyTorch's: traced, the runtime
+    computed it with its own exp/cos/sin (ONNX's reference evaluator ~8 ulps off), which |lam| ~ 1 carried through
+    hundreds of steps past the fp32 tolerance (export.trt's plugin check, 200 + 500 steps: 1.5e-4 on the bundled
+    LRURec; 6.7e-6 with the constants)."""
+    model, res = exported("lrurec")
+    mp = onnx.load(res.graph_path)
+    consts = {n.output[0]: onnx.numpy_helper.to_array(a.t) for n in mp.graph.node if n.op_type == "Constant"
+              for a in n.attribute if a.name == "value"}
+    consts.update({i.name: onnx.numpy_helper.to_array(i) for i in mp.graph.initializer})
+    prod = _producer_map(mp)
+    scans = [n for n in mp.graph.node if n.op_type == "LRUScan"]
+    assert len(scans) == model.config.num_layers
+    for layer, n in zip(model.lru_blocks, scans, strict=True):
+        lam_re, lam_im = (t.detach().numpy() for t in layer.lru_layer.lam())
+        for name, want in ((n.input[2], lam_re), (n.input[3], lam_im)):
+            assert name in consts and name not in prod or prod[name].op_type == "Constant", name
+            np.testing.assert_array_equal(consts[name], want)
 
 
 def test_fp16_gru4rec_graph_runs(tmp_path):

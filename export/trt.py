@@ -398,11 +398,16 @@ def _load_model(name_or_path: str):
     return load(name_or_path)
 
 
-#: verification sizes of the CPU-emulated plugin check (every CUDA thread a fiber: kept small)
-EMULATED_VERIFY = dict(prime_len=50, n_steps=20, batch=2, topk_cases=32)
+#: verification sizes of the CPU-emulated plugin check (every CUDA thread a fiber): the priming and single steps of
+#: the engine's own verification (200 + 500, 4 rows), fewer top-k rows (256, not 2,000). About 20 s for the bundled
+#: Mamba4Rec on one CPU thread, with the emulator's user-space fiber switch (bench/RESULTS_EMU_SWITCH.md)
+EMULATED_VERIFY = dict(prime_len=200, n_steps=500, batch=4, topk_cases=256)
+#: ``--quick`` (CI smoke runs): 50 + 20 steps, 2 rows, 32 top-k rows
+EMULATED_VERIFY_QUICK = dict(prime_len=50, n_steps=20, batch=2, topk_cases=32)
 
 
-def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, say, build_dir=None) -> bool:
+def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, say, build_dir=None,
+                           quick: bool = False, max_steps: int = 200) -> bool:
     """Without an engine, what the plugins contribute is still checked: the graph runs on ONNX's reference evaluator
     with each scan node handed to the plugin's ``enqueue`` -- the plugin classes and CUDA kernels compiled for the CPU
     against plugins/emu/ (:mod:`export.emulated_plugins`) -- and goes through the shared verifier against PyTorch.
@@ -425,7 +430,8 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
         return False
 
     graph = graph16 if graph16 is not None else V._with_scores_output(res.graph_path)
-    kw = dict(EMULATED_VERIFY)
+    kw = dict(EMULATED_VERIFY_QUICK if quick else EMULATED_VERIFY)
+    kw["prime_len"] = min(kw["prime_len"], max_steps)        # the engine's profile takes T <= max_steps per call
     runner = None
     try:
         # loading the library and making the evaluator run no plugin code: a library that is not an emulated plugin
@@ -632,7 +638,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         say("[4/4] engine verification: not run (no engine). The ONNX graph above IS verified; no engine was written.")
         report["missing"] = env.missing
         if emulate:
-            failed = _emulated_plugin_check(model, res, graph16, precision, report, say, build_dir)
+            failed = _emulated_plugin_check(model, res, graph16, precision, report, say, build_dir, quick, max_steps)
             if failed:
                 emu = report["emulated_plugins"]
                 crash = emu.get("signal") or ("exit code {}".format(emu["child_exit_code"])

@@ -346,7 +346,7 @@ def test_export_trt_exits_2_when_the_emulated_plugin_check_fails(tmp_path, monke
     monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: bad)
     monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(
         tensorrt_error="ImportError: fake", gpu_error="fake: no GPU", missing=["TensorRT builder: fake", "GPU: fake"]))
-    monkeypatch.setattr(T, "EMULATED_VERIFY", dict(prime_len=8, n_steps=2, batch=2, topk_cases=4))
+    monkeypatch.setattr(T, "EMULATED_VERIFY_QUICK", dict(prime_len=8, n_steps=2, batch=2, topk_cases=4))
     said = []
     code, rep = T.run("tiny", str(tmp_path / "out"), model=_tiny_step_model("mamba4rec"), quick=True,
                       plugin_lib=str(tmp_path / "none.so"), say=said.append)

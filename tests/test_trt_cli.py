@@ -449,6 +449,24 @@ def test_run_emulated_check_runs_in_a_child_and_passes(tmp_path, monkeypatch, ti
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_emulated_check_sizes_follow_quick_and_max_steps(tmp_path, monkeypatch, tiny_mamba):
+    """[4b] verifies with EMULATED_VERIFY (the engine verification's priming and steps) or, with --quick,
+    EMULATED_VERIFY_QUICK; its priming never exceeds --max-steps (the engine's profile)."""
+    lib = _emulated_plugin_library(tmp_path / "build")
+    monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: lib)
+    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+    assert (T.EMULATED_VERIFY["prime_len"], T.EMULATED_VERIFY["n_steps"]) == (200, 500)
+    monkeypatch.setattr(T, "EMULATED_VERIFY", dict(prime_len=12, n_steps=3, batch=2, topk_cases=8))
+    monkeypatch.setattr(T, "EMULATED_VERIFY_QUICK", dict(prime_len=6, n_steps=2, batch=2, topk_cases=4))
+    for quick, max_steps, want in ((False, 200, 12), (False, 5, 5), (True, 200, 6)):
+        code, rep = T.run("tiny", str(tmp_path / f"out{quick}{max_steps}"), model=tiny_mamba, quick=quick,
+                          max_steps=max_steps, max_batch=8, opt_batch=8, plugin_lib=str(tmp_path / "none.so"),
+                          say=lambda m: None)
+        kw = rep["emulated_plugins"]["verify_kwargs"]
+        assert code == T.EXIT_MISSING and kw["prime_len"] == want and kw["n_steps"] == (2 if quick else 3), kw
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_run_emulated_check_of_a_candidates_graph(tmp_path, monkeypatch, tiny_mamba):
     """export.trt --candidates: the graph takes candidates [B, C]; its ONNX verification and the [4b] check with the
     plugins' code feed fresh candidate lists, and both pass."""

@@ -186,7 +186,8 @@ class TritonPythonModel:
             return [np.zeros(0, np.int64)] * B
         if arr.dtype != np.int64:
             raise ValueError(f"candidates must be INT64, got {arr.dtype}")
-        arr = arr.reshape(B, -1) if arr.size else np.zeros((B, 0), np.int64)
+        if arr.ndim != 2 or arr.shape[0] != B:
+            raise ValueError(f"candidates must be [{B}, C] (one row per item_ids row), got shape {list(arr.shape)}")
         bad = arr[(arr < 0) | (arr >= self.n_items)]
         if bad.size:
             raise ValueError(f"candidate index {int(bad[0])} is out of range 0..{self.n_items - 1} (0 is padding; "

@@ -726,6 +726,9 @@ def test_python_backend_candidates(mamba, mamba_cand_export, tmp_path, monkeypat
     assert _same_topk(resp.outputs["topk_ids"][0, :3], ids, sc) and (resp.outputs["topk_ids"][0, 3:] == 0).all()
     (ri, rs), = _reference_topk(mamba, [c])
     assert _same_topk(resp.outputs["topk_ids"][1], ri, rs)
+    r["candidates"] = np.array([[5, 6, 7]], np.int64)                     # one row for two users
+    (resp,) = explicit.execute([r])
+    assert resp.error is not None and "candidates must be [2, C]" in resp.error.msg, resp.error
 
 
 def test_onnxruntime_configs_require_the_candidates_input(mamba_cand_export, tmp_path):

@@ -332,10 +332,10 @@ class TritonRecommender(_Base):
                        candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
         """``(top-k external ids, their scores)`` of each event, in order: ``events`` are ``(user_or_sequence_id,
         new_items)`` or ``(user_or_sequence_id, new_items, timestamps)``, one per sequence (a sequence's events must
-        reach the server in order); ``candidates``: one list of item ids per event (None: not restricted). With gRPC the requests go out together from a thread pool (at most
-        ``threads``), so Triton's sequence batcher can run them as one batch; tritonclient's HTTP client is not
-        thread-safe, so with HTTP they go one after another. A sequence that is not live is started, as by
-        :meth:`recommend`.
+        reach the server in order); ``candidates``: one list of item ids per event (None: not restricted). With
+        gRPC the requests go out together from a thread pool (at most ``threads``), so Triton's sequence batcher
+        can run them as one batch; tritonclient's HTTP client is not thread-safe, so with HTTP they go one after
+        another. A sequence that is not live is started, as by :meth:`recommend`.
 
         Every event is checked before any is sent (an unknown id or an empty event sends nothing). The states live on
         the server, so a request the server refuses does not undo the others: the first refusal is raised once every

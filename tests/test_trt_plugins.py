@@ -492,6 +492,27 @@ def test_engine_build_exclude_seen(tmp_path, plugin_lib):
     assert json.loads((tmp_path / "state_spec.json").read_text())["exclude_seen"] is True
 
 
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_engine_build_candidates(tmp_path, plugin_lib):
+    """A --candidates Mamba4Rec step graph (candidates [B, C], C in the profile [1, 64, max_candidates]) builds and
+    matches PyTorch's candidate-masked scores on the GPU, empty top-k slots included."""
+    _need_builder()
+    from export import trt as T
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+    torch.manual_seed(0)
+    model = Mamba4RecModel(Mamba4RecConfig(n_items=200, hidden_size=32, num_layers=2, d_state=16))
+    with torch.no_grad():
+        model.item_embedding.weight.normal_(0, 1.0)
+    model.eval()
+    code, rep = T.run("mamba4rec", str(tmp_path), plugin_lib=str(plugin_lib), model=model, max_batch=512,
+                      candidates=True, max_candidates=128)
+    assert code == T.EXIT_OK, rep
+    assert rep["engine_verification"]["passed"]
+    assert json.loads((tmp_path / "state_spec.json").read_text())["candidates"] is True
+
+
 def test_plugin_docs_are_current():
     """*_PluginConfig.yaml and the README I/O tables are generated from plugin_spec (python plugins/gen_spec_header.py
     --docs rewrites them)."""

@@ -599,8 +599,8 @@ def _mask_and_topk(scores: torch.Tensor, pad: torch.Tensor, k: int, seen: torch.
     not list -> -inf too, the items flagged in ``seen [B, n_items]`` (``--exclude-seen``) -> :data:`SEEN_SCORE`
     (never an item already at ``-inf``), then top-k. The ``seen`` mask is the last op before ``TopK`` so it is part of
     the fp32 score tail of an fp16 graph (``SEEN_SCORE`` does not fit float16); the candidates join the additive
-    ``-inf`` mask, which float16 holds. With candidates, a top-k slot left without an item (a row listing fewer than
-    ``k``) gets id 0 and score ``-inf``."""
+    ``-inf`` mask, and :func:`convert_to_fp16` keeps every node they feed in that tail too. With candidates, a top-k
+    slot left without an item (a row listing fewer than ``k``) gets id 0 and score ``-inf``."""
     if candidates is not None:
         allowed = torch.zeros_like(scores).scatter(1, candidates, torch.ones_like(candidates, dtype=scores.dtype))
         restricted = (candidates > 0).long().sum(dim=1, keepdim=True) > 0           # a row with a real candidate

@@ -84,7 +84,7 @@ def kernels_alone(long_t: int, cases: str | None):
         if cases and cases not in case.id:
             continue
         d = harness.make_inputs(case, device="cpu", seed=i)
-        for in_place in (False, True) if case.op != "LRUScan" and case.with_h0 else (False,):
+        for in_place in harness.in_place_runs(case):
             work.append((case, d, in_place))
 
     def run(lib: Path) -> int:

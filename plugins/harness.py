@@ -364,6 +364,12 @@ def compare(case: Case, got, ref) -> dict:
     return res
 
 
+def in_place_runs(case: Case) -> tuple[bool, ...]:
+    """The runs a case gets: out of place, and in place too (the state output written into the h0 buffer) where the op
+    has an initial state it updates in place (not LRUScan, whose state outputs are a sequence)."""
+    return (False, True) if case.op != "LRUScan" and case.with_h0 else (False,)
+
+
 def check_case(k: ScanKernels, case: Case, seed: int, plugin: bool = False) -> list[dict]:
     """Runs one case on ``k`` (GPU or emulated) against the float64 reference: out-of-place, and in place (the state
     output written into the h0 buffer) where the op has an initial state. One result dict per run. ``plugin``: through
@@ -372,7 +378,7 @@ def check_case(k: ScanKernels, case: Case, seed: int, plugin: bool = False) -> l
     ref = reference(case, {kk: (v.cpu() if v is not None else None) for kk, v in d.items()})
     ref = ([r.to(k.device) for r in ref[0]], [r.to(k.device) for r in ref[1]])
     out = []
-    for in_place in ((False, True) if case.op != "LRUScan" and case.with_h0 else (False,)):
+    for in_place in in_place_runs(case):
         got = (run_plugin if plugin else run_kernel)(k, case, d, in_place=in_place)
         if not k.emulated:
             torch.cuda.synchronize()

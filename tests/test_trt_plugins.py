@@ -411,7 +411,7 @@ def test_kernel_matches_reference(kernels, case):
     d = harness.make_inputs(case, seed=zlib.crc32(case.id.encode()) % 10_000)
     ref = harness.reference(case, {k: (v.cpu() if v is not None else None) for k, v in d.items()})
     ref = ([r.cuda() for r in ref[0]], [r.cuda() for r in ref[1]])
-    for in_place in ((False, True) if case.op != "LRUScan" and case.with_h0 else (False,)):
+    for in_place in harness.in_place_runs(case):
         got = harness.run_kernel(kernels, case, d, in_place=in_place)
         torch.cuda.synchronize()
         res = harness.compare(case, got, ref)

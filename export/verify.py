@@ -336,7 +336,7 @@ def _mask_candidates(ref: np.ndarray, cands: np.ndarray) -> np.ndarray:
     return np.where(drop, np.float32(-np.inf), ref.astype(np.float32))
 
 
-def _rows_agree(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> np.ndarray:
+def _rows_agree(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int, ref_ids: np.ndarray | None = None) -> np.ndarray:
     """``[B]`` bool: the graph's ordered top-k equals PyTorch's, up to order swaps of near-tied items.
 
     A row agrees when the ids are identical, or when the PyTorch scores of the graph's ids, position by position,
@@ -344,9 +344,9 @@ def _rows_agree(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> np.ndarr
     allowed score error have no defined order under that tolerance (on real 3,416-item models about 1 row in 700 of
     random histories has such a near-tie at some rank; with ``--exclude-seen`` and ``--candidates`` the history's
     candidates all tie at :data:`SEEN_SCORE`). An empty slot (id 0: a ``--candidates`` row listing fewer than ``k``
-    items) must be empty in both.
+    items) must be empty in both. ``ref_ids``: :func:`_topk_ref` of ``ref_scores``, when the caller has it.
     """
-    ref_ids = _topk_ref(ref_scores, k)
+    ref_ids = _topk_ref(ref_scores, k) if ref_ids is None else ref_ids
     rows = np.arange(len(ref_ids))[:, None]
     ids = np.clip(ort_ids.astype(np.int64), 0, ref_scores.shape[1] - 1)
     real = (ort_ids > 0) & (ref_ids > 0)
@@ -355,9 +355,11 @@ def _rows_agree(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> np.ndarr
     return np.all((ort_ids == ref_ids) | (real & (gap <= SCORE_ATOL)), axis=1)
 
 
-def _rows_overlap(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int) -> np.ndarray:
-    """``[B]`` float: the fraction of PyTorch's top-k items that are in the graph's top-k, order aside."""
-    ref_ids = _topk_ref(ref_scores, k)
+def _rows_overlap(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int,
+                  ref_ids: np.ndarray | None = None) -> np.ndarray:
+    """``[B]`` float: the fraction of PyTorch's top-k items that are in the graph's top-k, order aside (``ref_ids``:
+    :func:`_topk_ref` of ``ref_scores``, when the caller has it)."""
+    ref_ids = _topk_ref(ref_scores, k) if ref_ids is None else ref_ids
     hit = (ort_ids.astype(np.int64)[:, :, None] == ref_ids[:, None, :]).any(axis=1)      # [B, k]
     return hit.mean(axis=1)
 
@@ -377,8 +379,9 @@ class _Acc:
         if a > self.abs or not np.isfinite(a):
             self.where = where
         self.abs, self.rel = max(self.abs, a), max(self.rel, r)
-        self.agree.append(_rows_agree(out["topk_ids"], ref, k))
-        self.overlap.append(_rows_overlap(out["topk_ids"], ref, k))
+        ref_ids = _topk_ref(ref, k)                       # PyTorch's top-k, once for both measures
+        self.agree.append(_rows_agree(out["topk_ids"], ref, k, ref_ids))
+        self.overlap.append(_rows_overlap(out["topk_ids"], ref, k, ref_ids))
 
     def overlap_mean(self) -> float:
         return float(np.concatenate(self.overlap).mean())
@@ -545,11 +548,12 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
     out, ref = pair.step(hist[:, :topk_prime], None if ts is None else ts[:, :topk_prime])
     out, ref = pair.step(hist[:, topk_prime:], None if ts is None else ts[:, topk_prime:])
     a, r = _errs(out["scores"], ref)
-    rows = _rows_agree(out["topk_ids"], ref, k)                # one entry per row actually compared
+    ref_ids = _topk_ref(ref, k)
+    rows = _rows_agree(out["topk_ids"], ref, k, ref_ids)       # one entry per row actually compared
     cases.append(CaseResult("random/topk", a, r, float(rows.mean()), int(rows.size), pair.state_err(),
                             f"B={int(rows.size)} random states (prime {topk_prime}) + 1 step" + _gaps_note(pair)
                             + _vector_note(pair.items),
-                            topk_overlap=float(_rows_overlap(out["topk_ids"], ref, k).mean())))
+                            topk_overlap=float(_rows_overlap(out["topk_ids"], ref, k, ref_ids).mean())))
     say(f"  random/topk done [{time.perf_counter() - t0:.1f} s]")
 
     if real_histories:

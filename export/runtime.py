@@ -273,11 +273,7 @@ class _Base:
     def encode_candidates(self, lists: Sequence[Sequence[Any] | None]) -> np.ndarray:
         """Per row the caller's candidate item ids (None or empty: the row is not restricted) -> ``[B, C]`` internal
         indices, 0-padded (:meth:`encode`: an unknown id is a KeyError naming it)."""
-        rows = [self.encode([c])[0] if c is not None and len(c) else [] for c in lists]
-        out = np.zeros((len(rows), max([len(r) for r in rows] + [0])), np.int64)
-        for r, row in enumerate(rows):
-            out[r, :len(row)] = row
-        return out
+        return _pad_rows([self.encode([c])[0] if c is not None and len(c) else [] for c in lists])
 
     def check_timestamps(self, timestamps: Any, shape) -> np.ndarray:
         if timestamps is None:
@@ -736,15 +732,20 @@ class UserStateRecommender:
         self._ss.forget(self.store, user_id)
 
 
+def _pad_rows(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """Rows of internal indices, of different lengths -> ``[B, C]`` int64, 0-padded (``C`` the longest; 0 is
+    padding, which restricts nothing)."""
+    out = np.zeros((len(rows), max([len(r) for r in rows] + [0])), np.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
 def _stack_candidates(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
     """Encoded candidate rows (None: not restricted) -> ``[B, C]`` 0-padded, or None when no row has any."""
     if all(r is None for r in rows):
         return None
-    out = np.zeros((len(rows), max(len(r) for r in rows if r is not None)), np.int64)
-    for i, r in enumerate(rows):
-        if r is not None:
-            out[i, :len(r)] = r
-    return out
+    return _pad_rows([[] if r is None else r for r in rows])
 
 
 __all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "UserStateRecommender", "read_spec", "read_vocab",

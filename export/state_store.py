@@ -320,10 +320,14 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
                 wake.wait(every)
                 wake.clear()
                 with _CHECKPOINTERS_LOCK:
-                    if not stores:
+                    # a snapshot: the garbage collector may drop a store from the WeakSet at any moment (not under
+                    # this lock), so a set found non-empty could be empty by the time it is iterated
+                    live = list(stores)
+                    if not live:
                         del _CHECKPOINTERS[key]
                         return
-                    every, limit, wait = _shared_settings(stores)
+                    every, limit, wait = _shared_settings(live)
+                    del live                                # the thread must not keep the stores alive
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     if limit is not None and os.path.exists(wal) and os.path.getsize(wal) > limit:

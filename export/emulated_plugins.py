@@ -201,6 +201,16 @@ class PluginCrash(PluginError):
         self.returncode, self.signal, self.last_call = returncode, signal, last_call
 
 
+class PluginHang(PluginCrash):
+    """The process running the plugins' code gave no answer for ``timeout_s`` seconds (a plugin or kernel that never
+    returns: an endless loop, a loop bound read from a wrong dim) and was killed. ``signal`` is None; ``returncode``
+    the killed child's."""
+
+    def __init__(self, message: str, returncode: int | None, last_call: dict | None, timeout_s: float):
+        super().__init__(message, returncode, None, last_call)
+        self.timeout_s = timeout_s
+
+
 #: what each fatal signal of the child most likely means (the rest get the generic line)
 _ASAN_HINT = "rerun with ASan: python plugins/harness.py --emulate --plugin --asan --check"
 _SIGNAL_CAUSES = {
@@ -214,14 +224,27 @@ _SIGNAL_CAUSES = {
 }
 
 
+def _where(last_call: dict | None) -> str:
+    if last_call is None:
+        return ""
+    shapes = ", ".join(f"{k}{list(v)}" for k, v in last_call["inputs"].items())
+    return f" (during the {last_call['op_type']} plugin's enqueue, {last_call['dtype']}: {shapes})"
+
+
+def _hang_message(timeout_s: float, last_call: dict | None) -> str:
+    if last_call is None:
+        return (f"the emulated plugin check's process gave no answer for {timeout_s:g} s outside any plugin run "
+                f"(the reference evaluator on the graph's other nodes) and was killed")
+    return (f"the emulated plugin check's process gave no answer for {timeout_s:g} s{_where(last_call)} and was "
+            f"killed: the plugin's code does not return (an endless loop, or a loop bound read from a wrong dim?) — "
+            f"rerun it alone: python plugins/harness.py --emulate --plugin --check")
+
+
 def _crash_message(returncode: int | None, last_call: dict | None) -> tuple[str, str | None]:
     """``(message, signal name or None)`` for a child that died with ``returncode`` during ``last_call``."""
     import signal
 
-    where = ""
-    if last_call is not None:
-        shapes = ", ".join(f"{k}{list(v)}" for k, v in last_call["inputs"].items())
-        where = f" (during the {last_call['op_type']} plugin's enqueue, {last_call['dtype']}: {shapes})"
+    where = _where(last_call)
     if returncode is not None and returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -241,10 +264,11 @@ class IsolatedPluginRunner:
     runner raises in the child (:class:`PluginError`, an evaluator limit) is raised again here with its type.
 
     ``graph``: a path, serialized bytes or a ``ModelProto``; ``lib``: the emulated plugin library (a path or a loaded
-    library; built here when None). Use it as a context manager, or call :meth:`close`. ``calls`` counts the plugin
-    runs per op."""
+    library; built here when None); ``timeout_s``: the longest the child may go without an answer (one plugin run,
+    or the evaluator's work between two) before it is killed and :class:`PluginHang` is raised (None: no limit).
+    Use it as a context manager, or call :meth:`close`. ``calls`` counts the plugin runs per op."""
 
-    def __init__(self, graph, lib: str | os.PathLike | ctypes.CDLL | None = None):
+    def __init__(self, graph, lib: str | os.PathLike | ctypes.CDLL | None = None, timeout_s: float | None = None):
         import subprocess
         import sys
         from multiprocessing import Pipe
@@ -259,6 +283,7 @@ class IsolatedPluginRunner:
             graph = graph.SerializeToString() if hasattr(graph, "SerializeToString") else Path(graph).read_bytes()
         self.calls = {op: 0 for op in ps.SCAN_OPS}
         self.last_call: dict | None = None
+        self.timeout_s = timeout_s
         self.proc = None
         self._conn, child_end = Pipe(duplex=True)
         fd = child_end.fileno()
@@ -283,19 +308,27 @@ class IsolatedPluginRunner:
     def _ask(self, request):
         try:
             self._conn.send(request)
-            kind, *msg = self._conn.recv()
+            kind, *msg = self._recv()
             while kind == "call":                       # a plugin run starts (what a crash would happen in)
                 op_type, shapes, dtype = msg
                 self.calls[op_type] += 1
                 self.last_call = {"op_type": op_type, "dtype": dtype,
                                   "inputs": dict(zip(ps.SCAN_OPS[op_type].input_names, shapes))}
-                kind, *msg = self._conn.recv()
+                kind, *msg = self._recv()
         except (EOFError, OSError):                     # the child is gone: why?
             raise self._crash() from None
         self.last_call = None
         if kind == "error":
             raise _unpickle_error(*msg)
         return msg[0] if kind == "done" else tuple(msg)      # "done": the outputs; "ready": the I/O names
+
+    def _recv(self):
+        if self.timeout_s is not None and not self._conn.poll(self.timeout_s):
+            self._conn.close()                          # no answer in time: the child hangs; stop it
+            self.proc.kill()
+            rc = self.proc.wait()
+            raise PluginHang(_hang_message(self.timeout_s, self.last_call), rc, self.last_call, self.timeout_s)
+        return self._conn.recv()
 
     def _crash(self) -> PluginCrash:
         import subprocess

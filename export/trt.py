@@ -44,7 +44,8 @@ Exit codes:
   classes and CUDA kernels compiled against ``plugins/emu/``; :mod:`export.emulated_plugins`; ``--no-emulate`` skips
   it, a missing C++ compiler or TensorRT headers skip it with a message); if that fails, the exit code is ``2``. The
   graph runs in a child process for that check, so a plugin that reads or writes out of bounds kills the child, not
-  the run: a crash is a failure (exit ``2``) whose report names the signal and the plugin run it happened in.
+  the run: a crash is a failure (exit ``2``) whose report names the signal and the plugin run it happened in; so is
+  a hang (the child gives no answer for ``EMULATED_TIMEOUT_S`` seconds and is killed).
 """
 
 from __future__ import annotations
@@ -404,6 +405,10 @@ def _load_model(name_or_path: str):
 EMULATED_VERIFY = dict(prime_len=200, n_steps=500, batch=4, topk_cases=256)
 #: ``--quick`` (CI smoke runs): 50 + 20 steps, 2 rows, 32 top-k rows
 EMULATED_VERIFY_QUICK = dict(prime_len=50, n_steps=20, batch=2, topk_cases=32)
+#: the longest the [4b] check's child may go without an answer (one plugin run, or the evaluator's work between two)
+#: before it is killed and the check fails as a hang. The longest plugin run at EMULATED_VERIFY's sizes takes about a
+#: second on one CPU thread (a 200-step priming), so this only stops a plugin that never returns
+EMULATED_TIMEOUT_S = 300.0
 
 
 def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, say, build_dir=None,
@@ -418,7 +423,7 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
     so)."""
     from . import verify as V
     from .build_plugins import BuildError, build_emulated
-    from .emulated_plugins import EmulatedPluginRunner, IsolatedPluginRunner, PluginCrash, PluginError
+    from .emulated_plugins import EmulatedPluginRunner, IsolatedPluginRunner, PluginCrash, PluginError, PluginHang
 
     say("[4b] the graph with the zoo plugins' code, CPU-emulated (plugin classes + CUDA kernels compiled for the CPU "
         "against plugins/emu/; ONNX reference evaluator for the other nodes), against PyTorch")
@@ -437,15 +442,17 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
         # loading the library and making the evaluator run no plugin code: a library that is not an emulated plugin
         # library or a graph the evaluator cannot take is found here, in this process, before a child starts
         EmulatedPluginRunner(graph, lib)
-        runner = IsolatedPluginRunner(graph, lib)
+        runner = IsolatedPluginRunner(graph, lib, timeout_s=EMULATED_TIMEOUT_S)
         rep = V.verify_export(model, res.graph_path, res.spec, runner=runner, progress=lambda m: say("  " + m),
                               precision=precision, **kw)
     except PluginCrash as e:                 # the plugin's code killed the child (SIGSEGV, ...): TensorRT's would too
-        say(f"  FAILED: {e}")
+        say(f"  FAILED: {e}")           # (or hung it: PluginHang, the child killed after EMULATED_TIMEOUT_S)
         calls = {k: v for k, v in (runner.calls if runner else {}).items() if v}
         report["emulated_plugins"] = {"library": str(lib), "ok": False, "error": str(e), "signal": e.signal,
                                       "child_exit_code": e.returncode, "plugin_call": e.last_call,
                                       "plugin_calls": calls}
+        if isinstance(e, PluginHang):
+            report["emulated_plugins"]["hung_after_s"] = e.timeout_s
         return True
     except PluginError as e:                 # a scan node the plugin refuses: TensorRT's engine would fail the same
         say(f"  FAILED: {e}")
@@ -643,10 +650,10 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
                 emu = report["emulated_plugins"]
                 crash = emu.get("signal") or ("exit code {}".format(emu["child_exit_code"])
                                               if "child_exit_code" in emu else None)
+                why = (f" (no answer in {emu['hung_after_s']:g} s: the plugin hangs)" if "hung_after_s" in emu
+                       else f" ({crash}: the plugin crashed its process)" if crash else "")
                 return finish(EXIT_VERIFY_FAILED, "the graph with the zoo plugins' code (CPU-emulated) FAILED "
-                                                  "verification" + (f" ({crash}: the plugin crashed its process)"
-                                                                    if crash else "")
-                              + "; TensorRT/GPU missing, engine NOT built")
+                                                  "verification" + why + "; TensorRT/GPU missing, engine NOT built")
         return finish(EXIT_MISSING, "TensorRT/GPU missing: ONNX verified"
                       + (", plugins verified on the CPU emulator" if report.get("emulated_plugins", {}).get("ok")
                          else "") + ", engine NOT built")

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -520,6 +521,59 @@ def test_main_reports_a_plugin_that_crashes_the_emulated_check(tmp_path, monkeyp
     assert rep["onnx"]["verification"]["passed"] is True and (out / "model.onnx").is_file()
     assert not (out / T.ENGINE_FILE).exists()
     assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == b"earlier engine"
+
+
+def test_main_reports_a_plugin_that_hangs_the_emulated_check(tmp_path, monkeypatch, capsys):
+    """A SelectiveScan kernel whose time loop never advances never returns: the child running the graph gives no
+    answer for EMULATED_TIMEOUT_S, is killed, and export.trt fails the run with exit 2 and a report naming the hang
+    and the plugin run it happened in -- instead of waiting forever. Nothing written before is lost."""
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+    src = ROOT / "plugins" / "selectiveScanPlugin" / "selectiveScanKernel.cu"
+    old = "for (int32_t t = 0; t < T_; ++t)"
+    text = src.read_text()
+    assert text.count(old) == 1
+    (tmp_path / src.name).write_text(text.replace(old, "for (int32_t t = 0; t < T_; t += 0)"))
+    bad = _emulated_plugin_library(tmp_path / "build", out_name="libmut_hang.so",
+                                   replace={src.name: tmp_path / src.name})
+    monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: bad)
+    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+    monkeypatch.setattr(T, "EMULATED_TIMEOUT_S", 10.0)        # the child's start (numpy, onnx imports) fits easily
+    torch.manual_seed(0)
+    Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=8, num_layers=1, d_state=4)).save_pretrained(
+        tmp_path / "model")
+    out = tmp_path / "out"
+    _earlier_engine(out)
+    t0 = time.monotonic()
+    code = T.main(["--model", str(tmp_path / "model"), "--out", str(out), "--quick",
+                   "--plugin-lib", str(tmp_path / "none.so")])
+    stdout = capsys.readouterr().out
+    assert code == T.EXIT_VERIFY_FAILED == 2, stdout
+    assert time.monotonic() - t0 < 120
+    rep = json.loads((out / T.REPORT_FILE).read_text())
+    emu = rep["emulated_plugins"]
+    assert emu["ok"] is False and emu["hung_after_s"] == 10.0 and emu["signal"] is None, emu
+    assert emu["child_exit_code"] == -signal.SIGKILL and emu["plugin_call"]["op_type"] == "SelectiveScan"
+    assert emu["error"].startswith("the emulated plugin check's process gave no answer for 10 s (during the "
+                                   "SelectiveScan plugin's enqueue, float32: u[2, 16, ")
+    assert "python plugins/harness.py --emulate --plugin --check" in emu["error"]
+    assert "FAILED verification (no answer in 10 s: the plugin hangs)" in rep["status"], rep["status"]
+    assert "  FAILED: the emulated plugin check's process gave no answer" in stdout
+    assert rep["onnx"]["verification"]["passed"] is True and (out / "model.onnx").is_file()
+    assert not (out / T.ENGINE_FILE).exists()
+    assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == b"earlier engine"
+
+
+def test_hang_messages_name_the_plugin_run_or_the_evaluator():
+    from export.emulated_plugins import _hang_message
+
+    call = {"op_type": "SSDScan", "dtype": "float16", "inputs": {"x": (2, 3, 4, 5)}}
+    assert _hang_message(2.5, call) == (
+        "the emulated plugin check's process gave no answer for 2.5 s (during the SSDScan plugin's enqueue, float16: "
+        "x[2, 3, 4, 5]) and was killed: the plugin's code does not return (an endless loop, or a loop bound read "
+        "from a wrong dim?) — rerun it alone: python plugins/harness.py --emulate --plugin --check")
+    assert _hang_message(300, None).endswith("gave no answer for 300 s outside any plugin run (the reference "
+                                             "evaluator on the graph's other nodes) and was killed")
 
 
 def test_crash_messages_name_the_signal_and_the_plugin_run():

@@ -115,11 +115,14 @@ class _Base:
         """``[]``, or the ``candidates [B, C]`` input for one list of the caller's item ids per row (None or empty:
         the row is not restricted; ``lists=None``: ``rows`` rows, none restricted); every id checked like the
         events' (an unknown one sends nothing). A model without the input refuses candidates."""
+        return self._candidates_input(self._encode_candidates(lists), rows)
+
+    def _encode_candidates(self, lists: Sequence | None) -> list | None:
+        """Each list of the caller's item ids as internal indices (an empty array: the row is not restricted), every
+        id checked; None when no row is restricted. A model without the ``candidates`` input refuses candidates."""
         if lists is None or all(c is None or len(c) == 0 for c in lists):
-            if not self.has_candidates:
-                return []
-            lists = [None] * (rows if lists is None else len(lists))
-        elif not self.has_candidates:
+            return None
+        if not self.has_candidates:
             raise ValueError(f"model {self.model_name!r} has no candidates input: export it with python -m "
                              "export.onnx --candidates (or python -m export.triton --candidates)")
         rows = []
@@ -136,8 +139,17 @@ class _Base:
                     raise ValueError(f"candidates of row {i}: item index {int(bad[0])} out of range "
                                      f"1..{self.n_items - 1}")
             rows.append(ids)
-        arr = np.zeros((len(rows), max(1, max(len(r) for r in rows))), np.int64)   # a row of 0s: not restricted
-        for i, r in enumerate(rows):
+        return rows
+
+    def _candidates_input(self, encoded: list | None, rows: int) -> list:
+        """``[]`` for a model without the input, else ``candidates [B, C]`` from :meth:`_encode_candidates`' rows
+        (None: ``rows`` rows, none restricted), 0-padded."""
+        if not self.has_candidates:
+            return []
+        if encoded is None:
+            encoded = [np.zeros(0, np.int64)] * rows
+        arr = np.zeros((len(encoded), max(1, max(len(r) for r in encoded))), np.int64)  # a row of 0s: unrestricted
+        for i, r in enumerate(encoded):
             arr[i, :len(r)] = r
         return [self._input("candidates", arr, "INT64")]
 
@@ -499,7 +511,7 @@ class ExplicitStateRecommender(_Base):
         users = state_store.check_events(events)
         if candidates is not None and len(candidates) != len(events):
             raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
-        self._candidates(candidates)                  # every candidate checked before anything is sent
+        cands = self._encode_candidates(candidates)   # every candidate checked before anything is sent
         encoded = []
         for i, e in enumerate(events):
             ids = self._encode(e[1])
@@ -535,8 +547,8 @@ class ExplicitStateRecommender(_Base):
                     ins += [self._input(n, np.ascontiguousarray(np.concatenate(
                         [np.asarray(states[i][n]).reshape(self.inputs[n]["shape"][1:])[None] for i in chunk])),
                         self.inputs[n]["datatype"]) for n in self.state_names]
-                    ins += self._candidates(None if candidates is None else [candidates[i] for i in chunk],
-                                            len(chunk))
+                    ins += self._candidates_input(None if cands is None else [cands[i] for i in chunk],
+                                                  len(chunk))
                     try:
                         r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
                     except self._exc as e:
@@ -605,7 +617,7 @@ class WindowRecommender(_Base):
             raise ValueError("no histories given")
         if candidates is not None and len(candidates) != len(histories):
             raise ValueError(f"candidates: one list per history ({len(histories)}), got {len(candidates)}")
-        self._candidates(candidates)                  # every candidate checked before anything is sent
+        cands = self._encode_candidates(candidates)   # every candidate checked before anything is sent
         if self.uses_timestamps and (timestamps is None or len(timestamps) != len(histories)):
             raise ValueError(f"model {self.model_name!r} reads timestamps: give one list per history")
         rows = []
@@ -634,7 +646,7 @@ class WindowRecommender(_Base):
             ins = [self._input("item_ids", ids, "INT64")]
             if self.uses_timestamps:
                 ins.append(self._input("timestamps", ts, "FP64"))
-            ins += self._candidates(None if candidates is None else candidates[at:at + self.max_batch], len(chunk))
+            ins += self._candidates_input(None if cands is None else cands[at:at + self.max_batch], len(chunk))
             try:
                 r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
             except self._exc as e:

@@ -10,7 +10,11 @@ of repeated calls at batch 1 and 256 on one ONNX Runtime thread: for a step grap
 primed states, for a window graph (SASRec, BERT4Rec) one full window of ``max_seq_length`` items, which such a model
 re-encodes for every event.
 
-    python bench/int8_graphs.py [--cards mamba4rec-ml1m lrurec-ml1m gru4rec-ml1m tim4rec-causal-ml1m-u2999 sasrec-ml1m bert4rec-ml1m] [--markdown bench/RESULTS_INT8.md]
+``--catalogues N [N ...]`` adds a second table: the bundled Mamba4Rec's architecture with ``N`` items and random
+weights (no metrics: there is no data for such a catalogue), fp32 against int8 per channel, for where the item table
+dominates the file and the output layer's scoring dominates a call.
+
+    python bench/int8_graphs.py [--cards mamba4rec-ml1m lrurec-ml1m gru4rec-ml1m tim4rec-causal-ml1m-u2999 sasrec-ml1m bert4rec-ml1m] [--catalogues 100000 1000000] [--markdown bench/RESULTS_INT8.md]
 """
 
 from __future__ import annotations
@@ -114,11 +118,43 @@ def measure(card: str, args) -> list[dict]:
     return rows
 
 
+def measure_catalogue(n_items: int, args) -> list[dict]:
+    """The bundled Mamba4Rec's config with ``n_items`` items and random weights (seed 0): its fp32 step graph and the
+    int8 one ``export.onnx --int8`` would ship (``quantize_int8``): file size and latency."""
+    import torch
+
+    from export.onnx import export_model, quantize_int8
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+    cfg = Mamba4RecConfig.from_pretrained(os.path.join(ROOT, "hub_cards", "mamba4rec-ml1m"))
+    cfg.n_items = n_items
+    cfg.item_vocab_file = None
+    torch.manual_seed(0)
+    model = Mamba4RecModel(cfg).eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = os.path.join(tmp, "fp32")
+        export_model(model, fp32, verify=False)
+        del model
+        int8 = os.path.join(tmp, "int8")
+        shutil.copytree(fp32, int8)
+        quantize_int8(os.path.join(fp32, "model.onnx"), os.path.join(int8, "model.onnx"))
+        for name, folder in (("fp32", fp32), ("int8 per channel", int8)):
+            rows.append({"n_items": n_items, "variant": name,
+                         "mb": os.path.getsize(os.path.join(folder, "model.onnx")) / 2**20,
+                         "b1_ms": step_latency_ms(folder, 1, max(20, args.reps // 10), args.threads),
+                         "b256_ms": step_latency_ms(folder, 256, 5, args.threads)})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cards", nargs="+", default=CARDS)
+    p.add_argument("--cards", nargs="*", default=CARDS)
     p.add_argument("--reps", type=int, default=400)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--catalogues", nargs="*", type=int, default=[],
+                   help="also measure the bundled Mamba4Rec's architecture with this many items, random weights")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)          # quantize_dynamic's "consider pre-processing" warning
@@ -129,14 +165,26 @@ def main(argv=None) -> None:
              f"Runtime {onnxruntime.__version__}, {args.threads} thread(s)). Metrics: zoo.evaluate's ONNX mode "
              "(`--onnx`) on each card's data and protocol (test users, ranks from the in-graph top-10). Latency: median of "
              "one call; a step graph's call is one step of one new item from primed states, a window graph's call "
-             "re-encodes a full window of max_seq_length items.", "",
-             "| card | graph | model.onnx MB | call ms, B=1 | call ms, B=256 | B=256 time vs fp32 | test HR@10 | "
-             "test NDCG@10 | NDCG@10 vs fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "re-encodes a full window of max_seq_length items."]
+    if rows:
+        lines += ["", "| card | graph | model.onnx MB | call ms, B=1 | call ms, B=256 | B=256 time vs fp32 | test HR@10 | "
+                  "test NDCG@10 | NDCG@10 vs fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         base = next(b for b in rows if b["card"] == r["card"] and b["variant"] == "fp32")
         lines.append(f"| {r['card']} ({r['kind']}) | {r['variant']} | {r['mb']:.2f} | {r['b1_ms']:.3f} | "
                      f"{r['b256_ms']:.2f} | {r['b256_ms'] / base['b256_ms']:.2f}x | {r['HR@10']:.4f} | "
                      f"{r['NDCG@10']:.4f} | {r['NDCG@10'] - base['NDCG@10']:+.4f} |")
+    big = [r for n in args.catalogues for r in measure_catalogue(n, args)]
+    if big:
+        lines += ["", "Larger catalogues: the bundled Mamba4Rec's architecture (hidden 64, 1 layer) with random weights "
+                  "and N items, step graphs (one step of one new item from primed states, as above).", "",
+                  "| items | graph | model.onnx MB | call ms, B=1 | call ms, B=256 | B=1 time vs fp32 | "
+                  "B=256 time vs fp32 |", "|---:|---|---:|---:|---:|---:|---:|"]
+        for r in big:
+            base = next(b for b in big if b["n_items"] == r["n_items"] and b["variant"] == "fp32")
+            lines.append(f"| {r['n_items']:,} | {r['variant']} | {r['mb']:.1f} | {r['b1_ms']:.3f} | "
+                         f"{r['b256_ms']:.1f} | {r['b1_ms'] / base['b1_ms']:.2f}x | "
+                         f"{r['b256_ms'] / base['b256_ms']:.2f}x |")
     write_table(lines, "Dynamic int8 quantization of the bundled graphs (ONNX Runtime)", args.markdown)
 
 

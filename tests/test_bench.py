@@ -495,6 +495,22 @@ def test_int8_graphs_bench_runs(monkeypatch, tmp_path, shared_data):
     assert b.window_latency_ms(str(ROOT / "hub_cards" / "sasrec-ml1m" / "onnx-window"), 2, 2, 1) > 0
 
 
+def test_int8_graphs_bench_larger_catalogue_runs(monkeypatch, tmp_path):
+    """--catalogues: the bundled Mamba4Rec's architecture with N random-weight items, fp32 and int8 rows side by side
+    (no data needed); the int8 graph is the smaller."""
+    pytest.importorskip("onnxruntime.quantization", reason="ONNX Runtime's quantization tools")
+    b = _bench("int8_graphs", monkeypatch)
+    out = tmp_path / "q.md"
+    b.main(["--cards", "--catalogues", "3000", "--reps", "2", "--markdown", str(out)])
+    text = out.read_text()
+    assert "| card |" not in text                      # no card asked for: no card table
+    rows = {r[1]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+                              if line.startswith("| 3,000 |"))}
+    assert set(rows) == {"fp32", "int8 per channel"}
+    assert rows["fp32"][5] == rows["fp32"][6] == "1.00x"
+    assert 0 < float(rows["int8 per channel"][2]) < float(rows["fp32"][2])
+
+
 def test_temporal_split_bench_runs(monkeypatch, tmp_path):
     """Both splits of a generated file: leave-one-out trains on some of the future, the temporal split on none."""
     from test_train import _markov_file

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -408,6 +409,26 @@ def test_cli_refuses_outputs_it_cannot_write_before_evaluating(tmp_path, capsys)
             main(base + extra)
         assert "HR" not in capsys.readouterr().out                  # refused before the evaluation
     assert data.read_text().startswith("user_id") and not (tmp_path / "r.json").exists()
+
+
+def test_cli_refuses_outputs_that_replace_a_file_of_the_model_or_graph_folder(tmp_path):
+    """--json / --ranks-out naming a file of the --model folder (or of the --onnx folder) is refused before the
+    evaluation: the metrics replaced the model's config, and the model no longer loaded."""
+    d = save_model(tmp_path, [10, 20, 30, 40, 50])
+    data = tmp_path / "d.seq"
+    data.write_text("user_id\titem_ids_chronological\n1\t10 20 30 40\n2\t50 10 30\n")
+    config = (Path(d) / "config.json").read_bytes()
+    for flag in ("--json", "--ranks-out"):
+        with pytest.raises(SystemExit, match="^error: " + re_escape(f"{flag} {Path(d) / 'config.json'} is the input "
+                                                                     "--model's config.json")):
+            main(["--model", str(d), "--data", str(data), "--no-progress", flag, str(Path(d) / "config.json")])
+    assert (Path(d) / "config.json").read_bytes() == config
+    onnx_dir = tmp_path / "g"
+    onnx_dir.mkdir()
+    (onnx_dir / "state_spec.json").write_text("{}")
+    with pytest.raises(SystemExit, match=re_escape("is the input --onnx's state_spec.json")):
+        main(["--onnx", str(onnx_dir), "--data", str(data), "--no-progress", "--json", str(onnx_dir / "state_spec.json")])
+    assert (onnx_dir / "state_spec.json").read_text() == "{}"
 
 
 def re_escape(text):

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,6 +190,29 @@ def test_all_users_out_that_is_the_data_or_cannot_be_written_is_refused_before_s
             main(["--model", path, "--data", str(data), "--all-users", "--out", str(out), "--no-progress"])
         assert e.value.code == 2 and message in capsys.readouterr().err, out
     assert data.read_text() == before
+
+
+def test_out_that_is_an_input_file_or_a_model_file_is_refused_before_scoring(tmp_path, capsys):
+    """--out naming the --exclude-items-file / --candidates-file it reads, or a file of the --model folder (its
+    config, weights, vocabulary), is a usage error before any work: each was silently replaced by the
+    recommendations, which destroyed the model or the list."""
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    data = tmp_path / "d.tsv"
+    _data(data)
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{ITEMS[0]}\n")
+    files = {f: (Path(path) / f).read_bytes() for f in ("config.json", "model.safetensors")}
+    base = ["--model", path, "--data", str(data), "--all-users", "--no-progress"]
+    for extra, message in (
+            (["--exclude-items-file", str(ids), "--out", str(ids)], f"--out {ids} is the input --exclude-items-file"),
+            (["--candidates-file", str(ids), "--out", str(ids)], f"--out {ids} is the input --candidates-file"),
+            (["--out", str(Path(path) / "config.json")], "is the input --model's config.json"),
+            (["--out", str(Path(path) / "model.safetensors")], "is the input --model's model.safetensors")):
+        with pytest.raises(SystemExit) as e:
+            main(base + extra)
+        assert e.value.code == 2 and message in capsys.readouterr().err, extra
+    assert ids.read_text() == f"{ITEMS[0]}\n"
+    assert all((Path(path) / f).read_bytes() == b for f, b in files.items())
 
 
 # ------------------------------------------------------------------ one history: exclude_seen, ids, API misuse

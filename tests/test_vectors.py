@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,6 +199,11 @@ def test_embed_without_data_writes_items_and_keeps_an_old_file_on_failure(tmp_pa
     with pytest.raises(SystemExit) as e:                                        # a folder where the file goes
         embed_main(["--model", path, "--out", str(tmp_path)])
     assert e.value.code == 2 and "folder" in capsys.readouterr().err
+    weights = (Path(path) / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as e:                                        # the model's own weights file
+        embed_main(["--model", path, "--out", str(Path(path) / "model.safetensors")])
+    assert e.value.code == 2 and "is the input --model's model.safetensors" in capsys.readouterr().err
+    assert (Path(path) / "model.safetensors").read_bytes() == weights
 
 
 def test_load_vectors_refuses_files_that_are_not_vectors_files(tmp_path):

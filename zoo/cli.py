@@ -185,6 +185,26 @@ def check_outputs(outputs: dict, inputs: dict | None = None, folders: bool = Fal
                 raise ValueError(f"{flag} {path}: cannot write in {folder} ({e.strerror or e})") from None
 
 
+def folder_inputs(flag: str, folder: str | os.PathLike | None) -> dict:
+    """``{label: path}`` of every file in the local folder ``folder`` (a ``--model`` or ``--onnx`` folder; nested
+    files too), for :func:`check_outputs`' ``inputs``: an output path must not replace a model's weights, config or
+    vocabulary. A Hub id of a bundled model names its bundled folder; ``{}`` for any other Hub id."""
+    if not folder:
+        return {}
+    if not os.path.isdir(folder):
+        from .pretrained import _bundled_for
+
+        folder = _bundled_for(os.fspath(folder))
+        if folder is None:
+            return {}
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            found[f"{flag}'s {os.path.relpath(path, folder)}"] = path
+    return found
+
+
 def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether ``a`` and ``b`` name the same file (one that exists under both names, or the same resolved path)."""
     try:

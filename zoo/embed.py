@@ -161,7 +161,7 @@ def load_vectors(path: str | os.PathLike) -> Vectors:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .cli import add_columns_option, check_outputs, error_text, positive_int
+    from .cli import add_columns_option, check_outputs, error_text, folder_inputs, positive_int
     from .cli import kcore as kcore_arg
     from .data import TIME_TIES
     from .recommend import DEFAULT_MODEL
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = p.parse_args(argv)
     try:                                    # before any work: a folder, an unwritable place, or the --data file
-        check_outputs({"--out": args.out}, {"--data": args.data})
+        check_outputs({"--out": args.out}, {"--data": args.data, **folder_inputs("--model", args.model)})
     except ValueError as e:
         p.error(str(e))
 

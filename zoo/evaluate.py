@@ -52,7 +52,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .cli import add_columns_option, cannot, check_outputs, error_text, nonnegative_int, positive_int, written_whole
+from .cli import (add_columns_option, cannot, check_outputs, error_text, folder_inputs, nonnegative_int, positive_int,
+                  written_whole)
 from .cli import kcore as kcore_arg
 from .data.batching import eval_batches
 from .data.split import (TIME_TIES, EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset,
@@ -529,7 +530,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit("--threads is for --onnx (ONNX Runtime's threads); a --model evaluation uses torch's, set by "
                          "OMP_NUM_THREADS")
     try:                                        # before any work: outputs that cannot be written, or replace --data
-        check_outputs({"--json": args.json, "--ranks-out": args.ranks_out}, {"--data": args.data})
+        check_outputs({"--json": args.json, "--ranks-out": args.ranks_out},
+                      {"--data": args.data, **folder_inputs("--model", args.model), **folder_inputs("--onnx", args.onnx)})
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     t0 = time.time()

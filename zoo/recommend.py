@@ -197,7 +197,7 @@ def _similar(args, model, exclude: list) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .cli import add_columns_option, cannot, check_outputs, error_text, positive_int
+    from .cli import add_columns_option, cannot, check_outputs, error_text, folder_inputs, positive_int
     from .cli import kcore as kcore_arg
     from .data import TIME_TIES
 
@@ -263,7 +263,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         p.error("--timestamps needs --history (one timestamp per history item)")
     if args.out:
         try:                                # before any work: a folder, an unwritable place, or the --data file
-            check_outputs({"--out": args.out}, {"--data": args.data})
+            check_outputs({"--out": args.out}, {"--data": args.data, "--exclude-items-file": args.exclude_items_file,
+                                                "--candidates-file": args.candidates_file,
+                                                **folder_inputs("--model", args.model)})
         except ValueError as e:
             p.error(str(e))
 

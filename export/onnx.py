@@ -1535,10 +1535,11 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         candidates: one more input, ``candidates [B, C]`` int64: each row recommends only the items it lists (0 =
             padding; a row without a real candidate is not restricted; :data:`CANDIDATES_DOC`).
     """
+    from zoo.vocab import VOCAB_FILE
+
     say = progress or (lambda msg: None)
     kind = kind or ("step" if getattr(model, "has_exact_step", False) else "window")
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     graph_path, spec_path = out / GRAPH_FILE, out / SPEC_FILE
     t0 = time.perf_counter()
     ti = resolve_time_input(model, kind, time_input)
@@ -1556,8 +1557,11 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     say(f"  {len(mp.graph.node)} nodes ({n_scan} scan nodes in {ps.ONNX_DOMAIN}), checker full_check OK "
         f"[{time.perf_counter() - t0:.1f} s]")
     # written and verified in a staging folder inside out_dir, moved into place only when verified: a failed
-    # export leaves out_dir's earlier files (e.g. a card's verified graph) as they were
+    # export leaves out_dir's earlier files (e.g. a card's verified graph) as they were, and no out_dir it made
+    made = [d for d in (out, *out.parents) if not d.exists()]
+    out.mkdir(parents=True, exist_ok=True)
     stage = pathlib.Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out))
+    done = False
     external = graph_sizes(model)[0] > EXTERNAL_DATA_BYTES
     try:
         if external:            # past protobuf's 2 GiB: the graph in model.onnx, its tensors in model.onnx.data
@@ -1592,12 +1596,24 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
                                         f"{report.worst_message()}", report)
             spec["verification"] = report.to_dict()
             (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-        for name in names:
+        # the spec goes last, and an earlier one first: an interrupted move leaves a folder without a spec (which
+        # the runtime refuses), never a new graph beside an earlier export's spec and state fingerprint
+        spec_path.unlink(missing_ok=True)
+        for name in sorted(names, key=lambda n: n == SPEC_FILE):
             os.replace(stage / name, out / name)
         if not external and (out / EXTERNAL_DATA_FILE).exists():    # an earlier, larger export's tensors
             (out / EXTERNAL_DATA_FILE).unlink()
+        if "item_vocab" not in spec and (out / VOCAB_FILE).exists():  # an earlier model's ids: not this graph's
+            (out / VOCAB_FILE).unlink()
+        done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if not done:
+            for d in made:                      # the folders this export made, if nothing else was put there
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
     files = [str(out / name) for name in names]
     return ExportResult(kind=kind, graph_path=str(graph_path), spec_path=str(spec_path), spec=spec, report=report,
                         files=files)
@@ -1759,9 +1775,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("give --out DIR or --card-dir CARD_FOLDER")
     if args.out and args.card_dir:
         p.error("--card-dir writes into CARD_DIR/onnx[-window]/: give it or --out, not both")
-    if args.int8 and args.card_dir:
-        p.error("--int8 with --card-dir: the card's ONNX section describes its fp32 graph; write the int8 graph beside "
-                "it with --out CARD_DIR/onnx-int8")
+    if (args.int8 or args.fp16) and args.card_dir:
+        flag = "--int8" if args.int8 else "--fp16"
+        p.error(f"{flag} with --card-dir: the card's ONNX section describes its fp32 graph; write the {flag[2:]} graph "
+                f"beside it with --out CARD_DIR/onnx-{flag[2:]}")
     if args.kind == "window" and (args.verify_prime or args.verify_steps):
         p.error("--verify-prime/--verify-steps verify a step graph's priming and single steps; a window graph has "
                 "neither (--verify-cases sets its cases)")

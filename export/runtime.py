@@ -17,8 +17,10 @@ not before the state's ``last_ts`` (the graph itself does not check time order: 
 gap to 0).
 The graph itself rejects a wrong dtype or a wrong state shape with ONNX Runtime's own error (``raw_run``).
 Loading checks the folder: a ``state_spec.json`` that is not JSON or lacks a field, an ``item_vocab.json`` that is not
-a zoo vocabulary or does not hold ``n_items - 1`` ids, a ``model.onnx`` ONNX Runtime cannot load each raise one
-ValueError naming the file; :meth:`~OnnxStepSession.decode` refuses indices outside ``1 .. n_items - 1`` and
+a zoo vocabulary or does not hold ``n_items - 1`` ids, a ``model.onnx`` ONNX Runtime cannot load, a spec that does not
+describe the graph (other inputs, outputs, dtypes, fixed dims or top-k; a state entry without its fields) each raise
+one ValueError naming the file (only the vocabulary the spec names is read: another ``item_vocab.json`` beside the
+graph is not this graph's); :meth:`~OnnxStepSession.decode` refuses indices outside ``1 .. n_items - 1`` and
 :meth:`~OnnxStepSession.encode` ids that are not integers (a float is never truncated to an id).
 
 Time-aware step graphs come in two forms (``state_spec.json``'s ``time_input``), with the same API here: the caller
@@ -42,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .deps import require
+from .timestamps import seconds
 
 ort = require("onnxruntime", "export.runtime (running exported graphs)")
 
@@ -134,6 +137,62 @@ def read_spec(spec_path: str | os.PathLike) -> dict:
     return spec
 
 
+#: ONNX Runtime's type names -> state_spec.json's dtypes
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(uint8)": "uint8"}
+
+
+def _check_spec_matches_graph(spec: dict, session, spec_path, graph) -> None:
+    """ValueError naming both files when ``state_spec.json`` does not describe the loaded graph: other input or
+    output names, dtypes or fixed dims, a ``topk`` other than the graph's, a state entry without its fields, or the
+    graph's own record (its ``metadata_props``: kind, n_items, topk) saying otherwise. Such a pair (files of two
+    exports, a hand-edited spec) otherwise failed on the first call with a bare KeyError, or not at all (a larger
+    ``topk`` than the graph's silently returned fewer items)."""
+    clash = f"{spec_path} does not describe {graph}"
+    hint = "the two files come from different exports, or the spec was edited; re-export with python -m export.onnx"
+    for side, listed, have in (("inputs", spec["inputs"], session.get_inputs()),
+                               ("outputs", spec["outputs"], session.get_outputs())):
+        if not isinstance(listed, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
+                                                   for e in listed):
+            raise ValueError(f"{spec_path}: {side} must be a list of {{name, shape, dtype}} entries ({hint})")
+        want, got = {e["name"]: e for e in listed}, {a.name: a for a in have}
+        if set(want) != set(got):
+            raise ValueError(f"{clash}: it lists the {side} {sorted(want)}, the graph has {sorted(got)} ({hint})")
+        for name, e in want.items():
+            a = got[name]
+            dtype = _ORT_DTYPES.get(a.type, a.type)
+            if e.get("dtype") != dtype:
+                raise ValueError(f"{clash}: {name} is {e.get('dtype')!r} in the spec, {dtype!r} in the graph ({hint})")
+            shape = e.get("shape")
+            if (not isinstance(shape, list) or len(shape) != len(a.shape)
+                    or any(isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(shape, a.shape))):
+                raise ValueError(f"{clash}: {name} has shape {shape} in the spec, {list(a.shape)} in the graph "
+                                 f"({hint})")
+    top = next((a for a in session.get_outputs() if a.name == "topk_ids"), None)
+    if top is not None and top.shape and isinstance(top.shape[-1], int) and top.shape[-1] != spec["topk"]:
+        raise ValueError(f"{clash}: topk is {spec['topk']} in the spec, the graph's top-k is {top.shape[-1]} ({hint})")
+    if spec["kind"] == "step":
+        inputs, outputs = {e["name"] for e in spec["inputs"]}, {e["name"] for e in spec["outputs"]}
+        states = spec["state"]
+        if not isinstance(states, list):
+            raise ValueError(f"{spec_path}: state must be a list of entries ({hint})")
+        for i, e in enumerate(states):
+            lacks = [k for k in ("name", "shape", "dtype", "init", "output") if not isinstance(e, dict) or k not in e]
+            if lacks:
+                raise ValueError(f"{spec_path}: state entry {i} lacks {', '.join(lacks)} ({hint})")
+            if e["dtype"] not in _DTYPES:
+                raise ValueError(f"{spec_path}: state {e['name']!r} has dtype {e['dtype']!r} (known: "
+                                 f"{', '.join(_DTYPES)}) ({hint})")
+            if e["name"] not in inputs or e["output"] not in outputs:
+                raise ValueError(f"{clash}: state {e['name']!r} (output {e['output']!r}) is not among its inputs and "
+                                 f"outputs ({hint})")
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    for key in ("kind", "n_items", "topk"):
+        if key in meta and str(meta[key]) != str(spec[key]):
+            raise ValueError(f"{clash}: {key} is {spec[key]!r} in the spec, {meta[key]} in the graph's own record "
+                             f"({hint})")
+
+
 def read_vocab(path: str | os.PathLike, n_items: int) -> tuple[list, bool]:
     """``item_vocab.json`` beside a graph -> ``(items, str_ids)``, checked against the graph's ``n_items`` (index
     ``i + 1`` is ``items[i]``, so it must hold ``n_items - 1`` unique ids); ValueError naming the file otherwise."""
@@ -176,10 +235,6 @@ class _Base:
         self.n_items = int(self.spec["n_items"])
         self.topk = int(self.spec["topk"])
         self.items: list | None = None                      # external ids (item_vocab.json), index i + 1 <-> items[i]
-        vocab = os.path.join(os.path.dirname(graph), self.spec.get("item_vocab", "item_vocab.json"))
-        if os.path.exists(vocab):
-            self.items, self._str_ids = read_vocab(vocab, self.n_items)
-            self._index = {x: i + 1 for i, x in enumerate(self.items)}
         so = session_options or ort.SessionOptions()
         if threads is not None:
             so.intra_op_num_threads = int(threads)
@@ -192,6 +247,14 @@ class _Base:
             raise ValueError(f"ONNX Runtime cannot load {graph} ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}); re-export it with python -m export.onnx"
                              ) from None
+        _check_spec_matches_graph(self.spec, self.session, spec_path, graph)
+        if self.spec.get("item_vocab"):                     # named by the spec: another file beside the graph (an
+            vocab = os.path.join(os.path.dirname(graph), self.spec["item_vocab"])   # earlier export's) is not read
+            if not os.path.exists(vocab):
+                raise FileNotFoundError(f"{spec_path} names the item vocabulary {self.spec['item_vocab']}, which is "
+                                        f"not beside {graph}: copy the whole export folder")
+            self.items, self._str_ids = read_vocab(vocab, self.n_items)
+            self._index = {x: i + 1 for i, x in enumerate(self.items)}
         self.uses_timestamps = bool(self.spec.get("uses_timestamps"))
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.has_scores = "scores" in self.output_names
@@ -262,23 +325,42 @@ class _Base:
         if not self.has_candidates:
             raise ValueError("this graph has no candidates input: export it with python -m export.onnx --candidates "
                              "to restrict its recommendations to given items")
+        if (isinstance(candidates, (list, tuple)) and candidates
+                and all(isinstance(r, (list, tuple, np.ndarray)) for r in candidates)
+                and len({len(r) for r in candidates}) > 1):                # rows of different lengths: pad with 0
+            rows = [np.asarray(r) for r in candidates]
+            for i, r in enumerate(rows):
+                if r.size and (r.dtype == object or not np.issubdtype(r.dtype, np.integer)):
+                    raise TypeError(f"candidates row {i} must hold integer item indices, got dtype {r.dtype}")
+            candidates = _pad_rows(rows)
         arr = np.asarray(candidates)
         if arr.size == 0 and arr.ndim == 2 and arr.shape[0] == batch_size:
             return {"candidates": np.zeros((batch_size, 0), np.int64)}
-        arr = self.check_ids(arr, "candidates", allow_padding=True)       # rows of different lengths: pad with 0
+        arr = self.check_ids(arr, "candidates", allow_padding=True)
         if arr.shape[0] != batch_size:
             raise ValueError(f"candidates must have shape [batch={batch_size}, C], got shape {list(arr.shape)}")
         return {"candidates": arr}
 
     def encode_candidates(self, lists: Sequence[Sequence[Any] | None]) -> np.ndarray:
         """Per row the caller's candidate item ids (None or empty: the row is not restricted) -> ``[B, C]`` internal
-        indices, 0-padded (:meth:`encode`: an unknown id is a KeyError naming it)."""
-        return _pad_rows([self.encode([c])[0] if c is not None and len(c) else [] for c in lists])
+        indices, 0-padded (:meth:`encode`: an unknown id is a KeyError naming it; without a vocabulary an id outside
+        ``1 .. n_items - 1`` is a ValueError: 0 would read as padding and leave the row unrestricted)."""
+        rows = []
+        for r, c in enumerate(lists):
+            row = self.encode([c])[0] if c is not None and len(c) else []
+            bad = [x for x in row if not 1 <= x < self.n_items]
+            if bad:
+                raise ValueError(f"candidates of row {r}: item id {bad[0]} is out of range 1..{self.n_items - 1} "
+                                 "(0 is padding, not an item)")
+            rows.append(row)
+        return _pad_rows(rows)
 
     def check_timestamps(self, timestamps: Any, shape) -> np.ndarray:
+        """``timestamps`` of ``shape`` -> float64 Unix seconds (:func:`seconds`: numbers, or numpy datetime64 of any
+        unit), finite and non-negative; raises naming the problem."""
         if timestamps is None:
             raise ValueError("this model reads timestamps: pass timestamps [batch, length] (seconds)")
-        ts = np.asarray(timestamps, dtype=np.float64)
+        ts = seconds(timestamps)
         if ts.shape != tuple(shape):
             raise ValueError(f"timestamps must have shape {list(shape)}, got {list(ts.shape)}")
         if not np.all(np.isfinite(ts)) or (ts < 0).any():
@@ -462,13 +544,38 @@ class OnnxWindowSession(_Base):
             raise ValueError(f"batch row {int(np.argwhere(bad.any(1))[0, 0])} is not {self.spec['padding_side']}-padded")
         feeds = {"item_ids": ids}
         if self.uses_timestamps:
-            feeds["timestamps"] = self.check_timestamps(timestamps, ids.shape)
+            ts = self.check_timestamps(timestamps, ids.shape)
+            both = real[:, 1:] & real[:, :-1]
+            dec = both & (ts[:, 1:] < ts[:, :-1])            # along each row's real items (padding slots aside)
+            if dec.any():
+                r, c = map(int, np.argwhere(dec)[0])
+                raise ValueError(f"timestamps of batch row {r} decrease ({float(ts[r, c + 1])!r} after "
+                                 f"{float(ts[r, c])!r}); a window's events must be in time order")
+            feeds["timestamps"] = ts
         feeds.update(self.check_candidates(candidates, ids.shape[0]))
         res = dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
         return StepOutput(res["topk_ids"], res["topk_scores"], {}, res.get("scores"), res.get(USER_VECTOR))
 
-    def recommend(self, histories: Sequence[Sequence[int]], candidates: Any = None) -> StepOutput:
-        return self.run_window(self.pad(histories), candidates=candidates)
+    def recommend(self, histories: Sequence[Sequence[int]], timestamps: Sequence[Sequence[float]] | None = None,
+                  candidates: Any = None) -> StepOutput:
+        """Internal-index histories of any lengths (their last ``max_seq_length`` items; ``timestamps``: one list of
+        Unix seconds per history, item by item, for time-aware graphs such as TiM4Rec's) -> top-k."""
+        ids = self.pad(histories)
+        ts = None
+        if self.uses_timestamps:
+            if timestamps is None or len(timestamps) != len(histories):
+                raise ValueError("this model reads timestamps: pass one list of timestamps (seconds) per history")
+            M = int(self.spec["max_seq_length"])
+            rows = []
+            for r, (h, t) in enumerate(zip(histories, timestamps)):
+                t = seconds(t).reshape(-1)
+                if len(t) != len(h):
+                    raise ValueError(f"history {r} has {len(h)} items but {len(t)} timestamps")
+                rows.append(t[-M:])
+            ts = self.place(rows, np.float64)
+        elif timestamps is not None:
+            raise ValueError("this graph does not read timestamps")
+        return self.run_window(ids, ts, candidates=candidates)
 
 
 class UserStateRecommender:
@@ -680,7 +787,7 @@ class UserStateRecommender:
         for i, ((ids, ts, _), st) in enumerate(zip(encoded, states)):
             windows.append(np.concatenate([st["items"].reshape(-1), np.asarray(ids, np.int64)])[-L:])
             if uses_ts:
-                new = self.session.check_timestamps([np.asarray(ts, dtype=np.float64).reshape(-1)], (1, len(ids)))[0]
+                new = self.session.check_timestamps([seconds(ts).reshape(-1)], (1, len(ids)))[0]
                 old = st["timestamps"].reshape(-1)
                 seq = np.concatenate([old, new])
                 if (np.diff(seq) < 0).any():
@@ -749,4 +856,4 @@ def _stack_candidates(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
 
 
 __all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "UserStateRecommender", "read_spec", "read_vocab",
-           "time_gaps"]
+           "seconds", "time_gaps"]

@@ -43,6 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import state_store
+from .timestamps import seconds
 from .deps import require
 
 
@@ -228,7 +229,7 @@ class _Base:
             raise TritonRecommendError(f"model {self.model_name!r} declares timestamps as {declared}; the zoo's "
                                        "graphs take FP64 (float32 cannot hold Unix seconds): regenerate its "
                                        "repository with python -m export.triton")
-        ts = np.asarray(timestamps, dtype=np.float64).reshape(1, -1)
+        ts = seconds(timestamps).reshape(1, -1)
         if ts.shape[1] != n:
             raise ValueError(f"got {ts.shape[1]} timestamps for {n} items")
         if not np.isfinite(ts).all() or (ts < 0).any():

@@ -152,8 +152,19 @@ def test_runtime_refuses_bad_candidates(graphs):
         sess.step(hist, sess.init_state(1), candidates=np.array([[3.5]]))
     np.testing.assert_array_equal(sess.encode_candidates([[5, 6, 7], None, []]),
                                   [[5, 6, 7], [0, 0, 0], [0, 0, 0]])
-    with pytest.raises(ValueError, match=r"candidates\[0, 1\] = 99 is out of range"):   # identity ids: checked here
-        sess.step(hist, sess.init_state(1), candidates=sess.encode_candidates([[5, 99]]))
+    with pytest.raises(ValueError, match=r"candidates\[0, 1\] = 99 is out of range"):   # internal indices: step's check
+        sess.step(hist, sess.init_state(1), candidates=np.array([[5, 99]]))
+    # identity ids are checked as they are encoded: 0 would read as padding and leave the row unrestricted
+    for bad in (99, 0, -3):
+        with pytest.raises(ValueError, match=rf"candidates of row 1: item id {bad} is out of range 1\.\.59 \(0 is "
+                                             r"padding, not an item\)"):
+            sess.encode_candidates([[5], [6, bad]])
+    # rows of different lengths given as lists are padded with 0 (numpy refused them as an inhomogeneous array)
+    ragged = sess.step(np.array([[1], [2]]), sess.init_state(2), candidates=[[5, 6, 7], [8]])
+    padded = sess.step(np.array([[1], [2]]), sess.init_state(2), candidates=np.array([[5, 6, 7], [8, 0, 0]]))
+    np.testing.assert_array_equal(ragged.topk_ids, padded.topk_ids)
+    with pytest.raises(TypeError, match="candidates row 1 must hold integer item indices"):
+        sess.step(np.array([[1], [2]]), sess.init_state(2), candidates=[[5, 6, 7], [8.5]])
 
 
 def test_user_state_recommender_with_candidates(graphs):

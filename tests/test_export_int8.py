@@ -165,9 +165,12 @@ def test_int8_cli(tmp_path, capsys):
     assert e.value.code == 2 and "argument --fp16: not allowed with argument --int8" in capsys.readouterr().err
     cardcopy = tmp_path / "card"
     shutil.copytree(src, cardcopy)
-    with pytest.raises(SystemExit) as e:
-        E.main(["--model", str(cardcopy), "--card-dir", str(cardcopy), "--int8"])
-    assert e.value.code == 2 and "--out CARD_DIR/onnx-int8" in capsys.readouterr().err
+    before = (cardcopy / "onnx" / "model.onnx").read_bytes()
+    for flag in ("--int8", "--fp16"):                # the card's section describes its fp32 graph: not replaced
+        with pytest.raises(SystemExit) as e:
+            E.main(["--model", str(cardcopy), "--card-dir", str(cardcopy), flag])
+        assert e.value.code == 2 and f"--out CARD_DIR/onnx-{flag[2:]}" in capsys.readouterr().err
+    assert (cardcopy / "onnx" / "model.onnx").read_bytes() == before
     out = tmp_path / "out"
     assert E.main(["--model", src, "--out", str(out), "--int8", "--verify-prime", "20", "--verify-steps", "20",
                    "--verify-cases", "300"]) == 0

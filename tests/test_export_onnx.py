@@ -313,9 +313,9 @@ def test_failed_verification_exits_nonzero_and_removes_artefact(saved_model, tmp
     assert "FAILED" in text and "worst case" in text and "nothing written to" in text
     # the failed export is gone, staging folder included, and the earlier verified files are untouched
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
-    fresh = tmp_path / "fresh"
+    fresh = tmp_path / "fresh" / "sub"                 # a failed export leaves no folder it made, nor its parents
     assert E.main(["--model", saved_model, "--out", str(fresh), *FAST]) == 1
-    assert list(fresh.iterdir()) == []
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_corrupted_graph_fails_verification(saved_model, tmp_path, monkeypatch, capsys):
@@ -427,7 +427,12 @@ def test_runtime_decode_and_encode_refuse_what_is_not_an_item(bundled_graph):
     with pytest.raises(TypeError, match=r"history 0: item id 588.9 \(float\) is not an integer id"):
         sess.encode([[sess.items[0], 588.9]])
     assert sess.encode([[sess.items[0], str(sess.items[1]), np.int64(sess.items[2])]]) == [[1, 2, 3]]
-    os.remove(bundled_graph / "item_vocab.json")                      # identity ids: the same checks
+    os.remove(bundled_graph / "item_vocab.json")        # the vocabulary the spec names is gone: refused, not identity
+    with pytest.raises(FileNotFoundError, match="names the item vocabulary item_vocab.json, which is not beside"):
+        OnnxStepSession(bundled_graph)
+    spec = json.loads((bundled_graph / "state_spec.json").read_text())
+    del spec["item_vocab"]                              # a graph exported without one: identity ids, the same checks
+    (bundled_graph / "state_spec.json").write_text(json.dumps(spec))
     plain = OnnxStepSession(bundled_graph)
     with pytest.raises(ValueError, match="= 0 is not an item index"):
         plain.decode([[0]])
@@ -458,6 +463,26 @@ def _spoil(d, name, text):
     ("state_spec.json", lambda s: json.dumps({k: v for k, v in s.items() if k != "state"}),
      "{path} lacks the field state"),
     ("model.onnx", lambda g: g[:len(g) // 2], "ONNX Runtime cannot load {path} (InvalidProtobuf"),
+    # a spec that does not describe the graph (failed on the first call with a bare KeyError, or not at all)
+    ("state_spec.json", lambda s: json.dumps(dict(s, state=[{k: v for k, v in e.items() if k != "init"}
+                                                            for e in s["state"]])), "{path}: state entry 0 lacks init"),
+    ("state_spec.json", lambda s: json.dumps(dict(s, state=[dict(e, dtype="bfloat16") for e in s["state"]])),
+     "{path}: state 'lru_state_re' has dtype 'bfloat16'"),
+    ("state_spec.json", lambda s: json.dumps(dict(s, state="conv_state")), "{path}: state must be a list"),
+    ("state_spec.json", lambda s: json.dumps(dict(s, topk=50)),
+     "{path} does not describe {graph}: topk is 50 in the spec, the graph's top-k is 10"),
+    ("state_spec.json", lambda s: json.dumps(dict(s, inputs=s["inputs"] + [
+        {"name": "candidates", "shape": ["B", "C"], "dtype": "int64"}])),
+     "{path} does not describe {graph}: it lists the inputs ['candidates', 'item_ids', 'lru_state_im', 'lru_state_re', "
+     "'seen'], the graph has ['item_ids', 'lru_state_im', 'lru_state_re', 'seen']"),
+    ("state_spec.json", lambda s: json.dumps(dict(s, inputs=[dict(e, shape=["B", 2, 64]) if e["name"] == "lru_state_re"
+                                                             else e for e in s["inputs"]])),
+     "{path} does not describe {graph}: lru_state_re has shape ['B', 2, 64] in the spec, ['B', 2, 128] in the graph"),
+    ("state_spec.json", lambda s: json.dumps(dict(s, inputs=[dict(e, dtype="int32") if e["name"] == "item_ids"
+                                                             else e for e in s["inputs"]])),
+     "{path} does not describe {graph}: item_ids is 'int32' in the spec, 'int64' in the graph"),
+    ("state_spec.json", lambda s: json.dumps(dict(s, n_items=100)),
+     "{path} does not describe {graph}: n_items is 100 in the spec, 3417 in the graph's own record"),
 ])
 def test_runtime_refuses_a_spoilt_folder_naming_the_file(bundled_graph, file, spoil, message):
     """A vocabulary of another size loaded and decoded silently (zoo.evaluate --onnx printed metrics); a corrupt
@@ -468,7 +493,42 @@ def test_runtime_refuses_a_spoilt_folder_naming_the_file(bundled_graph, file, sp
     _spoil(bundled_graph, file, spoil(old))
     with pytest.raises(ValueError) as e:
         OnnxStepSession(bundled_graph)
-    assert message.format(path=path) in str(e.value)
+    assert message.format(path=path, graph=bundled_graph / "model.onnx") in str(e.value)
+
+
+def test_reexport_removes_an_earlier_models_vocabulary_and_moves_the_spec_last(tmp_path, monkeypatch):
+    """A model without a vocabulary exported over an earlier export's folder: the earlier item_vocab.json went on
+    being read by the runtime (the caller's ids silently mapped to other items); it is removed now. And the spec
+    moves in last, an earlier one out first: an export interrupted while moving its files leaves a folder without a
+    spec, which the runtime refuses, never a new graph beside the earlier spec and state fingerprint."""
+    from zoo.vocab import ItemVocab
+
+    out = tmp_path / "g"
+    with_vocab = make_model("lrurec")
+    with_vocab.item_vocab = ItemVocab(list(range(101, 101 + N_ITEMS - 1)))
+    E.export_model(with_vocab, out, verify=False)
+    assert (out / "item_vocab.json").exists() and OnnxStepSession(out).encode([[101]]) == [[1]]
+    E.export_model(make_model("mamba4rec-1l"), out, verify=False)                # no vocabulary: identity ids
+    assert not (out / "item_vocab.json").exists() and "item_vocab" not in json.loads((out / "state_spec.json").read_text())
+    assert OnnxStepSession(out).items is None
+
+    moved, real = [], os.replace
+
+    def interrupted(src, dst):
+        if os.path.dirname(os.fspath(dst)) == str(out):                      # a move into the folder
+            if moved:                                                       # after the first one: killed
+                raise KeyboardInterrupt
+            moved.append(os.path.basename(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(E.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        E.export_model(with_vocab, out, verify=False)
+    monkeypatch.undo()
+    assert moved == ["model.onnx"] and not (out / "state_spec.json").exists()
+    with pytest.raises(FileNotFoundError, match="no state_spec.json beside"):
+        OnnxStepSession(out)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".export-staging-")] == []
 
 
 # ------------------------------------------------------------------------------------------------- window
@@ -1130,6 +1190,48 @@ def test_tim4rec_causal_float64_state_is_checked(monkeypatch, tmp_path):
         E.export_model(model, tmp_path, verify_kwargs=dict(prime_len=10, n_steps=10, topk_cases=100))
     assert e.value.report.to_dict()["state_err"] > 1.0                         # seconds lost to float32
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_runtime_timestamps_units_and_precision(tmp_path):
+    """Timestamps as numpy datetime64 of any unit are read as seconds (datetime64[ms] was read as numbers, 1,000x
+    too large, with no error); float32 seconds too large for whole seconds, booleans, strings and NaT are refused.
+    The window graph's recommend takes timestamps (it had no way to pass them) and refuses ones that decrease."""
+    from export.timestamps import seconds
+
+    model = make_model("tim4rec_causal")
+    step = OnnxStepSession(E.export_model(model, tmp_path / "s", verify=False).spec_path.rsplit("/", 1)[0])
+    t = np.array([["2020-01-01T00:00:00", "2020-01-01T00:01:30"]], dtype="datetime64[s]")
+    want = step.prime([[1, 2]], timestamps=[[1577836800.0, 1577836890.0]])
+    for unit in ("s", "ms", "us", "ns"):
+        got = step.prime([[1, 2]], timestamps=t.astype(f"datetime64[{unit}]"))
+        assert got.state["last_ts"][0, 0] == 1577836890.0, unit
+        np.testing.assert_array_equal(got.topk_ids, want.topk_ids)
+    assert seconds(np.array([1.5e6], np.float32)).dtype == np.float64                  # small float32: exact enough
+    for bad, err, match in ((np.array([[1.6e9, 1.6e9 + 30]], np.float32), ValueError, "float32 cannot hold whole"),
+                            (np.array([[True, True]]), TypeError, "must be numbers .* got dtype bool"),
+                            (np.array([["1", "2"]]), TypeError, "must be numbers"),
+                            (np.array([["NaT", "2020-01-01"]], dtype="datetime64[s]"), ValueError, "NaT")):
+        with pytest.raises(err, match=match):
+            step.prime([[1, 2]], timestamps=bad)
+
+    win = OnnxWindowSession(E.export_model(model, tmp_path / "w", kind="window", verify=False).spec_path.rsplit("/", 1)[0])
+    hists, stamps = [[1, 2, 3], [4, 5]], [[1.6e9, 1.6e9 + 60, 1.6e9 + 600], [1.7e9, 1.7e9 + 5]]
+    got = win.recommend(hists, stamps)
+    ref = win.run_window(win.pad(hists), win.place([np.array(x) for x in stamps], np.float64))
+    np.testing.assert_array_equal(got.topk_ids, ref.topk_ids)
+    with torch.no_grad():
+        ids, mask = model.pad_batch(hists)
+        ts = torch.zeros(ids.shape, dtype=torch.float64)
+        for r, x in enumerate(stamps):
+            ts[r, :len(x)] = torch.tensor(x, dtype=torch.float64)
+        torch_top = torch.topk(model.predict(ids, mask, timestamps=ts), 10).indices.numpy()
+    np.testing.assert_array_equal(got.topk_ids, torch_top)
+    with pytest.raises(ValueError, match="pass one list of timestamps"):
+        win.recommend(hists)
+    with pytest.raises(ValueError, match="history 1 has 2 items but 1 timestamps"):
+        win.recommend(hists, [stamps[0], [1.7e9]])
+    with pytest.raises(ValueError, match=r"timestamps of batch row 0 decrease \(1600000000.0 after 1600000060.0\)"):
+        win.recommend(hists, [[1.6e9, 1.6e9 + 60, 1.6e9], stamps[1]])
 
 
 def test_tim4rec_causal_without_time_and_fp16_refused(tmp_path):

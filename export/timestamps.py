@@ -1,0 +1,31 @@
+"""Timestamps as the exported graphs take them: float64 Unix seconds. Shared by :mod:`export.runtime` and
+:mod:`export.triton_client` (numpy only: a Triton client needs no ONNX Runtime)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def seconds(timestamps: Any) -> np.ndarray:
+    """Timestamps as float64 Unix seconds: numbers (int, or float of float64 precision) as they are, numpy
+    ``datetime64`` of any unit converted (``datetime64[ms]`` read as numbers would be 1,000 times too large). Refused
+    with a message: booleans, strings and other non-numbers (TypeError), ``NaT``, and float32/float16 values too
+    large to hold whole seconds (above 2**24 s: float32 keeps Unix seconds to 64 s steps; pass float64 or int64)."""
+    arr = np.asarray(timestamps)
+    if arr.dtype.kind == "M":
+        if np.isnat(arr).any():
+            raise ValueError("timestamps hold NaT (a missing time)")
+        return arr.astype("datetime64[us]").astype(np.int64) / 1e6
+    if arr.size and arr.dtype.kind not in "iuf":
+        raise TypeError(f"timestamps must be numbers (Unix seconds) or numpy datetime64, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize < 8 and arr.size:
+        big = np.abs(arr[np.isfinite(arr)]).max(initial=0)
+        if big > 2 ** 24:
+            raise ValueError(f"timestamps are {arr.dtype} and reach {float(big):.6g} s: {arr.dtype} cannot hold whole "
+                             "seconds that large (float32 keeps Unix seconds to 64 s steps); pass float64 or int64")
+    return arr.astype(np.float64)
+
+
+__all__ = ["seconds"]

@@ -11,6 +11,12 @@ have): both clients then read a user's state with its version, run the model, an
 wrote that user in between, else read and run again (:func:`transact`). A plain store has no such guarantee across
 processes (one writer per user).
 
+A user's versions never repeat, also across the deletion of their state (``pop``, :meth:`SQLiteStateStore.expire`, a
+Redis TTL): a new state starts above the store's *version floor* (the highest version a deleted -- or, with a TTL,
+expirable -- state had) and each commit adds 1. A commit built on a state read before the user was deleted is thus
+refused, never applied over the events stored since. In a store nothing was deleted from (and without a TTL) a
+user's version counts the commits of their state.
+
 NumPy only (no onnxruntime, no tritonclient), so either client imports it without the other's dependencies.
 """
 
@@ -174,7 +180,8 @@ commit of the same user went through: the store as a whole always moves on)."""
 def is_versioned(store) -> bool:
     """Whether ``store`` offers compare-and-set: ``get_versioned(key) -> (state or None, version)`` and
     ``commit([(key, version read, new state), ...]) -> bool``, which stores every new state, or none when any key's
-    version has moved since it was read."""
+    version has moved since it was read. A key's versions must never repeat, also across its deletion (else a commit
+    read before the delete would go through once the new state reached that version again, losing its events)."""
     return callable(getattr(store, "get_versioned", None)) and callable(getattr(store, "commit", None))
 
 
@@ -340,6 +347,11 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
     threading.Thread(target=loop, name=f"zoo-state-checkpoint {path}", daemon=True).start()
 
 
+def _quoted(name: str) -> str:
+    """``name`` as a quoted SQL identifier (a keyword such as ``order`` is then a name too)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 class _VersionedStore:
     """What the versioned stores share: user ids as text, and the dict reads on top of ``get_versioned``."""
 
@@ -350,6 +362,26 @@ class _VersionedStore:
             raise TypeError(f"a user id in a {type(self).__name__} must be a str or an int, got "
                             f"{type(key).__name__} {key!r}")
         return json.dumps(key if isinstance(key, str) else int(key))
+
+    def _writes(self, writes: Sequence[tuple[Any, int, dict]]) -> list[tuple[str, int, bytes]]:
+        """``commit``'s ``(key, version read, state)`` triples as ``(key text, version, to_bytes(state))``, checked: a
+        version is an int >= 0 (:meth:`get_versioned`'s), no key twice; TypeError / ValueError naming the problem."""
+        rows, seen = [], set()
+        for i, w in enumerate(writes):
+            if not isinstance(w, (tuple, list)) or len(w) != 3:
+                raise ValueError(f"commit write {i} must be (key, version read, state), got {w!r}")
+            key, version, state = w
+            text = self._user(key)
+            if isinstance(version, bool) or not isinstance(version, numbers.Integral):
+                raise TypeError(f"the version read of user {key!r} must be an int (get_versioned's), got "
+                                f"{type(version).__name__} {version!r}")
+            if version < 0:
+                raise ValueError(f"the version read of user {key!r} must be >= 0 (get_versioned's), got {version}")
+            if text in seen:
+                raise ValueError(f"user {key!r} is written twice in one commit")
+            seen.add(text)
+            rows.append((text, int(version), to_bytes(state)))
+        return rows
 
     def get(self, key, default=None):
         state, _ = self.get_versioned(key)
@@ -373,9 +405,14 @@ class SQLiteStateStore(_VersionedStore):
     thread and process opens its own connection; the object pickles as its path, so it can be handed to worker
     processes.
 
+    The store's version floor (module docstring) is the one row of the table ``"<table>:version_floor"``, raised in
+    the transaction of each ``pop`` and :meth:`expire`; a database made before it gets it at 0 when first opened
+    (states deleted by hand with SQL bypass it: delete them with ``pop`` or :meth:`expire`).
+
     Args:
         path: the database file (created with its table if absent).
-        table: the table's name (letters, digits, ``_``), so one database may hold several models' states.
+        table: the table's name (letters, digits, ``_``; quoted in SQL, so a keyword such as ``order`` is one
+            too), so one database may hold several models' states.
         timeout: seconds a writer waits for another's commit before ``sqlite3.OperationalError``.
         synchronous: SQLite's ``synchronous`` setting for this store's connections: ``"NORMAL"`` (default; with the
             WAL journal a commit survives the process crashing, and the last commits may be lost if the machine loses
@@ -411,6 +448,9 @@ class SQLiteStateStore(_VersionedStore):
         if checkpoint_every is not None and not checkpoint_every > 0:
             raise ValueError(f"checkpoint_every must be a positive number of seconds or None, got {checkpoint_every!r}")
         self.path, self.table, self.timeout, self.synchronous = os.fspath(path), table, float(timeout), synchronous
+        # quoted identifiers: the table, its index and the table of its version floor
+        self._t, self._index = _quoted(table), _quoted(table + "_updated")
+        self._floor = _quoted(table + ":version_floor")
         if wal_size_limit is not None and (isinstance(wal_size_limit, bool) or not isinstance(wal_size_limit, int)
                                            or wal_size_limit < 0):
             raise ValueError(f"wal_size_limit must be a number of bytes >= 0 or None, got {wal_size_limit!r}")
@@ -420,14 +460,29 @@ class SQLiteStateStore(_VersionedStore):
         self._write(self._create)
 
     def _create(self, c):
-        """The table (``updated``: Unix seconds of the state's last write, for :meth:`expire`) and its index."""
-        t = self.table
+        """The table (``updated``: Unix seconds of the state's last write, for :meth:`expire`), its index, and the
+        one-row table of its version floor (0 in a new one: nothing deleted yet)."""
+        t, f = self._t, self._floor
         c.execute(f"CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, version INTEGER NOT NULL, "
                   "value BLOB NOT NULL, updated REAL NOT NULL DEFAULT 0)")
         if "updated" not in [row[1] for row in c.execute(f"PRAGMA table_info({t})").fetchall()]:
             c.execute(f"ALTER TABLE {t} ADD COLUMN updated REAL NOT NULL DEFAULT 0")     # a table of before
-        c.execute(f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated)")
+        c.execute(f"CREATE INDEX IF NOT EXISTS {self._index} ON {t} (updated)")
+        c.execute(f"CREATE TABLE IF NOT EXISTS {f} (floor INTEGER NOT NULL)")            # new, or a database of before
+        c.execute(f"INSERT INTO {f} (floor) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {f})")
         return True, None
+
+    def _floor_of(self, c) -> int:
+        """The version floor, read inside a write transaction on ``c``."""
+        row = c.execute(f"SELECT floor FROM {self._floor}").fetchone()
+        if row is None:
+            raise RuntimeError(f"{self.path}: the version floor table {self._floor} of {self._t} is empty (its row "
+                               "was deleted by hand); open the store again to recreate it")
+        return int(row[0])
+
+    def _raise_floor(self, c, sql: str, params=()) -> None:
+        """Raise the version floor to the highest version ``sql`` selects (the states about to be deleted)."""
+        c.execute(f"UPDATE {self._floor} SET floor = max(floor, coalesce(({sql}), 0))", params)
 
     def __reduce__(self):
         return type(self), (self.path, self.table, self.timeout, self.synchronous, self.checkpoint_every,
@@ -480,7 +535,7 @@ class SQLiteStateStore(_VersionedStore):
 
     def get_versioned(self, key) -> tuple[dict | None, int]:
         """``(state, version)``; ``(None, 0)`` when nothing is stored under ``key``."""
-        rows = self._read(f"SELECT value, version FROM {self.table} WHERE key = ?", (self._key(key),))
+        rows = self._read(f"SELECT value, version FROM {self._t} WHERE key = ?", (self._key(key),))
         return (None, 0) if not rows else (from_bytes(rows[0][0]), int(rows[0][1]))
 
     def get_versioned_many(self, keys: Sequence) -> list[tuple[dict | None, int]]:
@@ -490,66 +545,77 @@ class SQLiteStateStore(_VersionedStore):
         for at in range(0, len(texts), 500):                       # SQLite's bound-parameter limit
             part = texts[at:at + 500]
             found.update((k, (v, n)) for k, v, n in self._read(
-                f"SELECT key, value, version FROM {self.table} WHERE key IN ({', '.join('?' * len(part))})", part))
+                f"SELECT key, value, version FROM {self._t} WHERE key IN ({', '.join('?' * len(part))})", part))
         return [(from_bytes(found[k][0]), int(found[k][1])) if k in found else (None, 0) for k in texts]
 
     def version(self, key) -> int:
         """The version of ``key``'s state (0: absent), without reading the state."""
-        rows = self._read(f"SELECT version FROM {self.table} WHERE key = ?", (self._key(key),))
+        rows = self._read(f"SELECT version FROM {self._t} WHERE key = ?", (self._key(key),))
         return int(rows[0][0]) if rows else 0
 
     def commit(self, writes: Sequence[tuple[Any, int, dict]]) -> bool:
         """Store each ``(key, version read, state)`` in one transaction if every key still has the version read
         (0: absent); store nothing and return False if any has moved."""
-        rows = [(self._key(k), int(v), to_bytes(s)) for k, v, s in writes]
+        rows = self._writes(writes)
 
         def body(c):                                  # under the write lock: no version moves while checked
             for key, version, _ in rows:
-                now = c.execute(f"SELECT version FROM {self.table} WHERE key = ?", (key,)).fetchone()
+                now = c.execute(f"SELECT version FROM {self._t} WHERE key = ?", (key,)).fetchone()
                 if (0 if now is None else int(now[0])) != version:
                     return False, False
+            # a new state starts above the floor (no version of a deleted one repeats); a stored one adds 1
+            first = self._floor_of(c) + 1 if any(version == 0 for _, version, _ in rows) else None
             now = time.time()
-            c.executemany(f"INSERT INTO {self.table} (key, version, value, updated) VALUES (?, ?, ?, ?) "
+            c.executemany(f"INSERT INTO {self._t} (key, version, value, updated) VALUES (?, ?, ?, ?) "
                           "ON CONFLICT(key) DO UPDATE SET version = excluded.version, value = excluded.value, "
-                          "updated = excluded.updated", [(key, version + 1, raw, now) for key, version, raw in rows])
+                          "updated = excluded.updated",
+                          [(key, version + 1 if version else first, raw, now) for key, version, raw in rows])
             return True, True
 
         return self._write(body)
 
     def __setitem__(self, key, state: dict[str, np.ndarray]) -> None:
-        row = (self._key(key), to_bytes(state), time.time())
+        key, raw = self._key(key), to_bytes(state)
         self._write(lambda c: (True, c.execute(
-            f"INSERT INTO {self.table} (key, version, value, updated) VALUES (?, 1, ?, ?) ON CONFLICT(key) "
-            "DO UPDATE SET version = version + 1, value = excluded.value, updated = excluded.updated", row)))
+            f"INSERT INTO {self._t} (key, version, value, updated) VALUES (?, ?, ?, ?) ON CONFLICT(key) "
+            "DO UPDATE SET version = version + 1, value = excluded.value, updated = excluded.updated",
+            (key, self._floor_of(c) + 1, raw, time.time()))))
 
     def expire(self, idle_seconds: float) -> int:
         """Delete the states not written for ``idle_seconds`` or more (users who stayed away that long start
-        afresh, as a Redis TTL would have them); returns how many. Run it from time to time, e.g. a cron job."""
+        afresh, as a Redis TTL would have them, above the version floor it raises); returns how many. Run it from
+        time to time, e.g. a cron job."""
         if isinstance(idle_seconds, bool) or not isinstance(idle_seconds, (int, float)) or not idle_seconds >= 0:
             raise ValueError(f"idle_seconds must be a non-negative number, got {idle_seconds!r}")
         cut = time.time() - idle_seconds
-        return self._write(lambda c: (True, c.execute(f"DELETE FROM {self.table} WHERE updated <= ?",
-                                                      (cut,)).rowcount))
+
+        def body(c):
+            self._raise_floor(c, f"SELECT max(version) FROM {self._t} WHERE updated <= ?", (cut,))
+            return True, c.execute(f"DELETE FROM {self._t} WHERE updated <= ?", (cut,)).rowcount
+
+        return self._write(body)
 
     def pop(self, key, default=None):
         key = self._key(key)
 
         def body(c):
-            row = c.execute(f"SELECT value FROM {self.table} WHERE key = ?", (key,)).fetchone()
-            c.execute(f"DELETE FROM {self.table} WHERE key = ?", (key,))
+            row = c.execute(f"SELECT value FROM {self._t} WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                self._raise_floor(c, f"SELECT version FROM {self._t} WHERE key = ?", (key,))
+                c.execute(f"DELETE FROM {self._t} WHERE key = ?", (key,))
             return True, row
 
         row = self._write(body)
         return default if row is None else from_bytes(row[0])
 
     def __contains__(self, key) -> bool:
-        return bool(self._read(f"SELECT 1 FROM {self.table} WHERE key = ?", (self._key(key),)))
+        return bool(self._read(f"SELECT 1 FROM {self._t} WHERE key = ?", (self._key(key),)))
 
     def __len__(self) -> int:
-        return int(self._read(f"SELECT COUNT(*) FROM {self.table}")[0][0])
+        return int(self._read(f"SELECT COUNT(*) FROM {self._t}")[0][0])
 
     def __iter__(self):
-        return (json.loads(k) for (k,) in self._read(f"SELECT key FROM {self.table}"))
+        return (json.loads(k) for (k,) in self._read(f"SELECT key FROM {self._t}"))
 
 
 class RedisStateStore(_VersionedStore):
@@ -559,39 +625,64 @@ class RedisStateStore(_VersionedStore):
 
     Each user is a hash at ``prefix + json(user id)`` with the state's :func:`to_bytes` value (``s``) and its version
     (``v``). Keys are user ids, ``str`` or ``int`` (``42`` and ``"42"`` are two users); the dict methods as
-    :class:`SQLiteStateStore`. The object pickles as its URL when built from one, so it can be handed to worker
-    processes.
+    :class:`SQLiteStateStore` (``len`` and iteration count only the keys under the prefix that are a user id's JSON,
+    so a store whose prefix extends this one's, ``"zoo:"`` and ``"zoo:m2:"``, is not counted in; end prefixes with a
+    separator such as ``:``: a prefix followed by digits, ``"zoo:1"``, would hold the keys of ``"zoo:"``'s int
+    users). The object pickles as its URL when built from one, so it can be handed to worker processes.
+
+    The store's version floor (module docstring) is the integer at ``prefix + "#version_floor"``, raised by each
+    ``pop`` and, with a ``ttl`` (Redis drops such states unseen), by every commit. A write with ``ttl=None`` clears
+    an expiry an earlier write with a ``ttl`` set (a state is kept as the last write's store says). Keep the floor
+    and the states from being evicted behind the store's back: use ``maxmemory-policy`` ``noeviction`` or a
+    ``volatile-*`` one (only keys with a TTL, whose versions are below the floor, evicted), not ``allkeys-*``.
 
     Args:
         client: a ``redis://`` / ``rediss://`` / ``unix://`` URL (needs the ``redis`` package:
             ``pip install 'ssm-rec-zoo[redis]'``), or a ``redis.Redis`` client (``decode_responses=False``).
         prefix: prepended to every key (no glob characters), so one server may hold several models' states. On a
-            Redis Cluster a call's users must share a hash slot: put a hash tag in it (``"zoo:{m4r}:"``) or send
-            one user a call.
+            Redis Cluster each script touches the store's version floor with the call's users, so all the store's
+            keys must share a hash slot: put a hash tag in it (``"zoo:{m4r}:"``).
         ttl: seconds after a user's last commit that Redis drops their state (a user who stays away that long
             starts afresh: the store's TTL instead of Triton's idle timeout); None: kept until popped.
     """
 
+    # KEYS: the users, then the version floor; ARGV: the versions read, the states, the ttl (0: none). A new state
+    # starts above the floor, a stored one adds 1; with a ttl the floor follows every version written (Redis drops
+    # the state unseen), without one the key's expiry is cleared (PERSIST).
     _COMMIT = """
-        local n = #KEYS
+        local n = #KEYS - 1
         for i = 1, n do
             if tonumber(redis.call('HGET', KEYS[i], 'v') or '0') ~= tonumber(ARGV[i]) then return 0 end
         end
         local ttl = tonumber(ARGV[2 * n + 1])
+        local floor = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
+        local top = floor
         for i = 1, n do
-            redis.call('HSET', KEYS[i], 'v', tonumber(ARGV[i]) + 1, 's', ARGV[n + i])
-            if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+            local v = tonumber(ARGV[i])
+            if v == 0 then v = floor + 1 else v = v + 1 end
+            redis.call('HSET', KEYS[i], 'v', v, 's', ARGV[n + i])
+            if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+            if v > top then top = v end
         end
+        if ttl > 0 and top > floor then redis.call('SET', KEYS[n + 1], top) end
         return 1"""
     _SET = """
-        redis.call('HINCRBY', KEYS[1], 'v', 1)
-        redis.call('HSET', KEYS[1], 's', ARGV[1])
-        if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+        local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') or 0
+        local floor = tonumber(redis.call('GET', KEYS[2]) or '0')
+        if v == 0 then v = floor + 1 else v = v + 1 end
+        redis.call('HSET', KEYS[1], 'v', v, 's', ARGV[1])
+        local ttl = tonumber(ARGV[2])
+        if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
+        if ttl > 0 and v > floor then redis.call('SET', KEYS[2], v) end
         return 1"""
     _POP = """
         local s = redis.call('HGET', KEYS[1], 's')
+        local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') or 0
+        if v > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], v) end
         redis.call('DEL', KEYS[1])
         return s"""
+    FLOOR = "#version_floor"
+    """The version floor's key after the prefix (no user id's JSON: ``#`` starts none)."""
 
     def __init__(self, client, prefix: str = "zoo:state:", ttl: int | None = None):
         if not isinstance(prefix, str) or re.search(r"[*?\[\]\\]", prefix):
@@ -608,6 +699,7 @@ class RedisStateStore(_VersionedStore):
             raise ValueError("the Redis client decodes responses to str (decode_responses=True); states are bytes: "
                              "give a client with decode_responses=False, or a URL")
         self.client, self.prefix, self.ttl = client, prefix, ttl
+        self._floor = prefix + self.FLOOR
         self._commit = client.register_script(self._COMMIT)
         self._set = client.register_script(self._SET)
         self._pop = client.register_script(self._POP)
@@ -670,29 +762,39 @@ class RedisStateStore(_VersionedStore):
     def commit(self, writes: Sequence[tuple[Any, int, dict]]) -> bool:
         """Store each ``(key, version read, state)`` atomically (one Lua script) if every key still has the version
         read (0: absent); store nothing and return False if any has moved."""
-        keys = [self._key(k) for k, _, _ in writes]
-        args = [int(v) for _, v, _ in writes] + [to_bytes(s) for _, _, s in writes] + [self.ttl or 0]
+        rows = self._writes(writes)
+        keys = [self.prefix + key for key, _, _ in rows] + [self._floor]
+        args = [v for _, v, _ in rows] + [raw for _, _, raw in rows] + [self.ttl or 0]
         return bool(self._commit(keys=keys, args=args))
 
     def __setitem__(self, key, state: dict[str, np.ndarray]) -> None:
-        self._set(keys=[self._key(key)], args=[to_bytes(state), self.ttl or 0])
+        self._set(keys=[self._key(key), self._floor], args=[to_bytes(state), self.ttl or 0])
 
     def pop(self, key, default=None):
-        raw = self._pop(keys=[self._key(key)])
+        raw = self._pop(keys=[self._key(key), self._floor])
         return default if raw is None else from_bytes(raw)
 
     def __contains__(self, key) -> bool:
         return bool(self.client.exists(self._key(key)))
 
-    def _keys(self):
-        return self.client.scan_iter(match=self.prefix + "*", count=1000)
+    def _users(self):
+        """The user ids stored: the keys under the prefix whose rest is the JSON :meth:`_user` writes for a user id
+        (not another store's keys under a longer prefix, nor the version floor)."""
+        n = len(self.prefix)
+        for k in self.client.scan_iter(match=self.prefix + "*", count=1000):
+            text = (k.decode(errors="replace") if isinstance(k, bytes) else k)[n:]
+            try:
+                user = json.loads(text)
+            except ValueError:
+                continue
+            if not isinstance(user, bool) and isinstance(user, (str, int)) and json.dumps(user) == text:
+                yield user
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._keys())
+        return sum(1 for _ in self._users())
 
     def __iter__(self):
-        n = len(self.prefix)
-        return (json.loads(k[n:]) for k in (k.decode() if isinstance(k, bytes) else k for k in self._keys()))
+        return self._users()
 
 
 __all__ = ["FINGERPRINT_KEY", "ON_STALE", "RETRIES", "STATE_FORMAT", "StaleStateError", "ConcurrentUpdateError",

@@ -109,7 +109,7 @@ def test_redis_ttl_and_foreign_keys(store):
     with pytest.raises(ValueError, match=r"holds .*string.*not a stored zoo state"):
         store.get_versioned_many(["forever", "foreign"])
     (got, v), (none, zero) = store.get_versioned_many(["forever", "nobody"])     # one round trip
-    assert _same(got, _state()) and v == 1 and none is None and zero == 0
+    assert _same(got, _state()) and v == 3 and none is None and zero == 0   # above the floor `timed` raised to 2
     assert store.version("junk") == 1 and store.version("nobody") == 0
     assert transact(store, ["junk"], lambda s: (s, [_state()]), read=False) == ([None], 0)   # a prime overwrites it
     assert store.version("junk") == 2 and _same(store["junk"], _state())
@@ -124,6 +124,92 @@ def test_redis_ttl_and_foreign_keys(store):
         RedisStateStore(store.url, ttl=0)
     with pytest.raises(TypeError, match="does not pickle"):
         pickle.dumps(RedisStateStore(raw))
+
+
+def test_redis_versions_never_repeat_across_deletes(store):
+    """A commit built on a state read before the user was deleted (``pop``, or Redis dropping it at its TTL) is
+    refused, also once the user's new state has reached the version read again: no event written since is lost. A
+    new state starts above the floor (the highest version a deleted or expirable state had); without deletes a
+    version counts the commits."""
+    import time
+
+    import redis
+
+    S = lambda x: {"h": np.full((1, 2, 8), x, np.float32)}            # noqa: E731
+    assert store.commit([("u", 0, S(1))]) and store.commit([("u", 1, S(2))])
+    _, read = store.get_versioned("u")                                # a worker reads version 2 ...
+    store.pop("u")                                                    # ... the user is deleted ...
+    assert store.commit([("u", 0, S(10))]) and store.commit([("u", store.version("u"), S(11))])   # ... anew
+    assert not store.commit([("u", read, S(3))])                     # the late commit: refused
+    assert store["u"]["h"][0, 0, 0] == 11 and store.version("u") == 4     # 3 and 4: above the floor, 2
+    store.pop("u")
+    store["u"] = S(20)                                                # an unconditional write starts above too
+    assert store.version("u") == 5 and not store.commit([("u", 4, S(3))])
+    store["new"] = S(0)
+    assert store.version("new") == 5                                  # every new user: floor + 1
+    # the TTL: Redis drops the state unseen, so a store with a ttl keeps the floor at every version it writes
+    timed = RedisStateStore(store.url, prefix=store.prefix, ttl=3600)
+    assert timed.commit([("t", 0, S(1))]) and timed.commit([("t", 5, S(2))])   # floor 4: from 5, to 6
+    _, read = timed.get_versioned("t")
+    raw = redis.Redis.from_url(store.url)
+    raw.pexpire(store.prefix + '"t"', 1)
+    while raw.exists(store.prefix + '"t"'):
+        time.sleep(0.002)
+    assert timed.commit([("t", 0, S(5))]) and timed.version("t") == read + 1
+    assert not timed.commit([("t", read, S(3))]) and timed["t"]["h"][0, 0, 0] == 5
+    # transact: the worker whose read came before the delete reads again and computes on the new state
+    seen = []
+
+    def bump(stored):
+        seen.append(int(stored[0]["h"][0, 0, 0]))
+        if len(seen) == 1:
+            store.pop("t")
+            timed.commit([("t", 0, S(100))])
+        return None, [S(seen[-1] + 1)]
+
+    assert transact(store, ["t"], bump) == (None, 1) and seen == [5, 100] and store["t"]["h"][0, 0, 0] == 101
+    with pytest.raises(TypeError, match="version read of user 'u' must be an int"):
+        store.commit([("u", "5", S(0))])
+    with pytest.raises(ValueError, match="version read of user 'u' must be >= 0"):
+        store.commit([("u", -1, S(0))])
+    with pytest.raises(ValueError, match="user 'u' is written twice in one commit"):
+        store.commit([("u", 5, S(0)), ("u", 5, S(1))])
+
+
+def test_redis_stores_under_overlapping_prefixes_see_only_their_own_users(store):
+    """A store whose prefix extends another's (``zoo:`` and ``zoo:m2:``) on one server: each counts and lists only its
+    own users (not the other's keys, nor its version floor, nor keys that are no user id's JSON)."""
+    import redis
+
+    inner = RedisStateStore(store.url, prefix=store.prefix + "m2:")
+    store["a"] = _state()
+    store[7] = _state()
+    inner["b"] = _state()
+    inner.pop("b")
+    inner["c"] = _state()                                            # both floors exist now
+    raw = redis.Redis.from_url(store.url)
+    for junk in ('"unterminated', "1.5", "true", '"\\u0061"', ' "a"'):
+        raw.hset(store.prefix + junk, mapping={"v": 1, "s": b"x"})
+    assert len(store) == 2 and sorted(map(str, store)) == ["7", "a"] and 7 in list(store)
+    assert len(inner) == 1 and list(inner) == ["c"]
+    assert raw.exists(store.prefix + RedisStateStore.FLOOR, inner.prefix + RedisStateStore.FLOOR) == 1
+
+
+def test_redis_write_without_ttl_clears_an_earlier_expiry(store):
+    """A store without a ttl writing a user that a store with one wrote (same prefix) keeps the state until popped:
+    its commit clears the expiry (Redis's HSET alone would keep it); the store with a ttl sets it again."""
+    import redis
+
+    timed = RedisStateStore(store.url, prefix=store.prefix, ttl=3600)
+    raw = redis.Redis.from_url(store.url)
+    key = store.prefix + '"u"'
+    timed["u"] = _state()
+    assert 3500 < raw.ttl(key) <= 3600
+    assert store.commit([("u", store.version("u"), _state(1))]) and raw.ttl(key) == -1
+    timed["u"] = _state()
+    store["u"] = _state(2)                                            # an unconditional write too
+    assert raw.ttl(key) == -1 and _same(store["u"], _state(2))
+    assert timed.commit([("u", timed.version("u"), _state(3))]) and 3500 < raw.ttl(key) <= 3600
 
 
 def test_user_state_recommender_on_redis_matches_the_full_forward(store, tmp_path):

@@ -229,6 +229,92 @@ def test_sqlite_expire_drops_the_users_idle_that_long(tmp_path):
     assert _same_state(before["u"], _state()) and before.expire(3600) == 1       # written at time 0
 
 
+def test_sqlite_versions_never_repeat_across_deletes(tmp_path):
+    """A commit built on a state read before the user was deleted (``pop``, :meth:`expire`) is refused, also once the
+    user's new state has reached the version read again: no event written since is lost. A new state starts above
+    the floor (the highest version a deleted state had), on every handle of the file; without deletes a version
+    counts the commits."""
+    import sqlite3
+    import time
+
+    S = lambda x: {"h": np.full((1, 2), x, np.float32)}              # noqa: E731
+    store = SQLiteStateStore(tmp_path / "s.db")
+    assert store.commit([("u", 0, S(1))]) and store.commit([("u", 1, S(2))])
+    _, read = store.get_versioned("u")                                # a worker reads version 2 ...
+    store.pop("u")                                                    # ... the user is deleted ...
+    assert store.commit([("u", 0, S(10))]) and store.commit([("u", store.version("u"), S(11))])   # ... anew
+    assert not store.commit([("u", read, S(3))])                     # the late commit: refused
+    assert store["u"]["h"][0, 0] == 11 and store.version("u") == 4     # 3 and 4: above the floor, 2
+    other = SQLiteStateStore(tmp_path / "s.db")                       # another process's handle
+    other.pop("u")
+    store["u"] = S(20)                                                # an unconditional write starts above too
+    assert store.version("u") == 5 and not store.commit([("u", 4, S(3))])
+    store["v"] = S(0)
+    assert store.version("v") == 5                                    # every new user: floor + 1
+    # expire raises the floor to the highest version it deletes
+    assert store.commit([("v", 5, S(1))]) and store.commit([("v", 6, S(2))])
+    with sqlite3.connect(store.path) as raw:
+        raw.execute("UPDATE zoo_states SET updated = ? WHERE key = ?", (time.time() - 7200, '"v"'))
+    assert store.expire(3600) == 1 and store.commit([("v", 0, S(7))]) and store.version("v") == 8
+    assert not store.commit([("v", 7, S(3))])
+    # transact: the worker whose read came before the delete reads again and computes on the new state
+    seen = []
+
+    def bump(stored):
+        seen.append(int(stored[0]["h"][0, 0]))
+        if len(seen) == 1:
+            other.pop("v")
+            other.commit([("v", 0, S(100))])
+        return None, [S(seen[-1] + 1)]
+
+    assert transact(store, ["v"], bump) == (None, 1) and seen == [7, 100] and store["v"]["h"][0, 0] == 101
+    with pytest.raises(TypeError, match="version read of user 'u' must be an int"):
+        store.commit([("u", 5.0, S(0))])
+    with pytest.raises(ValueError, match="version read of user 'u' must be >= 0"):
+        store.commit([("u", -1, S(0))])
+    with pytest.raises(ValueError, match="user 'u' is written twice in one commit"):
+        store.commit([("u", 5, S(0)), ("u", 5, S(1))])
+    with pytest.raises(ValueError, match=r"commit write 0 must be \(key, version read, state\)"):
+        store.commit([("u", 5)])
+
+
+def test_sqlite_database_of_before_the_version_floor_keeps_working(tmp_path):
+    """A database an earlier version wrote (no version floor table) opens with its states and versions as they were;
+    the floor table is created (at 0) and from then on a delete's versions do not come back."""
+    import sqlite3
+
+    path = tmp_path / "before.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE zoo_states (key TEXT PRIMARY KEY, version INTEGER NOT NULL, value BLOB NOT NULL, "
+                    "updated REAL NOT NULL DEFAULT 0)")
+        raw.executemany("INSERT INTO zoo_states VALUES (?, ?, ?, 0)",
+                        [('"u"', 7, to_bytes(_state(0))), ('"w"', 2, to_bytes(_state(1)))])
+    store = SQLiteStateStore(path)
+    assert store.get_versioned("u")[1] == 7 and _same_state(store["w"], _state(1)) and len(store) == 2
+    with sqlite3.connect(path) as raw:
+        assert raw.execute('SELECT floor FROM "zoo_states:version_floor"').fetchall() == [(0,)]
+    assert store.commit([("u", 7, _state(2))]) and store.pop("u") is not None
+    assert store.commit([("u", 0, _state(3))]) and store.version("u") == 9
+    assert SQLiteStateStore(path).version("u") == 9                   # opened again: the floor kept, not reset
+    store.pop("u")
+    assert store.commit([("fresh", 0, _state())]) and store.version("fresh") == 10
+
+
+def test_sqlite_table_named_by_a_sql_keyword(tmp_path):
+    """A table name that is an SQL keyword (``order``, ``select``) is quoted in every statement: each store works, and
+    apart from the others in the file."""
+    path = tmp_path / "s.db"
+    order, select = SQLiteStateStore(path, table="order"), SQLiteStateStore(path, table="select")
+    order["u"] = _state(0)
+    assert order.commit([("u", 1, _state(1)), (2, 0, _state(2))]) and select.commit([("u", 0, _state(3))])
+    assert len(order) == 2 and sorted(map(str, order)) == ["2", "u"] and "u" in order and 2 not in select
+    assert order.get_versioned_many(["u", 2])[0][1] == 2 and _same_state(select["u"], _state(3))
+    assert transact(order, [2], lambda st: (None, [_state(4)]), read=False) == (None, 0) and order.version(2) == 2
+    assert _same_state(order.pop("u"), _state(1)) and order.expire(0) == 1 and len(order) == 0
+    assert len(select) == 1 and SQLiteStateStore(path, table="order").commit([("u", 0, _state())])
+    assert order.version("u") == 3                                    # above the floor pop and expire raised
+
+
 def test_sqlite_checkpoints_run_in_one_background_thread_per_process(tmp_path):
     """The connections serving events never checkpoint (their commits stay in the WAL, the database file does not
     grow); the process's checkpoint thread copies them into the database file within ``checkpoint_every`` seconds,

@@ -286,14 +286,14 @@ def main(argv=None) -> int:
     if a.emulated:
         try:
             lib = build_emulated(a.build_dir, quiet=False)
-        except BuildError as e:
+        except (BuildError, OSError) as e:                  # OSError: a --build-dir that cannot be made
             print(f"build failed: {e}", file=sys.stderr)
             return 1
         print(f"emulated kernels library : {lib}  (CPU; python plugins/harness.py --emulate --check)")
         return 0
     try:
         res = build(a.build_dir, a.arch, a.jobs, a.tensorrt_root, a.tensorrt_include, a.require_tensorrt)
-    except BuildError as e:
+    except (BuildError, OSError) as e:
         print(f"build failed: {e}", file=sys.stderr)
         return 1
     print(f"kernels library : {res['kernels']}")

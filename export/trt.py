@@ -27,13 +27,14 @@ What it does, in order, printing a report as it goes:
    many single steps, each side carrying its own state; plus a many-row top-k case) under the tolerance table
    :data:`TOLERANCES`;
 5. writes ``DIR/model.engine`` only when that verification passes, and ``DIR/trt_report.json`` always. An engine
-   already in ``DIR`` moves with its report to ``DIR/previous/`` when a run starts, so ``DIR`` never pairs an old
-   engine with a new report and a failed rebuild loses nothing.
+   already in ``DIR`` moves with its report to ``DIR/previous/`` when a run starts, with copies of its graph,
+   ``state_spec.json`` and item vocabulary (the report's paths rewritten to them), so ``DIR`` never pairs an old
+   engine with a new report and a failed rebuild loses nothing needed to serve the earlier engine.
 
 Exit codes:
 
 * ``0`` engine built and verified, written;
-* ``1`` error (bad arguments, export / plugin build / engine build failure, scan nodes not bound to plugins, a
+* ``1`` error (bad arguments: usage errors too, before any work; export / plugin build / engine build failure, scan nodes not bound to plugins, a
   graph with float64 I/O: TensorRT has no float64, so a float64-timestamps graph (``run(..., time_input=
   "timestamps")``) stops after the ONNX export + verification with a message saying so);
 * ``2`` verification failed (the ONNX graph against PyTorch, or the engine against PyTorch); nothing is written
@@ -171,7 +172,7 @@ def ensure_plugin_library(plugin_lib: str | None = None, build_dir: str | None =
     t0 = time.perf_counter()
     try:
         res = BP.build(build_dir, quiet=True)
-    except BP.BuildError as e:
+    except (BP.BuildError, OSError) as e:          # OSError: a build folder that cannot be made or written
         raise TrtError(str(e)) from e
     if res["plugins"] is None:
         raise TrtError(f"{ps.PLUGIN_LIBRARY} was not built: {res['tensorrt_headers']}")
@@ -376,7 +377,8 @@ class TrtRunner:
             t = torch.as_tensor(feeds[n]).to(device="cuda", dtype=self._dt[self.engine.get_tensor_dtype(n)])
             t = t.contiguous()
             keep.append(t)
-            self.context.set_input_shape(n, tuple(t.shape))
+            if not self.context.set_input_shape(n, tuple(t.shape)):      # outside the engine's profile
+                raise TrtError(f"input {n} of shape {list(t.shape)} is outside the engine's optimisation profile")
             self.context.set_tensor_address(n, t.data_ptr())
         outs = {}
         for n in self.outputs:
@@ -413,7 +415,8 @@ EMULATED_TIMEOUT_S = 300.0
 
 
 def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, say, build_dir=None,
-                           quick: bool = False, max_steps: int = 200) -> bool:
+                           quick: bool = False, max_steps: int = 200, max_batch: int = 2048,
+                           max_candidates: int | None = None) -> bool:
     """Without an engine, what the plugins contribute is still checked: the graph runs on ONNX's reference evaluator
     with each scan node handed to the plugin's ``enqueue`` -- the plugin classes and CUDA kernels compiled for the CPU
     against plugins/emu/ (:mod:`export.emulated_plugins`) -- and goes through the shared verifier against PyTorch.
@@ -430,14 +433,18 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
         "against plugins/emu/; ONNX reference evaluator for the other nodes), against PyTorch")
     try:
         lib = build_emulated(build_dir, plugins=True)
-    except BuildError as e:
+    except (BuildError, OSError) as e:
         say(f"  skipped: {str(e).splitlines()[0]}")
         report["emulated_plugins"] = {"skipped": str(e)}
         return False
 
     graph = graph16 if graph16 is not None else V._with_scores_output(res.graph_path)
     kw = dict(EMULATED_VERIFY_QUICK if quick else EMULATED_VERIFY)
-    kw["prime_len"] = min(kw["prime_len"], max_steps)        # the engine's profile takes T <= max_steps per call
+    kw["prime_len"] = min(kw["prime_len"], max_steps)        # the engine's profile takes T <= max_steps per call,
+    kw["topk_prime"] = min(20, max_steps)                    # rows <= max_batch, candidates <= max_candidates
+    kw["batch"], kw["topk_cases"] = min(kw["batch"], max_batch), min(kw["topk_cases"], max_batch)
+    if max_candidates is not None:
+        kw["max_candidates"] = max_candidates
     runner = None
     try:
         # loading the library and making the evaluator run no plugin code: a library that is not an emulated plugin
@@ -459,7 +466,14 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
         say(f"  FAILED: {e}")
         report["emulated_plugins"] = {"library": str(lib), "ok": False, "error": str(e)}
         return True
-    except Exception as e:                   # the reference evaluator could not run the graph: not the plugins' say
+    except Exception as e:
+        calls = {k: v for k, v in (runner.calls if runner else {}).items() if v}
+        if calls:                            # after plugin runs: what they returned may be the cause (wrong shapes or
+            say(f"  FAILED after {sum(calls.values())} plugin runs: {type(e).__name__}: {str(e)[:500]}")  # dtypes)
+            report["emulated_plugins"] = {"library": str(lib), "ok": False, "plugin_calls": calls,
+                                          "error": f"the graph failed after the plugins ran: {type(e).__name__}: {e}"}
+            return True
+        # before any plugin ran: the reference evaluator could not take the graph, not the plugins' say
         say(f"  could not run: {type(e).__name__}: {str(e)[:500]}")
         report["emulated_plugins"] = {"library": str(lib), "skipped": f"{type(e).__name__}: {e}"}
         return False
@@ -475,6 +489,38 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
     if not rep.ok:
         say(f"  {rep.worst_message()}")
     return not rep.ok
+
+
+def _repoint_report(path: Path, moved: dict) -> None:
+    """Rewrite the report at ``path`` so each string value naming a key of ``moved`` names its value instead (an
+    unreadable report is left as it is: it is kept, not repaired)."""
+    try:
+        rep = json.loads(path.read_text())
+    except ValueError:
+        return
+
+    def walk(x):
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return moved.get(x, x) if isinstance(x, str) else x
+
+    path.write_text(json.dumps(walk(rep), indent=2, default=str) + "\n")
+
+
+def engine_verify_kwargs(quick: bool = False, *, max_batch: int = 2048, max_steps: int = 200,
+                         max_candidates: int | None = None) -> dict:
+    """:func:`export.verify.verify_export`'s sizes for the ONNX graph and the engine: priming 200 + 500 steps on 4
+    rows and 2,000 top-k rows (``quick``: 20 + 20, 2, 64), every call inside the engine's profile
+    (:func:`profile_shapes`): rows <= ``max_batch``, ``T <= max_steps``, candidate columns <= ``max_candidates`` (a
+    ``--candidates`` graph; None otherwise)."""
+    kw = dict(prime_len=min(20 if quick else 200, max_steps), n_steps=20 if quick else 500,
+              batch=min(2 if quick else 4, max_batch), topk_cases=min(64 if quick else 2000, max_batch),
+              topk_prime=min(20, max_steps))
+    if max_candidates is not None:
+        kw["max_candidates"] = max_candidates
+    return kw
 
 
 def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | int = "2G", topk: int = 10,
@@ -504,15 +550,23 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     engine_path = out / ENGINE_FILE
     if engine_path.exists():
         # never leave a stale engine next to a new report, and never lose a verified one: the earlier engine and
-        # its report move to out/previous/ (replacing an older pair there) until a new engine passes verification
+        # its report move to out/previous/ (replacing an older set there) until a new engine passes verification,
+        # with copies of what serving it needs (its graph, state_spec.json, item vocabulary), which the new export
+        # replaces in out; the report's paths are rewritten to the copies
         prev = out / PREVIOUS_DIR
         shutil.rmtree(prev, ignore_errors=True)
         prev.mkdir()
         os.replace(engine_path, prev / ENGINE_FILE)
+        from zoo.vocab import VOCAB_FILE
+
+        companions = [n for n in (E.GRAPH_FILE, E.EXTERNAL_DATA_FILE, E.SPEC_FILE, VOCAB_FILE) if (out / n).is_file()]
+        for name in companions:
+            shutil.copy2(out / name, prev / name)
         if (out / REPORT_FILE).exists():
             os.replace(out / REPORT_FILE, prev / REPORT_FILE)
-        say(f"moved the engine of an earlier run (and its report) to {prev}/: out keeps an engine only once a new "
-            "one passes verification")
+            _repoint_report(prev / REPORT_FILE, {str(out / n): str(prev / n) for n in [ENGINE_FILE, *companions]})
+        say(f"moved the engine of an earlier run (and its report) to {prev}/, with copies of its "
+            f"{', '.join(companions) or 'nothing else'}: out keeps an engine only once a new one passes verification")
 
     def finish(code: int, status: str):
         report["exit_code"], report["status"] = code, status
@@ -521,9 +575,8 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         say(f"RESULT: {status} (exit code {code}); report: {out / REPORT_FILE}")
         return code, report
 
-    verify_kwargs = dict(prime_len=min(200, max_steps), n_steps=500, batch=4, topk_cases=min(2000, max_batch))
-    if quick:
-        verify_kwargs = dict(prime_len=min(20, max_steps), n_steps=20, batch=2, topk_cases=min(64, max_batch))
+    verify_kwargs = engine_verify_kwargs(quick, max_batch=max_batch, max_steps=max_steps,
+                                         max_candidates=max_candidates if candidates else None)
     report["verify_kwargs"] = verify_kwargs
 
     # 1. ONNX export + ONNX-level verification (always)
@@ -646,7 +699,8 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         say("[4/4] engine verification: not run (no engine). The ONNX graph above IS verified; no engine was written.")
         report["missing"] = env.missing
         if emulate:
-            failed = _emulated_plugin_check(model, res, graph16, precision, report, say, build_dir, quick, max_steps)
+            failed = _emulated_plugin_check(model, res, graph16, precision, report, say, build_dir, quick, max_steps,
+                                            max_batch, max_candidates if candidates else None)
             if failed:
                 emu = report["emulated_plugins"]
                 crash = emu.get("signal") or ("exit code {}".format(emu["child_exit_code"])
@@ -697,9 +751,17 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     return finish(EXIT_OK, f"engine verified and written to {engine_path}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1 (``error``), as the exit codes say: argparse's own 2 is "verification failed" here."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n\n")[0],
-                                epilog="exit codes: 0 ok, 1 error, 2 verification failed, 3 TensorRT/GPU missing")
+    p = _Parser(prog="python -m export.trt", description=__doc__.split("\n\n")[0],
+                epilog="exit codes: 0 ok, 1 error (bad arguments too), 2 verification failed, 3 TensorRT/GPU missing")
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
     p.add_argument("--out", required=True, help="output folder (model.onnx, state_spec.json, model.engine, report)")
     p.add_argument("--fp16", action="store_true", help="fp16 internals (states, graph I/O and scan nodes stay fp32)")
@@ -732,6 +794,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_run_numbers(workspace=a.workspace, topk=a.topk, max_batch=a.max_batch, opt_batch=a.opt_batch,
                           max_steps=a.max_steps, max_candidates=a.max_candidates)
+        from zoo.cli import check_outputs                 # a file there, under a file, or a place not writable
+
+        check_outputs({"--out": a.out, "--build-dir": a.build_dir}, folders=True)
     except ValueError as e:
         p.error(str(e))
     say = lambda m: print(m, flush=True)  # noqa: E731

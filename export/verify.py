@@ -308,18 +308,19 @@ def _topk_ref(ref: np.ndarray, k: int) -> np.ndarray:
     return np.where(np.isneginf(vals.numpy()), 0, ids.numpy())
 
 
-def _rand_candidates(rng, B: int, n_items: int, k: int) -> np.ndarray:
+def _rand_candidates(rng, B: int, n_items: int, k: int, max_c: int | None = None) -> np.ndarray:
     """``[B, 3k + 2]`` int64 candidate lists for a ``--candidates`` graph, drawn to exercise its rules: most rows list
     ``k .. 3k`` distinct items scattered among 0-padding (some with one item twice), 1 in 8 lists fewer than ``k``
-    (empty top-k slots: id 0, score ``-inf``), 1 in 8 lists none (the row is not restricted)."""
-    C = 3 * k + 2
+    (empty top-k slots: id 0, score ``-inf``), 1 in 8 lists none (the row is not restricted). ``max_c``: at most that
+    many columns (an engine's profile), the lists cut to fit."""
+    C = 3 * k + 2 if max_c is None else max(1, min(3 * k + 2, max_c))
     out = np.zeros((B, C), np.int64)
     kind = rng.random(B)
     for b in range(B):
         if kind[b] < 0.125:
             continue
         m = int(rng.integers(1, k)) if kind[b] < 0.25 and k > 1 else int(rng.integers(k, 3 * k + 1))
-        items = rng.choice(np.arange(1, n_items), size=min(m, n_items - 1), replace=False)
+        items = rng.choice(np.arange(1, n_items), size=min(m, n_items - 1, C), replace=False)
         if len(items) >= 3 and rng.random() < 0.25:
             items[-1] = items[0]                                    # a repeat
         out[b, rng.choice(C, size=len(items), replace=False)] = items
@@ -415,8 +416,9 @@ class _StepPair:
     float64 timestamps with :func:`export.runtime.time_gaps` and feeds float32 ``time_gaps``; PyTorch gets the float64
     timestamps, so the comparison includes the float32 rounding of the gaps."""
 
-    def __init__(self, model, run: Callable, spec: dict, batch: int):
+    def __init__(self, model, run: Callable, spec: dict, batch: int, max_candidates: int | None = None):
         self.model, self.run, self.spec = model, run, spec
+        self.max_candidates = max_candidates
         self.gaps = spec.get("time_input") == "gaps"
         self.graph_names = [s["name"] for s in spec["state"]]
         self.client_names = [s["name"] for s in spec.get("client_state", [])]
@@ -454,7 +456,7 @@ class _StepPair:
         feeds.update({n: self.o_state[n] for n in self.graph_names})
         if self.cand_rng is not None:
             feeds["candidates"] = _rand_candidates(self.cand_rng, ids.shape[0], self.spec["n_items"],
-                                                   self.spec["topk"])
+                                                   self.spec["topk"], self.max_candidates)
         res = dict(zip(self.out_names, self.run(self.out_names, feeds), strict=True))
         self.o_state = {**{n: res[f"{n}_out"] for n in self.graph_names}, **client}
         ref = logits.float().numpy()
@@ -507,7 +509,11 @@ def _gaps_note(pair: _StepPair) -> str:
 def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps: int = 500, batch: int = 4,
                 topk_cases: int = 2000, topk_prime: int = 20, real_histories: Sequence[Sequence[int]] | None = None,
                 real_timestamps: Sequence[Sequence[float]] | None = None, seed: int = 0, runner: Any = None,
-                progress=None) -> list[CaseResult]:
+                progress=None, max_candidates: int | None = None) -> list[CaseResult]:
+    """The step graph against ``model.step``: priming + single steps on random histories (``batch`` rows), top-k
+    agreement on ``topk_cases`` random states (primed with ``topk_prime`` items), and the real histories' priming
+    + steps (``max(batch, 8)`` rows) when given. ``max_candidates``: the widest candidate lists to feed a
+    ``--candidates`` graph (an engine's profile; default ``3k + 2``)."""
     say = progress or (lambda m: None)
     k = spec["topk"]
     n_items = spec["n_items"]
@@ -523,7 +529,7 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
             ts = None                               # a model that reads no time gets none, real or not
         elif ts is None:
             ts = _rand_ts(rng, B, Ltot)
-        pair = _StepPair(model, run, spec, B)
+        pair = _StepPair(model, run, spec, B, max_candidates)
         acc = _Acc()
         out, ref = pair.step(hist[:, :n_prime], None if ts is None else ts[:, :n_prime])
         acc.add(out, ref, k, f"after priming with {n_prime} items")
@@ -544,7 +550,7 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
     t0 = time.perf_counter()
     hist = rng.integers(1, n_items, size=(topk_cases, topk_prime + 1))
     ts = _rand_ts(rng, topk_cases, topk_prime + 1) if uses_ts else None
-    pair = _StepPair(model, run, spec, topk_cases)
+    pair = _StepPair(model, run, spec, topk_cases, max_candidates)
     out, ref = pair.step(hist[:, :topk_prime], None if ts is None else ts[:, :topk_prime])
     out, ref = pair.step(hist[:, topk_prime:], None if ts is None else ts[:, topk_prime:])
     a, r = _errs(out["scores"], ref)
@@ -590,7 +596,9 @@ def _check_real_timestamps(histories, timestamps):
 def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widths: Sequence[int] | None = None,
                   real_histories: Sequence[Sequence[int]] | None = None,
                   real_timestamps: Sequence[Sequence[float]] | None = None, seed: int = 0, runner: Any = None,
-                  batch_chunk: int = 500, progress=None) -> list[CaseResult]:
+                  batch_chunk: int = 500, progress=None, max_candidates: int | None = None) -> list[CaseResult]:
+    """The window graph against ``model.predict`` on windows of ``widths`` (and the real histories when given), in
+    calls of ``batch_chunk`` rows; ``max_candidates`` as for :func:`verify_step`."""
     say = progress or (lambda m: None)
     k, n_items, M = spec["topk"], spec["n_items"], spec["max_seq_length"]
     rng = np.random.default_rng(seed)
@@ -625,7 +633,7 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
                 ref = _exclude(ref, seen)
             ref = _mask_excluded(ref, spec)
             if spec.get("candidates"):
-                feeds["candidates"] = _rand_candidates(rng, len(chunk), n_items, k)
+                feeds["candidates"] = _rand_candidates(rng, len(chunk), n_items, k, max_candidates)
                 ref = _mask_candidates(ref, feeds["candidates"])
             res = _add_vector_scores(dict(zip(out_names, run(out_names, feeds), strict=True)), ref, items)
             acc.add(res, ref, k, f"rows {s}..{s + len(chunk) - 1}, width {ids.shape[1]}")

@@ -520,6 +520,11 @@ def main(argv=None) -> int:
                     help="with --emulate: run each case through the TensorRT plugin's enqueue (creator, fields, shape "
                          "mapping; the emulated plugin library, needs the TensorRT headers) instead of the kernel ABI")
     a = ap.parse_args(argv)
+    if a.long_T < 1:
+        ap.error(f"--long-T must be >= 1 (the long cases' sequence length), got {a.long_T}")
+    if a.cases is not None and not any(a.cases in c.id for c in cases(a.long_T)):
+        ap.error(f"--cases {a.cases!r} matches no case id (they look like {next(cases(a.long_T)).id!r}): nothing would "
+                 "be checked")
     if (a.asan or a.plugin) and not a.emulate:
         print(f"{'--asan' if a.asan else '--plugin'} needs --emulate (it checks the CPU-emulated build)", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,10 +49,11 @@ def test_parse_size_refuses(text, message):
 
 
 def test_main_refuses_infinite_workspace_as_usage_error(tmp_path, capsys):
-    """``--workspace inf`` is a usage error (exit 2) naming the value, not an OverflowError traceback."""
+    """``--workspace inf`` is a usage error (exit 1, as every usage error: 2 is "verification failed") naming the
+    value, not an OverflowError traceback."""
     with pytest.raises(SystemExit) as e:
         T.main(["--model", "m", "--out", str(tmp_path / "out"), "--workspace", "inf"])
-    assert e.value.code == 2
+    assert e.value.code == 1
     assert "workspace must be a size such as 512M or 2G (a plain number is MiB), got 'inf'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -319,6 +321,97 @@ def _earlier_engine(out):
     (out / T.REPORT_FILE).write_text('{"status": "earlier"}')
 
 
+class _ProfileChecked:
+    """An ONNX Runtime session that records every feed outside an engine's optimisation profile
+    (T.profile_shapes), as TensorRT's set_input_shape would refuse it."""
+
+    def __init__(self, graph, spec, **limits):
+        from export import verify as V
+
+        self.sess, self.limits, self.outside = V.scores_session(graph), limits, []
+        self.dims = {i.name: [d if isinstance(d, int) else -1 for d in i.shape] for i in self.sess.get_inputs()}
+
+    def run(self, names, feeds):
+        for n, x in feeds.items():
+            lo, _, hi = T.profile_shapes(n, self.dims[n], **self.limits)
+            if any(not a <= d <= b for a, d, b in zip(lo, np.shape(x), hi)):
+                self.outside.append((n, np.shape(x), hi))
+        return self.sess.run(names, feeds)
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
+def test_engine_verification_feeds_fit_the_engines_profile(tmp_path, tiny_mamba, quick):
+    """The verification export.trt runs on the engine (and the ONNX graph) stays inside the engine's profile: with
+    --max-batch 1 --max-steps 5 --candidates --max-candidates 5 it fed batch 2-4 rows, T = 20 primings and 32
+    candidate columns, which TensorRT refuses (set_input_shape, unchecked: execution then failed, exit 1)."""
+    from export import onnx as E
+    from export import verify as V
+
+    limits = dict(max_batch=1, max_steps=5, max_candidates=5, opt_batch=1)
+    res = E.export_model(tiny_mamba, tmp_path / "g", verify=False, candidates=True)
+    kw = T.engine_verify_kwargs(quick, max_batch=1, max_steps=5, max_candidates=5)
+    if not quick:
+        kw.update(n_steps=30, topk_cases=1)                 # the sizes that matter here, kept small
+    runner = _ProfileChecked(res.graph_path, res.spec, **limits)
+    rep = V.verify_export(tiny_mamba, res.graph_path, res.spec, runner=runner, **kw)
+    assert rep.ok, rep.table()
+    assert runner.outside == []
+    wide = _ProfileChecked(res.graph_path, res.spec, **limits)   # negative control: the sizes of before
+    V.verify_export(tiny_mamba, res.graph_path, res.spec, runner=wide, prime_len=5, n_steps=2, batch=2,
+                    topk_cases=1, topk_prime=20)
+    assert {n for n, *_ in wide.outside} == {"item_ids", "candidates", "conv_state", "ssm_state"}
+
+
+def test_rerun_keeps_what_serving_the_earlier_engine_needs(tmp_path, monkeypatch):
+    """previous/ held only the earlier engine and its report; the new export then replaced model.onnx,
+    state_spec.json and item_vocab.json, so the earlier engine had lost its state layout and vocabulary, and its
+    report named the new files. Now previous/ holds copies of them, and the report names those."""
+    from export import onnx as E
+
+    out = tmp_path / "out"
+    out.mkdir()
+    files = {"model.onnx": b"earlier graph", "state_spec.json": b'{"model_type": "earlier"}',
+             "item_vocab.json": b"earlier vocab", T.ENGINE_FILE: b"earlier engine"}
+    for n, b in files.items():
+        (out / n).write_bytes(b)
+    (out / T.REPORT_FILE).write_text(json.dumps({"status": "earlier", "onnx": {
+        "graph": str(out / "model.onnx"), "spec": str(out / "state_spec.json")}, "engine": {
+        "path": str(out / T.ENGINE_FILE)}, "model": str(out / "elsewhere")}))
+
+    def no_model(name):
+        raise RuntimeError("no model")
+
+    monkeypatch.setattr(T, "_load_model", no_model)
+    code, _ = T.run("nope", str(out), quick=True, say=lambda m: None)
+    assert code == T.EXIT_ERROR
+    prev = out / T.PREVIOUS_DIR
+    assert {n: (prev / n).read_bytes() for n in files} == files
+    assert not (out / T.ENGINE_FILE).exists() and (out / "state_spec.json").read_bytes() == files["state_spec.json"]
+    rep = json.loads((prev / T.REPORT_FILE).read_text())
+    assert rep["onnx"] == {"graph": str(prev / "model.onnx"), "spec": str(prev / "state_spec.json")}
+    assert rep["engine"]["path"] == str(prev / T.ENGINE_FILE) and rep["model"] == str(out / "elsewhere")
+    assert E.SPEC_FILE == "state_spec.json"
+
+
+def test_main_usage_errors_exit_1_before_any_work(tmp_path, capsys):
+    """Exit 2 means "verification failed": bad arguments (argparse's own errors included) exit 1, and paths that
+    cannot be used (a file as --out or --build-dir, a place under a file) are refused before the export, not as a
+    traceback after it."""
+    (tmp_path / "afile").write_text("")
+    for args, message in ((["--candidates", "--max-candidates", "0"], "max_candidates must be an int >= 1"),
+                          (["--opt-batch", "9", "--max-batch", "8"], "opt_batch"),
+                          (["--bogus"], "unrecognized arguments: --bogus"),
+                          (["--out", str(tmp_path / "afile")], "is a file, not a folder"),
+                          (["--out", str(tmp_path / "afile" / "x")], "is a file, not a folder"),
+                          (["--build-dir", str(tmp_path / "afile")], "--build-dir")):
+        argv = ["--model", "nope", "--out", str(tmp_path / "o"), *args]
+        with pytest.raises(SystemExit) as e:
+            T.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == T.EXIT_ERROR == 1 and message in err, (args, err)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_run_export_failure_exit_1_keeps_earlier_engine(tmp_path, monkeypatch, fp16):
     def no_model(name):
@@ -334,7 +427,8 @@ def test_run_export_failure_exit_1_keeps_earlier_engine(tmp_path, monkeypatch, f
     assert code == T.EXIT_ERROR == 1 and rep["status"] == "ONNX export failed"
     assert rep["error"] == "RuntimeError: no model nope" and "ERROR: RuntimeError: no model nope" in "\n".join(said)
     assert rep["precision"] == precision and rep["tolerances"] == T.TOLERANCES[precision]
-    assert rep["verify_kwargs"] == dict(prime_len=5, n_steps=20, batch=2, topk_cases=8)   # quick, capped by the limits
+    assert rep["verify_kwargs"] == dict(prime_len=5, n_steps=20, batch=2, topk_cases=8,   # quick, capped by the limits
+                                        topk_prime=5)
     assert rep["plugin_spec"] == {"namespace": ps.PLUGIN_NAMESPACE, "version": ps.PLUGIN_VERSION,
                                   "ops": list(ps.SCAN_OPS)}
     assert json.loads((out / T.REPORT_FILE).read_text()) == json.loads(json.dumps(rep, default=str))
@@ -574,6 +668,52 @@ def test_hang_messages_name_the_plugin_run_or_the_evaluator():
         "from a wrong dim?) — rerun it alone: python plugins/harness.py --emulate --plugin --check")
     assert _hang_message(300, None).endswith("gave no answer for 300 s outside any plugin run (the reference "
                                              "evaluator on the graph's other nodes) and was killed")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_error_after_plugin_runs_fails_the_emulated_check(tmp_path, monkeypatch, tiny_mamba):
+    """An error once the plugins have run (e.g. the evaluator refusing what a plugin returned) failed nothing: it was
+    reported as "could not run" and the run exited 3 as if the check were merely skipped. Now it fails the check
+    (exit 2); an error before any plugin run (the evaluator cannot take the graph) still skips it."""
+    from export import emulated_plugins as EP
+
+    lib = _emulated_plugin_library(tmp_path / "build")
+    monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: lib)
+    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+
+    class Failing(EP.IsolatedPluginRunner):
+        def run(self, names, feeds):
+            if not after:                                   # before any plugin run
+                raise RuntimeError("the evaluator cannot take this graph")
+            out = super().run(names, feeds)
+            if sum(self.calls.values()) >= 3:
+                raise RuntimeError("shape mismatch in the node after the scan")
+            return out
+
+    monkeypatch.setattr(EP, "IsolatedPluginRunner", Failing)
+    for after, code, key in ((True, T.EXIT_VERIFY_FAILED, "ok"), (False, T.EXIT_MISSING, "skipped")):
+        said = []
+        got, rep = T.run("tiny", str(tmp_path / f"out{after}"), model=tiny_mamba, quick=True,
+                         plugin_lib=str(tmp_path / "none.so"), say=said.append)
+        emu = rep["emulated_plugins"]
+        assert got == code and key in emu, ("\n".join(said), emu)
+        if after:
+            assert emu["ok"] is False and emu["plugin_calls"]["SelectiveScan"] >= 3
+            assert emu["error"] == "the graph failed after the plugins ran: RuntimeError: shape mismatch in the node " \
+                                   "after the scan"
+            assert "FAILED after" in "\n".join(said)
+
+
+def test_harness_refuses_a_case_filter_that_matches_nothing_and_a_zero_long_T(capsys):
+    """--cases NOSUCH checked nothing and passed ("0 passed, 0 failed", exit 0); --long-T 0 died in a traceback."""
+    sys.path.insert(0, str(ROOT / "plugins"))
+    import harness
+
+    for args, message in ((["--emulate", "--cases", "NOSUCH"], "--cases 'NOSUCH' matches no case id"),
+                          (["--emulate", "--long-T", "0"], "--long-T must be >= 1")):
+        with pytest.raises(SystemExit) as e:
+            harness.main(args)
+        assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_crash_messages_name_the_signal_and_the_plugin_run():

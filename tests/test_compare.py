@@ -326,6 +326,22 @@ def test_compare_cutoff_is_checked_against_the_smaller_top_k(tmp_path, capsys):
     assert set(compare_main([a, b, "--ks", "5", "--bootstrap", "100"])["metrics"]) == {"HR@5", "NDCG@5", "MRR@5"}
 
 
+def test_compare_cutoff_is_checked_against_the_items_ranked(tmp_path, capsys):
+    """A cut-off above a file's n_items (the items each target was ranked among) counts every target a hit (HR@K = 1):
+    refused as zoo.evaluate refuses it, naming the smaller catalogue; K = n_items is still a cut-off."""
+    rows = [(1, 5, 1), (2, 6, 30), (3, 7, 50)]
+    a = _ranks_file(tmp_path / "a.csv", rows, n_items=50)
+    b = _ranks_file(tmp_path / "b.csv", rows, n_items=101)        # e.g. a --sampled uni100 protocol
+    for x, y, name in ((a, b, "A"), (b, a, "B")):
+        with pytest.raises(SystemExit) as e:
+            compare_main([x, y, "--ks", "10", "60", "--bootstrap", "100"])
+        assert e.value.code == 2 and f"--ks 60: {name} ranks 50 items (its n_items); use cut-offs <= 50" in \
+            capsys.readouterr().err
+    assert compare_main([a, a, "--ks", "50", "--bootstrap", "100"])["metrics"]["HR@50"]["a"] == 1.0
+    older = _ranks_file(tmp_path / "older.csv", rows, n_items=None)   # no n_items in the header: nothing to check
+    assert "HR@60" in compare_main([older, older, "--ks", "60", "--bootstrap", "100"])["metrics"]
+
+
 def test_compare_uses_the_seed_and_confidence_it_is_given(tmp_path, capsys):
     """``--seed`` / ``seed`` and ``confidence`` reach the bootstrap: the result is paired_bootstrap's with them (a fixed
     seed 0 or confidence 0.95 was used instead), and another seed moves the interval."""

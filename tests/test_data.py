@@ -143,6 +143,24 @@ def test_check_timestamps_for_a_time_aware_model(tmp_path):
     load_dataset(write(tmp_path / "ok.tsv", text.replace("-", "")), kcore=None).check_timestamps_for("M")
 
 
+def test_in_memory_timestamps_must_be_finite():
+    """An in-memory table refuses NaN / inf timestamps as the file readers do, naming the row (a NaN row would
+    otherwise sort last and become the test target); a dataset built by hand is checked before a time-aware model."""
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match=rf"<memory>, row 2: timestamp {bad!r} is not a finite number \(NaN/inf\)"):
+            load_dataset(Interactions(np.array([1] * 5), np.array([10, 11, 12, 13, 14]),
+                                      np.array([1.0, bad, 3.0, 2.0, 4.0])), kcore=None)
+    with pytest.raises(ValueError, match=r"t.csv, row 2: timestamp nan .*\(2 such rows\)"):
+        Interactions(np.array([1, 1, 1]), np.array([5, 6, 7]), [1.0, float("nan"), float("inf")], source="t.csv")
+    with pytest.raises(ValueError, match=r"<memory>: the timestamp column is not numbers"):
+        Interactions(np.array([1]), np.array([5]), np.array(["noon"]))
+    from zoo.data.split import SequenceDataset
+    from zoo.vocab import ItemVocab
+    ds = SequenceDataset([7], [np.array([1, 2, 3])], [np.array([1.0, 2.0, np.nan])], ItemVocab([4, 5, 6]), "h")
+    with pytest.raises(ValueError, match=r"h: 1 NaN or infinite timestamps \(user 7 has nan at position 2\); M reads"):
+        ds.check_timestamps_for("M")
+
+
 def test_reader_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         read_interactions(tmp_path / "missing.inter")

@@ -919,6 +919,28 @@ def test_convert_refuses_unexpected_keys(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_convert_refuses_weights_from_pretrained_would_refuse(tmp_path):
+    """A NaN / inf or an integer tensor is refused naming it before anything is written (the folder would fail
+    from_pretrained's checks; load_state_dict would cast the integers silently)."""
+    from zoo.convert import main
+    sd = torch.load(RECBOLE_SASREC / "state_dict.pth", weights_only=True)["state_dict"]
+    for name, value, msg in (("nan", float("nan"), "holds NaN or infinite values"),
+                             ("inf", float("inf"), "holds NaN or infinite values")):
+        bad = {k: v.clone() for k, v in sd.items()}
+        bad["item_embedding.weight"][3, 0] = value
+        torch.save(bad, tmp_path / f"{name}.pth")
+        with pytest.raises(SystemExit, match=rf"error: weight 'item_embedding.weight' in .*{name}.pth {msg}"):
+            main(["--model", "sasrec", "--checkpoint", str(tmp_path / f"{name}.pth"), "--out", str(tmp_path / name),
+                  "--set", "num_heads=2"])
+        assert not (tmp_path / name).exists()
+    ints = {**sd, "LayerNorm.bias": sd["LayerNorm.bias"].round().long()}
+    torch.save({"state_dict": ints}, tmp_path / "int.pth")
+    with pytest.raises(ValueError, match=r"weight 'LayerNorm.bias' in .*int.pth has dtype torch.int64; zoo weights "
+                                         "are floating point"):
+        convert("sasrec", str(tmp_path / "int.pth"), str(tmp_path / "int"), overrides={"num_heads": 2})
+    assert not (tmp_path / "int").exists()
+
+
 def test_convert_item_tokens_without_pad_and_with_blank_lines(tmp_path):
     """--item-tokens: blank lines are skipped and a file without the [PAD] line keeps its first token (item 1)."""
     src = Mamba4RecModel(Mamba4RecConfig(n_items=6, hidden_size=16, d_state=4))

@@ -182,6 +182,28 @@ def test_predict_masks_padding_and_the_given_window_and_restores_training_mode()
     assert not model.training
 
 
+def test_predict_checks_the_internal_indices_of_exclude_items():
+    """predict's exclude_items are internal indices of real items (1..n_items-1): a -1 (which would exclude the last
+    item), n_items (an IndexError), the padding 0, a float or a bool are refused naming the index and the range."""
+    model = gru()
+    ids, mask = model.pad_batch([[3, 4], [5]])
+    raw = model(ids, mask).logits
+    for gone in ([2, 11], (2, 11), torch.tensor([2, 11]), {11, 2}):
+        sc = model.predict(ids, mask, exclude_items=gone)
+        assert torch.isneginf(sc).nonzero()[:, 1].unique().tolist() == [0, 2, 11]
+        assert torch.equal(sc[:, [1, 3]], raw[:, [1, 3]])
+    assert torch.equal(model.predict(ids, mask, exclude_items=[]), model.predict(ids, mask))
+    for bad in (-1, 12, 0):
+        with pytest.raises(ValueError, match=rf"exclude_items holds item index {bad}, out of range 1..11 \(n_items=12"):
+            model.predict(ids, mask, exclude_items=[2, bad])
+    for bad, kind in ((1.7, "float"), (True, "bool"), ("3", "str")):
+        with pytest.raises(TypeError, match=rf"exclude_items: item index {re.escape(repr(bad))} \({kind}\) is not an "
+                                            "int"):
+            model.predict(ids, mask, exclude_items=[bad])
+    with pytest.raises(TypeError, match="exclude_items must be a sequence of internal item indices, got str"):
+        model.predict(ids, mask, exclude_items="3")
+
+
 def test_recommend_without_vocabulary_takes_internal_indices_and_refuses_padding_and_out_of_range():
     """A model without a vocabulary reads internal indices 1..n_items-1: the padding index 0 and n_items are unknown
     items naming the history (not a ValueError about padding inside the batch), and results are Python ints."""

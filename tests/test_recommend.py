@@ -495,3 +495,19 @@ def test_exclude_items_on_the_command_line_and_from_a_file(tmp_path, capsys):
     assert top[0] not in out["items"] and out["excluded_items"] == 1
     with pytest.raises(SystemExit, match="--exclude-items-file .*nothing.txt: cannot read it"):
         main(["--model", path, "--history", str(ITEMS[0]), "--exclude-items-file", str(tmp_path / "nothing.txt")])
+
+
+def test_an_id_list_file_may_start_with_a_byte_order_mark(tmp_path):
+    """A UTF-8 byte-order mark (Notepad's) before the first id is no part of it, as in the interaction readers: the
+    first id is read, not refused as '\\ufeff...' (or, in a str vocabulary, taken for an unknown id)."""
+    from zoo.recommend import read_id_list
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    top = main(["--model", path, "--history", *map(str, ITEMS[:3]), "--k", "5"])["items"]
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + f"{top[0]}\n{top[1]}\n".encode())
+    assert read_id_list(tmp_path / "bom.txt", model) == top[:2]
+    out = main(["--model", path, "--history", *map(str, ITEMS[:3]), "--k", "3",
+                "--exclude-items-file", str(tmp_path / "bom.txt")])
+    assert out["items"] == top[2:5] and out["excluded_items"] == 2
+    model.set_item_vocab(ItemVocab([f"i{x}" for x in ITEMS]))
+    (tmp_path / "bom_str.txt").write_bytes(b"\xef\xbb\xbfi107\ni100\n")
+    assert read_id_list(tmp_path / "bom_str.txt", model) == ["i107", "i100"]

@@ -119,6 +119,22 @@ def test_soup_refusals(runs, capsys, tmp_path):
     assert (keep / "f.txt").read_text() == "mine"
 
 
+def test_soup_refuses_one_checkpoint_spelled_two_ways(runs, capsys, tmp_path, monkeypatch):
+    """A, A/, ./A or a link to A are one checkpoint, which the soup would count twice (double weight in a uniform
+    soup): refused naming both spellings, before any scoring; --out is not written."""
+    tmp, data = runs
+    base = ["--data", str(data), "--kcore", "0", "--out", str(tmp_path / "x")]
+    link = tmp_path / "link"
+    link.symlink_to(tmp / "s1", target_is_directory=True)
+    monkeypatch.chdir(tmp)
+    for other in (f"{tmp / 's1'}/", "./s1", "s1/.", str(link)):
+        _refused(capsys, rf"--models: {re.escape(str(tmp / 's1'))} and {re.escape(other)} are the same checkpoint "
+                         rf"\({re.escape(str((tmp / 's1').resolve()))}\)",
+                 ["--models", str(tmp / "s1"), str(tmp / "s2"), other, *base])
+    _refused(capsys, r"--models: s2 and \./s2 are the same checkpoint", ["--models", "s2", "./s2", *base])
+    assert not (tmp_path / "x").exists()
+
+
 def test_check_ingredients_names_shape_and_vocabulary_differences(runs):
     from transformers import AutoModel
 

@@ -168,6 +168,35 @@ def test_timestamp_validation(make):
         model.step(torch.tensor([[4]]), state)
 
 
+@pytest.mark.parametrize("make", [faithful, causal])
+def test_timestamps_of_too_little_precision_are_refused(make):
+    """float32 (float16, bfloat16) timestamps beyond the whole seconds they hold exactly were rounded before the model
+    could widen them (Unix seconds ~1e9 to 64-s steps): refused, asking for float64 / int64, in forward and step.
+    Small ones (relative seconds, synthetic tests) stay accepted."""
+    model = make()
+    ids = torch.tensor([[1, 2, 3]])
+    t = [[978300760.0, 978300790.0, 978300850.0]]
+    for dtype, exact in ((torch.float32, 2**24), (torch.bfloat16, 2**8)):
+        with pytest.raises(ValueError, match=rf"timestamps are {dtype} and reach \d+ s, beyond the {exact} s up to "
+                                             r"which .* pass float64 \(or int64\) seconds"):
+            model(ids, timestamps=torch.tensor(t, dtype=dtype))
+        with pytest.raises(ValueError, match=rf"timestamps are {dtype} and reach"):
+            model.step(ids, model.init_state(1), timestamps=torch.tensor(t, dtype=dtype))
+    with pytest.raises(ValueError, match=r"torch.float16 and reach 3000 s, beyond the 2048 s"):
+        model(ids, timestamps=torch.tensor([[1.0, 30.0, 3000.0]], dtype=torch.float16))
+    want = model(ids, timestamps=torch.tensor(t, dtype=torch.float64)).logits
+    assert torch.equal(model(ids, timestamps=torch.tensor(t, dtype=torch.int64)).logits, want)
+    small = [[0.0, 30.0, float(2**24)]]                                   # exact in float32
+    torch.testing.assert_close(model(ids, timestamps=torch.tensor(small)).logits,
+                               model(ids, timestamps=torch.tensor(small, dtype=torch.float64)).logits)
+    # only the real positions count: the padding slots may hold anything finite
+    ids2, mask = model.pad_batch([[1, 2, 3], [4]], timestamps=[[1.0, 2.0, 3.0], [5.0]])[:2]
+    ts = torch.tensor([[1.0, 2.0, 3.0], [5.0, 0.0, 0.0]])
+    pad = ts.clone()
+    pad[~mask] = 1e9
+    torch.testing.assert_close(model(ids2, mask, timestamps=pad).logits, model(ids2, mask, timestamps=ts).logits)
+
+
 @pytest.mark.parametrize("make,cls", [(faithful, TiM4RecModel), (causal, TiM4RecCausalModel)])
 def test_save_load_roundtrip(tmp_path, make, cls):
     model = make()

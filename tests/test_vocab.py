@@ -110,6 +110,27 @@ def test_id_type_str_makes_string_ids_of_numbers_in_the_file():
     assert v.id_type == "str" and v.items == ["7", "8"] and v.decode([2]) == ["8"]
 
 
+def test_a_file_whose_id_type_does_not_fit_its_items_is_refused(tmp_path):
+    """id_type "int" with string (or float, bool) items would silently make a str vocabulary, whose ids then never
+    match the data's int ids: refused naming the file, the field and the first such item; so are an unknown id_type
+    and items that are no list. A file without id_type keeps reading its items as they are."""
+    head = {"format": "zoo-item-vocab/1", "pad_index": 0}
+    path = tmp_path / "item_vocab.json"
+    for items, bad in ((["1", "2", "a"], r"items\[0\] is '1' \(str\)"), ([1, 2, "a"], r"items\[2\] is 'a' \(str\)"),
+                       ([1, 2.0], r"items\[1\] is 2.0 \(float\)"), ([1, True], r"items\[1\] is True \(bool\)")):
+        path.write_text(json.dumps({**head, "id_type": "int", "items": items}))
+        with pytest.raises(ValueError, match=rf"item_vocab.json: id_type is 'int' but {bad}: write the ids as JSON "
+                                             "integers, or id_type 'str'"):
+            ItemVocab.load(tmp_path)
+    path.write_text(json.dumps({**head, "id_type": "float", "items": [1, 2]}))
+    with pytest.raises(ValueError, match=r"item_vocab.json: id_type must be 'int' or 'str', got 'float'"):
+        ItemVocab.load(tmp_path)
+    with pytest.raises(ValueError, match=r"v.json: items must be a list of item ids, got dict"):
+        ItemVocab.from_dict({**head, "id_type": "int", "items": {"1": 1}}, source="v.json")
+    assert ItemVocab.from_dict({**head, "items": [5, 6]}).id_type == "int"
+    assert ItemVocab.from_dict({**head, "items": ["5", "6"]}).id_type == "str"
+
+
 def test_an_array_is_not_an_item_id():
     """A numpy array of several ids given as one id is a TypeError naming it (like any non-int id), never the
     ValueError numpy's .item() raises."""

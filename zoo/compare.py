@@ -110,8 +110,9 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
             by_length: Sequence[int] | None = None, by_popularity: Sequence[int] | None = None) -> dict:
     """Paired comparison of two ``--ranks-out`` files (see the module doc); ``ValueError`` when they are not the same
     examples (users, targets -- unless ``other_targets`` --, split, protocol) or a cut-off exceeds a top-K-only
-    graph's K. ``by_length`` (edges): also ``result["by_length"]``, one ``{"lengths", "users", "metrics"}`` per
-    history-length bucket (``metrics`` None for an empty one), from the files' ``history`` column, which must agree;
+    graph's K or the items a file ranks (its ``n_items``: every target would be a hit). ``by_length`` (edges): also
+    ``result["by_length"]``, one ``{"lengths", "users", "metrics"}`` per history-length bucket (``metrics`` None for
+    an empty one), from the files' ``history`` column, which must agree;
     ``by_popularity`` likewise ``result["by_popularity"]`` (``{"counts", ...}``, buckets from 0) by ``target_count``."""
     meta_a, users_a, targets_a, ranks_a, cols_a = _read(path_a)
     meta_b, users_b, targets_b, ranks_b, cols_b = _read(path_b)
@@ -134,6 +135,11 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
     if caps and max(ks) > min(caps):
         raise ValueError(f"--ks {max(ks)}: a file holds ranks censored above {min(caps)} (a top-{min(caps)} graph "
                          f"without scores); use cut-offs <= {min(caps)}")
+    ranked = {name: m["n_items"] for name, m in (("A", meta_a), ("B", meta_b)) if m.get("n_items")}
+    if ranked and max(ks) > min(ranked.values()):      # as zoo.evaluate: every target would be a hit (HR@K = 1)
+        name = min(ranked, key=ranked.get)
+        raise ValueError(f"--ks {max(ks)}: {name} ranks {ranked[name]} items (its n_items); use cut-offs <= "
+                         f"{ranked[name]}")
     stats = paired_bootstrap(ranks_a, ranks_b, ks=ks, metrics=metrics, n_boot=n_boot, seed=seed,
                              confidence=confidence)
     result = {"a": {"file": os.path.abspath(path_a), **meta_a}, "b": {"file": os.path.abspath(path_b), **meta_b},

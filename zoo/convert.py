@@ -153,16 +153,21 @@ def mamba4rec_from_official(sd: dict[str, torch.Tensor]):
 def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | None = None,
             trust_pickle: bool = False, max_seq_length: int | None = None, overrides: dict | None = None,
             overwrite: bool = False):
-    """Convert ``checkpoint`` and write a zoo model folder; returns the loaded model (strictly checked).
+    """Convert ``checkpoint`` and write a zoo model folder; returns the loaded model (strictly checked: a tensor that
+    is not floating point or holds NaN / inf is refused, naming it, as ``from_pretrained`` would refuse the folder).
 
     Config fields come from the weights' shapes, then the checkpoint's RecBole settings (see ``RECBOLE_FIELDS``),
     then ``max_seq_length`` (Mamba4Rec's window, default 200; SASRec's is its position table) and ``overrides``.
     ``out_dir`` is written whole (:func:`zoo.cli.written_whole_folder`); a folder that already holds files is
     refused before any work unless ``overwrite``, which replaces it whole (no file of the old folder is kept)."""
+    from .modeling_utils import check_weight_tensor
     from .models import build_model_class, get_model_class
 
     check_out_folder(out_dir, overwrite, {"--checkpoint": checkpoint, "--item-tokens": item_tokens})
     sd, settings = load_checkpoint(checkpoint, trust_pickle)
+    # what from_pretrained refuses, before any work: an integer tensor (load_state_dict would cast it), NaN / inf
+    for name, t in sd.items():
+        check_weight_tensor(name, t, checkpoint)
     cfg_cls, model_cls = get_model_class(model_type)
     if model_type == "mamba4rec":
         cfg, sd = mamba4rec_from_official(sd)

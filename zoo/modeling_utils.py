@@ -36,7 +36,7 @@ from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .losses import NegativeSample, sampled_softmax_loss, sparse_output_table
-from .vocab import VOCAB_FILE, ItemVocab, UnknownItemError, int_id
+from .vocab import VOCAB_FILE, ItemVocab, UnknownItemError, int_id, int_id_value
 
 State = dict[str, torch.Tensor]
 
@@ -251,13 +251,25 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         return ids, mask, ts
 
     def check_timestamps(self, timestamps: Any, mask: torch.Tensor) -> torch.Tensor:
-        """Timestamps ``[B, L]`` (seconds): present, finite, non-negative, non-decreasing over each row's real items."""
+        """Timestamps ``[B, L]`` (seconds): present, finite, non-negative, non-decreasing over each row's real items,
+        returned as float64. Floating timestamps narrower than float64 are refused where a real one is beyond the
+        whole seconds they hold exactly (float32: 2**24 s, ~194 days; float16: 2**11; bfloat16: 2**8): float32 rounds
+        Unix seconds (~1e9) to 64-s steps before this method could widen them, which moves the scores silently."""
         if timestamps is None:
             raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps [batch, seq_len] (seconds)")
         if not isinstance(timestamps, torch.Tensor):
             timestamps = torch.as_tensor(timestamps)
         if timestamps.shape != mask.shape:
             raise ValueError(f"timestamps must have the shape of input_ids {list(mask.shape)}, got {list(timestamps.shape)}")
+        if timestamps.is_floating_point() and timestamps.dtype != torch.float64:
+            exact = 2.0 / torch.finfo(timestamps.dtype).eps              # 2**(mantissa bits + 1): 2**24 in float32
+            real = timestamps[mask].double()
+            big = real[torch.isfinite(real) & (real.abs() > exact)]         # NaN / inf: refused below
+            if len(big):
+                raise ValueError(f"timestamps are {timestamps.dtype} and reach {float(big.abs().max()):.0f} s, beyond "
+                                 f"the {exact:.0f} s up to which {timestamps.dtype} holds every whole second exactly "
+                                 "(it has rounded them: float32 rounds Unix seconds to 64-s steps): pass float64 "
+                                 "(or int64) seconds")
         ts = timestamps.double()
         real = ts[mask]
         if not torch.isfinite(real).all():
@@ -396,7 +408,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                 exclude_items: Sequence[int] | None = None) -> torch.Tensor:
         """``[B, n_items]`` scores for the next item, padding (with ``exclude_seen`` the items of ``input_ids``, the
         window given, and the internal indices ``exclude_items``, never to be recommended) set to ``-inf``;
-        :meth:`recommend` excludes whole histories, also items older than the window."""
+        :meth:`recommend` excludes whole histories, also items older than the window. ``exclude_items`` are indices
+        of real items, ints in ``1 .. n_items - 1`` (:meth:`encode_item_set` gives them from external ids); anything
+        else is a ``TypeError`` / ``ValueError`` naming it (a -1 would exclude the last item)."""
+        excluded = self._check_indices(exclude_items, "exclude_items") if exclude_items is not None else []
         was_training = self.training
         self.eval()
         try:
@@ -405,13 +420,30 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             self.train(was_training)
         scores = out.logits.float()             # the forward's own tensor (no copy: [B, n_items] is large at scale)
         scores[:, 0] = -float("inf")
-        if exclude_items:
-            scores[:, torch.as_tensor(list(exclude_items), device=scores.device)] = -float("inf")
+        if excluded:
+            scores[:, torch.as_tensor(excluded, device=scores.device)] = -float("inf")
         if exclude_seen:
             mask = attention_mask.bool() if attention_mask is not None else input_ids != 0
             seen = torch.where(mask, input_ids.long(), torch.zeros_like(input_ids.long()))
             scores.scatter_(1, seen.to(scores.device), -float("inf"))
         return scores
+
+    def _check_indices(self, indices: Any, what: str) -> list[int]:
+        """Internal indices of real items (e.g. :meth:`predict`'s ``exclude_items``) -> Python ints; ``TypeError`` for
+        what is not a collection of ints (numpy / torch integer scalars accepted), ``ValueError`` for an index out of
+        ``1 .. n_items - 1``, naming ``what`` and the index."""
+        if isinstance(indices, (str, bytes, Mapping)) or not hasattr(indices, "__iter__"):
+            raise TypeError(f"{what} must be a sequence of internal item indices, got {type(indices).__name__}")
+        out = []
+        for x in indices:
+            v = int_id(x)
+            if v is None:
+                raise TypeError(f"{what}: item index {x!r} ({type(int_id_value(x)).__name__}) is not an int")
+            if not 1 <= v < self.config.n_items:
+                raise ValueError(f"{what} holds item index {v}, out of range 1..{self.config.n_items - 1} "
+                                 f"(n_items={self.config.n_items}; 0 is padding, never recommended anyway)")
+            out.append(v)
+        return out
 
     def encode_histories(self, histories: Sequence[Sequence[Any]]) -> list[list[int]]:
         """External item ids -> internal indices via the model's vocabulary (identity when it has none)."""
@@ -948,11 +980,17 @@ def _check_weight_values(files: list[str]) -> None:
     for file in files:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():                    # noqa: SIM118  (a safetensors file, not a dict)
-                t = f.get_tensor(name)
-                if not t.is_floating_point():
-                    raise ValueError(f"weight {name!r} in {file} has dtype {t.dtype}; zoo weights are floating point")
-                if not bool(torch.isfinite(t).all()):
-                    raise ValueError(f"weight {name!r} in {file} holds NaN or infinite values")
+                check_weight_tensor(name, f.get_tensor(name), file)
+
+
+def check_weight_tensor(name: str, t: torch.Tensor, where: str) -> None:
+    """``ValueError`` naming weight ``name`` (of ``where``, a file) when ``t`` is not floating point or holds NaN /
+    inf: what :meth:`SeqRecPreTrainedModel.from_pretrained` refuses, also checked by ``zoo.convert`` before it
+    writes a folder."""
+    if not t.is_floating_point():
+        raise ValueError(f"weight {name!r} in {where} has dtype {t.dtype}; zoo weights are floating point")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"weight {name!r} in {where} holds NaN or infinite values")
 
 
 def _check_sequence(x: Any, what: str, expected: str) -> None:

@@ -66,8 +66,9 @@ def _json_value(x):
 
 def read_id_list(path: str | os.PathLike, model) -> list:
     """Item ids from a text file, one per line (blank lines and ``#`` comments skipped), read as command-line history
-    ids are for ``model`` (:func:`_history_id`): ``--exclude-items-file`` here, ``export.onnx --exclude-items``."""
-    with open(path, encoding="utf-8") as f:
+    ids are for ``model`` (:func:`_history_id`): ``--exclude-items-file`` here, ``export.onnx --exclude-items``. A
+    UTF-8 byte-order mark (Windows editors write one) is not part of the first id, as in the interaction readers."""
+    with open(path, encoding="utf-8-sig") as f:
         return [_history_id(line.strip(), model) for line in f if line.strip() and not line.lstrip().startswith("#")]
 
 

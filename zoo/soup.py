@@ -136,6 +136,16 @@ def make_soup(state_dicts: dict, score: Callable[[dict], float], method: str = "
     return best_sd, rows, best
 
 
+def _same_folder(folders: Sequence[str]) -> tuple[int, int] | None:
+    """``(i, j)``, ``i < j``, of the first two of ``folders`` that are one folder however spelled (a trailing ``/``,
+    ``./``, a symbolic link), else None."""
+    for j in range(1, len(folders)):
+        for i in range(j):
+            if os.path.samefile(folders[i], folders[j]):
+                return i, j
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``python -m zoo.soup``; returns the soup log."""
     from .cli import add_columns_option, error_text, kcore, written_whole_folder
@@ -171,6 +181,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     started = time.perf_counter()
     try:
         folders = [resolve_pretrained(m) for m in a.models]
+        same = _same_folder(folders)
+        if same:                    # A, A/, ./A or a link to A: one checkpoint, which a soup would count twice
+            i, j = same
+            p.error(f"--models: {a.models[i]} and {a.models[j]} are the same checkpoint "
+                    f"({os.path.realpath(folders[i])}); give at least two different checkpoints")
         models = [AutoModel.from_pretrained(f).eval() for f in folders]
         notes = check_ingredients(models, a.models)
         shared, stages, own = soup_lineage(folders)     # before the scoring: a broken history fails fast

@@ -173,9 +173,18 @@ class ItemVocab:
     def from_dict(cls, d: dict, source: str = "item vocabulary") -> "ItemVocab":
         if not isinstance(d, dict) or d.get("format") != _FORMAT or "items" not in d:
             raise ValueError(f"{source} is not a zoo item vocabulary (expected format {_FORMAT!r})")
-        items = d["items"]
-        if d.get("id_type") == "str":
+        items, id_type = d["items"], d.get("id_type")
+        if not isinstance(items, list):
+            raise ValueError(f"{source}: items must be a list of item ids, got {type(items).__name__}")
+        if id_type not in (None, "int", "str"):                     # None: a file without it; the items decide
+            raise ValueError(f"{source}: id_type must be 'int' or 'str', got {id_type!r}")
+        if id_type == "str":
             items = [str(x) for x in items]
+        elif id_type == "int":                # else string items would make a str vocabulary, against the file's word
+            bad = next((i for i, x in enumerate(items) if type(x) is not int), None)
+            if bad is not None:
+                raise ValueError(f"{source}: id_type is 'int' but items[{bad}] is {items[bad]!r} "
+                                 f"({type(items[bad]).__name__}): write the ids as JSON integers, or id_type 'str'")
         return cls(items)
 
     @classmethod

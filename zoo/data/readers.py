@@ -57,7 +57,7 @@ class Interactions:
         user: ``[N]`` external user ids (``int64`` when all ids are integers, else ``str``).
         item: ``[N]`` external item ids (``int64`` when all ids are integers, else ``str``).
         timestamp: ``[N]`` float64 seconds, or ``None`` when the source has no timestamps (then the row order
-            within a user is the time order).
+            within a user is the time order). A NaN or infinite value is a ``ValueError`` naming the row.
         source: where the rows came from (a path), for messages.
         format: the reader format that produced the rows (``""`` when built in memory).
     """
@@ -72,12 +72,22 @@ class Interactions:
         self.user = np.asarray(self.user)
         self.item = np.asarray(self.item)
         if self.timestamp is not None:
-            self.timestamp = np.asarray(self.timestamp, dtype=np.float64)
+            try:
+                self.timestamp = np.asarray(self.timestamp, dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{self.source}: the timestamp column is not numbers (seconds): {e}") from None
         n = len(self.user)
         if len(self.item) != n or (self.timestamp is not None and len(self.timestamp) != n):
             raise ValueError(f"{self.source}: user, item and timestamp columns have different lengths "
                              f"({len(self.user)}, {len(self.item)}, "
                              f"{None if self.timestamp is None else len(self.timestamp)})")
+        if self.timestamp is not None:                # the file readers refuse these too, naming the line
+            bad = np.flatnonzero(~np.isfinite(self.timestamp))
+            if len(bad):
+                i = int(bad[0])
+                raise ValueError(f"{self.source}, row {i + 1}: timestamp {float(self.timestamp[i])!r} is not a finite "
+                                 "number (NaN/inf)"
+                                 + (f" ({len(bad)} such rows)" if len(bad) > 1 else ""))
 
     def __len__(self) -> int:
         return len(self.user)

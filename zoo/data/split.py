@@ -151,13 +151,21 @@ class SequenceDataset:
 
     def check_timestamps_for(self, reader: str) -> None:
         """Before a time-aware model (named ``reader``) trains or is evaluated on this data: ``ValueError`` when the
-        data has no timestamps (an order-only file such as ``.seq``) or has negative ones (the models read Unix
+        data has no timestamps (an order-only file such as ``.seq``), NaN or infinite ones (a dataset built in memory;
+        the readers and :class:`~zoo.data.readers.Interactions` refuse them) or negative ones (the models read Unix
         seconds >= 0), naming the file and the first user concerned -- instead of an error at the first batch.
-        (Missing, NaN and non-numeric values are refused by the readers; rows are sorted by time per user.)"""
+        (Rows are sorted by time per user.)"""
         name = self.name or "the data"
         if self.timestamps is None:
             raise ValueError(f"{reader} reads timestamps, but {name} has none (order-only data such as a .seq file): "
                              "use an interaction file with a timestamp column")
+        for user, ts in zip(self.users, self.timestamps, strict=True):
+            bad = ~np.isfinite(ts)
+            if bad.any():                                     # NaN sorts last, -inf first: no time order
+                n = sum(int((~np.isfinite(t)).sum()) for t in self.timestamps)
+                raise ValueError(f"{name}: {n} NaN or infinite timestamps (user {user!r} has "
+                                 f"{float(ts[bad][0])!r} at position {int(np.flatnonzero(bad)[0])}); {reader} reads "
+                                 "finite Unix seconds")
         for user, ts in zip(self.users, self.timestamps, strict=True):
             if len(ts) and ts[0] < 0:                         # sorted per user: the first is the smallest
                 n = sum(int((t < 0).sum()) for t in self.timestamps)

@@ -203,9 +203,15 @@ def read_vocab(path: str | os.PathLike, n_items: int) -> tuple[list, bool]:
         raise ValueError(f"corrupt item vocabulary {path}: {e}") from None
     if not isinstance(v, dict) or v.get("format") != VOCAB_FORMAT or not isinstance(v.get("items"), list):
         raise ValueError(f"{path} is not a zoo item vocabulary (expected format {VOCAB_FORMAT!r} with an items list)")
-    items = v["items"]
-    if v.get("id_type") == "str":                           # as zoo.vocab.ItemVocab reads it: else all int or all str
+    items, id_type = v["items"], v.get("id_type")
+    if id_type not in (None, "int", "str"):                 # as zoo.vocab.ItemVocab reads it
+        raise ValueError(f"item vocabulary {path}: id_type must be 'int' or 'str', got {id_type!r}")
+    if id_type == "str":                                    # else all int or all str
         items = [str(x) for x in items]
+    elif id_type == "int" and any(type(x) is not int for x in items):  # not a str vocabulary against the file's word
+        bad = next(i for i, x in enumerate(items) if type(x) is not int)
+        raise ValueError(f"item vocabulary {path}: id_type is 'int' but items[{bad}] is {items[bad]!r} "
+                         f"({type(items[bad]).__name__})")
     str_ids = all(isinstance(x, str) for x in items) and bool(items)
     if not str_ids and not all(isinstance(x, int) and not isinstance(x, bool) for x in items):
         raise ValueError(f"item vocabulary {path}: items must be all int or all str, got types "

@@ -282,6 +282,38 @@ def test_save_pretrained_refuses_pickles(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_interrupted_save_keeps_the_earlier_checkpoint_whole(tmp_path, monkeypatch):
+    """save_pretrained wrote model.safetensors in place: Ctrl-C while zoo.train saved a new best checkpoint left a
+    truncated weight file and lost the earlier best. The files are staged and moved in whole now: an interrupted
+    save keeps the earlier checkpoint loadable and leaves no staging folder."""
+    import transformers.modeling_utils as tmu
+
+    first = gru()
+    first.save_pretrained(tmp_path)
+    before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
+    real = tmu.safe_save_file
+
+    def killed(tensors, filename, *a, **k):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")                      # the write had begun
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tmu, "safe_save_file", killed)
+    second = gru()
+    with torch.no_grad():
+        second.item_embedding.weight.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        second.save_pretrained(tmp_path)
+    assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before      # nothing else left either
+    loaded = GRU4RecModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.item_embedding.weight, first.item_embedding.weight)
+    monkeypatch.setattr(tmu, "safe_save_file", real)
+    second.save_pretrained(tmp_path)                     # and a save that completes replaces it
+    torch.testing.assert_close(GRU4RecModel.from_pretrained(tmp_path).item_embedding.weight,
+                               second.item_embedding.weight)
+    assert sorted(os.listdir(tmp_path)) == sorted(before)
+
+
 def test_a_checkpoint_saved_before_item_vocab_file_existed_loads_its_vocabulary(tmp_path):
     """config.json without the ``item_vocab_file`` field (older checkpoints) and an item_vocab.json beside it: the
     vocabulary is loaded, not refused as foreign."""

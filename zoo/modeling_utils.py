@@ -834,7 +834,14 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         self.item_vocab = vocab
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """Write ``config.json``, ``model.safetensors`` and ``item_vocab.json`` (when the model has a vocabulary)."""
+        """Write ``config.json``, ``model.safetensors`` and ``item_vocab.json`` (when the model has a vocabulary).
+
+        The files are written in a staging folder inside ``save_directory`` and moved into place whole, the config
+        last: an interruption (Ctrl-C while ``zoo.train`` saves a new best checkpoint) leaves the earlier files as
+        they were, never a truncated ``model.safetensors``."""
+        import shutil
+        import tempfile
+
         kwargs.setdefault("safe_serialization", True)
         if not kwargs["safe_serialization"]:
             raise ValueError("zoo models are saved as safetensors only (no pickles)")
@@ -842,12 +849,27 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         # config.json records whether a vocabulary belongs to these weights, so that loading can tell a deleted
         # item_vocab.json (error) from a model that never had one, and a stale one left from earlier weights
         self.config.item_vocab_file = VOCAB_FILE if self.item_vocab is not None else None
-        with _no_weight_bars():
-            super().save_pretrained(save_directory, *args, **kwargs)
-        if self.item_vocab is not None:
-            self.item_vocab.save(save_directory)
-        elif os.path.exists(os.path.join(save_directory, VOCAB_FILE)):
-            os.remove(os.path.join(save_directory, VOCAB_FILE))     # it described the weights just replaced
+        if kwargs.get("push_to_hub"):           # the Hub repository is named after the folder: write it in place
+            with _no_weight_bars():
+                super().save_pretrained(save_directory, *args, **kwargs)
+            stage = None
+        else:
+            stage = tempfile.mkdtemp(prefix=".save-", dir=save_directory)
+        try:
+            if stage is not None:
+                with _no_weight_bars():
+                    super().save_pretrained(stage, *args, **kwargs)
+                if self.item_vocab is not None:
+                    self.item_vocab.save(stage)
+                for name in sorted(os.listdir(stage), key=lambda n: n == "config.json"):
+                    os.replace(os.path.join(stage, name), os.path.join(save_directory, name))
+            elif self.item_vocab is not None:
+                self.item_vocab.save(save_directory)
+            if self.item_vocab is None and os.path.exists(os.path.join(save_directory, VOCAB_FILE)):
+                os.remove(os.path.join(save_directory, VOCAB_FILE))     # it described the weights just replaced
+        finally:
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):

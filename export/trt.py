@@ -292,6 +292,23 @@ def profile_shapes(name: str, dims: Sequence[int], *, opt_batch: int = 64, max_b
     return lo, opt, hi
 
 
+def plugin_graph(graph: bytes) -> bytes:
+    """``graph`` (serialized) without the model-local functions that define the scan ops in standard ONNX ops (the
+    bodies ONNX Runtime runs): TensorRT's parser before 10.7 imports a node from a local function of its name before
+    it asks the plugin registry, so with them the engine would be built from the function bodies and never use the
+    plugins; without them every 10.x parser binds the scan nodes to the registered plugins (or fails, naming the op,
+    when the plugin library is not loaded). Other functions are kept."""
+    import onnx
+
+    mp = onnx.load_from_string(graph)
+    keep = [f for f in mp.functions if not (f.domain == ps.ONNX_DOMAIN and f.name in ps.SCAN_OPS)]
+    if len(keep) == len(mp.functions):
+        return graph
+    del mp.functions[:]
+    mp.functions.extend(keep)
+    return mp.SerializeToString()
+
+
 def build_engine(trt, graph: bytes, spec: dict, lib: Path, *, precision: str = "fp32", workspace: int = 2 << 30,
                  opt_batch: int = 64, max_batch: int = 2048, max_steps: int = 200,
                  version_compatible: bool = False, max_candidates: int = MAX_CANDIDATES, say=print) -> EngineBuild:
@@ -312,6 +329,7 @@ def build_engine(trt, graph: bytes, spec: dict, lib: Path, *, precision: str = "
     parser = trt.OnnxParser(network, logger)
     if hasattr(trt, "OnnxParserFlag") and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
         parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
+    graph = plugin_graph(graph)
     if not parser.parse(graph):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TrtError(f"ONNX parser failed: {errs}")

@@ -313,7 +313,7 @@ def test_emulated_graph_check_catches_a_wrong_plugin(tmp_path, emulated_plugins,
     assert not rep.ok
 
 
-def test_run_op_refuses_what_a_plugin_cannot_take(emulated_plugins):
+def test_run_op_refuses_what_a_plugin_cannot_take(emulated_plugins, capfd):
     import numpy as np
 
     from export.emulated_plugins import PluginError, run_op
@@ -327,10 +327,23 @@ def test_run_op_refuses_what_a_plugin_cannot_take(emulated_plugins):
         run_op(lib, "LRUScan", {}, [z(1, 2, 3), z(1, 2, 3), z(3).astype(np.float16), z(3), z(1, 3), z(1, 3)])
     with pytest.raises(PluginError, match=r"activation dtype float64"):
         run_op(lib, "LRUScan", {}, [np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), z(3), z(3), z(1, 3), z(1, 3)])
-    # a state larger than the kernels take: the plugin's enqueue refuses, and says so
-    with pytest.raises(PluginError, match=r"SelectiveScan plugin enqueue: enqueue failed .*status -1"):
+    # shapes the kernels cannot take are refused by configurePlugin, as TensorRT's builder calls it: such an engine
+    # failed every enqueue instead of failing to build (the builder may never time a plugin with one tactic)
+    build_fails = r"plugin enqueue: configurePlugin failed: the engine build would fail .*\(status -6\)"
+    with pytest.raises(PluginError, match="SelectiveScan " + build_fails):        # N = 300 > 256
         run_op(lib, "SelectiveScan", {"delta_softplus": 1},
                [z(1, 2, 3), z(1, 2, 3), z(2, 300), z(1, 300, 3), z(1, 300, 3), z(2), z(1, 2, 3), z(2), z(1, 2, 300)])
+    assert "SelectiveScan: the state size N (A's dim 1) must be in 1..zoo_scan_max_state() (256)" in \
+        capfd.readouterr().err
+    ssd = lambda H, G, N: [z(1, 2, H, 4), z(1, 2, H), z(H), z(1, 2, G, N), z(1, 2, G, N), z(H), z(H),  # noqa: E731
+                           z(1, H, 4, N)]
+    with pytest.raises(PluginError, match="SSDScan " + build_fails):
+        run_op(lib, "SSDScan", {"dt_softplus": 1}, ssd(2, 1, 300))
+    assert "SSDScan: the state size N (B's dim 3) must be in 1..zoo_scan_max_state()" in capfd.readouterr().err
+    with pytest.raises(PluginError, match="SSDScan " + build_fails):
+        run_op(lib, "SSDScan", {"dt_softplus": 1}, ssd(3, 2, 8))
+    assert "SSDScan: the heads H (x's dim 2) must be a multiple of the groups G" in capfd.readouterr().err
+    assert [o.shape for o in run_op(lib, "SSDScan", {"dt_softplus": 1}, ssd(4, 2, 8))] == [(1, 2, 4, 4), (1, 4, 4, 8)]
     out = run_op(lib, "LRUScan", {}, [z(1, 2, 3), z(1, 2, 3), z(3), z(3), z(1, 3) + 1, z(1, 3)])
     assert [o.shape for o in out] == [(1, 2, 3), (1, 2, 3)] and out[0][0, 0, 0] == 0.0
 

@@ -716,6 +716,53 @@ def test_harness_refuses_a_case_filter_that_matches_nothing_and_a_zero_long_T(ca
         assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_the_parser_gets_the_graph_without_the_scan_functions(monkeypatch, tiny_mamba):
+    """Each scan node has a model-local function of its name (the body ONNX Runtime runs). TensorRT's parser before
+    10.7 imports a node from such a function before it asks the plugin registry, so build_engine would have built
+    the scan from the function body (or, through export.trt's layer count, failed on those versions): the parser
+    gets the graph without them, the nodes and their plugin attributes unchanged."""
+    import onnx
+
+    from export import onnx as E
+
+    mp, _ = E.trace_graph(tiny_mamba, "step", 5)
+    assert {f.name for f in mp.functions} >= {"SelectiveScan"}
+    stripped = onnx.load_from_string(T.plugin_graph(mp.SerializeToString()))
+    assert not [f for f in stripped.functions if f.domain == ps.ONNX_DOMAIN]
+    assert [(n.op_type, n.domain, list(n.attribute)) for n in stripped.graph.node] == \
+        [(n.op_type, n.domain, list(n.attribute)) for n in mp.graph.node]
+    plain = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    assert T.plugin_graph(plain.SerializeToString()) == plain.SerializeToString()      # nothing to strip
+
+    parsed = []                                          # what build_engine hands the parser
+
+    class Parser:
+        num_errors = 1
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse(self, graph):
+            parsed.append(graph)
+            return False
+
+        def get_error(self, i):
+            return "stop here"
+
+    class Logger:
+        WARNING = 0
+
+        def __init__(self, level):
+            pass
+
+    fake = types.SimpleNamespace(Logger=Logger, NetworkDefinitionCreationFlag=types.SimpleNamespace(), OnnxParser=Parser,
+                                 Builder=lambda logger: types.SimpleNamespace(create_network=lambda flags: None))
+    monkeypatch.setattr(T, "_load_plugins", lambda trt, lib: None)
+    with pytest.raises(T.TrtError, match="ONNX parser failed: stop here"):
+        T.build_engine(fake, mp.SerializeToString(), {}, Path("lib.so"))
+    assert parsed and not onnx.load_from_string(parsed[0]).functions
+
+
 def test_crash_messages_name_the_signal_and_the_plugin_run():
     from export.emulated_plugins import _crash_message
 

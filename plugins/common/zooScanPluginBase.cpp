@@ -1,5 +1,7 @@
 #include "zooScanPluginBase.h"
 
+#include <vector>
+
 #include <cstdio>
 #include <cstring>
 
@@ -89,9 +91,43 @@ IPluginCapability* ZooScanPluginBase::getCapabilityInterface(PluginCapabilityTyp
 }
 
 int32_t ZooScanPluginBase::configurePlugin(
-    DynamicPluginTensorDesc const*, int32_t nbIn, DynamicPluginTensorDesc const*, int32_t nbOut) noexcept
+    DynamicPluginTensorDesc const* in, int32_t nbIn, DynamicPluginTensorDesc const*, int32_t nbOut) noexcept
 {
-    return (nbIn == nbInputs() && nbOut == getNbOutputs()) ? 0 : -1;
+    if (nbIn != nbInputs() || nbOut != getNbOutputs())
+    {
+        return -1;
+    }
+    std::vector<Dims> dims;
+    for (int32_t i = 0; i < nbIn; ++i)
+    {
+        dims.push_back(in[i].max); // the largest each dim may be (a fixed dim: its value)
+    }
+    if (char const* msg = shapeError(dims.data(), nbIn))
+    {
+        logError(msg);
+        return -1;
+    }
+    return 0;
+}
+
+int32_t ZooScanPluginBase::onShapeChange(
+    PluginTensorDesc const* in, int32_t nbIn, PluginTensorDesc const*, int32_t) noexcept
+{
+    if (nbIn != nbInputs())
+    {
+        return -1;
+    }
+    std::vector<Dims> dims;
+    for (int32_t i = 0; i < nbIn; ++i)
+    {
+        dims.push_back(in[i].dims);
+    }
+    if (char const* msg = shapeError(dims.data(), nbIn))
+    {
+        logError(msg);
+        return -1;
+    }
+    return 0;
 }
 
 int32_t ZooScanPluginBase::getOutputDataTypes(

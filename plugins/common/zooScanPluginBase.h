@@ -74,11 +74,8 @@ public:
     }
 
     // IPluginV3OneRuntime
-    int32_t onShapeChange(nvinfer1::PluginTensorDesc const*, int32_t, nvinfer1::PluginTensorDesc const*,
-        int32_t) noexcept override
-    {
-        return 0;
-    }
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const*,
+        int32_t) noexcept override;
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext*) noexcept override
     {
         return clone();
@@ -90,6 +87,14 @@ protected:
     virtual int32_t nbInputs() const noexcept = 0;
     //! True when I/O position `pos` (inputs first, then outputs) is an activation tensor.
     virtual bool isActivation(int32_t pos) const noexcept = 0;
+    //! Constraints of the kernel on the input dims (inputs in spec order; -1 = a dim not known yet) that the shape
+    //! expressions cannot state, e.g. the state size N <= zoo_scan_max_state(): the message of the first one `dims`
+    //! breaks, else nullptr. Checked by configurePlugin (engine build: such an engine fails to build, instead of
+    //! failing every enqueue) and onShapeChange.
+    virtual char const* shapeError(nvinfer1::Dims const* dims, int32_t nbInputs) const noexcept
+    {
+        return nullptr;
+    }
     //! The op's integer fields (name, value) in spec order; filled into the serialized field collection.
     virtual std::vector<std::pair<char const*, int32_t*>> intFields() noexcept
     {

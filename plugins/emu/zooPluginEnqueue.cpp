@@ -63,7 +63,8 @@ void say(char* err, int32_t errLen, char const* msg)
 } // namespace
 
 //! Returns enqueue's status (0 = success), or -2 when no creator has that name, -3 when createPlugin fails, -4 when
-//! the plugin has no runtime interface, -5 when onShapeChange fails; `err` says which.
+//! the plugin has no runtime interface, -5 when onShapeChange fails, -6 when configurePlugin (the build) fails; `err`
+//! says which.
 extern "C" ZOO_API int32_t zoo_emu_plugin_enqueue(char const* opType, int32_t nbFields, char const* const* fieldNames,
     int32_t const* fieldValues, int32_t nbInputs, int32_t const* inDTypes, int32_t const* inNbDims,
     int64_t const* inDims, void const* const* inputs, int32_t nbOutputs, int32_t const* outDTypes,
@@ -105,6 +106,28 @@ extern "C" ZOO_API int32_t zoo_emu_plugin_enqueue(char const* opType, int32_t nb
     }
     std::vector<PluginTensorDesc> in = descs(nbInputs, inDTypes, inNbDims, inDims);
     std::vector<PluginTensorDesc> out = descs(nbOutputs, outDTypes, outNbDims, outDims);
+    // what the builder asks first: configurePlugin with the profile's dims (here the call's own, as min/opt/max), so a
+    // plugin that refuses these shapes at build time (an engine that could never run) is found here too
+    auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    if (build != nullptr)
+    {
+        std::vector<DynamicPluginTensorDesc> din(in.size()), dout(out.size());
+        for (size_t i = 0; i < in.size(); ++i)
+        {
+            din[i].desc = in[i];
+            din[i].min = din[i].opt = din[i].max = in[i].dims;
+        }
+        for (size_t i = 0; i < out.size(); ++i)
+        {
+            dout[i].desc = out[i];
+            dout[i].min = dout[i].opt = dout[i].max = out[i].dims;
+        }
+        if (build->configurePlugin(din.data(), nbInputs, dout.data(), nbOutputs) != 0)
+        {
+            say(err, errLen, "configurePlugin failed: the engine build would fail (the plugin logged why on stderr)");
+            return -6;
+        }
+    }
     if (runtime->onShapeChange(in.data(), nbInputs, out.data(), nbOutputs) != 0)
     {
         say(err, errLen, "onShapeChange failed");

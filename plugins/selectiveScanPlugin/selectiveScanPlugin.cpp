@@ -70,6 +70,21 @@ int32_t SelectiveScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
     return 0;
 }
 
+char const* SelectiveScanPlugin::shapeError(Dims const* dims, int32_t nbInputs) const noexcept
+{
+    if (nbInputs != S::kNbInputs)
+    {
+        return nullptr;
+    }
+    Dims const& dA = dims[S::kIn_A]; // [E, N]: N is the state size the kernel keeps in registers
+    if (dA.nbDims == 2 && dA.d[1] >= 0 && (dA.d[1] < 1 || dA.d[1] > zoo_scan_max_state()))
+    {
+        return "SelectiveScan: the state size N (A's dim 1) must be in 1..zoo_scan_max_state() (256): the kernel "
+               "cannot run this layer";
+    }
+    return nullptr;
+}
+
 SelectiveScanPluginCreator::SelectiveScanPluginCreator() noexcept
     : ZooScanCreatorBase(S::kOpType, S::kFieldNames, S::kNbFields)
 {

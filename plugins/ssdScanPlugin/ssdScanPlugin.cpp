@@ -70,6 +70,27 @@ int32_t SsdScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDe
     return 0;
 }
 
+char const* SsdScanPlugin::shapeError(Dims const* dims, int32_t nbInputs) const noexcept
+{
+    if (nbInputs != S::kNbInputs)
+    {
+        return nullptr;
+    }
+    Dims const& dB = dims[S::kIn_B]; // [B, T, G, N]
+    Dims const& dx = dims[S::kIn_x]; // [B, T, H, P]
+    if (dB.nbDims == 4 && dB.d[3] >= 0 && (dB.d[3] < 1 || dB.d[3] > zoo_scan_max_state()))
+    {
+        return "SSDScan: the state size N (B's dim 3) must be in 1..zoo_scan_max_state() (256): the kernel cannot run "
+               "this layer";
+    }
+    if (dB.nbDims == 4 && dx.nbDims == 4 && dB.d[2] >= 0 && dx.d[2] >= 0 && (dB.d[2] < 1 || dx.d[2] % dB.d[2] != 0))
+    {
+        return "SSDScan: the heads H (x's dim 2) must be a multiple of the groups G (B's dim 2): the kernel cannot run "
+               "this layer";
+    }
+    return nullptr;
+}
+
 SsdScanPluginCreator::SsdScanPluginCreator() noexcept
     : ZooScanCreatorBase(S::kOpType, S::kFieldNames, S::kNbFields)
 {

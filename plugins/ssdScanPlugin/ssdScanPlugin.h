@@ -37,6 +37,7 @@ protected:
     {
         return zoo_spec::SSDScan::kNbInputs;
     }
+    char const* shapeError(nvinfer1::Dims const* dims, int32_t nbInputs) const noexcept override;
     bool isActivation(int32_t pos) const noexcept override;
     std::vector<std::pair<char const*, int32_t*>> intFields() noexcept override
     {

@@ -162,10 +162,11 @@ def main(argv=None) -> None:
 
     rows = [r for card in args.cards for r in measure(card, args)]
     lines = [f"Produced by `{command_line('bench/int8_graphs.py', argv)}` ({time.strftime('%Y-%m-%d')}, cpu, ONNX "
-             f"Runtime {onnxruntime.__version__}, {args.threads} thread(s)). Metrics: zoo.evaluate's ONNX mode "
-             "(`--onnx`) on each card's data and protocol (test users, ranks from the in-graph top-10). Latency: median of "
-             "one call; a step graph's call is one step of one new item from primed states, a window graph's call "
-             "re-encodes a full window of max_seq_length items."]
+             f"Runtime {onnxruntime.__version__}, {args.threads} thread(s))."
+             + (" Metrics: zoo.evaluate's ONNX mode (`--onnx`) on each card's data and protocol (test users, ranks "
+                "from the in-graph top-10)." if rows else "")
+             + " Latency: median of one call; a step graph's call is one step of one new item from primed states"
+             + (", a window graph's call re-encodes a full window of max_seq_length items." if rows else ".")]
     if rows:
         lines += ["", "| card | graph | model.onnx MB | call ms, B=1 | call ms, B=256 | B=256 time vs fp32 | test HR@10 | "
                   "test NDCG@10 | NDCG@10 vs fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -177,7 +178,7 @@ def main(argv=None) -> None:
     big = [r for n in args.catalogues for r in measure_catalogue(n, args)]
     if big:
         lines += ["", "Larger catalogues: the bundled Mamba4Rec's architecture (hidden 64, 1 layer) with random weights "
-                  "and N items, step graphs (one step of one new item from primed states, as above).", "",
+                  "and N items, step graphs.", "",
                   "| items | graph | model.onnx MB | call ms, B=1 | call ms, B=256 | B=1 time vs fp32 | "
                   "B=256 time vs fp32 |", "|---:|---|---:|---:|---:|---:|---:|"]
         for r in big:

@@ -95,24 +95,21 @@ def kernels_alone(long_t: int, cases: str | None):
     return run
 
 
-#: a --cases that matches no case: the ASan command's start alone
-NO_CASE = "no-case-matches-this"
-
-
-def asan_check(lib: Path, long_t: int, cases: str | None) -> int:
+def asan_check(lib: Path, long_t: int, cases: str | None, start_only: bool = False) -> int:
     """The ASan run as ``harness.py --emulate --asan`` makes it (the runtime preloaded here, so the harness does not
-    start itself a second time); returns the runs it passed."""
+    start itself a second time); returns the runs it passed (``start_only``: none, the command's start alone)."""
     import re
 
     from export import build_plugins as BP
 
     args = [sys.executable, os.path.join(ROOT, "plugins", "harness.py"), "--emulate", "--asan", "--check",
-            "--long-T", str(long_t), "--lib", str(lib), *(["--cases", cases] if cases else [])]
+            "--long-T", str(long_t), "--lib", str(lib), *(["--cases", cases] if cases else []),
+            *(["--start-only"] if start_only else [])]
     r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", LD_PRELOAD=str(BP.asan_runtime()),
                                 ASAN_OPTIONS="detect_leaks=0"))
     m = re.search(r"^(\d+) passed, 0 failed$", r.stdout, re.M)
-    bad = m is None or (m[1] == "0") != (cases == NO_CASE)     # some runs; none for the start alone
+    bad = m is None or (m[1] == "0") != start_only              # some runs; none for the start alone
     if r.returncode != 0 or bad or "ERROR: AddressSanitizer" in r.stdout:
         raise RuntimeError(f"{' '.join(args)} failed (exit {r.returncode}):\n{r.stdout[-3000:]}")
     return int(m.group(1))
@@ -198,7 +195,8 @@ def main(argv=None) -> None:
                 lines.append(f"| ASan check: not run ({str(e).splitlines()[0][:120]}) | | | | |")
             if alibs:
                 add(row("ASan: the command's start alone (interpreter, torch, the library; no case)",
-                        *best_of(lambda lib: asan_check(lib, args.asan_T[0], NO_CASE), alibs, args.repeat)))
+                        *best_of(lambda lib: asan_check(lib, args.asan_T[0], None, start_only=True), alibs,
+                                 args.repeat)))
             for long_t in args.asan_T if alibs else []:
                 add(row(f"ASan check (`--asan`, own process), matrix at T = {long_t}",
                         *best_of(lambda lib: asan_check(lib, long_t, args.cases), alibs, args.repeat)))

@@ -29,9 +29,14 @@ it), ``DIR/README.md`` (an index of every model folder in DIR, rewritten each ti
 * ``--backend tensorrt``: same configs with ``backend: "tensorrt"`` (``model.plan``), ``KIND_GPU``; the engine is built
   from the ONNX graph with the zoo's scan plugins (``libzoo_trt_plugins.so``) by ``DIR/<name>/build_engine.sh``, and
   ``DIR/serve.sh`` (written for every TensorRT model in DIR) runs each missing build, then starts Triton with
-  ``--backend-config=tensorrt,plugins=...``. Graphs with float64 tensors
-  (time-aware models: ``timestamps``, ``last_ts``) are refused with a :class:`TritonConfigError` naming them:
-  TensorRT has no float64 type.
+  ``--backend-config=tensorrt,plugins=...`` and ``ZOO_TRT_PLUGINS_AUTOREGISTER=1`` (the plugin library registers its
+  creators on a plain ``dlopen`` only then). ``build_engine.sh`` builds with the settings :mod:`export.trt` builds and
+  verifies with (strongly typed, TF32 off for fp32, the aliased plugin I/O preview feature, a 2 GiB workspace) and
+  its optimisation profile (:func:`export.trt.profile_shapes`: batch ``[1, min(64, max_batch_size),
+  max_batch_size]``, new items ``T`` ``[1, 1, max_seq_length]``, ``--candidates`` lists ``C`` ``[1, 64, 1024]``).
+  Graphs with float64 tensors (time-aware models: ``timestamps``, ``last_ts``) are refused with a
+  :class:`TritonConfigError` naming them: TensorRT has no float64 type (a time-aware step graph's ``--time-input
+  gaps`` form has none, see below).
 * ``--backend python``: the step graph run by ONNX Runtime inside Triton's python backend, state kept per correlation
   id by :mod:`export.triton_server` (``START``/``END``/``CORRID`` controls; the config carries the same ``state``
   block as the onnxruntime variant, and the model starts each sequence from the initial state Triton hands it); with
@@ -43,7 +48,12 @@ it), ``DIR/README.md`` (an index of every model folder in DIR, rewritten each ti
   each time.
 
 float64 I/O (TiM4Rec's ``timestamps``, TiM4Rec-causal's ``timestamps`` and ``last_ts``/``last_ts_out``) is declared
-``TYPE_FP64``: float32 cannot hold Unix seconds.
+``TYPE_FP64``: float32 cannot hold Unix seconds. A ``--time-input gaps`` step graph (TiM4Rec-causal as ``export.trt``
+builds it: float32 ``time_gaps``, no ``last_ts`` state) is served on every backend, TensorRT included, with
+``time_gaps`` ``TYPE_FP32``; its caller keeps ``last_ts`` (config parameters ``time_input`` and ``client_state``):
+:class:`export.triton_client.TritonRecommender` per live sequence, :class:`export.triton_client.
+ExplicitStateRecommender` in the stored state beside the graph's states; both take float64 ``timestamps`` as for the
+other form and send the gaps.
 
 Every ``config.pbtxt`` is parsed with Triton's own schema (``tritonclient.grpc.model_config_pb2``) and checked
 against the graph's I/O (names, dtypes -- the sequence batcher's control inputs' too --, state dims, initial
@@ -101,7 +111,8 @@ def _tensorrt_float64_error(names) -> TritonConfigError:
     return TritonConfigError(
         f"TensorRT has no float64 tensor type, and this graph has float64 tensors {list(names)} (Unix-second "
         "timestamps do not fit float32): there is no TensorRT engine for it. Serve it with --backend onnxruntime "
-        "(or --backend python).")
+        "(or --backend python); for TensorRT, export a time-aware step graph with python -m export.onnx "
+        "--time-input gaps (float32 time_gaps, what python -m export.trt builds), which has none.")
 
 
 def _tensorrt_int8_error() -> TritonConfigError:
@@ -324,20 +335,61 @@ def _model_outputs(spec, with_states: bool):
     return [e for e in spec["outputs"] if with_states or e["name"] not in outs]
 
 
+INT32_MAX, UINT64_MAX = 2 ** 31 - 1, 2 ** 64 - 1
+#: the CLI flag of each serving number (error messages name it)
+NUMBER_FLAGS = {"max_batch_size": "--max-batch-size", "idle_timeout_s": "--idle-timeout-s",
+                "max_candidate_sequences": "--max-candidate-sequences", "queue_delay_us": "--queue-delay-us",
+                "instances": "--instances"}
+
+
+def _whole(v) -> bool:
+    try:
+        return int(v) == v
+    except (TypeError, ValueError, OverflowError):          # None, a string, inf/NaN
+        return False
+
+
+def config_number_problems(max_batch_size: int = 64, idle_timeout_s: float = 600.0,
+                           max_candidate_sequences: int = 1024, queue_delay_us: int = 500, instances: int = 1,
+                           ort_threads: int = 1) -> list[tuple[str, str]]:
+    """``(name, message)`` for every serving number out of range: below its minimum (batch size, instances, threads
+    and candidate sequences >= 1, queue delay >= 0, idle timeout >= 1 microsecond) or above what its field of Triton's
+    ``model_config.proto`` holds (int32 ``max_batch_size`` / ``max_candidate_sequences`` / instance ``count``, uint64
+    ``max_queue_delay_microseconds`` / ``max_sequence_idle_microseconds``; ONNX Runtime's int thread count)."""
+    bad = []
+    for n, v, lo, hi, field in (
+            ("max_batch_size", max_batch_size, 1, INT32_MAX, "int32 max_batch_size"),
+            ("max_candidate_sequences", max_candidate_sequences, 1, INT32_MAX, "int32 max_candidate_sequences"),
+            ("queue_delay_us", queue_delay_us, 0, UINT64_MAX, "uint64 max_queue_delay_microseconds"),
+            ("instances", instances, 1, INT32_MAX, "int32 instance_group count"),
+            ("ort_threads", ort_threads, 1, INT32_MAX, "ONNX Runtime's int intra_op_num_threads")):
+        if not _whole(v) or v < lo:
+            bad.append((n, f"{n} must be an int >= {lo}, got {v}"))
+        elif v > hi:
+            bad.append((n, f"{n} must be at most {hi} (Triton's config holds it as {field}), got {v}"))
+    try:
+        idle = float(idle_timeout_s)
+    except (TypeError, ValueError):
+        idle = math.nan
+    if not (math.isfinite(idle) and idle > 0):
+        bad.append(("idle_timeout_s", f"idle_timeout_s must be a positive number of seconds, got {idle_timeout_s}"))
+    elif round(idle * 1e6) < 1:                             # would write max_sequence_idle_microseconds: 0
+        bad.append(("idle_timeout_s", "idle_timeout_s must be at least 1e-06 s (Triton counts whole microseconds), "
+                                      f"got {idle_timeout_s}"))
+    elif round(idle * 1e6) > UINT64_MAX:
+        bad.append(("idle_timeout_s", f"idle_timeout_s must be at most {UINT64_MAX // 10 ** 6} s (Triton's config "
+                                      f"holds it as uint64 max_sequence_idle_microseconds), got {idle_timeout_s}"))
+    return bad
+
+
 def check_config_numbers(max_batch_size: int = 64, idle_timeout_s: float = 600.0, max_candidate_sequences: int = 1024,
                          queue_delay_us: int = 500, instances: int = 1, ort_threads: int = 1) -> None:
-    """Raise ``ValueError`` naming every serving number out of range (batch size, instances, threads and candidate
-    sequences >= 1, queue delay >= 0, idle timeout >= 1 microsecond), before any export or file is written."""
-    bad = [f"{n} must be an int >= {lo}, got {v}" for n, v, lo in (
-        ("max_batch_size", max_batch_size, 1), ("max_candidate_sequences", max_candidate_sequences, 1),
-        ("queue_delay_us", queue_delay_us, 0), ("instances", instances, 1), ("ort_threads", ort_threads, 1))
-        if int(v) != v or v < lo]
-    if not (math.isfinite(idle_timeout_s) and idle_timeout_s > 0):
-        bad.append(f"idle_timeout_s must be a positive number of seconds, got {idle_timeout_s}")
-    elif round(idle_timeout_s * 1e6) < 1:                   # would write max_sequence_idle_microseconds: 0
-        bad.append(f"idle_timeout_s must be at least 1e-06 s (Triton counts whole microseconds), got {idle_timeout_s}")
+    """Raise ``ValueError`` naming every serving number out of range (:func:`config_number_problems`), before any
+    export or file is written."""
+    bad = config_number_problems(max_batch_size, idle_timeout_s, max_candidate_sequences, queue_delay_us, instances,
+                                 ort_threads)
     if bad:
-        raise ValueError("; ".join(bad))
+        raise ValueError("; ".join(m for _, m in bad))
 
 
 def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str = "implicit", max_batch_size: int = 64,
@@ -369,6 +421,10 @@ def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str 
     inst = f"instance_group [ {{ kind: {kind} count: {instances} }} ]\n"
     params = {"model_type": spec["model_type"], "n_items": spec["n_items"], "topk": spec["topk"],
               "kind": spec["kind"], "uses_timestamps": int(bool(spec.get("uses_timestamps")))}
+    if spec.get("time_input"):
+        params["time_input"] = spec["time_input"]
+    if spec.get("client_state"):            # the gaps form: what the client keeps (last_ts) and where it starts
+        params["client_state"] = json.dumps({s["name"]: _state_init(s) for s in spec["client_state"]})
     if window:
         params.update(max_seq_length=spec["max_seq_length"], padding_side=spec["padding_side"])
     else:       # what a new sequence / an unknown user starts from (ExplicitStateRecommender reads it)
@@ -501,7 +557,14 @@ def implicit_spec(spec: dict) -> dict:
 
 
 # ============================================================================================== repository
-def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict) -> str:
+def _events_example(uses_ts: bool) -> str:
+    """The README's ``recommend_many`` events: ``(user, new_items)``, or ``(user, new_items, timestamps)``."""
+    if uses_ts:
+        return '("user-7", [item_a], [ts_a]), ("user-42", [item_b], [ts_b])'
+    return '("user-7", [item_a]), ("user-42", [item_b])'
+
+
+def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict, max_batch: int = 64) -> str:
     window = spec["kind"] != "step"
     uses_ts = bool(spec.get("uses_timestamps"))
     states = ", ".join(f"`{s['name']}` {s['shape']} {s['dtype']}" + (f" (starts at {_state_init(s):g})"
@@ -527,6 +590,11 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                   "over a catalogue larger than the graph's own top-k serves)"
                   + ("; its last column is 1, the items' last column their bias" if spec["user_vector"]["bias_column"]
                      else "") + ".", ""]
+    if any(e["name"] == "scores" for e in spec["outputs"]):
+        lines += ["All scores (`export.onnx --scores`): every answer to an event also carries `scores` "
+                  f"[{spec['n_items']}] float32, the raw score of each internal item index (index 0, the padding, "
+                  "-inf); request only the outputs you read (tritonclient's `outputs=`), the clients of "
+                  "`export.triton_client` leave it out.", ""]
     if spec.get("candidates"):
         lines += ["Candidates (`--candidates`): a request may carry `candidates` (int64 internal indices, 0 = "
                   "padding): its top-k is then taken among those items only, slots left empty holding id 0 and "
@@ -537,7 +605,20 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
         lines += [f"Excluded items (`export.onnx --exclude-items`): {len(spec['excluded_items']):,} items are never "
                   "recommended (their scores are -inf in the graph, like the padding's; `excluded_items` in "
                   "`state_spec.json` lists their indices). A new list needs a new export.", ""]
-    if uses_ts:
+    gaps = spec.get("time_input") == "gaps"
+    if gaps:
+        lines += ["Time-aware model, float32 gaps form (`export.onnx --time-input gaps`, what `export.trt` builds): "
+                  "every request carries `time_gaps` (one per item, **float32** `TYPE_FP32`: seconds since the "
+                  "sequence's previous event, 0 for its first event ever, >= 0), and the graph keeps no `last_ts`: "
+                  "the caller keeps it (float64 Unix seconds of the sequence's last event, -1 before the first; the "
+                  "config's `client_state` parameter) and computes the gaps in float64 from the timestamps, then casts "
+                  "them (`gap_0 = ts_0 - last_ts`, 0 when `last_ts < 0`; `gap_i = ts_i - ts_(i-1)`; then "
+                  "`last_ts = ts_(T-1)`). The `export.triton_client` helpers take float64 `timestamps=` as for the "
+                  "other form, check them and do this: " + (
+                      "`TritonRecommender` keeps each live sequence's `last_ts` (so a sequence continues only through "
+                      "the client that sent its previous event; another one must `prime` it)." if state == "implicit"
+                      else "`ExplicitStateRecommender` stores `last_ts` with the graph's states."), ""]
+    elif uses_ts:
         lines += ["Time-aware model: every request carries `timestamps` (one per item, Unix seconds) as **float64** "
                   "(`TYPE_FP64`; float32 cannot hold epoch seconds), non-decreasing, never before the sequence's "
                   "previous event; the `export.triton_client` helpers send float64.", ""]
@@ -550,13 +631,27 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                   "```bash", f"docker run --rm -p8000:8000 -p8001:8001 -v {repo}:/models {TRITON_IMAGE} "
                   "bash -c 'pip install onnxruntime && tritonserver --model-repository=/models'", "```"]
     elif backend == "tensorrt":
+        L, max_c = _profile_limits(spec)
         lines += ["```bash", f"bash {repo}/serve.sh      # builds 1/model.plan with trtexec + the scan plugins if "
                   "missing, then starts Triton", "```", "",
-                  f"`serve.sh` runs `{TRITON_IMAGE}`: `{name}/{ENGINE_SCRIPT}` builds the engine there (trtexec, "
-                  f"`--dynamicPlugins`), then Triton starts with `--backend-config=tensorrt,plugins=...` (the plugin "
-                  f"library of the repository's first TensorRT model, `plugins/{ps.PLUGIN_LIBRARY}`). The engine and "
-                  "the plugin library must come from the TensorRT version of that container (`python -m "
-                  "export.build_plugins` builds the library)."]
+                  f"`serve.sh` runs `{TRITON_IMAGE}`: `{name}/{ENGINE_SCRIPT}` builds the engine there with trtexec "
+                  "and the settings `python -m export.trt` builds and verifies its engines with (`--stronglyTyped`"
+                  + (", `--noTF32`" if spec.get("precision", "fp32") == "fp32" else "")
+                  + f", `--preview=+aliasedPluginIO1003`, `--memPoolSize=workspace:{TRT_WORKSPACE_MIB}`; the plugins "
+                  "through `--dynamicPlugins`; these flags were checked against trtexec's sources, not run here), "
+                  "then Triton starts with `ZOO_TRT_PLUGINS_AUTOREGISTER=1` and "
+                  "`--backend-config=tensorrt,plugins=...` (the plugin library of the repository's first TensorRT "
+                  f"model, `plugins/{ps.PLUGIN_LIBRARY}`, which registers its scan plugins on Triton's plain `dlopen` "
+                  "only with that variable set). The engine and the plugin library must come from the TensorRT "
+                  "version of that container (`python -m export.build_plugins` builds the library).", "",
+                  f"The engine takes what its optimisation profile spans (`export.trt`'s numbers): 1..{max_batch} rows "
+                  "a request (`max_batch_size`), "
+                  + (f"windows of 1..{L} items" if window else
+                     f"1..{L} new items a request (a longer history goes in pieces: `prime` its first {L} items, "
+                     f"then `recommend` the rest, {L} at a time)")
+                  + (f", 1..{max_c:,} candidates a request (`export.trt --max-candidates`' default; the shapes in "
+                     f"`{ENGINE_SCRIPT}` set it)" if spec.get("candidates") else "")
+                  + "; Triton refuses a request outside it."]
     else:
         lines += ["```bash", f"docker run --rm -p8000:8000 -p8001:8001 -v {repo}:/models {TRITON_IMAGE} "
                   "tritonserver --model-repository=/models", "```"]
@@ -578,8 +673,7 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                   f'rec = TritonRecommender("127.0.0.1:8001", "{name}", protocol="grpc", {vocab})',
                   f'rec.prime("user-42", history{ts1})          # one request: START + the whole history',
                   f'top = rec.recommend("user-42", [new_item]{ts2})  # each event: only the new item(s)',
-                  f'many = rec.recommend_many([("user-7", [item_a]{ts2}), ("user-42", [item_b]{ts2})])  '
-                  "# in flight together (gRPC)",
+                  f'many = rec.recommend_many([{_events_example(uses_ts)}])  # in flight together (gRPC)',
                   'rec.end("user-42")                       # frees the server-side state', "```", "",
                   "Sequence ids are Triton correlation ids (uint64; strings are hashed). A sequence idle for longer "
                   "than `max_sequence_idle_microseconds` is dropped by Triton: re-prime it from the history, or use "
@@ -593,14 +687,18 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict)
                   f'{vocab}, store={{}})  # store: dict-like; state_store.RedisStateStore(url) for many clients',
                   f'top = rec.recommend("user-42", [new_item]{ts2})   # loads the state (initial state if new), '
                   "stores the new one",
-                  f'many = rec.recommend_many([("user-7", [item_a]{ts2}), ("user-42", [item_b]{ts2})])   '
-                  "# users as the rows of one request", "```", "",
+                  f'many = rec.recommend_many([{_events_example(uses_ts)}])   # users as the rows of one request',
+                  "```", "",
                   "Store recipe: key = user id, value = the state tensors' raw bytes, each in its own dtype "
                   "(float32" + (", float64 `last_ts`" if any(x["dtype"] == "float64" for x in spec["state"]) else "")
+                  + (" and the client's float64 `last_ts`" if gaps else "")
                   + "; `export.state_store.BytesStore` keeps them as a JSON header + raw tensors, 2-5x faster "
                   "than `np.savez`), a few KB per user; a missing key means an empty "
                   "history, whose state is the config's `state_init` parameter ("
-                  + ", ".join(f"`{x['name']}` = {_state_init(x):g}" for x in spec["state"]) + "); "
+                  + ", ".join(f"`{x['name']}` = {_state_init(x):g}" for x in spec["state"])
+                  + (" and, from `client_state`, " + ", ".join(f"`{x['name']}` = {_state_init(x):g}"
+                                                              for x in spec.get("client_state") or [])
+                     if gaps else "") + "); "
                   "expire keys with the store's TTL instead of Triton's idle timeout. Several client processes "
                   "(serving workers) sharing one store need a versioned one, so that none loses another's event of "
                   "the same user: `export.state_store.SQLiteStateStore(path)` on one machine, "
@@ -625,22 +723,65 @@ ENGINE_SCRIPT = "build_engine.sh"
 SERVE_SH_MARK = "Serve this model repository with Triton (one command), written by python -m export.triton."
 
 
-def _build_engine_sh(name: str, spec: dict, max_batch: int) -> str:
-    """``<name>/build_engine.sh``: builds ``1/model.plan`` from the folder's ONNX graph with trtexec and the scan
-    plugins, inside a TensorRT or Triton container (the engine must come from the serving TensorRT version)."""
-    L = int(spec.get("max_seq_length", 200))
-    step = spec["kind"] == "step"
-    shapes = []
+#: builder workspace pool of build_engine.sh, MiB: export.trt's default ``--workspace 2G``
+TRT_WORKSPACE_MIB = 2048
+
+
+def _profile_limits(spec: dict) -> tuple[int, int]:
+    """``(largest T / window length, largest candidate list C)`` of the engine profile build_engine.sh builds: the
+    graph's ``max_seq_length`` and ``export.trt``'s default ``--max-candidates``."""
+    from .trt import MAX_CANDIDATES         # export.trt imports TensorRT / torch only inside its functions
+
+    return int(spec.get("max_seq_length", 200)), MAX_CANDIDATES
+
+
+def _profile(spec: dict, max_batch: int) -> tuple[str, str, str]:
+    """trtexec's ``--minShapes`` / ``--optShapes`` / ``--maxShapes`` values for the graph's inputs: the profile
+    ``export.trt`` builds (:func:`export.trt.profile_shapes`: batch ``[1, min(64, max_batch), max_batch]``, ``T``
+    ``[1, 1, L]``, a ``--candidates`` graph's ``C`` ``[1, min(64, N), N]``), with the config's ``max_batch_size`` as
+    the largest batch and the graph's ``max_seq_length`` as ``L``."""
+    from .trt import profile_shapes
+
+    L, max_c = _profile_limits(spec)
+    out = ([], [], [])
     for e in spec["inputs"]:
-        dims = [d for d in e["shape"][1:]]
-        mk = lambda b, t: "x".join([str(b)] + [str(t if isinstance(d, str) else d) for d in dims])  # noqa: E731
-        shapes.append((e["name"], mk(1, 1), mk(max(1, max_batch // 2), 1), mk(max_batch, L)))
-    fmt = lambda i: ",".join(f"{n}:{s[i]}" for n, *s in shapes)  # noqa: E731
-    onnx_name = "model_implicit.onnx" if step else GRAPH_FILE
+        dims = [-1 if isinstance(d, str) else int(d) for d in e["shape"]]
+        for acc, shape in zip(out, profile_shapes(e["name"], dims, max_batch=max_batch, max_steps=L,
+                                                  max_candidates=max_c), strict=True):
+            acc.append(f'{e["name"]}:' + "x".join(map(str, shape)))
+    return tuple(",".join(x) for x in out)
+
+
+def _build_engine_sh(name: str, spec: dict, max_batch: int, implicit: bool) -> str:
+    """``<name>/build_engine.sh``: builds ``1/model.plan`` from the folder's ONNX graph (``onnx/model_implicit.onnx``
+    for an ``implicit`` state model, whose ``spec`` lists the control inputs; else ``onnx/model.onnx``) with trtexec and
+    the scan plugins, inside a TensorRT or Triton container (the engine must come from the serving TensorRT version),
+    with the builder settings and optimisation profile of :func:`export.trt.build_engine`."""
+    import textwrap
+
+    lo, opt, hi = _profile(spec, max_batch)
+    onnx_name = "model_implicit.onnx" if implicit else GRAPH_FILE
+    fp32 = spec.get("precision", "fp32") == "fp32"
+    L, max_c = _profile_limits(spec)
+    about = (
+        "The settings are those python -m export.trt builds and verifies its engines with: a strongly typed network "
+        "(--stronglyTyped: precision from the graph's dtypes)"
+        + (", TF32 off (--noTF32: an fp32 graph)" if fp32 else "")
+        + f", the aliased plugin I/O preview feature (--preview=+aliasedPluginIO1003), a {TRT_WORKSPACE_MIB} MiB "
+        f"workspace, and its optimisation profile (export.trt.profile_shapes): batch [1, {min(64, max_batch)}, "
+        f"{max_batch}] (max_batch_size), " + ("window length" if spec["kind"] != "step" else "new items T")
+        + f" [1, 1, {L}] (max_seq_length)"
+        + (f", candidates C [1, {min(64, max_c)}, {max_c}] (export.trt --max-candidates' default)"
+           if spec.get("candidates") else "")
+        + ". The scan nodes carry plugin_namespace, so the ONNX parser binds them to the plugins without a parser "
+        "flag. These trtexec flags were checked against trtexec's sources, not run here.")
+    about = textwrap.fill(about, 117, initial_indent="# ", subsequent_indent="# ")
     return f"""#!/usr/bin/env bash
 # Build {name}/1/{PLAN_FILE} from onnx/{onnx_name} with trtexec and the zoo's scan plugins (run inside the TensorRT or
 # Triton container that will serve it: an engine only loads in the TensorRT version that built it). Does nothing when
 # the plan exists. Usage: bash build_engine.sh [PLUGIN_LIBRARY] (default: plugins/{ps.PLUGIN_LIBRARY} beside this file)
+#
+{about}
 set -euo pipefail
 here="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
 plugin="${{1:-$here/plugins/{ps.PLUGIN_LIBRARY}}}"
@@ -648,26 +789,38 @@ if [ -f "$here/1/{PLAN_FILE}" ]; then
   echo "$here/1/{PLAN_FILE} exists"
   exit 0
 fi
-"${{TRTEXEC:-/usr/src/tensorrt/bin/trtexec}}" --onnx="$here/onnx/{onnx_name}" --saveEngine="$here/1/{PLAN_FILE}" \
-  --dynamicPlugins="$plugin" --minShapes={fmt(0)} --optShapes={fmt(1)} --maxShapes={fmt(2)}
+# --dynamicPlugins registers the creators itself: the library's own registration (for tritonserver) would repeat it
+unset ZOO_TRT_PLUGINS_AUTOREGISTER
+"${{TRTEXEC:-/usr/src/tensorrt/bin/trtexec}}" --onnx="$here/onnx/{onnx_name}" --saveEngine="$here/1/{PLAN_FILE}" \\
+  --dynamicPlugins="$plugin" --stronglyTyped{" --noTF32" if fp32 else ""} --preview=+aliasedPluginIO1003 \\
+  --memPoolSize=workspace:{TRT_WORKSPACE_MIB} --skipInference \\
+  --minShapes={lo} \\
+  --optShapes={opt} \\
+  --maxShapes={hi}
 """
 
 
 def _serve_sh(names: Sequence[str]) -> str:
     """``DIR/serve.sh`` for the repository's TensorRT models ``names`` (sorted): builds each missing plan with its
-    ``build_engine.sh``, then starts Triton; the server and every engine build load one plugin library, the first
-    model's (engines built with one library and served with another would not deserialise)."""
+    ``build_engine.sh``, then starts Triton with ``ZOO_TRT_PLUGINS_AUTOREGISTER=1`` (the plugin library registers its
+    creators on Triton's plain ``dlopen`` only then; the builds run without it); the server and every engine build
+    load one plugin library, the first model's (engines built with one library and served with another would not
+    deserialise)."""
     plugin = f"/models/{names[0]}/plugins/{ps.PLUGIN_LIBRARY}"
     builds = "".join(f"  bash /models/{n}/{ENGINE_SCRIPT} $plugin\n" for n in names)
     return f"""#!/usr/bin/env bash
 # {SERVE_SH_MARK} Builds the missing TensorRT plans first ({', '.join(names)}).
+# Triton's tensorrt backend only dlopens the plugin library: ZOO_TRT_PLUGINS_AUTOREGISTER=1 makes it register its
+# creators into the server's TensorRT (of the major version it was built for), after the builds (trtexec loads it
+# itself).
 set -euo pipefail
 here="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
 image="${{TRITON_IMAGE:-{TRITON_IMAGE}}}"
 plugin="{plugin}"
 docker run --rm --gpus all -p8000:8000 -p8001:8001 -p8002:8002 -v "$here":/models "$image" bash -c "
   set -e
-{builds}  exec tritonserver --model-repository=/models --backend-config=tensorrt,plugins=$plugin"
+{builds}  export ZOO_TRT_PLUGINS_AUTOREGISTER=1
+  exec tritonserver --model-repository=/models --backend-config=tensorrt,plugins=$plugin"
 """
 
 
@@ -811,7 +964,7 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     with written_whole_folder(final) as staged:              # a failed write keeps the folder that was there
         mdir = pathlib.Path(staged)
         _write_model_folder(mdir, text, cfg, spec, graph, export_dir, backend, implicit, vocab_path, plan, plugin_lib)
-        (mdir / "README.md").write_text(_readme(repo, name, backend, state, spec))
+        (mdir / "README.md").write_text(_readme(repo, name, backend, state, spec, cfg.max_batch_size))
     _repository_files(repo)
     return final
 
@@ -843,16 +996,23 @@ def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: p
             copy_graph(graph, vdir / GRAPH_FILE, spec)
         shutil.copy(export_dir / SPEC_FILE, mdir / SPEC_FILE)
     else:  # tensorrt: keep the ONNX beside the version folder, build the plan in the container (serve.sh)
+        from .trt import plugin_graph
+
         odir = mdir / "onnx"
         odir.mkdir()
         copy_graph(graph, odir / GRAPH_FILE, spec)
         if implicit:
             add_sequence_controls(graph, odir / "model_implicit.onnx", spec)
+        # trtexec's graphs without the scan ops' local functions: TensorRT's parser before 10.7 would build the scan
+        # from those standard-op bodies instead of the plugins (export.trt.plugin_graph)
+        for f in odir.glob("*.onnx"):
+            f.write_bytes(plugin_graph(f.read_bytes()))
         shutil.copy(export_dir / SPEC_FILE, mdir / SPEC_FILE)
         if plan:
             shutil.copy(plan, vdir / PLAN_FILE)
         sh = mdir / ENGINE_SCRIPT
-        sh.write_text(_build_engine_sh(cfg.name, implicit_spec(spec) if implicit else spec, cfg.max_batch_size))
+        sh.write_text(_build_engine_sh(cfg.name, implicit_spec(spec) if implicit else spec, cfg.max_batch_size,
+                                       implicit))
         sh.chmod(0o755)
         pdir = mdir / "plugins"
         pdir.mkdir()
@@ -935,10 +1095,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--topk is fixed by the graph in --onnx (export.onnx --topk); it applies to --model")
     if a.onnx and a.exclude_items:
         p.error("--exclude-items is fixed by the graph in --onnx (export.onnx --exclude-items); it applies to --model")
-    try:
-        check_config_numbers(**{k: v for k, v in kw.items() if k in _NUMBERS})
-    except ValueError as e:
-        p.error(str(e))
+    bad = config_number_problems(**{k: v for k, v in kw.items() if k in _NUMBERS})
+    if bad:                                                 # before any export: name each flag
+        p.error("; ".join(f"{NUMBER_FLAGS.get(n, n)}: {m}" for n, m in bad))
     if os.path.exists(a.repo) and not os.path.isdir(a.repo):
         p.error(f"--repo {a.repo} is a file, not a folder (the Triton model repository to write into)")
     # what the run needs, before any export: the schema every config is validated with, and ONNX to export --model

@@ -6,7 +6,7 @@ Stateful (sequence-batcher) models -- ``export.triton --state implicit`` (onnxru
     rec = TritonRecommender("127.0.0.1:8001", "mamba4rec_step_python", protocol="grpc", vocab="repo/<model>/item_vocab.json")
     rec.prime("user-42", history)            # ONE request: sequence_start + the whole history -> top-k
     rec.recommend("user-42", [new_item])     # each event: only the new item(s) -> top-k external ids
-    rec.end("user-42")                       # sequence_end: the server frees the state
+    rec.end("user-42")                       # sequence_end: the server frees the state (see end())
 
 Sequence ids are Triton correlation ids: ints in ``1 .. 2**63-1`` are used as they are, strings are hashed to a
 stable non-zero 63-bit int (:func:`sequence_id`). The first call for an id this client has not seen starts the sequence
@@ -24,7 +24,12 @@ the history's last ``max_seq_length`` items with each call.
 
 Time-aware models (TiM4Rec, TiM4Rec-causal) take ``timestamps=`` (one per item, Unix seconds): they are sent as
 float64 (``FP64``; float32 cannot hold epoch seconds) after a check that they are finite, non-negative and
-non-decreasing (and, for an explicit state, not before the state's ``last_ts``).
+non-decreasing, and not before the sequence's last event (for an explicit state, the stored ``last_ts``; for a
+sequence this client continues, the last timestamp it sent). A ``--time-input gaps`` model (float32 ``time_gaps``,
+no ``last_ts`` in the graph: what ``export.trt`` builds) takes the same ``timestamps=``: the client keeps ``last_ts``
+-- :class:`TritonRecommender` per live sequence (so a sequence continues through the client that sent its previous
+event), :class:`ExplicitStateRecommender` in the stored state -- and sends the gaps, computed in float64 as
+``export.timestamps.time_gaps`` does, as float32.
 
 Errors: unknown external ids raise :class:`zoo.vocab.UnknownItemError` before anything is sent; server-side
 rejections (bad item index, a continuation whose state expired, malformed input) raise :class:`TritonRecommendError`
@@ -43,7 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import state_store
-from .timestamps import seconds
+from .timestamps import seconds, time_gaps
 from .deps import require
 
 
@@ -108,7 +113,9 @@ class _Base:
         #: (None otherwise): its inner products with ``python -m zoo.embed``'s item vectors are the raw scores
         self.last_user_vector: np.ndarray | None = None
         self.n_items = n_items or (self.vocab.n_items if self.vocab is not None else None)
-        self.uses_timestamps = "timestamps" in self.inputs
+        #: a ``--time-input gaps`` model: it takes float32 ``time_gaps`` and the client keeps ``last_ts``
+        self.time_gaps = "time_gaps" in self.inputs
+        self.uses_timestamps = "timestamps" in self.inputs or self.time_gaps
         #: the model takes ``candidates`` (``export.onnx --candidates``): recommendations among given items
         self.has_candidates = "candidates" in self.inputs
 
@@ -222,13 +229,16 @@ class _Base:
         return default if p is None else p.get("string_value", default)
 
     def _check_ts(self, timestamps, n: int) -> np.ndarray:
+        """The caller's ``n`` timestamps as float64 Unix seconds ``[1, n]``: finite, non-negative, non-decreasing."""
         if timestamps is None:
             raise ValueError(f"model {self.model_name!r} reads timestamps: pass one per item (Unix seconds)")
-        declared = self.inputs["timestamps"]["datatype"]
-        if declared != "FP64":
-            raise TritonRecommendError(f"model {self.model_name!r} declares timestamps as {declared}; the zoo's "
-                                       "graphs take FP64 (float32 cannot hold Unix seconds): regenerate its "
-                                       "repository with python -m export.triton")
+        name, want = ("time_gaps", "FP32") if self.time_gaps else ("timestamps", "FP64")
+        declared = self.inputs[name]["datatype"]
+        if declared != want:
+            raise TritonRecommendError(f"model {self.model_name!r} declares {name} as {declared}; the zoo's graphs "
+                                       f"take {want}" + ("" if self.time_gaps else " (float32 cannot hold Unix "
+                                                                                   "seconds)")
+                                       + ": regenerate its repository with python -m export.triton")
         ts = seconds(timestamps).reshape(1, -1)
         if ts.shape[1] != n:
             raise ValueError(f"got {ts.shape[1]} timestamps for {n} items")
@@ -240,11 +250,28 @@ class _Base:
                              "events must be in time order")
         return ts
 
-    def _timestamps(self, timestamps, n: int):
-        """``[]`` for models without time, else the float64 ``timestamps [1, n]`` input (checked)."""
+    def _time_input(self, ts: np.ndarray, last_ts: np.ndarray) -> list:
+        """``[]`` for models without time, else the time input of the rows ``ts [B, T]`` (checked float64 seconds):
+        ``timestamps`` as they are, or, for a gaps model, float32 ``time_gaps`` computed in float64 from ``ts`` and
+        the rows' last timestamps ``last_ts [B, 1]`` (-1: no event yet) as ``export.timestamps.time_gaps`` does:
+        ``gap_0 = ts_0 - last_ts`` (0 when ``last_ts < 0``), ``gap_i = ts_i - ts_(i-1)``."""
         if not self.uses_timestamps:
             return []
-        return [self._input("timestamps", self._check_ts(timestamps, n), "FP64")]
+        if not self.time_gaps:
+            return [self._input("timestamps", ts, "FP64")]
+        with np.errstate(over="ignore"):
+            gaps = time_gaps(ts, last_ts)[0].astype(np.float32)
+        if not np.isfinite(gaps).all():                         # > 3.4e38 s: not a time gap
+            raise ValueError("time gaps between the timestamps do not fit float32")
+        return [self._input("time_gaps", gaps, "FP32")]
+
+    @staticmethod
+    def _check_after(ts: np.ndarray, last: float | None, who: str) -> None:
+        """The first of the new timestamps ``ts [1, T]`` is not before ``last`` (the previous event's; None or < 0:
+        none yet)."""
+        if last is not None and last >= 0 and ts[0, 0] < last:
+            raise ValueError(f"timestamps of {who} go back in time relative to their last event ({ts[0, 0].item()!r} "
+                             f"< last_ts {last!r})")
 
     def _check_k(self, k):
         k = self.k_max if k is None else k
@@ -274,14 +301,24 @@ class TritonRecommender(_Base):
         self._pool = None
         self._live: set[int] = set()
         self._expired: set[int] = set()
+        self._last_ts: dict[int, float] = {}        # live sequence -> its last timestamp (time-aware models)
         self._lock = threading.Lock()
         self.last_live_sequences: int | None = None
 
-    def _infer(self, sid: int, ids: np.ndarray, start: bool, end: bool, extra=()):
+    @functools.cached_property
+    def backend(self) -> str:
+        """The model's Triton backend (its config's ``backend``, else ``platform``; "" when the config names none):
+        ``python`` takes an END without items, the others run their graph on every request (see :meth:`end`)."""
+        cfg = self._model_config()
+        return str(cfg.get("backend") or cfg.get("platform") or "")
+
+    def _infer(self, sid: int, ids: np.ndarray, start: bool, end: bool, extra=(), last_ts: float | None = None,
+               discard: bool = False):
+        """One request of sequence ``sid``; ``last_ts``: the event's last timestamp (kept for :meth:`end`);
+        ``discard``: no answer is read (None comes back)."""
         ins = [self._input("item_ids", ids, "INT64"), *extra]
         live = ["live_sequences"] if "live_sequences" in self.outputs else []
-        bare_end = ids.shape[1] == 0                # end(): no event, so no top-k and no user vector to read
-        outs = ([self._m.InferRequestedOutput(n) for n in live or ["topk_ids"]] if bare_end
+        outs = ([self._m.InferRequestedOutput(n) for n in live or ["topk_ids"]] if discard
                 else self._outputs_for(["topk_ids", "topk_scores", *live]))
         try:
             r = self.client.infer(self.model_name, ins, outputs=outs, sequence_id=sid, sequence_start=start,
@@ -291,18 +328,28 @@ class TritonRecommender(_Base):
             gone = "no state" in msg or "START flag" in msg
             with self._lock:
                 # a rejected continuation (bad item, timestamps going back in time, ...) leaves the server-side
-                # state as it was: the sequence stays live; a failed start or a forgotten sequence does not
-                if start or gone:
+                # state as it was: the sequence stays live; a failed start or a forgotten sequence does not, nor
+                # does a failed END (the caller closed it: its next event starts it anew)
+                if start or gone or end:
                     self._live.discard(sid)
-                if not start and gone:
+                    self._last_ts.pop(sid, None)
+                if not start and not end and gone:
                     self._expired.add(sid)     # the server forgot it (idle timeout): the caller must re-prime
+                elif end:
+                    self._expired.discard(sid)
             raise TritonRecommendError(msg) from None
         with self._lock:
-            (self._live.discard if end else self._live.add)(sid)
+            if end:
+                self._live.discard(sid)
+                self._last_ts.pop(sid, None)
+            else:
+                self._live.add(sid)
+                if last_ts is not None:
+                    self._last_ts[sid] = last_ts
             self._expired.discard(sid)
         if "live_sequences" in self.outputs:
             self.last_live_sequences = int(r.as_numpy("live_sequences").reshape(-1)[0])
-        if bare_end:
+        if discard:
             return None
         vector = r.as_numpy("user_vector")[0].copy() if "user_vector" in self.outputs else None
         return r.as_numpy("topk_ids")[0], r.as_numpy("topk_scores")[0], vector
@@ -331,15 +378,29 @@ class TritonRecommender(_Base):
         return ids
 
     def _event(self, user_or_sequence_id, ids: np.ndarray, timestamps, start, end, extra=()):
-        """One event's request: ``(top-k indices, scores, user vector or None)``."""
+        """One event's request: ``(top-k indices, scores, user vector or None)``. A time-aware event continuing a
+        sequence of this client is checked against the sequence's last timestamp (the graph would clamp a gap going
+        back in time to 0 without a word), from which a gaps model's first time gap is computed."""
         sid = sequence_id(user_or_sequence_id)
-        if start is None:
-            with self._lock:
+        ts = self._check_ts(timestamps, ids.shape[1]) if self.uses_timestamps else None
+        with self._lock:
+            if start is None:
                 if sid in self._expired:
                     raise TritonRecommendError(f"sequence {user_or_sequence_id!r} is gone from the server (idle "
                                                "timeout or server restart): call prime() with its history")
                 start = sid not in self._live
-        return self._infer(sid, ids, bool(start), bool(end), [*self._timestamps(timestamps, ids.shape[1]), *extra])
+            last = None if start else self._last_ts.get(sid)
+        time_in = []
+        if ts is not None:
+            if self.time_gaps and not start and last is None:
+                raise TritonRecommendError(
+                    f"sequence {user_or_sequence_id!r}: this client did not send its previous event, so it does not "
+                    "know the sequence's last timestamp, from which the first time gap of this --time-input gaps "
+                    "model is computed: prime() it with its history (or continue it from the client that started it)")
+            self._check_after(ts, last, f"sequence {user_or_sequence_id!r}")
+            time_in = self._time_input(ts, np.array([[-1.0 if last is None else last]]))
+        return self._infer(sid, ids, bool(start), bool(end), [*time_in, *extra],
+                           None if ts is None else float(ts[0, -1]))
 
     def recommend_many(self, events: Sequence[tuple], k: int | None = None,
                        candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
@@ -364,7 +425,10 @@ class TritonRecommender(_Base):
         for i, e in enumerate(events):
             ids = self._event_ids(e[1], f"event {i} (sequence {e[0]!r}): ")
             if self.uses_timestamps:
-                self._check_ts(e[2] if len(e) == 3 else None, ids.shape[1])
+                ts = self._check_ts(e[2] if len(e) == 3 else None, ids.shape[1])
+                with self._lock:
+                    last = self._last_ts.get(sids[i]) if sids[i] in self._live else None
+                self._check_after(ts, last, f"sequence {e[0]!r}")
             extra = self._candidates(None if candidates is None else [candidates[i]])
             checked.append((e[0], ids, e[2] if len(e) == 3 else None, extra))
 
@@ -404,15 +468,20 @@ class TritonRecommender(_Base):
         return self.recommend(user_or_sequence_id, history, timestamps, k, start=True, candidates=candidates)
 
     def end(self, user_or_sequence_id) -> None:
-        """Close the sequence: the server frees its state (an empty END request). It answers no recommendation, so
-        ``last_user_vector`` stays the vector after the sequence's last event."""
+        """Close the sequence: the server frees its state. The python backend takes an END without items; the
+        onnxruntime and tensorrt models run their graph on every request, and no graph runs without a new item, so
+        they get an END with one item (index 1; for a time-aware model at the sequence's last timestamp again, a
+        time gap of 0), whose answer is dropped with the state. Either way no recommendation comes back, so
+        ``last_user_vector`` stays the vector after the sequence's last event. The sequence is closed for this client
+        even when the END fails (the error is raised): its next event starts it anew."""
         sid = sequence_id(user_or_sequence_id)
         with self._lock:
             if sid not in self._live:
                 return
-        self._infer(sid, np.zeros((1, 0), np.int64), False, True,
-                    [*(self._timestamps(np.zeros((1, 0), np.float64), 0) if self.uses_timestamps else ()),
-                     *self._candidates(None)])
+            last = self._last_ts.get(sid, 0.0)
+        n = 0 if self.backend == "python" else 1
+        time_in = self._time_input(np.full((1, n), last), np.array([[last]])) if self.uses_timestamps else []
+        self._infer(sid, np.ones((1, n), np.int64), False, True, [*time_in, *self._candidates(None)], discard=True)
 
 
 class StaleStateError(TritonRecommendError, state_store.StaleStateError):
@@ -432,7 +501,9 @@ class ExplicitStateRecommender(_Base):
     Any key-value store works: wrap it so ``get``/``__setitem__``/``pop`` take the user id and (de)serialise the
     arrays (:class:`export.state_store.BytesStore` wraps any mapping of bytes). A missing key means an empty history:
     the model's initial state (:meth:`initial_state`; not all zeros for TiM4Rec-causal, whose float64 ``last_ts``
-    starts at -1). ``state_init`` (name -> value) overrides the initial values read from the model's config.
+    starts at -1). ``state_init`` (name -> value) overrides the initial values read from the model's config. A
+    ``--time-input gaps`` model keeps no ``last_ts``: this client stores it ([1, 1] float64, from the config's
+    ``client_state``: -1) beside the graph's states, and sends the float32 ``time_gaps`` computed from it.
 
     **A state belongs to the model that wrote it.** A state is the model's summary of a history, so after the model
     is replaced (retrained, its catalogue grown, exported in fp16) a stored state means nothing to the new one: fed to
@@ -455,7 +526,7 @@ class ExplicitStateRecommender(_Base):
         super().__init__(*args, **kwargs)
         self.on_stale = state_store.check_on_stale(on_stale)
         self.store = {} if store is None else store
-        self.state_names = [n for n in self.inputs if n not in ("item_ids", "timestamps", "candidates")]
+        self.state_names = [n for n in self.inputs if n not in ("item_ids", "timestamps", "time_gaps", "candidates")]
         missing = [f"{n}_out" for n in self.state_names if f"{n}_out" not in self.outputs]
         if not self.state_names or missing:
             raise TritonRecommendError(f"model {self.model_name!r} is not an explicit-state step model "
@@ -468,6 +539,12 @@ class ExplicitStateRecommender(_Base):
         if unknown:
             raise TritonRecommendError(f"no initial value for the states {unknown} of model {self.model_name!r}")
         self.state_init = {n: float(state_init[n]) for n in self.state_names}
+        #: states this client keeps beside the graph's (a gaps model's float64 ``last_ts``) -> initial value
+        self.client_init = {}
+        if self.time_gaps:
+            raw = self._param("client_state")
+            self.client_init = {n: float(state_init.get(n, v)) for n, v in (json.loads(raw) if raw else
+                                                                            {"last_ts": -1.0}).items()}
         bad = {n: self.inputs[n]["datatype"] for n in self.state_names if self.inputs[n]["datatype"] not in self._NP}
         if bad:
             raise TritonRecommendError(f"unsupported state datatypes {bad}")
@@ -486,9 +563,11 @@ class ExplicitStateRecommender(_Base):
         return state, False
 
     def initial_state(self) -> dict[str, np.ndarray]:
-        """A new user's state: each tensor ``[1, ...]`` in its declared dtype, filled with its initial value."""
-        return {n: np.full([1] + self.inputs[n]["shape"][1:], self.state_init[n], self._NP[self.inputs[n]["datatype"]])
-                for n in self.state_names}
+        """A new user's state: each tensor ``[1, ...]`` in its declared dtype, filled with its initial value (and a
+        gaps model's ``last_ts`` [1, 1] float64)."""
+        return {**{n: np.full([1] + self.inputs[n]["shape"][1:], self.state_init[n],
+                              self._NP[self.inputs[n]["datatype"]]) for n in self.state_names},
+                **{n: np.full((1, 1), v, np.float64) for n, v in self.client_init.items()}}
 
     def recommend_with_scores(self, user_id, new_items, timestamps=None, k: int | None = None,
                               start: bool = False, candidates: Sequence[Any] | None = None):
@@ -532,19 +611,21 @@ class ExplicitStateRecommender(_Base):
                 state, again = self._stored_state(user, s)
                 restarted += again
                 ts = encoded[i][1]
+                missing = [n for n in self.client_init if n not in state]
+                if missing:
+                    raise ValueError(f"the stored state of user {user!r} has no {missing} (this --time-input gaps "
+                                     "model's client keeps it beside the graph's states): prime() the user")
                 if ts is not None and "last_ts" in state:
-                    last = float(np.asarray(state["last_ts"]).reshape(-1)[0])
-                    if last >= 0 and ts[0, 0] < last:
-                        raise ValueError(f"timestamps of user {user!r} go back in time relative to their last event "
-                                         f"({ts[0, 0].item()!r} < last_ts {last!r})")
+                    self._check_after(ts, float(np.asarray(state["last_ts"]).reshape(-1)[0]), f"user {user!r}")
                 states.append(state)
             results, new, last_vector = [None] * len(users), [None] * len(users), None
             for rows in groups.values():
                 for at in range(0, len(rows), self.max_batch):
                     chunk = rows[at:at + self.max_batch]
                     ins = [self._input("item_ids", np.concatenate([encoded[i][0] for i in chunk]), "INT64")]
-                    if self.uses_timestamps:
-                        ins.append(self._input("timestamps", np.concatenate([encoded[i][1] for i in chunk]), "FP64"))
+                    if self.uses_timestamps:         # timestamps, or the gaps from them and each user's last_ts
+                        ins += self._time_input(np.concatenate([encoded[i][1] for i in chunk]), np.concatenate(
+                            [np.asarray(states[i].get("last_ts", -1.0), np.float64).reshape(1, 1) for i in chunk]))
                     ins += [self._input(n, np.ascontiguousarray(np.concatenate(
                         [np.asarray(states[i][n]).reshape(self.inputs[n]["shape"][1:])[None] for i in chunk])),
                         self.inputs[n]["datatype"]) for n in self.state_names]
@@ -557,8 +638,10 @@ class ExplicitStateRecommender(_Base):
                     top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
                     for row, i in enumerate(chunk):
                         results[i] = self._pick(top[row], scores[row], k)
-                        new[i] = state_store.tagged({n: r.as_numpy(f"{n}_out")[row:row + 1].copy()
-                                                     for n in self.state_names}, self.fingerprint)
+                        new[i] = state_store.tagged({**{n: r.as_numpy(f"{n}_out")[row:row + 1].copy()
+                                                        for n in self.state_names},
+                                                     **({"last_ts": encoded[i][1][:, -1:].copy()}
+                                                        if self.client_init else {})}, self.fingerprint)
                     if vector and chunk[-1] == len(users) - 1:
                         last_vector = r.as_numpy("user_vector")[-1].copy()
             return (results, restarted, last_vector), new

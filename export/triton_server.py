@@ -18,11 +18,13 @@ This one file plays two roles.
    * ``END`` frees it after the request is answered; states of sequences that stay idle longer than the config's
      ``max_sequence_idle_microseconds`` are freed too (Triton forgets such a sequence; so do we). An END with no
      items (``TritonRecommender.end``) is no event: its response has no recommendation (``topk_ids`` 0, the padding
-     index, with scores ``-inf``, and no ``user_vector``) and only ``live_sequences`` means anything;
+     index, with scores ``-inf``, and no ``scores`` / ``user_vector``) and only ``live_sequences`` means anything;
    * requests from different sequences that Triton batches together (``oldest`` strategy) run as one ORT call per
      distinct number of new items ``T``; the sequence's state never mixes with another one's;
    * time-aware graphs (TiM4Rec-causal) take ``timestamps`` as float64 Unix seconds (``TYPE_FP64``), checked like
-     :mod:`export.runtime` does: finite, non-negative, non-decreasing, not before the sequence's ``last_ts``;
+     :mod:`export.runtime` does: finite, non-negative, non-decreasing, not before the sequence's ``last_ts``; a
+     ``--time-input gaps`` graph takes float32 ``time_gaps`` (``TYPE_FP32``, finite and non-negative) instead, its
+     caller keeping ``last_ts`` and checking the time order (:mod:`export.triton_client` does);
    * a bad request (item index outside ``1 .. n_items-1``, a continuation whose state is gone, timestamps going back
      in time, ...) gets an error response naming the problem, the other requests of the batch are answered normally
      and the model keeps serving.
@@ -37,7 +39,8 @@ This one file plays two roles.
    and score ``-inf``; a request without it, or without a real candidate, is not restricted.
 
    Outputs: ``topk_ids [K]`` (internal indices; :mod:`export.triton_client` maps them to external ids),
-   ``topk_scores [K]`` and ``live_sequences [1]`` (how many sequence states the model holds after this request).
+   ``topk_scores [K]``, ``live_sequences [1]`` (how many sequence states the model holds after this request), and
+   the graph's ``scores [n_items]`` (``--scores``) and ``user_vector`` (``--user-vector``) when it has them.
    This module imports only the standard library at top level (numpy / onnxruntime / triton_python_backend_utils are
    imported inside the stub), so it also runs as a script from the server virtualenv.
 
@@ -102,6 +105,9 @@ class TritonPythonModel:
             raise _Fatal(f"{here / STATE_SPEC_FILE} lists no state tensors for a {spec.get('kind')!r} graph")
         self.state_out = [s.get("output", s["name"] + "_out") for s in spec.get("state", [])]
         self.uses_timestamps = bool(spec.get("uses_timestamps", False))
+        #: a --time-input gaps graph: float32 time_gaps in, last_ts kept by the caller (not by this model)
+        self.gaps = spec.get("time_input") == "gaps"
+        self.time_name = "time_gaps" if self.gaps else "timestamps"
         self.max_len = int(spec.get("max_seq_length") or 0)
         self.padding_side = spec.get("padding_side", "right")
         self.explicit = not seq            # dynamic batching: the state travels with each request (client-side store)
@@ -119,8 +125,8 @@ class TritonPythonModel:
         self.sess = ort.InferenceSession(str(here / spec.get("graph", GRAPH_FILE)), so,
                                          providers=["CPUExecutionProvider"])
         self.out_names = [o.name for o in self.sess.get_outputs()]
-        #: outputs served beside topk_*: the query vector of a graph exported with --user-vector
-        self.extra_out = [n for n in ("user_vector",) if n in self.out_names]
+        #: outputs served beside topk_*: all scores (--scores) and the query vector (--user-vector), when exported
+        self.extra_out = [n for n in ("scores", "user_vector") if n in self.out_names]
         #: a graph exported with --candidates: each request may send its rows' candidate items (optional input)
         self.candidates = bool(spec.get("candidates"))
         self.store = {}            # corrid -> (tuple of per-sequence state arrays, last-touch monotonic time)
@@ -170,7 +176,8 @@ class TritonPythonModel:
                              f"map external ids with the model's item vocabulary)")
         ts = None
         if self.uses_timestamps:
-            ts = self._check_ts(get("timestamps"), ids.size)
+            ts = self._check_gaps(get("time_gaps"), ids.size) if self.gaps else \
+                self._check_ts(get("timestamps"), ids.size)
         cands = self._candidates(get("candidates", required=False), 1)[0] if self.candidates else None
         init = None
         if start and self.triton_states and ids.size:
@@ -221,6 +228,20 @@ class TritonPythonModel:
             raise ValueError(f"timestamps decrease ({ts[i + 1].item()!r} after {ts[i].item()!r}); "
                              "events must be in time order")
         return ts
+
+    def _check_gaps(self, gaps, n):
+        """float32 ``[n]`` seconds since each event's predecessor (``time_gaps`` of a gaps-form graph): finite and
+        non-negative (the time order itself is the caller's to check: it keeps ``last_ts``)."""
+        np = self.np
+        if gaps.dtype != np.float32:
+            raise ValueError(f"time_gaps must be FP32 (float32 seconds since the previous event), got {gaps.dtype}")
+        gaps = gaps.reshape(-1)
+        if gaps.size != n:
+            raise ValueError(f"time_gaps has {gaps.size} values for {n} items")
+        if not np.isfinite(gaps).all() or (gaps < 0).any():
+            raise ValueError("time_gaps must be finite and non-negative (seconds since the previous event, 0 for "
+                             "the sequence's first)")
+        return gaps
 
     def _check_after_last(self, ts, state):
         """The first new timestamp is not before the state's ``last_ts`` (when the state has seen an event)."""
@@ -315,7 +336,8 @@ class TritonPythonModel:
                 if bad.size:
                     raise ValueError(f"item index {int(bad[0])} is out of range 1..{self.n_items - 1} (0 is padding; "
                                      "map external ids with the model's item vocabulary)")
-                all_ts = self._batch_input(pb, r, "timestamps", np.float64, B) if self.uses_timestamps else None
+                all_ts = self._batch_input(pb, r, self.time_name, np.float32 if self.gaps else np.float64, B) \
+                    if self.uses_timestamps else None
                 all_cands = self._request_candidates(pb, r, B)
                 all_states = {}
                 for name, shape, dt, _ in self.states:
@@ -334,7 +356,9 @@ class TritonPythonModel:
                     if all_cands is not None:
                         feeds["candidates"] = all_cands[b]
                     try:
-                        if self.uses_timestamps:
+                        if self.gaps:
+                            feeds["time_gaps"] = self._check_gaps(all_ts[b], T)
+                        elif self.uses_timestamps:
                             feeds["timestamps"] = self._check_ts(all_ts[b], T)
                         self._check_after_last(feeds.get("timestamps"), [feeds[n] for n, *_ in self.states])
                     except ValueError as e:
@@ -432,7 +456,7 @@ class TritonPythonModel:
                 states.append(self.store[p["corrid"]][0])
         feeds = {"item_ids": np.stack([p["ids"] for _, p in members])}
         if self.uses_timestamps:
-            feeds["timestamps"] = np.stack([p["ts"] for _, p in members])
+            feeds[self.time_name] = np.stack([p["ts"] for _, p in members])
         for j, (name, _, _, _) in enumerate(self.states):
             feeds[name] = np.stack([s[j] for s in states])
         if self.candidates:

@@ -515,7 +515,9 @@ def main(argv=None) -> int:
                     help="with --emulate: build the emulated kernels with AddressSanitizer and run the checks under "
                          "it (this command runs again with the ASan runtime preloaded), so any read or write outside "
                          "a tensor fails")
-    ap.add_argument("--cases", default=None, help="only the cases whose id contains this text")
+    ap.add_argument("--cases", default=None, help="only the cases whose id contains this text (one must match)")
+    ap.add_argument("--start-only", action="store_true",
+                    help="load the kernels library and stop before any case (times the command's start)")
     ap.add_argument("--plugin", action="store_true",
                     help="with --emulate: run each case through the TensorRT plugin's enqueue (creator, fields, shape "
                          "mapping; the emulated plugin library, needs the TensorRT headers) instead of the kernel ABI")
@@ -569,7 +571,9 @@ def main(argv=None) -> int:
     else:
         k = ScanKernels(a.lib)
     res = {}
-    if a.check or not a.bench:
+    if a.start_only:
+        res["check"] = []
+    elif a.check or not a.bench:
         res["check"] = check_all(k, a.long_T, only=a.cases, plugin=a.plugin)
     if a.bench:
         res["bench"] = bench(k)

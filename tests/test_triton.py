@@ -13,6 +13,11 @@
   server with implicit and explicit state matched against PyTorch ``model.step``; the Triton-served initial state is
   checked to come from the data file. TiM4Rec (faithful) window graph served with float64 timestamps. TensorRT +
   float64 is refused with a clear error.
+* The gaps form (``--time-input gaps``, float32 ``time_gaps``, the client keeps ``last_ts``) on every backend: configs,
+  the implicit graph fed the gaps the client computes, a real server (implicit and explicit) against ``model.step``.
+* ``TritonRecommender.end()`` sends what each backend runs (one item for onnxruntime/tensorrt); ``--scores`` comes
+  back from the python backend; every generated README's code compiles; serving numbers past the config fields are
+  refused up front; the TensorRT scripts build with export.trt's settings and profile and register the plugins.
 """
 
 from __future__ import annotations
@@ -865,10 +870,11 @@ def test_launcher_listens_on_loopback_only(tmp_path, monkeypatch, capsys):
 
 
 # ======================================================= the client against a recorded stand-in (no server needed)
-def _fake_http_client(monkeypatch, inputs, outputs, parameters=None):
+def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=None):
     """tritonclient.http.InferenceServerClient replaced by a stand-in serving one model's metadata (``inputs``,
-    ``outputs``: name -> (datatype, shape)); each infer call is recorded; ``fail[0]``, when set, is the message of the
-    InferenceServerException the next calls raise."""
+    ``outputs``: name -> (datatype, shape)) and config (``parameters``, ``backend``); each infer call is recorded
+    (input names, ``arrays``: each input's data, and the keyword arguments); ``fail[0]``, when set, is the message of
+    the InferenceServerException the next calls raise."""
     import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
 
@@ -896,10 +902,13 @@ def _fake_http_client(monkeypatch, inputs, outputs, parameters=None):
             return {"name": name, "inputs": io(inputs), "outputs": io(outputs)}
 
         def get_model_config(self, name):
-            return {"parameters": {k: {"string_value": v} for k, v in (parameters or {}).items()}}
+            return {"parameters": {k: {"string_value": v} for k, v in (parameters or {}).items()},
+                    **({"backend": backend} if backend else {})}
 
         def infer(self, model_name, ins, outputs=None, **kw):
-            calls.append({"inputs": [i.name() for i in ins], **kw})
+            dts = {"INT64": np.int64, "FP32": np.float32, "FP64": np.float64, "INT32": np.int32}
+            calls.append({"inputs": [i.name() for i in ins], **kw, "arrays": {
+                i.name(): np.frombuffer(i._raw_data, dts[i.datatype()]).reshape(i.shape()) for i in ins}})
             if fail[0]:
                 raise InferenceServerException(fail[0])
             return Result(ins)
@@ -1049,7 +1058,16 @@ def test_explicit_state_client_refuses_a_state_written_by_another_model(monkeypa
 
 # ================================================================================================ live server
 @pytest.fixture(scope="module")
-def live_server(mamba_export, lru_seen_export, mamba_cand_export, tmp_path_factory):
+def mamba_scores_export(mamba, tmp_path_factory):
+    """The mamba fixture's step graph exported with --scores (all scores beside the top-k)."""
+    d = tmp_path_factory.mktemp("mamba_scores_export")
+    export_model(mamba, d, topk=K, with_scores=True, verify=False)
+    mamba.item_vocab.save(str(d))
+    return d
+
+
+@pytest.fixture(scope="module")
+def live_server(mamba_export, lru_seen_export, mamba_cand_export, mamba_scores_export, tmp_path_factory):
     from export import triton_server as S
 
     try:
@@ -1070,6 +1088,8 @@ def live_server(mamba_export, lru_seen_export, mamba_cand_export, tmp_path_facto
                        vocab_path=str(mamba_cand_export / "item_vocab.json"), max_batch_size=16, queue_delay_us=1000)
     T.write_repository(mamba_cand_export, repo, name="m4r_cand_explicit", backend="python", state="explicit",
                        vocab_path=str(mamba_cand_export / "item_vocab.json"), max_batch_size=16)
+    T.write_repository(mamba_scores_export, repo, name="m4r_scores", backend="python", idle_timeout_s=30,
+                       max_batch_size=8)
     try:
         h = S.start_server(repo, timeout=240)
     except RuntimeError as e:
@@ -1552,6 +1572,16 @@ def tc_export(tc_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tc_gaps_export(tc_model, tmp_path_factory):
+    """The TiM4Rec-causal fixture exported in the TensorRT-compatible form (``--time-input gaps``: float32
+    ``time_gaps``, no ``last_ts`` state; what export.trt builds)."""
+    d = tmp_path_factory.mktemp("tc_gaps_export")
+    export_model(tc_model, d, topk=K, verify=False, time_input="gaps")
+    tc_model.item_vocab.save(str(d))
+    return d
+
+
+@pytest.fixture(scope="module")
 def tim4rec_window_export(tmp_path_factory):
     from zoo.models.tim4rec import TiM4RecConfig, TiM4RecModel
 
@@ -1680,7 +1710,7 @@ def test_tim4rec_causal_implicit_graph_follows_triton_state_protocol(tc_model, t
 
 
 @pytest.fixture(scope="module")
-def tc_server(tc_export, tim4rec_window_export, tmp_path_factory):
+def tc_server(tc_export, tc_gaps_export, tim4rec_window_export, tmp_path_factory):
     from export import triton_server as S
 
     try:
@@ -1698,6 +1728,10 @@ def tc_server(tc_export, tim4rec_window_export, tmp_path_factory):
                              max_batch_size=4, idle_timeout_s=1.0)   # its failed sequence is dropped within 1 s
     (bad / "initial_state" / "last_ts.bin").write_bytes(np.zeros(1, np.float64).tobytes())
     T.write_repository(tim4rec_window_export[1], repo, name="tim4rec_window", backend="python", max_batch_size=8)
+    T.write_repository(tc_gaps_export, repo, name="tc_gaps", backend="python", vocab_path=vocab, idle_timeout_s=60,
+                       max_batch_size=8, queue_delay_us=1000)
+    T.write_repository(tc_gaps_export, repo, name="tc_gaps_explicit", backend="python", state="explicit",
+                       vocab_path=vocab, max_batch_size=8)
     try:
         h = S.start_server(repo, timeout=240)
     except RuntimeError as e:
@@ -1734,11 +1768,16 @@ def test_live_tim4rec_causal_implicit_state_matches_pytorch(tc_server, tc_model)
         pos[u] += 1
     _check_served([x for u in plans for x in served[u]], [x for u in plans for x in refs[u]], "Triton implicit")
     assert cl.last_live_sequences == 0                               # every sequence ended
-    # the server checks time order against the sequence's last_ts (the graph alone would clamp the gap to 0)
+    # time order against the sequence's last_ts (the graph alone would clamp the gap to 0): the client checks it
+    # for its own sequences before sending, the server for every request (here one from a client that did not
+    # send the sequence's previous event)
     items, ts = plans[0][0]
     cl.prime("tc-back", v.decode(items), timestamps=ts)
-    with pytest.raises(TritonRecommendError, match="go back in time"):
+    with pytest.raises(ValueError, match=r"go back in time .*< last_ts"):
         cl.recommend("tc-back", v.decode([5]), timestamps=[ts[-1] - 1.0])
+    other = TritonRecommender(h.grpc_url, "tc", protocol="grpc", vocab=str(repo / "tc" / "item_vocab.json"))
+    with pytest.raises(TritonRecommendError, match="go back in time"):
+        other.recommend("tc-back", v.decode([5]), timestamps=[ts[-1] - 1.0], start=False)
     with pytest.raises(ValueError, match="decrease"):                 # client-side, nothing sent
         cl.recommend("tc-back", v.decode([5, 6]), timestamps=[ts[-1] + 9, ts[-1] + 8])
     # the rejected event left the sequence as it was: it continues (not restarted) and ends cleanly
@@ -2201,3 +2240,443 @@ def test_live_perf_data_drives_the_server_as_perf_analyzer_would(tc_server, tc_m
     ref = model.predict(ids, mask, timestamps=ts).numpy()
     _check_served(served, [(x, None) for x in ref], "perf_data window requests (TiM4Rec)")
     cl.close()
+
+
+# ============================= the gaps form, end() on every backend, --scores, README code, numbers, TensorRT scripts
+GAPS_VARIANTS = [(b, s) for b in ("onnxruntime", "tensorrt", "python") for s in ("implicit", "explicit")]
+
+
+@pytest.mark.parametrize("backend,state", GAPS_VARIANTS)
+def test_gaps_form_repositories_take_float32_time_gaps(tc_gaps_export, tmp_path, backend, state):
+    """A --time-input gaps export (what export.trt builds for TiM4Rec-causal) gets repositories that take what its
+    graph takes -- time_gaps TYPE_FP32, no float64 tensor, no last_ts state (so the tensorrt backend serves it too,
+    its engine profile spanning time_gaps like item_ids) -- and say so: the config names the form and the client's
+    state (last_ts, -1), the README the float32 gaps and who keeps last_ts, never float64 timestamps."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    mdir = T.write_repository(tc_gaps_export, tmp_path / "repo", backend=backend, state=state, max_batch_size=4)
+    cfg = _parse(mdir / "config.pbtxt")
+    types = {t.name: mc.DataType.Name(t.data_type) for t in list(cfg.input) + list(cfg.output)}
+    assert types["time_gaps"] == "TYPE_FP32" and "timestamps" not in types and "last_ts" not in types
+    assert "TYPE_FP64" not in (mdir / "config.pbtxt").read_text()
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["time_input"] == "gaps" and json.loads(params["client_state"]) == {"last_ts": -1.0}
+    if cfg.HasField("sequence_batching"):
+        assert [s.input_name for s in cfg.sequence_batching.state] == ["conv_state", "ssm_state", "time_conv_state"]
+    readme = (mdir / "README.md").read_text()
+    assert "`time_gaps`" in readme and "**float32** `TYPE_FP32`" in readme and "**float64**" not in readme
+    assert ("keeps each live sequence's `last_ts`" if state == "implicit" else "stores `last_ts`") in readme
+    if backend == "tensorrt":
+        shapes = _trtexec_shapes(_trtexec_args(mdir, tmp_path)[0])
+        L = json.loads((tc_gaps_export / "state_spec.json").read_text())["max_seq_length"]
+        assert shapes["--maxShapes"]["time_gaps"] == shapes["--maxShapes"]["item_ids"] == f"4x{L}"
+        assert shapes["--minShapes"]["time_gaps"] == "1x1"
+
+
+def test_gaps_implicit_graph_runs_the_gaps_the_client_sends(tc_model, tc_gaps_export, tmp_path, monkeypatch):
+    """The onnxruntime / tensorrt implicit-state graph of the gaps form, driven like Triton's sequence batcher with
+    exactly the requests TritonRecommender sends (recorded from a stand-in server: float32 time_gaps it computes from
+    the float64 timestamps and the last_ts it keeps per sequence; 0 for a sequence's first event), answers as PyTorch
+    model.step on those timestamps; its end() request (one item, gap 0) runs too."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import TritonRecommender
+
+    mdir = T.write_repository(tc_gaps_export, tmp_path / "repo", backend="onnxruntime")
+    spec = json.loads((tc_gaps_export / "state_spec.json").read_text())
+    sess = ort.InferenceSession(str(mdir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    calls, _ = _fake_http_client(monkeypatch, {"item_ids": ("INT64", (-1, -1)), "time_gaps": ("FP32", (-1, -1))},
+                                 {"topk_ids": ("INT64", (-1, K)), "topk_scores": ("FP32", (-1, K))},
+                                 {"time_input": "gaps"}, backend="onnxruntime")
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=TC_ITEMS)
+    plans = _plans(13, 3)
+    for u, plan in plans.items():                                  # one sequence after the other, then its end()
+        for items, ts in plan:
+            rec.recommend(u + 1, items, timestamps=ts)
+        rec.end(u + 1)
+    served, expect, at = [], [], 0
+    for u, plan in plans.items():
+        refs, slot = _step_reference(tc_model, plan), None
+        for i, c in enumerate(calls[at:at + len(plan) + 1]):
+            a = c["arrays"]
+            gaps = np.asarray(plan[i][1] if i < len(plan) else [plan[-1][1][-1]], np.float64)
+            prev = plan[i - 1][1][-1] if i else gaps[0]
+            assert a["time_gaps"].dtype == np.float32
+            assert a["time_gaps"][0].tolist() == np.float32(np.diff(gaps, prepend=prev)).tolist()
+            assert (c["sequence_start"], c["sequence_end"]) == (i == 0, i == len(plan))
+            feeds = {"item_ids": a["item_ids"], "time_gaps": a["time_gaps"], "READY": np.ones((1, 1), np.int32),
+                     "START": np.array([[int(c["sequence_start"])]], np.int32), "CORRID": np.array([[u + 1]])}
+            for s in spec["state"]:
+                feeds[s["name"]] = slot[s["name"]] if i else np.full([1] + s["shape"][1:], np.nan, np.float32)
+            outs = dict(zip(names, sess.run(None, feeds), strict=True))
+            slot = {s["name"]: outs[s["output"]] for s in spec["state"]}
+            if i < len(plan):
+                served.append((outs["topk_ids"][0], outs["topk_scores"][0]))
+                expect.append(refs[i])
+        assert calls[at + len(plan)]["arrays"]["item_ids"].tolist() == [[1]]      # the END: one item, gap 0
+        at += len(plan) + 1
+    assert at == len(calls)
+    _check_served(served, expect, "ORT implicit gaps graph, client-computed gaps")
+
+
+def test_python_backend_checks_time_gaps(tc_model, tc_gaps_export, tmp_path, monkeypatch):
+    """The python backend serves the gaps form (implicit and explicit state): float32 time_gaps, one per item,
+    finite and non-negative, else an error for that request alone; the model keeps no last_ts."""
+    model = _backend_model(tc_gaps_export, tmp_path / "repo", monkeypatch, idle_timeout_s=30)
+    assert model.gaps and model.i_last_ts is None and [n for n, *_ in model.states] == ["conv_state", "ssm_state",
+                                                                                        "time_conv_state"]
+
+    def req(corrid, gaps, n=None, dtype=np.float32):
+        r = _seq_request(model, corrid, [3] * (len(gaps) if n is None else n), start=True)
+        r["time_gaps"] = np.array([gaps], dtype)
+        return r
+
+    ok, neg, nan, f64, short, none = model.execute([req(1, [0.0, 60.0]), req(2, [-1.0]), req(3, [np.nan]),
+                                                    req(4, [1.0], dtype=np.float64), req(5, [1.0], n=2),
+                                                    {k: v for k, v in req(6, [0.0]).items() if k != "time_gaps"}])
+    assert ok.error is None
+    ref = _step_reference(tc_model, [([3, 3], [1.6e9, 1.6e9 + 60])])[0][0]
+    np.testing.assert_allclose(ok.outputs["topk_scores"][0], ref[ok.outputs["topk_ids"][0]], atol=1e-4)
+    for r, msg in ((neg, "time_gaps must be finite and non-negative"), (nan, "finite and non-negative"),
+                   (f64, "time_gaps must be FP32"), (short, "time_gaps has 1 values for 2 items"),
+                   (none, "request has no input 'time_gaps'")):
+        assert r.error is not None and msg in r.error.msg, (msg, r.error and r.error.msg)
+    explicit = _backend_model(tc_gaps_export, tmp_path / "repo_x", monkeypatch, state="explicit")
+    r = {"item_ids": np.array([[3, 3], [4, 4]], np.int64), "time_gaps": np.array([[0, 60], [0, -5]], np.float32)}
+    for name, shape, dt, init in explicit.states:
+        r[name] = np.full((2, *shape), init, np.dtype(dt))
+    (bad,) = explicit.execute([r])
+    assert bad.error is not None and re.search(r"time_gaps must be finite and non-negative .*\(row 1\)$",
+                                               bad.error.msg), bad.error
+    r["time_gaps"][1, 1] = 5.0
+    (good,) = explicit.execute([r])
+    assert good.error is None and set(good.outputs) >= {"topk_ids", "conv_state_out", "time_conv_state_out"}
+    assert "last_ts_out" not in good.outputs
+
+
+def test_live_gaps_form_matches_pytorch(tc_server, tc_model):
+    """The gaps form on a real server: TritonRecommender (sequence batcher; it keeps each live sequence's last_ts and
+    sends float32 gaps) and ExplicitStateRecommender (last_ts stored beside the graph's states) take float64
+    timestamps as for the other form and answer as PyTorch model.step on them; time going back is refused before
+    anything is sent; a sequence this client did not send the previous event of cannot be continued by it (its
+    last_ts is unknown); end() frees the state (an END without items on the python backend), and the sequence then
+    starts anew."""
+    from export.triton_client import ExplicitStateRecommender, TritonRecommendError, TritonRecommender
+
+    h, repo = tc_server
+    v = tc_model.item_vocab
+    cl = TritonRecommender(h.grpc_url, "tc_gaps", protocol="grpc", vocab=v)
+    assert cl.time_gaps and cl.inputs["time_gaps"]["datatype"] == "FP32" and cl.backend == "python"
+    plans = _plans(41, 4)
+    refs = {u: _step_reference(tc_model, p) for u, p in plans.items()}
+    served, expect = [], []
+    for i in range(max(map(len, plans.values()))):                  # interleaved sequences
+        for u, plan in plans.items():
+            items, ts = plan[i]
+            top, sc = cl.recommend_with_scores(f"g-{u}", v.decode(items), timestamps=ts)
+            served.append((v.encode(top), sc))
+            expect.append(refs[u][i])
+    _check_served(served, expect, "Triton implicit, gaps form")
+    last = plans[0][-1][1][-1]
+    with pytest.raises(ValueError, match=r"go back in time .*< last_ts"):
+        cl.recommend("g-0", v.decode([3]), timestamps=[last - 1.0])
+    other = TritonRecommender(h.grpc_url, "tc_gaps", protocol="grpc", vocab=v)
+    with pytest.raises(TritonRecommendError, match="did not send its previous event"):
+        other.recommend("g-0", v.decode([3]), timestamps=[last + 1.0], start=False)
+    for u in plans:
+        cl.end(f"g-{u}")
+    assert cl.last_live_sequences == 0
+    items, ts = plans[0][0]
+    top, sc = cl.recommend_with_scores("g-0", v.decode(items), timestamps=ts)     # started anew: gap 0 first
+    _check_served([(v.encode(top), sc)], [refs[0][0]], "gaps form, restarted after end()")
+    cl.end("g-0")
+
+    store = _BytesStore()
+    ex = ExplicitStateRecommender(h.http_url, "tc_gaps_explicit", protocol="http", vocab=v, store=store)
+    init = ex.initial_state()
+    assert init["last_ts"].dtype == np.float64 and init["last_ts"].tolist() == [[-1.0]] and "time_gaps" not in init
+    plans = _plans(43, 4)
+    refs = {u: _step_reference(tc_model, p) for u, p in plans.items()}
+    served, expect = [], []
+    for i in range(max(map(len, plans.values()))):
+        events = [(u, v.decode(plan[i][0]), plan[i][1]) for u, plan in plans.items()]
+        for (top, sc), u in zip(ex.recommend_many(events), plans, strict=True):   # users as the rows of a request
+            served.append((v.encode(top), sc))
+            expect.append(refs[u][i])
+    _check_served(served, expect, "Triton explicit, gaps form")
+    for u, plan in plans.items():
+        st = store.get(u)
+        assert st["last_ts"].dtype == np.float64 and st["last_ts"][0, 0] == plan[-1][1][-1]
+        np.testing.assert_allclose(st["ssm_state"][0], refs[u][-1][1]["ssm_state"][0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="go back in time"):
+        ex.recommend(0, v.decode([3]), timestamps=[plans[0][-1][1][-1] - 60])
+
+
+def test_client_end_sends_what_every_backend_runs(mamba_cand_export, tc_export, tmp_path, monkeypatch):
+    """end() on an onnxruntime / tensorrt model sends an END with one item (index 1; at the sequence's last
+    timestamp for a time-aware model; a row of 0s for the required candidates), which the implicit-state graph runs
+    (it cannot run T = 0 items: ONNX Runtime fails, or crashes, on it, and the TensorRT profile starts at 1); the
+    python backend gets an END without items. A failed END closes the sequence for the client all the same: the next
+    event starts it (START) instead of going without START, being refused and marking the user gone."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import TritonRecommendError, TritonRecommender, sequence_id
+
+    outs = {"topk_ids": ("INT64", (-1, K)), "topk_scores": ("FP32", (-1, K))}
+    ins = {"item_ids": ("INT64", (-1, -1)), "timestamps": ("FP64", (-1, -1))}
+    for backend, n in (("onnxruntime", 1), ("tensorrt", 1), ("python", 0)):
+        calls, fail = _fake_http_client(monkeypatch, ins, outs, backend=backend)
+        rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=TC_ITEMS)
+        rec.prime("u", [3, 4], timestamps=[1.6e9, 1.6e9 + 60])
+        rec.end("u")
+        end = calls[-1]
+        assert (end["sequence_start"], end["sequence_end"]) == (False, True)
+        assert end["arrays"]["item_ids"].shape == (1, n) and (end["arrays"]["item_ids"] == 1).all()
+        assert end["arrays"]["timestamps"].tolist() == [[1.6e9 + 60] * n]
+        if backend == "onnxruntime":
+            tc_end = end["arrays"]
+        # a failed END: the sequence is closed anyway, and its next event starts it
+        rec.prime("w", [3], timestamps=[1.6e9])
+        fail[0] = "onnxruntime failed: Non-zero status code returned while running Scan node"
+        with pytest.raises(TritonRecommendError, match="Scan node"):
+            rec.end("w")
+        fail[0] = None
+        rec.recommend("w", [5], timestamps=[1.6e9 + 1])
+        assert calls[-1]["sequence_start"] is True and calls[-1]["sequence_id"] == sequence_id("w")
+    # the feeds end() sent run in the onnxruntime implicit graph, after a primed event
+    mdir = T.write_repository(tc_export, tmp_path / "tc", backend="onnxruntime")
+    spec = json.loads((tc_export / "state_spec.json").read_text())
+    sess = ort.InferenceSession(str(mdir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    state = {s["name"]: np.full([1] + s["shape"][1:], s["init"], np.float64 if s["dtype"] == "float64" else np.float32)
+             for s in spec["state"]}
+    ctl = {"READY": np.ones((1, 1), np.int32), "CORRID": np.ones((1, 1), np.int64)}
+    outs_ = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {
+        "item_ids": np.array([[3, 4]]), "timestamps": np.array([[1.6e9, 1.6e9 + 60]]), **state, **ctl,
+        "START": np.ones((1, 1), np.int32)}), strict=True))
+    state = {s["name"]: outs_[s["output"]] for s in spec["state"]}
+    sess.run(None, {**tc_end, **state, **ctl, "START": np.zeros((1, 1), np.int32)})
+    # candidates: a tensorrt / onnxruntime model requires the input; end() sends a row of 0s, which the graph runs
+    calls, _ = _fake_http_client(monkeypatch, {"item_ids": ("INT64", (-1, -1)), "candidates": ("INT64", (-1, -1))},
+                                 outs, backend="tensorrt")
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+    rec.prime("u", [3, 4])
+    rec.end("u")
+    sent = calls[-1]["arrays"]
+    assert sent["item_ids"].tolist() == [[1]] and sent["candidates"].tolist() == [[0]]
+    mdir = T.write_repository(mamba_cand_export, tmp_path / "cand", backend="onnxruntime")
+    spec = json.loads((mamba_cand_export / "state_spec.json").read_text())
+    sess = ort.InferenceSession(str(mdir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    state = {s["name"]: np.zeros([1] + s["shape"][1:], np.float32) for s in spec["state"]}
+    top = sess.run(["topk_ids"], {**sent, **state, **ctl, "START": np.ones((1, 1), np.int32)})[0]
+    assert top.shape == (1, K) and (top > 0).all()                  # a row of 0s restricts nothing
+
+
+def test_python_backend_returns_the_scores_output(mamba, mamba_scores_export, tmp_path, monkeypatch):
+    """A --scores graph behind the python backend: the config declares ``scores`` and every answer to an event carries
+    it (all raw scores, the padding's -inf), sequence and explicit-state forms alike; an END without items has
+    none."""
+    model = _backend_model(mamba_scores_export, tmp_path / "repo", monkeypatch, idle_timeout_s=30)
+    cfg = _parse(tmp_path / "repo" / "mamba4rec_step_python" / "config.pbtxt")
+    assert [list(o.dims) for o in cfg.output if o.name == "scores"] == [[N_ITEMS]]
+    a, b = [3, 9, 27], [50, 51]
+    resp = model.execute([_seq_request(model, 1, a, start=True), _seq_request(model, 2, b, start=True)])
+    for r, (_, ref) in zip(resp, _reference_topk(mamba, [a, b]), strict=True):
+        assert r.error is None and r.outputs["scores"].shape == (1, N_ITEMS)
+        sc = r.outputs["scores"][0]
+        assert np.isneginf(sc[0]) and np.array_equal(r.outputs["topk_scores"][0], sc[r.outputs["topk_ids"][0]])
+        np.testing.assert_allclose(sc[1:], ref[1:], atol=1e-4)
+    (done,) = model.execute([_seq_request(model, 1, [], end=True)])
+    assert done.error is None and "scores" not in done.outputs
+    explicit = _backend_model(mamba_scores_export, tmp_path / "repo_x", monkeypatch, state="explicit")
+    r = {"item_ids": np.array([a[:2], b], np.int64)}
+    for name, shape, dt, init in explicit.states:
+        r[name] = np.full((2, *shape), init, np.dtype(dt))
+    (resp,) = explicit.execute([r])
+    assert resp.error is None and resp.outputs["scores"].shape == (2, N_ITEMS)
+    np.testing.assert_allclose(resp.outputs["scores"][1, 1:], _reference_topk(mamba, [b])[0][1][1:], atol=1e-4)
+
+
+def test_live_scores_output(live_server, mamba):
+    """On the real server, a --scores model's response carries ``scores`` (it was declared but never returned)."""
+    import tritonclient.grpc as grpcclient
+
+    h, _ = live_server
+    cl = grpcclient.InferenceServerClient(h.grpc_url)
+    items = np.array([[3, 9, 27]], np.int64)
+    inp = grpcclient.InferInput("item_ids", list(items.shape), "INT64")
+    inp.set_data_from_numpy(items)
+    r = cl.infer("m4r_scores", [inp], outputs=[grpcclient.InferRequestedOutput(n) for n in ("topk_ids", "scores")],
+                 sequence_id=77, sequence_start=True, sequence_end=True)
+    sc = r.as_numpy("scores")
+    assert sc is not None and sc.shape == (1, N_ITEMS) and np.isneginf(sc[0, 0])
+    np.testing.assert_allclose(sc[0, 1:], _reference_topk(mamba, [[3, 9, 27]])[0][1][1:], atol=1e-4)
+    cl.close()
+
+
+def test_generated_readmes_hold_valid_code(mamba_export, lru_seen_export, mamba_cand_export, mamba_scores_export,
+                                           tc_export, tc_gaps_export, tim4rec_window_export, tmp_path):
+    """Every python block of every README the generator writes (each backend and state of each kind of export the
+    tests serve: plain, --exclude-seen/--user-vector, --candidates, --scores, float64 time, the gaps form, window
+    graphs with and without time) compiles, and every bash block and script passes ``bash -n`` (the time-aware
+    example was a tuple with ``timestamps=`` inside)."""
+    import subprocess
+
+    sas = tmp_path / "sasrec"
+    export_model(_sasrec(), sas, kind="window", topk=K, verify=False)
+    jobs = [(d, b, s) for d in (mamba_export, lru_seen_export[1], mamba_cand_export, mamba_scores_export, tc_export,
+                                tc_gaps_export) for b in T.BACKENDS for s in T.STATES]
+    jobs += [(sas, b, "implicit") for b in T.BACKENDS] + [(tim4rec_window_export[1], b, "implicit")
+                                                          for b in ("onnxruntime", "python")]
+    n_py = written = 0
+    for i, (d, backend, state) in enumerate(jobs):
+        if backend == "tensorrt" and T.float64_tensors(T.read_spec(d)):
+            continue                                                  # refused (test_tensorrt_refuses_float64...)
+        written += 1
+        repo = tmp_path / f"repo{i}"
+        mdir = T.write_repository(d, repo, backend=backend, state=state)
+        text = (mdir / "README.md").read_text()
+        blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+        assert blocks, mdir
+        for block in blocks:
+            compile(block, f"{mdir}/README.md", "exec")               # SyntaxError names the README
+            n_py += 1
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            subprocess.run(["bash", "-n"], input=block, text=True, check=True)
+        for script in (repo / "serve.sh", mdir / "build_engine.sh"):
+            if script.exists():
+                subprocess.run(["bash", "-n", str(script)], check=True)
+    assert written == 39 and n_py >= written
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--idle-timeout-s", "1e14"], "--idle-timeout-s: idle_timeout_s must be at most 18446744073709 s"),
+    (["--max-batch-size", str(2 ** 31)], "--max-batch-size: max_batch_size must be at most 2147483647 (Triton's"),
+    (["--max-candidate-sequences", str(2 ** 31)], "--max-candidate-sequences: max_candidate_sequences must be at most"),
+    (["--instances", str(2 ** 31)], "--instances: instances must be at most 2147483647"),
+    (["--queue-delay-us", str(2 ** 64)], "--queue-delay-us: queue_delay_us must be at most 18446744073709551615")])
+def test_cli_refuses_numbers_past_the_config_fields_before_any_export(tmp_path, flags, message, capsys):
+    """Serving numbers past what their field of Triton's model_config.proto holds (int32 batch sizes, counts and
+    candidate sequences; uint64 microseconds) are usage errors naming the flag before anything is exported (here the
+    model does not even exist) -- not a protobuf 'Value out of range' after the export."""
+    with pytest.raises(SystemExit) as e:
+        T.main(["--model", str(tmp_path / "no-such-model"), "--repo", str(tmp_path / "r"), *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_largest_serving_numbers_still_validate(mamba_export):
+    """The upper bounds are the config fields' own: at them the config parses and validates, one past is refused."""
+    spec = json.loads((mamba_export / "state_spec.json").read_text())
+    top = dict(max_batch_size=T.INT32_MAX, idle_timeout_s=T.UINT64_MAX // 10 ** 6, instances=T.INT32_MAX,
+               max_candidate_sequences=T.INT32_MAX, queue_delay_us=T.UINT64_MAX)
+    for backend, state in (("onnxruntime", "implicit"), ("python", "implicit"), ("onnxruntime", "explicit")):
+        cfg = T.validate_config(T.make_config(spec, "m", backend, state, **top),
+                                T.implicit_spec(spec) if (backend, state) == ("onnxruntime", "implicit") else spec)
+        assert cfg.max_batch_size == T.INT32_MAX
+    for key in top:
+        with pytest.raises(ValueError, match=f"{key} must be at most"):
+            T.make_config(spec, "m", **{**top, key: top[key] + (1 if key != "idle_timeout_s" else 10)})
+    with pytest.raises(ValueError, match="max_batch_size must be an int >= 1, got inf"):
+        T.check_config_numbers(max_batch_size=float("inf"))
+
+
+def _trtexec_args(mdir, tmp_path, env=None):
+    """Run ``mdir/build_engine.sh`` with a stand-in trtexec (it records its arguments and whether
+    ZOO_TRT_PLUGINS_AUTOREGISTER was set, then writes the plan); returns ``(args, autoregister)`` and removes the
+    plan again."""
+    import subprocess
+
+    fake = tmp_path / "fake-trtexec"
+    fake.write_text('#!/usr/bin/env bash\necho "$@" > "$(dirname "$0")/trtexec-args"\n'
+                    'echo "${ZOO_TRT_PLUGINS_AUTOREGISTER:-unset}" > "$(dirname "$0")/trtexec-autoregister"\n'
+                    'for a in "$@"; do case $a in --saveEngine=*) touch "${a#--saveEngine=}";; esac; done\n')
+    fake.chmod(0o755)
+    run = subprocess.run(["bash", str(mdir / "build_engine.sh")], capture_output=True, text=True, check=False,
+                         env={**os.environ, "TRTEXEC": str(fake), "ZOO_TRT_PLUGINS_AUTOREGISTER": "1", **(env or {})})
+    assert run.returncode == 0, run.stderr
+    (mdir / "1" / "model.plan").unlink()
+    return (tmp_path / "trtexec-args").read_text().split(), (tmp_path / "trtexec-autoregister").read_text().strip()
+
+
+def _trtexec_shapes(args) -> dict:
+    """``{"--minShapes": {input: "1x1", ...}, ...}`` from trtexec's arguments."""
+    return {k: dict(x.split(":") for x in v.split(",")) for k, v in (a.split("=", 1) for a in args if "Shapes=" in a)}
+
+
+def test_tensorrt_scripts_build_what_export_trt_builds(mamba_cand_export, tmp_path):
+    """build_engine.sh builds with export.trt's builder settings (strongly typed, TF32 off for fp32 only, the aliased
+    plugin I/O preview feature, a 2 GiB workspace; build only) and its optimisation profile
+    (export.trt.profile_shapes: a --candidates graph's C up to export.trt's --max-candidates default, 1,024, not
+    max_seq_length; T up to max_seq_length; the batch up to max_batch_size), from the graph its folder holds (an
+    explicit-state folder has onnx/model.onnx, not the implicit graph it named), with ZOO_TRT_PLUGINS_AUTOREGISTER
+    unset for trtexec; the README states the limits."""
+    from export.trt import MAX_CANDIDATES, profile_shapes
+
+    spec = json.loads((mamba_cand_export / "state_spec.json").read_text())
+    L = spec["max_seq_length"]
+    for state, graph in (("implicit", "model_implicit.onnx"), ("explicit", "model.onnx")):
+        mdir = T.write_repository(mamba_cand_export, tmp_path / "repo", name=f"cand_{state}", backend="tensorrt",
+                                  state=state, max_batch_size=8)
+        args, autoregister = _trtexec_args(mdir, tmp_path)
+        assert autoregister == "unset"
+        assert f"--onnx={mdir}/onnx/{graph}" in args and (mdir / "onnx" / graph).is_file()
+        for flag in ("--stronglyTyped", "--noTF32", "--preview=+aliasedPluginIO1003", "--memPoolSize=workspace:2048",
+                     "--skipInference", f"--dynamicPlugins={mdir}/plugins/{T.ps.PLUGIN_LIBRARY}"):
+            assert flag in args, flag
+        shapes = _trtexec_shapes(args)
+        assert (shapes["--minShapes"]["candidates"], shapes["--optShapes"]["candidates"],
+                shapes["--maxShapes"]["candidates"]) == ("1x1", "8x64", f"8x{MAX_CANDIDATES}")
+        assert shapes["--maxShapes"]["item_ids"] == f"8x{L}" and shapes["--minShapes"]["item_ids"] == "1x1"
+        m = onnx.load(str(mdir / "onnx" / graph))
+        g = m.graph
+        assert not m.functions and any(n.op_type == "SelectiveScan" for n in g.node)   # scan nodes, no local bodies
+        assert set(shapes["--maxShapes"]) == {i.name for i in g.input}          # every input, nothing else
+        for i in g.input:                                                       # export.trt's own profile
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim]
+            want = profile_shapes(i.name, dims, max_batch=8, max_steps=L)
+            assert [shapes[k][i.name] for k in ("--minShapes", "--optShapes", "--maxShapes")] == [
+                "x".join(map(str, s)) for s in want]
+        readme = (mdir / "README.md").read_text()
+        assert f"1..8 rows a request" in readme and f"1..{L} new items a request" in readme
+        assert f"1..{MAX_CANDIDATES:,} candidates a request" in readme and "--noTF32" in readme
+    # an fp16 graph: strongly typed, TF32 left as export.trt leaves it (it clears TF32 for fp32 only)
+    fp16 = tmp_path / "fp16"
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(mamba_cand_export, fp16)
+    (fp16 / "state_spec.json").write_text(json.dumps({**spec, "precision": "fp16"}))
+    mdir = T.write_repository(fp16, tmp_path / "repo16", backend="tensorrt")
+    args, _ = _trtexec_args(mdir, tmp_path)
+    assert "--stronglyTyped" in args and "--noTF32" not in args and "--noTF32" not in (mdir / "README.md").read_text()
+
+
+def test_serve_sh_registers_the_plugins_for_tritonserver_only(mamba_export, tmp_path):
+    """serve.sh, run with stand-ins for docker (it runs the container's script on the host, /models mapped to the
+    repository), trtexec and tritonserver: each missing plan is built with ZOO_TRT_PLUGINS_AUTOREGISTER unset
+    (trtexec registers the creators itself), then tritonserver starts with it set to 1 (Triton's tensorrt backend
+    only dlopens the library, which then registers its scan plugins) and the first model's library as its plugins."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    for name in ("a_trt", "b_trt"):
+        T.write_repository(mamba_export, repo, name=name, backend="tensorrt", max_batch_size=4)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(
+        '#!/usr/bin/env bash\n# stand-in: docker run ... -v HOST:/models IMAGE bash -c SCRIPT -> SCRIPT on the host\n'
+        'for a in "$@"; do case $a in *:/models) host=${a%:/models};; esac; done\n'
+        'script="${@: -1}"\nexec bash -c "${script//\\/models/$host}"\n')
+    (bin_dir / "tritonserver").write_text(
+        '#!/usr/bin/env bash\necho "$ZOO_TRT_PLUGINS_AUTOREGISTER $*" > "$(dirname "$0")/tritonserver-run"\n')
+    fake = bin_dir / "trtexec"
+    fake.write_text('#!/usr/bin/env bash\necho "${ZOO_TRT_PLUGINS_AUTOREGISTER:-unset}" >> "$(dirname "$0")/builds"\n'
+                    'for a in "$@"; do case $a in --saveEngine=*) touch "${a#--saveEngine=}";; esac; done\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    run = subprocess.run(["bash", str(repo / "serve.sh")], capture_output=True, text=True, check=False,
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TRTEXEC": str(fake)})
+    assert run.returncode == 0, run.stderr
+    assert (bin_dir / "builds").read_text().split() == ["unset", "unset"]          # both plans, registration off
+    assert all((repo / n / "1" / "model.plan").is_file() for n in ("a_trt", "b_trt"))
+    env, *argv = (bin_dir / "tritonserver-run").read_text().split()
+    assert env == "1" and argv == [f"--model-repository={repo}",
+                                   f"--backend-config=tensorrt,plugins={repo}/a_trt/plugins/{T.ps.PLUGIN_LIBRARY}"]
+    assert "ZOO_TRT_PLUGINS_AUTOREGISTER=1" in (repo / "a_trt" / "README.md").read_text()

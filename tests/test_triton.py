@@ -1546,6 +1546,17 @@ def _step_reference(model, plan, last_ts_init=None):
     return out
 
 
+def _check_stored_time_states(store, plans, refs, client, vocab):
+    """After a time-aware explicit-state run: each user's stored float64 last_ts is their last event's timestamp and
+    the SSD state PyTorch's; an event before it is refused."""
+    for u, plan in plans.items():
+        st = store.get(u)
+        assert st["last_ts"].dtype == np.float64 and st["last_ts"][0, 0] == plan[-1][1][-1]
+        np.testing.assert_allclose(st["ssm_state"][0], refs[u][-1][1]["ssm_state"][0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="go back in time"):
+        client.recommend(0, vocab.decode([3]), timestamps=[plans[0][-1][1][-1] - 60])
+
+
 def _check_served(served, refs, what):
     """Top-K ids equal PyTorch's (or a near-tie swap) and the served scores equal PyTorch's at those ids (1e-4)."""
     worst = 0.0
@@ -1822,12 +1833,7 @@ def test_live_tim4rec_causal_explicit_state_matches_pytorch(tc_server, tc_model)
             served.append((v.encode(top), sc))
             expect.append(refs[u][i])
     _check_served(served, expect, "Triton explicit")
-    for u, plan in plans.items():
-        st = store.get(u)
-        assert st["last_ts"].dtype == np.float64 and st["last_ts"][0, 0] == plan[-1][1][-1]
-        np.testing.assert_allclose(st["ssm_state"][0], refs[u][-1][1]["ssm_state"][0], rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="go back in time"):
-        cl.recommend(0, v.decode([3]), timestamps=[plans[0][-1][1][-1] - 60])
+    _check_stored_time_states(store, plans, refs, cl, v)
 
 
 def test_live_time_aware_recommend_many_equals_one_event_a_request(tc_server, tc_model):
@@ -2404,12 +2410,7 @@ def test_live_gaps_form_matches_pytorch(tc_server, tc_model):
             served.append((v.encode(top), sc))
             expect.append(refs[u][i])
     _check_served(served, expect, "Triton explicit, gaps form")
-    for u, plan in plans.items():
-        st = store.get(u)
-        assert st["last_ts"].dtype == np.float64 and st["last_ts"][0, 0] == plan[-1][1][-1]
-        np.testing.assert_allclose(st["ssm_state"][0], refs[u][-1][1]["ssm_state"][0], rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="go back in time"):
-        ex.recommend(0, v.decode([3]), timestamps=[plans[0][-1][1][-1] - 60])
+    _check_stored_time_states(store, plans, refs, ex, v)
 
 
 def test_client_end_sends_what_every_backend_runs(mamba_cand_export, tc_export, tmp_path, monkeypatch):

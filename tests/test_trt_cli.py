@@ -577,28 +577,35 @@ def test_run_emulated_check_of_a_candidates_graph(tmp_path, monkeypatch, tiny_ma
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_main_reports_a_plugin_that_crashes_the_emulated_check(tmp_path, monkeypatch, capsys):
-    """A plugin with a wrong dim mapping (SelectiveScan reading the batch from u's channel dim) reads and writes out
-    of bounds: the child running the graph dies of the signal, and export.trt -- still alive -- fails the run with
-    exit 2, writes the report naming the signal and the plugin run it happened in, and loses nothing written before
-    (the ONNX graph, an earlier engine moved to previous/)."""
+def _mutant_plugin_run(tmp_path, monkeypatch, file: str, old: str, new: str, name: str) -> Path:
+    """export.trt's [4b] check set up with a mutant plugin library (``file`` of plugins/selectiveScanPlugin/ with
+    ``old`` replaced by ``new``; TensorRT faked missing) and a tiny saved Mamba4Rec; returns the model folder."""
     from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
 
-    src = ROOT / "plugins" / "selectiveScanPlugin" / "selectiveScanPlugin.cpp"
-    old = "static_cast<int32_t>(du.d[0]), static_cast<int32_t>(du.d[1])"          # B, E of u [B, E, T]
+    src = ROOT / "plugins" / "selectiveScanPlugin" / file
     text = src.read_text()
     assert text.count(old) == 1
-    (tmp_path / src.name).write_text(text.replace(old, "static_cast<int32_t>(du.d[1]), static_cast<int32_t>(du.d[1])"))
-    bad = _emulated_plugin_library(tmp_path / "build", out_name="libmut_crash.so",
-                                   replace={src.name: tmp_path / src.name})
+    (tmp_path / src.name).write_text(text.replace(old, new))
+    bad = _emulated_plugin_library(tmp_path / "build", out_name=name, replace={src.name: tmp_path / src.name})
     monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: bad)
     monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
     torch.manual_seed(0)
     Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=8, num_layers=1, d_state=4)).save_pretrained(
         tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_main_reports_a_plugin_that_crashes_the_emulated_check(tmp_path, monkeypatch, capsys):
+    """A plugin with a wrong dim mapping (SelectiveScan reading the batch from u's channel dim) reads and writes out
+    of bounds: the child running the graph dies of the signal, and export.trt -- still alive -- fails the run with
+    exit 2, writes the report naming the signal and the plugin run it happened in, and loses nothing written before
+    (the ONNX graph, an earlier engine moved to previous/)."""
+    model = _mutant_plugin_run(tmp_path, monkeypatch, "selectiveScanPlugin.cpp",     # B, E of u [B, E, T]: E, E
+                               "static_cast<int32_t>(du.d[0]), static_cast<int32_t>(du.d[1])",
+                               "static_cast<int32_t>(du.d[1]), static_cast<int32_t>(du.d[1])", "libmut_crash.so")
     out = tmp_path / "out"
     _earlier_engine(out)
-    code = T.main(["--model", str(tmp_path / "model"), "--out", str(out), "--quick",
+    code = T.main(["--model", str(model), "--out", str(out), "--quick",
                    "--plugin-lib", str(tmp_path / "none.so")])
     stdout = capsys.readouterr().out
     assert code == T.EXIT_VERIFY_FAILED == 2, stdout
@@ -621,25 +628,13 @@ def test_main_reports_a_plugin_that_hangs_the_emulated_check(tmp_path, monkeypat
     """A SelectiveScan kernel whose time loop never advances never returns: the child running the graph gives no
     answer for EMULATED_TIMEOUT_S, is killed, and export.trt fails the run with exit 2 and a report naming the hang
     and the plugin run it happened in -- instead of waiting forever. Nothing written before is lost."""
-    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
-
-    src = ROOT / "plugins" / "selectiveScanPlugin" / "selectiveScanKernel.cu"
-    old = "for (int32_t t = 0; t < T_; ++t)"
-    text = src.read_text()
-    assert text.count(old) == 1
-    (tmp_path / src.name).write_text(text.replace(old, "for (int32_t t = 0; t < T_; t += 0)"))
-    bad = _emulated_plugin_library(tmp_path / "build", out_name="libmut_hang.so",
-                                   replace={src.name: tmp_path / src.name})
-    monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: bad)
-    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+    model = _mutant_plugin_run(tmp_path, monkeypatch, "selectiveScanKernel.cu", "for (int32_t t = 0; t < T_; ++t)",
+                               "for (int32_t t = 0; t < T_; t += 0)", "libmut_hang.so")
     monkeypatch.setattr(T, "EMULATED_TIMEOUT_S", 10.0)        # the child's start (numpy, onnx imports) fits easily
-    torch.manual_seed(0)
-    Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=8, num_layers=1, d_state=4)).save_pretrained(
-        tmp_path / "model")
     out = tmp_path / "out"
     _earlier_engine(out)
     t0 = time.monotonic()
-    code = T.main(["--model", str(tmp_path / "model"), "--out", str(out), "--quick",
+    code = T.main(["--model", str(model), "--out", str(out), "--quick",
                    "--plugin-lib", str(tmp_path / "none.so")])
     stdout = capsys.readouterr().out
     assert code == T.EXIT_VERIFY_FAILED == 2, stdout

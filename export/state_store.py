@@ -12,10 +12,11 @@ wrote that user in between, else read and run again (:func:`transact`). A plain 
 processes (one writer per user).
 
 A user's versions never repeat, also across the deletion of their state (``pop``, :meth:`SQLiteStateStore.expire`, a
-Redis TTL): a new state starts above the store's *version floor* (the highest version a deleted -- or, with a TTL,
-expirable -- state had) and each commit adds 1. A commit built on a state read before the user was deleted is thus
-refused, never applied over the events stored since. In a store nothing was deleted from (and without a TTL) a
-user's version counts the commits of their state.
+Redis TTL), and each commit adds 1: a commit built on a state read before the user was deleted is thus refused, never
+applied over the events stored since. :class:`SQLiteStateStore` starts a new state above the store's *version floor*
+(the highest version a deleted state had; in a store nothing was deleted from a version counts the user's commits);
+:class:`RedisStateStore` starts it at the server's clock in microseconds, above any version an earlier state of that
+user reached (one key per user: Redis Cluster keeps sharding users).
 
 NumPy only (no onnxruntime, no tritonclient), so either client imports it without the other's dependencies.
 """
@@ -630,59 +631,58 @@ class RedisStateStore(_VersionedStore):
     separator such as ``:``: a prefix followed by digits, ``"zoo:1"``, would hold the keys of ``"zoo:"``'s int
     users). The object pickles as its URL when built from one, so it can be handed to worker processes.
 
-    The store's version floor (module docstring) is the integer at ``prefix + "#version_floor"``, raised by each
-    ``pop`` and, with a ``ttl`` (Redis drops such states unseen), by every commit. A write with ``ttl=None`` clears
-    an expiry an earlier write with a ``ttl`` set (a state is kept as the last write's store says). Keep the floor
-    and the states from being evicted behind the store's back: use ``maxmemory-policy`` ``noeviction`` or a
-    ``volatile-*`` one (only keys with a TTL, whose versions are below the floor, evicted), not ``allkeys-*``.
+    A new state's first version is the server's clock (``TIME``) in microseconds, each commit adds 1: an earlier
+    state of the user, removed by ``pop`` or by the TTL, cannot have reached it (every commit takes longer than a
+    microsecond), so a commit read before the removal is refused, and each call touches only its users' keys. This
+    relies on the server's clock not stepping back by more than the age of the removed state (NTP slews, it does not
+    step, in normal operation). A write with ``ttl=None`` clears an expiry an earlier write with a ``ttl`` set (a state
+    is kept as the last write's store says). Use a ``maxmemory-policy`` that does not evict states behind the store's
+    back (``noeviction``, or ``volatile-*`` with a ``ttl``).
 
     Args:
         client: a ``redis://`` / ``rediss://`` / ``unix://`` URL (needs the ``redis`` package:
             ``pip install 'ssm-rec-zoo[redis]'``), or a ``redis.Redis`` client (``decode_responses=False``).
         prefix: prepended to every key (no glob characters), so one server may hold several models' states. On a
-            Redis Cluster each script touches the store's version floor with the call's users, so all the store's
-            keys must share a hash slot: put a hash tag in it (``"zoo:{m4r}:"``).
+            Redis Cluster a call's users must share a hash slot: put a hash tag in it (``"zoo:{m4r}:"``) or send
+            one user a call.
         ttl: seconds after a user's last commit that Redis drops their state (a user who stays away that long
             starts afresh: the store's TTL instead of Triton's idle timeout); None: kept until popped.
     """
 
-    # KEYS: the users, then the version floor; ARGV: the versions read, the states, the ttl (0: none). A new state
-    # starts above the floor, a stored one adds 1; with a ttl the floor follows every version written (Redis drops
-    # the state unseen), without one the key's expiry is cleared (PERSIST).
-    _COMMIT = """
-        local n = #KEYS - 1
+    # A new state's first version: the server's clock in microseconds (exact in Lua's doubles until the year 2255),
+    # written with %d (tostring would round it to 14 digits); a stored state's version adds 1.
+    _VERSION = """
+        local function next_version(v)
+            if v == 0 then
+                local t = redis.call('TIME')
+                v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+            else
+                v = v + 1
+            end
+            return string.format('%d', v)
+        end"""
+    # KEYS: the users; ARGV: the versions read, the states, the ttl (0: none: the key's expiry is cleared, PERSIST)
+    _COMMIT = _VERSION + """
+        local n = #KEYS
         for i = 1, n do
             if tonumber(redis.call('HGET', KEYS[i], 'v') or '0') ~= tonumber(ARGV[i]) then return 0 end
         end
         local ttl = tonumber(ARGV[2 * n + 1])
-        local floor = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
-        local top = floor
         for i = 1, n do
-            local v = tonumber(ARGV[i])
-            if v == 0 then v = floor + 1 else v = v + 1 end
-            redis.call('HSET', KEYS[i], 'v', v, 's', ARGV[n + i])
+            redis.call('HSET', KEYS[i], 'v', next_version(tonumber(ARGV[i])), 's', ARGV[n + i])
             if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
-            if v > top then top = v end
         end
-        if ttl > 0 and top > floor then redis.call('SET', KEYS[n + 1], top) end
         return 1"""
-    _SET = """
+    _SET = _VERSION + """
         local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') or 0
-        local floor = tonumber(redis.call('GET', KEYS[2]) or '0')
-        if v == 0 then v = floor + 1 else v = v + 1 end
-        redis.call('HSET', KEYS[1], 'v', v, 's', ARGV[1])
+        redis.call('HSET', KEYS[1], 'v', next_version(v), 's', ARGV[1])
         local ttl = tonumber(ARGV[2])
         if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
-        if ttl > 0 and v > floor then redis.call('SET', KEYS[2], v) end
         return 1"""
     _POP = """
         local s = redis.call('HGET', KEYS[1], 's')
-        local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') or 0
-        if v > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], v) end
         redis.call('DEL', KEYS[1])
         return s"""
-    FLOOR = "#version_floor"
-    """The version floor's key after the prefix (no user id's JSON: ``#`` starts none)."""
 
     def __init__(self, client, prefix: str = "zoo:state:", ttl: int | None = None):
         if not isinstance(prefix, str) or re.search(r"[*?\[\]\\]", prefix):
@@ -699,7 +699,6 @@ class RedisStateStore(_VersionedStore):
             raise ValueError("the Redis client decodes responses to str (decode_responses=True); states are bytes: "
                              "give a client with decode_responses=False, or a URL")
         self.client, self.prefix, self.ttl = client, prefix, ttl
-        self._floor = prefix + self.FLOOR
         self._commit = client.register_script(self._COMMIT)
         self._set = client.register_script(self._SET)
         self._pop = client.register_script(self._POP)
@@ -763,15 +762,15 @@ class RedisStateStore(_VersionedStore):
         """Store each ``(key, version read, state)`` atomically (one Lua script) if every key still has the version
         read (0: absent); store nothing and return False if any has moved."""
         rows = self._writes(writes)
-        keys = [self.prefix + key for key, _, _ in rows] + [self._floor]
+        keys = [self.prefix + key for key, _, _ in rows]
         args = [v for _, v, _ in rows] + [raw for _, _, raw in rows] + [self.ttl or 0]
         return bool(self._commit(keys=keys, args=args))
 
     def __setitem__(self, key, state: dict[str, np.ndarray]) -> None:
-        self._set(keys=[self._key(key), self._floor], args=[to_bytes(state), self.ttl or 0])
+        self._set(keys=[self._key(key)], args=[to_bytes(state), self.ttl or 0])
 
     def pop(self, key, default=None):
-        raw = self._pop(keys=[self._key(key), self._floor])
+        raw = self._pop(keys=[self._key(key)])
         return default if raw is None else from_bytes(raw)
 
     def __contains__(self, key) -> bool:
@@ -779,7 +778,7 @@ class RedisStateStore(_VersionedStore):
 
     def _users(self):
         """The user ids stored: the keys under the prefix whose rest is the JSON :meth:`_user` writes for a user id
-        (not another store's keys under a longer prefix, nor the version floor)."""
+        (not another store's keys under a longer prefix)."""
         n = len(self.prefix)
         for k in self.client.scan_iter(match=self.prefix + "*", count=1000):
             text = (k.decode(errors="replace") if isinstance(k, bytes) else k)[n:]

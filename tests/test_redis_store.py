@@ -5,6 +5,7 @@ the recommenders committing through it."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import uuid
 
@@ -40,9 +41,10 @@ def test_redis_store_is_a_versioned_store(store):
     store["u"] = a
     store[7] = b
     assert _same(store["u"], a) and _same(store.get(7), b) and 7 in store and "7" not in store
+    first = store.version("u")                                        # a new state: the server's clock (us)
     store["u"] = b
     state, version = store.get_versioned("u")
-    assert version == 2 and _same(state, b) and str(state[FINGERPRINT_KEY]) == "fp"
+    assert version == first + 1 and _same(state, b) and str(state[FINGERPRINT_KEY]) == "fp"
     assert sorted(map(str, store)) == ["7", "u"] and len(store) == 2
     again = pickle.loads(pickle.dumps(store))                         # handed to a worker as its URL
     assert again.url == store.url and _same(again[7], b)
@@ -57,12 +59,13 @@ def test_redis_store_is_a_versioned_store(store):
 def test_redis_commit_is_compare_and_set_over_all_its_keys(store):
     a, b, c = (_state(i) for i in range(3))
     assert store.commit([("x", 0, a), ("y", 0, a)])
-    assert not store.commit([("x", 1, b), ("y", 0, b)])              # y moved: nothing stored
+    vx, vy = store.version("x"), store.version("y")
+    assert not store.commit([("x", vx, b), ("y", 0, b)])             # y moved: nothing stored
     assert _same(store["x"], a) and _same(store["y"], a)
-    assert store.commit([("x", 1, b), ("y", 1, c)])
-    assert _same(store["x"], b) and _same(store["y"], c) and store.get_versioned("y")[1] == 2
+    assert store.commit([("x", vx, b), ("y", vy, c)])
+    assert _same(store["x"], b) and _same(store["y"], c) and store.get_versioned("y")[1] == vy + 1
     store.pop("x")
-    assert not store.commit([("x", 2, c)]) and store.commit([("x", 0, c)])
+    assert not store.commit([("x", vx + 1, c)]) and store.commit([("x", 0, c)])
     rival = RedisStateStore(store.url, prefix=store.prefix)          # another process's handle
     seen = []
 
@@ -95,7 +98,7 @@ def test_redis_ttl_and_foreign_keys(store):
     raw = redis.Redis.from_url(store.url)
     assert 3500 < raw.ttl(store.prefix + '"u"') <= 3600
     raw.persist(store.prefix + '"u"')
-    assert timed.commit([("u", 1, _state(1))]) and 3500 < raw.ttl(store.prefix + '"u"') <= 3600
+    assert timed.commit([("u", timed.version("u"), _state(1))]) and 3500 < raw.ttl(store.prefix + '"u"') <= 3600
     store["forever"] = _state()
     assert raw.ttl(store.prefix + '"forever"') == -1
     raw.set(store.prefix + '"foreign"', b"hello")
@@ -109,7 +112,7 @@ def test_redis_ttl_and_foreign_keys(store):
     with pytest.raises(ValueError, match=r"holds .*string.*not a stored zoo state"):
         store.get_versioned_many(["forever", "foreign"])
     (got, v), (none, zero) = store.get_versioned_many(["forever", "nobody"])     # one round trip
-    assert _same(got, _state()) and v == 3 and none is None and zero == 0   # above the floor `timed` raised to 2
+    assert _same(got, _state()) and v > 1e15 and none is None and zero == 0   # a new state: the server's clock, us
     assert store.version("junk") == 1 and store.version("nobody") == 0
     assert transact(store, ["junk"], lambda s: (s, [_state()]), read=False) == ([None], 0)   # a prime overwrites it
     assert store.version("junk") == 2 and _same(store["junk"], _state())
@@ -128,34 +131,38 @@ def test_redis_ttl_and_foreign_keys(store):
 
 def test_redis_versions_never_repeat_across_deletes(store):
     """A commit built on a state read before the user was deleted (``pop``, or Redis dropping it at its TTL) is
-    refused, also once the user's new state has reached the version read again: no event written since is lost. A
-    new state starts above the floor (the highest version a deleted or expirable state had); without deletes a
-    version counts the commits."""
+    refused, also once the user's new state has gone through as many commits again: no event written since is lost.
+    A new state's first version is the server's clock in microseconds (above anything an earlier state of the user
+    reached), each commit adds 1; every call touches only its users' keys (Redis Cluster shards users)."""
     import time
 
     import redis
 
     S = lambda x: {"h": np.full((1, 2, 8), x, np.float32)}            # noqa: E731
-    assert store.commit([("u", 0, S(1))]) and store.commit([("u", 1, S(2))])
-    _, read = store.get_versioned("u")                                # a worker reads version 2 ...
+    raw = redis.Redis.from_url(store.url)
+    now_us = lambda: int(raw.time()[0]) * 1_000_000 + int(raw.time()[1])   # noqa: E731
+    t0 = now_us()
+    assert store.commit([("u", 0, S(1))])
+    first = store.version("u")
+    assert t0 <= first <= now_us() and raw.hget(store.prefix + '"u"', "v") == str(first).encode()   # exact digits
+    assert store.commit([("u", first, S(2))]) and store.version("u") == first + 1           # a commit adds 1
+    _, read = store.get_versioned("u")                                # a worker reads version first + 1 ...
     store.pop("u")                                                    # ... the user is deleted ...
     assert store.commit([("u", 0, S(10))]) and store.commit([("u", store.version("u"), S(11))])   # ... anew
+    assert store.version("u") > read + 1                             # past anything the earlier state reached
     assert not store.commit([("u", read, S(3))])                     # the late commit: refused
-    assert store["u"]["h"][0, 0, 0] == 11 and store.version("u") == 4     # 3 and 4: above the floor, 2
+    assert store["u"]["h"][0, 0, 0] == 11
     store.pop("u")
-    store["u"] = S(20)                                                # an unconditional write starts above too
-    assert store.version("u") == 5 and not store.commit([("u", 4, S(3))])
-    store["new"] = S(0)
-    assert store.version("new") == 5                                  # every new user: floor + 1
-    # the TTL: Redis drops the state unseen, so a store with a ttl keeps the floor at every version it writes
+    store["u"] = S(20)                                                # an unconditional write starts anew too
+    assert not store.commit([("u", read, S(3))]) and store["u"]["h"][0, 0, 0] == 20
+    # the TTL: Redis drops the state unseen; the new state's versions are past the old ones all the same
     timed = RedisStateStore(store.url, prefix=store.prefix, ttl=3600)
-    assert timed.commit([("t", 0, S(1))]) and timed.commit([("t", 5, S(2))])   # floor 4: from 5, to 6
+    assert timed.commit([("t", 0, S(1))]) and timed.commit([("t", timed.version("t"), S(2))])
     _, read = timed.get_versioned("t")
-    raw = redis.Redis.from_url(store.url)
     raw.pexpire(store.prefix + '"t"', 1)
     while raw.exists(store.prefix + '"t"'):
         time.sleep(0.002)
-    assert timed.commit([("t", 0, S(5))]) and timed.version("t") == read + 1
+    assert timed.commit([("t", 0, S(5))]) and timed.version("t") > read
     assert not timed.commit([("t", read, S(3))]) and timed["t"]["h"][0, 0, 0] == 5
     # transact: the worker whose read came before the delete reads again and computes on the new state
     seen = []
@@ -168,6 +175,9 @@ def test_redis_versions_never_repeat_across_deletes(store):
         return None, [S(seen[-1] + 1)]
 
     assert transact(store, ["t"], bump) == (None, 1) and seen == [5, 100] and store["t"]["h"][0, 0, 0] == 101
+    # no key besides the users' own: the scripts touch only the call's users
+    assert sorted(k.decode() for k in raw.scan_iter(match=store.prefix + "*")) == sorted(
+        store.prefix + json.dumps(u) for u in ("u", "t"))
     with pytest.raises(TypeError, match="version read of user 'u' must be an int"):
         store.commit([("u", "5", S(0))])
     with pytest.raises(ValueError, match="version read of user 'u' must be >= 0"):
@@ -178,7 +188,7 @@ def test_redis_versions_never_repeat_across_deletes(store):
 
 def test_redis_stores_under_overlapping_prefixes_see_only_their_own_users(store):
     """A store whose prefix extends another's (``zoo:`` and ``zoo:m2:``) on one server: each counts and lists only its
-    own users (not the other's keys, nor its version floor, nor keys that are no user id's JSON)."""
+    own users (not the other's keys, nor keys that are no user id's JSON)."""
     import redis
 
     inner = RedisStateStore(store.url, prefix=store.prefix + "m2:")
@@ -186,13 +196,12 @@ def test_redis_stores_under_overlapping_prefixes_see_only_their_own_users(store)
     store[7] = _state()
     inner["b"] = _state()
     inner.pop("b")
-    inner["c"] = _state()                                            # both floors exist now
+    inner["c"] = _state()
     raw = redis.Redis.from_url(store.url)
     for junk in ('"unterminated', "1.5", "true", '"\\u0061"', ' "a"'):
         raw.hset(store.prefix + junk, mapping={"v": 1, "s": b"x"})
     assert len(store) == 2 and sorted(map(str, store)) == ["7", "a"] and 7 in list(store)
     assert len(inner) == 1 and list(inner) == ["c"]
-    assert raw.exists(store.prefix + RedisStateStore.FLOOR, inner.prefix + RedisStateStore.FLOOR) == 1
 
 
 def test_redis_write_without_ttl_clears_an_earlier_expiry(store):

@@ -651,7 +651,9 @@ class RedisStateStore(_VersionedStore):
 
     # A new state's first version: the server's clock in microseconds (exact in Lua's doubles until the year 2255),
     # written with %d (tostring would round it to 14 digits); a stored state's version adds 1.
+    # (Redis 3.2-4 replicate a script that reads TIME before writing only as its effects: asked for; 5+ always do)
     _VERSION = """
+        if redis.replicate_commands then redis.replicate_commands() end
         local function next_version(v)
             if v == 0 then
                 local t = redis.call('TIME')

@@ -15,10 +15,13 @@ shape without the batch dimension):
   *stream* per sampled user, which perf_analyzer plays back on one correlation id with ``START`` on its first request
   and ``END`` on its last. The first request primes the state with the user's items before the replayed events (at
   most ``--prime``), then each of the last ``--events`` items of the history is one request of one item -- what the
-  server sees in production. ``perf_analyzer -m MODEL --input-data perf.json`` then needs no ``--sequence-length``
-  (each stream is one sequence of its own length).
+  server sees in production (a TensorRT model's priming goes in pieces of at most ``max_seq_length`` items: its
+  engine's profile). ``perf_analyzer -m MODEL --input-data perf.json`` then needs no ``--sequence-length`` (each
+  stream is one sequence of its own length).
 * **window models** (stateless, dynamic batching): one request per replayed event, carrying the last
   ``max_seq_length`` items before it (as :class:`export.triton_client.WindowRecommender` sends them).
+* ``--candidates`` models get a ``candidates`` input of one 0 in every request (unrestricted: the onnxruntime and
+  tensorrt configs require the input).
 * **explicit-state models** are refused: perf_analyzer cannot feed a response's state tensors into the next request
   (``bench/bench_triton.py``'s clients do).
 
@@ -107,6 +110,12 @@ def perf_input_data(cfg, spec: dict, ds, users: int = 256, events: int = 10, pri
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(eligible), size=min(users, len(eligible)), replace=False).tolist())
     max_len = int(spec["max_seq_length"])
+    # a TensorRT engine's profile takes at most max_seq_length new items a request (build_engine.sh): a longer
+    # priming goes in pieces, as the client sends it
+    step_cap = max_len if (cfg.backend == "tensorrt" or cfg.platform == "tensorrt_plan") else None
+    # a --candidates model: every request carries the input (the onnxruntime/tensorrt configs require it), one 0,
+    # which restricts nothing
+    cands = {"candidates": _tensor([0], np.int64)} if "candidates" in names else {}
     data = []
     for c in chosen:
         u = eligible[c]
@@ -116,17 +125,21 @@ def perf_input_data(cfg, spec: dict, ds, users: int = 256, events: int = 10, pri
         first_event = n - min(events, n - 1)                        # index of the first replayed event
         if stateful:
             p0 = max(0, first_event - prime)
-            stream = [{"item_ids": _tensor(seq[p0:first_event], np.int64),
-                       **(_time_inputs(spec, ts[p0:first_event], None) if time_aware else {})}]
+            stream = []
+            for a in range(p0, first_event, step_cap or first_event - p0):
+                b = min(first_event, a + (step_cap or first_event - p0))
+                stream.append({"item_ids": _tensor(seq[a:b], np.int64),
+                               **(_time_inputs(spec, ts[a:b], None if a == p0 else ts[a - 1]) if time_aware else {}),
+                               **cands})
             for i in range(first_event, n):
                 stream.append({"item_ids": _tensor(seq[i:i + 1], np.int64),
-                               **(_time_inputs(spec, ts[i:i + 1], ts[i - 1]) if time_aware else {})})
+                               **(_time_inputs(spec, ts[i:i + 1], ts[i - 1]) if time_aware else {}), **cands})
             data.append(stream)
         else:
             for i in range(first_event, n):                          # the window before each replayed event
                 w0 = max(0, i - max_len)
                 data.append({"item_ids": _tensor(seq[w0:i], np.int64),
-                             **(_time_inputs(spec, ts[w0:i], None) if time_aware else {})})
+                             **(_time_inputs(spec, ts[w0:i], None) if time_aware else {}), **cands})
     return {"data": data}
 
 

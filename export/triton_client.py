@@ -437,22 +437,22 @@ class TritonRecommender(_Base):
             return self._event(user, ids, ts, None, False, extra)
 
         if self.protocol != "grpc" or len(events) == 1:
-            answers = [one(e) for e in checked]
+            calls = [lambda e=e: one(e) for e in checked]              # one after another (HTTP: not thread-safe)
         else:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="zoo-triton")
-            futures = [self._pool.submit(one, e) for e in checked]
-            answers, first_error = [], None
-            for f in futures:
-                try:
-                    answers.append(f.result())
-                except Exception as err:                   # raised below, once every request has answered
-                    answers.append(None)
-                    first_error = first_error or err
-            if first_error is not None:
-                raise first_error
+            calls = [self._pool.submit(one, e).result for e in checked]
+        answers, first_error = [], None
+        for call in calls:                                 # every event is sent, over either protocol
+            try:
+                answers.append(call())
+            except Exception as err:                       # raised below, once every request has answered
+                answers.append(None)
+                first_error = first_error or err
+        if first_error is not None:
+            raise first_error
         if answers[-1][2] is not None:
             self.last_user_vector = answers[-1][2]
         return [self._pick(top, sc, k) for top, sc, _ in answers]
@@ -476,7 +476,8 @@ class TritonRecommender(_Base):
         even when the END fails (the error is raised): its next event starts it anew."""
         sid = sequence_id(user_or_sequence_id)
         with self._lock:
-            if sid not in self._live:
+            if sid not in self._live:                       # nothing live to close: a sequence the server forgot is
+                self._expired.discard(sid)                  # closed all the same (its next event starts it anew)
                 return
             last = self._last_ts.get(sid, 0.0)
         n = 0 if self.backend == "python" else 1

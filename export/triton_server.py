@@ -157,12 +157,7 @@ class TritonPythonModel:
                 return None
             return t.as_numpy()
 
-        corr = get("CORRID").reshape(-1)
-        corrid = corr[0].item() if corr.size else 0
-        if isinstance(corrid, bytes):
-            corrid = corrid.decode("utf-8", "replace")
-        start = bool(get("START").reshape(-1)[0])
-        end = bool(get("END").reshape(-1)[0])
+        corrid, start, end = self._controls(pb, r)
         ids = get("item_ids")
         if ids.dtype != np.int64:
             raise ValueError(f"item_ids must be INT64, got {ids.dtype}")
@@ -184,6 +179,20 @@ class TritonPythonModel:
             init = tuple(self._initial_from_triton(get(name), name, shape, dt, value)
                          for name, shape, dt, value in self.states)
         return {"corrid": corrid, "start": start, "end": end, "ids": ids, "ts": ts, "init": init, "cands": cands}
+
+    def _controls(self, pb, r):
+        """``(corrid, start, end)`` of a sequence request (the sequence batcher's control inputs)."""
+        def get(name):
+            t = pb.get_input_tensor_by_name(r, name)
+            if t is None:
+                raise ValueError(f"request has no input {name!r}")
+            return t.as_numpy().reshape(-1)
+
+        corr = get("CORRID")
+        corrid = corr[0].item() if corr.size else 0
+        if isinstance(corrid, bytes):
+            corrid = corrid.decode("utf-8", "replace")
+        return corrid, bool(get("START")[0]), bool(get("END")[0])
 
     def _candidates(self, arr, B):
         """The optional ``candidates`` input of a request: ``[B, C]`` int64 internal indices (0 = padding; a row
@@ -244,10 +253,14 @@ class TritonPythonModel:
         return gaps
 
     def _check_after_last(self, ts, state):
-        """The first new timestamp is not before the state's ``last_ts`` (when the state has seen an event)."""
+        """The first new timestamp is not before the state's ``last_ts`` (when the state has seen an event); a
+        ``last_ts`` that is neither ``>= 0`` nor -1 (no event yet) is refused, as :mod:`export.runtime` does."""
         if ts is None or self.i_last_ts is None or ts.size == 0:
             return
         last = float(state[self.i_last_ts].reshape(-1)[0])
+        if last < 0 and last != -1:
+            raise ValueError(f"state last_ts is {last!r}: it must be the last event's timestamp (>= 0) or -1 (no "
+                             "event yet)")
         if last >= 0 and ts[0] < last:
             raise ValueError(f"timestamps go back in time relative to the sequence's last event ({ts[0].item()!r} < "
                              f"last_ts {last!r})")
@@ -279,17 +292,12 @@ class TritonPythonModel:
         work = []                                           # (request index, parsed)
         for i, r in enumerate(requests):
             try:
-                p = self._parse(pb, r)
-                if not p["start"] and p["corrid"] not in self.store:
-                    raise ValueError(f"sequence {p['corrid']!r} has no state on the server (it was never started, "
-                                     f"was ended, or stayed idle longer than {self.idle_s:g} s); "
-                                     "restart it with sequence_start=True and its history")
-                if not p["start"]:
-                    self._check_after_last(p["ts"], self.store[p["corrid"]][0])
-                work.append((i, p))
+                work.append((i, self._parse(pb, r)))
             except ValueError as e:
-                responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(f"{self.name}: {e}"))
-        # one ORT call per group of equal T with distinct correlation ids (a sequence appears once per call, in order)
+                self._fail(pb, responses, i, e, r)
+        # one ORT call per group of equal T with distinct correlation ids (a sequence appears once per call, in order);
+        # a continuation is checked against its sequence's state when its turn comes (an earlier request of the batch
+        # may start or end the sequence)
         pending = work
         while pending:
             groups, rest, seen = {}, [], set()
@@ -298,11 +306,34 @@ class TritonPythonModel:
                     rest.append((i, p))
                     continue
                 seen.add(p["corrid"])
+                try:
+                    if not p["start"] and p["corrid"] not in self.store:
+                        raise ValueError(f"sequence {p['corrid']!r} has no state on the server (it was never started, "
+                                         f"was ended, or stayed idle longer than {self.idle_s:g} s); "
+                                         "restart it with sequence_start=True and its history")
+                    if not p["start"]:
+                        self._check_after_last(p["ts"], self.store[p["corrid"]][0])
+                except ValueError as e:
+                    self._fail(pb, responses, i, e, parsed=p)
+                    continue
                 groups.setdefault(int(p["ids"].size), []).append((i, p))
             for T, members in groups.items():
                 self._run_group(pb, T, members, responses, now)
             pending = rest
         return responses
+
+    def _fail(self, pb, responses, i, error, request=None, parsed=None):
+        """Request ``i`` answers ``error``. A failed START or END still drops the sequence's stored state: Triton
+        counts the sequence as (re)started or ended all the same, and its next request must not continue the old
+        history (a refused restart was followed by a continuation of the old one)."""
+        try:
+            corrid, start, end = ((parsed["corrid"], parsed["start"], parsed["end"]) if parsed is not None
+                                  else self._controls(pb, request))
+        except ValueError:
+            corrid, start, end = None, False, False
+        if start or end:
+            self.store.pop(corrid, None)
+        responses[i] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(f"{self.name}: {error}"))
 
     def _batch_input(self, pb, r, name, dtype, B=None):
         """Input ``name`` of request ``r`` as ``[batch, ...]`` (the first axis is the batch: ``max_batch_size`` > 0),
@@ -401,7 +432,14 @@ class TritonPythonModel:
                                          f"on the {self.padding_side}){where}")
                     feeds = {"item_ids": ids}
                     if self.uses_timestamps:
-                        feeds["timestamps"] = self._check_ts(all_ts[b], L, window=True)
+                        ts = self._check_ts(all_ts[b], L, window=True)
+                        both = (real[1:] & real[:-1]).astype(bool)    # along the real items (padding aside)
+                        dec = both & (ts[1:] < ts[:-1])
+                        if dec.any():
+                            c = int(np.argmax(dec))
+                            raise ValueError(f"timestamps decrease ({ts[c + 1].item()!r} after {ts[c].item()!r}); "
+                                             f"a window's events must be in time order{where}")
+                        feeds["timestamps"] = ts
                     if all_cands is not None:
                         feeds["candidates"] = all_cands[b]
                     rows.append(feeds)
@@ -464,9 +502,8 @@ class TritonPythonModel:
         try:
             outs = dict(zip(self.out_names, self.sess.run(None, feeds), strict=True))
         except Exception as e:                              # keep serving; report to every request of the group
-            for i, _ in members:
-                responses[i] = pb.InferenceResponse(output_tensors=[],
-                                                    error=pb.TritonError(f"{self.name}: onnxruntime failed: {e}"))
+            for i, p in members:
+                self._fail(pb, responses, i, f"onnxruntime failed: {e}", parsed=p)
             return
         for row, (i, p) in enumerate(members):
             if p["end"]:

@@ -690,6 +690,31 @@ def test_python_backend_keeps_sequences_apart_within_one_batch(mamba, mamba_expo
     assert model.store == {}
 
 
+def test_python_backend_a_failed_start_or_end_drops_the_sequence(mamba, mamba_export, tmp_path, monkeypatch):
+    """Triton counts a sequence (re)started or ended even when the model refuses the request: a refused restart left
+    the old state in the model, and the next request (sent without START) silently continued the OLD history; a
+    refused END left the state until the idle sweep. Now the state is dropped either way: the continuation is
+    refused ("no state"). Two requests of one sequence in one batch: START then a continuation runs both, in order
+    (the continuation was refused at parse time), and END then a continuation refuses the continuation alone (a
+    KeyError failed the whole batch, other sequences included)."""
+    model = _backend_model(mamba_export, tmp_path / "repo", monkeypatch, idle_timeout_s=30)
+    ex = model.execute
+    a = [3, 9, 27]
+    _answers(model, mamba, ex([_seq_request(model, 21, a, start=True), _seq_request(model, 22, a, start=True)]),
+             [a, a])
+    resp = ex([_seq_request(model, 21, [5, 0], start=True), _seq_request(model, 22, [0], end=True)])
+    assert all(r.error is not None and "item index 0 is out of range" in r.error.msg for r in resp)
+    assert model.store == {}
+    resp = ex([_seq_request(model, 21, [40]), _seq_request(model, 22, [40])])
+    assert all(r.error is not None and "has no state on the server" in r.error.msg for r in resp)
+    resp = ex([_seq_request(model, 23, a, start=True), _seq_request(model, 23, [40])])
+    _answers(model, mamba, resp, [a, a + [40]])
+    resp = ex([_seq_request(model, 23, [5], end=True), _seq_request(model, 23, [6]), _seq_request(model, 24, a,
+                                                                                            start=True)])
+    _answers(model, mamba, [resp[0], resp[2]], [a + [40, 5], a])
+    assert resp[1].error is not None and "sequence 23 has no state on the server" in resp[1].error.msg
+
+
 def test_python_backend_candidates(mamba, mamba_cand_export, tmp_path, monkeypatch):
     """A --candidates graph behind the python backend: each request's top-k among its own candidates (requests of one
     batch with lists of different lengths share one ORT call, padded with 0), fewer than K slots left empty (id 0,
@@ -814,6 +839,34 @@ def test_python_backend_window_refuses_padding_on_the_wrong_side(tim4rec_window_
     assert ok.error is None and ok.outputs["topk_ids"].shape == (1, K)
     for r in (wrong, inside):
         assert r.error is not None and f"the window is not {side}-padded" in r.error.msg
+
+
+def test_python_backend_window_refuses_decreasing_timestamps(tim4rec_window_export, tmp_path, monkeypatch):
+    """A window's timestamps must not decrease along its real items (export.runtime refuses them; the backend served
+    them, the graph clamping the negative gaps to 0); the padding slots' zeros are not events."""
+    model = _backend_model(tim4rec_window_export[1], tmp_path / "repo", monkeypatch)
+    right = model.padding_side == "right"
+
+    def request(stamps):
+        items = [5, 6, 7] + [0]
+        stamps = stamps + [0.0]
+        if not right:
+            items, stamps = items[::-1][:1] + items[:3], stamps[-1:] + stamps[:3]
+        return {"item_ids": np.array([items], np.int64), "timestamps": np.array([stamps], np.float64)}
+
+    ok, back = model.execute([request([1.6e9, 1.6e9 + 60, 1.6e9 + 60]), request([1.6e9, 1.6e9 + 60, 1.6e9 + 5])])
+    assert ok.error is None
+    assert back.error is not None and "timestamps decrease (1600000005.0 after 1600000060.0)" in back.error.msg
+
+
+def test_python_backend_explicit_refuses_a_last_ts_that_is_no_time(tc_export, tmp_path, monkeypatch):
+    """An explicit state's last_ts must be an event's time (>= 0) or -1 (no event yet), as export.runtime checks."""
+    model = _backend_model(tc_export, tmp_path / "repo", monkeypatch, state="explicit")
+    feeds = {"item_ids": np.array([[3]], np.int64), "timestamps": np.array([[1.6e9]], np.float64)}
+    for name, shape, dt, init in model.states:
+        feeds[name] = np.full((1, *shape), -5.0 if name == "last_ts" else init, dtype=np.dtype(dt))
+    (resp,) = model.execute([feeds])
+    assert resp.error is not None and "state last_ts is -5.0" in resp.error.msg
 
 
 def test_python_backend_window_candidates(tmp_path, monkeypatch):
@@ -984,6 +1037,24 @@ def test_client_sequence_flags_follow_the_sequence(monkeypatch):
     rec.prime("v", [1, 2, 8])
     v = sequence_id("v")
     assert flags() == [(v, True, False), (v, False, False), (v, False, False), (v, False, False), (v, True, False)]
+    # a sequence the server forgot, then end(): nothing is sent, and the next event starts it anew (it was refused
+    # as "gone" after such an end())
+    fail[0] = "m: sequence 42 has no state on the server (it stayed idle)"
+    with pytest.raises(TritonRecommendError, match="no state on the server"):
+        rec.recommend("v", [9])
+    fail[0] = None
+    calls.clear()
+    rec.end("v")
+    rec.recommend("v", [10])
+    assert flags() == [(v, True, False)]
+    # recommend_many over HTTP sends every event, the first refusal raised after (it stopped at the first refusal,
+    # while gRPC sent them all: the caller could not tell which had been applied)
+    calls.clear()
+    fail[0] = "m: item index 500 is out of range 1..119"
+    with pytest.raises(TritonRecommendError, match="out of range"):
+        rec.recommend_many([("A", [1]), ("B", [2])])
+    fail[0] = None
+    assert [c["sequence_id"] for c in calls] == [sequence_id("A"), sequence_id("B")]
 
 
 def test_client_checks_timestamps_and_honours_k(monkeypatch):
@@ -2103,6 +2174,30 @@ def test_perf_data_streams_prime_then_replay_the_last_events(mamba, mamba_export
             prime = its[max(0, n - e - 4):n - e]
             want[tuple(prime + its[n - e:])] = [len(prime)] + [1] * e
         assert got == want
+
+
+def test_perf_data_fits_candidates_models_and_the_tensorrt_profile(mamba, mamba_cand_export, tmp_path, capsys):
+    """A --candidates model's onnxruntime/tensorrt config requires the candidates input: every request carries one 0
+    (unrestricted; perf_analyzer refused the file without it). A TensorRT engine takes at most max_seq_length new
+    items a request (its profile): a longer priming goes in pieces (one request of 140 items was written); the other
+    backends get it whole."""
+    rng = np.random.default_rng(7)
+    lengths = {"u1": 150, "u2": 5}
+    _, rows = _user_rows(rng, lengths, N_ITEMS, lengths.get, item_name=lambda i: f"item-{i}")
+    data = _inter_file(tmp_path / "d.inter", rows)
+    L = mamba.config.max_seq_length
+    for backend, pieces in (("onnxruntime", [140]), ("tensorrt", [L, L, 140 - 2 * L])):
+        name = f"c_{backend}"
+        T.write_repository(mamba_cand_export, tmp_path / "repo", name=name, backend=backend,
+                           vocab_path=str(mamba_cand_export / "item_vocab.json"))
+        out = tmp_path / f"{name}.json"
+        rc, _, err = _perf(capsys, "--repo", tmp_path / "repo", "--name", name, "--data", data, "--out", out,
+                           "--events", 3, "--prime", 140, "--kcore", "none")
+        assert rc == 0, err
+        streams = json.loads(out.read_text())["data"]
+        assert all(r["candidates"] == {"content": [0], "shape": [1]} for st in streams for r in st)
+        long = next(st for st in streams if sum(len(r["item_ids"]["content"]) for r in st) == 143)
+        assert [len(r["item_ids"]["content"]) for r in long] == pieces + [1, 1, 1], backend
 
 
 def test_perf_data_time_inputs_and_windows(tc_model, tc_export, tim4rec_window_export, tmp_path, capsys):

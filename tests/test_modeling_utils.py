@@ -312,6 +312,9 @@ def test_an_interrupted_save_keeps_the_earlier_checkpoint_whole(tmp_path, monkey
     torch.testing.assert_close(GRU4RecModel.from_pretrained(tmp_path).item_embedding.weight,
                                second.item_embedding.weight)
     assert sorted(os.listdir(tmp_path)) == sorted(before)
+    # every file readable by other users (a serving process of another user): safetensors wrote the weights 0600
+    assert {f: oct(os.stat(tmp_path / f).st_mode & 0o777) for f in os.listdir(tmp_path)} == {
+        f: "0o644" for f in os.listdir(tmp_path)}
 
 
 def test_a_checkpoint_saved_before_item_vocab_file_existed_loads_its_vocabulary(tmp_path):

@@ -862,6 +862,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                 if self.item_vocab is not None:
                     self.item_vocab.save(stage)
                 for name in sorted(os.listdir(stage), key=lambda n: n == "config.json"):
+                    # readable by all, as zoo.cli writes its files (safetensors creates the weights 0600)
+                    os.chmod(os.path.join(stage, name), 0o644)
                     os.replace(os.path.join(stage, name), os.path.join(save_directory, name))
             elif self.item_vocab is not None:
                 self.item_vocab.save(save_directory)

@@ -371,7 +371,8 @@ def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
     (["--workspace", "abc"], "workspace must be a size"), (["--workspace=-1G"], "workspace must be positive")])
 def test_export_trt_refuses_bad_settings_before_touching_out(tmp_path, flags, message, capsys):
     """Engine settings are checked before any work and before ``--out`` is touched: a typo is a usage error (exit
-    2), and the engine already in ``--out`` stays (run() moves it to ``previous/`` only once it starts a build)."""
+    1: 2 is "verification failed"), and the engine already in ``--out`` stays (run() moves it to ``previous/`` only
+    once it starts a build)."""
     from export import trt as T
 
     out = tmp_path / "out"
@@ -379,7 +380,7 @@ def test_export_trt_refuses_bad_settings_before_touching_out(tmp_path, flags, me
     (out / T.ENGINE_FILE).write_bytes(b"earlier engine")
     with pytest.raises(SystemExit) as e:
         T.main(["--model", str(tmp_path / "not-read"), "--out", str(out), *flags])
-    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert e.value.code == 1 and message in capsys.readouterr().err
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         T.run(str(tmp_path / "not-read"), str(out), **T_KW[flags[0].split("=")[0]](flags))
     assert (out / T.ENGINE_FILE).read_bytes() == b"earlier engine" and sorted(os.listdir(out)) == [T.ENGINE_FILE]

@@ -375,3 +375,36 @@ def test_save_run_records_an_early_stop(tmp_path):
     trainer.train()
     log = save_run(trainer, tmp_path / "run", str(tmp_path / "markov.tsv"), data_options={"kcore": None})
     assert log["stopped"] == "early stopping" and log["best_epoch"] == 1 and len(log["epochs"]) == 3, log["epochs"]
+
+
+@pytest.mark.parametrize("logging_steps", [2, 5])
+def test_save_run_gives_each_epoch_the_losses_logged_within_it(tmp_path, logging_steps):
+    """4 optimizer steps an epoch, 3 epochs. Logged every 2 steps (at epochs 0.5, 1.0 | 1.5, 2.0 | 2.5, 3.0), epoch N's
+    loss is the mean of the two logs within it (not the next epoch's log, not a later log overwriting an earlier one,
+    not 1.5 and 2.5 rounded to the even 2); logged every 5 (at 1.25, 2.5), epoch 1 has no log and no loss, epoch 2
+    the log at 1.25, epoch 3 the one at 2.5. The log says what the loss is."""
+    from zoo.hf_trainer import EPOCH_LOSS, epoch_losses, epoch_of
+
+    ds, split = _data(tmp_path, n_users=20)
+    model = _model("sasrec", ds)
+    kw = trainer_kwargs(model, split)
+    batch = -(-len(kw["train_dataset"]) // 4)                  # 4 batches (optimizer steps) an epoch
+    assert -(-len(kw["train_dataset"]) // batch) == 4
+    trainer = Trainer(model=model, args=_args(tmp_path, num_train_epochs=3, per_device_train_batch_size=batch,
+                                              learning_rate=5e-3, eval_strategy="epoch",
+                                              logging_strategy="steps", logging_steps=logging_steps), **kw)
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["epoch"] for e in logs] == ([0.5, 1.0, 1.5, 2.0, 2.5, 3.0] if logging_steps == 2 else [1.25, 2.5])
+    log = save_run(trainer, tmp_path / "run", str(tmp_path / "markov.tsv"), data_options={"kcore": None})
+    rows = {r["epoch"]: r for r in log["epochs"]}
+    assert sorted(rows) == [1, 2, 3] and log["epoch_loss"] == EPOCH_LOSS
+    if logging_steps == 2:
+        for n in (1, 2, 3):
+            assert rows[n]["loss"] == pytest.approx((logs[2 * n - 2]["loss"] + logs[2 * n - 1]["loss"]) / 2), n
+    else:
+        assert "loss" not in rows[1] and rows[2]["loss"] == logs[0]["loss"] and rows[3]["loss"] == logs[1]["loss"]
+    assert [epoch_of(x) for x in (0.25, 1.0, 1.0000000001, 1.15, 1.5, 2.5, 3.0)] == [1, 1, 1, 2, 2, 3, 3]
+    # a log weighs as many steps as it covers (logging_first_step: the first log is one step, the next nine)
+    assert epoch_losses([{"loss": 4.0, "epoch": 0.1, "step": 1}, {"loss": 2.0, "epoch": 1.0, "step": 10},
+                         {"train_loss": 9.0, "epoch": 1.0, "step": 10}]) == {1: pytest.approx((4.0 + 9 * 2.0) / 10)}

@@ -1,5 +1,6 @@
 """Hub-id resolution with bundled copies (no network), card folders, official-checkpoint conversion."""
 
+import json
 import time
 from pathlib import Path
 
@@ -218,6 +219,21 @@ def test_convert_cli_reports_a_refusal_as_an_error_line(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     main(["--model", "sasrec", "--checkpoint", ckpt, "--out", str(tmp_path / "ok"), "--set", "num_heads=2"])
     assert "wrote" in capsys.readouterr().out and (tmp_path / "ok" / "model.safetensors").exists()
+
+
+def test_convert_applies_every_repeated_set_and_refuses_a_key_given_twice(tmp_path, capsys):
+    """``zoo.convert --set a=1 --set b=2`` applies both (the second --set replaced the first's values, silently); a
+    key given twice with different values is an error line naming it."""
+    from zoo.convert import main
+
+    args = ["--model", "sasrec", "--checkpoint", str(RECBOLE_SASREC / "state_dict.pth")]
+    main(args + ["--out", str(tmp_path / "ok"), "--set", "num_heads=2", "--set", "attn_dropout=0.25"])
+    cfg = json.loads((tmp_path / "ok" / "config.json").read_text())
+    assert cfg["num_heads"] == 2 and cfg["attn_dropout"] == 0.25
+    with pytest.raises(SystemExit, match="error: --set gives num_heads twice, num_heads=2 and num_heads=1: give it "
+                                         "once"):
+        main(args + ["--out", str(tmp_path / "x"), "--set", "num_heads=2", "--set", "num_heads=1"])
+    assert not (tmp_path / "x").exists()
 
 
 def test_convert_reads_recbole_settings_from_a_trusted_checkpoint(tmp_path):
@@ -785,8 +801,8 @@ def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, cap
     for extra, msg in ((["--out", str(tmp_path / "afile")], "--out .*afile is a file, not a folder"),
                        (["--out", str(tmp_path / "o"), "--item-tokens", str(tmp_path / "tokens")],
                         r"--item-tokens .*tokens: cannot read it \(Is a directory\)"),
-                       (["--out", str(tmp_path / "o"), "--set", "num_heads=null"],
-                        "SASRecModel cannot be built with these config values .*num_heads=None"),
+                       (["--out", str(tmp_path / "o"), "--set", "hidden_dropout=null"],
+                        "SASRecModel cannot be built with these config values .*hidden_dropout=None"),
                        (["--out", str(tmp_path / "afile" / "o")], "afile is a file, not a folder")):
         with pytest.raises(SystemExit, match=msg):
             main(args + extra)
@@ -1151,3 +1167,150 @@ def test_model_push_to_hub_uploads_the_item_vocabulary(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     model.push_to_hub("me/tiny", token="not-a-real-token")
     assert {"config.json", "model.safetensors", "item_vocab.json"} <= set(uploaded)
+
+
+def test_card_refuses_an_unfinished_run_in_one_line(tmp_path):
+    """An interrupted ``zoo.train`` run (its train_log.json written at its last validation, without the stop reason,
+    the best epoch and the test metrics that the end of the run writes) is refused with the command that finishes it;
+    one without resume state is told to train again. Nothing is written."""
+    import json
+
+    run = tmp_path / "run"
+    (run / "resume").mkdir(parents=True)
+    (run / "resume" / "state.json").write_text("{}")
+    (run / "config.json").write_text("{}")
+    (run / "model.safetensors").write_bytes(b"")
+    command = "python -m zoo.train --model sasrec --data d.tsv --epochs 4 --out run"
+    (run / "train_log.json").write_text(json.dumps({"command": command, "epochs": [{"epoch": 1}, {"epoch": 2}]}))
+    argv = ["card", "--run", str(run), "--name", "x", "--data", "d.tsv", "--out", str(tmp_path / "card")]
+    with pytest.raises(SystemExit) as e:
+        hub.main(argv)
+    assert str(e.value) == (f"card not written: {run} is an unfinished zoo.train run (interrupted: its train_log.json, "
+                            "with 2 epochs, has no stopped, best_epoch, test): finish it with "
+                            f"`{command} --resume` (from the directory it was started in), then card it")
+    (run / "resume" / "state.json").unlink()
+    with pytest.raises(SystemExit, match=r"has no stopped, best_epoch, test\): it holds no resume state \(resume/\) "
+                                         "to continue from: train it again$"):
+        hub.main(argv)
+    (run / "train_log.json").write_text(json.dumps({"command": command, "stopped": "max epochs", "best_epoch": 2}))
+    with pytest.raises(SystemExit, match="has no test"):
+        hub.main(argv)
+    (run / "train_log.json").write_text("[1, 2")
+    with pytest.raises(SystemExit, match=f"card not written: the training log {run / 'train_log.json'}: cannot read"):
+        hub.main(argv)
+    assert not (tmp_path / "card").exists()
+
+
+def test_push_that_cannot_reach_the_hub_fails_in_one_line(tmp_path, bundled, monkeypatch):
+    """``zoo.hub push`` with a token but no Hub: offline mode (``OfflineModeIsEnabled``) and a refused connection (the
+    HTTP client's ``ConnectError``, no ``OSError``) are one ``push failed: ...`` line and a non-zero exit, not a
+    traceback; a programming error inside still raises as itself."""
+    import huggingface_hub
+
+    folder = tmp_path / "bundle" / "tiny-mamba4rec"
+    (folder / "README.md").write_text("card")
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    argv = ["push", str(folder), "--repo-id", "me/x"]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit, match=r"^push failed: OfflineModeIsEnabled: Cannot reach .*offline mode") as e:
+        hub.main(argv)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")     # closed port: refused at once
+    with pytest.raises(SystemExit, match=r"^push failed: ConnectError: .*\(reaching the Hub at http://127.0.0.1:9\)$"):
+        hub.main(argv)
+
+    def broken(self, repo_id, **kw):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        hub.main(argv)
+
+
+def test_training_stages_find_a_relative_or_placeholder_init_from(tmp_path, bundled, monkeypatch, caplog):
+    """A run's ``init_from`` is as typed to zoo.train, relative to where it ran: it is looked for under the working
+    directory the log records, the run folder's parent, then the current directory (the first holding the weights the
+    run started from, when its log has their hash), and a Hub id of the project's or the docs' placeholder
+    organisation is the bundled copy; where none is found the warning lists what was tried."""
+    import json
+
+    from zoo.pretrained import weights_sha256
+
+    def run(folder, cmd, init_from=None, **extra):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "train_log.json").write_text(json.dumps({"command": cmd, "init_from": init_from, **extra}))
+        return folder
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run(work / "a", "train a")
+    b = run(work / "b", "train b", "a")                         # --out b --init-from a, both in work/
+    assert [s["command"] for s in hub.training_stages(b)] == ["train a", "train b"]
+    c = run(work / "runs" / "c", "train c", "a", cwd=str(work))     # --out runs/c --init-from a, run from work/
+    assert [s["command"] for s in hub.training_stages(c)] == ["train a", "train c"]
+    c = run(work / "runs" / "c", "train c", "a")                # without the log's cwd: not found, and said where
+    with caplog.at_level("WARNING", logger="zoo.hub"):
+        assert [s["command"] for s in hub.training_stages(c)] == ["train c"]
+    assert (f"init_from a not found; tried {work / 'runs' / 'a'}, {elsewhere / 'a'}") in caplog.text
+    run(elsewhere / "z", "train z")
+    assert [s["command"] for s in hub.training_stages(run(work / "d", "train d", "z"))] == ["train z", "train d"]
+    # a folder of that name under the parent and another under the current directory: the one with the weights
+    for where in (work, elsewhere):
+        run(where / "y", f"train y in {where.name}")
+        (where / "y" / "model.safetensors").write_bytes(f"weights in {where.name}".encode())
+    for where in (work, elsewhere):
+        e = run(work / "e", "train e", "y", init_weights_sha256=weights_sha256(where / "y"))
+        assert [s["command"] for s in hub.training_stages(e)] == [f"train y in {where.name}", "train e"]
+    # the bundled model under the project's organisation and under the docs' placeholder one ("org")
+    card = tmp_path / "bundle" / "tiny-mamba4rec"
+    (card / hub.STAGES_FILE).write_text(json.dumps({"stages": [{"command": "train bundled"}]}))
+    for org in (hub.HUB_ORG, "org"):
+        f = run(work / "f", "train f", f"{org}/tiny-mamba4rec", init_weights_sha256=weights_sha256(card))
+        assert [s["command"] for s in hub.training_stages(f)] == ["train bundled", "train f"], org
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zoo.hub"):
+        assert [s["command"] for s in hub.training_stages(run(work / "g", "train g", "someone/tiny-mamba4rec"))] == [
+            "train g"]
+        assert [s["command"] for s in hub.training_stages(run(work / "h", "train h", "org/no-such-model"))] == [
+            "train h"]
+    assert "init_from someone/tiny-mamba4rec not found" in caplog.text
+    assert f"the bundled copy of {hub.HUB_ORG}/no-such-model (none)" in caplog.text
+
+
+def test_a_run_that_dropped_unknown_items_is_carded_on_the_data_without_them(tmp_path, monkeypatch):
+    """``zoo.train --init-from A --unknown-items drop`` left out the interactions of items A does not know; its card
+    leaves them out too (it was refused: "not in the model's item vocabulary"), says how many, gives the zoo.evaluate
+    command that reproduces its numbers (with --unknown-items drop) and, the data being no longer the whole benchmark,
+    does not compare with the published numbers."""
+    import json
+
+    from zoo.evaluate import main as evaluate_main
+    from zoo.train import main as train_main
+
+    data, common = _tiny_gru4rec_run(tmp_path)
+    lines = Path(data).read_text().splitlines()
+    new = [f"{u}\t{300 + u % 4}\t{1}" for u in range(1, 11)]          # 4 items run a never saw, 10 interactions
+    grown = tmp_path / "grown.tsv"
+    grown.write_text("\n".join(lines[:1] + new + lines[1:]) + "\n")
+    argv = [str(grown) if a == data else a for a in common]
+    train_main(argv + ["--out", str(tmp_path / "d"), "--init-from", str(tmp_path / "a"), "--unknown-items", "drop"])
+    run_log = json.loads((tmp_path / "d" / "train_log.json").read_text())
+    assert run_log["init_items"]["dropped_interactions"] == 10
+    _stand_in_for_the_published_benchmark(monkeypatch, str(grown))
+    card = tmp_path / "card"
+    metrics = hub.build_card_folder(str(tmp_path / "d"), "gru4rec-ml1m", str(grown), out_dir=str(card))
+    info = json.loads((card / "eval_results.json").read_text())
+    assert info["unknown_items"] == "drop" and info["dropped"] == {"items": 4, "interactions": 10, "users": 0}
+    assert info["protocol"]["command"] == ("python -m zoo.evaluate --model ssm-rec-zoo/gru4rec-ml1m --data grown.tsv "
+                                           "--kcore none --unknown-items drop")
+    text = (card / "README.md").read_text()
+    assert ("As in training (`--unknown-items drop`), the interactions of the 4 items the model's item vocabulary "
+            "lacks were dropped before the split: 10 interactions (0 users left with none)") in text
+    assert "Against the published numbers" not in text
+    again = evaluate_main(["--model", str(card), "--data", str(grown), "--kcore", "none", "--unknown-items", "drop",
+                           "--no-progress"])["metrics"]
+    assert again == metrics
+    assert hub.run_unknown_items({}) == "error" and hub.run_unknown_items({"init_items": {"unknown_items": "add"}}) \
+        == "error"

@@ -799,7 +799,7 @@ def test_a_resumed_run_counts_the_time_already_used_against_its_budget(tmp_path)
     state_file = out / "resume" / "state.json"
     state = json.loads(state_file.read_text())
     assert state["progress"]["epoch"] == 1
-    state["progress"]["elapsed_s"] = 6000.0
+    state["progress"].update(elapsed_s=6000.0, stopped=None)  # as if cut after epoch 1 (a stopped run trains no more)
     state_file.write_text(json.dumps(state))
     log = train_main(args + ["--resume", "--max-minutes", "50"])
     assert [r["epoch"] for r in log["epochs"]] == [1, 2]
@@ -838,6 +838,132 @@ def test_set_overrides_the_config_file(tmp_path, monkeypatch):
             "--set", "hidden_size=16"])
     assert seen["config_overrides"] == {"hidden_size": 16, "num_layers": 2}
 
+
+
+def test_repeated_set_flags_add_up_and_a_key_given_twice_is_refused(tmp_path, monkeypatch, capsys):
+    """``--set a=1 --set b=2`` applies both (the second --set replaced the first's values, silently: the run trained
+    hidden_size 64 while its logged command showed 16); a key given twice with different values is a usage error
+    naming it, the same value twice is allowed."""
+    import zoo.train as T
+
+    seen = {}
+    monkeypatch.setattr(T, "train", lambda *a, **kw: seen.update(kw) or {})
+    base = ["--model", "gru4rec", "--data", "d.tsv", "--out", str(tmp_path / "o")]
+    T.main(base + ["--set", "hidden_size=16", "--set", "num_layers=1", "embedding_size=8", "--set", "num_layers=1"])
+    assert seen["config_overrides"] == {"hidden_size": 16, "num_layers": 1, "embedding_size": 8}
+    for twice in (["--set", "hidden_size=16", "--set", "hidden_size=32"],
+                  ["--set", "hidden_size=16", "hidden_size=16.0"]):
+        with refused(capsys, r"--set gives hidden_size twice, hidden_size=16 and hidden_size=(32|16\.0): give it once"):
+            T.main(base + twice)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_max_len_and_a_config_window_that_disagree_are_refused(tmp_path, capsys):
+    """``--max-len`` with a different ``max_seq_length`` in ``--config`` or ``--set`` is a usage error naming both (the
+    config's silently won); the same value is allowed, and without --max-len the config's window applies."""
+    data = _markov_file(tmp_path / "m.tsv", n_users=20, length=(6, 10))
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"max_seq_length": 12}))
+    base = ["--model", "gru4rec", "--data", str(data), "--kcore", "0", "--epochs", "1", "--no-progress",
+            "--set", *TINY["gru4rec"]]
+    for extra in (["--config", str(cfg)], ["--set", "max_seq_length=12"]):
+        with refused(capsys, r"--max-len 20 and max_seq_length=12 \(--set or --config\) disagree"):
+            train_main(base + ["--out", str(tmp_path / "x"), "--max-len", "20", *extra])
+    assert not (tmp_path / "x").exists()
+    train_main(base + ["--out", str(tmp_path / "same"), "--max-len", "12", "--config", str(cfg)])
+    train_main(base + ["--out", str(tmp_path / "file"), "--config", str(cfg)])
+    for d in ("same", "file"):
+        assert json.loads((tmp_path / d / "config.json").read_text())["max_seq_length"] == 12
+
+
+def test_config_fields_the_run_sets_from_its_data_are_refused(tmp_path, capsys):
+    """``n_items`` (the vocabulary's size) and ``item_vocab_file`` in ``--set`` or ``--config`` are a usage error
+    naming them and their flag (``--set n_items=2000`` was a TypeError traceback in build_model), and a ValueError in
+    the API."""
+    import zoo.train as T
+
+    data = _markov_file(tmp_path / "m.tsv", n_users=20, length=(6, 10))
+    base = ["--model", "sasrec", "--data", str(data), "--out", str(tmp_path / "o"), "--kcore", "0"]
+    with refused(capsys, r"error: --set: n_items is set by the run from its data, not by the model config"):
+        train_main(base + ["--set", "n_items=2000"])
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"item_vocab_file": "v.json", "n_items": 5}))
+    with refused(capsys, rf"error: --config {re.escape(str(cfg))}: n_items and item_vocab_file are set by the run"):
+        train_main(base + ["--config", str(cfg)])
+    with pytest.raises(ValueError, match="--set: n_items is set by the run"):
+        T.train("sasrec", str(data), str(tmp_path / "o"), kcore=0, config_overrides={"n_items": 2000})
+    assert not (tmp_path / "o").exists()
+
+
+def _cut_in_the_test(monkeypatch):
+    """Make the final test evaluation (ks 5, 10, 20) raise KeyboardInterrupt, as a Ctrl-C there."""
+    import zoo.evaluate
+
+    real = zoo.evaluate.evaluate_model
+
+    def cut(model, examples, ks=(10,), **kw):
+        if tuple(ks) == (5, 10, 20):
+            raise KeyboardInterrupt
+        return real(model, examples, ks=ks, **kw)
+    monkeypatch.setattr(zoo.evaluate, "evaluate_model", cut)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("extra, stopped, n_epochs", [
+    (["--lr", "0", "--patience", "2"], "early stopping: no valid NDCG@10 gain for 2 epochs", 3),
+    (["--max-minutes", "0.0001"], "time budget of 0.0001 minutes reached", 1),
+    ([], "max epochs", 4)])
+def test_a_run_cut_in_its_test_evaluation_resumes_straight_to_the_test(tmp_path, monkeypatch, capsys, extra,
+                                                                       stopped, n_epochs):
+    """A run that stopped (early stopping, its time budget, its last epoch) and was cut (Ctrl-C) while testing its
+    best checkpoint: --resume tests that checkpoint and trains no further epoch (it went on with the next epoch, which
+    the uncut run never ran), ending as the uncut run did -- same epochs, stop reason, checkpoint and test metrics. A
+    state saved before the stop reason was kept, cut after early stopping, does the same."""
+    from safetensors.torch import load_file
+
+    data = _markov_file(tmp_path / "m.tsv", n_users=30, length=(8, 14))
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "4", "--batch-size", "8", "--device", "cpu", "--set", *TINY["gru4rec"], *extra]
+    whole = train_main(args + ["--out", str(tmp_path / "whole")])
+    assert whole["stopped"] == stopped and len(whole["epochs"]) == n_epochs, whole["stopped"]
+    outs = ["cut"] + (["old"] if "--patience" in extra else [])
+    for d in outs:
+        with monkeypatch.context() as m:
+            _cut_in_the_test(m)
+            with pytest.raises(KeyboardInterrupt):
+                train_main(args + ["--out", str(tmp_path / d)])
+    saved = json.loads((tmp_path / "cut" / "resume" / "state.json").read_text())["progress"]
+    if "old" in outs:
+        state_file = tmp_path / "old" / "resume" / "state.json"
+        state = json.loads(state_file.read_text())
+        state["progress"].pop("stopped", None)
+        state_file.write_text(json.dumps(state))
+    for d in outs:
+        capsys.readouterr()
+        resumed = train_main(args + ["--out", str(tmp_path / d), "--resume"])
+        said = capsys.readouterr().out
+        assert [r["epoch"] for r in resumed["epochs"]] == [r["epoch"] for r in whole["epochs"]]
+        assert resumed["stopped"] == whole["stopped"] and resumed["best_epoch"] == whole["best_epoch"]
+        assert resumed["test"] == whole["test"]
+        a, b = (load_file(tmp_path / x / "model.safetensors") for x in ("whole", d))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert (tmp_path / d / "resume").exists() == ("--max-minutes" in extra)     # a budget-stopped run keeps it
+        assert f"the run had stopped ({stopped}): testing its best checkpoint" in said, said
+    assert saved["stopped"] == stopped and saved["epoch"] == n_epochs
+    if "--max-minutes" in extra:          # a budget with time left goes on from there, to the last epoch
+        log = train_main(args[:-2] + ["--out", str(tmp_path / "cut"), "--resume", "--max-minutes", "5"])
+        assert len(log["epochs"]) == 4 and log["stopped"] == "max epochs"
+
+
+def test_patience_is_documented_against_recboles_stopping_step():
+    """RecBole stops at the (stopping_step + 1)-th validation without a gain (``cur_step > max_step``), the zoo at the
+    patience-th: the docs say so (they claimed patience counted "as RecBole's stopping_step does")."""
+    import zoo.train as T
+
+    doc = " ".join(T.train.__doc__.split())
+    assert "as RecBole's ``stopping_step`` does" not in doc
+    assert "``patience`` P matches ``stopping_step`` P - 1" in doc
+    assert "N = S + 1" in " ".join(T.build_parser().format_help().split())
 
 
 def test_a_typo_in_the_config_file_is_named_as_the_files(tmp_path, capsys):

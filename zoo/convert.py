@@ -250,8 +250,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-seq-length", type=int,
                    help="Mamba4Rec's history window (default: the checkpoint's MAX_ITEM_LIST_LENGTH, else 200)")
     p.add_argument("--trust-pickle", action="store_true")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config fields the weights do not show, e.g. num_heads=2 (JSON values)")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config fields the weights do not show, e.g. num_heads=2 (JSON values; --set may be repeated)")
     a = p.parse_args(argv)
     from .train import parse_overrides
 

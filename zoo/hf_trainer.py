@@ -44,6 +44,7 @@ that ``python -m zoo.hub card`` cards.
 
 from __future__ import annotations
 
+import math
 import os
 from functools import partial
 from typing import Any, Iterable, Sequence
@@ -324,8 +325,9 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
     Writes the ``Trainer``'s model (the best checkpoint with ``load_best_model_at_end``) with ``save_pretrained`` and
     a ``train_log.json`` in ``zoo.train``'s format: the data and its loading options, the optimiser and schedule read
     from the ``TrainingArguments`` (all of them are kept too, under ``trainer``), the objective, the per-epoch
-    validation, the validation NDCG@10 of the saved weights and their test metrics (measured here, under the protocol
-    the run validated with: LRURec's when its evaluation set was built with ``exclude_history``).
+    validation and training loss (the mean of the losses logged within the epoch: :func:`epoch_losses`; an epoch
+    without a log has none), the validation NDCG@10 of the saved weights and their test metrics (measured here, under
+    the protocol the run validated with: LRURec's when its evaluation set was built with ``exclude_history``).
 
     Args:
         trainer: the ``Trainer``, after ``train()``, built with :func:`trainer_kwargs`.
@@ -376,9 +378,9 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
     args = trainer.args
     state = trainer.state
     evals = [e for e in state.log_history if "eval_NDCG@10" in e]
-    losses = {round(e["epoch"]): e["loss"] for e in state.log_history if "loss" in e and "epoch" in e}
-    epochs = [{"epoch": round(e["epoch"]), **({"loss": losses[round(e["epoch"])]} if round(e["epoch"]) in losses
-                                              else {}),
+    losses = epoch_losses(state.log_history)
+    epochs = [{"epoch": epoch_of(e["epoch"]), **({"loss": losses[epoch_of(e["epoch"])]}
+                                                  if epoch_of(e["epoch"]) in losses else {}),
                "valid_NDCG@10": e["eval_NDCG@10"], **({"valid_HR@10": e["eval_HR@10"]} if "eval_HR@10" in e else {})}
               for e in evals]
     best_kept = bool(args.load_best_model_at_end) and str(args.metric_for_best_model).removeprefix("eval_") == "NDCG@10"
@@ -399,7 +401,7 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
                      * max(1, args.world_size), "clip": args.max_grad_norm or 0.0, "lr_schedule": schedule,
                      **({"warmup_steps": args.get_warmup_steps(state.max_steps)}
                         if args.get_warmup_steps(state.max_steps) else {})},
-           "config_overrides": {}, "epochs": epochs,
+           "config_overrides": {}, "epochs": epochs, "epoch_loss": EPOCH_LOSS,
            "command": command or "python " + " ".join(map(shlex.quote, sys.argv)),
            "objective": describe_objective(cfg["model_type"], w.max_len, w.stride, cfg, describe_loss(loss)),
            "loss": loss, "window_stride": w.stride, "loss_weighting": "window", "environment": environment(),
@@ -416,6 +418,39 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
     with written_whole(os.path.join(out, "train_log.json")) as f:
         json.dump(log, f, indent=1)
     return log
+
+
+#: what the ``loss`` of an epoch of :func:`save_run`'s log is (its ``epoch_loss`` entry says so)
+EPOCH_LOSS = ("the mean of the training losses the Trainer logged within the epoch (every logging_steps optimizer "
+              "steps), each weighted by the steps it covers; a log belongs to the epoch its fractional epoch falls in "
+              "(a log at epoch 1.15 to epoch 2, one at exactly 1.0 to epoch 1), and an epoch without a log has no "
+              "loss")
+
+
+def epoch_of(epoch: float) -> int:
+    """The epoch (1, 2, ...) of a ``Trainer`` log at the fractional ``epoch`` it gives (``state.epoch``: epochs
+    completed, fractions of the current one included): a log at 1.15 is within epoch 2, the log at the end of the
+    first epoch (exactly 1.0) within epoch 1."""
+    return max(1, math.ceil(float(epoch) - 1e-9))
+
+
+def epoch_losses(log_history: Sequence[dict]) -> dict[int, float]:
+    """``{epoch: loss}`` from a ``Trainer``'s ``state.log_history``: :data:`EPOCH_LOSS`. Each ``loss`` log is the mean
+    loss of the optimizer steps since the previous one (``step - previous step`` of them), so an epoch's loss is the
+    mean over the steps of its logs; a log that spans the end of an epoch counts in the epoch it was made in."""
+    sums: dict[int, float] = {}
+    steps: dict[int, float] = {}
+    last = 0
+    for e in log_history:
+        if "loss" not in e or "epoch" not in e:
+            continue
+        step = e.get("step")
+        n = step - last if isinstance(step, int) and step > last else 1
+        last = step if isinstance(step, int) else last
+        k = epoch_of(e["epoch"])
+        sums[k] = sums.get(k, 0.0) + n * float(e["loss"])
+        steps[k] = steps.get(k, 0) + n
+    return {k: sums[k] / steps[k] for k in sums}
 
 
 def _check_split_fits(model, split: Split) -> None:
@@ -441,4 +476,4 @@ def _check_split_fits(model, split: Split) -> None:
 
 
 __all__ = ["WindowDataset", "HistoryDataset", "SeqRecCollator", "logits_to_ranks", "ranking_metrics",
-           "trainer_kwargs", "save_run", "EVAL_ON", "HISTORY_LABELS"]
+           "trainer_kwargs", "save_run", "epoch_of", "epoch_losses", "EVAL_ON", "HISTORY_LABELS", "EPOCH_LOSS"]

@@ -24,7 +24,7 @@ from typing import Sequence
 
 from .cli import cannot, check_outputs, columns_argv, written_whole, written_whole_folder
 from .data.benchmarks import BENCHMARKS, recognise_benchmark
-from .pretrained import HUB_ORG, bundled_models, weights_sha256
+from .pretrained import HUB_ORG, PLACEHOLDER_ORGS, bundled_models, weights_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -340,15 +340,13 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
             prev = log.get("init_from")
             if not prev:
                 return stages
-            folder = pathlib.Path(prev)
-            if not folder.is_absolute() and not folder.exists():
-                folder = pathlib.Path(run_dir) / prev
-            if not folder.exists() and str(prev).startswith(f"{HUB_ORG}/"):         # a bundled model's Hub id
-                folder = pathlib.Path(bundled_models().get(str(prev).split("/", 1)[1], folder))
-            if not folder.exists():
-                logger.warning("training history stops at %s (init_from %s not found)", run_dir, prev)
-                return stages
             expect = log.get("init_weights_sha256")
+            found, tried = init_from_folder(str(prev), folder, log, expect)
+            if found is None:
+                logger.warning("training history stops at %s (init_from %s not found; tried %s)", run_dir, prev,
+                               ", ".join(tried))
+                return stages
+            folder = found
         elif (folder / STAGES_FILE).exists():
             earlier = json.load(open(folder / STAGES_FILE))["stages"]
             if stages and stages[0] in earlier:         # the card holds this run (re-carded from it, or later stages)
@@ -366,6 +364,37 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
 
 
 SOUP_LOG = "soup_log.json"
+
+
+def init_from_folder(init_from: str, run_folder: str | os.PathLike, log: dict,
+                     expect: str | None = None) -> tuple[pathlib.Path | None, list[str]]:
+    """``(folder, tried)``: the folder a run in ``run_folder`` (its ``train_log.json``: ``log``) started from, as its
+    ``init_from`` names it (``zoo.train --init-from`` as typed, relative to where it ran), or None; ``tried`` lists the
+    places looked at, for the message.
+
+    An absolute path is taken as it is. A relative one is looked for, in this order, under the working directory the
+    run recorded (its log's ``cwd``, when it has one), under the run folder's parent (a run and its starting run made
+    side by side, ``--out B --init-from A``), then under the current directory. A Hub id of the project's organisation
+    or of a placeholder organisation the docs use (``org/<name>``, :data:`zoo.pretrained.PLACEHOLDER_ORGS`) is then
+    its bundled copy, as ``from_pretrained`` finds it offline. When ``expect`` (the SHA-256 of the weights the run
+    started from) is given, the first place that holds those weights is chosen, else the first that exists (whose
+    other weights then stop the history, with a warning)."""
+    path = pathlib.Path(init_from)
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        bases = ([pathlib.Path(log["cwd"])] if isinstance(log.get("cwd"), str) and log["cwd"] else []) + [
+            pathlib.Path(os.path.abspath(run_folder)).parent, pathlib.Path.cwd()]
+        candidates = list(dict.fromkeys(base / path for base in bases))
+    tried = [str(c) for c in candidates]
+    org, _, name = init_from.partition("/")
+    if not path.is_absolute() and name and "/" not in name and org in (HUB_ORG, *PLACEHOLDER_ORGS):
+        bundled = bundled_models().get(name)
+        candidates += [pathlib.Path(bundled)] if bundled is not None else []
+        tried.append(f"the bundled copy of {HUB_ORG}/{name} ({bundled or 'none'})")
+    existing = [c for c in candidates if c.is_dir()]
+    match = next((c for c in existing if expect and weights_sha256(c) == expect), None)
+    return (match or (existing[0] if existing else None)), tried
 
 
 def check_leave_one_out(stages: list[dict], where: str) -> None:
@@ -514,6 +543,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         raise FileNotFoundError(f"{run_dir} is neither a finished zoo.train run, a zoo.soup folder nor a card folder: "
                                 f"missing {missing}")
     check_outputs({"--out": out_dir}, folders=True)            # a file there, or a place that cannot be written
+    if history == "train_log.json":
+        check_finished(run_dir)                                 # an interrupted run: not its best checkpoint yet
     in_place = os.path.isdir(out_dir) and os.path.samefile(run_dir, out_dir)
     _check_same_protocol(out_dir, exclude_history)
     kept_notes = card_notes(out_dir) if keep_notes else ""     # refused (no markers) before any measuring
@@ -535,7 +566,15 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     benchmark = recognise_benchmark(loaded)
     dataset_type, dataset_name = _dataset_names(dataset_type, dataset_name, benchmark, _card_dataset(out_dir),
                                                 data_file)
-    ds, _ = align_with_model(loaded, model)
+    # a run that left out the interactions of items its checkpoint lacked (--init-from X --unknown-items drop) is
+    # measured on the data without them too, and its card says how many
+    unknown_items = run_unknown_items(log)
+    ds, _ = align_with_model(loaded, model, unknown=unknown_items)
+    dropped = None
+    if ds.n_interactions != loaded.n_interactions:
+        dropped = {"items": sum(1 for x in loaded.vocab.items if x not in model.item_vocab),
+                   "interactions": loaded.n_interactions - ds.n_interactions, "users": loaded.n_users - ds.n_users}
+        benchmark = None                    # not the whole benchmark: no comparison with its published numbers
     split = leave_one_out(ds)
     test = split.test
     metrics, ranks = evaluate_model(model, test, ks=(5, 10, 20), exclude_history=exclude_history, return_ranks=True)
@@ -543,6 +582,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
 
     def evaluate_command(masked: bool, source: str = f"--model {HUB_ORG}/{name}") -> str:
         return f"python -m zoo.evaluate {source} --data {data_file}" + data_flags(data_options) + (
+            " --unknown-items drop" if unknown_items == "drop" and source.startswith("--model") else "") + (
             " --exclude-history" if masked else "")
 
     baselines = {kind: {"metrics": evaluate_baseline(kind, split.train, test, int(model.config.n_items), ks=(10,),
@@ -570,8 +610,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         reference = {"exclude_history": masked, "command": evaluate_command(masked),
                      "metrics": evaluate_model(model, test, ks=(5, 10, 20), exclude_history=masked)}
     dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences), "benchmark": benchmark,
-               "description": description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, "
-                                             f"{ds.n_interactions:,} interactions"}
+               "description": _with_dropped(description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} "
+                                                           f"items, {ds.n_interactions:,} interactions", dropped)}
     notes = "\n\n".join(n for n in (kept_notes, notes.strip()) if n)   # the replaced card's notes first
     # the new card is written into a staged copy of the folder and swapped in whole: a failure on the way (an ONNX
     # graph that no longer verifies, a full disk) leaves the card folder as it was
@@ -587,6 +627,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
             with written_whole(os.path.join(stage, "eval_results.json")) as f:
                 json.dump({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
                            "protocol": protocol, "data_file": data_file, "data_options": data_options,
+                           "unknown_items": unknown_items, **({"dropped": dropped} if dropped else {}),
                            "exclude_history": exclude_history, "baselines": baselines,
                            **({"reference_protocol": reference} if reference else {})}, f, indent=1)
             for args in exports:
@@ -594,6 +635,34 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     except RuntimeError as e:
         raise RuntimeError(f"{e}; {out_dir} was left as it was") from e
     return metrics
+
+
+#: what ``zoo.train`` writes into a run's ``train_log.json`` when the run ends (an interrupted run's log lacks them)
+FINISHED_KEYS = ("stopped", "best_epoch", "test")
+
+
+def check_finished(run_dir: str | os.PathLike) -> None:
+    """``ValueError`` for a ``zoo.train`` run that did not finish (interrupted: its ``train_log.json`` lacks
+    :data:`FINISHED_KEYS`): its folder holds the best weights so far, not the run's, and no test measurement. The
+    message gives the command that finishes it (``--resume``), or says it cannot be resumed."""
+    from .train_state import RESUME_DIR, resume_dir
+
+    path = os.path.join(run_dir, "train_log.json")
+    try:
+        log = json.loads(pathlib.Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(cannot("the training log", path, e, "read")) from e
+    if not isinstance(log, dict):
+        raise ValueError(f"{path} is not a zoo.train log (a JSON object), got a JSON {type(log).__name__}")
+    missing = [k for k in FINISHED_KEYS if k not in log]
+    if not missing:
+        return
+    command = str(log.get("command") or "python -m zoo.train ... --out " + shlex.quote(str(run_dir)))
+    how = (f"finish it with `{command}{'' if '--resume' in command.split() else ' --resume'}` (from the directory it "
+           "was started in), then card it" if resume_dir(run_dir) else
+           f"it holds no resume state ({RESUME_DIR}/) to continue from: train it again")
+    raise ValueError(f"{run_dir} is an unfinished zoo.train run (interrupted: its train_log.json, with "
+                     f"{len(log.get('epochs') or [])} epochs, has no {', '.join(missing)}): {how}")
 
 
 def run_data_options(log: dict) -> dict:
@@ -604,6 +673,25 @@ def run_data_options(log: dict) -> dict:
 
     given = log.get("data_options") or {}
     return load_options(given.get("kcore", "auto"), given.get("time_ties", "file"), given.get("columns"))
+
+
+def run_unknown_items(log: dict) -> str:
+    """How the items of the data that the model's vocabulary lacks are treated when the run's checkpoint is measured:
+    ``"drop"`` (their interactions left out) for a run that dropped them from its training data (``zoo.train
+    --init-from X --unknown-items drop``: its log's ``init_items``), else ``"error"`` (every item must be known)."""
+    return "drop" if (log.get("init_items") or {}).get("unknown_items") == "drop" else "error"
+
+
+def _with_dropped(description: str, dropped: dict | None) -> str:
+    """The card's data line: ``description``, then what was left out as the run left it out (``dropped``: counts of
+    items, interactions and users left with none; None when nothing was)."""
+    if not dropped:
+        return description
+    return (f"{description.rstrip().rstrip('.')}. As in training (`--unknown-items drop`), the interactions of the "
+            f"{dropped['items']:,} items the model's item vocabulary lacks were dropped before the split: "
+            f"{dropped['interactions']:,} interactions ({dropped['users']:,} users left with none). The numbers of "
+            "this card are on the data without them (`zoo.evaluate --unknown-items drop` drops them too; "
+            "`zoo.evaluate --baseline`, which has no vocabulary to drop them by, measures the whole file).")
 
 
 def data_flags(options: dict) -> str:
@@ -739,6 +827,17 @@ def push(folder: str, repo_id: str, private: bool = False, token: str | None = N
     return str(info)
 
 
+def hub_errors() -> tuple[type[Exception], ...]:
+    """What a Hub call raises when it cannot reach the Hub or the Hub refuses it, for ``push`` to report in one line:
+    ``OSError`` (``huggingface_hub``'s ``OfflineModeIsEnabled`` and ``HfHubHTTPError``, a file that cannot be read)
+    and the HTTP client's own error base that ``HfHubHTTPError`` derives from (httpx's ``HTTPError``, whose
+    ``ConnectError`` and timeouts are no ``OSError``; requests' errors are ``OSError``). Programming errors
+    (``TypeError``, ``AttributeError``, ...) are none of these."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return (OSError, *(b for b in HfHubHTTPError.__bases__ if issubclass(b, Exception)))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m zoo.hub", description="Bundled models, model cards, publishing.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -785,6 +884,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(push(args.folder, args.repo_id, args.private))
         except (RuntimeError, ValueError) as e:
             sys.exit(f"push failed: {e}")
+        except hub_errors() as e:       # the Hub not reached (offline mode, no network) or refusing (HTTP errors)
+            from huggingface_hub import constants
+
+            # the HTTP client's own errors (ConnectError: "[Errno 111] Connection refused") do not say what was called
+            where = "" if isinstance(e, OSError) else f" (reaching the Hub at {constants.ENDPOINT})"
+            sys.exit(f"push failed: {type(e).__name__}: {' '.join(str(e).split()) or 'no message'}{where}")
 
 
 if __name__ == "__main__":

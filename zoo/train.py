@@ -110,16 +110,21 @@ def schedule_progress(step: int, total_steps: int, elapsed_s: float = 0.0, budge
 
 
 def parse_overrides(items: Sequence[str]) -> dict:
-    """``["num_layers=2", "dropout_prob=0.3"]`` -> dict with JSON-parsed values (strings stay strings)."""
+    """``["num_layers=2", "dropout_prob=0.3"]`` -> dict with JSON-parsed values (strings stay strings). A key given
+    twice with different values is a ``ValueError`` naming it (the later one would otherwise win silently)."""
     out = {}
     for it in items or []:
         if "=" not in it:
             raise ValueError(f"--set expects key=value, got {it!r}")
         k, v = it.split("=", 1)
+        k = k.strip()
         try:
-            out[k.strip()] = json.loads(v)
+            v = json.loads(v)
         except json.JSONDecodeError:
-            out[k.strip()] = v
+            pass
+        if k in out and (out[k] != v or type(out[k]) is not type(v)):
+            raise ValueError(f"--set gives {k} twice, {k}={out[k]!r} and {k}={v!r}: give it once")
+        out[k] = v
     return out
 
 
@@ -162,6 +167,20 @@ def check_config_overrides(cfg_cls, overrides: dict, where: str = "--set") -> No
     if unknown:
         raise ValueError(f"{where}: {unknown} not fields of {cfg_cls.__name__} ({cfg_cls.model_type}); its fields: "
                          f"{sorted(fields)}")
+
+
+#: config fields a run sets itself, from its data (or its ``--init-from`` checkpoint), never from ``--set``/``--config``
+RUN_FIELDS = {"n_items": "the item vocabulary's size", "item_vocab_file": "written with the checkpoint's vocabulary"}
+
+
+def check_run_fields(overrides: dict, where: str = "--set") -> None:
+    """``ValueError`` naming the overrides of :data:`RUN_FIELDS` (``--set n_items=2000`` failed in ``build_model``
+    with "got multiple values for keyword argument 'n_items'")."""
+    given = [k for k in RUN_FIELDS if k in overrides]
+    if given:
+        raise ValueError(f"{where}: {' and '.join(given)} {'is' if len(given) == 1 else 'are'} set by the run from its "
+                         f"data, not by the model config ({'; '.join(f'{k}: {RUN_FIELDS[k]}' for k in given)}): leave "
+                         f"{'it' if len(given) == 1 else 'them'} out")
 
 
 def build_model(model_type: str, n_items: int, config_overrides: dict):
@@ -429,7 +448,12 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
                          "data's own, so no item is unknown")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+    check_run_fields(dict(config_overrides or {}))
     check_config_overrides(get_model_class(model_type)[0], dict(config_overrides or {}))
+    window = (config_overrides or {}).get("max_seq_length")
+    if max_len is not None and window is not None and (window != max_len or isinstance(window, bool)):
+        raise ValueError(f"--max-len {max_len} and max_seq_length={window!r} (--set or --config) disagree: give the "
+                         "window once")
     if decay_over not in DECAY_HORIZONS:
         raise ValueError(f"decay_over must be one of {DECAY_HORIZONS}, got {decay_over!r}")
     if decay_over == "budget" and not max_minutes:
@@ -584,7 +608,9 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     comes first). ``warmup_steps`` ramps the learning rate linearly from ``lr / warmup_steps`` to the schedule's value
     over the run's first optimizer steps (:func:`warmup_factor`; 0: no warmup).
     ``eval_every`` (RecBole's ``eval_step``) validates every that many epochs, and always after the last epoch and
-    when the time budget ends; ``patience`` counts validations without a gain, as RecBole's ``stopping_step`` does.
+    when the time budget ends; the run stops at the ``patience``-th validation in a row without a gain (a valid
+    NDCG@10 above the best so far), where RecBole's ``stopping_step`` S stops at the (S + 1)-th (``cur_step >
+    max_step``): ``patience`` P matches ``stopping_step`` P - 1.
     A run started ``init_from`` a checkpoint first validates that checkpoint (logged as ``init_valid_NDCG10``) and
     says at the end when no epoch beat it. ``out`` must not already hold a checkpoint unless ``overwrite`` (see
     :func:`check_output_folder`). ``kcore``, ``time_ties`` and ``columns`` (:func:`zoo.data.load_dataset`) are kept
@@ -660,7 +686,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                                            describe_loss(loss_spec)),
            "loss": loss_spec,
            "window_stride": windows.stride, "loss_weighting": loss_weighting,
-           "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every}
+           "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every,
+           "cwd": os.getcwd()}                # where a relative --init-from is found again (zoo.hub's stage table)
     if init_from:       # the weights it starts from: a card folder replaced later no longer holds them
         from .pretrained import resolve_pretrained, weights_sha256
 
@@ -677,6 +704,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
               "again for their gradient; --loss sampled-softmax scores each target against --negatives items "
               "instead (bench/RESULTS_SAMPLED_SOFTMAX_QUALITY.md)", flush=True)
     best, best_epoch, bad, start_epoch = -1.0, -1, 0, 1
+    ended = None                    # a resumed run's stop reason, when it had stopped before it was cut
     gen = np.random.default_rng(seed)
     if resumed:                     # continue the interrupted run: its weights, optimizer, generators, counters, log
         folder, state, tensors = resumed
@@ -690,8 +718,16 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         log = state["log"]
         log.setdefault("resumed", []).append({"after_epoch": done["epoch"], "command": command,
                                               "max_minutes": max_minutes})
+        # a run that had stopped (and was cut in its test evaluation, or budget-stopped) trains no further epoch, as
+        # the uncut run trained none; a budget-stopped one given a budget with time left goes on. A state saved before
+        # "stopped" was kept had stopped early when its count had reached the patience.
+        ended = done.get("stopped") or (stop_text(patience, eval_every) if bad >= patience else None)
+        if ended and ended.startswith(TIME_BUDGET):
+            ended = f"{TIME_BUDGET} of {max_minutes} minutes reached" if (
+                max_minutes and done["elapsed_s"] >= max_minutes * 60) else None
         print(f"[zoo.train] resuming {out} after epoch {done['epoch']} ({done['elapsed_s'] / 60:.1f} minutes used; "
-              f"best valid NDCG@10 {best:.4f} at epoch {best_epoch})", flush=True)
+              f"best valid NDCG@10 {best:.4f} at epoch {best_epoch})"
+              + (f"; the run had stopped ({ended}): testing its best checkpoint" if ended else ""), flush=True)
     elif init_from:  # where this stage starts, so that a stage that only lost ground says so
         start = validate(model)
         log["init_valid_NDCG10"] = start["NDCG@10"]
@@ -704,12 +740,14 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                                                              max_len=int(model.config.max_seq_length))["NDCG@10"]
     print(f"[zoo.train] most-popular baseline: valid NDCG@10 {log['popularity_valid_NDCG10']:.4f}", flush=True)
 
-    def keep_state(epoch: int) -> None:
+    def keep_state(epoch: int, stopped: str | None = None) -> None:
         train_state.save(out, model, opt, gen, {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
-                                                "elapsed_s": time.time() - t0}, settings, log)
+                                                "elapsed_s": time.time() - t0, "stopped": stopped}, settings, log)
 
     deadline = t0 + max_minutes * 60 if max_minutes else None
     stopped = "max epochs"
+    if ended:
+        stopped, start_epoch = ended, epochs + 1                        # straight to the test of the best checkpoint
     for epoch in range(start_epoch, epochs + 1):
         model.train()
         te = time.time()
@@ -761,13 +799,12 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
               f"{metrics['HR@10']:.4f} ({row['seconds']:.0f}s){' *' if improved else ''}", flush=True)
         with written_whole(os.path.join(out, "train_log.json")) as f:     # an interruption keeps the last whole log
             json.dump(log, f, indent=1)
-        keep_state(epoch)
-        if bad >= patience:
-            stopped = f"early stopping: no valid NDCG@10 gain for {patience} validations (every {eval_every} epochs)" \
-                if eval_every > 1 else f"early stopping: no valid NDCG@10 gain for {patience} epochs"
-            break
-        if deadline and time.time() > deadline:
-            stopped = f"{TIME_BUDGET} of {max_minutes} minutes reached"
+        ending = stop_text(patience, eval_every) if bad >= patience else \
+            f"{TIME_BUDGET} of {max_minutes} minutes reached" if deadline and time.time() > deadline else \
+            "max epochs" if epoch == epochs else None
+        keep_state(epoch, ending)          # with the reason: a resume after a cut in the test goes straight to it
+        if ending:
+            stopped = ending
             break
     from .models import get_model_class
 
@@ -796,6 +833,12 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     print(f"[zoo.train] done ({stopped}); best epoch {best_epoch}; test: "
           + " ".join(f"{k} {v:.4f}" for k, v in test.items() if "Recall" not in k), flush=True)
     return log
+
+
+def stop_text(patience: int, eval_every: int) -> str:
+    """The log's ``stopped`` text of a run stopped early."""
+    return (f"early stopping: no valid NDCG@10 gain for {patience} validations (every {eval_every} epochs)"
+            if eval_every > 1 else f"early stopping: no valid NDCG@10 gain for {patience} epochs")
 
 
 def _check_numbers(epochs: int, batch_size: int, lr: float, clip: float, weight_decay: float,
@@ -875,7 +918,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", required=True, help="interaction file (.seq, .inter, ratings.dat, csv/tsv; .gz ok)")
     run.add_argument("--out", required=True, help="folder for the best checkpoint and train_log.json")
     run.add_argument("--config", help="JSON file with model config fields")
-    run.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides")
+    run.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                     help="model config overrides (over --config's; --set may be repeated)")
     run.add_argument("--seed", type=int, default=2020,
                      help="seeds the initial weights, the batch order, dropout, masks and negatives (default 2020)")
     run.add_argument("--max-len", type=int, default=None,
@@ -943,7 +987,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop = p.add_argument_group("epochs, validation and stopping")
     stop.add_argument("--epochs", type=int, default=200, help="most epochs (default 200)")
     stop.add_argument("--patience", type=int, default=10,
-                      help="early stopping: validations without a valid NDCG@10 gain")
+                      help="early stopping: stop at the Nth validation in a row without a valid NDCG@10 gain "
+                           "(default 10; RecBole's stopping_step S stops at the (S+1)th: N = S + 1)")
     stop.add_argument("--eval-every", type=int, default=1,
                       help="validate every N epochs (RecBole's eval_step), and after the last epoch and at the time "
                            "budget")
@@ -972,9 +1017,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
             fields = read_config_file(args.config)
             # a typo in the file is named as the file's (it was reported as a --set field)
+            check_run_fields(fields, where=f"--config {args.config}")
             check_config_overrides(get_model_class(args.model)[0], fields, where=f"--config {args.config}")
             overrides.update(fields)
-        overrides.update(parse_overrides(args.set))
+        given = parse_overrides(args.set)
+        check_run_fields(given)
+        overrides.update(given)
     except ValueError as e:
         p.error(str(e))
     command = "python -m zoo.train " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -11,8 +11,10 @@ After every epoch :func:`save` writes ``OUT/resume/``:
 
 No pickles: tensors in safetensors, the rest in JSON. The folder is written as ``resume.new/`` and swapped in, so an
 interruption while saving leaves the previous epoch's state whole (``resume.old/`` is used when the swap itself was
-cut). A run that ends by early stopping or by its last epoch removes the folder (there is nothing left to resume); one
-stopped by its time budget keeps it, so ``--resume --max-minutes M`` can give it more time.
+cut). A run that ends by early stopping or by its last epoch removes the folder after its test evaluation (there is
+nothing left to resume; one cut in that evaluation resumes straight to it, training no further epoch); one stopped by
+its time budget keeps it, so ``--resume --max-minutes M`` can give it more time (with no time left, a resume only
+tests the best checkpoint again).
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ def _optimizer_state_dict(tensors: dict, meta: dict) -> dict:
 def save(out: str | os.PathLike, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: np.random.Generator,
          progress: dict, settings: dict, log: dict) -> None:
     """Write ``out/resume/`` (see the module doc). ``progress``: ``epoch`` (last completed), ``best``,
-    ``best_epoch``, ``bad`` (validations without a gain), ``elapsed_s`` (time used, data loading included)."""
+    ``best_epoch``, ``bad`` (validations without a gain), ``elapsed_s`` (time used, data loading included),
+    ``stopped`` (the log's stop reason when the run stopped after this epoch, else ``None``: a run cut in its test
+    evaluation resumes straight to it)."""
     from safetensors.torch import save_file, save_model
 
     new, old, final = (os.path.join(out, RESUME_DIR + s) for s in (".new", ".old", ""))

@@ -2139,6 +2139,16 @@ def _perf(capsys, *argv):
     return rc, out.out, out.err
 
 
+def _perf_streams(capsys, export_dir, repo, name, backend, data, out, *args):
+    """A ``backend`` repository ``name`` of ``export_dir`` (its vocabulary shipped), then ``python -m export.perf_data``
+    on ``data`` into ``out`` (``args`` added): ``(printed, the file's data)``."""
+    T.write_repository(export_dir, repo, name=name, backend=backend, vocab_path=str(export_dir / "item_vocab.json"))
+    rc, printed, err = _perf(capsys, "--repo", repo, "--name", name, "--data", data, "--out", out, *args,
+                             "--kcore", "none")
+    assert rc == 0, err
+    return printed, json.loads(out.read_text())["data"]
+
+
 def test_perf_data_streams_prime_then_replay_the_last_events(mamba, mamba_export, tmp_path, capsys):
     """Stateful model (python backend and onnxruntime implicit): one stream per user with two or more items, the first
     request the (at most --prime) items before the last --events, then one request per event; ids mapped through the
@@ -2149,15 +2159,11 @@ def test_perf_data_streams_prime_then_replay_the_last_events(mamba, mamba_export
     data = _inter_file(tmp_path / "d.inter", rows)
     for backend in ("python", "onnxruntime"):
         name = f"m_{backend}"
-        T.write_repository(mamba_export, tmp_path / "repo", name=name, backend=backend,
-                           vocab_path=str(mamba_export / "item_vocab.json"))
         out = tmp_path / f"{name}.json"
-        rc, printed, err = _perf(capsys, "--repo", tmp_path / "repo", "--name", name, "--data", data, "--out", out,
-                                 "--events", 3, "--prime", 4, "--kcore", "none")
-        assert rc == 0, err
+        printed, streams = _perf_streams(capsys, mamba_export, tmp_path / "repo", name, backend, data, out,
+                                         "--events", 3, "--prime", 4)
         assert f"perf_analyzer -m {name} -i grpc" in printed and f"--input-data {out}" in printed
         assert "--sequence-id-range 1:64" in printed
-        streams = json.loads(out.read_text())["data"]
         assert len(streams) == 4                                         # u1 (one item) cannot prime + replay
         got = {}
         for stream in streams:
@@ -2187,14 +2193,8 @@ def test_perf_data_fits_candidates_models_and_the_tensorrt_profile(mamba, mamba_
     data = _inter_file(tmp_path / "d.inter", rows)
     L = mamba.config.max_seq_length
     for backend, pieces in (("onnxruntime", [140]), ("tensorrt", [L, L, 140 - 2 * L])):
-        name = f"c_{backend}"
-        T.write_repository(mamba_cand_export, tmp_path / "repo", name=name, backend=backend,
-                           vocab_path=str(mamba_cand_export / "item_vocab.json"))
-        out = tmp_path / f"{name}.json"
-        rc, _, err = _perf(capsys, "--repo", tmp_path / "repo", "--name", name, "--data", data, "--out", out,
-                           "--events", 3, "--prime", 140, "--kcore", "none")
-        assert rc == 0, err
-        streams = json.loads(out.read_text())["data"]
+        _, streams = _perf_streams(capsys, mamba_cand_export, tmp_path / "repo", f"c_{backend}", backend, data,
+                                   tmp_path / f"c_{backend}.json", "--events", 3, "--prime", 140)
         assert all(r["candidates"] == {"content": [0], "shape": [1]} for st in streams for r in st)
         long = next(st for st in streams if sum(len(r["item_ids"]["content"]) for r in st) == 143)
         assert [len(r["item_ids"]["content"]) for r in long] == pieces + [1, 1, 1], backend

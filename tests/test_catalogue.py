@@ -17,7 +17,7 @@ import torch
 
 from equivalence import check_step_equivalence, check_window_step_equivalence
 from test_losses import MODEL_NAMES, _batch, _model
-from test_train import TINY, _markov_file, refused
+from test_train import TINY, _markov_file, fake_clock, refused  # noqa: F401  (fake_clock: a fixture)
 
 from zoo.train import main as train_main
 from zoo.vocab import ItemVocab
@@ -214,6 +214,7 @@ def test_a_checkpoint_of_other_items_is_still_refused(tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.usefixtures("fake_clock")
 def test_a_run_that_grew_the_catalogue_resumes(tmp_path, capsys):
     """``--resume`` replays the growth (same rows, same order) before it loads the saved weights of the grown shape."""
     base = ["--model", "gru4rec", "--max-len", "20", "--kcore", "0", "--no-progress", "--set", *TINY["gru4rec"]]

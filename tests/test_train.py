@@ -327,6 +327,15 @@ class _Clock:
         return self.t
 
 
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """zoo.train on :class:`_Clock` (a second a read): a 6 ms ``--max-minutes 0.0001`` budget ends a run after its
+    first epoch for sure (a real clock let a fast machine train a second epoch first)."""
+    import zoo.train as T
+
+    monkeypatch.setattr(T, "time", _Clock())
+
+
 def _recorded_lrs(monkeypatch, clock=None):
     """The learning rate of every optimizer step zoo.train takes (filled as it trains); ``clock``: a fake ``time``."""
     import zoo.train as T
@@ -564,6 +573,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, capsys, model_type, ext
     assert not (tmp_path / "cut" / "resume").exists()
 
 
+@pytest.mark.usefixtures("fake_clock")
 def test_resume_refusals(tmp_path, capsys):
     """--resume needs a resume state in --out, the run's own settings (a changed one is named), and no --overwrite;
     a run stopped by its budget keeps its state and says how to continue."""
@@ -615,6 +625,7 @@ def test_out_paths_and_config_values_that_would_fail_late_are_refused_before_any
     assert not (tmp_path / "o").exists() and (tmp_path / "afile").read_text() == "keep"
 
 
+@pytest.mark.usefixtures("fake_clock")
 def test_resume_from_a_damaged_state_is_refused_naming_it(tmp_path, capsys):
     """--resume with a truncated resume/model.safetensors or a state.json without its progress: a usage error naming
     the resume folder before any epoch (were a SafetensorError and a KeyError traceback)."""
@@ -786,7 +797,7 @@ def test_a_time_budget_ending_between_validations_validates_and_stops_there(tmp_
     assert [r["epoch"] for r in log["epochs"] if "valid_NDCG@10" in r] == [n] and log["best_epoch"] == n
 
 
-@pytest.mark.usefixtures("one_thread")
+@pytest.mark.usefixtures("one_thread", "fake_clock")
 def test_a_resumed_run_counts_the_time_already_used_against_its_budget(tmp_path):
     """The resume state's ``elapsed_s`` (here set to 100 minutes) counts: resumed with a 50-minute budget, the run
     trains one more epoch, stops for its budget and logs >= 100 training minutes (a clock restarted at the resume
@@ -908,7 +919,7 @@ def _cut_in_the_test(monkeypatch):
     monkeypatch.setattr(zoo.evaluate, "evaluate_model", cut)
 
 
-@pytest.mark.usefixtures("one_thread")
+@pytest.mark.usefixtures("one_thread", "fake_clock")
 @pytest.mark.parametrize("extra, stopped, n_epochs", [
     (["--lr", "0", "--patience", "2"], "early stopping: no valid NDCG@10 gain for 2 epochs", 3),
     (["--max-minutes", "0.0001"], "time budget of 0.0001 minutes reached", 1),

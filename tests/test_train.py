@@ -588,6 +588,14 @@ def test_resume_refusals(tmp_path, capsys):
         train_main(args + ["--resume", "--lr", "0.01", "--max-minutes", "5"])
     with refused(capsys, "--overwrite would replace it"):
         train_main(args + ["--resume", "--overwrite"])
+    # the same file, edited since (its last user gone): not the run's data (it would have continued on it)
+    original = data.read_text()
+    lines = original.splitlines()
+    last_user = lines[-1].split("\t")[0]
+    data.write_text("\n".join(x for x in lines if x.split("\t")[0] != last_user) + "\n")
+    with refused(capsys, r"--resume: .*markov.tsv is not the data the run trained on \(users: the run's 30, now 29"):
+        train_main(args + ["--resume", "--max-minutes", "5"])
+    data.write_text(original)
     log = train_main(args + ["--resume", "--max-minutes", "5"])          # a larger budget: the run goes on
     assert len(log["epochs"]) == 3 and log["stopped"] == "max epochs" and not (tmp_path / "r" / "resume").exists()
 

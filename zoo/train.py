@@ -514,6 +514,13 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         overrides.setdefault("max_seq_length", 200)
         model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
     model.set_item_vocab(ds.vocab)
+    if resumed:         # the same file name is not the same data: an edited file would continue on other data
+        was = (resumed[1].get("log") or {}).get("dataset")
+        now = ds.stats()
+        if isinstance(was, dict) and was != now:
+            diff = "; ".join(f"{k}: the run's {was.get(k)!r}, now {now.get(k)!r}" for k in now if was.get(k) != now.get(k))
+            raise ValueError(f"--resume: {data} is not the data the run trained on ({diff}): resume with the run's "
+                             "data, or start a new run")
     from .evaluate import split_data
 
     split = split_data(ds, temporal_split)          # leave-one-out, or the temporal split at those shares

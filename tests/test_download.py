@@ -94,6 +94,9 @@ def test_unreachable_sources_and_bad_archives_are_named(tmp_path, monkeypatch):
     with pytest.raises(D.DownloadError, match="not.zip: not a readable zip archive"):
         D.download("ml-100k", str(out), str(tmp_path / "not.zip"))
     assert not out.exists()                                   # the folder the failed calls made is gone again
+    with pytest.raises(D.DownloadError, match="not.zip: not a readable zip archive"):    # and its parents too
+        D.download("ml-100k", str(tmp_path / "a" / "b"), str(tmp_path / "not.zip"))
+    assert not (tmp_path / "a").exists()
     with pytest.raises(SystemExit):                                               # a usage error, before any work
         D.main(["ml-100k", "--dir", str(out), "--from-zip", str(tmp_path / "missing.zip")])
     assert set(SOURCES) <= {k.split("-5core")[0] for k in BENCHMARKS} and all(s.benchmark in BENCHMARKS

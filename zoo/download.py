@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 import tempfile
 import urllib.error
@@ -96,7 +97,7 @@ def download(name: str, folder: str, from_zip: str | None = None, overwrite: boo
         except DownloadError as e:
             raise DownloadError(f"{e}; it was left as it is (--overwrite replaces it)") from None
         return path, False
-    created = not os.path.isdir(folder)
+    made = [d for d in (folder, *map(str, pathlib.Path(folder).parents)) if not os.path.exists(d)]   # deepest first
     os.makedirs(folder, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=folder) as tmp:
@@ -109,8 +110,11 @@ def download(name: str, folder: str, from_zip: str | None = None, overwrite: boo
             check(staged, name)
             os.replace(staged, path)
     except BaseException:
-        if created and not os.listdir(folder):              # the folder this call made, and nothing in it
-            os.rmdir(folder)
+        for d in made:                                      # the folders this call made (parents too), left empty
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
         raise
     return path, True
 

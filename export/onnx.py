@@ -1535,6 +1535,7 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         candidates: one more input, ``candidates [B, C]`` int64: each row recommends only the items it lists (0 =
             padding; a row without a real candidate is not restricted; :data:`CANDIDATES_DOC`).
     """
+    from zoo.cli import made_folder
     from zoo.vocab import VOCAB_FILE
 
     say = progress or (lambda msg: None)
@@ -1558,62 +1559,53 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         f"[{time.perf_counter() - t0:.1f} s]")
     # written and verified in a staging folder inside out_dir, moved into place only when verified: a failed
     # export leaves out_dir's earlier files (e.g. a card's verified graph) as they were, and no out_dir it made
-    made = [d for d in (out, *out.parents) if not d.exists()]
-    out.mkdir(parents=True, exist_ok=True)
-    stage = pathlib.Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out))
-    done = False
-    external = graph_sizes(model)[0] > EXTERNAL_DATA_BYTES
-    try:
-        if external:            # past protobuf's 2 GiB: the graph in model.onnx, its tensors in model.onnx.data
-            say(f"  writing the tensors to {EXTERNAL_DATA_FILE} (ONNX external data: the weights pass "
-                f"{EXTERNAL_DATA_BYTES / 2**30:.2f} GiB)")
-            onnx.save(mp, str(stage / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=EXTERNAL_DATA_FILE, size_threshold=1024)
-            # onnx creates the tensor file owner-only; it is read by whoever reads the graph (a server's user)
-            os.chmod(stage / EXTERNAL_DATA_FILE, (stage / GRAPH_FILE).stat().st_mode & 0o777)
-            onnx.checker.check_model(str(stage / GRAPH_FILE), full_check=True)
-            spec["external_data"] = EXTERNAL_DATA_FILE
-            names = [GRAPH_FILE, EXTERNAL_DATA_FILE, SPEC_FILE]
-        else:
-            onnx.save(mp, str(stage / GRAPH_FILE))
-            names = [GRAPH_FILE, SPEC_FILE]
-        if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
-            names.append(os.path.basename(model.item_vocab.save(str(stage))))
-            spec["item_vocab"] = names[-1]
-        (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-        if int8:
-            _quantize_staged(model, stage, spec, external, verify, real_histories, real_timestamps, verify_kwargs,
-                             say)
-        report = None
-        if verify:
-            from . import verify as V
-
-            say("verifying against PyTorch (ONNX Runtime, CPU) ...")
-            report = V.verify_export(model, str(stage / GRAPH_FILE), spec, real_histories=real_histories,
-                                     real_timestamps=real_timestamps, progress=say, **(verify_kwargs or {}))
-            if not report.ok:
-                raise VerificationError(f"verification FAILED, nothing written to {out} (its earlier files are kept): "
-                                        f"{report.worst_message()}", report)
-            spec["verification"] = report.to_dict()
+    with made_folder(out):
+        stage = pathlib.Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out))
+        external = graph_sizes(model)[0] > EXTERNAL_DATA_BYTES
+        try:
+            if external:            # past protobuf's 2 GiB: the graph in model.onnx, its tensors in model.onnx.data
+                say(f"  writing the tensors to {EXTERNAL_DATA_FILE} (ONNX external data: the weights pass "
+                    f"{EXTERNAL_DATA_BYTES / 2**30:.2f} GiB)")
+                onnx.save(mp, str(stage / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                          location=EXTERNAL_DATA_FILE, size_threshold=1024)
+                # onnx creates the tensor file owner-only; it is read by whoever reads the graph (a server's user)
+                os.chmod(stage / EXTERNAL_DATA_FILE, (stage / GRAPH_FILE).stat().st_mode & 0o777)
+                onnx.checker.check_model(str(stage / GRAPH_FILE), full_check=True)
+                spec["external_data"] = EXTERNAL_DATA_FILE
+                names = [GRAPH_FILE, EXTERNAL_DATA_FILE, SPEC_FILE]
+            else:
+                onnx.save(mp, str(stage / GRAPH_FILE))
+                names = [GRAPH_FILE, SPEC_FILE]
+            if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
+                names.append(os.path.basename(model.item_vocab.save(str(stage))))
+                spec["item_vocab"] = names[-1]
             (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-        # the spec goes last, and an earlier one first: an interrupted move leaves a folder without a spec (which
-        # the runtime refuses), never a new graph beside an earlier export's spec and state fingerprint
-        spec_path.unlink(missing_ok=True)
-        for name in sorted(names, key=lambda n: n == SPEC_FILE):
-            os.replace(stage / name, out / name)
-        if not external and (out / EXTERNAL_DATA_FILE).exists():    # an earlier, larger export's tensors
-            (out / EXTERNAL_DATA_FILE).unlink()
-        if "item_vocab" not in spec and (out / VOCAB_FILE).exists():  # an earlier model's ids: not this graph's
-            (out / VOCAB_FILE).unlink()
-        done = True
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if not done:
-            for d in made:                      # the folders this export made, if nothing else was put there
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
+            if int8:
+                _quantize_staged(model, stage, spec, external, verify, real_histories, real_timestamps, verify_kwargs,
+                                 say)
+            report = None
+            if verify:
+                from . import verify as V
+
+                say("verifying against PyTorch (ONNX Runtime, CPU) ...")
+                report = V.verify_export(model, str(stage / GRAPH_FILE), spec, real_histories=real_histories,
+                                         real_timestamps=real_timestamps, progress=say, **(verify_kwargs or {}))
+                if not report.ok:
+                    raise VerificationError(f"verification FAILED, nothing written to {out} (its earlier files are "
+                                            f"kept): {report.worst_message()}", report)
+                spec["verification"] = report.to_dict()
+                (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+            # the spec goes last, and an earlier one first: an interrupted move leaves a folder without a spec (which
+            # the runtime refuses), never a new graph beside an earlier export's spec and state fingerprint
+            spec_path.unlink(missing_ok=True)
+            for name in sorted(names, key=lambda n: n == SPEC_FILE):
+                os.replace(stage / name, out / name)
+            if not external and (out / EXTERNAL_DATA_FILE).exists():    # an earlier, larger export's tensors
+                (out / EXTERNAL_DATA_FILE).unlink()
+            if "item_vocab" not in spec and (out / VOCAB_FILE).exists():  # an earlier model's ids: not this graph's
+                (out / VOCAB_FILE).unlink()
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     files = [str(out / name) for name in names]
     return ExportResult(kind=kind, graph_path=str(graph_path), spec_path=str(spec_path), spec=spec, report=report,
                         files=files)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -116,6 +117,23 @@ def written_whole(path: str | os.PathLike, newline: str | None = None):
     (:func:`written_whole_path`)."""
     with written_whole_path(path) as tmp, open(tmp, "w", newline=newline) as f:
         yield f
+
+
+@contextlib.contextmanager
+def made_folder(path: str | os.PathLike):
+    """Make the folder ``path`` (its missing parents too) for the block; when the block fails or is interrupted, the
+    folders this made are removed again, deepest first, as far as they are empty (nothing else was put there)."""
+    made = [d for d in (path, *map(str, pathlib.Path(path).parents)) if not os.path.exists(d)]
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for d in made:
+            try:
+                os.rmdir(d)
+            except OSError:                                # not empty (or gone): the folders above it stay too
+                break
+        raise
 
 
 @contextlib.contextmanager

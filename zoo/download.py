@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import sys
 import tempfile
 import urllib.error
@@ -22,6 +21,7 @@ import urllib.request
 import zipfile
 from typing import Sequence
 
+from .cli import made_folder
 from .data.benchmarks import BENCHMARKS, SOURCES, Source, recognise_benchmark
 
 
@@ -97,9 +97,7 @@ def download(name: str, folder: str, from_zip: str | None = None, overwrite: boo
         except DownloadError as e:
             raise DownloadError(f"{e}; it was left as it is (--overwrite replaces it)") from None
         return path, False
-    made = [d for d in (folder, *map(str, pathlib.Path(folder).parents)) if not os.path.exists(d)]   # deepest first
-    os.makedirs(folder, exist_ok=True)
-    try:
+    with made_folder(folder):                               # a failure removes the folders this call made
         with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=folder) as tmp:
             archive = from_zip
             if archive is None:
@@ -109,13 +107,6 @@ def download(name: str, folder: str, from_zip: str | None = None, overwrite: boo
             extract(archive, source, staged)
             check(staged, name)
             os.replace(staged, path)
-    except BaseException:
-        for d in made:                                      # the folders this call made (parents too), left empty
-            try:
-                os.rmdir(d)
-            except OSError:
-                break
-        raise
     return path, True
 
 

@@ -457,12 +457,8 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
         return False
 
     graph = graph16 if graph16 is not None else V._with_scores_output(res.graph_path)
-    kw = dict(EMULATED_VERIFY_QUICK if quick else EMULATED_VERIFY)
-    kw["prime_len"] = min(kw["prime_len"], max_steps)        # the engine's profile takes T <= max_steps per call,
-    kw["topk_prime"] = min(20, max_steps)                    # rows <= max_batch, candidates <= max_candidates
-    kw["batch"], kw["topk_cases"] = min(kw["batch"], max_batch), min(kw["topk_cases"], max_batch)
-    if max_candidates is not None:
-        kw["max_candidates"] = max_candidates
+    kw = fit_profile(EMULATED_VERIFY_QUICK if quick else EMULATED_VERIFY, max_batch=max_batch, max_steps=max_steps,
+                     max_candidates=max_candidates)          # the shapes the engine's profile would take
     runner = None
     try:
         # loading the library and making the evaluator run no plugin code: a library that is not an emulated plugin
@@ -527,18 +523,29 @@ def _repoint_report(path: Path, moved: dict) -> None:
     path.write_text(json.dumps(walk(rep), indent=2, default=str) + "\n")
 
 
-def engine_verify_kwargs(quick: bool = False, *, max_batch: int = 2048, max_steps: int = 200,
-                         max_candidates: int | None = None) -> dict:
-    """:func:`export.verify.verify_export`'s sizes for the ONNX graph and the engine: priming 200 + 500 steps on 4
-    rows and 2,000 top-k rows (``quick``: 20 + 20, 2, 64), every call inside the engine's profile
-    (:func:`profile_shapes`): rows <= ``max_batch``, ``T <= max_steps``, candidate columns <= ``max_candidates`` (a
-    ``--candidates`` graph; None otherwise)."""
-    kw = dict(prime_len=min(20 if quick else 200, max_steps), n_steps=20 if quick else 500,
-              batch=min(2 if quick else 4, max_batch), topk_cases=min(64 if quick else 2000, max_batch),
-              topk_prime=min(20, max_steps))
+#: :func:`export.verify.verify_export`'s sizes for the ONNX graph and the engine: priming 200 + 500 single steps on 4
+#: rows, 2,000 top-k rows (primed with 20 items); ``--quick``: 20 + 20 steps, 2 rows, 64 top-k rows
+ENGINE_VERIFY = dict(prime_len=200, n_steps=500, batch=4, topk_cases=2000, topk_prime=20)
+ENGINE_VERIFY_QUICK = dict(prime_len=20, n_steps=20, batch=2, topk_cases=64, topk_prime=20)
+
+
+def fit_profile(sizes: dict, *, max_batch: int, max_steps: int, max_candidates: int | None = None) -> dict:
+    """``sizes`` (:func:`export.verify.verify_export`'s ``prime_len``, ``n_steps``, ``batch``, ``topk_cases``,
+    ``topk_prime``) with every call inside the engine's profile (:func:`profile_shapes`): rows <= ``max_batch``,
+    ``T <= max_steps``, candidate columns <= ``max_candidates`` (a ``--candidates`` graph; None otherwise)."""
+    kw = dict(sizes, prime_len=min(sizes["prime_len"], max_steps), batch=min(sizes["batch"], max_batch),
+              topk_cases=min(sizes["topk_cases"], max_batch), topk_prime=min(sizes.get("topk_prime", 20), max_steps))
     if max_candidates is not None:
         kw["max_candidates"] = max_candidates
     return kw
+
+
+def engine_verify_kwargs(quick: bool = False, *, max_batch: int = 2048, max_steps: int = 200,
+                         max_candidates: int | None = None) -> dict:
+    """:data:`ENGINE_VERIFY` (``quick``: :data:`ENGINE_VERIFY_QUICK`) fitted to the engine's profile
+    (:func:`fit_profile`)."""
+    return fit_profile(ENGINE_VERIFY_QUICK if quick else ENGINE_VERIFY, max_batch=max_batch, max_steps=max_steps,
+                       max_candidates=max_candidates)
 
 
 def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | int = "2G", topk: int = 10,

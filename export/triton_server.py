@@ -150,12 +150,7 @@ class TritonPythonModel:
         np = self.np
 
         def get(name, required=True):
-            t = pb.get_input_tensor_by_name(r, name)
-            if t is None:
-                if required:
-                    raise ValueError(f"request has no input {name!r}")
-                return None
-            return t.as_numpy()
+            return self._get(pb, r, name, required)
 
         corrid, start, end = self._controls(pb, r)
         ids = get("item_ids")
@@ -180,19 +175,23 @@ class TritonPythonModel:
                          for name, shape, dt, value in self.states)
         return {"corrid": corrid, "start": start, "end": end, "ids": ids, "ts": ts, "init": init, "cands": cands}
 
+    @staticmethod
+    def _get(pb, r, name, required=True):
+        """Input ``name`` of request ``r`` as numpy (None when absent and not ``required``; ValueError when absent)."""
+        t = pb.get_input_tensor_by_name(r, name)
+        if t is None:
+            if required:
+                raise ValueError(f"request has no input {name!r}")
+            return None
+        return t.as_numpy()
+
     def _controls(self, pb, r):
         """``(corrid, start, end)`` of a sequence request (the sequence batcher's control inputs)."""
-        def get(name):
-            t = pb.get_input_tensor_by_name(r, name)
-            if t is None:
-                raise ValueError(f"request has no input {name!r}")
-            return t.as_numpy().reshape(-1)
-
-        corr = get("CORRID")
+        corr = self._get(pb, r, "CORRID").reshape(-1)
         corrid = corr[0].item() if corr.size else 0
         if isinstance(corrid, bytes):
             corrid = corrid.decode("utf-8", "replace")
-        return corrid, bool(get("START")[0]), bool(get("END")[0])
+        return corrid, bool(self._get(pb, r, "START").reshape(-1)[0]), bool(self._get(pb, r, "END").reshape(-1)[0])
 
     def _candidates(self, arr, B):
         """The optional ``candidates`` input of a request: ``[B, C]`` int64 internal indices (0 = padding; a row
@@ -218,39 +217,42 @@ class TritonPythonModel:
             out[i, :len(r)] = r
         return out
 
-    def _check_ts(self, ts, n, window=False):
-        """float64 ``[n]`` Unix seconds: finite, non-negative and (events, not a padded ``window``) non-decreasing,
-        as export.runtime checks them."""
+    def _times(self, arr, n, name, dtype, unit, range_note, of=""):
+        """``arr`` as ``[n]`` values of ``dtype`` (``unit``: what they count), finite and non-negative
+        (``range_note``: the message's note on what is allowed); ValueError naming ``name`` otherwise."""
         np = self.np
-        if ts.dtype != np.float64:
-            raise ValueError(f"timestamps must be FP64 (float64 Unix seconds), got {ts.dtype}")
-        ts = ts.reshape(-1)
-        if ts.size != n:
-            raise ValueError(f"timestamps has {ts.size} values for {'a window of ' if window else ''}{n} items")
-        if not np.isfinite(ts).all() or (ts < 0).any():
-            raise ValueError("timestamps must be finite and non-negative (Unix seconds"
-                             + ("; 0 on padding)" if window else ")"))
+        if arr.dtype != np.dtype(dtype):
+            raise ValueError(f"{name} must be {'FP64' if dtype == 'float64' else 'FP32'} ({dtype} {unit}), got "
+                             f"{arr.dtype}")
+        arr = arr.reshape(-1)
+        if arr.size != n:
+            raise ValueError(f"{name} has {arr.size} values for {of}{n} items")
+        if not np.isfinite(arr).all() or (arr < 0).any():
+            raise ValueError(f"{name} must be finite and non-negative ({range_note})")
+        return arr
+
+    def _check_ts(self, ts, n, real=None, where=""):
+        """float64 ``[n]`` Unix seconds: finite, non-negative and non-decreasing along the events, as export.runtime
+        checks them; for a padded window, along its ``real`` items (``[n]`` 0/1; ``where`` names the row)."""
+        np = self.np
+        window = real is not None
+        ts = self._times(ts, n, "timestamps", "float64", "Unix seconds",
+                         "Unix seconds; 0 on padding" if window else "Unix seconds", "a window of " if window else "")
+        dec = ts[1:] < ts[:-1]
         if window:
-            return ts
-        if (ts[1:] < ts[:-1]).any():
-            i = int(np.argmax(ts[1:] < ts[:-1]))
+            dec &= (real[1:] & real[:-1]).astype(bool)     # along the real items (padding aside)
+        if dec.any():
+            i = int(np.argmax(dec))
             raise ValueError(f"timestamps decrease ({ts[i + 1].item()!r} after {ts[i].item()!r}); "
-                             "events must be in time order")
+                             + (f"a window's events must be in time order{where}" if window else
+                                "events must be in time order"))
         return ts
 
     def _check_gaps(self, gaps, n):
         """float32 ``[n]`` seconds since each event's predecessor (``time_gaps`` of a gaps-form graph): finite and
         non-negative (the time order itself is the caller's to check: it keeps ``last_ts``)."""
-        np = self.np
-        if gaps.dtype != np.float32:
-            raise ValueError(f"time_gaps must be FP32 (float32 seconds since the previous event), got {gaps.dtype}")
-        gaps = gaps.reshape(-1)
-        if gaps.size != n:
-            raise ValueError(f"time_gaps has {gaps.size} values for {n} items")
-        if not np.isfinite(gaps).all() or (gaps < 0).any():
-            raise ValueError("time_gaps must be finite and non-negative (seconds since the previous event, 0 for "
-                             "the sequence's first)")
-        return gaps
+        return self._times(gaps, n, "time_gaps", "float32", "seconds since the previous event",
+                           "seconds since the previous event, 0 for the sequence's first")
 
     def _check_after_last(self, ts, state):
         """The first new timestamp is not before the state's ``last_ts`` (when the state has seen an event); a
@@ -339,10 +341,7 @@ class TritonPythonModel:
         """Input ``name`` of request ``r`` as ``[batch, ...]`` (the first axis is the batch: ``max_batch_size`` > 0),
         checked to hold ``B`` rows of ``dtype`` when given; ValueError naming the problem otherwise."""
         np = self.np
-        t = pb.get_input_tensor_by_name(r, name)
-        if t is None:
-            raise ValueError(f"request has no input {name!r}")
-        a = t.as_numpy()
+        a = self._get(pb, r, name)
         if a.ndim < 2 or a.shape[0] == 0:
             raise ValueError(f"{name} must be [batch, ...] with at least one row, got shape {list(a.shape)}")
         if a.dtype != np.dtype(dtype):
@@ -432,14 +431,7 @@ class TritonPythonModel:
                                          f"on the {self.padding_side}){where}")
                     feeds = {"item_ids": ids}
                     if self.uses_timestamps:
-                        ts = self._check_ts(all_ts[b], L, window=True)
-                        both = (real[1:] & real[:-1]).astype(bool)    # along the real items (padding aside)
-                        dec = both & (ts[1:] < ts[:-1])
-                        if dec.any():
-                            c = int(np.argmax(dec))
-                            raise ValueError(f"timestamps decrease ({ts[c + 1].item()!r} after {ts[c].item()!r}); "
-                                             f"a window's events must be in time order{where}")
-                        feeds["timestamps"] = ts
+                        feeds["timestamps"] = self._check_ts(all_ts[b], L, real, where)
                     if all_cands is not None:
                         feeds["candidates"] = all_cands[b]
                     rows.append(feeds)
@@ -452,8 +444,7 @@ class TritonPythonModel:
         """A batched request's candidate rows (``[B, C]``; None for a graph without the input)."""
         if not self.candidates:
             return None
-        t = pb.get_input_tensor_by_name(r, "candidates")
-        return self._candidates(None if t is None else t.as_numpy(), B)
+        return self._candidates(self._get(pb, r, "candidates", required=False), B)
 
     def _run_groups(self, pb, groups, responses, out_names):
         """One ORT call per group of same-shape requests (``{key: [(request index, [feeds of each row])]}``, every

@@ -33,8 +33,8 @@ def time_gaps(timestamps: np.ndarray, last_ts: np.ndarray) -> tuple[np.ndarray, 
     """Float64 ``timestamps [B, T]`` (Unix seconds) + ``last_ts [B, 1]`` (-1 = no event yet) -> ``(gaps [B, T],
     new last_ts [B, 1])``, both float64, exactly as ``TiM4RecCausalModel._step`` differences them: ``gap_0 = ts_0 -
     last_ts`` (0 when ``last_ts < 0``), ``gap_i = ts_i - ts_{i-1}``; the new ``last_ts`` is ``ts_{T-1}``. The input of a
-    gaps-form graph (``time_gaps``) is these gaps cast to float32. No checks here (:meth:`export.runtime.OnnxStepSession.step`
-    checks the timestamps first)."""
+    gaps-form graph (``time_gaps``) is these gaps cast to float32. No checks here
+    (:meth:`export.runtime.OnnxStepSession.step` checks the timestamps first)."""
     ts = np.asarray(timestamps, dtype=np.float64)
     last = np.asarray(last_ts, dtype=np.float64).reshape(ts.shape[0], 1)
     prev = np.concatenate([np.where(last >= 0, last, ts[:, :1]), ts[:, :-1]], axis=1)

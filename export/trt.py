@@ -34,9 +34,9 @@ What it does, in order, printing a report as it goes:
 Exit codes:
 
 * ``0`` engine built and verified, written;
-* ``1`` error (bad arguments: usage errors too, before any work; export / plugin build / engine build failure, scan nodes not bound to plugins, a
-  graph with float64 I/O: TensorRT has no float64, so a float64-timestamps graph (``run(..., time_input=
-  "timestamps")``) stops after the ONNX export + verification with a message saying so);
+* ``1`` error (bad arguments: usage errors too, before any work; export / plugin build / engine build failure, scan
+  nodes not bound to plugins, a graph with float64 I/O: TensorRT has no float64, so a float64-timestamps graph
+  (``run(..., time_input="timestamps")``) stops after the ONNX export + verification with a message saying so);
 * ``2`` verification failed (the ONNX graph against PyTorch, or the engine against PyTorch); nothing is written
   for the failing artefact;
 * ``3`` TensorRT builder or CUDA GPU missing: the ONNX graph was exported and verified, the plugin library was built

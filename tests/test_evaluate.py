@@ -427,7 +427,8 @@ def test_cli_refuses_outputs_that_replace_a_file_of_the_model_or_graph_folder(tm
     onnx_dir.mkdir()
     (onnx_dir / "state_spec.json").write_text("{}")
     with pytest.raises(SystemExit, match=re_escape("is the input --onnx's state_spec.json")):
-        main(["--onnx", str(onnx_dir), "--data", str(data), "--no-progress", "--json", str(onnx_dir / "state_spec.json")])
+        main(["--onnx", str(onnx_dir), "--data", str(data), "--no-progress", "--json",
+              str(onnx_dir / "state_spec.json")])
     assert (onnx_dir / "state_spec.json").read_text() == "{}"
 
 

@@ -750,7 +750,8 @@ def test_the_parser_gets_the_graph_without_the_scan_functions(monkeypatch, tiny_
         def __init__(self, level):
             pass
 
-    fake = types.SimpleNamespace(Logger=Logger, NetworkDefinitionCreationFlag=types.SimpleNamespace(), OnnxParser=Parser,
+    fake = types.SimpleNamespace(Logger=Logger, NetworkDefinitionCreationFlag=types.SimpleNamespace(),
+                                 OnnxParser=Parser,
                                  Builder=lambda logger: types.SimpleNamespace(create_network=lambda flags: None))
     monkeypatch.setattr(T, "_load_plugins", lambda trt, lib: None)
     with pytest.raises(T.TrtError, match="ONNX parser failed: stop here"):

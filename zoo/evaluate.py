@@ -531,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                          "OMP_NUM_THREADS")
     try:                                        # before any work: outputs that cannot be written, or replace --data
         check_outputs({"--json": args.json, "--ranks-out": args.ranks_out},
-                      {"--data": args.data, **folder_inputs("--model", args.model), **folder_inputs("--onnx", args.onnx)})
+                      {"--data": args.data, **folder_inputs("--model", args.model),
+                       **folder_inputs("--onnx", args.onnx)})
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     t0 = time.time()

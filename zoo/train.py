@@ -518,7 +518,8 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         was = (resumed[1].get("log") or {}).get("dataset")
         now = ds.stats()
         if isinstance(was, dict) and was != now:
-            diff = "; ".join(f"{k}: the run's {was.get(k)!r}, now {now.get(k)!r}" for k in now if was.get(k) != now.get(k))
+            diff = "; ".join(f"{k}: the run's {was.get(k)!r}, now {now.get(k)!r}" for k in now
+                             if was.get(k) != now.get(k))
             raise ValueError(f"--resume: {data} is not the data the run trained on ({diff}): resume with the run's "
                              "data, or start a new run")
     from .evaluate import split_data

@@ -13,7 +13,8 @@ def seconds(timestamps: Any) -> np.ndarray:
     """Timestamps as float64 Unix seconds: numbers (int, or float of float64 precision) as they are, numpy
     ``datetime64`` of any unit converted (``datetime64[ms]`` read as numbers would be 1,000 times too large). Refused
     with a message: booleans, strings and other non-numbers (TypeError), ``NaT``, and float32/float16 values too
-    large to hold whole seconds (above 2**24 s: float32 keeps Unix seconds to 64 s steps; pass float64 or int64)."""
+    large to hold whole seconds (float32 above 2**24 s: it keeps Unix seconds to 64 s steps; float16 above 2**11 s;
+    pass float64 or int64)."""
     arr = np.asarray(timestamps)
     if arr.dtype.kind == "M":
         if np.isnat(arr).any():
@@ -22,8 +23,9 @@ def seconds(timestamps: Any) -> np.ndarray:
     if arr.size and arr.dtype.kind not in "iuf":
         raise TypeError(f"timestamps must be numbers (Unix seconds) or numpy datetime64, got dtype {arr.dtype}")
     if arr.dtype.kind == "f" and arr.dtype.itemsize < 8 and arr.size:
-        big = np.abs(arr[np.isfinite(arr)]).max(initial=0)
-        if big > 2 ** 24:
+        exact = 2.0 / np.finfo(arr.dtype).eps                # every whole second up to it: 2**24 in float32, 2**11 in
+        big = np.abs(arr[np.isfinite(arr)]).max(initial=0)   # float16 (zoo.modeling_utils.check_timestamps' rule)
+        if big > exact:
             raise ValueError(f"timestamps are {arr.dtype} and reach {float(big):.6g} s: {arr.dtype} cannot hold whole "
                              "seconds that large (float32 keeps Unix seconds to 64 s steps); pass float64 or int64")
     return arr.astype(np.float64)

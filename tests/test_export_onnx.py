@@ -1211,6 +1211,9 @@ def test_runtime_timestamps_units_and_precision(tmp_path):
         assert got.state["last_ts"][0, 0] == 1577836890.0, unit
         np.testing.assert_array_equal(got.topk_ids, want.topk_ids)
     assert seconds(np.array([1.5e6], np.float32)).dtype == np.float64                  # small float32: exact enough
+    assert seconds(np.array([2048.0], np.float16))[0] == 2048.0                          # float16: whole seconds
+    with pytest.raises(ValueError, match="float16 cannot hold whole seconds"):          # to 2**11 only
+        seconds(np.array([4096.0], np.float16))
     for bad, err, match in ((np.array([[1.6e9, 1.6e9 + 30]], np.float32), ValueError, "float32 cannot hold whole"),
                             (np.array([[True, True]]), TypeError, "must be numbers .* got dtype bool"),
                             (np.array([["1", "2"]]), TypeError, "must be numbers"),

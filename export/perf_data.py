@@ -112,7 +112,7 @@ def perf_input_data(cfg, spec: dict, ds, users: int = 256, events: int = 10, pri
     max_len = int(spec["max_seq_length"])
     # a TensorRT engine's profile takes at most max_seq_length new items a request (build_engine.sh): a longer
     # priming goes in pieces, as the client sends it
-    step_cap = max_len if (cfg.backend == "tensorrt" or cfg.platform == "tensorrt_plan") else None
+    step_cap = max_len if T.is_tensorrt(cfg) else None
     # a --candidates model: every request carries the input (the onnxruntime/tensorrt configs require it), one 0,
     # which restricts nothing
     cands = {"candidates": _tensor([0], np.int64)} if "candidates" in names else {}

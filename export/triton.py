@@ -123,6 +123,11 @@ def _tensorrt_int8_error() -> TritonConfigError:
         "the fp32 or fp16 export.")
 
 
+def is_tensorrt(cfg) -> bool:
+    """Whether the model config ``cfg`` is served by Triton's TensorRT backend."""
+    return cfg.backend == "tensorrt" or cfg.platform == "tensorrt_plan"
+
+
 def validate_config(text: str, spec: dict | None = None):
     """Parse ``text`` with Triton's ``ModelConfig`` schema; with ``spec`` also check it against the graph's I/O.
 
@@ -174,7 +179,7 @@ def validate_config(text: str, spec: dict | None = None):
                 if src is None or (src == "data_file" and not init.data_file):
                     raise TritonConfigError(f"initial_state of state {s.input_name!r} sets neither zero_data nor a "
                                             "data_file")
-    if cfg.backend == "tensorrt" or cfg.platform == "tensorrt_plan":
+    if is_tensorrt(cfg):
         f64 = [t.name for t in list(cfg.input) + list(cfg.output) if t.data_type == mc.TYPE_FP64]
         f64 += [x for s in (seq.state if seq is not None else []) if s.data_type == mc.TYPE_FP64
                 for x in (s.input_name, s.output_name)]

@@ -250,7 +250,7 @@ def transact(store, keys: Sequence, compute: Callable[[list], tuple[Any, list]],
 
 
 _CHECKPOINTERS: dict = {}      # (pid, database path) -> (the live stores of that file in this process, its thread's
-                               # wake-up event)
+                               # wake-up event, the settings it serves: _Shared)
 _CHECKPOINTERS_LOCK = threading.Lock()
 
 
@@ -285,6 +285,23 @@ def _truncate_wal(conn: sqlite3.Connection, wait: float, path: str) -> None:
     _retry_locked(attempt, wait, path)
 
 
+WRITERS_STEP_IN = 4
+"""A writer of a store with a checkpoint thread truncates the WAL itself, just after its commit, when the file has
+grown past this many times the ``wal_size_limit`` the thread serves (and past 1 MiB, so that a tiny limit does not
+make every event checkpoint): the thread fell behind (starved of the CPU, or of the GIL by busy workers of its
+process; CI saw a WAL reach 66 times a 256 KiB limit). So the WAL stays bounded whatever the thread's scheduling;
+the thread normally truncates long before (``bench/RESULTS_SQLITE_WAL.md``)."""
+
+
+class _Shared:
+    """What the stores of one file in a process share with its checkpoint thread: the WAL limit the thread serves
+    (:func:`_shared_settings`), for the writers' :data:`WRITERS_STEP_IN`, and their back-off after a truncation
+    that could not finish (another connection read or checkpointed at that moment)."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.retry_at, self.backoff = limit, 0.0, 0.0
+
+
 def _shared_settings(stores) -> tuple[float, int | None, float]:
     """``(checkpoint_every, wal_size_limit, timeout)`` the checkpoint thread of a file serves its live ``stores``
     with: the shortest interval, the smallest WAL limit (None when none sets one) and the longest wait, so that no
@@ -306,16 +323,20 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
 
     Several stores of one file in a process share the thread, which serves the strictest of their settings, read
     again every round (:func:`_shared_settings`); a store joining wakes it, so a shorter interval applies at once.
+    Should the thread fall behind, the writers truncate the WAL themselves (:data:`WRITERS_STEP_IN`).
     """
     key = (os.getpid(), os.path.realpath(store.path))
     with _CHECKPOINTERS_LOCK:
         entry = _CHECKPOINTERS.get(key)
         if entry is not None:
             entry[0].add(store)
+            entry[2].limit = _shared_settings(list(entry[0]))[1]     # a stricter limit holds the writers at once
+            store._wal_shared = entry[2]
             entry[1].set()
             return
         stores, wake = weakref.WeakSet([store]), threading.Event()
-        _CHECKPOINTERS[key] = (stores, wake)
+        shared = store._wal_shared = _Shared(store.wal_size_limit)
+        _CHECKPOINTERS[key] = (stores, wake, shared)
     # not the store itself: the thread must not keep it alive
     path, wal = store.path, store.path + "-wal"
     every = store.checkpoint_every
@@ -335,6 +356,7 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
                         del _CHECKPOINTERS[key]
                         return
                     every, limit, wait = _shared_settings(live)
+                    shared.limit = limit
                     del live                                # the thread must not keep the stores alive
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -427,7 +449,8 @@ class SQLiteStateStore(_VersionedStore):
         wal_size_limit: bytes the WAL file may hold. Under sustained writes SQLite never starts a WAL over (a PASSIVE
             checkpoint never catches up with the writers), so it would grow without bound; past this size the
             checkpoint thread runs a TRUNCATE checkpoint, which holds the writers while it copies what is left and
-            empties the file: the WAL then peaks at the limit plus one ``checkpoint_every`` of writes
+            empties the file: the WAL then peaks at the limit plus one ``checkpoint_every`` of writes, and should the
+            thread fall behind the writers truncate it at :data:`WRITERS_STEP_IN` (4) times the limit (1 MiB at least)
             (``bench/RESULTS_SQLITE_WAL.md``: 125 MB at 4,500 events/s of 18 KB states, against 2 GB after 20 s without
             a limit; events/s were higher with it, the slowest event slower: 43 ms against 14 ms). It is also SQLite's
             ``journal_size_limit``: the size the file is cut back to when the WAL starts over in a quiet moment (SQLite
@@ -518,11 +541,41 @@ class SQLiteStateStore(_VersionedStore):
         try:
             keep, result = body(c)
             c.execute("COMMIT" if keep else "ROLLBACK")
-            return result
         except BaseException:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
+        if keep:
+            self._step_in(c)
+        return result
+
+    def _step_in(self, c) -> None:
+        """After a commit on ``c``: when the WAL has passed :data:`WRITERS_STEP_IN` times the limit the checkpoint
+        thread serves, and 1 MiB (the thread fell behind), truncate it here, one try without waiting: this event pays for the copy and
+        sync. A try that could not finish (another connection was reading or checkpointing) leaves the writers of
+        this process to try again after a back-off that doubles, from 1 ms up to ``checkpoint_every``."""
+        shared = getattr(self, "_wal_shared", None)
+        if shared is None or shared.limit is None:
+            return
+        try:
+            if os.path.getsize(self.path + "-wal") <= max(WRITERS_STEP_IN * shared.limit, 1 << 20):
+                return
+        except OSError:                             # no WAL file at this moment: nothing to truncate
+            return
+        now = time.monotonic()
+        if now < shared.retry_at:
+            return
+        try:
+            busy = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.OperationalError as e:       # locked by another connection's checkpoint or write
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            busy = True
+        if busy:
+            shared.backoff = min(max(2 * shared.backoff, 1e-3), self.checkpoint_every)
+            shared.retry_at = now + shared.backoff
+        else:
+            shared.backoff = 0.0
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""

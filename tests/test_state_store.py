@@ -354,7 +354,8 @@ def test_sqlite_checkpoints_run_in_one_background_thread_per_process(tmp_path):
 
 @pytest.mark.parametrize("limit", [32_768, None])
 def test_sqlite_wal_shrinks_back_after_a_burst(tmp_path, limit):
-    """SQLite reuses its WAL file without shrinking it: after a 1.3 MB burst of commits the file keeps that size for
+    """SQLite reuses its WAL file without shrinking it: after a 0.8 MB burst (below the 1 MiB where writers
+    truncate it themselves, :data:`export.state_store.WRITERS_STEP_IN`) of commits the file keeps that size for
     good, unless ``wal_size_limit`` (``journal_size_limit``) cuts it back when the WAL starts over after a checkpoint.
     The store's settings travel with it (pickled as its arguments) and bad limits are refused."""
     import pickle
@@ -362,20 +363,20 @@ def test_sqlite_wal_shrinks_back_after_a_burst(tmp_path, limit):
 
     big = {"h": np.zeros((1, 8192), np.float32)}                      # 32 KB a state
     store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=0.05, wal_size_limit=limit)
-    for u in range(40):
+    for u in range(16):
         store[u] = big
     wal = tmp_path / "s.db-wal"
-    assert os.path.getsize(wal) > 40 * 32_768
+    assert os.path.getsize(wal) > 16 * 32_768
     deadline = time.monotonic() + 10
-    while os.path.getsize(tmp_path / "s.db") < 40 * 32_768 and time.monotonic() < deadline:
+    while os.path.getsize(tmp_path / "s.db") < 16 * 32_768 and time.monotonic() < deadline:
         time.sleep(0.05)                                              # the background checkpoint copied the burst
     time.sleep(0.2)
     store["after"] = {"h": np.zeros((1, 4), np.float32)}            # the next writer starts the WAL over
     if limit is None:
-        assert os.path.getsize(wal) > 40 * 32_768
+        assert os.path.getsize(wal) > 16 * 32_768
     else:
         assert os.path.getsize(wal) <= limit + 2 * 4096 + 32, os.path.getsize(wal)
-    assert store["after"]["h"].shape == (1, 4) and len(store) == 41
+    assert store["after"]["h"].shape == (1, 4) and len(store) == 17
     assert pickle.loads(pickle.dumps(store)).wal_size_limit == limit
     for bad in (-1, 1.5, True, "64M"):
         with pytest.raises(ValueError, match="wal_size_limit must be a number of bytes"):
@@ -412,8 +413,14 @@ def test_sqlite_wal_stays_bounded_under_sustained_writes(tmp_path, limit):
     if limit is None:
         assert peak > 24e6, peak                 # never started over for most of the run
     else:
-        assert peak < 12e6, peak                 # the limit + what the writes add while a truncation waits
+        assert peak < _STEP_IN_BOUND, peak
     assert len(store) == 64
+
+
+# Where writers truncate a WAL whose checkpoint thread fell behind (4 x 256 KiB, and 1 MiB at least), plus what a
+# few back-offs let through while the thread's own checkpoint holds them off: well below the 24 MB an unbounded
+# WAL reaches above. CI once saw 17 MB when only the thread truncated (the test's threshold was 12 MB then).
+_STEP_IN_BOUND = 4e6
 
 
 def test_sqlite_stores_of_one_file_get_the_strictest_checkpoint_settings(tmp_path):
@@ -431,8 +438,63 @@ def test_sqlite_stores_of_one_file_get_the_strictest_checkpoint_settings(tmp_pat
     assert set(stores) == {loose, strict}
     assert state_store._shared_settings(stores) == (0.02, 262_144, 5.0)
     written, peak = _sustained_writes(loose, tmp_path / "s.db-wal")     # the writes go through the loose store
-    assert written >= 32e6 and peak < 12e6, peak
+    assert written >= 32e6 and peak < _STEP_IN_BOUND, peak
     assert state_store._shared_settings([loose]) == (0.5, None, 1.0)
+
+
+def test_sqlite_writers_truncate_the_wal_when_the_checkpoint_thread_falls_behind(tmp_path):
+    """A checkpoint thread starved of the CPU (here: asleep for an hour) used to leave the WAL to grow until it woke;
+    the writers now truncate it themselves once it passes 4 times the limit (1 MiB at least), each right after its
+    commit, so it never holds more than that plus one commit's frames (and no more at all once a write returns)."""
+    from export import state_store
+
+    store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=3600, wal_size_limit=262_144)
+    wal, state = tmp_path / "s.db-wal", {"h": np.zeros((1, 1024), np.float32)}
+    bound = max(state_store.WRITERS_STEP_IN * 262_144, 1 << 20)
+    peak = 0
+    for i in range(2000):                                            # ~8 MB of states
+        store[i % 64] = state
+        peak = max(peak, os.path.getsize(wal))
+    assert bound - 16_384 < peak <= bound, peak         # up to the bound (a write truncates before it returns)
+    assert len(store) == 64 and store[5]["h"].shape == (1, 1024)
+
+
+def test_sqlite_writers_back_off_while_the_wal_cannot_be_truncated(tmp_path):
+    """A reader holding a read transaction open keeps the WAL from being truncated: the writers' commits still go
+    through (the truncation is tried after each commit and its failure is not theirs), they try again after a
+    back-off that doubles up to ``checkpoint_every`` instead of at every commit, and once the reader ends the WAL is
+    truncated at the next try."""
+    import sqlite3
+
+    from export import state_store
+
+    store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=3600, wal_size_limit=0)
+    state = {"h": np.zeros((1, 1024), np.float32)}
+    store["r"] = state
+    reader = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM zoo_states").fetchone()     # holds its snapshot: the WAL cannot restart
+    tries = []
+    real = store._step_in
+
+    def counted(c):
+        before = store._wal_shared.retry_at
+        real(c)
+        if store._wal_shared.retry_at != before:
+            tries.append(store._wal_shared.backoff)
+
+    store._step_in = counted
+    for i in range(400):                                             # ~1.6 MB: past the 1 MiB floor
+        store[i % 64] = state
+    assert os.path.getsize(tmp_path / "s.db-wal") > (1 << 20)
+    assert tries and len(tries) < 40, len(tries)                     # backed off, not tried at each commit
+    assert tries == sorted(tries) and tries[0] == pytest.approx(1e-3)
+    reader.execute("COMMIT")
+    reader.close()
+    store._wal_shared.retry_at = 0.0                                 # the back-off's wait over
+    store["x"] = state
+    assert os.path.getsize(tmp_path / "s.db-wal") == 0 and store._wal_shared.backoff == 0.0
+    assert len(store) == 66
 
 
 def test_sqlite_checkpoint_thread_ends_cleanly_when_its_last_store_goes_while_it_looks(tmp_path, monkeypatch):
@@ -457,7 +519,7 @@ def test_sqlite_checkpoint_thread_ends_cleanly_when_its_last_store_goes_while_it
     store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=3600)
     store["u"] = {"h": np.zeros((1, 4), np.float32)}                 # its connection starts the thread
     key = (os.getpid(), os.path.realpath(store.path))
-    stores, wake = state_store._CHECKPOINTERS[key]
+    stores, wake, _ = state_store._CHECKPOINTERS[key]
     (thread,) = [t for t in threading.enumerate() if t.name == f"zoo-state-checkpoint {store.path}"]
     stores.vanish = True
     wake.set()

@@ -299,7 +299,7 @@ class _Shared:
     that could not finish (another connection read or checkpointed at that moment)."""
 
     def __init__(self, limit: int | None):
-        self.limit, self.retry_at, self.backoff = limit, 0.0, 0.0
+        self.limit, self.retry_at, self.backoff, self.truncations = limit, 0.0, 0.0, 0
 
 
 def _shared_settings(stores) -> tuple[float, int | None, float]:
@@ -442,17 +442,17 @@ class SQLiteStateStore(_VersionedStore):
             power -- those users then continue from an older state) or ``"FULL"`` (every commit synced to disk,
             slower; ``bench/RESULTS_USER_STATES.md``).
         checkpoint_every: seconds between the checkpoints (the WAL's pages copied into the database file, synced) that
-            one background thread of each process runs; the connections that serve events never checkpoint, as a
-            checkpoint's sync would stall the event whose commit set it off and, through it, the other workers
-            (``bench/RESULTS_SHARED_STORE.md``). The WAL's size is bounded by ``wal_size_limit``. None:
+            one background thread of each process runs; the connections that serve events do not checkpoint (unless
+            that thread falls far behind: ``wal_size_limit``), as a checkpoint's sync would stall the event whose
+            commit set it off and, through it, the other workers (``bench/RESULTS_SHARED_STORE.md``). The WAL's size is bounded by ``wal_size_limit``. None:
             SQLite's own checkpoints, every 1,000 pages, on the committing connection.
         wal_size_limit: bytes the WAL file may hold. Under sustained writes SQLite never starts a WAL over (a PASSIVE
             checkpoint never catches up with the writers), so it would grow without bound; past this size the
             checkpoint thread runs a TRUNCATE checkpoint, which holds the writers while it copies what is left and
             empties the file: the WAL then peaks at the limit plus one ``checkpoint_every`` of writes, and should the
             thread fall behind the writers truncate it at :data:`WRITERS_STEP_IN` (4) times the limit (1 MiB at least)
-            (``bench/RESULTS_SQLITE_WAL.md``: 125 MB at 4,500 events/s of 18 KB states, against 2 GB after 20 s without
-            a limit; events/s were higher with it, the slowest event slower: 43 ms against 14 ms). It is also SQLite's
+            (``bench/RESULTS_SQLITE_WAL.md``: 155 MB at 3,950 events/s of 18 KB states, against 2.2 GB after 20 s
+            without a limit; the slowest event slower: 51 ms against 17 ms). It is also SQLite's
             ``journal_size_limit``: the size the file is cut back to when the WAL starts over in a quiet moment (SQLite
             otherwise keeps a burst's size on disk for good). None: neither (the WAL may grow until writes pause). With
             ``checkpoint_every=None`` only the ``journal_size_limit`` part applies. Stores of the same file in one
@@ -576,6 +576,14 @@ class SQLiteStateStore(_VersionedStore):
             shared.retry_at = now + shared.backoff
         else:
             shared.backoff = 0.0
+            shared.truncations += 1
+
+    @property
+    def writer_truncations(self) -> int:
+        """How many times this process's writers of this file truncated the WAL because the checkpoint thread had
+        fallen behind (:data:`WRITERS_STEP_IN`); 0 while the thread keeps up, and without a checkpoint thread."""
+        shared = getattr(self, "_wal_shared", None)
+        return 0 if shared is None else shared.truncations
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""

@@ -476,6 +476,7 @@ def test_sqlite_wal_bench_runs(monkeypatch, tmp_path):
         assert int(r[2].replace(",", "")) > 0
         p50, p99, p999, mx = map(float, r[4:8])
         assert 0 < p50 <= p99 <= p999 <= mx, r
+        assert len(r) == 12 and int(r[11]) >= 0, r                                # truncations by writers
 
 
 def test_int8_graphs_bench_runs(monkeypatch, tmp_path, shared_data):

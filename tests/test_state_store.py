@@ -456,6 +456,7 @@ def test_sqlite_writers_truncate_the_wal_when_the_checkpoint_thread_falls_behind
         store[i % 64] = state
         peak = max(peak, os.path.getsize(wal))
     assert bound - 16_384 < peak <= bound, peak         # up to the bound (a write truncates before it returns)
+    assert store.writer_truncations >= 6                             # 8 MB / 1 MiB, each by a writer
     assert len(store) == 64 and store[5]["h"].shape == (1, 1024)
 
 
@@ -494,6 +495,7 @@ def test_sqlite_writers_back_off_while_the_wal_cannot_be_truncated(tmp_path):
     store._wal_shared.retry_at = 0.0                                 # the back-off's wait over
     store["x"] = state
     assert os.path.getsize(tmp_path / "s.db-wal") == 0 and store._wal_shared.backoff == 0.0
+    assert store.writer_truncations == 1
     assert len(store) == 66
 
 

@@ -467,8 +467,6 @@ def test_sqlite_writers_back_off_while_the_wal_cannot_be_truncated(tmp_path):
     truncated at the next try."""
     import sqlite3
 
-    from export import state_store
-
     store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=3600, wal_size_limit=0)
     state = {"h": np.zeros((1, 1024), np.float32)}
     store["r"] = state

@@ -607,6 +607,7 @@ def test_cli_onnx_scores_graph_default_cutoffs_and_uncensored_ranks(tmp_path):
     ref = main(["--model", str(_save(model, tmp_path / "m")), "--data", str(data), "--kcore", "none", "--no-progress",
                 "--ranks-out", str(tmp_path / "m.csv")])
     assert ranks.tolist() == read_ranks(tmp_path / "m.csv")[3].tolist() and (ranks > 5).any()
+    assert ref["metrics"] == pytest.approx(out["metrics"], abs=1e-12)
 
 
 def test_format_table_prints_the_half_width_of_each_interval():

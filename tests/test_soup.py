@@ -167,7 +167,8 @@ def test_soup_lineage_shares_common_stages_and_lists_each_later_stage_once(tmp_p
             "command": f"train {name}", "init_from": None if init_from is None else str(tmp_path / init_from)}))
         return folder
 
-    a, b = log("a"), log("b", "a")
+    log("a")
+    b = log("b", "a")
     c, d, e = log("c", "b"), log("d", "b"), log("e", "c")
     shared, stages, own = soup_lineage([c, d, e, b])
     assert [s["command"] for s in shared] == ["train a", "train b"]

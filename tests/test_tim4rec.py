@@ -377,7 +377,6 @@ def test_causal_gap_features_and_time_carry_by_hand():
     """f = log1p(gap / 60) / 10 (first event and pads: gap 0); per layer T_next = γ ⊙ (g ⊙ T + (1-g) ⊙ τ̃) + β,
     carried to the next layer."""
     model = causal(num_layers=2)
-    c, H = model.config, model.config.n_heads
     ts = torch.tensor([[1e9, 1e9, 1e9 + 60, 1e9 + 86460], [5e8, 5e8 + 3600, 0, 0]], dtype=torch.float64)
     ids = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
     gaps = torch.tensor([[0.0, 0.0, 60.0, 86400.0], [0.0, 3600.0, 0.0, 0.0]], dtype=torch.float64)

@@ -2732,7 +2732,7 @@ def test_tensorrt_scripts_build_what_export_trt_builds(mamba_cand_export, tmp_pa
             assert [shapes[k][i.name] for k in ("--minShapes", "--optShapes", "--maxShapes")] == [
                 "x".join(map(str, s)) for s in want]
         readme = (mdir / "README.md").read_text()
-        assert f"1..8 rows a request" in readme and f"1..{L} new items a request" in readme
+        assert "1..8 rows a request" in readme and f"1..{L} new items a request" in readme
         assert f"1..{MAX_CANDIDATES:,} candidates a request" in readme and "--noTF32" in readme
     # an fp16 graph: strongly typed, TF32 left as export.trt leaves it (it clears TF32 for fp32 only)
     fp16 = tmp_path / "fp16"

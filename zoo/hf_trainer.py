@@ -344,7 +344,6 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
     import json
     import shlex
     import sys
-    import time
 
     from .cli import written_whole
     from .data.split import leave_one_out, load_dataset, load_options

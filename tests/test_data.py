@@ -122,6 +122,39 @@ def test_quoted_csv(tmp_path):
     assert x.user.tolist() == ["a", "b"] and x.item.tolist() == ["x, y", "z"]
 
 
+@pytest.mark.parametrize("text", [
+    '"user_id","item_id","timestamp"\n"a","x, y",1\n"b","z",2\n',          # R's write.csv, pandas QUOTE_ALL
+    'user_id;item_id;timestamp\n"a";"x; y";1\nb;"z";2\n',
+    'user_id\titem_id\ttimestamp\n"a"\t"x, y"\t1\n"b"\tz\t2\n',
+])
+def test_quoted_headers_and_fields_with_any_separator(tmp_path, text):
+    """Quotes around header names and fields are the CSV quoting for ``;`` and tab files too: a quoted header used to
+    match no column (unknown format), and ``;`` / tab files kept the quotes inside the ids."""
+    x = read_interactions(write(tmp_path / "q.txt", text))
+    assert x.format == "delimited" and x.user.tolist() == ["a", "b"]
+    assert x.item.tolist() == [text.split("\n")[1].split('"')[3], "z"] and x.timestamp.tolist() == [1.0, 2.0]
+
+
+def test_whitespace_only_lines_before_the_header(tmp_path):
+    """Lines of spaces before the header are blank lines like empty ones (the first used to be taken for the header:
+    "unknown interaction file format"), and line numbers in messages count them."""
+    x = read_interactions(write(tmp_path / "w.csv", "  \n\t\nuser_id,item_id\n1,2\n"))
+    assert x.user.tolist() == [1] and x.item.tolist() == [2]
+    with pytest.raises(ValueError, match=r"w2.csv, line 4: expected 2 fields, found 3"):
+        read_interactions(write(tmp_path / "w2.csv", " \n\nuser_id,item_id\n1,x,3\n"))
+    s = read_interactions(write(tmp_path / "w.seq", " \nuser_id\titem_ids_chronological\n7\t3 1\n"))
+    assert s.user.tolist() == [7, 7] and s.item.tolist() == [3, 1]
+
+
+def test_seq_lines_with_other_whitespace_keep_their_items(tmp_path):
+    """A line with two spaces between items and another with a tab: the per-line counts came from single spaces,
+    checked only in total, so the two errors cancelled and user 1 got user 9's first item."""
+    x = read_interactions(write(tmp_path / "s.seq", "user_id\titem_ids_chronological\n1\t2  3\n9\t4\t5\n"))
+    assert list(zip(x.user.tolist(), x.item.tolist())) == [(1, 2), (1, 3), (9, 4), (9, 5)]
+    x = read_interactions(write(tmp_path / "t.seq", "user_id\titem_ids_chronological\n1\t2 3\u00a04\n9\t5\n"))
+    assert list(zip(x.user.tolist(), x.item.tolist())) == [(1, 2), (1, 3), (1, 4), (9, 5)]   # a no-break space
+
+
 def test_seq_format(tmp_path):
     p = write(tmp_path / "s.seq.gz", "user_id\titem_ids_chronological\n7\t3 1 2\n8\t2  5\n", gz=True)
     x = read_interactions(p)
@@ -276,6 +309,18 @@ def test_kcore_cascade():
     one = kcore_filter(Interactions(users, items), 2, 1)     # item_k=1: u4 dropped, but no cascade to u3 via i3
     assert one.user.tolist() == [1, 1, 2, 2, 3, 3] and one.item.tolist() == [1, 2, 1, 2, 2, 3]
     assert len(kcore_filter(Interactions(users, items), 3, 3)) == 0
+
+
+def test_kcore_of_a_long_chain_converges():
+    """Users sharing items one by one along a chain: each round drops only the chain's end, so it takes as many rounds
+    as rows; a cap of 1,000 rounds raised a RuntimeError (a traceback from the CLIs) on such valid data."""
+    n = 2500
+    users = np.repeat(np.arange(n), 2)[1:-1]                          # u_j: items j-1 and j
+    items = np.repeat(np.arange(n - 1), 2)
+    x = kcore_filter(Interactions(users, items), 2, 2)
+    assert len(x) == 0
+    with pytest.raises(RuntimeError, match="did not converge in 10 rounds"):
+        kcore_filter(Interactions(users, items), 2, 2, max_iterations=10)
 
 
 def _naive_kcore(users, items, k):

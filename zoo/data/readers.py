@@ -346,6 +346,15 @@ def _header_sep(header: str) -> str | None:
     return None
 
 
+def _split_header(header: str, sep: str | None) -> list[str]:
+    """The fields of a header line: split at ``sep`` (whitespace when None); quoted names (``"user_id","item_id"``,
+    as R's ``write.csv`` and pandas with ``QUOTE_ALL`` write them) lose their quotes."""
+    if sep is not None and '"' in header:
+        import csv
+        return next(csv.reader([header], delimiter=sep))
+    return header.split(sep) if sep else header.split()
+
+
 # --------------------------------------------------------------------------- formats
 def _read_table(text: str, path: str, typed_header: bool, skip: int = 0, columns: dict | None = None) -> Interactions:
     """Atomic ``.inter`` (typed header) and plain delimited files with a header (``skip``: blank lines the caller
@@ -356,7 +365,7 @@ def _read_table(text: str, path: str, typed_header: bool, skip: int = 0, columns
     if not header.strip():
         raise ValueError(f"{path}: empty file or empty header line")
     sep = _header_sep(header)
-    names_raw = header.split(sep) if sep else header.split()
+    names_raw = _split_header(header, sep)
     names = [n.split(":", 1)[0].strip() for n in names_raw] if typed_header else [n.strip() for n in names_raw]
     ucol, icol, tcol = _role_columns(path, names, names_raw, columns)
     tokens = None if sep is None or '"' in text else _fast_tokens(text, 1, sep, len(names))
@@ -384,9 +393,9 @@ def _slow_columns(text: str, path: str, sep: str | None, names: list[str], skip:
         line_numbers = line_numbers + skip
     if not lines:
         raise ValueError(f"{path}: no interactions after the header")
-    if sep == "," and '"' in text:  # quoted CSV: let the csv module handle quotes
+    if sep is not None and '"' in text:  # quoted fields (any separator): let the csv module handle quotes
         import csv
-        rows = list(csv.reader(lines))
+        rows = list(csv.reader(lines, delimiter=sep))
         for i, r in enumerate(rows):
             if len(r) != len(names):
                 ln = int(line_numbers[i]) if line_numbers is not None else i + 2 + skip
@@ -529,11 +538,15 @@ def _read_seq(text: str, path: str, skip: int = 0) -> Interactions:
         seen[user] = i
         users.append(user)
         items.append(its)
-    # one C-level split for all items; per-line counts from the single-space count (checked, else exact path)
-    flat = " ".join(items).split()
-    counts = np.fromiter((s.count(" ") + 1 for s in items), dtype=np.int64, count=len(items))
-    if counts.sum() != len(flat):  # several spaces / tabs between items somewhere
+    # one C-level split for all items; per-line counts from the single-space count when single spaces are all the
+    # whitespace between items (a total check alone let a line's extra space cancel another's tab: items moved to
+    # the wrong user), else each line split
+    joined = " ".join(items)
+    flat = joined.split()
+    if re.search(r"\s\s|[^\S ]", joined):                      # several spaces, tabs or other whitespace somewhere
         counts = np.fromiter((len(s.split()) for s in items), dtype=np.int64, count=len(items))
+    else:
+        counts = np.fromiter((s.count(" ") + 1 for s in items), dtype=np.int64, count=len(items))
     user = np.repeat(_ids(users, ascii=text.isascii()), counts)
     return Interactions(user, _ids(flat, ascii=text.isascii()), None, source=path)
 
@@ -546,7 +559,8 @@ def detect_format(path: str, header: str, columns: dict | None = None) -> str:
     if name.endswith(".gz"):
         name = name[:-3]
     h = header.strip()
-    fields = re.split(r"[\t,;]", h) if re.search(r"[\t,;]", h) else h.split()
+    fields = _split_header(h, _header_sep(h)) if '"' in h else re.split(r"[\t,;]", h) if re.search(r"[\t,;]", h) \
+        else h.split()
     low = [f.strip().lower() for f in fields]
     if name.endswith(".seq") or (len(low) == 2 and low[1].startswith("item_ids")):
         return "seq"
@@ -600,19 +614,20 @@ def read_interactions(path: str | os.PathLike, format: str = "auto", columns: di
     text = _read_text(path)
     if not text.strip():
         raise ValueError(f"{path}: empty file")
-    # blank lines before the first line: the header formats start after them, and every line number a message
-    # gives counts them (MovieLens files have no header and skip blank lines like any other)
-    lead = len(text) - len(text.lstrip("\n"))
-    header = text[lead:].split("\n", 1)[0]
+    # blank (or whitespace-only) lines before the first line: the header formats start after them, and every line
+    # number a message gives counts them (MovieLens files have no header and skip blank lines like any other)
+    blank = re.match(r"(?:[^\S\n]*\n)*", text).end()
+    lead, text_from = text.count("\n", 0, blank), blank
+    header = text[text_from:].split("\n", 1)[0]
     fmt = detect_format(path, header, columns) if format == "auto" else format
     if columns and fmt in ("seq", "movielens"):
         raise ValueError(f"{path}: columns= names header columns, but a {fmt} file's columns are fixed")
     if fmt == "seq":
-        inter = _read_seq(text[lead:], path, skip=lead)
+        inter = _read_seq(text[text_from:], path, skip=lead)
     elif fmt == "movielens":
         inter = _read_movielens(text, path)
     else:
-        inter = _read_table(text[lead:], path, typed_header=(fmt == "atomic"), skip=lead, columns=columns)
+        inter = _read_table(text[text_from:], path, typed_header=(fmt == "atomic"), skip=lead, columns=columns)
     inter.format = fmt
     return inter
 

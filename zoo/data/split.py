@@ -64,7 +64,7 @@ def _py(values: np.ndarray) -> list:
 
 # --------------------------------------------------------------------------- k-core
 def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None = 5,
-                 max_iterations: int = 1000) -> Interactions:
+                 max_iterations: int | None = None) -> Interactions:
     """Iterative k-core filter (RecBole ``_filter_by_inter_num`` with ``[k, inf)`` intervals).
 
     Each round counts interactions per user and per item on the current rows, then drops -- simultaneously --
@@ -73,6 +73,8 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
 
     Args:
         inter: ``N`` rows.
+        max_iterations: rounds at most (``RuntimeError`` past them). None: until nothing is dropped, which takes at
+            most ``N`` rounds (each drops a row); a chain of users sharing items one by one takes that many.
     Returns:
         the kept rows (a new :class:`Interactions`); may be empty.
     """
@@ -86,7 +88,7 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
     icode, _ = factorize(inter.item)
     nu, ni = (int(ucode.max()) + 1, int(icode.max()) + 1) if len(inter) else (0, 0)
     keep = np.ones(len(inter), dtype=bool)
-    for _ in range(max_iterations):
+    for _ in range(len(inter) + 1 if max_iterations is None else max_iterations):
         u, i = ucode[keep], icode[keep]
         drop = np.zeros(len(u), dtype=bool)
         if user_k > 1:
@@ -97,7 +99,7 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
             break
         idx = np.flatnonzero(keep)
         keep[idx[drop]] = False
-    else:  # pragma: no cover - each round removes >= 1 row, so N rounds always suffice in practice
+    else:  # each round removes >= 1 row: N + 1 rounds always suffice, so only a given max_iterations ends here
         raise RuntimeError(f"k-core filter did not converge in {max_iterations} rounds")
     return inter if keep.all() else inter.select(keep)
 

@@ -163,6 +163,18 @@ def test_numpy_and_torch_integer_ids_make_an_int_vocabulary():
         ItemVocab(np.array([True, False]))
 
 
+def test_numpy_string_ids_make_a_str_vocabulary():
+    """A numpy array of strings (elements ``np.str_``) was refused ("got types ['str_']"), also when it extended a
+    string vocabulary (``model.add_items(np.array([...]))``), though numpy integer arrays were taken."""
+    import numpy as np
+
+    v = ItemVocab(np.array(["b", "a"]))
+    assert v == ItemVocab(["b", "a"]) and v.id_type == "str" and all(type(x) is str for x in v.items)
+    grown, added = ItemVocab(["b", "a"]).extended(np.array(["c", "a"]))
+    assert grown.items == ["b", "a", "c"] and added == ["c"] and type(added[0]) is str
+    assert v.encode(np.array(["a"])) == [2]
+
+
 def test_extended_keeps_every_index_and_appends_the_new_ids_in_order():
     v = ItemVocab([5, 3, 9])
     grown, added = v.extended([3, "12", 7, 12, np.int64(7)])

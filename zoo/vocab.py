@@ -66,6 +66,8 @@ class ItemVocab:
         items = list(items)
         if not items:
             raise ValueError("ItemVocab needs at least one item")
+        if all(isinstance(x, str) for x in items):      # str, and numpy's str_ (a string array's elements)
+            items = [str(x) for x in items]
         kinds = {type(x) for x in items}
         ints = None if kinds <= {str} else [int_id(x) for x in items]   # ints, numpy / torch integer scalars; no bools
         if ints is None:
@@ -121,7 +123,7 @@ class ItemVocab:
                     return x
             kind = "a bool" if isinstance(int_id_value(item), bool) else f"{type(item).__name__}"
             raise TypeError(f"item id {item!r} ({kind}) is not an int id; this vocabulary holds int ids")
-        return item if isinstance(item, str) else str(item)
+        return str(item)                                             # numpy's str_ too: a plain str
 
     def encode(self, items: Iterable) -> list[int]:
         """External ids -> internal indices (>= 1). Raises :class:`UnknownItemError` naming the first unknown id."""

@@ -120,6 +120,9 @@ def test_compare_refuses_what_is_not_a_paired_comparison(tmp_path, capsys):
             compare_main([str(tmp_path / "test.csv"), str(tmp_path / f"{b}.csv"), "--bootstrap", "100", *extra])
         err = capsys.readouterr().err
         assert e.value.code == 2 and message in err, (b, err)
+    with pytest.raises(SystemExit) as e:                      # was numpy's "expected non-negative integer"
+        compare_main([str(tmp_path / "test.csv"), str(tmp_path / "test.csv"), "--seed", "-1"])
+    assert e.value.code == 2 and "argument --seed: expected an int >= 0, got '-1'" in capsys.readouterr().err
     ok = compare_main([str(tmp_path / "test.csv"), str(tmp_path / "graph.csv"), "--ks", "5", "10", "--bootstrap", "100"])
     assert ok["metrics"]["HR@10"]["diff"] == pytest.approx(0, abs=1e-9)     # the graph ranks as the model does
     capsys.readouterr()

@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--ks", type=positive_int, nargs="+", default=[10, 20])
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS), help="default: all")
     p.add_argument("--bootstrap", type=positive_int, default=10_000, help="resamples (>= 100)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--json", help="also write the comparison to this JSON file")
     p.add_argument("--by-length", type=positive_int, nargs="+", default=None, metavar="EDGE",
                    help="also compare the users of each history-length bucket cut at these increasing edges, e.g. "

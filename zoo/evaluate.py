@@ -567,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ds.check_timestamps_for(type(model).__name__)
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {error_text(e)}") from None
-    examples, split = _examples(ds, args)
+    examples, split = _examples(ds, args, note=note)
     negatives = _negatives(args, examples, split, int(model.config.n_items))
     metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
                                     batch_size=args.batch_size, device=device, progress=not args.no_progress,
@@ -673,13 +673,15 @@ def _load_data(args):
         raise SystemExit(f"error: {e}") from None
 
 
-def _split(ds, args):
+def _split(ds, args, note: str = ""):
     """``leave_one_out(ds)``, or with ``--temporal-split`` the temporal split at the cuts of those shares; data that
-    leaves no user with an example (or has no timestamps for a temporal split) is a one-line error."""
+    leaves no user with an example (or has no timestamps for a temporal split) is a one-line error, which repeats
+    a ``WARNING`` ``note`` of the vocabulary's (``--unknown-items drop`` may have emptied the users)."""
     try:
         return split_data(ds, getattr(args, "temporal_split", None))
     except ValueError as e:
-        raise SystemExit(f"error: --data {args.data}: {e}") from None
+        raise SystemExit(f"error: --data {args.data}: {e}" + (f" ({note})" if note.startswith("WARNING") else "")) \
+            from None
 
 
 def split_data(ds, temporal: Sequence[float] | None = None):
@@ -709,11 +711,11 @@ def protocol_suffix(split) -> str:
     return f"-temporal-t{split.cuts['test_share']:g}-v{split.cuts['valid_share']:g}"
 
 
-def _examples(ds, args, split=None):
+def _examples(ds, args, split=None, note: str = ""):
     """``(examples, split)``: the ``--split`` examples of ``ds`` (``--max-users`` of them) and the leave-one-out split
     they come from (``split``: when the caller has it); data that leaves no user with an example is a one-line
-    error."""
-    split = split or _split(ds, args)
+    error (with the vocabulary's ``note`` when it is a warning: see :func:`_split`)."""
+    split = split or _split(ds, args, note)
     examples = split.test if args.split == "test" else split.valid
     return (examples.head(args.max_users) if args.max_users else examples), split
 
@@ -912,7 +914,7 @@ def _main_onnx(args, t0: float) -> dict:
             ds.check_timestamps_for(f"the {spec.get('model_type')} graph")
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {error_text(e)}") from None
-    examples, split = _examples(ds, args)
+    examples, split = _examples(ds, args, note=note)
     try:
         metrics, ranks = evaluate_onnx(args.onnx, examples, ks=args.ks, batch_size=args.batch_size,
                                        threads=args.threads, progress=not args.no_progress, return_ranks=True)

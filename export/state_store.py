@@ -293,6 +293,11 @@ process; CI saw a WAL reach 66 times a 256 KiB limit). So the WAL stays bounded 
 the thread normally truncates long before (``bench/RESULTS_SQLITE_WAL.md``)."""
 
 
+STEP_IN_WAIT = 1.0
+"""Seconds a writer stepping in (:data:`WRITERS_STEP_IN`) waits at most for the checkpoint or write of another
+connection (the checkpoint thread's own, most often) to end before its truncation gives up for a while."""
+
+
 class _Shared:
     """What the stores of one file in a process share with its checkpoint thread: the WAL limit the thread serves
     (:func:`_shared_settings`), for the writers' :data:`WRITERS_STEP_IN`, and their back-off after a truncation
@@ -551,9 +556,10 @@ class SQLiteStateStore(_VersionedStore):
 
     def _step_in(self, c) -> None:
         """After a commit on ``c``: when the WAL has passed :data:`WRITERS_STEP_IN` times the limit the checkpoint
-        thread serves, and 1 MiB (the thread fell behind), truncate it here, one try without waiting: this event pays for the copy and
-        sync. A try that could not finish (another connection was reading or checkpointing) leaves the writers of
-        this process to try again after a back-off that doubles, from 1 ms up to ``checkpoint_every``."""
+        thread serves, and 1 MiB (the thread fell behind), truncate it here: this event pays for the copy and sync,
+        waiting up to :data:`STEP_IN_WAIT` seconds (and the store's ``timeout`` at most) for a checkpoint or write of
+        another connection to end. One that could not finish in that time (a reader held on) leaves the writers of
+        this process to try again after a back-off that doubles, from 1 s up to a minute."""
         shared = getattr(self, "_wal_shared", None)
         if shared is None or shared.limit is None:
             return
@@ -562,18 +568,15 @@ class SQLiteStateStore(_VersionedStore):
                 return
         except OSError:                             # no WAL file at this moment: nothing to truncate
             return
-        now = time.monotonic()
-        if now < shared.retry_at:
+        if time.monotonic() < shared.retry_at:
             return
         try:
-            busy = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        except sqlite3.OperationalError as e:       # locked by another connection's checkpoint or write
+            _truncate_wal(c, min(STEP_IN_WAIT, self.timeout), self.path)
+        except sqlite3.OperationalError as e:
             if "locked" not in str(e) and "busy" not in str(e):
                 raise
-            busy = True
-        if busy:
-            shared.backoff = min(max(2 * shared.backoff, 1e-3), self.checkpoint_every)
-            shared.retry_at = now + shared.backoff
+            shared.backoff = min(max(2 * shared.backoff, 1.0), 64.0)
+            shared.retry_at = time.monotonic() + shared.backoff
         else:
             shared.backoff = 0.0
             shared.truncations += 1

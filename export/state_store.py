@@ -449,8 +449,9 @@ class SQLiteStateStore(_VersionedStore):
         checkpoint_every: seconds between the checkpoints (the WAL's pages copied into the database file, synced) that
             one background thread of each process runs; the connections that serve events do not checkpoint (unless
             that thread falls far behind: ``wal_size_limit``), as a checkpoint's sync would stall the event whose
-            commit set it off and, through it, the other workers (``bench/RESULTS_SHARED_STORE.md``). The WAL's size is bounded by ``wal_size_limit``. None:
-            SQLite's own checkpoints, every 1,000 pages, on the committing connection.
+            commit set it off and, through it, the other workers (``bench/RESULTS_SHARED_STORE.md``). The WAL's
+            size is bounded by ``wal_size_limit``. None: SQLite's own checkpoints, every 1,000 pages, on the
+            committing connection.
         wal_size_limit: bytes the WAL file may hold. Under sustained writes SQLite never starts a WAL over (a PASSIVE
             checkpoint never catches up with the writers), so it would grow without bound; past this size the
             checkpoint thread runs a TRUNCATE checkpoint, which holds the writers while it copies what is left and

@@ -474,8 +474,8 @@ def test_sqlite_wal_bench_runs(monkeypatch, tmp_path):
     assert [(r[0], r[1]) for r in rows] == [("64 MiB (default)", "1"), ("None", "1")], rows
     for r in rows:
         assert int(r[2].replace(",", "")) > 0
-        p50, p99, p999, mx = map(float, r[4:8])
-        assert 0 < p50 <= p99 <= p999 <= mx, r
+        p50, p99, p999, mx = map(float, r[4:8])          # printed to 3, 3, 2 and 1 decimals: in order up to that
+        assert 0 < p50 <= p99 <= p999 + 0.005 and p999 <= mx + 0.05, r   # (p99.9 32.41 and max 32.4 were in order)
         assert len(r) == 12 and int(r[11]) >= 0, r                                # truncations by writers
 
 

@@ -140,7 +140,11 @@ def test_redis_versions_never_repeat_across_deletes(store):
 
     S = lambda x: {"h": np.full((1, 2, 8), x, np.float32)}            # noqa: E731
     raw = redis.Redis.from_url(store.url)
-    now_us = lambda: int(raw.time()[0]) * 1_000_000 + int(raw.time()[1])   # noqa: E731
+
+    def now_us() -> int:                                              # one TIME call: seconds and microseconds
+        sec, us = raw.time()
+        return int(sec) * 1_000_000 + int(us)
+
     t0 = now_us()
     assert store.commit([("u", 0, S(1))])
     first = store.version("u")

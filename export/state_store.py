@@ -321,8 +321,8 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
     or reader), until no store of that file is left in the process.
 
     Under sustained writes a PASSIVE checkpoint never catches up with the writers (they append while it copies), so
-    SQLite never starts the WAL over and the file grows without bound (about 100 MB/s at 4,500 events/s of 18 KB
-    states: ``bench/RESULTS_SQLITE_WAL.md``). So when the WAL passes ``wal_size_limit`` the thread also runs a
+    SQLite never starts the WAL over and the file grows without bound (about 110-130 MB/s at ~4,400 events/s of 18
+    KB states: ``bench/RESULTS_SQLITE_WAL.md``). So when the WAL passes ``wal_size_limit`` the thread also runs a
     TRUNCATE checkpoint: it waits up to ``timeout`` seconds for the writer of the moment, holds new writers while it
     copies what PASSIVE left (little, just after a PASSIVE one) and empties the file.
 

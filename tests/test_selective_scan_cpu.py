@@ -260,3 +260,35 @@ def test_each_checkout_builds_into_its_own_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(ssc, "_SRC", tmp_path / "other-checkout" / "selective_scan_cpu.cpp")
     other = ssc._build_dir()
     assert other != here and os.path.dirname(other) == os.path.dirname(here) == str(tmp_path)
+
+
+@pytest.mark.parametrize("cast", [
+    {"A": torch.float64, "D": torch.float64, "initial_state": torch.float64},   # float64 SSM parameters
+    {"B": torch.bfloat16, "C": torch.bfloat16},                               # autocast-like activations
+    {"delta": torch.float16, "z": torch.float64, "delta_bias": torch.bfloat16},
+])
+def test_dispatch_with_mixed_dtypes_equals_the_reference(cast, monkeypatch):
+    """``selective_scan_fn`` claims the reference's signature and result, but sent a float32 ``u`` to the fused kernel
+    with whatever the other tensors were, which it refuses ("A has dtype torch.float64, expected torch.float32"). The
+    others are cast to float32 first now, as the reference casts them: same output, last state and gradients (in each
+    input's own dtype)."""
+    from zoo.ops import selective_scan as sscan
+
+    monkeypatch.setenv("ZOO_CPU_KERNEL", "1")
+    inp = make_inputs(2, 4, 9, 3, with_D=True, with_z=True, with_bias=True, with_h0=True)
+    inp = {k: (v.to(cast[k]) if k in cast else v).requires_grad_() for k, v in inp.items()}
+    called, real = [], ssc.selective_scan_cpu
+    monkeypatch.setattr(ssc, "selective_scan_cpu", lambda *a, **k: called.append(1) or real(*a, **k))
+    out, last = sscan.selective_scan_fn(**inp, delta_softplus=True, return_last_state=True)
+    rout, rlast = sscan.selective_scan_ref(**inp, delta_softplus=True, return_last_state=True)
+    assert called, "the fused kernel was not used"
+    assert out.dtype == last.dtype == torch.float32
+    torch.testing.assert_close(out, rout, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(last, rlast, atol=1e-5, rtol=1e-5)
+    names = list(inp)
+    g = torch.autograd.grad((out.sum() + last.sum()), [inp[n] for n in names])
+    rg = torch.autograd.grad((rout.sum() + rlast.sum()), [inp[n] for n in names])
+    for n, a, b in zip(names, g, rg):
+        assert a.dtype == inp[n].dtype, n
+        tol = 2e-2 if inp[n].dtype in (torch.bfloat16, torch.float16) else 1e-4
+        torch.testing.assert_close(a.float(), b.float(), atol=tol * (1 + b.float().abs().max().item()), rtol=tol)

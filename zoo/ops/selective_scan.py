@@ -209,8 +209,10 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     """Selective scan with the best available implementation; same signature and result as the reference.
 
     * CUDA tensors + ``mamba_ssm`` importable + no ``initial_state``: mamba-ssm's fused kernel.
-    * CPU float32: the fused C++ kernel (:mod:`zoo.ops.selective_scan_cpu`) when it builds (set the environment
-      variable ``ZOO_CPU_KERNEL=0`` to force the reference).
+    * CPU float32 ``u``: the fused C++ kernel (:mod:`zoo.ops.selective_scan_cpu`) when it builds (set the
+      environment variable ``ZOO_CPU_KERNEL=0`` to force the reference). It takes every tensor in float32, so the
+      others (float64 ``A``, bfloat16 ``B``/``C`` under autocast, ...) are cast to float32 first, as the reference
+      casts them for a float32 ``u``.
     * otherwise (and always while tracing/exporting): :func:`selective_scan_ref`.
     """
     exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
@@ -225,10 +227,23 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         elif u.dtype == torch.float32 and u.device.type == "cpu" and os.environ.get("ZOO_CPU_KERNEL", "1") != "0":
             from . import selective_scan_cpu
 
-            if selective_scan_cpu.is_available():
+            if selective_scan_cpu.is_available() and _all_on_cpu(delta, A, B, C, D, z, delta_bias, initial_state):
+                # the kernel takes every tensor in u's dtype; the reference computes in float32 for a float32 u,
+                # casting the others to it: cast them the same way (differentiable, so gradients keep their dtypes)
+                _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
+                f32 = [None if t is None else t.to(torch.float32) for t in (delta, A, B, C, D, z, delta_bias,
+                                                                             initial_state)]
+                delta, A, B, C, D, z, delta_bias, initial_state = f32
                 return selective_scan_cpu.selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                                              return_last_state, initial_state)
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+
+
+def _all_on_cpu(*tensors) -> bool:
+    """Every given (not None) argument is a real floating CPU tensor: what the fused CPU kernel can take after a cast
+    to float32 (anything else goes to the reference, which handles or refuses it)."""
+    return all(t is None or (isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.is_floating_point())
+               for t in tensors)
 
 
 __all__ = ["selective_scan_fn", "selective_scan_ref", "selective_scan_loop", "selective_state_update_ref",

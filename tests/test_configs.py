@@ -1,11 +1,20 @@
 """Every zoo config refuses sizes below 1 and dropout rates outside [0, 1), naming the field -- whether the check is
 the model config's own or the shared one in ``SeqRecConfig``."""
 
-import pytest
+import json
+import math
+import pathlib
 
+import pytest
+import torch
+from transformers import AutoConfig
+
+import zoo  # noqa: F401  (registers the models with AutoConfig / AutoModel)
 from zoo.modeling_utils import _SIZE_FIELDS
 from zoo.models import MODELS
 from zoo.train import config_fields
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CASES = []
 for model_type, (cfg_cls, _) in sorted(MODELS.items()):
@@ -29,3 +38,145 @@ def test_config_refuses_out_of_range_field(model_type, field, value, message):
 
 def test_every_model_has_cases():
     assert {m for m, *_ in CASES} == set(MODELS) and len(CASES) > 40
+
+
+# ------------------------------------------------------------------------ QA fixes: types, finite values, derived
+INT_CASES = []
+for model_type, (cfg_cls, _) in sorted(MODELS.items()):
+    fields = config_fields(cfg_cls)
+    defaults = cfg_cls()
+    for f in sorted(fields & (set(_SIZE_FIELDS) | {"hidden_size", "max_seq_length", "n_items"})):
+        if isinstance(getattr(defaults, f, None), int) and not isinstance(getattr(defaults, f), bool):
+            INT_CASES += [(model_type, f, 16.9), (model_type, f, True), (model_type, f, "8")]
+
+
+@pytest.mark.parametrize("model_type, field, value", INT_CASES, ids=[f"{m}-{f}={v!r}" for m, f, v in INT_CASES])
+def test_config_refuses_size_fields_that_are_not_ints(model_type, field, value):
+    """``int()`` cut ``hidden_size=16.9`` to 16 and read ``max_seq_length=True`` as 1: refused, naming the field (a
+    fraction is a ``ValueError``, what is no number a ``TypeError``, which ``zoo.train`` reports with the values)."""
+    cfg_cls, _ = MODELS[model_type]
+    with pytest.raises(ValueError if isinstance(value, float) else TypeError,
+                       match=rf"{field} must be an int\b.*, got {value!r}"):
+        cfg_cls(**{field: value})
+
+
+def test_config_accepts_whole_floats_and_numpy_ints_for_sizes():
+    import numpy as np
+
+    from zoo.models.mamba4rec import Mamba4RecConfig
+
+    c = Mamba4RecConfig(hidden_size=np.int64(32), num_layers=2.0, d_state=np.int32(8))
+    assert (c.hidden_size, c.num_layers, c.d_state) == (32, 2, 8) and all(
+        type(v) is int for v in (c.hidden_size, c.num_layers, c.d_state))
+
+
+NAN = float("nan")
+FLOAT_CASES = [  # (model_type, {field: bad value}, message)
+    *[(m, {"layer_norm_eps": v}, "layer_norm_eps must be a finite number > 0")
+      for m in ("mamba4rec", "sasrec", "bert4rec", "lrurec", "ssd4rec") for v in (0.0, -1.0, NAN)],
+    *[(m, {"norm_eps": v}, "norm_eps must be a finite number > 0")
+      for m in ("tim4rec", "tim4rec_causal") for v in (0.0, NAN, float("inf"))],
+    ("ssd4rec", {"rmsnorm_eps": NAN}, "rmsnorm_eps must be a finite number > 0"),
+    ("ssd4rec", {"rmsnorm_eps": 0.0}, "rmsnorm_eps must be a finite number > 0"),
+    ("ssd4rec", {"beta": NAN}, "beta must be a finite number >= 0"),
+    ("tim4rec_causal", {"time_unit": NAN}, "time_unit must be a finite number > 0"),
+    ("tim4rec_causal", {"time_unit": 0.0}, "time_unit must be a finite number > 0"),
+    ("tim4rec_causal", {"time_scale": float("inf")}, "time_scale must be a finite number > 0"),
+    ("lrurec", {"initializer_cutoff": NAN}, "initializer_cutoff must be a finite number > 0"),
+    ("lrurec", {"initializer_range": NAN}, "initializer_range must be a finite number"),
+    ("lrurec", {"r_min": NAN}, "r_min must be a finite number > 0 and < 1"),
+    ("sasrec", {"initializer_range": -1.0}, "initializer_range must be a finite number >= 0"),
+    ("gru4rec", {"initializer_range": NAN}, "initializer_range must be a finite number >= 0"),
+    *[(m, kw, msg) for m in ("mamba4rec", "tim4rec", "tim4rec_causal", "ssd4rec") for kw, msg in [
+        ({"dt_min": 0.0}, "dt_min must be a finite number > 0"),           # was 'math domain error' (or nothing)
+        ({"dt_min": NAN}, "dt_min must be a finite number > 0"),
+        ({"dt_max": -1.0}, "dt_max must be a finite number > 0"),
+        ({"dt_min": 0.2, "dt_max": 0.1}, "dt_min must be <= dt_max, got dt_min=0.2, dt_max=0.1"),
+        ({"dt_init_floor": -1e-4}, "dt_init_floor must be a finite number >= 0")]],
+    *[(m, {"A_init_range": v}, r"A_init_range must be a pair \(lo, hi\) of finite numbers with 0 < lo <= hi")
+      for m in ("tim4rec", "tim4rec_causal", "ssd4rec") for v in ((-1.0, 1.0), (0.0, 0.0), (16.0, 1.0), (16.0,),
+                                                                   (1.0, NAN))],
+    *[(m, {f: "no"}, f"{f} must be a bool") for m, f in (("tim4rec", "float32_timestamps"), ("tim4rec", "is_time"),
+                                                         ("mamba4rec", "conv_bias"), ("ssd4rec", "norm_embedding"),
+                                                         ("bert4rec", "append_last_label"))],
+]
+
+
+@pytest.mark.parametrize("model_type, kw, message", FLOAT_CASES,
+                         ids=[f"{m}-{'-'.join(f'{k}={v!r}' for k, v in kw.items())}" for m, kw, _ in FLOAT_CASES])
+def test_config_refuses_non_finite_or_out_of_range_numbers(model_type, kw, message):
+    """``x <= 0`` checks let NaN through (time_unit=NaN made every score NaN), dt_min=0 was a 'math domain error',
+    A_init_range (-1, 1) gave NaN weights, an eps <= 0 divides by zero: each refused, naming the field."""
+    cfg_cls, _ = MODELS[model_type]
+    with pytest.raises(TypeError if "no" in kw.values() else ValueError, match=message):
+        cfg_cls(**kw)
+
+
+def test_dt_and_a_init_bounds_that_are_equal_are_fine():
+    from zoo.models.tim4rec import TiM4RecConfig, TiM4RecModel
+
+    model = TiM4RecModel(TiM4RecConfig(n_items=9, max_seq_length=4, hidden_size=8, head_dim=4, d_state=4,
+                                       A_init_range=(2, 2), dt_min=0.01, dt_max=0.01))
+    assert torch.allclose(model.layers[0].mixer.A_log, torch.full((4,), math.log(2.0)))
+
+
+DERIVED = [("mamba4rec", {}, ["d_inner"]), ("tim4rec", {"head_dim": 8}, ["d_inner", "n_heads"]),
+           ("tim4rec_causal", {"head_dim": 8}, ["d_inner", "n_heads"]), ("ssd4rec", {"head_dim": 8},
+                                                                          ["d_inner", "n_heads"])]
+
+
+@pytest.mark.parametrize("model_type, kw, derived", DERIVED, ids=[m for m, *_ in DERIVED])
+def test_derived_fields_are_recomputed_from_their_sources(tmp_path, model_type, kw, derived):
+    """d_inner / n_heads were saved in config.json and then won over the fields they are computed from:
+    ``AutoConfig.from_pretrained(path, expand=4)`` kept the old d_inner (a model of the wrong width), a config.json
+    edited to another hidden_size kept the old one. They are recomputed now; a value that disagrees is refused naming
+    both fields, one that agrees (every saved config) loads as before."""
+    cfg_cls, _ = MODELS[model_type]
+    c = cfg_cls(hidden_size=16, **kw)
+    c.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert all(saved[f] == getattr(c, f) for f in derived)                    # still written, for its readers
+    assert AutoConfig.from_pretrained(tmp_path).to_diff_dict() == c.to_diff_dict()   # an agreeing value reads back
+    wide = AutoConfig.from_pretrained(tmp_path, expand=4)
+    assert wide.d_inner == 64 and (wide.n_heads == 8 if "n_heads" in derived else True)
+    saved["hidden_size"] = 32
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"d_inner=32 contradicts expand \* hidden_size = 64 .*hidden_size=32"):
+        AutoConfig.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="d_inner=7 contradicts expand"):
+        cfg_cls(hidden_size=16, d_inner=7, **kw)
+    with pytest.raises(ValueError, match="d_inner=7 contradicts"):
+        c.d_inner = 7
+
+
+@pytest.mark.parametrize("model_type", ["tim4rec", "tim4rec_causal", "ssd4rec"])
+def test_a_head_count_that_disagrees_is_a_config_error_not_a_reshape_error(model_type):
+    """``TiM4RecConfig(hidden_size=16, head_dim=8, n_heads=3)`` built a model whose forward failed with "shape
+    '[1, 2, 3, 8]' is invalid"."""
+    cfg_cls, _ = MODELS[model_type]
+    with pytest.raises(ValueError, match=r"n_heads=3 contradicts expand \* hidden_size // head_dim = 4 "
+                                         r"\(expand=2, hidden_size=16, head_dim=8\)"):
+        cfg_cls(hidden_size=16, head_dim=8, n_heads=3)
+    assert cfg_cls(hidden_size=16, head_dim=8, n_heads=4, d_inner=32).n_heads == 4
+
+
+def test_ssd4rec_norm_eps_and_activation_follow_their_sources():
+    """SSD4Rec's norm_eps (read by the shared SSD core) is rmsnorm_eps and its activation SiLU: a norm_eps given
+    beside them was set after them and won, unsaved."""
+    from zoo.models.ssd4rec import SSD4RecConfig
+
+    with pytest.raises(ValueError, match=r"norm_eps=0.001 contradicts rmsnorm_eps = 1e-05"):
+        SSD4RecConfig(norm_eps=1e-3)
+    with pytest.raises(ValueError, match="activation='relu' given, but activation is always 'silu'"):
+        SSD4RecConfig(activation="relu")
+    c = SSD4RecConfig(rmsnorm_eps=1e-6)
+    assert c.norm_eps == 1e-6 and "norm_eps" not in c.to_dict() and "activation" not in c.to_dict()
+
+
+@pytest.mark.parametrize("card", sorted(p.name for p in (ROOT / "hub_cards").iterdir() if (p / "config.json").exists()))
+def test_bundled_card_configs_read_back_unchanged(card):
+    """Every bundled card's config.json (which holds d_inner / n_heads) loads, every value as written."""
+    saved = json.loads((ROOT / "hub_cards" / card / "config.json").read_text())
+    got = AutoConfig.from_pretrained(ROOT / "hub_cards" / card).to_dict()
+    assert {k: got[k] for k in saved if k not in ("transformers_version", "dtype")} == {
+        k: v for k, v in saved.items() if k not in ("transformers_version", "dtype")}

@@ -155,7 +155,9 @@ def test_a_collator_with_a_sampler_trains_with_sampled_softmax_and_never_evaluat
     ds, split = _data(tmp_path, n_users=30)
     model = _model(model_type, ds).eval()                     # no dropout: two forwards see the same network
     n = int(model.config.n_items)
-    windows = WindowDataset(training_windows(split.train, 30, split.train_timestamps))
+    # timestamps only for the model that reads them (as trainer_kwargs builds windows): the others refuse them
+    windows = WindowDataset(training_windows(split.train, 30,
+                                             split.train_timestamps if model.uses_timestamps else None))
     full = SeqRecCollator.for_model(model)([windows[i] for i in range(6)])
     sampled = SeqRecCollator.for_model(model, _EveryItem(n))([windows[i] for i in range(6)])
     assert "negatives" in sampled and "negatives" not in full

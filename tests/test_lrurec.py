@@ -432,13 +432,14 @@ def test_item_embedding_has_no_padding_idx_so_row_0_trains():
 
 
 def test_config_refuses_bad_chunk_size_and_init_range():
-    """``scan_chunk_size = 0`` was silently treated as 1 without the check; a non-positive init std/cutoff is refused."""
+    """``scan_chunk_size = 0`` was silently treated as 1 without the check; a non-positive (or NaN: ``<= 0`` let it
+    through) init std/cutoff is refused, naming the field."""
     with pytest.raises(ValueError, match=r"scan_chunk_size must be >= 1, got 0"):
         LRURecConfig(scan_chunk_size=0)
-    with pytest.raises(ValueError, match="initializer_range and initializer_cutoff must be > 0"):
-        LRURecConfig(initializer_range=0.0)
-    with pytest.raises(ValueError, match="initializer_range and initializer_cutoff must be > 0"):
-        LRURecConfig(initializer_cutoff=-0.1)
+    for field in ("initializer_range", "initializer_cutoff"):
+        for bad in (0.0, -0.1, float("nan")):
+            with pytest.raises(ValueError, match=rf"{field} must be a finite number > 0, got {bad}"):
+                LRURecConfig(**{field: bad})
     assert LRURecConfig(dropout=0.3).hidden_dropout == 0.3                    # the documented alias
 
 

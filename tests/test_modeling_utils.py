@@ -424,3 +424,137 @@ def test_seeding_leaves_a_real_hub_download_alone(tmp_path, monkeypatch):
     assert f"{pretrained.HUB_ORG}/tiny-gru" not in written and "org/tiny-gru" in written
     assert (repo / "refs" / "main").read_text() == "realcommit"
     assert sorted(os.listdir(repo / "snapshots")) == ["realcommit"]
+
+
+# --------------------------------------------------------------------------------- QA fixes: save, inputs, labels
+@pytest.mark.parametrize("first, second", [("plain", "sharded"), ("sharded", "plain"), ("sharded", "sharded")])
+def test_a_save_removes_the_weight_files_of_an_earlier_save(tmp_path, first, second):
+    """A folder that holds an earlier save: the files of that save which the new one does not overwrite are removed
+    once the new ones are in place -- an old model.safetensors beside a new sharded index was what loaded (the first
+    weights, silently), and stale shards (or a stale index beside a new single file) lingered. Other files stay."""
+    shard = {"plain": {}, "sharded": {"max_shard_size": "2KB"}}
+    old, new = gru(n_items=60), gru(n_items=60)
+    with torch.no_grad():
+        new.item_embedding.weight.add_(1.0)
+    old.save_pretrained(tmp_path, **({"max_shard_size": "1KB"} if first == "sharded" else {}))
+    (tmp_path / "notes.txt").write_text("mine")
+    before = set(os.listdir(tmp_path))
+    new.save_pretrained(tmp_path, **shard[second])
+    files = set(os.listdir(tmp_path))
+    weights = {f for f in files if f.endswith(".safetensors") or f.endswith(".index.json")}
+    if second == "plain":
+        assert weights == {"model.safetensors"}
+    else:
+        index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+        assert weights == set(index["weight_map"].values()) | {"model.safetensors.index.json"}
+        assert len(weights) >= 3
+    if first == "sharded":
+        assert before - files, "the earlier save's shards should have been stale here"
+    assert "notes.txt" in files and not any(f.startswith(".save-") for f in files)
+    for load in (GRU4RecModel.from_pretrained, SeqRecPreTrainedModel.from_pretrained):
+        torch.testing.assert_close(load(tmp_path).item_embedding.weight, new.item_embedding.weight)
+
+
+@pytest.mark.parametrize("history, bad", [([1.7, 2.2], "1.7 (float)"), ([True, 2], "True (bool)"),
+                                          ([3, 2.0], "2.0 (float)"), (torch.tensor([1.0, 2.0]), "1.0 (float)")])
+def test_pad_batch_refuses_ids_that_are_not_ints(history, bad):
+    """pad_batch cut float ids to ints ([[1.7, 2.2]] -> [[1, 2]]) and read True as item 1; it takes ints only now,
+    with the check of recommend() (numpy / torch integer ids, and integer arrays, still accepted)."""
+    import numpy as np
+
+    model = gru()
+    with pytest.raises(TypeError, match=rf"history 0: item index {re.escape(bad)} is not an int"):
+        model.pad_batch([[4], history][::-1])
+    want = model.pad_batch([[3, 4], [5]])[0]
+    for ok in ([np.int64(3), 4], np.array([3, 4]), torch.tensor([3, 4]), (torch.tensor(3), np.int32(4))):
+        assert torch.equal(model.pad_batch([ok, [5]])[0], want)
+
+
+def test_labels_must_be_integer_item_indices_in_range():
+    """Float labels were cut to ints, a label >= n_items was torch's bare IndexError, a [B] label 0 trained the
+    padding logit: labels are an integer tensor of 0 .. n_items - 1 now (1 .. n_items - 1 in [B] mode, where every row
+    has its next item), checked with one min/max, errors naming the index."""
+    model = gru()
+    ids, mask = model.pad_batch([[1, 2, 3], [4, 5]])
+    with pytest.raises(TypeError, match=r"labels must be an integer tensor .* got dtype torch.float32"):
+        model(ids, mask, labels=torch.tensor([1.7, 2.2]))
+    with pytest.raises(TypeError, match="labels must be an integer tensor .* got dtype torch.bool"):
+        model(ids, mask, labels=torch.ones(2, 3, dtype=torch.bool))
+    for labels, index, first in [([1, 12], 12, 1), ([1, -1], -1, 1), ([0, 3], 0, 1), ([[2, 12, 0], [0, 0, 0]], 12, 0),
+                                 ([[2, -5, 0], [0, 0, 0]], -5, 0)]:
+        with pytest.raises(ValueError, match=rf"labels hold item index {index}, out of range \[{first}, 11\]"):
+            model(ids, mask, labels=torch.tensor(labels))
+    with pytest.raises(ValueError, match=r"labels must be \[batch\] or \[batch, seq_len\] = \[2, 3\], got \[3\]"):
+        model(ids, mask, labels=torch.tensor([1, 2, 3]))
+    for dtype in (torch.int32, torch.uint8):               # any integer dtype is fine
+        torch.testing.assert_close(model(ids, mask, labels=torch.tensor([4, 7], dtype=dtype)).loss,
+                                   model(ids, mask, labels=torch.tensor([4, 7])).loss)
+
+
+@pytest.mark.parametrize("model_type", ["gru4rec", "lrurec", "ssd4rec", "tim4rec_causal"])
+def test_a_label_under_a_padded_slot_is_no_target_in_every_family(model_type):
+    """[B, L] labels: the base class counted a label under a padded slot as a target (the TiM4Rec / SSD4Rec prefix
+    objective did not): every family selects (labels > 0) & attention_mask now."""
+    from zoo.models import MODELS
+
+    cfg_cls, cls = MODELS[model_type]
+    kw = {"gru4rec": dict(embedding_size=8, hidden_size=8), "lrurec": dict(hidden_size=8, num_layers=1),
+          "ssd4rec": dict(hidden_size=8, d_state=4, head_dim=4, mask_ratio=0.0),
+          "tim4rec_causal": dict(hidden_size=8, d_state=4, head_dim=4, num_layers=1)}[model_type]
+    torch.manual_seed(0)
+    model = cls(cfg_cls(n_items=12, max_seq_length=6, **kw)).eval()
+    hist = [[1, 2, 3], [4, 5]]
+    ts = [[0.0, 60.0, 120.0], [5.0, 6.0]] if model.uses_timestamps else None
+    ids, mask, *rest = model.pad_batch(hist, timestamps=ts) if ts else model.pad_batch(hist)
+    kwargs = {"timestamps": rest[0]} if ts else {}
+    labels = torch.zeros_like(ids)
+    labels[mask] = torch.tensor([2, 3, 7, 5, 9])
+    stale = labels.clone()
+    stale[~mask] = 11                                       # a target where there is no item
+    with torch.no_grad():
+        clean = model(ids, mask, labels=labels, **kwargs).loss
+        torch.testing.assert_close(model(ids, mask, labels=stale, **kwargs).loss, clean)
+        with pytest.raises(ValueError, match=r"labels hold no target \(all 0\) at the real positions"):
+            model(ids, mask, labels=torch.where(mask, 0, stale), **kwargs)
+
+
+def test_timestamps_given_to_a_model_that_reads_none_are_refused_everywhere():
+    """forward / predict / query_vectors / step of a model without a time input ignored timestamps silently (even
+    NaN or decreasing ones) where recommend() refused them: they are refused the same way now."""
+    model = gru()
+    ids, mask = model.pad_batch([[1, 2, 3]])
+    ts = torch.tensor([[9.0, 5.0, float("nan")]])
+    message = "GRU4RecModel does not use timestamps; call it without timestamps"
+    for call in (lambda: model(ids, mask, timestamps=ts), lambda: model.predict(ids, mask, timestamps=ts),
+                 lambda: model.query_vectors(ids, mask, timestamps=ts),
+                 lambda: model.step(ids, model.init_state(1), timestamps=torch.zeros(1, 3))):
+        with pytest.raises(ValueError, match=message):
+            call()
+    with pytest.raises(ValueError, match="does not use timestamps; call recommend"):
+        model.recommend([[1, 2, 3]], timestamps=[[0.0, 1.0, 2.0]])
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.complex64])
+def test_check_timestamps_refuses_bool_and_complex_dtypes(dtype):
+    """Bool timestamps were read as 0/1 seconds and complex ones lost their imaginary part with a warning."""
+    model = TimedGRU(GRU4RecConfig(n_items=12, max_seq_length=6, embedding_size=8, hidden_size=8))
+    ids, mask = model.pad_batch([[1, 2, 3]])[:2]
+    bad = torch.tensor([[1, 2, 3]]).to(dtype)
+    with pytest.raises(TypeError, match=rf"timestamps must be real seconds .* got dtype {dtype}"):
+        model(ids, mask, timestamps=bad)
+    with pytest.raises(TypeError, match=rf"got dtype {dtype}"):
+        model.step(ids, model.init_state(1), timestamps=bad)
+
+
+def test_step_runs_in_eval_mode_like_predict():
+    """step() on a model in training mode (fresh from its constructor) ran with dropout: its logits changed from call
+    to call and differed from predict()'s. It runs in eval mode now, and leaves the model's mode as it was."""
+    model = gru(dropout_prob=0.5).train()
+    ids = torch.tensor([[3, 4, 5], [6, 7, 8]])
+    a, sa = model.step(ids, model.init_state(2))
+    b, sb = model.step(ids, model.init_state(2))
+    assert torch.equal(a, b) and torch.equal(sa["gru_state"], sb["gru_state"]) and model.training
+    torch.testing.assert_close(a[:, 1:], model.predict(ids)[:, 1:])
+    model.eval()
+    model.step(ids, model.init_state(2))
+    assert not model.training

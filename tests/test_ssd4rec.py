@@ -165,3 +165,18 @@ def test_item_masking_rate_and_config_validation():
             SSD4RecConfig(mask_ratio=bad)
     with pytest.raises(ValueError, match="multiple of head_dim"):
         SSD4RecConfig(hidden_size=16, head_dim=6)
+
+
+def test_step_is_deterministic_on_a_model_in_training_mode():
+    """A model fresh from its constructor is in training mode: step() ran SSD4Rec's random item masking and dropout
+    there (two calls gave other logits, neither predict()'s). It runs in eval mode now, as predict() does, and leaves
+    the model in the mode it was in."""
+    torch.manual_seed(0)
+    model = SSD4RecModel(SSD4RecConfig(n_items=20, max_seq_length=8, hidden_size=16, d_state=4, head_dim=8,
+                                       mask_ratio=0.5, dropout_prob=0.3))
+    assert model.training
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    a, sa = model.step(ids, model.init_state(2))
+    b, sb = model.step(ids, model.init_state(2))
+    assert torch.equal(a, b) and all(torch.equal(sa[k], sb[k]) for k in sa) and model.training
+    torch.testing.assert_close(a[:, 1:], model.predict(ids)[:, 1:], atol=1e-5, rtol=1e-5)

@@ -1,5 +1,6 @@
 """TiM4Rec (faithful, window-recompute step) and TiM4Rec-causal (exact recurrent step)."""
 
+import copy
 import json
 import random
 
@@ -367,8 +368,9 @@ def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="conv_activation must be"):
         TiM4RecConfig(conv_activation="relu")
     assert TiM4RecConfig(hidden_size=64, head_dim=16).activation == "silu"       # H = 8: SiLU
-    for bad in ({"time_unit": 0.0}, {"time_scale": 0.0}, {"time_unit": -60.0}):
-        with pytest.raises(ValueError, match="time_unit and time_scale must be > 0"):
+    for bad in ({"time_unit": 0.0}, {"time_scale": 0.0}, {"time_unit": -60.0}, {"time_unit": float("nan")},
+                {"time_scale": float("inf")}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a finite number > 0"):
             TiM4RecCausalConfig(**bad)
 
 
@@ -415,3 +417,37 @@ def test_causal_step_from_timestamp_zero():
             steps.append(lg[0])
         assert float(state["last_ts"]) == 86460.0
     assert (torch.stack(steps) - full).abs().max() <= 1e-4
+
+
+# ------------------------------------------------------------------------------ dtypes
+def test_causal_float64_one_step_matches_the_forward_to_float64_precision():
+    """The one-item step cast its inputs to float32 (``.float()``): a float64 model's first step differed from its
+    forward by ~1e-7 where float64 gives ~1e-15. It computes in the model's precision now. (The state between
+    ``step`` calls is float32 by the state spec, so only a step from the initial state is compared here.)"""
+    model = causal(num_layers=2).double()
+    ids = torch.tensor([[3], [7], [11]])
+    ts = torch.tensor([[1e9], [1e9 + 60], [5e8]], dtype=torch.float64)
+    with torch.no_grad():
+        want = model(ids, timestamps=ts).logits
+        got, _ = model.step(ids, model.init_state(3), timestamps=ts)
+    assert got.dtype == want.dtype == torch.float64
+    assert (got - want).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("make", [faithful, causal], ids=["tim4rec", "tim4rec_causal"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_forward_and_step_run_in_the_models_dtype(make, dtype):
+    """The time features were cast with ``.float()`` before a LayerNorm / Linear of the model's dtype: TiM4Rec failed
+    in float64 and bfloat16 ("mixed dtype"), TiM4Rec-causal in bfloat16. They follow the model's dtype now, and
+    agree with the float32 model (bfloat16 to its precision)."""
+    ref = make()
+    model = copy.deepcopy(ref).to(dtype)
+    items, ts = history(9, seed=2)
+    ids, mask, tsb = model.pad_batch([items, items[:5]], timestamps=[ts, ts[:5]])
+    with torch.no_grad():
+        out = model(ids, mask, timestamps=tsb).logits
+        want = ref(ids, mask, timestamps=tsb).logits
+        step, _ = model.step(ids[:1, :3], model.init_state(1), timestamps=tsb[:1, :3])
+    assert out.dtype == step.dtype == dtype and torch.isfinite(out).all() and torch.isfinite(step).all()
+    tol = 1e-4 if dtype == torch.float64 else 0.1 * (1 + want.abs().max().item())
+    assert (out.float() - want).abs().max().item() <= tol

@@ -24,8 +24,10 @@ Conventions
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -99,6 +101,100 @@ _SIZE_FIELDS = ("num_layers", "d_state", "d_conv", "expand", "inner_size", "num_
                 "embedding_size", "state_expansion", "dt_rank")
 
 
+# ------------------------------------------------------------------------------------------- config checks
+def config_int(value: Any, name: str, lo: int | None = 1, what: str = "") -> int:
+    """Config field ``name`` as a Python int ``>= lo`` (``lo=None``: any int, for a config that words its own range
+    check): ints, numpy / torch integer scalars and whole floats (``64.0``) are accepted. What is no number (None, a
+    string, a list) or a bool is a ``TypeError``, a fraction (``16.9``), NaN or a value below ``lo`` a ``ValueError``,
+    each naming the field (an ``int()`` would cut ``16.9`` to 16 and read ``True`` as 1 silently). ``what`` follows
+    the bound in the message."""
+    raw = int_id_value(value)
+    v = int_id(value)
+    if v is None and isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
+        v = int(raw)
+    if v is None:
+        error = ValueError if isinstance(raw, float) else TypeError
+        raise error(f"{name} must be an int{'' if lo is None else f' >= {lo}'}{what}, got {value!r}")
+    if lo is not None and v < lo:
+        raise ValueError(f"{name} must be >= {lo}{what}, got {value!r}")
+    return v
+
+
+def config_float(value: Any, name: str, *, gt: float | None = None, ge: float | None = None,
+                 lt: float | None = None, le: float | None = None) -> float:
+    """Config field ``name`` as a finite Python float within the bounds given (``gt`` / ``ge`` below, ``lt`` / ``le``
+    above): what is no number (or a bool) is a ``TypeError``, NaN, an infinity or a value out of the bounds a
+    ``ValueError`` (``x <= 0`` checks let NaN through), each naming the field and the range."""
+    lo = f"> {gt}" if gt is not None else f">= {ge}" if ge is not None else ""
+    hi = f"< {lt}" if lt is not None else f"<= {le}" if le is not None else ""
+    rng = " and ".join(x for x in (lo, hi) if x)
+    message = f"{name} must be a finite number{f' {rng}' if rng else ''}, got {value!r}"
+    raw = int_id_value(value)
+    if not isinstance(raw, (int, float)) or isinstance(raw, bool):
+        raise TypeError(message)
+    v = float(raw)
+    if not (math.isfinite(v) and (gt is None or v > gt) and (ge is None or v >= ge) and (lt is None or v < lt)
+            and (le is None or v <= le)):
+        raise ValueError(message)
+    return v
+
+
+def config_bool(value: Any, name: str) -> bool:
+    """Config field ``name`` as a bool: ``True`` / ``False`` (numpy / torch bools, and the ints 0 and 1, accepted);
+    anything else -- a string such as ``"no"``, which ``bool()`` reads as True -- is a ``TypeError`` naming it."""
+    raw = int_id_value(value)
+    if isinstance(raw, bool) or (isinstance(raw, int) and raw in (0, 1)):
+        return bool(raw)
+    raise TypeError(f"{name} must be a bool (true or false), got {value!r}")
+
+
+def config_range(value: Any, name: str) -> tuple[float, float]:
+    """A ``(lo, hi)`` pair with ``0 < lo <= hi``, finite (Mamba-2's ``A_init_range``: ``A_log = log U[lo, hi]``, so a
+    bound ``<= 0`` makes ``A_log`` NaN or -inf); a ``ValueError`` naming ``name`` otherwise."""
+    pair = list(value) if isinstance(value, (list, tuple)) else []
+    try:
+        lo, hi = (config_float(x, name, gt=0) for x in pair) if len(pair) == 2 else (None, None)
+    except (TypeError, ValueError):
+        lo = hi = None
+    if lo is None or lo > hi:
+        raise ValueError(f"{name} must be a pair (lo, hi) of finite numbers with 0 < lo <= hi, got {value!r}")
+    return lo, hi
+
+
+def config_dt_init(dt_min: Any, dt_max: Any, dt_init_floor: Any) -> tuple[float, float, float]:
+    """Mamba's Δ init fields (``dt = exp(U[log dt_min, log dt_max])``, floored at ``dt_init_floor``) checked:
+    ``0 < dt_min <= dt_max`` finite (``log(0)`` is a math domain error), ``dt_init_floor >= 0``; errors name the
+    field."""
+    lo = config_float(dt_min, "dt_min", gt=0)
+    hi = config_float(dt_max, "dt_max", gt=0)
+    if lo > hi:
+        raise ValueError(f"dt_min must be <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
+    return lo, hi, config_float(dt_init_floor, "dt_init_floor", ge=0)
+
+
+def derived_field(name: str, formula: str, compute: Callable[[Any], Any], doc: str = "") -> property:
+    """A config field computed from others (``d_inner = expand * hidden_size``), as a property: always recomputed, so
+    that an override of a source (``AutoConfig.from_pretrained(path, expand=4)``, an edited ``config.json``) can never
+    leave it stale. Setting it (``config.json`` holds it, for its readers) is accepted only with the value it has; any
+    other is a ``ValueError`` naming both the field and the fields of ``formula`` it is computed from. List ``name`` in
+    the config's :attr:`SeqRecConfig.derived_fields`."""
+    sources = list(dict.fromkeys(re.findall(r"[A-Za-z_]\w*", re.sub(r"'[^']*'", "", formula))))
+
+    def get(self):
+        return compute(self)
+
+    def set_(self, value):
+        want = compute(self)
+        if isinstance(value, bool) or value != want:
+            if not sources:
+                raise ValueError(f"{name}={value!r} given, but {name} is always {want!r}: leave {name} out")
+            vals = ", ".join(f"{s}={getattr(self, s, None)!r}" for s in sources)
+            raise ValueError(f"{name}={value!r} contradicts {formula} = {want!r} ({vals}): {name} is derived from "
+                             f"{', '.join(sources)}; leave {name} out (or set the fields it is computed from)")
+
+    return property(get, set_, doc=doc or f"``{formula}`` (derived, read-only).")
+
+
 class SeqRecConfig(PreTrainedConfig):
     """Fields shared by every zoo model config (each model's config documents its own fields too).
 
@@ -106,25 +202,30 @@ class SeqRecConfig(PreTrainedConfig):
         n_items (`int`): rows of the item embedding table, padding row 0 included (RecBole's ``n_items``; ML-1M: 3,417).
         max_seq_length (`int`): history window length ``L`` used in training and by :meth:`recommend`.
         hidden_size (`int`): model width ``D``.
-        initializer_range (`float`): std of the normal init of linear/embedding weights.
+        initializer_range (`float`): std of the normal init of linear/embedding weights (finite, >= 0).
         item_vocab_file (`str` or `None`, written by ``save_pretrained``): ``"item_vocab.json"`` when the weights
             were saved with their item vocabulary, ``None`` when without one (loading checks the folder against it;
             checkpoints saved before this field existed do not have it).
+
+    Sizes are ints (a fraction or a bool is refused, not cut), rates and epsilons finite numbers in their range: a
+    value of the wrong type is a ``TypeError``, one out of range a ``ValueError``, naming the field (helpers
+    :func:`config_int`, :func:`config_float`, ...).
     """
 
     model_type = "seqrec"
     #: outputs the ``Trainer``'s evaluation leaves out of what it gathers (``[B, L, D]`` per batch; only the logits
     #: are ranked, :mod:`zoo.hf_trainer`)
     keys_to_ignore_at_inference = ["hidden_states"]
+    #: fields computed from others (:func:`derived_field` properties): written to ``config.json`` for its readers,
+    #: recomputed when read back; a value given for one must be the computed one
+    derived_fields: tuple[str, ...] = ()
 
     def __init__(self, n_items: int = 3417, max_seq_length: int = 200, hidden_size: int = 64,
                  initializer_range: float = 0.02, **kwargs):
-        if int(n_items) < 2:
-            raise ValueError(f"n_items must be >= 2 (padding + at least one item), got {n_items}")
-        if int(max_seq_length) < 1:
-            raise ValueError(f"max_seq_length must be >= 1, got {max_seq_length}")
-        if int(hidden_size) < 1:
-            raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
+        n_items = config_int(n_items, "n_items", lo=2, what=" (padding + at least one item)")
+        max_seq_length = config_int(max_seq_length, "max_seq_length")
+        hidden_size = config_int(hidden_size, "hidden_size")
+        initializer_range = config_float(initializer_range, "initializer_range", ge=0)
         # the sizes and rates the model configs share by name (each config checks its own relations too)
         bad = [f"{k} must be >= 1, got {v}" for k in _SIZE_FIELDS
                if (v := getattr(self, k, None)) is not None and not isinstance(v, str) and int(v) < 1]
@@ -132,11 +233,19 @@ class SeqRecConfig(PreTrainedConfig):
                 if "dropout" in k and isinstance(v, (int, float)) and not 0.0 <= float(v) < 1.0]
         if bad:
             raise ValueError("; ".join(bad))
-        self.n_items = int(n_items)
-        self.max_seq_length = int(max_seq_length)
-        self.hidden_size = int(hidden_size)
-        self.initializer_range = float(initializer_range)
+        self.n_items = n_items
+        self.max_seq_length = max_seq_length
+        self.hidden_size = hidden_size
+        self.initializer_range = initializer_range
+        for name in self.derived_fields:        # saved for reference: the setter refuses a value that disagrees
+            if name in kwargs:
+                setattr(self, name, kwargs.pop(name))
         super().__init__(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out.update({name: getattr(self, name) for name in self.derived_fields})
+        return out
 
 
 class SeqRecPreTrainedModel(PreTrainedModel):
@@ -211,7 +320,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         """Validate a padded batch; returns ``(input_ids long, attention_mask bool, timestamps float | None)``.
 
         Raises ``TypeError``/``ValueError`` naming the problem: wrong dtype or rank, ids out of range, empty rows,
-        padding on the wrong side or not contiguous, padding id inside the real part, missing/bad timestamps.
+        padding on the wrong side or not contiguous, padding id inside the real part, missing/bad timestamps, or
+        timestamps given to a model that reads none (they would be ignored silently).
         """
         ids = self._check_ids(input_ids)
         if attention_mask is None:
@@ -248,17 +358,27 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         ts = None
         if self.uses_timestamps:
             ts = self.check_timestamps(timestamps, mask)
+        elif timestamps is not None:
+            self._refuse_timestamps()
         return ids, mask, ts
 
+    def _refuse_timestamps(self) -> None:
+        """The error for timestamps given to a model that reads none (as :meth:`recommend` refuses them)."""
+        raise ValueError(f"{type(self).__name__} does not use timestamps; call it without timestamps "
+                         "(timestamps=None)")
+
     def check_timestamps(self, timestamps: Any, mask: torch.Tensor) -> torch.Tensor:
-        """Timestamps ``[B, L]`` (seconds): present, finite, non-negative, non-decreasing over each row's real items,
-        returned as float64. Floating timestamps narrower than float64 are refused where a real one is beyond the
-        whole seconds they hold exactly (float32: 2**24 s, ~194 days; float16: 2**11; bfloat16: 2**8): float32 rounds
-        Unix seconds (~1e9) to 64-s steps before this method could widen them, which moves the scores silently."""
+        """Timestamps ``[B, L]`` (seconds): present, real (a bool or complex dtype is a ``TypeError``), finite,
+        non-negative, non-decreasing over each row's real items, returned as float64. Floating timestamps narrower
+        than float64 are refused where a real one is beyond the whole seconds they hold exactly (float32: 2**24 s,
+        ~194 days; float16: 2**11; bfloat16: 2**8): float32 rounds Unix seconds (~1e9) to 64-s steps before this
+        method could widen them, which moves the scores silently."""
         if timestamps is None:
             raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps [batch, seq_len] (seconds)")
         if not isinstance(timestamps, torch.Tensor):
             timestamps = torch.as_tensor(timestamps)
+        if timestamps.dtype == torch.bool or timestamps.is_complex():
+            raise TypeError(f"timestamps must be real seconds (float64 or int64), got dtype {timestamps.dtype}")
         if timestamps.shape != mask.shape:
             raise ValueError(f"timestamps must have the shape of input_ids {list(mask.shape)}, got {list(timestamps.shape)}")
         if timestamps.is_floating_point() and timestamps.dtype != torch.float64:
@@ -291,7 +411,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         """Internal-index histories -> padded ``(input_ids [B, L], attention_mask [B, L][, timestamps [B, L]])``.
 
         Each history is truncated to its most recent ``max_length`` (an int >= 1, default ``config.max_seq_length``)
-        items and padded on the model's ``padding_side``.
+        items and padded on the model's ``padding_side``. Item indices must be ints (numpy / torch integer scalars
+        and integer arrays accepted): a float or a bool is a ``TypeError`` naming it, as in :meth:`recommend` (a
+        tensor would cut ``1.7`` to item 1 silently).
         """
         max_length = (self.config.max_seq_length if max_length is None
                       else _as_count(max_length, "pad_batch max_length"))  # 0 / -1 would cut silently
@@ -299,7 +421,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             raise ValueError("no histories given")
         rows = []
         for r, h in enumerate(histories):
-            h = list(h)
+            h = _int_list(h, f"history {r}")
             if len(h) == 0:
                 raise ValueError(f"history {r} is empty; every history needs at least one item")
             rows.append(h[-max_length:])
@@ -341,8 +463,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         Args:
             input_ids: ``[B, L]`` int64 internal item indices, padded on ``self.padding_side`` with 0.
             attention_mask: ``[B, L]`` 1 at real items (default: ``input_ids != 0``).
-            labels: ``[B]`` next item per row (loss at the last position, RecBole style) or ``[B, L]`` next item
-                at every position (0 = no target; all-position training). Cross-entropy over all ``n_items`` logits.
+            labels: integer ``[B]`` next item per row (loss at the last position, RecBole style; every row needs
+                one, a real item ``1 .. n_items - 1``) or ``[B, L]`` next item at every position (0 = no target;
+                all-position training; a label under a padded slot is not a target). Cross-entropy over all
+                ``n_items`` logits. Checked by :meth:`check_labels`.
             timestamps: ``[B, L]`` seconds, for time-aware models.
             negatives: with ``labels``, train with sampled softmax against these shared negatives instead of the
                 full cross-entropy (:mod:`zoo.losses`); the full-catalogue ``logits`` are then not computed (None).
@@ -358,23 +482,48 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         logits = None if sampled else self.score(last)                         # [B, V]
         loss = None
         if labels is not None:
-            loss = self.loss_from_hidden(hidden, last, logits, labels, negatives)
+            loss = self.loss_from_hidden(hidden, last, logits, labels, negatives, attention_mask=mask)
         return SeqRecOutput(loss=loss, logits=logits, hidden_states=hidden)
 
+    def check_labels(self, labels: Any, shape: Sequence[int]) -> torch.Tensor:
+        """Training labels for a batch of ``shape = [B, L]`` -> int64: ``[B]`` (one next item per row, each a real item
+        ``1 .. n_items - 1``: 0 is padding, never a next item, and every row has one) or ``[B, L]`` (``0 .. n_items -
+        1``, 0 = no target). ``TypeError`` for a tensor that is not of an integer dtype (a float label would be cut
+        silently), ``ValueError`` for a wrong shape or a label out of range, naming it. One min/max check (cheap: it
+        runs every training step)."""
+        B, L = int(shape[0]), int(shape[1])
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor of item indices, got {type(labels).__name__}")
+        if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise TypeError(f"labels must be an integer tensor (int64 item indices), got dtype {labels.dtype}")
+        if tuple(labels.shape) not in ((B,), (B, L)):
+            raise ValueError(f"labels must be [batch] or [batch, seq_len] = {[B, L]}, got {list(labels.shape)}")
+        lo, hi = (int(v) for v in torch.stack(torch.aminmax(labels)).tolist())
+        first = 1 if labels.dim() == 1 else 0
+        if lo < first or hi >= self.config.n_items:
+            bad = lo if lo < first else hi
+            what = ("[B] labels: one real next item per row; 0 is padding" if first
+                    else "[B, L] labels: 0 = no target")
+            raise ValueError(f"labels hold item index {bad}, out of range [{first}, {self.config.n_items - 1}] "
+                             f"(n_items={self.config.n_items}; {what})")
+        return labels.long()
+
     def loss_from_hidden(self, hidden: torch.Tensor, last: torch.Tensor, last_logits: torch.Tensor | None,
-                         labels: torch.Tensor, negatives: NegativeSample | None = None) -> torch.Tensor:
+                         labels: torch.Tensor, negatives: NegativeSample | None = None,
+                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The loss for ``labels [B]`` (at ``last [B, D]``, whose logits may be given) or ``[B, L]`` (every position
-        of ``hidden [B, L, D]`` with label > 0): :meth:`item_loss`."""
-        labels = labels.to(hidden.device).long()
+        of ``hidden [B, L, D]`` with label > 0 that is a real item of ``attention_mask [B, L]`` (bool; None: every
+        position)): :meth:`item_loss`. ``labels`` are checked by :meth:`check_labels`."""
+        labels = self.check_labels(labels, hidden.shape[:2]).to(hidden.device)
         if labels.dim() == 1:
             if last_logits is not None and negatives is None:
                 return F.cross_entropy(last_logits, labels)
             return self.item_loss(last, labels, negatives)
-        if labels.shape != hidden.shape[:2]:
-            raise ValueError(f"labels must be [batch] or [batch, seq_len] = {list(hidden.shape[:2])}, got {list(labels.shape)}")
         sel = labels > 0
+        if attention_mask is not None:
+            sel = sel & attention_mask.to(sel.device)
         if not sel.any():
-            raise ValueError("labels hold no target (all 0)")
+            raise ValueError("labels hold no target (all 0) at the real positions")
         return self.item_loss(hidden[sel], labels[sel], negatives)
 
     def set_sparse_item_grad(self, enabled: bool = True) -> None:
@@ -402,6 +551,18 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         return sampled_softmax_loss(hidden, targets, weight, bias, negatives, sparse_grad=table.sparse)
 
     # -------------------------------------------------------------- inference
+    @contextlib.contextmanager
+    def eval_mode(self):
+        """Run the block in eval mode (no dropout, no training-time item masking), then restore the mode the model
+        was in: what :meth:`predict`, :meth:`query_vectors` and :meth:`step` run in, so that inference is
+        deterministic on a model fresh from its constructor (which is in training mode) too."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
     @torch.no_grad()
     def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 timestamps: torch.Tensor | None = None, exclude_seen: bool = False,
@@ -412,12 +573,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         of real items, ints in ``1 .. n_items - 1`` (:meth:`encode_item_set` gives them from external ids); anything
         else is a ``TypeError`` / ``ValueError`` naming it (a -1 would exclude the last item)."""
         excluded = self._check_indices(exclude_items, "exclude_items") if exclude_items is not None else []
-        was_training = self.training
-        self.eval()
-        try:
+        with self.eval_mode():
             out = self.forward(input_ids, attention_mask, timestamps=timestamps)
-        finally:
-            self.train(was_training)
         scores = out.logits.float()             # the forward's own tensor (no copy: [B, n_items] is large at scale)
         scores[:, 0] = -float("inf")
         if excluded:
@@ -625,13 +782,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         the next item is scored from, with a column of 1s appended when the output layer has an item bias -- so that
         ``query_vectors(...) @ item_vectors().vectors.T`` is the forward's logits of items ``1 .. n_items - 1``
         (maximum-inner-product search over :meth:`item_vectors` ranks exactly as :meth:`predict`)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.eval_mode():
             ids, mask, ts = self.check_inputs(input_ids, attention_mask, timestamps)
             return self.vector_of_hidden(self._at_last(self.encode(ids, mask, ts), mask))
-        finally:
-            self.train(was_training)
 
     def vector_of_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` hidden states scored from -> ``[B, vector_size]`` float32 query vectors (a column of 1s appended
@@ -742,7 +895,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             all_positions: return logits after each of the ``T`` items (``[B, T, n_items]``) instead of only the last.
         Returns:
             ``(logits [B, n_items] or [B, T, n_items], new_state)``; logits equal :meth:`forward`'s at the same
-            history (exactly, up to float error, for models with ``has_exact_step``).
+            history (exactly, up to float error, for models with ``has_exact_step``). Runs in eval mode
+            (:meth:`eval_mode`), like :meth:`predict`. Timestamps given to a model that reads none are an error.
         """
         ids = self._check_ids(item_ids, "item_ids")
         if (ids == 0).any():
@@ -751,8 +905,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         ts = None
         if self.uses_timestamps:
             ts = self.check_timestamps(timestamps, torch.ones_like(ids, dtype=torch.bool))
-        hidden, new_state = self._step(ids, state, ts)                        # [B, T, D]
-        logits = self.score(hidden if all_positions else hidden[:, -1])
+        elif timestamps is not None:
+            self._refuse_timestamps()
+        with self.eval_mode():
+            hidden, new_state = self._step(ids, state, ts)                    # [B, T, D]
+            logits = self.score(hidden if all_positions else hidden[:, -1])
         return logits, new_state
 
     # ------------------------------------------------------------- catalogue
@@ -838,7 +995,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
         The files are written in a staging folder inside ``save_directory`` and moved into place whole, the config
         last: an interruption (Ctrl-C while ``zoo.train`` saves a new best checkpoint) leaves the earlier files as
-        they were, never a truncated ``model.safetensors``."""
+        they were, never a truncated ``model.safetensors``. Once the new files are all in place, the weight files of
+        an earlier save into the folder that this save did not write (``model.safetensors``,
+        ``model.safetensors.index.json``, ``model-*-of-*.safetensors``) are removed: a single file left beside a new
+        sharded index would be what loads, and stale shards would linger."""
         import shutil
         import tempfile
 
@@ -861,10 +1021,17 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                     super().save_pretrained(stage, *args, **kwargs)
                 if self.item_vocab is not None:
                     self.item_vocab.save(stage)
-                for name in sorted(os.listdir(stage), key=lambda n: n == "config.json"):
+                written = set(os.listdir(stage))
+                for name in sorted(written, key=lambda n: n == "config.json"):
                     # readable by all, as zoo.cli writes its files (safetensors creates the weights 0600)
                     os.chmod(os.path.join(stage, name), 0o644)
                     os.replace(os.path.join(stage, name), os.path.join(save_directory, name))
+                # only now that the new save is whole: the weight files of an earlier save that this one did not
+                # overwrite (a model.safetensors beside a new sharded index would be what loads; stale shards)
+                for name in os.listdir(save_directory):
+                    if name not in written and _WEIGHT_FILE.fullmatch(name) \
+                            and os.path.isfile(os.path.join(save_directory, name)):
+                        os.remove(os.path.join(save_directory, name))
             elif self.item_vocab is not None:
                 self.item_vocab.save(save_directory)
             if self.item_vocab is None and os.path.exists(os.path.join(save_directory, VOCAB_FILE)):
@@ -979,6 +1146,10 @@ def _check_model_type(path: str) -> None:
                          f"(the zoo has {sorted(MODELS)})")
 
 
+#: the weight files a save writes: one ``model.safetensors``, or shards and their index
+_WEIGHT_FILE = re.compile(r"model\.safetensors|model\.safetensors\.index\.json|model-\d+-of-\d+\.safetensors")
+
+
 def _weight_files(path: str) -> list[str]:
     """The safetensors files of a checkpoint folder (``model.safetensors``, or the shards of its index)."""
     import json
@@ -1021,6 +1192,27 @@ def _check_sequence(x: Any, what: str, expected: str) -> None:
     """Refuse what is not an ordered sequence: a string, a dict (whose keys iteration would yield), a set (no order)."""
     if isinstance(x, (str, bytes, Mapping, AbstractSet)) or not hasattr(x, "__iter__"):
         raise TypeError(f"{what} must be {expected}, got {type(x).__name__}")
+
+
+def _int_list(h: Any, where: str) -> list[int]:
+    """A history of internal indices as a list of Python ints (integer tensors / numpy arrays, and numpy / torch
+    integer scalars, accepted); a float or a bool is a ``TypeError`` naming ``where`` and the id (the check of
+    :meth:`SeqRecPreTrainedModel._encode_ids`)."""
+    if isinstance(h, torch.Tensor) and not (h.is_floating_point() or h.is_complex() or h.dtype == torch.bool):
+        return h.tolist()
+    if getattr(getattr(h, "dtype", None), "kind", None) in ("i", "u"):               # numpy integer array
+        return h.tolist()
+    h = list(h)
+    if all(type(x) is int for x in h):                                                 # the common case, fast
+        return h
+    out = []
+    for x in h:
+        v = int_id(x)
+        if v is None:
+            v = int_id_value(x)
+            raise TypeError(f"{where}: item index {v!r} ({type(v).__name__}) is not an int")
+        out.append(v)
+    return out
 
 
 def _as_count(x: Any, name: str, lo: int = 1, hi: int | None = None) -> int:

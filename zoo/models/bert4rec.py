@@ -74,8 +74,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..modeling_utils import (SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel, State, StateTensorSpec, window_append,
-                              window_state, window_state_spec)
+from ..modeling_utils import (SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel, State, StateTensorSpec, config_bool,
+                              config_float, config_int, window_append, window_state, window_state_spec)
 from .sasrec import _ACTIVATIONS, SASRecEncoder
 
 INFERENCE_MASK_MODES = ("recbole", "append")
@@ -115,7 +115,8 @@ class BERT4RecConfig(SeqRecConfig):
                  hidden_act: str = "gelu", layer_norm_eps: float = 1e-12, mask_ratio: float = 0.2,
                  ft_ratio: float = 0.5, inference_mask: str = "recbole", append_last_label: bool = True,
                  ft_prefix_sampling: bool = True, initializer_range: float = 0.02, **kwargs):
-        if int(num_heads) < 1 or int(hidden_size) % int(num_heads) != 0:
+        self.num_heads = config_int(num_heads, "num_heads", lo=None)
+        if self.num_heads < 1 or config_int(hidden_size, "hidden_size") % self.num_heads != 0:
             raise ValueError(f"hidden_size ({hidden_size}) must be a positive multiple of num_heads ({num_heads})")
         if hidden_act not in _ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {hidden_act!r}")
@@ -125,18 +126,17 @@ class BERT4RecConfig(SeqRecConfig):
             raise ValueError(f"ft_ratio must be in [0, 1], got {ft_ratio}")
         if inference_mask not in INFERENCE_MASK_MODES:
             raise ValueError(f"inference_mask must be one of {INFERENCE_MASK_MODES}, got {inference_mask!r}")
-        self.num_layers = int(num_layers)
-        self.num_heads = int(num_heads)
-        self.inner_size = int(inner_size)
+        self.num_layers = config_int(num_layers, "num_layers")
+        self.inner_size = config_int(inner_size, "inner_size")
         self.hidden_dropout = float(hidden_dropout)
         self.attn_dropout = float(attn_dropout)
         self.hidden_act = hidden_act
-        self.layer_norm_eps = float(layer_norm_eps)
+        self.layer_norm_eps = config_float(layer_norm_eps, "layer_norm_eps", gt=0)
         self.mask_ratio = float(mask_ratio)
         self.ft_ratio = float(ft_ratio)
         self.inference_mask = inference_mask
-        self.append_last_label = bool(append_last_label)
-        self.ft_prefix_sampling = bool(ft_prefix_sampling)
+        self.append_last_label = config_bool(append_last_label, "append_last_label")
+        self.ft_prefix_sampling = config_bool(ft_prefix_sampling, "ft_prefix_sampling")
         super().__init__(n_items=n_items, max_seq_length=max_seq_length, hidden_size=hidden_size,
                          initializer_range=initializer_range, **kwargs)
 
@@ -253,9 +253,7 @@ class BERT4RecModel(SeqRecPreTrainedModel):
             return super().forward(input_ids, attention_mask, labels=labels, timestamps=timestamps,
                                    negatives=negatives, **kwargs)
         ids, mask, _ = self.check_inputs(input_ids, attention_mask, timestamps)
-        labels = labels.to(ids.device).long()
-        if labels.shape != ids.shape:
-            raise ValueError(f"labels must be [batch] or [batch, seq_len] = {list(ids.shape)}, got {list(labels.shape)}")
+        labels = self.check_labels(labels, ids.shape).to(ids.device)
         seq, seq_mask = self.training_sequence(ids, mask, labels)
         masked, target, seq_mask = self.mask_items(seq, seq_mask)
         hidden = self.encode_raw(masked, seq_mask)

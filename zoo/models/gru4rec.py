@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec
+from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_int
 
 
 class GRU4RecConfig(SeqRecConfig):
@@ -55,8 +55,8 @@ class GRU4RecConfig(SeqRecConfig):
     def __init__(self, n_items: int = 3417, max_seq_length: int = 200, embedding_size: int = 64,
                  hidden_size: int = 128, num_layers: int = 1, dropout_prob: float = 0.3,
                  initializer_range: float = 0.02, **kwargs):
-        self.embedding_size = int(embedding_size)
-        self.num_layers = int(num_layers)
+        self.embedding_size = config_int(embedding_size, "embedding_size")
+        self.num_layers = config_int(num_layers, "num_layers")
         self.dropout_prob = float(dropout_prob)
         super().__init__(n_items=n_items, max_seq_length=max_seq_length, hidden_size=hidden_size,
                          initializer_range=initializer_range, **kwargs)

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec
+from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_float, config_int
 from ..ops.lru import lru_lambda, lru_scan_ref, lru_step_ref
 
 
@@ -84,21 +84,18 @@ class LRURecConfig(SeqRecConfig):
                  **kwargs):
         if "dropout" in kwargs:
             hidden_dropout = kwargs.pop("dropout")
-        if not 0.0 < float(r_min) <= float(r_max) < 1.0:
+        self.r_min = config_float(r_min, "r_min", gt=0, lt=1)
+        self.r_max = config_float(r_max, "r_max", gt=0, lt=1)
+        if self.r_min > self.r_max:
             raise ValueError(f"ring init needs 0 < r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
-        if float(initializer_range) <= 0 or float(initializer_cutoff) <= 0:
-            raise ValueError("initializer_range and initializer_cutoff must be > 0")
-        if int(scan_chunk_size) < 1:
-            raise ValueError(f"scan_chunk_size must be >= 1, got {scan_chunk_size}")
-        self.num_layers = int(num_layers)
+        config_float(initializer_range, "initializer_range", gt=0)      # the truncated normal needs a spread
+        self.initializer_cutoff = config_float(initializer_cutoff, "initializer_cutoff", gt=0)
+        self.scan_chunk_size = config_int(scan_chunk_size, "scan_chunk_size")
+        self.num_layers = config_int(num_layers, "num_layers")
         self.hidden_dropout = float(hidden_dropout)
         self.attn_dropout = float(attn_dropout)
-        self.state_expansion = int(state_expansion)
-        self.r_min = float(r_min)
-        self.r_max = float(r_max)
-        self.layer_norm_eps = float(layer_norm_eps)
-        self.initializer_cutoff = float(initializer_cutoff)
-        self.scan_chunk_size = int(scan_chunk_size)
+        self.state_expansion = config_int(state_expansion, "state_expansion")
+        self.layer_norm_eps = config_float(layer_norm_eps, "layer_norm_eps", gt=0)
         super().__init__(n_items=n_items, max_seq_length=max_seq_length, hidden_size=hidden_size,
                          initializer_range=initializer_range, **kwargs)
 

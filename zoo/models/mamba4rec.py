@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec
+from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_bool,
+                              config_dt_init, config_float, config_int, derived_field)
 from ..ops.conv import causal_conv1d
 from ..ops.selective_scan import selective_scan_fn
 
@@ -48,10 +49,12 @@ class Mamba4RecConfig(SeqRecConfig):
         mamba_init (`str`, "recbole"): "recbole" reproduces the official init quirk; "mamba" keeps Mamba's dt init.
         initializer_range (`float`, 0.02): std of linear/embedding init.
     Derived:
-        d_inner = expand * hidden_size; dt_rank resolved to an int.
+        d_inner = expand * hidden_size, recomputed whenever read (``config.json`` holds it for its readers; a value
+        given for it must agree); dt_rank resolved to an int.
     """
 
     model_type = "mamba4rec"
+    derived_fields = ("d_inner",)
 
     def __init__(self, n_items=3417, max_seq_length=200, hidden_size=64, num_layers=1, d_state=32, d_conv=4,
                  expand=2, dt_rank="auto", dropout_prob=0.2, inner_size=None, layer_norm_eps=1e-12, conv_bias=True,
@@ -59,21 +62,25 @@ class Mamba4RecConfig(SeqRecConfig):
                  initializer_range=0.02, **kwargs):
         if mamba_init not in ("recbole", "mamba"):
             raise ValueError(f"mamba_init must be 'recbole' or 'mamba', got {mamba_init!r}")
-        self.num_layers = int(num_layers)
-        self.d_state = int(d_state)
-        self.d_conv = int(d_conv)
-        self.expand = int(expand)
-        self.d_inner = self.expand * int(hidden_size)
-        self.dt_rank = math.ceil(int(hidden_size) / 16) if dt_rank == "auto" else int(dt_rank)
+        hidden = config_int(hidden_size, "hidden_size")
+        self.num_layers = config_int(num_layers, "num_layers")
+        self.d_state = config_int(d_state, "d_state")
+        self.d_conv = config_int(d_conv, "d_conv")
+        self.expand = config_int(expand, "expand")
+        self.dt_rank = (math.ceil(hidden / 16) if dt_rank == "auto"
+                        else config_int(dt_rank, "dt_rank", what=" (or 'auto')"))
         self.dropout_prob = float(dropout_prob)
-        self.inner_size = int(inner_size) if inner_size is not None else 4 * int(hidden_size)
-        self.layer_norm_eps = float(layer_norm_eps)
-        self.conv_bias = bool(conv_bias)
-        self.proj_bias = bool(proj_bias)
-        self.dt_min, self.dt_max, self.dt_init_floor = float(dt_min), float(dt_max), float(dt_init_floor)
+        self.inner_size = config_int(inner_size, "inner_size") if inner_size is not None else 4 * hidden
+        self.layer_norm_eps = config_float(layer_norm_eps, "layer_norm_eps", gt=0)
+        self.conv_bias = config_bool(conv_bias, "conv_bias")
+        self.proj_bias = config_bool(proj_bias, "proj_bias")
+        self.dt_min, self.dt_max, self.dt_init_floor = config_dt_init(dt_min, dt_max, dt_init_floor)
         self.mamba_init = mamba_init
         super().__init__(n_items=n_items, max_seq_length=max_seq_length, hidden_size=hidden_size,
                          initializer_range=initializer_range, **kwargs)
+
+    d_inner = derived_field("d_inner", "expand * hidden_size", lambda c: c.expand * c.hidden_size,
+                            "Inner width ``E = expand * hidden_size`` (derived: recomputed, never read back).")
 
 
 class MambaMixer(nn.Module):

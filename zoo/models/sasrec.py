@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, window_append,
-                              window_state, window_state_spec)
+from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_float, config_int,
+                              window_append, window_state, window_state_spec)
 
 _ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as RecBole's ``x * 0.5 * (1 + erf(x / sqrt(2)))``
@@ -71,17 +71,17 @@ class SASRecConfig(SeqRecConfig):
     def __init__(self, n_items: int = 3417, max_seq_length: int = 200, hidden_size: int = 64, num_layers: int = 2,
                  num_heads: int = 2, inner_size: int = 256, hidden_dropout: float = 0.5, attn_dropout: float = 0.5,
                  hidden_act: str = "gelu", layer_norm_eps: float = 1e-12, initializer_range: float = 0.02, **kwargs):
-        if int(num_heads) < 1 or int(hidden_size) % int(num_heads) != 0:
+        self.num_heads = config_int(num_heads, "num_heads", lo=None)
+        if self.num_heads < 1 or config_int(hidden_size, "hidden_size") % self.num_heads != 0:
             raise ValueError(f"hidden_size ({hidden_size}) must be a positive multiple of num_heads ({num_heads})")
         if hidden_act not in _ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {hidden_act!r}")
-        self.num_layers = int(num_layers)
-        self.num_heads = int(num_heads)
-        self.inner_size = int(inner_size)
+        self.num_layers = config_int(num_layers, "num_layers")
+        self.inner_size = config_int(inner_size, "inner_size")
         self.hidden_dropout = float(hidden_dropout)
         self.attn_dropout = float(attn_dropout)
         self.hidden_act = hidden_act
-        self.layer_norm_eps = float(layer_norm_eps)
+        self.layer_norm_eps = config_float(layer_norm_eps, "layer_norm_eps", gt=0)
         super().__init__(n_items=n_items, max_seq_length=max_seq_length, hidden_size=hidden_size,
                          initializer_range=initializer_range, **kwargs)
 

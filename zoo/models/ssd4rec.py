@@ -45,8 +45,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, StateTensorSpec
-from .tim4rec import SSDCore, WindowRecomputeMixin
+from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, StateTensorSpec, config_bool, config_dt_init,
+                              config_float, config_int, config_range, derived_field)
+from .tim4rec import SSDCore, WindowRecomputeMixin, ssd_heads
 
 
 class SSD4RecConfig(SeqRecConfig):
@@ -72,46 +73,57 @@ class SSD4RecConfig(SeqRecConfig):
         inner_size (`int` or None): FFN width; None = 4 * D.
         layer_norm_eps (`float`, 1e-12): LayerNorm epsilon.
         rmsnorm_eps (`float`, 1e-5): Mamba2's gated RMSNorm epsilon.
-        A_init_range, dt_min, dt_max, dt_init_floor: Mamba2's init of A_log and dt_bias.
+        A_init_range, dt_min, dt_max, dt_init_floor: Mamba2's init of A_log and dt_bias (``0 < lo <= hi``,
+            ``0 < dt_min <= dt_max``).
         initializer_range (`float`, 0.02): std of linear/embedding init.
+    Derived (recomputed whenever read; a value given for one must agree): d_inner = expand * hidden_size, n_heads =
+    d_inner / head_dim (both saved in ``config.json`` for its readers); norm_eps = rmsnorm_eps and activation = "silu"
+    (not saved).
     """
 
     model_type = "ssd4rec"
+    derived_fields = ("d_inner", "n_heads", "norm_eps", "activation")
 
     def __init__(self, n_items=3417, max_seq_length=200, hidden_size=256, num_layers=2, d_state=64, d_conv=4,
                  expand=2, head_dim=16, chunk_size=32, dropout_prob=0.2, norm_embedding=True, beta=0.1,
                  mask_ratio=0.1, inner_size=None, layer_norm_eps=1e-12, rmsnorm_eps=1e-5, A_init_range=(1.0, 16.0),
                  dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4, initializer_range=0.02, **kwargs):
-        d_inner = int(expand) * int(hidden_size)
-        if int(head_dim) < 1 or d_inner % int(head_dim) != 0:
-            raise ValueError(f"expand * hidden_size ({d_inner}) must be a multiple of head_dim ({head_dim})")
-        if not 0.0 <= float(mask_ratio) < 1.0:
+        hidden = config_int(hidden_size, "hidden_size")
+        self.expand = config_int(expand, "expand")
+        self.head_dim = config_int(head_dim, "head_dim")
+        if (self.expand * hidden) % self.head_dim != 0:
+            raise ValueError(f"expand * hidden_size ({self.expand * hidden}) must be a multiple of head_dim "
+                             f"({head_dim})")
+        if not 0.0 <= float(mask_ratio) < 1.0:                                  # NaN too
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        self.num_layers = int(num_layers)
-        self.d_state = int(d_state)
-        self.d_conv = int(d_conv)
-        self.expand = int(expand)
-        self.d_inner = d_inner
-        self.head_dim = int(head_dim)
-        self.n_heads = d_inner // int(head_dim)
-        self.chunk_size = int(chunk_size)
-        self.dropout_prob = float(dropout_prob)
-        self.norm_embedding = bool(norm_embedding)
-        self.beta = float(beta)
         self.mask_ratio = float(mask_ratio)
-        self.inner_size = int(inner_size) if inner_size is not None else 4 * int(hidden_size)
-        self.layer_norm_eps = float(layer_norm_eps)
-        self.rmsnorm_eps = float(rmsnorm_eps)
-        self.norm_eps = self.rmsnorm_eps          # read by SSDCore
-        self.activation = "silu"                  # Mamba2's conv activation (causal_conv1d path)
-        self.A_init_range = tuple(float(a) for a in A_init_range)
-        self.dt_min, self.dt_max, self.dt_init_floor = float(dt_min), float(dt_max), float(dt_init_floor)
+        self.num_layers = config_int(num_layers, "num_layers")
+        self.d_state = config_int(d_state, "d_state")
+        self.d_conv = config_int(d_conv, "d_conv")
+        self.chunk_size = config_int(chunk_size, "chunk_size")
+        self.dropout_prob = float(dropout_prob)
+        self.norm_embedding = config_bool(norm_embedding, "norm_embedding")
+        self.beta = config_float(beta, "beta", ge=0)
+        self.inner_size = config_int(inner_size, "inner_size") if inner_size is not None else 4 * hidden
+        self.layer_norm_eps = config_float(layer_norm_eps, "layer_norm_eps", gt=0)
+        self.rmsnorm_eps = config_float(rmsnorm_eps, "rmsnorm_eps", gt=0)
+        self.A_init_range = config_range(A_init_range, "A_init_range")
+        self.dt_min, self.dt_max, self.dt_init_floor = config_dt_init(dt_min, dt_max, dt_init_floor)
         super().__init__(n_items=n_items, max_seq_length=max_seq_length, hidden_size=hidden_size,
                          initializer_range=initializer_range, **kwargs)
 
+    d_inner = derived_field("d_inner", "expand * hidden_size", lambda c: c.expand * c.hidden_size,
+                            "Inner width ``E = expand * hidden_size`` (derived: recomputed, never read back).")
+    n_heads = derived_field("n_heads", "expand * hidden_size // head_dim", lambda c: ssd_heads(c),
+                            "SSD heads ``H = E / head_dim`` (derived: recomputed, never read back).")
+    norm_eps = derived_field("norm_eps", "rmsnorm_eps", lambda c: c.rmsnorm_eps,
+                             "The gated RMSNorm eps :class:`~zoo.models.tim4rec.SSDCore` reads (= ``rmsnorm_eps``).")
+    activation = derived_field("activation", "'silu'", lambda c: "silu",
+                               "Mamba2's conv activation (the ``causal_conv1d`` path): always SiLU.")
+
     def to_dict(self):
         out = super().to_dict()
-        out.pop("norm_eps", None)      # derived fields: not saved
+        out.pop("norm_eps", None)      # derived, and named otherwise in config.json (rmsnorm_eps): not saved
         out.pop("activation", None)
         return out
 

@@ -40,8 +40,8 @@ Training: ``labels [B]`` trains the readout at ``len - 1`` (RecBole). All-positi
 sample (RecBole's data augmentation; one forward per labelled position, each as wide as the batch's longest prefix).
 
 Deviations (documented): timestamps are differenced in float64 (RecBole loads them as float32, i.e. 64-second
-resolution for Unix times around 1e9; ``float32_timestamps=True`` reproduces that) and the diffs are then cast to
-float32; the depthwise convs are ``K`` shifted
+resolution for Unix times around 1e9; ``float32_timestamps=True`` reproduces that), the diffs are then normalised
+(``LN_L``) in float32 (float64 for a float64 model) and cast to the model's dtype; the depthwise convs are ``K`` shifted
 multiply-adds over an explicitly zero-padded input (same math as ``nn.Conv1d(padding=K-1)[..., :L]``); the conv
 activation is fixed by ``conv_activation`` ("auto" = Hardswish when ``H % 8 != 0`` else SiLU), whereas the official
 code also falls back to Hardswish when the ``causal_conv1d`` package is missing. Not pinned down by the reference
@@ -62,8 +62,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec
+from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_bool,
+                              config_dt_init, config_float, config_int, config_range, derived_field)
 from ..ops.ssd import causal_conv1d_act, rmsnorm_gated_ref, ssd_scan_fn, ssd_step_ref
+
+
+def ssd_heads(config) -> int:
+    """``H = expand * hidden_size / head_dim`` of an SSD config; ``ValueError`` when ``head_dim`` does not divide it
+    (a source changed after construction, e.g. ``AutoConfig.from_pretrained(path, expand=3)``)."""
+    d_inner = config.expand * config.hidden_size
+    if d_inner % config.head_dim != 0:
+        raise ValueError(f"expand * hidden_size ({d_inner}) must be a multiple of head_dim ({config.head_dim})")
+    return d_inner // config.head_dim
 
 
 class TiM4RecConfig(SeqRecConfig):
@@ -90,48 +100,55 @@ class TiM4RecConfig(SeqRecConfig):
         inner_size (`int` or None): FFN width; None = 4 * D.
         conv_activation (`str`, "auto"): "auto" (Hardswish if H % 8 != 0 else SiLU), "hardswish" or "silu".
         A_init_range (`tuple`, (1, 16)), dt_min (1e-3), dt_max (0.1), dt_init_floor (1e-4): Mamba-2 init of
-            ``A_log = log U[A_init_range]`` and ``dt_bias = softplus^{-1}(logU[dt_min, dt_max])``.
+            ``A_log = log U[A_init_range]`` and ``dt_bias = softplus^{-1}(logU[dt_min, dt_max])``; ``0 < lo <= hi``,
+            ``0 < dt_min <= dt_max``, ``dt_init_floor >= 0``.
         float32_timestamps (`bool`, False): round timestamps to float32 before differencing, as RecBole's float
             timestamp field does (64-second resolution around 1e9 s); False differences exact float64 seconds.
         initializer_range (`float`, 0.02): std of linear/embedding init.
+    Derived (recomputed whenever read; ``config.json`` holds them for its readers, and a value given for one must
+    agree):
+        d_inner = expand * hidden_size; n_heads = d_inner / head_dim.
     """
 
     model_type = "tim4rec"
+    derived_fields = ("d_inner", "n_heads")
 
     def __init__(self, n_items=3417, max_seq_length=200, hidden_size=64, num_layers=2, d_state=32, d_conv=4,
                  expand=2, head_dim=32, chunk_size=32, dropout_prob=0.2, time_dropout_prob=0.2, norm_eps=1e-12,
                  is_time=True, is_ffn=True, p2p_residual=False, kaiming_init=True, inner_size=None,
                  conv_activation="auto", A_init_range=(1.0, 16.0), dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4,
                  float32_timestamps=False, initializer_range=0.02, **kwargs):
-        d_inner = int(expand) * int(hidden_size)
-        if int(head_dim) < 1 or d_inner % int(head_dim) != 0:
-            raise ValueError(f"expand * hidden_size ({d_inner}) must be a multiple of head_dim ({head_dim})")
-        if int(d_conv) < 1 or int(chunk_size) < 1:
-            raise ValueError(f"d_conv and chunk_size must be >= 1, got {d_conv}, {chunk_size}")
+        hidden = config_int(hidden_size, "hidden_size")
+        self.expand = config_int(expand, "expand")
+        self.head_dim = config_int(head_dim, "head_dim")
+        if (self.expand * hidden) % self.head_dim != 0:
+            raise ValueError(f"expand * hidden_size ({self.expand * hidden}) must be a multiple of head_dim "
+                             f"({head_dim})")
         if conv_activation not in ("auto", "hardswish", "silu"):
             raise ValueError(f"conv_activation must be 'auto', 'hardswish' or 'silu', got {conv_activation!r}")
-        self.num_layers = int(num_layers)
-        self.d_state = int(d_state)
-        self.d_conv = int(d_conv)
-        self.expand = int(expand)
-        self.d_inner = d_inner
-        self.head_dim = int(head_dim)
-        self.n_heads = d_inner // int(head_dim)
-        self.chunk_size = int(chunk_size)
+        self.num_layers = config_int(num_layers, "num_layers")
+        self.d_state = config_int(d_state, "d_state")
+        self.d_conv = config_int(d_conv, "d_conv")
+        self.chunk_size = config_int(chunk_size, "chunk_size")
         self.dropout_prob = float(dropout_prob)
         self.time_dropout_prob = float(time_dropout_prob)
-        self.norm_eps = float(norm_eps)
-        self.is_time = bool(is_time)
-        self.is_ffn = bool(is_ffn)
-        self.p2p_residual = bool(p2p_residual)
-        self.kaiming_init = bool(kaiming_init)
-        self.inner_size = int(inner_size) if inner_size is not None else 4 * int(hidden_size)
+        self.norm_eps = config_float(norm_eps, "norm_eps", gt=0)
+        self.is_time = config_bool(is_time, "is_time")
+        self.is_ffn = config_bool(is_ffn, "is_ffn")
+        self.p2p_residual = config_bool(p2p_residual, "p2p_residual")
+        self.kaiming_init = config_bool(kaiming_init, "kaiming_init")
+        self.inner_size = config_int(inner_size, "inner_size") if inner_size is not None else 4 * hidden
         self.conv_activation = conv_activation
-        self.float32_timestamps = bool(float32_timestamps)
-        self.A_init_range = tuple(float(a) for a in A_init_range)
-        self.dt_min, self.dt_max, self.dt_init_floor = float(dt_min), float(dt_max), float(dt_init_floor)
+        self.float32_timestamps = config_bool(float32_timestamps, "float32_timestamps")
+        self.A_init_range = config_range(A_init_range, "A_init_range")
+        self.dt_min, self.dt_max, self.dt_init_floor = config_dt_init(dt_min, dt_max, dt_init_floor)
         super().__init__(n_items=n_items, max_seq_length=max_seq_length, hidden_size=hidden_size,
                          initializer_range=initializer_range, **kwargs)
+
+    d_inner = derived_field("d_inner", "expand * hidden_size", lambda c: c.expand * c.hidden_size,
+                            "Inner width ``E = expand * hidden_size`` (derived: recomputed, never read back).")
+    n_heads = derived_field("n_heads", "expand * hidden_size // head_dim", lambda c: ssd_heads(c),
+                            "SSD heads ``H = E / head_dim`` (derived: recomputed, never read back).")
 
     @property
     def activation(self) -> str:
@@ -189,15 +206,18 @@ class SSDCore(nn.Module):
         return z, x.reshape(b, L, H, self.head_dim), Bm.unsqueeze(2), Cm.unsqueeze(2), dt, new_conv
 
     def scan_and_out(self, z, x, Bm, Cm, dt, ssm_state=None):
-        """SSD with ``Δ = softplus(dt + dt_bias)``, gated RMSNorm, out_proj -> ``(out [B, L, D], final_state)``."""
-        A = -torch.exp(self.A_log.float())                                     # [H]
+        """SSD with ``Δ = softplus(dt + dt_bias)``, gated RMSNorm, out_proj -> ``(out [B, L, D], final_state)``.
+
+        The scan computes in float32, or in float64 for float64 activations (as :func:`ssd_scan_fn` does)."""
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        A = -torch.exp(self.A_log.to(ct))                                      # [H]
         if x.shape[1] == 1 and ssm_state is not None:                          # one recurrent step (serving)
-            delta = F.softplus(dt[:, 0].float() + self.dt_bias.float())        # [B, H]
-            y, last = ssd_step_ref(ssm_state.float(), x[:, 0].float(), delta, A, Bm[:, 0].float(), Cm[:, 0].float(),
-                                   self.D.float())
+            delta = F.softplus(dt[:, 0].to(ct) + self.dt_bias.to(ct))          # [B, H]
+            y, last = ssd_step_ref(ssm_state.to(ct), x[:, 0].to(ct), delta, A, Bm[:, 0].to(ct), Cm[:, 0].to(ct),
+                                   self.D.to(ct))
             y = y.unsqueeze(1).to(x.dtype)                                     # [B, 1, H, P]
         else:
-            y, last = ssd_scan_fn(x, dt, A, Bm, Cm, self.chunk_size, self.D.float(), self.dt_bias.float(),
+            y, last = ssd_scan_fn(x, dt, A, Bm, Cm, self.chunk_size, self.D.to(ct), self.dt_bias.to(ct),
                                   dt_softplus=True, initial_state=ssm_state)   # [B, L, H, P], [B, H, P, N]
         y = y.reshape(*y.shape[:2], self.d_inner)
         y = rmsnorm_gated_ref(y, z, self.norm_weight, self.norm_eps, group_size=self.d_inner, norm_before_gate=False)
@@ -394,13 +414,10 @@ class WindowRecomputeMixin:
             return super().forward(input_ids, attention_mask, labels=labels, timestamps=timestamps,
                                    negatives=negatives, **kwargs)
         ids, mask, ts = self.check_inputs(input_ids, attention_mask, timestamps)
-        labels = labels.to(ids.device).long()
-        if labels.shape != ids.shape:
-            raise ValueError(f"labels must be [batch] or [batch, seq_len] = {list(ids.shape)}, "
-                             f"got {list(labels.shape)}")
-        sel = (labels > 0) & mask
+        labels = self.check_labels(labels, ids.shape).to(ids.device)
+        sel = (labels > 0) & mask                                               # as the base class selects them
         if not sel.any():
-            raise ValueError("labels hold no target (all 0)")
+            raise ValueError("labels hold no target (all 0) at the real positions")
         b_idx, t_idx = sel.nonzero(as_tuple=True)                               # one sample per labelled position
         keep = torch.arange(ids.shape[1], device=ids.device)[None] <= t_idx[:, None]
         p_mask = mask[b_idx] & keep
@@ -434,11 +451,18 @@ class TiM4RecModel(WindowRecomputeMixin, TiM4RecPreTrainedModel):
         self.post_init()
 
     def time_features(self, timestamps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``[B, M]`` seconds (float64, right-padded window) -> ``T [B, H, M]`` = LN_M(Dropout(diffs)) per head."""
+        """``[B, M]`` seconds (float64, right-padded window) -> ``T [B, H, M]`` = LN_M(Dropout(diffs)) per head, in the
+        model's dtype."""
         ts = timestamps.float().double() if self.config.float32_timestamps else timestamps.double()
         ts = torch.where(mask, ts, torch.zeros_like(ts))
-        d = torch.cat([torch.zeros_like(ts[:, :1]), ts[:, 1:] - ts[:, :-1]], dim=1).float()   # [B, M]
-        T = self.time_norm(self.time_dropout(d))                                               # [B, M]
+        d = torch.cat([torch.zeros_like(ts[:, :1]), ts[:, 1:] - ts[:, :-1]], dim=1)           # [B, M] float64 s
+        norm = self.time_norm
+        if norm.weight.dtype in (torch.float32, torch.float64):                              # the model's dtype
+            T = norm(self.time_dropout(d.to(norm.weight.dtype)))                               # [B, M]
+        else:   # float16 / bfloat16 model: raw second diffs reach 1e6+, beyond float16's range and bfloat16's three
+            # digits, so LN_M runs in float32 and its output (~N(0, 1)) is cast to the model's dtype
+            T = F.layer_norm(self.time_dropout(d.float()), norm.normalized_shape, norm.weight.float(),
+                             norm.bias.float(), norm.eps).to(norm.weight.dtype)                # [B, M]
         return T.unsqueeze(1).expand(-1, self.config.n_heads, -1)                              # [B, H, M]
 
     def encode(self, input_ids, attention_mask, timestamps=None):

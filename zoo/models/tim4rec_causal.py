@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..modeling_utils import State, StateTensorSpec
+from ..modeling_utils import State, StateTensorSpec, config_float
 from ..ops.ssd import causal_conv1d_act
 from .tim4rec import SSDCore, TiM4RecConfig, TiM4RecPreTrainedModel, TiSSDLayer
 
@@ -43,8 +43,8 @@ class TiM4RecCausalConfig(TiM4RecConfig):
     r"""Configuration of :class:`TiM4RecCausalModel`: :class:`~zoo.models.tim4rec.TiM4RecConfig` plus
 
     Args:
-        time_unit (`float`, 60.0): seconds per unit in ``f = log1p(gap / time_unit) / time_scale``.
-        time_scale (`float`, 10.0): divisor of that log feature.
+        time_unit (`float`, 60.0): seconds per unit in ``f = log1p(gap / time_unit) / time_scale`` (finite, > 0).
+        time_scale (`float`, 10.0): divisor of that log feature (finite, > 0).
     ``max_seq_length`` is only the training/recommend window here (the model has no length limit); ``p2p_residual``
     is ignored (the gate is always per position).
     """
@@ -52,10 +52,8 @@ class TiM4RecCausalConfig(TiM4RecConfig):
     model_type = "tim4rec_causal"
 
     def __init__(self, time_unit=60.0, time_scale=10.0, **kwargs):
-        if float(time_unit) <= 0 or float(time_scale) <= 0:
-            raise ValueError(f"time_unit and time_scale must be > 0, got {time_unit}, {time_scale}")
-        self.time_unit = float(time_unit)
-        self.time_scale = float(time_scale)
+        self.time_unit = config_float(time_unit, "time_unit", gt=0)
+        self.time_scale = config_float(time_scale, "time_scale", gt=0)
         super().__init__(**kwargs)
 
 
@@ -138,10 +136,10 @@ class TiM4RecCausalModel(TiM4RecPreTrainedModel):
 
     def gap_features(self, gaps: torch.Tensor) -> torch.Tensor:
         """Gaps in seconds ``[B, L]`` (float64 from :meth:`encode` / :meth:`_step`; float32 in the ONNX step graph with
-        ``--time-input gaps``) -> ``T [B, L, H]``; the log feature is computed in the gaps' dtype, then cast to
-        float32."""
+        ``--time-input gaps``) -> ``T [B, L, H]``; the log feature is computed in the gaps' dtype (it is ~0..2, so
+        any float dtype holds it), then cast to the model's dtype (float32 normally)."""
         c = self.config
-        f = (torch.log1p(gaps.clamp(min=0) / c.time_unit) / c.time_scale).float()   # [B, L]
+        f = (torch.log1p(gaps.clamp(min=0) / c.time_unit) / c.time_scale).to(self.time_in_weight.dtype)   # [B, L]
         f = self.time_dropout(f)
         return f.unsqueeze(-1) * self.time_in_weight + self.time_in_bias             # [B, L, H]
 

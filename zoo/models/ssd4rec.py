@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, StateTensorSpec, config_bool, config_dt_init,
                               config_float, config_int, config_range, derived_field)
-from .tim4rec import SSDCore, WindowRecomputeMixin, ssd_heads
+from .tim4rec import SSDCore, WindowRecomputeMixin, ssd_head_count, ssd_heads
 
 
 class SSD4RecConfig(SeqRecConfig):
@@ -91,9 +91,7 @@ class SSD4RecConfig(SeqRecConfig):
         hidden = config_int(hidden_size, "hidden_size")
         self.expand = config_int(expand, "expand")
         self.head_dim = config_int(head_dim, "head_dim")
-        if (self.expand * hidden) % self.head_dim != 0:
-            raise ValueError(f"expand * hidden_size ({self.expand * hidden}) must be a multiple of head_dim "
-                             f"({head_dim})")
+        ssd_head_count(self.expand, hidden, self.head_dim)
         if not 0.0 <= float(mask_ratio) < 1.0:                                  # NaN too
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         self.mask_ratio = float(mask_ratio)

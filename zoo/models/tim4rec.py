@@ -67,13 +67,19 @@ from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateT
 from ..ops.ssd import causal_conv1d_act, rmsnorm_gated_ref, ssd_scan_fn, ssd_step_ref
 
 
+def ssd_head_count(expand: int, hidden_size: int, head_dim: int) -> int:
+    """``H = expand * hidden_size / head_dim``; ``ValueError`` when ``head_dim`` does not divide ``expand *
+    hidden_size``."""
+    d_inner = expand * hidden_size
+    if d_inner % head_dim != 0:
+        raise ValueError(f"expand * hidden_size ({d_inner}) must be a multiple of head_dim ({head_dim})")
+    return d_inner // head_dim
+
+
 def ssd_heads(config) -> int:
-    """``H = expand * hidden_size / head_dim`` of an SSD config; ``ValueError`` when ``head_dim`` does not divide it
-    (a source changed after construction, e.g. ``AutoConfig.from_pretrained(path, expand=3)``)."""
-    d_inner = config.expand * config.hidden_size
-    if d_inner % config.head_dim != 0:
-        raise ValueError(f"expand * hidden_size ({d_inner}) must be a multiple of head_dim ({config.head_dim})")
-    return d_inner // config.head_dim
+    """:func:`ssd_head_count` of an SSD config (its sources may change after construction, e.g.
+    ``AutoConfig.from_pretrained(path, expand=3)``)."""
+    return ssd_head_count(config.expand, config.hidden_size, config.head_dim)
 
 
 class TiM4RecConfig(SeqRecConfig):
@@ -121,9 +127,7 @@ class TiM4RecConfig(SeqRecConfig):
         hidden = config_int(hidden_size, "hidden_size")
         self.expand = config_int(expand, "expand")
         self.head_dim = config_int(head_dim, "head_dim")
-        if (self.expand * hidden) % self.head_dim != 0:
-            raise ValueError(f"expand * hidden_size ({self.expand * hidden}) must be a multiple of head_dim "
-                             f"({head_dim})")
+        ssd_head_count(self.expand, hidden, self.head_dim)
         if conv_activation not in ("auto", "hardswish", "silu"):
             raise ValueError(f"conv_activation must be 'auto', 'hardswish' or 'silu', got {conv_activation!r}")
         self.num_layers = config_int(num_layers, "num_layers")

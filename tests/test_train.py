@@ -505,8 +505,10 @@ def test_setup_errors_are_usage_errors_on_the_command_line_and_value_errors_in_t
 
 
 def test_time_aware_model_needs_non_negative_timestamps(tmp_path, capsys):
-    """TiM4Rec on order-only data, or on negative timestamps, is refused before the model is built, naming the file
-    (it used to fail at the first batch with "TiM4RecModel reads timestamps: pass timestamps")."""
+    """TiM4Rec on order-only data, or on negative timestamps, is refused before training, naming the file (it used
+    to fail at the first batch with "TiM4RecModel reads timestamps: pass timestamps"); TiM4Rec without its time
+    path (``is_time=false``, the "SSD4Rec*" ablation) reads none, and trains on order-only data (it was refused: the
+    check asked the class, whose ``uses_timestamps`` is a property of the config)."""
     seq = tmp_path / "d.seq"
     seq.write_text("user_id\titem_ids_chronological\n1\t1 2 3 4\n2\t2 3 4 5\n")
     base = ["--model", "tim4rec_causal", "--out", str(tmp_path / "o"), "--kcore", "0"]
@@ -517,6 +519,10 @@ def test_time_aware_model_needs_non_negative_timestamps(tmp_path, capsys):
     with refused(capsys, r"n.tsv: 1 negative timestamps \(user 1 starts at -5\)"):
         train_main(base + ["--data", str(neg)])
     assert not (tmp_path / "o").exists()
+    out = train_main(["--model", "tim4rec", "--data", str(seq), "--out", str(tmp_path / "t"), "--kcore", "0",
+                      "--epochs", "1", "--no-progress", "--set", "is_time=false", "hidden_size=16", "d_state=8",
+                      "head_dim=8", "num_layers=1"])
+    assert out is not None and (tmp_path / "t" / "model.safetensors").exists()
 
 
 @pytest.mark.usefixtures("one_thread")

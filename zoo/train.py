@@ -494,8 +494,6 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     set_seed(seed)
     ds = load_dataset(data, kcore=kcore, time_ties=time_ties, columns=columns)
     model_cls = get_model_class(model_type)[1]
-    if model_cls.uses_timestamps:
-        ds.check_timestamps_for(model_cls.__name__)
     overrides = dict(config_overrides or {})
     if max_len is not None:
         overrides.setdefault("max_seq_length", max_len)
@@ -514,6 +512,8 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         overrides.setdefault("max_seq_length", 200)
         model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
     model.set_item_vocab(ds.vocab)
+    if model.uses_timestamps:       # the model's own answer: TiM4Rec with is_time=False reads none (its class's is a
+        ds.check_timestamps_for(type(model).__name__)       # property, which was taken for True)
     if resumed:         # the same file name is not the same data: an edited file would continue on other data
         was = (resumed[1].get("log") or {}).get("dataset")
         now = ds.stats()

@@ -259,19 +259,21 @@ class _Base:
     def encode(self, histories: Sequence[Sequence[Any]]) -> list[list[int]]:
         """The caller's item ids -> internal indices (``item_vocab.json`` beside the graph; identity without one).
         Ids of an int vocabulary (and identity ids) must be integers: a float such as ``588.9`` raises TypeError."""
-        out = []
-        for r, h in enumerate(histories):
-            row = []
-            for x in h:
-                if self.items is None:
-                    row.append(_int_id(x, f"history {r}"))
-                    continue
-                key = str(x) if self._str_ids else _int_id(x, f"history {r}")
-                if key not in self._index:
-                    raise KeyError(f"history {r}: unknown item id {x!r} (not in the model's item vocabulary)")
-                row.append(self._index[key])
-            out.append(row)
-        return out
+        return [self._encode_row(h, f"history {r}") for r, h in enumerate(histories)]
+
+    def _encode_row(self, ids: Sequence[Any], where: str) -> list[int]:
+        """One row of the caller's item ids -> internal indices, errors naming ``where`` (``history 3``, ``event 2
+        (user 'u7')``)."""
+        row = []
+        for x in ids:
+            if self.items is None:
+                row.append(_int_id(x, where))
+                continue
+            key = str(x) if self._str_ids else _int_id(x, where)
+            if key not in self._index:
+                raise KeyError(f"{where}: unknown item id {x!r} (not in the model's item vocabulary)")
+            row.append(self._index[key])
+        return row
 
     def decode(self, topk_ids: np.ndarray) -> list[list[Any]]:
         """Internal indices ``[B, K]`` -> the caller's item ids (identity without a vocabulary). Indices must be
@@ -293,9 +295,14 @@ class _Base:
         return [[self.items[int(i) - 1] for i in row] for row in arr]
 
     # -------------------------------------------------------------------------------------------- checks
-    def check_ids(self, item_ids: Any, name: str = "item_ids", allow_padding: bool = False) -> np.ndarray:
-        """``[B, T]`` integer ids in range -> int64 array; raises TypeError/ValueError naming the problem."""
-        arr = np.asarray(item_ids)
+    def check_ids(self, item_ids: Any, name: str = "item_ids", allow_padding: bool = False,
+                  ragged: str = "pad them to one length") -> np.ndarray:
+        """``[B, T]`` integer ids in range -> int64 array; raises TypeError/ValueError naming the problem (``ragged``:
+        what to do about rows of different lengths, said in that error)."""
+        try:
+            arr = np.asarray(item_ids)
+        except ValueError:                                   # numpy's "inhomogeneous shape": rows of other lengths
+            raise ValueError(f"{name}: rows of different lengths ({ragged})") from None
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
             raise TypeError(f"{name} must hold integer item indices, got dtype {arr.dtype}")
         if arr.ndim != 2:
@@ -312,13 +319,16 @@ class _Base:
 
     def check_candidates(self, candidates: Any, batch_size: int) -> dict[str, np.ndarray]:
         """The ``candidates`` feed of a ``--candidates`` graph: ``[B, C]`` internal indices (0 = padding; a row
-        without a real candidate, or ``None`` for the whole batch, is not restricted). Empty for other graphs, which
+        without a real candidate, a ``None`` row or ``None`` for the whole batch, is not restricted; list rows of
+        different lengths are 0-padded). Empty for other graphs, which
         refuse candidates (ValueError: re-export with ``--candidates``)."""
         if candidates is None:
             return {"candidates": np.zeros((batch_size, 0), np.int64)} if self.has_candidates else {}
         if not self.has_candidates:
             raise ValueError("this graph has no candidates input: export it with python -m export.onnx --candidates "
                              "to restrict its recommendations to given items")
+        if isinstance(candidates, (list, tuple)) and any(r is None for r in candidates):
+            candidates = [[] if r is None else r for r in candidates]      # a None row: not restricted (as 0s)
         if (isinstance(candidates, (list, tuple)) and candidates
                 and all(isinstance(r, (list, tuple, np.ndarray)) for r in candidates)
                 and len({len(r) for r in candidates}) > 1):                # rows of different lengths: pad with 0
@@ -327,7 +337,10 @@ class _Base:
                 if r.size and (r.dtype == object or not np.issubdtype(r.dtype, np.integer)):
                     raise TypeError(f"candidates row {i} must hold integer item indices, got dtype {r.dtype}")
             candidates = _pad_rows(rows)
-        arr = np.asarray(candidates)
+        try:
+            arr = np.asarray(candidates)
+        except ValueError:                                   # e.g. a row that is a bare id beside lists
+            raise ValueError("candidates: rows must be lists of item indices (or None), of any lengths") from None
         if arr.size == 0 and arr.ndim == 2 and arr.shape[0] == batch_size:
             return {"candidates": np.zeros((batch_size, 0), np.int64)}
         arr = self.check_ids(arr, "candidates", allow_padding=True)
@@ -339,27 +352,41 @@ class _Base:
         """Per row the caller's candidate item ids (None or empty: the row is not restricted) -> ``[B, C]`` internal
         indices, 0-padded (:meth:`encode`: an unknown id is a KeyError naming it; without a vocabulary an id outside
         ``1 .. n_items - 1`` is a ValueError: 0 would read as padding and leave the row unrestricted)."""
-        rows = []
-        for r, c in enumerate(lists):
-            row = self.encode([c])[0] if c is not None and len(c) else []
-            bad = [x for x in row if not 1 <= x < self.n_items]
-            if bad:
-                raise ValueError(f"candidates of row {r}: item id {bad[0]} is out of range 1..{self.n_items - 1} "
-                                 "(0 is padding, not an item)")
-            rows.append(row)
-        return _pad_rows(rows)
+        return _pad_rows([self._candidate_row(c, f"candidates of row {r}") for r, c in enumerate(lists)])
 
-    def check_timestamps(self, timestamps: Any, shape) -> np.ndarray:
+    def _candidate_row(self, ids: Sequence[Any] | None, where: str) -> list[int]:
+        """One row of the caller's candidate ids (None or empty: not restricted) -> internal indices, errors naming
+        ``where``."""
+        row = self._encode_row(ids, where) if ids is not None and len(ids) else []
+        bad = [x for x in row if not 1 <= x < self.n_items]
+        if bad:
+            raise ValueError(f"{where}: item id {bad[0]} is out of range 1..{self.n_items - 1} (0 is padding, not an "
+                             "item)")
+        return row
+
+    def check_timestamps(self, timestamps: Any, shape, where: str | None = None) -> np.ndarray:
         """``timestamps`` of ``shape`` -> float64 Unix seconds (:func:`seconds`: numbers, or numpy datetime64 of any
-        unit), finite and non-negative; raises naming the problem."""
+        unit), finite and non-negative; raises naming the problem (and ``where``: ``event 2 (user 'u7')``)."""
+        at = f"{where}: " if where else ""
         if timestamps is None:
-            raise ValueError("this model reads timestamps: pass timestamps [batch, length] (seconds)")
-        ts = seconds(timestamps)
+            raise ValueError(f"{at}this model reads timestamps: pass timestamps [batch, length] (seconds)")
+        try:
+            ts = seconds(timestamps)
+        except (TypeError, ValueError) as e:
+            if not where:
+                raise
+            raise type(e)(f"{at}{e}") from None
         if ts.shape != tuple(shape):
-            raise ValueError(f"timestamps must have shape {list(shape)}, got {list(ts.shape)}")
+            raise ValueError(f"{at}timestamps must have shape {list(shape)}, got {list(ts.shape)}")
         if not np.all(np.isfinite(ts)) or (ts < 0).any():
-            raise ValueError("timestamps must be finite and non-negative")
+            raise ValueError(f"{at}timestamps must be finite and non-negative")
         return ts
+
+    def _refuse_timestamps(self, timestamps: Any, caller: str) -> None:
+        """ValueError when ``timestamps`` are given to a graph that reads no time (as ``model.step`` refuses them)."""
+        if timestamps is not None:
+            raise ValueError(f"this {self.spec['model_type']} graph does not use timestamps; call {caller}() without "
+                             "timestamps")
 
     def raw_run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
         """The ONNX Runtime session without any check (its own errors for wrong dtypes/shapes)."""
@@ -427,12 +454,18 @@ class OnnxStepSession(_Base):
              candidates: Any = None) -> StepOutput:
         """Advance ``state`` by ``T >= 1`` real items per row; returns the top-k after the last one and the new state.
 
-        ``timestamps [B, T]`` (seconds, float64) are required by time-aware graphs (``uses_timestamps``) and ignored
-        otherwise, as by ``model.step``. ``candidates [B, C]`` (``--candidates`` graphs only; :meth:`check_candidates`):
-        each row's top-k among those items, empty slots holding id 0 and score ``-inf``. ``state`` is not modified
-        (the new state is returned).
+        ``timestamps [B, T]`` (seconds, float64) are required by time-aware graphs (``uses_timestamps``) and refused
+        (ValueError) by the others, as by ``model.step``. ``item_ids`` rows are of one length (a step graph has no
+        padding: group events by length). ``candidates [B, C]`` (``--candidates`` graphs only;
+        :meth:`check_candidates`): each row's top-k among those items, empty slots holding id 0 and score ``-inf``.
+        ``state`` is not modified (the new state is returned).
         """
-        ids = self.check_ids(item_ids)
+        return self._step(item_ids, state, timestamps, candidates, "step")
+
+    def _step(self, item_ids, state, timestamps, candidates, caller: str) -> StepOutput:
+        if self.time_input is None:
+            self._refuse_timestamps(timestamps, caller)
+        ids = self.check_ids(item_ids, ragged="a step call takes rows of one length; group events by length")
         st = self.check_state(state, ids.shape[0])
         cands = self.check_candidates(candidates, ids.shape[0])
         feeds = {"item_ids": ids}
@@ -454,26 +487,29 @@ class OnnxStepSession(_Base):
                           {**{n: res[f"{n}_out"] for n in self.graph_state_names}, **client}, res.get("scores"),
                           res.get(USER_VECTOR))
 
-    def check_step_timestamps(self, timestamps: Any, shape, state: dict[str, np.ndarray]) -> np.ndarray:
+    def check_step_timestamps(self, timestamps: Any, shape, state: dict[str, np.ndarray],
+                              rows: Sequence[str] | None = None) -> np.ndarray:
         """``[B, T]`` float64 seconds: finite, non-negative, non-decreasing along each row and, where the state has
-        seen an event (``last_ts >= 0``), not before it; a ``last_ts`` that is neither ``>= 0`` nor ``-1`` is refused."""
-        ts = self.check_timestamps(timestamps, shape)
+        seen an event (``last_ts >= 0``), not before it; a ``last_ts`` that is neither ``>= 0`` nor ``-1`` is refused.
+        Errors name ``rows[r]`` (default ``batch row r``)."""
+        name = (lambda r: rows[r]) if rows is not None else (lambda r: f"batch row {r}")  # noqa: E731
+        ts = self.check_timestamps(timestamps, shape, rows[0] if rows is not None and len(rows) == 1 else None)
         dec = ts[:, 1:] < ts[:, :-1]
         if dec.any():
             r, c = map(int, np.argwhere(dec)[0])
-            raise ValueError(f"timestamps of batch row {r} decrease ({float(ts[r, c + 1])!r} after "
+            raise ValueError(f"timestamps of {name(r)} decrease ({float(ts[r, c + 1])!r} after "
                              f"{float(ts[r, c])!r}); events must be in time order")
         if "last_ts" in state:
             last = state["last_ts"][:, 0]
             odd = (last < 0) & (last != -1)                    # timestamps are >= 0; -1: no event yet (model.step)
             if odd.any():
                 r = int(np.argmax(odd))
-                raise ValueError(f"state['last_ts'] of batch row {r} is {float(last[r])}: it must be the last event's "
+                raise ValueError(f"state['last_ts'] of {name(r)} is {float(last[r])}: it must be the last event's "
                                  "timestamp (>= 0) or -1 (no event yet)")
             back = (last >= 0) & (ts[:, 0] < last)
             if back.any():
                 r = int(np.argmax(back))
-                raise ValueError(f"timestamps of batch row {r} go back in time relative to its state's last event "
+                raise ValueError(f"timestamps of {name(r)} go back in time relative to its state's last event "
                                  f"({float(ts[r, 0])!r} < last_ts {float(last[r])!r})")
         return ts
 
@@ -481,15 +517,14 @@ class OnnxStepSession(_Base):
         """Fresh state primed with equal-length histories (one graph call with ``T = L``; ``timestamps [B, L]``
         seconds for time-aware graphs; ``candidates`` as for :meth:`step`). Histories of different lengths cannot
         share a call (a step graph has no padding): prime them in separate calls, or group them by length."""
-        if len(histories) == 0:
-            raise ValueError("no histories given")
+        _check_histories(histories)
         if not isinstance(histories, np.ndarray):
             lengths = sorted({len(h) for h in histories})
             if len(lengths) > 1:
                 raise ValueError(f"prime: histories of different lengths {lengths} in one call; a step graph has no "
                                  "padding, so prime them separately or grouped by length")
-        ids = self.check_ids(histories)
-        return self.step(ids, self.init_state(ids.shape[0]), timestamps, candidates)
+        ids = self.check_ids(histories, "histories")
+        return self._step(ids, self.init_state(ids.shape[0]), timestamps, candidates, "prime")
 
 
 class OnnxWindowSession(_Base):
@@ -501,8 +536,7 @@ class OnnxWindowSession(_Base):
         """Lists of internal ids -> ``[B, L]`` int64, the most recent ``max_seq_length`` items, 0-padded on the
         model's side."""
         M = int(self.spec["max_seq_length"])
-        if len(histories) == 0:
-            raise ValueError("no histories given")
+        _check_histories(histories)
         rows = []
         for r, h in enumerate(histories):
             h = list(h)[-M:]
@@ -546,6 +580,8 @@ class OnnxWindowSession(_Base):
                 raise ValueError(f"timestamps of batch row {r} decrease ({float(ts[r, c + 1])!r} after "
                                  f"{float(ts[r, c])!r}); a window's events must be in time order")
             feeds["timestamps"] = ts
+        else:
+            self._refuse_timestamps(timestamps, "run_window")
         feeds.update(self.check_candidates(candidates, ids.shape[0]))
         res = dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
         return StepOutput(res["topk_ids"], res["topk_scores"], {}, res.get("scores"), res.get(USER_VECTOR))
@@ -567,8 +603,8 @@ class OnnxWindowSession(_Base):
                     raise ValueError(f"history {r} has {len(h)} items but {len(t)} timestamps")
                 rows.append(t[-M:])
             ts = self.place(rows, np.float64)
-        elif timestamps is not None:
-            raise ValueError("this graph does not read timestamps")
+        else:
+            self._refuse_timestamps(timestamps, "recommend")
         return self.run_window(ids, ts, candidates=candidates)
 
 
@@ -715,21 +751,31 @@ class UserStateRecommender:
                 self.session.check_candidates([[1]], 1)                # raises: the graph has no candidates input
             for i, c in enumerate(candidates):
                 if c is not None and (isinstance(c, (str, bytes)) or not hasattr(c, "__len__")):
-                    raise TypeError(f"candidates of event {i}: a sequence of item ids (or None), got {c!r}")
-            cand_rows = list(self.session.encode_candidates(candidates))
+                    raise TypeError(f"candidates of event {i} (user {users[i]!r}): a sequence of item ids (or None), "
+                                    f"got {c!r}")
+            rows = [self.session._candidate_row(c, f"candidates of event {i} (user {users[i]!r})")
+                    for i, c in enumerate(candidates)]
+            cand_rows = list(_pad_rows(rows))
         else:
             cand_rows = [None] * len(events)
         encoded = []
         for i, e in enumerate(events):
-            items = e[1]
+            items, where = e[1], f"event {i} (user {e[0]!r})"
             if isinstance(items, (str, bytes)) or not hasattr(items, "__len__") or len(items) == 0:
-                raise ValueError(f"event {i} (user {e[0]!r}): new_items must be a non-empty sequence of item ids")
-            ids = self.session.encode([items])[0]
+                raise ValueError(f"{where}: new_items must be a non-empty sequence of item ids")
+            ids = self.session._encode_row(items, where)
             ts = e[2] if len(e) == 3 else None
-            if self.session.uses_timestamps and ts is None:
-                raise ValueError(f"event {i} (user {e[0]!r}): this model reads timestamps; give "
-                                 "(user_id, new_items, timestamps)")
-            encoded.append((ids, ts, cand_rows[i]))
+            if self.session.uses_timestamps:
+                if ts is None:
+                    raise ValueError(f"{where}: this model reads timestamps; give (user_id, new_items, timestamps)")
+                ts = _flat_seconds(ts, where)
+                if len(ts) != len(ids):         # per event: in a group of its length, numpy's inhomogeneous error
+                    raise ValueError(f"{where}: {len(ids)} new items but {len(ts)} timestamps (one per item)")
+                ts = self.session.check_timestamps(ts, (len(ids),), where)
+            elif ts is not None:
+                raise ValueError(f"{where}: this {self.session.spec['model_type']} graph does not use timestamps; "
+                                 "give (user_id, new_items)")
+            encoded.append((ids, ts, cand_rows[i], where))
         stripes = sorted({hash(u) % len(self._stripes) for u in users})   # in index order: no two calls deadlock
         for i in stripes:
             self._stripes[i].acquire()
@@ -759,13 +805,14 @@ class UserStateRecommender:
         n = len(encoded)
         results, pending, vectors = [None] * n, [None] * n, [None] * n
         groups: dict[int, list[int]] = {}
-        for i, (ids, _, _) in enumerate(encoded):
+        for i, (ids, ts, _, where) in enumerate(encoded):
+            if ts is not None:                  # each event against its own last_ts, named, before grouping
+                self.session.check_step_timestamps(ts[None], (1, len(ids)), states[i], rows=[where])
             groups.setdefault(len(ids), []).append(i)
         for rows in groups.values():
             state = {name: np.concatenate([states[i][name] for i in rows]) for name in self.state_names}
             ids = np.array([encoded[i][0] for i in rows], dtype=np.int64)
-            ts = (np.array([np.asarray(encoded[i][1], dtype=np.float64).reshape(-1) for i in rows])
-                  if self.session.uses_timestamps else None)
+            ts = np.stack([encoded[i][1] for i in rows]) if self.session.uses_timestamps else None
             out = self.session.step(ids, state, ts, _stack_candidates([encoded[i][2] for i in rows]))
             for r, i in enumerate(rows):
                 pending[i] = {name: out.state[name][r:r + 1].copy() for name in self.state_names}
@@ -778,14 +825,13 @@ class UserStateRecommender:
         """Window graphs: each user's last ``max_seq_length`` items after the event, all in one padded call."""
         L, uses_ts = self.max_len, self.session.uses_timestamps
         windows, stamps = [], []
-        for i, ((ids, ts, _), st) in enumerate(zip(encoded, states)):
+        for (ids, ts, _, where), st in zip(encoded, states):
             windows.append(np.concatenate([st["items"].reshape(-1), np.asarray(ids, np.int64)])[-L:])
-            if uses_ts:
-                new = self.session.check_timestamps([seconds(ts).reshape(-1)], (1, len(ids)))[0]
+            if uses_ts:                                          # checked (count, finite) by recommend_many
                 old = st["timestamps"].reshape(-1)
-                seq = np.concatenate([old, new])
+                seq = np.concatenate([old, ts])
                 if (np.diff(seq) < 0).any():
-                    raise ValueError(f"event {i}: timestamps go back in time relative to the user's last event or "
+                    raise ValueError(f"{where}: timestamps go back in time relative to the user's last event or "
                                      "decrease within the event; events must be in time order")
                 stamps.append(seq[-L:])
         padded = self.session.pad(windows)
@@ -833,6 +879,28 @@ class UserStateRecommender:
         self._ss.forget(self.store, user_id)
 
 
+def _check_histories(histories: Any, name: str = "histories") -> None:
+    """``histories`` is a non-empty list of histories (each a sequence of item ids), else TypeError/ValueError naming
+    the problem (numpy's or Python's own error otherwise: ``len()`` of an int, an inhomogeneous array)."""
+    if isinstance(histories, np.ndarray):
+        if histories.ndim != 2:
+            raise ValueError(f"{name} must have shape [batch, length], got shape {list(histories.shape)}")
+    elif histories is None or isinstance(histories, (str, bytes, dict)) or not hasattr(histories, "__len__"):
+        raise TypeError(f"{name} must be a list of histories (lists of item ids), got {type(histories).__name__}")
+    if len(histories) == 0:
+        raise ValueError(f"no {name} given")
+    if isinstance(histories, np.ndarray):
+        return
+    flat = [r for r, h in enumerate(histories)
+            if isinstance(h, (str, bytes)) or not hasattr(h, "__len__") or getattr(h, "ndim", 1) != 1]
+    if len(flat) == len(histories) and all(isinstance(h, (int, np.integer)) for h in histories):
+        raise TypeError(f"{name} must be a list of histories (lists of item ids), got a flat list of ints (one "
+                        "history: wrap it in a list)")
+    if flat:
+        h = histories[flat[0]]
+        raise TypeError(f"{name}: history {flat[0]} is {h!r} ({type(h).__name__}), not a list of item ids")
+
+
 def _pad_rows(rows: Sequence[Sequence[int]]) -> np.ndarray:
     """Rows of internal indices, of different lengths -> ``[B, C]`` int64, 0-padded (``C`` the longest; 0 is
     padding, which restricts nothing)."""
@@ -840,6 +908,14 @@ def _pad_rows(rows: Sequence[Sequence[int]]) -> np.ndarray:
     for i, r in enumerate(rows):
         out[i, :len(r)] = r
     return out
+
+
+def _flat_seconds(ts: Any, where: str) -> np.ndarray:
+    """One event's timestamps (a list, or a number for one item) -> 1-D float64 seconds, errors naming ``where``."""
+    try:
+        return seconds(ts).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}: {e}") from None
 
 
 def _stack_candidates(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:

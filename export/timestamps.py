@@ -14,8 +14,12 @@ def seconds(timestamps: Any) -> np.ndarray:
     ``datetime64`` of any unit converted (``datetime64[ms]`` read as numbers would be 1,000 times too large). Refused
     with a message: booleans, strings and other non-numbers (TypeError), ``NaT``, and float32/float16 values too
     large to hold whole seconds (float32 above 2**24 s: it keeps Unix seconds to 64 s steps; float16 above 2**11 s;
-    pass float64 or int64)."""
-    arr = np.asarray(timestamps)
+    pass float64 or int64). Rows of different lengths (a ragged nested list) raise ValueError saying so."""
+    try:
+        arr = np.asarray(timestamps)
+    except ValueError:                                       # numpy's "inhomogeneous shape": a ragged nested list
+        raise ValueError("timestamps: rows of different lengths (one timestamp per item: each row as long as its "
+                         "row of item ids)") from None
     if arr.dtype.kind == "M":
         if np.isnat(arr).any():
             raise ValueError("timestamps hold NaT (a missing time)")

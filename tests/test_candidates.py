@@ -165,6 +165,13 @@ def test_runtime_refuses_bad_candidates(graphs):
     np.testing.assert_array_equal(ragged.topk_ids, padded.topk_ids)
     with pytest.raises(TypeError, match="candidates row 1 must hold integer item indices"):
         sess.step(np.array([[1], [2]]), sess.init_state(2), candidates=[[5, 6, 7], [8.5]])
+    # a None row is not restricted, as in UserStateRecommender and encode_candidates (numpy's inhomogeneous error)
+    free = sess.step(np.array([[1], [2]]), sess.init_state(2), candidates=[None, [8]])
+    np.testing.assert_array_equal(free.topk_ids, sess.step(np.array([[1], [2]]), sess.init_state(2),
+                                                           candidates=[[], [8]]).topk_ids)
+    np.testing.assert_array_equal(free.topk_ids[0], plain.step(np.array([[1]]), plain.init_state(1)).topk_ids[0])
+    with pytest.raises(ValueError, match=r"^candidates: rows must be lists of item indices \(or None\)"):
+        sess.step(np.array([[1], [2]]), sess.init_state(2), candidates=[[5], 6])
 
 
 def test_user_state_recommender_with_candidates(graphs):
@@ -188,6 +195,17 @@ def test_user_state_recommender_with_candidates(graphs):
     plain = UserStateRecommender(os.path.dirname(graphs["plain"][1].graph_path))
     with pytest.raises(ValueError, match="no candidates input"):
         plain.recommend("u", [4], candidates=[1, 2])
+
+
+def test_user_state_recommender_names_the_event_of_a_bad_candidate(graphs):
+    """Each event's candidates were encoded alone, so a bad id of event 2 was reported as "row 0"."""
+    rec = UserStateRecommender(os.path.dirname(graphs["step"][1].graph_path))
+    events = [("u", [4]), ("v", [5]), ("w", [6])]
+    with pytest.raises(ValueError, match=r"^candidates of event 2 \(user 'w'\): item id 99 is out of range 1\.\.59"):
+        rec.recommend_many(events, candidates=[None, [7], [8, 99]])
+    with pytest.raises(TypeError, match=r"^candidates of event 1 \(user 'v'\): item id 7\.5 \(float\) is not an"):
+        rec.recommend_many(events, candidates=[None, [7.5], None])
+    assert not rec.store
 
 
 def test_candidates_in_fp16_and_int8_graphs(tmp_path):

@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("onnxruntime", reason="the step graphs run with ONNX Runtime (pip install -e '.[export]')")
 
 from export.onnx import export_model                                      # noqa: E402
-from export.runtime import OnnxStepSession, UserStateRecommender          # noqa: E402
+from export.runtime import OnnxStepSession, OnnxWindowSession, UserStateRecommender  # noqa: E402
 from export.state_store import FINGERPRINT_KEY, StaleStateError           # noqa: E402
 from zoo.vocab import ItemVocab                                           # noqa: E402
 
@@ -432,3 +432,79 @@ def test_serving_processes_sharing_a_store_lose_no_event(tmp_path, request, kind
             assert [x for x in window if x in set(items)] == items, (user, w)
         # SQLite: a version counts the user's 36 commits; Redis: a new state starts at the server's clock (us)
         assert store.get_versioned(user)[1] == 36 if kind == "sqlite" else store.get_versioned(user)[1] > 1e15
+
+
+# ------------------------------------------------------------------------------------------------ refused input
+def test_graphs_without_time_refuse_timestamps(mamba, sasrec):
+    """A graph that reads no time refuses timestamps (as model.step and OnnxWindowSession.recommend do) in step,
+    prime, run_window and every event of UserStateRecommender; they were silently ignored (even a string)."""
+    model, d = mamba
+    v = model.item_vocab
+    sess = OnnxStepSession(d)
+    for ts in ([[123.0]], "garbage"):
+        with pytest.raises(ValueError, match=r"^this mamba4rec graph does not use timestamps; call step\(\) without"):
+            sess.step([[1]], sess.init_state(1), ts)
+    with pytest.raises(ValueError, match=r"does not use timestamps; call prime\(\) without timestamps"):
+        sess.prime([[1, 2]], [[1.0, 2.0]])
+    window = OnnxWindowSession(sasrec[1])
+    with pytest.raises(ValueError, match=r"^this sasrec graph does not use timestamps; call run_window\(\) without"):
+        window.run_window([[1, 2]], [[1.0, 2.0]])
+    for d_, items in ((d, v.decode([3])), (sasrec[1], ["item-3"])):
+        rec = UserStateRecommender(d_)
+        with pytest.raises(ValueError, match=r"^event 0 \(user 'u'\): this \w+ graph does not use timestamps; give"):
+            rec.recommend("u", items, [5.0])
+        with pytest.raises(ValueError, match=r"^event 1 \(user 'w'\): this \w+ graph does not use timestamps"):
+            rec.recommend_many([("v", items), ("w", items, [5.0])])
+        assert not rec.store
+
+
+def test_recommend_many_names_the_event_of_an_unknown_id(mamba):
+    """Each event was encoded alone, so an unknown id of event 2 was reported as "history 0"."""
+    model, d = mamba
+    rec = UserStateRecommender(d)
+    events = [("a", ["item-1"]), ("b", ["item-2"]), ("c", ["item-3", "item-999"])]
+    with pytest.raises(KeyError, match=r"event 2 \(user 'c'\): unknown item id 'item-999'"):
+        rec.recommend_many(events)
+    assert not rec.store
+
+
+def test_malformed_histories_and_ids_are_named(mamba, sasrec):
+    """Ragged item rows, a flat list or None where histories go: a message naming the argument, not numpy's
+    "inhomogeneous shape" or Python's "object of type 'int' has no len()"."""
+    sess = OnnxStepSession(mamba[1])
+    with pytest.raises(ValueError, match=r"^item_ids: rows of different lengths \(a step call takes rows of one "
+                                         r"length; group events by length\)$"):
+        sess.step([[1, 2], [3]], sess.init_state(2))
+    window = OnnxWindowSession(sasrec[1])
+    for call in (sess.prime, window.recommend):
+        with pytest.raises(TypeError, match=r"^histories must be a list of histories \(lists of item ids\), got a "
+                                            r"flat list of ints"):
+            call([1, 2, 3])
+        with pytest.raises(TypeError, match=r"^histories must be a list of histories .*, got NoneType$"):
+            call(None)
+        with pytest.raises(TypeError, match=r"^histories: history 1 is 4 \(int\), not a list of item ids$"):
+            call([[1, 2], 4])
+
+
+def test_each_events_timestamps_are_checked_and_named(tmp_path):
+    """Timestamp errors of a step graph's events name the event and user (they named "batch row 0" of the group of
+    events of one length); a count other than the items' is refused per event (numpy's inhomogeneous error when
+    another event of that length shared its group); ragged timestamps to prime are named."""
+    d = _exported(_causal(), tmp_path / "causal")
+    rec = UserStateRecommender(d)
+    t0 = 1.6e9
+    rec.prime("a", [1], [t0 + 100])
+    with pytest.raises(ValueError, match=r"^event 0 \(user 'b'\): 2 new items but 1 timestamps \(one per item\)$"):
+        rec.recommend_many([("b", [1, 2], [t0]), ("c", [3, 4], [t0, t0 + 1])])
+    with pytest.raises(ValueError, match=r"^timestamps of event 1 \(user 'c'\) decrease \(1600000000\.0 after "):
+        rec.recommend_many([("b", [1, 2], [t0, t0]), ("c", [3, 4], [t0 + 1, t0])])
+    with pytest.raises(ValueError, match=r"^timestamps of event 1 \(user 'a'\) go back in time relative to its "):
+        rec.recommend_many([("b", [1], [t0]), ("a", [2], [t0 + 99])])
+    with pytest.raises(TypeError, match=r"^event 1 \(user 'c'\): timestamps must be numbers"):
+        rec.recommend_many([("b", [1], [t0]), ("c", [2], ["x"])])
+    with pytest.raises(ValueError, match=r"^event 0 \(user 'b'\): timestamps must be finite and non-negative$"):
+        rec.recommend_many([("b", [1], [-1.0]), ("c", [2], [t0])])
+    assert set(rec.store) == {"a"}
+    sess = OnnxStepSession(d)
+    with pytest.raises(ValueError, match=r"^timestamps: rows of different lengths \(one timestamp per item"):
+        sess.prime([[1, 2], [3, 4]], [[1.0], [1.0, 2.0]])

@@ -1761,7 +1761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="step graphs: items in the priming call (200)")
     p.add_argument("--verify-steps", type=positive_int, default=None,
                    help="step graphs: single steps after priming (500)")
-    p.add_argument("--verify-cases", type=positive_int, default=2000, help="random cases for top-k agreement (2000)")
+    p.add_argument("--verify-cases", type=positive_int, default=None, help="random cases for top-k agreement (2000)")
     args = p.parse_args(argv)
     if not args.out and not args.card_dir:
         p.error("give --out DIR or --card-dir CARD_FOLDER")
@@ -1774,6 +1774,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.kind == "window" and (args.verify_prime or args.verify_steps):
         p.error("--verify-prime/--verify-steps verify a step graph's priming and single steps; a window graph has "
                 "neither (--verify-cases sets its cases)")
+    given = [f for f, v in (("--verify-prime", args.verify_prime), ("--verify-steps", args.verify_steps),
+                            ("--verify-cases", args.verify_cases)) if v is not None]
+    if args.no_verify and given:
+        p.error(f"{'/'.join(given)} with --no-verify: there is no verification for "
+                f"{'them' if len(given) > 1 else 'it'} to set; drop one or the other")
     if args.out:                                            # a file there or above it, or a place not writable
         try:
             check_outputs({"--out": args.out}, folders=True)
@@ -1814,7 +1819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ("" if not model.uses_timestamps else " with their timestamps" if real_ts is not None
                else " (no timestamps in the file: the real cases get synthetic timestamps)"))
     try:
-        vk = {"topk_cases": args.verify_cases}
+        vk = {"topk_cases": args.verify_cases or 2000}
         if kind == "step":
             vk.update(prime_len=args.verify_prime or 200, n_steps=args.verify_steps or 500)
         elif args.verify_prime or args.verify_steps:

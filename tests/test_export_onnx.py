@@ -346,12 +346,15 @@ def test_corrupted_graph_fails_verification(saved_model, tmp_path, monkeypatch, 
     (["--verify-steps", "0"], "--verify-steps: expected an int >= 1"),
     (["--verify-cases", "-1"], "--verify-cases: expected an int >= 1"),
     (["--kind", "window", "--verify-prime", "5"], "a window graph has neither"),
+    (["--no-verify", "--verify-prime", "5"], "--verify-prime with --no-verify: there is no verification"),
+    (["--no-verify", "--verify-steps", "5", "--verify-cases", "9"], "--verify-steps/--verify-cases with --no-verify"),
     (["--card-dir", "c"], "give it or --out, not both"),
     ([], "not-read' is neither a local folder"),       # a model folder that does not exist: named, no traceback
 ])
 def test_cli_refuses_contradictory_or_empty_verification(tmp_path, flags, message, capsys):
     """Zero single steps would verify only the priming call, a negative case count crashed in numpy, a step-only
-    setting on a window graph and --out beside --card-dir were silently ignored: all are usage errors now."""
+    setting on a window graph, --verify-* beside --no-verify and --out beside --card-dir were silently ignored: all
+    are usage errors now (before any folder is made)."""
     with pytest.raises(SystemExit) as e:
         E.main(["--model", str(tmp_path / "not-read"), "--out", str(tmp_path / "o"), *flags])
     assert e.value.code == 2 and message in capsys.readouterr().err
@@ -368,8 +371,8 @@ def _card(saved_model, tmp_path):
 
 def test_cli_and_card_section(saved_model, tmp_path, capsys):
     card = _card(saved_model, tmp_path)
-    for extra in (["--no-verify"], []):                                         # idempotent: section replaced
-        assert E.main(["--model", saved_model, "--card-dir", str(card), "--topk", "5", *FAST, *extra]) == 0
+    for extra in (["--no-verify"], FAST):                 # idempotent: section replaced (--verify-*: no --no-verify)
+        assert E.main(["--model", saved_model, "--card-dir", str(card), "--topk", "5", *extra]) == 0
     text = capsys.readouterr().out
     assert "PASSED" in text and "wrote" in text
     readme = (card / "README.md").read_text()

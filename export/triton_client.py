@@ -228,6 +228,15 @@ class _Base:
         p = (self._model_config().get("parameters") or {}).get(key)
         return default if p is None else p.get("string_value", default)
 
+    def _event_ts(self, timestamps, n: int, where: str = "") -> np.ndarray | None:
+        """:meth:`_check_ts` for a model that reads time; None for one that does not, which refuses timestamps given
+        (as ``model.step`` and ``export.runtime`` do: they would be dropped without a word)."""
+        if self.uses_timestamps:
+            return self._check_ts(timestamps, n)
+        if timestamps is not None:
+            raise ValueError(f"{where}model {self.model_name!r} does not use timestamps; send the items without them")
+        return None
+
     def _check_ts(self, timestamps, n: int) -> np.ndarray:
         """The caller's ``n`` timestamps as float64 Unix seconds ``[1, n]``: finite, non-negative, non-decreasing."""
         if timestamps is None:
@@ -382,7 +391,7 @@ class TritonRecommender(_Base):
         sequence of this client is checked against the sequence's last timestamp (the graph would clamp a gap going
         back in time to 0 without a word), from which a gaps model's first time gap is computed."""
         sid = sequence_id(user_or_sequence_id)
-        ts = self._check_ts(timestamps, ids.shape[1]) if self.uses_timestamps else None
+        ts = self._event_ts(timestamps, ids.shape[1])
         with self._lock:
             if start is None:
                 if sid in self._expired:
@@ -424,8 +433,8 @@ class TritonRecommender(_Base):
         checked = []
         for i, e in enumerate(events):
             ids = self._event_ids(e[1], f"event {i} (sequence {e[0]!r}): ")
-            if self.uses_timestamps:
-                ts = self._check_ts(e[2] if len(e) == 3 else None, ids.shape[1])
+            ts = self._event_ts(e[2] if len(e) == 3 else None, ids.shape[1], f"event {i} (sequence {e[0]!r}): ")
+            if ts is not None:
                 with self._lock:
                     last = self._last_ts.get(sids[i]) if sids[i] in self._live else None
                 self._check_after(ts, last, f"sequence {e[0]!r}")
@@ -598,7 +607,7 @@ class ExplicitStateRecommender(_Base):
             ids = self._encode(e[1])
             if ids.shape[1] == 0:
                 raise ValueError(f"event {i} (user {e[0]!r}): new_items is empty")
-            ts = self._check_ts(e[2] if len(e) == 3 else None, ids.shape[1]) if self.uses_timestamps else None
+            ts = self._event_ts(e[2] if len(e) == 3 else None, ids.shape[1], f"event {i} (user {e[0]!r}): ")
             encoded.append((ids, ts))
         groups: dict[int, list[int]] = {}
         for i, (ids, _) in enumerate(encoded):
@@ -705,6 +714,8 @@ class WindowRecommender(_Base):
         cands = self._encode_candidates(candidates)   # every candidate checked before anything is sent
         if self.uses_timestamps and (timestamps is None or len(timestamps) != len(histories)):
             raise ValueError(f"model {self.model_name!r} reads timestamps: give one list per history")
+        if not self.uses_timestamps and timestamps is not None:
+            self._event_ts(timestamps, 0)                               # refused: the model reads none
         rows = []
         for i, history in enumerate(histories):
             ids = self._encode(history)

@@ -1090,6 +1090,23 @@ def test_client_checks_timestamps_and_honours_k(monkeypatch):
     assert top == [1, 2, 3] and len(scores) == 3 and len(rec.recommend("new-user", [1], timestamps=[1.0], k=2)) == 2
 
 
+def test_clients_of_models_without_time_refuse_timestamps(monkeypatch):
+    """A model that reads no time: timestamps given to the clients were dropped without a word (as the PyTorch models
+    and ``export.runtime`` did); now they are refused before anything is sent, for one event and in recommend_many."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import TritonRecommender
+
+    calls, _ = _fake_http_client(monkeypatch, *STEP_IO)
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+    with pytest.raises(ValueError, match="model 'm' does not use timestamps"):
+        rec.recommend("u", [1, 2], timestamps=[0.0, 5.0])
+    with pytest.raises(ValueError, match=r"event 1 \(sequence 'v'\): model 'm' does not use timestamps"):
+        rec.recommend_many([("u", [1]), ("v", [2], [5.0])])
+    assert calls == []
+    rec.recommend("u", [1, 2])
+    assert calls[-1]["inputs"] == ["item_ids"]
+
+
 def test_explicit_state_client_refuses_a_state_written_by_another_model(monkeypatch):
     """Stored states carry the fingerprint of the model that wrote them; one with another fingerprint (a retrained
     model) or none (stored before the tags) is refused before anything is sent, or, with on_stale="restart", replaced

@@ -376,7 +376,8 @@ def test_save_run_records_an_early_stop(tmp_path):
                       callbacks=[EarlyStoppingCallback(early_stopping_patience=2)], **trainer_kwargs(model, split))
     trainer.train()
     log = save_run(trainer, tmp_path / "run", str(tmp_path / "markov.tsv"), data_options={"kcore": None})
-    assert log["stopped"] == "early stopping" and log["best_epoch"] == 1 and len(log["epochs"]) == 3, log["epochs"]
+    assert log["stopped"] == "early stopping: no valid NDCG@10 gain for 2 epochs"
+    assert log["best_epoch"] == 1 and len(log["epochs"]) == 3, log["epochs"]
 
 
 @pytest.mark.parametrize("logging_steps", [2, 5])
@@ -410,3 +411,62 @@ def test_save_run_gives_each_epoch_the_losses_logged_within_it(tmp_path, logging
     # a log weighs as many steps as it covers (logging_first_step: the first log is one step, the next nine)
     assert epoch_losses([{"loss": 4.0, "epoch": 0.1, "step": 1}, {"loss": 2.0, "epoch": 1.0, "step": 10},
                          {"train_loss": 9.0, "epoch": 1.0, "step": 10}]) == {1: pytest.approx((4.0 + 9 * 2.0) / 10)}
+
+
+def _saved(tmp_path, name, trainer):
+    return save_run(trainer, tmp_path / name, str(tmp_path / "markov.tsv"), data_options={"kcore": None})
+
+
+def test_save_run_records_how_the_trainer_stopped_and_refuses_an_interrupted_run(tmp_path):
+    """A run cut before its planned steps (an interruption) is refused, not saved as early stopping; a max_steps run
+    is "max steps"; early stopping is recorded only when an EarlyStoppingCallback stopped the run."""
+    from transformers import EarlyStoppingCallback, TrainerCallback
+
+    ds, split = _data(tmp_path, n_users=30)
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    model = _model("sasrec", ds)
+    trainer = Trainer(model=model, args=_args(tmp_path, num_train_epochs=5, per_device_train_batch_size=8),
+                      callbacks=[Interrupt()], **trainer_kwargs(model, split))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    with pytest.raises(ValueError, match=r"stopped at step 3 of its planned \d+ without early stopping"):
+        _saved(tmp_path, "cut", trainer)
+    assert not (tmp_path / "cut").exists()
+    model = _model("sasrec", ds)
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=3), **trainer_kwargs(model, split))
+    trainer.train()
+    assert _saved(tmp_path, "steps", trainer)["stopped"].startswith("max steps; ")
+    model = _model("sasrec", ds, hidden_dropout=0.0, attn_dropout=0.0)
+    trainer = Trainer(model=model, args=_args(tmp_path, num_train_epochs=30, learning_rate=1e-9, eval_strategy="epoch",
+                                              save_strategy="epoch", metric_for_best_model="NDCG@10",
+                                              load_best_model_at_end=True, per_device_train_batch_size=8),
+                      callbacks=[EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1e-3)],
+                      **trainer_kwargs(model, split))
+    trainer.train()
+    assert trainer.state.global_step < trainer.state.max_steps
+    log = _saved(tmp_path, "early", trainer)
+    assert log["stopped"] == "early stopping: no valid NDCG@10 gain for 1 epochs"
+
+
+def test_save_run_keeps_one_record_per_epoch_when_evaluating_by_steps(tmp_path):
+    """eval_strategy="steps" evaluates several times an epoch: the log keeps one record per epoch (its last
+    evaluation), so the card's "best epoch X of N" counts epochs."""
+    ds, split = _data(tmp_path, n_users=30)
+    model = _model("sasrec", ds)
+    trainer = Trainer(model=model, args=_args(tmp_path, num_train_epochs=2, eval_strategy="steps", eval_steps=2,
+                                              save_strategy="steps", save_steps=2, metric_for_best_model="NDCG@10",
+                                              load_best_model_at_end=True, per_device_train_batch_size=8),
+                      **trainer_kwargs(model, split))
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_NDCG@10" in e]
+    assert len(evals) > 2
+    log = _saved(tmp_path, "run", trainer)
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    last_of_first = [e for e in evals if e["epoch"] <= 1.0][-1]
+    assert log["epochs"][0]["valid_NDCG@10"] == last_of_first["eval_NDCG@10"]
+    assert log["best_epoch"] in (1, 2)

@@ -339,7 +339,8 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
     Raises:
         ValueError: the data, loaded with ``data_options``, is not what the ``Trainer`` trained on (another file,
         k-core or order of ties), ``out`` already holds a checkpoint, the trainer was not built by
-        :func:`trainer_kwargs`, or it has not trained.
+        :func:`trainer_kwargs`, or it has not trained, or it stopped before its planned steps without early stopping
+        (interrupted: :func:`stop_reason`).
     """
     import json
     import shlex
@@ -357,6 +358,7 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
                          "WindowDataset, its eval_dataset a HistoryDataset)")
     if not trainer.state.global_step:
         raise ValueError("save_run takes a Trainer after train(): this one has taken no training step")
+    reason = stop_reason(trainer)                       # an interrupted run is refused before any work
     if getattr(train_set, "split_kind", "leave-one-out") != "leave-one-out":
         raise ValueError(f"the Trainer trained on a {train_set.split_kind} split: save_run makes a run for zoo.hub "
                          "card, whose cards report leave-one-out")
@@ -376,16 +378,17 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
     test = evaluate_model(model, split.test, ks=(5, 10, 20), exclude_history=masked, progress=False)
     args = trainer.args
     state = trainer.state
-    evals = [e for e in state.log_history if "eval_NDCG@10" in e]
+    all_evals = [e for e in state.log_history if "eval_NDCG@10" in e]
+    # one record per epoch (named by state.epoch, fractional): its last evaluation (eval_strategy="steps" makes several)
+    last_of = {epoch_of(e["epoch"]): e for e in all_evals}
     losses = epoch_losses(state.log_history)
-    epochs = [{"epoch": epoch_of(e["epoch"]), **({"loss": losses[epoch_of(e["epoch"])]}
-                                                  if epoch_of(e["epoch"]) in losses else {}),
+    epochs = [{"epoch": k, **({"loss": losses[k]} if k in losses else {}),
                "valid_NDCG@10": e["eval_NDCG@10"], **({"valid_HR@10": e["eval_HR@10"]} if "eval_HR@10" in e else {})}
-              for e in evals]
+              for k, e in sorted(last_of.items())]
     best_kept = bool(args.load_best_model_at_end) and str(args.metric_for_best_model).removeprefix("eval_") == "NDCG@10"
-    best_epoch = next((ep["epoch"] for ep, e in zip(epochs, evals) if e["eval_NDCG@10"] == state.best_metric),
+    best_epoch = next((epoch_of(e["epoch"]) for e in all_evals if e["eval_NDCG@10"] == state.best_metric),
                       None) if best_kept else None
-    stopped = ("early stopping" if state.max_steps and state.global_step < state.max_steps else "max epochs") + (
+    stopped = reason + (
         "" if best_kept else "; the Trainer's final weights (no load_best_model_at_end on NDCG@10)")
     optim = str(getattr(args.optim, "value", args.optim))
     name = ("adam" if not args.weight_decay else "adamw") if optim.startswith("adamw") else optim
@@ -417,6 +420,28 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
     with written_whole(os.path.join(out, "train_log.json")) as f:
         json.dump(log, f, indent=1)
     return log
+
+
+def stop_reason(trainer) -> str:
+    """The log's ``stopped`` text of a ``Trainer`` after ``train()``, in ``zoo.train``'s words: ``"max epochs"`` (or
+    ``"max steps"``, with ``args.max_steps``) for a run that took its planned steps, ``"early stopping: ..."`` when an
+    ``EarlyStoppingCallback`` stopped it. ``ValueError`` for a run that stopped before its planned steps otherwise
+    (interrupted, or stopped by another callback): not a finished run."""
+    from transformers import EarlyStoppingCallback
+
+    state, args = trainer.state, trainer.args
+    if state.max_steps and state.global_step >= state.max_steps:
+        return "max steps" if args.max_steps and args.max_steps > 0 else "max epochs"
+    early = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, EarlyStoppingCallback)), None)
+    if early is not None and trainer.control.should_training_stop \
+            and early.early_stopping_patience_counter >= early.early_stopping_patience:
+        metric = str(args.metric_for_best_model).removeprefix("eval_")
+        every = "epochs" if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "epoch" else \
+            f"validations (every {args.eval_steps} steps)"
+        return f"early stopping: no valid {metric} gain for {early.early_stopping_patience} {every}"
+    raise ValueError(f"the Trainer stopped at step {state.global_step} of its planned {state.max_steps} without early "
+                     "stopping (interrupted, or stopped by a callback): save_run saves a finished run; resume it "
+                     "(trainer.train(resume_from_checkpoint=...)) or train again first")
 
 
 #: what the ``loss`` of an epoch of :func:`save_run`'s log is (its ``epoch_loss`` entry says so)
@@ -475,4 +500,5 @@ def _check_split_fits(model, split: Split) -> None:
 
 
 __all__ = ["WindowDataset", "HistoryDataset", "SeqRecCollator", "logits_to_ranks", "ranking_metrics",
-           "trainer_kwargs", "save_run", "epoch_of", "epoch_losses", "EVAL_ON", "HISTORY_LABELS", "EPOCH_LOSS"]
+           "trainer_kwargs", "save_run", "stop_reason", "epoch_of", "epoch_losses", "EVAL_ON", "HISTORY_LABELS",
+           "EPOCH_LOSS"]

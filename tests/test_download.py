@@ -101,3 +101,24 @@ def test_unreachable_sources_and_bad_archives_are_named(tmp_path, monkeypatch):
         D.main(["ml-100k", "--dir", str(out), "--from-zip", str(tmp_path / "missing.zip")])
     assert set(SOURCES) <= {k.split("-5core")[0] for k in BENCHMARKS} and all(s.benchmark in BENCHMARKS
                                                                               for s in SOURCES.values())
+
+
+def test_a_folder_at_the_target_and_a_bad_download_are_named_in_one_line(ml100k_zip, tmp_path, monkeypatch):
+    """A folder where the interaction file goes is refused in one line (not an IsADirectoryError traceback); a bad
+    download is named by its URL and archive member, not by the deleted staging path."""
+    out = tmp_path / "data"
+    (out / "ml-100k.inter").mkdir(parents=True)
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit, match=r"^error: .*ml-100k.inter is a folder, not the interaction file"):
+            D.main(["ml-100k", "--dir", str(out), "--from-zip", str(ml100k_zip), *extra])
+    with pytest.raises(D.DownloadError, match="cannot read it"):
+        D.check(str(out / "ml-100k.inter"), "ml-100k")
+    (tmp_path / "not.zip").write_text("hello")
+    url = (tmp_path / "not.zip").as_uri()
+    monkeypatch.setitem(SOURCES, "ml-100k", D.Source(**{**vars(SOURCES["ml-100k"]), "url": url}))
+    with pytest.raises(D.DownloadError, match=rf"^{url}: not a readable zip archive"):
+        D.download("ml-100k", str(tmp_path / "d2"), progress=False)
+    short = _zip(tmp_path / "short.zip", "ml-100k/u.data", ["1\t2\t3\t4"])
+    monkeypatch.setitem(SOURCES, "ml-100k", D.Source(**{**vars(SOURCES["ml-100k"]), "url": short.as_uri()}))
+    with pytest.raises(D.DownloadError, match=rf"^ml-100k/u.data of {short.as_uri()} is not MovieLens-100K"):
+        D.download("ml-100k", str(tmp_path / "d3"), progress=False)

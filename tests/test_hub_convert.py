@@ -1,6 +1,7 @@
 """Hub-id resolution with bundled copies (no network), card folders, official-checkpoint conversion."""
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -1314,3 +1315,96 @@ def test_a_run_that_dropped_unknown_items_is_carded_on_the_data_without_them(tmp
     assert again == metrics
     assert hub.run_unknown_items({}) == "error" and hub.run_unknown_items({"init_items": {"unknown_items": "add"}}) \
         == "error"
+
+
+def test_convert_names_missing_and_misshaped_keys_in_one_line(tmp_path):
+    """A state dict missing a key the config is read off, or holding a tensor of the wrong shape, is refused with a
+    ValueError naming the key (not a KeyError of the bare key, not load_state_dict's RuntimeError traceback); a
+    Mamba4Rec d_inner that is no multiple of the hidden size is refused, not rounded into another model."""
+    from zoo.models.sasrec import SASRecConfig, SASRecModel
+
+    sd = SASRecModel(SASRecConfig(n_items=6, max_seq_length=5, hidden_size=8, num_layers=2, num_heads=1,
+                                  inner_size=8)).state_dict()
+
+    def refused(state, match, model="sasrec", **kw):
+        torch.save(state, tmp_path / "S.pth")
+        with pytest.raises(ValueError, match=match):
+            convert(model, str(tmp_path / "S.pth"), str(tmp_path / "out"), **kw)
+        assert not (tmp_path / "out").exists()
+
+    for key in ("position_embedding.weight", "item_embedding.weight",
+                "trm_encoder.layer.0.feed_forward.dense_1.weight"):
+        refused({k: v for k, v in sd.items() if k != key},
+                rf"^not a SASRec state dict in the official key layout: {re.escape(key)} missing$",
+                overrides={"num_heads": 1})
+    bad = {**sd, "trm_encoder.layer.1.feed_forward.dense_1.weight": torch.zeros(9, 8)}
+    refused(bad, r"do not fit SASRecModel .*: trm_encoder\.layer\.1\.feed_forward\.dense_1\.weight \(9, 8\) "
+                 r"\(expected \(8, 8\)\)$", overrides={"num_heads": 1})
+    msd = _official_layout(Mamba4RecModel(Mamba4RecConfig(n_items=6, max_seq_length=5, hidden_size=8, num_layers=2,
+                                                          d_state=4, expand=2, inner_size=8)))
+    refused({k: v for k, v in msd.items() if k != "mamba_layers.0.mamba.A_log"},
+            r"^not a Mamba4Rec state dict in the official key layout: mamba_layers\.0\.mamba\.A_log missing$",
+            "mamba4rec")
+    refused({**msd, "mamba_layers.1.mamba.A_log": torch.zeros(16, 8)},
+            r"mamba_layers\.1\.mamba\.A_log \(16, 8\) \(expected \(16, 4\)\)", "mamba4rec")
+    refused({**msd, "mamba_layers.0.mamba.A_log": torch.zeros(12, 4)},
+            r"d_inner 12, not a multiple of hidden size 8", "mamba4rec")
+
+
+def test_a_run_saved_without_a_vocabulary_is_refused_before_measuring(tmp_path, monkeypatch):
+    """A card folder ships item_vocab.json (CARD_FILES, the card text): a run saved without one is refused up front,
+    before any evaluation, naming the run and the cause, and no card folder is made."""
+    import zoo.evaluate
+
+    data, _ = _tiny_gru4rec_run(tmp_path)
+    m = AutoModel.from_pretrained(tmp_path / "a")
+    m.set_item_vocab(None)
+    m.save_pretrained(tmp_path / "a")
+    assert not (tmp_path / "a" / "item_vocab.json").exists()
+
+    def no_evaluation(*a, **kw):
+        raise AssertionError("evaluated before refusing")
+
+    monkeypatch.setattr(zoo.evaluate, "evaluate_model", no_evaluation)
+    with pytest.raises(ValueError, match=r"a\b.* was saved without an item vocabulary \(config\.json: "
+                                         r"item_vocab_file null\)"):
+        hub.build_card_folder(str(tmp_path / "a"), "x", data, out_dir=str(tmp_path / "card"))
+    assert not (tmp_path / "card").exists()
+
+
+def test_the_cards_evaluate_command_quotes_a_data_file_name_with_a_space(tmp_path):
+    import shlex
+    import shutil
+
+    data, _ = _tiny_gru4rec_run(tmp_path)
+    spaced = tmp_path / "my data.tsv"
+    shutil.copyfile(data, spaced)
+    hub.build_card_folder(str(tmp_path / "a"), "g", str(spaced), out_dir=str(tmp_path / "card"))
+    cmd = json.loads((tmp_path / "card" / "eval_results.json").read_text())["protocol"]["command"]
+    words = shlex.split(cmd)
+    assert words[words.index("--data") + 1] == "my data.tsv"
+    assert f"`{cmd}`" in (tmp_path / "card" / "README.md").read_text()
+
+
+def test_loading_names_a_missing_config_and_another_architectures_weights(tmp_path):
+    """A folder without config.json is named as such; a gru4rec config over SASRec weights is refused as weights of
+    another architecture, naming keys, before transformers' load report."""
+    import os
+
+    from zoo.modeling_utils import SeqRecPreTrainedModel
+    from zoo.models.sasrec import SASRecConfig, SASRecModel
+
+    m = SASRecModel(SASRecConfig(n_items=6, max_seq_length=5, hidden_size=8, num_layers=1, num_heads=1,
+                                 inner_size=8))
+    m.save_pretrained(tmp_path / "noconfig")
+    os.remove(tmp_path / "noconfig" / "config.json")
+    for cls in (SeqRecPreTrainedModel, SASRecModel):
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'noconfig' / 'config.json'))} is missing"):
+            cls.from_pretrained(tmp_path / "noconfig")
+    m.save_pretrained(tmp_path / "gru")
+    cfg = json.loads((tmp_path / "gru" / "config.json").read_text())
+    cfg.update(model_type="gru4rec", architectures=["GRU4RecModel"])
+    (tmp_path / "gru" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"are of another architecture than GRU4RecModel\(gru4rec\): \d+ unexpected, "
+                                         r"e\.g\. \['LayerNorm\.bias'"):
+        AutoModel.from_pretrained(tmp_path / "gru")

@@ -248,3 +248,30 @@ def test_a_soup_of_sampled_softmax_runs_says_so(tmp_path):
     assert log["loss"] == {"type": "sampled-softmax", "negatives": 8, "sampler": "uniform"}
     cfg = json.loads((tmp_path / "soup" / "config.json").read_text())
     assert _objective(cfg, log).startswith("sampled softmax (each target against 8 negatives")
+
+
+def test_check_ingredients_refuses_a_config_field_that_changes_the_function(runs):
+    """Same weight shapes, another activation (or eps, head count, ...): averaging them would give a model neither
+    was: refused naming the field. Training-only fields (dropouts) are only noted."""
+    from transformers import AutoModel
+
+    tmp, _ = runs
+    s1 = AutoModel.from_pretrained(str(tmp / "s1"))
+    for field, value in (("hidden_act", "relu"), ("layer_norm_eps", 1e-5), ("num_heads", 1)):
+        other = AutoModel.from_pretrained(str(tmp / "s2"))
+        setattr(other.config, field, value)
+        with pytest.raises(ValueError, match=rf"^s2 and s1 differ in config field {field} \("):
+            check_ingredients([s1, other], ["s1", "s2"])
+    other = AutoModel.from_pretrained(str(tmp / "s2"))
+    other.config.attn_dropout = 0.05
+    assert check_ingredients([s1, other], ["s1", "s2"])[0].startswith("s2: attn_dropout = 0.05")
+
+
+def test_the_soups_recorded_command_quotes_its_arguments(runs, tmp_path):
+    import shlex
+
+    tmp, data = runs
+    argv = ["--models", str(tmp / "s1"), str(tmp / "s2"), "--data", str(data), "--out", str(tmp_path / "my soup"),
+            "--kcore", "0", "--method", "uniform"]
+    log = main(argv)
+    assert shlex.split(log["command"]) == ["python", "-m", "zoo.soup", *argv]

@@ -1128,3 +1128,14 @@ def test_a_run_that_does_not_beat_the_most_popular_ranking_says_so(tmp_path, cap
     assert f"most-popular baseline: valid NDCG@10 {log['popularity_valid_NDCG10']:.4f}" in out
     assert log["best_valid_NDCG10"] <= log["popularity_valid_NDCG10"], log
     assert "WARNING: the best epoch (valid NDCG@10" in out and "does not beat the most-popular baseline" in out
+
+
+def test_the_recorded_command_quotes_a_path_with_a_space(tmp_path):
+    """The log's command re-runs as given: shlex.split of it gives the argv back (a data path with a space)."""
+    import shlex
+
+    data = _markov_file(tmp_path / "my data.tsv", n_users=20)
+    argv = ["--model", "gru4rec", "--data", str(data), "--out", str(tmp_path / "run 1"), "--epochs", "1",
+            "--max-len", "20", "--kcore", "0", "--no-progress", "--set", *TINY["gru4rec"]]
+    log = train_main(argv)
+    assert shlex.split(log["command"]) == ["python", "-m", "zoo.train", *argv]

@@ -129,13 +129,40 @@ def load_checkpoint(path: str, trust_pickle: bool = False) -> tuple[dict[str, to
     return obj, settings
 
 
+#: the keys the converters read the config off (official layout): a state dict without one is refused, naming it
+MAMBA4REC_REQUIRED = ("item_embedding.weight", "mamba_layers.0.mamba.A_log", "mamba_layers.0.mamba.conv1d.weight",
+                      "mamba_layers.0.mamba.dt_proj.weight", "mamba_layers.0.ffn.w_1.weight")
+SASREC_REQUIRED = ("item_embedding.weight", "position_embedding.weight",
+                   "trm_encoder.layer.0.feed_forward.dense_1.weight")
+
+
+def check_required_keys(sd: dict, name: str, keys: Sequence[str]) -> None:
+    """``ValueError`` naming the first of ``keys`` that the state dict ``sd`` lacks."""
+    for k in keys:
+        if k not in sd:
+            raise ValueError(f"not a {name} state dict in the official key layout: {k} missing")
+
+
+def check_shapes(model, sd: dict, checkpoint: str) -> None:
+    """``ValueError`` listing the tensors of ``sd`` whose shape differs from ``model``'s (key, got, expected), before
+    ``load_state_dict`` would raise a RuntimeError about them."""
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in sd.items()
+           if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"{checkpoint}: {len(bad)} tensor(s) do not fit {type(model).__name__} built from its other "
+                         f"shapes: {'; '.join(bad[:5])}{'; ...' if len(bad) > 5 else ''}")
+
+
 def mamba4rec_from_official(sd: dict[str, torch.Tensor]):
     """Official Mamba4Rec state dict -> ``(Mamba4RecConfig kwargs, renamed state dict)``."""
-    if "item_embedding.weight" not in sd or not any(k.startswith("mamba_layers.") for k in sd):
-        raise ValueError("not a Mamba4Rec state dict: item_embedding.weight / mamba_layers.* missing")
+    check_required_keys(sd, "Mamba4Rec", MAMBA4REC_REQUIRED)
     layers = sorted({int(m.group(1)) for k in sd if (m := re.match(r"mamba_layers\.(\d+)\.", k))})
     n_items, hidden = sd["item_embedding.weight"].shape
     E, N = sd["mamba_layers.0.mamba.A_log"].shape
+    if E % hidden:                   # expand = d_inner / hidden: a rounded one builds another (mis-shaped) model
+        raise ValueError(f"mamba_layers.0.mamba.A_log has d_inner {E}, not a multiple of hidden size {hidden} "
+                         "(item_embedding.weight): the zoo's Mamba4Rec has d_inner = expand * hidden_size")
     K = sd["mamba_layers.0.mamba.conv1d.weight"].shape[-1]
     R = sd["mamba_layers.0.mamba.dt_proj.weight"].shape[1]
     inner = sd["mamba_layers.0.ffn.w_1.weight"].shape[0]
@@ -172,6 +199,7 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     if model_type == "mamba4rec":
         cfg, sd = mamba4rec_from_official(sd)
     elif model_type == "sasrec":
+        check_required_keys(sd, "SASRec", SASREC_REQUIRED)
         n_items, hidden = sd["item_embedding.weight"].shape
         layers = {int(m.group(1)) for k in sd if (m := re.match(r"trm_encoder\.layer\.(\d+)\.", k))}
         cfg = dict(n_items=int(n_items), hidden_size=int(hidden), num_layers=len(layers),
@@ -201,6 +229,7 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
                          "RecBole config (or --trust-pickle was not given): pass it, e.g. --set num_heads=2 "
                          "(RecBole's default n_heads)")
     model = build_model_class(cfg_cls, model_cls, cfg, overrides or {})   # e.g. --set num_heads=null: ValueError
+    check_shapes(model, sd, checkpoint)                 # load_state_dict's RuntimeError would be a raw traceback
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint does not match {model_cls.__name__}: missing {missing[:5]}, "

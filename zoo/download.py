@@ -49,8 +49,10 @@ def fetch(url: str, path: str, timeout_s: float = 30.0, progress: bool = True) -
                             "pass it with --from-zip") from None
 
 
-def extract(archive: str, source: Source, path: str) -> None:
-    """Write ``source.member`` of the zip ``archive`` to ``path`` (after ``source.header`` when it has none)."""
+def extract(archive: str, source: Source, path: str, label: str | None = None) -> None:
+    """Write ``source.member`` of the zip ``archive`` to ``path`` (after ``source.header`` when it has none); errors
+    name the archive as ``label`` (default: its path; a download's URL, not the deleted staging file)."""
+    archive_name = label or archive
     try:
         with zipfile.ZipFile(archive) as z, z.open(source.member) as member, open(path, "wb") as out:
             if source.header:
@@ -58,24 +60,30 @@ def extract(archive: str, source: Source, path: str) -> None:
             while chunk := member.read(1 << 20):
                 out.write(chunk)
     except KeyError:
-        raise DownloadError(f"{archive}: no {source.member} in the archive (is it {source.url}?)") from None
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DownloadError(f"{archive}: not a readable zip archive ({e})") from None
+        raise DownloadError(f"{archive_name}: no {source.member} in the archive (is it {source.url}?)") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:       # EOFError, zlib errors: a truncated member
+        raise DownloadError(f"{archive_name}: not a readable zip archive ({str(e).replace(archive, archive_name)})"
+                            ) from None
 
 
-def check(path: str, name: str) -> None:
-    """:class:`DownloadError` unless the file ``path`` loads as benchmark ``name``'s (:data:`SOURCES`)."""
+def check(path: str, name: str, label: str | None = None) -> None:
+    """:class:`DownloadError` unless the file ``path`` loads as benchmark ``name``'s (:data:`SOURCES`); errors name it
+    as ``label`` (default: ``path``; a staged file by the archive member it came from)."""
     from .data import load_dataset
 
     source = SOURCES[name]
     want, _, title = BENCHMARKS[source.benchmark]
+    shown = label or path
     try:
         ds = load_dataset(path, kcore=source.kcore)
     except ValueError as e:
-        raise DownloadError(f"{path} is not {title}: it does not read as an interaction file ({e})") from None
+        raise DownloadError(f"{shown} is not {title}: it does not read as an interaction file "
+                            f"({str(e).replace(path, shown)})") from None
+    except OSError as e:                                        # a folder there, no permission, ...
+        raise DownloadError(f"{shown}: cannot read it ({e.strerror or e})") from None
     if recognise_benchmark(ds) != source.benchmark:
         got = (ds.n_users, ds.n_items, ds.n_interactions)
-        raise DownloadError(f"{path} is not {title}: it loads as {got[0]:,} users, {got[1]:,} items, "
+        raise DownloadError(f"{shown} is not {title}: it loads as {got[0]:,} users, {got[1]:,} items, "
                             f"{got[2]:,} interactions (k-core {source.kcore}), expected {want[0]:,} / {want[1]:,} / "
                             f"{want[2]:,}")
 
@@ -91,6 +99,8 @@ def download(name: str, folder: str, from_zip: str | None = None, overwrite: boo
         raise DownloadError(f"unknown benchmark {name!r}; downloadable: {sorted(SOURCES)}")
     source = SOURCES[name]
     path = os.path.join(folder, source.filename)
+    if os.path.isdir(path):                                     # neither checked nor replaced by a file
+        raise DownloadError(f"{path} is a folder, not the interaction file: move it away first")
     if os.path.exists(path) and not overwrite:
         try:
             check(path, name)
@@ -104,9 +114,13 @@ def download(name: str, folder: str, from_zip: str | None = None, overwrite: boo
                 archive = os.path.join(tmp, os.path.basename(source.url))
                 fetch(source.url, archive, progress=progress)
             staged = os.path.join(tmp, source.filename)
-            extract(archive, source, staged)
-            check(staged, name)
-            os.replace(staged, path)
+            shown = from_zip or source.url                      # not the staging path, deleted when this fails
+            extract(archive, source, staged, shown)
+            check(staged, name, f"{source.member} of {shown}")
+            try:
+                os.replace(staged, path)
+            except OSError as e:
+                raise DownloadError(f"{path}: cannot write it ({e.strerror or e})") from None
     return path, True
 
 

@@ -545,6 +545,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     check_outputs({"--out": out_dir}, folders=True)            # a file there, or a place that cannot be written
     if history == "train_log.json":
         check_finished(run_dir)                                 # an interrupted run: not its best checkpoint yet
+    check_card_vocabulary(run_dir)                              # before any measuring: a card ships item_vocab.json
     in_place = os.path.isdir(out_dir) and os.path.samefile(run_dir, out_dir)
     _check_same_protocol(out_dir, exclude_history)
     kept_notes = card_notes(out_dir) if keep_notes else ""     # refused (no markers) before any measuring
@@ -581,7 +582,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     intervals = bootstrap_interval(ranks, ks=(10,))
 
     def evaluate_command(masked: bool, source: str = f"--model {HUB_ORG}/{name}") -> str:
-        return f"python -m zoo.evaluate {source} --data {data_file}" + data_flags(data_options) + (
+        return f"python -m zoo.evaluate {source} --data {shlex.quote(data_file)}" + data_flags(data_options) + (
             " --unknown-items drop" if unknown_items == "drop" and source.startswith("--model") else "") + (
             " --exclude-history" if masked else "")
 
@@ -663,6 +664,23 @@ def check_finished(run_dir: str | os.PathLike) -> None:
            f"it holds no resume state ({RESUME_DIR}/) to continue from: train it again")
     raise ValueError(f"{run_dir} is an unfinished zoo.train run (interrupted: its train_log.json, with "
                      f"{len(log.get('epochs') or [])} epochs, has no {', '.join(missing)}): {how}")
+
+
+def check_card_vocabulary(run_dir: str | os.PathLike) -> None:
+    """``ValueError`` for a checkpoint saved without an item vocabulary (its config's ``item_vocab_file`` null, or
+    no ``item_vocab.json``): a card folder holds one (:data:`CARD_FILES`; its ids are what the card's model ranks)."""
+    path = os.path.join(run_dir, "config.json")
+    try:
+        recorded = json.loads(pathlib.Path(path).read_text()).get("item_vocab_file", "unrecorded")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise ValueError(cannot("the model config", path, e, "read")) from e
+    if recorded is None:
+        raise ValueError(f"{run_dir} was saved without an item vocabulary (config.json: item_vocab_file null): a card "
+                         "folder ships item_vocab.json; save the model after model.set_item_vocab(dataset.vocab)")
+    if not os.path.exists(os.path.join(run_dir, "item_vocab.json")):
+        raise ValueError(f"{run_dir}/item_vocab.json is missing" + (
+            "" if recorded == "unrecorded" else f" (config.json records item_vocab_file {recorded!r})")
+            + ": a card folder ships the run's item vocabulary")
 
 
 def run_data_options(log: dict) -> dict:

@@ -1068,6 +1068,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         kwargs.pop("output_loading_info", None)
         kwargs.setdefault("use_safetensors", True)
         weight_files = _weight_files(path)
+        _check_weight_names(cls, config, weight_files, path)     # before transformers' load report on another model's
         try:
             with _no_weight_bars():
                 model, info = super().from_pretrained(path, *model_args, config=config, output_loading_info=True,
@@ -1139,6 +1140,11 @@ def _check_model_type(path: str) -> None:
     try:
         with open(os.path.join(path, "config.json")) as f:
             model_type = json.load(f).get("model_type")
+    except FileNotFoundError:
+        if os.path.isdir(path):                 # not transformers' "Should have a `model_type` key" for no file at all
+            raise ValueError(f"{os.path.join(path, 'config.json')} is missing: {path} is not a saved zoo model "
+                             "folder (save_pretrained writes config.json next to the weights)") from None
+        return
     except (OSError, ValueError, AttributeError):
         return
     if model_type not in MODELS:
@@ -1148,6 +1154,29 @@ def _check_model_type(path: str) -> None:
 
 #: the weight files a save writes: one ``model.safetensors``, or shards and their index
 _WEIGHT_FILE = re.compile(r"model\.safetensors|model\.safetensors\.index\.json|model-\d+-of-\d+\.safetensors")
+
+
+def _check_weight_names(cls, config, files: list[str], path: str) -> None:
+    """``ValueError`` when the weight files hold tensors ``cls(config)`` has no parameter for: weights of another
+    architecture (e.g. a gru4rec config over SASRec weights), named by a few keys. Files whose header cannot be read,
+    or a model that cannot be built without memory, are left to the load's own checks."""
+    from safetensors import safe_open
+
+    try:
+        names: set[str] = set()
+        for f in files:
+            with safe_open(f, "pt") as h:
+                names.update(h.keys())
+        with torch.device("meta"):
+            expected = set(cls(config).state_dict())
+    except Exception:          # a corrupt file, a model that needs real tensors: the load reports it
+        return
+    unexpected = sorted(names - expected)
+    if unexpected:
+        missing = sorted(expected - names)
+        raise ValueError(f"weights in {path} are of another architecture than {cls.__name__}({config.model_type}): "
+                         f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}"
+                         + (f"; {len(missing)} missing, e.g. {missing[:3]}" if missing else ""))
 
 
 def _weight_files(path: str) -> list[str]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from typing import Callable, Sequence
@@ -56,7 +57,9 @@ def average_state_dicts(state_dicts: Sequence[dict]) -> dict:
 
 def check_ingredients(models: Sequence, names: Sequence[str]) -> list[str]:
     """``ValueError`` naming the first checkpoint that cannot be averaged with the first one: another model type,
-    other weight names or shapes, another item vocabulary. Returns notes on config fields that differ (dropout, say),
+    other weight names or shapes, another item vocabulary, another value of a config field that changes what the
+    weights compute (any but :data:`TRAINING_ONLY_FIELDS` and :data:`BOOKKEEPING_FIELDS`). Returns notes on the
+    training-only fields that differ (dropout, say),
     which the soup takes from the first checkpoint (it scores every ingredient and writes the soup with that config)."""
     ref, ref_name = models[0], names[0]
     ref_sd = ref.state_dict()
@@ -78,9 +81,26 @@ def check_ingredients(models: Sequence, names: Sequence[str]) -> list[str]:
                              "mean the same items")
         a, b = ref.config.to_dict(), m.config.to_dict()
         for k in sorted(set(a) | set(b)):
-            if k not in ("_name_or_path", "transformers_version", "architectures") and a.get(k) != b.get(k):
-                notes.append(f"{name}: {k} = {b.get(k)!r} ({ref_name}: {a.get(k)!r}); the soup keeps {a.get(k)!r}")
+            if k in BOOKKEEPING_FIELDS or a.get(k) == b.get(k):
+                continue
+            if k not in TRAINING_ONLY_FIELDS:       # the same weights compute another function under it
+                raise ValueError(f"{name} and {ref_name} differ in config field {k} ({b.get(k)!r} against "
+                                 f"{a.get(k)!r}): it changes what the weights compute, so they cannot be averaged")
+            notes.append(f"{name}: {k} = {b.get(k)!r} ({ref_name}: {a.get(k)!r}); the soup keeps {a.get(k)!r}")
     return notes
+
+
+#: config fields that do not describe the model (transformers' and the zoo's bookkeeping): ignored by a soup
+BOOKKEEPING_FIELDS = frozenset({
+    "_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype", "output_attentions",
+    "output_hidden_states", "return_dict", "id2label", "label2id", "problem_type", "chunk_size_feed_forward",
+    "is_encoder_decoder", "item_vocab_file"})
+#: config fields that act only in training or at initialisation (dropouts, masking, init ranges): ingredients may
+#: differ in them (noted; the soup keeps the first's). Any other difference is refused.
+TRAINING_ONLY_FIELDS = frozenset({
+    "hidden_dropout", "attn_dropout", "dropout_prob", "time_dropout_prob", "initializer_range",
+    "initializer_cutoff", "A_init_range", "dt_min", "dt_max", "dt_init_floor", "mamba_init", "kaiming_init",
+    "mask_ratio", "ft_ratio", "ft_prefix_sampling", "append_last_label"})
 
 
 def soup_lineage(folders: Sequence[str | os.PathLike]) -> tuple[list[dict], list[dict], list[list[int]]]:
@@ -228,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
            "data": os.path.abspath(a.data), "data_options": load_options(a.kcore, a.time_ties, a.columns),
            "protocol": "lrurec (history excluded)" if a.exclude_history else "recbole",
            "config_notes": notes, "vocab": vocab_note,
-           "command": "python -m zoo.soup " + " ".join(sys.argv[1:] if argv is None else argv),
+           "command": "python -m zoo.soup " + shlex.join(sys.argv[1:] if argv is None else argv),
            "environment": environment(), "n_parameters": sum(p.numel() for p in model.parameters()),
            **{k: trained[k] for k in ("window_stride", "loss_weighting", "loss") if k in trained},
            "soup_minutes": (time.perf_counter() - started) / 60,

@@ -1033,7 +1033,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         overrides.update(given)
     except ValueError as e:
         p.error(str(e))
-    command = "python -m zoo.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    import shlex                                            # the recorded command re-runs as given (quoted)
+
+    command = "python -m zoo.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         return train(args.model, args.data, args.out, epochs=args.epochs, patience=args.patience, seed=args.seed,
                      max_len=args.max_len, config_overrides=overrides, optimizer=args.optimizer, lr=args.lr,

@@ -341,6 +341,8 @@ def test_card_says_why_a_checkpoint_misses_its_reference():
     finished = {"stopped": "max epochs", "epochs": [{}] * 42, "train": {"lr_schedule": "linear"}}
     assert "complete 42-epoch run" in hub._below_reference_note(finished)
     assert "not yet trained to convergence" not in hub._below_reference_note(finished)
+    # a Trainer run that took its max_steps (zoo.hf_trainer.save_run's "max steps") decayed over them too
+    assert "complete 42-epoch run" in hub._below_reference_note({**finished, "stopped": "max steps"})
     # --decay-over budget: the decay ends at the time budget, so a run stopped by that budget finished it too
     paced = {"stopped": "time budget of 135.0 minutes reached", "epochs": [{}] * 233,
              "train": {"lr_schedule": "linear", "decay_over": "time budget of 135.0 minutes"}}

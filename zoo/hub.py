@@ -277,8 +277,8 @@ def _below_reference_note(train_log: dict, below: list[str] | tuple = (), met: l
     from .train import TIME_BUDGET
 
     stopped = str(train_log.get("stopped", ""))
-    # the decay ran its course: to the last epoch, or (--decay-over budget) to the time budget that stopped the run
-    decayed = schedule != "constant" and (stopped == "max epochs" or (
+    # the decay ran its course: to the last epoch (a Trainer run's: its max_steps), or (--decay-over budget) to the time budget that stopped the run
+    decayed = schedule != "constant" and (stopped in ("max epochs", "max steps") or (
         str(train.get("decay_over", "")).startswith(TIME_BUDGET) and stopped.startswith(TIME_BUDGET)))
     if decayed:
         return (f"**Below the reference numbers**{where} after a complete {len(train_log.get('epochs', []))}-epoch run whose "

@@ -1157,9 +1157,10 @@ _WEIGHT_FILE = re.compile(r"model\.safetensors|model\.safetensors\.index\.json|m
 
 
 def _check_weight_names(cls, config, files: list[str], path: str) -> None:
-    """``ValueError`` when the weight files hold tensors ``cls(config)`` has no parameter for: weights of another
-    architecture (e.g. a gru4rec config over SASRec weights), named by a few keys. Files whose header cannot be read,
-    or a model that cannot be built without memory, are left to the load's own checks."""
+    """``ValueError`` when the weight files hold tensors ``cls(config)`` has no parameter for (e.g. a gru4rec config
+    over SASRec weights), naming a few keys as the load's own check does, before transformers prints its load report.
+    Files whose header cannot be read, or a model that cannot be built without memory, are left to the load's own
+    checks."""
     from safetensors import safe_open
 
     try:
@@ -1172,11 +1173,11 @@ def _check_weight_names(cls, config, files: list[str], path: str) -> None:
     except Exception:          # a corrupt file, a model that needs real tensors: the load reports it
         return
     unexpected = sorted(names - expected)
-    if unexpected:
+    if unexpected:                  # the message of the load's own key check below, before transformers' report
         missing = sorted(expected - names)
-        raise ValueError(f"weights in {path} are of another architecture than {cls.__name__}({config.model_type}): "
-                         f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}"
-                         + (f"; {len(missing)} missing, e.g. {missing[:3]}" if missing else ""))
+        detail = "; ".join(f"{what}: {keys[:5]}" for what, keys in (("missing keys", missing),
+                                                                     ("unexpected keys", unexpected)) if keys)
+        raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): {detail}")
 
 
 def _weight_files(path: str) -> list[str]:

@@ -591,15 +591,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         ``1 .. n_items - 1``, naming ``what`` and the index."""
         if isinstance(indices, (str, bytes, Mapping)) or not hasattr(indices, "__iter__"):
             raise TypeError(f"{what} must be a sequence of internal item indices, got {type(indices).__name__}")
-        out = []
-        for x in indices:
-            v = int_id(x)
-            if v is None:
-                raise TypeError(f"{what}: item index {x!r} ({type(int_id_value(x)).__name__}) is not an int")
+        out = _int_list(indices, what)
+        for v in out:
             if not 1 <= v < self.config.n_items:
                 raise ValueError(f"{what} holds item index {v}, out of range 1..{self.config.n_items - 1} "
                                  f"(n_items={self.config.n_items}; 0 is padding, never recommended anyway)")
-            out.append(v)
         return out
 
     def encode_histories(self, histories: Sequence[Sequence[Any]]) -> list[list[int]]:
@@ -1225,9 +1221,9 @@ def _check_sequence(x: Any, what: str, expected: str) -> None:
 
 
 def _int_list(h: Any, where: str) -> list[int]:
-    """A history of internal indices as a list of Python ints (integer tensors / numpy arrays, and numpy / torch
-    integer scalars, accepted); a float or a bool is a ``TypeError`` naming ``where`` and the id (the check of
-    :meth:`SeqRecPreTrainedModel._encode_ids`)."""
+    """Internal indices (a history, :meth:`SeqRecPreTrainedModel.predict`'s ``exclude_items``) as a list of Python
+    ints (integer tensors / numpy arrays, and numpy / torch integer scalars, accepted); a float, a bool or a string
+    is a ``TypeError`` naming ``where`` and the id (the check of :meth:`SeqRecPreTrainedModel._encode_ids`)."""
     if isinstance(h, torch.Tensor) and not (h.is_floating_point() or h.is_complex() or h.dtype == torch.bool):
         return h.tolist()
     if getattr(getattr(h, "dtype", None), "kind", None) in ("i", "u"):               # numpy integer array

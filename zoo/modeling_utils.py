@@ -362,9 +362,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             self._refuse_timestamps()
         return ids, mask, ts
 
-    def _refuse_timestamps(self) -> None:
-        """The error for timestamps given to a model that reads none (as :meth:`recommend` refuses them)."""
-        raise ValueError(f"{type(self).__name__} does not use timestamps; call it without timestamps "
+    def _refuse_timestamps(self, call: str = "it") -> None:
+        """The error for timestamps given to a model that reads none (forward, step, recommend, ...)."""
+        raise ValueError(f"{type(self).__name__} does not use timestamps; call {call} without timestamps "
                          "(timestamps=None)")
 
     def check_timestamps(self, timestamps: Any, mask: torch.Tensor) -> torch.Tensor:
@@ -739,7 +739,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         if len(histories) == 0:
             raise ValueError("no histories given")
         if timestamps is not None and not self.uses_timestamps:
-            raise ValueError(f"{type(self).__name__} does not use timestamps; call {caller}() without timestamps")
+            self._refuse_timestamps(f"{caller}()")
         if self.uses_timestamps and timestamps is None:
             raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps=[[...], ...]")
         if timestamps is not None:

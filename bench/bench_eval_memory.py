@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import card_config, command_line, fresh_run, reset_peak_rss, status_kb, write_table  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 
 CARD = "mamba4rec-ml1m"
 WHAT = ("evaluate", "rank", "whole")
@@ -77,10 +78,10 @@ def measure(what: str, n_items: int, batch: int, seq_len: int) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--catalogues", type=int, nargs="+", default=[3417, 100_001, 1_000_001],
+    p.add_argument("--catalogues", type=positive_int, nargs="+", default=[3417, 100_001, 1_000_001],
                    help="item table rows (padding included)")
-    p.add_argument("--batch", type=int, default=256, help="users per batch (evaluate_model's batch_size)")
-    p.add_argument("--seq-len", type=int, default=50, help="items per history")
+    p.add_argument("--batch", type=positive_int, default=256, help="users per batch (evaluate_model's batch_size)")
+    p.add_argument("--seq-len", type=positive_int, default=50, help="items per history")
     p.add_argument("--markdown", help="also write the table to this file")
     p.add_argument("--measure", nargs=2, metavar=("WHAT", "ITEMS"), help=argparse.SUPPRESS)   # the per-row process
     a = p.parse_args(argv)
@@ -92,9 +93,9 @@ def main(argv=None):
     lines = [f"Produced by `{command_line('bench/bench_eval_memory.py', argv)}` ({time.strftime('%Y-%m-%d')}, cpu, "
              f"one thread; torch {torch.__version__}, {platform.processor() or platform.machine()}): one batch of "
              f"{a.batch} users ({a.seq_len}-item histories), each row in a fresh interpreter, best of 2.", "",
-             "| catalogue (item rows) | scores [batch, catalogue] (MB) | evaluate_model: ms per user | "
-             "evaluate_model: peak memory (MB) | rank count, by row chunks: ms / peak MB | "
-             "rank count, whole matrix: ms / peak MB |",
+             "| catalogue (item rows) | scores [batch, catalogue] (MiB) | evaluate_model: ms per user | "
+             "evaluate_model: peak memory (MiB) | rank count, by row chunks: ms / peak MiB | "
+             "rank count, whole matrix: ms / peak MiB |",
              "|---|---|---|---|---|---|"]
     for n_items in a.catalogues:
         r = {}

@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402,F401
-from benchutil import command_line  # noqa: E402
+from benchutil import command_line, positive_float, write_markdown  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 from bench_step_latency import MEDIANS, fmt_lat, timeit  # noqa: E402
 from export.onnx import export_model  # noqa: E402
 from export.runtime import OnnxStepSession  # noqa: E402
@@ -85,9 +86,9 @@ def markdown(rows) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--items", type=int, nargs="+", default=[3417, 18358, 100001])
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 256])
-    p.add_argument("--min-time", type=float, default=0.5)
+    p.add_argument("--items", type=positive_int, nargs="+", default=[3417, 18358, 100001])
+    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 256])
+    p.add_argument("--min-time", type=positive_float, default=0.5)
     p.add_argument("--markdown", default=None)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -100,16 +101,14 @@ def main(argv=None):
 
         env = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs (1 thread), torch "
                f"{torch.__version__}, onnxruntime {ort.__version__}")
-        with open(args.markdown, "w") as f:
-            f.write("# `--exclude-seen`: cost of the `seen` state in a step graph (CPU)\n\n")
-            f.write(f"Produced by `OMP_NUM_THREADS=1 {command_line('bench/bench_exclude_seen.py', argv)}` "
-                    f"({time.strftime('%Y-%m-%d')}, {env}; "
-                    f"{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} at the end). "
-                    f"One `T = 1` event per row after priming with {L} items, the ONNX step graph alone "
-                    "(`raw_run`), top-10 in the graph; best of N calls in process CPU time; the two graphs of a row timed "
-                    f"in {ROUNDS} alternating rounds (best round; lowest round median).\n\n")
-            f.write(md)
-        print(f"wrote {args.markdown}")
+        write_markdown(args.markdown,
+                       "# `--exclude-seen`: cost of the `seen` state in a step graph (CPU)\n\n"
+                       f"Produced by `OMP_NUM_THREADS=1 {command_line('bench/bench_exclude_seen.py', argv)}` "
+                       f"({time.strftime('%Y-%m-%d')}, {env}; "
+                       f"{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} at the end). "
+                       f"One `T = 1` event per row after priming with {L} items, the ONNX step graph alone "
+                       "(`raw_run`), top-10 in the graph; best of N calls in process CPU time; the two graphs of a row "
+                       f"timed in {ROUNDS} alternating rounds (best round; lowest round median).\n\n" + md)
 
 
 if __name__ == "__main__":

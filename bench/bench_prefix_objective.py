@@ -28,8 +28,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.benchutil import command_line, write_markdown  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 from zoo.models.tim4rec import TiM4RecConfig, TiM4RecModel  # noqa: E402
 
+TITLE = "TiM4Rec prefix objective: batch-wide hidden path vs every prefix padded to the window"
 CONFIGS = {
     "beauty": (dict(n_items=12102, max_seq_length=50, dropout_prob=0.4, time_dropout_prob=0.0, norm_eps=1e-5,
                     p2p_residual=True, kaiming_init=False), 64, (5, 10, 25, 50)),
@@ -67,11 +70,13 @@ def step_seconds(models, ids, mask, ts, labels, repeats) -> list[float]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--markdown", help="also write the table to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    lines = [(f"TiM4Rec prefix objective, one training step (forward + backward), best of {args.repeats} after a "
+    lines = [f"Produced by `{command_line('bench/bench_prefix_objective.py', argv)}` ({time.strftime('%Y-%m-%d')}).",
+             "",
+             (f"TiM4Rec prefix objective, one training step (forward + backward), best of {args.repeats} after a "
               f"warm-up step, the two columns alternating, one "
               f"thread; torch {torch.__version__}, {platform.processor() or platform.machine()}"), "",
              ("| config | M | windows B | items per window n | prefixes | padded to M (s) | batch width (s) | "
@@ -101,9 +106,7 @@ def main(argv=None):
             lines.append(row)
             print(row, flush=True)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        print(f"wrote {args.markdown}")
+        write_markdown(args.markdown, f"# {TITLE}\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ Columns, one thread, best of ``--repeats`` after a warm-up, the losses alternati
   table whatever the loss: sampled softmax alone does not make this part cheaper, and on a large catalogue it becomes
   the cost left. With the sparse gradient only the rows the batch read are updated;
 * the step's total per target (ms), and its ratio to the full cross-entropy's on the same catalogue;
-* the memory one forward + backward adds (MB): the growth of the peak resident set in a fresh interpreter (Linux;
+* the memory one forward + backward adds (MiB): the growth of the peak resident set in a fresh interpreter (Linux;
   approximate, what the allocator keeps counts). The full cross-entropy's logits alone are ``targets x catalogue x 4``
   bytes, and their gradient as much again.
 """
@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import card_config, command_line, fresh_run, reset_peak_rss, status_kb, write_table  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 
 CARD = "mamba4rec-ml1m"
 
@@ -82,7 +83,7 @@ def forward_backward(model, inputs, neg_sampler) -> None:
 
 
 def step_memory_mb(n_items: int, negatives: int | None, sparse: bool, n_windows: int, seq_len: int) -> float:
-    """MB one forward + backward adds to the process: peak resident set growth (Linux)."""
+    """MiB one forward + backward adds to the process: peak resident set growth (Linux)."""
     model, inputs, s = build(n_items), batch(n_items, n_windows, seq_len), sampler(n_items, negatives)
     optimizer(model, sparse)
     before = reset_peak_rss()
@@ -97,12 +98,12 @@ def ratio(x: float) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--catalogues", type=int, nargs="+", default=[3417, 100_001, 1_000_001],
+    p.add_argument("--catalogues", type=positive_int, nargs="+", default=[3417, 100_001, 1_000_001],
                    help="item table rows (padding included)")
-    p.add_argument("--negatives", type=int, nargs="+", default=[256, 1024], help="sampled-softmax rows")
-    p.add_argument("--batch", type=int, default=8, help="windows per step")
-    p.add_argument("--seq-len", type=int, default=50, help="items per window (every one a target)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--negatives", type=positive_int, nargs="+", default=[256, 1024], help="sampled-softmax rows")
+    p.add_argument("--batch", type=positive_int, default=8, help="windows per step")
+    p.add_argument("--seq-len", type=positive_int, default=50, help="items per window (every one a target)")
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--markdown", help="also write the table to this file")
     p.add_argument("--memory-of", type=int, nargs=3, metavar=("ITEMS", "NEGATIVES", "SPARSE"),
                    help=argparse.SUPPRESS)                           # the per-row subprocess (0 = full CE; 1 = sparse)
@@ -121,7 +122,7 @@ def main(argv=None):
              f"({targets:,} targets), best of {a.repeats} after a warm-up, the losses alternating.", "",
              "| catalogue (item rows) | loss | item gradient, optimizer | forward + backward (ms) | "
              "optimizer step (ms) | ms per target | "
-             "step vs full CE | memory added by forward + backward (MB) | full-CE logits (MB) |",
+             "step vs full CE | memory added by forward + backward (MiB) | full-CE logits (MiB) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for n_items in a.catalogues:
         rows = []

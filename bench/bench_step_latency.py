@@ -24,6 +24,8 @@ Calls are timed in process CPU time by default (the benchmark machine is shared;
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import io
 import os
 import platform
 import statistics
@@ -37,7 +39,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402,F401
-from benchutil import command_line  # noqa: E402
+from benchutil import command_line, positive_float, write_markdown  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 from export.onnx import export_model  # noqa: E402
 from export.runtime import OnnxStepSession  # noqa: E402
 from zoo.models.lrurec import LRURecConfig, LRURecModel  # noqa: E402
@@ -80,7 +83,7 @@ def bench(lengths, batches, min_time, log):
     torch.manual_seed(0)
     n_items = 3417
     results = {}  # (method, L, B) -> seconds per call
-    scaled = set()  # cells timed on a sub-batch and scaled to B
+    scaled = {}  # cells timed on a sub-batch and scaled to B: the rows timed
     step_models = {"Mamba4Rec": Mamba4RecModel(Mamba4RecConfig(n_items=n_items)).eval(),
                    "LRURec": LRURecModel(LRURecConfig(n_items=n_items)).eval()}
     tmp = tempfile.mkdtemp(prefix="bench_onnx_")
@@ -133,7 +136,7 @@ def bench(lengths, batches, min_time, log):
                 results[key] = t * B / sub
                 MEDIANS[key] *= B / sub
                 if sub < B:
-                    scaled.add((f"torch re-encode {name}", L, B))
+                    scaled[key] = sub
             log(f"L={L:5d} B={B:4d}: " + ", ".join(f"{k[0]} {1e3 * v:.3f} ms (median {1e3 * MEDIANS[k]:.3f})"
                                                    for k, v in results.items() if k[1] == L and k[2] == B))
     return results, scaled
@@ -147,8 +150,8 @@ def fmt_lat(s: float) -> str:
     return f"{s * 1e6:,.0f} µs" if s < 1e-3 else (f"{s * 1e3:,.2f} ms" if s < 1 else f"{s:,.2f} s")
 
 
-def markdown(results, lengths, batches, scaled=()) -> str:
-    out = []
+def markdown(results, lengths, batches, scaled=None) -> str:
+    out, scaled = [], scaled or {}
     for B in batches:
         out.append(f"**B = {B}** (one new event per row per call; per-event latency = one call, throughput = "
                    f"{B} / latency)\n")
@@ -175,8 +178,10 @@ def markdown(results, lengths, batches, scaled=()) -> str:
         out.append("| *same ratio from medians instead of best-of-N* | " + " | ".join(med) + " |")
         out.append("")
     if scaled:
-        out.append("† timed on a sub-batch (up to 16 rows for SASRec at L = 200, 1 row at L = 2,000; Mamba4Rec 64 / 6 rows) "
-                   "and scaled linearly to B (one call would take minutes on one core).\n")
+        subs = "; ".join(f"{m.removeprefix('torch re-encode ')} at L = {L:,}, B = {B}: {n} row{'s' * (n > 1)}"
+                         for (m, L, B), n in scaled.items())
+        out.append(f"† timed on a sub-batch ({subs}) and scaled linearly to B (one call would take minutes on one "
+                   "core).\n")
     return "\n".join(out)
 
 
@@ -192,7 +197,7 @@ def mermaid(results, lengths, B) -> str:
             continue
         lines.append("  line [" + ", ".join(f"{np.log10(v * 1e6):.2f}" for v in vals) + "]")
     lines.append("```")
-    legend = "Lines, top to bottom at L = 2000: " + ", ".join(
+    legend = f"Lines, top to bottom at L = {lengths[-1]}: " + ", ".join(
         sorted((m for m in METHODS if (m, lengths[-1], B) in results), key=lambda m: -results[(m, lengths[-1], B)]))
     return "\n".join(lines) + "\n\n" + legend + "\n"
 
@@ -228,20 +233,22 @@ def plot(results, lengths, batches, path: str) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lengths", type=int, nargs="+", default=[50, 200, 2000])
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 256])
-    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per cell (at least)")
+    p.add_argument("--lengths", type=positive_int, nargs="+", default=[50, 200, 2000])
+    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 256])
+    p.add_argument("--min-time", type=positive_float, default=0.5, help="seconds of timed calls per cell (at least)")
     p.add_argument("--wall", action="store_true", help="time wall-clock instead of process CPU time")
     p.add_argument("--markdown", default=None, help="also write the tables (and a mermaid plot) to this file")
     p.add_argument("--plot", default=None, help="also draw the latencies into this PNG (needs matplotlib)")
-    p.add_argument("--rounds", type=int, default=1,
+    p.add_argument("--rounds", type=positive_int, default=1,
                    help="repeat the whole sweep; each cell reports its best round (robust to bursts of load)")
     args = p.parse_args(argv)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:     # said before the sweep, not after it
+        p.error("--plot needs matplotlib (pip install -e '.[bench]')")
     global CLOCK
     if args.wall:
         CLOCK = time.perf_counter
     t0 = time.perf_counter()
-    res, scaled, medians = {}, set(), {}
+    res, scaled, medians = {}, {}, {}
     for r in range(args.rounds):          # whole sweeps, one after another: a burst of load hits one round's cell
         if args.rounds > 1:
             print(f"--- round {r + 1} of {args.rounds}", flush=True)
@@ -263,21 +270,21 @@ def main(argv=None):
     print()
     print(md)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write("# Stepwise inference vs re-encoding: per-event latency on CPU\n\n")
-            f.write(f"Produced by `OMP_NUM_THREADS=1 {command_line('bench/bench_step_latency.py', argv)}` "
-                    f"({time.strftime('%Y-%m-%d')}, {env}; {time.perf_counter() - t0:.0f} s).\n")
-            f.write("ML-1M default configs (n_items 3,417, hidden 64; Mamba4Rec 1 layer, d_state 32; LRURec 2 layers; "
-                    "SASRec 2 layers, window = L), random weights, top-10 included in every method. "
-                    f"Best of N repeated calls (as the timeit docs recommend: slower repeats are interference), "
-                    f"best of {args.rounds} whole sweep(s) per cell (medians: the lowest round median), timed as "
-                    f"{'wall-clock' if args.wall else 'process CPU'} time "
-                    "(single-threaded, so CPU time = the latency on an otherwise idle core; load average "
-                    f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end). "
-                    "Cell = per-event latency · throughput (events/s per core).\n\n")
-            f.write(md + "\n")
-            f.write(mermaid(res, args.lengths, args.batches[0]) + "\n")
-        print(f"wrote {args.markdown}")
+        f = io.StringIO()
+        f.write("# Stepwise inference vs re-encoding: per-event latency on CPU\n\n")
+        f.write(f"Produced by `OMP_NUM_THREADS=1 {command_line('bench/bench_step_latency.py', argv)}` "
+                f"({time.strftime('%Y-%m-%d')}, {env}; {time.perf_counter() - t0:.0f} s).\n")
+        f.write("ML-1M default configs (n_items 3,417, hidden 64; Mamba4Rec 1 layer, d_state 32; LRURec 2 layers; "
+                "SASRec 2 layers, window = L), random weights, top-10 included in every method. "
+                f"Best of N repeated calls (as the timeit docs recommend: slower repeats are interference), "
+                f"best of {args.rounds} whole sweep(s) per cell (medians: the lowest round median), timed as "
+                f"{'wall-clock' if args.wall else 'process CPU'} time "
+                "(single-threaded, so CPU time = the latency on an otherwise idle core; load average "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end). "
+                "Cell = per-event latency · throughput (events/s per core).\n\n")
+        f.write(md + "\n")
+        f.write(mermaid(res, args.lengths, args.batches[0]) + "\n")
+        write_markdown(args.markdown, f.getvalue())
     if args.plot:
         plot(res, args.lengths, args.batches, args.plot)
         print(f"wrote {args.plot}")

@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import card_config, command_line, fresh_run, reset_peak_rss, status_kb, write_table  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 
 #: model type -> the card whose config it trains with (None: the model's defaults with ML-1M's item rows)
 MODELS = {"mamba4rec": "mamba4rec-ml1m", "lrurec": "lrurec-ml1m", "gru4rec": "gru4rec-ml1m", "sasrec": "sasrec-ml1m",
@@ -58,6 +59,10 @@ def build(model_type: str, seq_len: int):
     return model_cls(cfg_cls(**fields)).train(), source
 
 
+#: the seed every timed step runs under (BERT4Rec's masks, dropout): each repeat does the same work
+STEP_SEED = 2
+
+
 def inputs(model, batch: int, seq_len: int, prefixes: int, device):
     """``(ids, mask, timestamps or None, labels, supervised targets)`` of one training batch for ``model``."""
     from zoo.models.tim4rec import WindowRecomputeMixin
@@ -71,12 +76,16 @@ def inputs(model, batch: int, seq_len: int, prefixes: int, device):
     ts = None
     if model.uses_timestamps:
         ts = 1e9 + torch.cumsum(torch.randint(1, 86_400, (batch, seq_len), generator=g).double(), 1)
-    if model.config.model_type == "bert4rec":
-        targets = round(batch * (seq_len + 1) * model.config.mask_ratio)   # masked positions, in expectation
+    move = (lambda t: None if t is None else t.to(device))
+    ids, mask, ts, labels = move(ids), move(mask), move(ts), move(labels)
+    if model.config.model_type == "bert4rec":           # the positions its timed step predicts (masks of STEP_SEED)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(STEP_SEED)
+            seq, seq_mask = model.training_sequence(ids, mask, labels)
+            targets = int((model.mask_items(seq, seq_mask)[1] > 0).sum())
     else:
         targets = int((labels > 0).sum())
-    move = (lambda t: None if t is None else t.to(device))
-    return move(ids), move(mask), move(ts), move(labels), targets
+    return ids, mask, ts, labels, targets
 
 
 def step(model, ids, mask, ts, labels) -> None:
@@ -85,7 +94,7 @@ def step(model, ids, mask, ts, labels) -> None:
 
 
 def peak_memory_mb(model_type: str, batch: int, seq_len: int, prefixes: int, device: str) -> float:
-    """MB the first training step adds to the process (CPU: peak resident set growth; CUDA: peak allocation)."""
+    """MiB the first training step adds to the process (CPU: peak resident set growth; CUDA: peak allocation)."""
     model, _ = build(model_type, seq_len)
     model.to(device)
     batch_in = inputs(model, batch, seq_len, prefixes, device)[:4]
@@ -103,10 +112,11 @@ def peak_memory_mb(model_type: str, batch: int, seq_len: int, prefixes: int, dev
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=8, help="windows per step")
-    p.add_argument("--seq-len", type=int, default=200, help="items per window")
-    p.add_argument("--prefixes", type=int, default=4, help="supervised positions per window of the prefix models")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=positive_int, default=8, help="windows per step")
+    p.add_argument("--seq-len", type=positive_int, default=200, help="items per window")
+    p.add_argument("--prefixes", type=positive_int, default=4,
+                   help="supervised positions per window of the prefix models")
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     p.add_argument("--markdown", help="also write the table to this file")
@@ -129,7 +139,7 @@ def main(argv=None):
         for r in rows:
             ids, mask, ts, labels, _ = r["batch"]
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(2)
+                torch.manual_seed(STEP_SEED)                # BERT4Rec draws the same masks every repeat
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t = time.perf_counter()
@@ -150,7 +160,7 @@ def main(argv=None):
              f"(forward + backward) on {a.batch} windows of {a.seq_len} items, best of {a.repeats} after a warm-up "
              "step, models alternating.", "",
              "| model | config | parameters | supervised targets per step | s per step | ms per target | "
-             f"per target vs {ref['model']} | memory added by a step (MB) |",
+             f"per target vs {ref['model']} | memory added by a step (MiB) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         targets = r["batch"][4]

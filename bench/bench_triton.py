@@ -32,7 +32,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchutil import command_line  # noqa: E402
+from benchutil import command_line, positive_float, write_markdown  # noqa: E402
+from zoo.cli import nonnegative_int, positive_int  # noqa: E402
 
 
 def _model(name):
@@ -102,14 +103,14 @@ def run_level(h, model_name, n_items, conc, args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="zoo model name/folder (default: random Mamba4Rec, ML-1M shape)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    p.add_argument("--events", type=int, default=1500, help="timed events per level (upper bound)")
-    p.add_argument("--max-seconds", type=float, default=30.0, help="wall-clock cap per level")
-    p.add_argument("--events-per-seq", type=int, default=20)
-    p.add_argument("--history", type=int, default=20, help="items in the priming request")
-    p.add_argument("--topk", type=int, default=10)
-    p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--queue-delay-us", type=int, default=500)
+    p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--events", type=positive_int, default=1500, help="timed events per level (upper bound)")
+    p.add_argument("--max-seconds", type=positive_float, default=30.0, help="wall-clock cap per level")
+    p.add_argument("--events-per-seq", type=positive_int, default=20)
+    p.add_argument("--history", type=positive_int, default=20, help="items in the priming request")
+    p.add_argument("--topk", type=positive_int, default=10)
+    p.add_argument("--max-batch-size", type=positive_int, default=64)
+    p.add_argument("--queue-delay-us", type=nonnegative_int, default=500)
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     p.add_argument("--out", help="write the markdown table here (e.g. bench/TRITON_RESULTS.md)")
     args = p.parse_args(argv)
@@ -178,7 +179,7 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     if args.out:
-        pathlib.Path(args.out).write_text(text)
+        write_markdown(args.out, text)
     return 0
 
 

@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import command_line, redis_server, redis_version, write_table  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 
 CARDS = ["mamba4rec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "tim4rec-causal-ml1m-u2999"]
 
@@ -93,14 +94,16 @@ def run(graph: str, store, users: int, events: int, batch: int, threads: int, se
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cards", nargs="+", default=CARDS)
-    p.add_argument("--users", type=int, default=512)
-    p.add_argument("--events", type=int, default=4096)
-    p.add_argument("--batch", type=int, nargs="+", default=[64, 256])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--users", type=positive_int, default=512)
+    p.add_argument("--events", type=positive_int, default=4096)
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[64, 256])
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--redis-url", help="a Redis server for the RedisStateStore rows (default: a redis-server "
                    "started on loopback for the run, when one is installed; else no Redis rows)")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
+    if max(args.batch) > args.users:        # round-robin: a call's events must be of distinct users
+        p.error(f"--batch {max(args.batch)} exceeds --users {args.users}: a call holds one event of each of its users")
     with redis_server(args.redis_url) as redis_url:
         _measure(args, argv, redis_url)
 

@@ -17,11 +17,27 @@ from collections.abc import Sequence
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from zoo.cli import positive_int, written_whole  # noqa: E402
+
 #: ML-1M as the bundled cards were measured on it: ``$ZOO_DATA_DIR``, else ``../shared/data`` beside the checkout
 ML1M_DATA = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(_ROOT, "..", "shared", "data")),
                          "ml-1m.5core.seq.gz")
 #: the bundled cards trained on it
 ML1M_CARDS = ["mamba4rec-ml1m", "sasrec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "bert4rec-ml1m"]
+
+
+def positive_float(value: str) -> float:
+    """A finite float > 0 (seconds, rates); anything else is a usage error."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
+    if not (0 < x < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
+    return x
 
 
 def command_line(script: str, argv: Sequence[str] | None = None) -> str:
@@ -80,13 +96,39 @@ def run_workers(script: str, args: Sequence[str], jobs: Sequence[dict]) -> list[
     return outs
 
 
+#: the line a results file's generated tables end with: what stands below it (the "Reading" written by hand after a
+#: run) is kept when the bench writes the file again
+KEEP = "<!-- written by hand below this line: kept when the bench rewrites what is above -->"
+
+
+def write_markdown(path: str, text: str) -> None:
+    """Write a bench's generated ``text`` to ``path``, followed by :data:`KEEP` and what stood below that line in the
+    file already (nothing is lost on a rerun of the recorded command). An existing file without the line (not one a
+    bench wrote) is kept as ``path.prev``, and said. The new file replaces the old one only once it is whole."""
+    tail, prev = "\n", None
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"error: --markdown {path}: cannot read the existing file ({e}); nothing written")
+        if KEEP in old:
+            tail = old.split(KEEP, 1)[1]
+        else:
+            prev = path + ".prev"
+    if prev:
+        shutil.copy2(path, prev)
+        print(f"{path} held no '{KEEP}' line: its old contents are kept as {prev}")
+    with written_whole(path) as f:
+        f.write(text.rstrip("\n") + "\n\n" + KEEP + tail)
+    print(f"wrote {path}")
+
+
 def write_table(lines: Sequence[str], title: str, markdown: str | None) -> None:
-    """Print a bench's table, and write it under ``# title`` to ``markdown`` when given."""
+    """Print a bench's table, and write it under ``# title`` to ``markdown`` when given (:func:`write_markdown`)."""
     print("\n".join(lines))
     if markdown:
-        with open(markdown, "w") as f:
-            f.write(f"# {title}\n\n" + "\n".join(lines) + "\n")
-        print(f"wrote {markdown}")
+        write_markdown(markdown, f"# {title}\n\n" + "\n".join(lines) + "\n")
 
 
 def cards_parser(description: str) -> argparse.ArgumentParser:
@@ -94,7 +136,7 @@ def cards_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--models", nargs="+", default=ML1M_CARDS, help="bundled ML-1M cards")
     p.add_argument("--data", default=ML1M_DATA)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--markdown", help="also write the tables to this file")
     return p
 

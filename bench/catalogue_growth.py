@@ -36,6 +36,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchutil import command_line, write_table  # noqa: E402
+from zoo.cli import nonnegative_int, positive_int  # noqa: E402
 
 RECIPE = ("--max-len 50 --set hidden_dropout=0.5 attn_dropout=0.5 --lr 1e-3 --batch-size 128 --loss-weighting target "
           "--epochs 200 --patience 5 --seed 2020")
@@ -119,8 +120,8 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="sasrec")
     p.add_argument("--train-args", default=RECIPE, help=f"zoo.train options shared by every run (default: {RECIPE})")
     p.add_argument("--old-kcore", default="5", help="--kcore of the old model's data (default 5)")
-    p.add_argument("--short-epochs", type=int, default=3, help="the short-budget twins' epochs (0: none)")
-    p.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--short-epochs", type=nonnegative_int, default=3, help="the short-budget twins' epochs (0: none)")
+    p.add_argument("--parallel", type=positive_int, default=2, help="runs at a time (one thread each)")
     p.add_argument("--rerun", action="store_true", help="train again runs whose folder holds a finished run")
     p.add_argument("--markdown", help="also write the table to this file")
     args = p.parse_args(argv)
@@ -161,9 +162,9 @@ def main(argv=None) -> None:
         curve = [e["valid_NDCG@10"] for e in log["epochs"]]
         early = " / ".join(f"{curve[i]:.4f}" if len(curve) > i else "–" for i in (0, 2))
         hr, nd = _means(r)
-        hr_new, nd_new = _means(r[new])
+        new_cell = "– (none)" if not new.any() else " / ".join(f"{m:.4f}" for m in _means(r[new]))
         lines.append(f"| `{name}` | {len(curve)} ({log['best_epoch']}) | {log['train_minutes']:.1f} | {early} | "
-                     f"{log['best_valid_NDCG10']:.4f} | {hr:.4f} | {nd:.4f} | {hr_new:.4f} / {nd_new:.4f} |")
+                     f"{log['best_valid_NDCG10']:.4f} | {hr:.4f} | {nd:.4f} | {new_cell} |")
     lines += ["", "Continued minus fresh, paired bootstrap over the test users (10,000 resamples, seed 0):", "",
               "| pair | users | HR@10 diff [95% interval] | NDCG@10 diff [95% interval] | p (NDCG@10) |",
               "|---|---|---|---|---|"]
@@ -171,6 +172,9 @@ def main(argv=None) -> None:
                                         if args.short_epochs else [])
     for a, b in pairs:
         for label, sel in (("all", slice(None)), ("new-item targets", new)):
+            if not np.asarray(ranks[a][1][sel]).size:           # no test target is a new item: no pair to compare
+                lines.append(f"| `{a}` − `{b}`, {label} | 0 | – | – | – |")
+                continue
             st = paired_bootstrap(ranks[b][1][sel], ranks[a][1][sel], ks=(10,), metrics=("HR", "NDCG"))
             hr, nd = st["HR@10"], st["NDCG@10"]
             lines.append(f"| `{a}` − `{b}`, {label} | {len(ranks[a][1][sel]):,} | {hr['diff']:+.4f} "

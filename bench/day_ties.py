@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import command_line, write_table  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
 ORDERS = ("file", "item")
@@ -64,12 +65,20 @@ def main(argv=None) -> dict:
     p.add_argument("--models", nargs="*", default=[], help="card or run folders; each is evaluated on its own data")
     p.add_argument("--labels", nargs="*", default=None, help="a table label per --models entry")
     p.add_argument("--kcore", default="auto", help="k-core filter of the data (zoo.evaluate's --kcore; default auto: 5)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--markdown", help="also write the tables to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.labels is not None and len(args.labels) != len(args.models):
         p.error("--labels needs one label per --models entry")
+    names = [os.path.basename(d) for d in args.data]
+    for m in args.models:                   # each model is evaluated on its own data: none here is an error
+        trained_on = model_data(m)
+        if trained_on is None:
+            p.error(f"--models {m}: says no data it was measured or trained on (no data_file in eval_results.json, "
+                    "no data in train_log.json)")
+        if trained_on not in names:
+            p.error(f"--models {m}: measured on {trained_on}, which is not among --data ({', '.join(names)})")
 
     import zoo  # noqa: F401
     from transformers import AutoModel

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gzip
+import io
 import os
 import sys
 import time
@@ -39,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import zoo  # noqa: E402,F401
-from benchutil import command_line  # noqa: E402
+from benchutil import command_line, write_markdown  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 from zoo.data.readers import read_interactions  # noqa: E402
 from zoo.data.split import TIME_TIES, EvalExamples, load_dataset  # noqa: E402
@@ -109,7 +110,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["mamba4rec-ml1m", "sasrec-ml1m", "gru4rec-ml1m", "lrurec-ml1m"],
                    help="bundled card names or model folders (e.g. training runs)")
-    p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "ml-1m.users0001-2999.inter.gz"))
+    p.add_argument("--data", default=os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared",
+                                                                                          "data")),
+                                                  "ml-1m.users0001-2999.inter.gz"),
+                   help="ML-1M ratings with real timestamps (default: $ZOO_DATA_DIR/ml-1m.users0001-2999.inter.gz)")
     p.add_argument("--markdown", default=None)
     p.add_argument("--stats-only", action="store_true", help="print the tie statistics and stop (no models)")
     p.add_argument("--write-seq", metavar="DIR", help="write the two orders as .seq files into DIR and stop")
@@ -146,14 +150,14 @@ def main(argv=None):
             print(row, flush=True)
     md = "\n".join(lines) + "\n"
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write("# ML-1M: the order of same-second ratings and the leave-one-out numbers\n\n")
-            f.write(f"Produced by `{command_line('bench/eval_tie_order.py', argv)}` "
-                    f"({time.strftime('%Y-%m-%d')}, {time.perf_counter() - t0:.0f} s) on "
-                    "`ml-1m.users0001-2999.inter.gz` (real timestamps, source order kept on ties): users 1-2999, "
-                    "leave-one-out (last item = test), full ranking; items outside a model's vocabulary dropped.\n\n")
-            f.write(md)
-        print(f"wrote {args.markdown}")
+        f = io.StringIO()
+        f.write("# ML-1M: the order of same-second ratings and the leave-one-out numbers\n\n")
+        f.write(f"Produced by `{command_line('bench/eval_tie_order.py', argv)}` "
+                f"({time.strftime('%Y-%m-%d')}, {time.perf_counter() - t0:.0f} s) on "
+                f"`{os.path.basename(args.data)}` (real timestamps, source order kept on ties): its users, "
+                "leave-one-out (last item = test), full ranking; items outside a model's vocabulary dropped.\n\n")
+        f.write(md)
+        write_markdown(args.markdown, f.getvalue())
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, write_table  # noqa: E402
+from bench.benchutil import command_line, positive_float, write_table  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 
 DATA = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data")), "ml-100k.inter.gz")
 METRICS = ("HR@10", "NDCG@10", "MRR@10")
@@ -39,6 +40,8 @@ def run_zoo_train(args, seed: int, out: str) -> dict:
     log = train_main(["--model", args.model, "--data", args.data, "--out", out, "--seed", str(seed),
                       "--max-len", str(args.max_len), "--epochs", str(args.epochs), "--patience", str(args.epochs),
                       "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-schedule", "linear",
+                      # the Trainer side's optimiser, whatever the model's preset (LRURec's is AdamW, decay, clipping)
+                      "--optimizer", "adam", "--weight-decay", "0", "--clip", "0",
                       "--set", "hidden_size=64", "--no-progress",
                       "--threads", str(args.threads)])
     return {"seconds": time.time() - t0, "best_epoch": log["best_epoch"], "valid": log["best_valid_NDCG10"],
@@ -78,12 +81,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=DATA)
     p.add_argument("--model", default="sasrec")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=positive_int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--max-len", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-len", type=positive_int, default=50)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--markdown")
     args = p.parse_args(argv)
     if not os.path.exists(args.data):

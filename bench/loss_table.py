@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchutil import command_line  # noqa: E402
+from benchutil import command_line, write_markdown  # noqa: E402
 
 COLUMNS = ("best valid NDCG@10", "test HR@10", "test NDCG@10", "test MRR@10", "epochs (best)", "s per epoch",
            "minutes")
@@ -92,9 +92,7 @@ def main(argv=None):
             f"{'masked' if any_log['protocol']['history_masked'] else 'not masked'}).")
     print(head + "\n\n" + "\n".join(lines))
     if a.markdown:
-        with open(a.markdown, "w") as f:
-            f.write(head + "\n\n" + "\n".join(lines) + "\n")
-        print(f"wrote {a.markdown}")
+        write_markdown(a.markdown, head + "\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

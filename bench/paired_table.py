@@ -31,7 +31,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zoo.cli import cannot, written_whole  # noqa: E402
+from zoo.cli import cannot, positive_int, written_whole  # noqa: E402
 from zoo.compare import compare, read_ranks  # noqa: E402
 from zoo.evaluate import main as evaluate_main  # noqa: E402
 from zoo.hub import data_flags, run_data_options  # noqa: E402
@@ -148,7 +148,7 @@ def main(argv=None) -> str:
     p.add_argument("--cards", default=os.path.join(root, "hub_cards"), help="folder of the card folders")
     p.add_argument("--pairs", nargs="+", type=parse_pair, default=[parse_pair(x) for x in DEFAULT_PAIRS])
     p.add_argument("--ranks-dir", help="keep the ranks files here (default: a temporary folder)")
-    p.add_argument("--bootstrap", type=int, default=10_000)
+    p.add_argument("--bootstrap", type=positive_int, default=10_000)
     p.add_argument("--update", metavar="README", help="replace the table between the paired-table markers")
     args = p.parse_args(argv)
     if args.bootstrap < 100:

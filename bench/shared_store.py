@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import command_line, redis_server, redis_version, run_workers, write_table  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 
 
 def make_store(spec: dict):
@@ -103,10 +104,11 @@ def run(graph: str, processes: int, events: int, users: list[list], spec: dict, 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--card", default="mamba4rec-ml1m")
-    p.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--events", type=int, default=1000, help="events per worker")
-    p.add_argument("--users", type=int, default=256, help="users of each worker, when each has its own")
-    p.add_argument("--hot-users", type=int, default=4, help="users all workers share, in the hot configuration")
+    p.add_argument("--processes", type=positive_int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--events", type=positive_int, default=1000, help="events per worker")
+    p.add_argument("--users", type=positive_int, default=256, help="users of each worker, when each has its own")
+    p.add_argument("--hot-users", type=positive_int, default=4,
+                   help="users all workers share, in the hot configuration")
     p.add_argument("--redis-url", help="a Redis server for the RedisStateStore rows (default: a redis-server "
                    "started on loopback for the run, when one is installed; else no Redis rows)")
     p.add_argument("--worker", nargs=2, metavar=("GRAPH", "START_AT"), help=argparse.SUPPRESS)

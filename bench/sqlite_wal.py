@@ -26,7 +26,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, run_workers, write_table  # noqa: E402
+from bench.benchutil import command_line, positive_float, run_workers, write_table  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 
 LIMITS = {"64 MiB (default)": 64 << 20, "None": None}
 
@@ -90,9 +91,9 @@ def run(graph: str, processes: int, seconds: float, n_users: int, limit, seed: i
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--card", default="mamba4rec-ml1m")
-    p.add_argument("--seconds", type=float, default=20.0, help="seconds of sustained load a configuration")
-    p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--users", type=int, default=256, help="users of each worker")
+    p.add_argument("--seconds", type=positive_float, default=20.0, help="seconds of sustained load a configuration")
+    p.add_argument("--processes", type=positive_int, nargs="+", default=[1, 2])
+    p.add_argument("--users", type=positive_int, default=256, help="users of each worker")
     p.add_argument("--worker", nargs=5, metavar=("GRAPH", "DB", "LIMIT", "START_AT", "SECONDS"), help=argparse.SUPPRESS)
     p.add_argument("--markdown")
     args = p.parse_args(argv)

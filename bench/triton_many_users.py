@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import command_line, write_table  # noqa: E402
+from zoo.cli import positive_int  # noqa: E402
 
 
 def run(client, users: int, events: int, batch: int, seed: int = 0) -> dict:
@@ -57,12 +58,14 @@ def run(client, users: int, events: int, batch: int, seed: int = 0) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--card", default="mamba4rec-ml1m")
-    p.add_argument("--users", type=int, default=256)
-    p.add_argument("--events", type=int, default=2048)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
+    p.add_argument("--users", type=positive_int, default=256)
+    p.add_argument("--events", type=positive_int, default=2048)
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8, 64])
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
+    if max(args.batch) > args.users:        # round-robin: a call's events must be of distinct users
+        p.error(f"--batch {max(args.batch)} exceeds --users {args.users}: a call holds one event of each of its users")
     from export import triton as T
     from export import triton_server as S
     from export.triton_client import ExplicitStateRecommender, TritonRecommender

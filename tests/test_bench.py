@@ -44,7 +44,7 @@ def test_step_latency_table_arithmetic(monkeypatch):
              "torch step LRURec": 2.5e-3, "torch re-encode SASRec": 5e-3, "torch re-encode Mamba4Rec": 1.5}
     results = {(m, L, B): t * L / 50 * B for m, t in times.items() for L in (50, 200) for B in (1, 4)}
     monkeypatch.setattr(b, "MEDIANS", {k: v * (3 if "SASRec" in k[0] else 2) for k, v in results.items()})
-    md = b.markdown(results, [50, 200], [1, 4], scaled={("torch re-encode Mamba4Rec", 200, 4)})
+    md = b.markdown(results, [50, 200], [1, 4], scaled={("torch re-encode Mamba4Rec", 200, 4): 2})
     first, second = md.split("**B = 4**")
     rows = _rows(first)
     assert rows["ORT step Mamba4Rec"] == ["100 µs · 10,000 ev/s", "400 µs · 2,500 ev/s"]
@@ -54,8 +54,12 @@ def test_step_latency_table_arithmetic(monkeypatch):
     assert rows["*same ratio from medians instead of best-of-N*"] == ["75× / 150×", "75× / 150×"]
     rows4 = _rows(second)
     assert rows4["ORT step LRURec"] == ["200 µs · 20,000 ev/s", "800 µs · 5,000 ev/s"]     # B rows per call
-    assert rows4["torch re-encode Mamba4Rec"][1] == "24.00 s · 0 ev/s †" and "† timed on a sub-batch" in second
-    assert _rows(b.markdown({}, [50], [1], set()))["ORT step Mamba4Rec"] == ["-"]          # a cell not timed
+    assert rows4["torch re-encode Mamba4Rec"][1] == "24.00 s · 0 ev/s †"
+    assert "† timed on a sub-batch (Mamba4Rec at L = 200, B = 4: 2 rows)" in second       # the rows it timed
+    assert _rows(b.markdown({}, [50], [1]))["ORT step Mamba4Rec"] == ["-"]                 # a cell not timed
+    legend = b.mermaid(results, [50, 200], 1).splitlines()[-1]                               # ordered at the last L
+    assert legend == ("Lines, top to bottom at L = 200: torch re-encode Mamba4Rec, torch re-encode SASRec, torch step "
+                      "LRURec, torch step Mamba4Rec, ORT step Mamba4Rec, ORT step LRURec")
 
 
 def test_step_latency_bench_runs(monkeypatch, tmp_path, capsys):
@@ -591,3 +595,151 @@ def test_emu_switch_bench_runs(monkeypatch, tmp_path):
         runs, fast, slow, ratio = rows[r]
         assert runs == ("0" if "start alone" in r else "8"), (r, rows[r])
         assert float(fast) > 0 and float(slow) > 0 and re.fullmatch(r"\d+\.\dx", ratio), (r, rows[r])
+
+
+def test_a_rerun_keeps_what_was_written_by_hand_below_the_tables(tmp_path, capsys):
+    """``--markdown`` of a file that exists: the tables above the keep line are replaced, the reading written by hand
+    below it stays; a file without the line (not written by a bench) is kept whole as ``.prev``."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from benchutil import KEEP, write_markdown, write_table
+
+    out = tmp_path / "r.md"
+    write_table(["| a | 1 |"], "T", str(out))
+    assert out.read_text() == f"# T\n\n| a | 1 |\n\n{KEEP}\n"
+    out.write_text(out.read_text() + "\nReading: a is one.\n")                  # the analysis, added by hand
+    write_table(["| a | 2 |"], "T", str(out))
+    assert out.read_text() == f"# T\n\n| a | 2 |\n\n{KEEP}\n\nReading: a is one.\n"
+    mine = tmp_path / "notes.md"
+    mine.write_text("my own notes\n")
+    write_markdown(str(mine), "# T\n")
+    assert (tmp_path / "notes.md.prev").read_text() == "my own notes\n" and mine.read_text() == f"# T\n\n{KEEP}\n"
+    assert "its old contents are kept as" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("bench_train_cost", ["--repeats", "0"]),
+    ("bench_sampled_softmax", ["--repeats", "0"]),
+    ("bench_prefix_objective", ["--repeats", "0"]),
+    ("bench_step_latency", ["--rounds", "0"]),
+    ("bench_step_latency", ["--min-time", "0"]),
+    ("emu_switch", ["--repeat", "0"]),
+    ("int8_graphs", ["--reps", "0"]),
+    ("bench_eval_memory", ["--batch", "-1"]),
+    ("sqlite_wal", ["--seconds", "nan"]),
+    ("bench_user_states", ["--users", "4", "--batch", "8"]),
+    ("triton_many_users", ["--users", "4", "--batch", "1", "8"]),
+])
+def test_a_count_that_cannot_be_measured_is_a_usage_error(monkeypatch, capsys, script, argv):
+    """Zero repeats (inf/nan tables, or a crash after the work), a negative size, a batch of more users than there are
+    (one call would hold a user twice): refused before anything runs, naming the option."""
+    b = _bench(script, monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        b.main(argv)
+    assert e.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+def test_selective_scan_bench_refuses_zero_repeats(monkeypatch, capsys):
+    b = _bench("bench_selective_scan_cpu", monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["bench_selective_scan_cpu.py", "--repeat", "0"])
+    with pytest.raises(SystemExit) as e:
+        b.main()
+    assert e.value.code == 2 and "--repeat" in capsys.readouterr().err
+
+
+def test_day_ties_refuses_a_model_it_cannot_place(monkeypatch, tmp_path, capsys):
+    """A ``--models`` folder that says no data, or data not among ``--data``, was dropped from the table silently."""
+    b = _bench("day_ties", monkeypatch)
+    (tmp_path / "none").mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "train_log.json").write_text(json.dumps({"data": "/x/sports.inter.gz"}))
+    for folder, says in ((tmp_path / "none", "says no data"), (other, "measured on sports.inter.gz")):
+        with pytest.raises(SystemExit) as e:
+            b.main(["--data", "beauty.inter.gz", "--models", str(folder)])
+        assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_hf_trainer_bench_gives_zoo_train_the_trainers_optimiser(monkeypatch):
+    """The side-by-side claims Adam, no weight decay, no clipping for both loops: ``zoo.train`` is told so, whatever
+    the model's preset (LRURec's is AdamW with weight decay and clipping)."""
+    import argparse
+
+    import zoo.train
+
+    b = _bench("hf_trainer", monkeypatch)
+    seen = {}
+
+    def fake_main(argv):
+        seen["argv"] = argv
+        return {"best_epoch": 1, "best_valid_NDCG10": 0.1, "test": {m: 0.1 for m in b.METRICS}}
+
+    monkeypatch.setattr(zoo.train, "main", fake_main)
+    args = argparse.Namespace(model="lrurec", data="d.tsv", max_len=30, epochs=1, batch_size=16, lr=1e-3, threads=1)
+    b.run_zoo_train(args, 0, "out")
+    flags = dict(zip(seen["argv"][::2], seen["argv"][1::2]))
+    assert (flags["--optimizer"], flags["--weight-decay"], flags["--clip"]) == ("adam", "0", "0")
+
+
+def test_train_cost_counts_the_targets_bert4rec_predicts_in_the_timed_step(monkeypatch):
+    """BERT4Rec's supervised targets are the positions its timed step predicts (the masks drawn under the step's
+    seed), not the expectation of a formula; the timed step predicts exactly those, every repeat."""
+    import torch
+
+    b = _bench("bench_train_cost", monkeypatch)
+    model, _ = b.build("bert4rec", 12)
+    ids, mask, ts, labels, targets = b.inputs(model, 4, 12, 3, "cpu")
+    seen, mask_items = [], model.mask_items
+
+    def counted(seq, seq_mask):
+        out = mask_items(seq, seq_mask)
+        seen.append(int((out[1] > 0).sum()))
+        return out
+
+    model.mask_items = counted
+    for _ in range(2):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(b.STEP_SEED)
+            b.step(model, ids, mask, ts, labels)
+    assert seen == [targets, targets] and targets > 0
+
+
+def test_catalogue_growth_with_no_new_item_among_the_test_targets(monkeypatch, tmp_path):
+    """No test target is a new item (the cut's items are all there is): the new-item cells say so instead of the
+    table ending in NaN and a crash of the paired comparison after all the training."""
+    import random
+
+    rng = random.Random(1)
+    lines = ["user_id\titem_id\ttimestamp"]
+    for u in range(1, 41):
+        t, item = rng.randrange(5_000), rng.randrange(30)
+        for _ in range(rng.randint(10, 14)):
+            lines.append(f"{u}\t{100 + item}\t{1_000_000_000 + t}")
+            t += rng.randint(100, 600)
+            item = (item + 1) % 30
+    data = tmp_path / "shop.tsv"
+    data.write_text("\n".join(lines) + "\n")
+    b = _bench("catalogue_growth", monkeypatch)
+    out = tmp_path / "g.md"
+    b.main(["--data", str(data), "--before", str(1_000_004_000), "--work", str(tmp_path / "w"), "--old-kcore", "0",
+            "--train-args", "--max-len 10 --epochs 1 --batch-size 16 --kcore 0 --set hidden_size=8 inner_size=16",
+            "--short-epochs", "0", "--markdown", str(out)])
+    text = out.read_text()
+    assert "0 of 40 test targets are items the old model did not know" in text
+    rows = _rows(text)
+    assert rows["`fresh`"][-1] == "– (none)"
+    assert rows["`continued` − `fresh`, new-item targets"] == ["0", "–", "–", "–"]
+    assert rows["`continued` − `fresh`, all"][0] == "40"
+
+
+def test_tie_order_bench_finds_its_data_through_the_data_setting(monkeypatch, tmp_path, capsys):
+    """``--data``'s default is ``$ZOO_DATA_DIR/ml-1m.users0001-2999.inter.gz``, like every other bench's (it was fixed
+    to ``../shared/data`` beside the checkout)."""
+    import gzip
+
+    with gzip.open(tmp_path / "ml-1m.users0001-2999.inter.gz", "wt") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        f.write("".join(f"{u}\t{i}\t{100 * i + (i == 3)}\n" for u in (1, 2) for i in (1, 2, 3, 4)))
+    monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path))
+    b = _bench("eval_tie_order", monkeypatch)
+    b.main(["--stats-only"])
+    assert capsys.readouterr().out.startswith("Users 2: the last two ratings share a second for 0.0%")

@@ -33,7 +33,16 @@ event), :class:`ExplicitStateRecommender` in the stored state -- and sends the g
 
 Errors: unknown external ids raise :class:`zoo.vocab.UnknownItemError` before anything is sent; server-side
 rejections (bad item index, a continuation whose state expired, malformed input) raise :class:`TritonRecommendError`
-with Triton's message.
+with Triton's message. A request that gets no answer (``timeout_s`` passed, a gRPC deadline, a lost connection) raises
+:class:`TritonRecommendError` too, but the server usually applied it (or still will): an event is **not idempotent**
+-- resent, it is applied twice (the state then holds the item twice). :class:`TritonRecommender` therefore marks such
+a sequence uncertain: its next event is refused, naming why, until :meth:`TritonRecommender.prime` restarts it from
+the history, and :meth:`TritonRecommender.end` still sends its END.
+
+Sequence slots: the sequence batcher (``oldest`` strategy) holds at most ``max_candidate_sequences`` live sequences
+(``export.triton --max-candidate-sequences``, 1024 by default); the requests of a further sequence wait until a live
+one ends or stays idle for ``max_sequence_idle_microseconds`` (``--idle-timeout-s``). ``end()`` frees a slot at once,
+from any client (it always sends the END; a sequence the server does not hold is no error).
 """
 
 from __future__ import annotations
@@ -119,15 +128,17 @@ class _Base:
         #: the model takes ``candidates`` (``export.onnx --candidates``): recommendations among given items
         self.has_candidates = "candidates" in self.inputs
 
-    def _candidates(self, lists: Sequence | None, rows: int = 1) -> list:
+    def _candidates(self, lists: Sequence | None, rows: int = 1, where: Sequence[str] | None = None) -> list:
         """``[]``, or the ``candidates [B, C]`` input for one list of the caller's item ids per row (None or empty:
         the row is not restricted; ``lists=None``: ``rows`` rows, none restricted); every id checked like the
-        events' (an unknown one sends nothing). A model without the input refuses candidates."""
-        return self._candidates_input(self._encode_candidates(lists), rows)
+        events' (an unknown one sends nothing; ``where``: what each row is, for the messages). A model without the
+        input refuses candidates."""
+        return self._candidates_input(self._encode_candidates(lists, where), rows)
 
-    def _encode_candidates(self, lists: Sequence | None) -> list | None:
+    def _encode_candidates(self, lists: Sequence | None, where: Sequence[str] | None = None) -> list | None:
         """Each list of the caller's item ids as internal indices (an empty array: the row is not restricted), every
-        id checked; None when no row is restricted. A model without the ``candidates`` input refuses candidates."""
+        id checked (an error names the row as ``where[i]`` says, e.g. ``"event 2 (user 'u')"``; default ``"row i"``);
+        None when no row is restricted. A model without the ``candidates`` input refuses candidates."""
         if lists is None or all(c is None or len(c) == 0 for c in lists):
             return None
         if not self.has_candidates:
@@ -138,14 +149,14 @@ class _Base:
             if c is None or len(c) == 0:
                 rows.append(np.zeros(0, np.int64))
                 continue
+            of = f"candidates of {where[i] if where is not None else f'row {i}'}"
             if isinstance(c, (str, bytes)) or not hasattr(c, "__iter__"):
-                raise TypeError(f"candidates of row {i}: a sequence of item ids (or None), got {c!r}")
+                raise TypeError(f"{of}: a sequence of item ids (or None), got {c!r}")
             ids = self._encode(c)[0]
             if self.n_items is not None:
                 bad = ids[(ids < 1) | (ids >= self.n_items)]
                 if bad.size:
-                    raise ValueError(f"candidates of row {i}: item index {int(bad[0])} out of range "
-                                     f"1..{self.n_items - 1}")
+                    raise ValueError(f"{of}: item index {int(bad[0])} out of range 1..{self.n_items - 1}")
             rows.append(ids)
         return rows
 
@@ -289,6 +300,29 @@ class _Base:
         return k
 
 
+#: gRPC statuses of a call that got no answer: the server may have applied the request or not
+_NO_ANSWER = ("StatusCode.DEADLINE_EXCEEDED", "StatusCode.UNAVAILABLE", "StatusCode.CANCELLED")
+
+
+def _outcome_unknown(e: Exception) -> bool:
+    """The call raising ``e`` got no answer (a transport error, a client-side timeout or deadline): whether the
+    server applied the request is unknown. An error the server answered (a refused request) is not such a case."""
+    return isinstance(e, OSError) or str(e.status() or "") in _NO_ANSWER
+
+
+def _describe(e: Exception) -> str:
+    """What a call without an answer raised, for the message."""
+    if isinstance(e, OSError):
+        return f"{type(e).__name__}: {e}"
+    return f"{e.status()}: {e.message()}"
+
+
+def _gone(msg: str) -> bool:
+    """The server's answer says it holds no such sequence: Triton's sequence batcher ("must specify the START flag
+    on the first request of the sequence") or the python model ("has no state on the server")."""
+    return "no state" in msg or "START flag" in msg
+
+
 class TritonRecommender(_Base):
     """Per-event recommendations from a stateful (sequence-batcher) zoo model on Triton.
 
@@ -299,6 +333,10 @@ class TritonRecommender(_Base):
         vocab: ``item_vocab.json`` path or :class:`zoo.vocab.ItemVocab` (None: ids are internal indices).
         threads: requests :meth:`recommend_many` sends at once (gRPC).
     Not thread-safe for protocol="http" (tritonclient's HTTP client is not): use one instance per thread.
+
+    A request without an answer (``timeout_s``, a lost connection) leaves its sequence uncertain: the server may have
+    applied it, so its next event is refused until :meth:`prime` restarts it (do not resend the event: a step is not
+    idempotent, a resent one is applied twice); :meth:`end` still closes it.
     """
 
     def __init__(self, *args, threads: int = 16, **kwargs):
@@ -310,6 +348,8 @@ class TritonRecommender(_Base):
         self._pool = None
         self._live: set[int] = set()
         self._expired: set[int] = set()
+        #: sequences whose last request got no answer (timeout, lost connection): applied or not, nobody knows
+        self._uncertain: set[int] = set()
         self._last_ts: dict[int, float] = {}        # live sequence -> its last timestamp (time-aware models)
         self._lock = threading.Lock()
         self.last_live_sequences: int | None = None
@@ -332,9 +372,22 @@ class TritonRecommender(_Base):
         try:
             r = self.client.infer(self.model_name, ins, outputs=outs, sequence_id=sid, sequence_start=start,
                                   sequence_end=end, **self._rpc)
-        except self._exc as e:
+        except (self._exc, OSError) as e:
+            if _outcome_unknown(e):
+                # no answer (client timeout, gRPC deadline, connection lost): the server usually got the request and
+                # applied it, or may still. Neither continuing (a retry would apply the event twice) nor forgetting
+                # the sequence (end() would leave its state and slot on the server) is right: it must be primed
+                with self._lock:
+                    self._live.discard(sid)
+                    self._last_ts.pop(sid, None)
+                    self._expired.discard(sid)
+                    self._uncertain.add(sid)
+                raise TritonRecommendError(
+                    f"no answer from the server for sequence {sid} ({_describe(e)}): the request may have been "
+                    "applied or not, so the sequence's server-side state is unknown; prime() it with its history "
+                    "(a retried event is not idempotent: it could be applied twice), or end() it") from None
             msg = str(e.message())
-            gone = "no state" in msg or "START flag" in msg
+            gone = _gone(msg)
             with self._lock:
                 # a rejected continuation (bad item, timestamps going back in time, ...) leaves the server-side
                 # state as it was: the sequence stays live; a failed start or a forgotten sequence does not, nor
@@ -342,6 +395,7 @@ class TritonRecommender(_Base):
                 if start or gone or end:
                     self._live.discard(sid)
                     self._last_ts.pop(sid, None)
+                    self._uncertain.discard(sid)
                 if not start and not end and gone:
                     self._expired.add(sid)     # the server forgot it (idle timeout): the caller must re-prime
                 elif end:
@@ -356,6 +410,7 @@ class TritonRecommender(_Base):
                 if last_ts is not None:
                     self._last_ts[sid] = last_ts
             self._expired.discard(sid)
+            self._uncertain.discard(sid)
         if "live_sequences" in self.outputs:
             self.last_live_sequences = int(r.as_numpy("live_sequences").reshape(-1)[0])
         if discard:
@@ -393,10 +448,8 @@ class TritonRecommender(_Base):
         sid = sequence_id(user_or_sequence_id)
         ts = self._event_ts(timestamps, ids.shape[1])
         with self._lock:
+            self._check_continuable(sid, user_or_sequence_id, start)
             if start is None:
-                if sid in self._expired:
-                    raise TritonRecommendError(f"sequence {user_or_sequence_id!r} is gone from the server (idle "
-                                               "timeout or server restart): call prime() with its history")
                 start = sid not in self._live
             last = None if start else self._last_ts.get(sid)
         time_in = []
@@ -410,6 +463,20 @@ class TritonRecommender(_Base):
             time_in = self._time_input(ts, np.array([[-1.0 if last is None else last]]))
         return self._infer(sid, ids, bool(start), bool(end), [*time_in, *extra],
                            None if ts is None else float(ts[0, -1]))
+
+    def _check_continuable(self, sid: int, who, start) -> None:
+        """Raise :class:`TritonRecommendError` when an event of sequence ``sid`` without ``start=True`` cannot be sent:
+        the server forgot the sequence, or an earlier request of it got no answer (call with ``self._lock`` held)."""
+        if start:
+            return
+        if sid in self._uncertain:
+            raise TritonRecommendError(
+                f"sequence {who!r}: an earlier request of it got no answer (timeout or lost connection), so whether "
+                "the server applied it is unknown, and so is the sequence's state: call prime() with its history "
+                "(resending the event could apply it twice), or end() it")
+        if start is None and sid in self._expired:
+            raise TritonRecommendError(f"sequence {who!r} is gone from the server (idle timeout or server restart): "
+                                       "call prime() with its history")
 
     def recommend_many(self, events: Sequence[tuple], k: int | None = None,
                        candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
@@ -434,11 +501,13 @@ class TritonRecommender(_Base):
         for i, e in enumerate(events):
             ids = self._event_ids(e[1], f"event {i} (sequence {e[0]!r}): ")
             ts = self._event_ts(e[2] if len(e) == 3 else None, ids.shape[1], f"event {i} (sequence {e[0]!r}): ")
+            with self._lock:
+                self._check_continuable(sids[i], e[0], None)
+                last = self._last_ts.get(sids[i]) if sids[i] in self._live else None
             if ts is not None:
-                with self._lock:
-                    last = self._last_ts.get(sids[i]) if sids[i] in self._live else None
                 self._check_after(ts, last, f"sequence {e[0]!r}")
-            extra = self._candidates(None if candidates is None else [candidates[i]])
+            extra = self._candidates(None if candidates is None else [candidates[i]],
+                                     where=[f"event {i} (sequence {e[0]!r})"])
             checked.append((e[0], ids, e[2] if len(e) == 3 else None, extra))
 
         def one(event):
@@ -477,21 +546,28 @@ class TritonRecommender(_Base):
         return self.recommend(user_or_sequence_id, history, timestamps, k, start=True, candidates=candidates)
 
     def end(self, user_or_sequence_id) -> None:
-        """Close the sequence: the server frees its state. The python backend takes an END without items; the
-        onnxruntime and tensorrt models run their graph on every request, and no graph runs without a new item, so
-        they get an END with one item (index 1; for a time-aware model at the sequence's last timestamp again, a
-        time gap of 0), whose answer is dropped with the state. Either way no recommendation comes back, so
-        ``last_user_vector`` stays the vector after the sequence's last event. The sequence is closed for this client
-        even when the END fails (the error is raised): its next event starts it anew."""
+        """Close the sequence: the server frees its state and its sequence slot. The END is sent whether or not this
+        client started the sequence (another client, or this process before a restart, may have: the oldest
+        batcher holds at most ``max_candidate_sequences`` live sequences, and a slot not ended is held until the
+        idle timeout), and for a sequence whose last request got no answer; a server that holds no such sequence
+        (Triton's "must specify the START flag" answer, or the model's "no state") means it is gone already, which
+        is no error. The python backend takes an END without items; the onnxruntime and tensorrt models run their
+        graph on every request, and no graph runs without a new item, so they get an END with one item (index 1;
+        for a time-aware model at the sequence's last timestamp this client knows again, a time gap of 0; 0 for a
+        sequence it does not know), whose answer is dropped with the state. Either way no recommendation comes back,
+        so ``last_user_vector`` stays the vector after the sequence's last event. The sequence is closed for this
+        client even when the END fails (any other error is raised): its next event starts it anew."""
         sid = sequence_id(user_or_sequence_id)
         with self._lock:
-            if sid not in self._live:                       # nothing live to close: a sequence the server forgot is
-                self._expired.discard(sid)                  # closed all the same (its next event starts it anew)
-                return
             last = self._last_ts.get(sid, 0.0)
         n = 0 if self.backend == "python" else 1
         time_in = self._time_input(np.full((1, n), last), np.array([[last]])) if self.uses_timestamps else []
-        self._infer(sid, np.ones((1, n), np.int64), False, True, [*time_in, *self._candidates(None)], discard=True)
+        try:
+            self._infer(sid, np.ones((1, n), np.int64), False, True, [*time_in, *self._candidates(None)],
+                        discard=True)
+        except TritonRecommendError as e:
+            if not _gone(str(e)):
+                raise
 
 
 class StaleStateError(TritonRecommendError, state_store.StaleStateError):
@@ -559,6 +635,8 @@ class ExplicitStateRecommender(_Base):
         if bad:
             raise TritonRecommendError(f"unsupported state datatypes {bad}")
         self.fingerprint = self._param(FINGERPRINT_KEY)      # None: a repository written before it existed
+        if self.n_items is None and self._param("n_items"):  # the item range every event is checked against
+            self.n_items = int(self._param("n_items"))
         self.restarted = 0                                     # users started afresh by on_stale="restart"
         self.conflicts = 0             # commits a versioned store refused (another process wrote the user first)
 
@@ -601,12 +679,17 @@ class ExplicitStateRecommender(_Base):
         users = state_store.check_events(events)
         if candidates is not None and len(candidates) != len(events):
             raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
-        cands = self._encode_candidates(candidates)   # every candidate checked before anything is sent
-        encoded = []
+        cands = self._encode_candidates(candidates, [f"event {i} (user {e[0]!r})" for i, e in enumerate(events)])
+        encoded = []                                  # every event and candidate checked before anything is sent
         for i, e in enumerate(events):
             ids = self._encode(e[1])
             if ids.shape[1] == 0:
                 raise ValueError(f"event {i} (user {e[0]!r}): new_items is empty")
+            if self.n_items is not None:
+                bad = ids[(ids < 1) | (ids >= self.n_items)]
+                if bad.size:
+                    raise ValueError(f"event {i} (user {e[0]!r}): item index {int(bad[0])} out of range "
+                                     f"1..{self.n_items - 1}")
             ts = self._event_ts(e[2] if len(e) == 3 else None, ids.shape[1], f"event {i} (user {e[0]!r}): ")
             encoded.append((ids, ts))
         groups: dict[int, list[int]] = {}
@@ -711,7 +794,7 @@ class WindowRecommender(_Base):
             raise ValueError("no histories given")
         if candidates is not None and len(candidates) != len(histories):
             raise ValueError(f"candidates: one list per history ({len(histories)}), got {len(candidates)}")
-        cands = self._encode_candidates(candidates)   # every candidate checked before anything is sent
+        cands = self._encode_candidates(candidates, [f"history {i}" for i in range(len(histories))])
         if self.uses_timestamps and (timestamps is None or len(timestamps) != len(histories)):
             raise ValueError(f"model {self.model_name!r} reads timestamps: give one list per history")
         if not self.uses_timestamps and timestamps is not None:

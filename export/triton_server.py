@@ -16,7 +16,8 @@ This one file plays two roles.
      the model ignores them for a continuing sequence, whose state it keeps itself. (A config without a ``state``
      block, from an older generator, starts from ``state_spec.json``'s initial values.);
    * ``END`` frees it after the request is answered; states of sequences that stay idle longer than the config's
-     ``max_sequence_idle_microseconds`` are freed too (Triton forgets such a sequence; so do we). An END with no
+     ``max_sequence_idle_microseconds`` are freed too (Triton forgets such a sequence; so do we: the idle time runs
+     from the sequence's last request, refused ones included, as Triton's timer does). An END with no
      items (``TritonRecommender.end``) is no event: its response has no recommendation (``topk_ids`` 0, the padding
      index, with scores ``-inf``, and no ``scores`` / ``user_vector``) and only ``live_sequences`` means anything;
    * requests from different sequences that Triton batches together (``oldest`` strategy) run as one ORT call per
@@ -26,8 +27,9 @@ This one file plays two roles.
      ``--time-input gaps`` graph takes float32 ``time_gaps`` (``TYPE_FP32``, finite and non-negative) instead, its
      caller keeping ``last_ts`` and checking the time order (:mod:`export.triton_client` does);
    * a bad request (item index outside ``1 .. n_items-1``, a continuation whose state is gone, timestamps going back
-     in time, ...) gets an error response naming the problem, the other requests of the batch are answered normally
-     and the model keeps serving.
+     in time, ...) gets an error response naming the problem (and the row, in a batched explicit-state or window
+     request), the other requests of the batch are answered normally and the model keeps serving; a refused START or
+     END drops its sequence's state in the request's turn among the batch's requests of that sequence.
 
    With ``dynamic_batching`` instead of a sequence batcher the same class serves the explicit-state I/O (the state
    tensors in and ``<state>_out`` out, nothing kept) and, for window graphs (``state_spec.json`` kind ``window``),
@@ -291,15 +293,23 @@ class TritonPythonModel:
         now = time.monotonic()
         self._sweep(now)
         responses = [None] * len(requests)
-        work = []                                           # (request index, parsed)
+        work = []                              # (request index, parsed; or its controls and the parse error)
         for i, r in enumerate(requests):
             try:
-                work.append((i, self._parse(pb, r)))
-            except ValueError as e:
+                corrid, start, end = self._controls(pb, r)
+            except ValueError as e:                          # no sequence to name: nothing else to do
                 self._fail(pb, responses, i, e, r)
+                continue
+            if corrid in self.store:        # Triton restarts a sequence's idle timer on every request, refused or not
+                self.store[corrid] = (self.store[corrid][0], now)
+            try:
+                work.append((i, self._parse(pb, r)))
+            except ValueError as e:          # answered in its turn: earlier requests of the sequence run first
+                work.append((i, {"corrid": corrid, "start": start, "end": end, "error": e}))
         # one ORT call per group of equal T with distinct correlation ids (a sequence appears once per call, in order);
         # a continuation is checked against its sequence's state when its turn comes (an earlier request of the batch
-        # may start or end the sequence)
+        # may start or end the sequence), and a request refused while parsing drops its sequence's state (a refused
+        # START or END, see _fail) in its turn too, after the sequence's earlier requests of the batch
         pending = work
         while pending:
             groups, rest, seen = {}, [], set()
@@ -308,6 +318,9 @@ class TritonPythonModel:
                     rest.append((i, p))
                     continue
                 seen.add(p["corrid"])
+                if "error" in p:
+                    self._fail(pb, responses, i, p["error"], parsed=p)
+                    continue
                 try:
                     if not p["start"] and p["corrid"] not in self.store:
                         raise ValueError(f"sequence {p['corrid']!r} has no state on the server (it was never started, "
@@ -327,7 +340,9 @@ class TritonPythonModel:
     def _fail(self, pb, responses, i, error, request=None, parsed=None):
         """Request ``i`` answers ``error``. A failed START or END still drops the sequence's stored state: Triton
         counts the sequence as (re)started or ended all the same, and its next request must not continue the old
-        history (a refused restart was followed by a continuation of the old one)."""
+        history (a refused restart was followed by a continuation of the old one). :meth:`execute` calls it in the
+        request's turn among its sequence's requests of the batch (a refused restart after a valid START of the same
+        batch drops the state that START made; a continuation before the refused request still runs first)."""
         try:
             corrid, start, end = ((parsed["corrid"], parsed["start"], parsed["end"]) if parsed is not None
                                   else self._controls(pb, request))
@@ -350,6 +365,17 @@ class TritonPythonModel:
             raise ValueError(f"{name} has {a.shape[0]} rows, item_ids {B}: one row per user")
         return a
 
+    def _check_rows_items(self, all_ids, lo, note):
+        """Every item index of the rows ``all_ids [B, ...]`` is in ``lo .. n_items-1``; ValueError naming the first
+        one outside it (``note``: what the range means) and, for ``B > 1``, its row."""
+        np = self.np
+        B = all_ids.shape[0]
+        rows, cols = np.nonzero(((all_ids < lo) | (all_ids >= self.n_items)).reshape(B, -1))
+        if rows.size:
+            b = int(rows[0])
+            raise ValueError(f"item index {int(all_ids.reshape(B, -1)[b, cols[0]])} is out of range "
+                             f"{lo}..{self.n_items - 1} {note}" + (f" (row {b})" if B > 1 else ""))
+
     def _execute_explicit(self, pb, requests):
         """Explicit state: ``item_ids [B, T]`` + the state tensors ``[B, ...]`` in (``B`` users a request, each row
         its own), ``topk_*`` + ``<state>_out`` out, row for row; nothing kept."""
@@ -362,10 +388,8 @@ class TritonPythonModel:
                 B, T = all_ids.shape[0], int(all_ids[0].size)
                 if T == 0:
                     raise ValueError("item_ids is empty: send at least one new item")
-                bad = all_ids[(all_ids < 1) | (all_ids >= self.n_items)]
-                if bad.size:
-                    raise ValueError(f"item index {int(bad[0])} is out of range 1..{self.n_items - 1} (0 is padding; "
-                                     "map external ids with the model's item vocabulary)")
+                self._check_rows_items(all_ids, 1, "(0 is padding; map external ids with the model's item "
+                                       "vocabulary)")
                 all_ts = self._batch_input(pb, r, self.time_name, np.float32 if self.gaps else np.float64, B) \
                     if self.uses_timestamps else None
                 all_cands = self._request_candidates(pb, r, B)
@@ -414,9 +438,7 @@ class TritonPythonModel:
                     raise ValueError("item_ids is empty: send the history window")
                 if self.max_len and L > self.max_len:
                     raise ValueError(f"window length {L} exceeds max_seq_length {self.max_len}")
-                bad = all_ids[(all_ids < 0) | (all_ids >= self.n_items)]
-                if bad.size:
-                    raise ValueError(f"item index {int(bad[0])} is out of range 0..{self.n_items - 1} (0 = padding)")
+                self._check_rows_items(all_ids, 0, "(0 = padding)")
                 all_ts = self._batch_input(pb, r, "timestamps", np.float64, B) if self.uses_timestamps else None
                 all_cands = self._request_candidates(pb, r, B)
                 rows = []

@@ -927,7 +927,7 @@ def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=Non
     """tritonclient.http.InferenceServerClient replaced by a stand-in serving one model's metadata (``inputs``,
     ``outputs``: name -> (datatype, shape)) and config (``parameters``, ``backend``); each infer call is recorded
     (input names, ``arrays``: each input's data, and the keyword arguments); ``fail[0]``, when set, is the message of
-    the InferenceServerException the next calls raise."""
+    the InferenceServerException the next calls raise (or the exception itself: a timeout, a gRPC status)."""
     import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
 
@@ -962,6 +962,8 @@ def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=Non
             dts = {"INT64": np.int64, "FP32": np.float32, "FP64": np.float64, "INT32": np.int32}
             calls.append({"inputs": [i.name() for i in ins], **kw, "arrays": {
                 i.name(): np.frombuffer(i._raw_data, dts[i.datatype()]).reshape(i.shape()) for i in ins}})
+            if isinstance(fail[0], BaseException):
+                raise fail[0]
             if fail[0]:
                 raise InferenceServerException(fail[0])
             return Result(ins)
@@ -993,9 +995,10 @@ def test_sequence_ids_are_positive_int64(monkeypatch):
 
 def test_client_sequence_flags_follow_the_sequence(monkeypatch):
     """start/end flags: the first call of a sequence starts it, the next ones continue it, an ended sequence starts
-    again; end() of a sequence that is not live sends nothing; a continuation the server has no state for marks it
-    gone (the next call says to prime it, sending nothing) while a continuation refused for another reason (a bad
-    item) leaves it live; the client refuses an item index n_items before sending."""
+    again; end() sends the END whether or not the sequence is live here (another client may have started it); a
+    continuation the server has no state for marks it gone (the next call says to prime it, sending nothing) while a
+    continuation refused for another reason (a bad item) leaves it live; the client refuses an item index n_items
+    before sending."""
     pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
     from export.triton_client import TritonRecommendError, TritonRecommender, sequence_id
 
@@ -1011,10 +1014,7 @@ def test_client_sequence_flags_follow_the_sequence(monkeypatch):
     rec.recommend("u", [3])
     assert flags() == [(u, True, False), (u, False, True), (u, True, False)]
     calls.clear()
-    rec.end("never-started")
-    assert calls == []
     rec.end("u")
-    rec.end("u")                                                         # already ended: nothing sent
     assert flags() == [(u, False, True)]
     with pytest.raises(ValueError, match=rf"item index {N_ITEMS} out of range 1\.\.{N_ITEMS - 1}"):
         rec.recommend("v", [N_ITEMS])
@@ -1037,8 +1037,8 @@ def test_client_sequence_flags_follow_the_sequence(monkeypatch):
     rec.prime("v", [1, 2, 8])
     v = sequence_id("v")
     assert flags() == [(v, True, False), (v, False, False), (v, False, False), (v, False, False), (v, True, False)]
-    # a sequence the server forgot, then end(): nothing is sent, and the next event starts it anew (it was refused
-    # as "gone" after such an end())
+    # a sequence the server forgot, then end(): the END goes out (the server may hold it still), and the next event
+    # starts it anew (it was refused as "gone" after such an end())
     fail[0] = "m: sequence 42 has no state on the server (it stayed idle)"
     with pytest.raises(TritonRecommendError, match="no state on the server"):
         rec.recommend("v", [9])
@@ -1046,7 +1046,7 @@ def test_client_sequence_flags_follow_the_sequence(monkeypatch):
     calls.clear()
     rec.end("v")
     rec.recommend("v", [10])
-    assert flags() == [(v, True, False)]
+    assert flags() == [(v, False, True), (v, True, False)]
     # recommend_many over HTTP sends every event, the first refusal raised after (it stopped at the first refusal,
     # while gRPC sent them all: the caller could not tell which had been applied)
     calls.clear()
@@ -2793,3 +2793,312 @@ def test_serve_sh_registers_the_plugins_for_tritonserver_only(mamba_export, tmp_
     assert env == "1" and argv == [f"--model-repository={repo}",
                                    f"--backend-config=tensorrt,plugins={repo}/a_trt/plugins/{T.ps.PLUGIN_LIBRARY}"]
     assert "ZOO_TRT_PLUGINS_AUTOREGISTER=1" in (repo / "a_trt" / "README.md").read_text()
+
+
+# ====================================================== sequences, refusals and the CLI's flags (QA findings)
+def test_python_backend_a_refused_request_restarts_the_idle_timer(mamba, mamba_export, tmp_path, monkeypatch):
+    """Triton restarts a sequence's idle timer on every request, refused ones included: the model's idle sweep
+    dropped a state 40 s after its last *answered* request although Triton still held the sequence (a refused event
+    15 s before). A refused continuation, and a continuation the server refuses for its timestamps, keep it alive."""
+    clock = [1000.0]
+    model = _backend_model(mamba_export, tmp_path / "repo", monkeypatch, clock, idle_timeout_s=30)
+    a = [3, 9, 27]
+    _answers(model, mamba, model.execute([_seq_request(model, 8, a, start=True)]), [a])
+    clock[0] = 1025.0
+    (refused,) = model.execute([_seq_request(model, 8, [0])])
+    assert refused.error is not None and "item index 0 is out of range" in refused.error.msg
+    assert model.store[8][1] == 1025.0, "a refused request did not refresh the sequence's last-touch time"
+    clock[0] = 1040.0                                          # 40 s after the START, 15 s after the refused event
+    _answers(model, mamba, model.execute([_seq_request(model, 8, [4])]), [a + [4]])
+    clock[0] = 1071.0                                          # 31 s after its last request: dropped, as by Triton
+    (gone,) = model.execute([_seq_request(model, 8, [5])])
+    assert gone.error is not None and "stayed idle longer than 30 s" in gone.error.msg
+
+
+def test_python_backend_applies_refusals_in_request_order(mamba, mamba_export, tmp_path, monkeypatch):
+    """A request refused while parsing drops its sequence's state in its turn among the batch's requests of that
+    sequence: [valid continuation, refused START] answers the continuation (it was refused "has no state", the START's
+    drop applied at parse time), and [valid START, refused re-START] drops the state the first START made (it was
+    kept, and the next continuation silently continued it although _fail says a refused restart drops the state)."""
+    model = _backend_model(mamba_export, tmp_path / "repo", monkeypatch, idle_timeout_s=30)
+    ex = model.execute
+    a = [3, 9, 27]
+    _answers(model, mamba, ex([_seq_request(model, 5, a, start=True)]), [a])
+    cont, restart = ex([_seq_request(model, 5, [4]), _seq_request(model, 5, [0], start=True)])
+    _answers(model, mamba, [cont], [a + [4]])
+    assert restart.error is not None and "item index 0 is out of range" in restart.error.msg
+    assert 5 not in model.store, "the refused restart left the sequence's state"
+    first, again = ex([_seq_request(model, 7, a, start=True), _seq_request(model, 7, [0], start=True)])
+    _answers(model, mamba, [first], [a])
+    assert again.error is not None and "item index 0 is out of range" in again.error.msg
+    (nxt,) = ex([_seq_request(model, 7, [4])])
+    assert nxt.error is not None and "sequence 7 has no state on the server" in nxt.error.msg, \
+        "a continuation after a refused restart continued the first START's state"
+    # a refused END after a valid continuation: the continuation runs, then the END's refusal drops the state
+    _answers(model, mamba, ex([_seq_request(model, 6, a, start=True)]), [a])
+    cont, end = ex([_seq_request(model, 6, [4]), _seq_request(model, 6, [0], end=True)])
+    _answers(model, mamba, [cont], [a + [4]])
+    assert end.error is not None and model.store == {}
+
+
+def test_explicit_state_item_range_is_checked_per_event_and_row(mamba, mamba_export, tmp_path, monkeypatch):
+    """ExplicitStateRecommender checks every event's items against the model's range (its config's n_items when no
+    vocabulary is given) before anything is sent, naming the event and user; the server's own refusal of a batched
+    request names the row (it named none, so one bad user of a batch could not be found)."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import ExplicitStateRecommender
+
+    ins = {**STEP_IO[0], "h": ("FP32", (-1, 2))}
+    outs = {**STEP_IO[1], "h_out": ("FP32", (-1, 2))}
+    calls, _ = _fake_http_client(monkeypatch, ins, outs, {"state_init": json.dumps({"h": 0.0}),
+                                                          "n_items": str(N_ITEMS)})
+    rec = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http")
+    assert rec.n_items == N_ITEMS
+    for bad in (500, 0):
+        with pytest.raises(ValueError, match=rf"event 2 \(user 'c'\): item index {bad} out of range 1\.\.119"):
+            rec.recommend_many([("a", [3]), ("b", [4]), ("c", [5, bad])])
+    assert calls == [] and rec.store == {}
+    rec.recommend_many([("a", [3]), ("b", [4])])
+    assert calls and set(rec.store) == {"a", "b"}
+
+    model = _backend_model(mamba_export, tmp_path / "repo", monkeypatch, state="explicit")
+    r = {"item_ids": np.array([[3, 4], [5, 6], [7, N_ITEMS]], np.int64)}
+    for name, shape, dt, init in model.states:
+        r[name] = np.full((3, *shape), init, np.dtype(dt))
+    (resp,) = model.execute([r])
+    assert resp.error is not None and re.search(rf"item index {N_ITEMS} is out of range 1\.\.119 .*\(row 2\)$",
+                                                resp.error.msg), resp.error.msg
+    r = {k: v[:1] for k, v in r.items()}
+    r["item_ids"] = np.array([[0, 3]], np.int64)
+    (resp,) = model.execute([r])
+    assert resp.error is not None and "item index 0 is out of range" in resp.error.msg and "(row" not in resp.error.msg
+
+
+def test_candidates_errors_name_the_event_and_user(monkeypatch):
+    """recommend_many(..., candidates=[[5], [6], [500]]) said "candidates of row 0" for the third event (each event's
+    list was encoded alone); now the message names the event and its user, as the items' checks do."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import ExplicitStateRecommender, TritonRecommender
+
+    ins = {**STEP_IO[0], "candidates": ("INT64", (-1, -1))}
+    calls, _ = _fake_http_client(monkeypatch, ins, STEP_IO[1])
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+    with pytest.raises(ValueError, match=r"candidates of event 2 \(sequence 'c'\): item index 500 out of range"):
+        rec.recommend_many([("a", [1]), ("b", [2]), ("c", [3])], candidates=[[5], [6], [500]])
+    with pytest.raises(ValueError, match=r"candidates of row 0: item index 500 out of range"):
+        rec.recommend("a", [1], candidates=[500])                    # one event: its only row
+    assert calls == []
+    calls, _ = _fake_http_client(monkeypatch, {**ins, "h": ("FP32", (-1, 2))}, {**STEP_IO[1], "h_out": ("FP32",
+                                                                                                  (-1, 2))},
+                                 {"state_init": json.dumps({"h": 0.0})})
+    rec = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+    with pytest.raises(ValueError, match=r"candidates of event 1 \(user 'b'\): item index 500 out of range"):
+        rec.recommend_many([("a", [1]), ("b", [2])], candidates=[None, [500]])
+    assert calls == []
+
+
+@pytest.mark.parametrize("error", ["timeout", "deadline"])
+def test_client_treats_a_request_without_answer_as_applied_maybe(monkeypatch, error):
+    """A request that times out (HTTP: the socket's timeout; gRPC: DEADLINE_EXCEEDED) was usually applied by the
+    server: it dropped a timed-out prime from the live sequences (so end() sent nothing, leaving the state and its
+    slot on the server) and let a retried continuation go out (applied twice). Now the sequence is uncertain: its next
+    event is refused, sending nothing, naming why, until prime() restarts it; end() still sends its END."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from tritonclient.utils import InferenceServerException
+
+    from export.triton_client import TritonRecommendError, TritonRecommender, sequence_id
+
+    calls, fail = _fake_http_client(monkeypatch, *STEP_IO)
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+    u = sequence_id("u")
+    no_answer = TimeoutError("timed out") if error == "timeout" else InferenceServerException(
+        "Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+    fail[0] = no_answer
+    with pytest.raises(TritonRecommendError, match="no answer from the server .*applied or not.*prime"):
+        rec.prime("u", [1, 2])
+    fail[0] = None
+    calls.clear()
+    for start in (None, False):
+        with pytest.raises(TritonRecommendError, match=r"sequence 'u': an earlier request of it got no answer"):
+            rec.recommend("u", [3], start=start)
+    with pytest.raises(TritonRecommendError, match="got no answer"):
+        rec.recommend_many([("other", [1]), ("u", [3])])             # refused before any event is sent
+    assert calls == []
+    rec.end("u")                                                     # the server may hold it: the END goes out
+    assert [(c["sequence_id"], c["sequence_start"], c["sequence_end"]) for c in calls] == [(u, False, True)]
+    rec.recommend("u", [4])                                          # closed: its next event starts it
+    assert calls[-1]["sequence_start"] is True
+    # a continuation without answer: no retry goes out; prime() restarts it
+    fail[0] = no_answer
+    with pytest.raises(TritonRecommendError, match="no answer"):
+        rec.recommend("u", [5])
+    fail[0] = None
+    n = len(calls)
+    with pytest.raises(TritonRecommendError, match=r"prime\(\)"):
+        rec.recommend("u", [5])
+    assert len(calls) == n
+    rec.prime("u", [4, 5])
+    rec.recommend("u", [6])
+    assert [c["sequence_start"] for c in calls[n:]] == [True, False]
+    # an answered refusal is no such case: the sequence stays live
+    fail[0] = "m: item index 500 is out of range 1..119"
+    with pytest.raises(TritonRecommendError, match="out of range"):
+        rec.recommend("u", [7])
+    fail[0] = None
+    rec.recommend("u", [7])
+    assert calls[-1]["sequence_start"] is False
+
+
+def test_client_end_always_sends_the_end(monkeypatch):
+    """end() of a sequence this client did not start (another client, a restarted process) sent nothing, so no one
+    could free its state and its slot (the oldest batcher holds max_candidate_sequences live sequences). Now the END
+    always goes out; the server's answer that it holds no such sequence (Triton's START-flag message, the python
+    model's "no state") is no error, any other is raised."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import TritonRecommendError, TritonRecommender, sequence_id
+
+    calls, fail = _fake_http_client(monkeypatch, *STEP_IO, backend="python")
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+    rec.end("started-elsewhere")
+    assert [(c["sequence_id"], c["sequence_start"], c["sequence_end"]) for c in calls] == [
+        (sequence_id("started-elsewhere"), False, True)]
+    assert calls[0]["arrays"]["item_ids"].shape == (1, 0)
+    for gone in ("inference request for sequence 7 to model 'm' must specify the START flag on the first request of "
+                 "the sequence", "m: sequence 7 has no state on the server"):
+        fail[0] = gone
+        rec.end("never-started")                                      # already gone: nothing to free
+    fail[0] = "onnxruntime failed: something else"
+    with pytest.raises(TritonRecommendError, match="something else"):
+        rec.end("never-started")
+
+
+def test_generated_readme_without_a_vocabulary_says_ids_are_internal(mamba_export, tmp_path):
+    """A model folder without item_vocab.json: its README named the file and passed vocab= to the clients; it now
+    says ids are the graph's internal indices. With a vocabulary, the README names it."""
+    for backend, state in (("python", "implicit"), ("onnxruntime", "explicit")):
+        mdir = T.write_repository(mamba_export, tmp_path / f"plain_{backend}", backend=backend, state=state)
+        text = (mdir / "README.md").read_text()
+        assert not (mdir / "item_vocab.json").exists()
+        assert "item_vocab.json" not in text and "vocab=" not in text, text
+        assert "No item vocabulary was shipped" in text and f"internal item indices (1..{N_ITEMS - 1}" in text
+        for block in re.findall(r"```python\n(.*?)```", text, re.S):
+            compile(block, str(mdir / "README.md"), "exec")
+        mdir = T.write_repository(mamba_export, tmp_path / f"vocab_{backend}", backend=backend, state=state,
+                                  vocab_path=str(mamba_export / "item_vocab.json"))
+        text = (mdir / "README.md").read_text()
+        assert "`item_vocab.json` (beside `config.pbtxt`) maps them" in text and "vocab=" in text
+
+
+def test_generated_readme_states_the_sequence_slots(mamba_export, tmp_path):
+    """The implicit-state README says how many live sequences the batcher holds and when an idle one is freed, and
+    that end() frees a slot from any client; the explicit-state one has no sequence slots."""
+    mdir = T.write_repository(mamba_export, tmp_path / "r", backend="python", idle_timeout_s=45,
+                              max_candidate_sequences=256)
+    text = (mdir / "README.md").read_text()
+    assert "holds at most 256 live sequences" in text and "idle for 45 s" in text and "from any client" in text
+    assert "not idempotent" in text
+    mdir = T.write_repository(mamba_export, tmp_path / "r", backend="python", state="explicit")
+    assert "Sequence slots" not in (mdir / "README.md").read_text()
+
+
+def test_cli_refuses_vocab_with_model(tmp_path, capsys):
+    """--vocab was ignored with --model (the model's own vocabulary shipped, or none); it is a usage error now, as
+    --topk with --onnx is, before anything is loaded or written."""
+    with pytest.raises(SystemExit) as e:
+        T.main(["--model", str(tmp_path / "no-such-model"), "--repo", str(tmp_path / "r"), "--vocab",
+                str(tmp_path / "v.json")])
+    assert e.value.code == 2 and "--vocab applies to --onnx: --model ships the model's own" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flags,refused", [
+    (["--state", "explicit"], "--state"), (["--state", "implicit"], "--state"),
+    (["--idle-timeout-s", "5"], "--idle-timeout-s"), (["--max-candidate-sequences", "8"], "--max-candidate-sequences"),
+    (["--idle-timeout-s", "5", "--max-candidate-sequences", "8"], "--idle-timeout-s, --max-candidate-sequences")])
+def test_cli_refuses_sequence_flags_for_a_window_graph(tmp_path, flags, refused, capsys):
+    """A window graph is served stateless with dynamic batching: --state, --idle-timeout-s and
+    --max-candidate-sequences were accepted and ignored; given explicitly they are usage errors naming the flag
+    (the defaults still work), for --onnx and for --model (before the export)."""
+    sas = tmp_path / "sasrec"
+    export_model(_sasrec(), sas, kind="window", topk=K, verify=False)
+    with pytest.raises(SystemExit) as e:
+        T.main(["--onnx", str(sas), "--repo", str(tmp_path / "r"), "--backend", "python", *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{refused}: the graph in {sas} is a window graph" in err, err
+    assert not (tmp_path / "r").exists()
+    _sasrec().save_pretrained(tmp_path / "m")
+    with pytest.raises(SystemExit) as e:
+        T.main(["--model", str(tmp_path / "m"), "--repo", str(tmp_path / "r"), "--no-verify", *flags])
+    assert e.value.code == 2 and f"{refused}: --model {tmp_path / 'm'} is a window graph" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert T.main(["--onnx", str(sas), "--repo", str(tmp_path / "r"), "--backend", "python"]) == 0
+
+
+def test_cli_refuses_sequence_batcher_flags_with_explicit_state(mamba_export, tmp_path, capsys):
+    """--state explicit has no sequence batcher: --idle-timeout-s / --max-candidate-sequences given with it are usage
+    errors; with implicit state they reach the config, and the defaults still apply when they are left out."""
+    for flags in (["--idle-timeout-s", "5"], ["--max-candidate-sequences", "8"]):
+        with pytest.raises(SystemExit) as e:
+            T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--state", "explicit", *flags])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"{flags[0]}: --state explicit serves with dynamic batching" in err, err
+    assert not (tmp_path / "r").exists()
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--state", "explicit"]) == 0
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--name", "i", "--idle-timeout-s", "5",
+                   "--max-candidate-sequences", "8"]) == 0
+    seq = _parse(tmp_path / "r" / "i" / "config.pbtxt").sequence_batching
+    assert seq.max_sequence_idle_microseconds == 5_000_000 and seq.oldest.max_candidate_sequences == 8
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--name", "d"]) == 0
+    seq = _parse(tmp_path / "r" / "d" / "config.pbtxt").sequence_batching
+    assert seq.max_sequence_idle_microseconds == 600_000_000 and seq.oldest.max_candidate_sequences == 1024
+
+
+def test_repository_files_the_generator_did_not_write_are_kept(mamba_export, tmp_path, capsys):
+    """The repository's README.md (and, with a TensorRT model, serve.sh) were overwritten without a check; one that
+    lacks the generator's mark is now refused (usage error before anything is written; FileExistsError from
+    write_repository) unless --force / force=True. The generator's own files are rewritten as before."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    (repo / "README.md").write_text("# my notes\n")
+    with pytest.raises(SystemExit) as e:
+        T.main(["--onnx", str(mamba_export), "--repo", str(repo), "--name", "m"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{repo / 'README.md'}: not written by python -m export.triton" in err, err
+    assert "--force" in err and (repo / "README.md").read_text() == "# my notes\n" and not (repo / "m").exists()
+    with pytest.raises(FileExistsError, match="README.md: not written by python -m export.triton"):
+        T.write_repository(mamba_export, repo, name="m")
+    assert not (repo / "m").exists()
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(repo), "--name", "m", "--force"]) == 0
+    assert "[`m`](m/README.md)" in (repo / "README.md").read_text()
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(repo), "--name", "m2"]) == 0     # ours: rewritten
+    assert "[`m2`](m2/README.md)" in (repo / "README.md").read_text()
+    (repo / "serve.sh").write_text("#!/bin/sh\necho mine\n")
+    T.write_repository(mamba_export, repo, name="m3", backend="onnxruntime")        # no TensorRT: serve.sh unused
+    assert (repo / "serve.sh").read_text() == "#!/bin/sh\necho mine\n"
+    with pytest.raises(SystemExit) as e:
+        T.main(["--onnx", str(mamba_export), "--repo", str(repo), "--name", "t", "--backend", "tensorrt"])
+    assert e.value.code == 2 and f"{repo / 'serve.sh'}: not written" in capsys.readouterr().err
+    with pytest.raises(FileExistsError, match="serve.sh: not written"):
+        T.write_repository(mamba_export, repo, name="t", backend="tensorrt")
+    assert (repo / "serve.sh").read_text() == "#!/bin/sh\necho mine\n" and not (repo / "t").exists()
+    T.write_repository(mamba_export, repo, name="t", backend="tensorrt", force=True)
+    assert T.SERVE_SH_MARK in (repo / "serve.sh").read_text()
+
+
+def test_live_end_from_another_client_frees_the_sequence(live_server, mamba):
+    """A second client (another worker, a restarted process) ends a sequence the first one started: the server frees
+    its state (live_sequences drops); ending a sequence the server does not hold answers Triton's START-flag error,
+    which end() takes as already gone."""
+    from export.triton_client import TritonRecommender
+
+    h, repo = live_server
+    v = mamba.item_vocab
+    a, b = _client(h, repo), TritonRecommender(h.grpc_url, "m4r", protocol="grpc", vocab=v)
+    a.prime("shared-user", v.decode([3, 4, 5]))
+    live = a.last_live_sequences
+    b.end("shared-user")
+    assert b.last_live_sequences == live - 1, "an END from another client did not free the sequence"
+    b.end("never-started-anywhere")                        # the server answers "must specify the START flag": gone
+    http = TritonRecommender(h.http_url, "m4r", protocol="http", vocab=v)
+    http.end("never-started-anywhere")
+    a.client.close(), b.client.close(), http.client.close()

@@ -14,6 +14,7 @@ left to a bare ``ModuleNotFoundError`` traceback. This module imports nothing of
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 #: top-level import name -> (what pip installs, the ``ssm-rec-zoo`` extra that brings it)
@@ -55,9 +56,23 @@ def require(module: str, needed_by: str, *, cli: bool = False) -> ModuleType:
 
 
 def _missing_optional(e: BaseException | None) -> str | None:
-    """The :data:`OPTIONAL` package whose absence ``e`` (or an error it was raised from) reports, else None."""
+    """The :data:`OPTIONAL` package whose absence ``e`` (or an error it was raised from) reports, else None: the
+    package itself not found (``e.name`` is the package, or a submodule of a package that cannot be found at all, as
+    Python names ``tritonclient.grpc`` when ``sys.modules["tritonclient"]`` is None). A missing submodule of an
+    installed package (``onnx.onnx_cpp2py_export``, the compiled part of a broken onnx) is a broken installation,
+    not a missing package: None."""
     while e is not None:
-        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in OPTIONAL:
-            return e.name.split(".")[0]
+        name = (e.name or "") if isinstance(e, ModuleNotFoundError) else ""
+        top = name.split(".")[0]
+        if top in OPTIONAL and (name == top or _not_found(top)):
+            return top
         e = e.__cause__ or e.__context__
     return None
+
+
+def _not_found(top: str) -> bool:
+    """True when the top-level package ``top`` cannot be found (imports nothing)."""
+    try:
+        return importlib.util.find_spec(top) is None
+    except (ImportError, ValueError):
+        return False

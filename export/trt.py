@@ -4,7 +4,7 @@ CLI::
 
     python -m export.trt --model NAME_OR_PATH --out DIR [--fp16] [--workspace 2G] [--topk K]
                          [--max-batch 2048] [--opt-batch 64] [--max-steps 200] [--version-compatible]
-                         [--plugin-lib PATH] [--build-dir build/plugins] [--quick] [--no-emulate]
+                         [--plugin-lib PATH] [--build-dir build/plugins] [--rebuild-plugins] [--quick] [--no-emulate]
                          [--candidates [--max-candidates 1024]]
 
 What it does, in order, printing a report as it goes:
@@ -15,8 +15,10 @@ What it does, in order, printing a report as it goes:
    (TiM4Rec-causal) are exported with ``time_input="gaps"`` (``export.onnx --time-input gaps``): float32
    ``time_gaps`` in, no float64 ``last_ts`` state (the client keeps it and differences the float64 timestamps), since
    the default float64 ``timestamps`` form can never become an engine (TensorRT has no float64);
-2. builds (or reuses) ``libzoo_trt_plugins.so`` (:mod:`export.build_plugins`) and loads it into TensorRT's plugin
-   registry;
+2. builds ``libzoo_trt_plugins.so`` (:mod:`export.build_plugins`; an incremental CMake build) unless the one in the
+   build folder was built from the plugin sources as they are now (a digest of them is kept beside it:
+   :func:`ensure_plugin_library`; ``--rebuild-plugins`` builds anyway, ``--plugin-lib`` uses a library as it is), and
+   loads it into TensorRT's plugin registry;
 3. builds the engine: strongly typed network (TensorRT >= 10; precision comes from the graph's dtypes — ``--fp16``
    converts the graph to fp16 weights/activations with export.onnx's fp16 path (:func:`export.onnx.convert_to_fp16`),
    keeping graph I/O, states and the scan nodes in fp32, and verifies that fp16 graph with ONNX Runtime first under
@@ -25,7 +27,8 @@ What it does, in order, printing a report as it goes:
    batch ``[1, opt, max]`` and steps ``T in [1, 1, max_steps]``; checks that every scan node became a plugin layer;
 4. runs the engine through the shared verifier (:func:`export.verify.verify_export`: priming with a history, then
    many single steps, each side carrying its own state; plus a many-row top-k case) under the tolerance table
-   :data:`TOLERANCES`;
+   :data:`TOLERANCES` of the engine's precision (with ``--fp16`` also export.verify's fp16 score error of the score
+   scale, which the table's row leaves unset; the report says ``fp16``);
 5. writes ``DIR/model.engine`` only when that verification passes, and ``DIR/trt_report.json`` always. An engine
    already in ``DIR`` moves with its report to ``DIR/previous/`` when a run starts, with copies of its graph,
    ``state_spec.json`` and item vocabulary (the report's paths rewritten to them), so ``DIR`` never pairs an old
@@ -54,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -75,8 +79,9 @@ MAX_CANDIDATES = 1024
 
 #: engine vs PyTorch tolerances per precision (max abs score error on every real item, state error, top-k agreement).
 #: fp32 uses the ONNX-level tolerance of export.verify for scores (TF32 is disabled); fp16 activations carry ~1e-3
-#: relative rounding per op, hence the looser numbers. Not yet calibrated on a real engine (no TensorRT builder was
-#: available when this was written): adjust after the first GPU run.
+#: relative rounding per op, hence the looser numbers; an fp16 engine is also held to export.verify's fp16 score
+#: error of the score scale (``score_rtol``, which these rows leave unset). Not yet calibrated on a real engine (no
+#: TensorRT builder was available when this was written): adjust after the first GPU run.
 TOLERANCES = {
     "fp32": {"score_atol": 1e-4, "state_atol": 1e-3, "topk_min_agreement": 0.999},
     # fp16: first guess, to be checked on a GPU; ONNX Runtime fp16 on CPU measured 94.5% in-order top-10 agreement
@@ -155,9 +160,38 @@ def probe_environment() -> Environment:
 
 
 # ------------------------------------------------------------------------------------------------ plugin library
+#: beside a plugin library that :func:`ensure_plugin_library` built: the :func:`plugin_sources_digest` it was built from
+SOURCES_STAMP_SUFFIX = ".sources.sha256"
+#: what the CMake build of the plugin library reads, under ``plugins/`` (the emulator, harness and docs are not in it)
+_SOURCE_SUFFIXES = (".cu", ".cuh", ".cpp", ".h", ".txt", ".py")
+
+
+def plugin_sources_digest() -> str:
+    """sha256 of the plugin library's sources: every CMake file, kernel, plugin class, common source and test under
+    ``plugins/`` (not ``emu/`` nor ``harness.py``), the header generator and :mod:`export.plugin_spec`. Reads a
+    few hundred kB: a check that finds the library current costs milliseconds."""
+    import hashlib
+
+    from . import build_plugins as BP
+
+    root = Path(BP.PLUGINS_DIR)
+    files = sorted(f for f in root.rglob("*") if f.suffix in _SOURCE_SUFFIXES and f.is_file()
+                   and f.relative_to(root).parts[0] != "emu" and f.name != "harness.py")
+    h = hashlib.sha256()
+    for f, name in [*((f, f.relative_to(root).as_posix()) for f in files), (Path(ps.__file__), "plugin_spec.py")]:
+        h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def ensure_plugin_library(plugin_lib: str | None = None, build_dir: str | None = None, rebuild: bool = False,
                           say=print) -> Path:
-    """Path of libzoo_trt_plugins.so; builds it with CMake (export.build_plugins) when absent."""
+    """Path of libzoo_trt_plugins.so, current with the plugin sources: a given ``plugin_lib`` (or
+    ``$ZOO_TRT_PLUGIN_LIB``) as it is; else the one in the build folder, (re)built with CMake (export.build_plugins,
+    incremental) when it is absent, when ``rebuild``, or when the sources changed since it was built
+    (:func:`plugin_sources_digest`, recorded beside it at each build; a library without that record, built by hand
+    or by an older export.trt, is rebuilt too). So an engine never gets other plugin code than the CPU-emulated check
+    verified (export.build_plugins.build_emulated, which rebuilds on the same sources). Raises :class:`TrtError`
+    when the library cannot be had."""
     from . import build_plugins as BP
 
     if plugin_lib:
@@ -166,19 +200,34 @@ def ensure_plugin_library(plugin_lib: str | None = None, build_dir: str | None =
             raise TrtError(f"plugin library {p} does not exist")
         return p
     p = BP.library_path(build_dir)
-    if p.is_file() and not rebuild:
+    if p.is_file() and os.environ.get("ZOO_TRT_PLUGIN_LIB"):      # a library named by the environment: as it is
         return p
-    say(f"building the plugin library ({BP.PLUGINS_DIR} -> {p.parent}) ...")
+    stamp = p.with_name(p.name + SOURCES_STAMP_SUFFIX)
+    digest = plugin_sources_digest()
+    built_from = stamp.read_text().strip() if p.is_file() and stamp.is_file() else None
+    if built_from == digest and not rebuild:
+        return p
+    why = ("absent" if not p.is_file() else "asked to rebuild" if rebuild
+           else f"no record of the sources {p.name} was built from" if built_from is None
+           else f"the sources in {BP.PLUGINS_DIR} changed since {p.name} was built")
+    say(f"building the plugin library ({why}; {BP.PLUGINS_DIR} -> {p.parent}) ...")
     t0 = time.perf_counter()
+    stale = "" if not p.is_file() else (f" (the {p.name} there was not used: it may hold other plugin code than "
+                                        "plugins/ does; give a library to use as it is with --plugin-lib)")
     try:
         res = BP.build(build_dir, quiet=True)
     except (BP.BuildError, OSError) as e:          # OSError: a build folder that cannot be made or written
-        raise TrtError(str(e)) from e
+        raise TrtError(f"{e}{stale}") from e
     if res["plugins"] is None:
-        raise TrtError(f"{ps.PLUGIN_LIBRARY} was not built: {res['tensorrt_headers']}")
-    say(f"  built {res['plugins']} (TensorRT headers {res['tensorrt_header_version']} from {res['tensorrt_headers']}) "
+        raise TrtError(f"{ps.PLUGIN_LIBRARY} was not built: {res['tensorrt_headers']}{stale}")
+    lib = Path(res["plugins"])
+    try:
+        lib.with_name(lib.name + SOURCES_STAMP_SUFFIX).write_text(digest + "\n")
+    except OSError as e:                           # the library is current; only the next check will rebuild it
+        say(f"  could not record the sources' digest beside {lib}: {e}")
+    say(f"  built {lib} (TensorRT headers {res['tensorrt_header_version']} from {res['tensorrt_headers']}) "
         f"[{time.perf_counter() - t0:.1f} s]")
-    return Path(res["plugins"])
+    return lib
 
 
 def _load_plugins(trt_module, lib: Path):
@@ -213,7 +262,8 @@ def check_registry(trt_module, lib: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ engine
 def _parse_size(s: str | int) -> int:
-    """Bytes from a workspace size: an int (bytes), ``"512M"``, ``"2G"``, ``"64K"`` or a plain number of MiB.
+    """Bytes from a workspace size: an int (bytes), ``"512M"``, ``"2G"``, ``"64K"`` (also ``"512MB"``, ``"512MiB"``,
+    any case; binary units), ``"1048576B"`` (bytes) or a plain number of MiB.
 
     Raises:
         ValueError: not a size, or not positive.
@@ -221,10 +271,11 @@ def _parse_size(s: str | int) -> int:
     if isinstance(s, int):
         n = s
     else:
-        t = s.strip().upper().rstrip("B")
-        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        # K/M/G, optionally followed by B or iB (binary units all); a B alone is bytes; no unit is MiB
+        m = re.fullmatch(r"(.*?)\s*(?:([KMG])(?:I?B)?|(B))?", s.strip().upper())
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m[2]] if m[2] else 1 if m[3] else 1 << 20
         try:
-            n = int(float(t[:-1]) * mult[t[-1]]) if t and t[-1] in mult else int(float(t) * (1 << 20))
+            n = int(float(m[1]) * unit)
         except (ValueError, OverflowError):  # OverflowError: "inf", "1e400" (int() of an infinite float)
             raise ValueError(f"workspace must be a size such as 512M or 2G (a plain number is MiB), got {s!r}") \
                 from None
@@ -553,14 +604,15 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         plugin_lib: str | None = None, build_dir: str | None = None, quick: bool = False, model=None,
         time_input: str = "auto", exclude_seen: bool = False, user_vector: bool = False,
         exclude_items: str | None = None, emulate: bool = True, candidates: bool = False,
-        max_candidates: int = MAX_CANDIDATES, say=print) -> tuple[int, dict]:
+        max_candidates: int = MAX_CANDIDATES, rebuild_plugins: bool = False, say=print) -> tuple[int, dict]:
     """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json``.
 
     ``time_input``: "auto" (time-aware step models get the float32 gaps form, the only one TensorRT can build; others
     none), or an explicit :data:`export.onnx.TIME_INPUTS` value ("timestamps" ends with the float64 error, exit 1).
     ``emulate``: when no engine can be built, verify the graph with the plugins' code on the CPU emulator
     (:func:`_emulated_plugin_check`). ``candidates``: the graph takes ``candidates [B, C]`` (``export.onnx
-    --candidates``), ``C`` up to ``max_candidates`` in the engine's profile."""
+    --candidates``), ``C`` up to ``max_candidates`` in the engine's profile. ``rebuild_plugins``: build the plugin
+    library even when it is current with its sources (:func:`ensure_plugin_library`)."""
     from . import onnx as E
     from . import verify as V
 
@@ -699,7 +751,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     say(f"  GPU              : {env.gpu or 'MISSING (' + str(env.gpu_error) + ')'}")
     lib = None
     try:
-        lib = ensure_plugin_library(plugin_lib, build_dir, say=lambda m: say("  " + m))
+        lib = ensure_plugin_library(plugin_lib, build_dir, rebuild=rebuild_plugins, say=lambda m: say("  " + m))
         report["plugin_library"] = str(lib)
         say(f"  plugin library   : {lib}")
         reg_mod = env.tensorrt or env.lean
@@ -756,12 +808,16 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
                         "build_seconds": eb.seconds, "bytes": len(eb.serialized)}
     say(f"  built: {len(eb.serialized) / 1e6:.2f} MB, {eb.n_plugin_layers} plugin layers [{eb.seconds:.1f} s]")
 
-    # 4. engine vs PyTorch
-    say(f"[4/4] engine verification against PyTorch ({precision}: score atol {tol['score_atol']:g}, "
-        f"state atol {tol['state_atol']:g}, top-k >= {100 * tol['topk_min_agreement']:g}%)")
+    # 4. engine vs PyTorch, under the precision's criteria: the engine's row of TOLERANCES, and for what that row
+    # leaves unset export.verify's row of the same precision (fp16: its score error of the score scale). res.spec
+    # says fp32 (the fp16 conversion comes after the export), so the precision is passed, not read from it
+    rtol = V.tolerances(precision)["score_rtol"]
+    say(f"[4/4] engine verification against PyTorch ({precision}: score atol {tol['score_atol']:g}"
+        + (f", score error <= {rtol:g} of the score scale" if rtol is not None else "")
+        + f", state atol {tol['state_atol']:g}, top-k >= {100 * tol['topk_min_agreement']:g}%)")
     try:
         rep = V.verify_export(model, res.graph_path, res.spec, runner=TrtRunner(trt, eb.engine),
-                              progress=lambda m: say("  " + m), **tol, **verify_kwargs)
+                              progress=lambda m: say("  " + m), precision=precision, **tol, **verify_kwargs)
     except Exception as e:
         say(f"  ERROR while running the engine: {type(e).__name__}: {e}")
         report["error"] = f"{type(e).__name__}: {e}"
@@ -798,7 +854,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--version-compatible", action="store_true",
                    help="build a version-compatible engine (runs on the lean/dispatch runtime; plugin lib serialized)")
     p.add_argument("--plugin-lib", default=None, help=f"use this {ps.PLUGIN_LIBRARY} instead of building one")
-    p.add_argument("--build-dir", default=None, help="CMake build folder for the plugins (default: build/plugins in a checkout, git-ignored; ~/.cache/ssm-rec-zoo/plugins for an installed package)")
+    p.add_argument("--build-dir", default=None,
+                   help="CMake build folder for the plugins (default: build/plugins in a checkout, git-ignored; "
+                        "~/.cache/ssm-rec-zoo/plugins for an installed package)")
+    p.add_argument("--rebuild-plugins", action="store_true",
+                   help=f"build {ps.PLUGIN_LIBRARY} even when it is current with plugins/ (it is rebuilt anyway when "
+                        "the sources changed since it was built)")
     p.add_argument("--quick", action="store_true", help="small verification (CI smoke runs)")
     p.add_argument("--exclude-seen", action="store_true",
                    help="rank the history's items last (a 'seen' state [B, n_items]; see export.onnx --exclude-seen)")
@@ -809,11 +870,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--candidates", action="store_true",
                    help="the graph takes candidates [B, C], the items each row may recommend (see export.onnx "
                         "--candidates)")
-    p.add_argument("--max-candidates", type=int, default=MAX_CANDIDATES,
+    p.add_argument("--max-candidates", type=int, default=None,
                    help=f"with --candidates: largest C in the engine's profile (default {MAX_CANDIDATES})")
     p.add_argument("--no-emulate", action="store_true",
                    help="without TensorRT/GPU, skip the check of the graph with the plugins' code on the CPU emulator")
     a = p.parse_args(argv)
+    if a.max_candidates is None:
+        a.max_candidates = MAX_CANDIDATES
+    elif not a.candidates:                        # it sizes the candidates input, which only --candidates adds
+        p.error("--max-candidates needs --candidates: it sets the largest candidate list C of the engine's profile, "
+                "and the graph takes no candidates without --candidates")
     for module in ("onnx", "onnxruntime"):        # every run exports and verifies the ONNX graph first
         require(module, "python -m export.trt", cli=True)
     try:
@@ -829,7 +895,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   opt_batch=a.opt_batch, max_steps=a.max_steps, version_compatible=a.version_compatible,
                   plugin_lib=a.plugin_lib, build_dir=a.build_dir, quick=a.quick, exclude_seen=a.exclude_seen,
                   user_vector=a.user_vector, exclude_items=a.exclude_items, emulate=not a.no_emulate,
-                  candidates=a.candidates, max_candidates=a.max_candidates, say=say)
+                  candidates=a.candidates, max_candidates=a.max_candidates, rebuild_plugins=a.rebuild_plugins,
+                  say=say)
     return code
 
 

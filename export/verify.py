@@ -186,12 +186,12 @@ class VerifyReport:
         return "\n".join(rows)
 
     def to_dict(self) -> dict:
-        return {"passed": self.ok, "max_abs_err": max((c.max_abs_err for c in self.cases), default=0.0),
-                "max_rel_err": max((c.max_rel_err for c in self.cases), default=0.0),
-                "topk_agreement": min((c.topk_agreement for c in self.cases), default=1.0),
+        return {"passed": self.ok, "max_abs_err": _worst(max, (c.max_abs_err for c in self.cases), 0.0),
+                "max_rel_err": _worst(max, (c.max_rel_err for c in self.cases), 0.0),
+                "topk_agreement": _worst(min, (c.topk_agreement for c in self.cases), 1.0),
                 "topk_cases": sum(c.topk_cases for c in self.cases),
-                "topk_overlap": min((c.topk_overlap for c in self.cases if c.topk_overlap is not None), default=None),
-                "state_err": max((c.state_err for c in self.cases if c.state_err is not None), default=None),
+                "topk_overlap": _worst(min, (c.topk_overlap for c in self.cases if c.topk_overlap is not None), None),
+                "state_err": _worst(max, (c.state_err for c in self.cases if c.state_err is not None), None),
                 "precision": self.precision, "score_atol": self.score_atol, "score_rtol": self.score_rtol,
                 "state_atol": self.state_atol, "topk_min_agreement": self.topk_min_agreement,
                 "topk_min_overlap": self.topk_min_overlap,
@@ -199,6 +199,15 @@ class VerifyReport:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _worst(pick: Callable, values, default):
+    """``pick(values)`` (max or min), or NaN when any value is NaN, or ``default`` when there is none. Python's
+    max() and min() keep whichever of a NaN and a number comes first, so a NaN after the first value was dropped."""
+    values = [float(v) for v in values]
+    if not values:
+        return default
+    return float("nan") if any(v != v for v in values) else pick(values)
+
+
 def ort_session(graph: str | bytes, threads: int = 1):
     """An ONNX Runtime CPU session (``threads`` intra-op threads) for a graph path or serialized bytes."""
     import onnxruntime as ort
@@ -470,11 +479,13 @@ class _StepPair:
 
     def state_err(self) -> float:
         """Max abs difference over every state tensor, compared in float64 (a float64 state such as ``last_ts``
-        must come back exactly: any rounding to float32 shows up as an error of up to 64 s at epoch seconds)."""
+        must come back exactly: any rounding to float32 shows up as an error of up to 64 s at epoch seconds). NaN when
+        any state element on either side is NaN, whichever state holds it (NaN fails every tolerance)."""
         ref = {n: self.t_state[n].double().numpy() for n in self.names if n != SEEN_STATE}
         if self.exclude_seen:
             ref[SEEN_STATE] = self.t_seen.astype(np.float64)
-        return max(float(np.abs(np.asarray(self.o_state[n], dtype=np.float64) - ref[n]).max()) for n in self.names)
+        return _worst(max, (np.abs(np.asarray(self.o_state[n], dtype=np.float64) - ref[n]).max() for n in self.names),
+                      0.0)
 
 
 #: gap mixture of the random timestamps (seconds): same second, seconds, minutes, hours, days, months, and (1 in 20)

@@ -348,6 +348,25 @@ def test_run_op_refuses_what_a_plugin_cannot_take(emulated_plugins, capfd):
     assert [o.shape for o in out] == [(1, 2, 3), (1, 2, 3)] and out[0][0, 0, 0] == 0.0
 
 
+@pytest.mark.parametrize("op,shape,abi,dim", [
+    ("SelectiveScan", dict(B=1, E=2, N=4), "zoo_selective_scan", "u's dim 2"),
+    ("SSDScan", dict(B=1, H=2, P=2, G=1, N=4), "zoo_ssd_scan", "x's dim 1"),
+    ("LRUScan", dict(B=1, N=4), "zoo_lru_scan", "u_re's dim 1")])
+def test_a_scan_over_no_step_is_refused(emulated, emulated_plugins, capfd, op, shape, abi, dim):
+    """T = 0 returned success from the kernels' C ABI and the plugins' enqueue without writing the state output (h
+    held whatever its buffer held, here the emulator's NaN pattern): now the C ABI refuses it as an invalid value
+    (cudaErrorInvalidValue, 1) and the plugin at configurePlugin (the engine build), naming T."""
+    case = harness.Case(op, torch.float32, 0, True, shape)
+    d = harness.make_inputs(case, device="cpu")
+    with pytest.raises(RuntimeError, match=rf"^{abi}: CUDA error 1\b"):
+        harness.run_kernel(emulated, case, d)
+    with pytest.raises(RuntimeError, match=rf"{op} plugin enqueue: configurePlugin failed: .*\(status -6\)"):
+        harness.run_plugin(emulated_plugins, case, d)
+    assert f"{op}: the steps T ({dim}) must be >= 1" in capfd.readouterr().err
+    one = harness.Case(op, torch.float32, 1, True, shape)       # the same shapes with one step run
+    assert all(r["ok"] for r in harness.check_case(emulated_plugins, one, seed=0, plugin=True))
+
+
 def test_export_trt_exits_2_when_the_emulated_plugin_check_fails(tmp_path, monkeypatch, emu_dir):
     """export.trt without TensorRT: a plugin that computes wrong makes the run fail verification (exit 2) instead of
     'TensorRT/GPU missing' (exit 3); nothing is written as an engine."""

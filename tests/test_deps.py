@@ -36,6 +36,41 @@ def test_require_imports_what_is_there_and_names_the_extra_of_what_is_not(monkey
     assert set(OPTIONAL) >= {"onnx", "onnxruntime", "tritonclient", "grpc"}
 
 
+def test_a_broken_installation_is_not_reported_as_not_installed(tmp_path, monkeypatch):
+    """An installed optional package that misses a submodule of its own (onnx without its compiled
+    ``onnx.onnx_cpp2py_export``) was reported as "not installed" (the missing name's first part was matched): its
+    own error is raised as it is. A package missing under a submodule (tritonclient.grpc without grpcio) and the
+    package itself missing are still named with their extra. Fake packages under tmp_path stand in for them."""
+    monkeypatch.setitem(OPTIONAL, "zoo_fake_native", ("zoo-fake-native", "fake"))
+    monkeypatch.setitem(OPTIONAL, "zoo_fake_client", ("zoo-fake-client", "fake"))
+    monkeypatch.setitem(OPTIONAL, "zoo_fake_grpc", ("zoo-fake-grpc", "fake"))
+    (tmp_path / "zoo_fake_native").mkdir()
+    (tmp_path / "zoo_fake_native" / "__init__.py").write_text(
+        "from zoo_fake_native._compiled import version  # the compiled part, missing\n")
+    (tmp_path / "zoo_fake_client" / "grpc").mkdir(parents=True)
+    (tmp_path / "zoo_fake_client" / "__init__.py").write_text("")
+    (tmp_path / "zoo_fake_client" / "grpc" / "__init__.py").write_text(
+        "try:\n    import zoo_fake_grpc\nexcept ModuleNotFoundError as e:\n"
+        "    raise RuntimeError('this installation has no grpc support') from e\n")
+    monkeypatch.setitem(OPTIONAL, "zoo_fake_absent", ("zoo-fake-absent", "fake"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(ModuleNotFoundError) as e:
+            require("zoo_fake_native", "x")
+        assert not isinstance(e.value, MissingDependencyError) and e.value.name == "zoo_fake_native._compiled"
+        with pytest.raises(MissingDependencyError, match=r"^x needs zoo-fake-grpc, .*'ssm-rec-zoo\[fake\]'") as e:
+            require("zoo_fake_client.grpc", "x")
+        assert e.value.name == "zoo_fake_grpc"
+        with pytest.raises(MissingDependencyError, match=r"^x needs zoo-fake-absent, .*'ssm-rec-zoo\[fake\]'"):
+            require("zoo_fake_absent.grpc", "x")                      # the package itself not installed
+        monkeypatch.setitem(sys.modules, "zoo_fake_client", None)     # or not importable
+        with pytest.raises(MissingDependencyError, match=r"^x needs zoo-fake-client, .*'ssm-rec-zoo\[fake\]'"):
+            require("zoo_fake_client.grpc", "x")
+    finally:
+        for name in [m for m in sys.modules if m.startswith("zoo_fake_")]:
+            del sys.modules[name]
+
+
 def _run(code: str, cwd) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter at the repository root (the package as a user imports it)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))

@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("text,n", [
     ("512M", 512 << 20), ("512MB", 512 << 20), ("512mb", 512 << 20), ("2G", 2 << 30), ("2GB", 2 << 30),
     (" 2g ", 2 << 30), ("64K", 64 << 10), ("1.5G", 3 << 29), ("64", 64 << 20), ("0.5", 1 << 19),
+    ("64KiB", 64 << 10), ("512mib", 512 << 20), ("2 GB", 2 << 30),
+    ("1024B", 1024), ("1048576 b", 1 << 20),                           # a B after no K/M/G is bytes, not MiB
     (4096, 4096)])                                                      # an int is bytes, not MiB
 def test_parse_size_units(text, n):
     assert T._parse_size(text) == n
@@ -42,7 +44,9 @@ def test_parse_size_units(text, n):
     (0, "workspace must be positive, got 0"), ("-1G", "workspace must be positive"),
     ("abc", "workspace must be a size such as 512M or 2G"), ("", "workspace must be a size"),
     ("G", "workspace must be a size"), ("2T", "workspace must be a size"), ("nan", "workspace must be a size"),
-    ("inf", "workspace must be a size"), ("1e400G", "workspace must be a size"), ("-inf", "workspace must be a size")])
+    ("inf", "workspace must be a size"), ("1e400G", "workspace must be a size"), ("-inf", "workspace must be a size"),
+    ("B", "workspace must be a size"), ("5iB", "workspace must be a size"), ("1024BB", "workspace must be a size"),
+    ("KB", "workspace must be a size"), ("0B", "workspace must be positive, got '0B'")])
 def test_parse_size_refuses(text, message):
     with pytest.raises(ValueError, match=message):
         T._parse_size(text)
@@ -201,6 +205,68 @@ def test_ensure_plugin_library_builds_only_when_absent_or_asked(tmp_path, fake_b
     assert len(fake_build.calls) == 2                              # rebuild=True: built again
 
 
+def _plugin_sources(tmp_path, monkeypatch) -> Path:
+    """A copy of plugins/ that export.build_plugins (faked) builds from."""
+    import shutil
+
+    src = tmp_path / "plugins"
+    shutil.copytree(ROOT / "plugins", src, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(BP, "PLUGINS_DIR", src)
+    return src
+
+
+def test_ensure_plugin_library_rebuilds_a_library_older_than_its_sources(tmp_path, monkeypatch, fake_build):
+    """A library in the build folder was reused whatever sources it had been built from, while the CPU-emulated check
+    ([4b]) rebuilds from the current ones: an engine could get other plugin code than was verified. Now the
+    sources' digest is recorded beside each library built, and a changed source (or no record: a library built by
+    hand or by an older export.trt) rebuilds it; files outside the build (docs, the emulator, the harness) do not."""
+    src = _plugin_sources(tmp_path, monkeypatch)
+    bdir = tmp_path / "build"
+    lib = bdir / ps.PLUGIN_LIBRARY
+    bdir.mkdir()
+    lib.write_bytes(b"built by hand")                              # no record of its sources
+    said = []
+    assert T.ensure_plugin_library(None, str(bdir), say=said.append) == lib and len(fake_build.calls) == 1
+    assert f"no record of the sources {ps.PLUGIN_LIBRARY} was built from" in said[0], said
+    stamp = bdir / (ps.PLUGIN_LIBRARY + T.SOURCES_STAMP_SUFFIX)
+    assert stamp.read_text().strip() == T.plugin_sources_digest()
+    T.ensure_plugin_library(None, str(bdir), say=said.append)
+    assert len(fake_build.calls) == 1                              # current: reused
+    for f in ("README.md", "harness.py", "emu/zooCudaEmu.h", "selectiveScanPlugin/README.md"):
+        (src / f).write_text((src / f).read_text() + "\n")
+        T.ensure_plugin_library(None, str(bdir), say=said.append)
+        assert len(fake_build.calls) == 1, f                       # not a source of the library
+    n = 1
+    for f in ("selectiveScanPlugin/selectiveScanKernel.cu", "common/zooScanPluginBase.h",
+              "lruScanPlugin/CMakeLists.txt", "gen_spec_header.py"):
+        (src / f).write_text((src / f).read_text() + "\n")
+        said.clear()
+        T.ensure_plugin_library(None, str(bdir), say=said.append)
+        n += 1
+        assert len(fake_build.calls) == n, f                       # a changed source: rebuilt
+        assert f"the sources in {src} changed since {ps.PLUGIN_LIBRARY} was built" in said[0], said
+        T.ensure_plugin_library(None, str(bdir), say=said.append)
+        assert len(fake_build.calls) == n, f                       # and current again
+    monkeypatch.setattr(T.ps, "__file__", str(tmp_path / "plugin_spec.py"))      # the spec the header comes from
+    (tmp_path / "plugin_spec.py").write_text("# another spec\n")
+    T.ensure_plugin_library(None, str(bdir), say=said.append)
+    assert len(fake_build.calls) == n + 1
+
+
+def test_a_stale_library_is_not_used_when_its_rebuild_fails(tmp_path, monkeypatch, fake_build):
+    _plugin_sources(tmp_path, monkeypatch)
+    (tmp_path / ps.PLUGIN_LIBRARY).write_bytes(b"stale")
+    (tmp_path / (ps.PLUGIN_LIBRARY + T.SOURCES_STAMP_SUFFIX)).write_text("0" * 64)
+
+    def broken(*a, **k):
+        raise BP.BuildError("nvcc not found on PATH (needed to build the plugins)")
+
+    monkeypatch.setattr(BP, "build", broken)
+    with pytest.raises(T.TrtError, match=rf"^nvcc not found .* \(the {ps.PLUGIN_LIBRARY} there was not used: it may "
+                                         r"hold other plugin code than plugins/ does; .* --plugin-lib\)$"):
+        T.ensure_plugin_library(None, str(tmp_path), say=lambda m: None)
+
+
 def test_ensure_plugin_library_build_failures(tmp_path, monkeypatch, fake_build):
     fake_build.result = lambda bdir: {"plugins": None, "tensorrt_headers": "no TensorRT headers: none given",
                                       "tensorrt_header_version": None}
@@ -295,12 +361,12 @@ def test_main_forwards_every_flag(monkeypatch):
     assert T.main(["--model", "m", "--out", "o", "--fp16", "--workspace", "512M", "--topk", "5", "--max-batch", "100",
                    "--opt-batch", "10", "--max-steps", "30", "--version-compatible", "--plugin-lib", "L.so",
                    "--build-dir", "B", "--quick", "--exclude-seen", "--user-vector", "--exclude-items", "gone.txt",
-                   "--no-emulate", "--candidates", "--max-candidates", "300"]) == 2
+                   "--no-emulate", "--candidates", "--max-candidates", "300", "--rebuild-plugins"]) == 2
     seen.pop("say")
     assert seen == dict(model_name="m", out_dir="o", fp16=True, workspace="512M", topk=5, max_batch=100, opt_batch=10,
                         max_steps=30, version_compatible=True, plugin_lib="L.so", build_dir="B", quick=True,
                         exclude_seen=True, user_vector=True, exclude_items="gone.txt", emulate=False,
-                        candidates=True, max_candidates=300)
+                        candidates=True, max_candidates=300, rebuild_plugins=True)
 
 
 def test_main_defaults_are_run_defaults(monkeypatch):
@@ -310,7 +376,7 @@ def test_main_defaults_are_run_defaults(monkeypatch):
                 if p.default is not inspect.Parameter.empty}
     for k in ("fp16", "workspace", "topk", "max_batch", "opt_batch", "max_steps", "version_compatible", "plugin_lib",
               "build_dir", "quick", "exclude_seen", "user_vector", "exclude_items", "emulate", "candidates",
-              "max_candidates"):
+              "max_candidates", "rebuild_plugins"):
         assert seen[k] == defaults[k], k
 
 
@@ -399,6 +465,7 @@ def test_main_usage_errors_exit_1_before_any_work(tmp_path, capsys):
     traceback after it."""
     (tmp_path / "afile").write_text("")
     for args, message in ((["--candidates", "--max-candidates", "0"], "max_candidates must be an int >= 1"),
+                          (["--max-candidates", "300"], "--max-candidates needs --candidates"),   # was ignored
                           (["--opt-batch", "9", "--max-batch", "8"], "opt_batch"),
                           (["--bogus"], "unrecognized arguments: --bogus"),
                           (["--out", str(tmp_path / "afile")], "is a file, not a folder"),
@@ -492,6 +559,42 @@ def test_to_fp16_graph_converts_internals_keeps_io(tiny_mamba):
     assert any(n.op_type == "Cast" for n in m16.graph.node)
     scan = [n.op_type for n in m16.graph.node if n.domain == ps.ONNX_DOMAIN]
     assert scan == [n.op_type for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN] and scan
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_engine_is_verified_under_its_own_precision(tmp_path, monkeypatch, tiny_mamba, fp16):
+    """The engine's verification was run without the precision, so it read the exported graph's spec, which says
+    fp32 (the fp16 conversion comes after the export): an fp16 engine was judged without export.verify's fp16 score
+    error of the score scale and reported as fp32. Builder and GPU faked; ONNX Runtime on the graph handed to the
+    builder stands in for the engine."""
+    from export import verify as V
+
+    env = T.Environment(tensorrt=types.SimpleNamespace(), tensorrt_version="fake", gpu="FakeGPU")
+    monkeypatch.setattr(T, "probe_environment", lambda: env)
+    monkeypatch.setattr(T, "check_registry", lambda trt, lib: [])
+    built = {}
+
+    def build_engine(trt, graph, spec, lib, **kw):
+        built.update(graph=graph, **kw)
+        return T.EngineBuild(engine=None, serialized=b"engine", n_plugin_layers=1, n_scan_nodes=1, seconds=0.0)
+
+    monkeypatch.setattr(T, "build_engine", build_engine)
+    monkeypatch.setattr(T, "TrtRunner", lambda trt, engine: V.ort_session(built["graph"]))
+    (tmp_path / "lib.so").write_bytes(b"x")
+    said = []
+    code, rep = T.run("tiny", str(tmp_path / "out"), model=tiny_mamba, quick=True, fp16=fp16,
+                      plugin_lib=str(tmp_path / "lib.so"), say=said.append)
+    text = "\n".join(said)
+    precision = "fp16" if fp16 else "fp32"
+    assert code == T.EXIT_OK and built["precision"] == precision, text
+    ev = rep["engine_verification"]
+    assert ev["precision"] == precision and ev["passed"] is True
+    row = {**V.tolerances(precision), **T.TOLERANCES[precision]}        # the engine's row over export.verify's
+    assert {k: ev[k] for k in row} == row
+    assert ev["score_rtol"] == (V.FP16_SCORE_RTOL if fp16 else None)
+    assert f"verification (step, mamba4rec): PASSED [{precision}: " in text.split("[4/4]", 1)[1]
+    assert ("score error <= 0.01 of the score scale" in text.split("[4/4]", 1)[1]) == fp16
 
 
 # ---------------------------------------------------------------------------------------------------- [4b] in a child

@@ -6,7 +6,9 @@
  * Layouts are contiguous row-major, exactly as in export/plugin_spec.py. "act" tensors use the activation dtype
  * (ZooDType: fp32 / fp16 / bf16); parameters (A, D, biases, lambda) and states (h0, h) are always fp32 and the
  * recurrence is computed in fp32. Optional pointers may be null (h0 -> zero state, D/z/bias -> absent).
- * Every launcher returns a cudaError_t value (0 = success) and never synchronizes.
+ * Every launcher returns a cudaError_t value (0 = success) and never synchronizes. T >= 1: a scan over no step would
+ * leave the state output unwritten, so T < 1 (like a negative dim or an N the kernels cannot hold) returns
+ * cudaErrorInvalidValue before any launch.
  * Output state may alias the input state (same pointer): each thread reads its state before writing it.
  */
 #pragma once

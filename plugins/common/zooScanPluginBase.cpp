@@ -97,15 +97,19 @@ int32_t ZooScanPluginBase::configurePlugin(
     {
         return -1;
     }
-    std::vector<Dims> dims;
-    for (int32_t i = 0; i < nbIn; ++i)
+    // the profile's bounds: the largest each dim may be (N <= 256) and the smallest (T >= 1); a fixed dim is both
+    for (bool largest : {true, false})
     {
-        dims.push_back(in[i].max); // the largest each dim may be (a fixed dim: its value)
-    }
-    if (char const* msg = shapeError(dims.data(), nbIn))
-    {
-        logError(msg);
-        return -1;
+        std::vector<Dims> dims;
+        for (int32_t i = 0; i < nbIn; ++i)
+        {
+            dims.push_back(largest ? in[i].max : in[i].min);
+        }
+        if (char const* msg = shapeError(dims.data(), nbIn))
+        {
+            logError(msg);
+            return -1;
+        }
     }
     return 0;
 }

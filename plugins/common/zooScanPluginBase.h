@@ -88,9 +88,9 @@ protected:
     //! True when I/O position `pos` (inputs first, then outputs) is an activation tensor.
     virtual bool isActivation(int32_t pos) const noexcept = 0;
     //! Constraints of the kernel on the input dims (inputs in spec order; -1 = a dim not known yet) that the shape
-    //! expressions cannot state, e.g. the state size N <= zoo_scan_max_state(): the message of the first one `dims`
-    //! breaks, else nullptr. Checked by configurePlugin (engine build: such an engine fails to build, instead of
-    //! failing every enqueue) and onShapeChange.
+    //! expressions cannot state, e.g. the state size N <= zoo_scan_max_state() or the steps T >= 1: the message of the
+    //! first one `dims` breaks, else nullptr. Checked by configurePlugin on the profile's largest and smallest dims
+    //! (engine build: such an engine fails to build, instead of failing its enqueues) and onShapeChange.
     virtual char const* shapeError(nvinfer1::Dims const* dims, int32_t nbInputs) const noexcept
     {
         return nullptr;

@@ -43,7 +43,7 @@ static int32_t launchLruScan(void const* uRe, void const* uIm, float const* lamR
     cudaStream_t stream)
 {
     int64_t const threads = static_cast<int64_t>(batch) * N;
-    if (threads == 0 || T_ == 0)
+    if (threads == 0)
     {
         return 0;
     }
@@ -60,7 +60,7 @@ extern "C" int32_t zoo_lru_scan(int32_t dtype, void const* u_re, void const* u_i
     float const* lam_im, float const* h0_re, float const* h0_im, void* h_re, void* h_im, int32_t batch, int32_t T,
     int32_t N, cudaStream_t stream)
 {
-    if (batch < 0 || T < 0 || N < 0)
+    if (batch < 0 || T < 1 || N < 0)
     {
         return static_cast<int32_t>(cudaErrorInvalidValue);
     }

@@ -55,10 +55,25 @@ int32_t LruScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDe
         static_cast<int32_t>(du.d[2]), stream);
     if (rc != 0)
     {
-        logError("LRUScan: kernel launch failed");
+        logError("LRUScan: kernel launch failed (T < 1 or a CUDA error)");
         return -1;
     }
     return 0;
+}
+
+char const* LruScanPlugin::shapeError(Dims const* dims, int32_t nbInputs) const noexcept
+{
+    if (nbInputs != S::kNbInputs)
+    {
+        return nullptr;
+    }
+    Dims const& du = dims[S::kIn_u_re]; // [B, T, N]
+    if (du.nbDims == 3 && du.d[1] >= 0 && du.d[1] < 1)
+    {
+        return "LRUScan: the steps T (u_re's dim 1) must be >= 1: the carried state is the last step's row of h, and "
+               "a scan over no step has none";
+    }
+    return nullptr;
 }
 
 LruScanPluginCreator::LruScanPluginCreator() noexcept

@@ -36,6 +36,7 @@ protected:
     {
         return zoo_spec::LRUScan::kNbInputs;
     }
+    char const* shapeError(nvinfer1::Dims const* dims, int32_t nbInputs) const noexcept override;
     bool isActivation(int32_t pos) const noexcept override;
 };
 

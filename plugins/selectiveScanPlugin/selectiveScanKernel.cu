@@ -94,7 +94,7 @@ static int32_t launchSelectiveScan(void const* u, void const* delta, float const
 {
     int32_t const S = teamSize(N);
     int64_t const threads = static_cast<int64_t>(batch) * E * S;
-    if (threads == 0 || T_ == 0)
+    if (threads == 0)
     {
         return 0;
     }
@@ -111,7 +111,7 @@ extern "C" int32_t zoo_selective_scan(int32_t dtype, void const* u, void const* 
     void const* Cm, float const* D, void const* z, float const* delta_bias, float const* h0, void* y, float* h,
     int32_t batch, int32_t E, int32_t N, int32_t T, int32_t delta_softplus, cudaStream_t stream)
 {
-    if (N < 1 || N > 32 * zoo::kMaxPerLane || batch < 0 || E < 0 || T < 0)
+    if (N < 1 || N > 32 * zoo::kMaxPerLane || batch < 0 || E < 0 || T < 1)
     {
         return static_cast<int32_t>(cudaErrorInvalidValue);
     }

@@ -64,7 +64,7 @@ int32_t SelectiveScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
         static_cast<int32_t>(du.d[2]), mDeltaSoftplus, stream);
     if (rc != 0)
     {
-        logError("SelectiveScan: kernel launch failed (N > zoo_scan_max_state() or a CUDA error)");
+        logError("SelectiveScan: kernel launch failed (T < 1, N > zoo_scan_max_state() or a CUDA error)");
         return -1;
     }
     return 0;
@@ -75,6 +75,12 @@ char const* SelectiveScanPlugin::shapeError(Dims const* dims, int32_t nbInputs) 
     if (nbInputs != S::kNbInputs)
     {
         return nullptr;
+    }
+    Dims const& du = dims[S::kIn_u]; // [B, E, T]
+    if (du.nbDims == 3 && du.d[2] >= 0 && du.d[2] < 1)
+    {
+        return "SelectiveScan: the steps T (u's dim 2) must be >= 1: a scan over no step would leave the state output "
+               "h unwritten";
     }
     Dims const& dA = dims[S::kIn_A]; // [E, N]: N is the state size the kernel keeps in registers
     if (dA.nbDims == 2 && dA.d[1] >= 0 && (dA.d[1] < 1 || dA.d[1] > zoo_scan_max_state()))

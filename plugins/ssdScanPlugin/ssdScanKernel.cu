@@ -89,7 +89,7 @@ static int32_t launchSsdScan(void const* x, void const* dt, float const* A, void
 {
     int32_t const S = teamSize(N);
     int64_t const threads = static_cast<int64_t>(batch) * H * P * S;
-    if (threads == 0 || T_ == 0)
+    if (threads == 0)
     {
         return 0;
     }
@@ -106,7 +106,7 @@ extern "C" int32_t zoo_ssd_scan(int32_t dtype, void const* x, void const* dt, fl
     void const* Cm, float const* D, float const* dt_bias, float const* h0, void* y, float* h, int32_t batch,
     int32_t T, int32_t H, int32_t P, int32_t G, int32_t N, int32_t dt_softplus, cudaStream_t stream)
 {
-    if (N < 1 || N > 32 * zoo::kMaxPerLane || G < 1 || H % G != 0 || batch < 0 || T < 0 || P < 0)
+    if (N < 1 || N > 32 * zoo::kMaxPerLane || G < 1 || H % G != 0 || batch < 0 || T < 1 || P < 0)
     {
         return static_cast<int32_t>(cudaErrorInvalidValue);
     }

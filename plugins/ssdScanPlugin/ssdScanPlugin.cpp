@@ -64,7 +64,7 @@ int32_t SsdScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDe
         stream);
     if (rc != 0)
     {
-        logError("SSDScan: kernel launch failed (N > zoo_scan_max_state(), H % G != 0 or a CUDA error)");
+        logError("SSDScan: kernel launch failed (T < 1, N > zoo_scan_max_state(), H % G != 0 or a CUDA error)");
         return -1;
     }
     return 0;
@@ -78,6 +78,11 @@ char const* SsdScanPlugin::shapeError(Dims const* dims, int32_t nbInputs) const 
     }
     Dims const& dB = dims[S::kIn_B]; // [B, T, G, N]
     Dims const& dx = dims[S::kIn_x]; // [B, T, H, P]
+    if (dx.nbDims == 4 && dx.d[1] >= 0 && dx.d[1] < 1)
+    {
+        return "SSDScan: the steps T (x's dim 1) must be >= 1: a scan over no step would leave the state output h "
+               "unwritten";
+    }
     if (dB.nbDims == 4 && dB.d[3] >= 0 && (dB.d[3] < 1 || dB.d[3] > zoo_scan_max_state()))
     {
         return "SSDScan: the state size N (B's dim 3) must be in 1..zoo_scan_max_state() (256): the kernel cannot run "

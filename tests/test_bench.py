@@ -299,19 +299,27 @@ def test_loss_table_groups_runs_by_loss_with_their_means(monkeypatch, tmp_path, 
         assert message in capsys.readouterr().err
 
 
+def _shop_lines(seed: int, users: int, lengths: tuple[int, int], old_items: int, new_items: int) -> list[str]:
+    """A TSV's lines: each user walks the items ``100, 101, ...`` in a cycle of ``old_items`` from a random start and
+    time, a few minutes a step; after ``1_000_006_000`` only the ``new_items`` after them (none: the old cycle on)."""
+    import random
+
+    rng = random.Random(seed)
+    lines = ["user_id\titem_id\ttimestamp"]
+    for u in range(1, users + 1):
+        t, item = rng.randrange(5_000), rng.randrange(old_items)
+        for _ in range(rng.randint(*lengths)):
+            lines.append(f"{u}\t{100 + item}\t{1_000_000_000 + t}")
+            t += rng.randint(100, 600)
+            item = ((item + 1) % old_items if t < 6_000 or not new_items
+                    else old_items + (item + 1) % new_items)                   # after the cut: new items only
+    return lines
+
+
 def test_catalogue_growth_bench_runs(monkeypatch, tmp_path):
     """A tiny run end to end on a file whose items 140..149 appear only after the cut: the old model knows 40 items,
     the continued runs add the 10 others, and the table counts the test targets that are new items."""
-    import random
-
-    rng = random.Random(0)
-    lines = ["user_id\titem_id\ttimestamp"]
-    for u in range(1, 61):
-        t, item = rng.randrange(5_000), rng.randrange(40)
-        for _ in range(rng.randint(12, 20)):
-            lines.append(f"{u}\t{100 + item}\t{1_000_000_000 + t}")
-            t += rng.randint(100, 600)
-            item = (item + 1) % 40 if t < 6_000 else 40 + (item + 1) % 10       # after the cut: new items only
+    lines = _shop_lines(seed=0, users=60, lengths=(12, 20), old_items=40, new_items=10)
     data = tmp_path / "shop.tsv"
     data.write_text("\n".join(lines) + "\n")
     b = _bench("catalogue_growth", monkeypatch)
@@ -706,16 +714,7 @@ def test_train_cost_counts_the_targets_bert4rec_predicts_in_the_timed_step(monke
 def test_catalogue_growth_with_no_new_item_among_the_test_targets(monkeypatch, tmp_path):
     """No test target is a new item (the cut's items are all there is): the new-item cells say so instead of the
     table ending in NaN and a crash of the paired comparison after all the training."""
-    import random
-
-    rng = random.Random(1)
-    lines = ["user_id\titem_id\ttimestamp"]
-    for u in range(1, 41):
-        t, item = rng.randrange(5_000), rng.randrange(30)
-        for _ in range(rng.randint(10, 14)):
-            lines.append(f"{u}\t{100 + item}\t{1_000_000_000 + t}")
-            t += rng.randint(100, 600)
-            item = (item + 1) % 30
+    lines = _shop_lines(seed=1, users=40, lengths=(10, 14), old_items=30, new_items=0)
     data = tmp_path / "shop.tsv"
     data.write_text("\n".join(lines) + "\n")
     b = _bench("catalogue_growth", monkeypatch)

@@ -107,9 +107,11 @@ PRECISION_DOC = {
             "(computed in fp32 with Cast nodes at their activation inputs/outputs) and the score tail (padding mask, "
             "TopK) float32",
     "int8": "dynamic int8 (ONNX Runtime's quantize_dynamic of the verified fp32 graph): the stored weights of the "
-            "MatMul/Gemm nodes and the item table int8 per output channel, their activations quantized per call; "
-            "everything else (graph I/O, recurrent states, the scan nodes, norms, the score tail, MatMuls whose "
-            "weight the graph computes) float32",
+            "MatMul/Gemm nodes and the item table int8 per output channel, their activations quantized per call "
+            "(one scale for the whole batch, so a row's scores, top-k and new state move with the call's other rows "
+            "and with how events are split into calls, within the int8 verification's tolerance); everything else "
+            "(graph I/O, recurrent states, the scan nodes, norms, the score tail, MatMuls whose weight the graph "
+            "computes) float32",
 }
 #: ``--int8``: what :func:`quantize_int8` quantizes (stored weights only: a MatMul whose second input is computed in
 #: the graph stays fp32 -- attention's two products, LRURec's input projection scaled by its gamma) and how
@@ -1413,7 +1415,13 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, external: bool
     and dequantized), everything else stays as traced: the scan nodes (their model-local functions are not
     touched), the states, norms and the score tail. ``external``: write the tensors to ``dst``'s sibling
     ``<name>.data`` (the fp32 graph passed protobuf's limit). Returns what was done (``state_spec.json``'s
-    ``quantization``)."""
+    ``quantization``).
+
+    ``DynamicQuantizeLinear`` takes one scale and zero point per call for the whole activation tensor, all rows of
+    the batch together: unlike an fp32 or fp16 graph's, an int8 graph's row depends on the other rows of its call
+    (a user's scores, top-k and new state differ a little alone and beside other users) and so on how a user's
+    events are split into calls (priming a history in one call vs. step by step). The int8 verification bounds
+    this like any int8 error (score error relative to the score scale, mean top-k overlap), not row by row."""
     import collections
 
     import onnxruntime
@@ -1736,7 +1744,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="dynamic int8 for CPU serving with ONNX Runtime: the fp32 graph is verified, then its "
                            "MatMul/Gemm weights and item table are quantized to int8 per output channel and the result "
                            "is verified on its score error and top-k overlap (graph I/O, states and the scans stay "
-                           "fp32; not for TensorRT)")
+                           "fp32; not for TensorRT). Activations are quantized with one scale per call, so a row's "
+                           "scores, top-k and state move a little with the call's other rows and with how a user's "
+                           "events are split into calls")
     p.add_argument("--time-input", choices=TIME_INPUTS, default=None,
                    help="time-aware models: 'timestamps' (default: float64 timestamps + float64 last_ts state in the "
                         "graph) or 'gaps' (step graphs: float32 time_gaps, last_ts kept by the caller; TensorRT-able)")

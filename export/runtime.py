@@ -638,9 +638,10 @@ class UserStateRecommender:
             catalogue gained items: ``add_items`` appends them, so every stored index keeps its item). Processes share
             a versioned store (see below).
         on_stale: what to do with a stored state another model wrote (a step graph: retrained, its catalogue grown,
-            fp16; a window graph: another item vocabulary): ``"error"`` (:class:`export.state_store.StaleStateError`:
-            replay the user's history with :meth:`prime`) or ``"restart"`` (start the user afresh; counted in
-            ``restarted``). Step graphs exported before the fingerprint existed accept every state unchecked.
+            fp16; a window graph: another item vocabulary, or timestamps where the graph reads none or none where it
+            reads them), or one lacking a state the graph reads: ``"error"`` (:class:`export.state_store.
+            StaleStateError`: replay the user's history with :meth:`prime`) or ``"restart"`` (start the user afresh;
+            counted in ``restarted``). Step graphs exported before the fingerprint existed accept every state unchecked.
         threads: ONNX Runtime intra-op threads (when ``graph`` is a path).
 
     Item ids are the caller's own (``item_vocab.json`` beside the graph); an unknown id is a ``KeyError`` naming it.
@@ -686,6 +687,10 @@ class UserStateRecommender:
         #: raw scores
         self.last_user_vector: np.ndarray | None = None
 
+    def _stripe(self, user_id) -> int:
+        """The index of ``user_id``'s lock in ``_stripes``."""
+        return hash(user_id) % len(self._stripes)
+
     def _check_k(self, k) -> int:
         top = self.session.topk
         if k is None:
@@ -701,12 +706,19 @@ class UserStateRecommender:
         return self.session.init_state(1)
 
     def _vocab_tag(self, n: int) -> str:
-        """``sha256:<hex>`` of what a window state's ``items`` mean when written by a graph whose item vocabulary is
-        this one's first ``n`` ids (``item_vocab.json``; the identity of ``1 .. n_items - 1`` without one)."""
+        """``sha256:<hex>`` of what a window state means when written by a graph whose item vocabulary is this one's
+        first ``n`` ids (``item_vocab.json``; the identity of ``1 .. n_items - 1`` without one), and of its layout:
+        a time-aware graph's state also holds ``timestamps``, so a state without them (a SASRec's) is stale to it
+        instead of failing every event of that user. Graphs without time keep the tag they always had (their stored
+        states stay valid); the states stored by a time-aware window graph before its tag named the timestamps are
+        stale once (``on_stale``: StaleStateError, or the user restarts)."""
         if n not in self._prefix_tags:
             import hashlib
 
-            ids = json.dumps({"window-items": [str(x) for x in self._vocab[:n]]}).encode()
+            what = {"window-items": [str(x) for x in self._vocab[:n]]}
+            if self.session.uses_timestamps:
+                what["window-timestamps"] = True
+            ids = json.dumps(what).encode()
             self._prefix_tags[n] = "sha256:" + hashlib.sha256(ids).hexdigest()
         return self._prefix_tags[n]
 
@@ -727,9 +739,13 @@ class UserStateRecommender:
         if state is None:
             return self._initial(), bool(stored)
         missing = [n for n in self.state_names if n not in state]
-        if missing:
-            raise ValueError(f"the stored state of user {user_id!r} lacks {missing}: it is not a state of this "
-                             f"{'window' if self.window else 'step'} graph")
+        if missing:                     # another layout under this tag (an untagged graph's states): stale as well
+            if self.on_stale == "restart":
+                return self._initial(), True
+            raise self._ss.StaleStateError(
+                f"the stored state of user {user_id!r} lacks {missing}: it is not a state of this "
+                f"{'window' if self.window else 'step'} graph. Replay the user's history (prime(user, history)), or "
+                "pass on_stale='restart' to start such users afresh")
         return {n: state[n] for n in self.state_names}, False    # the fingerprint entry is not a graph input
 
     def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False,
@@ -776,7 +792,7 @@ class UserStateRecommender:
                 raise ValueError(f"{where}: this {self.session.spec['model_type']} graph does not use timestamps; "
                                  "give (user_id, new_items)")
             encoded.append((ids, ts, cand_rows[i], where))
-        stripes = sorted({hash(u) % len(self._stripes) for u in users})   # in index order: no two calls deadlock
+        stripes = sorted({self._stripe(u) for u in users})          # in index order: no two calls deadlock
         for i in stripes:
             self._stripes[i].acquire()
         run = self._run_windows if self.window else self._run_steps
@@ -850,9 +866,13 @@ class UserStateRecommender:
 
     def _result(self, out: StepOutput, r: int, k: int) -> tuple[list, np.ndarray]:
         """Row ``r``'s top-``k`` (the caller's ids, their scores), without the empty slots (id 0, score ``-inf``) a
-        ``--candidates`` graph leaves when a row lists fewer items."""
+        ``--candidates`` graph leaves when a row lists fewer items, nor, with an ``--exclude-seen`` graph, the items
+        of the history it ranks last (score :data:`SEEN_SCORE`) when fewer than ``k`` unseen items are left."""
         ids, scores = out.topk_ids[r, :k], out.topk_scores[r, :k]
         keep = ids > 0
+        if self.session.spec.get("exclude_seen"):
+            # SEEN_SCORE is float32's lowest finite value: no real score reaches it (-inf, an empty slot, is below)
+            keep &= ~(scores <= np.float32(SEEN_SCORE))
         return self.session.decode(ids[keep][None])[0] if keep.any() else [], scores[keep].copy()
 
     def recommend_with_scores(self, user_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
@@ -875,8 +895,11 @@ class UserStateRecommender:
         return self.recommend_with_scores(user_id, history, timestamps, k, start=True, candidates=candidates)[0]
 
     def forget(self, user_id) -> None:
-        """Drop the user's stored state (also one that is no state: a corrupt value)."""
-        self._ss.forget(self.store, user_id)
+        """Drop the user's stored state (also one that is no state: a corrupt value). Under the user's lock, as an
+        event: one of this recommender's events of that user in flight ends (and stores its state) first, so it
+        cannot store that state again after the deletion."""
+        with self._stripes[self._stripe(user_id)]:
+            self._ss.forget(self.store, user_id)
 
 
 def _check_histories(histories: Any, name: str = "histories") -> None:

@@ -24,6 +24,7 @@ NumPy only (no onnxruntime, no tritonclient), so either client imports it withou
 from __future__ import annotations
 
 import json
+import logging
 import numbers
 import os
 import random
@@ -36,6 +37,8 @@ from collections import Counter
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = "state_fingerprint"
 """Key of the fingerprint stored beside a user's state tensors (:func:`export.onnx.state_fingerprint`)."""
@@ -301,10 +304,11 @@ connection (the checkpoint thread's own, most often) to end before its truncatio
 class _Shared:
     """What the stores of one file in a process share with its checkpoint thread: the WAL limit the thread serves
     (:func:`_shared_settings`), for the writers' :data:`WRITERS_STEP_IN`, and their back-off after a truncation
-    that could not finish (another connection read or checkpointed at that moment)."""
+    that could not finish (another connection read or checkpointed at that moment, or it failed: a full disk, an I/O
+    error; counted in ``errors``)."""
 
     def __init__(self, limit: int | None):
-        self.limit, self.retry_at, self.backoff, self.truncations = limit, 0.0, 0.0, 0
+        self.limit, self.retry_at, self.backoff, self.truncations, self.errors = limit, 0.0, 0.0, 0, 0
 
 
 def _shared_settings(stores) -> tuple[float, int | None, float]:
@@ -560,7 +564,11 @@ class SQLiteStateStore(_VersionedStore):
         thread serves, and 1 MiB (the thread fell behind), truncate it here: this event pays for the copy and sync,
         waiting up to :data:`STEP_IN_WAIT` seconds (and the store's ``timeout`` at most) for a checkpoint or write of
         another connection to end. One that could not finish in that time (a reader held on) leaves the writers of
-        this process to try again after a back-off that doubles, from 1 s up to a minute."""
+        this process to try again after a back-off that doubles, from 1 s up to a minute.
+
+        The event is committed before this runs, so no error of the truncation leaves it: a ``sqlite3.Error`` other
+        than a lock (a full disk, an I/O error) is logged, counted in :attr:`writer_truncation_errors` and backed off
+        the same way. Raised, it would tell the caller that the event failed, and a retry would apply it twice."""
         shared = getattr(self, "_wal_shared", None)
         if shared is None or shared.limit is None:
             return
@@ -573,9 +581,11 @@ class SQLiteStateStore(_VersionedStore):
             return
         try:
             _truncate_wal(c, min(STEP_IN_WAIT, self.timeout), self.path)
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) and "busy" not in str(e):
-                raise
+        except sqlite3.Error as e:                  # the commit stands: nothing of this may reach the caller
+            if not isinstance(e, sqlite3.OperationalError) or ("locked" not in str(e) and "busy" not in str(e)):
+                shared.errors += 1
+                logger.warning("%s: the WAL truncation after a commit failed (the commit stands; tried again after "
+                               "a back-off): %s: %s", self.path, type(e).__name__, e)
             shared.backoff = min(max(2 * shared.backoff, 1.0), 64.0)
             shared.retry_at = time.monotonic() + shared.backoff
         else:
@@ -588,6 +598,14 @@ class SQLiteStateStore(_VersionedStore):
         fallen behind (:data:`WRITERS_STEP_IN`); 0 while the thread keeps up, and without a checkpoint thread."""
         shared = getattr(self, "_wal_shared", None)
         return 0 if shared is None else shared.truncations
+
+    @property
+    def writer_truncation_errors(self) -> int:
+        """How many of those truncations failed with an error other than a lock (a full disk, an I/O error): the
+        events they followed were committed all the same; each failure is logged (``export.state_store``'s logger)
+        and the writers try again after the back-off."""
+        shared = getattr(self, "_wal_shared", None)
+        return 0 if shared is None else shared.errors
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""

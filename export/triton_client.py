@@ -60,6 +60,10 @@ from . import state_store
 from .timestamps import seconds, time_gaps
 from .deps import require
 
+#: :data:`export.runtime.SEEN_SCORE` (not imported: that module needs onnxruntime): the score an ``--exclude-seen``
+#: graph gives the items of the history, float32's lowest finite value
+SEEN_SCORE = float(np.finfo(np.float32).min)
+
 
 class TritonRecommendError(RuntimeError):
     """Triton answered a request with an error (the message is Triton's / the model's)."""
@@ -174,9 +178,12 @@ class _Base:
 
     def _pick(self, top: np.ndarray, scores: np.ndarray, k: int) -> tuple[list, np.ndarray]:
         """The first ``k`` of a top-k row as (external ids, scores), without the empty slots (id 0, score ``-inf``)
-        a ``--candidates`` model leaves when a row lists fewer items."""
+        a ``--candidates`` model leaves when a row lists fewer items, nor the items of the history an
+        ``--exclude-seen`` model ranks last (score :data:`SEEN_SCORE`) when fewer than ``k`` unseen items are left.
+        The config does not say whether a model excludes the history; only such a model gives that score (float32's
+        lowest finite value, which no real score reaches), so those slots are dropped whatever the model."""
         top, scores = np.asarray(top)[:k], np.asarray(scores)[:k]
-        keep = top > 0
+        keep = (top > 0) & ~(scores <= np.float32(SEEN_SCORE))
         return self._decode(top[keep]), scores[keep].copy()
 
     def _outputs_for(self, names: Sequence[str]) -> list:

@@ -90,6 +90,23 @@ def test_candidates_with_exclude_seen(graphs):
     assert np.isneginf(out.scores[0, [4, 16, 23]]).all()                   # seen, not candidates
 
 
+def test_user_state_recommender_drops_the_seen_items_an_exclude_seen_graph_ranks_last(graphs):
+    """An --exclude-seen graph fills the top-k slots it has no unseen item for with items of the history at
+    SEEN_SCORE; UserStateRecommender returned them as recommendations (the history's 5, 6, 7, 8 after the one unseen
+    candidate). It now drops them, as it drops empty slots: fewer than k ids come back, as its docstring says, with
+    candidates and without (a history covering nearly the whole catalogue)."""
+    _, res = graphs["seen"]
+    rec = UserStateRecommender(os.path.dirname(res.graph_path))
+    rec.prime("u", [5, 6, 7, 8])
+    ids, scores = rec.recommend_with_scores("u", [9], candidates=[5, 6, 7, 8, 9, 10])
+    assert ids == [10] and len(scores) == 1 and scores[0] > SEEN_SCORE, (ids, scores)
+    got = rec.recommend_many([("u", [11]), ("v", [3])], candidates=[[5, 6, 12, 13], [20, 21, 22, 23, 24, 25]])
+    assert sorted(got[0][0]) == [12, 13] and len(got[0][1]) == 2 and (got[0][1] > SEEN_SCORE).all()
+    assert len(got[1][0]) == 5 and (got[1][1] > SEEN_SCORE).all()               # enough unseen: all k
+    rec.prime("w", list(range(1, N_ITEMS - 2)))
+    assert rec.recommend("w", [N_ITEMS - 2]) == [N_ITEMS - 1]                    # one item left unseen
+
+
 def test_candidates_window_graph(graphs):
     model, res = graphs["window"]
     sess = OnnxWindowSession(os.path.dirname(res.graph_path))

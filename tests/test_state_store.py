@@ -502,6 +502,44 @@ def test_sqlite_writers_back_off_while_the_wal_cannot_be_truncated(tmp_path):
     assert len(store) == 67
 
 
+def test_sqlite_a_failed_wal_truncation_after_a_commit_does_not_fail_the_committed_write(tmp_path, monkeypatch,
+                                                                                         caplog):
+    """A writer's own WAL truncation runs after its COMMIT. A full disk or an I/O error there used to be raised out of
+    the write (``commit``, ``recommend``, ``prime``) although the state was stored, so a caller's retry applied the
+    event twice. Now any ``sqlite3.Error`` of the truncation stays in the store: the write returns (``commit``:
+    True), the state is stored, the failure is logged, counted in ``writer_truncation_errors`` and backed off like a
+    truncation a reader held up."""
+    import logging
+    import sqlite3
+
+    from export import state_store
+
+    tries = []
+
+    def failing(conn, wait, path):                  # what a full disk (RLIMIT_FSIZE) made the real one raise
+        tries.append(path)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(state_store, "_truncate_wal", failing)
+    store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=3600, wal_size_limit=0)
+    state = {"h": np.zeros((1, 1024), np.float32)}
+    with caplog.at_level(logging.WARNING, logger="export.state_store"):
+        for i in range(400):                                         # ~1.6 MB of WAL: past the 1 MiB floor
+            store[i % 64] = {"h": np.full((1, 1024), i, np.float32)}
+        assert tries, "the WAL never passed the step-in threshold: the test wrote too little"
+        assert store.writer_truncation_errors == len(tries) and store._wal_shared.backoff >= 1.0
+        assert store.writer_truncations == 0
+        store._wal_shared.retry_at = 0.0                             # the back-off over: the next commit tries again
+        version = store.version("u")
+        assert store.commit([("u", version, state)]) is True         # returned, not raised
+    assert len(tries) == store.writer_truncation_errors >= 2
+    assert store.version("u") == version + 1 and store["u"]["h"].shape == (1, 1024)
+    last = {i % 64: i for i in range(400)}                           # every write stored, the last one wins
+    assert all(int(store[key]["h"][0, 0]) == i for key, i in last.items())
+    assert any("WAL truncation after a commit failed" in r.getMessage() and "disk I/O error" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+
 def test_sqlite_checkpoint_thread_ends_cleanly_when_its_last_store_goes_while_it_looks(tmp_path, monkeypatch):
     """The garbage collector drops a store from the checkpoint thread's WeakSet at any moment, also between the
     thread's "any store left?" and its reading of their settings. CI caught the thread dying there (ValueError: min()

@@ -2897,6 +2897,28 @@ def test_candidates_errors_name_the_event_and_user(monkeypatch):
     assert calls == []
 
 
+def test_clients_drop_the_seen_items_an_exclude_seen_model_ranks_last(monkeypatch):
+    """An --exclude-seen model fills the top-k slots it has no unseen item for with items of the history at
+    SEEN_SCORE (float32's lowest value); the clients returned them as recommendations. They now drop them, as they
+    drop a --candidates model's empty slots (id 0, -inf): fewer than k ids come back. The config does not say
+    whether a model excludes the history, so the score alone decides (no real score reaches it)."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.runtime import SEEN_SCORE
+    from export.triton_client import SEEN_SCORE as CLIENT_SEEN_SCORE
+    from export.triton_client import TritonRecommender
+
+    assert CLIENT_SEEN_SCORE == SEEN_SCORE
+    _fake_http_client(monkeypatch, STEP_IO[0], STEP_IO[1])
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+    seen = np.float32(SEEN_SCORE)
+    top = np.array([10, 4, 5, 6, 0], np.int64)
+    scores = np.array([2.5, seen, seen, seen, -np.inf], np.float32)
+    ids, sc = rec._pick(top, scores, 5)
+    assert ids == [10] and sc.tolist() == [2.5], (ids, sc)
+    ids, sc = rec._pick(np.array([3, 4, 5], np.int64), np.array([1.0, -3e38, -1e30], np.float32), 3)
+    assert ids == [3, 4, 5]                                        # very low real scores are kept
+
+
 @pytest.mark.parametrize("error", ["timeout", "deadline"])
 def test_client_treats_a_request_without_answer_as_applied_maybe(monkeypatch, error):
     """A request that times out (HTTP: the socket's timeout; gRPC: DEADLINE_EXCEEDED) was usually applied by the

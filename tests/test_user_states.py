@@ -1,7 +1,8 @@
 """``export.runtime.UserStateRecommender``: per-user states of an exported graph kept in a store, in this process.
 
-The invariant: however a user's events are split and interleaved with other users' (one by one, or many users in
-one call), each event's top-k is PyTorch's forward over that user's whole prefix (a window graph: its last
+The invariant (fp32 graphs; an int8 graph quantizes its activations with one scale per call, so its rows move with
+the call's other rows): however a user's events are split and interleaved with other users' (one by one, or many
+users in one call), each event's top-k is PyTorch's forward over that user's whole prefix (a window graph: its last
 ``max_seq_length`` items). Around it: a state a replaced model wrote is refused (or restarted), a refused event stores
 nothing, time-aware graphs keep time order, and a step state's layout is the Triton explicit-state client's.
 """
@@ -313,6 +314,38 @@ def test_window_states_follow_the_vocabulary_not_the_weights(sasrec, tmp_path):
         UserStateRecommender(d, store=step_store).recommend("s", v.decode([3]))
 
 
+def test_a_window_state_without_the_timestamps_a_time_aware_graph_reads_is_stale(sasrec, tmp_path):
+    """A SASRec window state (items only) carried the tag of a TiM4Rec window graph of the same vocabulary (the tag
+    hashed only the vocabulary): it passed the check, then every event of that user failed with a plain ValueError
+    ("lacks ['timestamps']"), on_stale="restart" or not, so the user was wedged. A time-aware window graph's tag now
+    names its timestamps: such a state is stale (StaleStateError, or the user restarts), and so is, the other way, a
+    TiM4Rec window state to SASRec. A state lacking an entry under the right tag is stale too."""
+    from test_tim4rec import faithful
+
+    model, d = sasrec
+    v = model.item_vocab
+    tim = faithful(n_items=N_ITEMS).eval()
+    tim.set_item_vocab(v)
+    dt = _exported(tim, tmp_path / "tim4rec")
+    store, t0 = {}, 1.6e9
+    UserStateRecommender(d, store=store).prime("u", v.decode([1, 2, 3]))
+    assert UserStateRecommender(dt).fingerprint != UserStateRecommender(d).fingerprint
+    with pytest.raises(StaleStateError, match="written by another model"):
+        UserStateRecommender(dt, store=store).recommend("u", v.decode([4]), [t0])
+    rec = UserStateRecommender(dt, store=store, on_stale="restart")
+    got = rec.recommend("u", v.decode([4]), [t0])
+    assert rec.restarted == 1 and store["u"]["items"].tolist() == [[4]] and store["u"]["timestamps"].tolist() == [[t0]]
+    assert _same(np.array(v.encode(got)), *_reference(tim, [4], [t0]))
+    with pytest.raises(StaleStateError, match="written by another model"):
+        UserStateRecommender(d, store=store).recommend("u", v.decode([5]))
+    store["w"] = {n: a for n, a in store["u"].items() if n != "timestamps"}     # the right tag, an entry missing
+    with pytest.raises(StaleStateError, match=r"lacks \['timestamps'\]: it is not a state of this window graph"):
+        UserStateRecommender(dt, store=store).recommend("w", v.decode([5]), [t0 + 1])
+    rec = UserStateRecommender(dt, store=store, on_stale="restart")
+    rec.recommend("w", v.decode([5]), [t0 + 1])
+    assert rec.restarted == 1 and store["w"]["items"].tolist() == [[5]]
+
+
 def test_a_time_aware_window_graph_keeps_time_order(tmp_path):
     """The faithful TiM4Rec (a window graph reading timestamps): the stored window keeps each item's timestamp, the
     top-k is PyTorch's over the timed window, and an event before the user's last one is refused (nothing stored)."""
@@ -361,6 +394,68 @@ def test_threads_serving_one_user_take_turns(sasrec, tmp_path, kind):
         for t in threads:
             t.join()
         assert sorted(rec.store[user]["items"][0].tolist()) == list(range(1, 9)), rnd
+
+
+def test_forget_waits_for_an_event_of_that_user_in_flight(mamba):
+    """``forget`` did not take the user's lock: an event of that user running meanwhile stored its state after the
+    deletion, silently undoing it. Now ``forget`` waits for the event (here held inside the graph call until the test
+    lets it go), so the user is gone once both have returned. The order is observed through events, not timing."""
+    import threading
+
+    model, d = mamba
+    v = model.item_vocab
+    rec = UserStateRecommender(d)
+    rec.prime("u", v.decode([1, 2, 3]))
+    in_step, release, waiting, order = threading.Event(), threading.Event(), threading.Event(), []
+    step = rec.session.step
+
+    def held_step(*a, **kw):
+        in_step.set()
+        assert release.wait(60), "the test never released the event"
+        return step(*a, **kw)
+
+    class Watched:                                   # a stripe lock telling when forget's thread asks for it
+        def __init__(self, lock):
+            self.lock = lock
+
+        def acquire(self, *a):
+            if threading.current_thread().name == "forget":
+                waiting.set()
+            return self.lock.acquire(*a)
+
+        def release(self):
+            self.lock.release()
+
+        __enter__ = acquire
+
+        def __exit__(self, *exc):
+            self.release()
+
+    rec._stripes = [Watched(lock) for lock in rec._stripes]
+    rec.session.step = held_step
+
+    def event():
+        rec.recommend("u", v.decode([4]))
+        order.append("event stored")
+
+    def forget():
+        rec.forget("u")
+        order.append("forgotten")
+        waiting.set()                                # without the lock: done, never waiting
+
+    first = threading.Thread(target=event, daemon=True)
+    first.start()
+    try:
+        assert in_step.wait(60), "the event never reached the graph call"
+        second = threading.Thread(target=forget, name="forget", daemon=True)
+        second.start()
+        assert waiting.wait(60)
+        assert second.is_alive() and order == [], f"forget did not wait for the event in flight: {order}"
+    finally:
+        release.set()
+    first.join(60)
+    second.join(60)
+    assert order == ["event stored", "forgotten"] and "u" not in rec.store, (order, list(rec.store))
 
 
 # ------------------------------------------------------------------------------------- a store shared by processes

@@ -71,3 +71,30 @@ def test_report_summary_keeps_a_nan_of_any_case():
     d = V.VerifyReport("step", "m", [good]).to_dict()
     assert (d["max_abs_err"], d["topk_agreement"], d["topk_overlap"], d["state_err"]) == (1e-5, 1.0, None, 2e-4)
     assert V.VerifyReport("step", "m", []).to_dict()["state_err"] is None
+
+
+def test_overlap_counts_items_tied_at_the_kth_score_as_found():
+    """With --exclude-seen, a row with fewer than k unseen items fills its last slots with items of the history, all
+    at SEEN_SCORE: which of them the graph returns is not defined, yet the overlap counted PyTorch's choice only, so
+    an exact graph scored below 1 at 100% ordered agreement (0.96-0.99 on random histories), eating the int8
+    criterion's margin. Ties at the k-th score (within SCORE_ATOL) now count as found, as _rows_agree counts them;
+    a real miss, or an item PyTorch does not rank at all (-inf), still does not."""
+    from export.runtime import SEEN_SCORE
+
+    seen = np.float32(SEEN_SCORE)
+    ref = np.full((4, 12), seen, np.float32)                    # items 1..11; column 0 is padding
+    ref[:, 0] = -np.inf
+    ref[:, 1:4] = [[3.0, 2.0, 1.0]]                             # three unseen items, then the history at SEEN_SCORE
+    ref_ids = V._topk_ref(ref, 5)
+    tail = [i for i in range(4, 12) if i not in ref_ids[0, 3:]]
+    graph = np.array([[1, 2, 3, *tail[:2]],                     # other seen items than PyTorch's: a tie, found
+                      [1, 2, 3, *ref_ids[0, 3:]],              # PyTorch's own choice
+                      [1, 2, 3, *tail[:2]],
+                      [1, 2, 3, *tail[:2]]], np.int64)
+    ref[2, tail[:2]] = -np.inf                                  # row 2: the graph's tail is not ranked by PyTorch
+    ref[3, 4:] = 0.5                                            # row 3: one of them a real miss (1e-3 below)...
+    ref[3, tail[0]] = 0.5 - 1e-3
+    ref[3, tail[1]] = 0.5 - V.SCORE_ATOL / 2                    # ...the other within SCORE_ATOL: a tie
+    ref_ids = V._topk_ref(ref, 5)
+    assert V._rows_agree(graph[:2], ref[:2], 5, ref_ids[:2]).all()
+    assert V._rows_overlap(graph, ref, 5, ref_ids).tolist() == [1.0, 1.0, 0.6, 0.8]

@@ -1727,15 +1727,52 @@ def load_real_histories(path: str, model, max_users: int = 512, with_timestamps:
     return hist
 
 
+#: the options of a card folder's graph that ``--card-dir`` keeps (:func:`zoo.hub.existing_onnx_exports` reads them
+#: back, and ``zoo.hub card`` re-exports the graph with them): argparse destination -> flag
+CARD_GRAPH_OPTIONS = {"topk": "--topk", "scores": "--scores", "time_input": "--time-input",
+                      "exclude_seen": "--exclude-seen"}
+
+
+def _card_graph_options(p: argparse.ArgumentParser, args, kind: str, rel: str) -> list[str]:
+    """``--card-dir``: the options of the graph already in ``CARD_DIR/rel`` (its ``state_spec.json``, as ``zoo.hub
+    card`` reads them to re-export it), set on ``args`` where not given, so that the card's graph keeps reproducing its
+    numbers; a usage error naming each given option that differs. Returns the flags of the options it set."""
+    from zoo.hub import existing_onnx_exports
+
+    try:
+        found = [a for a in existing_onnx_exports(args.card_dir) if a[a.index("--kind") + 1] == kind]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        p.error(f"--card-dir {args.card_dir}: unreadable {rel}/{SPEC_FILE} ({type(e).__name__}: {e})")
+    if not found:
+        return []
+    card = p.parse_args(["--model", args.model, "--card-dir", args.card_dir, *found[0]])
+    set_here, differ = [], []
+    for dest, flag in CARD_GRAPH_OPTIONS.items():
+        given, was = getattr(args, dest), getattr(card, dest)
+        if given in (None, False):                      # not given: the card graph's
+            setattr(args, dest, was)
+            set_here += [flag] if was is True else [flag, str(was)] if was not in (None, False) else []
+        elif given != was:
+            differ.append(f"{flag} (the graph was exported without it)" if given is True else
+                          f"{flag} {given} (the graph's: {'none' if was is None else was})")
+    if differ:
+        p.error(f"--card-dir {args.card_dir}: its {rel}/ graph was exported with other options ({', '.join(differ)}); "
+                "a card's graph keeps its options, as zoo.hub card re-exports it, so that it reproduces the card's "
+                f"numbers: leave {'them' if len(differ) > 1 else 'it'} out, write the graph elsewhere with --out, or "
+                f"remove {os.path.join(args.card_dir, rel)} first")
+    return set_here
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from zoo.cli import add_columns_option, check_outputs, positive_int
+    from zoo.cli import add_columns_option, check_outputs, flag_named, positive_int
 
     p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
     p.add_argument("--out", default=None, help="output folder (model.onnx + state_spec.json); not needed with --card-dir")
     p.add_argument("--kind", choices=("step", "window"), default=None,
                    help="step (default for models with an exact step) or window")
-    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--topk", type=int, default=None, help="K of the in-graph TopK (default 10; with --card-dir, the "
+                                                           "card's graph's)")
     p.add_argument("--scores", action="store_true", help="also output all scores [B, n_items]")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true",
@@ -1765,7 +1802,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="interaction file for the 'real histories' verification cases")
     add_columns_option(p)
     p.add_argument("--card-dir", default=None,
-                   help="write the graph into CARD_DIR/onnx[-window]/ and add an 'ONNX export' section to its README")
+                   help="write the graph into CARD_DIR/onnx[-window]/ and add an 'ONNX export' section to its README; "
+                        "the options of a graph already there (--topk, --scores, --time-input, --exclude-seen) are "
+                        "kept, and a different one given is refused")
     p.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
     p.add_argument("--verify-prime", type=positive_int, default=None,
                    help="step graphs: items in the priming call (200)")
@@ -1819,6 +1858,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.card_dir:
         rel = "onnx" if kind == "step" else "onnx-window"
         out = os.path.join(args.card_dir, rel)
+        kept = _card_graph_options(p, args, kind, rel)
+        if kept:
+            say(f"  keeping the options of the graph in {out}: {' '.join(kept)} (its {SPEC_FILE})")
+    args.topk = 10 if args.topk is None else args.topk
     try:
         real, real_ts = (load_real_histories(args.data, model, with_timestamps=True, columns=args.columns)
                          if args.data else (None, None))
@@ -1848,7 +1891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(e.report.table())
         return 1
     except ExportError as e:
-        say(f"ERROR: {e}")
+        say(f"ERROR: {flag_named(str(e), {'topk': '--topk'})}")      # export_model's topk is the CLI's --topk
         return 2
     if res.report is not None:
         say(res.report.table())
@@ -1856,9 +1899,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         readme = write_card_section(args.card_dir, res.spec, rel)
         say(f"card section written to {readme}")
     size = os.path.getsize(res.graph_path)
-    say(f"wrote {res.graph_path} ({size / 1e6:.2f} MB, {res.kind} graph, {res.spec['precision']}, top-{args.topk}) "
-        f"and {res.spec_path} "
-        f"in {time.perf_counter() - t0:.1f} s")
+    vocab = res.spec.get("item_vocab")                      # the model's item ids, for the runtime to map
+    say(f"wrote {res.graph_path} ({size / 1e6:.2f} MB, {res.kind} graph, {res.spec['precision']}, top-{args.topk})"
+        + (f", {res.spec_path} and {os.path.join(os.path.dirname(res.spec_path), vocab)}" if vocab else
+           f" and {res.spec_path}") + f" in {time.perf_counter() - t0:.1f} s")
     say(io_table_markdown(res.spec))
     return 0
 

@@ -1171,6 +1171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.model and a.vocab:
         p.error("--vocab applies to --onnx: --model ships the model's own item vocabulary (none for a model "
                 "without one; export it with python -m export.onnx and pass --onnx DIR --vocab FILE to ship one)")
+    if a.vocab and not os.path.isfile(a.vocab):             # named by its flag (write_repository names vocab_path)
+        p.error(f"--vocab {a.vocab}: no such file")
     bad = config_number_problems(**{k: v for k, v in kw.items() if k in _NUMBERS})
     if bad:                                                 # before any export: name each flag
         p.error("; ".join(f"{NUMBER_FLAGS.get(n, n)}: {m}" for n, m in bad))

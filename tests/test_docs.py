@@ -300,6 +300,12 @@ def test_export_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     namespace: dict = {}
     exec(compile(blocks[0], "export/README.md:python", "exec"), namespace)
     out = namespace["out"]
+    # the Mamba4Rec lines alone: the event after priming is an external id too, mapped as the history was
+    mamba: dict = {}
+    exec(compile(blocks[0].split("\n\n")[0], "export/README.md:python (Mamba4Rec)", "exec"), mamba)
+    sess = mamba["sess"]
+    want = sess.step(sess.encode([[1270]]), sess.prime(sess.encode([[3186, 1022, 2355]])).state)
+    assert mamba["out"].topk_ids.tolist() == want.topk_ids.tolist()
     assert out.topk_ids.shape == (1, 10) and out.state["last_ts"].dtype.name == "float64"
     assert float(out.state["last_ts"][0, 0]) == 1.6e9 + 90000
     printed = capsys.readouterr().out
@@ -310,6 +316,27 @@ def test_export_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     spec = json.loads((ROOT / "hub_cards" / "mamba4rec-ml1m" / "onnx" / "state_spec.json").read_text())
     assert set(users["my_store"]) == {"user-42", "user-7"}
     assert all(str(st["state_fingerprint"]) == spec["state_fingerprint"] for st in users["my_store"].values())
+
+
+def test_export_readme_states_export_models_signature_and_every_option(monkeypatch):
+    """export/README.md's ``export_model(...)`` line is the function's signature (every parameter, in order, with its
+    default), and its commands and Options paragraph name every flag of ``python -m export.onnx``."""
+    import export.onnx as E
+
+    text = (ROOT / "export" / "README.md").read_text()
+    shown = re.search(r"`export\.onnx\.export_model\((.*?)\)` returns", text, re.S)
+    assert shown, "export/README.md: no export_model(...) signature"
+    params = [a.strip() for a in " ".join(shown.group(1).split()).split(", ")]
+    sig = inspect.signature(E.export_model).parameters
+    assert [a.split("=")[0] for a in params] == list(sig), params
+    for a in params[2:]:
+        name, value = a.split("=")
+        assert value.replace('"', "'") == repr(sig[name].default), a
+    options = text.split("**Size.**")[0]
+    parser = _run_parser("export.onnx", [], False, monkeypatch).parser
+    missing = [o for o in _option_strings(parser) if o.startswith("--") and o != "--help"
+               and not re.search(rf"(?<![\w-]){o}(?![\w-])", options)]
+    assert not missing, f"export/README.md does not name {missing}"
 
 
 def test_console_scripts_exit_0_after_a_successful_run(monkeypatch, capsys):

@@ -799,3 +799,19 @@ def test_metrics_by_target_popularity(tmp_path, capsys):
     assert "target count      users      HR@1    NDCG@1" in out and "\n3 " in out and "\n> 3" in out
     with pytest.raises(SystemExit, match="--by-popularity: the edges must increase, got 4 3"):
         main(["--baseline", "pop", "--data", str(data), "--by-popularity", "4", "3"])
+
+
+def test_a_folder_without_config_json_is_named_and_a_baseline_refuses_unknown_items(tmp_path):
+    """--model of an export.onnx folder (no config.json) is zoo.recommend's one line, pointing to --onnx, not
+    transformers' "Unrecognized model"; --unknown-items with a --baseline (which has no vocabulary to drop items by)
+    is refused as --threads and --history-share are, instead of doing nothing."""
+    data = tmp_path / "d.seq"
+    data.write_text("user_id\titem_id_list\n1\t1 2 3 4\n2\t5 1 3\n3\t2 4 1 5\n")
+    (tmp_path / "graph").mkdir()
+    (tmp_path / "graph" / "state_spec.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"graph/config.json is missing: .*graph is not a saved zoo model folder .*; "
+                                         r"for an export.onnx folder use --onnx$"):
+        main(["--model", str(tmp_path / "graph"), "--data", str(data), "--no-progress"])
+    for kind in ("markov", "pop"):
+        with pytest.raises(SystemExit, match="--unknown-items drop is for a --model or --onnx evaluation: a --base"):
+            main(["--baseline", kind, "--data", str(data), "--unknown-items", "drop", "--no-progress"])

@@ -381,6 +381,37 @@ def test_cli_and_card_section(saved_model, tmp_path, capsys):
     assert (card / "onnx" / "model.onnx").exists() and (card / "onnx" / "state_spec.json").exists()
 
 
+def test_card_dir_keeps_the_options_of_the_cards_graph(tmp_path, capsys):
+    """--card-dir re-exports keep the options of the graph already in the card (its state_spec.json, read back as
+    zoo.hub card does): a command without --exclude-seen/--topk gives the card's graph, not a plain top-10 one that
+    no longer reproduces the card's numbers; an option given that differs is refused, naming it, before any export.
+    The summary names item_vocab.json when the model has a vocabulary; a --topk out of range names the flag."""
+    from zoo.vocab import ItemVocab
+
+    model = make_model("lrurec")
+    model.set_item_vocab(ItemVocab([100 + i for i in range(N_ITEMS - 1)]))
+    card = tmp_path / "card"
+    model.save_pretrained(card)
+    (card / "README.md").write_text("# lru\n")
+    assert E.main(["--model", str(card), "--card-dir", str(card), "--exclude-seen", "--topk", "5", "--no-verify"]) == 0
+    first = capsys.readouterr().out
+    assert f", {card / 'onnx' / 'state_spec.json'} and {card / 'onnx' / 'item_vocab.json'} in " in first
+    assert E.main(["--model", str(card), "--card-dir", str(card), "--no-verify"]) == 0
+    assert "keeping the options of the graph in" in capsys.readouterr().out
+    spec = json.loads((card / "onnx" / "state_spec.json").read_text())
+    assert spec["exclude_seen"] and spec["topk"] == 5
+    before = (card / "onnx" / "state_spec.json").read_bytes()
+    for flags, named in ((["--topk", "7"], "--topk 7 (the graph's: 5)"),
+                         (["--scores"], "--scores (the graph was exported without it)")):
+        with pytest.raises(SystemExit) as e:
+            E.main(["--model", str(card), "--card-dir", str(card), "--no-verify", *flags])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and named in err and "write the graph elsewhere with --out" in err, err
+    assert (card / "onnx" / "state_spec.json").read_bytes() == before
+    assert E.main(["--model", str(card), "--out", str(tmp_path / "o"), "--topk", "0", "--no-verify"]) == 2
+    assert f"ERROR: --topk: topk must be in 1..{N_ITEMS - 1} (the items left" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--out", "{f}"], "{f} is a file, not a folder"),
     (["--out", "{f}/sub"], "{f} is a file, not a folder"),

@@ -563,6 +563,38 @@ def test_keep_notes_carries_a_cards_notes_to_the_next_card(tmp_path):
     assert (card / "README.md").read_text() == "# old card\n\n## Some notes\n"
 
 
+def test_a_card_without_notes_is_written_with_empty_markers_and_recarded_with_keep_notes(tmp_path):
+    """A card without notes still gets the notes markers (empty), so --keep-notes re-cards it (it refused every card
+    without notes: they were written without markers); a card without markers is refused as before."""
+    data, _ = _tiny_gru4rec_run(tmp_path)
+    card = tmp_path / "card"
+    hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card))
+    text = (card / "README.md").read_text()
+    assert f"{hub.NOTES_BEGIN}\n{hub.NOTES_END}" in text and hub.card_notes(card) == ""
+    hub.main(["card", "--run", str(card), "--name", "tiny", "--data", data, "--out", str(card), "--keep-notes"])
+    assert f"{hub.NOTES_BEGIN}\n{hub.NOTES_END}" in (card / "README.md").read_text() and hub.card_notes(card) == ""
+    (card / "README.md").write_text(text.replace(f"{hub.NOTES_BEGIN}\n{hub.NOTES_END}\n", ""))   # as written before
+    with pytest.raises(ValueError, match="no <!-- zoo:notes --> markers"):
+        hub.card_notes(card)
+
+
+def test_bundled_cards_notes_are_read_for_keep_notes(tmp_path):
+    """Every bundled card has the notes markers (lrurec-ml1m's empty: it has no notes), so ``--keep-notes`` reads each;
+    taken out, the notes cannot be told apart from the generated sections and are refused."""
+    root = Path(__file__).resolve().parent.parent / "hub_cards"
+    assert hub.card_notes(root / "lrurec-ml1m") == ""
+    for folder in sorted(p for p in root.iterdir() if (p / "README.md").is_file()):
+        text = (folder / "README.md").read_text()
+        assert hub.NOTES_BEGIN in text and hub.NOTES_END in text, folder.name
+        if folder.name == "lrurec-ml1m":
+            continue
+        assert hub.card_notes(folder)
+        (tmp_path / folder.name).mkdir()
+        (tmp_path / folder.name / "README.md").write_text(text.replace(hub.NOTES_BEGIN, "").replace(hub.NOTES_END, ""))
+        with pytest.raises(ValueError, match="no <!-- zoo:notes --> markers"):
+            hub.card_notes(tmp_path / folder.name)
+
+
 def test_a_card_folder_is_recarded_in_place(tmp_path):
     """``card --run <card folder>`` into the same folder re-measures and re-writes the card from the folder's own
     stage logs: weights and vocabulary untouched, the dataset's name and the notes kept, the ONNX graph re-exported and

@@ -17,11 +17,14 @@ ITEMS = [100 + 7 * i for i in range(30)]          # external ids
 
 
 def _model(tmp_path, model_type="gru4rec", max_len=4, **kw):
+    """A small random model saved as a zoo.train run of the unfiltered data would be (its train_log.json logs
+    --kcore none, which zoo.recommend reads --data with by default)."""
     cfg_cls, cls = MODELS[model_type]
     torch.manual_seed(0)
     model = cls(cfg_cls(n_items=len(ITEMS) + 1, max_seq_length=max_len, **kw)).eval()
     model.set_item_vocab(ItemVocab(ITEMS))
     model.save_pretrained(tmp_path / model_type)
+    (tmp_path / model_type / "train_log.json").write_text(json.dumps({"data_options": {"kcore": None}}))
     return model, str(tmp_path / model_type)
 
 
@@ -288,7 +291,8 @@ def test_command_line_ids_are_taken_as_written(tmp_path):
     assert out["history_tail"] == ["007", "u1"] and out["items"] == model.recommend([["007", "u1"]], k=3).items[0]
     (tmp_path / "u.tsv").write_text("user_id\titem_id\ttimestamp\n007\tu1\t1\n007\tx\t2\n7\tu2\t3\n")
     for user, hist in (("007", ["u1", "x"]), ("7", ["u2"])):
-        out = main(["--model", str(tmp_path / "s"), "--data", str(tmp_path / "u.tsv"), "--user", user, "--k", "3"])
+        out = main(["--model", str(tmp_path / "s"), "--data", str(tmp_path / "u.tsv"), "--user", user, "--k", "3",
+                    "--kcore", "none"])
         assert out["history_tail"] == hist, user
     _, path = _model(tmp_path, embedding_size=16, hidden_size=16)    # int ids 100, 107, ...
     assert main(["--model", path, "--history", "0100", "--k", "3"])["history_tail"] == [100]
@@ -511,3 +515,37 @@ def test_an_id_list_file_may_start_with_a_byte_order_mark(tmp_path):
     model.set_item_vocab(ItemVocab([f"i{x}" for x in ITEMS]))
     (tmp_path / "bom_str.txt").write_bytes(b"\xef\xbb\xbfi107\ni100\n")
     assert read_id_list(tmp_path / "bom_str.txt", model) == ["i107", "i100"]
+
+
+def test_data_is_read_with_the_k_core_the_model_was_trained_with(tmp_path):
+    """--kcore defaults to the model's run's (its train_log.json), else to zoo.train's auto (5-core for an
+    interaction file): the README's `zoo.recommend --model runs/shop --data shop.csv --all-users` recommends for the
+    users of the 5-core the model was trained on, where reading the whole file meets items the model never saw; that
+    error names --kcore. zoo.embed reads --data the same way."""
+    from zoo.embed import main as embed_main
+
+    core, rng = ITEMS[:8], random.Random(0)
+    lines = ["user_id,item_id,timestamp"] + [f"u{u},{x},{t}" for u in range(6)
+                                             for t, x in enumerate(rng.sample(core, 8))] + ["z,999,1", f"z,{core[0]},2"]
+    (tmp_path / "shop.csv").write_text("\n".join(lines) + "\n")
+    torch.manual_seed(0)
+    cfg_cls, cls = MODELS["gru4rec"]
+    model = cls(cfg_cls(n_items=len(core) + 1, max_seq_length=4, embedding_size=8, hidden_size=8)).eval()
+    model.set_item_vocab(ItemVocab(core))                       # what zoo.train's 5-core of shop.csv holds
+    model.save_pretrained(tmp_path / "shop")
+    argv = ["--model", str(tmp_path / "shop"), "--data", str(tmp_path / "shop.csv"), "--no-progress"]
+    rec = ["--k", "3"]
+    summary = main(argv + rec + ["--all-users", "--out", str(tmp_path / "r.jsonl")])
+    assert summary["users"] == 6 and [r["user"] for r in _lines(tmp_path / "r.jsonl")] == [f"u{u}" for u in range(6)]
+    assert embed_main(argv + ["--out", str(tmp_path / "v.safetensors")])["users"] == 6
+    with pytest.raises(SystemExit, match=r"1 of the 9 items .*not in the model's item vocabulary.*read with --kcore "
+                                         r"none .*give --kcore as the model was trained"):
+        main(argv + rec + ["--all-users", "--out", str(tmp_path / "r.jsonl"), "--kcore", "none"])
+    with pytest.raises(SystemExit, match="read with --kcore none"):
+        embed_main(argv + ["--out", str(tmp_path / "v.safetensors"), "--kcore", "none"])
+    # a run that logged --kcore none (zoo.train --kcore 0) is read unfiltered: user z's unknown item is met
+    (tmp_path / "shop" / "train_log.json").write_text(json.dumps({"data_options": {"kcore": None}}))
+    with pytest.raises(SystemExit, match="read with --kcore none"):
+        main(argv + rec + ["--all-users", "--out", str(tmp_path / "r.jsonl")])
+    summary = main(argv + rec + ["--all-users", "--out", str(tmp_path / "r.jsonl"), "--unknown-items", "drop"])
+    assert summary["users"] == 7

@@ -111,6 +111,10 @@ def test_soup_refusals(runs, capsys, tmp_path):
              ["--models", str(tmp / "s1"), str(tmp / "g"), "--out", str(tmp_path / "x"), *base])
     _refused(capsys, "at least two different checkpoints",
              ["--models", str(tmp / "s1"), str(tmp / "s1"), "--out", str(tmp_path / "x"), *base])
+    (tmp_path / "graph").mkdir()                      # an export.onnx folder: no config.json
+    (tmp_path / "graph" / "state_spec.json").write_text("{}")
+    _refused(capsys, "graph/config.json is missing: .*graph is not a saved zoo model folder",
+             ["--models", str(tmp / "s1"), str(tmp_path / "graph"), "--out", str(tmp_path / "x"), *base])
     keep = tmp_path / "keep"
     keep.mkdir()
     (keep / "f.txt").write_text("mine")

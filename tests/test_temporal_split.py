@@ -87,6 +87,13 @@ def test_a_temporal_run_is_reproduced_by_zoo_evaluate_and_refused_by_cards_soups
     proto = json.loads((tmp_path / "e.json").read_text())["protocol"]
     assert proto["name"] == "recbole-temporal-t0.1-v0.1" and proto["cuts"] == log["split"]["cuts"]
     assert "leave_one_out" not in proto
+    # another split than the run's is refused, naming the run's: leave-one-out, other shares
+    for argv, message in (([], r"trained on a temporal split \(--temporal-split 0.1 0.1, .*evaluate it with "
+                                r"--temporal-split 0.1 0.1"),
+                          (["--temporal-split", "0.2", "0.1"], r"--temporal-split 0.2 0.1: .* was trained on "
+                                                               r"--temporal-split 0.1 0.1")):
+        with pytest.raises(SystemExit, match=message):
+            eval_main(["--model", str(run), "--data", str(data), "--kcore", "none", "--no-progress", *argv])
     from zoo.hub import build_card_folder
 
     with pytest.raises(ValueError, match="trained on a temporal split"):
@@ -97,6 +104,10 @@ def test_a_temporal_run_is_reproduced_by_zoo_evaluate_and_refused_by_cards_soups
     other = tmp_path / "run2"
     train_main(["--model", "gru4rec", "--data", str(data), "--out", str(other), "--epochs", "1", "--max-len", "30",
                 "--kcore", "0", "--no-progress", "--set", "embedding_size=16", "hidden_size=16"])
+    with pytest.raises(SystemExit, match="--temporal-split: .* was trained on leave-one-out .*evaluate it without "
+                                         "--temporal-split"):
+        eval_main(["--model", str(other), "--data", str(data), "--kcore", "none", "--temporal-split", "0.1", "0.1",
+                   "--no-progress"])
     capsys.readouterr()
     with pytest.raises(SystemExit):
         soup_main(["--models", str(other), str(run), "--data", str(data), "--kcore", "none", "--out",

@@ -251,7 +251,7 @@ def test_window_stride_trains_and_is_logged(tmp_path, capsys):
     assert log["test"]["HR@10"] > 2.5 * 10 / 40, log["test"]
     with refused(capsys, "Cloze"):
         train_main(args + ["--model", "bert4rec", "--out", str(tmp_path / "b"), "--window-stride", "4"])
-    with refused(capsys, "stride must be in"):
+    with refused(capsys, r"--window-stride: stride must be in \[1, max_len = 12\], got 13"):
         train_main(args + ["--model", "sasrec", "--out", str(tmp_path / "x"), "--window-stride", "13",
                            "--set", *TINY["sasrec"]])
 
@@ -404,10 +404,13 @@ def test_schedule_progress_takes_the_limit_reached_first():
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--batch-size", "0", "batch_size must be >= 1"), ("--epochs", "0", "epochs must be >= 1"),
-    ("--clip", "-1", "clip .* must be >= 0"), ("--lr", "-0.001", "lr must be >= 0"),
-    ("--weight-decay", "-1", "weight_decay must be >= 0"), ("--max-minutes", "0", "max_minutes must be > 0"),
-    ("--max-minutes", "nan", "max_minutes must be > 0"), ("--valid-users", "0", "valid_users must be >= 1"),
+    ("--batch-size", "0", "--batch-size: batch_size must be >= 1"), ("--epochs", "0", "--epochs: epochs must be >= 1"),
+    ("--clip", "-1", "--clip: clip .* must be >= 0"), ("--lr", "-0.001", "--lr: lr must be >= 0"),
+    ("--weight-decay", "-1", "--weight-decay: weight_decay must be >= 0"),
+    ("--max-minutes", "0", "--max-minutes: max_minutes must be > 0"),
+    ("--max-minutes", "nan", "--max-minutes: max_minutes must be > 0"),
+    ("--valid-users", "0", "--valid-users: valid_users must be >= 1"),
+    ("--eval-every", "0", "--eval-every: eval_every must be >= 1"), ("--patience", "0", "--patience: patience must be"),
     ("--threads", "0", "argument --threads: expected an int >= 1, got '0'"),
     ("--device", "cuda:99", r"CUDA is not available|GPU\(s\) visible"), ("--device", "tpu", "device 'tpu'")])
 def test_bad_training_numbers_are_refused_before_any_work(tmp_path, flag, value, message, capsys):

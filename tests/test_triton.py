@@ -506,6 +506,16 @@ def test_cli_refuses_a_repo_that_is_a_file(mamba_export, tmp_path, capsys):
     assert "Not a directory" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "x"
 
 
+def test_cli_names_the_vocab_flag_of_a_missing_file(mamba_export, tmp_path, capsys):
+    """--vocab FILE that does not exist is a usage error naming the flag (the Python API names its vocab_path)."""
+    with pytest.raises(SystemExit) as e:
+        T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--vocab", str(tmp_path / "nothere.json")])
+    assert e.value.code == 2 and f"--vocab {tmp_path / 'nothere.json'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(FileNotFoundError, match="vocab_path .*nothere.json not found"):
+        T.write_repository(mamba_export, tmp_path / "r", vocab_path=str(tmp_path / "nothere.json"))
+
+
 def test_cli_model_export_errors_are_reported_not_raised(mamba, tmp_path, capsys):
     mamba.save_pretrained(tmp_path / "m")
     assert T.main(["--model", str(tmp_path / "m"), "--repo", str(tmp_path / "r"), "--topk", "0", "--no-verify"]) == 1

@@ -154,6 +154,8 @@ def _saved(tmp_path, model_type="lrurec", **kw):
             bias.normal_(0, 0.5)
     model.set_item_vocab(ItemVocab(ITEMS))
     model.save_pretrained(tmp_path / model_type)
+    # as a zoo.train run of the unfiltered data logs it: zoo.embed and zoo.recommend read --data so by default
+    (tmp_path / model_type / "train_log.json").write_text(json.dumps({"data_options": {"kcore": None}}))
     return model, str(tmp_path / model_type)
 
 

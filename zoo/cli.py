@@ -42,6 +42,43 @@ def kcore(value: str) -> int | None | str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+class _FromRun:
+    """The default of ``--kcore`` and ``--time-ties`` in the commands that read ``--data`` for a trained model: the
+    option as the model's run read its data (:func:`model_data_options`)."""
+
+    def __repr__(self) -> str:
+        return "the model's run's"
+
+
+FROM_RUN = _FromRun()
+
+
+def model_data_options(folder, kcore=FROM_RUN, time_ties=FROM_RUN) -> dict:
+    """``{"kcore", "time_ties"}`` to read ``--data`` for the model in ``folder`` with: each as given, else
+    (:data:`FROM_RUN`) as the run that trained it logged it (its ``train_log.json``, a soup's or a card's log:
+    :func:`zoo.hub.checkpoint_log`), else as ``zoo.train`` reads data by default (``"auto"``: 5-core for interaction
+    files, none for ``.seq``; ``"file"``), so that the items of ``--data`` are those the model was trained on."""
+    from .hub import checkpoint_log, run_data_options
+
+    logged = run_data_options(checkpoint_log(folder) or {})
+    return {"kcore": logged["kcore"] if kcore is FROM_RUN else kcore,
+            "time_ties": logged["time_ties"] if time_ties is FROM_RUN else time_ties}
+
+
+def unknown_items_hint(e: Exception, options: dict) -> str:
+    """:func:`error_text` of ``e``; for data items the model does not know (:class:`zoo.vocab.UnknownItemError`), also
+    the k-core ``--data`` was read with (``options``: :func:`model_data_options`), a likely cause: a file filtered
+    otherwise than the model's training data holds other items."""
+    from .vocab import UnknownItemError
+
+    if not isinstance(e, UnknownItemError):
+        return error_text(e)
+    kcore = options.get("kcore")
+    return (f"{error_text(e)}; or --data was filtered otherwise than the model's training data: it was read with "
+            f"--kcore {'none' if kcore is None else kcore} (the run's own, else zoo.train's default auto): give "
+            "--kcore as the model was trained")
+
+
 def _column(value: str) -> tuple[str, str]:
     """One ``--columns`` word: ``ROLE=NAME``."""
     role, sep, name = value.partition("=")
@@ -83,6 +120,17 @@ def columns_argv(columns: dict | None) -> list[str]:
 def error_text(e: Exception) -> str:
     """The text of an error for a one-line CLI message (a ``KeyError``'s ``str`` would add quotes)."""
     return e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+
+
+def flag_named(text: str, flags: dict) -> str:
+    """A message of a function's checks as a command says it: each ``"; "``-separated part that starts with one of
+    ``flags``' parameter names (``"epochs must be >= 1, got 0"``) is preceded by that parameter's flag
+    (``"--epochs: epochs must be >= 1, got 0"``), as ``export.triton`` names its serving numbers."""
+    def named(part: str) -> str:
+        name = part.split(" ", 1)[0]
+        return f"{flags[name]}: {part}" if name in flags else part
+
+    return "; ".join(named(part) for part in text.split("; "))
 
 
 def cannot(flag: str, path, e: Exception, verb: str = "write") -> str:

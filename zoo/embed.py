@@ -161,8 +161,9 @@ def load_vectors(path: str | os.PathLike) -> Vectors:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .cli import add_columns_option, check_outputs, error_text, folder_inputs, positive_int
+    from .cli import FROM_RUN, add_columns_option, check_outputs, folder_inputs, positive_int
     from .cli import kcore as kcore_arg
+    from .cli import model_data_options, unknown_items_hint
     from .data import TIME_TIES
     from .recommend import DEFAULT_MODEL
 
@@ -172,10 +173,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--data", help="interaction file: also a user vector for every user, from their whole history")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="--data items the model does not know: refuse (default) or leave those interactions out")
-    p.add_argument("--kcore", type=kcore_arg, default=None,
-                   help="k-core filter of --data before taking users (default none: every user of the file)")
-    p.add_argument("--time-ties", choices=TIME_TIES, default="file",
-                   help="order of a user's interactions with equal timestamps in --data (use the model's)")
+    p.add_argument("--kcore", type=kcore_arg, default=FROM_RUN,
+                   help="k-core filter of --data before taking users: int, 'none' or 'auto' (default: the model's "
+                        "run's, from its train_log.json, else auto as zoo.train: 5 for interaction files, none for "
+                        ".seq), so that --data holds the items the model was trained on")
+    p.add_argument("--time-ties", choices=TIME_TIES, default=FROM_RUN,
+                   help="order of a user's interactions with equal timestamps in --data (default: the model's run's, "
+                        "else file)")
     add_columns_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -200,13 +204,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.data:
         from .data import load_dataset
 
+        options = model_data_options(resolve_pretrained(args.model), args.kcore, args.time_ties)
         try:
-            ds = load_dataset(args.data, kcore=args.kcore, time_ties=args.time_ties, columns=args.columns)
+            ds = load_dataset(args.data, **options, columns=args.columns)
             user_ids, user_vecs, note = user_vectors_of_dataset(model, ds, unknown=args.unknown_items,
                                                                 batch_size=args.batch_size,
                                                                 progress=not args.no_progress)
         except (OSError, KeyError, ValueError) as e:
-            sys.exit(f"error: {error_text(e)}")
+            sys.exit(f"error: {unknown_items_hint(e, options)}")
         users = (user_ids, user_vecs)
     try:
         meta = write_vectors(args.out, model, users=users,

@@ -59,7 +59,7 @@ from .data.batching import eval_batches
 from .data.split import (TIME_TIES, EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset,
                          temporal_cuts, temporal_split)
 from .metrics import compute_metrics, history_in_top_k, rank_of_target
-from .modeling_utils import resolve_device
+from .modeling_utils import _check_model_type, resolve_device
 
 #: the reference rankings ``--baseline`` evaluates without a model, and how each ranks the items
 BASELINES = {"pop": "by training-sequence count (RecBole's Pop)",
@@ -539,6 +539,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.baseline:
         if args.history_share:
             raise SystemExit("--history-share is for a --model evaluation")
+        if args.unknown_items != "error":
+            raise SystemExit(f"--unknown-items {args.unknown_items} is for a --model or --onnx evaluation: a "
+                             "--baseline ranks the data's own items, with no vocabulary to leave items out by")
         return _main_baseline(args, t0)
     if args.onnx:
         if args.history_share:
@@ -551,10 +554,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     from .pretrained import resolve_pretrained
 
+    no_config = os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json"))
     try:
-        model = AutoModel.from_pretrained(resolve_pretrained(args.model))
+        path = resolve_pretrained(args.model)
+        if no_config:                   # zoo.recommend's one line (not transformers' "Unrecognized model")
+            _check_model_type(path)
+        model = AutoModel.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: --model {args.model}: {e}") from None
+        raise SystemExit(f"error: --model {args.model}: {e}"
+                         + ("; for an export.onnx folder use --onnx" if no_config else "")) from None
+    check_run_split(path, args.model, args.temporal_split)
     try:
         device = resolve_device(args.device)
     except ValueError as e:
@@ -593,6 +602,33 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     return _report(result, examples, ranks, ds.vocab, args, args.model, split.train)
+
+
+def check_run_split(folder, model: str, temporal: Sequence[float] | None) -> None:
+    """``SystemExit`` when the checkpoint in ``folder`` (``--model model``) was trained on another split than the one
+    asked for (``temporal``: ``--temporal-split``'s shares, None for leave-one-out), as its run logged it (its
+    ``train_log.json``, a soup's or a card's log: :func:`zoo.hub.checkpoint_log`; a log without a split, and a folder
+    without a log, are leave-one-out): a leave-one-out run has trained on a temporal split's test period, a temporal
+    run on some users' leave-one-out test items, and other shares move the test period into what it trained on."""
+    from .hub import checkpoint_log
+
+    split = (checkpoint_log(folder) or {}).get("split") or {}
+    cuts = (split.get("cuts") or {}) if split.get("kind") == "temporal" else None
+    trained = None if cuts is None else [cuts.get("test_share"), cuts.get("valid_share")]
+    asked = None if not temporal else [float(x) for x in temporal]
+    if trained == asked:
+        return
+    if trained is None:
+        raise SystemExit(f"--temporal-split: --model {model} was trained on leave-one-out (its run's log), whose "
+                         "training sequences hold the test period of a temporal split; evaluate it without "
+                         "--temporal-split, or train it with python -m zoo.train --temporal-split")
+    ran = f"--temporal-split {trained[0]:g} {trained[1]:g}"
+    if asked is None:
+        raise SystemExit(f"--model {model} was trained on a temporal split ({ran}, its run's log), not leave-one-out, "
+                         f"whose test items it may have trained on: evaluate it with {ran}")
+    raise SystemExit(f"--temporal-split {asked[0]:g} {asked[1]:g}: --model {model} was trained on {ran} (its run's "
+                     "log), so other shares test it on periods it trained on or validated with: evaluate it with "
+                     f"{ran}")
 
 
 def _main_baseline(args, t0: float) -> dict:

@@ -292,14 +292,15 @@ NOTES_BEGIN, NOTES_END = "<!-- zoo:notes -->", "<!-- /zoo:notes -->"
 
 
 def _marked_notes(notes: str) -> str:
-    """The card's free-form notes between markers, so that the next card of the folder can carry them over."""
-    return f"\n{NOTES_BEGIN}\n{notes.strip()}\n{NOTES_END}\n" if notes.strip() else ""
+    """The card's free-form notes between markers (empty markers for none), so that the next card of the folder can
+    carry them over (``--keep-notes``), whether it has notes or not."""
+    return f"\n{NOTES_BEGIN}\n" + (f"{notes.strip()}\n" if notes.strip() else "") + f"{NOTES_END}\n"
 
 
 def card_notes(card_dir: str | os.PathLike) -> str:
-    """The notes of the card in ``card_dir`` (what ``--notes`` added, between the notes markers); ``""`` when the
-    folder has no card. ``ValueError`` for a card with notes written before the markers existed, whose notes cannot be
-    told apart from the generated sections."""
+    """The notes of the card in ``card_dir`` (what ``--notes`` added, between the notes markers, which every card has
+    since they are written empty too); ``""`` when the folder has no card. ``ValueError`` for a card written before
+    the markers existed, whose notes cannot be told apart from the generated sections."""
     readme = pathlib.Path(card_dir) / "README.md"
     if not readme.is_file():
         return ""
@@ -691,6 +692,24 @@ def run_data_options(log: dict) -> dict:
 
     given = log.get("data_options") or {}
     return load_options(given.get("kcore", "auto"), given.get("time_ties", "file"), given.get("columns"))
+
+
+def checkpoint_log(folder: str | os.PathLike) -> dict | None:
+    """The log of the stage that made the checkpoint in ``folder``: a ``zoo.train`` run's ``train_log.json``, a
+    ``zoo.soup`` folder's soup log, or a card folder's last stage (its ``training_log.json``); None for a folder
+    without one (a converted or hand-saved checkpoint, a Hub id that is not a folder) or a log that cannot be read."""
+    folder = pathlib.Path(folder)
+    try:
+        for name in ("train_log.json", SOUP_LOG):
+            if (folder / name).is_file():
+                log = json.loads((folder / name).read_text())
+                return log if isinstance(log, dict) else None
+        if (folder / STAGES_FILE).is_file():
+            stages = json.loads((folder / STAGES_FILE).read_text()).get("stages")
+            return stages[-1] if stages and isinstance(stages[-1], dict) else None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return None
 
 
 def run_unknown_items(log: dict) -> str:

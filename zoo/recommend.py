@@ -198,8 +198,9 @@ def _similar(args, model, exclude: list) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .cli import add_columns_option, cannot, check_outputs, error_text, folder_inputs, positive_int
+    from .cli import FROM_RUN, add_columns_option, cannot, check_outputs, error_text, folder_inputs, positive_int
     from .cli import kcore as kcore_arg
+    from .cli import model_data_options, unknown_items_hint
     from .data import TIME_TIES
 
     p = argparse.ArgumentParser(prog="python -m zoo.recommend", description=__doc__.split("\n\n")[0])
@@ -233,11 +234,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="history (and --exclude-items, --candidates, --similar-to) ids the model does not know: "
                         "refuse (default) or leave them out")
-    p.add_argument("--kcore", type=kcore_arg, default=None,
-                   help="k-core filter of --data before picking users (default none: every user of the file)")
-    p.add_argument("--time-ties", choices=TIME_TIES, default="file",
+    p.add_argument("--kcore", type=kcore_arg, default=FROM_RUN,
+                   help="k-core filter of --data before picking users: int, 'none' or 'auto' (default: the model's "
+                        "run's, from its train_log.json, else auto as zoo.train: 5 for interaction files, none for "
+                        ".seq), so that --data holds the items the model was trained on")
+    p.add_argument("--time-ties", choices=TIME_TIES, default=FROM_RUN,
                    help="order of a user's interactions with equal timestamps in --data: file (their file order) or "
-                        "item (by item id); use the order the model was trained on")
+                        "item (by item id); default: the model's run's (else file), the order it was trained on")
     add_columns_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass (--all-users)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (--all-users)")
@@ -281,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model = SeqRecPreTrainedModel.from_pretrained(resolve_pretrained(args.model)).eval()
     except (OSError, ValueError) as e:
         sys.exit(f"error: --model {args.model}: {e}")
+    options = model_data_options(resolve_pretrained(args.model), args.kcore, args.time_ties)
     try:
         exclude = _excluded_items(args, model)
     except (OSError, UnicodeDecodeError) as e:
@@ -303,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from .data import load_dataset
 
         try:
-            ds = load_dataset(args.data, kcore=args.kcore, time_ties=args.time_ties, columns=args.columns)
+            ds = load_dataset(args.data, **options, columns=args.columns)
         except (OSError, ValueError) as e:
             sys.exit(f"error: {e}")
     if args.all_users:
@@ -313,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                           progress=not args.no_progress, exclude_items=exclude,
                                           candidates=candidates)
         except (KeyError, ValueError) as e:
-            sys.exit(f"error: {error_text(e)}")
+            sys.exit(f"error: {unknown_items_hint(e, options)}")
         except OSError as e:                # writing --out (its place was checked before any work)
             sys.exit(f"error: {cannot('--out', args.out, e)}")
         summary = {"model": args.model, "model_type": model.config.model_type, "data": args.data, "k": args.k,

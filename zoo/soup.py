@@ -190,12 +190,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         check_out_folder(a.out, a.overwrite, {"--data": a.data, **{f"--models {m}": m for m in a.models}})
     except ValueError as e:
         p.error(str(e))
-    from transformers import AutoModel
-
-    import zoo  # noqa: F401  (registers the zoo models with AutoModel)
+    import zoo  # noqa: F401  (registers the zoo models)
 
     from .data import leave_one_out, load_dataset, load_options
     from .evaluate import align_with_model, evaluate_model
+    from .modeling_utils import SeqRecPreTrainedModel
     from .pretrained import resolve_pretrained
 
     started = time.perf_counter()
@@ -206,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             i, j = same
             p.error(f"--models: {a.models[i]} and {a.models[j]} are the same checkpoint "
                     f"({os.path.realpath(folders[i])}); give at least two different checkpoints")
-        models = [AutoModel.from_pretrained(f).eval() for f in folders]
+        # the zoo's loader, as zoo.recommend's: a folder that is no saved model (an export.onnx folder) in one line
+        models = [SeqRecPreTrainedModel.from_pretrained(f).eval() for f in folders]
         notes = check_ingredients(models, a.models)
         shared, stages, own = soup_lineage(folders)     # before the scoring: a broken history fails fast
         from .hub import check_leave_one_out, training_stages

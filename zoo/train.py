@@ -849,6 +849,13 @@ def stop_text(patience: int, eval_every: int) -> str:
             if eval_every > 1 else f"early stopping: no valid NDCG@10 gain for {patience} epochs")
 
 
+#: the flag of each training parameter whose name starts a refusal's message (``epochs must be >= 1``; the training
+#: windows' ``stride``), so that ``python -m zoo.train`` names the flag (:func:`zoo.cli.flag_named`)
+NUMBER_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "clip": "--clip",
+                "weight_decay": "--weight-decay", "max_minutes": "--max-minutes", "valid_users": "--valid-users",
+                "eval_every": "--eval-every", "patience": "--patience", "stride": "--window-stride"}
+
+
 def _check_numbers(epochs: int, batch_size: int, lr: float, clip: float, weight_decay: float,
                    max_minutes: float | None, valid_users: int | None, eval_every: int, patience: int) -> None:
     """Refuse numbers that would fail late or train silently wrong (a negative clip norm flips the gradients'
@@ -1050,7 +1057,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      negative_sampler=args.negative_sampler, sparse_item_grad=args.sparse_item_grad,
                      unknown_items=args.unknown_items, temporal_split=args.temporal_split)
     except RunSetupError as e:
-        p.error(str(e))
+        from .cli import flag_named
+
+        p.error(flag_named(str(e), NUMBER_FLAGS))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,21 @@ def model_data_options(folder, kcore=FROM_RUN, time_ties=FROM_RUN) -> dict:
             "time_ties": logged["time_ties"] if time_ties is FROM_RUN else time_ties}
 
 
+def add_model_data_options(parser: argparse.ArgumentParser, users: str) -> None:
+    """``--kcore`` and ``--time-ties`` of a command that reads ``--data`` for a trained model (``users``: what it does
+    with the users, for the help), both defaulting to :data:`FROM_RUN` (:func:`model_data_options`)."""
+    from .data import TIME_TIES
+
+    parser.add_argument("--kcore", type=kcore, default=FROM_RUN,
+                        help=f"k-core filter of --data before {users}: int, 'none' or 'auto' (default: the model's "
+                             "run's, from its train_log.json, else auto as zoo.train: 5 for interaction files, none "
+                             "for .seq), so that --data holds the items the model was trained on")
+    parser.add_argument("--time-ties", choices=TIME_TIES, default=FROM_RUN,
+                        help="order of a user's interactions with equal timestamps in --data: file (their file order) "
+                             "or item (by item id); default: the model's run's (else file), the order it was trained "
+                             "on")
+
+
 def unknown_items_hint(e: Exception, options: dict) -> str:
     """:func:`error_text` of ``e``; for data items the model does not know (:class:`zoo.vocab.UnknownItemError`), also
     the k-core ``--data`` was read with (``options``: :func:`model_data_options`), a likely cause: a file filtered

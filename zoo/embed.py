@@ -161,10 +161,8 @@ def load_vectors(path: str | os.PathLike) -> Vectors:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .cli import FROM_RUN, add_columns_option, check_outputs, folder_inputs, positive_int
-    from .cli import kcore as kcore_arg
+    from .cli import add_columns_option, add_model_data_options, check_outputs, folder_inputs, positive_int
     from .cli import model_data_options, unknown_items_hint
-    from .data import TIME_TIES
     from .recommend import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="python -m zoo.embed", description=__doc__.split("\n\n")[0])
@@ -173,13 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--data", help="interaction file: also a user vector for every user, from their whole history")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="--data items the model does not know: refuse (default) or leave those interactions out")
-    p.add_argument("--kcore", type=kcore_arg, default=FROM_RUN,
-                   help="k-core filter of --data before taking users: int, 'none' or 'auto' (default: the model's "
-                        "run's, from its train_log.json, else auto as zoo.train: 5 for interaction files, none for "
-                        ".seq), so that --data holds the items the model was trained on")
-    p.add_argument("--time-ties", choices=TIME_TIES, default=FROM_RUN,
-                   help="order of a user's interactions with equal timestamps in --data (default: the model's run's, "
-                        "else file)")
+    add_model_data_options(p, "taking users")
     add_columns_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -198,10 +198,8 @@ def _similar(args, model, exclude: list) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .cli import FROM_RUN, add_columns_option, cannot, check_outputs, error_text, folder_inputs, positive_int
-    from .cli import kcore as kcore_arg
-    from .cli import model_data_options, unknown_items_hint
-    from .data import TIME_TIES
+    from .cli import add_columns_option, add_model_data_options, cannot, check_outputs, error_text, folder_inputs
+    from .cli import model_data_options, positive_int, unknown_items_hint
 
     p = argparse.ArgumentParser(prog="python -m zoo.recommend", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
@@ -234,13 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="history (and --exclude-items, --candidates, --similar-to) ids the model does not know: "
                         "refuse (default) or leave them out")
-    p.add_argument("--kcore", type=kcore_arg, default=FROM_RUN,
-                   help="k-core filter of --data before picking users: int, 'none' or 'auto' (default: the model's "
-                        "run's, from its train_log.json, else auto as zoo.train: 5 for interaction files, none for "
-                        ".seq), so that --data holds the items the model was trained on")
-    p.add_argument("--time-ties", choices=TIME_TIES, default=FROM_RUN,
-                   help="order of a user's interactions with equal timestamps in --data: file (their file order) or "
-                        "item (by item id); default: the model's run's (else file), the order it was trained on")
+    add_model_data_options(p, "picking users")
     add_columns_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass (--all-users)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (--all-users)")

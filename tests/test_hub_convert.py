@@ -701,7 +701,8 @@ def test_a_card_is_measured_on_the_sequences_its_run_was_trained_on(tmp_path):
     flags = ["--model", str(card), "--data", str(data), "--kcore", "none", "--no-progress"]
     same = evaluate_main(flags + ["--time-ties", "item"])
     assert same["metrics"] == metrics and same["protocol"]["time_ties"] == "item"
-    assert evaluate_main(flags)["metrics"] != metrics          # file order: other test items
+    assert evaluate_main(flags + ["--time-ties", "file"])["metrics"] != metrics          # file order: other test items
+    assert evaluate_main(flags)["metrics"] == metrics          # unless given, the run's (the card's log's) order
     assert hub.data_flags(hub.run_data_options({})) == ""     # a log from before data_options: the defaults
     assert hub.data_flags({"kcore": 3, "time_ties": "file"}) == " --kcore 3"
 

@@ -549,3 +549,12 @@ def test_data_is_read_with_the_k_core_the_model_was_trained_with(tmp_path):
         main(argv + rec + ["--all-users", "--out", str(tmp_path / "r.jsonl")])
     summary = main(argv + rec + ["--all-users", "--out", str(tmp_path / "r.jsonl"), "--unknown-items", "drop"])
     assert summary["users"] == 7
+    # zoo.evaluate reads it the same way: the logged none meets z's unknown item, an explicit --kcore 5 does not
+    from zoo.evaluate import main as evaluate_main
+
+    with pytest.raises(SystemExit, match="not in the model's item vocabulary"):
+        evaluate_main(argv)
+    assert evaluate_main(argv + ["--kcore", "5"])["n_users"] == 6
+    (tmp_path / "shop" / "train_log.json").write_text(json.dumps({"data_options": {"kcore": 5}}))
+    assert evaluate_main(argv)["protocol"]["kcore"] == (5, 5)
+    assert evaluate_main(argv + ["--kcore", "none", "--unknown-items", "drop"])["protocol"]["kcore"] is None

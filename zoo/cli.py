@@ -60,7 +60,7 @@ def model_data_options(folder, kcore=FROM_RUN, time_ties=FROM_RUN) -> dict:
     files, none for ``.seq``; ``"file"``), so that the items of ``--data`` are those the model was trained on."""
     from .hub import checkpoint_log, run_data_options
 
-    logged = run_data_options(checkpoint_log(folder) or {})
+    logged = run_data_options((checkpoint_log(folder) if folder is not None else None) or {})
     return {"kcore": logged["kcore"] if kcore is FROM_RUN else kcore,
             "time_ties": logged["time_ties"] if time_ties is FROM_RUN else time_ties}
 

@@ -26,7 +26,9 @@ Data item ids are mapped through the model's own ``item_vocab`` (external ids ->
 Interactions of one user with equal timestamps keep their file order (a stable sort, as RecBole's) unless
 ``--time-ties item`` sorts them by item id (LRURec); on ML-1M the choice changes the test item of about a quarter of
 the users, and a model loses ~0.04 HR@10 on the order it was not trained on (``bench/TIE_ORDER.md``), so evaluate with
-the order of its training (a card's ``eval_results.json`` says which, under ``data_options``).
+the order of its training (a card's ``eval_results.json`` says which, under ``data_options``). Unless given,
+``--kcore`` and ``--time-ties`` are those the ``--model``'s run logged (``train_log.json``, a soup's or a card's
+log), else zoo.train's defaults (auto, file), as zoo.recommend and zoo.embed read ``--data``.
 
 ``--onnx DIR`` evaluates an exported graph (``python -m export.onnx``) instead, with ONNX Runtime only: the artefact a
 server runs, on the same examples and windows (:func:`evaluate_onnx`). A step graph is primed with each user's window in
@@ -54,6 +56,7 @@ import torch
 
 from .cli import (add_columns_option, cannot, check_outputs, error_text, folder_inputs, nonnegative_int, positive_int,
                   written_whole)
+from .cli import FROM_RUN, model_data_options
 from .cli import kcore as kcore_arg
 from .data.batching import eval_batches
 from .data.split import (TIME_TIES, EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset,
@@ -491,12 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unknown-items", choices=("error", "drop"), default="error",
                    help="data items the model does not know: error (default), or drop their interactions (the "
                         "evaluation then covers only known items; the note and JSON say how many were dropped)")
-    p.add_argument("--kcore", type=kcore_arg, default="auto",
-                   help="k-core filter: int, 'none', or 'auto' (5 for interaction files, none for .seq)")
-    p.add_argument("--time-ties", choices=TIME_TIES, default="file",
+    p.add_argument("--kcore", type=kcore_arg, default=FROM_RUN,
+                   help="k-core filter: int, 'none', or 'auto' (5 for interaction files, none for .seq); default: "
+                        "the --model's run's (its train_log.json), else auto")
+    p.add_argument("--time-ties", choices=TIME_TIES, default=FROM_RUN,
                    help="order of one user's interactions with equal timestamps: file (their file order, a stable "
                         "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz); it decides "
-                        "which item is the test item when the last ones tie")
+                        "which item is the test item when the last ones tie; default: the --model's run's, else file")
     add_columns_option(p)
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -536,6 +540,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     t0 = time.time()
+    # --data read as the --model's run read its data (its log), else as zoo.train reads it by default
+    from .pretrained import resolve_pretrained
+
+    try:
+        folder = resolve_pretrained(args.model) if args.model else None
+    except (OSError, ValueError):                # named by the model's load below
+        folder = None
+    options = model_data_options(folder, args.kcore, args.time_ties)
+    args.kcore, args.time_ties = options["kcore"], options["time_ties"]
     if args.baseline:
         if args.history_share:
             raise SystemExit("--history-share is for a --model evaluation")
@@ -551,8 +564,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from transformers import AutoModel
 
     import zoo  # noqa: F401  (registers the zoo models with AutoModel)
-
-    from .pretrained import resolve_pretrained
 
     no_config = os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json"))
     try:

@@ -37,7 +37,9 @@ with Triton's message. A request that gets no answer (``timeout_s`` passed, a gR
 :class:`TritonRecommendError` too, but the server usually applied it (or still will): an event is **not idempotent**
 -- resent, it is applied twice (the state then holds the item twice). :class:`TritonRecommender` therefore marks such
 a sequence uncertain: its next event is refused, naming why, until :meth:`TritonRecommender.prime` restarts it from
-the history, and :meth:`TritonRecommender.end` still sends its END.
+the history, and :meth:`TritonRecommender.end` still sends its END. :class:`ExplicitStateRecommender` and
+:class:`WindowRecommender` keep nothing on the server (the explicit client stores the new states only once every call
+has answered): their error says the call can be sent again.
 
 Sequence slots: the sequence batcher (``oldest`` strategy) holds at most ``max_candidate_sequences`` live sequences
 (``export.triton --max-candidate-sequences``, 1024 by default); the requests of a further sequence wait until a live
@@ -322,6 +324,16 @@ def _describe(e: Exception) -> str:
     if isinstance(e, OSError):
         return f"{type(e).__name__}: {e}"
     return f"{e.status()}: {e.message()}"
+
+
+def _stateless_error(e: Exception, why: str) -> TritonRecommendError:
+    """The error of a failed call of a client that keeps no state on the server (explicit state, windows): Triton's
+    message, or for a call without an answer (a timeout, a lost connection: :func:`_outcome_unknown`) one that says
+    so and that sending it again is safe (``why``), unlike a :class:`TritonRecommender` event."""
+    if _outcome_unknown(e):
+        return TritonRecommendError(f"no answer from the server ({_describe(e)}); {why}, so the call can be sent "
+                                    "again")
+    return TritonRecommendError(str(e.message()))
 
 
 def _gone(msg: str) -> bool:
@@ -733,8 +745,9 @@ class ExplicitStateRecommender(_Base):
                                                   len(chunk))
                     try:
                         r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
-                    except self._exc as e:
-                        raise TritonRecommendError(str(e.message())) from None
+                    except (self._exc, OSError) as e:
+                        raise _stateless_error(e, "the users' states travel with the request and none was stored "
+                                                  "(all or nothing)") from None
                     top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
                     for row, i in enumerate(chunk):
                         results[i] = self._pick(top[row], scores[row], k)
@@ -835,8 +848,8 @@ class WindowRecommender(_Base):
             ins += self._candidates_input(None if cands is None else cands[at:at + self.max_batch], len(chunk))
             try:
                 r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
-            except self._exc as e:
-                raise TritonRecommendError(str(e.message())) from None
+            except (self._exc, OSError) as e:
+                raise _stateless_error(e, "a window request keeps nothing on the server") from None
             top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
             results += [self._pick(top[b], scores[b], k) for b in range(len(chunk))]
             if "user_vector" in self.outputs:

@@ -3134,3 +3134,36 @@ def test_live_end_from_another_client_frees_the_sequence(live_server, mamba):
     http = TritonRecommender(h.http_url, "m4r", protocol="http", vocab=v)
     http.end("never-started-anywhere")
     a.client.close(), b.client.close(), http.client.close()
+
+
+@pytest.mark.parametrize("error", ["timeout", "deadline"])
+def test_stateless_clients_say_a_call_without_answer_can_be_sent_again(monkeypatch, error):
+    """The explicit-state and window clients keep nothing on the server, so a call without an answer is safe to send
+    again, unlike a TritonRecommender event; they said nothing of it (a raw socket timeout escaped as OSError, a
+    deadline as Triton's bare message). Now a TritonRecommendError says so, and the explicit client stored nothing."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from tritonclient.utils import InferenceServerException
+
+    from export.triton_client import ExplicitStateRecommender, TritonRecommendError, WindowRecommender
+
+    no_answer = TimeoutError("timed out") if error == "timeout" else InferenceServerException(
+        "Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+    _, fail = _fake_http_client(monkeypatch, {**STEP_IO[0], "h": ("FP32", (-1, 2))},
+                                {**STEP_IO[1], "h_out": ("FP32", (-1, 2))}, {"state_init": json.dumps({"h": 0.0})})
+    store = {}
+    rec = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS, store=store)
+    fail[0] = no_answer
+    with pytest.raises(TritonRecommendError, match=r"no answer from the server .*none was stored .*sent again"):
+        rec.recommend_many([("a", [1]), ("b", [2])])
+    assert store == {}
+    fail[0] = None
+    rec.recommend_many([("a", [1]), ("b", [2])])                  # sent again: applied once
+    assert sorted(store) == ["a", "b"]
+    _, fail = _fake_http_client(monkeypatch, *STEP_IO, {"kind": "window", "max_seq_length": "8"})
+    win = WindowRecommender("127.0.0.1:1", "w", protocol="http", n_items=N_ITEMS)
+    fail[0] = no_answer
+    with pytest.raises(TritonRecommendError, match=r"no answer from the server .*keeps nothing.*sent again"):
+        win.recommend([1, 2, 3])
+    fail[0] = "w: item index 500 is out of range 0..119"             # an answered refusal: Triton's message
+    with pytest.raises(TritonRecommendError, match="^w: item index 500"):
+        win.recommend([1, 2, 3])

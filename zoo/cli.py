@@ -75,9 +75,10 @@ def add_model_data_options(parser: argparse.ArgumentParser, users: str) -> None:
                              "run's, from its train_log.json, else auto as zoo.train: 5 for interaction files, none "
                              "for .seq), so that --data holds the items the model was trained on")
     parser.add_argument("--time-ties", choices=TIME_TIES, default=FROM_RUN,
-                        help="order of a user's interactions with equal timestamps in --data: file (their file order) "
-                             "or item (by item id); default: the model's run's (else file), the order it was trained "
-                             "on")
+                        help="order of a user's interactions with equal timestamps in --data: file (their file order, "
+                             "a stable sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz); it "
+                             "decides which item comes last (the test item) when the last ones tie; default: the "
+                             "model's run's (else file), the order it was trained on")
 
 
 def unknown_items_hint(e: Exception, options: dict) -> str:

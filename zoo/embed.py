@@ -189,14 +189,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     t0 = time.time()
     try:
-        model = SeqRecPreTrainedModel.from_pretrained(resolve_pretrained(args.model)).eval()
+        path = resolve_pretrained(args.model)
+        model = SeqRecPreTrainedModel.from_pretrained(path).eval()
     except (OSError, ValueError) as e:
         sys.exit(f"error: --model {args.model}: {e}")
     users, note = None, None
     if args.data:
         from .data import load_dataset
 
-        options = model_data_options(resolve_pretrained(args.model), args.kcore, args.time_ties)
+        options = model_data_options(path, args.kcore, args.time_ties)
         try:
             ds = load_dataset(args.data, **options, columns=args.columns)
             user_ids, user_vecs, note = user_vectors_of_dataset(model, ds, unknown=args.unknown_items,

@@ -56,11 +56,10 @@ import torch
 
 from .cli import (add_columns_option, cannot, check_outputs, error_text, folder_inputs, nonnegative_int, positive_int,
                   written_whole)
-from .cli import FROM_RUN, model_data_options
-from .cli import kcore as kcore_arg
+from .cli import add_model_data_options, model_data_options
 from .data.batching import eval_batches
-from .data.split import (TIME_TIES, EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset,
-                         temporal_cuts, temporal_split)
+from .data.split import (EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset, temporal_cuts,
+                         temporal_split)
 from .metrics import compute_metrics, history_in_top_k, rank_of_target
 from .modeling_utils import _check_model_type, resolve_device
 
@@ -494,13 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unknown-items", choices=("error", "drop"), default="error",
                    help="data items the model does not know: error (default), or drop their interactions (the "
                         "evaluation then covers only known items; the note and JSON say how many were dropped)")
-    p.add_argument("--kcore", type=kcore_arg, default=FROM_RUN,
-                   help="k-core filter: int, 'none', or 'auto' (5 for interaction files, none for .seq); default: "
-                        "the --model's run's (its train_log.json), else auto")
-    p.add_argument("--time-ties", choices=TIME_TIES, default=FROM_RUN,
-                   help="order of one user's interactions with equal timestamps: file (their file order, a stable "
-                        "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz); it decides "
-                        "which item is the test item when the last ones tie; default: the --model's run's, else file")
+    add_model_data_options(p, "splitting")
     add_columns_option(p)
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -567,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     no_config = os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json"))
     try:
-        path = resolve_pretrained(args.model)
+        path = folder or resolve_pretrained(args.model)     # resolved above (again only to raise its error)
         if no_config:                   # zoo.recommend's one line (not transformers' "Unrecognized model")
             _check_model_type(path)
         model = AutoModel.from_pretrained(path)

@@ -273,10 +273,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # resolve first: a Hub id that is unreachable *or not published* falls back to the bundled copy; the zoo's own
     # loader (what AutoModel calls) names a model_type the zoo does not have in one line
     try:
-        model = SeqRecPreTrainedModel.from_pretrained(resolve_pretrained(args.model)).eval()
+        path = resolve_pretrained(args.model)
+        model = SeqRecPreTrainedModel.from_pretrained(path).eval()
     except (OSError, ValueError) as e:
         sys.exit(f"error: --model {args.model}: {e}")
-    options = model_data_options(resolve_pretrained(args.model), args.kcore, args.time_ties)
+    options = model_data_options(path, args.kcore, args.time_ties)
     try:
         exclude = _excluded_items(args, model)
     except (OSError, UnicodeDecodeError) as e:

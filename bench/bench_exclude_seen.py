@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402,F401
-from benchutil import command_line, positive_float, write_markdown  # noqa: E402
-from zoo.cli import positive_int  # noqa: E402
+from benchutil import command_line, write_markdown  # noqa: E402
+from zoo.cli import positive_float, positive_int  # noqa: E402
 from bench_step_latency import MEDIANS, fmt_lat, timeit  # noqa: E402
 from export.onnx import export_model  # noqa: E402
 from export.runtime import OnnxStepSession  # noqa: E402

@@ -32,8 +32,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchutil import command_line, positive_float, write_markdown  # noqa: E402
-from zoo.cli import nonnegative_int, positive_int  # noqa: E402
+from benchutil import command_line, write_markdown  # noqa: E402
+from zoo.cli import nonnegative_int, positive_float, positive_int  # noqa: E402
 
 
 def _model(name):

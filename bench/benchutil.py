@@ -29,17 +29,6 @@ ML1M_DATA = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(_ROOT, ".."
 ML1M_CARDS = ["mamba4rec-ml1m", "sasrec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "bert4rec-ml1m"]
 
 
-def positive_float(value: str) -> float:
-    """A finite float > 0 (seconds, rates); anything else is a usage error."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
-    if not (0 < x < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
-    return x
-
-
 def command_line(script: str, argv: Sequence[str] | None = None) -> str:
     """The command that produced a results file, as typed: ``python <script> <arguments>`` (``argv``: the arguments
     ``main`` was given, or ``sys.argv[1:]``), for the file's header, so that a rerun with other options says so."""

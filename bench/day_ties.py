@@ -72,8 +72,8 @@ def main(argv=None) -> dict:
     if args.labels is not None and len(args.labels) != len(args.models):
         p.error("--labels needs one label per --models entry")
     names = [os.path.basename(d) for d in args.data]
-    for m in args.models:                   # each model is evaluated on its own data: none here is an error
-        trained_on = model_data(m)
+    trained_on_of = {m: model_data(m) for m in args.models}
+    for m, trained_on in trained_on_of.items():     # each model is evaluated on its own data: none here is an error
         if trained_on is None:
             p.error(f"--models {m}: says no data it was measured or trained on (no data_file in eval_results.json, "
                     "no data in train_log.json)")
@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
             rows[label] = {o: evaluate_baseline(kind, splits[o].train, splits[o].test, loaded[o].n_items + 1,
                                                 ks=(10,)) for o in ORDERS}
         for model_dir, label in zip(args.models, labels, strict=True):
-            if model_data(model_dir) != name:
+            if trained_on_of[model_dir] != name:
                 continue
             model = AutoModel.from_pretrained(model_dir).eval()
             rows[label] = {}

@@ -26,8 +26,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, positive_float, write_table  # noqa: E402
-from zoo.cli import positive_int  # noqa: E402
+from bench.benchutil import command_line, write_table  # noqa: E402
+from zoo.cli import positive_float, positive_int  # noqa: E402
 
 DATA = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data")), "ml-100k.inter.gz")
 METRICS = ("HR@10", "NDCG@10", "MRR@10")

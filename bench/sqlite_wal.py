@@ -26,8 +26,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, positive_float, run_workers, write_table  # noqa: E402
-from zoo.cli import positive_int  # noqa: E402
+from bench.benchutil import command_line, run_workers, write_table  # noqa: E402
+from zoo.cli import positive_float, positive_int  # noqa: E402
 
 LIMITS = {"64 MiB (default)": 64 << 20, "None": None}
 

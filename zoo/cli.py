@@ -34,6 +34,17 @@ def nonnegative_int(value: str) -> int:
     return _int_at_least(value, 0)
 
 
+def positive_float(value: str) -> float:
+    """A finite float > 0 (seconds, rates); anything else is a usage error."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
+    if not (0 < x < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
+    return x
+
+
 def kcore(value: str) -> int | None | str:
     """``--kcore``: ``auto``, ``none``/``0`` or ``k >= 1`` (:func:`zoo.data.split.parse_kcore`)."""
     try:

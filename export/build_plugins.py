@@ -116,17 +116,49 @@ def library_path(build_dir: str | os.PathLike | None = None, kind: str = "plugin
     return Path(build_dir or DEFAULT_BUILD_DIR) / (PLUGIN_LIBRARY if kind == "plugins" else KERNELS_LIBRARY)
 
 
+#: the spec the generated header (and so every plugin's names and fields) comes from
+SPEC_PY = Path(__file__).resolve().parent / "plugin_spec.py"
+#: beside a plugin library that :func:`build` made: the :func:`plugin_sources_digest` of the sources it was built from
+SOURCES_STAMP_SUFFIX = ".sources.sha256"
+#: what the CMake build of the plugin library reads, under ``plugins/`` (the emulator, harness and docs are not in it)
+_SOURCE_SUFFIXES = (".cu", ".cuh", ".cpp", ".h", ".txt", ".py")
+
+
+def plugin_sources_digest() -> str:
+    """sha256 of the plugin library's sources: every CMake file, kernel, plugin class, common source and test under
+    :data:`PLUGINS_DIR` (not ``emu/`` nor ``harness.py``), the header generator and :data:`SPEC_PY`. Reads a few
+    hundred kB: a check that finds the library current costs milliseconds."""
+    import hashlib
+
+    root = Path(PLUGINS_DIR)
+    files = sorted(f for f in root.rglob("*") if f.suffix in _SOURCE_SUFFIXES and f.is_file()
+                   and f.relative_to(root).parts[0] != "emu" and f.name != "harness.py")
+    h = hashlib.sha256()
+    for f, name in [*((f, f.relative_to(root).as_posix()) for f in files), (Path(SPEC_PY), "plugin_spec.py")]:
+        h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def sources_stamp(lib: str | os.PathLike) -> Path:
+    """Where the digest of the sources ``lib`` was built from is kept (beside it)."""
+    lib = Path(lib)
+    return lib.with_name(lib.name + SOURCES_STAMP_SUFFIX)
+
+
 def build(build_dir: str | os.PathLike | None = None, arch: str = "80;90", jobs: int = 2,
           tensorrt_root: str | None = None, tensorrt_include: str | None = None, require_tensorrt: bool = False,
           quiet: bool = False) -> dict:
     """Configure + build with CMake. Returns ``{'plugins': Path|None, 'kernels': Path, 'tensorrt_include': ...,
-    'tensorrt_headers': sentence}``; raises :class:`BuildError` with CMake's output on failure."""
+    'tensorrt_headers': sentence, 'stamp_error': sentence|None}``; raises :class:`BuildError` with CMake's output on
+    failure. A plugin library built is stamped with the digest of the sources as they were when the build began
+    (:func:`sources_stamp`), so ``export.trt`` reuses it -- whoever built it -- while the sources stay as they were."""
     for tool in ("cmake", "nvcc"):
         if shutil.which(tool) is None and not (tool == "nvcc" and Path("/usr/local/cuda/bin/nvcc").exists()):
             raise BuildError(f"{tool} not found on PATH (needed to build the plugins)")
     bdir = Path(build_dir or DEFAULT_BUILD_DIR)
     bdir.mkdir(parents=True, exist_ok=True)
     inc, why = find_tensorrt_include(tensorrt_include, tensorrt_root)
+    digest = plugin_sources_digest()               # before the build: a source edited during it is not recorded
     cfg = ["cmake", "-S", str(PLUGINS_DIR), "-B", str(bdir), f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
            f"-DPython3_EXECUTABLE={sys.executable}", f"-DZOO_REQUIRE_TENSORRT={'ON' if require_tensorrt else 'OFF'}"]
     if shutil.which("nvcc") is None:
@@ -142,7 +174,14 @@ def build(build_dir: str | os.PathLike | None = None, arch: str = "80;90", jobs:
         if r.returncode != 0:
             raise BuildError(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{r.stdout[-6000:]}")
     plug = bdir / PLUGIN_LIBRARY
-    return {"plugins": plug if plug.exists() and inc is not None else None, "kernels": bdir / KERNELS_LIBRARY,
+    built = plug.exists() and inc is not None
+    stamp_error = None
+    if built:
+        try:
+            sources_stamp(plug).write_text(digest + "\n")
+        except OSError as e:                       # the library is current; only the next check will rebuild it
+            stamp_error = f"could not record the sources' digest beside {plug}: {e}"
+    return {"plugins": plug if built else None, "kernels": bdir / KERNELS_LIBRARY, "stamp_error": stamp_error,
             "tensorrt_include": inc, "tensorrt_headers": why,
             "tensorrt_header_version": tensorrt_header_version(inc) if inc else None, "log": "".join(out)}
 
@@ -214,9 +253,7 @@ def build_emulated(build_dir: str | os.PathLike | None = None, kernels: list[Pat
     kernels = sorted(kernels if kernels is not None else PLUGINS_DIR.glob("*Plugin/*Kernel.cu"))
     if not kernels:
         raise BuildError(f"no kernel sources (*Plugin/*Kernel.cu) under {PLUGINS_DIR}")
-    spec_py = REPO_ROOT / "export" / "plugin_spec.py"
-    if not spec_py.is_file():
-        spec_py = Path(__file__).resolve().parent / "plugin_spec.py"
+    spec_py = SPEC_PY
     header = gen / "zooPluginSpec.h"
     r = subprocess.run([sys.executable, str(PLUGINS_DIR / "gen_spec_header.py"), str(header), "--spec", str(spec_py)],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -160,36 +160,14 @@ def probe_environment() -> Environment:
 
 
 # ------------------------------------------------------------------------------------------------ plugin library
-#: beside a plugin library that :func:`ensure_plugin_library` built: the :func:`plugin_sources_digest` it was built from
-SOURCES_STAMP_SUFFIX = ".sources.sha256"
-#: what the CMake build of the plugin library reads, under ``plugins/`` (the emulator, harness and docs are not in it)
-_SOURCE_SUFFIXES = (".cu", ".cuh", ".cpp", ".h", ".txt", ".py")
-
-
-def plugin_sources_digest() -> str:
-    """sha256 of the plugin library's sources: every CMake file, kernel, plugin class, common source and test under
-    ``plugins/`` (not ``emu/`` nor ``harness.py``), the header generator and :mod:`export.plugin_spec`. Reads a
-    few hundred kB: a check that finds the library current costs milliseconds."""
-    import hashlib
-
-    from . import build_plugins as BP
-
-    root = Path(BP.PLUGINS_DIR)
-    files = sorted(f for f in root.rglob("*") if f.suffix in _SOURCE_SUFFIXES and f.is_file()
-                   and f.relative_to(root).parts[0] != "emu" and f.name != "harness.py")
-    h = hashlib.sha256()
-    for f, name in [*((f, f.relative_to(root).as_posix()) for f in files), (Path(ps.__file__), "plugin_spec.py")]:
-        h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def ensure_plugin_library(plugin_lib: str | None = None, build_dir: str | None = None, rebuild: bool = False,
                           say=print) -> Path:
     """Path of libzoo_trt_plugins.so, current with the plugin sources: a given ``plugin_lib`` (or
     ``$ZOO_TRT_PLUGIN_LIB``) as it is; else the one in the build folder, (re)built with CMake (export.build_plugins,
     incremental) when it is absent, when ``rebuild``, or when the sources changed since it was built
-    (:func:`plugin_sources_digest`, recorded beside it at each build; a library without that record, built by hand
-    or by an older export.trt, is rebuilt too). So an engine never gets other plugin code than the CPU-emulated check
+    (export.build_plugins.plugin_sources_digest, recorded beside it by each export.build_plugins build, whether this
+    function or ``python -m export.build_plugins`` ran it; a library without that record, built by hand or by an
+    older version, is rebuilt too). So an engine never gets other plugin code than the CPU-emulated check
     verified (export.build_plugins.build_emulated, which rebuilds on the same sources). Raises :class:`TrtError`
     when the library cannot be had."""
     from . import build_plugins as BP
@@ -202,8 +180,8 @@ def ensure_plugin_library(plugin_lib: str | None = None, build_dir: str | None =
     p = BP.library_path(build_dir)
     if p.is_file() and os.environ.get("ZOO_TRT_PLUGIN_LIB"):      # a library named by the environment: as it is
         return p
-    stamp = p.with_name(p.name + SOURCES_STAMP_SUFFIX)
-    digest = plugin_sources_digest()
+    stamp = BP.sources_stamp(p)
+    digest = BP.plugin_sources_digest()
     built_from = stamp.read_text().strip() if p.is_file() and stamp.is_file() else None
     if built_from == digest and not rebuild:
         return p
@@ -221,10 +199,8 @@ def ensure_plugin_library(plugin_lib: str | None = None, build_dir: str | None =
     if res["plugins"] is None:
         raise TrtError(f"{ps.PLUGIN_LIBRARY} was not built: {res['tensorrt_headers']}{stale}")
     lib = Path(res["plugins"])
-    try:
-        lib.with_name(lib.name + SOURCES_STAMP_SUFFIX).write_text(digest + "\n")
-    except OSError as e:                           # the library is current; only the next check will rebuild it
-        say(f"  could not record the sources' digest beside {lib}: {e}")
+    if res.get("stamp_error"):
+        say(f"  {res['stamp_error']}")
     say(f"  built {lib} (TensorRT headers {res['tensorrt_header_version']} from {res['tensorrt_headers']}) "
         f"[{time.perf_counter() - t0:.1f} s]")
     return lib

@@ -164,7 +164,8 @@ def test_probe_builder_and_gpu_present(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------------- plugin library
 class _FakeBuild:
-    """Stands in for BP.build: records its calls and returns ``result(build_dir)``."""
+    """Stands in for BP.build: records its calls and returns ``result(build_dir)``; stamps the library it says it
+    built with the sources' digest as BP.build does (tests/test_trt_plugins.py tests that BP.build does)."""
 
     def __init__(self):
         self.calls = []
@@ -173,7 +174,10 @@ class _FakeBuild:
 
     def __call__(self, build_dir=None, **kw):
         self.calls.append((build_dir, kw))
-        return self.result(build_dir)
+        res = self.result(build_dir)
+        if res["plugins"] is not None:
+            BP.sources_stamp(res["plugins"]).write_text(BP.plugin_sources_digest() + "\n")
+        return res
 
 
 @pytest.fixture
@@ -228,8 +232,8 @@ def test_ensure_plugin_library_rebuilds_a_library_older_than_its_sources(tmp_pat
     said = []
     assert T.ensure_plugin_library(None, str(bdir), say=said.append) == lib and len(fake_build.calls) == 1
     assert f"no record of the sources {ps.PLUGIN_LIBRARY} was built from" in said[0], said
-    stamp = bdir / (ps.PLUGIN_LIBRARY + T.SOURCES_STAMP_SUFFIX)
-    assert stamp.read_text().strip() == T.plugin_sources_digest()
+    stamp = bdir / (ps.PLUGIN_LIBRARY + BP.SOURCES_STAMP_SUFFIX)
+    assert stamp.read_text().strip() == BP.plugin_sources_digest()
     T.ensure_plugin_library(None, str(bdir), say=said.append)
     assert len(fake_build.calls) == 1                              # current: reused
     for f in ("README.md", "harness.py", "emu/zooCudaEmu.h", "selectiveScanPlugin/README.md"):
@@ -247,7 +251,7 @@ def test_ensure_plugin_library_rebuilds_a_library_older_than_its_sources(tmp_pat
         assert f"the sources in {src} changed since {ps.PLUGIN_LIBRARY} was built" in said[0], said
         T.ensure_plugin_library(None, str(bdir), say=said.append)
         assert len(fake_build.calls) == n, f                       # and current again
-    monkeypatch.setattr(T.ps, "__file__", str(tmp_path / "plugin_spec.py"))      # the spec the header comes from
+    monkeypatch.setattr(BP, "SPEC_PY", tmp_path / "plugin_spec.py")      # the spec the header comes from
     (tmp_path / "plugin_spec.py").write_text("# another spec\n")
     T.ensure_plugin_library(None, str(bdir), say=said.append)
     assert len(fake_build.calls) == n + 1
@@ -256,7 +260,7 @@ def test_ensure_plugin_library_rebuilds_a_library_older_than_its_sources(tmp_pat
 def test_a_stale_library_is_not_used_when_its_rebuild_fails(tmp_path, monkeypatch, fake_build):
     _plugin_sources(tmp_path, monkeypatch)
     (tmp_path / ps.PLUGIN_LIBRARY).write_bytes(b"stale")
-    (tmp_path / (ps.PLUGIN_LIBRARY + T.SOURCES_STAMP_SUFFIX)).write_text("0" * 64)
+    (tmp_path / (ps.PLUGIN_LIBRARY + BP.SOURCES_STAMP_SUFFIX)).write_text("0" * 64)
 
     def broken(*a, **k):
         raise BP.BuildError("nvcc not found on PATH (needed to build the plugins)")

@@ -810,11 +810,42 @@ def test_build_configures_cmake(tmp_path, monkeypatch):
     assert "-DZOO_REQUIRE_TENSORRT=ON" in cmds[0] and "-DZOO_REQUIRE_TENSORRT=OFF" not in cmds[0]
 
 
+def test_build_stamps_the_library_with_its_sources_digest(tmp_path, monkeypatch):
+    """The digest of the sources was recorded only by export.trt's own builds: a library made by
+    ``python -m export.build_plugins`` (plugins/README's build step) had none, and export.trt rebuilt it ("no record of
+    the sources"). BP.build records it now -- the digest taken before CMake runs -- and export.trt reuses that build."""
+    from export import trt as T
+
+    monkeypatch.delenv("ZOO_TRT_PLUGIN_LIB", raising=False)
+    cmds = _fake_cmake(monkeypatch, tmp_path)
+    digest = BP.plugin_sources_digest()
+    res = BP.build(tmp_path, quiet=True)
+    stamp = tmp_path / (ps.PLUGIN_LIBRARY + BP.SOURCES_STAMP_SUFFIX)
+    assert BP.sources_stamp(res["plugins"]) == stamp and stamp.read_text() == digest + "\n"
+    assert res["stamp_error"] is None
+    cmds.clear()
+    said = []
+    assert T.ensure_plugin_library(None, str(tmp_path), say=said.append) == res["plugins"]
+    assert cmds == [] and said == []                               # current: not built again
+    stamp.write_text("0" * 64 + "\n")                             # sources changed since: rebuilt, stamped anew
+    T.ensure_plugin_library(None, str(tmp_path), say=said.append)
+    assert len(cmds) == 2 and stamp.read_text() == digest + "\n"
+
+
+def test_build_reports_a_stamp_it_cannot_write(tmp_path, monkeypatch):
+    _fake_cmake(monkeypatch, tmp_path)
+    (tmp_path / (ps.PLUGIN_LIBRARY + BP.SOURCES_STAMP_SUFFIX)).mkdir()      # a folder where the stamp goes
+    res = BP.build(tmp_path, quiet=True)
+    assert res["plugins"] == tmp_path / ps.PLUGIN_LIBRARY
+    assert res["stamp_error"].startswith(f"could not record the sources' digest beside {res['plugins']}: ")
+
+
 def test_build_without_headers_reports_no_plugin_library(tmp_path, monkeypatch):
     cmds = _fake_cmake(monkeypatch, tmp_path, inc=None)
     res = BP.build(tmp_path, quiet=True)
     assert not [c for c in cmds[0] if c.startswith("-DTensorRT_INCLUDE_DIR")]
     assert res["plugins"] is None and res["tensorrt_headers"] == "no TensorRT headers: none"
+    assert not (tmp_path / (ps.PLUGIN_LIBRARY + BP.SOURCES_STAMP_SUFFIX)).exists()      # no library, no stamp
     assert res["tensorrt_header_version"] is None
 
 

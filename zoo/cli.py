@@ -64,14 +64,17 @@ class _FromRun:
 FROM_RUN = _FromRun()
 
 
-def model_data_options(folder, kcore=FROM_RUN, time_ties=FROM_RUN) -> dict:
+def model_data_options(folder, kcore=FROM_RUN, time_ties=FROM_RUN, log: dict | None = None) -> dict:
     """``{"kcore", "time_ties"}`` to read ``--data`` for the model in ``folder`` with: each as given, else
     (:data:`FROM_RUN`) as the run that trained it logged it (its ``train_log.json``, a soup's or a card's log:
-    :func:`zoo.hub.checkpoint_log`), else as ``zoo.train`` reads data by default (``"auto"``: 5-core for interaction
-    files, none for ``.seq``; ``"file"``), so that the items of ``--data`` are those the model was trained on."""
+    :func:`zoo.hub.checkpoint_log`; ``log``: that log, already read), else as ``zoo.train`` reads data by default
+    (``"auto"``: 5-core for interaction files, none for ``.seq``; ``"file"``), so that the items of ``--data`` are
+    those the model was trained on."""
     from .hub import checkpoint_log, run_data_options
 
-    logged = run_data_options((checkpoint_log(folder) if folder is not None else None) or {})
+    if log is None and folder is not None:
+        log = checkpoint_log(folder)
+    logged = run_data_options(log or {})
     return {"kcore": logged["kcore"] if kcore is FROM_RUN else kcore,
             "time_ties": logged["time_ties"] if time_ties is FROM_RUN else time_ties}
 

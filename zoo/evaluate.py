@@ -534,13 +534,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit(f"error: {e}") from None
     t0 = time.time()
     # --data read as the --model's run read its data (its log), else as zoo.train reads it by default
+    from .hub import checkpoint_log
     from .pretrained import resolve_pretrained
 
     try:
         folder = resolve_pretrained(args.model) if args.model else None
     except (OSError, ValueError):                # named by the model's load below
         folder = None
-    options = model_data_options(folder, args.kcore, args.time_ties)
+    run_log = checkpoint_log(folder) if folder is not None else None       # read once: data options and split
+    options = model_data_options(folder, args.kcore, args.time_ties, log=run_log)
     args.kcore, args.time_ties = options["kcore"], options["time_ties"]
     if args.baseline:
         if args.history_share:
@@ -567,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: --model {args.model}: {e}"
                          + ("; for an export.onnx folder use --onnx" if no_config else "")) from None
-    check_run_split(path, args.model, args.temporal_split)
+    check_run_split(run_log if folder is not None else checkpoint_log(path), args.model, args.temporal_split)
     try:
         device = resolve_device(args.device)
     except ValueError as e:
@@ -608,15 +610,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return _report(result, examples, ranks, ds.vocab, args, args.model, split.train)
 
 
-def check_run_split(folder, model: str, temporal: Sequence[float] | None) -> None:
-    """``SystemExit`` when the checkpoint in ``folder`` (``--model model``) was trained on another split than the one
-    asked for (``temporal``: ``--temporal-split``'s shares, None for leave-one-out), as its run logged it (its
-    ``train_log.json``, a soup's or a card's log: :func:`zoo.hub.checkpoint_log`; a log without a split, and a folder
-    without a log, are leave-one-out): a leave-one-out run has trained on a temporal split's test period, a temporal
-    run on some users' leave-one-out test items, and other shares move the test period into what it trained on."""
-    from .hub import checkpoint_log
-
-    split = (checkpoint_log(folder) or {}).get("split") or {}
+def check_run_split(log: dict | None, model: str, temporal: Sequence[float] | None) -> None:
+    """``SystemExit`` when the checkpoint ``--model model`` was trained on another split than the one asked for
+    (``temporal``: ``--temporal-split``'s shares, None for leave-one-out), as its run logged it (``log``: its
+    ``train_log.json``, a soup's or a card's log, :func:`zoo.hub.checkpoint_log`; a log without a split, and no log,
+    are leave-one-out): a leave-one-out run has trained on a temporal split's test period, a temporal run on some
+    users' leave-one-out test items, and other shares move the test period into what it trained on."""
+    split = (log or {}).get("split") or {}
     cuts = (split.get("cuts") or {}) if split.get("kind") == "temporal" else None
     trained = None if cuts is None else [cuts.get("test_share"), cuts.get("valid_share")]
     asked = None if not temporal else [float(x) for x in temporal]

@@ -347,6 +347,13 @@ def _mask_candidates(ref: np.ndarray, cands: np.ndarray) -> np.ndarray:
     return np.where(drop, np.float32(-np.inf), ref.astype(np.float32))
 
 
+def _scores_at(ref_scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``[B, k]`` float64: PyTorch's scores ``ref_scores [B, n]`` of the items ``ids [B, k]`` (an id outside
+    ``[0, n)`` reads the padding id's score: the callers count such a slot as a disagreement by its id)."""
+    rows = np.arange(len(ids))[:, None]
+    return ref_scores[rows, np.clip(ids.astype(np.int64), 0, ref_scores.shape[1] - 1)].astype(np.float64)
+
+
 def _rows_agree(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int, ref_ids: np.ndarray | None = None) -> np.ndarray:
     """``[B]`` bool: the graph's ordered top-k equals PyTorch's, up to order swaps of near-tied items.
 
@@ -358,11 +365,9 @@ def _rows_agree(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int, ref_ids: np
     items) must be empty in both. ``ref_ids``: :func:`_topk_ref` of ``ref_scores``, when the caller has it.
     """
     ref_ids = _topk_ref(ref_scores, k) if ref_ids is None else ref_ids
-    rows = np.arange(len(ref_ids))[:, None]
-    ids = np.clip(ort_ids.astype(np.int64), 0, ref_scores.shape[1] - 1)
     real = (ort_ids > 0) & (ref_ids > 0)
     with np.errstate(invalid="ignore"):                             # -inf - -inf where a slot is empty
-        gap = np.abs(ref_scores[rows, ids].astype(np.float64) - ref_scores[rows, ref_ids].astype(np.float64))
+        gap = np.abs(_scores_at(ref_scores, ort_ids) - _scores_at(ref_scores, ref_ids))
     return np.all((ort_ids == ref_ids) | (real & (gap <= SCORE_ATOL)), axis=1)
 
 
@@ -380,10 +385,9 @@ def _rows_overlap(ort_ids: np.ndarray, ref_scores: np.ndarray, k: int,
     ids = ort_ids.astype(np.int64)
     same = ids[:, :, None] == ref_ids[:, None, :]                                    # [B, graph slot, ref slot]
     hit = same.any(axis=1)                                                           # [B, k] PyTorch's items found
-    rows = np.arange(len(ref_ids))
     # PyTorch's k-th score; -inf when its last slot is empty (a --candidates row listing fewer than k items)
-    kth = np.where(ref_ids[:, -1] > 0, ref_scores[rows, ref_ids[:, -1]].astype(np.float64), -np.inf)
-    got = ref_scores[rows[:, None], np.clip(ids, 0, ref_scores.shape[1] - 1)].astype(np.float64)   # [B, k]
+    kth = np.where(ref_ids[:, -1] > 0, _scores_at(ref_scores, ref_ids[:, -1:])[:, 0], -np.inf)
+    got = _scores_at(ref_scores, ids)                                               # [B, k]
     with np.errstate(invalid="ignore"):
         tied = (ids > 0) & ~same.any(axis=2) & np.isfinite(got) & (got >= kth[:, None] - SCORE_ATOL)
     return np.minimum(hit.sum(axis=1) + tied.sum(axis=1), k) / k

@@ -107,6 +107,11 @@ def test_push_uploads_the_card_folder_as_asked_with_credentials_from_the_environ
             hub.push(str(folder), "me/tiny")
         (tmp_path / f).rename(folder / f)
         assert calls == []
+    weights = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[:len(weights) // 2])      # cut short: would load nowhere
+    with pytest.raises(ValueError, match=r"does not load, so it is not pushed: corrupt weight file"):
+        hub.push(str(folder), "me/tiny")
+    assert calls == []                                                        # refused before any Hub call
 
 
 def test_list_names_each_bundled_model_by_its_hub_id(bundled, tmp_path, capsys):

@@ -848,12 +848,22 @@ def card_summary(folder: str | os.PathLike) -> list[str]:
 # --------------------------------------------------------------------------------------------------- push
 def push(folder: str, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Publish a card folder to the Hub with ``huggingface_hub`` (needs credentials: ``HF_TOKEN`` or a login).
-    ``private`` also makes an existing public repo private; without it an existing repo keeps its visibility."""
+    ``private`` also makes an existing public repo private; without it an existing repo keeps its visibility. The
+    folder must load as the zoo loads it (strictly: weights that fit the config, a vocabulary that fits the weights)
+    before any Hub call: a corrupt or mismatched folder is refused, not published."""
     from huggingface_hub import HfApi, get_token
 
     missing = [f for f in CARD_FILES if not os.path.exists(os.path.join(folder, f))]
     if missing:
         raise ValueError(f"{folder} is not a complete card folder: missing {missing}")
+    from transformers import AutoModel
+
+    import zoo  # noqa: F401  (registers the zoo models with AutoModel)
+
+    try:
+        AutoModel.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{folder} does not load, so it is not pushed: {e}") from None
     api = HfApi(token=token)
     if not (token or get_token()):     # HF_TOKEN or `hf auth login`'s token file (HfApi().token is only the argument)
         raise RuntimeError("no Hugging Face credentials: set HF_TOKEN or run `hf auth login` first")

@@ -6,7 +6,8 @@
 #   1. facts: GPU, driver, nvcc, torch/triton versions            -> $OUT/env.txt
 #   2. build libzoo_scan_kernels.so + libzoo_trt_plugins.so (sm_90) -> $OUT/build.log
 #   3. kernel parity + timings: plugins/harness.py --check --bench  -> $OUT/harness.log, $OUT/harness.json
-#      (the plugins' CUDA kernels vs the PyTorch references, fp32/fp16/bf16, T = 1 and long T, zero/given state)
+#      (the plugins' CUDA kernels vs the PyTorch references, fp32/fp16/bf16, T = 1 and long T, zero/given state;
+#      --lib names step 2's library, so a change of the build folder here cannot leave it loading another one)
 #   4. every GPU-marked test (pytest -m gpu -rs, in the three files that have them): kernels, SSD/selective-scan GPU
 #      paths; the TensorRT-engine tests skip with their reason where the image has no TensorRT builder; the tests
 #      reuse step 2's build folder (ZOO_PLUGINS_BUILD_DIR: an incremental no-op build)  -> $OUT/pytest_gpu.log
@@ -15,6 +16,9 @@
 #      with every item == the full cross-entropy, the sparse item gradient == the dense one (and lazy Adam's first
 #      step == Adam's), and zoo.train on CUDA with and without --amp and with sampled softmax, its
 #      checkpoint re-evaluated on the CPU                                    -> $OUT/gpu_models.log
+#      (with ZOO_CPU_KERNEL=0: that CPU re-evaluation of a tiny model runs the reference selective scan instead of
+#      JIT-compiling the fused CPU kernel, ~20-40 s of the step's 90 on a fresh machine; the CUDA runs do not read
+#      it, and the CPU tests already check the kernel == the reference)
 #
 # On this (CPU) machine, once, in the repository root (.whl/ is git-ignored; 0.2 MB of the 64 MiB that may travel):
 #   python3 -m pip download --no-deps kernel-lens==2.0.1 -d .whl      # TensorRT headers for the plugin library
@@ -67,11 +71,12 @@ fi
 cat "$OUT/env.txt"
 
 step build 150 build.log -- python3 -m export.build_plugins --build-dir "$ZOO_PLUGINS_BUILD_DIR" --arch 90 -j 16
-step harness 90 harness.log -- python3 plugins/harness.py --check --bench --json "$OUT/harness.json"
+step harness 90 harness.log -- python3 plugins/harness.py --lib "$ZOO_PLUGINS_BUILD_DIR/libzoo_scan_kernels.so" \
+    --check --bench --json "$OUT/harness.json"
 step pytest-gpu 150 pytest_gpu.log -- python3 -m pytest -q -rs -m gpu -p no:cacheprovider \
     tests/test_trt_plugins.py tests/test_ops.py tests/test_ssd_ops.py
-step gpu-models 90 gpu_models.log -- python3 -m pytest -q -rs -s -m gpu -p no:cacheprovider tests/test_gpu.py \
-    tests/test_losses.py tests/test_sparse_items.py
+step gpu-models 90 gpu_models.log -- env ZOO_CPU_KERNEL=0 python3 -m pytest -q -rs -s -m gpu -p no:cacheprovider \
+    tests/test_gpu.py tests/test_losses.py tests/test_sparse_items.py
 
 echo "=== summary"
 cat "$OUT/summary.txt"

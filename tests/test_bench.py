@@ -742,3 +742,43 @@ def test_tie_order_bench_finds_its_data_through_the_data_setting(monkeypatch, tm
     b = _bench("eval_tie_order", monkeypatch)
     b.main(["--stats-only"])
     assert capsys.readouterr().out.startswith("Users 2: the last two ratings share a second for 0.0%")
+
+
+def test_gpu_session_loads_its_own_build_and_spares_the_models_step_the_cpu_kernel_build(tmp_path):
+    """``bench/gpu_session.sh``'s step commands, recorded by a stand-in ``python3`` (nothing runs or builds): the
+    harness loads the kernels library in the folder the build step built (``--lib``; it read only
+    ``$ZOO_SCAN_KERNELS_LIB`` or the default folder, equal to the script's today by chance), and the models step runs
+    with ``ZOO_CPU_KERNEL=0`` (its CPU re-evaluation of a checkpoint JIT-compiled the fused CPU selective scan inside
+    the 90 s step), the kernel tests without it."""
+    import os
+    import subprocess
+
+    from export.build_plugins import KERNELS_LIBRARY
+
+    repo, bin_dir, calls = tmp_path / "repo", tmp_path / "bin", tmp_path / "calls"
+    (repo / "bench").mkdir(parents=True)
+    shutil.copy(ROOT / "bench" / "gpu_session.sh", repo / "bench")
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"                  # a line per call: ZOO_CPU_KERNEL, then the arguments, \037-separated
+    fake.write_text('#!/bin/sh\nprintf "%s" "${ZOO_CPU_KERNEL-unset}" >> "$CALLS"\n'
+                    'for a in "$@"; do printf "\\037%s" "$a" >> "$CALLS"; done\necho >> "$CALLS"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("ZOO_CPU_KERNEL", "ZOO_SCAN_KERNELS_LIB")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", OUT=str(tmp_path / "out"), CALLS=str(calls))
+    r = subprocess.run(["bash", str(repo / "bench" / "gpu_session.sh")], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    runs = [(line.split("\037")[0], line.split("\037")[1:]) for line in calls.read_text().splitlines()]
+
+    def run(marker):
+        (found,) = [(k, a) for k, a in runs if marker in a]
+        return found
+
+    _, build = run("export.build_plugins")
+    _, harness = run("plugins/harness.py")
+    build_dir = build[build.index("--build-dir") + 1]
+    assert harness[harness.index("--lib") + 1] == f"{build_dir}/{KERNELS_LIBRARY}", harness
+    assert run("tests/test_gpu.py")[0] == "0"
+    assert run("tests/test_ops.py")[0] == "unset" and run("plugins/harness.py")[0] == "unset"
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert all(f"{step}: exit 0" in summary for step in ("build", "harness", "pytest-gpu", "gpu-models")), summary

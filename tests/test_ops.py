@@ -168,3 +168,208 @@ def test_selective_scan_cpu_refuses_chunk_below_one():
     kw = _inputs(L=5)
     with pytest.raises(ValueError, match="selective_scan_cpu: chunk must be >= 1"):
         selective_scan_cpu.selective_scan_cpu(**kw, chunk=0)
+
+
+# ------------------------------------------------------- CUDA dispatch, checked on CPU with the kernels' own checks
+class _FakeCuda(torch.Tensor):
+    """A CPU tensor that answers ``is_cuda`` (and so takes the dispatchers' CUDA branches) without a GPU."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+def _fake(t):
+    return None if t is None else t.as_subclass(_FakeCuda)
+
+
+def _plain(t):
+    return None if t is None else t.as_subclass(torch.Tensor)
+
+
+def _causal_conv1d_stub(calls):
+    """causal-conv1d's ``causal_conv1d_fn`` on CPU: its wrapper's ``.contiguous()``, then the TORCH_CHECKs of
+    ``causal_conv1d_fwd`` (csrc/causal_conv1d.cpp) as assertions, then the reference's result; records each x."""
+    def stub(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+             final_states_out=None, activation=None):
+        assert activation in (None, "silu", "swish"), "activation must be None, silu, or swish"
+        if x.stride(2) != 1 and x.stride(1) != 1:
+            x = x.contiguous()
+        ok = (torch.float32, torch.float16, torch.bfloat16)
+        assert x.dtype in ok and weight.dtype in ok, f"input type {x.dtype} / weight type {weight.dtype}"
+        assert x.is_cuda and weight.is_cuda
+        dim, width = x.shape[1], weight.shape[-1]
+        assert weight.shape == (dim, width)
+        assert x.stride(2) == 1 or x.stride(1) == 1
+        if x.stride(1) == 1 and x.stride(2) > 1:
+            assert dim % 8 == 0, f"causal_conv1d only supports channel dimension divisible by 8 (dim={dim})"
+            assert x.stride(2) % 8 == 0 and x.stride(0) % 8 == 0, f"channel-last strides {x.stride()}"
+            assert x.storage_offset() % 8 == 0, "channel-last x off the 16-byte vector alignment"
+        assert 2 <= width <= 4, f"causal_conv1d only supports width between 2 and 4 (width={width})"
+        if bias is not None:
+            assert bias.dtype == weight.dtype and bias.is_cuda and bias.shape == (dim,)
+        calls.append(tuple(x.stride()))
+        return causal_conv1d_ref(_plain(x), _plain(weight), _plain(bias), None, activation)[0]
+    return stub
+
+
+def _channel_last(b, e, L, dtype=torch.float32):
+    """``[B, E, L]`` with ``stride(1) == 1``: the first half of a transposed ``[B, L, 2E]`` projection, as
+    Mamba4Rec's conv input."""
+    return torch.randn(b, L, 2 * e, dtype=dtype).transpose(1, 2)[:, :e]
+
+
+@pytest.mark.parametrize("case, kernel", [
+    ("channel-first", True), ("channel-last E=16", True), ("channel-last E=18", True), ("width 1", False),
+    ("width 5", False), ("float64", False), ("bias in another dtype", False), ("state carried in", False),
+])
+def test_causal_conv1d_cuda_dispatch_takes_the_kernel_only_where_it_accepts_the_input(monkeypatch, case, kernel):
+    """On CUDA with causal-conv1d installed, the dispatch hands the kernel only what its TORCH_CHECKs accept: widths
+    2..4, its dtypes, and a channel-last x (Mamba4Rec's) only with channels and strides multiples of 8, else the same
+    x channel-first. Without that a Mamba4Rec with ``d_conv`` 1 or 5+, or ``expand * hidden`` not a multiple of 8,
+    trained on CPU and raised in its first CUDA forward. Either way the result is the reference's."""
+    import zoo.ops.conv as conv
+
+    calls = []
+    monkeypatch.setattr(conv, "_causal_conv1d_fn", _causal_conv1d_stub(calls))
+    e, k, dtype, state = 6, 4, torch.float32, None
+    x = torch.randn(2, e, 9)
+    if case.startswith("channel-last"):
+        e = int(case.split("=")[1])
+        x = _channel_last(2, e, 9)
+    elif case.startswith("width"):
+        k = int(case.split()[1])
+    elif case == "float64":
+        x, dtype = x.double(), torch.float64
+    elif case == "state carried in":
+        state = torch.randn(2, e, k - 1)
+    w, bias = torch.randn(e, k, dtype=dtype), torch.randn(e, dtype=dtype)
+    if case == "bias in another dtype":                          # the reference's error, not the kernel's
+        with pytest.raises(RuntimeError, match="bias type"):
+            conv.causal_conv1d(_fake(x), _fake(w), _fake(bias.bfloat16()), None, "silu")
+        assert not calls
+        return
+    ref = causal_conv1d_ref(x, w, bias, state, "silu")
+    out, tail = conv.causal_conv1d(_fake(x), _fake(w), _fake(bias), _fake(state), "silu")
+    assert len(calls) == int(kernel), calls
+    if case == "channel-last E=16":
+        assert calls[0][1] == 1, "an accepted channel-last x is passed as it is (no copy)"
+    if case == "channel-last E=18":
+        assert calls[0][2] == 1, "a channel-last x the kernel refuses is passed channel-first"
+    torch.testing.assert_close(_plain(out), ref[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(_plain(tail), ref[1])
+
+
+@pytest.mark.parametrize("kw", [dict(hidden_size=16), dict(hidden_size=18), dict(hidden_size=16, d_conv=1),
+                                dict(hidden_size=16, d_conv=5)])
+def test_mamba4rec_forward_through_the_causal_conv1d_kernel_checks(monkeypatch, kw):
+    """The models that train on CPU also run their CUDA forward with causal-conv1d's checks (QA: hidden 18, so
+    E = 36 channel-last, and ``d_conv`` 1 or 5 were refused by the kernel), with the CPU forward's output."""
+    import zoo.models.mamba4rec as M
+    import zoo.ops.conv as conv
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+    calls = []
+    monkeypatch.setattr(conv, "_causal_conv1d_fn", _causal_conv1d_stub(calls))
+    real = conv.causal_conv1d
+    monkeypatch.setattr(M, "causal_conv1d", lambda x, w, b=None, s=None, a=None: real(
+        _fake(x) if s is None else x, _fake(w), _fake(b), s, a))
+    m = Mamba4RecModel(Mamba4RecConfig(n_items=30, num_layers=1, d_state=4, **kw)).eval()
+    ids, mask = m.pad_batch([[1, 2, 3, 4], [5, 6]])
+    with torch.no_grad():
+        got = _plain(m.encode(ids, mask))
+        monkeypatch.setattr(M, "causal_conv1d", real)
+        want = m.encode(ids, mask)
+    assert len(calls) == (1 if 2 <= kw.get("d_conv", 4) <= 4 else 0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def _mamba_selective_scan_stub(calls):
+    """mamba-ssm's ``selective_scan_fn`` on CPU: its wrapper's ``.contiguous()`` calls, the TORCH_CHECKs of
+    ``selective_scan_cuda.fwd`` (csrc/selective_scan/selective_scan.cpp) as assertions, then the reference's output
+    and, like mamba-ssm, a float32 last state that no gradient flows back from."""
+    def stub(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+        u, delta, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (u, delta, B, C))
+        ok = (torch.float32, torch.float16, torch.bfloat16)
+        assert u.dtype in ok, f"input type {u.dtype}"
+        assert A.dtype == torch.float32, f"weight type {A.dtype}"
+        for name, t in (("delta", delta), ("B", B), ("C", C), ("z", z)):
+            assert t is None or t.dtype == u.dtype, f"{name} {t.dtype} != input type {u.dtype}"
+        for name, t in (("D", D), ("delta_bias", delta_bias)):
+            assert t is None or t.dtype == torch.float32, f"{name} must be float32, got {t.dtype}"
+        assert delta_bias is None or delta_bias.stride(-1) == 1 or delta_bias.shape[-1] == 1
+        assert A.shape[-1] <= 256, "selective_scan only supports state dimension <= 256"
+        assert all(t is None or t.is_cuda for t in (u, delta, A, B, C, D, z, delta_bias))
+        calls.append({"u": u.dtype, "B": B.dtype, "A": A.dtype})
+        args = [_plain(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+        res = selective_scan_ref(*args, delta_softplus=delta_softplus, return_last_state=return_last_state)
+        return (res[0], res[1].float().detach()) if return_last_state else res
+    return stub
+
+
+@pytest.mark.parametrize("case, kernel", [
+    ("float32", True), ("bfloat16 under autocast", True), ("float32 u, bfloat16 B and C", True),
+    ("bfloat16 model", True), ("float64", False), ("bfloat16 u, float32 B", False), ("bfloat16 u, float32 z", False),
+    ("state carried in", False),
+])
+def test_selective_scan_cuda_dispatch_takes_mamba_ssm_only_where_it_gives_the_reference(monkeypatch, case, kernel):
+    """On CUDA with mamba-ssm installed, the dispatch hands its kernel only inputs its TORCH_CHECKs accept and whose
+    result is the reference's: a float64 u (the kernel takes float/half/bfloat16 only) and a 16-bit u with a wider
+    delta/B/C/z go to the reference; a float32 u's bfloat16 B/C and A/D/delta_bias of another dtype are cast to
+    float32 as the reference casts them. Before, each of these reached the kernel uncast and was refused."""
+    import zoo.ops.selective_scan as ss
+
+    calls = []
+    monkeypatch.setattr(ss, "_mamba_selective_scan_fn", _mamba_selective_scan_stub(calls))
+    kw = _inputs(b=2, e=8, L=11, n=4, with_state=case == "state carried in")
+    kw["delta_bias"] = (torch.randn(8, 2) * 0.1)[:, 0]                  # strided: the kernel wants unit stride
+    bf = torch.bfloat16
+    if case == "float64":
+        kw = {k: None if v is None else v.double() for k, v in kw.items()}
+    elif case == "bfloat16 under autocast":                              # Mamba4Rec's call under bf16 autocast
+        kw.update({k: kw[k].to(bf) for k in ("u", "delta", "B", "C", "z")})
+    elif case == "float32 u, bfloat16 B and C":
+        kw.update(B=kw["B"].to(bf), C=kw["C"].to(bf))
+    elif case == "bfloat16 model":
+        kw = {k: v.to(bf) for k, v in kw.items() if v is not None}
+    elif case == "bfloat16 u, float32 B":
+        kw.update({k: kw[k].to(bf) for k in ("u", "delta", "C", "z")})
+    elif case == "bfloat16 u, float32 z":
+        kw.update({k: kw[k].to(bf) for k in ("u", "delta", "B", "C")})
+    ref = selective_scan_ref(**kw, delta_softplus=True)
+    out = ss.selective_scan_fn(**{k: _fake(v) for k, v in kw.items()}, delta_softplus=True)
+    assert len(calls) == int(kernel), calls
+    assert out.dtype == ref.dtype == kw["u"].dtype
+    tol = 1e-6 if kw["u"].dtype in (torch.float32, torch.float64) else 1e-2
+    torch.testing.assert_close(_plain(out), ref, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selective_scan_cuda_dispatch_last_state_as_the_reference(monkeypatch, dtype):
+    """mamba-ssm returns the last state in float32 (the reference: in u's dtype) and ignores the gradient that flows
+    into it ("not considered in the backward pass"): the dispatch casts it, and sends ``return_last_state`` with a
+    gradient being recorded to the reference, so that the state's gradient reaches the inputs."""
+    import zoo.ops.selective_scan as ss
+
+    calls = []
+    monkeypatch.setattr(ss, "_mamba_selective_scan_fn", _mamba_selective_scan_stub(calls))
+    kw = {k: v.to(dtype) for k, v in _inputs(b=2, e=8, L=11, n=4, with_state=False).items() if v is not None}
+    kw["A"], kw["D"], kw["delta_bias"] = kw["A"].float(), kw["D"].float(), kw["delta_bias"].float()
+    with torch.no_grad():
+        out, last = ss.selective_scan_fn(**{k: _fake(v) for k, v in kw.items()}, delta_softplus=True,
+                                         return_last_state=True)
+    assert len(calls) == 1
+    ref, last_ref = selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
+    assert last.dtype == last_ref.dtype == dtype
+    torch.testing.assert_close(_plain(last), last_ref, atol=1e-2, rtol=1e-2)
+
+    leaves = {k: v.clone().requires_grad_(True) for k, v in kw.items()}
+    out, last = ss.selective_scan_fn(**{k: _fake(v) for k, v in leaves.items()}, delta_softplus=True,
+                                     return_last_state=True)
+    assert len(calls) == 1, "return_last_state with a gradient went to mamba-ssm, which drops the state's gradient"
+    (out.float().square().sum() + last.float().sum()).backward()
+    leaves2 = {k: v.clone().requires_grad_(True) for k, v in kw.items()}
+    out2, last2 = selective_scan_ref(**leaves2, delta_softplus=True, return_last_state=True)
+    (out2.float().square().sum() + last2.float().sum()).backward()
+    for k in leaves:
+        torch.testing.assert_close(_plain(leaves[k].grad), leaves2[k].grad, atol=1e-5, rtol=1e-5)

@@ -1,6 +1,7 @@
 """Causal depthwise conv1d with a carried state (Mamba's short convolution), pure PyTorch.
 
-Optional CUDA fast path: ``causal_conv1d`` (Dao-AILab) when installed and no state is carried in.
+Optional CUDA fast path: ``causal_conv1d`` (Dao-AILab) when installed, no state is carried in and the kernel takes
+the input (width 2..4, its dtypes and layouts); the reference otherwise.
 """
 
 from __future__ import annotations
@@ -58,15 +59,44 @@ def causal_conv1d_update_ref(x: torch.Tensor, conv_state: torch.Tensor, weight: 
     return out[..., 0], new_state
 
 
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _kernel_input(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None):
+    """``x`` as causal-conv1d's kernel accepts it, or None where the kernel refuses the call (the reference runs).
+
+    The kernel's checks (``causal_conv1d_fwd``, csrc/causal_conv1d.cpp): x and weight float32/float16/bfloat16, bias
+    in weight's dtype, width K in 2..4, activation None or SiLU, and for a channel-last x (``stride(1) == 1``, as
+    Mamba4Rec's x: a slice of the transposed input projection) channels and batch/length strides multiples of 8.
+    The zoo takes any K >= 1 and any channel count, so K = 1 or K >= 5 (or float64) goes to the reference. A
+    channel-last x that misses the multiples of 8 (or the kernel's 16-byte vector alignment) is handed over
+    channel-first (``.contiguous()``: one copy; the channel-first path has no such rule), cheaper than the reference's
+    concatenation, convolution and separate SiLU and the same result."""
+    k = weight.shape[-1]
+    if (x.dim() != 3 or weight.shape != (x.shape[1], k) or not 2 <= k <= 4 or activation not in (None, "silu")
+            or x.dtype not in _KERNEL_DTYPES or weight.dtype not in _KERNEL_DTYPES
+            or (bias is not None and bias.dtype != weight.dtype)):
+        return None
+    if x.stride(2) != 1 and x.stride(1) != 1:
+        return x.contiguous()                                     # what causal_conv1d_fn itself does
+    channel_last = x.stride(1) == 1 and x.stride(2) > 1
+    if channel_last and (x.shape[1] % 8 or x.stride(0) % 8 or x.stride(2) % 8 or x.storage_offset() % 8):
+        return x.contiguous()
+    return x
+
+
 def causal_conv1d(x, weight, bias=None, conv_state=None, activation=None):
-    """Dispatch: causal-conv1d's CUDA kernel when available and no state is carried in, else the reference."""
+    """Dispatch: causal-conv1d's CUDA kernel when available, no state is carried in and the kernel accepts the call
+    (see :func:`_kernel_input`), else the reference; the same ``(out, new_conv_state)`` either way."""
     exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
     if x.is_cuda and _causal_conv1d_fn is not None and conv_state is None and not exporting:
-        out = _causal_conv1d_fn(x, weight, bias, activation=activation)
-        k = weight.shape[-1]
-        padded = F.pad(x, (max(0, k - 1 - x.shape[-1]), 0))
-        tail = padded[:, :, padded.shape[-1] - (k - 1):]          # [B, E, K-1] (empty for K = 1, as the reference)
-        return out, tail
+        xk = _kernel_input(x, weight, bias, activation)
+        if xk is not None:
+            out = _causal_conv1d_fn(xk, weight, bias, activation=activation)
+            k = weight.shape[-1]
+            padded = F.pad(x, (max(0, k - 1 - x.shape[-1]), 0))
+            tail = padded[:, :, padded.shape[-1] - (k - 1):]      # [B, E, K-1], as the reference's
+            return out, tail
     return causal_conv1d_ref(x, weight, bias, conv_state, activation)
 
 

@@ -208,7 +208,9 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
                       return_last_state=False, initial_state=None):
     """Selective scan with the best available implementation; same signature and result as the reference.
 
-    * CUDA tensors + ``mamba_ssm`` importable + no ``initial_state``: mamba-ssm's fused kernel.
+    * CUDA tensors + ``mamba_ssm`` importable + no ``initial_state``: mamba-ssm's fused kernel, where it takes the
+      inputs and gives the reference's result (:func:`_mamba_args`: dtypes it takes, or casts the reference makes
+      anyway; no gradient through a returned last state); the last state comes back in ``u``'s dtype.
     * CPU float32 ``u``: the fused C++ kernel (:mod:`zoo.ops.selective_scan_cpu`) when it builds (set the
       environment variable ``ZOO_CPU_KERNEL=0`` to force the reference). It takes every tensor in float32, so the
       others (float64 ``A``, bfloat16 ``B``/``C`` under autocast, ...) are cast to float32 first, as the reference
@@ -219,8 +221,12 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     if not exporting:
         if u.is_cuda:
             if _mamba_selective_scan_fn is not None and initial_state is None:
-                return _mamba_selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                                return_last_state)
+                args = _mamba_args(u, delta, A, B, C, D, z, delta_bias, return_last_state)
+                if args is not None:
+                    res = _mamba_selective_scan_fn(*args, delta_softplus=delta_softplus,
+                                                   return_last_state=return_last_state)
+                    # mamba-ssm returns the last state in float32: the reference returns u's dtype
+                    return (res[0], res[1].to(u.dtype)) if return_last_state else res
             if _mamba_selective_scan_fn is None:
                 _warn_once("cuda", "mamba-ssm is not installed: the selective scan runs the pure-PyTorch reference "
                                    "on CUDA (slow). Install the fast path with `pip install ssm-rec-zoo[gpu]`.")
@@ -237,6 +243,39 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
                 return selective_scan_cpu.selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                                              return_last_state, initial_state)
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+
+
+_MAMBA_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _mamba_args(u, delta, A, B, C, D, z, delta_bias, return_last_state):
+    """``(u, delta, A, B, C, D, z, delta_bias)`` as mamba-ssm's ``selective_scan_fn`` takes them with the reference's
+    result, or None where it cannot (the reference runs).
+
+    Its kernel (``selective_scan_cuda.fwd``) takes u in float32/float16/bfloat16, delta, B, C and z in u's dtype,
+    A, D and delta_bias in float32 (delta_bias unit-stride), and a state of at most 256. The reference computes in
+    float32 (a float64 u: float64) after casting every input, so: a float64 u goes to the reference; with a float32 u
+    the others are cast to float32 as the reference casts them (bfloat16 ``B``/``C`` under autocast: exact); with a
+    16-bit u, another of delta/B/C/z in another dtype goes to the reference (casting it to u's dtype would round it
+    where the reference does not); A, D, delta_bias are cast to float32 (what the reference does with them for a
+    non-float64 u). mamba-ssm ignores the gradient flowing into the last state ("not considered in the backward
+    pass"), so ``return_last_state`` while a gradient is being recorded goes to the reference too."""
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    if u.dtype not in _MAMBA_INPUT_DTYPES or not all(t is None or (t.is_cuda and t.is_floating_point())
+                                                     for t in tensors):
+        return None
+    if return_last_state and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return None
+    _check(u, delta, A, B, C, D, z, delta_bias, None)                 # shape errors: the reference's messages
+    if A.shape[-1] > 256:
+        return None
+    if u.dtype == torch.float32:
+        delta, B, C, z = (None if t is None else t.to(torch.float32) for t in (delta, B, C, z))
+    elif any(t is not None and t.dtype != u.dtype for t in (delta, B, C, z)):
+        return None
+    A, D = A.to(torch.float32), None if D is None else D.to(torch.float32)
+    delta_bias = None if delta_bias is None else delta_bias.to(torch.float32).contiguous()
+    return u, delta, A, B, C, D, z, delta_bias
 
 
 def _all_on_cpu(*tensors) -> bool:

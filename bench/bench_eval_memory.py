@@ -28,7 +28,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import card_config, command_line, fresh_run, reset_peak_rss, status_kb, write_table  # noqa: E402
+from bench.benchutil import (  # noqa: E402
+    card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
 from zoo.cli import positive_int  # noqa: E402
 
 CARD = "mamba4rec-ml1m"
@@ -82,7 +83,7 @@ def main(argv=None):
                    help="item table rows (padding included)")
     p.add_argument("--batch", type=positive_int, default=256, help="users per batch (evaluate_model's batch_size)")
     p.add_argument("--seq-len", type=positive_int, default=50, help="items per history")
-    p.add_argument("--markdown", help="also write the table to this file")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file")
     p.add_argument("--measure", nargs=2, metavar=("WHAT", "ITEMS"), help=argparse.SUPPRESS)   # the per-row process
     a = p.parse_args(argv)
     if a.measure:

@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402,F401
-from benchutil import command_line, write_markdown  # noqa: E402
+from benchutil import command_line, markdown_path, scratch_folder, write_markdown  # noqa: E402
 from zoo.cli import positive_float, positive_int  # noqa: E402
 from bench_step_latency import MEDIANS, fmt_lat, timeit  # noqa: E402
 from export.onnx import export_model  # noqa: E402
@@ -43,8 +42,13 @@ ROUNDS = 3
 
 def bench(items, batches, min_time, log):
     torch.set_num_threads(1)
+    with scratch_folder("bench_seen_") as tmp:              # the exported graphs, removed after
+        return _bench(items, batches, min_time, log, tmp)
+
+
+def _bench(items, batches, min_time, log, tmp: str) -> list[dict]:
+    """:func:`bench`'s rows, the graphs exported under ``tmp``."""
     rows = []
-    tmp = tempfile.mkdtemp(prefix="bench_seen_")
     for n_items in items:
         torch.manual_seed(0)
         models = {"Mamba4Rec": Mamba4RecModel(Mamba4RecConfig(n_items=n_items)).eval(),
@@ -89,7 +93,7 @@ def main(argv=None):
     p.add_argument("--items", type=positive_int, nargs="+", default=[3417, 18358, 100001])
     p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 256])
     p.add_argument("--min-time", type=positive_float, default=0.5)
-    p.add_argument("--markdown", default=None)
+    p.add_argument("--markdown", type=markdown_path, default=None)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     rows = bench(args.items, args.batches, args.min_time, lambda m: print(m, flush=True))

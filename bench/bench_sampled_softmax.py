@@ -35,7 +35,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import card_config, command_line, fresh_run, reset_peak_rss, status_kb, write_table  # noqa: E402
+from bench.benchutil import (  # noqa: E402
+    card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
 from zoo.cli import positive_int  # noqa: E402
 
 CARD = "mamba4rec-ml1m"
@@ -104,7 +105,7 @@ def main(argv=None):
     p.add_argument("--batch", type=positive_int, default=8, help="windows per step")
     p.add_argument("--seq-len", type=positive_int, default=50, help="items per window (every one a target)")
     p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--markdown", help="also write the table to this file")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file")
     p.add_argument("--memory-of", type=int, nargs=3, metavar=("ITEMS", "NEGATIVES", "SPARSE"),
                    help=argparse.SUPPRESS)                           # the per-row subprocess (0 = full CE; 1 = sparse)
     a = p.parse_args(argv)

@@ -30,7 +30,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -39,7 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402,F401
-from benchutil import command_line, write_markdown  # noqa: E402
+from benchutil import command_line, markdown_path, scratch_folder, write_markdown  # noqa: E402
 from zoo.cli import positive_float, positive_int  # noqa: E402
 from export.onnx import export_model  # noqa: E402
 from export.runtime import OnnxStepSession  # noqa: E402
@@ -81,12 +80,17 @@ def timeit(fn, min_time: float, max_reps: int = 2000, warmup: int = 2, key=None)
 def bench(lengths, batches, min_time, log):
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    with scratch_folder("bench_onnx_") as tmp:              # the exported step graphs, removed after
+        return _bench(lengths, batches, min_time, log, tmp)
+
+
+def _bench(lengths, batches, min_time, log, tmp: str):
+    """:func:`bench`'s timings, the step graphs exported under ``tmp``."""
     n_items = 3417
     results = {}  # (method, L, B) -> seconds per call
     scaled = {}  # cells timed on a sub-batch and scaled to B: the rows timed
     step_models = {"Mamba4Rec": Mamba4RecModel(Mamba4RecConfig(n_items=n_items)).eval(),
                    "LRURec": LRURecModel(LRURecConfig(n_items=n_items)).eval()}
-    tmp = tempfile.mkdtemp(prefix="bench_onnx_")
     sessions = {}
     for name, m in step_models.items():
         export_model(m, os.path.join(tmp, name), topk=K, verify=False)
@@ -237,7 +241,8 @@ def main(argv=None):
     p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 256])
     p.add_argument("--min-time", type=positive_float, default=0.5, help="seconds of timed calls per cell (at least)")
     p.add_argument("--wall", action="store_true", help="time wall-clock instead of process CPU time")
-    p.add_argument("--markdown", default=None, help="also write the tables (and a mermaid plot) to this file")
+    p.add_argument("--markdown", type=markdown_path, default=None,
+                   help="also write the tables (and a mermaid plot) to this file")
     p.add_argument("--plot", default=None, help="also draw the latencies into this PNG (needs matplotlib)")
     p.add_argument("--rounds", type=positive_int, default=1,
                    help="repeat the whole sweep; each cell reports its best round (robust to bursts of load)")

@@ -32,7 +32,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import card_config, command_line, fresh_run, reset_peak_rss, status_kb, write_table  # noqa: E402
+from bench.benchutil import (  # noqa: E402
+    card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
 from zoo.cli import positive_int  # noqa: E402
 
 #: model type -> the card whose config it trains with (None: the model's defaults with ML-1M's item rows)
@@ -119,7 +120,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
-    p.add_argument("--markdown", help="also write the table to this file")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file")
     p.add_argument("--memory-of", choices=sorted(MODELS), help=argparse.SUPPRESS)   # the per-model subprocess
     a = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchutil import command_line, write_markdown  # noqa: E402
+from benchutil import command_line, markdown_path, write_markdown  # noqa: E402
 from zoo.cli import nonnegative_int, positive_float, positive_int  # noqa: E402
 
 
@@ -112,7 +112,7 @@ def main(argv=None):
     p.add_argument("--max-batch-size", type=positive_int, default=64)
     p.add_argument("--queue-delay-us", type=nonnegative_int, default=500)
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    p.add_argument("--out", help="write the markdown table here (e.g. bench/TRITON_RESULTS.md)")
+    p.add_argument("--out", type=markdown_path, help="write the markdown table here (e.g. bench/TRITON_RESULTS.md)")
     args = p.parse_args(argv)
 
     from export import triton as T

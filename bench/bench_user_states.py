@@ -18,7 +18,6 @@ import argparse
 import io
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -26,7 +25,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, redis_server, redis_version, write_table  # noqa: E402
+from bench.benchutil import (  # noqa: E402
+    command_line, markdown_path, redis_server, redis_version, scratch_folder, write_table)
 from zoo.cli import positive_int  # noqa: E402
 
 CARDS = ["mamba4rec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "tim4rec-causal-ml1m-u2999"]
@@ -100,15 +100,16 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--redis-url", help="a Redis server for the RedisStateStore rows (default: a redis-server "
                    "started on loopback for the run, when one is installed; else no Redis rows)")
-    p.add_argument("--markdown")
+    p.add_argument("--markdown", type=markdown_path)
     args = p.parse_args(argv)
     if max(args.batch) > args.users:        # round-robin: a call's events must be of distinct users
         p.error(f"--batch {max(args.batch)} exceeds --users {args.users}: a call holds one event of each of its users")
-    with redis_server(args.redis_url) as redis_url:
-        _measure(args, argv, redis_url)
+    with redis_server(args.redis_url) as redis_url, scratch_folder("bench-states-") as tmp:
+        _measure(args, argv, redis_url, tmp)
 
 
-def _measure(args, argv, redis_url: str | None) -> None:
+def _measure(args, argv, redis_url: str | None, tmp: str) -> None:
+    """The table; the SQLite files in ``tmp`` (removed after the run)."""
     import onnxruntime
 
     lines = [f"Produced by `{command_line('bench/bench_user_states.py', argv)}` ({time.strftime('%Y-%m-%d')}, cpu, "
@@ -119,12 +120,11 @@ def _measure(args, argv, redis_url: str | None) -> None:
              "every configuration.", "",
              "| card | store | events per call | events/s | us per event | vs one per call | state per user (bytes) |",
              "|---|---|---:|---:|---:|---:|---:|"]
+    files = iter(range(10**6))
     for card in args.cards:
         graph = os.path.join(ROOT, "hub_cards", card, "onnx")
         from export.state_store import BytesStore as ZooBytes
         from export.state_store import RedisStateStore, SQLiteStateStore
-
-        tmp, files = tempfile.mkdtemp(prefix="bench-states-"), iter(range(10**6))
 
         def sqlite(synchronous):                                  # a fresh file for every configuration
             return lambda: SQLiteStateStore(os.path.join(tmp, f"{next(files)}.db"), synchronous=synchronous)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from zoo.cli import positive_int, written_whole  # noqa: E402
+from zoo.cli import check_outputs, positive_int, written_whole  # noqa: E402
 
 #: ML-1M as the bundled cards were measured on it: ``$ZOO_DATA_DIR``, else ``../shared/data`` beside the checkout
 ML1M_DATA = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(_ROOT, "..", "shared", "data")),
@@ -69,25 +70,101 @@ def fresh_run(script: str, args: Sequence[str]) -> str:
 
 def run_workers(script: str, args: Sequence[str], jobs: Sequence[dict]) -> list[dict]:
     """One ``python script --worker *args`` process per job, started together (``OMP_NUM_THREADS=1``), each sent its
-    job as JSON on stdin; returns the JSON each printed last, in job order. A worker that fails raises RuntimeError."""
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(script), "--worker", *map(str, args)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS="1")) for _ in jobs]
-    for p, job in zip(procs, jobs):
-        p.stdin.write(json.dumps(job))
-        p.stdin.close()
-    outs = []
+    job as JSON on stdin; returns the JSON each printed last, in job order. A worker that fails raises RuntimeError as
+    soon as it exits, once the other workers are stopped (terminated, then killed after 10 s) and reaped: none runs on
+    after this returns or raises (an error or Ctrl-C here included), so the files they use can be removed then."""
+    procs: list[subprocess.Popen] = []
+    readers: list[threading.Thread] = []
+    try:
+        for _ in jobs:
+            procs.append(subprocess.Popen([sys.executable, os.path.abspath(script), "--worker", *map(str, args)],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                          env=dict(os.environ, OMP_NUM_THREADS="1")))
+        outs = [""] * len(procs)
+
+        def drain(i: int) -> None:               # read as they run: a pipe left full would block a worker
+            outs[i] = procs[i].stdout.read()
+
+        readers += [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(procs))]
+        for t in readers:
+            t.start()
+        for p, job in zip(procs, jobs):
+            try:
+                p.stdin.write(json.dumps(job))
+                p.stdin.close()
+            except BrokenPipeError:               # it died before reading its job: its status says so below
+                pass
+        while True:                               # the first failure, in whichever worker, ends the run
+            codes = [p.poll() for p in procs]
+            failed = next(((i, c) for i, c in enumerate(codes) if c not in (None, 0)), None)
+            if failed:
+                raise RuntimeError(f"worker {failed[0] + 1} of {len(procs)} of {os.path.basename(script)} failed "
+                                   f"(status {failed[1]}); the others were stopped")
+            if all(c == 0 for c in codes):
+                break
+            time.sleep(0.05)
+        for t in readers:
+            t.join()
+        return [json.loads(out.strip().splitlines()[-1]) for out in outs]
+    finally:
+        _stop(procs)
+        for t in readers:                         # at the end of their pipes now that the workers are gone
+            t.join(timeout=10)
+        for p in procs:
+            for pipe in (p.stdin, p.stdout):
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+def _stop(procs: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
+    """Terminate the processes still running, kill those still there after ``grace`` seconds, and reap them all."""
     for p in procs:
-        out = p.stdout.read()
-        if p.wait() != 0:
-            raise RuntimeError(f"a worker of {os.path.basename(script)} failed (status {p.returncode})")
-        outs.append(json.loads(out.strip().splitlines()[-1]))
-    return outs
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextlib.contextmanager
+def scratch_folder(prefix: str, keep: bool = False):
+    """A new folder ``$TMPDIR/<prefix>*`` (``/tmp`` without ``TMPDIR``) for a bench's scratch files, removed with what
+    it holds when the block ends, on an error or Ctrl-C too; ``keep`` (a bench's ``--keep-tmp``) keeps it and prints
+    where it is. Whatever uses its files (workers, a server) must be stopped inside the block."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"kept {path}", flush=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 #: the line a results file's generated tables end with: what stands below it (the "Reading" written by hand after a
 #: run) is kept when the bench writes the file again
 KEEP = "<!-- written by hand below this line: kept when the bench rewrites what is above -->"
+
+
+def markdown_path(path: str) -> str:
+    """The ``type`` of a bench's ``--markdown PATH`` option: ``path`` checked when the options are parsed, before any
+    measuring, as :func:`write_markdown` will need it at the end (a file, not a folder; a place it can be written; an
+    existing file it can read), so that a bad path is a usage error at once, not after hours of measuring."""
+    try:
+        check_outputs({"--markdown": path})
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--markdown ")) from None
+    if os.path.isfile(path):                    # write_markdown keeps what was written by hand below its tables
+        try:
+            with open(path, encoding="utf-8") as f:
+                f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise argparse.ArgumentTypeError(f"{path}: cannot read the existing file ({e})") from None
+    return path
 
 
 def write_markdown(path: str, text: str) -> None:
@@ -126,7 +203,7 @@ def cards_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=ML1M_CARDS, help="bundled ML-1M cards")
     p.add_argument("--data", default=ML1M_DATA)
     p.add_argument("--threads", type=positive_int, default=2)
-    p.add_argument("--markdown", help="also write the tables to this file")
+    p.add_argument("--markdown", type=markdown_path, help="also write the tables to this file")
     return p
 
 
@@ -145,9 +222,10 @@ def cards_data(args):
 
 @contextlib.contextmanager
 def redis_server(url: str | None):
-    """``url``, or a ``redis-server`` started on a free loopback port for the run (no persistence; stopped after;
-    RuntimeError if it does not answer within 30 s), or None (with a printed note) when the server or the ``redis``
-    package is not installed. Also the tests' ``redis_url`` fixture (``tests/conftest.py``)."""
+    """``url``, or a ``redis-server`` started on a free loopback port for the run (no persistence; stopped after, and
+    its working folder removed; RuntimeError if it does not answer within 30 s), or None (with a printed note) when
+    the server or the ``redis`` package is not installed. Also the tests' ``redis_url`` fixture
+    (``tests/conftest.py``)."""
     if url:
         yield url
         return
@@ -164,24 +242,24 @@ def redis_server(url: str | None):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    work = tempfile.mkdtemp(prefix="bench-redis-")
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {port} (status {proc.poll()})") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with scratch_folder("bench-redis-") as work:              # its working folder (nothing persisted), removed after
+        proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                 "no", "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    redis.Redis.from_url(url).ping()
+                    break
+                except redis.ConnectionError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not start on port {port} "
+                                           f"(status {proc.poll()})") from None
+                    time.sleep(0.05)
+            yield url
+        finally:
+            _stop([proc])
 
 
 def redis_version(url: str) -> str:

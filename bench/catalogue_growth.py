@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchutil import command_line, write_table  # noqa: E402
+from benchutil import command_line, markdown_path, write_table  # noqa: E402
 from zoo.cli import nonnegative_int, positive_int  # noqa: E402
 
 RECIPE = ("--max-len 50 --set hidden_dropout=0.5 attn_dropout=0.5 --lr 1e-3 --batch-size 128 --loss-weighting target "
@@ -123,7 +123,7 @@ def main(argv=None) -> None:
     p.add_argument("--short-epochs", type=nonnegative_int, default=3, help="the short-budget twins' epochs (0: none)")
     p.add_argument("--parallel", type=positive_int, default=2, help="runs at a time (one thread each)")
     p.add_argument("--rerun", action="store_true", help="train again runs whose folder holds a finished run")
-    p.add_argument("--markdown", help="also write the table to this file")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file")
     args = p.parse_args(argv)
     from zoo.metrics import paired_bootstrap
     from zoo.vocab import ItemVocab

@@ -27,7 +27,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, write_table  # noqa: E402
+from bench.benchutil import command_line, markdown_path, write_table  # noqa: E402
 from zoo.cli import positive_int  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     p.add_argument("--labels", nargs="*", default=None, help="a table label per --models entry")
     p.add_argument("--kcore", default="auto", help="k-core filter of the data (zoo.evaluate's --kcore; default auto: 5)")
     p.add_argument("--threads", type=positive_int, default=2)
-    p.add_argument("--markdown", help="also write the tables to this file")
+    p.add_argument("--markdown", type=markdown_path, help="also write the tables to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.labels is not None and len(args.labels) != len(args.models):

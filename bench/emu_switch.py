@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "plugins"))
 
-from bench.benchutil import command_line, write_table  # noqa: E402
+from bench.benchutil import command_line, markdown_path, write_table  # noqa: E402
 from zoo.cli import positive_int  # noqa: E402
 
 #: the variants, in the order each row runs them: (column name, build_emulated extra flags)
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeat", type=positive_int, default=3, help="runs of each variant a row (best kept)")
     p.add_argument("--cases", default=None, help="only the cases whose id contains this text")
     p.add_argument("--threads", type=positive_int, default=1, help="torch's intra-op threads (the references')")
-    p.add_argument("--markdown")
+    p.add_argument("--markdown", type=markdown_path)
     args = p.parse_args(argv)
     import torch
 

@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import zoo  # noqa: E402,F401
-from benchutil import command_line, write_markdown  # noqa: E402
+from benchutil import command_line, markdown_path, write_markdown  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 from zoo.data.readers import read_interactions  # noqa: E402
 from zoo.data.split import TIME_TIES, EvalExamples, load_dataset  # noqa: E402
@@ -114,7 +114,7 @@ def main(argv=None):
                                                                                           "data")),
                                                   "ml-1m.users0001-2999.inter.gz"),
                    help="ML-1M ratings with real timestamps (default: $ZOO_DATA_DIR/ml-1m.users0001-2999.inter.gz)")
-    p.add_argument("--markdown", default=None)
+    p.add_argument("--markdown", type=markdown_path, default=None)
     p.add_argument("--stats-only", action="store_true", help="print the tie statistics and stop (no models)")
     p.add_argument("--write-seq", metavar="DIR", help="write the two orders as .seq files into DIR and stop")
     args = p.parse_args(argv)

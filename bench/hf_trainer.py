@@ -26,7 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, write_table  # noqa: E402
+from bench.benchutil import command_line, markdown_path, write_table  # noqa: E402
 from zoo.cli import positive_float, positive_int  # noqa: E402
 
 DATA = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data")), "ml-100k.inter.gz")
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--threads", type=positive_int, default=1)
-    p.add_argument("--markdown")
+    p.add_argument("--markdown", type=markdown_path)
     args = p.parse_args(argv)
     if not os.path.exists(args.data):
         sys.exit(f"data not found: {args.data} (set ZOO_DATA_DIR or --data)")

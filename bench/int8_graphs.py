@@ -35,7 +35,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, write_table  # noqa: E402
+from bench.benchutil import command_line, markdown_path, write_table  # noqa: E402
 from zoo.cli import positive_int  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
@@ -182,7 +182,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--catalogues", nargs="*", type=positive_int, default=[],
                    help="also measure the bundled Mamba4Rec's architecture with this many items, random weights")
-    p.add_argument("--markdown")
+    p.add_argument("--markdown", type=markdown_path)
     args = p.parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)          # quantize_dynamic's "consider pre-processing" warning
     import onnxruntime

@@ -41,8 +41,10 @@ whatever ``--data-dir`` says; any other name is read from ``--data-dir/NAME/NAME
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -60,10 +62,23 @@ def _numpy2_shims() -> None:
             setattr(np, name, value)
 
 
-def _recbole():
+@contextlib.contextmanager
+def _scratch():
+    """A scratch folder for a subcommand that runs RecBole (its working folder, see :func:`_recbole`), removed with
+    what RecBole wrote there when the subcommand ends, on an error or Ctrl-C too; the working folder is restored."""
+    cwd, path = os.getcwd(), tempfile.mkdtemp(prefix="recbole-cwd-")
+    try:
+        yield path
+    finally:
+        os.chdir(cwd)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _recbole(scratch: str):
+    """RecBole's pieces, its working folder ``scratch`` (:func:`_scratch`)."""
     _numpy2_shims()
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")   # RecBole reloads its own pickled checkpoints
-    os.chdir(tempfile.mkdtemp(prefix="recbole-cwd-"))                  # RecBole writes log/ and log_tensorboard/ here
+    os.chdir(scratch)                                                  # RecBole writes log/ and log_tensorboard/ here
     del sys.argv[1:]                                                   # RecBole's Config also parses --key=value argv
     try:
         from recbole.config import Config
@@ -96,8 +111,8 @@ def _config(args, **extra) -> dict:
 
 
 def order_probe(args) -> int:
-    Config, create_dataset, data_preparation, SASRec, *_ = _recbole()
-    root = tempfile.mkdtemp(prefix="recbole-order-")
+    Config, create_dataset, data_preparation, SASRec, *_ = _recbole(args.scratch)
+    root = os.path.join(args.scratch, "order-probe")                   # its data file
     os.makedirs(os.path.join(root, "tieprobe"))
     rows = ["user_id:token\titem_id:token\ttimestamp:float"]
     for u in range(1, 4):
@@ -162,7 +177,7 @@ def _write_result(out: str, result: dict) -> None:
 
 
 def train(args) -> int:
-    Config, create_dataset, data_preparation, SASRec, Trainer, init_logger, init_seed = _recbole()
+    Config, create_dataset, data_preparation, SASRec, Trainer, init_logger, init_seed = _recbole(args.scratch)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -189,7 +204,7 @@ def train(args) -> int:
 
 def export(args) -> int:
     """RecBole's own metrics and test inputs for a checkpoint written by ``train`` (e.g. while it still runs)."""
-    Config, create_dataset, data_preparation, SASRec, Trainer, init_logger, init_seed = _recbole()
+    Config, create_dataset, data_preparation, SASRec, Trainer, init_logger, init_seed = _recbole(args.scratch)
     import torch
 
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)   # our own RecBole run's file
@@ -211,7 +226,7 @@ def export(args) -> int:
 
 
 def fixture(args) -> int:
-    _, _, _, SASRec, *_ = _recbole()
+    _, _, _, SASRec, *_ = _recbole(args.scratch)
     import torch
 
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)   # our own RecBole run's file
@@ -320,8 +335,12 @@ def main(argv=None) -> int:
     for name in ("out", "data_dir", "checkpoint", "run"):              # absolute: RecBole runs in a scratch cwd
         if getattr(args, name, None):
             setattr(args, name, os.path.abspath(getattr(args, name)))
-    return {"order-probe": order_probe, "train": train, "export": export, "fixture": fixture,
-            "compare": compare}[args.cmd](args)
+    run = {"order-probe": order_probe, "train": train, "export": export, "fixture": fixture,
+           "compare": compare}[args.cmd]
+    if run is compare:                                                 # the zoo side: no RecBole, no scratch folder
+        return run(args)
+    with _scratch() as args.scratch:
+        return run(args)
 
 
 if __name__ == "__main__":

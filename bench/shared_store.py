@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -27,7 +26,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, redis_server, redis_version, run_workers, write_table  # noqa: E402
+from bench.benchutil import (  # noqa: E402
+    command_line, markdown_path, redis_server, redis_version, run_workers, scratch_folder, write_table)
 from zoo.cli import positive_int  # noqa: E402
 
 
@@ -61,18 +61,24 @@ def worker(graph: str, spec: dict, start_at: float, users: list, items: list) ->
     return {"start": t0, "end": time.time(), "conflicts": rec.conflicts}
 
 
-def run(graph: str, processes: int, events: int, users: list[list], spec: dict, seed: int = 0) -> dict:
-    """``processes`` workers on the store ``spec`` names (:func:`make_store`; a fresh SQLite file or Redis prefix
-    each run), worker ``w`` sending ``events`` events round-robin over ``users[w]``, after every user was primed
-    with 20 items; events per second in all, conflicts, and the users whose version is off (a dict store: each
-    worker's own, nothing to check)."""
-    from export.runtime import UserStateRecommender
-
+def run(graph: str, processes: int, events: int, users: list[list], spec: dict, seed: int = 0,
+        keep: bool = False) -> dict:
+    """``processes`` workers on the store ``spec`` names (:func:`make_store`; a fresh SQLite file, in a scratch folder
+    ``$TMPDIR/bench-shared-*`` removed after the run unless ``keep``, or Redis prefix each run), worker ``w`` sending
+    ``events`` events round-robin over ``users[w]``, after every user was primed with 20 items; events per second in
+    all, conflicts, and the users whose version is off (a dict store: each worker's own, nothing to check)."""
     spec = dict(spec)
     if spec["kind"] == "sqlite":
-        spec["path"] = os.path.join(tempfile.mkdtemp(prefix="bench-shared-"), "states.db")
-    elif spec["kind"] == "redis":
+        with scratch_folder("bench-shared-", keep) as tmp:
+            return _run(graph, processes, events, users, {**spec, "path": os.path.join(tmp, "states.db")}, seed)
+    if spec["kind"] == "redis":
         spec["prefix"] = f"bench:{os.getpid()}:{time.time_ns()}:"
+    return _run(graph, processes, events, users, spec, seed)
+
+
+def _run(graph: str, processes: int, events: int, users: list[list], spec: dict, seed: int) -> dict:
+    from export.runtime import UserStateRecommender
+
     shared = spec["kind"] != "dict"
     rec = UserStateRecommender(graph, store=make_store(spec) if shared else {}, threads=1)
     sess = rec.session
@@ -112,7 +118,9 @@ def main(argv=None) -> None:
     p.add_argument("--redis-url", help="a Redis server for the RedisStateStore rows (default: a redis-server "
                    "started on loopback for the run, when one is installed; else no Redis rows)")
     p.add_argument("--worker", nargs=2, metavar=("GRAPH", "START_AT"), help=argparse.SUPPRESS)
-    p.add_argument("--markdown")
+    p.add_argument("--markdown", type=markdown_path)
+    p.add_argument("--keep-tmp", action="store_true", help="keep each SQLite configuration's database (in "
+                   "$TMPDIR/bench-shared-*, else /tmp) and print where; by default they are removed")
     args = p.parse_args(argv)
     if args.worker:
         graph, start_at = args.worker
@@ -149,7 +157,7 @@ def _measure(args, argv, redis_url: str | None) -> None:
         for n in args.processes:
             users = ([[f"w{w}-u{i}" for i in range(args.users)] for w in range(n)] if kind == "own"
                      else [[f"hot-{i}" for i in range(args.hot_users)]] * n)
-            r = run(graph, n, args.events, users, spec)
+            r = run(graph, n, args.events, users, spec, keep=args.keep_tmp)
             base = base or r["events_per_s"]                 # the first row: the fewest workers, own dicts
             lines.append(f"| {store} | {n} | {'own' if kind == 'own' else 'hot (shared)'} | {r['events']:,} | "
                          f"{r['events_per_s']:,.0f} | {r['events_per_s'] / base:.2f}x | {r['conflicts']:,} | "

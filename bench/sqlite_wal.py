@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 
@@ -26,7 +25,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, run_workers, write_table  # noqa: E402
+from bench.benchutil import command_line, markdown_path, run_workers, scratch_folder, write_table  # noqa: E402
 from zoo.cli import positive_float, positive_int  # noqa: E402
 
 LIMITS = {"64 MiB (default)": 64 << 20, "None": None}
@@ -50,11 +49,17 @@ def worker(graph: str, path: str, limit, start_at: float, seconds: float, users:
     return {"events": j, "start": t0, "end": time.time(), "lat_ms": lat, "step_ins": store.writer_truncations}
 
 
-def run(graph: str, processes: int, seconds: float, n_users: int, limit, seed: int = 0) -> dict:
+def run(graph: str, processes: int, seconds: float, n_users: int, limit, seed: int = 0, keep: bool = False) -> dict:
+    """One configuration on a new SQLite file in a scratch folder (``$TMPDIR/bench-wal-*``, gigabytes at the default
+    sizes), removed after it unless ``keep``."""
+    with scratch_folder("bench-wal-", keep) as tmp:
+        return _run(graph, os.path.join(tmp, "states.db"), processes, seconds, n_users, limit, seed)
+
+
+def _run(graph: str, path: str, processes: int, seconds: float, n_users: int, limit, seed: int) -> dict:
     from export.runtime import UserStateRecommender
     from export.state_store import SQLiteStateStore
 
-    path = os.path.join(tempfile.mkdtemp(prefix="bench-wal-"), "states.db")
     rec = UserStateRecommender(graph, store=SQLiteStateStore(path, wal_size_limit=limit), threads=1)
     sess = rec.session
     catalogue = sess.items if sess.items is not None else list(range(1, sess.n_items))
@@ -73,12 +78,14 @@ def run(graph: str, processes: int, seconds: float, n_users: int, limit, seed: i
                 peak[0] = max(peak[0], os.path.getsize(wal))
             time.sleep(0.05)
 
-    threading.Thread(target=watch, daemon=True).start()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     jobs = [{"users": us, "items": [catalogue[i] for i in rng.integers(0, len(catalogue), 4096)]} for us in users]
     try:
         outs = run_workers(__file__, [graph, path, limit, start_at, seconds], jobs)
     finally:
         done.set()
+        watcher.join()                                # before the folder of the WAL goes
     lat = np.concatenate([o["lat_ms"] for o in outs])
     wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     events = sum(o["events"] for o in outs)
@@ -95,7 +102,9 @@ def main(argv=None) -> None:
     p.add_argument("--processes", type=positive_int, nargs="+", default=[1, 2])
     p.add_argument("--users", type=positive_int, default=256, help="users of each worker")
     p.add_argument("--worker", nargs=5, metavar=("GRAPH", "DB", "LIMIT", "START_AT", "SECONDS"), help=argparse.SUPPRESS)
-    p.add_argument("--markdown")
+    p.add_argument("--markdown", type=markdown_path)
+    p.add_argument("--keep-tmp", action="store_true", help="keep each configuration's SQLite database and WAL (in "
+                   "$TMPDIR/bench-wal-*, else /tmp; gigabytes each) and print where; by default they are removed")
     args = p.parse_args(argv)
     if args.worker:
         graph, path, limit, start_at, seconds = args.worker
@@ -116,7 +125,7 @@ def main(argv=None) -> None:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in args.processes:
         for name, limit in LIMITS.items():
-            r = run(graph, n, args.seconds, args.users, limit)
+            r = run(graph, n, args.seconds, args.users, limit, keep=args.keep_tmp)
             lines.append(f"| {name} | {n} | {r['events']:,} | {r['events_per_s']:,.0f} | {r['p50']:.3f} | "
                          f"{r['p99']:.3f} | {r['p999']:.2f} | {r['max']:.1f} | {r['wal_peak'] / 1e6:,.0f} | "
                          f"{r['wal_end'] / 1e6:,.0f} | {r['db'] / 1e6:.1f} | {r['step_ins']} |")

@@ -22,7 +22,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, write_table  # noqa: E402
+from bench.benchutil import command_line, markdown_path, write_table  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
 DATA = ["ml-100k.inter.gz", "ml-1m.users0001-2999.inter.gz", "beauty.inter.gz", "sports.inter.gz"]
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", nargs="+", default=DATA, help="files in $ZOO_DATA_DIR (or paths)")
     p.add_argument("--test-share", type=float, default=0.1)
     p.add_argument("--valid-share", type=float, default=0.1)
-    p.add_argument("--markdown")
+    p.add_argument("--markdown", type=markdown_path)
     args = p.parse_args(argv)
     lines = [f"Produced by `{command_line('bench/temporal_split.py', argv)}` ({time.strftime('%Y-%m-%d')}): each file "
              "5-core filtered (as the cards), full ranking, RecBole protocol (history not masked), test users. "

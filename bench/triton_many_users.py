@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -25,7 +24,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, write_table  # noqa: E402
+from bench.benchutil import command_line, markdown_path, scratch_folder, write_table  # noqa: E402
 from zoo.cli import positive_int  # noqa: E402
 
 
@@ -62,16 +61,24 @@ def main(argv=None) -> None:
     p.add_argument("--events", type=positive_int, default=2048)
     p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8, 64])
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    p.add_argument("--markdown")
+    p.add_argument("--markdown", type=markdown_path)
+    p.add_argument("--keep-tmp", action="store_true", help="keep the model repository the server ran (in "
+                   "$TMPDIR/bench-triton-many-*, else /tmp) and print where; by default it is removed")
     args = p.parse_args(argv)
     if max(args.batch) > args.users:        # round-robin: a call's events must be of distinct users
         p.error(f"--batch {max(args.batch)} exceeds --users {args.users}: a call holds one event of each of its users")
+    with scratch_folder("bench-triton-many-", args.keep_tmp) as repo:   # removed once the server is stopped
+        lines = _measure(args, argv, repo)
+    write_table(lines, "Many users a call through Triton", args.markdown)
+
+
+def _measure(args, argv, repo: str) -> list[str]:
+    """The table's lines, from a server on a model repository written in ``repo`` (stopped before this returns)."""
     from export import triton as T
     from export import triton_server as S
     from export.triton_client import ExplicitStateRecommender, TritonRecommender
 
     graph = os.path.join(ROOT, "hub_cards", args.card, "onnx")
-    repo = tempfile.mkdtemp(prefix="bench-triton-many-")
     vocab = os.path.join(graph, "item_vocab.json")
     T.write_repository(graph, repo, name="explicit", backend="python", state="explicit", max_batch_size=64,
                        vocab_path=vocab)
@@ -102,7 +109,7 @@ def main(argv=None) -> None:
                 print(lines[-1], flush=True)
     finally:
         h.stop()
-    write_table(lines, "Many users a call through Triton", args.markdown)
+    return lines
 
 
 if __name__ == "__main__":

@@ -8,11 +8,17 @@ the README quotes, recomputed from the data. (``bench/paired_table.py``: ``tests
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +40,24 @@ def _rows(md: str) -> dict[str, list[str]]:
     """Markdown table rows by their first cell."""
     return {cells[0]: cells[1:] for line in md.splitlines() if line.startswith("| ")
             for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+
+
+@pytest.fixture
+def own_tmp(tmp_path, monkeypatch):
+    """A fresh empty folder as the temporary folder of the test (``tempfile`` here, ``$TMPDIR`` in the processes it
+    starts), for a test to assert that a bench removed the scratch folders it made there (:func:`_left_in`)."""
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def _left_in(tmp: Path) -> list[str]:
+    """What is left in the test's temporary folder (:func:`own_tmp`), less what libraries keep there of their own
+    accord, not a bench's scratch files: torch's compile cache (``torchinductor_*``) and ONNX Runtime's session id
+    file (``.ses``)."""
+    return sorted(p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor_") and p.name != ".ses")
 
 
 def test_step_latency_table_arithmetic(monkeypatch):
@@ -62,11 +86,13 @@ def test_step_latency_table_arithmetic(monkeypatch):
                       "LRURec, torch step Mamba4Rec, ORT step Mamba4Rec, ORT step LRURec")
 
 
-def test_step_latency_bench_runs(monkeypatch, tmp_path, capsys):
-    """A tiny sweep end to end: every method timed at every length, the file written with the command that made it."""
+def test_step_latency_bench_runs(monkeypatch, tmp_path, capsys, own_tmp):
+    """A tiny sweep end to end: every method timed at every length, the file written with the command that made it;
+    the graphs it exported are removed."""
     b = _bench("bench_step_latency", monkeypatch)
     out = tmp_path / "r.md"
     b.main(["--lengths", "5", "9", "--batches", "1", "--min-time", "0.002", "--markdown", str(out)])
+    assert _left_in(own_tmp) == []
     text = out.read_text()
     assert text.startswith("# Stepwise inference vs re-encoding") and "bench/bench_step_latency.py --lengths 5 9" in text
     rows = _rows(text)
@@ -99,12 +125,14 @@ def test_exclude_seen_bench_alternates_the_two_graphs(monkeypatch):
     assert [(r["plain"], r["seen"], r["plain_med"], r["seen_med"]) for r in rows] == [(3.0, 7.0, 6.0, 14.0)] * 2
 
 
-def test_exclude_seen_bench_runs(monkeypatch, tmp_path):
+def test_exclude_seen_bench_runs(monkeypatch, tmp_path, own_tmp):
     """Both models, both graphs, per batch size; the state sizes are the ML-1M configs' (Mamba4Rec 1 layer: conv
-    128 x 3 + SSM 128 x 32 floats = 17.5 KiB; LRURec: 2 blocks x 2 x 128 floats = 2 KiB) plus 4 bytes per item."""
+    128 x 3 + SSM 128 x 32 floats = 17.5 KiB; LRURec: 2 blocks x 2 x 128 floats = 2 KiB) plus 4 bytes per item. The
+    graphs it exported are removed."""
     b = _bench("bench_exclude_seen", monkeypatch)
     out = tmp_path / "s.md"
     b.main(["--items", "300", "--batches", "1", "2", "--min-time", "0.002", "--markdown", str(out)])
+    assert _left_in(own_tmp) == []
     lines = [line for line in out.read_text().splitlines() if line.startswith("| Mamba4Rec") or line.startswith("| LRURec")]
     assert len(lines) == 4
     assert all("17.5 KiB + 1.2 KiB" in x for x in lines if "Mamba4Rec" in x)
@@ -433,13 +461,14 @@ def test_hf_trainer_bench_runs(monkeypatch, tmp_path):
     assert re.search(r"Trainer / zoo.train wall time: \d+\.\d\dx", text)
 
 
-def test_user_states_bench_runs(monkeypatch, tmp_path):
+def test_user_states_bench_runs(monkeypatch, tmp_path, own_tmp):
     """One bundled step graph, few users and events: a row per store and batch, the one-per-call rows at 1.0x, and
-    the state size the graph's spec gives."""
+    the state size the graph's spec gives; its SQLite files (and the Redis server's folder) are removed."""
     pytest.importorskip("onnxruntime", reason="the step graphs run with ONNX Runtime")
     b = _bench("bench_user_states", monkeypatch)
     out = tmp_path / "u.md"
     b.main(["--cards", "gru4rec-ml1m", "--users", "16", "--events", "64", "--batch", "8", "--markdown", str(out)])
+    assert _left_in(own_tmp) == []
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
             if line.startswith("| gru4rec-ml1m |")]
     stores = ["dict", "bytes (np.savez)", "bytes (state_store.BytesStore)",
@@ -453,15 +482,16 @@ def test_user_states_bench_runs(monkeypatch, tmp_path):
     assert {r[6] for r in rows} == {f"{size:,}"}
 
 
-def test_shared_store_bench_runs(monkeypatch, tmp_path):
+def test_shared_store_bench_runs(monkeypatch, tmp_path, own_tmp):
     """Two worker processes with dicts of their own, then on one SQLite file, each on its own users and then on the
     same two: a row per configuration, no event lost in any, and no commit refused while the workers have users of
-    their own."""
+    their own. The SQLite files (and the Redis server's folder) are removed."""
     pytest.importorskip("onnxruntime", reason="the step graphs run with ONNX Runtime")
     b = _bench("shared_store", monkeypatch)
     out = tmp_path / "s.md"
     b.main(["--card", "gru4rec-ml1m", "--processes", "2", "--events", "40", "--users", "8", "--hot-users", "2",
             "--markdown", str(out)])
+    assert _left_in(own_tmp) == []
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
             if line.startswith(("| dict", "| SQLite", "| Redis"))]
     want = [("dict per worker (not shared)", "2", "own"), ("SQLiteStateStore", "2", "own"),
@@ -474,13 +504,14 @@ def test_shared_store_bench_runs(monkeypatch, tmp_path):
     assert [r[8] for r in rows] == ["-"] + ["0"] * (len(want) - 1), rows
 
 
-def test_sqlite_wal_bench_runs(monkeypatch, tmp_path):
+def test_sqlite_wal_bench_runs(monkeypatch, tmp_path, own_tmp):
     """One worker process, one second of load a configuration: a row for the default limit and for None, with the
-    events served, latency percentiles in order and WAL sizes."""
+    events served, latency percentiles in order and WAL sizes; the databases are removed."""
     pytest.importorskip("onnxruntime", reason="the step graphs run with ONNX Runtime")
     b = _bench("sqlite_wal", monkeypatch)
     out = tmp_path / "w.md"
     b.main(["--card", "gru4rec-ml1m", "--seconds", "1", "--processes", "1", "--users", "8", "--markdown", str(out)])
+    assert _left_in(own_tmp) == []
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
             if line.startswith(("| 64 MiB", "| None"))]
     assert [(r[0], r[1]) for r in rows] == [("64 MiB (default)", "1"), ("None", "1")], rows
@@ -559,14 +590,15 @@ def test_triton_bench_runs(monkeypatch, tmp_path):
     assert len(rows) == 1 and rows[0][1] == "10" and float(rows[0][2]) > 0, rows
 
 
-def test_triton_many_users_bench_runs(monkeypatch, tmp_path):
+def test_triton_many_users_bench_runs(monkeypatch, tmp_path, own_tmp):
     """One user a call against four, explicit and implicit state: a row per batch, the first of each at 1.0x, as many
-    calls as the events need."""
+    calls as the events need; the model repository is removed."""
     pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed")
     _triton_server_or_skip()
     b = _bench("triton_many_users", monkeypatch)
     out = tmp_path / "m.md"
     b.main(["--users", "8", "--events", "16", "--batch", "1", "4", "--markdown", str(out)])
+    assert _left_in(own_tmp) == []
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
             if line.startswith(("| explicit", "| implicit"))]
     assert [(r[0].split()[0], r[1], r[2]) for r in rows] == [
@@ -782,3 +814,189 @@ def test_gpu_session_loads_its_own_build_and_spares_the_models_step_the_cpu_kern
     assert run("tests/test_ops.py")[0] == "unset" and run("plugins/harness.py")[0] == "unset"
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert all(f"{step}: exit 0" in summary for step in ("build", "harness", "pytest-gpu", "gpu-models")), summary
+
+
+def _benchutil(monkeypatch):
+    """``bench/benchutil.py``, as the benches import it."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import benchutil
+
+    return benchutil
+
+
+def test_a_scratch_folder_goes_on_an_error_and_stays_on_request(monkeypatch, own_tmp, capsys):
+    """``scratch_folder``: removed with its files when the block ends, on an error or Ctrl-C too; ``keep`` (a bench's
+    ``--keep-tmp``) keeps it and says where."""
+    bu = _benchutil(monkeypatch)
+    for error in (RuntimeError, KeyboardInterrupt):
+        with pytest.raises(error):
+            with bu.scratch_folder("bench-x-") as tmp:
+                (Path(tmp) / "states.db").write_text("x")
+                raise error
+    assert _left_in(own_tmp) == []
+    with bu.scratch_folder("bench-x-", keep=True) as tmp:
+        (Path(tmp) / "states.db").write_text("x")
+    assert _left_in(own_tmp) == [Path(tmp).name] and f"kept {tmp}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", ["sqlite_wal", "shared_store"])
+def test_the_store_benches_remove_their_databases_unless_told_to_keep_them(monkeypatch, own_tmp, capsys, script):
+    """Each SQLite configuration's database lives in a folder of its own while it is measured (the workers, stopped
+    by then, used it), removed after it, on an error too; ``--keep-tmp`` keeps them and says where."""
+    pytest.importorskip("onnxruntime", reason="the benches note ONNX Runtime's version")
+    b = _bench(script, monkeypatch)
+    seen = []
+
+    def fake_run(graph, *a):
+        path = a[0] if script == "sqlite_wal" else a[3].get("path")
+        if path:
+            assert os.path.isdir(os.path.dirname(path))                     # there while it is measured
+            seen.append(os.path.dirname(path))
+        if fail:
+            raise KeyboardInterrupt
+        return {"events_per_s": 1.0, "events": 1, "p50": 1.0, "p99": 1.0, "p999": 1.0, "max": 1.0, "step_ins": 0,
+                "wal_peak": 0, "wal_end": 0, "db": 0, "conflicts": 0, "off": 0}
+
+    monkeypatch.setattr(b, "_run", fake_run)
+    if script == "shared_store":                                            # no Redis rows
+        monkeypatch.setattr(b, "redis_server", lambda url: contextlib.nullcontext(None))
+    argv = ["--card", "gru4rec-ml1m", "--processes", "1"]
+    configurations = 2 if script == "sqlite_wal" else 3                      # the SQLite ones
+    fail = False
+    b.main(argv)
+    assert len(seen) == configurations and _left_in(own_tmp) == []
+    b.main([*argv, "--keep-tmp"])
+    kept = seen[configurations:]
+    out = capsys.readouterr().out
+    assert _left_in(own_tmp) == sorted(os.path.basename(d) for d in kept) and all(f"kept {d}" in out for d in kept)
+    for d in kept:
+        shutil.rmtree(d)
+    fail = True
+    with pytest.raises(KeyboardInterrupt):
+        b.main(argv)
+    assert _left_in(own_tmp) == []
+
+
+def test_recbole_reference_removes_its_scratch_folder(monkeypatch, own_tmp):
+    """The working folder RecBole writes its logs in is removed when the subcommand ends (here: RecBole is not
+    importable), and the process's working folder is restored."""
+    monkeypatch.setitem(sys.modules, "recbole", None)                      # not importable, even where installed
+    monkeypatch.setattr(sys, "argv", ["recbole_reference.py"])              # RecBole's loader empties it
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")              # set by it: undone after the test
+    b = _bench("recbole_reference", monkeypatch)
+    monkeypatch.setattr(b, "_numpy2_shims", lambda: None)                   # NumPy left as it is
+    cwd = os.getcwd()
+    try:
+        for cmd in (["order-probe"], ["fixture", "--checkpoint", "c.pth", "--out", "o"]):
+            with pytest.raises(SystemExit, match="RecBole is not importable"):
+                b.main(cmd)
+            assert os.getcwd() == cwd and _left_in(own_tmp) == []
+    finally:
+        os.chdir(cwd)
+
+
+def test_the_redis_server_of_a_bench_leaves_no_folder(monkeypatch, own_tmp):
+    """``redis_server`` (the benches' server and the tests' ``redis_url``) removes its working folder after it
+    stops the server."""
+    pytest.importorskip("redis", reason="the redis client package is not installed")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed here")
+    bu = _benchutil(monkeypatch)
+    with bu.redis_server(None) as url:
+        assert url.startswith("redis://") and [n[:12] for n in _left_in(own_tmp)] == ["bench-redis-"]
+    assert _left_in(own_tmp) == []
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_failed_worker_stops_the_others(monkeypatch, tmp_path, failing):
+    """``run_workers``: a worker that fails ends the run at once, whichever it is, and the others (here one that
+    would sleep for minutes) are stopped and reaped before the error, not left running."""
+    bu = _benchutil(monkeypatch)
+    script = tmp_path / "worker.py"
+    script.write_text("import json, sys, time\njob = json.loads(sys.stdin.read())\n"
+                      "if job['fail']:\n    sys.exit(3)\ntime.sleep(300)\nprint(json.dumps(job))\n")
+    started = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            started.append(self)
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    jobs = [{"fail": i == failing} for i in range(2)]
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match=r"worker.py failed \(status 3\)") as e:
+            bu.run_workers(str(script), [], jobs)
+        assert time.monotonic() - t0 < 120                                  # not the sleeper's 300 s
+        assert len(started) == 2 and all(p.poll() is not None for p in started)   # none running
+        assert f"worker {failing + 1} of 2" in str(e.value)                 # which one failed
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_run_workers_returns_each_workers_last_line_in_job_order(monkeypatch, tmp_path):
+    bu = _benchutil(monkeypatch)
+    script = tmp_path / "worker.py"
+    script.write_text("import json, sys, time\njob = json.loads(sys.stdin.read())\ntime.sleep(job['sleep'])\n"
+                      "print('noise')\nprint(json.dumps({'n': job['n'], 'args': sys.argv[1:]}))\n")
+    outs = bu.run_workers(str(script), ["a", 1], [{"n": 0, "sleep": 0.5}, {"n": 1, "sleep": 0}])
+    assert outs == [{"n": 0, "args": ["--worker", "a", "1"]}, {"n": 1, "args": ["--worker", "a", "1"]}]
+
+
+#: every bench with a markdown output (``--markdown``; bench_triton: ``--out``)
+MARKDOWN_BENCHES = ["bench_eval_memory", "bench_exclude_seen", "bench_prefix_objective", "bench_sampled_softmax",
+                    "bench_step_latency", "bench_train_cost", "bench_triton", "bench_user_states", "catalogue_growth",
+                    "day_ties", "emu_switch", "eval_tie_order", "hf_trainer", "int8_graphs", "item_similarity",
+                    "loss_table", "sampled_metrics", "shared_store", "sqlite_wal", "temporal_split",
+                    "triton_many_users"]
+
+
+def test_every_bench_with_a_markdown_option_is_listed():
+    found = {p.stem for p in (ROOT / "bench").glob("*.py") if p.stem != "benchutil"
+             and re.search(r'add_argument\("--markdown"|cards_parser\(', p.read_text(encoding="utf-8"))}
+    assert found == set(MARKDOWN_BENCHES) - {"bench_triton"}
+
+
+@pytest.mark.parametrize("script", MARKDOWN_BENCHES)
+def test_a_folder_as_markdown_is_refused_before_any_work(monkeypatch, tmp_path, capsys, script):
+    """``--markdown`` is checked as the options are parsed (it was checked only when the results were written, after
+    the measuring: hours for some): a folder is a usage error, and parsing never returns to start the work."""
+    b = _bench(script, monkeypatch)
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_args(self, *a, **k):
+        ns = parse(self, *a, **k)
+        pytest.fail(f"{script} accepted {ns}: its work would start")
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    flag = "--out" if script == "bench_triton" else "--markdown"
+    with pytest.raises(SystemExit) as e:
+        b.main([flag, str(tmp_path)])
+    assert e.value.code == 2 and f"argument {flag}: {tmp_path} is a folder; give a file path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, argv, measuring", [
+    ("bench_eval_memory", ["--catalogues", "50", "--batch", "2", "--seq-len", "3"], ["fresh_run", "measure"]),
+    ("sqlite_wal", ["--card", "gru4rec-ml1m", "--seconds", "1", "--processes", "1"], ["run", "run_workers"]),
+    ("shared_store", ["--card", "gru4rec-ml1m", "--processes", "1"], ["run", "run_workers", "redis_server"]),
+    ("item_similarity", ["--models", "gru4rec-ml1m"], ["cards_data"]),
+])
+def test_a_bad_markdown_path_stops_a_bench_before_it_measures(monkeypatch, tmp_path, capsys, script, argv, measuring):
+    """The QA's case (``bench_eval_memory`` measured for 24 s, then said the folder given as ``--markdown`` is a
+    folder), a path under a file, and a file that cannot be read back (``write_markdown`` keeps what is below its
+    tables): refused before the measuring functions are called."""
+    b = _bench(script, monkeypatch)
+    for name in measuring:
+        monkeypatch.setattr(b, name, lambda *a, **k: pytest.fail(f"{script} measured before checking --markdown"))
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "binary.md").write_bytes(b"\xff\xfe\x00 not text")
+    for path, says in [(tmp_path / "adir", "is a folder"), (tmp_path / "afile" / "r.md", "is a file, not a folder"),
+                       (tmp_path / "binary.md", "cannot read the existing file")]:
+        with pytest.raises(SystemExit) as e:
+            b.main([*argv, "--markdown", str(path)])
+        assert e.value.code == 2 and says in capsys.readouterr().err, path

@@ -152,6 +152,25 @@ def perf_analyzer_command(cfg, out: str | os.PathLike, n_streams: int) -> str:
     return cmd
 
 
+def check_out_of_repository(out: str | os.PathLike, repo: str | os.PathLike) -> None:
+    """ValueError when ``out`` is a file of the Triton repository ``repo`` that :mod:`export.triton` writes or Triton
+    reads: anything inside a folder of the repository (a model's config.pbtxt, graph, vocabulary; a new file there
+    would also make export.triton refuse to regenerate the folder), or the repository's README.md / serve.sh. A file
+    beside them at the repository's top level (``REPO/perf.json``) is fine: Triton takes folders only."""
+    top = os.path.realpath(repo)
+    path = os.path.realpath(out)
+    if os.path.commonpath([top, path]) != top or path == top:
+        return
+    rel = os.path.relpath(path, top)
+    folder = rel.split(os.sep)[0]
+    if os.sep in rel:
+        raise ValueError(f"--out {out} is inside the folder {folder!r} of --repo {repo} (a model folder that "
+                         "python -m export.triton writes and Triton serves): choose a path outside it")
+    if rel in ("README.md", "serve.sh"):
+        raise ValueError(f"--out {out} is the repository's {rel} (written by python -m export.triton): choose "
+                         "another path")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from zoo.cli import add_columns_option, cannot, check_outputs, error_text, kcore, positive_int, written_whole
     from zoo.data import TIME_TIES, load_dataset
@@ -176,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         check_outputs({"--out": a.out}, {"--data": a.data})
+        check_out_of_repository(a.out, a.repo)
     except ValueError as e:
         p.error(str(e))
     try:

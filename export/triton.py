@@ -12,8 +12,9 @@ otherwise); ``--onnx DIR`` reuses an export (``model.onnx`` + ``state_spec.json`
 
 What is written (``DIR/<name>/config.pbtxt``, ``DIR/<name>/1/...``, ``DIR/<name>/item_vocab.json``,
 ``DIR/<name>/initial_state/`` when a state starts at a non-zero value, ``DIR/<name>/README.md`` (how to serve and call
-it), ``DIR/README.md`` (an index of every model folder in DIR, rewritten each time; a README.md or serve.sh that this
-generator did not write is refused unless ``--force``))
+it), ``DIR/<name>/.export_triton.json`` (the checksum of every file written there), ``DIR/README.md`` (an index of
+every model folder in DIR, rewritten each time; a README.md or serve.sh that this generator did not write is refused
+unless ``--force``))
 -----------------------------------------------------------------------------------------------------------------
 * ``--backend onnxruntime --state implicit`` (default): the step graph behind Triton's **sequence batcher**
   (``oldest`` strategy, ``START``/``READY``/``CORRID`` control inputs, one ``state`` entry per recurrent tensor mapped
@@ -60,11 +61,27 @@ other form and send the gaps.
 Every ``config.pbtxt`` is parsed with Triton's own schema (``tritonclient.grpc.model_config_pb2``) and checked
 against the graph's I/O (names, dtypes -- the sequence batcher's control inputs' too --, state dims, initial
 states) before it is written; a config that does not validate is never written.
+
+The model folder is assembled in a hidden folder beside DIR (Triton takes every folder inside DIR for a model, a
+half-written or hidden one included, and refuses to start) and renamed into DIR once complete; a run killed meanwhile
+leaves it there, and the next run removes it (once the lock its writer held is free). An existing ``DIR/<name>/`` is
+replaced whole, so one that this generator did not write, or whose files were changed or added to since (another
+version folder, an edited config), is refused before anything is exported or written, unless ``--force``. The
+``1/model.plan`` that ``build_engine.sh`` built in a TensorRT folder is kept when the graph, plugin library and build
+settings it was built from are byte-identical (e.g. a new ``--queue-delay-us``); otherwise the output says it was
+dropped (``serve.sh`` builds it again); a plugin library put into ``plugins/`` by hand (the generator had none to
+copy) is carried over too. The repository's ``README.md`` and ``serve.sh`` are written whole (a temporary
+file renamed over them), and ``build_engine.sh`` saves the engine under a temporary name, renamed to ``model.plan``
+once trtexec succeeds (it skips the build when ``model.plan`` exists, so a plan cut short must never bear that name).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import filecmp
+import hashlib
 import json
 import math
 import os
@@ -73,6 +90,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from typing import Sequence
 
 from . import plugin_spec as ps
@@ -803,7 +821,9 @@ def _build_engine_sh(name: str, spec: dict, max_batch: int, implicit: bool) -> s
     return f"""#!/usr/bin/env bash
 # Build {name}/1/{PLAN_FILE} from onnx/{onnx_name} with trtexec and the zoo's scan plugins (run inside the TensorRT or
 # Triton container that will serve it: an engine only loads in the TensorRT version that built it). Does nothing when
-# the plan exists. Usage: bash build_engine.sh [PLUGIN_LIBRARY] (default: plugins/{ps.PLUGIN_LIBRARY} beside this file)
+# the plan exists: trtexec saves it as {PLAN_FILE}.tmp, renamed to {PLAN_FILE} once the build succeeded, so a build
+# cut short (a killed container, a full disk) leaves no {PLAN_FILE} and the next run builds it again.
+# Usage: bash build_engine.sh [PLUGIN_LIBRARY] (default: plugins/{ps.PLUGIN_LIBRARY} beside this file)
 #
 {about}
 set -euo pipefail
@@ -813,14 +833,16 @@ if [ -f "$here/1/{PLAN_FILE}" ]; then
   echo "$here/1/{PLAN_FILE} exists"
   exit 0
 fi
+rm -f "$here/1/{PLAN_FILE}.tmp"
 # --dynamicPlugins registers the creators itself: the library's own registration (for tritonserver) would repeat it
 unset ZOO_TRT_PLUGINS_AUTOREGISTER
-"${{TRTEXEC:-/usr/src/tensorrt/bin/trtexec}}" --onnx="$here/onnx/{onnx_name}" --saveEngine="$here/1/{PLAN_FILE}" \\
+"${{TRTEXEC:-/usr/src/tensorrt/bin/trtexec}}" --onnx="$here/onnx/{onnx_name}" --saveEngine="$here/1/{PLAN_FILE}.tmp" \\
   --dynamicPlugins="$plugin" --stronglyTyped{" --noTF32" if fp32 else ""} --preview=+aliasedPluginIO1003 \\
   --memPoolSize=workspace:{TRT_WORKSPACE_MIB} --skipInference \\
   --minShapes={lo} \\
   --optShapes={opt} \\
   --maxShapes={hi}
+mv -f "$here/1/{PLAN_FILE}.tmp" "$here/1/{PLAN_FILE}"
 """
 
 
@@ -878,6 +900,25 @@ def _foreign_files_error(paths) -> FileExistsError:
         "the TensorRT serve.sh); move " + ("them" if len(paths) > 1 else "it") + " away or pass --force (force=True)")
 
 
+def _write_whole(path: pathlib.Path, text: str, executable: bool = False) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path`` (mode ``0o666``, or ``0o777``
+    when ``executable``, less the umask, as ``open`` would give): an interrupted write leaves the previous file whole
+    (a cut-short README.md would lack the generator's mark and be refused as foreign next time) and no temporary file
+    but a hidden one a kill left (Triton takes folders only for models)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, (0o777 if executable else 0o666) & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _repository_files(repo: pathlib.Path) -> None:
     """(Re)write the repository-level files from every model folder in ``repo``: ``README.md`` (an index of the
     models, each with the title of its own ``<name>/README.md``) and, when any folder holds a TensorRT model,
@@ -897,11 +938,10 @@ def _repository_files(repo: pathlib.Path) -> None:
     if trt:
         lines += ["", f"`bash serve.sh` builds the missing TensorRT plans ({', '.join(trt)}) and starts Triton "
                   "on this folder."]
-    (repo / "README.md").write_text("\n".join(lines) + "\n")
+    _write_whole(repo / "README.md", "\n".join(lines) + "\n")
     sh = repo / "serve.sh"
     if trt:
-        sh.write_text(_serve_sh(trt))
-        sh.chmod(0o755)
+        _write_whole(sh, _serve_sh(trt), executable=True)
     elif sh.is_file() and SERVE_SH_MARK in sh.read_text():      # ours, for TensorRT models no longer here
         sh.unlink()
 
@@ -972,6 +1012,276 @@ def check_vocab(vocab_path: str | os.PathLike, spec: dict) -> None:
                          "padding): they do not belong together")
 
 
+# ======================================================================================== model folders on disk
+#: the file in each model folder that records what python -m export.triton wrote there: ``{"written_by": ...,
+#: "files": {relative path: sha256}}``; a folder without it (or with other files) is not replaced without --force
+MODEL_MARK = ".export_triton.json"
+_GENERATOR = "python -m export.triton"
+#: files a model folder gains after it is written and that are still the generator's to replace: the engine that
+#: build_engine.sh builds (kept when its inputs are unchanged: :func:`_carry_plan`) and an interrupted build's
+#: temporary engine (paths relative to the model folder; ``__pycache__`` folders, which the python backend's import of
+#: ``1/model.py`` may leave, are not the user's either)
+_BUILT_LATER = (f"1/{PLAN_FILE}", f"1/{PLAN_FILE}.tmp")
+#: the parts of a TensorRT model folder its engine is built from (build_engine.sh: graph, plugins, trtexec's flags)
+_BUILD_INPUTS = ("onnx/", "plugins/", ENGINE_SCRIPT)
+#: the repository-level flags of write_repository's own arguments (messages from main name the flag)
+ARG_FLAGS = {"name": "--name", "plan": "--plan", "plugin_lib": "--plugin-lib", "vocab_path": "--vocab"}
+
+
+def default_model_name(model_type: str, kind: str, backend: str, state: str) -> str:
+    """The model's folder name when none is given: ``<model_type>_<kind>_<backend>[_<state>]``."""
+    return f"{model_type}_{kind}_{backend}" + (
+        f"_{state}" if kind == "step" and (backend != "python" or state == "explicit") else "")
+
+
+def check_repository_args(name: str | None, backend: str, plan: str | None = None, plugin_lib: str | None = None,
+                          vocab_path: str | None = None, flags: dict | None = None) -> None:
+    """The checks of :func:`write_repository`'s own arguments, which need no export: a name that is one folder name,
+    ``plan``/``plugin_lib`` only for the tensorrt backend, the files given exist. ``flags`` names each argument in
+    the messages (``ARG_FLAGS`` for the CLI; default: the argument's name). Raises ValueError / FileNotFoundError."""
+    label = (flags or {}).get
+    for what, path in (("vocab_path", vocab_path), ("plan", plan), ("plugin_lib", plugin_lib)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{label(what, what)} {path} not found")
+    for what, path in (("plan", plan), ("plugin_lib", plugin_lib)):
+        if path and backend != "tensorrt":
+            raise ValueError(f"{label(what, what)} is for the tensorrt backend; backend {backend!r} would not use "
+                             f"{path}")
+    if name is not None and (not MODEL_NAME.fullmatch(name) or name in (".", "..")):
+        raise ValueError(f"{label('name', 'model name')} {name!r}: Triton serves each model from one folder of the "
+                         "repository; use letters, digits, '_', '-' and '.' (no path separators)")
+
+
+def _folder_files(mdir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """``{path relative to mdir (with /): path}`` of the files under ``mdir``, but the mark and ``__pycache__``."""
+    out = {}
+    for root, dirs, files in os.walk(mdir):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for f in sorted(files):
+            rel = pathlib.Path(root, f).relative_to(mdir).as_posix()
+            if rel != MODEL_MARK:
+                out[rel] = pathlib.Path(root, f)
+    return out
+
+
+def _digest(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_model_mark(mdir: pathlib.Path) -> None:
+    """``mdir/.export_triton.json``: the checksum of every file written into the model folder (the last file)."""
+    files = {rel: _digest(p) for rel, p in _folder_files(mdir).items() if rel not in _BUILT_LATER}
+    (mdir / MODEL_MARK).write_text(json.dumps({"written_by": _GENERATOR, "files": files}, indent=1) + "\n")
+
+
+def foreign_model_files(mdir: str | os.PathLike) -> list[pathlib.Path]:
+    """What replacing the model folder ``mdir`` would lose that this generator did not write: ``[mdir]`` when it has
+    no :data:`MODEL_MARK` (a folder written by hand or by another tool, or a file); else the files changed or added
+    since it was written (an edited ``config.pbtxt``, another version folder), but the engine build_engine.sh builds
+    (:data:`_BUILT_LATER`). ``[]`` when there is nothing there. A folder from before the mark, whose README.md
+    carries the generator's line, counts as the generator's. The plugin library put into ``plugins/`` by hand where
+    the generator had none to copy (what ``plugins/README.md`` asks for) is carried over (:func:`_carry_plugins`)."""
+    mdir = pathlib.Path(mdir)
+    if not os.path.lexists(mdir):
+        return []
+    if not mdir.is_dir():
+        return [mdir]
+    try:
+        recorded = json.loads((mdir / MODEL_MARK).read_text())["files"]
+        if not isinstance(recorded, dict):
+            raise TypeError
+    except FileNotFoundError:
+        readme = mdir / "README.md"
+        legacy = readme.is_file() and f"Generated by `{_GENERATOR}`." in readme.read_text(errors="replace")
+        return [] if legacy else [mdir]
+    except (OSError, ValueError, KeyError, TypeError):     # a mark cut short or edited: nothing can be vouched for
+        return [mdir]
+    placed = f"plugins/{ps.PLUGIN_LIBRARY}"                 # put there as plugins/README.md says: carried over
+    return sorted(p for rel, p in _folder_files(mdir).items()
+                  if rel not in _BUILT_LATER and not (rel == placed and rel not in recorded)
+                  and recorded.get(rel) != _digest(p))
+
+
+def _foreign_model_error(mdir: pathlib.Path, paths: list[pathlib.Path]) -> FileExistsError:
+    if paths == [mdir]:
+        what = (f"{mdir} was not written by {_GENERATOR} (it has no {MODEL_MARK})" if mdir.is_dir() else
+                f"{mdir} is a file, not a model folder {_GENERATOR} wrote")
+    else:
+        shown = ", ".join(str(p.relative_to(mdir)) for p in paths[:8]) + (", ..." if len(paths) > 8 else "")
+        what = f"{mdir} holds files changed or added since {_GENERATOR} wrote it ({shown})"
+    return FileExistsError(f"{what}, and writing the model replaces that folder whole: move it away, choose another "
+                           "--name (name=...), or pass --force (force=True) to replace it")
+
+
+def _carry_plugins(old: pathlib.Path, new: pathlib.Path) -> str | None:
+    """Put the plugin library that was put into the old folder's ``plugins/`` by hand (not one the generator wrote,
+    which its mark records) into the new folder when the generator had none to put there; returns the note to print
+    (``None``: nothing to carry)."""
+    rel = f"plugins/{ps.PLUGIN_LIBRARY}"
+    src, dst = old / rel, new / rel
+    try:
+        recorded = json.loads((old / MODEL_MARK).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not src.is_file() or rel in recorded or dst.exists() or not dst.parent.is_dir():
+        return None
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return f"kept {src}, put there by hand (the generator had no plugin library to copy)"
+
+
+def _carry_plan(old: pathlib.Path, new: pathlib.Path, plan_given: bool) -> str | None:
+    """Put the old folder's ``1/model.plan`` into the new one when it was built from byte-identical inputs (the ONNX
+    graphs, the plugin library and build_engine.sh, which holds trtexec's flags and profile); returns the note to
+    print about it (``None``: there was none, or ``plan_given`` replaces it)."""
+    src = old / "1" / PLAN_FILE
+    if plan_given or not src.is_file():
+        return None
+
+    def inputs(d):
+        return {r: p for r, p in _folder_files(d).items() if r.startswith(_BUILD_INPUTS)}
+
+    a, b = inputs(old), inputs(new)
+    if ENGINE_SCRIPT in b and a.keys() == b.keys() and all(filecmp.cmp(a[r], b[r], shallow=False) for r in a):
+        dst = new / "1" / PLAN_FILE
+        try:
+            os.link(src, dst)                               # the old folder is removed after the swap
+        except OSError:
+            shutil.copy2(src, dst)
+        return f"kept {src}: the graph, plugin library and build settings it was built from are unchanged"
+    why = ("the graph, plugin library or build settings (build_engine.sh) it was built from changed; serve.sh builds "
+           "a new one" if ENGINE_SCRIPT in b else "the model is no longer served by TensorRT")
+    return f"dropped {src}: {why}"
+
+
+#: the hidden staging folder of a model folder: beside the repository (``.<repo>.export-triton-*``, the same file
+#: system, outside what Triton scans), or inside it (``.export-triton-*``) where the parent cannot hold it
+_STAGE_PREFIX = ".export-triton-"
+_STAGE_LOCK = "writer.lock"
+#: a staging folder without its lock file this old (its writer died removing it) is removed
+_STAGE_UNLOCKED_AGE_S = 600.0
+
+
+def _stage_places(repo: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+    return [(repo.parent, f".{repo.name}{_STAGE_PREFIX}"), (repo, _STAGE_PREFIX)]
+
+
+def _remove_dead_stage(stage: pathlib.Path) -> bool:
+    """Remove the staging folder ``stage`` if its writer is dead (the lock it held while alive can be taken), first
+    putting back the model folder a writer killed between the swap's two renames had moved aside. Returns whether
+    it was removed."""
+    try:
+        fd = os.open(stage / _STAGE_LOCK, os.O_RDWR)
+    except FileNotFoundError:          # a writer's first instant (the lock comes next) or one killed removing it
+        try:
+            old_enough = time.time() - stage.stat().st_mtime > _STAGE_UNLOCKED_AGE_S
+        except OSError:
+            return False
+        if old_enough:
+            shutil.rmtree(stage, ignore_errors=True)
+        return old_enough
+    except OSError:
+        return False
+    with os.fdopen(fd, "r+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:                                     # held: a live writer's
+            return False
+        try:
+            target = json.loads(f.read() or "{}").get("target")
+        except ValueError:
+            target = None
+        moved = stage / "replaced"
+        if target and os.path.lexists(moved) and not os.path.lexists(target):
+            os.replace(moved, target)
+        shutil.rmtree(stage, ignore_errors=True)
+    return True
+
+
+def remove_dead_stages(repo: str | os.PathLike) -> list[pathlib.Path]:
+    """Remove the staging folders that killed ``export.triton`` runs on ``repo`` left (SIGKILL, the OOM killer, a
+    power loss; an exception or Ctrl-C removes its own): only those whose writer's lock is free, never a live
+    writer's. Returns the folders removed."""
+    repo = pathlib.Path(repo).resolve()
+    removed = []
+    for where, prefix in _stage_places(repo):
+        try:
+            stages = [d for d in where.iterdir() if d.name.startswith(prefix) and d.is_dir() and not d.is_symlink()]
+        except OSError:
+            continue
+        removed += [d for d in sorted(stages) if _remove_dead_stage(d)]
+    return removed
+
+
+def _clean_up_after_killed_runs(repo: pathlib.Path) -> None:
+    """:func:`remove_dead_stages`, saying on stderr what it removed."""
+    for d in remove_dead_stages(repo):
+        print(f"note: removed {d}, left by an export.triton that was killed", file=sys.stderr)
+
+
+def _legacy_stages(repo: pathlib.Path) -> list[pathlib.Path]:
+    """Staging folders of the generator before :func:`_staged_model_folder` (``.<name>.staged-*``/``.replaced-*``
+    inside the repository): their writer cannot be told dead, so they are named, not removed."""
+    if not repo.is_dir():
+        return []
+    return sorted(d for d in repo.iterdir() if d.is_dir() and re.fullmatch(r"\..+\.(staged|replaced)-\w+", d.name))
+
+
+@contextlib.contextmanager
+def _staged_model_folder(final: pathlib.Path):
+    """Yield an empty folder to assemble the model folder ``final`` in; once the block completes it replaces
+    ``final`` (two renames: ``final`` aside, the new folder in; the old one is removed after). The folder lives in a
+    hidden staging folder beside the repository, on its file system, or inside it when the parent cannot hold it;
+    the staging folder holds a lock file (flock'ed while the writer lives, naming ``final``) so that
+    :func:`remove_dead_stages` removes it only once its writer is dead. An error or an interruption leaves ``final``
+    as it was and no staging folder."""
+    repo = final.parent
+    repo.mkdir(parents=True, exist_ok=True)
+    stage = None
+    try:
+        cand = pathlib.Path(tempfile.mkdtemp(prefix=_stage_places(repo)[0][1], dir=repo.parent))
+        if cand.stat().st_dev == repo.stat().st_dev:
+            stage = cand
+        else:                                               # the repository is a mount point: no rename across
+            cand.rmdir()
+    except OSError:                                         # a parent this user cannot write in
+        pass
+    if stage is None:
+        stage = pathlib.Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=repo))
+    lock = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".lock-", dir=stage)
+        lock = os.fdopen(fd, "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)                    # before it bears its name: never seen unlocked
+        lock.write(json.dumps({"target": str(final), "pid": os.getpid()}))
+        lock.flush()
+        os.rename(tmp, stage / _STAGE_LOCK)
+        new, moved = stage / "model", stage / "replaced"
+        new.mkdir()
+        yield new
+        if os.path.lexists(final):
+            os.rename(final, moved)
+        try:
+            os.rename(new, final)
+        except BaseException:                               # put back what was there
+            if os.path.lexists(moved) and not os.path.lexists(final):
+                os.rename(moved, final)
+            raise
+    finally:
+        for part in ("model", "replaced"):
+            if os.path.lexists(stage / part):
+                shutil.rmtree(stage / part, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)            # the lock file last (its writer still holds it)
+        if lock is not None:
+            lock.close()
+
+
 def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, name: str | None = None,
                      backend: str = "onnxruntime", state: str = "implicit", vocab_path: str | None = None,
                      plan: str | None = None, plugin_lib: str | None = None, force: bool = False,
@@ -979,27 +1289,24 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     """Write ``repo/<name>/`` from an :mod:`export.onnx` export folder (``model.onnx`` + ``state_spec.json``).
 
     Returns the model folder. The config is validated (schema + graph I/O) and every input file checked before
-    anything is written; the folder is assembled in a hidden staging folder beside it and replaces an existing
-    ``repo/<name>/`` only once complete (a failure leaves the previous one as it was). The repository's
-    ``README.md`` (its index) and, with a TensorRT model, ``serve.sh`` are rewritten too: one that this generator did
-    not write (it lacks the mark) is refused with ``FileExistsError`` before anything is written, unless ``force``.
+    anything is written; the folder is assembled in a hidden staging folder beside the repository
+    (:func:`_staged_model_folder`; those that killed runs left are removed first, :func:`remove_dead_stages`) and
+    replaces an existing ``repo/<name>/`` only once complete (a failure leaves the previous one as it was). An
+    existing ``repo/<name>`` that this generator did not write, or whose files were changed or added to since
+    (:func:`foreign_model_files`), is refused with ``FileExistsError`` before anything is written, unless ``force``;
+    its ``1/model.plan`` is kept when the engine's inputs are unchanged, and its removal noted on stderr otherwise
+    (:func:`_carry_plan`). The repository's ``README.md`` (its index) and, with a TensorRT model, ``serve.sh`` are
+    rewritten too: one that this generator did not write (it lacks the mark) is refused likewise, unless ``force``.
 
     Raises:
         ValueError: a name that is not one folder name, ``plan``/``plugin_lib`` with a backend other than tensorrt,
             a config out of range, a ``repo`` that is a file, a corrupt ``state_spec.json``, a graph that does not
-            parse or does not match it, a ``vocab_path`` that is not a zoo item vocabulary of ``n_items - 1`` ids. FileNotFoundError: the export, ``vocab_path``, ``plan`` or ``plugin_lib``
-            does not exist.
+            parse or does not match it, a ``vocab_path`` that is not a zoo item vocabulary of ``n_items - 1`` ids.
+        FileNotFoundError: the export, ``vocab_path``, ``plan`` or ``plugin_lib`` does not exist.
+        FileExistsError: repository files or a model folder this generator did not write (without ``force``).
     """
     export_dir, repo = pathlib.Path(export_dir), pathlib.Path(repo).resolve()
-    for what, path in (("vocab_path", vocab_path), ("plan", plan), ("plugin_lib", plugin_lib)):
-        if path and not os.path.isfile(path):
-            raise FileNotFoundError(f"{what} {path} not found")
-    for what, path in (("plan", plan), ("plugin_lib", plugin_lib)):
-        if path and backend != "tensorrt":
-            raise ValueError(f"{what} is for the tensorrt backend; backend {backend!r} would not use {path}")
-    if name is not None and (not MODEL_NAME.fullmatch(name) or name in (".", "..")):
-        raise ValueError(f"model name {name!r}: Triton serves each model from one folder of the repository; use "
-                         "letters, digits, '_', '-' and '.' (no path separators)")
+    check_repository_args(name, backend, plan, plugin_lib, vocab_path)
     if repo.exists() and not repo.is_dir():
         raise ValueError(f"repository {repo} is a file, not a folder")
     spec = read_spec(export_dir)
@@ -1009,26 +1316,35 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     check_graph(graph, spec)
     if vocab_path:
         check_vocab(vocab_path, spec)
-    name = name or f"{spec['model_type']}_{spec['kind']}_{backend}" + (
-        f"_{state}" if spec["kind"] == "step" and (backend != "python" or state == "explicit") else "")
-    foreign = [] if force else foreign_repository_files(repo, backend == "tensorrt", name)
-    if foreign:
-        raise _foreign_files_error(foreign)
+    name = name or default_model_name(spec["model_type"], spec["kind"], backend, state)
     text = make_config(spec, name, backend, state, **config_kwargs)
     implicit = spec["kind"] == "step" and backend != "python" and state == "implicit"
     cfg = validate_config(text, implicit_spec(spec) if implicit else spec)
-    from zoo.cli import written_whole_folder
-
+    _clean_up_after_killed_runs(repo)          # a killed run's model folder, moved aside, goes back before the checks
     final = repo / name
-    with written_whole_folder(final) as staged:              # a failed write keeps the folder that was there
-        mdir = pathlib.Path(staged)
+    foreign = [] if force else foreign_repository_files(repo, backend == "tensorrt", name)
+    if foreign:
+        raise _foreign_files_error(foreign)
+    lost = [] if force else foreign_model_files(final)
+    if lost:
+        raise _foreign_model_error(final, lost)
+    with _staged_model_folder(final) as mdir:                # a failed write keeps the folder that was there
         _write_model_folder(mdir, text, cfg, spec, graph, export_dir, backend, implicit, vocab_path, plan, plugin_lib)
         seq = cfg.sequence_batching if cfg.HasField("sequence_batching") else None
         (mdir / "README.md").write_text(_readme(
             repo, name, backend, state, spec, cfg.max_batch_size, vocab=bool(vocab_path),
             sequences=None if seq is None else (seq.max_sequence_idle_microseconds / 1e6,
                                                 seq.oldest.max_candidate_sequences)))
+        _write_model_mark(mdir)
+        notes = [_carry_plugins(final, mdir), _carry_plan(final, mdir, bool(plan))] if final.is_dir() else []
+    for note in filter(None, notes):
+        print(f"note: {note}", file=sys.stderr)
     _repository_files(repo)
+    left = _legacy_stages(repo)
+    if left:
+        print(f"note: {', '.join(map(str, left))}: left by an interrupted export.triton of an earlier version; Triton "
+              "refuses to start on a repository holding such a folder: remove it once no export.triton runs on "
+              f"{repo}", file=sys.stderr)
     return final
 
 
@@ -1150,8 +1466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--vocab", help="item_vocab.json to ship (with --onnx; --model ships the model's own)")
     p.add_argument("--force", action="store_true",
-                   help="overwrite the repository's README.md / serve.sh even when python -m export.triton did not "
-                        "write them")
+                   help="overwrite the repository's README.md / serve.sh, and replace the model folder --name names, "
+                        "even when python -m export.triton did not write them (or its files changed since)")
     p.add_argument("--plan", help="prebuilt TensorRT engine to copy to 1/model.plan")
     p.add_argument("--plugin-lib", help=f"{ps.PLUGIN_LIBRARY} to copy into <name>/plugins/ (default: the one "
                    "`python -m export.build_plugins` built, when present)")
@@ -1178,9 +1494,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("; ".join(f"{NUMBER_FLAGS.get(n, n)}: {m}" for n, m in bad))
     if os.path.exists(a.repo) and not os.path.isdir(a.repo):
         p.error(f"--repo {a.repo} is a file, not a folder (the Triton model repository to write into)")
+    try:                                                    # write_repository's own checks, before any export
+        check_repository_args(a.name, a.backend, a.plan, a.plugin_lib, flags=ARG_FLAGS)
+    except (ValueError, OSError) as e:
+        p.error(str(e))
+    if os.path.isdir(a.repo):
+        _clean_up_after_killed_runs(pathlib.Path(a.repo))     # before the checks (see write_repository)
     foreign = [] if a.force else foreign_repository_files(a.repo, a.backend == "tensorrt", a.name)
     if foreign:                                             # before any export
         p.error(str(_foreign_files_error(foreign)))
+
+    def check_model_folder(name: str) -> None:
+        """Usage error for a model folder that writing would replace but this generator did not write."""
+        mdir = pathlib.Path(a.repo).resolve() / name
+        lost = [] if a.force else foreign_model_files(mdir)
+        if lost:
+            p.error(str(_foreign_model_error(mdir, lost)))
+
+    if a.name:
+        check_model_folder(a.name)
+    elif a.onnx:                                            # the default name (a broken export: reported below)
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            spec = read_spec(a.onnx)
+            check_model_folder(default_model_name(spec["model_type"], spec["kind"], a.backend, kw["state"]))
     # what the run needs, before any export: the schema every config is validated with, and ONNX to export --model
     for module in ("tritonclient.grpc.model_config_pb2",) + (() if a.onnx else ("onnx", "onnxruntime")):
         require(module, "python -m export.triton", cli=True)
@@ -1215,7 +1551,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             errors += (ExportError, VerificationError)
             model = _load_model(a.model)
-            sequence_flags("step" if getattr(model, "has_exact_step", False) else "window", f"--model {a.model}")
+            kind = "step" if getattr(model, "has_exact_step", False) else "window"
+            sequence_flags(kind, f"--model {a.model}")
+            if not a.name:                                  # the default name is known now: before the export
+                check_model_folder(default_model_name(model.config.model_type, kind, a.backend, kw["state"]))
             mdir = export_and_write(model, a.repo, topk=10 if a.topk is None else a.topk, verify=not a.no_verify,
                                     exclude_seen=a.exclude_seen, user_vector=a.user_vector, candidates=a.candidates,
                                     exclude_items=excluded_indices(model, a.exclude_items), **kw)

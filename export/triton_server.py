@@ -60,6 +60,7 @@ This one file plays two roles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -574,6 +575,16 @@ def serve(repo: str, http_port: int = 8000, grpc_port: int = 8001, metrics_port:
     if not os.path.isdir(repo):
         print(f"model repository {repo} does not exist", file=sys.stderr)
         return 2
+    signals, proc = [], None
+
+    def forward(signum, _frame):
+        """SIGTERM/SIGINT: passed on to tritonserver, or (before it runs) it is not started."""
+        signals.append(signum)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)        # from the start: a stop while the workspace is laid out is kept
+    signal.signal(signal.SIGINT, forward)
     ws = pathlib.Path(tempfile.mkdtemp(prefix="zoo-tritonserver-"))
     try:
         binary, env = _prepare_workspace(ws)
@@ -586,15 +597,12 @@ def serve(repo: str, http_port: int = 8000, grpc_port: int = 8001, metrics_port:
                f"--log-verbose={log_verbose}"]
         if metrics_port:
             cmd += ["--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}"]
+        if signals:
+            return 128 + signals[0]
         print("+ " + " ".join(cmd), flush=True)
         proc = subprocess.Popen(cmd, env=env)
-
-        def forward(signum, _frame):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
+        if signals and proc.poll() is None:     # one that came while it was being started
+            proc.send_signal(signal.SIGINT if signals[0] == signal.SIGINT else signal.SIGTERM)
         return proc.wait()
     finally:
         shutil.rmtree(ws, ignore_errors=True)
@@ -624,10 +632,14 @@ def free_port() -> int:
 
 
 class ServerHandle:
-    """A running tritonserver started by :func:`start_server`; use as a context manager or call :meth:`stop`."""
+    """A running tritonserver started by :func:`start_server`; use as a context manager or call :meth:`stop`.
 
-    def __init__(self, proc, http_port, grpc_port, log_path):
+    ``own_log``: the log file is a temporary one :func:`start_server` made (the caller gave no ``log_path``), which
+    :meth:`stop` removes."""
+
+    def __init__(self, proc, http_port, grpc_port, log_path, own_log: bool = False):
         self.proc, self.http_port, self.grpc_port, self.log_path = proc, http_port, grpc_port, log_path
+        self.own_log = own_log
 
     @property
     def http_url(self) -> str:
@@ -646,15 +658,26 @@ class ServerHandle:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM the launcher (it stops tritonserver and waits for it); SIGKILL its process group on timeout."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)    # the group this handle created (start_new_session)
-                self.proc.wait(10)
+    def stop(self, timeout: float = 30.0, keep_log: bool = False) -> int:
+        """SIGTERM the launcher (it stops tritonserver and waits for it); SIGKILL its process group on timeout, and
+        what the group holds once the launcher is gone. Then remove the log file when it is :func:`start_server`'s own
+        temporary one, unless ``keep_log``."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)    # the group this handle created (start_new_session)
+                    self.proc.wait(10)
+            # what the launcher's group still holds: a python backend stub whose tritonserver was stopped while it
+            # loaded its model lives on (in this session's group: the group's id stays taken while it lives)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        finally:
+            if self.own_log and not keep_log:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.log_path)
         return self.proc.returncode
 
     def __enter__(self):
@@ -681,30 +704,54 @@ def start_server(repo: str | os.PathLike, venv: str | os.PathLike | None = None,
                  grpc_port: int | None = None, timeout: float = 180.0, log_path: str | None = None) -> ServerHandle:
     """Start tritonserver on ``repo`` from the server venv (loopback only) and wait until every model is ready.
 
+    The server runs in a session of its own (a terminal's Ctrl-C reaches the caller only): an exception or an
+    interruption (KeyboardInterrupt) while waiting stops it before it propagates. Without ``log_path`` the server's
+    output goes to a temporary file that :meth:`ServerHandle.stop` removes; when the server fails to start, the file is
+    kept and the error names it. Hidden folders of ``repo`` (a killed ``export.triton``'s staging folder) are no
+    models to wait for.
+
     Raises RuntimeError with the server log's tail when it exits or is not ready within ``timeout`` seconds.
     """
     py = server_python(venv)
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()
-    models = sorted(d.name for d in pathlib.Path(repo).iterdir() if (d / "config.pbtxt").exists())
-    log_path = log_path or tempfile.mktemp(prefix="zoo-tritonserver-", suffix=".log")
-    log = open(log_path, "w")
+    models = sorted(d.name for d in pathlib.Path(repo).iterdir()
+                    if not d.name.startswith(".") and (d / "config.pbtxt").exists())
+    own_log = not log_path
+    if own_log:
+        fd, log_path = tempfile.mkstemp(prefix="zoo-tritonserver-", suffix=".log")
+        log = os.fdopen(fd, "w")
+    else:
+        log = open(log_path, "w")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    proc = subprocess.Popen([str(py), os.path.abspath(__file__), "--repo", str(repo), "--http-port", str(http_port),
-                             "--grpc-port", str(grpc_port)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    try:
+        proc = subprocess.Popen([str(py), os.path.abspath(__file__), "--repo", str(repo), "--http-port",
+                                 str(http_port), "--grpc-port", str(grpc_port)], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    except BaseException:
+        log.close()
+        if own_log:
+            os.unlink(log_path)
+        raise
     log.close()
-    h = ServerHandle(proc, http_port, grpc_port, log_path)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tritonserver exited with status {proc.returncode} while starting; log tail:\n"
-                               + h.log()[-4000:])
-        if _ready(http_port, models):
-            return h
-        time.sleep(0.5)
-    h.stop()
-    raise RuntimeError(f"tritonserver not ready after {timeout:.0f} s; log tail:\n" + h.log()[-4000:])
+    h = ServerHandle(proc, http_port, grpc_port, log_path, own_log=own_log)
+    failed = False                              # the server did not start: its log is kept for the error
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if proc.poll() is not None:
+                failed = True
+                raise RuntimeError(f"tritonserver exited with status {proc.returncode} while starting (full log: "
+                                   f"{log_path}); log tail:\n" + h.log()[-4000:])
+            if _ready(http_port, models):
+                return h
+            time.sleep(0.5)
+        failed = True
+        raise RuntimeError(f"tritonserver not ready after {timeout:.0f} s (full log: {log_path}); log tail:\n"
+                           + h.log()[-4000:])
+    except BaseException:                       # that, Ctrl-C or an error while waiting: no server left running
+        h.stop(keep_log=failed)
+        raise
 
 
 def main(argv=None) -> int:

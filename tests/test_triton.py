@@ -28,6 +28,7 @@ import random
 import re
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -389,7 +390,8 @@ def test_repository_of_several_models(mamba_export, lru_export, tmp_path):
     run = subprocess.run(["bash", str(mdir / "build_engine.sh")], env=env, capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     args = (tmp_path / "args").read_text().split()
-    assert f"--onnx={mdir}/onnx/model_implicit.onnx" in args and f"--saveEngine={mdir}/1/model.plan" in args
+    assert f"--onnx={mdir}/onnx/model_implicit.onnx" in args and f"--saveEngine={mdir}/1/model.plan.tmp" in args
+    assert (mdir / "1" / "model.plan").is_file() and not (mdir / "1" / "model.plan.tmp").exists()
     assert f"--dynamicPlugins={mdir}/plugins/{T.ps.PLUGIN_LIBRARY}" in args
     shapes = dict(a.split("=", 1) for a in args if "Shapes=" in a)
     assert shapes["--maxShapes"].startswith("item_ids:8x") and shapes["--minShapes"].startswith("item_ids:1x1")
@@ -3167,3 +3169,412 @@ def test_stateless_clients_say_a_call_without_answer_can_be_sent_again(monkeypat
     fail[0] = "w: item index 500 is out of range 0..119"             # an answered refusal: Triton's message
     with pytest.raises(TritonRecommendError, match="^w: item index 500"):
         win.recommend([1, 2, 3])
+
+
+# ============================================================ what export.triton and its tools write (QA write review)
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_model_folder_the_generator_did_not_write_is_kept(mamba, mamba_export, tmp_path, capsys, monkeypatch):
+    """REPO/<name> was replaced whole without --force, a folder the generator never wrote (the user's config, plans
+    of two versions) included: it is now refused, before any export (CLI usage error; FileExistsError from
+    write_repository), unless --force. A folder it wrote is refused once its files changed or another was added (an
+    edited config, a version 2/), but not for the engine build_engine.sh builds; one written before the mark (its
+    README carries the generator's line) is still replaced."""
+    repo = tmp_path / "r"
+    mine = repo / "gru"
+    for v in ("1", "2"):
+        (mine / v).mkdir(parents=True)
+        (mine / v / "model.plan").write_text("precious")
+    (mine / "config.pbtxt").write_text('name: "mine"\n')
+    before = _files(mine)
+    with pytest.raises(SystemExit) as e:
+        T.main(["--onnx", str(mamba_export), "--repo", str(repo), "--name", "gru"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{mine.resolve()} was not written by python -m export.triton" in err, err
+    assert "--force" in err and _files(mine) == before
+    with pytest.raises(FileExistsError, match="was not written by python -m export.triton"):
+        T.write_repository(mamba_export, repo, name="gru")
+    assert _files(mine) == before
+    # --model: refused after the model is loaded (its default name is known), before the export
+    from export import onnx as export_onnx
+
+    mamba.save_pretrained(tmp_path / "m")
+    default = repo / "mamba4rec_step_onnxruntime_implicit"
+    default.mkdir()
+    (default / "config.pbtxt").write_text('name: "x"\n')
+
+    def no_export(*a, **k):
+        raise AssertionError("exported before the model folder was checked")
+
+    monkeypatch.setattr(export_onnx, "export_model", no_export)
+    with pytest.raises(SystemExit) as e:
+        T.main(["--model", str(tmp_path / "m"), "--repo", str(repo), "--no-verify"])
+    assert e.value.code == 2 and "mamba4rec_step_onnxruntime_implicit was not written" in capsys.readouterr().err
+    assert (default / "config.pbtxt").read_text() == 'name: "x"\n'
+    monkeypatch.undo()
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(repo), "--name", "gru", "--force"]) == 0
+    assert not (mine / "2").exists() and _parse(mine / "config.pbtxt").name == "gru"
+    assert (mine / T.MODEL_MARK).is_file()
+
+    # the generator's own folder: rewritten; changed or added to since, refused naming the files
+    mdir = T.write_repository(mamba_export, repo, name="ours")
+    T.write_repository(mamba_export, repo, name="ours", queue_delay_us=700)
+    (mdir / "1" / "__pycache__").mkdir()                      # the python backend's import of model.py
+    (mdir / "1" / "__pycache__" / "model.cpython-312.pyc").write_bytes(b"x")
+    T.write_repository(mamba_export, repo, name="ours", queue_delay_us=800)
+    (mdir / "config.pbtxt").write_text((mdir / "config.pbtxt").read_text().replace("count: 1", "count: 4"))
+    (mdir / "2").mkdir()
+    (mdir / "2" / "model.onnx").write_bytes(b"v2")
+    edited = _files(mdir)
+    with pytest.raises(FileExistsError, match=r"holds files changed or added since .*\(2/model.onnx, config.pbtxt\)"):
+        T.write_repository(mamba_export, repo, name="ours")
+    with pytest.raises(SystemExit) as e:
+        T.main(["--onnx", str(mamba_export), "--repo", str(repo), "--name", "ours"])
+    assert e.value.code == 2 and "2/model.onnx, config.pbtxt" in capsys.readouterr().err
+    assert _files(mdir) == edited
+    T.write_repository(mamba_export, repo, name="ours", force=True)
+    assert not (mdir / "2").exists()
+    # a folder from before the mark: the generator's README line vouches for it
+    (mdir / T.MODEL_MARK).unlink()
+    T.write_repository(mamba_export, repo, name="ours")
+    (mdir / T.MODEL_MARK).write_text("{cut sh")                 # a mark cut short vouches for nothing
+    with pytest.raises(FileExistsError, match="was not written"):
+        T.write_repository(mamba_export, repo, name="ours")
+
+
+def test_regenerating_a_tensorrt_folder_keeps_a_plan_built_from_the_same_inputs(mamba_export, tmp_path, capsys):
+    """The 1/model.plan that build_engine.sh built (minutes of TensorRT build) was deleted whenever its folder was
+    regenerated: it is kept when the graph, plugin library and build settings are byte-identical (a new queue delay
+    changes the config only), and the output says it was dropped otherwise (a new max_batch_size is another profile;
+    an onnxruntime model has no engine)."""
+    repo = tmp_path / "r"
+    mdir = T.write_repository(mamba_export, repo, name="t", backend="tensorrt", max_batch_size=8)
+    plan = mdir / "1" / "model.plan"
+    plan.write_bytes(b"engine built in the container")
+    capsys.readouterr()
+    T.write_repository(mamba_export, repo, name="t", backend="tensorrt", max_batch_size=8, queue_delay_us=900)
+    assert plan.read_bytes() == b"engine built in the container" and "queue_delay_microseconds: 900" in (
+        mdir / "config.pbtxt").read_text()
+    assert f"note: kept {plan}" in capsys.readouterr().err
+    T.write_repository(mamba_export, repo, name="t", backend="tensorrt", max_batch_size=16)
+    assert not plan.exists()
+    err = capsys.readouterr().err
+    assert f"note: dropped {plan}: the graph, plugin library or build settings" in err and "serve.sh builds" in err
+    plan.write_bytes(b"engine")
+    given = tmp_path / "given.plan"
+    given.write_bytes(b"the one passed")
+    T.write_repository(mamba_export, repo, name="t", backend="tensorrt", max_batch_size=16, plan=str(given))
+    assert plan.read_bytes() == b"the one passed"
+    T.write_repository(mamba_export, repo, name="t", backend="onnxruntime")
+    assert not plan.exists() and "no longer served by TensorRT" in capsys.readouterr().err
+
+
+def test_regenerating_keeps_the_plugin_library_put_in_by_hand(mamba_export, tmp_path, capsys, monkeypatch):
+    """Where the generator had no plugin library to copy, plugins/README.md asks for one to be put there: that file is
+    no reason to refuse the folder, and it is carried into the regenerated folder (with the plan built with it)."""
+    from export import build_plugins
+
+    monkeypatch.setattr(build_plugins, "library_path", lambda *a, **k: tmp_path / "none.so")
+    repo = tmp_path / "r"
+    mdir = T.write_repository(mamba_export, repo, name="t", backend="tensorrt")
+    lib = mdir / "plugins" / T.ps.PLUGIN_LIBRARY
+    assert (mdir / "plugins" / "README.md").is_file() and not lib.exists()
+    lib.write_bytes(b"built for the container")
+    (mdir / "1" / "model.plan").write_bytes(b"engine")
+    T.write_repository(mamba_export, repo, name="t", backend="tensorrt", queue_delay_us=900)
+    assert lib.read_bytes() == b"built for the container" and (mdir / "1" / "model.plan").read_bytes() == b"engine"
+    assert f"note: kept {lib}, put there by hand" in capsys.readouterr().err
+    lib.write_bytes(b"rebuilt")                                   # still the user's: carried again
+    T.write_repository(mamba_export, repo, name="t", backend="tensorrt")
+    assert lib.read_bytes() == b"rebuilt"
+
+
+_KILLED_EXPORT = """
+import os, shutil, signal, sys
+import export.triton as T
+copy = shutil.copy
+def dying_copy(src, dst, *a, **k):
+    if str(src).endswith("triton_server.py"):       # the model folder half assembled
+        os.kill(os.getpid(), signal.SIGKILL)
+    return copy(src, dst, *a, **k)
+shutil.copy = dying_copy
+sys.exit(T.main(sys.argv[1:]))
+"""
+
+
+def _killed_export(repo, export_dir, name):
+    """``python -m export.triton --backend python`` SIGKILLed while it assembles the model folder."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, "--onnx", str(export_dir), "--repo", str(repo),
+                          "--name", name, "--backend", "python"], capture_output=True, text=True, check=False,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert run.returncode == -9, run.stderr
+
+
+def test_a_killed_export_leaves_nothing_in_the_repository_and_the_next_run_cleans_up(mamba_export, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """A SIGKILLed export.triton left .NAME.staged-* inside the repository, on which Triton refuses to start
+    ("unexpected directory name"), and the next run made another: the model folder is now staged beside the
+    repository, the repository keeps the complete folder that was there, and the next run removes the stage of the
+    dead writer, but never a live writer's."""
+    repo = tmp_path / "r"
+    mdir = T.write_repository(mamba_export, repo, name="m", backend="python")
+    before = _files(mdir)
+    _killed_export(repo, mamba_export, "m")
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "m"]      # nothing Triton would take for a model
+    assert _files(mdir) == before
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".r.export-triton-")]
+    assert len(left) == 1 and (left[0] / "writer.lock").is_file()
+    capsys.readouterr()
+    T.write_repository(mamba_export, repo, name="m", backend="python", queue_delay_us=700)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert f"note: removed {left[0].resolve()}, left by an export.triton that was killed" in capsys.readouterr().err
+    # a live writer's stage stays; a dead writer's that had moved the old folder aside puts it back
+    with pytest.raises(KeyboardInterrupt):                    # (interrupted: nothing written, no stage left)
+        with T._staged_model_folder(repo / "other") as live:
+            (live / "x").write_text("being written")
+            assert T.remove_dead_stages(repo) == [] and (live / "x").is_file()
+            raise KeyboardInterrupt
+    assert not (repo / "other").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    stage = tmp_path / ".r.export-triton-dead"
+    stage.mkdir()
+    (stage / "writer.lock").write_text(json.dumps({"target": str(mdir.resolve()), "pid": 1}))
+    os.rename(mdir, stage / "replaced")                        # killed between the swap's two renames
+    assert T.remove_dead_stages(repo) == [stage.resolve()]
+    assert _files(mdir) != {} and not stage.exists()
+    assert (mdir / "config.pbtxt").read_text().count("max_queue_delay_microseconds: 700") == 1
+    # a parent the stage cannot go in (not writable, another file system): a hidden stage inside, cleaned up alike
+    mkdtemp = T.tempfile.mkdtemp
+
+    def no_parent(prefix=None, dir=None, **k):
+        if os.path.samefile(dir, tmp_path):
+            raise PermissionError(13, "Permission denied", dir)
+        return mkdtemp(prefix=prefix, dir=dir, **k)
+
+    monkeypatch.setattr(T.tempfile, "mkdtemp", no_parent)
+    with pytest.raises(KeyboardInterrupt):
+        with T._staged_model_folder(repo.resolve() / "m") as inside:
+            assert inside.parent.parent == repo.resolve() and inside.parent.name.startswith(".export-triton-")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "m"] and _files(mdir) != {}
+    dead = repo / ".export-triton-dead"
+    dead.mkdir()
+    (dead / "writer.lock").write_text("{}")
+    # and the leftovers of the generator before this one, whose writer cannot be told dead: named, not removed
+    (repo / ".m.staged-abc123").mkdir()
+    T.write_repository(mamba_export, repo, name="m", backend="python")
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in repo.iterdir()) == [".m.staged-abc123", "README.md", "m"]   # its own stage gone
+    assert f"{repo.resolve() / '.m.staged-abc123'}: left by an interrupted export.triton of an earlier version" in err
+
+
+def test_repository_readme_and_serve_sh_are_written_whole(mamba_export, tmp_path, monkeypatch):
+    """The repository's README.md and serve.sh were rewritten in place: a write cut short (here an encoding error
+    part-way) left them truncated, and a README.md without the generator's mark is refused as foreign next time.
+    They are now written beside and renamed over the old ones."""
+    repo = tmp_path / "r"
+    T.write_repository(mamba_export, repo, name="t", backend="tensorrt")
+    serve = (repo / "serve.sh").read_text()
+    monkeypatch.setattr(T, "_serve_sh", lambda names: "#!/usr/bin/env bash\n# cut here \ud800\n")
+    with pytest.raises(UnicodeEncodeError):
+        T.write_repository(mamba_export, repo, name="t2", backend="tensorrt")
+    assert (repo / "serve.sh").read_text() == serve and os.access(repo / "serve.sh", os.X_OK)
+    readme = (repo / "README.md").read_text()                  # (written before serve.sh: indexes t2 now)
+    monkeypatch.setattr(T, "README_MARK", T.README_MARK + " \ud800")
+    with pytest.raises(UnicodeEncodeError):
+        T.write_repository(mamba_export, repo, name="t3", force=True)
+    assert (repo / "README.md").read_text() == readme
+    assert sorted(p.name for p in repo.iterdir() if p.name.startswith(".")) == []
+    monkeypatch.undo()
+    assert T.foreign_repository_files(repo, tensorrt=True) == []
+
+
+def test_build_engine_sh_never_leaves_a_plan_cut_short(mamba_export, tmp_path):
+    """trtexec wrote 1/model.plan itself and build_engine.sh skips the build when the plan exists: a build cut short
+    (a killed container, a full disk) left a plan that was never rebuilt. It now saves model.plan.tmp, renamed once
+    trtexec succeeded."""
+    import subprocess
+
+    mdir = T.write_repository(mamba_export, tmp_path / "r", name="t", backend="tensorrt")
+    fake = tmp_path / "trtexec"
+
+    def build(script):
+        fake.write_text("#!/usr/bin/env bash\n" + script)
+        fake.chmod(0o755)
+        return subprocess.run(["bash", str(mdir / "build_engine.sh")], capture_output=True, text=True, check=False,
+                              env={**os.environ, "TRTEXEC": str(fake)})
+
+    failing = 'for a in "$@"; do case $a in --saveEngine=*) echo partial > "${a#--saveEngine=}";; esac; done\nexit 1\n'
+    assert build(failing).returncode != 0
+    assert not (mdir / "1" / "model.plan").exists()
+    good = 'for a in "$@"; do case $a in --saveEngine=*) echo engine > "${a#--saveEngine=}";; esac; done\n'
+    run = build(good)
+    assert run.returncode == 0, run.stderr
+    assert (mdir / "1" / "model.plan").read_text() == "engine\n" and not (mdir / "1" / "model.plan.tmp").exists()
+    assert "model.plan exists" in build(failing).stdout
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--plan", "PLAN"], "--plan is for the tensorrt backend"),
+    (["--plugin-lib", "PLAN"], "--plugin-lib is for the tensorrt backend"),
+    (["--backend", "tensorrt", "--plan", "NOPE"], "--plan NOPE not found"),
+    (["--backend", "tensorrt", "--plugin-lib", "NOPE"], "--plugin-lib NOPE not found"),
+    (["--name", "a/b"], "--name 'a/b': Triton serves each model from one folder"),
+    (["--name", ".."], "--name '..': Triton serves each model from one folder")])
+def test_cli_refuses_write_flags_before_loading_the_model(tmp_path, flags, message, capsys, monkeypatch):
+    """--plan/--plugin-lib with a backend that does not use them, files that are not there and a --name that is not one
+    folder were reported only after the model's ONNX export and verification (minutes for a real model): they are
+    usage errors, naming the flag, before the model is loaded."""
+    from export import onnx as export_onnx
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(export_onnx, "_load_model", no_load)
+    (tmp_path / "fake.plan").write_text("x")
+    flags = [f.replace("PLAN", str(tmp_path / "fake.plan")).replace("NOPE", str(tmp_path / "nope")) for f in flags]
+    message = message.replace("NOPE", str(tmp_path / "nope"))
+    with pytest.raises(SystemExit) as e:
+        T.main(["--model", "some-model", "--repo", str(tmp_path / "r"), *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_perf_data_out_never_lands_in_the_model_folders(mamba_export, tmp_path, capsys):
+    """--out REPO/NAME/config.pbtxt was accepted, overwriting the model's config: a path inside a folder of the
+    repository, or its README.md / serve.sh, is refused before anything is read; a file beside them is fine."""
+    repo = tmp_path / "repo"
+    mdir = T.write_repository(mamba_export, repo, name="m", vocab_path=str(mamba_export / "item_vocab.json"))
+    config = (mdir / "config.pbtxt").read_text()
+    data = _inter_file(tmp_path / "d.inter", [("a", "item-1", 1.0), ("a", "item-2", 2.0)])
+    for out, message in ((mdir / "config.pbtxt", "is inside the folder 'm' of --repo"),
+                         (mdir / "perf.json", "is inside the folder 'm' of --repo"),
+                         (mdir / "1" / "model.onnx", "is inside the folder 'm'"),
+                         (repo / "README.md", "is the repository's README.md")):
+        with pytest.raises(SystemExit) as e:
+            _perf(capsys, "--repo", repo, "--name", "m", "--data", data, "--out", out)
+        assert e.value.code == 2 and message in capsys.readouterr().err, out
+    assert (mdir / "config.pbtxt").read_text() == config and not (mdir / "perf.json").exists()
+    rc, _, err = _perf(capsys, "--repo", repo, "--name", "m", "--data", data, "--out", repo / "perf.json",
+                       "--kcore", "none")
+    assert rc == 0, err
+
+
+def _fake_launcher(tmp_path, monkeypatch, script):
+    """start_server with a stand-in for the server venv's python: a shell script that gets the launcher's arguments
+    (it records its pid, then runs ``script``); temporary files go to ``tmp_path/tmp``."""
+    from export import triton_server as S
+
+    py = tmp_path / "python"
+    py.write_text(f'#!/usr/bin/env bash\necho $$ > "{tmp_path}/launcher.pid"\n{script}\n')
+    py.chmod(0o755)
+    monkeypatch.setattr(S, "server_python", lambda venv=None: py)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(S.tempfile, "tempdir", str(tmp_path / "tmp"))
+    return S
+
+
+def _gone(pid: int, wait_s: float = 5.0) -> bool:
+    """Whether process ``pid`` has ended within ``wait_s`` (a zombie no one reaped yet counts as ended: a SIGKILL
+    takes a moment to show)."""
+    end = time.monotonic() + wait_s
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+
+
+def test_start_server_interrupted_stops_the_server_and_removes_its_log(tmp_path, monkeypatch):
+    """Ctrl-C while start_server waited left tritonserver running in its own session (the terminal's SIGINT never
+    reaches it), and every start left a /tmp/zoo-tritonserver-*.log (mktemp) that nothing removed: the server is now
+    stopped before the interruption propagates, stop() removes the log start_server made, and a server that fails to
+    start keeps its log, named in the error; what outlives the launcher in its group (a python backend stub of a
+    tritonserver stopped while it loaded its model; here a process that ignores SIGTERM) is killed too. Hidden folders
+    (a killed export's stage) are no models to wait for."""
+    S = _fake_launcher(tmp_path, monkeypatch, f"(trap '' TERM; exec sleep 300) &\necho $! > {tmp_path}/child.pid\n"
+                                              "exec sleep 300")
+    repo = tmp_path / "repo"
+    for d in ("m", ".m.staged-abc"):
+        (repo / d).mkdir(parents=True)
+        (repo / d / "config.pbtxt").write_text("")
+    waited_for = []
+
+    def interrupted(port, models):
+        waited_for.append(models)
+        for _ in range(200):                                    # the launcher is up (its pids recorded)
+            if (tmp_path / "child.pid").is_file() and (tmp_path / "child.pid").read_text().strip():
+                break
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S, "_ready", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        S.start_server(repo, timeout=30)
+    pid, child = (int((tmp_path / f).read_text()) for f in ("launcher.pid", "child.pid"))
+    assert _gone(pid) and _gone(child) and waited_for == [["m"]] and os.listdir(tmp_path / "tmp") == []
+
+    monkeypatch.setattr(S, "_ready", lambda port, models: True)
+    h = S.start_server(repo, timeout=30)
+    assert os.path.isfile(h.log_path) and h.alive()
+    h.stop()
+    assert not h.alive() and os.listdir(tmp_path / "tmp") == []
+    kept = tmp_path / "mine.log"
+    with S.start_server(repo, timeout=30, log_path=str(kept)):
+        pass
+    assert kept.is_file()                                       # the caller's log is the caller's
+
+
+def test_start_server_failure_keeps_the_log_and_names_it(tmp_path, monkeypatch):
+    S = _fake_launcher(tmp_path, monkeypatch, 'echo "E0101 failed to load all models"; exit 1')
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    with pytest.raises(RuntimeError, match="exited with status 1 while starting") as e:
+        S.start_server(repo, timeout=30)
+    (log,) = os.listdir(tmp_path / "tmp")
+    path = tmp_path / "tmp" / log
+    assert f"full log: {path}" in str(e.value) and "failed to load all models" in path.read_text()
+
+
+def test_launcher_stopped_while_starting_starts_no_server(tmp_path):
+    """A SIGTERM that reaches the launcher while it lays out its workspace (before tritonserver runs) killed it with
+    the default action, or came before the handler that forwards it: the launcher now takes it from the start and
+    starts no server."""
+    import subprocess
+
+    code = ("import os, pathlib, signal, sys\nimport export.triton_server as S\n"
+            "def prepare(ws):\n    os.kill(os.getpid(), signal.SIGTERM)\n"
+            f"    return pathlib.Path('/bin/sh'), {{'PATH': os.environ['PATH']}}\n"
+            f"S._prepare_workspace = prepare\nsys.exit(S.serve({str(tmp_path)!r}))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert run.returncode == 128 + 15, (run.returncode, run.stderr)
+    assert "+ /bin/sh" not in run.stdout
+
+
+def test_live_server_starts_after_a_killed_export(mamba_export, tmp_path):
+    """End to end: export.triton SIGKILLed while it rewrote a model folder, then the real tritonserver on the
+    repository: it used to exit "unexpected directory name" on the leftover staging folder (and start_server waited
+    its whole timeout for it); it now serves the folder that was there."""
+    from export import triton_server as S
+
+    try:
+        S.server_python()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    repo = tmp_path / "repo"
+    T.write_repository(mamba_export, repo, name="m4r", backend="python", max_batch_size=4)
+    _killed_export(repo, mamba_export, "m4r")
+    with S.start_server(repo, timeout=240) as h:
+        from export.triton_client import TritonRecommender
+
+        rec = TritonRecommender(h.grpc_url, "m4r", protocol="grpc")
+        assert len(rec.prime("u", [1, 2, 3])) == K

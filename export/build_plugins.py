@@ -27,6 +27,7 @@ This module imports only the standard library at top level: CMake runs it by pat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -145,18 +146,56 @@ def sources_stamp(lib: str | os.PathLike) -> Path:
     return lib.with_name(lib.name + SOURCES_STAMP_SUFFIX)
 
 
+@contextlib.contextmanager
+def _build_lock(folder: Path):
+    """Hold an exclusive ``flock`` on ``folder/.zoo-build.flock`` for a build into ``folder`` (POSIX; elsewhere
+    nothing is held): builds into one folder run one at a time (concurrent ``export.trt`` runs, test workers), and
+    none reads a library or a stamp another is still writing; the kernel drops the lock when its holder dies."""
+    try:
+        import fcntl
+
+        f = open(folder / ".zoo-build.flock", "a")
+    except (ImportError, OSError):   # not POSIX, or a folder this user cannot write (no build of theirs goes there)
+        f = None
+    if f is None:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def build(build_dir: str | os.PathLike | None = None, arch: str = "80;90", jobs: int = 2,
           tensorrt_root: str | None = None, tensorrt_include: str | None = None, require_tensorrt: bool = False,
           quiet: bool = False) -> dict:
     """Configure + build with CMake. Returns ``{'plugins': Path|None, 'kernels': Path, 'tensorrt_include': ...,
     'tensorrt_headers': sentence, 'stamp_error': sentence|None}``; raises :class:`BuildError` with CMake's output on
     failure. A plugin library built is stamped with the digest of the sources as they were when the build began
-    (:func:`sources_stamp`), so ``export.trt`` reuses it -- whoever built it -- while the sources stay as they were."""
+    (:func:`sources_stamp`), so ``export.trt`` reuses it -- whoever built it -- while the sources stay as they were.
+    The stamp is removed before CMake runs, and a library found without one is removed too (it may be one a killed
+    build was linking, which make would take as current): an interrupted build never leaves a record beside a
+    half-built library. Builds into one folder take turns (:func:`_build_lock`)."""
     for tool in ("cmake", "nvcc"):
         if shutil.which(tool) is None and not (tool == "nvcc" and Path("/usr/local/cuda/bin/nvcc").exists()):
             raise BuildError(f"{tool} not found on PATH (needed to build the plugins)")
     bdir = Path(build_dir or DEFAULT_BUILD_DIR)
     bdir.mkdir(parents=True, exist_ok=True)
+    with _build_lock(bdir):
+        return _build(bdir, arch, jobs, tensorrt_root, tensorrt_include, require_tensorrt, quiet)
+
+
+def _build(bdir: Path, arch: str, jobs: int, tensorrt_root: str | None, tensorrt_include: str | None,
+           require_tensorrt: bool, quiet: bool) -> dict:
+    """:func:`build` in ``bdir``, under its lock."""
+    plug = bdir / PLUGIN_LIBRARY
+    stamp = sources_stamp(plug)
+    if not stamp.is_file():
+        plug.unlink(missing_ok=True)
+    try:
+        stamp.unlink(missing_ok=True)
+    except OSError:
+        if not stamp.is_dir():                     # a folder is no stamp (never read as one): reported when written
+            raise
     inc, why = find_tensorrt_include(tensorrt_include, tensorrt_root)
     digest = plugin_sources_digest()               # before the build: a source edited during it is not recorded
     cfg = ["cmake", "-S", str(PLUGINS_DIR), "-B", str(bdir), f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
@@ -173,7 +212,6 @@ def build(build_dir: str | os.PathLike | None = None, arch: str = "80;90", jobs:
             sys.stdout.write(r.stdout)
         if r.returncode != 0:
             raise BuildError(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{r.stdout[-6000:]}")
-    plug = bdir / PLUGIN_LIBRARY
     built = plug.exists() and inc is not None
     stamp_error = None
     if built:
@@ -240,15 +278,28 @@ def build_emulated(build_dir: str | os.PathLike | None = None, kernels: list[Pat
     ``libzoo_trt_plugins_emu.so``: ``zoo_emu_plugin_enqueue`` creates a plugin through ``getCreators`` and runs its
     ``enqueue`` on host buffers, so the plugins' runtime path runs here without TensorRT.
 
-    ``replace`` maps a source's file name to another file compiled in its place (the tests' mutants)."""
-    import hashlib
+    ``replace`` maps a source's file name to another file compiled in its place (the tests' mutants).
 
+    The library is linked under a temporary name and renamed into place, its stamp (the digest of the sources and
+    flags) removed before and written after: an interrupted build leaves the library that was there, or none, and
+    never a record beside a half-linked one. Builds into one folder take turns (:func:`_build_lock`), so no process
+    loads a library another is still writing."""
     cxx = _cxx()
     if cxx is None:
         raise BuildError("no C++ compiler found ($CXX, c++, g++, clang++): the emulated kernels need one")
     bdir = Path(build_dir or DEFAULT_BUILD_DIR) / "emu"
     gen = bdir / "generated"
     gen.mkdir(parents=True, exist_ok=True)
+    with _build_lock(bdir):
+        return _build_emulated(bdir, gen, cxx, kernels, out_name, extra_flags, quiet, plugins, tensorrt_include,
+                               tensorrt_root, replace)
+
+
+def _build_emulated(bdir: Path, gen: Path, cxx: str, kernels, out_name, extra_flags, quiet, plugins,
+                    tensorrt_include, tensorrt_root, replace) -> Path:
+    """:func:`build_emulated` in ``bdir``, under its lock."""
+    import hashlib
+
     emu, common = PLUGINS_DIR / "emu", PLUGINS_DIR / "common"
     kernels = sorted(kernels if kernels is not None else PLUGINS_DIR.glob("*Plugin/*Kernel.cu"))
     if not kernels:
@@ -289,11 +340,19 @@ def build_emulated(build_dir: str | os.PathLike | None = None, kernels: list[Pat
     stamp = bdir / (lib.name + ".sha256")
     if lib.is_file() and stamp.is_file() and stamp.read_text() == h.hexdigest():
         return lib
+    stamp.unlink(missing_ok=True)                   # no record of the sources while the library is replaced
+    for left in bdir.glob(f".{lib.name}.*.tmp"):    # a killed build's (under the lock, no build is running)
+        left.unlink(missing_ok=True)
+    tmp = bdir / f".{lib.name}.{os.getpid()}.tmp"
     ldl = ["-ldl"] if "-ldl" in flags else []
-    cmd = [cxx, *[f for f in flags if f != "-ldl"], *map(str, sources), *ldl, "-o", str(lib)]
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if r.returncode != 0:
-        raise BuildError(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{r.stdout[-6000:]}")
+    cmd = [cxx, *[f for f in flags if f != "-ldl"], *map(str, sources), *ldl, "-o", str(tmp)]
+    try:
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0:
+            raise BuildError(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{r.stdout[-6000:]}")
+        os.replace(tmp, lib)
+    finally:
+        tmp.unlink(missing_ok=True)
     if not quiet:
         sys.stdout.write(r.stdout)
     stamp.write_text(h.hexdigest())

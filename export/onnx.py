@@ -147,6 +147,17 @@ CARD_BEGIN = "<!-- onnx-export:begin -->"
 CARD_END = "<!-- onnx-export:end -->"
 
 
+#: the files that make a folder a model checkpoint (``save_pretrained``): an export never writes into one, since its
+#: ``item_vocab.json`` is the model's own (:func:`checkpoint_files`)
+CHECKPOINT_FILES = ("config.json", "model.safetensors")
+#: the name of the folder an export writes and verifies its files in, inside its output folder, followed by the
+#: writer's pid (:func:`staging_folder`)
+STAGE_PREFIX = ".export-staging-"
+#: a stage named without a pid (written before stages carried one) is removed once it is this old, in seconds: no
+#: export runs for a day
+STAGE_UNNAMED_MAX_AGE_S = 86400.0
+
+
 class ExportError(RuntimeError):
     """The model cannot be exported in the requested way."""
 
@@ -1501,6 +1512,97 @@ def excluded_indices(model, path: str | None) -> list[int]:
         raise ValueError(error_text(e)) from None
 
 
+def checkpoint_files(folder: str | os.PathLike) -> list[str]:
+    """The :data:`CHECKPOINT_FILES` in ``folder``: not ``[]`` for a model checkpoint, which no export writes into."""
+    return [name for name in CHECKPOINT_FILES if os.path.isfile(os.path.join(folder, name))]
+
+
+def _vocab_of_export(folder: pathlib.Path) -> str | None:
+    """The item vocabulary file that the export in ``folder`` uses (its ``state_spec.json`` names it), else None: only
+    that file is the export's to replace or remove."""
+    try:
+        name = json.loads((folder / SPEC_FILE).read_text()).get("item_vocab")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                          # PermissionError: it runs, as another user
+        return True
+    return True
+
+
+def _try_lock(fd: int, block: bool = True) -> bool:
+    """Take an exclusive ``flock`` on ``fd``; False when another process holds it (``block=False``) or the file
+    system has no locks."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_stages(out: str | os.PathLike) -> list[str]:
+    """Remove the stages (:func:`staging_folder`) in ``out`` whose writer is gone -- killed by SIGKILL, the OOM killer
+    or a power loss, which nothing cleans up after, and which ``zoo.hub push`` would upload -- and return their names.
+    A stage is the writer's while its pid runs a process here or its lock is held (a writer on another machine that
+    shares the folder holds it); one named without a pid (written before stages carried one) once it is
+    :data:`STAGE_UNNAMED_MAX_AGE_S` old. A stage that cannot be told (no locks on the file system) is left."""
+    removed = []
+    try:
+        entries = list(os.scandir(out))
+    except OSError:
+        return removed
+    for e in entries:
+        if not e.name.startswith(STAGE_PREFIX) or not e.is_dir(follow_symlinks=False):
+            continue
+        pid, sep, _ = e.name[len(STAGE_PREFIX):].partition("-")
+        try:
+            if sep and pid.isdigit():
+                if _pid_alive(int(pid)):
+                    continue
+            elif time.time() - e.stat(follow_symlinks=False).st_mtime < STAGE_UNNAMED_MAX_AGE_S:
+                continue
+            fd = os.open(e.path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _try_lock(fd, block=False):
+                shutil.rmtree(e.path, ignore_errors=True)
+                removed.append(e.name)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def staging_folder(out: str | os.PathLike, say=None):
+    """A new folder inside the folder ``out`` for files to be verified there before they are moved into place
+    (``os.replace`` on one file system), removed after the block. Named :data:`STAGE_PREFIX` + this process's pid and
+    held under an ``flock`` while the block runs, so that a later export tells it from a stage whose writer was killed:
+    those in ``out`` are removed first (:func:`remove_stale_stages`; ``say``: told their names)."""
+    for name in remove_stale_stages(out):
+        (say or (lambda m: None))(f"  removed {os.path.join(out, name)}: the stage of an export that was killed")
+    stage = pathlib.Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=out))
+    fd = None
+    try:
+        fd = os.open(stage, os.O_RDONLY)
+        _try_lock(fd)                   # a file system without locks: the pid alone says that the stage is live
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
+
+
 def _load_model(name_or_path: str):
     from zoo.modeling_utils import SeqRecPreTrainedModel
     import zoo.models  # noqa: F401  (registers the model classes)
@@ -1549,6 +1651,11 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     say = progress or (lambda msg: None)
     kind = kind or ("step" if getattr(model, "has_exact_step", False) else "window")
     out = pathlib.Path(out_dir)
+    held = checkpoint_files(out)
+    if held:                            # its item_vocab.json is the model's: replaced or removed, it breaks the model
+        raise ExportError(f"{out} holds a model checkpoint ({' and '.join(held)}): an export there would replace or "
+                          f"remove the model's {VOCAB_FILE}; export into another folder (python -m export.onnx "
+                          "--card-dir puts a card's graph in its onnx/ subfolder)")
     graph_path, spec_path = out / GRAPH_FILE, out / SPEC_FILE
     t0 = time.perf_counter()
     ti = resolve_time_input(model, kind, time_input)
@@ -1567,53 +1674,50 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         f"[{time.perf_counter() - t0:.1f} s]")
     # written and verified in a staging folder inside out_dir, moved into place only when verified: a failed
     # export leaves out_dir's earlier files (e.g. a card's verified graph) as they were, and no out_dir it made
-    with made_folder(out):
-        stage = pathlib.Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out))
+    with made_folder(out), staging_folder(out, say) as stage:
         external = graph_sizes(model)[0] > EXTERNAL_DATA_BYTES
-        try:
-            if external:            # past protobuf's 2 GiB: the graph in model.onnx, its tensors in model.onnx.data
-                say(f"  writing the tensors to {EXTERNAL_DATA_FILE} (ONNX external data: the weights pass "
-                    f"{EXTERNAL_DATA_BYTES / 2**30:.2f} GiB)")
-                onnx.save(mp, str(stage / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
-                          location=EXTERNAL_DATA_FILE, size_threshold=1024)
-                # onnx creates the tensor file owner-only; it is read by whoever reads the graph (a server's user)
-                os.chmod(stage / EXTERNAL_DATA_FILE, (stage / GRAPH_FILE).stat().st_mode & 0o777)
-                onnx.checker.check_model(str(stage / GRAPH_FILE), full_check=True)
-                spec["external_data"] = EXTERNAL_DATA_FILE
-                names = [GRAPH_FILE, EXTERNAL_DATA_FILE, SPEC_FILE]
-            else:
-                onnx.save(mp, str(stage / GRAPH_FILE))
-                names = [GRAPH_FILE, SPEC_FILE]
-            if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
-                names.append(os.path.basename(model.item_vocab.save(str(stage))))
-                spec["item_vocab"] = names[-1]
-            (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-            if int8:
-                _quantize_staged(model, stage, spec, external, verify, real_histories, real_timestamps, verify_kwargs,
-                                 say)
-            report = None
-            if verify:
-                from . import verify as V
+        owned_vocab = _vocab_of_export(out)     # the item_vocab.json the export in out now uses, if any
+        if external:            # past protobuf's 2 GiB: the graph in model.onnx, its tensors in model.onnx.data
+            say(f"  writing the tensors to {EXTERNAL_DATA_FILE} (ONNX external data: the weights pass "
+                f"{EXTERNAL_DATA_BYTES / 2**30:.2f} GiB)")
+            onnx.save(mp, str(stage / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=EXTERNAL_DATA_FILE, size_threshold=1024)
+            # onnx creates the tensor file owner-only; it is read by whoever reads the graph (a server's user)
+            os.chmod(stage / EXTERNAL_DATA_FILE, (stage / GRAPH_FILE).stat().st_mode & 0o777)
+            onnx.checker.check_model(str(stage / GRAPH_FILE), full_check=True)
+            spec["external_data"] = EXTERNAL_DATA_FILE
+            names = [GRAPH_FILE, EXTERNAL_DATA_FILE, SPEC_FILE]
+        else:
+            onnx.save(mp, str(stage / GRAPH_FILE))
+            names = [GRAPH_FILE, SPEC_FILE]
+        if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
+            names.append(os.path.basename(model.item_vocab.save(str(stage))))
+            spec["item_vocab"] = names[-1]
+        (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        if int8:
+            _quantize_staged(model, stage, spec, external, verify, real_histories, real_timestamps, verify_kwargs,
+                             say)
+        report = None
+        if verify:
+            from . import verify as V
 
-                say("verifying against PyTorch (ONNX Runtime, CPU) ...")
-                report = V.verify_export(model, str(stage / GRAPH_FILE), spec, real_histories=real_histories,
-                                         real_timestamps=real_timestamps, progress=say, **(verify_kwargs or {}))
-                if not report.ok:
-                    raise VerificationError(f"verification FAILED, nothing written to {out} (its earlier files are "
-                                            f"kept): {report.worst_message()}", report)
-                spec["verification"] = report.to_dict()
-                (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-            # the spec goes last, and an earlier one first: an interrupted move leaves a folder without a spec (which
-            # the runtime refuses), never a new graph beside an earlier export's spec and state fingerprint
-            spec_path.unlink(missing_ok=True)
-            for name in sorted(names, key=lambda n: n == SPEC_FILE):
-                os.replace(stage / name, out / name)
-            if not external and (out / EXTERNAL_DATA_FILE).exists():    # an earlier, larger export's tensors
-                (out / EXTERNAL_DATA_FILE).unlink()
-            if "item_vocab" not in spec and (out / VOCAB_FILE).exists():  # an earlier model's ids: not this graph's
-                (out / VOCAB_FILE).unlink()
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            say("verifying against PyTorch (ONNX Runtime, CPU) ...")
+            report = V.verify_export(model, str(stage / GRAPH_FILE), spec, real_histories=real_histories,
+                                     real_timestamps=real_timestamps, progress=say, **(verify_kwargs or {}))
+            if not report.ok:
+                raise VerificationError(f"verification FAILED, nothing written to {out} (its earlier files are "
+                                        f"kept): {report.worst_message()}", report)
+            spec["verification"] = report.to_dict()
+            (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        # the spec goes last, and an earlier one first: an interrupted move leaves a folder without a spec (which
+        # the runtime refuses), never a new graph beside an earlier export's spec and state fingerprint
+        spec_path.unlink(missing_ok=True)
+        for name in sorted(names, key=lambda n: n == SPEC_FILE):
+            os.replace(stage / name, out / name)
+        if not external and (out / EXTERNAL_DATA_FILE).exists():    # an earlier, larger export's tensors
+            (out / EXTERNAL_DATA_FILE).unlink()
+        if "item_vocab" not in spec and owned_vocab == VOCAB_FILE and (out / VOCAB_FILE).exists():
+            (out / VOCAB_FILE).unlink()         # the earlier export's ids (its spec named them): not this graph's
     files = [str(out / name) for name in names]
     return ExportResult(kind=kind, graph_path=str(graph_path), spec_path=str(spec_path), spec=spec, report=report,
                         files=files)
@@ -1672,7 +1776,10 @@ def card_section(spec: dict, rel_dir: str) -> str:
 
 
 def write_card_section(card_dir: str | os.PathLike, spec: dict, rel_dir: str) -> pathlib.Path:
-    """Insert (or replace) the ONNX section of ``card_dir/README.md``."""
+    """Insert (or replace) the ONNX section of ``card_dir/README.md``, written whole (:func:`zoo.cli.written_whole`: an
+    interruption leaves the card's README as it was, never cut short)."""
+    from zoo.cli import written_whole
+
     readme = pathlib.Path(card_dir) / "README.md"
     text = readme.read_text() if readme.exists() else ""
     sec = card_section(spec, rel_dir)
@@ -1682,7 +1789,8 @@ def write_card_section(card_dir: str | os.PathLike, spec: dict, rel_dir: str) ->
         text = text[:a] + sec.rstrip("\n") + text[b:]
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + sec
-    readme.write_text(text)
+    with written_whole(readme) as f:
+        f.write(text)
     return readme
 
 
@@ -1768,7 +1876,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
-    p.add_argument("--out", default=None, help="output folder (model.onnx + state_spec.json); not needed with --card-dir")
+    p.add_argument("--out", default=None,
+                   help="output folder (model.onnx + state_spec.json); not needed with --card-dir, not a model "
+                        "checkpoint's folder (--card-dir writes into its onnx/)")
     p.add_argument("--kind", choices=("step", "window"), default=None,
                    help="step (default for models with an exact step) or window")
     p.add_argument("--topk", type=int, default=None, help="K of the in-graph TopK (default 10; with --card-dir, the "
@@ -1833,6 +1943,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_outputs({"--out": args.out}, folders=True)
         except ValueError as e:
             p.error(f"{e} (the graph goes into OUT/{GRAPH_FILE})")
+        held = checkpoint_files(args.out)
+        if held:                                            # a model folder: its item_vocab.json is the model's
+            p.error(f"--out {args.out} holds a model checkpoint ({' and '.join(held)}): the export would replace or "
+                    "remove the model's item_vocab.json, so that the model no longer loads or maps its item ids "
+                    f"wrongly; give --card-dir {args.out} to put the graph in its onnx/ subfolder, or another --out")
     if args.card_dir:                                       # a card folder (zoo.hub card): its weights and config
         lacks = [f for f in ("config.json", "model.safetensors") if not os.path.isfile(os.path.join(args.card_dir, f))]
         if not os.path.isdir(args.card_dir) or lacks:

@@ -29,17 +29,27 @@ What it does, in order, printing a report as it goes:
    many single steps, each side carrying its own state; plus a many-row top-k case) under the tolerance table
    :data:`TOLERANCES` of the engine's precision (with ``--fp16`` also export.verify's fp16 score error of the score
    scale, which the table's row leaves unset; the report says ``fp16``);
-5. writes ``DIR/model.engine`` only when that verification passes, and ``DIR/trt_report.json`` always. An engine
-   already in ``DIR`` moves with its report to ``DIR/previous/`` when a run starts, with copies of its graph,
-   ``state_spec.json`` and item vocabulary (the report's paths rewritten to them), so ``DIR`` never pairs an old
-   engine with a new report and a failed rebuild loses nothing needed to serve the earlier engine.
+5. writes ``DIR/model.engine`` only when that verification passes, and ``DIR/trt_report.json`` always (each whole:
+   written beside, then renamed into place, so an interruption never leaves a file cut short). A verified engine
+   already in ``DIR`` -- ``DIR``'s report says it was verified and written (exit code 0), and its size and sha256 are
+   the report's -- moves with its report to ``DIR/previous/`` when a run that can build starts (replacing the set
+   there), with copies of its graph, ``state_spec.json`` and item vocabulary (the report's paths rewritten to them),
+   so ``DIR`` never pairs an old engine with a new report and a failed rebuild loses nothing needed to serve the
+   earlier engine. Any other engine there (cut short, copied in, left beside another run's report) is set aside as
+   ``DIR/model.engine.unverified``, and ``previous/`` is left as it is. The TensorRT/GPU probe and ``--plugin-lib``
+   come first: a run that cannot build an engine changes nothing in a ``DIR`` holding a verified one (it stops,
+   exit 1, before the export: the export would replace the graph that engine serves with, and nothing could take
+   its place), and a missing ``--plugin-lib`` is an error before any work. ``DIR`` may not be a model checkpoint
+   (``config.json`` / ``model.safetensors``: the export would replace its ``item_vocab.json``).
 
 Exit codes:
 
 * ``0`` engine built and verified, written;
-* ``1`` error (bad arguments: usage errors too, before any work; export / plugin build / engine build failure, scan
-  nodes not bound to plugins, a graph with float64 I/O: TensorRT has no float64, so a float64-timestamps graph
-  (``run(..., time_input="timestamps")``) stops after the ONNX export + verification with a message saying so);
+* ``1`` error (bad arguments: usage errors too, before any work; a verified engine in ``DIR`` on a machine that
+  cannot build one, before any work, ``DIR`` untouched; export / plugin build / engine build failure, scan nodes not
+  bound to plugins, a graph with float64 I/O: TensorRT has no float64, so a float64-timestamps graph
+  (``run(..., time_input="timestamps")``) stops after the ONNX export + verification with a message saying so; a
+  verified engine that could not be written);
 * ``2`` verification failed (the ONNX graph against PyTorch, or the engine against PyTorch); nothing is written
   for the failing artefact;
 * ``3`` TensorRT builder or CUDA GPU missing: the ONNX graph was exported and verified, the plugin library was built
@@ -55,6 +65,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -70,6 +81,8 @@ from .deps import require
 
 EXIT_OK, EXIT_ERROR, EXIT_VERIFY_FAILED, EXIT_MISSING = 0, 1, 2, 3
 ENGINE_FILE = "model.engine"
+#: where run() sets aside an engine found in the output folder that its report does not say was verified
+UNVERIFIED_ENGINE_FILE = "model.engine.unverified"
 #: where run() keeps the engine (and report) of an earlier run while it builds a new one
 PREVIOUS_DIR = "previous"
 REPORT_FILE = "trt_report.json"
@@ -532,22 +545,75 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
     return not rep.ok
 
 
-def _repoint_report(path: Path, moved: dict) -> None:
-    """Rewrite the report at ``path`` so each string value naming a key of ``moved`` names its value instead (an
-    unreadable report is left as it is: it is kept, not repaired)."""
+def _repointed(report, moved: dict):
+    """``report`` (a report's JSON) with each string value naming a key of ``moved`` naming its value instead."""
+    if isinstance(report, dict):
+        return {k: _repointed(v, moved) for k, v in report.items()}
+    if isinstance(report, list):
+        return [_repointed(v, moved) for v in report]
+    return moved.get(report, report) if isinstance(report, str) else report
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def engine_verified(out_dir: str | os.PathLike) -> bool:
+    """Whether the engine in ``out_dir`` is the one ``out_dir``'s report says was verified and written: exit code 0,
+    and the engine's size and sha256 (when the report has one: older reports record the size only) are the report's.
+    An engine cut short by an interruption (a kill, a full disk), copied in by hand or left beside another run's
+    report is not."""
+    out = Path(out_dir)
     try:
-        rep = json.loads(path.read_text())
-    except ValueError:
-        return
+        rep = json.loads((out / REPORT_FILE).read_text())
+        eng = rep.get("engine") or {}
+        if rep.get("exit_code") != EXIT_OK or eng.get("bytes") != (out / ENGINE_FILE).stat().st_size:
+            return False
+        return "sha256" not in eng or eng["sha256"] == _file_sha256(out / ENGINE_FILE)
+    except (OSError, ValueError, AttributeError, TypeError):       # no report, not JSON, not a report's shape
+        return False
 
-    def walk(x):
-        if isinstance(x, dict):
-            return {k: walk(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        return moved.get(x, x) if isinstance(x, str) else x
 
-    path.write_text(json.dumps(walk(rep), indent=2, default=str) + "\n")
+def _keep_previous(out: Path, say) -> None:
+    """Move ``out``'s verified engine and its report into ``out/previous/`` (replacing the set there), with copies of
+    what serving it needs (its graph, state spec and item vocabulary), which the new export replaces in ``out``; the
+    report's paths are rewritten to the copies. The new ``previous/`` is made whole beside ``out``'s files first and
+    the engine moved in last: an interruption leaves the engine in ``out`` with its report, as it was."""
+    from zoo.cli import written_whole, written_whole_folder
+    from zoo.vocab import VOCAB_FILE
+
+    from . import onnx as E
+
+    prev = out / PREVIOUS_DIR
+    companions = [n for n in (E.GRAPH_FILE, E.EXTERNAL_DATA_FILE, E.SPEC_FILE, VOCAB_FILE) if (out / n).is_file()]
+    report = json.loads((out / REPORT_FILE).read_text())
+    moved = {str(out / n): str(prev / n) for n in [ENGINE_FILE, *companions]}
+    with written_whole_folder(prev) as stage:
+        for name in companions:
+            shutil.copy2(out / name, Path(stage) / name)
+        with written_whole(Path(stage) / REPORT_FILE) as f:
+            f.write(json.dumps(_repointed(report, moved), indent=2, default=str) + "\n")
+    os.replace(out / ENGINE_FILE, prev / ENGINE_FILE)
+    (out / REPORT_FILE).unlink()
+    say(f"moved the verified engine of an earlier run (and its report) to {prev}/, with copies of its "
+        f"{', '.join(companions) or 'nothing else'}: out keeps an engine only once a new one passes verification")
+
+
+def check_out(out_dir: str | os.PathLike) -> None:
+    """``ValueError`` when ``out_dir`` is a model checkpoint (:func:`export.onnx.checkpoint_files`): the export would
+    replace or remove the model's ``item_vocab.json``, and the model would no longer load or would map its ids
+    wrongly."""
+    from .onnx import checkpoint_files
+
+    held = checkpoint_files(out_dir)
+    if held:
+        raise ValueError(f"--out {out_dir} holds a model checkpoint ({' and '.join(held)}): the export would replace "
+                         "or remove the model's item_vocab.json, so that the model no longer loads or maps its item "
+                         "ids wrongly; give another --out (e.g. a subfolder)")
 
 
 #: :func:`export.verify.verify_export`'s sizes for the ONNX graph and the engine: priming 200 + 500 single steps on 4
@@ -581,7 +647,11 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         time_input: str = "auto", exclude_seen: bool = False, user_vector: bool = False,
         exclude_items: str | None = None, emulate: bool = True, candidates: bool = False,
         max_candidates: int = MAX_CANDIDATES, rebuild_plugins: bool = False, say=print) -> tuple[int, dict]:
-    """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json``.
+    """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json`` -- except when it
+    stops before touching ``out_dir`` (exit 1, ``out_dir`` as it was: a missing ``plugin_lib`` on a machine that could
+    build, or a verified engine in ``out_dir`` on one that cannot; see the module's step 5). Settings out of range and
+    an ``out_dir`` that is a model checkpoint raise ``ValueError`` first (:func:`check_run_numbers`,
+    :func:`check_out`).
 
     ``time_input``: "auto" (time-aware step models get the float32 gaps form, the only one TensorRT can build; others
     none), or an explicit :data:`export.onnx.TIME_INPUTS` value ("timestamps" ends with the float64 error, exit 1).
@@ -589,48 +659,61 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     (:func:`_emulated_plugin_check`). ``candidates``: the graph takes ``candidates [B, C]`` (``export.onnx
     --candidates``), ``C`` up to ``max_candidates`` in the engine's profile. ``rebuild_plugins``: build the plugin
     library even when it is current with its sources (:func:`ensure_plugin_library`)."""
+    from zoo.cli import written_whole
+
     from . import onnx as E
     from . import verify as V
 
     check_run_numbers(workspace=workspace, topk=topk, max_batch=max_batch, opt_batch=opt_batch, max_steps=max_steps,
                       max_candidates=max_candidates)
+    check_out(out_dir)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     precision = "fp16" if fp16 else "fp32"
     tol = TOLERANCES[precision]
     report: dict = {"model": model_name, "precision": precision, "tolerances": tol, "plugin_spec": {
         "namespace": ps.PLUGIN_NAMESPACE, "version": ps.PLUGIN_VERSION, "ops": list(ps.SCAN_OPS)}}
     engine_path = out / ENGINE_FILE
-    if engine_path.exists():
-        # never leave a stale engine next to a new report, and never lose a verified one: the earlier engine and
-        # its report move to out/previous/ (replacing an older set there) until a new engine passes verification,
-        # with copies of what serving it needs (its graph, state_spec.json, item vocabulary), which the new export
-        # replaces in out; the report's paths are rewritten to the copies
-        prev = out / PREVIOUS_DIR
-        shutil.rmtree(prev, ignore_errors=True)
-        prev.mkdir()
-        os.replace(engine_path, prev / ENGINE_FILE)
-        from zoo.vocab import VOCAB_FILE
-
-        companions = [n for n in (E.GRAPH_FILE, E.EXTERNAL_DATA_FILE, E.SPEC_FILE, VOCAB_FILE) if (out / n).is_file()]
-        for name in companions:
-            shutil.copy2(out / name, prev / name)
-        if (out / REPORT_FILE).exists():
-            os.replace(out / REPORT_FILE, prev / REPORT_FILE)
-            _repoint_report(prev / REPORT_FILE, {str(out / n): str(prev / n) for n in [ENGINE_FILE, *companions]})
-        say(f"moved the engine of an earlier run (and its report) to {prev}/, with copies of its "
-            f"{', '.join(companions) or 'nothing else'}: out keeps an engine only once a new one passes verification")
-
-    def finish(code: int, status: str):
-        report["exit_code"], report["status"] = code, status
-        (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        say("")
-        say(f"RESULT: {status} (exit code {code}); report: {out / REPORT_FILE}")
-        return code, report
-
     verify_kwargs = engine_verify_kwargs(quick, max_batch=max_batch, max_steps=max_steps,
                                          max_candidates=max_candidates if candidates else None)
     report["verify_kwargs"] = verify_kwargs
+
+    def finish(code: int, status: str, written: bool = True):
+        report["exit_code"], report["status"] = code, status
+        if written:                     # whole: a report cut short would leave its engine looking unverified
+            with written_whole(out / REPORT_FILE) as f:
+                f.write(json.dumps(report, indent=2, default=str) + "\n")
+        say("")
+        say(f"RESULT: {status} (exit code {code}); "
+            + (f"report: {out / REPORT_FILE}" if written else f"nothing written in {out}"))
+        return code, report
+
+    # what this machine can do, before out is touched: a run that cannot build an engine must not move a verified one
+    env = probe_environment()
+    if plugin_lib and not Path(plugin_lib).is_file() and env.can_build:
+        report["plugin_error"] = f"plugin library {plugin_lib} does not exist"
+        say(f"ERROR: --plugin-lib {plugin_lib}: no such file")
+        return finish(EXIT_ERROR, "plugin library unavailable", written=False)
+    held = engine_path.is_file() and engine_verified(out)
+    if held and not env.can_build:
+        report["missing"] = env.missing
+        msg = (f"{out} holds a verified engine ({ENGINE_FILE}) and this machine cannot build one (missing: "
+               f"{'; '.join(env.missing)}): the ONNX export would replace the graph, state spec and vocabulary that "
+               "engine serves with, and no new engine could take its place. Nothing was changed; give another --out "
+               "to check the graph here, or run where TensorRT and a GPU are")
+        say(f"ERROR: {msg}")
+        report["error"] = msg
+        return finish(EXIT_ERROR, f"TensorRT/GPU missing and {out} holds a verified engine: nothing exported",
+                      written=False)
+    out.mkdir(parents=True, exist_ok=True)
+    if held:
+        # never leave a stale engine next to a new report, and never lose a verified one: it moves to previous/
+        # until a new engine passes verification (:func:`_keep_previous`)
+        _keep_previous(out, say)
+    elif engine_path.exists():          # no report says it was verified: it must not replace the set in previous/
+        note = " (replacing the one there)" if (out / UNVERIFIED_ENGINE_FILE).exists() else ""
+        os.replace(engine_path, out / UNVERIFIED_ENGINE_FILE)
+        say(f"set the engine in {out} aside as {UNVERIFIED_ENGINE_FILE}{note}: no report in {out} says it was "
+            f"verified and written (it may be cut short, or another's); {out / PREVIOUS_DIR} is left as it is")
 
     # 1. ONNX export + ONNX-level verification (always)
     say(f"[1/4] ONNX export + verification against PyTorch (ONNX Runtime, CPU) of {model_name}")
@@ -715,9 +798,8 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         if not rep16.ok:
             return finish(EXIT_VERIFY_FAILED, "fp16 ONNX graph verification failed")
 
-    # 2. environment + plugin library
+    # 2. environment (probed before out was touched) + plugin library
     say("[2/4] TensorRT environment and plugin library")
-    env = probe_environment()
     report["environment"] = {"tensorrt": env.tensorrt_version, "tensorrt_error": env.tensorrt_error,
                              "tensorrt_lean": env.lean_version, "tensorrt_lean_error": env.lean_error,
                              "gpu": env.gpu, "gpu_error": env.gpu_error}
@@ -803,7 +885,15 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     if not rep.ok:
         say(f"  {rep.worst_message()}")
         return finish(EXIT_VERIFY_FAILED, "engine verification FAILED: engine NOT written")
-    engine_path.write_bytes(eb.serialized)
+    report["engine"]["sha256"] = hashlib.sha256(eb.serialized).hexdigest()     # what the next run checks it by
+    try:                                # whole: a kill or a full disk never leaves an engine cut short in out
+        with E.staging_folder(out) as stage:
+            (stage / ENGINE_FILE).write_bytes(eb.serialized)
+            os.replace(stage / ENGINE_FILE, engine_path)
+    except OSError as e:
+        say(f"  ERROR: writing {engine_path}: {e}")
+        report["error"] = f"writing {engine_path}: {type(e).__name__}: {e}"
+        return finish(EXIT_ERROR, "engine verified but NOT written (it could not be written)")
     report["engine"]["path"] = str(engine_path)
     return finish(EXIT_OK, f"engine verified and written to {engine_path}")
 
@@ -820,7 +910,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = _Parser(prog="python -m export.trt", description=__doc__.split("\n\n")[0],
                 epilog="exit codes: 0 ok, 1 error (bad arguments too), 2 verification failed, 3 TensorRT/GPU missing")
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
-    p.add_argument("--out", required=True, help="output folder (model.onnx, state_spec.json, model.engine, report)")
+    p.add_argument("--out", required=True, help="output folder (model.onnx, state_spec.json, model.engine, report); "
+                                                "not a model checkpoint's folder")
     p.add_argument("--fp16", action="store_true", help="fp16 internals (states, graph I/O and scan nodes stay fp32)")
     p.add_argument("--workspace", default="2G", help="builder workspace pool limit, e.g. 512M, 2G (default 2G)")
     p.add_argument("--topk", type=int, default=10)
@@ -864,6 +955,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zoo.cli import check_outputs                 # a file there, under a file, or a place not writable
 
         check_outputs({"--out": a.out, "--build-dir": a.build_dir}, folders=True)
+        check_out(a.out)                                  # a model checkpoint: its item_vocab.json is the model's
+        if a.plugin_lib and not os.path.isfile(a.plugin_lib):   # before the export and before --out is touched
+            raise ValueError(f"--plugin-lib {a.plugin_lib}: no such file (give a built {ps.PLUGIN_LIBRARY}, or leave "
+                             "the flag out to build one)")
     except ValueError as e:
         p.error(str(e))
     say = lambda m: print(m, flush=True)  # noqa: E731

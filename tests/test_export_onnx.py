@@ -569,6 +569,92 @@ def test_reexport_removes_an_earlier_models_vocabulary_and_moves_the_spec_last(t
     assert [p.name for p in out.iterdir() if p.name.startswith(".export-staging-")] == []
 
 
+def test_export_refuses_a_model_checkpoint_folder(saved_model, tmp_path, capsys):
+    """``export.onnx --out <a model folder>`` replaced that model's item_vocab.json with the exported model's (its ids
+    then mapped to other items, with no error), or removed it for a model without one (the model no longer loaded). A
+    folder holding config.json or model.safetensors is refused now -- by the CLI before the model is loaded, pointing
+    to --card-dir, and by export_model -- and nothing in it changes."""
+    from zoo.modeling_utils import SeqRecPreTrainedModel
+    from zoo.vocab import ItemVocab
+
+    target = tmp_path / "target"
+    model = make_model("lrurec")
+    model.set_item_vocab(ItemVocab([100 + i for i in range(N_ITEMS - 1)]))
+    model.save_pretrained(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    assert {"config.json", "model.safetensors", "item_vocab.json"} <= set(before)
+    with pytest.raises(SystemExit) as e:                    # saved_model has no vocabulary: it would remove target's
+        E.main(["--model", saved_model, "--out", str(target), "--no-verify"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--out {target} holds a model checkpoint (config.json and model.safetensors)" in err
+    assert f"give --card-dir {target} to put the graph in its onnx/ subfolder, or another --out" in err
+    with pytest.raises(E.ExportError, match=f"{re.escape(str(target))} holds a model checkpoint"):
+        E.export_model(make_model("mamba4rec-1l"), target, verify=False)
+    (target / "model.safetensors").rename(tmp_path / "weights")      # config.json alone is a checkpoint too
+    with pytest.raises(E.ExportError, match=r"holds a model checkpoint \(config\.json\)"):
+        E.export_model(make_model("mamba4rec-1l"), target, verify=False)
+    (tmp_path / "weights").rename(target / "model.safetensors")
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert SeqRecPreTrainedModel.from_pretrained(str(target)).item_vocab is not None
+
+
+def test_reexport_removes_only_a_vocabulary_its_earlier_export_named(tmp_path):
+    """A vocabulary-less export removed any item_vocab.json in the folder; only the one the earlier export's
+    state_spec.json named (its own) is removed now: a file the folder held otherwise is not the export's."""
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / "item_vocab.json").write_text("not the export's")
+    E.export_model(make_model("mamba4rec-1l"), out, verify=False)
+    assert (out / "item_vocab.json").read_text() == "not the export's"
+    assert "item_vocab" not in json.loads((out / "state_spec.json").read_text())
+
+
+def test_export_removes_the_stages_of_killed_exports_only(tmp_path):
+    """A SIGKILLed export (the OOM killer, a power loss) left its .export-staging-* folder in the output folder
+    forever, where zoo.hub push uploads it and zoo.hub card copies it into new cards. A stage carries its writer's pid
+    and is held under an flock while the writer runs, and an export removes the stages in its folder whose writer is
+    gone -- never a live one: one whose pid runs here, one whose lock is held (a writer on another machine sharing the
+    folder), one named without a pid (an older export's) until it is a day old."""
+    import fcntl
+    import time
+
+    out = tmp_path / "g"
+    out.mkdir()
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+    def stage(name):
+        d = out / name
+        d.mkdir()
+        (d / "model.onnx").write_bytes(b"half a graph")
+        return d
+
+    killed = stage(f"{E.STAGE_PREFIX}{gone}-abc")
+    live = stage(f"{E.STAGE_PREFIX}{os.getpid()}-def")                 # this process: running
+    elsewhere = stage(f"{E.STAGE_PREFIX}{gone}-ghi")                   # no such pid here, but its lock is held
+    old, young = stage(f"{E.STAGE_PREFIX}old1abcd"), stage(f"{E.STAGE_PREFIX}new1abcd")
+    os.utime(old, (time.time() - 2 * E.STAGE_UNNAMED_MAX_AGE_S,) * 2)
+    fd = os.open(elsewhere, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    said = []
+    try:
+        E.export_model(make_model("mamba4rec-1l"), out, verify=False, progress=said.append)
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(E.STAGE_PREFIX)) == sorted(
+        [live.name, elsewhere.name, young.name])
+    assert f"removed {killed}: the stage of an export that was killed" in "\n".join(said)
+    assert f"removed {old}: " in "\n".join(said)
+    with E.staging_folder(out) as s:                   # an export's own stage: its pid in the name, its lock held
+        assert s.name.startswith(f"{E.STAGE_PREFIX}{os.getpid()}-")
+        fd = os.open(s, os.O_RDONLY)
+        try:
+            assert not E._try_lock(fd, block=False)
+        finally:
+            os.close(fd)
+    assert not s.exists()
+
+
 # ------------------------------------------------------------------------------------------------- window
 def test_sasrec_window_graph(tmp_path):
     model = make_model("sasrec")
@@ -1939,6 +2025,55 @@ def test_card_section_is_replaced_in_place(tmp_path):
         E.write_card_section(tmp_path, spec, "onnx")
         assert (tmp_path / "README.md").read_text() == text
     assert text.count(E.CARD_BEGIN) == text.count(E.CARD_END) == 1
+
+
+def _full_disk(monkeypatch, name: str) -> None:
+    """Each file opened for writing whose name holds ``name`` takes half of a write, then fails as a full disk does
+    (both ``open`` and pathlib's ``io.open``)."""
+    import builtins
+    import errno
+    import io
+
+    real = io.open
+
+    class Full:
+        def __init__(self, f):
+            self._f = f
+
+        def write(self, data):
+            self._f.write(data[:len(data) // 2])
+            self._f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, attr):
+            return getattr(self._f, attr)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._f.close()
+
+    def opened(file, mode="r", *a, **k):
+        f = real(file, mode, *a, **k)
+        named = isinstance(file, (str, os.PathLike)) and name in os.path.basename(os.fspath(file))
+        return Full(f) if named and any(c in mode for c in "wax") else f
+
+    monkeypatch.setattr(io, "open", opened)
+    monkeypatch.setattr(builtins, "open", opened)
+
+
+def test_card_section_is_written_whole(tmp_path, monkeypatch):
+    """The card's README was written in place by export.onnx --card-dir: a full disk or a kill left it cut short.
+    It is written beside and renamed into place now: the README stays as it was, and nothing is left beside it."""
+    spec = E.build_spec(make_model("lrurec"), "step", 5, False)
+    (tmp_path / "README.md").write_text("# card\n\nintro\n")
+    _full_disk(monkeypatch, "README.md")
+    with pytest.raises(OSError, match="No space left on device"):
+        E.write_card_section(tmp_path, spec, "onnx")
+    monkeypatch.undo()
+    assert (tmp_path / "README.md").read_text() == "# card\n\nintro\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
 
 
 def test_real_histories_of_a_file_sorted_by_time(tmp_path):

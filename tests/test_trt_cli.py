@@ -7,6 +7,7 @@ C++ compiler and the TensorRT headers are found, and skip otherwise."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -360,15 +361,17 @@ def _record_run(monkeypatch, code=3):
     return seen
 
 
-def test_main_forwards_every_flag(monkeypatch):
+def test_main_forwards_every_flag(monkeypatch, tmp_path):
     seen = _record_run(monkeypatch, code=2)
+    lib = tmp_path / "L.so"
+    lib.write_bytes(b"")
     assert T.main(["--model", "m", "--out", "o", "--fp16", "--workspace", "512M", "--topk", "5", "--max-batch", "100",
-                   "--opt-batch", "10", "--max-steps", "30", "--version-compatible", "--plugin-lib", "L.so",
+                   "--opt-batch", "10", "--max-steps", "30", "--version-compatible", "--plugin-lib", str(lib),
                    "--build-dir", "B", "--quick", "--exclude-seen", "--user-vector", "--exclude-items", "gone.txt",
                    "--no-emulate", "--candidates", "--max-candidates", "300", "--rebuild-plugins"]) == 2
     seen.pop("say")
     assert seen == dict(model_name="m", out_dir="o", fp16=True, workspace="512M", topk=5, max_batch=100, opt_batch=10,
-                        max_steps=30, version_compatible=True, plugin_lib="L.so", build_dir="B", quick=True,
+                        max_steps=30, version_compatible=True, plugin_lib=str(lib), build_dir="B", quick=True,
                         exclude_seen=True, user_vector=True, exclude_items="gone.txt", emulate=False,
                         candidates=True, max_candidates=300, rebuild_plugins=True)
 
@@ -385,10 +388,25 @@ def test_main_defaults_are_run_defaults(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------- run()
-def _earlier_engine(out):
-    out.mkdir()
-    (out / T.ENGINE_FILE).write_bytes(b"earlier engine")
-    (out / T.REPORT_FILE).write_text('{"status": "earlier"}')
+EARLIER = b"earlier engine"
+#: the report of a run that verified and wrote EARLIER (what T.engine_verified reads)
+EARLIER_REPORT = {"status": "earlier", "exit_code": 0, "engine": {"bytes": len(EARLIER),
+                                                                 "sha256": hashlib.sha256(EARLIER).hexdigest()}}
+
+
+def _earlier_engine(out, report=EARLIER_REPORT):
+    """``out`` holding an engine of an earlier run and its report (by default one that says it was verified)."""
+    out.mkdir(exist_ok=True)
+    (out / T.ENGINE_FILE).write_bytes(EARLIER)
+    if report is not None:
+        (out / T.REPORT_FILE).write_text(json.dumps(report))
+
+
+def _can_build(monkeypatch):
+    """TensorRT's builder and a GPU, faked: a run that starts a build."""
+    env = T.Environment(tensorrt=types.SimpleNamespace(), tensorrt_version="fake", gpu="FakeGPU")
+    monkeypatch.setattr(T, "probe_environment", lambda: env)
+    return env
 
 
 class _ProfileChecked:
@@ -441,17 +459,18 @@ def test_rerun_keeps_what_serving_the_earlier_engine_needs(tmp_path, monkeypatch
     out = tmp_path / "out"
     out.mkdir()
     files = {"model.onnx": b"earlier graph", "state_spec.json": b'{"model_type": "earlier"}',
-             "item_vocab.json": b"earlier vocab", T.ENGINE_FILE: b"earlier engine"}
+             "item_vocab.json": b"earlier vocab", T.ENGINE_FILE: EARLIER}
     for n, b in files.items():
         (out / n).write_bytes(b)
-    (out / T.REPORT_FILE).write_text(json.dumps({"status": "earlier", "onnx": {
+    (out / T.REPORT_FILE).write_text(json.dumps({**EARLIER_REPORT, "onnx": {
         "graph": str(out / "model.onnx"), "spec": str(out / "state_spec.json")}, "engine": {
-        "path": str(out / T.ENGINE_FILE)}, "model": str(out / "elsewhere")}))
+        **EARLIER_REPORT["engine"], "path": str(out / T.ENGINE_FILE)}, "model": str(out / "elsewhere")}))
 
     def no_model(name):
         raise RuntimeError("no model")
 
     monkeypatch.setattr(T, "_load_model", no_model)
+    _can_build(monkeypatch)
     code, _ = T.run("nope", str(out), quick=True, say=lambda m: None)
     assert code == T.EXIT_ERROR
     prev = out / T.PREVIOUS_DIR
@@ -465,22 +484,31 @@ def test_rerun_keeps_what_serving_the_earlier_engine_needs(tmp_path, monkeypatch
 
 def test_main_usage_errors_exit_1_before_any_work(tmp_path, capsys):
     """Exit 2 means "verification failed": bad arguments (argparse's own errors included) exit 1, and paths that
-    cannot be used (a file as --out or --build-dir, a place under a file) are refused before the export, not as a
-    traceback after it."""
+    cannot be used (a file as --out or --build-dir, a place under a file, a --plugin-lib that does not exist, a model
+    checkpoint as --out) are refused before the export, not as a traceback or an error after it."""
     (tmp_path / "afile").write_text("")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
     for args, message in ((["--candidates", "--max-candidates", "0"], "max_candidates must be an int >= 1"),
                           (["--max-candidates", "300"], "--max-candidates needs --candidates"),   # was ignored
                           (["--opt-batch", "9", "--max-batch", "8"], "opt_batch"),
                           (["--bogus"], "unrecognized arguments: --bogus"),
                           (["--out", str(tmp_path / "afile")], "is a file, not a folder"),
                           (["--out", str(tmp_path / "afile" / "x")], "is a file, not a folder"),
-                          (["--build-dir", str(tmp_path / "afile")], "--build-dir")):
+                          (["--build-dir", str(tmp_path / "afile")], "--build-dir"),
+                          (["--plugin-lib", str(tmp_path / "none.so")],            # found after the export before
+                           f"--plugin-lib {tmp_path / 'none.so'}: no such file (give a built {ps.PLUGIN_LIBRARY}"),
+                          (["--out", str(tmp_path / "ckpt")],                      # its item_vocab.json was replaced
+                           f"--out {tmp_path / 'ckpt'} holds a model checkpoint (config.json): the export would "
+                           "replace or remove the model's item_vocab.json")):
         argv = ["--model", "nope", "--out", str(tmp_path / "o"), *args]
         with pytest.raises(SystemExit) as e:
             T.main(argv)
         err = capsys.readouterr().err
         assert e.value.code == T.EXIT_ERROR == 1 and message in err, (args, err)
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and os.listdir(tmp_path / "ckpt") == ["config.json"]
+    with pytest.raises(ValueError, match="holds a model checkpoint"):            # run() refuses it too
+        T.run("nope", str(tmp_path / "ckpt"))
 
 
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
@@ -489,6 +517,7 @@ def test_run_export_failure_exit_1_keeps_earlier_engine(tmp_path, monkeypatch, f
         raise RuntimeError(f"no model {name}")
 
     monkeypatch.setattr(T, "_load_model", no_model)
+    _can_build(monkeypatch)
     out = tmp_path / "out"
     _earlier_engine(out)
     said = []
@@ -504,8 +533,143 @@ def test_run_export_failure_exit_1_keeps_earlier_engine(tmp_path, monkeypatch, f
                                   "ops": list(ps.SCAN_OPS)}
     assert json.loads((out / T.REPORT_FILE).read_text()) == json.loads(json.dumps(rep, default=str))
     assert not (out / T.ENGINE_FILE).exists()
-    assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == b"earlier engine"
-    assert json.loads((out / T.PREVIOUS_DIR / T.REPORT_FILE).read_text()) == {"status": "earlier"}
+    assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == EARLIER
+    assert json.loads((out / T.PREVIOUS_DIR / T.REPORT_FILE).read_text()) == EARLIER_REPORT
+
+
+def _no_model(name):
+    raise RuntimeError(f"no model {name}")
+
+
+def _files(folder: Path) -> dict:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("builder", [True, False], ids=["builder+gpu", "no-builder"])
+@pytest.mark.parametrize("engine,report", [
+    (b"\x8f\x02" * 50, None),                                          # cut short before any report was written
+    (b"\x8f\x02" * 50, {"status": "ONNX graph verification failed", "exit_code": 2}),     # another run's report
+    (EARLIER[:5], EARLIER_REPORT),                                     # the verified engine, cut short
+    (EARLIER.upper(), EARLIER_REPORT),                                 # another engine of the verified one's size
+    (EARLIER, "{not json"),
+], ids=["no-report", "failed-run", "cut-short", "other-bytes", "not-json"])
+def test_an_engine_no_report_says_was_verified_is_set_aside(tmp_path, monkeypatch, engine, report, builder):
+    """Every run moved whatever model.engine was in --out into previous/, deleting the verified engine kept there:
+    an engine cut short by a Ctrl-C or a full disk (no report: the earlier one had moved away) was promoted to
+    "previous" by the next run. Only an engine that out's report says was verified and written (exit code 0, its
+    size and sha256) moves to previous/ now; any other is set aside as model.engine.unverified, with or without
+    TensorRT, and previous/ keeps the verified set."""
+    out = tmp_path / "out"
+    prev = out / T.PREVIOUS_DIR
+    prev.mkdir(parents=True)
+    (prev / T.ENGINE_FILE).write_bytes(b"verified engine E1")
+    (prev / T.REPORT_FILE).write_text(json.dumps({"status": "engine verified and written", "exit_code": 0}))
+    (prev / "state_spec.json").write_text('{"model_type": "E1"}')
+    kept = _files(prev)
+    (out / T.ENGINE_FILE).write_bytes(engine)
+    if report is not None:
+        (out / T.REPORT_FILE).write_text(report if isinstance(report, str) else json.dumps(report))
+    assert not T.engine_verified(out)
+    if builder:
+        _can_build(monkeypatch)
+    else:
+        monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+    monkeypatch.setattr(T, "_load_model", _no_model)
+    said = []
+    code, rep = T.run("nope", str(out), quick=True, say=said.append)
+    assert code == T.EXIT_ERROR and rep["status"] == "ONNX export failed"
+    assert _files(prev) == kept
+    assert (out / T.UNVERIFIED_ENGINE_FILE).read_bytes() == engine and not (out / T.ENGINE_FILE).exists()
+    assert f"set the engine in {out} aside as {T.UNVERIFIED_ENGINE_FILE}: no report in {out} says it was verified" \
+        in "\n".join(said)
+
+
+def test_engine_verified_by_an_older_report_is_by_its_size(tmp_path):
+    """Reports written before the engine's sha256 was recorded say only its size: an engine of that size is taken as
+    the verified one, any other size not."""
+    _earlier_engine(tmp_path, {"exit_code": 0, "engine": {"bytes": len(EARLIER)}})
+    assert T.engine_verified(tmp_path)
+    (tmp_path / T.ENGINE_FILE).write_bytes(EARLIER[:-1])
+    assert not T.engine_verified(tmp_path)
+
+
+def test_a_run_that_cannot_build_leaves_a_verified_engine_where_it_is(tmp_path, monkeypatch, capsys):
+    """Without TensorRT or a GPU, a run demoted the verified engine in --out to previous/ (deleting the set there)
+    and replaced its graph, then could build nothing. The probe comes first now: with a verified engine in --out
+    such a run changes nothing there (not even its report) and says why, exit 1, before loading the model."""
+    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+    loaded = []
+    monkeypatch.setattr(T, "_load_model", lambda name: loaded.append(name))
+    out = tmp_path / "out"
+    _earlier_engine(out)
+    (out / "model.onnx").write_bytes(b"the graph the engine was built from")
+    (out / T.PREVIOUS_DIR).mkdir()
+    (out / T.PREVIOUS_DIR / T.ENGINE_FILE).write_bytes(b"the engine before")
+    before = _files(out)
+    said = []
+    code, rep = T.run("m", str(out), quick=True, say=said.append)
+    text = "\n".join(said)
+    assert code == T.EXIT_ERROR and rep["status"] == (f"TensorRT/GPU missing and {out} holds a verified engine: "
+                                                      "nothing exported"), text
+    assert f"ERROR: {out} holds a verified engine (model.engine) and this machine cannot build one (missing: " \
+           "TensorRT builder: fake; CUDA GPU: fake): the ONNX export would replace" in text
+    assert f"nothing written in {out}" in text and rep["missing"] == _NO_TRT["missing"]
+    assert _files(out) == before and loaded == []
+    assert T.main(["--model", "m", "--out", str(out), "--quick"]) == T.EXIT_ERROR
+    assert "holds a verified engine" in capsys.readouterr().out
+    assert _files(out) == before and loaded == []
+
+
+def _full_disk(monkeypatch, name: str) -> None:
+    """Each file opened for writing whose name holds ``name`` takes half of a write, then fails as a full disk does
+    (both ``open`` and pathlib's ``io.open``)."""
+    import builtins
+    import errno
+    import io
+
+    real = io.open
+
+    class Full:
+        def __init__(self, f):
+            self._f = f
+
+        def write(self, data):
+            self._f.write(data[:len(data) // 2])
+            self._f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, attr):
+            return getattr(self._f, attr)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._f.close()
+
+    def opened(file, mode="r", *a, **k):
+        f = real(file, mode, *a, **k)
+        named = isinstance(file, (str, os.PathLike)) and name in os.path.basename(os.fspath(file))
+        return Full(f) if named and any(c in mode for c in "wax") else f
+
+    monkeypatch.setattr(io, "open", opened)
+    monkeypatch.setattr(builtins, "open", opened)
+
+
+def test_the_report_is_written_whole(tmp_path, monkeypatch):
+    """trt_report.json, the record that its engine was verified, was written in place: a full disk or a kill left it
+    cut short. It is written beside and renamed into place now: the report there stays as it was."""
+    monkeypatch.setattr(T, "_load_model", _no_model)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / T.REPORT_FILE).write_text(json.dumps({"status": "ONNX graph verification failed", "exit_code": 2}))
+    before = _files(out)
+    _full_disk(monkeypatch, T.REPORT_FILE)
+    with pytest.raises(OSError, match="No space left on device"):
+        T.run("nope", str(out), quick=True, say=lambda m: None)
+    monkeypatch.undo()
+    assert _files(out) == before
 
 
 @pytest.fixture(scope="module")
@@ -520,7 +684,9 @@ def tiny_mamba():
 @pytest.mark.parametrize("builder", [False, True], ids=["no-builder", "builder+gpu"])
 def test_run_plugin_library_failure(tmp_path, monkeypatch, tiny_mamba, builder):
     """A plugin library that cannot be had: without builder/GPU it is one more missing item of the exit-3 report;
-    with builder and GPU (faked) it is an error (exit 1), never 'TensorRT/GPU missing'."""
+    with builder and GPU (faked) it is an error (exit 1), never 'TensorRT/GPU missing' -- found before the export,
+    and before the output folder is touched (it was found after the export and its verification, the engine already
+    moved out of the folder)."""
     env = (T.Environment(tensorrt=types.SimpleNamespace(), tensorrt_version="fake", gpu="FakeGPU") if builder else
            T.Environment(tensorrt_error="ImportError: fake", gpu_error="fake: no GPU",
                          missing=["TensorRT builder: fake", "CUDA GPU: fake"]))
@@ -530,14 +696,16 @@ def test_run_plugin_library_failure(tmp_path, monkeypatch, tiny_mamba, builder):
     code, rep = T.run("tiny", str(tmp_path / "out"), model=tiny_mamba, quick=True, plugin_lib=str(missing_lib),
                       say=said.append)
     text = "\n".join(said)
-    assert rep["onnx"]["verification"]["passed"] is True, text
     assert rep["plugin_error"] == f"plugin library {missing_lib} does not exist"
     assert "plugin_library" not in rep and "registry" not in rep and "engine" not in rep
     assert not (tmp_path / "out" / T.ENGINE_FILE).exists()
     if builder:
         assert code == T.EXIT_ERROR and rep["status"] == "plugin library unavailable", text
-        assert "missing" not in rep
+        assert "missing" not in rep and "onnx" not in rep and "[1/4]" not in text      # stopped before the export
+        assert f"ERROR: --plugin-lib {missing_lib}: no such file" in text
+        assert not (tmp_path / "out").exists()
     else:
+        assert rep["onnx"]["verification"]["passed"] is True, text
         assert code == T.EXIT_MISSING and rep["status"].startswith("TensorRT/GPU missing"), text
         assert rep["missing"] == ["TensorRT builder: fake", "CUDA GPU: fake",
                                   f"{ps.PLUGIN_LIBRARY}: plugin library {missing_lib} does not exist"]
@@ -599,6 +767,50 @@ def test_engine_is_verified_under_its_own_precision(tmp_path, monkeypatch, tiny_
     assert ev["score_rtol"] == (V.FP16_SCORE_RTOL if fp16 else None)
     assert f"verification (step, mamba4rec): PASSED [{precision}: " in text.split("[4/4]", 1)[1]
     assert ("score error <= 0.01 of the score scale" in text.split("[4/4]", 1)[1]) == fp16
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_engine_is_written_whole_and_checked_by_its_digest(tmp_path, monkeypatch, tiny_mamba):
+    """The engine (hundreds of MB) was written in place: a Ctrl-C or a full disk left a truncated model.engine, which
+    the next run promoted to previous/. It is written in a stage and renamed into place now: a full disk leaves no
+    engine (exit 1, the report says so; the earlier verified engine stays in previous/), and a written engine's report
+    records its sha256, by which the next run knows it as verified and keeps it in previous/. Builder and GPU faked;
+    ONNX Runtime on the graph handed to the builder stands in for the engine."""
+    from export import verify as V
+
+    _can_build(monkeypatch)
+    monkeypatch.setattr(T, "check_registry", lambda trt, lib: [])
+    built = {}
+
+    def build_engine(trt, graph, spec, lib, **kw):
+        built.update(graph=graph)
+        return T.EngineBuild(engine=None, serialized=b"engine %d" % len(built), n_plugin_layers=1, n_scan_nodes=1,
+                             seconds=0.0)
+
+    monkeypatch.setattr(T, "build_engine", build_engine)
+    monkeypatch.setattr(T, "TrtRunner", lambda trt, engine: V.ort_session(built["graph"]))
+    (tmp_path / "lib.so").write_bytes(b"x")
+    out = tmp_path / "out"
+    _earlier_engine(out)
+    kw = dict(model=tiny_mamba, quick=True, plugin_lib=str(tmp_path / "lib.so"), say=lambda m: None)
+    with monkeypatch.context() as m:
+        _full_disk(m, T.ENGINE_FILE)
+        code, rep = T.run("tiny", str(out), **kw)
+    assert code == T.EXIT_ERROR and rep["status"] == "engine verified but NOT written (it could not be written)"
+    assert rep["engine_verification"]["passed"] is True and "No space left on device" in rep["error"]
+    assert not (out / T.ENGINE_FILE).exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert json.loads((out / T.REPORT_FILE).read_text())["exit_code"] == T.EXIT_ERROR
+    assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == EARLIER
+    code, rep = T.run("tiny", str(out), **kw)
+    assert code == T.EXIT_OK and (out / T.ENGINE_FILE).read_bytes() == b"engine 1"
+    assert rep["engine"]["sha256"] == hashlib.sha256(b"engine 1").hexdigest() and T.engine_verified(out)
+    assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == EARLIER       # out held no engine: kept
+    built.clear()
+    code, rep = T.run("tiny", str(out), **kw)                   # the engine just written is the one kept now
+    assert code == T.EXIT_OK and (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == b"engine 1"
+    assert json.loads((out / T.PREVIOUS_DIR / T.REPORT_FILE).read_text())["engine"]["path"] == str(
+        out / T.PREVIOUS_DIR / T.ENGINE_FILE)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 # ---------------------------------------------------------------------------------------------------- [4b] in a child
@@ -696,6 +908,7 @@ def _mutant_plugin_run(tmp_path, monkeypatch, file: str, old: str, new: str, nam
     bad = _emulated_plugin_library(tmp_path / "build", out_name=name, replace={src.name: tmp_path / src.name})
     monkeypatch.setattr(BP, "build_emulated", lambda *a, **k: bad)
     monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+    (tmp_path / "unused.so").write_bytes(b"")          # a --plugin-lib that exists (not loaded: no TensorRT here)
     torch.manual_seed(0)
     Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=8, num_layers=1, d_state=4)).save_pretrained(
         tmp_path / "model")
@@ -706,14 +919,14 @@ def test_main_reports_a_plugin_that_crashes_the_emulated_check(tmp_path, monkeyp
     """A plugin with a wrong dim mapping (SelectiveScan reading the batch from u's channel dim) reads and writes out
     of bounds: the child running the graph dies of the signal, and export.trt -- still alive -- fails the run with
     exit 2, writes the report naming the signal and the plugin run it happened in, and loses nothing written before
-    (the ONNX graph, an earlier engine moved to previous/)."""
+    (the ONNX graph; an earlier engine no report says was verified, set aside as model.engine.unverified)."""
     model = _mutant_plugin_run(tmp_path, monkeypatch, "selectiveScanPlugin.cpp",     # B, E of u [B, E, T]: E, E
                                "static_cast<int32_t>(du.d[0]), static_cast<int32_t>(du.d[1])",
                                "static_cast<int32_t>(du.d[1]), static_cast<int32_t>(du.d[1])", "libmut_crash.so")
     out = tmp_path / "out"
-    _earlier_engine(out)
+    _earlier_engine(out, report=None)
     code = T.main(["--model", str(model), "--out", str(out), "--quick",
-                   "--plugin-lib", str(tmp_path / "none.so")])
+                   "--plugin-lib", str(tmp_path / "unused.so")])
     stdout = capsys.readouterr().out
     assert code == T.EXIT_VERIFY_FAILED == 2, stdout
     rep = json.loads((out / T.REPORT_FILE).read_text())
@@ -727,8 +940,8 @@ def test_main_reports_a_plugin_that_crashes_the_emulated_check(tmp_path, monkeyp
     assert rep["exit_code"] == 2 and f"FAILED verification ({sig}: the plugin crashed its process)" in rep["status"]
     assert f"  FAILED: {sig} in the emulated plugin check" in stdout and "RESULT: " in stdout
     assert rep["onnx"]["verification"]["passed"] is True and (out / "model.onnx").is_file()
-    assert not (out / T.ENGINE_FILE).exists()
-    assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == b"earlier engine"
+    assert not (out / T.ENGINE_FILE).exists() and not (out / T.PREVIOUS_DIR).exists()
+    assert (out / T.UNVERIFIED_ENGINE_FILE).read_bytes() == EARLIER
 
 
 def test_main_reports_a_plugin_that_hangs_the_emulated_check(tmp_path, monkeypatch, capsys):
@@ -739,10 +952,10 @@ def test_main_reports_a_plugin_that_hangs_the_emulated_check(tmp_path, monkeypat
                                "for (int32_t t = 0; t < T_; t += 0)", "libmut_hang.so")
     monkeypatch.setattr(T, "EMULATED_TIMEOUT_S", 10.0)        # the child's start (numpy, onnx imports) fits easily
     out = tmp_path / "out"
-    _earlier_engine(out)
+    _earlier_engine(out, report=None)
     t0 = time.monotonic()
     code = T.main(["--model", str(model), "--out", str(out), "--quick",
-                   "--plugin-lib", str(tmp_path / "none.so")])
+                   "--plugin-lib", str(tmp_path / "unused.so")])
     stdout = capsys.readouterr().out
     assert code == T.EXIT_VERIFY_FAILED == 2, stdout
     assert time.monotonic() - t0 < 120
@@ -756,8 +969,8 @@ def test_main_reports_a_plugin_that_hangs_the_emulated_check(tmp_path, monkeypat
     assert "FAILED verification (no answer in 10 s: the plugin hangs)" in rep["status"], rep["status"]
     assert "  FAILED: the emulated plugin check's process gave no answer" in stdout
     assert rep["onnx"]["verification"]["passed"] is True and (out / "model.onnx").is_file()
-    assert not (out / T.ENGINE_FILE).exists()
-    assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == b"earlier engine"
+    assert not (out / T.ENGINE_FILE).exists() and not (out / T.PREVIOUS_DIR).exists()
+    assert (out / T.UNVERIFIED_ENGINE_FILE).read_bytes() == EARLIER
 
 
 def test_hang_messages_name_the_plugin_run_or_the_evaluator():

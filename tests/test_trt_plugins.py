@@ -337,8 +337,8 @@ def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
     Mamba4RecModel(Mamba4RecConfig(n_items=40, hidden_size=16, num_layers=1, d_state=8)).save_pretrained(mdir)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "model.engine").write_bytes(b"engine of an earlier run")          # kept (in previous/) with its report
-    (out / "trt_report.json").write_text('{"status": "earlier"}')
+    (out / "model.engine").write_bytes(b"engine of an earlier run")          # no report says it was verified:
+    (out / "trt_report.json").write_text('{"status": "earlier"}')            # set aside, previous/ left alone
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-m", "export.trt", "--model", str(mdir), "--out", str(out), "--quick",
                         "--plugin-lib", str(plugin_lib)], capture_output=True, text=True, cwd=ROOT, env=env,
@@ -347,9 +347,8 @@ def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
     assert r.returncode == 3, r.stdout + r.stderr
     assert "verification (step, mamba4rec): PASSED" in r.stdout        # ONNX-level verification still ran
     assert "engine build: NOT POSSIBLE here; missing:" in r.stdout
-    assert not (out / "model.engine").exists()
-    assert (out / "previous" / "model.engine").read_bytes() == b"engine of an earlier run"
-    assert json.loads((out / "previous" / "trt_report.json").read_text()) == {"status": "earlier"}
+    assert not (out / "model.engine").exists() and not (out / "previous").exists()
+    assert (out / "model.engine.unverified").read_bytes() == b"engine of an earlier run"
     rep = json.loads((out / "trt_report.json").read_text())
     assert rep["exit_code"] == 3 and rep["missing"]
     assert rep["onnx"]["verification"]["passed"] is True
@@ -424,10 +423,13 @@ def test_kernel_matches_reference(kernels, case):
 
 @pytest.mark.gpu
 def test_kernel_timings(kernels):
+    """The timing table is sane (every kernel took some time; the measured bandwidth is positive and not above the
+    device's peak, which would be a wrong byte count or clock): a check of the measurement, not of the speed, which
+    the project measures and never asserts."""
     rows = harness.bench(kernels, iters=10)
     assert all(r["kernel_ms"] > 0 for r in rows)
     bw, peak = rows[0]["measured_bytes_per_s"], rows[0]["peak_bytes_per_s"]
-    assert bw > 1e11 and (peak != peak or bw <= 1.05 * peak), (bw, peak, rows[0]["peak_source"])
+    assert bw > 0 and (peak != peak or bw <= 1.05 * peak), (bw, peak, rows[0]["peak_source"])
 
 
 def test_bandwidth_floor_names_its_peak():
@@ -830,6 +832,82 @@ def test_build_stamps_the_library_with_its_sources_digest(tmp_path, monkeypatch)
     stamp.write_text("0" * 64 + "\n")                             # sources changed since: rebuilt, stamped anew
     T.ensure_plugin_library(None, str(tmp_path), say=said.append)
     assert len(cmds) == 2 and stamp.read_text() == digest + "\n"
+
+
+def test_build_interrupted_leaves_no_stamp_beside_a_half_built_library(tmp_path, monkeypatch):
+    """The stamp of the last build stayed beside the library while CMake rebuilt it: a build killed while linking
+    left the old record beside a half-linked library, which export.trt loaded once the sources were back as they were
+    (a git checkout). The stamp goes before CMake runs now, and a library found without one is removed first (make
+    would take a half-linked one as current), so that CMake links it again."""
+    cmds = _fake_cmake(monkeypatch, tmp_path)
+    plug = BP.build(tmp_path, quiet=True)["plugins"]
+    stamp = BP.sources_stamp(plug)
+    assert stamp.is_file()
+    fake, seen = BP.subprocess.run, []
+
+    def killed_while_linking(cmd, **kw):
+        if cmd[:2] == ["cmake", "--build"]:
+            seen.append((plug.exists(), stamp.exists()))
+            plug.write_bytes(b"half-linked")
+            raise KeyboardInterrupt
+        return fake(cmd, **kw)
+
+    monkeypatch.setattr(BP.subprocess, "run", killed_while_linking)
+    cmds.clear()
+    with pytest.raises(KeyboardInterrupt):
+        BP.build(tmp_path, quiet=True)
+    assert seen == [(True, False)] and not stamp.exists()          # the library stayed for make; its record did not
+
+    def recorded(cmd, **kw):
+        if cmd[:2] == ["cmake", "--build"]:
+            seen.append((plug.exists(), stamp.exists()))
+        return fake(cmd, **kw)
+
+    monkeypatch.setattr(BP.subprocess, "run", recorded)
+    cmds.clear()
+    BP.build(tmp_path, quiet=True)
+    assert seen[-1] == (False, False) and plug.read_bytes() == b"so"       # linked again, then stamped
+    assert stamp.read_text() == BP.plugin_sources_digest() + "\n"
+
+
+def test_build_emulated_links_under_a_temporary_name_under_a_lock(tmp_path, monkeypatch):
+    """build_emulated linked ``g++ -o LIB`` in place and wrote its stamp after, with no lock: an interrupted rebuild
+    left a half-linked library beside the stamp of the sources before (loaded as current once they were back), and a
+    concurrent test worker could dlopen a library still being written. It links to a temporary name under the build
+    folder's flock now, renames it into place, and writes the stamp after, having removed it first. The compiler is
+    faked (it writes its -o file); the spec header generator runs."""
+    import types
+
+    import fcntl
+
+    real, links = subprocess.run, []
+
+    def run(cmd, **kw):
+        if cmd[0] == sys.executable:                                    # gen_spec_header.py
+            return real(cmd, **kw)
+        out = Path(cmd[cmd.index("-o") + 1])
+        with open(tmp_path / "emu" / ".zoo-build.flock") as f:          # the lock is held while it links
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        links.append(out)
+        out.write_bytes(b"half" if "-DKILLED" in cmd else b"library %d" % len(links))
+        if "-DKILLED" in cmd:
+            raise KeyboardInterrupt
+        return types.SimpleNamespace(returncode=0, stdout="")
+
+    monkeypatch.setattr(BP, "subprocess", types.SimpleNamespace(run=run, PIPE=subprocess.PIPE,
+                                                                STDOUT=subprocess.STDOUT))
+    monkeypatch.setattr(BP, "_cxx", lambda: "/usr/bin/c++")
+    lib = BP.build_emulated(tmp_path)
+    stamp = lib.with_name(lib.name + ".sha256")
+    assert lib.read_bytes() == b"library 1" and stamp.is_file() and links[0] != lib
+    assert BP.build_emulated(tmp_path) == lib and len(links) == 1                  # current: not linked again
+    with pytest.raises(KeyboardInterrupt):                                          # a rebuild killed while linking
+        BP.build_emulated(tmp_path, extra_flags=("-DKILLED",))
+    assert lib.read_bytes() == b"library 1" and not stamp.exists()                  # as it was, with no record
+    assert sorted(p.name for p in lib.parent.iterdir() if p.name.startswith(".") and p.suffix == ".tmp") == []
+    assert BP.build_emulated(tmp_path) == lib and lib.read_bytes() == b"library 3"  # no record: linked again
+    assert stamp.is_file()
 
 
 def test_build_reports_a_stamp_it_cannot_write(tmp_path, monkeypatch):

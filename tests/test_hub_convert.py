@@ -96,6 +96,13 @@ def test_push_uploads_the_card_folder_as_asked_with_credentials_from_the_environ
             assert calls[1][1] == "me/tiny" and calls[1][2] == {"private": True}, calls[1]
         up = calls[-1][1]
         assert Path(up["folder_path"]).resolve() == folder.resolve() and up["repo_id"] == "me/tiny", up
+        # hidden entries -- interrupted writers' stages, at the top or below -- are not published (upload_folder's own
+        # defaults let .save-*/model.safetensors through)
+        from huggingface_hub.utils import filter_repo_objects
+
+        files = ["README.md", "onnx/model.onnx", ".save-a/model.safetensors", "onnx/.export-staging-b/model.onnx",
+                 ".tiny.staged-c/config.json", ".model.safetensors.x1y2"]
+        assert list(filter_repo_objects(files, ignore_patterns=up["ignore_patterns"])) == files[:2], up
     calls.clear()
     hub.main(["push", str(folder), "--repo-id", "me/cli", "--private"])
     assert "commit-info" in capsys.readouterr().out
@@ -390,7 +397,7 @@ def test_recarding_refreshes_the_cards_onnx_graph(tmp_path):
     assert hub.existing_onnx_exports(card) == [["--kind", "step", "--topk", "5"]]
     digest = lambda: hashlib.sha256((card / "onnx" / "model.onnx").read_bytes()).hexdigest()  # noqa: E731
     before = digest()
-    hub.build_card_folder(str(tmp_path / "b"), "tiny", data, out_dir=str(card))
+    hub.build_card_folder(str(tmp_path / "b"), "tiny", data, out_dir=str(card), overwrite=True)   # another run's
     assert digest() != before
     assert CARD_BEGIN in (card / "README.md").read_text()
     spec = json.loads((card / "onnx" / "state_spec.json").read_text())
@@ -507,7 +514,7 @@ def test_build_card_folder_measures_under_the_references_protocol(tmp_path, monk
     other = str(_markov_file(tmp_path / "other.tsv", n_users=40, n_items=60, length=(12, 20)))
     before = {f.name: f.read_bytes() for f in card.iterdir()}
     with pytest.raises(UnknownItemError):
-        hub.build_card_folder(str(tmp_path / "run2"), "tiny-b4r", other, out_dir=str(card))
+        hub.build_card_folder(str(tmp_path / "run2"), "tiny-b4r", other, out_dir=str(card), overwrite=True)
     assert {f.name: f.read_bytes() for f in card.iterdir()} == before
     # a run folder that is not there, or not a finished run, is named before any evaluation (was a Hub-id error
     # from from_pretrained, or a missing train_log.json after the evaluation)
@@ -566,6 +573,66 @@ def test_keep_notes_carries_a_cards_notes_to_the_next_card(tmp_path):
         hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card),
                   "--keep-notes"])
     assert (card / "README.md").read_text() == "# old card\n\n## Some notes\n"
+
+
+def test_card_into_a_folder_of_other_files_needs_overwrite(tmp_path, capsys):
+    """``zoo.hub card --out`` a folder holding hand-written notes, another model or a card of another history is
+    refused before any measuring, naming what is there, unless --overwrite (it replaced them silently: a mistyped
+    --name replaced another card); a later stage of the card in --out (a run --init-from it) and an empty folder need
+    no flag."""
+    from zoo.train import main as train_main
+
+    data, common = _tiny_gru4rec_run(tmp_path)
+    run = ["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "README.md").write_text("# My project notes - handwritten\n")
+    with pytest.raises(SystemExit, match=r"card not written: --out .*docs already holds files \(README.md\); its "
+                                         r"README.md is not a model card \(no front matter\): choose another --out "
+                                         r"\(or --name\), or pass --overwrite"):
+        hub.main(run + ["--out", str(docs)])
+    assert [p.name for p in docs.iterdir()] == ["README.md"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "sasrec"}')
+    with pytest.raises(SystemExit, match=r"its config.json is a sasrec model, the run's a gru4rec"):
+        hub.main(run + ["--out", str(other)])
+    assert (other / "config.json").read_text() == '{"model_type": "sasrec"}'
+    card = tmp_path / "card"
+    hub.main(run + ["--out", str(card)])
+    train_main(common + ["--out", str(tmp_path / "b"), "--seed", "7"])                 # not a stage of the card
+    before = {p.name: p.read_bytes() for p in card.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit, match=r"it holds a card of another history \(the run does not continue its "
+                                         r"stages\)"):
+        hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card)])
+    assert {p.name: p.read_bytes() for p in card.iterdir() if p.is_file()} == before
+    hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card),
+              "--overwrite"])
+    assert (card / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    train_main(common + ["--out", str(tmp_path / "c"), "--init-from", str(card)])      # a later stage of it
+    hub.main(["card", "--run", str(tmp_path / "c"), "--name", "tiny", "--data", data, "--out", str(card)])
+    assert (card / "model.safetensors").read_bytes() == (tmp_path / "c" / "model.safetensors").read_bytes()
+    hub.main(run + ["--out", str(docs), "--overwrite"])
+    assert (docs / "README.md").read_text().startswith("---\n")
+
+
+def test_a_recard_leaves_interrupted_writers_leftovers_out_of_the_card(tmp_path):
+    """Hidden leftovers of killed writers inside a card folder (``.save-*`` of save_pretrained, ``.export-staging-*``
+    of export.onnx) are not copied into the re-written card (they were, into every new card, and pushed), and a
+    killed card writer's stage beside it (``.NAME.staged-*``, listed as a bundled model) is removed."""
+    data, _ = _tiny_gru4rec_run(tmp_path)
+    card = tmp_path / "cards" / "tiny"
+    hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(card))
+    (card / ".save-x").mkdir()
+    (card / ".save-x" / "model.safetensors").write_bytes(bytes(1000))
+    (card / ".export-staging-y").mkdir()
+    dead = card.parent / ".tiny.staged-z"
+    dead.mkdir()
+    (dead / "config.json").write_text("{}")
+    before = sorted(p.name for p in card.iterdir() if not p.name.startswith("."))
+    hub.main(["card", "--run", str(card), "--name", "tiny", "--data", data, "--out", str(card)])   # in place
+    assert sorted(p.name for p in card.iterdir()) == before
+    assert [p.name for p in card.parent.iterdir()] == ["tiny"]
 
 
 def test_a_card_without_notes_is_written_with_empty_markers_and_recarded_with_keep_notes(tmp_path):
@@ -778,10 +845,11 @@ def test_a_recard_that_fails_half_way_leaves_the_card_folder_as_it_was(tmp_path,
     monkeypatch.setattr(export.onnx, "main", lambda argv: 1)
     with pytest.raises(SystemExit, match=r"card not written: re-export of the ONNX graph .* failed \(exit 1.*was left "
                                          r"as it was"):
-        hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card)])
+        hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card),
+                  "--overwrite"])
     assert snapshot() == before and sorted(p.name for p in card.parent.iterdir()) == ["tiny"]
     monkeypatch.undo()
-    hub.build_card_folder(str(tmp_path / "b"), "tiny", data, out_dir=str(card))
+    hub.build_card_folder(str(tmp_path / "b"), "tiny", data, out_dir=str(card), overwrite=True)
     after = snapshot()
     assert after["model.safetensors"] != before["model.safetensors"] and after.keys() == before.keys()
     assert after["onnx/model.onnx"] != before["onnx/model.onnx"]
@@ -815,6 +883,84 @@ def test_written_whole_folder_whose_swap_fails_leaves_the_target_and_no_staged_f
             Path(stage, "new.txt").write_text("new")
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["afile", "d"] and os.listdir(tmp_path / "d") == ["old.txt"]
+
+
+def test_written_whole_folder_writes_through_a_symbolic_link_and_keeps_the_folders_mode(tmp_path):
+    """An --out that is a symbolic link to a folder: the folder it points to is replaced and the link stays (the link
+    was renamed onto an empty folder: IsADirectoryError after all the work). The new folder keeps the replaced one's
+    mode (it was forced to 0755), a new one gets the umask's."""
+    import os
+
+    from zoo import cli
+
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    target.chmod(0o750)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with cli.written_whole_folder(link) as stage:
+        Path(stage, "new.txt").write_text("new")
+    assert link.is_symlink() and os.listdir(target) == ["new.txt"] and (link / "new.txt").read_text() == "new"
+    assert target.stat().st_mode & 0o777 == 0o750 and sorted(os.listdir(tmp_path)) == ["link", "target"]
+    old = os.umask(0o077)
+    try:
+        with cli.written_whole_folder(tmp_path / "fresh") as stage:
+            Path(stage, "a.txt").write_text("a")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o700
+
+
+def test_written_whole_folder_removes_dead_writers_stages_and_copies_no_hidden_leftovers(tmp_path):
+    """Stages left beside a folder by writers that died (``.d.staged-*``, ``.d.replaced-*``: Triton refused to start
+    on one, hub_cards/ listed one as a bundled model) are removed by the next writer of that folder, a live writer's
+    (locked) stage and other folders' are not; ``copy_existing`` leaves hidden leftovers inside the folder
+    (``.save-*``, ``.export-staging-*``) out of the new folder, keeping a clone's ``.git*``."""
+    import fcntl
+    import os
+
+    from zoo import cli
+
+    d = tmp_path / "d"
+    (d / "onnx" / ".export-staging-x").mkdir(parents=True)
+    (d / "onnx" / ".export-staging-x" / "model.onnx").write_text("half")
+    (d / "onnx" / "model.onnx").write_text("graph")
+    (d / ".save-abc").mkdir()
+    (d / ".save-abc" / "model.safetensors").write_text("zeros")
+    (d / ".gitattributes").write_text("*.onnx filter=lfs")
+    (d / "config.json").write_text("{}")
+    for name in (".d.staged-dead1", ".d.replaced-dead2", ".d.staged-live", ".other.staged-x"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    live = os.open(tmp_path / ".d.staged-live", os.O_RDONLY)
+    fcntl.flock(live, fcntl.LOCK_EX | fcntl.LOCK_NB)                  # a writer still at work
+    try:
+        with cli.written_whole_folder(d, copy_existing=True) as stage:
+            Path(stage, "README.md").write_text("card")
+    finally:
+        os.close(live)
+    assert sorted(os.listdir(tmp_path)) == [".d.staged-live", ".other.staged-x", "d"]
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == [
+        ".gitattributes", "README.md", "config.json", "onnx", "onnx/model.onnx"]
+
+
+def test_a_dead_writers_replaced_folder_is_put_back_when_the_folder_is_missing(tmp_path):
+    """A writer of ``d`` killed between its two renames leaves ``d`` missing and the old folder as ``.d.replaced-*``,
+    the only copy of it: the next writer's clean-up put that folder back as ``d`` (it removed it before), and a
+    ``.d.replaced-*`` beside an existing ``d`` (the old copy after the swap) is removed as before."""
+    import os
+
+    from zoo import cli
+
+    (tmp_path / ".d.replaced-dead").mkdir()
+    (tmp_path / ".d.replaced-dead" / "config.json").write_text("the old folder")
+    assert cli.remove_dead_stages(tmp_path / "d") == []
+    assert (tmp_path / "d" / "config.json").read_text() == "the old folder"
+    assert sorted(os.listdir(tmp_path)) == ["d"]
+    (tmp_path / ".d.replaced-old").mkdir()
+    assert cli.remove_dead_stages(tmp_path / "d") == [str(tmp_path / ".d.replaced-old")]
+    assert sorted(os.listdir(tmp_path)) == ["d"]
 
 
 def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, capsys):
@@ -1138,7 +1284,8 @@ def test_recarding_a_folder_with_onnx_graphs_without_onnx_installed_stops_before
     monkeypatch.setattr("zoo.evaluate.evaluate_model", lambda *a, **k: pytest.fail("measured before the check"))
     with pytest.raises(SystemExit, match=rf"^card not written: re-exporting the ONNX graphs of {card} needs onnx, "
                                          r".*pip install 'ssm-rec-zoo\[export\]'"):
-        hub.main(["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data, "--out", str(card)])
+        hub.main(["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data, "--out", str(card),
+                  "--overwrite"])
     assert [p.name for p in card.rglob("*")] == ["onnx", "state_spec.json"]
 
 

@@ -1055,18 +1055,58 @@ def test_a_resume_state_of_another_format_version_is_refused(tmp_path):
 
 
 def test_written_whole_files_are_readable_by_others(tmp_path):
-    """``written_whole`` replaces the file with mode 0644 (not mkstemp's 0600, which hid train_log.json and the
-    CLI outputs from other users), creating the folder; an error keeps the old file and leaves no temporary one."""
+    """``written_whole`` replaces the file with the umask's mode (0644 under umask 022, not mkstemp's 0600, which hid
+    train_log.json and the CLI outputs from other users), creating the folder; an error keeps the old file and leaves
+    no temporary one."""
+    import os
+
     from zoo.cli import written_whole
 
     path = tmp_path / "sub" / "log.json"
-    with written_whole(path) as f:
-        f.write("new")
+    old = os.umask(0o022)
+    try:
+        with written_whole(path) as f:
+            f.write("new")
+    finally:
+        os.umask(old)
     assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o644
     with pytest.raises(RuntimeError), written_whole(path) as f:
         f.write("half")
         raise RuntimeError
     assert path.read_text() == "new" and [p.name for p in path.parent.iterdir()] == ["log.json"]
+
+
+def test_written_whole_keeps_a_files_mode_and_writes_through_a_symbolic_link(tmp_path):
+    """A replaced output keeps its own mode (a 0600 file was made 0644, readable by all), a new one gets the umask's
+    (0600 under umask 077), and a symbolic link is written through: its target gets the new text, the link stays (it
+    was replaced by a regular file, leaving the shared target as it was)."""
+    import os
+
+    from zoo.cli import written_whole
+
+    private = tmp_path / "priv.json"
+    private.write_text("old")
+    private.chmod(0o600)
+    with written_whole(private) as f:
+        f.write("new")
+    assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o600
+    old = os.umask(0o077)
+    try:
+        with written_whole(tmp_path / "fresh.json") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "fresh.json").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "shared").mkdir()
+    target = tmp_path / "shared" / "pop.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    with written_whole(link) as f:
+        f.write("new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.json", "link.json", "priv.json", "shared"]
+    assert [p.name for p in target.parent.iterdir()] == ["pop.json"]
 
 
 def test_check_outputs_refuses_an_out_folder_that_cannot_be_written_in():
@@ -1142,3 +1182,168 @@ def test_the_recorded_command_quotes_a_path_with_a_space(tmp_path):
             "--max-len", "20", "--kcore", "0", "--no-progress", "--set", *TINY["gru4rec"]]
     log = train_main(argv)
     assert shlex.split(log["command"]) == ["python", "-m", "zoo.train", *argv]
+
+
+def _cut_at_save(monkeypatch, n, after=True):
+    """Interrupt ``zoo.train`` (KeyboardInterrupt) at its ``n``-th resume-state save: after it is written
+    (``after``), or before (a cut between a new best checkpoint and the state that goes with it)."""
+    import zoo.train_state
+
+    real_save, calls = zoo.train_state.save, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == n and not after:
+            raise KeyboardInterrupt
+        real_save(*a, **k)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(zoo.train_state, "save", interrupted)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_fresh_run_into_a_folder_holding_an_interrupted_runs_state_is_refused(tmp_path, monkeypatch, capsys):
+    """A run cut before its first validation leaves only resume/ in --out (its only product): a new run there without
+    a flag is refused, naming --resume and --overwrite, and the state is untouched (it was silently replaced by the
+    new run's); --overwrite discards it; the interrupted run itself resumes."""
+    data = _markov_file(tmp_path / "markov.tsv", n_users=30)
+    out = tmp_path / "r"
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "3", "--eval-every", "3", "--set", *TINY["gru4rec"], "--out", str(out)]
+    _cut_at_save(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(args)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["resume"]
+    state = (out / "resume" / "state.json").read_bytes()
+    with refused(capsys, r"--out .*r already holds an interrupted run's resume state \(resume/\): pass --resume "
+                         r"with that run's command to continue it, or --overwrite to discard it"):
+        train_main(args + ["--lr", "0.01"])
+    assert (out / "resume" / "state.json").read_bytes() == state
+    (out / "resume").rename(out / "resume.old")                     # a swap cut between its renames: the same
+    with refused(capsys, r"already holds an interrupted run's resume state \(resume.old/\)"):
+        train_main(args + ["--lr", "0.01"])
+    (out / "resume.old").rename(out / "resume")
+    log = train_main(args + ["--resume"])
+    assert log["resumed"][0]["after_epoch"] == 2 and log["stopped"] == "max epochs"
+
+
+@pytest.mark.usefixtures("one_thread", "fake_clock")
+def test_overwrite_discards_the_old_runs_state_and_resume_checks_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """--overwrite: the new run removes the old run's resume state before its first epoch, so a new run cut after its
+    first checkpoint (before its own state) is not resumed from the old run's state with the new weights (it was:
+    a finished-looking log of the old run's settings, tested on the new weights); --resume then says the run was
+    interrupted before its first state and to start it again with --overwrite (it said "the run finished"). A state
+    whose checkpoint was replaced since (another run, a copy) is refused, naming both."""
+    import shutil
+
+    data = _markov_file(tmp_path / "markov.tsv", n_users=30)
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "3", "--set", *TINY["gru4rec"]]
+    out = str(tmp_path / "ov")
+    train_main(args + ["--out", out, "--max-minutes", "0.0001"])                 # budget-stopped: state kept
+    assert (tmp_path / "ov" / "resume").is_dir()
+    kept = tmp_path / "kept"
+    shutil.copytree(tmp_path / "ov", kept)
+    _cut_at_save(monkeypatch, 1, after=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(args + ["--out", out, "--overwrite", "--lr", "0.01"])
+    monkeypatch.undo()
+    assert not (tmp_path / "ov" / "resume").exists()
+    with refused(capsys, r"--resume: .*ov holds no resume state: its run was interrupted before its first resume state "
+                         r"was saved \(its train_log.json has 1 epoch\(s\) and no \"stopped\"\), so it cannot be "
+                         r"continued: start it again with --overwrite"):
+        train_main(args + ["--out", out, "--max-minutes", "0.0001", "--resume"])
+    # the old state beside the new run's checkpoint (a copy, or a run of an older zoo): refused, naming both
+    shutil.copytree(kept / "resume", tmp_path / "ov" / "resume")
+    with refused(capsys, r"--resume: .*ov.model.safetensors \(sha256 [0-9a-f]{12}\) is not the checkpoint the resume "
+                         r"state .*ov.resume was saved with \(sha256 [0-9a-f]{12}\): another run or a copy"):
+        train_main(args + ["--out", out, "--max-minutes", "0.0001", "--resume"])
+    # a finished run: nothing to resume
+    done = train_main(args + ["--out", str(tmp_path / "done"), "--epochs", "1"])
+    with refused(capsys, r"--resume: .*done holds no resume state: its run finished \(max epochs\)"):
+        train_main(args + ["--out", str(tmp_path / "done"), "--epochs", "1", "--resume"])
+    assert done["stopped"] == "max epochs"
+    # the kept run, whose checkpoint is its own, still resumes
+    log = train_main(args + ["--out", str(kept), "--max-minutes", "5", "--resume"])
+    assert len(log["epochs"]) == 3 and log["stopped"] == "max epochs"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_run_cut_between_a_new_best_checkpoint_and_its_state_resumes(tmp_path, monkeypatch, capsys):
+    """The checkpoint check does not refuse the run's own newer checkpoint: cut after epoch 2 wrote its best
+    checkpoint but before epoch 2's state was saved, --resume says so, trains epoch 2 again and ends as the run left
+    alone."""
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "3", "--batch-size", "8", "--lr", "5e-3", "--device", "cpu", "--set", *TINY["gru4rec"]]
+    whole = train_main(args + ["--out", str(tmp_path / "whole")])
+    assert whole["epochs"][1]["valid_NDCG@10"] > whole["epochs"][0]["valid_NDCG@10"]   # epoch 2 writes a checkpoint
+    _cut_at_save(monkeypatch, 2, after=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(args + ["--out", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    capsys.readouterr()
+    resumed = train_main(args + ["--out", str(tmp_path / "cut"), "--resume"])
+    assert "is the run's epoch 2, written after its state was saved: that epoch is trained again" in \
+        capsys.readouterr().out
+    assert resumed["test"] == whole["test"] and resumed["best_epoch"] == whole["best_epoch"]
+    assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in whole["epochs"]]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_card_folder_is_refused_as_out_even_with_overwrite(tmp_path, capsys):
+    """A model card folder (eval_results.json, training_log.json or an ONNX export's state_spec.json) is never trained
+    into: --overwrite replaced only the weights, leaving the old card's README, metrics and ONNX graphs beside them
+    (its card then showed the new model type with the old metrics); the message points to a new folder + zoo.hub
+    card."""
+    data = _markov_file(tmp_path / "markov.tsv", n_users=20, length=(6, 10))
+    base = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "1", "--set", *TINY["gru4rec"]]
+    for i, marker in enumerate(("eval_results.json", "training_log.json", "onnx-window/state_spec.json")):
+        card = tmp_path / f"card{i}"
+        (card / marker).parent.mkdir(parents=True, exist_ok=True)
+        (card / marker).write_text("{}")
+        (card / "README.md").write_text("---\nlicense: apache-2.0\n---\n# card\n")
+        before = sorted(p.relative_to(card) for p in card.rglob("*"))
+        for extra in ([], ["--overwrite"]):
+            with refused(capsys, rf"--out .*card{i} is a model card folder \({marker}\): .*even with --overwrite; "
+                                 rf"train into a new folder, then card it with `python -m zoo.hub card --run NEW"):
+                train_main(base + ["--out", str(card), *extra])
+        assert sorted(p.relative_to(card) for p in card.rglob("*")) == before
+
+
+def test_a_resume_state_save_after_a_cut_swap_keeps_a_whole_state(tmp_path, monkeypatch):
+    """A swap cut between its renames leaves only resume.old/; the next save puts it back before removing anything,
+    so a cut in that save's own swap still leaves a whole state (it removed resume.old/ first, leaving only
+    resume.new/, which is never read)."""
+    import os
+
+    import numpy as np
+
+    from zoo import train_state
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    gen = np.random.default_rng(0)
+
+    def save(epoch):
+        train_state.save(tmp_path, model, opt, gen, {"epoch": epoch, "best": 0.0, "best_epoch": 1, "bad": 0,
+                                                     "elapsed_s": 1.0, "stopped": None}, {}, {})
+    save(1)
+    os.replace(tmp_path / "resume", tmp_path / "resume.old")       # the first rename of a swap, then the cut
+    real = os.replace
+
+    def cut_before_the_new_state(src, dst):
+        if str(src).endswith("resume.new"):
+            raise KeyboardInterrupt
+        return real(src, dst)
+    monkeypatch.setattr(train_state.os, "replace", cut_before_the_new_state)
+    with pytest.raises(KeyboardInterrupt):
+        save(2)
+    monkeypatch.undo()
+    folder = train_state.resume_dir(tmp_path)
+    assert folder is not None and train_state.load(folder)[0]["progress"]["epoch"] == 1
+    save(3)
+    assert sorted(os.listdir(tmp_path)) == ["resume"]
+    assert train_state.load(train_state.resume_dir(tmp_path))[0]["progress"]["epoch"] == 3

@@ -8,7 +8,9 @@ import contextlib
 import os
 import pathlib
 import shutil
+import stat
 import tempfile
+import uuid
 
 from .data.readers import COLUMN_ROLES, check_columns
 from .data.split import parse_kcore
@@ -169,18 +171,44 @@ def cannot(flag: str, path, e: Exception, verb: str = "write") -> str:
     return f"{flag} {path}: cannot {verb} it ({getattr(e, 'strerror', None) or e})"
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where ``/proc`` says it (Linux >= 4.7), else by setting and
+    restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: str, default: int) -> int:
+    """The permission bits a replaced output gets: those of the existing ``path`` (a private 0600 file stays private),
+    else ``default`` less the umask (what ``open``/``mkdir`` would have made; mkstemp's and mkdtemp's own 0600/0700
+    would hide it from other users)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return default & ~_umask()
+
+
 @contextlib.contextmanager
 def written_whole_path(path: str | os.PathLike):
     """Yield the path of a new empty file beside ``path`` (its folder created), for a writer that takes a path
     (safetensors, ONNX); it replaces ``path`` only when the block completes, and an error or an interruption removes it
-    and leaves an existing ``path`` as it was."""
-    path = os.path.abspath(path)
+    and leaves an existing ``path`` as it was. A symbolic link is written through (its target is replaced, the link
+    stays), and the new file keeps the mode of the file it replaces (else the umask's)."""
+    path = os.path.realpath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)                               # mkstemp's 0600 would hide it from other users
+        os.chmod(tmp, _mode_for(path, 0o666))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -214,39 +242,114 @@ def made_folder(path: str | os.PathLike):
         raise
 
 
+#: what a folder written whole leaves beside it while it is written: ``.NAME.staged-*`` (the new folder) and
+#: ``.NAME.replaced-*`` (the old one, between the swap and its removal)
+_STAGE_KINDS = ("staged", "replaced")
+
+
+def _lock_folder(path: str) -> int | None:
+    """An open descriptor of the folder ``path`` holding an exclusive ``flock`` on it (released when it is closed, or
+    when the process dies), or ``None`` when the folder is locked by another process or cannot be locked here (no
+    ``fcntl``, a file system without locks)."""
+    try:
+        import fcntl
+    except ImportError:                                    # not POSIX: no locks, so no stage is taken for dead
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:                                        # held by a live writer (or locks unsupported)
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_dead_stages(path: str | os.PathLike) -> list[str]:
+    """Remove what writers of the folder ``path`` (:func:`written_whole_folder`) that died mid-write (SIGKILL, the
+    OOM killer, a power loss) left beside it: ``.NAME.staged-*`` and ``.NAME.replaced-*`` folders that no live
+    writer holds locked. Tools scan those folders as content (Triton's model repository, bundled cards), and nothing
+    else removes them. A live writer's stage is locked for as long as it lives, so it is never taken. A dead writer's
+    ``.NAME.replaced-*`` while ``path`` itself is missing (it died between its two renames) is the only copy of the old
+    folder: it is put back as ``path``, not removed. Returns the paths removed."""
+    parent, base = os.path.split(os.path.abspath(path))
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    removed = []
+    for name in sorted(names):
+        if not any(name.startswith(f".{base}.{kind}-") for kind in _STAGE_KINDS):
+            continue
+        stage = os.path.join(parent, name)
+        if os.path.islink(stage) or not os.path.isdir(stage):
+            continue
+        fd = _lock_folder(stage)
+        if fd is None:
+            continue
+        try:
+            target = os.path.join(parent, base)
+            if name.startswith(f".{base}.replaced-") and not os.path.lexists(target):
+                os.replace(stage, target)          # the old folder, whose writer died before the new one came in
+                continue
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _hidden_leftovers(folder: str, names: list[str]) -> set[str]:
+    """``shutil.copytree``'s ``ignore`` for :func:`written_whole_folder`'s ``copy_existing``: hidden entries (the
+    stages and temporary files of interrupted writers: ``.save-*``, ``.export-staging-*``, ``.NAME.staged-*``, ...),
+    which would otherwise be copied into every new folder (and published with it); a clone's ``.git*`` stay."""
+    return {n for n in names if n.startswith(".") and not n.startswith(".git")}
+
+
 @contextlib.contextmanager
 def written_whole_folder(path: str | os.PathLike, copy_existing: bool = False):
-    """Yield a new folder beside ``path`` (holding a copy of ``path``'s files with ``copy_existing``) that replaces the
-    folder ``path`` only when the block completes; an error or an interruption removes it and leaves an existing
-    ``path`` as it was. The swap is two renames on one file system (the old folder is removed after)."""
-    path = os.path.abspath(path)
+    """Yield a new folder beside ``path`` (holding a copy of ``path``'s files with ``copy_existing``, less its hidden
+    entries: :func:`_hidden_leftovers`) that replaces the folder ``path`` only when the block completes; an error or an
+    interruption removes it and leaves an existing ``path`` as it was. The swap is two renames on one file system (the
+    old folder is removed after). A symbolic link to a folder is written through: its target is replaced, the link
+    stays. The stages of earlier writers of ``path`` that died are removed first (:func:`remove_dead_stages`); this
+    one's stage is locked while it lives. The new folder keeps the replaced folder's mode (else the umask's)."""
+    path = os.path.realpath(path)
     parent, base = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
+    remove_dead_stages(path)
     stage = tempfile.mkdtemp(prefix=f".{base}.staged-", dir=parent)
+    lock = _lock_folder(stage)                             # held until the end: a live writer's stage is not removed
+    old_lock = None
     try:
-        if copy_existing and os.path.isdir(path):
-            shutil.copytree(path, stage, dirs_exist_ok=True)
-        yield stage
-        os.chmod(stage, 0o755)                             # mkdtemp's 0700 would hide it from other users
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    old = None
-    try:
-        if os.path.isdir(path):
-            old = tempfile.mkdtemp(prefix=f".{base}.replaced-", dir=parent)
-            os.replace(path, old)                          # onto the empty folder just made
-        os.replace(stage, path)
-    except BaseException:                                  # e.g. ``path`` is a file: put back what was there
-        if old is not None:
-            if os.path.lexists(path):
-                os.rmdir(old)                              # the first rename did not happen: still the empty folder
-            else:
+        try:
+            if copy_existing and os.path.isdir(path):
+                shutil.copytree(path, stage, dirs_exist_ok=True, ignore=_hidden_leftovers)
+            yield stage
+            os.chmod(stage, _mode_for(path, 0o777))
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        old = None
+        try:
+            if os.path.isdir(path):
+                old_lock = _lock_folder(path)              # moves with it: not taken for a dead writer's leftover
+                old = os.path.join(parent, f".{base}.replaced-{uuid.uuid4().hex[:12]}")
+                os.replace(path, old)                      # a new name: nothing is there
+            os.replace(stage, path)
+        except BaseException:                              # e.g. ``path`` is a file: put back what was there
+            if old is not None and os.path.isdir(old) and not os.path.lexists(path):
                 os.replace(old, path)
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if old:
-        shutil.rmtree(old)
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        if old:
+            shutil.rmtree(old)
+    finally:
+        for fd in (lock, old_lock):
+            if fd is not None:
+                os.close(fd)
 
 
 def check_outputs(outputs: dict, inputs: dict | None = None, folders: bool = False) -> None:

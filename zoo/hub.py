@@ -508,9 +508,70 @@ def _stages_markdown(stages: list[dict]) -> str:
             + "\n".join(rows) + "\n" + ("\n" + "".join(items) if items else "") + "".join(ingredient_tables))
 
 
+def _visible_entries(folder: str | os.PathLike) -> list[str]:
+    """The names in ``folder`` that are its content: hidden entries (interrupted writers' stages) left out."""
+    return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+
+
+def _card_stages(card_dir: str | os.PathLike) -> list | None:
+    """The stages of the card in ``card_dir`` (its ``training_log.json``), or ``None`` when it has none readable."""
+    try:
+        stages = json.loads((pathlib.Path(card_dir) / STAGES_FILE).read_text()).get("stages")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return stages if isinstance(stages, list) and stages else None
+
+
+def _foreign_files(out_dir: str | os.PathLike, run_dir: str | os.PathLike) -> list[str]:
+    """What in ``out_dir`` is plainly not a card of the run in ``run_dir``: a ``README.md`` without a model card's
+    front matter (hand-written notes), a ``config.json`` of another model type (another model's card)."""
+    found = []
+    readme = pathlib.Path(out_dir) / "README.md"
+    try:
+        if readme.is_file() and not readme.read_text().startswith("---\n"):
+            found.append("its README.md is not a model card (no front matter)")
+    except (OSError, UnicodeDecodeError):
+        found.append("its README.md cannot be read as a model card")
+
+    def model_type(folder) -> str | None:
+        try:
+            return json.loads((pathlib.Path(folder) / "config.json").read_text()).get("model_type")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return None
+    there, ours = model_type(out_dir), model_type(run_dir)
+    if there and ours and there != ours:
+        found.append(f"its config.json is a {there} model, the run's a {ours}")
+    return found
+
+
+def check_card_out(out_dir: str | os.PathLike, run_dir: str | os.PathLike, stages: list[dict],
+                   overwrite: bool = False) -> None:
+    """Refuse, before any measuring, to write a card into a folder that holds files the card would replace unasked
+    (``zoo.train``, ``zoo.convert`` and ``zoo.soup`` refuse a non-empty ``--out`` likewise): ``ValueError`` unless
+    ``overwrite``, the folder is empty or new, it is the run's own folder (re-measured in place), or it holds the card
+    this run continues (its ``training_log.json`` stages are where the run's ``stages`` start: a later stage or a soup
+    of that card, whose history the new card keeps). A mistyped ``--name`` that matches another card, or an ``--out``
+    holding hand-written notes or another model, is named instead of replaced."""
+    if overwrite or not os.path.isdir(out_dir) or os.path.samefile(run_dir, out_dir):
+        return
+    names = _visible_entries(out_dir)
+    if not names:
+        return
+    card = _card_stages(out_dir)
+    if card and stages[:len(card)] == card:
+        return
+    why = _foreign_files(out_dir, run_dir) or [
+        "it holds a card of another history (the run does not continue its stages)" if card else
+        "it is not a card this run continues"]
+    raise ValueError(f"--out {out_dir} already holds files ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+                     f"; {'; '.join(why)}: choose another --out (or --name), or pass --overwrite to write the card "
+                     "over them")
+
+
 def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,
                       description: str | None = None, dataset_type: str | None = None,
-                      dataset_name: str | None = None, notes: str = "", keep_notes: bool = False) -> dict:
+                      dataset_name: str | None = None, notes: str = "", keep_notes: bool = False,
+                      overwrite: bool = False) -> dict:
     """Evaluate a training run's best checkpoint on the test split, then copy it into ``hub_cards/<name>`` and write
     its card, re-exporting the folder's ONNX graphs from the new weights. Returns the measured metrics. The new card
     is written into a staged copy of the folder and swapped in whole: when any step fails (the evaluation, a graph
@@ -523,7 +584,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     ``dataset_type``/``dataset_name`` name the data in the card; by default a recognised benchmark names itself
     (:data:`BENCHMARKS`, by its statistics), other data keeps the names of the card being replaced, else is named
     by its file. The card compares with the published numbers only when the data is the benchmark they were
-    measured on (:data:`PUBLISHED_ON`), whatever its names.
+    measured on (:data:`PUBLISHED_ON`), whatever its names. An ``out_dir`` that holds files other than the card this
+    run continues is refused before any measuring unless ``overwrite`` (:func:`check_card_out`).
 
     When the model's published reference was measured under the other protocol (BERT4Rec: LRURec's history-masked
     numbers), the model is evaluated under that protocol too; ``eval_results.json["reference_protocol"]`` keeps
@@ -548,6 +610,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         check_finished(run_dir)                                 # an interrupted run: not its best checkpoint yet
     check_card_vocabulary(run_dir)                              # before any measuring: a card ships item_vocab.json
     in_place = os.path.isdir(out_dir) and os.path.samefile(run_dir, out_dir)
+    stages = training_stages(run_dir)
+    check_card_out(out_dir, run_dir, stages, overwrite)       # another card, notes, another model: not unasked
     _check_same_protocol(out_dir, exclude_history)
     kept_notes = card_notes(out_dir) if keep_notes else ""     # refused (no markers) before any measuring
     exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
@@ -559,7 +623,6 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     # everything is measured on the run's checkpoint first: an error (wrong data, a vocabulary that does not fit)
     # leaves an existing card folder as it was
     model = AutoModel.from_pretrained(run_dir)
-    stages = training_stages(run_dir)
     check_leave_one_out(stages, run_dir)
     log = stages[-1]                        # the run's own train_log.json, a soup, or a card folder's last stage
     data_options = run_data_options(log)    # the sequences it was trained on: same k-core, same order of ties
@@ -846,11 +909,16 @@ def card_summary(folder: str | os.PathLike) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------- push
+#: what ``push`` never uploads: hidden files and folders, at the top and below (huggingface_hub adds its own defaults)
+PUSH_IGNORE = (".*", "**/.*")
+
+
 def push(folder: str, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Publish a card folder to the Hub with ``huggingface_hub`` (needs credentials: ``HF_TOKEN`` or a login).
     ``private`` also makes an existing public repo private; without it an existing repo keeps its visibility. The
     folder must load as the zoo loads it (strictly: weights that fit the config, a vocabulary that fits the weights)
-    before any Hub call: a corrupt or mismatched folder is refused, not published."""
+    before any Hub call: a corrupt or mismatched folder is refused, not published. Hidden entries
+    (:data:`PUSH_IGNORE`: interrupted writers' stages) are not uploaded."""
     from huggingface_hub import HfApi, get_token
 
     missing = [f for f in CARD_FILES if not os.path.exists(os.path.join(folder, f))]
@@ -870,7 +938,10 @@ def push(folder: str, repo_id: str, private: bool = False, token: str | None = N
     api.create_repo(repo_id, private=private, exist_ok=True)
     if private:                        # create_repo leaves an existing repo's visibility as it was
         api.update_repo_settings(repo_id, private=True)
-    info = api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=f"Upload {os.path.basename(folder)}")
+    # hidden entries are no part of a card: the stages of interrupted writers (.save-*, .export-staging-*,
+    # .NAME.staged-*) would be published with it (and downloaded by ``*.safetensors`` patterns)
+    info = api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=f"Upload {os.path.basename(folder)}",
+                             ignore_patterns=list(PUSH_IGNORE))
     return str(info)
 
 
@@ -905,6 +976,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--notes", help="markdown file appended to the card (e.g. an ablation or a data caveat)")
     c.add_argument("--keep-notes", action="store_true",
                    help="carry over the notes of the card being replaced (before --notes, when both are given)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="write the card into an --out folder that holds other files than the card this run "
+                        "continues (another card, notes, another model): its README.md, weights, config and "
+                        "vocabulary are replaced, its ONNX graphs re-exported; not needed to re-measure a card in "
+                        "place or to card a later stage of the card in --out")
     u = sub.add_parser("push", help="publish a card folder to the Hub")
     u.add_argument("folder")
     u.add_argument("--repo-id", required=True)
@@ -922,7 +998,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(f"card not written: {cannot('--notes', args.notes, e, 'read')}")
         try:
             m = build_card_folder(args.run, args.name, args.data, args.out, args.exclude_history, args.description,
-                                  args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes)
+                                  args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes,
+                                  overwrite=args.overwrite)
         except (OSError, KeyError, ValueError, RuntimeError, MissingDependencyError) as e:  # they name what failed
             sys.exit(f"card not written: {e}")
         print(json.dumps(m, indent=1))

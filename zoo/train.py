@@ -467,12 +467,14 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             raise ValueError("--resume continues the run in --out; --overwrite would replace it: give one")
         folder = train_state.resume_dir(out)
         if folder is None:
-            raise ValueError(f"--resume: {out} holds no resume state (the run finished -- early stopping or its last "
-                             "epoch -- or was never started there)")
+            raise ValueError(no_resume_state(out))
         state, tensors = train_state.load(folder)
         train_state.check_settings(state["settings"], settings or {})
-        resumed = (folder, state, tensors)
         check_output_folder(out, init_from, overwrite=True)     # its checkpoint is the run's own best so far
+        note = train_state.check_checkpoint(out, folder, state)  # ... unless another run or a copy replaced it
+        if note:
+            print(f"[zoo.train] note: {note}", flush=True)
+        resumed = (folder, state, tensors)
     else:
         check_output_folder(out, init_from, overwrite)
     loss_scale(torch.ones(1, 1, dtype=torch.long), 1.0, loss_weighting)
@@ -540,6 +542,25 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         model.set_sparse_item_grad()
         preset["sparse_item_grad"] = True
     return preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler, init_items
+
+
+def no_resume_state(out: str | os.PathLike) -> str:
+    """Why ``--resume`` finds no resume state in ``out``, as its run's ``train_log.json`` tells: the run finished, or
+    it was cut before its first state was saved (its log has epochs but no ``stopped``), or none ran there."""
+    try:
+        with open(os.path.join(out, "train_log.json")) as f:
+            log = json.load(f)
+    except (OSError, ValueError):
+        log = None
+    if not isinstance(log, dict):
+        return (f"--resume: {out} holds no resume state (no run was started there, or it was cut before its first "
+                "epoch ended)")
+    if "stopped" in log:
+        return (f"--resume: {out} holds no resume state: its run finished ({log['stopped']}) and was tested; start a "
+                "new run in a new folder, or with --overwrite")
+    return (f"--resume: {out} holds no resume state: its run was interrupted before its first resume state was saved "
+            f"(its train_log.json has {len(log.get('epochs') or [])} epoch(s) and no \"stopped\"), so it cannot be "
+            "continued: start it again with --overwrite")
 
 
 UNKNOWN_ITEMS = ("error", "add", "drop")
@@ -620,7 +641,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     NDCG@10 above the best so far), where RecBole's ``stopping_step`` S stops at the (S + 1)-th (``cur_step >
     max_step``): ``patience`` P matches ``stopping_step`` P - 1.
     A run started ``init_from`` a checkpoint first validates that checkpoint (logged as ``init_valid_NDCG10``) and
-    says at the end when no epoch beat it. ``out`` must not already hold a checkpoint unless ``overwrite`` (see
+    says at the end when no epoch beat it. ``out`` must not already hold a checkpoint or an interrupted run's resume
+    state unless ``overwrite`` (which discards that state before the first epoch), and never a model card (see
     :func:`check_output_folder`). ``kcore``, ``time_ties`` and ``columns`` (:func:`zoo.data.load_dataset`) are kept
     in the log's ``data_options``, so that ``zoo.hub card`` evaluates the checkpoint on the same sequences.
     ``loss`` is ``ce`` (cross-entropy over all items) or ``sampled-softmax`` (each target against ``negatives``
@@ -684,6 +706,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         print(f"[zoo.train] item table: {SPARSE_ITEMS_TEXT}" + (
             f"; it is not decayed (weight decay {preset['weight_decay']:g} applies to the other parameters)"
             if preset["weight_decay"] else ""), flush=True)
+    if not resumed:     # an earlier run's state (--overwrite discards it) must not be resumed beside this run's weights
+        train_state.remove(out)
     os.makedirs(out, exist_ok=True)
     loss_spec = {"type": "ce"} if sampler is None else sampler.spec
     log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(),
@@ -748,9 +772,14 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                                                              max_len=int(model.config.max_seq_length))["NDCG@10"]
     print(f"[zoo.train] most-popular baseline: valid NDCG@10 {log['popularity_valid_NDCG10']:.4f}", flush=True)
 
+    from .pretrained import weights_sha256
+
+    checkpoint_sha = weights_sha256(out)        # the checkpoint the state belongs to (train_state.check_checkpoint)
+
     def keep_state(epoch: int, stopped: str | None = None) -> None:
         train_state.save(out, model, opt, gen, {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
-                                                "elapsed_s": time.time() - t0, "stopped": stopped}, settings, log)
+                                                "elapsed_s": time.time() - t0, "stopped": stopped,
+                                                "checkpoint_sha256": checkpoint_sha}, settings, log)
 
     deadline = t0 + max_minutes * 60 if max_minutes else None
     stopped = "max epochs"
@@ -800,7 +829,9 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         improved = ndcg > best
         if improved:
             best, best_epoch, bad = ndcg, epoch, 0
+            train_state.note_checkpoint(out, epoch)         # a cut before the next state: the checkpoint is the run's
             model.save_pretrained(out)
+            checkpoint_sha = weights_sha256(out)
         else:
             bad += 1
         print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} valid NDCG@10 {ndcg:.4f} HR@10 "
@@ -884,19 +915,43 @@ def _check_numbers(epochs: int, batch_size: int, lr: float, clip: float, weight_
 
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "train_log.json")
+#: what makes a folder a model card (``zoo.hub card``, ``export.onnx --card-dir``): a run never trains into one
+CARD_MARKERS = ("eval_results.json", "training_log.json", "onnx*/state_spec.json")
+
+
+def card_files(out: str | os.PathLike) -> list[str]:
+    """The :data:`CARD_MARKERS` in the folder ``out`` (relative paths), ``[]`` for a folder that is no card."""
+    import glob
+
+    return sorted(os.path.relpath(f, out) for pattern in CARD_MARKERS
+                  for f in glob.glob(os.path.join(glob.escape(os.fspath(out)), pattern)))
 
 
 def check_output_folder(out: str | os.PathLike, init_from: str | None = None, overwrite: bool = False) -> None:
-    """Refuse, before any work, to write a run into a folder that already holds a checkpoint (one of
-    :data:`CHECKPOINT_FILES`) unless ``overwrite``, and always into the folder the run starts from (``init_from``):
-    the first validated epoch would replace the starting checkpoint, whether or not it is better."""
+    """Refuse, before any work, to write a run into a folder that already holds a run -- a checkpoint (one of
+    :data:`CHECKPOINT_FILES`) or an interrupted run's resume state (``resume/``, whose run ``--resume`` continues) --
+    unless ``overwrite``; and always into a model card folder (:data:`CARD_MARKERS`: its README, metrics and ONNX
+    graphs would stay beside the new weights, describing another model) and into the folder the run starts from
+    (``init_from``): the first validated epoch would replace the starting checkpoint, whether or not it is better."""
     from .pretrained import _bundled_for
+    from .train_state import resume_dir
 
     start = None if not init_from else init_from if os.path.isdir(init_from) else _bundled_for(init_from)
     if start is not None and os.path.isdir(out) and os.path.samefile(out, start):   # a folder, or a bundled Hub id
         raise ValueError(f"--out {out} is the --init-from checkpoint: the run would overwrite the checkpoint it "
                          "starts from; choose a new folder")
+    card = card_files(out)
+    if card:
+        raise ValueError(f"--out {out} is a model card folder ({', '.join(card)}): a run written there would leave the "
+                         "card's README, metrics and ONNX graphs beside its new weights, even with --overwrite; train "
+                         f"into a new folder, then card it with `python -m zoo.hub card --run NEW --out {out}`")
     found = [f for f in CHECKPOINT_FILES if os.path.exists(os.path.join(out, f))]
+    state = resume_dir(out)
+    if state is not None and not overwrite:
+        held = f"a checkpoint ({', '.join(found)}) and " if found else ""
+        raise ValueError(f"--out {out} already holds {held}an interrupted run's resume state "
+                         f"({os.path.basename(state)}/): pass --resume with that run's command to continue it, or "
+                         "--overwrite to discard it")
     if found and not overwrite:
         raise ValueError(f"--out {out} already holds a checkpoint ({', '.join(found)}): choose a new folder, or pass "
                          "--overwrite to replace it")
@@ -945,7 +1000,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --init-from, data items the checkpoint's vocabulary lacks: refuse (default), add "
                           "them (new rows, starting at the mean item: a catalogue that gained items) or drop their "
                           "interactions; the items it knows keep their indices whatever the data's order")
-    run.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace a checkpoint already in --out and discard an interrupted run's resume state there "
+                          "(a model card folder is never trained into)")
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted (or budget-stopped) run in --out from its last epoch, exactly; "
                           "give the run's own command (only --max-minutes and --device may change; a larger "

@@ -11,7 +11,13 @@ After every epoch :func:`save` writes ``OUT/resume/``:
 
 No pickles: tensors in safetensors, the rest in JSON. The folder is written as ``resume.new/`` and swapped in, so an
 interruption while saving leaves the previous epoch's state whole (``resume.old/`` is used when the swap itself was
-cut). A run that ends by early stopping or by its last epoch removes the folder after its test evaluation (there is
+cut, and put back in place by the next save before anything is removed).
+
+The state belongs to the checkpoint beside it: ``progress["checkpoint_sha256"]`` is the SHA-256 of
+``OUT/model.safetensors`` when it was saved (``None``: none yet), and a run about to write a new best checkpoint says so
+first (:func:`note_checkpoint`), so that :func:`check_checkpoint` tells the run's own newer checkpoint (cut before the
+next save of the state) from weights another run or a copy put there, which a resume would test under this run's
+log. A run that ends by early stopping or by its last epoch removes the folder after its test evaluation (there is
 nothing left to resume; one cut in that evaluation resumes straight to it, training no further epoch); one stopped by
 its time budget keeps it, so ``--resume --max-minutes M`` can give it more time (with no time left, a resume only
 tests the best checkpoint again).
@@ -97,11 +103,64 @@ def save(out: str | os.PathLike, model: torch.nn.Module, opt: torch.optim.Optimi
              "numpy_global": [np_state[0], np_state[1].tolist(), *np_state[2:]], "log": log}
     with open(os.path.join(new, STATE_FILE), "w") as f:
         json.dump(state, f)
+    if resume_dir(out) == old:              # an earlier swap was cut: its state is the only whole one, put it back
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(old, final)
     shutil.rmtree(old, ignore_errors=True)
     if os.path.isdir(final):
         os.replace(final, old)
     os.replace(new, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+#: the note a run leaves in its resume state before it writes a new best checkpoint (:func:`note_checkpoint`)
+PENDING_FILE = "checkpoint_pending.json"
+
+
+def note_checkpoint(out: str | os.PathLike, epoch: int) -> None:
+    """Before the run in ``out`` replaces its best checkpoint with epoch ``epoch``'s weights: note it in its resume
+    state (when there is one), so that a resume after a cut between that write and the next :func:`save` knows the
+    new checkpoint as the run's own (:func:`check_checkpoint`). A new run removes the state first, so no other run's
+    checkpoint is ever noted there."""
+    from .cli import written_whole
+
+    folder = resume_dir(out)
+    if folder is not None:
+        with written_whole(os.path.join(folder, PENDING_FILE)) as f:
+            json.dump({"epoch": int(epoch)}, f)
+
+
+def check_checkpoint(out: str | os.PathLike, folder: str | os.PathLike, state: dict) -> str | None:
+    """``ValueError`` naming both when ``out/model.safetensors`` is not the checkpoint the resume state in ``folder``
+    belongs to (``state``'s ``progress["checkpoint_sha256"]``): another run (``--overwrite``) or a copy replaced it,
+    and a resume would train on and test weights of another model under this run's log. The run's own checkpoint of
+    the epoch after the state (noted by :func:`note_checkpoint`, then cut before the state's save) is accepted:
+    returns a note saying so (the epoch is trained again), else ``None``. A state saved before the digest was kept
+    is not checked."""
+    from .pretrained import weights_sha256
+
+    progress = state.get("progress") or {}
+    if "checkpoint_sha256" not in progress:
+        return None
+    recorded, now = progress["checkpoint_sha256"], weights_sha256(out)
+    if now == recorded:
+        return None
+    try:
+        with open(os.path.join(folder, PENDING_FILE)) as f:
+            pending = json.load(f).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        pending = None
+    if now is not None and pending == progress.get("epoch", -1) + 1:
+        return (f"the checkpoint in {out} is the run's epoch {pending}, written after its state was saved: that epoch "
+                "is trained again")
+    weights = os.path.join(out, "model.safetensors")
+    raise ValueError(f"--resume: {weights} ({_digest_text(now)}) is not the checkpoint the resume state {folder} was "
+                     f"saved with ({_digest_text(recorded)}): another run or a copy replaced it since, and the state "
+                     "cannot continue other weights; start a new run (--overwrite discards this one's state)")
+
+
+def _digest_text(digest: str | None) -> str:
+    return "none" if digest is None else f"sha256 {digest[:12]}"
 
 
 def load(path: str | os.PathLike) -> tuple[dict, dict]:

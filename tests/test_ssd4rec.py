@@ -1,5 +1,6 @@
 """SSD4Rec: bidirectionality, window-recompute step, prefix objective, item masking, save/load, parameter count."""
 
+import copy
 import json
 import random
 
@@ -9,6 +10,7 @@ from transformers import AutoModel
 
 import zoo
 from equivalence import check_window_step_equivalence
+from mamba2_reference import official_ssd4rec_logits, randomise
 from zoo.models.ssd4rec import SSD4RecConfig, SSD4RecModel
 from zoo.ops.ssd import ssd_scan_loop
 
@@ -180,3 +182,49 @@ def test_step_is_deterministic_on_a_model_in_training_mode():
     b, sb = model.step(ids, model.init_state(2))
     assert torch.equal(a, b) and all(torch.equal(sa[k], sb[k]) for k in sa) and model.training
     torch.testing.assert_close(a[:, 1:], model.predict(ids)[:, 1:], atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ independent reference (official code)
+@pytest.mark.parametrize("kw", [{"num_layers": 1}, {"num_layers": 2, "beta": 0.35, "rmsnorm_eps": 1e-3},
+                                {"num_layers": 2, "norm_embedding": False, "head_dim": 8, "chunk_size": 5}],
+                         ids=["1layer", "2layers-beta-eps", "no-emb-norm-H4"])
+def test_forward_matches_the_official_computation(kw):
+    """The model against official SSD4Rec + mamba_ssm's Mamba2 written out independently in float64 loops
+    (tests/mamba2_reference.py, from models.md §2.2/§5.2; it shares only the parameters): the by-hand layer test reuses
+    the model's own mixer and FFN, so a gate on the wrong side of the RMSNorm, B/C or z/xBC swapped in in_proj's
+    output, a ReLU FFN without residual or a misplaced LayerNorm passed every test; each fails here. Every parameter is
+    randomised (norms, biases, D, dt_bias, A_log included); histories of several lengths, right-padded in one batch
+    (chunk boundaries crossed), the model in float64 (to 1e-10) and in float32 (to 1e-5)."""
+    model = randomise(SSD4RecModel(SSD4RecConfig(**{**dict(n_items=53, hidden_size=16, d_state=8, head_dim=4,
+                                                            chunk_size=4, max_seq_length=40), **kw})), seed=7)
+    g = torch.Generator().manual_seed(8)
+    hist = [torch.randint(1, 53, (n,), generator=g) for n in (1, 2, 5, 17, 40)]
+    ids, mask = model.pad_batch([h.tolist() for h in hist])
+    ids, mask = torch.nn.functional.pad(ids, (0, 3)), torch.nn.functional.pad(mask, (0, 3))
+    refs = [official_ssd4rec_logits(model, h) for h in hist]
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        with torch.no_grad():
+            ours = copy.deepcopy(model).to(dtype)(ids, mask).logits.double()
+        for r, ref in enumerate(refs):
+            assert (ours[r] - ref).abs().max() <= tol, (dtype, len(hist[r]), (ours[r] - ref).abs().max().item())
+    assert min((ref - refs[0]).abs().max() for ref in refs[1:]) > 1e-2            # the histories matter
+
+
+def test_training_embedding_is_dropped_out_then_layernormed():
+    """Official order (models.md §5.2): item embedding -> Dropout -> LayerNorm. In training each embedded row reaching
+    the first layer is still normalised (mean 0, variance 1 at init); the swapped order (identical in eval, so no
+    other test sees it) leaves zeros."""
+    torch.manual_seed(0)
+    model = SSD4RecModel(SSD4RecConfig(n_items=53, hidden_size=16, d_state=8, head_dim=4, max_seq_length=30,
+                                       dropout_prob=0.5, mask_ratio=0.0)).train()
+    seen = []
+    model.layers[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    ids = torch.randint(1, 53, (4, 30))
+    model(ids)
+    x = seen[-1]
+    with torch.no_grad():
+        model.eval()(ids)
+    assert not torch.allclose(x, seen[-1])                                         # dropout did act in training
+    assert (x == 0).sum() == 0
+    torch.testing.assert_close(x.mean(-1), torch.zeros(4, 30), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x.var(-1, unbiased=False), torch.ones(4, 30), atol=1e-3, rtol=0)

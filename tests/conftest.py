@@ -14,10 +14,30 @@ def data_dir() -> pathlib.Path:
 
 @pytest.fixture
 def shared_data():
+    """The benchmark data folder (:func:`data_dir`), the test skipped with the reason where it lacks
+    ``ml-1m.5core.seq.gz``. A test that opens another file of it asks :func:`shared_file` for that file instead, so
+    that a folder without it skips the test rather than failing it. Tests using either are marked ``data``."""
     d = data_dir()
     if not (d / "ml-1m.5core.seq.gz").exists():
         pytest.skip(f"benchmark data not found in {d} (set ZOO_DATA_DIR to the folder holding ml-1m.5core.seq.gz)")
     return d
+
+
+def _shared_file(name: str) -> pathlib.Path:
+    """``data_dir() / name``, the benchmark file a test opens; the test skipped, naming the file and the folder,
+    where it is absent (the data folder may hold some of the files only)."""
+    path = data_dir() / name
+    if not path.exists():
+        pytest.skip(f"benchmark data file {name} not found in {path.parent} (set ZOO_DATA_DIR to the folder "
+                    "holding it)")
+    return path
+
+
+@pytest.fixture
+def shared_file():
+    """``shared_file("beauty.inter.gz")``: the path of that file of the benchmark data folder, or the test skipped
+    with the reason where it is absent (:func:`_shared_file`)."""
+    return _shared_file
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +85,16 @@ def _restore_threads():
         torch.set_num_threads(n)
 
 
+#: fixtures that read the benchmark data folder: a test using one (directly or through another fixture) is marked
+#: ``data`` (pyproject.toml), so that ``-m data`` / ``-m "not data"`` select it
+DATA_FIXTURES = ("shared_data", "shared_file")
+
+
+@pytest.hookimpl(tryfirst=True)              # before pytest's own -m selection, which reads the markers added here
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(f in getattr(item, "fixturenames", ()) for f in DATA_FIXTURES):
+            item.add_marker(pytest.mark.data)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine); run on a GPU host to exercise it")

@@ -44,7 +44,7 @@ def test_loads_by_hub_id_offline(folder, monkeypatch):
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
-def test_card_numbers_reproduced(folder, shared_data):
+def test_card_numbers_reproduced(folder, shared_file):
     from zoo.data import leave_one_out, load_dataset
     from zoo.evaluate import align_with_model, evaluate_model
     from zoo.metrics import bootstrap_interval
@@ -52,7 +52,7 @@ def test_card_numbers_reproduced(folder, shared_data):
     torch.set_num_threads(2)
     info = json.load(open(folder / "eval_results.json"))
     model = AutoModel.from_pretrained(folder)
-    ds, _ = align_with_model(load_dataset(shared_data / info["data_file"], **info.get("data_options", {})), model)
+    ds, _ = align_with_model(load_dataset(shared_file(info["data_file"]), **info.get("data_options", {})), model)
     got, ranks = evaluate_model(model, leave_one_out(ds).test, ks=(5, 10, 20), exclude_history=info["exclude_history"],
                                 progress=False, return_ranks=True)
     for k, v in info["metrics"].items():
@@ -163,7 +163,7 @@ def test_card_onnx_graph_serves_the_cards_weights(folder, rel):
 
 
 @pytest.mark.parametrize("folder,rel", EXPORTS, ids=lambda x: x if isinstance(x, str) else x.name)
-def test_card_onnx_graph_reproduces_the_cards_numbers(folder, rel, shared_data):
+def test_card_onnx_graph_reproduces_the_cards_numbers(folder, rel, shared_file):
     """The deployed artefact's numbers: the card's ONNX graph run with ONNX Runtime on the test split (step graphs
     primed with each user's window in one call, window graphs padded) gives the card's @5/@10 metrics (1e-4), under
     the card's protocol (an LRURec-protocol card's graph masks the history itself: --exclude-seen)."""
@@ -176,7 +176,7 @@ def test_card_onnx_graph_reproduces_the_cards_numbers(folder, rel, shared_data):
     assert bool(spec.get("exclude_seen")) == bool(info["exclude_history"]), (
         f"{folder.name}/{rel}: the card's protocol {'masks' if info['exclude_history'] else 'does not mask'} the "
         f"history, the graph {'does' if spec.get('exclude_seen') else 'does not'}")
-    ds = load_dataset(shared_data / info["data_file"]).reencode(ItemVocab.load(folder / rel), unknown="error")
+    ds = load_dataset(shared_file(info["data_file"])).reencode(ItemVocab.load(folder / rel), unknown="error")
     got = evaluate_onnx(folder / rel, leave_one_out(ds).test, ks=(5, 10), threads=2, progress=False)
     for k, v in got.items():
         card = info["metrics"][k]

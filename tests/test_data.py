@@ -553,15 +553,13 @@ def test_ml1m_5core_stats(shared_data):
     assert all(len(h) == len(g) + 1 for h, g in zip(sp.test.histories[:50], sp.valid.histories[:50], strict=True))
 
 
-def test_ml1m_time_ties_item_reproduces_the_5core_order(shared_data):
+def test_ml1m_time_ties_item_reproduces_the_5core_order(shared_file):
     """The 5-core sequence file orders equal timestamps by item id (the data README): ML-1M's raw ratings of users
     1-2999 with time_ties="item", restricted to the 5-core's items, give exactly its sequences for those users. With
     RecBole's file order 807 of the 2,999 users get another test item (and 1,126 another validation item): the order
     of ties is part of the protocol."""
-    path = shared_data / "ml-1m.users0001-2999.inter.gz"
-    if not path.exists():
-        pytest.skip(f"{path.name} not found in {shared_data}")
-    five = load_dataset(shared_data / "ml-1m.5core.seq.gz")
+    path = shared_file("ml-1m.users0001-2999.inter.gz")
+    five = load_dataset(shared_file("ml-1m.5core.seq.gz"))
     want = {u: five.vocab.decode(s) for u, s in zip(five.users, five.sequences, strict=True)}
     got = {}
     for ties in ("item", "file"):

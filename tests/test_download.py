@@ -25,9 +25,9 @@ def _zip(path, member: str, lines: list[str]):
 
 
 @pytest.fixture
-def ml100k_zip(shared_data, tmp_path):
+def ml100k_zip(shared_file, tmp_path):
     """ml-100k.zip as GroupLens publishes it: ml-100k/u.data, tab-separated user item rating timestamp, no header."""
-    return _zip(tmp_path / "ml-100k.zip", "ml-100k/u.data", _rows(shared_data / "ml-100k.inter.gz"))
+    return _zip(tmp_path / "ml-100k.zip", "ml-100k/u.data", _rows(shared_file("ml-100k.inter.gz")))
 
 
 def test_an_archive_becomes_the_benchmark_file_and_is_checked_again_when_asked_twice(ml100k_zip, tmp_path, capsys):
@@ -51,16 +51,16 @@ def test_a_download_is_fetched_streamed_and_checked(ml100k_zip, tmp_path, monkey
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ml-100k.inter"]
 
 
-def test_what_is_not_the_benchmark_is_refused_and_nothing_is_left(shared_data, tmp_path):
+def test_what_is_not_the_benchmark_is_refused_and_nothing_is_left(shared_file, tmp_path):
     out = tmp_path / "data"
-    rows = _rows(shared_data / "ml-100k.inter.gz")
+    rows = _rows(shared_file("ml-100k.inter.gz"))
     short = _zip(tmp_path / "short.zip", "ml-100k/u.data", rows[:-10])           # a truncated download
     with pytest.raises(D.DownloadError, match=r"is not MovieLens-100K: it loads as 943 users, 1,682 items, 99,990 "
                                               r"interactions \(k-core None\), expected 943 / 1,682 / 100,000"):
         D.download("ml-100k", str(out), str(short))
     assert not out.exists()                                   # no staging folder left, nor the folder it made
     # ML-1M's archive layout (ratings.dat, user::item::rating::time), holding only users 1-2999: not ML-1M
-    u2999 = [line.replace("\t", "::") for line in _rows(shared_data / "ml-1m.users0001-2999.inter.gz")]
+    u2999 = [line.replace("\t", "::") for line in _rows(shared_file("ml-1m.users0001-2999.inter.gz"))]
     part = _zip(tmp_path / "ml-1m.zip", "ml-1m/ratings.dat", u2999)
     with pytest.raises(D.DownloadError, match=r"is not MovieLens-1M \(5-core\): it loads as 2,999 users"):
         D.download("ml-1m", str(out), str(part))

@@ -220,6 +220,9 @@ def test_trainer_learns_far_above_random_and_its_best_checkpoint_loads(tmp_path,
     trainer.train()
     test = trainer.evaluate(trainer_kwargs(model, split, eval_on="test")["eval_dataset"], metric_key_prefix="test")
     assert test["test_HR@10"] > 2.5 * 10 / 40 and test["test_NDCG@10"] > 0.3, test
+    # the "test" numbers are the test split's (bench/hf_trainer.py reports them so), not validation's again
+    assert test["test_NDCG@10"] == pytest.approx(
+        evaluate_model(model, split.test, ks=(10,), progress=False)["NDCG@10"], abs=1e-9)
     best = trainer.state.best_model_checkpoint
     loaded = AutoModel.from_pretrained(best)
     assert type(loaded) is type(model) and loaded.item_vocab.items == ds.vocab.items
@@ -227,6 +230,47 @@ def test_trainer_learns_far_above_random_and_its_best_checkpoint_loads(tmp_path,
     assert loaded.recommend(history, k=5).items == model.recommend(history, k=5).items
     assert trainer.state.best_metric == max(e["eval_NDCG@10"] for e in trainer.state.log_history
                                             if "eval_NDCG@10" in e)
+
+
+def test_trainer_kwargs_eval_on_stride_and_negative_sampler_reach_the_trainer(tmp_path):
+    """``trainer_kwargs``' arguments are the ones used: ``eval_on="test"`` evaluates on ``split.test`` (the
+    ``Trainer``'s metrics ``zoo.evaluate``'s on the test split, which differ from validation's here: reporting
+    validation as test would show), ``stride`` makes ``training_windows(..., stride=...)``'s windows (more than
+    without it), and ``negatives`` with ``negative_sampler="popularity"`` gives the collator a popularity sampler whose
+    proposal follows the training counts (add-one smoothed, padding never drawn)."""
+    from zoo.data.split import item_counts
+
+    ds, split = _data(tmp_path, n_users=40)
+    model = _model("sasrec", ds)
+    L = int(model.config.max_seq_length)
+    ex = trainer_kwargs(model, split, ks=(10,), eval_on="test")["eval_dataset"]
+    assert np.array_equal(ex.examples.targets, split.test.targets) and list(ex.examples.users) == list(split.test.users)
+    assert all(np.array_equal(a, b) for a, b in zip(ex.examples.histories, split.test.histories, strict=True))
+    got = Trainer(model=model, args=_args(tmp_path, per_device_eval_batch_size=16),
+                  **trainer_kwargs(model, split, ks=(10,))).evaluate(ex, metric_key_prefix="test")
+    want = evaluate_model(model, split.test, ks=(10,), progress=False)
+    valid = evaluate_model(model, split.valid, ks=(10,), progress=False)
+    assert abs(want["NDCG@10"] - valid["NDCG@10"]) > 1e-3, "valid and test agree here: the test shows nothing"
+    for m in ("HR@10", "NDCG@10", "MRR@10"):
+        assert got[f"test_{m}"] == pytest.approx(want[m], abs=1e-9), m
+
+    plain = trainer_kwargs(model, split)["train_dataset"]
+    strided = trainer_kwargs(model, split, stride=3)["train_dataset"]
+    want_w = training_windows(split.train, L, None, stride=3)
+    assert len(strided) == len(want_w) > len(plain) == len(training_windows(split.train, L, None))
+    assert strided.windows.stride == 3 and np.array_equal(strided.windows.inputs, want_w.inputs)
+    assert np.array_equal(strided.windows.labels, want_w.labels)
+
+    n = int(model.config.n_items)
+    assert trainer_kwargs(model, split)["data_collator"].sampler is None
+    uniform = trainer_kwargs(model, split, negatives=8)["data_collator"].sampler
+    assert uniform.kind == "uniform" and uniform.num == 8
+    sampler = trainer_kwargs(model, split, negatives=8, negative_sampler="popularity")["data_collator"].sampler
+    assert sampler.kind == "popularity" and sampler.num == 8
+    weights = item_counts(split.train, n) + 1.0
+    weights[0] = 0.0
+    torch.testing.assert_close(sampler.probs, torch.tensor(weights / weights.sum(), dtype=torch.float32))
+    assert not torch.allclose(sampler.probs, uniform.probs), "uniform counts here: the test shows nothing"
 
 
 def test_save_run_makes_a_trainer_run_a_card(tmp_path):
@@ -343,7 +387,7 @@ def test_logits_to_ranks_never_ranks_the_padding_item():
         "HR@1": 0.5, "NDCG@1": 0.5, "MRR@1": 0.5}
 
 
-def test_readme_trainer_example_runs(tmp_path, monkeypatch, shared_data):
+def test_readme_trainer_example_runs(tmp_path, monkeypatch, shared_file):
     """README's Trainer block as written, on the shared ML-100K file, but for one epoch (not twenty) into a temporary
     folder: it trains, keeps the best checkpoint and reports test metrics."""
     blocks = re.findall(r"^```python\n(.*?)^```", (__import__("conftest").ROOT / "README.md").read_text(),
@@ -353,7 +397,7 @@ def test_readme_trainer_example_runs(tmp_path, monkeypatch, shared_data):
     code = found[0]
     assert "num_train_epochs=20" in code and '"../shared/data/ml-100k.inter.gz"' in code
     code = code.replace("num_train_epochs=20", "num_train_epochs=1").replace(
-        '"../shared/data/ml-100k.inter.gz"', repr(str(shared_data / "ml-100k.inter.gz")))
+        '"../shared/data/ml-100k.inter.gz"', repr(str(shared_file("ml-100k.inter.gz"))))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md:python (Trainer)", "exec"), namespace)

@@ -373,3 +373,55 @@ def test_selective_scan_cuda_dispatch_last_state_as_the_reference(monkeypatch, d
     (out2.float().square().sum() + last2.float().sum()).backward()
     for k in leaves:
         torch.testing.assert_close(_plain(leaves[k].grad), leaves2[k].grad, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ causal-conv1d's CUDA kernel against the reference
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [1, 2, 4, 5])
+@pytest.mark.parametrize("layout", ["channel-first", "channel-last E=16", "channel-last E=12"])
+def test_causal_conv1d_cuda_kernel_matches_reference(monkeypatch, layout, k):
+    """The CUDA fast path (Dao-AILab causal-conv1d, taken with no state carried in) gives the reference's output and
+    returned tail, which the dispatch computes itself (zeros in front when L < K-1), for L = 1, 2, 3, 37, with and
+    without bias, no activation or SiLU; fp32, atol 1e-5, against the reference on CPU (no TF32). x channel-first,
+    or channel-last as Mamba4Rec's (a slice of the transposed input projection; E = 12 misses the kernel's multiples
+    of 8 and goes channel-first). Widths 2..4 reach the kernel (counted: else the test would compare the reference
+    with itself); 1 and 5, which it refuses, the reference."""
+    pytest.importorskip("causal_conv1d", reason="causal-conv1d not installed (pip install ssm-rec-zoo[gpu])")
+    import zoo.ops.conv as conv
+
+    assert conv._causal_conv1d_fn is not None, "causal_conv1d imports, but zoo.ops.conv did not take its kernel"
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append(tuple(args[0].stride()))
+        return kernel(*args, **kw)
+
+    kernel = conv._causal_conv1d_fn
+    monkeypatch.setattr(conv, "_causal_conv1d_fn", counted)
+    gen = torch.Generator().manual_seed(k)
+    e = 6 if layout == "channel-first" else int(layout.split("=")[1])
+    n = 0
+    for L in (1, 2, 3, 37):
+        for with_bias in (False, True):
+            for activation in (None, "silu"):
+                w = torch.randn(e, k, generator=gen)
+                bias = torch.randn(e, generator=gen) if with_bias else None
+                if layout == "channel-first":
+                    x = torch.randn(3, e, L, generator=gen)
+                    xc = x.cuda()
+                else:                                   # the first half of a transposed [B, L, 2E] projection
+                    base = torch.randn(3, L, 2 * e, generator=gen)
+                    x, xc = base.transpose(1, 2)[:, :e], base.cuda().transpose(1, 2)[:, :e]
+                    assert xc.stride(1) == 1
+                want, want_tail = causal_conv1d_ref(x, w, bias, None, activation)
+                out, tail = conv.causal_conv1d(xc, w.cuda(), None if bias is None else bias.cuda(), None, activation)
+                what = (layout, k, L, with_bias, activation)
+                assert out.is_cuda and out.shape == want.shape and tail.shape == want_tail.shape == (3, e, k - 1), what
+                torch.testing.assert_close(out.cpu(), want, atol=1e-5, rtol=1e-5, msg=lambda m: f"{what}: {m}")
+                torch.testing.assert_close(tail.cpu(), want_tail, atol=0, rtol=0, msg=lambda m: f"{what}: {m}")
+                n += 1
+    assert len(calls) == (n if 2 <= k <= 4 else 0), calls
+    if layout == "channel-last E=16" and calls:
+        assert all(s[1] == 1 for s in calls), "an accepted channel-last x is passed as it is"
+    if layout == "channel-last E=12" and calls:
+        assert all(s[2] == 1 for s in calls), "a channel-last x the kernel refuses is passed channel-first"

@@ -110,11 +110,10 @@ def test_commands_take_parquet_data(tmp_path, capsys):
     assert a["metrics"] == b["metrics"]
 
 
-@pytest.mark.data
-def test_ml100k_as_parquet_is_the_same_dataset(tmp_path, shared_data):
+def test_ml100k_as_parquet_is_the_same_dataset(tmp_path, shared_file):
     """The shared ML-100K atomic file written as Parquet loads as the same 5-core dataset."""
-    inter = read_interactions(shared_data / "ml-100k.inter.gz")
+    inter = read_interactions(shared_file("ml-100k.inter.gz"))
     p = _write(tmp_path / "ml100k.parquet", user_id=inter.user, item_id=inter.item, timestamp=inter.timestamp)
-    a, b = load_dataset(p), load_dataset(shared_data / "ml-100k.inter.gz")
+    a, b = load_dataset(p), load_dataset(shared_file("ml-100k.inter.gz"))
     assert a.stats() == b.stats() and a.vocab.items == b.vocab.items
     assert all(np.array_equal(x, y) for x, y in zip(a.sequences, b.sequences))

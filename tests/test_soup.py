@@ -95,6 +95,51 @@ def test_soup_writes_the_average_and_its_log(runs, capsys):
             evaluate_model(m, leave_one_out(ds).valid, ks=(10,), progress=False)["NDCG@10"], abs=1e-12)
 
 
+def test_soup_scores_under_the_protocol_and_the_tie_order_it_is_given(runs, tmp_path):
+    """``--exclude-history`` scores every ingredient (and the soup) under LRURec's protocol, as its log says, not the
+    RecBole protocol's numbers (which differ on this data: the chain revisits items); ``--time-ties item`` scores on
+    the data loaded with ``time_ties="item"``: on a file with same-second ties in reversed file order, not the file
+    order's numbers. Either option ignored would pick the soup on another validation than the one recorded."""
+    from transformers import AutoModel
+
+    from zoo.data import leave_one_out, load_dataset
+    from zoo.evaluate import align_with_model, evaluate_model
+
+    tmp, data = runs
+    models = {str(tmp / n): AutoModel.from_pretrained(str(tmp / n)).eval() for n in ("s1", "s2")}
+
+    def ndcg(model, valid, masked=False):
+        return evaluate_model(model, valid, ks=(10,), exclude_history=masked, progress=False)["NDCG@10"]
+
+    ds, _ = align_with_model(load_dataset(str(data), kcore=0), models[str(tmp / "s1")])
+    valid = leave_one_out(ds).valid
+    log = main(["--models", *models, "--data", str(data), "--out", str(tmp_path / "masked"), "--kcore", "0",
+                "--method", "uniform", "--exclude-history"])
+    assert log["protocol"] == "lrurec (history excluded)"
+    for r in log["ingredients"]:
+        want, plain = ndcg(models[r["path"]], valid, True), ndcg(models[r["path"]], valid)
+        assert abs(want - plain) > 1e-3, "the two protocols agree here: the test shows nothing"
+        assert r["valid_NDCG@10"] == pytest.approx(want, abs=1e-12), r["path"]
+    soup = AutoModel.from_pretrained(str(tmp_path / "masked")).eval()
+    assert log["valid_NDCG@10"] == pytest.approx(ndcg(soup, valid, True), abs=1e-12)
+
+    # the same interactions, timestamps coarsened to 3000 s (several same-second rows per user), rows reversed
+    header, *rows = Path(data).read_text().splitlines()
+    ties = tmp_path / "ties.tsv"
+    ties.write_text("\n".join([header] + [f"{u}\t{i}\t{int(t) // 3000 * 3000}"
+                                          for u, i, t in (r.split("\t") for r in reversed(rows))]) + "\n")
+    by_item = leave_one_out(align_with_model(load_dataset(str(ties), kcore=0, time_ties="item"),
+                                             models[str(tmp / "s1")])[0]).valid
+    by_file = leave_one_out(align_with_model(load_dataset(str(ties), kcore=0), models[str(tmp / "s1")])[0]).valid
+    log = main(["--models", *models, "--data", str(ties), "--out", str(tmp_path / "ties"), "--kcore", "0",
+                "--method", "uniform", "--time-ties", "item"])
+    assert log["data_options"]["time_ties"] == "item"
+    for r in log["ingredients"]:
+        want, other = ndcg(models[r["path"]], by_item), ndcg(models[r["path"]], by_file)
+        assert abs(want - other) > 1e-3, "the two tie orders agree here: the test shows nothing"
+        assert r["valid_NDCG@10"] == pytest.approx(want, abs=1e-12), r["path"]
+
+
 def _refused(capsys, match, argv):
     with pytest.raises(SystemExit) as e:
         main(argv)

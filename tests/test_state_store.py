@@ -385,14 +385,15 @@ def test_sqlite_wal_shrinks_back_after_a_burst(tmp_path, limit):
             SQLiteStateStore(tmp_path / "x.db", wal_size_limit=bad)
 
 
-def _sustained_writes(store, wal) -> tuple[int, int]:
+def _sustained_writes(store, wal) -> int:
     """Serving-like writes into ``store`` (a commit, then ~100 us of a model's compute, without pause) until 32 MB
-    are written or 60 s pass: (bytes written, the WAL file's peak size)."""
+    are written, however long that takes (a slow machine writes them more slowly; no throughput is asserted): the WAL
+    file's peak size."""
     import time
 
     state = {"h": np.zeros((1, 1024), np.float32)}                   # 4 KB a state
-    written, peak, t0 = 0, 0, time.monotonic()
-    while written < 32e6 and time.monotonic() - t0 < 60:
+    written, peak = 0, 0
+    while written < 32e6:
         for u in range(64):
             store[u] = state
             t = time.perf_counter()
@@ -400,7 +401,7 @@ def _sustained_writes(store, wal) -> tuple[int, int]:
                 pass
         written += 64 * 4096
         peak = max(peak, os.path.getsize(wal))
-    return written, peak
+    return peak
 
 
 @pytest.mark.parametrize("limit", [262_144, None])
@@ -410,8 +411,7 @@ def test_sqlite_wal_stays_bounded_under_sustained_writes(tmp_path, limit):
     ``wal_size_limit`` the checkpoint thread truncates it once past the limit: it stays within the limit plus a few
     checkpoint intervals of writes."""
     store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=0.02, wal_size_limit=limit)
-    written, peak = _sustained_writes(store, tmp_path / "s.db-wal")
-    assert written >= 32e6
+    peak = _sustained_writes(store, tmp_path / "s.db-wal")
     if limit is None:
         assert peak > 24e6, peak                 # never started over for most of the run
     else:
@@ -440,8 +440,8 @@ def test_sqlite_stores_of_one_file_get_the_strictest_checkpoint_settings(tmp_pat
     stores = state_store._CHECKPOINTERS[(os.getpid(), os.path.realpath(loose.path))][0]
     assert set(stores) == {loose, strict}
     assert state_store._shared_settings(stores) == (0.02, 262_144, 5.0)
-    written, peak = _sustained_writes(loose, tmp_path / "s.db-wal")     # the writes go through the loose store
-    assert written >= 32e6 and peak < _STEP_IN_BOUND, peak
+    peak = _sustained_writes(loose, tmp_path / "s.db-wal")              # the writes go through the loose store
+    assert peak < _STEP_IN_BOUND, peak
     assert state_store._shared_settings([loose]) == (0.5, None, 1.0)
 
 

@@ -497,10 +497,11 @@ def test_an_event_committed_meanwhile_by_another_process_is_kept(mamba, tmp_path
 def test_serving_processes_sharing_a_store_lose_no_event(tmp_path, request, kind):
     """Three worker processes, each with its own recommender on one shared store (a SQLite file; a real Redis
     server), send 12 events each to the same three users at once: every user's stored window (SASRec, 64 items)
-    holds all 36 items, each worker's in the order it sent them. (Run by hand with the store's ``get_versioned``
-    hidden -- a plain store -- events are lost.)"""
+    holds all 36 items, each worker's in the order it sent them. The workers go in rounds behind a barrier (not a
+    clock, which a slow start-up would miss), and in half of them all read a user's state before any commits
+    (``tests/store_worker.py``): the store refused at least two commits in each of those 18 rounds, so the race was
+    run, not passed by workers that happened to take turns. (A store that ignores the versions loses events.)"""
     import multiprocessing
-    import time
 
     from export.state_store import RedisStateStore, SQLiteStateStore
     from store_worker import send_events
@@ -516,10 +517,12 @@ def test_serving_processes_sharing_a_store_lose_no_event(tmp_path, request, kind
              else RedisStateStore(request.getfixturevalue("redis_url"), prefix=f"zoo:{tmp_path.name}:"))
     users = ["a", "b", "c"]
     sent = {w: [f"item-{1 + 12 * w + j}" for j in range(12)] for w in range(3)}
-    with multiprocessing.get_context("spawn").Pool(3) as pool:
-        conflicts = pool.starmap(send_events,
-                                 [(str(d), store, time.time() + 5, users, sent[w]) for w in range(3)])
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ctx.Pool(3) as pool:
+        barrier = manager.Barrier(3, timeout=300)                 # a worker that died breaks it: no hang
+        conflicts = pool.starmap(send_events, [(str(d), store, barrier, users, sent[w]) for w in range(3)])
     print(f"commits refused and run again: {conflicts}")
+    assert sum(conflicts) >= 2 * 6 * len(users), conflicts       # 6 held items x 3 users, two refused in each
     for user in users:
         window = model.item_vocab.decode(store[user]["items"][0].tolist())
         assert sorted(window) == sorted(x for items in sent.values() for x in items), user

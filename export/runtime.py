@@ -618,10 +618,12 @@ class UserStateRecommender:
       timestamps for TiM4Rec); an event re-encodes that window.
 
     A user may pause for months (a Triton sequence slot is freed after ``max_sequence_idle_microseconds``; ONNX Runtime
-    itself keeps no state). ::
+    itself keeps no state). A step graph's state holds every event it was given, while the model's own ``recommend``
+    and its card's evaluation read a history's last ``max_seq_length`` items: to serve what the card measured, prime
+    with that window (``history[-max_seq_length:]``); a user's state then reaches beyond it as events arrive. ::
 
         rec = UserStateRecommender("exported/mamba4rec", store=my_store)
-        rec.prime("user-42", [1, 588, 364])             # a new (or returning) user: the whole history, one call
+        rec.prime("user-42", [1, 588, 364])             # a new (or returning) user: the history, one call
         rec.recommend("user-42", [2571])                # then one call per event: the caller's own item ids out
         rec.recommend_many([("user-7", [50]), ("user-42", [260, 1196])])   # many users in few graph calls
 

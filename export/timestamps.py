@@ -8,13 +8,21 @@ from typing import Any
 
 import numpy as np
 
+#: the largest timestamp read as Unix seconds (1e11 s: the year ~5000); beyond it they are milliseconds (~1.7e12 today)
+#: or nanoseconds (~1.7e18) since the epoch, which a time-aware graph would read as seconds. The bound of
+#: ``zoo.modeling_utils.MAX_TIMESTAMP_S`` (not imported: this module needs numpy only)
+MAX_SECONDS = 1e11
+
 
 def seconds(timestamps: Any) -> np.ndarray:
     """Timestamps as float64 Unix seconds: numbers (int, or float of float64 precision) as they are, numpy
     ``datetime64`` of any unit converted (``datetime64[ms]`` read as numbers would be 1,000 times too large). Refused
     with a message: booleans, strings and other non-numbers (TypeError), ``NaT``, and float32/float16 values too
     large to hold whole seconds (float32 above 2**24 s: it keeps Unix seconds to 64 s steps; float16 above 2**11 s;
-    pass float64 or int64). Rows of different lengths (a ragged nested list) raise ValueError saying so."""
+    pass float64 or int64), and values beyond :data:`MAX_SECONDS` (milliseconds or nanoseconds since the epoch, as
+    ``model.step`` refuses them; this also refuses every integer beyond 2**53, which float64 would round). NaN and
+    infinities are left to the caller's check. Rows of different lengths (a ragged nested list) raise ValueError
+    saying so."""
     try:
         arr = np.asarray(timestamps)
     except ValueError:                                       # numpy's "inhomogeneous shape": a ragged nested list
@@ -32,7 +40,12 @@ def seconds(timestamps: Any) -> np.ndarray:
         if big > exact:
             raise ValueError(f"timestamps are {arr.dtype} and reach {float(big):.6g} s: {arr.dtype} cannot hold whole "
                              "seconds that large (float32 keeps Unix seconds to 64 s steps); pass float64 or int64")
-    return arr.astype(np.float64)
+    out = arr.astype(np.float64)
+    late = out[np.isfinite(out) & (out > MAX_SECONDS)]
+    if len(late):
+        raise ValueError(f"timestamps reach {float(late.max()):.6g} s, beyond {MAX_SECONDS:.0e} s (the year ~5000): "
+                         "they look like milliseconds or nanoseconds since the epoch; pass Unix seconds")
+    return out
 
 
 def time_gaps(timestamps: np.ndarray, last_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

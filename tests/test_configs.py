@@ -180,3 +180,162 @@ def test_bundled_card_configs_read_back_unchanged(card):
     got = AutoConfig.from_pretrained(ROOT / "hub_cards" / card).to_dict()
     assert {k: got[k] for k in saved if k not in ("transformers_version", "dtype")} == {
         k: v for k, v in saved.items() if k not in ("transformers_version", "dtype")}
+
+
+# ------------------------------------------------- QA SW1 / SW2: overrides and fields set by hand, unknown fields
+TINY = {"gru4rec": dict(embedding_size=8, hidden_size=8), "lrurec": dict(hidden_size=8, num_layers=1),
+        "mamba4rec": dict(hidden_size=8, d_state=4, num_layers=1),
+        "sasrec": dict(hidden_size=8, num_heads=2, inner_size=8, num_layers=1),
+        "bert4rec": dict(hidden_size=8, num_heads=2, inner_size=8, num_layers=1),
+        "ssd4rec": dict(hidden_size=8, d_state=4, head_dim=4, mask_ratio=0.1),
+        "tim4rec": dict(hidden_size=8, d_state=4, head_dim=4, num_layers=1),
+        "tim4rec_causal": dict(hidden_size=8, d_state=4, head_dim=4, num_layers=1)}
+
+
+def _saved(tmp_path, model_type):
+    """A tiny ``model_type`` model saved in ``tmp_path / model_type``: ``(folder, model class)``."""
+    cfg_cls, cls = MODELS[model_type]
+    torch.manual_seed(0)
+    folder = tmp_path / model_type
+    cls(cfg_cls(n_items=12, max_seq_length=6, **TINY[model_type])).save_pretrained(folder)
+    return folder, cls
+
+
+OVERRIDES = [  # (model_type, {field: bad value}, error, message): the QA table of overrides that went unchecked
+    ("tim4rec_causal", {"time_unit": -1.0}, ValueError, "time_unit must be a finite number > 0"),   # NaN scores
+    ("bert4rec", {"inference_mask": "foo"}, ValueError, "inference_mask must be one of"),          # ran "append"
+    ("tim4rec", {"is_time": "no"}, TypeError, "is_time must be a bool"),                          # read as True
+    ("ssd4rec", {"beta": -1.0}, ValueError, "beta must be"),
+    ("ssd4rec", {"mask_ratio": 5.0}, ValueError, "mask_ratio must be"),
+    ("bert4rec", {"mask_ratio": 0.0}, ValueError, "mask_ratio must be"),
+    ("lrurec", {"r_min": 2.0}, ValueError, "r_min must be"),
+    ("mamba4rec", {"mamba_init": "xavier"}, ValueError, "mamba_init must be"),
+    ("sasrec", {"hidden_act": "foo"}, ValueError, "hidden_act must be"),                        # was KeyError: 'foo'
+    ("gru4rec", {"num_layers": 0}, ValueError, "num_layers must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("model_type, kw, error, message", OVERRIDES, ids=[f"{m}-{k}" for m, k, *_ in OVERRIDES])
+def test_from_pretrained_overrides_are_checked_as_the_constructor_checks_them(tmp_path, model_type, kw, error,
+                                                                               message):
+    """Transformers sets ``from_pretrained(path, field=value)`` overrides with ``setattr`` after the config's
+    ``__init__``, past every check: ``time_unit=-1`` ranked NaN scores, ``inference_mask="foo"`` ran "append", a
+    model saved so could not be reloaded. :meth:`SeqRecConfig.from_dict` merges them before ``__init__``, so the
+    constructor's own error names the field on every entry point."""
+    from transformers import AutoModel
+
+    folder, cls = _saved(tmp_path, model_type)
+    for load in (AutoConfig.from_pretrained, AutoModel.from_pretrained, cls.from_pretrained):
+        with pytest.raises(error, match=message):
+            load(folder, **kw)
+
+
+def test_valid_overrides_apply_and_transformers_unused_kwargs_semantics_hold(tmp_path):
+    from transformers import AutoModel
+
+    folder, cls = _saved(tmp_path, "tim4rec_causal")
+    assert AutoModel.from_pretrained(folder, time_unit=5.0).config.time_unit == 5.0
+    assert cls.from_pretrained(folder, time_unit=7.0, num_layers=1).config.time_unit == 7.0
+    cfg, unused = AutoConfig.from_pretrained(folder, time_unit=2.0, output_hidden_states=True, foo=1,
+                                             return_unused_kwargs=True)
+    assert (cfg.time_unit, cfg.output_hidden_states, unused) == (2.0, True, {"foo": 1})
+    assert AutoConfig.from_pretrained(folder, expand=4).d_inner == 32       # a derived field follows its source
+
+
+@pytest.mark.parametrize("model_type, field, value, error, message", [
+    ("tim4rec_causal", "time_unit", -1.0, ValueError, "time_unit must be a finite number > 0, got -1.0"),
+    ("ssd4rec", "beta", -1.0, ValueError, "beta must be"),
+    ("bert4rec", "inference_mask", "foo", ValueError, "inference_mask must be one of"),
+    ("tim4rec", "is_time", "no", TypeError, "is_time must be a bool"),
+    ("sasrec", "hidden_act", "foo", ValueError, "hidden_act must be one of"),
+])
+def test_a_field_set_by_hand_is_checked_when_the_model_is_built(model_type, field, value, error, message):
+    """``cfg.time_unit = -1.0; Model(cfg)`` built a model that scored NaN: the model's ``__init__`` checks its config
+    again, naming the model and the field."""
+    cfg_cls, cls = MODELS[model_type]
+    cfg = cfg_cls(n_items=12, max_seq_length=6, **TINY[model_type])
+    setattr(cfg, field, value)
+    with pytest.raises(error, match=rf"^{cls.__name__} config: {message}"):
+        cls(cfg)
+
+
+def test_the_model_builds_on_the_values_the_constructor_makes():
+    """A whole float set by hand is the int the constructor would make of it (``num_layers = 2.0`` built no layers
+    list), ``inner_size = None`` its default."""
+    from zoo.models.sasrec import SASRecConfig, SASRecModel
+
+    cfg = SASRecConfig(n_items=12, max_seq_length=6, hidden_size=8, num_heads=2)
+    cfg.num_layers = 3.0
+    SASRecModel(cfg)
+    assert type(cfg.num_layers) is int and cfg.num_layers == 3
+
+
+@pytest.mark.parametrize("model_type", sorted(MODELS))
+def test_an_unknown_config_keyword_is_refused_naming_the_closest_field(model_type):
+    """``SASRecConfig(n_layers=4)`` (RecBole's name) was stored and built 2 layers; a typo changed nothing either.
+    Refused now, as ``zoo.train --set`` refuses it, naming the closest field and mapping RecBole's names."""
+    cfg_cls, _ = MODELS[model_type]
+    with pytest.raises(ValueError, match=rf"^hiden_size is not a field of {cfg_cls.__name__} \(did you mean "
+                                         r"hidden_size\?\); the fields of .* are \[.*'num_layers'"):
+        cfg_cls(hiden_size=16)
+    with pytest.raises(ValueError, match=rf"n_layers is not a field of {cfg_cls.__name__} \(did you mean num_layers\? "
+                                         r"RecBole's n_layers is num_layers in the zoo\)"):
+        cfg_cls(n_layers=4)
+    # what transformers and the zoo write into config.json is no typo
+    cfg_cls(**cfg_cls().to_dict())
+    cfg_cls(item_vocab_file="item_vocab.json", output_hidden_states=True, torch_dtype="float32", return_dict=True)
+
+
+def test_recbole_names_are_mapped_where_the_zoo_has_the_field():
+    from zoo.models.sasrec import SASRecConfig
+
+    with pytest.raises(ValueError) as e:
+        SASRecConfig(n_items=12, n_layers=4, n_heads=4, hidden_dropout_prob=0.1, attn_dropout_prob=0.1)
+    for theirs, ours in [("n_layers", "num_layers"), ("n_heads", "num_heads"), ("hidden_dropout_prob",
+                                                                                 "hidden_dropout"),
+                         ("attn_dropout_prob", "attn_dropout")]:
+        assert f"{theirs} is not a field of SASRecConfig (did you mean {ours}? RecBole's {theirs} is {ours}" in str(
+            e.value)
+
+
+def test_bookkeeping_fields_are_known_keys():
+    from zoo.modeling_utils import ZOO_CONFIG_KEYS, transformers_config_keys
+    from zoo.soup import BOOKKEEPING_FIELDS
+
+    assert BOOKKEEPING_FIELDS <= transformers_config_keys() | ZOO_CONFIG_KEYS
+
+
+def test_a_config_json_with_unknown_keys_still_loads_with_a_warning(tmp_path, caplog):
+    """A ``config.json`` key that is no field (written by another version, or by hand) is kept with a warning when the
+    file is read, never refused; the keys transformers 4 wrote are not even warned about. The model loads."""
+    from transformers import AutoModel
+
+    folder, cls = _saved(tmp_path, "sasrec")
+    saved = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**saved, "n_heads": 4, "torch_dtype": "float32",
+                                                    "pad_token_id": 0, "use_cache": True}))
+    with caplog.at_level("WARNING", logger="zoo.modeling_utils"):
+        for load in (AutoConfig.from_pretrained, AutoModel.from_pretrained, cls.from_pretrained):
+            caplog.clear()
+            loaded = load(folder)
+            assert [r.getMessage() for r in caplog.records if r.name == "zoo.modeling_utils"] == [
+                caplog.records[0].getMessage()] and "n_heads is not a field of SASRecConfig (did you mean num_heads?" \
+                in caplog.records[0].getMessage()
+            assert "torch_dtype" not in caplog.text and "pad_token_id" not in caplog.text
+    assert loaded.config.num_heads == 2
+
+
+def test_an_unknown_override_is_named(tmp_path, caplog):
+    """``AutoConfig.from_pretrained(path, num_layer=3)`` dropped the typo silently (warned now: transformers drops
+    unused keywords there); the model loaders refuse it (it was transformers' "__init__() got an unexpected keyword
+    argument")."""
+    from transformers import AutoModel
+
+    folder, cls = _saved(tmp_path, "sasrec")
+    with caplog.at_level("WARNING", logger="zoo.modeling_utils"):
+        assert AutoConfig.from_pretrained(folder, num_layer=3).num_layers == 1
+    assert "num_layer is not a field of SASRecConfig (did you mean num_layers?" in caplog.text
+    for load in (AutoModel.from_pretrained, cls.from_pretrained):
+        with pytest.raises(ValueError, match=r"^num_layer is not a field of SASRecConfig \(did you mean num_layers\?\)"
+                                             r".*; nor is num_layer an argument of from_pretrained$"):
+            load(folder, num_layer=3)

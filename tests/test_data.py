@@ -173,6 +173,10 @@ def test_check_timestamps_for_a_time_aware_model(tmp_path):
     with pytest.raises(ValueError, match=r"n.tsv: 2 negative timestamps \(user 2 starts at -30\); M reads Unix"):
         neg.check_timestamps_for("M")
     load_dataset(write(tmp_path / "ok.tsv", text.replace("-", "")), kcore=None).check_timestamps_for("M")
+    ms = "user_id\titem_id\ttimestamp\n1\t5\t100\n1\t6\t200\n2\t5\t1700000000000\n2\t6\t1700000060000\n"
+    with pytest.raises(ValueError, match=r"ms.tsv: 2 timestamps beyond 1e\+11 s, the year ~5000 \(user 2 reaches "
+                                         r"1\.7e\+12\): they look like milliseconds .*; M reads Unix seconds"):
+        load_dataset(write(tmp_path / "ms.tsv", ms), kcore=None).check_timestamps_for("M")
 
 
 def test_in_memory_timestamps_must_be_finite():

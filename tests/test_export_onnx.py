@@ -1318,7 +1318,8 @@ def test_tim4rec_causal_float64_state_is_checked(monkeypatch, tmp_path):
 
 def test_runtime_timestamps_units_and_precision(tmp_path):
     """Timestamps as numpy datetime64 of any unit are read as seconds (datetime64[ms] was read as numbers, 1,000x
-    too large, with no error); float32 seconds too large for whole seconds, booleans, strings and NaT are refused.
+    too large, with no error); float32 seconds too large for whole seconds, booleans, strings and NaT are refused, and
+    so are epoch milliseconds / nanoseconds (beyond 1e11 s: they were read as seconds, as model.step read them).
     The window graph's recommend takes timestamps (it had no way to pass them) and refuses ones that decrease."""
     from export.timestamps import seconds
 
@@ -1340,6 +1341,15 @@ def test_runtime_timestamps_units_and_precision(tmp_path):
                             (np.array([["NaT", "2020-01-01"]], dtype="datetime64[s]"), ValueError, "NaT")):
         with pytest.raises(err, match=match):
             step.prime([[1, 2]], timestamps=bad)
+    from export.timestamps import MAX_SECONDS
+    from zoo.modeling_utils import MAX_TIMESTAMP_S
+
+    assert MAX_SECONDS == MAX_TIMESTAMP_S                    # the graphs refuse what model.step refuses
+    for unix_ms_or_ns in (np.array([[1.6e12, 1.6e12 + 30]]), np.array([[16 * 10**17, 16 * 10**17 + 1]], np.int64)):
+        with pytest.raises(ValueError, match=r"^timestamps reach 1\.6e\+\d+ s, beyond 1e\+11 s \(the year ~5000\): "
+                                             "they look like milliseconds or nanoseconds since the epoch"):
+            step.prime([[1, 2]], timestamps=unix_ms_or_ns)
+    assert seconds([MAX_SECONDS])[0] == MAX_SECONDS
 
     win = OnnxWindowSession(os.path.dirname(E.export_model(model, tmp_path / "w", kind="window",
                                                            verify=False).spec_path))
@@ -2278,7 +2288,8 @@ def test_runtime_refuses_a_state_that_is_not_finite_or_not_a_seen_mask(audit_gra
 
 def test_runtime_gaps_graph_refuses_negative_timestamps_and_float32_overflow(audit_graphs):
     """Gaps-form graph: negative timestamps are refused (with last_ts = -1 they ran, gap 0), and so are gaps that do
-    not fit float32 (a 1e39 s gap reached the graph as inf); last_ts = 0 is an event at the epoch, not 'none yet'."""
+    not fit float32 (a 1e39 s gap reached the graph as inf; such a timestamp is now refused as milliseconds-like
+    before the gaps are taken, as model.step refuses it); last_ts = 0 is an event at the epoch, not 'none yet'."""
     _, d, _ = audit_graphs["gaps"]
     sess = OnnxStepSession(d)
     assert sess.time_input == "gaps"
@@ -2286,7 +2297,8 @@ def test_runtime_gaps_graph_refuses_negative_timestamps_and_float32_overflow(aud
     assert st["last_ts"].tolist() == [[-1.0], [-1.0]]
     with pytest.raises(ValueError, match=r"^timestamps must be finite and non-negative$"):
         sess.step([[1], [2]], st, timestamps=[[-5.0], [1.0]])
-    with pytest.raises(ValueError, match=r"^time gaps between the timestamps do not fit float32$"):
+    with pytest.raises(ValueError, match=r"^timestamps reach 1e\+39 s, beyond 1e\+11 s \(the year ~5000\): they look "
+                                         r"like milliseconds or nanoseconds since the epoch; pass Unix seconds$"):
         sess.step([[1, 2], [3, 4]], st, timestamps=[[0.0, 1e39], [1.0, 2.0]])
     from export.runtime import time_gaps
 

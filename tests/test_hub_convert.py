@@ -1595,3 +1595,82 @@ def test_loading_names_a_missing_config_and_another_architectures_weights(tmp_pa
     with pytest.raises(ValueError, match=r"do not match GRU4RecModel\(gru4rec\): missing keys: \[.*\]; unexpected keys: "
                                          r"\['LayerNorm\.bias'"):
         AutoModel.from_pretrained(tmp_path / "gru")
+
+
+# ------------------------------------------------------- QA SW6 / C2: revision and download arguments, subfolder
+def test_a_pinned_revision_is_never_served_the_bundled_copy(bundled, tmp_path, monkeypatch):
+    """``from_pretrained(hub_id, revision="v9.9")`` loaded main (or the bundled copy) without a word: pinning a revision
+    is a reproducibility contract. Offline (or with the Hub unreachable) only the main revision falls back to the
+    bundled copy; another is looked up in the cache and is an error naming it when it is not there."""
+    repo = f"{hub.HUB_ORG}/tiny-mamba4rec"
+    ids = torch.tensor([[1, 2, 3]])
+    commit = (tmp_path / "hf" / f"models--{hub.HUB_ORG}--tiny-mamba4rec" / "refs" / "main").read_text().strip()
+    for offline in (True, False):
+        if offline:
+            monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        else:
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+            monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")        # closed port: refused at once
+        for revision in (None, "main", commit):                           # the seeded cache holds main's commit
+            m = Mamba4RecModel.from_pretrained(repo, revision=revision).eval()
+            assert torch.equal(m(ids).logits, bundled(ids).logits)
+        with pytest.raises(OSError, match=rf"cannot load '{repo}' at revision 'v9\.9': .*not in the local cache"):
+            Mamba4RecModel.from_pretrained(repo, revision="v9.9")
+    with pytest.raises(OSError):
+        AutoModel.from_pretrained(repo, revision="v9.9")
+
+
+def test_the_hub_download_gets_the_revision_and_the_download_arguments(bundled, tmp_path, monkeypatch):
+    """``revision``, ``subfolder``, ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` reach
+    ``snapshot_download`` (stubbed: no network); a revision the Hub refuses is an error naming it, while main still
+    falls back to the bundled copy."""
+    import huggingface_hub
+
+    from zoo import pretrained
+
+    bundled.save_pretrained(tmp_path / "snapshot" / "sub")
+    calls = []
+
+    def snapshot_download(**kw):
+        calls.append(kw)
+        if kw.get("revision") != "abc123":                  # stands in for huggingface_hub's RevisionNotFoundError
+            raise OSError(f"404 Client Error: Revision Not Found for revision {kw.get('revision')}")
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(pretrained, "hub_reachable", lambda timeout=None: True)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    repo = f"{hub.HUB_ORG}/tiny-mamba4rec"
+    ids = torch.tensor([[1, 2, 3]])
+    m = Mamba4RecModel.from_pretrained(repo, revision="abc123", subfolder="sub", cache_dir=str(tmp_path / "c"),
+                                       token="hf_not_a_real_token", force_download=True).eval()
+    assert torch.equal(m(ids).logits, bundled(ids).logits)
+    assert calls == [dict(repo_id=repo, revision="abc123", cache_dir=str(tmp_path / "c"), token="hf_not_a_real_token",
+                          force_download=True, allow_patterns=["sub/*.json", "sub/*.safetensors", "sub/*.md"])]
+    with pytest.raises(OSError, match=rf"^cannot load '{repo}' at revision 'v9\.9': 404 Client Error"):
+        Mamba4RecModel.from_pretrained(repo, revision="v9.9")
+    with pytest.raises(ValueError, match=rf"^'{repo}' at revision 'abc123' has no subfolder 'nope'"):
+        Mamba4RecModel.from_pretrained(repo, revision="abc123", subfolder="nope")
+    calls.clear()
+    assert isinstance(Mamba4RecModel.from_pretrained(repo, local_files_only=True), Mamba4RecModel)   # bundled
+    assert calls[0]["local_files_only"] is True and calls[0]["revision"] is None
+    for revision in (None, "main"):                                     # main: the bundled copy, as before
+        assert isinstance(Mamba4RecModel.from_pretrained(repo, revision=revision), Mamba4RecModel)
+
+
+def test_subfolder_loads_from_it_and_use_safetensors_false_is_refused(tmp_path):
+    """``subfolder="nope"`` and ``use_safetensors=False`` were reported as a "corrupt weight file" (the except clause
+    matched "safetensor" in transformers' "no file named model.safetensors"). A subfolder is now where the model is
+    loaded from, a missing one an error naming it; ``use_safetensors=False`` is refused up front."""
+    model = Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=16, d_state=4)).eval()
+    model.save_pretrained(tmp_path / "repo" / "sub")
+    ids = torch.tensor([[1, 2, 3]])
+    for load in (Mamba4RecModel.from_pretrained, AutoModel.from_pretrained):
+        assert torch.equal(load(tmp_path / "repo", subfolder="sub").eval()(ids).logits, model(ids).logits)
+        with pytest.raises(ValueError, match=r"^use_safetensors=False: zoo models are saved and loaded as "
+                                             r"safetensors only"):
+            load(tmp_path / "repo" / "sub", use_safetensors=False)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'repo'))} has no subfolder 'nope'"):
+        Mamba4RecModel.from_pretrained(tmp_path / "repo", subfolder="nope")
+    (tmp_path / "repo" / "sub" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="corrupt weight file"):                  # real corruption still is one
+        Mamba4RecModel.from_pretrained(tmp_path / "repo", subfolder="sub")

@@ -2,10 +2,12 @@
 directly on tiny GRU4Rec / SASRec / LRURec models: input and state validation, batch building, the loss, ``predict`` /
 ``recommend``, the window-state helpers and the strict save/load."""
 
+import datetime
 import json
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -558,3 +560,241 @@ def test_step_runs_in_eval_mode_like_predict():
     model.eval()
     model.step(ids, model.init_state(2))
     assert not model.training
+
+
+# ---------------------------------------------------------------------------- QA: input checks of the public API
+TINY = {"gru4rec": dict(embedding_size=8, hidden_size=8), "lrurec": dict(hidden_size=8, num_layers=1),
+        "mamba4rec": dict(hidden_size=8, d_state=4, num_layers=1),
+        "sasrec": dict(hidden_size=8, num_heads=2, inner_size=8, num_layers=1),
+        "bert4rec": dict(hidden_size=8, num_heads=2, inner_size=8, num_layers=1),
+        "ssd4rec": dict(hidden_size=8, d_state=4, head_dim=4, mask_ratio=0.0),
+        "tim4rec": dict(hidden_size=8, d_state=4, head_dim=4, num_layers=1),
+        "tim4rec_causal": dict(hidden_size=8, d_state=4, head_dim=4, num_layers=1)}
+
+
+def tiny(model_type: str):
+    """A tiny model of every family (n_items=12, max_seq_length=6), in eval mode."""
+    from zoo.models import MODELS
+
+    cfg_cls, cls = MODELS[model_type]
+    torch.manual_seed(0)
+    return cls(cfg_cls(n_items=12, max_seq_length=6, **TINY[model_type])).eval()
+
+
+def timed() -> TimedGRU:
+    torch.manual_seed(0)
+    return TimedGRU(GRU4RecConfig(n_items=12, max_seq_length=6, embedding_size=8, hidden_size=8,
+                                  dropout_prob=0.0)).eval()
+
+
+UNIX = [1.39e9 + 50 * i for i in range(3)]      # Unix seconds 50 s apart: float32 rounds them to 64-s steps
+
+
+@pytest.mark.parametrize("row", [
+    pytest.param(lambda: np.array(UNIX, dtype=np.float32), id="numpy-float32"),
+    pytest.param(lambda: torch.tensor(UNIX, dtype=torch.float32), id="torch-float32"),
+    pytest.param(lambda: [np.float32(x) for x in UNIX], id="list-of-np.float32")])
+def test_recommend_refuses_float32_timestamp_rows_before_widening_them(row):
+    """recommend / user_vectors / pad_batch made every timestamp row float64 before the float32 check of
+    check_timestamps, so a float32 row of Unix seconds (rounded to 64-s steps) was used and moved the scores; each row
+    is read in its own dtype now and refused naming the history, as forward refuses a float32 tensor."""
+    model = timed()
+    hs, good = [[1, 2, 3], [4, 5, 6]], [UNIX, UNIX]
+    message = r"timestamps of history 1 are torch.float32 and reach \d+ s, beyond the 16777216 s"
+    for call in (lambda ts: model.recommend(hs, k=3, timestamps=ts), lambda ts: model.user_vectors(hs, timestamps=ts),
+                 lambda ts: model.pad_batch(hs, timestamps=ts)):
+        call(good)
+        with pytest.raises(ValueError, match=message):
+            call([UNIX, row()])
+    with pytest.raises(ValueError, match=r"timestamps of history 0 are torch.float32"):    # a 2-D float32 tensor
+        model.recommend(hs, k=3, timestamps=torch.tensor(good, dtype=torch.float32))
+    small = [[0.0, 50.0, 100.0], np.array([0.0, 50.0, 100.0], dtype=np.float32)]      # exact in float32: accepted
+    assert model.pad_batch(hs, timestamps=small)[2].tolist() == [[0.0, 50.0, 100.0]] * 2
+
+
+@pytest.mark.parametrize("row, error, message", [
+    ([False, True, True], TypeError, r"timestamps of history 1 must be real seconds .* got dtype bool"),
+    (torch.tensor([0, 1, 1], dtype=torch.bool), TypeError, r"timestamps of history 1 must be real .* dtype torch.bool"),
+    ({1.0, 2.0, 3.0}, TypeError, r"timestamps of history 1 must be a sequence of seconds, .* got set"),
+    ("123", TypeError, r"timestamps of history 1 must be a sequence of seconds, .* got str"),
+    (5.0, TypeError, r"timestamps of history 1 must be a sequence of seconds, .* got float"),
+    (["1", "2", "3"], TypeError, r"timestamps of history 1 must be real seconds .* got dtype <U1 such as '1'"),
+    ([1.0, None, 3.0], TypeError, r"timestamps of history 1 must be numbers \(Unix seconds\), got None \(NoneType\)"),
+    ([datetime.datetime(2024, 1, 1)] * 3, TypeError, r"history 1 must be numbers .* \(pass Unix seconds, e.g\. dt"),
+    ([[1.0], [2.0], [3.0]], ValueError, r"timestamps of history 1 must be one number per item \(1-D\), got shape"),
+    ([1.0, 2.0], ValueError, r"^history 1 has 3 items but 2 timestamps$")])
+def test_recommend_refuses_timestamp_rows_that_are_not_seconds_naming_the_history(row, error, message):
+    """Bool rows were read as 0 / 1 s and set rows (no order) were accepted; strings, None and datetimes failed with
+    torch's conversion errors ("too many dimensions 'str'", "must be real number, not NoneType") that named neither
+    the argument nor the row. Each is refused naming the history, in recommend and pad_batch alike."""
+    model = timed()
+    hs = [[1, 2, 3], [4, 5, 6]]
+    with pytest.raises(error, match=message):
+        model.recommend(hs, k=3, timestamps=[UNIX, row])
+    with pytest.raises(error, match=message):
+        model.pad_batch(hs, timestamps=[UNIX, row])
+
+
+def test_numpy_datetime64_timestamps_are_read_as_seconds_of_any_unit():
+    """datetime64 rows (of any unit) are Unix seconds, as export.timestamps.seconds reads them; NaT is refused."""
+    model = timed()
+    days = np.array(["2024-01-01", "2024-01-02", "2024-01-02T00:00:01"], dtype="datetime64[ms]")
+    want = model.recommend([[1, 2, 3]], k=3, timestamps=[[1704067200, 1704153600, 1704153601]])
+    for row in (days, days.astype("datetime64[s]"), days.astype("datetime64[ns]")):
+        got = model.recommend([[1, 2, 3]], k=3, timestamps=[row])
+        assert got.items == want.items and torch.equal(got.scores, want.scores)
+    with pytest.raises(ValueError, match=r"timestamps of history 0 hold NaT"):
+        model.recommend([[1, 2, 3]], k=3, timestamps=[np.array(["2024-01-01", "NaT", "NaT"], dtype="datetime64[s]")])
+
+
+def test_a_python_list_of_float_seconds_is_float64_in_forward_and_step():
+    """check_timestamps made a list of Python floats float32 (torch.as_tensor's default) and then refused the float32
+    it had made, blaming the caller; a list is read as numpy reads it now (float64), while a float32 array is still
+    refused."""
+    model = timed()
+    ids = torch.tensor([[1, 2, 3]])
+    floats = [[1.7e9, 1.7e9 + 10, 1.7e9 + 20]]
+    want = model(ids, timestamps=torch.tensor(floats, dtype=torch.float64)).logits
+    torch.testing.assert_close(model(ids, timestamps=floats).logits, want, rtol=0, atol=0)
+    step, _ = model.step(ids, model.init_state(1), timestamps=floats)
+    torch.testing.assert_close(step, want, rtol=0, atol=0)
+    assert model.check_timestamps(floats, torch.ones(1, 3, dtype=torch.bool)).tolist() == floats
+    with pytest.raises(ValueError, match=r"timestamps are torch.float32 and reach"):
+        model(ids, timestamps=np.array(floats, dtype=np.float32))
+
+
+@pytest.mark.parametrize("scale, dtype", [(1e3, torch.float64), (1e3, torch.int64), (1e9, torch.int64)])
+def test_timestamps_in_milliseconds_or_nanoseconds_are_refused(scale, dtype):
+    """Epoch milliseconds (~1.7e12) and nanoseconds (~1.7e18, also beyond 2**53 where .double() rounded int64
+    silently) were read as seconds of the year ~55,000 and changed TiM4Rec-causal's ranking: timestamps beyond 1e11 s
+    (the year ~5000) are refused, saying what they look like; 1e11 itself is still seconds."""
+    from zoo.modeling_utils import MAX_TIMESTAMP_S
+
+    model = timed()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    secs = [[1.0, 2.0, 3.0], [1_700_000_000, 1_700_000_001, 1_700_000_060]]
+    big = torch.tensor([[round(x * scale) for x in row] for row in secs], dtype=torch.float64).to(dtype)
+    big[0] = torch.tensor([1, 2, 3])
+    message = r"reach 1\.7e\+\d+ s, beyond 1e\+11 s \(the year ~5000\): they look like milliseconds or nanoseconds"
+    for call in (lambda: model(ids, timestamps=big), lambda: model.step(ids, model.init_state(2), timestamps=big)):
+        with pytest.raises(ValueError, match=rf"^timestamps of batch row 1 {message}"):
+            call()
+    for call in (lambda: model.recommend(ids.tolist(), k=3, timestamps=big.tolist(), batch_size=1),
+                 lambda: model.user_vectors(ids.tolist(), timestamps=list(big.numpy()), batch_size=1),
+                 lambda: model.pad_batch(ids.tolist(), timestamps=big)):
+        with pytest.raises(ValueError, match=rf"^timestamps of history 1 {message}"):        # not row 0 of batch 1
+            call()
+    assert MAX_TIMESTAMP_S == 1e11
+    model(ids, timestamps=torch.tensor([[1.0, 2.0, 3.0], [1e11 - 2, 1e11 - 1, 1e11]], dtype=torch.float64))
+
+
+@pytest.mark.data
+def test_no_timestamp_of_the_repository_data_is_beyond_the_seconds_bound():
+    """The bundled data (Amazon days, MovieLens seconds) is read as seconds: the new bound refuses none of it."""
+    from zoo.data import read_interactions
+    from zoo.modeling_utils import MAX_TIMESTAMP_S
+
+    data = os.environ.get("ZOO_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    files = [f for f in sorted(os.listdir(data)) if ".inter" in f] if os.path.isdir(data) else []
+    if not files:
+        pytest.skip("no data folder")
+    for f in files:
+        ts = read_interactions(os.path.join(data, f)).timestamp
+        assert ts is not None and 5e8 < ts.max() < MAX_TIMESTAMP_S, f
+
+
+@pytest.mark.parametrize("model_type", list(TINY))
+def test_forward_refuses_unknown_keyword_arguments_and_honours_return_dict(model_type):
+    """forward(**kwargs) swallowed everything: label= (a typo of labels) gave loss None, return_dict=False still gave
+    a SeqRecOutput. A keyword other than what the Trainer passes (num_items_in_batch, zoo.hf_trainer's history) is a
+    TypeError naming it now, in every family and on the all-position-label paths of BERT4Rec / TiM4Rec / SSD4Rec;
+    return_dict=False returns the output's tuple, as Hugging Face models do."""
+    model = tiny(model_type)
+    ids, mask, *rest = model.pad_batch([[1, 2, 3], [4, 5]], timestamps=[[0.0, 60.0, 120.0], [5.0, 6.0]]
+                                       if model.uses_timestamps else None)
+    kw = {"timestamps": rest[0]} if rest else {}
+    labels = {"[B]": torch.tensor([4, 7]), "[B, L]": torch.where(mask, 3, torch.zeros_like(ids))}
+    for lab in labels.values():
+        with pytest.raises(TypeError, match=r"forward\(\) got unexpected keyword argument\(s\) \['label'\]"):
+            model(ids, mask, label=lab, **kw)
+        with pytest.raises(TypeError, match=r"return_dict must be a bool .* got 'no'"):
+            model(ids, mask, labels=lab, return_dict="no", **kw)
+        torch.manual_seed(0)
+        out = model(ids, mask, labels=lab, **kw)
+        torch.manual_seed(0)
+        tup = model(ids, mask, labels=lab, return_dict=False, num_items_in_batch=5, history=ids, **kw)
+        assert isinstance(tup, tuple) and len(tup) == len(out.to_tuple())
+        for a, b in zip(tup, out.to_tuple()):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['attention'\]"):
+        model(ids, attention=mask, **kw)
+
+
+def test_exclude_seen_must_be_a_bool():
+    """predict / recommend(exclude_seen="no") excluded the history (the string is truthy): a bool is required."""
+    model = gru()
+    ids = torch.tensor([[1, 2, 3]])
+    for bad in ("no", "False", 2, None):
+        message = rf"exclude_seen must be a bool \(true or false\), got {re.escape(repr(bad))}"
+        with pytest.raises(TypeError, match=message):
+            model.predict(ids, exclude_seen=bad)
+        with pytest.raises(TypeError, match=r"exclude_seen must be a bool"):
+            model.recommend([[1, 2, 3]], k=3, exclude_seen=bad)
+    assert torch.equal(model.predict(ids, exclude_seen=np.bool_(True)), model.predict(ids, exclude_seen=True))
+
+
+def test_int8_item_ids_are_accepted_like_int16_and_meta_ids_are_refused_by_name():
+    """int8 ids were refused as "not an integer tensor" while int16 / uint8 ids and int8 labels were accepted: any
+    signed integer dtype is read now (a negative id is refused by the range check). Meta-device ids failed inside
+    Tensor.item(); they are refused naming the argument, as check_state refuses meta states."""
+    model = gru()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    want = model(ids).logits
+    for dtype in (torch.int8, torch.int16, torch.uint8):
+        torch.testing.assert_close(model(ids.to(dtype)).logits, want)
+        torch.testing.assert_close(model.step(ids.to(dtype), model.init_state(2))[0], want)
+    with pytest.raises(ValueError, match=r"input_ids holds item index -3, out of range \[0, 11\]"):
+        model(torch.tensor([[1, -3]], dtype=torch.int8))
+    with pytest.raises(TypeError, match=r"input_ids must be an integer tensor \(int64, int32, int16, int8 or uint8\)"):
+        model(ids.float())
+    with pytest.raises(ValueError, match=r"^input_ids is on the meta device \(a tensor without data\)$"):
+        model(ids.to("meta"))
+    with pytest.raises(ValueError, match=r"^item_ids is on the meta device"):
+        model.step(ids.to("meta"), model.init_state(2))
+
+
+@pytest.mark.parametrize("model_type", list(TINY))
+def test_step_keeps_no_autograd_graph(model_type):
+    """step() ran with gradients: its logits required grad and the exact-step models' state held the autograd graph
+    of every step before it, so a serving loop grew in memory without bound. It runs under no_grad like predict."""
+    model = tiny(model_type)
+    st = model.init_state(2)
+    for t in range(3):
+        kw = {"timestamps": torch.full((2, 1), float(t), dtype=torch.float64)} if model.uses_timestamps else {}
+        logits, st = model.step(torch.tensor([[1 + t], [5 + t]]), st, **kw)
+        assert not logits.requires_grad and logits.grad_fn is None
+        assert all(not v.requires_grad and v.grad_fn is None for v in st.values())
+    assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("model_type", ["sasrec", "bert4rec", "ssd4rec", "tim4rec"])
+def test_window_states_with_padding_among_their_items_are_refused(model_type):
+    """A window state with padding 0 among its window_len items (or a window_len counting zeros) was re-encoded with
+    the padding as an item (for SSD4Rec its mask token), a history forward refuses: refused naming the row."""
+    model = tiny(model_type)
+    kw = (lambda n: {"timestamps": torch.arange(n, dtype=torch.float64).repeat(2, 1)}) if model.uses_timestamps \
+        else (lambda n: {})
+    _, st = model.step(torch.tensor([[1, 2, 3], [4, 5, 6]]), model.init_state(2), **kw(3))
+    model.step(torch.tensor([[7], [8]]), st, **{k: v + 3 for k, v in kw(1).items()})          # a valid state steps
+    for edit in ("hole", "len"):
+        bad = {k: v.clone() for k, v in st.items()}
+        if edit == "hole":
+            bad["window_ids"][1, 1] = 0
+        else:
+            bad["window_len"][1, 0] = 5
+        n = 3 if edit == "hole" else 5
+        with pytest.raises(ValueError, match=rf"state\['window_ids'\] row 1 holds padding 0 among its window_len={n} "):
+            model.step(torch.tensor([[7], [8]]), bad, **{k: v + 3 for k, v in kw(1).items()})
+    state = {"window_ids": torch.tensor([[4, 0, 6]]), "window_len": torch.tensor([[3]])}
+    with pytest.raises(ValueError, match=r"state\['window_ids'\] row 0 holds padding 0 among its window_len=3"):
+        window_append(state, torch.tensor([[1]]), 3, 11)

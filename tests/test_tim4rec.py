@@ -507,3 +507,25 @@ def test_forward_and_step_run_in_the_models_dtype(make, dtype):
     assert out.dtype == step.dtype == dtype and torch.isfinite(out).all() and torch.isfinite(step).all()
     tol = 1e-4 if dtype == torch.float64 else 0.1 * (1 + want.abs().max().item())
     assert (out.float() - want).abs().max().item() <= tol
+
+
+def test_window_state_timestamps_are_checked_like_a_history():
+    """A TiM4Rec window state whose window_ts decrease, are negative, or are milliseconds within its window_len items
+    was re-encoded as it was (forward refuses such a history): refused naming the state tensor and the row. Slots past
+    window_len are not read and not checked."""
+    model = faithful()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    _, st = model.step(ids, model.init_state(2), timestamps=torch.tensor([[1000.0, 1100.0, 1200.0]] * 2,
+                                                                          dtype=torch.float64))
+    new, ts = torch.tensor([[7], [8]]), torch.tensor([[1300.0], [1300.0]], dtype=torch.float64)
+    want, _ = model.step(new, st, timestamps=ts)
+    for values, message in (([1200.0, 1100.0, 1000.0], r"timestamps of batch row 1 decrease"),
+                            ([-5.0, 1100.0, 1200.0], r"timestamps contain negative values"),
+                            ([1.39e12] * 3, r"timestamps of batch row 1 reach .* look like milliseconds")):
+        bad = {k: v.clone() for k, v in st.items()}
+        bad["window_ts"][1, :3] = torch.tensor(values, dtype=torch.float64)
+        with pytest.raises(ValueError, match=rf"^state\['window_ts'\]: {message}"):
+            model.step(new, bad, timestamps=ts)
+    junk = {k: v.clone() for k, v in st.items()}
+    junk["window_ts"][:, 3:] = -7.0                                            # beyond window_len: ignored
+    torch.testing.assert_close(model.step(new, junk, timestamps=ts)[0], want)

@@ -24,7 +24,11 @@ Conventions
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import difflib
+import logging
 import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -32,6 +36,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
@@ -41,6 +46,7 @@ from .losses import NegativeSample, sampled_softmax_loss, sparse_output_table
 from .vocab import VOCAB_FILE, ItemVocab, UnknownItemError, int_id, int_id_value
 
 State = dict[str, torch.Tensor]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -195,6 +201,63 @@ def derived_field(name: str, formula: str, compute: Callable[[Any], Any], doc: s
     return property(get, set_, doc=doc or f"``{formula}`` (derived, read-only).")
 
 
+#: ``config.json`` keys that are the zoo's own record, not model fields (:meth:`SeqRecPreTrainedModel.save_pretrained`)
+ZOO_CONFIG_KEYS = frozenset({"item_vocab_file"})
+#: RecBole's names of fields the zoo names otherwise: the model docstrings cite RecBole, so RecBole users type these
+RECBOLE_ALIASES = {"n_layers": "num_layers", "n_heads": "num_heads", "hidden_dropout_prob": "hidden_dropout",
+                   "attn_dropout_prob": "attn_dropout", "MAX_ITEM_LIST_LENGTH": "max_seq_length"}
+#: what a config does with a key that is no field: "raise" (built directly: a typo would be stored and change
+#: nothing), "warn" (read by :meth:`SeqRecConfig.from_dict` from a config.json another version may have written),
+#: "ignore" (:meth:`SeqRecConfig.check`, whose keys were warned about when they were read)
+_UNKNOWN_KEYS: contextvars.ContextVar[str] = contextvars.ContextVar("zoo_unknown_config_keys", default="raise")
+_INIT_FIELDS: dict[type, frozenset[str]] = {}
+_TRANSFORMERS_KEYS: frozenset[str] = frozenset()
+
+
+def transformers_config_keys() -> frozenset[str]:
+    """The keys transformers' ``PreTrainedConfig`` takes or writes itself: its dataclass fields and ``to_dict`` keys,
+    what its ``__post_init__`` consumes (``name_or_path``, ``attn_implementation``, the generation parameters, ...) and
+    the keys transformers 4 wrote into ``config.json``. None of them is a typo of a zoo field."""
+    global _TRANSFORMERS_KEYS
+    if not _TRANSFORMERS_KEYS:
+        import dataclasses
+
+        keys = {f.name for f in dataclasses.fields(PreTrainedConfig)} | set(PreTrainedConfig().to_dict())
+        keys |= {"model_type", "torch_dtype", "num_labels", "name_or_path", "_name_or_path", "_commit_hash",
+                 "output_attentions", "attn_implementation", "experts_implementation", "per_layer_config",
+                 "_attn_implementation", "_attn_implementation_internal", "_experts_implementation",
+                 "_experts_implementation_internal", "tie_last_hidden_states"}
+        keys |= {"torchscript", "use_bfloat16", "tf_legacy_loss", "pruned_heads", "tie_word_embeddings", "is_decoder",
+                 "add_cross_attention", "tie_encoder_decoder", "cross_attention_hidden_size", "finetuning_task",
+                 "tokenizer_class", "prefix", "bos_token_id", "pad_token_id", "eos_token_id", "sep_token_id",
+                 "decoder_start_token_id", "task_specific_params", "use_cache"}     # transformers 4's config.json
+        try:
+            from transformers import GenerationConfig
+
+            keys |= set(GenerationConfig._get_default_generation_params())
+        except Exception:       # a transformers without it: its generation keys are then not known here
+            pass
+        _TRANSFORMERS_KEYS = frozenset(keys)
+    return _TRANSFORMERS_KEYS
+
+
+def unknown_fields_message(cfg_cls: type, names: Sequence[str]) -> str:
+    """``"<name> is not a field of <Config> (did you mean <field>? ...)"`` for each of ``names``, then the fields:
+    RecBole's name of a field (:data:`RECBOLE_ALIASES`) is mapped to it, another name to the closest field
+    (``difflib``)."""
+    fields = sorted(cfg_cls.init_fields())
+    parts = []
+    for name in names:
+        alias = RECBOLE_ALIASES.get(name)
+        if alias in fields:
+            hint = f" (did you mean {alias}? RecBole's {name} is {alias} in the zoo)"
+        else:
+            close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+        parts.append(f"{name} is not a field of {cfg_cls.__name__}{hint}")
+    return f"{'; '.join(parts)}; the fields of {cfg_cls.__name__} ({cfg_cls.model_type}) are {fields}"
+
+
 class SeqRecConfig(PreTrainedConfig):
     """Fields shared by every zoo model config (each model's config documents its own fields too).
 
@@ -209,7 +272,11 @@ class SeqRecConfig(PreTrainedConfig):
 
     Sizes are ints (a fraction or a bool is refused, not cut), rates and epsilons finite numbers in their range: a
     value of the wrong type is a ``TypeError``, one out of range a ``ValueError``, naming the field (helpers
-    :func:`config_int`, :func:`config_float`, ...).
+    :func:`config_int`, :func:`config_float`, ...). The same checks hold for ``from_pretrained(path, field=value)``
+    overrides (:meth:`from_dict`) and, when a model is built, for values set on the config by hand (:meth:`check`).
+    A keyword that is no field (``n_layers``, RecBole's name of ``num_layers``; a typo) is a ``ValueError`` naming
+    it and the closest field; a ``config.json`` key that is none is kept with a warning (another version may have
+    written it).
     """
 
     model_type = "seqrec"
@@ -240,7 +307,72 @@ class SeqRecConfig(PreTrainedConfig):
         for name in self.derived_fields:        # saved for reference: the setter refuses a value that disagrees
             if name in kwargs:
                 setattr(self, name, kwargs.pop(name))
+        # what is left is transformers' and the zoo's bookkeeping, or a key no code reads (n_layers for num_layers)
+        known = transformers_config_keys() | ZOO_CONFIG_KEYS | type(self).init_fields()
+        unknown = [k for k in kwargs if k not in known]
+        if unknown and _UNKNOWN_KEYS.get() == "raise":
+            raise ValueError(unknown_fields_message(type(self), unknown))
+        if unknown and _UNKNOWN_KEYS.get() == "warn":
+            logger.warning("%s: kept in the config, but no code reads %s", unknown_fields_message(type(self), unknown),
+                           "it" if len(unknown) == 1 else "them")
         super().__init__(**kwargs)
+
+    @classmethod
+    def init_fields(cls) -> frozenset[str]:
+        """The fields of this config: the ``__init__`` parameters of it and its zoo bases (derived fields are not
+        among them)."""
+        if cls not in _INIT_FIELDS:
+            import inspect
+
+            _INIT_FIELDS[cls] = frozenset(
+                n for klass in cls.__mro__ if isinstance(klass, type) and issubclass(klass, SeqRecConfig)
+                for n, p in inspect.signature(klass.__init__).parameters.items()
+                if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        return _INIT_FIELDS[cls]
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        """The config of ``config_dict`` (a ``config.json``) with the keyword overrides of ``from_pretrained(path,
+        time_unit=...)`` that are fields merged in *before* ``__init__``, so that they are checked as every field is
+        (transformers sets overrides with ``setattr`` after ``__init__``, past every check: ``time_unit=-1`` made every
+        score NaN, a model saved so could not be reloaded). A derived field that no override gives is left out, to be
+        recomputed from the sources an override may change. Keys of ``config_dict`` that are no field (written by
+        another version) are kept with a warning, never refused. Other overrides follow transformers: set when the
+        config has such an attribute, else returned with ``return_unused_kwargs=True`` (the model's own keyword
+        arguments), else ignored with a warning naming the closest field."""
+        fields = cls.init_fields() | set(cls.derived_fields)
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+        if overrides:
+            config_dict = {k: v for k, v in config_dict.items() if k not in cls.derived_fields}
+            config_dict.update(overrides)
+        return_unused = kwargs.pop("return_unused_kwargs", False)
+        token = _UNKNOWN_KEYS.set("warn")
+        try:
+            config, unused = super().from_dict(config_dict, return_unused_kwargs=True, **kwargs)
+        finally:
+            _UNKNOWN_KEYS.reset(token)
+        if return_unused:
+            return config, unused
+        stray = [k for k in unused if not k.startswith("_") and k != "gguf_file"]
+        if stray:
+            logger.warning("%s: ignored", unknown_fields_message(cls, stray))
+        return config
+
+    def check(self) -> None:
+        """Run ``__init__``'s checks again on the values the config holds now, and keep the values ``__init__``
+        makes of them (a whole float size as an int, ``inner_size=None`` as its default): a field set by hand after
+        the config was built (``config.time_unit = -1``) is refused as the constructor refuses it, naming the field.
+        Called by :class:`SeqRecPreTrainedModel` before it builds a model on the config. Keys that are no field are
+        left alone here (read from a config.json, they were warned about then)."""
+        token = _UNKNOWN_KEYS.set("ignore")
+        try:
+            fresh = type(self)(**self.to_dict())
+        finally:
+            _UNKNOWN_KEYS.reset(token)
+        mine, theirs = vars(self), vars(fresh)
+        for name in type(self).init_fields():
+            if name in mine and name in theirs:             # not a derived field (a property)
+                setattr(self, name, theirs[name])
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -269,6 +401,13 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     _input_embed_layer = "item_embedding"
 
     def __init__(self, config: SeqRecConfig):
+        if isinstance(config, SeqRecConfig):   # a value set by hand after the config was built: checked as built
+            try:
+                config.check()
+            except (TypeError, ValueError) as e:
+                if type(e) not in (TypeError, ValueError):
+                    raise
+                raise type(e)(f"{type(self).__name__} config: {e}") from None
         super().__init__(config)
         self.item_vocab: ItemVocab | None = None
 
@@ -299,10 +438,15 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
     # ------------------------------------------------------------ validation
     def _check_ids(self, ids: Any, name: str = "input_ids") -> torch.Tensor:
+        """Item indices ``[B, L]`` -> int64: any signed integer dtype or uint8 (int8's negatives, as any negative, are
+        refused by the range check), non-empty, on a device with data (a meta tensor has no values to check)."""
         if not isinstance(ids, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of item indices, got {type(ids).__name__}")
-        if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"{name} must be an integer tensor (int64), got dtype {ids.dtype}")
+        if ids.dtype not in _ID_DTYPES:
+            raise TypeError(f"{name} must be an integer tensor (int64, int32, int16, int8 or uint8), "
+                            f"got dtype {ids.dtype}")
+        if ids.is_meta:
+            raise ValueError(f"{name} is on the meta device (a tensor without data)")
         if ids.dim() != 2:
             raise ValueError(f"{name} must have shape [batch, seq_len], got shape {list(ids.shape)}")
         if ids.shape[0] == 0 or ids.shape[1] == 0:
@@ -372,30 +516,28 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         non-negative, non-decreasing over each row's real items, returned as float64. Floating timestamps narrower
         than float64 are refused where a real one is beyond the whole seconds they hold exactly (float32: 2**24 s,
         ~194 days; float16: 2**11; bfloat16: 2**8): float32 rounds Unix seconds (~1e9) to 64-s steps before this
-        method could widen them, which moves the scores silently."""
+        method could widen them, which moves the scores silently. Anything but a tensor is read by :func:`_as_seconds`
+        (numpy dtypes kept, so a float32 array is refused too; Python floats are float64, numpy ``datetime64`` become
+        seconds). Timestamps above :data:`MAX_TIMESTAMP_S` (1e11 s, the year ~5000) are refused: they are milliseconds
+        or nanoseconds since the epoch, which the time-aware models would read as seconds (TiM4Rec-causal's gap
+        features, and so its ranking, change); this also refuses every integer beyond 2**53 that float64 would round."""
         if timestamps is None:
             raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps [batch, seq_len] (seconds)")
-        if not isinstance(timestamps, torch.Tensor):
-            timestamps = torch.as_tensor(timestamps)
-        if timestamps.dtype == torch.bool or timestamps.is_complex():
-            raise TypeError(f"timestamps must be real seconds (float64 or int64), got dtype {timestamps.dtype}")
+        timestamps = _as_seconds(timestamps, "timestamps")
         if timestamps.shape != mask.shape:
             raise ValueError(f"timestamps must have the shape of input_ids {list(mask.shape)}, got {list(timestamps.shape)}")
-        if timestamps.is_floating_point() and timestamps.dtype != torch.float64:
-            exact = 2.0 / torch.finfo(timestamps.dtype).eps              # 2**(mantissa bits + 1): 2**24 in float32
-            real = timestamps[mask].double()
-            big = real[torch.isfinite(real) & (real.abs() > exact)]         # NaN / inf: refused below
-            if len(big):
-                raise ValueError(f"timestamps are {timestamps.dtype} and reach {float(big.abs().max()):.0f} s, beyond "
-                                 f"the {exact:.0f} s up to which {timestamps.dtype} holds every whole second exactly "
-                                 "(it has rounded them: float32 rounds Unix seconds to 64-s steps): pass float64 "
-                                 "(or int64) seconds")
+        _check_exact_seconds(timestamps[mask], "timestamps")
         ts = timestamps.double()
         real = ts[mask]
         if not torch.isfinite(real).all():
             raise ValueError("timestamps contain NaN or infinite values at real positions")
         if (real < 0).any():
             raise ValueError("timestamps contain negative values")
+        if (real > MAX_TIMESTAMP_S).any():
+            r = int((mask & (ts > MAX_TIMESTAMP_S)).any(1).nonzero()[0])
+            raise ValueError(f"timestamps of batch row {r} reach {float(ts[r][mask[r]].max()):.6g} s, beyond "
+                             f"{MAX_TIMESTAMP_S:.0e} s (the year ~5000): they look like milliseconds or nanoseconds "
+                             "since the epoch; pass Unix seconds")
         big = torch.finfo(torch.float64).max
         filled = torch.where(mask, ts, torch.full_like(ts, -big))
         prev = torch.cummax(filled, dim=1).values
@@ -413,7 +555,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         Each history is truncated to its most recent ``max_length`` (an int >= 1, default ``config.max_seq_length``)
         items and padded on the model's ``padding_side``. Item indices must be ints (numpy / torch integer scalars
         and integer arrays accepted): a float or a bool is a ``TypeError`` naming it, as in :meth:`recommend` (a
-        tensor would cut ``1.7`` to item 1 silently).
+        tensor would cut ``1.7`` to item 1 silently). ``timestamps``, one sequence of seconds per history and as long
+        as it, are read row by row in their own dtype (:func:`_timestamp_row`): a set, a string, a scalar, bools or
+        other non-numbers are refused naming ``timestamps of history r``, and so is a float32 row beyond 2**24 s
+        (rounded before it could be widened); the returned timestamps are float64.
         """
         max_length = (self.config.max_seq_length if max_length is None
                       else _as_count(max_length, "pad_batch max_length"))  # 0 / -1 would cut silently
@@ -429,6 +574,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         ids = torch.zeros(len(rows), L, dtype=torch.long)
         mask = torch.zeros(len(rows), L, dtype=torch.bool)
         ts = torch.zeros(len(rows), L, dtype=torch.float64) if timestamps is not None else None
+        if timestamps is not None:
+            _check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
         if timestamps is not None and len(timestamps) != len(rows):
             raise ValueError(f"got {len(timestamps)} timestamp lists for {len(rows)} histories")
         for r, h in enumerate(rows):
@@ -437,10 +584,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             ids[r, sl] = torch.tensor(h, dtype=torch.long)
             mask[r, sl] = True
             if ts is not None:
-                t = list(timestamps[r])
+                t = _timestamp_row(timestamps[r], f"timestamps of history {r}")
                 if len(t) != len(histories[r]):
                     raise ValueError(f"history {r} has {len(histories[r])} items but {len(t)} timestamps")
-                ts[r, sl] = torch.tensor(t[-max_length:], dtype=torch.float64)
+                ts[r, sl] = t[-max_length:]
         return (ids, mask) if ts is None else (ids, mask, ts)
 
     def last_positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -470,9 +617,13 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             timestamps: ``[B, L]`` seconds, for time-aware models.
             negatives: with ``labels``, train with sampled softmax against these shared negatives instead of the
                 full cross-entropy (:mod:`zoo.losses`); the full-catalogue ``logits`` are then not computed (None).
+            **kwargs: ``return_dict`` (default True; False returns the output as a tuple, as Hugging Face models
+                do) and the arguments of :attr:`IGNORED_FORWARD_KWARGS`, which the ``Trainer`` passes; any other is
+                a ``TypeError`` naming it (:meth:`_forward_kwargs`).
         Returns:
             :class:`SeqRecOutput` with ``logits [B, n_items]`` at each row's last real position.
         """
+        return_dict = self._forward_kwargs(kwargs)
         if negatives is not None and labels is None:
             raise ValueError("negatives are the sampled loss's: give them with labels (training), not for scoring")
         ids, mask, ts = self.check_inputs(input_ids, attention_mask, timestamps)
@@ -483,7 +634,30 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_from_hidden(hidden, last, logits, labels, negatives, attention_mask=mask)
-        return SeqRecOutput(loss=loss, logits=logits, hidden_states=hidden)
+        return self._output(SeqRecOutput(loss=loss, logits=logits, hidden_states=hidden), return_dict)
+
+    #: keyword arguments that :meth:`forward` accepts and ignores because transformers' ``Trainer`` passes them:
+    #: ``num_items_in_batch`` (to a model with ``accepts_loss_kwargs``, or from a custom ``compute_loss``) and
+    #: ``history`` (the window of :mod:`zoo.hf_trainer`'s evaluation batches, a label with
+    #: ``label_names=HISTORY_LABELS``, which the ``Trainer`` hands to ``forward`` with the inputs)
+    IGNORED_FORWARD_KWARGS = frozenset({"num_items_in_batch", "history"})
+
+    def _forward_kwargs(self, kwargs: Mapping[str, Any]) -> bool:
+        """:meth:`forward`'s extra keyword arguments -> ``return_dict`` (a bool, default True). ``TypeError`` naming
+        any argument but ``return_dict`` and :attr:`IGNORED_FORWARD_KWARGS`: a misspelled ``label=`` was swallowed,
+        so the loss was None without an error, and ``return_dict=False`` was ignored."""
+        unknown = sorted(set(kwargs) - self.IGNORED_FORWARD_KWARGS - {"return_dict"})
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword argument(s) {unknown}; it takes "
+                            "input_ids, attention_mask, labels, timestamps, negatives and return_dict")
+        flag = kwargs.get("return_dict")
+        return True if flag is None else config_bool(flag, "return_dict")
+
+    @staticmethod
+    def _output(out: SeqRecOutput, return_dict: bool) -> SeqRecOutput | tuple:
+        """``out``, or with ``return_dict=False`` its tuple (the fields that are not None, in order), as Hugging Face
+        models return it."""
+        return out if return_dict else out.to_tuple()
 
     def check_labels(self, labels: Any, shape: Sequence[int]) -> torch.Tensor:
         """Training labels for a batch of ``shape = [B, L]`` -> int64: ``[B]`` (one next item per row, each a real item
@@ -494,7 +668,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         B, L = int(shape[0]), int(shape[1])
         if not isinstance(labels, torch.Tensor):
             raise TypeError(f"labels must be a torch.Tensor of item indices, got {type(labels).__name__}")
-        if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        if labels.dtype not in _ID_DTYPES:
             raise TypeError(f"labels must be an integer tensor (int64 item indices), got dtype {labels.dtype}")
         if tuple(labels.shape) not in ((B,), (B, L)):
             raise ValueError(f"labels must be [batch] or [batch, seq_len] = {[B, L]}, got {list(labels.shape)}")
@@ -572,6 +746,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         :meth:`recommend` excludes whole histories, also items older than the window. ``exclude_items`` are indices
         of real items, ints in ``1 .. n_items - 1`` (:meth:`encode_item_set` gives them from external ids); anything
         else is a ``TypeError`` / ``ValueError`` naming it (a -1 would exclude the last item)."""
+        exclude_seen = config_bool(exclude_seen, "exclude_seen")           # "no" is truthy: it would exclude
         excluded = self._check_indices(exclude_items, "exclude_items") if exclude_items is not None else []
         with self.eval_mode():
             out = self.forward(input_ids, attention_mask, timestamps=timestamps)
@@ -669,7 +844,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             TypeError / ValueError / UnknownItemError naming the problem (a history that is not a sequence of ids,
             an unknown id, a bad ``k``/``batch_size``, timestamps missing or given to a model that reads none).
         """
-        idx = self._check_histories(histories, timestamps, "recommend", "predict")
+        idx, timestamps = self._check_histories(histories, timestamps, "recommend", "predict")
+        exclude_seen = config_bool(exclude_seen, "exclude_seen")           # "no" is truthy: it would exclude
         k = _as_count(k, "k", 1, self.config.n_items - 1)
         batch_size = _as_count(batch_size, "batch_size")
         excluded = self.encode_item_set(exclude_items) if exclude_items is not None else []
@@ -730,9 +906,12 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             raise ValueError(f"the candidates of history {empty[0]} are empty")
         return pools
 
-    def _check_histories(self, histories: Any, timestamps: Any, caller: str, tensor_twin: str) -> list[list[int]]:
+    def _check_histories(self, histories: Any, timestamps: Any, caller: str,
+                         tensor_twin: str) -> tuple[list[list[int]], list[torch.Tensor] | None]:
         """Check :meth:`recommend`'s / :meth:`user_vectors`' ``histories`` (external ids) and ``timestamps`` (given
-        exactly when the model reads them, one list per history) -> internal indices."""
+        exactly when the model reads them, one sequence of seconds per history, as long as it) -> ``(internal
+        indices, float64 timestamp rows or None)``. Each row is read by :func:`_timestamp_row`, whose errors name the
+        history (``timestamps of history 3``) among all given, not within a batch of ``batch_size``."""
         if isinstance(histories, torch.Tensor):
             raise TypeError(f"{caller}() takes lists of external item ids; for index tensors use {tensor_twin}()")
         _check_sequence(histories, "histories", "a sequence of histories (lists of item ids)")
@@ -746,7 +925,13 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             _check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
             if len(timestamps) != len(histories):
                 raise ValueError(f"got {len(timestamps)} timestamp lists for {len(histories)} histories")
-        return self.encode_histories(histories)
+        idx = self.encode_histories(histories)
+        if timestamps is not None:
+            timestamps = [_timestamp_row(t, f"timestamps of history {r}") for r, t in enumerate(timestamps)]
+            for r, (h, t) in enumerate(zip(idx, timestamps)):
+                if len(t) != len(h):
+                    raise ValueError(f"history {r} has {len(h)} items but {len(t)} timestamps")
+        return idx, timestamps
 
     def padded_batches(self, idx: Sequence[Sequence[int]], timestamps: Sequence[Sequence[float]] | None,
                        batch_size: int):
@@ -796,7 +981,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         """``[B, vector_size]`` :meth:`query_vectors` of histories of external item ids (as :meth:`recommend` takes
         them; the model reads the last ``max_seq_length`` items), on the CPU. Bad histories raise as in
         :meth:`recommend`."""
-        idx = self._check_histories(histories, timestamps, "user_vectors", "query_vectors")
+        idx, timestamps = self._check_histories(histories, timestamps, "user_vectors", "query_vectors")
         batch_size = _as_count(batch_size, "batch_size")
         return torch.cat([self.query_vectors(ids, mask, timestamps=ts).cpu()
                           for _, ids, mask, ts in self.padded_batches(idx, timestamps, batch_size)])
@@ -880,6 +1065,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"state[{name!r}] holds NaN or infinite values")
 
+    @torch.no_grad()
     def step(self, item_ids: torch.Tensor, state: State, timestamps: torch.Tensor | None = None,
              all_positions: bool = False) -> tuple[torch.Tensor, State]:
         """Advance the recurrent state by ``T >= 1`` new items per row and score the next item.
@@ -892,7 +1078,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         Returns:
             ``(logits [B, n_items] or [B, T, n_items], new_state)``; logits equal :meth:`forward`'s at the same
             history (exactly, up to float error, for models with ``has_exact_step``). Runs in eval mode
-            (:meth:`eval_mode`), like :meth:`predict`. Timestamps given to a model that reads none are an error.
+            (:meth:`eval_mode`) and under ``torch.no_grad()``, like :meth:`predict`: serving, not training (which goes
+            through :meth:`forward`). With gradients, the state of each step would hold the autograd graph of every
+            step before it, and a serving loop would grow in memory without bound. Timestamps given to a model that
+            reads none are an error.
         """
         ids = self._check_ids(item_ids, "item_ids")
         if (ids == 0).any():
@@ -1045,14 +1234,30 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         when the weight file is missing or corrupt, when the vocabulary does not fit ``n_items``, or
         when ``config.item_vocab_file`` (written by :meth:`save_pretrained`) says a vocabulary belongs to the weights
         and it is missing, or that none does and one is there.
-        """
-        from .pretrained import resolve_pretrained
 
-        path = resolve_pretrained(pretrained_model_name_or_path)
+        ``revision``, ``subfolder``, ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` say which
+        files to fetch (:func:`zoo.pretrained.resolve_pretrained`: a pinned revision is never served the bundled copy;
+        a missing subfolder is an error naming it). Other keywords that are config fields override the saved config,
+        checked as the config's ``__init__`` checks them (:meth:`SeqRecConfig.from_dict`); one that is neither a field
+        nor an argument of transformers' ``from_pretrained`` is a ``ValueError`` naming the closest field.
+        ``use_safetensors=False`` is refused: zoo models are saved and loaded as safetensors only.
+        """
+        from .pretrained import HUB_KWARGS, resolve_pretrained
+
+        use_safetensors = kwargs.get("use_safetensors")
+        if use_safetensors is not None and use_safetensors is not True:
+            raise ValueError(f"use_safetensors={use_safetensors!r}: zoo models are saved and loaded as safetensors "
+                             "only (no pickled weights); leave use_safetensors out")
+        path = resolve_pretrained(pretrained_model_name_or_path,
+                                  **{k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs})
         config = kwargs.pop("config", None)
+        given_config = config is not None
         if config is None:
-            _check_model_type(path)
-            config = AutoConfig.from_pretrained(path)
+            cfg_cls = _check_model_type(path)
+            fields = cfg_cls.init_fields() | set(cfg_cls.derived_fields) if cfg_cls is not None else set()
+            fields |= {"output_hidden_states", "output_attentions", "return_dict"}
+            # config overrides, checked by the config's __init__ (SeqRecConfig.from_dict), not set past its checks
+            config = AutoConfig.from_pretrained(path, **{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
         if cls is SeqRecPreTrainedModel:  # the base class loads whatever concrete model the folder holds
             from .models import get_model_class
 
@@ -1071,8 +1276,16 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                                                       **kwargs)
         except Exception as e:  # safetensors header errors, truncated files, size mismatches, ...
             text = f"{type(e).__module__} {e}".lower()
-            if "safetensor" in text or "deserializ" in text or "header" in text:
+            if _is_safetensors_error(e):        # by type: a "no file named model.safetensors" is no corruption
                 raise ValueError(f"corrupt weight file in {path}: {e}") from e
+            stray = re.search(r"__init__\(\) got an unexpected keyword argument '(\w+)'", str(e))
+            if isinstance(e, TypeError) and stray and isinstance(config, SeqRecConfig):   # left over for cls(config)
+                name = stray.group(1)
+                if given_config and name in config.init_fields():
+                    raise ValueError(f"{name} is a field of {type(config).__name__}: with config= given, set it on "
+                                     f"that config instead of passing {name}= to from_pretrained") from None
+                raise ValueError(f"{unknown_fields_message(type(config), [name])}; nor is {name} an argument of "
+                                 "from_pretrained") from None
             if "mismatch" in text:
                 raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): "
                                  f"tensor shapes differ from the config ({e})") from e
@@ -1126,9 +1339,24 @@ def _no_weight_bars():
         hf_logging.enable_progress_bar()
 
 
-def _check_model_type(path: str) -> None:
+def _is_safetensors_error(e: BaseException) -> bool:
+    """Whether ``e`` (or what it was raised from) is safetensors' own error: a header that does not parse, a file cut
+    short. Told by type, not by the text, which names model.safetensors in a plain "no such file" too."""
+    from safetensors import SafetensorError
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, SafetensorError):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _check_model_type(path: str) -> type[SeqRecConfig] | None:
     """A one-line error for a ``config.json`` whose ``model_type`` is no zoo model (before transformers' advice to
-    upgrade transformers); a folder without a readable ``config.json`` is left to ``AutoConfig``'s own error."""
+    upgrade transformers); a folder without a readable ``config.json`` is left to ``AutoConfig``'s own error (None).
+    Returns the config class of the ``model_type``."""
     import json
 
     from .models import MODELS
@@ -1146,6 +1374,7 @@ def _check_model_type(path: str) -> None:
     if model_type not in MODELS:
         raise ValueError(f"{os.path.join(path, 'config.json')}: model_type {model_type!r} is not a zoo model "
                          f"(the zoo has {sorted(MODELS)})")
+    return MODELS[model_type][0]
 
 
 #: the weight files a save writes: one ``model.safetensors``, or shards and their index
@@ -1220,6 +1449,88 @@ def _check_sequence(x: Any, what: str, expected: str) -> None:
         raise TypeError(f"{what} must be {expected}, got {type(x).__name__}")
 
 
+#: dtypes of item-index tensors (``input_ids``, ``item_ids``, ``labels``): the integer dtypes torch computes with
+#: (negative ids are refused by the range checks)
+_ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+#: the largest timestamp read as Unix seconds: 1e11 s is the year ~5000, while milliseconds since the epoch are ~1.7e12
+#: today and nanoseconds ~1.7e18 (which also lie beyond 2**53, where float64 stops holding every integer). Mirrored by
+#: ``export.timestamps.MAX_SECONDS`` (numpy only: the Triton client imports no torch).
+MAX_TIMESTAMP_S = 1e11
+
+
+def _as_seconds(x: Any, what: str) -> torch.Tensor:
+    """Timestamps as a tensor of their own dtype, for :meth:`SeqRecPreTrainedModel.check_timestamps` and
+    :func:`_check_exact_seconds` (widening float32 first would hide its rounding): a tensor as it is; anything else
+    through ``np.asarray``, so numpy dtypes are kept (a float32 array is still refused) and Python floats are float64
+    (``torch.as_tensor`` would make them float32, and the float32 check would blame the caller). Numpy ``datetime64``
+    of any unit becomes float64 seconds, as :func:`export.timestamps.seconds` reads it. ``TypeError`` naming ``what``
+    for bools, complex numbers, strings, None, ``datetime`` objects (timezone-ambiguous: pass ``dt.timestamp()``
+    seconds) and other non-numbers; ``ValueError`` for ragged rows and NaT."""
+    if not isinstance(x, torch.Tensor):
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError):                  # numpy's "inhomogeneous shape": a ragged nested list
+            raise ValueError(f"{what}: rows of different lengths (one timestamp per item)") from None
+        if arr.dtype.kind == "M":
+            if np.isnat(arr).any():
+                raise ValueError(f"{what} hold NaT (a missing time)")
+            arr = arr.astype("datetime64[us]").astype(np.int64) / 1e6
+        elif arr.dtype.kind == "O":                      # None, datetimes, ... (or ints beyond int64: numbers)
+            bad = next((v for v in arr.flat if isinstance(v, bool) or not isinstance(v, numbers.Real)), arr)
+            if bad is not arr:                           # arr: the sentinel for "every element is a real number"
+                hint = " (pass Unix seconds, e.g. dt.timestamp(), or numpy datetime64)" if hasattr(bad, "year") else ""
+                raise TypeError(f"{what} must be numbers (Unix seconds), got {bad!r} ({type(bad).__name__}){hint}")
+            arr = arr.astype(np.float64)
+        elif arr.dtype.kind not in "iuf":
+            such = f" such as {arr.flat[0].item()!r}" if arr.size else ""
+            raise TypeError(f"{what} must be real seconds (float64 or int64), got dtype {arr.dtype}{such}")
+        elif arr.dtype.kind == "u" and arr.dtype.itemsize > 1:  # torch computes with uint8 only among unsigned
+            arr = arr.astype(np.int64 if arr.dtype.itemsize < 8 else np.float64)
+        if not arr.dtype.isnative or not arr.flags.c_contiguous:
+            arr = arr.astype(arr.dtype.newbyteorder("="), order="C")
+        x = torch.from_numpy(arr)
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{what} must be real seconds (float64 or int64), got dtype {x.dtype}")
+    return x
+
+
+def _check_exact_seconds(t: torch.Tensor, what: str) -> None:
+    """``ValueError`` when floating timestamps ``t`` narrower than float64 reach beyond the whole seconds their dtype
+    holds exactly (float32: 2**24 s, ~194 days; float16: 2**11; bfloat16: 2**8): float32 has rounded Unix seconds
+    (~1e9) to 64-s steps before they could be widened, which moves the scores silently. NaN / inf are left to the
+    caller's finiteness check."""
+    if t.is_floating_point() and t.dtype != torch.float64:
+        exact = 2.0 / torch.finfo(t.dtype).eps                           # 2**(mantissa bits + 1): 2**24 in float32
+        real = t.double()
+        big = real[torch.isfinite(real) & (real.abs() > exact)]
+        if len(big):
+            raise ValueError(f"{what} are {t.dtype} and reach {float(big.abs().max()):.0f} s, beyond "
+                             f"the {exact:.0f} s up to which {t.dtype} holds every whole second exactly "
+                             "(it has rounded them: float32 rounds Unix seconds to 64-s steps): pass float64 "
+                             "(or int64) seconds")
+
+
+def _timestamp_row(row: Any, what: str) -> torch.Tensor:
+    """One history's timestamps (:meth:`SeqRecPreTrainedModel.recommend`, ``user_vectors``, ``pad_batch``) -> 1-D
+    float64 seconds: an ordered sequence, as histories must be (a set, a string, a dict or a scalar is a ``TypeError``
+    naming ``what``), read by :func:`_as_seconds` in its own dtype so that :func:`_check_exact_seconds` refuses a
+    rounded float32 row before it is widened, and milliseconds (beyond :data:`MAX_TIMESTAMP_S`) are refused naming the
+    history among all given. The other value checks (finite, non-negative, in time order) run with the batch, in
+    :meth:`SeqRecPreTrainedModel.check_timestamps`."""
+    _check_sequence(row, what, "a sequence of seconds, one per item, oldest first")
+    t = _as_seconds(row, what)
+    if t.dim() != 1:
+        raise ValueError(f"{what} must be one number per item (1-D), got shape {list(t.shape)}")
+    _check_exact_seconds(t, what)
+    t = t.double()
+    late = t[torch.isfinite(t) & (t > MAX_TIMESTAMP_S)]
+    if len(late):
+        raise ValueError(f"{what} reach {float(late.max()):.6g} s, beyond {MAX_TIMESTAMP_S:.0e} s (the year ~5000): "
+                         "they look like milliseconds or nanoseconds since the epoch; pass Unix seconds")
+    return t
+
+
 def _int_list(h: Any, where: str) -> list[int]:
     """Internal indices (a history, :meth:`SeqRecPreTrainedModel.predict`'s ``exclude_items``) as a list of Python
     ints (integer tensors / numpy arrays, and numpy / torch integer scalars, accepted); a float, a bool or a string
@@ -1283,6 +1594,18 @@ def window_state_spec(batch_size: int, max_len: int) -> list[StateTensorSpec]:
     ]
 
 
+def check_window_ids(win: torch.Tensor, n: torch.Tensor, max_len: int) -> torch.Tensor:
+    """The window state's ``window_ids [B, M]`` and ``window_len`` counts ``n [B]`` -> ``valid [B, M]``, the slots of
+    each row's real items (its first ``window_len``). ``ValueError`` naming the row when one of them is padding 0: the
+    re-encode would read it as an item (for SSD4Rec, its mask token), scoring a history ``forward`` refuses."""
+    valid = torch.arange(max_len, device=win.device)[None] < n[:, None]
+    zero = (win == 0) & valid
+    if zero.any():
+        r = int(zero.any(1).nonzero()[0])
+        raise ValueError(f"state['window_ids'] row {r} holds padding 0 among its window_len={int(n[r])} real items")
+    return valid
+
+
 def window_append(state: State, item_ids: torch.Tensor, max_len: int, n_items: int):
     """Shared by the re-encoding steps (SASRec, BERT4Rec): append ``item_ids [B, T]`` to the window state.
 
@@ -1298,6 +1621,7 @@ def window_append(state: State, item_ids: torch.Tensor, max_len: int, n_items: i
     win, n = win.to(device), n.to(device)
     if int(win.min()) < 0 or int(win.max()) >= n_items:
         raise ValueError("state['window_ids'] holds item indices out of range")
+    check_window_ids(win, n, M)
     B, T = item_ids.shape
     ar = torch.arange(M + T, device=device)
     combined = torch.zeros(B, M + T, dtype=torch.long, device=device)
@@ -1319,4 +1643,5 @@ def window_state(combined: torch.Tensor, total: torch.Tensor, max_len: int) -> S
 
 
 __all__ = ["SeqRecConfig", "SeqRecPreTrainedModel", "SeqRecOutput", "Recommendations", "ItemVectors",
-           "StateTensorSpec", "State", "window_state_spec", "window_append", "window_state", "resolve_device"]
+           "StateTensorSpec", "State", "window_state_spec", "window_append", "window_state", "check_window_ids",
+           "resolve_device", "MAX_TIMESTAMP_S"]

@@ -9,6 +9,8 @@ Resolution of a name given to ``from_pretrained``:
 3. when the Hub cannot be reached (offline mode, no network, a quick connection probe fails) or does not have the
    repo, and ``name`` is one of the models bundled with this package (``hub_cards/<name>``), the bundled copy is used.
    The probe (1.5 s, ``ZOO_HUB_PROBE_TIMEOUT``) keeps a machine without network from hanging on download timeouts.
+   The bundled copy is the main revision's: a ``revision=`` pinned to another one is fetched (or found in the cache)
+   or is an error naming it, never served the bundled weights.
 
 Bundled names resolve under the project's organisation (``ZOO_HUB_ORG``, default ``ssm-rec-zoo``) and under the
 placeholder organisation ``org`` used in the docs (``from_pretrained("org/mamba4rec-ml1m")``).
@@ -133,35 +135,77 @@ def weights_sha256(folder: str | os.PathLike) -> str | None:
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
-def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
-    """A local folder holding ``config.json`` for ``name_or_path`` (see the module docstring for the order)."""
+#: ``from_pretrained`` keyword arguments that say which files to fetch: passed on to the Hub download
+HUB_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only", "force_download")
+
+
+def resolve_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None, subfolder: str | None = "",
+                       cache_dir: str | os.PathLike | None = None, token: bool | str | None = None,
+                       local_files_only: bool = False, force_download: bool = False) -> str:
+    """A local folder holding ``config.json`` for ``name_or_path`` (see the module docstring for the order).
+
+    ``revision``, ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` go to the Hub download
+    (``snapshot_download``), as ``from_pretrained`` takes them (a local folder has no revisions: they do not apply to
+    it). The bundled copy is main's, so it stands in only when ``revision`` is None or ``"main"``: a pinned revision
+    that cannot be fetched is an ``OSError`` naming it, never other weights. ``subfolder`` is the folder inside the
+    repo (or local folder) that holds the model; a ``ValueError`` names it when there is none.
+    """
     p = os.fspath(name_or_path)
     if os.path.isdir(p):
-        return p
+        return _subfolder(p, subfolder, p)
     if os.path.exists(p):
         raise ValueError(f"{p} is a file; from_pretrained expects a folder with config.json and model.safetensors")
     org, _, repo = p.partition("/")
     if p.count("/") != 1 or not org or not repo or org in (".", "..", "~"):
         raise ValueError(f"{p!r} is neither a local folder (none exists there) nor a Hub id of the form 'org/name'")
-    bundled = _bundled_for(p)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    asked = getattr(revision, "initial", revision)  # transformers hands on a ResolvedRevision: what the caller asked
+    at = "" if asked in (None, "main") else f" at revision {asked!r}"
+    bundled = _bundled_for(p) if asked in (None, "main") else None   # the bundled copy is main's
     patterns = ["*.json", "*.safetensors", "*.md"]
-    if not hub_reachable():
+    if subfolder:
+        patterns = [f"{subfolder.strip('/')}/{x}" for x in patterns]
+    download = dict(repo_id=p, allow_patterns=patterns, revision=revision, cache_dir=cache_dir, token=token)
+    if local_files_only or not hub_reachable():
         try:  # the normal machinery, cache only
-            return snapshot_download(repo_id=p, allow_patterns=patterns, local_files_only=True)
-        except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+            return _subfolder(snapshot_download(**download, local_files_only=True), subfolder, f"{p!r}{at}")
+        except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as e:
+            if isinstance(e, SubfolderNotFound):
+                raise
+            why = "local_files_only=True was given" if local_files_only else "the Hugging Face Hub is not reachable"
             if bundled is not None:
-                logger.info("Hugging Face Hub not reachable: using the bundled copy of %s at %s", p, bundled)
-                return str(bundled)
-            raise OSError(f"cannot load {p!r}: no such local folder, the Hugging Face Hub is not reachable, it is not "
-                          f"in the local cache, and it is not a bundled model (bundled: {sorted(bundled_models())})"
-                          ) from None
+                logger.info("%s: using the bundled copy of %s at %s", why, p, bundled)
+                return _subfolder(str(bundled), subfolder, f"the bundled copy of {p!r}")
+            if at:
+                raise OSError(f"cannot load {p!r}{at}: {why} and that revision is not in the local cache (the "
+                              f"bundled copy, if {p!r} has one, is the main revision's, not {asked!r})") from None
+            raise OSError(f"cannot load {p!r}: no such local folder, {why}, it is not in the local cache, and it is "
+                          f"not a bundled model (bundled: {sorted(bundled_models())})") from None
     try:
-        return snapshot_download(repo_id=p, allow_patterns=patterns)
+        folder = snapshot_download(**download, force_download=force_download)
     except (RepositoryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
         if bundled is not None:
             logger.warning("could not download %s from the Hub (%s): using the bundled copy at %s", p, e, bundled)
-            return str(bundled)
+            return _subfolder(str(bundled), subfolder, f"the bundled copy of {p!r}")
+        if at:
+            raise OSError(f"cannot load {p!r}{at}: {e}") from e
         raise
+    return _subfolder(folder, subfolder, f"{p!r}{at}")
+
+
+class SubfolderNotFound(ValueError):
+    """The model folder (or Hub snapshot) has no such ``subfolder``."""
+
+
+def _subfolder(folder: str, subfolder: str | None, what: str) -> str:
+    """``folder/subfolder``, or ``folder`` when no ``subfolder`` is given; a ``ValueError`` naming ``subfolder`` and
+    ``what`` was searched when there is no such folder (not transformers' "no file named model.safetensors")."""
+    if not subfolder:
+        return folder
+    path = os.path.join(folder, subfolder)
+    if not os.path.isdir(path):
+        raise SubfolderNotFound(f"{what} has no subfolder {subfolder!r} (subfolder= names the folder inside it that "
+                                "holds config.json and model.safetensors)")
+    return path

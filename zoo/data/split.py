@@ -154,9 +154,10 @@ class SequenceDataset:
     def check_timestamps_for(self, reader: str) -> None:
         """Before a time-aware model (named ``reader``) trains or is evaluated on this data: ``ValueError`` when the
         data has no timestamps (an order-only file such as ``.seq``), NaN or infinite ones (a dataset built in memory;
-        the readers and :class:`~zoo.data.readers.Interactions` refuse them) or negative ones (the models read Unix
-        seconds >= 0), naming the file and the first user concerned -- instead of an error at the first batch.
-        (Rows are sorted by time per user.)"""
+        the readers and :class:`~zoo.data.readers.Interactions` refuse them), negative ones (the models read Unix
+        seconds >= 0) or ones beyond ``MAX_TIMESTAMP_S`` (1e11 s: milliseconds or nanoseconds since the epoch, which the
+        models refuse), naming the file and the first user concerned -- instead of an error at the first batch.
+        (Rows are sorted by time per user.) A model that reads no time takes such data as it is."""
         name = self.name or "the data"
         if self.timestamps is None:
             raise ValueError(f"{reader} reads timestamps, but {name} has none (order-only data such as a .seq file): "
@@ -173,6 +174,14 @@ class SequenceDataset:
                 n = sum(int((t < 0).sum()) for t in self.timestamps)
                 raise ValueError(f"{name}: {n} negative timestamps (user {user!r} starts at {ts[0]:g}); {reader} reads "
                                  "Unix seconds >= 0")
+        from ..modeling_utils import MAX_TIMESTAMP_S        # the models' own bound (check_timestamps)
+
+        for user, ts in zip(self.users, self.timestamps, strict=True):
+            if len(ts) and ts[-1] > MAX_TIMESTAMP_S:          # sorted per user: the last is the largest
+                n = sum(int((t > MAX_TIMESTAMP_S).sum()) for t in self.timestamps)
+                raise ValueError(f"{name}: {n} timestamps beyond {MAX_TIMESTAMP_S:.0e} s, the year ~5000 (user {user!r} "
+                                 f"reaches {ts[-1]:.6g}): they look like milliseconds or nanoseconds since the epoch; "
+                                 f"{reader} reads Unix seconds")
 
     def reencode(self, vocab: ItemVocab, unknown: str = "error") -> "SequenceDataset":
         """The same sequences indexed with another vocabulary (e.g. a pretrained model's ``item_vocab``).

@@ -252,6 +252,7 @@ class BERT4RecModel(SeqRecPreTrainedModel):
         if not (isinstance(labels, torch.Tensor) and labels.dim() == 2):
             return super().forward(input_ids, attention_mask, labels=labels, timestamps=timestamps,
                                    negatives=negatives, **kwargs)
+        return_dict = self._forward_kwargs(kwargs)
         ids, mask, _ = self.check_inputs(input_ids, attention_mask, timestamps)
         labels = self.check_labels(labels, ids.shape).to(ids.device)
         seq, seq_mask = self.training_sequence(ids, mask, labels)
@@ -265,7 +266,7 @@ class BERT4RecModel(SeqRecPreTrainedModel):
         logits = None
         if not self.training and negatives is None:
             logits = self.score(self._at_last(self.encode(ids, mask), mask))
-        return SeqRecOutput(loss=loss, logits=logits, hidden_states=hidden)
+        return self._output(SeqRecOutput(loss=loss, logits=logits, hidden_states=hidden), return_dict)
 
     def training_sequence(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -62,8 +62,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_bool,
-                              config_dt_init, config_float, config_int, config_range, derived_field)
+from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, check_window_ids,
+                              config_bool, config_dt_init, config_float, config_int, config_range, derived_field)
 from ..ops.ssd import causal_conv1d_act, rmsnorm_gated_ref, ssd_scan_fn, ssd_step_ref
 
 
@@ -354,7 +354,9 @@ class WindowRecomputeMixin:
 
         New item ``j`` gets the readout a full forward computes on the history up to and including it, truncated to
         the last ``max_seq_length`` items (its own window: the representation is not causal, so no window is shared
-        between positions). Returns ``(hidden [B, T, D], new_state)``; the input state is not modified.
+        between positions). Returns ``(hidden [B, T, D], new_state)``; the input state is not modified. A state whose
+        window holds padding 0 among its ``window_len`` items, or whose ``window_ts`` there are not valid timestamps
+        (negative, decreasing, NaN, milliseconds), is refused naming the row, as :meth:`forward` refuses such a history.
         """
         M = self.config.max_seq_length
         win, n = state["window_ids"], state["window_len"][:, 0]
@@ -364,9 +366,9 @@ class WindowRecomputeMixin:
             raise ValueError(f"state['window_len'] must be in 0..{M}, got {n.tolist()}")
         if int(win.min()) < 0 or int(win.max()) >= self.config.n_items:
             raise ValueError("state['window_ids'] holds item indices out of range")
+        valid_old = check_window_ids(win, n, M)                                # [B, M]: padding 0 inside refused
         B, Tn = item_ids.shape
         ar = torch.arange(M, device=device)
-        valid_old = ar[None] < n[:, None]                                      # [B, M]
         W = M + Tn
         p = n[:, None] + torch.arange(Tn, device=device)[None]                 # [B, T] position of each new item
         comb_ids = torch.zeros(B, W, dtype=torch.long, device=device)
@@ -375,6 +377,10 @@ class WindowRecomputeMixin:
         use_ts = self.window_timestamps
         if use_ts:
             wts = state["window_ts"].to(device).double()
+            try:                                  # as forward checks a history: non-negative, in time order, seconds
+                self.check_timestamps(wts, valid_old)
+            except ValueError as e:
+                raise ValueError(f"state['window_ts']: {e}") from None
             if timestamps is None:
                 if self.uses_timestamps:
                     raise ValueError(f"{type(self).__name__}.step needs timestamps [batch, T] (seconds)")
@@ -417,6 +423,7 @@ class WindowRecomputeMixin:
         if labels is None or not isinstance(labels, torch.Tensor) or labels.dim() != 2:
             return super().forward(input_ids, attention_mask, labels=labels, timestamps=timestamps,
                                    negatives=negatives, **kwargs)
+        return_dict = self._forward_kwargs(kwargs)
         ids, mask, ts = self.check_inputs(input_ids, attention_mask, timestamps)
         labels = self.check_labels(labels, ids.shape).to(ids.device)
         sel = (labels > 0) & mask                                               # as the base class selects them
@@ -431,10 +438,10 @@ class WindowRecomputeMixin:
         out = super().forward(p_ids[:, :width], p_mask[:, :width], labels=labels[b_idx, t_idx],
                               timestamps=p_ts[:, :width] if p_ts is not None else None, negatives=negatives)
         if negatives is not None:       # sampled training: the full catalogue is not scored
-            return type(out)(loss=out.loss)
+            return self._output(type(out)(loss=out.loss), return_dict)
         with torch.no_grad():  # logits/hidden of the batch itself, for inspection only (no graph kept)
             main = super().forward(input_ids, attention_mask, timestamps=timestamps)
-        return type(out)(loss=out.loss, logits=main.logits, hidden_states=main.hidden_states)
+        return self._output(type(out)(loss=out.loss, logits=main.logits, hidden_states=main.hidden_states), return_dict)
 
 
 class TiM4RecModel(WindowRecomputeMixin, TiM4RecPreTrainedModel):

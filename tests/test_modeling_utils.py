@@ -798,3 +798,19 @@ def test_window_states_with_padding_among_their_items_are_refused(model_type):
     state = {"window_ids": torch.tensor([[4, 0, 6]]), "window_len": torch.tensor([[3]])}
     with pytest.raises(ValueError, match=r"state\['window_ids'\] row 0 holds padding 0 among its window_len=3"):
         window_append(state, torch.tensor([[1]]), 3, 11)
+
+
+@pytest.mark.parametrize("model_type", ["mamba4rec", "sasrec", "gru4rec"])
+def test_nan_scores_are_refused_not_ranked_first(model_type):
+    """torch.topk ranks NaN above every number, so an item whose score was NaN (a numeric overflow, NaN weights of a
+    model changed in memory) was recommended first to every user without a word, while the evaluation's
+    rank_of_target refuses NaN; predict (and so recommend) refuses it now, naming the rows."""
+    model = tiny(model_type)
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    assert torch.isfinite(model.predict(ids)[:, 1:]).all()                      # the control: finite before
+    with torch.no_grad():
+        model.get_input_embeddings().weight[7] = float("nan")                  # item 7's score: NaN for every row
+    with pytest.raises(ValueError, match=r"scores are NaN in batch rows \[0, 1\].*recommended first"):
+        model.predict(ids)
+    with pytest.raises(ValueError, match=r"scores are NaN"):
+        model.recommend([[1, 2, 3]], k=3)

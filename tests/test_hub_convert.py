@@ -963,6 +963,20 @@ def test_a_dead_writers_replaced_folder_is_put_back_when_the_folder_is_missing(t
     assert sorted(os.listdir(tmp_path)) == ["d"]
 
 
+
+def test_a_killed_card_writers_stage_is_no_bundled_model(bundled, tmp_path):
+    """A ``zoo.hub card`` killed while writing left ``.NAME.staged-*`` (config + weights from its first moment) in the
+    bundled folder: ``zoo.hub list`` showed it as a model and ``import zoo`` seeded it into the Hub cache; hidden
+    folders are skipped now."""
+    import shutil
+
+    from zoo.pretrained import bundled_models
+
+    shutil.copytree(tmp_path / "bundle" / "tiny-mamba4rec", tmp_path / "bundle" / ".tiny-mamba4rec.staged-dead")
+    names = bundled_models()
+    assert "tiny-mamba4rec" in names and not [n for n in names if n.startswith(".")], sorted(names)
+    assert not [r for r in seed_hf_cache() if "staged" in r]
+
 def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, capsys):
     """``zoo.convert --out`` a folder that holds files (e.g. another model's card) is refused before any work; with
     --overwrite the folder is replaced whole (nothing of the old folder stays beside the new model). An --out that is

@@ -44,10 +44,13 @@ def bundled_dirs() -> list[pathlib.Path]:
 
 
 def bundled_models() -> dict[str, pathlib.Path]:
-    """``{name: folder}`` of every bundled model folder (one holding config.json + model.safetensors)."""
+    """``{name: folder}`` of every bundled model folder (one holding config.json + model.safetensors; not a hidden
+    one: ``.NAME.staged-*`` is a card writer's stage, left by one that was killed, never a model)."""
     out = {}
     for d in bundled_dirs():
         for sub in sorted(d.iterdir()):
+            if sub.name.startswith("."):
+                continue
             if (sub / "config.json").exists() and (sub / "model.safetensors").exists():
                 out.setdefault(sub.name, sub)
     return out

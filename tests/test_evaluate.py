@@ -815,3 +815,75 @@ def test_a_folder_without_config_json_is_named_and_a_baseline_refuses_unknown_it
     for kind in ("markov", "pop"):
         with pytest.raises(SystemExit, match="--unknown-items drop is for a --model or --onnx evaluation: a --base"):
             main(["--baseline", kind, "--data", str(data), "--unknown-items", "drop", "--no-progress"])
+
+
+# ------------------------------------------------------------- numerics QA (findings 2 and 7): top-K ties, cut-offs
+@pytest.mark.parametrize("name,exclude", [("gru4rec", False), ("sasrec", True)])
+def test_evaluate_onnx_gives_a_constant_score_model_the_worst_rank_as_evaluate_model(tmp_path, name, exclude):
+    """Every item scored the same: evaluate_model ranks each target last among the ties (pessimistic, HR = 0), and so
+    must the top-K graph, whose TopK lists exactly tied items by index (the target's slot gave the targets among the
+    K lowest indices a hit: HR@10 0.0099 against 0.0000 for the bundled GRU4Rec made constant). A step graph, and a
+    window graph masking the history itself (--exclude-seen)."""
+    from export.onnx import export_model
+    from zoo.evaluate import evaluate_onnx
+
+    torch.set_num_threads(1)
+    model = _tiny(name)
+    with torch.no_grad():
+        model.item_embedding.weight[1:] = model.item_embedding.weight[1:].mean(0)    # every item the same row
+    export_model(model, tmp_path, topk=10, exclude_seen=exclude, verify=False)
+    ex = _random_examples()
+    assert (ex.targets <= 10).sum() > 10                  # targets the index order would list in the top-10
+    ref, ref_ranks = evaluate_model(model, ex, ks=(1, 5, 10), exclude_history=exclude, progress=False,
+                                    return_ranks=True)
+    got, ranks = evaluate_onnx(tmp_path, ex, ks=(1, 5, 10), batch_size=7, threads=1, progress=False,
+                               return_ranks=True)
+    assert ref["HR@10"] == 0.0 and got == pytest.approx(ref, abs=1e-12)
+    assert ranks.tolist() == [11] * len(ex)
+
+
+@pytest.mark.parametrize("name", ["lrurec", "sasrec"])
+def test_evaluate_onnx_never_counts_a_history_item_of_an_exclude_seen_graph_a_hit(tmp_path, name):
+    """A catalogue of 7 items and a top-7 --exclude-seen graph: with fewer than K unseen items the list reaches the
+    history items (SEEN_SCORE), but a target among them is masked as evaluate_model masks it (-inf, ranked last), so
+    never a hit, top-K or scores graph; the other ranks are evaluate_model's."""
+    from export.onnx import export_model
+    from zoo.evaluate import evaluate_onnx
+
+    torch.set_num_threads(1)
+    model = _tiny(name, n_items=8)
+    export_model(model, tmp_path / "k", topk=7, exclude_seen=True, verify=False)
+    export_model(model, tmp_path / "s", topk=7, exclude_seen=True, with_scores=True, verify=False)
+    rng = np.random.default_rng(3)
+    hists = [rng.permutation(np.arange(1, 8))[:int(rng.integers(2, 6))] for _ in range(40)]
+    targets = np.array([h[int(rng.integers(len(h)))] if i % 2 else rng.integers(1, 8) for i, h in enumerate(hists)])
+    ex = EvalExamples(hists, targets.astype(np.int64), [f"u{i}" for i in range(40)])
+    ref, ref_ranks = evaluate_model(model, ex, ks=(1, 5, 7), exclude_history=True, progress=False, return_ranks=True)
+    assert (ref_ranks == 8).sum() >= 20                   # the targets in the window: ranked last of all 8 rows
+    for graph in ("k", "s"):
+        got, ranks = evaluate_onnx(tmp_path / graph, ex, ks=(1, 5, 7), threads=1, progress=False, return_ranks=True)
+        assert ranks.tolist() == ref_ranks.tolist(), graph
+        assert got == pytest.approx(ref, abs=1e-12), graph
+
+
+def test_the_python_api_refuses_cutoffs_above_the_items_ranked(tmp_path):
+    """evaluate_model, evaluate_baseline and evaluate_onnx refuse a cut-off above the items a target is ranked among
+    (a model's or graph's n_items - 1, or the target and its sampled negatives), naming both as zoo.evaluate --ks does:
+    they reported HR@K = 1.0 for every model."""
+    from export.onnx import export_model
+    from zoo.evaluate import evaluate_baseline, evaluate_onnx
+
+    model = NextItemModel(NextItemConfig(n_items=M + 1, max_seq_length=10, hidden_size=M + 1))
+    sp = examples()
+    assert evaluate_model(model, sp.test, ks=(M,), progress=False)[f"HR@{M}"] == 1.0
+    with pytest.raises(ValueError, match=r"cut-off @6: the model ranks 5 items; use cut-offs <= 5"):
+        evaluate_model(model, sp.test, ks=(1, 6), progress=False)
+    with pytest.raises(ValueError, match=r"cut-off @4: the sampled protocol \(the target and 2 negatives\) ranks 3 "
+                                         r"items; use cut-offs <= 3"):
+        evaluate_model(model, sp.test, ks=(4,), progress=False, negatives=np.array([[1, 2], [2, 4], [2, 4]]))
+    with pytest.raises(ValueError, match=r"cut-off @20: the baseline ranks 5 items; use cut-offs <= 5"):
+        evaluate_baseline("pop", sp.train, sp.test, M + 1)                  # the default 5, 10, 20
+    torch.set_num_threads(1)
+    export_model(_tiny("gru4rec"), tmp_path, topk=5, with_scores=True, verify=False)
+    with pytest.raises(ValueError, match=r"cut-off @40: the graph ranks 39 items; use cut-offs <= 39"):
+        evaluate_onnx(tmp_path, _random_examples(), ks=(10, 40), progress=False)

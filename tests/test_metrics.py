@@ -163,3 +163,68 @@ def test_paired_bootstrap_p_value_is_two_sided_and_empty_ranks_are_refused():
     assert res["ci_low"] == 0.0 and res["ci_high"] == 1.0
     with pytest.raises(ValueError, match="same, non-zero number of examples; got 0 and 0"):
         paired_bootstrap([], [], n_boot=100)
+
+
+# ------------------------------------------------------------- numerics QA (findings 2 and 7): top-K ties, cut-offs
+SEEN = float(np.finfo(np.float32).min)       # export.runtime.SEEN_SCORE (not imported: that module needs onnxruntime)
+
+
+def test_rank_in_top_k_is_pessimistic_within_the_list_and_a_tie_group_reaching_slot_k_is_a_miss():
+    """A hand-made top-4 output with exact ties, in the order ONNX Runtime's TopK gives them (by item index): the
+    target ranks after every slot tied with it, not at its own slot; a tie group of two or more slots reaching slot K
+    may go on beyond the list, so it is a miss (K + 1), as is a target not listed; a target alone at slot K keeps K;
+    empty slots (id 0, -inf) are never tied with a finite target; a history item of an --exclude-seen graph
+    (SEEN_SCORE) is masked, so a miss even where the list reaches it."""
+    from zoo.metrics import rank_in_top_k
+
+    inf = float("-inf")
+    ids = [[5, 3, 7, 2], [5, 3, 7, 2], [5, 3, 7, 2], [4, 1, 6, 8], [4, 1, 6, 8], [1, 2, 3, 4], [3, 0, 0, 0],
+           [2, 9, 4, 0], [2, 9, 4, 0]]
+    scores = [[0.9, 0.5, 0.5, 0.1], [0.9, 0.5, 0.5, 0.1], [0.9, 0.5, 0.5, 0.1], [0.9, 0.2, 0.2, 0.2],
+              [0.9, 0.2, 0.2, 0.2], [0.3, 0.3, 0.3, 0.3], [0.4, inf, inf, inf], [0.3, SEEN, SEEN, inf],
+              [0.3, SEEN, SEEN, inf]]
+    targets = [3, 7, 2, 1, 9, 1, 3, 9, 2]
+    want = [3, 3, 4, 5, 5, 5, 1, 5, 1]
+    assert rank_in_top_k(np.array(ids), np.array(scores, np.float32), np.array(targets),
+                         masked_at=SEEN).tolist() == want
+    # by default only -inf is masked: the two SEEN_SCORE slots are then a tie group ending before slot K
+    assert rank_in_top_k(ids, scores, targets)[7].item() == 3
+    with pytest.raises(ValueError, match="NaN"):
+        rank_in_top_k([[1, 2]], [[0.5, float("nan")]], [1])
+    with pytest.raises(ValueError, match=r"expected topk_ids and topk_scores \[B, K\]"):
+        rank_in_top_k([[1, 2]], [[0.5]], [1])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_in_top_k_agrees_with_the_full_pessimistic_rank(seed):
+    """On scores with many exact ties, the rank from torch.topk's list alone is the full pessimistic rank whenever it
+    is below K, and never a hit the full rank is not (a target alone at slot K, rank K, is the one thing the list
+    cannot tell: an item beyond it may tie)."""
+    from zoo.metrics import rank_in_top_k
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 12, (200, 30), generator=g).float()
+    scores[:, 0] = float("-inf")
+    targets = torch.randint(1, 30, (200,), generator=g)
+    full = rank_of_target(scores, targets)
+    k = 8
+    vals, ids = scores.topk(k, dim=1)
+    got = rank_in_top_k(ids, vals, targets)
+    assert ((got == full) | (got > k - 1) & (full >= k)).all()
+    assert (got < k).sum() > 20 and (got == k + 1).sum() > 20                   # both sides are exercised
+
+
+def test_compute_metrics_refuses_cutoffs_above_the_items_ranked():
+    """Given the number of items ranked, a cut-off above it is an error naming both (HR@K would be 1 whatever the
+    model: the QA's HR@50 = HR@1000 = 1.0 on a 49-item catalogue); without n_items the ranks alone cannot tell."""
+    from zoo.metrics import check_cutoffs
+
+    assert compute_metrics([1, 9], ks=(5, 9), n_items=9)["HR@9"] == 1.0
+    with pytest.raises(ValueError, match=r"cut-off @50: the evaluation ranks 49 items; use cut-offs <= 49"):
+        compute_metrics([1, 9], ks=(10, 50), n_items=49)
+    assert compute_metrics([1, 9], ks=(10, 50))["HR@50"] == 1.0
+    assert check_cutoffs((3, 1), 3, "model") == [3, 1]
+    with pytest.raises(ValueError, match=r"cut-off @4: the model ranks 3 items; use cut-offs <= 3"):
+        check_cutoffs([4], 3, "model")
+    with pytest.raises(ValueError, match=r"cut-offs must be >= 1"):
+        check_cutoffs([0], 3)

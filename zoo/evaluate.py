@@ -33,8 +33,8 @@ log), else zoo.train's defaults (auto, file), as zoo.recommend and zoo.embed rea
 ``--onnx DIR`` evaluates an exported graph (``python -m export.onnx``) instead, with ONNX Runtime only: the artefact a
 server runs, on the same examples and windows (:func:`evaluate_onnx`). A step graph is primed with each user's window in
 one call, a window graph gets it padded; ranks come from the in-graph top-K (so cut-offs must be <= K unless the graph
-outputs all scores); a graph exported with ``--exclude-seen`` is evaluated under the LRURec protocol (it masks the
-window itself), one without it cannot be.
+outputs all scores), ties pessimistic as for a model (a tie group reaching slot K counts as a miss); a graph exported
+with ``--exclude-seen`` is evaluated under the LRURec protocol (it masks the window itself), one without it cannot be.
 
 ``--intervals`` adds 95% percentile-bootstrap intervals over the users to every metric (how far another draw of as
 many users could move it); ``--ranks-out`` keeps each user's target rank for paired comparisons of two models
@@ -60,7 +60,8 @@ from .cli import add_model_data_options, model_data_options
 from .data.batching import eval_batches
 from .data.split import (EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset, temporal_cuts,
                          temporal_split)
-from .metrics import compute_metrics, history_in_top_k, rank_of_target
+from .metrics import (check_cutoffs, compute_metrics, default_ks, history_in_top_k, rank_in_top_k,
+                      rank_of_target)
 from .modeling_utils import _check_model_type, resolve_device
 
 #: the reference rankings ``--baseline`` evaluates without a model, and how each ranks the items
@@ -178,12 +179,16 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     Returns:
         ``{"HR@5": ..., "NDCG@5": ..., "MRR@5": ..., "Recall@5": ..., ...}`` (floats; plus ``"Hist@K"`` with
         ``history_share``), or ``(metrics, ranks)``.
+    Raises:
+        ValueError: a cut-off above the items ranked (``n_items - 1``, or ``N + 1`` with ``negatives``: HR@K would be
+            1), targets out of range, timestamps missing for a time-aware model, malformed ``negatives``.
     """
     uses_ts = bool(getattr(model, "uses_timestamps", False))
     _check_examples(examples, int(model.config.n_items), uses_ts, "model", type(model).__name__)
     negs = _check_negatives(negatives, examples, int(model.config.n_items))
     if negs is not None and history_share:
         raise ValueError("history_share is a full-ranking measure (the top-K of all items); not with negatives")
+    ks = _check_ranked_cutoffs(ks, int(model.config.n_items), negs, "model")
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -192,7 +197,6 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     model.eval()
     max_len = int(max_len or model.config.max_seq_length)
     ranks = torch.empty(len(examples), dtype=torch.long)
-    ks = [int(k) for k in ks]
     in_top = {k: torch.zeros(len(examples), dtype=torch.long) for k in ks} if history_share else {}
     bar = None
     if progress:
@@ -283,6 +287,7 @@ def evaluate_baseline(kind: str, train: Sequence, examples: EvalExamples, n_item
         raise ValueError(f"kind must be one of {', '.join(BASELINES)}, got {kind!r}")
     _check_examples(examples, n_items, False, "baseline", {"pop": "most-popular", "markov": "transitions"}[kind])
     negs = _check_negatives(negatives, examples, n_items)
+    ks = _check_ranked_cutoffs(ks, n_items, negs, "baseline")
     scores = popularity_scores(train, n_items)
     if kind == "markov":            # counts of the transitions first; the popularity (< 1 in total) breaks their ties
         transitions = TransitionCounts(train, n_items)
@@ -298,8 +303,16 @@ def evaluate_baseline(kind: str, train: Sequence, examples: EvalExamples, n_item
             s = s.scatter(1, window, float("-inf"))
         ranks[batch["index"]] = (rank_of_target(s, batch["targets"]) if negs is None
                                  else sampled_ranks(s, batch["targets"], negs[batch["index"]]))
-    metrics = compute_metrics(ranks, [int(k) for k in ks])
+    metrics = compute_metrics(ranks, ks)
     return (metrics, ranks) if return_ranks else metrics
+
+
+def _check_ranked_cutoffs(ks: Iterable[int], n_items: int, negs: torch.Tensor | None, owner: str) -> list[int]:
+    """``ks`` as ints, checked against the items each target is ranked among (:func:`zoo.metrics.check_cutoffs`):
+    the ``owner``'s ``n_items - 1`` real items, or itself and its ``N`` sampled negatives (``negs [B, N]``)."""
+    if negs is not None:
+        return check_cutoffs(ks, negs.shape[1] + 1, f"sampled protocol (the target and {negs.shape[1]} negatives)")
+    return check_cutoffs(ks, n_items - 1, owner)
 
 
 def _check_negatives(negatives, examples: EvalExamples, n_items: int) -> torch.Tensor | None:
@@ -327,24 +340,27 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
     the window itself (the LRURec protocol); otherwise nothing is masked (the RecBole protocol).
 
     Ranks: with a ``scores`` output (``--scores``), full ranking with pessimistic ties as in :func:`evaluate_model`;
-    otherwise from the in-graph top-K: position in ``topk_ids`` (1-based), ``K + 1`` when the target is not there, so
-    every cut-off must be ``<= K``.
+    otherwise from the in-graph top-K (:func:`zoo.metrics.rank_in_top_k`), so every cut-off must be ``<= K``: the
+    target ranks after every slot of ``topk_scores`` tied with it (pessimistic, as :func:`evaluate_model`, not at its
+    slot: ONNX Runtime's TopK orders exact ties by item index), and ``K + 1`` (a miss) when it is not there or its tie
+    group reaches slot K (tied items may lie beyond the list). Either way a history item of an ``--exclude-seen``
+    graph (scored ``SEEN_SCORE``) ranks last, as the ``-inf`` of :func:`evaluate_model`'s mask: never a hit.
 
     Returns:
         the metrics dict of :func:`zoo.metrics.compute_metrics`, or ``(metrics, ranks)``.
     Raises:
-        ValueError: a cut-off above K (top-K graphs), target/history ids out of the graph's range, an empty history,
-            a time-aware graph without timestamps.
+        ValueError: a cut-off above K (top-K graphs) or the graph's ``n_items - 1`` items, target/history ids out of
+            the graph's range, an empty history, a time-aware graph without timestamps.
     """
     import numpy as np
 
-    from export.runtime import OnnxStepSession, OnnxWindowSession, _resolve, read_spec
+    from export.runtime import SEEN_SCORE, OnnxStepSession, OnnxWindowSession, _resolve, read_spec
 
     from .data.batching import pad_sequences
 
     kind = read_spec(_resolve(path)[1])["kind"]
     sess = (OnnxStepSession if kind == "step" else OnnxWindowSession)(path, threads=threads)
-    ks = [int(k) for k in ks]
+    ks = check_cutoffs(ks, sess.n_items - 1, "graph")
     _check_examples(examples, sess.n_items, sess.uses_timestamps, "graph", f"the {kind} graph")
     if not sess.has_scores and max(ks) > sess.topk:
         raise ValueError(f"cut-off @{max(ks)} is above the graph's in-graph top-{sess.topk} (no 'scores' output): "
@@ -381,11 +397,12 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
                 ts = pad_sequences([tss[r] for r in rows], side, M, dtype=np.float64, fill=0.0)[0] if tss else None
                 out = sess.run_window(ids, ts)
             t = targets[rows]
-            if out.scores is not None:
-                ranks[rows] = rank_of_target(torch.from_numpy(out.scores), torch.from_numpy(t)).numpy()
+            if out.scores is not None:          # history items (SEEN_SCORE) masked as evaluate_model masks them
+                scores = torch.from_numpy(out.scores).float()
+                ranks[rows] = rank_of_target(scores.masked_fill(scores <= SEEN_SCORE, float("-inf")),
+                                             torch.from_numpy(t)).numpy()
             else:
-                hit = np.asarray(out.topk_ids) == t[:, None]
-                ranks[rows] = np.where(hit.any(1), hit.argmax(1) + 1, sess.topk + 1)
+                ranks[rows] = rank_in_top_k(out.topk_ids, out.topk_scores, t, masked_at=SEEN_SCORE).numpy()
             if bar is not None:
                 bar.update(len(rows))
     finally:
@@ -760,17 +777,12 @@ def _examples(ds, args, split=None, note: str = ""):
     return (examples.head(args.max_users) if args.max_users else examples), split
 
 
-def _default_ks(cap: int) -> list[int]:
-    """The default cut-offs 5, 10, 20 that a model or graph answering ``cap`` ranks has (else ``[cap]``)."""
-    return [k for k in (5, 10, 20) if k <= cap] or [cap]
-
-
 def _set_ks(args, n_items: int, owner: str) -> None:
     """``args.ks`` (the default ones when not given) checked against the items each target is ranked among: the
     ``owner``'s ``n_items``, or itself and its ``--sampled`` negatives."""
     if args.sampled:
         n_items, owner = args.sampled[1] + 1, f"--sampled {args.sampled[0]}{args.sampled[1]} protocol"
-    args.ks = args.ks or _default_ks(n_items)
+    args.ks = args.ks or default_ks(n_items)
     _check_ks(args.ks, n_items, owner)
 
 
@@ -940,7 +952,7 @@ def _main_onnx(args, t0: float) -> dict:
                          "cannot mask the history; re-export it with `python -m export.onnx --exclude-seen`")
     has_scores = any(o["name"] == "scores" for o in spec["outputs"])
     if args.ks is None:                     # without a scores output the graph answers only its top-K
-        args.ks = _default_ks(min(int(spec["n_items"]) - 1, 10**9 if has_scores else int(spec["topk"])))
+        args.ks = default_ks(min(int(spec["n_items"]) - 1, 10**9 if has_scores else int(spec["topk"])))
     _check_ks(args.ks, int(spec["n_items"]) - 1, "graph")
     vocab_path = os.path.join(os.path.dirname(graph), spec.get("item_vocab", "item_vocab.json"))
     try:
@@ -970,7 +982,8 @@ def _main_onnx(args, t0: float) -> dict:
                           f"the graph's in-graph top-{spec['topk']} (a target outside it counts as a miss)")
                          + ", padding masked" + ("; history window masked by the graph (--exclude-seen)" if excluded
                                                  else ""),
-                         ties="pessimistic" if has_scores else "the graph's TopK order",
+                         ties="pessimistic" if has_scores else
+                         "pessimistic within the graph's top-K (a tie group reaching slot K counts as a miss)",
                          max_seq_length=int(spec["max_seq_length"]), unknown_items=args.unknown_items)
     result = {"metrics": metrics, "protocol": protocol, "data": _data_path(args),
               "dataset": ds.stats(), "onnx": os.path.abspath(args.onnx),

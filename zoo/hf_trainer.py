@@ -349,6 +349,7 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
     from .cli import written_whole
     from .data.split import leave_one_out, load_dataset, load_options
     from .evaluate import align_with_model, evaluate_model
+    from .metrics import default_ks
     from .losses import describe_loss
     from .train import check_output_folder, describe_objective, environment
 
@@ -375,7 +376,8 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
                          "or order of ties): give save_run the file and data_options of the run")
     masked = eval_set.with_history                             # validated under LRURec's protocol
     valid = evaluate_model(model, split.valid, ks=(10,), exclude_history=masked, progress=False)
-    test = evaluate_model(model, split.test, ks=(5, 10, 20), exclude_history=masked, progress=False)
+    test = evaluate_model(model, split.test, ks=default_ks(model.config.n_items - 1), exclude_history=masked,
+                          progress=False)
     args = trainer.args
     state = trainer.state
     all_evals = [e for e in state.log_history if "eval_NDCG@10" in e]

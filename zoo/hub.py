@@ -594,6 +594,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
 
     from .data import leave_one_out, load_dataset
     from .evaluate import BASELINES, align_with_model, evaluate_baseline, evaluate_model
+    from .metrics import default_ks
     from .metrics import bootstrap_interval
 
     out_dir = out_dir or os.path.join(pathlib.Path(__file__).resolve().parent.parent, "hub_cards", name)
@@ -642,7 +643,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         benchmark = None                    # not the whole benchmark: no comparison with its published numbers
     split = leave_one_out(ds)
     test = split.test
-    metrics, ranks = evaluate_model(model, test, ks=(5, 10, 20), exclude_history=exclude_history, return_ranks=True)
+    metrics, ranks = evaluate_model(model, test, ks=default_ks(model.config.n_items - 1),
+                                    exclude_history=exclude_history, return_ranks=True)
     intervals = bootstrap_interval(ranks, ks=(10,))
 
     def evaluate_command(masked: bool, source: str = f"--model {HUB_ORG}/{name}") -> str:
@@ -673,7 +675,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         # the published number was measured under the other protocol: measure this model under it too
         masked = bool(ref["history_masked"])
         reference = {"exclude_history": masked, "command": evaluate_command(masked),
-                     "metrics": evaluate_model(model, test, ks=(5, 10, 20), exclude_history=masked)}
+                     "metrics": evaluate_model(model, test, ks=default_ks(model.config.n_items - 1),
+                                               exclude_history=masked)}
     dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences), "benchmark": benchmark,
                "description": _with_dropped(description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} "
                                                            f"items, {ds.n_interactions:,} interactions", dropped)}

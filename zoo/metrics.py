@@ -16,6 +16,12 @@ tied scores is implementation-defined; with real-valued model scores exact ties 
 the pessimistic rule can never overstate a degenerate model (a constant-score model gets the worst rank, not the
 best). Items masked to ``-inf`` (padding, excluded history) never outrank a finite target; a target that is itself
 ``-inf`` ranks last among the ``-inf`` items (pessimistic) -- it can never count as a hit unless K covers them.
+The same rule holds where only a top-K list is known (an exported graph's ``topk_ids`` / ``topk_scores``,
+:func:`rank_in_top_k`): the target ranks after every slot tied with it, and a tie group of two or more slots that
+reaches slot K may go on outside the list, so the target then counts as a miss (rank ``K + 1``).
+
+A cut-off above the number of items ranked would count every target a hit (``HR@K = 1``), so :func:`compute_metrics`
+(given ``n_items``) and the evaluations of :mod:`zoo.evaluate` refuse it (:func:`check_cutoffs`).
 
 A diagnostic besides the ranking metrics: ``Hist@K`` (:func:`history_in_top_k`), the mean share of the top-K slots
 taken by items of the model's input window. On data without repeat interactions (ML-1M: no user rates an item twice)
@@ -69,6 +75,69 @@ def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pes
               .sum(1, dtype=torch.int32) for i in range(0, scores.shape[0], rows)]
     counts = torch.cat(counts).long() if counts else torch.zeros(0, dtype=torch.long, device=scores.device)
     return counts if ties == "pessimistic" else counts + 1                   # pessimistic: the target counts itself
+
+
+def rank_in_top_k(topk_ids, topk_scores, targets, masked_at: float = float("-inf")) -> torch.Tensor:
+    """Pessimistic 1-based rank of each row's target from a top-K list alone (an exported graph's ``topk_ids`` and
+    ``topk_scores``, which hold no other scores): ``K + 1`` ("not in the top-K", as a miss is written for every
+    cut-off ``<= K``) unless the rank is known to be ``<= K``.
+
+    The rank is :func:`rank_of_target`'s: ``#(slots with score >= the target's)``, so the target ranks after every
+    item tied with it rather than at its slot (a TopK puts exactly tied items in an order of its own, ONNX Runtime's
+    by item index, which would rank a constant-score model's low-index targets first). When the target is tied with
+    another slot and that tie group reaches slot K (the lowest slot's score equals the target's), more items tied with
+    it may lie outside the list, so its rank is unknown beyond ``K - 1`` and it counts as ``K + 1``: a miss at K, never
+    an overstated hit. A target alone at slot K keeps rank K: that an item outside the list ties it exactly cannot be
+    seen from the list, and counting every target at slot K a miss would understate every model's ``HR@K`` (a graph
+    with a ``scores`` output, or a larger K, ranks such a target exactly). A target scored ``<= masked_at`` (``-inf``;
+    an exported graph's ``SEEN_SCORE`` for history items) is a masked item, which ranks last
+    (:func:`rank_of_target`), so ``K + 1`` too. Slots left empty (id 0, score ``-inf``) never count.
+
+    Args:
+        topk_ids: ``[B, K]`` item indices, ``topk_scores``: ``[B, K]`` their scores (any order; a TopK's is
+            descending).
+        targets: ``[B]`` target index per row.
+        masked_at: the highest score that marks a masked item.
+    Returns:
+        ``[B]`` int64 ranks in ``1..K + 1``.
+    Raises:
+        ValueError: shape mismatch or NaN scores.
+    """
+    ids = torch.as_tensor(np.asarray(topk_ids)).long()
+    scores = torch.as_tensor(np.asarray(topk_scores)).double()
+    targets = torch.as_tensor(np.asarray(targets)).long()
+    if ids.dim() != 2 or scores.shape != ids.shape or targets.shape != ids.shape[:1]:
+        raise ValueError(f"expected topk_ids and topk_scores [B, K] and targets [B], got {list(ids.shape)}, "
+                         f"{list(scores.shape)} and {list(targets.shape)}")
+    if torch.isnan(scores).any():
+        raise ValueError("topk_scores contain NaN; cannot rank")
+    k = ids.shape[1]
+    hit = ids == targets[:, None]                                             # [B, K]
+    found = hit.any(1)
+    s = scores.gather(1, hit.long().argmax(1, keepdim=True))                  # [B, 1] the target's score (if found)
+    at_or_above = (scores >= s).sum(1)                                        # the target and every slot tied/above
+    open_ended = (at_or_above == k) & ((scores == s).sum(1) > 1)              # a tie group that reaches slot K
+    known = found & ~open_ended & (s[:, 0] > masked_at)
+    return torch.where(known, at_or_above, torch.full_like(at_or_above, k + 1))
+
+
+def default_ks(n_items: int) -> list[int]:
+    """The default cut-offs 5, 10, 20 that a ranking of ``n_items`` items has (else ``[n_items]``): what every
+    command reports when not told otherwise (a catalogue of fewer than 20 items gets no HR@20, which would be 1)."""
+    return [k for k in (5, 10, 20) if k <= n_items] or [int(n_items)]
+
+
+def check_cutoffs(ks: Iterable[int], n_items: int, owner: str = "evaluation") -> list[int]:
+    """``ks`` as ints, each checked to be ``1 <= k <= n_items``, the number of items a target is ranked among (the
+    ``owner``'s: a model's real items, a graph's, the target and its sampled negatives): a cut-off above it would count
+    every target a hit (``HR@K = 1``) and is a ValueError naming the cut-off and ``n_items``, as ``zoo.evaluate
+    --ks`` says it."""
+    ks = [int(k) for k in ks]
+    if any(k < 1 for k in ks):
+        raise ValueError(f"cut-offs must be >= 1, got {ks}")
+    if ks and max(ks) > int(n_items):
+        raise ValueError(f"cut-off @{max(ks)}: the {owner} ranks {int(n_items)} items; use cut-offs <= {int(n_items)}")
+    return ks
 
 
 def history_in_top_k(scores: torch.Tensor, history: torch.Tensor, k: int) -> torch.Tensor:
@@ -138,7 +207,7 @@ def _check_metric_names(metrics: Sequence[str]) -> None:
 
 
 def compute_metrics(ranks, ks: Iterable[int] = (5, 10, 20), metrics: Sequence[str] = METRICS,
-                    recall_alias: bool = True) -> dict[str, float]:
+                    recall_alias: bool = True, n_items: int | None = None) -> dict[str, float]:
     """Mean metrics over users from their target ranks.
 
     Args:
@@ -146,6 +215,8 @@ def compute_metrics(ranks, ks: Iterable[int] = (5, 10, 20), metrics: Sequence[st
         ks: cut-offs.
         metrics: any of ``"HR"``, ``"NDCG"``, ``"MRR"``.
         recall_alias: also emit ``"Recall@K"`` (identical to ``HR@K`` with a single target).
+        n_items: the number of items each target was ranked among (the ranks alone do not tell it); given, a cut-off
+            above it is refused (:func:`check_cutoffs`: ``HR@K`` would be 1 whatever the model).
     Returns:
         ``{"HR@5": ..., "HR@10": ..., "NDCG@5": ..., ..., "MRR@20": ..., "Recall@5": ...}`` as Python floats
         (metric-major, ``ks`` in the given order).
@@ -156,6 +227,8 @@ def compute_metrics(ranks, ks: Iterable[int] = (5, 10, 20), metrics: Sequence[st
     ks = [int(k) for k in ks]
     if any(k < 1 for k in ks):
         raise ValueError(f"cut-offs must be >= 1, got {ks}")
+    if n_items is not None:
+        check_cutoffs(ks, n_items)
     _check_metric_names(metrics)
     out = {}
     for m in metrics:
@@ -237,5 +310,5 @@ def paired_bootstrap(ranks_a, ranks_b, ks: Iterable[int] = (10,), metrics: Seque
     return out
 
 
-__all__ = ["rank_of_target", "history_in_top_k", "hit_at_k", "ndcg_at_k", "mrr_at_k", "compute_metrics", "METRICS",
-           "paired_bootstrap", "bootstrap_interval"]
+__all__ = ["rank_of_target", "rank_in_top_k", "check_cutoffs", "history_in_top_k", "hit_at_k", "ndcg_at_k", "mrr_at_k",
+           "compute_metrics", "METRICS", "paired_bootstrap", "bootstrap_interval"]

@@ -655,6 +655,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     from . import train_state
     from .data import iterate_batches, load_options
     from .evaluate import evaluate_model, evaluate_popularity
+    from .metrics import default_ks
     from .losses import describe_loss
 
     t0 = time.time()
@@ -848,7 +849,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     from .models import get_model_class
 
     best_model = get_model_class(model_type)[1].from_pretrained(out).to(device)
-    test = evaluate_model(best_model, split.test, ks=(5, 10, 20), exclude_history=exclude_history, progress=progress)
+    test = evaluate_model(best_model, split.test, ks=default_ks(best_model.config.n_items - 1),
+                          exclude_history=exclude_history, progress=progress)
     log.update(best_epoch=best_epoch, best_valid_NDCG10=best, stopped=stopped, test=test,
                protocol={"split": ("leave-one-out by time (RecBole LS valid_and_test)" if split.kind != "temporal"
                                    else f"temporal: {split.cuts}"), "ranking": "full",

@@ -232,3 +232,55 @@ def _assert_reads_history(model, n, moved, atol, factor=10.0):
         f"{type(model).__name__} barely reads its history: the logits after {n} items differ from those after the "
         f"last item alone by {moved:.3g} <= {factor} x atol ({atol}), so a lost or mixed-up state could pass; "
         "test with a history-sensitive model (larger init or trained weights)")
+
+
+def check_low_precision_state(model, scan_states, n=50, rtol=1e-5, seed=0, timestamps=False):
+    """A 16-bit model's step keeps its scan states in float32 between calls, as its forward and a many-item step
+    carry them through the scan: ``n`` one-item steps end in the state one ``n``-item step ends in, with the last
+    logits of both and of the forward within two ulps of the model's dtype (relative to their scale), and the
+    ``scan_states`` carry float32 precision after both (they are not values of the model's dtype stored in float32:
+    such a state, re-rounded every call, drifted from the forward by ~1e-2 of the logit scale over a few hundred
+    one-item steps).
+
+    States are ``[B, num_layers, ...]``. The first layer's (same inputs either way) must agree within ``rtol`` of its
+    scale: float32 rounding only, where a state re-rounded to bfloat16/float16 is off by ~1e-4..1e-2. A later layer
+    reads the layer before it in the model's dtype, which the parallel scan and the one-item steps (float32 results
+    a few ulps apart) may round one ulp apart, so its states are held to one ulp of the model's dtype.
+    Returns ``{name: [relative difference per layer]}`` (the logits' under ``"logits"``, vs the forward ``"forward"``).
+    """
+    rng = random.Random(seed)
+    dtype = next(model.parameters()).dtype
+    ulp = torch.finfo(dtype).eps
+    model.eval()
+    ids = torch.tensor([[rng.randrange(1, model.config.n_items) for _ in range(n)]])
+    ts = torch.tensor([_timestamps(rng, n)], dtype=torch.float64) if timestamps else None
+    with torch.no_grad():
+        forward = model(ids, timestamps=ts).logits
+        once_logits, once = model.step(ids, model.init_state(1), timestamps=ts)
+        state = model.init_state(1)
+        for p in range(n):
+            logits, state = model.step(ids[:, p:p + 1], state, timestamps=None if ts is None else ts[:, p:p + 1])
+    assert logits.dtype == once_logits.dtype == forward.dtype == dtype
+
+    def rel(got, want):
+        return (got.double() - want.double()).abs().max().item() / max(want.abs().max().item(), 1e-30)
+
+    out = {}
+    for name, want in once.items():
+        got = state[name]
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        out[name] = [rel(got[:, i], want[:, i]) for i in range(want.shape[1])]
+        for i, r in enumerate(out[name]):
+            tol = rtol if i == 0 else ulp
+            assert r <= tol, (f"state {name!r} layer {i}: {n} one-item steps vs one {n}-item step differ by {r:.3g} "
+                              f"of its scale > {tol:.3g}")
+    for name in scan_states:
+        for how, s in (("one-item steps", state[name]), ("one step", once[name])):
+            assert s.dtype == torch.float32, f"state {name!r} is {s.dtype}"
+            assert not torch.equal(s, s.to(dtype).float()), (f"state {name!r} after {how} holds only {dtype} values: "
+                                                             "the scan state was rounded to the model's dtype")
+    out["logits"], out["forward"] = rel(logits, once_logits), rel(logits, forward)
+    for what, r in (("one step", out["logits"]), ("the forward", out["forward"])):
+        assert r <= 2 * ulp, (f"last logits after {n} one-item steps vs {what} differ by {r:.3g} of their scale "
+                              f"> two {dtype} ulps ({2 * ulp:.3g})")
+    return out

@@ -105,6 +105,7 @@ def main() -> int:
         y, last = S.ssd_scan_kernel(x, dt, A, B, C, chunk, D, dt_bias, softplus, h0, seq_idx)
         yr, lr = S.ssd_scan_fn(x, dt, A, B, C, chunk, D, dt_bias, softplus, h0, seq_idx)   # CPU: the reference
         assert y.dtype == yr.dtype == dtype and y.shape == yr.shape and last.shape == lr.shape
+        assert last.dtype == lr.dtype == torch.float32, (last.dtype, lr.dtype)     # the final state: float32
         record("mamba_chunk_scan_combined", f"b{b} L{L} h{h} p{p} g{ng} n{n} chunk{chunk} h0={with_h0} "
                f"D={with_d} softplus={softplus} seq_idx={packed} {str(dtype).replace('torch.', '')}", t0,
                y=err(y, yr), final_state=err(last, lr))

@@ -68,6 +68,26 @@ def test_steps_equal_loop_and_chunks_continue():
     torch.testing.assert_close(sb, s_ref, atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_final_state_comes_back_in_the_compute_dtype(dtype):
+    """Every SSD entry computes in float32 (float64 for float64) and returns ``y`` in x's dtype and the final state in
+    the compute dtype: a 16-bit x's final state was rounded to x's dtype, so a state carried on from a many-item step
+    (TiM4Rec-causal) was re-rounded. For 16-bit inputs the results are the float32 computation's exactly."""
+    args = [t.to(dtype) for t in inputs(L=11)]
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    up = [t.to(ct) for t in args]
+    bias = torch.linspace(-0.3, 0.3, 4)
+    entries = {"ssd_chunk_scan_ref": lambda x, dt, A, B, C, D, h0: ssd_chunk_scan_ref(x, dt, A, B, C, 4, D, h0),
+               "ssd_scan_loop": ssd_scan_loop,
+               "ssd_step_ref": lambda x, dt, A, B, C, D, h0: ssd_step_ref(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0],
+                                                                          D),
+               "ssd_scan_fn": lambda x, dt, A, B, C, D, h0: ssd_scan_fn(x, dt, A, B, C, 4, D, bias, True, h0)}
+    for name, fn in entries.items():
+        (y, last), (y32, last32) = fn(*args), fn(*up)
+        assert y.dtype == dtype and last.dtype == ct, (name, y.dtype, last.dtype)
+        assert torch.equal(last, last32) and torch.equal(y, y32.to(dtype)), name
+
+
 def test_float32_long_sequence_and_scan_fn():
     x, dt, A, B, C, D, h0 = inputs(b=1, L=600, h=2, p=4, g=1, n=8, dtype=torch.float32, seed=1)
     raw = torch.randn(1, 600, 2)

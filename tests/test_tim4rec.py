@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModel
 
 import zoo
-from equivalence import check_step_equivalence, check_window_step_equivalence
+from equivalence import check_low_precision_state, check_step_equivalence, check_window_step_equivalence
 from mamba2_reference import official_tim4rec_logits, randomise
 from zoo.models.tim4rec import TiM4RecConfig, TiM4RecModel
 from zoo.models.tim4rec_causal import TiM4RecCausalConfig, TiM4RecCausalModel
@@ -529,3 +529,12 @@ def test_window_state_timestamps_are_checked_like_a_history():
     junk = {k: v.clone() for k, v in st.items()}
     junk["window_ts"][:, 3:] = -7.0                                            # beyond window_len: ignored
     torch.testing.assert_close(model.step(new, junk, timestamps=ts)[0], want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_causal_low_precision_step_keeps_the_ssd_state_in_float32(dtype):
+    """TiM4Rec-causal in bfloat16/float16: a step of T > 1 items took the chunked scan's final state in the model's
+    dtype, so a state carried on from it held only that dtype's values (bfloat16: ~2e-3 of its scale off the
+    one-item steps' after 50 items). The scans' float32 state is kept now, whichever path made it."""
+    rel = check_low_precision_state(causal(num_layers=2).to(dtype), ["ssm_state"], n=50, timestamps=True)
+    print(f"tim4rec_causal {dtype}: {rel}")

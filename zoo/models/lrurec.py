@@ -174,16 +174,28 @@ class LRULayer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, h0_re: torch.Tensor | None = None,
                 h0_im: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x [B, L, D]``, ``mask [B, L]`` bool or None, ``h0 [B, N]`` or None -> ``(y [B, L, D], h_re, h_im [B, L, N])``."""
-        u_re, u_im = self.inputs(x)
-        lam_re, lam_im = self.lam()
+        """``x [B, L, D]``, ``mask [B, L]`` bool or None, ``h0 [B, N]`` or None ->
+        ``(y [B, L, D], h_re, h_im [B, L, N])``.
+
+        The recurrence runs in float32 (float64 for a float64 ``x``): for a 16-bit model ``u`` and ``lam`` are cast up
+        (never ``h0`` down), ``h`` is returned in that dtype and cast to ``x``'s only on its way into ``out_proj``, so
+        a state carried from step to step keeps float32 precision (as the Mamba/SSD scans do)."""
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        u_re, u_im = (_to(t, ct) for t in self.inputs(x))
+        lam_re, lam_im = (_to(t, ct) for t in self.lam())
+        h0_re, h0_im = (None if t is None else _to(t, ct) for t in (h0_re, h0_im))
         if mask is None and h0_re is not None and x.shape[1] == 1:
             h_re, h_im = lru_step_ref(u_re[:, 0], u_im[:, 0], lam_re, lam_im, h0_re, h0_im)
             h_re, h_im = h_re.unsqueeze(1), h_im.unsqueeze(1)
         else:
             h_re, h_im = lru_scan_ref(u_re, u_im, lam_re, lam_im, mask, h0_re, h0_im, chunk_size=self.chunk_size)
-        y = self.layer_norm(self.dropout(self.out_proj.real_part(h_re, h_im)) + x)
+        y = self.layer_norm(self.dropout(self.out_proj.real_part(_to(h_re, x.dtype), _to(h_im, x.dtype))) + x)
         return y, h_re, h_im
+
+
+def _to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``; ``t`` itself when it already is (so a float32 model traces no Cast node)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -293,8 +305,9 @@ class LRURecModel(LRURecPreTrainedModel):
               timestamps: torch.Tensor | None) -> tuple[torch.Tensor, State]:
         """``T >= 1`` new items per row: ``h <- lam h + u`` per block (parallel scan from the state for ``T > 1``)."""
         x = self.embed(item_ids)                                             # [B, T, D]
-        s_re = state["lru_state_re"].to(x.dtype)
-        s_im = state["lru_state_im"].to(x.dtype)
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32  # the recurrence's dtype (LRULayer)
+        s_re = state["lru_state_re"].to(ct)                                  # never rounded to a 16-bit x's dtype
+        s_im = state["lru_state_im"].to(ct)
         new_re, new_im = [], []
         for layer, block in enumerate(self.lru_blocks):
             x, h_re, h_im = block(x, None, s_re[:, layer], s_im[:, layer])

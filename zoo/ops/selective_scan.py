@@ -127,7 +127,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     """Parallel pure-PyTorch selective scan (see the module docstring for shapes and math).
 
     Returns ``out [B, E, L]`` or ``(out, last_state [B, E, N])`` with ``return_last_state``.
-    Computes in float32 (or float64 when given float64) and returns ``u``'s dtype.
+    Computes in float32 (or float64 when given float64) and returns ``out`` in ``u``'s dtype and ``last_state`` in
+    the compute dtype (float32 for a 16-bit ``u``: a state carried from call to call is not re-rounded each call).
     """
     _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
     dtype_in = u.dtype
@@ -151,12 +152,13 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         y = y * F.silu(z.to(ct))                                                # [B, E, L]
     # fmt: on
     out = y.to(dtype_in)
-    return (out, h[:, -1].to(dtype_in)) if return_last_state else out
+    return (out, h[:, -1]) if return_last_state else out
 
 
 def selective_scan_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                         return_last_state=False, initial_state=None):
-    """Naive per-step loop over ``L`` (mamba-ssm's ``selective_scan_ref`` style): the oracle for tests."""
+    """Naive per-step loop over ``L`` (mamba-ssm's ``selective_scan_ref`` style): the oracle for tests. Same
+    returns and dtypes as :func:`selective_scan_ref`."""
     _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
     dtype_in = u.dtype
     ct = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -178,7 +180,7 @@ def selective_scan_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     if z is not None:
         y = y * F.silu(z.to(ct))
     out = y.to(dtype_in)
-    return (out, h.to(dtype_in)) if return_last_state else out
+    return (out, h) if return_last_state else out
 
 
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
@@ -187,8 +189,13 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     Args:
         state: ``[B, E, N]``; x, dt, z: ``[B, E]``; A: ``[E, N]``; B, C: ``[B, N]``; D, dt_bias: ``[E]``.
     Returns:
-        ``(y [B, E], new_state [B, E, N])``.
+        ``(y [B, E], new_state [B, E, N])``: computed as :func:`selective_scan_ref` computes (float32, or float64 for
+        a float64 ``x``), ``y`` in ``x``'s dtype and ``new_state`` in the compute dtype.
     """
+    dtype_in = x.dtype
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    state, x, dt, A, B, C, D, z, dt_bias = (None if t is None else t.to(ct)
+                                            for t in (state, x, dt, A, B, C, D, z, dt_bias))
     if dt_bias is not None:
         dt = dt + dt_bias
     if dt_softplus:
@@ -200,7 +207,7 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         y = y + D * x
     if z is not None:
         y = y * F.silu(z)
-    return y, new_state
+    return y.to(dtype_in), new_state
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
@@ -210,7 +217,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
 
     * CUDA tensors + ``mamba_ssm`` importable + no ``initial_state``: mamba-ssm's fused kernel, where it takes the
       inputs and gives the reference's result (:func:`_mamba_args`: dtypes it takes, or casts the reference makes
-      anyway; no gradient through a returned last state); the last state comes back in ``u``'s dtype.
+      anyway; no gradient through a returned last state); the last state comes back in float32, as the reference's.
     * CPU float32 ``u``: the fused C++ kernel (:mod:`zoo.ops.selective_scan_cpu`) when it builds (set the
       environment variable ``ZOO_CPU_KERNEL=0`` to force the reference). It takes every tensor in float32, so the
       others (float64 ``A``, bfloat16 ``B``/``C`` under autocast, ...) are cast to float32 first, as the reference
@@ -225,8 +232,8 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
                 if args is not None:
                     res = _mamba_selective_scan_fn(*args, delta_softplus=delta_softplus,
                                                    return_last_state=return_last_state)
-                    # mamba-ssm returns the last state in float32: the reference returns u's dtype
-                    return (res[0], res[1].to(u.dtype)) if return_last_state else res
+                    # mamba-ssm returns the last state in float32, as the reference does (its compute dtype)
+                    return (res[0], res[1].to(torch.float32)) if return_last_state else res
             if _mamba_selective_scan_fn is None:
                 _warn_once("cuda", "mamba-ssm is not installed: the selective scan runs the pure-PyTorch reference "
                                    "on CUDA (slow). Install the fast path with `pip install ssm-rec-zoo[gpu]`.")

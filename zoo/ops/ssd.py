@@ -100,9 +100,10 @@ def ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size=256, D=None, initial_state=Non
         chunk_size: ``Q``, positions per chunk (any value >= 1; ``Q > L`` means one chunk);
         D: ``[H]`` or None; initial_state: ``[B, H, P, N]`` or None; seq_idx: ``[B, L]`` int or None.
     Returns:
-        ``(y [B, L, H, P], final_state [B, H, P, N])`` in ``x``'s dtype (computed in float32, or float64 for
-        float64 inputs). With ``seq_idx``, ``final_state`` is the state of the last sequence of each row and
-        ``initial_state`` feeds the first sequence of each row only.
+        ``(y [B, L, H, P], final_state [B, H, P, N])``, computed in float32 (or float64 for float64 inputs): ``y``
+        in ``x``'s dtype, ``final_state`` in the compute dtype (float32 for a 16-bit ``x``: a state carried from
+        call to call is not re-rounded each call). With ``seq_idx``, ``final_state`` is the state of the last
+        sequence of each row and ``initial_state`` feeds the first sequence of each row only.
     """
     _check(x, dt, A, B, C, D, initial_state, seq_idx)
     if int(chunk_size) < 1:
@@ -182,11 +183,12 @@ def ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size=256, D=None, initial_state=Non
     if D is not None:
         y = y + xs * D.to(ct)[:, None]
     # fmt: on
-    return y.to(dtype_in), final_state.to(dtype_in)
+    return y.to(dtype_in), final_state
 
 
 def ssd_scan_loop(x, dt, A, B, C, D=None, initial_state=None, seq_idx=None):
-    """Naive per-step loop over ``L`` (the oracle in tests); same arguments/returns as :func:`ssd_chunk_scan_ref`."""
+    """Naive per-step loop over ``L`` (the oracle in tests); same arguments/returns (and their dtypes) as
+    :func:`ssd_chunk_scan_ref`."""
     _check(x, dt, A, B, C, D, initial_state, seq_idx)
     dtype_in = x.dtype
     ct = _ct(x)
@@ -206,7 +208,7 @@ def ssd_scan_loop(x, dt, A, B, C, D=None, initial_state=None, seq_idx=None):
     y = torch.stack(ys, dim=1)
     if D is not None:
         y = y + xs * D.to(ct)[:, None]
-    return y.to(dtype_in), S.to(dtype_in)
+    return y.to(dtype_in), S
 
 
 def ssd_step_ref(state, x, dt, A, B, C, D=None):
@@ -216,8 +218,12 @@ def ssd_step_ref(state, x, dt, A, B, C, D=None):
         state: ``[B, H, P, N]``; x: ``[B, H, P]``; dt: ``[B, H]`` positive Δ; A: ``[H]``; B, C: ``[B, G, N]``;
         D: ``[H]`` or None.
     Returns:
-        ``(y [B, H, P], new_state [B, H, P, N])``.
+        ``(y [B, H, P], new_state [B, H, P, N])``: computed as :func:`ssd_chunk_scan_ref` computes (float32, or
+        float64 for a float64 ``x``), ``y`` in ``x``'s dtype and ``new_state`` in the compute dtype.
     """
+    dtype_in = x.dtype
+    ct = _ct(x)
+    state, x, dt, A, B, C, D = (None if t is None else t.to(ct) for t in (state, x, dt, A, B, C, D))
     h = x.shape[1]
     Bh = B.repeat_interleave(h // B.shape[1], dim=1) if B.shape[1] != h else B    # [B, H, N]
     Ch = C.repeat_interleave(h // C.shape[1], dim=1) if C.shape[1] != h else C    # [B, H, N]
@@ -226,13 +232,14 @@ def ssd_step_ref(state, x, dt, A, B, C, D=None):
     y = torch.einsum("bhpn,bhn->bhp", new_state, Ch)                            # [B, H, P]
     if D is not None:
         y = y + D[:, None] * x
-    return y, new_state
+    return y.to(dtype_in), new_state
 
 
 def ssd_scan_fn(x, dt, A, B, C, chunk_size=256, D=None, dt_bias=None, dt_softplus=False, initial_state=None,
                 seq_idx=None):
     """``mamba_chunk_scan_combined``-style entry: ``Δ = softplus(dt + dt_bias)`` (when ``dt_softplus``), then the
-    chunked scan. ``dt`` is ``[B, L, H]`` raw, ``dt_bias`` ``[H]``. Returns ``(y, final_state)`` in ``x``'s dtype.
+    chunked scan. ``dt`` is ``[B, L, H]`` raw, ``dt_bias`` ``[H]``. Returns ``(y, final_state)``: ``y`` in ``x``'s
+    dtype, ``final_state`` in the compute dtype (float32; float64 for a float64 ``x``), as the reference returns them.
 
     Dispatch (same signature and result, see ``tests/test_ssd_ops.py``):
 
@@ -256,8 +263,9 @@ def ssd_scan_kernel(x, dt, A, B, C, chunk_size=256, D=None, dt_bias=None, dt_sof
                     seq_idx=None):
     """The fast path of :func:`ssd_scan_fn` (same signature and result): mamba-ssm's Triton
     ``mamba_chunk_scan_combined``, called with the zoo's conventions (float32 ``A``/``D``/``dt_bias``, int32
-    ``seq_idx``, outputs back in ``x``'s dtype). Checked against the reference by ``tests/test_mamba_ssm_interp.py``
-    with the kernel run in Triton's CPU interpreter, and on a GPU by ``tests/test_ssd_ops.py``."""
+    ``seq_idx``, ``y`` back in ``x``'s dtype, the final state in float32 as the reference's). Checked against the
+    reference by ``tests/test_mamba_ssm_interp.py`` with the kernel run in Triton's CPU interpreter, and on a GPU by
+    ``tests/test_ssd_ops.py``."""
     if _mamba_chunk_scan_combined is None:
         raise RuntimeError("mamba-ssm's Triton SSD kernel (mamba_ssm.ops.triton.ssd_combined) is not importable")
     _check(x, dt, A, B, C, D, initial_state, seq_idx)
@@ -268,7 +276,7 @@ def ssd_scan_kernel(x, dt, A, B, C, chunk_size=256, D=None, dt_bias=None, dt_sof
         initial_states=None if initial_state is None else initial_state.contiguous(),
         seq_idx=None if seq_idx is None else seq_idx.to(torch.int32).contiguous(),
         dt_softplus=bool(dt_softplus), return_final_states=True)
-    return y.to(x.dtype), last.to(x.dtype)
+    return y.to(x.dtype), last.to(torch.float32)          # mamba-ssm's final state is float32 already
 
 
 def rmsnorm_gated_ref(y, z, weight, eps=1e-5, group_size=None, norm_before_gate=False):

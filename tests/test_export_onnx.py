@@ -27,6 +27,7 @@ from export import plugin_spec as ps
 from export import verify as V
 from export.runtime import OnnxStepSession, OnnxWindowSession  # noqa: E402
 from equivalence import history_effect  # noqa: E402
+from full_disk import full_disk  # noqa: E402
 from time_models import perturb_time_path  # noqa: E402
 from zoo.models.gru4rec import GRU4RecConfig, GRU4RecModel
 from zoo.models.lrurec import LRURecConfig, LRURecModel
@@ -2037,48 +2038,12 @@ def test_card_section_is_replaced_in_place(tmp_path):
     assert text.count(E.CARD_BEGIN) == text.count(E.CARD_END) == 1
 
 
-def _full_disk(monkeypatch, name: str) -> None:
-    """Each file opened for writing whose name holds ``name`` takes half of a write, then fails as a full disk does
-    (both ``open`` and pathlib's ``io.open``)."""
-    import builtins
-    import errno
-    import io
-
-    real = io.open
-
-    class Full:
-        def __init__(self, f):
-            self._f = f
-
-        def write(self, data):
-            self._f.write(data[:len(data) // 2])
-            self._f.flush()
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, attr):
-            return getattr(self._f, attr)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self._f.close()
-
-    def opened(file, mode="r", *a, **k):
-        f = real(file, mode, *a, **k)
-        named = isinstance(file, (str, os.PathLike)) and name in os.path.basename(os.fspath(file))
-        return Full(f) if named and any(c in mode for c in "wax") else f
-
-    monkeypatch.setattr(io, "open", opened)
-    monkeypatch.setattr(builtins, "open", opened)
-
-
 def test_card_section_is_written_whole(tmp_path, monkeypatch):
     """The card's README was written in place by export.onnx --card-dir: a full disk or a kill left it cut short.
     It is written beside and renamed into place now: the README stays as it was, and nothing is left beside it."""
     spec = E.build_spec(make_model("lrurec"), "step", 5, False)
     (tmp_path / "README.md").write_text("# card\n\nintro\n")
-    _full_disk(monkeypatch, "README.md")
+    full_disk(monkeypatch, "README.md")
     with pytest.raises(OSError, match="No space left on device"):
         E.write_card_section(tmp_path, spec, "onnx")
     monkeypatch.undo()

@@ -24,6 +24,7 @@ import torch
 from export import build_plugins as BP
 from export import plugin_spec as ps
 from export import trt as T
+from full_disk import full_disk
 
 _RUN = T.run      # the real run(), for its signature (tests below replace T.run)
 ROOT = Path(__file__).resolve().parent.parent
@@ -621,42 +622,6 @@ def test_a_run_that_cannot_build_leaves_a_verified_engine_where_it_is(tmp_path, 
     assert _files(out) == before and loaded == []
 
 
-def _full_disk(monkeypatch, name: str) -> None:
-    """Each file opened for writing whose name holds ``name`` takes half of a write, then fails as a full disk does
-    (both ``open`` and pathlib's ``io.open``)."""
-    import builtins
-    import errno
-    import io
-
-    real = io.open
-
-    class Full:
-        def __init__(self, f):
-            self._f = f
-
-        def write(self, data):
-            self._f.write(data[:len(data) // 2])
-            self._f.flush()
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, attr):
-            return getattr(self._f, attr)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self._f.close()
-
-    def opened(file, mode="r", *a, **k):
-        f = real(file, mode, *a, **k)
-        named = isinstance(file, (str, os.PathLike)) and name in os.path.basename(os.fspath(file))
-        return Full(f) if named and any(c in mode for c in "wax") else f
-
-    monkeypatch.setattr(io, "open", opened)
-    monkeypatch.setattr(builtins, "open", opened)
-
-
 def test_the_report_is_written_whole(tmp_path, monkeypatch):
     """trt_report.json, the record that its engine was verified, was written in place: a full disk or a kill left it
     cut short. It is written beside and renamed into place now: the report there stays as it was."""
@@ -665,7 +630,7 @@ def test_the_report_is_written_whole(tmp_path, monkeypatch):
     out.mkdir()
     (out / T.REPORT_FILE).write_text(json.dumps({"status": "ONNX graph verification failed", "exit_code": 2}))
     before = _files(out)
-    _full_disk(monkeypatch, T.REPORT_FILE)
+    full_disk(monkeypatch, T.REPORT_FILE)
     with pytest.raises(OSError, match="No space left on device"):
         T.run("nope", str(out), quick=True, say=lambda m: None)
     monkeypatch.undo()
@@ -794,7 +759,7 @@ def test_the_engine_is_written_whole_and_checked_by_its_digest(tmp_path, monkeyp
     _earlier_engine(out)
     kw = dict(model=tiny_mamba, quick=True, plugin_lib=str(tmp_path / "lib.so"), say=lambda m: None)
     with monkeypatch.context() as m:
-        _full_disk(m, T.ENGINE_FILE)
+        full_disk(m, T.ENGINE_FILE)
         code, rep = T.run("tiny", str(out), **kw)
     assert code == T.EXIT_ERROR and rep["status"] == "engine verified but NOT written (it could not be written)"
     assert rep["engine_verification"]["passed"] is True and "No space left on device" in rep["error"]

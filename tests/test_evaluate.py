@@ -883,6 +883,11 @@ def test_the_python_api_refuses_cutoffs_above_the_items_ranked(tmp_path):
         evaluate_model(model, sp.test, ks=(4,), progress=False, negatives=np.array([[1, 2], [2, 4], [2, 4]]))
     with pytest.raises(ValueError, match=r"cut-off @20: the baseline ranks 5 items; use cut-offs <= 5"):
         evaluate_baseline("pop", sp.train, sp.test, M + 1)                  # the default 5, 10, 20
+    # any_ks: the fixed NDCG@10 of a run's validation / popularity floor / soup on a catalogue under 10 items (a run
+    # on a 5-item file died at its popularity floor): the NDCG over all the items, as computed before the check
+    full = evaluate_model(model, sp.test, ks=(M,), progress=False)
+    assert evaluate_model(model, sp.test, ks=(10,), progress=False, any_ks=True)["NDCG@10"] == full[f"NDCG@{M}"]
+    assert evaluate_baseline("pop", sp.train, sp.test, M + 1, ks=(10,), any_ks=True)["HR@10"] == 1.0
     torch.set_num_threads(1)
     export_model(_tiny("gru4rec"), tmp_path, topk=5, with_scores=True, verify=False)
     with pytest.raises(ValueError, match=r"cut-off @40: the graph ranks 39 items; use cut-offs <= 39"):

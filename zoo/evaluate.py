@@ -158,7 +158,7 @@ def _check_examples(examples: EvalExamples, n_items: int, uses_ts: bool, owner: 
 def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False,
                    batch_size: int = 256, device: str | torch.device | None = None, progress: bool = True,
                    max_len: int | None = None, return_ranks: bool = False, history_share: bool = False,
-                   negatives: np.ndarray | None = None):
+                   negatives: np.ndarray | None = None, any_ks: bool = False):
     """Full-ranking metrics of ``model`` on ``examples``.
 
     Args:
@@ -176,6 +176,9 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
             (:func:`zoo.metrics.history_in_top_k`; 0 when ``exclude_history``).
         negatives: ``[len(examples), N]`` (:func:`sample_negatives`): rank each target among its N negatives only
             (sampled metrics) instead of among all items.
+        any_ks: take cut-offs above the items ranked (for the fixed ``NDCG@10`` of a run's validation, its
+            popularity floor and a soup's choice: on a catalogue of fewer than 10 items it is the NDCG over all of
+            them, still an ordering measure); by default they are refused (``HR@K`` would be 1).
     Returns:
         ``{"HR@5": ..., "NDCG@5": ..., "MRR@5": ..., "Recall@5": ..., ...}`` (floats; plus ``"Hist@K"`` with
         ``history_share``), or ``(metrics, ranks)``.
@@ -188,7 +191,7 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     negs = _check_negatives(negatives, examples, int(model.config.n_items))
     if negs is not None and history_share:
         raise ValueError("history_share is a full-ranking measure (the top-K of all items); not with negatives")
-    ks = _check_ranked_cutoffs(ks, int(model.config.n_items), negs, "model")
+    ks = [int(k) for k in ks] if any_ks else _check_ranked_cutoffs(ks, int(model.config.n_items), negs, "model")
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -267,18 +270,19 @@ class TransitionCounts:
 
 def evaluate_popularity(train: Sequence, examples: EvalExamples, n_items: int, ks: Iterable[int] = (5, 10, 20),
                         exclude_history: bool = False, max_len: int = BASELINE_WINDOW, return_ranks: bool = False,
-                        negatives: np.ndarray | None = None):
+                        negatives: np.ndarray | None = None, any_ks: bool = False):
     """Full-ranking metrics of the most-popular baseline (RecBole's ``Pop``): every user gets the same ranking, by
     :func:`popularity_scores` of ``train``; with ``exclude_history`` the last ``max_len`` items of each history are
     masked, as :func:`evaluate_model` masks a model's window (LRURec's protocol); ``negatives`` as for
-    :func:`evaluate_model`. Ties are pessimistic, as for the models. The floor a trained model must clear far: one that
-    does not has learnt nothing about order."""
-    return evaluate_baseline("pop", train, examples, n_items, ks, exclude_history, max_len, return_ranks, negatives)
+    :func:`evaluate_model` (and ``any_ks``). Ties are pessimistic, as for the models. The floor a trained model must
+    clear far: one that does not has learnt nothing about order."""
+    return evaluate_baseline("pop", train, examples, n_items, ks, exclude_history, max_len, return_ranks, negatives,
+                             any_ks=any_ks)
 
 
 def evaluate_baseline(kind: str, train: Sequence, examples: EvalExamples, n_items: int,
                       ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False, max_len: int = BASELINE_WINDOW,
-                      return_ranks: bool = False, negatives: np.ndarray | None = None):
+                      return_ranks: bool = False, negatives: np.ndarray | None = None, any_ks: bool = False):
     """:func:`evaluate_popularity` for any of :data:`BASELINES`: ``"pop"``, or ``"markov"``, which ranks the items
     by how often they directly followed the history's last item in ``train`` (:class:`TransitionCounts`; ties, and
     items that never followed it, by training count) -- the order signal a sequential model must beat, where the
@@ -287,7 +291,7 @@ def evaluate_baseline(kind: str, train: Sequence, examples: EvalExamples, n_item
         raise ValueError(f"kind must be one of {', '.join(BASELINES)}, got {kind!r}")
     _check_examples(examples, n_items, False, "baseline", {"pop": "most-popular", "markov": "transitions"}[kind])
     negs = _check_negatives(negatives, examples, n_items)
-    ks = _check_ranked_cutoffs(ks, n_items, negs, "baseline")
+    ks = [int(k) for k in ks] if any_ks else _check_ranked_cutoffs(ks, n_items, negs, "baseline")
     scores = popularity_scores(train, n_items)
     if kind == "markov":            # counts of the transitions first; the popularity (< 1 in total) breaks their ties
         transitions = TransitionCounts(train, n_items)

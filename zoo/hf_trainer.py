@@ -375,7 +375,7 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
         raise ValueError(f"{data} loaded with {options} is not the data the Trainer trained on (another file, k-core "
                          "or order of ties): give save_run the file and data_options of the run")
     masked = eval_set.with_history                             # validated under LRURec's protocol
-    valid = evaluate_model(model, split.valid, ks=(10,), exclude_history=masked, progress=False)
+    valid = evaluate_model(model, split.valid, ks=(10,), exclude_history=masked, progress=False, any_ks=True)
     test = evaluate_model(model, split.test, ks=default_ks(model.config.n_items - 1), exclude_history=masked,
                           progress=False)
     args = trainer.args

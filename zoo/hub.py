@@ -653,7 +653,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
             " --exclude-history" if masked else "")
 
     baselines = {kind: {"metrics": evaluate_baseline(kind, split.train, test, int(model.config.n_items), ks=(10,),
-                                                     exclude_history=exclude_history),
+                                                     exclude_history=exclude_history, any_ks=True),
                         "command": evaluate_command(exclude_history, f"--baseline {kind}")}
                  for kind in ("markov", "pop") if kind in BASELINES}
 

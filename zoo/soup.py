@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     def score(sd: dict) -> float:
         model.load_state_dict(sd)
         return float(evaluate_model(model, valid, ks=(10,), exclude_history=a.exclude_history,
-                                    progress=False)["NDCG@10"])
+                                    progress=False, any_ks=True)["NDCG@10"])
 
     # copies: a state_dict() holds the model's own parameters, which scoring loads the other ingredients into
     ingredients = {n: {k: v.detach().clone() for k, v in m.state_dict().items()}

@@ -685,7 +685,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
 
     def validate(m) -> dict:
-        return evaluate_model(m, valid, ks=(10,), exclude_history=exclude_history, progress=False)
+        return evaluate_model(m, valid, ks=(10,), exclude_history=exclude_history, progress=False, any_ks=True)
 
     opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"],
                          sparse_items=preset.get("sparse_item_grad", False))
@@ -770,7 +770,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         # the floor: the most-popular ranking on the same validation examples (below it, nothing of order was learnt)
         log["popularity_valid_NDCG10"] = evaluate_popularity(split.train, valid, int(model.config.n_items), ks=(10,),
                                                              exclude_history=exclude_history,
-                                                             max_len=int(model.config.max_seq_length))["NDCG@10"]
+                                                             max_len=int(model.config.max_seq_length),
+                                                             any_ks=True)["NDCG@10"]
     print(f"[zoo.train] most-popular baseline: valid NDCG@10 {log['popularity_valid_NDCG10']:.4f}", flush=True)
 
     from .pretrained import weights_sha256

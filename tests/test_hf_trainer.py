@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 
 import numpy as np
 import pytest
@@ -514,3 +515,18 @@ def test_save_run_keeps_one_record_per_epoch_when_evaluating_by_steps(tmp_path):
     last_of_first = [e for e in evals if e["epoch"] <= 1.0][-1]
     assert log["epochs"][0]["valid_NDCG@10"] == last_of_first["eval_NDCG@10"]
     assert log["best_epoch"] in (1, 2)
+
+
+def test_trainer_kwargs_cut_offs_follow_the_catalogue(tmp_path):
+    """``trainer_kwargs``' cut-offs: by default 5, 10, 20 where the catalogue has them (as zoo.train and zoo.evaluate
+    report), and a cut-off above the model's real items is refused before any training: the Trainer's metrics
+    reported HR@K = 1 for every checkpoint."""
+    ds, split = _data(tmp_path, n_users=40)
+    model = _model("sasrec", ds)
+    n_real = int(model.config.n_items) - 1
+    metrics = trainer_kwargs(model, split)["compute_metrics"]
+    ranks = np.arange(1, 8)
+    got = metrics(types.SimpleNamespace(predictions=ranks))
+    assert {f"NDCG@{k}" for k in (5, 10, 20) if k <= n_real} == {k for k in got if k.startswith("NDCG@")}
+    with pytest.raises(ValueError, match=rf"cut-off @{n_real + 1}: the model ranks {n_real} items"):
+        trainer_kwargs(model, split, ks=(10, n_real + 1))

@@ -977,6 +977,23 @@ def test_a_killed_card_writers_stage_is_no_bundled_model(bundled, tmp_path):
     assert "tiny-mamba4rec" in names and not [n for n in names if n.startswith(".")], sorted(names)
     assert not [r for r in seed_hf_cache() if "staged" in r]
 
+
+def test_an_empty_ref_left_by_a_killed_seeding_is_seeded_again(bundled, tmp_path, monkeypatch):
+    """``seed_hf_cache`` wrote ``refs/main`` in place: a process killed between its truncation and its write left an
+    empty ref, which (pointing at no snapshot with the bundled mark) passed for a real Hub download and was never
+    seeded again, so the model no longer loaded offline. Such a ref is re-seeded now, and the ref and snapshot are
+    written beside and renamed in (nothing of the copy is left behind)."""
+    repo = tmp_path / "hf" / f"models--{hub.HUB_ORG}--tiny-mamba4rec"
+    (repo / "refs" / "main").write_text("")                                     # what the kill left
+    assert f"{hub.HUB_ORG}/tiny-mamba4rec" in seed_hf_cache()
+    commit = (repo / "refs" / "main").read_text()
+    assert len(commit) == 40 and (repo / "snapshots" / commit / ".zoo-bundled").is_file()
+    assert not [p.name for p in repo.rglob(".zoo-seed-*")] and not list((repo / "refs").glob(".main.*"))
+    m = Mamba4RecModel.from_pretrained(f"{hub.HUB_ORG}/tiny-mamba4rec").eval()
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(m(ids).logits, bundled(ids).logits)
+    assert f"{hub.HUB_ORG}/tiny-mamba4rec" not in seed_hf_cache()                # current: left alone
+
 def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, capsys):
     """``zoo.convert --out`` a folder that holds files (e.g. another model's card) is refused before any work; with
     --overwrite the folder is replaced whole (nothing of the old folder stays beside the new model). An --out that is

@@ -258,7 +258,7 @@ def ranking_metrics(ks: Iterable[int] = (5, 10, 20)):
 EVAL_ON = ("valid", "test")
 
 
-def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride: int | None = None,
+def trainer_kwargs(model, split: Split, ks: Iterable[int] | None = None, stride: int | None = None,
                    eval_on: str = "valid", exclude_history: bool = False, negatives: int | None = None,
                    negative_sampler: str = "uniform") -> dict[str, Any]:
     """What ``Trainer(model=model, args=args, **trainer_kwargs(model, split))`` needs to train ``model`` on ``split``
@@ -270,7 +270,8 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride:
         split: :func:`zoo.data.leave_one_out` (or :func:`zoo.data.temporal_split`) of a dataset indexed like the
             model: with its own vocabulary set on the model (``model.set_item_vocab(ds.vocab)``), or one re-indexed
             to the model's (:func:`zoo.evaluate.align_with_model`).
-        ks: metric cut-offs.
+        ks: metric cut-offs (default 5, 10, 20, those of them the catalogue has: :func:`zoo.metrics.default_ks`);
+            one above the model's real items is a ValueError before any training (its HR@K would be 1).
         stride: window stride (``zoo.train --window-stride``; default ``max_seq_length``: no overlap).
         eval_on: ``"valid"`` or ``"test"``.
         exclude_history: rank under LRURec's protocol (``zoo.evaluate --exclude-history``: the window's items are
@@ -293,6 +294,10 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] = (5, 10, 20), stride:
         raise TypeError(f"split must be zoo.data.Split (leave_one_out(dataset)), got {type(split).__name__}")
     if eval_on not in EVAL_ON:
         raise ValueError(f"eval_on must be one of {EVAL_ON}, got {eval_on!r}")
+    from .metrics import check_cutoffs, default_ks
+
+    n_real = int(model.config.n_items) - 1
+    ks = default_ks(n_real) if ks is None else check_cutoffs(ks, n_real, "model")
     _check_split_fits(model, split)
     windows = training_windows(split.train, int(model.config.max_seq_length),
                                split.train_timestamps if model.uses_timestamps else None, stride=stride)

@@ -81,7 +81,14 @@ def seed_hf_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
     ``HF_HUB_OFFLINE=1``, ``hf_hub_download(..., local_files_only=True)``) find them without network: a request that
     cannot reach the Hub falls back to the cache. A repo whose ``refs/main`` already points at a real download is
     left alone. Called on ``import zoo``; failures (read-only cache) are logged and ignored.
+
+    Each snapshot is copied into a folder beside it and renamed into place with its ``.zoo-bundled`` mark, and the
+    ref is written beside and renamed over: a process killed mid-way leaves no snapshot cut short that looks
+    current, and no empty ``refs/main`` (one pointing at no snapshot, as such a kill used to leave, looked like a real
+    download and was never seeded again).
     """
+    import tempfile
+
     from huggingface_hub import constants
 
     cache = pathlib.Path(cache_dir or constants.HF_HUB_CACHE)
@@ -95,17 +102,30 @@ def seed_hf_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
                 if ref.exists():
                     current = ref.read_text().strip()
                     snap = repo / "snapshots" / current
-                    if not (snap / ".zoo-bundled").exists() or (commit or _content_commit(folder)) == current:
-                        continue  # a real Hub download, or our copy is current
+                    ours = (snap / ".zoo-bundled").exists()
+                    if current and snap.is_dir() and not ours:
+                        continue  # a real Hub download
+                    if ours and (commit or _content_commit(folder)) == current:
+                        continue  # our copy is current
                 commit = commit or _content_commit(folder)
                 snap = repo / "snapshots" / commit
-                snap.mkdir(parents=True, exist_ok=True)
-                for f in folder.iterdir():
-                    if f.is_file():
-                        shutil.copyfile(f, snap / f.name)
-                (snap / ".zoo-bundled").write_text("copied from the ssm-rec-zoo package\n")
+                if not (snap / ".zoo-bundled").exists():
+                    snap.parent.mkdir(parents=True, exist_ok=True)
+                    stage = pathlib.Path(tempfile.mkdtemp(prefix=".zoo-seed-", dir=repo))
+                    try:
+                        for f in folder.iterdir():
+                            if f.is_file():
+                                shutil.copyfile(f, stage / f.name)
+                        (stage / ".zoo-bundled").write_text("copied from the ssm-rec-zoo package\n")
+                        if snap.is_dir():                 # a copy an older version left cut short (no mark)
+                            shutil.rmtree(snap)
+                        os.replace(stage, snap)
+                    finally:
+                        shutil.rmtree(stage, ignore_errors=True)
                 ref.parent.mkdir(parents=True, exist_ok=True)
-                ref.write_text(commit)
+                tmp_ref = ref.with_name(f".main.{os.getpid()}")
+                tmp_ref.write_text(commit)
+                os.replace(tmp_ref, ref)
                 written.append(f"{org}/{name}")
             except OSError as e:
                 logger.debug("could not seed the HF cache with %s: %s", name, e)

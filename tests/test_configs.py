@@ -13,6 +13,7 @@ import zoo  # noqa: F401  (registers the models with AutoConfig / AutoModel)
 from zoo.modeling_utils import _SIZE_FIELDS
 from zoo.models import MODELS
 from zoo.train import config_fields
+from tiny_models import tiny, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -183,22 +184,11 @@ def test_bundled_card_configs_read_back_unchanged(card):
 
 
 # ------------------------------------------------- QA SW1 / SW2: overrides and fields set by hand, unknown fields
-TINY = {"gru4rec": dict(embedding_size=8, hidden_size=8), "lrurec": dict(hidden_size=8, num_layers=1),
-        "mamba4rec": dict(hidden_size=8, d_state=4, num_layers=1),
-        "sasrec": dict(hidden_size=8, num_heads=2, inner_size=8, num_layers=1),
-        "bert4rec": dict(hidden_size=8, num_heads=2, inner_size=8, num_layers=1),
-        "ssd4rec": dict(hidden_size=8, d_state=4, head_dim=4, mask_ratio=0.1),
-        "tim4rec": dict(hidden_size=8, d_state=4, head_dim=4, num_layers=1),
-        "tim4rec_causal": dict(hidden_size=8, d_state=4, head_dim=4, num_layers=1)}
-
-
 def _saved(tmp_path, model_type):
     """A tiny ``model_type`` model saved in ``tmp_path / model_type``: ``(folder, model class)``."""
-    cfg_cls, cls = MODELS[model_type]
-    torch.manual_seed(0)
     folder = tmp_path / model_type
-    cls(cfg_cls(n_items=12, max_seq_length=6, **TINY[model_type])).save_pretrained(folder)
-    return folder, cls
+    tiny(model_type).save_pretrained(folder)
+    return folder, MODELS[model_type][1]
 
 
 OVERRIDES = [  # (model_type, {field: bad value}, error, message): the QA table of overrides that went unchecked
@@ -252,8 +242,8 @@ def test_valid_overrides_apply_and_transformers_unused_kwargs_semantics_hold(tmp
 def test_a_field_set_by_hand_is_checked_when_the_model_is_built(model_type, field, value, error, message):
     """``cfg.time_unit = -1.0; Model(cfg)`` built a model that scored NaN: the model's ``__init__`` checks its config
     again, naming the model and the field."""
-    cfg_cls, cls = MODELS[model_type]
-    cfg = cfg_cls(n_items=12, max_seq_length=6, **TINY[model_type])
+    cls = MODELS[model_type][1]
+    cfg = tiny_config(model_type)
     setattr(cfg, field, value)
     with pytest.raises(error, match=rf"^{cls.__name__} config: {message}"):
         cls(cfg)

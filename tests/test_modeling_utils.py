@@ -19,6 +19,7 @@ from zoo.models.gru4rec import GRU4RecConfig, GRU4RecModel
 from zoo.models.lrurec import LRURecConfig, LRURecModel
 from zoo.models.sasrec import SASRecConfig, SASRecModel
 from zoo.vocab import ItemVocab, UnknownItemError
+from tiny_models import TINY, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -563,24 +564,6 @@ def test_step_runs_in_eval_mode_like_predict():
 
 
 # ---------------------------------------------------------------------------- QA: input checks of the public API
-TINY = {"gru4rec": dict(embedding_size=8, hidden_size=8), "lrurec": dict(hidden_size=8, num_layers=1),
-        "mamba4rec": dict(hidden_size=8, d_state=4, num_layers=1),
-        "sasrec": dict(hidden_size=8, num_heads=2, inner_size=8, num_layers=1),
-        "bert4rec": dict(hidden_size=8, num_heads=2, inner_size=8, num_layers=1),
-        "ssd4rec": dict(hidden_size=8, d_state=4, head_dim=4, mask_ratio=0.0),
-        "tim4rec": dict(hidden_size=8, d_state=4, head_dim=4, num_layers=1),
-        "tim4rec_causal": dict(hidden_size=8, d_state=4, head_dim=4, num_layers=1)}
-
-
-def tiny(model_type: str):
-    """A tiny model of every family (n_items=12, max_seq_length=6), in eval mode."""
-    from zoo.models import MODELS
-
-    cfg_cls, cls = MODELS[model_type]
-    torch.manual_seed(0)
-    return cls(cfg_cls(n_items=12, max_seq_length=6, **TINY[model_type])).eval()
-
-
 def timed() -> TimedGRU:
     torch.manual_seed(0)
     return TimedGRU(GRU4RecConfig(n_items=12, max_seq_length=6, embedding_size=8, hidden_size=8,

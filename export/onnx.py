@@ -1538,24 +1538,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _try_lock(fd: int, block: bool = True) -> bool:
-    """Take an exclusive ``flock`` on ``fd``; False when another process holds it (``block=False``) or the file
-    system has no locks."""
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-    except OSError:
-        return False
-    return True
-
-
 def remove_stale_stages(out: str | os.PathLike) -> list[str]:
     """Remove the stages (:func:`staging_folder`) in ``out`` whose writer is gone -- killed by SIGKILL, the OOM killer
     or a power loss, which nothing cleans up after, and which ``zoo.hub push`` would upload -- and return their names.
     A stage is the writer's while its pid runs a process here or its lock is held (a writer on another machine that
     shares the folder holds it); one named without a pid (written before stages carried one) once it is
     :data:`STAGE_UNNAMED_MAX_AGE_S` old. A stage that cannot be told (no locks on the file system) is left."""
+    from zoo.cli import lock_folder
+
     removed = []
     try:
         entries = list(os.scandir(out))
@@ -1571,13 +1561,14 @@ def remove_stale_stages(out: str | os.PathLike) -> list[str]:
                     continue
             elif time.time() - e.stat(follow_symlinks=False).st_mtime < STAGE_UNNAMED_MAX_AGE_S:
                 continue
-            fd = os.open(e.path, os.O_RDONLY)
         except OSError:
             continue
+        fd = lock_folder(e.path)             # None: its lock is held (a live writer elsewhere), or no locks here
+        if fd is None:
+            continue
         try:
-            if _try_lock(fd, block=False):
-                shutil.rmtree(e.path, ignore_errors=True)
-                removed.append(e.name)
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(e.name)
         finally:
             os.close(fd)
     return removed
@@ -1589,13 +1580,14 @@ def staging_folder(out: str | os.PathLike, say=None):
     (``os.replace`` on one file system), removed after the block. Named :data:`STAGE_PREFIX` + this process's pid and
     held under an ``flock`` while the block runs, so that a later export tells it from a stage whose writer was killed:
     those in ``out`` are removed first (:func:`remove_stale_stages`; ``say``: told their names)."""
+    from zoo.cli import lock_folder
+
     for name in remove_stale_stages(out):
         (say or (lambda m: None))(f"  removed {os.path.join(out, name)}: the stage of an export that was killed")
     stage = pathlib.Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=out))
     fd = None
     try:
-        fd = os.open(stage, os.O_RDONLY)
-        _try_lock(fd)                   # a file system without locks: the pid alone says that the stage is live
+        fd = lock_folder(stage)         # None without locks: the pid alone then says that the stage is live
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)

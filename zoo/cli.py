@@ -247,7 +247,7 @@ def made_folder(path: str | os.PathLike):
 _STAGE_KINDS = ("staged", "replaced")
 
 
-def _lock_folder(path: str) -> int | None:
+def lock_folder(path: str) -> int | None:
     """An open descriptor of the folder ``path`` holding an exclusive ``flock`` on it (released when it is closed, or
     when the process dies), or ``None`` when the folder is locked by another process or cannot be locked here (no
     ``fcntl``, a file system without locks)."""
@@ -286,7 +286,7 @@ def remove_dead_stages(path: str | os.PathLike) -> list[str]:
         stage = os.path.join(parent, name)
         if os.path.islink(stage) or not os.path.isdir(stage):
             continue
-        fd = _lock_folder(stage)
+        fd = lock_folder(stage)
         if fd is None:
             continue
         try:
@@ -321,7 +321,7 @@ def written_whole_folder(path: str | os.PathLike, copy_existing: bool = False):
     os.makedirs(parent, exist_ok=True)
     remove_dead_stages(path)
     stage = tempfile.mkdtemp(prefix=f".{base}.staged-", dir=parent)
-    lock = _lock_folder(stage)                             # held until the end: a live writer's stage is not removed
+    lock = lock_folder(stage)                             # held until the end: a live writer's stage is not removed
     old_lock = None
     try:
         try:
@@ -335,7 +335,7 @@ def written_whole_folder(path: str | os.PathLike, copy_existing: bool = False):
         old = None
         try:
             if os.path.isdir(path):
-                old_lock = _lock_folder(path)              # moves with it: not taken for a dead writer's leftover
+                old_lock = lock_folder(path)              # moves with it: not taken for a dead writer's leftover
                 old = os.path.join(parent, f".{base}.replaced-{uuid.uuid4().hex[:12]}")
                 os.replace(path, old)                      # a new name: nothing is there
             os.replace(stage, path)

@@ -749,7 +749,7 @@ def test_eval_and_pad_refusals_name_the_problem():
     ex = EvalExamples([np.array([1, 2]), np.array([3]), np.array([], np.int64)], np.array([5, 6, 7]), ["a", "b", "c"])
     with pytest.raises(ValueError, match=r"example 2 \(user 'c'\) has an empty history"):
         list(eval_batches(ex, max_len=4, padding_side="left", batch_size=2))
-    with pytest.raises(ValueError, match=r"max_len and batch_size must be >= 1, got 0, 2"):
+    with pytest.raises(ValueError, match=r"max_len must be >= 1 \(or None: whole histories\), got 0"):
         next(eval_batches(ex, max_len=0, padding_side="left", batch_size=2))
     with pytest.raises(ValueError, match="no sequences given"):
         pad_sequences([], "left")

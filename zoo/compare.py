@@ -1,7 +1,8 @@
 """Compare two models on the same users: ``python -m zoo.compare A.csv B.csv [--ks 10 20] [--bootstrap 10000]``.
 
 The inputs are ``zoo.evaluate --ranks-out`` files (each user's held-out target and its rank). The two must hold the
-same users with the same targets, from the same split and protocol; the comparison is paired: per metric, the means
+same users with the same targets, from the same split and protocol (the history window read, ``zoo.evaluate
+--window``, may differ: it is the input compared, e.g. a model's window against its whole history); the comparison is paired: per metric, the means
 of A and B, the difference ``B - A``, its percentile bootstrap interval over users, and a two-sided bootstrap p-value
 (:func:`zoo.metrics.paired_bootstrap`). A difference whose interval excludes 0 is one the test set supports; one that
 does not may be seed noise (compare two seeds of one model to see how large that is).
@@ -26,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from .cli import cannot, check_outputs, nonnegative_int, positive_int, written_whole
-from .evaluate import RANKS_COLUMNS, RANKS_HEADER, bucket_label, length_buckets
+from .evaluate import RANKS_COLUMNS, RANKS_HEADER, bucket_label, length_buckets, protocol_without_window
 from .metrics import METRICS, paired_bootstrap
 
 
@@ -117,7 +118,9 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
     meta_a, users_a, targets_a, ranks_a, cols_a = _read(path_a)
     meta_b, users_b, targets_b, ranks_b, cols_b = _read(path_b)
     for key in ("split", "protocol"):
-        if meta_a.get(key) != meta_b.get(key):
+        # the history window (zoo.evaluate --window, a suffix of the protocol's name) may differ: it is the input
+        same = protocol_without_window if key == "protocol" else (lambda v: v)
+        if same(meta_a.get(key)) != same(meta_b.get(key)):
             raise ValueError(f"A and B differ in {key} ({meta_a.get(key)!r} vs {meta_b.get(key)!r}): their metrics are "
                              "not comparable")
     if users_a != users_b:
@@ -211,9 +214,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                          by_popularity=args.by_popularity)
     except (OSError, ValueError) as e:
         p.error(str(e))
+    pa, pb = result["a"]["protocol"], result["b"]["protocol"]
     print(f"A: {result['a']['model']}\nB: {result['b']['model']}\n{result['n_users']:,} users, "
-          f"{result['a']['split']} split, {result['a']['protocol']} protocol; paired bootstrap over users, "
-          f"{args.bootstrap:,} resamples (seed {args.seed})"
+          f"{result['a']['split']} split, " + (f"{pa} protocol" if pa == pb else f"protocols {pa} (A), {pb} (B)")
+          + f"; paired bootstrap over users, {args.bootstrap:,} resamples (seed {args.seed})"
           + (f"; the held-out items differ for {result['targets_differ']:,} of them" if result["targets_differ"]
              else ""))
     print(format_comparison(result))

@@ -154,10 +154,32 @@ def _check_examples(examples: EvalExamples, n_items: int, uses_ts: bool, owner: 
                          "(e.g. a .seq file); use a file with timestamps")
 
 
+def check_window(model, max_len: int | str | None) -> tuple[int | None, int | None]:
+    """``(max_len, tokens)`` for :func:`eval_batches` from an :func:`evaluate_model` window: ``None`` -> the model's
+    ``max_seq_length``; ``"all"`` -> ``(None, max_seq_length)`` (whole histories, batched by length); an int ``N >= 1``
+    -> ``N``. ``ValueError`` for anything else, and for ``"all"`` or ``N > max_seq_length`` on a model with a
+    ``fixed_window`` (it cannot read more)."""
+    window = int(model.config.max_seq_length)
+    if max_len is None:
+        return window, None
+    name = type(model).__name__
+    if isinstance(max_len, str) and max_len == "all":
+        if getattr(model, "fixed_window", False):
+            raise ValueError(f"{name} reads at most max_seq_length={window} items (fixed_window: position embeddings "
+                             "or window-sized weights); the whole history needs a model without a fixed window "
+                             "(Mamba4Rec, LRURec, GRU4Rec, TiM4Rec-causal, SSD4Rec)")
+        return None, window
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+        raise ValueError(f"max_len must be an int >= 1, 'all' or None, got {max_len!r}")
+    if getattr(model, "fixed_window", False) and max_len > window:
+        raise ValueError(f"{name} reads at most max_seq_length={window} items (fixed_window); got max_len={max_len}")
+    return int(max_len), None
+
+
 @torch.no_grad()
 def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False,
                    batch_size: int = 256, device: str | torch.device | None = None, progress: bool = True,
-                   max_len: int | None = None, return_ranks: bool = False, history_share: bool = False,
+                   max_len: int | str | None = None, return_ranks: bool = False, history_share: bool = False,
                    negatives: np.ndarray | None = None, any_ks: bool = False):
     """Full-ranking metrics of ``model`` on ``examples``.
 
@@ -166,11 +188,15 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
             ``config.max_seq_length`` shape the batches; its ``predict`` scores them (padding logit at ``-inf``).
         examples: histories/targets in the model's internal indices (e.g. ``leave_one_out(ds).test``).
         ks: metric cut-offs.
-        exclude_history: LRURec protocol: mask every item of the windowed history before ranking.
+        exclude_history: LRURec protocol: mask every item of the history read (the window) before ranking.
         batch_size: examples per forward pass.
         device: where to run (default: the model's device).
         progress: show a tqdm bar.
-        max_len: history window (default ``model.config.max_seq_length``).
+        max_len: history window (default ``model.config.max_seq_length``, the window the model was trained and its
+            card measured on); ``"all"``: each user's whole history, for models without a fixed window (not
+            ``fixed_window``: Mamba4Rec, LRURec, GRU4Rec, TiM4Rec-causal, SSD4Rec), what :meth:`step` serves when it
+            folds in every event. Its batches go by history length, about ``batch_size * max_seq_length`` items
+            each (the memory of a window batch).
         return_ranks: also return the ``[B]`` int64 ranks (CPU, example order).
         history_share: also report ``Hist@K``, the mean share of the top-K slots taken by items of the input window
             (:func:`zoo.metrics.history_in_top_k`; 0 when ``exclude_history``).
@@ -198,7 +224,7 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     model = model.to(device)
     was_training = model.training
     model.eval()
-    max_len = int(max_len or model.config.max_seq_length)
+    max_len, max_tokens = check_window(model, max_len)
     ranks = torch.empty(len(examples), dtype=torch.long)
     in_top = {k: torch.zeros(len(examples), dtype=torch.long) for k in ks} if history_share else {}
     bar = None
@@ -206,7 +232,8 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
         from tqdm.auto import tqdm
         bar = tqdm(total=len(examples), desc="evaluate", unit="user", leave=False)
     try:
-        for batch in eval_batches(examples, max_len, model.padding_side, batch_size):
+        for batch in eval_batches(examples, max_len, model.padding_side, batch_size,
+                                  max_tokens=None if max_tokens is None else batch_size * max_tokens):
             ids = batch["input_ids"].to(device)
             mask = batch["attention_mask"].to(device)
             ts = batch["timestamps"].to(device) if uses_ts else None
@@ -269,11 +296,11 @@ class TransitionCounts:
 
 
 def evaluate_popularity(train: Sequence, examples: EvalExamples, n_items: int, ks: Iterable[int] = (5, 10, 20),
-                        exclude_history: bool = False, max_len: int = BASELINE_WINDOW, return_ranks: bool = False,
+                        exclude_history: bool = False, max_len: int | None = BASELINE_WINDOW, return_ranks: bool = False,
                         negatives: np.ndarray | None = None, any_ks: bool = False):
     """Full-ranking metrics of the most-popular baseline (RecBole's ``Pop``): every user gets the same ranking, by
-    :func:`popularity_scores` of ``train``; with ``exclude_history`` the last ``max_len`` items of each history are
-    masked, as :func:`evaluate_model` masks a model's window (LRURec's protocol); ``negatives`` as for
+    :func:`popularity_scores` of ``train``; with ``exclude_history`` the last ``max_len`` items of each history
+    (``None``: all of them) are masked, as :func:`evaluate_model` masks a model's window (LRURec's protocol); ``negatives`` as for
     :func:`evaluate_model` (and ``any_ks``). Ties are pessimistic, as for the models. The floor a trained model must
     clear far: one that does not has learnt nothing about order."""
     return evaluate_baseline("pop", train, examples, n_items, ks, exclude_history, max_len, return_ranks, negatives,
@@ -281,7 +308,7 @@ def evaluate_popularity(train: Sequence, examples: EvalExamples, n_items: int, k
 
 
 def evaluate_baseline(kind: str, train: Sequence, examples: EvalExamples, n_items: int,
-                      ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False, max_len: int = BASELINE_WINDOW,
+                      ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False, max_len: int | None = BASELINE_WINDOW,
                       return_ranks: bool = False, negatives: np.ndarray | None = None, any_ks: bool = False):
     """:func:`evaluate_popularity` for any of :data:`BASELINES`: ``"pop"``, or ``"markov"``, which ranks the items
     by how often they directly followed the history's last item in ``train`` (:class:`TransitionCounts`; ties, and
@@ -484,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "--temporal-split)")
     p.add_argument("--exclude-history", action="store_true",
                    help="LRURec protocol: mask the items of the input window before ranking")
+    p.add_argument("--window", type=_window_arg, default=None, metavar="N|all",
+                   help="history read per user: its last N items, or all of them (default: the model's "
+                        "max_seq_length, the window it was trained and its card measured on). 'all' is what stepwise "
+                        "serving reads when it folds in every event; only for models without a fixed window "
+                        "(Mamba4Rec, LRURec, GRU4Rec, TiM4Rec-causal, SSD4Rec). The protocol name says it (e.g. "
+                        "recbole-history-all). With --baseline: the window --exclude-history masks")
     p.add_argument("--ks", type=positive_int, nargs="+", default=None,
                    help="cut-offs, at most the number of items (default 5 10 20, those a tiny model has items for; for "
                         "an --onnx graph without a scores output, those <= its top-K)")
@@ -521,6 +554,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _window_arg(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'all', got {text!r}") from None
+
+
 def _sampled_arg(text: str) -> tuple[str, int]:
     try:
         return parse_sampled(text)
@@ -544,6 +586,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise SystemExit(f"{flag}: the edges must increase, got {' '.join(map(str, edges))}")
     if args.threads is not None and args.threads < 1:
         raise SystemExit("--threads sets ONNX Runtime's threads for --onnx, and must be >= 1")
+    if args.window is not None and args.onnx:
+        raise SystemExit("--window is for --model and --baseline: an --onnx graph reads its export's window "
+                         "(max_seq_length in its state_spec.json)")
     if args.threads is not None and not args.onnx:
         raise SystemExit("--threads is for --onnx (ONNX Runtime's threads); a --model evaluation uses torch's, set by "
                          "OMP_NUM_THREADS")
@@ -605,12 +650,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit(f"error: {error_text(e)}") from None
     examples, split = _examples(ds, args, note=note)
     negatives = _negatives(args, examples, split, int(model.config.n_items))
+    try:
+        check_window(model, args.window)
+    except ValueError as e:
+        raise SystemExit(f"--window {args.window}: {e}") from None
     metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
                                     batch_size=args.batch_size, device=device, progress=not args.no_progress,
-                                    history_share=args.history_share, return_ranks=True, negatives=negatives)
+                                    history_share=args.history_share, return_ranks=True, negatives=negatives,
+                                    max_len=args.window)
     protocol = _protocol(args, ds, split, bool(args.exclude_history),
                          _ranking(args, "full (all items), padding masked")
-                         + ("; history window masked" if args.exclude_history else ""),
+                         + (("; history window masked" if args.window != "all" else "; whole history masked")
+                            if args.exclude_history else ""),
                          max_seq_length=int(model.config.max_seq_length), unknown_items=args.unknown_items)
     result = {
         "metrics": metrics,
@@ -665,11 +716,13 @@ def _main_baseline(args, t0: float) -> dict:
     split = _split(ds, args)
     examples, _ = _examples(ds, args, split)
     negatives = _negatives(args, examples, split, ds.n_items + 1)
+    window = BASELINE_WINDOW if args.window is None else None if args.window == "all" else args.window
     metrics, ranks = evaluate_baseline(args.baseline, split.train, examples, ds.n_items + 1, args.ks,
-                                       args.exclude_history, BASELINE_WINDOW, return_ranks=True, negatives=negatives)
+                                       args.exclude_history, window, return_ranks=True, negatives=negatives)
     protocol = _protocol(args, ds, split, bool(args.exclude_history),
                          _ranking(args, f"full (all items) {BASELINES[args.baseline]}, padding masked")
-                         + (f"; the last {BASELINE_WINDOW} history items masked" if args.exclude_history else ""))
+                         + ((f"; the last {window} history items masked" if window else "; the whole history masked")
+                            if args.exclude_history else ""))
     result = {"metrics": metrics, "protocol": protocol, "data": _data_path(args),
               "dataset": ds.stats(), "baseline": args.baseline, "n_users": len(examples), "n_items": ds.n_items,
               "seconds": round(time.time() - t0, 2)}
@@ -679,6 +732,16 @@ def _main_baseline(args, t0: float) -> dict:
     return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}", split.train)
 
 
+#: the suffix a non-default ``--window`` adds to a protocol's name
+WINDOW_SUFFIX = re.compile(r"-(history-all|window\d+)$")
+
+
+def protocol_without_window(name):
+    """``"recbole-history-all"`` -> ``"recbole"``: the protocol of an evaluation whatever history window it read (the
+    window is the input, like the model: ``zoo.compare`` pairs two windows of one model)."""
+    return WINDOW_SUFFIX.sub("", name) if isinstance(name, str) else name
+
+
 def _protocol(args, ds, split, excluded: bool, ranking: str, ties: str = "pessimistic",
               max_seq_length: int | None = None, unknown_items: str | None = None) -> dict:
     """An evaluation's ``protocol`` entry: its name (by whether the history was masked and by the ``split`` the
@@ -686,8 +749,10 @@ def _protocol(args, ds, split, excluded: bool, ranking: str, ties: str = "pessim
     the data options that gave its sequences (k-core as applied, order of ties, ``--columns``), the cut-offs, and, for
     a model or a graph, its window and how unknown items were treated."""
     sampled = getattr(args, "sampled", None)
+    window = getattr(args, "window", None)
     name = ("lrurec" if excluded else "recbole") + protocol_suffix(split) + (
-        f"-{sampled[0]}{sampled[1]}-seed{args.sample_seed}" if sampled else "")
+        f"-{sampled[0]}{sampled[1]}-seed{args.sample_seed}" if sampled else "") + (
+        "" if window is None else "-history-all" if window == "all" else f"-window{window}")
     return {"name": name, "split": args.split,
             **({"sampled": {"sampler": sampled[0], "negatives": sampled[1], "seed": args.sample_seed,
                             "drawn": SAMPLERS[sampled[0]], "never": "the user's history items and the target"}}
@@ -695,6 +760,7 @@ def _protocol(args, ds, split, excluded: bool, ranking: str, ties: str = "pessim
             **split_protocol(split), "ranking": ranking,
             "exclude_history": excluded, "ties": ties,
             **({"max_seq_length": max_seq_length} if max_seq_length is not None else {}),
+            **({"history_window": window} if window is not None else {}),
             "kcore": ds.kcore,  # effective (user_k, item_k), None when unfiltered
             "time_ties": ds.time_ties, "columns": args.columns, "ks": list(args.ks),
             **({"unknown_items": unknown_items} if unknown_items is not None else {})}

@@ -396,6 +396,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     has_exact_step: bool = False
     #: True when the model reads timestamps
     uses_timestamps: bool = False
+    #: True when the model cannot read more than ``config.max_seq_length`` items (position embeddings, a time branch
+    #: of window-sized weights); False when ``max_seq_length`` is only its training / :meth:`recommend` window
+    fixed_window: bool = False
     #: the item table, ``nn.Embedding [n_items (+ extra rows), D]`` (HF's ``get_input_embeddings`` reads this name);
     #: the output layer's weight is its first ``n_items`` rows (:meth:`item_output`)
     _input_embed_layer = "item_embedding"

@@ -238,10 +238,15 @@ def pad_sequences(seqs: Sequence[np.ndarray], padding_side: str, max_len: int | 
     return _gather_padded(flat, starts, lengths, padding_side, fill=fill)
 
 
-def eval_batches(examples, max_len: int, padding_side: str, batch_size: int = 256) -> Iterator[dict]:
-    """Evaluation batches, in example order, from :class:`~zoo.data.split.EvalExamples`.
+def eval_batches(examples, max_len: int | None, padding_side: str, batch_size: int = 256,
+                 max_tokens: int | None = None) -> Iterator[dict]:
+    """Evaluation batches from :class:`~zoo.data.split.EvalExamples`.
 
-    Each history is cut to its last ``max_len`` items (the model's window) and padded on ``padding_side``.
+    Each history is cut to its last ``max_len`` items (the model's window; ``None``: the whole history) and padded
+    on ``padding_side``. By default the batches hold ``batch_size`` examples each, in example order. With
+    ``max_tokens`` they go by history length instead (shortest first, ties in example order), each as many examples
+    as fit ``rows * longest <= max_tokens`` (at least one): whole histories run from 3 to thousands of items, and a
+    batch padded to its longest would cost memory for every row at that length.
 
     Yields:
         dicts of torch tensors::
@@ -250,23 +255,41 @@ def eval_batches(examples, max_len: int, padding_side: str, batch_size: int = 25
             attention_mask [B, Lb] bool
             targets        [B]     int64  (held-out next item)
             timestamps     [B, Lb] float64 (only when the examples have history timestamps)
-            index          slice          (positions of this batch in ``examples``)
+            index          slice, or [B] int64 tensor with max_tokens (positions of this batch in ``examples``)
     """
     _check_side(padding_side)
-    if int(max_len) < 1 or int(batch_size) < 1:
-        raise ValueError(f"max_len and batch_size must be >= 1, got {max_len}, {batch_size}")
+    for name, value, none in (("max_len", max_len, " (or None: whole histories)"), ("batch_size", batch_size, ""),
+                              ("max_tokens", max_tokens, " (or None)")):
+        if (value is not None or not none) and int(value) < 1:
+            raise ValueError(f"{name} must be >= 1{none}, got {value}")
     n = len(examples)
-    for s in range(0, n, batch_size):
-        sl = slice(s, min(n, s + batch_size))
-        hist = examples.histories[sl]
-        for r, h in enumerate(hist):
-            if len(h) == 0:
-                raise ValueError(f"example {s + r} (user {examples.users[s + r]!r}) has an empty history")
+    for r, h in enumerate(examples.histories):
+        if len(h) == 0:
+            raise ValueError(f"example {r} (user {examples.users[r]!r}) has an empty history")
+    if max_tokens is None:
+        groups = [slice(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+    else:
+        lengths = np.fromiter((len(h) for h in examples.histories), dtype=np.int64, count=n)
+        if max_len is not None:
+            lengths = np.minimum(lengths, int(max_len))
+        order = np.argsort(lengths, kind="stable")
+        groups, s = [], 0
+        while s < n:                       # lengths ascend: a batch's longest row is its last
+            e = s + 1
+            while e < n and (e + 1 - s) * lengths[order[e]] <= max_tokens:
+                e += 1
+            groups.append(torch.from_numpy(order[s:e].copy()))
+            s = e
+    for sl in groups:
+        rows = range(*sl.indices(n)) if isinstance(sl, slice) else sl.tolist()
+        hist = [examples.histories[i] for i in rows]
         ids, mask = pad_sequences(hist, padding_side, max_len)
+        targets = np.asarray(examples.targets, dtype=np.int64)[sl.numpy() if isinstance(sl, torch.Tensor) else sl]
         batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-                 "targets": torch.from_numpy(np.asarray(examples.targets[sl], dtype=np.int64)), "index": sl}
+                 "targets": torch.from_numpy(np.ascontiguousarray(targets)), "index": sl}
         if examples.history_timestamps is not None:
-            ts, _ = pad_sequences(examples.history_timestamps[sl], padding_side, max_len, dtype=np.float64, fill=0.0)
+            ts, _ = pad_sequences([examples.history_timestamps[i] for i in rows], padding_side, max_len,
+                                  dtype=np.float64, fill=0.0)
             batch["timestamps"] = torch.from_numpy(ts)
         yield batch
 

@@ -149,6 +149,7 @@ class BERT4RecModel(SeqRecPreTrainedModel):
     padding_side = "right"
     has_exact_step = False
     uses_timestamps = False
+    fixed_window = True        # max_seq_length position embeddings
     #: bound on ``windows * window_len**2`` encoded at once by :meth:`_step` (memory cap)
     step_chunk_elems = 1 << 22
 

@@ -167,6 +167,7 @@ class SASRecModel(SeqRecPreTrainedModel):
     padding_side = "right"
     has_exact_step = False
     uses_timestamps = False
+    fixed_window = True        # max_seq_length position embeddings
     #: bound on ``windows * window_len**2`` encoded at once by :meth:`_step` once the window is full (memory cap)
     step_chunk_elems = 1 << 22
 

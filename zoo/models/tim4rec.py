@@ -449,6 +449,7 @@ class TiM4RecModel(WindowRecomputeMixin, TiM4RecPreTrainedModel):
 
     layer_class = TiSSDLayer
     window_timestamps = True
+    fixed_window = True        # the time branch has max_seq_length-sized weights
 
     def __init__(self, config: TiM4RecConfig):
         super().__init__(config)

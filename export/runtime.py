@@ -682,16 +682,12 @@ class UserStateRecommender:
         self.restarted = 0                                      # users started afresh by on_stale="restart"
         self.conflicts = 0              # commits a versioned store refused (another process wrote a user first)
         # one lock per stripe of users: threads serving the same user take turns (read, run, store), others do not
-        self._stripes = [threading.Lock() for _ in range(64)]
+        self._locks = state_store.UserLocks()
         self._count_lock = threading.Lock()
         #: ``[vector_size]`` float32 query vector after the last event of the last call (graphs exported with
         #: ``--user-vector``; None otherwise): its inner products with ``python -m zoo.embed``'s item vectors are the
         #: raw scores
         self.last_user_vector: np.ndarray | None = None
-
-    def _stripe(self, user_id) -> int:
-        """The index of ``user_id``'s lock in ``_stripes``."""
-        return hash(user_id) % len(self._stripes)
 
     def _check_k(self, k) -> int:
         top = self.session.topk
@@ -741,14 +737,42 @@ class UserStateRecommender:
         if state is None:
             return self._initial(), bool(stored)
         missing = [n for n in self.state_names if n not in state]
-        if missing:                     # another layout under this tag (an untagged graph's states): stale as well
+        wrong = [f"lacks {missing}"] if missing else self._layout_problems(state)
+        if wrong:                       # another layout under this tag (an untagged graph's states): stale as well
             if self.on_stale == "restart":
                 return self._initial(), True
             raise self._ss.StaleStateError(
-                f"the stored state of user {user_id!r} lacks {missing}: it is not a state of this "
+                f"the stored state of user {user_id!r} {'; '.join(wrong)}: it is not a state of this "
                 f"{'window' if self.window else 'step'} graph. Replay the user's history (prime(user, history)), or "
                 "pass on_stale='restart' to start such users afresh")
-        return {n: state[n] for n in self.state_names}, False    # the fingerprint entry is not a graph input
+        state = {n: state[n] for n in self.state_names}         # the fingerprint entry is not a graph input
+        if not self.window:
+            try:                        # its values (NaN, a seen state of 0/1), checked per user before batching
+                self.session.check_state(state, 1)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"the stored state of user {user_id!r}: {e}. prime(user, history) replaces it, "
+                              "forget(user) drops it") from None
+        return state, False
+
+    def _layout_problems(self, state: dict) -> list[str]:
+        """What of ``state`` (holding every state name) is not this graph's layout: a step graph's tensors of
+        another dtype or shape than the graph's ``[1, ...]``; a window graph's ``items`` not int64 ``[1, n]``, its
+        ``timestamps`` not float64 of the items' shape. Empty when it fits."""
+        wrong = []
+        if self.window:
+            items = np.asarray(state["items"])
+            want = {"items": (np.dtype(np.int64), (1, items.shape[-1] if items.ndim else 0)),
+                    "timestamps": (np.dtype(np.float64), (1, items.shape[-1] if items.ndim else 0))}
+        else:
+            want = {s["name"]: (np.dtype(_DTYPES[s["dtype"]]), self.session.state_shape(s["name"], 1))
+                    for s in self.session.state_specs}
+        for name in self.state_names:
+            a, (dtype, shape) = np.asarray(state[name]), want[name]
+            if a.dtype != dtype:
+                wrong.append(f"has {name!r} of dtype {a.dtype}, not {dtype}")
+            if a.shape != shape:
+                wrong.append(f"has {name!r} of shape {list(a.shape)}, not {list(shape)}")
+        return wrong
 
     def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False,
                        candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
@@ -794,9 +818,6 @@ class UserStateRecommender:
                 raise ValueError(f"{where}: this {self.session.spec['model_type']} graph does not use timestamps; "
                                  "give (user_id, new_items)")
             encoded.append((ids, ts, cand_rows[i], where))
-        stripes = sorted({self._stripe(u) for u in users})          # in index order: no two calls deadlock
-        for i in stripes:
-            self._stripes[i].acquire()
         run = self._run_windows if self.window else self._run_steps
 
         def compute(stored):
@@ -805,13 +826,10 @@ class UserStateRecommender:
             return ((results, vectors, sum(r for _, r in states)),
                     [self._ss.tagged(state, self.fingerprint) for state in pending])
 
-        try:                                # read, run, store: no other thread's event of these users in between
+        with self._locks.holding(users):    # read, run, store: no other thread's event of these users in between
             # stored only once every graph call has run (all or nothing); with a versioned store, committed only if
             # no other process stored these users meanwhile (else read and run again)
             (results, vectors, restarted), conflicts = self._ss.transact(self.store, users, compute, read=not start)
-        finally:
-            for i in reversed(stripes):
-                self._stripes[i].release()
         with self._count_lock:
             self.restarted += restarted
             self.conflicts += conflicts
@@ -900,7 +918,7 @@ class UserStateRecommender:
         """Drop the user's stored state (also one that is no state: a corrupt value). Under the user's lock, as an
         event: one of this recommender's events of that user in flight ends (and stores its state) first, so it
         cannot store that state again after the deletion."""
-        with self._stripes[self._stripe(user_id)]:
+        with self._locks.holding([user_id]):
             self._ss.forget(self.store, user_id)
 
 

@@ -23,6 +23,7 @@ NumPy only (no onnxruntime, no tritonclient), so either client imports it withou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import numbers
@@ -145,6 +146,16 @@ def from_bytes(raw: bytes) -> dict[str, np.ndarray]:
     return out
 
 
+def _decoded(raw: bytes, user: Any, where: str) -> dict[str, np.ndarray]:
+    """:func:`from_bytes` of ``user``'s stored value; a value that is no state is a ``ValueError`` naming the user
+    and where the value lies (``where``: the key and its store), so that the operator knows what to replace."""
+    try:
+        return from_bytes(raw)
+    except ValueError as e:
+        raise ValueError(f"the stored state of user {user!r} ({where}) is unreadable: {e}. prime(user, history) "
+                         "replaces it, forget(user) drops it") from None
+
+
 class BytesStore:
     """States kept as :func:`to_bytes` values in ``kv``, any mapping of bytes (a dict; a Redis client behind a small
     adapter with ``get`` / ``__setitem__`` / ``pop``): the ``store`` argument of both explicit-state clients."""
@@ -154,14 +165,14 @@ class BytesStore:
 
     def get(self, key, default=None):
         raw = self.kv.get(key)
-        return default if raw is None else from_bytes(raw)
+        return default if raw is None else _decoded(raw, key, "a BytesStore value")
 
     def __setitem__(self, key, state: dict[str, np.ndarray]) -> None:
         self.kv[key] = to_bytes(state)
 
     def pop(self, key, default=None):
         raw = self.kv.pop(key, None)
-        return default if raw is None else from_bytes(raw)
+        return default if raw is None else _decoded(raw, key, "a BytesStore value")
 
     def __contains__(self, key) -> bool:
         return key in self.kv
@@ -174,6 +185,17 @@ class BytesStore:
 class ConcurrentUpdateError(RuntimeError):
     """Other writers changed a user's stored state between every read and commit of :func:`transact` (nothing of the
     call was stored)."""
+
+
+class CommitOutcomeUnknownError(RuntimeError):
+    """A commit got no answer from the store (the connection was lost, a timeout), however often it was sent: it may
+    have been stored or not. Sending the event again could apply it twice; read the user's state to know."""
+
+
+class StoreDataLostError(RuntimeError):
+    """The store's server lost its data (a Redis restarted without persistence, flushed, or failed over to a replica
+    without the data): users it held states for would silently start from an empty history
+    (:meth:`RedisStateStore.get_versioned`)."""
 
 
 RETRIES = 32
@@ -214,6 +236,33 @@ def forget(store, key) -> None:
     except ValueError:
         if key in store:
             raise
+
+
+class UserLocks:
+    """Per-user locks for the threads of one process sharing a recommender (both explicit-state clients): ``n`` locks,
+    a user taking the one of its stripe (``hash(user) % n``). ``with locks.holding(users):`` holds the locks of every
+    user of a call, taken in index order (two calls never deadlock), so that the events of one user take turns --
+    their state read, advanced and stored -- while other users' run side by side (those of a shared stripe wait)."""
+
+    def __init__(self, n: int = 64):
+        self.stripes = [threading.Lock() for _ in range(n)]
+
+    def stripe(self, user) -> int:
+        """The index of ``user``'s lock in :attr:`stripes`."""
+        return hash(user) % len(self.stripes)
+
+    @contextlib.contextmanager
+    def holding(self, users: Sequence):
+        """Hold the locks of ``users`` (each stripe once, in index order) for the ``with`` block."""
+        taken = []
+        try:
+            for i in sorted({self.stripe(u) for u in users}):
+                self.stripes[i].acquire()
+                taken.append(i)
+            yield
+        finally:
+            for i in reversed(taken):
+                self.stripes[i].release()
 
 
 def transact(store, keys: Sequence, compute: Callable[[list], tuple[Any, list]], retries: int = RETRIES,
@@ -617,10 +666,14 @@ class SQLiteStateStore(_VersionedStore):
     def _key(self, key) -> str:
         return self._user(key)
 
+    def _decoded(self, raw: bytes, key) -> dict[str, np.ndarray]:
+        """``key``'s stored value decoded (:func:`from_bytes`), an error naming the user, the key and the table."""
+        return _decoded(raw, key, f"key {self._key(key)!r} in table {self.table} of {self.path}")
+
     def get_versioned(self, key) -> tuple[dict | None, int]:
         """``(state, version)``; ``(None, 0)`` when nothing is stored under ``key``."""
         rows = self._read(f"SELECT value, version FROM {self._t} WHERE key = ?", (self._key(key),))
-        return (None, 0) if not rows else (from_bytes(rows[0][0]), int(rows[0][1]))
+        return (None, 0) if not rows else (self._decoded(rows[0][0], key), int(rows[0][1]))
 
     def get_versioned_many(self, keys: Sequence) -> list[tuple[dict | None, int]]:
         """:meth:`get_versioned` of each of ``keys`` in one query (one read transaction: a consistent view)."""
@@ -630,7 +683,8 @@ class SQLiteStateStore(_VersionedStore):
             part = texts[at:at + 500]
             found.update((k, (v, n)) for k, v, n in self._read(
                 f"SELECT key, value, version FROM {self._t} WHERE key IN ({', '.join('?' * len(part))})", part))
-        return [(from_bytes(found[k][0]), int(found[k][1])) if k in found else (None, 0) for k in texts]
+        return [(self._decoded(found[t][0], k), int(found[t][1])) if t in found else (None, 0)
+                for k, t in zip(keys, texts)]
 
     def version(self, key) -> int:
         """The version of ``key``'s state (0: absent), without reading the state."""
@@ -690,7 +744,7 @@ class SQLiteStateStore(_VersionedStore):
             return True, row
 
         row = self._write(body)
-        return default if row is None else from_bytes(row[0])
+        return default if row is None else self._decoded(row[0], json.loads(key))
 
     def __contains__(self, key) -> bool:
         return bool(self._read(f"SELECT 1 FROM {self._t} WHERE key = ?", (self._key(key),)))
@@ -722,6 +776,17 @@ class RedisStateStore(_VersionedStore):
     is kept as the last write's store says). Use a ``maxmemory-policy`` that does not evict states behind the store's
     back (``noeviction``, or ``volatile-*`` with a ``ttl``).
 
+    **Redis must keep its data**: enable persistence (``appendonly yes``, or RDB snapshots) and fail over only to
+    replicas that hold it. A server that lost it (restarted without persistence, flushed, an empty replica promoted)
+    holds no state for anyone, and a missing state looks like a new user. So the store writes a marker key under its
+    prefix (:attr:`marker`, ``prefix + "store-epoch"``, a random epoch; not a user id, so not counted) when it is
+    opened, and checks it whenever a user has no state: a marker gone, or written anew by another worker, raises
+    :class:`StoreDataLostError` naming the likely causes, once per store object and loss (counted in
+    :attr:`data_losses`); the users then start afresh (prime them from their histories).
+
+    Commits are idempotent (:meth:`commit`): one whose answer was lost is sent again with the same token and found
+    applied, never applied twice; one that never gets an answer raises :class:`CommitOutcomeUnknownError`.
+
     Args:
         client: a ``redis://`` / ``rediss://`` / ``unix://`` URL (needs the ``redis`` package:
             ``pip install 'ssm-rec-zoo[redis]'``), or a ``redis.Redis`` client (``decode_responses=False``).
@@ -746,15 +811,31 @@ class RedisStateStore(_VersionedStore):
             end
             return string.format('%d', v)
         end"""
-    # KEYS: the users; ARGV: the versions read, the states, the ttl (0: none: the key's expiry is cleared, PERSIST)
+    # KEYS: the users; ARGV: the versions read, the states, the ttl (0: none: the key's expiry is cleared, PERSIST),
+    # the commit's token. Each key keeps the tokens of its last TOKENS_KEPT commits (``n``: "t1,t2,...,"): a commit
+    # sent again after its answer was lost (a dropped connection; redis-py's own retries, or the store's) finds the
+    # versions moved by itself, and its token in every key: 2, "applied already", instead of 0, "another writer"
+    # (which would have the caller run the event again on the state that holds it: applied twice).
+    TOKENS_KEPT = 8
     _COMMIT = _VERSION + """
         local n = #KEYS
+        local token = ARGV[2 * n + 2]
+        local moved = false
         for i = 1, n do
-            if tonumber(redis.call('HGET', KEYS[i], 'v') or '0') ~= tonumber(ARGV[i]) then return 0 end
+            if tonumber(redis.call('HGET', KEYS[i], 'v') or '0') ~= tonumber(ARGV[i]) then moved = true break end
+        end
+        if moved then
+            for i = 1, n do
+                local seen = redis.call('HGET', KEYS[i], 'n') or ''
+                if not string.find(',' .. seen, ',' .. token .. ',', 1, true) then return 0 end
+            end
+            return 2
         end
         local ttl = tonumber(ARGV[2 * n + 1])
         for i = 1, n do
-            redis.call('HSET', KEYS[i], 'v', next_version(tonumber(ARGV[i])), 's', ARGV[n + i])
+            local seen = token .. ',' .. (redis.call('HGET', KEYS[i], 'n') or '')
+            seen = string.sub(seen, 1, """ + str(TOKENS_KEPT * 17) + """)
+            redis.call('HSET', KEYS[i], 'v', next_version(tonumber(ARGV[i])), 's', ARGV[n + i], 'n', seen)
             if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
         end
         return 1"""
@@ -787,6 +868,18 @@ class RedisStateStore(_VersionedStore):
         self._commit = client.register_script(self._COMMIT)
         self._set = client.register_script(self._SET)
         self._pop = client.register_script(self._POP)
+        try:
+            from redis.exceptions import ConnectionError as _Lost, TimeoutError as _Late
+
+            self._no_answer: tuple = (_Lost, _Late)
+        except ImportError:                                # a client of another package: its errors pass through
+            self._no_answer = ()
+        #: the key of the store's marker (:meth:`_check_marker`): not a user id's JSON, so not counted as a user
+        self.marker = prefix + "store-epoch"
+        #: how many times this object found the server had lost the store's data (:class:`StoreDataLostError`)
+        self.data_losses = 0
+        self._marker_lock = threading.Lock()
+        self._epoch = self._arm()
 
     def __reduce__(self):
         if self.url is None:
@@ -814,49 +907,128 @@ class RedisStateStore(_VersionedStore):
     def _fields(self, key: str) -> list:
         return self._ask(key, lambda: self.client.hmget(key, ["v", "s"]))
 
+    def _arm(self):
+        """The store's marker (``SET NX``: a random epoch, written when the server has none, kept otherwise), as it
+        is on the server now; None when the server cannot be reached (armed at the next read of an absent user)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.marker, os.urandom(8).hex(), nx=True)
+            pipe.get(self.marker)
+            return pipe.execute()[1]
+        except self._no_answer:
+            return None
+
+    def _check_marker(self, now=...) -> None:
+        """Called when a user has no state: raise :class:`StoreDataLostError` when the store's marker is gone from
+        the server or was written anew since this object saw it -- the server lost the store's data (restarted without
+        persistence, flushed, failed over to a replica without the data), so that this user, and every other, may
+        have had a state. Once per loss and object: the marker is then written again and the users start afresh.
+        ``now``: the marker's value read with the user (else read here)."""
+        if now is not ... and now is not None and now == self._epoch:
+            return
+        with self._marker_lock:
+            now = self.client.get(self.marker)
+            if now is not None and now == self._epoch:         # another thread of this object saw it first
+                return
+            lost, self._epoch = self._epoch is not None, self._arm()
+            if not lost:                                        # armed only now (the server was down at first)
+                return
+            self.data_losses += 1
+        where = (self.url.split("@")[-1] if self.url else "the server") + f", prefix {self.prefix!r}"
+        raise StoreDataLostError(
+            f"Redis ({where}) lost this store's data: its marker key {self.marker!r} "
+            f"{'is gone' if now is None else 'was written anew by another worker'} since this store was opened. "
+            "The likely cause: Redis restarted without persistence (appendonly yes / RDB snapshots), was flushed "
+            "(FLUSHALL / FLUSHDB), or failed over to a replica without the data. Every user's stored state may be "
+            "gone, and users would silently start from an empty history: configure persistence, and prime(user, "
+            "history) the users from their histories. The marker is written again: the next events go on (users "
+            "without a state start afresh)")
+
+    def _decoded(self, raw: bytes, v, key, k: str) -> tuple[dict, int]:
+        """The ``(state, version)`` of ``key`` (at Redis key ``k``) from its fields, errors naming the user."""
+        state = _decoded(raw, key, f"Redis key {k!r}")
+        try:
+            return state, int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"the stored state of user {key!r} (Redis key {k!r}) has the version {v!r}, not an "
+                             "int: not a hash this store wrote. prime(user, history) replaces it, forget(user) drops "
+                             "it") from None
+
     def get_versioned(self, key) -> tuple[dict | None, int]:
-        """``(state, version)``; ``(None, 0)`` when nothing is stored under ``key``."""
+        """``(state, version)``; ``(None, 0)`` when nothing is stored under ``key`` (:class:`StoreDataLostError`
+        when the server lost the store's data meanwhile: :meth:`_check_marker`)."""
         k = self._key(key)
         v, raw = self._fields(k)
         if raw is None:
+            self._check_marker()
             return None, 0
-        return from_bytes(raw), int(v)
+        return self._decoded(raw, v, key, k)
 
     def get_versioned_many(self, keys: Sequence) -> list[tuple[dict | None, int]]:
-        """:meth:`get_versioned` of each of ``keys`` in one round trip (a pipeline of ``HMGET``)."""
+        """:meth:`get_versioned` of each of ``keys`` in one round trip (a pipeline of ``HMGET``, and the store's
+        marker)."""
         texts = [self._key(k) for k in keys]
         pipe = self.client.pipeline(transaction=False)
         for k in texts:
             pipe.hmget(k, ["v", "s"])
-        answers = pipe.execute(raise_on_error=False)
+        pipe.get(self.marker)
+        *answers, marker = pipe.execute(raise_on_error=False)
         out = []
-        for k, a in zip(texts, answers):
+        for key, k, a in zip(keys, texts, answers):
             if isinstance(a, Exception):
                 raise self._foreign(k, a)
             v, raw = a
-            out.append((None, 0) if raw is None else (from_bytes(raw), int(v)))
+            out.append((None, 0) if raw is None else self._decoded(raw, v, key, k))
+        if any(state is None for state, _ in out):
+            self._check_marker(None if isinstance(marker, Exception) else marker)
         return out
 
     def version(self, key) -> int:
         """The version of ``key``'s state (0: absent), without reading the state."""
         k = self._key(key)
         v = self._ask(k, lambda: self.client.hget(k, "v"))
-        return 0 if v is None else int(v)
+        try:
+            return 0 if v is None else int(v)
+        except ValueError:
+            raise ValueError(f"the stored state of user {key!r} (Redis key {k!r}) has the version {v!r}, not an "
+                             "int: not a hash this store wrote. prime(user, history) replaces it, forget(user) drops "
+                             "it") from None
+
+    COMMIT_TRIES = 3
+    """Times :meth:`commit` sends a commit that got no answer (a lost connection, a timeout): the same commit, so
+    one that was applied is recognised as such (its token), never applied twice."""
 
     def commit(self, writes: Sequence[tuple[Any, int, dict]]) -> bool:
         """Store each ``(key, version read, state)`` atomically (one Lua script) if every key still has the version
-        read (0: absent); store nothing and return False if any has moved."""
+        read (0: absent); store nothing and return False if any has moved.
+
+        Idempotent: the commit carries a random token that the script keeps in each key, so a commit sent again
+        after its answer was lost (by redis-py's retries, or here: up to :attr:`COMMIT_TRIES` times) and found
+        applied returns True, not False (which would have :func:`transact` apply the event a second time). When no
+        try gets an answer, :class:`CommitOutcomeUnknownError` says that the commit may have been stored."""
         rows = self._writes(writes)
         keys = [self.prefix + key for key, _, _ in rows]
-        args = [v for _, v, _ in rows] + [raw for _, _, raw in rows] + [self.ttl or 0]
-        return bool(self._commit(keys=keys, args=args))
+        args = [v for _, v, _ in rows] + [raw for _, _, raw in rows] + [self.ttl or 0, os.urandom(8).hex()]
+        for attempt in range(self.COMMIT_TRIES):
+            try:
+                return bool(self._commit(keys=keys, args=args))
+            except self._no_answer as e:
+                if attempt == self.COMMIT_TRIES - 1:
+                    users = [json.loads(key) for key, _, _ in rows]
+                    raise CommitOutcomeUnknownError(
+                        f"the commit of users {users[:3]!r}{' ...' if len(users) > 3 else ''} got no answer from "
+                        f"Redis in {self.COMMIT_TRIES} tries ({type(e).__name__}: {e}): it may have been stored or "
+                        "not. Do not send the event again (it could be applied twice): the users' stored states "
+                        "tell (get_versioned), or prime(user, history) restarts them") from e
+        raise AssertionError("unreachable")
 
     def __setitem__(self, key, state: dict[str, np.ndarray]) -> None:
         self._set(keys=[self._key(key)], args=[to_bytes(state), self.ttl or 0])
 
     def pop(self, key, default=None):
-        raw = self._pop(keys=[self._key(key)])
-        return default if raw is None else from_bytes(raw)
+        k = self._key(key)
+        raw = self._pop(keys=[k])
+        return default if raw is None else _decoded(raw, key, f"Redis key {k!r}")
 
     def __contains__(self, key) -> bool:
         return bool(self.client.exists(self._key(key)))
@@ -882,5 +1054,6 @@ class RedisStateStore(_VersionedStore):
 
 
 __all__ = ["FINGERPRINT_KEY", "ON_STALE", "RETRIES", "STATE_FORMAT", "StaleStateError", "ConcurrentUpdateError",
-           "BytesStore", "SQLiteStateStore", "RedisStateStore", "check_on_stale", "stored_tag", "usable_state",
-           "tagged", "to_bytes", "from_bytes", "is_versioned", "transact", "forget", "check_events"]
+           "CommitOutcomeUnknownError", "StoreDataLostError", "UserLocks", "BytesStore", "SQLiteStateStore",
+           "RedisStateStore", "check_on_stale", "stored_tag", "usable_state", "tagged", "to_bytes", "from_bytes",
+           "is_versioned", "transact", "forget", "check_events"]

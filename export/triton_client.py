@@ -10,7 +10,12 @@ Stateful (sequence-batcher) models -- ``export.triton --state implicit`` (onnxru
 
 Sequence ids are Triton correlation ids: ints in ``1 .. 2**63-1`` are used as they are, strings are hashed to a
 stable non-zero 63-bit int (:func:`sequence_id`). The first call for an id this client has not seen starts the sequence
-(``sequence_start=True``) unless ``start=False`` is given; pass ``start=True`` to restart one.
+(``sequence_start=True``) unless ``start=False`` is given; pass ``start=True`` to restart one. So a second client
+(another worker, this process after a restart) sending an event of a sequence that is live on the server restarts it,
+dropping its history without an error: route each user's events to one client, ``prime()`` the users a client takes
+over, or pass ``start=False`` to continue a sequence another client started (refused, saying to prime it, when the
+server holds none). Threads sharing a client (gRPC) may send events of one sequence at once: they take turns, each
+from deciding START and reading the sequence's last timestamp until its answer.
 
 Explicit-state models (``--state explicit``, dynamic batching) keep no per-user state on the server:
 :class:`ExplicitStateRecommender` loads the user's state from a dict-like ``store`` (a dict, a Redis wrapper, ...),
@@ -49,6 +54,7 @@ from any client (it always sends the END; a sequence the server does not hold is
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -371,7 +377,28 @@ class TritonRecommender(_Base):
         self._uncertain: set[int] = set()
         self._last_ts: dict[int, float] = {}        # live sequence -> its last timestamp (time-aware models)
         self._lock = threading.Lock()
+        # sequence -> [its turn's lock, threads holding or waiting for it]: one event of a sequence at a time
+        self._turns: dict[int, list] = {}
         self.last_live_sequences: int | None = None
+
+    @contextlib.contextmanager
+    def _turn(self, sid: int):
+        """Hold sequence ``sid``'s turn for the ``with`` block: the events of one sequence (threads sharing this
+        client) go one at a time, each from deciding whether it starts the sequence, and reading its last timestamp,
+        until its answer has updated them. Without it, concurrent first events of a sequence all went with START
+        (each restarting it: the earlier ones lost), and concurrent events of a gaps model all took their first gap
+        from the same last timestamp. Other sequences' events go side by side."""
+        with self._lock:
+            turn = self._turns.setdefault(sid, [threading.Lock(), 0])
+            turn[1] += 1
+        try:
+            with turn[0]:
+                yield
+        finally:
+            with self._lock:
+                turn[1] -= 1
+                if not turn[1]:
+                    del self._turns[sid]
 
     @functools.cached_property
     def backend(self) -> str:
@@ -381,9 +408,9 @@ class TritonRecommender(_Base):
         return str(cfg.get("backend") or cfg.get("platform") or "")
 
     def _infer(self, sid: int, ids: np.ndarray, start: bool, end: bool, extra=(), last_ts: float | None = None,
-               discard: bool = False):
-        """One request of sequence ``sid``; ``last_ts``: the event's last timestamp (kept for :meth:`end`);
-        ``discard``: no answer is read (None comes back)."""
+               discard: bool = False, who=None):
+        """One request of sequence ``sid`` (``who``: the caller's id of it, for the messages); ``last_ts``: the
+        event's last timestamp (kept for :meth:`end`); ``discard``: no answer is read (None comes back)."""
         ins = [self._input("item_ids", ids, "INT64"), *extra]
         live = ["live_sequences"] if "live_sequences" in self.outputs else []
         outs = ([self._m.InferRequestedOutput(n) for n in live or ["topk_ids"]] if discard
@@ -419,6 +446,10 @@ class TritonRecommender(_Base):
                     self._expired.add(sid)     # the server forgot it (idle timeout): the caller must re-prime
                 elif end:
                     self._expired.discard(sid)
+            if gone and not start and not end:     # as the next event would say, with the server's own words
+                raise TritonRecommendError(
+                    f"sequence {sid if who is None else who!r} is gone from the server (idle timeout or server "
+                    f"restart): call prime() with its history (the server: {msg})") from None
             raise TritonRecommendError(msg) from None
         with self._lock:
             if end:
@@ -466,22 +497,24 @@ class TritonRecommender(_Base):
         back in time to 0 without a word), from which a gaps model's first time gap is computed."""
         sid = sequence_id(user_or_sequence_id)
         ts = self._event_ts(timestamps, ids.shape[1])
-        with self._lock:
-            self._check_continuable(sid, user_or_sequence_id, start)
-            if start is None:
-                start = sid not in self._live
-            last = None if start else self._last_ts.get(sid)
-        time_in = []
-        if ts is not None:
-            if self.time_gaps and not start and last is None:
-                raise TritonRecommendError(
-                    f"sequence {user_or_sequence_id!r}: this client did not send its previous event, so it does not "
-                    "know the sequence's last timestamp, from which the first time gap of this --time-input gaps "
-                    "model is computed: prime() it with its history (or continue it from the client that started it)")
-            self._check_after(ts, last, f"sequence {user_or_sequence_id!r}")
-            time_in = self._time_input(ts, np.array([[-1.0 if last is None else last]]))
-        return self._infer(sid, ids, bool(start), bool(end), [*time_in, *extra],
-                           None if ts is None else float(ts[0, -1]))
+        with self._turn(sid):                       # the sequence's other events wait for this one's answer
+            with self._lock:
+                self._check_continuable(sid, user_or_sequence_id, start)
+                if start is None:
+                    start = sid not in self._live
+                last = None if start else self._last_ts.get(sid)
+            time_in = []
+            if ts is not None:
+                if self.time_gaps and not start and last is None:
+                    raise TritonRecommendError(
+                        f"sequence {user_or_sequence_id!r}: this client did not send its previous event, so it does "
+                        "not know the sequence's last timestamp, from which the first time gap of this --time-input "
+                        "gaps model is computed: prime() it with its history (or continue it from the client that "
+                        "started it)")
+                self._check_after(ts, last, f"sequence {user_or_sequence_id!r}")
+                time_in = self._time_input(ts, np.array([[-1.0 if last is None else last]]))
+            return self._infer(sid, ids, bool(start), bool(end), [*time_in, *extra],
+                               None if ts is None else float(ts[0, -1]), who=user_or_sequence_id)
 
     def _check_continuable(self, sid: int, who, start) -> None:
         """Raise :class:`TritonRecommendError` when an event of sequence ``sid`` without ``start=True`` cannot be sent:
@@ -577,16 +610,17 @@ class TritonRecommender(_Base):
         so ``last_user_vector`` stays the vector after the sequence's last event. The sequence is closed for this
         client even when the END fails (any other error is raised): its next event starts it anew."""
         sid = sequence_id(user_or_sequence_id)
-        with self._lock:
-            last = self._last_ts.get(sid, 0.0)
         n = 0 if self.backend == "python" else 1
-        time_in = self._time_input(np.full((1, n), last), np.array([[last]])) if self.uses_timestamps else []
-        try:
-            self._infer(sid, np.ones((1, n), np.int64), False, True, [*time_in, *self._candidates(None)],
-                        discard=True)
-        except TritonRecommendError as e:
-            if not _gone(str(e)):
-                raise
+        with self._turn(sid):                       # after this client's event of the sequence in flight, if any
+            with self._lock:
+                last = self._last_ts.get(sid, 0.0)
+            time_in = self._time_input(np.full((1, n), last), np.array([[last]])) if self.uses_timestamps else []
+            try:
+                self._infer(sid, np.ones((1, n), np.int64), False, True, [*time_in, *self._candidates(None)],
+                            discard=True, who=user_or_sequence_id)
+            except TritonRecommendError as e:
+                if not _gone(str(e)):
+                    raise
 
 
 class StaleStateError(TritonRecommendError, state_store.StaleStateError):
@@ -622,7 +656,13 @@ class ExplicitStateRecommender(_Base):
     Several client processes may share a *versioned* store (:class:`export.state_store.SQLiteStateStore`,
     :class:`export.state_store.RedisStateStore`, or any store with ``get_versioned`` / ``commit``): the new state is
     committed only if no other process stored the user since it was read, else the request is sent again from the
-    newer state (counted in ``conflicts``).
+    newer state (counted in ``conflicts``). Threads may share one client (gRPC): the events of one user take turns
+    (read, send, store under the user's lock, :class:`export.state_store.UserLocks`, as
+    :class:`export.runtime.UserStateRecommender`), others go side by side.
+
+    A stored state is checked before anything is sent: besides its fingerprint, every state input must be there, in
+    the model's datatype and shape, else :class:`StaleStateError` naming the user and the tensor (or, with
+    ``on_stale="restart"``, the initial state).
     """
 
     _NP = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32}
@@ -658,16 +698,47 @@ class ExplicitStateRecommender(_Base):
             self.n_items = int(self._param("n_items"))
         self.restarted = 0                                     # users started afresh by on_stale="restart"
         self.conflicts = 0             # commits a versioned store refused (another process wrote the user first)
+        # threads sharing this client: the events of one user take turns (read, send, store), as in
+        # export.runtime.UserStateRecommender; the counters are added to under their own lock
+        self._locks = state_store.UserLocks()
+        self._count_lock = threading.Lock()
 
     def _stored_state(self, user_id, stored: dict | None) -> tuple[dict[str, np.ndarray], bool]:
         """The state to continue from ``stored`` (None: nothing stored), checked to be this model's
-        (:func:`export.state_store.usable_state`): the initial state for a user without one (or a stale one, with
-        ``on_stale="restart"``); and whether a stale one was restarted."""
+        (:func:`export.state_store.usable_state`, then every state tensor there, in the model's datatype and shape):
+        the initial state for a user without one (or a stale one, with ``on_stale="restart"``); and whether a stale
+        one was restarted."""
         state = state_store.usable_state(stored, self.fingerprint, self.on_stale, user_id, repr(self.model_name),
                                          StaleStateError)
         if state is None:
             return self.initial_state(), bool(stored)
+        wrong = self._layout_problems(state)
+        if wrong:                     # another layout under this tag (a repository without fingerprint): stale too
+            if self.on_stale == "restart":
+                return self.initial_state(), True
+            raise StaleStateError(
+                f"the stored state of user {user_id!r} {'; '.join(wrong)}: it is not a state of model "
+                f"{self.model_name!r}. Replay the user's history (prime(user, history)), or pass on_stale='restart' "
+                "to start such users afresh")
         return state, False
+
+    def _layout_problems(self, state: dict) -> list[str]:
+        """What of a stored ``state`` is not this model's layout: a state input missing, or of another dtype than the
+        model declares, or of another shape than its ``[1, ...]`` (or ``[...]``). Empty when it fits."""
+        missing = [n for n in self.state_names if n not in state]
+        if missing:
+            return [f"lacks {missing}"]
+        wrong = []
+        for n in self.state_names:
+            a, dims = np.asarray(state[n]), tuple(self.inputs[n]["shape"][1:])
+            want = np.dtype(self._NP[self.inputs[n]["datatype"]])
+            if a.dtype != want:
+                wrong.append(f"has {n!r} of dtype {a.dtype}, not {want} ({self.inputs[n]['datatype']})")
+            fits = [shape for shape in ((1, *dims), dims) if len(a.shape) == len(shape) and all(
+                d < 0 or d == got for d, got in zip(shape, a.shape))]
+            if not fits:
+                wrong.append(f"has {n!r} of shape {list(a.shape)}, not {[1, *dims]}")
+        return wrong
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """A new user's state: each tensor ``[1, ...]`` in its declared dtype, filled with its initial value (and a
@@ -759,11 +830,14 @@ class ExplicitStateRecommender(_Base):
                         last_vector = r.as_numpy("user_vector")[-1].copy()
             return (results, restarted, last_vector), new
 
-        # with a versioned store, committed only if no other process stored these users meanwhile (else sent again)
-        (results, restarted, last_vector), conflicts = state_store.transact(self.store, users, compute,
-                                                                            read=not start)
-        self.restarted += restarted
-        self.conflicts += conflicts
+        # with a versioned store, committed only if no other process stored these users meanwhile (else sent again);
+        # under the users' locks: no other thread's event of these users between the read and the store
+        with self._locks.holding(users):
+            (results, restarted, last_vector), conflicts = state_store.transact(self.store, users, compute,
+                                                                                read=not start)
+        with self._count_lock:
+            self.restarted += restarted
+            self.conflicts += conflicts
         if vector:
             self.last_user_vector = last_vector
         return results
@@ -779,8 +853,10 @@ class ExplicitStateRecommender(_Base):
         return self.recommend_with_scores(user_id, history, timestamps, k, start=True, candidates=candidates)[0]
 
     def forget(self, user_id) -> None:
-        """Drop the user's stored state (also one that is no state: a corrupt value)."""
-        state_store.forget(self.store, user_id)
+        """Drop the user's stored state (also one that is no state: a corrupt value), under the user's lock: an event
+        of that user in flight in this client stores its state first, not after the deletion."""
+        with self._locks.holding([user_id]):
+            state_store.forget(self.store, user_id)
 
 
 class WindowRecommender(_Base):

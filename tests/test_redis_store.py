@@ -179,9 +179,10 @@ def test_redis_versions_never_repeat_across_deletes(store):
         return None, [S(seen[-1] + 1)]
 
     assert transact(store, ["t"], bump) == (None, 1) and seen == [5, 100] and store["t"]["h"][0, 0, 0] == 101
-    # no key besides the users' own: the scripts touch only the call's users
+    # no key besides the users' own (and the store's marker, written when it was opened): the scripts touch only
+    # the call's users
     assert sorted(k.decode() for k in raw.scan_iter(match=store.prefix + "*")) == sorted(
-        store.prefix + json.dumps(u) for u in ("u", "t"))
+        [store.prefix + json.dumps(u) for u in ("u", "t")] + [store.marker])
     with pytest.raises(TypeError, match="version read of user 'u' must be an int"):
         store.commit([("u", "5", S(0))])
     with pytest.raises(ValueError, match="version read of user 'u' must be >= 0"):
@@ -256,3 +257,97 @@ def test_user_state_recommender_on_redis_matches_the_full_forward(store, tmp_pat
         ref = torch.topk(scores, 5).indices.tolist()
         assert got == ref or np.allclose(scores[got].numpy(), scores[ref].numpy(), atol=1e-4), (n, hist[u])
     assert len(store) == len([u for u in hist if hist[u]])
+
+
+def _counter(n):
+    return {"h": np.full((1, 2, 8), n, np.float32)}
+
+
+def _bump(stored):
+    """A one-event step of a counter state (none: 0): ``(its new value, [the new state])``."""
+    n = (0 if stored[0] is None else int(stored[0]["h"][0, 0, 0])) + 1
+    return n, [_counter(n)]
+
+
+@pytest.mark.parametrize("kind", ["client with retries", "url"])
+def test_redis_commit_whose_answer_was_lost_is_applied_once(store, monkeypatch, kind):
+    """A commit whose answer was lost (the connection dropped after Redis ran the script) was sent again -- by
+    redis-py's own retries with a client object -- and found the versions moved by itself: ``transact`` took that for
+    another writer's commit and ran the event again on the state holding it (applied twice, no error); a URL-built
+    store raised a bare ConnectionError although the event was stored (a caller retrying applies it twice). Now a
+    commit carries a token the script keeps in each key: sent again (by redis-py, or by the store itself), it is
+    recognised as applied. A commit that never gets an answer raises CommitOutcomeUnknownError, stored once at most.
+    The lost answer is forced: the reply is read, then the ConnectionError a dropped connection raises is raised."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from export.state_store import CommitOutcomeUnknownError
+
+    client = store.url if kind == "url" else redis.Redis.from_url(store.url, retry=Retry(NoBackoff(), 3))
+    s = RedisStateStore(client, prefix=store.prefix)
+    real, lost = s.client.parse_response, []
+
+    def parse_response(connection, command_name, *a, **kw):
+        answer = real(connection, command_name, *a, **kw)
+        if command_name == "EVALSHA" and (lose[0] == "all" or not lost):
+            lost.append(answer)
+            raise redis.ConnectionError("Connection closed by server.")
+        return answer
+
+    lose = ["one"]
+    s["u"] = _counter(1)
+    monkeypatch.setattr(s.client, "parse_response", parse_response)
+    assert transact(s, ["u"], _bump) == (2, 0)                       # no conflict: the retry found it applied
+    assert lost == [1] and s["u"]["h"][0, 0, 0] == 2                 # applied once
+    lose[0], lost[:] = "all", []
+    with pytest.raises(CommitOutcomeUnknownError, match=r"users \['u'\] got no answer .*may have been stored"):
+        transact(s, ["u"], _bump)
+    assert lost[0] == 1 and set(lost[1:]) == {2} and s["u"]["h"][0, 0, 0] == 3      # applied once, then recognised
+    assert transact(store, ["u"], _bump) == (4, 0)                  # the store goes on
+
+
+def test_redis_store_that_lost_its_data_says_so(store):
+    """Redis losing its data (restarted without persistence, flushed, failed over to an empty replica) left every
+    returning user silently starting from an empty history: a missing key looks like a new user. Now the store keeps
+    a marker key under its prefix: reading a user without a state checks it, and a marker gone (or written anew by
+    another worker) raises StoreDataLostError naming the likely causes, once per store object and loss (counted),
+    after which users without a state start afresh. A new user on a server that kept its data raises nothing."""
+    import redis
+
+    from export.state_store import StoreDataLostError
+
+    workers = [RedisStateStore(store.url, prefix=store.prefix) for _ in range(2)]
+    workers[0]["u"] = _counter(1)
+    assert workers[0].get_versioned("new") == (None, 0) and workers[1].get_versioned_many(["new"]) == [(None, 0)]
+    assert len(store) == 1 and list(store) == ["u"]                 # the marker is no user
+    raw = redis.Redis.from_url(store.url)
+    raw.delete(*raw.keys(store.prefix + "*"))                       # what a restart without persistence leaves
+    with pytest.raises(StoreDataLostError, match=r"lost this store's data: its marker key .* is gone .*without "
+                                                 r"persistence \(appendonly yes / RDB snapshots\).*FLUSHALL"):
+        transact(workers[0], ["u"], _bump)
+    assert workers[0].data_losses == 1 and "u" not in store          # nothing stored
+    assert transact(workers[0], ["u"], _bump) == (1, 0)              # then the user starts afresh
+    with pytest.raises(StoreDataLostError, match="written anew by another worker"):
+        workers[1].get_versioned_many(["u", "v"])                    # the other worker is told too, once
+    assert workers[1].get_versioned("v") == (None, 0) and workers[1].data_losses == 1
+
+
+def test_redis_unreadable_states_name_their_user(store):
+    """A hash under the prefix whose state bytes or version are garbage: the error named neither the user nor the
+    key (``invalid literal for int()``); now both, and what replaces it."""
+    import redis
+
+    raw = redis.Redis.from_url(store.url)
+    store["a"], store["b"] = _state(), _state()
+    raw.hset(store.prefix + '"a"', "s", b"\x10\x00\x00\x00garbage")
+    raw.hset(store.prefix + '"b"', "v", b"not-a-number")
+    key = store.prefix + '"a"'
+    for read in (lambda: store.get("a"), lambda: store.get_versioned_many(["a"])):
+        with pytest.raises(ValueError, match=rf"stored state of user 'a' \(Redis key '{key}'\) is unreadable: not a "
+                                             r"stored zoo state.*prime\(user, history\)"):
+            read()
+    for read in (lambda: store.get("b"), lambda: store.get_versioned_many(["b"]), lambda: store.version("b")):
+        with pytest.raises(ValueError, match=r"stored state of user 'b' .* has the version b'not-a-number', not an "
+                                             "int"):
+            read()

@@ -61,6 +61,32 @@ def test_bytes_store_is_a_store():
     assert store.pop("u") is not None and store.pop("u") is None and len(store) == 0
 
 
+def test_unreadable_stored_states_name_their_user_and_key(tmp_path):
+    """A stored value cut short or no state at all: the error said what was wrong with the bytes but not whose they
+    were, so the operator of a many-user call could not tell which user to prime or forget. Now it names the user,
+    the key and the store (SQLite: the table and the file), and the remedies; each read path."""
+    import re
+    import sqlite3
+
+    store = SQLiteStateStore(tmp_path / "s.db")
+    store["good"], store["trunc"] = _state(), _state()
+    with sqlite3.connect(store.path) as raw:
+        value = raw.execute("SELECT value FROM zoo_states WHERE key = ?", ('"trunc"',)).fetchone()[0]
+        raw.execute("UPDATE zoo_states SET value = ? WHERE key = ?", (value[:-100], '"trunc"'))
+    named = (re.escape(f"""the stored state of user 'trunc' (key '"trunc"' in table zoo_states of {store.path}) is """
+                       "unreadable: stored zoo state truncated: tensor") + r".*prime\(user, history\) replaces it, "
+             r"forget\(user\) drops it")
+    for read in (lambda: store.get("trunc"), lambda: store.get_versioned_many(["good", "trunc"]),
+                 lambda: transact(store, ["good", "trunc"], lambda s: (None, s)), lambda: store.pop("trunc")):
+        with pytest.raises(ValueError, match=named):
+            read()
+    assert "trunc" not in store and store.get("good") is not None    # pop removed it (forget's way)
+    kv = BytesStore({"junk": b"\x05\x00\x00\x00hello"})
+    with pytest.raises(ValueError, match=r"stored state of user 'junk' \(a BytesStore value\) is unreadable: not a "
+                                         "stored zoo state: its header is not JSON"):
+        kv.get("junk")
+
+
 def test_usable_state_rules():
     st = tagged(_state(), "A")
     assert usable_state(None, "A", "error", "u", "m") is None                 # nothing stored: initial state

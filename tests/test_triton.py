@@ -935,11 +935,13 @@ def test_launcher_listens_on_loopback_only(tmp_path, monkeypatch, capsys):
 
 
 # ======================================================= the client against a recorded stand-in (no server needed)
-def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=None):
+def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=None, on_infer=None, counting=False):
     """tritonclient.http.InferenceServerClient replaced by a stand-in serving one model's metadata (``inputs``,
     ``outputs``: name -> (datatype, shape)) and config (``parameters``, ``backend``); each infer call is recorded
     (input names, ``arrays``: each input's data, and the keyword arguments); ``fail[0]``, when set, is the message of
-    the InferenceServerException the next calls raise (or the exception itself: a timeout, a gRPC status)."""
+    the InferenceServerException the next calls raise (or the exception itself: a timeout, a gRPC status).
+    ``on_infer(call)``: called with each recorded call before it answers (it may hold the call: :class:`_Race`);
+    ``counting``: a state output ``X_out`` is the state input ``X`` sent plus 1 (else zeros)."""
     import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
 
@@ -950,6 +952,8 @@ def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=Non
             self.sent = sent
 
         def as_numpy(self, name):
+            if counting and name.endswith("_out") and name[:-4] in self.sent["arrays"]:
+                return self.sent["arrays"][name[:-4]] + 1
             if name == "topk_ids":
                 return np.arange(1, K + 1, dtype=np.int64)[None]
             if name == "topk_scores":
@@ -972,13 +976,16 @@ def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=Non
 
         def infer(self, model_name, ins, outputs=None, **kw):
             dts = {"INT64": np.int64, "FP32": np.float32, "FP64": np.float64, "INT32": np.int32}
-            calls.append({"inputs": [i.name() for i in ins], **kw, "arrays": {
-                i.name(): np.frombuffer(i._raw_data, dts[i.datatype()]).reshape(i.shape()) for i in ins}})
+            call = {"inputs": [i.name() for i in ins], **kw, "arrays": {
+                i.name(): np.frombuffer(i._raw_data, dts[i.datatype()]).reshape(i.shape()) for i in ins}}
+            calls.append(call)
+            if on_infer is not None:
+                on_infer(call)
             if isinstance(fail[0], BaseException):
                 raise fail[0]
             if fail[0]:
                 raise InferenceServerException(fail[0])
-            return Result(ins)
+            return Result(call)
 
         def close(self):
             pass
@@ -1154,6 +1161,177 @@ def test_explicit_state_client_refuses_a_state_written_by_another_model(monkeypa
     legacy = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", store={"untagged": {"h": h}})
     legacy.recommend("untagged", [1])
     assert len(calls) == 1 and FINGERPRINT_KEY not in legacy.store["untagged"]
+
+
+class _Race:
+    """Forces two events of one sequence (or user) sent by two threads of one client to overlap, without timing: once
+    :meth:`run` starts, the first request is held inside the fake server (``on_infer``) until the second event has
+    either reached the server too (a client that lets them overlap) or asked for its turn (:meth:`watch`: the lock a
+    client takes before it decides anything), and only then let go."""
+
+    def __init__(self):
+        self.armed, self.held = False, None
+        self.first_in, self.second_reached, self.release = threading.Event(), threading.Event(), threading.Event()
+
+    def on_infer(self, call):
+        if self.armed and self.held is None:
+            self.held = call
+            self.first_in.set()
+            assert self.release.wait(60), "the test never let the first request go"
+        elif self.held is not None:
+            self.second_reached.set()
+
+    def watch(self, monkeypatch, obj, name):
+        """``obj.name`` (a method returning the turn's context manager) tells when the second thread asks for it
+        (a client without it sends the second event at once: it reaches the server)."""
+        real = getattr(obj, name, None) if obj is not None else None
+        if real is None:
+            return
+
+        def watched(*a, **kw):
+            if threading.current_thread().name == "second":
+                self.second_reached.set()
+            return real(*a, **kw)
+
+        monkeypatch.setattr(obj, name, watched)
+
+    def run(self, first, second) -> list:
+        """Run ``first()`` and ``second()`` in two threads, overlapping as above; the exceptions they raised."""
+        errors = []
+
+        def guarded(fn):
+            try:
+                fn()
+            except Exception as e:                      # noqa: BLE001 -- handed to the test
+                errors.append(e)
+
+        self.armed = True
+        a = threading.Thread(target=guarded, args=(first,), name="first", daemon=True)
+        a.start()
+        assert self.first_in.wait(60), "the first event never reached the server"
+        b = threading.Thread(target=guarded, args=(second,), name="second", daemon=True)
+        b.start()
+        assert self.second_reached.wait(60), "the second event neither reached the server nor asked for its turn"
+        self.release.set()
+        a.join(60)
+        b.join(60)
+        assert not a.is_alive() and not b.is_alive(), "an event never returned"
+        return errors
+
+
+def test_concurrent_first_events_of_a_sequence_start_it_once(monkeypatch):
+    """Threads sharing a TritonRecommender (gRPC is thread-safe; recommend_many itself sends from a pool) sent a new
+    sequence's first events at once: each decided START before any answer came back, so each restarted the sequence
+    on the server and every event but the last was lost, without an error. Now the events of one sequence take turns
+    from deciding START until their answer: the second continues the sequence the first started."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import TritonRecommender, sequence_id
+
+    race = _Race()
+    calls, _ = _fake_http_client(monkeypatch, *STEP_IO, on_infer=race.on_infer)
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+    race.watch(monkeypatch, rec, "_turn")
+    assert race.run(lambda: rec.recommend("u", [1]), lambda: rec.recommend("u", [2])) == []
+    u = sequence_id("u")
+    assert [(c["sequence_id"], c["sequence_start"], c["arrays"]["item_ids"].tolist()) for c in calls] == [
+        (u, True, [[1]]), (u, False, [[2]])]
+    assert rec._turns == {}                                      # nothing kept per sequence once its events ended
+
+
+def test_concurrent_events_of_a_gaps_sequence_take_their_gap_from_the_previous_one(monkeypatch):
+    """A --time-input gaps model behind Triton: the client keeps each live sequence's last timestamp and sends the
+    first gap from it. Two threads sending events of one sequence at once both read the same last timestamp (it is
+    updated when an answer comes), so the later event's gap spanned both (time features wrong, no error). Now the
+    second event waits for the first's answer and takes its gap from the first's timestamp."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import TritonRecommender
+
+    race = _Race()
+    ins = dict(STEP_IO[0], time_gaps=("FP32", (-1, -1)))
+    calls, _ = _fake_http_client(monkeypatch, ins, STEP_IO[1], on_infer=race.on_infer)
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+    race.watch(monkeypatch, rec, "_turn")
+    t0, day = 1.6e9, 86400.0
+    rec.prime("u", [1, 2], timestamps=[t0 - day, t0])
+    assert race.run(lambda: rec.recommend("u", [3], timestamps=[t0 + day]),
+                    lambda: rec.recommend("u", [4], timestamps=[t0 + 2 * day])) == []
+    assert [c["arrays"]["time_gaps"].tolist() for c in calls] == [[[0.0, day]], [[day]], [[day]]]
+    assert [c["sequence_start"] for c in calls] == [True, False, False]
+
+
+def test_threads_sharing_an_explicit_state_client_lose_no_event_of_a_user(monkeypatch):
+    """ExplicitStateRecommender read a user's state, sent it and stored the answer with no lock: two threads with
+    events of one user both read the same state and the second store overwrote the first (an event lost, no error),
+    unlike UserStateRecommender, whose per-user locks it now shares (export.state_store.UserLocks). The fake model
+    adds 1 to the state per event, so the stored state counts the events applied."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import ExplicitStateRecommender
+
+    race = _Race()
+    ins, outs = {**STEP_IO[0], "h": ("FP32", (-1, 2))}, {**STEP_IO[1], "h_out": ("FP32", (-1, 2))}
+    calls, _ = _fake_http_client(monkeypatch, ins, outs, {"state_init": json.dumps({"h": 0.0})},
+                                 on_infer=race.on_infer, counting=True)
+    store = {}
+    rec = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", store=store)
+    race.watch(monkeypatch, getattr(rec, "_locks", None), "holding")
+    assert race.run(lambda: rec.recommend("u", [1]), lambda: rec.recommend("u", [2])) == []
+    assert [c["arrays"]["h"].tolist() for c in calls] == [[[0.0, 0.0]], [[1.0, 1.0]]]
+    assert store["u"]["h"].tolist() == [[2.0, 2.0]]
+
+
+def test_first_event_after_the_server_forgot_a_sequence_says_to_prime_it(monkeypatch):
+    """After Triton's idle timeout (or a server restart) the first continuation got Triton's raw text ("must specify
+    the START flag", a hashed correlation id): only the next try said what had happened and what to do. Now the first
+    refusal says it too, naming the caller's id, with the server's words after."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import TritonRecommendError, TritonRecommender, sequence_id
+
+    calls, fail = _fake_http_client(monkeypatch, *STEP_IO)
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
+    rec.prime("idle", [1, 2])
+    fail[0] = (f"inference request for sequence {sequence_id('idle')} to model 'm' must specify the START flag on "
+               "the first request of the sequence")
+    gone = (r"sequence 'idle' is gone from the server \(idle timeout or server restart\): call prime\(\) with its "
+            r"history")
+    with pytest.raises(TritonRecommendError, match=gone + r" \(the server: inference request .*START flag"):
+        rec.recommend("idle", [3])
+    fail[0] = None
+    with pytest.raises(TritonRecommendError, match=gone):           # the next try: refused before sending
+        rec.recommend("idle", [3])
+    assert len(calls) == 2
+
+
+def test_explicit_state_client_refuses_a_stored_state_of_another_layout_naming_the_user(monkeypatch):
+    """A stored state lacking a state input, or holding one of another dtype or shape (a repository without
+    fingerprint accepts every state unchecked, so the fingerprint does not catch them) failed with a bare KeyError,
+    tritonclient's datatype error or numpy's reshape error, none naming the user, and on_stale="restart" did not
+    apply. Now each is a StaleStateError naming the user and the tensor, before anything is sent; on_stale="restart"
+    starts such users afresh."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import ExplicitStateRecommender, StaleStateError
+
+    ins = {**STEP_IO[0], "h": ("FP32", (-1, 2, 4))}
+    outs = {**STEP_IO[1], "h_out": ("FP32", (-1, 2, 4))}
+    calls, _ = _fake_http_client(monkeypatch, ins, outs, {"state_init": json.dumps({"h": 0.0})})
+    good = np.ones((1, 2, 4), np.float32)
+
+    def corrupt():
+        return {"missing": {"other": good}, "dtype": {"h": good.astype(np.float64)},
+                "shape": {"h": np.ones((1, 2, 3), np.float32)}, "good": {"h": good}}
+
+    store = corrupt()
+    rec = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", store=store)
+    for user, what in (("missing", r"lacks \['h'\]"), ("dtype", r"has 'h' of dtype float64, not float32 \(FP32\)"),
+                       ("shape", r"has 'h' of shape \[1, 2, 3\], not \[1, 2, 4\]")):
+        with pytest.raises(StaleStateError, match=rf"stored state of user '{user}' {what}: .*prime\(user, history\)"):
+            rec.recommend(user, [1])
+        with pytest.raises(StaleStateError, match=rf"user '{user}'"):
+            rec.recommend_many([("good", [1]), (user, [2])])
+    assert calls == [] and rec.restarted == 0
+    restarting = ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http", store=corrupt(), on_stale="restart")
+    restarting.recommend_many([("good", [1]), ("missing", [2]), ("dtype", [3]), ("shape", [4])])
+    assert restarting.restarted == 3                        # one row a request: the fake's config has no batching
+    assert [c["arrays"]["h"].tolist() for c in calls] == [[good[0].tolist()]] + [[np.zeros((2, 4)).tolist()]] * 3
 
 
 # ================================================================================================ live server

@@ -190,6 +190,41 @@ def test_a_state_another_model_wrote_is_refused_or_restarted(mamba, tmp_path):
         UserStateRecommender(d2, on_stale="ignore")
 
 
+def test_a_stored_state_of_another_layout_is_stale_and_names_the_user(mamba):
+    """A stored step state with a tensor of another shape or dtype under a matching tag (a graph without fingerprint
+    accepts every state unchecked; a store changed by hand) failed a many-user call with numpy's concatenate error
+    (the users' states were concatenated before any check), or was up-cast into the batch and reported as a dtype
+    problem of the whole batch; neither named the user. Now each user's stored state is checked before batching:
+    another layout is a StaleStateError naming the user and the tensor (on_stale="restart" starts the user afresh,
+    counted), a NaN a ValueError naming the user."""
+    model, d = mamba
+    v = model.item_vocab
+    store = {}
+    rec = UserStateRecommender(d, store=store)
+    for user in ("good", "shape", "dtype", "nan"):
+        rec.prime(user, v.decode([1, 2]))
+    first, last = rec.state_names[0], rec.state_names[-1]
+    store["shape"] = {**store["shape"], last: store["shape"][last][..., :-1].copy()}
+    store["dtype"] = {**store["dtype"], first: store["dtype"][first].astype(np.float64)}
+    nan = store["nan"][last].copy()
+    nan.flat[0] = np.nan
+    store["nan"] = {**store["nan"], last: nan}
+    kept = copy.deepcopy(store)
+    for user, what in (("shape", rf"has '{last}' of shape \[1, .*\], not \[1, .*\]"),
+                       ("dtype", rf"has '{first}' of dtype float64, not float32")):
+        with pytest.raises(StaleStateError, match=rf"stored state of user '{user}' {what}: .*prime\(user, history\)"):
+            rec.recommend_many([("good", v.decode([3])), (user, v.decode([4]))])
+    with pytest.raises(ValueError, match=rf"stored state of user 'nan': state\['{last}'\] holds NaN"):
+        rec.recommend_many([("good", v.decode([3])), ("nan", v.decode([4]))])
+    assert all(np.array_equal(kept[u][n], store[u][n], equal_nan=True)         # refused: nothing stored
+               for u in kept for n in kept[u] if n != FINGERPRINT_KEY)
+    restarting = UserStateRecommender(d, store=store, on_stale="restart")
+    got = restarting.recommend_many([("good", v.decode([3])), ("shape", v.decode([4])), ("dtype", v.decode([5]))])
+    assert restarting.restarted == 2
+    assert _same(np.array(v.encode(got[0][0])), *_reference(model, [1, 2, 3]))
+    assert _same(np.array(v.encode(got[1][0])), *_reference(model, [4]))
+
+
 def test_refused_events_store_nothing(mamba):
     model, d = mamba
     v = model.item_vocab
@@ -431,7 +466,7 @@ def test_forget_waits_for_an_event_of_that_user_in_flight(mamba):
         def __exit__(self, *exc):
             self.release()
 
-    rec._stripes = [Watched(lock) for lock in rec._stripes]
+    rec._locks.stripes = [Watched(lock) for lock in rec._locks.stripes]
     rec.session.step = held_step
 
     def event():

@@ -152,16 +152,12 @@ def _build_lock(folder: Path):
     nothing is held): builds into one folder run one at a time (concurrent ``export.trt`` runs, test workers), and
     none reads a library or a stamp another is still writing; the kernel drops the lock when its holder dies."""
     try:
-        import fcntl
+        from .fsutil import build_lock
+    except ImportError:               # run by path (CMake runs it so): export/ is sys.path[0]
+        from fsutil import build_lock
 
-        f = open(folder / ".zoo-build.flock", "a")
-    except (ImportError, OSError):   # not POSIX, or a folder this user cannot write (no build of theirs goes there)
-        f = None
-    if f is None:
-        yield
-        return
-    with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    # required=False: a folder this user cannot write (no build of theirs goes there) is read without the lock
+    with build_lock(folder, required=False):
         yield
 
 

@@ -58,7 +58,6 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 import sys
 import tempfile
 import time
@@ -1527,72 +1526,28 @@ def _vocab_of_export(folder: pathlib.Path) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this machine (another user's too)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:                          # PermissionError: it runs, as another user
-        return True
-    return True
-
-
 def remove_stale_stages(out: str | os.PathLike) -> list[str]:
     """Remove the stages (:func:`staging_folder`) in ``out`` whose writer is gone -- killed by SIGKILL, the OOM killer
     or a power loss, which nothing cleans up after, and which ``zoo.hub push`` would upload -- and return their names.
     A stage is the writer's while its pid runs a process here or its lock is held (a writer on another machine that
     shares the folder holds it); one named without a pid (written before stages carried one) once it is
-    :data:`STAGE_UNNAMED_MAX_AGE_S` old. A stage that cannot be told (no locks on the file system) is left."""
-    from zoo.cli import lock_folder
+    :data:`STAGE_UNNAMED_MAX_AGE_S` old. A stage that cannot be told (no locks on the file system) is left
+    (:func:`zoo.cli.remove_stale_stages`)."""
+    from zoo.cli import remove_stale_stages as remove
 
-    removed = []
-    try:
-        entries = list(os.scandir(out))
-    except OSError:
-        return removed
-    for e in entries:
-        if not e.name.startswith(STAGE_PREFIX) or not e.is_dir(follow_symlinks=False):
-            continue
-        pid, sep, _ = e.name[len(STAGE_PREFIX):].partition("-")
-        try:
-            if sep and pid.isdigit():
-                if _pid_alive(int(pid)):
-                    continue
-            elif time.time() - e.stat(follow_symlinks=False).st_mtime < STAGE_UNNAMED_MAX_AGE_S:
-                continue
-        except OSError:
-            continue
-        fd = lock_folder(e.path)             # None: its lock is held (a live writer elsewhere), or no locks here
-        if fd is None:
-            continue
-        try:
-            shutil.rmtree(e.path, ignore_errors=True)
-            removed.append(e.name)
-        finally:
-            os.close(fd)
-    return removed
+    return remove(out, STAGE_PREFIX, STAGE_UNNAMED_MAX_AGE_S)
 
 
-@contextlib.contextmanager
 def staging_folder(out: str | os.PathLike, say=None):
     """A new folder inside the folder ``out`` for files to be verified there before they are moved into place
     (``os.replace`` on one file system), removed after the block. Named :data:`STAGE_PREFIX` + this process's pid and
     held under an ``flock`` while the block runs, so that a later export tells it from a stage whose writer was killed:
-    those in ``out`` are removed first (:func:`remove_stale_stages`; ``say``: told their names)."""
-    from zoo.cli import lock_folder
+    those in ``out`` are removed first (:func:`remove_stale_stages`; ``say``: told their names). A context manager
+    (:func:`zoo.cli.staging_folder`)."""
+    from zoo.cli import staging_folder as staged
 
-    for name in remove_stale_stages(out):
-        (say or (lambda m: None))(f"  removed {os.path.join(out, name)}: the stage of an export that was killed")
-    stage = pathlib.Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=out))
-    fd = None
-    try:
-        fd = lock_folder(stage)         # None without locks: the pid alone then says that the stage is live
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if fd is not None:
-            os.close(fd)
+    tell = None if say is None else (lambda path: say(f"  removed {path}: the stage of an export that was killed"))
+    return staged(out, STAGE_PREFIX, STAGE_UNNAMED_MAX_AGE_S, removed=tell)
 
 
 def _load_model(name_or_path: str):

@@ -81,7 +81,6 @@ import argparse
 import contextlib
 import fcntl
 import filecmp
-import hashlib
 import json
 import math
 import os
@@ -95,6 +94,7 @@ from typing import Sequence
 
 from . import plugin_spec as ps
 from .deps import require
+from .fsutil import file_sha256
 
 SPEC_FILE = "state_spec.json"
 GRAPH_FILE = "model.onnx"
@@ -1025,7 +1025,8 @@ _BUILT_LATER = (f"1/{PLAN_FILE}", f"1/{PLAN_FILE}.tmp")
 #: the parts of a TensorRT model folder its engine is built from (build_engine.sh: graph, plugins, trtexec's flags)
 _BUILD_INPUTS = ("onnx/", "plugins/", ENGINE_SCRIPT)
 #: the repository-level flags of write_repository's own arguments (messages from main name the flag)
-ARG_FLAGS = {"name": "--name", "plan": "--plan", "plugin_lib": "--plugin-lib", "vocab_path": "--vocab"}
+ARG_FLAGS = {"name": "--name", "plan": "--plan", "plugin_lib": "--plugin-lib", "vocab_path": "--vocab",
+             "repo": "--repo"}
 
 
 def default_model_name(model_type: str, kind: str, backend: str, state: str) -> str:
@@ -1064,17 +1065,9 @@ def _folder_files(mdir: pathlib.Path) -> dict[str, pathlib.Path]:
     return out
 
 
-def _digest(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_model_mark(mdir: pathlib.Path) -> None:
     """``mdir/.export_triton.json``: the checksum of every file written into the model folder (the last file)."""
-    files = {rel: _digest(p) for rel, p in _folder_files(mdir).items() if rel not in _BUILT_LATER}
+    files = {rel: file_sha256(p) for rel, p in _folder_files(mdir).items() if rel not in _BUILT_LATER}
     (mdir / MODEL_MARK).write_text(json.dumps({"written_by": _GENERATOR, "files": files}, indent=1) + "\n")
 
 
@@ -1103,7 +1096,7 @@ def foreign_model_files(mdir: str | os.PathLike) -> list[pathlib.Path]:
     placed = f"plugins/{ps.PLUGIN_LIBRARY}"                 # put there as plugins/README.md says: carried over
     return sorted(p for rel, p in _folder_files(mdir).items()
                   if rel not in _BUILT_LATER and not (rel == placed and rel not in recorded)
-                  and recorded.get(rel) != _digest(p))
+                  and recorded.get(rel) != file_sha256(p))
 
 
 def _foreign_model_error(mdir: pathlib.Path, paths: list[pathlib.Path]) -> FileExistsError:
@@ -1115,6 +1108,60 @@ def _foreign_model_error(mdir: pathlib.Path, paths: list[pathlib.Path]) -> FileE
         what = f"{mdir} holds files changed or added since {_GENERATOR} wrote it ({shown})"
     return FileExistsError(f"{what}, and writing the model replaces that folder whole: move it away, choose another "
                            "--name (name=...), or pass --force (force=True) to replace it")
+
+
+def _folder_identity(path: pathlib.Path) -> tuple | None:
+    """Which folder ``path`` is (device, inode), and when an entry was last added, removed or renamed in it
+    (an editor saving by rename, a version folder added); ``None`` when nothing is there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+def _check_model_folder(final: pathlib.Path, force: bool = False, checked: tuple | None = None) -> tuple:
+    """Refuse (``FileExistsError``) a model folder ``final`` that replacing would lose files of which this generator
+    did not write (:func:`foreign_model_files`), unless ``force``. Returns the token of the check. Given one
+    (``checked``), the folder is not hashed again while it is the same folder with no entry added, removed or renamed
+    in it: the CLI hands :func:`write_repository` its token for ``--onnx`` only, where nothing runs between the two
+    checks (not for ``--model``, whose export runs for minutes in between: an edit meanwhile must be seen)."""
+    final = pathlib.Path(final)
+    token = (str(final), _folder_identity(final))           # before hashing: a change while it hashes is seen
+    if checked is not None and checked == token:
+        return token
+    lost = [] if force else foreign_model_files(final)
+    if lost:
+        raise _foreign_model_error(final, lost)
+    return token
+
+
+def check_repository(repo: str | os.PathLike, name: str | None, backend: str = "onnxruntime", force: bool = False,
+                     plan: str | None = None, plugin_lib: str | None = None, vocab_path: str | None = None,
+                     flags: dict | None = None, _checked: tuple | None = None) -> tuple | None:
+    """The checks :func:`write_repository` makes before it writes, but those of the export: its own arguments
+    (:func:`check_repository_args`), a ``repo`` that is a file, and, once the staging folders of killed runs are
+    cleaned up (a model folder one had moved aside is put back before it is checked: :func:`remove_dead_stages`),
+    the repository's files (:func:`foreign_repository_files`) and the model folder ``repo/<name>``
+    (:func:`_check_model_folder`; not while ``name`` is None, unknown yet) that this generator did not write, unless
+    ``force``. ``flags`` names each argument in the messages (``ARG_FLAGS`` for the CLI, which calls it before any
+    export). Returns the token of the model folder's check (``None`` without a ``name``); ``_checked``: such a token,
+    whose folder is not hashed again (:func:`_check_model_folder`).
+
+    Raises:
+        ValueError / FileNotFoundError: as :func:`check_repository_args`; a ``repo`` that is a file.
+        FileExistsError: repository files or a model folder this generator did not write (without ``force``).
+    """
+    check_repository_args(name, backend, plan, plugin_lib, vocab_path, flags)
+    path = pathlib.Path(repo).resolve()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{(flags or {}).get('repo', 'repository')} {repo} is a file, not a folder (the Triton "
+                         "model repository to write into)")
+    _clean_up_after_killed_runs(path)       # a killed run's model folder, moved aside, goes back before the checks
+    foreign = [] if force else foreign_repository_files(path, backend == "tensorrt", name)
+    if foreign:
+        raise _foreign_files_error(foreign)
+    return None if name is None else _check_model_folder(path / name, force, _checked)
 
 
 def _carry_plugins(old: pathlib.Path, new: pathlib.Path) -> str | None:
@@ -1240,7 +1287,8 @@ def _staged_model_folder(final: pathlib.Path):
     hidden staging folder beside the repository, on its file system, or inside it when the parent cannot hold it;
     the staging folder holds a lock file (flock'ed while the writer lives, naming ``final``) so that
     :func:`remove_dead_stages` removes it only once its writer is dead. An error or an interruption leaves ``final``
-    as it was and no staging folder."""
+    as it was and no staging folder (should the old folder's put-back itself fail, the staging folder keeps it, and
+    the next :func:`remove_dead_stages` puts it back as ``final``: it is never removed while ``final`` is missing)."""
     repo = final.parent
     repo.mkdir(parents=True, exist_ok=True)
     stage = None
@@ -1265,19 +1313,22 @@ def _staged_model_folder(final: pathlib.Path):
         new, moved = stage / "model", stage / "replaced"
         new.mkdir()
         yield new
-        if os.path.lexists(final):
-            os.rename(final, moved)
-        try:
+        try:                                                # both renames: a Ctrl-C between them is caught too
+            if os.path.lexists(final):
+                os.rename(final, moved)
             os.rename(new, final)
         except BaseException:                               # put back what was there
             if os.path.lexists(moved) and not os.path.lexists(final):
                 os.rename(moved, final)
             raise
     finally:
-        for part in ("model", "replaced"):
-            if os.path.lexists(stage / part):
-                shutil.rmtree(stage / part, ignore_errors=True)
-        shutil.rmtree(stage, ignore_errors=True)            # the lock file last (its writer still holds it)
+        # a replaced/ without final is the only copy of the old folder (its put-back failed or was interrupted): the
+        # staging folder stays, and remove_dead_stages puts it back once this writer's lock is released
+        if not (os.path.lexists(stage / "replaced") and not os.path.lexists(final)):
+            for part in ("model", "replaced"):
+                if os.path.lexists(stage / part):
+                    shutil.rmtree(stage / part, ignore_errors=True)
+            shutil.rmtree(stage, ignore_errors=True)        # the lock file last (its writer still holds it)
         if lock is not None:
             lock.close()
 
@@ -1285,7 +1336,7 @@ def _staged_model_folder(final: pathlib.Path):
 def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, name: str | None = None,
                      backend: str = "onnxruntime", state: str = "implicit", vocab_path: str | None = None,
                      plan: str | None = None, plugin_lib: str | None = None, force: bool = False,
-                     **config_kwargs) -> pathlib.Path:
+                     _checked: tuple | None = None, **config_kwargs) -> pathlib.Path:
     """Write ``repo/<name>/`` from an :mod:`export.onnx` export folder (``model.onnx`` + ``state_spec.json``).
 
     Returns the model folder. The config is validated (schema + graph I/O) and every input file checked before
@@ -1297,6 +1348,8 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     its ``1/model.plan`` is kept when the engine's inputs are unchanged, and its removal noted on stderr otherwise
     (:func:`_carry_plan`). The repository's ``README.md`` (its index) and, with a TensorRT model, ``serve.sh`` are
     rewritten too: one that this generator did not write (it lacks the mark) is refused likewise, unless ``force``.
+    Those checks of the repository are :func:`check_repository`'s, made once the export is checked (``_checked``:
+    the token of the CLI's check of the model folder just before, which is then not hashed again).
 
     Raises:
         ValueError: a name that is not one folder name, ``plan``/``plugin_lib`` with a backend other than tensorrt,
@@ -1306,9 +1359,7 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
         FileExistsError: repository files or a model folder this generator did not write (without ``force``).
     """
     export_dir, repo = pathlib.Path(export_dir), pathlib.Path(repo).resolve()
-    check_repository_args(name, backend, plan, plugin_lib, vocab_path)
-    if repo.exists() and not repo.is_dir():
-        raise ValueError(f"repository {repo} is a file, not a folder")
+    check_repository_args(name, backend, plan, plugin_lib, vocab_path)        # the arguments first, then the export
     spec = read_spec(export_dir)
     graph = export_dir / spec.get("graph", GRAPH_FILE)
     if not graph.exists():
@@ -1320,14 +1371,8 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     text = make_config(spec, name, backend, state, **config_kwargs)
     implicit = spec["kind"] == "step" and backend != "python" and state == "implicit"
     cfg = validate_config(text, implicit_spec(spec) if implicit else spec)
-    _clean_up_after_killed_runs(repo)          # a killed run's model folder, moved aside, goes back before the checks
     final = repo / name
-    foreign = [] if force else foreign_repository_files(repo, backend == "tensorrt", name)
-    if foreign:
-        raise _foreign_files_error(foreign)
-    lost = [] if force else foreign_model_files(final)
-    if lost:
-        raise _foreign_model_error(final, lost)
+    check_repository(repo, name, backend, force, plan, plugin_lib, vocab_path, _checked=_checked)
     with _staged_model_folder(final) as mdir:                # a failed write keeps the folder that was there
         _write_model_folder(mdir, text, cfg, spec, graph, export_dir, backend, implicit, vocab_path, plan, plugin_lib)
         seq = cfg.sequence_batching if cfg.HasField("sequence_batching") else None
@@ -1492,31 +1537,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = config_number_problems(**{k: v for k, v in kw.items() if k in _NUMBERS})
     if bad:                                                 # before any export: name each flag
         p.error("; ".join(f"{NUMBER_FLAGS.get(n, n)}: {m}" for n, m in bad))
-    if os.path.exists(a.repo) and not os.path.isdir(a.repo):
-        p.error(f"--repo {a.repo} is a file, not a folder (the Triton model repository to write into)")
     try:                                                    # write_repository's own checks, before any export
-        check_repository_args(a.name, a.backend, a.plan, a.plugin_lib, flags=ARG_FLAGS)
+        checked = check_repository(a.repo, a.name, a.backend, a.force, a.plan, a.plugin_lib, flags=ARG_FLAGS)
     except (ValueError, OSError) as e:
         p.error(str(e))
-    if os.path.isdir(a.repo):
-        _clean_up_after_killed_runs(pathlib.Path(a.repo))     # before the checks (see write_repository)
-    foreign = [] if a.force else foreign_repository_files(a.repo, a.backend == "tensorrt", a.name)
-    if foreign:                                             # before any export
-        p.error(str(_foreign_files_error(foreign)))
 
-    def check_model_folder(name: str) -> None:
+    def check_model_folder(name: str) -> tuple:
         """Usage error for a model folder that writing would replace but this generator did not write."""
-        mdir = pathlib.Path(a.repo).resolve() / name
-        lost = [] if a.force else foreign_model_files(mdir)
-        if lost:
-            p.error(str(_foreign_model_error(mdir, lost)))
+        try:
+            return _check_model_folder(pathlib.Path(a.repo).resolve() / name, a.force)
+        except FileExistsError as e:
+            p.error(str(e))
 
-    if a.name:
-        check_model_folder(a.name)
-    elif a.onnx:                                            # the default name (a broken export: reported below)
+    if not a.name and a.onnx:                               # the default name (a broken export: reported below)
         with contextlib.suppress(OSError, ValueError, KeyError):
             spec = read_spec(a.onnx)
-            check_model_folder(default_model_name(spec["model_type"], spec["kind"], a.backend, kw["state"]))
+            checked = check_model_folder(default_model_name(spec["model_type"], spec["kind"], a.backend,
+                                                            kw["state"]))
     # what the run needs, before any export: the schema every config is validated with, and ONNX to export --model
     for module in ("tritonclient.grpc.model_config_pb2",) + (() if a.onnx else ("onnx", "onnxruntime")):
         require(module, "python -m export.triton", cli=True)
@@ -1545,7 +1582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      f"`python -m export.onnx {flag}` or pass --model")
             vocab = a.vocab or (os.path.join(a.onnx, VOCAB_FILE) if os.path.exists(os.path.join(a.onnx, VOCAB_FILE))
                                 else None)
-            mdir = write_repository(a.onnx, a.repo, vocab_path=vocab, **kw)
+            # the model folder checked above, nothing run since: write_repository does not hash it again
+            mdir = write_repository(a.onnx, a.repo, vocab_path=vocab, _checked=checked, **kw)
         else:
             from .onnx import ExportError, VerificationError, _load_model, excluded_indices
 

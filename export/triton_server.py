@@ -23,9 +23,10 @@ This one file plays two roles.
    * requests from different sequences that Triton batches together (``oldest`` strategy) run as one ORT call per
      distinct number of new items ``T``; the sequence's state never mixes with another one's;
    * time-aware graphs (TiM4Rec-causal) take ``timestamps`` as float64 Unix seconds (``TYPE_FP64``), checked like
-     :mod:`export.runtime` does: finite, non-negative, non-decreasing, not before the sequence's ``last_ts``; a
-     ``--time-input gaps`` graph takes float32 ``time_gaps`` (``TYPE_FP32``, finite and non-negative) instead, its
-     caller keeping ``last_ts`` and checking the time order (:mod:`export.triton_client` does);
+     :mod:`export.runtime` does: finite, non-negative, at most 1e11 s (not milliseconds), non-decreasing, not before
+     the sequence's ``last_ts``; a ``--time-input gaps`` graph takes float32 ``time_gaps`` (``TYPE_FP32``, finite
+     and non-negative) instead, its caller keeping ``last_ts`` and checking the time order
+     (:mod:`export.triton_client` does);
    * a bad request (item index outside ``1 .. n_items-1``, a continuation whose state is gone, timestamps going back
      in time, ...) gets an error response naming the problem (and the row, in a batched explicit-state or window
      request), the other requests of the batch are answered normally and the model keeps serving; a refused START or
@@ -74,6 +75,9 @@ import time
 STATE_SPEC_FILE = "state_spec.json"
 GRAPH_FILE = "model.onnx"
 DEFAULT_IDLE_S = 60.0
+#: the largest timestamp taken as Unix seconds (1e11 s: the year ~5000); beyond it they are milliseconds or
+#: nanoseconds since the epoch. :data:`export.timestamps.MAX_SECONDS`, copied: this file runs on its own as model.py
+MAX_SECONDS = 1e11
 
 
 # ==================================================================================== the python-backend model
@@ -235,12 +239,17 @@ class TritonPythonModel:
         return arr
 
     def _check_ts(self, ts, n, real=None, where=""):
-        """float64 ``[n]`` Unix seconds: finite, non-negative and non-decreasing along the events, as export.runtime
-        checks them; for a padded window, along its ``real`` items (``[n]`` 0/1; ``where`` names the row)."""
+        """float64 ``[n]`` Unix seconds: finite, non-negative, at most :data:`MAX_SECONDS` and non-decreasing along
+        the events, as export.runtime checks them; for a padded window, along its ``real`` items (``[n]`` 0/1;
+        ``where`` names the row)."""
         np = self.np
         window = real is not None
         ts = self._times(ts, n, "timestamps", "float64", "Unix seconds",
                          "Unix seconds; 0 on padding" if window else "Unix seconds", "a window of " if window else "")
+        if ts.size and ts.max() > MAX_SECONDS:             # as export.timestamps.seconds refuses them (a raw client)
+            raise ValueError(f"timestamps reach {float(ts.max()):.6g} s, beyond {MAX_SECONDS:.0e} s (the year "
+                             f"~5000): they look like milliseconds or nanoseconds since the epoch; pass Unix "
+                             f"seconds{where}")
         dec = ts[1:] < ts[:-1]
         if window:
             dec &= (real[1:] & real[:-1]).astype(bool)     # along the real items (padding aside)

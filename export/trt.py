@@ -78,6 +78,7 @@ from typing import Any, Sequence
 
 from . import plugin_spec as ps
 from .deps import require
+from .fsutil import file_sha256
 
 EXIT_OK, EXIT_ERROR, EXIT_VERIFY_FAILED, EXIT_MISSING = 0, 1, 2, 3
 ENGINE_FILE = "model.engine"
@@ -554,14 +555,6 @@ def _repointed(report, moved: dict):
     return moved.get(report, report) if isinstance(report, str) else report
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def engine_verified(out_dir: str | os.PathLike) -> bool:
     """Whether the engine in ``out_dir`` is the one ``out_dir``'s report says was verified and written: exit code 0,
     and the engine's size and sha256 (when the report has one: older reports record the size only) are the report's.
@@ -573,7 +566,7 @@ def engine_verified(out_dir: str | os.PathLike) -> bool:
         eng = rep.get("engine") or {}
         if rep.get("exit_code") != EXIT_OK or eng.get("bytes") != (out / ENGINE_FILE).stat().st_size:
             return False
-        return "sha256" not in eng or eng["sha256"] == _file_sha256(out / ENGINE_FILE)
+        return "sha256" not in eng or eng["sha256"] == file_sha256(out / ENGINE_FILE)
     except (OSError, ValueError, AttributeError, TypeError):       # no report, not JSON, not a report's shape
         return False
 

@@ -19,15 +19,6 @@ from zoo.models.lrurec import LRURecConfig, LRURecModel, convert_official_state_
 from zoo.ops.lru import lru_scan_doubling, lru_scan_loop, lru_scan_ref, lru_step_ref  # noqa: E402
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops run faster (and more predictably on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _rand_lambda(n, dtype=torch.float64, r_lo=0.3, r_hi=0.995):
     r = torch.rand(n, dtype=dtype) * (r_hi - r_lo) + r_lo
     th = torch.rand(n, dtype=dtype) * 2 * math.pi

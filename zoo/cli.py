@@ -10,6 +10,7 @@ import pathlib
 import shutil
 import stat
 import tempfile
+import time
 import uuid
 
 from .data.readers import COLUMN_ROLES, check_columns
@@ -265,6 +266,73 @@ def lock_folder(path: str) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                          # PermissionError: it runs, as another user
+        return True
+    return True
+
+
+def remove_stale_stages(out: str | os.PathLike, prefix: str, unnamed_max_age_s: float = 86400.0) -> list[str]:
+    """Remove the stages (:func:`staging_folder` with ``prefix``) in the folder ``out`` whose writer is gone -- killed
+    by SIGKILL, the OOM killer or a power loss, which nothing cleans up after, and which ``zoo.hub push`` would
+    upload -- and return their names. A stage is the writer's while its pid runs a process here or its lock is held (a
+    writer on another machine that shares the folder holds it); one named without a pid (``prefix`` + a
+    ``tempfile.mkdtemp`` suffix, written before stages carried one) once it is ``unnamed_max_age_s`` old. A stage that
+    cannot be told (no locks on the file system) is left."""
+    removed = []
+    try:
+        entries = list(os.scandir(out))
+    except OSError:
+        return removed
+    for e in entries:
+        if not e.name.startswith(prefix) or not e.is_dir(follow_symlinks=False):
+            continue
+        pid, sep, _ = e.name[len(prefix):].partition("-")     # mkdtemp's suffixes hold no "-"
+        try:
+            if sep and pid.isdigit():
+                if pid_alive(int(pid)):
+                    continue
+            elif time.time() - e.stat(follow_symlinks=False).st_mtime < unnamed_max_age_s:
+                continue
+        except OSError:
+            continue
+        fd = lock_folder(e.path)             # None: its lock is held (a live writer elsewhere), or no locks here
+        if fd is None:
+            continue
+        try:
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(e.name)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def staging_folder(out: str | os.PathLike, prefix: str, unnamed_max_age_s: float = 86400.0, removed=None):
+    """A new folder inside the folder ``out`` for files to be written or verified there before they are moved into
+    place one by one (``os.replace`` on one file system), removed after the block. Named ``prefix`` + this process's
+    pid and held under an ``flock`` while the block runs, so that a later writer tells it from a stage whose writer
+    was killed: those in ``out`` are removed first (:func:`remove_stale_stages`; ``removed``: called with the path of
+    each)."""
+    for name in remove_stale_stages(out, prefix, unnamed_max_age_s):
+        if removed is not None:
+            removed(os.path.join(out, name))
+    stage = pathlib.Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=out))
+    fd = None
+    try:
+        fd = lock_folder(stage)         # None without locks: the pid alone then says that the stage is live
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
 
 
 def remove_dead_stages(path: str | os.PathLike) -> list[str]:

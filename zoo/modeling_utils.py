@@ -1192,9 +1192,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         they were, never a truncated ``model.safetensors``. Once the new files are all in place, the weight files of
         an earlier save into the folder that this save did not write (``model.safetensors``,
         ``model.safetensors.index.json``, ``model-*-of-*.safetensors``) are removed: a single file left beside a new
-        sharded index would be what loads, and stale shards would linger."""
-        import shutil
-        import tempfile
+        sharded index would be what loads, and stale shards would linger. The staging folder (``.save-<pid>-*``) is
+        locked while the save runs; those that killed saves left (SIGKILL, the OOM killer) are removed by the next
+        save into the folder (:func:`zoo.cli.staging_folder`). A file replaced keeps its mode; a new one gets the
+        umask's."""
+        from .cli import _mode_for, staging_folder
 
         kwargs.setdefault("safe_serialization", True)
         if not kwargs["safe_serialization"]:
@@ -1206,33 +1208,29 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         if kwargs.get("push_to_hub"):           # the Hub repository is named after the folder: write it in place
             with _no_weight_bars():
                 super().save_pretrained(save_directory, *args, **kwargs)
-            stage = None
-        else:
-            stage = tempfile.mkdtemp(prefix=".save-", dir=save_directory)
-        try:
-            if stage is not None:
+            if self.item_vocab is not None:
+                self.item_vocab.save(save_directory)
+        else:     # in .save-<pid>-*, locked while this save lives: the next save removes it if this one is killed
+            with staging_folder(save_directory, SAVE_STAGE_PREFIX) as stage:
                 with _no_weight_bars():
                     super().save_pretrained(stage, *args, **kwargs)
                 if self.item_vocab is not None:
                     self.item_vocab.save(stage)
                 written = set(os.listdir(stage))
                 for name in sorted(written, key=lambda n: n == "config.json"):
-                    # readable by all, as zoo.cli writes its files (safetensors creates the weights 0600)
-                    os.chmod(os.path.join(stage, name), 0o644)
-                    os.replace(os.path.join(stage, name), os.path.join(save_directory, name))
-                # only now that the new save is whole: the weight files of an earlier save that this one did not
-                # overwrite (a model.safetensors beside a new sharded index would be what loads; stale shards)
-                for name in os.listdir(save_directory):
-                    if name not in written and _WEIGHT_FILE.fullmatch(name) \
-                            and os.path.isfile(os.path.join(save_directory, name)):
-                        os.remove(os.path.join(save_directory, name))
-            elif self.item_vocab is not None:
-                self.item_vocab.save(save_directory)
-            if self.item_vocab is None and os.path.exists(os.path.join(save_directory, VOCAB_FILE)):
-                os.remove(os.path.join(save_directory, VOCAB_FILE))     # it described the weights just replaced
-        finally:
-            if stage is not None:
-                shutil.rmtree(stage, ignore_errors=True)
+                    dst = os.path.join(save_directory, name)
+                    # the mode of the file it replaces, else the umask's, as zoo.cli writes its files (safetensors
+                    # creates the weights 0600)
+                    os.chmod(os.path.join(stage, name), _mode_for(dst, 0o666))
+                    os.replace(os.path.join(stage, name), dst)
+            # only now that the new save is whole: the weight files of an earlier save that this one did not
+            # overwrite (a model.safetensors beside a new sharded index would be what loads; stale shards)
+            for name in os.listdir(save_directory):
+                if name not in written and _WEIGHT_FILE.fullmatch(name) \
+                        and os.path.isfile(os.path.join(save_directory, name)):
+                    os.remove(os.path.join(save_directory, name))
+        if self.item_vocab is None and os.path.exists(os.path.join(save_directory, VOCAB_FILE)):
+            os.remove(os.path.join(save_directory, VOCAB_FILE))     # it described the weights just replaced
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -1386,6 +1384,9 @@ def _check_model_type(path: str) -> type[SeqRecConfig] | None:
     return MODELS[model_type][0]
 
 
+#: the staging folder of :meth:`SeqRecPreTrainedModel.save_pretrained` inside the folder saved to, followed by the
+#: saver's pid (:func:`zoo.cli.staging_folder`); hidden, so that uploads and copies of the folder skip it
+SAVE_STAGE_PREFIX = ".save-"
 #: the weight files a save writes: one ``model.safetensors``, or shards and their index
 _WEIGHT_FILE = re.compile(r"model\.safetensors|model\.safetensors\.index\.json|model-\d+-of-\d+\.safetensors")
 

@@ -150,12 +150,12 @@ def hub_reachable(timeout: float | None = None) -> bool:
 def weights_sha256(folder: str | os.PathLike) -> str | None:
     """The SHA-256 of ``folder/model.safetensors`` (``None`` when there is none): which weights a folder held, so that
     a run started from it can later tell whether the folder still holds them (:func:`zoo.hub.training_stages`)."""
-    import hashlib
+    from export.fsutil import file_sha256        # streamed: the weights are never held in memory whole
 
     path = os.path.join(os.fspath(folder), "model.safetensors")
     if not os.path.isfile(path):
         return None
-    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 #: ``from_pretrained`` keyword arguments that say which files to fetch: passed on to the Hub download

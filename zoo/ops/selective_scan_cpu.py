@@ -99,15 +99,11 @@ def _build_lock(build_dir: str):
     process builds or loads under it, and the kernel drops it when its holder dies, so a torch ``lock`` file found
     while holding it belongs to a build that was killed: torch would wait on it forever, so it is removed, with a
     warning naming it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(os.path.join(build_dir, ".zoo-build.flock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    from export.fsutil import build_lock
+
+    with build_lock(build_dir) as held:       # an OSError (a folder this user cannot write in) propagates
         stale = os.path.join(build_dir, "lock")
-        if os.path.exists(stale):
+        if held and os.path.exists(stale):
             warnings.warn(f"removing {stale}: a build of the fused CPU kernel was interrupted and left torch's build "
                           "lock behind (a later build would wait on it forever)", stacklevel=3)
             os.remove(stale)

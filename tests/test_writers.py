@@ -1,0 +1,314 @@
+"""The writers' shared file-system logic (QA duplication review): Triton's model-folder swap under Ctrl-C, the stage
+of ``save_pretrained`` (liveness, cleanup after a kill, the umask), the one streamed file digest, the one build lock,
+the Triton generator's checks merged (the model folder hashed once per CLI run), and the python backend's timestamp
+bound."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from export import triton as T  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+#: a small export.onnx export that ships with the checkout (a bundled card's)
+EXPORT = ROOT / "hub_cards" / "mamba4rec-ml1m" / "onnx"
+
+
+def _files(folder: pathlib.Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (no process runs under it now)."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True).stdout)
+
+
+# ============================================================ export.triton: the model folder's swap under Ctrl-C
+def _interrupt_after_moving_aside(monkeypatch, final: pathlib.Path, put_back_fails: bool = False) -> None:
+    """``os.rename`` that raises KeyboardInterrupt right after the swap's first rename (``final`` moved aside) has
+    succeeded -- what Python does when SIGINT arrives during that syscall -- and, with ``put_back_fails``, an OSError
+    for the rename that would put the old folder back."""
+    real = os.rename
+
+    def rename(src, dst):
+        if put_back_fails and pathlib.Path(dst) == final and pathlib.Path(src).name == "replaced":
+            raise OSError(5, "Input/output error", str(src))
+        real(src, dst)
+        if pathlib.Path(src) == final:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", rename)
+
+
+def test_triton_swap_interrupted_between_its_renames_keeps_the_old_folder(tmp_path, monkeypatch):
+    """A Ctrl-C that landed after the old model folder was moved aside (the swap's first rename) and before the new
+    one came in: the first rename sat outside the ``try`` that puts the old folder back, and the ``finally`` then
+    deleted it -- the repository was left with neither folder. Both renames are now protected: the old folder is put
+    back, and no staging folder is left."""
+    final = tmp_path / "repo" / "m"
+    final.mkdir(parents=True)
+    (final / "config.pbtxt").write_text("OLD")
+    _interrupt_after_moving_aside(monkeypatch, final)
+    with pytest.raises(KeyboardInterrupt):
+        with T._staged_model_folder(final) as new:
+            (new / "config.pbtxt").write_text("NEW")
+    monkeypatch.undo()
+    assert _files(final) == {"config.pbtxt": b"OLD"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"] and sorted(os.listdir(final.parent)) == ["m"]
+
+
+def test_triton_swap_whose_put_back_fails_keeps_the_old_folder_for_the_next_run(tmp_path, monkeypatch):
+    """Were putting the old folder back to fail too, the ``finally`` deleted ``replaced/``, its only copy. The staging
+    folder is now kept while the model folder is missing, and the next run (:func:`export.triton.remove_dead_stages`,
+    once the writer's lock is free) puts the old folder back."""
+    repo = tmp_path / "repo"
+    final = repo / "m"
+    final.mkdir(parents=True)
+    (final / "config.pbtxt").write_text("OLD")
+    _interrupt_after_moving_aside(monkeypatch, final, put_back_fails=True)
+    with pytest.raises((OSError, KeyboardInterrupt)):    # the put-back's OSError (its cause: the interruption)
+        with T._staged_model_folder(final) as new:
+            (new / "config.pbtxt").write_text("NEW")
+    monkeypatch.undo()
+    assert not final.exists()
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".repo.export-triton-")]
+    assert len(left) == 1 and _files(left[0] / "replaced") == {"config.pbtxt": b"OLD"}
+    assert T.remove_dead_stages(repo) == [left[0].resolve()]
+    assert _files(final) == {"config.pbtxt": b"OLD"} and not left[0].exists()
+
+
+# ============================================================ save_pretrained: its stage and the files' mode
+@pytest.fixture
+def tiny_gru():
+    from tiny_models import tiny
+
+    return tiny("gru4rec")
+
+
+def test_save_pretrained_removes_the_stages_of_killed_saves_only(tmp_path, tiny_gru, monkeypatch):
+    """A save killed mid-way (SIGKILL, the OOM killer: zoo.train saves every new best epoch) left its hidden .save-*
+    folder, a model's size, in the checkpoint folder for good. The stage now carries the saver's pid and is locked while
+    the save runs; the next save into the folder removes those whose saver is gone (a dead pid, the lock free), never
+    a live one's (a running pid, or a lock held by a saver on another machine sharing the folder); a stage named
+    without a pid (before they carried one) once it is a day old."""
+    from transformers import PreTrainedModel
+
+    from zoo.cli import lock_folder
+
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    gone = _dead_pid()
+
+    def stage(name):
+        d = out / name
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(bytes(100))
+        return d
+
+    killed = stage(f".save-{gone}-abcd1234")
+    live_here = stage(f".save-{os.getpid()}-abcd1234")
+    live_elsewhere = stage(f".save-{gone}-efgh5678")
+    old, young = stage(".save-old1abcd"), stage(".save-new1abcd")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    seen = []
+    real = PreTrainedModel.save_pretrained
+
+    def spying(self, folder, *a, **k):                  # the save's own stage: pid-named and locked while it runs
+        seen.append((pathlib.Path(folder).name, lock_folder(folder)))
+        return real(self, folder, *a, **k)
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", spying)
+    fd = os.open(live_elsewhere, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        tiny_gru.save_pretrained(out)
+    finally:
+        os.close(fd)
+    hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    assert hidden == sorted([live_here.name, live_elsewhere.name, young.name]), hidden
+    assert not killed.exists() and not old.exists()
+    assert len(seen) == 1 and seen[0][0].startswith(f".save-{os.getpid()}-") and seen[0][1] is None
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["config.json", "model.safetensors"]
+
+
+def test_save_pretrained_files_follow_the_umask_and_keep_their_mode(tmp_path, tiny_gru):
+    """save_pretrained chmod'ed every file 0644 whatever the umask: a user with umask 077 got world-readable weights,
+    and a private 0600 checkpoint became readable by all at its next save. A new file now gets 0666 less the umask,
+    and a file replaced keeps its mode, as zoo.cli's writers do."""
+    out = tmp_path / "ckpt"
+    mask = os.umask(0o077)
+    try:
+        tiny_gru.save_pretrained(out)
+    finally:
+        os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == {"config.json": 0o600, "model.safetensors": 0o600}, {k: oct(v) for k, v in modes.items()}
+    (out / "config.json").chmod(0o640)
+    tiny_gru.save_pretrained(out)                                       # umask 022 here: the old modes are kept
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == {"config.json": 0o640, "model.safetensors": 0o600}, {k: oct(v) for k, v in modes.items()}
+    fresh = tmp_path / "fresh"
+    mask = os.umask(0o027)
+    try:
+        tiny_gru.save_pretrained(fresh)
+    finally:
+        os.umask(mask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in fresh.iterdir()} == {"config.json": 0o640,
+                                                                         "model.safetensors": 0o640}
+
+
+# ============================================================ one streamed SHA-256
+def test_file_sha256_is_hashlib_s_digest_read_in_blocks(tmp_path, monkeypatch):
+    """export.triton's model-folder marks, export.trt's engine check and zoo.pretrained.weights_sha256 share one
+    streamed digest (weights_sha256 read the whole model.safetensors into memory): the same hex digests as before,
+    so the marks and records on disk stay valid."""
+    from export.fsutil import file_sha256
+    from zoo.pretrained import weights_sha256
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 1 << 20, (1 << 20) + 7, 3 * (1 << 20) - 1):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        f = tmp_path / f"f{size}"
+        f.write_bytes(data)
+        want = hashlib.sha256(data).hexdigest()
+        assert file_sha256(f) == file_sha256(str(f), block=4096) == want
+    (tmp_path / "model.safetensors").write_bytes(data)
+
+    def whole(self, *a, **k):
+        raise AssertionError("read whole")
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", whole)
+    assert weights_sha256(tmp_path) == hashlib.sha256(data).hexdigest()
+    assert weights_sha256(tmp_path / "f0") is None
+    monkeypatch.undo()
+    from export import trt
+
+    assert T.file_sha256 is trt.file_sha256 is file_sha256
+
+
+# ============================================================ one build lock
+def test_both_build_locks_are_one_lock_with_each_caller_s_policy(tmp_path):
+    """zoo.ops.selective_scan_cpu and export.build_plugins each had a ``_build_lock`` on ``.zoo-build.flock``: one now
+    (export.fsutil.build_lock). The CPU kernel's raises when the folder cannot hold the lock file (is_available()
+    turns it into its warning); the plugins' builds on without it."""
+    from export import build_plugins as BP
+    from export.fsutil import BUILD_LOCK_FILE, build_lock
+    from zoo.ops import selective_scan_cpu as ssc
+
+    def held_elsewhere():
+        with open(tmp_path / BUILD_LOCK_FILE, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+
+    for lock in (lambda: ssc._build_lock(str(tmp_path)), lambda: BP._build_lock(tmp_path),
+                 lambda: build_lock(tmp_path)):
+        assert not held_elsewhere()
+        with lock():
+            assert held_elsewhere()
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(FileNotFoundError):
+        with ssc._build_lock(str(missing)):
+            pass
+    with BP._build_lock(missing):
+        pass
+    with build_lock(missing, required=False) as held:
+        assert held is False
+
+
+# ============================================================ export.triton: the checks merged, one hash per run
+@pytest.fixture
+def export_dir():
+    pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    pytest.importorskip("onnx")
+    if not (EXPORT / "state_spec.json").is_file():
+        pytest.skip(f"no export in {EXPORT}")
+    return EXPORT
+
+
+def _count_model_folder_hashes(monkeypatch) -> dict:
+    """``{file name: times hashed}`` by the model-folder check (:func:`export.triton.foreign_model_files`)."""
+    import traceback
+
+    counts: dict = {}
+    real = T.file_sha256
+
+    def counting(p, *a, **k):
+        if traceback.extract_stack()[-2].name != "<dictcomp>":          # the mark of the new folder: not a check
+            counts[pathlib.Path(p).name] = counts.get(pathlib.Path(p).name, 0) + 1
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(T, "file_sha256", counting)
+    return counts
+
+
+def test_the_triton_cli_hashes_the_old_model_folder_once(export_dir, tmp_path, monkeypatch, capsys):
+    """``python -m export.triton --onnx`` hashed every file of the model folder it replaces twice: in the CLI's
+    checks, then again in write_repository's, which repeated them. The checks are one function now
+    (:func:`export.triton.check_repository`); the CLI hands write_repository the token of its check, made just
+    before, so that the folder is hashed once, with or without --name."""
+    repo = tmp_path / "r"
+    for args in (["--name", "m"], []):
+        assert T.main(["--onnx", str(export_dir), "--repo", str(repo), *args]) == 0
+        counts = _count_model_folder_hashes(monkeypatch)
+        assert T.main(["--onnx", str(export_dir), "--repo", str(repo), *args]) == 0
+        monkeypatch.undo()
+        assert counts and set(counts.values()) == {1}, counts
+    capsys.readouterr()
+
+
+def test_write_repository_checks_the_model_folder_itself_unless_handed_the_same_folder(export_dir, tmp_path):
+    """The API refuses a model folder it did not write on its own; a token of an earlier check spares the hash only
+    for the very folder checked (another folder in its place, or one with an entry added, is checked again)."""
+    repo = tmp_path / "r"
+    mdir = T.write_repository(export_dir, repo, name="m")
+    token = T.check_repository(repo, "m")
+    assert token is not None and T.check_repository(repo, None) is None
+    os.rename(mdir, tmp_path / "aside")                          # (keeps its inode in use: the new folder's differs)
+    mdir.mkdir()
+    (mdir / "config.pbtxt").write_text('name: "mine"\n')
+    with pytest.raises(FileExistsError, match="was not written by python -m export.triton"):
+        T.write_repository(export_dir, repo, name="m", _checked=token)
+    with pytest.raises(FileExistsError, match="was not written by python -m export.triton"):
+        T.write_repository(export_dir, repo, name="m")
+    assert _files(mdir) == {"config.pbtxt": b'name: "mine"\n'}
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=f"--repo {tmp_path / 'afile'} is a file, not a folder"):
+        T.check_repository(tmp_path / "afile", None, flags=T.ARG_FLAGS)
+    with pytest.raises(ValueError, match="repository .*afile is a file, not a folder"):
+        T.check_repository(tmp_path / "afile", "m")
+
+
+# ============================================================ the python backend's timestamps: the 1e11 s bound
+def test_the_python_backend_refuses_timestamps_in_milliseconds():
+    """export.runtime, the Triton client and the models refuse timestamps beyond 1e11 s (milliseconds or nanoseconds
+    since the epoch, which a time-aware graph would read as seconds); the python-backend model (model.py), which a
+    raw tritonclient or curl request reaches directly, took them silently."""
+    from export import timestamps
+    from export import triton_server as S
+
+    assert S.MAX_SECONDS == timestamps.MAX_SECONDS
+    model = S.TritonPythonModel.__new__(S.TritonPythonModel)
+    model.np = np
+    ok = np.array([1.7e9, 1.7e9 + 60], np.float64)
+    assert (model._check_ts(ok, 2) == ok).all()
+    with pytest.raises(ValueError, match=r"^timestamps reach 1\.7e\+12 s, beyond 1e\+11 s .*milliseconds"):
+        model._check_ts(ok * 1000, 2)
+    window = np.array([0, 1.7e12, 1.7e12], np.float64)
+    with pytest.raises(ValueError, match=r"pass Unix seconds \(row 1\)$"):
+        model._check_ts(window, 3, np.array([0, 1, 1]), " (row 1)")
+    assert (model._check_ts(np.array([0, 0, 1e11]), 3, np.array([0, 1, 1])) == [0, 0, 1e11]).all()

@@ -768,3 +768,161 @@ def test_load_dataset_takes_interactions_in_memory(tmp_path):
         assert a.vocab.items == b.vocab.items and a.users == b.users, kw
         assert [s.tolist() for s in a.sequences] == [s.tolist() for s in b.sequences], kw
     assert "<memory>" in repr(load_dataset(mem, kcore=None))
+
+
+# ----------------------------------------------------------------------------------------------- QA fuzz findings
+@pytest.mark.parametrize("name, text, line, problem", [
+    # a quote left open read on into the next lines: users 2 and 3 vanished, user 1 got user 3's timestamp
+    ("a.tsv", 'user_id\titem_id\tnote\ttimestamp\n1\t10\t"odd\t100\n2\t20\tok\t200\n3\t30\tfine"\t300\n4\t40\tx\t400\n',
+     2, "a quoted field is not closed on its line"),
+    ("a2.tsv", 'user_id\titem_id\n1\t"x\n2\ty\n', 2, "a quoted field is not closed on its line"),   # item 'x2\ty'
+    # a blank line and a short line after the open quote: the merged rows named line 3, the short line is line 7
+    ("h.tsv", 'user_id\titem_id\tnote\ttimestamp\n1\t10\t"odd\t100\n2\t20\tok\t200\n\n3\t30\tfine"\t300\n4\t40\tx\n',
+     2, "a quoted field is not closed on its line"),
+    ("q.csv", '\nuser_id,item_id\n1,"a"\n2,"b\n3,c\n', 4, "a quoted field is not closed on its line"),
+    ("m.tsv", 'user_id\titem_id\n1\t"x"y\n2\tab"c\n', 2, "text after a quoted field's closing quote"),   # was 'xy'
+])
+def test_an_unbalanced_quote_is_refused_naming_its_line(tmp_path, name, text, line, problem):
+    with pytest.raises(ValueError, match=rf"{name}, line {line}: {problem}"):
+        read_interactions(write(tmp_path / name, text))
+
+
+def test_a_quote_inside_a_field_is_part_of_the_id_and_quoted_fields_keep_one_row_per_line(tmp_path):
+    x = read_interactions(write(tmp_path / "q.tsv", 'user_id\titem_id\tnote\n1\tab"c\t"a\tb"\n2\t"x""y"\tz\n'))
+    assert x.user.tolist() == [1, 2] and x.item.tolist() == ['ab"c', 'x"y']
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_the_line_and_byte(tmp_path):
+    """One latin-1 byte anywhere made the whole file latin-1: every UTF-8 id turned into other characters ('café'
+    into 'cafÃ©') and no longer matched a model's vocabulary. Only a MovieLens .dat file may be latin-1, and not
+    with UTF-8 text in it."""
+    mixed = "user_id\titem_id\n1\tcafé\n2\tx\n".encode() + b"3\tna\xefve\n"
+    with pytest.raises(ValueError, match=r"b.tsv, line 4: byte 0xef \(offset 32\) is not UTF-8; delimited files are "
+                                         r"read as UTF-8.*iconv"):
+        read_interactions(write_bytes(tmp_path / "b.tsv", mixed))
+    latin1 = "user_id:token\titem_id:token\n1\tcaf\xe9\n".encode("latin-1")
+    with pytest.raises(ValueError, match=r"b.inter, line 2: byte 0xe9 \(offset 33\) is not UTF-8; atomic files"):
+        read_interactions(write_bytes(tmp_path / "b.inter", latin1))
+    with pytest.raises(ValueError, match=r"b.tsv.gz, line 4: byte 0xef \(offset 35\) is not UTF-8"):   # BOM counted
+        read_interactions(write_bytes(tmp_path / "b.tsv.gz", gzip.compress(b"\xef\xbb\xbf" + mixed)))
+    with pytest.raises(ValueError, match=r"s.seq, line 2: byte 0xe9 .* not UTF-8; seq files"):
+        read_interactions(write_bytes(tmp_path / "s.seq", b"user_id\titem_ids_chronological\n1\tcaf\xe9 x\n"))
+    with pytest.raises(ValueError, match=r"u.txt, line 1: byte 0xe9 .* not UTF-8; interaction files"):   # no format
+        read_interactions(write_bytes(tmp_path / "u.txt", b"caf\xe9\tbar\n1\t2\n"))
+    ml = write_bytes(tmp_path / "ratings.dat", "1::café::5::1\n".encode() + b"2::na\xefve::4::2\n")
+    with pytest.raises(ValueError, match=r"ratings.dat, line 2: byte 0xef .* not UTF-8, and line 1 holds UTF-8 text"):
+        read_interactions(ml)
+    lat = write_bytes(tmp_path / "lat.dat", "1::caf\xe9::5::1\n".encode("latin-1"))      # MovieLens latin-1: as before
+    assert read_interactions(lat).item.tolist() == ["caf\xe9"]
+
+
+def write_bytes(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def test_a_half_typed_header_keeps_its_timestamps(tmp_path):
+    """'timestamp:float' in a header that types only some columns was not found as the time column: the timestamps
+    were dropped silently and the sequences followed the file order."""
+    p = write(tmp_path / "c.tsv", "user_id\titem_id\ttimestamp:float\n1\t10\t300\n1\t20\t100\n")
+    x = read_interactions(p)
+    assert x.format == "delimited" and x.timestamp.tolist() == [300.0, 100.0]
+    ds = load_dataset(p, kcore=None)
+    assert ds.vocab.decode(ds.sequences[0]) == [20, 10]
+    y = read_interactions(write(tmp_path / "d.tsv", "user_id\titem_id:token\tTime:Float\n1\t10\t3\n"))
+    assert y.item.tolist() == [10] and y.timestamp.tolist() == [3.0]
+    for when in ("timestamp:float", "timestamp"):            # columns= by the header's spelling or by the name
+        z = read_interactions(p, columns={"time": when})
+        assert z.timestamp.tolist() == [300.0, 100.0]
+
+
+def test_in_memory_ids_are_checked_naming_the_row_and_column():
+    """Interactions built from arrays (a DataFrame's columns) checked their timestamps but not their ids: NaN user ids
+    (a pandas int column with missing values) became one user, empty ids were ids, and float or None ids failed deep
+    inside with messages naming no column."""
+    cases = [
+        (dict(user=np.array([np.nan, np.nan, 1.0]), item=np.array([10, 20, 10])), r"row 1, column 'user': id nan"),
+        (dict(user=np.array([1, 2]), item=np.array([1.0, 2.5])), r"row 2, column 'item': id 2.5 is not an integer"),
+        (dict(user=np.array(["", "u"]), item=np.array(["a", "b"])), r"row 1, column 'user': empty id ''"),
+        (dict(user=np.array(["u", "v"]), item=np.array(["a", " \t"])), r"row 2, column 'item': empty id"),
+        (dict(user=np.array(["u", "v"]), item=np.array(["a", "\u3000"])), r"row 2, column 'item': empty id"),
+        (dict(user=np.array([1, 1, 2]), item=np.array(["a", None, "b"], dtype=object)),
+         r"row 2, column 'item': id None \(NoneType\) is neither a string nor an integer"),
+        (dict(user=np.array([1, 2]), item=np.array(["a", ""], dtype=object)), r"row 2, column 'item': empty id"),
+        (dict(user=np.array([1, 2]), item=np.array(["a", 5], dtype=object)), r"row 2, column 'item': id 5 mixes"),
+        (dict(user=np.array([[1, 2]]), item=np.array([[3, 4]])), r"the user ids must be a 1-D array, got shape \[1, 2"),
+        (dict(user=np.array([True, False]), item=np.array([1, 2])), r"the user ids are bools"),
+        (dict(user=np.array([b"a"]), item=np.array([1])), r"the user ids are bytes"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=rf"df.csv(, row \d+)?.*{message}"):
+            Interactions(**kw, source="df.csv")
+    whole = Interactions(np.array([1.0, 1.0, 2.0]), np.array([10, 20, 10], dtype=object), np.array([1.0, 2.0, 3.0]))
+    assert whole.user.dtype == np.int64 and whole.user.tolist() == [1, 1, 2] and whole.item.dtype == np.int64
+    ds = load_dataset(Interactions(np.array([1, 1, 2]), np.array([10.0, 20.0, 10.0]), np.array([1.0, 2.0, 3.0])),
+                      kcore=None)
+    assert ds.vocab.id_type == "int" and ds.vocab.items == [10, 20]
+    strs = Interactions(np.array(["a", "a\x00"], dtype=object), np.array(["x", "y"], dtype=object))
+    assert strs.n_users == 2                                 # object str arrays are kept (no NUL stripped)
+    every_other = np.array(["u", "x", "v", "y"])
+    assert Interactions(every_other[::2], every_other[1::2]).user.tolist() == ["u", "v"]   # strided views
+
+
+def test_nul_bytes_are_refused_naming_the_line(tmp_path):
+    """numpy's str arrays drop trailing NULs: the id 'a\\x00' merged with 'a'."""
+    with pytest.raises(ValueError, match=r"e.tsv, line 2: a NUL byte"):
+        read_interactions(write_bytes(tmp_path / "e.tsv", b"user_id\titem_id\n1\ta\x00\n1\ta\n"))
+    with pytest.raises(ValueError, match=r"e.dat, line 3: a NUL byte"):
+        read_interactions(write_bytes(tmp_path / "e.dat", b"1::a::1::1\n\n1::\x00::1::1\n"))
+
+
+def test_integer_timestamps_beyond_2_53_are_warned(tmp_path, recwarn):
+    """Nanoseconds since the epoch lose their order in float64 (256 ns steps at ~1.7e18): 100 ns apart compare equal,
+    and the tie kept the file order without a word."""
+    p = write(tmp_path / "k.tsv", "user_id\titem_id\ttimestamp\n1\t1\t1700000000000000100\n1\t2\t1700000000000000000\n")
+    with pytest.warns(UserWarning, match=r"k.tsv, line 2, column 'timestamp': timestamp 1700000000000000100 is beyond "
+                                         r"2\*\*53 \(timestamps beyond it: 2\).*steps of 256"):
+        read_interactions(p)
+    with pytest.warns(UserWarning, match=r"<memory>, row 1: timestamp 9007199254740993 is beyond 2\*\*53"):
+        Interactions(np.array([1, 1]), np.array([1, 2]), np.array([2 ** 53 + 1, 5]))
+    recwarn.clear()
+    read_interactions(write(tmp_path / "s.tsv", "user_id\titem_id\ttimestamp\n1\t1\t1700000000\n1\t2\t1.7e12\n"))
+    Interactions(np.array([1, 1]), np.array([1, 2]), np.array([2 ** 52, 5]))
+    assert not [w for w in recwarn.list if "2**53" in str(w.message)]
+
+
+@pytest.mark.parametrize("text", [
+    "user_id\titem_id\n1\t10\n\t\n2\t20\n",                  # fast path: was 'line 3, column 'user_id': empty id'
+    "user_id\titem_id\n1\t10\n\t\n2\t20\n\n3\t30\n",         # a blank line elsewhere: the line-aware path skipped it
+    'user_id\titem_id\n1\t10\n \t \n"2"\t20\n',              # a quote elsewhere: the same
+])
+def test_a_line_of_blanks_only_is_a_blank_line_on_every_path(tmp_path, text):
+    """A TSV line of tabs and spaces only is blank (as an empty line, or such a line before the header); it was an
+    empty id or skipped depending on unrelated content elsewhere in the file. A line with other characters (a CSV
+    line ' , ') holds empty ids, refused on every path."""
+    x = read_interactions(write(tmp_path / "g.tsv", text))
+    assert x.user.tolist()[:2] == [1, 2] and x.item.tolist()[:2] == [10, 20]
+    with pytest.raises(ValueError, match=r"g2.tsv, line 4, column 'user_id': empty id"):   # a real empty id: named
+        read_interactions(write(tmp_path / "g2.tsv", "user_id\titem_id\n1\t10\n\t\n\t20\n"))
+    for csv in ("user_id,item_id\n1,10\n , \n2,20\n", "user_id,item_id\n1,10\n , \n\n2,20\n"):
+        with pytest.raises(ValueError, match=r"g.csv, line 3, column 'user_id': empty id"):
+            read_interactions(write(tmp_path / "g.csv", csv))
+
+
+def test_the_first_bad_timestamp_is_named_whatever_its_problem(tmp_path):
+    """A non-number was looked for before NaN/inf, so a later 'abc' was named before an earlier 'nan'."""
+    with pytest.raises(ValueError, match=r"h2.tsv, line 2, column 'timestamp': timestamp 'nan' is not a finite"):
+        read_interactions(write(tmp_path / "h2.tsv", "user_id\titem_id\ttimestamp\n1\t1\tnan\n1\t2\tabc\n"))
+    with pytest.raises(ValueError, match=r"h3.tsv, line 2, column 'timestamp': timestamp 'abc' is not a number"):
+        read_interactions(write(tmp_path / "h3.tsv", "user_id\titem_id\ttimestamp\n1\t1\tabc\n1\t2\tinf\n"))
+
+
+def test_kcore_max_iterations_counts_the_rounds_that_drop_rows():
+    """The pass that finds nothing left to drop counted against the cap: a filter converged in m rounds raised."""
+    x = kcore_filter(Interactions(np.array([1, 1, 2]), np.array([5, 5, 6])), 2, 2, max_iterations=1)
+    assert x.user.tolist() == [1, 1] and x.item.tolist() == [5, 5]
+    assert len(kcore_filter(Interactions(np.array([1, 1]), np.array([5, 5])), 2, 2, max_iterations=0)) == 2
+    with pytest.raises(RuntimeError, match=r"did not converge in 0 rounds \(1 rows still to drop\)"):
+        kcore_filter(Interactions(np.array([1, 1, 2]), np.array([5, 5, 6])), 2, 2, max_iterations=0)
+    with pytest.raises(ValueError, match="max_iterations must be >= 0"):
+        kcore_filter(Interactions(np.array([1, 1]), np.array([5, 5])), 2, 2, max_iterations=-1)

@@ -228,3 +228,38 @@ def test_compute_metrics_refuses_cutoffs_above_the_items_ranked():
         check_cutoffs([4], 3, "model")
     with pytest.raises(ValueError, match=r"cut-offs must be >= 1"):
         check_cutoffs([0], 3)
+
+
+def test_ranks_must_be_whole_finite_numbers():
+    """A NaN rank compared False with every cut-off and counted as a miss (and `min() < 1` missed it: NaN < 1 is
+    False); a fractional rank gave fractional metrics (MRR@2 = 0.667 for rank 1.5)."""
+    from zoo.metrics import bootstrap_interval
+
+    for ranks, shown in (([1, float("nan")], r"ranks\[1\] is nan"), ([1.5], r"ranks\[0\] is 1.5"),
+                         (torch.tensor([2.0, float("inf")]), r"ranks\[1\] is inf")):
+        with pytest.raises(ValueError, match=rf"ranks must be whole numbers >= 1; {shown}"):
+            compute_metrics(ranks, [1, 2])
+        with pytest.raises(ValueError, match="ranks must be whole numbers"):
+            hit_at_k(ranks, 1)
+    with pytest.raises(ValueError, match="ranks must be whole numbers"):
+        bootstrap_interval(np.array([1.0, np.nan] * 50), n_boot=100)
+    assert compute_metrics(np.array([1.0, 3.0]), [1])["HR@1"] == 0.5        # whole floats are ranks
+
+
+def test_float_targets_cutoffs_and_k_are_refused_not_truncated():
+    """rank_of_target read target 1.9 as item 1, check_cutoffs([2.7]) gave [2], compute_metrics(ks=[2.5]) HR@2."""
+    from zoo.metrics import check_cutoffs
+
+    with pytest.raises(ValueError, match=r"targets must be integer item indices, got torch.float32"):
+        rank_of_target(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([1.9]))
+    with pytest.raises(ValueError, match=r"targets must be integer item indices, got torch.float64"):
+        rank_of_target(torch.tensor([[1.0, 2.0, 3.0]]), np.array([1.0]))
+    assert rank_of_target(torch.tensor([[1.0, 2.0, 3.0]]), np.array([1], dtype=np.int32)).tolist() == [2]
+    for ks in ([2.7], [2, 0.5], [True]):
+        with pytest.raises(ValueError, match=r"cut-offs must be whole numbers, got"):
+            check_cutoffs(ks, 3)
+        with pytest.raises(ValueError, match=r"cut-offs must be whole numbers, got"):
+            compute_metrics([1, 2], ks)
+    assert check_cutoffs([2.0, np.int64(3), "1"], 3) == [2, 3, 1]
+    with pytest.raises(ValueError, match=r"cut-offs must be whole numbers, got 1.5"):
+        history_in_top_k(torch.zeros(1, 3), torch.zeros(1, 1, dtype=torch.long), 1.5)

@@ -93,6 +93,17 @@ def test_parquet_refusals_name_the_column_and_row(tmp_path):
         read_interactions(tmp_path / "none.parquet", format="parquet")
 
 
+def test_parquet_ids_with_a_nul_are_refused_and_nanosecond_integers_warned(tmp_path):
+    """numpy's str arrays drop trailing NULs ('a\\x00' merged with 'a'), and int64 nanoseconds lose their order in
+    float64 timestamps, as in text files."""
+    with pytest.raises(ValueError, match=r"row 2, column 'item_id': a NUL character"):
+        read_interactions(_write(tmp_path / "n.parquet", user_id=[1, 1], item_id=["a", "a\x00"]))
+    p = _write(tmp_path / "t.parquet", user_id=[1, 1], item_id=[1, 2],
+               timestamp=pa.array([1700000000000000100, 1700000000000000000], pa.int64()))
+    with pytest.warns(UserWarning, match=r"row 1, column 'timestamp': timestamp 1700000000000000100 is beyond 2\*\*53"):
+        read_interactions(p)
+
+
 def test_commands_take_parquet_data(tmp_path, capsys):
     """``--data x.parquet`` reaches every command through ``load_dataset``: the most-popular baseline measured on the
     table is the text file's."""

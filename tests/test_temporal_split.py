@@ -49,6 +49,23 @@ def test_temporal_cuts_are_the_shares_quantiles():
             temporal_cuts(ds, *bad)
 
 
+def test_temporal_cuts_count_the_shares_exactly():
+    """ceil((1 - 0.7) * 10) is ceil(3.0000000000000004) = 4 in floats: the cuts came one interaction late (6 test
+    interactions instead of 7, for 59 of the sizes 2..299 with shares (0.7, 0.1)). Every size and share pair now puts
+    floor(share * n) interactions at or after each cut (distinct times)."""
+    def ds_of(n):
+        return load_dataset(Interactions(np.zeros(n, np.int64), np.arange(n), np.arange(n, dtype=float)), kcore=None)
+
+    assert temporal_cuts(ds_of(10), 0.7, 0.1) == (2.0, 3.0)
+    for n in range(2, 300):
+        ds = ds_of(n)
+        for test, valid in ((0.7, 0.1), (0.1, 0.1), (0.2, 0.1), (0.05, 0.05), (0.3, 0.3), (0.15, 0.15)):
+            valid_from, test_from = temporal_cuts(ds, test, valid)
+            for cut, share in ((test_from, test), (valid_from, round(test + valid, 10))):
+                expected = max(1, int(round(share * 1000)) * n // 1000)      # floor(share * n), integers only
+                assert n - cut == expected, (n, test, valid, cut)
+
+
 def test_nothing_at_or_after_a_cut_is_trained_on_or_seen_before_it_is_predicted(tmp_path):
     ds = load_dataset(_markov_file(tmp_path / "m.tsv"), kcore=None)
     valid_from, test_from = temporal_cuts(ds, 0.15, 0.15)

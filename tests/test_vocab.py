@@ -184,3 +184,13 @@ def test_extended_keeps_every_index_and_appends_the_new_ids_in_order():
         v.extended(["sku-1"])
     s, added = ItemVocab(["a", "b"]).extended([4, "a"])               # an int id in a str vocabulary is its text
     assert added == ["4"] and s.items == ["a", "b", "4"]
+
+
+def test_decode_refuses_an_index_that_is_not_a_whole_number():
+    """decode([1.9]) gave the id at index 1 (int() cut the fraction); whole numbers of any type still decode."""
+    v = ItemVocab([10, 20])
+    with pytest.raises(ValueError, match=r"internal item index 1.9 is not a whole number"):
+        v.decode([1.9])
+    with pytest.raises(ValueError, match=r"is not a whole number"):
+        v.decode(torch.tensor([1.5]))
+    assert v.decode([1, 2.0, np.int64(2), torch.tensor(1)]) == [10, 20, 20, 10]

@@ -49,16 +49,20 @@ def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pes
 
     Args:
         scores: ``[B, V]`` float scores over all items (masked items at ``-inf``).
-        targets: ``[B]`` int64 target index per row.
+        targets: ``[B]`` integer target index per row (a float tensor is refused).
         ties: ``"pessimistic"`` (default): ``1 + #(other items with score >= target score)``;
             ``"optimistic"``: ``1 + #(items with score > target score)``.
     Returns:
         ``[B]`` int64 ranks in ``1..V``.
     Raises:
-        ValueError: shape mismatch, target out of range, or NaN scores.
+        ValueError: shape mismatch, float targets, target out of range, or NaN scores.
     """
     scores = torch.as_tensor(scores)
-    targets = torch.as_tensor(targets, device=scores.device).long()
+    targets = torch.as_tensor(targets, device=scores.device)
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be integer item indices, got {targets.dtype} (a float index such as 1.9 would "
+                         "be cut to 1)")
+    targets = targets.long()
     if scores.dim() != 2 or targets.dim() != 1 or targets.shape[0] != scores.shape[0]:
         raise ValueError(f"expected scores [B, V] and targets [B], got {list(scores.shape)} and {list(targets.shape)}")
     if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= scores.shape[1]):
@@ -127,12 +131,24 @@ def default_ks(n_items: int) -> list[int]:
     return [k for k in (5, 10, 20) if k <= n_items] or [int(n_items)]
 
 
+def _cutoff(k) -> int:
+    """A cut-off as an int: ``ValueError`` for one that is not a whole number (``int(2.7)`` would give 2 silently);
+    strings (``"10"`` from a command line) are read by ``int``."""
+    try:
+        v = int(k)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"cut-offs must be whole numbers, got {k!r}") from None
+    if isinstance(k, bool) or (not isinstance(k, str) and v != k):
+        raise ValueError(f"cut-offs must be whole numbers, got {k!r}")
+    return v
+
+
 def check_cutoffs(ks: Iterable[int], n_items: int, owner: str = "evaluation") -> list[int]:
     """``ks`` as ints, each checked to be ``1 <= k <= n_items``, the number of items a target is ranked among (the
     ``owner``'s: a model's real items, a graph's, the target and its sampled negatives): a cut-off above it would count
     every target a hit (``HR@K = 1``) and is a ValueError naming the cut-off and ``n_items``, as ``zoo.evaluate
-    --ks`` says it."""
-    ks = [int(k) for k in ks]
+    --ks`` says it. A cut-off that is not a whole number (``2.7``) is refused, not cut to one."""
+    ks = [_cutoff(k) for k in ks]
     if any(k < 1 for k in ks):
         raise ValueError(f"cut-offs must be >= 1, got {ks}")
     if ks and max(ks) > int(n_items):
@@ -159,14 +175,15 @@ def history_in_top_k(scores: torch.Tensor, history: torch.Tensor, k: int) -> tor
     if scores.dim() != 2 or history.dim() != 2 or history.shape[0] != scores.shape[0]:
         raise ValueError(f"expected scores [B, V] and history [B, L], got {list(scores.shape)} and "
                          f"{list(history.shape)}")
-    if not 1 <= int(k) <= scores.shape[1]:
+    k = _cutoff(k)
+    if not 1 <= k <= scores.shape[1]:
         raise ValueError(f"k must be in 1..{scores.shape[1]}, got {k}")
     if history.numel() and (int(history.min()) < 0 or int(history.max()) >= scores.shape[1]):
         raise ValueError(f"history index out of range 0..{scores.shape[1] - 1}")
     seen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     seen.scatter_(1, history, True)
     seen[:, 0] = False                                                        # padding is not history
-    top_scores, top = scores.topk(int(k), dim=1)                              # [B, k]
+    top_scores, top = scores.topk(k, dim=1)                                   # [B, k]
     return (seen.gather(1, top) & (top_scores > float("-inf"))).sum(1).long()
 
 
@@ -174,8 +191,13 @@ def _ranks(ranks) -> torch.Tensor:
     r = torch.as_tensor(np.asarray(ranks) if not isinstance(ranks, torch.Tensor) else ranks).double()
     if r.dim() != 1:
         raise ValueError(f"ranks must be 1-D, got shape {list(r.shape)}")
-    if len(r) and float(r.min()) < 1:
-        raise ValueError("ranks are 1-based; got a rank < 1")
+    if len(r):
+        whole = torch.isfinite(r) & (r == r.round())          # NaN / inf / 1.5 would count as misses or partial hits
+        if not bool(whole.all()):
+            i = int((~whole).nonzero()[0, 0])
+            raise ValueError(f"ranks must be whole numbers >= 1; ranks[{i}] is {float(r[i])!r}")
+        if float(r.min()) < 1:
+            raise ValueError("ranks are 1-based; got a rank < 1")
     return r
 
 
@@ -211,8 +233,8 @@ def compute_metrics(ranks, ks: Iterable[int] = (5, 10, 20), metrics: Sequence[st
     """Mean metrics over users from their target ranks.
 
     Args:
-        ranks: ``[B]`` 1-based ranks (tensor, array or list).
-        ks: cut-offs.
+        ranks: ``[B]`` 1-based ranks (tensor, array or list): whole numbers, NaN / inf / fractions refused.
+        ks: cut-offs (whole numbers).
         metrics: any of ``"HR"``, ``"NDCG"``, ``"MRR"``.
         recall_alias: also emit ``"Recall@K"`` (identical to ``HR@K`` with a single target).
         n_items: the number of items each target was ranked among (the ranks alone do not tell it); given, a cut-off
@@ -224,7 +246,7 @@ def compute_metrics(ranks, ks: Iterable[int] = (5, 10, 20), metrics: Sequence[st
     r = _ranks(ranks)
     if len(r) == 0:
         raise ValueError("no ranks given")
-    ks = [int(k) for k in ks]
+    ks = [_cutoff(k) for k in ks]
     if any(k < 1 for k in ks):
         raise ValueError(f"cut-offs must be >= 1, got {ks}")
     if n_items is not None:
@@ -269,7 +291,7 @@ def bootstrap_interval(ranks, ks: Iterable[int] = (10,), metrics: Sequence[str] 
     if len(r) == 0:
         raise ValueError("no ranks given")
     _check_bootstrap(n_boot, confidence, metrics)
-    names = [f"{m}@{int(k)}" for m in metrics for k in ks]
+    names = [f"{m}@{_cutoff(k)}" for m in metrics for k in ks]
     values = np.stack([_FUNCS[n.split("@")[0]](r, int(n.split("@")[1])).numpy() for n in names])   # [M, U]
     lo, hi = np.quantile(_resampled_means(values, int(n_boot), seed), [(1 - confidence) / 2, (1 + confidence) / 2],
                          axis=1)
@@ -297,7 +319,7 @@ def paired_bootstrap(ranks_a, ranks_b, ks: Iterable[int] = (10,), metrics: Seque
     if a.shape != b.shape or len(a) == 0:
         raise ValueError(f"paired ranks need the same, non-zero number of examples; got {len(a)} and {len(b)}")
     _check_bootstrap(n_boot, confidence, metrics)
-    names = [(m, int(k)) for m in metrics for k in ks]
+    names = [(m, _cutoff(k)) for m in metrics for k in ks]
     per_user = {f"{m}@{k}": (_FUNCS[m](a, k).numpy(), _FUNCS[m](b, k).numpy()) for m, k in names}
     diffs = np.stack([pb - pa for pa, pb in per_user.values()])                       # [M, U]
     boot = _resampled_means(diffs, int(n_boot), seed)                                 # [M, n_boot]

@@ -137,10 +137,13 @@ class ItemVocab:
         return out
 
     def decode(self, indices: Iterable[int]) -> list:
-        """Internal indices (1..n) -> external ids. Index 0 (padding) or out-of-range indices raise ``IndexError``."""
+        """Internal indices (1..n) -> external ids. Index 0 (padding) or out-of-range indices raise ``IndexError``, an
+        index that is not a whole number (``1.9``, which ``int`` would cut to 1) a ``ValueError``."""
         out = []
-        for i in indices:
-            i = int(i)
+        for x in indices:
+            i = int(x)
+            if i != x and not isinstance(x, str):
+                raise ValueError(f"internal item index {x!r} is not a whole number")
             if not 1 <= i <= len(self.items):
                 raise IndexError(f"internal item index {i} out of range 1..{len(self.items)}")
             out.append(self.items[i - 1])

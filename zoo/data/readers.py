@@ -27,15 +27,25 @@ Supported formats (``.gz`` is read transparently, detected by the gzip magic byt
 
 Ids are kept as they are in the file: ``int64`` arrays when every id of a column is a canonical integer (``7``, not
 ``07``, ``+7`` or ``7_0``: those stay distinct ids), else ``str`` arrays; blanks around an id are dropped, an empty id
-is refused. Every line must have the header's number of fields; the first line that does not is named.
+is refused. Every line must have the header's number of fields; the first line that does not is named. Lines of
+blanks only (spaces, tabs) are blank lines, skipped wherever they are. A field that starts with ``"`` is CSV-quoted
+(any separator): it must end with its closing quote (``""`` for a quote inside), on its own line; an unbalanced quote
+is refused, naming its line (it would swallow the next lines). A ``"`` inside a field is part of the id.
+
+Text files are UTF-8 (a byte-order mark is dropped). A file with a byte that is not UTF-8 is refused, naming its line
+and byte offset, except a MovieLens ``.dat`` file, which is read as latin-1 (the MovieLens files' encoding) unless it
+mixes in UTF-8 characters (then refused too: reading it either way would change some ids). A NUL byte is refused.
+Timestamps are float64: integers beyond 2**53 (nanoseconds since the epoch) are not all exact there, which is warned.
 Rows keep the file order (for the ``seq`` format: user by user, each user's items in order).
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import os
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +66,13 @@ class Interactions:
     Args:
         user: ``[N]`` external user ids (``int64`` when all ids are integers, else ``str``).
         item: ``[N]`` external item ids (``int64`` when all ids are integers, else ``str``).
+            Arrays built in memory are checked (a ``ValueError`` names the source, column and row): 1-D; integers,
+            strings (``str`` or object arrays of ``str``, none empty or blank) or whole floats (a pandas integer
+            column with missing values is float: its whole values become ``int64``, a NaN or fractional id is
+            refused); no ``None``, bools, bytes, or strings mixed with integers.
         timestamp: ``[N]`` float64 seconds, or ``None`` when the source has no timestamps (then the row order
-            within a user is the time order). A NaN or infinite value is a ``ValueError`` naming the row.
+            within a user is the time order). A NaN or infinite value is a ``ValueError`` naming the row; integers
+            beyond 2**53 (not all exact in float64: nanoseconds since the epoch) are warned.
         source: where the rows came from (a path), for messages.
         format: the reader format that produced the rows (``""`` when built in memory).
     """
@@ -69,9 +84,12 @@ class Interactions:
     format: str = ""
 
     def __post_init__(self):
-        self.user = np.asarray(self.user)
-        self.item = np.asarray(self.item)
+        self.user = _id_array(self.user, "user", self.source)
+        self.item = _id_array(self.item, "item", self.source)
         if self.timestamp is not None:
+            if isinstance(self.timestamp, np.ndarray) and self.timestamp.dtype.kind in "iu" and len(self.timestamp):
+                _warn_inexact_times(self.timestamp, lambda i: f"{self.source}, row {i + 1}: timestamp "
+                                                              f"{self.timestamp[i]}")
             try:
                 self.timestamp = np.asarray(self.timestamp, dtype=np.float64)
             except (TypeError, ValueError) as e:
@@ -111,9 +129,83 @@ class Interactions:
                 f"source={self.source!r})")
 
 
+_WHITESPACE_FROM = 0x1680      # the first non-Latin-1 whitespace code point (str.isspace): U+1680 OGHAM SPACE MARK
+
+
+def _id_array(values, column: str, source: str) -> np.ndarray:
+    """An :class:`Interactions` id column checked (see its docstring): ``ValueError`` naming ``source``, the column
+    and the first bad row. The readers' ``int64`` and ``str`` arrays pass at the cost of a comparison or two."""
+    a = np.asarray(values)
+    kind = a.dtype.kind
+
+    def bad(i: int, problem: str):
+        return ValueError(f"{source}, row {i + 1}, column {column!r}: {problem}")
+
+    if a.ndim != 1:
+        raise ValueError(f"{source}: the {column} ids must be a 1-D array, got shape {list(a.shape)}")
+    if kind in "iu" or len(a) == 0:
+        return a
+    if kind == "U":
+        # empty and blank ids start with a code point <= U+0020 (empty: 0), U+0085, U+00A0 or >= U+1680: only those
+        # few are looked at (str.isspace over every id would cost a pass in Python on numpy < 2)
+        first = np.ascontiguousarray(a).view(np.uint32)[::max(1, a.dtype.itemsize // 4)]
+        maybe = np.flatnonzero((first <= 0x20) | (first == 0x85) | (first == 0xA0) | (first >= _WHITESPACE_FROM))
+        for i in maybe:
+            if not str(a[i]).strip():
+                raise bad(int(i), f"empty id {str(a[i])!r}")
+        return a
+    if kind == "f":
+        whole = np.isfinite(a) & (np.floor(a) == a) & (np.abs(a) < 2.0 ** 63)
+        if not whole.all():
+            i = int(np.flatnonzero(~whole)[0])
+            raise bad(i, f"id {float(a[i])!r} is not an integer (NaN ids are missing values -- a pandas integer column "
+                         "with missing values turns float: drop those rows first; fractional ids are not ids)")
+        return a.astype(np.int64)
+    if kind == "O":
+        from ..vocab import int_id
+
+        n_str = 0
+        for i, x in enumerate(a.tolist()):
+            if isinstance(x, str):
+                if not x.strip():
+                    raise bad(i, f"empty id {x!r}")
+                n_str += 1
+            elif int_id(x) is None:
+                raise bad(i, f"id {x!r} ({type(x).__name__}) is neither a string nor an integer")
+        if n_str == len(a):
+            return a
+        if n_str:
+            i = next(i for i, x in enumerate(a.tolist()) if isinstance(x, str) != isinstance(a[0], str))
+            raise bad(i, f"id {a[i]!r} mixes strings and integers (row 1 holds {a[0]!r}); the ids of a column are "
+                         "all integers or all strings")
+        try:
+            return np.array([int_id(x) for x in a.tolist()], dtype=np.int64)
+        except OverflowError:
+            raise ValueError(f"{source}: the {column} column holds integers beyond int64; give them as strings") \
+                from None
+    what = {"b": "bools", "S": "bytes (decode them to str)"}.get(kind, f"{a.dtype}")
+    raise ValueError(f"{source}: the {column} ids are {what}; ids must be integers or strings")
+
+
+def _warn_inexact_times(values: np.ndarray, where) -> None:
+    """Warn when integer timestamps ``values`` reach 2**53, beyond which float64 (the timestamps' type) does not hold
+    every integer: times a few hundred units apart (nanoseconds at today's epoch) compare equal and lose their order.
+    ``where(i)`` names value ``i`` ("source, row 3: timestamp 1700000000000000100")."""
+    big = np.flatnonzero((values >= 2 ** 53) | (values <= -2 ** 53))
+    if len(big):
+        i = int(big[0])
+        warnings.warn(f"{where(i)} is beyond 2**53 (timestamps beyond it: {len(big)}): float64 timestamps are not "
+                      f"exact there (steps of {np.spacing(np.float64(abs(values[i]))):g}), so close times may compare "
+                      "equal and lose their order; nanoseconds or microseconds since the epoch? Give seconds",
+                      stacklevel=4)
+
+
 # --------------------------------------------------------------------------- low level helpers
-def _read_text(path: str) -> str:
-    """Whole file as text; gzip detected by magic bytes (so a ``.gz`` name is not required, nor trusted)."""
+def _read_text(path: str) -> tuple[str, tuple[int, int, int] | None]:
+    """Whole file as text; gzip detected by magic bytes (so a ``.gz`` name is not required, nor trusted). UTF-8 (a
+    byte-order mark dropped); a file that is not is decoded as latin-1 and ``(line, byte offset, byte)`` of its first
+    byte that is not UTF-8 comes back too (``None`` for UTF-8), for :func:`read_interactions` to refuse it or, for a
+    MovieLens file, accept it (:func:`_check_encoding`). Line ends are ``\\n``."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"interaction file not found: {path}")
     if os.path.isdir(path):
@@ -125,13 +217,36 @@ def _read_text(path: str) -> str:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
             raise ValueError(f"{path}: corrupt gzip file ({e})") from None
+    not_utf8 = None
     try:
         text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as e:
         text = raw.decode("latin-1")  # MovieLens files are latin-1
+        offset = e.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
+        before = text[:offset]
+        not_utf8 = (before.count("\n") + before.count("\r") - before.count("\r\n") + 1, offset, raw[offset])
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text
+    return text, not_utf8
+
+
+_UTF8_IN_LATIN1 = re.compile("[\xc2-\xf4][\x80-\xbf]")   # a UTF-8 character's first two bytes, read as latin-1
+
+
+def _check_encoding(path: str, text: str, fmt: str | None, not_utf8: tuple[int, int, int]) -> None:
+    """A file that is not UTF-8 (``not_utf8``: :func:`_read_text`'s line, offset and byte) is read as latin-1 only
+    in the ``movielens`` format (``fmt``), and only when it holds no UTF-8 characters: ``ValueError`` naming the
+    file, line and byte otherwise (latin-1 would turn every UTF-8 id into other characters: 'café' into 'cafÃ©')."""
+    line, offset, byte = not_utf8
+    where = f"{path}, line {line}: byte 0x{byte:02x} (offset {offset}) is not UTF-8"
+    if fmt != "movielens":
+        raise ValueError(f"{where}; {fmt or 'interaction'} files are read as UTF-8 (only MovieLens .dat files may be "
+                         "latin-1): convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    mixed = _UTF8_IN_LATIN1.search(text)
+    if mixed:
+        ml = text.count("\n", 0, mixed.start()) + 1
+        raise ValueError(f"{where}, and line {ml} holds UTF-8 text: the file mixes encodings, so latin-1 (the "
+                         "MovieLens files' encoding) would change its UTF-8 ids; convert it to one encoding (UTF-8)")
 
 
 def _where(path: str, column: str, first_line: int, line_numbers=None):
@@ -181,7 +296,8 @@ def _ids(tokens: list[str], where=None, ascii: bool = False) -> np.ndarray:
 
 
 def _timestamps(tokens: list[str], path: str, column: str, first_line: int, line_numbers=None) -> np.ndarray:
-    """Float64 timestamps; ``ValueError`` naming file, line and column for a non-numeric or NaN/inf value.
+    """Float64 timestamps; ``ValueError`` naming file, line and column for the first non-numeric or NaN/inf value;
+    a warning for values beyond 2**53 (not all exact in float64).
 
     ``line_numbers`` maps token position -> 1-based line number when lines were skipped (default: consecutive
     lines starting at ``first_line``).
@@ -190,16 +306,18 @@ def _timestamps(tokens: list[str], path: str, column: str, first_line: int, line
     try:
         ts = np.fromiter(map(float, tokens), dtype=np.float64, count=len(tokens))
     except ValueError:
-        for i, t in enumerate(tokens):
+        ts = None
+    if ts is None or not np.isfinite(ts).all():
+        for i, t in enumerate(tokens):           # the first bad line, whichever its problem
             try:
-                float(t)
+                v = float(t)
             except ValueError:
                 raise ValueError(f"{where(i)}: timestamp {t!r} is not a number") from None
-        raise
-    bad = ~np.isfinite(ts)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{where(i)}: timestamp {tokens[i]!r} is not a finite number (NaN/inf)")
+            if not np.isfinite(v):
+                raise ValueError(f"{where(i)}: timestamp {t!r} is not a finite number (NaN/inf)")
+        raise AssertionError("unreachable: a timestamp failed to parse, then parsed")  # pragma: no cover
+    if len(ts) and (ts.max() >= 2 ** 53 or ts.min() <= -2 ** 53):
+        _warn_inexact_times(ts, lambda i: f"{where(i)}: timestamp {tokens[i].strip()}")
     return ts
 
 
@@ -307,13 +425,18 @@ def check_columns(columns: dict | None) -> dict | None:
     return {role: columns[role].strip() for role in COLUMN_ROLES if role in columns}
 
 
-def _column_indices(names: list[str], columns: dict | None) -> list[int | None]:
-    """Header indices of the user, item and time columns: each named in ``columns`` (exact name) or found by its usual
-    names (:data:`COLUMN_ROLES`, any case)."""
+def _column_indices(names: list[str], columns: dict | None, raw: list[str] | None = None) -> list[int | None]:
+    """Header indices of the user, item and time columns: each named in ``columns`` (exact name; as ``names`` or as
+    ``raw``, the header's own spelling, give it) or found by its usual names (:data:`COLUMN_ROLES`, any case)."""
     columns = columns or {}
     stripped = [n.strip() for n in names]
-    return [(stripped.index(columns[role]) if columns[role] in stripped else None) if role in columns
-            else _find_column(names, usual) for role, usual in COLUMN_ROLES.items()]
+    spelled = stripped if raw is None else [n.strip() for n in raw]
+
+    def named(name):
+        return stripped.index(name) if name in stripped else spelled.index(name) if name in spelled else None
+
+    return [named(columns[role]) if role in columns else _find_column(names, usual)
+            for role, usual in COLUMN_ROLES.items()]
 
 
 def _role_columns(path: str, names: list[str], shown: list[str], columns: dict | None,
@@ -321,7 +444,7 @@ def _role_columns(path: str, names: list[str], shown: list[str], columns: dict |
     """Indices of the user, item and time columns among ``names`` (:func:`_column_indices`); ``ValueError`` naming
     a ``columns`` name not among them, a missing user or item column, or one column found for two roles (``shown``:
     the names as the file spells them, for the message)."""
-    ucol, icol, tcol = _column_indices(names, columns)
+    ucol, icol, tcol = _column_indices(names, columns, shown)
     named = [f"{role} column {columns[role]!r}" for role, c in zip(COLUMN_ROLES, (ucol, icol, tcol))
              if c is None and role in (columns or {})]
     if named:
@@ -366,24 +489,32 @@ def _read_table(text: str, path: str, typed_header: bool, skip: int = 0, columns
         raise ValueError(f"{path}: empty file or empty header line")
     sep = _header_sep(header)
     names_raw = _split_header(header, sep)
-    names = [n.split(":", 1)[0].strip() for n in names_raw] if typed_header else [n.strip() for n in names_raw]
+    # a RecBole type ('timestamp:float') is not part of a column's name, in a header that types only some columns too
+    # (else that column would not be found by its name: the timestamps lost silently)
+    names = [n.split(":", 1)[0].strip() if typed_header or _TYPED_FIELD_ANY_CASE.match(n.strip()) else n.strip()
+             for n in names_raw]
     ucol, icol, tcol = _role_columns(path, names, names_raw, columns)
+    first = 2 + skip
+
+    def read(col, line_numbers):
+        user = _ids(col(ucol), _where(path, names[ucol], first, line_numbers), text.isascii())
+        item = _ids(col(icol), _where(path, names[icol], first, line_numbers), text.isascii())
+        ts = None
+        if tcol is not None:
+            ts = _timestamps(col(tcol), path, names[tcol], first_line=first, line_numbers=line_numbers)
+        return Interactions(user, item, ts, source=path)
+
     tokens = None if sep is None or '"' in text else _fast_tokens(text, 1, sep, len(names))
-    line_numbers = None
     if tokens is not None:
         n_cols = len(names)
-
-        def col(c):
-            return tokens[c::n_cols]
-    else:
-        col, line_numbers = _slow_columns(text, path, sep, names, skip)
-    first = 2 + skip
-    user = _ids(col(ucol), _where(path, names[ucol], first, line_numbers), text.isascii())
-    item = _ids(col(icol), _where(path, names[icol], first, line_numbers), text.isascii())
-    ts = None
-    if tcol is not None:
-        ts = _timestamps(col(tcol), path, names[tcol], first_line=first, line_numbers=line_numbers)
-    return Interactions(user, item, ts, source=path)
+        try:
+            return read(lambda c: tokens[c::n_cols], None)
+        except ValueError:
+            # a line of blanks and separators only ('\t') fits the fast path's field count and then fails as an empty
+            # id; it is a blank line, which the line-aware path skips like an empty one
+            if all(line.strip() for line in text.split("\n")[1:] if line):
+                raise
+    return read(*_slow_columns(text, path, sep, names, skip))
 
 
 def _slow_columns(text: str, path: str, sep: str | None, names: list[str], skip: int = 0):
@@ -393,13 +524,29 @@ def _slow_columns(text: str, path: str, sep: str | None, names: list[str], skip:
         line_numbers = line_numbers + skip
     if not lines:
         raise ValueError(f"{path}: no interactions after the header")
+
+    def line_no(i: int) -> int:
+        return int(line_numbers[i]) if line_numbers is not None else i + 2 + skip
+
     if sep is not None and '"' in text:  # quoted fields (any separator): let the csv module handle quotes
         import csv
-        rows = list(csv.reader(lines, delimiter=sep))
+        try:
+            rows = list(csv.reader(lines, delimiter=sep, strict=True))
+        except csv.Error:
+            rows = None
+        if rows is None or len(rows) != len(lines):   # a quote left open reads on into the next lines: find it
+            for i, line in enumerate(lines):
+                try:
+                    next(csv.reader([line], delimiter=sep, strict=True))
+                except csv.Error as e:
+                    problem = ("a quoted field is not closed on its line (an unbalanced '\"')"
+                               if "end of data" in str(e) else "text after a quoted field's closing quote")
+                    raise ValueError(f"{path}, line {line_no(i)}: {problem}: {line[:80]!r}; a field that starts with "
+                                     "'\"' is quoted whole, on one line ('\"\"' for a quote inside)") from None
+            raise ValueError(f"{path}: the quoted fields could not be read")   # pragma: no cover
         for i, r in enumerate(rows):
             if len(r) != len(names):
-                ln = int(line_numbers[i]) if line_numbers is not None else i + 2 + skip
-                raise ValueError(f"{path}, line {ln}: expected {len(names)} fields, found {len(r)}")
+                raise ValueError(f"{path}, line {line_no(i)}: expected {len(names)} fields, found {len(r)}")
         cols = [list(c) for c in zip(*rows, strict=True)]
         col = cols.__getitem__
     else:
@@ -418,8 +565,8 @@ def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
     """A Parquet table (pandas / polars / Spark / 🤗 datasets exports): columns found by name as in delimited files
     (``columns``: see :func:`read_interactions`), only those read. Ids: integer columns stay int64, string columns
     str (blanks around an id dropped); timestamps: numbers (seconds), or Arrow timestamps / dates (seconds since the
-    epoch). A null, an empty id, a NaN or infinite timestamp, or a column of another type is an error naming the
-    column and row."""
+    epoch). A null, an empty id, a NUL character in an id, a NaN or infinite timestamp, or a column of another type is
+    an error naming the column and row (integer timestamps beyond 2**53 are warned, as in text files)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -453,6 +600,12 @@ def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
                 raise ValueError(f"{path}: column {names[c]!r} holds ids above 2**63 - 1; store them as strings")
             return values.astype(np.int64)
         if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            import pyarrow.compute as pc
+
+            nul = pc.match_substring(arr, "\x00")       # numpy's str arrays drop trailing NULs: 'a\x00' would be 'a'
+            if pc.any(nul).as_py():
+                row = nul.to_numpy(zero_copy_only=False).argmax()
+                raise ValueError(f"{path}, row {row + 1}, column {names[c]!r}: a NUL character (\\x00) in an id")
             return _ids(arr.to_pylist(), lambda i: f"{path}, row {i + 1}, column {names[c]!r}")
         raise ValueError(f"{path}: column {names[c]!r} holds {arr.type}; ids must be integers or strings")
 
@@ -466,7 +619,10 @@ def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
             ts = arr.cast(pa.int64() if pa.types.is_timestamp(arr.type) or pa.types.is_date64(arr.type)
                           else pa.int32()).to_numpy().astype(np.float64) / unit
         elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-            ts = arr.to_numpy().astype(np.float64)
+            ts = arr.to_numpy()
+            if pa.types.is_integer(arr.type) and len(ts):
+                _warn_inexact_times(ts, lambda i: f"{path}, row {i + 1}, column {names[cols[2]]!r}: timestamp {ts[i]}")
+            ts = ts.astype(np.float64)
         else:
             raise ValueError(f"{path}: column {names[cols[2]]!r} holds {arr.type}; timestamps must be numbers "
                              "(seconds) or a timestamp / date type")
@@ -570,7 +726,8 @@ def detect_format(path: str, header: str, columns: dict | None = None) -> str:
         return "atomic" if _typed_header(fields) else "delimited"
     if _typed_header(fields):
         return "atomic"
-    if _find_column(fields, USER_COLUMNS) is not None and _find_column(fields, ITEM_COLUMNS) is not None:
+    names = [f.split(":", 1)[0] if _TYPED_FIELD_ANY_CASE.match(f.strip()) else f for f in fields]   # half-typed
+    if _find_column(names, USER_COLUMNS) is not None and _find_column(names, ITEM_COLUMNS) is not None:
         return "delimited"
     raise ValueError(f"{path}: unknown interaction file format (first line {h[:80]!r}). Supported: RecBole atomic "
                      f".inter (typed header 'user_id:token ...'), MovieLens ratings.dat ('u::i::r::t'), TSV/CSV with a "
@@ -579,9 +736,13 @@ def detect_format(path: str, header: str, columns: dict | None = None) -> str:
                      f"format= one of {FORMATS}")
 
 
+_TYPED_FIELD = re.compile(r"^[^:]+:[a-z_]+$")      # a RecBole atomic header field: name:type
+_TYPED_FIELD_ANY_CASE = re.compile(_TYPED_FIELD.pattern, re.IGNORECASE)
+
+
 def _typed_header(fields: list[str]) -> bool:
     """A RecBole atomic header: every field ``name:type``."""
-    return any(":" in f for f in fields) and all(re.match(r"^[^:]+:[a-z_]+$", f.strip()) for f in fields if f.strip())
+    return any(":" in f for f in fields) and all(_TYPED_FIELD.match(f.strip()) for f in fields if f.strip())
 
 
 def read_interactions(path: str | os.PathLike, format: str = "auto", columns: dict | None = None) -> Interactions:
@@ -598,8 +759,9 @@ def read_interactions(path: str | os.PathLike, format: str = "auto", columns: di
         FileNotFoundError: no such file.
         ValueError: unknown format, missing user/item column (or a ``columns`` name not in the header, ``columns``
             for a format without a header), malformed line (wrong number of fields, empty id;
-            ``seq``: no header, repeated user, user without items, comma-separated items), non-numeric or NaN
-            timestamp (the message names the file, line and column).
+            ``seq``: no header, repeated user, user without items, comma-separated items; an unbalanced quote),
+            non-numeric or NaN timestamp (the message names the file, line and column); a byte that is not UTF-8
+            (but in a latin-1 MovieLens file) or a NUL byte (naming the line).
     """
     path = os.fspath(path)
     if format not in ("auto",) + FORMATS:
@@ -611,14 +773,23 @@ def read_interactions(path: str | os.PathLike, format: str = "auto", columns: di
         inter = _read_parquet(path, columns)
         inter.format = "parquet"
         return inter
-    text = _read_text(path)
+    text, not_utf8 = _read_text(path)
     if not text.strip():
         raise ValueError(f"{path}: empty file")
+    if "\x00" in text:                            # numpy's str arrays drop trailing NULs: 'a\x00' would become 'a'
+        raise ValueError(f"{path}, line {text.count(chr(10), 0, text.index(chr(0))) + 1}: a NUL byte (\\x00); "
+                         "interaction files are UTF-8 text (is it UTF-16, or binary?)")
     # blank (or whitespace-only) lines before the first line: the header formats start after them, and every line
     # number a message gives counts them (MovieLens files have no header and skip blank lines like any other)
     blank = re.match(r"(?:[^\S\n]*\n)*", text).end()
     lead, text_from = text.count("\n", 0, blank), blank
     header = text[text_from:].split("\n", 1)[0]
+    if not_utf8 is not None:                      # refused unless MovieLens latin-1, before a format is guessed
+        try:
+            fmt = detect_format(path, header, columns) if format == "auto" else format
+        except ValueError:
+            fmt = None
+        _check_encoding(path, text, fmt, not_utf8)
     fmt = detect_format(path, header, columns) if format == "auto" else format
     if columns and fmt in ("seq", "movielens"):
         raise ValueError(f"{path}: columns= names header columns, but a {fmt} file's columns are fixed")

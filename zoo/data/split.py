@@ -20,8 +20,10 @@ Index conventions
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -73,7 +75,8 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
 
     Args:
         inter: ``N`` rows.
-        max_iterations: rounds at most (``RuntimeError`` past them). None: until nothing is dropped, which takes at
+        max_iterations: rounds that drop rows, at most (``RuntimeError`` when rows are still to drop after them; the
+            check that finds nothing left to drop is not a round). None: until nothing is dropped, which takes at
             most ``N`` rounds (each drops a row); a chain of users sharing items one by one takes that many.
     Returns:
         the kept rows (a new :class:`Interactions`); may be empty.
@@ -87,8 +90,11 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
     ucode, _ = factorize(inter.user)
     icode, _ = factorize(inter.item)
     nu, ni = (int(ucode.max()) + 1, int(icode.max()) + 1) if len(inter) else (0, 0)
+    rounds = len(inter) if max_iterations is None else int(max_iterations)   # each round drops >= 1 row: N suffice
+    if rounds < 0:
+        raise ValueError(f"max_iterations must be >= 0 or None, got {max_iterations!r}")
     keep = np.ones(len(inter), dtype=bool)
-    for _ in range(len(inter) + 1 if max_iterations is None else max_iterations):
+    for done in range(rounds + 1):                    # the last pass only checks that nothing is left to drop
         u, i = ucode[keep], icode[keep]
         drop = np.zeros(len(u), dtype=bool)
         if user_k > 1:
@@ -97,10 +103,11 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
             drop |= np.bincount(i, minlength=ni)[i] < item_k
         if not drop.any():
             break
+        if done == rounds:
+            raise RuntimeError(f"k-core filter did not converge in {max_iterations} rounds ({int(drop.sum())} rows "
+                               "still to drop)")
         idx = np.flatnonzero(keep)
         keep[idx[drop]] = False
-    else:  # each round removes >= 1 row: N + 1 rounds always suffice, so only a given max_iterations ends here
-        raise RuntimeError(f"k-core filter did not converge in {max_iterations} rounds")
     return inter if keep.all() else inter.select(keep)
 
 
@@ -452,8 +459,11 @@ def temporal_cuts(ds: SequenceDataset, test_share: float, valid_share: float) ->
     _need_timestamps(ds)
     ts = np.sort(np.concatenate(ds.timestamps))
     n = len(ts)
-    at = lambda share: float(ts[min(n - 1, int(np.ceil((1 - share) * n)))])   # noqa: E731
-    return at(valid_share + test_share), at(test_share)
+    # the share's last interactions start at index ceil((1 - share) * n) = n - floor(share * n), counted exactly with
+    # the shares as written ('0.7': 7/10; in floats (1 - 0.7) * 10 is 3.0000000000000004, a cut one interaction late)
+    exact = [Fraction(repr(float(v))) for v in (test_share, valid_share)]
+    at = lambda share: float(ts[min(n - 1, n - math.floor(share * n))])   # noqa: E731
+    return at(exact[1] + exact[0]), at(exact[0])
 
 
 def temporal_split(ds: SequenceDataset, test_from: float, valid_from: float, cuts_info: dict | None = None) -> Split:

@@ -180,9 +180,48 @@ def build(build_dir: str | os.PathLike | None = None, arch: str = "80;90", jobs:
         return _build(bdir, arch, jobs, tensorrt_root, tensorrt_include, require_tensorrt, quiet)
 
 
+def stale_cmake_cache(bdir: str | os.PathLike, source: str | os.PathLike | None = None) -> str | None:
+    """Why the CMake cache in ``bdir`` belongs to another source or build folder (a checkout copied or moved with its
+    ``build/``: CMake refuses such a cache, "The current CMakeCache.txt directory ... is different than the directory
+    ... where CMakeCache.txt was created"), or None when it is this one's (or there is none). ``source``: the source
+    folder (:data:`PLUGINS_DIR`)."""
+    cache = Path(bdir) / "CMakeCache.txt"
+    try:
+        text = cache.read_text(errors="replace")
+    except OSError:
+        return None
+    recorded = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":INTERNAL=")
+        if sep and key in ("CMAKE_HOME_DIRECTORY", "CMAKE_CACHEFILE_DIR"):
+            recorded[key] = value.strip()
+    want = {"CMAKE_HOME_DIRECTORY": Path(source or PLUGINS_DIR), "CMAKE_CACHEFILE_DIR": Path(bdir)}
+    names = {"CMAKE_HOME_DIRECTORY": "source folder", "CMAKE_CACHEFILE_DIR": "build folder"}
+    for key, path in want.items():
+        if key in recorded and os.path.realpath(recorded[key]) != os.path.realpath(path):
+            return f"it was made for the {names[key]} {recorded[key]}, not {path}"
+    return None
+
+
+def _drop_stale_cmake_cache(bdir: Path) -> str | None:
+    """Remove a CMake cache of another source or build folder (:func:`stale_cmake_cache`) from ``bdir`` -- its
+    ``CMakeCache.txt`` and ``CMakeFiles/`` (objects and dependency records naming the other folder's paths) -- so that
+    CMake configures afresh; the note to print, or None when the cache is this folder's."""
+    import shutil as fs              # the module itself (tests replace this module's ``shutil`` by a tool lookup)
+
+    why = stale_cmake_cache(bdir)
+    if why is None:
+        return None
+    (bdir / "CMakeCache.txt").unlink(missing_ok=True)
+    fs.rmtree(bdir / "CMakeFiles", ignore_errors=True)
+    return (f"note: removed the CMake cache in {bdir} ({why}: a checkout copied or moved with its build folder); "
+            "configuring again from scratch\n")
+
+
 def _build(bdir: Path, arch: str, jobs: int, tensorrt_root: str | None, tensorrt_include: str | None,
            require_tensorrt: bool, quiet: bool) -> dict:
-    """:func:`build` in ``bdir``, under its lock."""
+    """:func:`build` in ``bdir``, under its lock. A CMake cache there of another source or build folder (a moved
+    checkout) is removed first (:func:`_drop_stale_cmake_cache`), with a note."""
     plug = bdir / PLUGIN_LIBRARY
     stamp = sources_stamp(plug)
     if not stamp.is_file():
@@ -200,7 +239,10 @@ def _build(bdir: Path, arch: str, jobs: int, tensorrt_root: str | None, tensorrt
         cfg.append("-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc")
     if inc is not None:
         cfg.append(f"-DTensorRT_INCLUDE_DIR={inc}")
-    out = []
+    note = _drop_stale_cmake_cache(bdir)
+    out = [note] if note else []
+    if note and not quiet:
+        sys.stdout.write(note)
     for cmd in (cfg, ["cmake", "--build", str(bdir), "-j", str(jobs)]):
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         out.append(r.stdout)

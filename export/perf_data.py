@@ -180,12 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="the model's folder in --repo")
     p.add_argument("--data", required=True, help="interaction file whose users' histories are replayed")
     p.add_argument("--out", required=True, help="JSON file for perf_analyzer --input-data")
-    p.add_argument("--users", type=positive_int, default=256, help="users sampled (one stream each for stateful "
-                                                                    "models)")
-    p.add_argument("--events", type=positive_int, default=10, help="last events of each user replayed one by one")
+    p.add_argument("--users", type=positive_int, default=256,
+                   help="users sampled (default 256; one stream each for stateful models)")
+    p.add_argument("--events", type=positive_int, default=10,
+                   help="last events of each user replayed one by one (default 10; a stateful stream is the "
+                        "priming request, then one request per event)")
     p.add_argument("--prime", type=positive_int, default=200,
-                   help="stateful models: at most this many items before the events prime the sequence")
-    p.add_argument("--seed", type=int, default=0, help="user sample")
+                   help="stateful models: at most this many items before the events prime the sequence (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the user sample (default 0)")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="items of --data the model's vocabulary lacks: refuse (default) or drop their interactions")
     p.add_argument("--kcore", type=kcore, default="auto", help="k-core filter of --data (as in zoo.evaluate)")

@@ -365,3 +365,84 @@ def test_console_scripts_exit_0_after_a_successful_run(monkeypatch, capsys):
         sys.exit(recommend())
     out = capsys.readouterr()
     assert exit_.value.code is None and out.err == "" and "588" in out.out, out
+
+
+def _code_span_commands(text: str, target: str) -> list[list[str]]:
+    """The argument lists of the ``python -m <target>`` commands of ``text``'s code spans and blocks."""
+    found = []
+    for m in re.finditer(rf"python -m {re.escape(target)} ([^`\n]*(?:\n[^`\n]*)*?)`", text):
+        found.append(shlex.split(m.group(1).replace("\n", " ")))
+    return found
+
+
+@pytest.mark.parametrize("card", CARDS)
+def test_card_commands_name_the_data_file_they_were_measured_with(card):
+    """The cards' "Measured by" and baseline commands gave a bare ``--data ml-1m.5core.seq.gz``, which fails as
+    written (the CLIs read no data folder) while the same card's training command names ``../shared/data/...``: every
+    ``zoo.evaluate`` command of a card (and of its eval_results.json) names the path its training command does."""
+    folder = ROOT / "hub_cards" / card
+    text = (folder / "README.md").read_text()
+    train = re.search(r"^- Command: `python -m zoo\.(?:train|soup) (.*?)`$", text, re.M)
+    assert train, f"hub_cards/{card}: no training command"
+    argv = shlex.split(train.group(1))
+    data = argv[argv.index("--data") + 1]
+    assert "/" in data, data
+    info = json.loads((folder / "eval_results.json").read_text())
+    commands = [shlex.split(c)[3:] for c in (info["protocol"]["command"],
+                                             *(b["command"] for b in info["baselines"].values()),
+                                             *([info["reference_protocol"]["command"]]
+                                               if "reference_protocol" in info else []))]
+    commands += _code_span_commands(text, "zoo.evaluate")
+    checked = [a for a in commands if "--data" in a]
+    assert len(checked) >= 6, checked                           # the card's own three, twice
+    for a in checked:
+        assert a[a.index("--data") + 1] in (data, "FILE") or "..." in a, (card, a)
+
+
+@pytest.mark.parametrize("command,option,says", [
+    ("zoo.recommend", "--k", "default 10"),
+    ("zoo.compare", "--ks", "default: 10 20"),
+    ("zoo.soup", "--method", "greedy (default"),
+    ("export.perf_data", "--users", "default 256"),
+    ("export.perf_data", "--events", "default 10"),
+    ("export.perf_data", "--prime", "default 200"),
+    ("zoo.evaluate", "--intervals", "half-width"),
+    ("zoo.evaluate", "--intervals", "exact, possibly asymmetric, bounds"),
+    ("zoo.embed", "--data", "last max_seq_length items"),
+    ("zoo.recommend", "--all-users", "last max_seq_length items"),
+    ("zoo.hub", "--out", "under the current directory"),
+])
+def test_help_states_defaults_and_what_is_printed(command, option, says, monkeypatch):
+    """Options whose ``--help`` gave no default (README refers to them), ``--intervals``' printed half-widths against
+    the JSON's exact bounds, and the windows batch mode and user vectors are read from."""
+    parser = _run_parser(command, [], False, monkeypatch).parser
+    actions = [a for p in [parser, *(s for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                                     for s in a.choices.values())] for a in p._actions if option in a.option_strings]
+    assert actions, (command, option)
+    assert any(says in " ".join((a.help or "").split()) for a in actions), [a.help for a in actions]
+
+
+def test_readme_batch_mode_and_overwrite_rule_say_what_the_commands_do():
+    """README said batch mode recommends "from their whole history" (it scores the last max_seq_length items; only
+    --exclude-seen reads the whole history), and presented --overwrite as the rule for replacing a folder without
+    saying that export.onnx re-exports into an --out that holds another export (by design)."""
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert "every user of a file from their whole history" not in text
+    assert "every user of a file, scored from the last `max_seq_length` items of their history" in text
+    rule = text.split("replace a folder that already holds files only with `--overwrite`")[1][:1200]
+    assert "`python -m export.onnx` is not one of them" in rule and "writes `hub_cards/<name>` under the current" \
+        in rule
+
+
+def test_export_readme_examples_use_bundled_ids_or_say_the_run_is_yours():
+    """export/README.md's first block loaded ``runs/...`` checkpoints a new user does not have; its commands use the
+    bundled models (``org/<name>``), and the one that needs a run of one's own says so."""
+    from zoo.pretrained import PLACEHOLDER_ORGS, bundled_models
+
+    block = re.search(r"^```bash\n(.*?)^```", (ROOT / "export" / "README.md").read_text(), re.S | re.M).group(1)
+    for line in block.splitlines():
+        if "python -m export.onnx" not in line:
+            continue
+        model = shlex.split(line.split("#")[0])[4]
+        org, _, name = model.partition("/")
+        assert (org in PLACEHOLDER_ORGS and name in bundled_models()) or "your own run" in line, line

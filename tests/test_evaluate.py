@@ -892,3 +892,23 @@ def test_the_python_api_refuses_cutoffs_above_the_items_ranked(tmp_path):
     export_model(_tiny("gru4rec"), tmp_path, topk=5, with_scores=True, verify=False)
     with pytest.raises(ValueError, match=r"cut-off @40: the graph ranks 39 items; use cut-offs <= 39"):
         evaluate_onnx(tmp_path, _random_examples(), ks=(10, 40), progress=False)
+
+
+def test_onnx_given_a_card_folder_names_its_graph_subfolders(tmp_path):
+    """``--onnx hub_cards/<card>`` (the card folder, whose graphs are in onnx/ and onnx-window/) said only "no
+    state_spec.json there"; it names the subfolders that hold one."""
+    data = tmp_path / "d.tsv"
+    data.write_text("user_id\titem_id\ttimestamp\n" + "".join(f"u{u}\t{i}\t{i}\n" for u in range(3) for i in range(5)))
+    card = tmp_path / "card"
+    for sub in ("onnx", "onnx-window"):
+        (card / sub).mkdir(parents=True)
+        (card / sub / "state_spec.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        main(["--onnx", str(card), "--data", str(data), "--no-progress"])
+    said = str(e.value.code)
+    assert "no state_spec.json there" in said and f"did you mean --onnx {card / 'onnx'}?" in said, said
+    assert str(card / "onnx-window") in said
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["--onnx", str(tmp_path / "empty"), "--data", str(data), "--no-progress"])
+    assert "did you mean" not in str(e.value.code)

@@ -724,10 +724,9 @@ def test_a_card_sets_the_model_beside_the_rankings_without_a_model(tmp_path):
     text = (card / "README.md").read_text()
     assert "## Against rankings without a model" in text and f"| this model | {metrics['HR@10']:.4f} |" in text
     for kind, b in saved.items():
-        assert b["command"].startswith(f"python -m zoo.evaluate --baseline {kind} --data markov.tsv --kcore none")
+        assert b["command"].startswith(f"python -m zoo.evaluate --baseline {kind} --data {data} --kcore none")
         assert f"(`{b['command']}`) | {b['metrics']['HR@10']:.4f} | {b['metrics']['NDCG@10']:.4f} |" in text
-        argv = b["command"].split()[3:]
-        argv[argv.index("--data") + 1] = data
+        argv = b["command"].split()[3:]                          # as written: the data's path as given
         again = evaluate_main(argv + ["--ks", "10", "--no-progress"])["metrics"]
         assert again["HR@10"] == pytest.approx(b["metrics"]["HR@10"]) and again["NDCG@10"] == pytest.approx(
             b["metrics"]["NDCG@10"])
@@ -768,7 +767,7 @@ def test_a_card_is_measured_on_the_sequences_its_run_was_trained_on(tmp_path):
     metrics = hub.build_card_folder(str(tmp_path / "run"), "tiny", str(data), out_dir=str(card))
     info = json.loads((card / "eval_results.json").read_text())
     assert info["data_options"] == {"kcore": None, "time_ties": "item"}
-    assert info["protocol"]["command"].endswith("--data ties.tsv --kcore none --time-ties item")
+    assert info["protocol"]["command"].endswith(f"--data {data} --kcore none --time-ties item")
     assert "--kcore none --time-ties item" in (card / "README.md").read_text()
     flags = ["--model", str(card), "--data", str(data), "--kcore", "none", "--no-progress"]
     same = evaluate_main(flags + ["--time-ties", "item"])
@@ -1086,7 +1085,7 @@ def test_model_index_carries_the_metrics(tmp_path):
     metrics = {"HR@10": 0.254321, "NDCG@10": 0.131234, "HR@20": 0.351117, "NDCG@20": 0.162229, "Recall@10": 0.254321}
     protocol = {"name": "RecBole protocol", "history_masked": False, "command": "x"}
     card = Path(hub.make_card(tmp_path, "s", metrics, protocol, {"name": "ML", "type": "ml-1m", "users": 1},
-                              {"epochs": [{}]})).read_text()
+                              {"epochs": [{}]}, bundled=True)).read_text()
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["model-index"][0]["name"] == f"{hub.HUB_ORG}/s"
     result = meta["model-index"][0]["results"][0]
@@ -1522,7 +1521,7 @@ def test_a_run_that_dropped_unknown_items_is_carded_on_the_data_without_them(tmp
     metrics = hub.build_card_folder(str(tmp_path / "d"), "gru4rec-ml1m", str(grown), out_dir=str(card))
     info = json.loads((card / "eval_results.json").read_text())
     assert info["unknown_items"] == "drop" and info["dropped"] == {"items": 4, "interactions": 10, "users": 0}
-    assert info["protocol"]["command"] == ("python -m zoo.evaluate --model ssm-rec-zoo/gru4rec-ml1m --data grown.tsv "
+    assert info["protocol"]["command"] == (f"python -m zoo.evaluate --model {card} --data {grown} "
                                            "--kcore none --unknown-items drop")
     text = (card / "README.md").read_text()
     assert ("As in training (`--unknown-items drop`), the interactions of the 4 items the model's item vocabulary "
@@ -1600,7 +1599,7 @@ def test_the_cards_evaluate_command_quotes_a_data_file_name_with_a_space(tmp_pat
     hub.build_card_folder(str(tmp_path / "a"), "g", str(spaced), out_dir=str(tmp_path / "card"))
     cmd = json.loads((tmp_path / "card" / "eval_results.json").read_text())["protocol"]["command"]
     words = shlex.split(cmd)
-    assert words[words.index("--data") + 1] == "my data.tsv"
+    assert words[words.index("--data") + 1] == str(spaced)          # the path as given, quoted
     assert f"`{cmd}`" in (tmp_path / "card" / "README.md").read_text()
 
 
@@ -1705,3 +1704,126 @@ def test_subfolder_loads_from_it_and_use_safetensors_false_is_refused(tmp_path):
     (tmp_path / "repo" / "sub" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ValueError, match="corrupt weight file"):                  # real corruption still is one
         Mamba4RecModel.from_pretrained(tmp_path / "repo", subfolder="sub")
+
+
+def test_card_out_defaults_to_hub_cards_under_the_current_directory(tmp_path, monkeypatch, capsys):
+    """``zoo.hub card`` without ``--out`` wrote into the *package's* hub_cards/ from any directory (a user's model
+    then listed as a bundled ``ssm-rec-zoo/`` one; a copy of a card "re-measured in place" replaced the bundled card)
+    and printed only the paths of its hidden staging folder. The default is ``./hub_cards/<name>`` now: a copy of a
+    card re-measured from its own directory is re-written there, ONNX graph included, and the folder written is
+    printed, never a stage."""
+    import shutil
+
+    from export.onnx import main as onnx_main
+    from zoo.evaluate import main as evaluate_main
+
+    data, _ = _tiny_gru4rec_run(tmp_path)
+    monkeypatch.setattr(hub, "__file__", str(tmp_path / "pkg" / "zoo" / "hub.py"))   # where the package would be
+    monkeypatch.delenv("ZOO_BUNDLED_DIR", raising=False)
+    first = tmp_path / "elsewhere"
+    first.mkdir()
+    monkeypatch.chdir(first)
+    hub.main(["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data])
+    card = first / "hub_cards" / "tiny"
+    assert (card / "README.md").is_file() and not (tmp_path / "pkg").exists()
+    assert f"wrote card {card} " in capsys.readouterr().out
+    assert onnx_main(["--model", str(card), "--card-dir", str(card), "--topk", "5", "--verify-prime", "10",
+                      "--verify-steps", "10", "--verify-cases", "50"]) == 0
+    # a copy of the card, re-measured in place from the copy's directory, as README's in-place command does
+    copy = tmp_path / "copy"
+    shutil.copytree(first / "hub_cards", copy / "hub_cards")
+    (copy / "hub_cards" / "tiny" / "onnx" / "model.onnx").unlink()          # the re-export must write it again
+    before = {f.relative_to(card): f.read_bytes() for f in card.rglob("*") if f.is_file()}
+    monkeypatch.chdir(copy)
+    capsys.readouterr()
+    hub.main(["card", "--run", "hub_cards/tiny", "--name", "tiny", "--data", data, "--keep-notes"])
+    out = capsys.readouterr().out
+    assert (copy / "hub_cards" / "tiny" / "onnx" / "model.onnx").is_file()
+    assert {f.relative_to(card): f.read_bytes() for f in card.rglob("*") if f.is_file()} == before   # untouched
+    assert f"wrote card {copy / 'hub_cards' / 'tiny'} " in out and ".staged-" not in out, out
+    assert "python -m export.onnx --model hub_cards/tiny --card-dir hub_cards/tiny" in out
+    assert "card section written to hub_cards/tiny/README.md" in out
+    assert not (tmp_path / "pkg").exists()
+    # the copy's card loads by its folder and says nothing of a bundled copy; its command runs as written there
+    info = json.loads((copy / "hub_cards" / "tiny" / "eval_results.json").read_text())
+    assert info["protocol"]["command"] == f"python -m zoo.evaluate --model hub_cards/tiny --data {data} --kcore none"
+    text = (copy / "hub_cards" / "tiny" / "README.md").read_text()
+    assert 'AutoModel.from_pretrained("hub_cards/tiny")' in text and "bundled" not in text.split("## Evaluation")[0]
+    assert f"{hub.HUB_ORG}/tiny" not in text
+    again = evaluate_main(info["protocol"]["command"].split()[3:] + ["--no-progress"])
+    assert again["metrics"] == pytest.approx(info["metrics"])
+
+
+def test_only_a_card_in_the_bundled_folder_names_the_projects_hub_id(tmp_path, monkeypatch):
+    """A card of a user's own model said ``from_pretrained("ssm-rec-zoo/<name>")   # works offline: a copy is bundled``
+    and gave a "Measured by" command with that id, which fails for any model not bundled. Only a card written into a
+    bundled folder (a checkout's hub_cards/, as README's commands from the repository root write it) says so; another
+    names ``--repo-id`` when given, else its folder."""
+    import yaml
+
+    data, _ = _tiny_gru4rec_run(tmp_path)
+    monkeypatch.setattr(hub, "__file__", str(tmp_path / "pkg" / "zoo" / "hub.py"))   # never the package's cards
+    repo = tmp_path / "repo"
+    (repo / "hub_cards").mkdir(parents=True)
+    monkeypatch.setenv("ZOO_BUNDLED_DIR", str(repo / "hub_cards"))
+    monkeypatch.chdir(repo)
+    hub.main(["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data])      # from the "root"
+    assert hub.is_bundled_card("hub_cards/tiny", "tiny") and not hub.is_bundled_card("hub_cards/tiny", "other")
+    text = (repo / "hub_cards" / "tiny" / "README.md").read_text()
+    assert f'from_pretrained("{hub.HUB_ORG}/tiny")   # works offline: a copy is bundled with ssm-rec-zoo' in text
+    assert f"Measured by `python -m zoo.evaluate --model {hub.HUB_ORG}/tiny --data {data} --kcore none`" in text
+    # a user's card with the Hub id it will be pushed to, and one without: never the project's id
+    mine = tmp_path / "cards" / "tiny"
+    hub.main(["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data, "--out", str(mine),
+              "--repo-id", "me/tiny-shop"])
+    text = (mine / "README.md").read_text()
+    assert 'from_pretrained("me/tiny-shop")   # the Hub id this card is published as' in text
+    assert "works offline" not in text and f"{hub.HUB_ORG}/tiny" not in text
+    assert "Measured by `python -m zoo.evaluate --model me/tiny-shop --data" in text
+    assert yaml.safe_load(text.split("---")[1])["model-index"][0]["name"] == "me/tiny-shop"
+    plain = tmp_path / "cards" / "plain"
+    hub.build_card_folder(str(tmp_path / "a"), "tiny", data, out_dir=str(plain))
+    text = (plain / "README.md").read_text()
+    assert f"from_pretrained({json.dumps(str(plain))})" in text and "works offline" not in text
+    assert f"--model {plain} --data {data}" in text and f"{hub.HUB_ORG}/tiny" not in text
+
+
+def test_cards_cite_only_references_a_reader_can_resolve():
+    """The cards cited "models.md §7/§8" (a file outside the repository and the Hub) and "issue #3" (of no named
+    repository): the reference sources are papers, a named public issue, or a plain statement."""
+    for kind, ref in hub.PUBLISHED.items():
+        assert "models.md" not in ref["source"] and not re.search(r"(?<!RecBole )issue #?\d", ref["source"]), kind
+    for readme in sorted((Path(__file__).resolve().parents[1] / "hub_cards").glob("*/README.md")):
+        text = readme.read_text()
+        assert "models.md" not in text and not re.search(r"(?<!RecBole )\bissue #?\d", text), readme.parent.name
+
+
+@pytest.mark.parametrize("name,says", [
+    ("runs/sasrec-ml1m", "there is no folder runs/ here"),
+    ("hub_cards/no-such-card", "hub_cards/ holds no folder 'no-such-card'"),
+])
+def test_a_path_like_name_that_does_not_exist_is_a_missing_local_folder(tmp_path, monkeypatch, name, says):
+    """``runs/sasrec-ml1m`` (export/README.md's examples: a training run) was taken for a Hub id, and the error
+    spoke of the Hub and its cache; a name whose first part is an existing folder or a folder the docs write runs
+    into is a local path that does not exist, the Hub never asked."""
+    from zoo.pretrained import resolve_pretrained
+
+    (tmp_path / "hub_cards").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("zoo.pretrained.hub_reachable", lambda *a: pytest.fail("the Hub was asked"))
+    with pytest.raises(ValueError) as e:
+        resolve_pretrained(name)
+    assert "is not an existing local folder" in str(e.value) and says in str(e.value), e.value
+    assert "Hub" not in str(e.value) and "cache" not in str(e.value)
+
+
+def test_a_bundled_models_short_name_points_at_its_hub_id():
+    """``--model sasrec-ml1m`` (the name ``zoo.hub list`` and the folder show) was refused without pointing at
+    ``ssm-rec-zoo/sasrec-ml1m``."""
+    from zoo.pretrained import resolve_pretrained
+
+    with pytest.raises(ValueError, match=f"did you mean {hub.HUB_ORG}/sasrec-ml1m, the bundled model"):
+        resolve_pretrained("sasrec-ml1m")
+    with pytest.raises(ValueError) as e:
+        resolve_pretrained("no-such-model")
+    assert "did you mean" not in str(e.value)

@@ -212,6 +212,9 @@ def test_plugin_library_is_self_contained(plugin_lib):
     dyn = subprocess.run(["readelf", "-d", str(plugin_lib)], capture_output=True, text=True).stdout
     needed = [ln.split("[")[1].rstrip("]") for ln in dyn.splitlines() if "(NEEDED)" in ln]
     assert not [n for n in needed if "nvinfer" in n or "cudart" in n], needed
+    # what plugins/README.md lists: libstdc++, libgcc_s, libc and the dynamic loader, nothing else
+    assert {n.split(".so")[0] for n in needed if not n.startswith("ld-linux")} <= {"libstdc++", "libgcc_s", "libc"}, \
+        needed
     syms = subprocess.run(["nm", "-D", "--defined-only", str(plugin_lib)], capture_output=True, text=True).stdout
     exported = {ln.split()[-1] for ln in syms.splitlines() if " T " in ln}
     assert {"getCreators", "setLoggerFinder"} <= exported
@@ -908,6 +911,36 @@ def test_build_emulated_links_under_a_temporary_name_under_a_lock(tmp_path, monk
     assert sorted(p.name for p in lib.parent.iterdir() if p.name.startswith(".") and p.suffix == ".tmp") == []
     assert BP.build_emulated(tmp_path) == lib and lib.read_bytes() == b"library 3"  # no record: linked again
     assert stamp.is_file()
+
+
+def test_build_removes_a_cmake_cache_of_another_checkout(tmp_path, monkeypatch, capsys):
+    """A checkout copied or moved with its build/ failed to rebuild the plugins with CMake's "The current
+    CMakeCache.txt directory ... is different than the directory ... where CMakeCache.txt was created" (and had
+    already removed the library's stamp, so export.trt failed the same way next time). The stale cache (and its
+    CMakeFiles/) is removed before configuring, with a note; a cache of this folder is kept."""
+    cmds = _fake_cmake(monkeypatch, tmp_path, rc=(0,) * 6)
+
+    def cache(home, build):
+        (tmp_path / "CMakeCache.txt").write_text(f"# This is the CMakeCache file.\n"
+                                                 f"CMAKE_CACHEFILE_DIR:INTERNAL={build}\n"
+                                                 f"CMAKE_HOME_DIRECTORY:INTERNAL={home}\n")
+        (tmp_path / "CMakeFiles").mkdir(exist_ok=True)
+        (tmp_path / "CMakeFiles" / "x.o").write_bytes(b"o")
+
+    cache(BP.PLUGINS_DIR, tmp_path)                                      # this checkout's: kept
+    assert BP.stale_cmake_cache(tmp_path) is None
+    res = BP.build(tmp_path, quiet=False)
+    assert (tmp_path / "CMakeCache.txt").exists() and (tmp_path / "CMakeFiles" / "x.o").exists()
+    assert "note: removed the CMake cache" not in capsys.readouterr().out and len(cmds) == 2
+    for home, build in ((BP.PLUGINS_DIR, "/elsewhere/build/plugins"), ("/elsewhere/plugins", tmp_path)):
+        cache(home, build)
+        assert BP.stale_cmake_cache(tmp_path).startswith("it was made for the ")
+        res = BP.build(tmp_path, quiet=False)
+        out = capsys.readouterr().out
+        assert f"note: removed the CMake cache in {tmp_path} (it was made for the " in out and "/elsewhere/" in out
+        assert not (tmp_path / "CMakeCache.txt").exists() and not (tmp_path / "CMakeFiles").exists()
+        assert res["plugins"] == tmp_path / ps.PLUGIN_LIBRARY and res["log"].startswith("note: removed")
+    assert BP.stale_cmake_cache(tmp_path / "none") is None                # no cache: nothing to say
 
 
 def test_build_reports_a_stamp_it_cannot_write(tmp_path, monkeypatch):

@@ -1,8 +1,8 @@
 """Vectors for retrieval: ``python -m zoo.embed [--model NAME] --out VECTORS.safetensors [--data FILE]``.
 
 Writes one safetensors file with the model's item vectors (tensor ``items``, ``[n_items - 1, vector_size]``) and,
-with ``--data``, a user vector for every user of the file from the user's whole history (tensor ``users``,
-``[n_users, vector_size]``; the model reads the last ``max_seq_length`` items). A user vector dotted with the item
+with ``--data``, a user vector for every user of the file from the last ``max_seq_length`` items of the user's
+history (the window the model reads; tensor ``users``, ``[n_users, vector_size]``). A user vector dotted with the item
 vectors gives the model's next-item scores of those items (:meth:`~zoo.SeqRecPreTrainedModel.query_vectors`), so an
 approximate-nearest-neighbour index (FAISS, ScaNN, a vector database) with maximum-inner-product search serves the
 model's recommendations from precomputed user vectors.
@@ -58,8 +58,8 @@ class Vectors:
 def user_vectors_of_dataset(model, ds, unknown: str = "error", batch_size: int = 256,
                             progress: bool = True) -> tuple[list, torch.Tensor, str]:
     """``(user ids, [U, vector_size] user vectors, vocabulary note)`` of every user of the
-    :class:`~zoo.data.SequenceDataset` ``ds`` from the user's whole history (``unknown`` as in
-    :func:`zoo.recommend.recommend_all_users`)."""
+    :class:`~zoo.data.SequenceDataset` ``ds`` from the last ``max_seq_length`` items of the user's history
+    (``unknown`` as in :func:`zoo.recommend.recommend_all_users`)."""
     from tqdm.auto import tqdm
 
     from .modeling_utils import _as_count
@@ -168,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m zoo.embed", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
     p.add_argument("--out", required=True, help="the safetensors file to write (items, and users with --data)")
-    p.add_argument("--data", help="interaction file: also a user vector for every user, from their whole history")
+    p.add_argument("--data", help="interaction file: also a user vector for every user, from the last "
+                                  "max_seq_length items of their history (the window the model reads)")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="--data items the model does not know: refuse (default) or leave those interactions out")
     add_model_data_options(p, "taking users")

@@ -540,7 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "these increasing edges (counts in the leave-one-out training sequences), e.g. "
                         "--by-popularity 0 20 100 500 (0: items never trained on, 1-20, 21-100, 101-500, > 500)")
     p.add_argument("--intervals", action="store_true",
-                   help="95%% bootstrap intervals over users for every metric (10,000 resamples)")
+                   help="95%% percentile-bootstrap intervals over users for every metric (10,000 resamples); the "
+                        "table prints each interval's half-width (95%% ±), the --json output keeps the exact, "
+                        "possibly asymmetric, bounds [low, high]")
     p.add_argument("--ranks-out", default=None, metavar="CSV",
                    help="also write each user's target and its rank (for paired comparisons: python -m zoo.compare)")
     p.add_argument("--max-users", type=positive_int, default=None, help="evaluate only the first N users (quick check)")
@@ -1000,6 +1002,10 @@ def _write_json(result: dict, path: str | None) -> None:
         print(f"wrote {path}")
 
 
+#: the subfolders of a card folder that hold its exported graphs (export.onnx --card-dir: step, window)
+ONNX_CARD_FOLDERS = ("onnx", "onnx-window")
+
+
 def _main_onnx(args, t0: float) -> dict:
     """``--onnx DIR``: the exported graph on the same examples (:func:`evaluate_onnx`)."""
     from export.deps import require
@@ -1011,7 +1017,12 @@ def _main_onnx(args, t0: float) -> dict:
 
     graph, spec_path = _resolve(args.onnx)
     if not os.path.exists(spec_path):
-        raise SystemExit(f"--onnx {args.onnx}: no state_spec.json there (a folder written by python -m export.onnx)")
+        # a card folder holds its graphs in subfolders: name them
+        inside = [os.path.join(args.onnx, sub) for sub in ONNX_CARD_FOLDERS
+                  if os.path.isfile(os.path.join(args.onnx, sub, "state_spec.json"))]
+        raise SystemExit(f"--onnx {args.onnx}: no state_spec.json there (a folder written by python -m export.onnx)"
+                         + (f"; it holds exported graphs in {' and '.join(inside)}: did you mean --onnx {inside[0]}?"
+                            if inside else ""))
     try:
         spec = read_spec(spec_path)                 # every field read below, or ValueError naming the file
     except (OSError, ValueError) as e:

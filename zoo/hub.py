@@ -29,19 +29,23 @@ from .pretrained import HUB_ORG, PLACEHOLDER_ORGS, bundled_models, weights_sha25
 logger = logging.getLogger(__name__)
 
 SSM_MODELS = ("mamba4rec", "lrurec", "tim4rec", "tim4rec_causal", "ssd4rec")
-#: published reference numbers (../shared/reference/models.md §8) the cards compare against
+#: the reference numbers the cards compare against, each with a source a card's reader can look up (a paper, a public
+#: issue) or, for a target that no publication gives, a plain statement of what it is
 PUBLISHED = {
     "mamba4rec": {"source": "Mamba4Rec paper (1 layer), RecBole protocol", "history_masked": False, "HR@10": 0.3121,
                   "NDCG@10": 0.1822, "MRR@10": 0.1425},
-    "sasrec": {"source": "issue #3 target under the RecBole protocol (RecBole-style SASRec)", "history_masked": False,
+    "sasrec": {"source": "a target, not a published number: HR@10 0.30 and NDCG@10 0.17 under the RecBole protocol, "
+                         "the low end of what well-tuned SASRec-type models reach on ML-1M (no published number for "
+                         "a RecBole-style SASRec under this protocol is known)", "history_masked": False,
                "HR@10": 0.30, "NDCG@10": 0.17},
     "lrurec": {"source": "LRURec paper Table 3, LRURec protocol (history masked)", "history_masked": True,
                "HR@10": 0.32636, "NDCG@10": 0.19298, "HR@20": 0.43313, "NDCG@20": 0.21990},
-    "gru4rec": {"source": "RecBole#945, RecBole GRU4Rec with default parameters under the RecBole protocol "
-                          "(third-party sanity range, models.md §7)", "history_masked": False, "HR@10": 0.2548,
+    "gru4rec": {"source": "RecBole issue #945 (github.com/RUCAIBox/RecBole/issues/945), RecBole GRU4Rec with "
+                          "default parameters under the RecBole protocol (a third-party run: a sanity range, not a "
+                          "paper's number)", "history_masked": False, "HR@10": 0.2548,
                 "NDCG@10": 0.1406, "MRR@10": 0.1059},
     "bert4rec": {"source": "LRURec paper Table 3, BERT4Rec row (CE, AdamW lr 1e-3, batch 128), LRURec protocol "
-                           "(history masked); no RecBole-protocol number for BERT4Rec on ML-1M is known (models.md §8)",
+                           "(history masked); no RecBole-protocol number for BERT4Rec on ML-1M is known",
                  "history_masked": True, "HR@10": 0.30894, "NDCG@10": 0.16377, "HR@20": 0.41738, "NDCG@20": 0.19118},
 }
 #: keys of a PUBLISHED entry that are not metrics
@@ -86,10 +90,29 @@ def _usage_example(folder: str | os.PathLike, cfg: dict) -> str:
     return f"print(model.recommend({history}, k=10).items)   # item ids are the dataset's own ids"
 
 
+def card_loading_line(name: str, repo_id: str | None = None, bundled: bool = False,
+                      load_from: str | os.PathLike | None = None) -> str:
+    """The card example's ``from_pretrained`` line. Only a card of the project's own (``bundled``: the folder that
+    ``ssm-rec-zoo/<name>`` resolves to, :func:`is_bundled_card`) loads by that id and says it works offline; another
+    loads by the Hub id it is published as (``repo_id``), else by its folder (``load_from``)."""
+    if bundled:
+        return (f'model = AutoModel.from_pretrained("{repo_id or f"{HUB_ORG}/{name}"}")   '
+                "# works offline: a copy is bundled with ssm-rec-zoo")
+    if repo_id:
+        return f'model = AutoModel.from_pretrained("{repo_id}")   # the Hub id this card is published as'
+    return (f"model = AutoModel.from_pretrained({json.dumps(os.fspath(load_from or name))})   "
+            "# this card's folder (its Hub id once published: python -m zoo.hub push)")
+
+
 def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dict, dataset: dict, train_log: dict,
               repo_id: str | None = None, extra_sections: str = "", reference_metrics: dict | None = None,
-              intervals: dict | None = None, baselines: dict | None = None) -> str:
+              intervals: dict | None = None, baselines: dict | None = None, bundled: bool = False,
+              load_from: str | os.PathLike | None = None) -> str:
     """Write ``folder/README.md``: a Hub model card (huggingface_hub ``ModelCard``) with ``model-index`` metrics.
+
+    ``bundled``: a card of the project's own (``ssm-rec-zoo/<name>`` resolves to its folder), named by that id and
+    said to work offline; any other card is named ``repo_id`` (the Hub id it will be published as) or ``name``, and its
+    example loads ``repo_id``, else its folder ``load_from`` (:func:`card_loading_line`).
 
     ``protocol["history_masked"]`` says how ``metrics`` were measured. When the model's published reference
     (``PUBLISHED``) was measured under the other protocol, ``reference_metrics = {"metrics": ..., "command": ...}``
@@ -102,7 +125,8 @@ def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dic
 
     import zoo
 
-    repo_id = repo_id or f"{HUB_ORG}/{name}"
+    loading = card_loading_line(name, repo_id, bundled, load_from)
+    repo_id = repo_id or (f"{HUB_ORG}/{name}" if bundled else name)
     cfg = json.load(open(os.path.join(folder, "config.json")))
     model_type = cfg["model_type"]
     ds_name, ds_type = dataset.get("name", "dataset"), dataset.get("type", "dataset")
@@ -130,7 +154,7 @@ It predicts the next item of a user's history over the full item catalogue.
 import zoo                                   # registers the zoo's models with transformers' Auto classes
 from transformers import AutoModel
 
-model = AutoModel.from_pretrained("{repo_id}")   # works offline: a copy is bundled with ssm-rec-zoo
+{loading}
 {_usage_example(folder, cfg)}
 ```
 
@@ -568,19 +592,59 @@ def check_card_out(out_dir: str | os.PathLike, run_dir: str | os.PathLike, stage
                      "over them")
 
 
+def default_card_out(name: str) -> str:
+    """Where ``zoo.hub card`` writes a card without ``--out``: ``hub_cards/<name>`` under the current directory (from
+    a checkout's root, the bundled card's own folder; from anywhere else, never the package's cards)."""
+    return os.path.join("hub_cards", name)
+
+
+def is_bundled_card(out_dir: str | os.PathLike, name: str) -> bool:
+    """Whether ``out_dir`` is the folder that ``ssm-rec-zoo/<name>`` resolves to offline (``<name>`` in a folder of
+    :func:`zoo.pretrained.bundled_dirs`): a card of the project's own, which may say so; a user's card, or a copy of a
+    bundled card elsewhere, is not."""
+    from .pretrained import bundled_dirs
+
+    if os.path.basename(os.path.normpath(os.fspath(out_dir))) != name:
+        return False
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(out_dir)))
+    return any(os.path.realpath(d) == parent for d in bundled_dirs())
+
+
+class _Shown:
+    """A text stream that writes to ``stream`` with ``staged`` replaced by ``final``: the paths a writer prints inside
+    a staged folder, shown where they will be once the folder is renamed in."""
+
+    def __init__(self, stream, staged: str, final: str):
+        self.stream, self.staged, self.final = stream, staged, final
+
+    def write(self, text: str) -> int:
+        self.stream.write(text.replace(self.staged, self.final))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, attr):
+        return getattr(self.stream, attr)
+
+
 def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,
                       description: str | None = None, dataset_type: str | None = None,
                       dataset_name: str | None = None, notes: str = "", keep_notes: bool = False,
-                      overwrite: bool = False) -> dict:
-    """Evaluate a training run's best checkpoint on the test split, then copy it into ``hub_cards/<name>`` and write
-    its card, re-exporting the folder's ONNX graphs from the new weights. Returns the measured metrics. The new card
+                      overwrite: bool = False, repo_id: str | None = None) -> dict:
+    """Evaluate a training run's best checkpoint on the test split, then copy it into ``out_dir`` (default
+    ``./hub_cards/<name>``, :func:`default_card_out`) and write its card, re-exporting the folder's ONNX graphs from
+    the new weights. Returns the measured metrics. The new card
     is written into a staged copy of the folder and swapped in whole: when any step fails (the evaluation, a graph
     that no longer verifies) the folder is left as it was.
 
     ``run_dir`` may also be a ``zoo.soup`` folder (the card lists its ingredients and their stages) or a card folder
     (its ``training_log.json`` holds every stage); given as its own ``out_dir``
     the card is re-measured and re-written in place (same weights: new card sections, intervals, re-verified ONNX
-    graphs). A card replaced in its folder keeps the protocol it was measured with (``exclude_history`` must match).
+    graphs). The card's commands name the data as given (``data``, a path that works from where the card was made)
+    and the model as ``ssm-rec-zoo/<name>`` only for a card of the project's own (:func:`is_bundled_card`); any
+    other card names ``repo_id`` (the Hub id it will be published as), else ``out_dir``. A card replaced in its
+    folder keeps the protocol it was measured with (``exclude_history`` must match).
     ``dataset_type``/``dataset_name`` name the data in the card; by default a recognised benchmark names itself
     (:data:`BENCHMARKS`, by its statistics), other data keeps the names of the card being replaced, else is named
     by its file. The card compares with the published numbers only when the data is the benchmark they were
@@ -597,7 +661,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     from .metrics import default_ks
     from .metrics import bootstrap_interval
 
-    out_dir = out_dir or os.path.join(pathlib.Path(__file__).resolve().parent.parent, "hub_cards", name)
+    out_dir = os.fspath(out_dir or default_card_out(name))
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run folder {run_dir} not found (a `python -m zoo.train --out` folder)")
     history = next((f for f in ("train_log.json", SOUP_LOG, STAGES_FILE) if os.path.exists(os.path.join(run_dir, f))),
@@ -647,8 +711,12 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                                     exclude_history=exclude_history, return_ranks=True)
     intervals = bootstrap_interval(ranks, ks=(10,))
 
-    def evaluate_command(masked: bool, source: str = f"--model {HUB_ORG}/{name}") -> str:
-        return f"python -m zoo.evaluate {source} --data {shlex.quote(data_file)}" + data_flags(data_options) + (
+    bundled = is_bundled_card(out_dir, name)
+    model_ref = f"{HUB_ORG}/{name}" if bundled else (repo_id or out_dir)   # what the card's commands load
+
+    def evaluate_command(masked: bool, source: str = f"--model {shlex.quote(model_ref)}") -> str:
+        # the data as given (a bare file name fails from anywhere but its folder; the CLIs read no data folder)
+        return f"python -m zoo.evaluate {source} --data {shlex.quote(os.fspath(data))}" + data_flags(data_options) + (
             " --unknown-items drop" if unknown_items == "drop" and source.startswith("--model") else "") + (
             " --exclude-history" if masked else "")
 
@@ -687,9 +755,10 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         with written_whole_folder(out_dir, copy_existing=True) as stage:
             for f in () if in_place else ("config.json", "model.safetensors", "item_vocab.json"):
                 shutil.copyfile(os.path.join(run_dir, f), os.path.join(stage, f))
-            make_card(stage, name, metrics, protocol, dataset, log,
+            make_card(stage, name, metrics, protocol, dataset, log, repo_id=None if bundled else repo_id,
                       extra_sections=_stages_markdown(stages) + _marked_notes(notes),
-                      reference_metrics=reference, intervals=intervals, baselines=baselines)
+                      reference_metrics=reference, intervals=intervals, baselines=baselines, bundled=bundled,
+                      load_from=out_dir)
             with written_whole(os.path.join(stage, STAGES_FILE)) as f:
                 json.dump({"stages": stages}, f, indent=1)
             with written_whole(os.path.join(stage, "eval_results.json")) as f:
@@ -699,7 +768,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                            "exclude_history": exclude_history, "baselines": baselines,
                            **({"reference_protocol": reference} if reference else {})}, f, indent=1)
             for args in exports:
-                refresh_onnx_export(stage, args, data, data_options.get("columns"))
+                refresh_onnx_export(stage, args, data, data_options.get("columns"), shown_as=out_dir)
     except RuntimeError as e:
         raise RuntimeError(f"{e}; {out_dir} was left as it was") from e
     return metrics
@@ -883,16 +952,23 @@ def existing_onnx_exports(card_dir: str | os.PathLike) -> list[list[str]]:
 
 
 def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str | None = None,
-                        columns: dict | None = None) -> None:
+                        columns: dict | None = None, shown_as: str | os.PathLike | None = None) -> None:
     """Re-export (and verify) one ONNX graph of a card folder from its current weights (``data``, read with
-    ``columns``: real histories for the verification); raises when that fails."""
+    ``columns``: real histories for the verification); raises when that fails. ``shown_as``: the folder that
+    ``card_dir`` (a staged copy) becomes, named instead of the stage in what is printed."""
+    import contextlib
+
     from export.onnx import main as onnx_main
 
     argv = ["--model", str(card_dir), "--card-dir", str(card_dir), *args] + (["--data", data] if data else []) + \
         columns_argv(columns)
-    print("[zoo.hub] re-exporting (and verifying) the card's ONNX graph from its weights: "
-          f"python -m export.onnx {' '.join(argv)}", flush=True)
-    rc = onnx_main(argv)
+    staged, final = str(card_dir), str(shown_as or card_dir)
+    print("[zoo.hub] re-exporting (and verifying) the card's ONNX graph from its weights"
+          + (f" (into a staged copy of {final}, renamed to it once the whole card is written)" if shown_as else "")
+          + f": python -m export.onnx {' '.join(shlex.quote(a.replace(staged, final)) for a in argv)}", flush=True)
+    with contextlib.redirect_stdout(_Shown(sys.stdout, staged, final)), \
+            contextlib.redirect_stderr(_Shown(sys.stderr, staged, final)):
+        rc = onnx_main(argv)
     if rc != 0:
         raise RuntimeError(f"re-export of the ONNX graph {args} from the new weights failed (exit {rc}; its report "
                            "above says why)")
@@ -964,12 +1040,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list bundled models: Hub id, folder, model type, dataset, protocol, test HR@10 and "
                                 "NDCG@10 (tab-separated; - where a folder has no card)")
-    c = sub.add_parser("card", help="turn a training run into a hub_cards/<name> folder with a measured card")
+    c = sub.add_parser("card", help="turn a training run into a card folder with a measured card (--out, default "
+                                    "./hub_cards/<name>)")
     c.add_argument("--run", required=True, help="a zoo.train --out folder, or a card folder (the card's own folder "
                                                  "re-measures and re-writes it in place)")
     c.add_argument("--name", required=True)
     c.add_argument("--data", required=True)
-    c.add_argument("--out", help="default hub_cards/<name>")
+    c.add_argument("--out", help="the card folder (default: hub_cards/<name> under the current directory; from the "
+                                 "repository root that is the bundled card's folder, whose card alone names "
+                                 f"{HUB_ORG}/<name>); the folder written is printed at the end")
+    c.add_argument("--repo-id", help="the Hub id the card will be published as (zoo.hub push): its example and "
+                                     "commands load it (default: the --out folder; a bundled card: "
+                                     f"{HUB_ORG}/<name>)")
     c.add_argument("--exclude-history", action="store_true")
     c.add_argument("--dataset-type", help="the model-index dataset type (default: a recognised benchmark's, e.g. "
                                           "ml-1m; else the replaced card's; else the data file's name)")
@@ -999,13 +1081,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             notes = pathlib.Path(args.notes).read_text() if args.notes else ""
         except (OSError, UnicodeDecodeError) as e:
             sys.exit(f"card not written: {cannot('--notes', args.notes, e, 'read')}")
+        out = args.out or default_card_out(args.name)
         try:
-            m = build_card_folder(args.run, args.name, args.data, args.out, args.exclude_history, args.description,
+            m = build_card_folder(args.run, args.name, args.data, out, args.exclude_history, args.description,
                                   args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes,
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite, repo_id=args.repo_id)
         except (OSError, KeyError, ValueError, RuntimeError, MissingDependencyError) as e:  # they name what failed
             sys.exit(f"card not written: {e}")
         print(json.dumps(m, indent=1))
+        print(f"wrote card {os.path.abspath(out)} (README.md, weights, eval_results.json)", flush=True)
     elif args.cmd == "push":
         try:
             print(push(args.folder, args.repo_id, args.private))

@@ -3,7 +3,9 @@ publishing tools built on it are in :mod:`zoo.hub`).
 
 Resolution of a name given to ``from_pretrained``:
 
-1. an existing local folder is used as is;
+1. an existing local folder is used as is; a name whose first part is an existing folder, or one of the folders
+   the docs write runs and cards into (:data:`LOCAL_FOLDER_NAMES`: ``runs/x``), is a local path that does not exist
+   (a ``ValueError`` saying so, the Hub not asked);
 2. a Hub id ``org/name`` goes through the normal Hugging Face machinery (``huggingface_hub.snapshot_download``,
    which honours ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and the local cache);
 3. when the Hub cannot be reached (offline mode, no network, a quick connection probe fails) or does not have the
@@ -29,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 HUB_ORG = os.environ.get("ZOO_HUB_ORG", "ssm-rec-zoo")
 PLACEHOLDER_ORGS = ("org",)
+#: first parts of a ``from_pretrained`` name that make it a local path even when that folder does not exist: the
+#: folders the docs write runs and cards into (``runs/<run>``, ``hub_cards/<name>``), never asked of the Hub
+LOCAL_FOLDER_NAMES = ("runs", "hub_cards")
 
 
 # ------------------------------------------------------------------------------------------- bundled copies
@@ -180,7 +185,16 @@ def resolve_pretrained(name_or_path: str | os.PathLike, *, revision: str | None 
         raise ValueError(f"{p} is a file; from_pretrained expects a folder with config.json and model.safetensors")
     org, _, repo = p.partition("/")
     if p.count("/") != 1 or not org or not repo or org in (".", "..", "~"):
-        raise ValueError(f"{p!r} is neither a local folder (none exists there) nor a Hub id of the form 'org/name'")
+        hint = (f"; did you mean {HUB_ORG}/{p}, the bundled model?" if "/" not in p and p in bundled_models()
+                else "")
+        raise ValueError(f"{p!r} is neither a local folder (none exists there) nor a Hub id of the form "
+                         f"'org/name'{hint}")
+    if org in LOCAL_FOLDER_NAMES or (os.path.isdir(org) and org not in (HUB_ORG, *PLACEHOLDER_ORGS)):
+        # a path of the user's (runs/<run>: zoo.train's --out), not a Hub id: the Hub is not asked
+        where = (f"{org}/ holds no folder {repo!r}" if os.path.isdir(org) else f"there is no folder {org}/ here")
+        raise ValueError(f"{p!r} is not an existing local folder ({where}, under {os.getcwd()}): a path of your own, "
+                         "e.g. a zoo.train --out run, that does not exist (yet); the bundled models are "
+                         f"{HUB_ORG}/<name>, <name> one of {sorted(bundled_models())}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 

@@ -175,10 +175,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--models", nargs="+", required=True, help="checkpoints (folders or bundled Hub ids) to average")
     p.add_argument("--data", required=True, help="interaction file whose validation split scores the ingredients")
     p.add_argument("--out", required=True, help="model folder to write (refused if it holds files, unless --overwrite)")
-    p.add_argument("--method", choices=METHODS, default="greedy")
+    p.add_argument("--method", choices=METHODS, default="greedy",
+                   help="greedy (default; the paper's recipe): from the best ingredient, add each other one only if "
+                        "the soup's validation NDCG@10 does not drop; uniform: average them all")
     p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: history items masked")
     p.add_argument("--kcore", type=kcore, default="auto", help="k-core filter of --data (as in zoo.train)")
-    p.add_argument("--time-ties", choices=TIME_TIES, default="file")
+    p.add_argument("--time-ties", choices=TIME_TIES, default="file",
+                   help="order of one user's same-second interactions (as in zoo.train; default file)")
     add_columns_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an --out folder that already holds files, whole")
     a = p.parse_args(argv)

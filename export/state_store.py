@@ -34,7 +34,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -51,6 +51,31 @@ user from the initial state (their earlier history is then ignored)."""
 
 class StaleStateError(ValueError):
     """A stored state was written by another model than the one serving now (its fingerprint differs)."""
+
+
+class ClosedError(RuntimeError):
+    """A store, session or client was used after its ``close()``."""
+
+
+class Closed:
+    """Stands in for what a closed object held (a connection, a client, a store): any use of it raises
+    :class:`ClosedError` naming ``what`` was closed, so that a call after ``close()`` says so."""
+
+    def __init__(self, what: str):
+        self._what = what
+
+    def _refuse(self, *args, **kwargs):
+        raise ClosedError(f"{self._what} is closed (close() was called): open a new one")
+
+    def __getattr__(self, name):
+        if name.startswith("__"):                          # copy / pickle / repr probes: no such attribute
+            raise AttributeError(name)
+        self._refuse()
+
+    __call__ = __getitem__ = __setitem__ = __contains__ = __len__ = __iter__ = _refuse
+
+    def __repr__(self) -> str:
+        return f"<closed: {self._what}>"
 
 
 def check_on_stale(on_stale: str) -> str:
@@ -181,6 +206,60 @@ class BytesStore:
         return len(self.kv)
 
 
+class LRUStore:
+    """A bounded in-process store: at most ``max_users`` states, the least recently used (read or written) evicted
+    past it (counted in :attr:`evicted`), thread-safe (one lock): the ``store`` argument of both explicit-state clients
+    where the default dict, which keeps every user's state for the life of the process, would grow without bound.
+
+    An evicted user is a new user to the recommender: their next event starts from the initial state (the history
+    before it ignored, without an error), as after a Redis ``ttl`` or :meth:`SQLiteStateStore.expire`. Size it above
+    the users active within the time you want them kept, or :meth:`prime` users who come back."""
+
+    def __init__(self, max_users: int):
+        if isinstance(max_users, bool) or not isinstance(max_users, int) or max_users < 1:
+            raise ValueError(f"max_users must be a positive int, got {max_users!r}")
+        self.max_users = max_users
+        #: states evicted so far
+        self.evicted = 0
+        self._data: "OrderedDict[Any, Any]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            if key not in self._data:
+                return default
+            self._data.move_to_end(key)
+            return self._data[key]
+
+    def __getitem__(self, key):
+        with self._lock:
+            self._data.move_to_end(key)                    # KeyError when absent
+            return self._data[key]
+
+    def __setitem__(self, key, state) -> None:
+        with self._lock:
+            self._data[key] = state
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_users:
+                self._data.popitem(last=False)
+                self.evicted += 1
+
+    def pop(self, key, *default):
+        with self._lock:
+            return self._data.pop(key, *default)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self):
+        with self._lock:
+            return iter(list(self._data))
+
+
 # ---------------------------------------------------------------------------------------- sharing across processes
 class ConcurrentUpdateError(RuntimeError):
     """Other writers changed a user's stored state between every read and commit of :func:`transact` (nothing of the
@@ -302,7 +381,7 @@ def transact(store, keys: Sequence, compute: Callable[[list], tuple[Any, list]],
 
 
 _CHECKPOINTERS: dict = {}      # (pid, database path) -> (the live stores of that file in this process, its thread's
-                               # wake-up event, the settings it serves: _Shared)
+                               # wake-up event, the settings it serves: _Shared, the thread)
 _CHECKPOINTERS_LOCK = threading.Lock()
 
 
@@ -384,17 +463,6 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
     Should the thread fall behind, the writers truncate the WAL themselves (:data:`WRITERS_STEP_IN`).
     """
     key = (os.getpid(), os.path.realpath(store.path))
-    with _CHECKPOINTERS_LOCK:
-        entry = _CHECKPOINTERS.get(key)
-        if entry is not None:
-            entry[0].add(store)
-            entry[2].limit = _shared_settings(list(entry[0]))[1]     # a stricter limit holds the writers at once
-            store._wal_shared = entry[2]
-            entry[1].set()
-            return
-        stores, wake = weakref.WeakSet([store]), threading.Event()
-        shared = store._wal_shared = _Shared(store.wal_size_limit)
-        _CHECKPOINTERS[key] = (stores, wake, shared)
     # not the store itself: the thread must not keep it alive
     path, wal = store.path, store.path + "-wal"
     every = store.checkpoint_every
@@ -410,8 +478,11 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
                     # a snapshot: the garbage collector may drop a store from the WeakSet at any moment (not under
                     # this lock), so a set found non-empty could be empty by the time it is iterated
                     live = list(stores)
-                    if not live:
-                        del _CHECKPOINTERS[key]
+                    # the last store closed (SQLiteStateStore.close: the entry is gone, or another thread's since) or
+                    # garbage collected: the thread ends, closing its connection
+                    if not live or _CHECKPOINTERS.get(key) is not entry:
+                        if _CHECKPOINTERS.get(key) is entry:
+                            del _CHECKPOINTERS[key]
                         return
                     every, limit, wait = _shared_settings(live)
                     shared.limit = limit
@@ -425,12 +496,33 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
         finally:
             conn.close()
 
-    threading.Thread(target=loop, name=f"zoo-state-checkpoint {path}", daemon=True).start()
+    with _CHECKPOINTERS_LOCK:
+        entry = _CHECKPOINTERS.get(key)
+        if entry is not None:
+            entry[0].add(store)
+            entry[2].limit = _shared_settings(list(entry[0]))[1]     # a stricter limit holds the writers at once
+            store._wal_shared, store._checkpoint = entry[2], (key, entry)
+            entry[1].set()
+            return
+        stores, wake = weakref.WeakSet([store]), threading.Event()
+        shared = store._wal_shared = _Shared(store.wal_size_limit)
+        thread = threading.Thread(target=loop, name=f"zoo-state-checkpoint {path}", daemon=True)
+        entry = _CHECKPOINTERS[key] = (stores, wake, shared, thread)
+        store._checkpoint = (key, entry)
+
+    thread.start()
 
 
 def _quoted(name: str) -> str:
     """``name`` as a quoted SQL identifier (a keyword such as ``order`` is then a name too)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+class _Connection(sqlite3.Connection):
+    """A connection of a :class:`SQLiteStateStore`: a weak reference to it can be taken (the store tracks its
+    connections weakly, to close them all), and it records the process that opened it (``pid``)."""
+
+    pid = 0
 
 
 class _VersionedStore:
@@ -484,7 +576,8 @@ class SQLiteStateStore(_VersionedStore):
     ``__setitem__`` / ``pop`` / ``in`` / ``len`` as a dict (``__setitem__`` overwrites unconditionally; the clients
     commit instead). :meth:`expire` drops the users idle for a given time (Redis's TTL, run when you choose). Each
     thread and process opens its own connection; the object pickles as its path, so it can be handed to worker
-    processes.
+    processes. :meth:`close` (or ``with SQLiteStateStore(path) as store:``) closes every connection it opened, in
+    any thread, and stops its checkpoint thread.
 
     The store's version floor (module docstring) is the one row of the table ``"<table>:version_floor"``, raised in
     the transaction of each ``pop`` and :meth:`expire`; a database made before it gets it at 0 when first opened
@@ -539,6 +632,11 @@ class SQLiteStateStore(_VersionedStore):
             raise ValueError(f"wal_size_limit must be a number of bytes >= 0 or None, got {wal_size_limit!r}")
         self.checkpoint_every, self.wal_size_limit = checkpoint_every, wal_size_limit
         self._local = threading.local()
+        # every connection this store opened, in any thread (close() closes them all); weak: a thread's connection
+        # closes when the thread ends, as before
+        self._conns: weakref.WeakSet = weakref.WeakSet()
+        self._conns_lock = threading.Lock()
+        self._closed = False
         self._read("PRAGMA journal_mode=WAL")
         self._write(self._create)
 
@@ -572,11 +670,21 @@ class SQLiteStateStore(_VersionedStore):
                             self.wal_size_limit)
 
     def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise ClosedError(f"SQLiteStateStore({self.path!r}) is closed (close() was called): open a new one")
         local = self._local
         if getattr(local, "pid", None) != os.getpid():           # a new thread, or a forked process: its own
-            # no SQLite busy handler (it sleeps whole milliseconds): _retry polls for a lock instead
-            local.conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
-            local.pid = os.getpid()
+            # no SQLite busy handler (it sleeps whole milliseconds): _retry polls for a lock instead. Used by its
+            # thread only; check_same_thread=False lets close() close it from another thread
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False,
+                                   factory=_Connection)
+            conn.pid = os.getpid()
+            with self._conns_lock:
+                if self._closed:                                 # close() ran meanwhile
+                    conn.close()
+                    return self._conn()
+                self._conns.add(conn)
+            local.conn, local.pid = conn, conn.pid
             self._retry(lambda: local.conn.execute(f"PRAGMA synchronous={self.synchronous}"))
             if self.wal_size_limit is not None:
                 local.conn.execute(f"PRAGMA journal_size_limit={int(self.wal_size_limit)}").fetchall()
@@ -656,12 +764,50 @@ class SQLiteStateStore(_VersionedStore):
         shared = getattr(self, "_wal_shared", None)
         return 0 if shared is None else shared.errors
 
+    CLOSE_WAIT = 5.0
+    """Seconds :meth:`close` waits at most for the checkpoint thread to end (it ends at once unless a checkpoint is
+    running; one that waits for another process's writer ends when that is done, closing its connection)."""
+
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            conn.close()
+        """Release what the store holds in this process: close every connection it opened, in any thread (a pool
+        thread's too, at once: not when the thread ends or the garbage collector runs), and stop the file's
+        checkpoint thread (joined, :attr:`CLOSE_WAIT` at most) unless another open store of the file in this
+        process still uses it. Idempotent; afterwards any use raises :class:`ClosedError` (the database is
+        untouched: open a new store on it). Call it once no thread is using the store (a call in flight in another
+        thread fails). ``with SQLiteStateStore(path) as store:`` closes it at the end of the block."""
+        with self._conns_lock:
+            if self._closed:
+                return
+            self._closed = True
+            conns = list(self._conns)
+            self._conns = weakref.WeakSet()
         self._local = threading.local()
+        for conn in conns:
+            if conn.pid == os.getpid():                # a forked child leaves its parent's connections alone
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        key, entry = getattr(self, "_checkpoint", (None, None))
+        if entry is None or key[0] != os.getpid():
+            return
+        with _CHECKPOINTERS_LOCK:
+            entry[0].discard(self)
+            last = not entry[0] and _CHECKPOINTERS.get(key) is entry
+            if last:                                   # a store of the file opened from now on starts a new thread
+                del _CHECKPOINTERS[key]
+        entry[1].set()                                 # the thread ends, or serves the other stores' settings
+        if last and entry[3] is not threading.current_thread():
+            entry[3].join(self.CLOSE_WAIT)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> "SQLiteStateStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _key(self, key) -> str:
         return self._user(key)
@@ -784,6 +930,8 @@ class RedisStateStore(_VersionedStore):
     :class:`StoreDataLostError` naming the likely causes, once per store object and loss (counted in
     :attr:`data_losses`); the users then start afresh (prime them from their histories).
 
+    :meth:`close` (or ``with RedisStateStore(url) as store:``) closes the client of a store built from a URL.
+
     Commits are idempotent (:meth:`commit`): one whose answer was lost is sent again with the same token and found
     applied, never applied twice; one that never gets an answer raises :class:`CommitOutcomeUnknownError`.
 
@@ -886,6 +1034,33 @@ class RedisStateStore(_VersionedStore):
             raise TypeError("a RedisStateStore built from a client object does not pickle; build it from a URL to "
                             "hand it to worker processes")
         return type(self), (self.url, self.prefix, self.ttl)
+
+    def close(self) -> None:
+        """Release what the store holds: a store built from a URL closes its client (the sockets of its connection
+        pool, at once rather than when the garbage collector gets to them); a client object you passed in is yours
+        and stays open. Idempotent; afterwards any use of the store raises :class:`ClosedError`. ``with
+        RedisStateStore(url) as store:`` closes it at the end of the block."""
+        client = self.client
+        if isinstance(client, Closed):
+            return
+        where = self.url.split("@")[-1] if self.url else "a client object"
+        self.client = self._commit = self._set = self._pop = Closed(f"RedisStateStore({where}, prefix "
+                                                                      f"{self.prefix!r})")
+        if self.url is not None:
+            client.close()
+            with contextlib.suppress(Exception):       # redis-py versions whose close() keeps the pool's sockets
+                client.connection_pool.disconnect()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return isinstance(self.client, Closed)
+
+    def __enter__(self) -> "RedisStateStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _key(self, key) -> str:
         return self.prefix + self._user(key)
@@ -1053,7 +1228,7 @@ class RedisStateStore(_VersionedStore):
         return self._users()
 
 
-__all__ = ["FINGERPRINT_KEY", "ON_STALE", "RETRIES", "STATE_FORMAT", "StaleStateError", "ConcurrentUpdateError",
-           "CommitOutcomeUnknownError", "StoreDataLostError", "UserLocks", "BytesStore", "SQLiteStateStore",
-           "RedisStateStore", "check_on_stale", "stored_tag", "usable_state", "tagged", "to_bytes", "from_bytes",
-           "is_versioned", "transact", "forget", "check_events"]
+__all__ = ["FINGERPRINT_KEY", "ON_STALE", "RETRIES", "STATE_FORMAT", "StaleStateError", "ClosedError", "Closed",
+           "ConcurrentUpdateError", "CommitOutcomeUnknownError", "StoreDataLostError", "UserLocks", "BytesStore",
+           "LRUStore", "SQLiteStateStore", "RedisStateStore", "check_on_stale", "stored_tag", "usable_state", "tagged",
+           "to_bytes", "from_bytes", "is_versioned", "transact", "forget", "check_events"]

@@ -351,3 +351,48 @@ def test_redis_unreadable_states_name_their_user(store):
         with pytest.raises(ValueError, match=r"stored state of user 'b' .* has the version b'not-a-number', not an "
                                              "int"):
             read()
+
+
+def test_redis_store_close_releases_the_connections_of_a_store_built_from_a_url(store):
+    """A RedisStateStore had no close(): the connection pool of a store built from a URL was released only when the
+    garbage collector got to it. close() closes it (the server sees the connection go), idempotent, any later use
+    raising ClosedError; ``with`` closes; a client object passed in is the caller's and stays open."""
+    import time
+
+    import redis
+
+    from export.state_store import ClosedError
+
+    admin = redis.Redis.from_url(store.url)
+    name = f"zoo-close-{uuid.uuid4().hex[:8]}"
+
+    def connected() -> int:
+        return sum(c.get("name") == name for c in admin.client_list())
+
+    def gone() -> bool:                               # the server notices a closed socket on its next loop turn
+        for _ in range(500):
+            if connected() == 0:
+                return True
+            time.sleep(0.01)
+        return False
+
+    url = f"{store.url}{'&' if '?' in store.url else '?'}client_name={name}"
+    with RedisStateStore(url, prefix=store.prefix) as mine:
+        mine["u"] = _state(0)
+        assert connected() == 1 and _same(mine["u"], _state(0))
+    assert mine.closed and gone()
+    mine.close()                                      # idempotent
+    for call in (lambda: mine.get("u"), lambda: mine.__setitem__("u", _state(1)), lambda: mine.pop("u"),
+                 lambda: mine.commit([("u", 0, _state(1))]), lambda: len(mine)):
+        with pytest.raises(ClosedError, match=r"RedisStateStore\(.*prefix .*\) is closed"):
+            call()
+    assert "u" in store                               # the data stays on the server
+    client = redis.Redis.from_url(url)
+    theirs = RedisStateStore(client, prefix=store.prefix)
+    assert _same(theirs["u"], _state(0))
+    theirs.close()
+    assert client.ping() and connected() == 1         # the caller's client: still open
+    with pytest.raises(ClosedError):
+        theirs.get("u")
+    client.close()
+    admin.close()

@@ -588,9 +588,110 @@ def test_sqlite_checkpoint_thread_ends_cleanly_when_its_last_store_goes_while_it
     store = SQLiteStateStore(tmp_path / "s.db", checkpoint_every=3600)
     store["u"] = {"h": np.zeros((1, 4), np.float32)}                 # its connection starts the thread
     key = (os.getpid(), os.path.realpath(store.path))
-    stores, wake, _ = state_store._CHECKPOINTERS[key]
+    stores, wake, *_ = state_store._CHECKPOINTERS[key]
     (thread,) = [t for t in threading.enumerate() if t.name == f"zoo-state-checkpoint {store.path}"]
     stores.vanish = True
     wake.set()
     thread.join(10)
     assert not thread.is_alive() and errors == [] and key not in state_store._CHECKPOINTERS, errors
+
+
+def _fds_on(folder) -> int:
+    """Open file descriptors of this process on files under ``folder`` (the database, its -wal and -shm)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder))
+        except OSError:                                          # closed meanwhile (the listing's own fd)
+            pass
+    return n
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc/self/fd (Linux)")
+def test_sqlite_close_releases_every_connection_and_the_checkpoint_thread(tmp_path):
+    """close() closed only the calling thread's connection: a pool thread's stayed open until the thread ended or
+    the garbage collector broke the connection's reference cycle, and the checkpoint thread (with its connection)
+    ran until the store object was garbage collected -- a closed store kept in a list held +1 thread and +3 fds
+    each, forever. Now close() closes every connection the store opened, in any thread, and stops and joins the
+    checkpoint thread (unless another open store of the file uses it), with the object still referenced and the
+    garbage collector off; idempotent; any later use raises ClosedError; ``with`` closes."""
+    import concurrent.futures
+    import gc
+    import threading
+
+    from export import state_store
+    from export.state_store import ClosedError
+
+    def checkpointers(path):
+        return [t for t in threading.enumerate() if t.name == f"zoo-state-checkpoint {path}" and t.is_alive()]
+
+    state = {"h": np.zeros((1, 4), np.float32)}
+    gc.disable()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:        # threads that outlive the store
+            kept = []
+            for i in range(3):
+                store = SQLiteStateStore(tmp_path / f"s{i}.db", checkpoint_every=3600)
+                store["main"] = state
+                list(pool.map(lambda j: store.__setitem__(f"p{j}", state), range(8)))
+                assert checkpointers(store.path) and _fds_on(tmp_path) > 0
+                store.close()
+                store.close()                                         # idempotent
+                kept.append(store)
+                assert checkpointers(store.path) == [] and _fds_on(tmp_path) == 0, _fds_on(tmp_path)
+                assert (os.getpid(), os.path.realpath(store.path)) not in state_store._CHECKPOINTERS
+            for call in (lambda: store.get("main"), lambda: store.__setitem__("x", state), lambda: len(store),
+                         lambda: pool.submit(store.get, "main").result()):
+                with pytest.raises(ClosedError, match=r"SQLiteStateStore\('.*s2\.db'\) is closed"):
+                    call()
+            assert store.closed and not any(checkpointers(s.path) for s in kept)
+    finally:
+        gc.enable()
+    # two stores of one file share the thread: closing one leaves it to the other; a store opened later gets one
+    path = tmp_path / "shared.db"
+    with SQLiteStateStore(path, checkpoint_every=3600) as a, SQLiteStateStore(path, checkpoint_every=3600) as b:
+        a["u"] = state
+        b["v"] = state
+        (thread,) = checkpointers(a.path)
+        a.close()
+        assert thread.is_alive() and checkpointers(b.path) == [thread] and "u" in b
+    assert not thread.is_alive() and _fds_on(tmp_path) == 0 and b.closed
+    with SQLiteStateStore(path, checkpoint_every=3600) as c:
+        c["w"] = state
+        assert len(checkpointers(c.path)) == 1 and sorted(c) == ["u", "v", "w"]
+    assert checkpointers(c.path) == [] and _fds_on(tmp_path) == 0
+
+
+def test_lru_store_keeps_at_most_max_users_evicting_the_least_recently_used():
+    """The default dict keeps every user's state for the life of the process (~19 KB a Mamba4Rec user; export/
+    README.md): LRUStore bounds it, a read or write making a user the most recent; evictions are counted."""
+    import threading
+
+    from export.state_store import LRUStore
+
+    with pytest.raises(ValueError, match="max_users must be a positive int"):
+        LRUStore(0)
+    store = LRUStore(3)
+    for u in "abc":
+        store[u] = _state()
+    assert store.get("a") is not None                   # a is now the most recent: b goes first
+    store["d"] = _state()
+    assert sorted(store) == ["a", "c", "d"] and "b" not in store and store.get("b") is None and store.evicted == 1
+    assert store["c"] is not None
+    with pytest.raises(KeyError):
+        store["b"]
+    forget(store, "c")
+    forget(store, "never")
+    assert len(store) == 2 and store.pop("x", "none") == "none"
+
+    def writer(i):
+        for j in range(300):
+            store[f"{i}-{j}"] = j
+            store.get(f"{i}-{j - 1}")
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store) == 3 and store.evicted == 1 + 2 + 4 * 300 - 3       # every write kept or counted

@@ -64,7 +64,11 @@ def test_only_integer_ids_for_an_int_vocabulary():
     import numpy as np          # hard dependencies of the zoo: a missing one must fail, not skip
     import torch
     v = ItemVocab([588, 589, 1])
-    assert v.encode([np.int64(588), np.int32(1), torch.tensor(589), " 589 ", "0588"]) == [1, 3, 2, 2, 1]
+    assert v.encode([np.int64(588), np.int32(1), torch.tensor(589), "589"]) == [1, 3, 2, 2]
+    for other in (" 589 ", "0588"):                         # another spelling is another id: unknown here
+        with pytest.raises(UnknownItemError, match="not the canonical spelling of the int id"):
+            v.encode([other])
+        assert other not in v
     for bad in (np.float64(588.9), np.float32(588.0), torch.tensor(588.0), np.bool_(True), True, "³", "\u0665\u0668\u0668"):
         with pytest.raises(TypeError, match="is not an int id"):
             v.encode([bad])
@@ -91,9 +95,9 @@ def test_bools_are_not_int_item_ids():
 
 
 def test_negative_int_ids_written_as_text():
-    """'-3' (and ' -3 ') is the int id -3 of an int vocabulary, as is_int_text documents; not a refused string."""
+    """'-3' is the int id -3 of an int vocabulary, not a refused string; ' -3 ' is another spelling: unknown."""
     v = ItemVocab([-3, 5])
-    assert v.encode(["-3", " -3 ", -3, "5"]) == [1, 1, 1, 2] and "-3" in v and "-4" not in v
+    assert v.encode(["-3", -3, "5"]) == [1, 1, 2] and "-3" in v and "-4" not in v and " -3 " not in v
 
 
 def test_saved_file_is_the_documented_format(tmp_path):

@@ -219,10 +219,10 @@ def written_whole_path(path: str | os.PathLike):
 
 @contextlib.contextmanager
 def written_whole(path: str | os.PathLike, newline: str | None = None):
-    """Yield a text file opened beside ``path`` (its folder created) that replaces ``path`` only when the block
-    completes; an error or an interruption removes it and leaves an existing ``path`` as it was
-    (:func:`written_whole_path`)."""
-    with written_whole_path(path) as tmp, open(tmp, "w", newline=newline) as f:
+    """Yield a text file (UTF-8, whatever the locale) opened beside ``path`` (its folder created) that replaces
+    ``path`` only when the block completes; an error or an interruption removes it and leaves an existing ``path`` as
+    it was (:func:`written_whole_path`)."""
+    with written_whole_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline=newline) as f:
         yield f
 
 

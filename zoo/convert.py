@@ -38,7 +38,7 @@ from typing import Sequence
 import torch
 
 from .cli import cannot, check_outputs, written_whole_folder
-from .vocab import ItemVocab, is_int_text
+from .vocab import ItemVocab, is_canonical_int_text
 
 
 #: RecBole config key -> zoo config field, for the fields a state dict does not show
@@ -236,13 +236,13 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
                          f"unexpected {unexpected[:5]}")
     if item_tokens:
         try:
-            with open(item_tokens) as f:
+            with open(item_tokens, encoding="utf-8") as f:
                 tokens = [t.strip() for t in f if t.strip()]
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(cannot("--item-tokens", item_tokens, e, "read")) from None
         if tokens and tokens[0] == "[PAD]":
             tokens = tokens[1:]
-        ints = all(is_int_text(t) for t in tokens)                  # ASCII digits: int() refuses e.g. '³'
+        ints = all(is_canonical_int_text(t) for t in tokens)   # as the readers: '007' is no int, int() refuses '³'
         try:
             model.set_item_vocab(ItemVocab([int(t) for t in tokens] if ints else tokens))
         except ValueError as e:

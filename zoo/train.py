@@ -132,9 +132,9 @@ def read_config_file(path: str | os.PathLike) -> dict:
     """``--config FILE``: a JSON object of model config fields. ``ValueError`` naming the file when it is not valid
     JSON or not an object (a list or a number would otherwise fail later, far from the cause)."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise ValueError(cannot("--config", path, e, "read")) from None
     try:
         fields = json.loads(text)
@@ -548,7 +548,7 @@ def no_resume_state(out: str | os.PathLike) -> str:
     """Why ``--resume`` finds no resume state in ``out``, as its run's ``train_log.json`` tells: the run finished, or
     it was cut before its first state was saved (its log has epochs but no ``stopped``), or none ran there."""
     try:
-        with open(os.path.join(out, "train_log.json")) as f:
+        with open(os.path.join(out, "train_log.json"), encoding="utf-8") as f:
             log = json.load(f)
     except (OSError, ValueError):
         log = None
@@ -594,7 +594,12 @@ def fit_data_to_checkpoint(ds, model, unknown_items: str = "error", where: str =
             f"checkpoint's item vocabulary ({len(vocab)} items), e.g. {unknown[:5]}: --unknown-items add gives them "
             "new rows (a catalogue that gained items), --unknown-items drop leaves their interactions out")
     if unknown and unknown_items == "add":
-        info["added"] = len(model.add_items(unknown))
+        try:
+            info["added"] = len(model.add_items(unknown))
+        except TypeError as e:                  # str ids ('abc', '007') that an int vocabulary cannot hold
+            raise ValueError(
+                f"{where}: the data's item ids are strings (e.g. {unknown[:3]}) that the checkpoint's int item "
+                f"vocabulary cannot add ({e}); --unknown-items drop leaves their interactions out") from None
     before = ds.n_interactions
     ds = ds.reencode(model.item_vocab, unknown="drop" if unknown_items == "drop" else "error")
     info["dropped_interactions"] = before - ds.n_interactions

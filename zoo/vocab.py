@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from typing import Iterable, Sequence
 
 VOCAB_FILE = "item_vocab.json"
@@ -28,6 +29,40 @@ def is_int_text(s: str) -> bool:
     """Whether ``s`` writes an integer in ASCII digits (``588``, ``-3``, ``007``); ``str.isdigit`` would also take
     ``'³'`` or ``'٥٨٨'``, which ``int()`` then refuses or reads as another number."""
     return _INT_TEXT.fullmatch(s) is not None
+
+
+def is_canonical_int_text(s: str) -> bool:
+    """Whether ``s`` is the way Python writes an int (``str(int(s)) == s``: ``7``, ``-3``, never ``007``, ``-0``,
+    ``+7`` or `` 7 ``): the only text an int vocabulary reads as an int id; other spellings are other ids."""
+    return _INT_TEXT.fullmatch(s) is not None and str(int(s)) == s
+
+
+def other_normalization(x: str, ids) -> str | None:
+    """The Unicode normal form (``"NFC"``, ``"NFD"``, ``"NFKC"``, ``"NFKD"``) in which the str id ``x`` -- unknown
+    to ``ids`` (a set or dict of ids) -- is one of ``ids``, or ``None``. Ids are compared exactly, code point by code
+    point (``'café'`` composed and decomposed are two ids); this only names the look-alike in an error message."""
+    if not isinstance(x, str):
+        return None
+    for form in ("NFC", "NFD", "NFKC", "NFKD"):
+        y = unicodedata.normalize(form, x)
+        if y != x and y in ids:
+            return form
+    return None
+
+
+def unknown_id_hint(x, ids) -> str:
+    """What to add to an "unknown item id" error about ``x`` (empty when nothing): the known id ``x`` spells in
+    another Unicode normalisation, or (in an int vocabulary) the int ``x`` spells non-canonically."""
+    if isinstance(x, str):
+        form = other_normalization(x, ids)
+        if form is not None:
+            known = unicodedata.normalize(form, x)
+            return (f"; the vocabulary holds {ascii(known)}, the same text in Unicode normal form {form} (this id is "
+                    f"{ascii(x)}): ids are compared exactly, code point by code point, never normalised")
+        if is_int_text(x.strip()) and not is_canonical_int_text(x) and int(x) in ids:
+            return (f"; {x!r} is not the canonical spelling of the int id {int(x)} (ids are read as written: "
+                    f"'007' and 7 are two ids)")
+    return ""
 
 
 def int_id_value(x):
@@ -104,6 +139,14 @@ class ItemVocab:
         except (TypeError, ValueError):
             return False
 
+    def _type_error(self, item, where: str = "") -> TypeError:
+        v = int_id_value(item)
+        kind = "a bool" if isinstance(v, bool) else type(item).__name__
+        if self.id_type == "int":
+            return TypeError(f"item id {item!r} ({kind}){where} is not an int id; this vocabulary holds int ids")
+        return TypeError(f"item id {item!r} ({kind}){where} is not a str id; this vocabulary holds str ids (an int "
+                         "is looked up as its text; None, a NaN, a float or a bool is no id)")
+
     def __eq__(self, other) -> bool:
         return isinstance(other, ItemVocab) and self.items == other.items
 
@@ -113,26 +156,42 @@ class ItemVocab:
 
     # ----------------------------------------------------------- conversion
     def _key(self, item):
+        """``item`` as the key it has in this vocabulary: in an int vocabulary an int (a numpy / torch integer too),
+        or the canonical text of one (``"42"``; ``"007"`` or ``" 7 "`` stay strings, never a key of it: unknown ids);
+        in a str vocabulary a str (numpy's str_ too), or an int looked up as its text. Anything else -- None, a float
+        (a NaN), a bool, bytes, a text of non-ASCII digits in an int vocabulary -- is a ``TypeError``."""
         if self.id_type == "int":
             if isinstance(item, str):
-                if is_int_text(item.strip()):                        # ASCII digits only: '³' or '٥٨٨' are not ids
+                if is_canonical_int_text(item):
                     return int(item)
+                if is_int_text(item.strip()):                        # '007', ' 7 ', '-0': another id than the int
+                    return str(item)
             else:
                 x = int_id(item)
                 if x is not None:
                     return x
-            kind = "a bool" if isinstance(int_id_value(item), bool) else f"{type(item).__name__}"
-            raise TypeError(f"item id {item!r} ({kind}) is not an int id; this vocabulary holds int ids")
-        return str(item)                                             # numpy's str_ too: a plain str
+            raise self._type_error(item)
+        if isinstance(item, str):
+            return str(item)                                         # numpy's str_ too: a plain str
+        x = int_id(item)
+        if x is not None:
+            return str(x)
+        raise self._type_error(item)
 
     def encode(self, items: Iterable) -> list[int]:
-        """External ids -> internal indices (>= 1). Raises :class:`UnknownItemError` naming the first unknown id."""
+        """External ids -> internal indices (>= 1). Raises :class:`UnknownItemError` naming the first unknown id (and,
+        for a str id, the known id it equals after Unicode normalisation: ids are compared exactly), ``TypeError``
+        naming an id of the wrong type and its position."""
         out = []
-        for x in items:
-            k = self._key(x)
+        for i, x in enumerate(items):
+            try:
+                k = self._key(x)
+            except TypeError:
+                raise self._type_error(x, f" at position {i}") from None
             idx = self._index.get(k)
             if idx is None:
-                raise UnknownItemError(f"unknown item id {x!r}: not in the model's item vocabulary ({len(self)} items)")
+                raise UnknownItemError(f"unknown item id {x!r}: not in the model's item vocabulary ({len(self)} items)"
+                                       + unknown_id_hint(k, self._index))
             out.append(idx)
         return out
 
@@ -155,8 +214,14 @@ class ItemVocab:
         read as :meth:`encode` reads them (``"42"`` is the int id 42 in an int vocabulary; a string id in an int
         vocabulary is a ``TypeError``)."""
         added, seen = [], set()
-        for x in items:
-            k = self._key(x)
+        for i, x in enumerate(items):
+            try:
+                k = self._key(x)
+            except TypeError:
+                raise self._type_error(x, f" at position {i}") from None
+            if self.id_type == "int" and isinstance(k, str):        # '007': an unknown id no int can stand for
+                raise TypeError(f"item id {x!r} (str) at position {i} is not an int id: an int vocabulary takes int "
+                                f"ids written canonically ({int(k)} is {str(int(k))!r}; '007' and 7 are two ids)")
             if k not in self._index and k not in seen:
                 seen.add(k)
                 added.append(k)
@@ -198,11 +263,12 @@ class ItemVocab:
         if os.path.isdir(path):
             path = os.path.join(path, VOCAB_FILE)
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 d = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"corrupt item vocabulary {path}: {e}") from None
         return cls.from_dict(d, source=str(path))
 
 
-__all__ = ["ItemVocab", "UnknownItemError", "VOCAB_FILE", "int_id", "is_int_text"]
+__all__ = ["ItemVocab", "UnknownItemError", "VOCAB_FILE", "int_id", "is_canonical_int_text", "is_int_text",
+           "other_normalization", "unknown_id_hint"]

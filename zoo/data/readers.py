@@ -69,7 +69,8 @@ class Interactions:
             Arrays built in memory are checked (a ``ValueError`` names the source, column and row): 1-D; integers,
             strings (``str`` or object arrays of ``str``, none empty or blank) or whole floats (a pandas integer
             column with missing values is float: its whole values become ``int64``, a NaN or fractional id is
-            refused); no ``None``, bools, bytes, or strings mixed with integers.
+            refused, and so is one at or beyond 2**53 -- 2**24 for float32 -- where floats are not exact); no
+            ``None``, bools, bytes, or strings mixed with integers.
         timestamp: ``[N]`` float64 seconds, or ``None`` when the source has no timestamps (then the row order
             within a user is the time order). A NaN or infinite value is a ``ValueError`` naming the row; integers
             beyond 2**53 (not all exact in float64: nanoseconds since the epoch) are warned.
@@ -160,6 +161,13 @@ def _id_array(values, column: str, source: str) -> np.ndarray:
             i = int(np.flatnonzero(~whole)[0])
             raise bad(i, f"id {float(a[i])!r} is not an integer (NaN ids are missing values -- a pandas integer column "
                          "with missing values turns float: drop those rows first; fractional ids are not ids)")
+        exact = 2 ** (np.finfo(a.dtype).nmant + 1)            # float64: 2**53; beyond, neighbouring ints share a float
+        big = np.flatnonzero(np.abs(a) >= exact)
+        if len(big):
+            i = int(big[0])
+            raise bad(i, f"id {int(a[i])} is a {a.dtype} at or beyond 2**{exact.bit_length() - 1}, where floats are "
+                         "not exact (two ids there may be one float, and the id read back is not the one given): give "
+                         "the column as int64 or as strings")
         return a.astype(np.int64)
     if kind == "O":
         from ..vocab import int_id

@@ -27,7 +27,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..vocab import ItemVocab, UnknownItemError
+from ..vocab import ItemVocab, UnknownItemError, unknown_id_hint
 from .readers import Interactions, read_interactions
 
 
@@ -194,7 +194,8 @@ class SequenceDataset:
         """The same sequences indexed with another vocabulary (e.g. a pretrained model's ``item_vocab``).
 
         Args:
-            vocab: target vocabulary (external ids -> new internal indices).
+            vocab: target vocabulary (external ids -> new internal indices). Ids match as :class:`~zoo.vocab.ItemVocab`
+                reads them: exactly, so the data's ``'007'`` is not an int vocabulary's 7 (an unknown item).
             unknown: what to do with items the target vocabulary lacks: ``"error"`` (raise
                 :class:`~zoo.vocab.UnknownItemError` counting them) or ``"drop"`` (remove those interactions;
                 users left empty are removed).
@@ -212,11 +213,13 @@ class SequenceDataset:
         if missing and unknown == "error":
             flat = np.concatenate(self.sequences) if self.sequences else np.zeros(0, np.int64)
             n_rows = int((table[flat] == 0).sum())
+            known = set(vocab.items)
+            hint = next((h for h in (unknown_id_hint(x, known) for x in missing) if h), "")
             raise UnknownItemError(
                 f"{len(missing)} of the {len(old)} items of {self.name or 'the data'} ({n_rows} interactions) are not "
-                f"in the model's item vocabulary ({len(vocab)} items), e.g. {missing[:5]}; the model was trained on "
-                "other data (unknown='drop', or --unknown-items drop in zoo.evaluate and zoo.recommend, keeps only the "
-                "known items)")
+                f"in the model's item vocabulary ({len(vocab)} items), e.g. {missing[:5]}{hint}; the model was trained "
+                "on other data (unknown='drop', or --unknown-items drop in zoo.evaluate and zoo.recommend, keeps only "
+                "the known items)")
         users, seqs, tss = [], [], [] if self.timestamps is not None else None
         for r, s in enumerate(self.sequences):
             new = table[s]

@@ -1490,14 +1490,14 @@ def _quantize_staged(model, stage: pathlib.Path, spec: dict, external: bool, ver
     if rep32 is not None:
         info["fp32_verification"] = rep32.to_dict()
     spec["quantization"] = info
-    (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
 
 # ==================================================================================================== export
 def excluded_indices(model, path: str | None) -> list[int]:
-    """``--exclude-items FILE`` (one id per line, ``#`` comments; read as command-line ids are) -> the model's
-    sorted internal indices (``[]`` without a file); a file that cannot be read or an id the model does not know is
-    a ``ValueError`` naming it."""
+    """``--exclude-items FILE`` (one id per line, ``# `` comment lines: ``zoo.recommend.ID_FILE_RULE``; read as
+    command-line ids are) -> the model's sorted internal indices (``[]`` without a file); a file that cannot be read
+    or an id the model does not know is a ``ValueError`` naming it."""
     if not path:
         return []
     from zoo.cli import cannot, error_text
@@ -1520,7 +1520,7 @@ def _vocab_of_export(folder: pathlib.Path) -> str | None:
     """The item vocabulary file that the export in ``folder`` uses (its ``state_spec.json`` names it), else None: only
     that file is the export's to replace or remove."""
     try:
-        name = json.loads((folder / SPEC_FILE).read_text()).get("item_vocab")
+        name = json.loads((folder / SPEC_FILE).read_text(encoding="utf-8")).get("item_vocab")
     except (OSError, ValueError, AttributeError):
         return None
     return name if isinstance(name, str) else None
@@ -1640,7 +1640,7 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
             names.append(os.path.basename(model.item_vocab.save(str(stage))))
             spec["item_vocab"] = names[-1]
-        (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
         if int8:
             _quantize_staged(model, stage, spec, external, verify, real_histories, real_timestamps, verify_kwargs,
                              say)
@@ -1655,7 +1655,7 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
                 raise VerificationError(f"verification FAILED, nothing written to {out} (its earlier files are "
                                         f"kept): {report.worst_message()}", report)
             spec["verification"] = report.to_dict()
-            (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+            (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
         # the spec goes last, and an earlier one first: an interrupted move leaves a folder without a spec (which
         # the runtime refuses), never a new graph beside an earlier export's spec and state fingerprint
         spec_path.unlink(missing_ok=True)
@@ -1728,7 +1728,7 @@ def write_card_section(card_dir: str | os.PathLike, spec: dict, rel_dir: str) ->
     from zoo.cli import written_whole
 
     readme = pathlib.Path(card_dir) / "README.md"
-    text = readme.read_text() if readme.exists() else ""
+    text = readme.read_text(encoding="utf-8") if readme.exists() else ""      # written UTF-8 by written_whole
     sec = card_section(spec, rel_dir)
     if CARD_BEGIN in text and CARD_END in text:
         a = text.index(CARD_BEGIN)
@@ -1848,8 +1848,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="rank the items of the history last (step graphs: a 'seen' state [B, n_items]; window graphs: "
                         "the input window), as the LRURec protocol's history masking")
     p.add_argument("--exclude-items", metavar="FILE", default=None,
-                   help="item ids never to recommend (retired, unavailable), one per line (# comments): they score "
-                        "-inf in the graph, like the padding; each must be in the model's vocabulary")
+                   help="item ids never to recommend (retired, unavailable), one per line (a line of '#' alone or "
+                        "'#' then a space is a comment, '#hash' is an id, '\\# x' the id '# x'): they score -inf in "
+                        "the graph, like the padding; each must be in the model's vocabulary")
     p.add_argument("--user-vector", action="store_true",
                    help="also output user_vector [B, vector_size], the query vector of maximum-inner-product retrieval "
                         "over the item vectors of python -m zoo.embed (its inner products are the raw scores)")

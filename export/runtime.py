@@ -35,6 +35,7 @@ passes float64 Unix-second ``timestamps`` and gets ``last_ts`` back in the state
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import threading
@@ -92,22 +93,74 @@ VOCAB_FORMAT = "zoo-item-vocab/1"
 
 
 def _int_id(x: Any, where: str) -> int:
-    """An integer item id (int, numpy integer or a string of digits) -> int; anything else (a float such as
-    ``588.9``, which ``int`` would truncate, a bool) raises TypeError naming it."""
+    """An integer item id (int, numpy integer or the canonical text of one, ``"42"``) -> int; anything else (a float
+    such as ``588.9``, which ``int`` would truncate, a bool) raises TypeError naming it. Another spelling of an int
+    (``"007"``, ``" 7 "``) is another id, as in ``zoo.vocab.ItemVocab``: an :class:`UnknownItemIdError`."""
     if isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{where}: item id {x!r} is a bool, not an integer id")
     if isinstance(x, (int, np.integer)):
         return int(x)
     if isinstance(x, str) and re.fullmatch(r"-?[0-9]+", x.strip()):    # ASCII digits, as zoo.vocab.is_int_text
-        return int(x)
+        if str(int(x)) == x:
+            return int(x)
+        raise UnknownItemIdError(f"{where}: unknown item id {x!r}: not the canonical spelling of the int id {int(x)} "
+                                 "(ids are read as written: '007' and 7 are two ids)")
     raise TypeError(f"{where}: item id {x!r} ({type(x).__name__}) is not an integer id")
+
+
+def _str_id(x: Any, where: str) -> str:
+    """An item id of a str vocabulary: a str (numpy's str_ too), or an int (numpy's too) looked up as its text;
+    anything else -- None, a float (a NaN), a bool, bytes -- raises TypeError naming it, as zoo.vocab.ItemVocab."""
+    if isinstance(x, str):
+        return str(x)
+    if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
+        return str(int(x))
+    raise TypeError(f"{where}: item id {x!r} ({type(x).__name__}) is not a str id; this vocabulary holds str ids (an "
+                    "int is looked up as its text; None, a NaN, a float or a bool is no id)")
+
+
+def _nfc_hint(x: Any, index: dict) -> str:
+    """For an unknown str id ``x``: the known id it equals after Unicode normalisation, said in the error (ids are
+    compared exactly, code point by code point; nothing is normalised silently); empty otherwise."""
+    if not isinstance(x, str):
+        return ""
+    import unicodedata
+
+    for form in ("NFC", "NFD", "NFKC", "NFKD"):
+        y = unicodedata.normalize(form, x)
+        if y != x and y in index:
+            return (f"; the vocabulary holds {ascii(y)}, the same text in Unicode normal form {form} (this id is "
+                    f"{ascii(x)}): ids are compared exactly, code point by code point, never normalised")
+    return ""
+
+
+def check_user_id(user: Any, where: str = "a user id") -> str | int:
+    """``user`` as every user-state store keys it, by the rule of ``export.state_store``'s SQLite and Redis stores
+    (``_VersionedStore._user``), whatever the store -- a dict included: a str (numpy's str_ too) or an int (numpy
+    integers become int; ``42`` and ``"42"`` are two users). A bool, a float (``7.0`` would continue user 7, a NaN
+    never finds its state again), None or anything else raises TypeError naming it."""
+    if isinstance(user, str):
+        return str(user)
+    if isinstance(user, numbers.Integral) and not isinstance(user, (bool, np.bool_)):
+        return int(user)
+    raise TypeError(f"{where} must be a str or an int (as in every user-state store), got {type(user).__name__} "
+                    f"{user!r}")
+
+
+def checked_users(events: Sequence[tuple], check_events) -> list:
+    """The users of ``events`` (``export.state_store.check_events``, passed in), each checked by
+    :func:`check_user_id` first (before a list or a NaN user meets a hash) and returned as a store keys it."""
+    for i, e in enumerate(events):
+        if isinstance(e, (tuple, list)) and len(e) in (2, 3):
+            check_user_id(e[0], f"the user id of event {i}")
+    return [check_user_id(u) for u in check_events(events)]
 
 
 def read_spec(spec_path: str | os.PathLike) -> dict:
     """``state_spec.json`` as a dict; a file that is not JSON, not an object or lacks a field every graph has raises
     ValueError naming the file."""
     try:
-        with open(spec_path) as f:
+        with open(spec_path, encoding="utf-8") as f:
             spec = json.load(f)
     except ValueError as e:                                 # JSONDecodeError, UnicodeDecodeError
         raise ValueError(f"corrupt {spec_path}: {e} (a {SPEC_FILE} written by python -m export.onnx)") from None
@@ -185,7 +238,7 @@ def read_vocab(path: str | os.PathLike, n_items: int) -> tuple[list, bool]:
     """``item_vocab.json`` beside a graph -> ``(items, str_ids)``, checked against the graph's ``n_items`` (index
     ``i + 1`` is ``items[i]``, so it must hold ``n_items - 1`` unique ids); ValueError naming the file otherwise."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             v = json.load(f)
     except ValueError as e:
         raise ValueError(f"corrupt item vocabulary {path}: {e}") from None
@@ -258,20 +311,22 @@ class _Base:
     # ---------------------------------------------------------------------------------------- vocabulary
     def encode(self, histories: Sequence[Sequence[Any]]) -> list[list[int]]:
         """The caller's item ids -> internal indices (``item_vocab.json`` beside the graph; identity without one).
-        Ids of an int vocabulary (and identity ids) must be integers: a float such as ``588.9`` raises TypeError."""
+        Ids of an int vocabulary (and identity ids) must be integers: a float such as ``588.9`` raises TypeError; an
+        id the vocabulary lacks raises :class:`UnknownItemIdError` (a ValueError and a KeyError) naming it."""
         return [self._encode_row(h, f"history {r}") for r, h in enumerate(histories)]
 
     def _encode_row(self, ids: Sequence[Any], where: str) -> list[int]:
         """One row of the caller's item ids -> internal indices, errors naming ``where`` (``history 3``, ``event 2
         (user 'u7')``)."""
         row = []
-        for x in ids:
+        for i, x in enumerate(ids):
             if self.items is None:
                 row.append(_int_id(x, where))
                 continue
-            key = str(x) if self._str_ids else _int_id(x, where)
+            key = _str_id(x, f"{where}, position {i}") if self._str_ids else _int_id(x, where)
             if key not in self._index:
-                raise KeyError(f"{where}: unknown item id {x!r} (not in the model's item vocabulary)")
+                raise UnknownItemIdError(f"{where}: unknown item id {x!r} (not in the model's item vocabulary)"
+                                         + _nfc_hint(key, self._index))
             row.append(self._index[key])
         return row
 
@@ -350,8 +405,9 @@ class _Base:
 
     def encode_candidates(self, lists: Sequence[Sequence[Any] | None]) -> np.ndarray:
         """Per row the caller's candidate item ids (None or empty: the row is not restricted) -> ``[B, C]`` internal
-        indices, 0-padded (:meth:`encode`: an unknown id is a KeyError naming it; without a vocabulary an id outside
-        ``1 .. n_items - 1`` is a ValueError: 0 would read as padding and leave the row unrestricted)."""
+        indices, 0-padded (:meth:`encode`: an unknown id is an :class:`UnknownItemIdError`, a ValueError and a
+        KeyError, naming it; without a vocabulary an id outside ``1 .. n_items - 1`` is a ValueError: 0 would read as
+        padding and leave the row unrestricted)."""
         return _pad_rows([self._candidate_row(c, f"candidates of row {r}") for r, c in enumerate(lists)])
 
     def _candidate_row(self, ids: Sequence[Any] | None, where: str) -> list[int]:
@@ -391,6 +447,21 @@ class _Base:
     def raw_run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
         """The ONNX Runtime session without any check (its own errors for wrong dtypes/shapes)."""
         return self.session.run(list(output_names) if output_names else None, feeds)
+
+    def close(self) -> None:
+        """Drop the ONNX Runtime session (its graph, weights and arenas are freed at once, not when the garbage
+        collector gets to this object). Idempotent; afterwards a call raises :class:`export.state_store.
+        ClosedError`. ``with OnnxStepSession(path) as sess:`` closes it at the end of the block."""
+        from .state_store import Closed
+
+        if not isinstance(self.session, Closed):
+            self.session = Closed(f"{type(self).__name__} of {self.spec.get('model_type', 'a')} graph")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class OnnxStepSession(_Base):
@@ -608,6 +679,15 @@ class OnnxWindowSession(_Base):
         return self.run_window(ids, ts, candidates=candidates)
 
 
+class UnknownItemIdError(KeyError, ValueError):
+    """An item id that the graph's item vocabulary (``item_vocab.json``) lacks. A ``ValueError``, as the wrappers'
+    other refusals of bad input are (export/README.md), and a ``KeyError``, as it was before (a caller catching that
+    still does). Its text is the message as written (a plain ``KeyError`` shows its message quoted, as a repr)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
 class UserStateRecommender:
     """Per-user recommendations from an exported graph in this process (ONNX Runtime), each user's state kept in
     ``store`` between their events, with one API for every model of the zoo:
@@ -626,6 +706,11 @@ class UserStateRecommender:
         rec.prime("user-42", [1, 588, 364])             # a new (or returning) user: the history, one call
         rec.recommend("user-42", [2571])                # then one call per event: the caller's own item ids out
         rec.recommend_many([("user-7", [50]), ("user-42", [260, 1196])])   # many users in few graph calls
+
+    Return shapes: :meth:`prime` and :meth:`recommend` return the top-k as a list of the caller's item ids;
+    :meth:`recommend_with_scores` returns ``(ids, scores)``, the graph's scores of those ids as an ``np.ndarray``;
+    :meth:`recommend_many` returns one such ``(ids, scores)`` tuple per event, in the order of ``events``. A list may
+    hold fewer than ``k`` ids (a ``--candidates`` or ``--exclude-seen`` graph with fewer items left).
 
     Args:
         graph: an :class:`OnnxStepSession` / :class:`OnnxWindowSession`, or the folder (or ``model.onnx``) of a graph.
@@ -646,7 +731,9 @@ class UserStateRecommender:
             counted in ``restarted``). Step graphs exported before the fingerprint existed accept every state unchecked.
         threads: ONNX Runtime intra-op threads (when ``graph`` is a path).
 
-    Item ids are the caller's own (``item_vocab.json`` beside the graph); an unknown id is a ``KeyError`` naming it.
+    Item ids are the caller's own (``item_vocab.json`` beside the graph); an unknown id is an
+    :class:`UnknownItemIdError` naming it (a ``ValueError``, and a ``KeyError`` as before). User ids are a str or an
+    int whatever the store (:func:`check_user_id`, the SQLite store's rule): a float, a bool or None is a TypeError.
     Time-aware graphs take float64 Unix seconds, refused when they go back before the user's last event. A refused
     event leaves the stored state as it was.
 
@@ -662,6 +749,8 @@ class UserStateRecommender:
         from . import state_store
 
         self._ss = state_store
+        #: the session was built here from a path: close() closes it (one passed in is the caller's)
+        self._owns_session = not isinstance(graph, (OnnxStepSession, OnnxWindowSession))
         if isinstance(graph, (OnnxStepSession, OnnxWindowSession)):
             self.session = graph
         else:
@@ -785,7 +874,7 @@ class UserStateRecommender:
         caller's item ids per event (None or empty: not restricted); an event's top-k is then taken among its
         candidates and holds fewer than ``k`` ids when it lists fewer unseen items."""
         k = self._check_k(k)
-        users = self._ss.check_events(events)
+        users = checked_users(events, self._ss.check_events)         # str or int, whatever the store
         if candidates is not None:
             if len(candidates) != len(events):
                 raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
@@ -918,8 +1007,28 @@ class UserStateRecommender:
         """Drop the user's stored state (also one that is no state: a corrupt value). Under the user's lock, as an
         event: one of this recommender's events of that user in flight ends (and stores its state) first, so it
         cannot store that state again after the deletion."""
+        user_id = check_user_id(user_id)
         with self._locks.holding([user_id]):
             self._ss.forget(self.store, user_id)
+
+    def close(self) -> None:
+        """Release what the recommender holds, at once: the ONNX Runtime session it built from a path (one passed in
+        is the caller's), and its references to the session and the store -- the default dict's states are then
+        freed; a store you passed in is yours to close (``with SQLiteStateStore(p) as store,
+        UserStateRecommender(g, store=store) as rec:``). Idempotent; afterwards a call raises
+        :class:`export.state_store.ClosedError`."""
+        if isinstance(self.session, self._ss.Closed):
+            return
+        if self._owns_session:
+            self.session.close()
+        self.session = self.store = self._ss.Closed(f"UserStateRecommender of {self.session.spec.get('model_type')} "
+                                                    "graph")
+
+    def __enter__(self) -> "UserStateRecommender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _check_histories(histories: Any, name: str = "histories") -> None:
@@ -968,5 +1077,5 @@ def _stack_candidates(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
     return _pad_rows([[] if r is None else r for r in rows])
 
 
-__all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "UserStateRecommender", "read_spec", "read_vocab",
-           "seconds", "time_gaps"]
+__all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "UnknownItemIdError", "UserStateRecommender",
+           "read_spec", "read_vocab", "seconds", "time_gaps"]

@@ -58,8 +58,11 @@ import contextlib
 import functools
 import hashlib
 import json
+import numbers
 import os
 import threading
+import time
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
@@ -75,6 +78,28 @@ SEEN_SCORE = float(np.finfo(np.float32).min)
 
 class TritonRecommendError(RuntimeError):
     """Triton answered a request with an error (the message is Triton's / the model's)."""
+
+
+def check_user_id(user: Any, where: str = "a user id") -> str | int:
+    """``user`` as a user-state store keys it, by the rule of ``export.state_store``'s SQLite and Redis stores, for
+    every store (a dict too): a str or an int (numpy integers become int); a bool, a float (``7.0`` would continue
+    user 7, a NaN never finds its state), None or anything else raises TypeError naming it. (The same rule as
+    ``export.runtime.check_user_id``, not imported: that module needs onnxruntime.)"""
+    if isinstance(user, str):
+        return str(user)
+    if isinstance(user, numbers.Integral) and not isinstance(user, (bool, np.bool_)):
+        return int(user)
+    raise TypeError(f"{where} must be a str or an int (as in every user-state store), got {type(user).__name__} "
+                    f"{user!r}")
+
+
+def checked_users(events: Sequence[tuple], check_events) -> list:
+    """The users of ``events`` (``check_events``: ``export.state_store.check_events``), each checked by
+    :func:`check_user_id` first (before a list or a NaN user meets a hash), as a store keys it."""
+    for i, e in enumerate(events):
+        if isinstance(e, (tuple, list)) and len(e) in (2, 3):
+            check_user_id(e[0], f"the user id of event {i}")
+    return [check_user_id(u) for u in check_events(events)]
 
 
 def sequence_id(user_or_sequence_id: Any) -> int:
@@ -254,6 +279,28 @@ class _Base:
         p = (self._model_config().get("parameters") or {}).get(key)
         return default if p is None else p.get("string_value", default)
 
+    def close(self) -> None:
+        """Release what the client holds, at once rather than when the garbage collector gets to it: tritonclient's
+        connection (the gRPC channel, the HTTP connection pool). Idempotent; afterwards any call raises
+        :class:`export.state_store.ClosedError`. ``with TritonRecommender(...) as rec:`` closes it at the end of the
+        block."""
+        client = self.client
+        if isinstance(client, state_store.Closed):
+            return
+        self.client = state_store.Closed(f"{type(self).__name__} of model {self.model_name!r}")
+        client.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return isinstance(self.client, state_store.Closed)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _event_ts(self, timestamps, n: int, where: str = "") -> np.ndarray | None:
         """:meth:`_check_ts` for a model that reads time; None for one that does not, which refuses timestamps given
         (as ``model.step`` and ``export.runtime`` do: they would be dropped without a word)."""
@@ -357,25 +404,54 @@ class TritonRecommender(_Base):
         protocol: ``"grpc"`` or ``"http"``.
         vocab: ``item_vocab.json`` path or :class:`zoo.vocab.ItemVocab` (None: ids are internal indices).
         threads: requests :meth:`recommend_many` sends at once (gRPC).
+        max_expired: sequences that idled out (or the server said are gone) that the client remembers (1,000,000
+            by default: ~110 MB at most), so that their next event goes without START and a dropped one is refused,
+            saying to :meth:`prime` it, rather than sent with START, which would restart it from that event alone
+            (its history dropped without an error); past it the oldest are forgotten. None: all of them (the client
+            then grows by one entry per sequence that idles out without :meth:`end`).
     Not thread-safe for protocol="http" (tritonclient's HTTP client is not): use one instance per thread.
 
     A request without an answer (``timeout_s``, a lost connection) leaves its sequence uncertain: the server may have
     applied it, so its next event is refused until :meth:`prime` restarts it (do not resend the event: a step is not
     idempotent, a resent one is applied twice); :meth:`end` still closes it.
+
+    The client's memory is bounded: it keeps a sequence as live (~130 bytes; a time-aware model's last timestamp
+    ~80 more) until :meth:`end` or until it stays idle longer than the server keeps it (:attr:`sequence_idle_s`,
+    the config's ``max_sequence_idle_microseconds``, counted from the last answer, which comes after the server's
+    timer restarted), then among at most ``max_expired`` idled-out sequences (~110 bytes each): the next event of
+    one still goes without START (the server decides: it refuses a sequence it dropped, and the client then refuses
+    the sequence's events, saying to prime it, without sending them). One forgotten past that bound is new to this
+    client again: its next event with ``start=None`` starts it, from that event alone. Callers that must never
+    restart a returning user that way, however long it was away, decide the start themselves: :meth:`prime`
+    (``start=True``) new and returning users, and send a session's events with ``start=False`` (the server refuses
+    a sequence it dropped; the error says to prime it).
+    :meth:`close` (or ``with``) releases the thread pool and the connection.
     """
 
-    def __init__(self, *args, threads: int = 16, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, threads: int = 16, max_expired: int | None = 1_000_000, **kwargs):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
+        if max_expired is not None and (isinstance(max_expired, bool) or not isinstance(max_expired, int)
+                                        or max_expired < 0):
+            raise ValueError(f"max_expired must be an int >= 0 or None, got {max_expired!r}")
+        super().__init__(*args, **kwargs)
         #: requests :meth:`recommend_many` has in flight at once (gRPC)
         self.threads = threads
+        #: sequences gone from the server (idled out, or refused as gone) this client remembers, to refuse their next
+        #: event (prime() them) instead of starting them anew: the oldest are forgotten past it (None: none is)
+        self.max_expired = max_expired
         self._pool = None
-        self._live: set[int] = set()
-        self._expired: set[int] = set()
+        # the client's bookkeeping, bounded (see the class docstring), each table in the order its sequences were
+        # last touched, so that pruning pops from the front. _live: sequence -> monotonic time of its last answer;
+        # one idle longer than the server keeps a sequence (sequence_idle_s) moves to _expired as False (idled out
+        # by the client's clock: its next event still goes without START, the server decides), True: gone (the
+        # server said so, or it idled out uncertain): its next event is refused. At most max_expired entries
+        self._live: OrderedDict[int, float] = OrderedDict()
+        self._expired: OrderedDict[int, bool] = OrderedDict()
         #: sequences whose last request got no answer (timeout, lost connection): applied or not, nobody knows
-        self._uncertain: set[int] = set()
+        self._uncertain: OrderedDict[int, float] = OrderedDict()
         self._last_ts: dict[int, float] = {}        # live sequence -> its last timestamp (time-aware models)
+        self._clock = time.monotonic
         self._lock = threading.Lock()
         # sequence -> [its turn's lock, threads holding or waiting for it]: one event of a sequence at a time
         self._turns: dict[int, list] = {}
@@ -407,6 +483,62 @@ class TritonRecommender(_Base):
         cfg = self._model_config()
         return str(cfg.get("backend") or cfg.get("platform") or "")
 
+    @functools.cached_property
+    def sequence_idle_s(self) -> float | None:
+        """Seconds the server keeps a sequence that gets no request: the config's ``sequence_batching.
+        max_sequence_idle_microseconds`` (Triton's default, 1 s, when it is unset); None for a config without a
+        sequence batcher (then the client never takes a sequence for idled out)."""
+        seq = self._model_config().get("sequence_batching")
+        if seq is None:
+            return None
+        us = int((seq or {}).get("max_sequence_idle_microseconds") or 0)
+        return us / 1e6 if us > 0 else 1.0
+
+    def _remember(self, sid: int, gone: bool) -> None:
+        """Keep ``sid`` among the sequences that idled out (``gone=False``: its next event goes without START, the
+        server decides) or are gone (``True``: its next event is refused; its last timestamp dropped), forgetting
+        the oldest past :attr:`max_expired` (with ``self._lock`` held)."""
+        self._expired[sid] = gone
+        self._expired.move_to_end(sid)
+        if gone:
+            self._last_ts.pop(sid, None)
+        while self.max_expired is not None and len(self._expired) > self.max_expired:
+            self._last_ts.pop(self._expired.popitem(last=False)[0], None)
+
+    def _prune(self, idle: float | None) -> None:
+        """Move the sequences this client touched last more than ``idle`` seconds ago (by then the server has
+        dropped them: its idle timer restarted before the answer came back) out of the live ones into
+        :attr:`_expired`, as idled out, and the uncertain ones as gone (their state was unknown: they still need a
+        prime) (with ``self._lock`` held). Amortised O(1) an event: the tables are in touch order."""
+        if idle is None:
+            return
+        cut = self._clock() - idle
+        for table, gone in ((self._live, False), (self._uncertain, True)):
+            while table:
+                sid, touched = next(iter(table.items()))
+                if touched >= cut:
+                    break
+                del table[sid]
+                self._remember(sid, gone)
+
+    @staticmethod
+    def _touch(table: OrderedDict, sid: int, now: float) -> None:
+        table[sid] = now
+        table.move_to_end(sid)
+
+    def close(self) -> None:
+        """Release what the client holds: the thread pool of :meth:`recommend_many` (shut down, its threads
+        joined), tritonclient's connection, and the per-sequence bookkeeping. Idempotent; afterwards any call raises
+        :class:`export.state_store.ClosedError`. The sequences stay on the server until they end or idle out:
+        :meth:`end` them first when they are done."""
+        with self._lock:
+            pool, self._pool = self._pool, state_store.Closed(f"TritonRecommender of model {self.model_name!r}")
+            for table in (self._live, self._expired, self._uncertain, self._last_ts):
+                table.clear()
+        if pool is not None and not isinstance(pool, state_store.Closed):
+            pool.shutdown(wait=True)
+        super().close()
+
     def _infer(self, sid: int, ids: np.ndarray, start: bool, end: bool, extra=(), last_ts: float | None = None,
                discard: bool = False, who=None):
         """One request of sequence ``sid`` (``who``: the caller's id of it, for the messages); ``last_ts``: the
@@ -424,10 +556,10 @@ class TritonRecommender(_Base):
                 # applied it, or may still. Neither continuing (a retry would apply the event twice) nor forgetting
                 # the sequence (end() would leave its state and slot on the server) is right: it must be primed
                 with self._lock:
-                    self._live.discard(sid)
+                    self._live.pop(sid, None)
                     self._last_ts.pop(sid, None)
-                    self._expired.discard(sid)
-                    self._uncertain.add(sid)
+                    self._expired.pop(sid, None)
+                    self._touch(self._uncertain, sid, self._clock())
                 raise TritonRecommendError(
                     f"no answer from the server for sequence {sid} ({_describe(e)}): the request may have been "
                     "applied or not, so the sequence's server-side state is unknown; prime() it with its history "
@@ -439,13 +571,13 @@ class TritonRecommender(_Base):
                 # state as it was: the sequence stays live; a failed start or a forgotten sequence does not, nor
                 # does a failed END (the caller closed it: its next event starts it anew)
                 if start or gone or end:
-                    self._live.discard(sid)
+                    self._live.pop(sid, None)
                     self._last_ts.pop(sid, None)
-                    self._uncertain.discard(sid)
+                    self._uncertain.pop(sid, None)
                 if not start and not end and gone:
-                    self._expired.add(sid)     # the server forgot it (idle timeout): the caller must re-prime
+                    self._remember(sid, True)     # the server forgot it (idle timeout): the caller must re-prime
                 elif end:
-                    self._expired.discard(sid)
+                    self._expired.pop(sid, None)
             if gone and not start and not end:     # as the next event would say, with the server's own words
                 raise TritonRecommendError(
                     f"sequence {sid if who is None else who!r} is gone from the server (idle timeout or server "
@@ -453,14 +585,14 @@ class TritonRecommender(_Base):
             raise TritonRecommendError(msg) from None
         with self._lock:
             if end:
-                self._live.discard(sid)
+                self._live.pop(sid, None)
                 self._last_ts.pop(sid, None)
             else:
-                self._live.add(sid)
+                self._touch(self._live, sid, self._clock())
                 if last_ts is not None:
                     self._last_ts[sid] = last_ts
-            self._expired.discard(sid)
-            self._uncertain.discard(sid)
+            self._expired.pop(sid, None)
+            self._uncertain.pop(sid, None)
         if "live_sequences" in self.outputs:
             self.last_live_sequences = int(r.as_numpy("live_sequences").reshape(-1)[0])
         if discard:
@@ -497,11 +629,13 @@ class TritonRecommender(_Base):
         back in time to 0 without a word), from which a gaps model's first time gap is computed."""
         sid = sequence_id(user_or_sequence_id)
         ts = self._event_ts(timestamps, ids.shape[1])
+        idle = self.sequence_idle_s                 # read from the config once (not under the lock)
         with self._turn(sid):                       # the sequence's other events wait for this one's answer
             with self._lock:
+                self._prune(idle)
                 self._check_continuable(sid, user_or_sequence_id, start)
-                if start is None:
-                    start = sid not in self._live
+                if start is None:               # a sequence that idled out is continued: the server decides
+                    start = sid not in self._live and sid not in self._expired
                 last = None if start else self._last_ts.get(sid)
             time_in = []
             if ts is not None:
@@ -526,7 +660,7 @@ class TritonRecommender(_Base):
                 f"sequence {who!r}: an earlier request of it got no answer (timeout or lost connection), so whether "
                 "the server applied it is unknown, and so is the sequence's state: call prime() with its history "
                 "(resending the event could apply it twice), or end() it")
-        if start is None and sid in self._expired:
+        if start is None and self._expired.get(sid):
             raise TritonRecommendError(f"sequence {who!r} is gone from the server (idle timeout or server restart): "
                                        "call prime() with its history")
 
@@ -549,13 +683,14 @@ class TritonRecommender(_Base):
             raise ValueError("two events of one call map to the same sequence id; send the second after the first")
         if candidates is not None and len(candidates) != len(events):
             raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
-        checked = []
+        checked, idle = [], self.sequence_idle_s
         for i, e in enumerate(events):
             ids = self._event_ids(e[1], f"event {i} (sequence {e[0]!r}): ")
             ts = self._event_ts(e[2] if len(e) == 3 else None, ids.shape[1], f"event {i} (sequence {e[0]!r}): ")
             with self._lock:
+                self._prune(idle)
                 self._check_continuable(sids[i], e[0], None)
-                last = self._last_ts.get(sids[i]) if sids[i] in self._live else None
+                last = self._last_ts.get(sids[i])        # kept for a sequence it continues only
             if ts is not None:
                 self._check_after(ts, last, f"sequence {e[0]!r}")
             extra = self._candidates(None if candidates is None else [candidates[i]],
@@ -635,7 +770,9 @@ ON_STALE = state_store.ON_STALE
 
 class ExplicitStateRecommender(_Base):
     """Recommendations from an explicit-state model (``export.triton --state explicit``): the state travels with each
-    request and is kept in ``store`` (dict-like, ``store[key] -> dict name -> np.ndarray``) under the user id.
+    request and is kept in ``store`` (dict-like, ``store[key] -> dict name -> np.ndarray``) under the user id: a str
+    or an int whatever the store (:func:`check_user_id`, the SQLite store's rule; a float, a bool or None is a
+    TypeError, so a dict cannot merge user 7.0 with 7).
 
     Any key-value store works: wrap it so ``get``/``__setitem__``/``pop`` take the user id and (de)serialise the
     arrays (:class:`export.state_store.BytesStore` wraps any mapping of bytes). A missing key means an empty history:
@@ -766,7 +903,7 @@ class ExplicitStateRecommender(_Base):
         if another process stored one of these users meanwhile. ``start``: every user from the initial state.
         ``candidates``: one list of item ids per event (None: not restricted; a ``--candidates`` model)."""
         k = self._check_k(k)
-        users = state_store.check_events(events)
+        users = checked_users(events, state_store.check_events)      # str or int, whatever the store
         if candidates is not None and len(candidates) != len(events):
             raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
         cands = self._encode_candidates(candidates, [f"event {i} (user {e[0]!r})" for i, e in enumerate(events)])
@@ -855,8 +992,17 @@ class ExplicitStateRecommender(_Base):
     def forget(self, user_id) -> None:
         """Drop the user's stored state (also one that is no state: a corrupt value), under the user's lock: an event
         of that user in flight in this client stores its state first, not after the deletion."""
+        user_id = check_user_id(user_id)
         with self._locks.holding([user_id]):
             state_store.forget(self.store, user_id)
+
+    def close(self) -> None:
+        """Close tritonclient's connection (:meth:`_Base.close`) and drop this client's reference to the store (the
+        default dict's states are then freed; a store you passed in is yours to close: ``store.close()``).
+        Idempotent; afterwards any call raises :class:`export.state_store.ClosedError`."""
+        super().close()
+        if not isinstance(self.store, state_store.Closed):
+            self.store = state_store.Closed(f"the store of ExplicitStateRecommender of model {self.model_name!r}")
 
 
 class WindowRecommender(_Base):

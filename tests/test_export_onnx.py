@@ -362,6 +362,19 @@ def test_cli_refuses_contradictory_or_empty_verification(tmp_path, flags, messag
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_takes_a_missing_run_folder_for_a_local_path(tmp_path, monkeypatch, capsys):
+    """``--model runs/sasrec-ml1m`` (export/README.md's examples, a training run a new user does not have) was
+    reported as a Hub id the Hub and its cache did not have; it is a local folder that does not exist, and the
+    bundled models are named."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        E.main(["--model", "runs/sasrec-ml1m", "--out", str(tmp_path / "o"), "--no-verify"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "'runs/sasrec-ml1m' is not an existing local folder" in err, err
+    assert "Hub" not in err and "cache" not in err and "sasrec-ml1m" in err.split("bundled models are")[1]
+    assert not (tmp_path / "o").exists()
+
+
 def _card(saved_model, tmp_path):
     """A card folder: the model's config and weights (as zoo.hub card writes them) and a README."""
     card = tmp_path / "card"

@@ -558,3 +558,25 @@ def test_data_is_read_with_the_k_core_the_model_was_trained_with(tmp_path):
     (tmp_path / "shop" / "train_log.json").write_text(json.dumps({"data_options": {"kcore": 5}}))
     assert evaluate_main(argv)["protocol"]["kcore"] == (5, 5)
     assert evaluate_main(argv + ["--kcore", "none", "--unknown-items", "drop"])["protocol"]["kcore"] is None
+
+
+def test_one_user_of_data_without_timestamps_for_a_time_aware_model_names_the_file(tmp_path):
+    """``--data FILE --user ID`` with a time-aware model and a file without a time column asked for "--timestamps
+    (one per item) or --data/--user" -- which had been given; the error names the file and what it lacks."""
+    _, path = _model(tmp_path, "tim4rec_causal", hidden_size=16)
+    (tmp_path / "d.tsv").write_text("user_id\titem_id\na\t100\na\t107\nb\t114\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--user", "a"])
+    said = str(e.value.code)
+    assert f"error: {tmp_path / 'd.tsv'} has no timestamps" in said and "interaction file with a time column" in said
+    assert "or --data/--user" not in said
+    with pytest.raises(SystemExit, match=r"reads timestamps: pass --timestamps \(one per item\) or --data/--user"):
+        main(["--model", path, "--history", "100", "107"])                 # no file: the options to give
+
+
+def test_a_bundled_models_short_name_suggests_its_hub_id():
+    """``--model sasrec-ml1m`` (as ``zoo.hub list`` shows the folder) suggests ``ssm-rec-zoo/sasrec-ml1m``."""
+    from zoo.pretrained import HUB_ORG
+
+    with pytest.raises(SystemExit, match=f"did you mean {HUB_ORG}/sasrec-ml1m"):
+        main(["--model", "sasrec-ml1m", "--history", "1", "2"])

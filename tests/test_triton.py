@@ -935,9 +935,11 @@ def test_launcher_listens_on_loopback_only(tmp_path, monkeypatch, capsys):
 
 
 # ======================================================= the client against a recorded stand-in (no server needed)
-def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=None, on_infer=None, counting=False):
+def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=None, on_infer=None, counting=False,
+                      sequence_batching=None):
     """tritonclient.http.InferenceServerClient replaced by a stand-in serving one model's metadata (``inputs``,
-    ``outputs``: name -> (datatype, shape)) and config (``parameters``, ``backend``); each infer call is recorded
+    ``outputs``: name -> (datatype, shape)) and config (``parameters``, ``backend``, ``sequence_batching``: the
+    config's block, None: none); each infer call is recorded
     (input names, ``arrays``: each input's data, and the keyword arguments); ``fail[0]``, when set, is the message of
     the InferenceServerException the next calls raise (or the exception itself: a timeout, a gRPC status).
     ``on_infer(call)``: called with each recorded call before it answers (it may hold the call: :class:`_Race`);
@@ -972,7 +974,8 @@ def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=Non
 
         def get_model_config(self, name):
             return {"parameters": {k: {"string_value": v} for k, v in (parameters or {}).items()},
-                    **({"backend": backend} if backend else {})}
+                    **({"backend": backend} if backend else {}),
+                    **({"sequence_batching": sequence_batching} if sequence_batching is not None else {})}
 
         def infer(self, model_name, ins, outputs=None, **kw):
             dts = {"INT64": np.int64, "FP32": np.float32, "FP64": np.float64, "INT32": np.int32}
@@ -988,7 +991,7 @@ def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=Non
             return Result(call)
 
         def close(self):
-            pass
+            calls.append("close")
 
     monkeypatch.setattr(th, "InferenceServerClient", Client)
     return calls, fail
@@ -1299,6 +1302,162 @@ def test_first_event_after_the_server_forgot_a_sequence_says_to_prime_it(monkeyp
     with pytest.raises(TritonRecommendError, match=gone):           # the next try: refused before sending
         rec.recommend("idle", [3])
     assert len(calls) == 2
+
+
+def test_client_bookkeeping_is_bounded_by_the_servers_idle_timeout(monkeypatch):
+    """TritonRecommender kept every sequence it started and did not end in ``_live`` (and ``_last_ts``) forever,
+    while the server drops a sequence idle for ``max_sequence_idle_microseconds``: a soak that left half of 51,008
+    sequences to the idle timeout ended with 28,385 of them in the client against ~1,000 on the server. Now a
+    sequence idle longer than that (the client's own clock, read from the config) leaves the live ones for the
+    bounded ``_expired`` (``max_expired``), keeping what it needs: its next event still goes without START (the
+    server decides; a refusal marks it gone, and its next events are refused unsent), an uncertain one idles out as
+    gone (still needs a prime); only one forgotten past the bound starts anew (the documented trade-off)."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.triton_client import TritonRecommendError, TritonRecommender, sequence_id
+
+    ins = {**STEP_IO[0], "timestamps": ("FP64", (-1, -1))}
+    calls, fail = _fake_http_client(monkeypatch, ins, STEP_IO[1],
+                                    sequence_batching={"max_sequence_idle_microseconds": "5000000"})
+    with pytest.raises(ValueError, match="max_expired must be an int >= 0 or None"):
+        TritonRecommender("127.0.0.1:1", "m", protocol="http", max_expired=-1)
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS, max_expired=3)
+    now = [1000.0]
+    rec._clock = lambda: now[0]
+    assert rec.sequence_idle_s == 5.0
+    sid = {f"u{i}": sequence_id(f"u{i}") for i in range(10)}
+
+    def sent():
+        got = [(c["sequence_id"], c["sequence_start"]) for c in calls]
+        calls.clear()
+        return got
+
+    for i in range(10):                                   # u_i's last answer at 1000 + i
+        rec.recommend(f"u{i}", [1], timestamps=[50.0 + i])
+        now[0] += 1.0
+    sent()
+    rec.recommend("w", [1], timestamps=[1.0])             # at 1010: u0..u4 idle > 5 s; u2..u4 kept (max_expired=3)
+    assert list(rec._live) == [sid[f"u{i}"] for i in range(5, 10)] + [sequence_id("w")]
+    assert list(rec._expired) == [sid["u2"], sid["u3"], sid["u4"]] and not any(rec._expired.values())
+    assert set(rec._last_ts) == set(rec._live) | set(rec._expired)
+    sent()
+    rec.recommend("u3", [2], timestamps=[60.0])           # idled out, but the server decides: no START
+    assert sent() == [(sid["u3"], False)] and sid["u3"] in rec._live and sid["u3"] not in rec._expired
+    with pytest.raises(ValueError, match="go back in time"):
+        rec.recommend("u4", [2], timestamps=[1.0])        # its last timestamp is still known
+    fail[0] = "m: sequence 42 has no state on the server (it stayed idle longer than 5 s)"
+    with pytest.raises(TritonRecommendError, match="'u4' is gone from the server"):
+        rec.recommend("u4", [2], timestamps=[60.0])
+    fail[0] = None
+    assert rec._expired[sid["u4"]] is True and sid["u4"] not in rec._last_ts
+    sent()
+    with pytest.raises(TritonRecommendError, match=r"'u4' is gone from the server .*prime\(\)"):
+        rec.recommend("u4", [2], timestamps=[60.0])       # refused unsent
+    assert sent() == []
+    rec.recommend("u0", [2], timestamps=[60.0])           # forgotten past max_expired: new to the client again
+    assert sent() == [(sid["u0"], True)]
+    # a sequence whose request got no answer idles out as gone: still refused until primed
+    fail[0] = ConnectionResetError("connection lost")
+    with pytest.raises(TritonRecommendError, match="no answer"):
+        rec.recommend("u5", [3], timestamps=[60.0])
+    fail[0] = None
+    now[0] += 6.0
+    rec.recommend("u6", [3], timestamps=[60.0])
+    assert rec._expired[sid["u5"]] is True and sid["u5"] not in rec._uncertain
+    with pytest.raises(TritonRecommendError, match="'u5' is gone"):
+        rec.recommend("u5", [3], timestamps=[61.0])
+    rec.prime("u5", [1, 3], timestamps=[1.0, 2.0])
+    assert sid["u5"] in rec._live and sid["u5"] not in rec._expired
+    # a sequence with an event every 2 s stays live however long it lasts; the tables stay bounded: the live ones
+    # by what was touched in the last 5 s (3 one-event sequences and "steady"), the idled-out ones by max_expired
+    sent()
+    for i in range(1000):
+        rec.recommend_many([(f"s{i}", [1], [1.0]), ("steady", [1], [2.0 + i])])
+        now[0] += 2.0
+        assert i < 5 or (len(rec._live) == 4 and len(rec._expired) == 3 and len(rec._last_ts) == 7)
+    steady = [start for s_, start in sent() if s_ == sequence_id("steady")]
+    assert steady[0] is True and not any(steady[1:])
+    rec.close()
+    assert rec._live == {} and rec._expired == {} and rec._last_ts == {}
+
+
+def _fake_grpc_client(monkeypatch, inputs, outputs):
+    """tritonclient.grpc.InferenceServerClient replaced by a stand-in serving one model's metadata and answering
+    every infer call with a fixed top-k; returns the list of what happened (``"infer"``, ``"close"``)."""
+    import tritonclient.grpc as tg
+    from tritonclient.grpc import service_pb2
+
+    log = []
+
+    class Result:
+        def as_numpy(self, name):
+            if name == "topk_ids":
+                return np.arange(1, K + 1, dtype=np.int64)[None]
+            if name == "topk_scores":
+                return -np.arange(K, dtype=np.float32)[None]
+            return np.zeros((1, 1), np.int64)
+
+    class Client:
+        def __init__(self, url, **kw):
+            pass
+
+        def get_model_metadata(self, name, **kw):
+            io = lambda d: [service_pb2.ModelMetadataResponse.TensorMetadata(  # noqa: E731
+                name=n, datatype=t, shape=list(sh)) for n, (t, sh) in d.items()]
+            return service_pb2.ModelMetadataResponse(name=name, inputs=io(inputs), outputs=io(outputs))
+
+        def get_model_config(self, name, as_json=False, **kw):
+            return {"config": {"sequence_batching": {"max_sequence_idle_microseconds": "600000000"}}}
+
+        def infer(self, model_name, ins, outputs=None, **kw):
+            log.append("infer")
+            return Result()
+
+        def close(self):
+            log.append("close")
+
+    monkeypatch.setattr(tg, "InferenceServerClient", Client)
+    return log
+
+
+def test_triton_clients_close_their_pool_and_connection(monkeypatch):
+    """The clients had no close(): recommend_many's thread pool (16 threads) and tritonclient's channel were freed
+    only by the garbage collector (a soak's threads went 17 -> 19 until gc.collect()). close() shuts the pool down
+    (its threads joined), closes the connection once, drops the bookkeeping and the explicit client's store;
+    idempotent; a later call raises ClosedError; ``with`` closes."""
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from export.state_store import ClosedError
+    from export.triton_client import ExplicitStateRecommender, TritonRecommender
+
+    log = _fake_grpc_client(monkeypatch, *STEP_IO)
+    rec = TritonRecommender("127.0.0.1:1", "m", protocol="grpc", n_items=N_ITEMS, threads=3)
+    rec.recommend_many([("a", [1]), ("b", [2]), ("c", [3])])
+    workers = [t for t in threading.enumerate() if t.name.startswith("zoo-triton")]
+    assert workers and all(t.is_alive() for t in workers) and len(rec._live) == 3
+    rec.close()
+    assert not any(t.is_alive() for t in workers) and log.count("close") == 1 and rec.closed and not rec._live
+    rec.close()                                           # idempotent
+    assert log.count("close") == 1
+    with pytest.raises(ClosedError, match="TritonRecommender of model 'm' is closed"):
+        rec.recommend_many([("a", [1]), ("b", [2])])
+    with pytest.raises(ClosedError, match="is closed"):
+        rec.recommend("a", [1])
+    assert not [t for t in threading.enumerate() if t.name.startswith("zoo-triton") and t.is_alive()]
+    with TritonRecommender("127.0.0.1:1", "m", protocol="grpc", n_items=N_ITEMS) as other:
+        other.recommend("a", [1])
+    assert other.closed and log.count("close") == 2
+
+    ins, outs = {**STEP_IO[0], "h": ("FP32", (-1, 2))}, {**STEP_IO[1], "h_out": ("FP32", (-1, 2))}
+    calls, _ = _fake_http_client(monkeypatch, ins, outs, {"state_init": json.dumps({"h": 0.0})})
+    with ExplicitStateRecommender("127.0.0.1:1", "m", protocol="http") as ex:
+        ex.recommend("u", [1])
+        store = ex.store
+    assert calls.count("close") == 1 and "u" in store               # the store itself is the caller's
+    ex.close()
+    assert calls.count("close") == 1
+    for call in (lambda: ex.recommend("u", [2]), lambda: ex.forget("u")):
+        with pytest.raises(ClosedError, match="is closed"):
+            call()
 
 
 def test_explicit_state_client_refuses_a_stored_state_of_another_layout_naming_the_user(monkeypatch):
@@ -1692,7 +1851,7 @@ def test_live_implicit_state_recommend_many_matches_pytorch(live_server, mamba, 
         served += [v.encode(items) for items, _ in cl.recommend_many(events)]
     for got, (ri, rs) in zip(served, _reference_topk(mamba, prefixes), strict=True):
         assert _same_topk(got, ri, rs)
-    live = set(cl._live)
+    live = dict(cl._live)                                        # sequence -> its last answer's time
     with pytest.raises(ValueError, match="two events"):
         cl.recommend_many([(users[0], v.decode([1])), (users[0], v.decode([2]))])
     with pytest.raises(Exception, match="unknown|not in"):

@@ -641,3 +641,80 @@ def test_each_events_timestamps_are_checked_and_named(tmp_path):
     sess = OnnxStepSession(d)
     with pytest.raises(ValueError, match=r"^timestamps: rows of different lengths \(one timestamp per item"):
         sess.prime([[1, 2], [3, 4]], [[1.0], [1.0, 2.0]])
+
+
+def test_unknown_id_is_a_value_error_and_the_return_shapes_are_as_documented(mamba):
+    """export/README.md promises the wrapper's refusals as ``ValueError`` naming the problem; an unknown item id was a
+    ``KeyError`` (shown quoted, as its repr). It is :class:`export.runtime.UnknownItemIdError`: a ``ValueError``, still
+    a ``KeyError``, its text the message itself. And the return shapes the README states: ``prime``/``recommend`` a
+    list of ids, ``recommend_with_scores`` ``(ids, scores)``, ``recommend_many`` one such tuple per event."""
+    from export.runtime import UnknownItemIdError
+
+    model, d = mamba
+    v = model.item_vocab
+    rec = UserStateRecommender(d)
+    with pytest.raises(ValueError) as e:
+        rec.recommend_many([("a", v.decode([3])), ("b", ["item-999"])])
+    assert isinstance(e.value, KeyError) and type(e.value) is UnknownItemIdError
+    assert str(e.value) == "event 1 (user 'b'): unknown item id 'item-999' (not in the model's item vocabulary)"
+    with pytest.raises(ValueError, match="^history 0: unknown item id 'item-999'"):
+        rec.session.encode([["item-999"]])
+    first = rec.prime("a", v.decode([1, 2]), k=5)
+    assert isinstance(first, list) and len(first) == 5 and all(isinstance(x, str) for x in first)
+    ids, scores = rec.recommend_with_scores("a", v.decode([3]), k=5)
+    assert isinstance(ids, list) and isinstance(scores, np.ndarray) and scores.shape == (5,)
+    assert rec.recommend("b", v.decode([4]), k=3) == rec.recommend_many([("c", v.decode([4]))], k=3)[0][0]
+    many = rec.recommend_many([("a", v.decode([5])), ("d", v.decode([6, 7]))], k=4)
+    assert [type(m) for m in many] == [tuple, tuple] and all(len(i) == 4 == len(s) for i, s in many)
+
+
+def test_close_releases_the_session_and_the_states_it_holds(mamba):
+    """UserStateRecommender and OnnxStepSession had no close(): the ONNX Runtime session and the default dict of every
+    user's state lived as long as the object was referenced. close() frees them at once (the garbage collector off
+    here), idempotent, a later call raising ClosedError; ``with`` closes; a session or store passed in is the
+    caller's (not closed, still holding its states)."""
+    import gc
+    import weakref
+
+    from export.state_store import ClosedError
+
+    model, d = mamba
+    v = model.item_vocab
+    gc.disable()
+    try:
+        rec = UserStateRecommender(d)
+        rec.recommend("a", v.decode([3, 4]))
+        state = weakref.ref(next(a for n, a in rec.store["a"].items() if n != FINGERPRINT_KEY))
+        ort_session = weakref.ref(rec.session.session)
+        assert state() is not None and ort_session() is not None
+        rec.close()
+        assert state() is None and ort_session() is None
+    finally:
+        gc.enable()
+    rec.close()                                                  # idempotent
+    for call in (lambda: rec.recommend("a", v.decode([5])), lambda: rec.forget("a")):
+        with pytest.raises(ClosedError, match="UserStateRecommender of .* is closed"):
+            call()
+    sess, mine = OnnxStepSession(d), {}
+    with UserStateRecommender(sess, store=mine) as theirs:
+        theirs.recommend("b", v.decode([3]))
+    assert "b" in mine and len(sess.prime(sess.encode([v.decode([3])])).topk_ids[0]) == sess.topk
+    with sess:
+        pass
+    with pytest.raises(ClosedError, match="OnnxStepSession of .* is closed"):
+        sess.prime(sess.encode([v.decode([3])]))
+
+
+def test_an_lru_store_bounds_the_users_kept_and_an_evicted_user_starts_afresh(mamba):
+    """export/README.md recommends export.state_store.LRUStore to bound the default dict's memory: it works as a
+    recommender's store, a kept user continuing their history, an evicted one starting from the initial state."""
+    from export.state_store import LRUStore
+
+    model, d = mamba
+    v = model.item_vocab
+    rec = UserStateRecommender(d, store=LRUStore(2))
+    for u, h in (("a", [3, 4]), ("b", [5]), ("c", [6, 7])):
+        rec.prime(u, v.decode(h))
+    assert sorted(rec.store) == ["b", "c"] and rec.store.evicted == 1
+    assert _same(np.array(v.encode(rec.recommend("c", v.decode([8])))), *_reference(model, [6, 7, 8]))
+    assert _same(np.array(v.encode(rec.recommend("a", v.decode([8])))), *_reference(model, [8]))   # evicted

@@ -45,7 +45,7 @@ BUCKET_COLUMNS = dict(zip(RANKS_COLUMNS[3:], ("history-length", "--by-popularity
 def _read(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray, dict]:
     """:func:`read_ranks` and the optional columns: ``{"history": [U] int64 history lengths, "target_count": [U]
     int64 training counts of the targets}``, each None in a file written before it existed."""
-    with open(path, newline="") as f:
+    with open(path, encoding="utf-8", newline="") as f:        # as written (zoo.cli.written_whole), any locale
         first = f.readline()
         if not first.startswith(RANKS_HEADER):
             raise ValueError(f"{path}: not a zoo.evaluate --ranks-out file (its first line should start with "
@@ -187,10 +187,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m zoo.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("a", help="ranks of model A (python -m zoo.evaluate ... --ranks-out A.csv)")
     p.add_argument("b", help="ranks of model B, on the same data and split")
-    p.add_argument("--ks", type=positive_int, nargs="+", default=[10, 20])
+    p.add_argument("--ks", type=positive_int, nargs="+", default=[10, 20],
+                   help="cut-offs K of the metrics compared (default: 10 20)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS), help="default: all")
-    p.add_argument("--bootstrap", type=positive_int, default=10_000, help="resamples (>= 100)")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--bootstrap", type=positive_int, default=10_000, help="resamples (>= 100; default 10000)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the bootstrap's resampling (default 0)")
     p.add_argument("--json", help="also write the comparison to this JSON file")
     p.add_argument("--by-length", type=positive_int, nargs="+", default=None, metavar="EDGE",
                    help="also compare the users of each history-length bucket cut at these increasing edges, e.g. "

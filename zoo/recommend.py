@@ -5,11 +5,11 @@ needed) and recommends for a short example history of MovieLens movie ids. Histo
 file (``--data FILE --user ID``). ``--stepwise`` shows the recurrent path: the history is primed with one ``step``
 call and each further event costs one ``step`` with a fixed-size state.
 
-Batch mode (``--data FILE --all-users --out RECS.jsonl``): the top-``k`` next items of every user of the file, from
-the user's whole history (the model reads its last ``max_seq_length`` items), one JSON line per user in the file's
-order: ``{"user": ..., "items": [...], "scores": [...]}``. ``--exclude-seen`` (in either mode) excludes every item of
-the history, not only the window; a user with fewer than ``k`` items left gets a shorter line (for one history, such
-a ``--k`` is an error). The file is written beside ``--out`` and moved there once complete.
+Batch mode (``--data FILE --all-users --out RECS.jsonl``): the top-``k`` next items of every user of the file, scored
+from the last ``max_seq_length`` items of the user's history (the window the model reads), one JSON line per user in
+the file's order: ``{"user": ..., "items": [...], "scores": [...]}``. ``--exclude-seen`` (in either mode) excludes
+every item of the history, not only the window; a user with fewer than ``k`` items left gets a shorter line (for one
+history, such a ``--k`` is an error). The file is written beside ``--out`` and moved there once complete.
 """
 
 from __future__ import annotations
@@ -64,12 +64,31 @@ def _json_value(x):
     return x.item() if isinstance(x, np.generic) else x
 
 
+ID_FILE_RULE = ("one item id per line, spaces around it ignored; blank lines and comment lines -- '#' alone or "
+                "'#' then a space -- skipped: '#hash' is an id, and a line starting with backslashes then '#' loses "
+                "one backslash ('\\# x' is the id '# x')")
+
+
+def id_of_line(line: str) -> str | None:
+    """The item id a line of an id file holds (:data:`ID_FILE_RULE`), or ``None`` for a blank or comment line. Only
+    ``#`` alone or ``#`` followed by whitespace starts a comment, so an id that begins with ``#`` (``#hash``) is an
+    id; one that a comment would swallow (``# x``) is written with a backslash first (``\\# x``), and any line
+    of backslashes then ``#`` loses its first backslash."""
+    text = line.strip()
+    if not text or text == "#" or (text[0] == "#" and text[1].isspace()):
+        return None
+    if text.startswith("\\") and text.lstrip("\\").startswith("#"):
+        return text[1:]
+    return text
+
+
 def read_id_list(path: str | os.PathLike, model) -> list:
-    """Item ids from a text file, one per line (blank lines and ``#`` comments skipped), read as command-line history
-    ids are for ``model`` (:func:`_history_id`): ``--exclude-items-file`` here, ``export.onnx --exclude-items``. A
+    """Item ids from a text file (:data:`ID_FILE_RULE`: one per line; blank lines and ``#`` comment lines -- ``#``
+    then a space -- skipped, ``#hash`` being an id), read as command-line history ids are for ``model``
+    (:func:`_history_id`): ``--exclude-items-file`` / ``--candidates-file`` here, ``export.onnx --exclude-items``. A
     UTF-8 byte-order mark (Windows editors write one) is not part of the first id, as in the interaction readers."""
     with open(path, encoding="utf-8-sig") as f:
-        return [_history_id(line.strip(), model) for line in f if line.strip() and not line.lstrip().startswith("#")]
+        return [_history_id(x, model) for x in map(id_of_line, f) if x is not None]
 
 
 def _drop_unknown(ids: list, args, model) -> list:
@@ -207,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--data", help="interaction file to take a user's history from (with --user)")
     p.add_argument("--user", help="user id in --data")
     p.add_argument("--timestamps", nargs="+", type=float, help="seconds, one per history item (time-aware models)")
-    p.add_argument("--k", type=positive_int, default=10)
+    p.add_argument("--k", type=positive_int, default=10, help="how many items to recommend (default 10)")
     p.add_argument("--exclude-seen", action="store_true",
                    help="never recommend an item of the history, all of it (also items older than the model's "
                         "window); for one history a --k above the items left is an error, with --all-users such a "
@@ -215,19 +234,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--exclude-items", nargs="+", metavar="ID", default=[],
                    help="item ids never to recommend (retired, unavailable); each must be known to the model")
     p.add_argument("--exclude-items-file", metavar="FILE",
-                   help="the same from a file: one item id per line (blank lines and # comments skipped)")
+                   help="the same from a file: " + ID_FILE_RULE.replace("%", "%%"))
     p.add_argument("--candidates", nargs="+", metavar="ID", default=[],
                    help="rank only these item ids (e.g. the items an index retrieved, or those in stock) instead of "
                         "the whole catalogue; each must be known to the model")
     p.add_argument("--candidates-file", metavar="FILE",
-                   help="the same from a file: one item id per line (blank lines and # comments skipped)")
+                   help="the same from a file: " + ID_FILE_RULE.replace("%", "%%"))
     p.add_argument("--similar-to", nargs="+", metavar="ID",
                    help="instead of next items: the --k items nearest to each of these items by cosine similarity "
                         "of the model's item embeddings (model.similar_items)")
     p.add_argument("--stepwise", action="store_true", help="use init_state/step (recurrent models) and compare")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--all-users", action="store_true",
-                   help="batch mode: recommend for every user of --data, one JSON line each, into --out")
+                   help="batch mode: recommend for every user of --data, one JSON line each, into --out (scored "
+                        "from the last max_seq_length items of each history; --exclude-seen excludes all of it)")
     p.add_argument("--out", help="JSON Lines file for --all-users")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="history (and --exclude-items, --candidates, --similar-to) ids the model does not know: "
@@ -342,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.timestamps and not model.uses_timestamps:
         sys.exit(f"error: {model.config.model_type} does not read timestamps; --timestamps is for time-aware models")
     if model.uses_timestamps and timestamps is None:
+        if args.data:                   # the user's history came from a file without a time column
+            sys.exit(f"error: {args.data} has no timestamps (order-only data, as a .seq file is); "
+                     f"{model.config.model_type} reads them: give --data an interaction file with a time column "
+                     "(e.g. ml-1m.users0001-2999.inter.gz), or --history with --timestamps")
         sys.exit(f"error: {model.config.model_type} reads timestamps: pass --timestamps (one per item) or --data/--user")
     try:
         rec = model.recommend([history], k=args.k, exclude_seen=args.exclude_seen,

@@ -35,7 +35,6 @@ passes float64 Unix-second ``timestamps`` and gets ``last_ts`` back in the state
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import re
 import threading
@@ -133,27 +132,6 @@ def _nfc_hint(x: Any, index: dict) -> str:
                     f"{ascii(x)}): ids are compared exactly, code point by code point, never normalised")
     return ""
 
-
-def check_user_id(user: Any, where: str = "a user id") -> str | int:
-    """``user`` as every user-state store keys it, by the rule of ``export.state_store``'s SQLite and Redis stores
-    (``_VersionedStore._user``), whatever the store -- a dict included: a str (numpy's str_ too) or an int (numpy
-    integers become int; ``42`` and ``"42"`` are two users). A bool, a float (``7.0`` would continue user 7, a NaN
-    never finds its state again), None or anything else raises TypeError naming it."""
-    if isinstance(user, str):
-        return str(user)
-    if isinstance(user, numbers.Integral) and not isinstance(user, (bool, np.bool_)):
-        return int(user)
-    raise TypeError(f"{where} must be a str or an int (as in every user-state store), got {type(user).__name__} "
-                    f"{user!r}")
-
-
-def checked_users(events: Sequence[tuple], check_events) -> list:
-    """The users of ``events`` (``export.state_store.check_events``, passed in), each checked by
-    :func:`check_user_id` first (before a list or a NaN user meets a hash) and returned as a store keys it."""
-    for i, e in enumerate(events):
-        if isinstance(e, (tuple, list)) and len(e) in (2, 3):
-            check_user_id(e[0], f"the user id of event {i}")
-    return [check_user_id(u) for u in check_events(events)]
 
 
 def read_spec(spec_path: str | os.PathLike) -> dict:
@@ -733,7 +711,8 @@ class UserStateRecommender:
 
     Item ids are the caller's own (``item_vocab.json`` beside the graph); an unknown id is an
     :class:`UnknownItemIdError` naming it (a ``ValueError``, and a ``KeyError`` as before). User ids are a str or an
-    int whatever the store (:func:`check_user_id`, the SQLite store's rule): a float, a bool or None is a TypeError.
+    int whatever the store (:func:`export.state_store.check_user_id`, the SQLite store's rule): a float, a bool or
+    None is a TypeError.
     Time-aware graphs take float64 Unix seconds, refused when they go back before the user's last event. A refused
     event leaves the stored state as it was.
 
@@ -874,7 +853,7 @@ class UserStateRecommender:
         caller's item ids per event (None or empty: not restricted); an event's top-k is then taken among its
         candidates and holds fewer than ``k`` ids when it lists fewer unseen items."""
         k = self._check_k(k)
-        users = checked_users(events, self._ss.check_events)         # str or int, whatever the store
+        users = self._ss.checked_users(events)         # str or int, whatever the store
         if candidates is not None:
             if len(candidates) != len(events):
                 raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
@@ -1007,7 +986,7 @@ class UserStateRecommender:
         """Drop the user's stored state (also one that is no state: a corrupt value). Under the user's lock, as an
         event: one of this recommender's events of that user in flight ends (and stores its state) first, so it
         cannot store that state again after the deletion."""
-        user_id = check_user_id(user_id)
+        user_id = self._ss.check_user_id(user_id)
         with self._locks.holding([user_id]):
             self._ss.forget(self.store, user_id)
 

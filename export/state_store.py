@@ -307,6 +307,28 @@ def check_events(events: Sequence[tuple]) -> list:
     return users
 
 
+def check_user_id(user: Any, where: str = "a user id") -> str | int:
+    """``user`` as every user-state store keys it, whatever the store (a dict included; the SQLite and Redis stores
+    store its JSON, :meth:`_VersionedStore._user`): a str (numpy's str_ too) or an int (numpy integers become int;
+    ``42`` and ``"42"`` are two users). A bool, a float (``7.0`` would continue user 7, a NaN never finds its state
+    again), None or anything else raises TypeError naming it."""
+    if isinstance(user, str):
+        return str(user)
+    if isinstance(user, numbers.Integral) and not isinstance(user, (bool, np.bool_)):
+        return int(user)
+    raise TypeError(f"{where} must be a str or an int (as in every user-state store), got {type(user).__name__} "
+                    f"{user!r}")
+
+
+def checked_users(events: Sequence[tuple]) -> list:
+    """The users of ``events`` (:func:`check_events`), each checked by :func:`check_user_id` first (before a list or
+    a NaN user meets a hash) and returned as a store keys it."""
+    for i, e in enumerate(events):
+        if isinstance(e, (tuple, list)) and len(e) in (2, 3):
+            check_user_id(e[0], f"the user id of event {i}")
+    return [check_user_id(u) for u in check_events(events)]
+
+
 def forget(store, key) -> None:
     """Remove ``key``'s state from ``store`` (nothing stored: nothing to do), also when the stored value is no state
     (a store that decodes what it pops, e.g. :class:`BytesStore`, raises only after removing it)."""
@@ -531,10 +553,7 @@ class _VersionedStore:
     def _user(self, key) -> str:
         """``key`` (a user id, ``str`` or ``int``: ``42`` and ``"42"`` are two users) as the JSON text it is stored
         under; TypeError for any other type."""
-        if isinstance(key, bool) or not isinstance(key, (str, numbers.Integral)):
-            raise TypeError(f"a user id in a {type(self).__name__} must be a str or an int, got "
-                            f"{type(key).__name__} {key!r}")
-        return json.dumps(key if isinstance(key, str) else int(key))
+        return json.dumps(check_user_id(key, f"a user id in a {type(self).__name__}"))
 
     def _writes(self, writes: Sequence[tuple[Any, int, dict]]) -> list[tuple[str, int, bytes]]:
         """``commit``'s ``(key, version read, state)`` triples as ``(key text, version, to_bytes(state))``, checked: a
@@ -1231,4 +1250,5 @@ class RedisStateStore(_VersionedStore):
 __all__ = ["FINGERPRINT_KEY", "ON_STALE", "RETRIES", "STATE_FORMAT", "StaleStateError", "ClosedError", "Closed",
            "ConcurrentUpdateError", "CommitOutcomeUnknownError", "StoreDataLostError", "UserLocks", "BytesStore",
            "LRUStore", "SQLiteStateStore", "RedisStateStore", "check_on_stale", "stored_tag", "usable_state", "tagged",
-           "to_bytes", "from_bytes", "is_versioned", "transact", "forget", "check_events"]
+           "to_bytes", "from_bytes", "is_versioned", "transact", "forget", "check_events", "check_user_id",
+           "checked_users"]

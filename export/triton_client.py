@@ -58,7 +58,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import numbers
 import os
 import threading
 import time
@@ -79,27 +78,6 @@ SEEN_SCORE = float(np.finfo(np.float32).min)
 class TritonRecommendError(RuntimeError):
     """Triton answered a request with an error (the message is Triton's / the model's)."""
 
-
-def check_user_id(user: Any, where: str = "a user id") -> str | int:
-    """``user`` as a user-state store keys it, by the rule of ``export.state_store``'s SQLite and Redis stores, for
-    every store (a dict too): a str or an int (numpy integers become int); a bool, a float (``7.0`` would continue
-    user 7, a NaN never finds its state), None or anything else raises TypeError naming it. (The same rule as
-    ``export.runtime.check_user_id``, not imported: that module needs onnxruntime.)"""
-    if isinstance(user, str):
-        return str(user)
-    if isinstance(user, numbers.Integral) and not isinstance(user, (bool, np.bool_)):
-        return int(user)
-    raise TypeError(f"{where} must be a str or an int (as in every user-state store), got {type(user).__name__} "
-                    f"{user!r}")
-
-
-def checked_users(events: Sequence[tuple], check_events) -> list:
-    """The users of ``events`` (``check_events``: ``export.state_store.check_events``), each checked by
-    :func:`check_user_id` first (before a list or a NaN user meets a hash), as a store keys it."""
-    for i, e in enumerate(events):
-        if isinstance(e, (tuple, list)) and len(e) in (2, 3):
-            check_user_id(e[0], f"the user id of event {i}")
-    return [check_user_id(u) for u in check_events(events)]
 
 
 def sequence_id(user_or_sequence_id: Any) -> int:
@@ -771,8 +749,8 @@ ON_STALE = state_store.ON_STALE
 class ExplicitStateRecommender(_Base):
     """Recommendations from an explicit-state model (``export.triton --state explicit``): the state travels with each
     request and is kept in ``store`` (dict-like, ``store[key] -> dict name -> np.ndarray``) under the user id: a str
-    or an int whatever the store (:func:`check_user_id`, the SQLite store's rule; a float, a bool or None is a
-    TypeError, so a dict cannot merge user 7.0 with 7).
+    or an int whatever the store (:func:`export.state_store.check_user_id`, the SQLite store's rule; a float, a bool
+    or None is a TypeError, so a dict cannot merge user 7.0 with 7).
 
     Any key-value store works: wrap it so ``get``/``__setitem__``/``pop`` take the user id and (de)serialise the
     arrays (:class:`export.state_store.BytesStore` wraps any mapping of bytes). A missing key means an empty history:
@@ -903,7 +881,7 @@ class ExplicitStateRecommender(_Base):
         if another process stored one of these users meanwhile. ``start``: every user from the initial state.
         ``candidates``: one list of item ids per event (None: not restricted; a ``--candidates`` model)."""
         k = self._check_k(k)
-        users = checked_users(events, state_store.check_events)      # str or int, whatever the store
+        users = state_store.checked_users(events)      # str or int, whatever the store
         if candidates is not None and len(candidates) != len(events):
             raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
         cands = self._encode_candidates(candidates, [f"event {i} (user {e[0]!r})" for i, e in enumerate(events)])
@@ -992,7 +970,7 @@ class ExplicitStateRecommender(_Base):
     def forget(self, user_id) -> None:
         """Drop the user's stored state (also one that is no state: a corrupt value), under the user's lock: an event
         of that user in flight in this client stores its state first, not after the deletion."""
-        user_id = check_user_id(user_id)
+        user_id = state_store.check_user_id(user_id)
         with self._locks.holding([user_id]):
             state_store.forget(self.store, user_id)
 

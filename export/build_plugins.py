@@ -440,4 +440,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .fsutil import run_cli
+
+    sys.exit(run_cli(main))

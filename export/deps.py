@@ -17,7 +17,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-#: top-level import name -> (what pip installs, the ``ssm-rec-zoo`` extra that brings it)
+#: top-level import name -> (what pip installs, the ``ssm-rec-zoo`` extra that brings it, or None)
 OPTIONAL = {
     "onnx": ("onnx", "export"),
     "onnxruntime": ("onnxruntime", "export"),
@@ -25,6 +25,8 @@ OPTIONAL = {
     "grpc": ("grpcio", "triton"),
     "matplotlib": ("matplotlib", "bench"),
     "redis": ("redis", "redis"),
+    # no extra: nvidia-pytriton pins its own numpy, so it lives in a virtualenv of its own (triton_server_env.sh)
+    "pytriton": ("nvidia-pytriton", None),
 }
 
 
@@ -48,8 +50,9 @@ def require(module: str, needed_by: str, *, cli: bool = False) -> ModuleType:
         if missing is None:
             raise
         dist, extra = OPTIONAL[missing]
-        err = MissingDependencyError(f"{needed_by} needs {dist}, which is not installed here: "
-                                     f"pip install 'ssm-rec-zoo[{extra}]'  (or: pip install '{dist}')", name=missing)
+        how = (f"pip install 'ssm-rec-zoo[{extra}]'  (or: pip install '{dist}')" if extra else
+               f"pip install '{dist}' in a virtualenv of its own (export/triton_server_env.sh makes one)")
+        err = MissingDependencyError(f"{needed_by} needs {dist}, which is not installed here: {how}", name=missing)
     if cli:
         raise SystemExit(f"error: {err}")
     raise err

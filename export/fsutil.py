@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from typing import Iterator
+import sys
+from typing import Callable, Iterator
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -46,3 +47,64 @@ def build_lock(folder: str | os.PathLike, required: bool = True) -> Iterator[boo
     with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield True
+
+
+#: the exit status of a command whose stdout reader went away (``| head -1``): 128 + SIGPIPE, as a shell reports
+#: a process killed by SIGPIPE
+EXIT_BROKEN_PIPE = 141
+#: the exit status of an interrupted command (Ctrl-C): 128 + SIGINT
+EXIT_INTERRUPTED = 130
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reading end is closed: ``poll`` reports an error on it (Linux,
+    macOS). Where that cannot be told, a ``BrokenPipeError`` that reached the top is taken for stdout's."""
+    try:
+        import select
+
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except Exception:                                      # no poll, no stdout (None), no descriptor
+        return True
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's descriptor at ``os.devnull``, so that flushing what is still buffered (at exit) cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
+def run_cli(main: Callable, *args):
+    """Run a command's ``main(*args)`` as every ``python -m`` entry and console script of the zoo and its exporters
+    does, and return its result. A closed stdout (``| head -1``: ``BrokenPipeError`` on stdout) ends the command
+    quietly with status 141 (what was written whole stays whole; nothing half-written is left, the writers replace
+    their outputs only once complete). Ctrl-C (``KeyboardInterrupt``) ends it with one line on stderr --
+    ``interrupted``, and the hint the command attached to the exception as ``zoo_hint`` (``zoo.train``: continue with
+    ``--resume``) -- and status 130, without a traceback."""
+    spec = getattr(main, "__globals__", {}).get("__spec__")          # ``python -m zoo.train``: __main__'s spec
+    prog = f"python -m {spec.name}" if spec is not None else getattr(main, "__module__", "command")
+    try:
+        result = main(*args)
+        if sys.stdout is not None:
+            sys.stdout.flush()                  # what print left buffered: a reader gone by now is a broken pipe too
+        return result
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        _stdout_to_devnull()
+        sys.exit(EXIT_BROKEN_PIPE)
+    except KeyboardInterrupt as e:
+        hint = getattr(e, "zoo_hint", None)
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except (OSError, ValueError):
+            _stdout_to_devnull()
+        print(f"{prog}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)

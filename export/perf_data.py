@@ -172,8 +172,9 @@ def check_out_of_repository(out: str | os.PathLike, repo: str | os.PathLike) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zoo.cli import add_columns_option, cannot, check_outputs, error_text, kcore, positive_int, written_whole
-    from zoo.data import TIME_TIES, load_dataset
+    from zoo.cli import (add_columns_option, add_model_data_options, cannot, check_outputs, error_text,
+                         model_data_options, positive_int, written_whole)
+    from zoo.data import load_dataset
 
     p = argparse.ArgumentParser(prog="python -m export.perf_data", description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", required=True, help="Triton model repository written by python -m export.triton")
@@ -190,9 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the user sample (default 0)")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="items of --data the model's vocabulary lacks: refuse (default) or drop their interactions")
-    p.add_argument("--kcore", type=kcore, default="auto", help="k-core filter of --data (as in zoo.evaluate)")
-    p.add_argument("--time-ties", choices=TIME_TIES, default="file",
-                   help="order of one user's same-second interactions (as in zoo.evaluate)")
+    add_model_data_options(p, "sampling users (as in zoo.evaluate; the run's log is read from the model folder in "
+                              "--repo)")
     add_columns_option(p)
     a = p.parse_args(argv)
     try:
@@ -204,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zoo.evaluate import align_with_vocab
 
         cfg, spec, vocab = read_model_folder(pathlib.Path(a.repo) / a.name)
-        ds = load_dataset(a.data, kcore=a.kcore, time_ties=a.time_ties, columns=a.columns)
+        ds = load_dataset(a.data, **model_data_options(pathlib.Path(a.repo) / a.name, a.kcore, a.time_ties),
+                          columns=a.columns)
         ds, note = align_with_vocab(ds, vocab, int(spec["n_items"]), f"model {a.name!r}", a.unknown_items)
         if note.startswith("WARNING"):
             print(note, file=sys.stderr)
@@ -227,4 +228,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .fsutil import run_cli
+
+    sys.exit(run_cli(main))

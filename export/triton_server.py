@@ -774,8 +774,20 @@ def main(argv=None) -> int:
     p.add_argument("--metrics-port", type=int, default=0, help="0 = metrics off")
     p.add_argument("--log-verbose", type=int, default=0)
     a = p.parse_args(argv)
+    try:
+        from export.deps import require
+    except ImportError:               # run as a file of its own (the server's virtualenv, which has pytriton)
+        require = None
+    if require is not None:
+        require("pytriton", "python -m export.triton_server", cli=True)
     return serve(a.repo, a.http_port, a.grpc_port, a.metrics_port or None, a.log_verbose)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        from export.fsutil import run_cli
+    except ImportError:               # run as a file of its own (the server's virtualenv): no package to import
+        def run_cli(main):
+            return main()
+
+    sys.exit(run_cli(main))

@@ -1009,6 +1009,12 @@ def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, cap
                                          "--overwrite"):
         main(args + ["--out", str(victim)])
     assert sorted(p.name for p in victim.iterdir()) == ["README.md", "item_vocab.json"]
+    # --overwrite replaces a model, never a folder of other files: those are named, and the folder is left as it was
+    with pytest.raises(SystemExit, match=r"--out .*victim holds files that are no model checkpoint's \(README.md\)"):
+        main(args + ["--out", str(victim), "--overwrite"])
+    assert sorted(p.name for p in victim.iterdir()) == ["README.md", "item_vocab.json"]
+    (victim / "README.md").unlink()
+    (victim / "convert_log.json").write_text("{}")
     main(args + ["--out", str(victim), "--overwrite"])
     assert sorted(p.name for p in victim.iterdir()) == ["config.json", "model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]           # no staged or replaced folder left
@@ -1184,6 +1190,23 @@ def test_convert_item_tokens_without_pad_and_with_blank_lines(tmp_path):
     assert m.item_vocab.items == ["b1", "b2", "b3", "b4", "b5"]
     m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "b"), str(tmp_path / "nopad.txt"))
     assert m.item_vocab.items == [11, 12, 13, 14, 15]
+
+
+def test_convert_refuses_the_current_and_the_home_folder_as_out(tmp_path, monkeypatch):
+    """--out is replaced whole: the current folder, a folder above it and the home folder are refused (even empty,
+    even with --overwrite), before any work."""
+    from zoo.convert import check_out_folder
+
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for out, what in ((".", "the current folder"), (str(tmp_path), "a folder above the current folder")):
+        with pytest.raises(ValueError, match=f"--out .* is {what}"):
+            check_out_folder(out, True, {})
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    with pytest.raises(ValueError, match="is the home folder"):
+        check_out_folder(str(tmp_path / "home"), True, {})
+    check_out_folder(str(tmp_path / "home" / "new"), False, {})                  # a folder of its own is fine
 
 
 def test_convert_overwrite_refuses_an_input_inside_the_out_folder(tmp_path):

@@ -168,6 +168,44 @@ def test_soup_refusals(runs, capsys, tmp_path):
     assert (keep / "f.txt").read_text() == "mine"
 
 
+def test_soup_overwrite_replaces_a_model_never_other_files(runs, capsys, tmp_path, monkeypatch):
+    """--overwrite replaces an --out that holds a checkpoint; one that holds anything else is refused even so,
+    naming those files, and so are the current folder and a folder holding an ingredient."""
+    tmp, data = runs
+    base = ["--models", str(tmp / "s1"), str(tmp / "s2"), "--data", str(data), "--kcore", "0", "--overwrite"]
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    (keep / "results").mkdir()
+    (keep / "config.json").write_text("{}")
+    _refused(capsys, r"--out .*keep holds files that are no model checkpoint's \(notes.txt, results\)",
+             [*base, "--out", str(keep)])
+    assert sorted(p.name for p in keep.iterdir()) == ["config.json", "notes.txt", "results"]
+    monkeypatch.chdir(keep)
+    _refused(capsys, r"--out \. is the current folder", [*base, "--out", "."])
+    _refused(capsys, r"(--data|--models) .* is inside --out", [*base, "--out", str(tmp)])
+    assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_soup_reads_data_as_its_ingredients_runs_did(runs, capsys, tmp_path):
+    """--kcore/--time-ties default to the ingredients' runs' (their logs); ingredients whose runs read their data
+    otherwise are refused unless they are given."""
+    import shutil
+
+    tmp, data = runs
+    log = main(["--models", str(tmp / "s1"), str(tmp / "s2"), "--data", str(data), "--out", str(tmp_path / "a"),
+                "--method", "uniform"])
+    trained = json.loads((tmp / "s1" / "train_log.json").read_text())["data_options"]
+    assert trained["kcore"] in (None, 0, "none") and log["data_options"] == trained
+    shutil.copytree(tmp / "s2", tmp_path / "s3")
+    other = json.loads((tmp_path / "s3" / "train_log.json").read_text())
+    other["data_options"] = {**other["data_options"], "kcore": "auto"}
+    (tmp_path / "s3" / "train_log.json").write_text(json.dumps(other))
+    _refused(capsys, "--kcore: the ingredients' runs read their data otherwise .*give --kcore",
+             ["--models", str(tmp / "s1"), str(tmp_path / "s3"), "--data", str(data), "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()
+
+
 def test_soup_refuses_one_checkpoint_spelled_two_ways(runs, capsys, tmp_path, monkeypatch):
     """A, A/, ./A or a link to A are one checkpoint, which the soup would count twice (double weight in a uniform
     soup): refused naming both spellings, before any scoring; --out is not written."""

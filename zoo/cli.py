@@ -13,6 +13,8 @@ import tempfile
 import time
 import uuid
 
+from export.fsutil import run_cli  # noqa: F401  (every command's entry: a closed stdout, Ctrl-C)
+
 from .data.readers import COLUMN_ROLES, check_columns
 from .data.split import parse_kcore
 
@@ -485,11 +487,12 @@ def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 # ------------------------------------------------------------------ console scripts (pyproject [project.scripts])
 # Each command's ``main`` returns its result for Python callers (the log of a run, the metrics, the recommendations);
 # a console script runs ``sys.exit(entry())``, which would print that dict to stderr and exit with status 1 after a
-# successful run. These entries return None (status 0); errors still exit through argparse (2) or a traceback (1).
+# successful run. These entries return None (status 0); errors still exit through argparse (2) or a traceback (1);
+# a closed stdout exits with 141, Ctrl-C with 130 (:func:`run_cli`).
 def _run_main(module: str) -> None:
     import importlib
 
-    importlib.import_module(f"zoo.{module}").main()
+    run_cli(importlib.import_module(f"zoo.{module}").main)
 
 
 def recommend_script() -> None:

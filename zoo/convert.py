@@ -3,7 +3,8 @@
 ``python -m zoo.convert --model mamba4rec --checkpoint Mamba4Rec-ml-1m.pth --out DIR [--item-tokens FILE]``
 
 ``DIR`` is written whole (a failed conversion leaves nothing there); a folder that already holds files is refused
-unless ``--overwrite``, which replaces it whole.
+unless ``--overwrite``, which replaces it whole -- only a folder of a checkpoint's files (:data:`REPLACEABLE`), never
+one holding anything else, the current or the home folder (:func:`check_out_folder`).
 
 Supported sources:
 
@@ -186,7 +187,8 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     Config fields come from the weights' shapes, then the checkpoint's RecBole settings (see ``RECBOLE_FIELDS``),
     then ``max_seq_length`` (Mamba4Rec's window, default 200; SASRec's is its position table) and ``overrides``.
     ``out_dir`` is written whole (:func:`zoo.cli.written_whole_folder`); a folder that already holds files is
-    refused before any work unless ``overwrite``, which replaces it whole (no file of the old folder is kept)."""
+    refused before any work unless ``overwrite``, which replaces it whole (no file of the old folder is kept), and only
+    a folder of a checkpoint's files (:func:`check_out_folder`)."""
     from .modeling_utils import check_weight_tensor
     from .models import build_model_class, get_model_class
 
@@ -252,20 +254,53 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     return model
 
 
+#: what a model folder that zoo.soup or zoo.convert writes whole may already hold for ``--overwrite`` to replace it: a
+#: checkpoint's files (sharded weights too) and the logs of the run, soup or conversion that made it (``*_log.json``)
+REPLACEABLE = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+               "model-*-of-*.safetensors", "item_vocab.json", "*_log.json")
+
+
+def foreign_files(out_dir: str) -> list[str]:
+    """The entries of the folder ``out_dir`` that are no checkpoint's (:data:`REPLACEABLE`): what replacing it whole
+    would delete besides a model."""
+    import fnmatch
+
+    return sorted(n for n in os.listdir(out_dir) if not any(fnmatch.fnmatchcase(n, pat) for pat in REPLACEABLE)
+                  or not os.path.isfile(os.path.join(out_dir, n)))
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
 def check_out_folder(out_dir: str, overwrite: bool, inputs: dict) -> None:
-    """Refuse, before any work, an ``out_dir`` that cannot be a folder or already holds files (unless
-    ``overwrite``), and one whose replacement would delete an input (``{flag: path}``) kept inside it."""
+    """Refuse, before any work, an ``out_dir`` that a tool writing its folder whole must not replace: one that cannot
+    be a folder; the current folder, the home folder or a folder above either; one holding (at any depth) an input
+    (``{flag: path}``); and one that already holds files, unless ``overwrite`` and those files are a checkpoint's
+    (:data:`REPLACEABLE`) -- ``--overwrite`` replaces a model, never a folder of other files, which it names."""
     check_outputs({"--out": out_dir}, folders=True)
+    out = os.path.realpath(out_dir)
+    for what, place in (("the current folder", os.getcwd()), ("the home folder", os.path.expanduser("~"))):
+        place = os.path.realpath(place)
+        if os.path.commonpath([place, out]) == out:
+            where = what if place == out else f"a folder above {what} ({place})"
+            raise ValueError(f"--out {out_dir} is {where}: it is written whole (replaced by the new model folder); "
+                             "give a folder of its own, e.g. --out ./NAME")
+    for flag, path in inputs.items():
+        if path and os.path.exists(path) and os.path.commonpath([os.path.realpath(path), out]) == out:
+            raise ValueError(f"{flag} {path} is inside --out {out_dir}, which is written whole (replaced by the new "
+                             "model folder); move it out first, or choose another --out")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
+        names = sorted(os.listdir(out_dir))
         if not overwrite:
-            raise ValueError(f"--out {out_dir} already holds files ({', '.join(sorted(os.listdir(out_dir))[:4])}"
-                             f"{', ...' if len(os.listdir(out_dir)) > 4 else ''}): choose a new folder, or pass "
-                             "--overwrite to replace it whole")
-        out = os.path.realpath(out_dir)
-        for flag, path in inputs.items():
-            if path and os.path.commonpath([os.path.realpath(path), out]) == out:
-                raise ValueError(f"{flag} {path} is inside --out {out_dir}, which --overwrite would replace whole; "
-                                 "move it out first")
+            raise ValueError(f"--out {out_dir} already holds files ({_listed(names)}): choose a new folder, or pass "
+                             "--overwrite to replace the model in it whole")
+        foreign = foreign_files(out_dir)
+        if foreign:
+            raise ValueError(f"--out {out_dir} holds files that are no model checkpoint's ({_listed(foreign)}), which "
+                             "--overwrite would delete with the folder: it replaces only a folder of a checkpoint's "
+                             "files (config.json, model*.safetensors, item_vocab.json, *_log.json); move them out, "
+                             "or choose a new folder")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -274,7 +309,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="the model folder to write (refused if it holds files, unless "
                                                 "--overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an --out folder that already holds files, whole")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out folder that holds a model checkpoint, whole (a folder holding other files is "
+                        "refused even so)")
     p.add_argument("--item-tokens")
     p.add_argument("--max-seq-length", type=int,
                    help="Mamba4Rec's history window (default: the checkpoint's MAX_ITEM_LIST_LENGTH, else 200)")
@@ -295,4 +332,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import run_cli
+
+    run_cli(main)

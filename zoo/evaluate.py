@@ -870,17 +870,24 @@ def _report(result: dict, examples, ranks, vocab, args, source: str, train, max_
     ``--ranks-out`` (``source``: what was evaluated, for the ranks file; ``max_rank``: K of a top-K-only graph).
     Returns ``result``."""
     _add_intervals(result, ranks, args)
-    print(format_table(result["metrics"], args.ks, intervals=result.get("intervals_95")))
     # the targets' training counts, for the by-popularity table and the ranks file's target_count column
     counts = item_counts(train, len(vocab) + 1) if args.by_popularity or args.ranks_out else None
     _add_by_length(result, examples, ranks, args)
     _add_by_popularity(result, examples, ranks, args, counts)
-    _write_json(result, args.json)
-    _write_ranks(args.ranks_out, examples, ranks, vocab, {
+    # the files first, then the tables: a reader that closes stdout early (`| head -1`) loses no result
+    wrote = [_write_json(result, args.json), _write_ranks(args.ranks_out, examples, ranks, vocab, {
         "model": source, "data": result["data"], "split": args.split, "protocol": result["protocol"]["name"],
         "max_rank": max_rank,
         # the items each target was ranked among: all of them, or itself and its --sampled negatives
-        "n_items": result["n_items"] if not getattr(args, "sampled", None) else args.sampled[1] + 1}, counts)
+        "n_items": result["n_items"] if not getattr(args, "sampled", None) else args.sampled[1] + 1}, counts)]
+    print(format_table(result["metrics"], args.ks, intervals=result.get("intervals_95")))
+    if args.by_length:
+        _print_buckets("history length", result["by_length"], "lengths", args.ks)
+    if args.by_popularity:
+        _print_buckets("target count", result["by_popularity"], "counts", args.ks)
+    for path in wrote:
+        if path:
+            print(f"wrote {path}")
     return result
 
 
@@ -949,19 +956,18 @@ def _print_buckets(title: str, rows: list[dict], key: str, ks) -> None:
 
 
 def _add_by_length(result: dict, examples, ranks, args) -> None:
-    """``--by-length E1 E2 ...``: ``result["by_length"]`` (:func:`metrics_by_length`), printed as a table."""
+    """``--by-length E1 E2 ...``: ``result["by_length"]`` (:func:`metrics_by_length`; :func:`_report` prints it)."""
     if not args.by_length:
         return
     result["by_length"] = metrics_by_length(examples, ranks, args.by_length, args.ks)
-    _print_buckets("history length", result["by_length"], "lengths", args.ks)
 
 
 def _add_by_popularity(result: dict, examples, ranks, args, counts) -> None:
-    """``--by-popularity E1 E2 ...``: ``result["by_popularity"]`` (:func:`metrics_by_popularity`), printed."""
+    """``--by-popularity E1 E2 ...``: ``result["by_popularity"]`` (:func:`metrics_by_popularity`; printed by
+    :func:`_report`)."""
     if not args.by_popularity:
         return
     result["by_popularity"] = metrics_by_popularity(examples, ranks, counts, args.by_popularity, args.ks)
-    _print_buckets("target count", result["by_popularity"], "counts", args.ks)
 
 
 RANKS_HEADER = "# zoo.evaluate ranks "
@@ -969,14 +975,15 @@ RANKS_HEADER = "# zoo.evaluate ranks "
 RANKS_COLUMNS = ["user", "target", "rank", "history", "target_count"]
 
 
-def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict, counts) -> None:
+def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict, counts) -> str | None:
     """``--ranks-out``: a ``# zoo.evaluate ranks {json}`` line (what was evaluated; ``max_rank`` K when ranks above
     K are censored, i.e. a top-K-only graph's misses written as K + 1), then ``user,target,rank,history,target_count``
     per example, target in the data's own item ids, ``history`` the length of the user's whole history (``zoo.compare
     --by-length``), ``target_count`` the target's count in the training sequences (``counts``, by internal index;
-    ``zoo.compare --by-popularity``). Written beside ``path`` and moved there once complete."""
+    ``zoo.compare --by-popularity``). Written beside ``path`` and moved there once complete; returns its absolute
+    path (``None`` without ``path``)."""
     if not path:
-        return
+        return None
     import csv
 
     try:
@@ -989,17 +996,18 @@ def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict, counts) -
                             counts[np.asarray(examples.targets, dtype=np.int64)].tolist(), strict=True))
     except OSError as e:
         raise SystemExit(f"error: {cannot('--ranks-out', path, e)}") from None
-    print(f"wrote {os.path.abspath(path)}")
+    return os.path.abspath(path)
 
 
-def _write_json(result: dict, path: str | None) -> None:
+def _write_json(result: dict, path: str | None) -> str | None:
+    """``--json``: ``result`` written whole to ``path``; returns ``path`` (``None`` without one)."""
     if path:
         try:
             with written_whole(path) as f:
                 json.dump(result, f, indent=2)
         except OSError as e:
             raise SystemExit(f"error: {cannot('--json', path, e)}") from None
-        print(f"wrote {path}")
+    return path
 
 
 #: the subfolders of a card folder that hold its exported graphs (export.onnx --card-dir: step, window)
@@ -1082,4 +1090,6 @@ def _main_onnx(args, t0: float) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import run_cli
+
+    run_cli(main)

@@ -418,4 +418,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import run_cli
+
+    run_cli(main)

@@ -166,10 +166,28 @@ def _same_folder(folders: Sequence[str]) -> tuple[int, int] | None:
     return None
 
 
+def _data_options(folders: Sequence[str], names: Sequence[str], kcore, time_ties) -> tuple:
+    """``(kcore, time_ties)`` to read ``--data`` with: each as given, else (:data:`zoo.cli.FROM_RUN`) as the
+    ingredients' runs read their data (:func:`zoo.cli.model_data_options`, from their logs) -- ``ValueError`` when
+    they disagree, as their validation would be scored on other data than some of them were trained on."""
+    from .cli import model_data_options
+
+    opts = [model_data_options(f, kcore, time_ties) for f in folders]
+    for flag, key in (("--kcore", "kcore"), ("--time-ties", "time_ties")):
+        for o, name in zip(opts[1:], names[1:]):
+            if o[key] != opts[0][key]:
+                def text(v):
+                    return "none" if v is None else str(v)
+
+                raise ValueError(f"{flag}: the ingredients' runs read their data otherwise ({names[0]}: "
+                                 f"{text(opts[0][key])}, {name}: {text(o[key])}); give {flag} to score them all on "
+                                 "one reading of --data")
+    return opts[0]["kcore"], opts[0]["time_ties"]
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``python -m zoo.soup``; returns the soup log."""
-    from .cli import add_columns_option, error_text, kcore, written_whole_folder
-    from .data import TIME_TIES
+    from .cli import add_columns_option, add_model_data_options, error_text, written_whole_folder
 
     p = argparse.ArgumentParser(prog="python -m zoo.soup", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", required=True, help="checkpoints (folders or bundled Hub ids) to average")
@@ -179,11 +197,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="greedy (default; the paper's recipe): from the best ingredient, add each other one only if "
                         "the soup's validation NDCG@10 does not drop; uniform: average them all")
     p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: history items masked")
-    p.add_argument("--kcore", type=kcore, default="auto", help="k-core filter of --data (as in zoo.train)")
-    p.add_argument("--time-ties", choices=TIME_TIES, default="file",
-                   help="order of one user's same-second interactions (as in zoo.train; default file)")
+    add_model_data_options(p, "scoring the ingredients (ingredients whose runs read their data otherwise are "
+                              "refused unless it is given)")
     add_columns_option(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an --out folder that already holds files, whole")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out folder that holds a model checkpoint, whole (a folder holding other files is "
+                        "refused even so)")
     a = p.parse_args(argv)
     if len(a.models) < 2 or len(set(a.models)) != len(a.models):
         p.error("--models: give at least two different checkpoints")
@@ -208,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             i, j = same
             p.error(f"--models: {a.models[i]} and {a.models[j]} are the same checkpoint "
                     f"({os.path.realpath(folders[i])}); give at least two different checkpoints")
+        a.kcore, a.time_ties = _data_options(folders, a.models, a.kcore, a.time_ties)
         # the zoo's loader, as zoo.recommend's: a folder that is no saved model (an export.onnx folder) in one line
         models = [SeqRecPreTrainedModel.from_pretrained(f).eval() for f in folders]
         notes = check_ingredients(models, a.models)
@@ -267,4 +287,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import run_cli
+
+    run_cli(main)

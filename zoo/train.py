@@ -29,6 +29,7 @@ AdamW wd 0.01 without decay on bias/LayerNorm, grad clip 5, batch 128 for LRURec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -1108,6 +1109,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import shlex                                            # the recorded command re-runs as given (quoted)
 
     command = "python -m zoo.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    existed = os.path.lexists(args.out)
     try:
         return train(args.model, args.data, args.out, epochs=args.epochs, patience=args.patience, seed=args.seed,
                      max_len=args.max_len, config_overrides=overrides, optimizer=args.optimizer, lr=args.lr,
@@ -1125,7 +1127,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from .cli import flag_named
 
         p.error(flag_named(str(e), NUMBER_FLAGS))
+    except BaseException as e:              # Ctrl-C, a closed stdout, an error: no empty --out of this run's is left
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.rmdir(args.out)
+        from .train_state import resume_dir
+
+        if isinstance(e, KeyboardInterrupt) and resume_dir(args.out) is not None:
+            e.zoo_hint = "continue the run with the same command and --resume (without --overwrite)"  # run_cli
+        raise
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import run_cli
+
+    run_cli(main)

@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import os
 import pathlib
+import sys
 import threading
 import warnings
 from typing import Optional
@@ -81,7 +82,7 @@ def load_extension(verbose: bool = False):
     from torch.utils.cpp_extension import load
 
     build_dir = _build_dir()
-    with _build_lock(build_dir):
+    with _build_lock(build_dir), _some_stdout():
         _ext = load(
             name=_EXT_NAME,
             sources=[str(_SRC)],
@@ -91,6 +92,21 @@ def load_extension(verbose: bool = False):
             verbose=verbose,
         )
     return _ext
+
+
+@contextlib.contextmanager
+def _some_stdout():
+    """``sys.stdout`` as ``load`` needs it (it flushes it): a process started without stdout (``>&-``, a daemon)
+    has ``sys.stdout = None``, which made every load fail and the scan fall back; it gets ``os.devnull`` meanwhile."""
+    if sys.stdout is not None:
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        sys.stdout = devnull
+        try:
+            yield
+        finally:
+            sys.stdout = None
 
 
 @contextlib.contextmanager

@@ -92,6 +92,9 @@ def _interrupted_train(tmp_path, out, pre: str = "") -> subprocess.CompletedProc
     data = _markov_file(tmp_path / "d.tsv", n_users=20)
     code = textwrap.dedent(f"""
         import os, signal, sys, time
+        # a shell without job control starts background commands with SIGINT ignored (CI does), and Python keeps
+        # an ignored SIGINT ignored: restore Python's own handler, as an interactive terminal's process has it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         {pre}
         import zoo.train
         def sigint(*a, **k):

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -44,6 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .deps import require
+from .ids import is_canonical_int_text, is_int_text, unknown_id_hint
 from .timestamps import seconds, time_gaps
 
 ort = require("onnxruntime", "export.runtime (running exported graphs)")
@@ -99,8 +99,8 @@ def _int_id(x: Any, where: str) -> int:
         raise TypeError(f"{where}: item id {x!r} is a bool, not an integer id")
     if isinstance(x, (int, np.integer)):
         return int(x)
-    if isinstance(x, str) and re.fullmatch(r"-?[0-9]+", x.strip()):    # ASCII digits, as zoo.vocab.is_int_text
-        if str(int(x)) == x:
+    if isinstance(x, str) and is_int_text(x.strip()):                 # ASCII digits, as zoo.vocab reads them
+        if is_canonical_int_text(x):
             return int(x)
         raise UnknownItemIdError(f"{where}: unknown item id {x!r}: not the canonical spelling of the int id {int(x)} "
                                  "(ids are read as written: '007' and 7 are two ids)")
@@ -116,21 +116,6 @@ def _str_id(x: Any, where: str) -> str:
         return str(int(x))
     raise TypeError(f"{where}: item id {x!r} ({type(x).__name__}) is not a str id; this vocabulary holds str ids (an "
                     "int is looked up as its text; None, a NaN, a float or a bool is no id)")
-
-
-def _nfc_hint(x: Any, index: dict) -> str:
-    """For an unknown str id ``x``: the known id it equals after Unicode normalisation, said in the error (ids are
-    compared exactly, code point by code point; nothing is normalised silently); empty otherwise."""
-    if not isinstance(x, str):
-        return ""
-    import unicodedata
-
-    for form in ("NFC", "NFD", "NFKC", "NFKD"):
-        y = unicodedata.normalize(form, x)
-        if y != x and y in index:
-            return (f"; the vocabulary holds {ascii(y)}, the same text in Unicode normal form {form} (this id is "
-                    f"{ascii(x)}): ids are compared exactly, code point by code point, never normalised")
-    return ""
 
 
 
@@ -304,7 +289,7 @@ class _Base:
             key = _str_id(x, f"{where}, position {i}") if self._str_ids else _int_id(x, where)
             if key not in self._index:
                 raise UnknownItemIdError(f"{where}: unknown item id {x!r} (not in the model's item vocabulary)"
-                                         + _nfc_hint(key, self._index))
+                                         + unknown_id_hint(key, self._index))
             row.append(self._index[key])
         return row
 

@@ -1,0 +1,53 @@
+"""How item ids written as text are read, shared by :mod:`zoo.vocab` (the models' vocabularies) and
+:mod:`export.runtime` (the exported graphs' ``item_vocab.json``, served without torch): the standard library only,
+as ``import zoo`` loads torch and transformers, which the serving runtime runs without."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_INT_TEXT = re.compile(r"-?[0-9]+")
+
+
+def is_int_text(s: str) -> bool:
+    """Whether ``s`` writes an integer in ASCII digits (``588``, ``-3``, ``007``); ``str.isdigit`` would also take
+    ``'³'`` or ``'٥٨٨'``, which ``int()`` then refuses or reads as another number."""
+    return _INT_TEXT.fullmatch(s) is not None
+
+
+def is_canonical_int_text(s: str) -> bool:
+    """Whether ``s`` is the way Python writes an int (``str(int(s)) == s``: ``7``, ``-3``, never ``007``, ``-0``,
+    ``+7`` or `` 7 ``): the only text an int vocabulary reads as an int id; other spellings are other ids."""
+    return _INT_TEXT.fullmatch(s) is not None and str(int(s)) == s
+
+
+def other_normalization(x: str, ids) -> str | None:
+    """The Unicode normal form (``"NFC"``, ``"NFD"``, ``"NFKC"``, ``"NFKD"``) in which the str id ``x`` -- unknown
+    to ``ids`` (a set or dict of ids) -- is one of ``ids``, or ``None``. Ids are compared exactly, code point by code
+    point (``'café'`` composed and decomposed are two ids); this only names the look-alike in an error message."""
+    if not isinstance(x, str):
+        return None
+    for form in ("NFC", "NFD", "NFKC", "NFKD"):
+        y = unicodedata.normalize(form, x)
+        if y != x and y in ids:
+            return form
+    return None
+
+
+def unknown_id_hint(x, ids) -> str:
+    """What to add to an "unknown item id" error about ``x`` (empty when nothing): the known id ``x`` spells in
+    another Unicode normalisation, or (in an int vocabulary) the int ``x`` spells non-canonically."""
+    if isinstance(x, str):
+        form = other_normalization(x, ids)
+        if form is not None:
+            known = unicodedata.normalize(form, x)
+            return (f"; the vocabulary holds {ascii(known)}, the same text in Unicode normal form {form} (this id is "
+                    f"{ascii(x)}): ids are compared exactly, code point by code point, never normalised")
+        if is_int_text(x.strip()) and not is_canonical_int_text(x) and int(x) in ids:
+            return (f"; {x!r} is not the canonical spelling of the int id {int(x)} (ids are read as written: "
+                    f"'007' and 7 are two ids)")
+    return ""
+
+
+__all__ = ["is_int_text", "is_canonical_int_text", "other_normalization", "unknown_id_hint"]

@@ -147,26 +147,21 @@ def test_save_pretrained_files_follow_the_umask_and_keep_their_mode(tmp_path, ti
     """save_pretrained chmod'ed every file 0644 whatever the umask: a user with umask 077 got world-readable weights,
     and a private 0600 checkpoint became readable by all at its next save. A new file now gets 0666 less the umask,
     and a file replaced keeps its mode, as zoo.cli's writers do."""
+    def saved(out: pathlib.Path, umask: int | None = None) -> dict:
+        """Save into ``out`` (under ``umask`` when given) -> the files' modes."""
+        old = os.umask(umask) if umask is not None else None
+        try:
+            tiny_gru.save_pretrained(out)
+        finally:
+            if old is not None:
+                os.umask(old)
+        return {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+
     out = tmp_path / "ckpt"
-    mask = os.umask(0o077)
-    try:
-        tiny_gru.save_pretrained(out)
-    finally:
-        os.umask(mask)
-    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
-    assert modes == {"config.json": 0o600, "model.safetensors": 0o600}, {k: oct(v) for k, v in modes.items()}
+    assert saved(out, 0o077) == {"config.json": 0o600, "model.safetensors": 0o600}
     (out / "config.json").chmod(0o640)
-    tiny_gru.save_pretrained(out)                                       # umask 022 here: the old modes are kept
-    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
-    assert modes == {"config.json": 0o640, "model.safetensors": 0o600}, {k: oct(v) for k, v in modes.items()}
-    fresh = tmp_path / "fresh"
-    mask = os.umask(0o027)
-    try:
-        tiny_gru.save_pretrained(fresh)
-    finally:
-        os.umask(mask)
-    assert {p.name: p.stat().st_mode & 0o777 for p in fresh.iterdir()} == {"config.json": 0o640,
-                                                                         "model.safetensors": 0o640}
+    assert saved(out) == {"config.json": 0o640, "model.safetensors": 0o600}   # umask 022 here: the old modes kept
+    assert saved(tmp_path / "fresh", 0o027) == {"config.json": 0o640, "model.safetensors": 0o640}
 
 
 # ============================================================ one streamed SHA-256

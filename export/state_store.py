@@ -1140,9 +1140,13 @@ class RedisStateStore(_VersionedStore):
 
     def _decoded(self, raw: bytes, v, key, k: str) -> tuple[dict, int]:
         """The ``(state, version)`` of ``key`` (at Redis key ``k``) from its fields, errors naming the user."""
-        state = _decoded(raw, key, f"Redis key {k!r}")
+        return _decoded(raw, key, f"Redis key {k!r}"), self._version_of(v, key, k)
+
+    @staticmethod
+    def _version_of(v, key, k: str) -> int:
+        """The version field ``v`` of ``key`` (at Redis key ``k``) as an int; an error naming the user otherwise."""
         try:
-            return state, int(v)
+            return int(v)
         except (TypeError, ValueError):
             raise ValueError(f"the stored state of user {key!r} (Redis key {k!r}) has the version {v!r}, not an "
                              "int: not a hash this store wrote. prime(user, history) replaces it, forget(user) drops "
@@ -1181,12 +1185,7 @@ class RedisStateStore(_VersionedStore):
         """The version of ``key``'s state (0: absent), without reading the state."""
         k = self._key(key)
         v = self._ask(k, lambda: self.client.hget(k, "v"))
-        try:
-            return 0 if v is None else int(v)
-        except ValueError:
-            raise ValueError(f"the stored state of user {key!r} (Redis key {k!r}) has the version {v!r}, not an "
-                             "int: not a hash this store wrote. prime(user, history) replaces it, forget(user) drops "
-                             "it") from None
+        return 0 if v is None else self._version_of(v, key, k)
 
     COMMIT_TRIES = 3
     """Times :meth:`commit` sends a commit that got no answer (a lost connection, a timeout): the same commit, so

@@ -41,7 +41,7 @@ def require(module: str, needed_by: str, *, cli: bool = False) -> ModuleType:
     When an optional package of :data:`OPTIONAL` is missing (``module`` itself or one it imports, e.g. ``grpc`` under
     ``tritonclient.grpc``, which re-raises that as a ``RuntimeError``): :class:`MissingDependencyError` naming it and
     its extra; with ``cli`` (a command's own check, or a module run as ``python -m``) the same text as a one-line
-    ``error: ...`` and exit status 1 instead of a traceback. Any other import failure (a broken installation) is
+    ``error: ...`` and exit status 4 (:data:`export.fsutil.EXIT_MISSING`) instead of a traceback. Any other import failure (a broken installation) is
     raised as it is."""
     try:
         return importlib.import_module(module)
@@ -54,7 +54,9 @@ def require(module: str, needed_by: str, *, cli: bool = False) -> ModuleType:
                f"pip install '{dist}' in a virtualenv of its own (export/triton_server_env.sh makes one)")
         err = MissingDependencyError(f"{needed_by} needs {dist}, which is not installed here: {how}", name=missing)
     if cli:
-        raise SystemExit(f"error: {err}")
+        from .fsutil import EXIT_MISSING, exit_with
+
+        exit_with(EXIT_MISSING, f"error: {err}")
     raise err
 
 

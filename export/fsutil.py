@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import os
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -47,6 +47,37 @@ def build_lock(folder: str | os.PathLike, required: bool = True) -> Iterator[boo
     with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield True
+
+
+# ------------------------------------------------------------------ exit statuses: one table for every command
+#: the run did its job
+EXIT_OK = 0
+#: the run failed: a --model or --data that cannot be found or read, bad data in a file, an export error, a write
+#: error (``sys.exit("message")``'s status)
+EXIT_ERROR = 1
+#: usage error: the options themselves are wrong -- a bad value, a conflicting or missing option (argparse's status)
+EXIT_USAGE = 2
+#: a verification failed (``export.onnx``, ``export.trt``, ``export.triton``): nothing was written
+EXIT_VERIFY_FAILED = 3
+#: something the command needs is missing on this machine: an optional package, TensorRT, a GPU (``--device cuda``)
+EXIT_MISSING = 4
+#: the epilog of every command's ``--help``: the table above, and the two statuses of :func:`run_cli`
+EXIT_CODES = ("exit status: 0 ok; 1 the run failed (a --model or --data that cannot be found or read, bad data, an "
+              "export or write error); 2 usage error (a bad, missing or conflicting option); 3 verification failed "
+              "(nothing written); 4 a package, TensorRT or GPU it needs is missing here; 130 interrupted (Ctrl-C); "
+              "141 stdout closed (| head)")
+
+
+def exit_with(code: int, message: str) -> NoReturn:
+    """End the command with ``message`` on stderr (one line, as ``sys.exit(message)`` prints it) and exit status
+    ``code`` (:data:`EXIT_CODES`)."""
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+#: the output path that means standard output (``--json -``): a command writing its product there prints everything
+#: else it would print to stdout on stderr instead
+STDOUT_PATH = "-"
 
 
 #: the exit status of a command whose stdout reader went away (``| head -1``): 128 + SIGPIPE, as a shell reports

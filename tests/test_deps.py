@@ -2,6 +2,7 @@
 from the commands and a MissingDependencyError from the library, before any work."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from export.deps import OPTIONAL, MissingDependencyError, require
 from tests.conftest import ROOT
 
 
-def test_require_imports_what_is_there_and_names_the_extra_of_what_is_not(monkeypatch):
+def test_require_imports_what_is_there_and_names_the_extra_of_what_is_not(monkeypatch, capsys):
     import onnx
 
     assert require("onnx", "x") is onnx
@@ -21,8 +22,10 @@ def test_require_imports_what_is_there_and_names_the_extra_of_what_is_not(monkey
                                                      r"pip install 'ssm-rec-zoo\[export\]'") as e:
         require("onnx", "export.onnx")
     assert e.value.name == "onnx" and isinstance(e.value, ImportError)
-    with pytest.raises(SystemExit, match=r"^error: python -m export.onnx needs onnx, .*\[export\]") as e:
+    with pytest.raises(SystemExit) as e:
         require("onnx", "python -m export.onnx", cli=True)
+    assert e.value.code == 4                                        # EXIT_MISSING: the one-line error is on stderr
+    assert re.match(r"^error: python -m export.onnx needs onnx, .*\[export\]", capsys.readouterr().err)
     # a package a submodule imports: named as the one missing (tritonclient.grpc needs grpcio)
     monkeypatch.setitem(sys.modules, "grpc", None)
     for name in [m for m in sys.modules if m.startswith("tritonclient.grpc")]:
@@ -100,7 +103,7 @@ def _command_without(missing: str, module: str, args: list[str], cwd) -> subproc
 def test_a_command_without_its_optional_package_says_so_in_one_line_before_any_work(tmp_path, missing, module,
                                                                                     args, needed_by, extra):
     p = _command_without(missing, module, args, tmp_path)
-    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.returncode == 4, p.stdout + p.stderr
     assert p.stderr.strip().splitlines() == [
         f"error: {needed_by} needs {OPTIONAL[missing][0]}, which is not installed here: "
         f"pip install 'ssm-rec-zoo[{extra}]'  (or: pip install '{OPTIONAL[missing][0]}')"], p.stderr

@@ -13,7 +13,8 @@ import tempfile
 import time
 import uuid
 
-from export.fsutil import run_cli  # noqa: F401  (every command's entry: a closed stdout, Ctrl-C)
+from export.fsutil import (EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_USAGE, STDOUT_PATH,  # noqa: F401
+                           exit_with, run_cli)  # run_cli: every command's entry (a closed stdout, Ctrl-C)
 
 from .data.readers import COLUMN_ROLES, check_columns
 from .data.split import parse_kcore
@@ -98,6 +99,55 @@ def add_model_data_options(parser: argparse.ArgumentParser, users: str) -> None:
                              "a stable sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz); it "
                              "decides which item comes last (the test item) when the last ones tie; default: the "
                              "model's run's (else file), the order it was trained on")
+
+
+def add_device_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--device`` of a command that runs a model (``what``: what runs there, for the help); read it with
+    :func:`cli_device`."""
+    parser.add_argument("--device", default=None,
+                        help=f"where {what} runs: cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+
+
+def cli_device(value: str | None):
+    """The ``torch.device`` of ``--device value`` (:func:`zoo.modeling_utils.resolve_device`); a malformed device is
+    a usage error (exit 2), a CUDA device this machine lacks exits 4 (:data:`export.fsutil.EXIT_MISSING`)."""
+    from .modeling_utils import DeviceUnavailableError, resolve_device
+
+    try:
+        return resolve_device(value)
+    except DeviceUnavailableError as e:
+        exit_with(EXIT_MISSING, f"error: --device: {e}")
+    except ValueError as e:
+        exit_with(EXIT_USAGE, f"error: --device: {e}")
+
+
+def add_threads_option(parser: argparse.ArgumentParser, what: str = "the model") -> None:
+    """``--threads N``: torch's CPU threads (``torch.set_num_threads``) for ``what``; apply it with
+    :func:`apply_threads`."""
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help=f"torch's CPU threads for {what} (default: torch's own, OMP_NUM_THREADS or the cores)")
+
+
+def apply_threads(n: int | None) -> None:
+    """Set torch's CPU threads to ``n`` (``--threads``); None leaves torch's default."""
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def refuse_options_without(parser: argparse.ArgumentParser, args: argparse.Namespace, needed: str,
+                           dests: list[str]) -> None:
+    """A usage error (exit 2) when an option of ``dests`` (argparse dests: ``"kcore"``) was given a value other than
+    its default while the option they apply to (dest ``needed``: ``"data"``) was not given -- instead of ignoring
+    them (``zoo.recommend --kcore 3`` with no ``--data``)."""
+    if getattr(args, needed, None) is not None:
+        return
+    given = ["--" + d.replace("_", "-") for d in dests if getattr(args, d, None) != parser.get_default(d)]
+    if given:
+        flag = "--" + needed.replace("_", "-")
+        parser.error(f"{'/'.join(given)} {'applies' if len(given) == 1 else 'apply'} to {flag}: give {flag} or "
+                     f"leave {'it' if len(given) == 1 else 'them'} out")
 
 
 def unknown_items_hint(e: Exception, options: dict) -> str:

@@ -1572,12 +1572,19 @@ def _as_count(x: Any, name: str, lo: int = 1, hi: int | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------- window re-encode state
+class DeviceUnavailableError(ValueError):
+    """A CUDA device asked for where torch sees none, or an index beyond the visible GPUs (:func:`resolve_device`):
+    what this machine lacks, not a wrong value -- the commands exit with status 4 on it, 2 on a malformed device."""
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The device a command runs on: ``device`` when given (checked), else CUDA when available, else the CPU.
 
     Raises:
-        ValueError: a CUDA device asked for where torch sees none (a CPU build of torch, or no GPU visible), or an
-            index beyond the visible GPUs -- instead of torch's assertion deep inside the first ``.to()``.
+        DeviceUnavailableError: a CUDA device asked for where torch sees none (a CPU build of torch, or no GPU
+            visible), or an index beyond the visible GPUs -- instead of torch's assertion deep inside the first
+            ``.to()`` (a ``ValueError``).
+        ValueError: ``device`` is not a device torch knows (``"gpu"``).
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -1588,9 +1595,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible GPU"
-            raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}: {build})")
+            raise DeviceUnavailableError(f"device {device!r}: CUDA is not available here "
+                                         f"(torch {torch.__version__}: {build})")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
+            raise DeviceUnavailableError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
     return dev
 
 
@@ -1654,4 +1662,4 @@ def window_state(combined: torch.Tensor, total: torch.Tensor, max_len: int) -> S
 
 __all__ = ["SeqRecConfig", "SeqRecPreTrainedModel", "SeqRecOutput", "Recommendations", "ItemVectors",
            "StateTensorSpec", "State", "window_state_spec", "window_append", "window_state", "check_window_ids",
-           "resolve_device", "MAX_TIMESTAMP_S"]
+           "resolve_device", "DeviceUnavailableError", "MAX_TIMESTAMP_S"]

@@ -119,7 +119,7 @@ def run_cli(main: Callable, *args):
     ``interrupted``, and the hint the command attached to the exception as ``zoo_hint`` (``zoo.train``: continue with
     ``--resume``) -- and status 130, without a traceback."""
     spec = getattr(main, "__globals__", {}).get("__spec__")          # ``python -m zoo.train``: __main__'s spec
-    prog = f"python -m {spec.name}" if spec is not None else getattr(main, "__module__", "command")
+    prog = command_prog(spec.name) if spec is not None else getattr(main, "__module__", "command")
     try:
         result = main(*args)
         if sys.stdout is not None:
@@ -139,3 +139,66 @@ def run_cli(main: Callable, *args):
             _stdout_to_devnull()
         print(f"{prog}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
+
+
+# ------------------------------------------------------------------ console scripts (pyproject [project.scripts])
+#: each command's console script, by module: ``pip install`` puts these on the PATH
+SCRIPTS = {"zoo.train": "zoo-train", "zoo.evaluate": "zoo-evaluate", "zoo.recommend": "zoo-recommend",
+           "zoo.embed": "zoo-embed", "zoo.compare": "zoo-compare", "zoo.soup": "zoo-soup", "zoo.hub": "zoo-hub",
+           "zoo.convert": "zoo-convert", "zoo.download": "zoo-download", "export.onnx": "export-onnx",
+           "export.trt": "export-trt", "export.triton": "export-triton", "export.perf_data": "export-perf-data",
+           "export.build_plugins": "export-build-plugins"}
+#: the module whose console script runs in this process (set by :func:`run_script`), None under ``python -m``
+_running_script: str | None = None
+
+
+def command_prog(module: str) -> str:
+    """The name a command's ``--help`` usage line and its errors give it (its parser's ``prog``): its console script's
+    (``zoo-train``) when this process runs that script, else ``python -m zoo.train`` -- what the user typed."""
+    return SCRIPTS[module] if module == _running_script and module in SCRIPTS else f"python -m {module}"
+
+
+def run_script(module: str) -> None:
+    """Run the command ``module`` (``"export.onnx"``) as its console script: through :func:`run_cli`, exiting with the
+    status its ``main`` returns when that is an int (the exporters'), else 0 -- the zoo commands' ``main`` return
+    their result (a run's log, the metrics) for Python callers, which ``sys.exit(entry())`` would print to stderr
+    with status 1. An optional package the module imports at load time and that is missing here is one line and
+    status 4, as under ``python -m``."""
+    import importlib
+
+    global _running_script
+    _running_script = module
+    from .deps import MissingDependencyError
+
+    try:
+        command = importlib.import_module(module)
+    except MissingDependencyError as e:
+        exit_with(EXIT_MISSING, f"error: {e}")
+    result = run_cli(command.main)
+    if isinstance(result, int) and not isinstance(result, bool):
+        sys.exit(result)
+
+
+def onnx_script() -> None:
+    """``export-onnx``: ``python -m export.onnx``."""
+    run_script("export.onnx")
+
+
+def trt_script() -> None:
+    """``export-trt``: ``python -m export.trt``."""
+    run_script("export.trt")
+
+
+def triton_script() -> None:
+    """``export-triton``: ``python -m export.triton``."""
+    run_script("export.triton")
+
+
+def perf_data_script() -> None:
+    """``export-perf-data``: ``python -m export.perf_data``."""
+    run_script("export.perf_data")
+
+
+def build_plugins_script() -> None:
+    """``export-build-plugins``: ``python -m export.build_plugins``."""
+    run_script("export.build_plugins")

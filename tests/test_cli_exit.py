@@ -3,7 +3,10 @@ line) and without a stdout at all: :func:`export.fsutil.run_cli`, the one wrappe
 console script."""
 from __future__ import annotations
 
+import argparse
 import ast
+import importlib
+import inspect
 import os
 import pathlib
 import subprocess
@@ -12,7 +15,7 @@ import textwrap
 
 import pytest
 
-from export.fsutil import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, run_cli
+from export.fsutil import EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_USAGE, run_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -30,17 +33,27 @@ def _with_closed_stdout(args, **kw) -> subprocess.CompletedProcess:
 
 
 def test_every_main_and_console_script_runs_through_run_cli():
-    """Each ``if __name__ == "__main__":`` of zoo/ and export/ calls ``run_cli(main)``, and the console scripts'
-    entries go through it too."""
+    """Each ``if __name__ == "__main__":`` of zoo/ and export/ calls ``run_cli(main)`` -- or, in a library module that
+    is no command, refuses to run with a usage error (``sys.exit(2)``) -- and the console scripts' entries go through
+    it too."""
     mains = []
     for path in sorted([*ROOT.glob("zoo/**/*.py"), *ROOT.glob("export/*.py")]):
         tree = ast.parse(path.read_text())
         for node in tree.body:
             if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
                 mains.append(path.relative_to(ROOT).as_posix())
-                assert "run_cli(main)" in ast.unparse(node), path
+                assert "run_cli(main)" in ast.unparse(node) or "sys.exit(2)" in ast.unparse(node), path
     assert len(mains) >= 15 and "zoo/train.py" in mains and "export/triton_server.py" in mains
-    assert "run_cli(importlib.import_module" in (ROOT / "zoo" / "cli.py").read_text()
+    assert "run_cli(command.main)" in (ROOT / "export" / "fsutil.py").read_text(encoding="utf-8")   # run_script
+    import export.fsutil
+    import zoo.cli
+
+    entries = {name for module in (zoo.cli, export.fsutil) for name in dir(module)
+               if name.endswith("_script") and name not in ("run_script", "_running_script")}
+    assert len(entries) == len(export.fsutil.SCRIPTS), sorted(entries)
+    for name in entries:                                     # each console script's entry is run_script(its module)
+        entry = getattr(zoo.cli, name, None) or getattr(export.fsutil, name)
+        assert "run_script(" in ast.unparse(ast.parse(inspect.getsource(entry))), name
 
 
 def test_run_cli_in_process(capsys):
@@ -114,7 +127,7 @@ def test_ctrl_c_in_train_is_one_line_status_130_and_no_empty_out_folder(tmp_path
     out = tmp_path / "new" / "run"
     p = _interrupted_train(tmp_path, out)
     assert p.returncode == EXIT_INTERRUPTED, p.stderr
-    assert p.stderr.splitlines()[-1] == "python -m zoo.train: interrupted" and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.splitlines()[-1] == "zoo-train: interrupted" and "Traceback" not in p.stderr, p.stderr
     assert not out.exists()                               # the folder it made (still empty) is gone
 
 
@@ -149,9 +162,63 @@ def test_triton_server_without_pytriton_is_a_one_line_error(tmp_path):
     code = ("import sys, runpy; sys.modules['pytriton'] = None; sys.argv = ['x', '--repo', 'r']; "
             "runpy.run_module('export.triton_server', run_name='__main__', alter_sys=True)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120, cwd=tmp_path)
-    assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+    assert p.returncode == EXIT_MISSING == 4 and p.stderr.strip().splitlines() == [
         "error: python -m export.triton_server needs nvidia-pytriton, which is not installed here: pip install "
         "'nvidia-pytriton' in a virtualenv of its own (export/triton_server_env.sh makes one)"], p.stderr
+
+
+#: the export package's commands (``python -m export.X``)
+EXPORT_COMMANDS = ("export.onnx", "export.trt", "export.triton", "export.perf_data", "export.triton_server",
+                   "export.build_plugins")
+
+
+class _Built(Exception):
+    """Raised from ``parse_args`` with the parser a command's ``main`` built (:func:`_parser_of`)."""
+
+    def __init__(self, parser):
+        super().__init__()
+        self.parser = parser
+
+
+def _parser_of(module: str, monkeypatch) -> argparse.ArgumentParser:
+    """The parser ``module``'s ``main`` builds, stopped before it parses anything."""
+    def stop(self, args=None, namespace=None):
+        raise _Built(self)
+
+    main = importlib.import_module(module).main
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    with pytest.raises(_Built) as built:
+        main([])
+    return built.value.parser
+
+
+@pytest.mark.parametrize("module", EXPORT_COMMANDS)
+def test_export_commands_help_names_them_and_ends_with_the_exit_status_table(module, monkeypatch, capsys):
+    """Every export command's ``--help`` starts ``usage: python -m MODULE`` (export.triton_server's showed
+    ``triton_server.py``), says what each option does (several had no text, their defaults unsaid), and ends with the
+    exit-status table all commands share (export.fsutil.EXIT_CODES; export.trt's own numbers meant other things)."""
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(module).main(["--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0 and text.startswith(f"usage: python -m {module} "), text[:200]
+    assert "".join(EXIT_CODES.split()) in "".join(text.split()), text[-800:]       # as argparse wrapped it
+    parser = _parser_of(module, monkeypatch)
+    bare = [a.option_strings for a in parser._actions if a.option_strings and not a.help and a.dest != "help"]
+    assert bare == [], bare
+    for action in parser._actions:                         # a default that is a number is said in the help
+        if isinstance(action.default, int) and not isinstance(action.default, bool) and action.default != 0:
+            assert str(action.default) in action.help, (action.option_strings, action.help)
+
+
+def test_export_verify_is_a_library_and_says_so(tmp_path):
+    """``python -m export.verify`` (a library module) printed nothing and exited 0 whatever it was given, which a
+    script could take for a passed verification: one line on stderr naming the commands to run, status 2."""
+    for args in (["--help"], ["--model", "m", "--onnx", "o"]):
+        p = subprocess.run([sys.executable, "-m", "export.verify", *args], capture_output=True, text=True, env=ENV,
+                           timeout=300, cwd=tmp_path)
+        assert p.returncode == EXIT_USAGE == 2 and p.stdout == "", (p.returncode, p.stdout, p.stderr)
+        (line,) = p.stderr.splitlines()
+        assert "library" in line and "python -m export.onnx" in line and "python -m export.trt" in line, line
 
 
 def test_the_fused_cpu_kernel_loads_without_a_stdout(tmp_path):

@@ -86,3 +86,96 @@ def test_plugins_build_from_the_installed_package(installed, tmp_path):
     assert f"kernels library : {out / 'libzoo_scan_kernels.so'}" in r.stdout
     assert ("plugin library  : NOT built" in r.stdout) != (out / "libzoo_trt_plugins.so").is_file()
     assert not (installed / "build").exists()                            # nothing written into site-packages
+
+
+#: pyproject's console scripts (export.fsutil.SCRIPTS): ``zoo-<name>`` runs ``python -m zoo.<name>``
+ZOO_SCRIPTS = ("train", "evaluate", "recommend", "embed", "compare", "soup", "hub", "convert", "download")
+#: ``export-<name>`` runs ``python -m export.<name with _>``
+EXPORT_SCRIPTS = ("onnx", "trt", "triton", "perf-data", "build-plugins")
+
+
+def test_every_command_has_a_console_script_whose_help_names_it(installed, tmp_path):
+    """pyproject's ``[project.scripts]`` had zoo-train/-evaluate/-recommend/-embed only: every zoo command and every
+    exporter now has its ``zoo-<name>`` / ``export-<name>`` script in the wheel, each loads and prints its ``--help``
+    (exit 0), and its usage line names the script as typed (``usage: zoo-hub``), where ``python -m zoo.hub`` shows
+    ``usage: python -m zoo.hub``."""
+    import json
+    import re
+
+    code = ("import contextlib, io, json, sys, importlib.metadata as md\n"
+            f"(dist,) = [d for d in md.distributions(path=[{str(installed)!r}])\n"
+            "           if d.metadata['Name'] == 'ssm-rec-zoo']\n"
+            "out = {}\n"
+            "for ep in dist.entry_points.select(group='console_scripts'):\n"
+            "    sys.argv, buf = [ep.name, '--help'], io.StringIO()\n"
+            "    with contextlib.redirect_stdout(buf):\n"
+            "        try:\n"
+            "            ep.load()()\n"
+            "            rc = 0\n"
+            "        except SystemExit as e:\n"
+            "            rc = e.code\n"
+            "    out[ep.name] = [ep.value, rc, buf.getvalue().splitlines()[0] if buf.getvalue() else '']\n"
+            "print(json.dumps(out))\n")
+    r = _run(installed, tmp_path, "-c", code, ZOO_NO_CACHE_SEED="1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    scripts = json.loads(r.stdout.splitlines()[-1])
+    expected = {f"zoo-{n}": f"zoo.cli:{n}_script" for n in ZOO_SCRIPTS}
+    expected.update({f"export-{n}": f"export.fsutil:{n.replace('-', '_')}_script" for n in EXPORT_SCRIPTS})
+    assert set(scripts) == set(expected), sorted(scripts)
+    for name, target in expected.items():
+        value, rc, usage = scripts[name]
+        assert value == target and rc in (0, None), (name, value, rc)
+        assert re.match(rf"usage: {name} ", usage), (name, usage)
+    r = _run(installed, tmp_path, "-m", "zoo.hub", "push", "--help", ZOO_NO_CACHE_SEED="1")
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m zoo.hub push "), r.stdout[:200] + r.stderr
+
+
+def _parsers(main, argv=()) -> list:
+    """The argument parsers of a command's ``main``: the one it parses its arguments with, and its subcommands'."""
+    import argparse
+
+    class Caught(Exception):
+        pass
+
+    found = []
+
+    def catch(self, args=None, namespace=None):
+        found.append(self)
+        raise Caught
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(argparse.ArgumentParser, "parse_args", catch)
+        with pytest.raises(Caught):
+            main(list(argv))
+    subs = [a for a in found[0]._actions if isinstance(a, argparse._SubParsersAction)]
+    return found + [p for a in subs for p in a.choices.values()]
+
+
+@pytest.mark.parametrize("module", ["zoo.train", "zoo.hub", "zoo.convert", "zoo.download"])
+def test_every_option_has_help_and_every_help_ends_with_the_exit_statuses(module):
+    """Every option and argument of zoo.train, zoo.hub (list, card, push), zoo.convert and zoo.download has a help
+    text (zoo.hub card's --name/--data/--description, push's folder/--repo-id/--private, convert's --trust-pickle ...
+    had none), and every ``--help`` (each subcommand's too) ends with the one exit-status table (EXIT_CODES);
+    ``python -m`` names the command in the usage line."""
+    import importlib
+
+    from export.fsutil import EXIT_CODES
+
+    parsers = _parsers(importlib.import_module(module).main)
+    assert parsers[0].prog == f"python -m {module}"
+    for p in parsers:
+        assert p.epilog and p.epilog.endswith(EXIT_CODES), (p.prog, p.epilog)
+        bare = [a.dest for a in p._actions if not (a.help or "").strip()]
+        assert not bare, (p.prog, bare)
+    text = {p.prog: {a.dest: a.help for a in p._actions} for p in parsers}
+    if module == "zoo.train":
+        for dest in ("optimizer", "weight_decay", "lr", "batch_size", "clip"):
+            assert "default: the model's preset" in text["python -m zoo.train"][dest], dest
+        assert "--init-from" in text["python -m zoo.train"]["model"]
+    if module == "zoo.hub":
+        assert "no progress bar" in text["python -m zoo.hub card"]["no_progress"]
+        assert "no part of a card" in text["python -m zoo.hub push"]["allow_extra"]
+    if module == "zoo.convert":
+        assert "runs any code the file holds" in text["python -m zoo.convert"]["trust_pickle"]
+    if module == "zoo.download":
+        assert "$ZOO_DATA_DIR" in text["python -m zoo.download"]["dir"]

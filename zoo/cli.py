@@ -536,30 +536,52 @@ def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 # ------------------------------------------------------------------ console scripts (pyproject [project.scripts])
 # Each command's ``main`` returns its result for Python callers (the log of a run, the metrics, the recommendations);
-# a console script runs ``sys.exit(entry())``, which would print that dict to stderr and exit with status 1 after a
-# successful run. These entries return None (status 0); errors still exit through argparse (2) or a traceback (1);
-# a closed stdout exits with 141, Ctrl-C with 130 (:func:`run_cli`).
-def _run_main(module: str) -> None:
-    import importlib
-
-    run_cli(importlib.import_module(f"zoo.{module}").main)
+# :func:`export.fsutil.run_script` runs it as a console script: status 0 after success, the statuses of
+# :data:`EXIT_CODES` on errors, 141 on a closed stdout and 130 on Ctrl-C (:func:`run_cli`). The exporters' scripts
+# live in ``export.fsutil`` (``import zoo.cli`` loads torch; ``export.triton --onnx`` runs without it).
+from export.fsutil import SCRIPTS, command_prog, run_script  # noqa: E402,F401
 
 
 def recommend_script() -> None:
     """``zoo-recommend``: ``python -m zoo.recommend``."""
-    _run_main("recommend")
+    run_script("zoo.recommend")
 
 
 def train_script() -> None:
     """``zoo-train``: ``python -m zoo.train``."""
-    _run_main("train")
+    run_script("zoo.train")
 
 
 def evaluate_script() -> None:
     """``zoo-evaluate``: ``python -m zoo.evaluate``."""
-    _run_main("evaluate")
+    run_script("zoo.evaluate")
 
 
 def embed_script() -> None:
     """``zoo-embed``: ``python -m zoo.embed``."""
-    _run_main("embed")
+    run_script("zoo.embed")
+
+
+def compare_script() -> None:
+    """``zoo-compare``: ``python -m zoo.compare``."""
+    run_script("zoo.compare")
+
+
+def soup_script() -> None:
+    """``zoo-soup``: ``python -m zoo.soup``."""
+    run_script("zoo.soup")
+
+
+def hub_script() -> None:
+    """``zoo-hub``: ``python -m zoo.hub``."""
+    run_script("zoo.hub")
+
+
+def convert_script() -> None:
+    """``zoo-convert``: ``python -m zoo.convert``."""
+    run_script("zoo.convert")
+
+
+def download_script() -> None:
+    """``zoo-download``: ``python -m zoo.download``."""
+    run_script("zoo.download")

@@ -21,6 +21,11 @@ TensorRT headers are never committed. They come, first found wins, from ``--tens
 that ships ``NvInferRuntime.h`` (:func:`find_tensorrt_include`; e.g. ``pip install --no-deps kernel-lens``, which
 vendors NVIDIA's Apache-2.0 TensorRT 10.14 headers). Without headers only the kernels library is built.
 
+Exit statuses (the shared table, :data:`export.fsutil.EXIT_CODES`): 0 built (``--print-trt-include``: the folder
+printed); 1 the build failed (CMake's or the compiler's output is shown); 2 a usage error; 4 a tool it needs is
+missing here: CMake or nvcc (the C++ compiler for ``--emulated``), or the TensorRT headers for
+``--require-tensorrt`` and ``--print-trt-include``.
+
 This module imports only the standard library at top level: CMake runs it by path (``--print-trt-include``).
 """
 
@@ -33,6 +38,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+try:
+    from .fsutil import EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, command_prog
+except ImportError:              # run by path (CMake: ``build_plugins.py --print-trt-include``): export/ is sys.path[0]
+    from fsutil import EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, command_prog
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: the plugin sources: ``plugins/`` of a checkout, else (an installed wheel, which ships them) ``export/plugins/``
@@ -55,6 +65,11 @@ _SYSTEM_INCLUDES = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux
 
 class BuildError(RuntimeError):
     pass
+
+
+class ToolMissing(BuildError):
+    """A tool the build needs is not installed here (CMake, nvcc, a C++ compiler): the command exits 4
+    (:data:`export.fsutil.EXIT_MISSING`), not 1 as for a build that ran and failed."""
 
 
 def _python_dist_headers() -> list[tuple[str, Path]]:
@@ -173,7 +188,7 @@ def build(build_dir: str | os.PathLike | None = None, arch: str = "80;90", jobs:
     half-built library. Builds into one folder take turns (:func:`_build_lock`)."""
     for tool in ("cmake", "nvcc"):
         if shutil.which(tool) is None and not (tool == "nvcc" and Path("/usr/local/cuda/bin/nvcc").exists()):
-            raise BuildError(f"{tool} not found on PATH (needed to build the plugins)")
+            raise ToolMissing(f"{tool} not found on PATH (needed to build the plugins)")
     bdir = Path(build_dir or DEFAULT_BUILD_DIR)
     bdir.mkdir(parents=True, exist_ok=True)
     with _build_lock(bdir):
@@ -218,6 +233,11 @@ def _drop_stale_cmake_cache(bdir: Path) -> str | None:
             "configuring again from scratch\n")
 
 
+#: how plugins/CMakeLists.txt starts its message when it finds no TensorRT headers (a FATAL_ERROR with
+#: ``ZOO_REQUIRE_TENSORRT``)
+_NO_TRT_HEADERS = "zoo: no TensorRT headers (NvInferRuntime.h) found"
+
+
 def _build(bdir: Path, arch: str, jobs: int, tensorrt_root: str | None, tensorrt_include: str | None,
            require_tensorrt: bool, quiet: bool) -> dict:
     """:func:`build` in ``bdir``, under its lock. A CMake cache there of another source or build folder (a moved
@@ -249,7 +269,9 @@ def _build(bdir: Path, arch: str, jobs: int, tensorrt_root: str | None, tensorrt
         if not quiet:
             sys.stdout.write(r.stdout)
         if r.returncode != 0:
-            raise BuildError(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{r.stdout[-6000:]}")
+            # ZOO_REQUIRE_TENSORRT and no headers: CMakeLists.txt's FATAL_ERROR, a missing TensorRT (exit 4)
+            error = ToolMissing if require_tensorrt and _NO_TRT_HEADERS in r.stdout else BuildError
+            raise error(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{r.stdout[-6000:]}")
     built = plug.exists() and inc is not None
     stamp_error = None
     if built:
@@ -324,7 +346,7 @@ def build_emulated(build_dir: str | os.PathLike | None = None, kernels: list[Pat
     loads a library another is still writing."""
     cxx = _cxx()
     if cxx is None:
-        raise BuildError("no C++ compiler found ($CXX, c++, g++, clang++): the emulated kernels need one")
+        raise ToolMissing("no C++ compiler found ($CXX, c++, g++, clang++): the emulated kernels need one")
     bdir = Path(build_dir or DEFAULT_BUILD_DIR) / "emu"
     gen = bdir / "generated"
     gen.mkdir(parents=True, exist_ok=True)
@@ -397,49 +419,65 @@ def _build_emulated(bdir: Path, gen: Path, cxx: str, kernels, out_name, extra_fl
     return lib
 
 
+def _failed(e: Exception) -> int:
+    """Say why the build failed on stderr; its exit status: 4 for a tool missing here (:class:`ToolMissing`), else 1."""
+    print(f"build failed: {e}", file=sys.stderr)
+    return EXIT_MISSING if isinstance(e, ToolMissing) else EXIT_ERROR
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.build_plugins", description=__doc__.splitlines()[0])
-    ap.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR))
+    ap = argparse.ArgumentParser(prog=command_prog("export.build_plugins"), description=__doc__.splitlines()[0],
+                                 epilog=EXIT_CODES)
+    ap.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR),
+                    help=f"CMake build folder; the libraries are written there (default {DEFAULT_BUILD_DIR}; "
+                         "--emulated builds into its emu/)")
     ap.add_argument("--arch", default="80;90", help="CMAKE_CUDA_ARCHITECTURES (default '80;90')")
-    ap.add_argument("--jobs", "-j", type=int, default=2)
-    ap.add_argument("--tensorrt-root", default=None)
-    ap.add_argument("--tensorrt-include", default=None)
-    ap.add_argument("--require-tensorrt", action="store_true", help="fail when no TensorRT headers are found")
+    ap.add_argument("--jobs", "-j", type=int, default=2, help="parallel compile jobs of cmake --build (default 2)")
+    ap.add_argument("--tensorrt-root", default=None,
+                    help="TensorRT installation whose include/ holds NvInferRuntime.h (default: $TensorRT_ROOT or "
+                         "$TENSORRT_ROOT, else the system folders, else an installed Python distribution shipping "
+                         "the headers)")
+    ap.add_argument("--tensorrt-include", default=None,
+                    help="folder holding NvInferRuntime.h itself; tried before --tensorrt-root")
+    ap.add_argument("--require-tensorrt", action="store_true",
+                    help="fail (exit 4) when CMake finds no TensorRT headers, instead of building the kernels library "
+                         "alone")
     ap.add_argument("--emulated", action="store_true",
                     help="build only the CPU-emulated kernels library (host C++ compiler; no nvcc/CMake/TensorRT)")
     ap.add_argument("--print-trt-include", action="store_true",
-                    help="print the TensorRT include directory that would be used and exit (1 if none)")
+                    help="print the TensorRT include directory that would be used and exit (4 if none)")
     a = ap.parse_args(argv)
     if a.print_trt_include:
         inc, why = find_tensorrt_include(a.tensorrt_include, a.tensorrt_root)
         if inc is None:
             print(why, file=sys.stderr)
-            return 1
+            return EXIT_MISSING
         print(inc)
-        return 0
+        return EXIT_OK
     if a.emulated:
         try:
             lib = build_emulated(a.build_dir, quiet=False)
         except (BuildError, OSError) as e:                  # OSError: a --build-dir that cannot be made
-            print(f"build failed: {e}", file=sys.stderr)
-            return 1
+            return _failed(e)
         print(f"emulated kernels library : {lib}  (CPU; python plugins/harness.py --emulate --check)")
-        return 0
+        return EXIT_OK
     try:
         res = build(a.build_dir, a.arch, a.jobs, a.tensorrt_root, a.tensorrt_include, a.require_tensorrt)
     except (BuildError, OSError) as e:
-        print(f"build failed: {e}", file=sys.stderr)
-        return 1
+        return _failed(e)
     print(f"kernels library : {res['kernels']}")
     if res["plugins"] is not None:
         print(f"plugin library  : {res['plugins']}  (TensorRT headers {res['tensorrt_header_version']} from "
               f"{res['tensorrt_headers']})")
     else:
         print(f"plugin library  : NOT built — {res['tensorrt_headers']}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    from .fsutil import run_cli
+    try:
+        from .fsutil import run_cli
+    except ImportError:          # run by path (CMake): export/ is sys.path[0]
+        from fsutil import run_cli
 
     sys.exit(run_cli(main))

@@ -46,7 +46,11 @@ the scan nodes (fp32, with ``Cast`` nodes at their activation inputs/outputs) an
 I/O table is unchanged (``state_spec.json`` adds ``"precision": "fp16"``).
 
 Every export is verified against PyTorch (:mod:`export.verify`, tolerances per precision); an artefact that fails
-verification is deleted and the CLI exits with status 1 naming the worst case.
+verification is deleted and the CLI exits with status 3 (:data:`export.fsutil.EXIT_VERIFY_FAILED`) naming the worst
+case on stderr. The other statuses are the shared table's (:data:`export.fsutil.EXIT_CODES`): 1 a ``--model``,
+``--data`` or ``--exclude-items`` that cannot be found or read, or an export error (``ExportError``: ``--topk`` beyond
+the items, a form the model cannot be exported in); 2 a usage error. Error and verdict lines go to stderr, the stages
+of the export to stdout.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ import numpy as np
 import torch
 
 from .deps import require
+from .fsutil import EXIT_CODES, EXIT_ERROR, EXIT_OK, EXIT_VERIFY_FAILED, command_prog, exit_with
 
 # a missing package: a one-line error when run as `python -m export.onnx`, a MissingDependencyError when imported
 onnx = require("onnx", "export.onnx", cli=__name__ == "__main__")
@@ -1819,9 +1824,10 @@ def _card_graph_options(p: argparse.ArgumentParser, args, kind: str, rel: str) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zoo.cli import add_columns_option, check_outputs, flag_named, positive_int
+    from zoo.cli import add_columns_option, check_outputs, flag_named, positive_int, refuse_options_without
 
-    p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=command_prog("export.onnx"), description=__doc__.split("\n\n")[0],
+                                epilog=EXIT_CODES)
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
     p.add_argument("--out", default=None,
                    help="output folder (model.onnx + state_spec.json); not needed with --card-dir, not a model "
@@ -1870,6 +1876,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="step graphs: single steps after priming (500)")
     p.add_argument("--verify-cases", type=positive_int, default=None, help="random cases for top-k agreement (2000)")
     args = p.parse_args(argv)
+    refuse_options_without(p, args, "data", ["columns"])   # --columns names the columns of --data, nothing else
     if not args.out and not args.card_dir:
         p.error("give --out DIR or --card-dir CARD_FOLDER")
     if args.out and args.card_dir:
@@ -1902,20 +1909,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"--card-dir {args.card_dir} is not a card folder ("
                     + (f"it lacks {' and '.join(lacks)}" if os.path.isdir(args.card_dir) else "no such folder")
                     + "; make one with `python -m zoo.hub card`, or write the graph elsewhere with --out)")
-    if args.data and not os.path.isfile(args.data):
-        p.error(f"--data {args.data}: no such file")
+    if args.data and not os.path.isfile(args.data):         # a run that cannot read its input: it fails (1)
+        exit_with(EXIT_ERROR, f"error: --data {args.data}: no such file")
     say = lambda m: print(m, flush=True)  # noqa: E731
+    # errors and verdicts go to stderr (a run with stdout in a log file still shows them), the stages to stdout
+    err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     say(f"loading {args.model} ...")
     try:
         model = _load_model(args.model)
     except (OSError, ValueError) as e:
-        p.error(f"--model {args.model}: {e}")
+        exit_with(EXIT_ERROR, f"error: --model {args.model}: {e}")
     kind = args.kind or ("step" if model.has_exact_step else "window")
     try:
         excluded = excluded_indices(model, args.exclude_items)
     except ValueError as e:
-        p.error(str(e))
+        exit_with(EXIT_ERROR, f"error: {e}")
     out = args.out
     rel = None
     if args.card_dir:
@@ -1929,7 +1938,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         real, real_ts = (load_real_histories(args.data, model, with_timestamps=True, columns=args.columns)
                          if args.data else (None, None))
     except (OSError, ValueError, TypeError) as e:              # TypeError: the file's ids are not the vocabulary's kind
-        p.error(f"--data {args.data}: {e}")
+        exit_with(EXIT_ERROR, f"error: --data {args.data}: {e}")
     if real is not None:
         say(f"  {len(real)} real histories from {args.data}"
             + ("" if not model.uses_timestamps else " with their timestamps" if real_ts is not None
@@ -1949,13 +1958,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                            exclude_seen=args.exclude_seen, exclude_items=excluded, user_vector=args.user_vector,
                            candidates=args.candidates)
     except VerificationError as e:
-        say(f"ERROR: {e}")
         if e.report is not None:
             say(e.report.table())
-        return 1
-    except ExportError as e:
-        say(f"ERROR: {flag_named(str(e), {'topk': '--topk'})}")      # export_model's topk is the CLI's --topk
-        return 2
+        err(f"ERROR: {e}")
+        return EXIT_VERIFY_FAILED
+    except ExportError as e:                                   # a failed run (1); a bad option value is argparse's 2
+        err(f"ERROR: {flag_named(str(e), {'topk': '--topk'})}")      # export_model's topk is the CLI's --topk
+        return EXIT_ERROR
     if res.report is not None:
         say(res.report.table())
     if args.card_dir:
@@ -1967,7 +1976,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f", {res.spec_path} and {os.path.join(os.path.dirname(res.spec_path), vocab)}" if vocab else
            f" and {res.spec_path}") + f" in {time.perf_counter() - t0:.1f} s")
     say(io_table_markdown(res.spec))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

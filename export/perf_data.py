@@ -30,6 +30,10 @@ Item ids are mapped through the model folder's ``item_vocab.json`` (the ids the 
 ``timestamps`` (or float32 ``time_gaps``, 0 for a stream's first event, for ``--time-input gaps`` graphs) from the
 file. Users are a seeded sample (``--seed``) of those with at least two items. The file is written whole (an
 interrupted run leaves an existing one as it was) and the command prints the ``perf_analyzer`` line to run.
+``--out -`` writes the JSON on stdout instead, and that line (for the file it is saved to) on stderr.
+
+Exit statuses (the shared table, :data:`export.fsutil.EXIT_CODES`): 1 when the model folder, ``--data`` (missing,
+unreadable, items the model does not know) or ``--out`` fails the run; 2 for a usage error.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from typing import Sequence
 import numpy as np
 
 from . import triton as T
+from .fsutil import EXIT_CODES, EXIT_ERROR, EXIT_OK, STDOUT_PATH, command_prog, exit_with
 
 
 class PerfDataError(ValueError):
@@ -173,14 +178,17 @@ def check_out_of_repository(out: str | os.PathLike, repo: str | os.PathLike) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from zoo.cli import (add_columns_option, add_model_data_options, cannot, check_outputs, error_text,
-                         model_data_options, positive_int, written_whole)
+                         model_data_options, nonnegative_int, positive_int, written_whole)
     from zoo.data import load_dataset
 
-    p = argparse.ArgumentParser(prog="python -m export.perf_data", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=command_prog("export.perf_data"), description=__doc__.split("\n\n")[0],
+                                epilog=EXIT_CODES)
     p.add_argument("--repo", required=True, help="Triton model repository written by python -m export.triton")
     p.add_argument("--name", required=True, help="the model's folder in --repo")
     p.add_argument("--data", required=True, help="interaction file whose users' histories are replayed")
-    p.add_argument("--out", required=True, help="JSON file for perf_analyzer --input-data")
+    p.add_argument("--out", required=True,
+                   help="JSON file for perf_analyzer --input-data; '-': the JSON on stdout (the perf_analyzer line and "
+                        "the summary on stderr)")
     p.add_argument("--users", type=positive_int, default=256,
                    help="users sampled (default 256; one stream each for stateful models)")
     p.add_argument("--events", type=positive_int, default=10,
@@ -188,18 +196,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "priming request, then one request per event)")
     p.add_argument("--prime", type=positive_int, default=200,
                    help="stateful models: at most this many items before the events prime the sequence (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the user sample (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the user sample, >= 0 (default 0)")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="items of --data the model's vocabulary lacks: refuse (default) or drop their interactions")
     add_model_data_options(p, "sampling users (as in zoo.evaluate; the run's log is read from the model folder in "
                               "--repo)")
     add_columns_option(p)
     a = p.parse_args(argv)
-    try:
-        check_outputs({"--out": a.out}, {"--data": a.data})
-        check_out_of_repository(a.out, a.repo)
-    except ValueError as e:
-        p.error(str(e))
+    to_stdout = a.out == STDOUT_PATH
+    if not to_stdout:                                       # '-' is stdout, never a file of that name
+        try:
+            check_outputs({"--out": a.out}, {"--data": a.data})
+            check_out_of_repository(a.out, a.repo)
+        except ValueError as e:
+            p.error(str(e))
+    if not os.path.exists(a.data):                          # an input that is not there: the run fails (1)
+        exit_with(EXIT_ERROR, f"export.perf_data: --data {a.data}: no such file")
     try:
         from zoo.evaluate import align_with_vocab
 
@@ -212,19 +224,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = perf_input_data(cfg, spec, ds, users=a.users, events=a.events, prime=a.prime, seed=a.seed)
     except (OSError, ValueError, KeyError) as e:                 # UnknownItemError, PerfDataError, config errors
         print(f"export.perf_data: {error_text(e)}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    stateful = cfg.HasField("sequence_batching")
+    n_req = sum(len(s) for s in data["data"]) if stateful else len(data["data"])
+    what = (f"{len(data['data'])} {'streams' if stateful else 'requests'}" + (f", {n_req} requests" if stateful else "")
+            + f" for model {cfg.name!r}")
+    if to_stdout:                 # the product on stdout; what would be printed there goes to stderr
+        json.dump(data, sys.stdout)
+        sys.stdout.write("\n")
+        print(f"wrote {what} to stdout; save it to a file for perf_analyzer, which reads --input-data from one:",
+              file=sys.stderr)
+        print(perf_analyzer_command(cfg, "FILE", len(data["data"])), file=sys.stderr)
+        return EXIT_OK
     try:
         with written_whole(a.out) as f:
             json.dump(data, f)
     except OSError as e:
         print(f"export.perf_data: {cannot('--out', a.out, e)}", file=sys.stderr)
-        return 2
-    stateful = cfg.HasField("sequence_batching")
-    n_req = sum(len(s) for s in data["data"]) if stateful else len(data["data"])
-    print(f"wrote {a.out}: {len(data['data'])} {'streams' if stateful else 'requests'}"
-          + (f", {n_req} requests" if stateful else "") + f" for model {cfg.name!r}")
+        return EXIT_ERROR
+    print(f"wrote {a.out}: {what}")
     print(perf_analyzer_command(cfg, a.out, len(data["data"])))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -579,11 +579,13 @@ def _prepare_workspace(ws: pathlib.Path) -> tuple[pathlib.Path, dict]:
 
 def serve(repo: str, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int | None = None,
           log_verbose: int = 0, exit_timeout_s: int = 10) -> int:
-    """Run tritonserver on ``repo`` (127.0.0.1 only) until SIGTERM/SIGINT; returns its exit status."""
-    repo = os.path.abspath(repo)
+    """Run tritonserver on ``repo`` (127.0.0.1 only) until SIGTERM/SIGINT; returns its exit status (1, a failed run in
+    the commands' shared table :data:`export.fsutil.EXIT_CODES`, when ``repo`` is not a folder: nothing is started)."""
     if not os.path.isdir(repo):
-        print(f"model repository {repo} does not exist", file=sys.stderr)
-        return 2
+        print(f"error: --repo {repo}: no such folder (a model repository written by python -m export.triton "
+              "--backend python)", file=sys.stderr)
+        return 1
+    repo = os.path.abspath(repo)
     signals, proc = [], None
 
     def forward(signum, _frame):
@@ -766,13 +768,22 @@ def start_server(repo: str | os.PathLike, venv: str | os.PathLike | None = None,
 def main(argv=None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(description="Run the nvidia-pytriton tritonserver (python backend) on a model "
-                                            "repository written by `python -m export.triton --backend python`.")
+    try:
+        from export.fsutil import EXIT_CODES
+    except ImportError:               # run as a file of its own (the server's virtualenv): no package to import
+        EXIT_CODES = None
+    p = argparse.ArgumentParser(prog="python -m export.triton_server",
+                                description="Run the nvidia-pytriton tritonserver (python backend) on a model "
+                                            "repository written by `python -m export.triton --backend python`.",
+                                epilog=(EXIT_CODES and f"{EXIT_CODES}; once the server ran, its own exit status"))
     p.add_argument("--repo", required=True, help="Triton model repository")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000,
+                   help="port of Triton's HTTP/REST endpoint, on 127.0.0.1 (default 8000)")
+    p.add_argument("--grpc-port", type=int, default=8001,
+                   help="port of Triton's gRPC endpoint, on 127.0.0.1 (default 8001)")
     p.add_argument("--metrics-port", type=int, default=0, help="0 = metrics off")
-    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--log-verbose", type=int, default=0,
+                   help="tritonserver's --log-verbose level: 0 quiet (default), 1 and up more detail per request")
     a = p.parse_args(argv)
     try:
         from export.deps import require

@@ -42,23 +42,27 @@ What it does, in order, printing a report as it goes:
    its place), and a missing ``--plugin-lib`` is an error before any work. ``DIR`` may not be a model checkpoint
    (``config.json`` / ``model.safetensors``: the export would replace its ``item_vocab.json``).
 
-Exit codes:
+Exit codes (the shared table of every command, :data:`export.fsutil.EXIT_CODES`; the report's ``exit_code`` is the
+same number). The ``ERROR`` lines and a ``RESULT`` line of a run that did not succeed go to stderr, the stages and
+their tables to stdout:
 
 * ``0`` engine built and verified, written;
-* ``1`` error (bad arguments: usage errors too, before any work; a verified engine in ``DIR`` on a machine that
-  cannot build one, before any work, ``DIR`` untouched; export / plugin build / engine build failure, scan nodes not
-  bound to plugins, a graph with float64 I/O: TensorRT has no float64, so a float64-timestamps graph
+* ``1`` the run failed: a verified engine in ``DIR`` on a machine that cannot build one, before any work, ``DIR``
+  untouched; a ``--model`` that cannot be loaded, export / plugin build / engine build failure, scan nodes not bound
+  to plugins, a graph with float64 I/O: TensorRT has no float64, so a float64-timestamps graph
   (``run(..., time_input="timestamps")``) stops after the ONNX export + verification with a message saying so; a
-  verified engine that could not be written);
-* ``2`` verification failed (the ONNX graph against PyTorch, or the engine against PyTorch); nothing is written
+  verified engine that could not be written;
+* ``2`` usage error (argparse's status), before any work: a bad, missing or conflicting option, an engine setting out
+  of range, an ``--out`` that cannot be written or is a model checkpoint, a ``--plugin-lib`` that does not exist;
+* ``3`` verification failed (the ONNX graph against PyTorch, or the engine against PyTorch); nothing is written
   for the failing artefact;
-* ``3`` TensorRT builder or CUDA GPU missing: the ONNX graph was exported and verified, the plugin library was built
+* ``4`` TensorRT builder or CUDA GPU missing: the ONNX graph was exported and verified, the plugin library was built
   and (when ``tensorrt_lean`` is installed) loaded and checked, and the report names exactly what is missing. The
   graph was also verified against PyTorch with its scan nodes run by the plugins' own code on the CPU (the plugin
   classes and CUDA kernels compiled against ``plugins/emu/``; :mod:`export.emulated_plugins`; ``--no-emulate`` skips
-  it, a missing C++ compiler or TensorRT headers skip it with a message); if that fails, the exit code is ``2``. The
+  it, a missing C++ compiler or TensorRT headers skip it with a message); if that fails, the exit code is ``3``. The
   graph runs in a child process for that check, so a plugin that reads or writes out of bounds kills the child, not
-  the run: a crash is a failure (exit ``2``) whose report names the signal and the plugin run it happened in; so is
+  the run: a crash is a failure (exit ``3``) whose report names the signal and the plugin run it happened in; so is
   a hang (the child gives no answer for ``EMULATED_TIMEOUT_S`` seconds and is killed).
 """
 
@@ -78,9 +82,8 @@ from typing import Any, Sequence
 
 from . import plugin_spec as ps
 from .deps import require
-from .fsutil import file_sha256
+from .fsutil import EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, EXIT_VERIFY_FAILED, command_prog, file_sha256
 
-EXIT_OK, EXIT_ERROR, EXIT_VERIFY_FAILED, EXIT_MISSING = 0, 1, 2, 3
 ENGINE_FILE = "model.engine"
 #: where run() sets aside an engine found in the output folder that its report does not say was verified
 UNVERIFIED_ENGINE_FILE = "model.engine.unverified"
@@ -475,7 +478,7 @@ EMULATED_TIMEOUT_S = 300.0
 
 def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, say, build_dir=None,
                            quick: bool = False, max_steps: int = 200, max_batch: int = 2048,
-                           max_candidates: int | None = None) -> bool:
+                           max_candidates: int | None = None, say_error=None) -> bool:
     """Without an engine, what the plugins contribute is still checked: the graph runs on ONNX's reference evaluator
     with each scan node handed to the plugin's ``enqueue`` -- the plugin classes and CUDA kernels compiled for the CPU
     against plugins/emu/ (:mod:`export.emulated_plugins`) -- and goes through the shared verifier against PyTorch.
@@ -483,11 +486,12 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
     model and the verification), so a plugin that reads or writes out of bounds kills the child, not this run: a
     crash fails the check with the signal's name. Fills ``report["emulated_plugins"]``; returns True when the
     verification ran and failed or crashed (a C++ compiler or the TensorRT headers missing only skips it, saying
-    so)."""
+    so). ``say_error``: told the lines of a failure instead of ``say`` (the CLI's stderr)."""
     from . import verify as V
     from .build_plugins import BuildError, build_emulated
     from .emulated_plugins import EmulatedPluginRunner, IsolatedPluginRunner, PluginCrash, PluginError, PluginHang
 
+    err = say_error or say
     say("[4b] the graph with the zoo plugins' code, CPU-emulated (plugin classes + CUDA kernels compiled for the CPU "
         "against plugins/emu/; ONNX reference evaluator for the other nodes), against PyTorch")
     try:
@@ -509,7 +513,7 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
         rep = V.verify_export(model, res.graph_path, res.spec, runner=runner, progress=lambda m: say("  " + m),
                               precision=precision, **kw)
     except PluginCrash as e:                 # the plugin's code killed the child (SIGSEGV, ...): TensorRT's would too
-        say(f"  FAILED: {e}")           # (or hung it: PluginHang, the child killed after EMULATED_TIMEOUT_S)
+        err(f"  FAILED: {e}")           # (or hung it: PluginHang, the child killed after EMULATED_TIMEOUT_S)
         calls = {k: v for k, v in (runner.calls if runner else {}).items() if v}
         report["emulated_plugins"] = {"library": str(lib), "ok": False, "error": str(e), "signal": e.signal,
                                       "child_exit_code": e.returncode, "plugin_call": e.last_call,
@@ -518,13 +522,13 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
             report["emulated_plugins"]["hung_after_s"] = e.timeout_s
         return True
     except PluginError as e:                 # a scan node the plugin refuses: TensorRT's engine would fail the same
-        say(f"  FAILED: {e}")
+        err(f"  FAILED: {e}")
         report["emulated_plugins"] = {"library": str(lib), "ok": False, "error": str(e)}
         return True
     except Exception as e:
         calls = {k: v for k, v in (runner.calls if runner else {}).items() if v}
         if calls:                            # after plugin runs: what they returned may be the cause (wrong shapes or
-            say(f"  FAILED after {sum(calls.values())} plugin runs: {type(e).__name__}: {str(e)[:500]}")  # dtypes)
+            err(f"  FAILED after {sum(calls.values())} plugin runs: {type(e).__name__}: {str(e)[:500]}")  # dtypes)
             report["emulated_plugins"] = {"library": str(lib), "ok": False, "plugin_calls": calls,
                                           "error": f"the graph failed after the plugins ran: {type(e).__name__}: {e}"}
             return True
@@ -542,7 +546,7 @@ def _emulated_plugin_check(model, res, graph16, precision: str, report: dict, sa
                                   "verification": rep.to_dict(),
                                   "unverified": "TensorRT's own kernels, fusions and precision choices, and the GPU"}
     if not rep.ok:
-        say(f"  {rep.worst_message()}")
+        err(f"  {rep.worst_message()}")
     return not rep.ok
 
 
@@ -639,7 +643,8 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         plugin_lib: str | None = None, build_dir: str | None = None, quick: bool = False, model=None,
         time_input: str = "auto", exclude_seen: bool = False, user_vector: bool = False,
         exclude_items: str | None = None, emulate: bool = True, candidates: bool = False,
-        max_candidates: int = MAX_CANDIDATES, rebuild_plugins: bool = False, say=print) -> tuple[int, dict]:
+        max_candidates: int = MAX_CANDIDATES, rebuild_plugins: bool = False, say=print,
+        say_error=None) -> tuple[int, dict]:
     """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json`` -- except when it
     stops before touching ``out_dir`` (exit 1, ``out_dir`` as it was: a missing ``plugin_lib`` on a machine that could
     build, or a verified engine in ``out_dir`` on one that cannot; see the module's step 5). Settings out of range and
@@ -651,7 +656,9 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     ``emulate``: when no engine can be built, verify the graph with the plugins' code on the CPU emulator
     (:func:`_emulated_plugin_check`). ``candidates``: the graph takes ``candidates [B, C]`` (``export.onnx
     --candidates``), ``C`` up to ``max_candidates`` in the engine's profile. ``rebuild_plugins``: build the plugin
-    library even when it is current with its sources (:func:`ensure_plugin_library`)."""
+    library even when it is current with its sources (:func:`ensure_plugin_library`). ``say`` is told the stages and
+    their tables; ``say_error`` (default ``say``) the error lines and the ``RESULT`` line of a run that did not succeed
+    (the CLI's stderr)."""
     from zoo.cli import written_whole
 
     from . import onnx as E
@@ -669,6 +676,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     verify_kwargs = engine_verify_kwargs(quick, max_batch=max_batch, max_steps=max_steps,
                                          max_candidates=max_candidates if candidates else None)
     report["verify_kwargs"] = verify_kwargs
+    err = say_error or say
 
     def finish(code: int, status: str, written: bool = True):
         report["exit_code"], report["status"] = code, status
@@ -676,7 +684,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
             with written_whole(out / REPORT_FILE) as f:
                 f.write(json.dumps(report, indent=2, default=str) + "\n")
         say("")
-        say(f"RESULT: {status} (exit code {code}); "
+        (say if code == EXIT_OK else err)(f"RESULT: {status} (exit code {code}); "
             + (f"report: {out / REPORT_FILE}" if written else f"nothing written in {out}"))
         return code, report
 
@@ -684,7 +692,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     env = probe_environment()
     if plugin_lib and not Path(plugin_lib).is_file() and env.can_build:
         report["plugin_error"] = f"plugin library {plugin_lib} does not exist"
-        say(f"ERROR: --plugin-lib {plugin_lib}: no such file")
+        err(f"ERROR: --plugin-lib {plugin_lib}: no such file")
         return finish(EXIT_ERROR, "plugin library unavailable", written=False)
     held = engine_path.is_file() and engine_verified(out)
     if held and not env.can_build:
@@ -693,7 +701,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
                f"{'; '.join(env.missing)}): the ONNX export would replace the graph, state spec and vocabulary that "
                "engine serves with, and no new engine could take its place. Nothing was changed; give another --out "
                "to check the graph here, or run where TensorRT and a GPU are")
-        say(f"ERROR: {msg}")
+        err(f"ERROR: {msg}")
         report["error"] = msg
         return finish(EXIT_ERROR, f"TensorRT/GPU missing and {out} holds a verified engine: nothing exported",
                       written=False)
@@ -726,13 +734,13 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
                              user_vector=user_vector, exclude_items=E.excluded_indices(model, exclude_items),
                              candidates=candidates)
     except E.VerificationError as e:
-        say(f"  ONNX verification FAILED: {e}")
+        err(f"  ONNX verification FAILED: {e}")
         if e.report is not None:
             say(e.report.table())
             report["onnx_verification"] = e.report.to_dict()
         return finish(EXIT_VERIFY_FAILED, "ONNX graph verification failed")
     except Exception as e:
-        say(f"  ERROR: {type(e).__name__}: {e}")
+        err(f"  ERROR: {type(e).__name__}: {e}")
         report["error"] = f"{type(e).__name__}: {e}"
         return finish(EXIT_ERROR, "ONNX export failed")
     say(res.report.table())
@@ -748,7 +756,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
                f"{res.graph_path} is exported and verified: run it with ONNX Runtime (export.runtime.OnnxStepSession)"
                + ("; export.trt's default (time input 'auto') exports the float32 time-gaps form instead, which "
                   "TensorRT can build" if E.gaps_form_available(model) else ""))
-        say(f"  ERROR: {msg}")
+        err(f"  ERROR: {msg}")
         report["error"] = msg
         report["float64_io"] = f64
         return finish(EXIT_ERROR, "TensorRT does not support float64 I/O (timestamps/last_ts): ONNX graph verified, "
@@ -758,7 +766,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
                f"({res.spec['external_data']}); export.trt gives TensorRT's parser the graph as bytes, which cannot "
                "hold them: no engine for it (not supported, and not verified). The ONNX graph "
                f"{res.graph_path} is exported and verified: run it with ONNX Runtime (export.runtime.OnnxStepSession)")
-        say(f"  ERROR: {msg}")
+        err(f"  ERROR: {msg}")
         report["error"] = msg
         return finish(EXIT_ERROR, "graph with external data (> 2 GiB): ONNX graph verified, engine NOT built")
     import onnx
@@ -783,7 +791,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
             rep16 = V.verify_export(model, res.graph_path, res.spec, runner=sess, progress=lambda m: say("  " + m),
                                     precision="fp16", **verify_kwargs)
         except Exception as e:
-            say(f"  ERROR: fp16 conversion/run failed: {type(e).__name__}: {str(e)[:500]}")
+            err(f"  ERROR: fp16 conversion/run failed: {type(e).__name__}: {str(e)[:500]}")
             report["error"] = f"fp16 graph: {type(e).__name__}: {e}"
             return finish(EXIT_ERROR, "fp16 graph conversion failed (no fp16 engine attempted)")
         say(rep16.table())
@@ -815,7 +823,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
             say("  registry check   : skipped (neither tensorrt nor tensorrt_lean is importable)")
     except TrtError as e:
         report["plugin_error"] = str(e)
-        say(f"  plugin library   : FAILED: {e}")
+        err(f"  plugin library   : FAILED: {e}")
         if env.can_build:
             return finish(EXIT_ERROR, "plugin library unavailable")
         env.missing.append(f"{ps.PLUGIN_LIBRARY}: {e}")
@@ -828,7 +836,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         report["missing"] = env.missing
         if emulate:
             failed = _emulated_plugin_check(model, res, graph16, precision, report, say, build_dir, quick, max_steps,
-                                            max_batch, max_candidates if candidates else None)
+                                            max_batch, max_candidates if candidates else None, say_error=err)
             if failed:
                 emu = report["emulated_plugins"]
                 crash = emu.get("signal") or ("exit code {}".format(emu["child_exit_code"])
@@ -852,7 +860,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
                           version_compatible=version_compatible, max_candidates=max_candidates,
                           say=lambda m: say("  " + m))
     except Exception as e:
-        say(f"  ERROR: {type(e).__name__}: {e}")
+        err(f"  ERROR: {type(e).__name__}: {e}")
         report["error"] = f"{type(e).__name__}: {e}"
         return finish(EXIT_ERROR, "engine build failed")
     report["engine"] = {"plugin_layers": eb.n_plugin_layers, "scan_nodes": eb.n_scan_nodes,
@@ -870,13 +878,13 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         rep = V.verify_export(model, res.graph_path, res.spec, runner=TrtRunner(trt, eb.engine),
                               progress=lambda m: say("  " + m), precision=precision, **tol, **verify_kwargs)
     except Exception as e:
-        say(f"  ERROR while running the engine: {type(e).__name__}: {e}")
+        err(f"  ERROR while running the engine: {type(e).__name__}: {e}")
         report["error"] = f"{type(e).__name__}: {e}"
         return finish(EXIT_ERROR, "engine execution failed")
     say(rep.table())
     report["engine_verification"] = rep.to_dict()
     if not rep.ok:
-        say(f"  {rep.worst_message()}")
+        err(f"  {rep.worst_message()}")
         return finish(EXIT_VERIFY_FAILED, "engine verification FAILED: engine NOT written")
     report["engine"]["sha256"] = hashlib.sha256(eb.serialized).hexdigest()     # what the next run checks it by
     try:                                # whole: a kill or a full disk never leaves an engine cut short in out
@@ -884,33 +892,27 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
             (stage / ENGINE_FILE).write_bytes(eb.serialized)
             os.replace(stage / ENGINE_FILE, engine_path)
     except OSError as e:
-        say(f"  ERROR: writing {engine_path}: {e}")
+        err(f"  ERROR: writing {engine_path}: {e}")
         report["error"] = f"writing {engine_path}: {type(e).__name__}: {e}"
         return finish(EXIT_ERROR, "engine verified but NOT written (it could not be written)")
     report["engine"]["path"] = str(engine_path)
     return finish(EXIT_OK, f"engine verified and written to {engine_path}")
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors exit 1 (``error``), as the exit codes say: argparse's own 2 is "verification failed" here."""
-
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _Parser(prog="python -m export.trt", description=__doc__.split("\n\n")[0],
-                epilog="exit codes: 0 ok, 1 error (bad arguments too), 2 verification failed, 3 TensorRT/GPU missing")
+    p = argparse.ArgumentParser(prog=command_prog("export.trt"), description=__doc__.split("\n\n")[0],
+                                epilog=EXIT_CODES)
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
     p.add_argument("--out", required=True, help="output folder (model.onnx, state_spec.json, model.engine, report); "
                                                 "not a model checkpoint's folder")
     p.add_argument("--fp16", action="store_true", help="fp16 internals (states, graph I/O and scan nodes stay fp32)")
     p.add_argument("--workspace", default="2G", help="builder workspace pool limit, e.g. 512M, 2G (default 2G)")
-    p.add_argument("--topk", type=int, default=10)
-    p.add_argument("--max-batch", type=int, default=2048)
-    p.add_argument("--opt-batch", type=int, default=64)
-    p.add_argument("--max-steps", type=int, default=200, help="largest T per call (priming length)")
+    p.add_argument("--topk", type=int, default=10, help="K of the graph's in-graph TopK (default 10)")
+    p.add_argument("--max-batch", type=int, default=2048,
+                   help="largest batch (users per call) of the engine's optimisation profile (default 2048)")
+    p.add_argument("--opt-batch", type=int, default=64,
+                   help="batch the engine's kernels are tuned for, <= --max-batch (default 64)")
+    p.add_argument("--max-steps", type=int, default=200, help="largest T per call (priming length; default 200)")
     p.add_argument("--version-compatible", action="store_true",
                    help="build a version-compatible engine (runs on the lean/dispatch runtime; plugin lib serialized)")
     p.add_argument("--plugin-lib", default=None, help=f"use this {ps.PLUGIN_LIBRARY} instead of building one")
@@ -955,12 +957,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     say = lambda m: print(m, flush=True)  # noqa: E731
+    say_error = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     code, _ = run(a.model, a.out, fp16=a.fp16, workspace=a.workspace, topk=a.topk, max_batch=a.max_batch,
                   opt_batch=a.opt_batch, max_steps=a.max_steps, version_compatible=a.version_compatible,
                   plugin_lib=a.plugin_lib, build_dir=a.build_dir, quick=a.quick, exclude_seen=a.exclude_seen,
                   user_vector=a.user_vector, exclude_items=a.exclude_items, emulate=not a.no_emulate,
                   candidates=a.candidates, max_candidates=a.max_candidates, rebuild_plugins=a.rebuild_plugins,
-                  say=say)
+                  say=say, say_error=say_error)
     return code
 
 

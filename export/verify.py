@@ -731,3 +731,22 @@ def verify_export(model, graph: str, spec: dict, *, real_histories=None, real_ti
 __all__ = ["SCORE_ATOL", "STATE_ATOL", "TOPK_MIN_AGREEMENT", "FP16_SCORE_RTOL", "FP16_STATE_ATOL",
            "FP16_TOPK_MIN_AGREEMENT", "INT8_SCORE_RTOL", "INT8_TOPK_MIN_OVERLAP", "PRECISIONS", "TOLERANCES",
            "tolerances", "CaseResult", "VerifyReport", "verify_export", "verify_step", "verify_window", "ort_session"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m export.verify``: this module is a library (the checks :mod:`export.onnx` and :mod:`export.trt` run
+    on every graph they write), not a command. It ran nothing and exited 0 whatever it was given, which a script
+    could take for a passed verification: say so in one line on stderr, and exit 2 (a usage error, whatever
+    ``argv`` holds)."""
+    from .fsutil import EXIT_USAGE, exit_with
+
+    exit_with(EXIT_USAGE, "python -m export.verify: a library (the verification export.onnx and export.trt run on each "
+                          "graph they write), not a command; run python -m export.onnx or python -m export.trt")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .fsutil import run_cli
+
+    sys.exit(run_cli(main))

@@ -367,9 +367,9 @@ def test_a_scan_over_no_step_is_refused(emulated, emulated_plugins, capfd, op, s
     assert all(r["ok"] for r in harness.check_case(emulated_plugins, one, seed=0, plugin=True))
 
 
-def test_export_trt_exits_2_when_the_emulated_plugin_check_fails(tmp_path, monkeypatch, emu_dir):
-    """export.trt without TensorRT: a plugin that computes wrong makes the run fail verification (exit 2) instead of
-    'TensorRT/GPU missing' (exit 3); nothing is written as an engine."""
+def test_export_trt_exits_3_when_the_emulated_plugin_check_fails(tmp_path, monkeypatch, emu_dir):
+    """export.trt without TensorRT: a plugin that computes wrong makes the run fail verification (exit 3) instead of
+    'TensorRT/GPU missing' (exit 4); nothing is written as an engine."""
     from export import trt as T
 
     src = ROOT / "plugins" / "selectiveScanPlugin" / "selectiveScanPlugin.cpp"
@@ -382,16 +382,16 @@ def test_export_trt_exits_2_when_the_emulated_plugin_check_fails(tmp_path, monke
     said = []
     code, rep = T.run("tiny", str(tmp_path / "out"), model=_tiny_step_model("mamba4rec"), quick=True,
                       plugin_lib=str(tmp_path / "none.so"), say=said.append)
-    assert code == T.EXIT_VERIFY_FAILED, "\n".join(said)
+    assert code == T.EXIT_VERIFY_FAILED == 3, "\n".join(said)
     assert rep["emulated_plugins"]["ok"] is False and "FAILED verification" in rep["status"]
     assert rep["onnx"]["verification"]["passed"] is True
     assert not (tmp_path / "out" / T.ENGINE_FILE).exists()
 
 
-@pytest.mark.parametrize("error,code", [("plugin", 2), ("evaluator", 3)])
+@pytest.mark.parametrize("error,code", [("plugin", 3), ("evaluator", 4)])
 def test_export_trt_tells_a_refused_node_from_an_evaluator_limit(tmp_path, monkeypatch, emu_dir, error, code):
-    """A scan node the plugin refuses (PluginError: TensorRT's engine would fail the same) fails the run, exit 2; a
-    graph ONNX's reference evaluator cannot run is not the plugins' fault: the check is recorded as skipped, exit 3."""
+    """A scan node the plugin refuses (PluginError: TensorRT's engine would fail the same) fails the run, exit 3; a
+    graph ONNX's reference evaluator cannot run is not the plugins' fault: the check is recorded as skipped, exit 4."""
     from export import emulated_plugins as EP
     from export import trt as T
 

@@ -301,7 +301,9 @@ def saved_model(tmp_path_factory):
     return str(d)
 
 
-def test_failed_verification_exits_nonzero_and_removes_artefact(saved_model, tmp_path, monkeypatch, capsys):
+def test_failed_verification_exits_3_and_removes_artefact(saved_model, tmp_path, monkeypatch, capsys):
+    """A failed verification exits 3 (export.fsutil.EXIT_VERIFY_FAILED) with its ERROR line on stderr (a run whose
+    stdout goes to a log still shows it); the report's table stays with the stages on stdout."""
     out = tmp_path / "out"
     assert E.main(["--model", saved_model, "--out", str(out), *FAST]) == 0      # a verified export already there
     before = {f.name: f.read_bytes() for f in out.iterdir()}
@@ -309,13 +311,14 @@ def test_failed_verification_exits_nonzero_and_removes_artefact(saved_model, tmp
     capsys.readouterr()
     monkeypatch.setattr(V, "SCORE_ATOL", 0.0)
     rc = E.main(["--model", saved_model, "--out", str(out), *FAST])
-    text = capsys.readouterr().out
-    assert rc == 1
-    assert "FAILED" in text and "worst case" in text and "nothing written to" in text
+    printed = capsys.readouterr()
+    assert rc == E.EXIT_VERIFY_FAILED == 3
+    assert "FAILED" in printed.out and "ERROR" not in printed.out
+    assert printed.err.startswith("ERROR: ") and "worst case" in printed.err and "nothing written to" in printed.err
     # the failed export is gone, staging folder included, and the earlier verified files are untouched
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     fresh = tmp_path / "fresh" / "sub"                 # a failed export leaves no folder it made, nor its parents
-    assert E.main(["--model", saved_model, "--out", str(fresh), *FAST]) == 1
+    assert E.main(["--model", saved_model, "--out", str(fresh), *FAST]) == 3
     assert not (tmp_path / "fresh").exists()
 
 
@@ -334,8 +337,8 @@ def test_corrupted_graph_fails_verification(saved_model, tmp_path, monkeypatch, 
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
         sys.exit(E.main(["--model", saved_model, "--out", str(out), *FAST]))
-    assert e.value.code == 1
-    assert "worst case" in capsys.readouterr().out
+    assert e.value.code == 3
+    assert "worst case" in capsys.readouterr().err
     assert not (out / "model.onnx").exists()
     with pytest.raises(E.VerificationError, match="worst case"):
         E.export_model(make_model("mamba4rec-1l"), tmp_path / "api",
@@ -350,7 +353,7 @@ def test_corrupted_graph_fails_verification(saved_model, tmp_path, monkeypatch, 
     (["--no-verify", "--verify-prime", "5"], "--verify-prime with --no-verify: there is no verification"),
     (["--no-verify", "--verify-steps", "5", "--verify-cases", "9"], "--verify-steps/--verify-cases with --no-verify"),
     (["--card-dir", "c"], "give it or --out, not both"),
-    ([], "not-read' is neither a local folder"),       # a model folder that does not exist: named, no traceback
+    (["--columns", "user=u", "item=i"], "--columns applies to --data: give --data or leave it out"),
 ])
 def test_cli_refuses_contradictory_or_empty_verification(tmp_path, flags, message, capsys):
     """Zero single steps would verify only the priming call, a negative case count crashed in numpy, a step-only
@@ -362,6 +365,17 @@ def test_cli_refuses_contradictory_or_empty_verification(tmp_path, flags, messag
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_a_model_folder_that_does_not_exist_is_a_failed_run(tmp_path, capsys):
+    """A --model that cannot be found is a failed run (exit 1, the shared table), not a usage error: named, no
+    traceback, no usage line, nothing made."""
+    with pytest.raises(SystemExit) as e:
+        E.main(["--model", str(tmp_path / "not-read"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and f"error: --model {tmp_path / 'not-read'}: " in err, err
+    assert "not-read' is neither a local folder" in err and "usage:" not in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_takes_a_missing_run_folder_for_a_local_path(tmp_path, monkeypatch, capsys):
     """``--model runs/sasrec-ml1m`` (export/README.md's examples, a training run a new user does not have) was
     reported as a Hub id the Hub and its cache did not have; it is a local folder that does not exist, and the
@@ -370,7 +384,7 @@ def test_cli_takes_a_missing_run_folder_for_a_local_path(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as e:
         E.main(["--model", "runs/sasrec-ml1m", "--out", str(tmp_path / "o"), "--no-verify"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "'runs/sasrec-ml1m' is not an existing local folder" in err, err
+    assert e.value.code == 1 and "'runs/sasrec-ml1m' is not an existing local folder" in err, err
     assert "Hub" not in err and "cache" not in err and "sasrec-ml1m" in err.split("bundled models are")[1]
     assert not (tmp_path / "o").exists()
 
@@ -422,25 +436,27 @@ def test_card_dir_keeps_the_options_of_the_cards_graph(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and named in err and "write the graph elsewhere with --out" in err, err
     assert (card / "onnx" / "state_spec.json").read_bytes() == before
-    assert E.main(["--model", str(card), "--out", str(tmp_path / "o"), "--topk", "0", "--no-verify"]) == 2
-    assert f"ERROR: --topk: topk must be in 1..{N_ITEMS - 1} (the items left" in capsys.readouterr().out
+    # an export error is a failed run (1), on stderr; argparse's bad values stay usage errors (2)
+    assert E.main(["--model", str(card), "--out", str(tmp_path / "o"), "--topk", "0", "--no-verify"]) == 1
+    assert f"ERROR: --topk: topk must be in 1..{N_ITEMS - 1} (the items left" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--out", "{f}"], "{f} is a file, not a folder"),
-    (["--out", "{f}/sub"], "{f} is a file, not a folder"),
-    (["--out", "{t}/o", "--data", "{t}/missing.csv"], "--data {t}/missing.csv: no such file"),
-    (["--card-dir", "{t}/nocard"], "--card-dir {t}/nocard is not a card folder (no such folder"),
-    (["--card-dir", "{t}"], "it lacks config.json and model.safetensors"),
+@pytest.mark.parametrize("flags,code,message", [
+    (["--out", "{f}"], 2, "{f} is a file, not a folder"),
+    (["--out", "{f}/sub"], 2, "{f} is a file, not a folder"),
+    (["--out", "{t}/o", "--data", "{t}/missing.csv"], 1, "error: --data {t}/missing.csv: no such file"),
+    (["--card-dir", "{t}/nocard"], 2, "--card-dir {t}/nocard is not a card folder (no such folder"),
+    (["--card-dir", "{t}"], 2, "it lacks config.json and model.safetensors"),
 ])
-def test_cli_refuses_bad_paths_before_loading(tmp_path, flags, message, capsys):
+def test_cli_refuses_bad_paths_before_loading(tmp_path, flags, code, message, capsys):
     """--out naming a file (FileExistsError), a missing --data file (FileNotFoundError after the model was loaded)
-    were tracebacks; --card-dir of a folder that is not a card made a "card" of a README and onnx/ alone."""
+    were tracebacks; --card-dir of a folder that is not a card made a "card" of a README and onnx/ alone. Bad output
+    paths are usage errors (2), a --data file that is not there a failed run (1)."""
     (tmp_path / "afile").write_text("x")
     sub = {"f": str(tmp_path / "afile"), "t": str(tmp_path)}
-    with pytest.raises(SystemExit) as e:                         # the model is never loaded: usage errors first
+    with pytest.raises(SystemExit) as e:                         # the model is never loaded: these come first
         E.main(["--model", str(tmp_path / "not-read"), *[a.format(**sub) for a in flags]])
-    assert e.value.code == 2 and message.format(**sub) in capsys.readouterr().err
+    assert e.value.code == code and message.format(**sub) in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
@@ -448,7 +464,7 @@ def test_cli_reports_an_unreadable_data_file(saved_model, tmp_path, capsys):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(SystemExit) as e:
         E.main(["--model", saved_model, "--out", str(tmp_path / "o"), "--data", str(tmp_path / "empty.csv"), *FAST])
-    assert e.value.code == 2 and f"--data {tmp_path / 'empty.csv'}:" in capsys.readouterr().err
+    assert e.value.code == 1 and f"error: --data {tmp_path / 'empty.csv'}:" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -795,7 +811,7 @@ def test_user_vector_output_is_the_models_query_vector(name, precision, tmp_path
 
 def test_exclude_items_on_the_command_line(saved_model, tmp_path, capsys):
     """``python -m export.onnx --exclude-items FILE``: ids one per line (# comments), read through the model's
-    vocabulary; an unknown id is a usage error naming it, before any export."""
+    vocabulary; an unknown id is bad data in the file (exit 1) named, before any export."""
     from zoo.vocab import ItemVocab
 
     model = make_model("gru4rec")
@@ -809,7 +825,7 @@ def test_exclude_items_on_the_command_line(saved_model, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         E.main(["--model", str(tmp_path / "m"), "--out", str(tmp_path / "o2"), "--exclude-items",
                 str(tmp_path / "bad.txt"), *FAST])
-    assert e.value.code == 2 and "--exclude-items: unknown item id 77" in capsys.readouterr().err
+    assert e.value.code == 1 and "--exclude-items: unknown item id 77" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
 
 
@@ -1551,17 +1567,17 @@ def test_tim4rec_causal_cli_time_input_gaps(saved_tim4rec_causal, saved_model, t
     o = sess.prime([[1, 2, 3]], timestamps=[[1.6e9, 1.6e9 + 1.5, 1.7e9]])
     assert o.state["last_ts"][0, 0] == 1.7e9 and set(o.state) == {"conv_state", "ssm_state", "time_conv_state",
                                                                    "last_ts"}
-    assert E.main(["--model", saved_model, "--out", str(tmp_path / "m"), "--time-input", "gaps", *FAST]) == 2
-    assert "does not read time" in capsys.readouterr().out
+    assert E.main(["--model", saved_model, "--out", str(tmp_path / "m"), "--time-input", "gaps", *FAST]) == 1
+    assert "does not read time" in capsys.readouterr().err
     assert E.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path / "w"), "--kind", "window",
-                   "--time-input", "gaps", "--verify-cases", "200"]) == 2
-    assert "for step graphs" in capsys.readouterr().out
+                   "--time-input", "gaps", "--verify-cases", "200"]) == 1
+    assert "for step graphs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         E.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path / "x"), "--time-input", "seconds"])
 
 
 def _trt_without_builder(monkeypatch) -> list[str]:
-    """For export.trt runs that must end in the exit-3 report: skip where the builder and a GPU are present; reuse a
+    """For export.trt runs that must end in the exit-4 report: skip where the builder and a GPU are present; reuse a
     compiled plugin library when there is one (``--plugin-lib``), else make compiling one fail instead of running nvcc
     here (tests/test_trt_plugins.py compiles it)."""
     from export import build_plugins as BP
@@ -1582,18 +1598,18 @@ def _trt_without_builder(monkeypatch) -> list[str]:
 
 def test_trt_takes_gaps_form_of_time_aware_model(saved_tim4rec_causal, tmp_path, capsys, monkeypatch):
     """export.trt picks --time-input gaps for TiM4Rec-causal and goes the normal way: ONNX export + verification, then
-    the plugin-library / TensorRT-builder / GPU report and exit 3 (here), as for Mamba4Rec; no float64 refusal."""
+    the plugin-library / TensorRT-builder / GPU report and exit 4 (here), as for Mamba4Rec; no float64 refusal."""
     from export import trt as T
 
     extra = _trt_without_builder(monkeypatch)
     code = T.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path), "--quick", *extra])
     text = capsys.readouterr().out
-    assert code == T.EXIT_MISSING == 3, text
+    assert code == T.EXIT_MISSING == 4, text
     assert "--time-input gaps" in text and "float64 tensor type" not in text and "Traceback" not in text
     assert "verification (step, tim4rec_causal): PASSED" in text and "scan nodes: SSDScan x2" in text
     assert "plugin library   :" in text and "[3/4] engine build: NOT POSSIBLE here; missing:" in text
     rep = json.loads((tmp_path / T.REPORT_FILE).read_text())
-    assert rep["exit_code"] == 3 and rep["missing"] and "float64_io" not in rep
+    assert rep["exit_code"] == 4 and rep["missing"] and "float64_io" not in rep
     assert rep["time_input"] == "gaps" and rep["onnx"]["verification"]["passed"] is True
     assert [n["op_type"] for n in rep["onnx"]["scan_nodes"]] == ["SSDScan", "SSDScan"]
     assert ("plugin_library" in rep) != ("plugin_error" in rep)
@@ -1815,7 +1831,7 @@ def test_exclude_seen_fp16_and_cli_card(saved_model, tmp_path, capsys):
 def test_trt_exports_flagged_graph(flag, tmp_path, capsys, monkeypatch):
     """export.trt --exclude-seen / --user-vector / --exclude-items FILE: the ONNX step (verified, with the ``seen``
     state / the user vector compared with the item vectors / the excluded items at -inf) is what the engine would be
-    built from; here (no builder/GPU) the run ends with the exit-3 report (the engine build itself is a GPU test)."""
+    built from; here (no builder/GPU) the run ends with the exit-4 report (the engine build itself is a GPU test)."""
     from export import trt as T
 
     extra = _trt_without_builder(monkeypatch)
@@ -1825,7 +1841,7 @@ def test_trt_exports_flagged_graph(flag, tmp_path, capsys, monkeypatch):
     args = [flag] + ([str(tmp_path / "gone.txt")] if flag == "--exclude-items" else [])
     code = T.main(["--model", str(mdir), "--out", str(tmp_path / "out"), "--quick", *args, *extra])
     text = capsys.readouterr().out
-    assert code == T.EXIT_MISSING == 3, text
+    assert code == T.EXIT_MISSING == 4, text
     assert "verification (step, lrurec): PASSED" in text
     spec = json.loads((tmp_path / "out" / "state_spec.json").read_text())
     if flag == "--exclude-seen":
@@ -1837,7 +1853,7 @@ def test_trt_exports_flagged_graph(flag, tmp_path, capsys, monkeypatch):
         assert spec["excluded_items"] == [3, 17]
         (tmp_path / "gone.txt").write_text("3\n999\n")            # an id the model does not know: a clear error
         code = T.main(["--model", str(mdir), "--out", str(tmp_path / "out2"), "--quick", *args, *extra])
-        assert code == T.EXIT_ERROR and "--exclude-items: item index 999 out of range" in capsys.readouterr().out
+        assert code == T.EXIT_ERROR and "--exclude-items: item index 999 out of range" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------- real verification cases

@@ -524,6 +524,29 @@ def test_cli_model_export_errors_are_reported_not_raised(mamba, tmp_path, capsys
     assert "topk must be in 1.." in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
+def test_cli_exit_statuses_of_a_bad_model_and_a_failed_verification(mamba, tmp_path, monkeypatch, capsys):
+    """A --model that cannot be loaded is a failed run (1) whose message names the flag, as in the other commands (it
+    gave the loader's text alone); an export that fails its verification exits 3 (the shared table), nothing
+    written."""
+    from export import onnx as E
+
+    with pytest.raises(SystemExit) as e:
+        T.main(["--model", str(tmp_path / "no-such-model"), "--repo", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and f"error: --model {tmp_path / 'no-such-model'}: " in err, err
+    assert not (tmp_path / "r").exists()
+
+    def fails(*args, **kwargs):
+        raise E.VerificationError("verification (step, mamba4rec): FAILED, worst case top-k agreement 0.5; nothing "
+                                  "written")
+
+    monkeypatch.setattr(E, "export_model", fails)
+    mamba.save_pretrained(tmp_path / "m")
+    assert T.main(["--model", str(tmp_path / "m"), "--repo", str(tmp_path / "r")]) == T.EXIT_VERIFY_FAILED == 3
+    assert "error: verification (step, mamba4rec): FAILED" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "mamba4rec_step_onnxruntime_implicit").exists()
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_client_times_out_on_a_server_that_never_answers(protocol):
     """timeout_s bounds every call on both protocols: over gRPC it is passed as each call's deadline (gRPC has no
@@ -922,7 +945,7 @@ def test_launcher_listens_on_loopback_only(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(S.signal, "signal", lambda *a: None)     # keep pytest's own handlers
     assert S.serve(str(tmp_path), http_port=18000, grpc_port=18001) == 7
     assert S.serve(str(tmp_path), http_port=18000, grpc_port=18001, metrics_port=18002) == 7
-    assert S.serve(str(tmp_path / "missing")) == 2 and len(started) == 2
+    assert S.serve(str(tmp_path / "missing")) == 1 and len(started) == 2
     capsys.readouterr()
     for cmd, metrics in zip(started, (False, True), strict=True):
         flags = dict(a.split("=", 1) for a in cmd[1:])
@@ -2640,9 +2663,9 @@ def test_perf_data_refusals_name_the_problem(mamba_export, tc_export, tmp_path, 
     cases.append(("tc", seq, "model 'tc' reads timestamps, but o.seq has none"))
     import re as _re
 
-    for name, data, message in cases:
+    for name, data, message in cases:                           # each a failed run (1), not a usage error
         rc, _, err = _perf(capsys, "--repo", repo, "--name", name, "--data", data, "--out", out, "--kcore", "none")
-        assert rc == 2 and _re.search(message, err), (name, err)
+        assert rc == 1 and _re.search(message, err), (name, err)
         assert out.read_text() == "previous"
     with pytest.raises(SystemExit):
         _perf(capsys, "--repo", repo, "--name", "m", "--data", good, "--out", good)
@@ -2653,6 +2676,33 @@ def test_perf_data_refusals_name_the_problem(mamba_export, tc_export, tmp_path, 
     assert rc == 0 and "WARNING: 1 interactions with items the model 'm' does not know dropped" in err
     assert json.loads(out.read_text()) == {"data": [[{"item_ids": {"content": [1], "shape": [1]}},
                                                      {"item_ids": {"content": [3], "shape": [1]}}]]}
+
+
+def test_perf_data_out_dash_is_stdout_and_bad_seed_or_data(mamba_export, tmp_path, monkeypatch, capsys):
+    """``--out -`` wrote a file named "-" (and told perf_analyzer to read ``--input-data -``): it is stdout now, the
+    JSON alone there, the summary and the perf_analyzer line on stderr. ``--seed -5`` is a usage error naming the flag
+    (it was numpy's text alone); a --data file that is not there is a failed run (1), named."""
+    repo = tmp_path / "repo"
+    T.write_repository(mamba_export, repo, name="m", vocab_path=str(mamba_export / "item_vocab.json"))
+    data = _inter_file(tmp_path / "d.inter", [("a", "item-1", 1.0), ("a", "item-2", 2.0), ("a", "item-3", 3.0)])
+    monkeypatch.chdir(tmp_path)
+    args = ["--repo", repo, "--name", "m", "--data", data, "--kcore", "none", "--events", 1]
+    rc, printed, err = _perf(capsys, *args, "--out", "-")
+    assert rc == 0 and not (tmp_path / "-").exists(), err
+    assert json.loads(printed) == {"data": [[{"item_ids": {"content": [1, 2], "shape": [2]}},
+                                             {"item_ids": {"content": [3], "shape": [1]}}]]}
+    assert "wrote 1 streams, 2 requests for model 'm' to stdout" in err
+    assert "perf_analyzer -m m -i grpc" in err and "--input-data FILE" in err
+    rc, printed, _ = _perf(capsys, *args, "--out", tmp_path / "p.json")            # the same data in a file
+    assert rc == 0 and json.loads((tmp_path / "p.json").read_text()) == {"data": [[
+        {"item_ids": {"content": [1, 2], "shape": [2]}}, {"item_ids": {"content": [3], "shape": [1]}}]]}
+    assert f"--input-data {tmp_path / 'p.json'}" in printed
+    with pytest.raises(SystemExit) as e:
+        _perf(capsys, *args, "--out", "-", "--seed", "-5")
+    assert e.value.code == 2 and "argument --seed: expected an int >= 0, got '-5'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        _perf(capsys, "--repo", repo, "--name", "m", "--data", tmp_path / "nosuch.inter", "--out", "-")
+    assert e.value.code == 1 and f"--data {tmp_path / 'nosuch.inter'}: no such file" in capsys.readouterr().err
 
 
 def test_live_perf_data_drives_the_server_as_perf_analyzer_would(tc_server, tc_model, tim4rec_window_export, tmp_path,
@@ -3454,6 +3504,25 @@ def test_repository_files_the_generator_did_not_write_are_kept(mamba_export, tmp
     assert (repo / "serve.sh").read_text() == "#!/bin/sh\necho mine\n" and not (repo / "t").exists()
     T.write_repository(mamba_export, repo, name="t", backend="tensorrt", force=True)
     assert T.SERVE_SH_MARK in (repo / "serve.sh").read_text()
+
+
+def test_repository_readme_keeps_the_text_written_below_its_keep_line(mamba_export, tmp_path):
+    """A user's edits to the generated index README.md were silently dropped at the next run. Text below its last
+    line (README_KEEP, as bench/benchutil.py's KEEP line) is kept now, at every rewrite, and the README says so; what
+    stands above that line is the generator's and is replaced."""
+    repo = tmp_path / "r"
+    assert T.main(["--onnx", str(mamba_export), "--repo", str(repo), "--name", "m"]) == 0
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    assert readme.endswith(T.README_KEEP + "\n") and "put notes of your own below the comment line" in readme
+    notes = "\n## Our notes\n\nServed from rack 7 — ask ops (ünïcode kept).\n"
+    (repo / "README.md").write_text(readme.replace("# Triton model repository", "# edited above the line") + notes,
+                                    encoding="utf-8")
+    for name in ("m2", "m3"):                                   # kept once, at each rewrite
+        assert T.main(["--onnx", str(mamba_export), "--repo", str(repo), "--name", name]) == 0
+        again = (repo / "README.md").read_text(encoding="utf-8")
+        assert again.endswith(T.README_KEEP + "\n" + notes) and again.count("## Our notes") == 1, again
+        assert "# edited above the line" not in again and f"[`{name}`]({name}/README.md)" in again
+    assert T.foreign_repository_files(repo) == []                 # still the generator's
 
 
 def test_live_end_from_another_client_frees_the_sequence(live_server, mamba):

@@ -55,11 +55,11 @@ def test_parse_size_refuses(text, message):
 
 
 def test_main_refuses_infinite_workspace_as_usage_error(tmp_path, capsys):
-    """``--workspace inf`` is a usage error (exit 1, as every usage error: 2 is "verification failed") naming the
-    value, not an OverflowError traceback."""
+    """``--workspace inf`` is a usage error (exit 2, argparse's, as in every command) naming the value, not an
+    OverflowError traceback."""
     with pytest.raises(SystemExit) as e:
         T.main(["--model", "m", "--out", str(tmp_path / "out"), "--workspace", "inf"])
-    assert e.value.code == 1
+    assert e.value.code == 2
     assert "workspace must be a size such as 512M or 2G (a plain number is MiB), got 'inf'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -351,7 +351,7 @@ def test_check_registry_refuses_missing_creator_and_failed_load(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- main()
-def _record_run(monkeypatch, code=3):
+def _record_run(monkeypatch, code=T.EXIT_MISSING):
     seen = {}
 
     def run(model_name, out_dir, **kw):
@@ -363,14 +363,15 @@ def _record_run(monkeypatch, code=3):
 
 
 def test_main_forwards_every_flag(monkeypatch, tmp_path):
-    seen = _record_run(monkeypatch, code=2)
+    seen = _record_run(monkeypatch, code=T.EXIT_VERIFY_FAILED)
     lib = tmp_path / "L.so"
     lib.write_bytes(b"")
     assert T.main(["--model", "m", "--out", "o", "--fp16", "--workspace", "512M", "--topk", "5", "--max-batch", "100",
                    "--opt-batch", "10", "--max-steps", "30", "--version-compatible", "--plugin-lib", str(lib),
                    "--build-dir", "B", "--quick", "--exclude-seen", "--user-vector", "--exclude-items", "gone.txt",
-                   "--no-emulate", "--candidates", "--max-candidates", "300", "--rebuild-plugins"]) == 2
+                   "--no-emulate", "--candidates", "--max-candidates", "300", "--rebuild-plugins"]) == 3
     seen.pop("say")
+    seen.pop("say_error")
     assert seen == dict(model_name="m", out_dir="o", fp16=True, workspace="512M", topk=5, max_batch=100, opt_batch=10,
                         max_steps=30, version_compatible=True, plugin_lib=str(lib), build_dir="B", quick=True,
                         exclude_seen=True, user_vector=True, exclude_items="gone.txt", emulate=False,
@@ -379,7 +380,7 @@ def test_main_forwards_every_flag(monkeypatch, tmp_path):
 
 def test_main_defaults_are_run_defaults(monkeypatch):
     seen = _record_run(monkeypatch)
-    assert T.main(["--model", "m", "--out", "o"]) == 3
+    assert T.main(["--model", "m", "--out", "o"]) == T.EXIT_MISSING
     defaults = {k: p.default for k, p in inspect.signature(_RUN).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     for k in ("fp16", "workspace", "topk", "max_batch", "opt_batch", "max_steps", "version_compatible", "plugin_lib",
@@ -483,10 +484,11 @@ def test_rerun_keeps_what_serving_the_earlier_engine_needs(tmp_path, monkeypatch
     assert E.SPEC_FILE == "state_spec.json"
 
 
-def test_main_usage_errors_exit_1_before_any_work(tmp_path, capsys):
-    """Exit 2 means "verification failed": bad arguments (argparse's own errors included) exit 1, and paths that
-    cannot be used (a file as --out or --build-dir, a place under a file, a --plugin-lib that does not exist, a model
-    checkpoint as --out) are refused before the export, not as a traceback or an error after it."""
+def test_main_usage_errors_exit_2_before_any_work(tmp_path, capsys):
+    """Bad arguments exit 2, argparse's status as in every command (export.trt used to exit 1 for them, its 2 being
+    "verification failed"), and paths that cannot be used (a file as --out or --build-dir, a place under a file, a
+    --plugin-lib that does not exist, a model checkpoint as --out) are refused before the export, not as a traceback
+    or an error after it."""
     (tmp_path / "afile").write_text("")
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")
@@ -506,7 +508,7 @@ def test_main_usage_errors_exit_1_before_any_work(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             T.main(argv)
         err = capsys.readouterr().err
-        assert e.value.code == T.EXIT_ERROR == 1 and message in err, (args, err)
+        assert e.value.code == 2 and message in err and "usage: python -m export.trt" in err, (args, err)
     assert not (tmp_path / "o").exists() and os.listdir(tmp_path / "ckpt") == ["config.json"]
     with pytest.raises(ValueError, match="holds a model checkpoint"):            # run() refuses it too
         T.run("nope", str(tmp_path / "ckpt"))
@@ -618,7 +620,9 @@ def test_a_run_that_cannot_build_leaves_a_verified_engine_where_it_is(tmp_path, 
     assert f"nothing written in {out}" in text and rep["missing"] == _NO_TRT["missing"]
     assert _files(out) == before and loaded == []
     assert T.main(["--model", "m", "--out", str(out), "--quick"]) == T.EXIT_ERROR
-    assert "holds a verified engine" in capsys.readouterr().out
+    printed = capsys.readouterr()                       # the error and the verdict on stderr, not only stdout
+    assert "ERROR: " in printed.err and "holds a verified engine" in printed.err and "RESULT: " in printed.err
+    assert "ERROR" not in printed.out and "RESULT" not in printed.out
     assert _files(out) == before and loaded == []
 
 
@@ -648,7 +652,7 @@ def tiny_mamba():
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("builder", [False, True], ids=["no-builder", "builder+gpu"])
 def test_run_plugin_library_failure(tmp_path, monkeypatch, tiny_mamba, builder):
-    """A plugin library that cannot be had: without builder/GPU it is one more missing item of the exit-3 report;
+    """A plugin library that cannot be had: without builder/GPU it is one more missing item of the exit-4 report;
     with builder and GPU (faked) it is an error (exit 1), never 'TensorRT/GPU missing' -- found before the export,
     and before the output folder is touched (it was found after the export and its verification, the engine already
     moved out of the folder)."""
@@ -796,7 +800,7 @@ def _emulated_plugin_library(build_dir, **kw):
 @pytest.mark.usefixtures("one_thread")
 def test_run_emulated_check_runs_in_a_child_and_passes(tmp_path, monkeypatch, tiny_mamba):
     """[4b] runs the graph in a child process (this one keeps the model and the verifier): a correct plugin passes
-    (exit 3, "plugins verified on the CPU emulator"), the progress lines come as the cases finish, and the child has
+    (exit 4, "plugins verified on the CPU emulator"), the progress lines come as the cases finish, and the child has
     exited cleanly once the check is over."""
     from export import emulated_plugins as EP
 
@@ -883,7 +887,7 @@ def _mutant_plugin_run(tmp_path, monkeypatch, file: str, old: str, new: str, nam
 def test_main_reports_a_plugin_that_crashes_the_emulated_check(tmp_path, monkeypatch, capsys):
     """A plugin with a wrong dim mapping (SelectiveScan reading the batch from u's channel dim) reads and writes out
     of bounds: the child running the graph dies of the signal, and export.trt -- still alive -- fails the run with
-    exit 2, writes the report naming the signal and the plugin run it happened in, and loses nothing written before
+    exit 3, writes the report naming the signal and the plugin run it happened in, and loses nothing written before
     (the ONNX graph; an earlier engine no report says was verified, set aside as model.engine.unverified)."""
     model = _mutant_plugin_run(tmp_path, monkeypatch, "selectiveScanPlugin.cpp",     # B, E of u [B, E, T]: E, E
                                "static_cast<int32_t>(du.d[0]), static_cast<int32_t>(du.d[1])",
@@ -892,8 +896,9 @@ def test_main_reports_a_plugin_that_crashes_the_emulated_check(tmp_path, monkeyp
     _earlier_engine(out, report=None)
     code = T.main(["--model", str(model), "--out", str(out), "--quick",
                    "--plugin-lib", str(tmp_path / "unused.so")])
-    stdout = capsys.readouterr().out
-    assert code == T.EXIT_VERIFY_FAILED == 2, stdout
+    printed = capsys.readouterr()
+    stdout, stderr = printed.out, printed.err
+    assert code == T.EXIT_VERIFY_FAILED == 3, stdout + stderr
     rep = json.loads((out / T.REPORT_FILE).read_text())
     emu = rep["emulated_plugins"]
     sig = emu["signal"]
@@ -902,8 +907,9 @@ def test_main_reports_a_plugin_that_crashes_the_emulated_check(tmp_path, monkeyp
     assert emu["error"].startswith(f"{sig} in the emulated plugin check (during the SelectiveScan plugin's "
                                    "enqueue, float32: u[2, 16, ")
     assert "rerun with ASan: python plugins/harness.py --emulate --plugin --asan --check" in emu["error"]
-    assert rep["exit_code"] == 2 and f"FAILED verification ({sig}: the plugin crashed its process)" in rep["status"]
-    assert f"  FAILED: {sig} in the emulated plugin check" in stdout and "RESULT: " in stdout
+    assert rep["exit_code"] == 3 and f"FAILED verification ({sig}: the plugin crashed its process)" in rep["status"]
+    assert f"  FAILED: {sig} in the emulated plugin check" in stderr and "RESULT: " in stderr
+    assert "[4b]" in stdout and "RESULT" not in stdout
     assert rep["onnx"]["verification"]["passed"] is True and (out / "model.onnx").is_file()
     assert not (out / T.ENGINE_FILE).exists() and not (out / T.PREVIOUS_DIR).exists()
     assert (out / T.UNVERIFIED_ENGINE_FILE).read_bytes() == EARLIER
@@ -911,7 +917,7 @@ def test_main_reports_a_plugin_that_crashes_the_emulated_check(tmp_path, monkeyp
 
 def test_main_reports_a_plugin_that_hangs_the_emulated_check(tmp_path, monkeypatch, capsys):
     """A SelectiveScan kernel whose time loop never advances never returns: the child running the graph gives no
-    answer for EMULATED_TIMEOUT_S, is killed, and export.trt fails the run with exit 2 and a report naming the hang
+    answer for EMULATED_TIMEOUT_S, is killed, and export.trt fails the run with exit 3 and a report naming the hang
     and the plugin run it happened in -- instead of waiting forever. Nothing written before is lost."""
     model = _mutant_plugin_run(tmp_path, monkeypatch, "selectiveScanKernel.cu", "for (int32_t t = 0; t < T_; ++t)",
                                "for (int32_t t = 0; t < T_; t += 0)", "libmut_hang.so")
@@ -921,8 +927,8 @@ def test_main_reports_a_plugin_that_hangs_the_emulated_check(tmp_path, monkeypat
     t0 = time.monotonic()
     code = T.main(["--model", str(model), "--out", str(out), "--quick",
                    "--plugin-lib", str(tmp_path / "unused.so")])
-    stdout = capsys.readouterr().out
-    assert code == T.EXIT_VERIFY_FAILED == 2, stdout
+    stderr = capsys.readouterr().err
+    assert code == T.EXIT_VERIFY_FAILED == 3, stderr
     assert time.monotonic() - t0 < 120
     rep = json.loads((out / T.REPORT_FILE).read_text())
     emu = rep["emulated_plugins"]
@@ -932,7 +938,7 @@ def test_main_reports_a_plugin_that_hangs_the_emulated_check(tmp_path, monkeypat
                                    "SelectiveScan plugin's enqueue, float32: u[2, 16, ")
     assert "python plugins/harness.py --emulate --plugin --check" in emu["error"]
     assert "FAILED verification (no answer in 10 s: the plugin hangs)" in rep["status"], rep["status"]
-    assert "  FAILED: the emulated plugin check's process gave no answer" in stdout
+    assert "  FAILED: the emulated plugin check's process gave no answer" in stderr
     assert rep["onnx"]["verification"]["passed"] is True and (out / "model.onnx").is_file()
     assert not (out / T.ENGINE_FILE).exists() and not (out / T.PREVIOUS_DIR).exists()
     assert (out / T.UNVERIFIED_ENGINE_FILE).read_bytes() == EARLIER
@@ -953,8 +959,8 @@ def test_hang_messages_name_the_plugin_run_or_the_evaluator():
 @pytest.mark.usefixtures("one_thread")
 def test_an_error_after_plugin_runs_fails_the_emulated_check(tmp_path, monkeypatch, tiny_mamba):
     """An error once the plugins have run (e.g. the evaluator refusing what a plugin returned) failed nothing: it was
-    reported as "could not run" and the run exited 3 as if the check were merely skipped. Now it fails the check
-    (exit 2); an error before any plugin run (the evaluator cannot take the graph) still skips it."""
+    reported as "could not run" and the run exited as if the check were merely skipped (now 4). Now it fails the check
+    (exit 3); an error before any plugin run (the evaluator cannot take the graph) still skips it."""
     from export import emulated_plugins as EP
 
     lib = _emulated_plugin_library(tmp_path / "build")

@@ -7,7 +7,7 @@ CPU CI (no GPU, no TensorRT builder):
 * the library loads into TensorRT's lean runtime plugin registry (``tensorrt-lean-cu13``), every creator is found
   under (op type, version, namespace) with the spec's fields, and plugins are created in both phases;
 * the exported ONNX graphs' scan nodes carry exactly the op types / attributes / arity those creators answer to;
-* ``python -m export.trt`` without TensorRT/GPU verifies the ONNX graph, writes no engine and exits with code 3.
+* ``python -m export.trt`` without TensorRT/GPU verifies the ONNX graph, writes no engine and exits with code 4.
 
 GPU (marker ``gpu``): every kernel vs the PyTorch reference (shapes x fp32/fp16/bf16 x T = 1 and long T x with and
 without initial state, plus in-place state); timings vs reference and the bandwidth floor.
@@ -330,7 +330,7 @@ def test_onnx_scan_nodes_bind_to_registered_creators(scan_nodes, registry):
 
 
 # ---------------------------------------------------------------------------------------------------- export.trt
-def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
+def test_export_trt_without_tensorrt_reports_and_exits_4(tmp_path, plugin_lib):
     if _full_tensorrt() is not None and CUDA:
         pytest.skip("TensorRT and a GPU are present: the engine tests cover export.trt")
     from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
@@ -347,13 +347,14 @@ def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
                         "--plugin-lib", str(plugin_lib)], capture_output=True, text=True, cwd=ROOT, env=env,
                        timeout=600)
     print(r.stdout[-5000:], r.stderr[-3000:])
-    assert r.returncode == 3, r.stdout + r.stderr
+    assert r.returncode == 4, r.stdout + r.stderr
     assert "verification (step, mamba4rec): PASSED" in r.stdout        # ONNX-level verification still ran
     assert "engine build: NOT POSSIBLE here; missing:" in r.stdout
     assert not (out / "model.engine").exists() and not (out / "previous").exists()
     assert (out / "model.engine.unverified").read_bytes() == b"engine of an earlier run"
     rep = json.loads((out / "trt_report.json").read_text())
-    assert rep["exit_code"] == 3 and rep["missing"]
+    assert rep["exit_code"] == 4 and rep["missing"]
+    assert "RESULT: TensorRT/GPU missing" in r.stderr and "RESULT" not in r.stdout   # the verdict: on stderr
     assert rep["onnx"]["verification"]["passed"] is True
     assert rep["precision"] == "fp32" and rep["tolerances"] == T_TOL["fp32"]
     # the graph also ran with its scan node through the plugin's code on the CPU emulator, and passed
@@ -373,7 +374,7 @@ def test_export_trt_without_tensorrt_reports_and_exits_3(tmp_path, plugin_lib):
     (["--workspace", "abc"], "workspace must be a size"), (["--workspace=-1G"], "workspace must be positive")])
 def test_export_trt_refuses_bad_settings_before_touching_out(tmp_path, flags, message, capsys):
     """Engine settings are checked before any work and before ``--out`` is touched: a typo is a usage error (exit
-    1: 2 is "verification failed"), and the engine already in ``--out`` stays (run() moves it to ``previous/`` only
+    2, argparse's), and the engine already in ``--out`` stays (run() moves it to ``previous/`` only
     once it starts a build)."""
     from export import trt as T
 
@@ -382,7 +383,7 @@ def test_export_trt_refuses_bad_settings_before_touching_out(tmp_path, flags, me
     (out / T.ENGINE_FILE).write_bytes(b"earlier engine")
     with pytest.raises(SystemExit) as e:
         T.main(["--model", str(tmp_path / "not-read"), "--out", str(out), *flags])
-    assert e.value.code == 1 and message in capsys.readouterr().err
+    assert e.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         T.run(str(tmp_path / "not-read"), str(out), **T_KW[flags[0].split("=")[0]](flags))
     assert (out / T.ENGINE_FILE).read_bytes() == b"earlier engine" and sorted(os.listdir(out)) == [T.ENGINE_FILE]
@@ -974,10 +975,40 @@ def test_build_needs_cmake(tmp_path, monkeypatch):
 
 
 def test_build_plugins_print_include(capsys, monkeypatch, tmp_path):
+    """No TensorRT headers here: status 4, a TensorRT missing (the shared table); CMake takes any status but 0 so."""
     monkeypatch.setattr(BP, "find_tensorrt_include", lambda i=None, r=None: (None, "no TensorRT headers: none"))
-    assert BP.main(["--print-trt-include"]) == 1 and "no TensorRT headers" in capsys.readouterr().err
+    assert BP.main(["--print-trt-include"]) == BP.EXIT_MISSING == 4 and "no TensorRT headers" in capsys.readouterr().err
     monkeypatch.setattr(BP, "find_tensorrt_include", lambda i=None, r=None: (tmp_path, "given"))
     assert BP.main(["--print-trt-include"]) == 0 and capsys.readouterr().out.strip() == str(tmp_path)
+
+
+def test_build_plugins_exit_statuses(tmp_path, monkeypatch, capsys):
+    """``python -m export.build_plugins`` exits by the shared table: 1 for a build that ran and failed, 4 for what is
+    missing here -- CMake or nvcc, or the TensorRT headers that ``--require-tensorrt`` asks for (CMakeLists.txt's
+    FATAL_ERROR) -- each saying why on stderr."""
+    import types
+
+    _fake_cmake(monkeypatch, tmp_path, rc=(0, 2))
+    assert BP.main(["--build-dir", str(tmp_path)]) == 1
+    assert "build failed: cmake --build" in capsys.readouterr().err
+    _fake_cmake(monkeypatch, tmp_path, tools=("nvcc",))
+    assert BP.main(["--build-dir", str(tmp_path)]) == 4
+    assert "build failed: cmake not found on PATH" in capsys.readouterr().err
+    _fake_cmake(monkeypatch, tmp_path, inc=None)
+    said = f"CMake Error at CMakeLists.txt:105 (message):\n  {BP._NO_TRT_HEADERS}: libzoo_trt_plugins.so is NOT built\n"
+    monkeypatch.setattr(BP.subprocess, "run", lambda cmd, **kw: types.SimpleNamespace(returncode=1, stdout=said))
+    assert BP.main(["--build-dir", str(tmp_path), "--require-tensorrt"]) == 4
+    assert BP._NO_TRT_HEADERS in capsys.readouterr().err
+    assert BP.main(["--build-dir", str(tmp_path)]) == 1              # not asked for: CMake failing so is a failed build
+
+
+def test_build_plugins_runs_by_path(tmp_path):
+    """CMake runs ``build_plugins.py --print-trt-include`` by path (no package): it must not die on its imports of
+    export.fsutil (an ImportError traceback, status 1, made CMake take the headers for missing)."""
+    r = subprocess.run([sys.executable, str(ROOT / "export" / "build_plugins.py"), "--print-trt-include"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert "Traceback" not in r.stderr and r.returncode in (0, 4), r.stderr
+    assert (r.returncode == 0) == bool(r.stdout.strip()), (r.returncode, r.stdout, r.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------- harness on CPU

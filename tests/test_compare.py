@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_evaluate import exits
 from zoo.compare import main as compare_main
 from zoo.compare import read_ranks
 from zoo.evaluate import main as evaluate_main
@@ -86,8 +87,8 @@ def test_ranks_out_and_compare(tmp_path, capsys):
 
 
 def test_compare_refuses_what_is_not_a_paired_comparison(tmp_path, capsys):
-    """Another split or protocol, other users or targets, a cut-off above a top-K-only graph's K, and a file that is
-    not a --ranks-out file are usage errors naming the problem."""
+    """Another split or protocol, other users or targets, and a file that is not a --ranks-out file fail the run
+    (exit 1), a cut-off above a top-K-only graph's K is a usage error (exit 2), each naming the problem."""
     from export.onnx import export_model
 
     items, data = _toy(tmp_path)
@@ -107,19 +108,20 @@ def test_compare_refuses_what_is_not_a_paired_comparison(tmp_path, capsys):
                                         + "\n")
     (tmp_path / "plain.csv").write_text("user,target,rank\n1,2,3\n")
     (tmp_path / "bad.csv").write_text("\n".join([*rows[:3], "7,1005,zero"]) + "\n")
-    for b, extra, message in (
-            ("valid", [], "A and B differ in split ('test' vs 'valid')"),
-            ("lrurec", [], "A and B differ in protocol ('recbole' vs 'lrurec')"),
-            ("head", [], "A has 40 users, B 30"),
-            ("moved", [], f"user {first[0]}: target {first[1]} in A, {other} in B"),
-            ("graph", ["--ks", "20"], "ranks censored above 10 (a top-10 graph without scores)"),
-            ("plain", [], "not a zoo.evaluate --ranks-out file"),
-            ("bad", [], "bad.csv, line 4: expected user,target,rank,history,target_count with a rank (and a "
-                        "history length) >= 1 and a target count >= 0")):
-        with pytest.raises(SystemExit) as e:
-            compare_main([str(tmp_path / "test.csv"), str(tmp_path / f"{b}.csv"), "--bootstrap", "100", *extra])
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and message in err, (b, err)
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00garbage")
+    for b, extra, code, message in (
+            ("valid", [], 1, "A and B differ in split ('test' vs 'valid')"),
+            ("lrurec", [], 1, "A and B differ in protocol ('recbole' vs 'lrurec')"),
+            ("head", [], 1, "A has 40 users, B 30"),
+            ("moved", [], 1, f"user {first[0]}: target {first[1]} in A, {other} in B"),
+            ("graph", ["--ks", "20"], 2, "--ks 20: a file holds ranks censored above 10 (a top-10 graph without "
+                                         "scores)"),
+            ("plain", [], 1, "not a zoo.evaluate --ranks-out file"),
+            ("binary", [], 1, f"{tmp_path / 'binary.csv'}: not a zoo.evaluate --ranks-out file (not UTF-8 text)"),
+            ("bad", [], 1, "bad.csv, line 4: expected user,target,rank,history,target_count with a rank (and a "
+                           "history length) >= 1 and a target count >= 0")):
+        exits(capsys, [str(tmp_path / "test.csv"), str(tmp_path / f"{b}.csv"), "--bootstrap", "100", *extra], code,
+              message, run=compare_main)
     with pytest.raises(SystemExit) as e:                      # was numpy's "expected non-negative integer"
         compare_main([str(tmp_path / "test.csv"), str(tmp_path / "test.csv"), "--seed", "-1"])
     assert e.value.code == 2 and "argument --seed: expected an int >= 0, got '-1'" in capsys.readouterr().err
@@ -137,7 +139,8 @@ def test_compare_refuses_what_is_not_a_paired_comparison(tmp_path, capsys):
 def test_compare_refuses_impossible_ranks_files_naming_the_line(tmp_path, capsys):
     """A rank above what the file's header allows (n_items + 1 for a full ranking, max_rank + 1 for a top-K graph), a
     user listed twice, and a header that is not zoo.evaluate's (not an object, lacking its keys, a max_rank that is no
-    int) are usage errors naming the file and the line; they were accepted (or AttributeError/KeyError/TypeError)."""
+    int) fail the run (exit 1) naming the file and the line; they were accepted (or AttributeError/KeyError/
+    TypeError)."""
     head = "# zoo.evaluate ranks "
     meta = {"model": "m", "split": "test", "protocol": "recbole", "max_rank": None, "n_items": 30}
     ok = tmp_path / "ok.csv"
@@ -157,10 +160,7 @@ def test_compare_refuses_impossible_ranks_files_naming_the_line(tmp_path, capsys
         "sup": (head + json.dumps(meta) + "\nuser,target,rank\n1,5,³\n", "sup.csv, line 3: expected user,target,rank")}
     for name, (text, message) in files.items():
         (tmp_path / f"{name}.csv").write_text(text)
-        with pytest.raises(SystemExit) as e:
-            compare_main([str(ok), str(tmp_path / f"{name}.csv"), "--bootstrap", "100"])
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and message in err, (name, err)
+        exits(capsys, [str(ok), str(tmp_path / f"{name}.csv"), "--bootstrap", "100"], 1, message, run=compare_main)
 
 
 def test_compare_refuses_outputs_it_cannot_write_before_any_work(tmp_path, capsys):
@@ -179,6 +179,30 @@ def test_compare_refuses_outputs_it_cannot_write_before_any_work(tmp_path, capsy
         err = capsys.readouterr()
         assert e.value.code == 2 and message in err.err and "paired bootstrap" not in err.out, (out, err)
     assert a.read_text() == before
+
+
+def test_compare_names_the_input_it_cannot_read(tmp_path, capsys):
+    """A ranks file that is missing, or a folder, fails the run (exit 1) naming the argument and the path, as the other
+    commands do (it printed a raw "[Errno 2] No such file or directory: 'nosuch.csv'")."""
+    ok = _ranks_file(tmp_path / "ok.csv", [(1, 5, 1), (2, 6, 3)])
+    missing = str(tmp_path / "nosuch.csv")
+    for argv, message in (([missing, ok], f"A {missing}: cannot read it (No such file or directory)"),
+                          ([ok, missing], f"B {missing}: cannot read it (No such file or directory)"),
+                          ([ok, str(tmp_path)], f"B {tmp_path}: cannot read it (Is a directory)")):
+        said = exits(capsys, argv + ["--bootstrap", "100"], 1, f"python -m zoo.compare: error: {message}",
+                     run=compare_main)
+        assert "Errno" not in said
+
+
+def test_compare_json_dash_is_stdout(tmp_path, capsys, monkeypatch):
+    """--json -: the comparison as JSON on stdout, the tables on stderr, and no file named "-" (one was created)."""
+    monkeypatch.chdir(tmp_path)
+    ok = _ranks_file(tmp_path / "ok.csv", [(1, 5, 1), (2, 6, 3), (3, 7, 12)])
+    res = compare_main([ok, ok, "--bootstrap", "100", "--json", "-"])
+    said = capsys.readouterr()
+    assert json.loads(said.out) == json.loads(json.dumps(res))
+    assert "paired bootstrap over users" in said.err and "HR@10" in said.err
+    assert not (tmp_path / "-").exists()
 
 
 def _paired_table():
@@ -290,9 +314,9 @@ def _ranks_file(path, rows, **meta):
 
 
 def test_compare_refuses_rank_zero_bad_caps_other_orders_and_empty_files(tmp_path, capsys):
-    """Usage errors naming the problem, each of which was accepted or another error: a rank 0 (ranks are 1-based), a
+    """Errors naming the problem, each of which was accepted or another error: a rank 0 (ranks are 1-based), a
     max_rank or n_items of 0 or true (a bool is not an int), the same users in another order (pairing row by row
-    would compare different users), a file without rows, and fewer than 100 resamples."""
+    would compare different users), a file without rows (exit 1), and fewer than 100 resamples (a usage error)."""
     ok = _ranks_file(tmp_path / "ok.csv", [(1, 5, 1), (2, 6, 3)])
     files = {
         "zero": ([(1, 5, 1), (2, 6, 0)], {}, "zero.csv, line 4: expected user,target,rank with a rank (and a history "
@@ -307,10 +331,7 @@ def test_compare_refuses_rank_zero_bad_caps_other_orders_and_empty_files(tmp_pat
         "empty": ([], {}, "empty.csv: no examples")}
     for name, (rows, meta, message) in files.items():
         b = _ranks_file(tmp_path / f"{name}.csv", rows, **meta)
-        with pytest.raises(SystemExit) as e:
-            compare_main([ok, b, "--bootstrap", "100"])
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and message in err, (name, err)
+        exits(capsys, [ok, b, "--bootstrap", "100"], 1, message, run=compare_main)
     with pytest.raises(SystemExit) as e:
         compare_main([ok, ok, "--bootstrap", "50"])
     assert e.value.code == 2 and "--bootstrap must be >= 100, got 50" in capsys.readouterr().err
@@ -323,9 +344,8 @@ def test_compare_cutoff_is_checked_against_the_smaller_top_k(tmp_path, capsys):
     a = _ranks_file(tmp_path / "a.csv", rows, max_rank=5)
     b = _ranks_file(tmp_path / "b.csv", rows, max_rank=10)
     for x, y in ((a, b), (b, a)):
-        with pytest.raises(SystemExit) as e:
-            compare_main([x, y, "--ks", "10", "--bootstrap", "100"])
-        assert e.value.code == 2 and "--ks 10: a file holds ranks censored above 5" in capsys.readouterr().err
+        exits(capsys, [x, y, "--ks", "10", "--bootstrap", "100"], 2, "--ks 10: a file holds ranks censored above 5",
+              run=compare_main)
     assert set(compare_main([a, b, "--ks", "5", "--bootstrap", "100"])["metrics"]) == {"HR@5", "NDCG@5", "MRR@5"}
 
 
@@ -336,10 +356,8 @@ def test_compare_cutoff_is_checked_against_the_items_ranked(tmp_path, capsys):
     a = _ranks_file(tmp_path / "a.csv", rows, n_items=50)
     b = _ranks_file(tmp_path / "b.csv", rows, n_items=101)        # e.g. a --sampled uni100 protocol
     for x, y, name in ((a, b, "A"), (b, a, "B")):
-        with pytest.raises(SystemExit) as e:
-            compare_main([x, y, "--ks", "10", "60", "--bootstrap", "100"])
-        assert e.value.code == 2 and f"--ks 60: {name} ranks 50 items (its n_items); use cut-offs <= 50" in \
-            capsys.readouterr().err
+        exits(capsys, [x, y, "--ks", "10", "60", "--bootstrap", "100"], 2,
+              f"--ks 60: {name} ranks 50 items (its n_items); use cut-offs <= 50", run=compare_main)
     assert compare_main([a, a, "--ks", "50", "--bootstrap", "100"])["metrics"]["HR@50"]["a"] == 1.0
     older = _ranks_file(tmp_path / "older.csv", rows, n_items=None)   # no n_items in the header: nothing to check
     assert "HR@60" in compare_main([older, older, "--ks", "60", "--bootstrap", "100"])["metrics"]
@@ -409,14 +427,13 @@ def test_compare_by_target_popularity(tmp_path, capsys):
     first = rows[2].split(",")
     (tmp_path / "more.csv").write_text("\n".join(rows[:2] + [",".join(first[:4] + [str(int(first[4]) + 1)])]
                                                  + rows[3:]) + "\n")
-    for other, message in (("older", "--by-popularity: B has no target_count column (a ranks file from before it "
-                                     "existed)"),
-                           ("more", f"--by-popularity: user {first[0]} has a target with a training count of "
-                                    f"{first[4]} in A")):
-        with pytest.raises(SystemExit):
-            compare_main([str(tmp_path / "a.csv"), str(tmp_path / f"{other}.csv"), "--ks", "5", "--bootstrap", "100",
-                          "--by-popularity", "6"])
-        assert message in capsys.readouterr().err, other
+    # an option the file cannot honour is a usage error (2), files of other data fail the run (1)
+    for other, code, message in (("older", 2, "--by-popularity: B has no target_count column (a ranks file from "
+                                              "before it existed)"),
+                                 ("more", 1, f"--by-popularity: user {first[0]} has a target with a training count "
+                                             f"of {first[4]} in A")):
+        exits(capsys, [str(tmp_path / "a.csv"), str(tmp_path / f"{other}.csv"), "--ks", "5", "--bootstrap", "100",
+                       "--by-popularity", "6"], code, message, run=compare_main)
 
 
 def test_compare_by_history_length(tmp_path, capsys):
@@ -448,9 +465,8 @@ def test_compare_by_history_length(tmp_path, capsys):
     first = rows[2].split(",")
     longer = ",".join(first[:3] + [str(int(first[3]) + 1)] + first[4:])          # one more history item
     (tmp_path / "longer.csv").write_text("\n".join(rows[:2] + [longer] + rows[3:]) + "\n")
-    for other, message in (("old", "--by-length: B has no history column (a ranks file from before 2026-12-05)"),
-                           ("longer", f"--by-length: user {first[0]} has a history of {first[3]} items in A")):
-        with pytest.raises(SystemExit):
-            compare_main([str(tmp_path / "a.csv"), str(tmp_path / f"{other}.csv"), "--ks", "5", "--bootstrap", "100",
-                          "--by-length", "6"])
-        assert message in capsys.readouterr().err, other
+    for other, code, message in (("old", 2, "--by-length: B has no history column (a ranks file from before "
+                                            "2026-12-05)"),
+                                 ("longer", 1, f"--by-length: user {first[0]} has a history of {first[3]} items in A")):
+        exits(capsys, [str(tmp_path / "a.csv"), str(tmp_path / f"{other}.csv"), "--ks", "5", "--bootstrap", "100",
+                       "--by-length", "6"], code, message, run=compare_main)

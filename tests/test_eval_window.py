@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_evaluate import exits
 from tiny_models import tiny
 from zoo.data import EvalExamples, eval_batches
 from zoo.evaluate import check_window, evaluate_baseline, evaluate_model, main
@@ -156,18 +157,18 @@ def test_cli_window_all_is_named_in_the_protocol(tiny_folder, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--window", "all", "--model", "{s}"], "--window all: SASRecModel reads at most max_seq_length=6 items"),
     (["--window", "7", "--model", "{s}"], "--window 7: SASRecModel reads at most max_seq_length=6 items"),
-    (["--window", "all", "--onnx", "{m}"], "--window is for --model and --baseline"),
+    (["--window", "all", "--onnx", "{m}"], "--window all is for --model and --baseline"),
 ])
-def test_cli_window_refusals(tiny_folder, argv, message):
+def test_cli_window_refusals(tiny_folder, argv, message, capsys):
+    """A window the model cannot read, or --window with a graph: usage errors (exit 2)."""
     argv = [a.format(s=tiny_folder / "s", m=tiny_folder / "m") for a in argv]
-    with pytest.raises(SystemExit, match=message):
-        main(argv + ["--data", str(tiny_folder / "d.tsv"), "--ks", "1", "--no-progress", "--kcore", "0"])
+    exits(capsys, argv + ["--data", str(tiny_folder / "d.tsv"), "--ks", "1", "--no-progress", "--kcore", "0"], 2,
+          message)
 
 
 def test_cli_window_argument_is_checked_at_parse(tiny_folder, capsys):
-    with pytest.raises(SystemExit):
-        main(["--model", str(tiny_folder / "m"), "--data", str(tiny_folder / "d.tsv"), "--window", "whole"])
-    assert "expected a whole number >= 1 or 'all', got 'whole'" in capsys.readouterr().err
+    exits(capsys, ["--model", str(tiny_folder / "m"), "--data", str(tiny_folder / "d.tsv"), "--window", "whole"], 2,
+          "expected a whole number >= 1 or 'all', got 'whole'")
 
 
 def _ranks_file(path, ranks, protocol):
@@ -188,6 +189,5 @@ def test_compare_pairs_two_windows_of_one_protocol_only(tmp_path, capsys):
     assert res["metrics"]["HR@10"]["a"] == pytest.approx(4 / 6) and res["metrics"]["HR@10"]["b"] == pytest.approx(4 / 6)
     assert "protocols recbole (A), recbole-history-all (B)" in capsys.readouterr().out
     c = _ranks_file(tmp_path / "c.csv", [1] * 30, "lrurec-history-all")
-    with pytest.raises(SystemExit):
-        compare_main([a, c, "--ks", "10"])
-    assert "A and B differ in protocol ('recbole' vs 'lrurec-history-all')" in capsys.readouterr().err
+    exits(capsys, [a, c, "--ks", "10"], 1, "A and B differ in protocol ('recbole' vs 'lrurec-history-all')",
+          run=compare_main)

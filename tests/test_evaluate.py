@@ -57,6 +57,19 @@ AutoConfig.register(NextItemConfig.model_type, NextItemConfig, exist_ok=True)
 AutoModel.register(NextItemConfig, NextItemModel, exist_ok=True)
 
 
+def exits(capsys, argv, code, message, run=main):
+    """``run(argv)`` (zoo.evaluate's main, or another command's) ends with exit status ``code`` and says ``message`` on
+    stderr: a usage error's line (2), ``sys.exit("...")``'s text (1), ``exit_with``'s line (4). Returns what it said.
+    """
+    with pytest.raises(SystemExit) as e:
+        run(argv)
+    got = e.value.code
+    said = capsys.readouterr().err + (got if isinstance(got, str) else "")   # sys.exit("text") exits 1 with it
+    status = 1 if isinstance(got, str) else got
+    assert status == code and message in said, (status, said)
+    return said
+
+
 def expected_rank(hist, target, exclude=(), n=M):
     x = hist[-1]
     order = [(x + d) % n + 1 for d in range(n)]       # x+1, x+2, ... cyclic in 1..n
@@ -211,8 +224,12 @@ def test_cli_duplicate_cutoffs_and_unavailable_device(tmp_path, capsys):
     assert res["protocol"]["ks"] == [1, 3]
     assert {k.split("@")[1] for k in res["metrics"]} == {"1", "3"}
     assert capsys.readouterr().out.count("@3") == 1                      # one column per cut-off
-    with pytest.raises(SystemExit, match=r"--device: device 'cuda:99': (CUDA is not available|only \d+ GPU)"):
-        main(["--model", str(d), "--data", str(data), "--device", "cuda:99", "--no-progress"])
+    # a GPU missing here exits 4 (zoo.cli.cli_device), a device torch does not know is a usage error
+    said = exits(capsys, ["--model", str(d), "--data", str(data), "--device", "cuda:99", "--no-progress"], 4,
+                 "error: --device: device 'cuda:99': ")
+    assert "CUDA is not available" in said or "GPU(s) visible" in said
+    exits(capsys, ["--model", str(d), "--data", str(data), "--device", "gpu", "--no-progress"], 2,
+          "error: --device: device 'gpu'")
 
 
 def test_kcore_filter_refuses_negative_thresholds():
@@ -330,21 +347,71 @@ def test_cli_onnx(tmp_path, capsys):
     # without --ks, a top-10 graph with no scores output answers the default cut-offs it can (5, 10; not 20)
     default = main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--kcore", "none", "--no-progress"])
     assert default["protocol"]["ks"] == [5, 10] and default["metrics"] == out["metrics"]
-    with pytest.raises(SystemExit, match="cut-off @20 is above the graph's in-graph top-10"):
-        main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--kcore", "none", "--ks", "20", "--no-progress"])
-    with pytest.raises(SystemExit, match="--history-share is measured on a --model"):
-        main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--history-share", "--ks", "5"])
-    with pytest.raises(SystemExit, match="exported without --exclude-seen"):
-        main(["--onnx", str(tmp_path / "plain"), "--data", str(data), "--exclude-history", "--ks", "5"])
-    with pytest.raises(SystemExit, match="must be >= 1"):
-        main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--threads", "0"])
-    with pytest.raises(SystemExit, match="--threads is for --onnx"):             # was silently ignored
-        main(["--model", str(tmp_path / "m"), "--data", str(data), "--threads", "2"])
+    capsys.readouterr()
+    # options the graph cannot honour, or that conflict, are usage errors (exit 2)
+    exits(capsys, ["--onnx", str(tmp_path / "g"), "--data", str(data), "--kcore", "none", "--ks", "20",
+                   "--no-progress"], 2, "--ks 20: cut-off @20 is above the graph's in-graph top-10")
+    exits(capsys, ["--onnx", str(tmp_path / "g"), "--data", str(data), "--history-share", "--ks", "5"], 2,
+          "--history-share is measured on a --model")
+    exits(capsys, ["--onnx", str(tmp_path / "plain"), "--data", str(data), "--exclude-history", "--ks", "5"], 2,
+          "exported without --exclude-seen")
+    exits(capsys, ["--onnx", str(tmp_path / "g"), "--data", str(data), "--threads", "0"], 2,
+          "argument --threads: expected an int >= 1, got '0'")
+    # --device: the CPU provider for cpu (as by default); cuda needs onnxruntime's CUDA provider, which the CPU
+    # package lacks (exit 4, naming it; it ran on the CPU provider without a word); another device is a usage error
+    on_cpu = main(["--onnx", str(tmp_path / "g"), "--data", str(data), "--kcore", "none", "--ks", "5", "10",
+                   "--no-progress", "--device", "cpu", "--threads", "1"])
+    assert on_cpu["metrics"] == out["metrics"]
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        said = exits(capsys, ["--onnx", str(tmp_path / "g"), "--data", str(data), "--kcore", "none", "--ks", "5",
+                              "--no-progress", "--device", "cuda"], 4, "error: --device: device 'cuda': this "
+                     "onnxruntime (")
+        assert "has no CUDAExecutionProvider" in said and "install onnxruntime-gpu" in said
+    for device in ("mps", "gpu"):
+        exits(capsys, ["--onnx", str(tmp_path / "g"), "--data", str(data), "--ks", "5", "--device", device], 2,
+              f"--device: device '{device}'")
 
 
 def _save(model, path):
     model.save_pretrained(path)
     return path
+
+
+def test_cli_threads_are_torchs_for_a_model_and_onnx_runtimes_for_a_graph(tmp_path, monkeypatch):
+    """--threads sets torch's CPU threads for --model and --baseline (it was refused with --model), and ONNX Runtime's
+    intra-op threads for --onnx, leaving torch's as they were; --device cpu gives the graph the CPU provider."""
+    import export.runtime
+    from export.onnx import export_model
+
+    d = save_model(tmp_path, [10, 20, 30, 40, 50])
+    data = tmp_path / "d.seq"
+    data.write_text("user_id\titem_ids_chronological\n1\t10 20 30 40\n2\t50 10 30\n")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        main(["--model", str(d), "--data", str(data), "--ks", "1", "--no-progress", "--threads", "2"])
+        assert torch.get_num_threads() == 2
+        main(["--baseline", "pop", "--data", str(data), "--ks", "1", "--threads", "1"])
+        assert torch.get_num_threads() == 1
+        model = _tiny("gru4rec")
+        model.set_item_vocab(ItemVocab([str(x) for x in range(1, 40)]))
+        export_model(model, tmp_path / "g", topk=5, verify=False)
+        (tmp_path / "g.seq").write_text("user_id\titem_ids_chronological\n1\t1 2 3 4\n2\t5 6 7\n")
+        sessions = []
+        init = export.runtime._Base.__init__
+
+        def spy(self, path, threads=None, providers=None, session_options=None):
+            sessions.append((threads, providers))
+            init(self, path, threads, providers, session_options)
+
+        monkeypatch.setattr(export.runtime._Base, "__init__", spy)
+        main(["--onnx", str(tmp_path / "g"), "--data", str(tmp_path / "g.seq"), "--ks", "1", "--no-progress",
+              "--threads", "3", "--device", "cpu"])
+        assert sessions == [(3, ["CPUExecutionProvider"])] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_cli_time_aware_model_on_data_without_usable_timestamps(tmp_path):
@@ -390,9 +457,9 @@ def test_cli_missing_model_or_data_is_a_one_line_error(tmp_path):
 
 
 def test_cli_refuses_outputs_it_cannot_write_before_evaluating(tmp_path, capsys):
-    """--json/--ranks-out that name the --data file or each other, a folder, or a path under a file are one-line
-    errors before the evaluation (they failed after it with a traceback, or replaced the input or the other output);
-    the data file is left as it was."""
+    """--json/--ranks-out that name the --data file or each other, a folder, or a path under a file are usage errors
+    (exit 2) before the evaluation (they failed after it with a traceback, or replaced the input or the other
+    output); the data file is left as it was."""
     d = save_model(tmp_path, [10, 20, 30, 40, 50])
     data = tmp_path / "d.seq"
     data.write_text("user_id\titem_ids_chronological\n1\t10 20 30 40\n2\t50 10 30\n")
@@ -405,13 +472,39 @@ def test_cli_refuses_outputs_it_cannot_write_before_evaluating(tmp_path, capsys)
                            (["--ranks-out", str(tmp_path / "afile" / "r.csv")],
                             f"--ranks-out {tmp_path / 'afile' / 'r.csv'}: {tmp_path / 'afile'} is a file, not a "
                             "folder")):
-        with pytest.raises(SystemExit, match="^error: " + re_escape(message)):
+        with pytest.raises(SystemExit) as e:
             main(base + extra)
-        assert "HR" not in capsys.readouterr().out                  # refused before the evaluation
+        said = capsys.readouterr()
+        assert e.value.code == 2 and f"error: {message}" in said.err, said.err
+        assert "HR" not in said.out                                 # refused before the evaluation
     assert data.read_text().startswith("user_id") and not (tmp_path / "r.json").exists()
 
 
-def test_cli_refuses_outputs_that_replace_a_file_of_the_model_or_graph_folder(tmp_path):
+def test_cli_dash_writes_the_json_or_the_ranks_on_stdout_and_the_table_on_stderr(tmp_path, capsys, monkeypatch):
+    """--json - / --ranks-out -: the product on stdout (JSON that parses, the ranks file zoo.compare reads) and the
+    table, the model's line and the other output's "wrote" line on stderr; no file named "-" (one was created); both
+    on "-" is a usage error."""
+    from zoo.compare import read_ranks
+
+    monkeypatch.chdir(tmp_path)
+    d = save_model(tmp_path, [10, 20, 30, 40, 50])
+    data = tmp_path / "d.seq"
+    data.write_text("user_id\titem_ids_chronological\n3\t20 40 10 50\n1\t10 20 30 40\n2\t50 10 30\n")
+    base = ["--model", str(d), "--data", str(data), "--ks", "1", "3", "--no-progress"]
+    res = main(base + ["--json", "-", "--ranks-out", "r.csv"])
+    said = capsys.readouterr()
+    assert json.loads(said.out) == json.loads(json.dumps(res))
+    assert "NextItemModel" in said.err and "HR" in said.err and f"wrote {tmp_path / 'r.csv'}" in said.err
+    main(base + ["--ranks-out", "-", "--json", "r.json"])
+    said = capsys.readouterr()
+    (tmp_path / "out.csv").write_text(said.out)
+    assert said.out.startswith("# zoo.evaluate ranks ") and "wrote r.json" in said.err and "HR" in said.err
+    assert read_ranks(tmp_path / "out.csv")[3].tolist() == read_ranks(tmp_path / "r.csv")[3].tolist() == [4, 1, 2]
+    exits(capsys, base + ["--json", "-", "--ranks-out", "-"], 2, "--json and --ranks-out are both - (standard output)")
+    assert not (tmp_path / "-").exists()
+
+
+def test_cli_refuses_outputs_that_replace_a_file_of_the_model_or_graph_folder(tmp_path, capsys):
     """--json / --ranks-out naming a file of the --model folder (or of the --onnx folder) is refused before the
     evaluation: the metrics replaced the model's config, and the model no longer loaded."""
     d = save_model(tmp_path, [10, 20, 30, 40, 50])
@@ -419,16 +512,14 @@ def test_cli_refuses_outputs_that_replace_a_file_of_the_model_or_graph_folder(tm
     data.write_text("user_id\titem_ids_chronological\n1\t10 20 30 40\n2\t50 10 30\n")
     config = (Path(d) / "config.json").read_bytes()
     for flag in ("--json", "--ranks-out"):
-        with pytest.raises(SystemExit, match="^error: " + re_escape(f"{flag} {Path(d) / 'config.json'} is the input "
-                                                                     "--model's config.json")):
-            main(["--model", str(d), "--data", str(data), "--no-progress", flag, str(Path(d) / "config.json")])
+        exits(capsys, ["--model", str(d), "--data", str(data), "--no-progress", flag, str(Path(d) / "config.json")],
+              2, f"{flag} {Path(d) / 'config.json'} is the input --model's config.json")
     assert (Path(d) / "config.json").read_bytes() == config
     onnx_dir = tmp_path / "g"
     onnx_dir.mkdir()
     (onnx_dir / "state_spec.json").write_text("{}")
-    with pytest.raises(SystemExit, match=re_escape("is the input --onnx's state_spec.json")):
-        main(["--onnx", str(onnx_dir), "--data", str(data), "--no-progress", "--json",
-              str(onnx_dir / "state_spec.json")])
+    exits(capsys, ["--onnx", str(onnx_dir), "--data", str(data), "--no-progress", "--json",
+                   str(onnx_dir / "state_spec.json")], 2, "is the input --onnx's state_spec.json")
     assert (onnx_dir / "state_spec.json").read_text() == "{}"
 
 
@@ -438,9 +529,10 @@ def re_escape(text):
     return re.escape(text)
 
 
-def test_cli_data_without_examples_and_cutoffs_above_the_items_are_one_line_errors(tmp_path):
-    """Data in which no user has 3 items (or none is left by --unknown-items drop) was a ValueError traceback; a
-    cut-off above the number of items ranked reported HR@K = 1 for every model."""
+def test_cli_data_without_examples_and_cutoffs_above_the_items_are_one_line_errors(tmp_path, capsys):
+    """Data in which no user has 3 items (or none is left by --unknown-items drop) was a ValueError traceback (now a
+    failed run, exit 1); a cut-off above the number of items ranked reported HR@K = 1 for every model (now a usage
+    error, exit 2)."""
     d = save_model(tmp_path, [10, 20, 30, 40, 50])
     data = tmp_path / "d.seq"
     data.write_text("user_id\titem_ids_chronological\n1\t10 20\n2\t50 10\n")
@@ -452,8 +544,8 @@ def test_cli_data_without_examples_and_cutoffs_above_the_items_are_one_line_erro
                                          r"\(WARNING: 4 interactions with items the model does not know dropped"):
         main(["--model", str(d), "--data", str(data), "--ks", "1", "--no-progress", "--unknown-items", "drop"])
     data.write_text("user_id\titem_ids_chronological\n1\t10 20 30 40\n")
-    with pytest.raises(SystemExit, match=r"error: --ks 6: the model ranks 5 items; use cut-offs <= 5"):
-        main(["--model", str(d), "--data", str(data), "--ks", "1", "6", "--no-progress"])
+    exits(capsys, ["--model", str(d), "--data", str(data), "--ks", "1", "6", "--no-progress"], 2,
+          "error: --ks 6: the model ranks 5 items; use cut-offs <= 5")
     assert main(["--model", str(d), "--data", str(data), "--ks", "5", "--no-progress"])["protocol"]["ks"] == [5]
 
 
@@ -473,7 +565,7 @@ def _toy_lrurec_graph(tmp_path, users: int, user_step: int, topk: int, time_step
     return data, model
 
 
-def test_cli_onnx_unreadable_export_files_are_one_line_errors(tmp_path):
+def test_cli_onnx_unreadable_export_files_are_one_line_errors(tmp_path, capsys):
     """--onnx with a corrupt state_spec.json or item_vocab.json, or a truncated model.onnx: one line naming the file
     (were a JSONDecodeError without the file, a ValueError traceback, an InvalidProtobuf traceback)."""
     import shutil
@@ -490,8 +582,8 @@ def test_cli_onnx_unreadable_export_files_are_one_line_errors(tmp_path):
         (tmp_path / name / broken).write_bytes(text[:len(text) // 2])
         with pytest.raises(SystemExit, match=message):
             main(["--onnx", str(tmp_path / name), *base])
-    with pytest.raises(SystemExit, match=r"error: --ks 40: the graph ranks 39 items"):
-        main(["--onnx", str(tmp_path / "g"), *base[:-3], "--ks", "40", "--no-progress"])
+    exits(capsys, ["--onnx", str(tmp_path / "g"), *base[:-3], "--ks", "40", "--no-progress"], 2,
+          "error: --ks 40: the graph ranks 39 items")
 
 
 # ------------------------------------------------------------------ mutation audit, round 6 (B): guards found missing
@@ -694,8 +786,9 @@ def test_most_popular_baseline_on_hand_counted_data(tmp_path, capsys):
     from zoo.compare import main as compare_main
 
     compare_main([str(tmp_path / "p.csv"), str(tmp_path / "p.csv"), "--ks", "1"])
-    with pytest.raises(SystemExit, match="--history-share is for a --model evaluation"):
-        main(["--baseline", "pop", "--data", str(data), "--history-share"])
+    capsys.readouterr()
+    exits(capsys, ["--baseline", "pop", "--data", str(data), "--history-share"], 2,
+          "--history-share is for a --model evaluation")
 
 
 def test_transitions_baseline_on_hand_counted_data(tmp_path, capsys):
@@ -764,8 +857,8 @@ def test_metrics_by_history_length(tmp_path, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["by_length"] == res["by_length"]
     out = capsys.readouterr().out
     assert "history length    users      HR@1    NDCG@1" in out and "\n> 4" in out
-    with pytest.raises(SystemExit, match="--by-length: the edges must increase, got 4 3"):
-        main(["--baseline", "pop", "--data", str(data), "--by-length", "4", "3"])
+    exits(capsys, ["--baseline", "pop", "--data", str(data), "--by-length", "4", "3"], 2,
+          "--by-length: the edges must increase, got 4 3")
 
 
 def test_metrics_by_target_popularity(tmp_path, capsys):
@@ -797,14 +890,14 @@ def test_metrics_by_target_popularity(tmp_path, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["by_popularity"] == res["by_popularity"]
     out = capsys.readouterr().out
     assert "target count      users      HR@1    NDCG@1" in out and "\n3 " in out and "\n> 3" in out
-    with pytest.raises(SystemExit, match="--by-popularity: the edges must increase, got 4 3"):
-        main(["--baseline", "pop", "--data", str(data), "--by-popularity", "4", "3"])
+    exits(capsys, ["--baseline", "pop", "--data", str(data), "--by-popularity", "4", "3"], 2,
+          "--by-popularity: the edges must increase, got 4 3")
 
 
-def test_a_folder_without_config_json_is_named_and_a_baseline_refuses_unknown_items(tmp_path):
+def test_a_folder_without_config_json_is_named_and_a_baseline_refuses_unknown_items(tmp_path, capsys):
     """--model of an export.onnx folder (no config.json) is zoo.recommend's one line, pointing to --onnx, not
     transformers' "Unrecognized model"; --unknown-items with a --baseline (which has no vocabulary to drop items by)
-    is refused as --threads and --history-share are, instead of doing nothing."""
+    is refused (a usage error) as --device and --history-share are, instead of doing nothing."""
     data = tmp_path / "d.seq"
     data.write_text("user_id\titem_id_list\n1\t1 2 3 4\n2\t5 1 3\n3\t2 4 1 5\n")
     (tmp_path / "graph").mkdir()
@@ -813,8 +906,10 @@ def test_a_folder_without_config_json_is_named_and_a_baseline_refuses_unknown_it
                                          r"for an export.onnx folder use --onnx$"):
         main(["--model", str(tmp_path / "graph"), "--data", str(data), "--no-progress"])
     for kind in ("markov", "pop"):
-        with pytest.raises(SystemExit, match="--unknown-items drop is for a --model or --onnx evaluation: a --base"):
-            main(["--baseline", kind, "--data", str(data), "--unknown-items", "drop", "--no-progress"])
+        exits(capsys, ["--baseline", kind, "--data", str(data), "--unknown-items", "drop", "--no-progress"], 2,
+              "--unknown-items drop is for a --model or --onnx evaluation: a --base")
+        exits(capsys, ["--baseline", kind, "--data", str(data), "--device", "cuda", "--no-progress"], 2,
+              "--device cuda is for --model and --onnx")
 
 
 # ------------------------------------------------------------- numerics QA (findings 2 and 7): top-K ties, cut-offs
@@ -912,3 +1007,30 @@ def test_onnx_given_a_card_folder_names_its_graph_subfolders(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["--onnx", str(tmp_path / "empty"), "--data", str(data), "--no-progress"])
     assert "did you mean" not in str(e.value.code)
+
+
+def test_every_option_of_evaluate_and_compare_has_a_help_text_and_the_exit_statuses(capsys, monkeypatch):
+    """--split and --batch-size had no help (nor their defaults); every option of both commands says what it does,
+    and each --help ends with the exit statuses (export.fsutil.EXIT_CODES)."""
+    import argparse
+
+    from export.fsutil import EXIT_CODES
+    from zoo.compare import main as compare_main
+
+    parsers = []
+    parse = argparse.ArgumentParser.parse_args
+
+    def kept(self, *args, **kwargs):                  # the parser each command builds inside its main
+        parsers.append(self)
+        return parse(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", kept)
+    for run in (main, compare_main):
+        with pytest.raises(SystemExit) as e:
+            run(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert e.value.code == 0 and text.endswith(EXIT_CODES)
+        helps = {a.dest: a.help for a in parsers[-1]._actions}
+        assert all(helps.values()), [dest for dest, said in helps.items() if not said]
+    evaluate_helps = {a.dest: a.help for a in parsers[0]._actions}
+    assert "default)" in evaluate_helps["split"] and "default 256" in evaluate_helps["batch_size"]

@@ -14,6 +14,8 @@ The difference then mixes the models' with that of the tasks; the result counts 
 ``--by-length E1 E2 ...`` also compares the users of each history-length bucket (``1..E1``, ``E1+1..E2``, ...,
 ``> E_last``, by the ``history`` column of the ranks files), each with its own paired bootstrap;
 ``--by-popularity E1 E2 ...`` the same by the target's training count (``0..E1``, ...; the ``target_count`` column).
+
+``--json -`` writes the comparison on standard output, and the tables on stderr.
 """
 
 from __future__ import annotations
@@ -22,18 +24,22 @@ import argparse
 import csv
 import json
 import os
+import sys
 from typing import Sequence
 
 import numpy as np
 
-from .cli import cannot, check_outputs, nonnegative_int, positive_int, written_whole
-from .evaluate import RANKS_COLUMNS, RANKS_HEADER, bucket_label, length_buckets, protocol_without_window
+from .cli import (EXIT_CODES, EXIT_ERROR, STDOUT_PATH, cannot, check_outputs, command_prog, exit_with,
+                  nonnegative_int, positive_int, written_whole)
+from .evaluate import (RANKS_COLUMNS, RANKS_HEADER, UsageError, bucket_label, length_buckets,
+                       protocol_without_window)
 from .metrics import METRICS, paired_bootstrap
 
 
 def read_ranks(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray]:
     """``(meta, users, targets, ranks [U] int64)`` of a ``--ranks-out`` file; ``ValueError`` naming the file and
-    line for anything else (no header line, wrong columns, a rank that is not an int >= 1)."""
+    line for anything else (no header line, wrong columns, a rank that is not an int >= 1, text that is not UTF-8);
+    ``OSError`` for a file that cannot be read."""
     return _read(path)[:4]
 
 
@@ -45,6 +51,14 @@ BUCKET_COLUMNS = dict(zip(RANKS_COLUMNS[3:], ("history-length", "--by-popularity
 def _read(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray, dict]:
     """:func:`read_ranks` and the optional columns: ``{"history": [U] int64 history lengths, "target_count": [U]
     int64 training counts of the targets}``, each None in a file written before it existed."""
+    try:
+        return _read_text(path)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a zoo.evaluate --ranks-out file (not UTF-8 text)") from None
+
+
+def _read_text(path: str | os.PathLike) -> tuple[dict, list, list, np.ndarray, dict]:
+    """:func:`_read` of a file that decodes (``UnicodeDecodeError`` for one that does not)."""
     with open(path, encoding="utf-8", newline="") as f:        # as written (zoo.cli.written_whole), any locale
         first = f.readline()
         if not first.startswith(RANKS_HEADER):
@@ -110,8 +124,10 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
             confidence: float = 0.95, metrics: Sequence[str] = METRICS, other_targets: bool = False,
             by_length: Sequence[int] | None = None, by_popularity: Sequence[int] | None = None) -> dict:
     """Paired comparison of two ``--ranks-out`` files (see the module doc); ``ValueError`` when they are not the same
-    examples (users, targets -- unless ``other_targets`` --, split, protocol) or a cut-off exceeds a top-K-only
-    graph's K or the items a file ranks (its ``n_items``: every target would be a hit). ``by_length`` (edges): also
+    examples (users, targets -- unless ``other_targets`` --, split, protocol), and its subclass
+    :class:`zoo.evaluate.UsageError` when an option asks what the files cannot give: a cut-off above a top-K-only
+    graph's K or the items a file ranks (its ``n_items``: every target would be a hit), buckets by a column a file
+    lacks; ``OSError`` for a file that cannot be read. ``by_length`` (edges): also
     ``result["by_length"]``, one ``{"lengths", "users", "metrics"}`` per history-length bucket (``metrics`` None for
     an empty one), from the files' ``history`` column, which must agree;
     ``by_popularity`` likewise ``result["by_popularity"]`` (``{"counts", ...}``, buckets from 0) by ``target_count``."""
@@ -136,12 +152,12 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
                          "order of ties); --other-targets pairs the users anyway")
     caps = [m["max_rank"] for m in (meta_a, meta_b) if m.get("max_rank")]
     if caps and max(ks) > min(caps):
-        raise ValueError(f"--ks {max(ks)}: a file holds ranks censored above {min(caps)} (a top-{min(caps)} graph "
+        raise UsageError(f"--ks {max(ks)}: a file holds ranks censored above {min(caps)} (a top-{min(caps)} graph "
                          f"without scores); use cut-offs <= {min(caps)}")
     ranked = {name: m["n_items"] for name, m in (("A", meta_a), ("B", meta_b)) if m.get("n_items")}
     if ranked and max(ks) > min(ranked.values()):      # as zoo.evaluate: every target would be a hit (HR@K = 1)
         name = min(ranked, key=ranked.get)
-        raise ValueError(f"--ks {max(ks)}: {name} ranks {ranked[name]} items (its n_items); use cut-offs <= "
+        raise UsageError(f"--ks {max(ks)}: {name} ranks {ranked[name]} items (its n_items); use cut-offs <= "
                          f"{ranked[name]}")
     stats = paired_bootstrap(ranks_a, ranks_b, ks=ks, metrics=metrics, n_boot=n_boot, seed=seed,
                              confidence=confidence)
@@ -156,7 +172,8 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
         a, b = cols_a[column], cols_b[column]
         missing = [name for name, c in (("A", a), ("B", b)) if c is None]
         if missing:
-            raise ValueError(f"{flag}: {' and '.join(missing)} has no {column} column (a ranks file from before "
+            raise UsageError(f"{flag}: {' and '.join(missing)} {'has' if len(missing) == 1 else 'have'} no {column} "
+                             f"column (a ranks file from before "
                              f"{'2026-12-05' if column == 'history' else 'it existed'}); write it again with "
                              "zoo.evaluate --ranks-out")
         if not np.array_equal(a, b):
@@ -184,15 +201,22 @@ def format_comparison(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m zoo.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("a", help="ranks of model A (python -m zoo.evaluate ... --ranks-out A.csv)")
-    p.add_argument("b", help="ranks of model B, on the same data and split")
+    """Entry point of ``python -m zoo.compare``; returns the comparison (also printed). Options that conflict, or that
+    the files cannot honour (:class:`zoo.evaluate.UsageError`), are usage errors (exit 2); a file that cannot be read,
+    is not a ranks file, or is not paired with the other exits 1."""
+    p = argparse.ArgumentParser(prog=command_prog("zoo.compare"), description=__doc__.split("\n\n")[0],
+                                epilog=EXIT_CODES)
+    p.add_argument("a", metavar="A", help="ranks of model A (python -m zoo.evaluate ... --ranks-out A.csv)")
+    p.add_argument("b", metavar="B", help="ranks of model B, on the same data and split")
     p.add_argument("--ks", type=positive_int, nargs="+", default=[10, 20],
                    help="cut-offs K of the metrics compared (default: 10 20)")
-    p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS), help="default: all")
+    p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS),
+                   help=f"the metrics compared (default: all, {' '.join(METRICS)})")
     p.add_argument("--bootstrap", type=positive_int, default=10_000, help="resamples (>= 100; default 10000)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the bootstrap's resampling (default 0)")
-    p.add_argument("--json", help="also write the comparison to this JSON file")
+    p.add_argument("--json", metavar="FILE",
+                   help=f"also write the comparison to this JSON file; {STDOUT_PATH}: on standard output (the tables "
+                        "then go to stderr)")
     p.add_argument("--by-length", type=positive_int, nargs="+", default=None, metavar="EDGE",
                    help="also compare the users of each history-length bucket cut at these increasing edges, e.g. "
                         "--by-length 50 100 200 (each bucket its own paired bootstrap)")
@@ -205,37 +229,46 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.bootstrap < 100:
         p.error(f"--bootstrap must be >= 100, got {args.bootstrap}")
-    try:
-        check_outputs({"--json": args.json}, {"A": args.a, "B": args.b})
-    except ValueError as e:
-        p.error(str(e))
+    if args.json != STDOUT_PATH:
+        try:
+            check_outputs({"--json": args.json}, {"A": args.a, "B": args.b})
+        except ValueError as e:
+            p.error(str(e))
     try:
         result = compare(args.a, args.b, ks=sorted(set(args.ks)), n_boot=args.bootstrap, seed=args.seed,
                          metrics=args.metrics, other_targets=args.other_targets, by_length=args.by_length,
                          by_popularity=args.by_popularity)
-    except (OSError, ValueError) as e:
+    except UsageError as e:
         p.error(str(e))
+    except OSError as e:                        # A is read first: a path given as both is A's
+        name, path = ("A", args.a) if e.filename in (args.a, None) else ("B", args.b)
+        exit_with(EXIT_ERROR, f"{p.prog}: error: {cannot(name, path, e, 'read')}")
+    except ValueError as e:
+        exit_with(EXIT_ERROR, f"{p.prog}: error: {e}")
+    out = sys.stderr if args.json == STDOUT_PATH else sys.stdout      # stdout holds the JSON
     pa, pb = result["a"]["protocol"], result["b"]["protocol"]
     print(f"A: {result['a']['model']}\nB: {result['b']['model']}\n{result['n_users']:,} users, "
           f"{result['a']['split']} split, " + (f"{pa} protocol" if pa == pb else f"protocols {pa} (A), {pb} (B)")
           + f"; paired bootstrap over users, {args.bootstrap:,} resamples (seed {args.seed})"
           + (f"; the held-out items differ for {result['targets_differ']:,} of them" if result["targets_differ"]
-             else ""))
-    print(format_comparison(result))
+             else ""), file=out)
+    print(format_comparison(result), file=out)
     for bucket in result.get("by_length", []) + result.get("by_popularity", []):
         what = (f"history {bucket_label(*bucket['lengths'])} items" if "lengths" in bucket else
                 f"target's training count {bucket_label(*bucket['counts'])}")
-        print(f"\n{what}: {bucket['users']:,} users")
+        print(f"\n{what}: {bucket['users']:,} users", file=out)
         if bucket["metrics"]:
-            print(format_comparison(dict(result, metrics=bucket["metrics"])))
-    if args.json:
+            print(format_comparison(dict(result, metrics=bucket["metrics"])), file=out)
+    if args.json == STDOUT_PATH:
+        json.dump(result, sys.stdout, indent=1)
+        print(flush=True)
+    elif args.json:
         try:
             with written_whole(args.json) as f:
                 json.dump(result, f, indent=1)
         except OSError as e:
-            p.exit(1, f"{p.prog}: error: {cannot('--json', args.json, e)}\n")
+            exit_with(EXIT_ERROR, f"{p.prog}: error: {cannot('--json', args.json, e)}")
     return result
-
 
 if __name__ == "__main__":
     from .cli import run_cli

@@ -19,7 +19,8 @@ Command line::
     python -m zoo.evaluate --model runs/mamba4rec-ml1m --data ../shared/data/ml-1m.5core.seq.gz \\
         [--split test|valid] [--exclude-history] [--ks 5 10 20] [--history-share] [--batch-size 256] \\
         [--json out.json] [--max-users N] [--kcore K|none|auto] [--time-ties file|item] [--device cpu] \\
-        [--no-progress] [--intervals] [--ranks-out ranks.csv] [--sampled uni100|pop100 [--sample-seed 0]]
+        [--no-progress] [--intervals] [--ranks-out ranks.csv] [--sampled uni100|pop100 [--sample-seed 0]] \\
+        [--threads N]
     python -m zoo.evaluate --onnx hub_cards/lrurec-ml1m/onnx --data ../shared/data/ml-1m.5core.seq.gz --ks 5 10
 
 Data item ids are mapped through the model's own ``item_vocab`` (external ids -> the indices it was trained with).
@@ -35,6 +36,9 @@ server runs, on the same examples and windows (:func:`evaluate_onnx`). A step gr
 one call, a window graph gets it padded; ranks come from the in-graph top-K (so cut-offs must be <= K unless the graph
 outputs all scores), ties pessimistic as for a model (a tie group reaching slot K counts as a miss); a graph exported
 with ``--exclude-seen`` is evaluated under the LRURec protocol (it masks the window itself), one without it cannot be.
+
+``--json -`` / ``--ranks-out -`` write the results / ranks on standard output, and the table and other lines on
+stderr (``... --json - | jq .metrics``).
 
 ``--intervals`` adds 95% percentile-bootstrap intervals over the users to every metric (how far another draw of as
 many users could move it); ``--ranks-out`` keeps each user's target rank for paired comparisons of two models
@@ -54,15 +58,15 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .cli import (add_columns_option, cannot, check_outputs, error_text, folder_inputs, nonnegative_int, positive_int,
-                  written_whole)
-from .cli import add_model_data_options, model_data_options
+from .cli import (EXIT_CODES, EXIT_MISSING, STDOUT_PATH, add_columns_option, apply_threads, cannot, check_outputs,
+                  cli_device, error_text, exit_with, folder_inputs, nonnegative_int, positive_int, written_whole)
+from .cli import add_model_data_options, command_prog, model_data_options
 from .data.batching import eval_batches
 from .data.split import (EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset, temporal_cuts,
                          temporal_split)
 from .metrics import (check_cutoffs, compute_metrics, default_ks, history_in_top_k, rank_in_top_k,
                       rank_of_target)
-from .modeling_utils import _check_model_type, resolve_device
+from .modeling_utils import DeviceUnavailableError, _check_model_type
 
 #: the reference rankings ``--baseline`` evaluates without a model, and how each ranks the items
 BASELINES = {"pop": "by training-sequence count (RecBole's Pop)",
@@ -70,6 +74,12 @@ BASELINES = {"pop": "by training-sequence count (RecBole's Pop)",
                        "(first-order transitions), ties by training count"}
 #: how ``--sampled`` draws the negatives: uniformly over the items, or in proportion to their training counts
 SAMPLERS = {"uni": "uniformly", "pop": "in proportion to their training counts"}
+
+
+class UsageError(ValueError):
+    """An option the model, graph, data or ranks file at hand cannot honour (``--ks`` above the items it ranks,
+    ``--temporal-split`` other than the model's run, ``--window`` beyond a fixed window): the commands report it as a
+    usage error (exit 2, :data:`zoo.cli.EXIT_USAGE`), the Python API sees a ``ValueError``."""
 
 
 def parse_sampled(text: str) -> tuple[str, int]:
@@ -361,7 +371,8 @@ def _check_negatives(negatives, examples: EvalExamples, n_items: int) -> torch.T
 
 
 def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[int] = (5, 10), batch_size: int = 256,
-                  threads: int | None = None, progress: bool = True, return_ranks: bool = False):
+                  threads: int | None = None, progress: bool = True, return_ranks: bool = False,
+                  providers: Sequence | None = None):
     """Full-ranking metrics of an exported graph (an ``export.onnx`` folder: ``model.onnx`` + ``state_spec.json``),
     run with ONNX Runtime, on ``examples`` (internal indices of the graph's ``item_vocab.json``).
 
@@ -377,11 +388,15 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
     group reaches slot K (tied items may lie beyond the list). Either way a history item of an ``--exclude-seen``
     graph (scored ``SEEN_SCORE``) ranks last, as the ``-inf`` of :func:`evaluate_model`'s mask: never a hit.
 
+    ``threads``: ONNX Runtime's intra-op threads; ``providers``: its execution providers (default the CPU one;
+    :func:`onnx_providers` gives those of a ``--device``).
+
     Returns:
         the metrics dict of :func:`zoo.metrics.compute_metrics`, or ``(metrics, ranks)``.
     Raises:
         ValueError: a cut-off above K (top-K graphs) or the graph's ``n_items - 1`` items, target/history ids out of
             the graph's range, an empty history, a time-aware graph without timestamps.
+        DeviceUnavailableError: ``providers`` ask for CUDA and ONNX Runtime could not start it (no GPU visible).
     """
     import numpy as np
 
@@ -390,7 +405,11 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
     from .data.batching import pad_sequences
 
     kind = read_spec(_resolve(path)[1])["kind"]
-    sess = (OnnxStepSession if kind == "step" else OnnxWindowSession)(path, threads=threads)
+    sess = (OnnxStepSession if kind == "step" else OnnxWindowSession)(path, threads=threads, providers=providers)
+    asked = [p if isinstance(p, str) else p[0] for p in providers or ()]
+    if "CUDAExecutionProvider" in asked and "CUDAExecutionProvider" not in sess.session.get_providers():
+        raise DeviceUnavailableError("ONNX Runtime could not start its CUDAExecutionProvider here (no GPU visible, or "
+                                     f"CUDA libraries missing); it runs on {', '.join(sess.session.get_providers())}")
     ks = check_cutoffs(ks, sess.n_items - 1, "graph")
     _check_examples(examples, sess.n_items, sess.uses_timestamps, "graph", f"the {kind} graph")
     if not sess.has_scores and max(ks) > sess.topk:
@@ -491,7 +510,8 @@ def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m zoo.evaluate", description="Full-ranking leave-one-out evaluation of a zoo model.")
+    p = argparse.ArgumentParser(prog=command_prog("zoo.evaluate"),
+                                description="Full-ranking leave-one-out evaluation of a zoo model.", epilog=EXIT_CODES)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model folder or Hub id (loaded with transformers.AutoModel)")
     src.add_argument("--onnx", help="an export.onnx folder (model.onnx + state_spec.json + item_vocab.json): evaluate "
@@ -502,13 +522,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "the user's last item in the training sequences (ties by count): the order signal a "
                           "sequential model must beat, where pop has none")
     p.add_argument("--data", required=True, help="interaction file (.inter/.tsv/.csv/ratings.dat/.seq, optionally .gz)")
-    p.add_argument("--split", choices=("test", "valid"), default="test")
+    p.add_argument("--split", choices=("test", "valid"), default="test",
+                   help="the held-out items evaluated: test (each user's last item, or the test period's first with "
+                        "--temporal-split; default) or valid (the one before it: the validation the run chose its "
+                        "checkpoint on)")
     p.add_argument("--temporal-split", type=float, nargs=2, default=None, metavar=("TEST_SHARE", "VALID_SHARE"),
                    help="a global temporal split instead of leave-one-out: the last TEST_SHARE of all interactions "
                         "(by time) is the test period, the VALID_SHARE before it validation; each user's first item "
                         "of a period is the target, everything before the period the history (zoo.data."
                         "temporal_split); a model must have been trained on the same split (zoo.train "
-                        "--temporal-split)")
+                        "--temporal-split); default: leave-one-out")
     p.add_argument("--exclude-history", action="store_true",
                    help="LRURec protocol: mask the items of the input window before ranking")
     p.add_argument("--window", type=_window_arg, default=None, metavar="N|all",
@@ -527,11 +550,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampled metrics (RecBole's uni100/pop100; the SASRec and BERT4Rec papers): rank the target "
                         "among N negatives drawn per user, uniformly (uniN) or by training count (popN), never from "
                         "the user's history; the same draws for every model (--sample-seed). Not comparable with full "
-                        "ranking: for papers that report them")
-    p.add_argument("--sample-seed", type=nonnegative_int, default=0, help="seed of the --sampled negatives (0)")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--threads", type=int, default=None, help="--onnx: ONNX Runtime intra-op threads")
-    p.add_argument("--json", default=None, help="write the results to this JSON file")
+                        "ranking: for papers that report them (default: full ranking)")
+    p.add_argument("--sample-seed", type=nonnegative_int, default=0, help="seed of the --sampled negatives (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="users scored per forward pass (default 256); with --window all, batches of about as many "
+                        "times max_seq_length history items")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads: torch's for --model and --baseline, ONNX Runtime's intra-op threads for --onnx "
+                        "(default: the library's own, from OMP_NUM_THREADS or the cores)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help=f"write the results to this JSON file; {STDOUT_PATH}: on standard output (the table and other "
+                        "lines then go to stderr)")
     p.add_argument("--by-length", type=positive_int, nargs="+", default=None, metavar="EDGE",
                    help="also the metrics of the users in each history-length bucket cut at these increasing edges, "
                         "e.g. --by-length 20 50 100 200 (1-20, 21-50, 51-100, 101-200, > 200 items)")
@@ -544,14 +573,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "table prints each interval's half-width (95%% ±), the --json output keeps the exact, "
                         "possibly asymmetric, bounds [low, high]")
     p.add_argument("--ranks-out", default=None, metavar="CSV",
-                   help="also write each user's target and its rank (for paired comparisons: python -m zoo.compare)")
-    p.add_argument("--max-users", type=positive_int, default=None, help="evaluate only the first N users (quick check)")
+                   help="also write each user's target and its rank (for paired comparisons: python -m zoo.compare); "
+                        f"{STDOUT_PATH}: on standard output (the table then goes to stderr; not with --json "
+                        f"{STDOUT_PATH})")
+    p.add_argument("--max-users", type=positive_int, default=None,
+                   help="evaluate only the first N users (quick check; default: all)")
     p.add_argument("--unknown-items", choices=("error", "drop"), default="error",
                    help="data items the model does not know: error (default), or drop their interactions (the "
                         "evaluation then covers only known items; the note and JSON say how many were dropped)")
     add_model_data_options(p, "splitting")
     add_columns_option(p)
-    p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when available)")
+    p.add_argument("--device", default=None,
+                   help="where the evaluation runs: cpu, cuda or cuda:N. --model: torch's device (default: cuda when "
+                        "available, else cpu); --onnx: ONNX Runtime's CPUExecutionProvider (the default) or its "
+                        "CUDAExecutionProvider (onnxruntime-gpu); not with --baseline, which counts on the CPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -573,33 +608,92 @@ def _sampled_arg(text: str) -> tuple[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Entry point of ``python -m zoo.evaluate`` / ``zoo-evaluate``; returns the result dict (also printed)."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``python -m zoo.evaluate`` / ``zoo-evaluate``; returns the result dict (also printed). Options
+    that conflict with each other, or that the model, graph or data cannot honour (:class:`UsageError`), are usage
+    errors (exit 2); a model, graph or data that cannot be read exits 1, a GPU or package missing here 4."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    _check_options(p, args)
+    try:
+        return _evaluate(args)
+    except UsageError as e:
+        p.error(str(e))
+
+
+def _check_options(p: argparse.ArgumentParser, args) -> None:
+    """The usage errors the options show by themselves, before any file is read (``p.error`` naming the flags:
+    conflicting options, outputs that cannot be written or would replace an input); ``--ks`` sorted, each once."""
     if args.sampled and (args.onnx or args.history_share):
-        raise SystemExit("--sampled ranks the target among sampled negatives: for --model and --baseline, without "
-                         "--history-share (a full-ranking measure)" + ("; an --onnx graph's top-K ranks all items"
-                                                                        if args.onnx else ""))
+        p.error("--sampled ranks the target among sampled negatives: for --model and --baseline, without "
+                "--history-share (a full-ranking measure)" + ("; an --onnx graph's top-K ranks all items"
+                                                               if args.onnx else ""))
     if args.sample_seed and not args.sampled:
-        raise SystemExit("--sample-seed seeds the --sampled negatives; give --sampled uniN or popN")
+        p.error(f"--sample-seed {args.sample_seed} seeds the --sampled negatives; give --sampled uniN or popN")
     if args.ks is not None:
         args.ks = sorted(set(args.ks))          # "--ks 10 10" is one cut-off, reported once
     for flag, edges in (("--by-length", args.by_length), ("--by-popularity", args.by_popularity)):
         if edges and any(b <= a for a, b in zip(edges, edges[1:])):
-            raise SystemExit(f"{flag}: the edges must increase, got {' '.join(map(str, edges))}")
-    if args.threads is not None and args.threads < 1:
-        raise SystemExit("--threads sets ONNX Runtime's threads for --onnx, and must be >= 1")
+            p.error(f"{flag}: the edges must increase, got {' '.join(map(str, edges))}")
     if args.window is not None and args.onnx:
-        raise SystemExit("--window is for --model and --baseline: an --onnx graph reads its export's window "
-                         "(max_seq_length in its state_spec.json)")
-    if args.threads is not None and not args.onnx:
-        raise SystemExit("--threads is for --onnx (ONNX Runtime's threads); a --model evaluation uses torch's, set by "
-                         "OMP_NUM_THREADS")
+        p.error(f"--window {args.window} is for --model and --baseline: an --onnx graph reads its export's window "
+                "(max_seq_length in its state_spec.json)")
+    if args.history_share and args.baseline:
+        p.error("--history-share is for a --model evaluation")
+    if args.history_share and args.onnx:
+        p.error("--history-share is measured on a --model (PyTorch) evaluation; an exported graph's top-K does not "
+                "say which of its items were in the window")
+    if args.unknown_items != "error" and args.baseline:
+        p.error(f"--unknown-items {args.unknown_items} is for a --model or --onnx evaluation: a --baseline ranks the "
+                "data's own items, with no vocabulary to leave items out by")
+    if args.device is not None and args.baseline:
+        p.error(f"--device {args.device} is for --model and --onnx: a --baseline counts items on the CPU")
+    if args.json == STDOUT_PATH and args.ranks_out == STDOUT_PATH:
+        p.error(f"--json and --ranks-out are both {STDOUT_PATH} (standard output): give one of them a file")
     try:                                        # before any work: outputs that cannot be written, or replace --data
-        check_outputs({"--json": args.json, "--ranks-out": args.ranks_out},
+        check_outputs({flag: path for flag, path in (("--json", args.json), ("--ranks-out", args.ranks_out))
+                       if path != STDOUT_PATH},
                       {"--data": args.data, **folder_inputs("--model", args.model),
                        **folder_inputs("--onnx", args.onnx)})
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        p.error(str(e))
+
+
+def onnx_providers(device: str | None) -> list:
+    """ONNX Runtime's execution providers for ``--device`` of an ``--onnx`` evaluation: the CPU provider for
+    ``None`` and ``cpu``; for ``cuda`` / ``cuda:N`` the CUDA provider (on GPU ``N``) ahead of the CPU one (which runs
+    what CUDA does not). Raises :class:`~zoo.modeling_utils.DeviceUnavailableError` when this onnxruntime has no
+    CUDA provider (the CPU package), ``ValueError`` for any other device."""
+    import onnxruntime as ort
+
+    if device is None:
+        return ["CPUExecutionProvider"]
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r}: {e}") from None
+    if dev.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if dev.type != "cuda":
+        raise ValueError(f"device {device!r}: an --onnx graph runs on cpu, cuda or cuda:N (ONNX Runtime's CPU or "
+                         "CUDA provider)")
+    have = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in have:
+        raise DeviceUnavailableError(f"device {device!r}: this onnxruntime ({ort.__version__}) has no "
+                                     f"CUDAExecutionProvider (it has {', '.join(have)}); install onnxruntime-gpu")
+    return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
+
+
+def _text_out(args):
+    """Where the command's table and other lines go: stderr when ``--json -`` or ``--ranks-out -`` puts its product
+    on stdout (:data:`zoo.cli.STDOUT_PATH`), else stdout."""
+    return sys.stderr if STDOUT_PATH in (args.json, args.ranks_out) else sys.stdout
+
+
+def _evaluate(args) -> dict:
+    """:func:`main` once its options are checked: the evaluation of ``--model``, ``--onnx`` or ``--baseline``."""
+    device = cli_device(args.device) if args.model else None   # malformed: exit 2; a GPU missing here: exit 4
+    if not args.onnx:
+        apply_threads(args.threads)             # torch's; an --onnx graph gets them as ONNX Runtime's
     t0 = time.time()
     # --data read as the --model's run read its data (its log), else as zoo.train reads it by default
     from .hub import checkpoint_log
@@ -613,16 +707,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     options = model_data_options(folder, args.kcore, args.time_ties, log=run_log)
     args.kcore, args.time_ties = options["kcore"], options["time_ties"]
     if args.baseline:
-        if args.history_share:
-            raise SystemExit("--history-share is for a --model evaluation")
-        if args.unknown_items != "error":
-            raise SystemExit(f"--unknown-items {args.unknown_items} is for a --model or --onnx evaluation: a "
-                             "--baseline ranks the data's own items, with no vocabulary to leave items out by")
         return _main_baseline(args, t0)
     if args.onnx:
-        if args.history_share:
-            raise SystemExit("--history-share is measured on a --model (PyTorch) evaluation; an exported graph's "
-                             "top-K does not say which of its items were in the window")
         return _main_onnx(args, t0)
     from transformers import AutoModel
 
@@ -638,10 +724,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit(f"error: --model {args.model}: {e}"
                          + ("; for an export.onnx folder use --onnx" if no_config else "")) from None
     check_run_split(run_log if folder is not None else checkpoint_log(path), args.model, args.temporal_split)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        raise SystemExit(f"--device: {e}") from None
     _set_ks(args, int(model.config.n_items) - 1, "model")
     ds = _load_data(args)
     try:
@@ -655,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         check_window(model, args.window)
     except ValueError as e:
-        raise SystemExit(f"--window {args.window}: {e}") from None
+        raise UsageError(f"--window {args.window}: {e}") from None
     metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
                                     batch_size=args.batch_size, device=device, progress=not args.no_progress,
                                     history_share=args.history_share, return_ranks=True, negatives=negatives,
@@ -678,14 +760,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "seconds": round(time.time() - t0, 2),
     }
     print(f"{type(model).__name__} ({args.model}) on {ds.name}: {args.split}, {len(examples)} users, "
-          f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}")
+          f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}", file=_text_out(args))
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     return _report(result, examples, ranks, ds.vocab, args, args.model, split.train)
 
 
 def check_run_split(log: dict | None, model: str, temporal: Sequence[float] | None) -> None:
-    """``SystemExit`` when the checkpoint ``--model model`` was trained on another split than the one asked for
+    """:class:`UsageError` when the checkpoint ``--model model`` was trained on another split than the one asked for
     (``temporal``: ``--temporal-split``'s shares, None for leave-one-out), as its run logged it (``log``: its
     ``train_log.json``, a soup's or a card's log, :func:`zoo.hub.checkpoint_log`; a log without a split, and no log,
     are leave-one-out): a leave-one-out run has trained on a temporal split's test period, a temporal run on some
@@ -697,14 +779,14 @@ def check_run_split(log: dict | None, model: str, temporal: Sequence[float] | No
     if trained == asked:
         return
     if trained is None:
-        raise SystemExit(f"--temporal-split: --model {model} was trained on leave-one-out (its run's log), whose "
+        raise UsageError(f"--temporal-split: --model {model} was trained on leave-one-out (its run's log), whose "
                          "training sequences hold the test period of a temporal split; evaluate it without "
                          "--temporal-split, or train it with python -m zoo.train --temporal-split")
     ran = f"--temporal-split {trained[0]:g} {trained[1]:g}"
     if asked is None:
-        raise SystemExit(f"--model {model} was trained on a temporal split ({ran}, its run's log), not leave-one-out, "
+        raise UsageError(f"--model {model} was trained on a temporal split ({ran}, its run's log), not leave-one-out, "
                          f"whose test items it may have trained on: evaluate it with {ran}")
-    raise SystemExit(f"--temporal-split {asked[0]:g} {asked[1]:g}: --model {model} was trained on {ran} (its run's "
+    raise UsageError(f"--temporal-split {asked[0]:g} {asked[1]:g}: --model {model} was trained on {ran} (its run's "
                      "log), so other shares test it on periods it trained on or validated with: evaluate it with "
                      f"{ran}")
 
@@ -730,7 +812,7 @@ def _main_baseline(args, t0: float) -> dict:
               "seconds": round(time.time() - t0, 2)}
     what = {"pop": "most-popular", "markov": "first-order transitions (markov)"}[args.baseline]
     print(f"{what} baseline on {ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
-          f"{' (history excluded)' if args.exclude_history else ''}")
+          f"{' (history excluded)' if args.exclude_history else ''}", file=_text_out(args))
     return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}", split.train)
 
 
@@ -778,7 +860,8 @@ def _ranking(args, full: str) -> str:
 
 
 def _negatives(args, examples, split, n_items: int) -> np.ndarray | None:
-    """``--sampled``: :func:`sample_negatives` of the examples (popularity from the split's training sequences)."""
+    """``--sampled``: :func:`sample_negatives` of the examples (popularity from the split's training sequences); more
+    negatives than a user has items left to draw is a :class:`UsageError`."""
     if not args.sampled:
         return None
     how, n = args.sampled
@@ -786,7 +869,7 @@ def _negatives(args, examples, split, n_items: int) -> np.ndarray | None:
     try:
         return sample_negatives(examples, n_items, n, how, args.sample_seed, counts)
     except ValueError as e:
-        raise SystemExit(f"error: --sampled {how}{n}: {e}") from None
+        raise UsageError(f"--sampled {how}{n}: {e}") from None
 
 
 def _data_path(args) -> str:
@@ -859,9 +942,10 @@ def _set_ks(args, n_items: int, owner: str) -> None:
 
 
 def _check_ks(ks, n_items: int, owner: str) -> None:
-    """A cut-off above the number of items ranked would count every target a hit (HR@K = 1)."""
+    """A cut-off above the number of items ranked would count every target a hit (HR@K = 1): a
+    :class:`UsageError`."""
     if max(ks) > n_items:
-        raise SystemExit(f"error: --ks {max(ks)}: the {owner} ranks {n_items} items; use cut-offs <= {n_items}")
+        raise UsageError(f"--ks {max(ks)}: the {owner} ranks {n_items} items; use cut-offs <= {n_items}")
 
 
 def _report(result: dict, examples, ranks, vocab, args, source: str, train, max_rank: int | None = None) -> dict:
@@ -874,20 +958,22 @@ def _report(result: dict, examples, ranks, vocab, args, source: str, train, max_
     counts = item_counts(train, len(vocab) + 1) if args.by_popularity or args.ranks_out else None
     _add_by_length(result, examples, ranks, args)
     _add_by_popularity(result, examples, ranks, args, counts)
-    # the files first, then the tables: a reader that closes stdout early (`| head -1`) loses no result
+    # the files (or the one on stdout) first, then the tables: a reader that closes stdout early (`| head -1`) loses
+    # no result
     wrote = [_write_json(result, args.json), _write_ranks(args.ranks_out, examples, ranks, vocab, {
         "model": source, "data": result["data"], "split": args.split, "protocol": result["protocol"]["name"],
         "max_rank": max_rank,
         # the items each target was ranked among: all of them, or itself and its --sampled negatives
         "n_items": result["n_items"] if not getattr(args, "sampled", None) else args.sampled[1] + 1}, counts)]
-    print(format_table(result["metrics"], args.ks, intervals=result.get("intervals_95")))
+    out = _text_out(args)
+    print(format_table(result["metrics"], args.ks, intervals=result.get("intervals_95")), file=out)
     if args.by_length:
-        _print_buckets("history length", result["by_length"], "lengths", args.ks)
+        _print_buckets("history length", result["by_length"], "lengths", args.ks, out)
     if args.by_popularity:
-        _print_buckets("target count", result["by_popularity"], "counts", args.ks)
+        _print_buckets("target count", result["by_popularity"], "counts", args.ks, out)
     for path in wrote:
         if path:
-            print(f"wrote {path}")
+            print(f"wrote {path}", file=out)
     return result
 
 
@@ -947,12 +1033,13 @@ def metrics_by_popularity(examples: EvalExamples, ranks, counts, edges: Sequence
     return out
 
 
-def _print_buckets(title: str, rows: list[dict], key: str, ks) -> None:
+def _print_buckets(title: str, rows: list[dict], key: str, ks, out=None) -> None:
+    """The table of ``--by-length`` / ``--by-popularity`` on ``out`` (default stdout)."""
     names = [f"{m}@{k}" for m in ("HR", "NDCG") for k in ks]
-    print(f"{title:<16}{'users':>7}" + "".join(f"{n:>10}" for n in names))
+    print(f"{title:<16}{'users':>7}" + "".join(f"{n:>10}" for n in names), file=out)
     for row in rows:
         cells = "".join(f"{row['metrics'][n]:>10.4f}" if row["metrics"] else f"{'–':>10}" for n in names)
-        print(f"{bucket_label(*row[key]):<16}{row['users']:>7}{cells}")
+        print(f"{bucket_label(*row[key]):<16}{row['users']:>7}{cells}", file=out)
 
 
 def _add_by_length(result: dict, examples, ranks, args) -> None:
@@ -981,26 +1068,38 @@ def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict, counts) -
     per example, target in the data's own item ids, ``history`` the length of the user's whole history (``zoo.compare
     --by-length``), ``target_count`` the target's count in the training sequences (``counts``, by internal index;
     ``zoo.compare --by-popularity``). Written beside ``path`` and moved there once complete; returns its absolute
-    path (``None`` without ``path``)."""
+    path (``None`` without ``path``, and for ``-``: the file is written on stdout, :data:`zoo.cli.STDOUT_PATH`)."""
     if not path:
         return None
     import csv
 
+    def write(f):
+        f.write(RANKS_HEADER + json.dumps(meta) + "\n")
+        w = csv.writer(f)
+        w.writerow(RANKS_COLUMNS)
+        w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
+                        [len(h) for h in examples.histories],
+                        counts[np.asarray(examples.targets, dtype=np.int64)].tolist(), strict=True))
+
+    if path == STDOUT_PATH:
+        write(sys.stdout)
+        sys.stdout.flush()
+        return None
     try:
         with written_whole(path, newline="") as f:
-            f.write(RANKS_HEADER + json.dumps(meta) + "\n")
-            w = csv.writer(f)
-            w.writerow(RANKS_COLUMNS)
-            w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
-                            [len(h) for h in examples.histories],
-                            counts[np.asarray(examples.targets, dtype=np.int64)].tolist(), strict=True))
+            write(f)
     except OSError as e:
         raise SystemExit(f"error: {cannot('--ranks-out', path, e)}") from None
     return os.path.abspath(path)
 
 
 def _write_json(result: dict, path: str | None) -> str | None:
-    """``--json``: ``result`` written whole to ``path``; returns ``path`` (``None`` without one)."""
+    """``--json``: ``result`` written whole to ``path``, or on stdout for ``-`` (:data:`zoo.cli.STDOUT_PATH`);
+    returns the file's ``path`` (``None`` without one, and for stdout)."""
+    if path == STDOUT_PATH:
+        json.dump(result, sys.stdout, indent=2)
+        print(flush=True)
+        return None
     if path:
         try:
             with written_whole(path) as f:
@@ -1023,26 +1122,37 @@ def _main_onnx(args, t0: float) -> dict:
 
     from .vocab import ItemVocab
 
+    try:
+        providers = onnx_providers(args.device)
+    except DeviceUnavailableError as e:
+        exit_with(EXIT_MISSING, f"error: --device: {e}")
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from None
+
     graph, spec_path = _resolve(args.onnx)
     if not os.path.exists(spec_path):
         # a card folder holds its graphs in subfolders: name them
         inside = [os.path.join(args.onnx, sub) for sub in ONNX_CARD_FOLDERS
                   if os.path.isfile(os.path.join(args.onnx, sub, "state_spec.json"))]
-        raise SystemExit(f"--onnx {args.onnx}: no state_spec.json there (a folder written by python -m export.onnx)"
-                         + (f"; it holds exported graphs in {' and '.join(inside)}: did you mean --onnx {inside[0]}?"
-                            if inside else ""))
+        raise SystemExit(f"error: --onnx {args.onnx}: no state_spec.json there (a folder written by python -m "
+                         "export.onnx)" + (f"; it holds exported graphs in {' and '.join(inside)}: did you mean "
+                                           f"--onnx {inside[0]}?" if inside else ""))
     try:
         spec = read_spec(spec_path)                 # every field read below, or ValueError naming the file
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: --onnx {args.onnx}: unreadable {spec_path} ({e})") from None
     excluded = bool(spec.get("exclude_seen"))
     if args.exclude_history and not excluded:
-        raise SystemExit(f"--exclude-history: the graph in {args.onnx} was exported without --exclude-seen, so it "
+        raise UsageError(f"--exclude-history: the graph in {args.onnx} was exported without --exclude-seen, so it "
                          "cannot mask the history; re-export it with `python -m export.onnx --exclude-seen`")
     has_scores = any(o["name"] == "scores" for o in spec["outputs"])
     if args.ks is None:                     # without a scores output the graph answers only its top-K
         args.ks = default_ks(min(int(spec["n_items"]) - 1, 10**9 if has_scores else int(spec["topk"])))
     _check_ks(args.ks, int(spec["n_items"]) - 1, "graph")
+    if not has_scores and max(args.ks) > int(spec["topk"]):
+        raise UsageError(f"--ks {max(args.ks)}: cut-off @{max(args.ks)} is above the graph's in-graph "
+                         f"top-{spec['topk']} (no 'scores' output): use cut-offs <= {spec['topk']}, or export with "
+                         f"--topk {max(args.ks)} or --scores")
     vocab_path = os.path.join(os.path.dirname(graph), spec.get("item_vocab", "item_vocab.json"))
     try:
         vocab = ItemVocab.load(vocab_path) if os.path.exists(vocab_path) else None
@@ -1058,7 +1168,10 @@ def _main_onnx(args, t0: float) -> dict:
     examples, split = _examples(ds, args, note=note)
     try:
         metrics, ranks = evaluate_onnx(args.onnx, examples, ks=args.ks, batch_size=args.batch_size,
-                                       threads=args.threads, progress=not args.no_progress, return_ranks=True)
+                                       threads=args.threads, progress=not args.no_progress, return_ranks=True,
+                                       providers=providers)
+    except DeviceUnavailableError as e:
+        exit_with(EXIT_MISSING, f"error: --device {args.device}: {e}")
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     except Exception as e:                  # ONNX Runtime's own errors (a truncated or foreign model.onnx)
@@ -1082,7 +1195,7 @@ def _main_onnx(args, t0: float) -> dict:
               "vocab": note, "seconds": round(time.time() - t0, 2)}
     print(f"ONNX {spec['kind']} graph of {spec.get('model_type')} ({args.onnx}, {spec.get('precision', 'fp32')}) on "
           f"{ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
-          + (" (history excluded by the graph)" if excluded else ""))
+          + (" (history excluded by the graph)" if excluded else ""), file=_text_out(args))
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     return _report(result, examples, ranks, ds.vocab, args, os.path.abspath(args.onnx), split.train,

@@ -295,7 +295,9 @@ def test_command_line_ids_are_taken_as_written(tmp_path):
                     "--kcore", "none"])
         assert out["history_tail"] == hist, user
     _, path = _model(tmp_path, embedding_size=16, hidden_size=16)    # int ids 100, 107, ...
-    assert main(["--model", path, "--history", "0100", "--k", "3"])["history_tail"] == [100]
+    assert main(["--model", path, "--history", "100", "--k", "3"])["history_tail"] == [100]
+    with pytest.raises(SystemExit, match="unknown item id '0100'.*not the canonical spelling of the int id 100"):
+        main(["--model", path, "--history", "0100", "--k", "3"])     # as the data files read it: not 100
     for bad in ("³", "\u0661\u0660\u0660"):                          # '³', Arabic-Indic '100'
         with pytest.raises(SystemExit, match=f"item id '{bad}' .*is not an int id"):
             main(["--model", path, "--history", bad])
@@ -580,3 +582,149 @@ def test_a_bundled_models_short_name_suggests_its_hub_id():
 
     with pytest.raises(SystemExit, match=f"did you mean {HUB_ORG}/sasrec-ml1m"):
         main(["--model", "sasrec-ml1m", "--history", "1", "2"])
+
+
+# ------------------------------------------------------------------ command-line consistency (exit statuses, --device)
+def test_item_ids_on_the_command_line_are_read_as_the_data_files_read_them(tmp_path):
+    """Every item id option reads '0100' as the data files and the vocabulary do: another id than the int 100 (a
+    data file holding both keeps them apart), so an int vocabulary refuses it as unknown, naming the canonical
+    spelling; --unknown-items drop leaves it out, as it drops the data's '0100'."""
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)         # int ids 100, 107, ...
+    (tmp_path / "ids.txt").write_text("0100\n")
+    hint = r"unknown item id '0100'.*not the canonical spelling of the int id 100 \(ids are read as written"
+    for option in (["--history", "0100"], ["--similar-to", "0100"], ["--history", "107", "--candidates", "0100"],
+                   ["--history", "107", "--exclude-items", "0100"],
+                   ["--history", "107", "--candidates-file", str(tmp_path / "ids.txt")],
+                   ["--history", "107", "--exclude-items-file", str(tmp_path / "ids.txt")]):
+        with pytest.raises(SystemExit, match=hint) as e:
+            main(["--model", path, "--k", "3", *option])
+        assert str(e.value.code).startswith("error: "), option                # status 1: one line, no usage
+    dropped = main(["--model", path, "--history", "0100", "107", "--unknown-items", "drop", "--k", "3"])
+    assert dropped["history_tail"] == [107] and dropped["items"] == model.recommend([[107]], k=3).items[0]
+    (tmp_path / "d.tsv").write_text("user_id\titem_id\ttimestamp\na\t0100\t1\na\t107\t2\n")
+    from_file = main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--user", "a", "--unknown-items", "drop",
+                      "--k", "3"])
+    assert from_file["items"] == dropped["items"]                            # the file's '0100' is dropped alike
+    kept = main(["--model", path, "--history", "107", "--exclude-items", "0100", "100", "--unknown-items", "drop",
+                 "--k", "29"])
+    assert 100 not in kept["items"] and kept["excluded_items"] == 1            # 100 excluded, '0100' left out
+
+
+@pytest.mark.parametrize("given", [["--kcore", "3"], ["--time-ties", "item"], ["--columns", "user=a", "item=b"],
+                                   ["--kcore", "none", "--time-ties", "file"]])
+def test_data_options_without_data_are_usage_errors(tmp_path, given, capsys):
+    """--kcore/--time-ties/--columns apply to --data: without it zoo.recommend and zoo.embed ran and ignored them."""
+    from zoo.embed import main as embed_main
+
+    for command, argv in ((main, ["--history", "1"]), (embed_main, ["--out", str(tmp_path / "v.safetensors")])):
+        with pytest.raises(SystemExit) as e:
+            command(argv + given)
+        err = capsys.readouterr().err
+        flags = "/".join(x for x in given if x.startswith("--"))
+        assert e.value.code == 2 and f"{flags} appl" in err and "to --data: give --data" in err, err
+    assert not (tmp_path / "v.safetensors").exists()
+
+
+def test_device_and_threads_options(tmp_path, capsys, monkeypatch):
+    """--device cpu runs there (single history, --stepwise, --all-users, --similar-to); a malformed device is a usage
+    error (2), a CUDA device this machine lacks exits 4 with one line; --threads sets torch's threads."""
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    _data(tmp_path / "d.tsv")
+    base = ["--model", path, "--k", "3"]
+    out = main(base + ["--history", "100", "107", "--stepwise", "--device", "cpu", "--exclude-seen",
+                       "--candidates", *map(str, ITEMS[:10]), "--exclude-items", str(ITEMS[5])])
+    assert out["items"] == out["stepwise_items"] == model.recommend(
+        [[100, 107]], k=3, exclude_seen=True, candidates=ITEMS[:10], exclude_items=[ITEMS[5]]).items[0]
+    assert main(base + ["--similar-to", "100", "--device", "cpu"])["items"] == model.similar_items([100], k=3).items
+    summary = main(base + ["--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(tmp_path / "r.jsonl"),
+                           "--no-progress", "--device", "cpu"])
+    assert summary["users"] == len(_lines(tmp_path / "r.jsonl")) == 9
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--history", "100", "--device", "gpu"])
+    assert e.value.code == 2 and "--device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            main(base + ["--history", "100", "--device", "cuda"])
+        err = capsys.readouterr().err
+        assert e.value.code == 4 and err.count("\n") == 1 and "--device" in err and "CUDA is not available" in err
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    main(base + ["--history", "100", "--threads", "2"])
+    assert calls == [2]
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--history", "100", "--threads", "0"])
+    assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["recommend", "embed", "soup"])
+def test_help_states_defaults_and_exit_statuses(module, capsys, monkeypatch):
+    """Every option with a default says it in its help, and the epilog is the shared exit-status table."""
+    import argparse
+    import importlib
+
+    from export.fsutil import EXIT_CODES
+
+    command = importlib.import_module(f"zoo.{module}").main
+    with pytest.raises(SystemExit) as e:
+        command(["--help"])
+    assert e.value.code == 0 and " ".join(EXIT_CODES.split()) in " ".join(capsys.readouterr().out.split())
+    parsers = []
+
+    def grab(self, args=None, namespace=None):
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", grab)
+    with pytest.raises(SystemExit):
+        command([])
+    for action in parsers[0]._actions:
+        if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+            assert "default" in (action.help or ""), action.option_strings
+
+
+def test_all_users_out_dash_prints_the_lines_on_stdout(tmp_path, capsys, monkeypatch):
+    """--all-users --out - prints the JSON lines on stdout (and the summary on stderr), creating no file named '-';
+    zoo.embed --out - is a usage error (a safetensors file is not written to stdout)."""
+    from zoo.embed import main as embed_main
+
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    _data(tmp_path / "d.tsv")
+    argv = ["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--no-progress", "--k", "3"]
+    main(argv + ["--out", str(tmp_path / "r.jsonl")])
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    summary = main(argv + ["--out", "-", "--json"])
+    captured = capsys.readouterr()
+    assert [json.loads(x) for x in captured.out.splitlines()] == _lines(tmp_path / "r.jsonl")
+    assert json.loads(captured.err)["out"] == summary["out"] == "-" and not (tmp_path / "-").exists()
+    with pytest.raises(SystemExit) as e:
+        embed_main(["--model", path, "--out", "-"])
+    assert e.value.code == 2 and "--out -" in capsys.readouterr().err and not (tmp_path / "-").exists()
+
+
+@pytest.mark.gpu
+def test_recommend_and_embed_on_cuda_match_the_cpu(tmp_path):
+    """--device cuda moves the model and every tensor the commands make (the --stepwise path's ids, timestamps and
+    masks, --all-users' candidate mask) there; the results come back on the CPU, equal to the CPU's."""
+    from zoo.embed import load_vectors, main as embed_main
+
+    _, path = _model(tmp_path, "tim4rec_causal", hidden_size=16)
+    users = _data(tmp_path / "d.tsv")
+    hist, ts = users["u1"]
+    one = ["--model", path, "--history", *map(str, hist), "--timestamps", *map(str, ts), "--k", "3", "--stepwise",
+           "--exclude-seen", "--candidates", *map(str, ITEMS[:20]), "--exclude-items", str(ITEMS[3])]
+    cpu, gpu = main(one + ["--device", "cpu"]), main(one + ["--device", "cuda"])
+    assert gpu["items"] == cpu["items"] and gpu["stepwise_items"] == cpu["stepwise_items"]
+    assert gpu["stepwise_max_abs_diff"] < 1e-3
+    batch = ["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--no-progress", "--k", "3",
+             "--candidates", *map(str, ITEMS[:20])]
+    main(batch + ["--out", str(tmp_path / "cpu.jsonl"), "--device", "cpu"])
+    main(batch + ["--out", str(tmp_path / "gpu.jsonl"), "--device", "cuda"])
+    assert [r["items"] for r in _lines(tmp_path / "gpu.jsonl")] == [r["items"] for r in _lines(tmp_path / "cpu.jsonl")]
+    vectors = ["--model", path, "--data", str(tmp_path / "d.tsv"), "--no-progress"]
+    embed_main(vectors + ["--out", str(tmp_path / "cpu.safetensors"), "--device", "cpu"])
+    embed_main(vectors + ["--out", str(tmp_path / "gpu.safetensors"), "--device", "cuda"])
+    a, b = load_vectors(tmp_path / "cpu.safetensors"), load_vectors(tmp_path / "gpu.safetensors")
+    torch.testing.assert_close(b.users, a.users, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.items, a.items, atol=0, rtol=0)

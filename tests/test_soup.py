@@ -140,11 +140,12 @@ def test_soup_scores_under_the_protocol_and_the_tie_order_it_is_given(runs, tmp_
         assert r["valid_NDCG@10"] == pytest.approx(want, abs=1e-12), r["path"]
 
 
-def _refused(capsys, match, argv):
+def _refused(capsys, match, argv, code=2):
+    """``main(argv)`` exits with ``code`` (2: usage error, 1: the run failed) and a message matching ``match``."""
     with pytest.raises(SystemExit) as e:
         main(argv)
     err = capsys.readouterr().err
-    assert e.value.code == 2 and re.search(match, err), err
+    assert e.value.code == code and re.search(match, err), err
 
 
 def test_soup_refusals(runs, capsys, tmp_path):
@@ -153,13 +154,14 @@ def test_soup_refusals(runs, capsys, tmp_path):
     tmp, data = runs
     base = ["--data", str(data), "--kcore", "0"]
     _refused(capsys, "is a gru4rec model, .* a sasrec: a soup averages checkpoints of one model",
-             ["--models", str(tmp / "s1"), str(tmp / "g"), "--out", str(tmp_path / "x"), *base])
+             ["--models", str(tmp / "s1"), str(tmp / "g"), "--out", str(tmp_path / "x"), *base], code=1)
     _refused(capsys, "at least two different checkpoints",
              ["--models", str(tmp / "s1"), str(tmp / "s1"), "--out", str(tmp_path / "x"), *base])
     (tmp_path / "graph").mkdir()                      # an export.onnx folder: no config.json
     (tmp_path / "graph" / "state_spec.json").write_text("{}")
-    _refused(capsys, "graph/config.json is missing: .*graph is not a saved zoo model folder",
-             ["--models", str(tmp / "s1"), str(tmp_path / "graph"), "--out", str(tmp_path / "x"), *base])
+    _refused(capsys, "^error: --models .*graph: .*graph/config.json is missing: .*graph is not a saved zoo model "
+                     "folder", ["--models", str(tmp / "s1"), str(tmp_path / "graph"), "--out", str(tmp_path / "x"),
+                                *base], code=1)
     keep = tmp_path / "keep"
     keep.mkdir()
     (keep / "f.txt").write_text("mine")
@@ -362,3 +364,29 @@ def test_the_soups_recorded_command_quotes_its_arguments(runs, tmp_path):
             "--kcore", "0", "--method", "uniform"]
     log = main(argv)
     assert shlex.split(log["command"]) == ["python", "-m", "zoo.soup", *argv]
+
+
+def test_soup_exit_statuses_device_and_threads(runs, capsys, tmp_path, monkeypatch):
+    """A --models entry or a --data that cannot be read fails the run (status 1, one line naming it, no usage), as a
+    --model typo does in the other commands; --device cpu scores there and writes the soup a run without it writes, a
+    malformed --device is a usage error (2), a CUDA device this machine lacks exits 4; --threads sets torch's
+    threads."""
+    tmp, data = runs
+    base = ["--data", str(data), "--kcore", "0", "--out", str(tmp_path / "x")]
+    _refused(capsys, rf"^error: --models {re.escape(str(tmp / 's9'))}: .*neither a local folder",
+             ["--models", str(tmp / "s1"), str(tmp / "s9"), *base], code=1)
+    _refused(capsys, r"^error: .*interaction file not found: .*nosuch\.tsv",
+             ["--models", str(tmp / "s1"), str(tmp / "s2"), *base, "--data", str(tmp_path / "nosuch.tsv")], code=1)
+    _refused(capsys, "--device", ["--models", str(tmp / "s1"), str(tmp / "s2"), *base, "--device", "gpu"])
+    if not torch.cuda.is_available():
+        _refused(capsys, "^error: --device: .*CUDA is not available[^\\n]*\\n$",
+                 ["--models", str(tmp / "s1"), str(tmp / "s2"), *base, "--device", "cuda"], code=4)
+    assert not (tmp_path / "x").exists()
+    args = ["--models", str(tmp / "s1"), str(tmp / "s2"), "--data", str(data), "--kcore", "0", "--method", "uniform"]
+    want = main(args + ["--out", str(tmp_path / "a")])
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    got = main(args + ["--out", str(tmp_path / "b"), "--device", "cpu", "--threads", "1"])
+    assert calls == [1] and got["valid_NDCG@10"] == want["valid_NDCG@10"]
+    weights = [load_file(tmp_path / name / "model.safetensors") for name in ("a", "b")]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -325,3 +325,36 @@ def test_recommend_cli_candidates(tmp_path, capsys):
         recommend_main(["--model", path, "--candidates", "5"])
     with pytest.raises(SystemExit, match="knows none of the candidates"):
         recommend_main(["--model", path, "--candidates", "5", "--unknown-items", "drop"])
+
+
+def test_embed_device_threads_and_exit_statuses(tmp_path, capsys, monkeypatch):
+    """--device cpu writes the vectors a run without it writes; a malformed --device is a usage error (2), a CUDA
+    device this machine lacks exits 4 with one line, before any model is loaded; a --model or --data that cannot be
+    read fails the run (1, one line); --threads sets torch's threads."""
+    _, path = _saved(tmp_path, "gru4rec", embedding_size=16, hidden_size=16)
+    _data(tmp_path / "d.tsv")
+    base = ["--model", path, "--data", str(tmp_path / "d.tsv"), "--no-progress"]
+    embed_main(base + ["--out", str(tmp_path / "a.safetensors")])
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    embed_main(base + ["--out", str(tmp_path / "b.safetensors"), "--device", "cpu", "--threads", "3"])
+    assert calls == [3]
+    a, b = load_vectors(tmp_path / "a.safetensors"), load_vectors(tmp_path / "b.safetensors")
+    assert a.user_ids == b.user_ids and torch.equal(a.users, b.users) and torch.equal(a.items, b.items)
+    capsys.readouterr()
+    out = str(tmp_path / "c.safetensors")
+    with pytest.raises(SystemExit) as e:
+        embed_main(base + ["--out", out, "--device", "gpu"])
+    assert e.value.code == 2 and "--device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            embed_main(base + ["--out", out, "--device", "cuda"])
+        err = capsys.readouterr().err
+        assert e.value.code == 4 and err.count("\n") == 1 and err.startswith("error: --device: ")
+    for argv, said in ((["--model", path + "x", "--out", out], f"error: --model {path}x: "),
+                       (["--model", path, "--data", str(tmp_path / "no.tsv"), "--out", out],
+                        "error: interaction file not found")):
+        with pytest.raises(SystemExit) as e:                  # sys.exit(message): status 1, the message on stderr
+            embed_main(argv)
+        assert isinstance(e.value.code, str) and e.value.code.startswith(said) and "\n" not in e.value.code
+    assert not (tmp_path / "c.safetensors").exists()

@@ -161,27 +161,37 @@ def load_vectors(path: str | os.PathLike) -> Vectors:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .cli import add_columns_option, add_model_data_options, check_outputs, folder_inputs, positive_int
-    from .cli import model_data_options, unknown_items_hint
+    from .cli import EXIT_CODES, STDOUT_PATH, add_columns_option, add_device_option, add_model_data_options
+    from .cli import add_threads_option, apply_threads, check_outputs, cli_device, folder_inputs, model_data_options
+    from .cli import command_prog
+    from .cli import positive_int, refuse_options_without, unknown_items_hint
     from .recommend import DEFAULT_MODEL
 
-    p = argparse.ArgumentParser(prog="python -m zoo.embed", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=command_prog("zoo.embed"), description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
     p.add_argument("--out", required=True, help="the safetensors file to write (items, and users with --data)")
     p.add_argument("--data", help="interaction file: also a user vector for every user, from the last "
-                                  "max_seq_length items of their history (the window the model reads)")
+                                  "max_seq_length items of their history (the window the model reads); default: "
+                                  "item vectors only")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="--data items the model does not know: refuse (default) or leave those interactions out")
     add_model_data_options(p, "taking users")
     add_columns_option(p)
-    p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass (--data; default 256)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (default: one line of text)")
+    add_device_option(p, "the model")
+    add_threads_option(p)
     args = p.parse_args(argv)
+    refuse_options_without(p, args, "data", ["kcore", "time_ties", "columns"])
+    if args.out == STDOUT_PATH:             # never a file named '-'; a binary file is no product for a terminal
+        p.error("--out -: the vectors are a safetensors file, which is not written to stdout; give a file path")
     try:                                    # before any work: a folder, an unwritable place, or the --data file
         check_outputs({"--out": args.out}, {"--data": args.data, **folder_inputs("--model", args.model)})
     except ValueError as e:
         p.error(str(e))
+    device = cli_device(args.device)            # before any work: a malformed device exits 2, a missing GPU 4
+    apply_threads(args.threads)
 
     import zoo  # noqa: F401  (registers the models)
 
@@ -194,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model = SeqRecPreTrainedModel.from_pretrained(path).eval()
     except (OSError, ValueError) as e:
         sys.exit(f"error: --model {args.model}: {e}")
+    model.to(device)            # the batches follow it (padded_batches); the vectors come back on the CPU to be written
     users, note = None, None
     if args.data:
         from .data import load_dataset

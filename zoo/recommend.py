@@ -15,14 +15,15 @@ history, such a ``--k`` is an error). The file is written beside ``--out`` and m
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
-import re
 import sys
 import time
 from typing import Sequence
 
-from .vocab import UnknownItemError, is_int_text
+from .vocab import UnknownItemError, is_canonical_int_text, is_int_text
 
 import numpy as np
 import torch
@@ -32,13 +33,11 @@ DEFAULT_MODEL = "ssm-rec-zoo/mamba4rec-ml1m"
 DEFAULT_HISTORY = [1, 588, 364, 595, 480]
 
 
-_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
-
-
 def _parse_id(x: str):
-    """A command-line id: an int when written as one canonically in ASCII digits (``588``, ``-3``), else the string
-    itself (``007``, ``u1``, ``³`` stay strings: a string-id model or data file has them as they are written)."""
-    return int(x) if _CANONICAL_INT.fullmatch(x) else x
+    """A command-line id: an int when written as one canonically in ASCII digits (``588``, ``-3``; not ``-0``), else
+    the string itself (``007``, ``u1``, ``³`` stay strings: a string-id model or data file has them as they are
+    written)."""
+    return int(x) if is_canonical_int_text(x) else x
 
 
 def _find_user(users: list, x: str):
@@ -52,11 +51,15 @@ def _find_user(users: list, x: str):
 
 
 def _history_id(x: str, model):
-    """A command-line history id for ``model``: kept as written for a string-id vocabulary (``007`` is not ``7``),
-    else an int when written in ASCII digits (``007`` is 7); anything else stays a string, which the model refuses."""
+    """A command-line item id for ``model`` (``--history``, ``--similar-to``, ``--candidates``, ``--exclude-items``
+    and their id files), read by the rule of the data files and the vocabulary (:mod:`zoo.data.readers`,
+    :meth:`zoo.vocab.ItemVocab.encode`): kept as written for a string-id vocabulary (``007`` is not ``7``), else an
+    int only when written canonically (``100``, ``-3``); any other text stays a string -- ``0100`` is another id than
+    100, which an int vocabulary refuses as unknown, naming the canonical spelling (reading it as 100 would recommend
+    for an item the data files keep apart)."""
     if model.item_vocab is not None and model.item_vocab.id_type == "str":
         return x
-    return int(x) if is_int_text(x) else x
+    return int(x) if is_canonical_int_text(x) else x
 
 
 def _json_value(x):
@@ -146,14 +149,15 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
     then lists fewer than ``k`` items only when fewer remain); ``exclude_items`` (external ids) are recommended to
     nobody; with ``candidates`` (external ids) only those are ranked (a user left with fewer than ``k`` of them gets
     fewer). The lines go to a temporary file beside ``out`` that replaces it once complete, so an interrupted run
-    leaves an existing ``out`` as it was.
+    leaves an existing ``out`` as it was; ``out`` ``"-"`` (:data:`zoo.cli.STDOUT_PATH`) prints them on stdout, all
+    at once when complete (an error prints none).
 
     Returns a summary: ``users`` written, ``dropped_users``, ``vocab`` note, ``excluded_items`` (how many),
     ``candidates`` (how many, when given), ``seconds``, ``out``.
     """
     from tqdm.auto import tqdm
 
-    from .cli import written_whole
+    from .cli import STDOUT_PATH, written_whole
     from .modeling_utils import _as_count
 
     k = _as_count(k, "k", 1, model.config.n_items - 1)
@@ -170,8 +174,9 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
         outside = torch.ones(model.config.n_items, dtype=torch.bool, device=next(model.parameters()).device)
         outside[torch.tensor(pool, device=outside.device)] = False
     users = iter(aligned.users)
-    with written_whole(out) as f, tqdm(total=len(aligned), desc="recommend", unit="user", leave=False,
-                                       disable=not progress) as bar:
+    to_stdout = os.fspath(out) == STDOUT_PATH
+    with (contextlib.nullcontext(io.StringIO()) if to_stdout else written_whole(out)) as f, \
+            tqdm(total=len(aligned), desc="recommend", unit="user", leave=False, disable=not progress) as bar:
         for chunk, ids, mask, t in model.padded_batches(seqs, ts, batch_size):   # [B, L]: last L items of each
             scores = model.predict(ids, mask, timestamps=t, exclude_items=excluded)   # excluded: to nobody
             if exclude_seen:                                                   # the whole history, not the window
@@ -186,8 +191,11 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
                                     "items": [_json_value(x) for x in model.decode_items(idx[keep].tolist())],
                                     "scores": [round(float(v), 6) for v in vals[keep]]}) + "\n")
             bar.update(len(chunk))
-    return {"out": os.path.abspath(out), "users": len(aligned), "dropped_users": ds.n_users - aligned.n_users,
-            "vocab": note, "excluded_items": len(excluded),
+    if to_stdout:                                   # complete: the lines at once, after the progress bar is gone
+        sys.stdout.write(f.getvalue())
+        sys.stdout.flush()
+    return {"out": STDOUT_PATH if to_stdout else os.path.abspath(out), "users": len(aligned),
+            "dropped_users": ds.n_users - aligned.n_users, "vocab": note, "excluded_items": len(excluded),
             **({"candidates": len(pool)} if pool is not None else {}), "seconds": round(time.time() - t0, 2)}
 
 
@@ -217,46 +225,61 @@ def _similar(args, model, exclude: list) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .cli import add_columns_option, add_model_data_options, cannot, check_outputs, error_text, folder_inputs
-    from .cli import model_data_options, positive_int, unknown_items_hint
+    from .cli import EXIT_CODES, STDOUT_PATH, add_columns_option, add_device_option, add_model_data_options
+    from .cli import command_prog
+    from .cli import add_threads_option, apply_threads, cannot, check_outputs, cli_device, error_text, folder_inputs
+    from .cli import model_data_options, positive_int, refuse_options_without, unknown_items_hint
 
-    p = argparse.ArgumentParser(prog="python -m zoo.recommend", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=command_prog("zoo.recommend"), description=__doc__.split("\n\n")[0],
+                                epilog=EXIT_CODES)
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
-    p.add_argument("--history", nargs="+", help="item ids, oldest first (default: a short ML-1M example)")
-    p.add_argument("--data", help="interaction file to take a user's history from (with --user)")
-    p.add_argument("--user", help="user id in --data")
+    p.add_argument("--history", nargs="+", metavar="ID",
+                   help="item ids, oldest first, written as in the data files ('0100' is not the int id 100) "
+                        f"(default: a short ML-1M example, {' '.join(map(str, DEFAULT_HISTORY))})")
+    p.add_argument("--data", help="interaction file to take a user's history from (with --user), or every user's "
+                                  "(with --all-users)")
+    p.add_argument("--user", help="user id in --data (an int user id may be written with leading zeros)")
     p.add_argument("--timestamps", nargs="+", type=float, help="seconds, one per history item (time-aware models)")
     p.add_argument("--k", type=positive_int, default=10, help="how many items to recommend (default 10)")
     p.add_argument("--exclude-seen", action="store_true",
                    help="never recommend an item of the history, all of it (also items older than the model's "
                         "window); for one history a --k above the items left is an error, with --all-users such a "
-                        "user's line lists fewer")
+                        "user's line lists fewer (default: off, only --exclude-items are never recommended)")
     p.add_argument("--exclude-items", nargs="+", metavar="ID", default=[],
-                   help="item ids never to recommend (retired, unavailable); each must be known to the model")
+                   help="item ids never to recommend (retired, unavailable); each must be known to the model "
+                        "(default: none)")
     p.add_argument("--exclude-items-file", metavar="FILE",
                    help="the same from a file: " + ID_FILE_RULE.replace("%", "%%"))
     p.add_argument("--candidates", nargs="+", metavar="ID", default=[],
                    help="rank only these item ids (e.g. the items an index retrieved, or those in stock) instead of "
-                        "the whole catalogue; each must be known to the model")
+                        "the whole catalogue; each must be known to the model (default: the whole catalogue)")
     p.add_argument("--candidates-file", metavar="FILE",
                    help="the same from a file: " + ID_FILE_RULE.replace("%", "%%"))
     p.add_argument("--similar-to", nargs="+", metavar="ID",
                    help="instead of next items: the --k items nearest to each of these items by cosine similarity "
-                        "of the model's item embeddings (model.similar_items)")
-    p.add_argument("--stepwise", action="store_true", help="use init_state/step (recurrent models) and compare")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+                        "of the model's item embeddings (model.similar_items; default: off, next items)")
+    p.add_argument("--stepwise", action="store_true",
+                   help="also score with init_state/step (models with an exact recurrent step) and compare (default: "
+                        "off)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     p.add_argument("--all-users", action="store_true",
                    help="batch mode: recommend for every user of --data, one JSON line each, into --out (scored "
-                        "from the last max_seq_length items of each history; --exclude-seen excludes all of it)")
-    p.add_argument("--out", help="JSON Lines file for --all-users")
+                        "from the last max_seq_length items of each history; --exclude-seen excludes all of it; "
+                        "default: off, one history)")
+    p.add_argument("--out", help="JSON Lines file for --all-users (required with it); '-' prints the lines on stdout "
+                                 "(the summary then goes to stderr)")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="history (and --exclude-items, --candidates, --similar-to) ids the model does not know: "
                         "refuse (default) or leave them out")
     add_model_data_options(p, "picking users")
     add_columns_option(p)
-    p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass (--all-users)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (--all-users)")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="users per forward pass (--all-users; default 256)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (--all-users; default: a bar)")
+    add_device_option(p, "the model")
+    add_threads_option(p)
     args = p.parse_args(argv)
+    refuse_options_without(p, args, "data", ["kcore", "time_ties", "columns"])
     # one source of history: a file's user(s), or ids (and timestamps) on the command line -- never both silently
     if args.all_users:
         if not args.data or not args.out:
@@ -277,13 +300,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         p.error("--history/--timestamps and --data/--user are two sources of history: give one")
     if args.timestamps and not args.history:
         p.error("--timestamps needs --history (one timestamp per history item)")
-    if args.out:
+    if args.out and args.out != STDOUT_PATH:
         try:                                # before any work: a folder, an unwritable place, or the --data file
             check_outputs({"--out": args.out}, {"--data": args.data, "--exclude-items-file": args.exclude_items_file,
                                                 "--candidates-file": args.candidates_file,
                                                 **folder_inputs("--model", args.model)})
         except ValueError as e:
             p.error(str(e))
+    device = cli_device(args.device)            # before any work: a malformed device exits 2, a missing GPU 4
+    apply_threads(args.threads)
 
     import zoo  # noqa: F401  (registers the models)
 
@@ -297,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model = SeqRecPreTrainedModel.from_pretrained(path).eval()
     except (OSError, ValueError) as e:
         sys.exit(f"error: --model {args.model}: {e}")
+    model.to(device)                        # its inputs follow it (padded_batches); the outputs come back on the CPU
     options = model_data_options(path, args.kcore, args.time_ties)
     try:
         exclude = _excluded_items(args, model)
@@ -335,12 +361,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
             sys.exit(f"error: {cannot('--out', args.out, e)}")
         summary = {"model": args.model, "model_type": model.config.model_type, "data": args.data, "k": args.k,
                    "exclude_seen": args.exclude_seen, **summary}
+        said = sys.stderr if args.out == STDOUT_PATH else sys.stdout        # stdout holds the lines themselves
         if args.json:
-            print(json.dumps(summary, indent=1))
+            print(json.dumps(summary, indent=1), file=said)
         else:
-            print(f"wrote top-{args.k} for {summary['users']:,} users of {args.data} to {summary['out']} "
-                  f"({summary['seconds']:.1f} s; {summary['vocab']}"
-                  + (f"; {summary['excluded_items']:,} items excluded" if summary["excluded_items"] else "") + ")")
+            print(f"wrote top-{args.k} for {summary['users']:,} users of {args.data} to "
+                  f"{'stdout' if args.out == STDOUT_PATH else summary['out']} ({summary['seconds']:.1f} s; "
+                  f"{summary['vocab']}"
+                  + (f"; {summary['excluded_items']:,} items excluded" if summary["excluded_items"] else "") + ")",
+                  file=said)
         return summary
     if args.data:
         uid = _find_user(ds.users, args.user)
@@ -380,28 +409,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
            "excluded_items": len(set(exclude)), **({"candidates": len(set(candidates))} if candidates else {})}
     if args.stepwise:
         if not model.has_exact_step:
-            sys.exit(f"{model.config.model_type} has no exact recurrent step")
+            sys.exit(f"error: --stepwise: {model.config.model_type} has no exact recurrent step")
         encoded = model.encode_histories([history])[0]               # the whole history (--exclude-seen masks it)
         ids = encoded[-model.config.max_seq_length:]                 # the window the model reads
         ts = None
         if model.uses_timestamps:
-            ts = torch.tensor([timestamps[-model.config.max_seq_length:]], dtype=torch.float64)
+            ts = torch.tensor([timestamps[-model.config.max_seq_length:]], dtype=torch.float64, device=device)
         with torch.no_grad():
-            state = model.init_state(1)
-            logits, state = model.step(torch.tensor([ids]), state, timestamps=ts)   # prime with the whole history
+            state = model.init_state(1)                              # on the model's device
+            logits, state = model.step(torch.tensor([ids], device=device), state, timestamps=ts)   # the whole history
         scores = logits.clone()
         scores[:, 0] = -float("inf")
         if exclude:
-            scores[:, torch.tensor(model.encode_item_set(exclude))] = -float("inf")
+            scores[:, torch.tensor(model.encode_item_set(exclude), device=device)] = -float("inf")
         if args.exclude_seen:                             # the whole history, as recommend() does
-            scores[0, torch.tensor(encoded)] = -float("inf")
+            scores[0, torch.tensor(encoded, device=device)] = -float("inf")
         if candidates is not None:                        # only the candidates, as recommend() does
-            keep = torch.zeros(scores.shape[1], dtype=torch.bool)
-            keep[torch.tensor(model.encode_item_set(candidates))] = True
+            keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=device)
+            keep[torch.tensor(model.encode_item_set(candidates), device=device)] = True
             scores[:, ~keep] = -float("inf")
         top = torch.topk(scores, args.k, dim=1)
-        out["stepwise_items"] = model.decode_items(top.indices[0].tolist())
-        out["stepwise_max_abs_diff"] = float((top.values[0] - rec.scores[0]).abs().max())
+        values, indices = top.values.cpu(), top.indices.cpu()
+        out["stepwise_items"] = model.decode_items(indices[0].tolist())
+        out["stepwise_max_abs_diff"] = float((values[0] - rec.scores[0]).abs().max())
         out["state_bytes"] = int(sum(t.numel() * t.element_size() for t in state.values()))
     if args.json:
         print(json.dumps(out, indent=1))

@@ -30,7 +30,7 @@ import os
 import shlex
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import torch
 
@@ -187,22 +187,30 @@ def _data_options(folders: Sequence[str], names: Sequence[str], kcore, time_ties
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``python -m zoo.soup``; returns the soup log."""
-    from .cli import add_columns_option, add_model_data_options, error_text, written_whole_folder
+    from .cli import EXIT_CODES, EXIT_ERROR, add_columns_option, add_device_option, add_model_data_options
+    from .cli import add_threads_option, apply_threads, cannot, cli_device, error_text, exit_with, written_whole_folder
+    from .cli import command_prog
 
-    p = argparse.ArgumentParser(prog="python -m zoo.soup", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", required=True, help="checkpoints (folders or bundled Hub ids) to average")
-    p.add_argument("--data", required=True, help="interaction file whose validation split scores the ingredients")
-    p.add_argument("--out", required=True, help="model folder to write (refused if it holds files, unless --overwrite)")
+    p = argparse.ArgumentParser(prog=command_prog("zoo.soup"), description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
+    p.add_argument("--models", nargs="+", required=True,
+                   help="checkpoints (folders or bundled Hub ids) to average, at least two (required)")
+    p.add_argument("--data", required=True,
+                   help="interaction file whose validation split scores the ingredients (required)")
+    p.add_argument("--out", required=True,
+                   help="model folder to write (required; refused if it holds files, unless --overwrite)")
     p.add_argument("--method", choices=METHODS, default="greedy",
                    help="greedy (default; the paper's recipe): from the best ingredient, add each other one only if "
                         "the soup's validation NDCG@10 does not drop; uniform: average them all")
-    p.add_argument("--exclude-history", action="store_true", help="LRURec protocol: history items masked")
+    p.add_argument("--exclude-history", action="store_true",
+                   help="LRURec protocol: history items masked (default: off, RecBole's full ranking)")
     add_model_data_options(p, "scoring the ingredients (ingredients whose runs read their data otherwise are "
                               "refused unless it is given)")
     add_columns_option(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an --out folder that holds a model checkpoint, whole (a folder holding other files is "
-                        "refused even so)")
+                        "refused even so; default: off, an --out holding files is refused)")
+    add_device_option(p, "the scoring of the ingredients and soups")
+    add_threads_option(p, "the scoring")
     a = p.parse_args(argv)
     if len(a.models) < 2 or len(set(a.models)) != len(a.models):
         p.error("--models: give at least two different checkpoints")
@@ -212,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         check_out_folder(a.out, a.overwrite, {"--data": a.data, **{f"--models {m}": m for m in a.models}})
     except ValueError as e:
         p.error(str(e))
+    device = cli_device(a.device)               # before any work: a malformed device exits 2, a missing GPU 4
+    apply_threads(a.threads)
     import zoo  # noqa: F401  (registers the zoo models)
 
     from .data import leave_one_out, load_dataset, load_options
@@ -219,45 +229,67 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .modeling_utils import SeqRecPreTrainedModel
     from .pretrained import resolve_pretrained
 
+    def failed(message: str) -> NoReturn:
+        """The run failed (status 1, :data:`zoo.cli.EXIT_ERROR`): a checkpoint or the data that cannot be read or
+        used; the options themselves were right (those are ``p.error``'s, status 2)."""
+        exit_with(EXIT_ERROR, f"error: {message}")
+
     started = time.perf_counter()
-    try:
-        folders = [resolve_pretrained(m) for m in a.models]
-        same = _same_folder(folders)
-        if same:                    # A, A/, ./A or a link to A: one checkpoint, which a soup would count twice
-            i, j = same
-            p.error(f"--models: {a.models[i]} and {a.models[j]} are the same checkpoint "
-                    f"({os.path.realpath(folders[i])}); give at least two different checkpoints")
+    folders = []
+    for m in a.models:                          # a --models typo fails as a --model one does in the other commands
+        try:
+            folders.append(resolve_pretrained(m))
+        except (OSError, ValueError) as e:
+            failed(f"--models {m}: {error_text(e)}")
+    same = _same_folder(folders)
+    if same:                    # A, A/, ./A or a link to A: one checkpoint, which a soup would count twice
+        i, j = same
+        p.error(f"--models: {a.models[i]} and {a.models[j]} are the same checkpoint "
+                f"({os.path.realpath(folders[i])}); give at least two different checkpoints")
+    try:                                        # runs that read their data otherwise: --kcore/--time-ties is missing
         a.kcore, a.time_ties = _data_options(folders, a.models, a.kcore, a.time_ties)
-        # the zoo's loader, as zoo.recommend's: a folder that is no saved model (an export.onnx folder) in one line
-        models = [SeqRecPreTrainedModel.from_pretrained(f).eval() for f in folders]
+    except ValueError as e:
+        p.error(error_text(e))
+    models = []
+    for f, m in zip(folders, a.models, strict=True):
+        try:                    # the zoo's loader, as zoo.recommend's: a folder that is no model in one line
+            models.append(SeqRecPreTrainedModel.from_pretrained(f).eval())
+        except (OSError, ValueError) as e:
+            failed(f"--models {m}: {error_text(e)}")
+    try:
         notes = check_ingredients(models, a.models)
         shared, stages, own = soup_lineage(folders)     # before the scoring: a broken history fails fast
         from .hub import check_leave_one_out, training_stages
 
         for f, m in zip(folders, a.models):
             check_leave_one_out(training_stages(f), m)
+    except (OSError, ValueError, KeyError) as e:
+        failed(error_text(e))
+    try:
         ds = load_dataset(a.data, kcore=a.kcore, time_ties=a.time_ties, columns=a.columns)
         ds, vocab_note = align_with_model(ds, models[0])
         if models[0].uses_timestamps:
             ds.check_timestamps_for(type(models[0]).__name__)
         valid = leave_one_out(ds).valid
     except (OSError, ValueError, KeyError) as e:        # KeyError: UnknownItemError (data the models do not know)
-        p.error(error_text(e))
+        failed(error_text(e))
     for n in notes:
         print(f"[zoo.soup] note: {n}", flush=True)
-    model = models[0]
+    # copies on the CPU: a state_dict() holds the model's own parameters, which scoring loads the other ingredients
+    # into; the averages are taken there too, and only the scored model sits on --device
+    ingredients = {n: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+                   for n, m in zip(a.models, models, strict=True)}
+    model = models[0].to(device)
 
     def score(sd: dict) -> float:
-        model.load_state_dict(sd)
-        return float(evaluate_model(model, valid, ks=(10,), exclude_history=a.exclude_history,
+        model.load_state_dict(sd)                                       # copied onto the model's device
+        return float(evaluate_model(model, valid, ks=(10,), exclude_history=a.exclude_history, device=device,
                                     progress=False, any_ks=True)["NDCG@10"])
 
-    # copies: a state_dict() holds the model's own parameters, which scoring loads the other ingredients into
-    ingredients = {n: {k: v.detach().clone() for k, v in m.state_dict().items()}
-                   for n, m in zip(a.models, models, strict=True)}
     soup_sd, rows, best = make_soup(ingredients, score,
                                     a.method, lambda m: print(f"[zoo.soup] {m}", flush=True))
     model.load_state_dict(soup_sd)                                      # config and vocabulary: the first listed
+    model.cpu()                                                         # written from the CPU, as it was read
     from .train import environment
 
     own_of = dict(zip(a.models, own, strict=True))
@@ -276,10 +308,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
            **{k: trained[k] for k in ("window_stride", "loss_weighting", "loss") if k in trained},
            "soup_minutes": (time.perf_counter() - started) / 60,
            "stages": shared, "ingredient_stages": stages}
-    with written_whole_folder(a.out) as staged:
-        model.save_pretrained(staged)
-        with open(os.path.join(staged, SOUP_LOG), "w") as f:
-            json.dump(log, f, indent=1)
+    try:
+        with written_whole_folder(a.out) as staged:
+            model.save_pretrained(staged)
+            with open(os.path.join(staged, SOUP_LOG), "w") as f:
+                json.dump(log, f, indent=1)
+    except OSError as e:                        # its place was checked before any work (a full disk, say)
+        failed(cannot("--out", a.out, e))
     kept = [r["path"] for r in rows if r["in_soup"]]
     print(f"[zoo.soup] wrote {a.out}: {a.method} soup of {len(kept)} of {len(rows)} checkpoints ({', '.join(kept)}), "
           f"valid NDCG@10 {best:.5f} (best ingredient {rows[0]['valid_NDCG@10']:.5f})", flush=True)

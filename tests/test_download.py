@@ -122,3 +122,32 @@ def test_a_folder_at_the_target_and_a_bad_download_are_named_in_one_line(ml100k_
     monkeypatch.setitem(SOURCES, "ml-100k", D.Source(**{**vars(SOURCES["ml-100k"]), "url": short.as_uri()}))
     with pytest.raises(D.DownloadError, match=rf"^ml-100k/u.data of {short.as_uri()} is not MovieLens-100K"):
         D.download("ml-100k", str(tmp_path / "d3"), progress=False)
+
+
+def test_dir_defaults_to_zoo_data_dir_else_data_and_exit_statuses(ml100k_zip, tmp_path, monkeypatch, capsys):
+    """``--dir`` defaults to ``$ZOO_DATA_DIR`` (the folder the tests and bench scripts read) when it is set, else to
+    ``./data`` (it was always ``./data``); the help says so. A default that is a file is a usage error naming the
+    variable (2), an archive that is not there a failed run (1)."""
+    env = tmp_path / "env"
+    monkeypatch.setenv("ZOO_DATA_DIR", str(env))
+    assert D.main(["ml-100k", "--from-zip", str(ml100k_zip), "--no-progress"]) == str(env / "ml-100k.inter")
+    assert sorted(p.name for p in env.iterdir()) == ["ml-100k.inter"]
+    monkeypatch.delenv("ZOO_DATA_DIR")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert D.main(["ml-100k", "--from-zip", str(ml100k_zip)]) == "data/ml-100k.inter"
+    assert (tmp_path / "cwd" / "data" / "ml-100k.inter").is_file()
+    capsys.readouterr()
+    monkeypatch.setenv("ZOO_DATA_DIR", str(ml100k_zip))                          # a file
+    with pytest.raises(SystemExit) as e:
+        D.main(["ml-100k", "--from-zip", str(ml100k_zip)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "is a file, not a folder ($ZOO_DATA_DIR, the default of --dir)" in err, err
+    with pytest.raises(SystemExit) as e:
+        D.main(["ml-100k", "--dir", str(tmp_path / "d"), "--from-zip", str(tmp_path / "missing.zip")])
+    assert e.value.code == 1 and "--from-zip" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    with pytest.raises(SystemExit) as e:
+        D.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and "(default: $ZOO_DATA_DIR when it is set, else ./data)" in text
+    assert "--no-progress no progress bar while downloading" in text

@@ -530,3 +530,16 @@ def test_trainer_kwargs_cut_offs_follow_the_catalogue(tmp_path):
     assert {f"NDCG@{k}" for k in (5, 10, 20) if k <= n_real} == {k for k in got if k.startswith("NDCG@")}
     with pytest.raises(ValueError, match=rf"cut-off @{n_real + 1}: the model ranks {n_real} items"):
         trainer_kwargs(model, split, ks=(10, n_real + 1))
+
+
+def test_running_the_library_module_says_what_it_is_and_what_to_run():
+    """``python -m zoo.hf_trainer --help`` printed nothing and exited 0: it is a library module, so running it says so
+    on stderr, with the command that trains from the command line, and exits 2 (a usage error)."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "zoo.hf_trainer", "--help"], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "ZOO_NO_CACHE_SEED": "1"})
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
+    assert "zoo.hf_trainer is a library module, not a command" in r.stderr and "python -m zoo.train" in r.stderr

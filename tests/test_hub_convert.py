@@ -1,5 +1,6 @@
 """Hub-id resolution with bundled copies (no network), card folders, official-checkpoint conversion."""
 
+import contextlib
 import json
 import re
 import time
@@ -16,6 +17,20 @@ from zoo.convert import convert
 from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
 from zoo.pretrained import seed_hf_cache
 from zoo.vocab import UnknownItemError
+
+
+@contextlib.contextmanager
+def exits(capsys, code, match):
+    """A command ending with exit status ``code`` and one error naming the problem (``match``) on stderr, without a
+    traceback (``sys.exit("message")``: status 1, the message printed on stderr); a usage error (2) shows the usage
+    line, no other status does."""
+    with pytest.raises(SystemExit) as e:
+        yield
+    said = e.value.code if isinstance(e.value.code, str) else ""
+    status = 1 if said else e.value.code
+    err = capsys.readouterr().err + said
+    assert status == code and re.search(match, err) and "Traceback" not in err, (e.value.code, err)
+    assert ("usage:" in err) == (code == 2), err
 
 
 @pytest.fixture
@@ -243,8 +258,7 @@ def test_convert_applies_every_repeated_set_and_refuses_a_key_given_twice(tmp_pa
     main(args + ["--out", str(tmp_path / "ok"), "--set", "num_heads=2", "--set", "attn_dropout=0.25"])
     cfg = json.loads((tmp_path / "ok" / "config.json").read_text())
     assert cfg["num_heads"] == 2 and cfg["attn_dropout"] == 0.25
-    with pytest.raises(SystemExit, match="error: --set gives num_heads twice, num_heads=2 and num_heads=1: give it "
-                                         "once"):
+    with exits(capsys, 2, "error: --set gives num_heads twice, num_heads=2 and num_heads=1: give it once"):
         main(args + ["--out", str(tmp_path / "x"), "--set", "num_heads=2", "--set", "num_heads=1"])
     assert not (tmp_path / "x").exists()
 
@@ -587,23 +601,21 @@ def test_card_into_a_folder_of_other_files_needs_overwrite(tmp_path, capsys):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "README.md").write_text("# My project notes - handwritten\n")
-    with pytest.raises(SystemExit, match=r"card not written: --out .*docs already holds files \(README.md\); its "
-                                         r"README.md is not a model card \(no front matter\): choose another --out "
-                                         r"\(or --name\), or pass --overwrite"):
+    with exits(capsys, 2, r"card not written: --out .*docs already holds files \(README.md\); its README.md is not a "
+                          r"model card \(no front matter\): choose another --out \(or --name\), or pass --overwrite"):
         hub.main(run + ["--out", str(docs)])
     assert [p.name for p in docs.iterdir()] == ["README.md"]
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text('{"model_type": "sasrec"}')
-    with pytest.raises(SystemExit, match=r"its config.json is a sasrec model, the run's a gru4rec"):
+    with exits(capsys, 2, r"its config.json is a sasrec model, the run's a gru4rec"):
         hub.main(run + ["--out", str(other)])
     assert (other / "config.json").read_text() == '{"model_type": "sasrec"}'
     card = tmp_path / "card"
     hub.main(run + ["--out", str(card)])
     train_main(common + ["--out", str(tmp_path / "b"), "--seed", "7"])                 # not a stage of the card
     before = {p.name: p.read_bytes() for p in card.iterdir() if p.is_file()}
-    with pytest.raises(SystemExit, match=r"it holds a card of another history \(the run does not continue its "
-                                         r"stages\)"):
+    with exits(capsys, 2, r"it holds a card of another history \(the run does not continue its stages\)"):
         hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card)])
     assert {p.name: p.read_bytes() for p in card.iterdir() if p.is_file()} == before
     hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card),
@@ -614,6 +626,83 @@ def test_card_into_a_folder_of_other_files_needs_overwrite(tmp_path, capsys):
     assert (card / "model.safetensors").read_bytes() == (tmp_path / "c" / "model.safetensors").read_bytes()
     hub.main(run + ["--out", str(docs), "--overwrite"])
     assert (docs / "README.md").read_text().startswith("---\n")
+
+
+def test_card_overwrite_and_push_refuse_files_that_are_no_part_of_a_card(tmp_path, monkeypatch, capsys):
+    """``zoo.hub card --overwrite`` replaced a card's files and kept anything else in --out beside the new card (a
+    precious.txt), and ``zoo.hub push`` then published it: --overwrite now refuses a folder holding files no card
+    writes (usage error, folder untouched); push lists such files and refuses the folder (usage error, no Hub call)
+    unless --allow-extra; the files a card holds (ONNX graphs included) and hidden entries are never listed. Card's
+    --no-progress reaches the evaluation. No network: HfApi's calls are recorded instead."""
+    import shutil
+
+    import huggingface_hub
+
+    import zoo.evaluate
+
+    data, _ = _tiny_gru4rec_run(tmp_path)
+    run = ["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "README.md").write_text("# notes\n")
+    (docs / "precious.txt").write_text("keep")
+    with exits(capsys, 2, r"card not written: --out .*docs holds files a card does not write \(precious.txt\): "
+                          r"--overwrite replaces a card's files only"):
+        hub.main(run + ["--out", str(docs), "--overwrite"])
+    assert sorted(p.name for p in docs.iterdir()) == ["README.md", "precious.txt"]
+    assert (docs / "README.md").read_text() == "# notes\n"
+    # a card, measured without a progress bar when asked
+    progress = []
+    evaluate = zoo.evaluate.evaluate_model
+    monkeypatch.setattr(zoo.evaluate, "evaluate_model", lambda *a, **k: progress.append(k.get("progress", True))
+                        or evaluate(*a, **k))
+    card = tmp_path / "card"
+    hub.main(run + ["--out", str(card), "--no-progress"])
+    assert progress == [False]
+    hub.main(run + ["--out", str(card)])
+    assert progress == [False, True]
+    monkeypatch.undo()
+    assert hub.extra_files(card) == []
+    for rel in ("onnx/model.onnx", "onnx-window/state_spec.json", ".save-x/model.safetensors", ".hidden"):
+        (card / rel).parent.mkdir(exist_ok=True)
+        (card / rel).write_text("x")
+    assert hub.extra_files(card) == []                            # a card's graphs, and hidden leftovers
+    for rel in ("onnx", "onnx-window", ".save-x", ".hidden"):
+        path = card / rel
+        path.unlink() if path.is_file() else shutil.rmtree(path)
+    (card / "precious.txt").write_text("keep")
+    (card / "notes").mkdir()
+    (card / "notes" / "draft.md").write_text("x")
+    assert hub.extra_files(card) == ["notes/draft.md", "precious.txt"]
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append("create_repo"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
+                        lambda self, **kw: calls.append("upload_folder") or "commit-info")
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    with exits(capsys, 2, r"push refused: .*card holds files that are no part of a model card \(notes/draft.md, "
+                          r"precious.txt\): .*remove them .*or pass --allow-extra"):
+        hub.main(["push", str(card), "--repo-id", "me/tiny"])
+    assert calls == []
+    hub.main(["push", str(card), "--repo-id", "me/tiny", "--allow-extra"])
+    out, err = capsys.readouterr()
+    assert calls == ["create_repo", "upload_folder"] and "commit-info" in out
+    assert "also uploading files that are no part of a card (notes/draft.md, precious.txt)" in err
+    # re-carding the card in place keeps the user's files and says that push refuses them
+    hub.main(["card", "--run", str(card), "--name", "tiny", "--data", data, "--out", str(card), "--no-progress"])
+    assert (card / "precious.txt").read_text() == "keep"
+    assert "zoo.hub push refuses the folder unless --allow-extra" in capsys.readouterr().err
+
+
+def test_convert_names_a_checkpoint_folder_and_the_file_it_expects(tmp_path, capsys):
+    """``zoo.convert --checkpoint FOLDER`` said "checkpoint FOLDER not found" although the folder exists: it says it
+    is a folder and what is expected (exit 1, nothing written)."""
+    from zoo.convert import main
+
+    with exits(capsys, 1, rf"--checkpoint {re.escape(str(tmp_path))} is a folder: give the checkpoint file inside it"):
+        main(["--model", "sasrec", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")])
+    with exits(capsys, 1, r"--checkpoint .*missing.pth not found"):
+        main(["--model", "sasrec", "--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_recard_leaves_interrupted_writers_leftovers_out_of_the_card(tmp_path):
@@ -1005,12 +1094,11 @@ def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, cap
     (victim / "README.md").write_text("# another model")
     (victim / "item_vocab.json").write_text("{}")
     args = ["--model", "sasrec", "--checkpoint", ckpt, "--set", "num_heads=2"]
-    with pytest.raises(SystemExit, match=r"--out .*victim already holds files \(README.md, item_vocab.json\).*"
-                                         "--overwrite"):
+    with exits(capsys, 2, r"--out .*victim already holds files \(README.md, item_vocab.json\).*--overwrite"):
         main(args + ["--out", str(victim)])
     assert sorted(p.name for p in victim.iterdir()) == ["README.md", "item_vocab.json"]
     # --overwrite replaces a model, never a folder of other files: those are named, and the folder is left as it was
-    with pytest.raises(SystemExit, match=r"--out .*victim holds files that are no model checkpoint's \(README.md\)"):
+    with exits(capsys, 2, r"--out .*victim holds files that are no model checkpoint's \(README.md\)"):
         main(args + ["--out", str(victim), "--overwrite"])
     assert sorted(p.name for p in victim.iterdir()) == ["README.md", "item_vocab.json"]
     (victim / "README.md").unlink()
@@ -1021,13 +1109,13 @@ def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, cap
     (tmp_path / "afile").write_text("x")
     (tmp_path / "tokens").mkdir()
     (tmp_path / "sup.txt").write_text("[PAD]\n" + "\n".join(["³"] + [str(i) for i in range(1, 1349)]) + "\n")
-    for extra, msg in ((["--out", str(tmp_path / "afile")], "--out .*afile is a file, not a folder"),
-                       (["--out", str(tmp_path / "o"), "--item-tokens", str(tmp_path / "tokens")],
-                        r"--item-tokens .*tokens: cannot read it \(Is a directory\)"),
-                       (["--out", str(tmp_path / "o"), "--set", "hidden_dropout=null"],
-                        "SASRecModel cannot be built with these config values .*hidden_dropout=None"),
-                       (["--out", str(tmp_path / "afile" / "o")], "afile is a file, not a folder")):
-        with pytest.raises(SystemExit, match=msg):
+    for extra, code, msg in ((["--out", str(tmp_path / "afile")], 2, "--out .*afile is a file, not a folder"),
+                             (["--out", str(tmp_path / "o"), "--item-tokens", str(tmp_path / "tokens")], 1,
+                              r"--item-tokens .*tokens: cannot read it \(Is a directory\)"),
+                             (["--out", str(tmp_path / "o"), "--set", "hidden_dropout=null"], 1,
+                              "SASRecModel cannot be built with these config values .*hidden_dropout=None"),
+                             (["--out", str(tmp_path / "afile" / "o")], 2, "afile is a file, not a folder")):
+        with exits(capsys, code, msg):
             main(args + extra)
     assert not (tmp_path / "o").exists() and (tmp_path / "afile").read_text() == "x"
     # '³' is a digit to str.isdigit but not to int(): such a file is a vocabulary of strings, as any non-int token
@@ -1039,9 +1127,10 @@ def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, cap
     capsys.readouterr()
 
 
-def test_card_refuses_a_notes_folder_and_an_out_file_in_one_line(tmp_path):
+def test_card_refuses_a_notes_folder_and_an_out_file_in_one_line(tmp_path, capsys):
     """``zoo.hub card --notes <folder>`` and ``--out <a file>`` are 'card not written' lines (were IsADirectoryError
-    and, after the whole evaluation, NotADirectoryError with a stray staged folder beside the file)."""
+    and, after the whole evaluation, NotADirectoryError with a stray staged folder beside the file): an unreadable
+    --notes exits 1, an --out that cannot be a folder is a usage error (2)."""
     import os
 
     run = tmp_path / "run"
@@ -1052,7 +1141,7 @@ def test_card_refuses_a_notes_folder_and_an_out_file_in_one_line(tmp_path):
     base = ["card", "--run", str(run), "--name", "tiny", "--data", str(tmp_path / "not-read.tsv")]
     with pytest.raises(SystemExit, match=r"card not written: --notes .*: cannot read it \(Is a directory\)"):
         hub.main(base + ["--out", str(tmp_path / "card"), "--notes", str(tmp_path)])
-    with pytest.raises(SystemExit, match="card not written: --out .*afile is a file, not a folder"):
+    with exits(capsys, 2, "card not written: --out .*afile is a file, not a folder"):
         hub.main(base + ["--out", str(tmp_path / "afile")])
     assert sorted(os.listdir(tmp_path)) == ["afile", "run"] and (tmp_path / "afile").read_text() == "keep"
 
@@ -1323,9 +1412,11 @@ def test_the_benchmarks_are_recognised_by_their_statistics(shared_data):
         assert key is not None and hub._card_dataset(card) == dict(zip(("type", "name"), hub.BENCHMARKS[key][1:])), card
 
 
-def test_recarding_a_folder_with_onnx_graphs_without_onnx_installed_stops_before_measuring(tmp_path, monkeypatch):
+def test_recarding_a_folder_with_onnx_graphs_without_onnx_installed_stops_before_measuring(tmp_path, monkeypatch,
+                                                                                           capsys):
     """A card folder holding ONNX graphs is re-exported after measuring: without onnx installed, `zoo.hub card`
-    says so in one line (naming the extra) before any evaluation, and leaves the folder as it was."""
+    says so in one line (naming the extra) before any evaluation, exits 4 (a package missing here) and leaves the
+    folder as it was."""
     import json
     import sys
 
@@ -1335,8 +1426,8 @@ def test_recarding_a_folder_with_onnx_graphs_without_onnx_installed_stops_before
     (card / "onnx" / "state_spec.json").write_text(json.dumps({"kind": "step", "topk": 5, "outputs": []}))
     monkeypatch.setitem(sys.modules, "onnx", None)
     monkeypatch.setattr("zoo.evaluate.evaluate_model", lambda *a, **k: pytest.fail("measured before the check"))
-    with pytest.raises(SystemExit, match=rf"^card not written: re-exporting the ONNX graphs of {card} needs onnx, "
-                                         r".*pip install 'ssm-rec-zoo\[export\]'"):
+    with exits(capsys, 4, rf"^card not written: re-exporting the ONNX graphs of {card} needs onnx, "
+                          r".*pip install 'ssm-rec-zoo\[export\]'"):
         hub.main(["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data, "--out", str(card),
                   "--overwrite"])
     assert [p.name for p in card.rglob("*")] == ["onnx", "state_spec.json"]

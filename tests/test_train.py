@@ -17,13 +17,14 @@ from zoo.train import main as train_main, parse_overrides
 
 
 @contextlib.contextmanager
-def refused(capsys, match):
-    """``python -m zoo.train`` refusing a run before any work: a usage error (exit code 2) whose one line on stderr
-    names the problem, and no traceback."""
+def refused(capsys, match, code=2):
+    """``python -m zoo.train`` refusing a run before any work: a usage error (exit code 2; ``code`` 1 for an input
+    that cannot be read or does not fit the run) whose one line on stderr names the problem, and no traceback."""
     with pytest.raises(SystemExit) as e:
         yield
     err = capsys.readouterr().err
-    assert e.value.code == 2 and re.search(match, err) and "Traceback" not in err, err
+    assert e.value.code == code and re.search(match, err) and "Traceback" not in err, (e.value.code, err)
+    assert ("usage:" in err) == (code == 2), err                # the usage line for a bad option only
 
 
 def _markov_file(path, n_users=150, n_items=40, length=(12, 40), p_follow=0.85, seed=0):
@@ -411,8 +412,7 @@ def test_schedule_progress_takes_the_limit_reached_first():
     ("--max-minutes", "nan", "--max-minutes: max_minutes must be > 0"),
     ("--valid-users", "0", "--valid-users: valid_users must be >= 1"),
     ("--eval-every", "0", "--eval-every: eval_every must be >= 1"), ("--patience", "0", "--patience: patience must be"),
-    ("--threads", "0", "argument --threads: expected an int >= 1, got '0'"),
-    ("--device", "cuda:99", r"CUDA is not available|GPU\(s\) visible"), ("--device", "tpu", "device 'tpu'")])
+    ("--threads", "0", "argument --threads: expected an int >= 1, got '0'")])
 def test_bad_training_numbers_are_refused_before_any_work(tmp_path, flag, value, message, capsys):
     """Numbers that would crash late (batch 0), do nothing (0 epochs), or train silently wrong (a negative clip norm
     flips the gradients' sign; a zero budget or --valid-users 0 would mean 'one epoch' or 'all users') are errors."""
@@ -420,6 +420,51 @@ def test_bad_training_numbers_are_refused_before_any_work(tmp_path, flag, value,
     with refused(capsys, message):
         train_main(["--model", "gru4rec", "--data", str(tmp_path / "not-read.tsv"), "--out", str(out), flag, value])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("device, code, message", [("cuda:99", 4, r"CUDA is not available|GPU\(s\) visible"),
+                                                    ("tpu", 2, "device 'tpu'")])
+def test_a_device_this_machine_lacks_exits_4_and_a_malformed_one_is_a_usage_error(tmp_path, capsys, device, code,
+                                                                                 message):
+    """``--device`` goes through zoo.cli.cli_device, as in the other commands: a GPU this machine lacks exits 4 (a
+    missing GPU, EXIT_MISSING: it was 2, the usage error's), a device torch does not know is a usage error (2); both
+    in one line naming the flag, before any work."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        train_main(["--model", "gru4rec", "--data", str(tmp_path / "not-read.tsv"), "--out", str(out),
+                    "--device", device])
+    err = capsys.readouterr().err
+    assert e.value.code == code and re.search(f"error: --device: .*{message}", err) and "Traceback" not in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value, hint", [
+    ("hub_cards/mamba4rec-ml1m", "--init-from hub_cards/mamba4rec-ml1m --model mamba4rec"),   # a folder
+    ("ssm-rec-zoo/sasrec-ml1m", "--init-from ssm-rec-zoo/sasrec-ml1m --model sasrec"),         # a bundled Hub id
+    ("sasrec-ml1m", "--init-from ssm-rec-zoo/sasrec-ml1m --model sasrec"),                     # a bundled name
+    ("someone/their-model", "--init-from someone/their-model --model TYPE"),                   # another Hub id
+    ("mamba4rex", None)])                                                                      # a typo of a type
+def test_a_checkpoint_given_as_model_points_at_init_from(tmp_path, capsys, monkeypatch, value, hint):
+    """zoo.train's --model is a model type; a checkpoint there (a folder, a Hub id, a bundled model's name) said only
+    "unknown model type": it now says to start from a checkpoint with --init-from (and --model its type, where its
+    config tells it); a mere typo gets no such hint. A usage error, before any work."""
+    import os
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))     # the checkout: hub_cards/
+    with refused(capsys, f"error: --model: unknown model type '{value}'; the zoo has .*"
+                         + (f"to start from a checkpoint use {re.escape(hint)}$" if hint else r"\]$")):
+        train_main(["--model", value, "--data", str(tmp_path / "not-read.tsv"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_init_from_checkpoint_that_cannot_be_found_fails_the_run(tmp_path, capsys):
+    """--init-from a folder that is not there: the run fails (exit 1, an input that cannot be found, as a missing
+    --data), in one line naming the flag, before any work."""
+    data = _markov_file(tmp_path / "m.tsv", n_users=20, length=(6, 10))
+    with refused(capsys, rf"error: --init-from {re.escape(str(tmp_path / 'nope'))}: ", code=1):
+        train_main(["--model", "gru4rec", "--data", str(data), "--out", str(tmp_path / "o"), "--kcore", "0",
+                    "--init-from", str(tmp_path / "nope")])
+    assert not (tmp_path / "o").exists()
 
 
 def test_amp_off_cuda_is_refused(tmp_path, capsys):
@@ -481,29 +526,34 @@ def test_init_from_applies_set_or_refuses_it(tmp_path, capsys):
     assert json.loads((tmp_path / "m2" / "config.json").read_text())["max_seq_length"] == 12
 
 
-def test_setup_errors_are_usage_errors_on_the_command_line_and_value_errors_in_the_api(tmp_path, capsys):
+def test_setup_errors_are_one_line_errors_on_the_command_line_and_value_errors_in_the_api(tmp_path, capsys):
     """A missing or malformed data file and a bad --config are refused with one line naming the problem (no
-    traceback, nothing written); ``train()`` raises the same as a ``RunSetupError`` (a ``ValueError``) whose cause is
-    the original exception."""
+    traceback, nothing written) and exit status 1 (an input that cannot be read: it was 2, the usage error's, while
+    zoo.evaluate gave 1); ``train()`` raises the same as a ``RunSetupError`` (a ``ValueError``) whose cause is the
+    original exception."""
     from zoo.train import RunSetupError, train
 
     out = tmp_path / "out"
-    with refused(capsys, f"interaction file not found: {tmp_path / 'missing.tsv'}"):
+    with refused(capsys, f"interaction file not found: {tmp_path / 'missing.tsv'}", code=1):
         train_main(["--model", "gru4rec", "--data", str(tmp_path / "missing.tsv"), "--out", str(out)])
     bad = tmp_path / "bad.tsv"
     bad.write_text("user_id\titem_id\ttimestamp\n1\t5\t100\n1\t6\tlater\n")
-    with refused(capsys, r"bad.tsv, line 3, column 'timestamp': timestamp 'later' is not a number"):
+    with refused(capsys, r"bad.tsv, line 3, column 'timestamp': timestamp 'later' is not a number", code=1):
         train_main(["--model", "gru4rec", "--data", str(bad), "--out", str(out), "--kcore", "0"])
     for text, what in (("[1, 2]", "expected a JSON object of config fields, got list"), ("{oops", "not valid JSON")):
         (tmp_path / "c.json").write_text(text)
-        with refused(capsys, f"--config {tmp_path / 'c.json'}: {re.escape(what)}"):
+        with refused(capsys, f"--config {tmp_path / 'c.json'}: {re.escape(what)}", code=1):
             train_main(["--model", "gru4rec", "--data", str(bad), "--out", str(out), "--config",
                         str(tmp_path / "c.json")])
-    with refused(capsys, f"--config {tmp_path / 'none.json'}: cannot read it"):
+    with refused(capsys, f"--config {tmp_path / 'none.json'}: cannot read it", code=1):
         train_main(["--model", "gru4rec", "--data", str(bad), "--out", str(out), "--config", str(tmp_path / "none.json")])
     with pytest.raises(RunSetupError, match="interaction file not found") as e:
         train("gru4rec", str(tmp_path / "missing.tsv"), str(out))
     assert isinstance(e.value, ValueError) and isinstance(e.value.__cause__, FileNotFoundError)
+    assert e.value.exit_code == 1
+    with pytest.raises(RunSetupError, match="patience must be >= 1") as e:              # a bad setting: usage
+        train("gru4rec", str(tmp_path / "missing.tsv"), str(out), patience=0)
+    assert e.value.exit_code == 2
     assert not out.exists()
 
 
@@ -515,11 +565,11 @@ def test_time_aware_model_needs_non_negative_timestamps(tmp_path, capsys):
     seq = tmp_path / "d.seq"
     seq.write_text("user_id\titem_ids_chronological\n1\t1 2 3 4\n2\t2 3 4 5\n")
     base = ["--model", "tim4rec_causal", "--out", str(tmp_path / "o"), "--kcore", "0"]
-    with refused(capsys, r"TiM4RecCausalModel reads timestamps, but d.seq has none"):
+    with refused(capsys, r"TiM4RecCausalModel reads timestamps, but d.seq has none", code=1):
         train_main(base + ["--data", str(seq)])
     neg = tmp_path / "n.tsv"
     neg.write_text("user_id\titem_id\ttimestamp\n1\t1\t-5\n1\t2\t3\n1\t3\t4\n")
-    with refused(capsys, r"n.tsv: 1 negative timestamps \(user 1 starts at -5\)"):
+    with refused(capsys, r"n.tsv: 1 negative timestamps \(user 1 starts at -5\)", code=1):
         train_main(base + ["--data", str(neg)])
     assert not (tmp_path / "o").exists()
     out = train_main(["--model", "tim4rec", "--data", str(seq), "--out", str(tmp_path / "t"), "--kcore", "0",
@@ -602,7 +652,8 @@ def test_resume_refusals(tmp_path, capsys):
     lines = original.splitlines()
     last_user = lines[-1].split("\t")[0]
     data.write_text("\n".join(x for x in lines if x.split("\t")[0] != last_user) + "\n")
-    with refused(capsys, r"--resume: .*markov.tsv is not the data the run trained on \(users: the run's 30, now 29"):
+    with refused(capsys, r"--resume: .*markov.tsv is not the data the run trained on \(users: the run's 30, now 29",
+                 code=1):
         train_main(args + ["--resume", "--max-minutes", "5"])
     data.write_text(original)
     log = train_main(args + ["--resume", "--max-minutes", "5"])          # a larger budget: the run goes on
@@ -663,7 +714,7 @@ def test_resume_from_a_damaged_state_is_refused_naming_it(tmp_path, capsys):
     for name, what in (("cut", r"cut.resume: the resume state cannot be restored \(SafetensorError"),
                        ("noprogress", r"noprogress.resume: incomplete resume state \(state.json lacks progress\)")):
         before = (tmp_path / name / "train_log.json").read_text()
-        with refused(capsys, what):
+        with refused(capsys, what, code=1):
             train_main(args + ["--out", str(tmp_path / name), "--resume", "--max-minutes", "5"])
         assert (tmp_path / name / "train_log.json").read_text() == before
 
@@ -1008,7 +1059,7 @@ def test_a_typo_in_the_config_file_is_named_as_the_files(tmp_path, capsys):
                      capsys.readouterr().err)
     with pytest.raises(SystemExit):
         T.main(["--model", "nosuchrec", *base])
-    assert "error: unknown model type 'nosuchrec'" in capsys.readouterr().err
+    assert "error: --model: unknown model type 'nosuchrec'" in capsys.readouterr().err
 
 
 def test_resume_settings_default_only_what_the_state_lacks():
@@ -1257,7 +1308,7 @@ def test_overwrite_discards_the_old_runs_state_and_resume_checks_the_checkpoint(
     # the old state beside the new run's checkpoint (a copy, or a run of an older zoo): refused, naming both
     shutil.copytree(kept / "resume", tmp_path / "ov" / "resume")
     with refused(capsys, r"--resume: .*ov.model.safetensors \(sha256 [0-9a-f]{12}\) is not the checkpoint the resume "
-                         r"state .*ov.resume was saved with \(sha256 [0-9a-f]{12}\): another run or a copy"):
+                         r"state .*ov.resume was saved with \(sha256 [0-9a-f]{12}\): another run or a copy", code=1):
         train_main(args + ["--out", out, "--max-minutes", "0.0001", "--resume"])
     # a finished run: nothing to resume
     done = train_main(args + ["--out", str(tmp_path / "done"), "--epochs", "1"])

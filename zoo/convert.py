@@ -101,8 +101,11 @@ def load_checkpoint(path: str, trust_pickle: bool = False) -> tuple[dict[str, to
     """``(state dict, RecBole settings)`` from a raw state-dict file or a RecBole checkpoint; the settings are ``{}``
     unless the file holds RecBole's ``Config`` (readable only with ``trust_pickle``)."""
     settings: dict = {}
+    if os.path.isdir(path):
+        raise ValueError(f"--checkpoint {path} is a folder: give the checkpoint file inside it (a RecBole .pth saved "
+                         "by torch.save, or a state dict file)")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found")
+        raise FileNotFoundError(f"--checkpoint {path} not found")
     with open(path, "rb") as f:
         head = f.read(4)
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):    # torch.save's zip, or a legacy pickle
@@ -304,30 +307,51 @@ def check_out_folder(out_dir: str, overwrite: bool, inputs: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m zoo.convert", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, choices=["mamba4rec", "sasrec"])
-    p.add_argument("--checkpoint", required=True)
+    """Entry point of ``python -m zoo.convert``. Exit statuses (:data:`EXIT_CODES`): 2 for a bad option or an
+    ``--out`` it must not write (a file, a folder holding files without ``--overwrite``, the current folder); 1 for a
+    checkpoint or token file that cannot be read or converted, or an ``--out`` that cannot be written."""
+    from .cli import EXIT_CODES, command_prog
+
+    p = argparse.ArgumentParser(prog=command_prog("zoo.convert"), description=__doc__.split("\n\n")[0],
+                                epilog=EXIT_CODES)
+    p.add_argument("--model", required=True, choices=["mamba4rec", "sasrec"],
+                   help="the model type of the checkpoint: mamba4rec (chengkai-liu/Mamba4Rec) or sasrec (RecBole "
+                        "v1.2.0)")
+    p.add_argument("--checkpoint", required=True,
+                   help="the checkpoint file: a RecBole .pth (torch.save of a dict holding state_dict and RecBole's "
+                        "Config) or a file holding a state dict alone")
     p.add_argument("--out", required=True, help="the model folder to write (refused if it holds files, unless "
                                                 "--overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an --out folder that holds a model checkpoint, whole (a folder holding other files is "
                         "refused even so)")
-    p.add_argument("--item-tokens")
+    p.add_argument("--item-tokens",
+                   help="RecBole's item tokens, one per line in its internal order ([PAD] first), saved as the "
+                        "model's item_vocab.json so that it maps your item ids (default: none, the model then takes "
+                        "and returns internal indices)")
     p.add_argument("--max-seq-length", type=int,
                    help="Mamba4Rec's history window (default: the checkpoint's MAX_ITEM_LIST_LENGTH, else 200)")
-    p.add_argument("--trust-pickle", action="store_true")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="SECURITY: unpickle the checkpoint fully, which runs any code the file holds, to read the "
+                        "RecBole Config in it; use it only on files you trust (default: off, only tensors and plain "
+                        "data are loaded: weights_only)")
     p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="config fields the weights do not show, e.g. num_heads=2 (JSON values; --set may be repeated)")
     a = p.parse_args(argv)
     from .train import parse_overrides
 
     try:
-        m = convert(a.model, a.checkpoint, a.out, a.item_tokens, a.trust_pickle, a.max_seq_length,
-                    parse_overrides(a.set), overwrite=a.overwrite)
-    except (ValueError, KeyError, FileNotFoundError) as e:  # the messages name the problem and the fix
-        raise SystemExit(f"python -m zoo.convert: error: {e}") from None
+        overrides = parse_overrides(a.set)
+        check_out_folder(a.out, a.overwrite, {"--checkpoint": a.checkpoint, "--item-tokens": a.item_tokens})
+    except ValueError as e:                                 # the options themselves: a usage error
+        p.error(str(e))
+    try:
+        m = convert(a.model, a.checkpoint, a.out, a.item_tokens, a.trust_pickle, a.max_seq_length, overrides,
+                    overwrite=a.overwrite)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # the messages name the problem and the fix (status 1)
+        raise SystemExit(f"{p.prog}: error: {e}") from None
     except OSError as e:                                    # writing --out (its place was checked before any work)
-        raise SystemExit(f"python -m zoo.convert: error: {cannot('--out', a.out, e)}") from None
+        raise SystemExit(f"{p.prog}: error: {cannot('--out', a.out, e)}") from None
     print(f"wrote {a.out}: {type(m).__name__} with {sum(t.numel() for t in m.parameters()):,} parameters")
 
 

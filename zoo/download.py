@@ -6,8 +6,10 @@
 
 The file is kept only when it loads as the benchmark (:data:`zoo.data.benchmarks.SOURCES`: its users, items and
 interactions), so a truncated or different archive is refused and nothing is left behind; a file already in place is
-checked, not downloaded again (``--overwrite`` replaces it). Nothing else in the zoo downloads data: every command
-reads the files it is given. The data stays under its owners' terms (MovieLens: GroupLens' usage license).
+checked, not downloaded again (``--overwrite`` replaces it). Without ``--dir`` the file goes to ``$ZOO_DATA_DIR``
+when it is set (the folder the tests and bench scripts read), else ``./data``. Nothing else in the zoo downloads
+data: every command reads the files it is given. The data stays under its owners' terms (MovieLens: GroupLens' usage
+license).
 """
 
 from __future__ import annotations
@@ -124,20 +126,42 @@ def download(name: str, folder: str, from_zip: str | None = None, overwrite: boo
     return path, True
 
 
+#: the environment variable that names the data folder (the tests, the bench scripts and the data README read it)
+DATA_DIR_ENV = "ZOO_DATA_DIR"
+
+
+def default_dir() -> str:
+    """``--dir``'s default: ``$ZOO_DATA_DIR`` when it is set (the folder the tests and bench scripts read), else
+    ``data`` under the current directory."""
+    return os.environ.get(DATA_DIR_ENV) or "data"
+
+
 def main(argv: Sequence[str] | None = None) -> str:
-    p = argparse.ArgumentParser(prog="python -m zoo.download", description=__doc__.split("\n\n")[0])
+    """Entry point of ``python -m zoo.download``; returns the path of the benchmark's file. Exit statuses
+    (:data:`EXIT_CODES`): 2 for a bad option (a ``--dir`` that is a file); 1 for an archive that cannot be found,
+    fetched or read, or a file that is not the benchmark."""
+    from .cli import EXIT_CODES, EXIT_ERROR, command_prog, exit_with
+
+    p = argparse.ArgumentParser(prog=command_prog("zoo.download"), description=__doc__.split("\n\n")[0],
+                                epilog=EXIT_CODES)
     p.add_argument("name", choices=sorted(SOURCES), help="the benchmark")
-    p.add_argument("--dir", default="data", help="folder to write the interaction file into (default: data)")
-    p.add_argument("--from-zip", help="the benchmark's archive, downloaded by hand (no network needed)")
+    p.add_argument("--dir", default=None,
+                   help=f"folder to write the interaction file into (default: ${DATA_DIR_ENV} when it is set, else "
+                        "./data)")
+    p.add_argument("--from-zip", help="the benchmark's archive, downloaded by hand (no network needed; default: "
+                                      "download it from its owner's site)")
     p.add_argument("--overwrite", action="store_true", help="replace a file already there")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while downloading")
     a = p.parse_args(argv)
+    folder = a.dir if a.dir is not None else default_dir()
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        p.error(f"--dir {folder} is a file, not a folder" + ("" if a.dir is not None else
+                                                            f" (${DATA_DIR_ENV}, the default of --dir)"))
     if a.from_zip and not os.path.isfile(a.from_zip):
-        p.error(f"--from-zip {a.from_zip}: no such file")
-    if os.path.exists(a.dir) and not os.path.isdir(a.dir):
-        p.error(f"--dir {a.dir} is a file, not a folder")
+        exit_with(EXIT_ERROR, f"error: --from-zip {a.from_zip}: "
+                              + ("a folder, not the archive" if os.path.isdir(a.from_zip) else "no such file"))
     try:
-        path, written = download(a.name, a.dir, a.from_zip, a.overwrite, progress=not a.no_progress)
+        path, written = download(a.name, folder, a.from_zip, a.overwrite, progress=not a.no_progress)
     except DownloadError as e:
         sys.exit(f"error: {e}")
     source = SOURCES[a.name]

@@ -509,3 +509,12 @@ def _check_split_fits(model, split: Split) -> None:
 __all__ = ["WindowDataset", "HistoryDataset", "SeqRecCollator", "logits_to_ranks", "ranking_metrics",
            "trainer_kwargs", "save_run", "stop_reason", "epoch_of", "epoch_losses", "EVAL_ON", "HISTORY_LABELS",
            "EPOCH_LOSS"]
+
+
+if __name__ == "__main__":     # a library module: ``python -m zoo.hf_trainer`` has nothing to run
+    import sys
+
+    print("zoo.hf_trainer is a library module, not a command: it gives transformers' Trainer what it needs to train "
+          "zoo models (`python -c 'import zoo.hf_trainer; help(zoo.hf_trainer)'`); to train from the command line, "
+          "run `python -m zoo.train --help`", file=sys.stderr)
+    sys.exit(2)

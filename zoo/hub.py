@@ -22,7 +22,7 @@ import shutil
 import sys
 from typing import Sequence
 
-from .cli import cannot, check_outputs, columns_argv, written_whole, written_whole_folder
+from .cli import cannot, check_outputs, columns_argv, error_text, written_whole, written_whole_folder
 from .data.benchmarks import BENCHMARKS, recognise_benchmark
 from .pretrained import HUB_ORG, PLACEHOLDER_ORGS, bundled_models, weights_sha256
 
@@ -55,6 +55,48 @@ PUBLISHED_ON = "ml-1m-5core"
 #: a card's protocol name, by whether the history was masked
 PROTOCOL_NAMES = {False: "RecBole protocol", True: "LRURec protocol (history items masked)"}
 CARD_FILES = ("config.json", "model.safetensors", "item_vocab.json", "README.md")
+#: the folders of a card's ONNX graphs (``export.onnx --card-dir``: a step graph, a window graph)
+ONNX_FOLDERS = ("onnx", "onnx-window")
+#: what a card folder holds (``zoo.hub card`` writes it, ``export.onnx --card-dir`` adds its graphs), as ``fnmatch``
+#: patterns of paths relative to the folder: :data:`CARD_FILES`, the card's ``training_log.json`` and
+#: ``eval_results.json``, run logs (``*_log.json``: a run or soup folder carded in place keeps its own), and in
+#: :data:`ONNX_FOLDERS` export.onnx's graph, its external tensors, its I/O spec and the item vocabulary it maps
+CARD_CONTENT = (*CARD_FILES, "training_log.json", "eval_results.json", "*_log.json",
+                *(f"{d}/{f}" for d in ONNX_FOLDERS for f in ("model.onnx", "model.onnx.data", "state_spec.json",
+                                                          "item_vocab.json")))
+
+
+def extra_files(folder: str | os.PathLike) -> list[str]:
+    """The files in ``folder`` (relative paths, nested ones too) that are no part of a model card
+    (:data:`CARD_CONTENT`): what ``zoo.hub push`` would publish beside the card -- hand-written notes, another run's
+    files, anything copied in. Hidden entries (interrupted writers' stages, a clone's ``.git``) are left out, as
+    ``push`` never uploads them (:data:`PUSH_IGNORE`)."""
+    import fnmatch
+
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+            if not name.startswith(".") and not any(fnmatch.fnmatchcase(rel, pat) for pat in CARD_CONTENT):
+                found.append(rel)
+    return sorted(found)
+
+
+def _listed(names: list[str], most: int = 4) -> str:
+    """``a, b, c, d, ... (7 in all)``: the first names of a list, for a one-line message."""
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+class OutFolderError(ValueError):
+    """``zoo.hub card``'s ``--out`` cannot take the card as asked (a file, a place that cannot be written, a folder
+    holding other files: choose another ``--out`` or pass ``--overwrite``): a usage error (exit 2) on the command
+    line."""
+
+
+class ExtraFilesError(ValueError):
+    """``zoo.hub push`` of a folder holding files that are no part of a card (:func:`extra_files`), without
+    ``allow_extra``: a usage error (exit 2) on the command line (remove them, or pass ``--allow-extra``)."""
 
 
 # ------------------------------------------------------------------------------------------------- cards
@@ -127,7 +169,8 @@ def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dic
 
     loading = card_loading_line(name, repo_id, bundled, load_from)
     repo_id = repo_id or (f"{HUB_ORG}/{name}" if bundled else name)
-    cfg = json.load(open(os.path.join(folder, "config.json")))
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
     model_type = cfg["model_type"]
     ds_name, ds_type = dataset.get("name", "dataset"), dataset.get("type", "dataset")
     split = "test (leave-one-out)"
@@ -328,7 +371,7 @@ def card_notes(card_dir: str | os.PathLike) -> str:
     readme = pathlib.Path(card_dir) / "README.md"
     if not readme.is_file():
         return ""
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     if NOTES_BEGIN in text and NOTES_END in text:
         return text.split(NOTES_BEGIN, 1)[1].split(NOTES_END, 1)[0].strip()
     raise ValueError(f"{readme} has no {NOTES_BEGIN} markers (a card written before they existed): pass its notes "
@@ -360,7 +403,7 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
                 logger.warning("training history stops at %s: %s no longer holds the weights it started from",
                                run_dir, folder)
                 return stages
-            log = json.load(open(folder / "train_log.json"))
+            log = json.loads((folder / "train_log.json").read_text(encoding="utf-8"))
             stages.insert(0, log)
             prev = log.get("init_from")
             if not prev:
@@ -373,7 +416,7 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
                 return stages
             folder = found
         elif (folder / STAGES_FILE).exists():
-            earlier = json.load(open(folder / STAGES_FILE))["stages"]
+            earlier = json.loads((folder / STAGES_FILE).read_text(encoding="utf-8"))["stages"]
             if stages and stages[0] in earlier:         # the card holds this run (re-carded from it, or later stages)
                 return earlier[:earlier.index(stages[0])] + stages
             if expect and weights_sha256(folder) != expect:   # the card was replaced since the run started from it
@@ -382,7 +425,7 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
                 return stages
             return earlier + stages
         elif (folder / SOUP_LOG).exists():              # a zoo.soup folder: the stages its ingredients share, then it
-            return soup_stages(json.load(open(folder / SOUP_LOG))) + stages
+            return soup_stages(json.loads((folder / SOUP_LOG).read_text(encoding="utf-8"))) + stages
         else:
             logger.warning("training history stops at %s (no train_log.json or %s)", folder, STAGES_FILE)
             return stages
@@ -540,7 +583,7 @@ def _visible_entries(folder: str | os.PathLike) -> list[str]:
 def _card_stages(card_dir: str | os.PathLike) -> list | None:
     """The stages of the card in ``card_dir`` (its ``training_log.json``), or ``None`` when it has none readable."""
     try:
-        stages = json.loads((pathlib.Path(card_dir) / STAGES_FILE).read_text()).get("stages")
+        stages = json.loads((pathlib.Path(card_dir) / STAGES_FILE).read_text(encoding="utf-8")).get("stages")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return None
     return stages if isinstance(stages, list) and stages else None
@@ -552,14 +595,14 @@ def _foreign_files(out_dir: str | os.PathLike, run_dir: str | os.PathLike) -> li
     found = []
     readme = pathlib.Path(out_dir) / "README.md"
     try:
-        if readme.is_file() and not readme.read_text().startswith("---\n"):
+        if readme.is_file() and not readme.read_text(encoding="utf-8").startswith("---\n"):
             found.append("its README.md is not a model card (no front matter)")
     except (OSError, UnicodeDecodeError):
         found.append("its README.md cannot be read as a model card")
 
     def model_type(folder) -> str | None:
         try:
-            return json.loads((pathlib.Path(folder) / "config.json").read_text()).get("model_type")
+            return json.loads((pathlib.Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type")
         except (OSError, UnicodeDecodeError, ValueError, AttributeError):
             return None
     there, ours = model_type(out_dir), model_type(run_dir)
@@ -575,8 +618,10 @@ def check_card_out(out_dir: str | os.PathLike, run_dir: str | os.PathLike, stage
     ``overwrite``, the folder is empty or new, it is the run's own folder (re-measured in place), or it holds the card
     this run continues (its ``training_log.json`` stages are where the run's ``stages`` start: a later stage or a soup
     of that card, whose history the new card keeps). A mistyped ``--name`` that matches another card, or an ``--out``
-    holding hand-written notes or another model, is named instead of replaced."""
-    if overwrite or not os.path.isdir(out_dir) or os.path.samefile(run_dir, out_dir):
+    holding hand-written notes or another model, is named instead of replaced. ``overwrite`` replaces a card's files
+    only: a folder that also holds files no card writes (:func:`extra_files`) is refused even then (they would stay
+    beside the new card, and ``zoo.hub push`` would publish them). The refusals are :class:`OutFolderError`."""
+    if not os.path.isdir(out_dir) or os.path.samefile(run_dir, out_dir):
         return
     names = _visible_entries(out_dir)
     if not names:
@@ -584,12 +629,18 @@ def check_card_out(out_dir: str | os.PathLike, run_dir: str | os.PathLike, stage
     card = _card_stages(out_dir)
     if card and stages[:len(card)] == card:
         return
+    if overwrite:
+        extra = extra_files(out_dir)
+        if extra:
+            raise OutFolderError(f"--out {out_dir} holds files a card does not write ({_listed(extra)}): --overwrite "
+                                 "replaces a card's files only, and these would stay beside the new card (zoo.hub "
+                                 f"push would publish them); move them out of {out_dir}, or choose another --out")
+        return
     why = _foreign_files(out_dir, run_dir) or [
         "it holds a card of another history (the run does not continue its stages)" if card else
         "it is not a card this run continues"]
-    raise ValueError(f"--out {out_dir} already holds files ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
-                     f"; {'; '.join(why)}: choose another --out (or --name), or pass --overwrite to write the card "
-                     "over them")
+    raise OutFolderError(f"--out {out_dir} already holds files ({_listed(names)}); {'; '.join(why)}: choose another "
+                         "--out (or --name), or pass --overwrite to write the card over them")
 
 
 def default_card_out(name: str) -> str:
@@ -631,12 +682,12 @@ class _Shown:
 def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,
                       description: str | None = None, dataset_type: str | None = None,
                       dataset_name: str | None = None, notes: str = "", keep_notes: bool = False,
-                      overwrite: bool = False, repo_id: str | None = None) -> dict:
+                      overwrite: bool = False, repo_id: str | None = None, progress: bool = True) -> dict:
     """Evaluate a training run's best checkpoint on the test split, then copy it into ``out_dir`` (default
     ``./hub_cards/<name>``, :func:`default_card_out`) and write its card, re-exporting the folder's ONNX graphs from
-    the new weights. Returns the measured metrics. The new card
-    is written into a staged copy of the folder and swapped in whole: when any step fails (the evaluation, a graph
-    that no longer verifies) the folder is left as it was.
+    the new weights. Returns the measured metrics (``progress``: the evaluation's progress bar, on stderr). The new
+    card is written into a staged copy of the folder and swapped in whole: when any step fails (the evaluation, a
+    graph that no longer verifies) the folder is left as it was.
 
     ``run_dir`` may also be a ``zoo.soup`` folder (the card lists its ingredients and their stages) or a card folder
     (its ``training_log.json`` holds every stage); given as its own ``out_dir``
@@ -670,13 +721,20 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     if missing:
         raise FileNotFoundError(f"{run_dir} is neither a finished zoo.train run, a zoo.soup folder nor a card folder: "
                                 f"missing {missing}")
-    check_outputs({"--out": out_dir}, folders=True)            # a file there, or a place that cannot be written
+    try:
+        check_outputs({"--out": out_dir}, folders=True)        # a file there, or a place that cannot be written
+    except ValueError as e:
+        raise OutFolderError(str(e)) from None
     if history == "train_log.json":
         check_finished(run_dir)                                 # an interrupted run: not its best checkpoint yet
     check_card_vocabulary(run_dir)                              # before any measuring: a card ships item_vocab.json
     in_place = os.path.isdir(out_dir) and os.path.samefile(run_dir, out_dir)
     stages = training_stages(run_dir)
     check_card_out(out_dir, run_dir, stages, overwrite)       # another card, notes, another model: not unasked
+    extra = extra_files(out_dir) if os.path.isdir(out_dir) else []
+    if extra:                   # the user's own files in the card this run continues: kept, but push refuses them
+        print(f"[zoo.hub] note: {out_dir} holds files a card does not write ({_listed(extra)}): they stay beside the "
+              "card, and zoo.hub push refuses the folder unless --allow-extra", file=sys.stderr, flush=True)
     _check_same_protocol(out_dir, exclude_history)
     kept_notes = card_notes(out_dir) if keep_notes else ""     # refused (no markers) before any measuring
     exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
@@ -708,7 +766,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     split = leave_one_out(ds)
     test = split.test
     metrics, ranks = evaluate_model(model, test, ks=default_ks(model.config.n_items - 1),
-                                    exclude_history=exclude_history, return_ranks=True)
+                                    exclude_history=exclude_history, return_ranks=True, progress=progress)
     intervals = bootstrap_interval(ranks, ks=(10,))
 
     bundled = is_bundled_card(out_dir, name)
@@ -744,7 +802,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         masked = bool(ref["history_masked"])
         reference = {"exclude_history": masked, "command": evaluate_command(masked),
                      "metrics": evaluate_model(model, test, ks=default_ks(model.config.n_items - 1),
-                                               exclude_history=masked)}
+                                               exclude_history=masked, progress=progress)}
     dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences), "benchmark": benchmark,
                "description": _with_dropped(description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} "
                                                            f"items, {ds.n_interactions:,} interactions", dropped)}
@@ -786,7 +844,7 @@ def check_finished(run_dir: str | os.PathLike) -> None:
 
     path = os.path.join(run_dir, "train_log.json")
     try:
-        log = json.loads(pathlib.Path(path).read_text())
+        log = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ValueError(cannot("the training log", path, e, "read")) from e
     if not isinstance(log, dict):
@@ -807,7 +865,7 @@ def check_card_vocabulary(run_dir: str | os.PathLike) -> None:
     no ``item_vocab.json``): a card folder holds one (:data:`CARD_FILES`; its ids are what the card's model ranks)."""
     path = os.path.join(run_dir, "config.json")
     try:
-        recorded = json.loads(pathlib.Path(path).read_text()).get("item_vocab_file", "unrecorded")
+        recorded = json.loads(pathlib.Path(path).read_text(encoding="utf-8")).get("item_vocab_file", "unrecorded")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
         raise ValueError(cannot("the model config", path, e, "read")) from e
     if recorded is None:
@@ -837,10 +895,10 @@ def checkpoint_log(folder: str | os.PathLike) -> dict | None:
     try:
         for name in ("train_log.json", SOUP_LOG):
             if (folder / name).is_file():
-                log = json.loads((folder / name).read_text())
+                log = json.loads((folder / name).read_text(encoding="utf-8"))
                 return log if isinstance(log, dict) else None
         if (folder / STAGES_FILE).is_file():
-            stages = json.loads((folder / STAGES_FILE).read_text()).get("stages")
+            stages = json.loads((folder / STAGES_FILE).read_text(encoding="utf-8")).get("stages")
             return stages[-1] if stages and isinstance(stages[-1], dict) else None
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return None
@@ -917,7 +975,7 @@ def _check_same_protocol(card_dir: str | os.PathLike, exclude_history: bool) -> 
     path = pathlib.Path(card_dir) / "eval_results.json"
     if not path.is_file():
         return
-    was = bool(json.loads(path.read_text()).get("exclude_history", False))
+    was = bool(json.loads(path.read_text(encoding="utf-8")).get("exclude_history", False))
     if was != exclude_history:
         raise ValueError(f"{card_dir} was measured {'with' if was else 'without'} --exclude-history "
                          f"({PROTOCOL_NAMES[was]}); a card replaced in its folder keeps its protocol: "
@@ -933,11 +991,11 @@ def existing_onnx_exports(card_dir: str | os.PathLike) -> list[list[str]]:
     precision, time input, whether all scores are an output and whether the history is excluded.
     """
     found = []
-    for rel in ("onnx", "onnx-window"):
+    for rel in ONNX_FOLDERS:
         spec_path = pathlib.Path(card_dir) / rel / "state_spec.json"
         if not spec_path.exists():
             continue
-        spec = json.loads(spec_path.read_text())
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
         args = ["--kind", spec["kind"], "--topk", str(spec["topk"])]
         if spec.get("precision") == "fp16":
             args.append("--fp16")
@@ -978,9 +1036,9 @@ def card_summary(folder: str | os.PathLike) -> list[str]:
     """``[model type, dataset name, protocol, HR@10, NDCG@10]`` of a card folder, as text (``-`` for what the folder
     does not say: a model folder without a measured card)."""
     folder = pathlib.Path(folder)
-    model_type = json.loads((folder / "config.json").read_text()).get("model_type", "-")
+    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "-")
     results = folder / "eval_results.json"
-    info = json.loads(results.read_text()) if results.is_file() else {}
+    info = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
     metrics = info.get("metrics", {})
     protocol = (info.get("protocol") or {}).get("name", "-")
     return [model_type, _card_dataset(folder).get("name") or "-", protocol,
@@ -992,17 +1050,25 @@ def card_summary(folder: str | os.PathLike) -> list[str]:
 PUSH_IGNORE = (".*", "**/.*")
 
 
-def push(folder: str, repo_id: str, private: bool = False, token: str | None = None) -> str:
+def push(folder: str, repo_id: str, private: bool = False, token: str | None = None,
+         allow_extra: bool = False) -> str:
     """Publish a card folder to the Hub with ``huggingface_hub`` (needs credentials: ``HF_TOKEN`` or a login).
     ``private`` also makes an existing public repo private; without it an existing repo keeps its visibility. The
     folder must load as the zoo loads it (strictly: weights that fit the config, a vocabulary that fits the weights)
-    before any Hub call: a corrupt or mismatched folder is refused, not published. Hidden entries
-    (:data:`PUSH_IGNORE`: interrupted writers' stages) are not uploaded."""
+    before any Hub call: a corrupt or mismatched folder is refused, not published. Files that are no part of a card
+    (:func:`extra_files`: notes, a copied file) are refused, naming them, unless ``allow_extra`` (the whole folder is
+    uploaded: they would be published). Hidden entries (:data:`PUSH_IGNORE`: interrupted writers' stages) are not
+    uploaded."""
     from huggingface_hub import HfApi, get_token
 
     missing = [f for f in CARD_FILES if not os.path.exists(os.path.join(folder, f))]
     if missing:
         raise ValueError(f"{folder} is not a complete card folder: missing {missing}")
+    extra = extra_files(folder)
+    if extra and not allow_extra:
+        raise ExtraFilesError(f"{folder} holds files that are no part of a model card ({_listed(extra)}): push "
+                              "uploads the whole folder, so they would be published; remove them (or move them out), "
+                              "or pass --allow-extra to publish them too")
     from transformers import AutoModel
 
     import zoo  # noqa: F401  (registers the zoo models with AutoModel)
@@ -1036,40 +1102,75 @@ def hub_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m zoo.hub", description="Bundled models, model cards, publishing.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    """Entry point of ``python -m zoo.hub``: ``list``, ``card``, ``push``. Exit statuses (:data:`EXIT_CODES`): 2 for a
+    bad option, an ``--out`` that cannot take the card, or files no card holds in a folder to push without
+    ``--allow-extra``; 1 for a card or a push that failed (a run, data or Hub that cannot be read or reached); 4 for a
+    package the card needs that is missing here."""
+    from .cli import EXIT_CODES, EXIT_MISSING, command_prog, exit_with
+
+    p = argparse.ArgumentParser(prog=command_prog("zoo.hub"), description="Bundled models, model cards, publishing.",
+                                epilog=EXIT_CODES)
+    sub = p.add_subparsers(dest="cmd", required=True, help="what to do (each command has its own --help)")
     sub.add_parser("list", help="list bundled models: Hub id, folder, model type, dataset, protocol, test HR@10 and "
-                                "NDCG@10 (tab-separated; - where a folder has no card)")
+                                "NDCG@10 (tab-separated; - where a folder has no card)",
+                   description="List the bundled models, one tab-separated line each: Hub id, folder, model type, "
+                               "dataset, protocol, test HR@10 and NDCG@10 (- where a folder has no card).",
+                   epilog=EXIT_CODES)
     c = sub.add_parser("card", help="turn a training run into a card folder with a measured card (--out, default "
-                                    "./hub_cards/<name>)")
+                                    "./hub_cards/<name>)",
+                       description="Measure a training run's checkpoint on the test split and write a card folder: "
+                                   "weights, config, item vocabulary, README.md (a Hub model card), eval_results.json "
+                                   "and training_log.json.", epilog=EXIT_CODES)
     c.add_argument("--run", required=True, help="a zoo.train --out folder, or a card folder (the card's own folder "
                                                  "re-measures and re-writes it in place)")
-    c.add_argument("--name", required=True)
-    c.add_argument("--data", required=True)
+    c.add_argument("--name", required=True,
+                   help="the model's name: the card's title, and the folder name of the default --out "
+                        "(hub_cards/<name>); a bundled card's Hub id is ssm-rec-zoo/<name>")
+    c.add_argument("--data", required=True,
+                   help="the interaction file the run was trained on, read as its log says (k-core, order of ties, "
+                        "columns); the card's test metrics are measured on its leave-one-out test split")
     c.add_argument("--out", help="the card folder (default: hub_cards/<name> under the current directory; from the "
                                  "repository root that is the bundled card's folder, whose card alone names "
                                  f"{HUB_ORG}/<name>); the folder written is printed at the end")
     c.add_argument("--repo-id", help="the Hub id the card will be published as (zoo.hub push): its example and "
                                      "commands load it (default: the --out folder; a bundled card: "
                                      f"{HUB_ORG}/<name>)")
-    c.add_argument("--exclude-history", action="store_true")
+    c.add_argument("--exclude-history", action="store_true",
+                   help="measure under the LRURec protocol (the input window's items are never ranked); default: the "
+                        "RecBole protocol (nothing masked); a card re-written in its folder keeps its protocol")
     c.add_argument("--dataset-type", help="the model-index dataset type (default: a recognised benchmark's, e.g. "
                                           "ml-1m; else the replaced card's; else the data file's name)")
     c.add_argument("--dataset-name", help="default: a recognised benchmark's, e.g. 'MovieLens-1M (5-core)'; else the "
                                           "replaced card's; else the data file")
-    c.add_argument("--description")
-    c.add_argument("--notes", help="markdown file appended to the card (e.g. an ablation or a data caveat)")
+    c.add_argument("--description",
+                   help="the card's data line, markdown (default: the data file's name and its users, items and "
+                        "interactions)")
+    c.add_argument("--notes", help="markdown file appended to the card, e.g. an ablation or a data caveat (default: "
+                                   "none)")
     c.add_argument("--keep-notes", action="store_true",
                    help="carry over the notes of the card being replaced (before --notes, when both are given)")
     c.add_argument("--overwrite", action="store_true",
                    help="write the card into an --out folder that holds other files than the card this run "
                         "continues (another card, notes, another model): its README.md, weights, config and "
-                        "vocabulary are replaced, its ONNX graphs re-exported; not needed to re-measure a card in "
-                        "place or to card a later stage of the card in --out")
-    u = sub.add_parser("push", help="publish a card folder to the Hub")
-    u.add_argument("folder")
-    u.add_argument("--repo-id", required=True)
-    u.add_argument("--private", action="store_true")
+                        "vocabulary are replaced, its ONNX graphs re-exported; a folder that also holds files no card "
+                        "writes is refused even so; not needed to re-measure a card in place or to card a later "
+                        "stage of the card in --out")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar during the evaluation")
+    u = sub.add_parser("push", help="publish a card folder to the Hub",
+                       description="Publish a card folder to the Hugging Face Hub (needs HF_TOKEN or `hf auth "
+                                   "login`); the folder must load as a zoo model, and may hold only a card's files.",
+                       epilog=EXIT_CODES)
+    u.add_argument("folder", help="the card folder to upload (a zoo.hub card --out folder), whole: hidden entries "
+                                  "are left out")
+    u.add_argument("--repo-id", required=True,
+                   help="the Hub repository to create or update, as OWNER/NAME (e.g. ssm-rec-zoo/mamba4rec-ml1m)")
+    u.add_argument("--private", action="store_true",
+                   help="make the repository private (an existing public one too); default: a new repository is "
+                        "public, an existing one keeps its visibility")
+    u.add_argument("--allow-extra", action="store_true",
+                   help="also upload files that are no part of a card (anything but the card's README.md, weights, "
+                        "config, vocabulary, logs, eval_results.json and ONNX graphs); default: refuse the folder, "
+                        "naming them")
     args = p.parse_args(argv)
     if args.cmd == "list":
         for name, path in bundled_models().items():
@@ -1078,21 +1179,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         from export.deps import MissingDependencyError
 
         try:
-            notes = pathlib.Path(args.notes).read_text() if args.notes else ""
+            notes = pathlib.Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
         except (OSError, UnicodeDecodeError) as e:
-            sys.exit(f"card not written: {cannot('--notes', args.notes, e, 'read')}")
+            sys.exit(f"card not written: {cannot('--notes', args.notes, e, 'read')}")       # status 1
         out = args.out or default_card_out(args.name)
         try:
             m = build_card_folder(args.run, args.name, args.data, out, args.exclude_history, args.description,
                                   args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes,
-                                  overwrite=args.overwrite, repo_id=args.repo_id)
-        except (OSError, KeyError, ValueError, RuntimeError, MissingDependencyError) as e:  # they name what failed
-            sys.exit(f"card not written: {e}")
+                                  overwrite=args.overwrite, repo_id=args.repo_id, progress=not args.no_progress)
+        except OutFolderError as e:     # the --out given (or its default) cannot take the card as asked
+            c.error(f"card not written: {e}")
+        except MissingDependencyError as e:
+            exit_with(EXIT_MISSING, f"card not written: {e}")
+        except (OSError, KeyError, ValueError, RuntimeError) as e:  # they name what failed
+            sys.exit(f"card not written: {error_text(e)}")                               # status 1
         print(json.dumps(m, indent=1))
         print(f"wrote card {os.path.abspath(out)} (README.md, weights, eval_results.json)", flush=True)
     elif args.cmd == "push":
+        extra = extra_files(args.folder) if args.allow_extra and os.path.isdir(args.folder) else []
+        if extra:
+            print(f"[zoo.hub] note: --allow-extra: also uploading files that are no part of a card ({_listed(extra)})",
+                  file=sys.stderr, flush=True)
         try:
-            print(push(args.folder, args.repo_id, args.private))
+            print(push(args.folder, args.repo_id, args.private, allow_extra=args.allow_extra))
+        except ExtraFilesError as e:
+            u.error(f"push refused: {e}")
         except (RuntimeError, ValueError) as e:
             sys.exit(f"push failed: {e}")
         except hub_errors() as e:       # the Hub not reached (offline mode, no network) or refusing (HTTP errors)

@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cli import cannot, check_outputs, written_whole
+from .cli import EXIT_ERROR, EXIT_MISSING, EXIT_USAGE, cannot, check_outputs, written_whole
 
 TRAIN_PRESETS = {
     "mamba4rec": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, clip=0.0),
@@ -402,8 +402,27 @@ def environment() -> dict:
 
 class RunSetupError(ValueError):
     """A run refused before its first epoch: a bad setting, an unreadable or malformed data file, or a starting
-    checkpoint that does not fit the data (``--out`` is untouched). ``python -m zoo.train`` prints it as a usage error,
-    without a traceback; the original exception is its ``__cause__``."""
+    checkpoint that does not fit the data (``--out`` is untouched). ``python -m zoo.train`` prints it in one line,
+    without a traceback, and exits with its ``exit_code`` (:data:`export.fsutil.EXIT_CODES`): 2 for a bad setting
+    (with the usage), 1 for an input that cannot be read or does not fit (:func:`_run_inputs`), 4 for a GPU this
+    machine lacks; the original exception is its ``__cause__``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def _run_inputs():
+    """Mark the ``ValueError``/``OSError`` of the block as the run's inputs failing -- a ``--data``, ``--init-from``
+    or resume state that cannot be found or read, or data that does not fit the run (a time-aware model on data
+    without timestamps, a resumed run's data edited since) -- not its settings: :class:`RunSetupError` exit 1
+    (``zoo_exit_code``), where a refused setting is a usage error (2)."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        e.zoo_exit_code = EXIT_ERROR
+        raise
 
 
 def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int, seed: int, max_len: int | None,
@@ -469,10 +488,12 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         folder = train_state.resume_dir(out)
         if folder is None:
             raise ValueError(no_resume_state(out))
-        state, tensors = train_state.load(folder)
+        with _run_inputs():
+            state, tensors = train_state.load(folder)
         train_state.check_settings(state["settings"], settings or {})
         check_output_folder(out, init_from, overwrite=True)     # its checkpoint is the run's own best so far
-        note = train_state.check_checkpoint(out, folder, state)  # ... unless another run or a copy replaced it
+        with _run_inputs():                                       # ... unless another run or a copy replaced it
+            note = train_state.check_checkpoint(out, folder, state)
         if note:
             print(f"[zoo.train] note: {note}", flush=True)
         resumed = (folder, state, tensors)
@@ -495,7 +516,8 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     if amp and device.type != "cuda":
         raise ValueError(f"amp (bfloat16 autocast) is for CUDA; the run is on {device}")
     set_seed(seed)
-    ds = load_dataset(data, kcore=kcore, time_ties=time_ties, columns=columns)
+    with _run_inputs():
+        ds = load_dataset(data, kcore=kcore, time_ties=time_ties, columns=columns)
     model_cls = get_model_class(model_type)[1]
     overrides = dict(config_overrides or {})
     if max_len is not None:
@@ -503,7 +525,14 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     init_changes: dict = {}
     init_items = None
     if init_from:  # continue from a checkpoint (e.g. a bundled model trained in an earlier, time-limited run)
-        model = model_cls.from_pretrained(init_from)
+        with _run_inputs():                 # a checkpoint that cannot be found or read
+            try:
+                model = model_cls.from_pretrained(init_from)
+            except (OSError, ValueError) as e:
+                from .cli import error_text
+
+                raise ValueError(f"--init-from {init_from}: {error_text(e)}") from e
+        # data items the checkpoint lacks: a usage error, settled by --unknown-items
         ds, init_items = fit_data_to_checkpoint(ds, model, unknown_items, f"--init-from {init_from}")
         model, init_changes = apply_config_overrides(model, overrides, f"--init-from {init_from}")
         model = model.to(device)
@@ -515,16 +544,17 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         overrides.setdefault("max_seq_length", 200)
         model = build_model(model_type, ds.vocab.n_items, overrides).to(device)
     model.set_item_vocab(ds.vocab)
-    if model.uses_timestamps:       # the model's own answer: TiM4Rec with is_time=False reads none (its class's is a
-        ds.check_timestamps_for(type(model).__name__)       # property, which was taken for True)
-    if resumed:         # the same file name is not the same data: an edited file would continue on other data
-        was = (resumed[1].get("log") or {}).get("dataset")
-        now = ds.stats()
-        if isinstance(was, dict) and was != now:
-            diff = "; ".join(f"{k}: the run's {was.get(k)!r}, now {now.get(k)!r}" for k in now
-                             if was.get(k) != now.get(k))
-            raise ValueError(f"--resume: {data} is not the data the run trained on ({diff}): resume with the run's "
-                             "data, or start a new run")
+    with _run_inputs():
+        if model.uses_timestamps:   # the model's own answer: TiM4Rec with is_time=False reads none (its class's is a
+            ds.check_timestamps_for(type(model).__name__)   # property, which was taken for True)
+        if resumed:     # the same file name is not the same data: an edited file would continue on other data
+            was = (resumed[1].get("log") or {}).get("dataset")
+            now = ds.stats()
+            if isinstance(was, dict) and was != now:
+                diff = "; ".join(f"{k}: the run's {was.get(k)!r}, now {now.get(k)!r}" for k in now
+                                 if was.get(k) != now.get(k))
+                raise ValueError(f"--resume: {data} is not the data the run trained on ({diff}): resume with the "
+                                 "run's data, or start a new run")
     from .evaluate import split_data
 
     split = split_data(ds, temporal_split)          # leave-one-out, or the temporal split at those shares
@@ -687,7 +717,10 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             loss=loss, negatives=negatives, negative_sampler=negative_sampler, sparse_item_grad=sparse_item_grad,
             unknown_items=unknown_items, temporal_split=temporal_split)
     except (ValueError, OSError) as e:
-        raise RunSetupError(str(e)) from e
+        from .modeling_utils import DeviceUnavailableError
+
+        code = EXIT_MISSING if isinstance(e, DeviceUnavailableError) else getattr(e, "zoo_exit_code", EXIT_USAGE)
+        raise RunSetupError(str(e), code) from e
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
 
     def validate(m) -> dict:
@@ -750,7 +783,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         try:
             train_state.restore(folder, state, tensors, model, opt, gen)
         except ValueError as e:                     # a truncated or foreign file: refused before any epoch
-            raise RunSetupError(str(e)) from e
+            raise RunSetupError(str(e), EXIT_ERROR) from e
         done = state["progress"]
         best, best_epoch, bad, start_epoch = done["best"], done["best_epoch"], done["bad"], done["epoch"] + 1
         t0 = time.time() - done["elapsed_s"]
@@ -985,18 +1018,36 @@ def _preset_text(preset: dict) -> str:
             f"batch {preset['batch_size']}, {clip}")
 
 
+def _preset_default(key: str) -> str:
+    """``default: the model's preset (0.01 for lrurec, 0 for the others)``: the help's default of an optimisation
+    option, from :data:`TRAIN_PRESETS` (a clip of 0 reads ``off``)."""
+    def shown(v) -> str:
+        return "off" if key == "clip" and not v else f"{v:g}" if isinstance(v, float) else str(v)
+
+    others = shown(DEFAULT_PRESET[key])
+    own = [f"{shown(v[key])} for {m}" for m, v in TRAIN_PRESETS.items() if shown(v[key]) != others]
+    return f"default: the model's preset ({', '.join(own + [f'{others} for the others'])})" if own else \
+        f"default: the model's preset, {others}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .cli import kcore as kcore_arg
-    from .cli import add_columns_option, nonnegative_int, positive_int
+    from .cli import (EXIT_CODES, add_columns_option, add_device_option, add_threads_option, command_prog,
+                      nonnegative_int, positive_int)
     from .data import TIME_TIES
     from .losses import LOSSES, SAMPLERS
+    from .models import MODELS
 
-    p = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=command_prog("zoo.train"), description=__doc__.split("\n\n")[0],
+                                epilog=EXIT_CODES)
     run = p.add_argument_group("run")
-    run.add_argument("--model", required=True, help="model type, e.g. mamba4rec, lrurec, sasrec")
+    run.add_argument("--model", required=True,
+                     help=f"the type of the new model: one of {', '.join(sorted(MODELS))} (to continue a trained "
+                          "checkpoint, give its type here and the checkpoint as --init-from)")
     run.add_argument("--data", required=True, help="interaction file (.seq, .inter, ratings.dat, csv/tsv; .gz ok)")
     run.add_argument("--out", required=True, help="folder for the best checkpoint and train_log.json")
-    run.add_argument("--config", help="JSON file with model config fields")
+    run.add_argument("--config", help="JSON file of model config fields (default: none, the model's defaults; --set "
+                                      "overrides it)")
     run.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                      help="model config overrides (over --config's; --set may be repeated)")
     run.add_argument("--seed", type=int, default=2020,
@@ -1018,7 +1069,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "--max-minutes with --decay-over budget re-paces the rest of the decay to the new budget)")
     data = p.add_argument_group("data")
     data.add_argument("--kcore", type=kcore_arg, default="auto",
-                      help="k-core filter: auto (5 for .inter, none for .seq), none (or 0), or k >= 1")
+                      help="k-core filter: auto (5 for .inter, none for .seq), none (or 0), or k >= 1 (default: auto)")
     data.add_argument("--temporal-split", type=float, nargs=2, default=None, metavar=("TEST_SHARE", "VALID_SHARE"),
                       help="train on a global temporal split instead of leave-one-out: the last TEST_SHARE of all "
                            "interactions (by time) is the test period, the VALID_SHARE before it validation, and only "
@@ -1026,13 +1077,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "cannot be carded (cards report leave-one-out)")
     data.add_argument("--time-ties", choices=TIME_TIES, default="file",
                       help="order of one user's interactions with equal timestamps: file (their file order, a stable "
-                           "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz)")
+                           "sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz); default: file")
     add_columns_option(data)
     objective = p.add_argument_group("objective")
     objective.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="window",
                            help="window: each batch's loss is the mean over its targets (with length bucketing a "
                                 "short window's targets weigh more than a long one's); target: every target weighs "
-                                "the same, as in RecBole's prefix batches")
+                                "the same, as in RecBole's prefix batches (default: window)")
     objective.add_argument("--window-stride", type=int,
                            help="overlapping training windows: a window ends every S items and supervises its last S "
                                 "positions, so each target sees >= max_len - S + 1 items of context (default: max_len)")
@@ -1044,24 +1095,30 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"negatives per batch for --loss sampled-softmax (default {DEFAULT_NEGATIVES})")
     objective.add_argument("--negative-sampler", choices=SAMPLERS, default="uniform",
                            help="proposal of the negatives: uniform over the items, or popularity (training "
-                                "counts + 1)")
+                                "counts + 1); default: uniform")
     optim = p.add_argument_group("optimisation", "unset values come from the model's preset: "
                                  + "; ".join(f"{m}: {_preset_text(v)}" for m, v in TRAIN_PRESETS.items())
                                  + f"; other models: {_preset_text(DEFAULT_PRESET)}")
-    optim.add_argument("--optimizer", choices=["adam", "adamw"])
-    optim.add_argument("--lr", type=float, help="learning rate")
-    optim.add_argument("--weight-decay", type=float)
-    optim.add_argument("--batch-size", type=int, help="training windows per batch")
+    optim.add_argument("--optimizer", choices=["adam", "adamw"],
+                       help="adam, or adamw (decoupled weight decay, none on biases and normalization gains); "
+                            + _preset_default("optimizer"))
+    optim.add_argument("--lr", type=float, help="learning rate; " + _preset_default("lr"))
+    optim.add_argument("--weight-decay", type=float,
+                       help="weight decay (L2 for adam, decoupled for adamw); " + _preset_default("weight_decay"))
+    optim.add_argument("--batch-size", type=int,
+                       help="training windows per batch; " + _preset_default("batch_size"))
     optim.add_argument("--sparse-item-grad", action="store_true",
                        help="with --loss sampled-softmax: the item table gets a sparse gradient and is updated by "
                             "lazy Adam (torch.optim.SparseAdam), so that a step touches only the rows the batch read "
                             "instead of the whole table; the table is not weight-decayed")
-    optim.add_argument("--clip", type=float, help="gradient clip norm (0 = off)")
+    optim.add_argument("--clip", type=float,
+                       help="gradient clip norm, 0 = off; " + _preset_default("clip"))
     optim.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                       help="learning-rate decay over the planned --epochs (linear/cosine to 0)")
+                       help="learning-rate decay over the planned --epochs (linear/cosine to 0; default: constant)")
     optim.add_argument("--decay-over", choices=DECAY_HORIZONS, default="epochs",
-                       help="budget: the decay ends at --max-minutes or the last epoch, whichever comes first "
-                            "(paced by the clock, so the learning rates depend on the machine's speed)")
+                       help="epochs: the decay spans the planned --epochs (default); budget: it ends at --max-minutes "
+                            "or the last epoch, whichever comes first (paced by the clock, so the learning rates "
+                            "depend on the machine's speed)")
     optim.add_argument("--warmup-steps", type=nonnegative_int, default=0,
                        help="linear learning-rate warmup over the run's first N optimizer steps (0: none), e.g. for a "
                             "restart --init-from a trained checkpoint, whose optimizer moments start afresh")
@@ -1072,31 +1129,73 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default 10; RecBole's stopping_step S stops at the (S+1)th: N = S + 1)")
     stop.add_argument("--eval-every", type=int, default=1,
                       help="validate every N epochs (RecBole's eval_step), and after the last epoch and at the time "
-                           "budget")
-    stop.add_argument("--max-minutes", type=float, help="stop after this much wall time (best checkpoint kept)")
-    stop.add_argument("--valid-users", type=int, help="validate on the first N users only (faster epochs)")
+                           "budget (default 1)")
+    stop.add_argument("--max-minutes", type=float,
+                      help="stop after this much wall time, best checkpoint kept (default: no time limit)")
+    stop.add_argument("--valid-users", type=int,
+                      help="validate on the first N users only, for faster epochs (default: every user)")
     stop.add_argument("--exclude-history", action="store_true", help="LRURec protocol: mask history items in eval")
     hw = p.add_argument_group("hardware")
-    hw.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_device_option(hw, "the training")
     hw.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
-    hw.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    add_threads_option(hw, "the training")
     hw.add_argument("--no-progress", action="store_true", help="no progress bars (the epoch lines are printed)")
     return p
 
 
+def checkpoint_hint(value: str) -> str:
+    """For a ``--model`` value that names a checkpoint rather than a model type -- an existing folder, a Hub-style id
+    (``org/name``) or a bundled model's name --: the hint to start from it with ``--init-from`` (and, where the
+    checkpoint's config says it, ``--model`` its type); ``""`` for any other value."""
+    import re
+    import shlex
+
+    from .pretrained import HUB_ORG, _bundled_for, bundled_models
+
+    if os.path.isdir(value):
+        start, folder = value, value
+    elif value in bundled_models():
+        start, folder = f"{HUB_ORG}/{value}", bundled_models()[value]
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", value):
+        start, folder = value, _bundled_for(value)
+    else:
+        return ""
+    model_type = None
+    if folder is not None:
+        try:
+            with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+                model_type = json.load(f).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            pass
+    return (f"; {value} names a checkpoint, and --model is the type of a new model: to start from a checkpoint use "
+            f"--init-from {shlex.quote(start)} --model {model_type if isinstance(model_type, str) else 'TYPE'}")
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``python -m zoo.train``; returns the training log. A run refused before its first epoch
-    (:class:`RunSetupError`: settings, data file, starting checkpoint) exits with a usage error naming the problem."""
+    (:class:`RunSetupError`: settings, data file, starting checkpoint) exits with one line naming the problem and the
+    status of :data:`export.fsutil.EXIT_CODES`: 2 for a bad option (with the usage), 1 for a ``--data``,
+    ``--config``, ``--init-from`` or resume state that cannot be read or does not fit, 4 for a ``--device`` this
+    machine lacks."""
+    from .cli import apply_threads, cli_device, exit_with
+    from .models import get_model_class
+
     p = build_parser()
     args = p.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    try:
+        get_model_class(args.model)
+    except ValueError as e:
+        p.error(f"--model: {e}{checkpoint_hint(args.model)}")
+    cli_device(args.device)                 # a malformed device is a usage error, a GPU this machine lacks exits 4
+    apply_threads(args.threads)
     overrides = {}
+    if args.config:
+        try:
+            fields = read_config_file(args.config)
+        except ValueError as e:             # a file that cannot be read, or is no JSON object: the run's input
+            exit_with(EXIT_ERROR, f"{p.prog}: error: {e}")
     try:
         if args.config:
-            from .models import get_model_class
-
-            fields = read_config_file(args.config)
             # a typo in the file is named as the file's (it was reported as a --set field)
             check_run_fields(fields, where=f"--config {args.config}")
             check_config_overrides(get_model_class(args.model)[0], fields, where=f"--config {args.config}")
@@ -1126,7 +1225,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except RunSetupError as e:
         from .cli import flag_named
 
-        p.error(flag_named(str(e), NUMBER_FLAGS))
+        if e.exit_code == EXIT_USAGE:
+            p.error(flag_named(str(e), NUMBER_FLAGS))
+        exit_with(e.exit_code, f"{p.prog}: error: {flag_named(str(e), NUMBER_FLAGS)}")
     except BaseException as e:              # Ctrl-C, a closed stdout, an error: no empty --out of this run's is left
         if not existed:
             with contextlib.suppress(OSError):

@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
-    card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
+    HelpFormatter, card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
 from zoo.cli import positive_int  # noqa: E402
 
 CARD = "mamba4rec-ml1m"
@@ -78,12 +78,12 @@ def measure(what: str, n_items: int, batch: int, seq_len: int) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--catalogues", type=positive_int, nargs="+", default=[3417, 100_001, 1_000_001],
-                   help="item table rows (padding included)")
+                   help="item table rows (padding included), a row each")
     p.add_argument("--batch", type=positive_int, default=256, help="users per batch (evaluate_model's batch_size)")
     p.add_argument("--seq-len", type=positive_int, default=50, help="items per history")
-    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     p.add_argument("--measure", nargs=2, metavar=("WHAT", "ITEMS"), help=argparse.SUPPRESS)   # the per-row process
     a = p.parse_args(argv)
     if a.measure:

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402,F401
-from benchutil import command_line, markdown_path, scratch_folder, write_markdown  # noqa: E402
+from benchutil import HelpFormatter, command_line, markdown_path, scratch_folder, write_markdown  # noqa: E402
 from zoo.cli import positive_float, positive_int  # noqa: E402
 from bench_step_latency import MEDIANS, fmt_lat, timeit  # noqa: E402
 from export.onnx import export_model  # noqa: E402
@@ -89,11 +89,13 @@ def markdown(rows) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--items", type=positive_int, nargs="+", default=[3417, 18358, 100001])
-    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 256])
-    p.add_argument("--min-time", type=positive_float, default=0.5)
-    p.add_argument("--markdown", type=markdown_path, default=None)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--items", type=positive_int, nargs="+", default=[3417, 18358, 100001],
+                   help="catalogue sizes n_items, a row each")
+    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 256], help="batch sizes B, a row each")
+    p.add_argument("--min-time", type=positive_float, default=0.5, help="seconds of timed calls per cell (at least)")
+    p.add_argument("--markdown", type=markdown_path, default=None,
+                   help="also write the table to this file (default: print it only)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     rows = bench(args.items, args.batches, args.min_time, lambda m: print(m, flush=True))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.benchutil import command_line, markdown_path, write_markdown  # noqa: E402
+from bench.benchutil import HelpFormatter, command_line, markdown_path, write_markdown  # noqa: E402
 from zoo.cli import positive_int  # noqa: E402
 from zoo.models.tim4rec import TiM4RecConfig, TiM4RecModel  # noqa: E402
 
@@ -69,9 +69,9 @@ def step_seconds(models, ids, mask, ts, labels, repeats) -> list[float]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed steps per row (the best is kept)")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     lines = [f"Produced by `{command_line('bench/bench_prefix_objective.py', argv)}` ({time.strftime('%Y-%m-%d')}).",

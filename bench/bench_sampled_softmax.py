@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
-    card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
+    HelpFormatter, card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
 from zoo.cli import positive_int  # noqa: E402
 
 CARD = "mamba4rec-ml1m"
@@ -98,14 +98,15 @@ def ratio(x: float) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--catalogues", type=positive_int, nargs="+", default=[3417, 100_001, 1_000_001],
-                   help="item table rows (padding included)")
-    p.add_argument("--negatives", type=positive_int, nargs="+", default=[256, 1024], help="sampled-softmax rows")
+                   help="item table rows (padding included), a row each")
+    p.add_argument("--negatives", type=positive_int, nargs="+", default=[256, 1024],
+                   help="sampled negatives of the sampled-softmax rows, a row each")
     p.add_argument("--batch", type=positive_int, default=8, help="windows per step")
     p.add_argument("--seq-len", type=positive_int, default=50, help="items per window (every one a target)")
-    p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed steps per row (the best is kept)")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     p.add_argument("--memory-of", type=int, nargs=3, metavar=("ITEMS", "NEGATIVES", "SPARSE"),
                    help=argparse.SUPPRESS)                           # the per-row subprocess (0 = full CE; 1 = sparse)
     a = p.parse_args(argv)

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from bench.benchutil import RawDescriptionHelpFormatter  # noqa: E402
 from zoo.cli import positive_int  # noqa: E402
 from zoo.ops import selective_scan_cpu as ssc  # noqa: E402
 
@@ -90,13 +91,14 @@ grad_cached: dict = {}
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=positive_int, default=64)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=positive_int, default=64, help="sequences per call (B)")
     ap.add_argument("--dim", type=positive_int, default=128, help="E (channels = d_inner)")
-    ap.add_argument("--state", type=positive_int, default=32, help="N")
-    ap.add_argument("--lens", type=positive_int, nargs="+", default=[200, 50])
-    ap.add_argument("--repeat", type=positive_int, default=3)
-    ap.add_argument("--threads", type=positive_int, default=None)
+    ap.add_argument("--state", type=positive_int, default=32, help="N (the state size per channel)")
+    ap.add_argument("--lens", type=positive_int, nargs="+", default=[200, 50], help="sequence lengths L, rows each")
+    ap.add_argument("--repeat", type=positive_int, default=3, help="timed runs per row (the median is shown)")
+    ap.add_argument("--threads", type=positive_int, default=None,
+                    help="torch's CPU threads (default: torch's own, OMP_NUM_THREADS or the cores)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

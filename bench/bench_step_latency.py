@@ -38,8 +38,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402,F401
-from benchutil import command_line, markdown_path, scratch_folder, write_markdown  # noqa: E402
-from zoo.cli import positive_float, positive_int  # noqa: E402
+from benchutil import HelpFormatter, command_line, markdown_path, scratch_folder, write_markdown  # noqa: E402
+from zoo.cli import EXIT_MISSING, exit_with, positive_float, positive_int  # noqa: E402
 from export.onnx import export_model  # noqa: E402
 from export.runtime import OnnxStepSession  # noqa: E402
 from zoo.models.lrurec import LRURecConfig, LRURecModel  # noqa: E402
@@ -236,19 +236,22 @@ def plot(results, lengths, batches, path: str) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lengths", type=positive_int, nargs="+", default=[50, 200, 2000])
-    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 256])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--lengths", type=positive_int, nargs="+", default=[50, 200, 2000],
+                   help="history lengths L, a row each")
+    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 256], help="batch sizes B, a table each")
     p.add_argument("--min-time", type=positive_float, default=0.5, help="seconds of timed calls per cell (at least)")
     p.add_argument("--wall", action="store_true", help="time wall-clock instead of process CPU time")
     p.add_argument("--markdown", type=markdown_path, default=None,
-                   help="also write the tables (and a mermaid plot) to this file")
-    p.add_argument("--plot", default=None, help="also draw the latencies into this PNG (needs matplotlib)")
+                   help="also write the tables (and a mermaid plot) to this file (default: print them only)")
+    p.add_argument("--plot", default=None,
+                   help="also draw the latencies into this PNG (needs matplotlib; default: no plot)")
     p.add_argument("--rounds", type=positive_int, default=1,
                    help="repeat the whole sweep; each cell reports its best round (robust to bursts of load)")
     args = p.parse_args(argv)
     if args.plot and importlib.util.find_spec("matplotlib") is None:     # said before the sweep, not after it
-        p.error("--plot needs matplotlib (pip install -e '.[bench]')")
+        exit_with(EXIT_MISSING, "error: --plot needs matplotlib, which is not installed here (pip install -e "
+                                "'.[bench]')")                        # a missing package: exit 4, not a usage error
     global CLOCK
     if args.wall:
         CLOCK = time.perf_counter

@@ -33,8 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
-    card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
-from zoo.cli import positive_int  # noqa: E402
+    HelpFormatter, card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
+from zoo.cli import cli_device, positive_int  # noqa: E402
 
 #: model type -> the card whose config it trains with (None: the model's defaults with ML-1M's item rows)
 MODELS = {"mamba4rec": "mamba4rec-ml1m", "lrurec": "lrurec-ml1m", "gru4rec": "gru4rec-ml1m", "sasrec": "sasrec-ml1m",
@@ -112,22 +112,23 @@ def peak_memory_mb(model_type: str, batch: int, seq_len: int, prefixes: int, dev
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--batch", type=positive_int, default=8, help="windows per step")
     p.add_argument("--seq-len", type=positive_int, default=200, help="items per window")
     p.add_argument("--prefixes", type=positive_int, default=4,
                    help="supervised positions per window of the prefix models")
-    p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
-    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed steps per model (the best is kept)")
+    p.add_argument("--device", default="cpu", help="where the steps run: cpu, cuda or cuda:N")
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS), metavar="MODEL",
+                   help=f"model types, a row each: any of {', '.join(sorted(MODELS))}")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     p.add_argument("--memory-of", choices=sorted(MODELS), help=argparse.SUPPRESS)   # the per-model subprocess
     a = p.parse_args(argv)
+    device = cli_device(a.device)                        # a malformed device: exit 2; CUDA missing here: exit 4
     torch.set_num_threads(1)
     if a.memory_of:
         print(peak_memory_mb(a.memory_of, a.batch, a.seq_len, a.prefixes, a.device))
         return
-    device = torch.device(a.device)
     rows = []
     for m in a.models:
         model, source = build(m, a.seq_len)

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchutil import command_line, markdown_path, write_markdown  # noqa: E402
+from benchutil import HelpFormatter, command_line, markdown_path, write_markdown  # noqa: E402
 from zoo.cli import nonnegative_int, positive_float, positive_int  # noqa: E402
 
 
@@ -101,18 +101,23 @@ def run_level(h, model_name, n_items, conc, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--model", help="zoo model name/folder (default: random Mamba4Rec, ML-1M shape)")
-    p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 16, 64],
+                   help="concurrent clients, a level (row) each")
     p.add_argument("--events", type=positive_int, default=1500, help="timed events per level (upper bound)")
     p.add_argument("--max-seconds", type=positive_float, default=30.0, help="wall-clock cap per level")
-    p.add_argument("--events-per-seq", type=positive_int, default=20)
+    p.add_argument("--events-per-seq", type=positive_int, default=20,
+                   help="events of a sequence before a client ends it and primes a new one")
     p.add_argument("--history", type=positive_int, default=20, help="items in the priming request")
-    p.add_argument("--topk", type=positive_int, default=10)
-    p.add_argument("--max-batch-size", type=positive_int, default=64)
-    p.add_argument("--queue-delay-us", type=nonnegative_int, default=500)
-    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    p.add_argument("--out", type=markdown_path, help="write the markdown table here (e.g. bench/TRITON_RESULTS.md)")
+    p.add_argument("--topk", type=positive_int, default=10, help="items recommended per event")
+    p.add_argument("--max-batch-size", type=positive_int, default=64,
+                   help="the Triton model's max_batch_size (export.triton's --max-batch-size)")
+    p.add_argument("--queue-delay-us", type=nonnegative_int, default=500,
+                   help="the sequence batcher's max queue delay in microseconds (export.triton's --queue-delay-us)")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="the client's protocol")
+    p.add_argument("--out", type=markdown_path, help="write the markdown table here (e.g. bench/TRITON_RESULTS.md; "
+                                                     "default: print it only)")
     args = p.parse_args(argv)
 
     from export import triton as T

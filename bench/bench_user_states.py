@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
-    command_line, markdown_path, redis_server, redis_version, scratch_folder, write_table)
+    HelpFormatter, card_name, cards_help, command_line, markdown_path, redis_server, redis_version, scratch_folder,
+    write_table)
 from zoo.cli import positive_int  # noqa: E402
 
 CARDS = ["mamba4rec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "tim4rec-causal-ml1m-u2999"]
@@ -92,15 +93,17 @@ def run(graph: str, store, users: int, events: int, batch: int, threads: int, se
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cards", nargs="+", default=CARDS)
-    p.add_argument("--users", type=positive_int, default=512)
-    p.add_argument("--events", type=positive_int, default=4096)
-    p.add_argument("--batch", type=positive_int, nargs="+", default=[64, 256])
-    p.add_argument("--threads", type=positive_int, default=1)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--cards", nargs="+", type=card_name(["onnx"]), default=CARDS, metavar="CARD",
+                   help=f"bundled cards whose step graph (onnx/) is run, {cards_help(['onnx'])}")
+    p.add_argument("--users", type=positive_int, default=512, help="users primed, over whom the events are drawn")
+    p.add_argument("--events", type=positive_int, default=4096, help="timed one-item events per configuration")
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[64, 256],
+                   help="users per recommend_many call, a row each (at most --users)")
+    p.add_argument("--threads", type=positive_int, default=1, help="ONNX Runtime's intra-op threads")
     p.add_argument("--redis-url", help="a Redis server for the RedisStateStore rows (default: a redis-server "
                    "started on loopback for the run, when one is installed; else no Redis rows)")
-    p.add_argument("--markdown", type=markdown_path)
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     args = p.parse_args(argv)
     if max(args.batch) > args.users:        # round-robin: a call's events must be of distinct users
         p.error(f"--batch {max(args.batch)} exceeds --users {args.users}: a call holds one event of each of its users")

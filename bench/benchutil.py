@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -21,13 +23,79 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from zoo.cli import check_outputs, positive_int, written_whole  # noqa: E402
+from zoo.cli import EXIT_CODES, check_outputs, positive_int, written_whole  # noqa: E402
+from zoo.pretrained import HUB_ORG, PLACEHOLDER_ORGS, bundled_models  # noqa: E402
 
 #: ML-1M as the bundled cards were measured on it: ``$ZOO_DATA_DIR``, else ``../shared/data`` beside the checkout
 ML1M_DATA = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(_ROOT, "..", "shared", "data")),
                          "ml-1m.5core.seq.gz")
 #: the bundled cards trained on it
 ML1M_CARDS = ["mamba4rec-ml1m", "sasrec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "bert4rec-ml1m"]
+
+
+#: the folder of the bundled cards the benches read (``hub_cards/<card>``)
+CARDS_DIR = os.path.join(_ROOT, "hub_cards")
+
+
+def bundled_cards(holding: Sequence[str] = ()) -> list[str]:
+    """The bundled cards a bench can run, sorted: the models :func:`zoo.pretrained.bundled_models` lists that are
+    folders of this checkout's ``hub_cards/`` (what the benches read); with ``holding`` (``["onnx"]``: the step
+    graph), only those holding one of these subfolders too."""
+    return sorted(name for name in bundled_models() if os.path.isfile(os.path.join(CARDS_DIR, name, "config.json"))
+                  and (not holding or any(os.path.isdir(os.path.join(CARDS_DIR, name, h)) for h in holding)))
+
+
+def cards_help(holding: Sequence[str] = ()) -> str:
+    """The part of a card option's help that says how a card is named and which there are (:func:`card_name`)."""
+    return f"as NAME or {HUB_ORG}/NAME, NAME one of: {', '.join(bundled_cards(holding))}"
+
+
+def card_name(holding: Sequence[str] = (), folders: bool = False):
+    """The argparse ``type`` of an option naming bundled cards (``--models``, ``--card``): ``NAME`` or ``ORG/NAME`` as
+    the zoo's commands name them (``ssm-rec-zoo/mamba4rec-ml1m``; ORG also the docs' placeholder ``org``), given back
+    as the bare NAME the bench reads from ``hub_cards/NAME``; with ``folders``, an existing folder (a training run) is
+    taken too, as given. Any other value -- a typo, a card without the ``holding`` subfolder the bench runs
+    (:func:`bundled_cards`) -- is a usage error naming it, with the closest name and the choices, instead of a
+    transformers traceback once the bench has started."""
+    def card(value: str) -> str:
+        if folders and os.path.isdir(value):
+            return value
+        choices = bundled_cards(holding)
+        org, sep, name = value.rpartition("/")
+        nor = " nor an existing folder" if folders else ""
+        if sep and org not in (HUB_ORG, *PLACEHOLDER_ORGS):
+            why = f"{value!r} is not a bundled card{nor} (those are {HUB_ORG}/NAME, not {org}/NAME)"
+        elif name in choices:
+            return name
+        elif name in bundled_cards():
+            why = f"bundled card {name!r} has no {' or '.join(h + '/' for h in holding)} folder, which this bench runs"
+        else:
+            close = difflib.get_close_matches(name, choices, n=1)
+            why = f"{value!r} is not a bundled card{nor}" + (f" (did you mean {close[0]}?)" if close else "")
+        raise argparse.ArgumentTypeError(f"{why}; choose from: {', '.join(choices)} (as NAME or {HUB_ORG}/NAME)")
+
+    card.__name__ = "bundled card"           # argparse's name for the type
+    return card
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """The bench scripts' ``--help`` layout: each option's default appended to its help text as ``(default: X)`` (a
+    list's items space-separated, as they are typed), so that the defaults shown are the ones the code uses; an
+    option whose text says its default itself (``default``), or has none to show (None, a flag's False), is left
+    as it is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default is argparse.SUPPRESS
+                or text is argparse.SUPPRESS or re.search(r"\bdefault\b|%\(default\)", text)):
+            return text
+        shown = (" ".join(map(str, default)) or "none") if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class RawDescriptionHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """:class:`HelpFormatter` for a bench whose description is its whole docstring, kept as it is laid out."""
 
 
 def command_line(script: str, argv: Sequence[str] | None = None) -> str:
@@ -54,7 +122,7 @@ def card_config(card: str) -> dict:
     """The config fields of the bundled card ``hub_cards/<card>`` as config-class keyword arguments (its
     ``config.json`` without what ``save_pretrained`` adds: architectures, vocabulary file, versions, type, dtype)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "hub_cards", card, "config.json")) as f:
+    with open(os.path.join(root, "hub_cards", card, "config.json"), encoding="utf-8") as f:
         fields = json.load(f)
     return {k: v for k, v in fields.items() if k not in ("architectures", "item_vocab_file", "transformers_version",
                                                           "model_type", "dtype")}
@@ -198,12 +266,17 @@ def write_table(lines: Sequence[str], title: str, markdown: str | None) -> None:
 
 
 def cards_parser(description: str) -> argparse.ArgumentParser:
-    """The options of a bench over the bundled ML-1M cards: ``--models``, ``--data``, ``--threads``, ``--markdown``."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--models", nargs="+", default=ML1M_CARDS, help="bundled ML-1M cards")
-    p.add_argument("--data", default=ML1M_DATA)
-    p.add_argument("--threads", type=positive_int, default=2)
-    p.add_argument("--markdown", type=markdown_path, help="also write the tables to this file")
+    """The options of a bench over the bundled ML-1M cards: ``--models``, ``--data``, ``--threads``, ``--markdown``;
+    its ``--help`` ends with the exit statuses (:data:`export.fsutil.EXIT_CODES`: run it with
+    :func:`export.fsutil.run_cli`, which gives the last two)."""
+    p = argparse.ArgumentParser(description=description, epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p.add_argument("--models", nargs="+", type=card_name(), default=ML1M_CARDS, metavar="CARD",
+                   help=f"the bundled cards to measure, trained on the data of --data, {cards_help()}")
+    p.add_argument("--data", default=ML1M_DATA, help="the interaction file the cards are measured on (default: "
+                                                    "$ZOO_DATA_DIR/ml-1m.5core.seq.gz, the data they were trained on)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch's CPU threads")
+    p.add_argument("--markdown", type=markdown_path, help="also write the tables to this file (default: print them "
+                                                          "only)")
     return p
 
 

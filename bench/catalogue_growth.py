@@ -35,8 +35,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchutil import command_line, markdown_path, write_table  # noqa: E402
-from zoo.cli import nonnegative_int, positive_int  # noqa: E402
+from benchutil import HelpFormatter, command_line, markdown_path, write_table  # noqa: E402
+from zoo.cli import kcore, nonnegative_int, positive_int  # noqa: E402
+from zoo.models import MODELS  # noqa: E402
 
 RECIPE = ("--max-len 50 --set hidden_dropout=0.5 attn_dropout=0.5 --lr 1e-3 --batch-size 128 --loss-weighting target "
           "--epochs 200 --patience 5 --seed 2020")
@@ -112,18 +113,26 @@ def _means(ranks: np.ndarray) -> tuple[float, float]:
     return float(hit.mean()), float((hit / np.log2(ranks + 1.0)).mean())
 
 
+def kcore_word(value: str) -> str:
+    """``--old-kcore``: a value ``zoo.train --kcore`` takes, checked as the options are parsed (:func:`zoo.cli.kcore`: a
+    usage error, not a failed run after the cut), kept as typed for that command line."""
+    kcore(value)
+    return value
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, help="interaction file with timestamps")
     p.add_argument("--before", required=True, type=cut_time, help="the cut: YYYY-MM-DD (UTC) or Unix seconds")
     p.add_argument("--work", required=True, help="folder for the cut file, the runs, their logs and ranks")
-    p.add_argument("--model", default="sasrec")
+    p.add_argument("--model", default="sasrec", choices=sorted(MODELS), help="zoo.train's --model: the model type")
     p.add_argument("--train-args", default=RECIPE, help=f"zoo.train options shared by every run (default: {RECIPE})")
-    p.add_argument("--old-kcore", default="5", help="--kcore of the old model's data (default 5)")
+    p.add_argument("--old-kcore", type=kcore_word, default="5",
+                   help="zoo.train's --kcore of the old model's data: int, 'none' or 'auto' (default 5)")
     p.add_argument("--short-epochs", type=nonnegative_int, default=3, help="the short-budget twins' epochs (0: none)")
     p.add_argument("--parallel", type=positive_int, default=2, help="runs at a time (one thread each)")
     p.add_argument("--rerun", action="store_true", help="train again runs whose folder holds a finished run")
-    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     args = p.parse_args(argv)
     from zoo.metrics import paired_bootstrap
     from zoo.vocab import ItemVocab

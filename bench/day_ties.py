@@ -27,8 +27,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, markdown_path, write_table  # noqa: E402
-from zoo.cli import positive_int  # noqa: E402
+from bench.benchutil import (  # noqa: E402
+    CARDS_DIR, HelpFormatter, card_name, cards_help, command_line, markdown_path, write_table)
+from zoo.cli import kcore, positive_int  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
 ORDERS = ("file", "item")
@@ -58,15 +59,28 @@ def model_data(model_dir: str) -> str | None:
     return None
 
 
+def model_folder(value: str) -> str:
+    """``--models``: a card or run folder as given, or a bundled card named as the zoo names it (``NAME`` or
+    ``ssm-rec-zoo/NAME``: its ``hub_cards`` folder); anything else is a usage error listing the cards
+    (:func:`bench.benchutil.card_name`)."""
+    name = card_name(folders=True)(value)
+    return name if os.path.isdir(value) else os.path.join(CARDS_DIR, name)
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--data", nargs="+", default=["beauty.inter.gz", "sports.inter.gz"],
                    help=f"interaction files (names in $ZOO_DATA_DIR, {DATA_DIR}, or paths)")
-    p.add_argument("--models", nargs="*", default=[], help="card or run folders; each is evaluated on its own data")
-    p.add_argument("--labels", nargs="*", default=None, help="a table label per --models entry")
-    p.add_argument("--kcore", default="auto", help="k-core filter of the data (zoo.evaluate's --kcore; default auto: 5)")
-    p.add_argument("--threads", type=positive_int, default=2)
-    p.add_argument("--markdown", type=markdown_path, help="also write the tables to this file")
+    p.add_argument("--models", nargs="*", type=model_folder, default=[], metavar="MODEL",
+                   help="card or run folders, or bundled cards (each evaluated on its own data, which must be among "
+                        f"--data; default: none, the data's tables only), {cards_help()}")
+    p.add_argument("--labels", nargs="*", default=None,
+                   help="a table label per --models entry (default: each folder's name)")
+    p.add_argument("--kcore", type=kcore, default="auto",
+                   help="k-core filter of the data: int, 'none' or 'auto' (zoo.evaluate's --kcore; default auto: 5)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch's CPU threads")
+    p.add_argument("--markdown", type=markdown_path,
+                   help="also write the tables to this file (default: print them only)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.labels is not None and len(args.labels) != len(args.models):
@@ -84,7 +98,6 @@ def main(argv=None) -> dict:
     from transformers import AutoModel
 
     from zoo.data import leave_one_out, load_dataset
-    from zoo.data.split import parse_kcore
     from zoo.evaluate import align_with_model, evaluate_baseline, evaluate_model
 
     labels = args.labels or [os.path.basename(os.path.normpath(m)) for m in args.models]
@@ -97,7 +110,7 @@ def main(argv=None) -> dict:
         if not os.path.exists(path):
             sys.exit(f"data not found: {path} (set ZOO_DATA_DIR)")
         name = os.path.basename(path)
-        loaded = {order: load_dataset(path, kcore=parse_kcore(args.kcore), time_ties=order) for order in ORDERS}
+        loaded = {order: load_dataset(path, kcore=args.kcore, time_ties=order) for order in ORDERS}
         ds = loaded["file"]
         test_share, valid_share, n = tie_shares(ds)
         splits = {order: leave_one_out(loaded[order]) for order in ORDERS}

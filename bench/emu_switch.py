@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "plugins"))
 
-from bench.benchutil import command_line, markdown_path, write_table  # noqa: E402
+from bench.benchutil import HelpFormatter, command_line, markdown_path, write_table  # noqa: E402
 from zoo.cli import positive_int  # noqa: E402
 
 #: the variants, in the order each row runs them: (column name, build_emulated extra flags)
@@ -140,16 +140,16 @@ def describe() -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--long-T", type=positive_int, nargs="+", default=[16, 64, 200],
                    help="the matrix's long T (also T = 1)")
     p.add_argument("--plugin-T", type=positive_int, nargs="*", default=[200],
                    help="long T of the plugin-path rows (none: skip)")
     p.add_argument("--asan-T", type=positive_int, nargs="*", default=[16], help="long T of the ASan rows (none: skip)")
     p.add_argument("--repeat", type=positive_int, default=3, help="runs of each variant a row (best kept)")
-    p.add_argument("--cases", default=None, help="only the cases whose id contains this text")
+    p.add_argument("--cases", default=None, help="only the cases whose id contains this text (default: all)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch's intra-op threads (the references')")
-    p.add_argument("--markdown", type=markdown_path)
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     args = p.parse_args(argv)
     import torch
 

@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import zoo  # noqa: E402,F401
-from benchutil import command_line, markdown_path, write_markdown  # noqa: E402
+from benchutil import HelpFormatter, card_name, cards_help, command_line, markdown_path, write_markdown  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 from zoo.data.readers import read_interactions  # noqa: E402
 from zoo.data.split import TIME_TIES, EvalExamples, load_dataset  # noqa: E402
@@ -107,14 +107,16 @@ def write_seq(path: str, out_dir: str) -> list[str]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["mamba4rec-ml1m", "sasrec-ml1m", "gru4rec-ml1m", "lrurec-ml1m"],
-                   help="bundled card names or model folders (e.g. training runs)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--models", nargs="+", type=card_name(folders=True), metavar="MODEL",
+                   default=["mamba4rec-ml1m", "sasrec-ml1m", "gru4rec-ml1m", "lrurec-ml1m"],
+                   help=f"model folders (e.g. training runs on ML-1M) or bundled cards, {cards_help()}")
     p.add_argument("--data", default=os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared",
                                                                                           "data")),
                                                   "ml-1m.users0001-2999.inter.gz"),
                    help="ML-1M ratings with real timestamps (default: $ZOO_DATA_DIR/ml-1m.users0001-2999.inter.gz)")
-    p.add_argument("--markdown", type=markdown_path, default=None)
+    p.add_argument("--markdown", type=markdown_path, default=None,
+                   help="also write the tables to this file (default: print them only)")
     p.add_argument("--stats-only", action="store_true", help="print the tie statistics and stop (no models)")
     p.add_argument("--write-seq", metavar="DIR", help="write the two orders as .seq files into DIR and stop")
     args = p.parse_args(argv)

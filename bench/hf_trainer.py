@@ -26,8 +26,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, markdown_path, write_table  # noqa: E402
+from bench.benchutil import HelpFormatter, command_line, markdown_path, write_table  # noqa: E402
 from zoo.cli import positive_float, positive_int  # noqa: E402
+from zoo.models import MODELS  # noqa: E402
 
 DATA = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data")), "ml-100k.inter.gz")
 METRICS = ("HR@10", "NDCG@10", "MRR@10")
@@ -78,16 +79,17 @@ def run_hf_trainer(args, seed: int, out: str) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=DATA)
-    p.add_argument("--model", default="sasrec")
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--max-len", type=positive_int, default=50)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--threads", type=positive_int, default=1)
-    p.add_argument("--markdown", type=markdown_path)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--data", default=DATA, help="the interaction file both train on (default: "
+                                                "$ZOO_DATA_DIR/ml-100k.inter.gz)")
+    p.add_argument("--model", default="sasrec", choices=sorted(MODELS), help="the model type both train")
+    p.add_argument("--epochs", type=positive_int, default=20, help="epochs of each run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, a pair of runs each")
+    p.add_argument("--max-len", type=positive_int, default=50, help="the model's max_seq_length (window length)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="windows per batch")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate, decayed linearly to 0")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch's CPU threads")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     args = p.parse_args(argv)
     if not os.path.exists(args.data):
         sys.exit(f"data not found: {args.data} (set ZOO_DATA_DIR or --data)")

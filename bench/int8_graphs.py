@@ -35,7 +35,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, markdown_path, write_table  # noqa: E402
+from bench.benchutil import HelpFormatter, card_name, cards_help, command_line, markdown_path, write_table  # noqa: E402
 from zoo.cli import positive_int  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
@@ -176,13 +176,19 @@ def measure_catalogue(n_items: int, args) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cards", nargs="*", default=CARDS)
-    p.add_argument("--reps", type=positive_int, default=400)
-    p.add_argument("--threads", type=positive_int, default=1)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    graphs = ["onnx", "onnx-window"]
+    p.add_argument("--cards", nargs="*", type=card_name(graphs), default=CARDS, metavar="CARD",
+                   help=f"bundled cards whose ONNX graph (onnx/ or onnx-window/) is quantized and measured, none for "
+                        f"the --catalogues table alone; {cards_help(graphs)}")
+    p.add_argument("--reps", type=positive_int, default=400,
+                   help="timed calls of a batch-1 latency (the median is shown; fewer at batch 256)")
+    p.add_argument("--threads", type=positive_int, default=1, help="ONNX Runtime's threads (evaluation and latency)")
     p.add_argument("--catalogues", nargs="*", type=positive_int, default=[],
-                   help="also measure the bundled Mamba4Rec's architecture with this many items, random weights")
-    p.add_argument("--markdown", type=markdown_path)
+                   help="also measure the bundled Mamba4Rec's architecture with this many items, random weights "
+                        "(default: none, no such table)")
+    p.add_argument("--markdown", type=markdown_path,
+                   help="also write the tables to this file (default: print them only)")
     args = p.parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)          # quantize_dynamic's "consider pre-processing" warning
     import onnxruntime

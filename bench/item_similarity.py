@@ -32,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import cards_data, cards_parser, command_line, write_table  # noqa: E402
+from zoo.cli import run_cli  # noqa: E402
 
 
 def ranks_of(score_rows, targets: np.ndarray, batch: int = 512) -> torch.Tensor:
@@ -128,4 +129,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

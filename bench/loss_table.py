@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchutil import command_line, markdown_path, write_markdown  # noqa: E402
+from benchutil import HelpFormatter, command_line, markdown_path, write_markdown  # noqa: E402
 
 COLUMNS = ("best valid NDCG@10", "test HR@10", "test NDCG@10", "test MRR@10", "epochs (best)", "s per epoch",
            "minutes")
@@ -72,9 +72,9 @@ def table(runs: dict[str, dict]) -> list[str]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", help="finished zoo.train --out folders")
-    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     a = p.parse_args(argv)
     runs = {}
     for folder in a.runs:

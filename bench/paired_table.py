@@ -31,6 +31,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.benchutil import HelpFormatter  # noqa: E402
 from zoo.cli import cannot, positive_int, written_whole  # noqa: E402
 from zoo.compare import compare, read_ranks  # noqa: E402
 from zoo.evaluate import main as evaluate_main  # noqa: E402
@@ -141,15 +142,20 @@ def update(path: str, block: str) -> None:
 
 def main(argv=None) -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--data", default=os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(root, "..", "shared",
                                                                                                "data")),
-                                                  "ml-1m.5core.seq.gz"))
+                                                  "ml-1m.5core.seq.gz"),
+                   help="the data the cards are evaluated on (default: $ZOO_DATA_DIR/ml-1m.5core.seq.gz)")
     p.add_argument("--cards", default=os.path.join(root, "hub_cards"), help="folder of the card folders")
-    p.add_argument("--pairs", nargs="+", type=parse_pair, default=[parse_pair(x) for x in DEFAULT_PAIRS])
+    p.add_argument("--pairs", nargs="+", type=parse_pair, default=[parse_pair(x) for x in DEFAULT_PAIRS],
+                   metavar="PROTOCOL:A:B", help=f"pairs to compare, a row each: PROTOCOL one of {', '.join(PROTOCOLS)} "
+                                                f"(lrurec: history masked), A and B card folders under --cards "
+                                                f"(default: {' '.join(DEFAULT_PAIRS)})")
     p.add_argument("--ranks-dir", help="keep the ranks files here (default: a temporary folder)")
-    p.add_argument("--bootstrap", type=positive_int, default=10_000)
-    p.add_argument("--update", metavar="README", help="replace the table between the paired-table markers")
+    p.add_argument("--bootstrap", type=positive_int, default=10_000, help="bootstrap resamples per pair (>= 100)")
+    p.add_argument("--update", metavar="README", help="replace the table between the paired-table markers of this "
+                                                      "file (default: print the table only)")
     args = p.parse_args(argv)
     if args.bootstrap < 100:
         p.error(f"--bootstrap must be >= 100, got {args.bootstrap}")

@@ -53,6 +53,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the zoo, for `compare`
 
+from export.fsutil import EXIT_MISSING, exit_with  # noqa: E402  (the standard library only: no zoo, no torch)
+
 
 def _numpy2_shims() -> None:
     """The NumPy aliases RecBole 1.2.0 still uses (removed in NumPy 2.0); no-ops where they exist."""
@@ -87,7 +89,8 @@ def _recbole(scratch: str):
         from recbole.trainer import Trainer
         from recbole.utils import init_logger, init_seed
     except ImportError as e:
-        sys.exit(f"RecBole is not importable here ({e}); see this script's docstring for the environment it needs")
+        exit_with(EXIT_MISSING, f"error: RecBole is not importable here ({e}); see this script's docstring for the "
+                                "environment it needs")                # a package it needs is missing: exit 4
     np.float, np.int = np.float64, int                                  # used by RecBole's metrics at run time
     return Config, create_dataset, data_preparation, SASRec, Trainer, init_logger, init_seed
 
@@ -298,39 +301,68 @@ def compare(args) -> int:
     return 0
 
 
+def positive_int(value: str) -> int:
+    """An int >= 1 (sizes, counts); anything else is a usage error. (``zoo.cli.positive_int``'s rule: not imported,
+    as the zoo is loaded here for ``compare`` only.)"""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value!r}")
+    return n
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    about = {"order-probe": "how RecBole orders one user's events (a 3-user probe file)",
+             "train": "train RecBole's SASRec with its own trainer and write --out",
+             "export": "write --out as train does, from a RecBole SASRec checkpoint (no training)",
+             "fixture": "write the zoo's test fixture from a RecBole SASRec checkpoint",
+             "compare": "(zoo side, no RecBole) score RecBole's test inputs with the converted model of --run"}
+    tmp = tempfile.gettempdir()
     for name in ("order-probe", "train"):
-        q = sub.add_parser(name)
-        q.add_argument("--dataset", default="ml-100k")
-        q.add_argument("--data-dir", default=tempfile.gettempdir())
-        q.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "recbole-sasrec"))
-        q.add_argument("--max-len", type=int, default=50)
-        q.add_argument("--hidden-size", type=int, default=64)
-        q.add_argument("--inner-size", type=int, default=256)
-        q.add_argument("--layers", type=int, default=2)
-        q.add_argument("--heads", type=int, default=2)
-        q.add_argument("--hidden-dropout", type=float, default=0.2)
-        q.add_argument("--attn-dropout", type=float, default=0.2)
-        q.add_argument("--epochs", type=int, default=200)
-        q.add_argument("--stopping-step", type=int, default=10)
-        q.add_argument("--batch-size", type=int, default=2048)
-        q.add_argument("--lr", type=float, default=1e-3)
-        q.add_argument("--seed", type=int, default=2020)
-        q.add_argument("--threads", type=int, default=1)
-    q = sub.add_parser("export")
-    q.add_argument("--checkpoint", required=True)
-    q.add_argument("--out", required=True)
-    q = sub.add_parser("fixture")
-    q.add_argument("--checkpoint", required=True)
-    q.add_argument("--out", required=True)
-    q.add_argument("--rows", type=int, default=32)
-    q.add_argument("--seed", type=int, default=0)
-    q = sub.add_parser("compare")
+        q = sub.add_parser(name, help=about[name], description=about[name])
+        q.add_argument("--dataset", default="ml-100k", help="RecBole's dataset name: ml-100k is RecBole's bundled "
+                       "copy; another NAME is read from --data-dir/NAME/NAME.inter (default: %(default)s)")
+        q.add_argument("--data-dir", default=tmp, help="the folder of the datasets other than ml-100k (default: "
+                                                       "the temporary folder, %(default)s)")
+        q.add_argument("--out", default=os.path.join(tmp, "recbole-sasrec"),
+                       help="the folder train writes (RecBole's checkpoint folder too) (default: %(default)s)")
+        for flag, kind, value, what in [
+                ("--max-len", positive_int, 50, "SASRec's MAX_ITEM_LIST_LENGTH (window length)"),
+                ("--hidden-size", positive_int, 64, "SASRec's hidden_size"),
+                ("--inner-size", positive_int, 256, "SASRec's inner_size (feed-forward width)"),
+                ("--layers", positive_int, 2, "SASRec's n_layers"),
+                ("--heads", positive_int, 2, "SASRec's n_heads"),
+                ("--hidden-dropout", float, 0.2, "SASRec's hidden_dropout_prob"),
+                ("--attn-dropout", float, 0.2, "SASRec's attn_dropout_prob"),
+                ("--epochs", positive_int, 200, "the most epochs RecBole trains"),
+                ("--stopping-step", positive_int, 10,
+                 "RecBole's early stopping: epochs without a better valid NDCG@10"),
+                ("--batch-size", positive_int, 2048, "RecBole's train_batch_size"),
+                ("--lr", float, 1e-3, "Adam's learning rate"),
+                ("--seed", int, 2020, "RecBole's seed"),
+                ("--threads", positive_int, 1, "torch's CPU threads")]:
+            q.add_argument(flag, type=kind, default=value, help=f"{what} (default: %(default)s)")
+    for name in ("export", "fixture"):
+        q = sub.add_parser(name, help=about[name], description=about[name])
+        q.add_argument("--checkpoint", required=True, help="the RecBole SASRec checkpoint (.pth) RecBole saved")
+        q.add_argument("--out", required=True, help="the folder to write")
+    # fixture's own options (q: the loop's last parser, fixture's)
+    q.add_argument("--rows", type=positive_int, default=32,
+                   help="random histories scored (at least 4: the first four are of lengths 1, 2, max, max) "
+                        "(default: %(default)s)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the random histories (default: %(default)s)")
+    q = sub.add_parser("compare", help=about["compare"], description=about["compare"])
     q.add_argument("--run", required=True, help="a folder written by train or export")
-    q.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
+    q.add_argument("--ks", type=positive_int, nargs="+", default=[5, 10, 20],
+                   help="cut-offs K of the metrics (default: 5 10 20)")
     args = p.parse_args(argv)
+    if args.cmd == "fixture" and args.rows < 4:
+        p.error(f"fixture --rows must be >= 4 (its first four histories are of lengths 1, 2, max, max), got "
+                f"{args.rows}")
     args.command = "python bench/recbole_reference.py " + " ".join(sys.argv[1:] if argv is None else argv)
     for name in ("out", "data_dir", "checkpoint", "run"):              # absolute: RecBole runs in a scratch cwd
         if getattr(args, name, None):

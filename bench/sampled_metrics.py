@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import cards_data, cards_parser, command_line, write_table  # noqa: E402
-from zoo.cli import positive_int  # noqa: E402
+from zoo.cli import positive_int, run_cli  # noqa: E402
 PROTOCOLS = [("full", None), ("uni100", ("uni", 100)), ("pop100", ("pop", 100))]
 EXTRA_SEEDS = (1, 2, 3, 4)
 
@@ -56,7 +56,8 @@ def flips(values: dict[str, float], reference: dict[str, float]) -> int:
 
 def main(argv=None) -> dict:
     p = cards_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--max-users", type=positive_int, default=None, help="the first N test users only (quick runs)")
+    p.add_argument("--max-users", type=positive_int, default=None,
+                   help="the first N test users only (quick runs; default: all)")
     args = p.parse_args(argv)
 
     import zoo  # noqa: F401
@@ -136,4 +137,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -27,7 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
-    command_line, markdown_path, redis_server, redis_version, run_workers, scratch_folder, write_table)
+    HelpFormatter, card_name, cards_help, command_line, markdown_path, redis_server, redis_version, run_workers,
+    scratch_folder, write_table)
 from zoo.cli import positive_int  # noqa: E402
 
 
@@ -108,9 +109,11 @@ def _run(graph: str, processes: int, events: int, users: list[list], spec: dict,
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--card", default="mamba4rec-ml1m")
-    p.add_argument("--processes", type=positive_int, nargs="+", default=[1, 2, 4])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--card", type=card_name(["onnx"]), default="mamba4rec-ml1m",
+                   help=f"the bundled card whose step graph (onnx/) the workers run, {cards_help(['onnx'])}")
+    p.add_argument("--processes", type=positive_int, nargs="+", default=[1, 2, 4],
+                   help="worker processes sharing the store, a row each")
     p.add_argument("--events", type=positive_int, default=1000, help="events per worker")
     p.add_argument("--users", type=positive_int, default=256, help="users of each worker, when each has its own")
     p.add_argument("--hot-users", type=positive_int, default=4,
@@ -118,7 +121,7 @@ def main(argv=None) -> None:
     p.add_argument("--redis-url", help="a Redis server for the RedisStateStore rows (default: a redis-server "
                    "started on loopback for the run, when one is installed; else no Redis rows)")
     p.add_argument("--worker", nargs=2, metavar=("GRAPH", "START_AT"), help=argparse.SUPPRESS)
-    p.add_argument("--markdown", type=markdown_path)
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     p.add_argument("--keep-tmp", action="store_true", help="keep each SQLite configuration's database (in "
                    "$TMPDIR/bench-shared-*, else /tmp) and print where; by default they are removed")
     args = p.parse_args(argv)

@@ -25,7 +25,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, markdown_path, run_workers, scratch_folder, write_table  # noqa: E402
+from bench.benchutil import (  # noqa: E402
+    HelpFormatter, card_name, cards_help, command_line, markdown_path, run_workers, scratch_folder, write_table)
 from zoo.cli import positive_float, positive_int  # noqa: E402
 
 LIMITS = {"64 MiB (default)": 64 << 20, "None": None}
@@ -96,13 +97,15 @@ def _run(graph: str, path: str, processes: int, seconds: float, n_users: int, li
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--card", default="mamba4rec-ml1m")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--card", type=card_name(["onnx"]), default="mamba4rec-ml1m",
+                   help=f"the bundled card whose step graph (onnx/) the workers run, {cards_help(['onnx'])}")
     p.add_argument("--seconds", type=positive_float, default=20.0, help="seconds of sustained load a configuration")
-    p.add_argument("--processes", type=positive_int, nargs="+", default=[1, 2])
+    p.add_argument("--processes", type=positive_int, nargs="+", default=[1, 2],
+                   help="worker processes sharing the database, a row each")
     p.add_argument("--users", type=positive_int, default=256, help="users of each worker")
     p.add_argument("--worker", nargs=5, metavar=("GRAPH", "DB", "LIMIT", "START_AT", "SECONDS"), help=argparse.SUPPRESS)
-    p.add_argument("--markdown", type=markdown_path)
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     p.add_argument("--keep-tmp", action="store_true", help="keep each configuration's SQLite database and WAL (in "
                    "$TMPDIR/bench-wal-*, else /tmp; gigabytes each) and print where; by default they are removed")
     args = p.parse_args(argv)

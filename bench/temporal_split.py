@@ -22,7 +22,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, markdown_path, write_table  # noqa: E402
+from bench.benchutil import HelpFormatter, command_line, markdown_path, write_table  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
 DATA = ["ml-100k.inter.gz", "ml-1m.users0001-2999.inter.gz", "beauty.inter.gz", "sports.inter.gz"]
@@ -36,16 +36,32 @@ def future_share(split) -> float:
     return float(np.mean(later / len(train_ts)))
 
 
+def share(value: str) -> float:
+    """``--test-share`` / ``--valid-share``: a fraction strictly between 0 and 1; anything else is a usage error."""
+    try:
+        x = float(value)
+    except ValueError:
+        x = float("nan")
+    if not 0 < x < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {value!r}")
+    return x
+
+
 def main(argv=None) -> None:
     from zoo.data import leave_one_out, load_dataset, temporal_cuts, temporal_split
     from zoo.evaluate import evaluate_baseline
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--data", nargs="+", default=DATA, help="files in $ZOO_DATA_DIR (or paths)")
-    p.add_argument("--test-share", type=float, default=0.1)
-    p.add_argument("--valid-share", type=float, default=0.1)
-    p.add_argument("--markdown", type=markdown_path)
+    p.add_argument("--test-share", type=share, default=0.1,
+                   help="share of all interactions, the last ones, in the test period (0 < share < 1)")
+    p.add_argument("--valid-share", type=share, default=0.1,
+                   help="share of all interactions, those just before the test period, in validation (0 < share < 1)")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     args = p.parse_args(argv)
+    if args.test_share + args.valid_share >= 1:
+        p.error(f"--test-share {args.test_share:g} + --valid-share {args.valid_share:g} must be < 1 (something must "
+                "be left to train on)")
     lines = [f"Produced by `{command_line('bench/temporal_split.py', argv)}` ({time.strftime('%Y-%m-%d')}): each file "
              "5-core filtered (as the cards), full ranking, RecBole protocol (history not masked), test users. "
              f"Temporal: the last {args.test_share:g} of the interactions is the test period, the {args.valid_share:g} "

@@ -24,7 +24,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.benchutil import command_line, markdown_path, scratch_folder, write_table  # noqa: E402
+from bench.benchutil import (  # noqa: E402
+    HelpFormatter, card_name, cards_help, command_line, markdown_path, scratch_folder, write_table)
 from zoo.cli import positive_int  # noqa: E402
 
 
@@ -55,13 +56,15 @@ def run(client, users: int, events: int, batch: int, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--card", default="mamba4rec-ml1m")
-    p.add_argument("--users", type=positive_int, default=256)
-    p.add_argument("--events", type=positive_int, default=2048)
-    p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8, 64])
-    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    p.add_argument("--markdown", type=markdown_path)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--card", type=card_name(["onnx"]), default="mamba4rec-ml1m",
+                   help=f"the bundled card whose step graph (onnx/) the server runs, {cards_help(['onnx'])}")
+    p.add_argument("--users", type=positive_int, default=256, help="users primed, over whom the events are drawn")
+    p.add_argument("--events", type=positive_int, default=2048, help="timed one-item events per row")
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8, 64],
+                   help="users per request, a row each (at most --users)")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="the client's protocol")
+    p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the model repository the server ran (in "
                    "$TMPDIR/bench-triton-many-*, else /tmp) and print where; by default it is removed")
     args = p.parse_args(argv)

@@ -668,6 +668,12 @@ def test_a_rerun_keeps_what_was_written_by_hand_below_the_tables(tmp_path, capsy
     ("sqlite_wal", ["--seconds", "nan"]),
     ("bench_user_states", ["--users", "4", "--batch", "8"]),
     ("triton_many_users", ["--users", "4", "--batch", "1", "8"]),
+    ("bench_train_cost", ["--device", "tpu"]),
+    ("temporal_split", ["--test-share", "1.5"]),
+    ("temporal_split", ["--test-share", "0.6", "--valid-share", "0.5"]),
+    ("day_ties", ["--kcore", "x"]),
+    ("catalogue_growth", ["--old-kcore", "x"]),
+    ("recbole_reference", ["fixture", "--checkpoint", "c.pth", "--out", "o", "--rows", "2"]),
 ])
 def test_a_count_that_cannot_be_measured_is_a_usage_error(monkeypatch, capsys, script, argv):
     """Zero repeats (inf/nan tables, or a crash after the work), a negative size, a batch of more users than there are
@@ -877,9 +883,9 @@ def test_the_store_benches_remove_their_databases_unless_told_to_keep_them(monke
     assert _left_in(own_tmp) == []
 
 
-def test_recbole_reference_removes_its_scratch_folder(monkeypatch, own_tmp):
+def test_recbole_reference_removes_its_scratch_folder(monkeypatch, own_tmp, capsys):
     """The working folder RecBole writes its logs in is removed when the subcommand ends (here: RecBole is not
-    importable), and the process's working folder is restored."""
+    importable: exit 4, a package it needs is missing), and the process's working folder is restored."""
     monkeypatch.setitem(sys.modules, "recbole", None)                      # not importable, even where installed
     monkeypatch.setattr(sys, "argv", ["recbole_reference.py"])              # RecBole's loader empties it
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")              # set by it: undone after the test
@@ -888,8 +894,9 @@ def test_recbole_reference_removes_its_scratch_folder(monkeypatch, own_tmp):
     cwd = os.getcwd()
     try:
         for cmd in (["order-probe"], ["fixture", "--checkpoint", "c.pth", "--out", "o"]):
-            with pytest.raises(SystemExit, match="RecBole is not importable"):
+            with pytest.raises(SystemExit) as e:
                 b.main(cmd)
+            assert e.value.code == 4 and "error: RecBole is not importable" in capsys.readouterr().err
             assert os.getcwd() == cwd and _left_in(own_tmp) == []
     finally:
         os.chdir(cwd)
@@ -1000,3 +1007,105 @@ def test_a_bad_markdown_path_stops_a_bench_before_it_measures(monkeypatch, tmp_p
         with pytest.raises(SystemExit) as e:
             b.main([*argv, "--markdown", str(path)])
         assert e.value.code == 2 and says in capsys.readouterr().err, path
+
+
+#: every bench script (``bench/*.py`` less the helpers' module)
+BENCHES = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem != "benchutil")
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and its sub-commands' parsers."""
+    subs = [q for a in parser._actions if isinstance(a, argparse._SubParsersAction) for q in a.choices.values()]
+    return [parser, *(p for q in subs for p in _parsers(q))]
+
+
+@pytest.mark.parametrize("script", BENCHES)
+def test_every_bench_option_has_a_help_text_that_gives_its_default(monkeypatch, script):
+    """``--help`` of each bench: every option says what it is, and, when it has a default to show, what that is
+    (the text as ``--help`` prints it: ``(default: ...)`` added by ``benchutil.HelpFormatter`` or written out)."""
+    from test_docs import _run_parser
+
+    parser = _run_parser(f"bench/{script}.py", [], False, monkeypatch).parser
+    for p in _parsers(parser):
+        for action in p._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) \
+                    or action.help is argparse.SUPPRESS:
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help, f"{script} {p.prog}: {name} has no help text"
+            shown = p._get_formatter()._expand_help(action)
+            if action.option_strings and action.default is not None and action.default is not False:
+                assert re.search(r"\bdefault\b", shown), f"{script} {p.prog}: {name}'s help hides its default: {shown}"
+
+
+#: each bench option naming bundled cards, and a card it runs
+CARD_OPTIONS = [("item_similarity", "--models", "gru4rec-ml1m"), ("sampled_metrics", "--models", "gru4rec-ml1m"),
+                ("eval_tie_order", "--models", "gru4rec-ml1m"), ("day_ties", "--models", "tim4rec-causal-beauty"),
+                ("int8_graphs", "--cards", "sasrec-ml1m"), ("bench_user_states", "--cards", "gru4rec-ml1m"),
+                ("shared_store", "--card", "gru4rec-ml1m"), ("sqlite_wal", "--card", "gru4rec-ml1m"),
+                ("triton_many_users", "--card", "gru4rec-ml1m")]
+
+
+@pytest.mark.parametrize("script, flag, card", CARD_OPTIONS)
+def test_a_bench_takes_a_bundled_card_as_the_zoo_names_it_and_refuses_a_typo(monkeypatch, capsys, script, flag,
+                                                                             card):
+    """The QA's case: ``--models mamba4rec-ml1mx`` was a transformers OSError traceback once the bench had started,
+    and the zoo's own name (``ssm-rec-zoo/NAME``) was not taken. Now both forms give the card, and a typo is a usage
+    error naming the option and the value, with the closest card and the choices; the help lists them too."""
+    from test_docs import _run_parser
+
+    from zoo.pretrained import HUB_ORG
+
+    target = f"bench/{script}.py"
+    for given in (card, f"{HUB_ORG}/{card}"):
+        parsed = getattr(_run_parser(target, [flag, given], True, monkeypatch).namespace, flag.lstrip("-"))
+        assert parsed in ([card], card, [str(ROOT / "hub_cards" / card)]), (given, parsed)   # day_ties: the folder
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        _run_parser(target, [flag, card + "x"], True, monkeypatch)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert f"argument {flag}: '{card}x' is not a bundled card" in err and f"(did you mean {card}?)" in err, err
+    assert re.search(rf"choose from: [^\n]*\b{card}\b", err), err
+    parser = _run_parser(target, [], False, monkeypatch).parser
+    help_text = " ".join(parser._get_formatter()._expand_help(parser._option_string_actions[flag]).split())
+    assert f"{HUB_ORG}/NAME" in help_text and card in help_text and re.search(r"\bdefault\b", help_text), help_text
+
+
+def test_a_bench_refuses_a_card_without_the_graph_it_runs(monkeypatch, capsys):
+    """The serving benches run a card's step graph (``onnx/``): a card without one (SASRec: a window graph) is a usage
+    error saying so, and is not among the choices; another organisation's name is not a bundled card."""
+    from test_docs import _run_parser
+
+    for script in ("shared_store", "sqlite_wal", "triton_many_users", "bench_user_states"):
+        flag = "--cards" if script == "bench_user_states" else "--card"
+        for value, says in [("sasrec-ml1m", "bundled card 'sasrec-ml1m' has no onnx/ folder, which this bench runs"),
+                            ("other/gru4rec-ml1m", "'other/gru4rec-ml1m' is not a bundled card (those are ")]:
+            with pytest.raises(SystemExit) as e:
+                _run_parser(f"bench/{script}.py", [flag, value], True, monkeypatch)
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and f"argument {flag}: {says}" in err, err
+            assert "gru4rec-ml1m" in err.split("choose from:")[1] and "sasrec" not in err.split("choose from:")[1]
+
+
+def test_the_card_benches_help_ends_with_the_exit_statuses(monkeypatch, capsys):
+    """``benchutil.cards_parser``, the benches' common parser, ends its ``--help`` with the zoo's exit-status table,
+    and those benches run through ``run_cli``, which gives its last two statuses."""
+    from export.fsutil import EXIT_CODES
+
+    for script in ("item_similarity", "sampled_metrics"):
+        with pytest.raises(SystemExit) as e:
+            _bench(script, monkeypatch).main(["--help"])
+        assert e.value.code == 0 and " ".join(EXIT_CODES.split()) in " ".join(capsys.readouterr().out.split())
+        assert "run_cli(main)" in (ROOT / "bench" / f"{script}.py").read_text(encoding="utf-8")
+
+
+def test_a_plot_without_matplotlib_is_a_missing_package_before_the_sweep(monkeypatch, capsys):
+    """``bench_step_latency --plot`` where matplotlib is not installed: exit 4 (a package it needs is missing, the
+    zoo's table), not 2 (the options are right), and before any measuring."""
+    b = _bench("bench_step_latency", monkeypatch)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)                   # find_spec: not installed
+    monkeypatch.setattr(b, "bench", lambda *a, **k: pytest.fail("measured before checking --plot"))
+    with pytest.raises(SystemExit) as e:
+        b.main(["--plot", "latency.png"])
+    assert e.value.code == 4 and "--plot needs matplotlib" in capsys.readouterr().err

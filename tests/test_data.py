@@ -90,6 +90,31 @@ def test_gzip_detected_by_magic_not_name(tmp_path):
     assert len(read_interactions(p)) == 3
 
 
+def test_a_file_whose_name_lies_about_its_compression(tmp_path):
+    """A plain-text file named ``.gz`` is read as the text it is (compression is told by the first bytes); one that is
+    neither gzip nor text (``head -c 1000 /dev/urandom > bad.inter.gz``) is refused as not gzip, not as "byte 0xf6 is
+    not UTF-8 ... iconv"; the same for a ``.parquet`` name; bzip2/xz/zstd/zip files are named as such, not read."""
+    assert read_interactions(write(tmp_path / "plain.inter.gz", ATOMIC)).user.tolist() == [1, 1, 2]
+    noise = b"\xf6\x00" + np.random.default_rng(0).bytes(998)
+    with pytest.raises(ValueError, match=r"bad.inter.gz: not a gzip file \(its first bytes are f6 00, not gzip's 1f "
+                                         r"8b\) and not UTF-8 text either: rename it or gzip it"):
+        read_interactions(write_bytes(tmp_path / "bad.inter.gz", noise))
+    with pytest.raises(ValueError, match=r"bad.parquet: not a Parquet file .* rename it or write it again as Parquet"):
+        read_interactions(write_bytes(tmp_path / "bad.parquet", noise))
+    with pytest.raises(ValueError, match=r"bad.tsv, line 1: a NUL byte"):      # a name that promises nothing: as was
+        read_interactions(write_bytes(tmp_path / "bad.tsv", noise))
+    import bz2
+    import lzma
+    for name, kind, packed in [("b.inter.bz2", "bzip2", bz2.compress(ATOMIC.encode())),
+                               ("b.inter.xz", "xz", lzma.compress(ATOMIC.encode())),
+                               ("b.inter.gz", "bzip2", bz2.compress(ATOMIC.encode())),   # the name lies, bytes tell
+                               ("b.inter.zst", "zstd", b"\x28\xb5\x2f\xfd" + noise),
+                               ("b.inter.zip", "zip", b"PK\x03\x04" + noise)]:
+        with pytest.raises(ValueError, match=rf"{name}: compressed with {kind} \(by its first bytes\), which is not "
+                                             r"read .*recompress it with gzip"):
+            read_interactions(write_bytes(tmp_path / name, packed))
+
+
 def test_movielens_ratings_dat(tmp_path):
     p = write(tmp_path / "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n")
     x = read_interactions(p)

@@ -1,6 +1,8 @@
 """Readers for interaction files, all returning one :class:`Interactions` table.
 
-Supported formats (``.gz`` is read transparently, detected by the gzip magic bytes):
+Supported formats (``.gz`` is read transparently, detected by the gzip magic bytes, not by the name: a text file
+named ``.gz`` is read as text, a file neither gzip nor text is refused as not gzip; bzip2, zstd, xz and zip files are
+refused, naming their compression):
 
 ``"atomic"``
     RecBole atomic ``.inter`` files: a typed header such as
@@ -209,22 +211,45 @@ def _warn_inexact_times(values: np.ndarray, where) -> None:
 
 
 # --------------------------------------------------------------------------- low level helpers
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+#: compressions told by their first bytes that are not read (gzip is): such a file is refused as what it is, not read
+#: as text and refused for its first byte that is not UTF-8
+_OTHER_COMPRESSION = {"bzip2": re.compile(rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)"),
+                      "zstd": re.compile(rb"\x28\xb5\x2f\xfd"),
+                      "xz": re.compile(rb"\xfd7zXZ\x00"),
+                      "zip": re.compile(rb"PK\x03\x04")}
+#: name endings that promise a binary format the readers tell by its first bytes, not by the name: (format, first
+#: bytes, the other fix). A file so named that is not in the format is read as text when it is text (the name lies
+#: harmlessly), and refused naming the format, not its first byte that is not UTF-8, when it is not text either
+_BINARY_SUFFIXES = {".gz": ("gzip", GZIP_MAGIC, "gzip it"),
+                    ".parquet": ("Parquet", PARQUET_MAGIC, "write it again as Parquet")}
+
+
 def _read_text(path: str) -> tuple[str, tuple[int, int, int] | None]:
-    """Whole file as text; gzip detected by magic bytes (so a ``.gz`` name is not required, nor trusted). UTF-8 (a
-    byte-order mark dropped); a file that is not is decoded as latin-1 and ``(line, byte offset, byte)`` of its first
-    byte that is not UTF-8 comes back too (``None`` for UTF-8), for :func:`read_interactions` to refuse it or, for a
-    MovieLens file, accept it (:func:`_check_encoding`). Line ends are ``\\n``."""
+    """Whole file as text; gzip detected by magic bytes (so a ``.gz`` name is not required, nor trusted: a text file
+    named ``.gz`` is read as text; one neither gzip nor text is refused as not gzip). bzip2, zstd, xz and zip files,
+    told by their first bytes too, are refused as compressions that are not read. UTF-8 (a byte-order mark dropped);
+    a file that is not is decoded as latin-1 and ``(line, byte offset, byte)`` of its first byte that is not UTF-8
+    comes back too (``None`` for UTF-8), for :func:`read_interactions` to refuse it or, for a MovieLens file, accept
+    it (:func:`_check_encoding`). Line ends are ``\\n``."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"interaction file not found: {path}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory, expected an interaction file")
     with open(path, "rb") as f:
         raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
+    gzipped = raw[:2] == GZIP_MAGIC
+    if gzipped:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
             raise ValueError(f"{path}: corrupt gzip file ({e})") from None
+    else:
+        other = next((kind for kind, magic in _OTHER_COMPRESSION.items() if magic.match(raw)), None)
+        if other:
+            raise ValueError(f"{path}: compressed with {other} (by its first bytes), which is not read (gzip is the "
+                             "only compression read): decompress it, or recompress it with gzip")
     not_utf8 = None
     try:
         text = raw.decode("utf-8-sig")
@@ -233,6 +258,11 @@ def _read_text(path: str) -> tuple[str, tuple[int, int, int] | None]:
         offset = e.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
         before = text[:offset]
         not_utf8 = (before.count("\n") + before.count("\r") - before.count("\r\n") + 1, offset, raw[offset])
+    promised = next((what for suffix, what in _BINARY_SUFFIXES.items() if path.lower().endswith(suffix)), None)
+    if not gzipped and promised and (not_utf8 is not None or "\x00" in text):
+        name, magic, fix = promised       # a name that lies about a binary file: say so, not "convert with iconv"
+        raise ValueError(f"{path}: not a {name} file (its first bytes are {raw[:len(magic)].hex(' ') or 'none'}, not "
+                         f"{name}'s {magic.hex(' ')}) and not UTF-8 text either: rename it or {fix}")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text, not_utf8
@@ -566,9 +596,6 @@ def _slow_columns(text: str, path: str, sep: str | None, names: list[str], skip:
     return col, line_numbers
 
 
-PARQUET_MAGIC = b"PAR1"
-
-
 def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
     """A Parquet table (pandas / polars / Spark / 🤗 datasets exports): columns found by name as in delimited files
     (``columns``: see :func:`read_interactions`), only those read. Ids: integer columns stay int64, string columns
@@ -769,7 +796,8 @@ def read_interactions(path: str | os.PathLike, format: str = "auto", columns: di
             for a format without a header), malformed line (wrong number of fields, empty id;
             ``seq``: no header, repeated user, user without items, comma-separated items; an unbalanced quote),
             non-numeric or NaN timestamp (the message names the file, line and column); a byte that is not UTF-8
-            (but in a latin-1 MovieLens file) or a NUL byte (naming the line).
+            (but in a latin-1 MovieLens file) or a NUL byte (naming the line); a corrupt gzip file, another
+            compression (bzip2, zstd, xz, zip), a file named ``.gz`` or ``.parquet`` that is neither that nor text.
     """
     path = os.fspath(path)
     if format not in ("auto",) + FORMATS:

@@ -57,14 +57,15 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 #: usage error: the options themselves are wrong -- a bad value, a conflicting or missing option (argparse's status)
 EXIT_USAGE = 2
-#: a verification failed (``export.onnx``, ``export.trt``, ``export.triton``): nothing was written
+#: a verification failed (``export.onnx``, ``export.trt``, ``export.triton``): what failed it is not written
+#: (``export.trt`` keeps the verified ONNX graph and its report beside the engine it refused)
 EXIT_VERIFY_FAILED = 3
 #: something the command needs is missing on this machine: an optional package, TensorRT, a GPU (``--device cuda``)
 EXIT_MISSING = 4
 #: the epilog of every command's ``--help``: the table above, and the two statuses of :func:`run_cli`
 EXIT_CODES = ("exit status: 0 ok; 1 the run failed (a --model or --data that cannot be found or read, bad data, an "
               "export or write error); 2 usage error (a bad, missing or conflicting option); 3 verification failed "
-              "(nothing written); 4 a package, TensorRT or GPU it needs is missing here; 130 interrupted (Ctrl-C); "
+              "(what failed it is not written); 4 a package, TensorRT or GPU it needs is missing here; 130 interrupted (Ctrl-C); "
               "141 stdout closed (| head)")
 
 

@@ -936,6 +936,11 @@ def test_a_recard_that_fails_half_way_leaves_the_card_folder_as_it_was(tmp_path,
         hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card),
                   "--overwrite"])
     assert snapshot() == before and sorted(p.name for p in card.parent.iterdir()) == ["tiny"]
+    monkeypatch.setattr(export.onnx, "main", lambda argv: 3)     # the graph fails verification: status 3 (EXIT_CODES)
+    with pytest.raises(SystemExit) as failed:
+        hub.main(["card", "--run", str(tmp_path / "b"), "--name", "tiny", "--data", data, "--out", str(card),
+                  "--overwrite"])
+    assert failed.value.code == 3 and snapshot() == before
     monkeypatch.undo()
     hub.build_card_folder(str(tmp_path / "b"), "tiny", data, out_dir=str(card), overwrite=True)
     after = snapshot()

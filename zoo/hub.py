@@ -827,7 +827,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                            **({"reference_protocol": reference} if reference else {})}, f, indent=1)
             for args in exports:
                 refresh_onnx_export(stage, args, data, data_options.get("columns"), shown_as=out_dir)
-    except RuntimeError as e:
+    except RuntimeError as e:                   # a VerificationError stays the cause (exit 3)
         raise RuntimeError(f"{e}; {out_dir} was left as it was") from e
     return metrics
 
@@ -1028,8 +1028,11 @@ def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str 
             contextlib.redirect_stderr(_Shown(sys.stderr, staged, final)):
         rc = onnx_main(argv)
     if rc != 0:
-        raise RuntimeError(f"re-export of the ONNX graph {args} from the new weights failed (exit {rc}; its report "
-                           "above says why)")
+        from export.fsutil import EXIT_VERIFY_FAILED
+        from export.onnx import VerificationError
+
+        raise (VerificationError if rc == EXIT_VERIFY_FAILED else RuntimeError)(
+            f"re-export of the ONNX graph {args} from the new weights failed (exit {rc}; its report above says why)")
 
 
 def card_summary(folder: str | os.PathLike) -> list[str]:
@@ -1107,6 +1110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ``--allow-extra``; 1 for a card or a push that failed (a run, data or Hub that cannot be read or reached); 4 for a
     package the card needs that is missing here."""
     from .cli import EXIT_CODES, EXIT_MISSING, command_prog, exit_with
+    from export.fsutil import EXIT_VERIFY_FAILED
 
     p = argparse.ArgumentParser(prog=command_prog("zoo.hub"), description="Bundled models, model cards, publishing.",
                                 epilog=EXIT_CODES)
@@ -1191,7 +1195,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             c.error(f"card not written: {e}")
         except MissingDependencyError as e:
             exit_with(EXIT_MISSING, f"card not written: {e}")
-        except (OSError, KeyError, ValueError, RuntimeError) as e:  # they name what failed
+        except RuntimeError as e:       # a re-exported graph that fails verification raised export.onnx's (loaded)
+            onnx_module = sys.modules.get("export.onnx")
+            if onnx_module is not None and isinstance(e.__cause__ or e, onnx_module.VerificationError):
+                exit_with(EXIT_VERIFY_FAILED, f"card not written: {error_text(e)}")       # status 3
+            sys.exit(f"card not written: {error_text(e)}")                               # status 1
+        except (OSError, KeyError, ValueError) as e:                # they name what failed
             sys.exit(f"card not written: {error_text(e)}")                               # status 1
         print(json.dumps(m, indent=1))
         print(f"wrote card {os.path.abspath(out)} (README.md, weights, eval_results.json)", flush=True)

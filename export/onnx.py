@@ -1834,7 +1834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "checkpoint's folder (--card-dir writes into its onnx/)")
     p.add_argument("--kind", choices=("step", "window"), default=None,
                    help="step (default for models with an exact step) or window")
-    p.add_argument("--topk", type=int, default=None, help="K of the in-graph TopK (default 10; with --card-dir, the "
+    p.add_argument("--topk", type=positive_int, default=None, help="K of the in-graph TopK (default 10; with --card-dir, the "
                                                            "card's graph's)")
     p.add_argument("--scores", action="store_true", help="also output all scores [B, n_items]")
     prec = p.add_mutually_exclusive_group()

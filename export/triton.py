@@ -1603,6 +1603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = config_number_problems(**{k: v for k, v in kw.items() if k in _NUMBERS})
     if bad:                                                 # before any export: name each flag
         p.error("; ".join(f"{NUMBER_FLAGS.get(n, n)}: {m}" for n, m in bad))
+    if a.repo == "-":                                       # never a folder named '-' by accident
+        p.error("--repo -: '-' means standard output, where a repository cannot go; name a folder (./- for one "
+                "named '-')")
     try:                                                    # write_repository's own checks, before any export
         checked = check_repository(a.repo, a.name, a.backend, a.force, a.plan, a.plugin_lib, flags=ARG_FLAGS)
     except (ValueError, OSError) as e:

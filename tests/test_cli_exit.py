@@ -240,3 +240,29 @@ def test_perf_data_reads_data_as_the_models_run(capsys):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert text.count("default: the model's run's") == 2, text
+
+
+@pytest.mark.parametrize("module,argv", [
+    ("zoo.train", ["--model", "gru4rec", "--data", "d.inter", "--out", "-"]),
+    ("zoo.soup", ["--models", "ssm-rec-zoo/gru4rec-ml1m", "ssm-rec-zoo/sasrec-ml1m", "--data", "d.inter",
+                  "--out", "-"]),
+    ("zoo.hub", ["card", "--run", str(ROOT / "hub_cards" / "gru4rec-ml1m"), "--name", "x", "--data", "d.inter",
+                 "--out", "-"]),
+    ("zoo.embed", ["--model", "ssm-rec-zoo/gru4rec-ml1m", "--out", "-"]),
+    ("export.onnx", ["--model", "ssm-rec-zoo/gru4rec-ml1m", "--out", "-", "--no-verify"]),
+    ("export.trt", ["--model", "ssm-rec-zoo/gru4rec-ml1m", "--out", "-"]),
+    ("export.triton", ["--model", "ssm-rec-zoo/gru4rec-ml1m", "--repo", "-", "--no-verify"]),
+])
+def test_an_output_that_cannot_go_to_stdout_refuses_dash_and_makes_no_folder_named_dash(module, argv, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """``-`` means standard output (export.fsutil.STDOUT_PATH): outputs that are folders or binary files refuse it
+    as a usage error (2) before any work, instead of writing a folder or file named ``-`` in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t1\t1\n1\t2\t2\n",
+                                      encoding="utf-8")
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == EXIT_USAGE and ("'-' means standard output" in err or "not written to stdout" in err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.inter"]

@@ -334,7 +334,7 @@ def test_compare_refuses_rank_zero_bad_caps_other_orders_and_empty_files(tmp_pat
         exits(capsys, [ok, b, "--bootstrap", "100"], 1, message, run=compare_main)
     with pytest.raises(SystemExit) as e:
         compare_main([ok, ok, "--bootstrap", "50"])
-    assert e.value.code == 2 and "--bootstrap must be >= 100, got 50" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument --bootstrap: expected an int >= 100, got '50'" in capsys.readouterr().err
 
 
 def test_compare_cutoff_is_checked_against_the_smaller_top_k(tmp_path, capsys):

@@ -436,9 +436,13 @@ def test_card_dir_keeps_the_options_of_the_cards_graph(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and named in err and "write the graph elsewhere with --out" in err, err
     assert (card / "onnx" / "state_spec.json").read_bytes() == before
-    # an export error is a failed run (1), on stderr; argparse's bad values stay usage errors (2)
-    assert E.main(["--model", str(card), "--out", str(tmp_path / "o"), "--topk", "0", "--no-verify"]) == 1
+    # a --topk beyond the catalogue is an export error, a failed run (1), on stderr; a --topk that no catalogue
+    # takes is a usage error (2) before the model is loaded
+    assert E.main(["--model", str(card), "--out", str(tmp_path / "o"), "--topk", str(N_ITEMS), "--no-verify"]) == 1
     assert f"ERROR: --topk: topk must be in 1..{N_ITEMS - 1} (the items left" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        E.main(["--model", str(card), "--out", str(tmp_path / "o"), "--topk", "0", "--no-verify"])
+    assert e.value.code == 2 and "--topk: expected an int >= 1, got '0'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags,code,message", [
@@ -1603,7 +1607,8 @@ def test_trt_takes_gaps_form_of_time_aware_model(saved_tim4rec_causal, tmp_path,
 
     extra = _trt_without_builder(monkeypatch)
     code = T.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path), "--quick", *extra])
-    text = capsys.readouterr().out
+    printed = capsys.readouterr()
+    text = printed.out + printed.err            # what is missing goes to stderr (where no plugin library was built)
     assert code == T.EXIT_MISSING == 4, text
     assert "--time-input gaps" in text and "float64 tensor type" not in text and "Traceback" not in text
     assert "verification (step, tim4rec_causal): PASSED" in text and "scan nodes: SSDScan x2" in text

@@ -35,6 +35,16 @@ def positive_int(value: str) -> int:
     return _int_at_least(value, 1)
 
 
+def int_at_least(low: int):
+    """An argparse ``type=``: an int >= ``low`` (``--bootstrap``: >= 100); anything else is a usage error naming
+    the bound."""
+    def parse(value: str) -> int:
+        return _int_at_least(value, low)
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
 def nonnegative_int(value: str) -> int:
     """An int >= 0 (a count that may be none); anything else is a usage error."""
     return _int_at_least(value, 0)
@@ -482,6 +492,10 @@ def check_outputs(outputs: dict, inputs: dict | None = None, folders: bool = Fal
     for flag, path in outputs.items():
         if not path:
             continue
+        if os.fspath(path) == STDOUT_PATH:      # the commands that write an output to stdout take it out first
+            raise ValueError(f"{flag} {STDOUT_PATH}: '{STDOUT_PATH}' means standard output, where "
+                             f"{'a folder' if folders else 'this output'} cannot go; name a path (./{STDOUT_PATH} for "
+                             f"one named '{STDOUT_PATH}')")
         for label, other in [*inputs.items(), *seen.items()]:
             if _same_path(path, other):
                 what = f"also {label}" if label in seen else f"the input {label}"

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from .cli import (EXIT_CODES, EXIT_ERROR, STDOUT_PATH, cannot, check_outputs, command_prog, exit_with,
-                  nonnegative_int, positive_int, written_whole)
+                  int_at_least, nonnegative_int, positive_int, written_whole)
 from .evaluate import (RANKS_COLUMNS, RANKS_HEADER, UsageError, bucket_label, length_buckets,
                        protocol_without_window)
 from .metrics import METRICS, paired_bootstrap
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="cut-offs K of the metrics compared (default: 10 20)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS),
                    help=f"the metrics compared (default: all, {' '.join(METRICS)})")
-    p.add_argument("--bootstrap", type=positive_int, default=10_000, help="resamples (>= 100; default 10000)")
+    p.add_argument("--bootstrap", type=int_at_least(100), default=10_000, help="resamples (>= 100; default 10000)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the bootstrap's resampling (default 0)")
     p.add_argument("--json", metavar="FILE",
                    help=f"also write the comparison to this JSON file; {STDOUT_PATH}: on standard output (the tables "
@@ -227,8 +227,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="pair the users even where their held-out items differ (two versions of the same users' "
                         "data, e.g. two orders of ties); the result counts those users")
     args = p.parse_args(argv)
-    if args.bootstrap < 100:
-        p.error(f"--bootstrap must be >= 100, got {args.bootstrap}")
     if args.json != STDOUT_PATH:
         try:
             check_outputs({"--json": args.json}, {"A": args.a, "B": args.b})

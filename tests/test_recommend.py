@@ -625,6 +625,15 @@ def test_data_options_without_data_are_usage_errors(tmp_path, given, capsys):
     assert not (tmp_path / "v.safetensors").exists()
 
 
+@pytest.mark.parametrize("given", [["--batch-size", "7"], ["--no-progress"]])
+def test_batch_options_without_all_users_are_usage_errors(given, capsys):
+    """--batch-size and --no-progress are --all-users' options: one history ran and ignored them."""
+    with pytest.raises(SystemExit) as e:
+        main(["--history", "1", *given])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--batch-size and --no-progress are for --all-users" in err, err
+
+
 def test_device_and_threads_options(tmp_path, capsys, monkeypatch):
     """--device cpu runs there (single history, --stepwise, --all-users, --similar-to); a malformed device is a usage
     error (2), a CUDA device this machine lacks exits 4 with one line; --threads sets torch's threads."""

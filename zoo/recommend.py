@@ -288,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             p.error("--all-users recommends for every user of --data: --user and --stepwise are for one history")
     elif args.out:
         p.error("--out is the file of --all-users")
+    elif args.batch_size != p.get_default("batch_size") or args.no_progress:
+        p.error("--batch-size and --no-progress are for --all-users (one history is one forward pass, without a bar)")
     elif args.data and args.user is None:
         p.error("--data needs --user (or --all-users)")
     if args.similar_to and (args.history or args.timestamps or args.data or args.stepwise or args.exclude_seen

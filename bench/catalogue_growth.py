@@ -68,7 +68,7 @@ def write_before(data: str, before: float, path: str) -> dict:
                          "choose a cut inside the data's time range")
     old = rows.select(keep)
     tmp = path + ".part"
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write("user_id\titem_id\ttimestamp\n")
         f.writelines(f"{u}\t{i}\t{t:.0f}\n" for u, i, t in zip(old.user, old.item, old.timestamp))
     os.replace(tmp, path)
@@ -85,7 +85,7 @@ def run_all(jobs: list[tuple[str, list[str]]], work: str, parallel: int, rerun: 
             cmd = [sys.executable, "-m", "zoo.train", *args, "--out", os.path.join(work, name), "--threads", "1",
                    "--no-progress"] + (["--overwrite"] if rerun else [])
             print("running:", " ".join(cmd), flush=True)
-            log = open(os.path.join(work, name + ".log"), "w")
+            log = open(os.path.join(work, name + ".log"), "w", encoding="utf-8")
             procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         for name, p, log in procs:
             if p.wait() != 0:
@@ -152,7 +152,10 @@ def main(argv=None) -> None:
     run_all(jobs, args.work, args.parallel, args.rerun)
 
     old_vocab = ItemVocab.load(os.path.join(args.work, "old"))
-    logs = {n: json.load(open(os.path.join(args.work, n, "train_log.json"))) for n in ["old"] + [j[0] for j in jobs]}
+    logs = {}
+    for n in ["old"] + [j[0] for j in jobs]:
+        with open(os.path.join(args.work, n, "train_log.json"), encoding="utf-8") as f:
+            logs[n] = json.load(f)
     ranks = {n: ranks_of(args.work, n, args.data, args.rerun) for n, _ in jobs}
     targets = ranks["fresh"][0]
     new = np.array([t not in old_vocab for t in targets])

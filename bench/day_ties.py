@@ -53,7 +53,8 @@ def model_data(model_dir: str) -> str | None:
     for name, key in (("eval_results.json", "data_file"), ("train_log.json", "data")):
         path = os.path.join(model_dir, name)
         if os.path.exists(path):
-            value = json.load(open(path)).get(key)
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f).get(key)
             if value:
                 return os.path.basename(value)
     return None

@@ -45,7 +45,8 @@ VARIANTS = [("fp32", None), ("int8 per tensor", False), ("int8 per channel", Tru
 
 def card_data(card: str) -> tuple[str, list[str]]:
     """The data file a card was measured on and the ``zoo.evaluate`` flags of its loading options."""
-    res = json.load(open(os.path.join(ROOT, "hub_cards", card, "eval_results.json")))
+    with open(os.path.join(ROOT, "hub_cards", card, "eval_results.json"), encoding="utf-8") as f:
+        res = json.load(f)
     opts = res.get("data_options") or {}
     kcore = opts.get("kcore", "auto")
     flags = [] if kcore == "auto" else ["--kcore", "none" if kcore is None else str(kcore)]

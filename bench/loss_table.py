@@ -81,7 +81,8 @@ def main(argv=None):
         path = os.path.join(folder, "train_log.json")
         if not os.path.exists(path):
             p.error(f"{folder}: no train_log.json (not a zoo.train --out folder)")
-        runs[folder] = json.load(open(path))
+        with open(path, encoding="utf-8") as f:
+            runs[folder] = json.load(f)
     try:
         lines = table(runs)
     except ValueError as e:

@@ -122,7 +122,7 @@ def order_probe(args) -> int:
         for k in reversed(range(6)):                                   # written newest first, 5 s apart
             rows.append(f"{u}\t{10 * u + k}\t{970000000 + 5 * k}")
         rows.append(f"{u}\t{10 * u + 9}\t{970000000 + 1000}")          # 1,000 s later: the true last event
-    with open(os.path.join(root, "tieprobe", "tieprobe.inter"), "w") as f:
+    with open(os.path.join(root, "tieprobe", "tieprobe.inter"), "w", encoding="utf-8") as f:
         f.write("\n".join(rows) + "\n")
     ns = argparse.Namespace(**{**vars(args), "data_dir": root})
     config = Config(model=SASRec, dataset="tieprobe", config_dict=_config(
@@ -150,13 +150,14 @@ def _export(model, ds, test, config, out: str) -> None:
 
     from zoo.convert import recbole_settings
 
-    with open(os.path.join(out, "recbole_config.json"), "w") as f:         # RecBole's settings, plain values only
+    # RecBole's settings, plain values only
+    with open(os.path.join(out, "recbole_config.json"), "w", encoding="utf-8") as f:
         json.dump(recbole_settings(config), f, indent=1, sort_keys=True)
 
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                os.path.join(out, "state_dict.pth"))
     for field, name in (("item_id", "item_tokens.txt"), ("user_id", "user_tokens.txt")):
-        with open(os.path.join(out, name), "w") as f:
+        with open(os.path.join(out, name), "w", encoding="utf-8") as f:
             f.write("\n".join(str(t) for t in ds.field2id_token[field]) + "\n")
     rows, lens, targets, users, scores = [], [], [], [], []
     model.eval()
@@ -174,7 +175,7 @@ def _export(model, ds, test, config, out: str) -> None:
 
 
 def _write_result(out: str, result: dict) -> None:
-    with open(os.path.join(out, "recbole_result.json"), "w") as f:
+    with open(os.path.join(out, "recbole_result.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1, default=float)
     print(json.dumps(result, indent=1, default=float))
 
@@ -274,7 +275,7 @@ def compare(args) -> int:
     from zoo.convert import convert, recbole_fields
     from zoo.metrics import compute_metrics, history_in_top_k, rank_of_target
 
-    with open(os.path.join(args.run, "recbole_config.json")) as f:
+    with open(os.path.join(args.run, "recbole_config.json"), encoding="utf-8") as f:
         settings = json.load(f)
     zdir = os.path.join(args.run, "zoo")
     convert("sasrec", os.path.join(args.run, "state_dict.pth"), zdir,
@@ -291,7 +292,7 @@ def compare(args) -> int:
     r_zoo, r_rb = rank_of_target(ours, target), rank_of_target(theirs, target)
     print(f"target rank differs for {int((r_zoo != r_rb).sum())} users")
     m = compute_metrics(r_zoo, ks=args.ks, metrics=("HR", "NDCG"), recall_alias=False)
-    with open(os.path.join(args.run, "recbole_result.json")) as f:
+    with open(os.path.join(args.run, "recbole_result.json"), encoding="utf-8") as f:
         rb = json.load(f)["recbole_test"]
     print("| K | HR@K (zoo) | HR@K (RecBole) | NDCG@K (zoo) | NDCG@K (RecBole) | Hist@K (zoo) |\n|---|---|---|---|---|---|")
     for k in args.ks:

@@ -97,7 +97,7 @@ class TritonPythonModel:
         self.name = cfg.get("name", "zoo")
         here = pathlib.Path(args["model_repository"]) / str(args["model_version"])
         params = {k: v.get("string_value", "") for k, v in (cfg.get("parameters") or {}).items()}
-        spec = json.loads((here / STATE_SPEC_FILE).read_text())
+        spec = json.loads((here / STATE_SPEC_FILE).read_text(encoding="utf-8"))
         self.spec = spec
         self.n_items = int(spec["n_items"])
         self.k = int(spec["topk"])
@@ -662,7 +662,7 @@ class ServerHandle:
 
     def log(self) -> str:
         try:
-            return pathlib.Path(self.log_path).read_text(errors="replace")
+            return pathlib.Path(self.log_path).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
 
@@ -731,9 +731,9 @@ def start_server(repo: str | os.PathLike, venv: str | os.PathLike | None = None,
     own_log = not log_path
     if own_log:
         fd, log_path = tempfile.mkstemp(prefix="zoo-tritonserver-", suffix=".log")
-        log = os.fdopen(fd, "w")
+        log = os.fdopen(fd, "w", encoding="utf-8")
     else:
-        log = open(log_path, "w")
+        log = open(log_path, "w", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     try:
         proc = subprocess.Popen([str(py), os.path.abspath(__file__), "--repo", str(repo), "--http-port",

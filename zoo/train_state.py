@@ -101,7 +101,7 @@ def save(out: str | os.PathLike, model: torch.nn.Module, opt: torch.optim.Optimi
     state = {"format_version": FORMAT_VERSION, "progress": progress, "settings": settings, "optimizer": opt_meta,
              "shuffle_generator": gen.bit_generator.state, "python_random": random.getstate(),
              "numpy_global": [np_state[0], np_state[1].tolist(), *np_state[2:]], "log": log}
-    with open(os.path.join(new, STATE_FILE), "w") as f:
+    with open(os.path.join(new, STATE_FILE), "w", encoding="utf-8") as f:
         json.dump(state, f)
     if resume_dir(out) == old:              # an earlier swap was cut: its state is the only whole one, put it back
         shutil.rmtree(final, ignore_errors=True)
@@ -146,7 +146,7 @@ def check_checkpoint(out: str | os.PathLike, folder: str | os.PathLike, state: d
     if now == recorded:
         return None
     try:
-        with open(os.path.join(folder, PENDING_FILE)) as f:
+        with open(os.path.join(folder, PENDING_FILE), encoding="utf-8") as f:
             pending = json.load(f).get("epoch")
     except (OSError, ValueError, AttributeError):
         pending = None
@@ -169,7 +169,7 @@ def load(path: str | os.PathLike) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
     try:
-        with open(os.path.join(path, STATE_FILE)) as f:
+        with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
             state = json.load(f)
         tensors = load_file(os.path.join(path, "optimizer.safetensors"))
     except (OSError, ValueError) as e:

@@ -1369,7 +1369,7 @@ def _check_model_type(path: str) -> type[SeqRecConfig] | None:
     from .models import MODELS
 
     try:
-        with open(os.path.join(path, "config.json")) as f:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
             model_type = json.load(f).get("model_type")
     except FileNotFoundError:
         if os.path.isdir(path):                 # not transformers' "Should have a `model_type` key" for no file at all
@@ -1425,7 +1425,7 @@ def _weight_files(path: str) -> list[str]:
         return [single]
     if os.path.isfile(index):
         try:
-            with open(index) as f:
+            with open(index, encoding="utf-8") as f:
                 return [os.path.join(path, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"corrupt weight index {index}: {e}") from None
@@ -1590,8 +1590,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {device!r}: {e}") from None
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device torch knows: use cpu, cuda or cuda:N (or another "
+                         "torch device type, e.g. mps)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible GPU"

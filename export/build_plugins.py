@@ -276,7 +276,7 @@ def _build(bdir: Path, arch: str, jobs: int, tensorrt_root: str | None, tensorrt
     stamp_error = None
     if built:
         try:
-            sources_stamp(plug).write_text(digest + "\n")
+            sources_stamp(plug).write_text(digest + "\n", encoding="utf-8")
         except OSError as e:                       # the library is current; only the next check will rebuild it
             stamp_error = f"could not record the sources' digest beside {plug}: {e}"
     return {"plugins": plug if built else None, "kernels": bdir / KERNELS_LIBRARY, "stamp_error": stamp_error,
@@ -375,9 +375,9 @@ def _build_emulated(bdir: Path, gen: Path, cxx: str, kernels, out_name, extra_fl
     for k in kernels:
         k = replace.get(Path(k).name, Path(k)).resolve()
         dst = bdir / (k.stem + ".emu.cpp")
-        text = f'#line 1 "{k}"\n' + rewrite_launches(k.read_text(), str(k))
-        if not dst.is_file() or dst.read_text() != text:
-            dst.write_text(text)
+        text = f'#line 1 "{k}"\n' + rewrite_launches(k.read_text(encoding="utf-8"), str(k))
+        if not dst.is_file() or dst.read_text(encoding="utf-8") != text:
+            dst.write_text(text, encoding="utf-8")
         sources.append(dst)
     sources += [emu / "zooCudaEmu.cpp", emu / "zooCudaEmuConvert.cpp", common / "zooSpecJson.cpp"]
     flags = ["-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", *extra_flags,
@@ -398,7 +398,7 @@ def _build_emulated(bdir: Path, gen: Path, cxx: str, kernels, out_name, extra_fl
               *sorted(PLUGINS_DIR.glob("*Plugin/*.h"))]:
         h.update(str(f).encode() + b"\0" + Path(f).read_bytes())
     stamp = bdir / (lib.name + ".sha256")
-    if lib.is_file() and stamp.is_file() and stamp.read_text() == h.hexdigest():
+    if lib.is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8") == h.hexdigest():
         return lib
     stamp.unlink(missing_ok=True)                   # no record of the sources while the library is replaced
     for left in bdir.glob(f".{lib.name}.*.tmp"):    # a killed build's (under the lock, no build is running)
@@ -415,7 +415,7 @@ def _build_emulated(bdir: Path, gen: Path, cxx: str, kernels, out_name, extra_fl
         tmp.unlink(missing_ok=True)
     if not quiet:
         sys.stdout.write(r.stdout)
-    stamp.write_text(h.hexdigest())
+    stamp.write_text(h.hexdigest(), encoding="utf-8")
     return lib
 
 

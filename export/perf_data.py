@@ -62,7 +62,7 @@ def read_model_folder(model_dir: str | os.PathLike) -> tuple[object, dict, objec
     if not (mdir / "config.pbtxt").is_file():
         raise FileNotFoundError(f"{mdir} holds no config.pbtxt: pass --repo and --name of a model written by "
                                 "python -m export.triton")
-    cfg = T.validate_config((mdir / "config.pbtxt").read_text())
+    cfg = T.validate_config((mdir / "config.pbtxt").read_text(encoding="utf-8"))
     spec_dir = mdir if (mdir / T.SPEC_FILE).is_file() else mdir / "1"
     if not (spec_dir / T.SPEC_FILE).is_file():
         raise FileNotFoundError(f"{mdir} holds no {T.SPEC_FILE} (beside config.pbtxt or in 1/): not a model folder "

@@ -965,7 +965,7 @@ def _repository_files(repo: pathlib.Path) -> None:
         if not readme.is_file():
             lines.append(f"- `{d.name}` (no README: not written by `python -m export.triton`)")
             continue
-        title = readme.read_text().partition("\n")[0].partition(" — ")[2]
+        title = readme.read_text(encoding="utf-8").partition("\n")[0].partition(" — ")[2]
         lines.append(f"- [`{d.name}`]({d.name}/README.md)" + (f": {title}" if title else ""))
     trt = [d.name for d in models if (d / ENGINE_SCRIPT).is_file()]
     if trt:
@@ -978,7 +978,7 @@ def _repository_files(repo: pathlib.Path) -> None:
     sh = repo / "serve.sh"
     if trt:
         _write_whole(sh, _serve_sh(trt), executable=True)
-    elif sh.is_file() and SERVE_SH_MARK in sh.read_text():      # ours, for TensorRT models no longer here
+    elif sh.is_file() and SERVE_SH_MARK in sh.read_text(encoding="utf-8"):   # ours, for TensorRT models no longer here
         sh.unlink()
 
 
@@ -1104,7 +1104,8 @@ def _folder_files(mdir: pathlib.Path) -> dict[str, pathlib.Path]:
 def _write_model_mark(mdir: pathlib.Path) -> None:
     """``mdir/.export_triton.json``: the checksum of every file written into the model folder (the last file)."""
     files = {rel: file_sha256(p) for rel, p in _folder_files(mdir).items() if rel not in _BUILT_LATER}
-    (mdir / MODEL_MARK).write_text(json.dumps({"written_by": _GENERATOR, "files": files}, indent=1) + "\n")
+    (mdir / MODEL_MARK).write_text(json.dumps({"written_by": _GENERATOR, "files": files}, indent=1) + "\n",
+                                   encoding="utf-8")
 
 
 def foreign_model_files(mdir: str | os.PathLike) -> list[pathlib.Path]:
@@ -1120,7 +1121,7 @@ def foreign_model_files(mdir: str | os.PathLike) -> list[pathlib.Path]:
     if not mdir.is_dir():
         return [mdir]
     try:
-        recorded = json.loads((mdir / MODEL_MARK).read_text())["files"]
+        recorded = json.loads((mdir / MODEL_MARK).read_text(encoding="utf-8"))["files"]
         if not isinstance(recorded, dict):
             raise TypeError
     except FileNotFoundError:
@@ -1146,7 +1147,7 @@ def _legacy_model_folder(mdir: pathlib.Path) -> bool:
         return False
     for spec in (mdir / SPEC_FILE, mdir / "1" / SPEC_FILE):
         try:
-            fmt = json.loads(spec.read_text()).get("format")
+            fmt = json.loads(spec.read_text(encoding="utf-8")).get("format")
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(fmt, str) and fmt.startswith("ssm-rec-zoo/onnx/"):
@@ -1228,7 +1229,7 @@ def _carry_plugins(old: pathlib.Path, new: pathlib.Path) -> str | None:
     rel = f"plugins/{ps.PLUGIN_LIBRARY}"
     src, dst = old / rel, new / rel
     try:
-        recorded = json.loads((old / MODEL_MARK).read_text())["files"]
+        recorded = json.loads((old / MODEL_MARK).read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not src.is_file() or rel in recorded or dst.exists() or not dst.parent.is_dir():
@@ -1362,7 +1363,7 @@ def _staged_model_folder(final: pathlib.Path):
     lock = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".lock-", dir=stage)
-        lock = os.fdopen(fd, "w")
+        lock = os.fdopen(fd, "w", encoding="utf-8")
         fcntl.flock(lock, fcntl.LOCK_EX)                    # before it bears its name: never seen unlocked
         lock.write(json.dumps({"target": str(final), "pid": os.getpid()}))
         lock.flush()
@@ -1436,7 +1437,7 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
         (mdir / "README.md").write_text(_readme(
             repo, name, backend, state, spec, cfg.max_batch_size, vocab=bool(vocab_path),
             sequences=None if seq is None else (seq.max_sequence_idle_microseconds / 1e6,
-                                                seq.oldest.max_candidate_sequences)))
+                                                seq.oldest.max_candidate_sequences)), encoding="utf-8")
         _write_model_mark(mdir)
         notes = [_carry_plugins(final, mdir), _carry_plan(final, mdir, bool(plan))] if final.is_dir() else []
     for note in filter(None, notes):
@@ -1455,7 +1456,7 @@ def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: p
     """The files of one model folder (config, initial states, vocabulary, graph or plan, plugins) into ``mdir``."""
     vdir = mdir / "1"
     vdir.mkdir(parents=True)
-    (mdir / "config.pbtxt").write_text(text)
+    (mdir / "config.pbtxt").write_text(text, encoding="utf-8")
     if cfg.HasField("sequence_batching"):
         by_name = {s["name"]: s for s in spec["state"]}
         for st in cfg.sequence_batching.state:
@@ -1493,7 +1494,7 @@ def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: p
             shutil.copy(plan, vdir / PLAN_FILE)
         sh = mdir / ENGINE_SCRIPT
         sh.write_text(_build_engine_sh(cfg.name, implicit_spec(spec) if implicit else spec, cfg.max_batch_size,
-                                       implicit))
+                                       implicit), encoding="utf-8")
         sh.chmod(0o755)
         pdir = mdir / "plugins"
         pdir.mkdir()
@@ -1509,7 +1510,7 @@ def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: p
             shutil.copy(plugin_lib, pdir / ps.PLUGIN_LIBRARY)
         else:
             (pdir / "README.md").write_text(f"Put {ps.PLUGIN_LIBRARY} (built for the container's TensorRT by "
-                                            "`python -m export.build_plugins`) here.\n")
+                                            "`python -m export.build_plugins`) here.\n", encoding="utf-8")
 
 
 def export_and_write(model, repo: str | os.PathLike, topk: int = 10, work_dir: str | None = None,

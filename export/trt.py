@@ -199,7 +199,7 @@ def ensure_plugin_library(plugin_lib: str | None = None, build_dir: str | None =
         return p
     stamp = BP.sources_stamp(p)
     digest = BP.plugin_sources_digest()
-    built_from = stamp.read_text().strip() if p.is_file() and stamp.is_file() else None
+    built_from = stamp.read_text(encoding="utf-8").strip() if p.is_file() and stamp.is_file() else None
     if built_from == digest and not rebuild:
         return p
     why = ("absent" if not p.is_file() else "asked to rebuild" if rebuild
@@ -566,7 +566,7 @@ def engine_verified(out_dir: str | os.PathLike) -> bool:
     report is not."""
     out = Path(out_dir)
     try:
-        rep = json.loads((out / REPORT_FILE).read_text())
+        rep = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
         eng = rep.get("engine") or {}
         if rep.get("exit_code") != EXIT_OK or eng.get("bytes") != (out / ENGINE_FILE).stat().st_size:
             return False
@@ -587,7 +587,7 @@ def _keep_previous(out: Path, say) -> None:
 
     prev = out / PREVIOUS_DIR
     companions = [n for n in (E.GRAPH_FILE, E.EXTERNAL_DATA_FILE, E.SPEC_FILE, VOCAB_FILE) if (out / n).is_file()]
-    report = json.loads((out / REPORT_FILE).read_text())
+    report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
     moved = {str(out / n): str(prev / n) for n in [ENGINE_FILE, *companions]}
     with written_whole_folder(prev) as stage:
         for name in companions:

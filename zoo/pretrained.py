@@ -105,7 +105,7 @@ def seed_hf_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
             ref = repo / "refs" / "main"
             try:
                 if ref.exists():
-                    current = ref.read_text().strip()
+                    current = ref.read_text(encoding="utf-8").strip()
                     snap = repo / "snapshots" / current
                     ours = (snap / ".zoo-bundled").exists()
                     if current and snap.is_dir() and not ours:
@@ -121,7 +121,7 @@ def seed_hf_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
                         for f in folder.iterdir():
                             if f.is_file():
                                 shutil.copyfile(f, stage / f.name)
-                        (stage / ".zoo-bundled").write_text("copied from the ssm-rec-zoo package\n")
+                        (stage / ".zoo-bundled").write_text("copied from the ssm-rec-zoo package\n", encoding="utf-8")
                         if snap.is_dir():                 # a copy an older version left cut short (no mark)
                             shutil.rmtree(snap)
                         os.replace(stage, snap)
@@ -129,7 +129,7 @@ def seed_hf_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
                         shutil.rmtree(stage, ignore_errors=True)
                 ref.parent.mkdir(parents=True, exist_ok=True)
                 tmp_ref = ref.with_name(f".main.{os.getpid()}")
-                tmp_ref.write_text(commit)
+                tmp_ref.write_text(commit, encoding="utf-8")
                 os.replace(tmp_ref, ref)
                 written.append(f"{org}/{name}")
             except OSError as e:

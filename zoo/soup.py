@@ -311,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         with written_whole_folder(a.out) as staged:
             model.save_pretrained(staged)
-            with open(os.path.join(staged, SOUP_LOG), "w") as f:
+            with open(os.path.join(staged, SOUP_LOG), "w", encoding="utf-8") as f:
                 json.dump(log, f, indent=1)
     except OSError as e:                        # its place was checked before any work (a full disk, say)
         failed(cannot("--out", a.out, e))

@@ -81,6 +81,12 @@ def exit_with(code: int, message: str) -> NoReturn:
 STDOUT_PATH = "-"
 
 
+def text_stream(*outputs):
+    """Where a command prints its tables and other lines: stderr when one of its ``outputs`` (paths) is
+    :data:`STDOUT_PATH` -- stdout then holds that output alone -- else stdout (read at call time)."""
+    return sys.stderr if STDOUT_PATH in outputs else sys.stdout
+
+
 #: the exit status of a command whose stdout reader went away (``| head -1``): 128 + SIGPIPE, as a shell reports
 #: a process killed by SIGPIPE
 EXIT_BROKEN_PIPE = 141

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from .cli import (EXIT_CODES, EXIT_ERROR, STDOUT_PATH, cannot, check_outputs, command_prog, exit_with,
-                  int_at_least, nonnegative_int, positive_int, written_whole)
+                  int_at_least, nonnegative_int, positive_int, text_stream, written_whole)
 from .evaluate import (RANKS_COLUMNS, RANKS_HEADER, UsageError, bucket_label, length_buckets,
                        protocol_without_window)
 from .metrics import METRICS, paired_bootstrap
@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         exit_with(EXIT_ERROR, f"{p.prog}: error: {cannot(name, path, e, 'read')}")
     except ValueError as e:
         exit_with(EXIT_ERROR, f"{p.prog}: error: {e}")
-    out = sys.stderr if args.json == STDOUT_PATH else sys.stdout      # stdout holds the JSON
+    out = text_stream(args.json)                                      # stdout may hold the JSON
     pa, pb = result["a"]["protocol"], result["b"]["protocol"]
     print(f"A: {result['a']['model']}\nB: {result['b']['model']}\n{result['n_users']:,} users, "
           f"{result['a']['split']} split, " + (f"{pa} protocol" if pa == pb else f"protocols {pa} (A), {pb} (B)")

@@ -60,7 +60,7 @@ import torch
 
 from .cli import (EXIT_CODES, EXIT_MISSING, STDOUT_PATH, add_columns_option, apply_threads, cannot, check_outputs,
                   cli_device, error_text, exit_with, folder_inputs, nonnegative_int, positive_int, written_whole)
-from .cli import add_model_data_options, command_prog, model_data_options
+from .cli import add_model_data_options, command_prog, model_data_options, text_stream
 from .data.batching import eval_batches
 from .data.split import (EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset, temporal_cuts,
                          temporal_split)
@@ -683,12 +683,6 @@ def onnx_providers(device: str | None) -> list:
     return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
 
 
-def _text_out(args):
-    """Where the command's table and other lines go: stderr when ``--json -`` or ``--ranks-out -`` puts its product
-    on stdout (:data:`zoo.cli.STDOUT_PATH`), else stdout."""
-    return sys.stderr if STDOUT_PATH in (args.json, args.ranks_out) else sys.stdout
-
-
 def _evaluate(args) -> dict:
     """:func:`main` once its options are checked: the evaluation of ``--model``, ``--onnx`` or ``--baseline``."""
     device = cli_device(args.device) if args.model else None   # malformed: exit 2; a GPU missing here: exit 4
@@ -760,7 +754,8 @@ def _evaluate(args) -> dict:
         "seconds": round(time.time() - t0, 2),
     }
     print(f"{type(model).__name__} ({args.model}) on {ds.name}: {args.split}, {len(examples)} users, "
-          f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}", file=_text_out(args))
+          f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}",
+          file=text_stream(args.json, args.ranks_out))
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     return _report(result, examples, ranks, ds.vocab, args, args.model, split.train)
@@ -812,7 +807,7 @@ def _main_baseline(args, t0: float) -> dict:
               "seconds": round(time.time() - t0, 2)}
     what = {"pop": "most-popular", "markov": "first-order transitions (markov)"}[args.baseline]
     print(f"{what} baseline on {ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
-          f"{' (history excluded)' if args.exclude_history else ''}", file=_text_out(args))
+          f"{' (history excluded)' if args.exclude_history else ''}", file=text_stream(args.json, args.ranks_out))
     return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}", split.train)
 
 
@@ -965,7 +960,7 @@ def _report(result: dict, examples, ranks, vocab, args, source: str, train, max_
         "max_rank": max_rank,
         # the items each target was ranked among: all of them, or itself and its --sampled negatives
         "n_items": result["n_items"] if not getattr(args, "sampled", None) else args.sampled[1] + 1}, counts)]
-    out = _text_out(args)
+    out = text_stream(args.json, args.ranks_out)
     print(format_table(result["metrics"], args.ks, intervals=result.get("intervals_95")), file=out)
     if args.by_length:
         _print_buckets("history length", result["by_length"], "lengths", args.ks, out)
@@ -1195,7 +1190,7 @@ def _main_onnx(args, t0: float) -> dict:
               "vocab": note, "seconds": round(time.time() - t0, 2)}
     print(f"ONNX {spec['kind']} graph of {spec.get('model_type')} ({args.onnx}, {spec.get('precision', 'fp32')}) on "
           f"{ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
-          + (" (history excluded by the graph)" if excluded else ""), file=_text_out(args))
+          + (" (history excluded by the graph)" if excluded else ""), file=text_stream(args.json, args.ranks_out))
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     return _report(result, examples, ranks, ds.vocab, args, os.path.abspath(args.onnx), split.train,

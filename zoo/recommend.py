@@ -226,7 +226,7 @@ def _similar(args, model, exclude: list) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     from .cli import EXIT_CODES, STDOUT_PATH, add_columns_option, add_device_option, add_model_data_options
-    from .cli import command_prog
+    from .cli import command_prog, text_stream
     from .cli import add_threads_option, apply_threads, cannot, check_outputs, cli_device, error_text, folder_inputs
     from .cli import model_data_options, positive_int, refuse_options_without, unknown_items_hint
 
@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             sys.exit(f"error: {cannot('--out', args.out, e)}")
         summary = {"model": args.model, "model_type": model.config.model_type, "data": args.data, "k": args.k,
                    "exclude_seen": args.exclude_seen, **summary}
-        said = sys.stderr if args.out == STDOUT_PATH else sys.stdout        # stdout holds the lines themselves
+        said = text_stream(args.out)                                        # stdout may hold the lines themselves
         if args.json:
             print(json.dumps(summary, indent=1), file=said)
         else:

@@ -557,6 +557,38 @@ def test_setup_errors_are_one_line_errors_on_the_command_line_and_value_errors_i
     assert not out.exists()
 
 
+def test_a_data_file_that_cannot_be_read_exits_1_and_a_bad_setting_exits_2(tmp_path, capsys):
+    """A --data that cannot be read (a folder: an OSError other than a missing file; a truncated gzip) exits 1 with
+    one line naming it; a refused setting exits 2 with the usage, also with such data (settings are checked before
+    the data is read). In the API the status is carried by the exception's type: a ``RunInputError`` (a
+    ``RunSetupError``, a ``ValueError``) from the original exception for the input, a plain ``RunSetupError`` for the
+    setting -- the original exception is not tagged."""
+    import gzip
+
+    from zoo.train import RunInputError, RunSetupError, train
+
+    folder = tmp_path / "folder.tsv"
+    folder.mkdir()
+    trunc = tmp_path / "t.tsv.gz"
+    trunc.write_bytes(gzip.compress(b"user_id\titem_id\n" + b"".join(b"%d\t%d\n" % (u, u) for u in range(500)))[:60])
+    out = tmp_path / "out"
+    base = ["--model", "gru4rec", "--out", str(out), "--kcore", "0"]
+    with refused(capsys, "folder.tsv is a directory, expected an interaction file", code=1):
+        train_main([*base, "--data", str(folder)])
+    with refused(capsys, "t.tsv.gz: corrupt gzip file", code=1):
+        train_main([*base, "--data", str(trunc)])
+    with refused(capsys, "--patience: patience must be >= 1"):
+        train_main([*base, "--data", str(folder), "--patience", "0"])
+    with pytest.raises(RunInputError, match="is a directory") as e:
+        train("gru4rec", str(folder), str(out), kcore=0)
+    assert isinstance(e.value, RunSetupError) and isinstance(e.value, ValueError) and e.value.exit_code == 1
+    assert isinstance(e.value.__cause__, IsADirectoryError) and not hasattr(e.value.__cause__, "zoo_exit_code")
+    with pytest.raises(RunSetupError, match="patience must be >= 1") as e:
+        train("gru4rec", str(folder), str(out), patience=0)
+    assert type(e.value) is RunSetupError and e.value.exit_code == 2
+    assert not out.exists()
+
+
 def test_time_aware_model_needs_non_negative_timestamps(tmp_path, capsys):
     """TiM4Rec on order-only data, or on negative timestamps, is refused before training, naming the file (it used
     to fail at the first batch with "TiM4RecModel reads timestamps: pass timestamps"); TiM4Rec without its time

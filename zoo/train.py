@@ -404,7 +404,7 @@ class RunSetupError(ValueError):
     """A run refused before its first epoch: a bad setting, an unreadable or malformed data file, or a starting
     checkpoint that does not fit the data (``--out`` is untouched). ``python -m zoo.train`` prints it in one line,
     without a traceback, and exits with its ``exit_code`` (:data:`export.fsutil.EXIT_CODES`): 2 for a bad setting
-    (with the usage), 1 for an input that cannot be read or does not fit (:func:`_run_inputs`), 4 for a GPU this
+    (with the usage), 1 for an input that cannot be read or does not fit (:class:`RunInputError`), 4 for a GPU this
     machine lacks; the original exception is its ``__cause__``."""
 
     def __init__(self, message: str, exit_code: int = EXIT_USAGE):
@@ -412,17 +412,31 @@ class RunSetupError(ValueError):
         self.exit_code = exit_code
 
 
+class RunInputError(RunSetupError):
+    """A run refused before its first epoch because an input failed, not a setting: a ``--data``, ``--init-from``
+    or resume state that cannot be found or read, or data that does not fit the run (:func:`_run_inputs`). Exit
+    status 1 (:data:`export.fsutil.EXIT_ERROR`); its message is the original exception's, which is its
+    ``__cause__``."""
+
+    def __init__(self, message: str):
+        super().__init__(message, EXIT_ERROR)
+
+
 @contextlib.contextmanager
 def _run_inputs():
-    """Mark the ``ValueError``/``OSError`` of the block as the run's inputs failing -- a ``--data``, ``--init-from``
+    """Raise the ``ValueError``/``OSError`` of the block as the run's inputs failing -- a ``--data``, ``--init-from``
     or resume state that cannot be found or read, or data that does not fit the run (a time-aware model on data
-    without timestamps, a resumed run's data edited since) -- not its settings: :class:`RunSetupError` exit 1
-    (``zoo_exit_code``), where a refused setting is a usage error (2)."""
+    without timestamps, a resumed run's data edited since) -- not its settings: a :class:`RunInputError` (exit 1)
+    from it, where a refused setting is a usage error (2). A :class:`RunSetupError` already raised, and a GPU this
+    machine lacks (``DeviceUnavailableError``, exit 4), pass as they are."""
+    from .modeling_utils import DeviceUnavailableError
+
     try:
         yield
-    except (ValueError, OSError) as e:
-        e.zoo_exit_code = EXIT_ERROR
+    except (RunSetupError, DeviceUnavailableError):
         raise
+    except (ValueError, OSError) as e:
+        raise RunInputError(str(e)) from e
 
 
 def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int, seed: int, max_len: int | None,
@@ -716,11 +730,12 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             resume=resume, settings=settings, time_ties=time_ties, warmup_steps=warmup_steps, columns=columns,
             loss=loss, negatives=negatives, negative_sampler=negative_sampler, sparse_item_grad=sparse_item_grad,
             unknown_items=unknown_items, temporal_split=temporal_split)
-    except (ValueError, OSError) as e:
+    except RunSetupError:                   # an input that failed (RunInputError, exit 1): as it is
+        raise
+    except (ValueError, OSError) as e:      # a refused setting (exit 2), or a GPU this machine lacks (4)
         from .modeling_utils import DeviceUnavailableError
 
-        code = EXIT_MISSING if isinstance(e, DeviceUnavailableError) else getattr(e, "zoo_exit_code", EXIT_USAGE)
-        raise RunSetupError(str(e), code) from e
+        raise RunSetupError(str(e), EXIT_MISSING if isinstance(e, DeviceUnavailableError) else EXIT_USAGE) from e
     valid = split.valid if valid_users is None else split.valid.head(valid_users)
 
     def validate(m) -> dict:
@@ -783,7 +798,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         try:
             train_state.restore(folder, state, tensors, model, opt, gen)
         except ValueError as e:                     # a truncated or foreign file: refused before any epoch
-            raise RunSetupError(str(e), EXIT_ERROR) from e
+            raise RunInputError(str(e)) from e
         done = state["progress"]
         best, best_epoch, bad, start_epoch = done["best"], done["best_epoch"], done["bad"], done["epoch"] + 1
         t0 = time.time() - done["elapsed_s"]

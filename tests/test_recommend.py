@@ -737,3 +737,78 @@ def test_recommend_and_embed_on_cuda_match_the_cpu(tmp_path):
     a, b = load_vectors(tmp_path / "cpu.safetensors"), load_vectors(tmp_path / "gpu.safetensors")
     torch.testing.assert_close(b.users, a.users, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(b.items, a.items, atol=0, rtol=0)
+
+
+class _RecordingStdout:
+    """A stdout that records each write and flush, in order, in ``events`` (shared with the batches' records)."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def write(self, text):
+        self.events.append(("write", text))
+        return len(text)
+
+    def flush(self):
+        self.events.append(("flush", None))
+
+
+def test_all_users_out_dash_streams_each_batch_as_it_is_scored_with_the_files_bytes(tmp_path, monkeypatch,
+                                                                                   capsysbinary):
+    """--all-users --out - writes (and flushes) each batch's lines before the next batch is scored -- not all at the
+    end -- with the progress bar on stderr; what stdout receives is the --out file's bytes, byte for byte."""
+    import sys
+
+    import zoo.modeling_utils
+
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    _data(tmp_path / "d.tsv")                                                  # 9 users: batches of 4, 4, 1
+    argv = ["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--k", "3", "--batch-size", "4"]
+    main(argv + ["--out", str(tmp_path / "r.jsonl"), "--no-progress"])
+    want = (tmp_path / "r.jsonl").read_bytes()
+    capsysbinary.readouterr()
+    main(argv + ["--out", "-"])                                                # with the bar (stderr)
+    captured = capsysbinary.readouterr()
+    assert captured.out == want and b"recommend" in captured.err
+
+    events = []
+    batches = zoo.modeling_utils.SeqRecPreTrainedModel.padded_batches
+
+    def recorded(self, *a, **k):
+        for batch in batches(self, *a, **k):
+            events.append(("batch", len(batch[0])))
+            yield batch
+
+    monkeypatch.setattr(zoo.modeling_utils.SeqRecPreTrainedModel, "padded_batches", recorded)
+    monkeypatch.setattr(sys, "stdout", _RecordingStdout(events))
+    main(argv + ["--out", "-"])
+    monkeypatch.undo()
+    # each batch's lines, written at once and flushed, before the next batch is made
+    assert [kind for kind, _ in events if kind != "flush"] == ["batch", "write"] * 3, events
+    assert all(events[i + 1][0] == "flush" for i, (kind, _) in enumerate(events) if kind == "write"), events
+    written = [text for kind, text in events if kind == "write"]
+    assert [text.count("\n") for text in written] == [4, 4, 1]
+    assert "".join(written).encode() == want
+
+
+def test_all_users_out_dash_to_a_closed_stdout_ends_quietly_with_141(tmp_path):
+    """``--all-users --out - | head``: a reader gone before the lines are written ends the command with status 141
+    (run_cli) and no traceback or error line -- it was 'error: --out -: cannot write it (Broken pipe)', status 1."""
+    import subprocess
+    import sys
+
+    from export.fsutil import EXIT_BROKEN_PIPE
+
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    _data(tmp_path / "d.tsv")
+    root = Path(__file__).resolve().parents[1]
+    r, w = os.pipe()
+    os.close(r)                                                                # the reader is gone before the start
+    try:
+        p = subprocess.run([sys.executable, "-m", "zoo.recommend", "--model", path, "--data", str(tmp_path / "d.tsv"),
+                            "--all-users", "--out", "-", "--no-progress", "--batch-size", "4"], stdout=w,
+                           stderr=subprocess.PIPE, text=True, timeout=300, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"})
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (EXIT_BROKEN_PIPE, ""), p.stderr

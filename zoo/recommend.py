@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import sys
@@ -149,8 +148,10 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
     then lists fewer than ``k`` items only when fewer remain); ``exclude_items`` (external ids) are recommended to
     nobody; with ``candidates`` (external ids) only those are ranked (a user left with fewer than ``k`` of them gets
     fewer). The lines go to a temporary file beside ``out`` that replaces it once complete, so an interrupted run
-    leaves an existing ``out`` as it was; ``out`` ``"-"`` (:data:`zoo.cli.STDOUT_PATH`) prints them on stdout, all
-    at once when complete (an error prints none).
+    leaves an existing ``out`` as it was; ``out`` ``"-"`` (:data:`zoo.cli.STDOUT_PATH`) streams them to stdout, the
+    lines of each batch of ``batch_size`` users written (and flushed) as soon as it is scored, the same bytes as the
+    file would hold; a run that fails or is cut after some batches has printed their lines, each line whole (a
+    reader gone, ``| head``, raises ``BrokenPipeError`` out of here).
 
     Returns a summary: ``users`` written, ``dropped_users``, ``vocab`` note, ``excluded_items`` (how many),
     ``candidates`` (how many, when given), ``seconds``, ``out``.
@@ -175,7 +176,7 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
         outside[torch.tensor(pool, device=outside.device)] = False
     users = iter(aligned.users)
     to_stdout = os.fspath(out) == STDOUT_PATH
-    with (contextlib.nullcontext(io.StringIO()) if to_stdout else written_whole(out)) as f, \
+    with (contextlib.nullcontext(sys.stdout) if to_stdout else written_whole(out)) as f, \
             tqdm(total=len(aligned), desc="recommend", unit="user", leave=False, disable=not progress) as bar:
         for chunk, ids, mask, t in model.padded_batches(seqs, ts, batch_size):   # [B, L]: last L items of each
             scores = model.predict(ids, mask, timestamps=t, exclude_items=excluded)   # excluded: to nobody
@@ -185,15 +186,19 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
             if outside is not None:                                            # only the candidates are ranked
                 scores[:, outside] = float("-inf")
             top = torch.topk(scores, k, dim=1)
+            lines = []                                                         # the batch's, written at once
             for vals, idx in zip(top.values.cpu(), top.indices.cpu(), strict=True):
                 keep = torch.isfinite(vals)
-                f.write(json.dumps({"user": _json_value(next(users)),
-                                    "items": [_json_value(x) for x in model.decode_items(idx[keep].tolist())],
-                                    "scores": [round(float(v), 6) for v in vals[keep]]}) + "\n")
+                lines.append(json.dumps({"user": _json_value(next(users)),
+                                         "items": [_json_value(x) for x in model.decode_items(idx[keep].tolist())],
+                                         "scores": [round(float(v), 6) for v in vals[keep]]}) + "\n")
+            if to_stdout:                   # streamed: the bar (stderr) cleared around them, so a terminal shows both
+                with tqdm.external_write_mode(file=f) if progress else contextlib.nullcontext():
+                    f.write("".join(lines))
+                    f.flush()
+            else:
+                f.write("".join(lines))
             bar.update(len(chunk))
-    if to_stdout:                                   # complete: the lines at once, after the progress bar is gone
-        sys.stdout.write(f.getvalue())
-        sys.stdout.flush()
     return {"out": STDOUT_PATH if to_stdout else os.path.abspath(out), "users": len(aligned),
             "dropped_users": ds.n_users - aligned.n_users, "vocab": note, "excluded_items": len(excluded),
             **({"candidates": len(pool)} if pool is not None else {}), "seconds": round(time.time() - t0, 2)}
@@ -312,8 +317,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = cli_device(args.device)            # before any work: a malformed device exits 2, a missing GPU 4
     apply_threads(args.threads)
 
-    import zoo  # noqa: F401  (registers the models)
-
     from .modeling_utils import SeqRecPreTrainedModel
     from .pretrained import resolve_pretrained
 
@@ -360,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         except (KeyError, ValueError) as e:
             sys.exit(f"error: {unknown_items_hint(e, options)}")
         except OSError as e:                # writing --out (its place was checked before any work)
+            if isinstance(e, BrokenPipeError) and args.out == STDOUT_PATH:
+                raise                       # stdout's reader went away (| head): run_cli ends quietly with 141
             sys.exit(f"error: {cannot('--out', args.out, e)}")
         summary = {"model": args.model, "model_type": model.config.model_type, "data": args.data, "k": args.k,
                    "exclude_seen": args.exclude_seen, **summary}

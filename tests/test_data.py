@@ -247,6 +247,11 @@ def test_reader_errors(tmp_path):
     bad_gz.write_bytes(gzip.compress(ATOMIC.encode())[:-12])        # gzip magic, truncated stream
     with pytest.raises(ValueError, match=r"h.inter.gz: corrupt gzip file"):
         read_interactions(bad_gz)
+    damaged = bytearray(gzip.compress(ATOMIC.encode() * 50))          # whole length, deflate data damaged inside:
+    damaged[20:-12] = bytes(b ^ 0x5A for b in damaged[20:-12])         # zlib.error, not OSError/EOFError
+    bad_gz.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"h.inter.gz: corrupt gzip file \(Error -3 while decompressing"):
+        read_interactions(bad_gz)
     (tmp_path / "dir.inter").mkdir()
     with pytest.raises(IsADirectoryError, match=r"dir.inter is a directory, expected an interaction file"):
         read_interactions(tmp_path / "dir.inter")

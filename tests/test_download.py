@@ -97,6 +97,14 @@ def test_unreachable_sources_and_bad_archives_are_named(tmp_path, monkeypatch):
     with pytest.raises(D.DownloadError, match="not.zip: not a readable zip archive"):    # and its parents too
         D.download("ml-100k", str(tmp_path / "a" / "b"), str(tmp_path / "not.zip"))
     assert not (tmp_path / "a").exists()
+    good = bytearray(_zip(tmp_path / "damaged.zip", "ml-100k/u.data", [f"{u}\t{u * 7 % 1600}\t3\t{u}"
+                                                                       for u in range(3000)]).read_bytes())
+    data_at = 30 + len("ml-100k/u.data")                      # the member's deflate data follows its local header
+    good[data_at + 10:data_at + 200] = bytes(b ^ 0x5A for b in good[data_at + 10:data_at + 200])
+    (tmp_path / "damaged.zip").write_bytes(bytes(good))       # a zip whose member is damaged inside: zlib.error
+    with pytest.raises(D.DownloadError, match=r"damaged.zip: not a readable zip archive \(Error -3 while decomp"):
+        D.download("ml-100k", str(out), str(tmp_path / "damaged.zip"))
+    assert not out.exists()
     with pytest.raises(SystemExit):                                               # a usage error, before any work
         D.main(["ml-100k", "--dir", str(out), "--from-zip", str(tmp_path / "missing.zip")])
     assert set(SOURCES) <= {k.split("-5core")[0] for k in BENCHMARKS} and all(s.benchmark in BENCHMARKS

@@ -45,6 +45,7 @@ import numpy as np
 from .deps import require
 from .ids import is_canonical_int_text, is_int_text, unknown_id_hint
 from .timestamps import seconds, time_gaps
+from .vocab_format import VOCAB_FORMAT, load_vocab_json, vocab_items
 
 ort = require("onnxruntime", "export.runtime (running exported graphs)")
 
@@ -88,7 +89,6 @@ def _resolve(path: str | os.PathLike) -> tuple[str, str]:
 #: and those of each kind
 _SPEC_FIELDS = ("kind", "model_type", "n_items", "max_seq_length", "topk", "inputs", "outputs")
 _KIND_FIELDS = {"step": ("state",), "window": ("padding_side",)}
-VOCAB_FORMAT = "zoo-item-vocab/1"
 
 
 def _int_id(x: Any, where: str) -> int:
@@ -199,33 +199,14 @@ def _check_spec_matches_graph(spec: dict, session, spec_path, graph) -> None:
 
 def read_vocab(path: str | os.PathLike, n_items: int) -> tuple[list, bool]:
     """``item_vocab.json`` beside a graph -> ``(items, str_ids)``, checked against the graph's ``n_items`` (index
-    ``i + 1`` is ``items[i]``, so it must hold ``n_items - 1`` unique ids); ValueError naming the file otherwise."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            v = json.load(f)
-    except ValueError as e:
-        raise ValueError(f"corrupt item vocabulary {path}: {e}") from None
-    if not isinstance(v, dict) or v.get("format") != VOCAB_FORMAT or not isinstance(v.get("items"), list):
-        raise ValueError(f"{path} is not a zoo item vocabulary (expected format {VOCAB_FORMAT!r} with an items list)")
-    items, id_type = v["items"], v.get("id_type")
-    if id_type not in (None, "int", "str"):                 # as zoo.vocab.ItemVocab reads it
-        raise ValueError(f"item vocabulary {path}: id_type must be 'int' or 'str', got {id_type!r}")
-    if id_type == "str":                                    # else all int or all str
-        items = [str(x) for x in items]
-    elif id_type == "int" and any(type(x) is not int for x in items):  # not a str vocabulary against the file's word
-        bad = next(i for i, x in enumerate(items) if type(x) is not int)
-        raise ValueError(f"item vocabulary {path}: id_type is 'int' but items[{bad}] is {items[bad]!r} "
-                         f"({type(items[bad]).__name__})")
-    str_ids = all(isinstance(x, str) for x in items) and bool(items)
-    if not str_ids and not all(isinstance(x, int) and not isinstance(x, bool) for x in items):
-        raise ValueError(f"item vocabulary {path}: items must be all int or all str, got types "
-                         f"{sorted({type(x).__name__ for x in items})}")
-    if len(set(items)) != len(items):
-        raise ValueError(f"item vocabulary {path} holds an item id more than once")
+    ``i + 1`` is ``items[i]``, so it must hold ``n_items - 1`` ids). The format itself is checked where
+    :meth:`zoo.vocab.ItemVocab.from_dict` checks it (:func:`export.vocab_format.vocab_items`: non-empty, unique, all
+    int or all str as ``id_type`` says); ValueError naming the file and the problem otherwise."""
+    items, id_type = vocab_items(load_vocab_json(path), path)
     if len(items) != n_items - 1:
         raise ValueError(f"item vocabulary {path} holds {len(items)} items, but the graph has {n_items - 1} "
                          f"(n_items {n_items} in its {SPEC_FILE}, index 0 being padding): they do not belong together")
-    return items, str_ids
+    return items, id_type == "str"
 
 
 class _Base:
@@ -1042,4 +1023,4 @@ def _stack_candidates(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
 
 
 __all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "UnknownItemIdError", "UserStateRecommender",
-           "read_spec", "read_vocab", "seconds", "time_gaps"]
+           "VOCAB_FORMAT", "read_spec", "read_vocab", "seconds", "time_gaps"]

@@ -1,6 +1,7 @@
 """Item vocabulary: caller ids <-> internal indices, saved as plain JSON."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -133,6 +134,91 @@ def test_a_file_whose_id_type_does_not_fit_its_items_is_refused(tmp_path):
         ItemVocab.from_dict({**head, "id_type": "int", "items": {"1": 1}}, source="v.json")
     assert ItemVocab.from_dict({**head, "items": [5, 6]}).id_type == "int"
     assert ItemVocab.from_dict({**head, "items": ["5", "6"]}).id_type == "str"
+
+
+_HEAD = {"format": "zoo-item-vocab/1", "pad_index": 0}
+#: (what is wrong, the file's bytes, the problem its error must name besides the file)
+_BAD_VOCABS = [
+    ("not JSON", b"{oops", r"^corrupt item vocabulary .*: Expecting property name"),
+    ("not UTF-8", b"\xff\xfe\x00\x01", r"^corrupt item vocabulary .*: 'utf-8' codec can't decode"),
+    ("a bare list", json.dumps([1, 2]), r"is not a zoo item vocabulary \(expected a JSON object with format"),
+    ("another format", json.dumps({**_HEAD, "format": "zoo-item-vocab/2", "items": [1, 2]}), "is not a zoo item"),
+    ("no format", json.dumps({"items": [1, 2]}), "is not a zoo item vocabulary"),
+    ("no items", json.dumps({**_HEAD, "id_type": "int"}), "is not a zoo item vocabulary"),
+    ("items no list", json.dumps({**_HEAD, "items": {"1": 1}}), r": items must be a list of item ids, got dict"),
+    ("items null", json.dumps({**_HEAD, "items": None}), r": items must be a list of item ids, got NoneType"),
+    ("unknown id_type", json.dumps({**_HEAD, "id_type": "float", "items": [1, 2]}),
+     r": id_type must be 'int' or 'str', got 'float'"),
+    ("id_type int, str items", json.dumps({**_HEAD, "id_type": "int", "items": ["1", "2"]}),
+     r": id_type is 'int' but items\[0\] is '1' \(str\): write the ids as JSON integers, or id_type 'str'"),
+    ("id_type int, a float", json.dumps({**_HEAD, "id_type": "int", "items": [1, 2.0]}),
+     r": id_type is 'int' but items\[1\] is 2.0 \(float\)"),
+    ("id_type int, a bool", json.dumps({**_HEAD, "id_type": "int", "items": [1, True]}),
+     r": id_type is 'int' but items\[1\] is True \(bool\)"),
+    ("mixed int and str", json.dumps({**_HEAD, "items": [1, "a"]}),
+     r": items must be all int or all str, got types \['int', 'str'\] \(items\[1\] is 'a'\)"),
+    ("mixed str and int", json.dumps({**_HEAD, "items": ["a", 1]}), r"all int or all str.*\(items\[1\] is 1\)"),
+    ("floats", json.dumps({**_HEAD, "items": [1.5, 2.5]}), r"all int or all str, got types \['float'\]"),
+    ("bools", json.dumps({**_HEAD, "items": [True, False]}), r"all int or all str, got types \['bool'\]"),
+    ("an int and a bool", json.dumps({**_HEAD, "items": [1, True]}), r"all int or all str.*\(items\[1\] is True\)"),
+    ("null ids", json.dumps({**_HEAD, "items": [None, None]}), r"all int or all str, got types \['NoneType'\]"),
+    ("lists as ids", json.dumps({**_HEAD, "items": [[1], [2]]}), r"all int or all str, got types \['list'\]"),
+    ("no ids", json.dumps({**_HEAD, "items": []}), r" holds no items"),
+    ("no str ids", json.dumps({**_HEAD, "id_type": "str", "items": []}), r" holds no items"),
+    ("an int twice", json.dumps({**_HEAD, "items": [1, 2, 1]}),
+     r" holds an item id more than once: 1 is items\[0\] and items\[2\]"),
+    ("a str twice", json.dumps({**_HEAD, "id_type": "str", "items": ["a", "b", "b"]}),
+     r" holds an item id more than once: 'b' is items\[1\] and items\[2\]"),
+    ("the same text twice", json.dumps({**_HEAD, "id_type": "str", "items": [7, "7"]}),
+     r" holds an item id more than once: '7' is items\[0\] and items\[1\]"),
+]
+
+
+@pytest.mark.parametrize("what,text,problem", _BAD_VOCABS, ids=[b[0] for b in _BAD_VOCABS])
+def test_both_readers_refuse_each_bad_vocabulary_alike(tmp_path, what, text, problem):
+    """The model's reader (ItemVocab.load / from_dict) and the torch-free serving runtime's
+    (export.runtime.read_vocab) were written separately: the runtime took an empty vocabulary (and ItemVocab.load
+    raised a bare UnicodeDecodeError for a non-UTF-8 file), ItemVocab named no file for a duplicate id, mixed types
+    or no items. Both check the format in one place now: each bad file is one ValueError naming it and the problem,
+    the same from each (the runtime's count check, n_items - 1 ids, is never the reason here)."""
+    runtime = pytest.importorskip("export.runtime")         # needs onnxruntime (the export extra)
+    path = tmp_path / "item_vocab.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        d = None
+    items = d.get("items") if isinstance(d, dict) else None
+    n_items = len(items) + 1 if isinstance(items, list) else 3     # the count fits wherever there is one
+    errors = []
+    for read in (lambda: runtime.read_vocab(path, n_items), lambda: ItemVocab.load(tmp_path),
+                 lambda: ItemVocab.load(path)):
+        with pytest.raises(ValueError) as e:
+            read()
+        errors.append(str(e.value))
+    if not isinstance(text, bytes) and not text.startswith("{oops"):
+        with pytest.raises(ValueError) as e:
+            ItemVocab.from_dict(json.loads(text), source=str(path))
+        errors.append(str(e.value))
+    for message in errors:
+        assert str(path) in message and re.search(problem, message), message
+    assert len(set(errors)) == 1, errors                    # one check, one wording, whichever reader asks
+
+
+@pytest.mark.parametrize("vocab,items,str_ids", [
+    ({"items": [5, 6]}, [5, 6], False), ({"items": ["5", "6"]}, ["5", "6"], True),
+    ({"id_type": "int", "items": [5, 6]}, [5, 6], False), ({"id_type": "str", "items": [7, "b"]}, ["7", "b"], True),
+])
+def test_both_readers_read_a_good_vocabulary_alike(tmp_path, vocab, items, str_ids):
+    runtime = pytest.importorskip("export.runtime")
+    path = tmp_path / "item_vocab.json"
+    path.write_text(json.dumps({**_HEAD, **vocab}))
+    assert runtime.read_vocab(path, len(items) + 1) == (items, str_ids)
+    v = ItemVocab.load(path)
+    assert v.items == items and v.id_type == ("str" if str_ids else "int")
+    with pytest.raises(ValueError, match=rf"item vocabulary {re.escape(str(path))} holds {len(items)} items, but the "
+                                         rf"graph has {len(items) + 1}"):
+        runtime.read_vocab(path, len(items) + 2)
 
 
 def test_an_array_is_not_an_item_id():

@@ -16,11 +16,12 @@ import json
 import os
 from typing import Iterable, Sequence
 
-# the reading of ids written as text, shared with the torch-free serving runtime (export.runtime)
+# the reading of ids written as text and the item_vocab.json format, shared with the torch-free serving runtime
+# (export.runtime): checked in one place for both
 from export.ids import is_canonical_int_text, is_int_text, other_normalization, unknown_id_hint  # noqa: F401
+from export.vocab_format import VOCAB_FORMAT as _FORMAT, load_vocab_json, vocab_items
 
 VOCAB_FILE = "item_vocab.json"
-_FORMAT = "zoo-item-vocab/1"
 
 
 def int_id_value(x):
@@ -69,7 +70,8 @@ class ItemVocab:
             self.id_type = "int"
             items = ints
         else:
-            raise ValueError(f"ItemVocab items must be all int or all str, got types {sorted(k.__name__ for k in kinds)}")
+            raise ValueError(f"ItemVocab items must be all int or all str, got types "
+                             f"{sorted(k.__name__ for k in kinds)}")
         self.items = items
         self._index = {x: i + 1 for i, x in enumerate(items)}
         if len(self._index) != len(items):
@@ -198,34 +200,21 @@ class ItemVocab:
         return path
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "item vocabulary") -> "ItemVocab":
-        if not isinstance(d, dict) or d.get("format") != _FORMAT or "items" not in d:
-            raise ValueError(f"{source} is not a zoo item vocabulary (expected format {_FORMAT!r})")
-        items, id_type = d["items"], d.get("id_type")
-        if not isinstance(items, list):
-            raise ValueError(f"{source}: items must be a list of item ids, got {type(items).__name__}")
-        if id_type not in (None, "int", "str"):                     # None: a file without it; the items decide
-            raise ValueError(f"{source}: id_type must be 'int' or 'str', got {id_type!r}")
-        if id_type == "str":
-            items = [str(x) for x in items]
-        elif id_type == "int":                # else string items would make a str vocabulary, against the file's word
-            bad = next((i for i, x in enumerate(items) if type(x) is not int), None)
-            if bad is not None:
-                raise ValueError(f"{source}: id_type is 'int' but items[{bad}] is {items[bad]!r} "
-                                 f"({type(items[bad]).__name__}): write the ids as JSON integers, or id_type 'str'")
+    def from_dict(cls, d: dict, source: str | os.PathLike | None = None) -> "ItemVocab":
+        """The vocabulary an ``item_vocab.json``'s content ``d`` holds (``source``: the file it was read from, named in
+        errors). The format is checked by :func:`export.vocab_format.vocab_items`, as :func:`export.runtime.read_vocab`
+        checks it: a ``ValueError`` naming ``source`` and the problem for anything but a non-empty list of unique ids,
+        all JSON integers or all strings as the file's ``id_type`` says (``"str"``: each item read as its text)."""
+        items, _ = vocab_items(d, source)
         return cls(items)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ItemVocab":
-        """Load from ``item_vocab.json`` or from a directory containing it."""
+        """Load from ``item_vocab.json`` or from a directory containing it (a file that is not UTF-8 JSON, or not a
+        vocabulary, is a ``ValueError`` naming it; a missing one ``FileNotFoundError``)."""
         if os.path.isdir(path):
             path = os.path.join(path, VOCAB_FILE)
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"corrupt item vocabulary {path}: {e}") from None
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(load_vocab_json(path), source=str(path))
 
 
 __all__ = ["ItemVocab", "UnknownItemError", "VOCAB_FILE", "int_id", "is_canonical_int_text", "is_int_text",

@@ -1,0 +1,80 @@
+"""The ``item_vocab.json`` format, checked in one place for its two readers: :meth:`zoo.vocab.ItemVocab.from_dict`
+(a model's vocabulary) and :func:`export.runtime.read_vocab` (an exported graph's, served without torch). The standard
+library only, as ``import zoo`` loads torch and transformers, which the serving runtime runs without::
+
+    {"format": "zoo-item-vocab/1", "id_type": "int", "pad_index": 0, "items": [3186, 1022, ...]}
+
+``items[i]`` is the external id of internal index ``i + 1`` (0 is padding). ``id_type`` is ``"int"`` (every item a
+JSON integer) or ``"str"`` (every item read as its text: ``7`` is the id ``"7"``); a file without it takes its items
+as they are, all JSON integers or all strings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+VOCAB_FORMAT = "zoo-item-vocab/1"
+
+
+def load_vocab_json(path: str | os.PathLike):
+    """The JSON value in the file ``path`` (not yet checked to be a vocabulary: see :func:`vocab_items`). A file that
+    is not UTF-8 JSON is a ``ValueError`` naming it ("corrupt item vocabulary PATH: ..."); a missing or unreadable one
+    the ``OSError`` of ``open``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:                                  # JSONDecodeError, and UnicodeDecodeError of a binary file
+        raise ValueError(f"corrupt item vocabulary {path}: {e}") from None
+
+
+def _type_names(items: list) -> list[str]:
+    return sorted({"bool" if isinstance(x, bool) else type(x).__name__ for x in items})
+
+
+def vocab_items(d, source: str | os.PathLike | None = None) -> tuple[list, str]:
+    """The checked content of an ``item_vocab.json`` (``d``: its JSON value) -> ``(items, id_type)``: ``items`` a
+    non-empty list of unique ids, all ``int`` (never a bool) when ``id_type == "int"``, all ``str`` when ``"str"``
+    (a file saying ``"str"`` has each item read as its text: ``7`` -> ``"7"``).
+
+    Anything else is a ``ValueError`` naming ``source`` (the file ``d`` was read from; ``None``: "item vocabulary")
+    and the problem: not a JSON object with the format tag and an items list; an items field that is no list; an
+    ``id_type`` other than ``"int"`` / ``"str"``; ``id_type "int"`` with an item that is no JSON integer (a string,
+    float or bool would otherwise make ids that never match the data's ints); no ``id_type`` and items that are not
+    all JSON integers or all strings; no items; an id more than once (after the reading as text of ``"str"``)."""
+    where = "item vocabulary" if source is None else f"item vocabulary {source}"
+    if not isinstance(d, dict) or d.get("format") != VOCAB_FORMAT or "items" not in d:
+        raise ValueError(f"{'the data' if source is None else source} is not a zoo item vocabulary (expected a JSON "
+                         f"object with format {VOCAB_FORMAT!r} and an items list)")
+    items, id_type = d["items"], d.get("id_type")
+    if not isinstance(items, list):
+        raise ValueError(f"{where}: items must be a list of item ids, got {type(items).__name__}")
+    if id_type not in (None, "int", "str"):                     # None: a file without it; the items decide
+        raise ValueError(f"{where}: id_type must be 'int' or 'str', got {id_type!r}")
+    if not items:
+        raise ValueError(f"{where} holds no items: a vocabulary needs at least one")
+    if id_type == "str":
+        items = [str(x) for x in items]
+    elif id_type == "int":                # else string items would make a str vocabulary, against the file's word
+        bad = next((i for i, x in enumerate(items) if type(x) is not int), None)
+        if bad is not None:
+            raise ValueError(f"{where}: id_type is 'int' but items[{bad}] is {items[bad]!r} "
+                             f"({type(items[bad]).__name__}): write the ids as JSON integers, or id_type 'str'")
+    elif all(isinstance(x, str) for x in items):
+        id_type = "str"
+    else:
+        kind = str if isinstance(items[0], str) else int        # name the first item unlike the first one
+        bad = next((i for i, x in enumerate(items) if type(x) is not kind), None)
+        if bad is not None:
+            raise ValueError(f"{where}: items must be all int or all str, got types {_type_names(items)} "
+                             f"(items[{bad}] is {items[bad]!r})")
+        id_type = "int"
+    first: dict = {}
+    for i, x in enumerate(items):
+        j = first.setdefault(x, i)
+        if j != i:
+            raise ValueError(f"{where} holds an item id more than once: {x!r} is items[{j}] and items[{i}]")
+    return items, id_type
+
+
+__all__ = ["VOCAB_FORMAT", "load_vocab_json", "vocab_items"]

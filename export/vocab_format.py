@@ -39,7 +39,8 @@ def vocab_items(d, source: str | os.PathLike | None = None) -> tuple[list, str]:
 
     Anything else is a ``ValueError`` naming ``source`` (the file ``d`` was read from; ``None``: "item vocabulary")
     and the problem: not a JSON object with the format tag and an items list; an items field that is no list; an
-    ``id_type`` other than ``"int"`` / ``"str"``; ``id_type "int"`` with an item that is no JSON integer (a string,
+    ``id_type`` other than ``"int"`` / ``"str"``; a ``pad_index`` other than 0 (every
+    index would shift by one); ``id_type "int"`` with an item that is no JSON integer (a string,
     float or bool would otherwise make ids that never match the data's ints); no ``id_type`` and items that are not
     all JSON integers or all strings; no items; an id more than once (after the reading as text of ``"str"``)."""
     where = "item vocabulary" if source is None else f"item vocabulary {source}"
@@ -51,6 +52,9 @@ def vocab_items(d, source: str | os.PathLike | None = None) -> tuple[list, str]:
         raise ValueError(f"{where}: items must be a list of item ids, got {type(items).__name__}")
     if id_type not in (None, "int", "str"):                     # None: a file without it; the items decide
         raise ValueError(f"{where}: id_type must be 'int' or 'str', got {id_type!r}")
+    pad = d.get("pad_index", 0)                                 # items[i] is index i + 1: padding must be 0
+    if type(pad) is not int or pad != 0:
+        raise ValueError(f"{where}: pad_index must be 0 (items[i] is index i + 1), got {pad!r}")
     if not items:
         raise ValueError(f"{where} holds no items: a vocabulary needs at least one")
     if id_type == "str":

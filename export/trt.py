@@ -39,8 +39,11 @@ What it does, in order, printing a report as it goes:
    ``DIR/model.engine.unverified``, and ``previous/`` is left as it is. The TensorRT/GPU probe and ``--plugin-lib``
    come first: a run that cannot build an engine changes nothing in a ``DIR`` holding a verified one (it stops,
    exit 1, before the export: the export would replace the graph that engine serves with, and nothing could take
-   its place), and a missing ``--plugin-lib`` is an error before any work. ``DIR`` may not be a model checkpoint
-   (``config.json`` / ``model.safetensors``: the export would replace its ``item_vocab.json``).
+   its place), and a missing ``--plugin-lib`` is an error before any work. The model is loaded next, still before
+   ``DIR`` is touched: a ``--model`` that cannot be loaded (a typo, a folder that is not a saved zoo model) stops
+   the run, exit 1, with ``DIR`` not created, or as it was (its engine and report where they were), and no report
+   written. ``DIR`` may not be a model checkpoint (``config.json`` / ``model.safetensors``: the export would
+   replace its ``item_vocab.json``).
 
 Exit codes (the shared table of every command, :data:`export.fsutil.EXIT_CODES`; the report's ``exit_code`` is the
 same number). The ``ERROR`` lines and a ``RESULT`` line of a run that did not succeed go to stderr, the stages and
@@ -48,7 +51,8 @@ their tables to stdout:
 
 * ``0`` engine built and verified, written;
 * ``1`` the run failed: a verified engine in ``DIR`` on a machine that cannot build one, before any work, ``DIR``
-  untouched; a ``--model`` that cannot be loaded, export / plugin build / engine build failure, scan nodes not bound
+  untouched; a ``--model`` that cannot be loaded, before ``DIR`` is touched (one ``ERROR: --model ...`` line, no
+  report; ``DIR`` not created, or left as it was); export / plugin build / engine build failure, scan nodes not bound
   to plugins, a graph with float64 I/O: TensorRT has no float64, so a float64-timestamps graph
   (``run(..., time_input="timestamps")``) stops after the ONNX export + verification with a message saying so; a
   verified engine that could not be written;
@@ -646,10 +650,12 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         max_candidates: int = MAX_CANDIDATES, rebuild_plugins: bool = False, say=print,
         say_error=None) -> tuple[int, dict]:
     """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json`` -- except when it
-    stops before touching ``out_dir`` (exit 1, ``out_dir`` as it was: a missing ``plugin_lib`` on a machine that could
-    build, or a verified engine in ``out_dir`` on one that cannot; see the module's step 5). Settings out of range and
-    an ``out_dir`` that is a model checkpoint raise ``ValueError`` first (:func:`check_run_numbers`,
-    :func:`check_out`).
+    stops before touching ``out_dir`` (exit 1, ``out_dir`` as it was, or not created: a missing ``plugin_lib`` on a
+    machine that could build, a verified engine in ``out_dir`` on one that cannot -- both found before the model is
+    loaded -- or, when ``model`` is None, a ``model_name`` that cannot be loaded: it is loaded after those checks and
+    before ``out_dir`` is made or an engine there is moved; see the module's step 5). Settings out of range and an
+    ``out_dir`` that is a model checkpoint raise ``ValueError`` first (:func:`check_run_numbers`, :func:`check_out`).
+    ``model``: the model itself (``model_name`` then only names it in the report and the output).
 
     ``time_input``: "auto" (time-aware step models get the float32 gaps form, the only one TensorRT can build; others
     none), or an explicit :data:`export.onnx.TIME_INPUTS` value ("timestamps" ends with the float64 error, exit 1).
@@ -705,6 +711,14 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         report["error"] = msg
         return finish(EXIT_ERROR, f"TensorRT/GPU missing and {out} holds a verified engine: nothing exported",
                       written=False)
+    if model is None:       # before out is touched: a mistyped --model leaves out as it was (not even created)
+        try:
+            model = _load_model(model_name)
+        except Exception as e:          # not found (ValueError/OSError), not a zoo model, weights that do not load
+            why = " ".join(str(e).splitlines()) or type(e).__name__
+            report["error"] = f"--model {model_name}: {type(e).__name__}: {why}"
+            err(f"ERROR: --model {model_name}: {why}")
+            return finish(EXIT_ERROR, f"--model {model_name} could not be loaded", written=False)
     out.mkdir(parents=True, exist_ok=True)
     if held:
         # never leave a stale engine next to a new report, and never lose a verified one: it moves to previous/
@@ -719,7 +733,6 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     # 1. ONNX export + ONNX-level verification (always)
     say(f"[1/4] ONNX export + verification against PyTorch (ONNX Runtime, CPU) of {model_name}")
     try:
-        model = model if model is not None else _load_model(model_name)
         ti = time_input
         if ti == "auto":
             ti = "gaps" if E.gaps_form_available(model) else None

@@ -411,6 +411,24 @@ def _can_build(monkeypatch):
     return env
 
 
+def _failing_export(monkeypatch) -> list:
+    """A run that fails after it has touched --out: the model loads (a stand-in named after --model, read by nothing
+    before the export), --out is made and the engine there handled, then the ONNX export raises
+    ``RuntimeError("cannot export NAME")``. Returns the folders the export was asked to write (each existed then)."""
+    from export import onnx as E
+
+    asked = []
+
+    def export_model(model, out_dir, **kw):
+        assert Path(out_dir).is_dir()                       # run() made --out before the export
+        asked.append(Path(out_dir))
+        raise RuntimeError(f"cannot export {model.name}")
+
+    monkeypatch.setattr(T, "_load_model", lambda name: types.SimpleNamespace(name=name, uses_timestamps=False))
+    monkeypatch.setattr(E, "export_model", export_model)
+    return asked
+
+
 class _ProfileChecked:
     """An ONNX Runtime session that records every feed outside an engine's optimisation profile
     (T.profile_shapes), as TensorRT's set_input_shape would refuse it."""
@@ -468,13 +486,10 @@ def test_rerun_keeps_what_serving_the_earlier_engine_needs(tmp_path, monkeypatch
         "graph": str(out / "model.onnx"), "spec": str(out / "state_spec.json")}, "engine": {
         **EARLIER_REPORT["engine"], "path": str(out / T.ENGINE_FILE)}, "model": str(out / "elsewhere")}))
 
-    def no_model(name):
-        raise RuntimeError("no model")
-
-    monkeypatch.setattr(T, "_load_model", no_model)
+    asked = _failing_export(monkeypatch)
     _can_build(monkeypatch)
-    code, _ = T.run("nope", str(out), quick=True, say=lambda m: None)
-    assert code == T.EXIT_ERROR
+    code, rep = T.run("nope", str(out), quick=True, say=lambda m: None)
+    assert code == T.EXIT_ERROR and rep["error"] == "RuntimeError: cannot export nope" and asked == [out]
     prev = out / T.PREVIOUS_DIR
     assert {n: (prev / n).read_bytes() for n in files} == files
     assert not (out / T.ENGINE_FILE).exists() and (out / "state_spec.json").read_bytes() == files["state_spec.json"]
@@ -516,10 +531,7 @@ def test_main_usage_errors_exit_2_before_any_work(tmp_path, capsys):
 
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_run_export_failure_exit_1_keeps_earlier_engine(tmp_path, monkeypatch, fp16):
-    def no_model(name):
-        raise RuntimeError(f"no model {name}")
-
-    monkeypatch.setattr(T, "_load_model", no_model)
+    _failing_export(monkeypatch)
     _can_build(monkeypatch)
     out = tmp_path / "out"
     _earlier_engine(out)
@@ -528,7 +540,8 @@ def test_run_export_failure_exit_1_keeps_earlier_engine(tmp_path, monkeypatch, f
                       say=said.append)
     precision = "fp16" if fp16 else "fp32"
     assert code == T.EXIT_ERROR == 1 and rep["status"] == "ONNX export failed"
-    assert rep["error"] == "RuntimeError: no model nope" and "ERROR: RuntimeError: no model nope" in "\n".join(said)
+    assert rep["error"] == "RuntimeError: cannot export nope" and "ERROR: RuntimeError: cannot export nope" in \
+        "\n".join(said)
     assert rep["precision"] == precision and rep["tolerances"] == T.TOLERANCES[precision]
     assert rep["verify_kwargs"] == dict(prime_len=5, n_steps=20, batch=2, topk_cases=8,   # quick, capped by the limits
                                         topk_prime=5)
@@ -538,10 +551,6 @@ def test_run_export_failure_exit_1_keeps_earlier_engine(tmp_path, monkeypatch, f
     assert not (out / T.ENGINE_FILE).exists()
     assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == EARLIER
     assert json.loads((out / T.PREVIOUS_DIR / T.REPORT_FILE).read_text()) == EARLIER_REPORT
-
-
-def _no_model(name):
-    raise RuntimeError(f"no model {name}")
 
 
 def _files(folder: Path) -> dict:
@@ -578,7 +587,7 @@ def test_an_engine_no_report_says_was_verified_is_set_aside(tmp_path, monkeypatc
         _can_build(monkeypatch)
     else:
         monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
-    monkeypatch.setattr(T, "_load_model", _no_model)
+    _failing_export(monkeypatch)
     said = []
     code, rep = T.run("nope", str(out), quick=True, say=said.append)
     assert code == T.EXIT_ERROR and rep["status"] == "ONNX export failed"
@@ -626,10 +635,69 @@ def test_a_run_that_cannot_build_leaves_a_verified_engine_where_it_is(tmp_path, 
     assert _files(out) == before and loaded == []
 
 
+def _state(folder: Path) -> dict:
+    """``folder`` and everything under it: relative path -> (bytes, or None for a folder; mtime in ns)."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in [folder, *sorted(folder.rglob("*"))]}
+
+
+def _cannot_load(model: Path) -> str:
+    """Why the zoo's loader refuses ``model`` (its own message)."""
+    with pytest.raises((OSError, ValueError)) as e:
+        T._load_model(str(model))
+    return str(e.value)
+
+
+def test_a_model_that_cannot_be_loaded_does_not_create_out(tmp_path, capsys):
+    """A mistyped --model made --out (and its parents) and wrote a failed run's trt_report.json there. The model is
+    loaded before --out is touched now: exit 1, one ERROR line on stderr naming --model and why, a RESULT line
+    saying nothing was written, and no --out."""
+    model, out = tmp_path / "mamba4rec-ml1n", tmp_path / "new" / "out"
+    code = T.main(["--model", str(model), "--out", str(out), "--quick"])
+    printed = capsys.readouterr()
+    assert code == T.EXIT_ERROR == 1, printed.out + printed.err
+    assert not (tmp_path / "new").exists()
+    assert [line for line in printed.err.splitlines() if "ERROR" in line] == [
+        f"ERROR: --model {model}: {_cannot_load(model)}"]
+    assert f"RESULT: --model {model} could not be loaded (exit code 1); nothing written in {out}" in printed.err
+    assert "ERROR" not in printed.out and "RESULT" not in printed.out and "[1/4]" not in printed.out
+
+
+@pytest.mark.parametrize("verified", [True, False], ids=["verified+builder", "unverified+no-builder"])
+def test_a_model_that_cannot_be_loaded_leaves_out_as_it_was(tmp_path, monkeypatch, capsys, verified):
+    """With an engine and its report in --out, a mistyped --model moved a verified engine to previous/ (on a machine
+    that can build) or set another aside as model.engine.unverified, and replaced the report, before the load failed.
+    Now every file and folder there keeps its bytes and its mtime; the run's report is returned, not written."""
+    if verified:
+        _can_build(monkeypatch)
+    else:
+        monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+    out = tmp_path / "out"
+    _earlier_engine(out, EARLIER_REPORT if verified else {"status": "engine verification FAILED", "exit_code": 3})
+    (out / "model.onnx").write_bytes(b"the graph the engine was built from")
+    (out / T.PREVIOUS_DIR).mkdir()
+    (out / T.PREVIOUS_DIR / T.ENGINE_FILE).write_bytes(b"the engine before")
+    assert T.engine_verified(out) == verified
+    for p in [*sorted(out.rglob("*"), reverse=True), out]:      # an hour ago: a rewrite of the same bytes shows too
+        os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns - 3600 * 10**9))
+    before = _state(out)
+    model = tmp_path / "no-such-model"
+    code = T.main(["--model", str(model), "--out", str(out), "--quick"])
+    printed = capsys.readouterr()
+    assert code == T.EXIT_ERROR, printed.out + printed.err
+    assert _state(out) == before
+    assert f"ERROR: --model {model}: {_cannot_load(model)}" in printed.err.splitlines()
+    assert f"nothing written in {out}" in printed.err and "RESULT" not in printed.out
+    said = []
+    code, rep = T.run(str(model), str(out), quick=True, say=said.append)
+    assert code == T.EXIT_ERROR and rep["exit_code"] == code and rep["status"] == f"--model {model} could not be loaded"
+    assert rep["error"].startswith(f"--model {model}: ") and _state(out) == before, "\n".join(said)
+
+
 def test_the_report_is_written_whole(tmp_path, monkeypatch):
     """trt_report.json, the record that its engine was verified, was written in place: a full disk or a kill left it
     cut short. It is written beside and renamed into place now: the report there stays as it was."""
-    monkeypatch.setattr(T, "_load_model", _no_model)
+    _failing_export(monkeypatch)
     out = tmp_path / "out"
     out.mkdir()
     (out / T.REPORT_FILE).write_text(json.dumps({"status": "ONNX graph verification failed", "exit_code": 2}))
@@ -990,16 +1058,50 @@ def test_an_error_after_plugin_runs_fails_the_emulated_check(tmp_path, monkeypat
             assert "FAILED after" in "\n".join(said)
 
 
-def test_harness_refuses_a_case_filter_that_matches_nothing_and_a_zero_long_T(capsys):
-    """--cases NOSUCH checked nothing and passed ("0 passed, 0 failed", exit 0); --long-T 0 died in a traceback."""
-    sys.path.insert(0, str(ROOT / "plugins"))
-    import harness
+def _harness(monkeypatch):
+    """plugins/harness.py imported as its command runs it (plugins/ first on the path)."""
+    import importlib
 
+    monkeypatch.syspath_prepend(str(ROOT / "plugins"))
+    return importlib.import_module("harness")
+
+
+def test_harness_refuses_a_case_filter_that_matches_nothing_and_a_zero_long_T(monkeypatch, capsys):
+    """--cases NOSUCH checked nothing and passed ("0 passed, 0 failed", exit 0); --long-T 0 died in a traceback."""
+    harness = _harness(monkeypatch)
     for args, message in ((["--emulate", "--cases", "NOSUCH"], "--cases 'NOSUCH' matches no case id"),
                           (["--emulate", "--long-T", "0"], "--long-T must be >= 1")):
         with pytest.raises(SystemExit) as e:
             harness.main(args)
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_harness_exit_statuses_are_the_shared_tables(tmp_path, monkeypatch, capsys):
+    """plugins/harness.py kept its own statuses: 3 for "no CUDA device" (the shared table's "verification failed")
+    and 1 for a kernel that differs from its reference. Now: 4 no CUDA device, 3 a check failed, 1 a kernels library
+    that does not load (it was a traceback), 0 all passed; --help lists the table. No GPU, compiler or library
+    needed: the CUDA probe and the checks are stand-ins."""
+    from export.fsutil import EXIT_CODES
+
+    harness = _harness(monkeypatch)
+    monkeypatch.setattr(harness.torch.cuda, "is_available", lambda: False)
+    assert harness.main(["--check"]) == T.EXIT_MISSING == 4
+    assert capsys.readouterr().err.startswith("no CUDA device: the kernels can only be compared")
+    with pytest.raises(SystemExit) as e:
+        harness.main(["--help"])
+    assert e.value.code == 0 and " ".join(EXIT_CODES.split()) in " ".join(capsys.readouterr().out.split())
+    for args in (["--check", "--lib", str(tmp_path / "none.so")], ["--emulate", "--lib", str(tmp_path / "none.so")]):
+        monkeypatch.setattr(harness.torch.cuda, "is_available", lambda: "--emulate" not in args)
+        assert harness.main(args) == T.EXIT_ERROR == 1, args
+        err = capsys.readouterr().err
+        assert "cannot load the kernels library: " in err and "none.so" in err and len(err.splitlines()) == 1, err
+    monkeypatch.setattr(harness.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(harness, "ScanKernels", lambda lib: types.SimpleNamespace(emulated=False))
+    for results, code in (([{"ok": True}], T.EXIT_OK), ([{"ok": True}, {"ok": False}], T.EXIT_VERIFY_FAILED)):
+        monkeypatch.setattr(harness, "check_all", lambda k, long_T, only=None, plugin=False, _r=results: _r)
+        assert harness.main(["--check"]) == code
+        assert capsys.readouterr().out.endswith(f"{sum(r['ok'] for r in results)} passed, "
+                                                f"{sum(not r['ok'] for r in results)} failed\n")
 
 
 def test_the_parser_gets_the_graph_without_the_scan_functions(monkeypatch, tiny_mamba):

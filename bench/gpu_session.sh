@@ -28,9 +28,10 @@
 # machine's start it uses most of the 15 device-minutes, so a rerun is of one step at most; at timeout_s=450 only
 # step 5 may be cut), a failed step does not stop the
 # later ones, and each step's exit status and time are appended to $OUT/summary.txt as soon as it ends (so a run cut
-# by the outer timeout keeps the lines of the steps it finished; a status is the command's -- export.build_plugins by
-# the table of every command, export.fsutil.EXIT_CODES: 1 the build failed, 4 CMake or nvcc missing; pytest's own for
-# the tests -- or 124, the step's time limit). Copy the numbers into plugins/README.md
+# by the outer timeout keeps the lines of the steps it finished; a status is the command's -- export.build_plugins and
+# plugins/harness.py by the table of every command, export.fsutil.EXIT_CODES: build 1 the build failed, 4 CMake or
+# nvcc missing; harness 3 a kernel differs from its reference, 4 no CUDA device, 1 the kernels library does not load;
+# pytest's own for the tests -- or 124, the step's time limit). Copy the numbers into plugins/README.md
 # ("Timings") and the closing note; give the machine back afterwards. Not here: TensorRT engine builds (the image has no
 # TensorRT builder and its wheels are larger than what may travel) and mamba-ssm parity (its wheels need a network
 # build); both stay unverified until a machine with them is lent. Flow checked on CPU only (every step then reports

@@ -13,12 +13,20 @@ element never written fails the check. It shows the kernels' arithmetic and inde
 own behaviour (its expf, scheduling, timing) still needs a GPU.
 
 References: Mamba-1 -> ``zoo.ops.selective_scan.selective_scan_loop``; LRU -> ``zoo.ops.lru.lru_scan_loop``;
-SSD (Mamba-2, per-head scalar decay) -> ``zoo.ops.ssd.ssd_scan_loop`` (or :func:`ssd_scan_ref` below, same loop). The references run on
-the same (possibly half-precision) input values, in float64; the kernels keep the state in fp32.
+SSD (Mamba-2, per-head scalar decay) -> ``zoo.ops.ssd.ssd_scan_loop`` (or :func:`ssd_scan_ref` below, same loop). The
+references run on the same (possibly half-precision) input values, in float64; the kernels keep the state in fp32.
 
 Tolerances (max abs error, see :data:`TOLERANCE`): fp32 1e-4 absolute; fp16 / bf16 outputs are rounded to the
 activation dtype, so ``atol + rtol * max|ref|`` with rtol = 2 ulp of the dtype (fp16 2e-3, bf16 1.6e-2); states are
 fp32 in every precision and use the fp32 tolerance scaled by max(1, max|ref|).
+
+Exit statuses (the shared table of every command, :data:`export.fsutil.EXIT_CODES`): 0 every case checked passed;
+1 the kernels library could not be built or loaded (``--lib``, or the build folder's); 2 usage error (a bad or
+conflicting option: ``--asan``/``--plugin`` without ``--emulate``, ``--bench`` with it, a ``--lib`` that is not an
+emulated build under ``--emulate``); 3 verification failed: a kernel's output differs from its PyTorch reference
+beyond the tolerance (an error a kernel reports -- a CUDA error, or under the emulator a write outside its output --
+stops the run with a traceback, status 1); 4 something needed is missing here: no CUDA device (without
+``--emulate``), or a C++ compiler / its AddressSanitizer runtime (``--emulate``, ``--asan``).
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from export.fsutil import (EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, EXIT_USAGE,  # noqa: E402
+                           EXIT_VERIFY_FAILED)
 from zoo.ops.lru import lru_scan_loop  # noqa: E402
 from zoo.ops.selective_scan import selective_scan_loop  # noqa: E402
 
@@ -312,7 +322,8 @@ def run_plugin(k: ScanKernels, case: Case, d: dict, in_place: bool = False, fiel
     ins = [d[n] for n in spec.input_names]
     k._reset()
     if case.op == "LRUScan":
-        outs = [k._empty(d["u_re"].shape, d["u_re"].dtype, k.device), k._empty(d["u_im"].shape, d["u_im"].dtype, k.device)]
+        outs = [k._empty(d["u_re"].shape, d["u_re"].dtype, k.device),
+                k._empty(d["u_im"].shape, d["u_im"].dtype, k.device)]
     else:
         act = d["u" if case.op == "SelectiveScan" else "x"]
         h = d["h0"] if in_place else k._empty(d["h0"].shape, torch.float32, k.device)
@@ -359,7 +370,8 @@ def compare(case: Case, got, ref) -> dict:
         err = (g.float() - r).abs().max().item()
         res["state_err"] = _nanmax(res["state_err"], err)
         # LRU "states" are the last activation row (act dtype); Mamba states are fp32
-        tol = (atol + rtol * r.abs().max().item()) if case.op == "LRUScan" else STATE_TOL * max(1.0, r.abs().max().item())
+        scale = r.abs().max().item()
+        tol = (atol + rtol * scale) if case.op == "LRUScan" else STATE_TOL * max(1.0, scale)
         res["ok"] &= err <= tol
     return res
 
@@ -487,9 +499,11 @@ def bench(k: ScanKernels, iters: int = 20) -> list[dict]:
             ref = lambda: selective_scan_ref(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"],  # noqa: E731
                                             d["delta_bias"], True, True, d["h0"])
         elif case.op == "SSDScan":
-            ref = lambda: ssd_scan_ref(d["x"], d["dt"], d["A"], d["B"], d["C"], d["D"], d["dt_bias"], d["h0"])  # noqa: E731
+            ref = lambda: ssd_scan_ref(d["x"], d["dt"], d["A"], d["B"], d["C"], d["D"],  # noqa: E731
+                                       d["dt_bias"], d["h0"])
         else:
-            ref = lambda: lru_scan_ref(d["u_re"], d["u_im"], d["lam_re"], d["lam_im"], None, d["h0_re"], d["h0_im"])  # noqa: E731
+            ref = lambda: lru_scan_ref(d["u_re"], d["u_im"], d["lam_re"], d["lam_im"], None,  # noqa: E731
+                                       d["h0_re"], d["h0_im"])
         kt = t_ms(lambda: run_kernel(k, case, d))
         rt = t_ms(ref)
         floor = _bytes(d, outs) / bw * 1e3
@@ -502,7 +516,7 @@ def bench(k: ScanKernels, iters: int = 20) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EXIT_CODES)
     ap.add_argument("--lib", default=None)
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--bench", action="store_true")
@@ -528,24 +542,33 @@ def main(argv=None) -> int:
         ap.error(f"--cases {a.cases!r} matches no case id (they look like {next(cases(a.long_T)).id!r}): nothing would "
                  "be checked")
     if (a.asan or a.plugin) and not a.emulate:
-        print(f"{'--asan' if a.asan else '--plugin'} needs --emulate (it checks the CPU-emulated build)", file=sys.stderr)
-        return 2
+        print(f"{'--asan' if a.asan else '--plugin'} needs --emulate (it checks the CPU-emulated build)",
+              file=sys.stderr)
+        return EXIT_USAGE
     if a.emulate:
         if a.bench:
             print("--bench needs a GPU: the emulator's timings say nothing about the kernels'", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         from export.build_plugins import (ASAN_FLAGS, EMULATED_ASAN_LIBRARY, EMULATED_PLUGIN_ASAN_LIBRARY, BuildError,
-                                          asan_runtime, build_emulated)
+                                          ToolMissing, asan_runtime, build_emulated)
+
+        def build_failed(flag: str, e: BuildError) -> int:
+            """Say why on stderr; 4 for a tool missing here (a C++ compiler), else 1 (the build ran and failed)."""
+            print(f"{flag}: {e}", file=sys.stderr)
+            return EXIT_MISSING if isinstance(e, ToolMissing) else EXIT_ERROR
 
         if a.asan:
             try:
                 rt = str(asan_runtime())
+            except BuildError as e:                   # no C++ compiler, or one without the AddressSanitizer runtime
+                print(f"--asan: {e}", file=sys.stderr)
+                return EXIT_MISSING
+            try:
                 lib = a.lib or str(build_emulated(
                     out_name=EMULATED_PLUGIN_ASAN_LIBRARY if a.plugin else EMULATED_ASAN_LIBRARY,
                     extra_flags=ASAN_FLAGS, plugins=a.plugin))
             except BuildError as e:
-                print(f"--asan: {e}", file=sys.stderr)
-                return 2
+                return build_failed("--asan", e)
             if rt not in os.environ.get("LD_PRELOAD", ""):
                 import subprocess
 
@@ -559,17 +582,25 @@ def main(argv=None) -> int:
         try:
             k = ScanKernels(a.lib or build_emulated(plugins=a.plugin))
         except BuildError as e:
-            print(f"--emulate: {e}", file=sys.stderr)
-            return 2
+            return build_failed("--emulate", e)
+        except OSError as e:                          # a --lib that does not exist or does not load
+            print(f"--emulate: cannot load the kernels library: {e}", file=sys.stderr)
+            return EXIT_ERROR
         if not k.emulated:
-            print(f"{k.path} is not an emulated build (no zoo_emu_last_error)", file=sys.stderr)
-            return 2
+            print(f"{k.path} is not an emulated build (no zoo_emu_last_error): give --emulate an emulated --lib, or "
+                  "leave --lib out to build one", file=sys.stderr)
+            return EXIT_USAGE
     elif not torch.cuda.is_available():
         print("no CUDA device: the kernels can only be compared with the references on a GPU (or on the CPU "
               "emulator: --emulate)", file=sys.stderr)
-        return 3
+        return EXIT_MISSING
     else:
-        k = ScanKernels(a.lib)
+        try:
+            k = ScanKernels(a.lib)
+        except OSError as e:                          # not built yet (python -m export.build_plugins), or not loadable
+            print(f"cannot load the kernels library: {e} (build it with python -m export.build_plugins, or give "
+                  "--lib)", file=sys.stderr)
+            return EXIT_ERROR
     res = {}
     if a.start_only:
         res["check"] = []
@@ -581,7 +612,7 @@ def main(argv=None) -> int:
         Path(a.json).write_text(json.dumps(res, indent=1))
     bad = [r for r in res.get("check", []) if not r["ok"]]
     print(f"{len(res.get('check', [])) - len(bad)} passed, {len(bad)} failed")
-    return 1 if bad else 0
+    return EXIT_VERIFY_FAILED if bad else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from typing import Sequence
 
 from .cli import made_folder
@@ -63,7 +64,7 @@ def extract(archive: str, source: Source, path: str, label: str | None = None) -
                 out.write(chunk)
     except KeyError:
         raise DownloadError(f"{archive_name}: no {source.member} in the archive (is it {source.url}?)") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:       # EOFError, zlib errors: a truncated member
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:   # a truncated (EOFError) or damaged member
         raise DownloadError(f"{archive_name}: not a readable zip archive ({str(e).replace(archive, archive_name)})"
                             ) from None
 

@@ -48,6 +48,7 @@ import gzip
 import os
 import re
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -243,7 +244,7 @@ def _read_text(path: str) -> tuple[str, tuple[int, int, int] | None]:
     if gzipped:
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:   # cut short (EOFError) or damaged inside (zlib.error)
             raise ValueError(f"{path}: corrupt gzip file ({e})") from None
     else:
         other = next((kind for kind, magic in _OTHER_COMPRESSION.items() if magic.match(raw)), None)

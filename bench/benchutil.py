@@ -53,10 +53,13 @@ def cards_help(holding: Sequence[str] = ()) -> str:
 def card_name(holding: Sequence[str] = (), folders: bool = False):
     """The argparse ``type`` of an option naming bundled cards (``--models``, ``--card``): ``NAME`` or ``ORG/NAME`` as
     the zoo's commands name them (``ssm-rec-zoo/mamba4rec-ml1m``; ORG also the docs' placeholder ``org``), given back
-    as the bare NAME the bench reads from ``hub_cards/NAME``; with ``folders``, an existing folder (a training run) is
-    taken too, as given. Any other value -- a typo, a card without the ``holding`` subfolder the bench runs
-    (:func:`bundled_cards`) -- is a usage error naming it, with the closest name and the choices, instead of a
-    transformers traceback once the bench has started."""
+    as the bare NAME the bench reads from ``hub_cards/NAME``; with ``folders``, a folder (a training run) is taken
+    too, as given: an existing one, or a path (``runs/x``, ``/abs/x``: anything with a ``/`` that is not ORG/NAME),
+    which the bench checks once parsed (:func:`missing_folders`: a folder that is not there is a failed run, 1, as
+    a ``--model`` that cannot be found in the zoo's commands; and a results file's "Produced by" line naming the
+    author's run folders still parses). Any other value -- a typo, a card without the ``holding`` subfolder the
+    bench runs (:func:`bundled_cards`) -- is a usage error naming it, with the closest name and the choices, instead
+    of a transformers traceback once the bench has started."""
     def card(value: str) -> str:
         if folders and os.path.isdir(value):
             return value
@@ -64,6 +67,8 @@ def card_name(holding: Sequence[str] = (), folders: bool = False):
         org, sep, name = value.rpartition("/")
         nor = " nor an existing folder" if folders else ""
         if sep and org not in (HUB_ORG, *PLACEHOLDER_ORGS):
+            if folders:
+                return value                    # a folder's path: missing_folders() names it if it is not there
             why = f"{value!r} is not a bundled card{nor} (those are {HUB_ORG}/NAME, not {org}/NAME)"
         elif name in choices:
             return name
@@ -76,6 +81,17 @@ def card_name(holding: Sequence[str] = (), folders: bool = False):
 
     card.__name__ = "bundled card"           # argparse's name for the type
     return card
+
+
+def missing_folders(flag: str, values: Sequence[str]) -> None:
+    """After parsing an option of :func:`card_name` ``(folders=True)``: exit 1 (:data:`zoo.cli.EXIT_ERROR`, the run
+    failed: a model that cannot be found) naming the first value that is a path (holds a ``/``) but no folder."""
+    from zoo.cli import EXIT_ERROR, exit_with
+
+    for value in values:
+        if "/" in value and not os.path.isdir(value):
+            exit_with(EXIT_ERROR, f"error: {flag} {value}: no such folder (a card or run folder; bundled cards are "
+                                  f"named {cards_help()})")
 
 
 class HelpFormatter(argparse.HelpFormatter):

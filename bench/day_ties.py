@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
-    CARDS_DIR, HelpFormatter, card_name, cards_help, command_line, markdown_path, write_table)
+    CARDS_DIR, HelpFormatter, card_name, cards_help, command_line, markdown_path, missing_folders, write_table)
 from zoo.cli import kcore, positive_int  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
@@ -65,7 +65,7 @@ def model_folder(value: str) -> str:
     ``ssm-rec-zoo/NAME``: its ``hub_cards`` folder); anything else is a usage error listing the cards
     (:func:`bench.benchutil.card_name`)."""
     name = card_name(folders=True)(value)
-    return name if os.path.isdir(value) else os.path.join(CARDS_DIR, name)
+    return value if os.path.isdir(value) or "/" in name else os.path.join(CARDS_DIR, name)   # name: a card's
 
 
 def main(argv=None) -> dict:
@@ -83,6 +83,7 @@ def main(argv=None) -> dict:
     p.add_argument("--markdown", type=markdown_path,
                    help="also write the tables to this file (default: print them only)")
     args = p.parse_args(argv)
+    missing_folders("--models", args.models)
     torch.set_num_threads(args.threads)
     if args.labels is not None and len(args.labels) != len(args.models):
         p.error("--labels needs one label per --models entry")

@@ -40,7 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import zoo  # noqa: E402,F401
-from benchutil import HelpFormatter, card_name, cards_help, command_line, markdown_path, write_markdown  # noqa: E402
+from benchutil import (HelpFormatter, card_name, cards_help, command_line, markdown_path,  # noqa: E402
+                       missing_folders, write_markdown)
 from transformers import AutoModel  # noqa: E402
 from zoo.data.readers import read_interactions  # noqa: E402
 from zoo.data.split import TIME_TIES, EvalExamples, load_dataset  # noqa: E402
@@ -120,6 +121,7 @@ def main(argv=None):
     p.add_argument("--stats-only", action="store_true", help="print the tie statistics and stop (no models)")
     p.add_argument("--write-seq", metavar="DIR", help="write the two orders as .seq files into DIR and stop")
     args = p.parse_args(argv)
+    missing_folders("--models", args.models)
     if args.write_seq:
         return write_seq(args.data, args.write_seq)
     torch.set_num_threads(1)

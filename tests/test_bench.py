@@ -1072,6 +1072,25 @@ def test_a_bench_takes_a_bundled_card_as_the_zoo_names_it_and_refuses_a_typo(mon
     assert f"{HUB_ORG}/NAME" in help_text and card in help_text and re.search(r"\bdefault\b", help_text), help_text
 
 
+@pytest.mark.parametrize("script", ["day_ties", "eval_tie_order"])
+def test_a_run_folder_that_is_not_there_parses_and_the_bench_exits_1_naming_it(monkeypatch, capsys, tmp_path,
+                                                                              script):
+    """A results file's "Produced by" line names its author's run folders (``bench/DAY_TIES.md``): it must parse on
+    a machine without them (a fresh CI machine has none; the parse-time folder check failed the docs test there).
+    A path is a folder for the bench to check: one that is not there exits 1 (a model that cannot be found, the
+    table's failed run) naming it, before any work; a bare typo stays a usage error (the test above)."""
+    from test_docs import _entry_point, _run_parser
+
+    gone = str(tmp_path / "runs" / "gone")
+    parsed = _run_parser(f"bench/{script}.py", ["--models", gone], True, monkeypatch).namespace
+    assert parsed.models == [gone]
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as e:
+        _entry_point(f"bench/{script}.py", monkeypatch)(["--models", gone])
+    assert e.value.code == 1
+    assert f"error: --models {gone}: no such folder" in capsys.readouterr().err
+
+
 def test_a_bench_refuses_a_card_without_the_graph_it_runs(monkeypatch, capsys):
     """The serving benches run a card's step graph (``onnx/``): a card without one (SASRec: a window graph) is a usage
     error saying so, and is not among the choices; another organisation's name is not a bundled card."""

@@ -48,9 +48,10 @@ I/O table is unchanged (``state_spec.json`` adds ``"precision": "fp16"``).
 Every export is verified against PyTorch (:mod:`export.verify`, tolerances per precision); an artefact that fails
 verification is deleted and the CLI exits with status 3 (:data:`export.fsutil.EXIT_VERIFY_FAILED`) naming the worst
 case on stderr. The other statuses are the shared table's (:data:`export.fsutil.EXIT_CODES`): 1 a ``--model``,
-``--data`` or ``--exclude-items`` that cannot be found or read, or an export error (``ExportError``: ``--topk`` beyond
-the items, a form the model cannot be exported in); 2 a usage error. Error and verdict lines go to stderr, the stages
-of the export to stdout.
+``--data`` or ``--exclude-items`` that cannot be found or read, or an export error (``ExportError``: a form the model
+cannot be exported in); 2 a usage error, a ``--topk`` above the items the loaded model can recommend included
+(:func:`topk_usage_error`; ``export_model`` raises ``ExportError`` for it). Error and verdict lines go to stderr, the
+stages of the export to stdout.
 """
 
 from __future__ import annotations
@@ -1516,6 +1517,19 @@ def excluded_indices(model, path: str | None) -> list[int]:
         raise ValueError(error_text(e)) from None
 
 
+def topk_usage_error(model, k: int, excluded: Sequence[int] = ()) -> str | None:
+    """The usage error of a ``--topk k`` above the items ``model`` can recommend (its catalogue, ``n_items - 1``
+    items, less the ``excluded`` ones), naming the flag, the value and the catalogue's size; ``None`` when ``k`` fits.
+    The commands check it once the model is loaded and exit 2 with it (as ``zoo.evaluate --ks`` above the items
+    ranked); :func:`export_model` raises ``ExportError`` for such a ``topk``."""
+    catalogue = int(model.config.n_items) - 1
+    left = catalogue - len(excluded)
+    if k <= left:
+        return None
+    less = f", {left} left after the {len(excluded)} of --exclude-items" if excluded else ""
+    return f"--topk {k}: the model's catalogue has {catalogue} items{less}; use --topk <= {left}"
+
+
 def checkpoint_files(folder: str | os.PathLike) -> list[str]:
     """The :data:`CHECKPOINT_FILES` in ``folder``: not ``[]`` for a model checkpoint, which no export writes into."""
     return [name for name in CHECKPOINT_FILES if os.path.isfile(os.path.join(folder, name))]
@@ -1556,8 +1570,11 @@ def staging_folder(out: str | os.PathLike, say=None):
 
 
 def _load_model(name_or_path: str):
+    import importlib
+
     from zoo.modeling_utils import SeqRecPreTrainedModel
-    import zoo.models  # noqa: F401  (registers the model classes)
+
+    importlib.import_module("zoo.models")                   # registers the model classes
 
     return SeqRecPreTrainedModel.from_pretrained(name_or_path)
 
@@ -1934,6 +1951,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if kept:
             say(f"  keeping the options of the graph in {out}: {' '.join(kept)} (its {SPEC_FILE})")
     args.topk = 10 if args.topk is None else args.topk
+    problem = topk_usage_error(model, args.topk, excluded)  # an option value the model refuses: usage (2), as --ks
+    if problem:
+        p.error(problem)
     try:
         real, real_ts = (load_real_histories(args.data, model, with_timestamps=True, columns=args.columns)
                          if args.data else (None, None))
@@ -1962,7 +1982,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(e.report.table())
         err(f"ERROR: {e}")
         return EXIT_VERIFY_FAILED
-    except ExportError as e:                                   # a failed run (1); a bad option value is argparse's 2
+    except ExportError as e:                                   # a failed run (1); a bad option value is a usage error
         err(f"ERROR: {flag_named(str(e), {'topk': '--topk'})}")      # export_model's topk is the CLI's --topk
         return EXIT_ERROR
     if res.report is not None:

@@ -75,9 +75,10 @@ file renamed over them), and ``build_engine.sh`` saves the engine under a tempor
 once trtexec succeeds (it skips the build when ``model.plan`` exists, so a plan cut short must never bear that name).
 
 Exit statuses (the shared table, :data:`export.fsutil.EXIT_CODES`): 1 the run failed (a ``--model`` that cannot be
-loaded, an ``--onnx`` export that cannot be read or served, an export error, a write error); 2 a usage error (a
-flag that does not apply, a number out of range, repository files this generator did not write without
-``--force``); 3 the ``--model`` export failed its verification (nothing written); 4 a package it needs is missing.
+loaded, an ``--onnx`` export or a ``--vocab`` file that cannot be found, read or served, an export error, a write
+error); 2 a usage error (a flag that does not apply, a number out of range, a ``--topk`` above the items the
+``--model`` can recommend, repository files this generator did not write without ``--force``); 3 the ``--model``
+export failed its verification (nothing written); 4 a package it needs is missing.
 """
 
 from __future__ import annotations
@@ -1533,6 +1534,20 @@ def export_and_write(model, repo: str | os.PathLike, topk: int = 10, work_dir: s
         return write_repository(out, repo, vocab_path=vocab, **kwargs)
 
 
+def _unreadable(path: str) -> str | None:
+    """Why the file ``path`` cannot be read (``"no such file"``, ``"cannot read it (Permission denied)"``), or
+    ``None`` when it can."""
+    if not os.path.exists(path):                            # a dangling link too
+        return "no such file"
+    if os.path.isdir(path):
+        return "is a folder, not a file"
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as e:
+        return f"cannot read it ({e.strerror or e})"
+
+
 _NUMBERS = ("max_batch_size", "idle_timeout_s", "max_candidate_sequences", "queue_delay_us", "instances")
 
 
@@ -1550,7 +1565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="step graphs: implicit (the sequence batcher keeps each sequence's state; default) or explicit "
                         "(the client keeps it); window graphs are served stateless and take no --state")
     p.add_argument("--name", help="model name in the repository (default <model_type>_<kind>_<backend>[_<state>])")
-    p.add_argument("--topk", type=int, default=None, help="with --model: top-k of the exported graph (default 10)")
+    p.add_argument("--topk", type=int, default=None,
+                   help="with --model: top-k of the exported graph, 1 to the items the model can recommend (default "
+                        "10)")
     p.add_argument("--exclude-seen", action="store_true",
                    help="with --model: export the graph with the history's items ranked last (a 'seen' state per "
                         "sequence; see export.onnx --exclude-seen)")
@@ -1599,8 +1616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.model and a.vocab:
         p.error("--vocab applies to --onnx: --model ships the model's own item vocabulary (none for a model "
                 "without one; export it with python -m export.onnx and pass --onnx DIR --vocab FILE to ship one)")
-    if a.vocab and not os.path.isfile(a.vocab):             # named by its flag (write_repository names vocab_path)
-        p.error(f"--vocab {a.vocab}: no such file")
+    if a.topk is not None and a.topk < 1:                   # above the catalogue: once the model is loaded
+        p.error(f"--topk: expected an int >= 1, got {a.topk}")
     bad = config_number_problems(**{k: v for k, v in kw.items() if k in _NUMBERS})
     if bad:                                                 # before any export: name each flag
         p.error("; ".join(f"{NUMBER_FLAGS.get(n, n)}: {m}" for n, m in bad))
@@ -1651,12 +1668,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if getattr(a, key) and not read_spec(a.onnx).get(key):
                     raise ValueError(f"{flag}: the graph in {a.onnx} was exported without it; re-export it with "
                                      f"`python -m export.onnx {flag}` or pass --model")
+            if a.vocab:                                     # an input that cannot be read: the run fails (1)
+                problem = _unreadable(a.vocab)
+                if problem:                                 # named by its flag (write_repository names vocab_path)
+                    exit_with(EXIT_ERROR, f"error: --vocab {a.vocab}: {problem}")
             vocab = a.vocab or (os.path.join(a.onnx, VOCAB_FILE) if os.path.exists(os.path.join(a.onnx, VOCAB_FILE))
                                 else None)
             # the model folder checked above, nothing run since: write_repository does not hash it again
             mdir = write_repository(a.onnx, a.repo, vocab_path=vocab, _checked=checked, **kw)
         else:
-            from .onnx import ExportError, VerificationError, _load_model, excluded_indices
+            from .onnx import ExportError, VerificationError, _load_model, excluded_indices, topk_usage_error
 
             errors += (ExportError, VerificationError)
             verification_error = VerificationError
@@ -1668,9 +1689,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sequence_flags(kind, f"--model {a.model}")
             if not a.name:                                  # the default name is known now: before the export
                 check_model_folder(default_model_name(model.config.model_type, kind, a.backend, kw["state"]))
+            excluded = excluded_indices(model, a.exclude_items)         # an unknown id: bad data in the file (1)
+            problem = topk_usage_error(model, 10 if a.topk is None else a.topk, excluded)
+            if problem:                                     # an option value the model refuses: usage (2)
+                p.error(problem)
             mdir = export_and_write(model, a.repo, topk=10 if a.topk is None else a.topk, verify=not a.no_verify,
                                     exclude_seen=a.exclude_seen, user_vector=a.user_vector, candidates=a.candidates,
-                                    exclude_items=excluded_indices(model, a.exclude_items), **kw)
+                                    exclude_items=excluded, **kw)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_VERIFY_FAILED if verification_error and isinstance(e, verification_error) else EXIT_ERROR

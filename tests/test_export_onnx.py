@@ -436,10 +436,17 @@ def test_card_dir_keeps_the_options_of_the_cards_graph(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and named in err and "write the graph elsewhere with --out" in err, err
     assert (card / "onnx" / "state_spec.json").read_bytes() == before
-    # a --topk beyond the catalogue is an export error, a failed run (1), on stderr; a --topk that no catalogue
-    # takes is a usage error (2) before the model is loaded
-    assert E.main(["--model", str(card), "--out", str(tmp_path / "o"), "--topk", str(N_ITEMS), "--no-verify"]) == 1
-    assert f"ERROR: --topk: topk must be in 1..{N_ITEMS - 1} (the items left" in capsys.readouterr().err
+    # a --topk beyond the catalogue is an option value the model refuses: a usage error (2, with the usage line) once
+    # the model is loaded, as zoo.evaluate --ks above the items ranked (it was an export error, 1), naming the flag,
+    # the value and the catalogue; a --topk that no catalogue takes is a usage error before the model is loaded
+    (tmp_path / "o").mkdir()
+    with pytest.raises(SystemExit) as e:
+        E.main(["--model", str(card), "--out", str(tmp_path / "o"), "--topk", str(N_ITEMS), "--no-verify"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage:" in err, err
+    assert (f"error: --topk {N_ITEMS}: the model's catalogue has {N_ITEMS - 1} items; use --topk <= {N_ITEMS - 1}"
+            in err), err
+    assert list((tmp_path / "o").iterdir()) == []
     with pytest.raises(SystemExit) as e:
         E.main(["--model", str(card), "--out", str(tmp_path / "o"), "--topk", "0", "--no-verify"])
     assert e.value.code == 2 and "--topk: expected an int >= 1, got '0'" in capsys.readouterr().err
@@ -815,7 +822,8 @@ def test_user_vector_output_is_the_models_query_vector(name, precision, tmp_path
 
 def test_exclude_items_on_the_command_line(saved_model, tmp_path, capsys):
     """``python -m export.onnx --exclude-items FILE``: ids one per line (# comments), read through the model's
-    vocabulary; an unknown id is bad data in the file (exit 1) named, before any export."""
+    vocabulary; an unknown id is bad data in the file (exit 1) named, before any export. ``--topk`` may take every
+    item left, not one more: that is a usage error (2) naming the items left."""
     from zoo.vocab import ItemVocab
 
     model = make_model("gru4rec")
@@ -823,8 +831,16 @@ def test_exclude_items_on_the_command_line(saved_model, tmp_path, capsys):
     model.save_pretrained(tmp_path / "m")
     (tmp_path / "retired.txt").write_text("# retired\n1003\n\n1010\n")
     assert E.main(["--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--exclude-items",
-                   str(tmp_path / "retired.txt"), *FAST]) == 0
-    assert json.loads((tmp_path / "o" / "state_spec.json").read_text())["excluded_items"] == [3, 10]
+                   str(tmp_path / "retired.txt"), "--topk", str(N_ITEMS - 3), *FAST]) == 0
+    spec = json.loads((tmp_path / "o" / "state_spec.json").read_text())
+    assert spec["excluded_items"] == [3, 10] and spec["topk"] == N_ITEMS - 3
+    with pytest.raises(SystemExit) as e:
+        E.main(["--model", str(tmp_path / "m"), "--out", str(tmp_path / "o2"), "--exclude-items",
+                str(tmp_path / "retired.txt"), "--topk", str(N_ITEMS - 2), *FAST])
+    assert e.value.code == 2 and (f"--topk {N_ITEMS - 2}: the model's catalogue has {N_ITEMS - 1} items, "
+                                  f"{N_ITEMS - 3} left after the 2 of --exclude-items; use --topk <= {N_ITEMS - 3}"
+                                  in capsys.readouterr().err)
+    assert not (tmp_path / "o2").exists()
     (tmp_path / "bad.txt").write_text("1003\n77\n")
     with pytest.raises(SystemExit) as e:
         E.main(["--model", str(tmp_path / "m"), "--out", str(tmp_path / "o2"), "--exclude-items",

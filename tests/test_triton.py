@@ -509,19 +509,51 @@ def test_cli_refuses_a_repo_that_is_a_file(mamba_export, tmp_path, capsys):
 
 
 def test_cli_names_the_vocab_flag_of_a_missing_file(mamba_export, tmp_path, capsys):
-    """--vocab FILE that does not exist is a usage error naming the flag (the Python API names its vocab_path)."""
-    with pytest.raises(SystemExit) as e:
-        T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--vocab", str(tmp_path / "nothere.json")])
-    assert e.value.code == 2 and f"--vocab {tmp_path / 'nothere.json'}: no such file" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
+    """--vocab FILE that does not exist or cannot be read is an input the run cannot read: a failed run (1, as a
+    missing --model or --data; it was a usage error, 2), one line naming the flag and the path, no usage line, nothing
+    written in --repo (the Python API names its vocab_path)."""
+    import os
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "locked.json").write_text("{}")
+    os.chmod(tmp_path / "locked.json", 0)
+    cases = [("nothere.json", "no such file"), ("folder.json", "is a folder, not a file")]
+    if not os.access(tmp_path / "locked.json", os.R_OK):                  # root reads it anyway
+        cases.append(("locked.json", "cannot read it (Permission denied)"))
+    for name, why in cases:
+        with pytest.raises(SystemExit) as e:
+            T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "r"), "--vocab", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and f"error: --vocab {tmp_path / name}: {why}" in err and "usage:" not in err, err
+        assert list((tmp_path / "r").iterdir()) == []
     with pytest.raises(FileNotFoundError, match="vocab_path .*nothere.json not found"):
         T.write_repository(mamba_export, tmp_path / "r", vocab_path=str(tmp_path / "nothere.json"))
 
 
-def test_cli_model_export_errors_are_reported_not_raised(mamba, tmp_path, capsys):
+def test_cli_model_export_errors_are_reported_not_raised(mamba, tmp_path, monkeypatch, capsys):
+    """An export error is a failed run (1) in one line, nothing written; a --topk the model's catalogue cannot give
+    is a usage error (2, the usage line) naming the flag, the value and the catalogue, as export.onnx --topk (it was
+    an export error, 1), and so is a --topk below 1."""
+    from export import onnx as E
+
     mamba.save_pretrained(tmp_path / "m")
-    assert T.main(["--model", str(tmp_path / "m"), "--repo", str(tmp_path / "r"), "--topk", "0", "--no-verify"]) == 1
-    assert "topk must be in 1.." in capsys.readouterr().err and not (tmp_path / "r").exists()
+    args = ["--model", str(tmp_path / "m"), "--repo", str(tmp_path / "r"), "--no-verify"]
+    for topk, message in (("0", "error: --topk: expected an int >= 1, got 0"),
+                          (str(N_ITEMS), f"error: --topk {N_ITEMS}: the model's catalogue has {N_ITEMS - 1} items; "
+                                         f"use --topk <= {N_ITEMS - 1}")):
+        with pytest.raises(SystemExit) as e:
+            T.main(args + ["--topk", topk])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "usage:" in err, err
+    assert not (tmp_path / "r").exists()
+
+    def fails(*args, **kwargs):
+        raise E.ExportError("no step exporter for this model")
+
+    monkeypatch.setattr(E, "export_model", fails)
+    assert T.main(args + ["--topk", str(N_ITEMS - 1)]) == 1
+    assert "error: no step exporter for this model" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_cli_exit_statuses_of_a_bad_model_and_a_failed_verification(mamba, tmp_path, monkeypatch, capsys):

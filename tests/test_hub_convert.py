@@ -1087,6 +1087,45 @@ def test_an_empty_ref_left_by_a_killed_seeding_is_seeded_again(bundled, tmp_path
     assert torch.equal(m(ids).logits, bundled(ids).logits)
     assert f"{hub.HUB_ORG}/tiny-mamba4rec" not in seed_hf_cache()                # current: left alone
 
+def test_convert_cli_set_values_the_model_refuses_are_usage_errors(tmp_path, capsys):
+    """``zoo.convert --set`` a value the model cannot be built with, a field it does not have or a value its weights
+    contradict (and a --max-seq-length other than a SASRec checkpoint's positions) is a usage error (2, the usage line)
+    naming the flag, as ``zoo.train --set``: it was 1, a failed run; nothing is written. The checkpoint's own settings
+    that fail the model (bad data) stay 1, --set or not; the Python API raises ValueError (zoo.evaluate.UsageError)."""
+    from zoo.convert import main
+    from zoo.evaluate import UsageError
+
+    ckpt = str(RECBOLE_SASREC / "state_dict.pth")
+    args = ["--model", "sasrec", "--checkpoint", ckpt, "--out", str(tmp_path / "o")]
+    for sets, msg in ((["num_heads=3"], r"error: --set num_heads=3: hidden_size \(32\) must be a positive multiple "
+                                        r"of num_heads \(3\)"),
+                      (["num_heads=2", "hidden_act=foo"], r"error: --set num_heads=2 hidden_act='foo': hidden_act "
+                                                         "must be one of"),
+                      (["num_heads=2", "hiden_size=3"], r"error: --set: \['hiden_size'\] not fields of SASRecConfig"),
+                      (["num_heads=2", "hidden_size=64"], r"error: --set hidden_size=64: the checkpoint's weights say "
+                                                          "hidden_size = 32")):
+        with exits(capsys, 2, msg):
+            main(args + ["--set", *sets])
+    with exits(capsys, 2, r"error: --max-seq-length 50: this SASRec checkpoint has 20 positions"):
+        main(args + ["--set", "num_heads=2", "--max-seq-length", "50"])
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(UsageError, match=r"^--set num_heads=3: hidden_size \(32\)"):
+        convert("sasrec", ckpt, str(tmp_path / "o"), overrides={"num_heads": 3})
+    assert issubclass(UsageError, ValueError)
+    # the checkpoint's own RecBole settings that the model refuses are bad data (1), whatever --set adds; a --set that
+    # fixes them converts
+    sd = torch.load(RECBOLE_SASREC / "state_dict.pth", weights_only=True)["state_dict"]
+    torch.save({"state_dict": sd, "config": {"n_heads": 3}}, tmp_path / "bad.pth")
+    bad = ["--model", "sasrec", "--checkpoint", str(tmp_path / "bad.pth"), "--out", str(tmp_path / "o")]
+    for extra in ([], ["--set", "attn_dropout=0.25"]):
+        with exits(capsys, 1, r"error: hidden_size \(32\) must be a positive multiple of num_heads \(3\)"):
+            main(bad + extra)
+    assert not (tmp_path / "o").exists()
+    main(bad + ["--set", "num_heads=2"])
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["num_heads"] == 2
+    capsys.readouterr()
+
+
 def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, capsys):
     """``zoo.convert --out`` a folder that holds files (e.g. another model's card) is refused before any work; with
     --overwrite the folder is replaced whole (nothing of the old folder stays beside the new model). An --out that is
@@ -1117,8 +1156,8 @@ def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, cap
     for extra, code, msg in ((["--out", str(tmp_path / "afile")], 2, "--out .*afile is a file, not a folder"),
                              (["--out", str(tmp_path / "o"), "--item-tokens", str(tmp_path / "tokens")], 1,
                               r"--item-tokens .*tokens: cannot read it \(Is a directory\)"),
-                             (["--out", str(tmp_path / "o"), "--set", "hidden_dropout=null"], 1,
-                              "SASRecModel cannot be built with these config values .*hidden_dropout=None"),
+                             (["--out", str(tmp_path / "o"), "--set", "hidden_dropout=null"], 2,
+                              "--set: SASRecModel cannot be built with these config values .*hidden_dropout=None"),
                              (["--out", str(tmp_path / "afile" / "o")], 2, "afile is a file, not a folder")):
         with exits(capsys, code, msg):
             main(args + extra)

@@ -27,6 +27,11 @@ A RecBole checkpoint file is a pickle holding ``state_dict`` next to RecBole's `
 cannot import are rebuilt as plain attribute holders, so the ``Config``'s settings can still be read. RecBole keeps
 the item-id mapping in its dataset, not in the checkpoint: pass ``--item-tokens`` (one RecBole item token per line in
 internal order, ``[PAD]`` first) to save a vocabulary.
+
+Exit statuses (:data:`export.fsutil.EXIT_CODES`): 2 a usage error -- a bad option, an ``--out`` it must not write, a
+``--set`` (or ``--max-seq-length``) value the model cannot be built with or that the checkpoint's weights contradict
+(:class:`zoo.evaluate.UsageError`, as ``zoo.train --set``); 1 the run failed -- a checkpoint or token file that
+cannot be read, a state dict that does not fit the model, an ``--out`` that cannot be written.
 """
 
 from __future__ import annotations
@@ -191,9 +196,15 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     then ``max_seq_length`` (Mamba4Rec's window, default 200; SASRec's is its position table) and ``overrides``.
     ``out_dir`` is written whole (:func:`zoo.cli.written_whole_folder`); a folder that already holds files is
     refused before any work unless ``overwrite``, which replaces it whole (no file of the old folder is kept), and only
-    a folder of a checkpoint's files (:func:`check_out_folder`)."""
+    a folder of a checkpoint's files (:func:`check_out_folder`).
+
+    Raises :class:`zoo.evaluate.UsageError` (a ``ValueError``; the command's usage error) for an ``overrides`` or
+    ``max_seq_length`` value the model cannot be built with or that the weights contradict (an override that is not a
+    config field included), ``ValueError`` for a checkpoint that cannot be read or converted, ``FileNotFoundError``
+    for a missing one."""
+    from .evaluate import UsageError
     from .modeling_utils import check_weight_tensor
-    from .models import build_model_class, get_model_class
+    from .models import get_model_class
 
     check_out_folder(out_dir, overwrite, {"--checkpoint": checkpoint, "--item-tokens": item_tokens})
     sd, settings = load_checkpoint(checkpoint, trust_pickle)
@@ -211,7 +222,7 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
                    inner_size=int(sd["trm_encoder.layer.0.feed_forward.dense_1.weight"].shape[0]))
         positions = int(sd["position_embedding.weight"].shape[0])
         if max_seq_length is not None and max_seq_length != positions:
-            raise ValueError(f"--max-seq-length {max_seq_length}: this SASRec checkpoint has {positions} positions")
+            raise UsageError(f"--max-seq-length {max_seq_length}: this SASRec checkpoint has {positions} positions")
         max_seq_length = positions
     else:
         raise ValueError(f"no converter for {model_type!r} (supported: mamba4rec, sasrec)")
@@ -224,16 +235,20 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
         shape_fields.discard("max_seq_length")                         # no position table: any window works
     from .train import check_config_overrides
 
-    check_config_overrides(cfg_cls, overrides or {})
+    try:
+        check_config_overrides(cfg_cls, overrides or {})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    own = dict(cfg)                                     # the checkpoint's config, before --set
     for k, v in (overrides or {}).items():
         if k in shape_fields and v != cfg[k]:
-            raise ValueError(f"--set {k}={v}: the checkpoint's weights say {k} = {cfg[k]}")
+            raise UsageError(f"--set {k}={v}: the checkpoint's weights say {k} = {cfg[k]}")
         cfg[k] = v
     if model_type == "sasrec" and "num_heads" not in cfg:
         raise ValueError("SASRec's number of attention heads is not in the weights and this checkpoint carries no "
                          "RecBole config (or --trust-pickle was not given): pass it, e.g. --set num_heads=2 "
                          "(RecBole's default n_heads)")
-    model = build_model_class(cfg_cls, model_cls, cfg, overrides or {})   # e.g. --set num_heads=null: ValueError
+    model = _build(cfg_cls, model_cls, cfg, overrides or {}, own)   # e.g. --set num_heads=null: UsageError
     check_shapes(model, sd, checkpoint)                 # load_state_dict's RuntimeError would be a raw traceback
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
@@ -255,6 +270,27 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     with written_whole_folder(out_dir) as stage:   # no mixed folder: the new one replaces out_dir whole, or nothing
         model.save_pretrained(stage)
     return model
+
+
+def _build(cfg_cls, model_cls, cfg: dict, overrides: dict, own: dict):
+    """``model_cls(cfg_cls(**cfg))``. A config it cannot be built with is a :class:`zoo.evaluate.UsageError` naming
+    ``--set`` when the ``overrides`` (``--set``) are what it fails on -- the checkpoint's ``own`` config, without
+    them, builds -- else the ``ValueError`` of the checkpoint's own settings (bad data)."""
+    from .evaluate import UsageError
+    from .models import build_model_class
+
+    try:
+        return build_model_class(cfg_cls, model_cls, cfg, overrides)
+    except ValueError as e:
+        if not overrides:
+            raise
+        try:
+            model_cls(cfg_cls(**own))
+        except Exception:                                   # the checkpoint's own settings fail as well
+            raise e from None
+        given = [f"{k}={v!r}" for k, v in overrides.items()]
+        named = all(g in str(e) for g in given)            # build_model_class's message lists them already
+        raise UsageError(f"--set{'' if named else ' ' + ' '.join(given)}: {e}") from None
 
 
 #: what a model folder that zoo.soup or zoo.convert writes whole may already hold for ``--overwrite`` to replace it: a
@@ -307,10 +343,14 @@ def check_out_folder(out_dir: str, overwrite: bool, inputs: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m zoo.convert``. Exit statuses (:data:`EXIT_CODES`): 2 for a bad option or an
-    ``--out`` it must not write (a file, a folder holding files without ``--overwrite``, the current folder); 1 for a
-    checkpoint or token file that cannot be read or converted, or an ``--out`` that cannot be written."""
+    """Entry point of ``python -m zoo.convert``. Exit statuses (:data:`EXIT_CODES`): 2 for a bad option, an ``--out``
+    it must not write (a file, a folder holding files without ``--overwrite``, the current folder) or a ``--set`` /
+    ``--max-seq-length`` value the checkpoint's model cannot be built with (``UsageError``, with the usage line,
+    as ``zoo.train --set``); 1 for a checkpoint or token file that cannot be read or converted (a state dict that does
+    not fit), or an ``--out`` that cannot be written."""
     from .cli import EXIT_CODES, command_prog
+    from .evaluate import UsageError
+    from .models import get_model_class
 
     p = argparse.ArgumentParser(prog=command_prog("zoo.convert"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
@@ -338,16 +378,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="config fields the weights do not show, e.g. num_heads=2 (JSON values; --set may be repeated)")
     a = p.parse_args(argv)
-    from .train import parse_overrides
+    from .train import check_config_overrides, parse_overrides
 
     try:
         overrides = parse_overrides(a.set)
+        check_config_overrides(get_model_class(a.model)[0], overrides)     # a --set typo, before any work
         check_out_folder(a.out, a.overwrite, {"--checkpoint": a.checkpoint, "--item-tokens": a.item_tokens})
     except ValueError as e:                                 # the options themselves: a usage error
         p.error(str(e))
     try:
         m = convert(a.model, a.checkpoint, a.out, a.item_tokens, a.trust_pickle, a.max_seq_length, overrides,
                     overwrite=a.overwrite)
+    except UsageError as e:                                # a --set the checkpoint's model refuses: usage (2)
+        p.error(str(e))
     except (ValueError, KeyError, FileNotFoundError) as e:  # the messages name the problem and the fix (status 1)
         raise SystemExit(f"{p.prog}: error: {e}") from None
     except OSError as e:                                    # writing --out (its place was checked before any work)

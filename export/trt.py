@@ -42,7 +42,8 @@ What it does, in order, printing a report as it goes:
    its place), and a missing ``--plugin-lib`` is an error before any work. The model is loaded next, still before
    ``DIR`` is touched: a ``--model`` that cannot be loaded (a typo, a folder that is not a saved zoo model) stops
    the run, exit 1, with ``DIR`` not created, or as it was (its engine and report where they were), and no report
-   written. ``DIR`` may not be a model checkpoint (``config.json`` / ``model.safetensors``: the export would
+   written; so does an ``--exclude-items`` file that cannot be read or names an item the model does not know, and a
+   ``--topk`` above the items the model can recommend is a usage error (2) there. ``DIR`` may not be a model checkpoint (``config.json`` / ``model.safetensors``: the export would
    replace its ``item_vocab.json``).
 
 Exit codes (the shared table of every command, :data:`export.fsutil.EXIT_CODES`; the report's ``exit_code`` is the
@@ -52,12 +53,13 @@ their tables to stdout:
 * ``0`` engine built and verified, written;
 * ``1`` the run failed: a verified engine in ``DIR`` on a machine that cannot build one, before any work, ``DIR``
   untouched; a ``--model`` that cannot be loaded, before ``DIR`` is touched (one ``ERROR: --model ...`` line, no
-  report; ``DIR`` not created, or left as it was); export / plugin build / engine build failure, scan nodes not bound
+  report; ``DIR`` not created, or left as it was), and so an ``--exclude-items`` file it cannot use; export / plugin build / engine build failure, scan nodes not bound
   to plugins, a graph with float64 I/O: TensorRT has no float64, so a float64-timestamps graph
   (``run(..., time_input="timestamps")``) stops after the ONNX export + verification with a message saying so; a
   verified engine that could not be written;
 * ``2`` usage error (argparse's status), before any work: a bad, missing or conflicting option, an engine setting out
-  of range, an ``--out`` that cannot be written or is a model checkpoint, a ``--plugin-lib`` that does not exist;
+  of range, an ``--out`` that cannot be written or is a model checkpoint, a ``--plugin-lib`` that does not exist, a
+  ``--topk`` above the items the loaded model can recommend;
 * ``3`` verification failed (the ONNX graph against PyTorch, or the engine against PyTorch); nothing is written
   for the failing artefact;
 * ``4`` TensorRT builder or CUDA GPU missing: the ONNX graph was exported and verified, the plugin library was built
@@ -113,6 +115,11 @@ TOLERANCES = {
 
 class TrtError(RuntimeError):
     pass
+
+
+class SettingError(ValueError):
+    """A setting of :func:`run` the loaded model refuses (a ``topk`` above the items it can recommend): raised before
+    ``out_dir`` is touched; the CLI's usage error (2), as the settings :func:`check_run_numbers` refuses."""
 
 
 # ------------------------------------------------------------------------------------------------ environment
@@ -654,7 +661,10 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     machine that could build, a verified engine in ``out_dir`` on one that cannot -- both found before the model is
     loaded -- or, when ``model`` is None, a ``model_name`` that cannot be loaded: it is loaded after those checks and
     before ``out_dir`` is made or an engine there is moved; see the module's step 5). Settings out of range and an
-    ``out_dir`` that is a model checkpoint raise ``ValueError`` first (:func:`check_run_numbers`, :func:`check_out`).
+    ``out_dir`` that is a model checkpoint raise ``ValueError`` first (:func:`check_run_numbers`, :func:`check_out`);
+    a ``topk`` above the items the loaded model can recommend raises :class:`SettingError` (a ``ValueError``), and an
+    ``exclude_items`` file that cannot be read or names an unknown id stops it with exit 1, both before ``out_dir``
+    is touched.
     ``model``: the model itself (``model_name`` then only names it in the report and the output).
 
     ``time_input``: "auto" (time-aware step models get the float32 gaps form, the only one TensorRT can build; others
@@ -719,6 +729,15 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
             report["error"] = f"--model {model_name}: {type(e).__name__}: {why}"
             err(f"ERROR: --model {model_name}: {why}")
             return finish(EXIT_ERROR, f"--model {model_name} could not be loaded", written=False)
+    try:                    # the model's own refusals, before out is touched too
+        excluded = E.excluded_indices(model, exclude_items)    # a file not read, an unknown id: bad data (1)
+    except ValueError as e:
+        report["error"] = str(e)
+        err(f"ERROR: {e}")
+        return finish(EXIT_ERROR, "--exclude-items could not be used", written=False)
+    problem = E.topk_usage_error(model, topk, excluded)         # above what the model can recommend: a setting
+    if problem:
+        raise SettingError(problem)
     out.mkdir(parents=True, exist_ok=True)
     if held:
         # never leave a stale engine next to a new report, and never lose a verified one: it moves to previous/
@@ -744,8 +763,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         report["time_input"] = ti
         res = E.export_model(model, out, kind="step", topk=topk, verify=True, verify_kwargs=verify_kwargs,
                              progress=lambda m: say("  " + m), time_input=ti, exclude_seen=exclude_seen,
-                             user_vector=user_vector, exclude_items=E.excluded_indices(model, exclude_items),
-                             candidates=candidates)
+                             user_vector=user_vector, exclude_items=excluded, candidates=candidates)
     except E.VerificationError as e:
         err(f"  ONNX verification FAILED: {e}")
         if e.report is not None:
@@ -971,12 +989,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(str(e))
     say = lambda m: print(m, flush=True)  # noqa: E731
     say_error = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    code, _ = run(a.model, a.out, fp16=a.fp16, workspace=a.workspace, topk=a.topk, max_batch=a.max_batch,
-                  opt_batch=a.opt_batch, max_steps=a.max_steps, version_compatible=a.version_compatible,
-                  plugin_lib=a.plugin_lib, build_dir=a.build_dir, quick=a.quick, exclude_seen=a.exclude_seen,
-                  user_vector=a.user_vector, exclude_items=a.exclude_items, emulate=not a.no_emulate,
-                  candidates=a.candidates, max_candidates=a.max_candidates, rebuild_plugins=a.rebuild_plugins,
-                  say=say, say_error=say_error)
+    try:
+        code, _ = run(a.model, a.out, fp16=a.fp16, workspace=a.workspace, topk=a.topk, max_batch=a.max_batch,
+                      opt_batch=a.opt_batch, max_steps=a.max_steps, version_compatible=a.version_compatible,
+                      plugin_lib=a.plugin_lib, build_dir=a.build_dir, quick=a.quick, exclude_seen=a.exclude_seen,
+                      user_vector=a.user_vector, exclude_items=a.exclude_items, emulate=not a.no_emulate,
+                      candidates=a.candidates, max_candidates=a.max_candidates, rebuild_plugins=a.rebuild_plugins,
+                      say=say, say_error=say_error)
+    except SettingError as e:                     # found once the model is loaded, still before --out is touched
+        p.error(str(e))
     return code
 
 

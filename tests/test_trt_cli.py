@@ -424,7 +424,8 @@ def _failing_export(monkeypatch) -> list:
         asked.append(Path(out_dir))
         raise RuntimeError(f"cannot export {model.name}")
 
-    monkeypatch.setattr(T, "_load_model", lambda name: types.SimpleNamespace(name=name, uses_timestamps=False))
+    monkeypatch.setattr(T, "_load_model", lambda name: types.SimpleNamespace(
+        name=name, uses_timestamps=False, config=types.SimpleNamespace(n_items=101)))
     monkeypatch.setattr(E, "export_model", export_model)
     return asked
 
@@ -715,6 +716,33 @@ def tiny_mamba():
 
     torch.manual_seed(0)
     return Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=8, num_layers=1, d_state=4)).eval()
+
+
+def test_a_topk_or_exclude_items_the_model_refuses_stops_before_out_is_touched(tmp_path, monkeypatch, capsys,
+                                                                                tiny_mamba):
+    """A --topk above the model's catalogue went through the export (exit 1 after --out was made and the engine
+    there handled) where export.onnx / zoo.evaluate --ks give a usage error; an --exclude-items naming an unknown id
+    was found there too. Both are now found once the model is loaded, before --out is touched: 2 with the usage for
+    the --topk, naming the catalogue; 1 for the file, naming the id; --out not created."""
+    monkeypatch.setattr(T, "_load_model", lambda name: tiny_mamba)
+    catalogue = int(tiny_mamba.config.n_items) - 1
+    out = tmp_path / "new" / "out"
+    with pytest.raises(SystemExit) as e:
+        T.main(["--model", "tiny", "--out", str(out), "--quick", "--topk", str(catalogue + 1)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage:" in err, err
+    assert f"--topk {catalogue + 1}: the model's catalogue has {catalogue} items" in err, err
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(T.SettingError, match=rf"--topk {catalogue + 1}"):        # the API: a ValueError
+        T.run("tiny", str(out), model=tiny_mamba, quick=True, topk=catalogue + 1)
+    assert not (tmp_path / "new").exists()
+    ids = tmp_path / "ids.txt"
+    ids.write_text("999999999\n", encoding="utf-8")
+    code = T.main(["--model", "tiny", "--out", str(out), "--quick", "--exclude-items", str(ids)])
+    printed = capsys.readouterr()
+    assert code == T.EXIT_ERROR == 1, printed.out + printed.err
+    assert "999999999" in printed.err and "--exclude-items" in printed.err, printed.err
+    assert f"nothing written in {out}" in printed.err and not (tmp_path / "new").exists()
 
 
 @pytest.mark.usefixtures("one_thread")

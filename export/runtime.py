@@ -45,7 +45,7 @@ import numpy as np
 from .deps import require
 from .ids import is_canonical_int_text, is_int_text, unknown_id_hint
 from .timestamps import seconds, time_gaps
-from .vocab_format import VOCAB_FORMAT, load_vocab_json, vocab_items
+from .vocab_format import VOCAB_FORMAT, read_graph_vocab
 
 ort = require("onnxruntime", "export.runtime (running exported graphs)")
 
@@ -202,10 +202,7 @@ def read_vocab(path: str | os.PathLike, n_items: int) -> tuple[list, bool]:
     ``i + 1`` is ``items[i]``, so it must hold ``n_items - 1`` ids). The format itself is checked where
     :meth:`zoo.vocab.ItemVocab.from_dict` checks it (:func:`export.vocab_format.vocab_items`: non-empty, unique, all
     int or all str as ``id_type`` says); ValueError naming the file and the problem otherwise."""
-    items, id_type = vocab_items(load_vocab_json(path), path)
-    if len(items) != n_items - 1:
-        raise ValueError(f"item vocabulary {path} holds {len(items)} items, but the graph has {n_items - 1} "
-                         f"(n_items {n_items} in its {SPEC_FILE}, index 0 being padding): they do not belong together")
+    items, id_type = read_graph_vocab(path, n_items)
     return items, id_type == "str"
 
 

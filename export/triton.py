@@ -1035,18 +1035,12 @@ def check_graph(graph: str | os.PathLike, spec: dict) -> None:
 
 
 def check_vocab(vocab_path: str | os.PathLike, spec: dict) -> None:
-    """``vocab_path`` is a zoo item vocabulary (read by :meth:`zoo.vocab.ItemVocab.load`) with one id per item of the
-    graph (``n_items - 1``); ValueError naming the file otherwise."""
-    from zoo.vocab import ItemVocab
+    """``vocab_path`` is a zoo item vocabulary with one id per item of the graph (``n_items - 1``), read as the
+    serving runtime and the models read it (:func:`export.vocab_format.read_graph_vocab`; no torch); ValueError
+    naming the file and the problem otherwise."""
+    from .vocab_format import read_graph_vocab
 
-    try:
-        vocab = ItemVocab.load(vocab_path)
-    except ValueError as e:                                 # its own messages mostly name the file already
-        raise (e if str(vocab_path) in str(e) else ValueError(f"item vocabulary {vocab_path}: {e}")) from None
-    if len(vocab) != int(spec["n_items"]) - 1:
-        raise ValueError(f"item vocabulary {vocab_path} holds {len(vocab)} items, but the graph has "
-                         f"{int(spec['n_items']) - 1} (n_items {spec['n_items']} in its {SPEC_FILE}, index 0 being "
-                         "padding): they do not belong together")
+    read_graph_vocab(vocab_path, int(spec["n_items"]))
 
 
 # ======================================================================================== model folders on disk

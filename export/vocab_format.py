@@ -81,4 +81,17 @@ def vocab_items(d, source: str | os.PathLike | None = None) -> tuple[list, str]:
     return items, id_type
 
 
-__all__ = ["VOCAB_FORMAT", "load_vocab_json", "vocab_items"]
+def read_graph_vocab(path: str | os.PathLike, n_items: int) -> tuple[list, str]:
+    """The ``item_vocab.json`` at ``path`` that goes with a graph of ``n_items`` (index ``i + 1`` is ``items[i]``, so
+    it must hold ``n_items - 1`` ids) -> ``(items, id_type)`` (:func:`vocab_items`); a ``ValueError`` naming the file
+    and the problem otherwise, a count that does not fit included. Read by the serving runtime
+    (:func:`export.runtime.read_vocab`) and the Triton generator (:func:`export.triton.check_vocab`)."""
+    items, id_type = vocab_items(load_vocab_json(path), path)
+    if len(items) != n_items - 1:
+        raise ValueError(f"item vocabulary {path} holds {len(items)} items, but the graph has {n_items - 1} "
+                         f"(n_items {n_items} in its state_spec.json, index 0 being padding): they do not belong "
+                         "together")
+    return items, id_type
+
+
+__all__ = ["VOCAB_FORMAT", "load_vocab_json", "read_graph_vocab", "vocab_items"]

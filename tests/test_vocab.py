@@ -1,13 +1,19 @@
 """Item vocabulary: caller ids <-> internal indices, saved as plain JSON."""
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from zoo.vocab import ItemVocab, UnknownItemError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_int_and_str_round_trip(tmp_path):
@@ -194,8 +200,10 @@ def test_both_readers_refuse_each_bad_vocabulary_alike(tmp_path, what, text, pro
     items = d.get("items") if isinstance(d, dict) else None
     n_items = len(items) + 1 if isinstance(items, list) else 3     # the count fits wherever there is one
     errors = []
+    from export.triton import check_vocab                   # the Triton generator's --vocab check reads it too
+
     for read in (lambda: runtime.read_vocab(path, n_items), lambda: ItemVocab.load(tmp_path),
-                 lambda: ItemVocab.load(path)):
+                 lambda: ItemVocab.load(path), lambda: check_vocab(path, {"n_items": n_items})):
         with pytest.raises(ValueError) as e:
             read()
         errors.append(str(e.value))
@@ -287,3 +295,23 @@ def test_decode_refuses_an_index_that_is_not_a_whole_number():
     with pytest.raises(ValueError, match=r"is not a whole number"):
         v.decode(torch.tensor([1.5]))
     assert v.decode([1, 2.0, np.int64(2), torch.tensor(1)]) == [10, 20, 20, 10]
+
+
+def test_the_triton_generators_vocab_check_reads_without_torch(tmp_path):
+    """export.triton's --onnx --vocab check read the file with zoo.vocab.ItemVocab (importing zoo loads torch and
+    transformers) where the serving runtime reads it without: it reads it as the runtime does now, in an interpreter
+    where torch cannot be imported, and still refuses a count that does not fit the graph."""
+    path = tmp_path / "item_vocab.json"
+    path.write_text(json.dumps({"format": "zoo-item-vocab/1", "id_type": "int", "items": [4, 5, 6]}),
+                    encoding="utf-8")
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+            "from export.triton import check_vocab\n"
+            f"check_vocab({str(path)!r}, {{'n_items': 4}})\n"
+            "try:\n"
+            f"    check_vocab({str(path)!r}, {{'n_items': 9}})\n"
+            "except ValueError as e:\n"
+            "    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert f"item vocabulary {path} holds 3 items, but the graph has 8" in done.stdout, done.stdout

@@ -68,7 +68,8 @@ class BuildError(RuntimeError):
 
 
 class ToolMissing(BuildError):
-    """A tool the build needs is not installed here (CMake, nvcc, a C++ compiler): the command exits 4
+    """A tool the build needs is not installed here (CMake, nvcc, a C++ compiler, its AddressSanitizer runtime,
+    TensorRT's headers for the emulated plugin library): the command exits 4
     (:data:`export.fsutil.EXIT_MISSING`), not 1 as for a build that ran and failed."""
 
 
@@ -313,15 +314,16 @@ def _cxx() -> str | None:
 
 def asan_runtime() -> Path:
     """The AddressSanitizer runtime of the C++ compiler (``c++ -print-file-name=libasan.so``), to ``LD_PRELOAD`` into
-    a Python that loads an ASan build (:data:`ASAN_FLAGS`); :class:`BuildError` if the compiler has none."""
+    a Python that loads an ASan build (:data:`ASAN_FLAGS`); :class:`ToolMissing` (a :class:`BuildError`) if there is
+    no compiler or it has none."""
     cxx = _cxx()
     if cxx is None:
-        raise BuildError("no C++ compiler found ($CXX, c++, g++, clang++)")
+        raise ToolMissing("no C++ compiler found ($CXX, c++, g++, clang++)")
     r = subprocess.run([cxx, "-print-file-name=libasan.so"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True)
     p = Path(r.stdout.strip())
     if r.returncode != 0 or not p.is_absolute() or not p.is_file():
-        raise BuildError(f"{cxx} has no AddressSanitizer runtime (libasan.so); install it (Debian: libasan8)")
+        raise ToolMissing(f"{cxx} has no AddressSanitizer runtime (libasan.so); install it (Debian: libasan8)")
     return p
 
 
@@ -334,7 +336,7 @@ def build_emulated(build_dir: str | os.PathLike | None = None, kernels: list[Pat
     the flags change. ``kernels`` defaults to every ``plugins/*Plugin/*Kernel.cu``.
 
     ``plugins=True`` also compiles the TensorRT plugin classes (``*Plugin.cpp``, ``common/``; TensorRT headers found as
-    for :func:`build`, :class:`BuildError` without them) and ``emu/zooPluginEnqueue.cpp`` into
+    for :func:`build`, :class:`ToolMissing` without them) and ``emu/zooPluginEnqueue.cpp`` into
     ``libzoo_trt_plugins_emu.so``: ``zoo_emu_plugin_enqueue`` creates a plugin through ``getCreators`` and runs its
     ``enqueue`` on host buffers, so the plugins' runtime path runs here without TensorRT.
 
@@ -385,7 +387,7 @@ def _build_emulated(bdir: Path, gen: Path, cxx: str, kernels, out_name, extra_fl
     if plugins:
         inc, why = find_tensorrt_include(tensorrt_include, tensorrt_root)
         if inc is None:
-            raise BuildError(f"the emulated plugin library needs the TensorRT headers: {why}")
+            raise ToolMissing(f"the emulated plugin library needs the TensorRT headers: {why}")
         sources += [common / "zooScanPluginBase.cpp", common / "zooPlugins.cpp",
                     *sorted(PLUGINS_DIR.glob("*Plugin/*Plugin.cpp")), emu / "zooPluginEnqueue.cpp"]
         # the emulator's cuda_runtime_api.h must win over any CUDA beside the TensorRT headers: -isystem comes after -I

@@ -561,8 +561,7 @@ def main(argv=None) -> int:
             try:
                 rt = str(asan_runtime())
             except BuildError as e:                   # no C++ compiler, or one without the AddressSanitizer runtime
-                print(f"--asan: {e}", file=sys.stderr)
-                return EXIT_MISSING
+                return build_failed("--asan", e)      # ToolMissing: 4
             try:
                 lib = a.lib or str(build_emulated(
                     out_name=EMULATED_PLUGIN_ASAN_LIBRARY if a.plugin else EMULATED_ASAN_LIBRARY,

@@ -1002,6 +1002,26 @@ def test_build_plugins_exit_statuses(tmp_path, monkeypatch, capsys):
     assert BP.main(["--build-dir", str(tmp_path)]) == 1              # not asked for: CMake failing so is a failed build
 
 
+def test_what_the_emulated_builds_lack_here_is_a_missing_tool(tmp_path, monkeypatch):
+    """The emulated builds' missing pieces -- a C++ compiler, its AddressSanitizer runtime, TensorRT's headers for the
+    emulated plugin library -- raised a plain BuildError, which the harness and export.trt read as a build that ran
+    and failed (1); they are ToolMissing now (4 by the shared table), as CMake and nvcc are."""
+    import types
+
+    monkeypatch.setattr(BP, "_cxx", lambda: None)
+    with pytest.raises(BP.ToolMissing, match="no C\\+\\+ compiler"):
+        BP.asan_runtime()
+    monkeypatch.setattr(BP, "_cxx", lambda: "c++")
+    monkeypatch.setattr(BP.subprocess, "run", lambda cmd, **kw: types.SimpleNamespace(returncode=0,
+                                                                                     stdout="libasan.so\n"))
+    with pytest.raises(BP.ToolMissing, match="has no AddressSanitizer runtime"):
+        BP.asan_runtime()
+    monkeypatch.undo()
+    monkeypatch.setattr(BP, "find_tensorrt_include", lambda i=None, r=None: (None, "no TensorRT headers: none"))
+    with pytest.raises(BP.ToolMissing, match="the emulated plugin library needs the TensorRT headers"):
+        BP.build_emulated(tmp_path, plugins=True)
+
+
 def test_build_plugins_runs_by_path(tmp_path):
     """CMake runs ``build_plugins.py --print-trt-include`` by path (no package): it must not die on its imports of
     export.fsutil (an ImportError traceback, status 1, made CMake take the headers for missing)."""

@@ -65,8 +65,16 @@ EXIT_MISSING = 4
 #: the epilog of every command's ``--help``: the table above, and the two statuses of :func:`run_cli`
 EXIT_CODES = ("exit status: 0 ok; 1 the run failed (a --model or --data that cannot be found or read, bad data, an "
               "export or write error); 2 usage error (a bad, missing or conflicting option); 3 verification failed "
-              "(what failed it is not written); 4 a package, TensorRT or GPU it needs is missing here; 130 interrupted (Ctrl-C); "
-              "141 stdout closed (| head)")
+              "(what failed it is not written); 4 a package, TensorRT or GPU it needs is missing here; "
+              "130 interrupted (Ctrl-C); 141 stdout closed (| head)")
+
+
+class UsageError(ValueError):
+    """An option the model, graph, data or file at hand cannot honour, found once that is loaded (``--ks`` or
+    ``--topk`` above the items it ranks, ``--temporal-split`` other than the model's run, ``--window`` beyond a fixed
+    window, a ``--set`` value the model cannot be built with): the commands report it as a usage error (exit 2,
+    :data:`EXIT_USAGE`), the Python API sees a ``ValueError``. One class for every command (``zoo.cli`` and
+    ``zoo.evaluate`` re-export it)."""
 
 
 def exit_with(code: int, message: str) -> NoReturn:

@@ -88,7 +88,8 @@ from typing import Any, Sequence
 
 from . import plugin_spec as ps
 from .deps import require
-from .fsutil import EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, EXIT_VERIFY_FAILED, command_prog, file_sha256
+from .fsutil import (EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, EXIT_VERIFY_FAILED, UsageError, command_prog,
+                     file_sha256)
 
 ENGINE_FILE = "model.engine"
 #: where run() sets aside an engine found in the output folder that its report does not say was verified
@@ -117,7 +118,7 @@ class TrtError(RuntimeError):
     pass
 
 
-class SettingError(ValueError):
+class SettingError(UsageError):
     """A setting of :func:`run` the loaded model refuses (a ``topk`` above the items it can recommend): raised before
     ``out_dir`` is touched; the CLI's usage error (2), as the settings :func:`check_run_numbers` refuses."""
 

@@ -60,7 +60,7 @@ import torch
 
 from .cli import (EXIT_CODES, EXIT_MISSING, STDOUT_PATH, add_columns_option, apply_threads, cannot, check_outputs,
                   cli_device, error_text, exit_with, folder_inputs, nonnegative_int, positive_int, written_whole)
-from .cli import add_model_data_options, command_prog, model_data_options, text_stream
+from .cli import UsageError, add_model_data_options, command_prog, model_data_options, text_stream
 from .data.batching import eval_batches
 from .data.split import (EvalExamples, SequenceDataset, item_counts, leave_one_out, load_dataset, temporal_cuts,
                          temporal_split)
@@ -74,12 +74,6 @@ BASELINES = {"pop": "by training-sequence count (RecBole's Pop)",
                        "(first-order transitions), ties by training count"}
 #: how ``--sampled`` draws the negatives: uniformly over the items, or in proportion to their training counts
 SAMPLERS = {"uni": "uniformly", "pop": "in proportion to their training counts"}
-
-
-class UsageError(ValueError):
-    """An option the model, graph, data or ranks file at hand cannot honour (``--ks`` above the items it ranks,
-    ``--temporal-split`` other than the model's run, ``--window`` beyond a fixed window): the commands report it as a
-    usage error (exit 2, :data:`zoo.cli.EXIT_USAGE`), the Python API sees a ``ValueError``."""
 
 
 def parse_sampled(text: str) -> tuple[str, int]:

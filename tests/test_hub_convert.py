@@ -13,6 +13,7 @@ from transformers import AutoModel
 
 import zoo
 from zoo import hub
+from zoo.cli import UsageError
 from zoo.convert import convert
 from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
 from zoo.pretrained import seed_hf_cache
@@ -199,7 +200,7 @@ def test_convert_real_recbole_sasrec_checkpoint(tmp_path):
     ``bench/recbole_reference.py``, see ``tests/data/recbole_sasrec/README.md``) converts to the zoo's SASRec with the
     same scores as RecBole's own ``full_sort_predict`` on 32 random right-padded histories (lengths 1..20)."""
     ckpt = str(RECBOLE_SASREC / "state_dict.pth")
-    with pytest.raises(ValueError, match="attention heads is not in the weights"):
+    with pytest.raises(UsageError, match="attention heads is not in the weights"):    # a ValueError for the API
         convert("sasrec", ckpt, str(tmp_path / "refused"))
     assert not (tmp_path / "refused").exists()
     convert("sasrec", ckpt, str(tmp_path / "out"), overrides={"num_heads": 2})
@@ -227,9 +228,10 @@ def test_convert_cli_reports_a_refusal_as_an_error_line(tmp_path, capsys):
     no traceback) and writes nothing."""
     from zoo.convert import main
     ckpt = str(RECBOLE_SASREC / "state_dict.pth")
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit) as e:          # the --set it needs here: a usage error (2) naming the fix
         main(["--model", "sasrec", "--checkpoint", ckpt, "--out", str(tmp_path / "refused")])
-    assert "error:" in str(e.value.code) and "--set num_heads" in str(e.value.code)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage:" in err and "error:" in err and "--set num_heads" in err, err
     assert not (tmp_path / "refused").exists()
     with pytest.raises(SystemExit, match="checkpoint .*missing.pth not found"):   # not "probably RecBole's Config"
         main(["--model", "sasrec", "--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x")])
@@ -1091,9 +1093,8 @@ def test_convert_cli_set_values_the_model_refuses_are_usage_errors(tmp_path, cap
     """``zoo.convert --set`` a value the model cannot be built with, a field it does not have or a value its weights
     contradict (and a --max-seq-length other than a SASRec checkpoint's positions) is a usage error (2, the usage line)
     naming the flag, as ``zoo.train --set``: it was 1, a failed run; nothing is written. The checkpoint's own settings
-    that fail the model (bad data) stay 1, --set or not; the Python API raises ValueError (zoo.evaluate.UsageError)."""
+    that fail the model (bad data) stay 1, --set or not; the Python API raises ValueError (zoo.cli.UsageError)."""
     from zoo.convert import main
-    from zoo.evaluate import UsageError
 
     ckpt = str(RECBOLE_SASREC / "state_dict.pth")
     args = ["--model", "sasrec", "--checkpoint", ckpt, "--out", str(tmp_path / "o")]

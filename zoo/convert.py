@@ -30,8 +30,9 @@ internal order, ``[PAD]`` first) to save a vocabulary.
 
 Exit statuses (:data:`export.fsutil.EXIT_CODES`): 2 a usage error -- a bad option, an ``--out`` it must not write, a
 ``--set`` (or ``--max-seq-length``) value the model cannot be built with or that the checkpoint's weights contradict
-(:class:`zoo.evaluate.UsageError`, as ``zoo.train --set``); 1 the run failed -- a checkpoint or token file that
-cannot be read, a state dict that does not fit the model, an ``--out`` that cannot be written.
+(:class:`zoo.cli.UsageError`, as ``zoo.train --set``), or no ``--set num_heads`` for a SASRec checkpoint that
+does not say it; 1 the run failed -- a checkpoint or token file that cannot be read, a state dict that does not fit
+the model, an ``--out`` that cannot be written.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Sequence
 
 import torch
 
-from .cli import cannot, check_outputs, written_whole_folder
+from .cli import UsageError, cannot, check_outputs, written_whole_folder
 from .vocab import ItemVocab, is_canonical_int_text
 
 
@@ -198,11 +199,10 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     refused before any work unless ``overwrite``, which replaces it whole (no file of the old folder is kept), and only
     a folder of a checkpoint's files (:func:`check_out_folder`).
 
-    Raises :class:`zoo.evaluate.UsageError` (a ``ValueError``; the command's usage error) for an ``overrides`` or
+    Raises :class:`zoo.cli.UsageError` (a ``ValueError``; the command's usage error) for an ``overrides`` or
     ``max_seq_length`` value the model cannot be built with or that the weights contradict (an override that is not a
     config field included), ``ValueError`` for a checkpoint that cannot be read or converted, ``FileNotFoundError``
     for a missing one."""
-    from .evaluate import UsageError
     from .modeling_utils import check_weight_tensor
     from .models import get_model_class
 
@@ -245,7 +245,7 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
             raise UsageError(f"--set {k}={v}: the checkpoint's weights say {k} = {cfg[k]}")
         cfg[k] = v
     if model_type == "sasrec" and "num_heads" not in cfg:
-        raise ValueError("SASRec's number of attention heads is not in the weights and this checkpoint carries no "
+        raise UsageError("SASRec's number of attention heads is not in the weights and this checkpoint carries no "
                          "RecBole config (or --trust-pickle was not given): pass it, e.g. --set num_heads=2 "
                          "(RecBole's default n_heads)")
     model = _build(cfg_cls, model_cls, cfg, overrides or {}, own)   # e.g. --set num_heads=null: UsageError
@@ -273,10 +273,9 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
 
 
 def _build(cfg_cls, model_cls, cfg: dict, overrides: dict, own: dict):
-    """``model_cls(cfg_cls(**cfg))``. A config it cannot be built with is a :class:`zoo.evaluate.UsageError` naming
+    """``model_cls(cfg_cls(**cfg))``. A config it cannot be built with is a :class:`zoo.cli.UsageError` naming
     ``--set`` when the ``overrides`` (``--set``) are what it fails on -- the checkpoint's ``own`` config, without
     them, builds -- else the ``ValueError`` of the checkpoint's own settings (bad data)."""
-    from .evaluate import UsageError
     from .models import build_model_class
 
     try:
@@ -349,7 +348,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     as ``zoo.train --set``); 1 for a checkpoint or token file that cannot be read or converted (a state dict that does
     not fit), or an ``--out`` that cannot be written."""
     from .cli import EXIT_CODES, command_prog
-    from .evaluate import UsageError
     from .models import get_model_class
 
     p = argparse.ArgumentParser(prog=command_prog("zoo.convert"), description=__doc__.split("\n\n")[0],

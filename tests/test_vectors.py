@@ -208,6 +208,30 @@ def test_embed_without_data_writes_items_and_keeps_an_old_file_on_failure(tmp_pa
     assert (Path(path) / "model.safetensors").read_bytes() == weights
 
 
+def test_embed_writes_the_same_bytes_each_time(tmp_path):
+    """The QA's finding: two identical zoo.embed runs wrote files that differ in bytes (the tensors equal), as
+    safetensors writes the metadata in its hash map's order, which changes from one write to the next. The header
+    is written with sorted keys now: the same input gives the same file, which still loads as it did."""
+    from safetensors import safe_open
+
+    model, path = _saved(tmp_path, "gru4rec", embedding_size=16, hidden_size=16)
+    _data(tmp_path / "d.tsv")
+    outs = [tmp_path / f"v{i}.safetensors" for i in range(3)]
+    for out in outs:
+        embed_main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--out", str(out), "--no-progress"])
+    raw = [out.read_bytes() for out in outs]
+    assert raw[0] == raw[1] == raw[2]
+    n = int.from_bytes(raw[0][:8], "little")
+    header = json.loads(raw[0][8:8 + n])
+    assert n % 8 == 0 and list(header) == sorted(header) and list(header["__metadata__"]) == sorted(
+        header["__metadata__"])
+    v = load_vectors(outs[0])
+    assert v.item_ids == ITEMS and v.users is not None
+    torch.testing.assert_close(v.items, model.item_vectors().vectors, atol=0, rtol=0)
+    with safe_open(str(outs[0]), "pt") as f:
+        assert f.metadata() == header["__metadata__"] and set(f.keys()) == {"items", "users"}
+
+
 def test_load_vectors_refuses_files_that_are_not_vectors_files(tmp_path):
     _, path = _saved(tmp_path, "gru4rec", embedding_size=16, hidden_size=16)
     with pytest.raises(ValueError, match="not a zoo vectors file"):

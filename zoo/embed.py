@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -109,7 +110,22 @@ def write_vectors(path: str | os.PathLike, model, users: tuple[list, torch.Tenso
         meta["n_users"] = str(len(user_ids))
     with written_whole_path(path) as tmp:
         save_file(tensors, tmp, metadata={**meta, **ids})
+        _sort_header(tmp)
     return meta
+
+
+def _sort_header(path: str | os.PathLike) -> None:
+    """Rewrite the safetensors file ``path`` with its JSON header's keys sorted: safetensors writes the metadata in
+    its hash map's order, which changes from run to run, so two identical runs wrote files that differ in bytes. The
+    tensors' bytes and offsets (relative to the end of the header) are unchanged; the header is padded with spaces to
+    a multiple of 8 bytes, as safetensors pads it."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header + raw[8 + n:])
 
 
 def load_vectors(path: str | os.PathLike) -> Vectors:

@@ -9,6 +9,7 @@ exactly as ``predict``. Similar items are checked against a brute-force cosine o
 from __future__ import annotations
 
 import json
+import re
 import random
 from pathlib import Path
 
@@ -382,3 +383,28 @@ def test_embed_device_threads_and_exit_statuses(tmp_path, capsys, monkeypatch):
             embed_main(argv)
         assert isinstance(e.value.code, str) and e.value.code.startswith(said) and "\n" not in e.value.code
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_recommend_tables_show_an_id_that_would_break_them_by_its_repr(tmp_path, capsys):
+    """The QA's finding: an item id holding a tab (a legal id, kept exactly) printed raw in the recommendation and
+    --similar-to tables, breaking their columns (the history line already used repr). A row shows such an id by
+    its repr now; printable ids (spaces and CJK included) as they are; --json keeps every id exactly."""
+    from zoo.models.gru4rec import GRU4RecConfig, GRU4RecModel
+
+    items = ["a\tb", "line\nbreak", "with space", "中文", "plain"]
+    torch.manual_seed(0)
+    model = GRU4RecModel(GRU4RecConfig(n_items=len(items) + 1, embedding_size=8, hidden_size=8)).eval()
+    model.set_item_vocab(ItemVocab(items))
+    model.save_pretrained(tmp_path / "m")
+    out = recommend_main(["--model", str(tmp_path / "m"), "--history", "plain", "--k", str(len(items))])
+    shown = capsys.readouterr().out
+    assert "\t" not in shown and sorted(out["items"]) == sorted(items)
+    rows = [line for line in shown.splitlines() if re.match(r"^\s+\d+  ", line)]
+    assert len(rows) == len(items)
+    for item in items:
+        assert any((repr(item) if not item.isprintable() else item) in row for row in rows), (item, shown)
+    recommend_main(["--model", str(tmp_path / "m"), "--similar-to", "a\tb", "--k", "2"])
+    shown = capsys.readouterr().out
+    assert "similar to 'a\\tb':" in shown and "\t" not in shown
+    out = recommend_main(["--model", str(tmp_path / "m"), "--history", "plain", "--k", "5", "--json"])
+    assert json.loads(capsys.readouterr().out)["items"] == out["items"] and "a\tb" in out["items"]

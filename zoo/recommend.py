@@ -222,11 +222,18 @@ def _similar(args, model, exclude: list) -> dict:
         return out
     print(f"model: {args.model} ({out['model_type']}); items nearest by cosine similarity of the item embeddings")
     for q, items, scores in zip(query, out["items"], out["scores"], strict=True):
-        print(f"similar to {q}:")
+        print(f"similar to {_table_id(q)}:")
         print(f"{'rank':>4}  {'item':>8}  {'cosine':>8}")
         for i, (item, c) in enumerate(zip(items, scores, strict=True), 1):
-            print(f"{i:>4}  {item!s:>8}  {c:8.4f}")
+            print(f"{i:>4}  {_table_id(item):>8}  {c:8.4f}")
     return out
+
+
+def _table_id(item) -> str:
+    """An id as a table row shows it: as it is, or its ``repr`` when it holds a tab, a line break or another
+    character that is not printable (which would break the columns or the line; ``--json`` gives it exactly)."""
+    text = str(item)
+    return text if text.isprintable() else repr(text)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -446,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"model: {args.model} ({out['model_type']}); history ({len(history)} items, last 10): {out['history_tail']}")
         print(f"{'rank':>4}  {'item':>8}  {'score':>8}")
         for i, (item, s) in enumerate(zip(out["items"], out["scores"], strict=True), 1):
-            print(f"{i:>4}  {item!s:>8}  {s:8.4f}")
+            print(f"{i:>4}  {_table_id(item):>8}  {s:8.4f}")
         if args.stepwise:
             print(f"stepwise (init_state + one step over the history, state {out['state_bytes']:,} bytes): "
                   f"same top-{args.k}: {out['stepwise_items'] == out['items']}, "

@@ -1084,7 +1084,7 @@ def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict, counts) -
 
 def _write_json(result: dict, path: str | None) -> str | None:
     """``--json``: ``result`` written whole to ``path``, or on stdout for ``-`` (:data:`zoo.cli.STDOUT_PATH`);
-    returns the file's ``path`` (``None`` without one, and for stdout)."""
+    returns the file's absolute path, as :func:`_write_ranks` does (``None`` without one, and for stdout)."""
     if path == STDOUT_PATH:
         json.dump(result, sys.stdout, indent=2)
         print(flush=True)
@@ -1095,7 +1095,7 @@ def _write_json(result: dict, path: str | None) -> str | None:
                 json.dump(result, f, indent=2)
         except OSError as e:
             raise SystemExit(f"error: {cannot('--json', path, e)}") from None
-    return path
+    return os.path.abspath(path) if path else None
 
 
 #: the subfolders of a card folder that hold its exported graphs (export.onnx --card-dir: step, window)

@@ -92,6 +92,7 @@ import math
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -595,6 +596,24 @@ def _events_example(uses_ts: bool) -> str:
     return '("user-7", [item_a]), ("user-42", [item_b])'
 
 
+def _sh(path) -> str:
+    """``path`` as one shell word for a command the READMEs print (``shlex.quote``: unchanged when it holds no blank or
+    shell character), with ``./`` before a relative path that begins with '-' (else taken for an option)."""
+    s = str(path)
+    return shlex.quote("./" + s if s.startswith("-") else s)
+
+
+def _sh_opt(flag: str, value: str) -> str:
+    """``flag value`` for a command the READMEs print, the value quoted (``shlex.quote``); ``flag=value`` when the
+    value begins with '-' (argparse would take it for an option)."""
+    return f"{flag}={shlex.quote(value)}" if value.startswith("-") else f"{flag} {shlex.quote(value)}"
+
+
+def _py_str(text: str) -> str:
+    """``text`` as a Python string literal for the READMEs' code: ``"text"`` when that is one, else ``repr``."""
+    return f'"{text}"' if text.isprintable() and not any(c in text for c in '"\\') else repr(text)
+
+
 def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict, max_batch: int = 64,
             vocab: bool = True, sequences: tuple[float, int] | None = None) -> str:
     """The model folder's README (``vocab``: an ``item_vocab.json`` is shipped beside the config; ``sequences``: the
@@ -661,17 +680,19 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict,
                   "(`TYPE_FP64`; float32 cannot hold epoch seconds), non-decreasing, never before the sequence's "
                   "previous event; the `export.triton_client` helpers send float64.", ""]
     lines += ["## Serve", ""]
+    mount = _sh(f"{repo}:/models")          # docker's -v HOST:/models, one shell word (as every path of a command)
     if backend == "python":
         lines += ["CPU, no Docker (nvidia-pytriton's tritonserver, python backend):", "", "```bash",
                   "bash export/triton_server_env.sh          # once: .venv-triton with nvidia-pytriton, numpy<2",
-                  f".venv-triton/bin/python export/triton_server.py --repo {repo} --http-port 8000 --grpc-port 8001",
+                  f".venv-triton/bin/python export/triton_server.py --repo {_sh(repo)} "
+                  "--http-port 8000 --grpc-port 8001",
                   "```", "", "Or in a Triton container (the python backend needs numpy + onnxruntime there):", "",
-                  "```bash", f"docker run --rm -p8000:8000 -p8001:8001 -v {repo}:/models {TRITON_IMAGE} "
+                  "```bash", f"docker run --rm -p8000:8000 -p8001:8001 -v {mount} {TRITON_IMAGE} "
                   "bash -c 'pip install onnxruntime && tritonserver --model-repository=/models'", "```"]
     elif backend == "tensorrt":
         L, max_c = _profile_limits(spec)
-        lines += ["```bash", f"bash {repo}/serve.sh      # builds 1/model.plan with trtexec + the scan plugins if "
-                  "missing, then starts Triton", "```", "",
+        lines += ["```bash", f"bash {_sh(f'{repo}/serve.sh')}      # builds 1/model.plan with trtexec + the scan "
+                  "plugins if missing, then starts Triton", "```", "",
                   f"`serve.sh` runs `{TRITON_IMAGE}`: `{name}/{ENGINE_SCRIPT}` builds the engine there with trtexec "
                   "and the settings `python -m export.trt` builds and verifies its engines with (`--stronglyTyped`"
                   + (", `--noTF32`" if spec.get("precision", "fp32") == "fp32" else "")
@@ -691,10 +712,10 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict,
                      f"`{ENGINE_SCRIPT}` set it)" if spec.get("candidates") else "")
                   + "; Triton refuses a request outside it."]
     else:
-        lines += ["```bash", f"docker run --rm -p8000:8000 -p8001:8001 -v {repo}:/models {TRITON_IMAGE} "
+        lines += ["```bash", f"docker run --rm -p8000:8000 -p8001:8001 -v {mount} {TRITON_IMAGE} "
                   "tritonserver --model-repository=/models", "```"]
     lines += ["", "## Call it", ""]
-    vocab = f', vocab="{repo}/{name}/{VOCAB_FILE}"' if vocab else ""     # without one: internal indices
+    vocab = f", vocab={_py_str(f'{repo}/{name}/{VOCAB_FILE}')}" if vocab else ""     # without one: internal indices
     if window:
         lines += ["Stateless (dynamic batching): each request carries the history window `item_ids [rows, L]`, "
                   f"`L <= {spec['max_seq_length']}` (several rows: 0-padded on the {spec['padding_side']})"
@@ -762,7 +783,8 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict,
         lines += ["", "## Benchmark it", "", "perf_analyzer (Triton's SDK container) with real histories instead of "
                   "random ids" + ("" if window else ": one stream per user, primed with its history, then one "
                                   "request per event") + ":", "", "```bash",
-                  f"python -m export.perf_data --repo {repo} --name {name} --data YOUR_INTERACTIONS --out perf.json",
+                  f"python -m export.perf_data --repo {_sh(repo)} {_sh_opt('--name', name)} --data YOUR_INTERACTIONS "
+                  "--out perf.json",
                   "```", "", "It prints the `perf_analyzer` command to run."]
     return "\n".join(lines) + "\n"
 

@@ -3442,6 +3442,83 @@ def test_generated_readme_without_a_vocabulary_says_ids_are_internal(mamba_expor
         assert "`item_vocab.json` (beside `config.pbtxt`) maps them" in text and "vocab=" in text
 
 
+def _readme_shell_lines(text):
+    """The lines of the README ``text``'s shell code fences (```bash / ```sh / plain ```), blank lines left out."""
+    out, lang = [], None                                    # lang: the open fence's language, None outside one
+    for line in text.splitlines():
+        if line.startswith("```"):
+            lang = line[3:].strip() if lang is None else None
+        elif lang in ("bash", "sh", "") and line.strip():
+            out.append(line)
+    assert lang is None, "a code fence is not closed"
+    return out
+
+
+def _check_readme_commands(repo_word, mark, text, seen, name=None):
+    """Each shell line of ``text`` splits (shlex, comments dropped) with the repository path ``repo_word`` whole in
+    one word, once per ``mark`` (a part of the path that quoting leaves as it is) in the line: the word itself,
+    ``repo_word/...``, or docker's ``repo_word:/models``; the flags of the python commands parse (argparse) to that
+    repository and model ``name``. Adds what each line runs to ``seen``."""
+    import argparse
+    import shlex
+
+    flags = argparse.ArgumentParser(add_help=False)
+    for flag in ("--repo", "--name", "--data", "--out", "--http-port", "--grpc-port"):
+        flags.add_argument(flag)
+    for line in _readme_shell_lines(text):
+        args = shlex.split(line, comments=True)
+        words = [a for a in args if repo_word in a]
+        assert len(words) == line.count(mark), line                  # the path never split over words
+        assert all(a in (repo_word, f"{repo_word}:/models") or a.startswith(f"{repo_word}/") for a in words), line
+        if args[:2] == ["docker", "run"]:
+            assert args[args.index("-v") + 1] == f"{repo_word}:/models", line
+            seen.add("docker")
+        elif args[:3] == ["python", "-m", "export.perf_data"]:
+            ns, _ = flags.parse_known_args(args[3:])
+            assert (ns.repo, ns.name) == (repo_word, name), line
+            seen.add("perf_data")
+        elif args[1:2] == ["export/triton_server.py"]:
+            assert flags.parse_known_args(args[2:])[0].repo == repo_word, line
+            seen.add("triton_server")
+        elif args[0] == "bash" and args[1].endswith("/serve.sh"):
+            assert args == ["bash", f"{repo_word}/serve.sh"], line
+            seen.add("serve.sh")
+
+
+def test_readme_commands_survive_an_unusual_repository_path(mamba_export, tmp_path):
+    """The commands the generated READMEs give were the repository path pasted raw (``-v PATH:/models``, ``--repo
+    PATH``): a path with a blank, a quote or '$' split or broke them. Every shell line of every README written (each
+    model folder's, the index, plugins/) now keeps the path one word, docker's ``-v`` argument one word, a model name
+    beginning with '-' is passed as ``--name=NAME``, and the clients' ``vocab=`` is the path as a Python string. A
+    relative path beginning with '-' (``_readme`` of a repository not resolved) gets ``./``."""
+    import ast
+    import pathlib
+
+    repo = (tmp_path / "triton é 中文 a'b \"c\" $x").resolve()
+    vocab = str(mamba_export / "item_vocab.json")
+    for name, backend, state in (("m_py", "python", "implicit"), ("m_ort", "onnxruntime", "implicit"),
+                                 ("-m_trt", "tensorrt", "implicit"), ("m_ex", "onnxruntime", "explicit")):
+        T.write_repository(mamba_export, repo, name=name, backend=backend, state=state, vocab_path=vocab)
+    seen, readmes = set(), sorted(repo.rglob("README.md"))
+    assert repo / "README.md" in readmes and repo / "-m_trt" / "plugins" / "README.md" in readmes
+    for readme in readmes:
+        text = readme.read_text(encoding="utf-8")
+        name = readme.parent.name if readme.parent.parent == repo else None
+        _check_readme_commands(str(repo), "中文", text, seen, name)
+        for block in re.findall(r"```python\n(.*?)```", text, re.S):
+            vocabs = [k.value.value for node in ast.walk(ast.parse(block)) if isinstance(node, ast.Call)
+                      for k in node.keywords if k.arg == "vocab"]
+            assert vocabs == [str(repo / name / "item_vocab.json")], block
+    assert seen == {"docker", "perf_data", "triton_server", "serve.sh"}
+    spec = T.read_spec(mamba_export)
+    seen = set()
+    for backend in ("python", "tensorrt", "onnxruntime"):
+        text = T._readme(pathlib.Path("-r x"), "m", backend, "implicit", spec)
+        _check_readme_commands("./-r x", "r x", text, seen, "m")
+        assert " -r x" not in text and " '-r x" not in text, text
+    assert seen == {"docker", "perf_data", "triton_server", "serve.sh"}
+
+
 def test_generated_readme_states_the_sequence_slots(mamba_export, tmp_path):
     """The implicit-state README says how many live sequences the batcher holds and when an idle one is freed, and
     that end() frees a slot from any client; the explicit-state one has no sequence slots."""

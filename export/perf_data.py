@@ -150,7 +150,8 @@ def perf_input_data(cfg, spec: dict, ds, users: int = 256, events: int = 10, pri
 
 def perf_analyzer_command(cfg, out: str | os.PathLike, n_streams: int) -> str:
     """The ``perf_analyzer`` line for the written file (gRPC on the default port; concurrency sweep 1..64)."""
-    cmd = f"perf_analyzer -m {cfg.name} -i grpc -u localhost:8001 --input-data {out} --concurrency-range 1:64:2"
+    cmd = (f"perf_analyzer -m {T._sh(cfg.name)} -i grpc -u localhost:8001 --input-data {T._sh(out)} "
+           "--concurrency-range 1:64:2")                       # each value one shell word (a path with a blank)
     if cfg.HasField("sequence_batching"):
         # one correlation id per live sequence: more ids than the concurrency, fewer than the batcher's slots
         cmd += f" --sequence-id-range 1:{max(64, n_streams)}"

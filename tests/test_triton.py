@@ -3485,6 +3485,21 @@ def _check_readme_commands(repo_word, mark, text, seen, name=None):
             seen.add("serve.sh")
 
 
+def test_the_perf_analyzer_line_keeps_a_path_with_a_blank_one_word():
+    """export.perf_data printed ``--input-data {out}`` raw: an --out with a blank (or one beginning with '-') gave a
+    perf_analyzer line the shell splits. Each value is one shell word now."""
+    import shlex
+    import types
+
+    from export.perf_data import perf_analyzer_command
+
+    cfg = types.SimpleNamespace(name="m", HasField=lambda field: False)
+    for out in ("/tmp/perf é 中文/data.json", "-data.json", "plain.json"):
+        words = shlex.split(perf_analyzer_command(cfg, out, 3))
+        given = words[words.index("--input-data") + 1]
+        assert given in (out, "./" + out), words
+
+
 def test_readme_commands_survive_an_unusual_repository_path(mamba_export, tmp_path):
     """The commands the generated READMEs give were the repository path pasted raw (``-v PATH:/models``, ``--repo
     PATH``): a path with a blank, a quote or '$' split or broke them. Every shell line of every README written (each

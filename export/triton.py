@@ -101,7 +101,8 @@ from typing import Sequence
 
 from . import plugin_spec as ps
 from .deps import require
-from .fsutil import EXIT_CODES, EXIT_ERROR, EXIT_OK, EXIT_VERIFY_FAILED, command_prog, exit_with, file_sha256
+from .fsutil import (EXIT_CODES, EXIT_ERROR, EXIT_OK, EXIT_VERIFY_FAILED, command_prog, exit_with, file_sha256,
+                     shell_option)
 
 SPEC_FILE = "state_spec.json"
 GRAPH_FILE = "model.onnx"
@@ -603,10 +604,6 @@ def _sh(path) -> str:
     return shlex.quote("./" + s if s.startswith("-") else s)
 
 
-def _sh_opt(flag: str, value: str) -> str:
-    """``flag value`` for a command the READMEs print, the value quoted (``shlex.quote``); ``flag=value`` when the
-    value begins with '-' (argparse would take it for an option)."""
-    return f"{flag}={shlex.quote(value)}" if value.startswith("-") else f"{flag} {shlex.quote(value)}"
 
 
 def _py_str(text: str) -> str:
@@ -783,7 +780,7 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict,
         lines += ["", "## Benchmark it", "", "perf_analyzer (Triton's SDK container) with real histories instead of "
                   "random ids" + ("" if window else ": one stream per user, primed with its history, then one "
                                   "request per event") + ":", "", "```bash",
-                  f"python -m export.perf_data --repo {_sh(repo)} {_sh_opt('--name', name)} --data YOUR_INTERACTIONS "
+                  f"python -m export.perf_data --repo {_sh(repo)} {shell_option('--name', name)} --data YOUR_INTERACTIONS "
                   "--out perf.json",
                   "```", "", "It prints the `perf_analyzer` command to run."]
     return "\n".join(lines) + "\n"

@@ -1986,3 +1986,90 @@ def test_a_bundled_models_short_name_points_at_its_hub_id():
     with pytest.raises(ValueError) as e:
         resolve_pretrained("no-such-model")
     assert "did you mean" not in str(e.value)
+
+
+@pytest.mark.parametrize("flag,value,text", [
+    ("--model", "hub_cards/tiny", "--model hub_cards/tiny"),           # the usual form, as the bundled cards have it
+    ("--data", "my data.tsv", "--data 'my data.tsv'"),
+    ("--model", "-card", "--model=-card"),                            # a leading dash: joined to the option
+    ("--data", "-my data.tsv", "'--data=-my data.tsv'"),
+    ("--out", "-", "--out=-")])
+def test_shell_option_runs_as_shown_for_a_value_that_begins_with_a_dash(flag, value, text):
+    """``--model -card`` (shlex.quote leaves a leading dash as it is) is argparse's ``expected one argument``: a value
+    that begins with ``-`` is written joined to its option, any other as ``--flag VALUE``."""
+    import argparse
+    import shlex
+
+    from export.fsutil import shell_option      # one helper: zoo.hub, zoo.train and export.triton's READMEs
+
+    assert shell_option(flag, value) == text
+    p = argparse.ArgumentParser()
+    p.add_argument(flag)
+    assert vars(p.parse_args(shlex.split(text))) == {flag.lstrip("-"): value}
+
+
+def test_a_card_of_folders_and_data_that_begin_with_a_dash_writes_commands_that_run(tmp_path, monkeypatch, capsys):
+    """A run folder ``-dash``, data ``-w.tsv`` and a card folder ``-card`` (given as ``--run=-dash``): the card's
+    evaluate commands wrote ``--model -card --data -w.tsv`` (argparse: ``expected one argument``), and re-measuring
+    the card with its ONNX graph re-exported it with ``["--data", "-w.tsv"]``, which export.onnx refused (exit 2).
+    The commands run as written now, and the re-export works."""
+    import shlex
+    import shutil
+
+    from export.onnx import main as onnx_main
+    from zoo.evaluate import main as evaluate_main
+
+    data, _ = _tiny_gru4rec_run(tmp_path)
+    shutil.copytree(tmp_path / "a", tmp_path / "-dash")
+    shutil.copyfile(data, tmp_path / "-w.tsv")
+    monkeypatch.chdir(tmp_path)
+    hub.main(["card", "--run=-dash", "--name", "dash-card", "--data=-w.tsv", "--out=-card", "--no-progress"])
+    info = json.loads((tmp_path / "-card" / "eval_results.json").read_text())
+    command = info["protocol"]["command"]
+    assert command == "python -m zoo.evaluate --model=-card --data=-w.tsv --kcore none", command
+    assert f"`{command}`" in (tmp_path / "-card" / "README.md").read_text()
+    again = evaluate_main(shlex.split(command)[3:] + ["--no-progress"])
+    assert again["metrics"] == pytest.approx(info["metrics"])
+    for baseline in info["baselines"].values():
+        words = shlex.split(baseline["command"])
+        assert words[3:5] == ["--baseline", words[4]] and "--data=-w.tsv" in words, words
+        assert evaluate_main(words[3:] + ["--no-progress"])["metrics"]["NDCG@10"] == pytest.approx(
+            baseline["metrics"]["NDCG@10"])
+    assert onnx_main(["--model=-card", "--card-dir=-card", "--topk", "5", "--verify-prime", "10",
+                      "--verify-steps", "10", "--verify-cases", "50"]) == 0
+    capsys.readouterr()
+    hub.main(["card", "--run=-card", "--name", "dash-card", "--data=-w.tsv", "--out=-card", "--no-progress"])
+    out = capsys.readouterr().out
+    assert "python -m export.onnx --model=-card --card-dir=-card --kind step --topk 5 --data=-w.tsv" in out, out
+    spec = json.loads((tmp_path / "-card" / "onnx" / "state_spec.json").read_text())
+    assert spec["verification"]["passed"]
+
+
+def test_an_unfinished_runs_fallback_command_names_a_dash_folder_as_it_runs(tmp_path, monkeypatch):
+    """A log without its command: the ``--resume`` hint for a run folder ``-run`` said ``--out -run``."""
+    run = tmp_path / "-run"
+    (run / "resume").mkdir(parents=True)
+    (run / "resume" / "state.json").write_text("{}")
+    (run / "train_log.json").write_text(json.dumps({"epochs": [{"epoch": 1}]}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=re.escape("`python -m zoo.train ... --out=-run --resume`")):
+        hub.check_finished("-run")
+
+
+@pytest.mark.parametrize("name", ["../esc", "/abs/esc", "a/b", "name é 中文", "é中文", "-x", "x-", ".x", "x.", "a--b",
+                                  "a..b", "..", "x.git", "a b", "", "x" * 97])
+def test_card_refuses_a_name_that_is_no_hub_repository_name(tmp_path, monkeypatch, capsys, name):
+    """``--name`` is the default --out's folder name and the Hub name: ``../esc`` wrote outside hub_cards/, an
+    absolute name replaced the whole path, ``name é 中文`` was taken though the Hub refuses it. A usage error naming
+    --name, before any work (the run and the data are not even looked at); nothing written."""
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    with exits(capsys, 2, re.escape(f"--name {name!r}: ")):
+        hub.main(["card", "--run", str(tmp_path / "no-run"), f"--name={name}", "--data", str(tmp_path / "no.tsv")])
+    assert [p.name for p in tmp_path.rglob("*")] == ["sub"]
+
+
+def test_card_names_of_the_bundled_cards_and_the_docs_are_valid():
+    """The names the bundled cards, the tests and README use pass the --name check (``x`` * 96 is the longest)."""
+    names = [*hub.bundled_models(), "tiny", "tiny-b4r", "g", "x", "dash-card", "mamba4rec-shop", "a_b.c", "x" * 96]
+    assert {n: hub.card_name_problem(n) for n in names} == {n: None for n in names}

@@ -457,6 +457,27 @@ def test_a_checkpoint_given_as_model_points_at_init_from(tmp_path, capsys, monke
     assert not (tmp_path / "o").exists()
 
 
+def test_the_init_from_hint_for_a_folder_that_begins_with_a_dash_runs_as_shown(tmp_path, capsys, monkeypatch):
+    """``--model=-ckpt`` (a checkpoint folder whose name begins with '-'): the hint said ``--init-from -ckpt``, which
+    argparse reads as two options (shlex.quote leaves a leading dash as it is); it says ``--init-from=-ckpt`` now,
+    and the hint parses back to that folder."""
+    import shlex
+
+    from zoo.train import build_parser
+
+    (tmp_path / "-ckpt").mkdir()
+    (tmp_path / "-ckpt" / "config.json").write_text(json.dumps({"model_type": "gru4rec"}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train_main(["--model=-ckpt", "--data", str(tmp_path / "not-read.tsv"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.endswith("to start from a checkpoint use --init-from=-ckpt --model gru4rec"), err
+    hint = err.rsplit(" use ", 1)[1]
+    args = build_parser().parse_args(shlex.split(hint) + ["--data", "d", "--out", "o"])
+    assert (args.init_from, args.model) == ("-ckpt", "gru4rec")
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_init_from_checkpoint_that_cannot_be_found_fails_the_run(tmp_path, capsys):
     """--init-from a folder that is not there: the run fails (exit 1, an input that cannot be found, as a missing
     --data), in one line naming the flag, before any work."""

@@ -17,16 +17,39 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import sys
 from typing import Sequence
 
-from .cli import cannot, check_outputs, columns_argv, error_text, written_whole, written_whole_folder
+from .cli import (cannot, check_outputs, columns_argv, error_text, shell_option, written_whole,
+                  written_whole_folder)
 from .data.benchmarks import BENCHMARKS, recognise_benchmark
 from .pretrained import HUB_ORG, PLACEHOLDER_ORGS, bundled_models, weights_sha256
 
 logger = logging.getLogger(__name__)
+
+
+#: a card name (``zoo.hub card --name``): the folder name of the default ``--out`` and the name part of a Hub repo id,
+#: so what the Hub accepts as one (huggingface_hub's ``validate_repo_id`` for a single component, ASCII only): letters,
+#: digits, ``-``, ``_`` and ``.``, 1 to 96 of them, beginning and ending with a letter, digit or ``_``
+CARD_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
+
+
+def card_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a card's name (:data:`CARD_NAME`; also no ``--`` or ``..``, no ``.git`` end, as the Hub
+    forbids), or None for a valid one: it is used as a path component and as a Hub repository name, so a name with a
+    ``/``, a ``..`` or a leading ``/`` would write outside ``hub_cards/``."""
+    if not CARD_NAME.fullmatch(name):
+        return ("a card's name is a Hub repository name and a folder name: 1 to 96 ASCII letters, digits, '-', '_' or "
+                "'.', beginning and ending with a letter, digit or '_'")
+    if "--" in name or ".." in name:
+        return "a Hub repository name may not hold '--' or '..'"
+    if name.endswith(".git"):
+        return "a Hub repository name may not end with '.git'"
+    return None
+
 
 SSM_MODELS = ("mamba4rec", "lrurec", "tim4rec", "tim4rec_causal", "ssd4rec")
 #: the reference numbers the cards compare against, each with a source a card's reader can look up (a paper, a public
@@ -772,10 +795,10 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     bundled = is_bundled_card(out_dir, name)
     model_ref = f"{HUB_ORG}/{name}" if bundled else (repo_id or out_dir)   # what the card's commands load
 
-    def evaluate_command(masked: bool, source: str = f"--model {shlex.quote(model_ref)}") -> str:
+    def evaluate_command(masked: bool, source: str = shell_option("--model", model_ref)) -> str:
         # the data as given (a bare file name fails from anywhere but its folder; the CLIs read no data folder)
-        return f"python -m zoo.evaluate {source} --data {shlex.quote(os.fspath(data))}" + data_flags(data_options) + (
-            " --unknown-items drop" if unknown_items == "drop" and source.startswith("--model") else "") + (
+        return f"python -m zoo.evaluate {source} {shell_option('--data', data)}" + data_flags(data_options) + (
+            " --unknown-items drop" if unknown_items == "drop" and not source.startswith("--baseline") else "") + (
             " --exclude-history" if masked else "")
 
     baselines = {kind: {"metrics": evaluate_baseline(kind, split.train, test, int(model.config.n_items), ks=(10,),
@@ -852,7 +875,7 @@ def check_finished(run_dir: str | os.PathLike) -> None:
     missing = [k for k in FINISHED_KEYS if k not in log]
     if not missing:
         return
-    command = str(log.get("command") or "python -m zoo.train ... --out " + shlex.quote(str(run_dir)))
+    command = str(log.get("command") or "python -m zoo.train ... " + shell_option("--out", str(run_dir)))
     how = (f"finish it with `{command}{'' if '--resume' in command.split() else ' --resume'}` (from the directory it "
            "was started in), then card it" if resume_dir(run_dir) else
            f"it holds no resume state ({RESUME_DIR}/) to continue from: train it again")
@@ -1018,12 +1041,23 @@ def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str 
 
     from export.onnx import main as onnx_main
 
-    argv = ["--model", str(card_dir), "--card-dir", str(card_dir), *args] + (["--data", data] if data else []) + \
-        columns_argv(columns)
     staged, final = str(card_dir), str(shown_as or card_dir)
+    # every value joined to its option (``--data=-x.csv``): argparse reads a separate value that begins with '-' as
+    # an option; ``args`` (:func:`existing_onnx_exports`) are flags, and options each followed by its value (those of
+    # ``valued``; another's value stays a word of its own, as before)
+    valued = {"--kind", "--topk", "--time-input"}
+    options, words = [("--model", staged), ("--card-dir", staged)], list(args)
+    while words:
+        word = words.pop(0)
+        options.append((word, words.pop(0)) if word in valued and words else (word, None))
+    if data:
+        options.append(("--data", os.fspath(data)))
+    argv = [o if v is None else f"{o}={v}" for o, v in options] + columns_argv(columns)
+    shown = [shlex.quote(o) if v is None else shell_option(o, v.replace(staged, final)) for o, v in options] + \
+        [shlex.quote(w) for w in columns_argv(columns)]
     print("[zoo.hub] re-exporting (and verifying) the card's ONNX graph from its weights"
           + (f" (into a staged copy of {final}, renamed to it once the whole card is written)" if shown_as else "")
-          + f": python -m export.onnx {' '.join(shlex.quote(a.replace(staged, final)) for a in argv)}", flush=True)
+          + f": python -m export.onnx {' '.join(shown)}", flush=True)
     with contextlib.redirect_stdout(_Shown(sys.stdout, staged, final)), \
             contextlib.redirect_stderr(_Shown(sys.stderr, staged, final)):
         rc = onnx_main(argv)
@@ -1072,9 +1106,11 @@ def push(folder: str, repo_id: str, private: bool = False, token: str | None = N
         raise ExtraFilesError(f"{folder} holds files that are no part of a model card ({_listed(extra)}): push "
                               "uploads the whole folder, so they would be published; remove them (or move them out), "
                               "or pass --allow-extra to publish them too")
+    import importlib
+
     from transformers import AutoModel
 
-    import zoo  # noqa: F401  (registers the zoo models with AutoModel)
+    importlib.import_module("zoo")     # registers the zoo models with AutoModel
 
     try:
         AutoModel.from_pretrained(folder)
@@ -1129,7 +1165,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                  "re-measures and re-writes it in place)")
     c.add_argument("--name", required=True,
                    help="the model's name: the card's title, and the folder name of the default --out "
-                        "(hub_cards/<name>); a bundled card's Hub id is ssm-rec-zoo/<name>")
+                        "(hub_cards/<name>); a bundled card's Hub id is ssm-rec-zoo/<name>; a valid Hub repository "
+                        "name: ASCII letters, digits, '-', '_', '.' (at most 96, no '--' or '..', not beginning or "
+                        "ending with '-' or '.')")
     c.add_argument("--data", required=True,
                    help="the interaction file the run was trained on, read as its log says (k-core, order of ties, "
                         "columns); the card's test metrics are measured on its leave-one-out test split")
@@ -1182,6 +1220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.cmd == "card":
         from export.deps import MissingDependencyError
 
+        problem = card_name_problem(args.name)   # a path component and a Hub name: '../x', '/x', 'a b' are neither
+        if problem:
+            c.error(f"--name {args.name!r}: {problem}")
         try:
             notes = pathlib.Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
         except (OSError, UnicodeDecodeError) as e:

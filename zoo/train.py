@@ -1163,8 +1163,8 @@ def checkpoint_hint(value: str) -> str:
     (``org/name``) or a bundled model's name --: the hint to start from it with ``--init-from`` (and, where the
     checkpoint's config says it, ``--model`` its type); ``""`` for any other value."""
     import re
-    import shlex
 
+    from .cli import shell_option   # ``--init-from=-x`` for a folder that begins with '-': it runs as shown
     from .pretrained import HUB_ORG, _bundled_for, bundled_models
 
     if os.path.isdir(value):
@@ -1183,7 +1183,7 @@ def checkpoint_hint(value: str) -> str:
         except (OSError, ValueError, AttributeError):
             pass
     return (f"; {value} names a checkpoint, and --model is the type of a new model: to start from a checkpoint use "
-            f"--init-from {shlex.quote(start)} --model {model_type if isinstance(model_type, str) else 'TYPE'}")
+            f"{shell_option('--init-from', start)} --model {model_type if isinstance(model_type, str) else 'TYPE'}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -956,3 +956,78 @@ def test_kcore_max_iterations_counts_the_rounds_that_drop_rows():
         kcore_filter(Interactions(np.array([1, 1, 2]), np.array([5, 5, 6])), 2, 2, max_iterations=0)
     with pytest.raises(ValueError, match="max_iterations must be >= 0"):
         kcore_filter(Interactions(np.array([1, 1]), np.array([5, 5])), 2, 2, max_iterations=-1)
+
+
+# ----------------------------------------------------------------------------------------------- blanks around ids
+def test_a_quoted_id_keeps_its_blanks_items_and_users(tmp_path):
+    """QA s40 #4: blanks were stripped after the csv module unquoted a field, so the quoted ids ' pad' and 'pad ' and
+    the unquoted 'pad' became one item, and users ' u1' (quoted) and 'u1' one user with both histories interleaved
+    ([[1, 3, 2, 4]]). A quoted field keeps its blanks, as pandas and RecBole read it."""
+    items = write(tmp_path / "sp.tsv", 'user_id\titem_id\ttimestamp\nu1\t" pad"\t1\nu1\tpad\t2\nu1\t"pad "\t3\n')
+    assert read_interactions(items).item.tolist() == [" pad", "pad", "pad "]
+    assert load_dataset(items, kcore=0).vocab.items == [" pad", "pad", "pad "]
+    users = write(tmp_path / "su.csv", 'user_id,item_id,timestamp\n" u1",a,1\n" u1",b,2\nu1,c,1\nu1,d,2\n')
+    assert read_interactions(users).user.tolist() == [" u1", " u1", "u1", "u1"]
+    ds = load_dataset(users, kcore=0)
+    assert ds.n_users == 2 and [s.tolist() for s in ds.sequences] == [[1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize("name, text, column, first, second, read_as", [
+    # unquoted ' pad' and 'pad' / 'pad ' (csv.writer writes them so): one id after stripping -- refused, fast path
+    ("e.csv", "user_id,item_id,timestamp\nu0, pad,1\nu0,pad,2\n", "item_id", "' pad' (line 2)", "'pad' (line 3)",
+     "pad"),
+    ("e.tsv", "user_id\titem_id\nu0\t pad\nu0\tx\nu0\tpad \n", "item_id", "' pad' (line 2)", "'pad ' (line 4)", "pad"),
+    ("e.inter", "user_id:token\titem_id:token\nu1\ta\nu1 \tb\n", "user_id", "'u1' (line 2)", "'u1 ' (line 3)", "u1"),
+    # users, with blank lines (the line-aware path): the lines named are the file's
+    ("u.csv", "user_id,item_id\nu1,a\n\nu1 ,b\n", "user_id", "'u1' (line 2)", "'u1 ' (line 4)", "u1"),
+    # a quoted 'pad' and an unquoted ' pad' (csv path)
+    ("q.csv", 'user_id,item_id\nu0, pad\nu0,"pad"\n', "item_id", "' pad' (line 2)", "'\"pad\"' (line 3)", "pad"),
+    # MovieLens .dat (string ids; no quoting there)
+    ("ratings.dat", "u1::a::5::1\nu1:: a::5::2\n", "item (2nd field)", "'a' (line 1)", "' a' (line 2)", "a"),
+])
+def test_stripping_blanks_that_would_merge_two_ids_is_refused(tmp_path, name, text, column, first, second, read_as):
+    """Blanks around an unquoted id are still dropped, but when that makes two spellings one id the file is refused,
+    naming the file, the column, both spellings and a line of each, and the way out; they were merged silently."""
+    way_out = "quote the ids whose blanks" if name != "ratings.dat" else "this format has no quoting"
+    with pytest.raises(ValueError) as e:
+        read_interactions(write(tmp_path / name, text))
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / name}: column {column!r}: the ids {first} and {second} are both read as "
+                          f"{read_as!r}") and "merge two ids into one silently" in msg and way_out in msg, msg
+
+
+def test_an_id_quoted_on_one_line_and_not_on_another_is_refused(tmp_path):
+    """' pad' quoted keeps its blank, ' pad' unquoted loses it: one spelling would be two ids -- refused too."""
+    with pytest.raises(ValueError, match=r"s.csv: column 'item_id': the id ' pad' is read as 'pad' on line 2 "
+                                         r"\(' pad'\) and as ' pad' on line 3 \('\" pad\"'\).*make one id two"):
+        read_interactions(write(tmp_path / "s.csv", 'user_id,item_id\nu0, pad\nu0," pad"\n'))
+
+
+def test_blanks_around_ids_without_a_collision_are_dropped_unless_quoted(tmp_path):
+    """No two spellings meet: unquoted ids lose their blanks as before ('1, 2, 3' files, trailing spaces), quoted ones
+    keep them in the same file; integer columns are integers whatever the blanks (' 7', '" 7"' and '7' are 7)."""
+    x = read_interactions(write(tmp_path / "n.csv", 'user_id, item_id, timestamp\nu1, a , 1\nu1," b", 2\n'
+                                                    'u2 , a , 3\n'))
+    assert x.user.tolist() == ["u1", "u1", "u2"] and x.item.tolist() == ["a", " b", "a"]
+    ints = read_interactions(write(tmp_path / "i.csv", 'user_id,item_id\n" 7",1\n7, 2\n8,"2 "\n'))
+    assert ints.user.dtype == np.int64 and ints.user.tolist() == [7, 7, 8] and ints.item.tolist() == [1, 2, 2]
+    seq = read_interactions(write(tmp_path / "n.seq", "user_id\titem_ids_chronological\n u1 \ta b\nu2\tc\n"))
+    assert seq.user.tolist() == ["u1", "u1", "u2"]
+
+
+def test_a_seq_user_spelled_with_and_without_blanks_is_named_with_both_spellings(tmp_path):
+    with pytest.raises(ValueError, match=r"s.seq: user 'u1' is listed twice, as 'u1' \(line 2\) and ' u1' \(line 3\): "
+                                         r"blanks around an id are dropped"):
+        read_interactions(write(tmp_path / "s.seq", "user_id\titem_ids_chronological\nu1\ta b\n u1\tc\n"))
+
+
+def test_parquet_string_ids_that_differ_only_in_blanks_are_refused(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"user_id": ["u1", "u1", "u2"], "item_id": ["a", "a ", "b"]}), tmp_path / "p.parquet")
+    with pytest.raises(ValueError, match=r"p.parquet: column 'item_id': the ids 'a' \(row 1\) and 'a ' \(row 2\) are "
+                                         r"both read as 'a'.*this format has no quoting"):
+        read_interactions(tmp_path / "p.parquet")
+    pq.write_table(pa.table({"user_id": [" u1", "u1 "], "item_id": ["a", "b"]}), tmp_path / "p2.parquet")
+    with pytest.raises(ValueError, match=r"column 'user_id': the ids ' u1' \(row 1\) and 'u1 ' \(row 2\)"):
+        read_interactions(tmp_path / "p2.parquet")

@@ -28,11 +28,19 @@ refused, naming their compression):
 :func:`read_interactions` picks the format from the header / file name (``format="auto"``).
 
 Ids are kept as they are in the file: ``int64`` arrays when every id of a column is a canonical integer (``7``, not
-``07``, ``+7`` or ``7_0``: those stay distinct ids), else ``str`` arrays; blanks around an id are dropped, an empty id
-is refused. Every line must have the header's number of fields; the first line that does not is named. Lines of
-blanks only (spaces, tabs) are blank lines, skipped wherever they are. A field that starts with ``"`` is CSV-quoted
-(any separator): it must end with its closing quote (``""`` for a quote inside), on its own line; an unbalanced quote
-is refused, naming its line (it would swallow the next lines). A ``"`` inside a field is part of the id.
+``07``, ``+7`` or ``7_0``: those stay distinct ids; blanks around an integer are not part of it: `` 7`` and ``" 7"``
+are 7, as pandas reads numbers), else ``str`` arrays, compared code point by code point. Blanks (``str.isspace``:
+spaces, tabs, ...) around an unquoted id are dropped (``1, 2, 3`` files, trailing spaces); a quoted field keeps them
+(``" pad"`` is the id `` pad``, as pandas and RecBole read it). When dropping them would make two spellings one id
+(`` pad`` and ``pad`` -- or ``"pad"`` -- in one column), or one spelling two ids (`` pad`` quoted on one line, not
+on another), the file is refused, naming the column, both spellings and a line of each: ids are never merged
+silently (quote the ids whose blanks are part of them; the MovieLens, ``.seq`` and Parquet readers have no quoting:
+there, remove the blanks). An empty or blank id is refused. Every line must have the header's number of fields; the
+first line that does not is named. Lines of blanks only (spaces, tabs) are blank lines, skipped wherever they are. A
+field that starts with ``"`` is CSV-quoted (any separator; a ``"`` after a blank does not start one): it must end
+with its closing quote (``""`` for a quote inside) on its own line -- a quoted field cannot span lines (an id with a
+line break cannot be read); an unbalanced quote is refused, naming its line (it would swallow the next lines). A
+``"`` inside a field is part of the id.
 
 Text files are UTF-8 (a byte-order mark is dropped). A file with a byte that is not UTF-8 is refused, naming its line
 and byte offset, except a MovieLens ``.dat`` file, which is read as latin-1 (the MovieLens files' encoding) unless it
@@ -288,13 +296,25 @@ def _check_encoding(path: str, text: str, fmt: str | None, not_utf8: tuple[int, 
                          "MovieLens files' encoding) would change its UTF-8 ids; convert it to one encoding (UTF-8)")
 
 
-def _where(path: str, column: str, first_line: int, line_numbers=None):
+class _Where:
     """Token position -> ``"path, line N, column 'c'"`` (``line_numbers``: 1-based line of each token position when
-    lines were skipped; default: consecutive lines starting at ``first_line``)."""
-    def where(i: int) -> str:
-        line = int(line_numbers[i]) if line_numbers is not None else first_line + i
-        return f"{path}, line {line}, column {column!r}"
-    return where
+    lines were skipped; default: consecutive lines starting at ``first_line``; ``unit``: ``"row"`` for Parquet).
+    ``path``, ``column`` and ``line(i)`` are there for messages that name two lines."""
+
+    def __init__(self, path: str, column: str, first_line: int, line_numbers=None, unit: str = "line"):
+        self.path, self.column, self.first_line, self.line_numbers, self.unit = (path, column, first_line,
+                                                                                 line_numbers, unit)
+
+    def line(self, i: int) -> int:
+        return int(self.line_numbers[i]) if self.line_numbers is not None else self.first_line + i
+
+    def __call__(self, i: int) -> str:
+        return f"{self.path}, {self.unit} {self.line(i)}, column {self.column!r}"
+
+
+def _where(path: str, column: str, first_line: int, line_numbers=None) -> _Where:
+    """Token position -> ``"path, line N, column 'c'"`` (see :class:`_Where`)."""
+    return _Where(path, column, first_line, line_numbers)
 
 
 _POW10 = 10 ** np.arange(1, 20, dtype=np.uint64)   # 10 .. 10**19: digits of |v| = 1 + searchsorted(_POW10, |v|)
@@ -312,12 +332,17 @@ def _canonical_ints(tokens: list[str], values: np.ndarray, ascii: bool = False) 
     return int(canonical.sum()) == sum(map(len, tokens))
 
 
-def _ids(tokens: list[str], where=None, ascii: bool = False) -> np.ndarray:
-    """Id column: int64 when every token (stripped) is a canonical integer, else a str array (tokens stripped).
+def _ids(tokens: list[str], where=None, ascii: bool = False, quoted=None, quotable: bool = True) -> np.ndarray:
+    """Id column ``[N]``: int64 when every token (blanks around it dropped) is a canonical integer, else a str array.
 
     ``007``, ``07`` and ``7`` are three different ids, so a column with any non-canonical integer spelling stays a
-    str column (int() would merge them). An empty id is refused (``where(i)`` names the line), never made an id.
-    ``ascii``: the tokens are known to be ASCII (saves a pass over them).
+    str column (int() would merge them); blanks around an integer are not part of it (`` 7`` is 7, as pandas reads
+    numbers). In a str column the blanks (``str.isspace``) around an unquoted token are dropped, those of a quoted
+    one kept (``quoted(i)``: token ``i`` was a CSV-quoted field; ``None``: no token was); when dropping them would
+    make two spellings one id, or one spelling two ids (quoted on one line, not on another), a ``ValueError`` names
+    both with their lines (:func:`_check_blanks`), never merging them. An empty (or blank) id is refused
+    (``where(i)``, a :class:`_Where`, names the line), never made an id. ``ascii``: the tokens are known to be ASCII
+    (saves a pass over them); ``quotable``: the format has CSV quoting (the way out the message offers).
     """
     try:
         values = np.array(tokens, dtype=np.int64)   # same rules as int(); ~2x faster than fromiter(map(int))
@@ -331,7 +356,66 @@ def _ids(tokens: list[str], where=None, ascii: bool = False) -> np.ndarray:
     if "" in stripped:
         i = stripped.index("")
         raise ValueError(f"{where(i) if where else 'id column'}: empty id")
+    if sum(map(len, stripped)) != sum(map(len, tokens)):           # some token had blanks around it (rare)
+        _check_blanks(tokens, stripped, where, quoted, quotable)
     return np.array(stripped, dtype=str)
+
+
+def _check_blanks(tokens: list[str], ids: list[str], where, quoted, quotable: bool) -> None:
+    """Put back (in ``ids``, the ``tokens`` stripped) the blanks of the quoted tokens (``quoted(i)``), then refuse
+    (``ValueError``) a column in which dropping the blanks of the unquoted ones changes which tokens are one id.
+
+    Read as pandas reads them, each token is its own id (``tokens`` hold the quoted fields without their quotes);
+    here an unquoted token loses its blanks. That is harmless unless it makes two spellings one id (`` pad`` and
+    ``pad``, or ``pad`` quoted) -- two users' histories interleaved, silently -- or one spelling two ids (`` pad``
+    quoted on one line, kept, and not on another, read as ``pad``). Both show as a pair of (id, token) that is not
+    one-to-one; the message names the two spellings and a line of each. Only called when some token had blanks.
+    """
+    if quoted is not None:
+        stripped = False
+        for i in [i for i, (t, s) in enumerate(zip(tokens, ids)) if len(t) != len(s)]:
+            if quoted(i):
+                ids[i] = tokens[i]               # a quoted field's blanks are part of its id
+            else:
+                stripped = True
+        if not stripped:
+            return
+    # one-to-one iff as many distinct ids as tokens (unquoted: the id is a function of the token), and with quoted
+    # tokens as many distinct (id, token) pairs too (' pad' quoted and not: one token, two ids); C-level sets
+    n = len(set(tokens))
+    if len(set(ids)) == n and (quoted is None or len(set(zip(ids, tokens))) == n):
+        return
+    pairs = dict.fromkeys(zip(ids, tokens))      # (id, token), in the order first seen
+    by_id, by_token = {}, {}
+    for a, b in pairs:
+        other = by_id.setdefault(a, (a, b))
+        if other == (a, b):
+            other = by_token.setdefault(b, (a, b))
+        if other != (a, b):
+            break
+    else:  # pragma: no cover
+        raise AssertionError("unreachable: (id, token) pairs not one-to-one, yet no two share an id or a token")
+    first, second = other, (a, b)
+    i = next(k for k, ab in enumerate(zip(ids, tokens)) if ab == first)
+    j = next(k for k, ab in enumerate(zip(ids, tokens)) if ab == second)
+    is_quoted = (lambda k: False) if quoted is None else quoted
+
+    def spelled(k: int) -> str:
+        return repr('"' + tokens[k].replace('"', '""') + '"' if is_quoted(k) else tokens[k])
+
+    w = where if where is not None else _Where("<ids>", "id", 1)
+    fix = ("quote the ids whose blanks are part of them (a quoted field keeps its blanks: '\" pad\"' is the id "
+           "' pad'), or remove the blanks" if quotable else
+           "remove the blanks around the ids (or make those ids differ otherwise); this format has no quoting")
+    if first[0] == second[0]:
+        problem = (f"column {w.column!r}: the ids {spelled(i)} ({w.unit} {w.line(i)}) and {spelled(j)} ({w.unit} "
+                   f"{w.line(j)}) are both read as {ids[i]!r} (blanks around an unquoted id are dropped), which would "
+                   "merge two ids into one silently")
+    else:
+        problem = (f"column {w.column!r}: the id {tokens[i]!r} is read as {ids[i]!r} on {w.unit} {w.line(i)} "
+                   f"({spelled(i)}) and as {ids[j]!r} on {w.unit} {w.line(j)} ({spelled(j)}): blanks around an id are "
+                   "dropped unless it is quoted, which would make one id two silently")
+    raise ValueError(f"{w.path}: {problem}; {fix}")
 
 
 def _timestamps(tokens: list[str], path: str, column: str, first_line: int, line_numbers=None) -> np.ndarray:
@@ -535,9 +619,11 @@ def _read_table(text: str, path: str, typed_header: bool, skip: int = 0, columns
     ucol, icol, tcol = _role_columns(path, names, names_raw, columns)
     first = 2 + skip
 
-    def read(col, line_numbers):
-        user = _ids(col(ucol), _where(path, names[ucol], first, line_numbers), text.isascii())
-        item = _ids(col(icol), _where(path, names[icol], first, line_numbers), text.isascii())
+    def read(col, line_numbers, quoted=None):
+        user = _ids(col(ucol), _where(path, names[ucol], first, line_numbers), text.isascii(),
+                    quoted=quoted and quoted(ucol))
+        item = _ids(col(icol), _where(path, names[icol], first, line_numbers), text.isascii(),
+                    quoted=quoted and quoted(icol))
         ts = None
         if tcol is not None:
             ts = _timestamps(col(tcol), path, names[tcol], first_line=first, line_numbers=line_numbers)
@@ -557,7 +643,10 @@ def _read_table(text: str, path: str, typed_header: bool, skip: int = 0, columns
 
 
 def _slow_columns(text: str, path: str, sep: str | None, names: list[str], skip: int = 0):
-    """Line-aware parsing (blank lines, quoted CSV, whitespace separators, error messages)."""
+    """Line-aware parsing (blank lines, quoted CSV, whitespace separators, error messages): ``(col, line_numbers,
+    quoted)``, ``col(c)`` the tokens of column ``c`` (quoted fields without their quotes), ``line_numbers`` as
+    :func:`_body_lines` gives them, ``quoted(c)(i)`` whether row ``i``'s field ``c`` was quoted (``None`` when the
+    file has no quotes)."""
     lines, line_numbers = _body_lines(text, 1)
     if line_numbers is not None:
         line_numbers = line_numbers + skip
@@ -587,22 +676,31 @@ def _slow_columns(text: str, path: str, sep: str | None, names: list[str], skip:
             if len(r) != len(names):
                 raise ValueError(f"{path}, line {line_no(i)}: expected {len(names)} fields, found {len(r)}")
         cols = [list(c) for c in zip(*rows, strict=True)]
-        col = cols.__getitem__
-    else:
-        tokens = _split_rows(lines, sep, len(names), path, 2 + skip, line_numbers)
-        n_cols = len(names)
 
-        def col(c):
-            return tokens[c::n_cols]
-    return col, line_numbers
+        def field_quoted(i: int, c: int) -> bool:
+            # strict csv: a field that starts with '"' is '"' + the value with '""' for '"' + '"', then the separator
+            # (text after the closing quote is refused above), so the fields before c give field c's start
+            line, pos = lines[i], 0
+            for v in rows[i][:c]:
+                pos += (len(v) + v.count('"') + 2 if line.startswith('"', pos) else len(v)) + len(sep)
+            return line.startswith('"', pos)
+
+        return cols.__getitem__, line_numbers, lambda c: lambda i: field_quoted(i, c)
+    tokens = _split_rows(lines, sep, len(names), path, 2 + skip, line_numbers)
+    n_cols = len(names)
+
+    def col(c):
+        return tokens[c::n_cols]
+    return col, line_numbers, None
 
 
 def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
     """A Parquet table (pandas / polars / Spark / 🤗 datasets exports): columns found by name as in delimited files
     (``columns``: see :func:`read_interactions`), only those read. Ids: integer columns stay int64, string columns
-    str (blanks around an id dropped); timestamps: numbers (seconds), or Arrow timestamps / dates (seconds since the
-    epoch). A null, an empty id, a NUL character in an id, a NaN or infinite timestamp, or a column of another type is
-    an error naming the column and row (integer timestamps beyond 2**53 are warned, as in text files)."""
+    str (blanks around an id dropped; two ids that differ only in those blanks are refused); timestamps: numbers
+    (seconds), or Arrow timestamps / dates (seconds since the epoch). A null, an empty id, a NUL character in an id,
+    a NaN or infinite timestamp, or a column of another type is an error naming the column and row (integer
+    timestamps beyond 2**53 are warned, as in text files)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -642,7 +740,7 @@ def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
             if pc.any(nul).as_py():
                 row = nul.to_numpy(zero_copy_only=False).argmax()
                 raise ValueError(f"{path}, row {row + 1}, column {names[c]!r}: a NUL character (\\x00) in an id")
-            return _ids(arr.to_pylist(), lambda i: f"{path}, row {i + 1}, column {names[c]!r}")
+            return _ids(arr.to_pylist(), _Where(path, names[c], 1, unit="row"), quotable=False)
         raise ValueError(f"{path}: column {names[c]!r} holds {arr.type}; ids must be integers or strings")
 
     user, item = ids(cols[0]), ids(cols[1])
@@ -677,15 +775,16 @@ def _is_parquet(path: str) -> bool:
 
 
 def _read_movielens(text: str, path: str) -> Interactions:
-    """MovieLens ``user::item::rating::timestamp`` (no header)."""
+    """MovieLens ``user::item::rating::timestamp`` (no header). Ids as in :func:`_ids` (no quoting: two string ids
+    that differ only in blanks around them are refused)."""
     tokens, line_numbers = _fast_tokens(text, 0, "::", 4), None
     if tokens is None:
         lines, line_numbers = _body_lines(text, 0)
         if not lines:
             raise ValueError(f"{path}: empty file")
         tokens = _split_rows(lines, "::", 4, path, 1, line_numbers)
-    user = _ids(tokens[0::4], _where(path, "user (1st field)", 1, line_numbers), text.isascii())
-    item = _ids(tokens[1::4], _where(path, "item (2nd field)", 1, line_numbers), text.isascii())
+    user = _ids(tokens[0::4], _where(path, "user (1st field)", 1, line_numbers), text.isascii(), quotable=False)
+    item = _ids(tokens[1::4], _where(path, "item (2nd field)", 1, line_numbers), text.isascii(), quotable=False)
     ts = _timestamps(tokens[3::4], path, "timestamp (4th field)", first_line=1, line_numbers=line_numbers)
     return Interactions(user, item, ts, source=path)
 
@@ -696,8 +795,9 @@ def _read_seq(text: str, path: str, skip: int = 0) -> Interactions:
     The header is required (its first field names the user column, e.g. ``user_id``): without it the first user's
     line would be taken for the header and lost, so a first line that is not such a header is refused. Items must be
     space separated (a comma is refused), each user has one non-empty line (a repeated user or a user without items
-    is refused, naming the lines). ``skip``: blank lines the caller removed before the header (added to every line
-    number a message gives).
+    is refused, naming the lines; a user id loses the blanks around it, so `` u1`` and ``u1`` are one user listed
+    twice, refused naming both spellings). ``skip``: blank lines the caller removed before the header (added to
+    every line number a message gives).
     """
     header = text.split("\n", 1)[0]
     first = (header.split("\t", 1) if "\t" in header else header.split(None, 1) or [""])[0]
@@ -725,6 +825,12 @@ def _read_seq(text: str, path: str, skip: int = 0) -> Interactions:
         if "," in its:
             raise ValueError(f"{path}, line {line_no(i)}: items must be space separated, found a comma in {its[:80]!r}")
         if user in seen:
+            first = (lines[seen[user]].split("\t", 1) if "\t" in lines[seen[user]] else [user])[0]
+            if first != parts[0]:       # ' u1' and 'u1': two users to the file's writer, perhaps
+                raise ValueError(f"{path}: user {user!r} is listed twice, as {first!r} (line {line_no(seen[user])}) "
+                                 f"and {parts[0]!r} (line {line_no(i)}): blanks around an id are dropped, and a .seq "
+                                 "file has one line per user (and no quoting): remove the blanks, or make those ids "
+                                 "differ otherwise")
             raise ValueError(f"{path}: user {user!r} is listed twice (lines {line_no(seen[user])} and {line_no(i)}); "
                              f"a .seq file has one line per user")
         seen[user] = i
@@ -795,7 +901,8 @@ def read_interactions(path: str | os.PathLike, format: str = "auto", columns: di
         FileNotFoundError: no such file.
         ValueError: unknown format, missing user/item column (or a ``columns`` name not in the header, ``columns``
             for a format without a header), malformed line (wrong number of fields, empty id;
-            ``seq``: no header, repeated user, user without items, comma-separated items; an unbalanced quote),
+            ``seq``: no header, repeated user, user without items, comma-separated items; an unbalanced quote; two
+            spellings of an id that are one once the blanks around unquoted ids are dropped, naming both),
             non-numeric or NaN timestamp (the message names the file, line and column); a byte that is not UTF-8
             (but in a latin-1 MovieLens file) or a NUL byte (naming the line); a corrupt gzip file, another
             compression (bzip2, zstd, xz, zip), a file named ``.gz`` or ``.parquet`` that is neither that nor text.

@@ -37,6 +37,21 @@ def test_folder_is_complete_and_small(folder):
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_a_copy_without_its_vocabulary_is_refused_not_read_by_internal_index(folder, tmp_path):
+    """The QA's finding: four cards' config.json (saved before save_pretrained recorded ``item_vocab_file``) did not
+    say a vocabulary belongs to the weights, so a copy without item_vocab.json loaded and read the caller's ids as
+    internal indices (MovieLens 2687 recommended as 255, silently). Every card records it now, so such a copy is a
+    clear error."""
+    import shutil
+
+    assert json.loads((folder / "config.json").read_text(encoding="utf-8")).get("item_vocab_file") == "item_vocab.json"
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("onnx", "item_vocab.json"))
+    with pytest.raises(ValueError, match="item_vocab.json"):
+        AutoModel.from_pretrained(str(copy))
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
 def test_loads_by_hub_id_offline(folder, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     m = AutoModel.from_pretrained(f"{hub.HUB_ORG}/{folder.name}")

@@ -297,6 +297,31 @@ def test_decode_refuses_an_index_that_is_not_a_whole_number():
     assert v.decode([1, 2.0, np.int64(2), torch.tensor(1)]) == [10, 20, 20, 10]
 
 
+@pytest.mark.parametrize("bad,error,message", [
+    ([True], TypeError, r"internal item index True \(bool\) at position 0 is not an int"),
+    (["2"], TypeError, r"internal item index '2' \(str\) at position 0 is not an int"),
+    ([1, None], TypeError, r"index None \(NoneType\) at position 1"),
+    (3, TypeError, r"must be a sequence of ints, got int"),
+    ("12", TypeError, r"must be a sequence of ints, got str"),
+    ([0], IndexError, r"index 0 at position 0 out of range 1\.\.2 \(0 is padding\)"),
+    ([3], IndexError, r"index 3 at position 0 out of range"),
+    ([-1], IndexError, r"index -1 at position 0 out of range")])
+def test_decode_refuses_what_is_no_internal_index_with_and_without_a_vocabulary(bad, error, message):
+    """The QA's findings: ItemVocab.decode took True and "2" for index 2 (and raw int() errors for None or junk),
+    and a model without a vocabulary decoded 0, -1, 999, 1.7 and True as they came. Both read indices one way now:
+    an int in 1..n, else an error naming the index and its position."""
+    from zoo.models.gru4rec import GRU4RecConfig, GRU4RecModel
+
+    with pytest.raises(error, match=message):
+        ItemVocab([10, 20]).decode(bad)
+    bare = GRU4RecModel(GRU4RecConfig(n_items=3, embedding_size=4, hidden_size=4))     # no vocabulary: 1..2
+    with pytest.raises(error, match=message):
+        bare.decode_items(bad)
+    with pytest.raises(ValueError, match="not a whole number"):
+        bare.decode_items([1.7])
+    assert bare.decode_items([1, np.int64(2), torch.tensor(1), 2.0]) == [1, 2, 1, 2]
+
+
 def test_the_triton_generators_vocab_check_reads_without_torch(tmp_path):
     """export.triton's --onnx --vocab check read the file with zoo.vocab.ItemVocab (importing zoo loads torch and
     transformers) where the serving runtime reads it without: it reads it as the runtime does now, in an interpreter

@@ -823,8 +823,12 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         return out
 
     def decode_items(self, indices: Sequence[int]) -> list[Any]:
+        """Internal indices ``[N]`` -> external ids (the vocabulary's; without one, the checked indices themselves).
+        An index out of ``1..n_items - 1`` is an ``IndexError``, one that is not an int a ``TypeError``, naming it."""
         if self.item_vocab is None:
-            return [int(i) for i in indices]
+            from .vocab import check_indices
+
+            return check_indices(indices, int(self.config.n_items) - 1)
         return self.item_vocab.decode(indices)
 
     @torch.no_grad()

@@ -41,6 +41,28 @@ def int_id(x) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+def check_indices(indices: Iterable[int], n: int) -> list[int]:
+    """Internal item indices ``[N]`` (an iterable of ints) -> a list of Python ints, each checked to be in ``1..n``
+    (``IndexError`` naming it otherwise: 0 is padding); a float index must be a whole number (``2.0``; ``1.9``, which
+    ``int`` would cut to 1, is a ``ValueError``); a bool, a string, None (or ``indices`` not an iterable) is a
+    ``TypeError`` naming it. What :meth:`ItemVocab.decode` and a model's ``decode_items`` without a vocabulary read."""
+    if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+        raise TypeError(f"internal item indices must be a sequence of ints, got {type(indices).__name__}")
+    out = []
+    for k, x in enumerate(indices):
+        i, v = int_id(x), int_id_value(x)
+        if i is None and isinstance(v, float):
+            if not v.is_integer():
+                raise ValueError(f"internal item index {x!r} is not a whole number")
+            i = int(v)
+        if i is None:
+            raise TypeError(f"internal item index {x!r} ({type(x).__name__}) at position {k} is not an int")
+        if not 1 <= i <= n:
+            raise IndexError(f"internal item index {i} at position {k} out of range 1..{n} (0 is padding)")
+        out.append(i)
+    return out
+
+
 class UnknownItemError(KeyError):
     """An external item id that the model's vocabulary does not contain."""
 
@@ -156,17 +178,10 @@ class ItemVocab:
         return out
 
     def decode(self, indices: Iterable[int]) -> list:
-        """Internal indices (1..n) -> external ids. Index 0 (padding) or out-of-range indices raise ``IndexError``, an
-        index that is not a whole number (``1.9``, which ``int`` would cut to 1) a ``ValueError``."""
-        out = []
-        for x in indices:
-            i = int(x)
-            if i != x and not isinstance(x, str):
-                raise ValueError(f"internal item index {x!r} is not a whole number")
-            if not 1 <= i <= len(self.items):
-                raise IndexError(f"internal item index {i} out of range 1..{len(self.items)}")
-            out.append(self.items[i - 1])
-        return out
+        """Internal indices (1..n) -> external ids. Index 0 (padding) or out-of-range indices raise ``IndexError``; an
+        index that is a bool, a string or None a ``TypeError``, a float that is not a whole number (``1.9``, which
+        ``int`` would cut to 1) a ``ValueError``, each naming it (:func:`check_indices`)."""
+        return [self.items[i - 1] for i in check_indices(indices, len(self.items))]
 
     def extended(self, items: Iterable) -> tuple["ItemVocab", list]:
         """A vocabulary that grows this one: the same ids at the same indices, then those of ``items`` it lacks, in
@@ -217,5 +232,5 @@ class ItemVocab:
         return cls.from_dict(load_vocab_json(path), source=str(path))
 
 
-__all__ = ["ItemVocab", "UnknownItemError", "VOCAB_FILE", "int_id", "is_canonical_int_text", "is_int_text",
-           "other_normalization", "unknown_id_hint"]
+__all__ = ["ItemVocab", "UnknownItemError", "VOCAB_FILE", "check_indices", "int_id", "is_canonical_int_text",
+           "is_int_text", "other_normalization", "unknown_id_hint"]

@@ -783,6 +783,10 @@ def test_eval_and_pad_refusals_name_the_problem():
         next(eval_batches(ex, max_len=0, padding_side="left", batch_size=2))
     with pytest.raises(ValueError, match="no sequences given"):
         pad_sequences([], "left")
+    for bad in (0, -1, 1.5, True):        # the QA's: 0 kept whole rows, -1 cut the oldest item, 1.5 a raw slice error
+        with pytest.raises(ValueError, match=rf"max_len must be an int >= 1 \(or None: no truncation\), got {bad}"):
+            pad_sequences([np.array([1, 2, 3])], "right", max_len=bad)
+    assert pad_sequences([np.array([1, 2, 3])], "right", max_len=np.int64(2))[0].tolist() == [[2, 3]]
 
 
 def test_load_dataset_takes_interactions_in_memory(tmp_path):

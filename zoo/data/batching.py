@@ -222,9 +222,13 @@ def pad_sequences(seqs: Sequence[np.ndarray], padding_side: str, max_len: int | 
                   dtype=np.int64, fill=0) -> tuple[np.ndarray, np.ndarray]:
     """``B`` 1-D arrays -> ``(values [B, L], mask [B, L])`` keeping the last ``max_len`` of each, padded on a side.
 
-    ``L`` is the longest (truncated) row. Empty rows are allowed here (all padding); models reject them.
+    ``L`` is the longest (truncated) row. Empty rows are allowed here (all padding); models reject them. ``max_len``
+    is an int >= 1 or ``None`` (no truncation): 0 or a negative one kept the whole row or cut the oldest items.
     """
     _check_side(padding_side)
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer))
+                                or max_len < 1):
+        raise ValueError(f"max_len must be an int >= 1 (or None: no truncation), got {max_len!r}")
     rows = [np.asarray(s, dtype=dtype) for s in seqs]
     if max_len is not None:
         rows = [r[-max_len:] if len(r) > max_len else r for r in rows]

@@ -784,7 +784,7 @@ def test_eval_and_pad_refusals_name_the_problem():
     with pytest.raises(ValueError, match="no sequences given"):
         pad_sequences([], "left")
     for bad in (0, -1, 1.5, True):        # the QA's: 0 kept whole rows, -1 cut the oldest item, 1.5 a raw slice error
-        with pytest.raises(ValueError, match=rf"max_len must be an int >= 1 \(or None: no truncation\), got {bad}"):
+        with pytest.raises(ValueError, match=rf"max_len must be (an int )?>= 1 \(or None: no truncation\), got {bad}"):
             pad_sequences([np.array([1, 2, 3])], "right", max_len=bad)
     assert pad_sequences([np.array([1, 2, 3])], "right", max_len=np.int64(2))[0].tolist() == [[2, 3]]
 
@@ -1035,3 +1035,76 @@ def test_parquet_string_ids_that_differ_only_in_blanks_are_refused(tmp_path):
     pq.write_table(pa.table({"user_id": [" u1", "u1 "], "item_id": ["a", "b"]}), tmp_path / "p2.parquet")
     with pytest.raises(ValueError, match=r"column 'user_id': the ids ' u1' \(row 1\) and 'u1 ' \(row 2\)"):
         read_interactions(tmp_path / "p2.parquet")
+
+
+def _loo_ds():
+    return build_sequences(Interactions(np.array([1, 1, 1, 2, 2, 2]), np.array([5, 6, 7, 5, 6, 7])))
+
+
+def _kcore_file(tmp_path):
+    return write(tmp_path / "k.inter", "user_id:token\titem_id:token\n" + "".join(f"{u}\t{i}\n" for u in range(4)
+                                                                                  for i in range(3)))
+
+
+_SEQS = [np.arange(1, 8), np.array([3, 4])]
+
+
+@pytest.mark.parametrize("call, error, message", [
+    # ids that an int64 cast would cut (1.7 -> item 1) or that are padding / negative
+    (lambda p: training_windows([[1.7, 2.2, 3.9]], 5), ValueError,
+     r"sequence 0 must be a 1-D array of int item indices >= 1, got float64 values \[1.7, 2.2, 3.9\]"),
+    (lambda p: training_windows([[True, True, False]], 5), ValueError, r"sequence 0 .* got bool values"),
+    (lambda p: training_windows([np.array([1, 2]), ["1", "2"]], 5), ValueError, r"sequence 1 .* got <U1 values"),
+    (lambda p: training_windows([[1, 2], [3, -1, 4]], 5), ValueError,
+     r"sequence 1 has item index -1 at position 1: internal item indices are >= 1 \(0 is padding\)"),
+    (lambda p: training_windows([[1, 2, 0]], 5), ValueError, r"sequence 0 has item index 0 at position 2"),
+    (lambda p: training_windows([[0, 2, 3]], 5), ValueError, r"sequence 0 has item index 0 at position 0"),
+    # integer settings that int() would cut or read as 1
+    (lambda p: training_windows(_SEQS, 1.5), ValueError, r"max_len must be an int >= 1, got 1\.5"),
+    (lambda p: training_windows(_SEQS, True), ValueError, r"max_len must be an int >= 1, got True"),
+    (lambda p: training_windows(_SEQS, 4, stride=1.5), ValueError,
+     r"stride must be in \[1, max_len = 4\] \(an int\), got 1\.5"),
+    (lambda p: next(iterate_batches(training_windows(_SEQS, 4), 1.5, "left")), ValueError,
+     r"batch_size must be an int >= 1, got 1\.5"),
+    (lambda p: next(eval_batches(leave_one_out(_loo_ds()).test, True, "left")), ValueError,
+     r"max_len must be an int >= 1 \(or None: whole histories\), got True"),
+    (lambda p: next(eval_batches(leave_one_out(_loo_ds()).test, 4, "left", batch_size=1.5)), ValueError,
+     r"batch_size must be an int >= 1, got 1\.5"),
+    (lambda p: next(eval_batches(leave_one_out(_loo_ds()).test, 4, "left", max_tokens=64.0)), ValueError,
+     r"max_tokens must be an int >= 1 \(or None\), got 64\.0"),
+    (lambda p: leave_one_out(_loo_ds(), min_length="3"), ValueError, r"min_length must be an int >= 3 .*got '3'"),
+    (lambda p: leave_one_out(_loo_ds(), min_length=3.5), ValueError, r"min_length must be an int >= 3 .*got 3\.5"),
+    (lambda p: leave_one_out(None), TypeError, r"leave_one_out needs a zoo.data.SequenceDataset .*got NoneType"),
+    (lambda p: load_dataset(p, kcore=2.5), ValueError, r"kcore must be an int, None or 'auto', got 2\.5"),
+    (lambda p: load_dataset(p, kcore=True), ValueError, r"kcore must be an int, None or 'auto', got True"),
+    (lambda p: load_dataset(p, kcore=2, item_k=1.5), ValueError, r"item_k must be an int or None, got 1\.5"),
+], ids=["float-ids", "bool-ids", "str-ids", "negative-id", "padding-id", "padding-id-first", "max_len-float",
+        "max_len-bool", "stride-float", "iterate-batch_size-float", "eval-max_len-bool", "eval-batch_size-float",
+        "eval-max_tokens-float", "min_length-str", "min_length-float", "loo-None", "kcore-float", "kcore-bool",
+        "item_k-float"])
+def test_data_functions_refuse_what_they_would_coerce(tmp_path, call, error, message):
+    """zoo.data refuses, naming the argument, what it used to coerce silently: float/bool/str ids cut or read as
+    items, ids 0 / -1 inside a sequence, and int() on settings (1.5 -> 1, True -> 1, a 2.5 k-core threshold)."""
+    with pytest.raises(error, match=message):
+        call(_kcore_file(tmp_path))
+
+
+def test_data_functions_take_numpy_int_settings_and_ids(tmp_path):
+    """Valid calls are unchanged: numpy integer settings give what the Python ints give, and any integer id dtype
+    (int32, uint16, a list of ints) gives the same int64 windows."""
+    ref = training_windows(_SEQS, 4, stride=2)
+    for seqs in (_SEQS, [s.astype(np.int32) for s in _SEQS], [s.astype(np.uint16) for s in _SEQS],
+                 [s.tolist() for s in _SEQS]):
+        w = training_windows(seqs, np.int64(4), stride=np.int32(2))
+        assert w.inputs.dtype == np.int64 and w.max_len == 4 and type(w.max_len) is int and w.stride == 2
+        assert np.array_equal(w.inputs, ref.inputs) and np.array_equal(w.labels, ref.labels)
+        assert np.array_equal(w.starts, ref.starts) and np.array_equal(w.skip, ref.skip)
+    a = [b["input_ids"].tolist() for b in iterate_batches(ref, np.int64(2), "left", seed=0)]
+    assert a == [b["input_ids"].tolist() for b in iterate_batches(ref, 2, "left", seed=0)] and len(a) == 2
+    test = leave_one_out(_loo_ds(), min_length=np.int64(3)).test
+    for kw in ({}, {"max_tokens": np.int64(1)}):                 # 1 token: one row a batch either way
+        got = [b["input_ids"].tolist() for b in eval_batches(test, np.int64(1), "left", np.int64(1), **kw)]
+        assert got == [[[2]], [[2]]]
+    p = _kcore_file(tmp_path)
+    assert load_dataset(p, kcore=np.int64(2)).kcore == (2, 2) == load_dataset(p, kcore=2).kcore
+    assert load_dataset(p, kcore=0).kcore is None and load_dataset(p, kcore=None).kcore is None

@@ -37,6 +37,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..vocab import int_id
+from .split import int_setting
+
 
 @dataclass
 class TrainingWindows:
@@ -95,30 +98,47 @@ def training_windows(sequences: Sequence[np.ndarray], max_len: int,
     """All-position training windows of ``sequences`` (see the module docstring).
 
     Args:
-        sequences: ``U`` int64 arrays of internal item indices (e.g. ``Split.train``); sequences shorter than 2
-            give no window.
-        max_len: maximum window length ``L`` (e.g. the model's ``max_seq_length``).
+        sequences: ``U`` integer arrays of internal item indices ``>= 1`` (e.g. ``Split.train``); sequences shorter
+            than 2 give no window. Float, bool or string ids, 0 (padding) and negative ids are a ``ValueError`` naming
+            the sequence and position (an int64 cast would cut 1.7 to item 1 silently).
+        max_len: maximum window length ``L`` (e.g. the model's ``max_seq_length``): an int ``>= 1`` (Python or
+            numpy; a bool, a float or a string is a ``ValueError``).
         timestamps: ``U`` float64 arrays aligned with ``sequences``, or ``None``.
-        stride: ``1 <= s <= max_len`` pairs between consecutive window ends (default ``max_len``: no overlap); each
+        stride: int ``1 <= s <= max_len``, pairs between consecutive window ends (default ``max_len``: no overlap); each
             window supervises only its last ``s`` positions except a user's leftmost window, which supervises all.
     Returns:
         :class:`TrainingWindows`; windows are ordered by user, then from the left of each sequence to the right.
     """
-    if int(max_len) < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
-    max_len = int(max_len)
-    stride = max_len if stride is None else int(stride)
-    if not 1 <= stride <= max_len:
-        raise ValueError(f"stride must be in [1, max_len = {max_len}], got {stride}")
+    max_len = int_setting(max_len, "max_len", 1)
+    if stride is None:
+        stride = max_len
+    else:
+        s = int_id(stride)
+        if s is None or not 1 <= s <= max_len:
+            raise ValueError(f"stride must be in [1, max_len = {max_len}]{' (an int)' if s is None else ''}, got "
+                             f"{repr(stride) if s is None else s}")
+        stride = s
     if timestamps is not None and len(timestamps) != len(sequences):
         raise ValueError(f"got {len(timestamps)} timestamp arrays for {len(sequences)} sequences")
     lens = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     use = np.flatnonzero(lens >= 2)
     if len(use) == 0:
         raise ValueError("no training sequence has >= 2 items; nothing to train on")
-    seqs = [np.asarray(sequences[u], dtype=np.int64) for u in use]
-    inputs = np.concatenate([s[:-1] for s in seqs])
-    labels = np.concatenate([s[1:] for s in seqs])
+    seqs = [np.asarray(sequences[u]) for u in use]
+    for u, s in zip(use, seqs):
+        if s.dtype.kind not in "iu" or s.ndim != 1:  # float ids would be cut (1.7 -> item 1), bools read as 0 and 1
+            got = f"{s.dtype} values" if s.ndim == 1 else f"a {s.ndim}-D {s.dtype} array"
+            raise ValueError(f"sequence {u} must be a 1-D array of int item indices >= 1, got {got} "
+                             f"{s[:3].tolist()}{' ...' if len(s) > 3 else ''}")
+    inputs = np.concatenate([s[:-1] for s in seqs]).astype(np.int64, copy=False)
+    labels = np.concatenate([s[1:] for s in seqs]).astype(np.int64, copy=False)
+    # inputs cover every item but each sequence's last, labels every item but its first: one min each
+    if min(int(inputs.min()), int(labels.min())) < 1:
+        for u, s in zip(use, seqs):
+            bad = np.flatnonzero(s.astype(np.int64) < 1)
+            if len(bad):
+                raise ValueError(f"sequence {u} has item index {int(s.astype(np.int64)[bad[0]])} at position "
+                                 f"{int(bad[0])}: internal item indices are >= 1 (0 is padding)")
     ts = None
     if timestamps is not None:
         for u in use:
@@ -170,7 +190,7 @@ def iterate_batches(windows: TrainingWindows, batch_size: int, padding_side: str
 
     Args:
         windows: from :func:`training_windows`.
-        batch_size: windows per batch ``B``.
+        batch_size: windows per batch ``B``, an int ``>= 1``.
         padding_side: ``"right"`` (RecBole models) or ``"left"`` (LRURec); use the model's ``padding_side``.
         shuffle: random window order (from ``generator``, else ``np.random.default_rng(seed)``).
         bucket_by_length: group windows of similar length into the same batch to cut padding compute: the shuffled
@@ -186,8 +206,7 @@ def iterate_batches(windows: TrainingWindows, batch_size: int, padding_side: str
             timestamps     [B, Lb] float64 (only when the windows have timestamps; 0 at padding)
     """
     _check_side(padding_side)
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = int_setting(batch_size, "batch_size", 1)
     n = len(windows)
     rng = generator if generator is not None else np.random.default_rng(seed)
     order = rng.permutation(n) if shuffle else np.arange(n)
@@ -226,9 +245,7 @@ def pad_sequences(seqs: Sequence[np.ndarray], padding_side: str, max_len: int | 
     is an int >= 1 or ``None`` (no truncation): 0 or a negative one kept the whole row or cut the oldest items.
     """
     _check_side(padding_side)
-    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer))
-                                or max_len < 1):
-        raise ValueError(f"max_len must be an int >= 1 (or None: no truncation), got {max_len!r}")
+    max_len = int_setting(max_len, "max_len", 1, " (or None: no truncation)")
     rows = [np.asarray(s, dtype=dtype) for s in seqs]
     if max_len is not None:
         rows = [r[-max_len:] if len(r) > max_len else r for r in rows]
@@ -250,7 +267,8 @@ def eval_batches(examples, max_len: int | None, padding_side: str, batch_size: i
     on ``padding_side``. By default the batches hold ``batch_size`` examples each, in example order. With
     ``max_tokens`` they go by history length instead (shortest first, ties in example order), each as many examples
     as fit ``rows * longest <= max_tokens`` (at least one): whole histories run from 3 to thousands of items, and a
-    batch padded to its longest would cost memory for every row at that length.
+    batch padded to its longest would cost memory for every row at that length. ``max_len``, ``batch_size`` and
+    ``max_tokens`` are ints ``>= 1`` (Python or numpy; a bool, a float or a string is a ``ValueError``).
 
     Yields:
         dicts of torch tensors::
@@ -262,10 +280,9 @@ def eval_batches(examples, max_len: int | None, padding_side: str, batch_size: i
             index          slice, or [B] int64 tensor with max_tokens (positions of this batch in ``examples``)
     """
     _check_side(padding_side)
-    for name, value, none in (("max_len", max_len, " (or None: whole histories)"), ("batch_size", batch_size, ""),
-                              ("max_tokens", max_tokens, " (or None)")):
-        if (value is not None or not none) and int(value) < 1:
-            raise ValueError(f"{name} must be >= 1{none}, got {value}")
+    max_len = int_setting(max_len, "max_len", 1, " (or None: whole histories)")
+    batch_size = int_setting(batch_size, "batch_size", 1)
+    max_tokens = int_setting(max_tokens, "max_tokens", 1, " (or None)")
     n = len(examples)
     for r, h in enumerate(examples.histories):
         if len(h) == 0:
@@ -275,7 +292,7 @@ def eval_batches(examples, max_len: int | None, padding_side: str, batch_size: i
     else:
         lengths = np.fromiter((len(h) for h in examples.histories), dtype=np.int64, count=n)
         if max_len is not None:
-            lengths = np.minimum(lengths, int(max_len))
+            lengths = np.minimum(lengths, max_len)
         order = np.argsort(lengths, kind="stable")
         groups, s = [], 0
         while s < n:                       # lengths ascend: a batch's longest row is its last

@@ -27,11 +27,26 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..vocab import ItemVocab, UnknownItemError, unknown_id_hint
+from ..vocab import ItemVocab, UnknownItemError, int_id, unknown_id_hint
 from .readers import Interactions, read_interactions
 
 
 # --------------------------------------------------------------------------- helpers
+def int_setting(value, name: str, lo: int, none: str | None = None) -> int | None:
+    """An integer setting ``name`` as a Python int ``>= lo``: a Python int or a numpy / torch integer scalar. A bool, a
+    float (``1.5``, but also ``2.0``), a string or anything else is a ``ValueError`` naming the setting (an ``int()``
+    would cut 1.5 to 1 and read ``True`` as 1 silently), as is a value below ``lo``. ``none``: ``None`` is allowed
+    (returned as is) and the text says what it means, e.g. ``" (or None: no truncation)"``."""
+    if value is None and none is not None:
+        return None
+    v = int_id(value)
+    if v is None:
+        raise ValueError(f"{name} must be an int >= {lo}{none or ''}, got {value!r}")
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo}{none or ''}, got {v}")
+    return v
+
+
 def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``values [N]`` -> ``(codes [N] int64 in 0..U-1, uniques [U])`` with codes in order of first appearance."""
     values = np.asarray(values)
@@ -81,6 +96,9 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
     Returns:
         the kept rows (a new :class:`Interactions`); may be empty.
     """
+    for name, k in (("user_k", user_k), ("item_k", item_k)):
+        if k is not None and int_id(k) is None:
+            raise ValueError(f"k-core threshold {name} must be an int >= 0 or None (0 = no filter), got {k!r}")
     user_k = int(user_k or 0)
     item_k = int(item_k or 0)
     if user_k < 0 or item_k < 0:
@@ -90,9 +108,7 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
     ucode, _ = factorize(inter.user)
     icode, _ = factorize(inter.item)
     nu, ni = (int(ucode.max()) + 1, int(icode.max()) + 1) if len(inter) else (0, 0)
-    rounds = len(inter) if max_iterations is None else int(max_iterations)   # each round drops >= 1 row: N suffice
-    if rounds < 0:
-        raise ValueError(f"max_iterations must be >= 0 or None, got {max_iterations!r}")
+    rounds = len(inter) if max_iterations is None else int_setting(max_iterations, "max_iterations", 0, " or None")
     keep = np.ones(len(inter), dtype=bool)
     for done in range(rounds + 1):                    # the last pass only checks that nothing is left to drop
         u, i = ucode[keep], icode[keep]
@@ -331,14 +347,17 @@ def load_dataset(path: "str | os.PathLike | Interactions", kcore: int | None | s
     """
     if time_ties not in TIME_TIES:                     # before reading the file
         raise ValueError(f"time_ties must be one of {TIME_TIES}, got {time_ties!r}")
+    if not (kcore is None or int_id(kcore) is not None or (isinstance(kcore, str) and kcore == "auto")):
+        raise ValueError(f"kcore must be an int, None or 'auto', got {kcore!r}")   # '5', 2.5 or True (read as 1)
+    for side, k in (("user_k", user_k), ("item_k", item_k)):
+        if k is not None and int_id(k) is None:
+            raise ValueError(f"{side} must be an int or None, got {k!r}")
     if isinstance(path, Interactions):
         inter, path = path, path.source
     else:
         inter = read_interactions(path, format=format, columns=columns)
-    if kcore == "auto":
+    if isinstance(kcore, str):                         # "auto"
         kcore = None if inter.format == "seq" else 5
-    elif isinstance(kcore, str):
-        raise ValueError(f"kcore must be an int, None or 'auto', got {kcore!r}")
     uk = kcore if user_k is None else user_k
     ik = kcore if item_k is None else item_k
     if uk or ik:
@@ -413,10 +432,13 @@ def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
 
     Users with fewer than ``min_length`` (3) items cannot give both a valid and a test example with a non-empty
     history: they are dropped from valid/test and their whole sequence goes to train (it is never evaluated, so
-    nothing leaks). After a 5-core filter no user is that short. Raises ``ValueError`` if no user is long enough.
+    nothing leaks). After a 5-core filter no user is that short. Raises ``ValueError`` if no user is long enough or
+    ``min_length`` is no int >= 3, ``TypeError`` if ``ds`` is no :class:`SequenceDataset`.
     """
-    if min_length < 3:
-        raise ValueError("min_length must be >= 3 (valid and test need a non-empty history)")
+    if not isinstance(ds, SequenceDataset):
+        raise TypeError(f"leave_one_out needs a zoo.data.SequenceDataset (e.g. load_dataset(path)), got "
+                        f"{type(ds).__name__}")
+    min_length = int_setting(min_length, "min_length", 3, " (valid and test need a non-empty history)")
     lens = np.fromiter((len(s) for s in ds.sequences), dtype=np.int64, count=len(ds.sequences))
     ev = np.flatnonzero(lens >= min_length)
     if len(ev) == 0:

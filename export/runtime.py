@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Mapping, Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -116,6 +117,37 @@ def _str_id(x: Any, where: str) -> str:
         return str(int(x))
     raise TypeError(f"{where}: item id {x!r} ({type(x).__name__}) is not a str id; this vocabulary holds str ids (an "
                     "int is looked up as its text; None, a NaN, a float or a bool is no id)")
+
+
+def _check_sequence(x: Any, what: str, expected: str, ordered: bool = True) -> None:
+    """TypeError ``{what} must be {expected}, got {type}`` for what is not a sequence: None, a number, a string, a
+    dict (whose keys iteration would yield) or, when ``ordered``, a set (no order), as the model API's
+    ``zoo.modeling_utils._check_sequence`` words it."""
+    if (isinstance(x, (str, bytes, Mapping)) or (ordered and isinstance(x, AbstractSet))
+            or not hasattr(x, "__iter__")):
+        raise TypeError(f"{what} must be {expected}, got {type(x).__name__}")
+
+
+def _count(x: Any, name: str) -> int:
+    """``x`` as a Python int >= 1 (numpy integers accepted); a bool (an int to Python), a float, a str or None is a
+    ValueError in the model API's words (``batch_size must be an int >= 1, got True``)."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or x < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {x!r}")
+    return int(x)
+
+
+def _bool_at(item_ids: Any) -> tuple[int, int, Any] | None:
+    """``(row, column, value)`` of the first bool among nested lists of ids (numpy reads ``[1, True]`` as the ints
+    ``[1, 1]``), None when there is none."""
+    for r, row in enumerate(item_ids):
+        if isinstance(row, np.ndarray):
+            if row.dtype == np.bool_ and row.size:
+                return r, 0, row.reshape(-1)[0]
+        elif hasattr(row, "__iter__") and not isinstance(row, (str, bytes)):
+            for c, x in enumerate(row):
+                if isinstance(x, (bool, np.bool_)):
+                    return r, c, x
+    return None
 
 
 
@@ -253,8 +285,19 @@ class _Base:
     def encode(self, histories: Sequence[Sequence[Any]]) -> list[list[int]]:
         """The caller's item ids -> internal indices (``item_vocab.json`` beside the graph; identity without one).
         Ids of an int vocabulary (and identity ids) must be integers: a float such as ``588.9`` raises TypeError; an
-        id the vocabulary lacks raises :class:`UnknownItemIdError` (a ValueError and a KeyError) naming it."""
-        return [self._encode_row(h, f"history {r}") for r, h in enumerate(histories)]
+        id the vocabulary lacks raises :class:`UnknownItemIdError` (a ValueError and a KeyError) naming it.
+        ``histories`` that is not a sequence of histories (None, an int; a flat list of ids: its first id is no
+        history), or a history that is not a sequence of ids (a set has no order), is a TypeError, an empty history a
+        ValueError naming its index, as ``model.encode_histories``."""
+        _check_sequence(histories, "histories", "a sequence of histories")
+        out = []
+        for r, h in enumerate(histories):
+            _check_sequence(h, f"history {r}", "a sequence of item ids, oldest first")
+            row = self._encode_row(h, f"history {r}")
+            if not row:
+                raise ValueError(f"history {r} is empty; every history needs at least one item")
+            out.append(row)
+        return out
 
     def _encode_row(self, ids: Sequence[Any], where: str) -> list[int]:
         """One row of the caller's item ids -> internal indices, errors naming ``where`` (``history 3``, ``event 2
@@ -301,6 +344,9 @@ class _Base:
             raise ValueError(f"{name}: rows of different lengths ({ragged})") from None
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
             raise TypeError(f"{name} must hold integer item indices, got dtype {arr.dtype}")
+        flag = None if isinstance(item_ids, np.ndarray) or arr.ndim != 2 else _bool_at(item_ids)
+        if flag is not None:                                 # numpy made it an int: True would be item 1
+            raise TypeError(f"{name}[{flag[0]}, {flag[1]}] = {flag[2]!r} is a bool, not an integer item index")
         if arr.ndim != 2:
             raise ValueError(f"{name} must have shape [batch, length], got shape {list(arr.shape)}")
         if arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -349,12 +395,16 @@ class _Base:
         indices, 0-padded (:meth:`encode`: an unknown id is an :class:`UnknownItemIdError`, a ValueError and a
         KeyError, naming it; without a vocabulary an id outside ``1 .. n_items - 1`` is a ValueError: 0 would read as
         padding and leave the row unrestricted)."""
+        _check_sequence(lists, "candidates", "a sequence of candidate lists, one per row (None: not restricted)")
         return _pad_rows([self._candidate_row(c, f"candidates of row {r}") for r, c in enumerate(lists)])
 
     def _candidate_row(self, ids: Sequence[Any] | None, where: str) -> list[int]:
         """One row of the caller's candidate ids (None or empty: not restricted) -> internal indices, errors naming
         ``where``."""
-        row = self._encode_row(ids, where) if ids is not None and len(ids) else []
+        if ids is None:
+            return []
+        _check_sequence(ids, where, "a sequence of item ids (or None: not restricted)", ordered=False)
+        row = self._encode_row(ids, where)
         bad = [x for x in row if not 1 <= x < self.n_items]
         if bad:
             raise ValueError(f"{where}: item id {bad[0]} is out of range 1..{self.n_items - 1} (0 is padding, not an "
@@ -427,17 +477,25 @@ class OnnxStepSession(_Base):
                              f"{self.client_state_names})")
 
     def state_shape(self, name: str, batch_size: int) -> tuple[int, ...]:
-        s = next(s for s in self.state_specs if s["name"] == name)
-        return (int(batch_size), *[int(d) for d in s["shape"][1:]])
+        """Shape of state tensor ``name`` for ``batch_size`` rows (an int >= 1, a bool refused: ValueError); an
+        unknown ``name`` is a ValueError naming the state's tensors."""
+        batch_size = _count(batch_size, "batch_size")
+        s = next((s for s in self.state_specs if s["name"] == name), None)
+        if s is None:
+            raise ValueError(f"no state tensor {name!r} (the state holds {', '.join(self.state_names)})")
+        return (batch_size, *[int(d) for d in s["shape"][1:]])
 
     def init_state(self, batch_size: int) -> dict[str, np.ndarray]:
-        """Fresh state for ``batch_size`` empty histories (the documented initial values)."""
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        """Fresh state for ``batch_size`` empty histories (the documented initial values); ``batch_size`` is an int
+        >= 1 (numpy ints too; a bool, a float or a str is a ValueError, as ``model.init_state``)."""
+        batch_size = _count(batch_size, "batch_size")
         return {s["name"]: np.full(self.state_shape(s["name"], batch_size), s["init"], dtype=_DTYPES[s["dtype"]])
                 for s in self.state_specs}
 
     def check_state(self, state: Any, batch_size: int) -> dict[str, np.ndarray]:
+        """``state`` checked against :meth:`init_state`'s tensors for ``batch_size`` rows (names, shapes, dtypes,
+        finite values, a 0/1 ``seen``) -> the same arrays; TypeError/ValueError naming the tensor otherwise."""
+        batch_size = _count(batch_size, "batch_size")
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of named arrays (from init_state), got {type(state).__name__}")
         missing = sorted(set(self.state_names) - set(state))
@@ -605,6 +663,8 @@ class OnnxWindowSession(_Base):
         ids = self.pad(histories)
         ts = None
         if self.uses_timestamps:
+            if timestamps is not None:
+                _check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
             if timestamps is None or len(timestamps) != len(histories):
                 raise ValueError("this model reads timestamps: pass one list of timestamps (seconds) per history")
             M = int(self.spec["max_seq_length"])
@@ -818,6 +878,8 @@ class UserStateRecommender:
         k = self._check_k(k)
         users = self._ss.checked_users(events)         # str or int, whatever the store
         if candidates is not None:
+            _check_sequence(candidates, "candidates", "a sequence of candidate lists, one per event (None: not "
+                            "restricted)")
             if len(candidates) != len(events):
                 raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
             if not self.session.has_candidates:
@@ -834,7 +896,10 @@ class UserStateRecommender:
         encoded = []
         for i, e in enumerate(events):
             items, where = e[1], f"event {i} (user {e[0]!r})"
-            if isinstance(items, (str, bytes)) or not hasattr(items, "__len__") or len(items) == 0:
+            if isinstance(items, (str, bytes, Mapping, AbstractSet)) or not hasattr(items, "__len__"):
+                raise TypeError(f"{where}: new_items must be a non-empty sequence of item ids, oldest first, got "
+                                f"{type(items).__name__}")
+            if len(items) == 0:
                 raise ValueError(f"{where}: new_items must be a non-empty sequence of item ids")
             ids = self.session._encode_row(items, where)
             ts = e[2] if len(e) == 3 else None
@@ -986,7 +1051,8 @@ def _check_histories(histories: Any, name: str = "histories") -> None:
     if isinstance(histories, np.ndarray):
         return
     flat = [r for r, h in enumerate(histories)
-            if isinstance(h, (str, bytes)) or not hasattr(h, "__len__") or getattr(h, "ndim", 1) != 1]
+            if isinstance(h, (str, bytes, Mapping, AbstractSet)) or not hasattr(h, "__len__")
+            or getattr(h, "ndim", 1) != 1]
     if len(flat) == len(histories) and all(isinstance(h, (int, np.integer)) for h in histories):
         raise TypeError(f"{name} must be a list of histories (lists of item ids), got a flat list of ints (one "
                         "history: wrap it in a list)")

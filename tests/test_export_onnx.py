@@ -516,6 +516,56 @@ def test_runtime_decode_and_encode_refuse_what_is_not_an_item(bundled_graph):
     assert plain.encode([[5, np.int32(7)]]) == [[5, 7]] and plain.decode(np.array([[5, 7]])) == [[5, 7]]
 
 
+
+def test_runtime_session_refuses_what_the_model_api_refuses(bundled_graph):
+    """OnnxStepSession was looser than the model API: init_state(True) gave a batch-1 state (a bool is an int),
+    encode([[]]) gave [[]], encode(None) / encode([1, 2]) raised Python's bare "'int' object is not iterable", and
+    prime([[1, True]]) read True as item 1. Each is now refused in the model's words, naming the argument."""
+    sess = OnnxStepSession(bundled_graph)
+    a, b = sess.items[:2]
+    for bad in (True, np.bool_(True), 2.0, "2", None, 0):
+        with pytest.raises(ValueError, match=rf"^batch_size must be an int >= 1, got {re.escape(repr(bad))}$"):
+            sess.init_state(bad)
+    st = sess.init_state(1)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got True"):
+        sess.check_state(st, True)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got True"):
+        sess.state_shape("seen", True)
+    with pytest.raises(ValueError, match=r"no state tensor 'nope' \(the state holds lru_state_re, lru_state_im"):
+        sess.state_shape("nope", 1)                                   # was StopIteration
+    for bad, message in (([[]], "history 0 is empty; every history needs at least one item"),
+                         ([[a], []], "history 1 is empty; every history needs at least one item")):
+        with pytest.raises(ValueError, match=rf"^{message}$"):
+            sess.encode(bad)
+    for bad, message in ((None, "histories must be a sequence of histories, got NoneType"),
+                         (5, "histories must be a sequence of histories, got int"),
+                         ({0: [a]}, "histories must be a sequence of histories, got dict"),
+                         ([a, b], "history 0 must be a sequence of item ids, oldest first, got int"),  # flat list
+                         (np.array([a, b]), "history 0 must be a sequence of item ids, oldest first, got int64"),
+                         ([[a], None], "history 1 must be a sequence of item ids, oldest first, got NoneType"),
+                         ([{a, b}], "history 0 must be a sequence of item ids, oldest first, got set")):  # no order
+        with pytest.raises(TypeError, match=rf"^{message}$"):
+            sess.encode(bad)
+    assert sess.encode([]) == [] and sess.encode([(a,), np.array([b]), [a, b]]) == [[1], [2], [1, 2]]
+    for bad, message in ((None, r"candidates must be a sequence of candidate lists, one per row \(None: not "
+                                r"restricted\), got NoneType"),
+                         ([a, b], r"candidates of row 0 must be a sequence of item ids \(or None: not restricted\), "
+                                  "got int")):
+        with pytest.raises(TypeError, match=rf"^{message}$"):
+            sess.encode_candidates(bad)
+    assert sess.encode_candidates([[a, b], None, []]).tolist() == [[1, 2], [0, 0], [0, 0]]
+    for call in (lambda: sess.prime([[1, True]]), lambda: sess.step([[2], [np.bool_(True)]], sess.init_state(2))):
+        with pytest.raises(TypeError, match=r"\[\d, \d\] = (np\.)?True_? is a bool, not an integer item index"):
+            call()
+    with pytest.raises(TypeError, match=r"^histories: history 0 is \{1, 2\} \(set\), not a list of item ids$"):
+        sess.prime([{1, 2}])
+    assert (sess.prime([[1, 2]]).topk_ids == sess.prime(np.array([[1, 2]])).topk_ids).all()
+    window = OnnxWindowSession(os.path.join(ROOT, "hub_cards", "sasrec-ml1m", "onnx-window"))
+    with pytest.raises(TypeError, match=r"^histories: history 1 is \{1: 2\} \(dict\), not a list of item ids$"):
+        window.recommend([[1], {1: 2}])
+    with pytest.raises(ValueError, match="^history 0 is empty; every history needs at least one item$"):
+        window.encode([[]])
+
 def _spoil(d, name, text):
     if isinstance(text, bytes):
         (d / name).write_bytes(text)

@@ -225,6 +225,21 @@ def test_a_stored_state_of_another_layout_is_stale_and_names_the_user(mamba):
     assert _same(np.array(v.encode(got[1][0])), *_reference(model, [4]))
 
 
+
+def test_new_items_and_candidates_that_are_no_sequence_are_type_errors(mamba):
+    """recommend(user, None) was a ValueError, recommend(user, {ids}) took a set in no order, and candidates=5 raised
+    Python's bare "object of type 'int' has no len()"."""
+    model, d = mamba
+    v = model.item_vocab
+    rec = UserStateRecommender(d)
+    for bad in (None, 3, {v.decode([1])[0]}, {v.decode([1])[0]: 1}):
+        with pytest.raises(TypeError, match=rf"^event 0 \(user 'a'\): new_items must be a non-empty sequence of item "
+                                            rf"ids, oldest first, got {type(bad).__name__}$"):
+            rec.recommend("a", bad)
+    with pytest.raises(TypeError, match=r"^candidates must be a sequence of candidate lists, one per event"):
+        rec.recommend_many([("a", v.decode([1]))], candidates=5)
+    assert "a" not in rec.store and len(rec.recommend("a", v.decode([1, 2]))) == 10
+
 def test_refused_events_store_nothing(mamba):
     model, d = mamba
     v = model.item_vocab

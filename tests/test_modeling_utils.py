@@ -5,6 +5,7 @@ directly on tiny GRU4Rec / SASRec / LRURec models: input and state validation, b
 import datetime
 import json
 import os
+import pathlib
 import re
 
 import numpy as np
@@ -797,3 +798,31 @@ def test_nan_scores_are_refused_not_ranked_first(model_type):
         model.predict(ids)
     with pytest.raises(ValueError, match=r"scores are NaN"):
         model.recommend([[1, 2, 3]], k=3)
+
+
+def test_the_python_api_names_what_the_qa_found_it_took_or_misnamed():
+    """The QA pass on the Python API (session 40): a NaN, negative or decreasing timestamp older than the model's
+    window passed (only the window was checked, though that part's item ids were); a generator of histories raised
+    "object of type 'generator' has no len()", naming no argument; step(all_positions="yes") was read as True; a
+    time-aware model took a flat list of ids for a timestamp-count mismatch. Each is named now."""
+    from transformers import AutoModel
+
+    m = AutoModel.from_pretrained(str(pathlib.Path(__file__).resolve().parents[1] / "hub_cards" /
+                                      "tim4rec-causal-beauty"))
+    window = int(m.config.max_seq_length)
+    h = m.item_vocab.items[:window + 10]                      # 10 items older than the window
+    ts = [1e9 + 100.0 * i for i in range(len(h))]
+    m.recommend([h], k=3, timestamps=[ts])
+    for bad, message in ((float("nan"), r"hold nan at position 0: timestamps must be finite"),
+                         (-5.0, r"hold a negative value \(-5\) at position 0"),
+                         (2e9, r"decrease at position 1 \(2e\+09 -> 1e\+09\)")):
+        with pytest.raises(ValueError, match=r"timestamps of history 0 " + message):
+            m.recommend([h], k=3, timestamps=[[bad] + ts[1:]])
+    with pytest.raises(TypeError, match=r"histories must be .*got generator \(an iterator: pass list\(\.\.\.\) of it\)"):
+        m.recommend((x for x in [h]), k=3, timestamps=[ts])
+    with pytest.raises(TypeError, match=r"history 0 must be a sequence of item ids"):
+        m.recommend(h[:5], k=3, timestamps=[ts[:5]])            # a flat list: named as such, not as a count
+    ids = torch.tensor([[1, 2]])
+    with pytest.raises(TypeError, match=r"all_positions must be a bool \(true or false\), got 'yes'"):
+        m.step(ids, m.init_state(1), timestamps=torch.tensor([[1e9, 1e9 + 1]], dtype=torch.float64),
+               all_positions="yes")

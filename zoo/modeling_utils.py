@@ -934,12 +934,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             self._refuse_timestamps(f"{caller}()")
         if self.uses_timestamps and timestamps is None:
             raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps=[[...], ...]")
+        idx = self.encode_histories(histories)       # first: a flat list of ids is named as such, not as a count
         if timestamps is not None:
             _check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
             if len(timestamps) != len(histories):
                 raise ValueError(f"got {len(timestamps)} timestamp lists for {len(histories)} histories")
-        idx = self.encode_histories(histories)
-        if timestamps is not None:
             timestamps = [_timestamp_row(t, f"timestamps of history {r}") for r, t in enumerate(timestamps)]
             for r, (h, t) in enumerate(zip(idx, timestamps)):
                 if len(t) != len(h):
@@ -1089,13 +1088,16 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             timestamps: ``[B, T]`` seconds for time-aware models.
             all_positions: return logits after each of the ``T`` items (``[B, T, n_items]``) instead of only the last.
         Returns:
-            ``(logits [B, n_items] or [B, T, n_items], new_state)``; logits equal :meth:`forward`'s at the same
+            ``(logits [B, n_items] or [B, T, n_items], new_state)``, the logits in the model's dtype as
+            :meth:`forward`'s (:meth:`predict` and :meth:`recommend` give float32 scores; the state is float32 in
+            every dtype, so a float64 model steps to float32 accuracy); logits equal :meth:`forward`'s at the same
             history (exactly, up to float error, for models with ``has_exact_step``). Runs in eval mode
             (:meth:`eval_mode`) and under ``torch.no_grad()``, like :meth:`predict`: serving, not training (which goes
             through :meth:`forward`). With gradients, the state of each step would hold the autograd graph of every
             step before it, and a serving loop would grow in memory without bound. Timestamps given to a model that
             reads none are an error.
         """
+        all_positions = config_bool(all_positions, "all_positions")      # "no" is truthy
         ids = self._check_ids(item_ids, "item_ids")
         if (ids == 0).any():
             raise ValueError("item_ids for step() must be real items (>= 1); padding index 0 is not allowed")
@@ -1458,9 +1460,12 @@ def check_weight_tensor(name: str, t: torch.Tensor, where: str) -> None:
 
 
 def _check_sequence(x: Any, what: str, expected: str) -> None:
-    """Refuse what is not an ordered sequence: a string, a dict (whose keys iteration would yield), a set (no order)."""
+    """Refuse what is not an ordered sequence: a string, a dict (whose keys iteration would yield), a set (no order),
+    an iterator or generator (no length, and read once: make it a list)."""
     if isinstance(x, (str, bytes, Mapping, AbstractSet)) or not hasattr(x, "__iter__"):
         raise TypeError(f"{what} must be {expected}, got {type(x).__name__}")
+    if not hasattr(x, "__len__"):
+        raise TypeError(f"{what} must be {expected}, got {type(x).__name__} (an iterator: pass list(...) of it)")
 
 
 #: dtypes of item-index tensors (``input_ids``, ``item_ids``, ``labels``): the integer dtypes torch computes with
@@ -1530,8 +1535,9 @@ def _timestamp_row(row: Any, what: str) -> torch.Tensor:
     float64 seconds: an ordered sequence, as histories must be (a set, a string, a dict or a scalar is a ``TypeError``
     naming ``what``), read by :func:`_as_seconds` in its own dtype so that :func:`_check_exact_seconds` refuses a
     rounded float32 row before it is widened, and milliseconds (beyond :data:`MAX_TIMESTAMP_S`) are refused naming the
-    history among all given. The other value checks (finite, non-negative, in time order) run with the batch, in
-    :meth:`SeqRecPreTrainedModel.check_timestamps`."""
+    history among all given; so are NaN / infinite / negative values and a row that goes back in time, over the whole
+    row -- the part older than the model's window too, whose item ids are checked as well (the batch's
+    :meth:`SeqRecPreTrainedModel.check_timestamps` sees only the window)."""
     _check_sequence(row, what, "a sequence of seconds, one per item, oldest first")
     t = _as_seconds(row, what)
     if t.dim() != 1:
@@ -1542,6 +1548,17 @@ def _timestamp_row(row: Any, what: str) -> torch.Tensor:
     if len(late):
         raise ValueError(f"{what} reach {float(late.max()):.6g} s, beyond {MAX_TIMESTAMP_S:.0e} s (the year ~5000): "
                          "they look like milliseconds or nanoseconds since the epoch; pass Unix seconds")
+    bad = (~torch.isfinite(t)).nonzero()
+    if len(bad):
+        raise ValueError(f"{what} hold {float(t[bad[0, 0]])} at position {int(bad[0, 0])}: timestamps must be finite")
+    bad = (t < 0).nonzero()
+    if len(bad):
+        raise ValueError(f"{what} hold a negative value ({float(t[bad[0, 0]]):.6g}) at position {int(bad[0, 0])}")
+    bad = (t[1:] < t[:-1]).nonzero()
+    if len(bad):
+        i = int(bad[0, 0]) + 1
+        raise ValueError(f"{what} decrease at position {i} ({float(t[i - 1]):.6g} -> {float(t[i]):.6g}): histories "
+                         "must be in time order, oldest first")
     return t
 
 

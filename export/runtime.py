@@ -150,7 +150,6 @@ def _bool_at(item_ids: Any) -> tuple[int, int, Any] | None:
     return None
 
 
-
 def read_spec(spec_path: str | os.PathLike) -> dict:
     """``state_spec.json`` as a dict; a file that is not JSON, not an object or lacks a field every graph has raises
     ValueError naming the file."""

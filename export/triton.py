@@ -780,8 +780,8 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict,
         lines += ["", "## Benchmark it", "", "perf_analyzer (Triton's SDK container) with real histories instead of "
                   "random ids" + ("" if window else ": one stream per user, primed with its history, then one "
                                   "request per event") + ":", "", "```bash",
-                  f"python -m export.perf_data --repo {_sh(repo)} {shell_option('--name', name)} --data YOUR_INTERACTIONS "
-                  "--out perf.json",
+                  f"python -m export.perf_data --repo {_sh(repo)} {shell_option('--name', name)} "
+                  "--data YOUR_INTERACTIONS --out perf.json",
                   "```", "", "It prints the `perf_analyzer` command to run."]
     return "\n".join(lines) + "\n"
 

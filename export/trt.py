@@ -43,8 +43,8 @@ What it does, in order, printing a report as it goes:
    ``DIR`` is touched: a ``--model`` that cannot be loaded (a typo, a folder that is not a saved zoo model) stops
    the run, exit 1, with ``DIR`` not created, or as it was (its engine and report where they were), and no report
    written; so does an ``--exclude-items`` file that cannot be read or names an item the model does not know, and a
-   ``--topk`` above the items the model can recommend is a usage error (2) there. ``DIR`` may not be a model checkpoint (``config.json`` / ``model.safetensors``: the export would
-   replace its ``item_vocab.json``).
+   ``--topk`` above the items the model can recommend is a usage error (2) there. ``DIR`` may not be a model
+   checkpoint (``config.json`` / ``model.safetensors``: the export would replace its ``item_vocab.json``).
 
 Exit codes (the shared table of every command, :data:`export.fsutil.EXIT_CODES`; the report's ``exit_code`` is the
 same number). The ``ERROR`` lines and a ``RESULT`` line of a run that did not succeed go to stderr, the stages and
@@ -53,10 +53,10 @@ their tables to stdout:
 * ``0`` engine built and verified, written;
 * ``1`` the run failed: a verified engine in ``DIR`` on a machine that cannot build one, before any work, ``DIR``
   untouched; a ``--model`` that cannot be loaded, before ``DIR`` is touched (one ``ERROR: --model ...`` line, no
-  report; ``DIR`` not created, or left as it was), and so an ``--exclude-items`` file it cannot use; export / plugin build / engine build failure, scan nodes not bound
-  to plugins, a graph with float64 I/O: TensorRT has no float64, so a float64-timestamps graph
-  (``run(..., time_input="timestamps")``) stops after the ONNX export + verification with a message saying so; a
-  verified engine that could not be written;
+  report; ``DIR`` not created, or left as it was), and so an ``--exclude-items`` file it cannot use; export /
+  plugin build / engine build failure, scan nodes not bound to plugins, a graph with float64 I/O: TensorRT has no
+  float64, so a float64-timestamps graph (``run(..., time_input="timestamps")``) stops after the ONNX export +
+  verification with a message saying so; a verified engine that could not be written;
 * ``2`` usage error (argparse's status), before any work: a bad, missing or conflicting option, an engine setting out
   of range, an ``--out`` that cannot be written or is a model checkpoint, a ``--plugin-lib`` that does not exist, a
   ``--topk`` above the items the loaded model can recommend;

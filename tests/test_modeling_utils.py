@@ -818,7 +818,8 @@ def test_the_python_api_names_what_the_qa_found_it_took_or_misnamed():
                          (2e9, r"decrease at position 1 \(2e\+09 -> 1e\+09\)")):
         with pytest.raises(ValueError, match=r"timestamps of history 0 " + message):
             m.recommend([h], k=3, timestamps=[[bad] + ts[1:]])
-    with pytest.raises(TypeError, match=r"histories must be .*got generator \(an iterator: pass list\(\.\.\.\) of it\)"):
+    with pytest.raises(TypeError, match=r"histories must be .*got generator \(an iterator: pass list\(\.\.\.\) "
+                                        r"of it\)"):
         m.recommend((x for x in [h]), k=3, timestamps=[ts])
     with pytest.raises(TypeError, match=r"history 0 must be a sequence of item ids"):
         m.recommend(h[:5], k=3, timestamps=[ts[:5]])            # a flat list: named as such, not as a count

@@ -14,7 +14,7 @@ import time
 import uuid
 
 from export.fsutil import (EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_USAGE, STDOUT_PATH, UsageError,  # noqa: F401
-                           exit_with, run_cli, shell_option, text_stream)  # run_cli: every command's entry (a closed stdout, Ctrl-C)
+                           exit_with, run_cli, shell_option, text_stream)  # run_cli: each command's entry
 
 from .data.readers import COLUMN_ROLES, check_columns
 from .data.split import parse_kcore

@@ -1,11 +1,15 @@
 """How item ids written as text are read, shared by :mod:`zoo.vocab` (the models' vocabularies) and
-:mod:`export.runtime` (the exported graphs' ``item_vocab.json``, served without torch): the standard library only,
-as ``import zoo`` loads torch and transformers, which the serving runtime runs without."""
+:mod:`export.runtime` (the exported graphs' ``item_vocab.json``, served without torch), and what a sequence of them
+must be (:func:`check_sequence`, shared with the model API's checks): the standard library only, as ``import zoo``
+loads torch and transformers, which the serving runtime runs without."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
+from typing import Any
 
 _INT_TEXT = re.compile(r"-?[0-9]+")
 
@@ -50,4 +54,15 @@ def unknown_id_hint(x, ids) -> str:
     return ""
 
 
-__all__ = ["is_int_text", "is_canonical_int_text", "other_normalization", "unknown_id_hint"]
+def check_sequence(x: Any, what: str, expected: str, *, ordered: bool = True, sized: bool = True) -> None:
+    """``TypeError`` ``{what} must be {expected}, got {type}`` for what is not an ordered sequence: None, a number, a
+    string, a dict (whose keys iteration would yield), a set when ``ordered`` (no order), and an iterator or generator
+    when ``sized`` (no length, and read once: make it a list). One refusal for the model API
+    (``zoo.modeling_utils``) and the torch-free serving runtime (:mod:`export.runtime`)."""
+    if isinstance(x, (str, bytes, Mapping)) or (ordered and isinstance(x, AbstractSet)) or not hasattr(x, "__iter__"):
+        raise TypeError(f"{what} must be {expected}, got {type(x).__name__}")
+    if sized and not hasattr(x, "__len__"):
+        raise TypeError(f"{what} must be {expected}, got {type(x).__name__} (an iterator: pass list(...) of it)")
+
+
+__all__ = ["check_sequence", "is_int_text", "is_canonical_int_text", "other_normalization", "unknown_id_hint"]

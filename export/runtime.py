@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .deps import require
-from .ids import is_canonical_int_text, is_int_text, unknown_id_hint
+from .ids import check_sequence, is_canonical_int_text, is_int_text, unknown_id_hint
 from .timestamps import seconds, time_gaps
 from .vocab_format import VOCAB_FORMAT, read_graph_vocab
 
@@ -117,15 +117,6 @@ def _str_id(x: Any, where: str) -> str:
         return str(int(x))
     raise TypeError(f"{where}: item id {x!r} ({type(x).__name__}) is not a str id; this vocabulary holds str ids (an "
                     "int is looked up as its text; None, a NaN, a float or a bool is no id)")
-
-
-def _check_sequence(x: Any, what: str, expected: str, ordered: bool = True) -> None:
-    """TypeError ``{what} must be {expected}, got {type}`` for what is not a sequence: None, a number, a string, a
-    dict (whose keys iteration would yield) or, when ``ordered``, a set (no order), as the model API's
-    ``zoo.modeling_utils._check_sequence`` words it."""
-    if (isinstance(x, (str, bytes, Mapping)) or (ordered and isinstance(x, AbstractSet))
-            or not hasattr(x, "__iter__")):
-        raise TypeError(f"{what} must be {expected}, got {type(x).__name__}")
 
 
 def _count(x: Any, name: str) -> int:
@@ -288,10 +279,10 @@ class _Base:
         ``histories`` that is not a sequence of histories (None, an int; a flat list of ids: its first id is no
         history), or a history that is not a sequence of ids (a set has no order), is a TypeError, an empty history a
         ValueError naming its index, as ``model.encode_histories``."""
-        _check_sequence(histories, "histories", "a sequence of histories")
+        check_sequence(histories, "histories", "a sequence of histories", sized=False)
         out = []
         for r, h in enumerate(histories):
-            _check_sequence(h, f"history {r}", "a sequence of item ids, oldest first")
+            check_sequence(h, f"history {r}", "a sequence of item ids, oldest first", sized=False)
             row = self._encode_row(h, f"history {r}")
             if not row:
                 raise ValueError(f"history {r} is empty; every history needs at least one item")
@@ -394,7 +385,8 @@ class _Base:
         indices, 0-padded (:meth:`encode`: an unknown id is an :class:`UnknownItemIdError`, a ValueError and a
         KeyError, naming it; without a vocabulary an id outside ``1 .. n_items - 1`` is a ValueError: 0 would read as
         padding and leave the row unrestricted)."""
-        _check_sequence(lists, "candidates", "a sequence of candidate lists, one per row (None: not restricted)")
+        check_sequence(lists, "candidates", "a sequence of candidate lists, one per row (None: not restricted)",
+                       sized=False)
         return _pad_rows([self._candidate_row(c, f"candidates of row {r}") for r, c in enumerate(lists)])
 
     def _candidate_row(self, ids: Sequence[Any] | None, where: str) -> list[int]:
@@ -402,7 +394,7 @@ class _Base:
         ``where``."""
         if ids is None:
             return []
-        _check_sequence(ids, where, "a sequence of item ids (or None: not restricted)", ordered=False)
+        check_sequence(ids, where, "a sequence of item ids (or None: not restricted)", ordered=False, sized=False)
         row = self._encode_row(ids, where)
         bad = [x for x in row if not 1 <= x < self.n_items]
         if bad:
@@ -663,7 +655,7 @@ class OnnxWindowSession(_Base):
         ts = None
         if self.uses_timestamps:
             if timestamps is not None:
-                _check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
+                check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
             if timestamps is None or len(timestamps) != len(histories):
                 raise ValueError("this model reads timestamps: pass one list of timestamps (seconds) per history")
             M = int(self.spec["max_seq_length"])
@@ -877,7 +869,7 @@ class UserStateRecommender:
         k = self._check_k(k)
         users = self._ss.checked_users(events)         # str or int, whatever the store
         if candidates is not None:
-            _check_sequence(candidates, "candidates", "a sequence of candidate lists, one per event (None: not "
+            check_sequence(candidates, "candidates", "a sequence of candidate lists, one per event (None: not "
                             "restricted)")
             if len(candidates) != len(events):
                 raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")

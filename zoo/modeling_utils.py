@@ -32,7 +32,6 @@ import numbers
 import os
 import re
 from collections.abc import Callable, Mapping
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -41,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
+
+from export.ids import check_sequence
 
 from .losses import NegativeSample, sampled_softmax_loss, sparse_output_table
 from .vocab import VOCAB_FILE, ItemVocab, UnknownItemError, int_id, int_id_value
@@ -578,7 +579,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         mask = torch.zeros(len(rows), L, dtype=torch.bool)
         ts = torch.zeros(len(rows), L, dtype=torch.float64) if timestamps is not None else None
         if timestamps is not None:
-            _check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
+            check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
         if timestamps is not None and len(timestamps) != len(rows):
             raise ValueError(f"got {len(timestamps)} timestamp lists for {len(rows)} histories")
         for r, h in enumerate(rows):
@@ -784,10 +785,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
     def encode_histories(self, histories: Sequence[Sequence[Any]]) -> list[list[int]]:
         """External item ids -> internal indices via the model's vocabulary (identity when it has none)."""
-        _check_sequence(histories, "histories", "a sequence of histories")
+        check_sequence(histories, "histories", "a sequence of histories")
         out = []
         for r, h in enumerate(histories):
-            _check_sequence(h, f"history {r}", "a sequence of item ids, oldest first")
+            check_sequence(h, f"history {r}", "a sequence of item ids, oldest first")
             h = list(h)
             if len(h) == 0:
                 raise ValueError(f"history {r} is empty; every history needs at least one item")
@@ -798,7 +799,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         """External ids of a set of items (e.g. items never to recommend) -> sorted distinct internal indices; an id the
         model does not know is an :class:`UnknownItemError` naming ``what`` (a mistyped id would otherwise leave the
         item it meant recommendable)."""
-        _check_sequence(items, what, "a sequence of item ids")
+        check_sequence(items, what, "a sequence of item ids")
         return sorted(set(self._encode_ids(list(items), what)))
 
     def _encode_ids(self, ids: list, where: str) -> list[int]:
@@ -901,7 +902,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         error naming it."""
         if candidates is None:
             return None
-        _check_sequence(candidates, "candidates", "a sequence of item ids, or one such sequence per history")
+        check_sequence(candidates, "candidates", "a sequence of item ids, or one such sequence per history")
         per_history = len(candidates) > 0 and all(
             isinstance(c, (list, tuple, range)) or (hasattr(c, "__len__") and hasattr(c, "dtype") and c.ndim == 1)
             for c in candidates)
@@ -927,7 +928,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         history (``timestamps of history 3``) among all given, not within a batch of ``batch_size``."""
         if isinstance(histories, torch.Tensor):
             raise TypeError(f"{caller}() takes lists of external item ids; for index tensors use {tensor_twin}()")
-        _check_sequence(histories, "histories", "a sequence of histories (lists of item ids)")
+        check_sequence(histories, "histories", "a sequence of histories (lists of item ids)")
         if len(histories) == 0:
             raise ValueError("no histories given")
         if timestamps is not None and not self.uses_timestamps:
@@ -936,7 +937,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             raise ValueError(f"{type(self).__name__} reads timestamps: pass timestamps=[[...], ...]")
         idx = self.encode_histories(histories)       # first: a flat list of ids is named as such, not as a count
         if timestamps is not None:
-            _check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
+            check_sequence(timestamps, "timestamps", "a sequence of lists of seconds, one list per history")
             if len(timestamps) != len(histories):
                 raise ValueError(f"got {len(timestamps)} timestamp lists for {len(histories)} histories")
             timestamps = [_timestamp_row(t, f"timestamps of history {r}") for r, t in enumerate(timestamps)]
@@ -1021,7 +1022,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         next item worse than these neighbours do, ``bench/RESULTS_ITEM_SIMILARITY.md``).
         Raises ``UnknownItemError`` for an id the model does not know, ``ValueError`` for a ``k`` larger than the
         items left."""
-        _check_sequence(items, "items", "a sequence of item ids")
+        check_sequence(items, "items", "a sequence of item ids")
         if len(items) == 0:
             raise ValueError("no items given")
         query = self._encode_ids(list(items), "items")
@@ -1122,7 +1123,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         if self.item_vocab is None:
             raise ValueError(f"{type(self).__name__} has no item vocabulary to add ids to; resize_items(n_items) grows "
                              "a model that uses internal indices")
-        _check_sequence(items, "items", "a sequence of item ids")
+        check_sequence(items, "items", "a sequence of item ids")
         vocab, added = self.item_vocab.extended(items)
         if added:
             self._grow_item_rows(vocab.n_items)
@@ -1459,15 +1460,6 @@ def check_weight_tensor(name: str, t: torch.Tensor, where: str) -> None:
         raise ValueError(f"weight {name!r} in {where} holds NaN or infinite values")
 
 
-def _check_sequence(x: Any, what: str, expected: str) -> None:
-    """Refuse what is not an ordered sequence: a string, a dict (whose keys iteration would yield), a set (no order),
-    an iterator or generator (no length, and read once: make it a list)."""
-    if isinstance(x, (str, bytes, Mapping, AbstractSet)) or not hasattr(x, "__iter__"):
-        raise TypeError(f"{what} must be {expected}, got {type(x).__name__}")
-    if not hasattr(x, "__len__"):
-        raise TypeError(f"{what} must be {expected}, got {type(x).__name__} (an iterator: pass list(...) of it)")
-
-
 #: dtypes of item-index tensors (``input_ids``, ``item_ids``, ``labels``): the integer dtypes torch computes with
 #: (negative ids are refused by the range checks)
 _ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -1538,7 +1530,7 @@ def _timestamp_row(row: Any, what: str) -> torch.Tensor:
     history among all given; so are NaN / infinite / negative values and a row that goes back in time, over the whole
     row -- the part older than the model's window too, whose item ids are checked as well (the batch's
     :meth:`SeqRecPreTrainedModel.check_timestamps` sees only the window)."""
-    _check_sequence(row, what, "a sequence of seconds, one per item, oldest first")
+    check_sequence(row, what, "a sequence of seconds, one per item, oldest first")
     t = _as_seconds(row, what)
     if t.dim() != 1:
         raise ValueError(f"{what} must be one number per item (1-D), got shape {list(t.shape)}")

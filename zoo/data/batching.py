@@ -134,11 +134,11 @@ def training_windows(sequences: Sequence[np.ndarray], max_len: int,
     labels = np.concatenate([s[1:] for s in seqs]).astype(np.int64, copy=False)
     # inputs cover every item but each sequence's last, labels every item but its first: one min each
     if min(int(inputs.min()), int(labels.min())) < 1:
-        for u, s in zip(use, seqs):
-            bad = np.flatnonzero(s.astype(np.int64) < 1)
+        for u, s in zip(use, seqs):                      # integer arrays (checked above): compared as they are
+            bad = np.flatnonzero(s < 1)
             if len(bad):
-                raise ValueError(f"sequence {u} has item index {int(s.astype(np.int64)[bad[0]])} at position "
-                                 f"{int(bad[0])}: internal item indices are >= 1 (0 is padding)")
+                raise ValueError(f"sequence {u} has item index {int(s[bad[0]])} at position {int(bad[0])}: internal "
+                                 "item indices are >= 1 (0 is padding)")
     ts = None
     if timestamps is not None:
         for u in use:

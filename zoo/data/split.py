@@ -47,6 +47,14 @@ def int_setting(value, name: str, lo: int, none: str | None = None) -> int | Non
     return v
 
 
+def _check_k(name: str, k) -> None:
+    """A k-core threshold (``user_k`` / ``item_k``) is an int (Python or numpy) or None: a float or a bool would be
+    cut or read as 1 by ``int()``. Checked by :func:`kcore_filter`, and by :func:`load_dataset` before the file is
+    read."""
+    if k is not None and int_id(k) is None:
+        raise ValueError(f"k-core threshold {name} must be an int or None, got {k!r} (0 or None: no filter)")
+
+
 def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``values [N]`` -> ``(codes [N] int64 in 0..U-1, uniques [U])`` with codes in order of first appearance."""
     values = np.asarray(values)
@@ -97,8 +105,7 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
         the kept rows (a new :class:`Interactions`); may be empty.
     """
     for name, k in (("user_k", user_k), ("item_k", item_k)):
-        if k is not None and int_id(k) is None:
-            raise ValueError(f"k-core threshold {name} must be an int >= 0 or None (0 = no filter), got {k!r}")
+        _check_k(name, k)
     user_k = int(user_k or 0)
     item_k = int(item_k or 0)
     if user_k < 0 or item_k < 0:
@@ -350,8 +357,7 @@ def load_dataset(path: "str | os.PathLike | Interactions", kcore: int | None | s
     if not (kcore is None or int_id(kcore) is not None or (isinstance(kcore, str) and kcore == "auto")):
         raise ValueError(f"kcore must be an int, None or 'auto', got {kcore!r}")   # '5', 2.5 or True (read as 1)
     for side, k in (("user_k", user_k), ("item_k", item_k)):
-        if k is not None and int_id(k) is None:
-            raise ValueError(f"{side} must be an int or None, got {k!r}")
+        _check_k(side, k)
     if isinstance(path, Interactions):
         inter, path = path, path.source
     else:

@@ -96,6 +96,16 @@ def text_stream(*outputs):
     return sys.stderr if STDOUT_PATH in outputs else sys.stdout
 
 
+def shell_option(flag: str, value: str | os.PathLike) -> str:
+    """``flag`` and its ``value`` as shell text that runs as shown (a command a card or a message writes for people
+    to copy): ``--flag VALUE`` (``VALUE`` shell-quoted) as usual, ``--flag=VALUE`` (quoted whole) for a value that
+    begins with ``-`` -- argparse would read ``--flag -x`` as two options (``expected one argument``), and
+    ``shlex.quote`` leaves a leading dash as it is. ``shlex.split`` of the text gives back the one word
+    ``flag=value``, or the two words ``flag`` and ``value``."""
+    value = os.fspath(value)
+    return shlex.quote(f"{flag}={value}") if value.startswith("-") else f"{flag} {shlex.quote(value)}"
+
+
 #: the exit status of a command whose stdout reader went away (``| head -1``): 128 + SIGPIPE, as a shell reports
 #: a process killed by SIGPIPE
 EXIT_BROKEN_PIPE = 141
@@ -218,13 +228,3 @@ def perf_data_script() -> None:
 def build_plugins_script() -> None:
     """``export-build-plugins``: ``python -m export.build_plugins``."""
     run_script("export.build_plugins")
-
-
-def shell_option(flag: str, value: str | os.PathLike) -> str:
-    """``flag`` and its ``value`` as shell text that runs as shown (a command a card or a message writes for people
-    to copy): ``--flag VALUE`` (``VALUE`` shell-quoted) as usual, ``--flag=VALUE`` (quoted whole) for a value that
-    begins with ``-`` -- argparse would read ``--flag -x`` as two options (``expected one argument``), and
-    ``shlex.quote`` leaves a leading dash as it is. ``shlex.split`` of the text gives back the one word
-    ``flag=value``, or the two words ``flag`` and ``value``."""
-    value = os.fspath(value)
-    return shlex.quote(f"{flag}={value}") if value.startswith("-") else f"{flag} {shlex.quote(value)}"

@@ -604,8 +604,6 @@ def _sh(path) -> str:
     return shlex.quote("./" + s if s.startswith("-") else s)
 
 
-
-
 def _py_str(text: str) -> str:
     """``text`` as a Python string literal for the READMEs' code: ``"text"`` when that is one, else ``repr``."""
     return f'"{text}"' if text.isprintable() and not any(c in text for c in '"\\') else repr(text)
@@ -1703,10 +1701,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not a.name:                                  # the default name is known now: before the export
                 check_model_folder(default_model_name(model.config.model_type, kind, a.backend, kw["state"]))
             excluded = excluded_indices(model, a.exclude_items)         # an unknown id: bad data in the file (1)
-            problem = topk_usage_error(model, 10 if a.topk is None else a.topk, excluded)
+            topk = 10 if a.topk is None else a.topk
+            problem = topk_usage_error(model, topk, excluded)
             if problem:                                     # an option value the model refuses: usage (2)
                 p.error(problem)
-            mdir = export_and_write(model, a.repo, topk=10 if a.topk is None else a.topk, verify=not a.no_verify,
+            mdir = export_and_write(model, a.repo, topk=topk, verify=not a.no_verify,
                                     exclude_seen=a.exclude_seen, user_vector=a.user_vector, candidates=a.candidates,
                                     exclude_items=excluded, **kw)
     except errors as e:

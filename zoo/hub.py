@@ -1042,19 +1042,13 @@ def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str 
     from export.onnx import main as onnx_main
 
     staged, final = str(card_dir), str(shown_as or card_dir)
-    # every value joined to its option (``--data=-x.csv``): argparse reads a separate value that begins with '-' as
-    # an option; ``args`` (:func:`existing_onnx_exports`) are flags, and options each followed by its value (those of
-    # ``valued``; another's value stays a word of its own, as before)
-    valued = {"--kind", "--topk", "--time-input"}
-    options, words = [("--model", staged), ("--card-dir", staged)], list(args)
-    while words:
-        word = words.pop(0)
-        options.append((word, words.pop(0)) if word in valued and words else (word, None))
-    if data:
-        options.append(("--data", os.fspath(data)))
-    argv = [o if v is None else f"{o}={v}" for o, v in options] + columns_argv(columns)
-    shown = [shlex.quote(o) if v is None else shell_option(o, v.replace(staged, final)) for o, v in options] + \
-        [shlex.quote(w) for w in columns_argv(columns)]
+    # a path is joined to its option (``--data=-x.csv``): argparse reads a separate value that begins with '-' as an
+    # option; the words of ``args`` (:func:`existing_onnx_exports`: flags, ``--kind step``, ``--topk 10``) never do
+    before = [("--model", staged), ("--card-dir", staged)]
+    after = [("--data", os.fspath(data))] if data else []
+    argv = [f"{o}={v}" for o, v in before] + list(args) + [f"{o}={v}" for o, v in after] + columns_argv(columns)
+    shown = [shell_option(o, v.replace(staged, final)) for o, v in before] + [shlex.quote(w) for w in args] + \
+        [shell_option(o, v.replace(staged, final)) for o, v in after] + [shlex.quote(w) for w in columns_argv(columns)]
     print("[zoo.hub] re-exporting (and verifying) the card's ONNX graph from its weights"
           + (f" (into a staged copy of {final}, renamed to it once the whole card is written)" if shown_as else "")
           + f": python -m export.onnx {' '.join(shown)}", flush=True)

@@ -137,6 +137,23 @@ def test_push_uploads_the_card_folder_as_asked_with_credentials_from_the_environ
     assert calls == []                                                        # refused before any Hub call
 
 
+@pytest.mark.parametrize("cmd", ["card", "push"])
+@pytest.mark.parametrize("repo_id", ["me/a/b", "me/my model", "me/x.git", "me/--x", ""])
+def test_a_repo_id_the_hub_refuses_is_a_usage_error(cmd, repo_id, tmp_path, monkeypatch, capsys):
+    """--repo-id was taken as given: `push` met a bad one only at create_repo, and `card` wrote a card whose example
+    loads an id it can never be published as. Now huggingface_hub's own rule refuses it (2) before anything is read,
+    measured or written."""
+    monkeypatch.setattr(hub, "push", lambda *a, **k: pytest.fail("push ran"))
+    monkeypatch.setattr(hub, "build_card_folder", lambda *a, **k: pytest.fail("card ran"))
+    argv = (["card", "--run", str(tmp_path / "m"), "--name", "x", "--data", str(tmp_path / "d"),
+             "--out", str(tmp_path / "out")] if cmd == "card" else ["push", str(tmp_path / "f")])
+    with pytest.raises(SystemExit) as e:
+        hub.main(argv + ["--repo-id", repo_id])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --repo-id: not a Hub repository id: " in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_list_names_each_bundled_model_by_its_hub_id(bundled, tmp_path, capsys):
     """``python -m zoo.hub list``: a line per bundled model, its Hub id (what from_pretrained takes) and its folder,
     then what its card says (``-`` for a folder without one): model type, dataset, protocol, test HR@10, NDCG@10."""

@@ -51,6 +51,19 @@ def card_name_problem(name: str) -> str | None:
     return None
 
 
+def hub_repo_id(value: str) -> str:
+    """argparse type of ``--repo-id``: a Hub repository id as huggingface_hub's ``validate_repo_id`` accepts it
+    (``NAME`` or ``OWNER/NAME``), else a usage error naming the rule -- before a card is measured or a folder read (a
+    card written for a bad id could never be pushed under it; ``push`` met it only at ``create_repo``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError as e:
+        raise argparse.ArgumentTypeError(f"not a Hub repository id: {e}") from None
+    return value
+
+
 SSM_MODELS = ("mamba4rec", "lrurec", "tim4rec", "tim4rec_causal", "ssd4rec")
 #: the reference numbers the cards compare against, each with a source a card's reader can look up (a paper, a public
 #: issue) or, for a target that no publication gives, a plain statement of what it is
@@ -1168,9 +1181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--out", help="the card folder (default: hub_cards/<name> under the current directory; from the "
                                  "repository root that is the bundled card's folder, whose card alone names "
                                  f"{HUB_ORG}/<name>); the folder written is printed at the end")
-    c.add_argument("--repo-id", help="the Hub id the card will be published as (zoo.hub push): its example and "
-                                     "commands load it (default: the --out folder; a bundled card: "
-                                     f"{HUB_ORG}/<name>)")
+    c.add_argument("--repo-id", type=hub_repo_id,
+                   help="the Hub id the card will be published as (zoo.hub push), NAME or OWNER/NAME: its example and "
+                        f"commands load it (default: the --out folder; a bundled card: {HUB_ORG}/<name>)")
     c.add_argument("--exclude-history", action="store_true",
                    help="measure under the LRURec protocol (the input window's items are never ranked); default: the "
                         "RecBole protocol (nothing masked); a card re-written in its folder keeps its protocol")
@@ -1198,7 +1211,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                        epilog=EXIT_CODES)
     u.add_argument("folder", help="the card folder to upload (a zoo.hub card --out folder), whole: hidden entries "
                                   "are left out")
-    u.add_argument("--repo-id", required=True,
+    u.add_argument("--repo-id", required=True, type=hub_repo_id,
                    help="the Hub repository to create or update, as OWNER/NAME (e.g. ssm-rec-zoo/mamba4rec-ml1m)")
     u.add_argument("--private", action="store_true",
                    help="make the repository private (an existing public one too); default: a new repository is "

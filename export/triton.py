@@ -869,16 +869,26 @@ mv -f "$here/1/{PLAN_FILE}.tmp" "$here/1/{PLAN_FILE}"
 """
 
 
+def _printable(name: str) -> str:
+    """``name`` as it is, or ``ascii(name)`` when it holds a line break or another unprintable character (in a
+    comment line of a script, a line break would start a command)."""
+    return name if name.isprintable() else ascii(name)
+
+
 def _serve_sh(names: Sequence[str]) -> str:
     """``DIR/serve.sh`` for the repository's TensorRT models ``names`` (sorted): builds each missing plan with its
     ``build_engine.sh``, then starts Triton with ``ZOO_TRT_PLUGINS_AUTOREGISTER=1`` (the plugin library registers its
     creators on Triton's plain ``dlopen`` only then; the builds run without it); the server and every engine build
     load one plugin library, the first model's (engines built with one library and served with another would not
-    deserialise)."""
-    plugin = f"/models/{names[0]}/plugins/{ps.PLUGIN_LIBRARY}"
-    builds = "".join(f"  bash /models/{n}/{ENGINE_SCRIPT} $plugin\n" for n in names)
+    deserialise). A folder renamed by hand (blanks, quotes, ``$``) is quoted for the container's shell, then escaped
+    for the double-quoted ``bash -c`` text (the generator's own names are ``[A-Za-z0-9_.-]+``: written bare)."""
+    def inner(path: str) -> str:                   # quoted for the container's bash, escaped for the "..." around it
+        return re.sub(r'([\\"$`])', r"\\\1", shlex.quote(path))
+
+    plugin = inner(f"/models/{names[0]}/plugins/{ps.PLUGIN_LIBRARY}")    # $plugin: expanded into the bash -c text
+    builds = "".join(f"  bash {inner(f'/models/{n}/{ENGINE_SCRIPT}')} $plugin\n" for n in names)
     return f"""#!/usr/bin/env bash
-# {SERVE_SH_MARK} Builds the missing TensorRT plans first ({', '.join(names)}).
+# {SERVE_SH_MARK} Builds the missing TensorRT plans first ({', '.join(map(_printable, names))}).
 # Triton's tensorrt backend only dlopens the plugin library: ZOO_TRT_PLUGINS_AUTOREGISTER=1 makes it register its
 # creators into the server's TensorRT (of the major version it was built for), after the builds (trtexec loads it
 # itself).

@@ -3226,6 +3226,36 @@ def test_serve_sh_registers_the_plugins_for_tritonserver_only(mamba_export, tmp_
     assert "ZOO_TRT_PLUGINS_AUTOREGISTER=1" in (repo / "a_trt" / "README.md").read_text()
 
 
+def test_serve_sh_quotes_folders_renamed_by_hand(tmp_path):
+    """A TensorRT model folder renamed by hand (a blank, a quote, a '$', a line break) was written bare into serve.sh's
+    bash -c text: the container's shell split or expanded it. Each build script and the plugin library now reach the
+    container's shell as one word, as named, and the name in the comment line cannot start a command."""
+    import subprocess
+
+    names = ["a b", "it's $HOME `x`\nrm", "ok"]
+    repo = tmp_path / "repo"
+    for n in names:
+        (repo / n / "plugins").mkdir(parents=True)
+        (repo / n / "build_engine.sh").write_text('printf "%s|%s\\n" "$0" "$1" >> "$BUILDS"\n')
+    (repo / "serve.sh").write_text(T._serve_sh(names))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(
+        '#!/usr/bin/env bash\nfor a in "$@"; do case $a in *:/models) host=${a%:/models};; esac; done\n'
+        'script="${@: -1}"\nexec bash -c "${script//\\/models/$host}"\n')
+    (bin_dir / "tritonserver").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$BUILDS.server"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    builds = tmp_path / "builds"
+    run = subprocess.run(["bash", str(repo / "serve.sh")], capture_output=True, text=True, check=False,
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "BUILDS": str(builds)})
+    assert run.returncode == 0, run.stderr
+    lib = f"{repo}/a b/plugins/{T.ps.PLUGIN_LIBRARY}"
+    assert builds.read_text().split("|" + lib + "\n")[:-1] == [f"{repo}/{n}/build_engine.sh" for n in names]
+    assert (tmp_path / "builds.server").read_text().splitlines()[1] == f"--backend-config=tensorrt,plugins={lib}"
+    assert "(a b, \"it's $HOME `x`\\nrm\", ok)" in (repo / "serve.sh").read_text().splitlines()[1]
+
+
 # ====================================================== sequences, refusals and the CLI's flags (QA findings)
 def test_python_backend_a_refused_request_restarts_the_idle_timer(mamba, mamba_export, tmp_path, monkeypatch):
     """Triton restarts a sequence's idle timer on every request, refused ones included: the model's idle sweep

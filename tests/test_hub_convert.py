@@ -1184,8 +1184,14 @@ def test_convert_refuses_an_out_folder_with_files_unless_overwrite(tmp_path, cap
     main(args + ["--out", str(tmp_path / "o"), "--item-tokens", str(tmp_path / "sup.txt")])
     assert AutoModel.from_pretrained(tmp_path / "o").item_vocab.decode([1, 2]) == ["³", "1"]
     (tmp_path / "dup.txt").write_text("[PAD]\n" + "\n".join(["5"] + [str(i) for i in range(1, 1349)]) + "\n")
-    with pytest.raises(SystemExit, match=r"--item-tokens .*dup.txt: ItemVocab items must be unique; 5 appears"):
+    with pytest.raises(SystemExit, match=r"--item-tokens .*dup.txt: lines 2 and 7 \('5' and '5'\) are both the item "
+                                         r"token '5'"):
         main(args + ["--out", str(tmp_path / "o2"), "--item-tokens", str(tmp_path / "dup.txt")])
+    (tmp_path / "blanks.txt").write_text("[PAD]\n pad\n" + "\n".join(str(i) for i in range(1, 1348)) + "\npad \n")
+    with pytest.raises(SystemExit, match=r"blanks.txt: lines 2 and 1350 \(' pad' and 'pad '\) are both the item token "
+                                         r"'pad' \(blanks around a token are not part of it\)"):
+        main(args + ["--out", str(tmp_path / "o2"), "--item-tokens", str(tmp_path / "blanks.txt")])
+    assert not (tmp_path / "o2").exists()
     capsys.readouterr()
 
 

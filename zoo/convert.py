@@ -257,11 +257,19 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     if item_tokens:
         try:
             with open(item_tokens, encoding="utf-8") as f:
-                tokens = [t.strip() for t in f if t.strip()]
+                lines = [(n, t.rstrip("\r\n")) for n, t in enumerate(f, start=1) if t.strip()]
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(cannot("--item-tokens", item_tokens, e, "read")) from None
-        if tokens and tokens[0] == "[PAD]":
-            tokens = tokens[1:]
+        if lines and lines[0][1].strip() == "[PAD]":
+            lines = lines[1:]
+        tokens = [t.strip() for _, t in lines]
+        first: dict[str, int] = {}
+        for (n, raw), t in zip(lines, tokens):       # ' pad' and 'pad' are one token: name both lines as written
+            if t in first:
+                m = first[t]
+                raise ValueError(f"--item-tokens {item_tokens}: lines {m} and {n} ({lines[tokens.index(t)][1]!r} and "
+                                 f"{raw!r}) are both the item token {t!r} (blanks around a token are not part of it)")
+            first[t] = n
         ints = all(is_canonical_int_text(t) for t in tokens)   # as the readers: '007' is no int, int() refuses '³'
         try:
             model.set_item_vocab(ItemVocab([int(t) for t in tokens] if ints else tokens))

@@ -761,6 +761,41 @@ def test_training_windows_refuse_misaligned_timestamps():
         training_windows(seqs, 4, timestamps=[np.arange(3.0)])
 
 
+def test_training_windows_refuse_nan_and_decreasing_timestamps():
+    """NaN/inf or decreasing timestamps name the sequence and position (the model's own check names only a batch
+    row); a drop from one user's last timestamp to the next user's first is no decrease."""
+    seqs = [np.array([1, 2, 3]), np.array([4, 5, 6])]
+    ok = training_windows(seqs, 4, timestamps=[np.array([5.0, 6, 7]), np.array([1.0, 1, 2])])
+    assert ok.timestamps.tolist() == [5.0, 6.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"sequence 1 has timestamp nan at position 2"):
+        training_windows(seqs, 4, timestamps=[np.array([5.0, 6, 7]), np.array([1.0, 2, np.nan])])
+    with pytest.raises(ValueError, match=r"sequence 1's timestamps decrease at position 1 \(3 -> 2\)"):
+        training_windows(seqs, 4, timestamps=[np.array([5.0, 6, 7]), np.array([3.0, 2, 4])])
+    with pytest.raises(ValueError, match=r"sequence 0 has timestamp inf at position 0"):
+        training_windows(seqs, 4, timestamps=[np.array([np.inf, 6, 7]), np.array([3.0, 2, 4])])
+
+
+def test_eval_batches_and_pad_sequences_check_ids():
+    """A float history would be cut to ints (1.7 -> item 1) and an index 0 or below read as padding or wrapped: both
+    name the row or example instead. Only the part of a history the window keeps is checked."""
+    with pytest.raises(ValueError, match=r"row 1 must be a 1-D array of int ids, got float64 values \[1.7\]"):
+        pad_sequences([np.array([1]), np.array([1.7])], "right")
+    with pytest.raises(ValueError, match=r"row 0 must be a 1-D array of int ids, got bool values"):
+        pad_sequences([np.array([True, False])], "left")
+    assert pad_sequences([np.array([1.5, 2.0])], "right", dtype=np.float64)[0].tolist() == [[1.5, 2.0]]
+    assert pad_sequences([np.array([], dtype=np.float64), [3]], "right")[0].tolist() == [[0], [3]]
+    ex = EvalExamples([np.array([1, 2]), np.array([4, 0, 5])], np.array([7, 8]), ["a", "b"])
+    with pytest.raises(ValueError, match=r"example 1 \(user 'b'\) has item index 0 in its history"):
+        list(eval_batches(ex, None, "right"))
+    assert [b["input_ids"].tolist() for b in eval_batches(ex, 1, "right")] == [[[2], [5]]]   # 0 cut off
+    ex = EvalExamples([np.array([1, 2]), np.array([4])], np.array([7, -1]), ["a", "b"])
+    with pytest.raises(ValueError, match=r"example 1 \(user 'b'\) has target item index -1"):
+        list(eval_batches(ex, None, "left", max_tokens=4))
+    ex = EvalExamples([np.array([1, 2])], np.array([7.5]), ["a"])
+    with pytest.raises(ValueError, match=r"targets must be int item indices >= 1, got float64 values \[7.5\]"):
+        list(eval_batches(ex, None, "left"))
+
+
 def test_bucketed_batches_are_shuffled_and_batch_size_checked():
     """bucket_by_length sorts inside a pool, then shuffles the batches (else every epoch runs short to long windows
     in the same order); without shuffle the sorted order stays. batch_size 0 is refused by name."""

@@ -103,7 +103,8 @@ def training_windows(sequences: Sequence[np.ndarray], max_len: int,
             the sequence and position (an int64 cast would cut 1.7 to item 1 silently).
         max_len: maximum window length ``L`` (e.g. the model's ``max_seq_length``): an int ``>= 1`` (Python or
             numpy; a bool, a float or a string is a ``ValueError``).
-        timestamps: ``U`` float64 arrays aligned with ``sequences``, or ``None``.
+        timestamps: ``U`` float64 arrays aligned with ``sequences``, or ``None``; NaN/inf or decreasing timestamps
+            in a used sequence are a ``ValueError`` naming the sequence and position.
         stride: int ``1 <= s <= max_len``, pairs between consecutive window ends (default ``max_len``: no overlap); each
             window supervises only its last ``s`` positions except a user's leftmost window, which supervises all.
     Returns:
@@ -144,7 +145,9 @@ def training_windows(sequences: Sequence[np.ndarray], max_len: int,
         for u in use:
             if len(timestamps[u]) != lens[u]:
                 raise ValueError(f"sequence {u} has {lens[u]} items but {len(timestamps[u])} timestamps")
-        ts = np.concatenate([np.asarray(timestamps[u], dtype=np.float64)[:-1] for u in use])
+        full = [np.asarray(timestamps[u], dtype=np.float64) for u in use]
+        _check_window_timestamps(full, use)
+        ts = np.concatenate([t[:-1] for t in full])
     m = lens[use] - 1                                           # pairs per user
     base = np.concatenate([[0], np.cumsum(m)[:-1]])             # flat offset of each user's pairs
     # windows end at m, m - s, m - 2s, ... down to the first end <= max_len (that window starts at the sequence start)
@@ -159,6 +162,30 @@ def training_windows(sequences: Sequence[np.ndarray], max_len: int,
     skip = np.where(k == 0, 0, length - stride)                 # leftmost window: all positions are targets
     return TrainingWindows(inputs, labels, ts, start.astype(np.int64), length.astype(np.int64),
                            use[user_of].astype(np.int64), max_len, skip.astype(np.int64), stride)
+
+
+def _check_window_timestamps(full: list[np.ndarray], use: np.ndarray) -> None:
+    """``ValueError`` naming the sequence and position when the timestamps of the sequences ``use`` (``full``, float64,
+    aligned) hold NaN/inf or decrease: a time-aware model would read garbage gaps (its own check names only the batch
+    row, at the first batch). One vectorised pass over all of them."""
+    flat = np.concatenate(full)
+    bad = ~np.isfinite(flat)
+    if not bad.any():
+        step = np.diff(flat) < 0                                # a drop between a user's last and the next's first
+        ends = np.cumsum([len(t) for t in full])[:-1] - 1      # item is no decrease
+        step[ends] = False
+        if not step.any():
+            return
+    for u, t in zip(use, full):
+        nan = np.flatnonzero(~np.isfinite(t))
+        if len(nan):
+            raise ValueError(f"sequence {u} has timestamp {float(t[nan[0]])!r} at position {int(nan[0])}: timestamps "
+                             "are finite seconds")
+        dec = np.flatnonzero(np.diff(t) < 0)
+        if len(dec):
+            p = int(dec[0]) + 1
+            raise ValueError(f"sequence {u}'s timestamps decrease at position {p} ({t[p - 1]:.10g} -> {t[p]:.10g}): "
+                             "each sequence must be in time order")
 
 
 def _gather_padded(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, padding_side: str,
@@ -241,12 +268,21 @@ def pad_sequences(seqs: Sequence[np.ndarray], padding_side: str, max_len: int | 
                   dtype=np.int64, fill=0) -> tuple[np.ndarray, np.ndarray]:
     """``B`` 1-D arrays -> ``(values [B, L], mask [B, L])`` keeping the last ``max_len`` of each, padded on a side.
 
-    ``L`` is the longest (truncated) row. Empty rows are allowed here (all padding); models reject them. ``max_len``
+    ``L`` is the longest (truncated) row. Empty rows are allowed here (all padding); models reject them. With an
+    integer ``dtype`` (ids) every non-empty row must hold integers (a float, bool or string row is a ``ValueError``
+    naming it: the cast would cut 1.7 to 1). ``max_len``
     is an int >= 1 or ``None`` (no truncation): 0 or a negative one kept the whole row or cut the oldest items.
     """
     _check_side(padding_side)
     max_len = int_setting(max_len, "max_len", 1, " (or None: no truncation)")
-    rows = [np.asarray(s, dtype=dtype) for s in seqs]
+    rows = [np.asarray(s) for s in seqs]
+    if np.dtype(dtype).kind in "iu":                # an int cast would cut 1.7 to 1 and read True as item 1
+        for r, row in enumerate(rows):
+            if row.ndim != 1 or (row.size and row.dtype.kind not in "iu"):
+                got = f"{row.dtype} values" if row.ndim == 1 else f"a {row.ndim}-D {row.dtype} array"
+                raise ValueError(f"row {r} must be a 1-D array of int ids, got {got} "
+                                 f"{row.ravel()[:3].tolist()}{' ...' if row.size > 3 else ''}")
+    rows = [r.astype(dtype, copy=False) for r in rows]
     if max_len is not None:
         rows = [r[-max_len:] if len(r) > max_len else r for r in rows]
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
@@ -259,6 +295,18 @@ def pad_sequences(seqs: Sequence[np.ndarray], padding_side: str, max_len: int | 
     return _gather_padded(flat, starts, lengths, padding_side, fill=fill)
 
 
+def _name_bad_index(examples, rows, ids: np.ndarray, mask: np.ndarray, targets: np.ndarray) -> None:
+    """``ValueError`` naming the first example of a batch whose (kept) history or target holds an index ``< 1``."""
+    for b, i in enumerate(rows):
+        h = ids[b][mask[b]]
+        if (h < 1).any():
+            raise ValueError(f"example {i} (user {examples.users[i]!r}) has item index {int(h[h < 1][0])} in its "
+                             "history: internal item indices are >= 1 (0 is padding)")
+        if targets[b] < 1:
+            raise ValueError(f"example {i} (user {examples.users[i]!r}) has target item index {int(targets[b])}: "
+                             "internal item indices are >= 1 (0 is padding)")
+
+
 def eval_batches(examples, max_len: int | None, padding_side: str, batch_size: int = 256,
                  max_tokens: int | None = None) -> Iterator[dict]:
     """Evaluation batches from :class:`~zoo.data.split.EvalExamples`.
@@ -268,7 +316,9 @@ def eval_batches(examples, max_len: int | None, padding_side: str, batch_size: i
     ``max_tokens`` they go by history length instead (shortest first, ties in example order), each as many examples
     as fit ``rows * longest <= max_tokens`` (at least one): whole histories run from 3 to thousands of items, and a
     batch padded to its longest would cost memory for every row at that length. ``max_len``, ``batch_size`` and
-    ``max_tokens`` are ints ``>= 1`` (Python or numpy; a bool, a float or a string is a ``ValueError``).
+    ``max_tokens`` are ints ``>= 1`` (Python or numpy; a bool, a float or a string is a ``ValueError``). History ids
+    and targets are int indices ``>= 1``: others are a ``ValueError`` naming the example (checked per batch, on the
+    part of each history the window keeps).
 
     Yields:
         dicts of torch tensors::
@@ -305,7 +355,13 @@ def eval_batches(examples, max_len: int | None, padding_side: str, batch_size: i
         rows = range(*sl.indices(n)) if isinstance(sl, slice) else sl.tolist()
         hist = [examples.histories[i] for i in rows]
         ids, mask = pad_sequences(hist, padding_side, max_len)
-        targets = np.asarray(examples.targets, dtype=np.int64)[sl.numpy() if isinstance(sl, torch.Tensor) else sl]
+        targets = np.asarray(examples.targets)[sl.numpy() if isinstance(sl, torch.Tensor) else sl]
+        if targets.dtype.kind not in "iu":
+            raise ValueError(f"targets must be int item indices >= 1, got {targets.dtype} values "
+                             f"{targets[:3].tolist()}")
+        targets = targets.astype(np.int64, copy=False)
+        if (ids[mask] < 1).any() or (targets < 1).any():
+            _name_bad_index(examples, rows, ids, mask, targets)
         batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
                  "targets": torch.from_numpy(np.ascontiguousarray(targets)), "index": sl}
         if examples.history_timestamps is not None:

@@ -121,6 +121,29 @@ def test_init_from_continues_training(tmp_path):
     assert second["init_valid_NDCG10"] == pytest.approx(first["best_valid_NDCG10"], abs=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_init_from_a_half_precision_checkpoint_trains_in_float32(tmp_path, capsys, dtype):
+    """A checkpoint saved after .half() loaded as float16 (transformers keeps the saved dtype): Adam in float16 made
+    the weights NaN within an epoch and the run ended in a traceback; a bfloat16 one trained and saved bf16 weights
+    without a word. The start is loaded in float32 (with a note), and the run's checkpoint is float32."""
+    from safetensors import safe_open
+    from transformers import AutoModel
+
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "markov.tsv", n_users=60)
+    args = ["--model", "gru4rec", "--data", str(data), "--epochs", "1", "--max-len", "30", "--kcore", "0",
+            "--no-progress", "--lr", "5e-3", "--set", *TINY["gru4rec"]]
+    train_main(args + ["--out", str(tmp_path / "a")])
+    AutoModel.from_pretrained(tmp_path / "a").to(dtype).save_pretrained(tmp_path / "half")
+    capsys.readouterr()
+    log = train_main(args + ["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "half")])
+    name = str(dtype).removeprefix("torch.")
+    assert f"holds {name} weights: loaded and trained in float32" in capsys.readouterr().out
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log["epochs"]) and log["test"]["NDCG@10"] > 0
+    with safe_open(str(tmp_path / "b" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_a_stage_that_does_not_beat_its_start_says_so(tmp_path, capsys):
     """With lr 0 no epoch can beat the starting checkpoint: the run says that the checkpoint it started from remains

@@ -541,7 +541,9 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     if init_from:  # continue from a checkpoint (e.g. a bundled model trained in an earlier, time-limited run)
         with _run_inputs():                 # a checkpoint that cannot be found or read
             try:
-                model = model_cls.from_pretrained(init_from)
+                # float32 whatever the checkpoint was saved in: Adam in float16 turns the weights to NaN within an
+                # epoch, bfloat16 trains coarsely and saves bf16 weights (--amp is the way to low precision)
+                model = model_cls.from_pretrained(init_from, dtype=torch.float32)
             except (OSError, ValueError) as e:
                 from .cli import error_text
 
@@ -550,6 +552,9 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         ds, init_items = fit_data_to_checkpoint(ds, model, unknown_items, f"--init-from {init_from}")
         model, init_changes = apply_config_overrides(model, overrides, f"--init-from {init_from}")
         model = model.to(device)
+        if _saved_dtype(init_from) not in (None, "float32"):
+            print(f"[zoo.train] --init-from {init_from} holds {_saved_dtype(init_from)} weights: loaded and trained "
+                  "in float32 (--amp for mixed precision)", flush=True)
         print(f"[zoo.train] initialised from {init_from}"
               + "".join(f"; {k} {a!r} -> {b!r}" for k, (a, b) in init_changes.items()), flush=True)
         if init_items["note"]:
@@ -982,6 +987,20 @@ def card_files(out: str | os.PathLike) -> list[str]:
 
     return sorted(os.path.relpath(f, out) for pattern in CARD_MARKERS
                   for f in glob.glob(os.path.join(glob.escape(os.fspath(out)), pattern)))
+
+
+def _saved_dtype(name_or_path: str) -> str | None:
+    """The weights' dtype a checkpoint's ``config.json`` records (``"float16"``), or None where it records none or
+    cannot be read (the load has read it already: this only words a note)."""
+    from .pretrained import resolve_pretrained
+
+    try:
+        with open(os.path.join(resolve_pretrained(name_or_path), "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return None
+    dtype = cfg.get("dtype", cfg.get("torch_dtype")) if isinstance(cfg, dict) else None
+    return dtype if isinstance(dtype, str) else None
 
 
 def check_output_folder(out: str | os.PathLike, init_from: str | None = None, overwrite: bool = False) -> None:

@@ -144,6 +144,30 @@ def test_init_from_a_half_precision_checkpoint_trains_in_float32(tmp_path, capsy
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
 
 
+def test_config_takes_a_checkpoints_config_json(tmp_path, capsys):
+    """--config with a saved config.json (the file a user reaches for first) was refused on n_items/item_vocab_file,
+    then on architectures, d_inner, dtype, model_type and transformers_version. Its fields are used now, its
+    bookkeeping left out and n_items taken from the data (with a note); another model's config.json is refused."""
+    from zoo.models.mamba4rec import Mamba4RecConfig
+
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    saved = tmp_path / "saved"
+    Mamba4RecConfig(n_items=9999, hidden_size=16, d_state=4, expand=1, max_seq_length=30).save_pretrained(saved)
+    args = ["--model", "mamba4rec", "--data", str(data), "--epochs", "1", "--kcore", "0", "--no-progress",
+            "--config", str(saved / "config.json")]
+    log = train_main(args + ["--out", str(tmp_path / "a")])
+    assert "its n_items 9999 is not used (the run sets n_items from its data)" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (cfg["hidden_size"], cfg["d_state"], cfg["d_inner"], cfg["max_seq_length"]) == (16, 4, 16, 30)
+    assert cfg["n_items"] == 41 and log["test"]["NDCG@10"] > 0
+    with refused(capsys, r"--config .*config.json: a 'mamba4rec' config.json, and --model is 'gru4rec'"):
+        train_main(["--model", "gru4rec"] + args[2:] + ["--out", str(tmp_path / "b")])
+    (tmp_path / "hand.json").write_text(json.dumps({"hidden_size": 16, "dtype": "float32"}))
+    with refused(capsys, r"--config .*hand.json: \['dtype'\] not fields of Mamba4RecConfig"):
+        train_main(args[:-1] + [str(tmp_path / "hand.json"), "--out", str(tmp_path / "c")])
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_a_stage_that_does_not_beat_its_start_says_so(tmp_path, capsys):
     """With lr 0 no epoch can beat the starting checkpoint: the run says that the checkpoint it started from remains

@@ -170,6 +170,28 @@ def check_config_overrides(cfg_cls, overrides: dict, where: str = "--set") -> No
                          f"{sorted(fields)}")
 
 
+def saved_config_fields(fields: dict, cfg_cls, path: str | os.PathLike) -> dict:
+    """``--config``'s ``fields`` without what a checkpoint's ``config.json`` holds beside the config fields, when the
+    file is one (it has a ``model_type``): transformers' and the zoo's bookkeeping (``architectures``, ``dtype``,
+    ``transformers_version``, ``item_vocab_file``), the derived fields (``d_inner``: recomputed) and the run fields
+    ``n_items`` (set by the run from its data; a note says so). A ``model_type`` other than ``cfg_cls``'s is a
+    ``ValueError`` (another model's config). A file without ``model_type`` is returned as it is: a hand-written file's
+    keys are all meant as fields, and one that is not is refused by name."""
+    from .modeling_utils import ZOO_CONFIG_KEYS, transformers_config_keys
+
+    if "model_type" not in fields:
+        return fields
+    if fields["model_type"] != cfg_cls.model_type:
+        raise ValueError(f"--config {path}: a {fields['model_type']!r} config.json, and --model is "
+                         f"{cfg_cls.model_type!r}")
+    own = config_fields(cfg_cls) - set(RUN_FIELDS)
+    drop = (transformers_config_keys() | ZOO_CONFIG_KEYS | set(cfg_cls.derived_fields) | set(RUN_FIELDS)) - own
+    if "n_items" in fields:
+        print(f"[zoo.train] --config {path}: its n_items {fields['n_items']!r} is not used (the run sets n_items from "
+              "its data)", flush=True)
+    return {k: v for k, v in fields.items() if k not in drop}
+
+
 #: config fields a run sets itself, from its data (or its ``--init-from`` checkpoint), never from ``--set``/``--config``
 RUN_FIELDS = {"n_items": "the item vocabulary's size", "item_vocab_file": "written with the checkpoint's vocabulary"}
 
@@ -1080,7 +1102,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "checkpoint, give its type here and the checkpoint as --init-from)")
     run.add_argument("--data", required=True, help="interaction file (.seq, .inter, ratings.dat, csv/tsv; .gz ok)")
     run.add_argument("--out", required=True, help="folder for the best checkpoint and train_log.json")
-    run.add_argument("--config", help="JSON file of model config fields (default: none, the model's defaults; --set "
+    run.add_argument("--config", help="JSON file of model config fields, or a checkpoint's config.json (its "
+                                      "bookkeeping and n_items left out) (default: none, the model's defaults; --set "
                                       "overrides it)")
     run.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                      help="model config overrides (over --config's; --set may be repeated)")
@@ -1230,6 +1253,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             exit_with(EXIT_ERROR, f"{p.prog}: error: {e}")
     try:
         if args.config:
+            fields = saved_config_fields(fields, get_model_class(args.model)[0], args.config)
             # a typo in the file is named as the file's (it was reported as a --set field)
             check_run_fields(fields, where=f"--config {args.config}")
             check_config_overrides(get_model_class(args.model)[0], fields, where=f"--config {args.config}")

@@ -72,6 +72,22 @@ def test_unreachable_hub_falls_back_fast(bundled, monkeypatch):
             Mamba4RecModel.from_pretrained(bad)
 
 
+def test_a_hub_id_loaded_into_the_wrong_class_is_named_as_given(bundled, monkeypatch):
+    """Loading a bundled Hub id into the wrong class (or with sizes its weights do not have) named only the cache
+    snapshot it was resolved to (models--ssm-rec-zoo--.../snapshots/<hash>), not the id the user typed; the id comes
+    first now, the folder after it."""
+    from zoo.models.gru4rec import GRU4RecModel
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_id = f"{hub.HUB_ORG}/tiny-mamba4rec"
+    with pytest.raises(ValueError, match=rf"^{re.escape(hub_id)} \(\S+snapshots\S+\) holds a 'mamba4rec' checkpoint; "
+                                         r"it cannot be loaded into GRU4RecModel"):
+        GRU4RecModel.from_pretrained(hub_id)
+    with pytest.raises(ValueError, match=rf"^weights in {re.escape(hub_id)} \(\S+\) do not match "
+                                         r"Mamba4RecModel\(mamba4rec\): tensor shapes differ"):
+        zoo.SeqRecPreTrainedModel.from_pretrained(hub_id, n_items=40)
+
+
 def test_push_refuses_incomplete_folder_and_missing_credentials(tmp_path, bundled, monkeypatch):
     with pytest.raises(ValueError, match="missing"):
         hub.push(str(tmp_path / "bundle" / "tiny-mamba4rec"), "me/x")

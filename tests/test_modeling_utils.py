@@ -13,8 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import zoo  # noqa: F401  (registers the models with AutoConfig / AutoModel)
-from zoo import pretrained
+from zoo import pretrained  # importing zoo registers the models with AutoConfig / AutoModel
 from zoo.modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, window_append, window_state
 from zoo.models.gru4rec import GRU4RecConfig, GRU4RecModel
 from zoo.models.lrurec import LRURecConfig, LRURecModel
@@ -827,3 +826,129 @@ def test_the_python_api_names_what_the_qa_found_it_took_or_misnamed():
     with pytest.raises(TypeError, match=r"all_positions must be a bool \(true or false\), got 'yes'"):
         m.step(ids, m.init_state(1), timestamps=torch.tensor([[1e9, 1e9 + 1]], dtype=torch.float64),
                all_positions="yes")
+
+
+# ------------------------------------------------------------------- QA fixes (session 41): the HF save/load surface
+def _files(folder) -> dict:
+    return {f: (folder / f).read_bytes() for f in os.listdir(folder) if (folder / f).is_file()}
+
+
+def test_a_variant_or_a_save_without_weights_is_refused_and_the_folders_weights_stay(tmp_path, monkeypatch):
+    """save_pretrained(folder, variant="fp16") wrote model.fp16.safetensors, which no zoo loader reads, and removed
+    the folder's model.safetensors as the weights of an earlier save; state_dict={} removed them and wrote none;
+    is_main_process=False (the other processes of a distributed run) removed them too. Each is refused (or, for the
+    latter, writes nothing) before anything is written or removed; from_pretrained(variant=) is refused alike."""
+    from transformers import PreTrainedModel
+
+    model = gru()
+    model.save_pretrained(tmp_path)
+    before = _files(tmp_path)
+    with pytest.raises(ValueError, match=r"^variant='fp16': zoo models are saved as model\.safetensors only"):
+        model.save_pretrained(tmp_path, variant="fp16")
+    with pytest.raises(ValueError, match=r"^state_dict is empty: the save would write no weights"):
+        model.save_pretrained(tmp_path, state_dict={})
+    model.save_pretrained(tmp_path, is_main_process=False)
+    assert _files(tmp_path) == before
+    with pytest.raises(ValueError, match=r"^variant='fp16': zoo checkpoints hold model\.safetensors only"):
+        GRU4RecModel.from_pretrained(tmp_path, variant="fp16")
+
+    def config_only(self, save_directory, *args, **kwargs):     # a transformers save that writes no weight file
+        self.config.save_pretrained(save_directory)
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", config_only)
+    with pytest.raises(ValueError, match=r"save_pretrained wrote no weight file \(only \['config\.json'\]\); .* is "
+                                         r"left as it was$"):
+        model.save_pretrained(tmp_path)
+    assert _files(tmp_path) == before and sorted(os.listdir(tmp_path)) == sorted(before)   # no staging folder left
+    torch.testing.assert_close(GRU4RecModel.from_pretrained(tmp_path).item_embedding.weight,
+                               model.item_embedding.weight)
+
+
+@pytest.mark.parametrize("field, value", [("max_seq_length", True), ("num_layers", None), ("hidden_size", "8")])
+def test_a_config_json_value_of_the_wrong_type_is_one_value_error_naming_the_file_and_field(tmp_path, capsys,
+                                                                                            field, value):
+    """The configs raise TypeError for a value of the wrong type; every CLI catches only OSError/ValueError, so a
+    hand-edited config.json gave a traceback. It is a ValueError naming the file and the field on every entry point;
+    a bad override (the caller's own keyword) keeps its own error, and a good one mends a bad file value."""
+    from transformers import AutoConfig, AutoModel
+
+    from zoo import recommend
+
+    gru().save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, field: value}))
+    named = re.escape(f"{tmp_path / 'config.json'}: {field} must be")
+    for load, message in ((SeqRecPreTrainedModel.from_pretrained, named), (GRU4RecModel.from_pretrained, named),
+                          (GRU4RecConfig.from_pretrained, named), (AutoModel.from_pretrained, f"config.json: {field}"),
+                          (AutoConfig.from_pretrained, f"config.json: {field}")):
+        with pytest.raises(ValueError, match=message):
+            load(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        recommend.main(["--model", str(tmp_path), "--history", "1", "2", "--device", "cpu"])
+    assert re.fullmatch(rf"error: --model .*: {named} .*", str(e.value.code)), e.value.code
+    assert "Traceback" not in capsys.readouterr().err
+    assert GRU4RecModel.from_pretrained(tmp_path, **{field: cfg[field]}).config.to_dict()[field] == cfg[field]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(TypeError, match=rf"^{field} must be"):
+        GRU4RecModel.from_pretrained(tmp_path, **{field: value})
+
+
+def test_output_loading_info_returns_the_model_and_its_empty_loading_info(tmp_path):
+    """output_loading_info=True was dropped: ``model, info = AutoModel.from_pretrained(d, output_loading_info=True)``
+    raised "cannot unpack non-iterable". It returns (model, info) as transformers does, with empty lists (any
+    problem they would hold is an error in the zoo)."""
+    from transformers import AutoModel
+
+    model = gru()
+    model.save_pretrained(tmp_path)
+    for load in (AutoModel.from_pretrained, GRU4RecModel.from_pretrained, SeqRecPreTrainedModel.from_pretrained):
+        loaded, info = load(tmp_path, output_loading_info=True)
+        assert type(loaded) is GRU4RecModel
+        torch.testing.assert_close(loaded.item_embedding.weight, model.item_embedding.weight)
+        assert {k: len(info[k]) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")} == {
+            "missing_keys": 0, "unexpected_keys": 0, "mismatched_keys": 0, "error_msgs": 0}
+    assert type(GRU4RecModel.from_pretrained(tmp_path, output_loading_info=False)) is GRU4RecModel
+
+
+def test_a_config_class_refuses_the_config_json_of_another_zoo_model(tmp_path, capfd):
+    """Mamba4RecConfig.from_pretrained(a SASRec folder) only warned and built a mixed config (model_type 'sasrec'
+    on a Mamba4RecConfig, SASRec's fields as strays) that a Mamba model would save. Refused in one line naming both
+    types, before transformers' warning; AutoConfig and the right class still load it."""
+    from transformers import AutoConfig
+
+    from zoo.models.mamba4rec import Mamba4RecConfig
+
+    tiny("sasrec").save_pretrained(tmp_path)
+    capfd.readouterr()
+    message = r"model_type 'sasrec' is a SASRecConfig, not a Mamba4RecConfig \(model_type 'mamba4rec'\)"
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "config.json")) + ": " + message):
+        Mamba4RecConfig.from_pretrained(tmp_path)
+    assert "You are using a model of type" not in capfd.readouterr().err
+    with pytest.raises(ValueError, match="^config.json: " + message):
+        Mamba4RecConfig.from_dict(json.loads((tmp_path / "config.json").read_text()))
+    assert type(AutoConfig.from_pretrained(tmp_path)) is SASRecConfig
+    assert SASRecConfig.from_pretrained(tmp_path).num_heads == 2
+    assert SeqRecConfig.from_dict({"model_type": "sasrec", "n_items": 12}).n_items == 12    # the base takes any
+
+
+def test_a_shape_mismatch_names_the_tensors_and_shapes_in_one_line(tmp_path, capfd):
+    """A config whose sizes are not the file's (an override, or config= of another width) printed transformers'
+    multi-line LOAD REPORT on stderr and then an error pointing to it. The shapes of the safetensors header are
+    compared with the model's before the load: one line naming the tensors and both shapes, nothing on stderr."""
+    from transformers import AutoModel
+
+    tiny("sasrec").save_pretrained(tmp_path)
+    capfd.readouterr()
+    for kw, detail in (({"max_seq_length": 10}, "position_embedding.weight [6, 8] in the file vs [10, 8] in the model"),
+                       ({"n_items": 20}, "item_embedding.weight [12, 8] in the file vs [20, 8] in the model")):
+        for load in (AutoModel.from_pretrained, SASRecModel.from_pretrained):
+            with pytest.raises(ValueError, match=rf"^weights in {re.escape(str(tmp_path))} do not match "
+                                                 r"SASRecModel\(sasrec\): tensor shapes differ from the config "
+                                                 rf"\(n_items=\d+, max_seq_length=\d+, hidden_size=8\): .*"
+                                                 rf"{re.escape(detail)}"):
+                load(tmp_path, **kw)
+    wide = SASRecConfig(n_items=12, max_seq_length=6, hidden_size=16, num_heads=2, inner_size=8, num_layers=1)
+    with pytest.raises(ValueError, match=r"tensor shapes differ .* \(and \d+ more\)$"):
+        SASRecModel.from_pretrained(tmp_path, config=wide)
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "MISMATCH" not in err, err

@@ -146,6 +146,23 @@ def config_float(value: Any, name: str, *, gt: float | None = None, ge: float | 
     return v
 
 
+#: the intervals a rate may be given for (:func:`config_rate`), as :func:`config_float` bounds
+_RATE_BOUNDS = {"[0, 1)": {"ge": 0.0, "lt": 1.0}, "(0, 1]": {"gt": 0.0, "le": 1.0}, "[0, 1]": {"ge": 0.0, "le": 1.0}}
+
+
+def config_rate(value: Any, name: str, interval: str = "[0, 1)") -> float:
+    """Config field ``name``, a probability (a dropout, a masking ratio), as a Python float in ``interval`` (one of
+    ``"[0, 1)"``, the default and every dropout's; ``"(0, 1]"``; ``"[0, 1]"``), checked by :func:`config_float`: what
+    is no number (None, a string, a bool, which ``float()`` read as 1.0) is a ``TypeError``, NaN or a value outside
+    ``interval`` a ``ValueError``, each naming the field and the interval (a bare ``float()`` named neither)."""
+    try:
+        return config_float(value, name, **_RATE_BOUNDS[interval])
+    except TypeError:
+        raise TypeError(f"{name} must be a number in {interval}, got {value!r}") from None
+    except ValueError:
+        raise ValueError(f"{name} must be in {interval}, got {value!r}") from None
+
+
 def config_bool(value: Any, name: str) -> bool:
     """Config field ``name`` as a bool: ``True`` / ``False`` (numpy / torch bools, and the ints 0 and 1, accepted);
     anything else -- a string such as ``"no"``, which ``bool()`` reads as True -- is a ``TypeError`` naming it."""
@@ -211,6 +228,10 @@ RECBOLE_ALIASES = {"n_layers": "num_layers", "n_heads": "num_heads", "hidden_dro
 #: nothing), "warn" (read by :meth:`SeqRecConfig.from_dict` from a config.json another version may have written),
 #: "ignore" (:meth:`SeqRecConfig.check`, whose keys were warned about when they were read)
 _UNKNOWN_KEYS: contextvars.ContextVar[str] = contextvars.ContextVar("zoo_unknown_config_keys", default="raise")
+#: what :meth:`SeqRecConfig.from_dict` names as the source of a bad value: the ``config.json`` being read (set by
+#: the ``from_pretrained`` of configs and models, :func:`_reading_config`); unset, plainly ``config.json``
+#: (``AutoConfig.from_pretrained`` hands the file's contents to ``from_dict`` without its path)
+_CONFIG_SOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar("zoo_config_source", default=None)
 _INIT_FIELDS: dict[type, frozenset[str]] = {}
 _TRANSFORMERS_KEYS: frozenset[str] = frozenset()
 
@@ -340,9 +361,18 @@ class SeqRecConfig(PreTrainedConfig):
         recomputed from the sources an override may change. Keys of ``config_dict`` that are no field (written by
         another version) are kept with a warning, never refused. Other overrides follow transformers: set when the
         config has such an attribute, else returned with ``return_unused_kwargs=True`` (the model's own keyword
-        arguments), else ignored with a warning naming the closest field."""
+        arguments), else ignored with a warning naming the closest field.
+
+        A value of ``config_dict`` that ``__init__`` refuses (``TypeError`` or ``ValueError``: ``"num_layers": null``
+        in a hand-edited file) is a ``ValueError`` naming the ``config.json`` and the field, so that every CLI prints
+        it as one line; a bad override keeps its own error. A ``model_type`` of another zoo model is refused when
+        ``cls`` is a concrete zoo config (``Mamba4RecConfig.from_pretrained(sasrec_folder)`` built a mixed config):
+        ``AutoConfig`` picks the class from it."""
+        source = _CONFIG_SOURCE.get() or "config.json"
+        _check_config_type(cls, config_dict, source)
         fields = cls.init_fields() | set(cls.derived_fields)
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+        saved = config_dict
         if overrides:
             config_dict = {k: v for k, v in config_dict.items() if k not in cls.derived_fields}
             config_dict.update(overrides)
@@ -350,6 +380,20 @@ class SeqRecConfig(PreTrainedConfig):
         token = _UNKNOWN_KEYS.set("warn")
         try:
             config, unused = super().from_dict(config_dict, return_unused_kwargs=True, **kwargs)
+        except (TypeError, ValueError) as e:
+            if type(e) not in (TypeError, ValueError):
+                raise
+            # a bad value of the file is bad data: one ValueError naming the file (the field is in e); a bad
+            # override (the caller's own keyword) keeps its own error, told by reading the file without them
+            if overrides:
+                try:
+                    super().from_dict(saved, return_unused_kwargs=True, **kwargs)
+                except (TypeError, ValueError) as saved_error:
+                    if type(saved_error) not in (TypeError, ValueError):
+                        raise
+                    raise ValueError(f"{source}: {saved_error}") from None
+                raise
+            raise ValueError(f"{source}: {e}") from None
         finally:
             _UNKNOWN_KEYS.reset(token)
         if return_unused:
@@ -358,6 +402,21 @@ class SeqRecConfig(PreTrainedConfig):
         if stray:
             logger.warning("%s: ignored", unknown_fields_message(cls, stray))
         return config
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Transformers' ``from_pretrained``, with the ``config.json`` named in :meth:`from_dict`'s errors."""
+        name = os.fspath(pretrained_model_name_or_path)
+        with _reading_config(_config_json(name, name, kwargs.get("subfolder") or "")):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """Transformers' ``get_config_dict``, refusing a ``config.json`` of another zoo model before transformers
+        warns that it may not fit (:meth:`from_dict` would refuse it next)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        _check_config_type(cls, config_dict, _CONFIG_SOURCE.get() or "config.json")
+        return config_dict, kwargs
 
     def check(self) -> None:
         """Run ``__init__``'s checks again on the values the config holds now, and keep the values ``__init__``
@@ -379,6 +438,38 @@ class SeqRecConfig(PreTrainedConfig):
         out = super().to_dict()
         out.update({name: getattr(self, name) for name in self.derived_fields})
         return out
+
+
+@contextlib.contextmanager
+def _reading_config(source: str):
+    """Name ``source`` (a ``config.json``) in the errors :meth:`SeqRecConfig.from_dict` raises inside the block."""
+    token = _CONFIG_SOURCE.set(source)
+    try:
+        yield
+    finally:
+        _CONFIG_SOURCE.reset(token)
+
+
+def _config_json(name: str, folder: str, subfolder: str = "") -> str:
+    """How to name the ``config.json`` of the model ``name`` (a folder or a Hub id) found in ``folder``: its path
+    for a local folder, the Hub id and the folder it was resolved to otherwise."""
+    if os.path.isdir(name):
+        return os.path.join(folder, subfolder, "config.json")
+    where = f"{name}/{subfolder.strip('/')}" if subfolder else name
+    return f"config.json of {where}" if folder == name else f"config.json of {where} ({folder})"
+
+
+def _check_config_type(cls: type, config_dict: Mapping[str, Any], source: str) -> None:
+    """``ValueError`` naming both types when ``config_dict`` (a ``config.json``) is of another zoo ``model_type``
+    than ``cls``, a concrete zoo config; the base class and configs of a ``model_type`` the zoo does not register
+    (a user's subclass) take any."""
+    from .models import MODELS
+
+    theirs, mine = config_dict.get("model_type"), getattr(cls, "model_type", None)
+    if isinstance(theirs, str) and theirs in MODELS and mine in MODELS and theirs != mine:
+        other = MODELS[theirs][0].__name__
+        raise ValueError(f"{source}: model_type {theirs!r} is a {other}, not a {cls.__name__} (model_type {mine!r}); "
+                         f"load it with {other} or AutoConfig.from_pretrained, which picks the class")
 
 
 class SeqRecPreTrainedModel(PreTrainedModel):
@@ -1202,13 +1293,31 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         sharded index would be what loads, and stale shards would linger. The staging folder (``.save-<pid>-*``) is
         locked while the save runs; those that killed saves left (SIGKILL, the OOM killer) are removed by the next
         save into the folder (:func:`zoo.cli.staging_folder`). A file replaced keeps its mode; a new one gets the
-        umask's."""
+        umask's.
+
+        Refused before anything is written or removed: ``safe_serialization=False`` (no pickles), ``variant=`` (the
+        zoo's loaders read ``model.safetensors`` only: a ``model.fp16.safetensors`` would replace the folder's weights
+        with a file nothing loads) and a ``state_dict`` without a tensor. A save that writes no weight file for any
+        other reason is refused before the staged files are moved, so the folder's weights stay.
+        ``is_main_process=False`` writes nothing, as in transformers (the other processes of a distributed run)."""
+        import inspect
+
         from .cli import _mode_for, staging_folder
 
         kwargs.setdefault("safe_serialization", True)
         if not kwargs["safe_serialization"]:
             raise ValueError("zoo models are saved as safetensors only (no pickles)")
+        given = inspect.signature(PreTrainedModel.save_pretrained).bind(self, save_directory, *args, **kwargs).arguments
+        variant, state_dict = given.get("variant"), given.get("state_dict")
+        if variant is not None:
+            raise ValueError(f"variant={variant!r}: zoo models are saved as model.safetensors only (the zoo's loaders "
+                             "read no variant files); save those weights to a folder of their own instead")
+        if state_dict is not None and len(state_dict) == 0:
+            raise ValueError("state_dict is empty: the save would write no weights (and drop the folder's); leave "
+                             "state_dict out to save the model's own")
         os.makedirs(save_directory, exist_ok=True)
+        if not given.get("is_main_process", True):      # transformers writes nothing then; nor is anything removed
+            return
         # config.json records whether a vocabulary belongs to these weights, so that loading can tell a deleted
         # item_vocab.json (error) from a model that never had one, and a stale one left from earlier weights
         self.config.item_vocab_file = VOCAB_FILE if self.item_vocab is not None else None
@@ -1224,6 +1333,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                 if self.item_vocab is not None:
                     self.item_vocab.save(stage)
                 written = set(os.listdir(stage))
+                if not any(_WEIGHT_FILE.fullmatch(n) for n in written):     # nothing moved yet: the folder's stay
+                    raise ValueError(f"save_pretrained wrote no weight file (only {sorted(written)}); "
+                                     f"{save_directory} is left as it was")
                 for name in sorted(written, key=lambda n: n == "config.json"):
                     dst = os.path.join(save_directory, name)
                     # the mode of the file it replaces, else the umask's, as zoo.cli writes its files (safetensors
@@ -1254,7 +1366,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         a missing subfolder is an error naming it). Other keywords that are config fields override the saved config,
         checked as the config's ``__init__`` checks them (:meth:`SeqRecConfig.from_dict`); one that is neither a field
         nor an argument of transformers' ``from_pretrained`` is a ``ValueError`` naming the closest field.
-        ``use_safetensors=False`` is refused: zoo models are saved and loaded as safetensors only.
+        ``use_safetensors=False`` and ``variant=`` are refused: zoo models are saved and loaded as
+        ``model.safetensors`` only. A bad value in ``config.json`` is a ``ValueError`` naming the file and the field
+        (:meth:`SeqRecConfig.from_dict`). Errors name a Hub id as given, with the folder it was resolved to.
+        ``output_loading_info=True`` returns ``(model, info)`` as transformers does; ``info``'s lists are empty, since
+        any problem they would hold is an error here.
         """
         from .pretrained import HUB_KWARGS, resolve_pretrained
 
@@ -1262,8 +1378,15 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         if use_safetensors is not None and use_safetensors is not True:
             raise ValueError(f"use_safetensors={use_safetensors!r}: zoo models are saved and loaded as safetensors "
                              "only (no pickled weights); leave use_safetensors out")
+        variant = kwargs.pop("variant", None)
+        if variant is not None:
+            raise ValueError(f"variant={variant!r}: zoo checkpoints hold model.safetensors only (save_pretrained "
+                             "writes no variants); leave variant out and load the folder that holds those weights")
+        name = os.fspath(pretrained_model_name_or_path)
         path = resolve_pretrained(pretrained_model_name_or_path,
                                   **{k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs})
+        # how errors name the checkpoint: a Hub id as given (and where it was found), not only a cache snapshot
+        shown = kwargs.pop("_zoo_shown", None) or (path if os.path.isdir(name) else f"{name} ({path})")
         config = kwargs.pop("config", None)
         given_config = config is not None
         if config is None:
@@ -1271,19 +1394,22 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             fields = cfg_cls.init_fields() | set(cfg_cls.derived_fields) if cfg_cls is not None else set()
             fields |= {"output_hidden_states", "output_attentions", "return_dict"}
             # config overrides, checked by the config's __init__ (SeqRecConfig.from_dict), not set past its checks
-            config = AutoConfig.from_pretrained(path, **{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
+            with _reading_config(_config_json(name, path)):
+                config = AutoConfig.from_pretrained(path, **{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
         if cls is SeqRecPreTrainedModel:  # the base class loads whatever concrete model the folder holds
             from .models import get_model_class
 
-            return get_model_class(config.model_type)[1].from_pretrained(path, *model_args, config=config, **kwargs)
+            return get_model_class(config.model_type)[1].from_pretrained(path, *model_args, config=config,
+                                                                         _zoo_shown=shown, **kwargs)
         expected = getattr(cls.config_class, "model_type", None)
         if cls is not SeqRecPreTrainedModel and expected not in (None, "seqrec") and config.model_type != expected:
-            raise ValueError(f"{path} holds a {config.model_type!r} checkpoint; it cannot be loaded into "
-                             f"{cls.__name__} (model_type {expected!r}). Use AutoModel.from_pretrained or the right class.")
-        kwargs.pop("output_loading_info", None)
+            raise ValueError(f"{shown} holds a {config.model_type!r} checkpoint; it cannot be loaded into "
+                             f"{cls.__name__} (model_type {expected!r}). Use AutoModel.from_pretrained or the right "
+                             "class.")
+        loading_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("use_safetensors", True)
         weight_files = _weight_files(path)
-        _check_weight_names(cls, config, weight_files, path)     # before transformers' load report on another model's
+        _check_weight_names(cls, config, weight_files, shown)    # before transformers' load report on another model's
         try:
             with _no_weight_bars():
                 model, info = super().from_pretrained(path, *model_args, config=config, output_loading_info=True,
@@ -1301,13 +1427,13 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                 raise ValueError(f"{unknown_fields_message(type(config), [name])}; nor is {name} an argument of "
                                  "from_pretrained") from None
             if "mismatch" in text:
-                raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): "
+                raise ValueError(f"weights in {shown} do not match {cls.__name__}({config.model_type}): "
                                  f"tensor shapes differ from the config ({e})") from e
             raise
         problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             detail = "; ".join(f"{k.replace('_', ' ')}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
-            raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): {detail}")
+            raise ValueError(f"weights in {shown} do not match {cls.__name__}({config.model_type}): {detail}")
         _check_weight_values(weight_files)
         vocab_path = os.path.join(path, VOCAB_FILE) if os.path.isdir(path) else None
         recorded = getattr(config, "item_vocab_file", "unrecorded")      # unrecorded: saved before the field existed
@@ -1319,7 +1445,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                              "was saved without a vocabulary): remove it, or re-save the model with its vocabulary")
         if vocab_path and os.path.exists(vocab_path):
             model.set_item_vocab(ItemVocab.load(vocab_path))
-        return model
+        return (model, info) if loading_info else model
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         """RecBole's init: linear/embedding weights N(0, initializer_range), biases 0, LayerNorm (1, 0)."""
@@ -1400,26 +1526,35 @@ _WEIGHT_FILE = re.compile(r"model\.safetensors|model\.safetensors\.index\.json|m
 
 def _check_weight_names(cls, config, files: list[str], path: str) -> None:
     """``ValueError`` when the weight files hold tensors ``cls(config)`` has no parameter for (e.g. a gru4rec config
-    over SASRec weights), naming a few keys as the load's own check does, before transformers prints its load report.
+    over SASRec weights), naming a few keys as the load's own check does, or tensors whose shape (from the
+    safetensors header) is not the model's (``max_seq_length=10`` over a window of 6), naming the tensors and both
+    shapes: one line, before transformers prints its multi-line load report. ``path``: the checkpoint as errors name it.
     Files whose header cannot be read, or a model that cannot be built without memory, are left to the load's own
     checks."""
     from safetensors import safe_open
 
     try:
-        names: set[str] = set()
+        shapes: dict[str, list[int]] = {}
         for f in files:
             with safe_open(f, "pt") as h:
-                names.update(h.keys())
+                shapes.update({k: list(h.get_slice(k).get_shape()) for k in h.keys()})  # noqa: SIM118
         with torch.device("meta"):
-            expected = set(cls(config).state_dict())
+            expected = {k: list(v.shape) for k, v in cls(config).state_dict().items()}
     except Exception:          # a corrupt file, a model that needs real tensors: the load reports it
         return
-    unexpected = sorted(names - expected)
+    unexpected = sorted(set(shapes) - set(expected))
     if unexpected:                  # the message of the load's own key check below, before transformers' report
-        missing = sorted(expected - names)
+        missing = sorted(set(expected) - set(shapes))
         detail = "; ".join(f"{what}: {keys[:5]}" for what, keys in (("missing keys", missing),
                                                                      ("unexpected keys", unexpected)) if keys)
         raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): {detail}")
+    differ = [f"{k} {shapes[k]} in the file vs {expected[k]} in the model" for k in sorted(shapes)
+              if k in expected and shapes[k] != expected[k]]
+    if differ:                      # transformers would print its multi-line load report first
+        sizes = ", ".join(f"{k}={getattr(config, k, None)}" for k in ("n_items", "max_seq_length", "hidden_size"))
+        more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
+        raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): tensor shapes differ "
+                         f"from the config ({sizes}): {'; '.join(differ[:5])}{more}")
 
 
 def _weight_files(path: str) -> list[str]:

@@ -4,13 +4,13 @@ the model config's own or the shared one in ``SeqRecConfig``."""
 import json
 import math
 import pathlib
+import re
 
 import pytest
 import torch
 from transformers import AutoConfig
 
-import zoo  # noqa: F401  (registers the models with AutoConfig / AutoModel)
-from zoo.modeling_utils import _SIZE_FIELDS
+from zoo.modeling_utils import _SIZE_FIELDS, SeqRecConfig
 from zoo.models import MODELS
 from zoo.train import config_fields
 from tiny_models import tiny, tiny_config
@@ -329,3 +329,149 @@ def test_an_unknown_override_is_named(tmp_path, caplog):
         with pytest.raises(ValueError, match=r"^num_layer is not a field of SASRecConfig \(did you mean num_layers\?\)"
                                              r".*; nor is num_layer an argument of from_pretrained$"):
             load(folder, num_layer=3)
+
+
+# ------------------------------------------------- QA cfg 4: rates through config_float, naming the field
+RATE_INTERVALS = {"mask_ratio": {"bert4rec": "(0, 1]", "ssd4rec": "[0, 1)"}, "ft_ratio": {"bert4rec": "[0, 1]"}}
+RATE_FIELDS = sorted((m, f) for m, (cfg_cls, _) in MODELS.items() for f in config_fields(cfg_cls)
+                     if ("dropout" in f or f.endswith("_ratio")) and type(getattr(cfg_cls(), f, None)) is float)
+RATE_CASES = [(m, f, v) for m, f in RATE_FIELDS for v in (None, "abc", "0.1", True, NAN, float("inf"))]
+
+
+def _interval(model_type, field):
+    return RATE_INTERVALS.get(field, {}).get(model_type, "[0, 1)")
+
+
+def test_every_rate_field_of_every_model_is_covered():
+    assert {m for m, _ in RATE_FIELDS} == set(MODELS)
+    assert {f for _, f in RATE_FIELDS} == {"dropout_prob", "time_dropout_prob", "hidden_dropout", "attn_dropout",
+                                           "mask_ratio", "ft_ratio"}
+    assert {(m, f) for f, by in RATE_INTERVALS.items() for m in by} <= set(RATE_FIELDS)
+
+
+@pytest.mark.parametrize("model_type, field, value", RATE_CASES, ids=[f"{m}-{f}={v!r}" for m, f, v in RATE_CASES])
+def test_a_rate_that_is_no_number_or_not_finite_is_refused_naming_the_field(model_type, field, value):
+    """A bare ``float()`` said "float() argument must be a string or a real number, not 'NoneType'" for
+    ``dropout_prob=None`` and "could not convert string to float: 'abc'" (a ``ValueError``), naming no field, and
+    read ``True`` as 1.0 (BERT4Rec's ``ft_ratio=True``, ``mask_ratio=True``) and ``"0.1"`` as 0.1. What is no number
+    is a ``TypeError`` now, NaN / inf a ``ValueError``, as every other field reports, each naming field and interval."""
+    cfg_cls, _ = MODELS[model_type]
+    interval = re.escape(_interval(model_type, field))
+    if isinstance(value, float):
+        with pytest.raises(ValueError, match=rf"^{field} must be in {interval}, got {value!r}$"):
+            cfg_cls(**{field: value})
+    else:
+        with pytest.raises(TypeError, match=rf"^{field} must be a number in {interval}, got {re.escape(repr(value))}$"):
+            cfg_cls(**{field: value})
+
+
+@pytest.mark.parametrize("model_type, field", RATE_FIELDS, ids=[f"{m}-{f}" for m, f in RATE_FIELDS])
+def test_rates_at_the_edges_of_their_interval(model_type, field):
+    """Each rate's interval is what its use needs: a dropout of 1 zeroes its input and SSD4Rec's ``mask_ratio`` 1
+    masks every item (refused, 0 fine); BERT4Rec's ``mask_ratio`` 0 leaves nothing to predict (refused, 1 fine) and
+    its ``ft_ratio`` is a per-batch probability (0 and 1 both fine). Ints, numpy and torch scalars are read as
+    Python floats."""
+    import numpy as np
+
+    cfg_cls, _ = MODELS[model_type]
+    interval = _interval(model_type, field)
+    for value, ok in ((0, interval[0] == "["), (1, interval[-1] == "]"), (-0.01, False), (1.01, False)):
+        if ok:
+            assert type(getattr(cfg_cls(**{field: value}), field)) is float
+        else:
+            with pytest.raises(ValueError, match=rf"^{field} must be in {re.escape(interval)}, got {value!r}$"):
+                cfg_cls(**{field: value})
+    for value in (np.float32(0.25), torch.tensor(0.25, dtype=torch.float64), 0.25):
+        got = getattr(cfg_cls(**{field: value}), field)
+        assert type(got) is float and got == 0.25
+
+
+@pytest.mark.parametrize("model_type, field, value, error", [
+    ("mamba4rec", "dropout_prob", None, TypeError), ("sasrec", "hidden_dropout", "abc", TypeError),
+    ("bert4rec", "ft_ratio", True, TypeError), ("tim4rec", "time_dropout_prob", NAN, ValueError)])
+def test_a_bad_rate_in_config_json_or_an_override_names_the_field(tmp_path, model_type, field, value, error):
+    """A ``from_pretrained(path, dropout_prob=None)`` override gives the constructor's error, naming the field; so
+    does a hand-edited ``config.json`` (``"dropout_prob": null``; its error type is the loader's: it may name the
+    file as bad data)."""
+    from transformers import AutoModel
+
+    folder, cls = _saved(tmp_path, model_type)
+    message = rf"^{field} must be (a number )?in "
+    for load in (AutoConfig.from_pretrained, AutoModel.from_pretrained, cls.from_pretrained):
+        with pytest.raises(error, match=message):
+            load(folder, **{field: value})
+    saved = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**saved, field: value}))
+    with pytest.raises((TypeError, ValueError), match=message.replace("^", r"(^|: )")):
+        AutoConfig.from_pretrained(folder)
+
+
+# ------------------------------------------------- QA cfg 8: BERT4Rec's window holds the [MASK] and an item
+def test_bert4rec_refuses_a_window_of_one_position():
+    """With ``max_seq_length=1`` the window held only the [MASK]: ``recommend`` gave the same scores for every
+    history (under both ``inference_mask`` modes), silently. Refused in one line, at construction, as an override
+    and when set by hand; with 2 positions the history reaches the scores in both modes."""
+    from zoo.models.bert4rec import BERT4RecConfig, BERT4RecModel
+
+    small = dict(n_items=12, hidden_size=8, num_heads=2, inner_size=8, num_layers=1)
+    message = r"^max_seq_length must be >= 2 \(the window holds the \[MASK\] and at least one item\), got 1$"
+    with pytest.raises(ValueError, match=message):
+        BERT4RecConfig(max_seq_length=1, **small)
+    cfg = BERT4RecConfig(max_seq_length=6, **small)
+    cfg.max_seq_length = 1
+    with pytest.raises(ValueError, match=r"^BERT4RecModel config: max_seq_length must be >= 2"):
+        BERT4RecModel(cfg)
+    for mode in ("recbole", "append"):
+        torch.manual_seed(0)
+        model = BERT4RecModel(BERT4RecConfig(max_seq_length=2, inference_mask=mode, **small)).eval()
+        with torch.no_grad():
+            model.get_input_embeddings().weight.normal_()           # spread the items apart
+            a, b = (model.predict(torch.tensor([h]), torch.ones(1, len(h), dtype=torch.bool)) for h in ([3, 9], [2, 7]))
+        assert (a[:, 1:] - b[:, 1:]).abs().max() > 1e-3, mode
+
+
+def test_bert4rec_window_of_one_is_refused_as_an_override(tmp_path):
+    folder, cls = _saved(tmp_path, "bert4rec")
+    with pytest.raises(ValueError, match=r"^max_seq_length must be >= 2"):
+        AutoConfig.from_pretrained(folder, max_seq_length=1)
+
+
+# ------------------------------------------------- QA cfg 11: positional arguments mean the same in every config
+@pytest.mark.parametrize("model_type", sorted(MODELS))
+def test_the_first_positional_arguments_are_n_items_and_max_seq_length(model_type):
+    """``TiM4RecCausalConfig(100, 50)`` gave ``n_items=3417, time_unit=100.0`` without a word; every other config
+    reads ``(n_items, max_seq_length, ...)``. Its ``time_unit`` / ``time_scale`` are keyword-only now, and its
+    positional arguments are TiM4RecConfig's, in its order."""
+    cfg_cls, _ = MODELS[model_type]
+    c = cfg_cls(100, 50)
+    assert (c.n_items, c.max_seq_length) == (100, 50)
+
+
+def test_tim4rec_causal_takes_tim4recs_positional_arguments_and_its_own_by_keyword():
+    from zoo.models.tim4rec import TiM4RecConfig
+    from zoo.models.tim4rec_causal import TiM4RecCausalConfig
+
+    args = (100, 50, 16, 1, 8, 2, 2, 8)
+    causal, plain = TiM4RecCausalConfig(*args, time_unit=5.0), TiM4RecConfig(*args)
+    shared = TiM4RecConfig.init_fields() | set(TiM4RecConfig.derived_fields)
+    assert {f: getattr(causal, f) for f in shared} == {f: getattr(plain, f) for f in shared}
+    assert (causal.hidden_size, causal.head_dim, causal.time_unit, causal.time_scale) == (16, 8, 5.0, 10.0)
+    assert {"time_unit", "time_scale"} <= TiM4RecCausalConfig.init_fields() <= config_fields(TiM4RecCausalConfig)
+
+
+# ------------------------------------------------- QA cfg 12: inner_size=None / dt_rank="auto" resolved when built
+@pytest.mark.parametrize("model_type", ["mamba4rec", "tim4rec", "tim4rec_causal", "ssd4rec"])
+def test_inner_size_none_and_dt_rank_auto_are_resolved_when_the_config_is_built(tmp_path, model_type):
+    """As the config docstrings say: ``None`` / ``"auto"`` become ints at construction, are saved so, and a later
+    ``hidden_size`` override does not re-derive them (unlike the derived fields, e.g. ``d_inner``)."""
+    cfg_cls, _ = MODELS[model_type]
+    c = cfg_cls(hidden_size=8, **({"head_dim": 4} if "head_dim" in config_fields(cfg_cls) else {}))
+    resolved = {"inner_size": 32, **({"dt_rank": 1} if model_type == "mamba4rec" else {})}
+    assert {f: getattr(c, f) for f in resolved} == resolved
+    c.save_pretrained(tmp_path)
+    assert {f: json.loads((tmp_path / "config.json").read_text())[f] for f in resolved} == resolved
+    wide = AutoConfig.from_pretrained(tmp_path, hidden_size=32)
+    assert {f: getattr(wide, f) for f in resolved} == resolved and wide.d_inner == 64
+    doc = " ".join(" ".join(k.__doc__.split()) for k in cfg_cls.__mro__ if issubclass(k, SeqRecConfig))
+    for f in resolved:
+        assert re.search(rf"{f} \(`int` or [^)]*\): [^:]*? resolved to that int when the config is built", doc), f

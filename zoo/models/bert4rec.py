@@ -75,7 +75,7 @@ import torch
 from torch import nn
 
 from ..modeling_utils import (SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel, State, StateTensorSpec, config_bool,
-                              config_float, config_int, window_append, window_state, window_state_spec)
+                              config_float, config_int, config_rate, window_append, window_state, window_state_spec)
 from .sasrec import _ACTIVATIONS, SASRecEncoder
 
 INFERENCE_MASK_MODES = ("recbole", "append")
@@ -87,7 +87,8 @@ class BERT4RecConfig(SeqRecConfig):
     Args:
         n_items (`int`, defaults to 3417): padding + real items (ML-1M: 3,417); the embedding table has one more row,
             the [MASK] token (id ``n_items``), which users never pass.
-        max_seq_length (`int`, defaults to 200): window ``L`` = number of learned position embeddings.
+        max_seq_length (`int`, defaults to 200): window ``L`` = number of learned position embeddings; at least 2 (the
+            window holds the [MASK] and, with 1, no item of the history: every history would get the same scores).
         hidden_size (`int`, defaults to 64): model width ``D``.
         num_layers (`int`, defaults to 2): Transformer layers (RecBole ``n_layers``).
         num_heads (`int`, defaults to 2): attention heads (RecBole ``n_heads``); must divide ``hidden_size``.
@@ -120,20 +121,17 @@ class BERT4RecConfig(SeqRecConfig):
             raise ValueError(f"hidden_size ({hidden_size}) must be a positive multiple of num_heads ({num_heads})")
         if hidden_act not in _ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {hidden_act!r}")
-        if not 0.0 < float(mask_ratio) <= 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1], got {mask_ratio}")
-        if not 0.0 <= float(ft_ratio) <= 1.0:
-            raise ValueError(f"ft_ratio must be in [0, 1], got {ft_ratio}")
+        config_int(max_seq_length, "max_seq_length", lo=2, what=" (the window holds the [MASK] and at least one item)")
         if inference_mask not in INFERENCE_MASK_MODES:
             raise ValueError(f"inference_mask must be one of {INFERENCE_MASK_MODES}, got {inference_mask!r}")
         self.num_layers = config_int(num_layers, "num_layers")
         self.inner_size = config_int(inner_size, "inner_size")
-        self.hidden_dropout = float(hidden_dropout)
-        self.attn_dropout = float(attn_dropout)
+        self.hidden_dropout = config_rate(hidden_dropout, "hidden_dropout")
+        self.attn_dropout = config_rate(attn_dropout, "attn_dropout")
         self.hidden_act = hidden_act
         self.layer_norm_eps = config_float(layer_norm_eps, "layer_norm_eps", gt=0)
-        self.mask_ratio = float(mask_ratio)
-        self.ft_ratio = float(ft_ratio)
+        self.mask_ratio = config_rate(mask_ratio, "mask_ratio", "(0, 1]")    # 0: nothing to predict
+        self.ft_ratio = config_rate(ft_ratio, "ft_ratio", "[0, 1]")
         self.inference_mask = inference_mask
         self.append_last_label = config_bool(append_last_label, "append_last_label")
         self.ft_prefix_sampling = config_bool(ft_prefix_sampling, "ft_prefix_sampling")

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_int
+from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_int, config_rate
 
 
 class GRU4RecConfig(SeqRecConfig):
@@ -57,7 +57,7 @@ class GRU4RecConfig(SeqRecConfig):
                  initializer_range: float = 0.02, **kwargs):
         self.embedding_size = config_int(embedding_size, "embedding_size")
         self.num_layers = config_int(num_layers, "num_layers")
-        self.dropout_prob = float(dropout_prob)
+        self.dropout_prob = config_rate(dropout_prob, "dropout_prob")
         super().__init__(n_items=n_items, max_seq_length=max_seq_length, hidden_size=hidden_size,
                          initializer_range=initializer_range, **kwargs)
 

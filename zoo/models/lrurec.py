@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..modeling_utils import SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_float, config_int
+from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_float, config_int,
+                              config_rate)
 from ..ops.lru import lru_lambda, lru_scan_ref, lru_step_ref
 
 
@@ -92,8 +93,8 @@ class LRURecConfig(SeqRecConfig):
         self.initializer_cutoff = config_float(initializer_cutoff, "initializer_cutoff", gt=0)
         self.scan_chunk_size = config_int(scan_chunk_size, "scan_chunk_size")
         self.num_layers = config_int(num_layers, "num_layers")
-        self.hidden_dropout = float(hidden_dropout)
-        self.attn_dropout = float(attn_dropout)
+        self.hidden_dropout = config_rate(hidden_dropout, "hidden_dropout")
+        self.attn_dropout = config_rate(attn_dropout, "attn_dropout")
         self.state_expansion = config_int(state_expansion, "state_expansion")
         self.layer_norm_eps = config_float(layer_norm_eps, "layer_norm_eps", gt=0)
         super().__init__(n_items=n_items, max_seq_length=max_seq_length, hidden_size=hidden_size,

@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_bool,
-                              config_dt_init, config_float, config_int, derived_field)
+from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_bool, config_dt_init,
+                              config_float, config_int, config_rate, derived_field)
 from ..ops.conv import causal_conv1d
 from ..ops.selective_scan import selective_scan_fn
 
@@ -40,9 +40,12 @@ class Mamba4RecConfig(SeqRecConfig):
         d_state (`int`, 32): SSM state size ``N`` per channel.
         d_conv (`int`, 4): causal conv kernel ``K``.
         expand (`int`, 2): inner width ``E = expand * D``.
-        dt_rank (`int` or "auto"): rank of Δ's projection; "auto" = ceil(D / 16).
+        dt_rank (`int` or "auto"): rank of Δ's projection; "auto" = ceil(D / 16), resolved to that int when the config
+            is built and saved so: a later ``hidden_size`` override (``from_pretrained(path, hidden_size=32)``) does
+            not re-derive it (give ``dt_rank`` with it).
         dropout_prob (`float`, 0.2): dropout on embeddings, mixer output and FFN.
-        inner_size (`int` or None): FFN width; None = 4 * D.
+        inner_size (`int` or None): FFN width; None = 4 * D, resolved to that int when the config is built and saved
+            so: a later ``hidden_size`` override does not re-derive it (give ``inner_size`` with it).
         layer_norm_eps (`float`, 1e-12): LayerNorm epsilon (RecBole's).
         conv_bias (`bool`, True), proj_bias (`bool`, False): Mamba's bias flags.
         dt_min, dt_max, dt_init_floor (`float`): Mamba's Δ init range, used when ``mamba_init == "mamba"``.
@@ -50,7 +53,8 @@ class Mamba4RecConfig(SeqRecConfig):
         initializer_range (`float`, 0.02): std of linear/embedding init.
     Derived:
         d_inner = expand * hidden_size, recomputed whenever read (``config.json`` holds it for its readers; a value
-        given for it must agree); dt_rank resolved to an int.
+        given for it must agree). ``dt_rank`` and ``inner_size`` are not derived fields: "auto" / None are resolved
+        once, when the config is built.
     """
 
     model_type = "mamba4rec"
@@ -69,7 +73,7 @@ class Mamba4RecConfig(SeqRecConfig):
         self.expand = config_int(expand, "expand")
         self.dt_rank = (math.ceil(hidden / 16) if dt_rank == "auto"
                         else config_int(dt_rank, "dt_rank", what=" (or 'auto')"))
-        self.dropout_prob = float(dropout_prob)
+        self.dropout_prob = config_rate(dropout_prob, "dropout_prob")
         self.inner_size = config_int(inner_size, "inner_size") if inner_size is not None else 4 * hidden
         self.layer_norm_eps = config_float(layer_norm_eps, "layer_norm_eps", gt=0)
         self.conv_bias = config_bool(conv_bias, "conv_bias")

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_float, config_int,
-                              window_append, window_state, window_state_spec)
+                              config_rate, window_append, window_state, window_state_spec)
 
 _ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as RecBole's ``x * 0.5 * (1 + erf(x / sqrt(2)))``
@@ -78,8 +78,8 @@ class SASRecConfig(SeqRecConfig):
             raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {hidden_act!r}")
         self.num_layers = config_int(num_layers, "num_layers")
         self.inner_size = config_int(inner_size, "inner_size")
-        self.hidden_dropout = float(hidden_dropout)
-        self.attn_dropout = float(attn_dropout)
+        self.hidden_dropout = config_rate(hidden_dropout, "hidden_dropout")
+        self.attn_dropout = config_rate(attn_dropout, "attn_dropout")
         self.hidden_act = hidden_act
         self.layer_norm_eps = config_float(layer_norm_eps, "layer_norm_eps", gt=0)
         super().__init__(n_items=n_items, max_seq_length=max_seq_length, hidden_size=hidden_size,

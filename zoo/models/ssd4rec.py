@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, StateTensorSpec, config_bool, config_dt_init,
-                              config_float, config_int, config_range, derived_field)
+                              config_float, config_int, config_range, config_rate, derived_field)
 from .tim4rec import SSDCore, WindowRecomputeMixin, ssd_head_count, ssd_heads
 
 
@@ -70,7 +70,9 @@ class SSD4RecConfig(SeqRecConfig):
         norm_embedding (`bool`, True): LN(Dropout(E)) on the embeddings (False: raw embeddings).
         beta (`float`, 0.1): weight of the backward pass.
         mask_ratio (`float`, 0.1): training-time probability of replacing an item by the mask token 0.
-        inner_size (`int` or None): FFN width; None = 4 * D.
+        inner_size (`int` or None): FFN width; None = 4 * D, resolved to that int when the config is built and saved
+            so: a later ``hidden_size`` override (``from_pretrained(path, hidden_size=32)``) does not re-derive it
+            (give ``inner_size`` with it).
         layer_norm_eps (`float`, 1e-12): LayerNorm epsilon.
         rmsnorm_eps (`float`, 1e-5): Mamba2's gated RMSNorm epsilon.
         A_init_range, dt_min, dt_max, dt_init_floor: Mamba2's init of A_log and dt_bias (``0 < lo <= hi``,
@@ -92,14 +94,12 @@ class SSD4RecConfig(SeqRecConfig):
         self.expand = config_int(expand, "expand")
         self.head_dim = config_int(head_dim, "head_dim")
         ssd_head_count(self.expand, hidden, self.head_dim)
-        if not 0.0 <= float(mask_ratio) < 1.0:                                  # NaN too
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        self.mask_ratio = float(mask_ratio)
+        self.mask_ratio = config_rate(mask_ratio, "mask_ratio")       # 1 would mask every item
         self.num_layers = config_int(num_layers, "num_layers")
         self.d_state = config_int(d_state, "d_state")
         self.d_conv = config_int(d_conv, "d_conv")
         self.chunk_size = config_int(chunk_size, "chunk_size")
-        self.dropout_prob = float(dropout_prob)
+        self.dropout_prob = config_rate(dropout_prob, "dropout_prob")
         self.norm_embedding = config_bool(norm_embedding, "norm_embedding")
         self.beta = config_float(beta, "beta", ge=0)
         self.inner_size = config_int(inner_size, "inner_size") if inner_size is not None else 4 * hidden

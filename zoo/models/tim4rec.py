@@ -63,7 +63,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, check_window_ids,
-                              config_bool, config_dt_init, config_float, config_int, config_range, derived_field)
+                              config_bool, config_dt_init, config_float, config_int, config_range, config_rate,
+                              derived_field)
 from ..ops.ssd import causal_conv1d_act, rmsnorm_gated_ref, ssd_scan_fn, ssd_step_ref
 
 
@@ -103,7 +104,9 @@ class TiM4RecConfig(SeqRecConfig):
         p2p_residual (`bool`, False): time gate ``Linear(L, L)`` instead of ``Linear(L, 1)``.
         kaiming_init (`bool`, True): Kaiming-normal (fan_out, relu) init of every conv weight, zero conv bias
             (official ``is_kai_ming_init``); False keeps PyTorch's default conv init.
-        inner_size (`int` or None): FFN width; None = 4 * D.
+        inner_size (`int` or None): FFN width; None = 4 * D, resolved to that int when the config is built and saved
+            so: a later ``hidden_size`` override (``from_pretrained(path, hidden_size=32)``) does not re-derive it
+            (give ``inner_size`` with it).
         conv_activation (`str`, "auto"): "auto" (Hardswish if H % 8 != 0 else SiLU), "hardswish" or "silu".
         A_init_range (`tuple`, (1, 16)), dt_min (1e-3), dt_max (0.1), dt_init_floor (1e-4): Mamba-2 init of
             ``A_log = log U[A_init_range]`` and ``dt_bias = softplus^{-1}(logU[dt_min, dt_max])``; ``0 < lo <= hi``,
@@ -134,8 +137,8 @@ class TiM4RecConfig(SeqRecConfig):
         self.d_state = config_int(d_state, "d_state")
         self.d_conv = config_int(d_conv, "d_conv")
         self.chunk_size = config_int(chunk_size, "chunk_size")
-        self.dropout_prob = float(dropout_prob)
-        self.time_dropout_prob = float(time_dropout_prob)
+        self.dropout_prob = config_rate(dropout_prob, "dropout_prob")
+        self.time_dropout_prob = config_rate(time_dropout_prob, "time_dropout_prob")
         self.norm_eps = config_float(norm_eps, "norm_eps", gt=0)
         self.is_time = config_bool(is_time, "is_time")
         self.is_ffn = config_bool(is_ffn, "is_ffn")

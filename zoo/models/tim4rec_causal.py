@@ -42,7 +42,8 @@ from .tim4rec import SSDCore, TiM4RecConfig, TiM4RecPreTrainedModel, TiSSDLayer
 class TiM4RecCausalConfig(TiM4RecConfig):
     r"""Configuration of :class:`TiM4RecCausalModel`: :class:`~zoo.models.tim4rec.TiM4RecConfig` plus
 
-    Args:
+    Args (keyword-only; positional arguments are :class:`~zoo.models.tim4rec.TiM4RecConfig`'s, in its order, so
+    ``TiM4RecCausalConfig(100, 50)`` is ``n_items=100, max_seq_length=50`` as for every zoo config):
         time_unit (`float`, 60.0): seconds per unit in ``f = log1p(gap / time_unit) / time_scale`` (finite, > 0).
         time_scale (`float`, 10.0): divisor of that log feature (finite, > 0).
     ``max_seq_length`` is only the training/recommend window here (the model has no length limit); ``p2p_residual``
@@ -51,10 +52,10 @@ class TiM4RecCausalConfig(TiM4RecConfig):
 
     model_type = "tim4rec_causal"
 
-    def __init__(self, time_unit=60.0, time_scale=10.0, **kwargs):
+    def __init__(self, *args, time_unit=60.0, time_scale=10.0, **kwargs):
         self.time_unit = config_float(time_unit, "time_unit", gt=0)
         self.time_scale = config_float(time_scale, "time_scale", gt=0)
-        super().__init__(**kwargs)
+        super().__init__(*args, **kwargs)
 
 
 class CausalTiSSD(SSDCore):

@@ -50,6 +50,39 @@ def build_lock(folder: str | os.PathLike, required: bool = True) -> Iterator[boo
         yield True
 
 
+class FolderBusy(OSError):
+    """Another live process holds the output folder (:func:`output_folder_lock`)."""
+
+
+@contextlib.contextmanager
+def output_folder_lock(folder: str | os.PathLike, option: str = "--out") -> Iterator[bool]:
+    """Hold an exclusive, non-blocking ``flock`` on the folder ``folder`` itself (its directory descriptor: no lock
+    file is left in it or beside it) while a run writes into it, so that a second run into the same folder fails at
+    once -- :class:`FolderBusy` naming ``option`` and the folder -- instead of mixing its files with the first's (or
+    waiting hours behind a training run). The kernel drops the lock when its holder dies (SIGKILL included), so no
+    stale lock ever blocks a later run. ``folder`` must exist. Yields whether a lock is held (not without ``fcntl``,
+    nor on a file system that refuses directory locks: nothing is held there). A folder renamed over by the holder (a
+    whole-folder swap) is no longer covered: lock a folder that is written into in place."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield False
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(f"{option} {os.fspath(folder)}: another run is writing into it now (it holds the "
+                             "folder's lock); wait for it to end, or give another folder") from None
+        except OSError:                                  # a file system without directory locks
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
 # ------------------------------------------------------------------ exit statuses: one table for every command
 #: the run did its job
 EXIT_OK = 0

@@ -860,6 +860,14 @@ def test_a_card_sets_the_model_beside_the_rankings_without_a_model(tmp_path):
     far = hub._baselines_markdown({"HR@10": 0.28, "NDCG@10": 0.16}, {"markov": {
         "metrics": {"HR@10": 0.19, "NDCG@10": 0.11}, "command": "c"}})
     assert "only" not in far and hub._baselines_markdown({"HR@10": 0.1, "NDCG@10": 0.1}, None) == ""
+    # below the baselines is said as such, not "only -67% ... adds little"
+    base = {"markov": {"metrics": {"HR@10": 0.1, "NDCG@10": 0.0537}, "command": "c"},
+            "pop": {"metrics": {"HR@10": 0.05, "NDCG@10": 0.0226}, "command": "p"}}
+    below_both = hub._baselines_markdown({"HR@10": 0.03, "NDCG@10": 0.0179}, base)
+    assert ("**NDCG@10 below the most popular items (-21%) and the first-order transitions (-67%):** this model ranks "
+            "worse than a ranking without a model" in below_both and "only" not in below_both)
+    below_markov = hub._baselines_markdown({"HR@10": 0.08, "NDCG@10": 0.0400}, base)
+    assert "**NDCG@10 below the first-order transitions (-26%):**" in below_markov and "popular items (" not in below_markov
 
 
 def test_a_card_is_measured_on_the_sequences_its_run_was_trained_on(tmp_path):

@@ -308,9 +308,18 @@ def _baselines_markdown(metrics: dict, baselines: dict | None) -> str:
     text = ("\n## Against rankings without a model\n\nThe same test users and protocol. A sequential model must clear "
             "the first-order transitions far (the order signal of the last item alone), the most popular items very "
             "far.\n\n| ranking | HR@10 | NDCG@10 |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+    ndcg = metrics["NDCG@10"]
     markov = baselines.get("markov", {}).get("metrics", {}).get("NDCG@10")
-    if markov and metrics["NDCG@10"] < BASELINE_MARGIN * markov:
-        text += (f"\n**NDCG@10 only {100 * (metrics['NDCG@10'] / markov - 1):+.0f}% against the first-order "
+    pop = baselines.get("pop", {}).get("metrics", {}).get("NDCG@10")
+    if pop and ndcg < pop:
+        text += (f"\n**NDCG@10 below the most popular items ({100 * (ndcg / pop - 1):+.0f}%)"
+                 + (f" and the first-order transitions ({100 * (ndcg / markov - 1):+.0f}%)" if markov else "")
+                 + ":** this model ranks worse than a ranking without a model; it is not fit to recommend.\n")
+    elif markov and ndcg < markov:
+        text += (f"\n**NDCG@10 below the first-order transitions ({100 * (ndcg / markov - 1):+.0f}%):** the last "
+                 "item's transitions alone rank better than this model.\n")
+    elif markov and ndcg < BASELINE_MARGIN * markov:
+        text += (f"\n**NDCG@10 only {100 * (ndcg / markov - 1):+.0f}% against the first-order "
                  "transitions:** this model adds little to what the last item's transitions already say.\n")
     return text
 

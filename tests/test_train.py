@@ -772,15 +772,17 @@ def test_a_resume_state_saved_before_time_ties_existed_resumes_with_the_default(
 
 
 def test_out_paths_and_config_values_that_would_fail_late_are_refused_before_any_work(tmp_path, capsys):
-    """--out that is a file (or under one), a --set value of the wrong type and an infinite --lr are usage errors
-    before the first epoch (were FileExistsError/NotADirectoryError and TypeError tracebacks, and a run that failed
-    after epoch 1 leaving an empty --out)."""
+    """--out that is a file (or under one, or a symbolic link to nothing), a --set value of the wrong type and an
+    infinite --lr are usage errors before the first epoch (were FileExistsError/NotADirectoryError and TypeError
+    tracebacks, and a run that failed after epoch 1 leaving an empty --out)."""
     data = _markov_file(tmp_path / "m.tsv", n_users=20, length=(6, 10))
     (tmp_path / "afile").write_text("keep")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     base = ["--model", "gru4rec", "--data", str(data), "--kcore", "0", "--epochs", "1", "--no-progress"]
     for out, what in ((tmp_path / "afile", "--out .*afile is a file, not a folder"),
                       (tmp_path / "afile" / "o", "afile is a file, not a folder"),
-                      (data, "--out .*m.tsv is the input --data")):
+                      (data, "--out .*m.tsv is the input --data"),
+                      (tmp_path / "dangling", "--out .*dangling: a symbolic link to nothing")):
         with refused(capsys, what):
             train_main(base + ["--out", str(out)])
     for extra, what in ((["--set", "num_layers=null"], r"GRU4RecModel cannot be built with these config values "
@@ -791,6 +793,7 @@ def test_out_paths_and_config_values_that_would_fail_late_are_refused_before_any
         with refused(capsys, what):
             train_main(base + ["--out", str(tmp_path / "o"), *extra])
     assert not (tmp_path / "o").exists() and (tmp_path / "afile").read_text() == "keep"
+    assert not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.usefixtures("fake_clock")
@@ -1508,3 +1511,139 @@ def test_a_catalogue_of_fewer_than_20_items_is_tested_at_the_cut_offs_it_has(tmp
     log = train_main(["--model", "gru4rec", "--data", str(data), "--out", str(tmp_path / "g"), "--epochs", "1",
                       "--max-len", "20", "--kcore", "0", "--no-progress", "--threads", "1"])
     assert {"HR@5", "HR@10"} <= set(log["test"]) and "HR@20" not in log["test"], log["test"]
+
+
+@contextlib.contextmanager
+def _held_by_another_run(folder):
+    """A live process holding ``folder``'s output lock (``export.fsutil.output_folder_lock``), as a run writing into
+    it does; killed (SIGKILL) when the block ends."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    child = ("import sys, time\nfrom export.fsutil import output_folder_lock\n"
+             "with output_folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen([sys.executable, "-c", child, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+
+
+def _tree(folder):
+    """Every file under ``folder`` with its bytes, and every folder (relative paths)."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.usefixtures("one_thread", "fake_clock")
+def test_a_second_run_into_a_live_runs_out_is_refused_before_any_work(tmp_path, capsys):
+    """Two runs into one --out both trained and exited 0, the last writer's files winning (and racing on resume/).
+    A run into a folder another live run holds -- fresh, --overwrite or --resume -- now fails at once with exit 1 and
+    one line naming the folder, before it reads its data (a missing --data is not reached) or anything in the folder
+    (a live run's resume state is not called an interrupted run's); the live run's files stay byte-identical. Once
+    the holder is gone the --resume proceeds. In the API: a RunSetupError (exit code 1) caused by FolderBusy."""
+    from export.fsutil import FolderBusy
+    from zoo.train import RunSetupError, train
+
+    data = _markov_file(tmp_path / "markov.tsv", n_users=30)
+    out = tmp_path / "live"
+    args = ["--model", "gru4rec", "--max-len", "20", "--kcore", "0", "--no-progress", "--epochs", "2",
+            "--set", *TINY["gru4rec"], "--out", str(out)]
+    train_main(args + ["--data", str(data), "--max-minutes", "0.0001"])     # budget-stopped after epoch 1: resume/
+    before = _tree(out)
+    assert "resume/state.json" in before and "model.safetensors" in before
+    capsys.readouterr()
+    busy = rf"^python -m zoo\.train: error: --out {re.escape(str(out))}: another run is writing into it now"
+    with _held_by_another_run(out):
+        for extra in ([], ["--overwrite"], ["--resume", "--max-minutes", "5"]):
+            for given in (data, tmp_path / "missing.tsv"):
+                with pytest.raises(SystemExit) as e:
+                    train_main(args + ["--data", str(given), *extra])
+                err = capsys.readouterr().err
+                assert e.value.code == 1 and re.search(busy, err), (extra, e.value.code, err)
+                assert len(err.strip().splitlines()) == 1 and "resume state" not in err, err
+        with pytest.raises(RunSetupError, match="another run is writing into it now") as e:
+            train("gru4rec", str(data), str(out), kcore=0, overwrite=True)
+        assert e.value.exit_code == 1 and isinstance(e.value.__cause__, FolderBusy)
+        assert _tree(out) == before
+    log = train_main(args + ["--data", str(data), "--resume", "--max-minutes", "5"])    # the holder is gone
+    assert log["stopped"] == "max epochs" and len(log["epochs"]) == 2 and not (out / "resume").exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_run_refused_for_the_lock_removes_no_folder_it_made_that_the_live_run_holds(tmp_path, monkeypatch, capsys):
+    """Two runs started together into a new --out: this one makes the folder, the other locks it first. This one is
+    refused (exit 1) and leaves the folder -- the live run's -- in place (a failed run removed the empty --out it had
+    found missing, which would pull it from under the live run); a run that fails holding the lock removes the
+    empty folders it made (and none it found)."""
+    import os
+
+    import zoo.train as T
+
+    data = _markov_file(tmp_path / "markov.tsv", n_users=30)
+    out = tmp_path / "new" / "run"
+    real_mkdir, holders = os.mkdir, contextlib.ExitStack()
+
+    def args(data=data, out=out):
+        return ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+                "--epochs", "1", "--set", *TINY["gru4rec"], "--out", str(out)]
+
+    def mkdir_then_the_other_run_locks_it(path, *a, **kw):
+        real_mkdir(path, *a, **kw)
+        if os.path.abspath(path) == str(out):
+            holders.enter_context(_held_by_another_run(out))
+
+    monkeypatch.setattr(T.os, "mkdir", mkdir_then_the_other_run_locks_it)
+    with holders:
+        with refused(capsys, rf"--out {re.escape(str(out))}: another run is writing into it now", code=1):
+            train_main(args())
+        assert out.is_dir()
+    monkeypatch.undo()
+    missing = tmp_path / "missing.tsv"
+    with refused(capsys, r"interaction file not found", code=1):      # this run's own folders: removed
+        train_main(args(missing, tmp_path / "n2" / "run"))
+    assert not (tmp_path / "n2").exists()
+    with refused(capsys, r"interaction file not found", code=1):      # the folder it found (empty): kept
+        train_main(args(missing))
+    assert out.is_dir() and list(out.iterdir()) == []
+    log = train_main(args())
+    assert log["stopped"] == "max epochs" and (out / "model.safetensors").is_file()
+
+
+def test_a_folder_removed_or_replaced_between_its_creation_and_the_lock_is_refused(tmp_path, monkeypatch):
+    """hold_output_folder: a lock taken on a folder that another run removed (or replaced) a moment before would
+    guard nothing: FolderBusy, and nothing is removed or made in its place."""
+    import os
+
+    import export.fsutil as F
+    from export.fsutil import FolderBusy
+    from zoo.train import hold_output_folder
+
+    out, aside = tmp_path / "out", tmp_path / "aside"
+    real = F.output_folder_lock
+
+    def removed_first(folder, option="--out"):
+        os.rmdir(folder)
+        return real(folder, option)
+
+    @contextlib.contextmanager
+    def replaced_once_locked(folder, option="--out"):
+        with real(folder, option) as held:
+            os.rename(folder, aside)
+            os.mkdir(folder)
+            yield held
+
+    for fake, left in ((removed_first, []), (replaced_once_locked, ["aside", "out"])):
+        monkeypatch.setattr(F, "output_folder_lock", fake)
+        with pytest.raises(FolderBusy, match=rf"--out {re.escape(str(out))}: another run removed or replaced"):
+            with hold_output_folder(out):
+                pytest.fail("the run went on")
+        assert sorted(p.name for p in tmp_path.iterdir()) == left
+    monkeypatch.undo()
+    with hold_output_folder(out) as held:
+        assert held and out.is_dir()

@@ -37,7 +37,7 @@ import platform
 import random
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -426,8 +426,9 @@ class RunSetupError(ValueError):
     """A run refused before its first epoch: a bad setting, an unreadable or malformed data file, or a starting
     checkpoint that does not fit the data (``--out`` is untouched). ``python -m zoo.train`` prints it in one line,
     without a traceback, and exits with its ``exit_code`` (:data:`export.fsutil.EXIT_CODES`): 2 for a bad setting
-    (with the usage), 1 for an input that cannot be read or does not fit (:class:`RunInputError`), 4 for a GPU this
-    machine lacks; the original exception is its ``__cause__``."""
+    (with the usage), 1 for an input that cannot be read or does not fit (:class:`RunInputError`) and for an ``--out``
+    another live run is writing into (:class:`export.fsutil.FolderBusy`), 4 for a GPU this machine lacks; the
+    original exception is its ``__cause__``."""
 
     def __init__(self, message: str, exit_code: int = EXIT_USAGE):
         super().__init__(message)
@@ -469,10 +470,13 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             settings: dict | None = None, time_ties: str = "file", warmup_steps: int = 0,
             columns: dict | None = None, loss: str = "ce", negatives: int | None = None,
             negative_sampler: str = "uniform", sparse_item_grad: bool = False, unknown_items: str = "error",
-            temporal_split: Sequence[float] | None = None):
-    """Everything :func:`train` does before its first epoch, in this order: check the settings (with ``resume``:
-    against the interrupted run's), seed, read the data, build (or load ``init_from`` and fit the data to its item
-    vocabulary: :func:`fit_data_to_checkpoint`) the model, split the data, cut the training windows. Writes nothing.
+            temporal_split: Sequence[float] | None = None, hold_out: Callable[[], object] | None = None):
+    """Everything :func:`train` does before its first epoch, in this order: check the settings and the ``--out`` path
+    (nothing read or written yet), call ``hold_out`` (:func:`train` creates ``out`` there and takes its lock:
+    :func:`hold_output_folder`), check what ``out`` holds (:func:`check_output_folder`; with ``resume``: read its
+    resume state and check the settings against the interrupted run's), seed, read the data, build (or load
+    ``init_from`` and fit the data to its item vocabulary: :func:`fit_data_to_checkpoint`) the model, split the data,
+    cut the training windows. Writes nothing in ``out``.
 
     Returns ``(preset, device, dataset, split, model, config_overrides, init_config_changes, windows, resumed,
     sampler, init_items)``, ``resumed`` being ``(folder, state, tensors)`` of the resume state or ``None``,
@@ -516,25 +520,8 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         raise ValueError("--decay-over budget paces the learning-rate decay by the time budget: give --max-minutes")
     if decay_over == "budget" and lr_schedule == "constant":
         raise ValueError("--decay-over budget: the constant schedule has no decay; choose --lr-schedule linear or cosine")
-    check_outputs({"--out": out}, {"--data": data}, folders=True)      # a file there, or a place that cannot be written
-    resumed = None
-    if resume:
-        if overwrite:
-            raise ValueError("--resume continues the run in --out; --overwrite would replace it: give one")
-        folder = train_state.resume_dir(out)
-        if folder is None:
-            raise ValueError(no_resume_state(out))
-        with _run_inputs():
-            state, tensors = train_state.load(folder)
-        train_state.check_settings(state["settings"], settings or {})
-        check_output_folder(out, init_from, overwrite=True)     # its checkpoint is the run's own best so far
-        with _run_inputs():                                       # ... unless another run or a copy replaced it
-            note = train_state.check_checkpoint(out, folder, state)
-        if note:
-            print(f"[zoo.train] note: {note}", flush=True)
-        resumed = (folder, state, tensors)
-    else:
-        check_output_folder(out, init_from, overwrite)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out; --overwrite would replace it: give one")
     loss_scale(torch.ones(1, 1, dtype=torch.long), 1.0, loss_weighting)
     if loss_weighting == "target" and model_type == "bert4rec":
         raise ValueError("--loss-weighting target: BERT4Rec's Cloze loss is not a mean over the labelled positions")
@@ -551,6 +538,25 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     device = resolve_device(device)
     if amp and device.type != "cuda":
         raise ValueError(f"amp (bfloat16 autocast) is for CUDA; the run is on {device}")
+    check_outputs({"--out": out}, {"--data": data}, folders=True)      # a file there, or a place that cannot be written
+    if hold_out is not None:    # --out made and locked: a live run's folder is refused here, before it is looked into
+        hold_out()
+    resumed = None
+    if resume:
+        folder = train_state.resume_dir(out)
+        if folder is None:
+            raise ValueError(no_resume_state(out))
+        with _run_inputs():
+            state, tensors = train_state.load(folder)
+        train_state.check_settings(state["settings"], settings or {})
+        check_output_folder(out, init_from, overwrite=True)     # its checkpoint is the run's own best so far
+        with _run_inputs():                                       # ... unless another run or a copy replaced it
+            note = train_state.check_checkpoint(out, folder, state)
+        if note:
+            print(f"[zoo.train] note: {note}", flush=True)
+        resumed = (folder, state, tensors)
+    else:
+        check_output_folder(out, init_from, overwrite)
     set_seed(seed)
     with _run_inputs():
         ds = load_dataset(data, kcore=kcore, time_ties=time_ties, columns=columns)
@@ -720,14 +726,21 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     A run started ``init_from`` a checkpoint first validates that checkpoint (logged as ``init_valid_NDCG10``) and
     says at the end when no epoch beat it. ``out`` must not already hold a checkpoint or an interrupted run's resume
     state unless ``overwrite`` (which discards that state before the first epoch), and never a model card (see
-    :func:`check_output_folder`). ``kcore``, ``time_ties`` and ``columns`` (:func:`zoo.data.load_dataset`) are kept
-    in the log's ``data_options``, so that ``zoo.hub card`` evaluates the checkpoint on the same sequences.
+    :func:`check_output_folder`). ``out`` is created when missing and locked from then until the run's last write
+    (:func:`hold_output_folder`): a second run into it while this one lives -- ``resume`` and ``overwrite`` runs
+    too -- is refused at once (a :class:`RunSetupError` with exit code 1 whose cause is
+    :class:`export.fsutil.FolderBusy`), before it reads the data or anything in ``out``; a failed run removes the
+    ``out`` it created where it is still empty. ``kcore``, ``time_ties`` and ``columns``
+    (:func:`zoo.data.load_dataset`) are kept in the log's ``data_options``, so that ``zoo.hub card`` evaluates the
+    checkpoint on the same sequences.
     ``loss`` is ``ce`` (cross-entropy over all items) or ``sampled-softmax`` (each target against ``negatives``
     items shared by the batch, drawn by ``negative_sampler``; :mod:`zoo.losses`), for catalogues too large to score
     whole at every target; validation and test always rank the full catalogue. ``sparse_item_grad`` (sampled
     softmax only) gives the item table a sparse gradient and updates it by lazy Adam (:class:`SparseItemOptimizer`):
     only the rows a batch read move, which is what keeps a step cheap on a catalogue of millions."""
     from tqdm.auto import tqdm
+
+    from export.fsutil import FolderBusy
 
     from . import train_state
     from .data import iterate_batches, load_options
@@ -747,215 +760,221 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         columns=columns, loss=loss, negatives=negatives, negative_sampler=negative_sampler,
         sparse_item_grad=sparse_item_grad, unknown_items=unknown_items,
         temporal_split=list(temporal_split) if temporal_split else None)))
-    try:
-        preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler, init_items = _set_up(
-            model_type, data, out, epochs=epochs, patience=patience, seed=seed, max_len=max_len,
-            config_overrides=config_overrides, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-            batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes, valid_users=valid_users,
-            kcore=kcore, init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride,
-            loss_weighting=loss_weighting, eval_every=eval_every, decay_over=decay_over, overwrite=overwrite,
-            resume=resume, settings=settings, time_ties=time_ties, warmup_steps=warmup_steps, columns=columns,
-            loss=loss, negatives=negatives, negative_sampler=negative_sampler, sparse_item_grad=sparse_item_grad,
-            unknown_items=unknown_items, temporal_split=temporal_split)
-    except RunSetupError:                   # an input that failed (RunInputError, exit 1): as it is
-        raise
-    except (ValueError, OSError) as e:      # a refused setting (exit 2), or a GPU this machine lacks (4)
-        from .modeling_utils import DeviceUnavailableError
-
-        raise RunSetupError(str(e), EXIT_MISSING if isinstance(e, DeviceUnavailableError) else EXIT_USAGE) from e
-    valid = split.valid if valid_users is None else split.valid.head(valid_users)
-
-    def validate(m) -> dict:
-        return evaluate_model(m, valid, ks=(10,), exclude_history=exclude_history, progress=False, any_ks=True)
-
-    opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"],
-                         sparse_items=preset.get("sparse_item_grad", False))
-    preset["lr_schedule"] = lr_schedule
-    if warmup_steps:
-        preset["warmup_steps"] = warmup_steps
-    if decay_over == "budget":
-        preset["decay_over"] = f"{TIME_BUDGET} of {max_minutes} minutes"
-    n_params = sum(p.numel() for p in model.parameters())
-    # BERT4Rec's Cloze objective predicts a random subset of the window items each epoch, not each of them
-    what = "window items (Cloze: a random subset predicted per epoch)" if model_type == "bert4rec" else "targets"
-    print(f"[zoo.train] {model_type}: {n_params:,} parameters | data {ds.name}: {ds.n_users:,} users, "
-          f"{ds.n_items:,} items, {ds.n_interactions:,} interactions | {len(windows):,} training windows, "
-          f"{windows.n_positions:,} {what} ({windows.n_computed:,} positions computed, stride {windows.stride}) | "
-          f"device {device} | {preset}", flush=True)
-    if sampler is not None:
-        print(f"[zoo.train] loss: {sampler.describe()}", flush=True)
-    if preset.get("sparse_item_grad"):
-        print(f"[zoo.train] item table: {SPARSE_ITEMS_TEXT}" + (
-            f"; it is not decayed (weight decay {preset['weight_decay']:g} applies to the other parameters)"
-            if preset["weight_decay"] else ""), flush=True)
-    if not resumed:     # an earlier run's state (--overwrite discards it) must not be resumed beside this run's weights
-        train_state.remove(out)
-    os.makedirs(out, exist_ok=True)
-    loss_spec = {"type": "ce"} if sampler is None else sampler.spec
-    log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(),
-           "data_options": load_options(kcore, time_ties, columns), "seed": seed,
-           "split": {"kind": split.kind, **({"cuts": split.cuts} if split.cuts else {})},
-           "train": preset, "config_overrides": overrides, "epochs": [], "command": command,
-           "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict(),
-                                           describe_loss(loss_spec)),
-           "loss": loss_spec,
-           "window_stride": windows.stride, "loss_weighting": loss_weighting,
-           "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every,
-           "cwd": os.getcwd()}                # where a relative --init-from is found again (zoo.hub's stage table)
-    if init_from:       # the weights it starts from: a card folder replaced later no longer holds them
-        from .pretrained import resolve_pretrained, weights_sha256
-
-        log["init_weights_sha256"] = weights_sha256(resolve_pretrained(init_from))
-    if init_changes:
-        log["init_config_changes"] = {k: list(v) for k, v in init_changes.items()}
-    if init_items and init_items["note"]:     # the data's items were re-indexed, grown or dropped to fit the checkpoint
-        log["init_items"] = init_items
-    targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]
-    logits_bytes = targets_per_batch * int(model.config.n_items) * 4
-    if sampler is None and logits_bytes > LARGE_LOGITS_BYTES:
-        print(f"[zoo.train] note: the full cross-entropy scores {int(model.config.n_items) - 1:,} items at every target: "
-              f"about {logits_bytes / 2**30:.1f} GiB of logits per batch of {preset['batch_size']} windows, as much "
-              "again for their gradient; --loss sampled-softmax scores each target against --negatives items "
-              "instead (bench/RESULTS_SAMPLED_SOFTMAX_QUALITY.md)", flush=True)
-    best, best_epoch, bad, start_epoch = -1.0, -1, 0, 1
-    ended = None                    # a resumed run's stop reason, when it had stopped before it was cut
-    gen = np.random.default_rng(seed)
-    if resumed:                     # continue the interrupted run: its weights, optimizer, generators, counters, log
-        folder, state, tensors = resumed
+    with contextlib.ExitStack() as held:    # --out made and locked (in _set_up) to the run's last write
         try:
-            train_state.restore(folder, state, tensors, model, opt, gen)
-        except ValueError as e:                     # a truncated or foreign file: refused before any epoch
-            raise RunInputError(str(e)) from e
-        done = state["progress"]
-        best, best_epoch, bad, start_epoch = done["best"], done["best_epoch"], done["bad"], done["epoch"] + 1
-        t0 = time.time() - done["elapsed_s"]
-        log = state["log"]
-        log.setdefault("resumed", []).append({"after_epoch": done["epoch"], "command": command,
-                                              "max_minutes": max_minutes})
-        # a run that had stopped (and was cut in its test evaluation, or budget-stopped) trains no further epoch, as
-        # the uncut run trained none; a budget-stopped one given a budget with time left goes on. A state saved before
-        # "stopped" was kept had stopped early when its count had reached the patience.
-        ended = done.get("stopped") or (stop_text(patience, eval_every) if bad >= patience else None)
-        if ended and ended.startswith(TIME_BUDGET):
-            ended = f"{TIME_BUDGET} of {max_minutes} minutes reached" if (
-                max_minutes and done["elapsed_s"] >= max_minutes * 60) else None
-        print(f"[zoo.train] resuming {out} after epoch {done['epoch']} ({done['elapsed_s'] / 60:.1f} minutes used; "
-              f"best valid NDCG@10 {best:.4f} at epoch {best_epoch})"
-              + (f"; the run had stopped ({ended}): testing its best checkpoint" if ended else ""), flush=True)
-    elif init_from:  # where this stage starts, so that a stage that only lost ground says so
-        start = validate(model)
-        log["init_valid_NDCG10"] = start["NDCG@10"]
-        print(f"[zoo.train] starting checkpoint: valid NDCG@10 {start['NDCG@10']:.4f} HR@10 {start['HR@10']:.4f}",
-              flush=True)
-    if "popularity_valid_NDCG10" not in log:   # a resumed run's log has it already (unless it predates it)
-        # the floor: the most-popular ranking on the same validation examples (below it, nothing of order was learnt)
-        log["popularity_valid_NDCG10"] = evaluate_popularity(split.train, valid, int(model.config.n_items), ks=(10,),
-                                                             exclude_history=exclude_history,
-                                                             max_len=int(model.config.max_seq_length),
-                                                             any_ks=True)["NDCG@10"]
-    print(f"[zoo.train] most-popular baseline: valid NDCG@10 {log['popularity_valid_NDCG10']:.4f}", flush=True)
+            (preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler,
+             init_items) = _set_up(
+                model_type, data, out, epochs=epochs, patience=patience, seed=seed, max_len=max_len,
+                config_overrides=config_overrides, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes,
+                valid_users=valid_users, kcore=kcore, init_from=init_from, lr_schedule=lr_schedule,
+                window_stride=window_stride, loss_weighting=loss_weighting, eval_every=eval_every,
+                decay_over=decay_over, overwrite=overwrite, resume=resume, settings=settings, time_ties=time_ties,
+                warmup_steps=warmup_steps, columns=columns, loss=loss, negatives=negatives,
+                negative_sampler=negative_sampler, sparse_item_grad=sparse_item_grad, unknown_items=unknown_items,
+                temporal_split=temporal_split, hold_out=lambda: held.enter_context(hold_output_folder(out)))
+        except RunSetupError:                   # an input that failed (RunInputError, exit 1): as it is
+            raise
+        except FolderBusy as e:                 # another live run writes into --out (exit 1)
+            raise RunSetupError(str(e), EXIT_ERROR) from e
+        except (ValueError, OSError) as e:      # a refused setting (exit 2), or a GPU this machine lacks (4)
+            from .modeling_utils import DeviceUnavailableError
 
-    from .pretrained import weights_sha256
+            raise RunSetupError(str(e), EXIT_MISSING if isinstance(e, DeviceUnavailableError) else EXIT_USAGE) from e
+        valid = split.valid if valid_users is None else split.valid.head(valid_users)
 
-    checkpoint_sha = weights_sha256(out)        # the checkpoint the state belongs to (train_state.check_checkpoint)
+        def validate(m) -> dict:
+            return evaluate_model(m, valid, ks=(10,), exclude_history=exclude_history, progress=False, any_ks=True)
 
-    def keep_state(epoch: int, stopped: str | None = None) -> None:
-        train_state.save(out, model, opt, gen, {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
-                                                "elapsed_s": time.time() - t0, "stopped": stopped,
-                                                "checkpoint_sha256": checkpoint_sha}, settings, log)
+        opt = make_optimizer(model, preset["optimizer"], preset["lr"], preset["weight_decay"],
+                             sparse_items=preset.get("sparse_item_grad", False))
+        preset["lr_schedule"] = lr_schedule
+        if warmup_steps:
+            preset["warmup_steps"] = warmup_steps
+        if decay_over == "budget":
+            preset["decay_over"] = f"{TIME_BUDGET} of {max_minutes} minutes"
+        n_params = sum(p.numel() for p in model.parameters())
+        # BERT4Rec's Cloze objective predicts a random subset of the window items each epoch, not each of them
+        what = "window items (Cloze: a random subset predicted per epoch)" if model_type == "bert4rec" else "targets"
+        print(f"[zoo.train] {model_type}: {n_params:,} parameters | data {ds.name}: {ds.n_users:,} users, "
+              f"{ds.n_items:,} items, {ds.n_interactions:,} interactions | {len(windows):,} training windows, "
+              f"{windows.n_positions:,} {what} ({windows.n_computed:,} positions computed, stride {windows.stride}) | "
+              f"device {device} | {preset}", flush=True)
+        if sampler is not None:
+            print(f"[zoo.train] loss: {sampler.describe()}", flush=True)
+        if preset.get("sparse_item_grad"):
+            print(f"[zoo.train] item table: {SPARSE_ITEMS_TEXT}" + (
+                f"; it is not decayed (weight decay {preset['weight_decay']:g} applies to the other parameters)"
+                if preset["weight_decay"] else ""), flush=True)
+        if not resumed:     # an earlier run's state (--overwrite discards it) must not resume beside this run's weights
+            train_state.remove(out)
+        loss_spec = {"type": "ce"} if sampler is None else sampler.spec
+        log = {"model_type": model_type, "data": os.path.abspath(data), "dataset": ds.stats(),
+               "data_options": load_options(kcore, time_ties, columns), "seed": seed,
+               "split": {"kind": split.kind, **({"cuts": split.cuts} if split.cuts else {})},
+               "train": preset, "config_overrides": overrides, "epochs": [], "command": command,
+               "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict(),
+                                               describe_loss(loss_spec)),
+               "loss": loss_spec,
+               "window_stride": windows.stride, "loss_weighting": loss_weighting,
+               "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every,
+               "cwd": os.getcwd()}                # where a relative --init-from is found again (zoo.hub's stage table)
+        if init_from:       # the weights it starts from: a card folder replaced later no longer holds them
+            from .pretrained import resolve_pretrained, weights_sha256
 
-    deadline = t0 + max_minutes * 60 if max_minutes else None
-    stopped = "max epochs"
-    if ended:
-        stopped, start_epoch = ended, epochs + 1                        # straight to the test of the best checkpoint
-    for epoch in range(start_epoch, epochs + 1):
-        model.train()
-        te = time.time()
-        total, count = 0.0, 0
-        batches = iterate_batches(windows, preset["batch_size"], model.padding_side, shuffle=True, generator=gen,
-                                  bucket_by_length=True)
-        n_batches = math.ceil(len(windows) / preset["batch_size"])
-        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not progress)
-        for i_batch, batch in enumerate(bar):
-            if lr_schedule != "constant" or warmup_steps:
-                step = (epoch - 1) * n_batches + i_batch
-                f = lr_factor(lr_schedule, schedule_progress(step, epochs * n_batches, time.time() - t0,
-                                                             max_minutes * 60 if decay_over == "budget" else None))
-                f *= warmup_factor(step, warmup_steps)
-                for group in opt.param_groups:
-                    group["lr"] = preset["lr"] * f
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-                loss = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
-                             timestamps=batch.get("timestamps"),
-                             negatives=sampler.sample() if sampler is not None else None).loss
-            opt.zero_grad(set_to_none=True)
-            (loss * loss_scale(batch["labels"], targets_per_batch, loss_weighting)).backward()
-            if preset["clip"]:
-                clip_grad_norm(model.parameters(), preset["clip"])
-            opt.step()
-            total += loss.item()
-            count += 1
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        row = {"epoch": epoch, "loss": total / max(count, 1)}
-        log["epochs"].append(row)
-        if epoch == 1 and deadline and lr_schedule != "constant" and decay_over == "epochs":
-            _note_budget_vs_schedule(time.time() - te, deadline - te, epochs, lr_schedule)
-        if epoch % eval_every and epoch != epochs and not (deadline and time.time() > deadline):  # no validation
-            row["seconds"] = time.time() - te
-            print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} ({row['seconds']:.0f}s)", flush=True)
-            keep_state(epoch)
-            continue
-        metrics = validate(model)
-        ndcg = metrics["NDCG@10"]
-        row.update({"valid_NDCG@10": ndcg, "valid_HR@10": metrics["HR@10"], "seconds": time.time() - te})
-        improved = ndcg > best
-        if improved:
-            best, best_epoch, bad = ndcg, epoch, 0
-            train_state.note_checkpoint(out, epoch)         # a cut before the next state: the checkpoint is the run's
-            model.save_pretrained(out)
-            checkpoint_sha = weights_sha256(out)
-        else:
-            bad += 1
-        print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} valid NDCG@10 {ndcg:.4f} HR@10 "
-              f"{metrics['HR@10']:.4f} ({row['seconds']:.0f}s){' *' if improved else ''}", flush=True)
-        with written_whole(os.path.join(out, "train_log.json")) as f:     # an interruption keeps the last whole log
+            log["init_weights_sha256"] = weights_sha256(resolve_pretrained(init_from))
+        if init_changes:
+            log["init_config_changes"] = {k: list(v) for k, v in init_changes.items()}
+        if init_items and init_items["note"]:   # the data's items were re-indexed, grown or dropped for the checkpoint
+            log["init_items"] = init_items
+        targets_per_batch = windows.n_positions / len(windows) * preset["batch_size"]
+        logits_bytes = targets_per_batch * int(model.config.n_items) * 4
+        if sampler is None and logits_bytes > LARGE_LOGITS_BYTES:
+            print(f"[zoo.train] note: the full cross-entropy scores {int(model.config.n_items) - 1:,} items at every "
+                  f"target: about {logits_bytes / 2**30:.1f} GiB of logits per batch of {preset['batch_size']} "
+                  "windows, as much again for their gradient; --loss sampled-softmax scores each target against "
+                  "--negatives items instead (bench/RESULTS_SAMPLED_SOFTMAX_QUALITY.md)", flush=True)
+        best, best_epoch, bad, start_epoch = -1.0, -1, 0, 1
+        ended = None                    # a resumed run's stop reason, when it had stopped before it was cut
+        gen = np.random.default_rng(seed)
+        if resumed:                 # continue the interrupted run: its weights, optimizer, generators, counters, log
+            folder, state, tensors = resumed
+            try:
+                train_state.restore(folder, state, tensors, model, opt, gen)
+            except ValueError as e:                     # a truncated or foreign file: refused before any epoch
+                raise RunInputError(str(e)) from e
+            done = state["progress"]
+            best, best_epoch, bad, start_epoch = done["best"], done["best_epoch"], done["bad"], done["epoch"] + 1
+            t0 = time.time() - done["elapsed_s"]
+            log = state["log"]
+            log.setdefault("resumed", []).append({"after_epoch": done["epoch"], "command": command,
+                                                  "max_minutes": max_minutes})
+            # a run that had stopped (and was cut in its test evaluation, or budget-stopped) trains no further epoch, as
+            # the uncut run trained none; a budget-stopped one given a budget with time left goes on. A state saved
+            # before "stopped" was kept had stopped early when its count had reached the patience.
+            ended = done.get("stopped") or (stop_text(patience, eval_every) if bad >= patience else None)
+            if ended and ended.startswith(TIME_BUDGET):
+                ended = f"{TIME_BUDGET} of {max_minutes} minutes reached" if (
+                    max_minutes and done["elapsed_s"] >= max_minutes * 60) else None
+            print(f"[zoo.train] resuming {out} after epoch {done['epoch']} ({done['elapsed_s'] / 60:.1f} minutes used; "
+                  f"best valid NDCG@10 {best:.4f} at epoch {best_epoch})"
+                  + (f"; the run had stopped ({ended}): testing its best checkpoint" if ended else ""), flush=True)
+        elif init_from:  # where this stage starts, so that a stage that only lost ground says so
+            start = validate(model)
+            log["init_valid_NDCG10"] = start["NDCG@10"]
+            print(f"[zoo.train] starting checkpoint: valid NDCG@10 {start['NDCG@10']:.4f} HR@10 {start['HR@10']:.4f}",
+                  flush=True)
+        if "popularity_valid_NDCG10" not in log:   # a resumed run's log has it already (unless it predates it)
+            # the floor: the most-popular ranking on the same validation examples (below it, no order was learnt)
+            log["popularity_valid_NDCG10"] = evaluate_popularity(split.train, valid, int(model.config.n_items),
+                                                                 ks=(10,),
+                                                                 exclude_history=exclude_history,
+                                                                 max_len=int(model.config.max_seq_length),
+                                                                 any_ks=True)["NDCG@10"]
+        print(f"[zoo.train] most-popular baseline: valid NDCG@10 {log['popularity_valid_NDCG10']:.4f}", flush=True)
+
+        from .pretrained import weights_sha256
+
+        checkpoint_sha = weights_sha256(out)        # the checkpoint the state belongs to (train_state.check_checkpoint)
+
+        def keep_state(epoch: int, stopped: str | None = None) -> None:
+            train_state.save(out, model, opt, gen, {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
+                                                    "elapsed_s": time.time() - t0, "stopped": stopped,
+                                                    "checkpoint_sha256": checkpoint_sha}, settings, log)
+
+        deadline = t0 + max_minutes * 60 if max_minutes else None
+        stopped = "max epochs"
+        if ended:
+            stopped, start_epoch = ended, epochs + 1                    # straight to the test of the best checkpoint
+        for epoch in range(start_epoch, epochs + 1):
+            model.train()
+            te = time.time()
+            total, count = 0.0, 0
+            batches = iterate_batches(windows, preset["batch_size"], model.padding_side, shuffle=True, generator=gen,
+                                      bucket_by_length=True)
+            n_batches = math.ceil(len(windows) / preset["batch_size"])
+            bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not progress)
+            for i_batch, batch in enumerate(bar):
+                if lr_schedule != "constant" or warmup_steps:
+                    step = (epoch - 1) * n_batches + i_batch
+                    f = lr_factor(lr_schedule, schedule_progress(step, epochs * n_batches, time.time() - t0,
+                                                                 max_minutes * 60 if decay_over == "budget" else None))
+                    f *= warmup_factor(step, warmup_steps)
+                    for group in opt.param_groups:
+                        group["lr"] = preset["lr"] * f
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                    loss = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
+                                 timestamps=batch.get("timestamps"),
+                                 negatives=sampler.sample() if sampler is not None else None).loss
+                opt.zero_grad(set_to_none=True)
+                (loss * loss_scale(batch["labels"], targets_per_batch, loss_weighting)).backward()
+                if preset["clip"]:
+                    clip_grad_norm(model.parameters(), preset["clip"])
+                opt.step()
+                total += loss.item()
+                count += 1
+                bar.set_postfix(loss=f"{total / count:.4f}")
+            row = {"epoch": epoch, "loss": total / max(count, 1)}
+            log["epochs"].append(row)
+            if epoch == 1 and deadline and lr_schedule != "constant" and decay_over == "epochs":
+                _note_budget_vs_schedule(time.time() - te, deadline - te, epochs, lr_schedule)
+            if epoch % eval_every and epoch != epochs and not (deadline and time.time() > deadline):  # no validation
+                row["seconds"] = time.time() - te
+                print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} ({row['seconds']:.0f}s)", flush=True)
+                keep_state(epoch)
+                continue
+            metrics = validate(model)
+            ndcg = metrics["NDCG@10"]
+            row.update({"valid_NDCG@10": ndcg, "valid_HR@10": metrics["HR@10"], "seconds": time.time() - te})
+            improved = ndcg > best
+            if improved:
+                best, best_epoch, bad = ndcg, epoch, 0
+                train_state.note_checkpoint(out, epoch)     # a cut before the next state: the checkpoint is the run's
+                model.save_pretrained(out)
+                checkpoint_sha = weights_sha256(out)
+            else:
+                bad += 1
+            print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} valid NDCG@10 {ndcg:.4f} HR@10 "
+                  f"{metrics['HR@10']:.4f} ({row['seconds']:.0f}s){' *' if improved else ''}", flush=True)
+            with written_whole(os.path.join(out, "train_log.json")) as f:     # an interruption keeps the last whole log
+                json.dump(log, f, indent=1)
+            ending = stop_text(patience, eval_every) if bad >= patience else \
+                f"{TIME_BUDGET} of {max_minutes} minutes reached" if deadline and time.time() > deadline else \
+                "max epochs" if epoch == epochs else None
+            keep_state(epoch, ending)          # with the reason: a resume after a cut in the test goes straight to it
+            if ending:
+                stopped = ending
+                break
+        from .models import get_model_class
+
+        best_model = get_model_class(model_type)[1].from_pretrained(out).to(device)
+        test = evaluate_model(best_model, split.test, ks=default_ks(best_model.config.n_items - 1),
+                              exclude_history=exclude_history, progress=progress)
+        log.update(best_epoch=best_epoch, best_valid_NDCG10=best, stopped=stopped, test=test,
+                   protocol={"split": ("leave-one-out by time (RecBole LS valid_and_test)" if split.kind != "temporal"
+                                       else f"temporal: {split.cuts}"), "ranking": "full",
+                             "history_masked": exclude_history},
+                   train_minutes=(time.time() - t0) / 60)
+        with written_whole(os.path.join(out, "train_log.json")) as f:
             json.dump(log, f, indent=1)
-        ending = stop_text(patience, eval_every) if bad >= patience else \
-            f"{TIME_BUDGET} of {max_minutes} minutes reached" if deadline and time.time() > deadline else \
-            "max epochs" if epoch == epochs else None
-        keep_state(epoch, ending)          # with the reason: a resume after a cut in the test goes straight to it
-        if ending:
-            stopped = ending
-            break
-    from .models import get_model_class
-
-    best_model = get_model_class(model_type)[1].from_pretrained(out).to(device)
-    test = evaluate_model(best_model, split.test, ks=default_ks(best_model.config.n_items - 1),
-                          exclude_history=exclude_history, progress=progress)
-    log.update(best_epoch=best_epoch, best_valid_NDCG10=best, stopped=stopped, test=test,
-               protocol={"split": ("leave-one-out by time (RecBole LS valid_and_test)" if split.kind != "temporal"
-                                   else f"temporal: {split.cuts}"), "ranking": "full",
-                         "history_masked": exclude_history},
-               train_minutes=(time.time() - t0) / 60)
-    with written_whole(os.path.join(out, "train_log.json")) as f:
-        json.dump(log, f, indent=1)
-    if stopped.startswith(TIME_BUDGET):
-        print(f"[zoo.train] the run's state is kept in {os.path.join(out, train_state.RESUME_DIR)}: the same command "
-              "with --resume and a larger --max-minutes continues it", flush=True)
-    else:
-        train_state.remove(out)
-    if best <= log["popularity_valid_NDCG10"]:
-        print(f"[zoo.train] WARNING: the best epoch (valid NDCG@10 {best:.4f}) does not beat the most-popular baseline "
-              f"({log['popularity_valid_NDCG10']:.4f}): the model has not learnt the order of the histories (too few "
-              "epochs, a learning rate too high or low, or data whose order carries nothing)", flush=True)
-    if init_from and "init_valid_NDCG10" in log and best <= log["init_valid_NDCG10"]:
-        print(f"[zoo.train] note: no epoch beat the starting checkpoint on validation (best NDCG@10 {best:.4f} at "
-              f"epoch {best_epoch}, {log['init_valid_NDCG10']:.4f} at the start): {init_from} remains the better "
-              "model", flush=True)
-    print(f"[zoo.train] done ({stopped}); best epoch {best_epoch}; test: "
-          + " ".join(f"{k} {v:.4f}" for k, v in test.items() if "Recall" not in k), flush=True)
-    return log
+        if stopped.startswith(TIME_BUDGET):
+            print(f"[zoo.train] the run's state is kept in {os.path.join(out, train_state.RESUME_DIR)}: the same "
+                  "command with --resume and a larger --max-minutes continues it", flush=True)
+        else:
+            train_state.remove(out)
+        if best <= log["popularity_valid_NDCG10"]:
+            print(f"[zoo.train] WARNING: the best epoch (valid NDCG@10 {best:.4f}) does not beat the most-popular "
+                  f"baseline ({log['popularity_valid_NDCG10']:.4f}): the model has not learnt the order of the "
+                  "histories (too few epochs, a learning rate too high or low, or data whose order carries nothing)",
+                  flush=True)
+        if init_from and "init_valid_NDCG10" in log and best <= log["init_valid_NDCG10"]:
+            print(f"[zoo.train] note: no epoch beat the starting checkpoint on validation (best NDCG@10 {best:.4f} at "
+                  f"epoch {best_epoch}, {log['init_valid_NDCG10']:.4f} at the start): {init_from} remains the better "
+                  "model", flush=True)
+        print(f"[zoo.train] done ({stopped}); best epoch {best_epoch}; test: "
+              + " ".join(f"{k} {v:.4f}" for k, v in test.items() if "Recall" not in k), flush=True)
+        return log
 
 
 def stop_text(patience: int, eval_every: int) -> str:
@@ -1023,6 +1042,63 @@ def _saved_dtype(name_or_path: str) -> str | None:
         return None
     dtype = cfg.get("dtype", cfg.get("torch_dtype")) if isinstance(cfg, dict) else None
     return dtype if isinstance(dtype, str) else None
+
+
+@contextlib.contextmanager
+def hold_output_folder(out: str | os.PathLike, option: str = "--out") -> Iterator[bool]:
+    """Create the folder ``out`` where it is missing (and the folders above it) and hold its lock
+    (:func:`export.fsutil.output_folder_lock`, on the folder's own descriptor) until the block ends, so that a second
+    run into the same folder fails at once with :class:`export.fsutil.FolderBusy` naming ``option`` and the folder,
+    before it reads or writes anything there. Yields whether a lock is held (not on a system without locks).
+
+    ``zoo.train`` writes into ``out`` in place and never replaces the folder itself: the checkpoint's files are moved
+    in one by one from a stage inside it (``save_pretrained``), ``resume/`` is swapped inside it
+    (:mod:`zoo.train_state`), ``train_log.json`` is replaced inside it; so the lock on the folder's inode covers the
+    whole run. When the block fails, the folders this call created are removed again where they are empty, while
+    the lock is still held: a folder this call found (or that another run created a moment before) is never
+    removed, nor one whose lock another run holds. A folder removed or replaced between its creation and the lock
+    (by another run that created it and failed) is ``FolderBusy`` too: the lock would be on a folder no longer
+    there."""
+    from export.fsutil import FolderBusy, output_folder_lock
+
+    if os.path.islink(out) and not os.path.exists(out):
+        raise ValueError(f"{option} {os.fspath(out)}: a symbolic link to nothing ({os.readlink(out)}); give a folder")
+    gone = FolderBusy(f"{option} {os.fspath(out)}: another run removed or replaced the folder as this one started; "
+                      "run again")
+    made = []                               # the folders this call created, outermost first
+    missing, path = [], os.path.abspath(out)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):      # made by another run a moment ago: not this run's to remove
+            os.mkdir(folder)
+            made.append(folder)
+    before = _folder_stat(out)
+    with contextlib.ExitStack() as stack:
+        try:
+            held = stack.enter_context(output_folder_lock(out, option))
+        except FileNotFoundError:
+            raise gone from None
+        after = _folder_stat(out)              # the lock's descriptor keeps its folder's inode number taken
+        if before is None or after is None or not os.path.samestat(before, after):
+            raise gone
+        try:
+            yield held
+        except BaseException:
+            for folder in reversed(made):       # this run's own, empty: no other run can be using it (it is locked)
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+            raise
+
+
+def _folder_stat(path: str | os.PathLike) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 def check_output_folder(out: str | os.PathLike, init_from: str | None = None, overwrite: bool = False) -> None:
@@ -1232,8 +1308,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``python -m zoo.train``; returns the training log. A run refused before its first epoch
     (:class:`RunSetupError`: settings, data file, starting checkpoint) exits with one line naming the problem and the
     status of :data:`export.fsutil.EXIT_CODES`: 2 for a bad option (with the usage), 1 for a ``--data``,
-    ``--config``, ``--init-from`` or resume state that cannot be read or does not fit, 4 for a ``--device`` this
-    machine lacks."""
+    ``--config``, ``--init-from`` or resume state that cannot be read or does not fit and for an ``--out`` another
+    live run is writing into (:func:`hold_output_folder`), 4 for a ``--device`` this machine lacks."""
     from .cli import apply_threads, cli_device, exit_with
     from .models import get_model_class
 
@@ -1266,7 +1342,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import shlex                                            # the recorded command re-runs as given (quoted)
 
     command = "python -m zoo.train " + shlex.join(sys.argv[1:] if argv is None else argv)
-    existed = os.path.lexists(args.out)
     try:
         return train(args.model, args.data, args.out, epochs=args.epochs, patience=args.patience, seed=args.seed,
                      max_len=args.max_len, config_overrides=overrides, optimizer=args.optimizer, lr=args.lr,
@@ -1286,13 +1361,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if e.exit_code == EXIT_USAGE:
             p.error(flag_named(str(e), NUMBER_FLAGS))
         exit_with(e.exit_code, f"{p.prog}: error: {flag_named(str(e), NUMBER_FLAGS)}")
-    except BaseException as e:              # Ctrl-C, a closed stdout, an error: no empty --out of this run's is left
-        if not existed:
-            with contextlib.suppress(OSError):
-                os.rmdir(args.out)
+    except KeyboardInterrupt as e:          # (an empty --out of this run's own is removed by train(), under its lock)
         from .train_state import resume_dir
 
-        if isinstance(e, KeyboardInterrupt) and resume_dir(args.out) is not None:
+        if resume_dir(args.out) is not None:
             e.zoo_hint = "continue the run with the same command and --resume (without --overwrite)"  # run_cli
         raise
 

@@ -11,7 +11,10 @@ After every epoch :func:`save` writes ``OUT/resume/``:
 
 No pickles: tensors in safetensors, the rest in JSON. The folder is written as ``resume.new/`` and swapped in, so an
 interruption while saving leaves the previous epoch's state whole (``resume.old/`` is used when the swap itself was
-cut, and put back in place by the next save before anything is removed).
+cut, and put back in place by the next save before anything is removed). One writer at a time: ``resume.new/`` is
+one name for every save, so two processes saving into one ``OUT`` at once would remove each other's files;
+``zoo.train`` holds ``OUT``'s lock from its start to its last write (:func:`zoo.train.hold_output_folder`), and a
+second run there is refused before it reads or writes anything.
 
 The state belongs to the checkpoint beside it: ``progress["checkpoint_sha256"]`` is the SHA-256 of
 ``OUT/model.safetensors`` when it was saved (``None``: none yet), and a run about to write a new best checkpoint says so

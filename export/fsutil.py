@@ -96,11 +96,12 @@ EXIT_USAGE = 2
 EXIT_VERIFY_FAILED = 3
 #: something the command needs is missing on this machine: an optional package, TensorRT, a GPU (``--device cuda``)
 EXIT_MISSING = 4
-#: the epilog of every command's ``--help``: the table above, and the two statuses of :func:`run_cli`
+#: the epilog of every command's ``--help``: the table above, and the three statuses of :func:`run_cli`
 EXIT_CODES = ("exit status: 0 ok; 1 the run failed (a --model or --data that cannot be found or read, bad data, an "
               "export or write error); 2 usage error (a bad, missing or conflicting option); 3 verification failed "
               "(what failed it is not written); 4 a package, TensorRT or GPU it needs is missing here; "
-              "130 interrupted (Ctrl-C); 141 stdout closed (| head)")
+              "130 interrupted (Ctrl-C); 141 stdout closed (| head); 143 terminated (SIGTERM: kill, timeout, a "
+              "scheduler's stop)")
 
 
 class UsageError(ValueError):
@@ -144,6 +145,48 @@ def shell_option(flag: str, value: str | os.PathLike) -> str:
 EXIT_BROKEN_PIPE = 141
 #: the exit status of an interrupted command (Ctrl-C): 128 + SIGINT
 EXIT_INTERRUPTED = 130
+#: the exit status of a command stopped by SIGTERM (``kill``, ``timeout``, a scheduler's or a container's stop):
+#: 128 + SIGTERM, as a shell reports a process killed by it
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """What SIGTERM raises in the main thread while :func:`run_cli` runs a command: a ``KeyboardInterrupt``, so that
+    everything an interruption runs (``except KeyboardInterrupt``/``BaseException`` cleanups, ``finally``, the
+    ``zoo_hint`` of ``zoo.train``) runs for a stop too -- Python's own SIGTERM action kills the process on the spot,
+    leaving every temporary file and stage behind. :func:`run_cli` reports it as ``terminated``, status 143."""
+
+
+def _raise_terminated(signum, frame) -> NoReturn:
+    raise Terminated()
+
+
+def _catch_sigterm():
+    """Make SIGTERM raise :class:`Terminated` (:func:`run_cli`) and return the handler to put back after
+    (:func:`_restore_sigterm`), or None when nothing was changed: outside the main thread (signals cannot be set
+    there), and when SIGTERM does not have its default action -- ignored (a launcher's ``SIG_IGN`` is kept, as Python
+    keeps an ignored SIGINT), or handled by the program that calls :func:`run_cli` (its handler stays)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        return None
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous != signal.SIG_DFL:
+            return None
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    except (OSError, ValueError):                          # pragma: no cover - a platform that refuses it
+        return None
+    return previous
+
+
+def _restore_sigterm(previous) -> None:
+    """Put back the SIGTERM handler :func:`_catch_sigterm` replaced (nothing when it returned None)."""
+    if previous is not None:
+        import signal
+
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stdout_reader_gone() -> bool:
@@ -170,20 +213,30 @@ def _stdout_to_devnull() -> None:
         pass
 
 
-def run_cli(main: Callable, *args):
+def run_cli(main: Callable, *args, prog: str | None = None):
     """Run a command's ``main(*args)`` as every ``python -m`` entry and console script of the zoo and its exporters
     does, and return its result. A closed stdout (``| head -1``: ``BrokenPipeError`` on stdout) ends the command
     quietly with status 141 (what was written whole stays whole; nothing half-written is left, the writers replace
     their outputs only once complete). Ctrl-C (``KeyboardInterrupt``) ends it with one line on stderr --
-    ``interrupted``, and the hint the command attached to the exception as ``zoo_hint`` (``zoo.train``: continue with
-    ``--resume``) -- and status 130, without a traceback."""
-    spec = getattr(main, "__globals__", {}).get("__spec__")          # ``python -m zoo.train``: __main__'s spec
-    prog = command_prog(spec.name) if spec is not None else getattr(main, "__module__", "command")
+    ``PROG: interrupted``, and the hint the command attached to the exception as ``zoo_hint`` (``zoo.train``: continue
+    with ``--resume``) -- and status 130, without a traceback. SIGTERM (``kill``, ``timeout``, a scheduler's or a
+    container's stop) ends it the same way -- it raises :class:`Terminated`, a ``KeyboardInterrupt``, so the same
+    cleanups run -- with ``PROG: terminated`` (and the hint) and status 143; the handler is set for the call only
+    (:func:`_catch_sigterm`: in the main thread, where SIGTERM has its default action) and put back after.
+    ``prog``: the command's name in those lines (default: ``python -m MODULE`` of ``main``'s module, or its console
+    script's name: :func:`command_prog`)."""
+    if prog is None:
+        spec = getattr(main, "__globals__", {}).get("__spec__")          # ``python -m zoo.train``: __main__'s spec
+        prog = command_prog(spec.name) if spec is not None else getattr(main, "__module__", "command")
+    previous = _catch_sigterm()
     try:
-        result = main(*args)
-        if sys.stdout is not None:
-            sys.stdout.flush()                  # what print left buffered: a reader gone by now is a broken pipe too
-        return result
+        try:
+            result = main(*args)
+            if sys.stdout is not None:
+                sys.stdout.flush()              # what print left buffered: a reader gone by now is a broken pipe too
+            return result
+        finally:
+            _restore_sigterm(previous)          # a second SIGTERM while the line below is printed stops it at once
     except BrokenPipeError:
         if not _stdout_reader_gone():
             raise
@@ -191,13 +244,15 @@ def run_cli(main: Callable, *args):
         sys.exit(EXIT_BROKEN_PIPE)
     except KeyboardInterrupt as e:
         hint = getattr(e, "zoo_hint", None)
+        terminated = isinstance(e, Terminated)
         try:
             if sys.stdout is not None:
                 sys.stdout.flush()
         except (OSError, ValueError):
             _stdout_to_devnull()
-        print(f"{prog}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED)
+        print(f"{prog}: {'terminated' if terminated else 'interrupted'}" + (f"; {hint}" if hint else ""),
+              file=sys.stderr, flush=True)
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 # ------------------------------------------------------------------ console scripts (pyproject [project.scripts])
@@ -221,19 +276,23 @@ def run_script(module: str) -> None:
     """Run the command ``module`` (``"export.onnx"``) as its console script: through :func:`run_cli`, exiting with the
     status its ``main`` returns when that is an int (the exporters'), else 0 -- the zoo commands' ``main`` return
     their result (a run's log, the metrics) for Python callers, which ``sys.exit(entry())`` would print to stderr
-    with status 1. An optional package the module imports at load time and that is missing here is one line and
-    status 4, as under ``python -m``."""
+    with status 1. ``module`` is imported inside :func:`run_cli` (torch, transformers, onnx: seconds), so a Ctrl-C
+    or SIGTERM then is its one line too (a ``zoo-*`` script has loaded ``zoo`` before this runs). An optional package
+    the module imports at load time and that is missing here is one line and status 4, as under ``python -m``."""
     import importlib
 
     global _running_script
     _running_script = module
     from .deps import MissingDependencyError
 
-    try:
-        command = importlib.import_module(module)
-    except MissingDependencyError as e:
-        exit_with(EXIT_MISSING, f"error: {e}")
-    result = run_cli(command.main)
+    def command():
+        try:
+            loaded = importlib.import_module(module)
+        except MissingDependencyError as e:
+            exit_with(EXIT_MISSING, f"error: {e}")
+        return loaded.main()
+
+    result = run_cli(command, prog=command_prog(module))
     if isinstance(result, int) and not isinstance(result, bool):
         sys.exit(result)
 

@@ -372,3 +372,123 @@ def test_output_folder_lock_refuses_a_second_holder_and_leaves_no_file(tmp_path)
     with output_folder_lock(out) as held:                  # the killed holder's lock is gone
         assert held
     assert list(out.iterdir()) == [] and sorted(x.name for x in tmp_path.iterdir()) == ["out"]
+
+
+# ============================================================ written_whole_path: temporary files of killed writers
+def _writer(path: pathlib.Path) -> subprocess.Popen:
+    """A process writing ``path`` through ``zoo.cli.written_whole``, stopped inside the block (its temporary file is
+    there) once it has printed ``writing``."""
+    child = ("import sys, time\nfrom zoo.cli import written_whole\n"
+             "with written_whole(sys.argv[1]) as f:\n    f.write('half')\n    print('writing', flush=True)\n"
+             "    time.sleep(300)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    p = subprocess.Popen([sys.executable, "-c", child, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    assert p.stdout.readline().strip() == "writing"
+    return p
+
+
+def test_the_next_write_removes_the_temporary_files_of_killed_writers_only(tmp_path):
+    """A writer killed mid-write (SIGKILL, the OOM killer: nothing runs after those) left its hidden ``.NAME.XXXXXXXX``
+    beside the output for good -- the whole of an embedding file. Its name now carries the writer's pid, and the
+    file is locked while it is written: the next write of that path removes those of writers that are gone (a dead
+    pid, the lock free), never a live writer's (its pid runs, or its lock is held: a writer in another container or
+    on another machine sharing the folder), another path's, or any other file."""
+    from zoo.cli import written_whole
+
+    out = tmp_path / "out.json"
+    out.write_text("old")
+    killed, live = _writer(out), None
+    try:
+        live = _writer(out)
+        killed.kill()
+        killed.wait()
+        left = {p.name for p in tmp_path.iterdir()} - {"out.json"}
+        assert len(left) == 2, left                        # the two writers' temporary files
+        (dead_temp,) = [n for n in left if n.startswith(f".out.json.writing-{killed.pid}-")]
+        (live_temp,) = [n for n in left if n.startswith(f".out.json.writing-{live.pid}-")]
+        gone = _dead_pid()
+        keep = [f".out.json.writing-{gone}-elsewhr1",       # locked below: a live writer that this machine cannot see
+                f".other.json.writing-{gone}-abcdefgh",     # another output's
+                ".out.json.abcdefgh", ".out.json.bak", f".out.json.writing-{gone}-abcdefgh.mine",  # not the writer's
+                f".out.json.writing-{10**20}-abcdefgh",    # no pid is that large: not a writer's (and no crash)
+                f".out.json.writing-{gone}-link0000"]       # a symbolic link, not a file it made
+        for name in keep[:-1]:
+            (tmp_path / name).write_text("keep")
+        (tmp_path / keep[-1]).symlink_to(tmp_path / ".out.json.bak")
+        (tmp_path / f".out.json.writing-{gone}-dir00000").mkdir()     # a folder: kept too
+        fd = os.open(tmp_path / keep[0], os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            with written_whole(out) as f:
+                f.write("new")
+        finally:
+            os.close(fd)
+        names = {p.name for p in tmp_path.iterdir()}
+        assert names == {"out.json", live_temp, *keep, f".out.json.writing-{gone}-dir00000"}, names
+        assert dead_temp not in names and out.read_text() == "new"
+        assert all((tmp_path / n).read_text() == "keep" for n in keep[:-1])
+    finally:
+        for p in (killed, live):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+# ============================================================ written_whole_folder: an interrupt after the swap
+def _old_and_new(tmp_path) -> pathlib.Path:
+    d = tmp_path / "d"
+    d.mkdir()
+    for name in ("model.safetensors", "item_vocab.json", "config.json"):
+        (d / name).write_text(f"old {name}")
+    return d
+
+
+def test_an_interrupt_while_the_old_folder_is_removed_keeps_the_new_one_and_removes_the_old_to_the_end(
+        tmp_path, monkeypatch):
+    """A Ctrl-C (or SIGTERM) that arrived while ``written_whole_folder`` removed the replaced folder, after the new
+    one was in place: the removal stopped half-way, leaving ``.d.replaced-*`` (a copy of the old weights) beside the
+    new folder. The removal now goes on to the end; the interruption is raised after it (the write is complete, the
+    command stops what it would do next)."""
+    import shutil
+
+    from zoo import cli
+
+    d = _old_and_new(tmp_path)
+    real = shutil.rmtree
+    cut = []
+
+    def rmtree(path, *a, **k):
+        if ".d.replaced-" in str(path) and not cut:     # one file removed, then the Ctrl-C
+            first = sorted(os.listdir(path))[0]
+            os.remove(os.path.join(path, first))
+            cut.append(first)
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with cli.written_whole_folder(d) as stage:
+            (pathlib.Path(stage) / "config.json").write_text("new")
+            (pathlib.Path(stage) / "model.safetensors").write_text("new weights")
+    assert cut and sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    assert _files(d) == {"config.json": b"new", "model.safetensors": b"new weights"}
+
+
+def test_an_interrupt_right_after_the_swap_still_removes_the_old_folder(tmp_path, monkeypatch):
+    """A Ctrl-C that landed just after the second rename (the new folder in place, the old one not yet removed) left
+    ``.d.replaced-*`` behind: the old folder is removed, the new one stays, and the interruption is raised after."""
+    from zoo import cli
+
+    d = _old_and_new(tmp_path)
+    real = os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        if ".d.staged-" in str(src):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with cli.written_whole_folder(d) as stage:
+            (pathlib.Path(stage) / "config.json").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and _files(d) == {"config.json": b"new"}

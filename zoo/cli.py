@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import os
 import pathlib
+import re
 import shutil
 import stat
 import tempfile
@@ -259,17 +260,83 @@ def _mode_for(path: str, default: int) -> int:
         return default & ~_umask()
 
 
+#: the infix of :func:`written_whole_path`'s temporary files: ``.NAME.writing-<pid>-XXXXXXXX`` beside ``NAME``
+_TEMP_INFIX = "writing"
+
+
+def _temp_file_name(base: str) -> re.Pattern:
+    """The names of :func:`written_whole_path`'s temporary files for the file named ``base`` (group 1: the pid of
+    their writer): ``.BASE.writing-<pid>-`` and ``tempfile.mkstemp``'s eight random characters, nothing else."""
+    return re.compile(rf"\.{re.escape(base)}\.{_TEMP_INFIX}-([0-9]+)-[a-z0-9_]{{8}}")
+
+
+def _locked_now(fd: int) -> bool:
+    """Whether an exclusive ``flock`` on the open descriptor ``fd`` was taken now (without waiting): False when another
+    open file holds it, or where there are no locks (no ``fcntl``, a file system without them)."""
+    try:
+        import fcntl
+    except ImportError:                                    # pragma: no cover - not POSIX
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def remove_dead_temps(path: str | os.PathLike) -> list[str]:
+    """Remove the temporary files that writers of the file ``path`` (:func:`written_whole_path`) left beside it when
+    they were killed mid-write (SIGKILL, the OOM killer, a power loss: nothing cleans up after those; SIGTERM and
+    Ctrl-C do, :func:`export.fsutil.run_cli`) and return their paths. Only that writer's own temporary files of that
+    same ``path`` are taken -- ``.NAME.writing-<pid>-XXXXXXXX`` regular files (:func:`_temp_file_name`) whose pid runs
+    no process here and whose lock no one holds (a writer in another container or on another machine sharing the
+    folder holds it while it lives) -- never another file, nor a live writer's; one that cannot be told (no locks
+    on the file system, another user's file) is left. :func:`written_whole_path` calls it before each write."""
+    parent, base = os.path.split(os.path.abspath(path))
+    pattern = _temp_file_name(base)
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return []
+    removed = []
+    for e in entries:
+        found = pattern.fullmatch(e.name)
+        try:
+            if found is None or not e.is_file(follow_symlinks=False) or pid_alive(int(found.group(1))):
+                continue
+            fd = os.open(e.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except (OSError, OverflowError):                   # OverflowError: a pid beyond a C int (not a writer's)
+            continue
+        try:
+            if _locked_now(fd):                            # not held: its writer is gone everywhere
+                os.unlink(e.path)
+                removed.append(e.path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 @contextlib.contextmanager
 def written_whole_path(path: str | os.PathLike):
     """Yield the path of a new empty file beside ``path`` (its folder created), for a writer that takes a path
-    (safetensors, ONNX); it replaces ``path`` only when the block completes, and an error or an interruption removes it
-    and leaves an existing ``path`` as it was. A symbolic link is written through (its target is replaced, the link
-    stays), and the new file keeps the mode of the file it replaces (else the umask's)."""
+    (safetensors, ONNX); it replaces ``path`` only when the block completes, and an error or an interruption (Ctrl-C,
+    SIGTERM under :func:`export.fsutil.run_cli`) removes it and leaves an existing ``path`` as it was. A symbolic link
+    is written through (its target is replaced, the link stays), and the new file keeps the mode of the file it
+    replaces (else the umask's). The file is named ``.NAME.writing-<pid>-XXXXXXXX`` and locked (``flock``) while the
+    block runs, so that the next writer of ``path`` removes those of writers that were killed
+    (:func:`remove_dead_temps`), never a live one's."""
     path = os.path.realpath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
-    os.close(fd)
+    parent, base = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    remove_dead_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.{_TEMP_INFIX}-{os.getpid()}-", dir=parent)
+    lock = fd
     try:
+        if not _locked_now(fd):                            # no locks here: the pid alone tells a live writer's
+            lock = None
+            os.close(fd)
         yield tmp
         os.chmod(tmp, _mode_for(path, 0o666))
         os.replace(tmp, path)
@@ -277,6 +344,9 @@ def written_whole_path(path: str | os.PathLike):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 @contextlib.contextmanager
@@ -438,14 +508,31 @@ def _hidden_leftovers(folder: str, names: list[str]) -> set[str]:
     return {n for n in names if n.startswith(".") and not n.startswith(".git")}
 
 
+def _remove_to_the_end(folder: str, interrupted: BaseException | None = None) -> None:
+    """Remove ``folder`` (the old copy of a folder :func:`written_whole_folder` has replaced) completely, even when a
+    Ctrl-C or SIGTERM (``KeyboardInterrupt``) arrives meanwhile -- the removal goes on where it was cut, so no
+    half-deleted ``.NAME.replaced-*`` is left -- and then raise that interruption (or ``interrupted``, one that came
+    between the swap and the removal): the write itself is complete and stays, and the interruption stops what the
+    command would do after it (its ``wrote ...`` line, further outputs), as it would a moment later."""
+    while os.path.lexists(folder):
+        try:
+            shutil.rmtree(folder)
+        except KeyboardInterrupt as e:
+            interrupted = interrupted or e
+    if interrupted is not None:
+        raise interrupted
+
+
 @contextlib.contextmanager
 def written_whole_folder(path: str | os.PathLike, copy_existing: bool = False):
     """Yield a new folder beside ``path`` (holding a copy of ``path``'s files with ``copy_existing``, less its hidden
     entries: :func:`_hidden_leftovers`) that replaces the folder ``path`` only when the block completes; an error or an
     interruption removes it and leaves an existing ``path`` as it was. The swap is two renames on one file system (the
-    old folder is removed after). A symbolic link to a folder is written through: its target is replaced, the link
-    stays. The stages of earlier writers of ``path`` that died are removed first (:func:`remove_dead_stages`); this
-    one's stage is locked while it lives. The new folder keeps the replaced folder's mode (else the umask's)."""
+    old folder is removed after: to the end, even when a Ctrl-C or SIGTERM arrives meanwhile -- the write is
+    complete by then; that interruption is raised once the old folder is gone: :func:`_remove_to_the_end`). A
+    symbolic link to a folder is written through: its target is replaced, the link stays. The stages of earlier
+    writers of ``path`` that died are removed first (:func:`remove_dead_stages`); this one's stage is locked while it
+    lives. The new folder keeps the replaced folder's mode (else the umask's)."""
     path = os.path.realpath(path)
     parent, base = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
@@ -463,19 +550,24 @@ def written_whole_folder(path: str | os.PathLike, copy_existing: bool = False):
             shutil.rmtree(stage, ignore_errors=True)
             raise
         old = None
+        interrupted = None
         try:
             if os.path.isdir(path):
                 old_lock = lock_folder(path)              # moves with it: not taken for a dead writer's leftover
                 old = os.path.join(parent, f".{base}.replaced-{uuid.uuid4().hex[:12]}")
                 os.replace(path, old)                      # a new name: nothing is there
             os.replace(stage, path)
-        except BaseException:                              # e.g. ``path`` is a file: put back what was there
-            if old is not None and os.path.isdir(old) and not os.path.lexists(path):
-                os.replace(old, path)
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
+        except BaseException as e:                         # e.g. ``path`` is a file: put back what was there
+            if os.path.lexists(stage) or not isinstance(e, KeyboardInterrupt):
+                if old is not None and os.path.isdir(old) and not os.path.lexists(path):
+                    os.replace(old, path)
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            interrupted = e                                # the stage is ``path`` now: the interrupt came after
         if old:
-            shutil.rmtree(old)
+            _remove_to_the_end(old, interrupted)
+        elif interrupted is not None:
+            raise interrupted
     finally:
         for fd in (lock, old_lock):
             if fd is not None:

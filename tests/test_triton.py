@@ -3530,7 +3530,7 @@ def test_the_perf_analyzer_line_keeps_a_path_with_a_blank_one_word():
         assert given in (out, "./" + out), words
 
 
-def test_readme_commands_survive_an_unusual_repository_path(mamba_export, tmp_path):
+def test_readme_commands_survive_an_unusual_repository_path(mamba_export, tmp_path, monkeypatch):
     """The commands the generated READMEs give were the repository path pasted raw (``-v PATH:/models``, ``--repo
     PATH``): a path with a blank, a quote or '$' split or broke them. Every shell line of every README written (each
     model folder's, the index, plugins/) now keeps the path one word, docker's ``-v`` argument one word, a model name
@@ -3539,6 +3539,8 @@ def test_readme_commands_survive_an_unusual_repository_path(mamba_export, tmp_pa
     import ast
     import pathlib
 
+    # no plugin library built in this checkout (a build there is copied instead of plugins/README.md, checked below)
+    monkeypatch.setattr("export.build_plugins.library_path", lambda: tmp_path / "not-built.so")
     repo = (tmp_path / "triton é 中文 a'b \"c\" $x").resolve()
     vocab = str(mamba_export / "item_vocab.json")
     for name, backend, state in (("m_py", "python", "implicit"), ("m_ort", "onnxruntime", "implicit"),

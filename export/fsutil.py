@@ -83,6 +83,54 @@ def output_folder_lock(folder: str | os.PathLike, option: str = "--out") -> Iter
         os.close(fd)
 
 
+@contextlib.contextmanager
+def held_output_folder(folder: str | os.PathLike, option: str = "--out") -> Iterator[bool]:
+    """Make the output folder ``folder`` where it is missing (and the folders above it) and hold
+    :func:`output_folder_lock` on it for the block, for a run that writes into it in place (files moved in one by
+    one, never the folder swapped whole): a second run into it meanwhile fails at once with :class:`FolderBusy`
+    naming ``option`` and the folder, raised before its block with nothing in or beside the folder touched. The
+    folders this call made itself (``os.mkdir`` one at a time: one another run made a moment before is not counted)
+    are removed again when the block leaves them empty -- a run that failed or stopped before writing anything --
+    while the lock is still held, so a run's cleanup never removes a folder another live run holds. A folder removed
+    or replaced between its creation and the lock (by another run that made it and failed) is :class:`FolderBusy`
+    too: the lock would be on a folder no longer there. Yields whether a lock is held."""
+    out = os.path.abspath(folder)
+    missing, path = [], out
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    made = []                                       # outermost first
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made by another run a moment ago: not this run's to remove
+            os.mkdir(d)
+            made.append(d)
+    gone = FolderBusy(f"{option} {os.fspath(folder)}: another run removed or replaced the folder as this one "
+                      "started; run again")
+    try:
+        before = os.stat(out)
+    except FileNotFoundError:
+        raise gone from None
+    with contextlib.ExitStack() as stack:
+        try:
+            held = stack.enter_context(output_folder_lock(out, option))
+        except FileNotFoundError:
+            raise gone from None
+        try:
+            after = os.stat(out)                    # the lock's descriptor keeps its folder's inode number taken
+        except FileNotFoundError:
+            raise gone from None
+        if not os.path.samestat(before, after):
+            raise gone
+        try:
+            yield held
+        finally:
+            for d in reversed(made):                # deepest first, as far as empty: a folder holding files is kept
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+
+
 # ------------------------------------------------------------------ exit statuses: one table for every command
 #: the run did its job
 EXIT_OK = 0

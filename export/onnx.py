@@ -52,6 +52,11 @@ case on stderr. The other statuses are the shared table's (:data:`export.fsutil.
 cannot be exported in); 2 a usage error, a ``--topk`` above the items the loaded model can recommend included
 (:func:`topk_usage_error`; ``export_model`` raises ``ExportError`` for it). Error and verdict lines go to stderr, the
 stages of the export to stdout.
+
+One run at a time per output folder: the ``--out`` folder is locked before the model is loaded and until the files
+are in (:func:`export.fsutil.held_output_folder`; ``--card-dir``: the card's ``onnx[-window]/``, once the model is
+loaded); a second run into it meanwhile fails at once, exit 1 with one line naming the folder, and leaves it as it
+is.
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ import numpy as np
 import torch
 
 from .deps import require
-from .fsutil import EXIT_CODES, EXIT_ERROR, EXIT_OK, EXIT_VERIFY_FAILED, command_prog, exit_with
+from .fsutil import (EXIT_CODES, EXIT_ERROR, EXIT_OK, EXIT_VERIFY_FAILED, FolderBusy, command_prog, exit_with,
+                     held_output_folder)
 
 # a missing package: a one-line error when run as `python -m export.onnx`, a MissingDependencyError when imported
 onnx = require("onnx", "export.onnx", cli=__name__ == "__main__")
@@ -1585,7 +1591,7 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
                  verify_kwargs: dict | None = None, progress=None, precision: str = "fp32",
                  time_input: str | None = None, exclude_seen: bool = False,
                  exclude_items: Sequence[int] = (), user_vector: bool = False,
-                 candidates: bool = False) -> ExportResult:
+                 candidates: bool = False, lock: bool = True, stale_files: Sequence[str] = ()) -> ExportResult:
     """Export ``model`` to ``out_dir/model.onnx`` + ``out_dir/state_spec.json`` and verify it against PyTorch.
 
     Args:
@@ -1613,6 +1619,15 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
             ``model.item_vectors()`` (``python -m zoo.embed``) are the raw scores (:data:`USER_VECTOR_DOC`).
         candidates: one more input, ``candidates [B, C]`` int64: each row recommends only the items it lists (0 =
             padding; a row without a real candidate is not restricted; :data:`CANDIDATES_DOC`).
+        lock: make ``out_dir`` and hold its lock (:func:`export.fsutil.held_output_folder`) from before the tracing to
+            the end, so that a second export into it fails at once (:class:`export.fsutil.FolderBusy`, an
+            ``OSError``) instead of mixing its files with this one's; ``False`` when the caller holds it (``python -m
+            export.onnx``, ``export.trt``): a second lock on another descriptor of the folder would refuse this very
+            process.
+        stale_files: names of other files in ``out_dir`` that describe the graph there (``export.trt``'s report):
+            removed with the earlier spec, once the new graph is verified and just before it is moved in, so that an
+            interruption never leaves one beside a graph it does not describe (a failed or interrupted export before
+            that leaves them, with the graph they describe).
     """
     from zoo.cli import made_folder
     from zoo.vocab import VOCAB_FILE
@@ -1626,67 +1641,73 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
                           f"remove the model's {VOCAB_FILE}; export into another folder (python -m export.onnx "
                           "--card-dir puts a card's graph in its onnx/ subfolder)")
     graph_path, spec_path = out / GRAPH_FILE, out / SPEC_FILE
-    t0 = time.perf_counter()
-    ti = resolve_time_input(model, kind, time_input)
-    int8 = precision == "int8"
-    say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}, {'fp32, then int8' if int8 else precision}"
-        + (f", time input: {ti}" if ti else "") + (", history excluded" if exclude_seen else "")
-        + (", candidates input" if candidates else "") + ") ...")
-    mp, spec = trace_graph(model, kind, topk, with_scores, "fp32" if int8 else precision, ti, exclude_seen,
-                           exclude_items, user_vector, candidates)
-    if int8:                                # before the fingerprint: an int8 graph's states are its own
-        spec["precision"] = "int8"
-    if spec["kind"] == "step":              # tags the states an explicit-state store keeps
-        spec[STATE_FINGERPRINT] = state_fingerprint(model, spec)
-    n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN)
-    say(f"  {len(mp.graph.node)} nodes ({n_scan} scan nodes in {ps.ONNX_DOMAIN}), checker full_check OK "
-        f"[{time.perf_counter() - t0:.1f} s]")
-    # written and verified in a staging folder inside out_dir, moved into place only when verified: a failed
-    # export leaves out_dir's earlier files (e.g. a card's verified graph) as they were, and no out_dir it made
-    with made_folder(out), staging_folder(out, say) as stage:
-        external = graph_sizes(model)[0] > EXTERNAL_DATA_BYTES
-        owned_vocab = _vocab_of_export(out)     # the item_vocab.json the export in out now uses, if any
-        if external:            # past protobuf's 2 GiB: the graph in model.onnx, its tensors in model.onnx.data
-            say(f"  writing the tensors to {EXTERNAL_DATA_FILE} (ONNX external data: the weights pass "
-                f"{EXTERNAL_DATA_BYTES / 2**30:.2f} GiB)")
-            onnx.save(mp, str(stage / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=EXTERNAL_DATA_FILE, size_threshold=1024)
-            # onnx creates the tensor file owner-only; it is read by whoever reads the graph (a server's user)
-            os.chmod(stage / EXTERNAL_DATA_FILE, (stage / GRAPH_FILE).stat().st_mode & 0o777)
-            onnx.checker.check_model(str(stage / GRAPH_FILE), full_check=True)
-            spec["external_data"] = EXTERNAL_DATA_FILE
-            names = [GRAPH_FILE, EXTERNAL_DATA_FILE, SPEC_FILE]
-        else:
-            onnx.save(mp, str(stage / GRAPH_FILE))
-            names = [GRAPH_FILE, SPEC_FILE]
-        if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
-            names.append(os.path.basename(model.item_vocab.save(str(stage))))
-            spec["item_vocab"] = names[-1]
-        (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-        if int8:
-            _quantize_staged(model, stage, spec, external, verify, real_histories, real_timestamps, verify_kwargs,
-                             say)
-        report = None
-        if verify:
-            from . import verify as V
-
-            say("verifying against PyTorch (ONNX Runtime, CPU) ...")
-            report = V.verify_export(model, str(stage / GRAPH_FILE), spec, real_histories=real_histories,
-                                     real_timestamps=real_timestamps, progress=say, **(verify_kwargs or {}))
-            if not report.ok:
-                raise VerificationError(f"verification FAILED, nothing written to {out} (its earlier files are "
-                                        f"kept): {report.worst_message()}", report)
-            spec["verification"] = report.to_dict()
+    # the folder is locked before any work (a second export into it fails at once, not after minutes of tracing and
+    # verification) and until the files are in: what it holds now (the vocabulary the export there owns, an earlier
+    # spec) is read and replaced by this export alone
+    with held_output_folder(out) if lock else made_folder(out):
+        t0 = time.perf_counter()
+        ti = resolve_time_input(model, kind, time_input)
+        int8 = precision == "int8"
+        say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}, {'fp32, then int8' if int8 else precision}"
+            + (f", time input: {ti}" if ti else "") + (", history excluded" if exclude_seen else "")
+            + (", candidates input" if candidates else "") + ") ...")
+        mp, spec = trace_graph(model, kind, topk, with_scores, "fp32" if int8 else precision, ti, exclude_seen,
+                               exclude_items, user_vector, candidates)
+        if int8:                                # before the fingerprint: an int8 graph's states are its own
+            spec["precision"] = "int8"
+        if spec["kind"] == "step":              # tags the states an explicit-state store keeps
+            spec[STATE_FINGERPRINT] = state_fingerprint(model, spec)
+        n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN)
+        say(f"  {len(mp.graph.node)} nodes ({n_scan} scan nodes in {ps.ONNX_DOMAIN}), checker full_check OK "
+            f"[{time.perf_counter() - t0:.1f} s]")
+        # written and verified in a staging folder inside out_dir, moved into place only when verified: a failed
+        # export leaves out_dir's earlier files (e.g. a card's verified graph) as they were, and no out_dir it made
+        with staging_folder(out, say) as stage:
+            external = graph_sizes(model)[0] > EXTERNAL_DATA_BYTES
+            owned_vocab = _vocab_of_export(out)     # the item_vocab.json the export in out now uses, if any
+            if external:            # past protobuf's 2 GiB: the graph in model.onnx, its tensors in model.onnx.data
+                say(f"  writing the tensors to {EXTERNAL_DATA_FILE} (ONNX external data: the weights pass "
+                    f"{EXTERNAL_DATA_BYTES / 2**30:.2f} GiB)")
+                onnx.save(mp, str(stage / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                          location=EXTERNAL_DATA_FILE, size_threshold=1024)
+                # onnx creates the tensor file owner-only; it is read by whoever reads the graph (a server's user)
+                os.chmod(stage / EXTERNAL_DATA_FILE, (stage / GRAPH_FILE).stat().st_mode & 0o777)
+                onnx.checker.check_model(str(stage / GRAPH_FILE), full_check=True)
+                spec["external_data"] = EXTERNAL_DATA_FILE
+                names = [GRAPH_FILE, EXTERNAL_DATA_FILE, SPEC_FILE]
+            else:
+                onnx.save(mp, str(stage / GRAPH_FILE))
+                names = [GRAPH_FILE, SPEC_FILE]
+            if getattr(model, "item_vocab", None) is not None:          # so the runtime can map the caller's item ids
+                names.append(os.path.basename(model.item_vocab.save(str(stage))))
+                spec["item_vocab"] = names[-1]
             (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-        # the spec goes last, and an earlier one first: an interrupted move leaves a folder without a spec (which
-        # the runtime refuses), never a new graph beside an earlier export's spec and state fingerprint
-        spec_path.unlink(missing_ok=True)
-        for name in sorted(names, key=lambda n: n == SPEC_FILE):
-            os.replace(stage / name, out / name)
-        if not external and (out / EXTERNAL_DATA_FILE).exists():    # an earlier, larger export's tensors
-            (out / EXTERNAL_DATA_FILE).unlink()
-        if "item_vocab" not in spec and owned_vocab == VOCAB_FILE and (out / VOCAB_FILE).exists():
-            (out / VOCAB_FILE).unlink()         # the earlier export's ids (its spec named them): not this graph's
+            if int8:
+                _quantize_staged(model, stage, spec, external, verify, real_histories, real_timestamps, verify_kwargs,
+                                 say)
+            report = None
+            if verify:
+                from . import verify as V
+
+                say("verifying against PyTorch (ONNX Runtime, CPU) ...")
+                report = V.verify_export(model, str(stage / GRAPH_FILE), spec, real_histories=real_histories,
+                                         real_timestamps=real_timestamps, progress=say, **(verify_kwargs or {}))
+                if not report.ok:
+                    raise VerificationError(f"verification FAILED, nothing written to {out} (its earlier files are "
+                                            f"kept): {report.worst_message()}", report)
+                spec["verification"] = report.to_dict()
+                (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+            # the spec goes last, and an earlier one first (with what else describes the earlier graph): an
+            # interrupted move leaves a folder without a spec (which the runtime refuses), never a new graph beside an
+            # earlier export's spec and state fingerprint, or beside a report on the earlier graph
+            for name in (SPEC_FILE, *stale_files):
+                (out / name).unlink(missing_ok=True)
+            for name in sorted(names, key=lambda n: n == SPEC_FILE):
+                os.replace(stage / name, out / name)
+            if not external and (out / EXTERNAL_DATA_FILE).exists():    # an earlier, larger export's tensors
+                (out / EXTERNAL_DATA_FILE).unlink()
+            if "item_vocab" not in spec and owned_vocab == VOCAB_FILE and (out / VOCAB_FILE).exists():
+                (out / VOCAB_FILE).unlink()         # the earlier export's ids (its spec named them): not this graph's
     files = [str(out / name) for name in names]
     return ExportResult(kind=kind, graph_path=str(graph_path), spec_path=str(spec_path), spec=spec, report=report,
                         files=files)
@@ -1841,7 +1862,7 @@ def _card_graph_options(p: argparse.ArgumentParser, args, kind: str, rel: str) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zoo.cli import add_columns_option, check_outputs, flag_named, positive_int, refuse_options_without
+    from zoo.cli import add_columns_option, check_outputs, positive_int, refuse_options_without
 
     p = argparse.ArgumentParser(prog=command_prog("export.onnx"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
@@ -1928,6 +1949,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     + "; make one with `python -m zoo.hub card`, or write the graph elsewhere with --out)")
     if args.data and not os.path.isfile(args.data):         # a run that cannot read its input: it fails (1)
         exit_with(EXIT_ERROR, f"error: --data {args.data}: no such file")
+    # the output folder is made (if need be) and locked before the model is loaded, and held to the end: a second run
+    # into it fails at once (exit 1, one line) instead of after minutes of work, and never mixes its files with this
+    # run's. --card-dir: its onnx[-window]/ subfolder, once the model says which (the card folder itself may be a
+    # stage that zoo.hub card, this very process, holds locked: zoo.cli.written_whole_folder)
+    try:
+        with contextlib.ExitStack() as holding:
+            if args.out:
+                holding.enter_context(held_output_folder(args.out, "--out"))
+            return _export(p, args, holding)
+    except FolderBusy as e:
+        exit_with(EXIT_ERROR, f"error: {e}")
+
+
+def _export(p: argparse.ArgumentParser, args, holding: contextlib.ExitStack) -> int:
+    """:func:`main`'s run once its options are checked and its ``--out`` is held (``--card-dir``: the graph's
+    subfolder is taken into ``holding`` here, before anything there is read)."""
+    from zoo.cli import flag_named
+
     say = lambda m: print(m, flush=True)  # noqa: E731
     # errors and verdicts go to stderr (a run with stdout in a log file still shows them), the stages to stdout
     err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -1947,6 +1986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.card_dir:
         rel = "onnx" if kind == "step" else "onnx-window"
         out = os.path.join(args.card_dir, rel)
+        holding.enter_context(held_output_folder(out, "--card-dir"))
         kept = _card_graph_options(p, args, kind, rel)
         if kept:
             say(f"  keeping the options of the graph in {out}: {' '.join(kept)} (its {SPEC_FILE})")
@@ -1976,7 +2016,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            precision="fp16" if args.fp16 else "int8" if args.int8 else "fp32",
                            time_input=args.time_input,
                            exclude_seen=args.exclude_seen, exclude_items=excluded, user_vector=args.user_vector,
-                           candidates=args.candidates)
+                           candidates=args.candidates, lock=False)      # held here (main, --card-dir above)
     except VerificationError as e:
         if e.report is not None:
             say(e.report.table())

@@ -30,7 +30,9 @@ What it does, in order, printing a report as it goes:
    :data:`TOLERANCES` of the engine's precision (with ``--fp16`` also export.verify's fp16 score error of the score
    scale, which the table's row leaves unset; the report says ``fp16``);
 5. writes ``DIR/model.engine`` only when that verification passes, and ``DIR/trt_report.json`` always (each whole:
-   written beside, then renamed into place, so an interruption never leaves a file cut short). A verified engine
+   written beside, then renamed into place, so an interruption never leaves a file cut short; an earlier run's report
+   leaves ``DIR`` as step 1 moves the new graph in, so an interrupted run never leaves it beside a graph it does not
+   describe). A verified engine
    already in ``DIR`` -- ``DIR``'s report says it was verified and written (exit code 0), and its size and sha256 are
    the report's -- moves with its report to ``DIR/previous/`` when a run that can build starts (replacing the set
    there), with copies of its graph, ``state_spec.json`` and item vocabulary (the report's paths rewritten to them),
@@ -44,7 +46,10 @@ What it does, in order, printing a report as it goes:
    the run, exit 1, with ``DIR`` not created, or as it was (its engine and report where they were), and no report
    written; so does an ``--exclude-items`` file that cannot be read or names an item the model does not know, and a
    ``--topk`` above the items the model can recommend is a usage error (2) there. ``DIR`` may not be a model
-   checkpoint (``config.json`` / ``model.safetensors``: the export would replace its ``item_vocab.json``).
+   checkpoint (``config.json`` / ``model.safetensors``: the export would replace its ``item_vocab.json``). One run
+   at a time per ``DIR``: it is made (when missing) and locked before all of this and held to the end
+   (:func:`export.fsutil.held_output_folder`; a ``DIR`` made for a run that wrote nothing is removed again); a
+   second run into it meanwhile stops at once, exit 1, with ``DIR`` as it was.
 
 Exit codes (the shared table of every command, :data:`export.fsutil.EXIT_CODES`; the report's ``exit_code`` is the
 same number). The ``ERROR`` lines and a ``RESULT`` line of a run that did not succeed go to stderr, the stages and
@@ -75,6 +80,7 @@ their tables to stdout:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -88,8 +94,8 @@ from typing import Any, Sequence
 
 from . import plugin_spec as ps
 from .deps import require
-from .fsutil import (EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, EXIT_VERIFY_FAILED, UsageError, command_prog,
-                     file_sha256)
+from .fsutil import (EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, EXIT_VERIFY_FAILED, FolderBusy, UsageError,
+                     command_prog, file_sha256, held_output_folder)
 
 ENGINE_FILE = "model.engine"
 #: where run() sets aside an engine found in the output folder that its report does not say was verified
@@ -658,10 +664,11 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         max_candidates: int = MAX_CANDIDATES, rebuild_plugins: bool = False, say=print,
         say_error=None) -> tuple[int, dict]:
     """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json`` -- except when it
-    stops before touching ``out_dir`` (exit 1, ``out_dir`` as it was, or not created: a missing ``plugin_lib`` on a
+    stops before touching ``out_dir`` (exit 1, ``out_dir`` as it was, or not created: another live run holds it
+    (:func:`export.fsutil.held_output_folder`, taken before anything else here), a missing ``plugin_lib`` on a
     machine that could build, a verified engine in ``out_dir`` on one that cannot -- both found before the model is
     loaded -- or, when ``model`` is None, a ``model_name`` that cannot be loaded: it is loaded after those checks and
-    before ``out_dir`` is made or an engine there is moved; see the module's step 5). Settings out of range and an
+    before anything in ``out_dir`` is written or moved; see the module's step 5). Settings out of range and an
     ``out_dir`` that is a model checkpoint raise ``ValueError`` first (:func:`check_run_numbers`, :func:`check_out`);
     a ``topk`` above the items the loaded model can recommend raises :class:`SettingError` (a ``ValueError``), and an
     ``exclude_items`` file that cannot be read or names an unknown id stops it with exit 1, both before ``out_dir``
@@ -705,230 +712,249 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
             + (f"report: {out / REPORT_FILE}" if written else f"nothing written in {out}"))
         return code, report
 
-    # what this machine can do, before out is touched: a run that cannot build an engine must not move a verified one
-    env = probe_environment()
-    if plugin_lib and not Path(plugin_lib).is_file() and env.can_build:
-        report["plugin_error"] = f"plugin library {plugin_lib} does not exist"
-        err(f"ERROR: --plugin-lib {plugin_lib}: no such file")
-        return finish(EXIT_ERROR, "plugin library unavailable", written=False)
-    held = engine_path.is_file() and engine_verified(out)
-    if held and not env.can_build:
-        report["missing"] = env.missing
-        msg = (f"{out} holds a verified engine ({ENGINE_FILE}) and this machine cannot build one (missing: "
-               f"{'; '.join(env.missing)}): the ONNX export would replace the graph, state spec and vocabulary that "
-               "engine serves with, and no new engine could take its place. Nothing was changed; give another --out "
-               "to check the graph here, or run where TensorRT and a GPU are")
-        err(f"ERROR: {msg}")
-        report["error"] = msg
-        return finish(EXIT_ERROR, f"TensorRT/GPU missing and {out} holds a verified engine: nothing exported",
-                      written=False)
-    if model is None:       # before out is touched: a mistyped --model leaves out as it was (not even created)
+    # one run at a time in out: a second run into it fails at once (before the probe, the model load and the
+    # minutes of export and verification), touching nothing there; out is held until the report is written, and a
+    # folder this run made is removed again when the run leaves it empty (:func:`export.fsutil.held_output_folder`)
+    with contextlib.ExitStack() as holding:
         try:
-            model = _load_model(model_name)
-        except Exception as e:          # not found (ValueError/OSError), not a zoo model, weights that do not load
-            why = " ".join(str(e).splitlines()) or type(e).__name__
-            report["error"] = f"--model {model_name}: {type(e).__name__}: {why}"
-            err(f"ERROR: --model {model_name}: {why}")
-            return finish(EXIT_ERROR, f"--model {model_name} could not be loaded", written=False)
-    try:                    # the model's own refusals, before out is touched too
-        excluded = E.excluded_indices(model, exclude_items)    # a file not read, an unknown id: bad data (1)
-    except ValueError as e:
-        report["error"] = str(e)
-        err(f"ERROR: {e}")
-        return finish(EXIT_ERROR, "--exclude-items could not be used", written=False)
-    problem = E.topk_usage_error(model, topk, excluded)         # above what the model can recommend: a setting
-    if problem:
-        raise SettingError(problem)
-    out.mkdir(parents=True, exist_ok=True)
-    if held:
-        # never leave a stale engine next to a new report, and never lose a verified one: it moves to previous/
-        # until a new engine passes verification (:func:`_keep_previous`)
-        _keep_previous(out, say)
-    elif engine_path.exists():          # no report says it was verified: it must not replace the set in previous/
-        note = " (replacing the one there)" if (out / UNVERIFIED_ENGINE_FILE).exists() else ""
-        os.replace(engine_path, out / UNVERIFIED_ENGINE_FILE)
-        say(f"set the engine in {out} aside as {UNVERIFIED_ENGINE_FILE}{note}: no report in {out} says it was "
-            f"verified and written (it may be cut short, or another's); {out / PREVIOUS_DIR} is left as it is")
+            holding.enter_context(held_output_folder(out, "--out"))
+        except FolderBusy as e:
+            report["error"] = str(e)
+            err(f"ERROR: {e}")
+            return finish(EXIT_ERROR, "--out is held by another run", written=False)
+        # what this machine can do, before out is touched: a run that cannot build an engine must not move a
+        # verified one
+        env = probe_environment()
+        if plugin_lib and not Path(plugin_lib).is_file() and env.can_build:
+            report["plugin_error"] = f"plugin library {plugin_lib} does not exist"
+            err(f"ERROR: --plugin-lib {plugin_lib}: no such file")
+            return finish(EXIT_ERROR, "plugin library unavailable", written=False)
+        held = engine_path.is_file() and engine_verified(out)
+        if held and not env.can_build:
+            report["missing"] = env.missing
+            msg = (f"{out} holds a verified engine ({ENGINE_FILE}) and this machine cannot build one (missing: "
+                   f"{'; '.join(env.missing)}): the ONNX export would replace the graph, state spec and vocabulary "
+                   "that engine serves with, and no new engine could take its place. Nothing was changed; give "
+                   "another --out to check the graph here, or run where TensorRT and a GPU are")
+            err(f"ERROR: {msg}")
+            report["error"] = msg
+            return finish(EXIT_ERROR, f"TensorRT/GPU missing and {out} holds a verified engine: nothing exported",
+                          written=False)
+        if model is None:       # before out is touched: a mistyped --model leaves out as it was (or not created)
+            try:
+                model = _load_model(model_name)
+            except Exception as e:          # not found (ValueError/OSError), not a zoo model, weights that do not load
+                why = " ".join(str(e).splitlines()) or type(e).__name__
+                report["error"] = f"--model {model_name}: {type(e).__name__}: {why}"
+                err(f"ERROR: --model {model_name}: {why}")
+                return finish(EXIT_ERROR, f"--model {model_name} could not be loaded", written=False)
+        try:                    # the model's own refusals, before out is touched too
+            excluded = E.excluded_indices(model, exclude_items)    # a file not read, an unknown id: bad data (1)
+        except ValueError as e:
+            report["error"] = str(e)
+            err(f"ERROR: {e}")
+            return finish(EXIT_ERROR, "--exclude-items could not be used", written=False)
+        problem = E.topk_usage_error(model, topk, excluded)         # above what the model can recommend: a setting
+        if problem:
+            raise SettingError(problem)
+        if held:
+            # never leave a stale engine next to a new report, and never lose a verified one: it moves to previous/
+            # until a new engine passes verification (:func:`_keep_previous`)
+            _keep_previous(out, say)
+        elif engine_path.exists():          # no report says it was verified: it must not replace the set in previous/
+            note = " (replacing the one there)" if (out / UNVERIFIED_ENGINE_FILE).exists() else ""
+            os.replace(engine_path, out / UNVERIFIED_ENGINE_FILE)
+            say(f"set the engine in {out} aside as {UNVERIFIED_ENGINE_FILE}{note}: no report in {out} says it was "
+                f"verified and written (it may be cut short, or another's); {out / PREVIOUS_DIR} is left as it is")
 
-    # 1. ONNX export + ONNX-level verification (always)
-    say(f"[1/4] ONNX export + verification against PyTorch (ONNX Runtime, CPU) of {model_name}")
-    try:
-        ti = time_input
-        if ti == "auto":
-            ti = "gaps" if E.gaps_form_available(model) else None
-            if ti:
-                say(f"  {model.config.model_type} reads time: exporting the TensorRT-compatible time input "
-                    "(--time-input gaps): float32 time_gaps [B, T] in, no last_ts state in the graph; the client keeps "
-                    "last_ts (float64) and differences the float64 timestamps (export.runtime.OnnxStepSession does). "
-                    "The default float64 timestamps form cannot be built: TensorRT has no float64")
-        report["time_input"] = ti
-        res = E.export_model(model, out, kind="step", topk=topk, verify=True, verify_kwargs=verify_kwargs,
-                             progress=lambda m: say("  " + m), time_input=ti, exclude_seen=exclude_seen,
-                             user_vector=user_vector, exclude_items=excluded, candidates=candidates)
-    except E.VerificationError as e:
-        err(f"  ONNX verification FAILED: {e}")
-        if e.report is not None:
-            say(e.report.table())
-            report["onnx_verification"] = e.report.to_dict()
-        return finish(EXIT_VERIFY_FAILED, "ONNX graph verification failed")
-    except Exception as e:
-        err(f"  ERROR: {type(e).__name__}: {e}")
-        report["error"] = f"{type(e).__name__}: {e}"
-        return finish(EXIT_ERROR, "ONNX export failed")
-    say(res.report.table())
-    report["onnx"] = {"graph": res.graph_path, "spec": res.spec_path, "verification": res.report.to_dict()}
-    # TensorRT has no float64 tensors; the float64-timestamps form of a time-aware step graph takes epoch-second
-    # timestamps and carries the last event's time as float64 (float32 would round them to 64-128 s): no engine for
-    # it, say so plainly (time_input="auto" exports the gaps form instead)
-    f64 = [e["name"] for e in res.spec["inputs"] + res.spec["outputs"] if e["dtype"] == "float64"]
-    if f64:
-        msg = (f"TensorRT has no float64 tensor type, and the {res.spec['model_type']} step graph has float64 I/O "
-               f"{f64} (epoch-second timestamps and the last event's time: float32 would round them to 64-128 s and "
-               "change the time gaps the model reads). No TensorRT engine can be built from this graph; the ONNX graph "
-               f"{res.graph_path} is exported and verified: run it with ONNX Runtime (export.runtime.OnnxStepSession)"
-               + ("; export.trt's default (time input 'auto') exports the float32 time-gaps form instead, which "
-                  "TensorRT can build" if E.gaps_form_available(model) else ""))
-        err(f"  ERROR: {msg}")
-        report["error"] = msg
-        report["float64_io"] = f64
-        return finish(EXIT_ERROR, "TensorRT does not support float64 I/O (timestamps/last_ts): ONNX graph verified, "
-                                  "engine NOT built")
-    if res.spec.get("external_data"):
-        msg = (f"the graph's weights pass protobuf's 2 GiB, so they are in ONNX external data "
-               f"({res.spec['external_data']}); export.trt gives TensorRT's parser the graph as bytes, which cannot "
-               "hold them: no engine for it (not supported, and not verified). The ONNX graph "
-               f"{res.graph_path} is exported and verified: run it with ONNX Runtime (export.runtime.OnnxStepSession)")
-        err(f"  ERROR: {msg}")
-        report["error"] = msg
-        return finish(EXIT_ERROR, "graph with external data (> 2 GiB): ONNX graph verified, engine NOT built")
-    import onnx
-
-    mp = onnx.load(res.graph_path)
-    scan_nodes = [{"op_type": n.op_type, "domain": n.domain, "inputs": len(n.input),
-                   "attributes": {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}}
-                  for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN]
-    for n in scan_nodes:
-        n["attributes"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in n["attributes"].items()}
-    report["onnx"]["scan_nodes"] = scan_nodes
-    say(f"  scan nodes: {', '.join(sorted({n['op_type'] for n in scan_nodes}))} x{len(scan_nodes)} "
-        f"(plugin_namespace={ps.PLUGIN_NAMESPACE!r}, plugin_version={ps.PLUGIN_VERSION!r})")
-
-    graph16 = None
-    if fp16:  # the fp16 graph must itself pass the ONNX-level verification before any engine is built from it
-        say("[1b] fp16 graph (export.onnx fp16 path; I/O, states and scan nodes fp32) + verification with ONNX Runtime")
+        # 1. ONNX export + ONNX-level verification (always)
+        say(f"[1/4] ONNX export + verification against PyTorch (ONNX Runtime, CPU) of {model_name}")
         try:
-            graph16 = to_fp16_graph(V._with_scores_output(res.graph_path).SerializeToString(), res.spec)
-            sess = V.ort_session(graph16)
-            # the ONNX-level fp16 criteria of export.verify (TOLERANCES["fp16"] above is for the engine)
-            rep16 = V.verify_export(model, res.graph_path, res.spec, runner=sess, progress=lambda m: say("  " + m),
-                                    precision="fp16", **verify_kwargs)
+            ti = time_input
+            if ti == "auto":
+                ti = "gaps" if E.gaps_form_available(model) else None
+                if ti:
+                    say(f"  {model.config.model_type} reads time: exporting the TensorRT-compatible time input "
+                        "(--time-input gaps): float32 time_gaps [B, T] in, no last_ts state in the graph; the client "
+                        "keeps last_ts (float64) and differences the float64 timestamps "
+                        "(export.runtime.OnnxStepSession does). The default float64 timestamps form cannot be built: "
+                        "TensorRT has no float64")
+            report["time_input"] = ti
+            # out's lock is held here (not taken again); an earlier report goes as the new graph comes in: an
+            # interruption after that never leaves it beside a graph it does not describe
+            res = E.export_model(model, out, kind="step", topk=topk, verify=True, verify_kwargs=verify_kwargs,
+                                 progress=lambda m: say("  " + m), time_input=ti, exclude_seen=exclude_seen,
+                                 user_vector=user_vector, exclude_items=excluded, candidates=candidates,
+                                 lock=False, stale_files=(REPORT_FILE,))
+        except E.VerificationError as e:
+            err(f"  ONNX verification FAILED: {e}")
+            if e.report is not None:
+                say(e.report.table())
+                report["onnx_verification"] = e.report.to_dict()
+            return finish(EXIT_VERIFY_FAILED, "ONNX graph verification failed")
         except Exception as e:
-            err(f"  ERROR: fp16 conversion/run failed: {type(e).__name__}: {str(e)[:500]}")
-            report["error"] = f"fp16 graph: {type(e).__name__}: {e}"
-            return finish(EXIT_ERROR, "fp16 graph conversion failed (no fp16 engine attempted)")
-        say(rep16.table())
-        report["onnx_fp16_verification"] = rep16.to_dict()
-        if not rep16.ok:
-            return finish(EXIT_VERIFY_FAILED, "fp16 ONNX graph verification failed")
+            err(f"  ERROR: {type(e).__name__}: {e}")
+            report["error"] = f"{type(e).__name__}: {e}"
+            return finish(EXIT_ERROR, "ONNX export failed")
+        say(res.report.table())
+        report["onnx"] = {"graph": res.graph_path, "spec": res.spec_path, "verification": res.report.to_dict()}
+        # TensorRT has no float64 tensors; the float64-timestamps form of a time-aware step graph takes epoch-second
+        # timestamps and carries the last event's time as float64 (float32 would round them to 64-128 s): no engine for
+        # it, say so plainly (time_input="auto" exports the gaps form instead)
+        f64 = [e["name"] for e in res.spec["inputs"] + res.spec["outputs"] if e["dtype"] == "float64"]
+        if f64:
+            msg = (f"TensorRT has no float64 tensor type, and the {res.spec['model_type']} step graph has float64 I/O "
+                   f"{f64} (epoch-second timestamps and the last event's time: float32 would round them to 64-128 s "
+                   "and change the time gaps the model reads). No TensorRT engine can be built from this graph; the "
+                   f"ONNX graph {res.graph_path} is exported and verified: run it with ONNX Runtime "
+                   "(export.runtime.OnnxStepSession)"
+                   + ("; export.trt's default (time input 'auto') exports the float32 time-gaps form instead, which "
+                      "TensorRT can build" if E.gaps_form_available(model) else ""))
+            err(f"  ERROR: {msg}")
+            report["error"] = msg
+            report["float64_io"] = f64
+            return finish(EXIT_ERROR, "TensorRT does not support float64 I/O (timestamps/last_ts): ONNX graph "
+                                      "verified, engine NOT built")
+        if res.spec.get("external_data"):
+            msg = (f"the graph's weights pass protobuf's 2 GiB, so they are in ONNX external data "
+                   f"({res.spec['external_data']}); export.trt gives TensorRT's parser the graph as bytes, which "
+                   "cannot hold them: no engine for it (not supported, and not verified). The ONNX graph "
+                   f"{res.graph_path} is exported and verified: run it with ONNX Runtime "
+                   "(export.runtime.OnnxStepSession)")
+            err(f"  ERROR: {msg}")
+            report["error"] = msg
+            return finish(EXIT_ERROR, "graph with external data (> 2 GiB): ONNX graph verified, engine NOT built")
+        import onnx
 
-    # 2. environment (probed before out was touched) + plugin library
-    say("[2/4] TensorRT environment and plugin library")
-    report["environment"] = {"tensorrt": env.tensorrt_version, "tensorrt_error": env.tensorrt_error,
-                             "tensorrt_lean": env.lean_version, "tensorrt_lean_error": env.lean_error,
-                             "gpu": env.gpu, "gpu_error": env.gpu_error}
-    say(f"  TensorRT builder : {env.tensorrt_version or 'MISSING (' + str(env.tensorrt_error) + ')'}")
-    lean_line = env.lean_version or (f"BROKEN ({env.lean_error})" if env.lean_error else "not installed")
-    say(f"  TensorRT lean    : {lean_line}")
-    say(f"  GPU              : {env.gpu or 'MISSING (' + str(env.gpu_error) + ')'}")
-    lib = None
-    try:
-        lib = ensure_plugin_library(plugin_lib, build_dir, rebuild=rebuild_plugins, say=lambda m: say("  " + m))
-        report["plugin_library"] = str(lib)
-        say(f"  plugin library   : {lib}")
-        reg_mod = env.tensorrt or env.lean
-        if reg_mod is not None:
-            rows = check_registry(reg_mod, lib)
-            report["registry"] = {"runtime": "tensorrt" if env.tensorrt else "tensorrt_lean", "creators": rows}
-            for r in rows:
-                say(f"  registered       : {r['namespace']}::{r['op_type']} v{r['version']} fields={r['fields']}")
-        else:
-            say("  registry check   : skipped (neither tensorrt nor tensorrt_lean is importable)")
-    except TrtError as e:
-        report["plugin_error"] = str(e)
-        err(f"  plugin library   : FAILED: {e}")
-        if env.can_build:
-            return finish(EXIT_ERROR, "plugin library unavailable")
-        env.missing.append(f"{ps.PLUGIN_LIBRARY}: {e}")
+        mp = onnx.load(res.graph_path)
+        scan_nodes = [{"op_type": n.op_type, "domain": n.domain, "inputs": len(n.input),
+                       "attributes": {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}}
+                      for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN]
+        for n in scan_nodes:
+            n["attributes"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in n["attributes"].items()}
+        report["onnx"]["scan_nodes"] = scan_nodes
+        say(f"  scan nodes: {', '.join(sorted({n['op_type'] for n in scan_nodes}))} x{len(scan_nodes)} "
+            f"(plugin_namespace={ps.PLUGIN_NAMESPACE!r}, plugin_version={ps.PLUGIN_VERSION!r})")
 
-    if not env.can_build or lib is None:
-        say("[3/4] engine build: NOT POSSIBLE here; missing:")
-        for m in env.missing:
-            say(f"  - {m}")
-        say("[4/4] engine verification: not run (no engine). The ONNX graph above IS verified; no engine was written.")
-        report["missing"] = env.missing
-        if emulate:
-            failed = _emulated_plugin_check(model, res, graph16, precision, report, say, build_dir, quick, max_steps,
-                                            max_batch, max_candidates if candidates else None, say_error=err)
-            if failed:
-                emu = report["emulated_plugins"]
-                crash = emu.get("signal") or ("exit code {}".format(emu["child_exit_code"])
-                                              if "child_exit_code" in emu else None)
-                why = (f" (no answer in {emu['hung_after_s']:g} s: the plugin hangs)" if "hung_after_s" in emu
-                       else f" ({crash}: the plugin crashed its process)" if crash else "")
-                return finish(EXIT_VERIFY_FAILED, "the graph with the zoo plugins' code (CPU-emulated) FAILED "
-                                                  "verification" + why + "; TensorRT/GPU missing, engine NOT built")
-        return finish(EXIT_MISSING, "TensorRT/GPU missing: ONNX verified"
-                      + (", plugins verified on the CPU emulator" if report.get("emulated_plugins", {}).get("ok")
-                         else "") + ", engine NOT built")
+        graph16 = None
+        if fp16:  # the fp16 graph must itself pass the ONNX-level verification before any engine is built from it
+            say("[1b] fp16 graph (export.onnx fp16 path; I/O, states and scan nodes fp32) + verification with ONNX "
+                "Runtime")
+            try:
+                graph16 = to_fp16_graph(V._with_scores_output(res.graph_path).SerializeToString(), res.spec)
+                sess = V.ort_session(graph16)
+                # the ONNX-level fp16 criteria of export.verify (TOLERANCES["fp16"] above is for the engine)
+                rep16 = V.verify_export(model, res.graph_path, res.spec, runner=sess, progress=lambda m: say("  " + m),
+                                        precision="fp16", **verify_kwargs)
+            except Exception as e:
+                err(f"  ERROR: fp16 conversion/run failed: {type(e).__name__}: {str(e)[:500]}")
+                report["error"] = f"fp16 graph: {type(e).__name__}: {e}"
+                return finish(EXIT_ERROR, "fp16 graph conversion failed (no fp16 engine attempted)")
+            say(rep16.table())
+            report["onnx_fp16_verification"] = rep16.to_dict()
+            if not rep16.ok:
+                return finish(EXIT_VERIFY_FAILED, "fp16 ONNX graph verification failed")
 
-    # 3. engine
-    trt = env.tensorrt
-    say("[3/4] engine build")
-    try:
-        # the verifier compares every score
-        graph = graph16 if fp16 else V._with_scores_output(res.graph_path).SerializeToString()
-        eb = build_engine(trt, graph, res.spec, lib, precision=precision, workspace=_parse_size(workspace),
-                          opt_batch=opt_batch, max_batch=max_batch, max_steps=max_steps,
-                          version_compatible=version_compatible, max_candidates=max_candidates,
-                          say=lambda m: say("  " + m))
-    except Exception as e:
-        err(f"  ERROR: {type(e).__name__}: {e}")
-        report["error"] = f"{type(e).__name__}: {e}"
-        return finish(EXIT_ERROR, "engine build failed")
-    report["engine"] = {"plugin_layers": eb.n_plugin_layers, "scan_nodes": eb.n_scan_nodes,
-                        "build_seconds": eb.seconds, "bytes": len(eb.serialized)}
-    say(f"  built: {len(eb.serialized) / 1e6:.2f} MB, {eb.n_plugin_layers} plugin layers [{eb.seconds:.1f} s]")
+        # 2. environment (probed before out was touched) + plugin library
+        say("[2/4] TensorRT environment and plugin library")
+        report["environment"] = {"tensorrt": env.tensorrt_version, "tensorrt_error": env.tensorrt_error,
+                                 "tensorrt_lean": env.lean_version, "tensorrt_lean_error": env.lean_error,
+                                 "gpu": env.gpu, "gpu_error": env.gpu_error}
+        say(f"  TensorRT builder : {env.tensorrt_version or 'MISSING (' + str(env.tensorrt_error) + ')'}")
+        lean_line = env.lean_version or (f"BROKEN ({env.lean_error})" if env.lean_error else "not installed")
+        say(f"  TensorRT lean    : {lean_line}")
+        say(f"  GPU              : {env.gpu or 'MISSING (' + str(env.gpu_error) + ')'}")
+        lib = None
+        try:
+            lib = ensure_plugin_library(plugin_lib, build_dir, rebuild=rebuild_plugins, say=lambda m: say("  " + m))
+            report["plugin_library"] = str(lib)
+            say(f"  plugin library   : {lib}")
+            reg_mod = env.tensorrt or env.lean
+            if reg_mod is not None:
+                rows = check_registry(reg_mod, lib)
+                report["registry"] = {"runtime": "tensorrt" if env.tensorrt else "tensorrt_lean", "creators": rows}
+                for r in rows:
+                    say(f"  registered       : {r['namespace']}::{r['op_type']} v{r['version']} fields={r['fields']}")
+            else:
+                say("  registry check   : skipped (neither tensorrt nor tensorrt_lean is importable)")
+        except TrtError as e:
+            report["plugin_error"] = str(e)
+            err(f"  plugin library   : FAILED: {e}")
+            if env.can_build:
+                return finish(EXIT_ERROR, "plugin library unavailable")
+            env.missing.append(f"{ps.PLUGIN_LIBRARY}: {e}")
 
-    # 4. engine vs PyTorch, under the precision's criteria: the engine's row of TOLERANCES, and for what that row
-    # leaves unset export.verify's row of the same precision (fp16: its score error of the score scale). res.spec
-    # says fp32 (the fp16 conversion comes after the export), so the precision is passed, not read from it
-    rtol = V.tolerances(precision)["score_rtol"]
-    say(f"[4/4] engine verification against PyTorch ({precision}: score atol {tol['score_atol']:g}"
-        + (f", score error <= {rtol:g} of the score scale" if rtol is not None else "")
-        + f", state atol {tol['state_atol']:g}, top-k >= {100 * tol['topk_min_agreement']:g}%)")
-    try:
-        rep = V.verify_export(model, res.graph_path, res.spec, runner=TrtRunner(trt, eb.engine),
-                              progress=lambda m: say("  " + m), precision=precision, **tol, **verify_kwargs)
-    except Exception as e:
-        err(f"  ERROR while running the engine: {type(e).__name__}: {e}")
-        report["error"] = f"{type(e).__name__}: {e}"
-        return finish(EXIT_ERROR, "engine execution failed")
-    say(rep.table())
-    report["engine_verification"] = rep.to_dict()
-    if not rep.ok:
-        err(f"  {rep.worst_message()}")
-        return finish(EXIT_VERIFY_FAILED, "engine verification FAILED: engine NOT written")
-    report["engine"]["sha256"] = hashlib.sha256(eb.serialized).hexdigest()     # what the next run checks it by
-    try:                                # whole: a kill or a full disk never leaves an engine cut short in out
-        with E.staging_folder(out) as stage:
-            (stage / ENGINE_FILE).write_bytes(eb.serialized)
-            os.replace(stage / ENGINE_FILE, engine_path)
-    except OSError as e:
-        err(f"  ERROR: writing {engine_path}: {e}")
-        report["error"] = f"writing {engine_path}: {type(e).__name__}: {e}"
-        return finish(EXIT_ERROR, "engine verified but NOT written (it could not be written)")
-    report["engine"]["path"] = str(engine_path)
-    return finish(EXIT_OK, f"engine verified and written to {engine_path}")
+        if not env.can_build or lib is None:
+            say("[3/4] engine build: NOT POSSIBLE here; missing:")
+            for m in env.missing:
+                say(f"  - {m}")
+            say("[4/4] engine verification: not run (no engine). The ONNX graph above IS verified; no engine was "
+                "written.")
+            report["missing"] = env.missing
+            if emulate:
+                failed = _emulated_plugin_check(model, res, graph16, precision, report, say, build_dir, quick,
+                                                max_steps, max_batch, max_candidates if candidates else None,
+                                                say_error=err)
+                if failed:
+                    emu = report["emulated_plugins"]
+                    crash = emu.get("signal") or ("exit code {}".format(emu["child_exit_code"])
+                                                  if "child_exit_code" in emu else None)
+                    why = (f" (no answer in {emu['hung_after_s']:g} s: the plugin hangs)" if "hung_after_s" in emu
+                           else f" ({crash}: the plugin crashed its process)" if crash else "")
+                    return finish(EXIT_VERIFY_FAILED, "the graph with the zoo plugins' code (CPU-emulated) FAILED "
+                                                      "verification" + why + "; TensorRT/GPU missing, engine NOT built")
+            return finish(EXIT_MISSING, "TensorRT/GPU missing: ONNX verified"
+                          + (", plugins verified on the CPU emulator" if report.get("emulated_plugins", {}).get("ok")
+                             else "") + ", engine NOT built")
+
+        # 3. engine
+        trt = env.tensorrt
+        say("[3/4] engine build")
+        try:
+            # the verifier compares every score
+            graph = graph16 if fp16 else V._with_scores_output(res.graph_path).SerializeToString()
+            eb = build_engine(trt, graph, res.spec, lib, precision=precision, workspace=_parse_size(workspace),
+                              opt_batch=opt_batch, max_batch=max_batch, max_steps=max_steps,
+                              version_compatible=version_compatible, max_candidates=max_candidates,
+                              say=lambda m: say("  " + m))
+        except Exception as e:
+            err(f"  ERROR: {type(e).__name__}: {e}")
+            report["error"] = f"{type(e).__name__}: {e}"
+            return finish(EXIT_ERROR, "engine build failed")
+        report["engine"] = {"plugin_layers": eb.n_plugin_layers, "scan_nodes": eb.n_scan_nodes,
+                            "build_seconds": eb.seconds, "bytes": len(eb.serialized)}
+        say(f"  built: {len(eb.serialized) / 1e6:.2f} MB, {eb.n_plugin_layers} plugin layers [{eb.seconds:.1f} s]")
+
+        # 4. engine vs PyTorch, under the precision's criteria: the engine's row of TOLERANCES, and for what that row
+        # leaves unset export.verify's row of the same precision (fp16: its score error of the score scale). res.spec
+        # says fp32 (the fp16 conversion comes after the export), so the precision is passed, not read from it
+        rtol = V.tolerances(precision)["score_rtol"]
+        say(f"[4/4] engine verification against PyTorch ({precision}: score atol {tol['score_atol']:g}"
+            + (f", score error <= {rtol:g} of the score scale" if rtol is not None else "")
+            + f", state atol {tol['state_atol']:g}, top-k >= {100 * tol['topk_min_agreement']:g}%)")
+        try:
+            rep = V.verify_export(model, res.graph_path, res.spec, runner=TrtRunner(trt, eb.engine),
+                                  progress=lambda m: say("  " + m), precision=precision, **tol, **verify_kwargs)
+        except Exception as e:
+            err(f"  ERROR while running the engine: {type(e).__name__}: {e}")
+            report["error"] = f"{type(e).__name__}: {e}"
+            return finish(EXIT_ERROR, "engine execution failed")
+        say(rep.table())
+        report["engine_verification"] = rep.to_dict()
+        if not rep.ok:
+            err(f"  {rep.worst_message()}")
+            return finish(EXIT_VERIFY_FAILED, "engine verification FAILED: engine NOT written")
+        report["engine"]["sha256"] = hashlib.sha256(eb.serialized).hexdigest()     # what the next run checks it by
+        try:                                # whole: a kill or a full disk never leaves an engine cut short in out
+            with E.staging_folder(out) as stage:
+                (stage / ENGINE_FILE).write_bytes(eb.serialized)
+                os.replace(stage / ENGINE_FILE, engine_path)
+        except OSError as e:
+            err(f"  ERROR: writing {engine_path}: {e}")
+            report["error"] = f"writing {engine_path}: {type(e).__name__}: {e}"
+            return finish(EXIT_ERROR, "engine verified but NOT written (it could not be written)")
+        report["engine"]["path"] = str(engine_path)
+        return finish(EXIT_OK, f"engine verified and written to {engine_path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

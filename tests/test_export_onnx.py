@@ -744,6 +744,99 @@ def test_export_removes_the_stages_of_killed_exports_only(tmp_path):
     assert not s.exists()
 
 
+# ------------------------------------------------------------------------------------------------- one run per folder
+class _FolderHolder:
+    """Another live run holding ``folder``'s lock (export.fsutil.output_folder_lock), in a child process: the lock
+    is an flock on the folder's own descriptor, so this process could not hold it for another of its runs."""
+
+    CHILD = ("import sys, time\nfrom export.fsutil import output_folder_lock\n"
+             "with output_folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n")
+
+    def __init__(self, folder):
+        env = {**os.environ, "PYTHONPATH": ROOT}
+        self.p = subprocess.Popen([sys.executable, "-c", self.CHILD, str(folder)], stdout=subprocess.PIPE, text=True,
+                                  env=env)
+        assert self.p.stdout.readline().strip() == "held"
+
+    def die(self):
+        """The holder is killed (SIGKILL: no cleanup of its own); the kernel drops its lock."""
+        self.p.kill()
+        self.p.wait()
+        self.p.stdout.close()
+
+
+def _bytes(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_a_second_export_into_a_held_out_fails_at_once_and_leaves_it_whole(saved_model, tmp_path, capsys):
+    """Two exports into one --out both succeeded and the folder could end up mixing them (one model's graph and spec
+    beside the other's item_vocab.json). The folder is locked for the whole run now: a second export while another
+    holds it fails at once -- exit 1, one line naming --out and the folder, before the model is even loaded -- and
+    every file there keeps its bytes; once the holder is gone, an export goes ahead. The Python API refuses it too
+    (export.fsutil.FolderBusy, an OSError)."""
+    from export.fsutil import FolderBusy
+
+    out = tmp_path / "out"
+    E.export_model(make_model("lrurec"), out, verify=False)                    # the first run's files
+    before = _bytes(out)
+    holder = _FolderHolder(out)
+    try:
+        with pytest.raises(SystemExit) as e:
+            E.main(["--model", saved_model, "--out", str(out), *FAST])
+        printed = capsys.readouterr()
+        assert e.value.code == E.EXIT_ERROR == 1, printed.out + printed.err
+        assert printed.err.splitlines() == [f"error: --out {out}: another run is writing into it now (it holds the "
+                                            "folder's lock); wait for it to end, or give another folder"]
+        assert "loading" not in printed.out                 # refused before any work, not after the verification
+        with pytest.raises(FolderBusy, match=f"--out {re.escape(str(out))}: another run is writing into it"):
+            E.export_model(make_model("mamba4rec-1l"), out, verify=False)
+        assert _bytes(out) == before
+    finally:
+        holder.die()
+    assert E.main(["--model", saved_model, "--out", str(out), "--no-verify"]) == 0
+    assert json.loads((out / "state_spec.json").read_text())["model_type"] == "mamba4rec"
+
+
+def test_a_refused_export_never_removes_the_folder_it_found_made(saved_model, tmp_path, monkeypatch, capsys):
+    """A run removes the output folder it made when it fails, so that a failed run leaves nothing behind; a second
+    export that found --out missing, and then another run making and holding it, must not take that folder for its
+    own: it is refused, and the first run's (empty, still being written) folder stays. --card-dir holds the card's
+    onnx/ (the card folder itself may be a stage zoo.hub card holds): a second run is refused, the card as it was."""
+    out = tmp_path / "new" / "out"
+    real, holders = os.mkdir, []
+
+    def mkdir(path, *a, **k):                        # the first run makes and locks --out just before this one
+        if os.fspath(path) == str(out) and not holders:
+            real(path, *a, **k)
+            holders.append(_FolderHolder(out))
+        return real(path, *a, **k)                   # FileExistsError: this run did not make it
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    try:
+        with pytest.raises(SystemExit) as e:
+            E.main(["--model", saved_model, "--out", str(out), *FAST])
+        assert e.value.code == 1 and f"error: --out {out}: another run" in capsys.readouterr().err
+        assert holders and out.is_dir() and list(out.iterdir()) == []
+    finally:
+        for h in holders:
+            h.die()
+    monkeypatch.undo()
+    card = _card(saved_model, tmp_path)
+    assert E.main(["--model", saved_model, "--card-dir", str(card), "--no-verify"]) == 0
+    capsys.readouterr()
+    before = _bytes(card)
+    holder = _FolderHolder(card / "onnx")
+    try:
+        with pytest.raises(SystemExit) as e:
+            E.main(["--model", saved_model, "--card-dir", str(card), *FAST])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith(f"error: --card-dir {card / 'onnx'}: another run"), err
+        assert _bytes(card) == before
+    finally:
+        holder.die()
+
+
 # ------------------------------------------------------------------------------------------------- window
 def test_sasrec_window_graph(tmp_path):
     model = make_model("sasrec")

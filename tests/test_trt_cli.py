@@ -781,6 +781,90 @@ def test_run_plugin_library_failure(tmp_path, monkeypatch, tiny_mamba, builder):
                                                          and "plugins verified on the CPU emulator" in rep["status"])
 
 
+# ---------------------------------------------------------------------------------------------------- one run per --out
+def _hold(folder: Path):
+    """Another live run holding ``folder``'s lock (export.fsutil.output_folder_lock), in a child process; kill it
+    (SIGKILL: the kernel drops the lock) when done."""
+    import subprocess
+
+    child = ("import sys, time\nfrom export.fsutil import output_folder_lock\n"
+             "with output_folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n")
+    p = subprocess.Popen([sys.executable, "-c", child, str(folder)], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_run_into_a_held_out_stops_at_once(tmp_path, monkeypatch, capsys):
+    """Two export.trt runs into one --out both went ahead, each exporting its graph, moving the other's engine and
+    writing its report there. --out is locked for the whole run now (export.onnx's export is told it is held, not
+    locked twice): a second run while another holds it stops at once -- exit 1, an ERROR line naming --out and the
+    folder, before the probe and the model load -- and every file there keeps its bytes and mtime; once the holder
+    is gone a run goes ahead."""
+    out = tmp_path / "out"
+    _earlier_engine(out)
+    (out / "model.onnx").write_bytes(b"the graph the engine was built from")
+    before = _state(out)
+    probed, loaded = [], []
+    monkeypatch.setattr(T, "probe_environment", lambda: probed.append(1) or T.Environment(**_NO_TRT))
+    monkeypatch.setattr(T, "_load_model", lambda name: loaded.append(name))
+    holder = _hold(out)
+    try:
+        assert T.main(["--model", "m", "--out", str(out), "--quick"]) == T.EXIT_ERROR == 1
+        printed = capsys.readouterr()
+        assert [line for line in printed.err.splitlines() if "ERROR" in line] == [
+            f"ERROR: --out {out}: another run is writing into it now (it holds the folder's lock); wait for it to "
+            "end, or give another folder"]
+        assert f"RESULT: --out is held by another run (exit code 1); nothing written in {out}" in printed.err
+        assert probed == [] and loaded == [] and _state(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.undo()
+    asked = _failing_export(monkeypatch)
+    _can_build(monkeypatch)
+    code, rep = T.run("m", str(out), quick=True, say=lambda m: None)
+    assert code == T.EXIT_ERROR and rep["status"] == "ONNX export failed" and asked == [out]
+    assert (out / T.PREVIOUS_DIR / T.ENGINE_FILE).read_bytes() == EARLIER
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_earlier_report_leaves_out_as_the_new_graph_comes_in(tmp_path, monkeypatch, tiny_mamba):
+    """A run interrupted after its ONNX export (no engine in --out: a CPU machine, or an earlier run that built none)
+    left the new graph beside the earlier run's trt_report.json, which named the other model and said its graph was
+    verified. The earlier report now leaves --out as the new graph moves in (with the earlier spec); a run
+    interrupted before that (during the export's verification) leaves the folder as it was, report included."""
+    from export import onnx as E
+    from export import verify as V
+    from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+
+    out = tmp_path / "out"
+    other = Mamba4RecModel(Mamba4RecConfig(n_items=20, hidden_size=8, num_layers=1, d_state=4)).eval()
+    E.export_model(other, out, verify=False)
+    earlier = {"model": "other", "exit_code": 4, "status": "TensorRT/GPU missing: ONNX verified, engine NOT built",
+               "onnx": {"graph": str(out / "model.onnx"), "spec": str(out / "state_spec.json")}}
+    (out / T.REPORT_FILE).write_text(json.dumps(earlier))
+    before = _files(out)
+    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(V, "verify_export", interrupted)             # Ctrl-C while step 1 verifies the graph
+    with pytest.raises(KeyboardInterrupt):
+        T.run("tiny", str(out), model=tiny_mamba, quick=True, say=lambda m: None)
+    assert _files(out) == before
+    monkeypatch.undo()
+    monkeypatch.setattr(T, "probe_environment", lambda: T.Environment(**_NO_TRT))
+    monkeypatch.setattr(T, "ensure_plugin_library", interrupted)     # Ctrl-C right after step 1, at step 2
+    with pytest.raises(KeyboardInterrupt):
+        T.run("tiny", str(out), model=tiny_mamba, quick=True, say=lambda m: None)
+    assert json.loads((out / "state_spec.json").read_text())["n_items"] == 30       # the new graph is in
+    assert (out / "model.onnx").read_bytes() != before["model.onnx"]
+    assert not (out / T.REPORT_FILE).exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
 # ---------------------------------------------------------------------------------------------------- fp16 graph
 @pytest.mark.usefixtures("one_thread")
 def test_to_fp16_graph_converts_internals_keeps_io(tiny_mamba):

@@ -1046,59 +1046,19 @@ def _saved_dtype(name_or_path: str) -> str | None:
 
 @contextlib.contextmanager
 def hold_output_folder(out: str | os.PathLike, option: str = "--out") -> Iterator[bool]:
-    """Create the folder ``out`` where it is missing (and the folders above it) and hold its lock
-    (:func:`export.fsutil.output_folder_lock`, on the folder's own descriptor) until the block ends, so that a second
-    run into the same folder fails at once with :class:`export.fsutil.FolderBusy` naming ``option`` and the folder,
-    before it reads or writes anything there. Yields whether a lock is held (not on a system without locks).
-
-    ``zoo.train`` writes into ``out`` in place and never replaces the folder itself: the checkpoint's files are moved
-    in one by one from a stage inside it (``save_pretrained``), ``resume/`` is swapped inside it
-    (:mod:`zoo.train_state`), ``train_log.json`` is replaced inside it; so the lock on the folder's inode covers the
-    whole run. When the block fails, the folders this call created are removed again where they are empty, while
-    the lock is still held: a folder this call found (or that another run created a moment before) is never
-    removed, nor one whose lock another run holds. A folder removed or replaced between its creation and the lock
-    (by another run that created it and failed) is ``FolderBusy`` too: the lock would be on a folder no longer
-    there."""
-    from export.fsutil import FolderBusy, output_folder_lock
+    """:func:`export.fsutil.held_output_folder` for a run's ``out`` (a symbolic link to nothing is a ``ValueError``
+    first): created where missing and locked until the block ends, so a second run into it fails at once with
+    :class:`export.fsutil.FolderBusy`, before it reads or writes anything there; the folders this made are removed
+    again where the block leaves them empty. ``zoo.train`` writes into ``out`` in place and never replaces the folder
+    itself -- the checkpoint's files are moved in one by one from a stage inside it (``save_pretrained``),
+    ``resume/`` is swapped inside it (:mod:`zoo.train_state`), ``train_log.json`` is replaced inside it -- so the
+    lock on the folder's inode covers the whole run."""
+    from export.fsutil import held_output_folder
 
     if os.path.islink(out) and not os.path.exists(out):
         raise ValueError(f"{option} {os.fspath(out)}: a symbolic link to nothing ({os.readlink(out)}); give a folder")
-    gone = FolderBusy(f"{option} {os.fspath(out)}: another run removed or replaced the folder as this one started; "
-                      "run again")
-    made = []                               # the folders this call created, outermost first
-    missing, path = [], os.path.abspath(out)
-    while not os.path.lexists(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for folder in reversed(missing):
-        with contextlib.suppress(FileExistsError):      # made by another run a moment ago: not this run's to remove
-            os.mkdir(folder)
-            made.append(folder)
-    before = _folder_stat(out)
-    with contextlib.ExitStack() as stack:
-        try:
-            held = stack.enter_context(output_folder_lock(out, option))
-        except FileNotFoundError:
-            raise gone from None
-        after = _folder_stat(out)              # the lock's descriptor keeps its folder's inode number taken
-        if before is None or after is None or not os.path.samestat(before, after):
-            raise gone
-        try:
-            yield held
-        except BaseException:
-            for folder in reversed(made):       # this run's own, empty: no other run can be using it (it is locked)
-                try:
-                    os.rmdir(folder)
-                except OSError:
-                    break
-            raise
-
-
-def _folder_stat(path: str | os.PathLike) -> os.stat_result | None:
-    try:
-        return os.stat(path)
-    except OSError:
-        return None
+    with held_output_folder(out, option) as held:
+        yield held
 
 
 def check_output_folder(out: str | os.PathLike, init_from: str | None = None, overwrite: bool = False) -> None:

@@ -8,14 +8,16 @@
 #   3. kernel parity + timings: plugins/harness.py --check --bench  -> $OUT/harness.log, $OUT/harness.json
 #      (the plugins' CUDA kernels vs the PyTorch references, fp32/fp16/bf16, T = 1 and long T, zero/given state;
 #      --lib names step 2's library, so a change of the build folder here cannot leave it loading another one)
-#   4. every GPU-marked test (pytest -m gpu -rs, in the three files that have them): kernels, SSD/selective-scan GPU
-#      paths; the TensorRT-engine tests skip with their reason where the image has no TensorRT builder; the tests
-#      reuse step 2's build folder (ZOO_PLUGINS_BUILD_DIR: an incremental no-op build)  -> $OUT/pytest_gpu.log
-#   5. the models on CUDA (tests/test_gpu.py, test_losses.py, test_sparse_items.py; last: the lowest priority): every
-#      model's step == full forward (or window forward) with the CPU tests' tiny models and tolerance, sampled softmax
-#      with every item == the full cross-entropy, the sparse item gradient == the dense one (and lazy Adam's first
-#      step == Adam's), and zoo.train on CUDA with and without --amp and with sampled softmax, its
-#      checkpoint re-evaluated on the CPU                                    -> $OUT/gpu_models.log
+#   4. the GPU-marked tests of the kernel files (pytest -m gpu -rs; step 5 runs the rest): kernels,
+#      SSD/selective-scan GPU paths; the TensorRT-engine tests skip with their reason where the image has no TensorRT
+#      builder; the tests reuse step 2's build folder (ZOO_PLUGINS_BUILD_DIR: an incremental no-op build)
+#                                                                            -> $OUT/pytest_gpu.log
+#   5. the models on CUDA (tests/test_gpu.py, test_losses.py, test_sparse_items.py, test_recommend.py; last: the
+#      lowest priority): every model's step == full forward (or window forward) with the CPU tests' tiny models and
+#      tolerance, sampled softmax with every item == the full cross-entropy, the sparse item gradient == the dense one
+#      (and lazy Adam's first step == Adam's), zoo.train on CUDA with and without --amp and with sampled softmax, its
+#      checkpoint re-evaluated on the CPU, and zoo.recommend/zoo.embed --device cuda == the CPU -> $OUT/gpu_models.log
+#      (a GPU-marked test file in neither step is named in the summary as NOT RUN)
 #      (with ZOO_CPU_KERNEL=0: that CPU re-evaluation of a tiny model runs the reference selective scan instead of
 #      JIT-compiling the fused CPU kernel, ~20-40 s of the step's 90 on a fresh machine; the CUDA runs do not read
 #      it, and the CPU tests already check the kernel == the reference)
@@ -49,7 +51,7 @@ step() {  # step NAME SECONDS LOGFILE -- command...
     shift 4
     local t0=$SECONDS
     echo "=== [$name] $* (limit ${limit}s)" | tee -a "$OUT/$log"
-    timeout "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
+    timeout -k 15 "$limit" "$@" 2>&1 | tee -a "$OUT/$log"      # -k: a step stuck past SIGTERM is killed
     note "$name: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s"
 }
 
@@ -78,8 +80,17 @@ step harness 90 harness.log -- python3 plugins/harness.py --lib "$ZOO_PLUGINS_BU
     --check --bench --json "$OUT/harness.json"
 step pytest-gpu 150 pytest_gpu.log -- python3 -m pytest -q -rs -m gpu -p no:cacheprovider \
     tests/test_trt_plugins.py tests/test_ops.py tests/test_ssd_ops.py
+GPU_MODEL_TESTS="tests/test_gpu.py tests/test_losses.py tests/test_sparse_items.py tests/test_recommend.py"
+# shellcheck disable=SC2086
 step gpu-models 90 gpu_models.log -- env ZOO_CPU_KERNEL=0 python3 -m pytest -q -rs -s -m gpu -p no:cacheprovider \
-    tests/test_gpu.py tests/test_losses.py tests/test_sparse_items.py
+    $GPU_MODEL_TESTS
+# a GPU-marked test file in neither pytest step would never run on the one GPU session: say so in the summary
+for f in $(grep -l "pytest.mark.gpu" tests/*.py 2>/dev/null); do
+    case " tests/test_trt_plugins.py tests/test_ops.py tests/test_ssd_ops.py $GPU_MODEL_TESTS " in
+        *" $f "*) ;;
+        *) note "NOT RUN: $f has GPU-marked tests in neither pytest step (add it to bench/gpu_session.sh)";;
+    esac
+done
 
 echo "=== summary"
 cat "$OUT/summary.txt"

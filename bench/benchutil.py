@@ -152,40 +152,78 @@ def fresh_run(script: str, args: Sequence[str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def run_workers(script: str, args: Sequence[str], jobs: Sequence[dict]) -> list[dict]:
+#: the line a worker of :func:`run_workers` (``barrier=True``) prints once it is set up (:func:`wait_for_start`)
+READY = "bench-worker-ready"
+#: how far ahead of the moment every worker was ready the common start time is set (seconds): time for each to read it
+START_LEAD = 0.25
+
+
+def run_workers(script: str, args: Sequence[str], jobs: Sequence[dict], barrier: bool = False) -> list[dict]:
     """One ``python script --worker *args`` process per job, started together (``OMP_NUM_THREADS=1``), each sent its
-    job as JSON on stdin; returns the JSON each printed last, in job order. A worker that fails raises RuntimeError as
-    soon as it exits, once the other workers are stopped (terminated, then killed after 10 s) and reaped: none runs on
-    after this returns or raises (an error or Ctrl-C here included), so the files they use can be removed then."""
+    job as one line of JSON on stdin (:func:`worker_job`); returns the JSON each printed last, in job order.
+
+    ``barrier``: a real common start. Each worker, once its imports and set-up are done, calls :func:`wait_for_start`,
+    which prints :data:`READY` and waits; when every worker has said so, each is sent the same start time
+    (:data:`START_LEAD` seconds ahead) as a second line on stdin, and sleeps until it. Start-up (an interpreter, its
+    imports, a model loaded), however long it takes each, then no longer staggers their starts; what is left (a
+    worker scheduled late on a busy machine) is measured by the bench from the times the workers return
+    (:func:`worker_times`). Without ``barrier`` stdin is closed after the job.
+
+    A worker that fails -- or ends before it said it was ready -- raises RuntimeError as soon as it exits, once the
+    other workers are stopped (terminated, then killed after 10 s) and reaped: none runs on after this returns or
+    raises (an error, Ctrl-C, or SIGTERM under :func:`export.fsutil.run_cli` included), so the files they use can be
+    removed then. The workers run in a session of their own: a Ctrl-C at the terminal (or a signal to the whole
+    process group) reaches the bench alone, which stops them as said, instead of each worker dying with a traceback
+    of its own while the bench still counts on it."""
     procs: list[subprocess.Popen] = []
     readers: list[threading.Thread] = []
+    ready = [threading.Event() for _ in jobs]
     try:
         for _ in jobs:
             procs.append(subprocess.Popen([sys.executable, os.path.abspath(script), "--worker", *map(str, args)],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                          env=dict(os.environ, OMP_NUM_THREADS="1")))
+                                          env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True))
         outs = [""] * len(procs)
 
         def drain(i: int) -> None:               # read as they run: a pipe left full would block a worker
-            outs[i] = procs[i].stdout.read()
+            kept = []
+            for line in procs[i].stdout:
+                if barrier and line.rstrip("\n") == READY and not ready[i].is_set():
+                    ready[i].set()
+                else:
+                    kept.append(line)
+            outs[i] = "".join(kept)
 
         readers += [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(procs))]
         for t in readers:
             t.start()
         for p, job in zip(procs, jobs):
-            try:
-                p.stdin.write(json.dumps(job))
-                p.stdin.close()
-            except BrokenPipeError:               # it died before reading its job: its status says so below
-                pass
-        while True:                               # the first failure, in whichever worker, ends the run
+            _send(p, json.dumps(job) + "\n", close=not barrier)
+
+        def check(waiting_for_ready: bool) -> bool:
+            """Raise on the first worker that failed (or ended unready); whether every worker is done (ready)."""
             codes = [p.poll() for p in procs]
             failed = next(((i, c) for i, c in enumerate(codes) if c not in (None, 0)), None)
             if failed:
                 raise RuntimeError(f"worker {failed[0] + 1} of {len(procs)} of {os.path.basename(script)} failed "
                                    f"(status {failed[1]}); the others were stopped")
-            if all(c == 0 for c in codes):
-                break
+            if waiting_for_ready:
+                for i, c in enumerate(codes):
+                    if c == 0 and not ready[i].is_set():
+                        readers[i].join(timeout=1)       # its READY line may still be in the pipe
+                        if not ready[i].is_set():
+                            raise RuntimeError(f"worker {i + 1} of {len(procs)} of {os.path.basename(script)} ended "
+                                               "before it said it was ready; the others were stopped")
+                return all(e.is_set() for e in ready)
+            return all(c == 0 for c in codes)
+
+        if barrier:
+            while not check(True):
+                time.sleep(0.01)
+            start_at = time.time() + START_LEAD
+            for p in procs:
+                _send(p, f"{start_at!r}\n", close=True)
+        while not check(False):                  # the first failure, in whichever worker, ends the run
             time.sleep(0.05)
         for t in readers:
             t.join()
@@ -198,6 +236,81 @@ def run_workers(script: str, args: Sequence[str], jobs: Sequence[dict]) -> list[
             for pipe in (p.stdin, p.stdout):
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+
+def _send(proc: subprocess.Popen, text: str, close: bool) -> None:
+    """Write ``text`` to a worker's stdin (and close it); one that died first is left to its status."""
+    try:
+        proc.stdin.write(text)
+        proc.stdin.flush()
+        if close:
+            proc.stdin.close()
+    except (BrokenPipeError, OSError):            # it died before reading: its status says so
+        pass
+
+
+def worker_job() -> dict:
+    """In a worker process of :func:`run_workers`: its job (the first line of stdin). SIGTERM is given back its default
+    action here (the bench's ``run_cli`` set it to raise): the bench stops its workers with SIGTERM, and a worker
+    then ends at once, quietly, instead of each printing a ``terminated`` line."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    line = sys.stdin.readline()
+    if not line:
+        sys.exit("error: this is a worker of a bench (--worker): its job comes on stdin from the bench")
+    return json.loads(line)
+
+
+def wait_for_start() -> float:
+    """In a worker of :func:`run_workers` (``barrier=True``), once its set-up is done: print :data:`READY`, wait for
+    the common start time the bench sends when every worker is ready, and sleep until it; returns that time
+    (``time.time()`` seconds). A bench that went away (stdin closed without a time) ends the worker (status 1)."""
+    print(READY, flush=True)
+    line = sys.stdin.readline()
+    if not line.strip():
+        sys.exit("error: the bench sent no start time (it stopped); this worker ends")
+    start_at = float(line)
+    time.sleep(max(0.0, start_at - time.time()))
+    return start_at
+
+
+#: a row whose workers' start skew is above this share of the shortest worker's busy time is marked (:data:`SKEWED`)
+SKEW_SHARE = 0.05
+#: the mark of such a row's "start skew" cell, and the note under the table that explains it
+SKEWED = "†"
+SKEW_NOTE = (f"{SKEWED} The workers' first events were further apart than {SKEW_SHARE:.0%} of a worker's busy time: "
+             "the row's \"events/s in all\" (events over the span from the first start to the last end) reads low by "
+             "up to that share, and \"summed over workers\" (each worker's events over its own busy time) high where "
+             "the workers did not overlap; where the two agree, what the row shows is the store, not the start.")
+#: the header cells of :func:`timing_cells`, and their alignment row
+TIMING_HEADER = " start skew ms | busy s per worker | events/s summed over workers |"
+TIMING_ALIGN = "---:|---|---:|"
+
+
+def worker_times(outs: Sequence[dict], events: Sequence[int]) -> dict:
+    """How the workers of one configuration ran, from each one's ``"start"`` and ``"end"`` (``time.time()`` of its
+    first event and after its last) and ``events`` (each one's count, in the same order): ``span_s`` (max end - min
+    start), ``events_per_s`` (all events over that span: the throughput the workers gave together), ``skew_s``
+    (max start - min start: how far apart they began), ``busy_s`` (each one's end - start), ``summed_per_s`` (the
+    sum over workers of events / busy: what they served, each in its own time, unaffected by the skew) and
+    ``skewed`` (the skew is over :data:`SKEW_SHARE` of the shortest busy time: the row is marked)."""
+    starts, ends = [o["start"] for o in outs], [o["end"] for o in outs]
+    busy = [e - s for s, e in zip(starts, ends)]
+    span, skew = max(ends) - min(starts), max(starts) - min(starts)
+    return {"span_s": span, "events_per_s": sum(events) / span, "skew_s": skew, "busy_s": busy,
+            "summed_per_s": sum(n / b for n, b in zip(events, busy)), "skewed": skew > SKEW_SHARE * min(busy)}
+
+
+def timing_cells(r: dict) -> str:
+    """A row's cells under :data:`TIMING_HEADER` from :func:`worker_times`'s figures in ``r`` (``-`` where the row has
+    none): the start skew in ms (marked :data:`SKEWED` when over the share), each worker's busy time in seconds, and
+    events/s summed over the workers."""
+    if "skew_s" not in r:
+        return " - | - | - |"
+    mark = f" {SKEWED}" if r["skewed"] else ""
+    return (f" {1e3 * r['skew_s']:.1f}{mark} | {' '.join(f'{b:.3f}' for b in r['busy_s'])} | "
+            f"{r['summed_per_s']:,.0f} |")
 
 
 def _stop(procs: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
@@ -309,13 +422,45 @@ def cards_data(args):
     return load_dataset(args.data)
 
 
+def check_redis(url: str) -> None:
+    """``--redis-url``, checked before any work: exit 4 without the ``redis`` package, 2 for a URL it cannot parse, 1
+    (one line) for a server that does not answer a ping within 5 s (none there, a wrong password)."""
+    from export.fsutil import EXIT_ERROR, EXIT_MISSING, EXIT_USAGE, exit_with
+
+    try:
+        import redis
+    except ImportError:
+        exit_with(EXIT_MISSING, "error: --redis-url needs the redis package, which is not installed here")
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    except ValueError as e:
+        exit_with(EXIT_USAGE, f"error: --redis-url {url}: {e}")
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        exit_with(EXIT_ERROR, f"error: --redis-url {url}: cannot use a Redis server there ({e})")
+    finally:
+        client.close()
+
+
+def omp_prefix() -> str:
+    """``OMP_NUM_THREADS=N `` as this process's environment has it (nothing when it is unset), for a results file's
+    command line: what the run had, not what a docstring recommends."""
+    value = os.environ.get("OMP_NUM_THREADS")
+    return "" if value is None else f"OMP_NUM_THREADS={shlex.quote(value)} "
+
+
 @contextlib.contextmanager
 def redis_server(url: str | None):
     """``url``, or a ``redis-server`` started on a free loopback port for the run (no persistence; stopped after, and
-    its working folder removed; RuntimeError if it does not answer within 30 s), or None (with a printed note) when
-    the server or the ``redis`` package is not installed. Also the tests' ``redis_url`` fixture
-    (``tests/conftest.py``)."""
+    its working folder removed, on an error, Ctrl-C or SIGTERM under :func:`export.fsutil.run_cli` too; in a session
+    of its own, so that a Ctrl-C at the terminal or a ``timeout`` that signals the whole process group stops the bench
+    alone, which then stops the server, instead of the server dying under the bench's feet with a connection-error
+    traceback; RuntimeError if it does not answer within 30 s), or None (with a printed note) when the server or the
+    ``redis`` package is not installed. Also the tests' ``redis_url`` fixture (``tests/conftest.py``). A given ``url``
+    is checked first (:func:`check_redis`)."""
     if url:
+        check_redis(url)
         yield url
         return
     server = shutil.which("redis-server")
@@ -333,7 +478,8 @@ def redis_server(url: str | None):
         port = sock.getsockname()[1]
     with scratch_folder("bench-redis-") as work:              # its working folder (nothing persisted), removed after
         proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                 "no", "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                 "no", "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                start_new_session=True)     # a Ctrl-C or a group's SIGTERM reaches the bench alone
         url = f"redis://127.0.0.1:{port}/0"
         try:
             deadline = time.monotonic() + 30

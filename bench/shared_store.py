@@ -6,9 +6,13 @@ with SQLite's own checkpoints (``checkpoint_every=None``: on the committing conn
 background thread (a measurement, not a test).
 
 Each worker is its own ``python`` process with its own ``UserStateRecommender`` (one ONNX Runtime thread) on the same
-SQLite file; they start together and send one-item events one per call. After each configuration every user's
-stored version is checked against the events sent to it (a version grows by one per commit from the prime's; with
-compare-and-set each commit continues the one before, so equal counts mean no event was lost).
+SQLite file; they start together (each says when its set-up is done, and all are then sent one start time) and send
+one-item events one per call. Each row records how far apart the workers' first events were (start skew) and each
+worker's busy time, and gives events per second summed over the workers (each one's events over its own busy time)
+beside the events per second in all (all events over the span from the first start to the last end); a row whose skew
+is over 5% of a worker's busy time is marked. After each configuration every user's stored version is checked
+against the events sent to it (a version grows by one per commit from the prime's; with compare-and-set each commit
+continues the one before, so equal counts mean no event was lost).
 
     python bench/shared_store.py [--card mamba4rec-ml1m] [--processes 1 2 4] [--events 1000] [--users 256] [--hot-users 4] [--redis-url URL] [--markdown bench/RESULTS_SHARED_STORE.md]
 """
@@ -27,9 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
-    HelpFormatter, card_name, cards_help, command_line, markdown_path, redis_server, redis_version, run_workers,
-    scratch_folder, write_table)
-from zoo.cli import positive_int  # noqa: E402
+    SKEW_NOTE, TIMING_ALIGN, TIMING_HEADER, HelpFormatter, card_name, cards_help, command_line, markdown_path,
+    redis_server, redis_version, run_workers, scratch_folder, timing_cells, wait_for_start, worker_job, worker_times,
+    write_table)
+from zoo.cli import EXIT_CODES, positive_int, run_cli  # noqa: E402
 
 
 def make_store(spec: dict):
@@ -44,8 +49,9 @@ def make_store(spec: dict):
     return {}
 
 
-def worker(graph: str, spec: dict, start_at: float, users: list, items: list) -> dict:
-    """Serve ``items[j]`` to ``users[j]`` one event a call from ``start_at``; the wall times and conflicts. A
+def worker(graph: str, spec: dict, users: list, items: list) -> dict:
+    """Serve ``items[j]`` to ``users[j]`` one event a call, from the common start once every worker is set up
+    (:func:`benchutil.wait_for_start`); the wall times of the first event and after the last, and the conflicts. A
     ``dict`` store is this process's own (users primed here first): the ceiling without a shared store."""
     from export.runtime import UserStateRecommender
 
@@ -55,7 +61,7 @@ def worker(graph: str, spec: dict, start_at: float, users: list, items: list) ->
         rec.recommend_many([(u, [items[int(i)] for i in rng.integers(0, len(items), 20)]) for u in sorted(set(users))],
                            start=True)
     rec.recommend_many([(f"warm-up-{os.getpid()}", [items[0]])], start=True)   # not one of the users served
-    time.sleep(max(0.0, start_at - time.time()))
+    wait_for_start()
     t0 = time.time()
     for user, item in zip(users, items):
         rec.recommend(user, [item])
@@ -67,7 +73,8 @@ def run(graph: str, processes: int, events: int, users: list[list], spec: dict, 
     """``processes`` workers on the store ``spec`` names (:func:`make_store`; a fresh SQLite file, in a scratch folder
     ``$TMPDIR/bench-shared-*`` removed after the run unless ``keep``, or Redis prefix each run), worker ``w`` sending
     ``events`` events round-robin over ``users[w]``, after every user was primed with 20 items; events per second in
-    all, conflicts, and the users whose version is off (a dict store: each worker's own, nothing to check)."""
+    all and summed over the workers, the start skew and each worker's busy time (:func:`benchutil.worker_times`),
+    conflicts, and the users whose version is off (a dict store: each worker's own, nothing to check)."""
     spec = dict(spec)
     if spec["kind"] == "sqlite":
         with scratch_folder("bench-shared-", keep) as tmp:
@@ -99,17 +106,14 @@ def _run(graph: str, processes: int, events: int, users: list[list], spec: dict,
             sent[u] += 1
         jobs.append({"users": order, "items": [catalogue[i] for i in rng.integers(0, len(catalogue), events)],
                      "spec": spec})
-    start_at = time.time() + 3.0 + 0.5 * processes                    # after every worker's imports
-    outs = run_workers(__file__, [graph, start_at], jobs)
+    outs = run_workers(__file__, [graph], jobs, barrier=True)         # started together once all are set up
     off = [u for u in everyone if rec.store.get_versioned(u)[1] != base[u] + sent[u]] if shared else []
-    wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
-    total = processes * events
-    return {"events_per_s": total / wall, "conflicts": sum(o["conflicts"] for o in outs), "events": total,
-            "off": len(off)}
+    return {**worker_times(outs, [events] * processes), "conflicts": sum(o["conflicts"] for o in outs),
+            "events": processes * events, "off": len(off)}
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--card", type=card_name(["onnx"]), default="mamba4rec-ml1m",
                    help=f"the bundled card whose step graph (onnx/) the workers run, {cards_help(['onnx'])}")
     p.add_argument("--processes", type=positive_int, nargs="+", default=[1, 2, 4],
@@ -120,15 +124,14 @@ def main(argv=None) -> None:
                    help="users all workers share, in the hot configuration")
     p.add_argument("--redis-url", help="a Redis server for the RedisStateStore rows (default: a redis-server "
                    "started on loopback for the run, when one is installed; else no Redis rows)")
-    p.add_argument("--worker", nargs=2, metavar=("GRAPH", "START_AT"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", metavar="GRAPH", help=argparse.SUPPRESS)
     p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     p.add_argument("--keep-tmp", action="store_true", help="keep each SQLite configuration's database (in "
                    "$TMPDIR/bench-shared-*, else /tmp) and print where; by default they are removed")
     args = p.parse_args(argv)
     if args.worker:
-        graph, start_at = args.worker
-        job = json.loads(sys.stdin.read())
-        print(json.dumps(worker(graph, job["spec"], float(start_at), job["users"], job["items"])))
+        job = worker_job()
+        print(json.dumps(worker(args.worker, job["spec"], job["users"], job["items"])))
         return
     with redis_server(args.redis_url) as redis_url:
         _measure(args, argv, redis_url)
@@ -144,11 +147,13 @@ def _measure(args, argv, redis_url: str | None) -> None:
              + (f", Redis {redis_version(redis_url)} on loopback (no persistence)" if redis_url else "")
              + f"): `{args.card}`'s step graph, "
              f"{args.events} one-item events a worker, one per call; own users: {args.users} users a worker, "
-             f"round-robin; hot users: the same {args.hot_users} users for every worker.", "",
+             f"round-robin; hot users: the same {args.hot_users} users for every worker; the workers start together "
+             "once all are set up; start skew: how far apart their first events were; busy: each worker's first "
+             "event to its last.", "",
              "| store | workers | users | events | events/s in all | vs the first row | commits refused | "
-             "per 1,000 events | users with an event lost |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    base = None
+             "per 1,000 events | users with an event lost |" + TIMING_HEADER,
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|" + TIMING_ALIGN]
+    base, skewed = None, False
     sqlite = {"kind": "sqlite", "checkpoint_every": 1.0}
     stores = [("dict per worker (not shared)", {"kind": "dict"}, "own"), ("SQLiteStateStore", sqlite, "own"),
               ("SQLiteStateStore, checkpoint_every=None", {**sqlite, "checkpoint_every": None}, "own"),
@@ -165,10 +170,13 @@ def _measure(args, argv, redis_url: str | None) -> None:
             lines.append(f"| {store} | {n} | {'own' if kind == 'own' else 'hot (shared)'} | {r['events']:,} | "
                          f"{r['events_per_s']:,.0f} | {r['events_per_s'] / base:.2f}x | {r['conflicts']:,} | "
                          f"{1000 * r['conflicts'] / r['events']:.1f} | "
-                         f"{r['off'] if spec['kind'] != 'dict' else '-'} |")
+                         f"{r['off'] if spec['kind'] != 'dict' else '-'} |" + timing_cells(r))
             print(lines[-1], flush=True)
+            skewed = skewed or r.get("skewed", False)
+    if skewed:
+        lines += ["", SKEW_NOTE]
     write_table(lines, "Serving processes sharing one state store", args.markdown)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/shared_store.py")      # SIGTERM too: workers, redis-server, folders stopped

@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
     HelpFormatter, card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
-from zoo.cli import positive_int  # noqa: E402
+from zoo.cli import EXIT_CODES, positive_int, run_cli  # noqa: E402
 
 CARD = "mamba4rec-ml1m"
 WHAT = ("evaluate", "rank", "whole")
@@ -78,7 +78,7 @@ def measure(what: str, n_items: int, batch: int, seq_len: int) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--catalogues", type=positive_int, nargs="+", default=[3417, 100_001, 1_000_001],
                    help="item table rows (padding included), a row each")
     p.add_argument("--batch", type=positive_int, default=256, help="users per batch (evaluate_model's batch_size)")
@@ -111,4 +111,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/bench_eval_memory.py")

@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402,F401
 from benchutil import HelpFormatter, command_line, markdown_path, scratch_folder, write_markdown  # noqa: E402
-from zoo.cli import positive_float, positive_int  # noqa: E402
-from bench_step_latency import MEDIANS, fmt_lat, timeit  # noqa: E402
+from zoo.cli import EXIT_CODES, int_at_least, positive_float, positive_int, run_cli  # noqa: E402
+from bench_step_latency import MEDIANS, fmt_lat, omp_prefix, timeit  # noqa: E402
 from export.onnx import export_model  # noqa: E402
 from export.runtime import OnnxStepSession  # noqa: E402
 from zoo.models.lrurec import LRURecConfig, LRURecModel  # noqa: E402
@@ -89,9 +89,11 @@ def markdown(rows) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("--items", type=positive_int, nargs="+", default=[3417, 18358, 100001],
-                   help="catalogue sizes n_items, a row each")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    # export_model's rule, checked as the options are parsed (was: a traceback from the export): K <= n_items - 1
+    p.add_argument("--items", type=int_at_least(K + 1), nargs="+", default=[3417, 18358, 100001],
+                   help=f"catalogue sizes n_items (at least {K + 1}: item 0 is padding, the graphs return top-{K}), "
+                        "a row each")
     p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 256], help="batch sizes B, a row each")
     p.add_argument("--min-time", type=positive_float, default=0.5, help="seconds of timed calls per cell (at least)")
     p.add_argument("--markdown", type=markdown_path, default=None,
@@ -109,7 +111,7 @@ def main(argv=None):
                f"{torch.__version__}, onnxruntime {ort.__version__}")
         write_markdown(args.markdown,
                        "# `--exclude-seen`: cost of the `seen` state in a step graph (CPU)\n\n"
-                       f"Produced by `OMP_NUM_THREADS=1 {command_line('bench/bench_exclude_seen.py', argv)}` "
+                       f"Produced by `{omp_prefix()}{command_line('bench/bench_exclude_seen.py', argv)}` "
                        f"({time.strftime('%Y-%m-%d')}, {env}; "
                        f"{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} at the end). "
                        f"One `T = 1` event per row after priming with {L} items, the ONNX step graph alone "
@@ -118,4 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/bench_exclude_seen.py")

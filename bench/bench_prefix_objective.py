@@ -5,11 +5,14 @@ model's computation, and this project's before the change), side by side in one 
 Faithful TiM4Rec trains with RecBole's prefix augmentation (``WindowRecomputeMixin.forward``): each labelled position
 of a window is its own sample. Its time features mix all ``M`` slots of the window, pad slots included, but its hidden
 path is causal, so the slots after a prefix need not be computed; both variants give the same loss (checked here to
-1e-5 on every row, and in ``tests/test_tim4rec.py``). Each row: one forward + backward of the prefix objective on
+1e-5 on every row -- a disagreement ends the run with exit status 3, nothing written -- and in
+``tests/test_tim4rec.py``). Each row: one forward + backward of the prefix objective on
 ``B`` windows of ``n`` items (all ``n`` positions labelled), random weights and timestamps, best of ``--repeats`` in
 wall time on one thread (``torch.set_num_threads(1)``).
 
-    python bench/bench_prefix_objective.py [--repeats 3] [--markdown out.md]
+    python bench/bench_prefix_objective.py [--repeats 3] [--configs beauty ml-1m] [--lengths N ...] [--markdown out.md]
+
+A small run (under a minute on one core): ``--configs beauty --lengths 5 10 --repeats 1``.
 
 Configs: Beauty (official 64d Beauty config: M = 50, p2p_residual, 12,101 items) and ML-1M (official 64d ML-1M config:
 M = 200, 3,416 items).
@@ -29,7 +32,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.benchutil import HelpFormatter, command_line, markdown_path, write_markdown  # noqa: E402
-from zoo.cli import positive_int  # noqa: E402
+from export.fsutil import EXIT_VERIFY_FAILED  # noqa: E402
+from zoo.cli import EXIT_CODES, exit_with, positive_int, run_cli  # noqa: E402
 from zoo.models.tim4rec import TiM4RecConfig, TiM4RecModel  # noqa: E402
 
 TITLE = "TiM4Rec prefix objective: batch-wide hidden path vs every prefix padded to the window"
@@ -69,10 +73,21 @@ def step_seconds(models, ids, mask, ts, labels, repeats) -> list[float]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--repeats", type=positive_int, default=3, help="timed steps per row (the best is kept)")
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), metavar="CONFIG",
+                   help=f"the configs measured, rows each: any of {', '.join(CONFIGS)}")
+    p.add_argument("--lengths", nargs="+", type=positive_int, metavar="N",
+                   help="items per window n, a row each, instead of each config's own (each at most the config's M; "
+                        "default: " + "; ".join(f"{k}: {' '.join(map(str, v[2]))}" for k, v in CONFIGS.items()) + ")")
     p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     args = p.parse_args(argv)
+    if len(set(args.configs)) < len(args.configs):
+        p.error("--configs names a config more than once")
+    for name in args.configs:
+        M = CONFIGS[name][0]["max_seq_length"]
+        if args.lengths and max(args.lengths) > M:
+            p.error(f"--lengths {max(args.lengths)} exceeds the window of {name} (M = {M})")
     torch.set_num_threads(1)
     lines = [f"Produced by `{command_line('bench/bench_prefix_objective.py', argv)}` ({time.strftime('%Y-%m-%d')}).",
              "",
@@ -82,7 +97,9 @@ def main(argv=None):
              ("| config | M | windows B | items per window n | prefixes | padded to M (s) | batch width (s) | "
               "speed-up | loss diff |"), "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
-    for name, (cfg, B, lengths) in CONFIGS.items():
+    for name in args.configs:
+        cfg, B, lengths = CONFIGS[name]
+        lengths = args.lengths or lengths
         torch.manual_seed(0)
         fast = TiM4RecModel(TiM4RecConfig(**cfg)).train()
         slow = PaddedTiM4Rec(fast.config).train()
@@ -99,8 +116,9 @@ def main(argv=None):
                 diff = abs(fast(ids, mask, labels=labels, timestamps=ts).loss.item()
                            - slow(ids, mask, labels=labels, timestamps=ts).loss.item())
                 fast.train(), slow.train()
-            if diff > 1e-5:
-                raise SystemExit(f"{name} n={n}: the two computations disagree (loss diff {diff:.2e})")
+            if diff > 1e-5:                             # a verification failed: exit 3, nothing written
+                exit_with(EXIT_VERIFY_FAILED, f"error: {name} n={n}: the two computations disagree (loss diff "
+                                              f"{diff:.2e}); nothing written")
             row = (f"| {name} | {cfg['max_seq_length']} | {B} | {n} | {B * n} | {t_slow:.3f} | {t_fast:.3f} | "
                    f"{t_slow / t_fast:.1f}x | {diff:.1e} |")
             lines.append(row)
@@ -110,4 +128,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/bench_prefix_objective.py")

@@ -37,7 +37,7 @@ sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
     HelpFormatter, card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
-from zoo.cli import positive_int  # noqa: E402
+from zoo.cli import EXIT_CODES, positive_int, run_cli  # noqa: E402
 
 CARD = "mamba4rec-ml1m"
 
@@ -98,7 +98,7 @@ def ratio(x: float) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--catalogues", type=positive_int, nargs="+", default=[3417, 100_001, 1_000_001],
                    help="item table rows (padding included), a row each")
     p.add_argument("--negatives", type=positive_int, nargs="+", default=[256, 1024],
@@ -157,4 +157,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/bench_sampled_softmax.py")

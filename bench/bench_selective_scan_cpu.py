@@ -10,6 +10,8 @@ delta_bias).  Threads: torch.get_num_threads() (set OMP_NUM_THREADS / --threads 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import sys
 import time
@@ -20,7 +22,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.benchutil import RawDescriptionHelpFormatter  # noqa: E402
-from zoo.cli import positive_int  # noqa: E402
+from zoo.cli import EXIT_CODES, positive_int, run_cli  # noqa: E402
 from zoo.ops import selective_scan_cpu as ssc  # noqa: E402
 
 
@@ -90,8 +92,8 @@ make_inputs_cached: dict = {}
 grad_cached: dict = {}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=positive_int, default=64, help="sequences per call (B)")
     ap.add_argument("--dim", type=positive_int, default=128, help="E (channels = d_inner)")
     ap.add_argument("--state", type=positive_int, default=32, help="N (the state size per channel)")
@@ -99,7 +101,7 @@ def main():
     ap.add_argument("--repeat", type=positive_int, default=3, help="timed runs per row (the median is shown)")
     ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch's CPU threads (default: torch's own, OMP_NUM_THREADS or the cores)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -118,7 +120,8 @@ def main():
         print(f"zoo.ops.selective_scan.selective_scan_ref not importable: {exc}")
 
     bsz, E, N = args.batch, args.dim, args.state
-    print(f"B={bsz} E={E} N={N} float32, threads={torch.get_num_threads()}, median of {args.repeat}")
+    print(f"B={bsz} E={E} N={N} float32, threads={torch.get_num_threads()}, median of {args.repeat}; torch "
+          f"{torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs")
     rows = []
     for L in args.lens:
         make_inputs_cached[(L, False)] = make_inputs(bsz, E, L, N, False)
@@ -144,4 +147,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/bench_selective_scan_cpu.py")

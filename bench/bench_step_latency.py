@@ -38,8 +38,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402,F401
-from benchutil import HelpFormatter, command_line, markdown_path, scratch_folder, write_markdown  # noqa: E402
-from zoo.cli import EXIT_MISSING, exit_with, positive_float, positive_int  # noqa: E402
+from benchutil import (HelpFormatter, command_line, markdown_path, omp_prefix, scratch_folder,  # noqa: E402
+                       write_markdown)
+from zoo.cli import (EXIT_CODES, EXIT_MISSING, check_outputs, exit_with, positive_float, positive_int,  # noqa: E402
+                     run_cli, written_whole_path)
 from export.onnx import export_model  # noqa: E402
 from export.runtime import OnnxStepSession  # noqa: E402
 from zoo.models.lrurec import LRURecConfig, LRURecModel  # noqa: E402
@@ -207,8 +209,8 @@ def mermaid(results, lengths, B) -> str:
 
 
 def plot(results, lengths, batches, path: str) -> None:
-    """Per-event latency vs history length (log-log), one panel per batch size, as a PNG (needs matplotlib: the
-    ``bench`` extra)."""
+    """Per-event latency vs history length (log-log), one panel per batch size, written whole to ``path`` in the
+    format of its extension (:data:`PLOT_FORMATS`; needs matplotlib: the ``bench`` extra)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,12 +233,34 @@ def plot(results, lengths, batches, path: str) -> None:
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Stepwise inference vs re-encoding the history, 1 CPU thread", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with written_whole_path(path) as tmp:              # whole or not at all; the format named: tmp has no extension
+        fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:].lower())
     plt.close(fig)
 
 
+#: the formats ``--plot`` writes, by the path's extension (a path without one gets ``.png``)
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
+def plot_path(path: str) -> str:
+    """The ``type`` of ``--plot PATH``: ``path`` with ``.png`` added when it has no extension, checked when the options
+    are parsed as ``--markdown`` is (a file, not a folder; a place it can be written), and refused with an extension
+    other than :data:`PLOT_FORMATS` -- not after the whole sweep."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext and ext not in PLOT_FORMATS:
+        raise argparse.ArgumentTypeError(f"{path}: give a {', '.join(PLOT_FORMATS)} file (or no extension: .png)")
+    try:
+        check_outputs({"--plot": path})               # a folder is refused as it is given, not as FOLDER.png
+        if not ext:
+            path += ".png"
+            check_outputs({"--plot": path})
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--plot ")) from None
+    return path
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--lengths", type=positive_int, nargs="+", default=[50, 200, 2000],
                    help="history lengths L, a row each")
     p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 256], help="batch sizes B, a table each")
@@ -244,8 +268,9 @@ def main(argv=None):
     p.add_argument("--wall", action="store_true", help="time wall-clock instead of process CPU time")
     p.add_argument("--markdown", type=markdown_path, default=None,
                    help="also write the tables (and a mermaid plot) to this file (default: print them only)")
-    p.add_argument("--plot", default=None,
-                   help="also draw the latencies into this PNG (needs matplotlib; default: no plot)")
+    p.add_argument("--plot", type=plot_path, default=None,
+                   help=f"also draw the latencies into this {', '.join(PLOT_FORMATS)} file (.png added to a path "
+                        "without an extension; needs matplotlib; default: no plot)")
     p.add_argument("--rounds", type=positive_int, default=1,
                    help="repeat the whole sweep; each cell reports its best round (robust to bursts of load)")
     args = p.parse_args(argv)
@@ -280,7 +305,7 @@ def main(argv=None):
     if args.markdown:
         f = io.StringIO()
         f.write("# Stepwise inference vs re-encoding: per-event latency on CPU\n\n")
-        f.write(f"Produced by `OMP_NUM_THREADS=1 {command_line('bench/bench_step_latency.py', argv)}` "
+        f.write(f"Produced by `{omp_prefix()}{command_line('bench/bench_step_latency.py', argv)}` "
                 f"({time.strftime('%Y-%m-%d')}, {env}; {time.perf_counter() - t0:.0f} s).\n")
         f.write("ML-1M default configs (n_items 3,417, hidden 64; Mamba4Rec 1 layer, d_state 32; LRURec 2 layers; "
                 "SASRec 2 layers, window = L), random weights, top-10 included in every method. "
@@ -299,4 +324,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/bench_step_latency.py")

@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
     HelpFormatter, card_config, command_line, fresh_run, markdown_path, reset_peak_rss, status_kb, write_table)
-from zoo.cli import cli_device, positive_int  # noqa: E402
+from zoo.cli import EXIT_CODES, cli_device, positive_int, run_cli  # noqa: E402
 
 #: model type -> the card whose config it trains with (None: the model's defaults with ML-1M's item rows)
 MODELS = {"mamba4rec": "mamba4rec-ml1m", "lrurec": "lrurec-ml1m", "gru4rec": "gru4rec-ml1m", "sasrec": "sasrec-ml1m",
@@ -58,6 +58,15 @@ def build(model_type: str, seq_len: int):
     fields.update(n_items=N_ITEMS, max_seq_length=max(seq_len, fields.get("max_seq_length", seq_len)))
     torch.manual_seed(0)
     return model_cls(cfg_cls(**fields)).train(), source
+
+
+def is_prefix_model(model_type: str) -> bool:
+    """Whether ``model_type`` re-encodes one prefix per supervised position (``WindowRecomputeMixin``: it
+    supervises only the last ``--prefixes`` positions of each window here)."""
+    from zoo.models import get_model_class
+    from zoo.models.tim4rec import WindowRecomputeMixin
+
+    return issubclass(get_model_class(model_type)[1], WindowRecomputeMixin)
 
 
 #: the seed every timed step runs under (BERT4Rec's masks, dropout): each repeat does the same work
@@ -112,7 +121,7 @@ def peak_memory_mb(model_type: str, batch: int, seq_len: int, prefixes: int, dev
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--batch", type=positive_int, default=8, help="windows per step")
     p.add_argument("--seq-len", type=positive_int, default=200, help="items per window")
     p.add_argument("--prefixes", type=positive_int, default=4,
@@ -124,6 +133,13 @@ def main(argv=None):
     p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     p.add_argument("--memory-of", choices=sorted(MODELS), help=argparse.SUPPRESS)   # the per-model subprocess
     a = p.parse_args(argv)
+    twice = sorted({m for m in a.models if a.models.count(m) > 1})
+    if twice:                                            # one row (and one best time) per model
+        p.error(f"--models names {', '.join(twice)} more than once")
+    prefix_models = [m for m in a.models if is_prefix_model(m)]
+    if prefix_models and a.prefixes > a.seq_len:
+        p.error(f"--prefixes {a.prefixes} exceeds --seq-len {a.seq_len}: the prefix models "
+                f"({', '.join(prefix_models)}) supervise the last --prefixes positions of each window")
     device = cli_device(a.device)                        # a malformed device: exit 2; CUDA missing here: exit 4
     torch.set_num_threads(1)
     if a.memory_of:
@@ -133,9 +149,12 @@ def main(argv=None):
     for m in a.models:
         model, source = build(m, a.seq_len)
         model.to(device)
+        batch = inputs(model, a.batch, a.seq_len, a.prefixes, device)
+        if not batch[4]:                                 # BERT4Rec's Cloze mask picked no position: no ms per target
+            p.error(f"--batch {a.batch} --seq-len {a.seq_len} give {m} no supervised target in the timed step (its "
+                    "masks pick none of so few positions); give a larger --batch or --seq-len")
         rows.append({"model": m, "source": source, "model_obj": model,
-                     "params": sum(q.numel() for q in model.parameters()),
-                     "batch": inputs(model, a.batch, a.seq_len, a.prefixes, device)})
+                     "params": sum(q.numel() for q in model.parameters()), "batch": batch})
     best = {r["model"]: float("inf") for r in rows}
     for rep in range(a.repeats + 1):                     # rep 0: warm-up
         for r in rows:
@@ -173,4 +192,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/bench_train_cost.py")

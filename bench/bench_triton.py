@@ -32,8 +32,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchutil import HelpFormatter, command_line, markdown_path, write_markdown  # noqa: E402
-from zoo.cli import nonnegative_int, positive_float, positive_int  # noqa: E402
+from benchutil import HelpFormatter, command_line, markdown_path, omp_prefix, write_markdown  # noqa: E402
+from zoo.cli import EXIT_CODES, nonnegative_int, positive_float, positive_int, run_cli  # noqa: E402
 
 
 def _model(name):
@@ -101,7 +101,7 @@ def run_level(h, model_name, n_items, conc, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--model", help="zoo model name/folder (default: random Mamba4Rec, ML-1M shape)")
     p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 16, 64],
                    help="concurrent clients, a level (row) each")
@@ -144,8 +144,9 @@ def main(argv=None):
                 rows.append(r)
             from export.triton_client import TritonRecommender
 
-            st = TritonRecommender(h.grpc_url, "bench").client.get_inference_statistics("bench", as_json=True)
-            st = st["model_stats"][0]
+            client = TritonRecommender(h.grpc_url, "bench").client
+            st = client.get_inference_statistics("bench", as_json=True)["model_stats"][0]
+            server_version = _server_version(client)
         finally:
             rc = h.stop()
     desc = (f"{c.model_type} n_items={c.n_items} hidden={c.hidden_size} layers={getattr(c, 'num_layers', '?')}"
@@ -153,9 +154,9 @@ def main(argv=None):
     load = os.getloadavg()
     lines = [
         "# Triton loopback load test (bench/bench_triton.py)", "",
-        f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} "
-        f"{command_line('bench/bench_triton.py', argv)}`.", "",
-        f"Server: nvidia-pytriton's tritonserver 2.51 (python backend), ONNX Runtime {_ort_version()} CPU on the step "
+        f"Command: `{omp_prefix()}{command_line('bench/bench_triton.py', argv)}`.", "",
+        f"Server: nvidia-pytriton's tritonserver {server_version} (python backend), ONNX Runtime {_ort_version()} "
+        "CPU on the step "
         f"graph, state per correlation id, sequence batcher `oldest` (max_batch_size {args.max_batch_size}, "
         f"queue delay {args.queue_delay_us} us), 1 model instance, ORT intra-op threads 1. Model: {desc}, top-{args.topk}.",
         f"Clients: {args.protocol} tritonclient, one thread per concurrent client, same machine (loopback). Each "
@@ -188,6 +189,14 @@ def main(argv=None):
     return 0
 
 
+def _server_version(client) -> str:
+    """The running server's version as it reports it (``get_server_metadata``), or ``(version unknown)``."""
+    try:
+        return str(client.get_server_metadata(as_json=True)["version"])
+    except Exception:                                  # noqa: BLE001 - a header line, not the measurement
+        return "(version unknown)"
+
+
 def _ort_version():
     try:
         import onnxruntime
@@ -198,4 +207,4 @@ def _ort_version():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="python bench/bench_triton.py"))

@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 from bench.benchutil import (  # noqa: E402
     HelpFormatter, card_name, cards_help, command_line, markdown_path, redis_server, redis_version, scratch_folder,
     write_table)
-from zoo.cli import positive_int  # noqa: E402
+from zoo.cli import EXIT_CODES, positive_int, run_cli  # noqa: E402
 
 CARDS = ["mamba4rec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "tim4rec-causal-ml1m-u2999"]
 
@@ -93,7 +93,7 @@ def run(graph: str, store, users: int, events: int, batch: int, threads: int, se
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--cards", nargs="+", type=card_name(["onnx"]), default=CARDS, metavar="CARD",
                    help=f"bundled cards whose step graph (onnx/) is run, {cards_help(['onnx'])}")
     p.add_argument("--users", type=positive_int, default=512, help="users primed, over whom the events are drawn")
@@ -153,4 +153,4 @@ def _measure(args, argv, redis_url: str | None, tmp: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/bench_user_states.py")

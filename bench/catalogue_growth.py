@@ -36,7 +36,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchutil import HelpFormatter, command_line, markdown_path, write_table  # noqa: E402
-from zoo.cli import kcore, nonnegative_int, positive_int  # noqa: E402
+from zoo.cli import (EXIT_CODES, EXIT_ERROR, exit_with, kcore, made_folder, nonnegative_int, positive_int,  # noqa: E402
+                     run_cli, written_whole)
 from zoo.models import MODELS  # noqa: E402
 
 RECIPE = ("--max-len 50 --set hidden_dropout=0.5 attn_dropout=0.5 --lr 1e-3 --batch-size 128 --loss-weighting target "
@@ -67,30 +68,37 @@ def write_before(data: str, before: float, path: str) -> dict:
         raise SystemExit(f"--before {before:.0f}: {int(keep.sum())} of {len(rows)} interactions are before it; "
                          "choose a cut inside the data's time range")
     old = rows.select(keep)
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with written_whole(path) as f:                   # whole or not at all: a stop mid-write leaves no part file
         f.write("user_id\titem_id\ttimestamp\n")
         f.writelines(f"{u}\t{i}\t{t:.0f}\n" for u, i, t in zip(old.user, old.item, old.timestamp))
-    os.replace(tmp, path)
     return {"interactions": int(keep.sum()), "of": len(rows)}
 
 
 def run_all(jobs: list[tuple[str, list[str]]], work: str, parallel: int, rerun: bool) -> None:
-    """``python -m zoo.train`` for each ``(name, args)`` not done yet, ``parallel`` at a time; logs in ``work``."""
+    """``python -m zoo.train`` for each ``(name, args)`` not done yet, ``parallel`` at a time; logs in ``work``. When a
+    run fails, or this is stopped (Ctrl-C, SIGTERM under ``run_cli``), the runs still going are stopped (SIGTERM:
+    ``zoo.train`` keeps what ``--resume`` continues from) and reaped before this raises: none trains on unseen."""
     todo = [(n, a) for n, a in jobs if rerun or not os.path.exists(os.path.join(work, n, "train_log.json"))]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     for start in range(0, len(todo), parallel):
         procs = []
-        for name, args in todo[start:start + parallel]:
-            cmd = [sys.executable, "-m", "zoo.train", *args, "--out", os.path.join(work, name), "--threads", "1",
-                   "--no-progress"] + (["--overwrite"] if rerun else [])
-            print("running:", " ".join(cmd), flush=True)
-            log = open(os.path.join(work, name + ".log"), "w", encoding="utf-8")
-            procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        for name, p, log in procs:
-            if p.wait() != 0:
-                raise SystemExit(f"{name} failed (exit {p.returncode}); see {log.name}")
-            log.close()
+        try:
+            for name, args in todo[start:start + parallel]:
+                cmd = [sys.executable, "-m", "zoo.train", *args, "--out", os.path.join(work, name), "--threads", "1",
+                       "--no-progress"] + (["--overwrite"] if rerun else [])
+                print("running:", " ".join(cmd), flush=True)
+                log = open(os.path.join(work, name + ".log"), "w", encoding="utf-8")
+                procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+            for name, p, log in procs:
+                if p.wait() != 0:
+                    raise SystemExit(f"{name} failed (exit {p.returncode}); see {log.name}")
+        finally:
+            for _, p, _ in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for _, p, log in procs:
+                p.wait()
+                log.close()
 
 
 def ranks_of(work: str, name: str, data: str, rerun: bool = False) -> tuple[list, np.ndarray]:
@@ -121,7 +129,7 @@ def kcore_word(value: str) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, help="interaction file with timestamps")
     p.add_argument("--before", required=True, type=cut_time, help="the cut: YYYY-MM-DD (UTC) or Unix seconds")
     p.add_argument("--work", required=True, help="folder for the cut file, the runs, their logs and ranks")
@@ -137,10 +145,12 @@ def main(argv=None) -> None:
     from zoo.metrics import paired_bootstrap
     from zoo.vocab import ItemVocab
 
-    os.makedirs(args.work, exist_ok=True)
+    if not os.path.isfile(args.data):                  # before --work is made
+        exit_with(EXIT_ERROR, f"error: --data {args.data}: no such file")
     day = dt.datetime.fromtimestamp(args.before, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     old_file = os.path.join(args.work, "before.tsv")
-    cut = write_before(args.data, args.before, old_file)
+    with made_folder(args.work):                       # a cut that fails (no timestamps, outside the data) or is
+        cut = write_before(args.data, args.before, old_file)      # stopped leaves no --work folder it made
     common = ["--model", args.model, *shlex.split(args.train_args)]
     whole = [*common, "--data", args.data]
     grow = ["--init-from", os.path.join(args.work, "old"), "--unknown-items", "add"]
@@ -196,4 +206,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/catalogue_growth.py")

@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
     CARDS_DIR, HelpFormatter, card_name, cards_help, command_line, markdown_path, missing_folders, write_table)
-from zoo.cli import kcore, positive_int  # noqa: E402
+from zoo.cli import EXIT_CODES, kcore, positive_int, run_cli  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
 ORDERS = ("file", "item")
@@ -69,7 +69,7 @@ def model_folder(value: str) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--data", nargs="+", default=["beauty.inter.gz", "sports.inter.gz"],
                    help=f"interaction files (names in $ZOO_DATA_DIR, {DATA_DIR}, or paths)")
     p.add_argument("--models", nargs="*", type=model_folder, default=[], metavar="MODEL",
@@ -147,4 +147,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/day_ties.py")

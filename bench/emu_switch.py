@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "plugins"))
 
 from bench.benchutil import HelpFormatter, command_line, markdown_path, write_table  # noqa: E402
-from zoo.cli import positive_int  # noqa: E402
+from zoo.cli import EXIT_CODES, positive_int, run_cli  # noqa: E402
 
 #: the variants, in the order each row runs them: (column name, build_emulated extra flags)
 VARIANTS = (("user-space switch", ()), ("ucontext", ("-DZOO_EMU_UCONTEXT",)))
@@ -140,7 +140,7 @@ def describe() -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--long-T", type=positive_int, nargs="+", default=[16, 64, 200],
                    help="the matrix's long T (also T = 1)")
     p.add_argument("--plugin-T", type=positive_int, nargs="*", default=[200],
@@ -210,4 +210,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/emu_switch.py")

@@ -45,6 +45,7 @@ from benchutil import (HelpFormatter, card_name, cards_help, command_line, markd
 from transformers import AutoModel  # noqa: E402
 from zoo.data.readers import read_interactions  # noqa: E402
 from zoo.data.split import TIME_TIES, EvalExamples, load_dataset  # noqa: E402
+from zoo.cli import EXIT_CODES, EXIT_ERROR, exit_with, run_cli  # noqa: E402
 from zoo.evaluate import evaluate_model  # noqa: E402
 
 ORDERS = {"item id (ml-1m.5core.seq, LRURec)": lambda e: (e[0], e[2]),
@@ -108,7 +109,7 @@ def write_seq(path: str, out_dir: str) -> list[str]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--models", nargs="+", type=card_name(folders=True), metavar="MODEL",
                    default=["mamba4rec-ml1m", "sasrec-ml1m", "gru4rec-ml1m", "lrurec-ml1m"],
                    help=f"model folders (e.g. training runs on ML-1M) or bundled cards, {cards_help()}")
@@ -122,6 +123,8 @@ def main(argv=None):
     p.add_argument("--write-seq", metavar="DIR", help="write the two orders as .seq files into DIR and stop")
     args = p.parse_args(argv)
     missing_folders("--models", args.models)
+    if not os.path.isfile(args.data):                  # before --write-seq makes its folder, or any work
+        exit_with(EXIT_ERROR, f"error: --data {args.data}: no such file (set ZOO_DATA_DIR or pass --data)")
     if args.write_seq:
         return write_seq(args.data, args.write_seq)
     torch.set_num_threads(1)
@@ -165,4 +168,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/eval_tie_order.py")

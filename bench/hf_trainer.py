@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import HelpFormatter, command_line, markdown_path, write_table  # noqa: E402
-from zoo.cli import positive_float, positive_int  # noqa: E402
+from zoo.cli import EXIT_CODES, positive_float, positive_int, run_cli  # noqa: E402
 from zoo.models import MODELS  # noqa: E402
 
 DATA = os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data")), "ml-100k.inter.gz")
@@ -79,7 +79,7 @@ def run_hf_trainer(args, seed: int, out: str) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--data", default=DATA, help="the interaction file both train on (default: "
                                                 "$ZOO_DATA_DIR/ml-100k.inter.gz)")
     p.add_argument("--model", default="sasrec", choices=sorted(MODELS), help="the model type both train")
@@ -130,4 +130,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/hf_trainer.py")

@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import HelpFormatter, card_name, cards_help, command_line, markdown_path, write_table  # noqa: E402
-from zoo.cli import positive_int  # noqa: E402
+from zoo.cli import EXIT_CODES, positive_int, run_cli  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
 CARDS = ["mamba4rec-ml1m", "lrurec-ml1m", "gru4rec-ml1m", "tim4rec-causal-ml1m-u2999", "sasrec-ml1m", "bert4rec-ml1m"]
@@ -177,7 +177,7 @@ def measure_catalogue(n_items: int, args) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     graphs = ["onnx", "onnx-window"]
     p.add_argument("--cards", nargs="*", type=card_name(graphs), default=CARDS, metavar="CARD",
                    help=f"bundled cards whose ONNX graph (onnx/ or onnx-window/) is quantized and measured, none for "
@@ -191,6 +191,8 @@ def main(argv=None) -> None:
     p.add_argument("--markdown", type=markdown_path,
                    help="also write the tables to this file (default: print them only)")
     args = p.parse_args(argv)
+    if not args.cards and not args.catalogues:           # a header and no table, a results file without one
+        p.error("nothing to measure: --cards and --catalogues are both empty; give cards, catalogue sizes or both")
     logging.getLogger().setLevel(logging.ERROR)          # quantize_dynamic's "consider pre-processing" warning
     import onnxruntime
 
@@ -226,4 +228,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/int8_graphs.py")

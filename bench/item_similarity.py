@@ -129,4 +129,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, prog="python bench/item_similarity.py")

@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchutil import HelpFormatter, command_line, markdown_path, write_markdown  # noqa: E402
+from zoo.cli import EXIT_CODES, EXIT_ERROR, exit_with, run_cli  # noqa: E402
 
 COLUMNS = ("best valid NDCG@10", "test HR@10", "test NDCG@10", "test MRR@10", "epochs (best)", "s per epoch",
            "minutes")
@@ -72,17 +73,22 @@ def table(runs: dict[str, dict]) -> list[str]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", help="finished zoo.train --out folders")
     p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     a = p.parse_args(argv)
     runs = {}
-    for folder in a.runs:
+    for folder in a.runs:                       # a run that is not there or cannot be read: the run failed (1)
         path = os.path.join(folder, "train_log.json")
-        if not os.path.exists(path):
-            p.error(f"{folder}: no train_log.json (not a zoo.train --out folder)")
-        with open(path, encoding="utf-8") as f:
-            runs[folder] = json.load(f)
+        if not os.path.isdir(folder):
+            exit_with(EXIT_ERROR, f"error: {folder}: no such folder (a zoo.train --out folder)")
+        if not os.path.isfile(path):
+            exit_with(EXIT_ERROR, f"error: {folder}: no train_log.json (not a zoo.train --out folder)")
+        try:
+            with open(path, encoding="utf-8") as f:
+                runs[folder] = json.load(f)
+        except (OSError, ValueError) as e:      # ValueError: not JSON, not UTF-8
+            exit_with(EXIT_ERROR, f"error: {path}: cannot read it ({getattr(e, 'strerror', None) or e})")
     try:
         lines = table(runs)
     except ValueError as e:
@@ -97,4 +103,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/loss_table.py")

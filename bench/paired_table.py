@@ -6,7 +6,9 @@ ML1M [--exclude-history] --ranks-out <name>.<protocol>.csv`` (the same code path
 pair with ``python -m zoo.compare`` (paired bootstrap over the test users, 10,000 resamples, seed 0). It prints a
 markdown table of ``a - b`` with its 95% interval and p; ``--update README.md`` replaces the README's table (between
 ``<!-- paired-table:begin -->`` and ``<!-- paired-table:end -->``) with it, so that the table is never older than
-the cards it names when this is re-run after a re-card.
+the cards it names when this is re-run after a re-card. The line above the table records the command that made it;
+an ``--update`` whose ``--pairs`` would drop rows the table has is refused (exit 2, naming them) unless
+``--replace-table`` says so.
 
     python bench/paired_table.py [--data ../shared/data/ml-1m.5core.seq.gz] [--ranks-dir DIR] [--update README.md]
                                  [--pairs lrurec:mamba4rec-ml1m:sasrec-ml1m ...]
@@ -31,8 +33,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.benchutil import HelpFormatter  # noqa: E402
-from zoo.cli import cannot, positive_int, written_whole  # noqa: E402
+from bench.benchutil import HelpFormatter, command_line  # noqa: E402
+from zoo.cli import EXIT_CODES, EXIT_ERROR, cannot, exit_with, positive_int, run_cli, written_whole  # noqa: E402
 from zoo.compare import compare, read_ranks  # noqa: E402
 from zoo.evaluate import main as evaluate_main  # noqa: E402
 from zoo.hub import data_flags, run_data_options  # noqa: E402
@@ -100,6 +102,18 @@ def fmt_p(p: float, n_boot: int) -> str:
     return f"{p:.2g}" if p < 0.01 else f"{p:.2f}"
 
 
+def row_name(protocol: str, a: str, b: str) -> str:
+    """The first two cells of a pair's row, ``mamba4rec − sasrec | LRURec`` (what tells the rows of a table apart)."""
+    return f"{a.removesuffix('-ml1m')} − {b.removesuffix('-ml1m')} | {'LRURec' if protocol == 'lrurec' else 'RecBole'}"
+
+
+def table_rows(block: str) -> list[str]:
+    """The :func:`row_name` of each row of the table in ``block`` (the text between the markers), in its order."""
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.splitlines()
+             if line.startswith("| ") and not line.startswith("| a − b |")]
+    return [f"{c[0]} | {c[1]}" for c in cells if len(c) >= 2]
+
+
 def table(pairs, cards: str, data: str, ranks_dir: str, n_boot: int) -> tuple[str, int]:
     """The markdown table of the pairs, and the number of test users it pairs."""
     head = ("| a − b | protocol | " + " | ".join(f"{m} | p" for m in METRICS) + " |\n"
@@ -114,14 +128,13 @@ def table(pairs, cards: str, data: str, ranks_dir: str, n_boot: int) -> tuple[st
         for m in METRICS:
             s = res["metrics"][m]
             cells.append(f"{signed(s['diff'])} [{signed(s['ci_low'])}, {signed(s['ci_high'])}] | {fmt_p(s['p'], n_boot)}")
-        name = f"{a.removesuffix('-ml1m')} − {b.removesuffix('-ml1m')}"
-        rows.append(f"| {name} | {'LRURec' if protocol == 'lrurec' else 'RecBole'} | " + " | ".join(cells) + " |")
+        rows.append(f"| {row_name(protocol, a, b)} | " + " | ".join(cells) + " |")
     return "\n".join(rows), n_users
 
 
-def marked(path: str) -> tuple[str, str]:
-    """The text of ``path`` before its begin marker and after its end marker (``SystemExit`` naming the problem when
-    the file cannot be read or does not hold the two markers, in that order, once each)."""
+def marked(path: str) -> tuple[str, str, str]:
+    """The text of ``path`` before its begin marker, between the markers and after its end marker (``SystemExit``
+    naming the problem when the file cannot be read or does not hold the two markers, in that order, once each)."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -130,19 +143,20 @@ def marked(path: str) -> tuple[str, str]:
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
         raise SystemExit(f"error: --update {path}: needs one {BEGIN} followed by one {END}")
     head, rest = text.split(BEGIN)
-    return head, rest.split(END)[1]
+    body, tail = rest.split(END)
+    return head, body, tail
 
 
 def update(path: str, block: str) -> None:
     """Replace the text between the markers in ``path`` with ``block`` (the file is rewritten whole)."""
-    head, tail = marked(path)
+    head, _, tail = marked(path)
     with written_whole(path) as f:
         f.write(f"{head}{BEGIN}\n{block}\n{END}{tail}")
 
 
 def main(argv=None) -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--data", default=os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(root, "..", "shared",
                                                                                                "data")),
                                                   "ml-1m.5core.seq.gz"),
@@ -156,21 +170,25 @@ def main(argv=None) -> str:
     p.add_argument("--bootstrap", type=positive_int, default=10_000, help="bootstrap resamples per pair (>= 100)")
     p.add_argument("--update", metavar="README", help="replace the table between the paired-table markers of this "
                                                       "file (default: print the table only)")
+    p.add_argument("--replace-table", action="store_true",
+                   help="let --update drop rows of the table that --pairs does not measure (refused without it)")
     args = p.parse_args(argv)
     if args.bootstrap < 100:
         p.error(f"--bootstrap must be >= 100, got {args.bootstrap}")
-    if args.update:
-        marked(args.update)                     # before any work
+    if args.update:                             # before any work
+        dropped = [r for r in table_rows(marked(args.update)[1]) if r not in {row_name(*x) for x in args.pairs}]
+        if dropped and not args.replace_table:
+            p.error(f"--update {args.update}: --pairs would drop {len(dropped)} row(s) of its table "
+                    f"({'; '.join(dropped)}); measure them too, or pass --replace-table")
     if not os.path.isfile(args.data):
-        p.error(f"--data {args.data}: no such file (set ZOO_DATA_DIR or pass --data)")
+        exit_with(EXIT_ERROR, f"error: --data {args.data}: no such file (set ZOO_DATA_DIR or pass --data)")
     with contextlib.ExitStack() as stack:
         ranks_dir = args.ranks_dir or stack.enter_context(tempfile.TemporaryDirectory())
         os.makedirs(ranks_dir, exist_ok=True)
         body, n_users = table(args.pairs, args.cards, args.data, ranks_dir, args.bootstrap)
-    block = (f"Measured {datetime.date.today().isoformat()} by `python bench/paired_table.py` from the cards as "
-             f"bundled then (paired bootstrap over the {n_users:,} test users, {args.bootstrap:,} resamples): difference "
-             f"a − b, its 95% interval, p.\n\n"
-             + body)
+    block = (f"Measured {datetime.date.today().isoformat()} by `{command_line('bench/paired_table.py', argv)}` from "
+             f"the cards as bundled then (paired bootstrap over the {n_users:,} test users, {args.bootstrap:,} "
+             "resamples): difference a − b, its 95% interval, p.\n\n" + body)
     print(block)
     if args.update:
         update(args.update, block)
@@ -179,4 +197,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/paired_table.py")

@@ -53,7 +53,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the zoo, for `compare`
 
-from export.fsutil import EXIT_MISSING, exit_with  # noqa: E402  (the standard library only: no zoo, no torch)
+from export.fsutil import (  # noqa: E402  (the standard library only: no zoo, no torch)
+    EXIT_CODES, EXIT_ERROR, EXIT_MISSING, exit_with, run_cli)
 
 
 def _numpy2_shims() -> None:
@@ -267,7 +268,19 @@ def fixture(args) -> int:
     return 0
 
 
+#: the files of a ``train``/``export`` folder that ``compare`` reads
+RUN_FILES = ("recbole_config.json", "state_dict.pth", "item_tokens.txt", "test_inputs.npz", "recbole_result.json")
+
+
 def compare(args) -> int:
+    """The ``compare`` subcommand (see the module's docstring); a ``--run`` that is no folder, or lacks one of
+    :data:`RUN_FILES`, exits 1 naming it before the zoo is loaded or anything is written."""
+    missing = [name for name in RUN_FILES if not os.path.isfile(os.path.join(args.run, name))]
+    if not os.path.isdir(args.run):                                    # before the zoo is loaded or zoo/ is written
+        exit_with(EXIT_ERROR, f"error: compare --run {args.run}: no such folder")
+    if missing:
+        exit_with(EXIT_ERROR, f"error: compare --run {args.run}: no {', '.join(missing)} (not a folder that train or "
+                              "export wrote)")
     import torch
     from transformers import AutoModel
 
@@ -315,7 +328,7 @@ def positive_int(value: str) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
     sub = p.add_subparsers(dest="cmd", required=True)
     about = {"order-probe": "how RecBole orders one user's events (a 3-user probe file)",
              "train": "train RecBole's SASRec with its own trainer and write --out",
@@ -324,7 +337,7 @@ def main(argv=None) -> int:
              "compare": "(zoo side, no RecBole) score RecBole's test inputs with the converted model of --run"}
     tmp = tempfile.gettempdir()
     for name in ("order-probe", "train"):
-        q = sub.add_parser(name, help=about[name], description=about[name])
+        q = sub.add_parser(name, help=about[name], description=about[name], epilog=EXIT_CODES)
         q.add_argument("--dataset", default="ml-100k", help="RecBole's dataset name: ml-100k is RecBole's bundled "
                        "copy; another NAME is read from --data-dir/NAME/NAME.inter (default: %(default)s)")
         q.add_argument("--data-dir", default=tmp, help="the folder of the datasets other than ml-100k (default: "
@@ -348,7 +361,7 @@ def main(argv=None) -> int:
                 ("--threads", positive_int, 1, "torch's CPU threads")]:
             q.add_argument(flag, type=kind, default=value, help=f"{what} (default: %(default)s)")
     for name in ("export", "fixture"):
-        q = sub.add_parser(name, help=about[name], description=about[name])
+        q = sub.add_parser(name, help=about[name], description=about[name], epilog=EXIT_CODES)
         q.add_argument("--checkpoint", required=True, help="the RecBole SASRec checkpoint (.pth) RecBole saved")
         q.add_argument("--out", required=True, help="the folder to write")
     # fixture's own options (q: the loop's last parser, fixture's)
@@ -356,7 +369,8 @@ def main(argv=None) -> int:
                    help="random histories scored (at least 4: the first four are of lengths 1, 2, max, max) "
                         "(default: %(default)s)")
     q.add_argument("--seed", type=int, default=0, help="seed of the random histories (default: %(default)s)")
-    q = sub.add_parser("compare", help=about["compare"], description=about["compare"])
+    q = sub.add_parser("compare", help=about["compare"], description=about["compare"],
+                       epilog=EXIT_CODES)
     q.add_argument("--run", required=True, help="a folder written by train or export")
     q.add_argument("--ks", type=positive_int, nargs="+", default=[5, 10, 20],
                    help="cut-offs K of the metrics (default: 5 10 20)")
@@ -364,6 +378,8 @@ def main(argv=None) -> int:
     if args.cmd == "fixture" and args.rows < 4:
         p.error(f"fixture --rows must be >= 4 (its first four histories are of lengths 1, 2, max, max), got "
                 f"{args.rows}")
+    if getattr(args, "checkpoint", None) and not os.path.isfile(args.checkpoint):   # export, fixture: before RecBole
+        exit_with(EXIT_ERROR, f"error: {args.cmd} --checkpoint {args.checkpoint}: no such file")
     args.command = "python bench/recbole_reference.py " + " ".join(sys.argv[1:] if argv is None else argv)
     for name in ("out", "data_dir", "checkpoint", "run"):              # absolute: RecBole runs in a scratch cwd
         if getattr(args, name, None):
@@ -377,4 +393,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="python bench/recbole_reference.py"))

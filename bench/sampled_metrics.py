@@ -137,4 +137,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, prog="python bench/sampled_metrics.py")

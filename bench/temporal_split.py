@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.benchutil import HelpFormatter, command_line, markdown_path, write_table  # noqa: E402
+from zoo.cli import EXIT_CODES, run_cli  # noqa: E402
 
 DATA_DIR = os.environ.get("ZOO_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
 DATA = ["ml-100k.inter.gz", "ml-1m.users0001-2999.inter.gz", "beauty.inter.gz", "sports.inter.gz"]
@@ -51,7 +52,7 @@ def main(argv=None) -> None:
     from zoo.data import leave_one_out, load_dataset, temporal_cuts, temporal_split
     from zoo.evaluate import evaluate_baseline
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--data", nargs="+", default=DATA, help="files in $ZOO_DATA_DIR (or paths)")
     p.add_argument("--test-share", type=share, default=0.1,
                    help="share of all interactions, the last ones, in the test period (0 < share < 1)")
@@ -89,4 +90,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/temporal_split.py")

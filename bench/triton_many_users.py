@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from bench.benchutil import (  # noqa: E402
     HelpFormatter, card_name, cards_help, command_line, markdown_path, scratch_folder, write_table)
-from zoo.cli import positive_int  # noqa: E402
+from zoo.cli import EXIT_CODES, positive_int, run_cli  # noqa: E402
 
 
 def run(client, users: int, events: int, batch: int, seed: int = 0) -> dict:
@@ -56,7 +56,7 @@ def run(client, users: int, events: int, batch: int, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--card", type=card_name(["onnx"]), default="mamba4rec-ml1m",
                    help=f"the bundled card whose step graph (onnx/) the server runs, {cards_help(['onnx'])}")
     p.add_argument("--users", type=positive_int, default=256, help="users primed, over whom the events are drawn")
@@ -116,4 +116,4 @@ def _measure(args, argv, repo: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python bench/triton_many_users.py")

@@ -91,10 +91,12 @@ def test_step_latency_bench_runs(monkeypatch, tmp_path, capsys, own_tmp):
     the graphs it exported are removed."""
     b = _bench("bench_step_latency", monkeypatch)
     out = tmp_path / "r.md"
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # unset: not written as set (it said OMP_NUM_THREADS=1)
     b.main(["--lengths", "5", "9", "--batches", "1", "--min-time", "0.002", "--markdown", str(out)])
     assert _left_in(own_tmp) == []
     text = out.read_text()
-    assert text.startswith("# Stepwise inference vs re-encoding") and "bench/bench_step_latency.py --lengths 5 9" in text
+    assert text.startswith("# Stepwise inference vs re-encoding")
+    assert "Produced by `python bench/bench_step_latency.py --lengths 5 9" in text
     rows = _rows(text)
     for m in b.METHODS:
         assert len(rows[m]) == 2 and all(re.fullmatch(r"[\d,.]+ (µs|ms|s) · [\d,]+ ev/s", c) for c in rows[m]), m
@@ -131,8 +133,10 @@ def test_exclude_seen_bench_runs(monkeypatch, tmp_path, own_tmp):
     graphs it exported are removed."""
     b = _bench("bench_exclude_seen", monkeypatch)
     out = tmp_path / "s.md"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")           # recorded as it was (the header said 1 whatever it was)
     b.main(["--items", "300", "--batches", "1", "2", "--min-time", "0.002", "--markdown", str(out)])
     assert _left_in(own_tmp) == []
+    assert "Produced by `OMP_NUM_THREADS=3 python bench/bench_exclude_seen.py --items 300 " in out.read_text()
     lines = [line for line in out.read_text().splitlines() if line.startswith("| Mamba4Rec") or line.startswith("| LRURec")]
     assert len(lines) == 4
     assert all("17.5 KiB + 1.2 KiB" in x for x in lines if "Mamba4Rec" in x)
@@ -502,6 +506,9 @@ def test_shared_store_bench_runs(monkeypatch, tmp_path, own_tmp):
     assert all(r[3] == "80" for r in rows) and rows[0][5] == "1.00x", rows
     assert all(r[6] == "0" for r in rows if r[2] == "own"), rows                  # commits refused: own users
     assert [r[8] for r in rows] == ["-"] + ["0"] * (len(want) - 1), rows
+    # the start skew (barrier), each worker's busy time and the events/s summed over the workers (found at the end)
+    assert all(float(r[-3].rstrip(" †")) >= 0 and len(r[-2].split()) == 2 and float(r[-1].replace(",", "")) > 0
+               for r in rows), rows
 
 
 def test_sqlite_wal_bench_runs(monkeypatch, tmp_path, own_tmp):
@@ -519,7 +526,8 @@ def test_sqlite_wal_bench_runs(monkeypatch, tmp_path, own_tmp):
         assert int(r[2].replace(",", "")) > 0
         p50, p99, p999, mx = map(float, r[4:8])          # printed to 3, 3, 2 and 1 decimals: in order up to that
         assert 0 < p50 <= p99 <= p999 + 0.005 and p999 <= mx + 0.05, r   # (p99.9 32.41 and max 32.4 were in order)
-        assert len(r) == 12 and int(r[11]) >= 0, r                                # truncations by writers
+        assert len(r) == 15 and int(r[11]) >= 0, r                                # truncations by writers
+        assert float(r[12].rstrip(" †")) >= 0 and len(r[13].split()) == 1 and float(r[14].replace(",", "")) > 0, r
 
 
 def test_int8_graphs_bench_runs(monkeypatch, tmp_path, shared_data):
@@ -657,6 +665,9 @@ def test_a_rerun_keeps_what_was_written_by_hand_below_the_tables(tmp_path, capsy
 
 
 @pytest.mark.parametrize("script, argv", [
+    ("bench_exclude_seen", ["--items", "10"]),          # top-10 of 9 items: an ExportError traceback in the sweep
+    ("int8_graphs", ["--cards", "--catalogues"]),       # nothing to measure: a header and no table, exit 0
+    ("bench_prefix_objective", ["--lengths", "51", "--configs", "beauty"]),     # beyond the window M = 50
     ("bench_train_cost", ["--repeats", "0"]),
     ("bench_sampled_softmax", ["--repeats", "0"]),
     ("bench_prefix_objective", ["--repeats", "0"]),
@@ -885,7 +896,8 @@ def test_the_store_benches_remove_their_databases_unless_told_to_keep_them(monke
 
 def test_recbole_reference_removes_its_scratch_folder(monkeypatch, own_tmp, capsys):
     """The working folder RecBole writes its logs in is removed when the subcommand ends (here: RecBole is not
-    importable: exit 4, a package it needs is missing), and the process's working folder is restored."""
+    importable: exit 4, a package it needs is missing), and the process's working folder is restored. (The
+    checkpoint is there: one that is not is refused before RecBole is loaded, exit 1.)"""
     monkeypatch.setitem(sys.modules, "recbole", None)                      # not importable, even where installed
     monkeypatch.setattr(sys, "argv", ["recbole_reference.py"])              # RecBole's loader empties it
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")              # set by it: undone after the test
@@ -893,7 +905,9 @@ def test_recbole_reference_removes_its_scratch_folder(monkeypatch, own_tmp, caps
     monkeypatch.setattr(b, "_numpy2_shims", lambda: None)                   # NumPy left as it is
     cwd = os.getcwd()
     try:
-        for cmd in (["order-probe"], ["fixture", "--checkpoint", "c.pth", "--out", "o"]):
+        checkpoint = own_tmp.parent / "c.pth"
+        checkpoint.write_bytes(b"")
+        for cmd in (["order-probe"], ["fixture", "--checkpoint", str(checkpoint), "--out", "o"]):
             with pytest.raises(SystemExit) as e:
                 b.main(cmd)
             assert e.value.code == 4 and "error: RecBole is not importable" in capsys.readouterr().err
@@ -1107,16 +1121,221 @@ def test_a_bench_refuses_a_card_without_the_graph_it_runs(monkeypatch, capsys):
             assert "gru4rec-ml1m" in err.split("choose from:")[1] and "sasrec" not in err.split("choose from:")[1]
 
 
-def test_the_card_benches_help_ends_with_the_exit_statuses(monkeypatch, capsys):
-    """``benchutil.cards_parser``, the benches' common parser, ends its ``--help`` with the zoo's exit-status table,
-    and those benches run through ``run_cli``, which gives its last two statuses."""
+@pytest.mark.parametrize("script", BENCHES)
+def test_every_bench_help_ends_with_the_exit_statuses_and_it_runs_through_run_cli(monkeypatch, capsys, script):
+    """Each bench's ``--help`` (and each sub-command's) ends with the zoo's exit-status table, and the bench runs
+    through ``run_cli`` (it was two of 24: the others' SIGTERM left workers and scratch folders behind, Ctrl-C printed
+    a traceback), which gives the table's last three statuses, under the name the bench is run by."""
+    from test_docs import _run_parser
+
     from export.fsutil import EXIT_CODES
 
-    for script in ("item_similarity", "sampled_metrics"):
+    for parser in _parsers(_run_parser(f"bench/{script}.py", [], False, monkeypatch).parser):
+        assert parser.epilog == EXIT_CODES, parser.prog                   # --help prints it last
+    main_block = (ROOT / "bench" / f"{script}.py").read_text(encoding="utf-8").split('if __name__ == "__main__":')[1]
+    assert f'run_cli(main, prog="python bench/{script}.py")' in main_block
+
+
+def test_the_eval_tie_order_and_catalogue_growth_benches_refuse_missing_data_before_making_folders(
+        monkeypatch, tmp_path, capsys):
+    """The QA's cases: a ``--data`` that is not there was a FileNotFoundError traceback (catalogue_growth after making
+    ``--work``); now exit 1, one line naming it, and no folder made."""
+    gone = str(tmp_path / "gone.gz")
+    for script, argv, folder in [("eval_tie_order", ["--stats-only"], None),
+                                 ("eval_tie_order", ["--write-seq", str(tmp_path / "seq")], tmp_path / "seq"),
+                                 ("catalogue_growth", ["--before", "2014-01-01", "--work", str(tmp_path / "w")],
+                                  tmp_path / "w")]:
         with pytest.raises(SystemExit) as e:
-            _bench(script, monkeypatch).main(["--help"])
-        assert e.value.code == 0 and " ".join(EXIT_CODES.split()) in " ".join(capsys.readouterr().out.split())
-        assert "run_cli(main)" in (ROOT / "bench" / f"{script}.py").read_text(encoding="utf-8")
+            _bench(script, monkeypatch).main(["--data", gone, *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith(f"error: --data {gone}: no such file") and err.count("\n") == 1
+        assert folder is None or not folder.exists()
+
+
+def test_missing_runs_and_files_exit_1_naming_them(monkeypatch, tmp_path, capsys):
+    """A run, a folder or a data file that is not there is a failed run (1), one line naming it -- it was a
+    FileNotFoundError traceback (``recbole_reference compare``) or a usage error (2: ``paired_table --data``,
+    ``loss_table``) -- and nothing is evaluated or written first."""
+    gone = str(tmp_path / "gone")
+    half = tmp_path / "half"                                  # a run folder that holds one of compare's five files
+    half.mkdir()
+    (half / "recbole_config.json").write_text("{}")
+    for script, argv, says in [("recbole_reference", ["compare", "--run", gone],
+                                f"compare --run {gone}: no such folder"),
+                               ("recbole_reference", ["compare", "--run", str(half)],
+                                f"compare --run {half}: no state_dict.pth, item_tokens.txt, test_inputs.npz, "
+                                "recbole_result.json"),
+                               ("recbole_reference", ["fixture", "--checkpoint", gone, "--out", str(tmp_path / "o")],
+                                f"fixture --checkpoint {gone}: no such file"),
+                               ("paired_table", ["--data", gone], f"--data {gone}: no such file"),
+                               ("loss_table", [gone], f"{gone}: no such folder"),
+                               ("loss_table", [str(half)], f"{half}: no train_log.json")]:
+        b = _bench(script, monkeypatch)
+        with pytest.raises(SystemExit) as e:
+            b.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith(f"error: {says}") and err.count("\n") == 1, (script, argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half"] and not (half / "zoo").exists()
+
+
+def test_user_states_refuses_a_redis_url_where_no_server_answers(monkeypatch, capsys, own_tmp):
+    """``--redis-url`` where nothing listens: exit 1, one line naming it, before any store is measured (it was a
+    redis ConnectionError traceback after the dict and bytes rows); a URL redis cannot parse is a usage error."""
+    pytest.importorskip("redis", reason="the redis client package is not installed (pip install -e '.[redis]')")
+    b = _bench("bench_user_states", monkeypatch)
+    monkeypatch.setattr(b, "run", lambda *a, **k: pytest.fail("measured before checking --redis-url"))
+    argv = ["--cards", "gru4rec-ml1m", "--users", "4", "--events", "8", "--batch", "2", "--redis-url"]
+    for url, code in [("redis://127.0.0.1:1/0", 1), ("nosuch://x", 2)]:
+        with pytest.raises(SystemExit) as e:
+            b.main([*argv, url])
+        err = capsys.readouterr().err
+        assert e.value.code == code and err.startswith(f"error: --redis-url {url}: ") and err.count("\n") == 1, err
+    assert _left_in(own_tmp) == []
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--models", "bert4rec", "--batch", "1", "--seq-len", "4"], "--batch 1 --seq-len 4 give bert4rec no supervised "
+                                                                  "target"),
+    (["--models", "ssd4rec", "--seq-len", "3", "--prefixes", "4"], "--prefixes 4 exceeds --seq-len 3"),
+    (["--models", "sasrec", "gru4rec", "sasrec"], "--models names sasrec more than once"),
+])
+def test_train_cost_refuses_sizes_it_cannot_measure_before_measuring(monkeypatch, capsys, argv, says):
+    """The QA's case: BERT4Rec's Cloze mask picks no position of one 4-item window, and the table divided by those
+    zero targets -- a ZeroDivisionError after the whole measurement. That, more prefixes than items per window, and a
+    model named twice (one shared best time) are usage errors before any step is timed."""
+    b = _bench("bench_train_cost", monkeypatch)
+    for name in ("step", "fresh_run"):
+        monkeypatch.setattr(b, name, lambda *a, **k: pytest.fail("measured before refusing the sizes"))
+    with pytest.raises(SystemExit) as e:
+        b.main([*argv, "--repeats", "1"])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_prefix_objective_exits_3_when_the_two_computations_disagree(monkeypatch, tmp_path, capsys):
+    """A loss disagreement between the two computations is a failed verification (3, the zoo's table), not a failed
+    run (1); one line naming the row, and no results file written."""
+    b = _bench("bench_prefix_objective", monkeypatch)
+    tiny = dict(n_items=40, max_seq_length=8, hidden_size=16, num_layers=1, d_state=8, head_dim=8, chunk_size=4)
+    monkeypatch.setattr(b, "CONFIGS", {"tiny": (tiny, 2, (3,))})
+
+    class Wrong(b.PaddedTiM4Rec):
+        def encode(self, *a, **k):
+            return 2 * super().encode(*a, **k)
+
+    monkeypatch.setattr(b, "PaddedTiM4Rec", Wrong)
+    out = tmp_path / "p.md"
+    with pytest.raises(SystemExit) as e:
+        b.main(["--repeats", "1", "--markdown", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 3 and err.startswith("error: tiny n=3: the two computations disagree") and not out.exists()
+
+
+def _paired_readme(path, b, rows):
+    """A README holding a paired table with ``rows`` (their first two cells) between the markers."""
+    body = "\n".join(f"| {r} | +0.0 [−0.1, +0.1] | 0.5 | +0.0 [−0.1, +0.1] | 0.5 |" for r in rows)
+    path.write_text(f"# R\n{b.BEGIN}\nMeasured ...\n\n| a − b | protocol | HR@10 | p | NDCG@10 | p |\n"
+                    f"|---|---|---|---|---|---|\n{body}\n{b.END}\ntail\n")
+    return path.read_text()
+
+
+def test_paired_table_update_refuses_to_drop_rows_and_records_its_command(monkeypatch, tmp_path, capsys):
+    """The QA's case: ``--update README.md`` with one ``--pairs`` replaced the README's nine rows by one, under a line
+    that named no option. Now an update that would drop rows is a usage error naming them, before any evaluation,
+    the file as it was; ``--replace-table`` allows it; the line written records the command that made the table."""
+    b = _bench("paired_table", monkeypatch)
+    data = tmp_path / "d.tsv"
+    data.write_text("user_id\titem_id\n")
+    readme = tmp_path / "README.md"
+    before = _paired_readme(readme, b, ["mamba4rec − sasrec | LRURec", "lrurec − gru4rec | RecBole"])
+    monkeypatch.setattr(b, "table", lambda *a, **k: pytest.fail("evaluated before refusing the update"))
+    argv = ["--data", str(data), "--pairs", "lrurec:mamba4rec-ml1m:sasrec-ml1m", "--bootstrap", "100",
+            "--update", str(readme)]
+    with pytest.raises(SystemExit) as e:
+        b.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "would drop 1 row(s) of its table (lrurec − gru4rec | RecBole)" in err, err
+    assert readme.read_text() == before
+    monkeypatch.setattr(b, "table", lambda *a, **k: ("| a − b | protocol |\n| mamba4rec − sasrec | LRURec | x |", 40))
+    b.main([*argv, "--replace-table"])
+    text = readme.read_text()
+    assert "| mamba4rec − sasrec | LRURec | x |" in text and "lrurec − gru4rec" not in text
+    assert (f"by `python bench/paired_table.py --data {data} --pairs lrurec:mamba4rec-ml1m:sasrec-ml1m --bootstrap "
+            f"100 --update {readme} --replace-table` from the cards") in text
+    # the same rows, or more, need no flag
+    _paired_readme(readme, b, ["mamba4rec − sasrec | LRURec"])
+    b.main(argv)
+    assert "| mamba4rec − sasrec | LRURec | x |" in readme.read_text()
+
+
+def test_a_plot_path_is_checked_before_the_sweep(monkeypatch, tmp_path, capsys):
+    """``--plot`` is checked as ``--markdown`` is, when the options are parsed (it failed in ``savefig`` after the
+    whole sweep, with a traceback): a folder, a path under a file and a format it does not write are usage errors; a
+    path without an extension gets ``.png`` -- the file it writes, not the one matplotlib would have named."""
+    from test_docs import _run_parser
+
+    b = _bench("bench_step_latency", monkeypatch)
+    monkeypatch.setattr(b, "bench", lambda *a, **k: pytest.fail("measured before checking --plot"))
+    (tmp_path / "afile").write_text("x")
+    for path, says in [(tmp_path, "is a folder"), (tmp_path / "afile" / "p.png", "is a file, not a folder"),
+                       (tmp_path / "p.txt", "give a .png, .svg, .pdf file")]:
+        with pytest.raises(SystemExit) as e:
+            b.main(["--plot", str(path)])
+        assert e.value.code == 2 and says in capsys.readouterr().err, path
+    for given, parsed in [("p", "p.png"), ("p.svg", "p.svg"), ("p.PDF", "p.PDF")]:
+        ns = _run_parser("bench/bench_step_latency.py", ["--plot", str(tmp_path / given)], True, monkeypatch).namespace
+        assert ns.plot == str(tmp_path / parsed)
+
+
+def test_a_plot_is_written_whole_in_the_format_of_its_name(monkeypatch, tmp_path):
+    """The figure goes to a temporary file beside the plot, moved into place once complete (a stop mid-write leaves
+    the old plot), in the format its extension names (the temporary name has none matplotlib could read)."""
+    import types
+    from unittest import mock
+
+    b = _bench("bench_step_latency", monkeypatch)
+    saved = []
+
+    def savefig(path, **kw):
+        saved.append((path, kw.get("format")))
+        Path(path).write_bytes(b"<svg/>")
+
+    fig = mock.MagicMock(savefig=savefig)
+    pyplot = types.SimpleNamespace(subplots=lambda *a, **k: (fig, [[mock.MagicMock()]]), close=lambda f: None)
+    matplotlib = types.ModuleType("matplotlib")
+    matplotlib.use, matplotlib.pyplot = (lambda backend: None), pyplot
+    monkeypatch.setitem(sys.modules, "matplotlib", matplotlib)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", pyplot)
+    out = tmp_path / "p.svg"
+    out.write_bytes(b"old")
+    b.plot({("ORT step LRURec", 5, 1): 1e-4}, [5], [1], str(out))
+    assert [fmt for _, fmt in saved] == ["svg"] and saved[0][0] != str(out)
+    assert out.read_bytes() == b"<svg/>" and sorted(p.name for p in tmp_path.iterdir()) == ["p.svg"]
+
+
+def test_a_bench_stopped_by_sigterm_removes_its_scratch_folder_and_says_so_in_one_line(tmp_path, own_tmp):
+    """SIGTERM (``kill``, ``timeout``, a scheduler's stop) killed a bench on the spot: its scratch folder (here the
+    exported graphs of ``bench_exclude_seen``) stayed. Under ``run_cli`` it runs the same cleanups as Ctrl-C and
+    ends with status 143 and one line, no traceback."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    # a sweep far longer than the test: the stop lands inside it, once the first graph is being exported
+    p = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bench_exclude_seen.py"), "--items", "100001",
+                          "--batches", "256", "--min-time", "600"], cwd=tmp_path, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(d.is_dir() for s in own_tmp.glob("bench_seen_*") for d in s.iterdir()):
+            assert p.poll() is None and time.monotonic() < deadline, "the bench ended before its sweep began"
+            time.sleep(0.1)
+        p.terminate()
+        err = p.communicate(timeout=300)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 143, (p.returncode, err)
+    assert err.endswith("python bench/bench_exclude_seen.py: terminated\n") and "Traceback" not in err, err
+    assert _left_in(own_tmp) == []
 
 
 def test_a_plot_without_matplotlib_is_a_missing_package_before_the_sweep(monkeypatch, capsys):

@@ -401,10 +401,11 @@ def lock_folder(path: str) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this machine (another user's too)."""
+    """Whether a process ``pid`` runs on this machine (another user's too); a pid beyond the system's range (a folder
+    name's digits) runs none."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):     # OverflowError: beyond a C int, no process has it
         return False
     except OSError:                          # PermissionError: it runs, as another user
         return True

@@ -330,6 +330,28 @@ def test_save_run_refuses_other_data_an_occupied_folder_and_foreign_trainers(tmp
                    data_collator=trainer.data_collator)
     with pytest.raises(ValueError, match="built with zoo.hf_trainer.trainer_kwargs"):
         save_run(bare, tmp_path / "b", data)
+    # a folder another run is writing into now (zoo.train holds its --out so): refused, nothing written into it
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from export.fsutil import FolderBusy
+
+    held = tmp_path / "held"
+    held.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom export.fsutil import output_folder_lock\n"
+                              "with output_folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n",
+                              str(held)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])})
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusy, match=f"out {held}: another run is writing into it now"):
+            save_run(trainer, held, data, data_options={"kcore": None})
+        assert list(held.iterdir()) == []
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_trainer_kwargs_refuse_data_that_does_not_fit_the_model(tmp_path):

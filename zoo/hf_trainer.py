@@ -342,6 +342,7 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
             ``columns``; default: ``load_dataset``'s defaults).
         command: how the run was started, for the card (default: this process's command line).
     Raises:
+        export.fsutil.FolderBusy: another run is writing into ``out`` now (its lock, as ``zoo.train`` holds it).
         ValueError: the data, loaded with ``data_options``, is not what the ``Trainer`` trained on (another file,
         k-core or order of ties), ``out`` already holds a checkpoint, the trainer was not built by
         :func:`trainer_kwargs`, or it has not trained, or it stopped before its planned steps without early stopping
@@ -350,6 +351,8 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
     import json
     import shlex
     import sys
+
+    from export.fsutil import held_output_folder
 
     from .cli import written_whole
     from .data.split import leave_one_out, load_dataset, load_options
@@ -422,10 +425,11 @@ def save_run(trainer, out: str | os.PathLike, data: str | os.PathLike, data_opti
            "protocol": {"split": "leave-one-out by time (RecBole LS valid_and_test)", "ranking": "full",
                         "history_masked": masked},
            "train_minutes": sum(e.get("train_runtime", 0.0) for e in state.log_history) / 60}
-    os.makedirs(out, exist_ok=True)
-    model.save_pretrained(out)
-    with written_whole(os.path.join(out, "train_log.json")) as f:
-        json.dump(log, f, indent=1)
+    with held_output_folder(out, "out"):            # another run writing into out now: FolderBusy, nothing written
+        check_output_folder(str(out), overwrite=overwrite)     # again, under the lock: nothing saved meanwhile
+        model.save_pretrained(out)
+        with written_whole(os.path.join(out, "train_log.json")) as f:
+            json.dump(log, f, indent=1)
     return log
 
 

@@ -401,11 +401,11 @@ def lock_folder(path: str) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this machine (another user's too); a pid beyond the system's range (a folder
-    name's digits) runs none."""
+    """Whether a process ``pid`` runs on this machine (another user's too). ``OverflowError`` for a pid beyond the
+    system's range: no writer of this project wrote such a name, the callers leave what carries it."""
     try:
         os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):     # OverflowError: beyond a C int, no process has it
+    except ProcessLookupError:
         return False
     except OSError:                          # PermissionError: it runs, as another user
         return True
@@ -434,7 +434,7 @@ def remove_stale_stages(out: str | os.PathLike, prefix: str, unnamed_max_age_s: 
                     continue
             elif time.time() - e.stat(follow_symlinks=False).st_mtime < unnamed_max_age_s:
                 continue
-        except OSError:
+        except (OSError, OverflowError):     # OverflowError: a pid beyond the system's range, no writer's: left
             continue
         fd = lock_folder(e.path)             # None: its lock is held (a live writer elsewhere), or no locks here
         if fd is None:

@@ -459,6 +459,60 @@ def test_tim4rec_causal_takes_tim4recs_positional_arguments_and_its_own_by_keywo
     assert {"time_unit", "time_scale"} <= TiM4RecCausalConfig.init_fields() <= config_fields(TiM4RecCausalConfig)
 
 
+def test_tim4rec_causal_names_a_field_given_both_positionally_and_by_keyword():
+    """``TiM4RecCausalConfig(100, n_items=3)`` raised Python's "TiM4RecConfig.__init__() got multiple values for
+    argument 'n_items'" (another class than the one called); too many positional arguments were counted against
+    TiM4RecConfig too. Both are a ``TypeError`` naming the field (each field) and the config now."""
+    from zoo.models.tim4rec import TiM4RecConfig
+    from zoo.models.tim4rec_causal import TiM4RecCausalConfig
+
+    with pytest.raises(TypeError, match=r"^n_items given twice, as positional argument 1 \(100\) and as n_items=3: "
+                                        r"give it once$"):
+        TiM4RecCausalConfig(100, n_items=3)
+    with pytest.raises(TypeError, match=r"^n_items given twice, .*; max_seq_length given twice, as positional "
+                                        r"argument 2 \(50\) and as max_seq_length=8: give each once$"):
+        TiM4RecCausalConfig(100, 50, n_items=3, max_seq_length=8)
+    n = len(TiM4RecConfig.init_fields())
+    with pytest.raises(TypeError, match=rf"^TiM4RecCausalConfig takes at most {n} positional arguments "
+                                        r"\(TiM4RecConfig's fields n_items, max_seq_length, \.\.\. in order; "
+                                        rf"time_unit and time_scale are keyword-only\), got {n + 1}$"):
+        TiM4RecCausalConfig(*range(n + 1))
+    assert TiM4RecCausalConfig(100, max_seq_length=8, time_unit=5).max_seq_length == 8
+
+
+def test_lrurec_dropout_alias_errors_name_the_alias(tmp_path):
+    """``LRURecConfig(dropout=1.5)`` said "hidden_dropout must be in [0, 1)", a keyword the caller never wrote: a bad
+    value given through the alias is named as it was spelled, from a ``config.json`` too."""
+    from zoo.models.lrurec import LRURecConfig
+
+    with pytest.raises(ValueError, match=r"^dropout must be in \[0, 1\), got 1.5$"):
+        LRURecConfig(dropout=1.5)
+    with pytest.raises(TypeError, match=r"^dropout must be a number in \[0, 1\), got 'x'$"):
+        LRURecConfig(dropout="x")
+    LRURecConfig(n_items=12, hidden_size=8).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["hidden_dropout"]
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "dropout": 1.5}))
+    with pytest.raises(ValueError, match=r"config.json: dropout must be in \[0, 1\), got 1.5$"):
+        AutoConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "dropout": 0.3}))
+    assert AutoConfig.from_pretrained(tmp_path).hidden_dropout == 0.3
+
+
+@pytest.mark.parametrize("hidden_dropout", [0.3, 0.2])
+def test_lrurec_dropout_alias_and_hidden_dropout_that_disagree_are_refused(hidden_dropout):
+    """``LRURecConfig(dropout=0.1, hidden_dropout=0.3)`` kept 0.1 without a word (the alias won): two values for one
+    field are refused naming both -- ``hidden_dropout=0.2``, its default value, given by hand included. The same
+    value twice is accepted."""
+    from zoo.models.lrurec import LRURecConfig
+
+    with pytest.raises(ValueError, match=rf"^dropout=0.1 contradicts hidden_dropout={hidden_dropout}: dropout is an "
+                                         r"alias of hidden_dropout; give one of them$"):
+        LRURecConfig(dropout=0.1, hidden_dropout=hidden_dropout)
+    assert LRURecConfig(dropout=hidden_dropout, hidden_dropout=hidden_dropout).hidden_dropout == hidden_dropout
+    assert LRURecConfig(dropout=0.1).hidden_dropout == 0.1 and LRURecConfig().hidden_dropout == 0.2
+
+
 # ------------------------------------------------- QA cfg 12: inner_size=None / dt_rank="auto" resolved when built
 @pytest.mark.parametrize("model_type", ["mamba4rec", "tim4rec", "tim4rec_causal", "ssd4rec"])
 def test_inner_size_none_and_dt_rank_auto_are_resolved_when_the_config_is_built(tmp_path, model_type):

@@ -65,7 +65,8 @@ class LRURecConfig(SeqRecConfig):
         hidden_size (`int`, defaults to 64): model width ``D`` (official ``bert_hidden_units``).
         num_layers (`int`, defaults to 2): number of LRU blocks (official ``bert_num_blocks``).
         hidden_dropout (`float`, defaults to 0.2): dropout on the embeddings and in the FFN (official
-            ``bert_dropout``). ``dropout=`` is accepted as an alias.
+            ``bert_dropout``). ``dropout=`` is accepted as an alias: its errors name ``dropout``, and giving it with
+            ``hidden_dropout`` is a ``ValueError`` unless the two are equal.
         attn_dropout (`float`, defaults to 0.2): dropout on the LRU layer output (official ``bert_attn_dropout``).
         state_expansion (`int`, defaults to 2): complex LRU channels per model dimension, ``N = state_expansion * D``.
         r_min (`float`, defaults to 0.8): ring init, smallest initial ``|lam|``.
@@ -78,13 +79,23 @@ class LRURecConfig(SeqRecConfig):
 
     model_type = "lrurec"
 
+    class _Default(float):
+        """A default value, told apart (``is``) from the same value given (``dropout=0.1, hidden_dropout=0.2``)."""
+
+    _HIDDEN_DROPOUT = _Default(0.2)
+
     def __init__(self, n_items: int = 3417, max_seq_length: int = 200, hidden_size: int = 64, num_layers: int = 2,
-                 hidden_dropout: float = 0.2, attn_dropout: float = 0.2, state_expansion: int = 2,
+                 hidden_dropout: float = _HIDDEN_DROPOUT, attn_dropout: float = 0.2, state_expansion: int = 2,
                  r_min: float = 0.8, r_max: float = 0.99, layer_norm_eps: float = 1e-5,
                  initializer_range: float = 0.02, initializer_cutoff: float = 0.04, scan_chunk_size: int = 20,
                  **kwargs):
-        if "dropout" in kwargs:
-            hidden_dropout = kwargs.pop("dropout")
+        if "dropout" in kwargs:                 # the alias: its value is checked, and named, as the user spelled it
+            given = kwargs.pop("dropout")
+            dropout = config_rate(given, "dropout")
+            if hidden_dropout is not self._HIDDEN_DROPOUT and config_rate(hidden_dropout, "hidden_dropout") != dropout:
+                raise ValueError(f"dropout={given!r} contradicts hidden_dropout={hidden_dropout!r}: dropout is an "
+                                 f"alias of hidden_dropout; give one of them")
+            hidden_dropout = dropout
         self.r_min = config_float(r_min, "r_min", gt=0, lt=1)
         self.r_max = config_float(r_max, "r_max", gt=0, lt=1)
         if self.r_min > self.r_max:

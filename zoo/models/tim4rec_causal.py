@@ -46,16 +46,29 @@ class TiM4RecCausalConfig(TiM4RecConfig):
     ``TiM4RecCausalConfig(100, 50)`` is ``n_items=100, max_seq_length=50`` as for every zoo config):
         time_unit (`float`, 60.0): seconds per unit in ``f = log1p(gap / time_unit) / time_scale`` (finite, > 0).
         time_scale (`float`, 10.0): divisor of that log feature (finite, > 0).
-    ``max_seq_length`` is only the training/recommend window here (the model has no length limit); ``p2p_residual``
-    is ignored (the gate is always per position).
+    A field given both positionally and by keyword is a ``TypeError`` naming it, as is more positional arguments than
+    TiM4RecConfig has. ``max_seq_length`` is only the training/recommend window here (the model has no length
+    limit); ``p2p_residual`` is ignored (the gate is always per position).
     """
 
     model_type = "tim4rec_causal"
 
     def __init__(self, *args, time_unit=60.0, time_scale=10.0, **kwargs):
+        # bound here, not by Python: its errors named TiM4RecConfig.__init__, and not the config built
+        code = TiM4RecConfig.__init__.__code__
+        names = code.co_varnames[1:code.co_argcount]                # TiM4RecConfig's fields, in order
+        if len(args) > len(names):
+            raise TypeError(f"TiM4RecCausalConfig takes at most {len(names)} positional arguments (TiM4RecConfig's "
+                            f"fields {names[0]}, {names[1]}, ... in order; time_unit and time_scale are keyword-only),"
+                            f" got {len(args)}")
+        twice = [f"{n} given twice, as positional argument {i + 1} ({a!r}) and as {n}={kwargs[n]!r}"
+                 for i, (n, a) in enumerate(zip(names, args)) if n in kwargs]
+        if twice:
+            raise TypeError(f"{'; '.join(twice)}: give {'it' if len(twice) == 1 else 'each'} once")
+        kwargs.update(zip(names, args))
         self.time_unit = config_float(time_unit, "time_unit", gt=0)
         self.time_scale = config_float(time_scale, "time_scale", gt=0)
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
 
 
 class CausalTiSSD(SSDCore):

@@ -12,7 +12,8 @@ otherwise); ``--onnx DIR`` reuses an export (``model.onnx`` + ``state_spec.json`
 
 What is written (``DIR/<name>/config.pbtxt``, ``DIR/<name>/1/...``, ``DIR/<name>/item_vocab.json``,
 ``DIR/<name>/initial_state/`` when a state starts at a non-zero value, ``DIR/<name>/README.md`` (how to serve and call
-it), ``DIR/<name>/.export_triton.json`` (the checksum of every file written there), ``DIR/README.md`` (an index of
+it), ``DIR/<name>/.export_triton.json`` (the checksum of every file written there, and the model it serves: its type,
+source and config hash), ``DIR/README.md`` (an index of
 every model folder in DIR, rewritten each time but for the text written below its :data:`README_KEEP` line; a
 README.md or serve.sh that this generator did not write is refused unless ``--force``))
 -----------------------------------------------------------------------------------------------------------------
@@ -66,9 +67,11 @@ The model folder is assembled in a hidden folder beside DIR (Triton takes every 
 half-written or hidden one included, and refuses to start) and renamed into DIR once complete; a run killed meanwhile
 leaves it there, and the next run removes it (once the lock its writer held is free). An existing ``DIR/<name>/`` is
 replaced whole, so one that this generator did not write, or whose files were changed or added to since (another
-version folder, an edited config), is refused before anything is exported or written, unless ``--force``. The
-``1/model.plan`` that ``build_engine.sh`` built in a TensorRT folder is kept when the graph, plugin library and build
-settings it was built from are byte-identical (e.g. a new ``--queue-delay-us``); otherwise the output says it was
+version folder, an edited config), is refused before anything is exported or written, unless ``--force``; one that
+served another model (another source, model type or config, as its ``.export_triton.json`` records -- or, for a folder
+of an earlier version, its ``config.pbtxt``) is replaced with a note on stderr naming both. The ``1/model.plan``
+that ``build_engine.sh`` built in a TensorRT folder is kept when the graph, plugin library and build settings it was
+built from are byte-identical (e.g. a new ``--queue-delay-us``); otherwise the output says it was
 dropped (``serve.sh`` builds it again); a plugin library put into ``plugins/`` by hand (the generator had none to
 copy) is carried over too. The repository's ``README.md`` and ``serve.sh`` are written whole (a temporary
 file renamed over them), and ``build_engine.sh`` saves the engine under a temporary name, renamed to ``model.plan``
@@ -87,6 +90,7 @@ import argparse
 import contextlib
 import fcntl
 import filecmp
+import hashlib
 import json
 import math
 import os
@@ -1123,11 +1127,89 @@ def _folder_files(mdir: pathlib.Path) -> dict[str, pathlib.Path]:
     return out
 
 
-def _write_model_mark(mdir: pathlib.Path) -> None:
-    """``mdir/.export_triton.json``: the checksum of every file written into the model folder (the last file)."""
+def _write_model_mark(mdir: pathlib.Path, provenance: dict | None = None) -> None:
+    """``mdir/.export_triton.json``: the checksum of every file written into the model folder (the last file), and
+    the model it serves (``provenance``: :func:`model_provenance`)."""
     files = {rel: file_sha256(p) for rel, p in _folder_files(mdir).items() if rel not in _BUILT_LATER}
-    (mdir / MODEL_MARK).write_text(json.dumps({"written_by": _GENERATOR, "files": files}, indent=1) + "\n",
-                                   encoding="utf-8")
+    mark = {"written_by": _GENERATOR, **({"model": provenance} if provenance else {}), "files": files}
+    (mdir / MODEL_MARK).write_text(json.dumps(mark, indent=1) + "\n", encoding="utf-8")
+
+
+#: config keys that say where, and with which transformers, a config was saved: not what the model is
+_CONFIG_BOOKKEEPING = frozenset({"_name_or_path", "name_or_path", "transformers_version", "_commit_hash"})
+#: the ``state_spec.json`` keys that describe the model an export.onnx folder holds (not the graph's options)
+_SPEC_MODEL_KEYS = ("model_type", "kind", "n_items", "max_seq_length", "padding_side", "uses_timestamps")
+
+
+def _sha256_json(obj) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def model_provenance(model, source: str | None = None) -> dict:
+    """What a model folder written from the zoo model ``model`` serves, as its :data:`MODEL_MARK` records it:
+    ``{"model_type", "n_items", "via": "model", "source", "config"}`` -- ``source`` the name or folder it was loaded
+    from (default ``model.name_or_path``; a folder resolved, links and all, so that any path to it names it alike;
+    ``None`` for a model built in memory), ``config`` the SHA-256 of its config (but the keys saying where and with
+    which transformers it was saved). Retrained weights under the same source and config are the same model; another
+    source, type or config is another (:func:`_replaced_model_note`)."""
+    config = {k: v for k, v in model.config.to_dict().items() if k not in _CONFIG_BOOKKEEPING}
+    source = os.fspath(source or getattr(model, "name_or_path", None) or "") or None
+    return {"model_type": str(model.config.model_type), "n_items": int(model.config.n_items), "via": "model",
+            "source": os.path.realpath(source) if source and os.path.isdir(source) else source,
+            "config": _sha256_json(config)}
+
+
+def _export_provenance(export_dir: pathlib.Path, spec: dict) -> dict:
+    """:func:`model_provenance` of an export.onnx folder (``--onnx``), which records no model source or config: the
+    folder stands for the source, and the ``state_spec.json`` fields that describe the model for its config."""
+    return {"model_type": str(spec["model_type"]), "n_items": int(spec["n_items"]), "via": "onnx",
+            "source": str(export_dir.resolve()), "config": _sha256_json({k: spec.get(k) for k in _SPEC_MODEL_KEYS})}
+
+
+def _recorded_provenance(mdir: pathlib.Path) -> dict | None:
+    """What the model folder ``mdir`` records it serves: its mark's ``model``; for a folder an earlier version wrote
+    (no such record) its ``config.pbtxt``'s ``model_type`` and ``n_items`` parameters (``{"model_type", "n_items"}``
+    only); ``None`` when neither says."""
+    try:
+        rec = json.loads((mdir / MODEL_MARK).read_text(encoding="utf-8")).get("model")
+        if isinstance(rec, dict) and isinstance(rec.get("model_type"), str):
+            return rec
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        text = (mdir / "config.pbtxt").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    params = dict(re.findall(r'key:\s*"(model_type|n_items)"\s*value\s*\{\s*string_value:\s*"([^"\\]*)"', text))
+    if "model_type" not in params:
+        return None
+    return {"model_type": params["model_type"], "n_items": params.get("n_items")}
+
+
+def _served(rec: dict, config: bool) -> str:
+    """``rec`` (:func:`model_provenance`) in words; ``config``: with its config hash (cut to 12 digits)."""
+    what = rec.get("model_type")
+    if "via" not in rec:                                    # an earlier version's folder: its config.pbtxt says
+        return f"{what} (n_items {rec.get('n_items')}; its source was not recorded)"
+    src = rec.get("source")
+    what += (f" from {src}" if rec.get("via") == "model" and src else
+             f" from the export.onnx folder {src}" if src else " built in memory")
+    return what + (f" (config {str(rec.get('config'))[:19]})" if config else "")
+
+
+def _replaced_model_note(mdir: pathlib.Path, old: dict | None, new: dict) -> str | None:
+    """The note that the model folder ``mdir``, which served the model ``old`` (:func:`_recorded_provenance`), now
+    serves another, ``new``; ``None`` when it is the same model (or ``old`` is unknown)."""
+    if old is None:
+        return None
+    if "via" not in old:                                    # what an earlier version's config.pbtxt tells
+        same = (old["model_type"], str(old.get("n_items"))) == (new["model_type"], str(new["n_items"]))
+    else:
+        same = all(old.get(k) == new.get(k) for k in ("model_type", "via", "source", "config"))
+    if same:
+        return None
+    config = all(old.get(k) == new.get(k) for k in ("model_type", "via", "source"))    # only the config differs
+    return f"{mdir} served {_served(old, config)}; it now serves {_served(new, config)}"
 
 
 def foreign_model_files(mdir: str | os.PathLike) -> list[pathlib.Path]:
@@ -1416,7 +1498,7 @@ def _staged_model_folder(final: pathlib.Path):
 def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, name: str | None = None,
                      backend: str = "onnxruntime", state: str = "implicit", vocab_path: str | None = None,
                      plan: str | None = None, plugin_lib: str | None = None, force: bool = False,
-                     _checked: tuple | None = None, **config_kwargs) -> pathlib.Path:
+                     provenance: dict | None = None, _checked: tuple | None = None, **config_kwargs) -> pathlib.Path:
     """Write ``repo/<name>/`` from an :mod:`export.onnx` export folder (``model.onnx`` + ``state_spec.json``).
 
     Returns the model folder. The config is validated (schema + graph I/O) and every input file checked before
@@ -1429,7 +1511,10 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     (:func:`_carry_plan`). The repository's ``README.md`` (its index) and, with a TensorRT model, ``serve.sh`` are
     rewritten too: one that this generator did not write (it lacks the mark) is refused likewise, unless ``force``.
     Those checks of the repository are :func:`check_repository`'s, made once the export is checked (``_checked``:
-    the token of the CLI's check of the model folder just before, which is then not hashed again).
+    the token of the CLI's check of the model folder just before, which is then not hashed again). The folder's mark
+    records the model it serves (``provenance``: :func:`model_provenance`; default: the export folder's,
+    :func:`_export_provenance`); replacing a folder that served another model (another source, type or config, as its
+    mark or, for an earlier version's folder, its ``config.pbtxt`` says) prints one note on stderr naming both.
 
     Raises:
         ValueError: a name that is not one folder name, ``plan``/``plugin_lib`` with a backend other than tensorrt,
@@ -1453,6 +1538,8 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     cfg = validate_config(text, implicit_spec(spec) if implicit else spec)
     final = repo / name
     check_repository(repo, name, backend, force, plan, plugin_lib, vocab_path, _checked=_checked)
+    provenance = provenance or _export_provenance(export_dir, spec)
+    replaced = _replaced_model_note(final, _recorded_provenance(final), provenance) if final.is_dir() else None
     with _staged_model_folder(final) as mdir:                # a failed write keeps the folder that was there
         _write_model_folder(mdir, text, cfg, spec, graph, export_dir, backend, implicit, vocab_path, plan, plugin_lib)
         seq = cfg.sequence_batching if cfg.HasField("sequence_batching") else None
@@ -1460,8 +1547,9 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
             repo, name, backend, state, spec, cfg.max_batch_size, vocab=bool(vocab_path),
             sequences=None if seq is None else (seq.max_sequence_idle_microseconds / 1e6,
                                                 seq.oldest.max_candidate_sequences)), encoding="utf-8")
-        _write_model_mark(mdir)
-        notes = [_carry_plugins(final, mdir), _carry_plan(final, mdir, bool(plan))] if final.is_dir() else []
+        _write_model_mark(mdir, provenance)
+        notes = [replaced] + ([_carry_plugins(final, mdir), _carry_plan(final, mdir, bool(plan))]
+                              if final.is_dir() else [])
     for note in filter(None, notes):
         print(f"note: {note}", file=sys.stderr)
     _repository_files(repo)
@@ -1537,11 +1625,12 @@ def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: p
 
 def export_and_write(model, repo: str | os.PathLike, topk: int = 10, work_dir: str | None = None,
                      exclude_seen: bool = False, user_vector: bool = False, exclude_items: Sequence[int] = (),
-                     candidates: bool = False, **kwargs) -> pathlib.Path:
+                     candidates: bool = False, source: str | None = None, **kwargs) -> pathlib.Path:
     """Export a zoo model with :func:`export.onnx.export_model` (verified) and write its Triton repository
     (``exclude_seen``: the graph ranks the history's items last, step graphs keep a ``seen`` state; ``user_vector``:
     the graph also outputs the query vector of retrieval; ``exclude_items``: internal indices never recommended;
-    ``candidates``: a ``candidates`` input restricts each request's ranking)."""
+    ``candidates``: a ``candidates`` input restricts each request's ranking; ``source``: the name or folder the
+    model was loaded from, recorded in the model folder, default ``model.name_or_path``: :func:`model_provenance`)."""
     from .onnx import export_model
 
     with tempfile.TemporaryDirectory(prefix="zoo-triton-export-") as tmp:
@@ -1552,7 +1641,7 @@ def export_and_write(model, repo: str | os.PathLike, topk: int = 10, work_dir: s
         if getattr(model, "item_vocab", None) is not None:
             model.item_vocab.save(str(out))
             vocab = str(out / VOCAB_FILE)
-        return write_repository(out, repo, vocab_path=vocab, **kwargs)
+        return write_repository(out, repo, vocab_path=vocab, provenance=model_provenance(model, source), **kwargs)
 
 
 def _unreadable(path: str) -> str | None:
@@ -1717,7 +1806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.error(problem)
             mdir = export_and_write(model, a.repo, topk=topk, verify=not a.no_verify,
                                     exclude_seen=a.exclude_seen, user_vector=a.user_vector, candidates=a.candidates,
-                                    exclude_items=excluded, **kw)
+                                    exclude_items=excluded, source=a.model, **kw)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_VERIFY_FAILED if verification_error and isinstance(e, verification_error) else EXIT_ERROR

@@ -3853,6 +3853,72 @@ def test_regenerating_keeps_the_plugin_library_put_in_by_hand(mamba_export, tmp_
     assert lib.read_bytes() == b"rebuilt"
 
 
+def _without_model_record(mdir):
+    """Make ``mdir`` a folder of the generator before its mark recorded the model (the checksums alone)."""
+    mark = json.loads((mdir / T.MODEL_MARK).read_text())
+    del mark["model"]
+    (mdir / T.MODEL_MARK).write_text(json.dumps(mark))
+
+
+def test_replacing_a_folder_that_served_another_model_says_so(mamba_export, lru_export, tmp_path, capsys):
+    """A model folder written over one that served another model said nothing beyond its `wrote` line. Its mark
+    records the model now (type, source, config hash; for --onnx the export folder and the spec's model fields), and
+    replacing a folder that served another one prints one note naming the folder, what it served and what it serves
+    now; a folder of an earlier version (no such record) is judged by its config.pbtxt's model_type and n_items. The
+    same model again (other serving settings, another backend) is quiet."""
+    repo = tmp_path / "r"
+    _, lru_dir = lru_export
+    mamba_src, lru_src = mamba_export.resolve(), lru_dir.resolve()
+    mdir = T.write_repository(mamba_export, repo, name="m", backend="python")
+    T.write_repository(mamba_export, repo, name="m", backend="python", queue_delay_us=700)
+    T.write_repository(mamba_export, repo, name="m")
+    assert "served" not in capsys.readouterr().err
+    rec = json.loads((mdir / T.MODEL_MARK).read_text())["model"]
+    assert (rec["model_type"], rec["n_items"], rec["via"], rec["source"]) == ("mamba4rec", N_ITEMS, "onnx",
+                                                                              str(mamba_src))
+    T.write_repository(lru_dir, repo, name="m", backend="python")
+    err = capsys.readouterr().err
+    assert err == (f"note: {mdir} served mamba4rec from the export.onnx folder {mamba_src}; it now serves lrurec from "
+                   f"the export.onnx folder {lru_src}\n"), err
+    _without_model_record(mdir)                                 # an earlier version's folder: its config.pbtxt says
+    T.write_repository(mamba_export, repo, name="m", backend="python")
+    assert capsys.readouterr().err == (f"note: {mdir} served lrurec (n_items {N_ITEMS}; its source was not recorded); "
+                                       f"it now serves mamba4rec from the export.onnx folder {mamba_src}\n")
+    _without_model_record(mdir)
+    T.write_repository(mamba_export, repo, name="m", backend="python")
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_model_says_when_the_folder_served_another_model(tmp_path, capsys, monkeypatch):
+    """--model: the folder records the folder (resolved) or name the model was loaded from and the hash of its config.
+    The same folder again is quiet -- by another path, retrained weights included --; another config in it, or
+    another folder, is named in one note on stderr."""
+    from tiny_models import tiny, tiny_config
+    from zoo.models.sasrec import SASRecConfig, SASRecModel
+
+    a, b, repo = tmp_path / "a", tmp_path / "b", tmp_path / "r"
+    tiny("sasrec").save_pretrained(a)
+    tiny("gru4rec").save_pretrained(b)
+
+    def run(src):
+        assert T.main(["--model", str(src), "--repo", str(repo), "--name", "m", "--backend", "python",
+                       "--no-verify"]) == 0
+        return capsys.readouterr().err
+
+    run(a)
+    torch.manual_seed(5)                                        # retrained: other weights, the same config
+    SASRecModel(tiny_config("sasrec")).save_pretrained(a)
+    monkeypatch.chdir(tmp_path)
+    assert "served" not in run("a")
+    mdir, src_a, src_b = (repo / "m").resolve(), os.path.realpath(a), os.path.realpath(b)
+    SASRecModel(SASRecConfig(**{**tiny_config("sasrec").to_dict(), "hidden_dropout": 0.1})).save_pretrained(a)
+    err = run(a)
+    assert re.search(rf"^note: {re.escape(str(mdir))} served sasrec from {re.escape(src_a)} \(config "
+                     rf"sha256:[0-9a-f]{{12}}\); it now serves sasrec from {re.escape(src_a)} \(config "
+                     rf"sha256:[0-9a-f]{{12}}\)$", err, re.M), err
+    assert run(b) == f"note: {mdir} served sasrec from {src_a}; it now serves gru4rec from {src_b}\n"
+
+
 _KILLED_EXPORT = """
 import os, shutil, signal, sys
 import export.triton as T

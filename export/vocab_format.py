@@ -5,8 +5,9 @@ library only, as ``import zoo`` loads torch and transformers, which the serving 
     {"format": "zoo-item-vocab/1", "id_type": "int", "pad_index": 0, "items": [3186, 1022, ...]}
 
 ``items[i]`` is the external id of internal index ``i + 1`` (0 is padding). ``id_type`` is ``"int"`` (every item a
-JSON integer) or ``"str"`` (every item read as its text: ``7`` is the id ``"7"``); a file without it takes its items
-as they are, all JSON integers or all strings.
+JSON integer) or ``"str"`` (every item a JSON string, or a JSON integer read as its text: ``7`` is the id ``"7"``;
+``null``, ``true``/``false``, a float, an object or an array is no id); a file without it takes its items as they
+are, all JSON integers or all strings.
 """
 
 from __future__ import annotations
@@ -19,30 +20,45 @@ VOCAB_FORMAT = "zoo-item-vocab/1"
 
 def load_vocab_json(path: str | os.PathLike):
     """The JSON value in the file ``path`` (not yet checked to be a vocabulary: see :func:`vocab_items`). A file that
-    is not UTF-8 JSON is a ``ValueError`` naming it ("corrupt item vocabulary PATH: ..."); a missing or unreadable one
-    the ``OSError`` of ``open``."""
+    is not UTF-8 JSON, or whose JSON is nested deeper than the parser goes (``[[[...]]]``, its ``RecursionError``),
+    is a ``ValueError`` naming it ("corrupt item vocabulary PATH: ..."); a missing or unreadable one the ``OSError`` of
+    ``open``."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except ValueError as e:                                  # JSONDecodeError, and UnicodeDecodeError of a binary file
         raise ValueError(f"corrupt item vocabulary {path}: {e}") from None
+    except RecursionError:                                   # json's recursion limit: a traceback otherwise
+        raise ValueError(f"corrupt item vocabulary {path}: its JSON is nested too deeply") from None
 
 
 def _type_names(items: list) -> list[str]:
     return sorted({"bool" if isinstance(x, bool) else type(x).__name__ for x in items})
 
 
+def _json_shown(x) -> str:
+    """A JSON value that is no id as the file spells it (``null``, ``true``, ``1.5``, ``NaN``), a container by its
+    kind only (its text may be long or deep)."""
+    if isinstance(x, dict):
+        return "a JSON object"
+    if isinstance(x, list):
+        return "a JSON array"
+    return json.dumps(x)
+
+
 def vocab_items(d, source: str | os.PathLike | None = None) -> tuple[list, str]:
     """The checked content of an ``item_vocab.json`` (``d``: its JSON value) -> ``(items, id_type)``: ``items`` a
     non-empty list of unique ids, all ``int`` (never a bool) when ``id_type == "int"``, all ``str`` when ``"str"``
-    (a file saying ``"str"`` has each item read as its text: ``7`` -> ``"7"``).
+    (a file saying ``"str"`` has each JSON integer read as its text: ``7`` -> ``"7"``).
 
     Anything else is a ``ValueError`` naming ``source`` (the file ``d`` was read from; ``None``: "item vocabulary")
     and the problem: not a JSON object with the format tag and an items list; an items field that is no list; an
     ``id_type`` other than ``"int"`` / ``"str"``; a ``pad_index`` other than 0 (every
     index would shift by one); ``id_type "int"`` with an item that is no JSON integer (a string,
-    float or bool would otherwise make ids that never match the data's ints); no ``id_type`` and items that are not
-    all JSON integers or all strings; no items; an id more than once (after the reading as text of ``"str"``)."""
+    float or bool would otherwise make ids that never match the data's ints); ``id_type "str"`` with an item that is
+    neither a JSON string nor a JSON integer (``null``, a bool, a float, an object or an array, whose Python text
+    ``'None'``, ``'True'``, ``'1.5'``, ``"{'x': 1}"`` would otherwise become an id); no ``id_type`` and items that are
+    not all JSON integers or all strings; no items; an id more than once (after the reading as text of ``"str"``)."""
     where = "item vocabulary" if source is None else f"item vocabulary {source}"
     if not isinstance(d, dict) or d.get("format") != VOCAB_FORMAT or "items" not in d:
         raise ValueError(f"{'the data' if source is None else source} is not a zoo item vocabulary (expected a JSON "
@@ -57,8 +73,12 @@ def vocab_items(d, source: str | os.PathLike | None = None) -> tuple[list, str]:
         raise ValueError(f"{where}: pad_index must be 0 (items[i] is index i + 1), got {pad!r}")
     if not items:
         raise ValueError(f"{where} holds no items: a vocabulary needs at least one")
-    if id_type == "str":
-        items = [str(x) for x in items]
+    if id_type == "str":                  # ints as their text; anything else's Python text would be no id's
+        bad = next((i for i, x in enumerate(items) if type(x) not in (str, int)), None)
+        if bad is not None:
+            raise ValueError(f"{where}: id_type is 'str' but items[{bad}] is {_json_shown(items[bad])}: write the ids "
+                             "as JSON strings (an integer is read as its text)")
+        items = [x if type(x) is str else str(x) for x in items]
     elif id_type == "int":                # else string items would make a str vocabulary, against the file's word
         bad = next((i for i, x in enumerate(items) if type(x) is not int), None)
         if bad is not None:

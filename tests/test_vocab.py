@@ -180,6 +180,26 @@ _BAD_VOCABS = [
      r" holds an item id more than once: 'b' is items\[1\] and items\[2\]"),
     ("the same text twice", json.dumps({**_HEAD, "id_type": "str", "items": [7, "7"]}),
      r" holds an item id more than once: '7' is items\[0\] and items\[1\]"),
+    # JSON nested deeper than the parser goes: json.load's RecursionError was a traceback through every reader
+    ("nested too deeply", b'{"format": "zoo-item-vocab/1", "items": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     r"^corrupt item vocabulary .*: its JSON is nested too deeply$"),
+    # id_type "str" took any item as its Python text: null was the id 'None', {"x": 1} the id "{'x': 1}"
+    ("id_type str, a null", json.dumps({**_HEAD, "id_type": "str", "items": ["a", None]}),
+     r": id_type is 'str' but items\[1\] is null: write the ids as JSON strings \(an integer is read as its text\)$"),
+    ("id_type str, a bool", json.dumps({**_HEAD, "id_type": "str", "items": [7, "b", True]}),
+     r": id_type is 'str' but items\[2\] is true: write the ids as JSON strings"),
+    ("id_type str, false", json.dumps({**_HEAD, "id_type": "str", "items": [False, "b"]}),
+     r": id_type is 'str' but items\[0\] is false: write the ids as JSON strings"),
+    ("id_type str, a float", json.dumps({**_HEAD, "id_type": "str", "items": ["a", 1.5]}),
+     r": id_type is 'str' but items\[1\] is 1.5: write the ids as JSON strings"),
+    ("id_type str, a whole float", json.dumps({**_HEAD, "id_type": "str", "items": ["a", 2.0]}),
+     r": id_type is 'str' but items\[1\] is 2.0: write the ids as JSON strings"),
+    ("id_type str, a NaN", json.dumps({**_HEAD, "id_type": "str", "items": ["a", float("nan")]}),
+     r": id_type is 'str' but items\[1\] is NaN: write the ids as JSON strings"),
+    ("id_type str, an object", json.dumps({**_HEAD, "id_type": "str", "items": ["a", {"x": 1}]}),
+     r": id_type is 'str' but items\[1\] is a JSON object: write the ids as JSON strings"),
+    ("id_type str, an array", json.dumps({**_HEAD, "id_type": "str", "items": ["a", "b", [1]]}),
+     r": id_type is 'str' but items\[2\] is a JSON array: write the ids as JSON strings"),
 ]
 
 
@@ -195,7 +215,7 @@ def test_both_readers_refuse_each_bad_vocabulary_alike(tmp_path, what, text, pro
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):
         d = None
     items = d.get("items") if isinstance(d, dict) else None
     n_items = len(items) + 1 if isinstance(items, list) else 3     # the count fits wherever there is one

@@ -1373,6 +1373,32 @@ def test_convert_item_tokens_without_pad_and_with_blank_lines(tmp_path):
     assert m.item_vocab.items == [11, 12, 13, 14, 15]
 
 
+def test_convert_item_tokens_drop_a_byte_order_mark(tmp_path):
+    r"""--item-tokens read its file as UTF-8 with the byte-order mark a Windows editor writes kept in the first token:
+    '\ufeff10' made a str vocabulary in which item 10 could not be named (and '\ufeff[PAD]' was no [PAD] line, so
+    the count was off by one). The mark is dropped now, as zoo.data's readers and zoo.recommend's id files drop it."""
+    src = Mamba4RecModel(Mamba4RecConfig(n_items=6, hidden_size=16, d_state=4))
+    torch.save({"state_dict": _official_layout(src)}, tmp_path / "M.pth")
+    (tmp_path / "bom_nopad.txt").write_bytes("\ufeff10\n11\n12\n13\n14\n".encode())
+    (tmp_path / "bom_pad.txt").write_bytes("\ufeff[PAD]\nb1\nb2\nb3\nb4\nb5\n".encode())
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "a"), str(tmp_path / "bom_nopad.txt"))
+    assert m.item_vocab.items == [10, 11, 12, 13, 14] and m.item_vocab.id_type == "int"
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "b"), str(tmp_path / "bom_pad.txt"))
+    assert m.item_vocab.items == ["b1", "b2", "b3", "b4", "b5"]
+
+
+def test_convert_item_tokens_refuse_a_nul_naming_its_line(tmp_path):
+    r"""A NUL byte in a token was taken silently ('b\x002'); it is refused naming its line (blank lines counted), as
+    zoo.data's readers refuse one, and nothing is written."""
+    src = Mamba4RecModel(Mamba4RecConfig(n_items=6, hidden_size=16, d_state=4))
+    torch.save({"state_dict": _official_layout(src)}, tmp_path / "M.pth")
+    (tmp_path / "nul.txt").write_bytes(b"[PAD]\nb1\n\nb\x002\nb3\nb4\nb5\n")
+    with pytest.raises(ValueError, match=r"^--item-tokens .*nul.txt, line 4: a NUL byte \(\\x00\); token files are "
+                                         r"UTF-8 text \(is it UTF-16, or binary\?\)$"):
+        convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "c"), str(tmp_path / "nul.txt"))
+    assert not (tmp_path / "c").exists()
+
+
 def test_convert_refuses_the_current_and_the_home_folder_as_out(tmp_path, monkeypatch):
     """--out is replaced whole: the current folder, a folder above it and the home folder are refused (even empty,
     even with --overwrite), before any work."""

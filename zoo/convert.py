@@ -26,7 +26,8 @@ A RecBole checkpoint file is a pickle holding ``state_dict`` next to RecBole's `
 (only for files you trust). RecBole need not be installed for that: classes the pickle names but this environment
 cannot import are rebuilt as plain attribute holders, so the ``Config``'s settings can still be read. RecBole keeps
 the item-id mapping in its dataset, not in the checkpoint: pass ``--item-tokens`` (one RecBole item token per line in
-internal order, ``[PAD]`` first) to save a vocabulary.
+internal order, ``[PAD]`` first; UTF-8 text, a byte-order mark before the first line ignored and a NUL byte refused
+naming its line, as the interaction readers read) to save a vocabulary.
 
 Exit statuses (:data:`export.fsutil.EXIT_CODES`): 2 a usage error -- a bad option, an ``--out`` it must not write, a
 ``--set`` (or ``--max-seq-length``) value the model cannot be built with or that the checkpoint's weights contradict
@@ -255,11 +256,15 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
         raise ValueError(f"checkpoint does not match {model_cls.__name__}: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     if item_tokens:
-        try:
-            with open(item_tokens, encoding="utf-8") as f:
+        try:                      # a byte-order mark (Windows editors) is not part of the first token, as in zoo.data
+            with open(item_tokens, encoding="utf-8-sig") as f:
                 lines = [(n, t.rstrip("\r\n")) for n, t in enumerate(f, start=1) if t.strip()]
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(cannot("--item-tokens", item_tokens, e, "read")) from None
+        nul = next((n for n, t in lines if "\x00" in t), None)
+        if nul is not None:                         # refused as the interaction readers refuse one, naming the line
+            raise ValueError(f"--item-tokens {item_tokens}, line {nul}: a NUL byte (\\x00); token files are UTF-8 text "
+                             "(is it UTF-16, or binary?)")
         if lines and lines[0][1].strip() == "[PAD]":
             lines = lines[1:]
         tokens = [t.strip() for _, t in lines]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import numbers
 import os
 import random
@@ -139,35 +140,72 @@ def to_bytes(state: dict[str, np.ndarray]) -> bytes:
     return b"".join([len(header).to_bytes(_LEN, "little"), header, *(a.tobytes() for _, a in tensors)])
 
 
+def _shown(x, limit: int = 60) -> str:
+    """``repr(x)`` of a header value for an error line, cut to ``limit`` characters (a header may hold megabytes)."""
+    try:
+        text = repr(x)
+    except RecursionError:                                     # a list nested about as deep as json.loads goes
+        return f"a deeply nested {type(x).__name__}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def from_bytes(raw: bytes) -> dict[str, np.ndarray]:
     """:func:`to_bytes`'s value back as ``{name: np.ndarray, FINGERPRINT_KEY: ...}`` (read-only arrays); a value
-    that is not one (another format, truncated, trailing bytes) is a ``ValueError`` naming what is wrong."""
+    that is not one is a ``ValueError`` naming what is wrong: another format, a header that is not JSON (nested too
+    deeply included), truncated or trailing bytes, and a header :func:`to_bytes` never writes -- a tensor name that is
+    no string, listed twice or the fingerprint's, a dtype that is no number type (``|V0``, of item size 0, ``|O``), a
+    shape whose dims are not ints >= 0 (a bool, a float, ``-1``) or that no array can have, a fingerprint that is no
+    string."""
     raw = bytes(raw)
     if len(raw) < _LEN:
         raise ValueError(f"not a stored zoo state: {len(raw)} bytes")
     n = int.from_bytes(raw[:_LEN], "little")
     try:
         head = json.loads(raw[_LEN:_LEN + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: [[[...]]] nested too deeply
         raise ValueError("not a stored zoo state: its header is not JSON") from None
     if not isinstance(head, dict) or head.get("format") != STATE_FORMAT:
         raise ValueError(f"not a stored zoo state of format {STATE_FORMAT!r} (header format "
                          f"{head.get('format') if isinstance(head, dict) else None!r})")
     out, at = {}, _LEN + n
     try:
-        tensors = [(str(name), np.dtype(dtype), [int(d) for d in shape]) for name, dtype, shape in head["tensors"]]
+        tensors = [(name, dtype, shape) for name, dtype, shape in head["tensors"]]
     except (KeyError, TypeError, ValueError):
         raise ValueError("not a stored zoo state: its header's tensor list is malformed") from None
-    for name, dt, shape in tensors:
-        size = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+    fingerprint = head.get("fingerprint")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise ValueError(f"not a stored zoo state: its fingerprint is {type(fingerprint).__name__}, not a string")
+    seen = set()
+    for name, dtype, shape in tensors:
+        if not isinstance(name, str) or name in seen or name == FINGERPRINT_KEY:
+            why = ("is no string" if not isinstance(name, str) else "is listed twice" if name in seen
+                   else "is the fingerprint's name")
+            raise ValueError(f"not a stored zoo state: tensor name {_shown(name)} {why}")
+        seen.add(name)
+        try:
+            dt = np.dtype(dtype) if isinstance(dtype, str) else None
+        except (TypeError, ValueError):
+            dt = None
+        if dt is None or dt.kind not in "fiub":               # what to_bytes writes; |V0 (item size 0), |O never
+            raise ValueError(f"not a stored zoo state: tensor {_shown(name)} has dtype {_shown(dtype)}; a state holds "
+                             "numbers")
+        if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):   # a bool is no dim
+            raise ValueError(f"not a stored zoo state: tensor {_shown(name)} has shape {_shown(shape)}; its dims "
+                             "must be integers >= 0")
+        size = dt.itemsize * math.prod(shape)                 # exact: np.prod would wrap past 2**63
         if at + size > len(raw):
-            raise ValueError(f"stored zoo state truncated: tensor {name!r} needs {size} bytes, {len(raw) - at} left")
-        out[name] = np.frombuffer(raw, dt, count=size // dt.itemsize, offset=at).reshape(shape)
+            raise ValueError(f"stored zoo state truncated: tensor {_shown(name)} needs {size} bytes, {len(raw) - at} "
+                             "left")
+        try:                                                  # [0, 2**70]: no bytes, but no array has that shape
+            out[name] = np.frombuffer(raw, dt, count=size // dt.itemsize, offset=at).reshape(shape)
+        except (ValueError, OverflowError):
+            raise ValueError(f"not a stored zoo state: tensor {_shown(name)} has shape {_shown(shape)}, which no array "
+                             "can have") from None
         at += size
     if at != len(raw):
         raise ValueError(f"stored zoo state has {len(raw) - at} bytes after its tensors")
-    if head.get("fingerprint") is not None:
-        out[FINGERPRINT_KEY] = np.array(head["fingerprint"])
+    if fingerprint is not None:
+        out[FINGERPRINT_KEY] = np.array(fingerprint)
     return out
 
 

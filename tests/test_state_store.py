@@ -4,6 +4,7 @@ lets processes share one. NumPy only."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -51,6 +52,66 @@ def test_bytes_that_are_not_a_state_are_refused_naming_why():
         from_bytes(b"ab")
     with pytest.raises(TypeError, match="holds numbers"):
         to_bytes({"x": np.array(["a"])})
+
+
+def _raw(head: dict, body: bytes) -> bytes:
+    header = json.dumps({"format": STATE_FORMAT, **head}).encode()
+    return len(header).to_bytes(4, "little") + header + body
+
+
+#: (what is wrong, the header's fields besides its format, the bytes after it, the problem named): headers to_bytes
+#: never writes, each once a ZeroDivisionError / OverflowError / RecursionError (which the "unreadable" wrapper let
+#: through as a traceback), a misleading count of trailing bytes, or silently read
+_NO_STATES = [
+    ("item size 0", {"tensors": [["a", "|V0", [3]]]}, b"", r"tensor 'a' has dtype '\|V0'; a state holds numbers"),
+    ("str of size 0", {"tensors": [["a", "<U0", [3]]]}, b"", r"tensor 'a' has dtype '<U0'; a state holds numbers"),
+    ("objects", {"tensors": [["a", "|O", [1]]]}, bytes(8), r"tensor 'a' has dtype '\|O'; a state holds numbers"),
+    ("complex", {"tensors": [["a", "<c8", [1]]]}, bytes(8), r"tensor 'a' has dtype '<c8'"),
+    ("a null dtype", {"tensors": [["a", None, [1]]]}, bytes(8), r"tensor 'a' has dtype None"),
+    ("a negative dim", {"tensors": [["a", "<f4", [-1]]]}, bytes(4),
+     r"tensor 'a' has shape \[-1\]; its dims must be integers >= 0"),
+    ("a float dim", {"tensors": [["a", "<f4", [1.5]]]}, bytes(4), r"tensor 'a' has shape \[1.5\]; its dims must be"),
+    ("a whole float dim", {"tensors": [["a", "<f4", [1.0]]]}, bytes(4), r"tensor 'a' has shape \[1.0\]; its dims"),
+    ("a bool dim", {"tensors": [["a", "<f4", [True]]]}, bytes(4), r"tensor 'a' has shape \[True\]; its dims"),
+    ("a str dim", {"tensors": [["a", "<f4", ["1"]]]}, bytes(4), r"tensor 'a' has shape \['1'\]; its dims"),
+    ("no array's shape", {"tensors": [["a", "<f4", [0, 2 ** 70]]]}, b"", r"tensor 'a' has shape \[0, 1180.*\], "
+     "which no array can have"),
+    ("a name twice", {"tensors": [["a", "<f4", [1]], ["a", "<f4", [1]]]}, bytes(8), r"tensor name 'a' is listed twice"),
+    ("a name no str", {"tensors": [[5, "<f4", [1]]]}, bytes(4), r"tensor name 5 is no string"),
+    ("the fingerprint's name", {"fingerprint": "fp", "tensors": [[FINGERPRINT_KEY, "<f4", [1]]]}, bytes(4),
+     rf"tensor name '{FINGERPRINT_KEY}' is the fingerprint's name"),
+    ("a fingerprint no str", {"fingerprint": ["fp"], "tensors": []}, b"", r"its fingerprint is list, not a string"),
+]
+
+
+@pytest.mark.parametrize("what,head,body,problem", _NO_STATES, ids=[c[0] for c in _NO_STATES])
+def test_a_header_to_bytes_never_writes_is_not_a_stored_state(what, head, body, problem):
+    """from_bytes read item size 0 into a ZeroDivisionError (no ValueError: the store's "stored state of user ... is
+    unreadable" line was bypassed), dims -1 into "5 bytes after its tensors", float / bool / str dims, a tensor
+    listed twice or a fingerprint that is no string as if fine. Each is "not a stored zoo state" naming the problem,
+    and a store read names the user."""
+    raw = _raw(head, body)
+    with pytest.raises(ValueError, match="^not a stored zoo state: " + problem):
+        from_bytes(raw)
+    with pytest.raises(ValueError, match=r"^the stored state of user 'u' \(a BytesStore value\) is unreadable: not a "
+                                         "stored zoo state: " + problem):
+        BytesStore({"u": raw}).get("u")
+
+
+def test_a_header_past_the_json_depth_or_of_impossible_size_is_refused():
+    """A header nested deeper than json goes was a RecursionError; a dim past 2**63 an OverflowError (np.prod): both
+    are ValueErrors naming the problem, and a long header value is cut short in the line."""
+    deep = b"[" * 100_000
+    with pytest.raises(ValueError, match="^not a stored zoo state: its header is not JSON$"):
+        from_bytes(len(deep).to_bytes(4, "little") + deep)
+    with pytest.raises(ValueError, match=r"^stored zoo state truncated: tensor 'a' needs 4722366482869645213696 bytes, "
+                                         "4 left$"):
+        from_bytes(_raw({"tensors": [["a", "<f4", [2 ** 70]]]}, bytes(4)))
+    with pytest.raises(ValueError, match=r"has dtype 'x+\.\.\.; a state holds numbers$") as e:
+        from_bytes(_raw({"tensors": [["a", "x" * 100_000, [1]]]}, bytes(4)))
+    assert len(str(e.value)) < 200                          # not the 100 kB dtype
+    good = to_bytes(tagged(_state(), "fp"))                  # what to_bytes writes still reads
+    assert set(from_bytes(good)) == set(_state()) | {FINGERPRINT_KEY}
 
 
 def test_bytes_store_is_a_store():

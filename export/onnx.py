@@ -57,6 +57,13 @@ One run at a time per output folder: the ``--out`` folder is locked before the m
 are in (:func:`export.fsutil.held_output_folder`; ``--card-dir``: the card's ``onnx[-window]/``, once the model is
 loaded); a second run into it meanwhile fails at once, exit 1 with one line naming the folder, and leaves it as it
 is.
+
+Symbolic links: the ``--out`` folder and the ``--card-dir`` folder the user names may be links (written through); the
+files an export puts into an ``--out`` folder replace a link planted in their place (its target is left as it was).
+Inside a ``--card-dir`` card, nothing outside the card is written through a link: a link leading outside it at
+``README.md``, ``onnx[-window]/`` or a file the export writes there is refused before anything is written, exit 1,
+one line naming the link and its target (:func:`card_links_refused`, the rule of ``zoo.hub card``'s copy of a card:
+:func:`zoo.cli.written_whole_folder`); a link whose target stays inside the card is used.
 """
 
 from __future__ import annotations
@@ -1765,11 +1772,35 @@ def card_section(spec: dict, rel_dir: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: what ``--card-dir`` tells of a symbolic link inside the card that leads outside it (:func:`card_links_refused`)
+CARD_LINK_HINT = ("export.onnx --card-dir writes nothing outside the card through a link inside it: remove the link, "
+                  "or put the file or folder itself there")
+
+
+def card_links_refused(card_dir: str | os.PathLike, rel_dir: str | None = None) -> None:
+    """``--card-dir``'s rule for symbolic links inside the card folder: nothing outside it is written through one. A
+    link among the paths the export writes there -- ``README.md`` and, with ``rel_dir``, the graph's subfolder
+    ``rel_dir`` and the files it puts in or removes from it (graph, external tensors, spec, vocabulary) -- that
+    leads outside ``card_dir`` raises :class:`zoo.cli.LinkOutsideError`, one line naming the link and its target,
+    before anything is written; a link whose target stays inside the card is used. ``card_dir`` itself is the path the
+    user named: a link there is written through."""
+    from zoo.cli import refuse_links_leading_outside
+    from zoo.vocab import VOCAB_FILE
+
+    names = ["README.md"]
+    if rel_dir is not None:
+        names += [rel_dir, *(f"{rel_dir}/{f}" for f in (GRAPH_FILE, EXTERNAL_DATA_FILE, SPEC_FILE, VOCAB_FILE))]
+    refuse_links_leading_outside(card_dir, names, CARD_LINK_HINT)
+
+
 def write_card_section(card_dir: str | os.PathLike, spec: dict, rel_dir: str) -> pathlib.Path:
     """Insert (or replace) the ONNX section of ``card_dir/README.md``, written whole (:func:`zoo.cli.written_whole`: an
-    interruption leaves the card's README as it was, never cut short)."""
+    interruption leaves the card's README as it was, never cut short). A ``README.md`` that is a symbolic link leading
+    outside ``card_dir`` is neither read nor written: :class:`zoo.cli.LinkOutsideError` (:func:`card_links_refused`);
+    one whose target stays inside the card is written through."""
     from zoo.cli import written_whole
 
+    card_links_refused(card_dir)
     readme = pathlib.Path(card_dir) / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.exists() else ""      # written UTF-8 by written_whole
     sec = card_section(spec, rel_dir)
@@ -1906,7 +1937,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--card-dir", default=None,
                    help="write the graph into CARD_DIR/onnx[-window]/ and add an 'ONNX export' section to its README; "
                         "the options of a graph already there (--topk, --scores, --time-input, --exclude-seen) are "
-                        "kept, and a different one given is refused")
+                        "kept, and a different one given is refused; a symbolic link in the card that leads outside "
+                        "it (README.md, onnx[-window]/ or a file there) is refused")
     p.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
     p.add_argument("--verify-prime", type=positive_int, default=None,
                    help="step graphs: items in the priming call (200)")
@@ -1964,7 +1996,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _export(p: argparse.ArgumentParser, args, holding: contextlib.ExitStack) -> int:
     """:func:`main`'s run once its options are checked and its ``--out`` is held (``--card-dir``: the graph's
-    subfolder is taken into ``holding`` here, before anything there is read)."""
+    subfolder is taken into ``holding`` here, before anything there is read, once the card's links are checked: a
+    symbolic link inside the card that leads outside it, as ``README.md``, the subfolder or a file the export writes
+    there, is refused, exit 1, one line naming it and its target: :func:`card_links_refused`)."""
     from zoo.cli import flag_named
 
     say = lambda m: print(m, flush=True)  # noqa: E731
@@ -1986,6 +2020,10 @@ def _export(p: argparse.ArgumentParser, args, holding: contextlib.ExitStack) -> 
     if args.card_dir:
         rel = "onnx" if kind == "step" else "onnx-window"
         out = os.path.join(args.card_dir, rel)
+        try:                                # a link planted in the card: refused before anything there is touched
+            card_links_refused(args.card_dir, rel)
+        except ValueError as e:             # zoo.cli.LinkOutsideError
+            exit_with(EXIT_ERROR, f"error: --card-dir {args.card_dir}: {e}")
         holding.enter_context(held_output_folder(out, "--card-dir"))
         kept = _card_graph_options(p, args, kind, rel)
         if kept:

@@ -2302,6 +2302,59 @@ def test_cli_card_dir_of_a_window_model(tmp_path, capsys):
     assert 'OnnxWindowSession("onnx-window")' in readme
 
 
+
+@pytest.mark.parametrize("planted", ["README.md", "onnx", "onnx/model.onnx"])
+def test_card_dir_refuses_a_link_in_the_card_leading_outside_it(saved_model, tmp_path, capsys, planted):
+    """QA (untrusted artifacts, 8): --card-dir wrote through symbolic links planted in a card folder from someone else
+    -- README.md -> a file outside got the card section, onnx/ -> a folder outside got the graph, spec and vocabulary
+    (an earlier model.onnx there replaced). Such a link (on README.md, the subfolder or a file the export writes there)
+    is refused now before anything is written: exit 1, one line naming the link and its target, the card and what
+    the link leads to as they were."""
+    card = _card(saved_model, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "README.md").write_text("someone's file\n")
+    (outside / "model.onnx").write_text("someone's graph\n")
+    if planted == "onnx/model.onnx":
+        (card / "onnx").mkdir()
+    link = card / planted
+    link.unlink(missing_ok=True)
+    link.symlink_to({"README.md": outside / "README.md", "onnx": outside, "onnx/model.onnx": outside / "model.onnx"}[
+        planted])
+    before, theirs = _bytes(card), _bytes(outside)
+    with pytest.raises(SystemExit) as e:
+        E.main(["--model", saved_model, "--card-dir", str(card), "--no-verify"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: --card-dir {card}: {link} is a symbolic link to {os.path.realpath(link)}, "
+                          f"outside {card}; "), err
+    assert _bytes(card) == before and _bytes(outside) == theirs and link.is_symlink()
+
+
+def test_card_dir_writes_through_a_link_that_stays_inside_the_card(saved_model, tmp_path, capsys):
+    """The rule is about links leading outside the card: a README.md (or an onnx/) that is a link to a file (folder)
+    inside the card is written through, as before; write_card_section itself refuses a README.md leading outside,
+    reading nothing through it (its text would end up in the card)."""
+    card = _card(saved_model, tmp_path)
+    (card / "docs").mkdir()
+    (card / "graphs").mkdir()
+    os.replace(card / "README.md", card / "docs" / "README.md")
+    (card / "README.md").symlink_to("docs/README.md")
+    (card / "onnx").symlink_to(card / "graphs")
+    assert E.main(["--model", saved_model, "--card-dir", str(card), "--no-verify"]) == 0
+    capsys.readouterr()
+    assert (card / "README.md").is_symlink() and "## ONNX export" in (card / "docs" / "README.md").read_text()
+    assert (card / "onnx").is_symlink() and (card / "graphs" / "model.onnx").is_file()
+    secret = tmp_path / "secret.md"
+    secret.write_text("private\n")
+    (card / "README.md").unlink()
+    (card / "README.md").symlink_to(secret)
+    spec = json.loads((card / "graphs" / "state_spec.json").read_text())
+    with pytest.raises(ValueError, match=f"README.md is a symbolic link to {secret}, outside {card}"):  # zoo.cli's
+        E.write_card_section(card, spec, "onnx")
+    assert secret.read_text() == "private\n"
+
+
 # ------------------------------------------------------------------------ audit round 6 (F): verify / runtime
 def test_score_error_is_infinite_for_a_mask_differing_either_way():
     """_errs: a graph that masks an item the reference does not (an extra SEEN_SCORE) gets an infinite error, as does

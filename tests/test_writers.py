@@ -505,3 +505,63 @@ def test_a_stage_named_with_a_pid_beyond_the_systems_range_is_left_and_staging_g
     with staging_folder(tmp_path, ".export-staging-") as stage:
         assert stage.is_dir()
     assert odd.is_dir() and not stage.exists()
+
+
+# ============================================================ written_whole_folder(copy_existing): links in the folder
+def test_a_folder_copied_whole_refuses_a_link_leading_outside_it(tmp_path):
+    """QA (untrusted artifacts, 9): the copy of ``zoo.hub card`` in place followed links, so ``notes -> a folder
+    outside`` became real files in the card (which ``zoo.hub push`` would publish), and a link to a big tree copied
+    all of it. A link leading outside the folder (a dangling one too) is refused now, before anything is made: one
+    line naming the link and its target; the folder and what the link leads to stay as they were."""
+    from zoo import cli
+
+    d = _old_and_new(tmp_path)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "id_rsa").write_text("key")
+    for name, target in (("notes", secret), ("gone", tmp_path / "nowhere")):
+        (d / name).symlink_to(target)
+        before = _files(d)
+        with pytest.raises(ValueError) as e:                   # zoo.cli.LinkOutsideError
+            with cli.written_whole_folder(d, copy_existing=True) as stage:
+                (pathlib.Path(stage) / "config.json").write_text("new")
+        assert str(e.value).startswith(f"{d / name} is a symbolic link to {target}, outside {d}; "), e.value
+        assert "\n" not in str(e.value)
+        assert _files(d) == before and (d / name).is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == [
+            "d", "secret"]
+        (d / name).unlink()
+    assert _files(secret) == {"id_rsa": b"key"}
+
+
+def test_a_folder_copied_whole_keeps_its_inside_links_as_links_a_loop_too(tmp_path):
+    """Links that stay inside the folder are copied as links (a loop ``loop -> .`` made the copy fail with a
+    shutil.Error listing 40 nested paths); an absolute one, or one through the folder's own name, is pointed at the
+    same place inside the new folder (as copied, it would lead into the old folder, removed at the swap)."""
+    from zoo import cli
+
+    d = _old_and_new(tmp_path)
+    (d / "sub").mkdir()
+    (d / "sub" / "r.txt").write_text("r")
+    links = {"loop": ".", "self": "self", "rel": "sub/r.txt", "abs": str(d / "sub"), "via_name": "../d/sub/r.txt"}
+    for name, text in links.items():
+        (d / name).symlink_to(text)
+    with cli.written_whole_folder(d, copy_existing=True) as stage:
+        (pathlib.Path(stage) / "config.json").write_text("new")
+        assert (pathlib.Path(stage) / "abs" / "r.txt").resolve() == pathlib.Path(stage) / "sub" / "r.txt"
+    assert {n: os.readlink(d / n) for n in links} == {**links, "abs": "sub", "via_name": "sub/r.txt"}
+    assert (d / "config.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_a_folder_copied_whole_names_the_first_file_it_cannot_copy_in_one_line(tmp_path):
+    """shutil.copytree's error lists every file it could not copy in one huge message; the copy's error names the
+    first and counts the others (an OSError, the folder as it was, no stage left)."""
+    from zoo import cli
+
+    d = _old_and_new(tmp_path)
+    for name in ("a.pipe", "b.pipe"):                  # named pipes: copytree refuses to copy them
+        os.mkfifo(d / name)
+    with pytest.raises(OSError) as e:
+        with cli.written_whole_folder(d, copy_existing=True):
+            pass
+    assert str(e.value).startswith(f"cannot copy {d / 'a.pipe'} into the new {d}: ") and "(and 1 more)" in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and (d / "config.json").read_text() == "old config.json"

@@ -509,6 +509,97 @@ def _hidden_leftovers(folder: str, names: list[str]) -> set[str]:
     return {n for n in names if n.startswith(".") and not n.startswith(".git")}
 
 
+class LinkOutsideError(ValueError):
+    """A symbolic link inside a folder that a tool writes (an artifact folder: a model card) whose target lies
+    outside that folder: written through, or copied, it would let a planted link redirect the write (or the copy, and
+    ``zoo.hub push`` with it) to a file or folder elsewhere. Its message is one line naming the link and its
+    target."""
+
+
+def _outside(folder: str, target: str) -> bool:
+    """Whether the resolved path ``target`` lies outside the resolved folder ``folder`` (the folder itself is
+    inside)."""
+    return os.path.commonpath([folder, target]) != folder
+
+
+def links_leading_outside(folder: str | os.PathLike,
+                          names: list[str] | tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+    """The symbolic links inside the folder ``folder`` whose targets, resolved through any chain of links
+    (``os.path.realpath``: a dangling or looping link too), lie outside it, as ``(link, target)`` pairs: the link's path
+    (``folder`` joined as given) and its resolved target. ``folder`` itself may be a link (a path the user named is
+    written through); it is compared resolved. ``names``: relative paths (``"README.md"``, ``"onnx/model.onnx"``):
+    each component of each that is a link is checked, the first one leading outside named (what lies under it is
+    outside too); ``None``: every entry of the folder, nested ones too (links not followed), less the hidden entries
+    that :func:`written_whole_folder` leaves out of its copy (:func:`_hidden_leftovers`)."""
+    folder = os.fspath(folder)
+    real = os.path.realpath(folder)
+    found = []
+    if names is not None:
+        for name in names:
+            parts = pathlib.PurePath(name).parts
+            for i in range(1, len(parts) + 1):
+                p = os.path.join(folder, *parts[:i])
+                if os.path.islink(p) and _outside(real, os.path.realpath(p)):
+                    if (p, os.path.realpath(p)) not in found:     # once: "onnx" under "onnx/model.onnx" too
+                        found.append((p, os.path.realpath(p)))
+                    break
+        return found
+    for root, dirs, files in os.walk(real):                # links to folders are listed, not followed
+        hidden = _hidden_leftovers(root, dirs + files)
+        dirs[:] = sorted(d for d in dirs if d not in hidden)
+        for name in sorted({*dirs, *files} - hidden):
+            p = os.path.join(root, name)
+            if os.path.islink(p) and _outside(real, os.path.realpath(p)):
+                found.append((os.path.join(folder, os.path.relpath(p, real)), os.path.realpath(p)))
+    return found
+
+
+def refuse_links_leading_outside(folder: str | os.PathLike, names: list[str] | tuple[str, ...] | None = None,
+                                 hint: str = "remove the link, or put the file or folder itself there") -> None:
+    """:class:`LinkOutsideError` naming the first symbolic link inside ``folder`` that leads outside it
+    (:func:`links_leading_outside` over ``names``) and its target, and how many more there are, followed by
+    ``hint``; nothing when there is none. The rule of every tool writing an artifact folder: nothing outside the folder
+    is written (or copied in) through a link inside it; links whose targets stay inside the folder are used."""
+    found = links_leading_outside(folder, names)
+    if found:
+        link, target = found[0]
+        more = f" (and {len(found) - 1} more such link{'s' if len(found) > 2 else ''})" if len(found) > 1 else ""
+        raise LinkOutsideError(f"{link} is a symbolic link to {target}, outside {os.fspath(folder)}{more}; {hint}")
+
+
+def _relinked_inside(old: str, stage: str) -> None:
+    """After ``shutil.copytree(old, stage, symlinks=True)``: point each link of ``stage`` (the copy of the resolved
+    folder ``old``, whose links all lead inside it) at the same place inside ``stage`` that it led to inside ``old``
+    -- an absolute link, or a relative one through the folder's own name, would lead into ``old`` (removed at the
+    swap) -- as a relative link; one that already does is left as it was."""
+    for root, dirs, files in os.walk(stage):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            if not os.path.islink(p):
+                continue
+            rel = os.path.relpath(p, stage)
+            target = os.path.relpath(os.path.realpath(os.path.join(old, rel)), old)
+            wanted = os.path.normpath(os.path.join(stage, target))
+            if os.path.realpath(p) != wanted:
+                os.unlink(p)
+                os.symlink(os.path.relpath(wanted, os.path.dirname(p)), p)
+
+
+def _copied_whole(path: str, stage: str) -> None:
+    """:func:`written_whole_folder`'s copy of the resolved folder ``path`` (whose links all lead inside it: checked
+    before the stage was made) into ``stage``, less its hidden entries: its links are copied as links (a loop too,
+    never followed), pointed at the same place inside the new folder (:func:`_relinked_inside`). A file or folder that
+    cannot be copied is an ``OSError`` naming the first (``shutil.Error`` lists every one, in one huge message)."""
+    try:
+        shutil.copytree(path, stage, symlinks=True, dirs_exist_ok=True, ignore=_hidden_leftovers)
+    except shutil.Error as e:
+        problems = e.args[0] if e.args and isinstance(e.args[0], list) and e.args[0] else [(path, stage, str(e))]
+        src, _, why = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise OSError(f"cannot copy {src} into the new {path}: {why}{more}") from None
+    _relinked_inside(path, stage)
+
+
 def _remove_to_the_end(folder: str, interrupted: BaseException | None = None) -> None:
     """Remove ``folder`` (the old copy of a folder :func:`written_whole_folder` has replaced) completely, even when a
     Ctrl-C or SIGTERM (``KeyboardInterrupt``) arrives meanwhile -- the removal goes on where it was cut, so no
@@ -527,7 +618,9 @@ def _remove_to_the_end(folder: str, interrupted: BaseException | None = None) ->
 @contextlib.contextmanager
 def written_whole_folder(path: str | os.PathLike, copy_existing: bool = False):
     """Yield a new folder beside ``path`` (holding a copy of ``path``'s files with ``copy_existing``, less its hidden
-    entries: :func:`_hidden_leftovers`) that replaces the folder ``path`` only when the block completes; an error or an
+    entries: :func:`_hidden_leftovers`; the links inside ``path`` are copied as links when they lead inside it, and a
+    link leading outside it is refused before anything is made, :class:`LinkOutsideError` naming it and its target:
+    :func:`_copied_whole`) that replaces the folder ``path`` only when the block completes; an error or an
     interruption removes it and leaves an existing ``path`` as it was. The swap is two renames on one file system (the
     old folder is removed after: to the end, even when a Ctrl-C or SIGTERM arrives meanwhile -- the write is
     complete by then; that interruption is raised once the old folder is gone: :func:`_remove_to_the_end`). A
@@ -536,6 +629,9 @@ def written_whole_folder(path: str | os.PathLike, copy_existing: bool = False):
     lives. The new folder keeps the replaced folder's mode (else the umask's)."""
     path = os.path.realpath(path)
     parent, base = os.path.split(path)
+    if copy_existing and os.path.isdir(path):              # the copy would hold (zoo.hub push publish) what it leads to
+        refuse_links_leading_outside(path, hint="a folder written whole copies no link leading out of it: remove "
+                                                "the link, or put the files themselves there")
     os.makedirs(parent, exist_ok=True)
     remove_dead_stages(path)
     stage = tempfile.mkdtemp(prefix=f".{base}.staged-", dir=parent)
@@ -544,7 +640,7 @@ def written_whole_folder(path: str | os.PathLike, copy_existing: bool = False):
     try:
         try:
             if copy_existing and os.path.isdir(path):
-                shutil.copytree(path, stage, dirs_exist_ok=True, ignore=_hidden_leftovers)
+                _copied_whole(path, stage)
             yield stage
             os.chmod(stage, _mode_for(path, 0o777))
         except BaseException:

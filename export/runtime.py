@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Mapping, Set as AbstractSet
 from dataclasses import dataclass
@@ -141,25 +142,104 @@ def _bool_at(item_ids: Any) -> tuple[int, int, Any] | None:
     return None
 
 
+#: what a tensor or state name of ``state_spec.json`` may be (every name ``python -m export.onnx`` writes fits:
+#: ``item_ids``, ``timestamps``, ``time_gaps``, ``candidates``, ``gru_state``, ``seen_out``, ``user_vector``, ...).
+#: The names become file names (``export.triton``'s ``initial_state/<name>.bin``), words of a shell script
+#: (``build_engine.sh``'s trtexec shapes, ``name:dims``) and ``config.pbtxt`` strings, so an export folder from
+#: someone else (its graph and spec are theirs alike) must not bring a path, a quote or a command in through them.
+TENSOR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
+#: what ``model_type`` may be: it names the model's folder of a Triton repository (``<model_type>_<kind>_...``)
+MODEL_TYPE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+#: the ``state_spec.json`` fields that name a file of the export folder (a plain file name beside the graph)
+FILE_FIELDS = ("graph", "external_data", "item_vocab")
+_NAMES_RULE = ("letters, digits, '_' and '.', starting with a letter or '_', at most 128 characters, as "
+               "python -m export.onnx names them")
+_SPEC_HINT = "the two files come from different exports, or the spec was edited; re-export with python -m export.onnx"
+_EDITED = "the spec was not written by python -m export.onnx, or was edited since: re-export the model with it"
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` on one line, cut to 80 characters (a hostile spec's name may be long)."""
+    r = repr(value)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def is_tensor_name(name: Any) -> bool:
+    """``name`` is a str of :data:`TENSOR_NAME`'s safe set (an ONNX input/output or state name of an export)."""
+    return isinstance(name, str) and TENSOR_NAME.fullmatch(name) is not None
+
+
+def is_plain_file_name(name: Any) -> bool:
+    """``name`` is a str naming a file of a folder by itself: no folder part (``/``, ``\\``), not ``.`` or ``..``,
+    not absolute, no NUL."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+            and os.path.basename(name) == name and not os.path.isabs(name))
+
+
+def _check_spec_names(spec: dict, spec_path) -> None:
+    """ValueError naming ``spec_path`` and the field when ``spec`` names a tensor, a state, its model type or a file
+    outside the safe sets (:data:`TENSOR_NAME`, :data:`MODEL_TYPE`, :func:`is_plain_file_name` for
+    :data:`FILE_FIELDS`; ``external_data`` and ``item_vocab`` may be null), or its ``inputs`` / ``outputs`` /
+    ``state`` (step graphs) / ``client_state`` are not lists of entries with their fields."""
+    mt = spec["model_type"]
+    if not isinstance(mt, str) or not MODEL_TYPE.fullmatch(mt):
+        raise ValueError(f"{spec_path}: model_type {_shown(mt)} is not a model type (letters, digits, '_', '-' and "
+                         f"'.'); {_EDITED}")
+    for field in FILE_FIELDS:
+        v = spec.get(field)
+        if (v is not None or field == "graph" and field in spec) and not is_plain_file_name(v):
+            raise ValueError(f"{spec_path}: {field} {_shown(v)} is not the name of a file beside the graph (no folder, "
+                             f"no '..'; an export folder names only its own files); {_EDITED}")
+    entries = []
+    for side, fields in (("inputs", ("name",)), ("outputs", ("name",)),
+                         ("state", ("name", "shape", "dtype", "init", "output")),
+                         ("client_state", ("name", "shape", "dtype", "init"))):
+        listed = spec.get(side)
+        if listed is None and (side == "client_state" or side == "state" and spec["kind"] != "step"):
+            continue
+        if side in ("inputs", "outputs"):
+            if not isinstance(listed, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
+                                                       for e in listed):
+                raise ValueError(f"{spec_path}: {side} must be a list of {{name, shape, dtype}} entries "
+                                 f"({_SPEC_HINT})")
+        elif not isinstance(listed, list):
+            raise ValueError(f"{spec_path}: {side} must be a list of entries ({_SPEC_HINT})")
+        for i, e in enumerate(listed):
+            lacks = [k for k in fields if not isinstance(e, dict) or k not in e]
+            if lacks:
+                raise ValueError(f"{spec_path}: {side} entry {i} lacks {', '.join(lacks)} ({_SPEC_HINT})")
+            entries += [(f"{side}[{i}].{key}", e[key]) for key in ("name", "output") if key in fields]
+    for where, name in entries:
+        if not is_tensor_name(name):
+            raise ValueError(f"{spec_path}: {where} {_shown(name)} is not a tensor name ({_NAMES_RULE}); {_EDITED}")
+
+
 def read_spec(spec_path: str | os.PathLike) -> dict:
-    """``state_spec.json`` as a dict; a file that is not JSON, not an object or lacks a field every graph has raises
-    ValueError naming the file."""
+    """``state_spec.json`` as a dict; a file that is not JSON (or nested too deeply to read), not an object, lacks a
+    field every graph has, or names a tensor, a state or a file outside the safe sets (:data:`TENSOR_NAME`;
+    ``graph``, ``external_data`` and ``item_vocab`` plain file names beside the graph) raises ValueError naming the
+    file and the field. Every reader of an export folder (this runtime, ``export.triton``, ``zoo.evaluate --onnx``)
+    reads it here, so all refuse such a spec alike."""
     try:
         with open(spec_path, encoding="utf-8") as f:
             spec = json.load(f)
-    except ValueError as e:                                 # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"corrupt {spec_path}: {e} (a {SPEC_FILE} written by python -m export.onnx)") from None
+    except (ValueError, RecursionError) as e:               # JSONDecodeError, UnicodeDecodeError; [[[...]]]
+        why = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise ValueError(f"corrupt {spec_path}: {why} (a {SPEC_FILE} written by python -m export.onnx)") from None
     if not isinstance(spec, dict):
         raise ValueError(f"{spec_path} is not a JSON object (a {SPEC_FILE} written by python -m export.onnx)")
-    lacks = [k for k in _SPEC_FIELDS + _KIND_FIELDS.get(spec.get("kind"), ()) if k not in spec]
+    kind = spec.get("kind")
+    kind_fields = _KIND_FIELDS.get(kind, ()) if isinstance(kind, str) else ()
+    lacks = [k for k in _SPEC_FIELDS + kind_fields if k not in spec]
     if lacks:
         raise ValueError(f"{spec_path} lacks the field{'s' * (len(lacks) > 1)} {', '.join(lacks)} (a {SPEC_FILE} "
                          "written by python -m export.onnx)")
-    if spec["kind"] not in _KIND_FIELDS:
-        raise ValueError(f"{spec_path}: unknown graph kind {spec['kind']!r} (expected 'step' or 'window')")
+    if not isinstance(kind, str) or kind not in _KIND_FIELDS:
+        raise ValueError(f"{spec_path}: unknown graph kind {_shown(kind)} (expected 'step' or 'window')")
     for k in ("n_items", "topk"):
         if isinstance(spec[k], bool) or not isinstance(spec[k], int) or spec[k] < (2 if k == "n_items" else 1):
             raise ValueError(f"{spec_path}: {k} must be an int >= {2 if k == 'n_items' else 1}, got {spec[k]!r}")
+    _check_spec_names(spec, spec_path)
     return spec
 
 
@@ -170,17 +250,14 @@ _ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(
 
 def _check_spec_matches_graph(spec: dict, session, spec_path, graph) -> None:
     """ValueError naming both files when ``state_spec.json`` does not describe the loaded graph: other input or
-    output names, dtypes or fixed dims, a ``topk`` other than the graph's, a state entry without its fields, or the
-    graph's own record (its ``metadata_props``: kind, n_items, topk) saying otherwise. Such a pair (files of two
+    output names, dtypes or fixed dims, a ``topk`` other than the graph's, a state of an unknown dtype or not among
+    the graph's inputs and outputs, or the graph's own record (its ``metadata_props``: kind, n_items, topk) saying
+    otherwise (the spec's own form, its entries' fields and names: :func:`read_spec`). Such a pair (files of two
     exports, a hand-edited spec) otherwise failed on the first call with a bare KeyError, or not at all (a larger
     ``topk`` than the graph's silently returned fewer items)."""
-    clash = f"{spec_path} does not describe {graph}"
-    hint = "the two files come from different exports, or the spec was edited; re-export with python -m export.onnx"
+    clash, hint = f"{spec_path} does not describe {graph}", _SPEC_HINT
     for side, listed, have in (("inputs", spec["inputs"], session.get_inputs()),
                                ("outputs", spec["outputs"], session.get_outputs())):
-        if not isinstance(listed, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
-                                                   for e in listed):
-            raise ValueError(f"{spec_path}: {side} must be a list of {{name, shape, dtype}} entries ({hint})")
         want, got = {e["name"]: e for e in listed}, {a.name: a for a in have}
         if set(want) != set(got):
             raise ValueError(f"{clash}: it lists the {side} {sorted(want)}, the graph has {sorted(got)} ({hint})")
@@ -199,13 +276,7 @@ def _check_spec_matches_graph(spec: dict, session, spec_path, graph) -> None:
         raise ValueError(f"{clash}: topk is {spec['topk']} in the spec, the graph's top-k is {top.shape[-1]} ({hint})")
     if spec["kind"] == "step":
         inputs, outputs = {e["name"] for e in spec["inputs"]}, {e["name"] for e in spec["outputs"]}
-        states = spec["state"]
-        if not isinstance(states, list):
-            raise ValueError(f"{spec_path}: state must be a list of entries ({hint})")
-        for i, e in enumerate(states):
-            lacks = [k for k in ("name", "shape", "dtype", "init", "output") if not isinstance(e, dict) or k not in e]
-            if lacks:
-                raise ValueError(f"{spec_path}: state entry {i} lacks {', '.join(lacks)} ({hint})")
+        for e in spec["state"]:                             # lists of named entries (read_spec)
             if e["dtype"] not in _DTYPES:
                 raise ValueError(f"{spec_path}: state {e['name']!r} has dtype {e['dtype']!r} (known: "
                                  f"{', '.join(_DTYPES)}) ({hint})")
@@ -828,12 +899,16 @@ class UserStateRecommender:
                 f"{'window' if self.window else 'step'} graph. Replay the user's history (prime(user, history)), or "
                 "pass on_stale='restart' to start such users afresh")
         state = {n: state[n] for n in self.state_names}         # the fingerprint entry is not a graph input
-        if not self.window:
-            try:                        # its values (NaN, a seen state of 0/1), checked per user before batching
+        try:                            # its values, checked per user before batching: a step state's (NaN, a seen
+            if not self.window:         # state of 0/1), a window's items (in range) and timestamps (finite, >= 0)
                 self.session.check_state(state, 1)
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"the stored state of user {user_id!r}: {e}. prime(user, history) replaces it, "
-                              "forget(user) drops it") from None
+            elif state["items"].size:
+                self.session.check_ids(state["items"], name="items")
+                if self.session.uses_timestamps:
+                    self.session.check_timestamps(state["timestamps"], state["items"].shape)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"the stored state of user {user_id!r}: {e}. prime(user, history) replaces it, "
+                          "forget(user) drops it") from None
         return state, False
 
     def _layout_problems(self, state: dict) -> list[str]:

@@ -500,14 +500,29 @@ def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str 
 
 
 # ========================================================================================= implicit-state graph
+def _inside(folder: str | os.PathLike, name: str, what: str) -> pathlib.Path:
+    """``folder / name`` when ``name`` is a plain file name whose path, links resolved, lies in ``folder`` itself;
+    TritonConfigError naming ``what`` otherwise (a name from an export folder never leads a write outside the model
+    folder, whatever let it through: :func:`read_spec` refuses such names first)."""
+    folder = pathlib.Path(folder)
+    path = folder / name if isinstance(name, str) else None
+    if (path is None or name in ("", ".", "..") or any(c in name for c in "/\\\0") or os.path.isabs(name)
+            or path.resolve().parent != folder.resolve()):
+        raise TritonConfigError(f"{what}: {name!r} is not a file name inside {folder}; re-export the model with "
+                                "`python -m export.onnx`")
+    return path
+
+
 def copy_graph_data(graph_path: str | os.PathLike, out_path: str | os.PathLike, spec: dict) -> None:
     """The tensor file of an external-data graph (``spec["external_data"]``, past protobuf's 2 GiB) into the folder of
-    ``out_path``, where the copied graph refers to it by name; nothing for a graph that holds its tensors."""
+    ``out_path``, where the copied graph refers to it by name; nothing for a graph that holds its tensors. The name
+    must be a plain file name, read beside the graph and written beside ``out_path`` (TritonConfigError otherwise)."""
     name = spec.get("external_data")
     if name:
-        dest = pathlib.Path(out_path).parent / name
+        what = f"the external_data of {graph_path}"
+        dest = _inside(pathlib.Path(out_path).parent, name, what)
         if not dest.exists():
-            shutil.copy(pathlib.Path(graph_path).parent / name, dest)
+            shutil.copy(pathlib.Path(graph_path).parent / name, dest)  # a plain name (_inside): beside the graph
 
 
 def copy_graph(graph_path: str | os.PathLike, out_path: str | os.PathLike, spec: dict) -> None:
@@ -528,8 +543,15 @@ def add_sequence_controls(graph_path: str | os.PathLike, out_path: str | os.Path
     from onnx import helper as oh
     from onnx import numpy_helper
 
+    def unusable(e: Exception) -> ValueError:           # onnx's checker (external data outside the folder) or I/O
+        return ValueError(f"{graph_path} is not a usable ONNX graph ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); re-export it with `python -m export.onnx`")
+
     external = spec.get("external_data")       # tensors in a file beside the graph: they stay there, copied along
-    mp = onnx.load(str(graph_path), load_external_data=not external)
+    try:
+        mp = onnx.load(str(graph_path), load_external_data=not external)
+    except (onnx.checker.ValidationError, OSError) as e:
+        raise unusable(e) from None
     g = mp.graph
     names = {i.name for i in g.input}
     for c in ("START", "READY", "CORRID"):
@@ -578,9 +600,15 @@ def add_sequence_controls(graph_path: str | os.PathLike, out_path: str | os.Path
     if external:
         copy_graph_data(graph_path, out_path, spec)
         onnx.save(mp, str(out_path))
-        onnx.checker.check_model(str(out_path), full_check=False)
+        try:
+            onnx.checker.check_model(str(out_path), full_check=False)
+        except onnx.checker.ValidationError as e:
+            raise unusable(e) from None
     else:
-        onnx.checker.check_model(mp, full_check=False)
+        try:
+            onnx.checker.check_model(mp, full_check=False)
+        except onnx.checker.ValidationError as e:
+            raise unusable(e) from None
         onnx.save(mp, str(out_path))
 
 
@@ -825,7 +853,9 @@ def _build_engine_sh(name: str, spec: dict, max_batch: int, implicit: bool) -> s
     """``<name>/build_engine.sh``: builds ``1/model.plan`` from the folder's ONNX graph (``onnx/model_implicit.onnx``
     for an ``implicit`` state model, whose ``spec`` lists the control inputs; else ``onnx/model.onnx``) with trtexec and
     the scan plugins, inside a TensorRT or Triton container (the engine must come from the serving TensorRT version),
-    with the builder settings and optimisation profile of :func:`export.trt.build_engine`."""
+    with the builder settings and optimisation profile of :func:`export.trt.build_engine`. The shapes, which hold the
+    graph's input names, are quoted for the shell (:func:`read_spec` refuses names outside
+    :data:`export.runtime.TENSOR_NAME`, which need no quotes: a spec from elsewhere still runs no command here)."""
     import textwrap
 
     lo, opt, hi = _profile(spec, max_batch)
@@ -866,9 +896,9 @@ unset ZOO_TRT_PLUGINS_AUTOREGISTER
 "${{TRTEXEC:-/usr/src/tensorrt/bin/trtexec}}" --onnx="$here/onnx/{onnx_name}" --saveEngine="$here/1/{PLAN_FILE}.tmp" \\
   --dynamicPlugins="$plugin" --stronglyTyped{" --noTF32" if fp32 else ""} --preview=+aliasedPluginIO1003 \\
   --memPoolSize=workspace:{TRT_WORKSPACE_MIB} --skipInference \\
-  --minShapes={lo} \\
-  --optShapes={opt} \\
-  --maxShapes={hi}
+  --minShapes={shlex.quote(lo)} \\
+  --optShapes={shlex.quote(opt)} \\
+  --maxShapes={shlex.quote(hi)}
 mv -f "$here/1/{PLAN_FILE}.tmp" "$here/1/{PLAN_FILE}"
 """
 
@@ -1038,7 +1068,9 @@ def check_initial_state_files(mdir: str | os.PathLike, cfg) -> None:
 
 def read_spec(export_dir: str | os.PathLike) -> dict:
     """``export_dir/state_spec.json`` (an :mod:`export.onnx` folder); FileNotFoundError when it is not there, ValueError
-    naming the file when it is not JSON, not an object or lacks a field the repository is built from."""
+    naming the file when it is not JSON, not an object, lacks a field the repository is built from, or names a tensor
+    or a file outside the safe sets (:func:`export.runtime.read_spec`: names go into file names, config.pbtxt and
+    build_engine.sh)."""
     from .runtime import read_spec as read_spec_file
 
     path = pathlib.Path(export_dir) / SPEC_FILE
@@ -1047,17 +1079,63 @@ def read_spec(export_dir: str | os.PathLike) -> dict:
     return read_spec_file(path)
 
 
+def _graph_tensors(model):
+    """Every tensor a loaded ONNX model holds: the initializers (sparse ones' values and indices) and node attributes
+    of its graph, its subgraphs (Scan, If, Loop bodies) and its local functions."""
+    def of_graph(g):
+        yield from g.initializer
+        for sp in g.sparse_initializer:
+            yield from (sp.values, sp.indices)
+        yield from of_nodes(g.node)
+
+    def of_nodes(nodes):
+        for n in nodes:
+            for a in n.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("g"):
+                    yield from of_graph(a.g)
+                for sg in a.graphs:
+                    yield from of_graph(sg)
+
+    yield from of_graph(model.graph)
+    for f in model.functions:
+        yield from of_nodes(f.node)
+
+
 def check_graph(graph: str | os.PathLike, spec: dict) -> None:
-    """``graph`` parses as an ONNX model whose inputs and outputs are those ``state_spec.json`` lists; ValueError naming
-    the file otherwise (a truncated copy, another export's graph)."""
+    """``graph`` parses as an ONNX model whose inputs and outputs are those ``state_spec.json`` lists, named within
+    :data:`export.runtime.TENSOR_NAME`'s safe set (the names go into config.pbtxt and build_engine.sh), whose
+    tensors kept outside it (ONNX external data) all lie in the file the spec names (``external_data``: a file
+    beside the graph, which is copied along); ValueError naming the file otherwise (a truncated copy, another
+    export's graph, a graph made or edited elsewhere)."""
     import onnx
 
+    from .runtime import _shown, is_tensor_name
+
     try:
-        g = onnx.load(str(graph), load_external_data=False).graph
+        mp = onnx.load(str(graph), load_external_data=False)
+        g = mp.graph
     except Exception as e:                                  # protobuf's DecodeError for a truncated file
         raise ValueError(f"{graph} is not a readable ONNX graph ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); re-export it with `python -m export.onnx`"
                          ) from None
+    for what, have in (("input", g.input), ("output", g.output)):
+        bad = next((t.name for t in have if not is_tensor_name(t.name)), None)
+        if bad is not None:
+            raise ValueError(f"{graph}: the graph's {what} name {_shown(bad)} is not a tensor name export.triton "
+                             "accepts (letters, digits, '_' and '.', starting with a letter or '_', as python -m "
+                             "export.onnx names them); re-export it with `python -m export.onnx`")
+    wanted = spec.get("external_data")
+    for t in _graph_tensors(mp):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        where = {e.key: e.value for e in t.external_data}.get("location")
+        if where != wanted:
+            raise ValueError(f"{graph} is not a usable ONNX graph: its tensor {_shown(t.name)} lies in "
+                             f"{_shown(where)}, not in the file its {SPEC_FILE} names beside it (external_data: "
+                             f"{_shown(wanted)}); re-export it with `python -m export.onnx`")
     for what, have, want in (("inputs", g.input, spec["inputs"]), ("outputs", g.output, spec["outputs"])):
         have, want = sorted(t.name for t in have), sorted(e["name"] for e in want)
         if have != want:
@@ -1573,7 +1651,8 @@ def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: p
             f = initial_state_file(by_name[st.input_name])
             if f is not None:
                 (mdir / INIT_DIR).mkdir(exist_ok=True)
-                (mdir / INIT_DIR / f).write_bytes(initial_state_bytes(by_name[st.input_name]))
+                (_inside(mdir / INIT_DIR, f, f"the initial state of {st.input_name!r}")
+                 .write_bytes(initial_state_bytes(by_name[st.input_name])))
         check_initial_state_files(mdir, cfg)
     if vocab_path:
         shutil.copy(vocab_path, mdir / VOCAB_FILE)

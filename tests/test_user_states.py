@@ -414,6 +414,37 @@ def test_a_time_aware_window_graph_keeps_time_order(tmp_path):
     with pytest.raises(ValueError, match="go back in time"):
         rec.recommend_many([("b", [1], [t0]), ("a", [8], [t0])])
     assert "b" not in rec.store and all(np.array_equal(rec.store["a"][n], a) for n, a in before.items())
+    # a stored timestamp that is no time: refused naming the user and the way out, as a step state's NaN
+    rec.store["a"] = {**rec.store["a"], "timestamps": np.where(before["timestamps"] > t0, np.nan,
+                                                                before["timestamps"])}
+    with pytest.raises(ValueError, match=r"^the stored state of user 'a': timestamps must be finite and non-negative"
+                                         r"\. prime\(user, history\) replaces it, forget\(user\) drops it$"):
+        rec.recommend_many([("b", [1], [t0]), ("a", [8], [t0 + 9000])])
+    assert "b" not in rec.store
+
+
+def test_a_stored_window_item_out_of_range_names_the_user(sasrec):
+    """A window state whose stored items are out of the graph's range (a store changed by hand, or written for a
+    larger catalogue under a matching tag) was refused as "history 0[0, 1] = 99999 is out of range", naming neither
+    the user nor the stored state; now each user's stored items are checked before the call, with the way out the
+    step states' errors give (prime replaces the state, forget drops it)."""
+    model, d = sasrec
+    v = model.item_vocab
+    rec = UserStateRecommender(d)
+    for user in ("good", "u"):
+        rec.prime(user, v.decode([1, 2]))
+    kept = rec.store["good"]["items"].copy()
+    for bad in (99999, N_ITEMS, 0, -3):
+        rec.store["u"] = {**rec.store["u"], "items": np.array([[5, bad]], np.int64)}
+        with pytest.raises(ValueError, match=rf"^the stored state of user 'u': items\[0, 1\] = {bad} is out of range "
+                                             rf"1\.\.{N_ITEMS - 1} .*\. prime\(user, history\) replaces it, "
+                                             r"forget\(user\) drops it$"):
+            rec.recommend_many([("good", v.decode([3])), ("u", v.decode([4]))])
+        assert np.array_equal(rec.store["good"]["items"], kept)           # refused: nothing stored
+    assert rec.prime("u", v.decode([3, 4])) and rec.store["u"]["items"].tolist() == [[3, 4]]
+    rec.store["u"] = {**rec.store["u"], "items": np.array([[99999]], np.int64)}
+    rec.forget("u")
+    assert "u" not in rec.store and rec.recommend("u", v.decode([4]))
 
 
 @pytest.mark.parametrize("kind", ["dict", "sqlite"])

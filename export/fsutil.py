@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import shlex
 import sys
@@ -178,6 +179,48 @@ def text_stream(*outputs):
     return sys.stderr if STDOUT_PATH in outputs else sys.stdout
 
 
+def nonfinite_text(x: float) -> str:
+    """``"inf"``, ``"-inf"`` or ``"nan"``: a non-finite float as a JSON string (:func:`strict_json`'s ``nonfinite``)
+    that ``float()`` reads back, and that keeps infinity and NaN apart (``null`` would not)."""
+    return "nan" if x != x else ("inf" if x > 0 else "-inf")
+
+
+def _nonfinite_replaced(obj, nonfinite: Callable, where: str = ""):
+    """``obj`` with every non-finite float in it (in dicts, lists and tuples, at any depth) replaced by
+    ``nonfinite(x)``; with ``nonfinite`` None, a ``ValueError`` naming where the first one is (``metrics.HR@10``,
+    ``cases[2].max_abs_err``) instead."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if nonfinite is None:
+            raise ValueError(f"{where or 'the value'} is {obj!r}, which is not a JSON number (strict JSON has no NaN "
+                             "or Infinity)")
+        return nonfinite(obj)
+    if isinstance(obj, dict):
+        return {k: _nonfinite_replaced(v, nonfinite, f"{where}.{k}" if where else str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nonfinite_replaced(v, nonfinite, f"{where}[{i}]") for i, v in enumerate(obj)]
+    return obj
+
+
+def strict_json(obj, nonfinite: Callable[[float], object] | None = None, **kwargs) -> str:
+    """``obj`` as strict JSON text (RFC 8259; ``json.dumps(obj, allow_nan=False, **kwargs)``): never the ``NaN``,
+    ``Infinity`` or ``-Infinity`` that Python's ``json`` writes by default and that jq, JavaScript's ``JSON.parse``
+    and most other readers refuse. A non-finite float in ``obj`` is written as ``nonfinite(x)`` -- the caller says
+    what it means there: :func:`nonfinite_text` (the strings ``"inf"``, ``"-inf"``, ``"nan"``), ``lambda x: None``
+    (``null``) -- or, with ``nonfinite`` None, is a ``ValueError`` naming where it is (``metrics.HR@10``). Text is
+    returned, nothing written: a writer that writes it whole never leaves part of a document (``json.dump`` streams
+    its chunks, and stops at the bad number with the document's first part written). Floats are looked for in
+    dicts, lists and tuples; what ``kwargs``' ``default`` makes of other objects is checked by ``allow_nan`` alone."""
+    import json
+
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError as e:
+        if "Out of range float" not in str(e):         # a circular reference: json's own error
+            raise
+    # a non-finite float: looked for (and replaced) only now, the common finite document costs one pass
+    return json.dumps(_nonfinite_replaced(obj, nonfinite), allow_nan=False, **kwargs)
+
+
 def shell_option(flag: str, value: str | os.PathLike) -> str:
     """``flag`` and its ``value`` as shell text that runs as shown (a command a card or a message writes for people
     to copy): ``--flag VALUE`` (``VALUE`` shell-quoted) as usual, ``--flag=VALUE`` (quoted whole) for a value that
@@ -251,6 +294,79 @@ def _stdout_reader_gone() -> bool:
         return True
 
 
+class _WatchedStdout:
+    """``sys.stdout`` while :func:`run_cli` runs a command: the stream it wraps, everything delegated to it, except that
+    an ``OSError`` or ``ValueError`` its ``write``/``writelines``/``flush`` raise (a full disk, EIO, a closed stream,
+    text its encoding cannot hold) is marked as stdout's (``zoo_stdout_error``, :func:`_stdout_failure`) before it
+    goes on up unchanged -- so that :func:`run_cli` can tell a failed write of the command's product to stdout from
+    an ``OSError`` of anything else (a data file that cannot be read keeps its own message and handling). The first
+    such error is kept as ``failure``: one the command caught and went on after (argparse's ``--help`` drops a
+    failed write) still fails the run."""
+
+    __slots__ = ("_stream", "failure")
+
+    def __init__(self, stream) -> None:
+        object.__setattr__(self, "_stream", stream)
+        object.__setattr__(self, "failure", None)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._stream, name, value)
+
+    def _call(self, method: str, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except (OSError, ValueError) as e:
+            e.zoo_stdout_error = True
+            if self.failure is None:
+                object.__setattr__(self, "failure", e)
+            raise
+
+    def write(self, text):
+        return self._call("write", text)
+
+    def writelines(self, lines):
+        return self._call("writelines", lines)
+
+    def flush(self):
+        return self._call("flush")
+
+
+def _watch_stdout():
+    """Make ``sys.stdout`` a :class:`_WatchedStdout` of itself and return what to put back after
+    (:func:`_unwatch_stdout`), or None when nothing was changed: no stdout (``>&-``: ``sys.stdout`` is None, and
+    stays None, so that ``print`` drops what it is given as Python does), or one already watched (a nested call)."""
+    if sys.stdout is None or isinstance(sys.stdout, _WatchedStdout):
+        return None
+    watched = _WatchedStdout(sys.stdout)
+    original, sys.stdout = sys.stdout, watched
+    return watched, original
+
+
+def _unwatch_stdout(watching) -> None:
+    """Put back the stdout :func:`_watch_stdout` wrapped, unless the command replaced ``sys.stdout`` itself since."""
+    if watching is not None and sys.stdout is watching[0]:
+        sys.stdout = watching[1]
+
+
+def _stdout_failure(e: BaseException) -> str | None:
+    """Why writing stdout failed, when ``e`` says it did -- an error :class:`_WatchedStdout` marked (the OS error's
+    text: ``No space left on device``; ``it is closed``), or, with no stdout at all (``>&-``: ``sys.stdout`` is None),
+    the ``AttributeError`` of writing to it (``json.dump(x, sys.stdout)``: ``'NoneType' object has no attribute
+    'write'``; with no stdout, a ``write`` on None is taken for stdout's) -- else None: an error of something
+    else."""
+    if getattr(e, "zoo_stdout_error", False):
+        if isinstance(e, OSError):
+            return e.strerror or str(e) or type(e).__name__
+        return "it is closed" if "closed file" in str(e) else (str(e) or type(e).__name__)
+    if (isinstance(e, AttributeError) and sys.stdout is None and getattr(e, "obj", 0) is None
+            and getattr(e, "name", None) in ("write", "writelines", "flush")):
+        return "it is closed"
+    return None
+
+
 def _stdout_to_devnull() -> None:
     """Point stdout's descriptor at ``os.devnull``, so that flushing what is still buffered (at exit) cannot fail."""
     try:
@@ -265,28 +381,62 @@ def run_cli(main: Callable, *args, prog: str | None = None):
     """Run a command's ``main(*args)`` as every ``python -m`` entry and console script of the zoo and its exporters
     does, and return its result. A closed stdout (``| head -1``: ``BrokenPipeError`` on stdout) ends the command
     quietly with status 141 (what was written whole stays whole; nothing half-written is left, the writers replace
-    their outputs only once complete). Ctrl-C (``KeyboardInterrupt``) ends it with one line on stderr --
-    ``PROG: interrupted``, and the hint the command attached to the exception as ``zoo_hint`` (``zoo.train``: continue
-    with ``--resume``) -- and status 130, without a traceback. SIGTERM (``kill``, ``timeout``, a scheduler's or a
-    container's stop) ends it the same way -- it raises :class:`Terminated`, a ``KeyboardInterrupt``, so the same
-    cleanups run -- with ``PROG: terminated`` (and the hint) and status 143; the handler is set for the call only
-    (:func:`_catch_sigterm`: in the main thread, where SIGTERM has its default action) and put back after.
-    ``prog``: the command's name in those lines (default: ``python -m MODULE`` of ``main``'s module, or its console
-    script's name: :func:`command_prog`)."""
+    their outputs only once complete). Any other failure to write stdout -- a full disk (``> /dev/full``), an I/O
+    error, no stdout at all (``>&-``) -- ends it with one line on stderr, ``PROG: error: cannot write to standard
+    output (No space left on device)``, and status 1 (:data:`EXIT_ERROR`), without a traceback: ``sys.stdout`` is
+    watched for the call (:class:`_WatchedStdout`), so only an error of writing it is taken for stdout's; any other
+    ``OSError`` (a data file that cannot be read) goes on up as it was. A file output is never left cut short by it:
+    the writers replace their files only once complete. A command ending with ``sys.exit`` whose stdout cannot take
+    what it printed gets that line too (status 1 in place of 0). Ctrl-C (``KeyboardInterrupt``) ends it with one
+    line on stderr -- ``PROG: interrupted``, and the hint the command attached to the exception as ``zoo_hint``
+    (``zoo.train``: continue with ``--resume``) -- and status 130, without a traceback. SIGTERM (``kill``,
+    ``timeout``, a scheduler's or a container's stop) ends it the same way -- it raises :class:`Terminated`, a
+    ``KeyboardInterrupt``, so the same cleanups run -- with ``PROG: terminated`` (and the hint) and status 143; the
+    handler is set for the call only (:func:`_catch_sigterm`: in the main thread, where SIGTERM has its default
+    action) and put back after. ``prog``: the command's name in those lines (default: ``python -m MODULE`` of
+    ``main``'s module, or its console script's name: :func:`command_prog`)."""
     if prog is None:
         spec = getattr(main, "__globals__", {}).get("__spec__")          # ``python -m zoo.train``: __main__'s spec
         prog = command_prog(spec.name) if spec is not None else getattr(main, "__module__", "command")
+
+    def stdout_failed(e: BaseException, code=EXIT_OK) -> None:
+        """End the command when ``e`` is a failed write of stdout -- with status 141, quietly, for a reader gone
+        (``| head``) when ``code`` is 0, else with the stdout line and status 1 (``code`` when that is a failure
+        already) -- and return otherwise."""
+        reason = _stdout_failure(e)
+        if reason is None:
+            return
+        _stdout_to_devnull()                    # what is still buffered must not fail again at exit
+        if isinstance(e, BrokenPipeError) and _stdout_reader_gone():
+            sys.exit(EXIT_BROKEN_PIPE if code in (None, EXIT_OK) else code)
+        print(f"{prog}: error: cannot write to standard output ({reason})", file=sys.stderr, flush=True)
+        sys.exit(EXIT_ERROR if code in (None, EXIT_OK) else code)
+
+    def flushed() -> BaseException | None:
+        """Flush what is still buffered for stdout (now, not at the interpreter's exit, where a failure is a
+        traceback-like note and status 120); the error that stops it, else the write error the command caught and
+        went on after, else None."""
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except (OSError, ValueError) as e:
+            e.zoo_stdout_error = True
+            return e
+        return watching[0].failure if watching is not None else None
+
     previous = _catch_sigterm()
+    watching = _watch_stdout()
     try:
         try:
             result = main(*args)
             if sys.stdout is not None:
                 sys.stdout.flush()              # what print left buffered: a reader gone by now is a broken pipe too
-            return result
         finally:
             _restore_sigterm(previous)          # a second SIGTERM while the line below is printed stops it at once
-    except BrokenPipeError:
+            _unwatch_stdout(watching)
+    except BrokenPipeError as e:
         if not _stdout_reader_gone():
+            stdout_failed(e)
             raise
         _stdout_to_devnull()
         sys.exit(EXIT_BROKEN_PIPE)
@@ -301,6 +451,18 @@ def run_cli(main: Callable, *args, prog: str | None = None):
         print(f"{prog}: {'terminated' if terminated else 'interrupted'}" + (f"; {hint}" if hint else ""),
               file=sys.stderr, flush=True)
         sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+    except (OSError, ValueError, AttributeError) as e:
+        stdout_failed(e)
+        raise
+    except SystemExit as e:                     # its message (sys.exit("error: ...")) is printed as it ends
+        failure = flushed()
+        caught = watching[0].failure if watching is not None else None
+        if failure is not None and (e.code in (None, EXIT_OK) or failure is not caught):
+            stdout_failed(failure, e.code)      # a failed command said why itself, unless its stdout failed after
+        raise
+    if watching is not None and watching[0].failure is not None:
+        stdout_failed(watching[0].failure)      # a write error the command caught and went on after
+    return result
 
 
 # ------------------------------------------------------------------ console scripts (pyproject [project.scripts])

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import importlib
 import inspect
+import io
+import json
 import os
 import pathlib
 import signal
@@ -15,11 +18,12 @@ import sys
 import textwrap
 import threading
 import time
+import types
 
 import pytest
 
-from export.fsutil import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_TERMINATED,
-                           EXIT_USAGE, run_cli)
+from export.fsutil import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_MISSING,
+                           EXIT_TERMINATED, EXIT_USAGE, run_cli)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -188,6 +192,135 @@ def test_sigterm_mid_write_leaves_the_old_output_and_no_temporary_file(tmp_path)
     assert len(temps) == 1 and temps[0].startswith(".out.jsonl."), temps          # it was writing
     assert (p.returncode, err.splitlines()) == (EXIT_TERMINATED, ["python -m zoo.recommend: terminated"]), err
     assert sorted(x.name for x in out.parent.iterdir()) == ["out.jsonl"] and out.read_bytes() == before
+
+
+class _FullStdout(io.TextIOBase):
+    """A stdout on a full disk: every write fails with ENOSPC. No descriptor (``fileno`` raises), so run_cli's
+    pointing of stdout's descriptor at /dev/null never reaches the test run's own."""
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fileno(self):
+        raise io.UnsupportedOperation("no descriptor")
+
+
+def test_a_stdout_that_cannot_be_written_is_one_line_and_status_1_other_errors_stay_theirs(monkeypatch, capsys):
+    """A full disk under ``--json - > results.json`` (or EIO, or no stdout at all: ``>&-``) was a traceback ending
+    ``OSError: [Errno 28]`` (or ``AttributeError: 'NoneType' object has no attribute 'write'``) in every command.
+    run_cli ends it with one line naming standard output and the OS error, status 1 -- also when the command caught
+    the error and went on (argparse's --help drops it) -- while an OSError or AttributeError of anything else (a data
+    file that cannot be read) goes on up as it was, even with such a stdout; print() without a stdout stays quiet."""
+    line = "cmd: error: cannot write to standard output ({})"
+
+    def product():
+        json.dump({"metrics": {"HR@10": 0.5}}, sys.stdout)
+
+    def ended(main, code=EXIT_ERROR):
+        with pytest.raises(SystemExit) as e:
+            run_cli(main, prog="cmd")
+        assert e.value.code == code
+        return capsys.readouterr().err.splitlines()
+
+    monkeypatch.setattr(sys, "stdout", _FullStdout())
+    assert ended(product) == [line.format("No space left on device")]
+    data_error = OSError(errno.EIO, os.strerror(errno.EIO), "data.csv")
+
+    def reads_data():
+        raise data_error
+
+    with pytest.raises(OSError) as e:
+        run_cli(reads_data, prog="cmd")
+    assert e.value is data_error and capsys.readouterr().err == ""
+
+    def caught(then=None):
+        try:
+            print("usage: cmd ...")
+        except OSError:
+            pass
+        if then is not None:
+            sys.exit(then)
+
+    assert ended(caught) == ended(lambda: caught(0)) == [line.format("No space left on device")]
+    # a command that failed and said why keeps its own message and status
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: caught("error: --out -: cannot write it (No space left on device)"), prog="cmd")
+    assert e.value.code == "error: --out -: cannot write it (No space left on device)"
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys, "stdout", None)                # >&-
+    assert ended(product) == [line.format("it is closed")]
+    assert run_cli(lambda: print("a note") or "done", prog="cmd") == "done"
+    with pytest.raises(AttributeError, match="missing"):
+        run_cli(lambda: types.SimpleNamespace().missing, prog="cmd")
+
+
+#: runs ``python -m MODULE ARGS`` for each ``[module, args, closed]`` of argv[1] (JSON) in this one process (one
+#: start of torch for them all), each with stdout a full disk (/dev/full; ``closed``: no stdout, as ``>&-`` leaves
+#: it), and prints ``=== STATUS`` on stderr after each
+_FULL_STDOUT_RUNNER = """
+import json, os, runpy, sys, traceback
+full = os.open("/dev/full", os.O_WRONLY)
+stdout = sys.stdout
+for module, args, closed in json.loads(sys.argv[1]):
+    os.dup2(full, 1)                                  # run_cli points it at /dev/null after a failure
+    sys.stdout = None if closed else stdout
+    sys.argv = [module, *args]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        status = 0
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else 1
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        status = "traceback"
+    print(f"=== {status}", file=sys.stderr, flush=True)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_every_product_on_a_full_stdout_is_one_line_and_status_1(tmp_path):
+    """Each command that writes its product on stdout (``--json -``, ``--ranks-out -``, ``zoo.hub list``) ended in a
+    traceback (``OSError: [Errno 28] No space left on device``; without a stdout ``AttributeError``) when stdout
+    could not be written: one line naming standard output and the error now, status 1; an error of --data keeps its
+    own line; a --json file is never touched by it."""
+    from tiny_models import tiny
+
+    from zoo.evaluate import main as evaluate_main
+
+    tiny("gru4rec").save_pretrained(tmp_path / "m")
+    data = tmp_path / "d.seq"
+    data.write_text("user_id\titem_ids_chronological\n" + "".join(f"{u}\t{u % 5 + 1} {u % 7 + 2} 3 {u % 11 + 1} 4\n"
+                                                                   for u in range(1, 30)))
+    model = str(tmp_path / "m")
+    evaluate_main(["--model", model, "--data", str(data), "--ranks-out", str(tmp_path / "r.csv"), "--no-progress"])
+    ev = ["--model", model, "--data", str(data), "--no-progress"]
+    runs = [("zoo.evaluate", [*ev, "--json", "-"], False), ("zoo.evaluate", [*ev, "--ranks-out", "-"], False),
+            ("zoo.evaluate", [*ev, "--json", "-"], True),
+            ("zoo.compare", [str(tmp_path / "r.csv")] * 2 + ["--ks", "5", "--bootstrap", "100", "--json", "-"], False),
+            ("zoo.compare", [str(tmp_path / "r.csv")] * 2 + ["--ks", "5", "--bootstrap", "100", "--json", "-"], True),
+            ("zoo.recommend", ["--model", model, "--history", "3", "4", "--json"], False),
+            ("zoo.recommend", ["--model", model, "--similar-to", "3", "--json"], False),
+            ("zoo.embed", ["--model", model, "--out", str(tmp_path / "v.safetensors"), "--json"], False),
+            ("zoo.hub", ["list"], False), ("zoo.compare", ["--help"], False)]
+    data_error = ("zoo.evaluate", ["--model", model, "--data", str(tmp_path), "--json", "-", "--no-progress"], False)
+    p = subprocess.run([sys.executable, "-c", _FULL_STDOUT_RUNNER, json.dumps([*runs, data_error])],
+                       capture_output=True, text=True, env=ENV, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    said = p.stderr.split("=== ")
+    ends = [(part.strip().splitlines() or [""])[-1] for part in said[:-1]]
+    statuses = [part.split("\n", 1)[0] for part in said[1:]]
+    for (module, args, closed), end, status in zip(runs, ends, statuses):
+        why = "it is closed" if closed else "No space left on device"
+        assert (status, end) == ("1", f"python -m {module}: error: cannot write to standard output ({why})"), (
+            module, args, closed, p.stderr)
+    assert "Traceback" not in p.stderr, p.stderr
+    assert statuses[-1] == "1" and ends[-1].startswith("error: ") and "is a directory" in ends[-1], p.stderr
+    assert (tmp_path / "v.safetensors").is_file()           # the file output is written whole before the summary
 
 
 def test_a_closed_stdout_ends_a_listing_quietly_with_141():

@@ -38,7 +38,6 @@ unreadable, items the model does not know) or ``--out`` fails the run; 2 for a u
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -47,7 +46,7 @@ from typing import Sequence
 import numpy as np
 
 from . import triton as T
-from .fsutil import EXIT_CODES, EXIT_ERROR, EXIT_OK, STDOUT_PATH, command_prog, exit_with
+from .fsutil import EXIT_CODES, EXIT_ERROR, EXIT_OK, STDOUT_PATH, command_prog, exit_with, strict_json
 
 
 class PerfDataError(ValueError):
@@ -230,16 +229,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_req = sum(len(s) for s in data["data"]) if stateful else len(data["data"])
     what = (f"{len(data['data'])} {'streams' if stateful else 'requests'}" + (f", {n_req} requests" if stateful else "")
             + f" for model {cfg.name!r}")
+    try:                          # strict JSON (perf_analyzer and jq refuse NaN), made whole before any is written
+        text = strict_json(data)
+    except ValueError as e:
+        print(f"export.perf_data: --out {a.out}: not written: {e}", file=sys.stderr)
+        return EXIT_ERROR
     if to_stdout:                 # the product on stdout; what would be printed there goes to stderr
-        json.dump(data, sys.stdout)
-        sys.stdout.write("\n")
+        sys.stdout.write(text + "\n")
         print(f"wrote {what} to stdout; save it to a file for perf_analyzer, which reads --input-data from one:",
               file=sys.stderr)
         print(perf_analyzer_command(cfg, "FILE", len(data["data"])), file=sys.stderr)
         return EXIT_OK
     try:
         with written_whole(a.out) as f:
-            json.dump(data, f)
+            f.write(text)
     except OSError as e:
         print(f"export.perf_data: {cannot('--out', a.out, e)}", file=sys.stderr)
         return EXIT_ERROR

@@ -49,7 +49,8 @@ What it does, in order, printing a report as it goes:
    checkpoint (``config.json`` / ``model.safetensors``: the export would replace its ``item_vocab.json``). One run
    at a time per ``DIR``: it is made (when missing) and locked before all of this and held to the end
    (:func:`export.fsutil.held_output_folder`; a ``DIR`` made for a run that wrote nothing is removed again); a
-   second run into it meanwhile stops at once, exit 1, with ``DIR`` as it was.
+   second run into it meanwhile stops at once, exit 1, with ``DIR`` as it was. The report is strict JSON: a failed
+   verification's non-finite errors are the strings ``"inf"``/``"nan"`` there (:func:`report_json`).
 
 Exit codes (the shared table of every command, :data:`export.fsutil.EXIT_CODES`; the report's ``exit_code`` is the
 same number). The ``ERROR`` lines and a ``RESULT`` line of a run that did not succeed go to stderr, the stages and
@@ -95,7 +96,7 @@ from typing import Any, Sequence
 from . import plugin_spec as ps
 from .deps import require
 from .fsutil import (EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, EXIT_VERIFY_FAILED, FolderBusy, UsageError,
-                     command_prog, file_sha256, held_output_folder)
+                     command_prog, file_sha256, held_output_folder, nonfinite_text, strict_json)
 
 ENGINE_FILE = "model.engine"
 #: where run() sets aside an engine found in the output folder that its report does not say was verified
@@ -577,6 +578,18 @@ def _repointed(report, moved: dict):
     return moved.get(report, report) if isinstance(report, str) else report
 
 
+def report_json(report: dict) -> str:
+    """``trt_report.json``'s text: strict JSON (:func:`export.fsutil.strict_json`; jq and ``JSON.parse`` refuse the
+    ``Infinity``/``NaN`` Python writes by default), indented, with a final newline. A failed verification's errors
+    may be non-finite (:func:`export.verify._errs`: ``inf`` for a graph that masks another set of items or has a
+    non-finite score; :func:`export.verify._worst`: ``nan`` when a case's error is NaN); those are written as the
+    strings ``"inf"``, ``"-inf"`` and ``"nan"`` (:func:`export.fsutil.nonfinite_text`), which keep them apart and which
+    ``float()`` reads back -- a reader sees a string where a number was expected, never a number that passes a
+    ``<=`` tolerance check (``null`` would compare below every tolerance in jq). Other objects (paths) are written
+    as their ``str``."""
+    return strict_json(report, nonfinite_text, indent=2, default=str) + "\n"
+
+
 def engine_verified(out_dir: str | os.PathLike) -> bool:
     """Whether the engine in ``out_dir`` is the one ``out_dir``'s report says was verified and written: exit code 0,
     and the engine's size and sha256 (when the report has one: older reports record the size only) are the report's.
@@ -611,7 +624,7 @@ def _keep_previous(out: Path, say) -> None:
         for name in companions:
             shutil.copy2(out / name, Path(stage) / name)
         with written_whole(Path(stage) / REPORT_FILE) as f:
-            f.write(json.dumps(_repointed(report, moved), indent=2, default=str) + "\n")
+            f.write(report_json(_repointed(report, moved)))
     os.replace(out / ENGINE_FILE, prev / ENGINE_FILE)
     (out / REPORT_FILE).unlink()
     say(f"moved the verified engine of an earlier run (and its report) to {prev}/, with copies of its "
@@ -706,7 +719,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         report["exit_code"], report["status"] = code, status
         if written:                     # whole: a report cut short would leave its engine looking unverified
             with written_whole(out / REPORT_FILE) as f:
-                f.write(json.dumps(report, indent=2, default=str) + "\n")
+                f.write(report_json(report))
         say("")
         (say if code == EXIT_OK else err)(f"RESULT: {status} (exit code {code}); "
             + (f"report: {out / REPORT_FILE}" if written else f"nothing written in {out}"))

@@ -205,6 +205,47 @@ def test_compare_json_dash_is_stdout(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "-").exists()
 
 
+def _strict(text: str):
+    """``text`` parsed as strict JSON (``NaN``/``Infinity``, which Python's json reads and writes by default, refused
+    as jq and JavaScript's JSON.parse refuse them)."""
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_compare_json_is_strict_and_a_non_finite_number_is_refused_naming_it(tmp_path, capsys, monkeypatch):
+    """--json wrote Python's NaN/Infinity, which is not JSON (jq and JSON.parse refuse it), and on stdout ``json.dump``
+    streamed the document, stopping at a bad number with its first part written. The document is strict JSON; a
+    non-finite number in it fails the run (exit 1) naming where it is, with nothing on stdout and the --json file
+    left as it was."""
+    import zoo.compare
+
+    monkeypatch.chdir(tmp_path)
+    ok = _ranks_file(tmp_path / "ok.csv", [(1, 5, 1), (2, 6, 3), (3, 7, 12)])
+    compare_main([ok, ok, "--bootstrap", "100", "--json", "c.json"])
+    assert _strict((tmp_path / "c.json").read_text())["n_users"] == 3
+    before = (tmp_path / "c.json").read_bytes()
+    real = zoo.compare.compare
+
+    def non_finite(*a, **k):
+        result = real(*a, **k)
+        result["metrics"]["HR@10"]["p_value"] = float("nan")
+        return result
+
+    monkeypatch.setattr(zoo.compare, "compare", non_finite)
+    capsys.readouterr()
+    for out in ("-", "c.json"):
+        with pytest.raises(SystemExit) as e:
+            compare_main([ok, ok, "--bootstrap", "100", "--json", out])
+        said = capsys.readouterr()
+        assert e.value.code == 1 and said.out == "", (e.value.code, said.out)
+        assert said.err.splitlines()[-1] == (f"python -m zoo.compare: error: --json {out}: not written: "
+                                             "metrics.HR@10.p_value is nan, which is not a JSON number (strict JSON "
+                                             "has no NaN or Infinity)"), said.err
+    assert (tmp_path / "c.json").read_bytes() == before
+
+
 def _paired_table():
     """``bench/paired_table.py`` (a script, not a package module) loaded as a module."""
     import importlib.util

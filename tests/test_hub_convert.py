@@ -1958,7 +1958,7 @@ def test_card_out_defaults_to_hub_cards_under_the_current_directory(tmp_path, mo
     hub.main(["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data])
     card = first / "hub_cards" / "tiny"
     assert (card / "README.md").is_file() and not (tmp_path / "pkg").exists()
-    assert f"wrote card {card} " in capsys.readouterr().out
+    assert f"wrote card {card} " in capsys.readouterr().err
     assert onnx_main(["--model", str(card), "--card-dir", str(card), "--topk", "5", "--verify-prime", "10",
                       "--verify-steps", "10", "--verify-cases", "50"]) == 0
     # a copy of the card, re-measured in place from the copy's directory, as README's in-place command does
@@ -1969,7 +1969,7 @@ def test_card_out_defaults_to_hub_cards_under_the_current_directory(tmp_path, mo
     monkeypatch.chdir(copy)
     capsys.readouterr()
     hub.main(["card", "--run", "hub_cards/tiny", "--name", "tiny", "--data", data, "--keep-notes"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert (copy / "hub_cards" / "tiny" / "onnx" / "model.onnx").is_file()
     assert {f.relative_to(card): f.read_bytes() for f in card.rglob("*") if f.is_file()} == before   # untouched
     assert f"wrote card {copy / 'hub_cards' / 'tiny'} " in out and ".staged-" not in out, out
@@ -2112,7 +2112,7 @@ def test_a_card_of_folders_and_data_that_begin_with_a_dash_writes_commands_that_
                       "--verify-steps", "10", "--verify-cases", "50"]) == 0
     capsys.readouterr()
     hub.main(["card", "--run=-card", "--name", "dash-card", "--data=-w.tsv", "--out=-card", "--no-progress"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "python -m export.onnx --model=-card --card-dir=-card --kind step --topk 5 --data=-w.tsv" in out, out
     spec = json.loads((tmp_path / "-card" / "onnx" / "state_spec.json").read_text())
     assert spec["verification"]["passed"]

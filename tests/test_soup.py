@@ -307,6 +307,46 @@ def test_a_soup_is_carded_with_its_ingredients_and_their_stages(runs, tmp_path, 
     assert md.count("\n| ") == (1 + 5) + (1 + 3) and "Ingredients of stage 4" in md, md   # stages, ingredients
 
 
+def _strict(text: str):
+    """``text`` parsed as strict JSON (jq and JSON.parse refuse the NaN/Infinity Python's json accepts)."""
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_soups_log_and_card_are_strict_json_and_the_cards_stdout_is_its_metrics_alone(runs, tmp_path, capsys,
+                                                                                        monkeypatch):
+    """soup_log.json is strict JSON, and a non-finite score (a NaN validation NDCG) fails the soup naming it, with
+    nothing written (Python's json wrote ``NaN``, which jq and JSON.parse refuse). ``zoo.hub card`` of the soup prints
+    its metrics JSON alone on stdout (``| jq .`` read it): its ``wrote card`` line, notes and re-exports go to
+    stderr."""
+    from zoo import hub
+
+    tmp, data = runs
+    soup = tmp_path / "soup"
+    base = ["--models", str(tmp / "s1"), str(tmp / "s2"), "--data", str(data), "--kcore", "0", "--method", "uniform"]
+    log = main([*base, "--out", str(soup)])
+    assert _strict((soup / "soup_log.json").read_text()) == log
+    capsys.readouterr()
+    hub.main(["card", "--run", str(soup), "--name", "tiny-soup", "--data", str(data), "--out", str(tmp_path / "card"),
+              "--no-progress"])
+    said = capsys.readouterr()
+    metrics = _strict(said.out)
+    assert 0 <= metrics["NDCG@10"] <= 1 and said.out == json.dumps(metrics, indent=1) + "\n"
+    assert f"wrote card {tmp_path / 'card'} (README.md" in said.err
+    assert _strict((tmp_path / "card" / "eval_results.json").read_text())["metrics"] == metrics
+    import zoo.evaluate
+
+    monkeypatch.setattr(zoo.evaluate, "evaluate_model", lambda *a, **k: {"NDCG@10": float("nan")})
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--out", str(tmp_path / "nan")])
+    assert e.value.code == 1 and not (tmp_path / "nan").exists()
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --out {tmp_path / 'nan'}: not written: soup_log.json ingredients[0].valid_NDCG@10 is nan, which is "
+        "not a JSON number (strict JSON has no NaN or Infinity)")
+
+
 def test_a_soup_without_its_ingredients_history_is_not_carded(runs, tmp_path, capsys):
     """A soup_log.json without the ingredients' stages (written before they were recorded) is refused by name, and
     the card folder is not touched."""

@@ -710,6 +710,57 @@ def test_the_report_is_written_whole(tmp_path, monkeypatch):
     assert _files(out) == before
 
 
+def _strict(text: str):
+    """``text`` parsed as strict JSON: the ``NaN``/``Infinity`` Python's json writes (and reads) by default are an
+    error, as in jq and JavaScript's JSON.parse."""
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_failed_verifications_non_finite_errors_are_strict_json_strings(tmp_path, monkeypatch):
+    """A verification that fails on a graph masking another item set (export.verify._errs: an infinite error) or on a
+    NaN score (_worst: NaN) is what a script reads trt_report.json for (exit 3), and the report said
+    ``"max_abs_err": Infinity`` -- not JSON (jq, JSON.parse refuse it). The report is strict JSON now, a non-finite
+    number written as the string "inf", "-inf" or "nan" (float() reads them back); a finite one stays a number. An
+    earlier report holding ``Infinity`` (an older zoo's) is strict once kept in previous/ too."""
+    from export import onnx as E
+    from export import verify as V
+
+    inf, nan = float("inf"), float("nan")
+    report = V.VerifyReport(kind="step", model_type="mamba4rec", cases=[
+        V.CaseResult("masked", inf, inf, 1.0, 4, ok=False, reason="masks another item set"),
+        V.CaseResult("nan", nan, nan, 0.5, 4, state_err=-inf, ok=False, reason="non-finite score"),
+        V.CaseResult("fine", 1e-6, 2e-6, 1.0, 4)])
+
+    def export_model(model, out_dir, **kw):
+        raise E.VerificationError("verification failed", report)
+
+    monkeypatch.setattr(T, "_load_model", lambda name: types.SimpleNamespace(
+        name=name, uses_timestamps=False, config=types.SimpleNamespace(n_items=101)))
+    monkeypatch.setattr(E, "export_model", export_model)
+    out = tmp_path / "out"
+    code, _ = T.run("nope", str(out), quick=True, say=lambda m: None)
+    assert code == T.EXIT_VERIFY_FAILED
+    rep = _strict((out / T.REPORT_FILE).read_text())
+    v = rep["onnx_verification"]
+    assert (v["max_abs_err"], v["max_rel_err"], v["state_err"], v["passed"]) == ("nan", "nan", "-inf", False)
+    assert [(c["max_abs_err"], c["state_err"]) for c in v["cases"]] == [("inf", None), ("nan", "-inf"), (1e-6, None)]
+    assert float(v["cases"][0]["max_rel_err"]) == inf and v["topk_agreement"] == 0.5
+    strings = json.dumps({"x": ["inf", "-inf", "nan", 1.5]}, indent=2) + "\n"
+    assert T.report_json({"x": (inf, -inf, nan, 1.5)}) == strings
+    # an earlier verified engine whose report an older zoo wrote with Infinity: kept in previous/, strict there
+    out2 = tmp_path / "out2"
+    _earlier_engine(out2, {**EARLIER_REPORT, "onnx": {"verification": {"max_abs_err": inf}}})
+    assert "Infinity" in (out2 / T.REPORT_FILE).read_text()
+    _can_build(monkeypatch)
+    code, _ = T.run("nope", str(out2), quick=True, say=lambda m: None)
+    assert code == T.EXIT_VERIFY_FAILED
+    kept = _strict((out2 / T.PREVIOUS_DIR / T.REPORT_FILE).read_text())
+    assert kept["onnx"]["verification"]["max_abs_err"] == "inf" and kept["exit_code"] == 0
+
+
 @pytest.fixture(scope="module")
 def tiny_mamba():
     from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel

@@ -29,6 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
+from export.fsutil import strict_json
+
 from .cli import (EXIT_CODES, EXIT_ERROR, STDOUT_PATH, cannot, check_outputs, command_prog, exit_with,
                   int_at_least, nonnegative_int, positive_int, text_stream, written_whole)
 from .evaluate import (RANKS_COLUMNS, RANKS_HEADER, UsageError, bucket_label, length_buckets,
@@ -243,6 +245,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         exit_with(EXIT_ERROR, f"{p.prog}: error: {cannot(name, path, e, 'read')}")
     except ValueError as e:
         exit_with(EXIT_ERROR, f"{p.prog}: error: {e}")
+    if args.json:
+        try:                    # strict JSON (jq refuses NaN), made whole before any of it (or a table) is written
+            text = strict_json(result, indent=1) + "\n"
+        except ValueError as e:
+            exit_with(EXIT_ERROR, f"{p.prog}: error: --json {args.json}: not written: {e}")
     out = text_stream(args.json)                                      # stdout may hold the JSON
     pa, pb = result["a"]["protocol"], result["b"]["protocol"]
     print(f"A: {result['a']['model']}\nB: {result['b']['model']}\n{result['n_users']:,} users, "
@@ -258,12 +265,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if bucket["metrics"]:
             print(format_comparison(dict(result, metrics=bucket["metrics"])), file=out)
     if args.json == STDOUT_PATH:
-        json.dump(result, sys.stdout, indent=1)
-        print(flush=True)
+        sys.stdout.write(text)
+        sys.stdout.flush()
     elif args.json:
         try:
             with written_whole(args.json) as f:
-                json.dump(result, f, indent=1)
+                f.write(text)
         except OSError as e:
             exit_with(EXIT_ERROR, f"{p.prog}: error: {cannot('--json', args.json, e)}")
     return result

@@ -13,6 +13,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,8 @@ import shlex
 import shutil
 import sys
 from typing import Sequence
+
+from export.fsutil import strict_json
 
 from .cli import (cannot, check_outputs, columns_argv, error_text, shell_option, written_whole,
                   written_whole_folder)
@@ -862,14 +865,15 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                       extra_sections=_stages_markdown(stages) + _marked_notes(notes),
                       reference_metrics=reference, intervals=intervals, baselines=baselines, bundled=bundled,
                       load_from=out_dir)
+            # strict JSON (jq refuses NaN): a non-finite number is a ValueError naming it, and no card is written
             with written_whole(os.path.join(stage, STAGES_FILE)) as f:
-                json.dump({"stages": stages}, f, indent=1)
+                f.write(strict_json({"stages": stages}, indent=1))
             with written_whole(os.path.join(stage, "eval_results.json")) as f:
-                json.dump({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
-                           "protocol": protocol, "data_file": data_file, "data_options": data_options,
-                           "unknown_items": unknown_items, **({"dropped": dropped} if dropped else {}),
-                           "exclude_history": exclude_history, "baselines": baselines,
-                           **({"reference_protocol": reference} if reference else {})}, f, indent=1)
+                f.write(strict_json({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
+                                     "protocol": protocol, "data_file": data_file, "data_options": data_options,
+                                     "unknown_items": unknown_items, **({"dropped": dropped} if dropped else {}),
+                                     "exclude_history": exclude_history, "baselines": baselines,
+                                     **({"reference_protocol": reference} if reference else {})}, indent=1))
             for args in exports:
                 refresh_onnx_export(stage, args, data, data_options.get("columns"), shown_as=out_dir)
     except RuntimeError as e:                   # a VerificationError stays the cause (exit 3)
@@ -1059,8 +1063,6 @@ def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str 
     """Re-export (and verify) one ONNX graph of a card folder from its current weights (``data``, read with
     ``columns``: real histories for the verification); raises when that fails. ``shown_as``: the folder that
     ``card_dir`` (a staged copy) becomes, named instead of the stage in what is printed."""
-    import contextlib
-
     from export.onnx import main as onnx_main
 
     staged, final = str(card_dir), str(shown_as or card_dir)
@@ -1176,7 +1178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                     "./hub_cards/<name>)",
                        description="Measure a training run's checkpoint on the test split and write a card folder: "
                                    "weights, config, item vocabulary, README.md (a Hub model card), eval_results.json "
-                                   "and training_log.json.", epilog=EXIT_CODES)
+                                   "and training_log.json. Prints the test metrics as JSON on stdout (alone: "
+                                   "the notes, the re-exports' reports and the folder written go to stderr).",
+                       epilog=EXIT_CODES)
     c.add_argument("--run", required=True, help="a zoo.train --out folder, or a card folder (the card's own folder "
                                                  "re-measures and re-writes it in place)")
     c.add_argument("--name", required=True,
@@ -1189,7 +1193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "columns); the card's test metrics are measured on its leave-one-out test split")
     c.add_argument("--out", help="the card folder (default: hub_cards/<name> under the current directory; from the "
                                  "repository root that is the bundled card's folder, whose card alone names "
-                                 f"{HUB_ORG}/<name>); the folder written is printed at the end")
+                                 f"{HUB_ORG}/<name>); the folder written is printed at the end, on stderr")
     c.add_argument("--repo-id", type=hub_repo_id,
                    help="the Hub id the card will be published as (zoo.hub push), NAME or OWNER/NAME: its example and "
                         f"commands load it (default: the --out folder; a bundled card: {HUB_ORG}/<name>)")
@@ -1213,7 +1217,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "vocabulary are replaced, its ONNX graphs re-exported; a folder that also holds files no card "
                         "writes is refused even so; not needed to re-measure a card in place or to card a later "
                         "stage of the card in --out")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar during the evaluation")
+    c.add_argument("--no-progress", action="store_true",
+                   help="no progress bar during the evaluation (default: a bar on stderr when stderr is a terminal)")
     u = sub.add_parser("push", help="publish a card folder to the Hub",
                        description="Publish a card folder to the Hugging Face Hub (needs HF_TOKEN or `hf auth "
                                    "login`); the folder must load as a zoo model, and may hold only a card's files.",
@@ -1244,10 +1249,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (OSError, UnicodeDecodeError) as e:
             sys.exit(f"card not written: {cannot('--notes', args.notes, e, 'read')}")       # status 1
         out = args.out or default_card_out(args.name)
-        try:
-            m = build_card_folder(args.run, args.name, args.data, out, args.exclude_history, args.description,
-                                  args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes,
-                                  overwrite=args.overwrite, repo_id=args.repo_id, progress=not args.no_progress)
+        try:                # stdout holds the metrics JSON alone: what the build prints (notes, re-exports) is stderr's
+            with contextlib.redirect_stdout(sys.stderr):
+                m = build_card_folder(args.run, args.name, args.data, out, args.exclude_history, args.description,
+                                      args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes,
+                                      overwrite=args.overwrite, repo_id=args.repo_id, progress=not args.no_progress)
         except OutFolderError as e:     # the --out given (or its default) cannot take the card as asked
             c.error(f"card not written: {e}")
         except MissingDependencyError as e:
@@ -1259,8 +1265,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(f"card not written: {error_text(e)}")                               # status 1
         except (OSError, KeyError, ValueError) as e:                # they name what failed
             sys.exit(f"card not written: {error_text(e)}")                               # status 1
-        print(json.dumps(m, indent=1))
-        print(f"wrote card {os.path.abspath(out)} (README.md, weights, eval_results.json)", flush=True)
+        print(strict_json(m, indent=1), flush=True)                 # written: eval_results.json is strict too
+        print(f"wrote card {os.path.abspath(out)} (README.md, weights, eval_results.json)", file=sys.stderr, flush=True)
     elif args.cmd == "push":
         extra = extra_files(args.folder) if args.allow_extra and os.path.isdir(args.folder) else []
         if extra:

@@ -25,7 +25,7 @@ the ingredients and every stage that made them.
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import shlex
 import sys
@@ -33,6 +33,8 @@ import time
 from typing import Callable, NoReturn, Sequence
 
 import torch
+
+from export.fsutil import strict_json
 
 from .hub import SOUP_LOG
 METHODS = ("greedy", "uniform")
@@ -222,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         p.error(str(e))
     device = cli_device(a.device)               # before any work: a malformed device exits 2, a missing GPU 4
     apply_threads(a.threads)
-    import zoo  # noqa: F401  (registers the zoo models)
+    importlib.import_module("zoo")     # registers the zoo models with AutoModel
 
     from .data import leave_one_out, load_dataset, load_options
     from .evaluate import align_with_model, evaluate_model
@@ -308,11 +310,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
            **{k: trained[k] for k in ("window_stride", "loss_weighting", "loss") if k in trained},
            "soup_minutes": (time.perf_counter() - started) / 60,
            "stages": shared, "ingredient_stages": stages}
+    try:                                        # strict JSON (jq refuses NaN), checked before the folder is made
+        log_text = strict_json(log, indent=1)
+    except ValueError as e:
+        failed(f"--out {a.out}: not written: {SOUP_LOG} {e}")
     try:
         with written_whole_folder(a.out) as staged:
             model.save_pretrained(staged)
             with open(os.path.join(staged, SOUP_LOG), "w", encoding="utf-8") as f:
-                json.dump(log, f, indent=1)
+                f.write(log_text)
     except OSError as e:                        # its place was checked before any work (a full disk, say)
         failed(cannot("--out", a.out, e))
     kept = [r["path"] for r in rows if r["in_soup"]]

@@ -51,6 +51,22 @@ def test_a_download_is_fetched_streamed_and_checked(ml100k_zip, tmp_path, monkey
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ml-100k.inter"]
 
 
+def test_the_download_bar_is_shown_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """The download bar went to stderr whatever it was (a CI log, a file), its carriage returns gluing the next line
+    to it: it is shown only when stderr is a terminal now (and never with progress=False)."""
+    import sys
+
+    src = tmp_path / "archive.bin"
+    src.write_bytes(b"x" * 200_000)
+    D.fetch(src.as_uri(), str(tmp_path / "a"), progress=True)
+    assert (tmp_path / "a").read_bytes() == src.read_bytes() and capsys.readouterr().err == ""   # no terminal here
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    D.fetch(src.as_uri(), str(tmp_path / "b"), progress=True)
+    assert "archive.bin" in capsys.readouterr().err
+    D.fetch(src.as_uri(), str(tmp_path / "c"), progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_what_is_not_the_benchmark_is_refused_and_nothing_is_left(shared_file, tmp_path):
     out = tmp_path / "data"
     rows = _rows(shared_file("ml-100k.inter.gz"))

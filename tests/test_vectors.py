@@ -233,6 +233,92 @@ def test_embed_writes_the_same_bytes_each_time(tmp_path):
         assert f.metadata() == header["__metadata__"] and set(f.keys()) == {"items", "users"}
 
 
+def test_embed_refuses_user_vectors_that_are_not_finite_naming_them(tmp_path, monkeypatch):
+    """A model whose scores overflow (zoo.recommend and zoo.evaluate refuse its NaN scores, naming the rows) gave
+    zoo.embed NaN user vectors, written with exit 0: a vector index then got NaN queries. They are refused now,
+    naming the users' rows and ids, and nothing is written (an old file stays as it was); so is a NaN in the item
+    vectors or in user vectors given to write_vectors."""
+    from zoo.embed import write_vectors
+
+    model, path = _saved(tmp_path, "gru4rec", embedding_size=16, hidden_size=16)
+    users = list(_data(tmp_path / "d.tsv"))
+    cls = type(model)
+    real = cls.query_vectors
+
+    def overflowing(self, ids, mask, **kw):
+        q = real(self, ids, mask, **kw)
+        q[0, 1], q[2, 0] = float("nan"), float("inf")          # rows 0 and 2 of the one batch
+        return q
+
+    monkeypatch.setattr(cls, "query_vectors", overflowing)
+    out = tmp_path / "v.safetensors"
+    out.write_bytes(b"an earlier file")
+    with pytest.raises(SystemExit) as e:
+        embed_main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--out", str(out), "--no-progress"])
+    assert str(e.value.code).startswith(
+        f"error: the model's user vectors are NaN or infinite for 2 of {len(users)} users, rows [0, 2] (ids "
+        f"{[users[0], users[2]]}) (a numeric overflow"), e.value.code
+    assert out.read_bytes() == b"an earlier file"
+    monkeypatch.undo()
+    vectors = torch.zeros(2, model.vector_size)
+    vectors[1, 0] = float("-inf")
+    with pytest.raises(ValueError, match=r"user vectors are NaN or infinite in rows \[1\] \(ids \['b'\]\)"):
+        write_vectors(out, model, users=(["a", "b"], vectors))
+    with torch.no_grad():
+        model.item_output()[0][3, 2] = float("nan")            # item index 3: the third item
+    with pytest.raises(ValueError, match=rf"item vectors are NaN or infinite in rows \[2\] \(ids \[{ITEMS[2]}\]\)"):
+        write_vectors(out, model)
+    assert out.read_bytes() == b"an earlier file"
+
+
+def test_load_vectors_refuses_a_file_holding_non_finite_vectors(tmp_path):
+    """load_vectors read a file of NaN user vectors (an older zoo.embed wrote them) without complaint: it names the
+    file, the tensor and the rows now."""
+    _, path = _saved(tmp_path, "gru4rec", embedding_size=16, hidden_size=16)
+    from safetensors import safe_open
+
+    _data(tmp_path / "d.tsv")
+    good = tmp_path / "good.safetensors"
+    embed_main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--out", str(good), "--no-progress"])
+
+    with safe_open(str(good), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    users = json.loads(meta["user_ids"])
+    tensors["users"][[1, 4]] = float("nan")
+    bad = tmp_path / "nan.safetensors"
+    save_file(tensors, bad, metadata=meta)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{bad}: the users tensor holds NaN or infinite values in 2 of {len(users)} rows, rows [1, 4] (ids "
+            f"{[users[1], users[4]]}): not usable vectors")):
+        load_vectors(bad)
+    tensors["users"][[1, 4]] = 0.0
+    tensors["items"][0, 0] = float("inf")
+    save_file(tensors, bad, metadata=meta)
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: the items tensor holds NaN or infinite values in 1 of")):
+        load_vectors(bad)
+
+
+def test_embed_shows_its_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """The user-vector bar went to stderr whatever it was (a CI log, a file), where its carriage returns glued the
+    next line to it. It is shown only when stderr is a terminal now (without --no-progress)."""
+    import sys
+
+    from zoo.data import load_dataset
+    from zoo.embed import user_vectors_of_dataset
+
+    model, path = _saved(tmp_path, "gru4rec", embedding_size=16, hidden_size=16)
+    _data(tmp_path / "d.tsv")
+    ds = load_dataset(str(tmp_path / "d.tsv"), kcore=None)
+    capsys.readouterr()
+    user_vectors_of_dataset(model, ds, progress=True)
+    assert capsys.readouterr().err == ""                      # stderr is no terminal here
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    user_vectors_of_dataset(model, ds, progress=True)
+    assert "user vectors" in capsys.readouterr().err
+    user_vectors_of_dataset(model, ds, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_load_vectors_refuses_files_that_are_not_vectors_files(tmp_path):
     _, path = _saved(tmp_path, "gru4rec", embedding_size=16, hidden_size=16)
     with pytest.raises(ValueError, match="not a zoo vectors file"):

@@ -33,7 +33,8 @@ class DownloadError(RuntimeError):
 
 
 def fetch(url: str, path: str, timeout_s: float = 30.0, progress: bool = True) -> None:
-    """Copy ``url`` to the file ``path`` (streamed, with a tqdm bar); :class:`DownloadError` when it cannot be
+    """Copy ``url`` to the file ``path`` (streamed; with ``progress`` a tqdm bar on stderr, shown only when stderr is
+    a terminal: in a log file its redraws would garble the lines after it); :class:`DownloadError` when it cannot be
     reached or read."""
     from tqdm.auto import tqdm
 
@@ -43,7 +44,8 @@ def fetch(url: str, path: str, timeout_s: float = 30.0, progress: bool = True) -
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as r, open(path, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(url), disable=not progress) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(url),
+                      disable=None if progress else True) as bar:          # None: off when stderr is no terminal
                 while chunk := r.read(1 << 16):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -152,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--from-zip", help="the benchmark's archive, downloaded by hand (no network needed; default: "
                                       "download it from its owner's site)")
     p.add_argument("--overwrite", action="store_true", help="replace a file already there")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar while downloading")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar while downloading (default: a bar on stderr when stderr is a terminal)")
     a = p.parse_args(argv)
     folder = a.dir if a.dir is not None else default_dir()
     if os.path.exists(folder) and not os.path.isdir(folder):

@@ -9,13 +9,15 @@ model's recommendations from precomputed user vectors.
 
 The external ids of the rows are in the file's metadata (``item_ids``, ``user_ids``: JSON lists), beside ``model``,
 ``model_type``, ``vector_size`` and ``bias_column`` (``"true"`` when the last column carries the item bias: 1 in every
-user vector). :func:`load_vectors` reads such a file back and checks it. The file is written beside ``--out`` and
-moved there once complete.
+user vector). :func:`load_vectors` reads such a file back and checks it (ids, shapes, finite values). The file is
+written beside ``--out`` and moved there once complete; vectors holding a NaN or an infinite value (a numeric
+overflow) are refused, naming their rows, and nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import struct
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from export.fsutil import strict_json
 
 #: the ``format`` metadata value of a vectors file
 FORMAT = "ssm-rec-zoo/vectors"
@@ -56,11 +60,25 @@ class Vectors:
         return users @ self.items.t()
 
 
+def nonfinite_rows(vectors: torch.Tensor) -> list[int]:
+    """The rows of ``[N, D]`` ``vectors`` that hold a NaN or an infinite value (in any column), in order."""
+    return (~torch.isfinite(vectors)).any(dim=1).nonzero().flatten().tolist() if vectors.numel() else []
+
+
+def _rows_named(rows: list[int], ids: Sequence, n: int = 8) -> str:
+    """``"rows [0, 2] (ids ['a', 'c'])"``: the first ``n`` of ``rows`` and their ids, `` ...`` when there are more."""
+    more = " ..." if len(rows) > n else ""
+    return f"rows {rows[:n]}{more} (ids {[ids[r] for r in rows[:n]]}{more})"
+
+
 def user_vectors_of_dataset(model, ds, unknown: str = "error", batch_size: int = 256,
                             progress: bool = True) -> tuple[list, torch.Tensor, str]:
     """``(user ids, [U, vector_size] user vectors, vocabulary note)`` of every user of the
     :class:`~zoo.data.SequenceDataset` ``ds`` from the last ``max_seq_length`` items of the user's history
-    (``unknown`` as in :func:`zoo.recommend.recommend_all_users`)."""
+    (``unknown`` as in :func:`zoo.recommend.recommend_all_users`). A user vector holding a NaN or an infinite value
+    (a numeric overflow, as :meth:`~zoo.SeqRecPreTrainedModel.predict` refuses NaN scores) is a ``ValueError``
+    naming the users' rows and ids: an index would rank every item against a NaN query. ``progress``: a bar on
+    stderr, shown only when stderr is a terminal."""
     from tqdm.auto import tqdm
 
     from .modeling_utils import _as_count
@@ -69,11 +87,19 @@ def user_vectors_of_dataset(model, ds, unknown: str = "error", batch_size: int =
     batch_size = _as_count(batch_size, "batch_size")
     aligned, note, seqs, ts = histories_for(model, ds, unknown)
     out = []
-    with tqdm(total=len(aligned), desc="user vectors", unit="user", leave=False, disable=not progress) as bar:
+    # disable=None: no bar when stderr is not a terminal (a log file, CI), where it would garble the lines after it
+    with tqdm(total=len(aligned), desc="user vectors", unit="user", leave=False,
+              disable=None if progress else True) as bar:
         for chunk, ids, mask, t in model.padded_batches(seqs, ts, batch_size):
             out.append(model.query_vectors(ids, mask, timestamps=t).cpu())
             bar.update(len(chunk))
-    return list(aligned.users), torch.cat(out), note
+    users, vectors = list(aligned.users), torch.cat(out)
+    bad = nonfinite_rows(vectors)
+    if bad:
+        raise ValueError(f"the model's user vectors are NaN or infinite for {len(bad):,} of {len(users):,} users, "
+                         f"{_rows_named(bad, users)} (a numeric overflow or NaN weights, e.g. in {model.dtype}): an "
+                         "index would get NaN queries, so no vectors are written")
+    return users, vectors, note
 
 
 def _json_ids(ids: Sequence) -> str:
@@ -86,7 +112,8 @@ def write_vectors(path: str | os.PathLike, model, users: tuple[list, torch.Tenso
                   metadata: dict | None = None) -> dict:
     """Write ``model``'s item vectors (and ``users = (ids, vectors)``) to the safetensors file ``path``: written
     beside it and moved there once complete, so an error leaves an existing ``path`` as it was. Returns the
-    metadata written (without the id lists)."""
+    metadata written (without the id lists). Vectors holding a NaN or an infinite value are a ``ValueError`` naming
+    their rows and ids, before anything is written (:func:`load_vectors` refuses such a file)."""
     from safetensors.torch import save_file
 
     from .cli import written_whole_path
@@ -100,11 +127,18 @@ def write_vectors(path: str | os.PathLike, model, users: tuple[list, torch.Tenso
             **{k: str(v) for k, v in (metadata or {}).items()}}
     tensors = {"items": iv.vectors.contiguous()}
     ids = {"item_ids": _json_ids(iv.ids)}
+    bad = nonfinite_rows(tensors["items"])
+    if bad:
+        raise ValueError(f"the model's item vectors are NaN or infinite in {_rows_named(bad, list(iv.ids))}: not "
+                         "written")
     if users is not None:
         user_ids, user_vecs = users
         if user_vecs.shape != (len(user_ids), model.vector_size):
             raise ValueError(f"user vectors {list(user_vecs.shape)} do not match {len(user_ids)} user ids x "
                              f"vector_size {model.vector_size}")
+        bad = nonfinite_rows(user_vecs)
+        if bad:
+            raise ValueError(f"user vectors are NaN or infinite in {_rows_named(bad, list(user_ids))}: not written")
         tensors["users"] = user_vecs.float().contiguous()
         ids["user_ids"] = _json_ids(user_ids)
         meta["n_users"] = str(len(user_ids))
@@ -130,7 +164,9 @@ def _sort_header(path: str | os.PathLike) -> None:
 
 def load_vectors(path: str | os.PathLike) -> Vectors:
     """Read a file written by :func:`write_vectors` / ``python -m zoo.embed``; a file that is not one (another
-    safetensors file, missing or mismatched ids, wrong shapes) is a ``ValueError`` naming the problem."""
+    safetensors file, missing or mismatched ids, wrong shapes) is a ``ValueError`` naming the problem, and so is one
+    whose vectors hold a NaN or an infinite value (written by an older zoo, or by another tool), naming the file,
+    the tensor and its rows and ids."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -162,6 +198,11 @@ def load_vectors(path: str | os.PathLike) -> Vectors:
                              f"{len(ids) if isinstance(ids, list) else 'non-list'} ids")
         if t.dtype != torch.float32:
             raise ValueError(f"{path}: {kind} tensor is {t.dtype}, expected float32")
+        bad = nonfinite_rows(t)
+        if bad:
+            raise ValueError(f"{path}: the {kind} tensor holds NaN or infinite values in {len(bad):,} of {len(ids):,} "
+                             f"rows, {_rows_named(bad, ids)}: not usable vectors (write the file again with python "
+                             "-m zoo.embed, which refuses them)")
         return ids
 
     item_ids = ids_of("items")
@@ -194,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     add_model_data_options(p, "taking users")
     add_columns_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass (--data; default 256)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a bar on stderr when stderr is a terminal)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (default: one line of text)")
     add_device_option(p, "the model")
     add_threads_option(p)
@@ -209,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = cli_device(args.device)            # before any work: a malformed device exits 2, a missing GPU 4
     apply_threads(args.threads)
 
-    import zoo  # noqa: F401  (registers the models)
+    importlib.import_module("zoo")     # registers the zoo models with AutoModel
 
     from .modeling_utils import SeqRecPreTrainedModel
     from .pretrained import resolve_pretrained
@@ -241,12 +283,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from .cli import cannot
 
         sys.exit(f"error: {cannot('--out', args.out, e)}")
+    except ValueError as e:                     # vectors that are not finite: nothing written
+        sys.exit(f"error: --out {args.out}: {e}")
     summary = {"out": os.path.abspath(args.out), "model": args.model, "model_type": meta["model_type"],
                "items": int(meta["n_items"]), "users": int(meta.get("n_users", 0)),
                "vector_size": int(meta["vector_size"]), "bias_column": meta["bias_column"] == "true",
                "vocab": note, "seconds": round(time.time() - t0, 2)}
     if args.json:
-        print(json.dumps(summary, indent=1))
+        print(strict_json(summary, indent=1))
     else:
         bias = "the last column holds the item bias (1 for users)" if summary["bias_column"] else "no bias column"
         print(f"wrote {summary['items']:,} item" + (f" and {summary['users']:,} user" if summary["users"] else "")

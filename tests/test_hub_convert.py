@@ -99,6 +99,36 @@ def test_push_refuses_incomplete_folder_and_missing_credentials(tmp_path, bundle
         hub.push(str(folder), "me/x")
 
 
+def test_push_refuses_a_link_leading_outside_the_card_before_any_hub_call(tmp_path, bundled, monkeypatch):
+    """huggingface_hub's upload_folder uploads a linked file with its target's content: a link planted in a card that
+    leads outside it would publish that file. push refuses it, naming the link, before credentials are even looked
+    at; a link that stays inside the card is no such problem."""
+    from zoo.cli import LinkOutsideError
+
+    folder = tmp_path / "bundle" / "tiny-mamba4rec"
+    (folder / "README.md").write_text("card")
+    secret = tmp_path / "id_rsa"
+    secret.write_text("private")
+    (folder / "config.json.bak").symlink_to(secret)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "nope"))
+    with pytest.raises(LinkOutsideError, match=r"config\.json\.bak is a symbolic link to .*id_rsa, outside"):
+        hub.push(str(folder), "me/x")
+    (folder / "config.json.bak").unlink()
+    with pytest.raises(RuntimeError, match="credentials"):      # the check passed: the next refusal is reached
+        hub.push(str(folder), "me/x")
+
+
+def test_existing_onnx_exports_names_a_corrupt_spec_in_one_line(tmp_path):
+    """A card's onnx/state_spec.json too deep to parse is one ValueError naming the file (json.loads raised
+    RecursionError: a traceback from zoo.hub card)."""
+    (tmp_path / "onnx").mkdir()
+    spec = tmp_path / "onnx" / "state_spec.json"
+    spec.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ValueError, match="corrupt .*state_spec.json: nested too deeply"):
+        hub.existing_onnx_exports(tmp_path)
+
+
 def test_push_uploads_the_card_folder_as_asked_with_credentials_from_the_environment(tmp_path, bundled, monkeypatch,
                                                                                      capsys):
     """With ``HF_TOKEN`` set and no token argument, ``push`` (and ``python -m zoo.hub push``) creates the repo with the

@@ -26,8 +26,8 @@ from typing import Sequence
 
 from export.fsutil import strict_json
 
-from .cli import (cannot, check_outputs, columns_argv, error_text, shell_option, written_whole,
-                  written_whole_folder)
+from .cli import (cannot, check_outputs, columns_argv, error_text, refuse_links_leading_outside, shell_option,
+                  written_whole, written_whole_folder)
 from .data.benchmarks import BENCHMARKS, recognise_benchmark
 from .pretrained import HUB_ORG, PLACEHOLDER_ORGS, bundled_models, weights_sha256
 
@@ -1044,7 +1044,11 @@ def existing_onnx_exports(card_dir: str | os.PathLike) -> list[list[str]]:
         spec_path = pathlib.Path(card_dir) / rel / "state_spec.json"
         if not spec_path.exists():
             continue
-        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+        try:                            # a corrupt spec: one line naming it (a traceback, [[[...]]]'s RecursionError)
+            spec = json.loads(spec_path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else e
+            raise ValueError(f"corrupt {spec_path}: {why}") from None
         args = ["--kind", spec["kind"], "--topk", str(spec["topk"])]
         if spec.get("precision") == "fp16":
             args.append("--fp16")
@@ -1113,12 +1117,16 @@ def push(folder: str, repo_id: str, private: bool = False, token: str | None = N
     before any Hub call: a corrupt or mismatched folder is refused, not published. Files that are no part of a card
     (:func:`extra_files`: notes, a copied file) are refused, naming them, unless ``allow_extra`` (the whole folder is
     uploaded: they would be published). Hidden entries (:data:`PUSH_IGNORE`: interrupted writers' stages) are not
-    uploaded."""
+    uploaded. A symbolic link in the folder that leads outside it is refused, naming it
+    (:class:`zoo.cli.LinkOutsideError`: its target's content would be published)."""
     from huggingface_hub import HfApi, get_token
 
     missing = [f for f in CARD_FILES if not os.path.exists(os.path.join(folder, f))]
     if missing:
         raise ValueError(f"{folder} is not a complete card folder: missing {missing}")
+    # upload_folder uploads a linked file with its target's content: nothing outside the card is published through one
+    refuse_links_leading_outside(folder, hint="push would publish what it leads to; remove the link, or put the file "
+                                              "itself there")
     extra = extra_files(folder)
     if extra and not allow_extra:
         raise ExtraFilesError(f"{folder} holds files that are no part of a model card ({_listed(extra)}): push "

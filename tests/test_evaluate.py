@@ -1035,3 +1035,103 @@ def test_every_option_of_evaluate_and_compare_has_a_help_text_and_the_exit_statu
         assert all(helps.values()), [dest for dest, said in helps.items() if not said]
     evaluate_helps = {a.dest: a.help for a in parsers[0]._actions}
     assert "default)" in evaluate_helps["split"] and "default 256" in evaluate_helps["batch_size"]
+
+
+def _overflowing(model, history=None):
+    """``model`` (real items 1..) with finite weights whose scores overflow float32: item 3's row at +-3e38 --
+    aligned with the user vector of ``history`` (internal indices): that history's score of item 3 is ``+inf``; by
+    default all of it at 3e38: most histories' scores are NaN (``inf - inf``), those holding item 3 too."""
+    with torch.no_grad():
+        table = model.get_input_embeddings().weight
+        if history is None:
+            table[3] = 3e38
+        else:
+            ids = torch.tensor([history])
+            table[3] = torch.sign(model.query_vectors(ids, torch.ones_like(ids, dtype=torch.bool))[0]) * 3e38
+    return model
+
+
+def test_scores_that_overflow_are_refused_naming_the_users():
+    """evaluate_model refuses NaN scores (predict's error) and infinite ones (which predict lets through; an item at
+    +inf ranks first for that user), naming the users whose rows hold them -- not the rows of a batch -- with a
+    ScoreOverflow (a ValueError)."""
+    from zoo.evaluate import ScoreOverflow
+
+    from zoo.data.batching import eval_batches
+
+    ex = _random_examples(n=6)
+    model = _overflowing(_tiny("sasrec"))
+    batch = next(eval_batches(ex, 12, model.padding_side, 6))
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"]).logits
+    bad = [f"'u{r}'" for r in range(6) if not logits[r, 1:].isfinite().all()]     # column 0: padding
+    assert bad
+    with pytest.raises(ScoreOverflow, match=r"the model's scores are NaN or infinite for users "
+                                            + ", ".join(bad) + r" \(a numeric overflow"):
+        evaluate_model(model, ex, ks=(5,), progress=False)
+    hist = [int(x) for x in ex.histories[2][-12:]]
+    model = _overflowing(_tiny("gru4rec"), hist)
+    with pytest.raises(ScoreOverflow, match=r"NaN or infinite for user 'u2' \("):
+        evaluate_model(model, EvalExamples(ex.histories[2:3], ex.targets[2:3], ["u2"]), ks=(5,), progress=False)
+
+
+def test_cli_a_model_whose_scores_overflow_is_a_one_line_error(tmp_path, capsys):
+    """zoo.evaluate on a model whose scores come out NaN ends as zoo.recommend does: one line naming the users, exit
+    1, nothing on stdout -- it was predict's traceback."""
+    model = _overflowing(_tiny("sasrec"))
+    model.set_item_vocab(ItemVocab(list(range(1, 40))))
+    _save(model, tmp_path / "m")
+    (tmp_path / "d.seq").write_text("user_id\titem_ids_chronological\n7\t1 2 4 5\n8\t2 4 6 8 9\n")
+    said = exits(capsys, ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.seq"), "--ks", "5", "--json",
+                          "-", "--no-progress"], 1, "error: the model's scores are NaN or infinite for users 7, 8 (")
+    assert "Traceback" not in said and said.count("\n") <= 1 and capsys.readouterr().out == ""
+
+
+def test_cli_ranks_file_has_one_line_ending(tmp_path):
+    """--ranks-out: the '# zoo.evaluate ranks' line and every CSV row end in \\n alone (csv.writer's default \\r\\n
+    mixed both: `cut`/`awk` fields ended in \\r), on stdout as in a file; the rows skip the first line, whatever '#'
+    an id holds."""
+    import csv
+
+    d = save_model(tmp_path, ["#hash", "b", "c", "d", "e"])
+    data = tmp_path / "d.csv"
+    data.write_text("user_id,item_id,timestamp\n#u,#hash,1\n#u,b,2\n#u,#hash,3\nv,c,1\nv,d,2\nv,#hash,3\n")
+    main(["--model", str(d), "--data", str(data), "--kcore", "0", "--ks", "1", "--no-progress", "--ranks-out",
+          str(tmp_path / "r.csv")])
+    raw = (tmp_path / "r.csv").read_bytes()
+    assert b"\r" not in raw and raw.endswith(b"\n") and raw.count(b"\n") == 4, raw
+    rows = list(csv.reader(raw.decode().splitlines()[1:]))
+    assert rows[0] == ["user", "target", "rank", "history", "target_count"]
+    assert [r[:2] for r in rows[1:]] == [["#u", "#hash"], ["v", "#hash"]]
+
+
+def test_intervals_cover_hr_ndcg_and_mrr_as_the_help_says(capsys, monkeypatch):
+    """--intervals' help said 'for every metric' while intervals_95 holds HR, NDCG and MRR only (test_cli_intervals):
+    the help names them, and why Recall@K and Hist@K have none."""
+    import argparse
+
+    parsers = []
+    parse = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, *a, **k: parsers.append(self) or
+                        parse(self, *a, **k))
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    said = {a.dest: a.help for a in parsers[0]._actions}["intervals"]
+    assert "every metric" not in said and "HR, NDCG and MRR" in said and "Recall@K is HR@K" in said
+    assert "Hist@K" in said
+
+
+def test_the_progress_bar_shows_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """Without --no-progress, the bar goes to stderr only while it is a terminal: a log or `2> file` got its \r
+    fragments glued to the first line of text."""
+    import sys
+
+    d = save_model(tmp_path, [10, 20, 30, 40, 50])
+    data = tmp_path / "d.seq"
+    data.write_text("user_id\titem_ids_chronological\n3\t20 40 10 50\n1\t10 20 30 40\n2\t50 10 30\n")
+    for tty in (False, True):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+        main(["--model", str(d), "--data", str(data), "--ks", "1", "--json", "-"])
+        err = capsys.readouterr().err
+        assert ("evaluate:" in err) == tty and ("\r" in err) == tty, err
+        assert tty or err.startswith("NextItemModel")

@@ -767,7 +767,9 @@ def test_all_users_out_dash_streams_each_batch_as_it_is_scored_with_the_files_by
     main(argv + ["--out", str(tmp_path / "r.jsonl"), "--no-progress"])
     want = (tmp_path / "r.jsonl").read_bytes()
     capsysbinary.readouterr()
-    main(argv + ["--out", "-"])                                                # with the bar (stderr)
+    with monkeypatch.context() as m:
+        m.setattr(sys.stderr, "isatty", lambda: True)                          # the bar: on a terminal only
+        main(argv + ["--out", "-"])                                            # with the bar (stderr)
     captured = capsysbinary.readouterr()
     assert captured.out == want and b"recommend" in captured.err
 
@@ -812,3 +814,70 @@ def test_all_users_out_dash_to_a_closed_stdout_ends_quietly_with_141(tmp_path):
     finally:
         os.close(w)
     assert (p.returncode, p.stderr) == (EXIT_BROKEN_PIPE, ""), p.stderr
+
+
+def _overflowing_model(tmp_path, users, user="u1", model_type="gru4rec", **kw):
+    """The saved _model with finite weights whose scores overflow float32: an item ``user`` never had, its row at
+    +-3e38 aligned with ``user``'s vector (GRU4Rec: its score for ``user`` is +inf, which predict lets through), or,
+    for SASRec, all at 3e38: NaN scores (inf - inf), which predict refuses naming a batch row."""
+    model, path = _model(tmp_path, model_type, **kw)
+    hist = users[user][0]
+    item = next(x for x in ITEMS if x not in hist)
+    row = model.item_vocab.encode([item])[0]
+    with torch.no_grad():
+        ids = torch.tensor([model.item_vocab.encode(hist[-4:])])
+        h = model.query_vectors(ids, torch.ones_like(ids, dtype=torch.bool))[0]
+        model.get_input_embeddings().weight[row] = torch.sign(h) * 3e38 if model_type == "gru4rec" else 3e38
+    model.save_pretrained(path)
+    return path, hist
+
+
+@pytest.mark.parametrize("model_type,kw", [("gru4rec", {"embedding_size": 16, "hidden_size": 16}),
+                                           ("sasrec", {"hidden_size": 16})])
+def test_scores_that_overflow_are_refused_in_both_modes_naming_the_user(tmp_path, capsys, model_type, kw):
+    """A score at +inf (finite weights, a float32 overflow) is refused as predict refuses NaN, in one line naming the
+    user, in both modes -- one history printed "scores": [Infinity, ...] (not JSON) with exit 0, --all-users dropped
+    the item (the -inf filter took it) and wrote the line; NaN named the rows of a batch, not the users."""
+    users = _data(tmp_path / "d.tsv")
+    path, hist = _overflowing_model(tmp_path, users, model_type=model_type, **kw)
+    what = r"the model's scores are NaN or infinite "
+    for argv, who in ((["--data", str(tmp_path / "d.tsv"), "--user", "u1"], r"for user 'u1' \("),
+                      (["--history", *map(str, hist)], r"for the history \("),
+                      (["--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(tmp_path / "r.jsonl"),
+                        "--no-progress"], r"for users? ('u\d', )*'u1'")):
+        with pytest.raises(SystemExit, match="^error: " + what + who) as e:
+            main(["--model", path, "--k", "3", "--json", *argv])
+        assert isinstance(e.value.code, str) and capsys.readouterr().out == ""    # exit 1, nothing printed
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_scores_have_six_decimals_in_every_mode(tmp_path, capsys):
+    """The same user's scores are the same numbers in --json (4 decimals before: 0.0817 beside --all-users' 0.081731)
+    and in --all-users, 6 decimals as --similar-to's cosines; every JSON output is strict (no NaN/Infinity)."""
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    users = _data(tmp_path / "d.tsv")
+    one = main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--user", "u3", "--k", "5", "--json"])
+    printed = capsys.readouterr().out
+    main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", str(tmp_path / "r.jsonl"),
+          "--k", "5", "--no-progress"])
+    line = next(r for r in _lines(tmp_path / "r.jsonl") if r["user"] == "u3")
+    want = model.recommend([users["u3"][0]], k=5).scores[0].tolist()
+    assert one["scores"] == line["scores"] == [round(x, 6) for x in want]
+    assert json.loads(printed, parse_constant=lambda c: pytest.fail(c))["scores"] == one["scores"]
+    similar = main(["--model", path, "--similar-to", str(ITEMS[0]), "--k", "3", "--json"])
+    assert similar["scores"][0] == [round(float(x), 6) for x in model.similar_items([ITEMS[0]], k=3).scores[0]]
+    assert any(x != round(x, 4) for x in one["scores"] + similar["scores"][0])
+
+
+def test_all_users_shows_a_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """Without --no-progress the bar goes to stderr only while it is a terminal: `2> log` or a CI log got its \r
+    fragments glued to the summary line."""
+    import sys
+
+    _, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+    _data(tmp_path / "d.tsv")
+    for tty in (False, True):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+        main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", "-", "--k", "3"])
+        err = capsys.readouterr().err
+        assert ("recommend:" in err) == tty and ("\r" in err) == tty and err.splitlines()[-1].startswith("wrote top-3")

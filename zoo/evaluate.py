@@ -40,9 +40,14 @@ with ``--exclude-seen`` is evaluated under the LRURec protocol (it masks the win
 ``--json -`` / ``--ranks-out -`` write the results / ranks on standard output, and the table and other lines on
 stderr (``... --json - | jq .metrics``).
 
-``--intervals`` adds 95% percentile-bootstrap intervals over the users to every metric (how far another draw of as
-many users could move it); ``--ranks-out`` keeps each user's target rank for paired comparisons of two models
-(``python -m zoo.compare``).
+``--intervals`` adds 95% percentile-bootstrap intervals over the users to HR, NDCG and MRR at every cut-off (how far
+another draw of as many users could move them; ``Recall@K`` is ``HR@K``, ``Hist@K`` has none); ``--ranks-out`` keeps
+each user's target rank for paired comparisons of two models (``python -m zoo.compare``): a ``# zoo.evaluate ranks
+{json}`` line, then CSV rows, every line ending in ``\\n`` (read it with ``pandas.read_csv(path, skiprows=1)``:
+``comment="#"`` would cut every row at a user or item id holding a ``#``).
+
+A model whose scores are NaN or infinite for a user (a numeric overflow, or NaN weights) is refused in one line
+naming the users (:class:`ScoreOverflow`), as ``zoo.recommend`` refuses it: NaN and ``+inf`` rank first.
 """
 
 from __future__ import annotations
@@ -180,6 +185,66 @@ def check_window(model, max_len: int | str | None) -> tuple[int | None, int | No
     return int(max_len), None
 
 
+class ScoreOverflow(ValueError):
+    """Scores that cannot be ranked: NaN or infinite at some users' real items (a numeric overflow, e.g. in float32,
+    or NaN weights; ``torch.topk`` ranks NaN and ``+inf`` above every number, and ``-inf`` is the mark of a masked
+    item). ``zoo.evaluate`` and ``zoo.recommend`` end on it in one line (exit 1), ``zoo.train`` as a diverged run."""
+
+
+def overflow_error(users: Sequence | None, dtype) -> ScoreOverflow:
+    """The :class:`ScoreOverflow` for ``users`` (the ids of the rows whose scores are NaN or infinite; the first 8
+    are named; ``None``: the one history given), ``dtype`` the model's."""
+    if users is None:
+        who = "for the history"
+    else:
+        who = (f"for user{'s' if len(users) != 1 else ''} " + ", ".join(repr(u) for u in users[:8])
+               + (" ..." if len(users) > 8 else ""))
+    return ScoreOverflow(f"the model's scores are NaN or infinite {who} (a numeric overflow or NaN weights, e.g. in "
+                         f"{dtype}): a NaN or +inf would be recommended first, so nothing is ranked")
+
+
+def overflowed_rows(scores: torch.Tensor, n_masked=0) -> list[int]:
+    """The rows of ``scores [B, V]`` holding a NaN, a ``+inf``, or more ``-inf`` than the ``n_masked`` slots set to
+    ``-inf`` on purpose (an int, or ``[B]`` per row): a numeric overflow. Two passes over ``scores``, ``[B]`` results
+    (no ``[B, V]`` temporary but one bool tensor)."""
+    top = scores.amax(dim=1)                                            # NaN propagates
+    bad = torch.isnan(top) | (top == float("inf"))
+    n_masked = torch.as_tensor(n_masked, device=scores.device)
+    bad |= (scores == float("-inf")).sum(dim=1) > n_masked
+    return bad.nonzero().flatten().tolist()
+
+
+def predict_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, users: Sequence | None,
+                   **kwargs) -> torch.Tensor:
+    """``model.predict(input_ids, attention_mask, **kwargs)``: ``[B, n_items]`` float scores (padding, and with the
+    ``exclude_items`` / ``exclude_seen`` of ``kwargs`` the excluded items, at ``-inf``), refusing a row with a NaN or
+    infinite score at another item with a :class:`ScoreOverflow` naming its user (``users``: the ``B`` rows' ids;
+    ``None`` for one history). ``predict`` refuses NaN itself, naming batch rows; that error is raised again naming
+    the users (a ``ValueError`` of another cause passes as it is)."""
+    try:
+        scores = model.predict(input_ids, attention_mask, **kwargs)
+    except ValueError as e:
+        try:
+            with torch.no_grad(), model.eval_mode():                    # the same forward, to find the rows
+                logits = model(input_ids, attention_mask, timestamps=kwargs.get("timestamps")).logits.float()
+        except Exception:
+            raise e from None                                           # not the scores: predict's error stands
+        rows = overflowed_rows(logits[:, 1:])                           # the real items' (column 0: padding)
+        if not rows:
+            raise
+        raise overflow_error(None if users is None else [users[r] for r in rows], model.dtype) from None
+    excluded = {int(i) for i in kwargs.get("exclude_items") or ()}     # what predict set to -inf on purpose
+    n_masked = 1 + len(excluded)                                        # and the padding column
+    if kwargs.get("exclude_seen"):                                      # and each row's window items
+        mask = attention_mask.bool() if attention_mask is not None else input_ids != 0
+        n_masked = [1 + len(excluded | ({int(i) for i in row[m].tolist()} - {0}))
+                    for row, m in zip(input_ids, mask, strict=True)]
+    rows = overflowed_rows(scores, n_masked)
+    if rows:
+        raise overflow_error(None if users is None else [users[r] for r in rows], model.dtype)
+    return scores
+
+
 @torch.no_grad()
 def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False,
                    batch_size: int = 256, device: str | torch.device | None = None, progress: bool = True,
@@ -195,7 +260,7 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
         exclude_history: LRURec protocol: mask every item of the history read (the window) before ranking.
         batch_size: examples per forward pass.
         device: where to run (default: the model's device).
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (when stderr is a terminal).
         max_len: history window (default ``model.config.max_seq_length``, the window the model was trained and its
             card measured on); ``"all"``: each user's whole history, for models without a fixed window (not
             ``fixed_window``: Mamba4Rec, LRURec, GRU4Rec, TiM4Rec-causal, SSD4Rec), what :meth:`step` serves when it
@@ -214,7 +279,8 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
         ``history_share``), or ``(metrics, ranks)``.
     Raises:
         ValueError: a cut-off above the items ranked (``n_items - 1``, or ``N + 1`` with ``negatives``: HR@K would be
-            1), targets out of range, timestamps missing for a time-aware model, malformed ``negatives``.
+            1), targets out of range, timestamps missing for a time-aware model, malformed ``negatives``;
+            :class:`ScoreOverflow` naming the users whose scores are NaN or infinite (:func:`predict_scores`).
     """
     uses_ts = bool(getattr(model, "uses_timestamps", False))
     _check_examples(examples, int(model.config.n_items), uses_ts, "model", type(model).__name__)
@@ -234,14 +300,16 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(examples), desc="evaluate", unit="user", leave=False)
+        bar = tqdm(total=len(examples), desc="evaluate", unit="user", leave=False, disable=None)   # None: a tty's
     try:
         for batch in eval_batches(examples, max_len, model.padding_side, batch_size,
                                   max_tokens=None if max_tokens is None else batch_size * max_tokens):
             ids = batch["input_ids"].to(device)
             mask = batch["attention_mask"].to(device)
             ts = batch["timestamps"].to(device) if uses_ts else None
-            scores = model.predict(ids, mask, timestamps=ts, exclude_seen=False).float()   # [B, V], pad at -inf
+            rows = batch["index"]                                                          # a slice or indices
+            users = examples.users[rows] if isinstance(rows, slice) else [examples.users[i] for i in rows.tolist()]
+            scores = predict_scores(model, ids, mask, users, timestamps=ts, exclude_seen=False).float()  # pad -inf
             window = torch.where(mask, ids, torch.zeros_like(ids))                         # [B, L], pad -> index 0
             if exclude_history:
                 scores.scatter_(1, window, float("-inf"))                               # predict's own tensor
@@ -429,7 +497,7 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(windows), desc=f"evaluate ONNX ({kind})", unit="user", leave=False)
+        bar = tqdm(total=len(windows), desc=f"evaluate ONNX ({kind})", unit="user", leave=False, disable=None)
     try:
         for rows in chunks:
             if kind == "step":
@@ -563,9 +631,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "these increasing edges (counts in the leave-one-out training sequences), e.g. "
                         "--by-popularity 0 20 100 500 (0: items never trained on, 1-20, 21-100, 101-500, > 500)")
     p.add_argument("--intervals", action="store_true",
-                   help="95%% percentile-bootstrap intervals over users for every metric (10,000 resamples); the "
-                        "table prints each interval's half-width (95%% ±), the --json output keeps the exact, "
-                        "possibly asymmetric, bounds [low, high]")
+                   help="95%% percentile-bootstrap intervals over users of HR, NDCG and MRR at each cut-off "
+                        "(10,000 resamples; Recall@K is HR@K, Hist@K gets none); the table prints each interval's "
+                        "half-width (95%% ±), the --json output keeps the exact, possibly asymmetric, bounds "
+                        "[low, high] under intervals_95")
     p.add_argument("--ranks-out", default=None, metavar="CSV",
                    help="also write each user's target and its rank (for paired comparisons: python -m zoo.compare); "
                         f"{STDOUT_PATH}: on standard output (the table then goes to stderr; not with --json "
@@ -581,7 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the evaluation runs: cpu, cuda or cuda:N. --model: torch's device (default: cuda when "
                         "available, else cpu); --onnx: ONNX Runtime's CPUExecutionProvider (the default) or its "
                         "CUDAExecutionProvider (onnxruntime-gpu); not with --baseline, which counts on the CPU")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a bar on stderr while it is a terminal)")
     return p
 
 
@@ -698,9 +768,7 @@ def _evaluate(args) -> dict:
         return _main_baseline(args, t0)
     if args.onnx:
         return _main_onnx(args, t0)
-    from transformers import AutoModel
-
-    import zoo  # noqa: F401  (registers the zoo models with AutoModel)
+    from transformers import AutoModel            # the zoo's models are registered with it: zoo/__init__ ran first
 
     no_config = os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json"))
     try:
@@ -726,10 +794,13 @@ def _evaluate(args) -> dict:
         check_window(model, args.window)
     except ValueError as e:
         raise UsageError(f"--window {args.window}: {e}") from None
-    metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
-                                    batch_size=args.batch_size, device=device, progress=not args.no_progress,
-                                    history_share=args.history_share, return_ranks=True, negatives=negatives,
-                                    max_len=args.window)
+    try:
+        metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
+                                        batch_size=args.batch_size, device=device, progress=not args.no_progress,
+                                        history_share=args.history_share, return_ranks=True, negatives=negatives,
+                                        max_len=args.window)
+    except ScoreOverflow as e:                  # NaN / infinite scores: zoo.recommend's one line
+        raise SystemExit(f"error: {e}") from None
     protocol = _protocol(args, ds, split, bool(args.exclude_history),
                          _ranking(args, "full (all items), padding masked")
                          + (("; history window masked" if args.window != "all" else "; whole history masked")
@@ -967,7 +1038,8 @@ def _report(result: dict, examples, ranks, vocab, args, source: str, train, max_
 
 
 def _add_intervals(result: dict, ranks, args) -> None:
-    """``--intervals``: ``result["intervals_95"] = {"HR@10": [low, high], ...}`` for the evaluated cut-offs."""
+    """``--intervals``: ``result["intervals_95"] = {"HR@10": [low, high], ...}`` for HR, NDCG and MRR at the
+    evaluated cut-offs (``Recall@K`` is ``HR@K``; ``Hist@K`` is not a function of the ranks: no interval)."""
     if args.intervals:
         from .metrics import bootstrap_interval
 
@@ -1056,15 +1128,17 @@ def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict, counts) -
     K are censored, i.e. a top-K-only graph's misses written as K + 1), then ``user,target,rank,history,target_count``
     per example, target in the data's own item ids, ``history`` the length of the user's whole history (``zoo.compare
     --by-length``), ``target_count`` the target's count in the training sequences (``counts``, by internal index;
-    ``zoo.compare --by-popularity``). Written beside ``path`` and moved there once complete; returns its absolute
-    path (``None`` without ``path``, and for ``-``: the file is written on stdout, :data:`zoo.cli.STDOUT_PATH`)."""
+    ``zoo.compare --by-popularity``). Every line ends in ``\\n`` (a reader skips the first line, e.g.
+    ``pandas.read_csv(path, skiprows=1)``: ``comment="#"`` would cut a row at an id holding ``#``). Written beside
+    ``path`` and moved there once complete; returns its absolute path (``None`` without ``path``, and for ``-``:
+    the file is written on stdout, :data:`zoo.cli.STDOUT_PATH`)."""
     if not path:
         return None
     import csv
 
     def write(f):
-        f.write(RANKS_HEADER + json.dumps(meta) + "\n")
-        w = csv.writer(f)
+        f.write(RANKS_HEADER + json.dumps(meta, allow_nan=False) + "\n")
+        w = csv.writer(f, lineterminator="\n")                 # one line ending, the header line's
         w.writerow(RANKS_COLUMNS)
         w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
                         [len(h) for h in examples.histories],
@@ -1086,13 +1160,13 @@ def _write_json(result: dict, path: str | None) -> str | None:
     """``--json``: ``result`` written whole to ``path``, or on stdout for ``-`` (:data:`zoo.cli.STDOUT_PATH`);
     returns the file's absolute path, as :func:`_write_ranks` does (``None`` without one, and for stdout)."""
     if path == STDOUT_PATH:
-        json.dump(result, sys.stdout, indent=2)
+        json.dump(result, sys.stdout, indent=2, allow_nan=False)       # strict JSON: jq / JSON.parse read it
         print(flush=True)
         return None
     if path:
         try:
             with written_whole(path) as f:
-                json.dump(result, f, indent=2)
+                json.dump(result, f, indent=2, allow_nan=False)
         except OSError as e:
             raise SystemExit(f"error: {cannot('--json', path, e)}") from None
     return os.path.abspath(path) if path else None
@@ -1142,7 +1216,8 @@ def _main_onnx(args, t0: float) -> dict:
         raise UsageError(f"--ks {max(args.ks)}: cut-off @{max(args.ks)} is above the graph's in-graph "
                          f"top-{spec['topk']} (no 'scores' output): use cut-offs <= {spec['topk']}, or export with "
                          f"--topk {max(args.ks)} or --scores")
-    vocab_path = os.path.join(os.path.dirname(graph), spec.get("item_vocab", "item_vocab.json"))
+    # a plain file name beside the graph (read_spec refuses a path), null or absent: item_vocab.json
+    vocab_path = os.path.join(os.path.dirname(graph), spec.get("item_vocab") or "item_vocab.json")
     try:
         vocab = ItemVocab.load(vocab_path) if os.path.exists(vocab_path) else None
     except (OSError, ValueError) as e:

@@ -10,6 +10,11 @@ from the last ``max_seq_length`` items of the user's history (the window the mod
 the file's order: ``{"user": ..., "items": [...], "scores": [...]}``. ``--exclude-seen`` (in either mode) excludes
 every item of the history, not only the window; a user with fewer than ``k`` items left gets a shorter line (for one
 history, such a ``--k`` is an error). The file is written beside ``--out`` and moved there once complete.
+
+Scores are written with :data:`SCORE_DECIMALS` decimals in every mode (``--json``, ``--all-users``,
+``--similar-to``), as strict JSON: a model whose scores are NaN or infinite for a history (a numeric overflow, or
+NaN weights; NaN and ``+inf`` would rank first) is refused in one line naming the user
+(:class:`zoo.evaluate.ScoreOverflow`), never written.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import torch
 DEFAULT_MODEL = "ssm-rec-zoo/mamba4rec-ml1m"
 #: Toy Story, Aladdin, Lion King, Beauty and the Beast, Jurassic Park (MovieLens-1M movie ids)
 DEFAULT_HISTORY = [1, 588, 364, 595, 480]
+#: decimals of the scores in every JSON output (one history, ``--all-users``, ``--similar-to``)
+SCORE_DECIMALS = 6
 
 
 def _parse_id(x: str):
@@ -159,6 +166,7 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
     from tqdm.auto import tqdm
 
     from .cli import STDOUT_PATH, written_whole
+    from .evaluate import predict_scores
     from .modeling_utils import _as_count
 
     k = _as_count(k, "k", 1, model.config.n_items - 1)
@@ -174,12 +182,17 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
     if pool is not None:
         outside = torch.ones(model.config.n_items, dtype=torch.bool, device=next(model.parameters()).device)
         outside[torch.tensor(pool, device=outside.device)] = False
-    users = iter(aligned.users)
+    users = list(aligned.users)
+    done = 0                                                                   # users scored so far
     to_stdout = os.fspath(out) == STDOUT_PATH
     with (contextlib.nullcontext(sys.stdout) if to_stdout else written_whole(out)) as f, \
-            tqdm(total=len(aligned), desc="recommend", unit="user", leave=False, disable=not progress) as bar:
+            tqdm(total=len(aligned), desc="recommend", unit="user", leave=False,
+                 disable=None if progress else True) as bar:                 # None: a bar on a terminal only
         for chunk, ids, mask, t in model.padded_batches(seqs, ts, batch_size):   # [B, L]: last L items of each
-            scores = model.predict(ids, mask, timestamps=t, exclude_items=excluded)   # excluded: to nobody
+            who = users[done:done + len(chunk)]
+            done += len(chunk)
+            # excluded: to nobody; NaN / infinite scores refused naming the users, as for one history
+            scores = predict_scores(model, ids, mask, who, timestamps=t, exclude_items=excluded)
             if exclude_seen:                                                   # the whole history, not the window
                 for r, q in enumerate(chunk):
                     scores[r, torch.tensor(q, device=scores.device)] = float("-inf")
@@ -187,11 +200,12 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
                 scores[:, outside] = float("-inf")
             top = torch.topk(scores, k, dim=1)
             lines = []                                                         # the batch's, written at once
-            for vals, idx in zip(top.values.cpu(), top.indices.cpu(), strict=True):
-                keep = torch.isfinite(vals)
-                lines.append(json.dumps({"user": _json_value(next(users)),
+            for user, vals, idx in zip(who, top.values.cpu(), top.indices.cpu(), strict=True):
+                keep = vals > float("-inf")                          # the masked slots (an overflow is refused)
+                lines.append(json.dumps({"user": _json_value(user),
                                          "items": [_json_value(x) for x in model.decode_items(idx[keep].tolist())],
-                                         "scores": [round(float(v), 6) for v in vals[keep]]}) + "\n")
+                                         "scores": [round(float(v), SCORE_DECIMALS) for v in vals[keep]]},
+                                        allow_nan=False) + "\n")
             if to_stdout:                   # streamed: the bar (stderr) cleared around them, so a terminal shows both
                 with tqdm.external_write_mode(file=f) if progress else contextlib.nullcontext():
                     f.write("".join(lines))
@@ -216,9 +230,10 @@ def _similar(args, model, exclude: list) -> dict:
     except (KeyError, ValueError, TypeError) as e:
         sys.exit(f"error: {error_text(e)}")
     out = {"model": args.model, "model_type": model.config.model_type, "similar_to": query, "items": rec.items,
-           "scores": [[round(float(x), 4) for x in row] for row in rec.scores], "excluded_items": len(set(exclude))}
+           "scores": [[round(float(x), SCORE_DECIMALS) for x in row] for row in rec.scores],
+           "excluded_items": len(set(exclude))}
     if args.json:
-        print(json.dumps(out, indent=1, default=_json_value))
+        print(json.dumps(out, indent=1, default=_json_value, allow_nan=False))
         return out
     print(f"model: {args.model} ({out['model_type']}); items nearest by cosine similarity of the item embeddings")
     for q, items, scores in zip(query, out["items"], out["scores"], strict=True):
@@ -227,6 +242,22 @@ def _similar(args, model, exclude: list) -> dict:
         for i, (item, c) in enumerate(zip(items, scores, strict=True), 1):
             print(f"{i:>4}  {_table_id(item):>8}  {c:8.4f}")
     return out
+
+
+def check_history_scores(model, history: list, timestamps: list | None, user=None,
+                         exclude_items: Sequence | None = None) -> None:
+    """Refuse one history whose scores are NaN or infinite (a numeric overflow, or NaN weights: NaN and ``+inf``
+    would rank first) with the :class:`zoo.evaluate.ScoreOverflow` that ``--all-users`` raises for the same user
+    (``user``: its id; ``None``: the history given): the same forward pass and exclusions (``exclude_items``,
+    external ids) as :func:`recommend_all_users`' ``predict``, so that the two modes agree. Other problems of the
+    history are :meth:`~zoo.SeqRecPreTrainedModel.recommend`'s to name (raised as they come)."""
+    from .evaluate import predict_scores
+
+    idx, ts = model._check_histories([history], [timestamps] if model.uses_timestamps else None, "recommend",
+                                     "predict")
+    excluded = model.encode_item_set(exclude_items) if exclude_items else []
+    for _, ids, mask, t in model.padded_batches(idx, ts, 1):
+        predict_scores(model, ids, mask, None if user is None else [user], timestamps=t, exclude_items=excluded)
 
 
 def _table_id(item) -> str:
@@ -287,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     add_columns_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256,
                    help="users per forward pass (--all-users; default 256)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (--all-users; default: a bar)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (--all-users; default: a bar on stderr while it is a terminal)")
     add_device_option(p, "the model")
     add_threads_option(p)
     args = p.parse_args(argv)
@@ -377,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    "exclude_seen": args.exclude_seen, **summary}
         said = text_stream(args.out)                                        # stdout may hold the lines themselves
         if args.json:
-            print(json.dumps(summary, indent=1), file=said)
+            print(json.dumps(summary, indent=1, allow_nan=False), file=said)
         else:
             print(f"wrote top-{args.k} for {summary['users']:,} users of {args.data} to "
                   f"{'stdout' if args.out == STDOUT_PATH else summary['out']} ({summary['seconds']:.1f} s; "
@@ -385,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                   + (f"; {summary['excluded_items']:,} items excluded" if summary["excluded_items"] else "") + ")",
                   file=said)
         return summary
+    uid = None                                  # the user --data --user names (None: --history's)
     if args.data:
         uid = _find_user(ds.users, args.user)
         if uid is None:
@@ -410,16 +443,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      f"{model.config.model_type} reads them: give --data an interaction file with a time column "
                      "(e.g. ml-1m.users0001-2999.inter.gz), or --history with --timestamps")
         sys.exit(f"error: {model.config.model_type} reads timestamps: pass --timestamps (one per item) or --data/--user")
+    from .evaluate import ScoreOverflow, overflow_error, overflowed_rows
+
     try:
         rec = model.recommend([history], k=args.k, exclude_seen=args.exclude_seen,
                               timestamps=[timestamps] if model.uses_timestamps else None, exclude_items=exclude,
                               candidates=candidates)
+        check_history_scores(model, history, timestamps, uid, exclude)    # +-inf: refused, as --all-users does
     except UnknownItemError as e:
         sys.exit(f"error: {e} (--unknown-items drop leaves such items out of the history)")
     except (KeyError, ValueError, TypeError) as e:
+        if isinstance(e, ValueError) and not isinstance(e, ScoreOverflow):   # predict's NaN: named as --all-users
+            try:                                                             # names it; another error stands
+                check_history_scores(model, history, timestamps, uid, exclude)
+            except ScoreOverflow as overflow:
+                e = overflow
+            except (KeyError, ValueError, TypeError):
+                pass
         sys.exit(f"error: {e}")
     out = {"model": args.model, "model_type": model.config.model_type, "history_length": len(history),
-           "history_tail": history[-10:], "items": rec.items[0], "scores": [round(float(s), 4) for s in rec.scores[0]],
+           "history_tail": history[-10:], "items": rec.items[0],
+           "scores": [round(float(s), SCORE_DECIMALS) for s in rec.scores[0]],
            "excluded_items": len(set(exclude)), **({"candidates": len(set(candidates))} if candidates else {})}
     if args.stepwise:
         if not model.has_exact_step:
@@ -442,13 +486,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
             keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=device)
             keep[torch.tensor(model.encode_item_set(candidates), device=device)] = True
             scores[:, ~keep] = -float("inf")
+        if overflowed_rows(logits[:, 1:].float()):        # the step's own NaN / +-inf: no difference to report
+            sys.exit(f"error: --stepwise: {overflow_error(None if uid is None else [uid], model.dtype)}")
         top = torch.topk(scores, args.k, dim=1)
         values, indices = top.values.cpu(), top.indices.cpu()
         out["stepwise_items"] = model.decode_items(indices[0].tolist())
         out["stepwise_max_abs_diff"] = float((values[0] - rec.scores[0]).abs().max())
         out["state_bytes"] = int(sum(t.numel() * t.element_size() for t in state.values()))
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(json.dumps(out, indent=1, allow_nan=False))                 # strict JSON (scores checked above)
     else:
         print(f"model: {args.model} ({out['model_type']}); history ({len(history)} items, last 10): {out['history_tail']}")
         print(f"{'rank':>4}  {'item':>8}  {'score':>8}")

@@ -1647,3 +1647,88 @@ def test_a_folder_removed_or_replaced_between_its_creation_and_the_lock_is_refus
     monkeypatch.undo()
     with hold_output_folder(out) as held:
         assert held and out.is_dir()
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("lr, why, clip_hint", [
+    ("1e8", r"NaN or infinite scores in validation", True),
+    ("1e38", r"the optimizer step overflowed: value cannot be converted to type float without overflow", False)])
+def test_a_run_that_diverges_ends_in_one_line_naming_the_epoch_and_the_remedy(tmp_path, capsys, lr, why, clip_hint):
+    """An enormous --lr: the scores of validation overflow (NaN), or Adam's step size does (its RuntimeError); both were
+    a traceback. One line now, exit 1: the epoch, what overflowed, the remedy (--clip only where it can help), and that
+    no checkpoint was written -- the --out the run made is removed, as for any run that fails before writing."""
+    data = _markov_file(tmp_path / "m.tsv", n_users=30, length=(8, 14))
+    out = tmp_path / "o"
+    with refused(capsys, rf"^python -m zoo.train: error: training diverged at epoch 1 \({why}\): lower --lr \(it is "
+                         + re.escape(f"{float(lr):g})") + (r" or set --clip \(e.g. 5\)" if clip_hint else "") +
+                         r"; no checkpoint was written$", code=1):
+        train_main(["--model", "sasrec", "--data", str(data), "--out", str(out), "--epochs", "3", "--lr", lr,
+                    "--max-len", "20", "--batch-size", "64", "--kcore", "0", "--no-progress", "--set",
+                    *TINY["sasrec"]])                                              # one batch an epoch
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("at_call, why", [(8, "NaN or infinite scores in validation"),
+                                          (5, "the training loss is nan at batch 2")])
+def test_a_run_that_diverges_after_a_good_epoch_keeps_its_checkpoint_and_log(tmp_path, monkeypatch, capsys, at_call,
+                                                                              why):
+    """Weights turned NaN in epoch 2 (4 batches an epoch; at its last step: validation's scores are NaN; at its first:
+    the next batch's loss is): the run ends at once in one line naming epoch 2 and what --out keeps -- epoch 1's
+    checkpoint, untouched, its train_log.json and its resume state -- exit 1."""
+    import zoo.evaluate
+    import zoo.train as T
+    from safetensors.torch import load_file
+
+    calls, seen = [], []
+    clip, evaluate = T.clip_grad_norm, zoo.evaluate.evaluate_model
+
+    def poisoned(parameters, max_norm):
+        parameters = list(parameters)
+        calls.append(1)
+        if len(calls) == at_call:
+            with torch.no_grad():
+                for p in parameters:
+                    p.fill_(float("nan"))
+        return clip(parameters, max_norm)
+
+    def recorded(model, examples, **kw):        # the weights each validation scored
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return evaluate(model, examples, **kw)
+
+    monkeypatch.setattr(T, "clip_grad_norm", poisoned)
+    monkeypatch.setattr(zoo.evaluate, "evaluate_model", recorded)
+    data = _markov_file(tmp_path / "m.tsv", n_users=30, length=(8, 14))
+    out = tmp_path / "o"
+    with refused(capsys, rf"^python -m zoo.train: error: training diverged at epoch 2 \({why}\): lower --lr \(it is "
+                         rf"0.001\); {re.escape(str(out))} keeps the checkpoint of epoch 1 \(valid NDCG@10 0\.\d{{4}}\) "
+                         r"and the run's train_log.json$", code=1):
+        train_main(["--model", "gru4rec", "--data", str(data), "--out", str(out), "--epochs", "4", "--clip", "5",
+                    "--max-len", "20", "--batch-size", "8", "--kcore", "0", "--no-progress", "--set",
+                    *TINY["gru4rec"]])
+    saved = load_file(out / "model.safetensors")
+    assert saved.keys() == seen[0].keys() and all(torch.equal(saved[k], seen[0][k]) for k in saved)
+    log = json.loads((out / "train_log.json").read_text())
+    assert [r["epoch"] for r in log["epochs"]] == [1] and "test" not in log
+    assert (out / "resume").is_dir()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_starting_checkpoint_whose_scores_overflow_is_a_one_line_error(tmp_path, capsys):
+    """--init-from a checkpoint with finite weights whose scores overflow (an item's row at 3e38: NaN): its first
+    validation refuses it in one line naming the users, exit 1 (a traceback before)."""
+    from zoo.models import MODELS
+
+    data = _markov_file(tmp_path / "m.tsv", n_users=20, length=(6, 10))
+    args = ["--model", "sasrec", "--data", str(data), "--epochs", "1", "--max-len", "20", "--kcore", "0",
+            "--no-progress"]
+    train_main(args + ["--out", str(tmp_path / "a"), "--set", *TINY["sasrec"]])
+    model = MODELS["sasrec"][1].from_pretrained(tmp_path / "a")
+    with torch.no_grad():
+        model.get_input_embeddings().weight[3] = 3e38
+    model.save_pretrained(tmp_path / "a")
+    capsys.readouterr()
+    with refused(capsys, r"^python -m zoo.train: error: the model's scores are NaN or infinite for users '?\d+'?, ",
+                 code=1):
+        train_main(args + ["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")])
+    assert not (tmp_path / "b").exists()

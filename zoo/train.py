@@ -445,6 +445,25 @@ class RunInputError(RunSetupError):
         super().__init__(message, EXIT_ERROR)
 
 
+class TrainingDiverged(RuntimeError):
+    """A run whose numbers overflowed mid-training: a NaN or infinite training loss, an optimizer step that
+    overflowed (Adam's ``value cannot be converted to type float without overflow`` at an enormous ``lr``), or NaN /
+    infinite scores in validation (:class:`zoo.evaluate.ScoreOverflow`). What the run had written stays: the best
+    checkpoint so far, ``train_log.json`` of its last validation and the resume state of its last whole epoch.
+    ``python -m zoo.train`` prints it in one line and exits 1."""
+
+
+def _diverged(epoch: int, why: str, out, lr: float, clip: float, best_epoch: int, best: float,
+              clip_helps: bool = True) -> TrainingDiverged:
+    """The :class:`TrainingDiverged` of ``epoch`` (``why``: what overflowed), with the remedies (``lr``: the run's;
+    ``--clip`` named when it is off, ``clip`` 0, and ``clip_helps``: not for a step size that overflows whatever the
+    gradient) and what ``out`` keeps (``best_epoch`` < 1: no checkpoint yet)."""
+    kept = (f"{out} keeps the checkpoint of epoch {best_epoch} (valid NDCG@10 {best:.4f}) and the run's "
+            "train_log.json" if best_epoch >= 1 else "no checkpoint was written")
+    return TrainingDiverged(f"training diverged at epoch {epoch} ({why}): lower --lr (it is {lr:g})"
+                            + ("" if clip or not clip_helps else " or set --clip (e.g. 5)") + f"; {kept}")
+
+
 @contextlib.contextmanager
 def _run_inputs():
     """Raise the ``ValueError``/``OSError`` of the block as the run's inputs failing -- a ``--data``, ``--init-from``
@@ -737,14 +756,17 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     items shared by the batch, drawn by ``negative_sampler``; :mod:`zoo.losses`), for catalogues too large to score
     whole at every target; validation and test always rank the full catalogue. ``sparse_item_grad`` (sampled
     softmax only) gives the item table a sparse gradient and updates it by lazy Adam (:class:`SparseItemOptimizer`):
-    only the rows a batch read move, which is what keeps a step cheap on a catalogue of millions."""
+    only the rows a batch read move, which is what keeps a step cheap on a catalogue of millions.
+    A run whose numbers overflow (a NaN or infinite loss, an optimizer step that overflows, NaN or infinite scores in
+    validation) ends with a :class:`TrainingDiverged` at once, ``out`` keeping what it held (:func:`_diverged`); a
+    starting or best checkpoint whose scores overflow is a :class:`zoo.evaluate.ScoreOverflow`."""
     from tqdm.auto import tqdm
 
     from export.fsutil import FolderBusy
 
     from . import train_state
     from .data import iterate_batches, load_options
-    from .evaluate import evaluate_model, evaluate_popularity
+    from .evaluate import ScoreOverflow, evaluate_model, evaluate_popularity
     from .metrics import default_ks
     from .losses import describe_loss
 
@@ -893,7 +915,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             batches = iterate_batches(windows, preset["batch_size"], model.padding_side, shuffle=True, generator=gen,
                                       bucket_by_length=True)
             n_batches = math.ceil(len(windows) / preset["batch_size"])
-            bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not progress)
+            bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False,
+                       disable=None if progress else True)                 # None: a bar on a terminal only
             for i_batch, batch in enumerate(bar):
                 if lr_schedule != "constant" or warmup_steps:
                     step = (epoch - 1) * n_batches + i_batch
@@ -911,8 +934,20 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                 (loss * loss_scale(batch["labels"], targets_per_batch, loss_weighting)).backward()
                 if preset["clip"]:
                     clip_grad_norm(model.parameters(), preset["clip"])
-                opt.step()
-                total += loss.item()
+                try:
+                    opt.step()
+                except RuntimeError as e:               # Adam's step size overflowed float32 (an enormous --lr)
+                    if "overflow" not in str(e):
+                        raise
+                    bar.close()
+                    raise _diverged(epoch, f"the optimizer step overflowed: {e}", out, preset["lr"], preset["clip"],
+                                    best_epoch, best, clip_helps=False) from e
+                value = loss.item()
+                if not math.isfinite(value):            # its gradient has made the weights NaN: nothing to go on with
+                    bar.close()
+                    raise _diverged(epoch, f"the training loss is {value} at batch {i_batch + 1}", out, preset["lr"],
+                                    preset["clip"], best_epoch, best)
+                total += value
                 count += 1
                 bar.set_postfix(loss=f"{total / count:.4f}")
             row = {"epoch": epoch, "loss": total / max(count, 1)}
@@ -924,7 +959,11 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                 print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} ({row['seconds']:.0f}s)", flush=True)
                 keep_state(epoch)
                 continue
-            metrics = validate(model)
+            try:
+                metrics = validate(model)
+            except ScoreOverflow as e:
+                raise _diverged(epoch, "NaN or infinite scores in validation", out, preset["lr"], preset["clip"],
+                                best_epoch, best) from e
             ndcg = metrics["NDCG@10"]
             row.update({"valid_NDCG@10": ndcg, "valid_HR@10": metrics["HR@10"], "seconds": time.time() - te})
             improved = ndcg > best
@@ -938,7 +977,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} valid NDCG@10 {ndcg:.4f} HR@10 "
                   f"{metrics['HR@10']:.4f} ({row['seconds']:.0f}s){' *' if improved else ''}", flush=True)
             with written_whole(os.path.join(out, "train_log.json")) as f:     # an interruption keeps the last whole log
-                json.dump(log, f, indent=1)
+                json.dump(log, f, indent=1, allow_nan=False)
             ending = stop_text(patience, eval_every) if bad >= patience else \
                 f"{TIME_BUDGET} of {max_minutes} minutes reached" if deadline and time.time() > deadline else \
                 "max epochs" if epoch == epochs else None
@@ -957,7 +996,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                              "history_masked": exclude_history},
                    train_minutes=(time.time() - t0) / 60)
         with written_whole(os.path.join(out, "train_log.json")) as f:
-            json.dump(log, f, indent=1)
+            json.dump(log, f, indent=1, allow_nan=False)
         if stopped.startswith(TIME_BUDGET):
             print(f"[zoo.train] the run's state is kept in {os.path.join(out, train_state.RESUME_DIR)}: the same "
                   "command with --resume and a larger --max-minutes continues it", flush=True)
@@ -1232,7 +1271,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_option(hw, "the training")
     hw.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     add_threads_option(hw, "the training")
-    hw.add_argument("--no-progress", action="store_true", help="no progress bars (the epoch lines are printed)")
+    hw.add_argument("--no-progress", action="store_true",
+                    help="no progress bars (the epoch lines are printed; default: bars on stderr while it is a "
+                         "terminal)")
     return p
 
 
@@ -1269,7 +1310,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (:class:`RunSetupError`: settings, data file, starting checkpoint) exits with one line naming the problem and the
     status of :data:`export.fsutil.EXIT_CODES`: 2 for a bad option (with the usage), 1 for a ``--data``,
     ``--config``, ``--init-from`` or resume state that cannot be read or does not fit and for an ``--out`` another
-    live run is writing into (:func:`hold_output_folder`), 4 for a ``--device`` this machine lacks."""
+    live run is writing into (:func:`hold_output_folder`), 4 for a ``--device`` this machine lacks. A run that
+    diverges (:class:`TrainingDiverged`) or a checkpoint whose scores overflow exits 1 in one line too."""
     from .cli import apply_threads, cli_device, exit_with
     from .models import get_model_class
 
@@ -1321,6 +1363,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if e.exit_code == EXIT_USAGE:
             p.error(flag_named(str(e), NUMBER_FLAGS))
         exit_with(e.exit_code, f"{p.prog}: error: {flag_named(str(e), NUMBER_FLAGS)}")
+    except TrainingDiverged as e:           # one line: what overflowed, the remedy, what --out keeps
+        exit_with(EXIT_ERROR, f"{p.prog}: error: {e}")
+    except ValueError as e:                 # NaN / infinite scores of a starting (--init-from) or the best checkpoint
+        from .evaluate import ScoreOverflow
+
+        if not isinstance(e, ScoreOverflow):
+            raise
+        exit_with(EXIT_ERROR, f"{p.prog}: error: {e}")
     except KeyboardInterrupt as e:          # (an empty --out of this run's own is removed by train(), under its lock)
         from .train_state import resume_dir
 

@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -174,15 +175,16 @@ def run_workers(script: str, args: Sequence[str], jobs: Sequence[dict], barrier:
     raises (an error, Ctrl-C, or SIGTERM under :func:`export.fsutil.run_cli` included), so the files they use can be
     removed then. The workers run in a session of their own: a Ctrl-C at the terminal (or a signal to the whole
     process group) reaches the bench alone, which stops them as said, instead of each worker dying with a traceback
-    of its own while the bench still counts on it."""
+    of its own while the bench still counts on it. A bench killed outright (SIGKILL, a crash), which can stop nothing,
+    takes them with it on Linux (:func:`spawn`)."""
     procs: list[subprocess.Popen] = []
     readers: list[threading.Thread] = []
     ready = [threading.Event() for _ in jobs]
     try:
         for _ in jobs:
-            procs.append(subprocess.Popen([sys.executable, os.path.abspath(script), "--worker", *map(str, args)],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                          env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True))
+            procs.append(spawn([sys.executable, os.path.abspath(script), "--worker", *map(str, args)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1")))
         outs = [""] * len(procs)
 
         def drain(i: int) -> None:               # read as they run: a pipe left full would block a worker
@@ -195,8 +197,9 @@ def run_workers(script: str, args: Sequence[str], jobs: Sequence[dict], barrier:
             outs[i] = "".join(kept)
 
         readers += [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(procs))]
-        for t in readers:
-            t.start()
+        with _signals_deferred():                # a SIGTERM/Ctrl-C here would leave a reader half-started, which
+            for t in readers:                    # the clean-up below cannot join: it is taken once they all run
+                t.start()
         for p, job in zip(procs, jobs):
             _send(p, json.dumps(job) + "\n", close=not barrier)
 
@@ -236,6 +239,98 @@ def run_workers(script: str, args: Sequence[str], jobs: Sequence[dict], barrier:
             for pipe in (p.stdin, p.stdout):
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+
+@contextlib.contextmanager
+def _signals_deferred(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)):
+    """Hold back ``signals`` for the block (a bench's Ctrl-C, and SIGTERM, which ``run_cli`` makes raise where it
+    lands): one that comes meanwhile is noted by a handler that raises nothing, and raised again
+    (``signal.raise_signal``) under the handlers put back as the block ends -- so it raises (or, under its default
+    action, kills) right after it, never inside. For code that must not be cut short: a reader thread's start (one
+    half-started cannot be joined) and a child's start, where an exception is dropped (:func:`spawn`). Outside the
+    main thread, where no handler can be set, or where a handler was not set from Python, the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signals}
+    if any(h is None for h in previous.values()):
+        yield
+        return
+    came: list[int] = []
+    for s in signals:
+        signal.signal(s, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(came):
+            signal.raise_signal(s)
+
+
+#: ``prctl`` option (``<linux/prctl.h>``): the signal a process is sent when the thread that started it ends
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL):
+    """The ``preexec_fn`` of a process the bench starts (a worker, ``redis-server``) that must not outlive it: on
+    Linux the child asks the kernel (``prctl(PR_SET_PDEATHSIG, sig)``) for ``sig`` when its parent ends -- a bench
+    killed by SIGKILL or a crash, which cannot stop what it started as :func:`run_workers` and :func:`redis_server`
+    do on an error, Ctrl-C or SIGTERM, and whose children, in sessions of their own, no group signal reaches either.
+    SIGKILL by default: what is left cannot catch it (a worker under ``run_cli``'s SIGTERM handler, one deep in a
+    C call), and has nothing to finish for a bench that is gone. The race is closed both ways: ``sig`` is set to its
+    default action in the child first (an inherited Python handler would swallow it before ``exec``), and a parent
+    that died before the ``prctl`` -- the child already adopted, its ``getppid()`` no longer the bench -- ends the
+    child there (status 128 + ``sig``) instead of letting it run on unwatched.
+
+    Linux sends the signal when the *thread* that started the child ends, not the whole process: the benches start
+    them from the thread that then waits for them. Only ``ctypes`` calls and ``os.getppid`` run between ``fork`` and
+    ``exec`` (libc and its functions are looked up here, in the parent). Start such a child with :func:`spawn`, not
+    ``Popen`` alone (a signal may be lost there). Returns None elsewhere: ``PR_SET_PDEATHSIG`` is a Linux ``prctl``,
+    other systems (macOS, the BSDs) have no such request, and there a bench killed outright still leaves its workers
+    to end on their own (a worker's stdin/stdout pipes are then closed)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl, c_signal = libc.prctl, libc.signal
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    c_signal.argtypes, c_signal.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p
+    parent, sig = os.getpid(), int(sig)
+
+    def preexec() -> None:
+        if sig != signal.SIGKILL:                # SIG_DFL (0): an inherited handler would not end the child
+            c_signal(sig, None)
+        if prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+        if os.getppid() != parent:               # the bench died before the prctl: no signal will come
+            os._exit(128 + sig)
+
+    return preexec
+
+
+def spawn(args: Sequence[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(args, **kwargs)`` for a process the bench starts and must stop (a worker, ``redis-server``):
+    in a session of its own (``start_new_session``: a Ctrl-C at the terminal, or a signal to the whole process group,
+    reaches the bench alone, which stops its children itself) and, on Linux, killed with the bench where that is
+    killed outright (:func:`die_with_parent`). A ``preexec_fn`` makes Python fork without ``vfork`` and run the
+    ``os.register_at_fork`` hooks (``logging``'s among them) around the fork, where an exception is printed and
+    dropped: a SIGTERM (``run_cli``: it raises) or Ctrl-C landing there was lost, and the bench ran on. So SIGINT and
+    SIGTERM are held back while the child is started (:func:`_signals_deferred`) and raised once ``Popen`` has
+    returned, the child first stopped (terminated, killed after 10 s, reaped) as the caller would have: it never
+    got it."""
+    proc = None
+    try:
+        with _signals_deferred():
+            proc = subprocess.Popen(args, start_new_session=True, preexec_fn=die_with_parent(), **kwargs)
+    except BaseException:
+        if proc is not None:
+            _stop([proc])
+        raise
+    return proc
 
 
 def _send(proc: subprocess.Popen, text: str, close: bool) -> None:
@@ -456,9 +551,10 @@ def redis_server(url: str | None):
     its working folder removed, on an error, Ctrl-C or SIGTERM under :func:`export.fsutil.run_cli` too; in a session
     of its own, so that a Ctrl-C at the terminal or a ``timeout`` that signals the whole process group stops the bench
     alone, which then stops the server, instead of the server dying under the bench's feet with a connection-error
-    traceback; RuntimeError if it does not answer within 30 s), or None (with a printed note) when the server or the
-    ``redis`` package is not installed. Also the tests' ``redis_url`` fixture (``tests/conftest.py``). A given ``url``
-    is checked first (:func:`check_redis`)."""
+    traceback; killed with the bench where that is killed outright, on Linux: :func:`spawn`; RuntimeError
+    if it does not answer within 30 s), or None (with a printed note) when the server or the ``redis`` package is not
+    installed. Also the tests' ``redis_url`` fixture (``tests/conftest.py``). A given ``url`` is checked first
+    (:func:`check_redis`)."""
     if url:
         check_redis(url)
         yield url
@@ -477,9 +573,8 @@ def redis_server(url: str | None):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with scratch_folder("bench-redis-") as work:              # its working folder (nothing persisted), removed after
-        proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                 "no", "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                start_new_session=True)     # a Ctrl-C or a group's SIGTERM reaches the bench alone
+        proc = spawn([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                      "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         url = f"redis://127.0.0.1:{port}/0"
         try:
             deadline = time.monotonic() + 30

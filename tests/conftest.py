@@ -1,5 +1,6 @@
 import os
 import pathlib
+import subprocess
 
 import pytest
 import torch
@@ -83,6 +84,26 @@ def _restore_threads():
     yield
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+@pytest.fixture
+def recorded_popens(monkeypatch):
+    """The list of every ``subprocess.Popen`` started during the test, in start order (``subprocess.Popen`` replaced,
+    for the test, by a subclass that records each one it makes), so a test can check that what the code under test
+    started has ended; any still running when the test ends is killed and reaped then."""
+    started: list[subprocess.Popen] = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            started.append(self)
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 #: fixtures that read the benchmark data folder: a test using one (directly or through another fixture) is marked

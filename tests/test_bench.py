@@ -321,14 +321,46 @@ def test_loss_table_groups_runs_by_loss_with_their_means(monkeypatch, tmp_path, 
                                      ["sampled softmax, 64 uniform + sparse item gradient", "`sp-1`", "1"]]
     assert rows[2][3:] == ["0.1600", "0.3000", "0.1500", "0.0750", "3.0 (2.0)", "20", "1.5"]
     assert rows[3][3:8] == ["0.3100", "0.6000", "0.3000", "0.1500", "3 (2)"]
-    # runs that differ in more than the loss, or one unfinished, are refused
+    # runs that differ in more than the loss, or one unfinished, are refused (test_loss_table_exit_statuses)
     other = _run_log(tmp_path, "other", {"type": "ce"}, 1, 0.1, data="e.tsv")
     unfinished = _run_log(tmp_path, "cut", {"type": "ce"}, 3, 0.1, finished=False)
-    for bad, message in [([runs[0], other], "differ in model, data or protocol"),
+    for bad, message in [([runs[0], other], "differ in data"),
                          ([runs[0], unfinished], "has not finished"), ([str(tmp_path)], "no train_log.json")]:
         with pytest.raises(SystemExit):
             b.main(bad)
         assert message in capsys.readouterr().err
+
+
+def test_loss_table_exit_statuses(monkeypatch, tmp_path, capsys):
+    """Runs that cannot be tabled together -- one unfinished, one of another model, data file or protocol, a log
+    that is not a zoo.train log -- are bad input: status 1 (the table of exit statuses: the run failed; they were
+    a usage error, 2, though no option of the bench was wrong), one line naming the run, nothing written. One run
+    named twice (``A``, ``A/``), which its group's mean would count twice, is the one usage error: 2."""
+    b = _bench("loss_table", monkeypatch)
+    ok = _run_log(tmp_path, "ok", {"type": "ce"}, 1, 0.1)
+    bad_log = tmp_path / "list"
+    bad_log.mkdir()
+    (bad_log / "train_log.json").write_text("[]")
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "train_log.json").write_text(json.dumps({"model_type": "sasrec", "data": "/x/d.tsv"}))
+    out = tmp_path / "t.md"
+    cases = [([ok, _run_log(tmp_path, "cut", {"type": "ce"}, 2, 0.1, finished=False)], 1,
+              f"error: {tmp_path / 'cut'}: the run has not finished"),
+             ([ok, _run_log(tmp_path, "gru", {"type": "ce"}, 2, 0.1, model="gru4rec")], 1,
+              f"error: {tmp_path / 'gru'} and {ok} differ in model (gru4rec vs sasrec)"),
+             ([ok, _run_log(tmp_path, "e", {"type": "ce"}, 2, 0.1, data="e.tsv")], 1,
+              f"error: {tmp_path / 'e'} and {ok} differ in data (e.tsv vs d.tsv)"),
+             ([ok, str(bad_log)], 1, f"error: {bad_log}: its train_log.json is not a zoo.train log ("),
+             ([ok, str(half)], 1, f"error: {half}: its train_log.json is not a zoo.train log (no 'protocol')"),
+             ([ok, ok + "/"], 2, f"error: {ok} and {ok}/ are the same run; name each run once"),
+             ([ok, ok], 2, f"error: {ok} and {ok} are the same run")]
+    for runs, code, says in cases:
+        with pytest.raises(SystemExit) as e:
+            b.main([*runs, "--markdown", str(out)])
+        err = capsys.readouterr().err
+        assert e.value.code == code and says in err and not out.exists(), (runs, err)
+        assert err.count("\n") == 1 if code == 1 else err.startswith("usage:")
 
 
 def _shop_lines(seed: int, users: int, lengths: tuple[int, int], old_items: int, new_items: int) -> list[str]:
@@ -929,34 +961,21 @@ def test_the_redis_server_of_a_bench_leaves_no_folder(monkeypatch, own_tmp):
 
 
 @pytest.mark.parametrize("failing", [0, 1])
-def test_a_failed_worker_stops_the_others(monkeypatch, tmp_path, failing):
+def test_a_failed_worker_stops_the_others(monkeypatch, tmp_path, recorded_popens, failing):
     """``run_workers``: a worker that fails ends the run at once, whichever it is, and the others (here one that
-    would sleep for minutes) are stopped and reaped before the error, not left running."""
+    would sleep for minutes) are stopped and reaped before the error, not left running (``recorded_popens``: the
+    workers it started, any left killed after the test)."""
     bu = _benchutil(monkeypatch)
     script = tmp_path / "worker.py"
     script.write_text("import json, sys, time\njob = json.loads(sys.stdin.read())\n"
                       "if job['fail']:\n    sys.exit(3)\ntime.sleep(300)\nprint(json.dumps(job))\n")
-    started = []
-
-    class Recorded(subprocess.Popen):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            started.append(self)
-
-    monkeypatch.setattr(subprocess, "Popen", Recorded)
     jobs = [{"fail": i == failing} for i in range(2)]
     t0 = time.monotonic()
-    try:
-        with pytest.raises(RuntimeError, match=r"worker.py failed \(status 3\)") as e:
-            bu.run_workers(str(script), [], jobs)
-        assert time.monotonic() - t0 < 120                                  # not the sleeper's 300 s
-        assert len(started) == 2 and all(p.poll() is not None for p in started)   # none running
-        assert f"worker {failing + 1} of 2" in str(e.value)                 # which one failed
-    finally:
-        for p in started:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    with pytest.raises(RuntimeError, match=r"worker.py failed \(status 3\)") as e:
+        bu.run_workers(str(script), [], jobs)
+    assert time.monotonic() - t0 < 120                                      # not the sleeper's 300 s
+    assert len(recorded_popens) == 2 and all(p.poll() is not None for p in recorded_popens)   # none running
+    assert f"worker {failing + 1} of 2" in str(e.value)                     # which one failed
 
 
 def test_run_workers_returns_each_workers_last_line_in_job_order(monkeypatch, tmp_path):

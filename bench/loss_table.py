@@ -1,13 +1,15 @@
 """Side-by-side table of ``zoo.train`` runs that differ in their loss (``--loss``, ``--negatives``,
-``--negative-sampler``, ``--sparse-item-grad``): per run and per loss, the best validation NDCG@10, the test metrics, the epochs and the
-time (a measurement, not a test).
+``--negative-sampler``, ``--sparse-item-grad``): per run and per loss, the best validation NDCG@10, the test metrics,
+the epochs and the time (a measurement, not a test).
 
     python bench/loss_table.py RUN_DIR [RUN_DIR ...] [--markdown out.md]
 
 Each ``RUN_DIR`` is a finished run's ``--out`` folder (its ``train_log.json`` holds the test metrics). Runs are grouped
 by their loss; a group's mean row follows its runs. The runs must share the data, model type and protocol (refused
 otherwise: a table of runs that differ in more than the loss would compare nothing), and each group should hold the
-same seeds.
+same seeds. Runs that cannot be tabled -- unfinished, or of another model, data or protocol -- are bad input, status
+1 (as ``zoo.compare``'s ranks files of two splits), naming the run; one run named twice (``A`` and ``A/``), which
+its mean would count twice, is a usage error, 2.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def loss_name(log: dict) -> str:
 
 
 def run_row(log: dict) -> dict:
-    """The table's numbers of one finished run."""
+    """The table's numbers of one finished run; ValueError for an unfinished one (its log has no test metrics),
+    KeyError for a log without a field the table shows."""
     if "test" not in log:
-        raise ValueError("the run has not finished (its log has no test metrics)")
+        raise ValueError("the run has not finished (its train_log.json has no test metrics)")
     epochs = log["epochs"]
     return {"best valid NDCG@10": log["best_valid_NDCG10"], "test HR@10": log["test"]["HR@10"],
             "test NDCG@10": log["test"]["NDCG@10"], "test MRR@10": log["test"]["MRR@10"],
@@ -48,15 +51,34 @@ def run_row(log: dict) -> dict:
             "s per epoch": sum(e["seconds"] for e in epochs) / len(epochs), "minutes": log["train_minutes"]}
 
 
+#: what the runs of one table share, and how a refusal names each: the log's field -> its words
+SHARED = {"model_type": "model", "data": "data", "protocol": "protocol"}
+
+
 def table(runs: dict[str, dict]) -> list[str]:
-    """Markdown lines: one row per run (``runs``: folder -> log), grouped by loss, each group closed by its mean."""
-    same = {(log["model_type"], os.path.basename(log["data"]), json.dumps(log["protocol"], sort_keys=True))
-            for log in runs.values()}
-    if len(same) != 1:
-        raise ValueError(f"the runs differ in model, data or protocol: {sorted(same)}")
+    """Markdown lines: one row per run (``runs``: folder -> log), grouped by loss, each group closed by its mean.
+    ValueError naming the run -- the first that differs from the first run in model, data (its file name) or
+    protocol, or one that is unfinished or whose log lacks a field the table reads."""
     groups: dict[str, list[tuple[str, dict]]] = {}
+    first = None
     for folder, log in runs.items():
-        groups.setdefault(loss_name(log), []).append((folder, {**run_row(log), "seed": log["seed"]}))
+        try:
+            shared = {"model_type": log["model_type"], "data": os.path.basename(log["data"]),
+                      "protocol": json.dumps(log["protocol"], sort_keys=True)}
+            row = {**run_row(log), "seed": log["seed"]}
+            name = loss_name(log)
+        except (KeyError, TypeError) as e:      # a field missing, or of another type (a JSON list for the log)
+            what = f"no {e}" if isinstance(e, KeyError) else str(e)
+            raise ValueError(f"{folder}: its train_log.json is not a zoo.train log ({what})") from None
+        except ValueError as e:
+            raise ValueError(f"{folder}: {e}") from None
+        first = first or (folder, shared)
+        differ = [k for k in SHARED if shared[k] != first[1][k]]
+        if differ:
+            k = differ[0]
+            raise ValueError(f"{folder} and {first[0]} differ in {SHARED[k]} ({shared[k]} vs {first[1][k]}): a "
+                             "table of runs that differ in more than their loss compares nothing")
+        groups.setdefault(name, []).append((folder, row))
     lines = ["| loss | run | seed | " + " | ".join(COLUMNS) + " |", "|---" * (3 + len(COLUMNS)) + "|"]
     for name, rows in groups.items():
         for folder, r in rows:
@@ -77,6 +99,12 @@ def main(argv=None):
     p.add_argument("runs", nargs="+", help="finished zoo.train --out folders")
     p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     a = p.parse_args(argv)
+    seen: dict[str, str] = {}
+    for folder in a.runs:                       # one run named twice: its mean would count it twice (usage, 2)
+        key = os.path.realpath(folder)
+        if key in seen:
+            p.error(f"{seen[key]} and {folder} are the same run; name each run once")
+        seen[key] = folder
     runs = {}
     for folder in a.runs:                       # a run that is not there or cannot be read: the run failed (1)
         path = os.path.join(folder, "train_log.json")
@@ -89,10 +117,10 @@ def main(argv=None):
                 runs[folder] = json.load(f)
         except (OSError, ValueError) as e:      # ValueError: not JSON, not UTF-8
             exit_with(EXIT_ERROR, f"error: {path}: cannot read it ({getattr(e, 'strerror', None) or e})")
-    try:
+    try:                                        # runs that cannot be tabled together: bad input, the run failed (1)
         lines = table(runs)
     except ValueError as e:
-        p.error(str(e))
+        exit_with(EXIT_ERROR, f"error: {e}")
     any_log = next(iter(runs.values()))
     head = (f"Produced by `{command_line('bench/loss_table.py', argv)}`: {any_log['model_type']} on "
             f"`{os.path.basename(any_log['data'])}`, test on the leave-one-out split (full ranking, history "

@@ -952,3 +952,164 @@ def test_a_shape_mismatch_names_the_tensors_and_shapes_in_one_line(tmp_path, cap
         SASRecModel.from_pretrained(tmp_path, config=wide)
     err = capfd.readouterr().err
     assert "LOAD REPORT" not in err and "MISMATCH" not in err, err
+
+
+# ------------------------------------------------- QA session 42: absurd config.json sizes, deeply nested JSON
+def _refuse_big_builds(monkeypatch, model_cls, most=2):
+    """Make building ``model_cls`` with more than ``most`` layers an error the load cannot turn into a refusal of
+    its own: the layer check must refuse before any such model is built (meta or real), as 10**9 layers would run
+    for hours."""
+    init = model_cls.__init__
+
+    def guarded(self, config, *args, **kwargs):
+        if getattr(config, "num_layers", 0) > most:
+            raise AssertionError(f"{model_cls.__name__} built with num_layers={config.num_layers}")
+        init(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(model_cls, "__init__", guarded)
+
+
+@pytest.mark.parametrize("model_type", list(TINY))
+def test_a_num_layers_the_weight_file_does_not_hold_is_refused_before_any_model_is_built(tmp_path, monkeypatch,
+                                                                                         model_type):
+    """A config.json with ``num_layers`` 10**9 over a file of 2 layers built the model on the meta device and then
+    for real (minutes per 10000 layers, then out of memory). The layers the file holds are told from its tensor names
+    (each model's layer keys found from a 1- and a 2-layer build), and the mismatch is one line naming the field,
+    the file and the first missing (or unexpected) keys, before any model of more layers is built."""
+    import ast
+
+    from safetensors import safe_open
+    from transformers import AutoModel
+
+    from zoo.models import MODELS
+
+    cfg_cls, model_cls = MODELS[model_type]
+    torch.manual_seed(0)
+    model_cls(cfg_cls(n_items=12, max_seq_length=6, **{**TINY[model_type], "num_layers": 2})).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    torch.manual_seed(0)
+    five = set(model_cls(cfg_cls(n_items=12, max_seq_length=6, **{**TINY[model_type], "num_layers": 5})).state_dict())
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        held = set(f.keys())
+    _refuse_big_builds(monkeypatch, model_cls)
+    head = rf"^weights in {re.escape(str(tmp_path))} do not match {model_cls.__name__}\({model_type}\): "
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "num_layers": 10**9}))
+    config_json = re.escape(str(tmp_path / "config.json"))
+    for load in (SeqRecPreTrainedModel.from_pretrained, model_cls.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(ValueError, match=head + rf"num_layers=1000000000 in {config_json} but model.safetensors "
+                                                  r"holds 2 layers; missing keys: (\[.*\]) \(and \d+ more\)$") as e:
+            load(tmp_path)
+        keys = ast.literal_eval(re.search(r"missing keys: (\[.*?\])", str(e.value)).group(1))
+        assert len(keys) == 5 and set(keys) <= five - held, keys    # keys of layers 3.., as a real build has them
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "num_layers": 1}))
+    with pytest.raises(ValueError, match=head + rf"num_layers=1 in {config_json} but model.safetensors holds 2 "
+                                                r"layers; unexpected keys: \[.*\]"):
+        model_cls.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=head + r"num_layers=100000 \(given\) but model.safetensors holds 2 layers"):
+        model_cls.from_pretrained(tmp_path, num_layers=100000)
+    assert model_cls.from_pretrained(tmp_path).config.num_layers == 2
+
+
+def test_a_num_layers_beyond_a_sharded_checkpoint_is_one_line_from_zoo_recommend(tmp_path, monkeypatch, capsys):
+    """The layers of a sharded checkpoint are read from the headers of all its shards; zoo.recommend prints the
+    refusal as its one error line."""
+    from zoo import recommend
+
+    gru(num_layers=2, n_items=200, embedding_size=16, hidden_size=16).save_pretrained(tmp_path, max_shard_size="8KB")
+    shards = len(set(json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    assert shards >= 2
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "num_layers": 10**6}))
+    _refuse_big_builds(monkeypatch, GRU4RecModel)
+    with pytest.raises(SystemExit) as e:
+        recommend.main(["--model", str(tmp_path), "--history", "1", "2", "--device", "cpu"])
+    assert re.fullmatch(rf"error: --model .*: weights in .* do not match GRU4RecModel\(gru4rec\): num_layers=1000000 "
+                        rf"in .*config.json but the {shards} shards of its index hold 2 layers; missing keys: "
+                        r"\['gru_layers.weight_hh_l2', 'gru_layers.weight_ih_l2', 'gru_layers.weight_hh_l3', .*\] "
+                        r"\(and 1999991 more\)", str(e.value.code)), e.value.code
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_weight_file_cannot_make_the_check_build_layers_it_does_not_hold(tmp_path, monkeypatch):
+    """The layer count must be what the file holds, whole: a file with layers 0 and 999999 under ``num_layers``
+    10**6 holds 2 layers, not 10**6 (refused naming the first missing keys), and a layer tensor of another shape is
+    refused from the header before the model is built with all the layers."""
+    from safetensors.torch import load_file, save_file
+
+    gru(num_layers=3).save_pretrained(tmp_path)
+    weights, saved = load_file(tmp_path / "model.safetensors"), json.loads((tmp_path / "config.json").read_text())
+    _refuse_big_builds(monkeypatch, GRU4RecModel)
+    save_file({**weights, "gru_layers.weight_hh_l2": torch.zeros(1, 1)}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"do not match GRU4RecModel\(gru4rec\): tensor shapes differ from the config "
+                                         r"\(.*\): gru_layers.weight_hh_l2 \[1, 1\] in the file vs \[24, 8\] in the "
+                                         r"model$"):
+        GRU4RecModel.from_pretrained(tmp_path)
+    gapped = {k: v for k, v in weights.items() if not k.endswith(("l1", "l2"))}
+    gapped.update({"gru_layers.weight_ih_l999999": weights["gru_layers.weight_ih_l1"],
+                   "gru_layers.weight_hh_l999999": weights["gru_layers.weight_hh_l1"]})
+    save_file(gapped, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "num_layers": 10**6}))
+    with pytest.raises(ValueError, match=r"num_layers=1000000 in .*config.json but model.safetensors holds 2 layers; "
+                                         r"missing keys: \['gru_layers.weight_hh_l1', 'gru_layers.weight_ih_l1', "
+                                         r"'gru_layers.weight_hh_l2', .*\] \(and 1999991 more\)$"):
+        GRU4RecModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("field, detail", [
+    ("n_items", r"n_items x hidden_size \(\[4611686018427387904, 8\]\) overflows torch's tensor size limit \(2\*\*63 "
+                r"bytes\)"),
+    ("d_state", r"a tensor size computed from it overflows torch's int64 sizes")])
+def test_config_sizes_beyond_what_torch_can_hold_are_one_line_naming_the_field(tmp_path, monkeypatch, field, detail):
+    """``n_items`` 2**62 (more than 2**63 bytes of item table) gave torch's RuntimeError "Storage size calculation
+    overflowed" (and ``d_state`` 2**62 a TypeError with a C++ stack in its message) as a traceback: the meta-device
+    check swallowed it and the real build raised it. One ValueError naming the field and the config.json, from the
+    check and (should the check be passed by) from the load itself."""
+    from zoo import modeling_utils
+    from zoo.models.mamba4rec import Mamba4RecModel
+
+    tiny("mamba4rec").save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, field: 2**62}))
+    message = rf"^{field}=4611686018427387904 in {re.escape(str(tmp_path / 'config.json'))} is too large: {detail}, " \
+              r"so Mamba4RecModel\(mamba4rec\) cannot be built$"
+    with pytest.raises(ValueError, match=message):
+        SeqRecPreTrainedModel.from_pretrained(tmp_path)
+    monkeypatch.setattr(modeling_utils, "_check_weight_names", lambda *a, **k: None)
+    with pytest.raises(ValueError, match=message):
+        Mamba4RecModel.from_pretrained(tmp_path)
+
+
+def _nest(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [600, 100_000])
+def test_a_config_json_nested_too_deeply_is_the_one_line_invalid_json_error(tmp_path, capsys, depth):
+    """A config.json nested 100000 levels deep made Python's JSON reader raise RecursionError (a traceback from
+    every CLI); 600 levels were read but copying the config recursed too deep. Refused as transformers refuses other
+    invalid JSON: one OSError naming the file. So is a weight index nested so (corrupt weight index)."""
+    from zoo import recommend
+
+    gru().save_pretrained(tmp_path / "ok")
+    saved = (tmp_path / "ok" / "config.json").read_text()
+    (tmp_path / "ok" / "config.json").write_text(saved.rstrip()[:-1] + f', "notes": {_nest(50)}}}')
+    assert GRU4RecModel.from_pretrained(tmp_path / "ok").config.n_items == 12       # 50 levels are read
+    gru().save_pretrained(tmp_path / "deep")
+    (tmp_path / "deep" / "config.json").write_text(saved.rstrip()[:-1] + f', "notes": {_nest(depth)}}}')
+    message = re.escape(f"It looks like the config file at '{tmp_path / 'deep' / 'config.json'}' is not a valid JSON "
+                        "file (nested more than 100 levels deep).")
+    for load in (SeqRecPreTrainedModel.from_pretrained, GRU4RecModel.from_pretrained, GRU4RecConfig.from_pretrained):
+        with pytest.raises(OSError, match=f"^{message}$"):
+            load(tmp_path / "deep")
+    with pytest.raises(OSError, match=r"^It looks like the config file at 'config.json' is not a valid JSON file"):
+        GRU4RecConfig.from_dict({"n_items": 12, "notes": json.loads(_nest(200))})
+    with pytest.raises(SystemExit) as e:
+        recommend.main(["--model", str(tmp_path / "deep"), "--history", "1", "2", "--device", "cpu"])
+    assert str(e.value.code) == f"error: --model {tmp_path / 'deep'}: " + re.sub(r"\\(.)", r"\1", message)
+    assert "Traceback" not in capsys.readouterr().err
+    gru().save_pretrained(tmp_path / "index", max_shard_size="1KB")
+    (tmp_path / "index" / "model.safetensors.index.json").write_text(_nest(depth))
+    with pytest.raises(ValueError, match="^corrupt weight index .*model.safetensors.index.json: "):
+        GRU4RecModel.from_pretrained(tmp_path / "index")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
+import itertools
 import logging
 import math
 import numbers
@@ -369,6 +370,8 @@ class SeqRecConfig(PreTrainedConfig):
         ``cls`` is a concrete zoo config (``Mamba4RecConfig.from_pretrained(sasrec_folder)`` built a mixed config):
         ``AutoConfig`` picks the class from it."""
         source = _CONFIG_SOURCE.get() or "config.json"
+        if _nested_deeper_than(config_dict, MAX_CONFIG_DEPTH):     # copying it would recurse too deep
+            raise _too_deep(source)
         _check_config_type(cls, config_dict, source)
         fields = cls.init_fields() | set(cls.derived_fields)
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
@@ -413,8 +416,13 @@ class SeqRecConfig(PreTrainedConfig):
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         """Transformers' ``get_config_dict``, refusing a ``config.json`` of another zoo model before transformers
-        warns that it may not fit (:meth:`from_dict` would refuse it next)."""
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        warns that it may not fit (:meth:`from_dict` would refuse it next). A file nested too deeply for Python's
+        JSON reader is the one-line ``OSError`` transformers gives other invalid JSON (:func:`_too_deep`)."""
+        try:
+            config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        except RecursionError:
+            name = os.fspath(pretrained_model_name_or_path)
+            raise _too_deep(_CONFIG_SOURCE.get() or _config_json(name, name, kwargs.get("subfolder") or "")) from None
         _check_config_type(cls, config_dict, _CONFIG_SOURCE.get() or "config.json")
         return config_dict, kwargs
 
@@ -438,6 +446,34 @@ class SeqRecConfig(PreTrainedConfig):
         out = super().to_dict()
         out.update({name: getattr(self, name) for name in self.derived_fields})
         return out
+
+
+#: how deeply a ``config.json`` may nest (a zoo config nests 2 levels; Python's JSON reader fails on ~1000 levels,
+#: and copying the config -- ``to_dict``'s ``deepcopy`` -- on a few hundred, with a ``RecursionError``)
+MAX_CONFIG_DEPTH = 100
+
+
+def _nested_deeper_than(obj: Any, limit: int) -> bool:
+    """Whether JSON value ``obj`` nests lists / dicts more than ``limit`` levels deep (a flat dict is 1 level), told
+    without recursion."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def _too_deep(source: str) -> OSError:
+    """The error for a ``config.json`` (named by ``source``) nested more than :data:`MAX_CONFIG_DEPTH` levels deep:
+    transformers' own one line for a config file that is not valid JSON, with the reason (a ``RecursionError``
+    traceback otherwise)."""
+    return OSError(f"It looks like the config file at '{source}' is not a valid JSON file (nested more than "
+                   f"{MAX_CONFIG_DEPTH} levels deep).")
 
 
 @contextlib.contextmanager
@@ -1357,7 +1393,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
         Raises ``ValueError`` when the checkpoint is of another model type or of a ``model_type`` the zoo does not
         have, when weights are missing, unexpected, of the wrong shape, not floating point or not finite (NaN/inf),
-        when the weight file is missing or corrupt, when the vocabulary does not fit ``n_items``, or
+        when the weight files hold another number of layers than ``num_layers`` (told from their tensor names before
+        any model is built), when a size is beyond what torch can hold (``n_items=2**62``), when the weight file is
+        missing or corrupt, when the vocabulary does not fit ``n_items``, or
         when ``config.item_vocab_file`` (written by :meth:`save_pretrained`) says a vocabulary belongs to the weights
         and it is missing, or that none does and one is there.
 
@@ -1368,7 +1406,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         nor an argument of transformers' ``from_pretrained`` is a ``ValueError`` naming the closest field.
         ``use_safetensors=False`` and ``variant=`` are refused: zoo models are saved and loaded as
         ``model.safetensors`` only. A bad value in ``config.json`` is a ``ValueError`` naming the file and the field
-        (:meth:`SeqRecConfig.from_dict`). Errors name a Hub id as given, with the folder it was resolved to.
+        (:meth:`SeqRecConfig.from_dict`); one nested more than :data:`MAX_CONFIG_DEPTH` levels deep is the ``OSError``
+        transformers gives invalid JSON. Errors name a Hub id as given, with the folder it was resolved to.
         ``output_loading_info=True`` returns ``(model, info)`` as transformers does; ``info``'s lists are empty, since
         any problem they would hold is an error here.
         """
@@ -1409,7 +1448,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         loading_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("use_safetensors", True)
         weight_files = _weight_files(path)
-        _check_weight_names(cls, config, weight_files, shown)    # before transformers' load report on another model's
+        # before transformers' load report on another model's weights, and before any model is built
+        _check_weight_names(cls, config, weight_files, shown, os.path.join(path, "config.json"))
         try:
             with _no_weight_bars():
                 model, info = super().from_pretrained(path, *model_args, config=config, output_loading_info=True,
@@ -1418,6 +1458,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             text = f"{type(e).__module__} {e}".lower()
             if _is_safetensors_error(e):        # by type: a "no file named model.safetensors" is no corruption
                 raise ValueError(f"corrupt weight file in {path}: {e}") from e
+            if _is_size_overflow(e):            # sizes torch cannot describe, e.g. where the header was unreadable
+                raise _overflow_error(e, config, cls, os.path.join(path, "config.json")) from None
             stray = re.search(r"__init__\(\) got an unexpected keyword argument '(\w+)'", str(e))
             if isinstance(e, TypeError) and stray and isinstance(config, SeqRecConfig):   # left over for cls(config)
                 name = stray.group(1)
@@ -1496,21 +1538,31 @@ def _is_safetensors_error(e: BaseException) -> bool:
 def _check_model_type(path: str) -> type[SeqRecConfig] | None:
     """A one-line error for a ``config.json`` whose ``model_type`` is no zoo model (before transformers' advice to
     upgrade transformers); a folder without a readable ``config.json`` is left to ``AutoConfig``'s own error (None).
-    Returns the config class of the ``model_type``."""
+    A file nested more than :data:`MAX_CONFIG_DEPTH` levels deep is refused here with transformers' one line for
+    invalid JSON (:func:`_too_deep`; Python's reader raised ``RecursionError``). Returns the config class of the
+    ``model_type``."""
     import json
 
     from .models import MODELS
 
+    file = os.path.join(path, "config.json")
     try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
+        with open(file, encoding="utf-8") as f:
+            saved = json.load(f)
     except FileNotFoundError:
         if os.path.isdir(path):                 # not transformers' "Should have a `model_type` key" for no file at all
-            raise ValueError(f"{os.path.join(path, 'config.json')} is missing: {path} is not a saved zoo model "
+            raise ValueError(f"{file} is missing: {path} is not a saved zoo model "
                              "folder (save_pretrained writes config.json next to the weights)") from None
         return
-    except (OSError, ValueError, AttributeError):
+    except RecursionError:
+        raise _too_deep(file) from None
+    except (OSError, ValueError):
         return
+    if _nested_deeper_than(saved, MAX_CONFIG_DEPTH):
+        raise _too_deep(file)
+    if not isinstance(saved, dict):
+        return
+    model_type = saved.get("model_type")
     if model_type not in MODELS:
         raise ValueError(f"{os.path.join(path, 'config.json')}: model_type {model_type!r} is not a zoo model "
                          f"(the zoo has {sorted(MODELS)})")
@@ -1524,23 +1576,45 @@ SAVE_STAGE_PREFIX = ".save-"
 _WEIGHT_FILE = re.compile(r"model\.safetensors|model\.safetensors\.index\.json|model-\d+-of-\d+\.safetensors")
 
 
-def _check_weight_names(cls, config, files: list[str], path: str) -> None:
+def _check_weight_names(cls, config, files: list[str], path: str, source: str | None = None) -> None:
     """``ValueError`` when the weight files hold tensors ``cls(config)`` has no parameter for (e.g. a gru4rec config
     over SASRec weights), naming a few keys as the load's own check does, or tensors whose shape (from the
     safetensors header) is not the model's (``max_seq_length=10`` over a window of 6), naming the tensors and both
-    shapes: one line, before transformers prints its multi-line load report. ``path``: the checkpoint as errors name it.
-    Files whose header cannot be read, or a model that cannot be built without memory, are left to the load's own
-    checks."""
+    shapes: one line, before transformers prints its multi-line load report. ``path``: the checkpoint as errors name it;
+    ``source``: its ``config.json`` (the fields named in errors are said to come from it when they hold its values).
+
+    Nothing is built at the config's ``num_layers`` before the file is known to hold that many layers: the keys of a
+    layer are found by building the model on the meta device with 1 and 2 layers (:func:`_layer_templates`), the
+    layers the file holds from its tensor names (the safetensors headers only), and a ``num_layers`` of 10000 over
+    a 1-layer file is refused naming the field and the missing keys (it built 10000 layers twice, for minutes, then
+    ran out of memory). Sizes whose tensors torch cannot even describe (``n_items=2**62``: more than 2**63 bytes)
+    are a ``ValueError`` naming the fields (:func:`_overflow_error`). Files whose header cannot be read, or a model
+    that cannot be built without memory, are left to the load's own checks."""
     from safetensors import safe_open
 
+    layers = getattr(config, "num_layers", None)
+    layered = isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1
+    try:                    # the sizes first: cheap whatever num_layers is
+        few = [_meta_shapes(cls, _with_layers(config, n)) for n in (1, 2)] if layered else []
+    except Exception as e:  # a model that needs real tensors: the load reports it
+        if _is_size_overflow(e):
+            raise _overflow_error(e, config, cls, source) from None
+        return
     try:
         shapes: dict[str, list[int]] = {}
         for f in files:
             with safe_open(f, "pt") as h:
                 shapes.update({k: list(h.get_slice(k).get_shape()) for k in h.keys()})  # noqa: SIM118
-        with torch.device("meta"):
-            expected = {k: list(v.shape) for k, v in cls(config).state_dict().items()}
-    except Exception:          # a corrupt file, a model that needs real tensors: the load reports it
+    except Exception:          # a corrupt file: the load reports it
+        return
+    templates = _layer_templates(*few) if few else None
+    if templates:
+        _check_layer_count(cls, config, templates, few[1], shapes, files, path, source)
+    try:
+        expected = few[layers - 1] if layered and layers <= 2 else _meta_shapes(cls, config)
+    except Exception as e:
+        if _is_size_overflow(e):
+            raise _overflow_error(e, config, cls, source) from None
         return
     unexpected = sorted(set(shapes) - set(expected))
     if unexpected:                  # the message of the load's own key check below, before transformers' report
@@ -1548,13 +1622,153 @@ def _check_weight_names(cls, config, files: list[str], path: str) -> None:
         detail = "; ".join(f"{what}: {keys[:5]}" for what, keys in (("missing keys", missing),
                                                                      ("unexpected keys", unexpected)) if keys)
         raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): {detail}")
+    _check_shapes(cls, config, shapes, expected, path)
+
+
+def _check_shapes(cls, config, shapes: dict[str, list[int]], expected: Mapping[str, list[int]], path: str) -> None:
+    """``ValueError`` naming the tensors (of ``shapes``, from the file) whose shape is not the model's (``expected``,
+    by key; keys it lacks are not compared), both shapes and the config's sizes, in one line: transformers would
+    print its multi-line load report first."""
     differ = [f"{k} {shapes[k]} in the file vs {expected[k]} in the model" for k in sorted(shapes)
               if k in expected and shapes[k] != expected[k]]
-    if differ:                      # transformers would print its multi-line load report first
+    if differ:
         sizes = ", ".join(f"{k}={getattr(config, k, None)}" for k in ("n_items", "max_seq_length", "hidden_size"))
         more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
         raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): tensor shapes differ "
                          f"from the config ({sizes}): {'; '.join(differ[:5])}{more}")
+
+
+def _meta_shapes(cls, config) -> dict[str, list[int]]:
+    """The ``state_dict`` shapes of ``cls(config)``, built on the meta device (no memory for the weights)."""
+    with torch.device("meta"):
+        return {k: list(v.shape) for k, v in cls(config).state_dict().items()}
+
+
+def _with_layers(config, n: int):
+    """A copy of ``config`` with ``num_layers=n``."""
+    import copy
+
+    config = copy.deepcopy(config)
+    config.num_layers = n
+    return config
+
+
+def _layer_templates(one: dict[str, Any], two: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """The keys of one layer as ``(prefix, suffix)`` pairs around the layer's index, from the ``state_dict`` keys of a
+    1-layer (``one``) and a 2-layer (``two``) build: each key the second layer adds (``mamba_layers.1.ffn.w_1.bias``,
+    ``gru_layers.weight_ih_l1``) has a ``1`` that is a ``0`` in a key of the first layer
+    (``("mamba_layers.", ".ffn.w_1.bias")``). None when the builds do not differ so (no layers, another structure)."""
+    added = sorted(set(two) - set(one))
+    if not added or set(one) - set(two):
+        return None
+    templates = []
+    for key in added:
+        for m in re.finditer(r"(?<!\d)1(?!\d)", key):
+            pre, post = key[:m.start()], key[m.end():]
+            if f"{pre}0{post}" in one:
+                templates.append((pre, post))
+                break
+        else:
+            return None
+    return templates
+
+
+def _layer_split(key: str, templates: set[tuple[str, str]]) -> tuple[str, int, str] | None:
+    """``(prefix, layer, suffix)`` when ``key`` is a layer key of ``templates`` (:func:`_layer_templates`), its layer
+    index written as :meth:`torch.nn.Module.state_dict` writes it, else None."""
+    for m in re.finditer(r"\d+", key):
+        digits, pre, post = m.group(), key[:m.start()], key[m.end():]
+        if (pre, post) in templates and len(digits) < 19 and (digits == "0" or digits[0] != "0"):
+            return pre, int(digits), post
+    return None
+
+
+def _field_source(config, field: str, source: str | None) -> str:
+    """``field=value`` and where it comes from: ``in <config.json>`` when the file ``source`` holds that value, else
+    ``(given)`` (a keyword override of ``from_pretrained``, a ``config=`` set otherwise)."""
+    import json
+
+    value = getattr(config, field, None)
+    if source and os.path.isfile(source):
+        try:
+            with open(source, encoding="utf-8") as f:
+                saved = json.load(f)
+            if isinstance(saved, dict) and saved.get(field) == value:
+                return f"{field}={value} in {source}"
+        except (OSError, ValueError, RecursionError):
+            pass
+    return f"{field}={value} (given)"
+
+
+def _check_layer_count(cls, config, templates: list[tuple[str, str]], two: dict[str, list[int]],
+                       shapes: dict[str, list[int]], files: list[str], path: str, source: str | None) -> None:
+    """``ValueError`` when the weight files (tensor names and shapes ``shapes``) do not hold layers ``0 ..
+    num_layers - 1`` of the config, naming the field, the file, and the first missing and unexpected layer keys with
+    their counts; told from the names alone, without building the layers. When they do, the shapes of their layer
+    keys are compared with those of the 2-layer build ``two`` (layer 0 with its layer 0, the others with its layer 1),
+    so that what is built next is what the file holds. A file that holds no layer at all under a config of 1 or 2
+    layers is left to the key check (another model's weights: it names their keys)."""
+    layers = config.num_layers
+    per_layer = set(templates)
+    held: dict[int, list[tuple[str, str]]] = {}          # layer -> (key, the key of the 2-layer build it is like)
+    for key in shapes:
+        split = _layer_split(key, per_layer)
+        if split is not None:
+            pre, i, post = split
+            held.setdefault(i, []).append((key, f"{pre}{min(i, 1)}{post}"))
+    absent = layers - sum(i < layers for i in held)
+    extra = sorted(k for i, ks in held.items() if i >= layers for k, _ in ks)
+    if not absent and not extra:
+        if layers > 2:
+            _check_shapes(cls, config, shapes, {k: two[like] for ks in held.values() for k, like in ks}, path)
+        return
+    if not held and layers <= 2:
+        return
+    parts = []
+    if absent:
+        keys = list(itertools.islice((f"{pre}{i}{post}" for i in range(layers) if i not in held
+                                      for pre, post in templates), 5))
+        parts.append((keys, absent * len(templates), "missing keys"))
+    if extra:
+        parts.append((extra[:5], len(extra), "unexpected keys"))
+    detail = "; ".join(f"{what}: {keys}" + (f" (and {total - len(keys)} more)" if total > len(keys) else "")
+                       for keys, total, what in parts)
+    weights = f"{os.path.basename(files[0])} holds" if len(files) == 1 else f"the {len(files)} shards of its index hold"
+    raise ValueError(f"weights in {path} do not match {cls.__name__}({config.model_type}): "
+                     f"{_field_source(config, 'num_layers', source)} but {weights} {len(held)} "
+                     f"layer{'s' if len(held) != 1 else ''}; {detail}")
+
+
+def _is_size_overflow(e: BaseException) -> bool:
+    """Whether ``e`` is torch refusing a tensor size beyond int64 (a storage of more than 2**63 bytes, a dimension that
+    is no C ``long long``), as building a model on absurd config sizes raises it."""
+    text = str(e)
+    return isinstance(e, OverflowError) or (isinstance(e, RuntimeError) and "Storage size calculation overflowed"
+                                            in text) or (isinstance(e, (TypeError, RuntimeError, ValueError))
+                                                         and "Overflow when unpacking long" in text)
+
+
+def _overflow_error(e: BaseException, config, cls, source: str | None) -> ValueError:
+    """The one-line error for a config whose sizes overflow torch's (:func:`_is_size_overflow`), naming the fields:
+    those of 2**31 or more (else the largest), and the fields whose values are the other sizes of the tensor torch
+    named (``n_items x hidden_size ([4611686018427387904, 64])``)."""
+    own = getattr(config, "init_fields", frozenset)() | set(getattr(config, "derived_fields", ()))
+    fields = list(dict.fromkeys(("n_items", "hidden_size", "embedding_size", "max_seq_length", "d_inner",
+                                 "inner_size", *sorted(own))))
+    values = {k: v for k in fields if isinstance(v := getattr(config, k, None), int) and not isinstance(v, bool)}
+    big = [k for k, v in values.items() if v >= 2**31] or ([max(values, key=values.get)] if values else [])
+    sizes = re.search(r"sizes=\[([\d, ]+)\]", str(e))
+    dims = [int(d) for d in sizes.group(1).split(",")] if sizes else []
+    named = list(big)
+    for d in dims:
+        hit = next((k for k in values if values[k] == d), None) if d > 1 else None
+        if hit is not None and hit not in named:
+            named.append(hit)
+    what = (f"{' x '.join(named)} ({dims}) overflows torch's tensor size limit (2**63 bytes)" if dims else
+            f"a tensor size computed from {'it' if len(big) == 1 else 'them'} overflows torch's int64 sizes")
+    fields = ", ".join(_field_source(config, k, source) for k in big) or f"the sizes of the config ({source})"
+    return ValueError(f"{fields} {'is' if len(big) == 1 else 'are'} too large: {what}, so "
+                      f"{cls.__name__}({config.model_type}) cannot be built")
 
 
 def _weight_files(path: str) -> list[str]:
@@ -1569,7 +1783,7 @@ def _weight_files(path: str) -> list[str]:
         try:
             with open(index, encoding="utf-8") as f:
                 return [os.path.join(path, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise ValueError(f"corrupt weight index {index}: {e}") from None
     raise ValueError(f"{path} has no weights: model.safetensors is missing")
 

@@ -793,10 +793,15 @@ def test_nan_scores_are_refused_not_ranked_first(model_type):
     assert torch.isfinite(model.predict(ids)[:, 1:]).all()                      # the control: finite before
     with torch.no_grad():
         model.get_input_embeddings().weight[7] = float("nan")                  # item 7's score: NaN for every row
-    with pytest.raises(ValueError, match=r"scores are NaN in batch rows \[0, 1\].*recommended first"):
+    with pytest.raises(ValueError, match=r"scores are NaN or infinite in batch rows \[0, 1\].*recommended first"):
         model.predict(ids)
     with pytest.raises(ValueError, match=r"scores are NaN"):
         model.recommend([[1, 2, 3]], k=3)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[7] = 0.0
+        model.get_input_embeddings().weight[7, 0] = float("inf")               # its score: +-inf (h[0] != 0)
+    with pytest.raises(ValueError, match=r"scores are NaN or infinite in batch rows"):
+        model.predict(ids)
 
 
 def test_the_python_api_names_what_the_qa_found_it_took_or_misnamed():

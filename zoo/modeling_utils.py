@@ -882,10 +882,13 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         with self.eval_mode():
             out = self.forward(input_ids, attention_mask, timestamps=timestamps)
         scores = out.logits.float()             # the forward's own tensor (no copy: [B, n_items] is large at scale)
-        nan = torch.isnan(scores).any(dim=1)    # torch.topk ranks NaN above every number: first, for every user
+        # torch.topk ranks NaN above every number (first, for every user), and +-inf at a real item is the same
+        # overflow (a +inf item ranked first, a -inf one taken for an excluded slot): column 0 is padding
+        nan = ~torch.isfinite(scores[:, 1:]).all(dim=1)
         if bool(nan.any()):
             rows = nan.nonzero().flatten().tolist()
-            raise ValueError(f"the model's scores are NaN in batch rows {rows[:8]}{' ...' if len(rows) > 8 else ''} "
+            raise ValueError(f"the model's scores are NaN or infinite in batch rows {rows[:8]}"
+                             f"{' ...' if len(rows) > 8 else ''} "
                              f"(a numeric overflow or NaN weights, e.g. in {self.dtype}): a NaN would be recommended "
                              "first, so nothing is ranked")
         scores[:, 0] = -float("inf")

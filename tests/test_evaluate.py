@@ -1105,6 +1105,17 @@ def test_cli_ranks_file_has_one_line_ending(tmp_path):
     assert [r[:2] for r in rows[1:]] == [["#u", "#hash"], ["v", "#hash"]]
 
 
+def test_cli_a_config_json_nested_too_deeply_is_one_line(tmp_path):
+    """transformers' AutoConfig parses config.json before any zoo code: a file like [[[...]]] raised RecursionError
+    through zoo.evaluate (a traceback); it is one line naming the option."""
+    d = save_model(tmp_path, ["a", "b", "c", "d", "e"])
+    (d / "config.json").write_text("[" * 100000 + "]" * 100000)
+    data = tmp_path / "d.csv"
+    data.write_text("user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
+    with pytest.raises(SystemExit, match="config.json is nested too deeply"):
+        main(["--model", str(d), "--data", str(data), "--kcore", "0", "--ks", "1", "--no-progress"])
+
+
 def test_intervals_cover_hr_ndcg_and_mrr_as_the_help_says(capsys, monkeypatch):
     """--intervals' help said 'for every metric' while intervals_95 holds HR, NDCG and MRR only (test_cli_intervals):
     the help names them, and why Recall@K and Hist@K have none."""

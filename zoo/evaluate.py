@@ -779,6 +779,8 @@ def _evaluate(args) -> dict:
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: --model {args.model}: {e}"
                          + ("; for an export.onnx folder use --onnx" if no_config else "")) from None
+    except RecursionError:              # transformers' JSON reader on a config.json like [[[...]]]: one line
+        raise SystemExit(f"error: --model {args.model}: its config.json is nested too deeply to read") from None
     check_run_split(run_log if folder is not None else checkpoint_log(path), args.model, args.temporal_split)
     _set_ks(args, int(model.config.n_items) - 1, "model")
     ds = _load_data(args)

@@ -793,7 +793,10 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
             require(module, f"re-exporting the ONNX graphs of {out_dir}")
     # everything is measured on the run's checkpoint first: an error (wrong data, a vocabulary that does not fit)
     # leaves an existing card folder as it was
-    model = AutoModel.from_pretrained(run_dir)
+    try:
+        model = AutoModel.from_pretrained(run_dir)
+    except RecursionError:              # transformers' JSON reader on a config.json like [[[...]]]: one line
+        raise ValueError(f"{os.path.join(run_dir, 'config.json')} is nested too deeply to read") from None
     check_leave_one_out(stages, run_dir)
     log = stages[-1]                        # the run's own train_log.json, a soup, or a card folder's last stage
     data_options = run_data_options(log)    # the sequences it was trained on: same k-core, same order of ties
@@ -1142,6 +1145,9 @@ def push(folder: str, repo_id: str, private: bool = False, token: str | None = N
         AutoModel.from_pretrained(folder)
     except (OSError, ValueError) as e:
         raise ValueError(f"{folder} does not load, so it is not pushed: {e}") from None
+    except RecursionError:              # transformers' JSON reader on a config.json like [[[...]]]
+        raise ValueError(f"{folder} does not load, so it is not pushed: its config.json is nested too deeply to "
+                         "read") from None
     api = HfApi(token=token)
     if not (token or get_token()):     # HF_TOKEN or `hf auth login`'s token file (HfApi().token is only the argument)
         raise RuntimeError("no Hugging Face credentials: set HF_TOKEN or run `hf auth login` first")

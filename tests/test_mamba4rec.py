@@ -69,6 +69,30 @@ def test_recbole_init_quirk_and_mamba_init():
     assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6
 
 
+@pytest.mark.parametrize("mamba_init", ["recbole", "mamba"])
+def test_init_pass_after_loading_keeps_every_loaded_parameter(monkeypatch, mamba_init):
+    """``from_pretrained``'s init pass after a load re-initialises only what was not loaded: A_log, D and dt_proj
+    (written with plain copy_/fill_) were overwritten with their init values on transformers 5.6, silently (the
+    bundled mamba4rec-ml1m card recommended with them). Every parameter but one is flagged loaded, as transformers'
+    loader flags each tensor it loads."""
+    model = tiny(mamba_init=mamba_init)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)                                                   # away from any init value
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for m in model.modules():
+        m.__dict__.pop("_is_hf_initialized", None)
+    missing = "mamba_layers.0.ffn.w_1.weight"
+    for name, p in model.named_parameters():
+        if name != missing:
+            p._is_hf_initialized = True
+    # transformers 5.2x skips a fully loaded module's init only for code it counts as custom; 5.6 has no such rule
+    monkeypatch.setattr(Mamba4RecModel, "is_custom_code", classmethod(lambda c: False), raising=False)
+    model.init_weights()                                                  # from_pretrained's init pass
+    after = model.state_dict()
+    assert {k for k in before if not torch.equal(before[k], after[k])} == {missing}
+
+
 def test_save_load_roundtrip(tmp_path):
     model = tiny()
     model.set_item_vocab(zoo.ItemVocab(list(range(1000, 1052))))

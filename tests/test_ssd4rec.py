@@ -131,7 +131,34 @@ def test_prefix_objective_and_item_masking():
     assert (seen[-1] == big).all()
 
 
-def test_save_load_roundtrip(tmp_path):
+def treat_as_transformers_own(monkeypatch):
+    """Transformers 5.2x skips the post-load init of a fully loaded module only for code it counts as custom; 5.6
+    has no such rule. ``is_custom_code = False`` gives a 5.2x the 5.6 behaviour (on 5.6 the attribute is unused)."""
+    monkeypatch.setattr(SSD4RecModel, "is_custom_code", classmethod(lambda c: False), raising=False)
+
+
+@pytest.mark.parametrize("missing", ["layers.0.mamba.dt_bias", "layers.1.mamba.D", "layers.0.mamba.in_proj.weight"])
+def test_init_pass_after_loading_changes_only_the_missing_parameter(monkeypatch, missing):
+    """``from_pretrained``'s init pass (``init_weights``) after a load with one missing key re-initialises that key
+    only: the loaded SSD parameters (``A_log``, ``dt_bias``, ``D``, gated-norm weight) keep their values (transformers
+    5.6 overwrote them)."""
+    model = small()
+    treat_as_transformers_own(monkeypatch)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for m in model.modules():          # from_pretrained builds the model without post_init's done-flags ...
+        m.__dict__.pop("_is_hf_initialized", None)
+    for name, p in model.named_parameters():
+        if name != missing:            # ... and flags each tensor it loads
+            p._is_hf_initialized = True
+    model.init_weights()
+    after = model.state_dict()
+    assert {k for k in before if not torch.equal(before[k], after[k])} == {missing}
+
+
+@pytest.mark.parametrize("transformers_skips", [True, False], ids=["custom-code-rule", "5.6-rule"])
+def test_save_load_roundtrip(tmp_path, monkeypatch, transformers_skips):
+    if not transformers_skips:
+        treat_as_transformers_own(monkeypatch)
     model = small()
     model.set_item_vocab(zoo.ItemVocab(list(range(1000, 1052))))
     model.save_pretrained(tmp_path)

@@ -199,9 +199,60 @@ def test_timestamps_of_too_little_precision_are_refused(make):
     torch.testing.assert_close(model(ids2, mask, timestamps=pad).logits, model(ids2, mask, timestamps=ts).logits)
 
 
-@pytest.mark.parametrize("make,cls", [(faithful, TiM4RecModel), (causal, TiM4RecCausalModel)])
-def test_save_load_roundtrip(tmp_path, make, cls):
+def treat_as_transformers_own(monkeypatch, cls):
+    """Transformers 5.2x skips the post-load init of a fully loaded module only for code it counts as custom; 5.6
+    has no such rule. ``is_custom_code = False`` gives a 5.2x the 5.6 behaviour (on 5.6 the attribute is unused)."""
+    monkeypatch.setattr(cls, "is_custom_code", classmethod(lambda c: False), raising=False)
+
+
+def mark_loaded(model, skip=()):
+    """Flag every parameter but ``skip`` as loaded, as transformers' loader flags each tensor it loads, and clear the
+    modules' done-flags that ``post_init`` set (``from_pretrained`` builds the model without running the init)."""
+    for m in model.modules():
+        m.__dict__.pop("_is_hf_initialized", None)
+    for name, p in model.named_parameters():
+        if name not in skip:
+            p._is_hf_initialized = True
+
+
+@pytest.mark.parametrize("make,missing", [(faithful, "layers.0.mixer.dt_bias"), (faithful, "layers.1.mixer.A_log"),
+                                          (faithful, "layers.0.mixer.conv1d.weight"),
+                                          (causal, "layers.0.mixer.conv1d.bias"), (causal, "item_embedding.weight")])
+def test_init_pass_after_loading_changes_only_the_missing_parameter(monkeypatch, make, missing):
+    """``from_pretrained``'s init pass (``init_weights``) after a load with one missing key re-initialises that key
+    only: the loaded SSD, time and conv parameters keep their values (they were overwritten on transformers 5.6)."""
     model = make()
+    treat_as_transformers_own(monkeypatch, type(model))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mark_loaded(model, skip={missing})
+    model.init_weights()
+    after = model.state_dict()
+    assert {k for k in before if not torch.equal(before[k], after[k])} == {missing}
+
+
+def test_ssd_init_writes_only_parameters_that_were_not_loaded():
+    """``_init_weights`` on an SSD mixer whose ``A_log``, ``D`` and gated-norm weight were loaded keeps them and
+    re-initialises ``dt_bias`` (softplus(dt_bias) in [dt_init_floor, dt_max]); a loaded conv keeps its weights."""
+    model = faithful()
+    mixer, cfg = model.layers[0].mixer, model.config
+    before = {n: p.clone() for n, p in mixer.named_parameters()}
+    for n in ("A_log", "D", "norm_weight", "conv1d.weight", "conv1d.bias"):
+        mixer.get_parameter(n)._is_hf_initialized = True
+    model._init_weights(mixer)
+    model._init_weights(mixer.conv1d)
+    for n in ("A_log", "D", "norm_weight", "conv1d.weight", "conv1d.bias"):
+        assert torch.equal(mixer.get_parameter(n), before[n]), n
+    dt = torch.nn.functional.softplus(mixer.dt_bias.detach())
+    assert not torch.equal(mixer.dt_bias, before["dt_bias"])
+    assert ((dt >= cfg.dt_init_floor * (1 - 1e-5)) & (dt <= cfg.dt_max * (1 + 1e-5))).all()
+
+
+@pytest.mark.parametrize("transformers_skips", [True, False], ids=["custom-code-rule", "5.6-rule"])
+@pytest.mark.parametrize("make,cls", [(faithful, TiM4RecModel), (causal, TiM4RecCausalModel)])
+def test_save_load_roundtrip(tmp_path, monkeypatch, make, cls, transformers_skips):
+    model = make()
+    if not transformers_skips:
+        treat_as_transformers_own(monkeypatch, cls)
     model.set_item_vocab(zoo.ItemVocab(list(range(1000, 1052))))
     model.save_pretrained(tmp_path)
     assert json.load(open(tmp_path / "config.json"))["model_type"] == model.config.model_type

@@ -22,6 +22,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers import initialization as init
 
 from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, config_bool, config_dt_init,
                               config_float, config_int, config_rate, derived_field)
@@ -110,11 +111,10 @@ class MambaMixer(nn.Module):
     def reset_dt_mamba(self, config: Mamba4RecConfig) -> None:
         """Mamba's own Δ init: dt_proj.weight ~ U(±R^-1/2), bias = softplus^-1(log-uniform[dt_min, dt_max])."""
         std = self.dt_rank ** -0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        init.uniform_(self.dt_proj.weight, -std, std)
         dt = torch.exp(torch.rand(self.d_inner) * (math.log(config.dt_max) - math.log(config.dt_min))
                        + math.log(config.dt_min)).clamp(min=config.dt_init_floor)
-        with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        init.copy_(self.dt_proj.bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
     def forward(self, hidden: torch.Tensor, conv_state: torch.Tensor | None = None,
                 ssm_state: torch.Tensor | None = None, return_state: bool = False):
@@ -185,10 +185,9 @@ class Mamba4RecPreTrainedModel(SeqRecPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # RecBole init: hits the Linears inside the mixer, zeroes dt_proj.bias
         if isinstance(module, MambaMixer):
-            with torch.no_grad():
-                module.A_log.copy_(torch.log(torch.arange(1, module.d_state + 1, dtype=torch.float32))
-                                   .repeat(module.d_inner, 1))
-                module.D.fill_(1.0)
+            init.copy_(module.A_log, torch.log(torch.arange(1, module.d_state + 1, dtype=torch.float32))
+                       .repeat(module.d_inner, 1))
+            init.ones_(module.D)
             if self.config.mamba_init == "mamba":
                 module.reset_dt_mamba(self.config)
 

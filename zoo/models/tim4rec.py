@@ -61,6 +61,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers import initialization as init
 
 from ..modeling_utils import (SeqRecConfig, SeqRecPreTrainedModel, State, StateTensorSpec, check_window_ids,
                               config_bool, config_dt_init, config_float, config_int, config_range, config_rate,
@@ -189,16 +190,17 @@ class SSDCore(nn.Module):
         self.reset_ssm_parameters(config)
 
     def reset_ssm_parameters(self, config: TiM4RecConfig) -> None:
-        """Mamba-2 init: A_log = log U[A_init_range], dt_bias = softplus^-1(logU[dt_min, dt_max]) (floored), D = 1."""
+        """Mamba-2 init: A_log = log U[A_init_range], dt_bias = softplus^-1(logU[dt_min, dt_max]) (floored), D = 1,
+        gated-norm weight 1. Writes through transformers' guarded ``initialization`` helpers: a parameter that
+        ``from_pretrained`` loaded (``_is_hf_initialized``) keeps its loaded value."""
         H = self.n_heads
         lo, hi = config.A_init_range
         dt = torch.exp(torch.rand(H) * (math.log(config.dt_max) - math.log(config.dt_min)) + math.log(config.dt_min))
         dt = dt.clamp(min=config.dt_init_floor)
-        with torch.no_grad():
-            self.A_log.copy_(torch.log(torch.empty(H).uniform_(lo, hi)))
-            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-            self.D.fill_(1.0)
-            self.norm_weight.fill_(1.0)
+        init.copy_(self.A_log, torch.log(torch.empty(H).uniform_(lo, hi)))
+        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))
+        init.ones_(self.D)
+        init.ones_(self.norm_weight)
 
     def project(self, hidden, conv_state=None):
         """``hidden [B, L, D]`` -> ``z [B, L, E]``, ``x [B, L, H, P]``, ``B, C [B, L, 1, N]``, ``δ [B, L, H]``,
@@ -313,13 +315,27 @@ class TiM4RecPreTrainedModel(SeqRecPreTrainedModel):
         return bool(getattr(self.config, "is_time", True))
 
     def _init_weights(self, module: nn.Module) -> None:
+        """RecBole init, Kaiming-normal convs (``kaiming_init``) and the Mamba-2 SSD init; every write goes through
+        transformers' guarded helpers, so loaded parameters keep their values."""
         super()._init_weights(module)  # RecBole init: Linear/Embedding N(0, 0.02), bias 0, LN (1, 0)
         if isinstance(module, nn.Conv1d) and self.config.kaiming_init:
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
-                nn.init.zeros_(module.bias)
+                init.zeros_(module.bias)
         if isinstance(module, SSDCore):
             module.reset_ssm_parameters(self.config)
+
+    def _initialize_weights(self, module: nn.Module, *args, **kwargs) -> None:
+        """Transformers' per-module init pass (``from_pretrained`` runs it after loading): a module whose own
+        parameters and buffers were all loaded (``_is_hf_initialized``) is left alone, on every transformers version.
+        Transformers applies this rule itself only to code it counts as custom (5.2x, not 5.6), and a subclass's
+        ``_init_weights`` may write plain tensors (TiM4Rec-causal's time parameters), which its guarded helpers
+        cannot catch."""
+        own = [t for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)) if t is not None]
+        if own and all(getattr(t, "_is_hf_initialized", False) for t in own):
+            module._is_hf_initialized = True
+            return
+        super()._initialize_weights(module, *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------ non-causal helpers

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from transformers import initialization as init
 
 from ..modeling_utils import State, StateTensorSpec, config_float
 from ..ops.ssd import causal_conv1d_act
@@ -140,13 +141,12 @@ class TiM4RecCausalModel(TiM4RecPreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        with torch.no_grad():
-            if isinstance(module, CausalTiSSD) and module.is_time:
-                module.time_weight.fill_(1.0)
-                module.time_bias.zero_()
-            if isinstance(module, TiM4RecCausalModel) and module.config.is_time:
-                module.time_in_weight.fill_(1.0)
-                module.time_in_bias.zero_()
+        if isinstance(module, CausalTiSSD) and module.is_time:
+            init.ones_(module.time_weight)
+            init.zeros_(module.time_bias)
+        if isinstance(module, TiM4RecCausalModel) and module.config.is_time:
+            init.ones_(module.time_in_weight)
+            init.zeros_(module.time_in_bias)
 
     def gap_features(self, gaps: torch.Tensor) -> torch.Tensor:
         """Gaps in seconds ``[B, L]`` (float64 from :meth:`encode` / :meth:`_step`; float32 in the ONNX step graph with

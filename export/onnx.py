@@ -358,9 +358,10 @@ def ssd_scan_function() -> onnx.FunctionProto:
     ]
     f = TensorProto.FLOAT
     body = oh.make_graph(
-        body_nodes, "ssd_scan_step",
-        [oh.make_tensor_value_info(n, f, None) for n in ("h_in", "x_t", "dt_t", "B_t", "C_t")],
-        [oh.make_tensor_value_info("h_out", f, None), oh.make_tensor_value_info("y_t", f, None)])
+        body_nodes, "ssd_scan_step",   # ranks, dims unknown: ORT 1.20-1.23 need a shape on Scan outputs under an If
+        [oh.make_tensor_value_info(n, f, [None] * r)
+         for n, r in (("h_in", 4), ("x_t", 3), ("dt_t", 2), ("B_t", 3), ("C_t", 3))],
+        [oh.make_tensor_value_info("h_out", f, [None] * 4), oh.make_tensor_value_info("y_t", f, [None] * 3)])
     # T == 1 (one event): the same update in closed form; x [B,1,H,P], dt_eff [B,1,H], B/C_heads [B,1,H,N]
     one_step = [
         _const_ints("s_ax1", [1]), _const_ints("s_axm1", [-1]),

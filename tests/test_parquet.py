@@ -93,6 +93,18 @@ def test_parquet_refusals_name_the_column_and_row(tmp_path):
         read_interactions(tmp_path / "none.parquet", format="parquet")
 
 
+@pytest.mark.parametrize("big", [2**63, 2**63 + 1023, 2**64 - 1])
+def test_parquet_uint64_ids_beyond_int64_are_refused_at_the_boundary(tmp_path, big):
+    """A uint64 id column is read as int64: ``2**63 - 1`` is kept, anything above is refused. Under numpy 1.x the
+    check compared uint64 with a Python int in float64, where 2**63 .. 2**63 + 1023 equal 2**63 - 1, so those ids
+    wrapped to negative ids (this test shows that old bug only where numpy 1.x is installed; numpy 2 compared right)."""
+    ok = _write(tmp_path / "ok.parquet", user_id=[1, 2], item_id=pa.array([2**63 - 1, 5], pa.uint64()))
+    assert read_interactions(ok).item.tolist() == [2**63 - 1, 5]
+    bad = _write(tmp_path / "bad.parquet", user_id=[1, 2], item_id=pa.array([5, big], pa.uint64()))
+    with pytest.raises(ValueError, match=r"column 'item_id' holds ids above 2\*\*63 - 1; store them as strings"):
+        read_interactions(bad)
+
+
 def test_parquet_ids_with_a_nul_are_refused_and_nanosecond_integers_warned(tmp_path):
     """numpy's str arrays drop trailing NULs ('a\\x00' merged with 'a'), and int64 nanoseconds lose their order in
     float64 timestamps, as in text files."""

@@ -730,7 +730,8 @@ def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
         arr = column(c)
         if pa.types.is_integer(arr.type):
             values = arr.to_numpy()
-            if values.dtype == np.uint64 and len(values) and values.max() > np.iinfo(np.int64).max:
+            # compared in uint64: numpy 1.x compares uint64 with a Python int in float64, where 2**63 == 2**63 - 1
+            if values.dtype == np.uint64 and len(values) and values.max() > np.uint64(np.iinfo(np.int64).max):
                 raise ValueError(f"{path}: column {names[c]!r} holds ids above 2**63 - 1; store them as strings")
             return values.astype(np.int64)
         if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 from types import ModuleType
 
 #: top-level import name -> (what pip installs, the ``ssm-rec-zoo`` extra that brings it, or None)
@@ -40,19 +41,28 @@ def require(module: str, needed_by: str, *, cli: bool = False) -> ModuleType:
 
     When an optional package of :data:`OPTIONAL` is missing (``module`` itself or one it imports, e.g. ``grpc`` under
     ``tritonclient.grpc``, which re-raises that as a ``RuntimeError``): :class:`MissingDependencyError` naming it and
-    its extra; with ``cli`` (a command's own check, or a module run as ``python -m``) the same text as a one-line
-    ``error: ...`` and exit status 4 (:data:`export.fsutil.EXIT_MISSING`) instead of a traceback. Any other import failure (a broken installation) is
+    its extra. When grpcio is older than tritonclient's generated gRPC code needs (its ``RuntimeError`` "The grpc
+    package installed is at version X, but the generated code ... depends on grpcio>=Y"; pip does not catch this,
+    tritonclient declares an older floor): :class:`MissingDependencyError` naming ``grpcio>=Y``. With ``cli`` (a
+    command's own check, or a module run as ``python -m``) the same text as a one-line ``error: ...`` and exit status
+    4 (:data:`export.fsutil.EXIT_MISSING`) instead of a traceback. Any other import failure (a broken installation) is
     raised as it is."""
     try:
         return importlib.import_module(module)
     except (ImportError, RuntimeError) as e:
         missing = _missing_optional(e)
-        if missing is None:
+        too_old = _grpc_too_old(e) if missing is None else None
+        if missing is None and too_old is None:
             raise
-        dist, extra = OPTIONAL[missing]
-        how = (f"pip install 'ssm-rec-zoo[{extra}]'  (or: pip install '{dist}')" if extra else
-               f"pip install '{dist}' in a virtualenv of its own (export/triton_server_env.sh makes one)")
-        err = MissingDependencyError(f"{needed_by} needs {dist}, which is not installed here: {how}", name=missing)
+        if too_old is not None:
+            have, need = too_old
+            err = MissingDependencyError(f"{needed_by} needs grpcio>={need} (tritonclient's gRPC code), but grpcio "
+                                         f"{have} is installed here: pip install -U 'grpcio>={need}'", name="grpc")
+        else:
+            dist, extra = OPTIONAL[missing]
+            how = (f"pip install 'ssm-rec-zoo[{extra}]'  (or: pip install '{dist}')" if extra else
+                   f"pip install '{dist}' in a virtualenv of its own (export/triton_server_env.sh makes one)")
+            err = MissingDependencyError(f"{needed_by} needs {dist}, which is not installed here: {how}", name=missing)
     if cli:
         from .fsutil import EXIT_MISSING, exit_with
 
@@ -71,6 +81,22 @@ def _missing_optional(e: BaseException | None) -> str | None:
         top = name.split(".")[0]
         if top in OPTIONAL and (name == top or _not_found(top)):
             return top
+        e = e.__cause__ or e.__context__
+    return None
+
+
+#: the ``RuntimeError`` of grpcio-tools' generated ``*_pb2_grpc.py`` when the installed grpcio is too old for it
+_GRPC_TOO_OLD = re.compile(r"grpc package installed is at version (\S+?),.*?depends on grpcio>=(\d+(?:\.\d+)*)",
+                           re.DOTALL)
+
+
+def _grpc_too_old(e: BaseException | None) -> tuple[str, str] | None:
+    """``(installed, needed)`` grpcio versions when ``e`` (or an error it was raised from) is the generated gRPC code's
+    refusal of too old a grpcio, else None."""
+    while e is not None:
+        m = _GRPC_TOO_OLD.search(str(e)) if isinstance(e, RuntimeError) else None
+        if m:
+            return m.group(1), m.group(2)
         e = e.__cause__ or e.__context__
     return None
 

@@ -74,6 +74,76 @@ def test_a_broken_installation_is_not_reported_as_not_installed(tmp_path, monkey
             del sys.modules[name]
 
 
+#: what tritonclient 2.50's generated ``grpc/service_pb2_grpc.py`` raises on import under grpcio 1.60 (verbatim)
+GRPC_TOO_OLD = textwrap.dedent("""\
+    GRPC_GENERATED_VERSION = '1.66.1'
+    GRPC_VERSION = '1.60.0'
+    raise RuntimeError(
+        f'The grpc package installed is at version {GRPC_VERSION},'
+        + f' but the generated code in grpc_service_pb2_grpc.py depends on'
+        + f' grpcio>={GRPC_GENERATED_VERSION}.'
+        + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
+        + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+    )
+    """)
+
+
+def fake_tritonclient(root, error=GRPC_TOO_OLD):
+    """A stand-in ``tritonclient`` package under ``root`` whose ``tritonclient.grpc`` raises ``error`` on import (as
+    the real one does when grpcio is older than its generated code: pip lets that happen)."""
+    (root / "tritonclient" / "grpc").mkdir(parents=True)
+    (root / "tritonclient" / "__init__.py").write_text("")
+    (root / "tritonclient" / "grpc" / "__init__.py").write_text("from tritonclient.grpc import service_pb2_grpc\n")
+    (root / "tritonclient" / "grpc" / "service_pb2_grpc.py").write_text(error)
+    (root / "tritonclient" / "grpc" / "model_config_pb2.py").write_text("")
+    return root
+
+
+def test_a_grpcio_too_old_for_tritonclient_is_named_with_the_version_it_needs(tmp_path, monkeypatch, capsys):
+    """tritonclient's generated gRPC code refuses an older grpcio with a ``RuntimeError`` (tritonclient 2.50 needs
+    grpcio>=1.66.1, 2.51 1.67.0, ...; its metadata says >=1.41, so pip installs the pair): a MissingDependencyError
+    naming the grpcio it needs, one line and exit 4 from a command. Another RuntimeError stays as it is."""
+    monkeypatch.syspath_prepend(str(fake_tritonclient(tmp_path / "fake")))
+    for name in [m for m in sys.modules if m == "tritonclient" or m.startswith("tritonclient.")]:
+        monkeypatch.delitem(sys.modules, name)
+    try:
+        want = (r"^validating Triton configs needs grpcio>=1\.66\.1 \(tritonclient's gRPC code\), but grpcio 1\.60\.0 "
+                r"is installed here: pip install -U 'grpcio>=1\.66\.1'$")
+        with pytest.raises(MissingDependencyError, match=want) as e:
+            require("tritonclient.grpc.model_config_pb2", "validating Triton configs")
+        assert e.value.name == "grpc"
+        with pytest.raises(SystemExit) as e:
+            require("tritonclient.grpc", "python -m export.triton", cli=True)
+        assert e.value.code == 4
+        assert re.fullmatch(r"error: python -m export\.triton needs grpcio>=1\.66\.1 .*\n", capsys.readouterr().err)
+        (tmp_path / "fake" / "tritonclient" / "grpc" / "service_pb2_grpc.py").write_text(
+            "raise RuntimeError('no channel support on this platform')\n")
+        for name in [m for m in sys.modules if m.startswith("tritonclient.")]:
+            del sys.modules[name]
+        with pytest.raises(RuntimeError, match="no channel support") as e:
+            require("tritonclient.grpc", "x")
+        assert not isinstance(e.value, MissingDependencyError)
+    finally:
+        for name in [m for m in sys.modules if m == "tritonclient" or m.startswith("tritonclient.")]:
+            del sys.modules[name]
+
+
+def test_export_triton_with_a_grpcio_too_old_says_so_in_one_line_before_any_work(tmp_path):
+    fake = fake_tritonclient(tmp_path / "fake")
+    (tmp_path / "run").mkdir()
+    p = _run(f"""
+        import runpy, sys
+        sys.path.insert(0, {str(fake)!r})
+        sys.argv = ["export.triton", "--model", "m", "--repo", "o"]
+        runpy.run_module("export.triton", run_name="__main__", alter_sys=True)
+        """, tmp_path / "run")
+    assert p.returncode == 4, p.stdout + p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "error: python -m export.triton needs grpcio>=1.66.1 (tritonclient's gRPC code), but grpcio 1.60.0 is "
+        "installed here: pip install -U 'grpcio>=1.66.1'"], p.stderr
+    assert list((tmp_path / "run").iterdir()) == []            # nothing written (no output folder begun)
+
+
 def _run(code: str, cwd) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter at the repository root (the package as a user imports it)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))

@@ -4,7 +4,9 @@ as ``export/plugins/``) build with ``python -m export.build_plugins`` into the u
 wheel, CMake found no ``plugins/`` folder and the build failed)."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,10 +20,32 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "zoo", "export", "plugins", "hub_cards")
 
 
+def build_backend_problem() -> str | None:
+    """Why this interpreter cannot build the wheel without build isolation, or None. pyproject's build system asks
+    for setuptools>=68 and wheel (``bdist_wheel``; setuptools 70.1+ has it built in); the dev extra installs them. A
+    fresh Python 3.11 venv has setuptools 65.5 and no wheel, where the build fails with "invalid command
+    'bdist_wheel'"."""
+    try:
+        import setuptools
+    except ImportError:
+        return "building the wheel needs setuptools>=68, which is not installed (pip install 'ssm-rec-zoo[dev]')"
+    version = tuple(int(x) for x in re.findall(r"\d+", setuptools.__version__)[:2])
+    if version < (68, 0):
+        return (f"building the wheel needs setuptools>=68; setuptools {setuptools.__version__} is installed "
+                "(pip install 'ssm-rec-zoo[dev]')")
+    if version < (70, 1) and importlib.util.find_spec("wheel") is None:
+        return (f"building the wheel with setuptools {setuptools.__version__} needs the wheel package, which is not "
+                "installed (pip install 'ssm-rec-zoo[dev]')")
+    return None
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """The wheel's files unpacked into a fresh folder (what pip writes into site-packages)."""
-    pytest.importorskip("setuptools", reason="building the wheel needs setuptools")
+    """The wheel's files unpacked into a fresh folder (what pip writes into site-packages); skipped with the reason
+    when this interpreter's setuptools cannot build it."""
+    problem = build_backend_problem()
+    if problem:
+        pytest.skip(problem)
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     src.mkdir()

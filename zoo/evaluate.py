@@ -71,7 +71,7 @@ from .data.split import (EvalExamples, SequenceDataset, item_counts, leave_one_o
                          temporal_split)
 from .metrics import (check_cutoffs, compute_metrics, default_ks, history_in_top_k, rank_in_top_k,
                       rank_of_target)
-from .modeling_utils import DeviceUnavailableError, _check_model_type
+from .modeling_utils import DeviceUnavailableError, ScoreOverflow, _check_model_type
 
 #: the reference rankings ``--baseline`` evaluates without a model, and how each ranks the items
 BASELINES = {"pop": "by training-sequence count (RecBole's Pop)",
@@ -185,12 +185,6 @@ def check_window(model, max_len: int | str | None) -> tuple[int | None, int | No
     return int(max_len), None
 
 
-class ScoreOverflow(ValueError):
-    """Scores that cannot be ranked: NaN or infinite at some users' real items (a numeric overflow, e.g. in float32,
-    or NaN weights; ``torch.topk`` ranks NaN and ``+inf`` above every number, and ``-inf`` is the mark of a masked
-    item). ``zoo.evaluate`` and ``zoo.recommend`` end on it in one line (exit 1), ``zoo.train`` as a diverged run."""
-
-
 def overflow_error(users: Sequence | None, dtype) -> ScoreOverflow:
     """The :class:`ScoreOverflow` for ``users`` (the ids of the rows whose scores are NaN or infinite; the first 8
     are named; ``None``: the one history given), ``dtype`` the model's."""
@@ -217,32 +211,15 @@ def overflowed_rows(scores: torch.Tensor, n_masked=0) -> list[int]:
 def predict_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, users: Sequence | None,
                    **kwargs) -> torch.Tensor:
     """``model.predict(input_ids, attention_mask, **kwargs)``: ``[B, n_items]`` float scores (padding, and with the
-    ``exclude_items`` / ``exclude_seen`` of ``kwargs`` the excluded items, at ``-inf``), refusing a row with a NaN or
-    infinite score at another item with a :class:`ScoreOverflow` naming its user (``users``: the ``B`` rows' ids;
-    ``None`` for one history). ``predict`` refuses NaN itself, naming batch rows; that error is raised again naming
-    the users (a ``ValueError`` of another cause passes as it is)."""
+    ``exclude_items`` / ``exclude_seen`` of ``kwargs`` the excluded items, at ``-inf``). ``predict`` refuses a row
+    with a NaN or infinite score at a real item (:class:`ScoreOverflow`, naming batch rows); it is raised again naming
+    their users (``users``: the ``B`` rows' ids; ``None`` for one history)."""
     try:
-        scores = model.predict(input_ids, attention_mask, **kwargs)
-    except ValueError as e:
-        try:
-            with torch.no_grad(), model.eval_mode():                    # the same forward, to find the rows
-                logits = model(input_ids, attention_mask, timestamps=kwargs.get("timestamps")).logits.float()
-        except Exception:
-            raise e from None                                           # not the scores: predict's error stands
-        rows = overflowed_rows(logits[:, 1:])                           # the real items' (column 0: padding)
-        if not rows:
+        return model.predict(input_ids, attention_mask, **kwargs)
+    except ScoreOverflow as e:
+        if e.rows is None:
             raise
-        raise overflow_error(None if users is None else [users[r] for r in rows], model.dtype) from None
-    excluded = {int(i) for i in kwargs.get("exclude_items") or ()}     # what predict set to -inf on purpose
-    n_masked = 1 + len(excluded)                                        # and the padding column
-    if kwargs.get("exclude_seen"):                                      # and each row's window items
-        mask = attention_mask.bool() if attention_mask is not None else input_ids != 0
-        n_masked = [1 + len(excluded | ({int(i) for i in row[m].tolist()} - {0}))
-                    for row, m in zip(input_ids, mask, strict=True)]
-    rows = overflowed_rows(scores, n_masked)
-    if rows:
-        raise overflow_error(None if users is None else [users[r] for r in rows], model.dtype)
-    return scores
+        raise overflow_error(None if users is None else [users[r] for r in e.rows], model.dtype) from None
 
 
 @torch.no_grad()

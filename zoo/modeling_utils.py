@@ -508,6 +508,18 @@ def _check_config_type(cls: type, config_dict: Mapping[str, Any], source: str) -
                          f"load it with {other} or AutoConfig.from_pretrained, which picks the class")
 
 
+class ScoreOverflow(ValueError):
+    """Scores that cannot be ranked: NaN or infinite at some users' real items (a numeric overflow, e.g. in float32,
+    or NaN weights; ``torch.topk`` ranks NaN and ``+inf`` above every number, and ``-inf`` is the mark of a masked
+    item). :meth:`SeqRecPreTrainedModel.predict` raises it with ``rows``, the batch rows at fault;
+    :func:`zoo.evaluate.overflow_error` names their users instead (``rows`` None). ``zoo.evaluate`` and
+    ``zoo.recommend`` end on it in one line (exit 1), ``zoo.train`` as a diverged run."""
+
+    def __init__(self, message: str, rows: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
 class SeqRecPreTrainedModel(PreTrainedModel):
     """Base class of every zoo model (see the module docstring for what subclasses implement)."""
 
@@ -887,10 +899,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         nan = ~torch.isfinite(scores[:, 1:]).all(dim=1)
         if bool(nan.any()):
             rows = nan.nonzero().flatten().tolist()
-            raise ValueError(f"the model's scores are NaN or infinite in batch rows {rows[:8]}"
-                             f"{' ...' if len(rows) > 8 else ''} "
-                             f"(a numeric overflow or NaN weights, e.g. in {self.dtype}): a NaN would be recommended "
-                             "first, so nothing is ranked")
+            raise ScoreOverflow(f"the model's scores are NaN or infinite in batch rows {rows[:8]}"
+                                f"{' ...' if len(rows) > 8 else ''} "
+                                f"(a numeric overflow or NaN weights, e.g. in {self.dtype}): a NaN would be "
+                                "recommended first, so nothing is ranked", rows=rows)
         scores[:, 0] = -float("inf")
         if excluded:
             scores[:, torch.as_tensor(excluded, device=scores.device)] = -float("inf")

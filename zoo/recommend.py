@@ -244,22 +244,6 @@ def _similar(args, model, exclude: list) -> dict:
     return out
 
 
-def check_history_scores(model, history: list, timestamps: list | None, user=None,
-                         exclude_items: Sequence | None = None) -> None:
-    """Refuse one history whose scores are NaN or infinite (a numeric overflow, or NaN weights: NaN and ``+inf``
-    would rank first) with the :class:`zoo.evaluate.ScoreOverflow` that ``--all-users`` raises for the same user
-    (``user``: its id; ``None``: the history given): the same forward pass and exclusions (``exclude_items``,
-    external ids) as :func:`recommend_all_users`' ``predict``, so that the two modes agree. Other problems of the
-    history are :meth:`~zoo.SeqRecPreTrainedModel.recommend`'s to name (raised as they come)."""
-    from .evaluate import predict_scores
-
-    idx, ts = model._check_histories([history], [timestamps] if model.uses_timestamps else None, "recommend",
-                                     "predict")
-    excluded = model.encode_item_set(exclude_items) if exclude_items else []
-    for _, ids, mask, t in model.padded_batches(idx, ts, 1):
-        predict_scores(model, ids, mask, None if user is None else [user], timestamps=t, exclude_items=excluded)
-
-
 def _table_id(item) -> str:
     """An id as a table row shows it: as it is, or its ``repr`` when it holds a tab, a line break or another
     character that is not printable (which would break the columns or the line; ``--json`` gives it exactly)."""
@@ -449,17 +433,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         rec = model.recommend([history], k=args.k, exclude_seen=args.exclude_seen,
                               timestamps=[timestamps] if model.uses_timestamps else None, exclude_items=exclude,
                               candidates=candidates)
-        check_history_scores(model, history, timestamps, uid, exclude)    # +-inf: refused, as --all-users does
     except UnknownItemError as e:
         sys.exit(f"error: {e} (--unknown-items drop leaves such items out of the history)")
     except (KeyError, ValueError, TypeError) as e:
-        if isinstance(e, ValueError) and not isinstance(e, ScoreOverflow):   # predict's NaN: named as --all-users
-            try:                                                             # names it; another error stands
-                check_history_scores(model, history, timestamps, uid, exclude)
-            except ScoreOverflow as overflow:
-                e = overflow
-            except (KeyError, ValueError, TypeError):
-                pass
+        if isinstance(e, ScoreOverflow) and e.rows is not None:     # predict's (batch rows): named as --all-users does
+            e = overflow_error(None if uid is None else [uid], model.dtype)
         sys.exit(f"error: {e}")
     out = {"model": args.model, "model_type": model.config.model_type, "history_length": len(history),
            "history_tail": history[-10:], "items": rec.items[0],

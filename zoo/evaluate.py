@@ -53,7 +53,6 @@ naming the users (:class:`ScoreOverflow`), as ``zoo.recommend`` refuses it: NaN 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -62,6 +61,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+
+from export.fsutil import strict_json
 
 from .cli import (EXIT_CODES, EXIT_MISSING, STDOUT_PATH, add_columns_option, apply_threads, cannot, check_outputs,
                   cli_device, error_text, exit_with, folder_inputs, nonnegative_int, positive_int, written_whole)
@@ -1116,7 +1117,7 @@ def _write_ranks(path: str | None, examples, ranks, vocab, meta: dict, counts) -
     import csv
 
     def write(f):
-        f.write(RANKS_HEADER + json.dumps(meta, allow_nan=False) + "\n")
+        f.write(RANKS_HEADER + strict_json(meta) + "\n")
         w = csv.writer(f, lineterminator="\n")                 # one line ending, the header line's
         w.writerow(RANKS_COLUMNS)
         w.writerows(zip(examples.users, vocab.decode(examples.targets.tolist()), np.asarray(ranks).tolist(),
@@ -1139,13 +1140,13 @@ def _write_json(result: dict, path: str | None) -> str | None:
     """``--json``: ``result`` written whole to ``path``, or on stdout for ``-`` (:data:`zoo.cli.STDOUT_PATH`);
     returns the file's absolute path, as :func:`_write_ranks` does (``None`` without one, and for stdout)."""
     if path == STDOUT_PATH:
-        json.dump(result, sys.stdout, indent=2, allow_nan=False)       # strict JSON: jq / JSON.parse read it
+        sys.stdout.write(strict_json(result, indent=2))       # strict JSON (jq / JSON.parse), written whole
         print(flush=True)
         return None
     if path:
         try:
             with written_whole(path) as f:
-                json.dump(result, f, indent=2, allow_nan=False)
+                f.write(strict_json(result, indent=2))
         except OSError as e:
             raise SystemExit(f"error: {cannot('--json', path, e)}") from None
     return os.path.abspath(path) if path else None

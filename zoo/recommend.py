@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
 from typing import Sequence
+
+from export.fsutil import strict_json
 
 from .vocab import UnknownItemError, is_canonical_int_text, is_int_text
 
@@ -202,10 +203,10 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
             lines = []                                                         # the batch's, written at once
             for user, vals, idx in zip(who, top.values.cpu(), top.indices.cpu(), strict=True):
                 keep = vals > float("-inf")                          # the masked slots (an overflow is refused)
-                lines.append(json.dumps({"user": _json_value(user),
-                                         "items": [_json_value(x) for x in model.decode_items(idx[keep].tolist())],
-                                         "scores": [round(float(v), SCORE_DECIMALS) for v in vals[keep]]},
-                                        allow_nan=False) + "\n")
+                lines.append(strict_json({"user": _json_value(user),
+                                          "items": [_json_value(x) for x in model.decode_items(idx[keep].tolist())],
+                                          "scores": [round(float(v), SCORE_DECIMALS) for v in vals[keep]]})
+                             + "\n")
             if to_stdout:                   # streamed: the bar (stderr) cleared around them, so a terminal shows both
                 with tqdm.external_write_mode(file=f) if progress else contextlib.nullcontext():
                     f.write("".join(lines))
@@ -233,7 +234,7 @@ def _similar(args, model, exclude: list) -> dict:
            "scores": [[round(float(x), SCORE_DECIMALS) for x in row] for row in rec.scores],
            "excluded_items": len(set(exclude))}
     if args.json:
-        print(json.dumps(out, indent=1, default=_json_value, allow_nan=False))
+        print(strict_json(out, indent=1, default=_json_value))
         return out
     print(f"model: {args.model} ({out['model_type']}); items nearest by cosine similarity of the item embeddings")
     for q, items, scores in zip(query, out["items"], out["scores"], strict=True):
@@ -393,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    "exclude_seen": args.exclude_seen, **summary}
         said = text_stream(args.out)                                        # stdout may hold the lines themselves
         if args.json:
-            print(json.dumps(summary, indent=1, allow_nan=False), file=said)
+            print(strict_json(summary, indent=1), file=said)
         else:
             print(f"wrote top-{args.k} for {summary['users']:,} users of {args.data} to "
                   f"{'stdout' if args.out == STDOUT_PATH else summary['out']} ({summary['seconds']:.1f} s; "
@@ -472,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         out["stepwise_max_abs_diff"] = float((values[0] - rec.scores[0]).abs().max())
         out["state_bytes"] = int(sum(t.numel() * t.element_size() for t in state.values()))
     if args.json:
-        print(json.dumps(out, indent=1, allow_nan=False))                 # strict JSON (scores checked above)
+        print(strict_json(out, indent=1))                 # strict JSON (scores checked above)
     else:
         print(f"model: {args.model} ({out['model_type']}); history ({len(history)} items, last 10): {out['history_tail']}")
         print(f"{'rank':>4}  {'item':>8}  {'score':>8}")

@@ -116,9 +116,10 @@ def window_latency_ms(folder: str, batch: int, reps: int, threads: int) -> float
 
 
 def measure(card: str, args) -> list[dict]:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from export.onnx import quantize_int8
+    from export.onnx import _untie_matmul_weights, quantize_int8
     from zoo.evaluate import main as eval_main
 
     data, flags = card_data(card)
@@ -132,8 +133,11 @@ def measure(card: str, args) -> list[dict]:
             shutil.copytree(src, folder)
             if per_channel:                                   # what export.onnx --int8 writes
                 quantize_int8(os.path.join(src, "model.onnx"), os.path.join(folder, "model.onnx"))
-            elif per_channel is not None:
-                quantize_dynamic(os.path.join(src, "model.onnx"), os.path.join(folder, "model.onnx"),
+            elif per_channel is not None:                     # the tied table untied first, as quantize_int8 does
+                untied = onnx.load(os.path.join(src, "model.onnx"))   # (onnxruntime <= 1.31 transposes in place)
+                _untie_matmul_weights(untied)
+                onnx.save(untied, os.path.join(tmp, "untied.onnx"))
+                quantize_dynamic(os.path.join(tmp, "untied.onnx"), os.path.join(folder, "model.onnx"),
                                  weight_type=QuantType.QInt8, per_channel=False)
             res = eval_main(["--onnx", folder, "--data", data, *flags, "--no-progress", "--threads",
                              str(args.threads)])

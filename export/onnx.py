@@ -1438,6 +1438,58 @@ class _DropQuantizerAdvice(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
+def _graphs_of(g: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """``g`` and the subgraphs of its nodes (``If`` branches, ``Loop``/``Scan`` bodies), nested ones included."""
+    out = [g]
+    for n in g.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                out += _graphs_of(sub)
+    return out
+
+
+def _untie_matmul_weights(mp: onnx.ModelProto) -> list[tuple[str, str]]:
+    """Give each initializer that a ``MatMul``/``Gemm`` reads as its weight (input 1) and something else reads too
+    (a tied item table's input ``Gather``, another node, a graph output) a copy of its own for that node, in place on
+    ``mp``; returns the ``(initializer, copy)`` names made (none: ``mp`` is unchanged).
+
+    Why: ONNX Runtime's ``quantize_dynamic`` up to 1.31 turns ``Gemm(x, W, transB=1)`` into ``MatMul(x, W^T)`` by
+    replacing ``W`` with ``W^T`` under the same name (it assumes nothing else reads ``W``). A tied item table
+    ``E [V, D]`` that the input ``Gather`` reads too becomes ``[D, V]`` for the lookup as well, and the int8 graph
+    fails onnx's checker (``DequantizeLinear ... (V) vs (D)``). With copies, each reader's weight is quantized on its
+    own, as 1.32 (which transposes into a new initializer) does anyway: the int8 graph holds the item table 8-bit
+    twice, behind the lookup and transposed for the output layer, and the fp32 copy is not left in it. A copy of a
+    tensor held as external data refers to the same bytes of the same file (nothing is read or written here).
+    Nodes of subgraphs count as readers; a copy goes to the graph that holds the initializer."""
+    import collections
+
+    graphs = _graphs_of(mp.graph)
+    owner = {t.name: (s, t) for s in graphs for t in s.initializer}
+    uses = collections.Counter(x for s in graphs for n in s.node for x in n.input if x in owner)
+    uses.update(o.name for s in graphs for o in s.output if o.name in owner)
+    taken = set(owner) | {x for s in graphs for n in s.node for x in (*n.input, *n.output)} \
+        | {v.name for s in graphs for v in (*s.input, *s.output, *s.value_info)}
+    made = []
+    for s in graphs:
+        for n in s.node:
+            name = n.input[1] if n.op_type in ("MatMul", "Gemm") and len(n.input) >= 2 else ""
+            if uses.get(name, 0) < 2:
+                continue
+            copy_name, i = f"{name}/untied", 1
+            while copy_name in taken:
+                i += 1
+                copy_name = f"{name}/untied{i}"
+            graph, tensor = owner[name]
+            copy = graph.initializer.add()
+            copy.CopyFrom(tensor)
+            copy.name = copy_name
+            n.input[1] = copy_name
+            uses[name] -= 1
+            taken.add(copy_name)
+            made.append((name, copy_name))
+    return made
+
+
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, external: bool = False) -> dict:
     """Quantize the fp32 graph file ``src`` into ``dst`` with ONNX Runtime's dynamic quantization (``--int8``):
     the weight initializers of :data:`INT8_OP_TYPES` nodes become int8 per output channel (``MatMulInteger`` with
@@ -1446,6 +1498,11 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, external: bool
     touched), the states, norms and the score tail. ``external``: write the tensors to ``dst``'s sibling
     ``<name>.data`` (the fp32 graph passed protobuf's limit). Returns what was done (``state_spec.json``'s
     ``quantization``).
+
+    A MatMul/Gemm weight that something else reads too (the tied item table: the input ``Gather`` and the output
+    ``Gemm``) is given its own copy first (:func:`_untie_matmul_weights`; older ONNX Runtimes transpose a ``Gemm``'s
+    weight in place): the quantizer then reads a hidden staging graph beside ``dst`` (its tensors in a sibling
+    ``.data`` file), removed afterwards; nothing is written beside ``src``.
 
     ``DynamicQuantizeLinear`` takes one scale and zero point per call for the whole activation tensor, all rows of
     the batch together: unlike an fp32 or fp16 graph's, an int8 graph's row depends on the other rows of its call
@@ -1457,16 +1514,34 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, external: bool
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    before = collections.Counter(n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node)
+    src, dst = pathlib.Path(src), pathlib.Path(dst)
+    mp = onnx.load(str(src), load_external_data=False)
+    before = collections.Counter(n.op_type for n in mp.graph.node)
+    staged = None
     root = logging.getLogger()
     quiet = _DropQuantizerAdvice()
     root.addFilter(quiet)
     try:
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(INT8_OP_TYPES), weight_type=QuantType.QInt8,
-                         per_channel=INT8_OPTIONS["per_channel"], reduce_range=INT8_OPTIONS["reduce_range"],
-                         use_external_data_format=external)
+        if _untie_matmul_weights(mp):
+            # staged beside dst, never beside src (a card's or a download's folder: read as it is); src's external
+            # tensors are read in, and everything goes out as external data so that the copies cannot take the
+            # graph past protobuf's limit
+            onnx.load_external_data_for_model(mp, str(src.parent))
+            fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".untied.onnx", dir=dst.parent)
+            os.close(fd)
+            staged = pathlib.Path(name)
+            onnx.save(mp, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=staged.name + ".data", size_threshold=1024)
+        del mp
+        quantize_dynamic(str(staged or src), str(dst), op_types_to_quantize=list(INT8_OP_TYPES),
+                         weight_type=QuantType.QInt8, per_channel=INT8_OPTIONS["per_channel"],
+                         reduce_range=INT8_OPTIONS["reduce_range"], use_external_data_format=external)
     finally:
         root.removeFilter(quiet)
+        if staged is not None:          # the graph, its tensors, and the quantizer's shape-inferred sibling of it
+            for p in (staged, staged.with_name(staged.name + ".data"),
+                      staged.with_name(staged.stem + "-inferred" + staged.suffix)):
+                p.unlink(missing_ok=True)
     after = collections.Counter(n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node)
     if not after["MatMulInteger"]:
         raise ExportError(f"int8 quantization changed nothing in {os.path.basename(src)}: no MatMul/Gemm weight was "
@@ -1484,6 +1559,8 @@ def _quantize_staged(model, stage: pathlib.Path, spec: dict, external: bool, ver
     """``export_model``'s int8 path: verify the staged fp32 graph under the fp32 row (a failure there is the
     export's, not the quantization's), quantize it in place (:func:`quantize_int8`) and record what was done in
     ``spec["quantization"]`` (written to the staged ``state_spec.json``)."""
+    from onnx import shape_inference
+
     from . import verify as V
 
     rep32 = None
@@ -1500,7 +1577,12 @@ def _quantize_staged(model, stage: pathlib.Path, spec: dict, external: bool, ver
     qdir = stage / "int8"
     qdir.mkdir()
     info = quantize_int8(stage / GRAPH_FILE, qdir / GRAPH_FILE, external=external)
-    onnx.checker.check_model(str(qdir / GRAPH_FILE), full_check=True)
+    try:
+        onnx.checker.check_model(str(qdir / GRAPH_FILE), full_check=True)
+    except (onnx.checker.ValidationError, shape_inference.InferenceError) as e:
+        why = " ".join(str(e).split())
+        raise ExportError(f"the int8 graph that onnxruntime {info['onnxruntime']}'s quantize_dynamic wrote fails "
+                          f"onnx's checker, nothing written (earlier files are kept): {why}") from None
     os.replace(qdir / GRAPH_FILE, stage / GRAPH_FILE)
     if external:
         os.replace(qdir / EXTERNAL_DATA_FILE, stage / EXTERNAL_DATA_FILE)

@@ -210,3 +210,181 @@ def test_triton_repository_of_an_int8_graph(int8_mamba, tmp_path):
     assert set(names) == set(feeds) | set(controls)
     got = sess.run(["topk_ids"], {**feeds, **controls})[0]
     np.testing.assert_array_equal(got, want)
+
+
+# ------------------------------------------------------------------ a MatMul/Gemm weight that another node reads too
+def _graphs(g):
+    """``g`` and its nodes' subgraphs, nested ones included."""
+    out = [g]
+    for n in g.node:
+        for a in n.attribute:
+            out += [s for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs) for s in _graphs(sub)]
+    return out
+
+
+def shared_matmul_weights(mp) -> list[str]:
+    """The initializers that a MatMul/Gemm reads as its weight (input 1) and another reader (any node input of any
+    (sub)graph, a graph output) reads too: what ONNX Runtime <= 1.31's quantize_dynamic spoils (it transposes a
+    ``transB`` Gemm's weight in place, under the same name)."""
+    graphs = _graphs(mp.graph)
+    inits = {t.name for s in graphs for t in s.initializer}
+    reads = [x for s in graphs for n in s.node for x in n.input if x in inits] + \
+        [o.name for s in graphs for o in s.output if o.name in inits]
+    return sorted({n.input[1] for s in graphs for n in s.node
+                   if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and reads.count(n.input[1]) > 1})
+
+
+def _in_place_transposing_quantizer(monkeypatch, scratch):
+    """Replace ``quantize_dynamic`` with ONNX Runtime <= 1.31's behaviour on a ``Gemm(x, B, transB=1)``: after shape
+    inference, ``B`` is replaced by ``B^T`` under the same name (whoever else reads ``B``), then quantized."""
+    import onnxruntime.quantization as Q
+    from onnx import numpy_helper
+
+    real = Q.quantize_dynamic
+
+    def old(model_input, model_output, **kw):
+        mp = onnx.shape_inference.infer_shapes(onnx.load(str(model_input)))
+        inits = {t.name: t for t in mp.graph.initializer}
+        for n in mp.graph.node:
+            trans_b = [a for a in n.attribute if a.name == "transB" and a.i == 1]
+            if n.op_type == "Gemm" and n.input[1] in inits and trans_b:
+                t = inits[n.input[1]]
+                t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(t).T), t.name))
+                trans_b[0].i = 0
+        path = str(scratch / "transposed.onnx")
+        onnx.save(mp, path)
+        return real(path, model_output, **kw)
+
+    monkeypatch.setattr(Q, "quantize_dynamic", old)
+
+
+def test_untie_gives_each_shared_matmul_weight_its_own_copy():
+    """E: a tied table (Gather + Gemm transB); W: the weight of two MatMuls; V: a MatMul weight an If branch reads
+    too; U: one reader (left alone). Each copy is a new name (``E/untied`` is taken), the graph computes the same."""
+    from onnx import TensorProto
+    from onnx import helper as oh
+
+    rng = np.random.default_rng(0)
+    arrays = {"E": rng.normal(size=(5, 3)), "W": rng.normal(size=(3, 4)), "V": rng.normal(size=(4, 4)),
+              "U": rng.normal(size=(4, 2))}
+    inits = [onnx.numpy_helper.from_array(a.astype(np.float32), k) for k, a in arrays.items()]
+    branch = [oh.make_graph([oh.make_node("Identity", ["V"], [f"v{b}"])], f"b{b}", [],
+                            [oh.make_tensor_value_info(f"v{b}", TensorProto.FLOAT, [4, 4])]) for b in (0, 1)]
+    nodes = [oh.make_node("Gather", ["E", "ids"], ["x"]), oh.make_node("Gemm", ["x", "E"], ["s"], transB=1),
+             oh.make_node("MatMul", ["x", "W"], ["y"]), oh.make_node("MatMul", ["x", "W"], ["y2"]),
+             oh.make_node("MatMul", ["y", "V"], ["z"]), oh.make_node("MatMul", ["z", "U"], ["u"]),
+             oh.make_node("If", ["cond"], ["vv"], then_branch=branch[0], else_branch=branch[1]),
+             oh.make_node("Identity", ["s"], ["E/untied"])]
+    outs = {"s": [2, 5], "y2": [2, 4], "u": [2, 2], "vv": [4, 4], "E/untied": [2, 5]}
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("ids", TensorProto.INT64, [2]),
+                                       oh.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                          [oh.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in outs.items()], inits)
+    mp = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(mp, full_check=True)
+    assert shared_matmul_weights(mp) == ["E", "V", "W"]
+    feeds = {"ids": np.array([4, 1]), "cond": np.array(True)}
+    want = V.ort_session(mp.SerializeToString()).run(None, feeds)
+
+    assert E._untie_matmul_weights(mp) == [("E", "E/untied2"), ("W", "W/untied"), ("V", "V/untied")]
+    onnx.checker.check_model(mp, full_check=True)
+    assert shared_matmul_weights(mp) == []
+    assert [n.input[1] for n in mp.graph.node if n.op_type in ("Gemm", "MatMul")] == \
+        ["E/untied2", "W/untied", "W", "V/untied", "U"]
+    assert [n.input[0] for n in mp.graph.node if n.op_type == "Gather"] == ["E"]
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in mp.graph.initializer}
+    for a, b in [("E", "E/untied2"), ("W", "W/untied"), ("V", "V/untied")]:
+        np.testing.assert_array_equal(values[a], values[b])
+    for got, ref in zip(V.ort_session(mp.SerializeToString()).run(None, feeds), want):
+        np.testing.assert_array_equal(got, ref)
+    assert E._untie_matmul_weights(mp) == []                 # nothing left to untie
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["one-file", "external-data"])
+def test_the_quantizer_is_handed_no_matmul_weight_another_node_reads(tmp_path, monkeypatch, external):
+    """The tied item table (read by the input Gather and the output Gemm) reaches quantize_dynamic as two tensors;
+    the staging graph is written beside dst (src's folder -- a card's, a download's -- is only read) and removed,
+    and the int8 graph holds no fp32 table."""
+    import onnxruntime.quantization as Q
+
+    model = card("gru4rec-ml1m")
+    table = model.get_input_embeddings().weight.detach().numpy()
+    src = tmp_path / "fp32"
+    with monkeypatch.context() as m:
+        if external:
+            m.setattr(E, "EXTERNAL_DATA_BYTES", 1000)
+        E.export_model(model, src, verify=False)
+    fp32 = onnx.load(str(src / "model.onnx"), load_external_data=False)
+    (tied,) = shared_matmul_weights(fp32)                   # the case at hand: the table shared
+    files = sorted(p.name for p in src.iterdir())
+    real, seen = Q.quantize_dynamic, []
+
+    def capture(model_input, model_output, **kw):
+        header = onnx.load(str(model_input), load_external_data=False)
+        seen.append((header, onnx.load(str(model_input)), os.path.dirname(os.path.abspath(model_input))))
+        return real(model_input, model_output, **kw)
+
+    monkeypatch.setattr(Q, "quantize_dynamic", capture)
+    (tmp_path / "int8").mkdir()
+    info = E.quantize_int8(src / "model.onnx", tmp_path / "int8" / "model.onnx", external=external)
+    (header, whole, folder), = seen
+    assert shared_matmul_weights(header) == []
+    gemm = next(n for n in header.graph.node if n.op_type == "Gemm")
+    gather = next(n for n in header.graph.node if n.op_type == "Gather" and n.input[0] == tied)
+    assert gemm.input[1] != tied
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in whole.graph.initializer}
+    np.testing.assert_array_equal(values[gemm.input[1]], table)
+    np.testing.assert_array_equal(values[gather.input[0]], table)
+    assert folder == str(tmp_path / "int8")                       # staged beside dst: src's folder is only read
+    assert sorted(p.name for p in src.iterdir()) == files        # nothing written beside src
+    assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == sorted(
+        ["model.onnx"] + (["model.onnx.data"] if external else []))  # the staging graph and tensors removed
+    q = onnx.load(str(tmp_path / "int8" / "model.onnx"))
+    onnx.checker.check_model(str(tmp_path / "int8" / "model.onnx"), full_check=True)
+    assert info["nodes"]["MatMulInteger"] == info["nodes"]["MatMul+Gemm before"] == 2
+    assert not [t.name for t in q.graph.initializer
+                if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) >= table.size]     # no fp32 table
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["one-file", "external-data"])
+@pytest.mark.parametrize("quantizer", ["installed", "transposing-in-place"])
+def test_int8_export_of_a_tied_item_table(tmp_path, monkeypatch, quantizer, external):
+    """End to end, with the installed ONNX Runtime and with one that transposes a Gemm's weight in place (as 1.20-1.31
+    did, which spoiled the table the input Gather shares: "DequantizeLinear ... (3417) vs (64)"): the int8 graph
+    passes the checker and its verification, and holds the item table int8 twice (lookup [V, D], output layer
+    [D, V]), not in fp32."""
+    model = card("gru4rec-ml1m")
+    n, d = model.get_input_embeddings().weight.shape
+    if quantizer != "installed":
+        _in_place_transposing_quantizer(monkeypatch, tmp_path)
+    if external:
+        monkeypatch.setattr(E, "EXTERNAL_DATA_BYTES", 1000)
+    out = tmp_path / "out"
+    res = E.export_model(model, out, precision="int8", verify_kwargs=SMALL)
+    assert res.report.ok and all(c.topk_overlap >= V.INT8_TOPK_MIN_OVERLAP for c in res.report.cases), \
+        res.report.table()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["model.onnx", "state_spec.json", "item_vocab.json"] + (["model.onnx.data"] if external else []))
+    onnx.checker.check_model(res.graph_path, full_check=True)
+    mp = onnx.load(res.graph_path)
+    types = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8"}
+    tables = sorted((list(t.dims), types[t.data_type]) for t in mp.graph.initializer if n in t.dims)
+    # the output layer's [D, V] weight int8 with its per-channel scales and zero points, the lookup's [V, D] 8-bit
+    assert tables[:3] == [([d, n], "int8"), ([n], "fp32"), ([n], "int8")] and len(tables) == 4, tables
+    assert tables[3][0] == [n, d] and tables[3][1] in ("int8", "uint8"), tables
+
+
+def test_a_quantized_graph_that_fails_the_checker_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """Without the copies, the in-place transposition spoils the tied table; the checker refuses the int8 graph, and
+    the CLI says so on one line (exit 1), naming the ONNX Runtime, with nothing written."""
+    import onnxruntime
+
+    _in_place_transposing_quantizer(monkeypatch, tmp_path)
+    monkeypatch.setattr(E, "_untie_matmul_weights", lambda mp: [], raising=False)
+    out = tmp_path / "out"
+    assert E.main(["--model", os.path.join(ROOT, "hub_cards", "gru4rec-ml1m"), "--out", str(out), "--int8",
+                   "--no-verify"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"onnxruntime {onnxruntime.__version__}'s quantize_dynamic wrote fails onnx's " \
+        "checker, nothing written" in err[0], err
+    assert "DequantizeLinear" in err[0] and "(3417) vs (64)" in err[0]
+    assert not out.exists() or not any(out.iterdir())

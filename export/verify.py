@@ -311,10 +311,13 @@ def _mask_excluded(ref: np.ndarray, spec: dict) -> np.ndarray:
 
 def _topk_ref(ref: np.ndarray, k: int) -> np.ndarray:
     """PyTorch's top-k ids; a slot whose score is ``-inf`` (a ``--candidates`` row listing fewer than ``k`` items)
-    holds id 0, as the graph gives it."""
+    holds id 0, as the graph gives it. Exactly tied scores: the lower item index first, as ONNX's ``TopK``
+    (:func:`zoo.metrics.top_k`)."""
+    from zoo.metrics import top_k
+
     t = torch.from_numpy(ref.astype(np.float32)).clone()
     t[:, 0] = -float("inf")
-    vals, ids = torch.topk(t, k, dim=1)
+    vals, ids = top_k(t, k, dim=1)
     return np.where(np.isneginf(vals.numpy()), 0, ids.numpy())
 
 

@@ -263,3 +263,48 @@ def test_float_targets_cutoffs_and_k_are_refused_not_truncated():
     assert check_cutoffs([2.0, np.int64(3), "1"], 3) == [2, 3, 1]
     with pytest.raises(ValueError, match=r"cut-offs must be whole numbers, got 1.5"):
         history_in_top_k(torch.zeros(1, 3), torch.zeros(1, 1, dtype=torch.long), 1.5)
+
+
+def test_top_k_breaks_ties_by_the_lower_item_index_as_onnx_topk():
+    """torch.topk leaves tied items' order (and which enter at slot k) unspecified; zoo.metrics.top_k takes the lower
+    index first, ONNX TopK's rule, so Python and the exported graphs recommend the same tied items in one order."""
+    from zoo.metrics import top_k
+
+    g = torch.Generator().manual_seed(7)
+    for _ in range(300):                                    # fresh random small-integer scores: many exact ties
+        V = int(torch.randint(1, 40, (1,), generator=g))
+        x = torch.randint(0, 4, (5, V), generator=g).float()
+        x[torch.rand(5, V, generator=g) < 0.2] = float("-inf")
+        k = int(torch.randint(1, V + 1, (1,), generator=g))
+        values, indices = top_k(x, k)
+        for b in range(5):
+            assert indices[b].tolist() == sorted(range(V), key=lambda j: (-x[b, j].item(), j))[:k]
+        assert torch.equal(values, torch.topk(x, k).values)
+    x = torch.full((2, 9), 1.0)
+    assert top_k(x, 3).indices.tolist() == [[0, 1, 2]] * 2 and top_k(x, 5).indices[0, :3].tolist() == [0, 1, 2]
+    nan = torch.tensor([[1.0, float("nan"), 2.0, float("nan")]])
+    assert top_k(nan, 3).indices.tolist() == [[1, 3, 2]]  # NaN above every number, as torch.topk; NaNs tie
+    y = torch.randn(3, 6, 4)                                # another axis, no ties: the same as torch.topk
+    r, t = top_k(y, 2, dim=1), torch.topk(y, 2, dim=1)
+    assert torch.equal(r.values, t.values) and torch.equal(r.indices, t.indices)
+
+
+def test_onnx_topk_breaks_ties_as_top_k():
+    """The reference rule above is ONNX Runtime's: a TopK node on the same tied scores gives the same indices."""
+    onnx = pytest.importorskip("onnx", reason="onnx not installed")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from onnx import TensorProto, helper
+
+    from zoo.metrics import top_k
+
+    node = helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1, largest=1, sorted=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None]),
+                                            helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("v", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("i", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = torch.randint(0, 3, (64, 50), generator=torch.Generator().manual_seed(3)).float()
+    for k in (1, 7, 20, 50):
+        _, ids = sess.run(None, {"x": x.numpy(), "k": np.array([k], np.int64)})
+        assert ids.tolist() == top_k(x, k).indices.tolist()

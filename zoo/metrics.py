@@ -164,8 +164,8 @@ def history_in_top_k(scores: torch.Tensor, history: torch.Tensor, k: int) -> tor
         history: ``[B, L]`` int64 item indices of each row's input window; ``0`` (padding) is ignored.
         k: cut-off, ``1 <= k <= V``.
     Returns:
-        ``[B]`` int64 counts in ``0..k`` (the top-``k`` by ``torch.topk``; among exactly tied scores which items
-        enter is implementation-defined, as in RecBole's ranking). Items scored ``-inf`` (masked) are never
+        ``[B]`` int64 counts in ``0..k`` (the top-``k`` by :func:`top_k`: among exactly tied scores the lower item
+        indices enter, as in every recommendation of the zoo). Items scored ``-inf`` (masked) are never
         counted, so a history mask gives 0 even when fewer than ``k`` items remain unmasked.
     Raises:
         ValueError: shape mismatch, ``k`` out of range, or history indices outside ``0..V-1``.
@@ -183,8 +183,44 @@ def history_in_top_k(scores: torch.Tensor, history: torch.Tensor, k: int) -> tor
     seen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     seen.scatter_(1, history, True)
     seen[:, 0] = False                                                        # padding is not history
-    top_scores, top = scores.topk(k, dim=1)                                   # [B, k]
+    top_scores, top = top_k(scores, k, dim=1)                                 # [B, k]
     return (seen.gather(1, top) & (top_scores > float("-inf"))).sum(1).long()
+
+
+def top_k(scores: torch.Tensor, k: int, dim: int = -1):
+    """``torch.topk(scores, k, dim)`` with a fixed rule for exactly tied scores: the **lower item index first**, in
+    the order of the slots and in which items enter at slot ``k`` -- the rule of ONNX's ``TopK`` (and so of every
+    exported graph, Triton and :mod:`export.runtime`), so that every surface of the zoo recommends the same items in
+    the same order. ``torch.topk`` leaves tied items' order unspecified (it even changes with ``k``, so a larger
+    ``k`` need not extend a smaller one); ties are not rare: items added by ``add_items`` start from one row, and
+    masked items all sit at ``-inf``. NaN ranks above every number, as in ``torch.topk`` (NaNs tie with each other).
+
+    Args:
+        scores: ``[..., V]`` float scores (``dim`` picks the item axis).
+        k: ``1 <= k <= V``.
+    Returns:
+        ``torch.return_types.topk``-like ``(values, indices)``, each ``[..., k]``: values descending, ties by
+        ascending index.
+    """
+    moved = scores.movedim(dim, -1)
+    flat = moved.reshape(-1, moved.shape[-1])                                 # [R, V]
+    vals = flat.topk(k, dim=1).values                                         # [R, k]: the values are well defined
+    thr = vals[:, -1:]                                                        # [R, 1]: the k-th score of each row
+    nan, thr_nan = flat.isnan(), thr.isnan()
+    above = (flat > thr) | (nan & ~thr_nan)                                   # [R, V]: enter in any case
+    tied = torch.where(thr_nan, nan, flat == thr)                             # [R, V]: the k-th score's group
+    need = k - above.sum(1, keepdim=True)                                     # [R, 1]: slots left for the group
+    take = above | tied
+    over = (tied.sum(1, keepdim=True) > need).squeeze(1)                      # [R]: the group straddles slot k
+    if bool(over.any()):                                                      # only those rows: the lowest indices
+        rows = over.nonzero().squeeze(1)
+        take[rows] = above[rows] | (tied[rows] & (tied[rows].cumsum(1) <= need[rows]))
+    idx = take.nonzero()[:, 1].view(-1, k)                                    # [R, k]: ascending item index
+    sel = flat.gather(1, idx)
+    order = torch.sort(sel, dim=1, descending=True, stable=True).indices     # stable: ties keep the lower index first
+    values, indices = sel.gather(1, order), idx.gather(1, order)
+    shape = moved.shape[:-1] + (k,)
+    return torch.return_types.topk((values.view(shape).movedim(-1, dim), indices.view(shape).movedim(-1, dim)))
 
 
 def _ranks(ranks) -> torch.Tensor:

@@ -28,6 +28,7 @@ from typing import Sequence
 
 from export.fsutil import strict_json
 
+from .metrics import top_k
 from .vocab import UnknownItemError, is_canonical_int_text, is_int_text
 
 import numpy as np
@@ -199,7 +200,7 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
                     scores[r, torch.tensor(q, device=scores.device)] = float("-inf")
             if outside is not None:                                            # only the candidates are ranked
                 scores[:, outside] = float("-inf")
-            top = torch.topk(scores, k, dim=1)
+            top = top_k(scores, k, dim=1)      # ties: the lower item index first, as the graphs
             lines = []                                                         # the batch's, written at once
             for user, vals, idx in zip(who, top.values.cpu(), top.indices.cpu(), strict=True):
                 keep = vals > float("-inf")                          # the masked slots (an overflow is refused)
@@ -467,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             scores[:, ~keep] = -float("inf")
         if overflowed_rows(logits[:, 1:].float()):        # the step's own NaN / +-inf: no difference to report
             sys.exit(f"error: --stepwise: {overflow_error(None if uid is None else [uid], model.dtype)}")
-        top = torch.topk(scores, args.k, dim=1)
+        top = top_k(scores, args.k, dim=1)
         values, indices = top.values.cpu(), top.indices.cpu()
         out["stepwise_items"] = model.decode_items(indices[0].tolist())
         out["stepwise_max_abs_diff"] = float((values[0] - rec.scores[0]).abs().max())

@@ -438,7 +438,10 @@ def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
 
     Users with fewer than ``min_length`` (3) items cannot give both a valid and a test example with a non-empty
     history: they are dropped from valid/test and their whole sequence goes to train (it is never evaluated, so
-    nothing leaks). After a 5-core filter no user is that short. Raises ``ValueError`` if no user is long enough or
+    nothing leaks). After a 5-core filter no user is that short. A user with exactly 3 items gets a valid example
+    (``s[0] -> s[1]``, as LRURec's split; its train sequence ``s[:1]`` has no target); RecBole gives such a user none
+    (its ``legal_leave_one_num``: train ``s[0] -> s[1]`` and the test example only), so below a 4-core the two differ
+    in the valid examples and training targets, never in the test examples. Raises ``ValueError`` if no user is long enough or
     ``min_length`` is no int >= 3, ``TypeError`` if ``ds`` is no :class:`SequenceDataset`.
     """
     if not isinstance(ds, SequenceDataset):

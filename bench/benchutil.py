@@ -24,6 +24,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from export.triton_server import die_with_parent as _die_with_parent  # noqa: E402
 from zoo.cli import EXIT_CODES, check_outputs, positive_int, written_whole  # noqa: E402
 from zoo.pretrained import HUB_ORG, PLACEHOLDER_ORGS, bundled_models  # noqa: E402
 
@@ -268,48 +269,19 @@ def _signals_deferred(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)):
             signal.raise_signal(s)
 
 
-#: ``prctl`` option (``<linux/prctl.h>``): the signal a process is sent when the thread that started it ends
-PR_SET_PDEATHSIG = 1
-
-
 def die_with_parent(sig: int = signal.SIGKILL):
     """The ``preexec_fn`` of a process the bench starts (a worker, ``redis-server``) that must not outlive it: on
     Linux the child asks the kernel (``prctl(PR_SET_PDEATHSIG, sig)``) for ``sig`` when its parent ends -- a bench
     killed by SIGKILL or a crash, which cannot stop what it started as :func:`run_workers` and :func:`redis_server`
     do on an error, Ctrl-C or SIGTERM, and whose children, in sessions of their own, no group signal reaches either.
     SIGKILL by default: what is left cannot catch it (a worker under ``run_cli``'s SIGTERM handler, one deep in a
-    C call), and has nothing to finish for a bench that is gone. The race is closed both ways: ``sig`` is set to its
-    default action in the child first (an inherited Python handler would swallow it before ``exec``), and a parent
-    that died before the ``prctl`` -- the child already adopted, its ``getppid()`` no longer the bench -- ends the
-    child there (status 128 + ``sig``) instead of letting it run on unwatched.
-
-    Linux sends the signal when the *thread* that started the child ends, not the whole process: the benches start
-    them from the thread that then waits for them. Only ``ctypes`` calls and ``os.getppid`` run between ``fork`` and
-    ``exec`` (libc and its functions are looked up here, in the parent). Start such a child with :func:`spawn`, not
-    ``Popen`` alone (a signal may be lost there). Returns None elsewhere: ``PR_SET_PDEATHSIG`` is a Linux ``prctl``,
-    other systems (macOS, the BSDs) have no such request, and there a bench killed outright still leaves its workers
-    to end on their own (a worker's stdin/stdout pipes are then closed)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    prctl, c_signal = libc.prctl, libc.signal
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    c_signal.argtypes, c_signal.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p
-    parent, sig = os.getpid(), int(sig)
-
-    def preexec() -> None:
-        if sig != signal.SIGKILL:                # SIG_DFL (0): an inherited handler would not end the child
-            c_signal(sig, None)
-        if prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
-        if os.getppid() != parent:               # the bench died before the prctl: no signal will come
-            os._exit(128 + sig)
-
-    return preexec
+    C call), and has nothing to finish for a bench that is gone. The mechanism, and the races it closes, are
+    :func:`export.triton_server.die_with_parent`'s (the Triton launcher's, SIGTERM there): Linux sends the signal when
+    the *thread* that started the child ends (the benches start them from the thread that then waits for them). Start
+    such a child with :func:`spawn`, not ``Popen`` alone (a signal may be lost there). Returns None elsewhere (macOS,
+    the BSDs have no such request): there a bench killed outright still leaves its workers to end on their own (a
+    worker's stdin/stdout pipes are then closed)."""
+    return _die_with_parent(sig)
 
 
 def spawn(args: Sequence[str], **kwargs) -> subprocess.Popen:

@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchutil import HelpFormatter, command_line, markdown_path, write_table  # noqa: E402
+from benchutil import HelpFormatter, command_line, markdown_path, spawn, write_table  # noqa: E402
 from zoo.cli import (EXIT_CODES, EXIT_ERROR, exit_with, kcore, made_folder, nonnegative_int, positive_int,  # noqa: E402
                      run_cli, written_whole)
 from zoo.models import MODELS  # noqa: E402
@@ -77,7 +77,10 @@ def write_before(data: str, before: float, path: str) -> dict:
 def run_all(jobs: list[tuple[str, list[str]]], work: str, parallel: int, rerun: bool) -> None:
     """``python -m zoo.train`` for each ``(name, args)`` not done yet, ``parallel`` at a time; logs in ``work``. When a
     run fails, or this is stopped (Ctrl-C, SIGTERM under ``run_cli``), the runs still going are stopped (SIGTERM:
-    ``zoo.train`` keeps what ``--resume`` continues from) and reaped before this raises: none trains on unseen."""
+    ``zoo.train`` keeps what ``--resume`` continues from) and reaped before this raises: none trains on unseen. Each
+    run is started by :func:`benchutil.spawn`: in a session of its own (a Ctrl-C at the terminal reaches the bench,
+    which stops them as said) and, on Linux, killed with the bench where that is killed outright (SIGKILL, a crash),
+    which can stop nothing -- such runs trained on, two at a time, for hours."""
     todo = [(n, a) for n, a in jobs if rerun or not os.path.exists(os.path.join(work, n, "train_log.json"))]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     for start in range(0, len(todo), parallel):
@@ -88,7 +91,12 @@ def run_all(jobs: list[tuple[str, list[str]]], work: str, parallel: int, rerun: 
                        "--no-progress"] + (["--overwrite"] if rerun else [])
                 print("running:", " ".join(cmd), flush=True)
                 log = open(os.path.join(work, name + ".log"), "w", encoding="utf-8")
-                procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+                try:
+                    proc = spawn(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                except BaseException:
+                    log.close()
+                    raise
+                procs.append((name, proc, log))
             for name, p, log in procs:
                 if p.wait() != 0:
                     raise SystemExit(f"{name} failed (exit {p.returncode}); see {log.name}")
@@ -103,15 +111,24 @@ def run_all(jobs: list[tuple[str, list[str]]], work: str, parallel: int, rerun: 
 
 def ranks_of(work: str, name: str, data: str, rerun: bool = False) -> tuple[list, np.ndarray]:
     """``(targets, ranks)`` of a whole-file model on the test split (``zoo.evaluate --ranks-out``, written once, and
-    again with ``rerun``: the model was trained again)."""
+    again with ``rerun``: the model was trained again). The evaluation is a child of the bench as the training runs
+    are (:func:`benchutil.spawn`; stopped and reaped when this is stopped); one that fails ends the bench (status 1)
+    naming it."""
     from zoo.compare import read_ranks
 
     path = os.path.join(work, name + ".ranks.csv")
     if rerun or not os.path.exists(path):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-        subprocess.run([sys.executable, "-m", "zoo.evaluate", "--model", os.path.join(work, name), "--data", data,
-                        "--ranks-out", path, "--json", path + ".json", "--no-progress"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        proc = spawn([sys.executable, "-m", "zoo.evaluate", "--model", os.path.join(work, name), "--data", data,
+                      "--ranks-out", path, "--json", path + ".json", "--no-progress"], env=env,
+                     stdout=subprocess.DEVNULL)
+        try:
+            if proc.wait() != 0:
+                raise SystemExit(f"zoo.evaluate of {name} failed (exit {proc.returncode}); its error is above")
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
     _, _, targets, ranks = read_ranks(path)
     return targets, ranks
 

@@ -94,6 +94,19 @@ def table(runs: dict[str, dict]) -> list[str]:
     return lines
 
 
+def masking_words(protocol) -> str:
+    """How the tabled runs were tested, from their logs' ``protocol`` entry (the runs share it): ``history masked``
+    (``history_masked`` true), ``history not masked`` (false), ``history masking unknown`` where the log does not
+    say -- a log from before the entry, or a protocol that is no JSON object -- and, for a value that is not true
+    or false, that value as the log has it (``history masking unknown (the logs say "yes")``): not read as true."""
+    if not isinstance(protocol, dict) or "history_masked" not in protocol:
+        return "history masking unknown (not in the logs)"
+    value = protocol["history_masked"]
+    if value is True or value is False:
+        return "history masked" if value else "history not masked"
+    return f"history masking unknown (the logs say {json.dumps(value)})"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", help="finished zoo.train --out folders")
@@ -123,8 +136,8 @@ def main(argv=None):
         exit_with(EXIT_ERROR, f"error: {e}")
     any_log = next(iter(runs.values()))
     head = (f"Produced by `{command_line('bench/loss_table.py', argv)}`: {any_log['model_type']} on "
-            f"`{os.path.basename(any_log['data'])}`, test on the leave-one-out split (full ranking, history "
-            f"{'masked' if any_log['protocol']['history_masked'] else 'not masked'}).")
+            f"`{os.path.basename(any_log['data'])}`, test on the leave-one-out split (full ranking, "
+            f"{masking_words(any_log['protocol'])}).")
     print(head + "\n\n" + "\n".join(lines))
     if a.markdown:
         write_markdown(a.markdown, head + "\n\n" + "\n".join(lines) + "\n")

@@ -56,7 +56,9 @@ This one file plays two roles.
    server's own libs + this Python's ``libpython``) and ``PATH`` (the venv first, so the stub imports the venv's
    numpy 1.x / onnxruntime), listens on 127.0.0.1 only, forwards SIGTERM/SIGINT to ``tritonserver`` and waits for
    it to exit. From the main environment (tests, bench) use :func:`start_server` which runs that command as a
-   subprocess and waits until the server is ready; ``stop()`` ends it cleanly.
+   subprocess and waits until the server is ready; ``stop()`` ends it cleanly. On Linux neither outlives the process
+   that started it, even one killed outright (SIGKILL): each is sent SIGTERM when its parent ends
+   (:func:`die_with_parent`).
 """
 
 from __future__ import annotations
@@ -550,9 +552,87 @@ class TritonPythonModel:
 
 
 # ================================================================================================ the launcher
+#: ``prctl`` option (``<linux/prctl.h>``): the signal a process is sent when the thread that started it ends
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM):
+    """The ``preexec_fn`` of a process that must not outlive the one that starts it -- the launcher that
+    :func:`start_server` starts, the ``tritonserver`` that :func:`serve` starts: on Linux the child asks the kernel
+    (``prctl(PR_SET_PDEATHSIG, sig)``) for ``sig`` when its parent ends. A caller or launcher killed outright
+    (SIGKILL, the OOM killer, a crash) can stop nothing, and the launcher -- in a session of its own, which no group
+    signal reaches -- and ``tritonserver`` ran on, holding their ports, until someone killed them. SIGTERM by default:
+    the usual stop of both (the launcher forwards it to ``tritonserver``, waits for it and removes its workspace;
+    ``tritonserver`` unloads its models and ends their python stubs within ``--exit-timeout-secs``). ``sig`` is set
+    to its default action in the child first (an inherited ignore or Python handler would swallow it before
+    ``exec``), and a parent that died before the ``prctl`` -- the child already adopted, its ``getppid()`` no longer
+    the starter -- ends the child there (status 128 + ``sig``) instead of letting it run on unwatched.
+
+    ``bench/benchutil.py``'s ``die_with_parent`` (SIGKILL by default there), copied: export/ does not import bench/,
+    and this file also runs on its own in the server's virtualenv (standard library only). Only ``ctypes`` calls and
+    ``os.getppid`` run between ``fork`` and ``exec`` (libc and its functions are looked up here, in the parent). Linux
+    sends the signal when the *thread* that started the child ends, not the whole process: start the server from a
+    thread that outlives it (the main thread). Returns None elsewhere (macOS, the BSDs have no such request)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl, c_signal = libc.prctl, libc.signal
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    c_signal.argtypes, c_signal.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p
+    parent, sig = os.getpid(), int(sig)
+
+    def preexec() -> None:
+        if sig != signal.SIGKILL:                # SIG_DFL (0): an inherited handler would not end the child
+            c_signal(sig, None)
+        if prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+        if os.getppid() != parent:               # the starter died before the prctl: no signal will come
+            os._exit(128 + sig)
+
+    return preexec
+
+
+def _spawn(args: list[str], sig: int = signal.SIGTERM, **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(args, **kwargs)`` for a child that must not outlive this process (:func:`die_with_parent`
+    ``(sig)``). A ``preexec_fn`` makes Python run its fork hooks (``logging``'s among them) around the fork, where an
+    exception -- a caller's Ctrl-C, a SIGTERM handler that raises -- is printed and dropped, and the caller ran on: so
+    SIGINT and SIGTERM are blocked in this thread while the child is started and taken once ``Popen`` has returned
+    (the child, never handed back, stopped and reaped first: SIGTERM, SIGKILL after 10 s). The child gets this
+    thread's signal mask as it was (not the blocked one)."""
+    preexec = die_with_parent(sig)
+    if preexec is None:
+        return subprocess.Popen(args, **kwargs)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+    def child() -> None:
+        preexec()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    proc = None
+    try:
+        proc = subprocess.Popen(args, preexec_fn=child, **kwargs)
+    finally:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)    # a signal held back is handled (raises) here
+        except BaseException:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            raise
+    return proc
+
+
 def _pytriton_paths():
-    import pytriton  # noqa: F401  (only in the server venv)
-    from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
+    from pytriton.utils.distribution import (get_libs_path, get_root_module_path,  # only in the server venv
+                                             get_stub_path)
 
     root = pathlib.Path(get_root_module_path()) / "tritonserver"
     stub = pathlib.Path(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"))
@@ -580,7 +660,9 @@ def _prepare_workspace(ws: pathlib.Path) -> tuple[pathlib.Path, dict]:
 def serve(repo: str, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int | None = None,
           log_verbose: int = 0, exit_timeout_s: int = 10) -> int:
     """Run tritonserver on ``repo`` (127.0.0.1 only) until SIGTERM/SIGINT; returns its exit status (1, a failed run in
-    the commands' shared table :data:`export.fsutil.EXIT_CODES`, when ``repo`` is not a folder: nothing is started)."""
+    the commands' shared table :data:`export.fsutil.EXIT_CODES`, when ``repo`` is not a folder: nothing is started).
+    On Linux tritonserver is sent SIGTERM when this launcher ends, a launcher killed outright (SIGKILL) included
+    (:func:`die_with_parent`): it stops instead of serving on, unwatched."""
     if not os.path.isdir(repo):
         print(f"error: --repo {repo}: no such folder (a model repository written by python -m export.triton "
               "--backend python)", file=sys.stderr)
@@ -611,7 +693,7 @@ def serve(repo: str, http_port: int = 8000, grpc_port: int = 8001, metrics_port:
         if signals:
             return 128 + signals[0]
         print("+ " + " ".join(cmd), flush=True)
-        proc = subprocess.Popen(cmd, env=env)
+        proc = _spawn(cmd, env=env)             # ends with the launcher, even one killed outright (SIGKILL)
         if signals and proc.poll() is None:     # one that came while it was being started
             proc.send_signal(signal.SIGINT if signals[0] == signal.SIGINT else signal.SIGTERM)
         return proc.wait()
@@ -716,7 +798,10 @@ def start_server(repo: str | os.PathLike, venv: str | os.PathLike | None = None,
     """Start tritonserver on ``repo`` from the server venv (loopback only) and wait until every model is ready.
 
     The server runs in a session of its own (a terminal's Ctrl-C reaches the caller only): an exception or an
-    interruption (KeyboardInterrupt) while waiting stops it before it propagates. Without ``log_path`` the server's
+    interruption (KeyboardInterrupt) while waiting stops it before it propagates. On Linux it is sent SIGTERM when
+    the thread that called this ends -- a caller killed outright (SIGKILL, a crash), which can stop nothing, included
+    (:func:`die_with_parent`; the launcher then stops tritonserver as :meth:`ServerHandle.stop` has it do): call this
+    from a thread that outlives the server (the main thread). Without ``log_path`` the server's
     output goes to a temporary file that :meth:`ServerHandle.stop` removes; when the server fails to start, the file is
     kept and the error names it. Hidden folders of ``repo`` (a killed ``export.triton``'s staging folder) are no
     models to wait for.
@@ -736,9 +821,9 @@ def start_server(repo: str | os.PathLike, venv: str | os.PathLike | None = None,
         log = open(log_path, "w", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     try:
-        proc = subprocess.Popen([str(py), os.path.abspath(__file__), "--repo", str(repo), "--http-port",
-                                 str(http_port), "--grpc-port", str(grpc_port)], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+        proc = _spawn([str(py), os.path.abspath(__file__), "--repo", str(repo), "--http-port", str(http_port),
+                       "--grpc-port", str(grpc_port)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                      start_new_session=True)
     except BaseException:
         log.close()
         if own_log:

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -361,6 +362,30 @@ def test_loss_table_exit_statuses(monkeypatch, tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == code and says in err and not out.exists(), (runs, err)
         assert err.count("\n") == 1 if code == 1 else err.startswith("usage:")
+
+
+@pytest.mark.parametrize("protocol, says", [
+    ({"history_masked": True}, "history masked)"),
+    ({"history_masked": False}, "history not masked)"),
+    ({"split": "leave-one-out"}, "history masking unknown (not in the logs))"),          # a log from before the entry
+    ("recbole", "history masking unknown (not in the logs))"),                           # no JSON object at all
+    ({"history_masked": "no"}, 'history masking unknown (the logs say "no"))'),          # not read as true
+    ({"history_masked": 1}, "history masking unknown (the logs say 1))")])
+def test_loss_table_header_says_how_the_history_was_treated(monkeypatch, tmp_path, capsys, protocol, says):
+    """The header's protocol words come from the logs' ``protocol.history_masked``: a log without it (older logs)
+    was a KeyError traceback after the table was built, and a value that is not true/false was read by its truth
+    ("no" printed "history masked"); both now say the masking is unknown, the second with the value the logs hold."""
+    b = _bench("loss_table", monkeypatch)
+    runs = [_run_log(tmp_path, f"ce-{seed}", {"type": "ce"}, seed, 0.1) for seed in (1, 2)]
+    for run in runs:                                    # the runs share their protocol (the table refuses others)
+        path = Path(run) / "train_log.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "protocol": protocol}))
+    out = tmp_path / "t.md"
+    b.main([*runs, "--markdown", str(out)])
+    head = out.read_text().splitlines()[0]
+    assert head.startswith("Produced by `python bench/loss_table.py ") and head.endswith(
+        f"test on the leave-one-out split (full ranking, {says}."), head
+    assert capsys.readouterr().out.startswith(head + "\n")
 
 
 def _shop_lines(seed: int, users: int, lengths: tuple[int, int], old_items: int, new_items: int) -> list[str]:
@@ -790,6 +815,48 @@ def test_train_cost_counts_the_targets_bert4rec_predicts_in_the_timed_step(monke
             torch.manual_seed(b.STEP_SEED)
             b.step(model, ids, mask, ts, labels)
     assert seen == [targets, targets] and targets > 0
+
+
+#: a stand-in for ``python`` (``-m zoo.train ...`` / ``-m zoo.evaluate ...``): prints, as JSON, the module it was to
+#: run, the parent-death signal the kernel holds for it (``prctl(PR_GET_PDEATHSIG)``) and whether it runs in a
+#: session of its own; as zoo.evaluate, also writes that to ``--ranks-out``.json and a one-user ranks file there
+FAKE_PYTHON = """\
+#!{python}
+import ctypes, json, os, sys
+sig = ctypes.c_int(-1)
+ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)              # PR_GET_PDEATHSIG
+said = json.dumps({{"module": sys.argv[2], "pdeathsig": sig.value, "own_session": os.getsid(0) == os.getpid()}})
+print(said)
+if sys.argv[2] == "zoo.evaluate":
+    path = sys.argv[sys.argv.index("--ranks-out") + 1]
+    with open(path + ".json", "w") as f:
+        f.write(said)
+    with open(path, "w") as f:
+        f.write('# zoo.evaluate ranks {{"model": "m", "split": "s", "protocol": "p"}}\\nuser,target,rank\\nu1,7,3\\n')
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG (die_with_parent) is Linux's")
+def test_catalogue_growth_children_die_with_the_bench(monkeypatch, tmp_path, recorded_popens):
+    """The bench's ``zoo.train`` runs (two at a time, for hours) and its ``zoo.evaluate`` calls are started as the
+    other benches start their workers (``benchutil.spawn``): with SIGKILL as their parent-death signal -- they had
+    none, and a bench SIGKILLed left them training -- and in a session of their own (a Ctrl-C at the terminal
+    reaches the bench, which stops them). Each is reaped once done (``recorded_popens``)."""
+    b = _bench("catalogue_growth", monkeypatch)
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    work = tmp_path / "w"
+    work.mkdir()
+    b.run_all([("old", ["--data", "x"]), ("fresh", ["--data", "y"])], str(work), 2, False)
+    targets, ranks = b.ranks_of(str(work), "fresh", "y")
+    assert (targets, ranks.tolist()) == (["7"], [3])
+    said = [json.loads((work / f"{n}.log").read_text()) for n in ("old", "fresh")]
+    said.append(json.loads((work / "fresh.ranks.csv.json").read_text()))
+    assert said == [{"module": m, "pdeathsig": int(signal.SIGKILL), "own_session": True}
+                    for m in ("zoo.train", "zoo.train", "zoo.evaluate")], said
+    assert len(recorded_popens) == 3 and all(p.poll() == 0 for p in recorded_popens)
 
 
 def test_catalogue_growth_with_no_new_item_among_the_test_targets(monkeypatch, tmp_path):

@@ -477,6 +477,43 @@ def test_compare_by_target_popularity(tmp_path, capsys):
                        "--by-popularity", "6"], code, message, run=compare_main)
 
 
+def test_compare_by_popularity_rows_count_their_distinct_targets(tmp_path, capsys):
+    """Each ``by_popularity`` row holds ``items``, the distinct held-out items of its users, as zoo.evaluate's rows of
+    the same buckets do (the rows had only counts, users and metrics), in the JSON written and in the printed
+    bucket line; with --other-targets the items of A and B are counted together."""
+    data, _, _, _, _ = _two_ranks_files(tmp_path)
+    own = evaluate_main(["--model", str(tmp_path / "a"), "--data", data, "--kcore", "none", "--no-progress", "--ks",
+                         "5", "--by-popularity", "8", "12"])["by_popularity"]
+    res = compare_main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--ks", "5", "--bootstrap", "100",
+                        "--by-popularity", "8", "12", "--json", str(tmp_path / "c.json")])
+    rows = res["by_popularity"]
+    assert [list(r) for r in rows] == [list(r) for r in own] == [["counts", "users", "items", "metrics"]] * 3
+    assert [(r["counts"], r["users"], r["items"]) for r in rows] == [(r["counts"], r["users"], r["items"])
+                                                                    for r in own]
+    assert any(r["items"] < r["users"] for r in rows)                 # distinct items, not users
+    assert json.loads((tmp_path / "c.json").read_text())["by_popularity"] == rows
+    printed = capsys.readouterr().out
+    for r in rows:
+        assert f": {r['users']:,} users, {r['items']:,} distinct targets\n" in printed
+    by_length = compare_main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--ks", "5", "--bootstrap", "100",
+                              "--by-length", "6"])["by_length"]
+    assert list(by_length[0]) == ["lengths", "users", "metrics"]       # as zoo.evaluate's by_length rows
+    assert "distinct targets" not in capsys.readouterr().out
+    # hand-made: users 1-3 in the bucket 0-5, users 4-5 above; B's user 2 has another target of the same count
+    a = [(1, 7, 1, 4, 2), (2, 7, 2, 4, 2), (3, 8, 3, 4, 5), (4, 9, 1, 4, 9), (5, 9, 4, 4, 9)]
+    b = [(1, 7, 2, 4, 2), (2, 6, 1, 4, 2), (3, 8, 3, 4, 5), (4, 9, 2, 4, 9), (5, 9, 1, 4, 9)]
+    files = []
+    for name, rows in (("ha", a), ("hb", b)):
+        path = tmp_path / f"{name}.csv"
+        path.write_text("# zoo.evaluate ranks " + json.dumps({"model": name, "split": "test", "protocol": "recbole"})
+                        + "\nuser,target,rank,history,target_count\n" + "".join(",".join(map(str, r)) + "\n"
+                                                                               for r in rows))
+        files.append(str(path))
+    rows = compare_main([*files, "--ks", "5", "--bootstrap", "100", "--other-targets", "--by-popularity", "5"])
+    assert [(r["counts"], r["users"], r["items"]) for r in rows["by_popularity"]] == [([0, 5], 3, 3),
+                                                                                      ([6, None], 2, 1)]
+
+
 def test_compare_by_history_length(tmp_path, capsys):
     """--by-length pairs the users of each history-length bucket (the ranks files' history column, each user's whole
     history): every bucket's numbers are the paired bootstrap of its users alone; files without the column (written

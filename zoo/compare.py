@@ -2,10 +2,11 @@
 
 The inputs are ``zoo.evaluate --ranks-out`` files (each user's held-out target and its rank). The two must hold the
 same users with the same targets, from the same split and protocol (the history window read, ``zoo.evaluate
---window``, may differ: it is the input compared, e.g. a model's window against its whole history); the comparison is paired: per metric, the means
-of A and B, the difference ``B - A``, its percentile bootstrap interval over users, and a two-sided bootstrap p-value
-(:func:`zoo.metrics.paired_bootstrap`). A difference whose interval excludes 0 is one the test set supports; one that
-does not may be seed noise (compare two seeds of one model to see how large that is).
+--window``, may differ: it is the input compared, e.g. a model's window against its whole history); the comparison
+is paired: per metric, the means of A and B, the difference ``B - A``, its percentile bootstrap interval over users,
+and a two-sided bootstrap p-value (:func:`zoo.metrics.paired_bootstrap`). A difference whose interval excludes 0 is
+one the test set supports; one that does not may be seed noise (compare two seeds of one model to see how large that
+is).
 
 ``--other-targets`` pairs the users even where their held-out items differ: two versions of the same users' data,
 e.g. the two orders of ML-1M's same-second ratings (``zoo.evaluate --time-ties``), each with a model trained on it.
@@ -13,7 +14,8 @@ The difference then mixes the models' with that of the tasks; the result counts 
 
 ``--by-length E1 E2 ...`` also compares the users of each history-length bucket (``1..E1``, ``E1+1..E2``, ...,
 ``> E_last``, by the ``history`` column of the ranks files), each with its own paired bootstrap;
-``--by-popularity E1 E2 ...`` the same by the target's training count (``0..E1``, ...; the ``target_count`` column).
+``--by-popularity E1 E2 ...`` the same by the target's training count (``0..E1``, ...; the ``target_count`` column),
+each bucket also counting its distinct targets (``items``, as ``zoo.evaluate --by-popularity`` does).
 
 ``--json -`` writes the comparison on standard output, and the tables on stderr.
 """
@@ -132,7 +134,9 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
     lacks; ``OSError`` for a file that cannot be read. ``by_length`` (edges): also
     ``result["by_length"]``, one ``{"lengths", "users", "metrics"}`` per history-length bucket (``metrics`` None for
     an empty one), from the files' ``history`` column, which must agree;
-    ``by_popularity`` likewise ``result["by_popularity"]`` (``{"counts", ...}``, buckets from 0) by ``target_count``."""
+    ``by_popularity`` likewise ``result["by_popularity"]``, one ``{"counts", "users", "items", "metrics"}`` per bucket
+    (buckets from 0) by ``target_count``, ``items`` the distinct held-out items of its users as ``zoo.evaluate
+    --by-popularity`` counts them (A's and B's together: they are one set unless ``other_targets``)."""
     meta_a, users_a, targets_a, ranks_a, cols_a = _read(path_a)
     meta_b, users_b, targets_b, ranks_b, cols_b = _read(path_b)
     for key in ("split", "protocol"):
@@ -184,10 +188,16 @@ def compare(path_a: str, path_b: str, ks: Sequence[int] = (10, 20), n_boot: int 
                              "same data")
         result[flag[2:].replace("-", "_")] = [
             {key: [low, high], "users": int(inside.sum()),
+             **({"items": _distinct(targets_a, targets_b, inside)} if column == "target_count" else {}),
              "metrics": paired_bootstrap(ranks_a[inside], ranks_b[inside], ks=ks, metrics=metrics, n_boot=n_boot,
                                          seed=seed, confidence=confidence) if inside.any() else None}
             for low, high, inside in length_buckets(a, edges, start=start, what=BUCKET_COLUMNS[column])]
     return result
+
+
+def _distinct(targets_a: Sequence[str], targets_b: Sequence[str], inside: np.ndarray) -> int:
+    """How many distinct held-out items the users of a bucket (``inside [U]`` bool) have, in A or in B."""
+    return len({t for targets in (targets_a, targets_b) for t, keep in zip(targets, inside, strict=True) if keep})
 
 
 def format_comparison(result: dict) -> str:
@@ -261,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for bucket in result.get("by_length", []) + result.get("by_popularity", []):
         what = (f"history {bucket_label(*bucket['lengths'])} items" if "lengths" in bucket else
                 f"target's training count {bucket_label(*bucket['counts'])}")
-        print(f"\n{what}: {bucket['users']:,} users", file=out)
+        items = f", {bucket['items']:,} distinct targets" if "items" in bucket else ""
+        print(f"\n{what}: {bucket['users']:,} users{items}", file=out)
         if bucket["metrics"]:
             print(format_comparison(dict(result, metrics=bucket["metrics"])), file=out)
     if args.json == STDOUT_PATH:

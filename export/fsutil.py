@@ -132,6 +132,94 @@ def held_output_folder(folder: str | os.PathLike, option: str = "--out") -> Iter
                     break
 
 
+# ------------------------------------------------------------------ reading JSON: one refusal of a bad document
+class JSONReadError(ValueError):
+    """A JSON document that cannot be read (:func:`read_json`, :func:`parse_json`, :func:`json_depth_guard`): not
+    UTF-8, not valid JSON, or nested too deeply. Its message is ``"WHAT: REASON"``, ``WHAT`` naming the document (a
+    file's path, ``corrupt item vocabulary PATH``) and ``REASON`` the problem (the decoder's own text, with the
+    position where JSON went wrong); both are kept as ``what`` and ``reason``. A ``ValueError``: bad data."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what}: {reason}")
+        self.what, self.reason = what, reason
+
+
+class JSONNestedTooDeep(JSONReadError):
+    """A JSON document nested too deeply (:func:`json_too_deep_reason`): ``[[[...]]]`` past Python's JSON reader,
+    whose ``RecursionError`` was a traceback from every command, or past a reader's own ``max_depth``."""
+
+
+def json_too_deep_reason(limit: int | None = None) -> str:
+    """The one wording of a JSON document nested too deeply: ``"nested too deeply to read"``, with ``" (more than
+    LIMIT levels)"`` when a reader's own ``limit`` refused it (None: Python's JSON reader gave up, its
+    ``RecursionError``)."""
+    return "nested too deeply to read" + ("" if limit is None else f" (more than {limit} levels)")
+
+
+def nested_deeper_than(obj, limit: int) -> bool:
+    """Whether the JSON value ``obj`` nests lists / dicts more than ``limit`` levels deep (a flat list or dict is 1
+    level, a scalar 0), told without recursion (a value Python's reader could read may still be too deep to copy or
+    print: ``copy.deepcopy``, ``repr`` recurse)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def parse_json(text: str | bytes, what: str, max_depth: int | None = None):
+    """The JSON value of ``text`` (``json.loads``: ``bytes`` are decoded as ``json.loads`` decodes them). Text that is
+    not UTF-8, not valid JSON, or nested deeper than Python's reader goes -- or, with ``max_depth``, than that many
+    levels (:func:`nested_deeper_than`) -- is a :class:`JSONReadError` (:class:`JSONNestedTooDeep` for the depth)
+    ``"WHAT: REASON"``: the decoder's text (``Expecting value: line 1 column 1 (char 0)``, ``'utf-8' codec can't
+    decode byte 0xff in position 0: invalid start byte``) or :func:`json_too_deep_reason`'s; never a traceback."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except RecursionError:                          # [[[...]]]: the C scanner's recursion limit
+        raise JSONNestedTooDeep(what, json_too_deep_reason()) from None
+    except ValueError as e:                         # JSONDecodeError, UnicodeDecodeError
+        raise JSONReadError(what, str(e)) from None
+    if max_depth is not None and nested_deeper_than(value, max_depth):
+        raise JSONNestedTooDeep(what, json_too_deep_reason(max_depth))
+    return value
+
+
+def read_json(path: str | os.PathLike, what: str | None = None, max_depth: int | None = None):
+    """The JSON value of the file ``path``, read as UTF-8 text (as transformers reads a ``config.json``: a byte-order
+    mark is no JSON). A file that is not UTF-8, not valid JSON or nested too deeply is a :class:`JSONReadError`
+    naming ``what`` (default: the path) and the problem (:func:`parse_json`, ``max_depth`` included); a missing or
+    unreadable file is ``open``'s ``OSError``."""
+    what = os.fspath(path) if what is None else what
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise JSONReadError(what, str(e)) from None
+    return parse_json(text, what, max_depth)
+
+
+@contextlib.contextmanager
+def json_depth_guard(what: str | Callable[[], str], limit: int | None = None,
+                     error: Callable[[str, str], BaseException] = JSONNestedTooDeep) -> Iterator[None]:
+    """Run a block that reads JSON through another library's reader (transformers' ``from_pretrained`` and
+    ``get_config_dict`` read a ``config.json`` with ``json.loads``) and turn the ``RecursionError`` of a document
+    nested too deeply into ``error(WHAT, REASON)``: by default :class:`JSONNestedTooDeep` ``"WHAT: nested too deeply
+    to read"``; a caller that keeps its own exception type gives a factory of it. ``what`` names the document (a
+    callable is called only then); ``limit``: the depth the caller refuses documents past elsewhere, said in the
+    reason (:func:`json_too_deep_reason`). Any other error goes on as it was."""
+    try:
+        yield
+    except RecursionError:
+        raise error(what() if callable(what) else what, json_too_deep_reason(limit)) from None
+
+
 # ------------------------------------------------------------------ exit statuses: one table for every command
 #: the run did its job
 EXIT_OK = 0

@@ -45,6 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .deps import require
+from .fsutil import JSONReadError, read_json
 from .ids import check_sequence, is_canonical_int_text, is_int_text, unknown_id_hint
 from .timestamps import seconds, time_gaps
 from .vocab_format import VOCAB_FORMAT, read_graph_vocab
@@ -221,11 +222,9 @@ def read_spec(spec_path: str | os.PathLike) -> dict:
     file and the field. Every reader of an export folder (this runtime, ``export.triton``, ``zoo.evaluate --onnx``)
     reads it here, so all refuse such a spec alike."""
     try:
-        with open(spec_path, encoding="utf-8") as f:
-            spec = json.load(f)
-    except (ValueError, RecursionError) as e:               # JSONDecodeError, UnicodeDecodeError; [[[...]]]
-        why = "nested too deeply" if isinstance(e, RecursionError) else e
-        raise ValueError(f"corrupt {spec_path}: {why} (a {SPEC_FILE} written by python -m export.onnx)") from None
+        spec = read_json(spec_path, f"corrupt {spec_path}")
+    except JSONReadError as e:                      # not UTF-8, not JSON, [[[...]]]: the reason, and what to write
+        raise type(e)(e.what, f"{e.reason} (a {SPEC_FILE} written by python -m export.onnx)") from None
     if not isinstance(spec, dict):
         raise ValueError(f"{spec_path} is not a JSON object (a {SPEC_FILE} written by python -m export.onnx)")
     kind = spec.get("kind")

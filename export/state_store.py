@@ -40,6 +40,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .fsutil import parse_json
+
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = "state_fingerprint"
@@ -160,10 +162,7 @@ def from_bytes(raw: bytes) -> dict[str, np.ndarray]:
     if len(raw) < _LEN:
         raise ValueError(f"not a stored zoo state: {len(raw)} bytes")
     n = int.from_bytes(raw[:_LEN], "little")
-    try:
-        head = json.loads(raw[_LEN:_LEN + n])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: [[[...]]] nested too deeply
-        raise ValueError("not a stored zoo state: its header is not JSON") from None
+    head = parse_json(raw[_LEN:_LEN + n], "not a stored zoo state: its header is not JSON")   # [[[...]]] too
     if not isinstance(head, dict) or head.get("format") != STATE_FORMAT:
         raise ValueError(f"not a stored zoo state of format {STATE_FORMAT!r} (header format "
                          f"{head.get('format') if isinstance(head, dict) else None!r})")

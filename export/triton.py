@@ -501,16 +501,17 @@ def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str 
 
 # ========================================================================================= implicit-state graph
 def _inside(folder: str | os.PathLike, name: str, what: str) -> pathlib.Path:
-    """``folder / name`` when ``name`` is a plain file name whose path, links resolved, lies in ``folder`` itself;
+    """``folder / name`` when ``name`` is a plain file name (:func:`export.runtime.is_plain_file_name`, the rule
+    :func:`read_spec` holds the spec's file names to) whose path, links resolved, lies in ``folder`` itself;
     TritonConfigError naming ``what`` otherwise (a name from an export folder never leads a write outside the model
     folder, whatever let it through: :func:`read_spec` refuses such names first)."""
+    from .runtime import is_plain_file_name
+
     folder = pathlib.Path(folder)
-    path = folder / name if isinstance(name, str) else None
-    if (path is None or name in ("", ".", "..") or any(c in name for c in "/\\\0") or os.path.isabs(name)
-            or path.resolve().parent != folder.resolve()):
+    if not is_plain_file_name(name) or (folder / name).resolve().parent != folder.resolve():
         raise TritonConfigError(f"{what}: {name!r} is not a file name inside {folder}; re-export the model with "
                                 "`python -m export.onnx`")
-    return path
+    return folder / name
 
 
 def copy_graph_data(graph_path: str | os.PathLike, out_path: str | os.PathLike, spec: dict) -> None:

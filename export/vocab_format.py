@@ -15,21 +15,17 @@ from __future__ import annotations
 import json
 import os
 
+from .fsutil import read_json
+
 VOCAB_FORMAT = "zoo-item-vocab/1"
 
 
 def load_vocab_json(path: str | os.PathLike):
     """The JSON value in the file ``path`` (not yet checked to be a vocabulary: see :func:`vocab_items`). A file that
-    is not UTF-8 JSON, or whose JSON is nested deeper than the parser goes (``[[[...]]]``, its ``RecursionError``),
-    is a ``ValueError`` naming it ("corrupt item vocabulary PATH: ..."); a missing or unreadable one the ``OSError`` of
-    ``open``."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError as e:                                  # JSONDecodeError, and UnicodeDecodeError of a binary file
-        raise ValueError(f"corrupt item vocabulary {path}: {e}") from None
-    except RecursionError:                                   # json's recursion limit: a traceback otherwise
-        raise ValueError(f"corrupt item vocabulary {path}: its JSON is nested too deeply") from None
+    is not UTF-8 JSON, or whose JSON is nested deeper than the parser goes (``[[[...]]]``), is a ``ValueError``
+    (:class:`export.fsutil.JSONReadError`) naming it: "corrupt item vocabulary PATH: REASON"; a missing or unreadable
+    one the ``OSError`` of ``open``."""
+    return read_json(path, f"corrupt item vocabulary {path}")
 
 
 def _type_names(items: list) -> list[str]:

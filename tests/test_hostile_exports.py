@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -278,3 +279,27 @@ def test_add_sequence_controls_maps_onnxs_errors_to_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"model.onnx is not a usable ONNX graph \(ValidationError: "):
         T.add_sequence_controls(export / "model.onnx", tmp_path / "out.onnx", spec)
     assert not (tmp_path / "out.onnx").exists()
+
+
+_NAMES = [("", False), (".", False), ("..", False), ("a/b", False), ("../x", False), ("/abs", False),
+          ("a\\b", False), ("a\0b", False), (7, False), (None, False), ("x.bin", True), ("..x", True),
+          (".hidden", True), ("a b", True)]
+
+
+@pytest.mark.parametrize("name,plain", _NAMES, ids=[repr(n) for n, _ in _NAMES])
+def test_inside_holds_a_name_to_the_specs_plain_file_name_rule(tmp_path, name, plain):
+    """``export.triton._inside`` (its last check before it writes a file a spec names) repeated
+    ``export.runtime.is_plain_file_name`` by hand: it calls it now, so the two agree on every name, and refuses a
+    plain name whose link leads out of the folder besides."""
+    assert R.is_plain_file_name(name) is plain
+    if plain:
+        assert T._inside(tmp_path, name, "the file") == tmp_path / name
+    else:
+        with pytest.raises(T.TritonConfigError, match=rf"^the file: {re.escape(repr(name))} is not a file name inside "
+                                                      rf"{re.escape(str(tmp_path))}; re-export the model with"):
+            T._inside(tmp_path, name, "the file")
+    if name == "x.bin":
+        (tmp_path / "out").mkdir()
+        os.symlink(tmp_path / "out" / "x.bin", tmp_path / "x.bin")
+        with pytest.raises(T.TritonConfigError, match=r"'x.bin' is not a file name inside"):
+            T._inside(tmp_path, name, "the file")

@@ -453,6 +453,35 @@ def test_config_refuses_bad_chunk_size_and_init_range():
     assert LRURecConfig(dropout=0.3).hidden_dropout == 0.3                    # the documented alias
 
 
+def test_from_pretrained_takes_the_dropout_alias_as_hidden_dropout(tmp_path):
+    """``LRURecModel.from_pretrained(path, dropout=0.5)`` was refused as "dropout is not a field of LRURecConfig (did
+    you mean attn_dropout?)" and ``AutoConfig.from_pretrained(path, dropout=0.5)`` ignored it with a warning, though
+    the config takes ``dropout`` as the documented alias of ``hidden_dropout`` (official ``bert_dropout``): it
+    overrides the saved ``hidden_dropout`` on every entry point now, checked and named as the constructor does, and
+    refused beside a ``hidden_dropout`` that differs. A name that is neither a field nor an alias is still refused."""
+    from transformers import AutoConfig, AutoModel
+
+    small_model().save_pretrained(tmp_path)
+    for load in (LRURecModel.from_pretrained, AutoModel.from_pretrained):
+        model = load(tmp_path, dropout=0.5)
+        assert model.config.hidden_dropout == 0.5 and model.emb_dropout.p == 0.5
+        assert load(tmp_path, dropout=0.3, hidden_dropout=0.3).config.hidden_dropout == 0.3
+        with pytest.raises(ValueError, match=r"^dropout=0.5 contradicts hidden_dropout=0.4: dropout is an alias of "
+                                             r"hidden_dropout; give one of them$"):
+            load(tmp_path, dropout=0.5, hidden_dropout=0.4)
+        with pytest.raises(ValueError, match=r"^dropout must be in \[0, 1\), got 1.5$"):
+            load(tmp_path, dropout=1.5)
+        with pytest.raises(ValueError, match=r"^dropuot is not a field of LRURecConfig "):
+            load(tmp_path, dropuot=0.5)
+    for load in (LRURecConfig.from_pretrained, AutoConfig.from_pretrained):
+        assert load(tmp_path, dropout=0.5).hidden_dropout == 0.5
+        assert load(tmp_path).hidden_dropout == small_model().config.hidden_dropout       # the saved value otherwise
+    with pytest.raises(ValueError, match=r"^dropout is an alias of hidden_dropout, a field of LRURecConfig: with "
+                                         r"config= given, set hidden_dropout on that config instead of passing "
+                                         r"dropout= to from_pretrained$"):
+        LRURecModel.from_pretrained(tmp_path, config=small_model().config, dropout=0.5)
+
+
 def test_official_state_dict_conversion_strips_module_prefix_and_refuses_unknown_keys():
     """A DataParallel-style ``module.`` prefix on every key is removed (documented); an unknown key is a KeyError
     naming it instead of being dropped."""

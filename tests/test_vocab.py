@@ -182,7 +182,7 @@ _BAD_VOCABS = [
      r" holds an item id more than once: '7' is items\[0\] and items\[1\]"),
     # JSON nested deeper than the parser goes: json.load's RecursionError was a traceback through every reader
     ("nested too deeply", b'{"format": "zoo-item-vocab/1", "items": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-     r"^corrupt item vocabulary .*: its JSON is nested too deeply$"),
+     r"^corrupt item vocabulary .*: nested too deeply to read$"),
     # id_type "str" took any item as its Python text: null was the id 'None', {"x": 1} the id "{'x': 1}"
     ("id_type str, a null", json.dumps({**_HEAD, "id_type": "str", "items": ["a", None]}),
      r": id_type is 'str' but items\[1\] is null: write the ids as JSON strings \(an integer is read as its text\)$"),

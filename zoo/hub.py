@@ -24,7 +24,7 @@ import shutil
 import sys
 from typing import Sequence
 
-from export.fsutil import strict_json
+from export.fsutil import JSONReadError, json_depth_guard, read_json, strict_json
 
 from .cli import (cannot, check_outputs, columns_argv, error_text, refuse_links_leading_outside, shell_option,
                   written_whole, written_whole_folder)
@@ -631,8 +631,8 @@ def _visible_entries(folder: str | os.PathLike) -> list[str]:
 def _card_stages(card_dir: str | os.PathLike) -> list | None:
     """The stages of the card in ``card_dir`` (its ``training_log.json``), or ``None`` when it has none readable."""
     try:
-        stages = json.loads((pathlib.Path(card_dir) / STAGES_FILE).read_text(encoding="utf-8")).get("stages")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        stages = read_json(pathlib.Path(card_dir) / STAGES_FILE).get("stages")
+    except (OSError, ValueError, AttributeError):          # JSONReadError: not UTF-8 JSON, [[[...]]]
         return None
     return stages if isinstance(stages, list) and stages else None
 
@@ -650,8 +650,8 @@ def _foreign_files(out_dir: str | os.PathLike, run_dir: str | os.PathLike) -> li
 
     def model_type(folder) -> str | None:
         try:
-            return json.loads((pathlib.Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return read_json(pathlib.Path(folder) / "config.json").get("model_type")
+        except (OSError, ValueError, AttributeError):      # JSONReadError: not UTF-8 JSON, [[[...]]]
             return None
     there, ours = model_type(out_dir), model_type(run_dir)
     if there and ours and there != ours:
@@ -793,10 +793,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
             require(module, f"re-exporting the ONNX graphs of {out_dir}")
     # everything is measured on the run's checkpoint first: an error (wrong data, a vocabulary that does not fit)
     # leaves an existing card folder as it was
-    try:
+    with json_depth_guard(os.path.join(run_dir, "config.json")):   # [[[...]]] in transformers' reader: one line
         model = AutoModel.from_pretrained(run_dir)
-    except RecursionError:              # transformers' JSON reader on a config.json like [[[...]]]: one line
-        raise ValueError(f"{os.path.join(run_dir, 'config.json')} is nested too deeply to read") from None
     check_leave_one_out(stages, run_dir)
     log = stages[-1]                        # the run's own train_log.json, a soup, or a card folder's last stage
     data_options = run_data_options(log)    # the sequences it was trained on: same k-core, same order of ties
@@ -896,9 +894,10 @@ def check_finished(run_dir: str | os.PathLike) -> None:
 
     path = os.path.join(run_dir, "train_log.json")
     try:
-        log = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(cannot("the training log", path, e, "read")) from e
+        log = read_json(path)
+    except (OSError, ValueError) as e:                      # JSONReadError: not UTF-8 JSON, [[[...]]]
+        raise ValueError(cannot("the training log", path, e.reason if isinstance(e, JSONReadError) else e,
+                                "read")) from e
     if not isinstance(log, dict):
         raise ValueError(f"{path} is not a zoo.train log (a JSON object), got a JSON {type(log).__name__}")
     missing = [k for k in FINISHED_KEYS if k not in log]
@@ -917,9 +916,10 @@ def check_card_vocabulary(run_dir: str | os.PathLike) -> None:
     no ``item_vocab.json``): a card folder holds one (:data:`CARD_FILES`; its ids are what the card's model ranks)."""
     path = os.path.join(run_dir, "config.json")
     try:
-        recorded = json.loads(pathlib.Path(path).read_text(encoding="utf-8")).get("item_vocab_file", "unrecorded")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
-        raise ValueError(cannot("the model config", path, e, "read")) from e
+        recorded = read_json(path).get("item_vocab_file", "unrecorded")
+    except (OSError, ValueError, AttributeError) as e:      # JSONReadError: not UTF-8 JSON, [[[...]]]
+        raise ValueError(cannot("the model config", path, e.reason if isinstance(e, JSONReadError) else e,
+                                "read")) from e
     if recorded is None:
         raise ValueError(f"{run_dir} was saved without an item vocabulary (config.json: item_vocab_file null): a card "
                          "folder ships item_vocab.json; save the model after model.set_item_vocab(dataset.vocab)")
@@ -947,12 +947,12 @@ def checkpoint_log(folder: str | os.PathLike) -> dict | None:
     try:
         for name in ("train_log.json", SOUP_LOG):
             if (folder / name).is_file():
-                log = json.loads((folder / name).read_text(encoding="utf-8"))
+                log = read_json(folder / name)
                 return log if isinstance(log, dict) else None
         if (folder / STAGES_FILE).is_file():
-            stages = json.loads((folder / STAGES_FILE).read_text(encoding="utf-8")).get("stages")
+            stages = read_json(folder / STAGES_FILE).get("stages")
             return stages[-1] if stages and isinstance(stages[-1], dict) else None
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError):          # JSONReadError: not UTF-8 JSON, [[[...]]]
         return None
     return None
 
@@ -1047,11 +1047,7 @@ def existing_onnx_exports(card_dir: str | os.PathLike) -> list[list[str]]:
         spec_path = pathlib.Path(card_dir) / rel / "state_spec.json"
         if not spec_path.exists():
             continue
-        try:                            # a corrupt spec: one line naming it (a traceback, [[[...]]]'s RecursionError)
-            spec = json.loads(spec_path.read_text(encoding="utf-8"))
-        except (ValueError, RecursionError) as e:
-            why = "nested too deeply" if isinstance(e, RecursionError) else e
-            raise ValueError(f"corrupt {spec_path}: {why}") from None
+        spec = read_json(spec_path, f"corrupt {spec_path}")       # a corrupt spec, [[[...]]] too: one line naming it
         args = ["--kind", spec["kind"], "--topk", str(spec["topk"])]
         if spec.get("precision") == "fp16":
             args.append("--fp16")
@@ -1142,12 +1138,10 @@ def push(folder: str, repo_id: str, private: bool = False, token: str | None = N
     importlib.import_module("zoo")     # registers the zoo models with AutoModel
 
     try:
-        AutoModel.from_pretrained(folder)
-    except (OSError, ValueError) as e:
+        with json_depth_guard(os.path.join(folder, "config.json")):    # [[[...]]] in transformers' reader
+            AutoModel.from_pretrained(folder)
+    except (OSError, ValueError) as e:                                 # JSONNestedTooDeep included
         raise ValueError(f"{folder} does not load, so it is not pushed: {e}") from None
-    except RecursionError:              # transformers' JSON reader on a config.json like [[[...]]]
-        raise ValueError(f"{folder} does not load, so it is not pushed: its config.json is nested too deeply to "
-                         "read") from None
     api = HfApi(token=token)
     if not (token or get_token()):     # HF_TOKEN or `hf auth login`'s token file (HfApi().token is only the argument)
         raise RuntimeError("no Hugging Face credentials: set HF_TOKEN or run `hf auth login` first")

@@ -34,7 +34,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from export.fsutil import (JSONNestedTooDeep, JSONReadError, json_depth_guard, json_too_deep_reason, nested_deeper_than,
+                           read_json)
 from export.ids import check_sequence
 
 from .losses import NegativeSample, sampled_softmax_loss, sparse_output_table
@@ -309,6 +311,9 @@ class SeqRecConfig(PreTrainedConfig):
     #: fields computed from others (:func:`derived_field` properties): written to ``config.json`` for its readers,
     #: recomputed when read back; a value given for one must be the computed one
     derived_fields: tuple[str, ...] = ()
+    #: other names ``__init__`` takes for a field, ``{alias: field}`` (LRURec's ``dropout`` for ``hidden_dropout``):
+    #: no fields themselves, but a ``from_pretrained(path, alias=value)`` override sets the field, as ``__init__`` does
+    field_aliases: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, n_items: int = 3417, max_seq_length: int = 200, hidden_size: int = 64,
                  initializer_range: float = 0.02, **kwargs):
@@ -358,7 +363,9 @@ class SeqRecConfig(PreTrainedConfig):
         """The config of ``config_dict`` (a ``config.json``) with the keyword overrides of ``from_pretrained(path,
         time_unit=...)`` that are fields merged in *before* ``__init__``, so that they are checked as every field is
         (transformers sets overrides with ``setattr`` after ``__init__``, past every check: ``time_unit=-1`` made every
-        score NaN, a model saved so could not be reloaded). A derived field that no override gives is left out, to be
+        score NaN, a model saved so could not be reloaded). An override by a field's alias (:attr:`field_aliases`:
+        LRURec's ``dropout=``) is an override of that field: it replaces the saved value as the field's own name
+        would (given both, ``__init__`` refuses two values that differ). A derived field that no override gives is left out, to be
         recomputed from the sources an override may change. Keys of ``config_dict`` that are no field (written by
         another version) are kept with a warning, never refused. Other overrides follow transformers: set when the
         config has such an attribute, else returned with ``return_unused_kwargs=True`` (the model's own keyword
@@ -370,14 +377,17 @@ class SeqRecConfig(PreTrainedConfig):
         ``cls`` is a concrete zoo config (``Mamba4RecConfig.from_pretrained(sasrec_folder)`` built a mixed config):
         ``AutoConfig`` picks the class from it."""
         source = _CONFIG_SOURCE.get() or "config.json"
-        if _nested_deeper_than(config_dict, MAX_CONFIG_DEPTH):     # copying it would recurse too deep
+        if nested_deeper_than(config_dict, MAX_CONFIG_DEPTH):      # copying it would recurse too deep
             raise _too_deep(source)
         _check_config_type(cls, config_dict, source)
-        fields = cls.init_fields() | set(cls.derived_fields)
+        fields = cls.init_fields() | set(cls.derived_fields) | set(cls.field_aliases)
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
         saved = config_dict
         if overrides:
-            config_dict = {k: v for k, v in config_dict.items() if k not in cls.derived_fields}
+            # an overridden field's saved value goes, under its own name or an alias (else two values for it)
+            given = {cls.field_aliases.get(k, k) for k in overrides}
+            config_dict = {k: v for k, v in config_dict.items()
+                           if k not in cls.derived_fields and cls.field_aliases.get(k, k) not in given}
             config_dict.update(overrides)
         return_unused = kwargs.pop("return_unused_kwargs", False)
         token = _UNKNOWN_KEYS.set("warn")
@@ -418,11 +428,12 @@ class SeqRecConfig(PreTrainedConfig):
         """Transformers' ``get_config_dict``, refusing a ``config.json`` of another zoo model before transformers
         warns that it may not fit (:meth:`from_dict` would refuse it next). A file nested too deeply for Python's
         JSON reader is the one-line ``OSError`` transformers gives other invalid JSON (:func:`_too_deep`)."""
-        try:
-            config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        except RecursionError:
+        def source() -> str:
             name = os.fspath(pretrained_model_name_or_path)
-            raise _too_deep(_CONFIG_SOURCE.get() or _config_json(name, name, kwargs.get("subfolder") or "")) from None
+            return _CONFIG_SOURCE.get() or _config_json(name, name, kwargs.get("subfolder") or "")
+
+        with json_depth_guard(source, MAX_CONFIG_DEPTH, error=_too_deep):
+            config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         _check_config_type(cls, config_dict, _CONFIG_SOURCE.get() or "config.json")
         return config_dict, kwargs
 
@@ -453,27 +464,13 @@ class SeqRecConfig(PreTrainedConfig):
 MAX_CONFIG_DEPTH = 100
 
 
-def _nested_deeper_than(obj: Any, limit: int) -> bool:
-    """Whether JSON value ``obj`` nests lists / dicts more than ``limit`` levels deep (a flat dict is 1 level), told
-    without recursion."""
-    stack = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
-
-
-def _too_deep(source: str) -> OSError:
-    """The error for a ``config.json`` (named by ``source``) nested more than :data:`MAX_CONFIG_DEPTH` levels deep:
-    transformers' own one line for a config file that is not valid JSON, with the reason (a ``RecursionError``
-    traceback otherwise)."""
-    return OSError(f"It looks like the config file at '{source}' is not a valid JSON file (nested more than "
-                   f"{MAX_CONFIG_DEPTH} levels deep).")
+def _too_deep(source: str, reason: str | None = None) -> OSError:
+    """The error for a ``config.json`` (named by ``source``) nested too deeply -- more than :data:`MAX_CONFIG_DEPTH`
+    levels, or past Python's JSON reader (its ``RecursionError``, a traceback otherwise): transformers' own one line
+    for a config file that is not valid JSON, with the shared reason (:func:`export.fsutil.json_too_deep_reason`,
+    ``reason`` when given)."""
+    return OSError(f"It looks like the config file at '{source}' is not a valid JSON file: "
+                   f"{reason or json_too_deep_reason(MAX_CONFIG_DEPTH)}")
 
 
 @contextlib.contextmanager
@@ -1416,8 +1413,9 @@ class SeqRecPreTrainedModel(PreTrainedModel):
 
         ``revision``, ``subfolder``, ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` say which
         files to fetch (:func:`zoo.pretrained.resolve_pretrained`: a pinned revision is never served the bundled copy;
-        a missing subfolder is an error naming it). Other keywords that are config fields override the saved config,
-        checked as the config's ``__init__`` checks them (:meth:`SeqRecConfig.from_dict`); one that is neither a field
+        a missing subfolder is an error naming it). Other keywords that are config fields (or a field's alias,
+        :attr:`SeqRecConfig.field_aliases`: LRURec's ``dropout``) override the saved config, checked as the config's
+        ``__init__`` checks them (:meth:`SeqRecConfig.from_dict`); one that is neither a field
         nor an argument of transformers' ``from_pretrained`` is a ``ValueError`` naming the closest field.
         ``use_safetensors=False`` and ``variant=`` are refused: zoo models are saved and loaded as
         ``model.safetensors`` only. A bad value in ``config.json`` is a ``ValueError`` naming the file and the field
@@ -1445,7 +1443,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         given_config = config is not None
         if config is None:
             cfg_cls = _check_model_type(path)
-            fields = cfg_cls.init_fields() | set(cfg_cls.derived_fields) if cfg_cls is not None else set()
+            fields = (cfg_cls.init_fields() | set(cfg_cls.derived_fields) | set(cfg_cls.field_aliases)
+                      if cfg_cls is not None else set())
             fields |= {"output_hidden_states", "output_attentions", "return_dict"}
             # config overrides, checked by the config's __init__ (SeqRecConfig.from_dict), not set past its checks
             with _reading_config(_config_json(name, path)):
@@ -1478,9 +1477,12 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             stray = re.search(r"__init__\(\) got an unexpected keyword argument '(\w+)'", str(e))
             if isinstance(e, TypeError) and stray and isinstance(config, SeqRecConfig):   # left over for cls(config)
                 name = stray.group(1)
-                if given_config and name in config.init_fields():
-                    raise ValueError(f"{name} is a field of {type(config).__name__}: with config= given, set it on "
-                                     f"that config instead of passing {name}= to from_pretrained") from None
+                field = config.field_aliases.get(name, name)
+                if given_config and field in config.init_fields():
+                    alias = "" if field == name else f" an alias of {field},"
+                    raise ValueError(f"{name} is{alias} a field of {type(config).__name__}: with config= given, set "
+                                     f"{'it' if field == name else field} on that config instead of passing {name}= "
+                                     "to from_pretrained") from None
                 raise ValueError(f"{unknown_fields_message(type(config), [name])}; nor is {name} an argument of "
                                  "from_pretrained") from None
             if "mismatch" in text:
@@ -1516,6 +1518,20 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         elif isinstance(module, torch.nn.LayerNorm):
             torch.nn.init.ones_(module.weight)
             torch.nn.init.zeros_(module.bias)
+
+    def _initialize_weights(self, module: torch.nn.Module, *args, **kwargs) -> None:
+        """Transformers' per-module init pass (``post_init``, and ``from_pretrained`` after loading): a module whose
+        own parameters and buffers were all loaded (each flagged ``_is_hf_initialized`` by transformers' loader) is
+        left alone, in every zoo model and on every transformers version. Transformers applies this rule itself only
+        to code it counts as custom (5.2x; 5.6 did not at all, and re-initialised loaded weights without a word), and
+        a model's ``_init_weights`` may write a tensor in place itself (``.copy_``, ``.fill_``), which transformers'
+        guarded init helpers (``transformers.initialization``) cannot catch. A module with no parameters or buffers
+        of its own, or with one not loaded, is initialised as transformers does."""
+        own = [t for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)) if t is not None]
+        if own and all(getattr(t, "_is_hf_initialized", False) for t in own):
+            module._is_hf_initialized = True
+            return
+        super()._initialize_weights(module, *args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -1553,28 +1569,22 @@ def _is_safetensors_error(e: BaseException) -> bool:
 def _check_model_type(path: str) -> type[SeqRecConfig] | None:
     """A one-line error for a ``config.json`` whose ``model_type`` is no zoo model (before transformers' advice to
     upgrade transformers); a folder without a readable ``config.json`` is left to ``AutoConfig``'s own error (None).
-    A file nested more than :data:`MAX_CONFIG_DEPTH` levels deep is refused here with transformers' one line for
-    invalid JSON (:func:`_too_deep`; Python's reader raised ``RecursionError``). Returns the config class of the
-    ``model_type``."""
-    import json
-
+    A file nested more than :data:`MAX_CONFIG_DEPTH` levels deep (or past Python's JSON reader) is refused here with
+    transformers' one line for invalid JSON (:func:`_too_deep`). Returns the config class of the ``model_type``."""
     from .models import MODELS
 
     file = os.path.join(path, "config.json")
     try:
-        with open(file, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = read_json(file, max_depth=MAX_CONFIG_DEPTH)
     except FileNotFoundError:
         if os.path.isdir(path):                 # not transformers' "Should have a `model_type` key" for no file at all
             raise ValueError(f"{file} is missing: {path} is not a saved zoo model "
                              "folder (save_pretrained writes config.json next to the weights)") from None
         return
-    except RecursionError:
+    except JSONNestedTooDeep:
         raise _too_deep(file) from None
-    except (OSError, ValueError):
+    except (OSError, ValueError):               # not JSON, not UTF-8, unreadable: AutoConfig's own error
         return
-    if _nested_deeper_than(saved, MAX_CONFIG_DEPTH):
-        raise _too_deep(file)
     if not isinstance(saved, dict):
         return
     model_type = saved.get("model_type")
@@ -1701,16 +1711,13 @@ def _layer_split(key: str, templates: set[tuple[str, str]]) -> tuple[str, int, s
 def _field_source(config, field: str, source: str | None) -> str:
     """``field=value`` and where it comes from: ``in <config.json>`` when the file ``source`` holds that value, else
     ``(given)`` (a keyword override of ``from_pretrained``, a ``config=`` set otherwise)."""
-    import json
-
     value = getattr(config, field, None)
     if source and os.path.isfile(source):
         try:
-            with open(source, encoding="utf-8") as f:
-                saved = json.load(f)
+            saved = read_json(source)
             if isinstance(saved, dict) and saved.get(field) == value:
                 return f"{field}={value} in {source}"
-        except (OSError, ValueError, RecursionError):
+        except (OSError, ValueError):           # JSONReadError included: not JSON, nested too deeply
             pass
     return f"{field}={value} (given)"
 
@@ -1787,19 +1794,20 @@ def _overflow_error(e: BaseException, config, cls, source: str | None) -> ValueE
 
 
 def _weight_files(path: str) -> list[str]:
-    """The safetensors files of a checkpoint folder (``model.safetensors``, or the shards of its index)."""
-    import json
-
+    """The safetensors files of a checkpoint folder (``model.safetensors``, or the shards of its index); a corrupt
+    index (not JSON, nested too deeply, without a ``weight_map`` of file names) is a ``ValueError`` naming it."""
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(single):
         return [single]
     if os.path.isfile(index):
+        what = f"corrupt weight index {index}"
         try:
-            with open(index, encoding="utf-8") as f:
-                return [os.path.join(path, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            raise ValueError(f"corrupt weight index {index}: {e}") from None
+            return [os.path.join(path, n) for n in sorted(set(read_json(index, what)["weight_map"].values()))]
+        except JSONReadError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{what}: {e}") from None
     raise ValueError(f"{path} has no weights: model.safetensors is missing")
 
 

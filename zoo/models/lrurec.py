@@ -66,7 +66,8 @@ class LRURecConfig(SeqRecConfig):
         num_layers (`int`, defaults to 2): number of LRU blocks (official ``bert_num_blocks``).
         hidden_dropout (`float`, defaults to 0.2): dropout on the embeddings and in the FFN (official
             ``bert_dropout``). ``dropout=`` is accepted as an alias: its errors name ``dropout``, and giving it with
-            ``hidden_dropout`` is a ``ValueError`` unless the two are equal.
+            ``hidden_dropout`` is a ``ValueError`` unless the two are equal. ``from_pretrained(path, dropout=0.5)``
+            overrides the saved ``hidden_dropout`` as ``hidden_dropout=0.5`` does (:attr:`field_aliases`).
         attn_dropout (`float`, defaults to 0.2): dropout on the LRU layer output (official ``bert_attn_dropout``).
         state_expansion (`int`, defaults to 2): complex LRU channels per model dimension, ``N = state_expansion * D``.
         r_min (`float`, defaults to 0.8): ring init, smallest initial ``|lam|``.
@@ -78,6 +79,7 @@ class LRURecConfig(SeqRecConfig):
     """
 
     model_type = "lrurec"
+    field_aliases = {"dropout": "hidden_dropout"}
 
     class _Default(float):
         """A default value, told apart (``is``) from the same value given (``dropout=0.1, hidden_dropout=0.2``)."""

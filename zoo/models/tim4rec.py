@@ -325,18 +325,6 @@ class TiM4RecPreTrainedModel(SeqRecPreTrainedModel):
         if isinstance(module, SSDCore):
             module.reset_ssm_parameters(self.config)
 
-    def _initialize_weights(self, module: nn.Module, *args, **kwargs) -> None:
-        """Transformers' per-module init pass (``from_pretrained`` runs it after loading): a module whose own
-        parameters and buffers were all loaded (``_is_hf_initialized``) is left alone, on every transformers version.
-        Transformers applies this rule itself only to code it counts as custom (5.2x, not 5.6), and a subclass's
-        ``_init_weights`` may write plain tensors (TiM4Rec-causal's time parameters), which its guarded helpers
-        cannot catch."""
-        own = [t for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)) if t is not None]
-        if own and all(getattr(t, "_is_hf_initialized", False) for t in own):
-            module._is_hf_initialized = True
-            return
-        super()._initialize_weights(module, *args, **kwargs)
-
 
 # ------------------------------------------------------------------------------------ non-causal helpers
 class WindowRecomputeMixin:

@@ -762,7 +762,10 @@ class UserStateRecommender:
     A user may pause for months (a Triton sequence slot is freed after ``max_sequence_idle_microseconds``; ONNX Runtime
     itself keeps no state). A step graph's state holds every event it was given, while the model's own ``recommend``
     and its card's evaluation read a history's last ``max_seq_length`` items: to serve what the card measured, prime
-    with that window (``history[-max_seq_length:]``); a user's state then reaches beyond it as events arrive. ::
+    with that window (``history[-max_seq_length:]``); a user's state then reaches beyond it as events arrive. An
+    ``--exclude-seen`` graph masks what it was fed: a window graph the user's last ``max_seq_length`` items (an older
+    item can come back), a step graph every event since it was primed; ``recommend(exclude_seen=True)`` of the model
+    masks the whole history given to it. ::
 
         rec = UserStateRecommender("exported/mamba4rec", store=my_store)
         rec.prime("user-42", [1, 588, 364])             # a new (or returning) user: the history, one call

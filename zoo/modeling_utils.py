@@ -47,7 +47,9 @@ from export.fsutil import (JSONNestedTooDeep, JSONReadError, json_depth_guard, j
 from export.ids import check_sequence
 
 from .losses import NegativeSample, sampled_softmax_loss, sparse_output_table
-from .vocab import VOCAB_FILE, ItemVocab, UnknownItemError, int_id, int_id_value
+from .metrics import top_k
+from .vocab import (VOCAB_FILE, ItemVocab, UnknownItemError, int_id, int_id_value, is_canonical_int_text,
+                    is_int_text)
 
 State = dict[str, torch.Tensor]
 logger = logging.getLogger(__name__)
@@ -953,6 +955,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         out = []
         for x0 in ids:
             x = int_id(x0)
+            if x is None and isinstance(x0, str) and is_int_text(x0.strip()):   # "42": as export.runtime reads it
+                if not is_canonical_int_text(x0):
+                    raise UnknownItemError(f"{where}: unknown item id {x0!r}: not the canonical spelling of the int "
+                                           f"id {int(x0)} (ids are read as written: '007' and 7 are two ids)")
+                x = int(x0)
             if x is None:
                 raise TypeError(f"{where}: item id {x0!r} ({type(x0).__name__}) is not an int (the model has no item "
                                 "vocabulary, so ids are internal indices)")
@@ -1030,7 +1037,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                     keep[r, torch.tensor(pools[done + r], device=sc.device)] = True
                 sc.masked_fill_(~keep, -float("inf"))
             done += len(chunk)
-            top = torch.topk(sc, k, dim=1)
+            top = top_k(sc, k, dim=1)              # ties: the lower item index first, as the graphs
             scores.append(top.values.cpu())
             items.extend(self.decode_items(row.tolist()) for row in top.indices.cpu())
         return Recommendations(items=items, scores=torch.cat(scores))
@@ -1179,7 +1186,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         sims[torch.arange(len(query), device=weight.device), q] = -float("inf")
         if excluded:
             sims[:, torch.as_tensor(excluded, device=weight.device)] = -float("inf")
-        top = torch.topk(sims, k, dim=1)
+        top = top_k(sims, k, dim=1)
         return Recommendations(items=[self.decode_items(row.tolist()) for row in top.indices.cpu()],
                                scores=top.values.cpu())
 

@@ -462,8 +462,9 @@ def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str 
         params["time_input"] = spec["time_input"]
     if spec.get("client_state"):            # the gaps form: what the client keeps (last_ts) and where it starts
         params["client_state"] = json.dumps({s["name"]: _state_init(s) for s in spec["client_state"]})
+    params["max_seq_length"] = spec["max_seq_length"]   # a window's length; a tensorrt step engine's cap on new items
     if window:
-        params.update(max_seq_length=spec["max_seq_length"], padding_side=spec["padding_side"])
+        params["padding_side"] = spec["padding_side"]
     else:       # what a new sequence / an unknown user starts from (ExplicitStateRecommender reads it)
         params["state_init"] = json.dumps({s["name"]: _state_init(s) for s in spec["state"]})
         if spec.get("state_fingerprint"):   # what the states mean (ExplicitStateRecommender tags stored states)
@@ -734,8 +735,9 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict,
                   f"The engine takes what its optimisation profile spans (`export.trt`'s numbers): 1..{max_batch} rows "
                   "a request (`max_batch_size`), "
                   + (f"windows of 1..{L} items" if window else
-                     f"1..{L} new items a request (a longer history goes in pieces: `prime` its first {L} items, "
-                     f"then `recommend` the rest, {L} at a time)")
+                     f"1..{L} new items a request (a longer history goes in pieces of at most {L}: "
+                     "`export.triton_client.TritonRecommender` splits a longer `prime` or `recommend` itself, from "
+                     "the config's `max_seq_length` parameter)")
                   + (f", 1..{max_c:,} candidates a request (`export.trt --max-candidates`' default; the shapes in "
                      f"`{ENGINE_SCRIPT}` set it)" if spec.get("candidates") else "")
                   + "; Triton refuses a request outside it."]

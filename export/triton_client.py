@@ -4,9 +4,13 @@ Stateful (sequence-batcher) models -- ``export.triton --state implicit`` (onnxru
 ``--backend python`` (the CPU server of :mod:`export.triton_server`)::
 
     rec = TritonRecommender("127.0.0.1:8001", "mamba4rec_step_python", protocol="grpc", vocab="repo/<model>/item_vocab.json")
-    rec.prime("user-42", history)            # ONE request: sequence_start + the whole history -> top-k
+    rec.prime("user-42", history)            # ONE request: sequence_start + the whole history -> top-k (*)
     rec.recommend("user-42", [new_item])     # each event: only the new item(s) -> top-k external ids
     rec.end("user-42")                       # sequence_end: the server frees the state (see end())
+
+(*) A TensorRT engine takes at most ``max_seq_length`` new items a request (its optimisation profile): for a
+``tensorrt`` model whose config has the ``max_seq_length`` parameter (:attr:`TritonRecommender.max_new_items`), a
+longer history or event goes as consecutive requests of at most that many items, one sequence, with the same answer.
 
 Sequence ids are Triton correlation ids: ints in ``1 .. 2**63-1`` are used as they are, strings are hashed to a
 stable non-zero 63-bit int (:func:`sequence_id`). The first call for an id this client has not seen starts the sequence
@@ -462,6 +466,30 @@ class TritonRecommender(_Base):
         return str(cfg.get("backend") or cfg.get("platform") or "")
 
     @functools.cached_property
+    def max_new_items(self) -> int | None:
+        """Most new items one request may carry (None: no cap). A TensorRT engine takes what its optimisation profile
+        spans: new items ``T`` in ``[1, max_seq_length]`` (:func:`export.trt.profile_shapes`, the profile
+        ``build_engine.sh`` builds), so for a ``tensorrt`` model (backend ``tensorrt`` or platform
+        ``tensorrt_plan``) it is the config's ``max_seq_length`` parameter; a tensorrt config without that parameter
+        has no cap the client can read (None: its events go whole, and the server refuses one past the profile).
+        The onnxruntime and python backends take any ``T``: None. An event of more items is split into requests of at
+        most this many (see :meth:`recommend_with_scores`)."""
+        if self.backend not in ("tensorrt", "tensorrt_plan"):
+            return None
+        raw = self._param("max_seq_length")
+        if raw is None:
+            return None
+        try:
+            cap = int(raw)
+        except ValueError:
+            cap = 0
+        if cap < 1:
+            raise TritonRecommendError(f"model {self.model_name!r}: its config's max_seq_length parameter is "
+                                       f"{raw!r}, not a positive int: regenerate its repository with python -m "
+                                       "export.triton")
+        return cap
+
+    @functools.cached_property
     def sequence_idle_s(self) -> float | None:
         """Seconds the server keeps a sequence that gets no request: the config's ``sequence_batching.
         max_sequence_idle_microseconds`` (Triton's default, 1 s, when it is unset); None for a config without a
@@ -582,7 +610,15 @@ class TritonRecommender(_Base):
                               start: bool | None = None, end: bool = False,
                               candidates: Sequence[Any] | None = None) -> tuple[list, np.ndarray]:
         """``(top-k external ids, their scores)`` after appending ``new_items`` to the sequence; ``candidates``: the
-        item ids to choose from (a ``--candidates`` model; fewer than ``k`` ids come back when it lists fewer)."""
+        item ids to choose from (a ``--candidates`` model; fewer than ``k`` ids come back when it lists fewer).
+
+        One request, unless the model caps the new items a request may carry (:attr:`max_new_items`: a TensorRT
+        engine's profile) below ``len(new_items)``: then consecutive requests of at most the cap, in order, within
+        the sequence's turn -- the first with START when the event starts the sequence, the others continuing it,
+        END (``end=True``) on the last only; the timestamps split with the items; the candidates go with the last,
+        whose answer comes back. A step model gives the same answer either way (its state after a prefix, stepped
+        through the rest, is the state after the whole). Should a later request be refused, the earlier ones stay
+        applied: the sequence then needs :meth:`prime` (its next event is refused until then)."""
         k = self._check_k(k)
         extra = self._candidates(None if candidates is None else [candidates])
         top, sc, vector = self._event(user_or_sequence_id, self._event_ids(new_items), timestamps, start, end, extra)
@@ -602,12 +638,15 @@ class TritonRecommender(_Base):
         return ids
 
     def _event(self, user_or_sequence_id, ids: np.ndarray, timestamps, start, end, extra=()):
-        """One event's request: ``(top-k indices, scores, user vector or None)``. A time-aware event continuing a
-        sequence of this client is checked against the sequence's last timestamp (the graph would clamp a gap going
-        back in time to 0 without a word), from which a gaps model's first time gap is computed."""
+        """One event's request (or requests, of at most :attr:`max_new_items` items each, as
+        :meth:`recommend_with_scores` says): ``(top-k indices, scores, user vector or None)`` of the last. A
+        time-aware event continuing a sequence of this client is checked against the sequence's last timestamp (the
+        graph would clamp a gap going back in time to 0 without a word), from which a gaps model's first time gap is
+        computed."""
         sid = sequence_id(user_or_sequence_id)
         ts = self._event_ts(timestamps, ids.shape[1])
         idle = self.sequence_idle_s                 # read from the config once (not under the lock)
+        cap = self.max_new_items
         with self._turn(sid):                       # the sequence's other events wait for this one's answer
             with self._lock:
                 self._prune(idle)
@@ -615,7 +654,6 @@ class TritonRecommender(_Base):
                 if start is None:               # a sequence that idled out is continued: the server decides
                     start = sid not in self._live and sid not in self._expired
                 last = None if start else self._last_ts.get(sid)
-            time_in = []
             if ts is not None:
                 if self.time_gaps and not start and last is None:
                     raise TritonRecommendError(
@@ -624,19 +662,45 @@ class TritonRecommender(_Base):
                         "gaps model is computed: prime() it with its history (or continue it from the client that "
                         "started it)")
                 self._check_after(ts, last, f"sequence {user_or_sequence_id!r}")
-                time_in = self._time_input(ts, np.array([[-1.0 if last is None else last]]))
-            return self._infer(sid, ids, bool(start), bool(end), [*time_in, *extra],
-                               None if ts is None else float(ts[0, -1]), who=user_or_sequence_id)
+            n = ids.shape[1]
+            step = n if cap is None or cap >= n else cap
+            reqs = []                               # every request's inputs built (and checked) before any is sent
+            for a in range(0, n, step):
+                b, time_in = min(a + step, n), []
+                if ts is not None:                  # a gaps model's first gap: from the previous request's last
+                    prev = last if a == 0 else float(ts[0, a - 1])
+                    time_in = self._time_input(ts[:, a:b], np.array([[-1.0 if prev is None else prev]]))
+                reqs.append((a, b, [*time_in, *(extra if b == n else self._candidates(None))]))
+            for a, b, ins in reqs:
+                try:
+                    answer = self._infer(sid, ids[:, a:b], bool(start) and a == 0, bool(end) and b == n, ins,
+                                         None if ts is None else float(ts[0, b - 1]), discard=b < n,
+                                         who=user_or_sequence_id)
+                except TritonRecommendError as e:
+                    if a == 0 or (end and b == n):   # nothing applied yet / the caller closed the sequence anyway
+                        raise
+                    with self._lock:                 # the first a items are applied: the state is not the caller's
+                        if sid in self._live:        # (an unanswered or "gone" request was marked by _infer)
+                            self._live.pop(sid, None)
+                            self._last_ts.pop(sid, None)
+                            self._touch(self._uncertain, sid, self._clock())
+                    raise TritonRecommendError(
+                        f"sequence {user_or_sequence_id!r}: the event's {n} items went in requests of at most {step} "
+                        f"(the model's cap); the first {a} were applied, then: {e} -- prime() the sequence with its "
+                        "history, or end() it") from None
+            return answer
 
     def _check_continuable(self, sid: int, who, start) -> None:
         """Raise :class:`TritonRecommendError` when an event of sequence ``sid`` without ``start=True`` cannot be sent:
-        the server forgot the sequence, or an earlier request of it got no answer (call with ``self._lock`` held)."""
+        the server forgot the sequence, or an earlier request of it got no answer or an event split into requests was
+        refused part way (call with ``self._lock`` held)."""
         if start:
             return
         if sid in self._uncertain:
             raise TritonRecommendError(
-                f"sequence {who!r}: an earlier request of it got no answer (timeout or lost connection), so whether "
-                "the server applied it is unknown, and so is the sequence's state: call prime() with its history "
+                f"sequence {who!r}: an earlier request of it got no answer (timeout or lost connection), or an event "
+                "split into requests was refused part way, so the sequence's state on the server is unknown or "
+                "holds part of that event: call prime() with its history "
                 "(resending the event could apply it twice), or end() it")
         if start is None and self._expired.get(sid):
             raise TritonRecommendError(f"sequence {who!r} is gone from the server (idle timeout or server restart): "
@@ -649,7 +713,8 @@ class TritonRecommender(_Base):
         reach the server in order); ``candidates``: one list of item ids per event (None: not restricted). With
         gRPC the requests go out together from a thread pool (at most ``threads``), so Triton's sequence batcher
         can run them as one batch; tritonclient's HTTP client is not thread-safe, so with HTTP they go one after
-        another. A sequence that is not live is started, as by :meth:`recommend`.
+        another. A sequence that is not live is started, as by :meth:`recommend`. An event of more items than the
+        model takes a request (:attr:`max_new_items`) goes in pieces, as :meth:`recommend_with_scores` sends it.
 
         Every event is checked before any is sent (an unknown id or an empty event sends nothing). The states live on
         the server, so a request the server refuses does not undo the others: the first refusal is raised once every
@@ -707,7 +772,12 @@ class TritonRecommender(_Base):
 
     def prime(self, user_or_sequence_id, history: Sequence[Any], timestamps=None, k: int | None = None,
               candidates: Sequence[Any] | None = None) -> list:
-        """(Re)start the sequence from a whole history in ONE request; returns the top-k after it."""
+        """(Re)start the sequence from a whole history; returns the top-k after it. ONE request (START + the
+        history), or, for a model that caps the new items a request carries (:attr:`max_new_items`: a TensorRT
+        engine's profile, ``max_seq_length``) below ``len(history)``, consecutive requests of at most the cap (START
+        on the first; ``timestamps`` split with the items; ``candidates`` and ``k`` apply to the last, whose top-k
+        comes back): the same top-k, a step model's state after a prefix stepped through the rest being the state
+        after the whole history."""
         return self.recommend(user_or_sequence_id, history, timestamps, k, start=True, candidates=candidates)
 
     def end(self, user_or_sequence_id) -> None:

@@ -684,7 +684,8 @@ def test_cli_valid_split_ranks_file_and_item_count(tmp_path):
     res = main(["--model", str(d), "--data", str(data), "--ks", "1", "--no-progress", "--exclude-history",
                 "--json", str(tmp_path / "t.json")])
     saved = json.loads((tmp_path / "t.json").read_text())
-    assert saved["n_items"] == 5 and saved["protocol"]["ranking"] == "full (all items), padding masked; history window masked"
+    assert saved["n_items"] == 5
+    assert saved["protocol"]["ranking"] == "full (all items), padding masked; history window masked"
 
 
 def test_cli_onnx_scores_graph_default_cutoffs_and_uncensored_ranks(tmp_path):
@@ -1086,6 +1087,77 @@ def test_cli_a_model_whose_scores_overflow_is_a_one_line_error(tmp_path, capsys)
                           "-", "--no-progress"], 1, "error: the model's scores are NaN or infinite for users 7, 8 (")
     assert "Traceback" not in said and said.count("\n") <= 1 and capsys.readouterr().out == ""
 
+
+
+@pytest.mark.parametrize("name", ["sasrec", "mamba4rec"])        # a window graph, a step graph
+def test_evaluate_onnx_refuses_scores_that_overflow_naming_the_users_as_evaluate_model(tmp_path, name):
+    """An exported graph whose scores are +-inf at a real item is refused as evaluate_model refuses the model: a
+    ScoreOverflow naming the users (not batch rows). Item 3 (in no history) holds +inf in one dimension, so each
+    user's score of it is +inf or -inf by the sign of that query component: a scores graph names every user, as
+    evaluate_model does; a top-K graph only those at +inf (ranked first; a -inf item is never in its top-K). A graph
+    whose --exclude-items are -inf on purpose is not refused."""
+    from export.onnx import export_model
+    from zoo.evaluate import ScoreOverflow, evaluate_onnx
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(3)
+    ex = EvalExamples([rng.integers(4, 40, size=14) for _ in range(8)], rng.integers(4, 40, size=8),
+                      [f"u{i}" for i in range(8)])
+    model = _tiny(name)
+    ids = torch.from_numpy(np.stack([h[-12:] for h in ex.histories]))
+    with torch.no_grad():
+        q = model.query_vectors(ids, torch.ones_like(ids, dtype=torch.bool))
+        d = int(q.abs().min(dim=0).values.argmax())          # the dimension no user's query is near 0 in
+        model.get_input_embeddings().weight[3, d] = float("inf")
+        logits = model(ids, torch.ones_like(ids, dtype=torch.bool)).logits[:, 1:]
+    first = [f"'u{r}'" for r in range(8) if bool((logits[r] == float("inf")).any() | logits[r].isnan().any())]
+    assert 0 < len(first) < 8 and not logits.isfinite().all(dim=1).any()      # some users at +inf, some at -inf only
+    with pytest.raises(ScoreOverflow) as ref:
+        evaluate_model(model, ex, ks=(5,), progress=False)
+    assert f"for users {', '.join(repr(f'u{r}') for r in range(8))} (" in str(ref.value)
+    export_model(model, tmp_path / "scores", topk=5, with_scores=True, verify=False)
+    export_model(model, tmp_path / "k5", topk=5, verify=False)
+    with pytest.raises(ScoreOverflow) as got:
+        evaluate_onnx(tmp_path / "scores", ex, ks=(5,), progress=False)
+    assert str(got.value) == str(ref.value).replace("torch.float32", "fp32")
+    with pytest.raises(ScoreOverflow, match=r"the model's scores are NaN or infinite for users? "
+                                            + ", ".join(first) + r" \(a numeric overflow or NaN weights, e\.g\. in "
+                                            r"fp32\)"):
+        evaluate_onnx(tmp_path / "k5", ex, ks=(5,), progress=False)
+    # the padding id 0 and --exclude-items are -inf in a scores graph on purpose: not an overflow
+    clean = _tiny(name)
+    export_model(clean, tmp_path / "excluded", topk=5, with_scores=True, exclude_items=[5, 9], verify=False)
+    ranks = evaluate_onnx(tmp_path / "excluded", ex, ks=(5,), progress=False, return_ranks=True)[1]
+    assert len(ranks) == 8
+
+
+def test_cli_onnx_a_graph_whose_scores_overflow_is_the_models_one_line_error(tmp_path, capsys):
+    """zoo.evaluate --onnx on a graph whose scores overflow ends as --model on its model does: the same line naming
+    the users (the graph's precision for the model's dtype), exit 1, nothing on stdout -- it went on ranking NaN
+    first. So does a graph exported with a NaN weight (item 5's: every user's score of item 5 is NaN; such a
+    checkpoint is refused at --model's load)."""
+    from export.onnx import export_model
+
+    torch.set_num_threads(1)
+    model = _overflowing(_tiny("sasrec"))
+    model.set_item_vocab(ItemVocab(list(range(1, 40))))
+    _save(model, tmp_path / "m")
+    export_model(model, tmp_path / "g", topk=5, with_scores=True, verify=False)
+    (tmp_path / "d.seq").write_text("user_id\titem_ids_chronological\n7\t1 2 4 5\n8\t2 4 6 8 9\n")
+    argv = ["--data", str(tmp_path / "d.seq"), "--ks", "5", "--json", "-", "--no-progress"]
+    want = "error: the model's scores are NaN or infinite for users 7, 8 ("
+    by_model = exits(capsys, ["--model", str(tmp_path / "m"), *argv], 1, want)
+    capsys.readouterr()
+    said = exits(capsys, ["--onnx", str(tmp_path / "g"), *argv], 1, want)
+    assert "Traceback" not in said and said.count("\n") <= 1 and capsys.readouterr().out == ""
+    assert said == by_model.replace("torch.float32", "fp32")
+    nan = _tiny("sasrec")
+    with torch.no_grad():
+        nan.get_input_embeddings().weight[5, 0] = float("nan")
+    nan.set_item_vocab(ItemVocab(list(range(1, 40))))
+    export_model(nan, tmp_path / "nan", topk=5, verify=False)
+    assert exits(capsys, ["--onnx", str(tmp_path / "nan"), *argv], 1, want) == said
+    assert capsys.readouterr().out == ""
 
 def test_cli_ranks_file_has_one_line_ending(tmp_path):
     """--ranks-out: the '# zoo.evaluate ranks' line and every CSV row end in \\n alone (csv.writer's default \\r\\n

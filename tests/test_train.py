@@ -7,6 +7,7 @@ but learns nothing.
 import contextlib
 import itertools
 import json
+import os
 import random
 import re
 
@@ -233,17 +234,28 @@ def test_eval_every_validates_every_n_epochs_and_after_the_last(tmp_path, capsys
 def test_a_run_interrupted_while_writing_its_log_keeps_the_last_whole_log(tmp_path, monkeypatch):
     """The run's ``train_log.json`` is rewritten after every epoch: an interruption during the write keeps the
     previous epoch's whole log (which ``zoo.hub card`` reads), never a truncated file or a stray temporary one."""
+    import zoo.train
+
     torch.set_num_threads(1)
     data = _markov_file(tmp_path / "markov.tsv", n_users=40)
-    real_dump = json.dump
+    real_written_whole = zoo.train.written_whole
 
-    def dump(obj, f, **kw):                                  # interrupted half-way through epoch 2's log
-        if isinstance(obj, dict) and len(obj.get("epochs", ())) == 2:
-            f.write("{")
-            raise KeyboardInterrupt
-        return real_dump(obj, f, **kw)
+    class HalfWriting:                                       # interrupted half-way through epoch 2's log
+        def __init__(self, f):
+            self.f = f
 
-    monkeypatch.setattr(json, "dump", dump)
+        def write(self, text):
+            if len(json.loads(text).get("epochs", ())) == 2:
+                self.f.write(text[:len(text) // 2])
+                raise KeyboardInterrupt
+            return self.f.write(text)
+
+    @contextlib.contextmanager
+    def written_whole(path, *args, **kwargs):
+        with real_written_whole(path, *args, **kwargs) as f:
+            yield HalfWriting(f) if os.path.basename(path) == "train_log.json" else f
+
+    monkeypatch.setattr(zoo.train, "written_whole", written_whole)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train_main(["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
@@ -252,6 +264,23 @@ def test_a_run_interrupted_while_writing_its_log_keeps_the_last_whole_log(tmp_pa
     log = json.loads((out / "train_log.json").read_text())
     assert [r["epoch"] for r in log["epochs"]] == [1]
     assert not [p.name for p in out.iterdir() if p.name.startswith(".train_log.json")]
+
+
+def test_a_nan_in_the_log_is_a_one_line_error_and_leaves_the_log_as_it_was(tmp_path, monkeypatch, capsys):
+    """train_log.json is strict JSON (export.fsutil.strict_json): a NaN in the log -- here the popularity floor of
+    validation -- ends the run in one line naming where it is (exit 1), never writing ``NaN`` (which jq, JSON.parse
+    and zoo.hub's readers refuse) nor a traceback; the file is left as it was (none yet, and no temporary file)."""
+    import zoo.evaluate
+
+    torch.set_num_threads(1)
+    data = _markov_file(tmp_path / "markov.tsv", n_users=40)
+    monkeypatch.setattr(zoo.evaluate, "evaluate_popularity", lambda *a, **k: {"NDCG@10": float("nan")})
+    out = tmp_path / "run"
+    with refused(capsys, r"error: cannot write .*train_log\.json: popularity_valid_NDCG10 is nan, which is not a "
+                         r"JSON number \(strict JSON has no NaN or Infinity\); the file is left as it was\n$", code=1):
+        train_main(["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+                    "--set", *TINY["gru4rec"], "--out", str(out), "--epochs", "2"])
+    assert not [p.name for p in out.iterdir() if "train_log.json" in p.name]
 
 
 def test_parse_overrides():
@@ -457,6 +486,11 @@ def test_schedule_progress_takes_the_limit_reached_first():
     ("--weight-decay", "-1", "--weight-decay: weight_decay must be >= 0"),
     ("--max-minutes", "0", "--max-minutes: max_minutes must be > 0"),
     ("--max-minutes", "nan", "--max-minutes: max_minutes must be > 0"),
+    # settings no check refuses, but which strict JSON cannot record (a traceback after training, or an Infinity in
+    # the resume state): refused before any work too
+    ("--clip", "inf", r"--clip: clip is inf, which is not a JSON number \(strict JSON has no NaN or Infinity\); the "
+                      "run records its settings in train_log.json and its resume state: give a finite value"),
+    ("--max-minutes", "inf", "--max-minutes: max_minutes is inf, which is not a JSON number"),
     ("--valid-users", "0", "--valid-users: valid_users must be >= 1"),
     ("--eval-every", "0", "--eval-every: eval_every must be >= 1"), ("--patience", "0", "--patience: patience must be"),
     ("--threads", "0", "argument --threads: expected an int >= 1, got '0'")])

@@ -34,8 +34,17 @@ import numpy as np
 import pytest
 import torch
 
-tc = pytest.importorskip("tritonclient", reason="tritonclient not installed (pip install 'tritonclient[http]' grpcio)")
-pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient's protobuf schema needs grpcio/protobuf")
+from export.deps import require
+
+# not pytest.importorskip: it skips on an ImportError only (its exc_type needs pytest 8.2; the floor is pytest>=8),
+# and a grpcio older than tritonclient's generated gRPC code needs is a RuntimeError from tritonclient.grpc -- an
+# error at collection. require() names it (a MissingDependencyError: "... needs grpcio>=Y (tritonclient's gRPC
+# code), but grpcio X is installed here ..."), as a missing tritonclient or grpcio.
+try:
+    require("tritonclient", "tests/test_triton.py")
+    require("tritonclient.grpc.model_config_pb2", "tests/test_triton.py (Triton's model_config schema)")
+except ImportError as e:                # MissingDependencyError, or protobuf missing / broken under tritonclient
+    pytest.skip(f"{type(e).__name__}: {e}", allow_module_level=True)
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
@@ -963,7 +972,7 @@ def test_launcher_listens_on_loopback_only(tmp_path, monkeypatch, capsys):
     started = []
 
     class FakeProc:
-        def __init__(self, cmd, env=None):
+        def __init__(self, cmd, env=None, **kwargs):        # kwargs: the preexec_fn of die_with_parent
             started.append(cmd)
 
         def wait(self):

@@ -46,8 +46,9 @@ each user's target rank for paired comparisons of two models (``python -m zoo.co
 {json}`` line, then CSV rows, every line ending in ``\\n`` (read it with ``pandas.read_csv(path, skiprows=1)``:
 ``comment="#"`` would cut every row at a user or item id holding a ``#``).
 
-A model whose scores are NaN or infinite for a user (a numeric overflow, or NaN weights) is refused in one line
-naming the users (:class:`ScoreOverflow`), as ``zoo.recommend`` refuses it: NaN and ``+inf`` rank first.
+A model or ``--onnx`` graph whose scores are NaN or infinite for a user (a numeric overflow, or NaN weights) is
+refused in one line naming the users (:class:`ScoreOverflow`), as ``zoo.recommend`` refuses it: NaN and ``+inf`` rank
+first.
 """
 
 from __future__ import annotations
@@ -428,6 +429,12 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
     group reaches slot K (tied items may lie beyond the list). Either way a history item of an ``--exclude-seen``
     graph (scored ``SEEN_SCORE``) ranks last, as the ``-inf`` of :func:`evaluate_model`'s mask: never a hit.
 
+    Scores that cannot be ranked are refused as :func:`evaluate_model` refuses them (:class:`ScoreOverflow` naming the
+    users, at the first batch holding them): a NaN or ``+inf`` score, or a ``-inf`` one beyond the graph's own masks
+    (the padding id 0 and its ``excluded_items``), in ``scores`` [B, n_items] when the graph has it; otherwise a
+    non-finite ``topk_scores`` [B, K] (``K`` never exceeds the items left unmasked, and ONNX Runtime's TopK ranks NaN
+    and ``+inf`` first, so a row with any NaN or ``+inf`` score shows one there).
+
     ``threads``: ONNX Runtime's intra-op threads; ``providers``: its execution providers (default the CPU one;
     :func:`onnx_providers` gives those of a ``--device``).
 
@@ -435,7 +442,8 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
         the metrics dict of :func:`zoo.metrics.compute_metrics`, or ``(metrics, ranks)``.
     Raises:
         ValueError: a cut-off above K (top-K graphs) or the graph's ``n_items - 1`` items, target/history ids out of
-            the graph's range, an empty history, a time-aware graph without timestamps.
+            the graph's range, an empty history, a time-aware graph without timestamps; :class:`ScoreOverflow` (a
+            ValueError) naming the users whose scores are NaN or infinite.
         DeviceUnavailableError: ``providers`` ask for CUDA and ONNX Runtime could not start it (no GPU visible).
     """
     import numpy as np
@@ -472,6 +480,11 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
     else:
         chunks = [list(range(s, min(len(windows), s + batch_size))) for s in range(0, len(windows), batch_size)]
     ranks = np.empty(len(windows), dtype=np.int64)
+    excluded = sess.spec.get("excluded_items")
+    # the columns at -inf on purpose in `scores`: the padding id 0 and the graph's --exclude-items (its constant mask)
+    masked = np.array(sorted({0} | ({i for i in excluded if type(i) is int and 0 < i < sess.n_items}
+                                    if isinstance(excluded, list) else set())), dtype=np.int64)
+    precision = sess.spec.get("precision") or "fp32"
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -487,6 +500,14 @@ def evaluate_onnx(path: str | os.PathLike, examples: EvalExamples, ks: Iterable[
                 ts = pad_sequences([tss[r] for r in rows], side, M, dtype=np.float64, fill=0.0)[0] if tss else None
                 out = sess.run_window(ids, ts)
             t = targets[rows]
+            if out.scores is not None:          # one pass over [B, n_items]: the masked columns' -inf is no overflow
+                fin = np.isfinite(out.scores)
+                fin[:, masked] |= out.scores[:, masked] == -np.inf
+            else:
+                fin = np.isfinite(out.topk_scores)
+            bad = np.flatnonzero(~fin.all(axis=1))
+            if len(bad):                        # NaN / +inf: ranked first; -inf: taken for a masked item
+                raise overflow_error([examples.users[rows[b]] for b in bad.tolist()], precision)
             if out.scores is not None:          # history items (SEEN_SCORE) masked as evaluate_model masks them
                 scores = torch.from_numpy(out.scores).float()
                 ranks[rows] = rank_of_target(scores.masked_fill(scores <= SEEN_SCORE, float("-inf")),

@@ -42,6 +42,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from export.fsutil import strict_json
+
 from .cli import EXIT_ERROR, EXIT_MISSING, EXIT_USAGE, cannot, check_outputs, written_whole
 
 TRAIN_PRESETS = {
@@ -448,9 +450,25 @@ class RunInputError(RunSetupError):
 class TrainingDiverged(RuntimeError):
     """A run whose numbers overflowed mid-training: a NaN or infinite training loss, an optimizer step that
     overflowed (Adam's ``value cannot be converted to type float without overflow`` at an enormous ``lr``), or NaN /
-    infinite scores in validation (:class:`zoo.evaluate.ScoreOverflow`). What the run had written stays: the best
-    checkpoint so far, ``train_log.json`` of its last validation and the resume state of its last whole epoch.
-    ``python -m zoo.train`` prints it in one line and exits 1."""
+    infinite scores in validation (:class:`zoo.evaluate.ScoreOverflow`), a NaN or infinite number in the run's log
+    (:func:`write_log`). What the run had written stays: the best checkpoint so far, ``train_log.json`` of its last
+    validation and the resume state of its last whole epoch. ``python -m zoo.train`` prints it in one line and exits
+    1."""
+
+
+def write_log(out: str | os.PathLike, log: dict) -> None:
+    """Write the run's ``log`` as ``out/train_log.json``: strict JSON (:func:`export.fsutil.strict_json`, indented
+    one space), replacing the file whole (:func:`zoo.cli.written_whole`: an error or an interruption leaves the last
+    whole log). A NaN or infinite number in ``log`` -- which Python's ``json`` would write as ``NaN``, a document
+    that ``zoo.hub``'s strict readers, jq and ``JSON.parse`` refuse -- is a :class:`TrainingDiverged` naming where it
+    is (``epochs[1].loss is nan, ...``), the file left as it was."""
+    path = os.path.join(out, "train_log.json")
+    try:
+        text = strict_json(log, indent=1)
+    except ValueError as e:
+        raise TrainingDiverged(f"cannot write {path}: {e}; the file is left as it was") from e
+    with written_whole(path) as f:
+        f.write(text)
 
 
 def _diverged(epoch: int, why: str, out, lr: float, clip: float, best_epoch: int, best: float,
@@ -771,17 +789,31 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     from .losses import describe_loss
 
     t0 = time.time()
-    # what a resumed run must share with the run it continues (JSON form, as the resume state keeps it)
-    settings = json.loads(json.dumps(dict(
-        model_type=model_type, data=os.path.abspath(data), epochs=epochs, patience=patience, seed=seed,
-        max_len=max_len, config_overrides=dict(config_overrides or {}), optimizer=optimizer, lr=lr,
-        weight_decay=weight_decay, batch_size=batch_size, clip=clip, device=device, amp=amp, max_minutes=max_minutes,
-        valid_users=valid_users, exclude_history=exclude_history, kcore=kcore, progress=progress, command=command,
-        init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride, loss_weighting=loss_weighting,
-        eval_every=eval_every, decay_over=decay_over, time_ties=time_ties, warmup_steps=warmup_steps,
-        columns=columns, loss=loss, negatives=negatives, negative_sampler=negative_sampler,
-        sparse_item_grad=sparse_item_grad, unknown_items=unknown_items,
-        temporal_split=list(temporal_split) if temporal_split else None)))
+    # what a resumed run must share with the run it continues (JSON form, as the resume state keeps it): strict
+    # JSON, so a setting that is NaN or infinite and that no check of _set_up refuses first (--clip inf,
+    # --max-minutes inf) is refused with them, before --out is made (hold_out), not as a traceback after training
+    unrecordable = None
+    try:
+        settings = json.loads(strict_json(dict(
+            model_type=model_type, data=os.path.abspath(data), epochs=epochs, patience=patience, seed=seed,
+            max_len=max_len, config_overrides=dict(config_overrides or {}), optimizer=optimizer, lr=lr,
+            weight_decay=weight_decay, batch_size=batch_size, clip=clip, device=device, amp=amp,
+            max_minutes=max_minutes, valid_users=valid_users, exclude_history=exclude_history, kcore=kcore,
+            progress=progress, command=command,
+            init_from=init_from, lr_schedule=lr_schedule, window_stride=window_stride, loss_weighting=loss_weighting,
+            eval_every=eval_every, decay_over=decay_over, time_ties=time_ties, warmup_steps=warmup_steps,
+            columns=columns, loss=loss, negatives=negatives, negative_sampler=negative_sampler,
+            sparse_item_grad=sparse_item_grad, unknown_items=unknown_items,
+            temporal_split=list(temporal_split) if temporal_split else None)))
+    except ValueError as e:                 # "clip is inf, which is not a JSON number (...)"
+        settings, unrecordable = None, ValueError(
+            f"{e}; the run records its settings in train_log.json and its resume state: give a finite value")
+
+    def hold_out() -> None:                 # every other setting checked by _set_up; nothing made or read yet
+        if unrecordable is not None:
+            raise unrecordable
+        held.enter_context(hold_output_folder(out))
+
     with contextlib.ExitStack() as held:    # --out made and locked (in _set_up) to the run's last write
         try:
             (preset, device, ds, split, model, overrides, init_changes, windows, resumed, sampler,
@@ -794,7 +826,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                 decay_over=decay_over, overwrite=overwrite, resume=resume, settings=settings, time_ties=time_ties,
                 warmup_steps=warmup_steps, columns=columns, loss=loss, negatives=negatives,
                 negative_sampler=negative_sampler, sparse_item_grad=sparse_item_grad, unknown_items=unknown_items,
-                temporal_split=temporal_split, hold_out=lambda: held.enter_context(hold_output_folder(out)))
+                temporal_split=temporal_split, hold_out=hold_out)
         except RunSetupError:                   # an input that failed (RunInputError, exit 1): as it is
             raise
         except FolderBusy as e:                 # another live run writes into --out (exit 1)
@@ -976,8 +1008,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                 bad += 1
             print(f"[zoo.train] epoch {epoch:3d} loss {row['loss']:.4f} valid NDCG@10 {ndcg:.4f} HR@10 "
                   f"{metrics['HR@10']:.4f} ({row['seconds']:.0f}s){' *' if improved else ''}", flush=True)
-            with written_whole(os.path.join(out, "train_log.json")) as f:     # an interruption keeps the last whole log
-                json.dump(log, f, indent=1, allow_nan=False)
+            write_log(out, log)                 # an interruption keeps the last whole log
             ending = stop_text(patience, eval_every) if bad >= patience else \
                 f"{TIME_BUDGET} of {max_minutes} minutes reached" if deadline and time.time() > deadline else \
                 "max epochs" if epoch == epochs else None
@@ -995,8 +1026,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                                        else f"temporal: {split.cuts}"), "ranking": "full",
                              "history_masked": exclude_history},
                    train_minutes=(time.time() - t0) / 60)
-        with written_whole(os.path.join(out, "train_log.json")) as f:
-            json.dump(log, f, indent=1, allow_nan=False)
+        write_log(out, log)
         if stopped.startswith(TIME_BUDGET):
             print(f"[zoo.train] the run's state is kept in {os.path.join(out, train_state.RESUME_DIR)}: the same "
                   "command with --resume and a larger --max-minutes continues it", flush=True)

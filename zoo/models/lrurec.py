@@ -34,7 +34,9 @@ Deviations from the official code (none changes the function computed at real po
   ``model.score(out.hidden_states)`` and ``labels [B, L]`` gives the official all-position CE (label 0 ignored).
   The XLong sampled-softmax variant and the evaluation-time history masking (``recommend(exclude_seen=True)``) are not
   part of the model. The official optimiser groups parameters by name ("bias" / "layer_norm" → no weight decay); the
-  names here keep those substrings, so the same grouping works (``params_log`` is decayed, as officially).
+  names here keep those substrings, so the same grouping works (``params_log`` is decayed, as officially). Two
+  training differences of ``zoo.train`` (not of the model): AdamW's ``eps`` is torch's 1e-8 (officially 1e-9), and
+  the kept checkpoint is the best by validation NDCG@10 once an epoch (officially Recall@10 every 500 iterations).
 
 Stepwise inference is exact (``has_exact_step``): the state is the complex LRU state of every block, packed as
 ``lru_state_re`` / ``lru_state_im`` ``[B, num_layers, N]``; ``_step`` accepts ``T >= 1`` new items (the parallel scan

@@ -45,9 +45,10 @@ resolution for Unix times around 1e9; ``float32_timestamps=True`` reproduces tha
 multiply-adds over an explicitly zero-padded input (same math as ``nn.Conv1d(padding=K-1)[..., :L]``); the conv
 activation is fixed by ``conv_activation`` ("auto" = Hardswish when ``H % 8 != 0`` else SiLU), whereas the official
 code also falls back to Hardswish when the ``causal_conv1d`` package is missing. Not pinned down by the reference
-notes (the official model code was not available here) and chosen as follows: the time gate's input dropout uses
-``time_dropout_prob``; the per-layer ``LN_L``, the layer LN and the input LN use ``norm_eps``. Official checkpoints'
-key names are unknown, so there is no converter yet.
+notes and checked against the official code since (AlwaysFHao/TiM4Rec ``tim4rec.py`` and ``ssd.py``, read line by
+line in a review; the same as here): the time gate's input dropout uses ``time_dropout_prob``; the per-layer ``LN_L``,
+the layer LN and the input LN use ``norm_eps`` (the FFN's LayerNorm keeps 1e-12). There is no converter of official
+checkpoints yet (none was at hand to test one on).
 
 Parameter count, official ML-1M 64d config (``n_items = 3417``): 508,818 with ``is_time`` (346,336 without):
 embedding 218,688 + input LN 128 + time LN_L 400 + 2 × 144,801 per layer (in_proj 21,060; conv 960; A_log/dt_bias/D 12;

@@ -22,8 +22,11 @@ rank the full catalogue either way.
 Every epoch leaves the run's full state in ``DIR/resume/`` (:mod:`zoo.train_state`); ``--resume`` continues an
 interrupted or budget-stopped run from it exactly (same command; ``--max-minutes`` and ``--device`` may change).
 
-Per-model defaults (``TRAIN_PRESETS``) follow each model's official recipe (Adam lr 1e-3 for the RecBole models;
-AdamW wd 0.01 without decay on bias/LayerNorm, grad clip 5, batch 128 for LRURec); every one can be overridden.
+Per-model defaults (``TRAIN_PRESETS``) take each model's official optimiser settings (Adam lr 1e-3 for the RecBole
+models; AdamW wd 0.01 without decay on bias/LayerNorm, grad clip 5, batch 128 all-position windows for LRURec, as
+officially). The RecBole models' batch is the zoo's own: 64 windows of users' train sequences with a target at every
+position (a few thousand targets from 64 users, about RecBole's targets per step, where RecBole's 2,048 are one
+prefix each, from about as many users), batched by length. Every one can be overridden.
 """
 
 from __future__ import annotations
@@ -1070,12 +1073,12 @@ def _check_numbers(epochs: int, batch_size: int, lr: float, clip: float, weight_
         bad.append(f"batch_size must be >= 1, got {batch_size}")
     if not (float(lr) >= 0.0 and math.isfinite(float(lr))):
         bad.append(f"lr must be >= 0 and finite, got {lr}")
-    if not float(clip) >= 0.0:
-        bad.append(f"clip (gradient clip norm; 0 = off) must be >= 0, got {clip}")
+    if not (float(clip) >= 0.0 and math.isfinite(float(clip))):
+        bad.append(f"clip (gradient clip norm; 0 = off) must be >= 0 and finite, got {clip}")
     if not (float(weight_decay) >= 0.0 and math.isfinite(float(weight_decay))):
         bad.append(f"weight_decay must be >= 0 and finite, got {weight_decay}")
-    if max_minutes is not None and not float(max_minutes) > 0.0:
-        bad.append(f"max_minutes must be > 0, got {max_minutes}")
+    if max_minutes is not None and not (float(max_minutes) > 0.0 and math.isfinite(float(max_minutes))):
+        bad.append(f"max_minutes must be > 0 and finite (omit it for no budget), got {max_minutes}")
     if valid_users is not None and int(valid_users) < 1:
         bad.append(f"valid_users must be >= 1 (omit it to validate on every user), got {valid_users}")
     if int(eval_every) < 1:

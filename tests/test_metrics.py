@@ -308,24 +308,3 @@ def test_onnx_topk_breaks_ties_as_top_k():
     for k in (1, 7, 20, 50):
         _, ids = sess.run(None, {"x": x.numpy(), "k": np.array([k], np.int64)})
         assert ids.tolist() == top_k(x, k).indices.tolist()
-
-
-def test_a_masked_target_ranks_last_among_the_items_not_after_the_padding():
-    """A target masked to -inf (the LRURec protocol: it repeats an item of the window) ranked n_items + 1, one more
-    than the items ranked, because the padding column (-inf too) was counted: at K = n_items it was a miss."""
-    inf = float("-inf")
-    scores = torch.tensor([[inf, 0.5, inf, 0.2, 0.9], [inf, 0.5, 0.1, 0.2, 0.9], [inf, 0.3, 0.3, 0.3, 0.3]])
-    targets = torch.tensor([2, 2, 1])                       # row 0: the target masked; 4 items (column 0 padding)
-    assert rank_of_target(scores, targets).tolist() == [5, 4, 4]                           # the old count
-    assert rank_of_target(scores, targets, padding_idx=0).tolist() == [4, 4, 4]            # at most n_items
-    assert rank_of_target(scores, targets, ties="optimistic", padding_idx=0).tolist() == [4, 4, 1]
-    assert compute_metrics(rank_of_target(scores, targets, padding_idx=0), [4])["HR@4"] == 1.0
-    with pytest.raises(ValueError, match=r"a target is the padding index 0"):
-        rank_of_target(scores, torch.tensor([0, 1, 1]), padding_idx=0)
-    with pytest.raises(ValueError, match=r"padding_idx must be a column index in 0..4, got 5"):
-        rank_of_target(scores, targets, padding_idx=5)
-    g = torch.Generator().manual_seed(1)                    # finite targets: the padding never counted anyway
-    x = torch.randn(50, 30, generator=g)
-    x[:, 0] = inf
-    t = torch.randint(1, 30, (50,), generator=g)
-    assert torch.equal(rank_of_target(x, t, padding_idx=0), rank_of_target(x, t))

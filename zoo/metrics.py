@@ -15,8 +15,7 @@ the target, ``rank = 1 + #(score > s_t) + #(other items with score == s_t)``. ``
 tied scores is implementation-defined; with real-valued model scores exact ties are rare and both rules agree, but
 the pessimistic rule can never overstate a degenerate model (a constant-score model gets the worst rank, not the
 best). Items masked to ``-inf`` (padding, excluded history) never outrank a finite target; a target that is itself
-``-inf`` ranks last among the ``-inf`` items (pessimistic; the padding column is no item and is not counted, so the
-worst rank is ``n_items``) -- it can never count as a hit unless K covers them.
+``-inf`` ranks last among the ``-inf`` items (pessimistic) -- it can never count as a hit unless K covers them.
 The same rule holds where only a top-K list is known (an exported graph's ``topk_ids`` / ``topk_scores``,
 :func:`rank_in_top_k`): the target ranks after every slot tied with it, and a tie group of two or more slots that
 reaches slot K may go on outside the list, so the target then counts as a miss (rank ``K + 1``).
@@ -45,8 +44,7 @@ METRICS = ("HR", "NDCG", "MRR")
 RANK_CHUNK_BYTES = 2**28
 
 
-def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pessimistic",
-                   padding_idx: int | None = None) -> torch.Tensor:
+def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pessimistic") -> torch.Tensor:
     """1-based rank of each row's target among all ``V`` scores.
 
     Args:
@@ -54,12 +52,10 @@ def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pes
         targets: ``[B]`` integer target index per row (a float tensor is refused).
         ties: ``"pessimistic"`` (default): ``1 + #(other items with score >= target score)``;
             ``"optimistic"``: ``1 + #(items with score > target score)``.
-        padding_idx: a column that is no item (the zoo's padding id 0): never counted, so a target that is itself
-            masked (``-inf``) ranks last among the ``V - 1`` items, not after the padding too.
     Returns:
-        ``[B]`` int64 ranks in ``1..V`` (``1..V-1`` with ``padding_idx``).
+        ``[B]`` int64 ranks in ``1..V``.
     Raises:
-        ValueError: shape mismatch, float targets, target out of range (or the padding column), or NaN scores.
+        ValueError: shape mismatch, float targets, target out of range, or NaN scores.
     """
     scores = torch.as_tensor(scores)
     targets = torch.as_tensor(targets, device=scores.device)
@@ -75,11 +71,6 @@ def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pes
         raise ValueError("scores contain NaN; cannot rank")
     if ties not in ("pessimistic", "optimistic"):
         raise ValueError(f"ties must be 'pessimistic' or 'optimistic', got {ties!r}")
-    if padding_idx is not None:
-        if isinstance(padding_idx, bool) or not isinstance(padding_idx, int) or not 0 <= padding_idx < scores.shape[1]:
-            raise ValueError(f"padding_idx must be a column index in 0..{scores.shape[1] - 1}, got {padding_idx!r}")
-        if bool((targets == padding_idx).any()):
-            raise ValueError(f"a target is the padding index {padding_idx}, which is no item")
     t = scores.gather(1, targets[:, None])                                   # [B, 1]
     # a few rows at a time, counted in int32: counting a whole [B, V] comparison makes an int64 copy of it (2 GB at
     # 256 x 1 M items; bench/bench_eval_memory.py), and int32 counts (V < 2**31) are twice as fast
@@ -87,9 +78,6 @@ def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pes
     counts = [(scores[i:i + rows] >= t[i:i + rows] if ties == "pessimistic" else scores[i:i + rows] > t[i:i + rows])
               .sum(1, dtype=torch.int32) for i in range(0, scores.shape[0], rows)]
     counts = torch.cat(counts).long() if counts else torch.zeros(0, dtype=torch.long, device=scores.device)
-    if padding_idx is not None:                                              # the padding column: no item to count
-        pad = scores[:, padding_idx:padding_idx + 1]
-        counts -= (pad >= t if ties == "pessimistic" else pad > t).squeeze(1).long()
     return counts if ties == "pessimistic" else counts + 1                   # pessimistic: the target counts itself
 
 

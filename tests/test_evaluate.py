@@ -1184,7 +1184,7 @@ def test_cli_a_config_json_nested_too_deeply_is_one_line(tmp_path):
     (d / "config.json").write_text("[" * 100000 + "]" * 100000)
     data = tmp_path / "d.csv"
     data.write_text("user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
-    with pytest.raises(SystemExit, match="config.json is nested too deeply"):
+    with pytest.raises(SystemExit, match="config.json: nested too deeply to read"):
         main(["--model", str(d), "--data", str(data), "--kcore", "0", "--ks", "1", "--no-progress"])
 
 

@@ -9,10 +9,11 @@ Protocols
   that is itself in the window therefore ranks last: it can never be a hit.)
 * **Sampled** (``--sampled uni100`` / ``pop100``, RecBole's ``mode: uni100 | pop100``, the SASRec and BERT4Rec papers'
   protocol): the target is ranked among ``N`` negatives drawn for its user -- uniformly, or in proportion to the items'
-  training counts -- never from the user's history or the target. The draws depend only on ``--sample-seed``, the
-  example's position and the data, so every model evaluated on the same data and seed meets the same negatives (RecBole
-  draws them anew, RecBole#2077). Sampled metrics are kept for comparing with papers that report them; they can rank
-  models differently from full ranking (Krichene & Rendle, KDD 2020; ``bench/RESULTS_SAMPLED_METRICS.md``).
+  training counts (RecBole counts train, valid and test together) -- never from the user's history or the target. The
+  draws depend only on ``--sample-seed``, the example's position and the data, so every model evaluated on the same data
+  and seed meets the same negatives (RecBole draws them anew, RecBole#2077). Sampled metrics are kept for comparing with
+  papers that report them; they can rank models differently from full ranking (Krichene & Rendle, KDD 2020;
+  ``bench/RESULTS_SAMPLED_METRICS.md``).
 
 Command line::
 
@@ -63,7 +64,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from export.fsutil import strict_json
+from export.fsutil import json_depth_guard, strict_json
 
 from .cli import (EXIT_CODES, EXIT_MISSING, STDOUT_PATH, add_columns_option, apply_threads, cannot, check_outputs,
                   cli_device, error_text, exit_with, folder_inputs, nonnegative_int, positive_int, written_whole)
@@ -609,7 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(never the target on data without repeats, e.g. ML-1M; 0 with --exclude-history)")
     p.add_argument("--sampled", type=_sampled_arg, default=None, metavar="uniN|popN",
                    help="sampled metrics (RecBole's uni100/pop100; the SASRec and BERT4Rec papers): rank the target "
-                        "among N negatives drawn per user, uniformly (uniN) or by training count (popN), never from "
+                        "among N negatives drawn per user, uniformly (uniN) or by training count (popN; RecBole "
+                        "counts all three phases), never from "
                         "the user's history; the same draws for every model (--sample-seed). Not comparable with full "
                         "ranking: for papers that report them (default: full ranking)")
     p.add_argument("--sample-seed", type=nonnegative_int, default=0, help="seed of the --sampled negatives (default 0)")
@@ -635,8 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "half-width (95%% ±), the --json output keeps the exact, possibly asymmetric, bounds "
                         "[low, high] under intervals_95")
     p.add_argument("--ranks-out", default=None, metavar="CSV",
-                   help="also write each user's target and its rank (for paired comparisons: python -m zoo.compare); "
-                        f"{STDOUT_PATH}: on standard output (the table then goes to stderr; not with --json "
+                   help="also write each user's target and its rank (for paired comparisons: python -m zoo.compare; "
+                        "a masked target -- --exclude-history, a repeat of the window -- ranks n_items + 1, one past "
+                        f"every item); {STDOUT_PATH}: on standard output (the table then goes to stderr; not with --json "
                         f"{STDOUT_PATH})")
     p.add_argument("--max-users", type=positive_int, default=None,
                    help="evaluate only the first N users (quick check; default: all)")
@@ -774,12 +777,11 @@ def _evaluate(args) -> dict:
         path = folder or resolve_pretrained(args.model)     # resolved above (again only to raise its error)
         if no_config:                   # zoo.recommend's one line (not transformers' "Unrecognized model")
             _check_model_type(path)
-        model = AutoModel.from_pretrained(path)
+        with json_depth_guard(lambda: os.path.join(path, "config.json")):   # transformers' reader on [[[...]]]
+            model = AutoModel.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: --model {args.model}: {e}"
                          + ("; for an export.onnx folder use --onnx" if no_config else "")) from None
-    except RecursionError:              # transformers' JSON reader on a config.json like [[[...]]]: one line
-        raise SystemExit(f"error: --model {args.model}: its config.json is nested too deeply to read") from None
     check_run_split(run_log if folder is not None else checkpoint_log(path), args.model, args.temporal_split)
     _set_ks(args, int(model.config.n_items) - 1, "model")
     ds = _load_data(args)

@@ -15,7 +15,9 @@ the target, ``rank = 1 + #(score > s_t) + #(other items with score == s_t)``. ``
 tied scores is implementation-defined; with real-valued model scores exact ties are rare and both rules agree, but
 the pessimistic rule can never overstate a degenerate model (a constant-score model gets the worst rank, not the
 best). Items masked to ``-inf`` (padding, excluded history) never outrank a finite target; a target that is itself
-``-inf`` ranks last among the ``-inf`` items (pessimistic) -- it can never count as a hit unless K covers them.
+``-inf`` ranks last among the ``-inf`` items, the padding column counted with them: its rank is ``V`` (``n_items + 1``
+in :mod:`zoo.evaluate`'s terms, one past every item), a miss at every cut-off -- as a top-K graph, which cannot see past
+its list, reports it (:func:`rank_in_top_k`: ``K + 1``), and as ``zoo.evaluate --ranks-out`` writes it.
 The same rule holds where only a top-K list is known (an exported graph's ``topk_ids`` / ``topk_scores``,
 :func:`rank_in_top_k`): the target ranks after every slot tied with it, and a tie group of two or more slots that
 reaches slot K may go on outside the list, so the target then counts as a miss (rank ``K + 1``).

@@ -148,10 +148,25 @@ def card_config(card: str) -> dict:
 
 def fresh_run(script: str, args: Sequence[str]) -> str:
     """Run ``python <script> <args>`` in a fresh interpreter (one OpenMP thread), for a measurement that must be its
-    own process (a peak resident set); returns the last line it printed."""
-    out = subprocess.run([sys.executable, os.path.abspath(script), *map(str, args)], capture_output=True, text=True,
-                         check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    return out.stdout.strip().splitlines()[-1]
+    own process (a peak resident set); returns the last line it printed (stdout and stderr are captured). Started
+    as every bench child is (:func:`spawn`): in a session of its own, and on Linux killed with the bench where that
+    is killed outright (SIGKILL, a crash: :func:`die_with_parent`); on an error, Ctrl-C or SIGTERM while it runs it
+    is stopped (terminated, killed after 10 s) and reaped before that goes on. A child that fails is
+    ``subprocess.CalledProcessError`` (its output and stderr kept), as ``subprocess.run(check=True)`` gave; one that
+    printed nothing is a ``RuntimeError`` saying so."""
+    proc = spawn([sys.executable, os.path.abspath(script), *map(str, args)], stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        out, err = proc.communicate()
+    except BaseException:                       # Ctrl-C, SIGTERM (run_cli), ...: its own session heard none of it
+        _stop([proc])
+        raise
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, out, err)
+    lines = out.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"{' '.join(map(str, proc.args))} printed nothing (a measurement prints it last)")
+    return lines[-1]
 
 
 #: the line a worker of :func:`run_workers` (``barrier=True``) prints once it is set up (:func:`wait_for_start`)

@@ -9,7 +9,8 @@ by their loss; a group's mean row follows its runs. The runs must share the data
 otherwise: a table of runs that differ in more than the loss would compare nothing), and each group should hold the
 same seeds. Runs that cannot be tabled -- unfinished, or of another model, data or protocol -- are bad input, status
 1 (as ``zoo.compare``'s ranks files of two splits), naming the run; one run named twice (``A`` and ``A/``), which
-its mean would count twice, is a usage error, 2.
+its mean would count twice, is a usage error, 2. The header says the split and the history masking the logs'
+``protocol`` records (``unknown`` where it does not).
 """
 
 from __future__ import annotations
@@ -107,6 +108,27 @@ def masking_words(protocol) -> str:
     return f"history masking unknown (the logs say {json.dumps(value)})"
 
 
+def split_words(protocol, split=None) -> str:
+    """The split the tabled runs were tested on, from their logs' ``protocol`` entry (the runs share it; ``zoo.train``
+    writes its ``split``: ``"leave-one-out by time (...)"``, or ``"temporal: {cuts}"`` for ``--temporal-split``):
+    ``the leave-one-out split``, ``the temporal split`` -- ``at test share T, validation share V`` when the log's own
+    ``split`` record (``split``: ``{"kind": "temporal", "cuts": {...}}``) gives the shares -- and
+    ``an unknown split, not in the logs`` where the protocol does not say (a log from before the entry, a protocol
+    that is no JSON object), or ``an unknown split, the logs say VALUE`` for a value that names neither split."""
+    said = protocol.get("split") if isinstance(protocol, dict) else None
+    if said is None:
+        return "an unknown split, not in the logs"
+    if isinstance(said, str) and said.startswith("leave-one-out"):
+        return "the leave-one-out split"
+    if isinstance(said, str) and said.startswith("temporal"):
+        cuts = split.get("cuts") if isinstance(split, dict) and split.get("kind") == "temporal" else None
+        shares = [cuts.get(k) for k in ("test_share", "valid_share")] if isinstance(cuts, dict) else []
+        if len(shares) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in shares):
+            return f"the temporal split at test share {shares[0]:g}, validation share {shares[1]:g}"
+        return "the temporal split"
+    return f"an unknown split, the logs say {json.dumps(said)}"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", help="finished zoo.train --out folders")
@@ -136,8 +158,8 @@ def main(argv=None):
         exit_with(EXIT_ERROR, f"error: {e}")
     any_log = next(iter(runs.values()))
     head = (f"Produced by `{command_line('bench/loss_table.py', argv)}`: {any_log['model_type']} on "
-            f"`{os.path.basename(any_log['data'])}`, test on the leave-one-out split (full ranking, "
-            f"{masking_words(any_log['protocol'])}).")
+            f"`{os.path.basename(any_log['data'])}`, test on {split_words(any_log['protocol'], any_log.get('split'))} "
+            f"(full ranking, {masking_words(any_log['protocol'])}).")
     print(head + "\n\n" + "\n".join(lines))
     if a.markdown:
         write_markdown(a.markdown, head + "\n\n" + "\n".join(lines) + "\n")

@@ -294,7 +294,8 @@ def test_the_bench_sets_up_the_sparse_optimizer_as_zoo_train_does(monkeypatch):
 
 def _run_log(tmp_path, name, loss, seed, ndcg, data="d.tsv", model="sasrec", finished=True, sparse=False):
     """A finished zoo.train run folder with the fields bench/loss_table.py reads."""
-    log = {"model_type": model, "data": f"/x/{data}", "seed": seed, "protocol": {"history_masked": False},
+    log = {"model_type": model, "data": f"/x/{data}", "seed": seed,
+           "protocol": {"split": "leave-one-out by time (RecBole LS valid_and_test)", "history_masked": False},
            "train": {"optimizer": "adam", **({"sparse_item_grad": True} if sparse else {})},
            "loss": loss, "best_valid_NDCG10": ndcg + 0.01, "best_epoch": 2, "train_minutes": 1.5,
            "epochs": [{"epoch": 1, "seconds": 10.0}, {"epoch": 2, "seconds": 20.0}, {"epoch": 3, "seconds": 30.0}]}
@@ -384,7 +385,42 @@ def test_loss_table_header_says_how_the_history_was_treated(monkeypatch, tmp_pat
     b.main([*runs, "--markdown", str(out)])
     head = out.read_text().splitlines()[0]
     assert head.startswith("Produced by `python bench/loss_table.py ") and head.endswith(
-        f"test on the leave-one-out split (full ranking, {says}."), head
+        f" (full ranking, {says}."), head               # the split's words: test_loss_table_header_says_the_split
+    assert capsys.readouterr().out.startswith(head + "\n")
+
+
+#: ``protocol.split`` as zoo.train's log writer records it: leave-one-out, and a temporal split with its cuts
+LOO = "leave-one-out by time (RecBole LS valid_and_test)"
+CUTS = {"valid_from": 1_000_000_000.0, "test_from": 1_000_500_000.0, "test_share": 0.1, "valid_share": 0.05}
+
+
+@pytest.mark.parametrize("protocol, split, says", [
+    ({"split": LOO, "history_masked": False}, {"kind": "leave-one-out"},
+     "test on the leave-one-out split (full ranking, history not masked)."),
+    ({"split": f"temporal: {CUTS}", "history_masked": True}, {"kind": "temporal", "cuts": CUTS},
+     "test on the temporal split at test share 0.1, validation share 0.05 (full ranking, history masked)."),
+    ({"split": f"temporal: {CUTS}", "history_masked": False}, None,                  # no split record of its own
+     "test on the temporal split (full ranking, history not masked)."),
+    ({"history_masked": False}, None, "test on an unknown split, not in the logs (full ranking, history not masked)."),
+    ("recbole", None, "test on an unknown split, not in the logs (full ranking, history masking unknown (not in the "
+                      "logs))."),
+    ({"split": 3, "history_masked": True}, None, "test on an unknown split, the logs say 3 (full ranking, history "
+                                                 "masked).")])
+def test_loss_table_header_says_the_split(monkeypatch, tmp_path, capsys, protocol, split, says):
+    """The header said "test on the leave-one-out split" whatever the runs were tested on; runs of ``zoo.train
+    --temporal-split`` record ``protocol.split`` as ``temporal: {cuts}`` (and the shares in the log's ``split``):
+    the header now says the split the logs record, ``unknown`` where they do not."""
+    b = _bench("loss_table", monkeypatch)
+    runs = [_run_log(tmp_path, f"ce-{seed}", {"type": "ce"}, seed, 0.1) for seed in (1, 2)]
+    for run in runs:
+        path = Path(run) / "train_log.json"
+        log = {**json.loads(path.read_text()), "protocol": protocol}
+        path.write_text(json.dumps({**log, **({"split": split} if split is not None else {})}))
+    out = tmp_path / "t.md"
+    b.main([*runs, "--markdown", str(out)])
+    head = out.read_text().splitlines()[0]
+    assert head.startswith("Produced by `python bench/loss_table.py ") and head.endswith(
+        f"sasrec on `d.tsv`, {says}"), head
     assert capsys.readouterr().out.startswith(head + "\n")
 
 
@@ -857,6 +893,53 @@ def test_catalogue_growth_children_die_with_the_bench(monkeypatch, tmp_path, rec
     assert said == [{"module": m, "pdeathsig": int(signal.SIGKILL), "own_session": True}
                     for m in ("zoo.train", "zoo.train", "zoo.evaluate")], said
     assert len(recorded_popens) == 3 and all(p.poll() == 0 for p in recorded_popens)
+
+
+#: a measurement script of ``benchutil.fresh_run``: prints a line, then, last, as JSON its parent-death signal
+#: (``prctl(PR_GET_PDEATHSIG)``), whether it runs in a session of its own, its OpenMP threads and its arguments;
+#: ``fail`` as its first argument: a message on stderr and status 1; ``sleep``: waits (to be stopped)
+FRESH_SCRIPT = """\
+import ctypes, json, os, sys, time
+if sys.argv[1:2] == ["fail"]:
+    sys.exit("no measurement here")
+if sys.argv[1:2] == ["sleep"]:
+    print("sleeping", flush=True)
+    time.sleep(600)
+sig = ctypes.c_int(-1)
+ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)              # PR_GET_PDEATHSIG
+print("a line before the measurement")
+print(json.dumps({"pdeathsig": sig.value, "own_session": os.getsid(0) == os.getpid(),
+                  "omp": os.environ.get("OMP_NUM_THREADS"), "args": sys.argv[1:]}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG (die_with_parent) is Linux's")
+def test_a_fresh_run_dies_with_the_bench_and_is_reaped(monkeypatch, tmp_path, recorded_popens):
+    """``fresh_run`` (the memory benches' measurement in a fresh interpreter) started its child with
+    ``subprocess.run``: no parent-death signal, so a bench SIGKILLed left it measuring. It is now started as every
+    bench child (``spawn``): SIGKILL as its parent-death signal, a session of its own, one OpenMP thread; its last
+    line is returned, a failure is ``CalledProcessError`` with its stderr, each child is reaped, and one still
+    running when the bench is interrupted is stopped first."""
+    bu = _benchutil(monkeypatch)
+    script = tmp_path / "measure.py"
+    script.write_text(FRESH_SCRIPT)
+    said = json.loads(bu.fresh_run(str(script), ["--of", 2]))
+    assert said == {"pdeathsig": int(signal.SIGKILL), "own_session": True, "omp": "1", "args": ["--of", "2"]}, said
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        bu.fresh_run(str(script), ["fail"])
+    assert e.value.returncode == 1 and "no measurement here" in e.value.stderr
+    assert len(recorded_popens) == 2 and all(p.poll() is not None for p in recorded_popens)
+
+    # a Ctrl-C (or run_cli's SIGTERM) in the bench while it waits: the child, in its own session, hears none of it,
+    # so fresh_run stops and reaps it before the interrupt goes on
+    def interrupted(self, *a, **k):
+        assert self.stdout.readline() == "sleeping\n"                 # the child runs, and waits
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", interrupted)   # the recording class of recorded_popens
+    with pytest.raises(KeyboardInterrupt):
+        bu.fresh_run(str(script), ["sleep"])
+    assert len(recorded_popens) == 3 and recorded_popens[2].poll() is not None
 
 
 def test_catalogue_growth_with_no_new_item_among_the_test_targets(monkeypatch, tmp_path):

@@ -499,6 +499,34 @@ def test_lrurec_dropout_alias_errors_name_the_alias(tmp_path):
     assert AutoConfig.from_pretrained(tmp_path).hidden_dropout == 0.3
 
 
+def test_a_typo_of_a_fields_alias_is_told_the_alias(tmp_path, caplog):
+    """``LRURecConfig(dropuot=0.1)`` (and ``from_pretrained(path, dropuot=)``) hinted ``attn_dropout``, the closest
+    field, though the caller meant LRURec's ``dropout`` (:attr:`SeqRecConfig.field_aliases`): the hint weighs the
+    aliases too, names the alias as one, and the message lists the aliases after the fields; a typo of a field still
+    gets the field, and a config without aliases lists none."""
+    from transformers import AutoModel
+
+    from zoo.models.lrurec import LRURecConfig, LRURecModel
+    from zoo.models.sasrec import SASRecConfig
+
+    hint = r"dropuot is not a field of LRURecConfig \(did you mean dropout\? an alias of hidden_dropout\); the fields "
+    with pytest.raises(ValueError, match=rf"^{hint}.*'attn_dropout'.*\]; dropout is an alias of hidden_dropout$"):
+        LRURecConfig(dropuot=0.1)
+    with pytest.raises(ValueError, match=r"^hiden_dropout is not a field of LRURecConfig \(did you mean "
+                                         r"hidden_dropout\?\); "):
+        LRURecConfig(hiden_dropout=0.1)
+    with pytest.raises(ValueError, match=r"^dropuot is not a field of SASRecConfig \(did you mean (?!dropout\?)\w+\?\)"
+                                         r"; the fields of SASRecConfig \(sasrec\) are \[[^]]*\]$"):
+        SASRecConfig(dropuot=0.1)                       # no alias there: the closest field, and no alias listed
+    folder, _ = _saved(tmp_path, "lrurec")
+    for load in (LRURecModel.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(ValueError, match=rf"^{hint}.*; nor is dropuot an argument of from_pretrained$"):
+            load(folder, dropuot=0.5)
+    with caplog.at_level("WARNING", logger="zoo.modeling_utils"):
+        AutoConfig.from_pretrained(folder, dropuot=0.5)                 # transformers drops it: warned, with the hint
+    assert re.search(hint, caplog.text), caplog.text
+
+
 @pytest.mark.parametrize("hidden_dropout", [0.3, 0.2])
 def test_lrurec_dropout_alias_and_hidden_dropout_that_disagree_are_refused(hidden_dropout):
     """``LRURecConfig(dropout=0.1, hidden_dropout=0.3)`` kept 0.1 without a word (the alias won): two values for one

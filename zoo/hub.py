@@ -208,8 +208,7 @@ def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dic
 
     loading = card_loading_line(name, repo_id, bundled, load_from)
     repo_id = repo_id or (f"{HUB_ORG}/{name}" if bundled else name)
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-        cfg = json.load(f)
+    cfg = read_json_object(os.path.join(folder, "config.json"), "the model config")
     model_type = cfg["model_type"]
     ds_name, ds_type = dataset.get("name", "dataset"), dataset.get("type", "dataset")
     split = "test (leave-one-out)"
@@ -429,6 +428,31 @@ def card_notes(card_dir: str | os.PathLike) -> str:
 STAGES_FILE = "training_log.json"
 
 
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in the file ``path`` (a run's log, a card's history or results, a model config), read with
+    the project's one reader (:func:`export.fsutil.read_json`). A file that cannot be read -- not UTF-8, not JSON,
+    nested too deeply (``[[[...]]]``), no JSON object, or refused by the file system -- is a one-line ``ValueError``
+    naming ``what`` and the file: ``"the training log PATH: cannot read it (REASON)"`` (:func:`zoo.cli.cannot`)."""
+    try:
+        value = read_json(path)
+    except (OSError, JSONReadError) as e:
+        raise ValueError(cannot(what, os.fspath(path), e.reason if isinstance(e, JSONReadError) else e,
+                                "read")) from None
+    if not isinstance(value, dict):
+        raise ValueError(cannot(what, os.fspath(path), f"a JSON {type(value).__name__}, not a JSON object", "read"))
+    return value
+
+
+def _stages_of(path: pathlib.Path) -> list[dict]:
+    """The stages of a card's ``training_log.json`` (``{"stages": [log, ...]}``); a ``ValueError`` naming the file
+    when it cannot be read (:func:`read_json_object`) or holds no non-empty list of stage logs."""
+    stages = read_json_object(path, "the card's training history").get("stages")
+    if not isinstance(stages, list) or not stages or not all(isinstance(st, dict) for st in stages):
+        raise ValueError(cannot("the card's training history", os.fspath(path),
+                                'no "stages" list of stage logs (JSON objects)', "read"))
+    return stages
+
+
 def training_stages(run_dir: str | os.PathLike) -> list[dict]:
     """The training history of a run as a list of stage logs, oldest first: a run started with ``--init-from`` is
     preceded by the stages of the checkpoint it started from (a run folder's ``train_log.json``, followed further,
@@ -436,7 +460,9 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
     ``soup_log.json``: :func:`soup_stages`). A card folder that already holds the run's stage (carded from it, then
     from later stages) gives its stages before it. A run that logged the weights it started from
     (``init_weights_sha256``) is followed only into a folder that still holds them: a card replaced since (by a
-    sibling run, or a soup) would tell another history, so the history stops there, with a warning."""
+    sibling run, or a soup) would tell another history, so the history stops there, with a warning. A log on the
+    way that cannot be read (not UTF-8, not JSON, ``[[[...]]]``, no JSON object) is a one-line ``ValueError`` naming
+    it (:func:`read_json_object`)."""
     stages: list[dict] = []
     seen = set()
     folder = pathlib.Path(run_dir)
@@ -451,7 +477,7 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
                 logger.warning("training history stops at %s: %s no longer holds the weights it started from",
                                run_dir, folder)
                 return stages
-            log = json.loads((folder / "train_log.json").read_text(encoding="utf-8"))
+            log = read_json_object(folder / "train_log.json", "the training log")
             stages.insert(0, log)
             prev = log.get("init_from")
             if not prev:
@@ -464,7 +490,7 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
                 return stages
             folder = found
         elif (folder / STAGES_FILE).exists():
-            earlier = json.loads((folder / STAGES_FILE).read_text(encoding="utf-8"))["stages"]
+            earlier = _stages_of(folder / STAGES_FILE)
             if stages and stages[0] in earlier:         # the card holds this run (re-carded from it, or later stages)
                 return earlier[:earlier.index(stages[0])] + stages
             if expect and weights_sha256(folder) != expect:   # the card was replaced since the run started from it
@@ -473,7 +499,7 @@ def training_stages(run_dir: str | os.PathLike) -> list[dict]:
                 return stages
             return earlier + stages
         elif (folder / SOUP_LOG).exists():              # a zoo.soup folder: the stages its ingredients share, then it
-            return soup_stages(json.loads((folder / SOUP_LOG).read_text(encoding="utf-8"))) + stages
+            return soup_stages(read_json_object(folder / SOUP_LOG, "the soup log")) + stages
         else:
             logger.warning("training history stops at %s (no train_log.json or %s)", folder, STAGES_FILE)
             return stages
@@ -1023,11 +1049,12 @@ def validation_masked(log: dict) -> bool | None:
 def _check_same_protocol(card_dir: str | os.PathLike, exclude_history: bool) -> None:
     """A card replaced in its folder (in place, or by a new stage) keeps its protocol: ``ValueError`` when
     ``--exclude-history`` differs from the one its ``eval_results.json`` was measured with (a forgotten flag would
-    otherwise switch the card's numbers to the other protocol)."""
+    otherwise switch the card's numbers to the other protocol); a ``ValueError`` naming the file when it cannot be
+    read (:func:`read_json_object`)."""
     path = pathlib.Path(card_dir) / "eval_results.json"
     if not path.is_file():
         return
-    was = bool(json.loads(path.read_text(encoding="utf-8")).get("exclude_history", False))
+    was = bool(read_json_object(path, "the card's eval results").get("exclude_history", False))
     if was != exclude_history:
         raise ValueError(f"{card_dir} was measured {'with' if was else 'without'} --exclude-history "
                          f"({PROTOCOL_NAMES[was]}); a card replaced in its folder keeps its protocol: "
@@ -1092,15 +1119,20 @@ def refresh_onnx_export(card_dir: str | os.PathLike, args: list[str], data: str 
 
 def card_summary(folder: str | os.PathLike) -> list[str]:
     """``[model type, dataset name, protocol, HR@10, NDCG@10]`` of a card folder, as text (``-`` for what the folder
-    does not say: a model folder without a measured card)."""
+    does not say: a model folder without a measured card, an entry that is not text or a number). A ``config.json``
+    or ``eval_results.json`` that cannot be read (not UTF-8, not JSON, ``[[[...]]]``, no JSON object) is a one-line
+    ``ValueError`` naming it (:func:`read_json_object`)."""
     folder = pathlib.Path(folder)
-    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "-")
+    model_type = read_json_object(folder / "config.json", "the model config").get("model_type")
     results = folder / "eval_results.json"
-    info = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
-    metrics = info.get("metrics", {})
-    protocol = (info.get("protocol") or {}).get("name", "-")
-    return [model_type, _card_dataset(folder).get("name") or "-", protocol,
-            *(f"{metrics[k]:.4f}" if k in metrics else "-" for k in ("HR@10", "NDCG@10"))]
+    info = read_json_object(results, "the card's eval results") if results.is_file() else {}
+    metrics = info.get("metrics") if isinstance(info.get("metrics"), dict) else {}
+    protocol = info.get("protocol").get("name") if isinstance(info.get("protocol"), dict) else None
+
+    def number(v) -> str:
+        return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+    return [model_type if isinstance(model_type, str) else "-", _card_dataset(folder).get("name") or "-",
+            protocol if isinstance(protocol, str) else "-", *(number(metrics.get(k)) for k in ("HR@10", "NDCG@10"))]
 
 
 # --------------------------------------------------------------------------------------------------- push
@@ -1169,9 +1201,10 @@ def hub_errors() -> tuple[type[Exception], ...]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m zoo.hub``: ``list``, ``card``, ``push``. Exit statuses (:data:`EXIT_CODES`): 2 for a
     bad option, an ``--out`` that cannot take the card, or files no card holds in a folder to push without
-    ``--allow-extra``; 1 for a card or a push that failed (a run, data or Hub that cannot be read or reached); 4 for a
-    package the card needs that is missing here."""
-    from .cli import EXIT_CODES, EXIT_MISSING, command_prog, exit_with
+    ``--allow-extra``; 1 for a card or a push that failed (a run, data or Hub that cannot be read or reached) and for
+    a ``list`` that met a bundled folder it cannot read (one line naming it; the others are listed); 4 for a package
+    the card needs that is missing here."""
+    from .cli import EXIT_CODES, EXIT_ERROR, EXIT_MISSING, command_prog, exit_with
     from export.fsutil import EXIT_VERIFY_FAILED
 
     p = argparse.ArgumentParser(prog=command_prog("zoo.hub"), description="Bundled models, model cards, publishing.",
@@ -1244,8 +1277,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "naming them")
     args = p.parse_args(argv)
     if args.cmd == "list":
+        failed = False
         for name, path in bundled_models().items():
-            print("\t".join([f"{HUB_ORG}/{name}", str(path), *card_summary(path)]))
+            try:
+                row = card_summary(path)
+            except (OSError, ValueError) as e:  # a corrupt card: one line naming it; the others are still listed
+                print(f"cannot list {HUB_ORG}/{name}: {error_text(e)}", file=sys.stderr, flush=True)
+                failed = True
+                continue
+            print("\t".join([f"{HUB_ORG}/{name}", str(path), *row]), flush=True)
+        if failed:
+            raise SystemExit(EXIT_ERROR)                                                  # status 1
     elif args.cmd == "card":
         from export.deps import MissingDependencyError
 

@@ -269,20 +269,24 @@ def transformers_config_keys() -> frozenset[str]:
 
 
 def unknown_fields_message(cfg_cls: type, names: Sequence[str]) -> str:
-    """``"<name> is not a field of <Config> (did you mean <field>? ...)"`` for each of ``names``, then the fields:
-    RecBole's name of a field (:data:`RECBOLE_ALIASES`) is mapped to it, another name to the closest field
-    (``difflib``)."""
+    """``"<name> is not a field of <Config> (did you mean <field>? ...)"`` for each of ``names``, then the fields
+    and the config's aliases of fields (:attr:`SeqRecConfig.field_aliases`): RecBole's name of a field
+    (:data:`RECBOLE_ALIASES`) is mapped to it, another name to the closest field or alias (``difflib``; an alias
+    is suggested as what it is, ``did you mean dropout? an alias of hidden_dropout``)."""
     fields = sorted(cfg_cls.init_fields())
+    aliases = {a: f for a, f in sorted((getattr(cfg_cls, "field_aliases", None) or {}).items()) if a not in fields}
     parts = []
     for name in names:
         alias = RECBOLE_ALIASES.get(name)
         if alias in fields:
             hint = f" (did you mean {alias}? RecBole's {name} is {alias} in the zoo)"
         else:
-            close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            close = difflib.get_close_matches(name, fields + list(aliases), n=1, cutoff=0.6)
+            hint = "" if not close else f" (did you mean {close[0]}?)" if close[0] not in aliases else \
+                f" (did you mean {close[0]}? an alias of {aliases[close[0]]})"
         parts.append(f"{name} is not a field of {cfg_cls.__name__}{hint}")
-    return f"{'; '.join(parts)}; the fields of {cfg_cls.__name__} ({cfg_cls.model_type}) are {fields}"
+    return (f"{'; '.join(parts)}; the fields of {cfg_cls.__name__} ({cfg_cls.model_type}) are {fields}"
+            + "".join(f"; {a} is an alias of {f}" for a, f in aliases.items()))
 
 
 class SeqRecConfig(PreTrainedConfig):

@@ -27,6 +27,9 @@ sends it with the new items and stores the returned state -- the recipe for user
 sequence slot lives (``max_sequence_idle_microseconds``). A user it has no state for starts from the model's initial
 state: each tensor in its own dtype (from the model's metadata) filled with its initial value (the config's
 ``state_init`` parameter: 0, and -1.0 for TiM4Rec-causal's float64 ``last_ts``).
+An event longer than a ``tensorrt`` model's cap (:attr:`ExplicitStateRecommender.max_new_items`, the same
+``max_seq_length`` parameter) goes as consecutive requests of at most the cap, each carrying the previous one's
+returned states; the final state is stored once, after the last (a failure part-way stores nothing).
 
 Window models (models without an exact step, e.g. SASRec, TiM4Rec) are stateless: :class:`WindowRecommender` sends
 the history's last ``max_seq_length`` items with each call.
@@ -377,6 +380,33 @@ def _gone(msg: str) -> bool:
     return "no state" in msg or "START flag" in msg
 
 
+def _backend_of(config: dict) -> str:
+    """A model config's Triton backend: its ``backend``, else its ``platform`` ("" when it names neither)."""
+    return str(config.get("backend") or config.get("platform") or "")
+
+
+def _new_items_cap(client: _Base, backend: str) -> int | None:
+    """The most new items one request of ``client``'s step model may carry (None: no cap), shared by
+    :attr:`TritonRecommender.max_new_items` and :attr:`ExplicitStateRecommender.max_new_items`: for a ``tensorrt``
+    model (backend ``tensorrt`` or platform ``tensorrt_plan``) the config's ``max_seq_length`` parameter (None when
+    the config has none); None for any other backend. A parameter that is no positive int raises
+    :class:`TritonRecommendError`."""
+    if backend not in ("tensorrt", "tensorrt_plan"):
+        return None
+    raw = client._param("max_seq_length")
+    if raw is None:
+        return None
+    try:
+        cap = int(raw)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise TritonRecommendError(f"model {client.model_name!r}: its config's max_seq_length parameter is "
+                                   f"{raw!r}, not a positive int: regenerate its repository with python -m "
+                                   "export.triton")
+    return cap
+
+
 class TritonRecommender(_Base):
     """Per-event recommendations from a stateful (sequence-batcher) zoo model on Triton.
 
@@ -462,8 +492,7 @@ class TritonRecommender(_Base):
     def backend(self) -> str:
         """The model's Triton backend (its config's ``backend``, else ``platform``; "" when the config names none):
         ``python`` takes an END without items, the others run their graph on every request (see :meth:`end`)."""
-        cfg = self._model_config()
-        return str(cfg.get("backend") or cfg.get("platform") or "")
+        return _backend_of(self._model_config())
 
     @functools.cached_property
     def max_new_items(self) -> int | None:
@@ -474,20 +503,7 @@ class TritonRecommender(_Base):
         has no cap the client can read (None: its events go whole, and the server refuses one past the profile).
         The onnxruntime and python backends take any ``T``: None. An event of more items is split into requests of at
         most this many (see :meth:`recommend_with_scores`)."""
-        if self.backend not in ("tensorrt", "tensorrt_plan"):
-            return None
-        raw = self._param("max_seq_length")
-        if raw is None:
-            return None
-        try:
-            cap = int(raw)
-        except ValueError:
-            cap = 0
-        if cap < 1:
-            raise TritonRecommendError(f"model {self.model_name!r}: its config's max_seq_length parameter is "
-                                       f"{raw!r}, not a positive int: regenerate its repository with python -m "
-                                       "export.triton")
-        return cap
+        return _new_items_cap(self, self.backend)
 
     @functools.cached_property
     def sequence_idle_s(self) -> float | None:
@@ -806,6 +822,29 @@ class TritonRecommender(_Base):
                     raise
 
 
+def _pieces(lengths: Sequence[int], cap: int | None) -> list[list[tuple[int, int]]]:
+    """Each event's pieces, for events of ``lengths`` new items and a per-request ``cap`` (None: no cap): the
+    ``(start, stop)`` column ranges of at most ``cap`` items, in order, the last one the rest (one whole piece
+    when the event fits)."""
+    out = []
+    for n in lengths:
+        step = n if cap is None or cap >= n else cap
+        out.append([(a, min(a + step, n)) for a in range(0, n, step)])
+    return out
+
+
+def _piece_error(e: Exception, rnd: int, cap: int | None) -> TritonRecommendError:
+    """:func:`_stateless_error` for a failed request of :meth:`ExplicitStateRecommender.recommend_many`; past the
+    first piece (``rnd`` > 0) it says that the pieces already answered were dropped and nothing was stored."""
+    if rnd == 0:
+        return _stateless_error(e, "the users' states travel with the request and none was stored (all or nothing)")
+    why = (f"the events went in pieces of at most {cap} items (the model's cap) and piece {rnd + 1} failed: the "
+           "states of the pieces already answered were dropped and none was stored (all or nothing)")
+    if _outcome_unknown(e):
+        return _stateless_error(e, why)
+    return TritonRecommendError(f"{e.message()} ({why}; the call can be sent again once the problem is fixed)")
+
+
 class StaleStateError(TritonRecommendError, state_store.StaleStateError):
     """A stored state was written by another model than the one serving now (its fingerprint differs)."""
 
@@ -834,7 +873,8 @@ class ExplicitStateRecommender(_Base):
     it, it gives wrong recommendations without any error. The model's config carries the graph's state fingerprint
     (``state_fingerprint``: :func:`export.onnx.state_fingerprint`); every stored state gets it as one more entry
     (``FINGERPRINT_KEY``, a string array), and a stored state with another fingerprint, or none, is refused with
-    :class:`StaleStateError` before anything is sent. Replay that user's history (:meth:`prime`: one request), or
+    :class:`StaleStateError` before anything is sent. Replay that user's history (:meth:`prime`: one request, or
+    pieces of at most the model's cap, :attr:`max_new_items`), or
     pass ``on_stale="restart"`` to start such users from the initial state (their earlier history is then ignored).
     Repositories written before the fingerprint existed have none, and their states are not checked.
 
@@ -932,11 +972,26 @@ class ExplicitStateRecommender(_Base):
                               self._NP[self.inputs[n]["datatype"]]) for n in self.state_names},
                 **{n: np.full((1, 1), v, np.float64) for n, v in self.client_init.items()}}
 
+    @functools.cached_property
+    def backend(self) -> str:
+        """The model's Triton backend (its config's ``backend``, else ``platform``; "" when the config names
+        none), as :attr:`TritonRecommender.backend`."""
+        return _backend_of(self._model_config())
+
+    @functools.cached_property
+    def max_new_items(self) -> int | None:
+        """Most new items one request may carry (None: no cap), as :attr:`TritonRecommender.max_new_items`: for a
+        ``tensorrt`` model the config's ``max_seq_length`` parameter (a TensorRT engine's profile takes new items
+        ``T`` in ``[1, max_seq_length]``); None for the onnxruntime and python backends. An event of more items goes
+        in pieces of at most this many (see :meth:`recommend_many`)."""
+        return _new_items_cap(self, self.backend)
+
     def recommend_with_scores(self, user_id, new_items, timestamps=None, k: int | None = None,
                               start: bool = False, candidates: Sequence[Any] | None = None):
         """The top-``k`` after ``new_items`` (and their ``timestamps``), from the user's stored state (``start``:
         from the initial state, whatever is stored); the new state replaces the stored one. ``candidates``: the item
-        ids to choose from (a ``--candidates`` model)."""
+        ids to choose from (a ``--candidates`` model). An event of more items than the model takes a request
+        (:attr:`max_new_items`) goes in pieces, all or nothing, as :meth:`recommend_many` says."""
         event = (user_id, new_items) if timestamps is None else (user_id, new_items, timestamps)
         return self.recommend_many([event], k, start, None if candidates is None else [candidates])[0]
 
@@ -949,7 +1004,19 @@ class ExplicitStateRecommender(_Base):
         every request has answered: all or nothing (a refused event -- an unknown id, timestamps going back -- sends
         and stores nothing); with a versioned store they are committed together, or sent again from the newer states
         if another process stored one of these users meanwhile. ``start``: every user from the initial state.
-        ``candidates``: one list of item ids per event (None: not restricted; a ``--candidates`` model)."""
+        ``candidates``: one list of item ids per event (None: not restricted; a ``--candidates`` model).
+
+        An event of more items than the model takes a request (:attr:`max_new_items`: a TensorRT engine's profile,
+        the config's ``max_seq_length``) goes as consecutive pieces of at most that many items (the last one the
+        rest), in order: each piece's ``*_out`` states are the next piece's state inputs (a gaps model's first gap
+        of a piece comes from the previous piece's last timestamp); the timestamps split with their items; the
+        candidates (and ``k``) apply to the last piece, whose answer comes back (the earlier pieces' answers are
+        dropped; they carry an unrestricted candidates row). Piece ``j`` of every event goes before piece ``j + 1``
+        of any; a round's pieces of as many items go as the rows of one request. A step model answers the same
+        either way (its state after a prefix, stepped through the rest, is the state after the whole). The final
+        states are stored only once, at the end, as for an unsplit call: a piece refused or unanswered part-way
+        stores nothing (the states of the pieces already answered are dropped), so what was stored before the call
+        is kept and the whole call can be sent again."""
         k = self._check_k(k)
         users = state_store.checked_users(events)      # str or int, whatever the store
         if candidates is not None and len(candidates) != len(events):
@@ -967,11 +1034,10 @@ class ExplicitStateRecommender(_Base):
                                      f"1..{self.n_items - 1}")
             ts = self._event_ts(e[2] if len(e) == 3 else None, ids.shape[1], f"event {i} (user {e[0]!r}): ")
             encoded.append((ids, ts))
-        groups: dict[int, list[int]] = {}
-        for i, (ids, _) in enumerate(encoded):
-            groups.setdefault(ids.shape[1], []).append(i)
+        pieces = _pieces([ids.shape[1] for ids, _ in encoded], self.max_new_items)
         outs = self._outputs_for(["topk_ids", "topk_scores"] + [f"{n}_out" for n in self.state_names])
         vector = "user_vector" in self.outputs
+        unrestricted = np.zeros(0, np.int64)
 
         def compute(stored):
             states, restarted = [], 0
@@ -987,32 +1053,44 @@ class ExplicitStateRecommender(_Base):
                     self._check_after(ts, float(np.asarray(state["last_ts"]).reshape(-1)[0]), f"user {user!r}")
                 states.append(state)
             results, new, last_vector = [None] * len(users), [None] * len(users), None
-            for rows in groups.values():
-                for at in range(0, len(rows), self.max_batch):
-                    chunk = rows[at:at + self.max_batch]
-                    ins = [self._input("item_ids", np.concatenate([encoded[i][0] for i in chunk]), "INT64")]
-                    if self.uses_timestamps:         # timestamps, or the gaps from them and each user's last_ts
-                        ins += self._time_input(np.concatenate([encoded[i][1] for i in chunk]), np.concatenate(
-                            [np.asarray(states[i].get("last_ts", -1.0), np.float64).reshape(1, 1) for i in chunk]))
-                    ins += [self._input(n, np.ascontiguousarray(np.concatenate(
-                        [np.asarray(states[i][n]).reshape(self.inputs[n]["shape"][1:])[None] for i in chunk])),
-                        self.inputs[n]["datatype"]) for n in self.state_names]
-                    ins += self._candidates_input(None if cands is None else [cands[i] for i in chunk],
-                                                  len(chunk))
-                    try:
-                        r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
-                    except (self._exc, OSError) as e:
-                        raise _stateless_error(e, "the users' states travel with the request and none was stored "
-                                                  "(all or nothing)") from None
-                    top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
-                    for row, i in enumerate(chunk):
-                        results[i] = self._pick(top[row], scores[row], k)
-                        new[i] = state_store.tagged({**{n: r.as_numpy(f"{n}_out")[row:row + 1].copy()
-                                                        for n in self.state_names},
-                                                     **({"last_ts": encoded[i][1][:, -1:].copy()}
-                                                        if self.client_init else {})}, self.fingerprint)
-                    if vector and chunk[-1] == len(users) - 1:
-                        last_vector = r.as_numpy("user_vector")[-1].copy()
+            for rnd in range(max(map(len, pieces))):   # piece rnd of every event, then piece rnd + 1
+                groups: dict[int, list[int]] = {}      # this round's pieces by their number of items
+                for i, p in enumerate(pieces):
+                    if rnd < len(p):
+                        groups.setdefault(p[rnd][1] - p[rnd][0], []).append(i)
+                for rows in groups.values():
+                    for at in range(0, len(rows), self.max_batch):
+                        chunk = rows[at:at + self.max_batch]
+                        cols = [slice(*pieces[i][rnd]) for i in chunk]
+                        last = [rnd == len(pieces[i]) - 1 for i in chunk]
+                        ins = [self._input("item_ids", np.concatenate(
+                            [encoded[i][0][:, c] for i, c in zip(chunk, cols)]), "INT64")]
+                        if self.uses_timestamps:     # timestamps, or the gaps from them and each row's last_ts
+                            ins += self._time_input(
+                                np.concatenate([encoded[i][1][:, c] for i, c in zip(chunk, cols)]),
+                                np.concatenate([np.asarray(states[i].get("last_ts", -1.0), np.float64).reshape(1, 1)
+                                                for i in chunk]))
+                        ins += [self._input(n, np.ascontiguousarray(np.concatenate(
+                            [np.asarray(states[i][n]).reshape(self.inputs[n]["shape"][1:])[None] for i in chunk])),
+                            self.inputs[n]["datatype"]) for n in self.state_names]
+                        ins += self._candidates_input(None if cands is None else [
+                            cands[i] if end else unrestricted for i, end in zip(chunk, last)], len(chunk))
+                        try:
+                            r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
+                        except (self._exc, OSError) as e:
+                            raise _piece_error(e, rnd, self.max_new_items) from None
+                        top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
+                        for row, (i, c, end) in enumerate(zip(chunk, cols, last)):
+                            state = {**{n: r.as_numpy(f"{n}_out")[row:row + 1].copy() for n in self.state_names},
+                                     **({"last_ts": encoded[i][1][:, c.stop - 1:c.stop].copy()}
+                                        if self.client_init else {})}
+                            if end:
+                                results[i] = self._pick(top[row], scores[row], k)
+                                new[i] = state_store.tagged(state, self.fingerprint)
+                            else:                    # the next piece's state inputs; stored only after the last
+                                states[i] = state
+                        if vector and chunk[-1] == len(users) - 1 and last[-1]:
+                            last_vector = r.as_numpy("user_vector")[-1].copy()
             return (results, restarted, last_vector), new
 
         # with a versioned store, committed only if no other process stored these users meanwhile (else sent again);
@@ -1033,8 +1111,14 @@ class ExplicitStateRecommender(_Base):
 
     def prime(self, user_id, history: Sequence[Any], timestamps=None, k: int | None = None,
               candidates: Sequence[Any] | None = None) -> list:
-        """(Re)start the user from a whole history in ONE request, whatever state is stored (a new user, or one whose
-        state a replaced model wrote: :class:`StaleStateError`); returns the top-k after it."""
+        """(Re)start the user from a whole history, whatever state is stored (a new user, or one whose state a
+        replaced model wrote: :class:`StaleStateError`); returns the top-k after it. ONE request, or, for a model
+        that caps the new items a request carries (:attr:`max_new_items`: a TensorRT engine's profile,
+        ``max_seq_length``) below ``len(history)``, consecutive requests of at most the cap from the initial state,
+        each piece's returned states the next one's inputs (``timestamps`` split with the items; ``candidates`` and
+        ``k`` apply to the last piece, whose top-k comes back): the same top-k and state. The final state is stored
+        once, after the last piece: a piece refused or unanswered part-way stores nothing, so the state stored
+        before (if any) is kept and the prime can be sent again."""
         return self.recommend_with_scores(user_id, history, timestamps, k, start=True, candidates=candidates)[0]
 
     def forget(self, user_id) -> None:

@@ -736,7 +736,8 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict,
                   "a request (`max_batch_size`), "
                   + (f"windows of 1..{L} items" if window else
                      f"1..{L} new items a request (a longer history goes in pieces of at most {L}: "
-                     "`export.triton_client.TritonRecommender` splits a longer `prime` or `recommend` itself, from "
+                     "`export.triton_client`'s `TritonRecommender` and `ExplicitStateRecommender` split a longer `prime` or "
+                     "`recommend` themselves, from "
                      "the config's `max_seq_length` parameter)")
                   + (f", 1..{max_c:,} candidates a request (`export.trt --max-candidates`' default; the shapes in "
                      f"`{ENGINE_SCRIPT}` set it)" if spec.get("candidates") else "")

@@ -565,3 +565,16 @@ def test_running_the_library_module_says_what_it_is_and_what_to_run():
                        timeout=300, env={**os.environ, "ZOO_NO_CACHE_SEED": "1"})
     assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
     assert "zoo.hf_trainer is a library module, not a command" in r.stderr and "python -m zoo.train" in r.stderr
+
+
+def test_bert4rec_takes_no_overlapping_windows_as_zoo_train_refuses_them(tmp_path):
+    """trainer_kwargs(bert4rec, split, stride=1) trained on overlapping windows without a word, which zoo.train
+    --window-stride refuses for BERT4Rec (its Cloze objective would only repeat masked items)."""
+    ds, split = _data(tmp_path)
+    model = _model("bert4rec", ds)
+    L = int(model.config.max_seq_length)
+    with pytest.raises(ValueError, match=r"stride=1: BERT4Rec's Cloze objective .* leave stride at None"):
+        trainer_kwargs(model, split, stride=1)
+    assert len(trainer_kwargs(model, split, stride=L)["train_dataset"]) == len(trainer_kwargs(model, split)
+                                                                                ["train_dataset"])
+    assert len(trainer_kwargs(_model("sasrec", ds), split, stride=1)["train_dataset"]) > 0   # the others take it

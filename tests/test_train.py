@@ -393,6 +393,25 @@ def test_adamw_decays_no_bias_or_norm_gain(model_type):
     assert not {n for n in dec if "bias" in n}
 
 
+@pytest.mark.parametrize("model_type", ["mamba4rec", "tim4rec", "tim4rec_causal", "ssd4rec"])
+def test_adamw_leaves_the_ssm_parameters_undecayed_also_after_loading(tmp_path, model_type):
+    """The SSMs' A_log and D (mamba_ssm marks them _no_weight_decay) were decayed under --optimizer adamw, pulling
+    every A = -exp(A_log) towards -1; they are left undecayed, in a fresh model and in one from from_pretrained
+    (--init-from: loading replaces the parameter tensors, so the rule is the module's, not a mark on the tensor)."""
+    from tests.tiny_models import tiny
+    from zoo.models import MODELS
+    from zoo.train import make_optimizer
+
+    model = tiny(model_type)
+    model.save_pretrained(tmp_path)
+    for m in (model, MODELS[model_type][1].from_pretrained(tmp_path)):
+        decay, no_decay = make_optimizer(m, "adamw", 1e-3, 0.1).param_groups
+        names = {id(p): n for n, p in m.named_parameters()}
+        ssm = {n for n in names.values() if n.rsplit(".", 1)[-1] in ("A_log", "D", "dt_bias")}
+        assert ssm and ssm <= {names[id(p)] for p in no_decay["params"]}
+        assert not ssm & {names[id(p)] for p in decay["params"]}
+
+
 class _Clock:
     """A fake ``time`` module for zoo.train: every call is one second later (deterministic budgets)."""
 

@@ -272,7 +272,8 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] | None = None, stride:
             to the model's (:func:`zoo.evaluate.align_with_model`).
         ks: metric cut-offs (default 5, 10, 20, those of them the catalogue has: :func:`zoo.metrics.default_ks`);
             one above the model's real items is a ValueError before any training (its HR@K would be 1).
-        stride: window stride (``zoo.train --window-stride``; default ``max_seq_length``: no overlap).
+        stride: window stride (``zoo.train --window-stride``; default ``max_seq_length``: no overlap). BERT4Rec
+            takes no other (its Cloze objective has no per-position targets: overlaps only repeat masked items).
         eval_on: ``"valid"`` or ``"test"``.
         exclude_history: rank under LRURec's protocol (``zoo.evaluate --exclude-history``: the window's items are
             never ranked); give the ``Trainer`` ``TrainingArguments(..., label_names=HISTORY_LABELS)`` with it (an
@@ -284,7 +285,7 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] | None = None, stride:
             :class:`zoo.losses.NegativeSampler`).
     Raises:
         ValueError naming the problem: items beyond the model's ``n_items``, a vocabulary other than the model's, a
-        time-aware model without timestamps, no training window.
+        time-aware model without timestamps, no training window, a BERT4Rec stride other than ``max_seq_length``.
     """
     from .modeling_utils import SeqRecPreTrainedModel
 
@@ -299,6 +300,11 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] | None = None, stride:
     n_real = int(model.config.n_items) - 1
     ks = default_ks(n_real) if ks is None else check_cutoffs(ks, n_real, "model")
     _check_split_fits(model, split)
+    L = int(model.config.max_seq_length)
+    if stride is not None and stride != L and model.config.model_type == "bert4rec":   # as zoo.train refuses it
+        raise ValueError(f"stride={stride}: BERT4Rec's Cloze objective does not use per-position targets, so "
+                         "overlapping windows would only repeat masked items; leave stride at None (non-overlapping "
+                         "windows)")
     windows = training_windows(split.train, int(model.config.max_seq_length),
                                split.train_timestamps if model.uses_timestamps else None, stride=stride)
     sampler = None

@@ -20,7 +20,9 @@ shared by the batch (:mod:`zoo.losses`), for catalogues too large to score whole
 rank the full catalogue either way.
 
 Every epoch leaves the run's full state in ``DIR/resume/`` (:mod:`zoo.train_state`); ``--resume`` continues an
-interrupted or budget-stopped run from it exactly (same command; ``--max-minutes`` and ``--device`` may change).
+interrupted or budget-stopped run from it exactly (same command; ``--max-minutes`` and ``--device`` may change, and
+``--threads``, which is not recorded: another device or thread count sums in another order, so the weights then
+differ from the uncut run's by float rounding, 2e-6 in a review's run).
 
 Per-model defaults (``TRAIN_PRESETS``) take each model's official optimiser settings (Adam lr 1e-3 for the RecBole
 models; AdamW wd 0.01 without decay on bias/LayerNorm, grad clip 5, batch 128 all-position windows for LRURec, as
@@ -242,14 +244,17 @@ def apply_config_overrides(model, overrides: dict, where: str = "--init-from"):
 
 
 def no_decay_parameter(module: torch.nn.Module, param_name: str) -> bool:
-    """True for the parameters AdamW must not decay: biases and normalization gains.
+    """True for the parameters AdamW must not decay: biases, normalization gains, and those a module names in its
+    ``no_weight_decay_params`` (the SSMs' ``A_log``, ``D`` and ``dt_bias``, which mamba_ssm marks ``_no_weight_decay``:
+    decay would pull every state's ``A = -exp(A_log)`` towards -1 and erase the initial spectrum). A class attribute,
+    not a mark on the tensor: ``from_pretrained`` replaces the parameters it loads.
 
     LRURec's rule is by name ("bias" or "layer_norm" in the name, which decays its ``params_log`` and the item table);
     by name alone it would decay SASRec's and BERT4Rec's ``LayerNorm`` gains (RecBole/HF naming) and the SSD's gated
     RMSNorm ``norm_weight``. Deciding by module type gives LRURec exactly its own groups (every ``layer_norm`` there
     is an ``nn.LayerNorm``) and the same intent for every other model.
     """
-    if "bias" in param_name:
+    if "bias" in param_name or param_name in getattr(module, "no_weight_decay_params", ()):
         return True
     if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm,
                            torch.nn.modules.batchnorm._BatchNorm)):
@@ -914,7 +919,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                 ended = f"{TIME_BUDGET} of {max_minutes} minutes reached" if (
                     max_minutes and done["elapsed_s"] >= max_minutes * 60) else None
             print(f"[zoo.train] resuming {out} after epoch {done['epoch']} ({done['elapsed_s'] / 60:.1f} minutes used; "
-                  f"best valid NDCG@10 {best:.4f} at epoch {best_epoch})"
+                  + (f"best valid NDCG@10 {best:.4f} at epoch {best_epoch})" if best_epoch >= 0
+                     else "no validation yet)")
                   + (f"; the run had stopped ({ended}): testing its best checkpoint" if ended else ""), flush=True)
         elif init_from:  # where this stage starts, so that a stage that only lost ground says so
             start = validate(model)
@@ -1230,7 +1236,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(a model card folder is never trained into)")
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted (or budget-stopped) run in --out from its last epoch, exactly; "
-                          "give the run's own command (only --max-minutes and --device may change; a larger "
+                          "give the run's own command (only --max-minutes, --device and --threads may change, the "
+                          "last two at the cost of float rounding; a larger "
                           "--max-minutes with --decay-over budget re-paces the rest of the decay to the new budget)")
     data = p.add_argument_group("data")
     data.add_argument("--kcore", type=kcore_arg, default="auto",
@@ -1265,7 +1272,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  + "; ".join(f"{m}: {_preset_text(v)}" for m, v in TRAIN_PRESETS.items())
                                  + f"; other models: {_preset_text(DEFAULT_PRESET)}")
     optim.add_argument("--optimizer", choices=["adam", "adamw"],
-                       help="adam, or adamw (decoupled weight decay, none on biases and normalization gains); "
+                       help="adam, or adamw (decoupled weight decay, none on biases, normalization gains and the SSMs' "
+                            "A_log, D); "
                             + _preset_default("optimizer"))
     optim.add_argument("--lr", type=float, help="learning rate; " + _preset_default("lr"))
     optim.add_argument("--weight-decay", type=float,

@@ -46,8 +46,10 @@ Training (``forward`` with ``labels``)
   replaces next-item CE. The labels are *not* used as per-position targets: the training sequence is the input window
   plus the row's last label (``labels[r, n-1]``, the item after the window, appended -- ``config.append_last_label``;
   the oldest item is dropped if that overflows ``max_seq_length``), so every training item is reconstructed at some
-  point. Then, per batch, with probability ``ft_ratio`` only the last item of every row is masked (RecBole
-  ``_append_mask_last``), otherwise every real item is masked independently with probability ``mask_ratio``; as in
+  point -- but a user's first one when the number of training pairs is a multiple of ``max_seq_length`` (the leftmost
+  window is then full and its appended label drops it: on ML-1M the users with 201, 401, ... training items). Then,
+  per batch, with probability ``ft_ratio`` only the last item of every row is masked (RecBole ``_append_mask_last``),
+  otherwise every real item is masked independently with probability ``mask_ratio``; as in
   RecBole only the last ``max(1, int(mask_ratio * max_seq_length))`` masked items of a row are predicted (the others
   stay masked in the input). Loss = mean CE over ``n_items`` logits (+ ``output_bias``) at the predicted slots.
   Masks come from torch's global RNG (seed with ``torch.manual_seed``).

@@ -95,6 +95,9 @@ class MambaMixer(nn.Module):
     y = selective_scan(x, Δ, A = -exp(A_log), B, C, D) * silu(z); out = out_proj(y).
     """
 
+    #: parameters AdamW leaves undecayed (``zoo.train.no_decay_parameter``), as mamba_ssm marks them
+    no_weight_decay_params = ("A_log", "D")
+
     def __init__(self, config: Mamba4RecConfig):
         super().__init__()
         D, E, N, K, R = config.hidden_size, config.d_inner, config.d_state, config.d_conv, config.dt_rank

@@ -174,6 +174,9 @@ class SSDCore(nn.Module):
     dt ``δ``) lives in the subclasses. Reads ``hidden_size, d_inner, d_state, d_conv, n_heads, head_dim, chunk_size,
     activation, norm_eps, A_init_range, dt_min, dt_max, dt_init_floor`` from the config."""
 
+    #: parameters AdamW leaves undecayed (``zoo.train.no_decay_parameter``), as mamba_ssm's Mamba-2 marks them
+    no_weight_decay_params = ("A_log", "dt_bias", "D")
+
     def __init__(self, config: TiM4RecConfig, proj_bias: bool = True, norm_eps: float | None = None):
         super().__init__()
         D, E, N, K, H = config.hidden_size, config.d_inner, config.d_state, config.d_conv, config.n_heads

@@ -541,6 +541,25 @@ def test_card_compares_with_the_reference_under_the_references_protocol(tmp_path
     assert hr20.endswith("| – |"), hr20                               # no interval at @20: not claimed either way
 
 
+def test_a_target_reference_is_not_called_published(tmp_path):
+    """SASRec's reference is a target, not a published number (its source says so), but the card's table headed it
+    "published" (and "published inside this model's 95% interval?"): a target is called a target."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "sasrec", "n_items": 3417}))
+    metrics = {"HR@10": 0.31, "NDCG@10": 0.18}
+    protocol = {"name": "RecBole protocol", "history_masked": False, "command": "python -m zoo.evaluate ..."}
+    dataset = {"name": "MovieLens-1M", "type": "ml-1m", "users": 6040, "benchmark": hub.PUBLISHED_ON}
+    log = {"stopped": "max epochs", "epochs": [{}] * 3, "train": {"lr_schedule": "linear"}}
+    iv = {"HR@10": (0.29, 0.33), "NDCG@10": (0.17, 0.19)}
+    card = open(hub.make_card(tmp_path, "s", metrics, protocol, dataset, log, intervals=iv)).read()
+    section = card.split("## Against the target numbers")[1]
+    assert "| metric | target | this model | difference | target inside this model's 95% interval? |" in section
+    assert "**Meets or beats every target number.**" in section and "published |" not in section
+    bundled = (Path(__file__).resolve().parents[1] / "hub_cards" / "sasrec-ml1m" / "README.md").read_text()
+    assert "## Against the target numbers" in bundled and "| metric | target |" in bundled
+
+
 def test_card_states_the_optimiser_in_words():
     """The card's Optimiser line is prose, not a Python dict, and names what AdamW leaves undecayed."""
     assert hub._optimiser_text({"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "batch_size": 32,

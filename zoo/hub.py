@@ -76,7 +76,7 @@ PUBLISHED = {
     "sasrec": {"source": "a target, not a published number: HR@10 0.30 and NDCG@10 0.17 under the RecBole protocol, "
                          "the low end of what well-tuned SASRec-type models reach on ML-1M (no published number for "
                          "a RecBole-style SASRec under this protocol is known)", "history_masked": False,
-               "HR@10": 0.30, "NDCG@10": 0.17},
+               "target": True, "HR@10": 0.30, "NDCG@10": 0.17},
     "lrurec": {"source": "LRURec paper Table 3, LRURec protocol (history masked)", "history_masked": True,
                "HR@10": 0.32636, "NDCG@10": 0.19298, "HR@20": 0.43313, "NDCG@20": 0.21990},
     "gru4rec": {"source": "RecBole issue #945 (github.com/RUCAIBox/RecBole/issues/945), RecBole GRU4Rec with "
@@ -88,7 +88,7 @@ PUBLISHED = {
                  "history_masked": True, "HR@10": 0.30894, "NDCG@10": 0.16377, "HR@20": 0.41738, "NDCG@20": 0.19118},
 }
 #: keys of a PUBLISHED entry that are not metrics
-_REF_META = ("source", "history_masked")
+_REF_META = ("source", "history_masked", "target")
 #: the benchmark PUBLISHED's numbers were measured on: a card compares with them only on this data
 PUBLISHED_ON = "ml-1m-5core"
 #: a card's protocol name, by whether the history was masked
@@ -279,12 +279,13 @@ Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} tes
             f"The reference was measured under the {PROTOCOL_NAMES[bool(ref['history_masked'])]}, "
             f"so this model is compared after the same measurement: `{reference_metrics['command']}` "
             f"(the numbers at the top of this card are under the {protocol.get('name', 'card')}).\n\n")
-        head = ("| metric | published | this model | difference |"
-                + (" published inside this model's 95% interval? |\n|---|---|---|---|---|" if inside else
+        word = "target" if ref.get("target") else "published"      # a target is no published number: not called one
+        head = (f"| metric | {word} | this model | difference |"
+                + (f" {word} inside this model's 95% interval? |\n|---|---|---|---|---|" if inside else
                    "\n|---|---|---|---|"))
-        body += (f"\n## Against the published numbers\n\nReference: {ref['source']}.\n\n{measured_note}{head}\n"
+        body += (f"\n## Against the {word} numbers\n\nReference: {ref['source']}.\n\n{measured_note}{head}\n"
                  f"{rows}\n\n"
-                 + ("**Meets or beats every published number.**\n" if met else _below_reference_note(
+                 + (f"**Meets or beats every {word} number.**\n" if met else _below_reference_note(
                      train_log, below, [k for k in ref if k not in _REF_META and k not in below])))
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
     path = os.path.join(folder, "README.md")
@@ -398,7 +399,7 @@ def _below_reference_note(train_log: dict, below: list[str] | tuple = (), met: l
         return (f"**Below the reference numbers**{where} after a complete {len(train_log.get('epochs', []))}-epoch run whose "
                 f"learning rate decayed ({schedule}) to 0, sized to a CPU time budget (see Training): a longer "
                 "schedule is the next step; training continues with `--init-from` and the card will be replaced.\n")
-    return (f"**Below the published numbers**{where}: this checkpoint is not yet trained to convergence (see Training); "
+    return (f"**Below the reference numbers**{where}: this checkpoint is not yet trained to convergence (see Training); "
             "training continues with `--init-from` and the card will be replaced.\n")
 
 

@@ -496,6 +496,9 @@ def test_official_state_dict_conversion_strips_module_prefix_and_refuses_unknown
                 torch.complex(v, sd[k[:-3] + "_im"]) if k.endswith("_re") else v)
     conv = convert_official_state_dict({"module." + k: v for k, v in official.items()})
     assert set(conv) == set(sd) and all(torch.equal(conv[k], sd[k]) for k in sd)
+    for wrapper in ("model.", "module.model."):    # the documented model. wrapper was not stripped (a KeyError)
+        conv = convert_official_state_dict({wrapper + k: v for k, v in official.items()})
+        assert set(conv) == set(sd) and all(torch.equal(conv[k], sd[k]) for k in sd)
     with pytest.raises(KeyError, match="unexpected key in the official LRURec state dict: 'decoder.weight'"):
         convert_official_state_dict({**official, "decoder.weight": torch.zeros(2)})
 

@@ -343,9 +343,8 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     ``model.bias`` -> ``item_bias``. A leading ``module.`` / ``model.`` wrapper prefix on every key is tolerated.
     """
     out: dict[str, torch.Tensor] = {}
-    keys = list(state_dict)
-    for prefix in ("module.",):
-        if keys and all(k.startswith(prefix) for k in keys):
+    for prefix in ("module.", "model."):           # a wrapper's prefix on every key (official keys: embedding.* has none)
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
     for k, v in state_dict.items():
         if k == "embedding.token.weight":

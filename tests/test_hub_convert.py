@@ -230,7 +230,8 @@ def test_convert_official_mamba4rec_checkpoint(tmp_path, num_layers):
     assert "LayerNorm.weight" in sd and "mamba_layers.0.ffn.LayerNorm.weight" in sd
     torch.save({"state_dict": sd, "other_parameter": {"epoch": 3}}, tmp_path / "Mamba4Rec.pth")
     (tmp_path / "tokens.txt").write_text("[PAD]\n" + "\n".join(str(1000 + i) for i in range(39)))
-    convert("mamba4rec", str(tmp_path / "Mamba4Rec.pth"), str(tmp_path / "out"), str(tmp_path / "tokens.txt"))
+    convert("mamba4rec", str(tmp_path / "Mamba4Rec.pth"), str(tmp_path / "out"), str(tmp_path / "tokens.txt"),
+            max_seq_length=50)
     m = AutoModel.from_pretrained(tmp_path / "out").eval()
     ids = torch.randint(1, 40, (3, 17))
     assert torch.equal(m(ids).logits, src(ids).logits)
@@ -1339,12 +1340,13 @@ def test_model_index_carries_the_metrics(tmp_path):
 # ------------------------------------------------------------------ mutation audit round 6 (G): converter details
 def test_convert_reads_every_mamba_shape_field_off_the_weights(tmp_path):
     """expand, d_conv, the bias flags (conv_bias off, proj_bias on) come from the tensors, not the defaults; the window
-    is 200 when nothing gives one, and --set max_seq_length (no position table) is accepted for Mamba4Rec."""
+    is the one given (no default: tests/test_convert_margins.py), and --set max_seq_length (no position table) is
+    accepted for Mamba4Rec."""
     torch.manual_seed(0)
     src = Mamba4RecModel(Mamba4RecConfig(n_items=20, hidden_size=16, d_state=4, d_conv=2, expand=4, conv_bias=False,
                                          proj_bias=True)).eval()
     torch.save({"state_dict": _official_layout(src)}, tmp_path / "M.pth")
-    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "out")).eval()
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "out"), max_seq_length=200).eval()
     c = m.config
     assert (c.expand, c.d_conv, c.conv_bias, c.proj_bias, c.d_state, c.max_seq_length) == (4, 2, False, True, 4, 200)
     ids = torch.randint(1, 20, (2, 7))
@@ -1416,9 +1418,11 @@ def test_convert_item_tokens_without_pad_and_with_blank_lines(tmp_path):
     torch.save({"state_dict": _official_layout(src)}, tmp_path / "M.pth")
     (tmp_path / "blank.txt").write_text("[PAD]\nb1\n\nb2\nb3\n\nb4\nb5\n\n")
     (tmp_path / "nopad.txt").write_text("11\n12\n13\n14\n15\n")
-    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "a"), str(tmp_path / "blank.txt"))
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "a"), str(tmp_path / "blank.txt"),
+                max_seq_length=50)
     assert m.item_vocab.items == ["b1", "b2", "b3", "b4", "b5"]
-    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "b"), str(tmp_path / "nopad.txt"))
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "b"), str(tmp_path / "nopad.txt"),
+                max_seq_length=50)
     assert m.item_vocab.items == [11, 12, 13, 14, 15]
 
 
@@ -1430,9 +1434,11 @@ def test_convert_item_tokens_drop_a_byte_order_mark(tmp_path):
     torch.save({"state_dict": _official_layout(src)}, tmp_path / "M.pth")
     (tmp_path / "bom_nopad.txt").write_bytes("\ufeff10\n11\n12\n13\n14\n".encode())
     (tmp_path / "bom_pad.txt").write_bytes("\ufeff[PAD]\nb1\nb2\nb3\nb4\nb5\n".encode())
-    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "a"), str(tmp_path / "bom_nopad.txt"))
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "a"), str(tmp_path / "bom_nopad.txt"),
+                max_seq_length=50)
     assert m.item_vocab.items == [10, 11, 12, 13, 14] and m.item_vocab.id_type == "int"
-    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "b"), str(tmp_path / "bom_pad.txt"))
+    m = convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "b"), str(tmp_path / "bom_pad.txt"),
+                max_seq_length=50)
     assert m.item_vocab.items == ["b1", "b2", "b3", "b4", "b5"]
 
 
@@ -1444,7 +1450,7 @@ def test_convert_item_tokens_refuse_a_nul_naming_its_line(tmp_path):
     (tmp_path / "nul.txt").write_bytes(b"[PAD]\nb1\n\nb\x002\nb3\nb4\nb5\n")
     with pytest.raises(ValueError, match=r"^--item-tokens .*nul.txt, line 4: a NUL byte \(\\x00\); token files are "
                                          r"UTF-8 text \(is it UTF-16, or binary\?\)$"):
-        convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "c"), str(tmp_path / "nul.txt"))
+        convert("mamba4rec", str(tmp_path / "M.pth"), str(tmp_path / "c"), str(tmp_path / "nul.txt"), max_seq_length=50)
     assert not (tmp_path / "c").exists()
 
 
@@ -1844,7 +1850,7 @@ def test_convert_names_missing_and_misshaped_keys_in_one_line(tmp_path):
             r"^not a Mamba4Rec state dict in the official key layout: mamba_layers\.0\.mamba\.A_log missing$",
             "mamba4rec")
     refused({**msd, "mamba_layers.1.mamba.A_log": torch.zeros(16, 8)},
-            r"mamba_layers\.1\.mamba\.A_log \(16, 8\) \(expected \(16, 4\)\)", "mamba4rec")
+            r"mamba_layers\.1\.mamba\.A_log \(16, 8\) \(expected \(16, 4\)\)", "mamba4rec", max_seq_length=5)
     refused({**msd, "mamba_layers.0.mamba.A_log": torch.zeros(12, 4)},
             r"d_inner 12, not a multiple of hidden size 8", "mamba4rec")
 

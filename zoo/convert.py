@@ -16,10 +16,18 @@ Supported sources:
   against a real RecBole-trained checkpoint (``tests/data/recbole_sasrec``, made by ``bench/recbole_reference.py``):
   same scores as RecBole's ``full_sort_predict`` on random histories.
 
+Not converted by this command (``--model`` has no choice for them; their state dicts are refused naming this):
+**LRURec** (yueqirex/LRURec: complex projections) -- map the state dict with
+``zoo.models.lrurec.convert_official_state_dict`` and ``load_state_dict`` it into an ``LRURecModel``; RecBole
+**BERT4Rec** and **GRU4Rec** -- their state dicts load as they are into ``BERT4RecModel`` / ``GRU4RecModel``; then
+``save_pretrained(DIR)``.
+
 Config fields that the weights do not show (SASRec's ``num_heads``, activation, LayerNorm eps and dropouts;
 Mamba4Rec's dropout and ``max_seq_length``) are read from the checkpoint's RecBole ``Config`` when the file holds one
-and ``--trust-pickle`` lets it be read; ``--set KEY=VALUE`` sets or overrides them. Converting SASRec without either
-source for ``num_heads`` is refused: a wrong head count gives a model that loads and silently scores differently.
+and ``--trust-pickle`` lets it be read; ``--set KEY=VALUE`` (or ``--max-seq-length``) sets or overrides them.
+Converting SASRec without either source for ``num_heads``, or Mamba4Rec without one for ``max_seq_length``
+(RecBole's ``MAX_ITEM_LIST_LENGTH``), is refused: a wrong head count or window gives a model that loads and silently
+scores differently.
 
 A RecBole checkpoint file is a pickle holding ``state_dict`` next to RecBole's ``Config`` object. It is loaded with
 ``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused unless ``--trust-pickle`` is given
@@ -31,9 +39,10 @@ naming its line, as the interaction readers read) to save a vocabulary.
 
 Exit statuses (:data:`export.fsutil.EXIT_CODES`): 2 a usage error -- a bad option, an ``--out`` it must not write, a
 ``--set`` (or ``--max-seq-length``) value the model cannot be built with or that the checkpoint's weights contradict
-(:class:`zoo.cli.UsageError`, as ``zoo.train --set``), or no ``--set num_heads`` for a SASRec checkpoint that
-does not say it; 1 the run failed -- a checkpoint or token file that cannot be read, a state dict that does not fit
-the model, an ``--out`` that cannot be written.
+(:class:`zoo.cli.UsageError`, as ``zoo.train --set``), or no ``--set num_heads`` for a SASRec checkpoint (no
+``--max-seq-length`` for a Mamba4Rec one) that does not say it; 1 the run failed -- a checkpoint or token file that
+cannot be read (a truncated or corrupt checkpoint is named as such: its zip archive or pickles are checked whole
+before it is loaded), a state dict that does not fit the model, an ``--out`` that cannot be written.
 """
 
 from __future__ import annotations
@@ -104,37 +113,193 @@ def recbole_fields(model_type: str, settings: dict) -> dict:
     return {ours: settings[theirs] for theirs, ours in RECBOLE_FIELDS[model_type].items() if theirs in settings}
 
 
-def load_checkpoint(path: str, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(state dict, RecBole settings)`` from a raw state-dict file or a RecBole checkpoint; the settings are ``{}``
-    unless the file holds RecBole's ``Config`` (readable only with ``trust_pickle``)."""
-    settings: dict = {}
+#: torch's warning on a checkpoint pickled with another protocol than 2 -- every RecBole checkpoint (RecBole saves with
+#: ``pickle_protocol=4``): two lines of stderr on a conversion that succeeds, so it is silenced around the loads
+_PROTOCOL_WARNING = r"Detected pickle protocol \d+ in the checkpoint"
+
+
+def _quiet_load(path: str, **kwargs):
+    """``torch.load(path, map_location="cpu", **kwargs)`` without torch's pickle-protocol warning (other warnings
+    are kept)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PROTOCOL_WARNING, category=UserWarning)
+        return torch.load(path, map_location="cpu", **kwargs)
+
+
+class _Inert(_Missing):
+    """What :func:`check_checkpoint_file` unpickles every class a legacy checkpoint names into: it takes any
+    arguments, items and state and runs no code of the file (a structure check, not a load)."""
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+def _element_size(storage_type: str) -> int | None:
+    """Bytes per element of a legacy checkpoint's storage type (``FloatStorage`` -> 4), or None if unknown."""
+    import warnings
+
+    if storage_type == "UntypedStorage":
+        return 1
+    if not storage_type.endswith("Storage"):
+        return None
+    with warnings.catch_warnings():                     # TypedStorage's deprecation warning
+        warnings.simplefilter("ignore")
+        dtype = getattr(getattr(torch, storage_type, None), "dtype", None)
+    return torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else None
+
+
+def _zip_problem(path: str) -> str | None:
+    """What is wrong with the zip archive of a ``torch.save`` checkpoint (None: whole): its end record or central
+    directory cannot be read (the file ends early), or a member's data fails its CRC-32 or ends early. Members whose
+    CRC is recorded as 0 (``torch.serialization.set_crc32_options(False)`` saves none) are not checked."""
+    import zipfile
+    import zlib
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if not any(i.filename.rsplit("/", 1)[-1] == "data.pkl" for i in infos):
+                raise ValueError(f"{path} is not a PyTorch checkpoint (a zip archive without the data.pkl that "
+                                 "torch.save writes)")
+            for info in infos:
+                if info.CRC == 0 and info.file_size:
+                    continue
+                with zf.open(info) as member:
+                    while member.read(1 << 20):
+                        pass
+    except zipfile.BadZipFile as e:
+        return f"its zip archive cannot be read ({e}; the file ends early or is damaged)"
+    except (EOFError, zlib.error, OSError) as e:
+        return f"its zip archive's data cannot be read ({type(e).__name__}: {e}; the file ends early?)"
+    return None
+
+
+def _legacy_problem(path: str) -> str | None:
+    """What is wrong with a checkpoint in torch's legacy (non-zip) format (None: whole, or nothing found): one of
+    its five pickles (magic number, protocol, system info, the object, the storage keys) ends early or is damaged, or
+    a storage's data ends before the size its header gives. The pickles are walked with every class they name
+    replaced by :class:`_Inert`, so no code of the file runs; a pickle that walk cannot follow is parsed opcode by
+    opcode (``pickletools.genops``, nothing built): one that reaches its STOP is whole, and the data sizes are then
+    not checked. ``ValueError`` for a pickle that ``torch.save`` did not write (no torch magic number)."""
+    import pickle
+    import pickletools
+
+    from torch.serialization import MAGIC_NUMBER
+
+    storages: dict[str, str] = {}
+
+    class Walker(pickle.Unpickler):
+        def find_class(self, module, name):
+            return type(name, (_Inert,), {"__module__": str(module), "__qualname__": str(name)})
+
+        def persistent_load(self, pid):
+            if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
+                storages[str(pid[2])] = getattr(pid[1], "__name__", "")
+            if isinstance(pid, tuple) and len(pid) >= 2 and pid[0] == "module" and isinstance(pid[1], type):
+                return pid[1]                              # a whole nn.Module's class, saved with its source
+            return _Inert()
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        parts = []
+        for what in ("magic number", "protocol version", "system info", "object", "storage keys"):
+            start = f.tell()
+            try:
+                parts.append(Walker(f).load())
+            except Exception as e:                    # EOFError, UnpicklingError, ...: whatever the bytes gave
+                f.seek(start)
+                try:
+                    for _ in pickletools.genops(f):
+                        pass
+                except Exception:                          # no STOP before the end, or no pickle opcode
+                    return f"its {what} pickle ends early or is damaged ({type(e).__name__}: {e})"
+                return None                                # whole, but more than the walk follows: torch.load says
+            if what == "magic number" and parts[0] != MAGIC_NUMBER:
+                raise ValueError(f"{path} is not a PyTorch checkpoint (a pickle, but not one torch.save wrote: no "
+                                 "torch magic number)")
+        keys = parts[-1]
+        if not isinstance(keys, list):
+            return "its storage keys are not a list"
+        pos = f.tell()
+        for key in keys:
+            elsize = _element_size(storages.get(str(key), ""))
+            if elsize is None:                         # a storage type this torch does not know: cannot size it
+                return None
+            header = f.read(8)
+            if len(header) < 8:
+                return f"its tensor data ends early (file of {size} bytes, storage {key!r} has no size header)"
+            pos += 8 + int.from_bytes(header, "little", signed=True) * elsize
+            if pos > size:
+                return f"its tensor data ends early (file of {size} bytes, at least {pos} needed)"
+            f.seek(pos)
+    return None
+
+
+def check_checkpoint_file(path: str) -> None:
+    """``ValueError`` for a file that is not a whole ``torch.save`` checkpoint, before ``torch.load`` reads it:
+    missing, a folder, empty, neither a zip archive nor a pickle, or truncated / corrupt -- a zip whose central
+    directory cannot be read or whose members fail their CRC check, a legacy pickle that ends early
+    (:func:`_zip_problem`, :func:`_legacy_problem`). A file that passes is whole, so a later ``weights_only``
+    refusal is about what it holds, never about damage. ``FileNotFoundError`` for a missing file."""
     if os.path.isdir(path):
         raise ValueError(f"--checkpoint {path} is a folder: give the checkpoint file inside it (a RecBole .pth saved "
                          "by torch.save, or a state dict file)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--checkpoint {path} not found")
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ValueError(cannot("--checkpoint", path, e, "read")) from None
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):    # torch.save's zip, or a legacy pickle
         raise ValueError(f"{path} is not a PyTorch checkpoint (" + ("empty file)" if not head else
                          f"it starts with {head!r}, neither torch.save's zip archive nor a pickle)"))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        problem = _zip_problem(path) if head.startswith(b"PK") else _legacy_problem(path)
+    except OSError as e:
+        raise ValueError(cannot("--checkpoint", path, e, "read")) from None
+    if problem:
+        raise ValueError(f"{path} is a truncated or corrupt checkpoint: {problem}")
+
+
+def load_checkpoint(path: str, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(state dict, RecBole settings)`` from a raw state-dict file or a RecBole checkpoint; the settings are ``{}``
+    unless the file holds RecBole's ``Config`` (readable only with ``trust_pickle``). A dict holding the state dict
+    under ``state_dict`` (RecBole) or ``model_state_dict`` (LRURec's trainer and other loops) is unwrapped.
+
+    The file is checked whole first (:func:`check_checkpoint_file`: a truncated or corrupt one is refused as such);
+    only a whole file that ``torch.load(weights_only=True)`` refuses gets the advice to pass ``--trust-pickle``.
+    torch's warning about RecBole's pickle protocol 4 is not printed."""
+    settings: dict = {}
+    check_checkpoint_file(path)
+    try:
+        obj = _quiet_load(path, weights_only=True)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "central directory" in str(e) or isinstance(e, EOFError):
-            raise ValueError(f"{path} is a truncated or corrupt checkpoint: torch.load could not read it") from None
         if not trust_pickle:
             raise ValueError(f"{path} cannot be loaded safely (weights_only): {first}. It probably "
                              "holds RecBole's Config object; re-run with --trust-pickle if you trust the file, or "
                              "save ckpt['state_dict'] alone in a RecBole environment") from None
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle_module())
-        except Exception as e2:                      # a truncated or foreign file: name it, not the unpickler's trace
+            obj = _quiet_load(path, weights_only=False, pickle_module=_stub_pickle_module())
+        except Exception as e2:                      # a foreign file: name it, not the unpickler's trace
             raise ValueError(f"{path} could not be unpickled ({type(e2).__name__}: {e2})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        settings = recbole_settings(obj.get("config"))
-        obj = obj["state_dict"]
+    for key in ("state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            settings = recbole_settings(obj.get("config"))
+            obj = obj[key]
+            break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return obj, settings
@@ -165,6 +330,33 @@ def check_shapes(model, sd: dict, checkpoint: str) -> None:
                          f"shapes: {'; '.join(bad[:5])}{'; ...' if len(bad) > 5 else ''}")
 
 
+#: state dicts of models ``zoo.convert`` does not convert: (model, a key or test that marks one, how to import it)
+OTHER_MODELS = (
+    ("an official LRURec state dict (yueqirex/LRURec)",
+     lambda sd: next((k for k in sd if "lru_blocks." in k or torch.is_complex(sd[k])), None),
+     "map it with zoo.models.lrurec.convert_official_state_dict(state_dict) and load that into "
+     "zoo.models.lrurec.LRURecModel(LRURecConfig(...)) with load_state_dict, then save_pretrained(DIR) (Python API)"),
+    ("a RecBole BERT4Rec state dict",
+     lambda sd: next((k for k in ("output_ffn.weight", "output_bias") if k in sd), None),
+     "its keys are the zoo's own: load it into zoo.models.bert4rec.BERT4RecModel(BERT4RecConfig(...)) with "
+     "load_state_dict, then save_pretrained(DIR) (Python API)"),
+    ("a RecBole GRU4Rec state dict", lambda sd: next((k for k in sd if k.startswith("gru_layers.")), None),
+     "its keys are the zoo's own: load it into zoo.models.gru4rec.GRU4RecModel(GRU4RecConfig(...)) with "
+     "load_state_dict, then save_pretrained(DIR) (Python API)"),
+)
+
+
+def other_model_hint(sd: dict, model_type: str) -> str | None:
+    """For a state dict of a model this command does not convert (:data:`OTHER_MODELS`): what it is, the key that
+    shows it and how to import it, one line; else None."""
+    for what, marker, how in OTHER_MODELS:
+        key = marker(sd)
+        if key is not None:
+            return (f"{what} ({key!r}), not a {model_type} one: zoo.convert converts mamba4rec and sasrec "
+                    f"checkpoints only; {how}")
+    return None
+
+
 def mamba4rec_from_official(sd: dict[str, torch.Tensor]):
     """Official Mamba4Rec state dict -> ``(Mamba4RecConfig kwargs, renamed state dict)``."""
     check_required_keys(sd, "Mamba4Rec", MAMBA4REC_REQUIRED)
@@ -191,11 +383,16 @@ def mamba4rec_from_official(sd: dict[str, torch.Tensor]):
 def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | None = None,
             trust_pickle: bool = False, max_seq_length: int | None = None, overrides: dict | None = None,
             overwrite: bool = False):
-    """Convert ``checkpoint`` and write a zoo model folder; returns the loaded model (strictly checked: a tensor that
-    is not floating point or holds NaN / inf is refused, naming it, as ``from_pretrained`` would refuse the folder).
+    """Convert ``checkpoint`` and write a zoo model folder; returns the loaded model in eval mode (dropout off), as
+    ``from_pretrained`` returns the folder's (strictly checked: a tensor that is not floating point or holds NaN / inf
+    is refused, naming it, as ``from_pretrained`` would refuse the folder). ``model_type`` is ``mamba4rec`` or
+    ``sasrec``; a state dict of another model (LRURec, BERT4Rec, GRU4Rec) is refused naming how to import it.
 
     Config fields come from the weights' shapes, then the checkpoint's RecBole settings (see ``RECBOLE_FIELDS``),
-    then ``max_seq_length`` (Mamba4Rec's window, default 200; SASRec's is its position table) and ``overrides``.
+    then ``max_seq_length`` (an int >= 1: Mamba4Rec's window; SASRec's is its position table, which it must equal)
+    and ``overrides``. Mamba4Rec's window is not in its weights: converting one without it (no RecBole
+    ``MAX_ITEM_LIST_LENGTH``, no ``max_seq_length``, no ``overrides["max_seq_length"]``) is refused, as SASRec
+    without ``num_heads`` -- a wrong window gives a model that loads and silently scores long histories differently.
     ``out_dir`` is written whole (:func:`zoo.cli.written_whole_folder`); a folder that already holds files is
     refused before any work unless ``overwrite``, which replaces it whole (no file of the old folder is kept), and only
     a folder of a checkpoint's files (:func:`check_out_folder`).
@@ -207,8 +404,14 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     from .modeling_utils import check_weight_tensor
     from .models import get_model_class
 
+    if max_seq_length is not None and (isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int)
+                                       or max_seq_length < 1):
+        raise UsageError(f"--max-seq-length {max_seq_length!r}: expected an int >= 1")
     check_out_folder(out_dir, overwrite, {"--checkpoint": checkpoint, "--item-tokens": item_tokens})
     sd, settings = load_checkpoint(checkpoint, trust_pickle)
+    other = other_model_hint(sd, model_type)
+    if other:
+        raise ValueError(f"{checkpoint} holds {other}")
     # what from_pretrained refuses, before any work: an integer tensor (load_state_dict would cast it), NaN / inf
     for name, t in sd.items():
         check_weight_tensor(name, t, checkpoint)
@@ -230,7 +433,6 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
     cfg.update(recbole_fields(model_type, settings))
     if max_seq_length is not None:
         cfg["max_seq_length"] = int(max_seq_length)
-    cfg.setdefault("max_seq_length", 200)
     shape_fields = set(cfg) - set(RECBOLE_FIELDS[model_type].values())
     if model_type == "mamba4rec":
         shape_fields.discard("max_seq_length")                         # no position table: any window works
@@ -249,6 +451,10 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
         raise UsageError("SASRec's number of attention heads is not in the weights and this checkpoint carries no "
                          "RecBole config (or --trust-pickle was not given): pass it, e.g. --set num_heads=2 "
                          "(RecBole's default n_heads)")
+    if model_type == "mamba4rec" and "max_seq_length" not in cfg:
+        raise UsageError("Mamba4Rec's history window (max_seq_length) is not in the weights and this checkpoint "
+                         "carries no RecBole config (or --trust-pickle was not given): pass the MAX_ITEM_LIST_LENGTH "
+                         "it was trained with, e.g. --max-seq-length 50 (or --set max_seq_length=50)")
     model = _build(cfg_cls, model_cls, cfg, overrides or {}, own)   # e.g. --set num_heads=null: UsageError
     check_shapes(model, sd, checkpoint)                 # load_state_dict's RuntimeError would be a raw traceback
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -282,7 +488,7 @@ def convert(model_type: str, checkpoint: str, out_dir: str, item_tokens: str | N
             raise ValueError(f"--item-tokens {item_tokens}: {e}") from None
     with written_whole_folder(out_dir) as stage:   # no mixed folder: the new one replaces out_dir whole, or nothing
         model.save_pretrained(stage)
-    return model
+    return model.eval()
 
 
 def _build(cfg_cls, model_cls, cfg: dict, overrides: dict, own: dict):
@@ -360,14 +566,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ``--max-seq-length`` value the checkpoint's model cannot be built with (``UsageError``, with the usage line,
     as ``zoo.train --set``); 1 for a checkpoint or token file that cannot be read or converted (a state dict that does
     not fit), or an ``--out`` that cannot be written."""
-    from .cli import EXIT_CODES, command_prog
+    from .cli import EXIT_CODES, command_prog, positive_int
     from .models import get_model_class
 
     p = argparse.ArgumentParser(prog=command_prog("zoo.convert"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     p.add_argument("--model", required=True, choices=["mamba4rec", "sasrec"],
                    help="the model type of the checkpoint: mamba4rec (chengkai-liu/Mamba4Rec) or sasrec (RecBole "
-                        "v1.2.0)")
+                        "v1.2.0), the two this command converts; LRURec, BERT4Rec and GRU4Rec checkpoints are "
+                        "imported with the Python API (LRURec: zoo.models.lrurec.convert_official_state_dict, then "
+                        "load_state_dict; RecBole BERT4Rec / GRU4Rec state dicts load into the zoo's models as "
+                        "they are)")
     p.add_argument("--checkpoint", required=True,
                    help="the checkpoint file: a RecBole .pth (torch.save of a dict holding state_dict and RecBole's "
                         "Config) or a file holding a state dict alone")
@@ -380,8 +589,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="RecBole's item tokens, one per line in its internal order ([PAD] first), saved as the "
                         "model's item_vocab.json so that it maps your item ids (default: none, the model then takes "
                         "and returns internal indices)")
-    p.add_argument("--max-seq-length", type=int,
-                   help="Mamba4Rec's history window (default: the checkpoint's MAX_ITEM_LIST_LENGTH, else 200)")
+    p.add_argument("--max-seq-length", type=positive_int,
+                   help="Mamba4Rec's history window, RecBole's MAX_ITEM_LIST_LENGTH (default: the checkpoint's; "
+                        "required when it carries none -- not in the weights); for SASRec it must equal the "
+                        "checkpoint's position table")
     p.add_argument("--trust-pickle", action="store_true",
                    help="SECURITY: unpickle the checkpoint fully, which runs any code the file holds, to read the "
                         "RecBole Config in it; use it only on files you trust (default: off, only tensors and plain "

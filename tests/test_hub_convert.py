@@ -726,7 +726,8 @@ def test_card_overwrite_and_push_refuse_files_that_are_no_part_of_a_card(tmp_pat
     import zoo.evaluate
 
     data, _ = _tiny_gru4rec_run(tmp_path)
-    run = ["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data]
+    # written for the id it is pushed to below (push refuses a card whose code loads its local folder)
+    run = ["card", "--run", str(tmp_path / "a"), "--name", "tiny", "--data", data, "--repo-id", "me/tiny"]
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "README.md").write_text("# notes\n")

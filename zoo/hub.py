@@ -96,28 +96,44 @@ PROTOCOL_NAMES = {False: "RecBole protocol", True: "LRURec protocol (history ite
 CARD_FILES = ("config.json", "model.safetensors", "item_vocab.json", "README.md")
 #: the folders of a card's ONNX graphs (``export.onnx --card-dir``: a step graph, a window graph)
 ONNX_FOLDERS = ("onnx", "onnx-window")
+#: the Hub's own folder of evaluation results (``.eval_results/*.yaml``, huggingface_hub's ``EvalResultEntry``
+#: format, which feeds the model page and the benchmarks' leaderboards): the one hidden folder a card may hold and
+#: ``push`` uploads
+EVAL_RESULTS_DIR = ".eval_results"
 #: what a card folder holds (``zoo.hub card`` writes it, ``export.onnx --card-dir`` adds its graphs), as ``fnmatch``
-#: patterns of paths relative to the folder: :data:`CARD_FILES`, the card's ``training_log.json`` and
-#: ``eval_results.json``, run logs (``*_log.json``: a run or soup folder carded in place keeps its own), and in
-#: :data:`ONNX_FOLDERS` export.onnx's graph, its external tensors, its I/O spec and the item vocabulary it maps
+#: patterns of paths relative to the folder, each matching at its own depth only (:func:`_card_path`; fnmatch's
+#: ``*`` alone would match across ``/``): :data:`CARD_FILES`, the card's ``training_log.json`` and
+#: ``eval_results.json``, run logs at the top (``*_log.json``: a run or soup folder carded in place keeps its own), in
+#: :data:`ONNX_FOLDERS` export.onnx's graph, its external tensors, its I/O spec and the item vocabulary it maps, and
+#: the Hub's evaluation results (:data:`EVAL_RESULTS_DIR`)
 CARD_CONTENT = (*CARD_FILES, "training_log.json", "eval_results.json", "*_log.json",
                 *(f"{d}/{f}" for d in ONNX_FOLDERS for f in ("model.onnx", "model.onnx.data", "state_spec.json",
-                                                          "item_vocab.json")))
+                                                          "item_vocab.json")),
+                f"{EVAL_RESULTS_DIR}/*.yaml")
+
+
+def _card_path(rel: str) -> bool:
+    """Whether ``rel`` (a ``/``-separated path inside a card folder) is card content (:data:`CARD_CONTENT`): a pattern
+    matches only paths of as many components (``*_log.json`` is a top-level run log, never ``resume/x_log.json``)."""
+    import fnmatch
+
+    return any(rel.count("/") == pat.count("/") and fnmatch.fnmatchcase(rel, pat) for pat in CARD_CONTENT)
 
 
 def extra_files(folder: str | os.PathLike) -> list[str]:
     """The files in ``folder`` (relative paths, nested ones too) that are no part of a model card
     (:data:`CARD_CONTENT`): what ``zoo.hub push`` would publish beside the card -- hand-written notes, another run's
-    files, anything copied in. Hidden entries (interrupted writers' stages, a clone's ``.git``) are left out, as
-    ``push`` never uploads them (:data:`PUSH_IGNORE`)."""
-    import fnmatch
-
-    found = []
+    files, a log nested below the top, anything copied in. Hidden entries (interrupted writers' stages, a clone's
+    ``.git``) are left out, as ``push`` never uploads them (:data:`PUSH_IGNORE`); the Hub's
+    :data:`EVAL_RESULTS_DIR` is the exception: ``push`` uploads it, so what it holds besides ``*.yaml`` files is
+    listed."""
+    found, folder = [], os.fspath(folder)
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        top = root == folder                    # os.walk gives the top as given, the folders below it joined to it
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") or (top and d == EVAL_RESULTS_DIR))
         for name in sorted(files):
             rel = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
-            if not name.startswith(".") and not any(fnmatch.fnmatchcase(rel, pat) for pat in CARD_CONTENT):
+            if not name.startswith(".") and not _card_path(rel):
                 found.append(rel)
     return sorted(found)
 
@@ -1137,20 +1153,282 @@ def card_summary(folder: str | os.PathLike) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------- push
-#: what ``push`` never uploads: hidden files and folders, at the top and below (huggingface_hub adds its own defaults)
-PUSH_IGNORE = (".*", "**/.*")
+def _hidden_except(keep: str) -> tuple[str, ...]:
+    """``fnmatch`` patterns, as huggingface_hub's ``filter_repo_objects`` applies them (``*`` matches ``/`` too), of
+    every path whose first component is hidden (begins with ``.``) except the paths under the hidden folder ``keep``:
+    for each proper prefix of ``keep + "/"``, the path that is that prefix, and those that leave ``keep + "/"`` right
+    after it (``.[!e]*``, ``.e[!v]*``, ... for ``.eval_results``)."""
+    path = keep + "/"
+    return tuple(pat for i in range(1, len(path)) for pat in (path[:i], f"{path[:i]}[!{path[i]}]*"))
 
 
-def push(folder: str, repo_id: str, private: bool = False, token: str | None = None,
+#: what ``push`` never uploads: hidden files and folders, at the top and below (huggingface_hub adds its own defaults),
+#: except the Hub's evaluation results at the top (:data:`EVAL_RESULTS_DIR`)
+PUSH_IGNORE = (*_hidden_except(EVAL_RESULTS_DIR), "**/.*")
+#: what ``push`` deletes from the repo (huggingface_hub's ``upload_folder(delete_patterns=...)``): every file the
+#: folder does not upload -- the card folder is the whole repo (huggingface_hub never deletes ``.gitattributes``)
+PUSH_DELETE = ("*",)
+#: the README's statement of the catalogue its numbers were ranked over (:func:`make_card`)
+_RANKED_ITEMS = re.compile(r"Full ranking over all ([\d,]+) items")
+#: the argument of a ``from_pretrained(...)`` call in a card's code: a string literal (:func:`card_loading_line`
+#: writes a JSON string)
+_LOADS = re.compile(r"""from_pretrained\(\s*("(?:[^"\\]|\\.)*"|'[^'\\]*')""")
+#: the graph folder the README's ONNX section describes (``export.onnx --card-dir``'s section, between its markers)
+_ONNX_SECTION = re.compile(r"<!-- onnx-export:begin -->\s*## ONNX export\s*`([^`\s/]+)/[^`\s/]+`")
+#: the card's first Python code block: its loading example (:func:`make_card`; notes and the ONNX section come after)
+_FIRST_CODE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+#: the ``python -m zoo.evaluate`` commands that measured the card (:func:`build_card_folder`: its protocol's and,
+#: when the published reference's protocol differs, that one's), between backticks; not the commands of its notes
+_EVALUATE = re.compile(r"(?:Measured by|compared after the same measurement:) `(python -m zoo\.evaluate [^`]*)`")
+
+
+class CardMismatchError(ValueError):
+    """``zoo.hub push`` of a folder whose parts do not describe the weights it holds (a README, ``eval_results.json``,
+    ``training_log.json`` or ONNX graph of other weights) or whose card the Hub's own reader cannot read: nothing is
+    uploaded (exit 1)."""
+
+
+class RepoIdMismatchError(ValueError):
+    """``zoo.hub push --repo-id ID`` of a card written for another id (its model-index name, the ``from_pretrained``
+    line of its code, its ``zoo.evaluate`` commands): a usage error (exit 2); nothing is uploaded."""
+
+
+def _one_line(e: BaseException | str) -> str:
+    """An error's text on one line (a YAML parser's or the Hub's message spans several)."""
+    return " ".join(str(e).split())
+
+
+def _front_matter(text: str) -> dict | None:
+    """The YAML metadata block of a README (as huggingface_hub finds it: ``REGEX_YAML_BLOCK``), or None when it has
+    none; ``ValueError`` (one line) for a block that is not YAML or not a mapping."""
+    import yaml
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    match = REGEX_YAML_BLOCK.search(text)
+    if match is None:
+        return None
+    try:
+        meta = yaml.safe_load(match.group(2))
+    except yaml.YAMLError as e:
+        raise ValueError(f"its metadata block is not YAML ({_one_line(e)})") from None
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        raise ValueError(f"its metadata block is a YAML {type(meta).__name__}, not a mapping")
+    return meta
+
+
+def card_metadata(folder: str | os.PathLike) -> tuple[str, dict | None, object | None, list[str]]:
+    """``(text, metadata, card, problems)`` of the README of a card folder, read offline as the Hub would take it:
+    its text, its raw YAML metadata (None without a block), huggingface_hub's ``ModelCard`` of it (None when it cannot
+    be read), and the problems found, one line each: a README that is not UTF-8, metadata that is not a YAML mapping,
+    a ``model-index`` huggingface_hub cannot parse (``ModelCard``, strictly) or does not read back as written
+    (``model_index_to_eval_results`` then ``eval_results_to_model_index``), ``license``/``library_name``/
+    ``pipeline_tag`` that are not text, ``tags``/``datasets`` that are not text or lists of text; and each
+    ``.eval_results/*.yaml`` (:data:`EVAL_RESULTS_DIR`) that is not a YAML list huggingface_hub's
+    ``parse_eval_result_entries`` reads. What only the Hub can say (a license id it does not know) is left to it."""
+    import yaml
+    from huggingface_hub import ModelCard, parse_eval_result_entries
+    from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+
+    folder = pathlib.Path(folder)
+    readme = folder / "README.md"
+    problems: list[str] = []
+    text, meta, card = "", None, None
+    try:
+        text = readme.read_text(encoding="utf-8")
+        meta = _front_matter(text)
+    except (OSError, UnicodeDecodeError) as e:
+        problems.append(cannot("the card", readme, e, "read"))
+    except ValueError as e:
+        problems.append(f"README.md: {e}")
+    if meta is not None:
+        try:
+            card = ModelCard(text)                  # the model-index parsed strictly (ignore_metadata_errors=False)
+        except (ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as e:
+            problems.append(f"README.md: huggingface_hub cannot read its metadata ({_one_line(e)})")
+        index = meta.get("model-index")
+        if card is not None and index:
+            try:
+                back = eval_results_to_model_index(*model_index_to_eval_results(index))
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                back = _one_line(e)
+            if back != index:
+                problems.append("README.md: its model-index does not read back as written through huggingface_hub "
+                                "(model_index_to_eval_results, eval_results_to_model_index): entries the Hub would "
+                                "not show")
+        for key in ("license", "library_name", "pipeline_tag"):
+            if key in meta and not isinstance(meta[key], str):
+                problems.append(f"README.md: its metadata's {key} is a YAML {type(meta[key]).__name__}, not text")
+        for key in ("tags", "datasets"):
+            value = meta.get(key)
+            if value is not None and not isinstance(value, str) and not (
+                    isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                problems.append(f"README.md: its metadata's {key} is not text or a list of text")
+    results = folder / EVAL_RESULTS_DIR
+    for path in sorted(results.glob("*.yaml")) if results.is_dir() else ():
+        rel = f"{EVAL_RESULTS_DIR}/{path.name}"
+        try:
+            entries = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if not isinstance(entries, list) or not all(isinstance(x, dict) for x in entries):
+                raise TypeError(f"a YAML {type(entries).__name__}, not a list of entries")
+            parse_eval_result_entries(entries)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as e:
+            problems.append(f"{rel} is not the Hub's evaluation results format (a list of {{dataset: {{id, task_id}}, "
+                            f"value}} entries): {_one_line(e) or type(e).__name__}")
+    return text, meta, card, problems
+
+
+def card_weights_problems(folder: str | os.PathLike, model, text: str, card) -> list[str]:
+    """What in a card folder describes other weights than the ``model`` loaded from it, one line each: the README's
+    catalogue (its "Full ranking over all N items") against ``config.json``'s ``n_items``, its model-index numbers
+    (``card``: huggingface_hub's ``ModelCard`` of ``text``) against ``eval_results.json``, the last stage of
+    ``training_log.json`` (its ``n_parameters``) against the weights, and each ONNX folder (:data:`ONNX_FOLDERS`):
+    a ``state_spec.json`` there (:func:`export.runtime.read_spec`) of another model type or ``n_items``, a graph file
+    it names that is missing, an item vocabulary other than the weights' (:func:`export.runtime.read_vocab`), or, for
+    a step graph, a ``state_fingerprint`` other than the weights' (:func:`export.onnx.state_fingerprint`: export/
+    README.md, "A state belongs to the weights that wrote it"); a graph without its spec, and a README whose ONNX
+    section describes a graph folder the card does not hold (removed by hand). Such a card arises when the
+    weights are replaced in the folder (``model.add_items(...)`` then ``save_pretrained`` into it) without re-carding
+    it. ONNX graphs need onnx and onnxruntime to be checked (:class:`export.deps.MissingDependencyError`)."""
+    folder = pathlib.Path(folder)
+    n_items = int(model.config.n_items)
+    problems = []
+    ranked = _RANKED_ITEMS.search(text)
+    if ranked and int(ranked.group(1).replace(",", "")) != n_items - 1:
+        problems.append(f"README.md reports numbers ranked over {ranked.group(1)} items, the weights rank "
+                        f"{n_items - 1:,} (config.json n_items {n_items})")
+    results = folder / "eval_results.json"
+    if card is not None and card.data.eval_results and results.is_file():
+        measured = read_json_object(results, "the card's eval results").get("metrics")
+        measured = measured if isinstance(measured, dict) else {}
+        differ = []
+        for r in card.data.eval_results:
+            v = measured.get(r.metric_name)
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not number or abs(round(float(v), 6) - r.metric_value) > 1e-6:      # make_card rounds to 6 places
+                differ.append(f"{r.metric_name} {r.metric_value} against {v if v is not None else 'none'}")
+        if differ:
+            problems.append(f"README.md's model-index and eval_results.json give other numbers ({_listed(differ, 3)})")
+    stages = _card_stages(folder)
+    logged = stages[-1].get("n_parameters") if stages and isinstance(stages[-1], dict) else None
+    if isinstance(logged, int) and not isinstance(logged, bool):
+        have = sum(p.numel() for p in model.parameters())
+        if have != logged:
+            problems.append(f"{STAGES_FILE}'s last stage trained {logged:,} parameters, the weights have {have:,}")
+    section = _ONNX_SECTION.search(text)
+    if section and not (folder / section.group(1) / "state_spec.json").is_file():
+        problems.append(f"README.md's ONNX section describes {section.group(1)}/, which the folder does not hold: "
+                        f"export it again (python -m export.onnx --model {folder} --card-dir {folder}), or re-card "
+                        "the folder, which writes its README without the section")
+    for rel in ONNX_FOLDERS:
+        where = folder / rel
+        if not where.is_dir():
+            continue
+        spec_path = where / "state_spec.json"
+        if not spec_path.is_file():
+            if _visible_entries(where):
+                problems.append(f"{rel}/ holds no state_spec.json (an interrupted export?): its graph can be neither "
+                                "checked against the weights nor served")
+            continue
+        from export.deps import require
+
+        for module in ("onnx", "onnxruntime"):
+            require(module, f"zoo.hub push (checking the ONNX graphs of {folder} against its weights)")
+        from export.onnx import STATE_FINGERPRINT, state_fingerprint
+        from export.runtime import read_spec, read_vocab
+
+        try:
+            spec = read_spec(spec_path)
+        except ValueError as e:                         # JSONReadError included
+            problems.append(_one_line(e))
+            continue
+        redo = f"re-export it (python -m export.onnx --model {folder} --card-dir {folder}) or remove {rel}/"
+        if spec.get("model_type") != model.config.model_type or spec["n_items"] != n_items:
+            problems.append(f"{rel}/ holds a {spec.get('model_type')} graph of {spec['n_items'] - 1:,} items, the "
+                            f"weights are a {model.config.model_type} model of {n_items - 1:,}: {redo}")
+            continue
+        if not (where / str(spec.get("graph", ""))).is_file():
+            problems.append(f"{rel}/state_spec.json names the graph {spec.get('graph')}, which is missing: {redo}")
+        vocab = getattr(model, "item_vocab", None)
+        if spec.get("item_vocab") and vocab is not None:
+            try:
+                items, _ = read_vocab(where / spec["item_vocab"], spec["n_items"])
+            except (OSError, ValueError) as e:
+                problems.append(_one_line(e))
+            else:
+                if list(items) != list(vocab.items):
+                    problems.append(f"{rel}/{spec['item_vocab']} maps other item ids than the weights' "
+                                    f"item_vocab.json: {redo}")
+        recorded = spec.get(STATE_FINGERPRINT)
+        if spec["kind"] == "step" and recorded and recorded != state_fingerprint(model, spec):
+            problems.append(f"{rel}/ was exported from other weights (its {STATE_FINGERPRINT} is not the weights'): "
+                            f"{redo}")
+    return problems
+
+
+def card_id_problems(folder: str | os.PathLike, repo_id: str, text: str, card) -> list[str]:
+    """What in a card's README names another model than ``repo_id``, the id it is about to be published as, one line
+    each: its model-index name (``card``: huggingface_hub's ``ModelCard``), the argument of each ``from_pretrained``
+    call of its first Python code block (the loading example; a local folder -- what ``zoo.hub card`` writes without
+    ``--repo-id`` -- named as such), and the ``--model`` of the ``python -m zoo.evaluate`` commands that measured it
+    (:data:`_EVALUATE`; the commands of its notes may name other models). A README that names no model (no
+    model-index, no code) has nothing to compare."""
+    said = []
+    name = getattr(getattr(card, "data", None), "model_name", None)
+    if name and name != repo_id:
+        said.append(f"its model-index names {name}")
+    loads, code = [], _FIRST_CODE.search(text)
+    for literal in _LOADS.findall(code.group(1) if code else ""):
+        try:
+            loads.append(json.loads(literal) if literal.startswith('"') else literal[1:-1])
+        except ValueError:
+            loads.append(literal)
+    for target in dict.fromkeys(loads):
+        if target != repo_id:
+            local = os.path.isabs(target) or target.startswith(("~", "./", "../"))
+            said.append(f"its code loads {'the local folder ' if local else ''}{target}")
+    models = []
+    for command in _EVALUATE.findall(text):
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            continue
+        models += [w.split("=", 1)[1] for w in words if w.startswith("--model=")]
+        models += [b for a, b in zip(words, words[1:]) if a == "--model"]
+    said += [f"its zoo.evaluate commands measure --model {m}" for m in dict.fromkeys(models) if m != repo_id]
+    if not said:
+        return []
+    run = folder
+    if is_bundled_card(folder, os.path.basename(os.path.abspath(folder))):     # its card names ssm-rec-zoo/<name>
+        run = "COPY"
+    hint = (f"re-card it for this id: python -m zoo.hub card --run {run} --out {run} --name NAME --data DATA "
+            f"--repo-id {repo_id}" + (f" (COPY: a copy of it outside {os.path.dirname(os.path.abspath(folder))}, "
+                                      f"whose cards name {HUB_ORG}/<name>)" if run != folder else ""))
+    return [f"README.md was written for another model than --repo-id {repo_id}: {'; '.join(said)}; {hint}"]
+
+
+def push(folder: str, repo_id: str, private: bool | None = None, token: str | None = None,
          allow_extra: bool = False) -> str:
-    """Publish a card folder to the Hub with ``huggingface_hub`` (needs credentials: ``HF_TOKEN`` or a login).
-    ``private`` also makes an existing public repo private; without it an existing repo keeps its visibility. The
-    folder must load as the zoo loads it (strictly: weights that fit the config, a vocabulary that fits the weights)
-    before any Hub call: a corrupt or mismatched folder is refused, not published. Files that are no part of a card
-    (:func:`extra_files`: notes, a copied file) are refused, naming them, unless ``allow_extra`` (the whole folder is
+    """Publish a card folder to the Hub with ``huggingface_hub`` (needs credentials: ``HF_TOKEN`` or a login), as the
+    whole repo: one commit uploads the folder and deletes every file of the repo it does not hold (an earlier push's
+    ONNX graph, a soup's log; :data:`PUSH_DELETE`), except the repo's ``.gitattributes``.
+
+    ``private``: True makes the repo private (an existing public one too); None (the default) creates a new repo with
+    its owner's default visibility (public unless the organisation makes new repos private); False creates a new repo
+    public even there. An existing repo keeps its visibility unless ``private``.
+
+    Before any Hub call (no repo is created for a folder refused): the folder must load as the zoo loads it
+    (strictly: weights that fit the config, a vocabulary that fits the weights), its parts must describe those weights
+    (:func:`card_weights_problems`: a README, eval_results.json, training log or ONNX graph of other weights is a
+    :class:`CardMismatchError`), its card must be readable by huggingface_hub as the Hub reads it
+    (:func:`card_metadata`; also a :class:`CardMismatchError`), and it must name ``repo_id`` and no other model
+    (:func:`card_id_problems`: :class:`RepoIdMismatchError`). Files that are no part of a card (:func:`extra_files`:
+    notes, a copied file, a log below the top) are refused, naming them, unless ``allow_extra`` (the whole folder is
     uploaded: they would be published). Hidden entries (:data:`PUSH_IGNORE`: interrupted writers' stages) are not
-    uploaded. A symbolic link in the folder that leads outside it is refused, naming it
-    (:class:`zoo.cli.LinkOutsideError`: its target's content would be published)."""
+    uploaded, except the Hub's ``.eval_results/`` folder (:data:`EVAL_RESULTS_DIR`). A symbolic link in the folder
+    that leads outside it is refused, naming it (:class:`zoo.cli.LinkOutsideError`: its target's content would be
+    published). The commit is named after the folder (its resolved name: ``.`` or a trailing ``/`` say nothing)."""
     from huggingface_hub import HfApi, get_token
 
     missing = [f for f in CARD_FILES if not os.path.exists(os.path.join(folder, f))]
@@ -1172,19 +1450,31 @@ def push(folder: str, repo_id: str, private: bool = False, token: str | None = N
 
     try:
         with json_depth_guard(os.path.join(folder, "config.json")):    # [[[...]]] in transformers' reader
-            AutoModel.from_pretrained(folder)
+            model = AutoModel.from_pretrained(folder)
     except (OSError, ValueError) as e:                                 # JSONNestedTooDeep included
         raise ValueError(f"{folder} does not load, so it is not pushed: {e}") from None
+    text, _, card, unreadable = card_metadata(folder)
+    other_weights = card_weights_problems(folder, model, text, card)
+    if unreadable or other_weights:
+        raise CardMismatchError(f"{folder} is not pushed: {'; '.join(unreadable + other_weights)}" + (
+            f" (a card whose weights were replaced is re-measured and its graphs re-exported by re-carding it: "
+            f"python -m zoo.hub card --run {folder} --out {folder} --name NAME --data DATA)" if other_weights else ""))
+    problems = card_id_problems(folder, repo_id, text, card)
+    if problems:
+        raise RepoIdMismatchError("; ".join(problems))
     api = HfApi(token=token)
     if not (token or get_token()):     # HF_TOKEN or `hf auth login`'s token file (HfApi().token is only the argument)
         raise RuntimeError("no Hugging Face credentials: set HF_TOKEN or run `hf auth login` first")
+    # private=None: a new repo gets its owner's default visibility (an organisation may make new repos private)
     api.create_repo(repo_id, private=private, exist_ok=True)
     if private:                        # create_repo leaves an existing repo's visibility as it was
         api.update_repo_settings(repo_id, private=True)
     # hidden entries are no part of a card: the stages of interrupted writers (.save-*, .export-staging-*,
-    # .NAME.staged-*) would be published with it (and downloaded by ``*.safetensors`` patterns)
-    info = api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=f"Upload {os.path.basename(folder)}",
-                             ignore_patterns=list(PUSH_IGNORE))
+    # .NAME.staged-*) would be published with it (and downloaded by ``*.safetensors`` patterns); what the folder
+    # does not upload is deleted from the repo in the same commit, so that no file of earlier weights stays beside it
+    info = api.upload_folder(folder_path=folder, repo_id=repo_id,
+                             commit_message=f"Upload {os.path.basename(os.path.abspath(folder))}",
+                             ignore_patterns=list(PUSH_IGNORE), delete_patterns=list(PUSH_DELETE))
     return str(info)
 
 
@@ -1201,10 +1491,11 @@ def hub_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m zoo.hub``: ``list``, ``card``, ``push``. Exit statuses (:data:`EXIT_CODES`): 2 for a
-    bad option, an ``--out`` that cannot take the card, or files no card holds in a folder to push without
-    ``--allow-extra``; 1 for a card or a push that failed (a run, data or Hub that cannot be read or reached) and for
-    a ``list`` that met a bundled folder it cannot read (one line naming it; the others are listed); 4 for a package
-    the card needs that is missing here."""
+    bad option, an ``--out`` that cannot take the card, files no card holds in a folder to push without
+    ``--allow-extra``, or a card to push that names another model than ``--repo-id``; 1 for a card or a push that
+    failed (a run, data or Hub that cannot be read or reached; a card folder whose parts describe other weights) and
+    for a ``list`` that met a bundled folder it cannot read (one line naming it; the others are listed); 4 for a
+    package the card or the push needs that is missing here."""
     from .cli import EXIT_CODES, EXIT_ERROR, EXIT_MISSING, command_prog, exit_with
     from export.fsutil import EXIT_VERIFY_FAILED
 
@@ -1263,19 +1554,27 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="no progress bar during the evaluation (default: a bar on stderr when stderr is a terminal)")
     u = sub.add_parser("push", help="publish a card folder to the Hub",
                        description="Publish a card folder to the Hugging Face Hub (needs HF_TOKEN or `hf auth "
-                                   "login`); the folder must load as a zoo model, and may hold only a card's files.",
+                                   "login`) as the whole repository: one commit uploads the folder and deletes every "
+                                   "file of the repository the folder does not hold (an earlier push's ONNX graph or "
+                                   "log), except its .gitattributes. Refused before any Hub call (no repository is "
+                                   "created): a folder that does not load as a zoo model, holds files no card holds, "
+                                   "whose README, eval_results.json, training log or ONNX graphs describe other "
+                                   "weights, whose card metadata huggingface_hub cannot read, or whose card names "
+                                   "another model than --repo-id.",
                        epilog=EXIT_CODES)
     u.add_argument("folder", help="the card folder to upload (a zoo.hub card --out folder), whole: hidden entries "
-                                  "are left out")
+                                  "are left out, except the Hub's evaluation results (.eval_results/*.yaml)")
     u.add_argument("--repo-id", required=True, type=hub_repo_id,
-                   help="the Hub repository to create or update, as OWNER/NAME (e.g. ssm-rec-zoo/mamba4rec-ml1m)")
+                   help="the Hub repository to create or update, as OWNER/NAME (e.g. ssm-rec-zoo/mamba4rec-ml1m): "
+                        "the id the card was written for (zoo.hub card --repo-id), which its code loads")
     u.add_argument("--private", action="store_true",
-                   help="make the repository private (an existing public one too); default: a new repository is "
-                        "public, an existing one keeps its visibility")
+                   help="make the repository private (an existing public one too); default: a new repository gets "
+                        "its owner's default visibility (public unless an organisation makes new ones private), an "
+                        "existing one keeps its visibility")
     u.add_argument("--allow-extra", action="store_true",
                    help="also upload files that are no part of a card (anything but the card's README.md, weights, "
-                        "config, vocabulary, logs, eval_results.json and ONNX graphs); default: refuse the folder, "
-                        "naming them")
+                        "config, vocabulary, top-level logs, eval_results.json, ONNX graphs and .eval_results/*.yaml); "
+                        "default: refuse the folder, naming them")
     args = p.parse_args(argv)
     if args.cmd == "list":
         failed = False
@@ -1323,12 +1622,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         if extra:
             print(f"[zoo.hub] note: --allow-extra: also uploading files that are no part of a card ({_listed(extra)})",
                   file=sys.stderr, flush=True)
+        from export.deps import MissingDependencyError
+
         try:
-            print(push(args.folder, args.repo_id, args.private, allow_extra=args.allow_extra))
-        except ExtraFilesError as e:
-            u.error(f"push refused: {e}")
-        except (RuntimeError, ValueError) as e:
-            sys.exit(f"push failed: {e}")
+            print(push(args.folder, args.repo_id, True if args.private else None, allow_extra=args.allow_extra))
+        except (ExtraFilesError, RepoIdMismatchError) as e:
+            u.error(f"push refused: {_one_line(e)}")
+        except MissingDependencyError as e:                 # onnx/onnxruntime, to check the card's ONNX graphs
+            exit_with(EXIT_MISSING, f"push failed: {_one_line(e)}")
+        except (RuntimeError, ValueError) as e:             # the Hub's metadata rejection spans several lines
+            sys.exit(f"push failed: {_one_line(e)}")
         except hub_errors() as e:       # the Hub not reached (offline mode, no network) or refusing (HTTP errors)
             from huggingface_hub import constants
 

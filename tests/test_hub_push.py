@@ -283,3 +283,17 @@ def test_graphs_that_cannot_be_checked_here_are_a_missing_package(card, hub_call
                           r"against its weights\) needs it"):
         hub.main(["push", str(card), "--repo-id", REPO])
     assert hub_calls == []
+
+
+def test_every_card_says_what_to_install():
+    """The cards began with `import zoo` and named `ssm-rec-zoo` but never said what to install; plain transformers
+    answers a zoo model type with "upgrade transformers" (and PyPI's `zoo` is another project): every card, and the
+    card template, says which package registers the model type."""
+    import json
+    from pathlib import Path
+
+    for readme in sorted((Path(__file__).resolve().parents[1] / "hub_cards").glob("*/README.md")):
+        model_type = json.loads((readme.parent / "config.json").read_text())["model_type"]
+        text = readme.read_text()
+        assert "Loading it needs this project's package, `ssm-rec-zoo`" in text, readme.parent.name
+        assert f"registers the model type `{model_type}` with transformers' Auto classes" in text, readme.parent.name

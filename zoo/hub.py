@@ -246,6 +246,7 @@ def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dic
 
 A **{model_type}** sequential recommender trained by the SSM recommender zoo (`ssm-rec-zoo` {zoo.__version__}).
 It predicts the next item of a user's history over the full item catalogue.
+Loading it needs this project's package, `ssm-rec-zoo` (not on PyPI yet: `pip install .` in a checkout of the project): `import zoo` registers the model type `{model_type}` with transformers' Auto classes; transformers alone does not know it (it answers with an "upgrade transformers" error).
 
 ```python
 import zoo                                   # registers the zoo's models with transformers' Auto classes

@@ -10,16 +10,41 @@ Resolution of a name given to ``from_pretrained``:
    which honours ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and the local cache);
 3. when the Hub cannot be reached (offline mode, no network, a quick connection probe fails) or does not have the
    repo, and ``name`` is one of the models bundled with this package (``hub_cards/<name>``), the bundled copy is used.
-   The probe (1.5 s, ``ZOO_HUB_PROBE_TIMEOUT``) keeps a machine without network from hanging on download timeouts.
+   The probe (1.5 s, ``ZOO_HUB_PROBE_TIMEOUT``) keeps a machine without network from hanging on download timeouts; it
+   connects where huggingface_hub's own requests would go: to the proxy that ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
+   ``ALL_PROXY`` name for the endpoint (``HF_ENDPOINT``) unless ``NO_PROXY`` exempts it, else to the endpoint.
    The bundled copy is the main revision's: a ``revision=`` pinned to another one is fetched (or found in the cache)
-   or is an error naming it, never served the bundled weights.
+   or is an error naming it, never served the bundled weights. ``force_download=True`` needs the Hub: with it
+   unreachable (or ``local_files_only=True``) it is an error, never the cached or bundled files.
+
+A cached snapshot that lacks the model's files -- ``config.json`` alone, as ``AutoConfig.from_pretrained(id)`` or
+``huggingface_hub.ModelCard.load(id)`` leave it; weights cut short -- is no model: it never shadows the bundled copy.
+When the Hub cannot complete it, the bundled copy stands in (with a warning) if the snapshot's ``config.json`` (if it
+has one) is the bundled one's; a snapshot of another config (the Hub's main has moved on since this package was built)
+is an ``OSError`` saying what to do, since its weights are not the bundled ones. For any other repo it is an
+``OSError`` naming what is missing. The snapshot itself is never written to. (A snapshot without ``config.json``,
+README.md alone, still stops ``AutoModel``, which reads ``config.json`` before any zoo code runs; see below.)
 
 Bundled names resolve under the project's organisation (``ZOO_HUB_ORG``, default ``ssm-rec-zoo``) and under the
 placeholder organisation ``org`` used in the docs (``from_pretrained("org/mamba4rec-ml1m")``).
+
+The zoo's own loaders (``zoo.SeqRecPreTrainedModel.from_pretrained``, ``zoo.models.*Model.from_pretrained``, the
+command-line tools) fall back to the bundled copies themselves, for any ``cache_dir=``. transformers'
+``AutoModel.from_pretrained`` / ``AutoConfig.from_pretrained`` read ``config.json`` through huggingface_hub before
+any zoo code runs, so they find a bundled model offline only in a Hugging Face cache that holds it: ``import zoo``
+seeds the default cache (``HF_HUB_CACHE``: ``$HF_HOME/hub``, by default ``~/.cache/huggingface/hub``) with a
+snapshot of each bundled model under both organisations (``ssm-rec-zoo/<name>`` and ``org/<name>``, each marked
+``.zoo-bundled``; about 2 MB per model and organisation, about 32 MB for the 8 models of this release). A repo whose
+``refs/main`` points at a real download is left alone; one deleted (``hf cache rm``) is seeded again on the next
+``import zoo``; a cache that cannot be written (read-only) is left unseeded without a word (logged at debug level).
+``ZOO_NO_CACHE_SEED=1`` turns the seeding off. With it off, or with ``AutoModel.from_pretrained(id,
+cache_dir=DIR)``, seed that cache once with :func:`seed_hf_cache` (``python -c "from zoo.pretrained import
+seed_hf_cache; seed_hf_cache('DIR')"``, no argument for the default cache), or load with the zoo's classes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
@@ -138,18 +163,95 @@ def seed_hf_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ resolve
+def _offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def probe_target() -> tuple[str | None, int, str]:
+    """``(host, port, what)``: where :func:`hub_reachable` connects, as huggingface_hub's requests would go -- the proxy
+    the environment names for the endpoint (``HTTPS_PROXY`` for an https endpoint, ``HTTP_PROXY`` for http, else
+    ``ALL_PROXY``; upper or lower case, as ``urllib.request.getproxies`` and httpx read them), unless ``NO_PROXY``
+    exempts the endpoint's host, else the endpoint (``HF_ENDPOINT``) itself. ``what`` names it for messages."""
+    from urllib.request import getproxies, proxy_bypass_environment
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    proxies = getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and url.hostname and not proxy_bypass_environment(url.hostname, proxies):
+        purl = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        try:
+            pport = purl.port
+        except ValueError:                      # a malformed port: the connection fails, as httpx's would
+            pport = 0
+        name = next((f"{k.upper()}_PROXY" for k in (url.scheme, "all") if proxies.get(k) == proxy), "proxy")
+        return purl.hostname, pport or (443 if purl.scheme == "https" else 80), f"the proxy {proxy} ({name})"
+    try:
+        port = url.port
+    except ValueError:
+        port = 0
+    port = port or (443 if url.scheme == "https" else 80)
+    return url.hostname, port, f"{url.hostname}:{port}"
+
+
 def hub_reachable(timeout: float | None = None) -> bool:
-    """Quick TCP probe of the Hub endpoint (so an offline machine never waits on HTTP timeouts)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    """Quick TCP probe toward the Hub (so an offline machine never waits on HTTP timeouts): ``False`` at once in
+    offline mode (``HF_HUB_OFFLINE``), else whether a connection to :func:`probe_target` (the proxy, when the
+    environment names one for the endpoint) opens within ``ZOO_HUB_PROBE_TIMEOUT`` (1.5 s) seconds."""
+    if _offline_mode():
         return False
     timeout = float(os.environ.get("ZOO_HUB_PROBE_TIMEOUT", timeout or 1.5))
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
+    host, port, _ = probe_target()
+    if not host:
+        return False
     try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def _unreachable_why() -> str:
+    """Why :func:`hub_reachable` said no, for messages (without probing again)."""
+    if _offline_mode():
+        return ("the Hugging Face Hub is not reachable (offline mode: "
+                f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')})")
+    timeout = os.environ.get("ZOO_HUB_PROBE_TIMEOUT", "1.5")
+    return (f"the Hugging Face Hub is not reachable (no connection to {probe_target()[2]} within {timeout} s; "
+            "ZOO_HUB_PROBE_TIMEOUT sets how long to wait)")
+
+
+def model_files_missing(folder: str | os.PathLike) -> str | None:
+    """What a model folder lacks to be loaded (``"config.json"``; ``"model.safetensors"`` or ``"weight shards a, b"``,
+    and the ``item_vocab_file`` its config names, joined by "and"), ``None`` when it holds ``config.json``, its
+    weights (``model.safetensors``, or every shard of ``model.safetensors.index.json``) and that vocabulary (an
+    unreadable config or index is the loader's to name). A link into a blob that is gone counts as missing."""
+    folder = os.fspath(folder)
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return "config.json"
+    missing = []
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(os.path.join(folder, "model.safetensors")):
+        pass
+    elif not os.path.isfile(index):
+        missing.append("model.safetensors")
+    else:
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted({str(v) for v in json.load(f)["weight_map"].values()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            shards = []                         # an unreadable index is the loader's to name
+        lost = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
+        if lost:
+            missing.append(f"weight shards {', '.join(lost)}")
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            vocab = json.load(f).get("item_vocab_file")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        vocab = None                            # an unreadable config.json is the loader's to name
+    if isinstance(vocab, str) and vocab and not os.path.isfile(os.path.join(folder, vocab)):
+        missing.append(vocab)
+    return " and ".join(missing) or None
 
 
 def weights_sha256(folder: str | os.PathLike) -> str | None:
@@ -176,7 +278,11 @@ def resolve_pretrained(name_or_path: str | os.PathLike, *, revision: str | None 
     (``snapshot_download``), as ``from_pretrained`` takes them (a local folder has no revisions: they do not apply to
     it). The bundled copy is main's, so it stands in only when ``revision`` is None or ``"main"``: a pinned revision
     that cannot be fetched is an ``OSError`` naming it, never other weights. ``subfolder`` is the folder inside the
-    repo (or local folder) that holds the model; a ``ValueError`` names it when there is none.
+    repo (or local folder) that holds the model; a ``ValueError`` names it when there is none. ``force_download=True``
+    with the Hub unreachable is an ``OSError`` (a ``ValueError`` in offline mode or with ``local_files_only=True``),
+    and a forced download that fails is never answered by the bundled copy. A snapshot without the model's files
+    (:func:`model_files_missing`) is never returned: the bundled copy of the same config, or an ``OSError`` naming
+    them. Download errors (a proxy's too, which huggingface_hub raises as httpx errors) become ``OSError``.
     """
     p = os.fspath(name_or_path)
     if os.path.isdir(p):
@@ -205,31 +311,104 @@ def resolve_pretrained(name_or_path: str | os.PathLike, *, revision: str | None 
     if subfolder:
         patterns = [f"{subfolder.strip('/')}/{x}" for x in patterns]
     download = dict(repo_id=p, allow_patterns=patterns, revision=revision, cache_dir=cache_dir, token=token)
+    if force_download and local_files_only:
+        raise ValueError(f"cannot load {p!r}: force_download=True downloads from the Hub, local_files_only=True "
+                         "forbids it; give one of them")
     if local_files_only or not hub_reachable():
+        why = "local_files_only=True was given" if local_files_only else _unreachable_why()
+        if force_download:      # a re-download asked for: never the cached (or bundled) files instead, unsaid
+            raise (ValueError if _offline_mode() else OSError)(
+                f"cannot load {p!r}{at}: force_download=True needs the Hub, and {why}; leave "
+                "force_download out to load the cached (or bundled) copy")
         try:  # the normal machinery, cache only
-            return _subfolder(snapshot_download(**download, local_files_only=True), subfolder, f"{p!r}{at}")
+            folder = snapshot_download(**download, local_files_only=True)
         except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as e:
-            if isinstance(e, SubfolderNotFound):
-                raise
-            why = "local_files_only=True was given" if local_files_only else "the Hugging Face Hub is not reachable"
-            if bundled is not None:
-                logger.info("%s: using the bundled copy of %s at %s", why, p, bundled)
-                return _subfolder(str(bundled), subfolder, f"the bundled copy of {p!r}")
-            if at:
-                raise OSError(f"cannot load {p!r}{at}: {why} and that revision is not in the local cache (the "
-                              f"bundled copy, if {p!r} has one, is the main revision's, not {asked!r})") from None
-            raise OSError(f"cannot load {p!r}: no such local folder, {why}, it is not in the local cache, and it is "
-                          f"not a bundled model (bundled: {sorted(bundled_models())})") from None
+            partial = getattr(e, "snapshot_path", None) if _is_incomplete(e) else None
+            if not (partial and os.path.isdir(partial)):
+                if bundled is not None:
+                    logger.info("%s: using the bundled copy of %s at %s", why, p, bundled)
+                    return _subfolder(str(bundled), subfolder, f"the bundled copy of {p!r}")
+                if at:
+                    raise OSError(f"cannot load {p!r}{at}: {why} and that revision is not in the local cache (the "
+                                  f"bundled copy, if {p!r} has one, is the main revision's, not {asked!r})") from None
+                raise OSError(f"cannot load {p!r}: no such local folder, {why}, it is not in the local cache, and it "
+                              f"is not a bundled model (bundled: {sorted(bundled_models())})") from None
+            folder = partial    # huggingface_hub's listing says files are missing: judged by those a model needs
+        return _whole_snapshot(folder, subfolder, p, at, bundled, f"which cannot be downloaded now ({why})")
     try:
         folder = snapshot_download(**download, force_download=force_download)
-    except (RepositoryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
-        if bundled is not None:
+    except (RepositoryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, *_network_errors()) as e:
+        if bundled is not None and not force_download:
             logger.warning("could not download %s from the Hub (%s): using the bundled copy at %s", p, e, bundled)
             return _subfolder(str(bundled), subfolder, f"the bundled copy of {p!r}")
-        if at:
-            raise OSError(f"cannot load {p!r}{at}: {e}") from e
+        if force_download:
+            raise OSError(f"cannot load {p!r}{at}: force_download=True, and the download failed: "
+                          f"{' '.join(str(e).split())}") from e
+        if at or not isinstance(e, OSError):    # a proxy / transport error is no OSError: one line naming it
+            text = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            raise OSError(f"cannot load {p!r}{at}: {' '.join(text.split())}") from e
         raise
-    return _subfolder(folder, subfolder, f"{p!r}{at}")
+    # huggingface_hub answers from the cache when the Hub fails mid-way: with force_download, no bundled stand-in
+    return _whole_snapshot(folder, subfolder, p, at, None if force_download else bundled,
+                           "which the download did not bring (the Hub's repo lacks them, or huggingface_hub could not "
+                           "reach the Hub and answered from the cache)")
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The transport errors (connection, proxy, timeout) of the HTTP clients huggingface_hub uses that are no
+    ``OSError`` (httpx, httpx2; requests' errors are): huggingface_hub re-raises a proxy error as is."""
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _is_incomplete(e: BaseException) -> bool:
+    """huggingface_hub's ``IncompleteSnapshotError`` (2.x: a cached snapshot its tree listing shows is partial)."""
+    from huggingface_hub import errors
+
+    kind = getattr(errors, "IncompleteSnapshotError", None)
+    return kind is not None and isinstance(e, kind)
+
+
+def _whole_snapshot(folder: str, subfolder: str | None, p: str, at: str, bundled: pathlib.Path | None,
+                    gap: str) -> str:
+    """``folder`` (a snapshot, ``subfolder`` inside it) when it holds the model's files; else the bundled copy when
+    there is one of the same config (see the module docstring), else an ``OSError`` naming what is missing and
+    (``gap``, a clause) why it was not fetched."""
+    target = _subfolder(folder, subfolder, f"{p!r}{at}")
+    missing = model_files_missing(target)
+    if missing is None:
+        return target
+    if bundled is not None:
+        stand_in = _subfolder(str(bundled), subfolder, f"the bundled copy of {p!r}")
+        if _same_config(target, stand_in):
+            logger.warning("the cached snapshot of %s at %s lacks %s, %s: using the bundled copy at %s", p, target,
+                           missing, gap, stand_in)
+            return stand_in
+        raise OSError(f"cannot load {p!r}: its cached snapshot {target} lacks {missing}, {gap}; its config.json "
+                      "is not the bundled copy's (the Hub's main has changed since this package was built), so the "
+                      "bundled weights cannot stand in. Load it once with the Hub reachable, or delete that snapshot "
+                      f"(hf cache rm model/{p}) to use the bundled copy")
+    raise OSError(f"cannot load {p!r}{at}: its cached snapshot {target} lacks {missing}, {gap}; a partial download "
+                  "(AutoConfig.from_pretrained and ModelCard.load fetch config.json or README.md alone)")
+
+
+def _same_config(snapshot: str, bundled: str) -> bool:
+    """Whether ``snapshot`` has no ``config.json`` or the same one (as JSON) as the bundled folder."""
+    mine = os.path.join(snapshot, "config.json")
+    if not os.path.isfile(mine):
+        return True
+    try:
+        with open(mine, encoding="utf-8") as a, open(os.path.join(bundled, "config.json"), encoding="utf-8") as b:
+            return json.load(a) == json.load(b)
+    except (OSError, ValueError, RecursionError):
+        return False
 
 
 class SubfolderNotFound(ValueError):
@@ -246,3 +425,30 @@ def _subfolder(folder: str, subfolder: str | None, what: str) -> str:
         raise SubfolderNotFound(f"{what} has no subfolder {subfolder!r} (subfolder= names the folder inside it that "
                                 "holds config.json and model.safetensors)")
     return path
+
+
+# ------------------------------------------------------------------------------- command-line model options
+def add_hub_options(parser, option: str = "--model") -> None:
+    """Add ``--revision`` and ``--subfolder`` to a command's ``parser``: for ``option`` (a Hub id or a folder) what
+    ``from_pretrained``'s ``revision=`` / ``subfolder=`` say; :func:`hub_options` reads them back."""
+    parser.add_argument("--revision", default=None, metavar="REV",
+                        help=f"the revision (branch, tag or commit) of {option} when it is a Hub id (default: main; "
+                             "the bundled copy stands in for main only)")
+    parser.add_argument("--subfolder", default="", metavar="DIR",
+                        help=f"the folder inside {option} (a Hub repo or a local folder) that holds config.json and "
+                             "model.safetensors (default: its top level)")
+
+
+def hub_options(args, option: str = "--model") -> dict:
+    """``{"revision": ..., "subfolder": ...}`` from the options :func:`add_hub_options` added, the keyword arguments of
+    :func:`resolve_pretrained` (``resolve_pretrained(args.model, **hub_options(args))``). A ``ValueError`` (the
+    command's usage error) for an empty ``--revision``, or one given for a local folder (which has no revisions)."""
+    revision = getattr(args, "revision", None)
+    name = getattr(args, option.lstrip("-").replace("-", "_"), None)
+    if revision is not None:
+        if not revision.strip():
+            raise ValueError("--revision needs a branch, tag or commit of the Hub repo")
+        if name is not None and os.path.isdir(os.fspath(name)):
+            raise ValueError(f"--revision {revision}: {option} {name} is a local folder, which has no revisions "
+                             "(--revision applies to a Hub id)")
+    return {"revision": revision, "subfolder": getattr(args, "subfolder", "") or ""}

@@ -1665,14 +1665,53 @@ def staging_folder(out: str | os.PathLike, say=None):
     return staged(out, STAGE_PREFIX, STAGE_UNNAMED_MAX_AGE_S, removed=tell)
 
 
+#: safetensors' names of floating dtypes -> torch's (the note of :func:`_load_model`)
+_SAFETENSORS_FLOATS = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
+                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+def _stored_dtypes(name_or_path: str) -> list[str]:
+    """The floating dtypes (torch's names, sorted: ``["float16"]``) of the weights in the checkpoint's
+    ``model.safetensors``, read from the file's header; ``[]`` where it cannot be read (the load has read the file
+    already: this only words :func:`_load_model`'s note)."""
+    from zoo.pretrained import resolve_pretrained
+
+    try:
+        with open(os.path.join(resolve_pretrained(name_or_path), "model.safetensors"), "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if size <= 100_000_000 else {}     # safetensors' own header limit
+    except (OSError, ValueError):
+        return []
+    stored = {e.get("dtype") for e in header.values() if isinstance(e, dict)} if isinstance(header, dict) else set()
+    return sorted(_SAFETENSORS_FLOATS[d] for d in stored if d in _SAFETENSORS_FLOATS)
+
+
 def _load_model(name_or_path: str):
+    """The zoo model ``name_or_path`` (a folder or Hub id) for the exporters' ``--model`` (``export.onnx``,
+    ``export.triton``, ``export.trt``), loaded in float32 whatever dtype its weights were saved in: the graph's
+    precision is the exporter's option (``--fp16``, ``--int8``), and :func:`export_model` takes float32 models only.
+    Weights stored in another dtype get a note on stderr. ``OSError``/``ValueError`` when it cannot be loaded."""
     import importlib
 
     from zoo.modeling_utils import SeqRecPreTrainedModel
 
     importlib.import_module("zoo.models")                   # registers the model classes
 
-    return SeqRecPreTrainedModel.from_pretrained(name_or_path)
+    model = SeqRecPreTrainedModel.from_pretrained(name_or_path, dtype=torch.float32)
+    other = [d for d in _stored_dtypes(name_or_path) if d != "float32"]
+    if other:
+        print(f"note: --model {name_or_path} holds {' and '.join(other)} weights: loaded in float32 to be exported "
+              "(the graph's precision is set by the exporter's options, such as --fp16, not by the checkpoint's "
+              "dtype)", file=sys.stderr, flush=True)
+    return model
+
+
+def _not_float32(model) -> list[str]:
+    """The dtypes other than float32 (torch's names, sorted) of ``model``'s floating parameters and buffers; ``[]``
+    for a float32 model."""
+    tensors = [*model.parameters(), *model.buffers()] if isinstance(model, torch.nn.Module) else []
+    return sorted({str(t.dtype).removeprefix("torch.") for t in tensors
+                   if t.is_floating_point() and t.dtype != torch.float32})
 
 
 def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, topk: int = 10,
@@ -1683,6 +1722,9 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
                  exclude_items: Sequence[int] = (), user_vector: bool = False,
                  candidates: bool = False, lock: bool = True, stale_files: Sequence[str] = ()) -> ExportResult:
     """Export ``model`` to ``out_dir/model.onnx`` + ``out_dir/state_spec.json`` and verify it against PyTorch.
+
+    ``model`` must be float32: another dtype is a ``ValueError`` naming it, raised before anything is written
+    (``model.float()`` converts a model, in place). The graph's precision is ``precision``'s, not the model's dtype.
 
     Args:
         kind: "step" (default for models with an exact step) or "window".
@@ -1722,6 +1764,11 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
     from zoo.cli import made_folder
     from zoo.vocab import VOCAB_FILE
 
+    other = _not_float32(model)
+    if other:                   # traced as it is, it fails the checker or ORT, or is verified/labelled as fp32 wrongly
+        raise ValueError(f"export_model: the model's weights are {' and '.join(other)}, not float32: export "
+                         "model.float() (the graph's precision is set by precision='fp16' or 'int8', --fp16/--int8, "
+                         "not by the model's dtype)")
     say = progress or (lambda msg: None)
     kind = kind or ("step" if getattr(model, "has_exact_step", False) else "window")
     out = pathlib.Path(out_dir)

@@ -316,6 +316,12 @@ class _Base:
         self.topk = int(self.spec["topk"])
         self.items: list | None = None                      # external ids (item_vocab.json), index i + 1 <-> items[i]
         so = session_options or ort.SessionOptions()
+        if session_options is None and self.spec.get("precision") == "fp16":
+            # the CPU provider has no fp16 kernel for Exp (...) and warns at every session that it cannot constant-
+            # fold the graph's fp16 Exp nodes (LRURec's gamma = exp(params_log)); it computes them in fp32, harmless
+            # (export/README.md, "--fp16"): such sessions log errors only, as export.verify.ort_session's do.
+            # fp32/int8 graphs, and sessions on the caller's own options, keep ONNX Runtime's warnings
+            so.log_severity_level = 3
         if threads is not None:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1

@@ -423,3 +423,101 @@ def test_config_defaults_are_the_official_ml1m_ones():
     assert (c.dt_min, c.dt_max, c.dt_init_floor) == (1e-3, 0.1, 1e-4)
     m = Mamba4RecModel(Mamba4RecConfig(n_items=11, hidden_size=16, d_state=4))
     assert m.layer_norm.eps == 1e-12 and m.dropout.p == 0.2 and m.mamba_layers[0].ffn.dropout.p == 0.2
+
+
+# ------------------------------------------------------------------ float64: A_log, D and the Δ bias in float64 too
+def _randomised(num_layers=2, proj_bias=True, seed=5):
+    """A tiny model with every parameter away from its init (``A_log`` in [0.1, 0.6], not float32 values)."""
+    torch.manual_seed(seed)
+    model = tiny(num_layers=num_layers, proj_bias=proj_bias, max_seq_length=40)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.rand_like(p) * 0.5 + 0.1 if name.endswith("A_log") else torch.randn_like(p) * 0.3)
+    return model
+
+
+def test_float64_model_computes_in_float64():
+    """A float64 model against the official forward in float64: the mixer rounded ``A_log``, ``D`` and
+    ``dt_proj.bias`` to float32 before the scan, ~1e-8 of these logits (scale ~1); they stay float64 now."""
+    model = _randomised().double()
+    for n in (1, 3, 17, 40):
+        ids = torch.randint(1, 53, (n,))
+        ours = model(ids[None]).logits[0]
+        assert ours.dtype == torch.float64
+        ref = _official_mamba4rec_logits(model, ids)
+        assert (ours - ref).abs().max() <= 1e-12, (n, (ours - ref).abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float64])
+def test_float64_save_load_keeps_every_parameter_dtype_and_value(tmp_path, dtype):
+    """``A_log`` was made float32 explicitly, so from_pretrained built it float32 whatever the checkpoint held: a
+    float64 round trip rounded it (a 1e-12 change lost) and gave a mixed float32/float64 model. Now it follows the
+    dtype the model is built in."""
+    model = _randomised().double()
+    with torch.no_grad():
+        for layer in model.mamba_layers:
+            layer.mamba.A_log.add_(1e-12)                          # lost by a float32 A_log
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path, **({} if dtype is None else {"dtype": dtype})).eval()
+    saved, got = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == got.keys()
+    for k in saved:
+        assert got[k].dtype == torch.float64, (k, got[k].dtype)
+        assert torch.equal(got[k], saved[k]), k
+    ids = torch.randint(1, 53, (3, 20))
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_float64_step_equals_full_forward():
+    """Prefix + steps == full forward in float64 at 1e-6 (float32's 1e-4 above): the carried states are float32
+    (``step``'s documented accuracy for float64), the rest float64."""
+    model = tiny(initializer_range=0.3).double()
+    worst = check_step_equivalence(model, [1, 2, 5, 37, 600, 213], chunk_plan="mixed", atol=1e-6, seed=3)
+    print(f"mamba4rec float64: max |step - full| = {worst:.2e}")
+
+
+def _mixer_forward_float32_params(self, hidden, conv_state=None, ssm_state=None, return_state=False):
+    """:meth:`MambaMixer.forward` as it was before float64 kept its SSM parameters: ``A_log``, ``D`` and
+    ``dt_proj.bias`` always cast with ``.float()``."""
+    import torch.nn.functional as F
+
+    from zoo.ops.conv import causal_conv1d
+    from zoo.ops.selective_scan import selective_scan_fn
+
+    xz = self.in_proj(hidden).transpose(1, 2)
+    x, z = xz.split([self.d_inner, self.d_inner], dim=1)
+    x, new_conv = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state, "silu")
+    dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+    dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+    res = selective_scan_fn(x, dt, -torch.exp(self.A_log.float()), B.transpose(1, 2).contiguous(),
+                            C.transpose(1, 2).contiguous(), self.D.float(), z, self.dt_proj.bias.float(),
+                            delta_softplus=True, return_last_state=return_state, initial_state=ssm_state)
+    y, last = (res if return_state else (res, None))
+    out = self.out_proj(y.transpose(1, 2))
+    return (out, new_conv, last) if return_state else out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_bundled_card_float32_and_16_bit_logits_are_unchanged(monkeypatch, dtype):
+    """Only float64 changed: the bundled card's logits and steps in float32 (and as a bfloat16/float16 model, whose
+    scan still takes A, D and the Δ bias in float32) are bit for bit those of the ``.float()`` mixer; its parameters
+    load float32, ``A_log`` included."""
+    from zoo.models.mamba4rec import MambaMixer
+
+    model = AutoModel.from_pretrained("ssm-rec-zoo/mamba4rec-ml1m").eval()
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    model = model.to(dtype)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, model.config.n_items, (4, 50), generator=g)
+
+    def run():
+        with torch.no_grad():
+            hidden, state = model._step(ids[:, :30], model.init_state(4))
+            hidden2, state2 = model._step(ids[:, 30:], state)
+            return [model(ids).logits, hidden, hidden2, *state2.values()]
+
+    now = run()
+    monkeypatch.setattr(MambaMixer, "forward", _mixer_forward_float32_params)
+    before = run()
+    for a, b in zip(now, before):
+        assert a.dtype == b.dtype and torch.equal(a, b)

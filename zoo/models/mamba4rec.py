@@ -88,6 +88,13 @@ class Mamba4RecConfig(SeqRecConfig):
                             "Inner width ``E = expand * hidden_size`` (derived: recomputed, never read back).")
 
 
+def _s4d_real_log(E: int, N: int, dtype: torch.dtype) -> torch.Tensor:
+    """Mamba's S4D-real ``A_log [E, N]`` (``A_log[e, n] = log(n + 1)``) in ``dtype``: the log is taken in float32
+    (float64 for float64), as mamba_ssm takes it, and rounded to a 16-bit ``dtype`` afterwards."""
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.log(torch.arange(1, N + 1, dtype=ct)).repeat(E, 1).to(dtype)
+
+
 class MambaMixer(nn.Module):
     """Mamba (v1) block, ``mamba_ssm.modules.mamba_simple.Mamba`` math, with an explicit carried state.
 
@@ -106,8 +113,9 @@ class MambaMixer(nn.Module):
         self.conv1d = nn.Conv1d(E, E, K, groups=E, padding=K - 1, bias=config.conv_bias)
         self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
         self.dt_proj = nn.Linear(R, E, bias=True)
-        # S4D-real init: A[e, n] = -(n + 1)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))  # [E, N]
+        # S4D-real init: A[e, n] = -(n + 1), in the dtype the other parameters are made in (a float64 checkpoint
+        # loads as float64: from_pretrained builds the model in its dtype)
+        self.A_log = nn.Parameter(_s4d_real_log(E, N, torch.get_default_dtype()))                         # [E, N]
         self.D = nn.Parameter(torch.ones(E))                                                             # [E]
         self.out_proj = nn.Linear(E, D, bias=config.proj_bias)
 
@@ -134,9 +142,12 @@ class MambaMixer(nn.Module):
         x_dbl = self.x_proj(x.transpose(1, 2))                                 # [B, L, R + 2N]
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)                 # [B, E, L] (bias added in the scan)
-        A = -torch.exp(self.A_log.float())                                     # [E, N]
+        # A, D and the Δ bias in the scan's compute dtype: float32 for a float32/16-bit model (mamba_ssm keeps them
+        # in float32), float64 for a float64 one
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        A = -torch.exp(self.A_log.to(ct))                                      # [E, N]
         res = selective_scan_fn(x, dt, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
-                                self.D.float(), z, self.dt_proj.bias.float(), delta_softplus=True,
+                                self.D.to(ct), z, self.dt_proj.bias.to(ct), delta_softplus=True,
                                 return_last_state=return_state, initial_state=ssm_state)
         y, last = (res if return_state else (res, None))                       # y: [B, E, L]
         out = self.out_proj(y.transpose(1, 2))                                 # [B, L, D]
@@ -188,8 +199,7 @@ class Mamba4RecPreTrainedModel(SeqRecPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # RecBole init: hits the Linears inside the mixer, zeroes dt_proj.bias
         if isinstance(module, MambaMixer):
-            init.copy_(module.A_log, torch.log(torch.arange(1, module.d_state + 1, dtype=torch.float32))
-                       .repeat(module.d_inner, 1))
+            init.copy_(module.A_log, _s4d_real_log(module.d_inner, module.d_state, module.A_log.dtype))
             init.ones_(module.D)
             if self.config.mamba_init == "mamba":
                 module.reset_dt_mamba(self.config)

@@ -1138,7 +1138,7 @@ def test_run_workers_returns_each_workers_last_line_in_job_order(monkeypatch, tm
 
 
 #: every bench with a markdown output (``--markdown``; bench_triton: ``--out``)
-MARKDOWN_BENCHES = ["bench_eval_memory", "bench_exclude_seen", "bench_prefix_objective", "bench_sampled_softmax",
+MARKDOWN_BENCHES = ["batch_order", "bench_eval_memory", "bench_exclude_seen", "bench_prefix_objective", "bench_sampled_softmax",
                     "bench_step_latency", "bench_train_cost", "bench_triton", "bench_user_states", "catalogue_growth",
                     "day_ties", "emu_switch", "eval_tie_order", "hf_trainer", "int8_graphs", "item_similarity",
                     "loss_table", "sampled_metrics", "shared_store", "sqlite_wal", "temporal_split",
@@ -1516,3 +1516,24 @@ def test_a_plot_without_matplotlib_is_a_missing_package_before_the_sweep(monkeyp
     with pytest.raises(SystemExit) as e:
         b.main(["--plot", "latency.png"])
     assert e.value.code == 4 and "--plot needs matplotlib" in capsys.readouterr().err
+
+
+def test_batch_order_bench_runs(monkeypatch, tmp_path):
+    """bench/batch_order.py on a tiny file: both orders and both seeds are run and tabled, and the paired differences
+    are the runs' own differences."""
+    from test_train import _markov_file
+
+    b = _bench("batch_order", monkeypatch)
+    out = tmp_path / "o.md"
+    b.main(["--data", str(_markov_file(tmp_path / "m.tsv")), "--epochs", "2", "--seeds", "0", "1", "--max-len", "20",
+            "--batch-size", "16", "--markdown", str(out)])
+    text = out.read_text()
+    assert text.startswith("# Batches by length") and "Produced by `python bench/batch_order.py --data " in text
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+             if line.startswith("| sasrec | 20 |")]
+    runs = {(r[2], r[3]): r for r in cells if len(r) == 10}
+    assert set(runs) == {(o, s) for o in ("by-length", "random") for s in ("0", "1")}
+    pairs = {r[2]: r for r in cells if len(r) == 7 and r[3].endswith("x")}
+    for s in ("0", "1"):
+        assert float(pairs[s][5]) == pytest.approx(float(runs[("random", s)][8]) - float(runs[("by-length", s)][8]),
+                                                   abs=1e-4)

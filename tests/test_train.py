@@ -1783,3 +1783,84 @@ def test_a_starting_checkpoint_whose_scores_overflow_is_a_one_line_error(tmp_pat
                  code=1):
         train_main(args + ["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")])
     assert not (tmp_path / "b").exists()
+
+
+# --- --batch-order: length-bucketed (every card's) or plain shuffled batches -----------------------------------
+
+
+def _recorded_batch_orders(monkeypatch) -> list:
+    """``bucket_by_length`` of every ``iterate_batches`` call zoo.train makes (one per epoch), the batches as they are."""
+    import zoo.data
+
+    real, seen = zoo.data.iterate_batches, []
+
+    def recording(*a, **kw):
+        seen.append(kw.get("bucket_by_length"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(zoo.data, "iterate_batches", recording)
+    return seen
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_batch_order_reaches_the_batches_and_is_logged(tmp_path, monkeypatch):
+    """By default every epoch's batches are bucketed by length (what the cards were trained with); --batch-order
+    random turns the bucketing off in every epoch; both are recorded in the log (returned and train_log.json) beside
+    window_stride and loss_weighting, and the random run still learns the chain."""
+    seen = _recorded_batch_orders(monkeypatch)
+    data = _markov_file(tmp_path / "m.tsv", n_users=60)
+    args = ["--model", "sasrec", "--data", str(data), "--epochs", "3", "--max-len", "20", "--batch-size", "8",
+            "--lr", "5e-3", "--kcore", "0", "--no-progress", "--set", *TINY["sasrec"]]
+    log = train_main(args + ["--out", str(tmp_path / "d")])
+    assert seen == [True] * 3 and log["batch_order"] == "by-length"
+    seen.clear()
+    log = train_main(args + ["--out", str(tmp_path / "r"), "--batch-order", "random"])
+    assert seen == [False] * 3 and log["batch_order"] == "random"
+    assert json.loads((tmp_path / "r" / "train_log.json").read_text())["batch_order"] == "random"
+    assert json.loads((tmp_path / "d" / "train_log.json").read_text())["batch_order"] == "by-length"
+    assert log["test"]["HR@10"] > 2.5 * 10 / 40, log["test"]
+
+
+def test_a_batch_order_other_than_the_two_is_refused_on_the_command_line_and_in_the_api(tmp_path, capsys):
+    """``--batch-order shuffled`` is a usage error naming the option and its choices; ``train(batch_order=...)`` a
+    ValueError naming the parameter, before --out is made."""
+    from zoo.train import train
+
+    data = _markov_file(tmp_path / "m.tsv", n_users=20, length=(6, 10))
+    with refused(capsys, r"argument --batch-order: invalid choice: 'shuffled' \(choose from '?by-length'?, "
+                         r"'?random'?\)"):
+        train_main(["--model", "gru4rec", "--data", str(data), "--out", str(tmp_path / "c"), "--batch-order",
+                    "shuffled"])
+    with pytest.raises(ValueError, match=r"batch_order must be one of \('by-length', 'random'\), got 'shuffled'"):
+        train("gru4rec", str(data), str(tmp_path / "a"), epochs=1, kcore=0, progress=False,
+              config_overrides={"embedding_size": 16, "hidden_size": 32}, batch_order="shuffled")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "a").exists()
+
+
+@pytest.mark.usefixtures("one_thread", "fake_clock")
+def test_resume_keeps_the_batch_order_and_a_state_saved_before_it_resumes_by_length(tmp_path, monkeypatch, capsys):
+    """--resume with another --batch-order than the run's is refused naming it; a resume state saved before the
+    setting existed (no batch_order in its settings or log) ran bucketed by length: it resumes with the default,
+    batches by length, and logs it; asked for random batches it is refused."""
+    data = _markov_file(tmp_path / "m.tsv", n_users=30)
+    args = ["--model", "gru4rec", "--data", str(data), "--max-len", "20", "--kcore", "0", "--no-progress",
+            "--epochs", "3", "--set", *TINY["gru4rec"]]
+    rand = args + ["--out", str(tmp_path / "r")]
+    train_main(rand + ["--batch-order", "random", "--max-minutes", "0.0001"])      # the budget ends it after epoch 1
+    assert (tmp_path / "r" / "resume").is_dir()
+    with refused(capsys, r"these differ: batch_order: the run has 'random', given 'by-length'"):
+        train_main(rand + ["--resume", "--max-minutes", "5"])
+    old = args + ["--out", str(tmp_path / "o")]
+    train_main(old + ["--max-minutes", "0.0001"])
+    state_file = tmp_path / "o" / "resume" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["settings"]["batch_order"] == "by-length" and state["log"]["batch_order"] == "by-length"
+    del state["settings"]["batch_order"], state["log"]["batch_order"]            # as saved before the option
+    state_file.write_text(json.dumps(state))
+    with refused(capsys, r"these differ: batch_order: the run has 'by-length', given 'random'"):
+        train_main(old + ["--resume", "--max-minutes", "5", "--batch-order", "random"])
+    seen = _recorded_batch_orders(monkeypatch)
+    log = train_main(old + ["--resume", "--max-minutes", "5"])
+    assert len(log["epochs"]) == 3 and log["stopped"] == "max epochs" and seen == [True, True]
+    assert log["batch_order"] == "by-length"
+    assert json.loads((tmp_path / "o" / "train_log.json").read_text())["batch_order"] == "by-length"

@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
            "config_notes": notes, "vocab": vocab_note,
            "command": "python -m zoo.soup " + shlex.join(sys.argv[1:] if argv is None else argv),
            "environment": environment(), "n_parameters": sum(p.numel() for p in model.parameters()),
-           **{k: trained[k] for k in ("window_stride", "loss_weighting", "loss") if k in trained},
+           **{k: trained[k] for k in ("window_stride", "loss_weighting", "loss", "batch_order") if k in trained},
            "soup_minutes": (time.perf_counter() - started) / 60,
            "stages": shared, "ingredient_stages": stages}
     try:                                        # strict JSON (jq refuses NaN), checked before the folder is made

@@ -28,7 +28,8 @@ Per-model defaults (``TRAIN_PRESETS``) take each model's official optimiser sett
 models; AdamW wd 0.01 without decay on bias/LayerNorm, grad clip 5, batch 128 all-position windows for LRURec, as
 officially). The RecBole models' batch is the zoo's own: 64 windows of users' train sequences with a target at every
 position (a few thousand targets from 64 users, about RecBole's targets per step, where RecBole's 2,048 are one
-prefix each, from about as many users), batched by length. Every one can be overridden.
+prefix each, from about as many users), batched by length (``--batch-order random``: plain shuffled batches, each
+from windows of any length). Every one can be overridden.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ DECAY_HORIZONS = ("epochs", "budget")
 #: how a run's log names its --max-minutes budget (the start of "stopped" and "decay_over" texts, which cards read)
 TIME_BUDGET = "time budget"
 LOSS_WEIGHTINGS = ("window", "target")
+#: ``--batch-order``: ``by-length`` groups windows of similar length into a batch (``iterate_batches(...,
+#: bucket_by_length=True)``: what every bundled card was trained with); ``random``: plain shuffled batches
+BATCH_ORDERS = ("by-length", "random")
 
 
 def lr_factor(schedule: str, progress: float) -> float:
@@ -515,7 +519,8 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             settings: dict | None = None, time_ties: str = "file", warmup_steps: int = 0,
             columns: dict | None = None, loss: str = "ce", negatives: int | None = None,
             negative_sampler: str = "uniform", sparse_item_grad: bool = False, unknown_items: str = "error",
-            temporal_split: Sequence[float] | None = None, hold_out: Callable[[], object] | None = None):
+            temporal_split: Sequence[float] | None = None, hold_out: Callable[[], object] | None = None,
+            batch_order: str = "by-length"):
     """Everything :func:`train` does before its first epoch, in this order: check the settings and the ``--out`` path
     (nothing read or written yet), call ``hold_out`` (:func:`train` creates ``out`` there and takes its lock:
     :func:`hold_output_folder`), check what ``out`` holds (:func:`check_output_folder`; with ``resume``: read its
@@ -568,6 +573,8 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out; --overwrite would replace it: give one")
     loss_scale(torch.ones(1, 1, dtype=torch.long), 1.0, loss_weighting)
+    if batch_order not in BATCH_ORDERS:
+        raise ValueError(f"batch_order must be one of {BATCH_ORDERS}, got {batch_order!r}")
     if loss_weighting == "target" and model_type == "bert4rec":
         raise ValueError("--loss-weighting target: BERT4Rec's Cloze loss is not a mean over the labelled positions")
     if window_stride is not None and model_type == "bert4rec":
@@ -750,7 +757,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           decay_over: str = "epochs", overwrite: bool = False, resume: bool = False,
           time_ties: str = "file", warmup_steps: int = 0, columns: dict | None = None, loss: str = "ce",
           negatives: int | None = None, negative_sampler: str = "uniform", sparse_item_grad: bool = False,
-          unknown_items: str = "error", temporal_split: Sequence[float] | None = None) -> dict:
+          unknown_items: str = "error", temporal_split: Sequence[float] | None = None,
+          batch_order: str = "by-length") -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     After every epoch the run's full state goes to ``out/resume/`` (:mod:`zoo.train_state`); ``resume=True``, with
@@ -768,6 +776,12 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     when the time budget ends; the run stops at the ``patience``-th validation in a row without a gain (a valid
     NDCG@10 above the best so far), where RecBole's ``stopping_step`` S stops at the (S + 1)-th (``cur_step >
     max_step``): ``patience`` P matches ``stopping_step`` P - 1.
+    ``batch_order`` (:data:`BATCH_ORDERS`) is how the shuffled windows form batches: ``by-length`` (default, what every
+    card was trained with) groups windows of similar length (:func:`zoo.data.iterate_batches` ``bucket_by_length``:
+    little padding, but a batch holds users of similar history length), ``random`` draws each batch's windows at
+    random, as RecBole's batches of prefixes are (each batch padded to its longest window: slower epochs); it is
+    recorded in the log (``batch_order``, beside ``window_stride`` and ``loss_weighting``) and is a setting a
+    ``resume`` must match.
     A run started ``init_from`` a checkpoint first validates that checkpoint (logged as ``init_valid_NDCG10``) and
     says at the end when no epoch beat it. ``out`` must not already hold a checkpoint or an interrupted run's resume
     state unless ``overwrite`` (which discards that state before the first epoch), and never a model card (see
@@ -812,7 +826,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             eval_every=eval_every, decay_over=decay_over, time_ties=time_ties, warmup_steps=warmup_steps,
             columns=columns, loss=loss, negatives=negatives, negative_sampler=negative_sampler,
             sparse_item_grad=sparse_item_grad, unknown_items=unknown_items,
-            temporal_split=list(temporal_split) if temporal_split else None)))
+            temporal_split=list(temporal_split) if temporal_split else None, batch_order=batch_order)))
     except ValueError as e:                 # "clip is inf, which is not a JSON number (...)"
         settings, unrecordable = None, ValueError(
             f"{e}; the run records its settings in train_log.json and its resume state: give a finite value")
@@ -834,7 +848,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                 decay_over=decay_over, overwrite=overwrite, resume=resume, settings=settings, time_ties=time_ties,
                 warmup_steps=warmup_steps, columns=columns, loss=loss, negatives=negatives,
                 negative_sampler=negative_sampler, sparse_item_grad=sparse_item_grad, unknown_items=unknown_items,
-                temporal_split=temporal_split, hold_out=hold_out)
+                temporal_split=temporal_split, hold_out=hold_out, batch_order=batch_order)
         except RunSetupError:                   # an input that failed (RunInputError, exit 1): as it is
             raise
         except FolderBusy as e:                 # another live run writes into --out (exit 1)
@@ -878,7 +892,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                "objective": describe_objective(model_type, windows.max_len, windows.stride, model.config.to_dict(),
                                                describe_loss(loss_spec)),
                "loss": loss_spec,
-               "window_stride": windows.stride, "loss_weighting": loss_weighting,
+               "window_stride": windows.stride, "loss_weighting": loss_weighting, "batch_order": batch_order,
                "environment": environment(), "n_parameters": n_params, "init_from": init_from, "eval_every": eval_every,
                "cwd": os.getcwd()}                # where a relative --init-from is found again (zoo.hub's stage table)
         if init_from:       # the weights it starts from: a card folder replaced later no longer holds them
@@ -909,6 +923,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             best, best_epoch, bad, start_epoch = done["best"], done["best_epoch"], done["bad"], done["epoch"] + 1
             t0 = time.time() - done["elapsed_s"]
             log = state["log"]
+            log.setdefault("batch_order", batch_order)  # a state saved before it was logged: by-length (check_settings)
             log.setdefault("resumed", []).append({"after_epoch": done["epoch"], "command": command,
                                                   "max_minutes": max_minutes})
             # a run that had stopped (and was cut in its test evaluation, or budget-stopped) trains no further epoch, as
@@ -954,7 +969,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             te = time.time()
             total, count = 0.0, 0
             batches = iterate_batches(windows, preset["batch_size"], model.padding_side, shuffle=True, generator=gen,
-                                      bucket_by_length=True)
+                                      bucket_by_length=batch_order == "by-length")
             n_batches = math.ceil(len(windows) / preset["batch_size"])
             bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False,
                        disable=None if progress else True)                 # None: a bar on a terminal only
@@ -1280,6 +1295,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight decay (L2 for adam, decoupled for adamw); " + _preset_default("weight_decay"))
     optim.add_argument("--batch-size", type=int,
                        help="training windows per batch; " + _preset_default("batch_size"))
+    optim.add_argument("--batch-order", choices=BATCH_ORDERS, default="by-length",
+                       help="how the shuffled training windows form batches: by-length groups windows of similar "
+                            "length (pools of 50 batches sorted by length, the batches shuffled), so a batch holds "
+                            "users of similar history length and little padding (what every bundled card was trained "
+                            "with); random: plain shuffled batches of windows of any length, as RecBole's batches of "
+                            "prefixes from random users, each padded to its longest window, so an epoch computes more "
+                            "padding and is slower (default: by-length)")
     optim.add_argument("--sparse-item-grad", action="store_true",
                        help="with --loss sampled-softmax: the item table gets a sparse gradient and is updated by "
                             "lazy Adam (torch.optim.SparseAdam), so that a step touches only the rows the batch read "
@@ -1397,7 +1419,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      resume=args.resume, time_ties=args.time_ties, warmup_steps=args.warmup_steps,
                      columns=args.columns, loss=args.loss, negatives=args.negatives,
                      negative_sampler=args.negative_sampler, sparse_item_grad=args.sparse_item_grad,
-                     unknown_items=args.unknown_items, temporal_split=args.temporal_split)
+                     unknown_items=args.unknown_items, temporal_split=args.temporal_split,
+                     batch_order=args.batch_order)
     except RunSetupError as e:
         from .cli import flag_named
 

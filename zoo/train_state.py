@@ -44,7 +44,7 @@ RESUMABLE_CHANGES = ("max_minutes", "device", "progress", "command")
 #: settings added after runs were saved: a state without one ran with this value
 SETTING_DEFAULTS = {"time_ties": "file", "warmup_steps": 0, "columns": None, "loss": "ce", "negatives": None,
                     "negative_sampler": "uniform", "sparse_item_grad": False,
-                    "unknown_items": "error", "temporal_split": None}
+                    "unknown_items": "error", "temporal_split": None, "batch_order": "by-length"}
 
 
 def resume_dir(out: str | os.PathLike) -> str | None:

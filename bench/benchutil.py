@@ -24,7 +24,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from export.triton_server import die_with_parent as _die_with_parent  # noqa: E402
+from export.triton_server import die_with_parent as _die_with_parent, signals_deferred  # noqa: E402
 from zoo.cli import EXIT_CODES, check_outputs, positive_int, written_whole  # noqa: E402
 from zoo.pretrained import HUB_ORG, PLACEHOLDER_ORGS, bundled_models  # noqa: E402
 
@@ -257,31 +257,9 @@ def run_workers(script: str, args: Sequence[str], jobs: Sequence[dict], barrier:
                     pipe.close()
 
 
-@contextlib.contextmanager
-def _signals_deferred(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)):
-    """Hold back ``signals`` for the block (a bench's Ctrl-C, and SIGTERM, which ``run_cli`` makes raise where it
-    lands): one that comes meanwhile is noted by a handler that raises nothing, and raised again
-    (``signal.raise_signal``) under the handlers put back as the block ends -- so it raises (or, under its default
-    action, kills) right after it, never inside. For code that must not be cut short: a reader thread's start (one
-    half-started cannot be joined) and a child's start, where an exception is dropped (:func:`spawn`). Outside the
-    main thread, where no handler can be set, or where a handler was not set from Python, the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in signals}
-    if any(h is None for h in previous.values()):
-        yield
-        return
-    came: list[int] = []
-    for s in signals:
-        signal.signal(s, lambda signum, frame: came.append(signum))
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        for s in dict.fromkeys(came):
-            signal.raise_signal(s)
+#: hold back SIGINT/SIGTERM for a block, raised right after it (a reader thread's start, a child's start):
+#: :func:`export.triton_server.signals_deferred`
+_signals_deferred = signals_deferred
 
 
 def die_with_parent(sig: int = signal.SIGKILL):

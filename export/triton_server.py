@@ -596,37 +596,60 @@ def die_with_parent(sig: int = signal.SIGTERM):
     return preexec
 
 
+@contextlib.contextmanager
+def signals_deferred(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Hold back ``signals`` for the block: one that comes meanwhile is noted by a handler that raises nothing, and
+    raised again (``signal.raise_signal``) under the handlers put back as the block ends -- so it raises (or, under
+    its default action, kills) right after the block, never inside. Handlers, not a signal mask: a process-directed
+    signal blocked in this thread goes to another thread of the process (a library's worker thread), whose C handler
+    has Python raise in this thread at its next instruction wherever it is -- inside a fork hook too, where the
+    exception is printed and dropped. Outside the main thread (no handler can be set there), or where a handler was
+    not set from Python, the block runs as is."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signals}
+    if any(h is None for h in previous.values()):
+        yield
+        return
+    came: list[int] = []
+    for s in signals:
+        signal.signal(s, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(came):
+            signal.raise_signal(s)
+
+
 def _spawn(args: list[str], sig: int = signal.SIGTERM, **kwargs) -> subprocess.Popen:
     """``subprocess.Popen(args, **kwargs)`` for a child that must not outlive this process (:func:`die_with_parent`
     ``(sig)``). A ``preexec_fn`` makes Python run its fork hooks (``logging``'s among them) around the fork, where an
     exception -- a caller's Ctrl-C, a SIGTERM handler that raises -- is printed and dropped, and the caller ran on: so
-    SIGINT and SIGTERM are blocked in this thread while the child is started and taken once ``Popen`` has returned
-    (the child, never handed back, stopped and reaped first: SIGTERM, SIGKILL after 10 s). The child gets this
-    thread's signal mask as it was (not the blocked one)."""
+    SIGINT and SIGTERM are held back while the child is started (:func:`signals_deferred`) and raised once ``Popen``
+    has returned, the child (never handed back) stopped and reaped first: SIGTERM, SIGKILL after 10 s. (A signal mask
+    was not enough: a signal blocked in this thread went to another thread of the process, and Python raised it
+    inside the fork hook all the same.)"""
     preexec = die_with_parent(sig)
     if preexec is None:
         return subprocess.Popen(args, **kwargs)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-
-    def child() -> None:
-        preexec()
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
     proc = None
     try:
-        proc = subprocess.Popen(args, preexec_fn=child, **kwargs)
-    finally:
-        try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)    # a signal held back is handled (raises) here
-        except BaseException:
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            raise
+        with signals_deferred():
+            proc = subprocess.Popen(args, preexec_fn=preexec, **kwargs)
+    except BaseException:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raise
     return proc
 
 

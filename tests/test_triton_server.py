@@ -174,6 +174,7 @@ def test_a_parent_killed_outright_takes_its_child_along(tmp_path, child):
 SIGINT_DURING_FORK = textwrap.dedent("""\
     import os, pathlib, signal, subprocess, sys, threading, time
     import export.triton_server as S
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # a run started in the background inherits it ignored
     tmp = pathlib.Path(sys.argv[1])
     if sys.argv[2:] == ["thread"]:          # another thread, to which a signal blocked in the main thread would go
         threading.Thread(target=time.sleep, args=(60,), daemon=True).start()

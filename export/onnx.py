@@ -1671,18 +1671,22 @@ _SAFETENSORS_FLOATS = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "
 
 
 def _stored_dtypes(name_or_path: str) -> list[str]:
-    """The floating dtypes (torch's names, sorted: ``["float16"]``) of the weights in the checkpoint's
-    ``model.safetensors``, read from the file's header; ``[]`` where it cannot be read (the load has read the file
-    already: this only words :func:`_load_model`'s note)."""
+    """The floating dtypes (torch's names, sorted: ``["float16"]``) of the weights in the checkpoint's safetensors
+    files (``model.safetensors`` or its shards: ``zoo.modeling_utils._weight_files``), read from their headers with
+    safetensors' own reader; ``[]`` where they cannot be read (the load has read them already: this only words
+    :func:`_load_model`'s note)."""
+    from safetensors import safe_open
+
+    from zoo.modeling_utils import _weight_files
     from zoo.pretrained import resolve_pretrained
 
+    stored = set()
     try:
-        with open(os.path.join(resolve_pretrained(name_or_path), "model.safetensors"), "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size)) if size <= 100_000_000 else {}     # safetensors' own header limit
-    except (OSError, ValueError):
+        for file in _weight_files(resolve_pretrained(name_or_path)):
+            with safe_open(file, framework="pt") as f:
+                stored.update(f.get_slice(k).get_dtype() for k in f.keys())  # noqa: SIM118
+    except Exception:               # unreadable: the load's own error stands
         return []
-    stored = {e.get("dtype") for e in header.values() if isinstance(e, dict)} if isinstance(header, dict) else set()
     return sorted(_SAFETENSORS_FLOATS[d] for d in stored if d in _SAFETENSORS_FLOATS)
 
 

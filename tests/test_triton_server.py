@@ -169,6 +169,56 @@ def test_a_parent_killed_outright_takes_its_child_along(tmp_path, child):
         parent.stderr.close()
 
 
+#: a caller whose Ctrl-C (SIGINT, raising KeyboardInterrupt) lands while ``start_server`` starts the launcher: a fork
+#: hook (``os.register_at_fork``, as ``logging``'s) sends it; prints what came of it and the launchers started
+SIGINT_DURING_FORK = textwrap.dedent("""\
+    import os, pathlib, signal, subprocess, sys, threading, time
+    import export.triton_server as S
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # a run started in the background inherits it ignored
+    tmp = pathlib.Path(sys.argv[1])
+    if sys.argv[2:] == ["thread"]:          # another thread, to which a signal blocked in the main thread would go
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+    fake = tmp / "python"
+    fake.write_text("#!/bin/sh\\nexec sleep 120\\n")
+    fake.chmod(0o755)
+    S.server_python = lambda venv=None: fake
+    (tmp / "repo").mkdir()
+    sent, started = [], []
+    os.register_at_fork(before=lambda: sent or sent.append(os.kill(os.getpid(), signal.SIGINT)))
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            started.append(self)
+
+    subprocess.Popen = Recorded
+    try:
+        S.start_server(tmp / "repo", timeout=60, log_path=str(tmp / "server.log"))
+        print("lost", [p.poll() for p in started], flush=True)
+    except KeyboardInterrupt:
+        print("raised", [p.poll() for p in started], flush=True)
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+""")
+
+
+@linux_only
+@pytest.mark.parametrize("threads", ["one thread", "thread"])
+def test_a_ctrl_c_while_the_launcher_starts_is_raised_once_it_has_started(tmp_path, threads):
+    """The launcher is started with a ``preexec_fn`` (its parent-death signal), which makes Python run its fork
+    hooks around the fork, where an exception is printed and dropped: a Ctrl-C landing there would be lost and the
+    caller would wait on. ``start_server`` holds SIGINT/SIGTERM back while it starts the launcher and raises them
+    after, the launcher (never handed back) stopped and reaped first. With another thread in the process (CI once
+    failed so: a signal blocked in the main thread went to that thread, and Python raised it inside the fork hook)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", SIGINT_DURING_FORK, str(tmp_path), threads], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "raised [-15]", (out.stdout, out.stderr)
+    assert "Exception ignored" not in out.stderr, out.stderr
+
+
 def _real_server_or_skip():
     from export import triton_server as S
 

@@ -1138,7 +1138,8 @@ def test_run_workers_returns_each_workers_last_line_in_job_order(monkeypatch, tm
 
 
 #: every bench with a markdown output (``--markdown``; bench_triton: ``--out``)
-MARKDOWN_BENCHES = ["batch_order", "bench_eval_memory", "bench_exclude_seen", "bench_prefix_objective", "bench_sampled_softmax",
+MARKDOWN_BENCHES = ["batch_order", "bench_eval_memory", "bench_exclude_seen", "bench_prefix_objective", "bench_rank",
+                    "bench_sampled_softmax",
                     "bench_step_latency", "bench_train_cost", "bench_triton", "bench_user_states", "catalogue_growth",
                     "day_ties", "emu_switch", "eval_tie_order", "hf_trainer", "int8_graphs", "item_similarity",
                     "loss_table", "sampled_metrics", "shared_store", "sqlite_wal", "temporal_split",

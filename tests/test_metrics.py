@@ -23,19 +23,25 @@ def test_rank_of_target():
 
 @pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])
 @pytest.mark.parametrize("chunk_rows", [1, 3, 7, 100])
-def test_rank_of_target_counts_a_few_rows_at_a_time_with_the_same_ranks(monkeypatch, ties, chunk_rows):
-    """The rank count goes over row chunks (a [B, V] comparison counted at once makes an int64 copy of it); the
-    ranks are those of the whole-matrix formula, ties and -inf included, for any chunk size (here 1 to all rows)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+def test_rank_of_target_counts_a_few_rows_at_a_time_with_the_same_ranks(monkeypatch, ties, chunk_rows, dtype):
+    """The rank count goes over blocks (a [B, V] comparison counted at once makes an int64 copy of it): on the CPU
+    numpy's, RANK_BLOCK elements at a time (whole rows, or a row's columns), else (integer scores here, CUDA) torch's,
+    RANK_CHUNK_BYTES at a time; the ranks are those of the whole-matrix formula, ties and -inf included, for any block
+    size (here 1 element or row to all rows)."""
     import zoo.metrics as M
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(-3, 4, (7, 11), generator=g).float()        # many ties
     scores[:, 0] = float("-inf")
     scores[2, 5] = float("-inf")
+    if dtype == torch.int64:                                           # integer scores: the torch path
+        scores = scores.clamp(min=-10).long()
     targets = torch.randint(1, 11, (7,), generator=g)
     t = scores.gather(1, targets[:, None])
     whole = (scores >= t).sum(1) if ties == "pessimistic" else (scores > t).sum(1) + 1
     monkeypatch.setattr(M, "RANK_CHUNK_BYTES", 5 * 11 * chunk_rows)
+    monkeypatch.setattr(M, "RANK_BLOCK", {1: 1, 3: 5, 7: 11 * 3, 100: 11 * 100}[chunk_rows])
     assert torch.equal(rank_of_target(scores, targets, ties=ties), whole)
     assert rank_of_target(scores[:0], targets[:0], ties=ties).shape == (0,)
 
@@ -291,7 +297,7 @@ def test_top_k_breaks_ties_by_the_lower_item_index_as_onnx_topk():
 
 def test_onnx_topk_breaks_ties_as_top_k():
     """The reference rule above is ONNX Runtime's: a TopK node on the same tied scores gives the same indices."""
-    onnx = pytest.importorskip("onnx", reason="onnx not installed")
+    pytest.importorskip("onnx", reason="onnx not installed")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
     from onnx import TensorProto, helper
 

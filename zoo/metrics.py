@@ -41,9 +41,21 @@ import torch
 METRICS = ("HR", "NDCG", "MRR")
 
 
-#: memory the rank count of :func:`rank_of_target` may take at once (its bool comparison and that comparison cast
-#: to int32 for the count: 5 bytes an element)
+#: memory the rank count of :func:`rank_of_target` may take at once on its torch path (CUDA tensors, integer scores):
+#: its bool comparison and that comparison cast to int32 for the count, 5 bytes an element
 RANK_CHUNK_BYTES = 2**28
+
+#: elements of the scores that :func:`rank_of_target` compares at once on the CPU (a block of whole rows, or of one
+#: row's columns where a row is longer): its bool comparison (and a float16 / bfloat16 block cast to float32) stays
+#: in the L2 cache and its memory is bounded whatever the catalogue (bench/bench_rank.py, bench/RESULTS_RANK.md)
+RANK_BLOCK = 2**16
+
+#: the score dtypes :func:`rank_of_target` counts with numpy on the CPU (float16 / bfloat16 blocks cast to float32,
+#: exactly); others (integer scores) and every non-CPU tensor go by torch
+_NUMPY_RANK_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+#: row blocks at least this long are counted a row at a time by ``np.count_nonzero``; shorter ones as uint8 sums
+_COUNT_BY_ROW_FROM = 2048
 
 
 def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pessimistic") -> torch.Tensor:
@@ -69,18 +81,55 @@ def rank_of_target(scores: torch.Tensor, targets: torch.Tensor, ties: str = "pes
         raise ValueError(f"expected scores [B, V] and targets [B], got {list(scores.shape)} and {list(targets.shape)}")
     if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= scores.shape[1]):
         raise ValueError(f"target index out of range 0..{scores.shape[1] - 1}")
-    if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN; cannot rank")
     if ties not in ("pessimistic", "optimistic"):
         raise ValueError(f"ties must be 'pessimistic' or 'optimistic', got {ties!r}")
     t = scores.gather(1, targets[:, None])                                   # [B, 1]
-    # a few rows at a time, counted in int32: counting a whole [B, V] comparison makes an int64 copy of it (2 GB at
-    # 256 x 1 M items; bench/bench_eval_memory.py), and int32 counts (V < 2**31) are twice as fast
-    rows = max(1, RANK_CHUNK_BYTES // (5 * max(1, scores.shape[1])))
-    counts = [(scores[i:i + rows] >= t[i:i + rows] if ties == "pessimistic" else scores[i:i + rows] > t[i:i + rows])
-              .sum(1, dtype=torch.int32) for i in range(0, scores.shape[0], rows)]
-    counts = torch.cat(counts).long() if counts else torch.zeros(0, dtype=torch.long, device=scores.device)
+    if scores.device.type == "cpu" and scores.dtype in _NUMPY_RANK_DTYPES:
+        counts = _count_at_or_above_cpu(scores, t, strict=ties == "optimistic")
+    else:
+        if torch.isnan(scores).any():
+            raise ValueError("scores contain NaN; cannot rank")
+        # a few rows at a time, counted in int32: counting a whole [B, V] comparison makes an int64 copy of it (2 GB
+        # at 256 x 1 M items; bench/bench_eval_memory.py), and int32 counts (V < 2**31) are twice as fast
+        rows = max(1, RANK_CHUNK_BYTES // (5 * max(1, scores.shape[1])))
+        counts = [(scores[i:i + rows] >= t[i:i + rows] if ties == "pessimistic" else scores[i:i + rows] > t[i:i + rows])
+                  .sum(1, dtype=torch.int32) for i in range(0, scores.shape[0], rows)]
+        counts = torch.cat(counts).long() if counts else torch.zeros(0, dtype=torch.long, device=scores.device)
     return counts if ties == "pessimistic" else counts + 1                   # pessimistic: the target counts itself
+
+
+def _count_at_or_above_cpu(scores: torch.Tensor, t: torch.Tensor, strict: bool) -> torch.Tensor:
+    """``[B]`` int64 ``#(scores >= t)`` per row (``>`` when ``strict``) of CPU ``scores [B, V]`` (float32 / float64,
+    or float16 / bfloat16 cast to float32 a block at a time: exact) against ``t [B, 1]`` (the targets' scores), by
+    numpy in blocks of :data:`RANK_BLOCK` elements, each checked for NaN (``ValueError``) before it is compared.
+
+    ``np.count_nonzero`` of one row's bool block (no ``axis``) is numpy's vectorised count: the same count by
+    ``torch.sum(dtype=int32)`` (or ``np.count_nonzero(axis=1)``, or ``.sum(1)``) casts every element, 5 to 25 times
+    slower (bench/RESULTS_RANK.md); rows shorter than 2048 items (sampled candidates) are summed as uint8 a block at
+    a time instead, which saves a call a row. The bool block is reused, so no ``[B, V]`` copy is ever made, and any
+    strides (transposed, expanded) are read as they are. Single-threaded (numpy's)."""
+    b, v = scores.shape
+    cast = scores.dtype in (torch.float16, torch.bfloat16)
+    scores = scores.detach().resolve_neg()
+    t = (t.float() if cast else t).detach().resolve_neg().numpy()            # [B, 1]
+    rows, cols = max(1, RANK_BLOCK // max(1, v)), max(1, min(v, RANK_BLOCK))
+    compare = np.greater if strict else np.greater_equal
+    out = np.zeros(b, dtype=np.int64)
+    buf = np.empty((min(rows, b), cols), dtype=bool)
+    for i in range(0, b, rows):
+        stop = min(i + rows, b)
+        for j in range(0, v, cols):
+            block = scores[i:stop, j:j + cols]
+            block = (block.float() if cast else block).numpy()
+            if np.isnan(block.max()):                                       # max propagates NaN: one cheap pass
+                raise ValueError("scores contain NaN; cannot rank")
+            hit = compare(block, t[i:stop], out=buf[:block.shape[0], :block.shape[1]])
+            if hit.shape[1] < _COUNT_BY_ROW_FROM:                           # short rows: one call for the block
+                out[i:stop] += hit.view(np.uint8).sum(1, dtype=np.int32)
+            else:
+                for r in range(hit.shape[0]):
+                    out[i + r] += np.count_nonzero(hit[r])
+    return torch.from_numpy(out)
 
 
 def rank_in_top_k(topk_ids, topk_scores, targets, masked_at: float = float("-inf")) -> torch.Tensor:
@@ -189,6 +238,18 @@ def history_in_top_k(scores: torch.Tensor, history: torch.Tensor, k: int) -> tor
     return (seen.gather(1, top) & (top_scores > float("-inf"))).sum(1).long()
 
 
+def _count_true(mask: torch.Tensor) -> torch.Tensor:
+    """``[R]`` int64: the number of ``True`` in each row of a bool ``mask [R, V]``. On the CPU numpy's count (as in
+    :func:`rank_of_target`: torch's bool sum casts every element to int64, some 50 times slower there), else
+    torch's."""
+    if mask.device.type != "cpu":
+        return mask.sum(1)
+    m = mask.numpy()
+    if m.shape[1] < _COUNT_BY_ROW_FROM:
+        return torch.from_numpy(m.view(np.uint8).sum(1, dtype=np.int64))
+    return torch.tensor([np.count_nonzero(row) for row in m], dtype=torch.long)
+
+
 def top_k(scores: torch.Tensor, k: int, dim: int = -1):
     """``torch.topk(scores, k, dim)`` with a fixed rule for exactly tied scores: the **lower item index first**, in
     the order of the slots and in which items enter at slot ``k`` -- the rule of ONNX's ``TopK`` (and so of every
@@ -211,9 +272,9 @@ def top_k(scores: torch.Tensor, k: int, dim: int = -1):
     nan, thr_nan = flat.isnan(), thr.isnan()
     above = (flat > thr) | (nan & ~thr_nan)                                   # [R, V]: enter in any case
     tied = torch.where(thr_nan, nan, flat == thr)                             # [R, V]: the k-th score's group
-    need = k - above.sum(1, keepdim=True)                                     # [R, 1]: slots left for the group
+    need = k - _count_true(above)[:, None]                                    # [R, 1]: slots left for the group
     take = above | tied
-    over = (tied.sum(1, keepdim=True) > need).squeeze(1)                      # [R]: the group straddles slot k
+    over = _count_true(tied) > need[:, 0]                                     # [R]: the group straddles slot k
     if bool(over.any()):                                                      # only those rows: the lowest indices
         rows = over.nonzero().squeeze(1)
         take[rows] = above[rows] | (tied[rows] & (tied[rows].cumsum(1) <= need[rows]))

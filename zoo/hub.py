@@ -201,6 +201,123 @@ def card_loading_line(name: str, repo_id: str | None = None, bundled: bool = Fal
             "# this card's folder (its Hub id once published: python -m zoo.hub push)")
 
 
+#: the folder of the zoo team's own copies of the benchmarks (``../shared/data``, read by the tests and bench scripts
+#: through ``$ZOO_DATA_DIR``): a card made from one says that its commands' path is the team's copy
+TEAM_DATA = ("shared", "data")
+#: the 2014 Amazon review data's 5-core file of each Amazon benchmark of :data:`BENCHMARKS` (Julian McAuley's
+#: ``reviews_<category>_5.json.gz``, whose counts are those of the benchmark)
+AMAZON_5CORE = {"beauty-5core": ("Beauty", "reviews_Beauty_5.json.gz"),
+                "sports-5core": ("Sports and Outdoors", "reviews_Sports_and_Outdoors_5.json.gz")}
+
+
+def _counts(key: str, what: str = "interactions") -> str:
+    """``6,040 users, 3,416 items, 999,611 interactions``: the counts of benchmark ``key`` (:data:`BENCHMARKS`)."""
+    users, items, rows = BENCHMARKS[key][0]
+    return f"{users:,} users, {items:,} items, {rows:,} {what}"
+
+
+def _is_team_copy(path: str) -> bool:
+    """Whether ``path`` is a file of the team's data folder (:data:`TEAM_DATA`, as ``../shared/data/X``)."""
+    parts = pathlib.PurePosixPath(path.replace(os.sep, "/")).parent.parts
+    return tuple(parts[-2:]) == TEAM_DATA
+
+
+def _data_replacement(path: str | None, options: dict, new_file: str, kcore=None, time_ties=None) -> tuple[str, str]:
+    """``(old, new)``: the card's ``--data`` words (the path and its data flags, :func:`data_flags`) and the words
+    that read ``new_file`` as the same data in their place (``kcore``/``time_ties``: the flags it needs, else the
+    run's; never the run's ``--columns``, which named another file's columns)."""
+    old = (shell_option("--data", path) if path else "--data FILE") + data_flags(options)
+    kept = {"kcore": options.get("kcore", "auto") if kcore is None else kcore,
+            "time_ties": time_ties or options.get("time_ties", "file")}
+    return old, shell_option("--data", new_file) + data_flags(kept)
+
+
+def card_data_texts(dataset: dict) -> tuple[str, str]:
+    """``(section, pointer)`` of a card (:func:`make_card`): its ``## Data`` section -- where the data comes from, how a
+    reader gets it and what to pass to the card's commands in place of the data they name -- and the sentence at the
+    top of its evaluation section that says what the commands' path is (``""`` when there is nothing to explain).
+
+    ``dataset`` keys read: ``source`` (the :data:`BENCHMARKS` key the data file loads as, before any items were left
+    out; else ``benchmark``), ``path`` (the ``--data`` of the card's commands), ``timed`` (whether the file has
+    timestamps: ML-1M's 5-core sequence file has none, and ``ratings.dat`` read in its place needs ``--time-ties
+    item``, the order of same-second ratings in that file), ``options`` (the run's data options,
+    :func:`run_data_options`), ``item_id_type`` (the item vocabulary's, ``"int"`` or ``"str"``), ``name`` and
+    ``description``. Data that is no known benchmark gets a section that says so. The ``zoo.download`` files are
+    those of :data:`zoo.data.benchmarks.SOURCES`."""
+    from .data.benchmarks import SOURCES
+
+    key = dataset.get("source", dataset.get("benchmark"))
+    path, options = dataset.get("path"), dataset.get("options") or {}
+    if key in ("ml-1m-5core", "ml-1m-u2999-5core", "ml-1m-u2999"):
+        src = SOURCES["ml-1m"]
+        got = (f"`python -m zoo.download ml-1m --dir data/` fetches GroupLens' `{src.url}` and writes its "
+               f"`ratings.dat` as `data/{src.filename}` (kept only when its 5-core has ML-1M's counts; "
+               "`--from-zip ml-1m.zip` reads an archive downloaded by hand)")
+        if key == "ml-1m-5core":
+            timed = dataset.get("timed", True)
+            k = options.get("kcore", "auto")
+            # a k-core of the 5-core is that k-core of the whole file for k >= 5, the 5-core itself below
+            old, new = _data_replacement(path, options, f"data/{src.filename}", time_ties=None if timed else "item",
+                                         kcore=None if timed else "auto" if k in (None, "auto") or k <= 5 else k)
+            by_item = "--time-ties item" in new
+            text = ("MovieLens-1M (under GroupLens' usage license): the 5-core of its `ratings.dat` (users and items "
+                    f"with at least 5 ratings: {_counts(key)}), each user's ratings in time order, same-second "
+                    + ("ratings ordered by item id" if by_item else "ratings in the file's order") + f". {got}. "
+                    f"`{new}` in place of `{old}` reads it as this card's data: the commands 5-core an interaction "
+                    "file by default" + (", and `--time-ties item` orders same-second ratings by item id." if by_item
+                                         else "."))
+        else:
+            cut = "data/ml-1m.users0001-2999.ratings.dat"
+            old, new = _data_replacement(path, options, cut)
+            text = ("MovieLens-1M users 1-2999 (under GroupLens' usage license): every rating in MovieLens-1M's "
+                    f"`ratings.dat` of the users with ids 1 to 2999 ({_counts('ml-1m-u2999', 'ratings')}, "
+                    "timestamps in Unix seconds)" + (f", 5-core as the commands read it: {_counts(key)}"
+                                                      if key.endswith("5core") else "")
+                    + f". No option of the zoo cuts it from the whole file: {got}, `awk -F:: '$1 <= 2999' "
+                    f"data/{src.filename} > {cut}` keeps the lines of users 1 to 2999, and `{new}` in place of "
+                    f"`{old}` reads them as this card's data.")
+        pointer = (f"`{new}` reads the same data from GroupLens' file in its place" + (
+            "" if key == "ml-1m-5core" else ", once cut") + " (see *Data*).")
+    elif key in ("ml-100k-5core", "ml-100k"):
+        src = SOURCES["ml-100k"]
+        old, new = _data_replacement(path, options, f"data/{src.filename}")
+        text = (f"MovieLens-100K (under GroupLens' usage license): its `u.data`, {_counts('ml-100k', 'ratings')}"
+                + (f", 5-core as the commands read it: {_counts(key)}" if key.endswith("5core") else "")
+                + f". `python -m zoo.download ml-100k --dir data/` fetches GroupLens' `{src.url}` and writes `u.data` "
+                f"with a header line as `data/{src.filename}` (RecBole's `ml-100k.inter` content; kept only when it "
+                f"has these ratings), and `{new}` in place of `{old}` reads it as this card's data.")
+        pointer = f"`{new}` reads the same data from GroupLens' file in its place (see *Data*)."
+    elif key in AMAZON_5CORE:
+        category, public = AMAZON_5CORE[key]
+        table = key.split("-")[0] + ".tsv"
+        renumbered = dataset.get("item_id_type", "int") == "int"
+        text = (f"Amazon {category}, 5-core: the {category} reviews of Julian McAuley's 2014 Amazon review data in "
+                f"their 5-core form, `{public}` ({_counts(key, 'reviews')}, the counts of this card's data), the "
+                "set used across the sequential-recommendation literature (S3-Rec, CoSeRec, TiM4Rec), each review "
+                "timed by its day (`unixReviewTime`). The zoo does not download it (the data stays under its "
+                "owners' terms). " + (
+                    "This card's data numbers the users and items 1, 2, ... as the copy it was taken from did, and "
+                    "the model knows its items only by those numbers, not by Amazon's `asin`: that numbering is not "
+                    "published with the card, so the card's numbers cannot be re-measured from the public file. "
+                    if renumbered else "")
+                + "A model is trained on the public file as a table with a header, e.g. `python -c \"import gzip, "
+                "json; print('user_id\\titem_id\\ttimestamp'); [print(r['reviewerID'], r['asin'], "
+                f"r['unixReviewTime'], sep='\\t') for r in map(json.loads, gzip.open('{public}'))]\" > {table}` "
+                f"and `--data {table}`; same-day reviews then keep that file's order, which decides the test item "
+                "of many users.")
+        pointer = ("the public file has other item ids and another order of same-day reviews (see *Data*)."
+                   if renumbered else "see *Data* for the public file it holds.")
+    else:
+        described = dataset.get("description") or f"`{dataset.get('name', 'dataset')}`"
+        text = (f"{described.rstrip('.')}. It is not one of the public benchmarks the zoo recognises by their counts "
+                "(`zoo.data.benchmarks`), so this card does not say where to get it.")
+        return f"## Data\n\n{text}\n", ""
+    if not path:
+        return f"## Data\n\n{text}\n", ""
+    whose = "the zoo team's copy of this data" if _is_team_copy(path) else "the file this card was made with"
+    return f"## Data\n\n{text}\n", f"`{path}` in this card's commands is {whose}; {pointer}"
+
+
 def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dict, dataset: dict, train_log: dict,
               repo_id: str | None = None, extra_sections: str = "", reference_metrics: dict | None = None,
               intervals: dict | None = None, baselines: dict | None = None, bundled: bool = False,
@@ -217,7 +334,12 @@ def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dic
     different protocols side by side. ``intervals`` (:func:`zoo.metrics.bootstrap_interval` of the test ranks,
     ``{"HR@10": (low, high), ...}``) are stated under the table, and the comparison says which published numbers
     lie inside them (a difference the test users do not resolve). ``baselines`` (``{"markov": {"metrics", "command"},
-    "pop": ...}``, measured on the same users under the same protocol) are set beside the model's numbers."""
+    "pop": ...}``, measured on the same users under the same protocol) are set beside the model's numbers.
+
+    A ``## Data`` section before the evaluation says where the data comes from and how a reader gets it and passes
+    it to the card's commands, and the evaluation's first lines say what the path of those commands is
+    (:func:`card_data_texts`, from ``dataset``'s ``source``, ``path``, ``timed``, ``options`` and ``item_id_type``;
+    without them, what ``benchmark``, ``name`` and ``description`` say)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     import zoo
@@ -238,6 +360,8 @@ def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dic
                          + (["state-space-model"] if model_type in SSM_MODELS else ["baseline"]),
                          datasets=[ds_type], pipeline_tag="other")
     env = train_log.get("environment", {})
+    data_section, data_pointer = card_data_texts(dataset)       # where the data comes from; what the path is
+    data_pointer = f"\n{data_pointer}\n" if data_pointer else ""
     table = "| metric | @5 | @10 | @20 |\n|---|---|---|---|\n" + "\n".join(
         f"| {m} | " + " | ".join(f"{metrics.get(f'{m}@{k}', float('nan')):.4f}" for k in (5, 10, 20)) + " |"
         for m in ("HR", "NDCG", "MRR"))
@@ -256,11 +380,12 @@ from transformers import AutoModel
 {_usage_example(folder, cfg)}
 ```
 
+{data_section}
 ## Evaluation ({protocol.get('name', '')})
 
 Full ranking over all {cfg['n_items'] - 1:,} items (no sampled negatives), {protocol.get('description', '')}
 Measured by `{protocol.get('command', '')}` on {dataset.get('users', '?'):,} test users.
-
+{data_pointer}
 {table}
 
 (HR@K equals Recall@K with one held-out item per user.){_intervals_text(intervals)}
@@ -786,7 +911,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     the card is re-measured and re-written in place (same weights: new card sections, intervals, re-verified ONNX
     graphs). The card's commands name the data as given (``data``, a path that works from where the card was made)
     and the model as ``ssm-rec-zoo/<name>`` only for a card of the project's own (:func:`is_bundled_card`); any
-    other card names ``repo_id`` (the Hub id it will be published as), else ``out_dir``. A card replaced in its
+    other card names ``repo_id`` (the Hub id it will be published as), else ``out_dir``; its Data section says where
+    that data comes from and what a reader passes in its place (:func:`card_data_texts`). A card replaced in its
     folder keeps the protocol it was measured with (``exclude_history`` must match).
     ``dataset_type``/``dataset_name`` name the data in the card; by default a recognised benchmark names itself
     (:data:`BENCHMARKS`, by its statistics), other data keeps the names of the card being replaced, else is named
@@ -844,7 +970,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     data_options = run_data_options(log)    # the sequences it was trained on: same k-core, same order of ties
     loaded = load_dataset(data, **data_options)
     data_file = os.path.basename(data)
-    benchmark = recognise_benchmark(loaded)
+    benchmark = source = recognise_benchmark(loaded)      # source: what the file is, whatever is left out below
     dataset_type, dataset_name = _dataset_names(dataset_type, dataset_name, benchmark, _card_dataset(out_dir),
                                                 data_file)
     # a run that left out the interactions of items its checkpoint lacked (--init-from X --unknown-items drop) is
@@ -897,6 +1023,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                      "metrics": evaluate_model(model, test, ks=default_ks(model.config.n_items - 1),
                                                exclude_history=masked, progress=progress)}
     dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences), "benchmark": benchmark,
+               "source": source, "path": data, "timed": loaded.timestamps is not None, "options": data_options,
+               "item_id_type": loaded.vocab.id_type,
                "description": _with_dropped(description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} "
                                                            f"items, {ds.n_interactions:,} interactions", dropped)}
     notes = "\n\n".join(n for n in (kept_notes, notes.strip()) if n)   # the replaced card's notes first

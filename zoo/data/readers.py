@@ -45,7 +45,9 @@ line break cannot be read); an unbalanced quote is refused, naming its line (it 
 Text files are UTF-8 (a byte-order mark is dropped). A file with a byte that is not UTF-8 is refused, naming its line
 and byte offset, except a MovieLens ``.dat`` file, which is read as latin-1 (the MovieLens files' encoding) unless it
 mixes in UTF-8 characters (then refused too: reading it either way would change some ids). A NUL byte is refused.
-Timestamps are float64: integers beyond 2**53 (nanoseconds since the epoch) are not all exact there, which is warned.
+Timestamps are float64: integers beyond 2**53 (nanoseconds since the epoch) are not all exact there, which is warned;
+a float32 / float16 Parquet column (or in-memory array) beyond 2**24 / 2**11 s is refused, as the models refuse it:
+that float has already rounded the seconds (float32 keeps Unix seconds to 128-s steps).
 Rows keep the file order (for the ``seq`` format: user by user, each user's items in order).
 """
 
@@ -83,8 +85,12 @@ class Interactions:
             refused, and so is one at or beyond 2**53 -- 2**24 for float32 -- where floats are not exact); no
             ``None``, bools, bytes, or strings mixed with integers.
         timestamp: ``[N]`` float64 seconds, or ``None`` when the source has no timestamps (then the row order
-            within a user is the time order). A NaN or infinite value is a ``ValueError`` naming the row; integers
-            beyond 2**53 (not all exact in float64: nanoseconds since the epoch) are warned.
+            within a user is the time order). Given in memory as numbers (seconds) or numpy ``datetime64`` of any
+            unit (converted to seconds since the epoch, as the models read it: ``datetime64[D]`` is not 1 s a day);
+            a ``ValueError`` names the row of a NaN, infinite or NaT value, and refuses float32 / float16 seconds
+            beyond 2**24 / 2**11 (that float has rounded them: float32 keeps Unix seconds to 128-s steps; pass
+            float64 or int64), ``timedelta64`` durations, ``datetime`` objects and non-numbers; integers beyond
+            2**53 (not all exact in float64: nanoseconds since the epoch) are warned.
         source: where the rows came from (a path), for messages.
         format: the reader format that produced the rows (``""`` when built in memory).
     """
@@ -99,11 +105,26 @@ class Interactions:
         self.user = _id_array(self.user, "user", self.source)
         self.item = _id_array(self.item, "item", self.source)
         if self.timestamp is not None:
-            if isinstance(self.timestamp, np.ndarray) and self.timestamp.dtype.kind in "iu" and len(self.timestamp):
-                _warn_inexact_times(self.timestamp, lambda i: f"{self.source}, row {i + 1}: timestamp "
-                                                              f"{self.timestamp[i]}")
             try:
-                self.timestamp = np.asarray(self.timestamp, dtype=np.float64)
+                raw = np.asarray(self.timestamp)
+            except (TypeError, ValueError) as e:              # numpy's "inhomogeneous shape": a ragged nested list
+                raise ValueError(f"{self.source}: the timestamp column is not numbers (seconds): {e}") from None
+            if raw.ndim != 1:
+                raise ValueError(f"{self.source}: the timestamps must be a 1-D array, got shape {list(raw.shape)}")
+            if raw.dtype.kind == "O":                         # datetime / pandas Timestamp objects: not seconds
+                when = next((v for v in raw.tolist() if hasattr(v, "year")), None)
+                if when is not None:
+                    raise ValueError(f"{self.source}: the timestamp column holds {type(when).__name__} objects "
+                                     f"({when!r}); pass Unix seconds (dt.timestamp()) or numpy datetime64")
+            if raw.dtype.kind == "m":                         # durations in their own unit (a day would be 1)
+                raise ValueError(f"{self.source}: the timestamp column holds {raw.dtype} durations; pass Unix seconds "
+                                 "(durations in seconds: td / np.timedelta64(1, 's')) or numpy datetime64")
+            ts = raw
+            if raw.dtype.kind in "iufM":
+                ts = _time_seconds(raw, f"{self.source}: the timestamps",
+                                   lambda i: f"{self.source}, row {i + 1}: timestamp {raw[i]}")
+            try:
+                self.timestamp = np.asarray(ts, dtype=np.float64)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{self.source}: the timestamp column is not numbers (seconds): {e}") from None
         n = len(self.user)
@@ -206,7 +227,41 @@ def _id_array(values, column: str, source: str) -> np.ndarray:
     raise ValueError(f"{source}: the {column} ids are {what}; ids must be integers or strings")
 
 
-def _warn_inexact_times(values: np.ndarray, where) -> None:
+def _time_seconds(values: np.ndarray, what: str, where) -> np.ndarray:
+    """Numeric or ``datetime64`` timestamps ``values [N]`` -> float64 seconds ``[N]``, by the models' rules
+    (``zoo.modeling_utils._as_seconds`` / ``_check_exact_seconds``, which ``export.timestamps.seconds`` mirrors):
+
+    - ``datetime64`` of any unit (``[D]``, ``[m]``, ``[ns]``, ...) becomes seconds since the epoch (to the
+      microsecond); a ``NaT`` is a ``ValueError`` naming its row (``where(i)``) and the count.
+    - float32 / float16 values beyond the whole seconds their dtype holds exactly (2**24 s / 2**11 s) are a
+      ``ValueError`` naming ``what`` and the dtype: that float has already rounded them (float32 keeps Unix seconds
+      ~1.7e9 to 128-s steps), and widening them would keep the wrong gaps silently. Smaller values (whole-second
+      offsets up to ~194 days in float32) are exact there and are widened, as the models accept them.
+    - integers beyond 2**53 are warned (:func:`_warn_inexact_times`); float64 is returned as it is.
+
+    NaN / inf are left to the caller's finiteness check. ``where(i)`` names value ``i`` ("source, row 3: ...")."""
+    kind = values.dtype.kind
+    if kind == "M":
+        from ..modeling_utils import _as_seconds
+
+        nat = np.flatnonzero(np.isnat(values))
+        if len(nat):
+            raise ValueError(f"{where(int(nat[0]))} is a missing time"
+                             + (f" ({len(nat)} such rows)" if len(nat) > 1 else ""))
+        return _as_seconds(values, what).numpy()
+    if kind == "f" and values.dtype.itemsize < 8 and len(values):
+        import torch
+
+        from ..modeling_utils import _check_exact_seconds
+
+        # a native, writable copy: Arrow's arrays are read-only, and torch takes neither those nor a swapped byte order
+        _check_exact_seconds(torch.from_numpy(np.array(values, dtype=values.dtype.newbyteorder("="))), what)
+    elif kind in "iu" and len(values):
+        _warn_inexact_times(values, where, stacklevel=5)
+    return values.astype(np.float64, copy=False)
+
+
+def _warn_inexact_times(values: np.ndarray, where, stacklevel: int = 4) -> None:
     """Warn when integer timestamps ``values`` reach 2**53, beyond which float64 (the timestamps' type) does not hold
     every integer: times a few hundred units apart (nanoseconds at today's epoch) compare equal and lose their order.
     ``where(i)`` names value ``i`` ("source, row 3: timestamp 1700000000000000100")."""
@@ -216,7 +271,7 @@ def _warn_inexact_times(values: np.ndarray, where) -> None:
         warnings.warn(f"{where(i)} is beyond 2**53 (timestamps beyond it: {len(big)}): float64 timestamps are not "
                       f"exact there (steps of {np.spacing(np.float64(abs(values[i]))):g}), so close times may compare "
                       "equal and lose their order; nanoseconds or microseconds since the epoch? Give seconds",
-                      stacklevel=4)
+                      stacklevel=stacklevel)
 
 
 # --------------------------------------------------------------------------- low level helpers
@@ -700,7 +755,9 @@ def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
     str (blanks around an id dropped; two ids that differ only in those blanks are refused); timestamps: numbers
     (seconds), or Arrow timestamps / dates (seconds since the epoch). A null, an empty id, a NUL character in an id,
     a NaN or infinite timestamp, or a column of another type is an error naming the column and row (integer
-    timestamps beyond 2**53 are warned, as in text files)."""
+    timestamps beyond 2**53 are warned, as in text files); a float32 / float16 timestamp column reaching beyond
+    2**24 / 2**11 s (already rounded: float32 keeps Unix seconds to 128-s steps) is refused naming the column and
+    its dtype."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -754,10 +811,9 @@ def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
             ts = arr.cast(pa.int64() if pa.types.is_timestamp(arr.type) or pa.types.is_date64(arr.type)
                           else pa.int32()).to_numpy().astype(np.float64) / unit
         elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-            ts = arr.to_numpy()
-            if pa.types.is_integer(arr.type) and len(ts):
-                _warn_inexact_times(ts, lambda i: f"{path}, row {i + 1}, column {names[cols[2]]!r}: timestamp {ts[i]}")
-            ts = ts.astype(np.float64)
+            raw = arr.to_numpy()            # in its own dtype: a float32 column's rounding is refused before widening
+            ts = _time_seconds(raw, f"{path}: the timestamps (column {names[cols[2]]!r})",
+                               lambda i: f"{path}, row {i + 1}, column {names[cols[2]]!r}: timestamp {raw[i]}")
         else:
             raise ValueError(f"{path}: column {names[cols[2]]!r} holds {arr.type}; timestamps must be numbers "
                              "(seconds) or a timestamp / date type")

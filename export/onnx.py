@@ -1670,11 +1670,12 @@ _SAFETENSORS_FLOATS = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "
                        "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
 
-def _stored_dtypes(name_or_path: str) -> list[str]:
+def _stored_dtypes(name_or_path: str, *, revision: str | None = None, subfolder: str = "") -> list[str]:
     """The floating dtypes (torch's names, sorted: ``["float16"]``) of the weights in the checkpoint's safetensors
     files (``model.safetensors`` or its shards: ``zoo.modeling_utils._weight_files``), read from their headers with
     safetensors' own reader; ``[]`` where they cannot be read (the load has read them already: this only words
-    :func:`_load_model`'s note)."""
+    :func:`_load_model`'s note). ``revision`` / ``subfolder``: which checkpoint, as ``resolve_pretrained`` takes
+    them."""
     from safetensors import safe_open
 
     from zoo.modeling_utils import _weight_files
@@ -1682,7 +1683,7 @@ def _stored_dtypes(name_or_path: str) -> list[str]:
 
     stored = set()
     try:
-        for file in _weight_files(resolve_pretrained(name_or_path)):
+        for file in _weight_files(resolve_pretrained(name_or_path, revision=revision, subfolder=subfolder)):
             with safe_open(file, framework="pt") as f:
                 stored.update(f.get_slice(k).get_dtype() for k in f.keys())  # noqa: SIM118
     except Exception:               # unreadable: the load's own error stands
@@ -1690,19 +1691,26 @@ def _stored_dtypes(name_or_path: str) -> list[str]:
     return sorted(_SAFETENSORS_FLOATS[d] for d in stored if d in _SAFETENSORS_FLOATS)
 
 
-def _load_model(name_or_path: str):
+def _load_model(name_or_path: str, *, revision: str | None = None, subfolder: str = ""):
     """The zoo model ``name_or_path`` (a folder or Hub id) for the exporters' ``--model`` (``export.onnx``,
     ``export.triton``, ``export.trt``), loaded in float32 whatever dtype its weights were saved in: the graph's
     precision is the exporter's option (``--fp16``, ``--int8``), and :func:`export_model` takes float32 models only.
-    Weights stored in another dtype get a note on stderr. ``OSError``/``ValueError`` when it cannot be loaded."""
+    Weights stored in another dtype get a note on stderr. ``revision`` / ``subfolder`` (``--revision``,
+    ``--subfolder``) say which checkpoint: it is resolved once (``zoo.pretrained.resolve_pretrained``), and the load
+    and the dtype note both read that folder. ``OSError``/``ValueError`` when it cannot be loaded (a
+    ``zoo.pretrained.SubfolderNotFound`` for a missing subfolder)."""
     import importlib
 
     from zoo.modeling_utils import SeqRecPreTrainedModel
+    from zoo.pretrained import resolve_pretrained
 
     importlib.import_module("zoo.models")                   # registers the model classes
 
-    model = SeqRecPreTrainedModel.from_pretrained(name_or_path, dtype=torch.float32)
-    other = [d for d in _stored_dtypes(name_or_path) if d != "float32"]
+    name = os.fspath(name_or_path)
+    path = resolve_pretrained(name, revision=revision, subfolder=subfolder)
+    shown = path if os.path.isdir(name) else f"{name} ({path})"     # errors name a Hub id as given
+    model = SeqRecPreTrainedModel.from_pretrained(path, dtype=torch.float32, _zoo_shown=shown)
+    other = [d for d in _stored_dtypes(path) if d != "float32"]
     if other:
         print(f"note: --model {name_or_path} holds {' and '.join(other)} weights: loaded in float32 to be exported "
               "(the graph's precision is set by the exporter's options, such as --fp16, not by the checkpoint's "
@@ -2028,10 +2036,12 @@ def _card_graph_options(p: argparse.ArgumentParser, args, kind: str, rel: str) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     from zoo.cli import add_columns_option, check_outputs, positive_int, refuse_options_without
+    from zoo.pretrained import add_hub_options, hub_options
 
     p = argparse.ArgumentParser(prog=command_prog("export.onnx"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
+    add_hub_options(p)
     p.add_argument("--out", default=None,
                    help="output folder (model.onnx + state_spec.json); not needed with --card-dir, not a model "
                         "checkpoint's folder (--card-dir writes into its onnx/)")
@@ -2081,6 +2091,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--verify-cases", type=positive_int, default=None, help="random cases for top-k agreement (2000)")
     args = p.parse_args(argv)
     refuse_options_without(p, args, "data", ["columns"])   # --columns names the columns of --data, nothing else
+    try:                                                    # an empty --revision, or one for a local folder
+        args.hub = hub_options(args)
+    except ValueError as e:
+        p.error(str(e))
     if not args.out and not args.card_dir:
         p.error("give --out DIR or --card-dir CARD_FOLDER")
     if args.out and args.card_dir:
@@ -2141,7 +2155,7 @@ def _export(p: argparse.ArgumentParser, args, holding: contextlib.ExitStack) -> 
     t0 = time.perf_counter()
     say(f"loading {args.model} ...")
     try:
-        model = _load_model(args.model)
+        model = _load_model(args.model, **args.hub)
     except (OSError, ValueError) as e:
         exit_with(EXIT_ERROR, f"error: --model {args.model}: {e}")
     kind = args.kind or ("step" if model.has_exact_step else "window")

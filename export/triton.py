@@ -1744,12 +1744,26 @@ def _unreadable(path: str) -> str | None:
 _NUMBERS = ("max_batch_size", "idle_timeout_s", "max_candidate_sequences", "queue_delay_us", "instances")
 
 
+def hub_source(model: str, revision: str | None = None, subfolder: str = "") -> str:
+    """The ``source`` a model folder records (:func:`model_provenance`) for ``--model model`` with ``--revision`` /
+    ``--subfolder``: a local folder's ``subfolder`` joined to it (``runs/a/best``); a Hub id with them appended
+    (``org/name@v1/best``; ``@`` and the revision only for one other than main, the default): another revision or
+    subfolder is another source. ``model`` itself when neither is given."""
+    if os.path.isdir(model):
+        return os.path.join(model, subfolder) if subfolder else model
+    return (model + (f"@{revision}" if revision not in (None, "main") else "")
+            + (f"/{subfolder.strip('/')}" if subfolder else ""))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from zoo.pretrained import add_hub_options, hub_options
+
     p = argparse.ArgumentParser(prog=command_prog("export.triton"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="zoo model name (bundled/Hub) or folder")
     src.add_argument("--onnx", help="an export.onnx output folder (model.onnx + state_spec.json) to reuse")
+    add_hub_options(p)
     p.add_argument("--repo", required=True, help="Triton model repository folder to write into")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
                    help="Triton backend that serves the graph: onnxruntime (default), tensorrt (an engine built with "
@@ -1802,6 +1816,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               max_batch_size=a.max_batch_size, idle_timeout_s=600.0 if a.idle_timeout_s is None else a.idle_timeout_s,
               max_candidate_sequences=1024 if a.max_candidate_sequences is None else a.max_candidate_sequences,
               queue_delay_us=a.queue_delay_us, instances=a.instances, force=a.force)
+    if a.onnx and (a.revision is not None or a.subfolder):
+        p.error(f"{'--revision' if a.revision is not None else '--subfolder'} says which checkpoint --model names; "
+                "an --onnx folder is an export, read as it is")
+    try:                                                    # an empty --revision, or one for a local folder
+        hub = hub_options(a)
+    except ValueError as e:
+        p.error(str(e))
     if a.onnx and a.topk is not None:
         p.error("--topk is fixed by the graph in --onnx (export.onnx --topk); it applies to --model")
     if a.onnx and a.exclude_items:
@@ -1875,7 +1896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             errors += (ExportError, VerificationError)
             verification_error = VerificationError
             try:
-                model = _load_model(a.model)
+                model = _load_model(a.model, **hub)
             except (OSError, ValueError) as e:                  # named by its flag, as in the other commands
                 exit_with(EXIT_ERROR, f"error: --model {a.model}: {e}")
             kind = "step" if getattr(model, "has_exact_step", False) else "window"
@@ -1889,7 +1910,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.error(problem)
             mdir = export_and_write(model, a.repo, topk=topk, verify=not a.no_verify,
                                     exclude_seen=a.exclude_seen, user_vector=a.user_vector, candidates=a.candidates,
-                                    exclude_items=excluded, source=a.model, **kw)
+                                    exclude_items=excluded, source=hub_source(a.model, **hub), **kw)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_VERIFY_FAILED if verification_error and isinstance(e, verification_error) else EXIT_ERROR

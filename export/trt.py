@@ -476,10 +476,10 @@ class TrtRunner:
 
 
 # ------------------------------------------------------------------------------------------------ the command
-def _load_model(name_or_path: str):
+def _load_model(name_or_path: str, *, revision: str | None = None, subfolder: str = ""):
     from .onnx import _load_model as load
 
-    return load(name_or_path)
+    return load(name_or_path, revision=revision, subfolder=subfolder)
 
 
 #: verification sizes of the CPU-emulated plugin check (every CUDA thread a fiber): the priming and single steps of
@@ -675,7 +675,7 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         time_input: str = "auto", exclude_seen: bool = False, user_vector: bool = False,
         exclude_items: str | None = None, emulate: bool = True, candidates: bool = False,
         max_candidates: int = MAX_CANDIDATES, rebuild_plugins: bool = False, say=print,
-        say_error=None) -> tuple[int, dict]:
+        say_error=None, revision: str | None = None, subfolder: str = "") -> tuple[int, dict]:
     """The whole CLI flow; returns ``(exit_code, report)`` and writes ``out_dir/trt_report.json`` -- except when it
     stops before touching ``out_dir`` (exit 1, ``out_dir`` as it was, or not created: another live run holds it
     (:func:`export.fsutil.held_output_folder`, taken before anything else here), a missing ``plugin_lib`` on a
@@ -686,7 +686,9 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     a ``topk`` above the items the loaded model can recommend raises :class:`SettingError` (a ``ValueError``), and an
     ``exclude_items`` file that cannot be read or names an unknown id stops it with exit 1, both before ``out_dir``
     is touched.
-    ``model``: the model itself (``model_name`` then only names it in the report and the output).
+    ``model``: the model itself (``model_name`` then only names it in the report and the output). ``revision`` /
+    ``subfolder`` (``--revision``, ``--subfolder``): which checkpoint ``model_name`` names, as ``from_pretrained``
+    takes them (recorded in the report when given).
 
     ``time_input``: "auto" (time-aware step models get the float32 gaps form, the only one TensorRT can build; others
     none), or an explicit :data:`export.onnx.TIME_INPUTS` value ("timestamps" ends with the float64 error, exit 1).
@@ -709,6 +711,8 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
     tol = TOLERANCES[precision]
     report: dict = {"model": model_name, "precision": precision, "tolerances": tol, "plugin_spec": {
         "namespace": ps.PLUGIN_NAMESPACE, "version": ps.PLUGIN_VERSION, "ops": list(ps.SCAN_OPS)}}
+    if model is None:               # which checkpoint --model names, when the options say more than its name
+        report.update({k: v for k, v in (("revision", revision), ("subfolder", subfolder)) if v})
     engine_path = out / ENGINE_FILE
     verify_kwargs = engine_verify_kwargs(quick, max_batch=max_batch, max_steps=max_steps,
                                          max_candidates=max_candidates if candidates else None)
@@ -755,7 +759,8 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
                           written=False)
         if model is None:       # before out is touched: a mistyped --model leaves out as it was (or not created)
             try:
-                model = _load_model(model_name)
+                model = _load_model(model_name, **{k: v for k, v in (("revision", revision),
+                                                                     ("subfolder", subfolder)) if v})
             except Exception as e:          # not found (ValueError/OSError), not a zoo model, weights that do not load
                 why = " ".join(str(e).splitlines()) or type(e).__name__
                 report["error"] = f"--model {model_name}: {type(e).__name__}: {why}"
@@ -971,9 +976,12 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from zoo.pretrained import add_hub_options, hub_options
+
     p = argparse.ArgumentParser(prog=command_prog("export.trt"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
+    add_hub_options(p)
     p.add_argument("--out", required=True, help="output folder (model.onnx, state_spec.json, model.engine, report); "
                                                 "not a model checkpoint's folder")
     p.add_argument("--fp16", action="store_true", help="fp16 internals (states, graph I/O and scan nodes stay fp32)")
@@ -1016,6 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for module in ("onnx", "onnxruntime"):        # every run exports and verifies the ONNX graph first
         require(module, "python -m export.trt", cli=True)
     try:
+        hub = hub_options(a)                              # an empty --revision, or one for a local folder
         check_run_numbers(workspace=a.workspace, topk=a.topk, max_batch=a.max_batch, opt_batch=a.opt_batch,
                           max_steps=a.max_steps, max_candidates=a.max_candidates)
         from zoo.cli import check_outputs                 # a file there, under a file, or a place not writable
@@ -1035,7 +1044,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       plugin_lib=a.plugin_lib, build_dir=a.build_dir, quick=a.quick, exclude_seen=a.exclude_seen,
                       user_vector=a.user_vector, exclude_items=a.exclude_items, emulate=not a.no_emulate,
                       candidates=a.candidates, max_candidates=a.max_candidates, rebuild_plugins=a.rebuild_plugins,
-                      say=say, say_error=say_error)
+                      say=say, say_error=say_error, **{k: v for k, v in hub.items() if v})   # given ones only
     except SettingError as e:                     # found once the model is loaded, still before --out is touched
         p.error(str(e))
     return code

@@ -222,10 +222,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .cli import add_threads_option, apply_threads, check_outputs, cli_device, folder_inputs, model_data_options
     from .cli import command_prog
     from .cli import positive_int, refuse_options_without, unknown_items_hint
+    from .pretrained import add_hub_options, hub_options
     from .recommend import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog=command_prog("zoo.embed"), description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
+    add_hub_options(p)
     p.add_argument("--out", required=True, help="the safetensors file to write (items, and users with --data)")
     p.add_argument("--data", help="interaction file: also a user vector for every user, from the last "
                                   "max_seq_length items of their history (the window the model reads); default: "
@@ -242,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     add_threads_option(p)
     args = p.parse_args(argv)
     refuse_options_without(p, args, "data", ["kcore", "time_ties", "columns"])
+    try:                                    # an empty --revision, or one for a local folder
+        hub = hub_options(args)
+    except ValueError as e:
+        p.error(str(e))
     if args.out == STDOUT_PATH:             # never a file named '-'; a binary file is no product for a terminal
         p.error("--out -: the vectors are a safetensors file, which is not written to stdout; give a file path")
     try:                                    # before any work: a folder, an unwritable place, or the --data file
@@ -258,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     t0 = time.time()
     try:
-        path = resolve_pretrained(args.model)
+        path = resolve_pretrained(args.model, **hub)        # --revision / --subfolder: which checkpoint
         model = SeqRecPreTrainedModel.from_pretrained(path).eval()
     except (OSError, ValueError) as e:
         sys.exit(f"error: --model {args.model}: {e}")
@@ -278,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         users = (user_ids, user_vecs)
     try:
         meta = write_vectors(args.out, model, users=users,
-                             metadata={"model": args.model, **({"data": args.data} if args.data else {})})
+                             metadata={"model": args.model, **({"data": args.data} if args.data else {}),
+                                       **{k: v for k, v in hub.items() if v}})      # --revision / --subfolder
     except OSError as e:
         from .cli import cannot
 

@@ -75,6 +75,7 @@ from .data.split import (EvalExamples, SequenceDataset, item_counts, leave_one_o
 from .metrics import (check_cutoffs, compute_metrics, default_ks, history_in_top_k, rank_in_top_k,
                       rank_of_target)
 from .modeling_utils import DeviceUnavailableError, ScoreOverflow, _check_model_type
+from .pretrained import add_hub_options, hub_options
 
 #: the reference rankings ``--baseline`` evaluates without a model, and how each ranks the items
 BASELINES = {"pop": "by training-sequence count (RecBole's Pop)",
@@ -583,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "training sequences (RecBole's Pop); markov, the items that most often directly followed "
                           "the user's last item in the training sequences (ties by count): the order signal a "
                           "sequential model must beat, where pop has none")
+    add_hub_options(p)
     p.add_argument("--data", required=True, help="interaction file (.inter/.tsv/.csv/ratings.dat/.seq, optionally .gz)")
     p.add_argument("--split", choices=("test", "valid"), default="test",
                    help="the held-out items evaluated: test (each user's last item, or the test period's first with "
@@ -693,6 +695,13 @@ def _check_options(p: argparse.ArgumentParser, args) -> None:
         p.error("--sampled ranks the target among sampled negatives: for --model and --baseline, without "
                 "--history-share (a full-ranking measure)" + ("; an --onnx graph's top-K ranks all items"
                                                                if args.onnx else ""))
+    if not args.model and (args.revision is not None or args.subfolder):
+        p.error(f"{'--revision' if args.revision is not None else '--subfolder'} says which checkpoint --model "
+                f"names: not for {'--onnx' if args.onnx else '--baseline'}")
+    try:                                        # an empty --revision, or one for a local folder
+        args.hub = hub_options(args)
+    except ValueError as e:
+        p.error(str(e))
     if args.sample_seed and not args.sampled:
         p.error(f"--sample-seed {args.sample_seed} seeds the --sampled negatives; give --sampled uniN or popN")
     if args.ks is not None:
@@ -759,8 +768,9 @@ def _evaluate(args) -> dict:
     from .hub import checkpoint_log
     from .pretrained import resolve_pretrained
 
+    hub = getattr(args, "hub", None) or {}      # --revision / --subfolder: both reads below resolve the same
     try:
-        folder = resolve_pretrained(args.model) if args.model else None
+        folder = resolve_pretrained(args.model, **hub) if args.model else None
     except (OSError, ValueError):                # named by the model's load below
         folder = None
     run_log = checkpoint_log(folder) if folder is not None else None       # read once: data options and split
@@ -772,9 +782,10 @@ def _evaluate(args) -> dict:
         return _main_onnx(args, t0)
     from transformers import AutoModel            # the zoo's models are registered with it: zoo/__init__ ran first
 
-    no_config = os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json"))
+    top = os.path.join(args.model, hub.get("subfolder") or "")
+    no_config = os.path.isdir(top) and not os.path.isfile(os.path.join(top, "config.json"))
     try:
-        path = folder or resolve_pretrained(args.model)     # resolved above (again only to raise its error)
+        path = folder or resolve_pretrained(args.model, **hub)     # resolved above (again only to raise its error)
         if no_config:                   # zoo.recommend's one line (not transformers' "Unrecognized model")
             _check_model_type(path)
         with json_depth_guard(lambda: os.path.join(path, "config.json")):   # transformers' reader on [[[...]]]
@@ -815,6 +826,7 @@ def _evaluate(args) -> dict:
         "data": _data_path(args),
         "dataset": ds.stats(),
         "model": args.model,
+        **{k: v for k, v in hub.items() if v},      # --revision / --subfolder, when given
         "model_type": getattr(model.config, "model_type", None),
         "n_users": len(examples),
         "n_items": int(model.config.n_items) - 1,

@@ -422,8 +422,8 @@ def _subfolder(folder: str, subfolder: str | None, what: str) -> str:
         return folder
     path = os.path.join(folder, subfolder)
     if not os.path.isdir(path):
-        raise SubfolderNotFound(f"{what} has no subfolder {subfolder!r} (subfolder= names the folder inside it that "
-                                "holds config.json and model.safetensors)")
+        raise SubfolderNotFound(f"{what} has no subfolder {subfolder!r} (subfolder=, a command's --subfolder, names "
+                                "the folder inside it that holds config.json and model.safetensors)")
     return path
 
 

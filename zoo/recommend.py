@@ -258,10 +258,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .cli import command_prog, text_stream
     from .cli import add_threads_option, apply_threads, cannot, check_outputs, cli_device, error_text, folder_inputs
     from .cli import model_data_options, positive_int, refuse_options_without, unknown_items_hint
+    from .pretrained import add_hub_options, hub_options
 
     p = argparse.ArgumentParser(prog=command_prog("zoo.recommend"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
+    add_hub_options(p)
     p.add_argument("--history", nargs="+", metavar="ID",
                    help="item ids, oldest first, written as in the data files ('0100' is not the int id 100) "
                         f"(default: a short ML-1M example, {' '.join(map(str, DEFAULT_HISTORY))})")
@@ -310,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     add_threads_option(p)
     args = p.parse_args(argv)
     refuse_options_without(p, args, "data", ["kcore", "time_ties", "columns"])
+    try:                                        # an empty --revision, or one for a local folder
+        hub = hub_options(args)
+    except ValueError as e:
+        p.error(str(e))
     # one source of history: a file's user(s), or ids (and timestamps) on the command line -- never both silently
     if args.all_users:
         if not args.data or not args.out:
@@ -348,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # resolve first: a Hub id that is unreachable *or not published* falls back to the bundled copy; the zoo's own
     # loader (what AutoModel calls) names a model_type the zoo does not have in one line
     try:
-        path = resolve_pretrained(args.model)
+        path = resolve_pretrained(args.model, **hub)        # --revision / --subfolder: which checkpoint
         model = SeqRecPreTrainedModel.from_pretrained(path).eval()
     except (OSError, ValueError) as e:
         sys.exit(f"error: --model {args.model}: {e}")

@@ -520,7 +520,7 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             columns: dict | None = None, loss: str = "ce", negatives: int | None = None,
             negative_sampler: str = "uniform", sparse_item_grad: bool = False, unknown_items: str = "error",
             temporal_split: Sequence[float] | None = None, hold_out: Callable[[], object] | None = None,
-            batch_order: str = "by-length"):
+            batch_order: str = "by-length", init_hub: dict | None = None):
     """Everything :func:`train` does before its first epoch, in this order: check the settings and the ``--out`` path
     (nothing read or written yet), call ``hold_out`` (:func:`train` creates ``out`` there and takes its lock:
     :func:`hold_output_folder`), check what ``out`` holds (:func:`check_output_folder`; with ``resume``: read its
@@ -531,7 +531,9 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     Returns ``(preset, device, dataset, split, model, config_overrides, init_config_changes, windows, resumed,
     sampler, init_items)``, ``resumed`` being ``(folder, state, tensors)`` of the resume state or ``None``,
     ``sampler`` the :class:`~zoo.losses.NegativeSampler` of a sampled-softmax run or ``None``, ``init_items`` what
-    fitting the data to the ``init_from`` checkpoint's vocabulary did (``None`` without ``init_from``)."""
+    fitting the data to the ``init_from`` checkpoint's vocabulary did (``None`` without ``init_from``). ``init_hub``:
+    ``{"revision", "subfolder"}`` of ``init_from`` (``--revision`` / ``--subfolder``), as ``from_pretrained`` takes
+    them; every read of the checkpoint honours them."""
     from . import train_state
     from .data import item_counts, load_dataset, training_windows
     from .losses import LOSSES, SAMPLERS, NegativeSampler
@@ -553,6 +555,9 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         raise ValueError(f"--negatives must be an int >= 1, got {negatives!r}")
     if unknown_items not in UNKNOWN_ITEMS:
         raise ValueError(f"unknown_items must be one of {UNKNOWN_ITEMS}, got {unknown_items!r}")
+    init_hub = {k: v for k, v in (init_hub or {}).items() if v is not None and v != ""}
+    if init_hub and not init_from:
+        raise ValueError(f"--{next(iter(init_hub))} says which checkpoint --init-from names: give --init-from")
     if unknown_items != "error" and not init_from:
         raise ValueError(f"--unknown-items {unknown_items} is for --init-from: a fresh model's item vocabulary is the "
                          "data's own, so no item is unknown")
@@ -601,14 +606,15 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         with _run_inputs():
             state, tensors = train_state.load(folder)
         train_state.check_settings(state["settings"], settings or {})
-        check_output_folder(out, init_from, overwrite=True)     # its checkpoint is the run's own best so far
+        # its checkpoint is the run's own best so far
+        check_output_folder(out, init_from, overwrite=True, init_hub=init_hub)
         with _run_inputs():                                       # ... unless another run or a copy replaced it
             note = train_state.check_checkpoint(out, folder, state)
         if note:
             print(f"[zoo.train] note: {note}", flush=True)
         resumed = (folder, state, tensors)
     else:
-        check_output_folder(out, init_from, overwrite)
+        check_output_folder(out, init_from, overwrite, init_hub=init_hub)
     set_seed(seed)
     with _run_inputs():
         ds = load_dataset(data, kcore=kcore, time_ties=time_ties, columns=columns)
@@ -623,7 +629,7 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
             try:
                 # float32 whatever the checkpoint was saved in: Adam in float16 turns the weights to NaN within an
                 # epoch, bfloat16 trains coarsely and saves bf16 weights (--amp is the way to low precision)
-                model = model_cls.from_pretrained(init_from, dtype=torch.float32)
+                model = model_cls.from_pretrained(init_from, dtype=torch.float32, **init_hub)
             except (OSError, ValueError) as e:
                 from .cli import error_text
 
@@ -632,9 +638,9 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         ds, init_items = fit_data_to_checkpoint(ds, model, unknown_items, f"--init-from {init_from}")
         model, init_changes = apply_config_overrides(model, overrides, f"--init-from {init_from}")
         model = model.to(device)
-        if _saved_dtype(init_from) not in (None, "float32"):
-            print(f"[zoo.train] --init-from {init_from} holds {_saved_dtype(init_from)} weights: loaded and trained "
-                  "in float32 (--amp for mixed precision)", flush=True)
+        if _saved_dtype(init_from, **init_hub) not in (None, "float32"):
+            print(f"[zoo.train] --init-from {init_from} holds {_saved_dtype(init_from, **init_hub)} weights: loaded "
+                  "and trained in float32 (--amp for mixed precision)", flush=True)
         print(f"[zoo.train] initialised from {init_from}"
               + "".join(f"; {k} {a!r} -> {b!r}" for k, (a, b) in init_changes.items()), flush=True)
         if init_items["note"]:
@@ -758,7 +764,7 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
           time_ties: str = "file", warmup_steps: int = 0, columns: dict | None = None, loss: str = "ce",
           negatives: int | None = None, negative_sampler: str = "uniform", sparse_item_grad: bool = False,
           unknown_items: str = "error", temporal_split: Sequence[float] | None = None,
-          batch_order: str = "by-length") -> dict:
+          batch_order: str = "by-length", init_revision: str | None = None, init_subfolder: str = "") -> dict:
     """Train, early-stop on validation NDCG@10, save the best checkpoint to ``out``, test it; returns the log.
 
     After every epoch the run's full state goes to ``out/resume/`` (:mod:`zoo.train_state`); ``resume=True``, with
@@ -782,6 +788,9 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     random, as RecBole's batches of prefixes are (each batch padded to its longest window: slower epochs); it is
     recorded in the log (``batch_order``, beside ``window_stride`` and ``loss_weighting``) and is a setting a
     ``resume`` must match.
+    ``init_revision`` / ``init_subfolder`` (``--revision`` / ``--subfolder``) say which checkpoint ``init_from``
+    names, as ``from_pretrained``'s ``revision=`` / ``subfolder=`` (recorded in the log, and settings a ``resume``
+    must match, when given).
     A run started ``init_from`` a checkpoint first validates that checkpoint (logged as ``init_valid_NDCG10``) and
     says at the end when no epoch beat it. ``out`` must not already hold a checkpoint or an interrupted run's resume
     state unless ``overwrite`` (which discards that state before the first epoch), and never a model card (see
@@ -811,6 +820,10 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     from .losses import describe_loss
 
     t0 = time.time()
+    # which checkpoint init_from names (--revision / --subfolder): only when given, so a run without them (and the
+    # resume state of one) records the settings it always did
+    init_hub = {k: v for k, v in (("init_revision", init_revision), ("init_subfolder", init_subfolder))
+                if v is not None and v != ""}
     # what a resumed run must share with the run it continues (JSON form, as the resume state keeps it): strict
     # JSON, so a setting that is NaN or infinite and that no check of _set_up refuses first (--clip inf,
     # --max-minutes inf) is refused with them, before --out is made (hold_out), not as a traceback after training
@@ -826,7 +839,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
             eval_every=eval_every, decay_over=decay_over, time_ties=time_ties, warmup_steps=warmup_steps,
             columns=columns, loss=loss, negatives=negatives, negative_sampler=negative_sampler,
             sparse_item_grad=sparse_item_grad, unknown_items=unknown_items,
-            temporal_split=list(temporal_split) if temporal_split else None, batch_order=batch_order)))
+            temporal_split=list(temporal_split) if temporal_split else None, batch_order=batch_order,
+            **init_hub)))
     except ValueError as e:                 # "clip is inf, which is not a JSON number (...)"
         settings, unrecordable = None, ValueError(
             f"{e}; the run records its settings in train_log.json and its resume state: give a finite value")
@@ -848,7 +862,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                 decay_over=decay_over, overwrite=overwrite, resume=resume, settings=settings, time_ties=time_ties,
                 warmup_steps=warmup_steps, columns=columns, loss=loss, negatives=negatives,
                 negative_sampler=negative_sampler, sparse_item_grad=sparse_item_grad, unknown_items=unknown_items,
-                temporal_split=temporal_split, hold_out=hold_out, batch_order=batch_order)
+                temporal_split=temporal_split, hold_out=hold_out, batch_order=batch_order,
+                init_hub={"revision": init_revision, "subfolder": init_subfolder})
         except RunSetupError:                   # an input that failed (RunInputError, exit 1): as it is
             raise
         except FolderBusy as e:                 # another live run writes into --out (exit 1)
@@ -898,7 +913,9 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         if init_from:       # the weights it starts from: a card folder replaced later no longer holds them
             from .pretrained import resolve_pretrained, weights_sha256
 
-            log["init_weights_sha256"] = weights_sha256(resolve_pretrained(init_from))
+            log["init_weights_sha256"] = weights_sha256(resolve_pretrained(
+                init_from, revision=init_revision, subfolder=init_subfolder or ""))
+            log.update(init_hub)        # init_revision / init_subfolder, when given
         if init_changes:
             log["init_config_changes"] = {k: list(v) for k, v in init_changes.items()}
         if init_items and init_items["note"]:   # the data's items were re-indexed, grown or dropped for the checkpoint
@@ -1123,13 +1140,15 @@ def card_files(out: str | os.PathLike) -> list[str]:
                   for f in glob.glob(os.path.join(glob.escape(os.fspath(out)), pattern)))
 
 
-def _saved_dtype(name_or_path: str) -> str | None:
+def _saved_dtype(name_or_path: str, *, revision: str | None = None, subfolder: str = "") -> str | None:
     """The weights' dtype a checkpoint's ``config.json`` records (``"float16"``), or None where it records none or
-    cannot be read (the load has read it already: this only words a note)."""
+    cannot be read (the load has read it already: this only words a note); ``revision`` / ``subfolder`` as
+    ``from_pretrained`` takes them."""
     from .pretrained import resolve_pretrained
 
     try:
-        with open(os.path.join(resolve_pretrained(name_or_path), "config.json"), encoding="utf-8") as f:
+        with open(os.path.join(resolve_pretrained(name_or_path, revision=revision, subfolder=subfolder),
+                               "config.json"), encoding="utf-8") as f:
             cfg = json.load(f)
     except (OSError, ValueError):
         return None
@@ -1154,17 +1173,23 @@ def hold_output_folder(out: str | os.PathLike, option: str = "--out") -> Iterato
         yield held
 
 
-def check_output_folder(out: str | os.PathLike, init_from: str | None = None, overwrite: bool = False) -> None:
+def check_output_folder(out: str | os.PathLike, init_from: str | None = None, overwrite: bool = False,
+                        init_hub: dict | None = None) -> None:
     """Refuse, before any work, to write a run into a folder that already holds a run -- a checkpoint (one of
     :data:`CHECKPOINT_FILES`) or an interrupted run's resume state (``resume/``, whose run ``--resume`` continues) --
     unless ``overwrite``; and always into a model card folder (:data:`CARD_MARKERS`: its README, metrics and ONNX
     graphs would stay beside the new weights, describing another model) and into the folder the run starts from
-    (``init_from``): the first validated epoch would replace the starting checkpoint, whether or not it is better."""
+    (``init_from``, in its ``init_hub["subfolder"]`` when given): the first validated epoch would replace the
+    starting checkpoint, whether or not it is better."""
     from .pretrained import _bundled_for
     from .train_state import resume_dir
 
-    start = None if not init_from else init_from if os.path.isdir(init_from) else _bundled_for(init_from)
-    if start is not None and os.path.isdir(out) and os.path.samefile(out, start):   # a folder, or a bundled Hub id
+    sub = (init_hub or {}).get("subfolder") or ""
+    start = None if not init_from else init_from if os.path.isdir(init_from) else (
+        None if (init_hub or {}).get("revision") not in (None, "main") else _bundled_for(init_from))
+    start = os.path.join(start, sub) if start is not None and sub else start
+    if start is not None and os.path.isdir(out) and os.path.isdir(start) and os.path.samefile(out, start):
+        # a folder, or a bundled Hub id (a --subfolder that is not there: the load names it)
         raise ValueError(f"--out {out} is the --init-from checkpoint: the run would overwrite the checkpoint it "
                          "starts from; choose a new folder")
     card = card_files(out)
@@ -1222,6 +1247,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import TIME_TIES
     from .losses import LOSSES, SAMPLERS
     from .models import MODELS
+    from .pretrained import add_hub_options
 
     p = argparse.ArgumentParser(prog=command_prog("zoo.train"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
@@ -1242,6 +1268,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="history window (max_seq_length; default 200, or the --init-from checkpoint's)")
     run.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init; it "
                                          "is validated first, so the log shows where the run started")
+    add_hub_options(run, "--init-from")
     run.add_argument("--unknown-items", choices=UNKNOWN_ITEMS, default="error",
                      help="with --init-from, data items the checkpoint's vocabulary lacks: refuse (default), add "
                           "them (new rows, starting at the mean item: a catalogue that gained items) or drop their "
@@ -1384,6 +1411,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         get_model_class(args.model)
     except ValueError as e:
         p.error(f"--model: {e}{checkpoint_hint(args.model)}")
+    from .pretrained import hub_options
+
+    if not args.init_from and (args.revision is not None or args.subfolder):
+        p.error(f"{'--revision' if args.revision is not None else '--subfolder'} says which checkpoint --init-from "
+                "names: give --init-from (a fresh model starts from no checkpoint)")
+    try:                                    # an empty --revision, or one for a local folder
+        hub = hub_options(args, "--init-from")
+    except ValueError as e:
+        p.error(str(e))
     cli_device(args.device)                 # a malformed device is a usage error, a GPU this machine lacks exits 4
     apply_threads(args.threads)
     overrides = {}
@@ -1420,7 +1456,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      columns=args.columns, loss=args.loss, negatives=args.negatives,
                      negative_sampler=args.negative_sampler, sparse_item_grad=args.sparse_item_grad,
                      unknown_items=args.unknown_items, temporal_split=args.temporal_split,
-                     batch_order=args.batch_order)
+                     batch_order=args.batch_order, init_revision=hub["revision"],
+                     init_subfolder=hub["subfolder"])
     except RunSetupError as e:
         from .cli import flag_named
 

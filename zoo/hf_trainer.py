@@ -209,6 +209,10 @@ def logits_to_ranks(logits: torch.Tensor, labels: Any, exclude_history: bool = F
     if labels is None:             # the Trainer passes labels only when the batch has every one of its label_names
         raise ValueError("no next items reached the metrics: the evaluation batches lack one of the Trainer's "
                          "label_names (label_names=HISTORY_LABELS goes with trainer_kwargs(..., exclude_history=True))")
+    if isinstance(logits, (tuple, list)) and len(logits) == 2 and getattr(logits[0], "dim", int)() == 2 \
+            and getattr(logits[1], "dim", int)() == 3:
+        logits = logits[0]          # (logits, hidden_states): a model whose config says return_dict=False gives tuples,
+        #                             which the Trainer does not filter by keys_to_ignore_at_inference
     if isinstance(logits, (tuple, list)):
         raise ValueError(f"expected the model's logits alone, got {len(logits)} outputs: the model config's "
                          "keys_to_ignore_at_inference must hold hidden_states")

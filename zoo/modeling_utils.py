@@ -34,7 +34,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -69,6 +69,14 @@ class SeqRecOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: torch.Tensor | None = None
+
+
+class ForwardOptions(NamedTuple):
+    """What :meth:`SeqRecPreTrainedModel.forward` returns: ``return_dict`` (False: a tuple) and ``hidden_states``
+    (False: left out), read from its keyword arguments by ``_forward_kwargs``."""
+
+    return_dict: bool = True
+    hidden_states: bool = True
 
 
 @dataclass
@@ -598,6 +606,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         if ids.shape[0] == 0 or ids.shape[1] == 0:
             raise ValueError(f"{name} is empty (shape {list(ids.shape)}): every row needs at least one item")
         ids = ids.long()
+        if _exporting():                                # values are not known while torch.export traces
+            return ids
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.config.n_items:
             bad = lo if lo < 0 else hi
@@ -620,9 +630,17 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != ids.shape:
                 got = list(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
                 raise ValueError(f"attention_mask must be a tensor of the same shape as input_ids {list(ids.shape)}, got {got}")
-            if attention_mask.dtype != torch.bool and not torch.all((attention_mask == 0) | (attention_mask == 1)):
+            if attention_mask.dtype != torch.bool and not _exporting() \
+                    and not torch.all((attention_mask == 0) | (attention_mask == 1)):
                 raise ValueError("attention_mask must hold only 0 and 1")
             mask = attention_mask.bool()
+        if _exporting():         # the value checks below are data-dependent guards, which torch.export cannot trace
+            ts = None
+            if self.uses_timestamps:
+                ts = self.check_timestamps(timestamps, mask)
+            elif timestamps is not None:
+                self._refuse_timestamps()
+            return ids, mask, ts
         lengths = mask.sum(1)
         empty = (lengths == 0).nonzero()
         if len(empty):
@@ -672,6 +690,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         timestamps = _as_seconds(timestamps, "timestamps")
         if timestamps.shape != mask.shape:
             raise ValueError(f"timestamps must have the shape of input_ids {list(mask.shape)}, got {list(timestamps.shape)}")
+        if _exporting():                                # values are not known while torch.export traces
+            return timestamps.double()
         _check_exact_seconds(timestamps[mask], "timestamps")
         ts = timestamps.double()
         real = ts[mask]
@@ -763,11 +783,21 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             timestamps: ``[B, L]`` seconds, for time-aware models.
             negatives: with ``labels``, train with sampled softmax against these shared negatives instead of the
                 full cross-entropy (:mod:`zoo.losses`); the full-catalogue ``logits`` are then not computed (None).
-            **kwargs: ``return_dict`` (default True; False returns the output as a tuple, as Hugging Face models
-                do) and the arguments of :attr:`IGNORED_FORWARD_KWARGS`, which the ``Trainer`` passes; any other is
-                a ``TypeError`` naming it (:meth:`_forward_kwargs`).
+            **kwargs: ``return_dict`` (None, the default: ``config.return_dict``, True unless set, as in Hugging
+                Face models; False returns the output as a tuple), ``output_hidden_states`` (see Returns) and the
+                arguments of :attr:`IGNORED_FORWARD_KWARGS`, which the ``Trainer`` passes; any other is a
+                ``TypeError`` naming it (:meth:`_forward_kwargs`).
         Returns:
-            :class:`SeqRecOutput` with ``logits [B, n_items]`` at each row's last real position.
+            :class:`SeqRecOutput` with ``logits [B, n_items]`` at each row's last real position, or its tuple
+            ``(loss, logits, hidden_states)`` without the fields that are None. ``hidden_states`` is the encoder's
+            final ``[B, L, D]`` (not transformers' tuple of every layer's) and is returned whatever
+            ``config.output_hidden_states`` says (the zoo's own callers read it); ``output_hidden_states=False``
+            given to the call leaves it out.
+
+        The inputs' values (id range, padding, mask, timestamps, labels) are checked in eager mode, under
+        ``torch.compile`` and under ``torch.jit.trace`` (on the example inputs); while ``torch.export`` traces the
+        model (``torch.compiler.is_exporting()``, torch >= 2.6) only their dtypes and shapes are, since a value
+        check there is a data-dependent guard it cannot export: an exported program trusts its inputs.
         """
         return_dict = self._forward_kwargs(kwargs)
         if negatives is not None and labels is None:
@@ -788,22 +818,37 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     #: ``label_names=HISTORY_LABELS``, which the ``Trainer`` hands to ``forward`` with the inputs)
     IGNORED_FORWARD_KWARGS = frozenset({"num_items_in_batch", "history"})
 
-    def _forward_kwargs(self, kwargs: Mapping[str, Any]) -> bool:
-        """:meth:`forward`'s extra keyword arguments -> ``return_dict`` (a bool, default True). ``TypeError`` naming
-        any argument but ``return_dict`` and :attr:`IGNORED_FORWARD_KWARGS`: a misspelled ``label=`` was swallowed,
-        so the loss was None without an error, and ``return_dict=False`` was ignored."""
-        unknown = sorted(set(kwargs) - self.IGNORED_FORWARD_KWARGS - {"return_dict"})
+    def _forward_kwargs(self, kwargs: Mapping[str, Any]) -> ForwardOptions:
+        """:meth:`forward`'s extra keyword arguments -> :class:`ForwardOptions` for :meth:`_output`. ``return_dict``
+        None (or not given) is ``config.return_dict``, as in Hugging Face models (``from_pretrained(path,
+        return_dict=False)`` gives tuples); ``output_hidden_states`` None or True keeps ``hidden_states``, False leaves
+        it out (``config.output_hidden_states`` is not read: see :meth:`forward`). ``TypeError`` naming any other
+        argument but :attr:`IGNORED_FORWARD_KWARGS`: a misspelled ``label=`` was swallowed, so the loss was None
+        without an error, and ``return_dict=False`` was ignored."""
+        unknown = sorted(set(kwargs) - self.IGNORED_FORWARD_KWARGS - {"return_dict", "output_hidden_states"})
         if unknown:
             raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword argument(s) {unknown}; it takes "
-                            "input_ids, attention_mask, labels, timestamps, negatives and return_dict")
+                            "input_ids, attention_mask, labels, timestamps, negatives, return_dict and "
+                            "output_hidden_states")
         flag = kwargs.get("return_dict")
-        return True if flag is None else config_bool(flag, "return_dict")
+        if flag is None:
+            flag, name = getattr(self.config, "return_dict", True), "config.return_dict"
+        else:
+            name = "return_dict"
+        hidden = kwargs.get("output_hidden_states")
+        return ForwardOptions(config_bool(flag, name),
+                              True if hidden is None else config_bool(hidden, "output_hidden_states"))
 
     @staticmethod
-    def _output(out: SeqRecOutput, return_dict: bool) -> SeqRecOutput | tuple:
-        """``out``, or with ``return_dict=False`` its tuple (the fields that are not None, in order), as Hugging Face
-        models return it."""
-        return out if return_dict else out.to_tuple()
+    def _output(out: SeqRecOutput, options: ForwardOptions | bool) -> SeqRecOutput | tuple:
+        """``out`` as :meth:`_forward_kwargs`' ``options`` ask (a bool: ``return_dict`` alone): without
+        ``hidden_states`` for ``output_hidden_states=False``, and for ``return_dict=False`` its tuple (the fields that
+        are not None, in order), as Hugging Face models return it."""
+        if isinstance(options, bool):
+            options = ForwardOptions(options)
+        if not options.hidden_states and out.hidden_states is not None:
+            out = type(out)(**{k: v for k, v in out.items() if k != "hidden_states"})
+        return out if options.return_dict else out.to_tuple()
 
     def check_labels(self, labels: Any, shape: Sequence[int]) -> torch.Tensor:
         """Training labels for a batch of ``shape = [B, L]`` -> int64: ``[B]`` (one next item per row, each a real item
@@ -818,6 +863,8 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             raise TypeError(f"labels must be an integer tensor (int64 item indices), got dtype {labels.dtype}")
         if tuple(labels.shape) not in ((B,), (B, L)):
             raise ValueError(f"labels must be [batch] or [batch, seq_len] = {[B, L]}, got {list(labels.shape)}")
+        if _exporting():                                # values are not known while torch.export traces
+            return labels.long()
         lo, hi = (int(v) for v in torch.stack(torch.aminmax(labels)).tolist())
         first = 1 if labels.dim() == 1 else 0
         if lo < first or hi >= self.config.n_items:
@@ -895,7 +942,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         exclude_seen = config_bool(exclude_seen, "exclude_seen")           # "no" is truthy: it would exclude
         excluded = self._check_indices(exclude_items, "exclude_items") if exclude_items is not None else []
         with self.eval_mode():
-            out = self.forward(input_ids, attention_mask, timestamps=timestamps)
+            out = self.forward(input_ids, attention_mask, timestamps=timestamps, return_dict=True)
         scores = out.logits.float()             # the forward's own tensor (no copy: [B, n_items] is large at scale)
         # torch.topk ranks NaN above every number (first, for every user), and +-inf at a real item is the same
         # overflow (a +inf item ranked first, a -inf one taken for an excluded slot): column 0 is padding
@@ -1358,14 +1405,23 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         zoo's loaders read ``model.safetensors`` only: a ``model.fp16.safetensors`` would replace the folder's weights
         with a file nothing loads) and a ``state_dict`` without a tensor. A save that writes no weight file for any
         other reason is refused before the staged files are moved, so the folder's weights stay.
-        ``is_main_process=False`` writes nothing, as in transformers (the other processes of a distributed run)."""
+        ``safe_serialization`` (always True here) is taken out before transformers sees it: transformers 5 has no such
+        argument and hands what it does not know to ``create_repo``.
+        ``is_main_process=False`` writes nothing, as in transformers (the other processes of a distributed run).
+
+        ``push_to_hub=True`` does what transformers' does, in the same order: ``create_repo(repo_id, exist_ok=True,
+        token=token, **the other keywords)`` first (``repo_id`` defaults to the folder's name; offline, transformers'
+        ``OfflineModeIsEnabled`` before anything is written), then this save (staged, as above), then transformers'
+        model card as ``README.md``, then one commit of the files the save wrote or changed (``commit_message``,
+        ``create_pr``) -- ``item_vocab.json`` included, which transformers' own push would leave behind."""
         import inspect
 
         from .cli import _mode_for, staging_folder
 
-        kwargs.setdefault("safe_serialization", True)
-        if not kwargs["safe_serialization"]:
+        if not kwargs.get("safe_serialization", True):
             raise ValueError("zoo models are saved as safetensors only (no pickles)")
+        if "safe_serialization" not in inspect.signature(PreTrainedModel.save_pretrained).parameters:
+            kwargs.pop("safe_serialization", None)     # transformers 5 would pass it on to create_repo (a TypeError)
         given = inspect.signature(PreTrainedModel.save_pretrained).bind(self, save_directory, *args, **kwargs).arguments
         variant, state_dict = given.get("variant"), given.get("state_dict")
         if variant is not None:
@@ -1374,41 +1430,64 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         if state_dict is not None and len(state_dict) == 0:
             raise ValueError("state_dict is empty: the save would write no weights (and drop the folder's); leave "
                              "state_dict out to save the model's own")
-        os.makedirs(save_directory, exist_ok=True)
         if not given.get("is_main_process", True):      # transformers writes nothing then; nor is anything removed
+            os.makedirs(save_directory, exist_ok=True)
             return
+        if given.get("push_to_hub"):
+            return self._save_and_push(save_directory, given)
+        os.makedirs(save_directory, exist_ok=True)
         # config.json records whether a vocabulary belongs to these weights, so that loading can tell a deleted
         # item_vocab.json (error) from a model that never had one, and a stale one left from earlier weights
         self.config.item_vocab_file = VOCAB_FILE if self.item_vocab is not None else None
-        if kwargs.get("push_to_hub"):           # the Hub repository is named after the folder: write it in place
+        # in .save-<pid>-*, locked while this save lives: the next save removes it if this one is killed
+        with staging_folder(save_directory, SAVE_STAGE_PREFIX) as stage:
             with _no_weight_bars():
-                super().save_pretrained(save_directory, *args, **kwargs)
+                super().save_pretrained(stage, *args, **kwargs)
             if self.item_vocab is not None:
-                self.item_vocab.save(save_directory)
-        else:     # in .save-<pid>-*, locked while this save lives: the next save removes it if this one is killed
-            with staging_folder(save_directory, SAVE_STAGE_PREFIX) as stage:
-                with _no_weight_bars():
-                    super().save_pretrained(stage, *args, **kwargs)
-                if self.item_vocab is not None:
-                    self.item_vocab.save(stage)
-                written = set(os.listdir(stage))
-                if not any(_WEIGHT_FILE.fullmatch(n) for n in written):     # nothing moved yet: the folder's stay
-                    raise ValueError(f"save_pretrained wrote no weight file (only {sorted(written)}); "
-                                     f"{save_directory} is left as it was")
-                for name in sorted(written, key=lambda n: n == "config.json"):
-                    dst = os.path.join(save_directory, name)
-                    # the mode of the file it replaces, else the umask's, as zoo.cli writes its files (safetensors
-                    # creates the weights 0600)
-                    os.chmod(os.path.join(stage, name), _mode_for(dst, 0o666))
-                    os.replace(os.path.join(stage, name), dst)
-            # only now that the new save is whole: the weight files of an earlier save that this one did not
-            # overwrite (a model.safetensors beside a new sharded index would be what loads; stale shards)
-            for name in os.listdir(save_directory):
-                if name not in written and _WEIGHT_FILE.fullmatch(name) \
-                        and os.path.isfile(os.path.join(save_directory, name)):
-                    os.remove(os.path.join(save_directory, name))
+                self.item_vocab.save(stage)
+            written = set(os.listdir(stage))
+            if not any(_WEIGHT_FILE.fullmatch(n) for n in written):     # nothing moved yet: the folder's stay
+                raise ValueError(f"save_pretrained wrote no weight file (only {sorted(written)}); "
+                                 f"{save_directory} is left as it was")
+            for name in sorted(written, key=lambda n: n == "config.json"):
+                dst = os.path.join(save_directory, name)
+                # the mode of the file it replaces, else the umask's, as zoo.cli writes its files (safetensors
+                # creates the weights 0600)
+                os.chmod(os.path.join(stage, name), _mode_for(dst, 0o666))
+                os.replace(os.path.join(stage, name), dst)
+        # only now that the new save is whole: the weight files of an earlier save that this one did not
+        # overwrite (a model.safetensors beside a new sharded index would be what loads; stale shards)
+        for name in os.listdir(save_directory):
+            if name not in written and _WEIGHT_FILE.fullmatch(name) \
+                    and os.path.isfile(os.path.join(save_directory, name)):
+                os.remove(os.path.join(save_directory, name))
         if self.item_vocab is None and os.path.exists(os.path.join(save_directory, VOCAB_FILE)):
             os.remove(os.path.join(save_directory, VOCAB_FILE))     # it described the weights just replaced
+
+    def _save_and_push(self, save_directory: str | os.PathLike, given: dict[str, Any]) -> None:
+        """:meth:`save_pretrained` with ``push_to_hub=True`` (``given``: its bound arguments), as transformers' own
+        ``save_pretrained`` pushes: ``create_repo`` with the keywords it does not know, the save, the model card, one
+        commit of the files written or changed since (``PushToHubMixin._upload_modified_files``)."""
+        import huggingface_hub
+        from transformers.utils import hub as hf_hub
+
+        local = {k: v for k, v in given.items() if k not in ("self", "save_directory", "kwargs")}
+        hub = dict(given.get("kwargs", {}))
+        repo_id = hub.pop("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
+        commit_message, create_pr = hub.pop("commit_message", None), hub.pop("create_pr", False)
+        token = local.get("token")
+        if token is not None:
+            hub["token"] = token
+        # transformers' shared HfApi where it has one (not yet in 5.6, which calls huggingface_hub's own)
+        api = hf_hub.hf_api() if hasattr(hf_hub, "hf_api") else huggingface_hub.HfApi()
+        repo_id = api.create_repo(repo_id, exist_ok=True, **hub).repo_id
+        os.makedirs(save_directory, exist_ok=True)
+        stamps = self._get_files_timestamps(save_directory)
+        self.save_pretrained(save_directory, **{**local, "push_to_hub": False})
+        card = hf_hub.create_and_tag_model_card(repo_id, self.model_tags, token=token)
+        card.save(os.path.join(save_directory, "README.md"))
+        self._upload_modified_files(save_directory, repo_id, stamps, commit_message=commit_message, token=token,
+                                    create_pr=create_pr)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -1841,6 +1920,14 @@ def check_weight_tensor(name: str, t: torch.Tensor, where: str) -> None:
         raise ValueError(f"weight {name!r} in {where} has dtype {t.dtype}; zoo weights are floating point")
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"weight {name!r} in {where} holds NaN or infinite values")
+
+
+def _exporting() -> bool:
+    """True while ``torch.export`` traces a model (``torch.compiler.is_exporting``, torch >= 2.6; older torch: False).
+    The input checks that read values (a data-dependent guard, which export cannot trace) are skipped then; eager
+    mode, ``torch.compile`` and ``torch.jit.trace`` keep them."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
 
 
 #: dtypes of item-index tensors (``input_ids``, ``item_ids``, ``labels``): the integer dtypes torch computes with

@@ -1002,7 +1002,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                     loss = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
                                  timestamps=batch.get("timestamps"),
-                                 negatives=sampler.sample() if sampler is not None else None).loss
+                                 negatives=sampler.sample() if sampler is not None else None,
+                                 return_dict=True).loss     # a --init-from config may say return_dict: false
                 opt.zero_grad(set_to_none=True)
                 (loss * loss_scale(batch["labels"], targets_per_batch, loss_weighting)).backward()
                 if preset["clip"]:

@@ -447,11 +447,12 @@ class WindowRecomputeMixin:
         p_ts = torch.where(p_mask, ts[b_idx], torch.zeros_like(ts[b_idx])) if ts is not None else None
         width = int(t_idx.max()) + 1
         out = super().forward(p_ids[:, :width], p_mask[:, :width], labels=labels[b_idx, t_idx],
-                              timestamps=p_ts[:, :width] if p_ts is not None else None, negatives=negatives)
+                              timestamps=p_ts[:, :width] if p_ts is not None else None, negatives=negatives,
+                              return_dict=True)
         if negatives is not None:       # sampled training: the full catalogue is not scored
             return self._output(type(out)(loss=out.loss), return_dict)
         with torch.no_grad():  # logits/hidden of the batch itself, for inspection only (no graph kept)
-            main = super().forward(input_ids, attention_mask, timestamps=timestamps)
+            main = super().forward(input_ids, attention_mask, timestamps=timestamps, return_dict=True)
         return self._output(type(out)(loss=out.loss, logits=main.logits, hidden_states=main.hidden_states), return_dict)
 
 

@@ -309,3 +309,19 @@ def test_every_command_documents_them_and_ends_its_help_with_the_exit_statuses(c
         assert "--revision REV" in text and "--subfolder DIR" in text, name
         assert f"the revision (branch, tag or commit) of {flag}" in text, name
         assert text.endswith(" ".join(EXIT_CODES.split())), name
+
+
+def test_a_card_follows_the_training_history_into_the_subfolder_it_started_from(data, tmp_path, caplog):
+    """A run started with ``--init-from X --subfolder S`` started from ``X/S``: the card's training history (and a
+    soup's) looks for the earlier stage there, not in ``X``, where it stopped with a warning."""
+    from zoo.hub import training_stages
+    from zoo.train import main
+
+    base = ["--model", "mamba4rec", "--data", str(data), "--epochs", "1", "--kcore", "0", "--no-progress",
+            "--device", "cpu", "--max-len", "6", "--set", "hidden_size=16", "d_state=8"]
+    first = main([*base, "--out", str(tmp_path / "x" / "sub")])
+    second = main([*base, "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "x"), "--subfolder", "sub"])
+    stages = training_stages(tmp_path / "b")
+    assert [s.get("init_from") for s in stages] == [None, str(tmp_path / "x")], (stages, caplog.text)
+    assert stages[0]["best_valid_NDCG10"] == first["best_valid_NDCG10"] and stages[1] == second
+    assert "training history stops" not in caplog.text

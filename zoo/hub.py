@@ -661,7 +661,9 @@ def init_from_folder(init_from: str, run_folder: str | os.PathLike, log: dict,
     run recorded (its log's ``cwd``, when it has one), under the run folder's parent (a run and its starting run made
     side by side, ``--out B --init-from A``), then under the current directory. A Hub id of the project's organisation
     or of a placeholder organisation the docs use (``org/<name>``, :data:`zoo.pretrained.PLACEHOLDER_ORGS`) is then
-    its bundled copy, as ``from_pretrained`` finds it offline. When ``expect`` (the SHA-256 of the weights the run
+    its bundled copy, as ``from_pretrained`` finds it offline (not for a run started from another revision, the
+    log's ``init_revision``). A run started from a subfolder (``--subfolder``, the log's ``init_subfolder``) is looked
+    for in that subfolder of each place. When ``expect`` (the SHA-256 of the weights the run
     started from) is given, the first place that holds those weights is chosen, else the first that exists (whose
     other weights then stop the history, with a warning)."""
     path = pathlib.Path(init_from)
@@ -673,10 +675,16 @@ def init_from_folder(init_from: str, run_folder: str | os.PathLike, log: dict,
         candidates = list(dict.fromkeys(base / path for base in bases))
     tried = [str(c) for c in candidates]
     org, _, name = init_from.partition("/")
-    if not path.is_absolute() and name and "/" not in name and org in (HUB_ORG, *PLACEHOLDER_ORGS):
+    revision = log.get("init_revision")             # the bundled copy stands in for main only
+    if not path.is_absolute() and name and "/" not in name and org in (HUB_ORG, *PLACEHOLDER_ORGS) \
+            and revision in (None, "main"):
         bundled = bundled_models().get(name)
         candidates += [pathlib.Path(bundled)] if bundled is not None else []
         tried.append(f"the bundled copy of {HUB_ORG}/{name} ({bundled or 'none'})")
+    sub = log.get("init_subfolder") or ""           # zoo.train --init-from X --subfolder S: the weights are in X/S
+    if isinstance(sub, str) and sub:
+        candidates, tried = [c / sub for c in candidates], [os.path.join(t, sub) if not t.startswith("the ") else t
+                                                            for t in tried]
     existing = [c for c in candidates if c.is_dir()]
     match = next((c for c in existing if expect and weights_sha256(c) == expect), None)
     return (match or (existing[0] if existing else None)), tried

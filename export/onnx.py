@@ -77,6 +77,7 @@ import os
 import pathlib
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -583,36 +584,87 @@ def _ssd_one_chunk(x, dt, A, B, C, chunk_size=256, D=None, dt_bias=None, dt_soft
     return ssd_scan_fn(x, dt, A, B, C, 1 << 30, D, dt_bias, dt_softplus, initial_state, seq_idx)
 
 
-@contextlib.contextmanager
-def _window_patches():
-    """Window graphs of SSD models (TiM4Rec, TiM4Rec-causal, SSD4Rec) trace their scan as one chunk."""
+#: one trace at a time in this process: torch.onnx.export keeps its state in process-wide globals (a second export
+#: while one runs fails with torch's bare ``AssertionError: GLOBALS.in_onnx_export must be False``), and the stand-ins
+#: below are swapped into module globals. :func:`trace_graph` holds it around the trace; a second caller waits.
+_TRACE_LOCK = threading.RLock()
+#: ``threading.get_ident()`` of the thread tracing now (under :data:`_TRACE_LOCK`), else None
+_tracing_thread: int | None = None
+
+
+def _tracing_only(stand_in, original):
+    """``stand_in`` in the thread tracing now (:data:`_tracing_thread`), ``original`` in every other one: the swap is
+    process-wide, and another thread serving (``recommend``, ``step``) a model of the same type while one exports must
+    go on running the zoo's own code. ``torch.onnx.is_in_onnx_export()`` is a process-wide flag, so it cannot tell
+    the threads apart."""
+    def call(*args, **kwargs):
+        if _tracing_thread is not None and _tracing_thread == threading.get_ident():
+            return stand_in(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    call.__name__, call.__qualname__, call.__doc__ = stand_in.__name__, stand_in.__qualname__, stand_in.__doc__
+    call.__wrapped__ = original
+    return call
+
+
+def _swap(target: str, stand_in):
+    """``mock.patch`` of ``target`` (``"module.attr"`` or ``"module.Class.attr"``) with :func:`_tracing_only` of
+    ``stand_in`` and the attribute found there now (taken as it is stored: a class's plain function stays one)."""
+    import importlib
+    import inspect
     from unittest import mock
 
-    with mock.patch("zoo.models.tim4rec.ssd_scan_fn", _ssd_one_chunk):
+    owner_path, attr = target.rsplit(".", 1)
+    try:
+        owner = importlib.import_module(owner_path)
+    except ImportError:
+        module_path, cls = owner_path.rsplit(".", 1)
+        owner = getattr(importlib.import_module(module_path), cls)
+    return mock.patch.object(owner, attr, _tracing_only(stand_in, inspect.getattr_static(owner, attr)))
+
+
+@contextlib.contextmanager
+def _window_patches():
+    """Window graphs of SSD models (TiM4Rec, TiM4Rec-causal, SSD4Rec) trace their scan as one chunk (in the tracing
+    thread only: :func:`_tracing_only`)."""
+    with _swap("zoo.models.tim4rec.ssd_scan_fn", _ssd_one_chunk):
         yield
 
 
 @contextlib.contextmanager
 def _scan_nodes(model_type: str):
-    """Route the model's scan calls through the custom-node ops while tracing (the zoo code itself is unchanged)."""
-    from unittest import mock
-
+    """Route the model's scan calls through the custom-node ops while tracing (the zoo code itself is unchanged), in
+    the tracing thread only (:func:`_tracing_only`): other threads keep the zoo's own functions."""
     patches = []
     if model_type == "mamba4rec":
-        patches += [mock.patch("zoo.models.mamba4rec.selective_scan_fn", _selective_scan_export),
-                    mock.patch("zoo.models.mamba4rec.causal_conv1d", _causal_conv1d_export)]
+        patches += [_swap("zoo.models.mamba4rec.selective_scan_fn", _selective_scan_export),
+                    _swap("zoo.models.mamba4rec.causal_conv1d", _causal_conv1d_export)]
     elif model_type == "lrurec":
-        patches += [mock.patch("zoo.models.lrurec.lru_scan_ref", _lru_scan_export),
-                    mock.patch("zoo.models.lrurec.lru_step_ref", _lru_step_export),
-                    mock.patch("zoo.models.lrurec.LRULayer.inputs", _lru_inputs_export),
-                    mock.patch("zoo.models.lrurec.LRULayer.lam", _lru_lam_export)]
+        patches += [_swap("zoo.models.lrurec.lru_scan_ref", _lru_scan_export),
+                    _swap("zoo.models.lrurec.lru_step_ref", _lru_step_export),
+                    _swap("zoo.models.lrurec.LRULayer.inputs", _lru_inputs_export),
+                    _swap("zoo.models.lrurec.LRULayer.lam", _lru_lam_export)]
     elif model_type == "tim4rec_causal":         # SSDCore.scan_and_out (zoo/models/tim4rec.py) runs the SSD
-        patches += [mock.patch("zoo.models.tim4rec.ssd_scan_fn", _ssd_scan_export),
-                    mock.patch("zoo.models.tim4rec.ssd_step_ref", _ssd_step_not_traced)]
+        patches += [_swap("zoo.models.tim4rec.ssd_scan_fn", _ssd_scan_export),
+                    _swap("zoo.models.tim4rec.ssd_step_ref", _ssd_step_not_traced)]
     with contextlib.ExitStack() as stack:
         for p in patches:
             stack.enter_context(p)
         yield
+
+
+@contextlib.contextmanager
+def _tracing():
+    """Hold :data:`_TRACE_LOCK` (waiting for another thread's trace to end) and mark this thread as the one tracing,
+    for the block."""
+    global _tracing_thread
+    with _TRACE_LOCK:
+        before = _tracing_thread
+        _tracing_thread = threading.get_ident()
+        try:
+            yield
+        finally:
+            _tracing_thread = before
 
 
 # ======================================================================================== graph wrappers (torch)
@@ -1037,7 +1089,7 @@ def _example_inputs(model, kind: str, batch: int = 2, length: int = 3, time_inpu
         dyn[TIME_GAPS_INPUT] = dyn["item_ids"]
     if kind == "step":
         for s in split_time_states(model, time_input, batch)[0]:
-            args.append(torch.randn(s.shape) * 0.1 if s.dtype == torch.float32
+            args.append(torch.randn(s.shape, generator=g) * 0.1 if s.dtype == torch.float32
                         else torch.full(s.shape, s.init, dtype=s.dtype))
             names.append(s.name)
             dyn[s.name] = {0: "B"}
@@ -1100,7 +1152,8 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
     ``-inf`` like the padding's, in the graph's constant mask; ``spec["excluded_items"]`` lists them). ``user_vector``:
     also output the query vector :data:`USER_VECTOR` (``model.vector_of_hidden`` of the hidden state scored from).
     ``candidates``: one more input, :data:`CANDIDATES` ``[B, C]``, restricting each row's ranking
-    (:data:`CANDIDATES_DOC`)."""
+    (:data:`CANDIDATES_DOC`). Threads: one trace at a time per process (a second waits, :data:`_TRACE_LOCK`); other
+    threads may serve models meanwhile (the trace's stand-ins act in its own thread only, :func:`_tracing_only`)."""
     excluded = sorted({int(i) for i in exclude_items})
     if excluded and not 1 <= excluded[0] <= excluded[-1] < model.config.n_items:
         raise ExportError(f"exclude_items holds item indices outside 1..{model.config.n_items - 1}")
@@ -1156,7 +1209,7 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
         with workdir as folder:
             target = os.path.join(folder, "traced.onnx") if large else io.BytesIO()
             patches = _scan_nodes(mt) if kind == "step" else _window_patches()
-            with torch.no_grad(), patches, warnings.catch_warnings():
+            with _tracing(), torch.no_grad(), patches, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(module, args, target, dynamo=False, opset_version=OPSET, input_names=in_names,
                                   output_names=out_names, dynamic_axes=dyn, do_constant_folding=True)

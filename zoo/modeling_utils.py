@@ -32,6 +32,8 @@ import math
 import numbers
 import os
 import re
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Sequence
@@ -922,13 +924,26 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     def eval_mode(self):
         """Run the block in eval mode (no dropout, no training-time item masking), then restore the mode the model
         was in: what :meth:`predict`, :meth:`query_vectors` and :meth:`step` run in, so that inference is
-        deterministic on a model fresh from its constructor (which is in training mode) too."""
-        was_training = self.training
-        self.eval()
+        deterministic on a model fresh from its constructor (which is in training mode) too.
+
+        Re-entrant and shared by threads: a count per model of the blocks inside (kept outside the model, so that
+        pickling and ``deepcopy`` are unchanged); the first one in saves the mode and sets eval, the last one out
+        restores it. So a thread never runs in training mode because another's block ended, and the model is not
+        left in eval mode. (A ``model.train()`` / ``eval()`` called meanwhile is the caller's own.)"""
+        with _EVAL_SECTIONS_LOCK:
+            section = _EVAL_SECTIONS.get(self)
+            if section is None:
+                section = _EVAL_SECTIONS[self] = [0, self.training]      # [blocks inside, mode before the first]
+                self.eval()
+            section[0] += 1
         try:
             yield
         finally:
-            self.train(was_training)
+            with _EVAL_SECTIONS_LOCK:
+                section[0] -= 1
+                if section[0] == 0:
+                    del _EVAL_SECTIONS[self]
+                    self.train(section[1])
 
     @torch.no_grad()
     def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -1624,22 +1639,47 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         super()._initialize_weights(module, *args, **kwargs)
 
 
+#: models inside :meth:`SeqRecPreTrainedModel.eval_mode` -> ``[blocks inside, training mode before]``
+_EVAL_SECTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_EVAL_SECTIONS_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _no_weight_bars():
     """Transformers draws "Loading weights" and "Writing model shards" bars; a zoo model has a few dozen small
     tensors in one file, so the bars are noise on every CLI's first line (and in every training log run with
-    ``--no-progress``). Off while loading a local folder (nothing is downloaded inside) or saving one, then restored;
-    process-wide, like transformers' own switch."""
+    ``--no-progress``). Off while loading a local folder (nothing is downloaded inside) or saving one, then restored
+    exactly as they were: transformers' switch, and huggingface_hub's global and per-group settings (which
+    transformers' ``enable_progress_bar`` would reset to "all on"); process-wide, like transformers' own switch."""
+    import sys
+
     from transformers.utils import logging as hf_logging
 
     if not hf_logging.is_progress_bar_enabled():
         yield
         return
+    from huggingface_hub import utils as hub_utils
+
+    # huggingface_hub keeps its settings in one dict ({"_global": bool, group: bool, ...}) in the module defining
+    # enable_progress_bars (huggingface_hub.utils.tqdm in 2.4); without it, the global setting (public API)
+    states = getattr(sys.modules.get(hub_utils.enable_progress_bars.__module__), "progress_bar_states", None)
+    saved = dict(states) if isinstance(states, dict) else None
+    hub_off = hub_utils.are_progress_bars_disabled()
     hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        hf_logging.enable_progress_bar()
+        if hasattr(hf_logging, "_tqdm_active"):
+            hf_logging._tqdm_active = True          # transformers' flag alone (enable_progress_bar resets the hub's)
+        else:
+            hf_logging.enable_progress_bar()
+        if saved is not None:
+            states.clear()
+            states.update(saved)
+        elif hub_off:
+            hub_utils.disable_progress_bars()
+        else:
+            hub_utils.enable_progress_bars()
 
 
 def _is_safetensors_error(e: BaseException) -> bool:

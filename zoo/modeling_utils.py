@@ -681,7 +681,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         """Timestamps ``[B, L]`` (seconds): present, real (a bool or complex dtype is a ``TypeError``), finite,
         non-negative, non-decreasing over each row's real items, returned as float64. Floating timestamps narrower
         than float64 are refused where a real one is beyond the whole seconds they hold exactly (float32: 2**24 s,
-        ~194 days; float16: 2**11; bfloat16: 2**8): float32 rounds Unix seconds (~1e9) to 64-s steps before this
+        ~194 days; float16: 2**11; bfloat16: 2**8): float32 rounds Unix seconds (~1e9) to 64-s steps (128 after 2004) before this
         method could widen them, which moves the scores silently. Anything but a tensor is read by :func:`_as_seconds`
         (numpy dtypes kept, so a float32 array is refused too; Python floats are float64, numpy ``datetime64`` become
         seconds). Timestamps above :data:`MAX_TIMESTAMP_S` (1e11 s, the year ~5000) are refused: they are milliseconds
@@ -2019,16 +2019,18 @@ def _as_seconds(x: Any, what: str) -> torch.Tensor:
 def _check_exact_seconds(t: torch.Tensor, what: str) -> None:
     """``ValueError`` when floating timestamps ``t`` narrower than float64 reach beyond the whole seconds their dtype
     holds exactly (float32: 2**24 s, ~194 days; float16: 2**11; bfloat16: 2**8): float32 has rounded Unix seconds
-    (~1e9) to 64-s steps before they could be widened, which moves the scores silently. NaN / inf are left to the
+    (~1e9-2e9) to 64- or 128-s steps before they could be widened, which moves the scores silently. NaN / inf are left to the
     caller's finiteness check."""
     if t.is_floating_point() and t.dtype != torch.float64:
         exact = 2.0 / torch.finfo(t.dtype).eps                           # 2**(mantissa bits + 1): 2**24 in float32
         real = t.double()
         big = real[torch.isfinite(real) & (real.abs() > exact)]
         if len(big):
-            raise ValueError(f"{what} are {t.dtype} and reach {float(big.abs().max()):.0f} s, beyond "
-                             f"the {exact:.0f} s up to which {t.dtype} holds every whole second exactly "
-                             "(it has rounded them: float32 rounds Unix seconds to 64-s steps): pass float64 "
+            top = float(big.abs().max())
+            step = float(np.spacing(np.float32(top))) if t.dtype == torch.float32 else None
+            rounded = f" to {step:.0f}-s steps there" if step is not None else ""
+            raise ValueError(f"{what} are {t.dtype} and reach {top:.0f} s, beyond the {exact:.0f} s up to which "
+                             f"{t.dtype} holds every whole second exactly (it has rounded them{rounded}): pass float64 "
                              "(or int64) seconds")
 
 

@@ -11,6 +11,17 @@ from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+
+class UnknownItemError(KeyError):
+    """An external item id that a model's item vocabulary does not contain (a ``KeyError``). Defined here, in the
+    torch-free ``export`` package, so that ``zoo.vocab.ItemVocab`` and the Triton client's ``ItemIds`` (which must not
+    import ``zoo``: torch and transformers in a process that only sends requests) raise the same class;
+    ``zoo.vocab.UnknownItemError`` is this class."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "unknown item id"
+
+
 _INT_TEXT = re.compile(r"-?[0-9]+")
 
 

@@ -781,7 +781,12 @@ class UserStateRecommender:
     Return shapes: :meth:`prime` and :meth:`recommend` return the top-k as a list of the caller's item ids;
     :meth:`recommend_with_scores` returns ``(ids, scores)``, the graph's scores of those ids as an ``np.ndarray``;
     :meth:`recommend_many` returns one such ``(ids, scores)`` tuple per event, in the order of ``events``. A list may
-    hold fewer than ``k`` ids (a ``--candidates`` or ``--exclude-seen`` graph with fewer items left).
+    hold fewer than ``k`` ids (a ``--candidates`` or ``--exclude-seen`` graph with fewer items left). A graph exported
+    with ``--user-vector`` also gives each event's query vector: ``recommend_with_scores(..., return_vector=True)``
+    returns ``(ids, scores, vector)`` and ``recommend_many(..., return_vectors=True)`` one such triple per event
+    (``vector``: ``[vector_size]`` float32, the user's after the event); ``prime(user, history)`` is
+    ``recommend_with_scores(user, history, start=True)``. These are the call's own, safe with threads;
+    :attr:`last_user_vector` is not (below).
 
     Args:
         graph: an :class:`OnnxStepSession` / :class:`OnnxWindowSession`, or the folder (or ``model.onnx``) of a graph.
@@ -810,7 +815,9 @@ class UserStateRecommender:
     event leaves the stored state as it was.
 
     Threads may share one recommender: events of the same user take turns (their state is read, advanced and stored
-    under a lock), others run side by side (ONNX Runtime sessions are thread-safe). Processes (serving workers) may
+    under a lock), others run side by side (ONNX Runtime sessions are thread-safe). Threads get their user vectors
+    with ``return_vector(s)=True``: :attr:`last_user_vector` is one attribute for all of them, which another
+    thread's call may replace before this thread reads it. Processes (serving workers) may
     share a *versioned* store (:class:`export.state_store.SQLiteStateStore` on one machine, :class:`export.
     state_store.RedisStateStore` across machines, or any store with ``get_versioned`` and ``commit``:
     :func:`export.state_store.is_versioned`): a call's new states are committed only if no other process
@@ -845,9 +852,10 @@ class UserStateRecommender:
         # one lock per stripe of users: threads serving the same user take turns (read, run, store), others do not
         self._locks = state_store.UserLocks()
         self._count_lock = threading.Lock()
-        #: ``[vector_size]`` float32 query vector after the last event of the last call (graphs exported with
-        #: ``--user-vector``; None otherwise): its inner products with ``python -m zoo.embed``'s item vectors are the
-        #: raw scores
+        #: ``[vector_size]`` float32 query vector after the last event of the last call to finish (graphs exported
+        #: with ``--user-vector``; None otherwise): its inner products with ``python -m zoo.embed``'s item vectors are
+        #: the raw scores. For one thread only: a call of another thread may replace it before this one reads it;
+        #: with threads (or to get every event's vector) pass ``return_vector(s)=True``, which returns the call's own
         self.last_user_vector: np.ndarray | None = None
 
     def _check_k(self, k) -> int:
@@ -939,8 +947,15 @@ class UserStateRecommender:
                 wrong.append(f"has {name!r} of shape {list(a.shape)}, not {list(shape)}")
         return wrong
 
+    def _check_vectors_wanted(self, wanted: bool, name: str) -> None:
+        """A ValueError, before anything runs, when ``wanted`` and the graph has no ``user_vector`` output."""
+        if wanted and USER_VECTOR not in self.session.output_names:
+            raise ValueError(f"{name}=True: this {self.session.spec.get('model_type')} graph has no {USER_VECTOR} "
+                             "output; export it with python -m export.onnx --user-vector")
+
     def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False,
-                       candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
+                       candidates: Sequence[Sequence[Any] | None] | None = None, *,
+                       return_vectors: bool = False) -> list[tuple]:
         """``(top-k ids, their scores)`` of each event, in order: ``events`` are ``(user_id, new_items)`` or
         ``(user_id, new_items, timestamps)``, one per user (a user twice in one call would need the first event's
         state for the second). Step graphs: events with as many new items share one graph call; window graphs: one
@@ -948,8 +963,12 @@ class UserStateRecommender:
         unknown id, timestamps going back -- stores nothing for any user of the call). ``start``: every user from the
         initial state, whatever is stored (:meth:`prime`). ``candidates`` (``--candidates`` graphs): one list of the
         caller's item ids per event (None or empty: not restricted); an event's top-k is then taken among its
-        candidates and holds fewer than ``k`` ids when it lists fewer unseen items."""
+        candidates and holds fewer than ``k`` ids when it lists fewer unseen items. ``return_vectors`` (graphs
+        exported with ``--user-vector``; another graph refuses it, ValueError): ``(ids, scores, vector)`` per event
+        instead, ``vector`` the ``[vector_size]`` float32 query vector after that event -- this call's own, unlike
+        :attr:`last_user_vector`, which the calls of other threads also set."""
         k = self._check_k(k)
+        self._check_vectors_wanted(return_vectors, "return_vectors")
         users = self._ss.checked_users(events)         # str or int, whatever the store
         if candidates is not None:
             check_sequence(candidates, "candidates", "a sequence of candidate lists, one per event (None: not "
@@ -1004,6 +1023,8 @@ class UserStateRecommender:
             self.restarted += restarted
             self.conflicts += conflicts
         self.last_user_vector = vectors[-1]
+        if return_vectors:
+            return [(ids, scores, vector) for (ids, scores), vector in zip(results, vectors)]
         return results
 
     def _run_steps(self, encoded, states, k):
@@ -1066,12 +1087,17 @@ class UserStateRecommender:
         return self.session.decode(ids[keep][None])[0] if keep.any() else [], scores[keep].copy()
 
     def recommend_with_scores(self, user_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
-                              start: bool = False, candidates: Sequence[Any] | None = None) -> tuple[list, np.ndarray]:
+                              start: bool = False, candidates: Sequence[Any] | None = None, *,
+                              return_vector: bool = False) -> tuple:
         """``(top-k ids, their scores)`` after ``new_items`` (oldest first; their ``timestamps`` for time-aware
         graphs), continuing the user's stored state (``start``: from the initial state); ``candidates``: the
-        caller's item ids to choose from (``--candidates`` graphs)."""
+        caller's item ids to choose from (``--candidates`` graphs). ``return_vector`` (``--user-vector`` graphs):
+        ``(ids, scores, vector)``, the user's ``[vector_size]`` float32 query vector after the event (safe with
+        threads, unlike :attr:`last_user_vector`)."""
+        self._check_vectors_wanted(return_vector, "return_vector")
         event = (user_id, new_items) if timestamps is None else (user_id, new_items, timestamps)
-        return self.recommend_many([event], k, start, None if candidates is None else [candidates])[0]
+        return self.recommend_many([event], k, start, None if candidates is None else [candidates],
+                                   return_vectors=return_vector)[0]
 
     def recommend(self, user_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
                   candidates: Sequence[Any] | None = None) -> list:

@@ -43,13 +43,14 @@ no ``last_ts`` in the graph: what ``export.trt`` builds) takes the same ``timest
 event), :class:`ExplicitStateRecommender` in the stored state -- and sends the gaps, computed in float64 as
 ``export.timestamps.time_gaps`` does, as float32.
 
-Errors: unknown external ids raise :class:`zoo.vocab.UnknownItemError` before anything is sent; server-side
-rejections (bad item index, a continuation whose state expired, malformed input) raise :class:`TritonRecommendError`
-with Triton's message. A request that gets no answer (``timeout_s`` passed, a gRPC deadline, a lost connection) raises
-:class:`TritonRecommendError` too, but the server usually applied it (or still will): an event is **not idempotent**
--- resent, it is applied twice (the state then holds the item twice). :class:`TritonRecommender` therefore marks such
-a sequence uncertain: its next event is refused, naming why, until :meth:`TritonRecommender.prime` restarts it from
-the history, and :meth:`TritonRecommender.end` still sends its END. :class:`ExplicitStateRecommender` and
+Errors: unknown external ids raise :class:`zoo.vocab.UnknownItemError` before anything is sent (a ``KeyError``; the
+class lives in ``export.ids``, so a ``vocab=`` path is read without importing ``zoo``); server-side rejections (bad item index, a continuation whose state
+expired, malformed input) raise :class:`TritonRecommendError` with Triton's message. A request that gets no answer
+(``timeout_s`` passed, a gRPC deadline, a lost connection) raises :class:`TritonRecommendError` too, but the server
+usually applied it (or still will): an event is **not idempotent** -- resent, it is applied twice (the state then
+holds the item twice). :class:`TritonRecommender` therefore marks such a sequence uncertain: its next event is
+refused, naming why, until :meth:`TritonRecommender.prime` restarts it from the history, and
+:meth:`TritonRecommender.end` still sends its END. :class:`ExplicitStateRecommender` and
 :class:`WindowRecommender` keep nothing on the server (the explicit client stores the new states only once every call
 has answered): their error says the call can be sent again.
 
@@ -74,8 +75,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import state_store
+from .ids import UnknownItemError, is_canonical_int_text, is_int_text, unknown_id_hint
 from .timestamps import seconds, time_gaps
 from .deps import require
+from .vocab_format import load_vocab_json, vocab_items
+
+#: the vocabulary's file name in a model's folder (``zoo.vocab.VOCAB_FILE``)
+VOCAB_FILE = "item_vocab.json"
 
 #: :data:`export.runtime.SEEN_SCORE` (not imported: that module needs onnxruntime): the score an ``--exclude-seen``
 #: graph gives the items of the history, float32's lowest finite value
@@ -103,13 +109,132 @@ def sequence_id(user_or_sequence_id: Any) -> int:
     raise TypeError(f"sequence id must be an int or a str, got {type(user_or_sequence_id).__name__}")
 
 
+def _id_value(x):
+    """``x`` itself, or its Python value for a numpy / torch scalar (``.item()``) (``zoo.vocab.int_id_value``)."""
+    if isinstance(x, (str, bytes)) or not hasattr(x, "item"):
+        return x
+    try:
+        return x.item()
+    except (TypeError, ValueError, RuntimeError):                     # arrays of more than one element
+        return x
+
+
+def _int_id(x) -> int | None:
+    """``x`` as an int id when it is one: a Python int, or a numpy / torch integer scalar; never a bool, a float or a
+    string (``zoo.vocab.int_id``)."""
+    v = _id_value(x)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+class ItemIds:
+    """The ``item_vocab.json`` a client reads from a path: external ids <-> internal indices ``1..n``, read by
+    :func:`export.vocab_format.vocab_items` (the format's one checker) and looked up as
+    :class:`zoo.vocab.ItemVocab` looks them up -- the same id types, errors and messages -- without importing
+    ``zoo`` (torch, transformers). Attributes as ``ItemVocab``'s: ``items``, ``id_type``, ``n_items``."""
+
+    def __init__(self, items: list, id_type: str):
+        self.items, self.id_type = list(items), id_type
+        self._index = {x: i + 1 for i, x in enumerate(self.items)}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ItemIds":
+        """``item_vocab.json``, or a folder holding it, as ``ItemVocab.load`` reads it: a file that is not UTF-8 JSON,
+        or not a vocabulary, is a ``ValueError`` naming it; a missing one ``FileNotFoundError``."""
+        if os.path.isdir(path):
+            path = os.path.join(path, VOCAB_FILE)
+        return cls(*vocab_items(load_vocab_json(path), str(path)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_items(self) -> int:
+        """Embedding rows: the items + the padding row 0."""
+        return len(self.items) + 1
+
+    def __contains__(self, item) -> bool:
+        try:
+            return self._key(item) in self._index
+        except (TypeError, ValueError):
+            return False
+
+    def __repr__(self) -> str:
+        return f"ItemIds({len(self)} {self.id_type} ids: [{', '.join(repr(x) for x in self.items[:3])}, ...])"
+
+    def _type_error(self, item, where: str = "") -> TypeError:
+        kind = "a bool" if isinstance(_id_value(item), bool) else type(item).__name__
+        if self.id_type == "int":
+            return TypeError(f"item id {item!r} ({kind}){where} is not an int id; this vocabulary holds int ids")
+        return TypeError(f"item id {item!r} ({kind}){where} is not a str id; this vocabulary holds str ids (an int "
+                         "is looked up as its text; None, a NaN, a float or a bool is no id)")
+
+    def _key(self, item):
+        """``item`` as its key here (``ItemVocab._key``): an int vocabulary takes an int (numpy / torch integers too)
+        or the canonical text of one (``"007"``, ``" 7 "`` stay strings: unknown ids); a str vocabulary a str, or an
+        int looked up as its text. Anything else is a ``TypeError``."""
+        if self.id_type == "int":
+            if isinstance(item, str):
+                if is_canonical_int_text(item):
+                    return int(item)
+                if is_int_text(item.strip()):
+                    return str(item)
+            else:
+                x = _int_id(item)
+                if x is not None:
+                    return x
+            raise self._type_error(item)
+        if isinstance(item, str):
+            return str(item)
+        x = _int_id(item)
+        if x is not None:
+            return str(x)
+        raise self._type_error(item)
+
+    def encode(self, items) -> list[int]:
+        """External ids -> internal indices (>= 1): :class:`UnknownItemError` (``zoo.vocab.UnknownItemError``) naming
+        the first unknown id, ``TypeError`` naming an id of the wrong type and its
+        position."""
+        out = []
+        for i, x in enumerate(items):
+            try:
+                k = self._key(x)
+            except TypeError:
+                raise self._type_error(x, f" at position {i}") from None
+            idx = self._index.get(k)
+            if idx is None:
+                raise UnknownItemError(f"unknown item id {x!r}: not in the model's item vocabulary ({len(self)} "
+                                     "items)" + unknown_id_hint(k, self._index))
+            out.append(idx)
+        return out
+
+    def decode(self, indices) -> list:
+        """Internal indices (``1..n``) -> external ids, read as ``ItemVocab.decode`` reads them: an index out of range
+        (0 is padding) is an ``IndexError``, a bool, a string or None a ``TypeError``, a float that is not a whole
+        number a ``ValueError``, each naming it."""
+        if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+            raise TypeError(f"internal item indices must be a sequence of ints, got {type(indices).__name__}")
+        out, n = [], len(self.items)
+        for pos, x in enumerate(indices):
+            i, v = _int_id(x), _id_value(x)
+            if i is None and isinstance(v, float):
+                if not v.is_integer():
+                    raise ValueError(f"internal item index {x!r} is not a whole number")
+                i = int(v)
+            if i is None:
+                raise TypeError(f"internal item index {x!r} ({type(x).__name__}) at position {pos} is not an int")
+            if not 1 <= i <= n:
+                raise IndexError(f"internal item index {i} at position {pos} out of range 1..{n} (0 is padding)")
+            out.append(self.items[i - 1])
+        return out
+
+
 def _load_vocab(vocab):
+    """``vocab=`` of the clients: None; a path (``item_vocab.json`` or its folder) -> :class:`ItemIds`, read without
+    importing ``zoo``; anything else (a :class:`zoo.vocab.ItemVocab`) as it is."""
     if vocab is None:
         return None
     if isinstance(vocab, (str, os.PathLike)):
-        from zoo.vocab import ItemVocab
-
-        return ItemVocab.load(str(vocab))
+        return ItemIds.load(vocab)
     return vocab
 
 
@@ -140,8 +265,10 @@ class _Base:
         if "item_ids" not in self.inputs or "topk_ids" not in self.outputs:
             raise TritonRecommendError(f"model {model_name!r} has no item_ids input / topk_ids output: not a zoo model")
         self.k_max = int(self.outputs["topk_ids"]["shape"][-1])
-        #: ``[vector_size]`` float32 query vector of the last response, for a model exported with ``--user-vector``
-        #: (None otherwise): its inner products with ``python -m zoo.embed``'s item vectors are the raw scores
+        #: ``[vector_size]`` float32 query vector of the last event of the last call to finish, for a model exported
+        #: with ``--user-vector`` (None otherwise): its inner products with ``python -m zoo.embed``'s item vectors are
+        #: the raw scores. For one thread only: a call of another thread may replace it before this one reads it;
+        #: with threads (or for every event's vector) pass ``return_vector(s)=True``, which returns the call's own
         self.last_user_vector: np.ndarray | None = None
         self.n_items = n_items or (self.vocab.n_items if self.vocab is not None else None)
         #: a ``--time-input gaps`` model: it takes float32 ``time_gaps`` and the client keeps ``last_ts``
@@ -203,6 +330,12 @@ class _Base:
         top, scores = np.asarray(top)[:k], np.asarray(scores)[:k]
         keep = (top > 0) & ~(scores <= np.float32(SEEN_SCORE))
         return self._decode(top[keep]), scores[keep].copy()
+
+    def _check_vectors_wanted(self, wanted: bool, name: str) -> None:
+        """A ValueError, before anything is sent, when ``wanted`` and the model has no ``user_vector`` output."""
+        if wanted and "user_vector" not in self.outputs:
+            raise ValueError(f"{name}=True: model {self.model_name!r} has no user_vector output; export it with "
+                             "--user-vector (python -m export.onnx / export.triton)")
 
     def _outputs_for(self, names: Sequence[str]) -> list:
         """The outputs to request: ``names``, and ``user_vector`` when the model has it."""
@@ -414,7 +547,9 @@ class TritonRecommender(_Base):
         url: ``host:port`` of Triton's gRPC (default 8001) or HTTP (8000) endpoint.
         model_name: the model's name in the repository.
         protocol: ``"grpc"`` or ``"http"``.
-        vocab: ``item_vocab.json`` path or :class:`zoo.vocab.ItemVocab` (None: ids are internal indices).
+        vocab: ``item_vocab.json`` path (or its folder; read as :class:`ItemIds`, the ids and errors of
+            :class:`zoo.vocab.ItemVocab` without importing ``zoo``: torch, transformers) or a
+            :class:`zoo.vocab.ItemVocab` (None: ids are internal indices).
         threads: requests :meth:`recommend_many` sends at once (gRPC).
         max_expired: sequences that idled out (or the server said are gone) that the client remembers (1,000,000
             by default: ~110 MB at most), so that their next event goes without START and a dropped one is refused,
@@ -624,9 +759,12 @@ class TritonRecommender(_Base):
 
     def recommend_with_scores(self, user_or_sequence_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
                               start: bool | None = None, end: bool = False,
-                              candidates: Sequence[Any] | None = None) -> tuple[list, np.ndarray]:
+                              candidates: Sequence[Any] | None = None, *, return_vector: bool = False) -> tuple:
         """``(top-k external ids, their scores)`` after appending ``new_items`` to the sequence; ``candidates``: the
         item ids to choose from (a ``--candidates`` model; fewer than ``k`` ids come back when it lists fewer).
+        ``return_vector`` (a ``--user-vector`` model; another refuses it, ValueError, sending nothing):
+        ``(ids, scores, vector)``, the sequence's ``[vector_size]`` float32 query vector after the event -- this
+        call's own, unlike :attr:`last_user_vector`, which the calls of other threads also set.
 
         One request, unless the model caps the new items a request may carry (:attr:`max_new_items`: a TensorRT
         engine's profile) below ``len(new_items)``: then consecutive requests of at most the cap, in order, within
@@ -636,11 +774,12 @@ class TritonRecommender(_Base):
         through the rest, is the state after the whole). Should a later request be refused, the earlier ones stay
         applied: the sequence then needs :meth:`prime` (its next event is refused until then)."""
         k = self._check_k(k)
+        self._check_vectors_wanted(return_vector, "return_vector")
         extra = self._candidates(None if candidates is None else [candidates])
         top, sc, vector = self._event(user_or_sequence_id, self._event_ids(new_items), timestamps, start, end, extra)
         if vector is not None:
             self.last_user_vector = vector
-        return self._pick(top, sc, k)
+        return (*self._pick(top, sc, k), vector) if return_vector else self._pick(top, sc, k)
 
     def _event_ids(self, new_items, where: str = "") -> np.ndarray:
         """``new_items`` as internal indices ``[1, T]``, checked: not empty, each in the model's range."""
@@ -723,7 +862,8 @@ class TritonRecommender(_Base):
                                        "call prime() with its history")
 
     def recommend_many(self, events: Sequence[tuple], k: int | None = None,
-                       candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
+                       candidates: Sequence[Sequence[Any] | None] | None = None, *,
+                       return_vectors: bool = False) -> list[tuple]:
         """``(top-k external ids, their scores)`` of each event, in order: ``events`` are ``(user_or_sequence_id,
         new_items)`` or ``(user_or_sequence_id, new_items, timestamps)``, one per sequence (a sequence's events must
         reach the server in order); ``candidates``: one list of item ids per event (None: not restricted). With
@@ -734,8 +874,10 @@ class TritonRecommender(_Base):
 
         Every event is checked before any is sent (an unknown id or an empty event sends nothing). The states live on
         the server, so a request the server refuses does not undo the others: the first refusal is raised once every
-        request has answered, the other sequences having advanced."""
+        request has answered, the other sequences having advanced. ``return_vectors`` (a ``--user-vector`` model):
+        ``(ids, scores, vector)`` per event instead, as :meth:`recommend_with_scores` returns it."""
         k = self._check_k(k)
+        self._check_vectors_wanted(return_vectors, "return_vectors")
         users = state_store.check_events(events)
         sids = [sequence_id(u) for u in users]
         if len(set(sids)) < len(sids):
@@ -779,6 +921,8 @@ class TritonRecommender(_Base):
             raise first_error
         if answers[-1][2] is not None:
             self.last_user_vector = answers[-1][2]
+        if return_vectors:
+            return [(*self._pick(top, sc, k), vector) for top, sc, vector in answers]
         return [self._pick(top, sc, k) for top, sc, _ in answers]
 
     def recommend(self, user_or_sequence_id, new_items: Sequence[Any], timestamps=None, k: int | None = None,
@@ -987,16 +1131,23 @@ class ExplicitStateRecommender(_Base):
         return _new_items_cap(self, self.backend)
 
     def recommend_with_scores(self, user_id, new_items, timestamps=None, k: int | None = None,
-                              start: bool = False, candidates: Sequence[Any] | None = None):
-        """The top-``k`` after ``new_items`` (and their ``timestamps``), from the user's stored state (``start``:
-        from the initial state, whatever is stored); the new state replaces the stored one. ``candidates``: the item
-        ids to choose from (a ``--candidates`` model). An event of more items than the model takes a request
-        (:attr:`max_new_items`) goes in pieces, all or nothing, as :meth:`recommend_many` says."""
+                              start: bool = False, candidates: Sequence[Any] | None = None, *,
+                              return_vector: bool = False) -> tuple:
+        """``(top-k ids, their scores)`` after ``new_items`` (and their ``timestamps``), from the user's stored state
+        (``start``: from the initial state, whatever is stored); the new state replaces the stored one.
+        ``candidates``: the item ids to choose from (a ``--candidates`` model). An event of more items than the
+        model takes a request (:attr:`max_new_items`) goes in pieces, all or nothing, as :meth:`recommend_many` says.
+        ``return_vector`` (a ``--user-vector`` model; another refuses it, ValueError, sending nothing):
+        ``(ids, scores, vector)``, the user's ``[vector_size]`` float32 query vector after the event -- this call's
+        own, unlike :attr:`last_user_vector`, which the calls of other threads also set."""
+        self._check_vectors_wanted(return_vector, "return_vector")
         event = (user_id, new_items) if timestamps is None else (user_id, new_items, timestamps)
-        return self.recommend_many([event], k, start, None if candidates is None else [candidates])[0]
+        return self.recommend_many([event], k, start, None if candidates is None else [candidates],
+                                   return_vectors=return_vector)[0]
 
     def recommend_many(self, events: Sequence[tuple], k: int | None = None, start: bool = False,
-                       candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
+                       candidates: Sequence[Sequence[Any] | None] | None = None, *,
+                       return_vectors: bool = False) -> list[tuple]:
         """``(top-k ids, their scores)`` of each event, in order: ``events`` are ``(user_id, new_items)`` or
         ``(user_id, new_items, timestamps)``, one per user (a user twice in one call would need the first event's
         state for the second). Events with as many new items go in one request, a batch of users (up to the model's
@@ -1005,6 +1156,8 @@ class ExplicitStateRecommender(_Base):
         and stores nothing); with a versioned store they are committed together, or sent again from the newer states
         if another process stored one of these users meanwhile. ``start``: every user from the initial state.
         ``candidates``: one list of item ids per event (None: not restricted; a ``--candidates`` model).
+        ``return_vectors`` (a ``--user-vector`` model): ``(ids, scores, vector)`` per event instead, as
+        :meth:`recommend_with_scores` returns it.
 
         An event of more items than the model takes a request (:attr:`max_new_items`: a TensorRT engine's profile,
         the config's ``max_seq_length``) goes as consecutive pieces of at most that many items (the last one the
@@ -1018,6 +1171,7 @@ class ExplicitStateRecommender(_Base):
         stores nothing (the states of the pieces already answered are dropped), so what was stored before the call
         is kept and the whole call can be sent again."""
         k = self._check_k(k)
+        self._check_vectors_wanted(return_vectors, "return_vectors")
         users = state_store.checked_users(events)      # str or int, whatever the store
         if candidates is not None and len(candidates) != len(events):
             raise ValueError(f"candidates: one list per event ({len(events)} events), got {len(candidates)}")
@@ -1052,7 +1206,7 @@ class ExplicitStateRecommender(_Base):
                 if ts is not None and "last_ts" in state:
                     self._check_after(ts, float(np.asarray(state["last_ts"]).reshape(-1)[0]), f"user {user!r}")
                 states.append(state)
-            results, new, last_vector = [None] * len(users), [None] * len(users), None
+            results, new, vectors = [None] * len(users), [None] * len(users), [None] * len(users)
             for rnd in range(max(map(len, pieces))):   # piece rnd of every event, then piece rnd + 1
                 groups: dict[int, list[int]] = {}      # this round's pieces by their number of items
                 for i, p in enumerate(pieces):
@@ -1087,22 +1241,24 @@ class ExplicitStateRecommender(_Base):
                             if end:
                                 results[i] = self._pick(top[row], scores[row], k)
                                 new[i] = state_store.tagged(state, self.fingerprint)
+                                if vector:
+                                    vectors[i] = r.as_numpy("user_vector")[row].copy()
                             else:                    # the next piece's state inputs; stored only after the last
                                 states[i] = state
-                        if vector and chunk[-1] == len(users) - 1 and last[-1]:
-                            last_vector = r.as_numpy("user_vector")[-1].copy()
-            return (results, restarted, last_vector), new
+            return (results, restarted, vectors), new
 
         # with a versioned store, committed only if no other process stored these users meanwhile (else sent again);
         # under the users' locks: no other thread's event of these users between the read and the store
         with self._locks.holding(users):
-            (results, restarted, last_vector), conflicts = state_store.transact(self.store, users, compute,
-                                                                                read=not start)
+            (results, restarted, vectors), conflicts = state_store.transact(self.store, users, compute,
+                                                                            read=not start)
         with self._count_lock:
             self.restarted += restarted
             self.conflicts += conflicts
         if vector:
-            self.last_user_vector = last_vector
+            self.last_user_vector = vectors[-1]
+        if return_vectors:
+            return [(ids, scores, v) for (ids, scores), v in zip(results, vectors)]
         return results
 
     def recommend(self, user_id, new_items, timestamps=None, k: int | None = None,
@@ -1151,19 +1307,24 @@ class WindowRecommender(_Base):
         self.padding_side = self._param("padding_side", "right")
 
     def recommend_with_scores(self, history, timestamps=None, k: int | None = None,
-                              candidates: Sequence[Any] | None = None) -> tuple[list, np.ndarray]:
+                              candidates: Sequence[Any] | None = None, *, return_vector: bool = False) -> tuple:
         """``(top-k external ids, their scores)`` after ``history`` (oldest first), among ``candidates`` when
-        given."""
+        given; ``return_vector`` (a ``--user-vector`` model): ``(ids, scores, vector)``, the history's
+        ``[vector_size]`` float32 query vector -- this call's own, unlike :attr:`last_user_vector`."""
+        self._check_vectors_wanted(return_vector, "return_vector")
         return self.recommend_many([history], None if timestamps is None else [timestamps], k,
-                                   None if candidates is None else [candidates])[0]
+                                   None if candidates is None else [candidates], return_vectors=return_vector)[0]
 
     def recommend_many(self, histories: Sequence, timestamps: Sequence | None = None, k: int | None = None,
-                       candidates: Sequence[Sequence[Any] | None] | None = None) -> list[tuple[list, np.ndarray]]:
+                       candidates: Sequence[Sequence[Any] | None] | None = None, *,
+                       return_vectors: bool = False) -> list[tuple]:
         """``(top-k external ids, their scores)`` after each of ``histories`` (oldest first; only the last
         ``max_seq_length`` items are sent), and their ``timestamps`` for time-aware models: the histories go as the
         rows of one request (up to the model's ``max_batch_size``), 0-padded to the longest on the model's side.
-        ``candidates``: one list of item ids per history (None: not restricted; a ``--candidates`` model)."""
+        ``candidates``: one list of item ids per history (None: not restricted; a ``--candidates`` model).
+        ``return_vectors`` (a ``--user-vector`` model): ``(ids, scores, vector)`` per history instead."""
         k = self._check_k(k)
+        self._check_vectors_wanted(return_vectors, "return_vectors")
         if len(histories) == 0:
             raise ValueError("no histories given")
         if candidates is not None and len(candidates) != len(histories):
@@ -1185,7 +1346,7 @@ class WindowRecommender(_Base):
             ts = self._check_ts(timestamps[i], ids.shape[1])[0, -self.max_len:] if self.uses_timestamps else None
             rows.append((ids[0, -self.max_len:], ts))
         outs = self._outputs_for(["topk_ids", "topk_scores"])
-        results = []
+        results, vectors = [], []
         for at in range(0, len(rows), self.max_batch):
             chunk = rows[at:at + self.max_batch]
             L = max(len(ids) for ids, _ in chunk)
@@ -1207,7 +1368,11 @@ class WindowRecommender(_Base):
             top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
             results += [self._pick(top[b], scores[b], k) for b in range(len(chunk))]
             if "user_vector" in self.outputs:
-                self.last_user_vector = r.as_numpy("user_vector")[-1].copy()
+                vectors += [v.copy() for v in r.as_numpy("user_vector")[:len(chunk)]]
+        if vectors:
+            self.last_user_vector = vectors[-1]
+        if return_vectors:
+            return [(ids, scores, v) for (ids, scores), v in zip(results, vectors, strict=True)]
         return results
 
     def recommend(self, history, timestamps=None, k: int | None = None,
@@ -1217,4 +1382,4 @@ class WindowRecommender(_Base):
 
 
 __all__ = ["TritonRecommender", "ExplicitStateRecommender", "WindowRecommender", "TritonRecommendError",
-           "sequence_id"]
+           "ItemIds", "UnknownItemError", "sequence_id"]

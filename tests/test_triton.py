@@ -1701,6 +1701,15 @@ def test_live_exclude_seen_sequences_never_get_their_history(live_server, lru_se
     bad = [i for i, (got, (ri, rs)) in enumerate(zip(served, _reference_topk_unseen(model, prefixes), strict=True))
            if not _same_topk(got, ri, rs)]
     assert not bad, f"{len(bad)} of {len(served)} events differ from PyTorch, first at prefix {prefixes[bad[0]]}"
+    # each call's own vector (what threads sharing the client read): the one event's, or one per event of a batch
+    _, _, own = cl.recommend_with_scores("own", [5, 6], start=True, return_vector=True)
+    np.testing.assert_allclose(own, model.query_vectors(torch.tensor([[5, 6]]))[0].numpy(), atol=1e-4, rtol=0)
+    many = cl.recommend_many([("own", [7]), ("own2", [8, 9])], return_vectors=True)
+    for (_, _, v), p in zip(many, [[5, 6, 7], [8, 9]], strict=True):
+        np.testing.assert_allclose(v, model.query_vectors(torch.tensor([p]))[0].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(cl.last_user_vector, many[-1][2])
+    cl.end("own")
+    cl.end("own2")
     # a bare END answers no event: end() frees the state and keeps the vector of the sequence's last event
     cl.prime("probe", [3, 4])
     vector, live = cl.last_user_vector.copy(), cl.last_live_sequences

@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 # the reading of ids written as text and the item_vocab.json format, shared with the torch-free serving runtime
 # (export.runtime): checked in one place for both
+from export.ids import UnknownItemError  # noqa: F401  (zoo.vocab.UnknownItemError: the one class both raise)
 from export.ids import is_canonical_int_text, is_int_text, other_normalization, unknown_id_hint  # noqa: F401
 from export.vocab_format import VOCAB_FORMAT as _FORMAT, load_vocab_json, vocab_items
 
@@ -61,13 +62,6 @@ def check_indices(indices: Iterable[int], n: int) -> list[int]:
             raise IndexError(f"internal item index {i} at position {k} out of range 1..{n} (0 is padding)")
         out.append(i)
     return out
-
-
-class UnknownItemError(KeyError):
-    """An external item id that the model's vocabulary does not contain."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0]) if self.args else "unknown item id"
 
 
 class ItemVocab:

@@ -465,6 +465,65 @@ def _stdout_to_devnull() -> None:
         pass
 
 
+#: what marks an out-of-memory error that is not a ``MemoryError``: torch's CPU allocator (a ``RuntimeError``) and
+#: onnxruntime's arena (its own exception classes)
+_OOM_MARKS = ("DefaultCPUAllocator: can't allocate memory", "Failed to allocate memory")
+
+
+def _bytes_text(n: int) -> str:
+    """``274877906944`` -> ``"256.0 GiB"``."""
+    size, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if size < 1024 or unit == "EiB":
+            break
+        size /= 1024
+    return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """For :func:`run_cli`: ``None`` unless ``e`` says the process ran out of memory -- a ``MemoryError`` (numpy's
+    ``_ArrayMemoryError`` is one), torch's CPU allocator ``RuntimeError`` ("DefaultCPUAllocator: can't allocate
+    memory: you tried to allocate N bytes"), a ``torch.OutOfMemoryError`` (CUDA's), onnxruntime's "Failed to allocate
+    memory" -- else the size it tried to allocate, ``"256.0 GiB"``, or ``""`` when the error does not say. Any other
+    ``RuntimeError`` is None."""
+    import re
+
+    text = str(e)
+    torch = sys.modules.get("torch")
+    oom = (isinstance(e, MemoryError)
+           or (torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ())))
+           or (isinstance(e, RuntimeError) and _OOM_MARKS[0] in text)
+           or (type(e).__module__.startswith("onnxruntime") and _OOM_MARKS[1] in text))
+    if not oom:
+        return None
+    m = re.search(r"[Tt]ried to allocate (\d+) bytes|buffer of size (\d+)", text)
+    if m:
+        return _bytes_text(int(m.group(1) or m.group(2)))
+    m = re.search(r"(?:Unable|[Tt]ried) to allocate (\d+(?:\.\d*)? ?[KMGTPE]?i?B)\b", text)
+    return m.group(1) if m else ""
+
+
+def _size_options(argv) -> list[str]:
+    """The options of the command line ``argv`` given a whole number (``--max-len 1000000000``, ``--set
+    hidden_size=1000000``, ``--sampled uni100000000``), largest number first, at most three: what an out-of-memory
+    line of :func:`run_cli` names to check (a seed is no size and is left out)."""
+    import re
+
+    found: list[tuple[int, str]] = []
+    option = None
+    for token in (str(t) for t in argv):
+        if token.startswith("--"):
+            option, _, token = token.partition("=")
+            if not token:
+                continue
+        if option is None or "seed" in option:
+            continue
+        m = re.fullmatch(r"(?:[\w.]+=|uni|pop)?([0-9]+)", token)
+        if m and int(m.group(1)) > 1:
+            found.append((int(m.group(1)), f"{option} {token}"))
+    return [text for _, text in sorted(found, key=lambda f: -f[0])[:3]]
+
+
 def run_cli(main: Callable, *args, prog: str | None = None):
     """Run a command's ``main(*args)`` as every ``python -m`` entry and console script of the zoo and its exporters
     does, and return its result. A closed stdout (``| head -1``: ``BrokenPipeError`` on stdout) ends the command
@@ -482,7 +541,11 @@ def run_cli(main: Callable, *args, prog: str | None = None):
     ``KeyboardInterrupt``, so the same cleanups run -- with ``PROG: terminated`` (and the hint) and status 143; the
     handler is set for the call only (:func:`_catch_sigterm`: in the main thread, where SIGTERM has its default
     action) and put back after. ``prog``: the command's name in those lines (default: ``python -m MODULE`` of
-    ``main``'s module, or its console script's name: :func:`command_prog`)."""
+    ``main``'s module, or its console script's name: :func:`command_prog`). Running out of memory -- a
+    ``MemoryError``, torch's CPU allocator (or CUDA's) failing, onnxruntime's arena failing; any other
+    ``RuntimeError`` goes on up as it was -- ends it with one line on stderr, ``PROG: error: out of memory (tried to
+    allocate 256.0 GiB); check the size options: --max-len 1000000000`` (the whole-number options given:
+    :func:`_size_options` of ``args[0]`` when it is the command line, else ``sys.argv``), and status 1."""
     if prog is None:
         spec = getattr(main, "__globals__", {}).get("__spec__")          # ``python -m zoo.train``: __main__'s spec
         prog = command_prog(spec.name) if spec is not None else getattr(main, "__module__", "command")
@@ -548,6 +611,22 @@ def run_cli(main: Callable, *args, prog: str | None = None):
         if failure is not None and (e.code in (None, EXIT_OK) or failure is not caught):
             stdout_failed(failure, e.code)      # a failed command said why itself, unless its stdout failed after
         raise
+    except Exception as e:                      # out of memory: a size option too large for this machine, likely
+        tried = _out_of_memory(e)
+        if tried is None:
+            raise
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except (OSError, ValueError):
+            _stdout_to_devnull()
+        argv = args[0] if args and isinstance(args[0], (list, tuple)) else sys.argv[1:]
+        options = _size_options(argv)
+        print(f"{prog}: error: out of memory" + (f" (tried to allocate {tried})" if tried else "")
+              + ("; check the size options: " + ", ".join(options) if options
+                 else "; check the size options (batch sizes, lengths, counts, model sizes)"),
+              file=sys.stderr, flush=True)
+        sys.exit(EXIT_ERROR)
     if watching is not None and watching[0].failure is not None:
         stdout_failed(watching[0].failure)      # a write error the command caught and went on after
     return result

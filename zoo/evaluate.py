@@ -100,7 +100,8 @@ def sample_negatives(examples: EvalExamples, n_items: int, n: int, how: str = "u
     training counts, ``how="pop"``: items never trained on are never drawn). Row ``r`` depends only on ``seed``, ``r``
     and the data (``numpy.random.default_rng([seed, r])``), so evaluations of several models share their negatives.
 
-    Raises ``ValueError`` for a row with fewer than ``n`` items left to draw (naming the user)."""
+    Raises ``ValueError`` for a row with fewer than ``n`` items left to draw (naming the user), before the ``[B, n]``
+    array is allocated (an absurd ``n``, ``uni1000000000``, is that error, not a ``MemoryError``)."""
     if how not in SAMPLERS:
         raise ValueError(f"how must be one of {', '.join(SAMPLERS)}, got {how!r}")
     n = int(n)
@@ -117,7 +118,8 @@ def sample_negatives(examples: EvalExamples, n_items: int, n: int, how: str = "u
     else:
         drawable = np.ones(n_items, dtype=bool)
         drawable[0] = False
-    out = np.empty((len(examples), n), dtype=np.int64)
+    # n >= n_items: no row has that many items to draw, so row 0 fails below -- before an array of that width
+    out = np.empty((len(examples), n if n < n_items or not len(examples) else 0), dtype=np.int64)
     for r, (h, t) in enumerate(zip(examples.histories, examples.targets, strict=True)):
         gone = set(np.asarray(h).tolist()) | {int(t)}
         left = int(drawable.sum()) - sum(1 for x in gone if 0 <= x < n_items and drawable[x])

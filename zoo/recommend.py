@@ -246,6 +246,40 @@ def _similar(args, model, exclude: list) -> dict:
     return out
 
 
+def _k_usage_error(args, model, exclude: list, candidates: list | None) -> str | None:
+    """The usage error of a ``--k`` above the items the loaded ``model`` can return, naming the flag, the value and
+    the bound (``None`` when it fits), checked before ``--data`` is read and exit 2, as ``zoo.evaluate --ks`` and
+    ``export.onnx --topk`` are: the catalogue (``n_items - 1`` items); for one history, the ``--candidates`` in its
+    place, less the ``--exclude-items`` (``--all-users`` gives a user left with fewer a shorter line); for
+    ``--similar-to``, the catalogue less the query item and the ``--exclude-items``. ``--exclude-seen``'s bound
+    depends on the history, checked with it (exit 1)."""
+    k, catalogue = args.k, int(model.config.n_items) - 1
+    try:
+        excluded = set(model.encode_item_set(exclude))
+        if args.similar_to:
+            query = model.encode_item_set(_drop_unknown([_history_id(x, model) for x in args.similar_to], args, model),
+                                          "--similar-to")
+            left = min((catalogue - len(excluded | {q}) for q in query), default=catalogue)
+            if k <= left:
+                return None
+            after = " and the --exclude-items" if excluded else ""
+            return (f"--k {k}: the model's catalogue has {catalogue} items, {left} left beside a --similar-to item"
+                    f"{after}; use --k <= {left}")
+        if candidates and not args.all_users:
+            pool = set(model.encode_item_set(candidates, "--candidates"))
+            left = len(pool - excluded)
+            less = f", {left} left after the {len(pool) - left} of them in --exclude-items" if left < len(pool) else ""
+            return None if k <= left else (f"--k {k}: --candidates lists {len(pool)} items the model knows{less}; "
+                                           f"use --k <= {left}")
+    except (KeyError, ValueError, TypeError):       # an id the model refuses: named where it is used
+        return None
+    left = catalogue if args.all_users else catalogue - len(excluded)
+    if k <= left:
+        return None
+    less = f", {left} left after the {len(excluded)} of --exclude-items" if left < catalogue else ""
+    return f"--k {k}: the model's catalogue has {catalogue} items{less}; use --k <= {left}"
+
+
 def _table_id(item) -> str:
     """An id as a table row shows it: as it is, or its ``repr`` when it holds a tab, a line break or another
     character that is not printable (which would break the columns or the line; ``--json`` gives it exactly)."""
@@ -376,6 +410,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             sys.exit(f"error: {error_text(e)}")
         if not candidates:
             sys.exit("error: --candidates: the model knows none of the candidates")
+    problem = _k_usage_error(args, model, exclude, candidates)      # before --data is read: a usage error (2)
+    if problem:
+        p.error(problem)
     if args.similar_to:
         return _similar(args, model, exclude)
     if args.data:

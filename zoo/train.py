@@ -669,6 +669,9 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     if loss == "sampled-softmax":
         n_items = int(model.config.n_items)
         num = DEFAULT_NEGATIVES if negatives is None else negatives
+        if negatives is not None and negatives > n_items - 1:     # refused before the sampler draws [K] per batch
+            raise ValueError(f"--negatives {negatives}: the catalogue holds {n_items - 1:,} items; use --negatives <= "
+                             f"{n_items - 1}, or --loss ce (the full cross-entropy: exact, and cheaper at that size)")
         if num >= n_items - 1:
             print(f"[zoo.train] note: --negatives {num} draws as many items as the catalogue holds ({n_items - 1:,}): "
                   "the full cross-entropy (--loss ce) is exact and cheaper", flush=True)
@@ -802,10 +805,11 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
     (:func:`zoo.data.load_dataset`) are kept in the log's ``data_options``, so that ``zoo.hub card`` evaluates the
     checkpoint on the same sequences.
     ``loss`` is ``ce`` (cross-entropy over all items) or ``sampled-softmax`` (each target against ``negatives``
-    items shared by the batch, drawn by ``negative_sampler``; :mod:`zoo.losses`), for catalogues too large to score
-    whole at every target; validation and test always rank the full catalogue. ``sparse_item_grad`` (sampled
-    softmax only) gives the item table a sparse gradient and updates it by lazy Adam (:class:`SparseItemOptimizer`):
-    only the rows a batch read move, which is what keeps a step cheap on a catalogue of millions.
+    items shared by the batch, drawn by ``negative_sampler``; :mod:`zoo.losses`; a ``negatives`` above the catalogue,
+    ``n_items - 1``, is refused), for catalogues too large to score whole at every target; validation and test
+    always rank the full catalogue. ``sparse_item_grad`` (sampled softmax only) gives the item table a sparse
+    gradient and updates it by lazy Adam (:class:`SparseItemOptimizer`): only the rows a batch read move, which is
+    what keeps a step cheap on a catalogue of millions.
     A run whose numbers overflow (a NaN or infinite loss, an optimizer step that overflows, NaN or infinite scores in
     validation) ends with a :class:`TrainingDiverged` at once, ``out`` keeping what it held (:func:`_diverged`); a
     starting or best checkpoint whose scores overflow is a :class:`zoo.evaluate.ScoreOverflow`."""
@@ -1307,7 +1311,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "--negatives items shared by the batch, logQ-corrected, for catalogues too large to "
                                 "score whole at every target (validation and test still rank all items)")
     objective.add_argument("--negatives", type=positive_int,
-                           help=f"negatives per batch for --loss sampled-softmax (default {DEFAULT_NEGATIVES})")
+                           help=f"negatives per batch for --loss sampled-softmax (default {DEFAULT_NEGATIVES}; at most "
+                                "the catalogue's items)")
     objective.add_argument("--negative-sampler", choices=SAMPLERS, default="uniform",
                            help="proposal of the negatives: uniform over the items, or popularity (training "
                                 "counts + 1); default: uniform")

@@ -109,7 +109,9 @@ def usable_state(stored: dict | None, fingerprint: str | None, on_stale: str, us
     if on_stale == "restart":
         return None
     raise error(
-        f"the stored state of user {user_id!r} was written by another model than {serving} serves now "
+        f"the stored state of user {user_id!r} was written by another model than {serving} serves now, or by an "
+        "earlier version of the zoo's runtime that tagged states otherwise (time-aware window graphs' states are "
+        "stale once after the upgrade that added window-timestamps to their tag) "
         f"({'no fingerprint: stored before states were tagged' if tag is None else tag[:23] + '...'}; this "
         f"model: {fingerprint[:23]}...): fed to it, it would give wrong recommendations. Replay the user's "
         "history (prime(user, history)), or pass on_stale='restart' to start such users afresh")

@@ -66,6 +66,13 @@ VOCAB_ITEMS = "vocab_items"
 SEEN_STATE = "seen"
 #: name of the ``--user-vector`` output (``[B, vector_size]`` float32, the query vector of retrieval)
 USER_VECTOR = "user_vector"
+#: default :attr:`OnnxStepSession.max_new_items`: the most new items per row one step-graph call takes; a longer
+#: ``step`` / ``prime`` (a user's whole history) goes as consecutive calls of at most this many, each call's state
+#: the next one's (exact: a prefix followed by more steps is the whole). A call's activations grow with its items
+#: (about 5 KB per item for Mamba4Rec ML-1M) and ONNX Runtime's CPU arena keeps its peak for the session's life, so
+#: one unsplit 10^6-event history would hold ~6 GB; in calls of 1024 items a 200,000-event prime adds ~11 MB of RSS,
+#: and runs no slower (``export/README.md``, "Running without torch" and "Memory").
+MAX_NEW_ITEMS = 1024
 
 
 @dataclass
@@ -527,11 +534,21 @@ class OnnxStepSession(_Base):
     arrays (dtypes from ``state_spec.json``: float32, and float64 for TiM4Rec-causal's ``last_ts``).
 
     The state is the graph's state tensors plus the client states of a gaps-form graph (``spec["client_state"]``:
-    ``last_ts``, kept and updated here, never fed to the graph)."""
+    ``last_ts``, kept and updated here, never fed to the graph).
+
+    ``max_new_items`` (:data:`MAX_NEW_ITEMS` by default; an int >= 1, or None: no limit): the most new items per row
+    one graph call takes. A longer :meth:`step` or :meth:`prime` goes as consecutive calls of at most that many items
+    (the last one the rest), each call's ``*_out`` states the next one's state inputs (timestamps / time gaps split
+    with their items; the candidates go with the last call, whose outputs come back): the same top-k, scores and
+    state as one call, within float rounding, with the memory of one call of ``max_new_items`` items -- as
+    :class:`export.triton_client.TritonRecommender` splits an event past a TensorRT model's cap."""
 
     kind = "step"
 
-    def __init__(self, path, threads: int | None = None, providers=None, session_options=None):
+    def __init__(self, path, threads: int | None = None, providers=None, session_options=None, *,
+                 max_new_items: int | None = MAX_NEW_ITEMS):
+        #: the most new items per row of one graph call (None: no limit); see the class docstring
+        self.max_new_items = None if max_new_items is None else _count(max_new_items, "max_new_items")
         super().__init__(path, threads, providers, session_options)
         #: "timestamps" / "gaps" for time-aware graphs (older specs without the key: "timestamps"), else None
         self.time_input = self.spec.get("time_input", "timestamps" if self.uses_timestamps else None)
@@ -595,7 +612,8 @@ class OnnxStepSession(_Base):
         (ValueError) by the others, as by ``model.step``. ``item_ids`` rows are of one length (a step graph has no
         padding: group events by length). ``candidates [B, C]`` (``--candidates`` graphs only;
         :meth:`check_candidates`): each row's top-k among those items, empty slots holding id 0 and score ``-inf``.
-        ``state`` is not modified (the new state is returned).
+        ``state`` is not modified (the new state is returned). More than :attr:`max_new_items` items per row go as
+        consecutive graph calls carrying the state (the class docstring).
         """
         return self._step(item_ids, state, timestamps, candidates, "step")
 
@@ -605,10 +623,10 @@ class OnnxStepSession(_Base):
         ids = self.check_ids(item_ids, ragged="a step call takes rows of one length; group events by length")
         st = self.check_state(state, ids.shape[0])
         cands = self.check_candidates(candidates, ids.shape[0])
-        feeds = {"item_ids": ids}
+        per_item = {"item_ids": ids}                        # [B, T] feeds, split with the items
         client = {}
         if self.time_input == "timestamps":
-            feeds["timestamps"] = self.check_step_timestamps(timestamps, ids.shape, st)
+            per_item["timestamps"] = self.check_step_timestamps(timestamps, ids.shape, st)
         elif self.time_input == "gaps":
             ts = self.check_step_timestamps(timestamps, ids.shape, st)
             gaps, client["last_ts"] = time_gaps(ts, st["last_ts"])
@@ -616,9 +634,16 @@ class OnnxStepSession(_Base):
                 gaps32 = gaps.astype(np.float32)
             if not np.all(np.isfinite(gaps32)):              # >= 0 by the checks above; > 3.4e38 s overflows
                 raise ValueError("time gaps between the timestamps do not fit float32")
-            feeds["time_gaps"] = gaps32
-        feeds.update({n: st[n] for n in self.graph_state_names})
-        feeds.update(cands)
+            per_item["time_gaps"] = gaps32
+        state = {n: st[n] for n in self.graph_state_names}
+        cap = self.max_new_items
+        starts = range(0, ids.shape[1], cap) if cap is not None and ids.shape[1] > cap else range(1)
+        state_outs = [f"{n}_out" for n in self.graph_state_names]
+        for a in starts[:-1]:        # every piece but the last: only its states are read (its top-k is not
+            feeds = {**{n: v[:, a:a + cap] for n, v in per_item.items()}, **state,     # returned: unrestricted)
+                     **self.check_candidates(None, ids.shape[0])}
+            state = dict(zip(self.graph_state_names, self.session.run(state_outs, feeds), strict=True))
+        feeds = {**{n: v[:, starts[-1]:] for n, v in per_item.items()}, **state, **cands}
         res = dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
         return StepOutput(res["topk_ids"], res["topk_scores"],
                           {**{n: res[f"{n}_out"] for n in self.graph_state_names}, **client}, res.get("scores"),
@@ -651,9 +676,10 @@ class OnnxStepSession(_Base):
         return ts
 
     def prime(self, histories: Sequence[Sequence[int]], timestamps: Any = None, candidates: Any = None) -> StepOutput:
-        """Fresh state primed with equal-length histories (one graph call with ``T = L``; ``timestamps [B, L]``
-        seconds for time-aware graphs; ``candidates`` as for :meth:`step`). Histories of different lengths cannot
-        share a call (a step graph has no padding): prime them in separate calls, or group them by length."""
+        """Fresh state primed with equal-length histories (:meth:`step` with ``T = L`` from :meth:`init_state`: one
+        graph call, or consecutive calls of at most :attr:`max_new_items` items carrying the state; ``timestamps
+        [B, L]`` seconds for time-aware graphs; ``candidates`` as for :meth:`step`). Histories of different lengths
+        cannot share a call (a step graph has no padding): prime them in separate calls, or group them by length."""
         _check_histories(histories)
         if not isinstance(histories, np.ndarray):
             lengths = sorted({len(h) for h in histories})
@@ -774,7 +800,8 @@ class UserStateRecommender:
     masks the whole history given to it. ::
 
         rec = UserStateRecommender("exported/mamba4rec", store=my_store)
-        rec.prime("user-42", [1, 588, 364])             # a new (or returning) user: the history, one call
+        rec.prime("user-42", [1, 588, 364])             # a new (or returning) user: the history (in calls of at
+                                                        # most max_new_items items, the state carried between them)
         rec.recommend("user-42", [2571])                # then one call per event: the caller's own item ids out
         rec.recommend_many([("user-7", [50]), ("user-42", [260, 1196])])   # many users in few graph calls
 
@@ -806,6 +833,11 @@ class UserStateRecommender:
             StaleStateError`: replay the user's history with :meth:`prime`) or ``"restart"`` (start the user afresh;
             counted in ``restarted``). Step graphs exported before the fingerprint existed accept every state unchecked.
         threads: ONNX Runtime intra-op threads (when ``graph`` is a path).
+        max_new_items: when ``graph`` is a path to a step graph, its :attr:`OnnxStepSession.max_new_items` (None: the
+            default, :data:`MAX_NEW_ITEMS`): a longer history (:meth:`prime`) or event goes as consecutive graph
+            calls of at most that many items, the state carried between them (same results, bounded memory). A
+            session passed in keeps its own (an int here is then a ValueError: set it on the session). A window
+            graph reads at most ``max_seq_length`` items a call whatever the history, and ignores it.
 
     Item ids are the caller's own (``item_vocab.json`` beside the graph); an unknown id is an
     :class:`UnknownItemIdError` naming it (a ``ValueError``, and a ``KeyError`` as before). User ids are a str or an
@@ -824,17 +856,25 @@ class UserStateRecommender:
     stored those users since they were read, else it reads and runs again (counted in ``conflicts``), so no event is
     lost. A plain store shared by processes needs one writer per user."""
 
-    def __init__(self, graph, store=None, on_stale: str = "error", threads: int | None = None):
+    def __init__(self, graph, store=None, on_stale: str = "error", threads: int | None = None,
+                 max_new_items: int | None = None):
         from . import state_store
 
         self._ss = state_store
         #: the session was built here from a path: close() closes it (one passed in is the caller's)
         self._owns_session = not isinstance(graph, (OnnxStepSession, OnnxWindowSession))
         if isinstance(graph, (OnnxStepSession, OnnxWindowSession)):
+            if max_new_items is not None:
+                raise ValueError("max_new_items applies to a graph given as a path; a session passed in keeps its "
+                                 "own: OnnxStepSession(path, max_new_items=...)")
             self.session = graph
         else:
             kind = read_spec(_resolve(graph)[1])["kind"]
-            self.session = (OnnxStepSession if kind == "step" else OnnxWindowSession)(graph, threads=threads)
+            if kind == "step":
+                self.session = OnnxStepSession(graph, threads=threads, max_new_items=(
+                    MAX_NEW_ITEMS if max_new_items is None else max_new_items))
+            else:
+                self.session = OnnxWindowSession(graph, threads=threads)
         self.window = isinstance(self.session, OnnxWindowSession)
         self.store = {} if store is None else store
         self.on_stale = state_store.check_on_stale(on_stale)
@@ -1106,8 +1146,10 @@ class UserStateRecommender:
 
     def prime(self, user_id, history: Sequence[Any], timestamps=None, k: int | None = None,
               candidates: Sequence[Any] | None = None) -> list:
-        """(Re)start the user from a whole history in one graph call, whatever is stored (a new user, or one whose
-        state a replaced model wrote); returns the top-k after it."""
+        """(Re)start the user from a whole history, whatever is stored (a new user, or one whose state a replaced
+        model wrote); returns the top-k after it. A step graph runs it in calls of at most
+        :attr:`OnnxStepSession.max_new_items` items carrying the state (bounded memory, the same result as one call);
+        a window graph runs its last ``max_seq_length`` items, in one call."""
         return self.recommend_with_scores(user_id, history, timestamps, k, start=True, candidates=candidates)[0]
 
     def forget(self, user_id) -> None:
@@ -1185,5 +1227,5 @@ def _stack_candidates(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
     return _pad_rows([[] if r is None else r for r in rows])
 
 
-__all__ = ["OnnxStepSession", "OnnxWindowSession", "StepOutput", "UnknownItemIdError", "UserStateRecommender",
-           "VOCAB_FORMAT", "read_spec", "read_vocab", "seconds", "time_gaps"]
+__all__ = ["MAX_NEW_ITEMS", "OnnxStepSession", "OnnxWindowSession", "StepOutput", "UnknownItemIdError",
+           "UserStateRecommender", "VOCAB_FORMAT", "read_spec", "read_vocab", "seconds", "time_gaps"]

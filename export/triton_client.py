@@ -75,10 +75,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import state_store
-from .ids import UnknownItemError, is_canonical_int_text, is_int_text, unknown_id_hint
+from .ids import UnknownItemError
+from .item_vocab import ItemVocab
 from .timestamps import seconds, time_gaps
 from .deps import require
-from .vocab_format import load_vocab_json, vocab_items
 
 #: the vocabulary's file name in a model's folder (``zoo.vocab.VOCAB_FILE``)
 VOCAB_FILE = "item_vocab.json"
@@ -109,132 +109,14 @@ def sequence_id(user_or_sequence_id: Any) -> int:
     raise TypeError(f"sequence id must be an int or a str, got {type(user_or_sequence_id).__name__}")
 
 
-def _id_value(x):
-    """``x`` itself, or its Python value for a numpy / torch scalar (``.item()``) (``zoo.vocab.int_id_value``)."""
-    if isinstance(x, (str, bytes)) or not hasattr(x, "item"):
-        return x
-    try:
-        return x.item()
-    except (TypeError, ValueError, RuntimeError):                     # arrays of more than one element
-        return x
-
-
-def _int_id(x) -> int | None:
-    """``x`` as an int id when it is one: a Python int, or a numpy / torch integer scalar; never a bool, a float or a
-    string (``zoo.vocab.int_id``)."""
-    v = _id_value(x)
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-class ItemIds:
-    """The ``item_vocab.json`` a client reads from a path: external ids <-> internal indices ``1..n``, read by
-    :func:`export.vocab_format.vocab_items` (the format's one checker) and looked up as
-    :class:`zoo.vocab.ItemVocab` looks them up -- the same id types, errors and messages -- without importing
-    ``zoo`` (torch, transformers). Attributes as ``ItemVocab``'s: ``items``, ``id_type``, ``n_items``."""
-
-    def __init__(self, items: list, id_type: str):
-        self.items, self.id_type = list(items), id_type
-        self._index = {x: i + 1 for i, x in enumerate(self.items)}
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "ItemIds":
-        """``item_vocab.json``, or a folder holding it, as ``ItemVocab.load`` reads it: a file that is not UTF-8 JSON,
-        or not a vocabulary, is a ``ValueError`` naming it; a missing one ``FileNotFoundError``."""
-        if os.path.isdir(path):
-            path = os.path.join(path, VOCAB_FILE)
-        return cls(*vocab_items(load_vocab_json(path), str(path)))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    @property
-    def n_items(self) -> int:
-        """Embedding rows: the items + the padding row 0."""
-        return len(self.items) + 1
-
-    def __contains__(self, item) -> bool:
-        try:
-            return self._key(item) in self._index
-        except (TypeError, ValueError):
-            return False
-
-    def __repr__(self) -> str:
-        return f"ItemIds({len(self)} {self.id_type} ids: [{', '.join(repr(x) for x in self.items[:3])}, ...])"
-
-    def _type_error(self, item, where: str = "") -> TypeError:
-        kind = "a bool" if isinstance(_id_value(item), bool) else type(item).__name__
-        if self.id_type == "int":
-            return TypeError(f"item id {item!r} ({kind}){where} is not an int id; this vocabulary holds int ids")
-        return TypeError(f"item id {item!r} ({kind}){where} is not a str id; this vocabulary holds str ids (an int "
-                         "is looked up as its text; None, a NaN, a float or a bool is no id)")
-
-    def _key(self, item):
-        """``item`` as its key here (``ItemVocab._key``): an int vocabulary takes an int (numpy / torch integers too)
-        or the canonical text of one (``"007"``, ``" 7 "`` stay strings: unknown ids); a str vocabulary a str, or an
-        int looked up as its text. Anything else is a ``TypeError``."""
-        if self.id_type == "int":
-            if isinstance(item, str):
-                if is_canonical_int_text(item):
-                    return int(item)
-                if is_int_text(item.strip()):
-                    return str(item)
-            else:
-                x = _int_id(item)
-                if x is not None:
-                    return x
-            raise self._type_error(item)
-        if isinstance(item, str):
-            return str(item)
-        x = _int_id(item)
-        if x is not None:
-            return str(x)
-        raise self._type_error(item)
-
-    def encode(self, items) -> list[int]:
-        """External ids -> internal indices (>= 1): :class:`UnknownItemError` (``zoo.vocab.UnknownItemError``) naming
-        the first unknown id, ``TypeError`` naming an id of the wrong type and its
-        position."""
-        out = []
-        for i, x in enumerate(items):
-            try:
-                k = self._key(x)
-            except TypeError:
-                raise self._type_error(x, f" at position {i}") from None
-            idx = self._index.get(k)
-            if idx is None:
-                raise UnknownItemError(f"unknown item id {x!r}: not in the model's item vocabulary ({len(self)} "
-                                     "items)" + unknown_id_hint(k, self._index))
-            out.append(idx)
-        return out
-
-    def decode(self, indices) -> list:
-        """Internal indices (``1..n``) -> external ids, read as ``ItemVocab.decode`` reads them: an index out of range
-        (0 is padding) is an ``IndexError``, a bool, a string or None a ``TypeError``, a float that is not a whole
-        number a ``ValueError``, each naming it."""
-        if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
-            raise TypeError(f"internal item indices must be a sequence of ints, got {type(indices).__name__}")
-        out, n = [], len(self.items)
-        for pos, x in enumerate(indices):
-            i, v = _int_id(x), _id_value(x)
-            if i is None and isinstance(v, float):
-                if not v.is_integer():
-                    raise ValueError(f"internal item index {x!r} is not a whole number")
-                i = int(v)
-            if i is None:
-                raise TypeError(f"internal item index {x!r} ({type(x).__name__}) at position {pos} is not an int")
-            if not 1 <= i <= n:
-                raise IndexError(f"internal item index {i} at position {pos} out of range 1..{n} (0 is padding)")
-            out.append(self.items[i - 1])
-        return out
-
-
 def _load_vocab(vocab):
-    """``vocab=`` of the clients: None; a path (``item_vocab.json`` or its folder) -> :class:`ItemIds`, read without
-    importing ``zoo``; anything else (a :class:`zoo.vocab.ItemVocab`) as it is."""
+    """``vocab=`` of the clients: None; a path (``item_vocab.json`` or its folder) -> :class:`export.item_vocab.
+    ItemVocab` (``zoo.vocab.ItemVocab``, read without importing ``zoo``: torch, transformers); anything else (an
+    ``ItemVocab``) as it is."""
     if vocab is None:
         return None
     if isinstance(vocab, (str, os.PathLike)):
-        return ItemIds.load(vocab)
+        return ItemVocab.load(vocab)
     return vocab
 
 
@@ -547,7 +429,7 @@ class TritonRecommender(_Base):
         url: ``host:port`` of Triton's gRPC (default 8001) or HTTP (8000) endpoint.
         model_name: the model's name in the repository.
         protocol: ``"grpc"`` or ``"http"``.
-        vocab: ``item_vocab.json`` path (or its folder; read as :class:`ItemIds`, the ids and errors of
+        vocab: ``item_vocab.json`` path (or its folder; read as :class:`export.item_vocab.ItemVocab`, the ids and errors of
             :class:`zoo.vocab.ItemVocab` without importing ``zoo``: torch, transformers) or a
             :class:`zoo.vocab.ItemVocab` (None: ids are internal indices).
         threads: requests :meth:`recommend_many` sends at once (gRPC).
@@ -1382,4 +1264,4 @@ class WindowRecommender(_Base):
 
 
 __all__ = ["TritonRecommender", "ExplicitStateRecommender", "WindowRecommender", "TritonRecommendError",
-           "ItemIds", "UnknownItemError", "sequence_id"]
+           "UnknownItemError", "sequence_id"]

@@ -8,8 +8,7 @@
   attribute (B's vector) and its returned vector (its own). Eight threads' calls are checked against sequential ones.
 * ``export.triton_client`` given ``vocab="…/item_vocab.json"`` imported all of zoo (torch, transformers: seconds, and
   the Hugging Face cache seeded) in a process that only sends requests. It now reads the file with
-  ``export.vocab_format`` (subprocess: neither torch nor zoo imported) and looks ids up as ``zoo.vocab.ItemVocab``
-  does (compared id by id, errors and messages included).
+  ``export.item_vocab`` (subprocess: neither torch nor zoo imported), where ``zoo.vocab.ItemVocab`` now lives.
 """
 
 from __future__ import annotations
@@ -362,46 +361,34 @@ def _outcome(f):
         return (type(e), str(e))
 
 
-def test_client_vocab_reads_ids_as_zoo_itemvocab(tmp_path):
-    """The client's vocabulary from a path (export.triton_client.ItemIds) against zoo.vocab.ItemVocab.load of the
-    same file: every id kind (ints, numpy / torch integers, canonical and other int texts, str ids, ints in a str
-    vocabulary, bools, floats, None, bytes, look-alike Unicode), encode and decode, contains, sizes; unknown ids
-    raise zoo.vocab.UnknownItemError (zoo is imported here) with ItemVocab's message; unreadable files the same
-    errors."""
-    torch = pytest.importorskip("torch")
-    from export.triton_client import ItemIds, _load_vocab
-    from zoo.vocab import ItemVocab, UnknownItemError
+def test_client_vocab_is_zoos_item_vocabulary(tmp_path):
+    """The client's vocabulary from a path is ``zoo.vocab.ItemVocab`` itself (one implementation, in the torch-free
+    ``export.item_vocab``; the client once had a copy of its lookup): the same items, id type and lookups as
+    ``ItemVocab.load`` of the same file, and its errors for unreadable files."""
+    import export.item_vocab
+    import zoo.vocab
+    from export.triton_client import _load_vocab
 
+    assert zoo.vocab.ItemVocab is export.item_vocab.ItemVocab
+    assert zoo.vocab.UnknownItemError is export.item_vocab.UnknownItemError
     int_file = _write_vocab(tmp_path / "int.json", [3186, 1022, 7, -3, 588])
     str_dir = tmp_path / "strdir"
     str_dir.mkdir()
     _write_vocab(str_dir / "item_vocab.json", ["a", "café", "7", 42, "x y"], "str")
-    probes = [3186, 7, np.int64(1022), np.int32(7), torch.tensor(588), "7", "007", " 7 ", "-3", "-0", "+7", "588",
-              "a", "7.0", 7.0, np.float64(7), True, np.bool_(False), None, b"7", "café", "cafe\u0301", 42, "42",
-              np.str_("a"), "x y", "nope", 99, float("nan"), [7]]
     for path in (int_file, str_dir):
-        mine, zoos = _load_vocab(str(path)), ItemVocab.load(str(path))
-        assert isinstance(mine, ItemIds) and mine.items == zoos.items and mine.id_type == zoos.id_type
-        assert len(mine) == len(zoos) and mine.n_items == zoos.n_items
-        for x in probes:
-            assert (x in mine) == (x in zoos), x
-            got, want = _outcome(lambda: mine.encode([x])), _outcome(lambda: zoos.encode([x]))
-            assert got == want, (path.name, x, got, want)
-        unknown = 99 if mine.id_type == "int" else "nope"
-        assert _outcome(lambda: mine.encode([zoos.items[0], unknown]))[0] is UnknownItemError
-        for idx in ([1, 2, 5], [np.int64(3)], [0], [6], [2.0], [1.5], [True], ["1"], [None], 3, "12"):
-            assert _outcome(lambda: mine.decode(idx)) == _outcome(lambda: zoos.decode(idx)), idx
-    assert _load_vocab(None) is None and _load_vocab(zoos) is zoos          # an ItemVocab is used as it is
-    bad = {"missing.json": None, "notjson.json": "{oops", "other.json": json.dumps({"items": [1, 2]}),
-           "dup.json": json.dumps({"format": "zoo-item-vocab/1", "items": [1, 2, 1]}),
-           "mixed.json": json.dumps({"format": "zoo-item-vocab/1", "items": [1, "a"]})}
+        mine = _load_vocab(str(path))
+        assert isinstance(mine, zoo.vocab.ItemVocab) and mine == zoo.vocab.ItemVocab.load(str(path))
+        assert mine.encode([mine.items[1]]) == [2] and mine.decode([1]) == [mine.items[0]]
+        with pytest.raises(zoo.vocab.UnknownItemError, match="not in the model's item vocabulary"):
+            mine.encode([99 if mine.id_type == "int" else "nope"])
+    assert _load_vocab(None) is None and _load_vocab(mine) is mine          # an ItemVocab is used as it is
+    bad = {"missing.json": None, "notjson.json": "{oops", "other.json": json.dumps({"items": [1, 2]})}
     for name, text in bad.items():
         p = tmp_path / name
         if text is not None:
             p.write_text(text)
-        got, want = _outcome(lambda: _load_vocab(str(p))), _outcome(lambda: ItemVocab.load(str(p)))
+        got, want = _outcome(lambda: _load_vocab(str(p))), _outcome(lambda: zoo.vocab.ItemVocab.load(str(p)))
         assert got[0] != "ok" and got == want, (name, got, want)
-
 
 def test_client_with_a_vocab_path_imports_neither_torch_nor_zoo(tmp_path):
     """In a fresh process: a TritonRecommender given vocab=<item_vocab.json> (a stand-in HTTP client) encodes the

@@ -636,35 +636,29 @@ class SeqRecPreTrainedModel(PreTrainedModel):
                     and not torch.all((attention_mask == 0) | (attention_mask == 1)):
                 raise ValueError("attention_mask must hold only 0 and 1")
             mask = attention_mask.bool()
-        if _exporting():         # the value checks below are data-dependent guards, which torch.export cannot trace
-            ts = None
-            if self.uses_timestamps:
-                ts = self.check_timestamps(timestamps, mask)
-            elif timestamps is not None:
-                self._refuse_timestamps()
-            return ids, mask, ts
-        lengths = mask.sum(1)
-        empty = (lengths == 0).nonzero()
-        if len(empty):
-            raise ValueError(f"batch row {int(empty[0])} has an empty history (no real items); "
-                             "every row needs at least one item")
-        m = mask.long()
-        if self.padding_side == "right":
-            bad_order = (m[:, 1:] > m[:, :-1]).any(1)
-            side = "right-padded: real items first, then padding"
-        else:
-            bad_order = (m[:, 1:] < m[:, :-1]).any(1)
-            side = "left-padded: padding first, then real items"
-        if bad_order.any():
-            r = int(bad_order.nonzero()[0])
-            raise ValueError(f"batch row {r} is not {side} ({type(self).__name__} expects {self.padding_side} padding); "
-                             f"use model.pad_batch(...) to build batches")
-        if (ids[mask] == 0).any():
-            r = int(((ids == 0) & mask).any(1).nonzero()[0])
-            raise ValueError(f"batch row {r} has padding index 0 inside its real items")
-        if (ids[~mask] != 0).any():
-            r = int(((ids != 0) & ~mask).any(1).nonzero()[0])
-            raise ValueError(f"batch row {r} has non-zero item ids at masked (padding) positions")
+        if not _exporting():     # value checks: data-dependent guards, which torch.export cannot trace
+            lengths = mask.sum(1)
+            empty = (lengths == 0).nonzero()
+            if len(empty):
+                raise ValueError(f"batch row {int(empty[0])} has an empty history (no real items); "
+                                 "every row needs at least one item")
+            m = mask.long()
+            if self.padding_side == "right":
+                bad_order = (m[:, 1:] > m[:, :-1]).any(1)
+                side = "right-padded: real items first, then padding"
+            else:
+                bad_order = (m[:, 1:] < m[:, :-1]).any(1)
+                side = "left-padded: padding first, then real items"
+            if bad_order.any():
+                r = int(bad_order.nonzero()[0])
+                raise ValueError(f"batch row {r} is not {side} ({type(self).__name__} expects "
+                                 f"{self.padding_side} padding); use model.pad_batch(...) to build batches")
+            if (ids[mask] == 0).any():
+                r = int(((ids == 0) & mask).any(1).nonzero()[0])
+                raise ValueError(f"batch row {r} has padding index 0 inside its real items")
+            if (ids[~mask] != 0).any():
+                r = int(((ids != 0) & ~mask).any(1).nonzero()[0])
+                raise ValueError(f"batch row {r} has non-zero item ids at masked (padding) positions")
         ts = None
         if self.uses_timestamps:
             ts = self.check_timestamps(timestamps, mask)

@@ -394,8 +394,13 @@ def test_bad_batches_and_predictions_are_refused_naming_the_problem():
         HistoryDataset(empty, 8)
     with pytest.raises(ValueError, match="one next item per history"):
         logits_to_ranks(torch.zeros(2, 5), torch.ones(2, 3, dtype=torch.long))
+    # (logits, hidden_states): what the Trainer hands on from a tuple output (a config with return_dict=False) or
+    # from a dict whose keys_to_ignore_at_inference lacks hidden_states -- the logits are read from it
+    scores = torch.randn(2, 5)
+    assert torch.equal(logits_to_ranks((scores.clone(), torch.zeros(2, 3, 4)), torch.ones(2, dtype=torch.long)),
+                       logits_to_ranks(scores.clone(), torch.ones(2, dtype=torch.long)))
     with pytest.raises(ValueError, match="keys_to_ignore_at_inference"):
-        logits_to_ranks((torch.zeros(2, 5), torch.zeros(2, 3, 4)), torch.ones(2, dtype=torch.long))
+        logits_to_ranks((torch.zeros(2, 5), torch.zeros(2, 3, 4), torch.zeros(2)), torch.ones(2, dtype=torch.long))
     compute = ranking_metrics((10,))
     with pytest.raises(ValueError, match="preprocess_logits_for_metrics"):
         compute(type("P", (), {"predictions": np.zeros((2, 5))})())

@@ -205,7 +205,9 @@ def logits_to_ranks(logits: torch.Tensor, labels: Any, exclude_history: bool = F
     ``model.predict``), ties counted against the target (``zoo.evaluate``'s default). With ``exclude_history``
     (LRURec's protocol), ``labels`` is ``(next items [B], history [B, L])`` (``label_names=HISTORY_LABELS``) and the
     window's items are never ranked either. The logits are the forward's own tensor, discarded after this call: they
-    are masked in place rather than copying ``[B, n_items]``."""
+    are masked in place rather than copying ``[B, n_items]``. ``(logits, hidden_states)`` (what the Trainer hands on
+    from a tuple output, or from a dict whose ``keys_to_ignore_at_inference`` lacks ``hidden_states``) is read as its
+    logits; other tuples are refused."""
     if labels is None:             # the Trainer passes labels only when the batch has every one of its label_names
         raise ValueError("no next items reached the metrics: the evaluation batches lack one of the Trainer's "
                          "label_names (label_names=HISTORY_LABELS goes with trainer_kwargs(..., exclude_history=True))")

@@ -123,13 +123,17 @@ def _count_at_or_above_cpu(scores: torch.Tensor, t: torch.Tensor, strict: bool) 
             block = (block.float() if cast else block).numpy()
             if np.isnan(block.max()):                                       # max propagates NaN: one cheap pass
                 raise ValueError("scores contain NaN; cannot rank")
-            hit = compare(block, t[i:stop], out=buf[:block.shape[0], :block.shape[1]])
-            if hit.shape[1] < _COUNT_BY_ROW_FROM:                           # short rows: one call for the block
-                out[i:stop] += hit.view(np.uint8).sum(1, dtype=np.int32)
-            else:
-                for r in range(hit.shape[0]):
-                    out[i + r] += np.count_nonzero(hit[r])
+            out[i:stop] += _row_counts(compare(block, t[i:stop], out=buf[:block.shape[0], :block.shape[1]]))
     return torch.from_numpy(out)
+
+
+def _row_counts(hit: np.ndarray) -> np.ndarray:
+    """``[R]`` int64: the number of ``True`` in each row of a bool ``hit [R, V]`` (any strides): rows of at least
+    ``_COUNT_BY_ROW_FROM`` items by ``np.count_nonzero`` a row at a time (numpy's vectorised count), shorter ones as
+    one uint8 sum of the block (fewer calls)."""
+    if hit.shape[1] < _COUNT_BY_ROW_FROM:
+        return hit.view(np.uint8).sum(1, dtype=np.int64)
+    return np.fromiter((np.count_nonzero(row) for row in hit), dtype=np.int64, count=hit.shape[0])
 
 
 def rank_in_top_k(topk_ids, topk_scores, targets, masked_at: float = float("-inf")) -> torch.Tensor:
@@ -244,10 +248,7 @@ def _count_true(mask: torch.Tensor) -> torch.Tensor:
     torch's."""
     if mask.device.type != "cpu":
         return mask.sum(1)
-    m = mask.numpy()
-    if m.shape[1] < _COUNT_BY_ROW_FROM:
-        return torch.from_numpy(m.view(np.uint8).sum(1, dtype=np.int64))
-    return torch.tensor([np.count_nonzero(row) for row in m], dtype=torch.long)
+    return torch.from_numpy(_row_counts(mask.numpy()))
 
 
 def top_k(scores: torch.Tensor, k: int, dim: int = -1):

@@ -638,9 +638,10 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         ds, init_items = fit_data_to_checkpoint(ds, model, unknown_items, f"--init-from {init_from}")
         model, init_changes = apply_config_overrides(model, overrides, f"--init-from {init_from}")
         model = model.to(device)
-        if _saved_dtype(init_from, **init_hub) not in (None, "float32"):
-            print(f"[zoo.train] --init-from {init_from} holds {_saved_dtype(init_from, **init_hub)} weights: loaded "
-                  "and trained in float32 (--amp for mixed precision)", flush=True)
+        saved_dtype = _saved_dtype(init_from, **init_hub)
+        if saved_dtype not in (None, "float32"):
+            print(f"[zoo.train] --init-from {init_from} holds {saved_dtype} weights: loaded and trained in float32 "
+                  "(--amp for mixed precision)", flush=True)
         print(f"[zoo.train] initialised from {init_from}"
               + "".join(f"; {k} {a!r} -> {b!r}" for k, (a, b) in init_changes.items()), flush=True)
         if init_items["note"]:

@@ -20,6 +20,7 @@ from zoo.models.gru4rec import GRU4RecConfig, GRU4RecModel
 from zoo.models.lrurec import LRURecConfig, LRURecModel
 from zoo.models.sasrec import SASRecConfig, SASRecModel
 from zoo.vocab import ItemVocab, UnknownItemError
+from net_fakes import record_connections
 from tiny_models import TINY, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -397,16 +398,7 @@ def test_bundled_models_need_weights_and_the_env_folder_comes_first(tmp_path, mo
 @pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes"])
 def test_offline_mode_is_honoured_in_every_spelling_without_a_probe(monkeypatch, value):
     """HF_HUB_OFFLINE=1/true/yes (any case) means unreachable without opening a connection."""
-    probes = []
-
-    class Conn:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-    monkeypatch.setattr(pretrained.socket, "create_connection", lambda *a, **k: probes.append(a) or Conn())
+    probes = record_connections(monkeypatch, pretrained)
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
     assert pretrained.hub_reachable() is False and probes == []
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")

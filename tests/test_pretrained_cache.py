@@ -20,6 +20,7 @@ from transformers import AutoModel
 import zoo
 from zoo import pretrained
 from zoo.models.mamba4rec import Mamba4RecConfig, Mamba4RecModel
+from net_fakes import record_connections
 
 ORG = pretrained.HUB_ORG
 IDS = torch.tensor([[1, 2, 3]])
@@ -205,17 +206,7 @@ def test_the_probe_connects_where_the_hub_requests_would_go(cache, monkeypatch, 
     the Hub read as unreachable (then a config-only snapshot fetched by transformers through the proxy shadowed the
     bundled copy). It now connects to the proxy HTTPS_PROXY / HTTP_PROXY / ALL_PROXY names for the endpoint, unless
     NO_PROXY exempts it, as huggingface_hub's httpx client does."""
-    probes = []
-
-    class Conn:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-    monkeypatch.setattr(pretrained.socket, "create_connection",
-                        lambda addr, timeout=None: probes.append(addr) or Conn())
+    probes = record_connections(monkeypatch, pretrained)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     for k, v in env.items():
         monkeypatch.setenv(k, v)

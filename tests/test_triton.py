@@ -54,6 +54,7 @@ from zoo.vocab import ItemVocab, UnknownItemError  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from time_models import perturb_time_path  # noqa: E402
+from triton_fakes import FakeResult, install_client, sent_arrays  # noqa: E402
 
 N_ITEMS = 120
 K = 10
@@ -999,6 +1000,16 @@ def test_launcher_listens_on_loopback_only(tmp_path, monkeypatch, capsys):
 
 
 # ======================================================= the client against a recorded stand-in (no server needed)
+def _topk(name):
+    """The stand-ins' answer to the top-k outputs, fresh [1, K] arrays (ids 1..K, scores 0, -1, ...); None for any
+    other output."""
+    if name == "topk_ids":
+        return np.arange(1, K + 1, dtype=np.int64)[None]
+    if name == "topk_scores":
+        return -np.arange(K, dtype=np.float32)[None]
+    return None
+
+
 def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=None, on_infer=None, counting=False,
                       sequence_batching=None):
     """tritonclient.http.InferenceServerClient replaced by a stand-in serving one model's metadata (``inputs``,
@@ -1008,56 +1019,34 @@ def _fake_http_client(monkeypatch, inputs, outputs, parameters=None, backend=Non
     the InferenceServerException the next calls raise (or the exception itself: a timeout, a gRPC status).
     ``on_infer(call)``: called with each recorded call before it answers (it may hold the call: :class:`_Race`);
     ``counting``: a state output ``X_out`` is the state input ``X`` sent plus 1 (else zeros)."""
-    import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
 
     calls, fail = [], [None]
 
-    class Result:
-        def __init__(self, sent):
-            self.sent = sent
+    def answer(sent, name):
+        if counting and name.endswith("_out") and name[:-4] in sent["arrays"]:
+            return sent["arrays"][name[:-4]] + 1
+        if name in ("topk_ids", "topk_scores"):
+            return _topk(name)
+        if name == "live_sequences":
+            return np.array([[len(calls)]], np.int64)
+        return np.zeros([1] + [abs(d) for d in outputs[name][1][1:]], np.float32)   # a state output
 
-        def as_numpy(self, name):
-            if counting and name.endswith("_out") and name[:-4] in self.sent["arrays"]:
-                return self.sent["arrays"][name[:-4]] + 1
-            if name == "topk_ids":
-                return np.arange(1, K + 1, dtype=np.int64)[None]
-            if name == "topk_scores":
-                return -np.arange(K, dtype=np.float32)[None]
-            if name == "live_sequences":
-                return np.array([[len(calls)]], np.int64)
-            return np.zeros([1] + [abs(d) for d in outputs[name][1][1:]], np.float32)   # a state output
+    def infer(model_name, ins, requested, **kw):
+        call = {"inputs": [i.name() for i in ins], **kw, "arrays": sent_arrays("http", ins)}
+        calls.append(call)
+        if on_infer is not None:
+            on_infer(call)
+        if isinstance(fail[0], BaseException):
+            raise fail[0]
+        if fail[0]:
+            raise InferenceServerException(fail[0])
+        return FakeResult(lambda name: answer(call, name))
 
-    class Client:
-        def __init__(self, url, **kw):
-            pass
-
-        def get_model_metadata(self, name):
-            io = lambda d: [{"name": n, "datatype": t, "shape": list(s)} for n, (t, s) in d.items()]  # noqa: E731
-            return {"name": name, "inputs": io(inputs), "outputs": io(outputs)}
-
-        def get_model_config(self, name):
-            return {"parameters": {k: {"string_value": v} for k, v in (parameters or {}).items()},
-                    **({"backend": backend} if backend else {}),
-                    **({"sequence_batching": sequence_batching} if sequence_batching is not None else {})}
-
-        def infer(self, model_name, ins, outputs=None, **kw):
-            dts = {"INT64": np.int64, "FP32": np.float32, "FP64": np.float64, "INT32": np.int32}
-            call = {"inputs": [i.name() for i in ins], **kw, "arrays": {
-                i.name(): np.frombuffer(i._raw_data, dts[i.datatype()]).reshape(i.shape()) for i in ins}}
-            calls.append(call)
-            if on_infer is not None:
-                on_infer(call)
-            if isinstance(fail[0], BaseException):
-                raise fail[0]
-            if fail[0]:
-                raise InferenceServerException(fail[0])
-            return Result(call)
-
-        def close(self):
-            calls.append("close")
-
-    monkeypatch.setattr(th, "InferenceServerClient", Client)
+    config = {"parameters": {k: {"string_value": v} for k, v in (parameters or {}).items()},
+              **({"backend": backend} if backend else {}),
+              **({"sequence_batching": sequence_batching} if sequence_batching is not None else {})}
+    install_client(monkeypatch, "http", inputs, outputs, config, infer, close=lambda: calls.append("close"))
     return calls, fail
 
 
@@ -1447,39 +1436,19 @@ def test_client_bookkeeping_is_bounded_by_the_servers_idle_timeout(monkeypatch):
 def _fake_grpc_client(monkeypatch, inputs, outputs):
     """tritonclient.grpc.InferenceServerClient replaced by a stand-in serving one model's metadata and answering
     every infer call with a fixed top-k; returns the list of what happened (``"infer"``, ``"close"``)."""
-    import tritonclient.grpc as tg
-    from tritonclient.grpc import service_pb2
-
     log = []
 
-    class Result:
-        def as_numpy(self, name):
-            if name == "topk_ids":
-                return np.arange(1, K + 1, dtype=np.int64)[None]
-            if name == "topk_scores":
-                return -np.arange(K, dtype=np.float32)[None]
-            return np.zeros((1, 1), np.int64)
+    def answer(name):
+        top = _topk(name)
+        return np.zeros((1, 1), np.int64) if top is None else top
 
-    class Client:
-        def __init__(self, url, **kw):
-            pass
+    def infer(model_name, ins, requested, **kw):
+        log.append("infer")
+        return FakeResult(answer)
 
-        def get_model_metadata(self, name, **kw):
-            io = lambda d: [service_pb2.ModelMetadataResponse.TensorMetadata(  # noqa: E731
-                name=n, datatype=t, shape=list(sh)) for n, (t, sh) in d.items()]
-            return service_pb2.ModelMetadataResponse(name=name, inputs=io(inputs), outputs=io(outputs))
-
-        def get_model_config(self, name, as_json=False, **kw):
-            return {"config": {"sequence_batching": {"max_sequence_idle_microseconds": "600000000"}}}
-
-        def infer(self, model_name, ins, outputs=None, **kw):
-            log.append("infer")
-            return Result()
-
-        def close(self):
-            log.append("close")
-
-    monkeypatch.setattr(tg, "InferenceServerClient", Client)
+    install_client(monkeypatch, "grpc", inputs, outputs,
+                   {"sequence_batching": {"max_sequence_idle_microseconds": "600000000"}}, infer,
+                   close=lambda: log.append("close"))
     return log
 
 

@@ -23,6 +23,8 @@ import threading
 import numpy as np
 import pytest
 
+from triton_fakes import FakeResult, install_client, sent_arrays
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 3
 HISTORIES = {f"u{i}": [1 + i % 11, 1 + (i * 7) % 11, 1 + (i * 3) % 11, 1 + (i * 5) % 11][: 2 + i % 3]
@@ -194,8 +196,6 @@ def _fake_grpc(monkeypatch, kind: str, user_vector: bool = True):
     each sequence's items; vector from them), "explicit" (state ``h`` [1] float32: ``h_out = h + sum(ids)``; vector
     from ``h`` and the event) or "window" (vector from the row). Thread-safe, as a server is."""
     pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
-    import tritonclient.grpc as tg
-    from tritonclient.grpc import service_pb2
 
     ins = {"item_ids": ("INT64", (-1, -1)), **({"h": ("FP32", (-1, 1))} if kind == "explicit" else {})}
     outs = {"topk_ids": ("INT64", (-1, K)), "topk_scores": ("FP32", (-1, K)),
@@ -205,53 +205,30 @@ def _fake_grpc(monkeypatch, kind: str, user_vector: bool = True):
               "explicit": {"max_batch_size": 8, "parameters": {"state_init": {"string_value": '{"h": 0.0}'}}},
               "window": {"max_batch_size": 8, "parameters": {"kind": {"string_value": "window"},
                                                              "max_seq_length": {"string_value": "6"}}}}[kind]
-    sequences, lock, dts = {}, threading.Lock(), {"INT64": np.int64, "FP32": np.float32}
+    sequences, lock = {}, threading.Lock()
 
-    class Result:
-        def __init__(self, arrays):
-            self.arrays = arrays
+    def infer(model_name, inputs, requested, sequence_id=0, sequence_start=False, sequence_end=False, **kw):
+        sent = sent_arrays("grpc", inputs)
+        ids = sent["item_ids"]
+        rows = ids.shape[0]
+        if kind == "sequence":
+            with lock:
+                h = ([] if sequence_start else sequences.get(sequence_id, [])) + ids[0].tolist()
+                sequences[sequence_id] = h
+            vec = [_vector(float(len(h)), h)]
+        elif kind == "explicit":
+            h_in = sent["h"].reshape(rows)
+            vec = [_vector(float(h_in[r]), ids[r]) for r in range(rows)]
+        else:
+            vec = [_vector(0.0, ids[r]) for r in range(rows)]
+        arrays = {"topk_ids": np.tile(np.arange(1, K + 1, dtype=np.int64), (rows, 1)),
+                  "topk_scores": np.tile(-np.arange(K, dtype=np.float32), (rows, 1)),
+                  "user_vector": np.array(vec, np.float32)}
+        if kind == "explicit":
+            arrays["h_out"] = (sent["h"] + ids.sum(axis=1, keepdims=True)).astype(np.float32)
+        return FakeResult(arrays)
 
-        def as_numpy(self, name):
-            return self.arrays[name]
-
-    class Client:
-        def __init__(self, url, **kw):
-            pass
-
-        def get_model_metadata(self, name, **kw):
-            io = lambda d: [service_pb2.ModelMetadataResponse.TensorMetadata(  # noqa: E731
-                name=n, datatype=t, shape=list(sh)) for n, (t, sh) in d.items()]
-            return service_pb2.ModelMetadataResponse(name=name, inputs=io(ins), outputs=io(outs))
-
-        def get_model_config(self, name, as_json=False, **kw):
-            return {"config": config}
-
-        def infer(self, model_name, inputs, outputs=None, sequence_id=0, sequence_start=False, sequence_end=False,
-                  **kw):
-            sent = {i.name(): np.frombuffer(i._raw_content, dts[i.datatype()]).reshape(i.shape()) for i in inputs}
-            ids = sent["item_ids"]
-            rows = ids.shape[0]
-            if kind == "sequence":
-                with lock:
-                    h = ([] if sequence_start else sequences.get(sequence_id, [])) + ids[0].tolist()
-                    sequences[sequence_id] = h
-                vec = [_vector(float(len(h)), h)]
-            elif kind == "explicit":
-                h_in = sent["h"].reshape(rows)
-                vec = [_vector(float(h_in[r]), ids[r]) for r in range(rows)]
-            else:
-                vec = [_vector(0.0, ids[r]) for r in range(rows)]
-            arrays = {"topk_ids": np.tile(np.arange(1, K + 1, dtype=np.int64), (rows, 1)),
-                      "topk_scores": np.tile(-np.arange(K, dtype=np.float32), (rows, 1)),
-                      "user_vector": np.array(vec, np.float32)}
-            if kind == "explicit":
-                arrays["h_out"] = (sent["h"] + ids.sum(axis=1, keepdims=True)).astype(np.float32)
-            return Result(arrays)
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(tg, "InferenceServerClient", Client)
+    install_client(monkeypatch, "grpc", ins, outs, config, infer)
 
 
 def _client(kind, **kw):
@@ -402,30 +379,20 @@ def test_client_with_a_vocab_path_imports_neither_torch_nor_zoo(tmp_path):
         import numpy as np
         import tritonclient.http as th
 
+        sys.path.append({os.path.join(ROOT, "tests")!r})
+        from triton_fakes import FakeResult, fake_client, sent_arrays
+
         sent = []
 
-        class Result:
-            def as_numpy(self, name):
-                return {{"topk_ids": np.array([[3, 1, 2]], np.int64),
-                        "topk_scores": np.array([[0.5, 0.25, 0.0]], np.float32)}}[name]
+        def infer(model_name, ins, requested, **kw):
+            sent.append(sent_arrays("http", ins)["item_ids"].ravel().tolist())
+            return FakeResult({{"topk_ids": np.array([[3, 1, 2]], np.int64),
+                               "topk_scores": np.array([[0.5, 0.25, 0.0]], np.float32)}})
 
-        class Client:
-            def __init__(self, url, **kw):
-                pass
-
-            def get_model_metadata(self, name):
-                return {{"name": name, "inputs": [{{"name": "item_ids", "datatype": "INT64", "shape": [-1, -1]}}],
-                        "outputs": [{{"name": "topk_ids", "datatype": "INT64", "shape": [-1, 3]}},
-                                    {{"name": "topk_scores", "datatype": "FP32", "shape": [-1, 3]}}]}}
-
-            def get_model_config(self, name):
-                return {{"sequence_batching": {{"max_sequence_idle_microseconds": "600000000"}}}}
-
-            def infer(self, model_name, ins, outputs=None, **kw):
-                sent.append(np.frombuffer(ins[0]._raw_data, np.int64).tolist())
-                return Result()
-
-        th.InferenceServerClient = Client
+        th.InferenceServerClient = fake_client(
+            "http", {{"item_ids": ("INT64", (-1, -1))}},
+            {{"topk_ids": ("INT64", (-1, 3)), "topk_scores": ("FP32", (-1, 3))}},
+            {{"sequence_batching": {{"max_sequence_idle_microseconds": "600000000"}}}}, infer)
         from export.triton_client import TritonRecommender
 
         rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", vocab={str(vocab)!r})

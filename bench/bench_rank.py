@@ -10,8 +10,15 @@ compared (they must be equal, both tie rules). With ``--candidates``, the other 
 row chunks as the old count: only the counting differs). The peak memory beyond the scores (Linux VmHWM, MiB) is
 that of one call of each.
 
+With ``--top-k K``, ``zoo.metrics.top_k`` instead (the recommendation's top-K with its fixed tie rule): plain
+``torch.topk`` (no tie rule), the ``top_k`` before its fast path (``old_top_k``: several ``[B, V]`` masks a call)
+and ``top_k`` now (its set from ``torch.topk(K + 1)`` where slot K holds no tie), on the same random float32 scores
+(column 0 at ``-inf``, as padding); the old and new ``top_k`` must give bit-identical values and indices. Its table
+has a title of its own: give ``--markdown`` another file than the rank count's (the hand-written part of
+bench/RESULTS_RANK.md holds the last one).
+
     python bench/bench_rank.py [--batch 256] [--catalogues 3417 50000 1000000] [--threads 1 2] [--repeats 7]
-        [--candidates] [--markdown F]
+        [--candidates | --top-k K] [--markdown F]
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ sys.path.insert(0, ROOT)
 from bench.benchutil import (  # noqa: E402
     HelpFormatter, command_line, markdown_path, reset_peak_rss, status_kb, write_table)
 from zoo.cli import EXIT_CODES, positive_int, run_cli  # noqa: E402
-from zoo.metrics import RANK_BLOCK, RANK_CHUNK_BYTES, rank_of_target  # noqa: E402
+from zoo.metrics import RANK_BLOCK, RANK_CHUNK_BYTES, _count_true, rank_of_target, top_k  # noqa: E402
 
 
 def _row_chunks(scores: torch.Tensor, t: torch.Tensor, ties: str, count) -> torch.Tensor:
@@ -102,6 +109,67 @@ def measure(batch: int, n_items: int, threads: int, repeats: int, candidates: bo
     return {name: (min(times[name]) * 1e3, peak_mb(fn)) for name, fn in fns.items()}
 
 
+def old_top_k(scores: torch.Tensor, k: int, dim: int = -1):
+    """``zoo.metrics.top_k`` before its fast path: the set of every row from ``[R, V]`` masks of the items above and
+    tied with the k-th score (row counts by ``zoo.metrics._count_true``, numpy's on the CPU, as it counted them)."""
+    moved = scores.movedim(dim, -1)
+    flat = moved.reshape(-1, moved.shape[-1])
+    thr = flat.topk(k, dim=1).values[:, -1:]
+    nan, thr_nan = flat.isnan(), thr.isnan()
+    above = (flat > thr) | (nan & ~thr_nan)
+    tied = torch.where(thr_nan, nan, flat == thr)
+    need = k - _count_true(above)[:, None]
+    take = above | tied
+    over = _count_true(tied) > need[:, 0]
+    if bool(over.any()):
+        rows = over.nonzero().squeeze(1)
+        take[rows] = above[rows] | (tied[rows] & (tied[rows].cumsum(1) <= need[rows]))
+    idx = take.nonzero()[:, 1].view(-1, k)
+    sel = flat.gather(1, idx)
+    order = torch.sort(sel, dim=1, descending=True, stable=True).indices
+    values, indices = sel.gather(1, order), idx.gather(1, order)
+    shape = moved.shape[:-1] + (k,)
+    return values.view(shape).movedim(-1, dim), indices.view(shape).movedim(-1, dim)
+
+
+def measure_top_k(batch: int, n_items: int, k: int, threads: int, repeats: int) -> dict:
+    """``{name: best ms}`` of ``torch.topk``, the old ``top_k`` and ``top_k`` on random float32 scores ``[batch,
+    n_items]`` (column 0 at ``-inf``), timed in turn, after checking that the old and new ``top_k`` agree bit for
+    bit (``RuntimeError`` if not)."""
+    torch.set_num_threads(threads)
+    scores = torch.randn(batch, n_items, generator=torch.Generator().manual_seed(n_items))
+    scores[:, 0] = float("-inf")
+    fns = {"torch.topk": lambda: torch.topk(scores, k, dim=1), "old": lambda: old_top_k(scores, k),
+           "new": lambda: top_k(scores, k)}
+    (ov, oi), (nv, ni) = fns["old"](), fns["new"]()
+    if not (torch.equal(oi, ni) and torch.equal(ov.view(torch.int32), nv.view(torch.int32))):
+        raise RuntimeError(f"top_k differs from the old top_k at {batch} x {n_items}, k={k}")
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name] += timed(fn, 1)[0]
+    return {name: min(t) * 1e3 for name, t in times.items()}
+
+
+def main_top_k(a, argv) -> None:
+    """The ``--top-k`` table: a row per catalogue and thread count."""
+    lines = [f"Produced by `{command_line('bench/bench_rank.py', argv)}` ({time.strftime('%Y-%m-%d')}, cpu: "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}): "
+             f"float32 scores [batch, catalogue] (column 0 at -inf), k = {a.top_k}, best of {a.repeats} calls each, "
+             "taken in turn. The old and new top_k gave bit-identical values and indices.", "",
+             "| batch x catalogue | torch threads | torch.topk, ms | old top_k (masks), ms | new top_k (topk(k+1) fast "
+             "path), ms | old / new | new / torch.topk |",
+             "|---|---|---|---|---|---|---|"]
+    for n_items in a.catalogues:
+        for threads in a.threads:
+            r = measure_top_k(a.batch, n_items, a.top_k, threads, a.repeats)
+            lines.append(f"| {a.batch} x {n_items:,} | {threads} | {r['torch.topk']:.2f} | {r['old']:.2f} | "
+                         f"{r['new']:.2f} | {r['old'] / r['new']:.1f}x | {r['new'] / r['torch.topk']:.2f}x |")
+            print(lines[-1], flush=True)
+    write_table(lines, f"zoo.metrics.top_k: torch.topk vs the old top_k vs its fast path (k = {a.top_k})",
+                a.markdown)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--batch", type=positive_int, default=256, help="users per batch (evaluate_model's batch_size)")
@@ -110,10 +178,18 @@ def main(argv=None):
     p.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2], help="torch.set_num_threads values")
     p.add_argument("--repeats", type=positive_int, default=7, help="timed calls of each count (the best is shown)")
     p.add_argument("--candidates", action="store_true", help="also time the other counts tried")
+    p.add_argument("--top-k", type=positive_int, metavar="K",
+                   help="time zoo.metrics.top_k (k = K) against torch.topk and the old top_k instead of the rank count")
     p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     a = p.parse_args(argv)
     if any(n < 2 for n in a.catalogues):
         p.error("--catalogues need >= 2 items")
+    if a.top_k is not None:
+        if a.candidates:
+            p.error("--candidates and --top-k conflict: --candidates are rank counts")
+        if a.top_k >= min(a.catalogues):
+            p.error(f"--top-k {a.top_k} needs catalogues of more than {a.top_k} items")
+        return main_top_k(a, argv)
     extra = list(CANDIDATES) if a.candidates else []
     lines = [f"Produced by `{command_line('bench/bench_rank.py', argv)}` ({time.strftime('%Y-%m-%d')}, cpu: "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "

@@ -259,6 +259,11 @@ def top_k(scores: torch.Tensor, k: int, dim: int = -1):
     ``k`` need not extend a smaller one); ties are not rare: items added by ``add_items`` start from one row, and
     masked items all sit at ``-inf``. NaN ranks above every number, as in ``torch.topk`` (NaNs tie with each other).
 
+    A row whose ``k``-th score is strictly above its ``(k + 1)``-th (``torch.topk(k + 1)``: no tie and no NaN at slot
+    ``k``, the common case) has its set of ``k`` items fixed already, and only that set is ordered; only the other
+    rows (a tie or NaN at slot ``k``) are resolved by :func:`_tied_top_k_set` over their whole ``[V]`` row
+    (``bench/bench_rank.py --top-k``). ``k == V`` sorts the whole row.
+
     Args:
         scores: ``[..., V]`` float scores (``dim`` picks the item axis).
         k: ``1 <= k <= V``.
@@ -268,8 +273,30 @@ def top_k(scores: torch.Tensor, k: int, dim: int = -1):
     """
     moved = scores.movedim(dim, -1)
     flat = moved.reshape(-1, moved.shape[-1])                                 # [R, V]
-    vals = flat.topk(k, dim=1).values                                         # [R, k]: the values are well defined
-    thr = vals[:, -1:]                                                        # [R, 1]: the k-th score of each row
+    if k == flat.shape[1]:                                                    # every item: the set is the row
+        idx = torch.arange(k, device=flat.device).expand(flat.shape[0], k)    # [R, k]: ascending item index
+    else:
+        cand = flat.topk(k + 1, dim=1)                                        # [R, k + 1]; k > V raises here
+        idx = cand.indices[:, :k]                                             # [R, k]: the set where it is fixed
+        open_rows = ~(cand.values[:, k - 1] > cand.values[:, k])              # [R]: tie or NaN at slot k
+        if bool(open_rows.any()):
+            rows = open_rows.nonzero().squeeze(1)
+            idx = idx.clone()
+            idx[rows] = _tied_top_k_set(flat[rows], k)
+        idx = idx.sort(dim=1).values                                          # [R, k]: ascending item index
+    sel = flat.gather(1, idx)
+    order = torch.sort(sel, dim=1, descending=True, stable=True).indices     # stable: ties keep the lower index first
+    values, indices = sel.gather(1, order), idx.gather(1, order)
+    shape = moved.shape[:-1] + (k,)
+    return torch.return_types.topk((values.view(shape).movedim(-1, dim), indices.view(shape).movedim(-1, dim)))
+
+
+def _tied_top_k_set(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """``[R, k]`` int64, ascending: the item indices of each row's top ``k`` of ``flat [R, V]`` under
+    :func:`top_k`'s rule (NaN above every number; of the group tied at slot ``k``, the lowest indices enter), by
+    ``[R, V]`` masks of the items above the ``k``-th score and tied with it (for the rows :func:`top_k`'s fast path
+    leaves open)."""
+    thr = flat.topk(k, dim=1).values[:, -1:]                                  # [R, 1]: the k-th score of each row
     nan, thr_nan = flat.isnan(), thr.isnan()
     above = (flat > thr) | (nan & ~thr_nan)                                   # [R, V]: enter in any case
     tied = torch.where(thr_nan, nan, flat == thr)                             # [R, V]: the k-th score's group
@@ -279,12 +306,7 @@ def top_k(scores: torch.Tensor, k: int, dim: int = -1):
     if bool(over.any()):                                                      # only those rows: the lowest indices
         rows = over.nonzero().squeeze(1)
         take[rows] = above[rows] | (tied[rows] & (tied[rows].cumsum(1) <= need[rows]))
-    idx = take.nonzero()[:, 1].view(-1, k)                                    # [R, k]: ascending item index
-    sel = flat.gather(1, idx)
-    order = torch.sort(sel, dim=1, descending=True, stable=True).indices     # stable: ties keep the lower index first
-    values, indices = sel.gather(1, order), idx.gather(1, order)
-    shape = moved.shape[:-1] + (k,)
-    return torch.return_types.topk((values.view(shape).movedim(-1, dim), indices.view(shape).movedim(-1, dim)))
+    return take.nonzero()[:, 1].view(-1, k)
 
 
 def _ranks(ranks) -> torch.Tensor:

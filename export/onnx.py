@@ -656,9 +656,13 @@ def _scan_nodes(model_type: str):
 @contextlib.contextmanager
 def _tracing():
     """Hold :data:`_TRACE_LOCK` (waiting for another thread's trace to end) and mark this thread as the one tracing,
-    for the block."""
+    for the block: for the stand-ins (:func:`_tracing_only`) and for the zoo's ops
+    (:func:`zoo.ops.conv.exporting_in_this_thread`: their reference paths here, their kernels in the other threads,
+    which ``torch.onnx.is_in_onnx_export()``, process-wide, would send to the reference paths too)."""
+    from zoo.ops.conv import exporting_in_this_thread
+
     global _tracing_thread
-    with _TRACE_LOCK:
+    with _TRACE_LOCK, exporting_in_this_thread():
         before = _tracing_thread
         _tracing_thread = threading.get_ident()
         try:

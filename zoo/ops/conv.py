@@ -6,6 +6,9 @@ the input (width 2..4, its dtypes and layouts); the reference otherwise.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -13,6 +16,48 @@ try:  # optional CUDA fast path
     from causal_conv1d import causal_conv1d_fn as _causal_conv1d_fn
 except Exception:
     _causal_conv1d_fn = None
+
+
+#: per thread: how deep it is inside :func:`exporting_in_this_thread` (export/onnx.py's trace), 0 or unset outside
+_export_state = threading.local()
+#: threads inside :func:`exporting_in_this_thread` now, process-wide (under :data:`_export_count_lock`)
+_marked_exports = 0
+_export_count_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def exporting_in_this_thread():
+    """Mark the calling thread as exporting for the block (export/onnx.py around its ``torch.onnx.export``): the zoo's
+    ops then take their reference paths in this thread (:func:`onnx_exporting`), and only here. Reentrant."""
+    global _marked_exports
+    depth = getattr(_export_state, "depth", 0)
+    _export_state.depth = depth + 1
+    with _export_count_lock:
+        _marked_exports += 1
+    try:
+        yield
+    finally:
+        _export_state.depth = depth
+        with _export_count_lock:
+            _marked_exports -= 1
+
+
+def onnx_exporting() -> bool:
+    """Whether the calling thread is inside an ONNX export: marked by :func:`exporting_in_this_thread` (export/onnx.py);
+    else ``torch.onnx.is_in_onnx_export()`` -- a process-wide flag, so it is read only while no marked export runs:
+    then it is set by an export the zoo did not start (``torch.onnx.export`` called directly on a zoo model), which
+    cannot tell its thread either; while a marked export runs, the flag is that export's (torch runs one export at a
+    time per process), and other threads (serving) are not exporting."""
+    if getattr(_export_state, "depth", 0):
+        return True
+    return _marked_exports == 0 and torch.onnx.is_in_onnx_export()
+
+
+def exporting() -> bool:
+    """Whether the calling thread must take the ops' reference paths (no fused kernel): it traces
+    (``torch.jit.is_tracing()``, per thread), compiles (``torch.compiler.is_compiling()``) or exports to ONNX
+    (:func:`onnx_exporting`)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or onnx_exporting()
 
 
 def with_conv_state(x: torch.Tensor, weight: torch.Tensor, conv_state: torch.Tensor | None) -> torch.Tensor:
@@ -88,8 +133,7 @@ def _kernel_input(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def causal_conv1d(x, weight, bias=None, conv_state=None, activation=None):
     """Dispatch: causal-conv1d's CUDA kernel when available, no state is carried in and the kernel accepts the call
     (see :func:`_kernel_input`), else the reference; the same ``(out, new_conv_state)`` either way."""
-    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-    if x.is_cuda and _causal_conv1d_fn is not None and conv_state is None and not exporting:
+    if x.is_cuda and _causal_conv1d_fn is not None and conv_state is None and not exporting():
         xk = _kernel_input(x, weight, bias, activation)
         if xk is not None:
             out = _causal_conv1d_fn(xk, weight, bias, activation=activation)
@@ -100,4 +144,5 @@ def causal_conv1d(x, weight, bias=None, conv_state=None, activation=None):
     return causal_conv1d_ref(x, weight, bias, conv_state, activation)
 
 
-__all__ = ["causal_conv1d", "causal_conv1d_ref", "causal_conv1d_update_ref"]
+__all__ = ["causal_conv1d", "causal_conv1d_ref", "causal_conv1d_update_ref", "exporting", "exporting_in_this_thread",
+           "onnx_exporting"]

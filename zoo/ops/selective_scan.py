@@ -31,6 +31,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .conv import exporting, onnx_exporting
+
 logger = logging.getLogger(__name__)
 
 try:  # optional CUDA fast path
@@ -102,7 +104,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, dim: int = 1) -> torch.Tensor:
     if a.shape != b.shape:
         raise ValueError(f"linear_scan: a {list(a.shape)} and b {list(b.shape)} must have the same shape")
     dim = dim % a.dim()
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if torch.jit.is_tracing() or onnx_exporting():
         return _doubling_scan(a, b, dim)
     return _LinearScan.apply(a, b, dim)
 
@@ -224,8 +226,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
       casts them for a float32 ``u``.
     * otherwise (and always while tracing/exporting): :func:`selective_scan_ref`.
     """
-    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-    if not exporting:
+    if not exporting():
         if u.is_cuda:
             if _mamba_selective_scan_fn is not None and initial_state is None:
                 args = _mamba_args(u, delta, A, B, C, D, z, delta_bias, return_last_state)

@@ -38,7 +38,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .conv import with_conv_state
+from .conv import exporting, with_conv_state
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +247,7 @@ def ssd_scan_fn(x, dt, A, B, C, chunk_size=256, D=None, dt_bias=None, dt_softplu
       ``mamba_chunk_scan_combined`` (set ``ZOO_SSD_KERNEL=0`` to force the reference);
     * otherwise (and always while tracing/exporting): :func:`ssd_chunk_scan_ref`.
     """
-    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-    if (not exporting and x.is_cuda and x.dtype != torch.float64 and _mamba_chunk_scan_combined is not None
+    if (not exporting() and x.is_cuda and x.dtype != torch.float64 and _mamba_chunk_scan_combined is not None
             and os.environ.get("ZOO_SSD_KERNEL", "1") != "0"):
         return ssd_scan_kernel(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initial_state, seq_idx)
     dt = dt.to(_ct(x))

@@ -135,19 +135,11 @@ def test_push_uploads_the_card_folder_as_asked_with_credentials_from_the_environ
     visibility asked for and uploads that folder, not the one above it (it refused with "no Hugging Face credentials:
     set HF_TOKEN ...": ``HfApi().token`` is only the constructor's argument); a folder that lacks the weights or the
     vocabulary is refused before any Hub call. No network: HfApi's calls are recorded instead."""
-    import huggingface_hub
+    from tests.hub_fakes import record_hub_calls
 
-    calls = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
-                        lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
-    monkeypatch.setattr(huggingface_hub.HfApi, "update_repo_settings",
-                        lambda self, repo_id, **kw: calls.append(("update_repo_settings", repo_id, kw)))
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
-                        lambda self, **kw: calls.append(("upload_folder", kw)) or "commit-info")
+    calls = record_hub_calls(monkeypatch, token_path=tmp_path / "nope")
     folder = tmp_path / "bundle" / "tiny-mamba4rec"
     (folder / "README.md").write_text("card")
-    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
-    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "nope"))
     for private in (True, False):
         calls.clear()
         assert hub.push(str(folder), "me/tiny", private=private) == "commit-info"
@@ -721,8 +713,6 @@ def test_card_overwrite_and_push_refuse_files_that_are_no_part_of_a_card(tmp_pat
     --no-progress reaches the evaluation. No network: HfApi's calls are recorded instead."""
     import shutil
 
-    import huggingface_hub
-
     import zoo.evaluate
 
     data, _ = _tiny_gru4rec_run(tmp_path)
@@ -760,18 +750,16 @@ def test_card_overwrite_and_push_refuse_files_that_are_no_part_of_a_card(tmp_pat
     (card / "notes").mkdir()
     (card / "notes" / "draft.md").write_text("x")
     assert hub.extra_files(card) == ["notes/draft.md", "precious.txt"]
-    calls = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append("create_repo"))
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
-                        lambda self, **kw: calls.append("upload_folder") or "commit-info")
-    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    from tests.hub_fakes import record_hub_calls
+
+    calls = record_hub_calls(monkeypatch)
     with exits(capsys, 2, r"push refused: .*card holds files that are no part of a model card \(notes/draft.md, "
                           r"precious.txt\): .*remove them .*or pass --allow-extra"):
         hub.main(["push", str(card), "--repo-id", "me/tiny"])
     assert calls == []
     hub.main(["push", str(card), "--repo-id", "me/tiny", "--allow-extra"])
     out, err = capsys.readouterr()
-    assert calls == ["create_repo", "upload_folder"] and "commit-info" in out
+    assert [c[0] for c in calls] == ["create_repo", "upload_folder"] and "commit-info" in out
     assert "also uploading files that are no part of a card (notes/draft.md, precious.txt)" in err
     # re-carding the card in place keeps the user's files and says that push refuses them
     hub.main(["card", "--run", str(card), "--name", "tiny", "--data", data, "--out", str(card), "--no-progress"])
@@ -1656,21 +1644,12 @@ def test_a_run_on_a_file_with_other_column_names_keeps_them_through_card_evaluat
 def test_model_push_to_hub_uploads_the_item_vocabulary(monkeypatch):
     """``model.push_to_hub`` (transformers' own, not ``zoo.hub push``) saves through the zoo's ``save_pretrained``, so
     the uploaded commit holds the item vocabulary beside the weights (the Hub's calls are stubbed: no network)."""
-    import huggingface_hub
+    from tests.hub_fakes import record_commits
 
     model = Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=16, d_state=4)).eval()
     model.set_item_vocab(zoo.ItemVocab(list(range(100, 129))))
     uploaded = {}
-
-    def commit(self, repo_id, operations, **kw):
-        uploaded.update({op.path_in_repo: op.path_or_fileobj for op in operations})
-        return type("Commit", (), {"commit_url": "", "oid": "", "pr_url": None})()
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
-                        lambda self, repo_id, **kw: type("Url", (), {"repo_id": repo_id})())
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", commit)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")                  # the card lookup on the way must not wait on a network
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    record_commits(monkeypatch, uploaded=uploaded, offline=True)    # the card lookup must not wait on a network
     model.push_to_hub("me/tiny", token="not-a-real-token")
     assert {"config.json", "model.safetensors", "item_vocab.json"} <= set(uploaded)
 
@@ -2202,3 +2181,56 @@ def test_card_names_of_the_bundled_cards_and_the_docs_are_valid():
     """The names the bundled cards, the tests and README use pass the --name check (``x`` * 96 is the longest)."""
     names = [*hub.bundled_models(), "tiny", "tiny-b4r", "g", "x", "dash-card", "mamba4rec-shop", "a_b.c", "x" * 96]
     assert {n: hub.card_name_problem(n) for n in names} == {n: None for n in names}
+
+
+def test_a_model_only_in_a_subfolder_is_named_with_the_option_that_loads_it(tmp_path, monkeypatch, capsys):
+    """A Hub snapshot (or a local folder) holding its model in ``sub/`` only, loaded without ``--subfolder``, was
+    called "a partial download (AutoConfig.from_pretrained and ModelCard.load fetch config.json or README.md
+    alone)" (a local folder: transformers' missing config.json): the message says where the model files are and
+    that ``--subfolder sub`` loads them (zoo.recommend: exit 1, one line); several such folders are all named."""
+    import huggingface_hub.constants as c
+
+    from test_pretrained_cache import PROXY_VARS, files_of, snapshot, tiny
+    from zoo.pretrained import resolve_pretrained
+    from zoo.recommend import main as recommend_main
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in PROXY_VARS + ("HF_ENDPOINT", "ZOO_HUB_PROBE_TIMEOUT"):
+        monkeypatch.delenv(var, raising=False)
+    folder = tmp_path / "nested"
+    tiny().save_pretrained(folder / "sub")
+    snapshot(tmp_path / "hf", "acme/nested", files_of(folder / "sub", "sub/"), rev="c" * 40)
+    hint = (r"the model files are in subfolder 'sub': pass --subfolder sub "
+            r"\(from_pretrained\(\.\.\., subfolder='sub'\)\)")
+    for where in ("acme/nested", str(folder)):
+        with pytest.raises(OSError, match=rf"lacks config\.json.*; {hint}$") as e:
+            resolve_pretrained(where)
+        assert "partial download" not in str(e.value)
+        assert resolve_pretrained(where, subfolder="sub").endswith("sub")
+    with exits(capsys, 1, rf"^error: --model {re.escape(str(folder))}: cannot load .*{hint}$"):
+        recommend_main(["--model", str(folder), "--history", "100"])
+    tiny().save_pretrained(folder / "other" / "v2")
+    with pytest.raises(OSError, match=r"in subfolders 'other/v2', 'sub': pass --subfolder DIR"):
+        resolve_pretrained(str(folder))
+
+
+def test_an_oversized_item_vocabulary_is_refused_by_its_size_before_it_is_read(tmp_path, monkeypatch):
+    """An item_vocab.json far larger than any vocabulary (1.6 GB) was read and parsed whole (10-17 s) before it was
+    refused: its size is checked first (os.stat), and the refusal names the file and its size; nothing is read."""
+    import export.item_vocab as item_vocab
+
+    model = Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=16, d_state=4)).eval()
+    model.set_item_vocab(zoo.ItemVocab(list(range(100, 129))))
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "item_vocab.json"
+    size = path.stat().st_size
+    assert zoo.ItemVocab.load(path).items == list(range(100, 129))             # under the limit: read as before
+    monkeypatch.setattr(item_vocab, "MAX_VOCAB_BYTES", size - 1)
+    monkeypatch.setattr(item_vocab, "load_vocab_json", lambda p: pytest.fail(f"{p} was read"))
+    want = rf"^item vocabulary {re.escape(str(path))} is {size:,} bytes, more than the {size - 1:,} an item vocabulary"
+    for source in (path, path.parent):
+        with pytest.raises(ValueError, match=want):
+            zoo.ItemVocab.load(source)
+    with pytest.raises(ValueError, match=rf"item vocabulary {re.escape(str(path))} is {size:,} bytes"):
+        Mamba4RecModel.from_pretrained(str(tmp_path / "m"))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
+from tests.hub_fakes import record_commits, record_hub_calls
 from tests.test_hub_convert import _tiny_gru4rec_run, exits
 from zoo import hub
 
@@ -41,20 +42,9 @@ def card(built_card, tmp_path):
 
 @pytest.fixture
 def hub_calls(monkeypatch, tmp_path):
-    """HfApi's calls recorded (credentials from HF_TOKEN): ``create_repo``, ``update_repo_settings`` and
-    ``upload_folder`` (its arguments); ``upload_folder`` returns ``"commit-info"``."""
-    import huggingface_hub
-
-    calls = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
-                        lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
-    monkeypatch.setattr(huggingface_hub.HfApi, "update_repo_settings",
-                        lambda self, repo_id, **kw: calls.append(("update_repo_settings", repo_id, kw)))
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
-                        lambda self, **kw: calls.append(("upload_folder", kw)) or "commit-info")
-    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
-    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
-    return calls
+    """HfApi's calls recorded (credentials from HF_TOKEN; :func:`tests.hub_fakes.record_hub_calls`): ``create_repo``,
+    ``update_repo_settings`` and ``upload_folder`` (its arguments); ``upload_folder`` returns ``"commit-info"``."""
+    return record_hub_calls(monkeypatch, token_path=tmp_path / "no-token-file")
 
 
 def test_a_new_repo_gets_its_owners_default_visibility_unless_private(card, hub_calls, capsys):
@@ -177,27 +167,12 @@ def test_a_card_written_for_another_id_or_its_local_folder_is_refused(built_card
 
 def test_push_mirrors_the_folder_deleting_what_it_no_longer_holds(card, monkeypatch, tmp_path, capsys):
     """upload_folder ran without delete_patterns: a graph or log the card no longer holds stayed published beside the
-    new weights. The card folder is the whole repo now: one commit adds its files and deletes every other file of the
-    repo except .gitattributes (huggingface_hub's own delete_patterns; a file re-uploaded is not deleted). Hidden
+    new weights. One commit adds the folder's files and deletes the repo's other card files (huggingface_hub's own
+    delete_patterns; a file re-uploaded is not deleted; .gitattributes and a user's files are kept). Hidden
     stages are not uploaded, the Hub's .eval_results/*.yaml is. The commit is named after the folder, also when it
     is given with a trailing slash or as ``.`` (it said "Upload " or "Upload .")."""
-    import huggingface_hub
-    import huggingface_hub.hf_api as hf_api
-
-    commits = []
-
-    def create_commit(self, repo_id, operations, commit_message=None, **kw):
-        commits.append((repo_id, commit_message, sorted((type(op).__name__, op.path_in_repo) for op in operations)))
-        return "commit-info"
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: None)
-    monkeypatch.setattr(huggingface_hub.HfApi, "_validate_yaml", lambda self, content, **kw: None)   # the Hub's check
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kw: [
-        ".gitattributes", "README.md", "model.safetensors", "onnx-window/model.onnx", "soup_log.json",
-        ".eval_results/old.yaml"])
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
-    monkeypatch.setattr(hf_api, "is_xet_available", lambda: False)        # the one-commit path, recorded above
-    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    commits = record_commits(monkeypatch, [".gitattributes", "README.md", "model.safetensors",
+                                           "onnx-window/model.onnx", "soup_log.json", ".eval_results/old.yaml"])
     (card / ".eval_results").mkdir()
     (card / ".eval_results" / "ml.yaml").write_text("- dataset: {id: me/data, task_id: default}\n  value: 0.3\n")
     (card / ".save-x").mkdir()
@@ -215,7 +190,7 @@ def test_push_mirrors_the_folder_deleting_what_it_no_longer_holds(card, monkeypa
     monkeypatch.chdir(card)
     hub.main(["push", ".", "--repo-id", REPO])
     assert commits[0][1] == "Upload tiny", commits
-    assert "deletes every file of the repository the folder does not hold" in _push_help(capsys)
+    assert "deletes the card files of the repository the folder does not hold" in _push_help(capsys)
 
 
 def test_card_metadata_the_hub_would_reject_is_refused_before_the_repo_is_created(card, hub_calls, capsys,

@@ -1302,9 +1302,48 @@ def _hidden_except(keep: str) -> tuple[str, ...]:
 #: what ``push`` never uploads: hidden files and folders, at the top and below (huggingface_hub adds its own defaults),
 #: except the Hub's evaluation results at the top (:data:`EVAL_RESULTS_DIR`)
 PUSH_IGNORE = (*_hidden_except(EVAL_RESULTS_DIR), "**/.*")
-#: what ``push`` deletes from the repo (huggingface_hub's ``upload_folder(delete_patterns=...)``): every file the
-#: folder does not upload -- the card folder is the whole repo (huggingface_hub never deletes ``.gitattributes``)
-PUSH_DELETE = ("*",)
+#: the repo files ``push`` owns (paths as in :data:`CARD_CONTENT`, each pattern matching at its own depth): the card's
+#: files, and the weight files a save writes instead of ``model.safetensors`` (a sharded index and its shards, which
+#: a transformers or ``model.push_to_hub`` upload may have left). An owned file the folder does not upload is deleted
+#: in the push's commit (:func:`stale_repo_files`); a file the zoo does not own (a user's notes or images uploaded on
+#: the Hub, ``.gitattributes``) is never deleted
+PUSH_OWNED = (*CARD_CONTENT, "model.safetensors.index.json", "model-*-of-*.safetensors")
+
+
+def _owned_path(rel: str) -> bool:
+    """Whether the repo path ``rel`` is a file ``push`` owns (:data:`PUSH_OWNED`, each pattern at its own depth)."""
+    import fnmatch
+
+    return any(rel.count("/") == pat.count("/") and fnmatch.fnmatchcase(rel, pat) for pat in PUSH_OWNED)
+
+
+def uploaded_files(folder: str | os.PathLike) -> list[str]:
+    """The repo paths (``/``-separated, sorted) ``push`` uploads from ``folder``: every file but those
+    :data:`PUSH_IGNORE` leaves out (which covers huggingface_hub's own defaults, ``.git`` and ``.cache``: hidden), as
+    ``upload_folder`` selects them."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    folder = os.fspath(folder)
+    found = [os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+             for root, _, files in os.walk(folder) for name in files]
+    return sorted(filter_repo_objects(found, ignore_patterns=list(PUSH_IGNORE)))
+
+
+def stale_repo_files(remote: Sequence[str], uploaded: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(deleted, kept)`` of the repo's files ``remote`` that a push uploading ``uploaded`` does not replace:
+    ``deleted`` the files the zoo owns (:data:`PUSH_OWNED`: an earlier push's ``item_vocab.json``, ONNX graph, soup
+    log, weight shards -- left, the repo would serve them beside the new weights), ``kept`` the others but
+    ``.gitattributes`` (a user's files: never deleted). Both sorted."""
+    new = set(uploaded)
+    left = sorted(f for f in set(remote) if f not in new and f != ".gitattributes")
+    return [f for f in left if _owned_path(f)], [f for f in left if not _owned_path(f)]
+
+
+def _fnmatch_literal(path: str) -> str:
+    """``path`` as an ``fnmatch`` pattern that matches itself alone (``*``, ``?``, ``[`` each in brackets)."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
+
+
 #: the README's statement of the catalogue its numbers were ranked over (:func:`make_card`)
 _RANKED_ITEMS = re.compile(r"Full ranking over all ([\d,]+) items")
 #: the argument of a ``from_pretrained(...)`` call in a card's code: a string literal (:func:`card_loading_line`
@@ -1548,8 +1587,9 @@ def card_id_problems(folder: str | os.PathLike, repo_id: str, text: str, card) -
 def push(folder: str, repo_id: str, private: bool | None = None, token: str | None = None,
          allow_extra: bool = False) -> str:
     """Publish a card folder to the Hub with ``huggingface_hub`` (needs credentials: ``HF_TOKEN`` or a login), as the
-    whole repo: one commit uploads the folder and deletes every file of the repo it does not hold (an earlier push's
-    ONNX graph, a soup's log; :data:`PUSH_DELETE`), except the repo's ``.gitattributes``.
+    card of the repo: one commit uploads the folder and deletes the files of the repo that the zoo owns and the folder
+    does not hold (:func:`stale_repo_files`: an earlier push's ``item_vocab.json``, ONNX graph, soup log or weight
+    shards), named on stderr; files the zoo does not own (a user's, ``.gitattributes``) are kept, also named there.
 
     ``private``: True makes the repo private (an existing public one too); None (the default) creates a new repo with
     its owner's default visibility (public unless the organisation makes new repos private); False creates a new repo
@@ -1606,12 +1646,21 @@ def push(folder: str, repo_id: str, private: bool | None = None, token: str | No
     api.create_repo(repo_id, private=private, exist_ok=True)
     if private:                        # create_repo leaves an existing repo's visibility as it was
         api.update_repo_settings(repo_id, private=True)
+    # the zoo's files of an earlier push that the folder does not upload are deleted from the repo in the same commit,
+    # so that no file of earlier weights (a stale item_vocab.json, an ONNX graph) stays beside them; a user's are kept
+    deleted, kept = stale_repo_files(api.list_repo_files(repo_id), uploaded_files(folder))
+    if deleted:
+        print(f"[zoo.hub] deleting from {repo_id} in the same commit the files of an earlier push that {folder} does "
+              f"not hold: {_listed(deleted, 8)}", file=sys.stderr, flush=True)
+    if kept:
+        print(f"[zoo.hub] note: keeping {repo_id}'s files that are no part of a card ({_listed(kept)}): push deletes "
+              "only the files a card holds", file=sys.stderr, flush=True)
     # hidden entries are no part of a card: the stages of interrupted writers (.save-*, .export-staging-*,
-    # .NAME.staged-*) would be published with it (and downloaded by ``*.safetensors`` patterns); what the folder
-    # does not upload is deleted from the repo in the same commit, so that no file of earlier weights stays beside it
+    # .NAME.staged-*) would be published with it (and downloaded by ``*.safetensors`` patterns)
     info = api.upload_folder(folder_path=folder, repo_id=repo_id,
                              commit_message=f"Upload {os.path.basename(os.path.abspath(folder))}",
-                             ignore_patterns=list(PUSH_IGNORE), delete_patterns=list(PUSH_DELETE))
+                             ignore_patterns=list(PUSH_IGNORE),
+                             delete_patterns=[_fnmatch_literal(f) for f in deleted] or None)
     return str(info)
 
 
@@ -1691,9 +1740,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="no progress bar during the evaluation (default: a bar on stderr when stderr is a terminal)")
     u = sub.add_parser("push", help="publish a card folder to the Hub",
                        description="Publish a card folder to the Hugging Face Hub (needs HF_TOKEN or `hf auth "
-                                   "login`) as the whole repository: one commit uploads the folder and deletes every "
-                                   "file of the repository the folder does not hold (an earlier push's ONNX graph or "
-                                   "log), except its .gitattributes. Refused before any Hub call (no repository is "
+                                   "login`): one commit uploads the folder and deletes the card files of the "
+                                   "repository the folder does not hold (an earlier push's item vocabulary, ONNX "
+                                   "graph, log or weight shards), naming them on stderr; other files (a user's, "
+                                   ".gitattributes) are kept. Refused before any Hub call (no repository is "
                                    "created): a folder that does not load as a zoo model, holds files no card holds, "
                                    "whose README, eval_results.json, training log or ONNX graphs describe other "
                                    "weights, whose card metadata huggingface_hub cannot read, or whose card names "

@@ -286,6 +286,10 @@ def resolve_pretrained(name_or_path: str | os.PathLike, *, revision: str | None 
     """
     p = os.fspath(name_or_path)
     if os.path.isdir(p):
+        if not subfolder:
+            hint = subfolder_hint(p)
+            if hint:                                # not transformers' "no file named config.json" alone
+                raise OSError(f"cannot load {p!r}: the folder lacks config.json; {hint}")
         return _subfolder(p, subfolder, p)
     if os.path.exists(p):
         raise ValueError(f"{p} is a file; from_pretrained expects a folder with config.json and model.safetensors")
@@ -385,6 +389,9 @@ def _whole_snapshot(folder: str, subfolder: str | None, p: str, at: str, bundled
     missing = model_files_missing(target)
     if missing is None:
         return target
+    hint = "" if subfolder else subfolder_hint(target)
+    if hint:                        # the repo holds its model in a subfolder: no partial download, no bundled stand-in
+        raise OSError(f"cannot load {p!r}{at}: its snapshot {target} lacks config.json at the top; {hint}")
     if bundled is not None:
         stand_in = _subfolder(str(bundled), subfolder, f"the bundled copy of {p!r}")
         if _same_config(target, stand_in):
@@ -409,6 +416,34 @@ def _same_config(snapshot: str, bundled: str) -> bool:
             return json.load(a) == json.load(b)
     except (OSError, ValueError, RecursionError):
         return False
+
+
+def model_subfolders(folder: str | os.PathLike, depth: int = 3) -> list[str]:
+    """The folders below ``folder`` (``/``-separated relative paths, sorted; at most ``depth`` levels down, hidden
+    ones left out) that hold a ``config.json``: where a repo or folder without one at its top keeps its model."""
+    folder = os.fspath(folder)
+    found = []
+    for root, dirs, files in os.walk(folder):
+        rel = os.path.relpath(root, folder)
+        level = 0 if rel == "." else rel.count(os.sep) + 1
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if level < depth else []
+        if level and "config.json" in files:
+            found.append(rel.replace(os.sep, "/"))
+    return sorted(found)
+
+
+def subfolder_hint(folder: str | os.PathLike) -> str:
+    """For a ``folder`` without ``config.json`` at its top whose subfolders hold one (:func:`model_subfolders`): the
+    clause saying where the model files are and what to pass (``--subfolder X``, ``subfolder="X"``); else ``""``."""
+    if os.path.isfile(os.path.join(os.fspath(folder), "config.json")):
+        return ""
+    subs = model_subfolders(folder)
+    if not subs:
+        return ""
+    where = (f"subfolder {subs[0]!r}" if len(subs) == 1
+             else "subfolders " + ", ".join(repr(x) for x in subs[:6]) + (", ..." if len(subs) > 6 else ""))
+    return (f"the model files are in {where}: pass --subfolder {subs[0] if len(subs) == 1 else 'DIR'} "
+            f"(from_pretrained(..., subfolder={subs[0] if len(subs) == 1 else 'DIR'!r}))")
 
 
 class SubfolderNotFound(ValueError):

@@ -220,8 +220,9 @@ def recommend_all_users(model, ds, out: str | os.PathLike, k: int = 10, exclude_
             **({"candidates": len(pool)} if pool is not None else {}), "seconds": round(time.time() - t0, 2)}
 
 
-def _similar(args, model, exclude: list) -> dict:
-    """``--similar-to``: :meth:`~zoo.SeqRecPreTrainedModel.similar_items` of the given ids, printed."""
+def _similar(args, model, exclude: list, hub: dict | None = None) -> dict:
+    """``--similar-to``: :meth:`~zoo.SeqRecPreTrainedModel.similar_items` of the given ids, printed (``hub``: the
+    ``--revision`` / ``--subfolder`` the model was read at, recorded beside ``model`` when given)."""
     from .cli import error_text
 
     query = _drop_unknown([_history_id(x, model) for x in args.similar_to], args, model)
@@ -231,7 +232,8 @@ def _similar(args, model, exclude: list) -> dict:
         rec = model.similar_items(query, k=args.k, exclude_items=exclude)
     except (KeyError, ValueError, TypeError) as e:
         sys.exit(f"error: {error_text(e)}")
-    out = {"model": args.model, "model_type": model.config.model_type, "similar_to": query, "items": rec.items,
+    out = {"model": args.model, **{k: v for k, v in (hub or {}).items() if v},    # --revision / --subfolder
+           "model_type": model.config.model_type, "similar_to": query, "items": rec.items,
            "scores": [[round(float(x), SCORE_DECIMALS) for x in row] for row in rec.scores],
            "excluded_items": len(set(exclude))}
     if args.json:
@@ -414,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if problem:
         p.error(problem)
     if args.similar_to:
-        return _similar(args, model, exclude)
+        return _similar(args, model, exclude, hub)
     if args.data:
         from .data import load_dataset
 
@@ -434,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             if isinstance(e, BrokenPipeError) and args.out == STDOUT_PATH:
                 raise                       # stdout's reader went away (| head): run_cli ends quietly with 141
             sys.exit(f"error: {cannot('--out', args.out, e)}")
-        summary = {"model": args.model, "model_type": model.config.model_type, "data": args.data, "k": args.k,
+        summary = {"model": args.model, **{k: v for k, v in hub.items() if v},      # --revision / --subfolder
+                   "model_type": model.config.model_type, "data": args.data, "k": args.k,
                    "exclude_seen": args.exclude_seen, **summary}
         said = text_stream(args.out)                                        # stdout may hold the lines themselves
         if args.json:
@@ -484,7 +487,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if isinstance(e, ScoreOverflow) and e.rows is not None:     # predict's (batch rows): named as --all-users does
             e = overflow_error(None if uid is None else [uid], model.dtype)
         sys.exit(f"error: {e}")
-    out = {"model": args.model, "model_type": model.config.model_type, "history_length": len(history),
+    out = {"model": args.model, **{k: v for k, v in hub.items() if v},              # --revision / --subfolder
+           "model_type": model.config.model_type, "history_length": len(history),
            "history_tail": history[-10:], "items": rec.items[0],
            "scores": [round(float(s), SCORE_DECIMALS) for s in rec.scores[0]],
            "excluded_items": len(set(exclude)), **({"candidates": len(set(candidates))} if candidates else {})}

@@ -23,13 +23,9 @@ from typing import Iterable, Sequence
 # (export.runtime): checked in one place for both
 from .ids import UnknownItemError  # noqa: F401  (zoo.vocab.UnknownItemError: the one class both raise)
 from .ids import is_canonical_int_text, is_int_text, other_normalization, unknown_id_hint  # noqa: F401
-from .vocab_format import VOCAB_FORMAT as _FORMAT, load_vocab_json, vocab_items
+from .vocab_format import MAX_VOCAB_BYTES, VOCAB_FORMAT as _FORMAT, check_vocab_size, load_vocab_json, vocab_items
 
 VOCAB_FILE = "item_vocab.json"
-#: the largest ``item_vocab.json`` :meth:`ItemVocab.load` reads (1 GiB: some 100 million ids, whose Python list and
-#: index take over 10 GB): a larger file is refused from its size alone, before any of it is read (reading and
-#: parsing 1.6 GB took 10-17 s and several times that in memory)
-MAX_VOCAB_BYTES = 1 << 30
 
 
 def int_id_value(x):
@@ -228,23 +224,11 @@ class ItemVocab:
     def load(cls, path: str | os.PathLike) -> "ItemVocab":
         """Load from ``item_vocab.json`` or from a directory containing it (a file that is not UTF-8 JSON, or not a
         vocabulary, is a ``ValueError`` naming it; a missing one ``FileNotFoundError``). A file larger than
-        :data:`MAX_VOCAB_BYTES` is a ``ValueError`` naming it and its size, told by ``os.stat`` before it is read."""
+        :data:`MAX_VOCAB_BYTES` is a ``ValueError`` naming it and its size, told by ``os.stat`` before it is read
+        (:func:`export.vocab_format.check_vocab_size`)."""
         if os.path.isdir(path):
             path = os.path.join(path, VOCAB_FILE)
-        check_vocab_size(path)
         return cls.from_dict(load_vocab_json(path), source=str(path))
-
-
-def check_vocab_size(path: str | os.PathLike, limit: int | None = None) -> int:
-    """The size in bytes of the ``item_vocab.json`` at ``path`` (``os.stat``: nothing is read), or a ``ValueError``
-    naming the file and its size when it is larger than ``limit`` (default :data:`MAX_VOCAB_BYTES`); a missing or
-    unreadable file is ``os.stat``'s ``OSError``."""
-    limit = MAX_VOCAB_BYTES if limit is None else limit
-    size = os.stat(path).st_size
-    if size > limit:
-        raise ValueError(f"item vocabulary {os.fspath(path)} is {size:,} bytes, more than the {limit:,} an item "
-                         "vocabulary may take (export.item_vocab.MAX_VOCAB_BYTES): it is not read")
-    return size
 
 
 __all__ = ["ItemVocab", "MAX_VOCAB_BYTES", "UnknownItemError", "VOCAB_FILE", "check_indices", "check_vocab_size",

@@ -18,13 +18,31 @@ import os
 from .fsutil import read_json
 
 VOCAB_FORMAT = "zoo-item-vocab/1"
+#: the largest ``item_vocab.json`` :func:`load_vocab_json` reads (1 GiB: some 100 million ids, whose Python list and
+#: index take over 10 GB): a larger file is refused from its size alone, before any of it is read (reading and
+#: parsing 1.6 GB took 10-17 s and several times that in memory)
+MAX_VOCAB_BYTES = 1 << 30
+
+
+def check_vocab_size(path: str | os.PathLike, limit: int | None = None) -> int:
+    """The size in bytes of the ``item_vocab.json`` at ``path`` (``os.stat``: nothing is read), or a ``ValueError``
+    naming the file and its size when it is larger than ``limit`` (default :data:`MAX_VOCAB_BYTES`); a missing or
+    unreadable file is ``os.stat``'s ``OSError``."""
+    limit = MAX_VOCAB_BYTES if limit is None else limit
+    size = os.stat(path).st_size
+    if size > limit:
+        raise ValueError(f"item vocabulary {os.fspath(path)} is {size:,} bytes, more than the {limit:,} an item "
+                         "vocabulary may take (export.vocab_format.MAX_VOCAB_BYTES): it is not read")
+    return size
 
 
 def load_vocab_json(path: str | os.PathLike):
     """The JSON value in the file ``path`` (not yet checked to be a vocabulary: see :func:`vocab_items`). A file that
     is not UTF-8 JSON, or whose JSON is nested deeper than the parser goes (``[[[...]]]``), is a ``ValueError``
     (:class:`export.fsutil.JSONReadError`) naming it: "corrupt item vocabulary PATH: REASON"; a missing or unreadable
-    one the ``OSError`` of ``open``."""
+    one the ``OSError`` of ``open``; a file larger than :data:`MAX_VOCAB_BYTES` is a ``ValueError`` naming it and its
+    size, told by ``os.stat`` before any of it is read (:func:`check_vocab_size`)."""
+    check_vocab_size(path)
     return read_json(path, f"corrupt item vocabulary {path}")
 
 
@@ -110,4 +128,4 @@ def read_graph_vocab(path: str | os.PathLike, n_items: int) -> tuple[list, str]:
     return items, id_type
 
 
-__all__ = ["VOCAB_FORMAT", "load_vocab_json", "read_graph_vocab", "vocab_items"]
+__all__ = ["MAX_VOCAB_BYTES", "VOCAB_FORMAT", "check_vocab_size", "load_vocab_json", "read_graph_vocab", "vocab_items"]

@@ -2218,7 +2218,8 @@ def test_a_model_only_in_a_subfolder_is_named_with_the_option_that_loads_it(tmp_
 def test_an_oversized_item_vocabulary_is_refused_by_its_size_before_it_is_read(tmp_path, monkeypatch):
     """An item_vocab.json far larger than any vocabulary (1.6 GB) was read and parsed whole (10-17 s) before it was
     refused: its size is checked first (os.stat), and the refusal names the file and its size; nothing is read."""
-    import export.item_vocab as item_vocab
+    import export.vocab_format as vocab_format
+    from export.vocab_format import read_graph_vocab
 
     model = Mamba4RecModel(Mamba4RecConfig(n_items=30, hidden_size=16, d_state=4)).eval()
     model.set_item_vocab(zoo.ItemVocab(list(range(100, 129))))
@@ -2226,11 +2227,13 @@ def test_an_oversized_item_vocabulary_is_refused_by_its_size_before_it_is_read(t
     path = tmp_path / "m" / "item_vocab.json"
     size = path.stat().st_size
     assert zoo.ItemVocab.load(path).items == list(range(100, 129))             # under the limit: read as before
-    monkeypatch.setattr(item_vocab, "MAX_VOCAB_BYTES", size - 1)
-    monkeypatch.setattr(item_vocab, "load_vocab_json", lambda p: pytest.fail(f"{p} was read"))
+    monkeypatch.setattr(vocab_format, "MAX_VOCAB_BYTES", size - 1)
+    monkeypatch.setattr(vocab_format, "read_json", lambda p, what: pytest.fail(f"{p} was read"))
     want = rf"^item vocabulary {re.escape(str(path))} is {size:,} bytes, more than the {size - 1:,} an item vocabulary"
     for source in (path, path.parent):
         with pytest.raises(ValueError, match=want):
             zoo.ItemVocab.load(source)
     with pytest.raises(ValueError, match=rf"item vocabulary {re.escape(str(path))} is {size:,} bytes"):
         Mamba4RecModel.from_pretrained(str(tmp_path / "m"))
+    with pytest.raises(ValueError, match=want):             # the serving runtime's and Triton generator's reader too
+        read_graph_vocab(path, 30)

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from ..vocab import int_id
-from .split import int_setting
+from .readers import _time_seconds
+from .split import _F64, _plain_rows, int_setting
 
 
 @dataclass
@@ -104,7 +105,9 @@ def training_windows(sequences: Sequence[np.ndarray], max_len: int,
         max_len: maximum window length ``L`` (e.g. the model's ``max_seq_length``): an int ``>= 1`` (Python or
             numpy; a bool, a float or a string is a ``ValueError``).
         timestamps: ``U`` float64 arrays aligned with ``sequences``, or ``None``; NaN/inf or decreasing timestamps
-            in a used sequence are a ``ValueError`` naming the sequence and position.
+            in a used sequence are a ``ValueError`` naming the sequence and position. Other dtypes are read as
+            :class:`~zoo.data.readers.Interactions` reads them: ``datetime64`` becomes seconds; bools, strings,
+            complex numbers and float16 / float32 seconds too large for their dtype are a ``ValueError``.
         stride: int ``1 <= s <= max_len``, pairs between consecutive window ends (default ``max_len``: no overlap); each
             window supervises only its last ``s`` positions except a user's leftmost window, which supervises all.
     Returns:
@@ -145,7 +148,9 @@ def training_windows(sequences: Sequence[np.ndarray], max_len: int,
         for u in use:
             if len(timestamps[u]) != lens[u]:
                 raise ValueError(f"sequence {u} has {lens[u]} items but {len(timestamps[u])} timestamps")
-        full = [np.asarray(timestamps[u], dtype=np.float64) for u in use]
+        full = [timestamps[u] for u in use]
+        if not _plain_rows(full, _F64):                         # float64 rows (the splits') as they are
+            full = [_row_seconds(t, u) for u, t in zip(use, full)]
         _check_window_timestamps(full, use)
         ts = np.concatenate([t[:-1] for t in full])
     m = lens[use] - 1                                           # pairs per user
@@ -162,6 +167,19 @@ def training_windows(sequences: Sequence[np.ndarray], max_len: int,
     skip = np.where(k == 0, 0, length - stride)                 # leftmost window: all positions are targets
     return TrainingWindows(inputs, labels, ts, start.astype(np.int64), length.astype(np.int64),
                            use[user_of].astype(np.int64), max_len, skip.astype(np.int64), stride)
+
+
+def _row_seconds(row, u: int) -> np.ndarray:
+    """Sequence ``u``'s timestamps as float64 seconds, read as :class:`~zoo.data.readers.Interactions` reads them
+    (:func:`~zoo.data.readers._time_seconds`: bools, strings, complex numbers, float16 / float32 seconds too large for
+    their dtype are a ``ValueError``, ``datetime64`` of any unit becomes seconds); a float64 row as it is."""
+    t = np.asarray(row)
+    if t.dtype == np.float64 and t.ndim == 1:
+        return t
+    if t.ndim != 1:
+        raise ValueError(f"the timestamps of sequence {u} must be a 1-D array, got shape {list(t.shape)}")
+    return _time_seconds(t, f"the timestamps of sequence {u}", lambda i: f"sequence {u}, position {i}: timestamp "
+                         f"{t[i]}", holder=f"the timestamp row of sequence {u}")
 
 
 def _check_window_timestamps(full: list[np.ndarray], use: np.ndarray) -> None:

@@ -89,8 +89,10 @@ class Interactions:
             unit (converted to seconds since the epoch, as the models read it: ``datetime64[D]`` is not 1 s a day);
             a ``ValueError`` names the row of a NaN, infinite or NaT value, and refuses float32 / float16 seconds
             beyond 2**24 / 2**11 (that float has rounded them: float32 keeps Unix seconds to 128-s steps; pass
-            float64 or int64), ``timedelta64`` durations, ``datetime`` objects and non-numbers; integers beyond
-            2**53 (not all exact in float64: nanoseconds since the epoch) are warned.
+            float64 or int64), ``timedelta64`` durations, ``datetime`` objects and non-numbers, naming the column
+            and dtype as the models refuse them: bools (not read as 0 / 1 s), complex numbers, strings (even of
+            digits: convert them first); integers beyond 2**53 (not all exact in float64: nanoseconds since the
+            epoch) are warned.
         source: where the rows came from (a path), for messages.
         format: the reader format that produced the rows (``""`` when built in memory).
     """
@@ -111,22 +113,9 @@ class Interactions:
                 raise ValueError(f"{self.source}: the timestamp column is not numbers (seconds): {e}") from None
             if raw.ndim != 1:
                 raise ValueError(f"{self.source}: the timestamps must be a 1-D array, got shape {list(raw.shape)}")
-            if raw.dtype.kind == "O":                         # datetime / pandas Timestamp objects: not seconds
-                when = next((v for v in raw.tolist() if hasattr(v, "year")), None)
-                if when is not None:
-                    raise ValueError(f"{self.source}: the timestamp column holds {type(when).__name__} objects "
-                                     f"({when!r}); pass Unix seconds (dt.timestamp()) or numpy datetime64")
-            if raw.dtype.kind == "m":                         # durations in their own unit (a day would be 1)
-                raise ValueError(f"{self.source}: the timestamp column holds {raw.dtype} durations; pass Unix seconds "
-                                 "(durations in seconds: td / np.timedelta64(1, 's')) or numpy datetime64")
-            ts = raw
-            if raw.dtype.kind in "iufM":
-                ts = _time_seconds(raw, f"{self.source}: the timestamps",
-                                   lambda i: f"{self.source}, row {i + 1}: timestamp {raw[i]}")
-            try:
-                self.timestamp = np.asarray(ts, dtype=np.float64)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{self.source}: the timestamp column is not numbers (seconds): {e}") from None
+            self.timestamp = _time_seconds(raw, f"{self.source}: the timestamps",
+                                           lambda i: f"{self.source}, row {i + 1}: timestamp {raw[i]}",
+                                           holder=f"{self.source}: the timestamp column")
         n = len(self.user)
         if len(self.item) != n or (self.timestamp is not None and len(self.timestamp) != n):
             raise ValueError(f"{self.source}: user, item and timestamp columns have different lengths "
@@ -227,9 +216,12 @@ def _id_array(values, column: str, source: str) -> np.ndarray:
     raise ValueError(f"{source}: the {column} ids are {what}; ids must be integers or strings")
 
 
-def _time_seconds(values: np.ndarray, what: str, where) -> np.ndarray:
-    """Numeric or ``datetime64`` timestamps ``values [N]`` -> float64 seconds ``[N]``, by the models' rules
-    (``zoo.modeling_utils._as_seconds`` / ``_check_exact_seconds``, which ``export.timestamps.seconds`` mirrors):
+def _time_seconds(values: np.ndarray, what: str, where, holder: str | None = None) -> np.ndarray:
+    """Timestamps ``values`` (an array, any shape; ``[N]`` from the readers) -> float64 seconds of that shape, by the
+    models' rules (``zoo.modeling_utils._as_seconds`` / ``_check_exact_seconds``, which ``export.timestamps.seconds``
+    mirrors). The one timestamp check of the data layer: :class:`Interactions`, the Parquet reader,
+    :class:`~zoo.data.split.SequenceDataset`, :class:`~zoo.data.split.EvalExamples`, the temporal split's cut times
+    and :func:`~zoo.data.batching.training_windows` all read their timestamps through it.
 
     - ``datetime64`` of any unit (``[D]``, ``[m]``, ``[ns]``, ...) becomes seconds since the epoch (to the
       microsecond); a ``NaT`` is a ``ValueError`` naming its row (``where(i)``) and the count.
@@ -238,26 +230,52 @@ def _time_seconds(values: np.ndarray, what: str, where) -> np.ndarray:
       ~1.7e9 to 128-s steps), and widening them would keep the wrong gaps silently. Smaller values (whole-second
       offsets up to ~194 days in float32) are exact there and are widened, as the models accept them.
     - integers beyond 2**53 are warned (:func:`_warn_inexact_times`); float64 is returned as it is.
+    - anything but real numbers and ``datetime64`` is a ``ValueError`` naming ``holder`` (a singular phrase, e.g.
+      ``"src: the timestamp column"``; default ``what``) and the dtype, as the models refuse it (their
+      ``TypeError``): bools (``float()`` reads them as 0 and 1 s), complex numbers, strings and bytes (even of
+      digits), ``timedelta64`` durations, ``datetime`` objects and other objects; an object array of real numbers
+      (a pandas object column) is read as float64.
 
     NaN / inf are left to the caller's finiteness check. ``where(i)`` names value ``i`` ("source, row 3: ...")."""
+    values = np.asarray(values)
+    holder = what if holder is None else holder
     kind = values.dtype.kind
+    if kind == "m":                                     # durations in their own unit (a day would be 1)
+        raise ValueError(f"{holder} holds {values.dtype} durations; pass Unix seconds (durations in seconds: "
+                         "td / np.timedelta64(1, 's')) or numpy datetime64")
+    if kind == "O":                                     # datetime / pandas Timestamp objects: not seconds
+        when = next((v for v in values.flat if hasattr(v, "year")), None)
+        if when is not None:
+            raise ValueError(f"{holder} holds {type(when).__name__} objects ({when!r}); pass Unix seconds "
+                             "(dt.timestamp()) or numpy datetime64")
+        from ..modeling_utils import _as_seconds
+
+        try:                                            # the models' rule: real numbers only (no bool, None, str)
+            return _as_seconds(values, "its values").numpy().astype(np.float64, copy=False)
+        except TypeError as e:
+            raise ValueError(f"{holder} is not numbers (seconds): {e}; pass float64 or int64 Unix seconds or numpy "
+                             "datetime64") from None
+    if kind not in "iufM":                              # bool (read as 0 / 1 s), complex, str, bytes, void
+        such = f" such as {values.flat[0].item()!r}" if values.size else ""
+        raise ValueError(f"{holder} is not numbers (seconds): got dtype {values.dtype}{such}; pass float64 or int64 "
+                         "Unix seconds or numpy datetime64")
     if kind == "M":
         from ..modeling_utils import _as_seconds
 
-        nat = np.flatnonzero(np.isnat(values))
+        nat = np.flatnonzero(np.isnat(values.reshape(-1)))
         if len(nat):
             raise ValueError(f"{where(int(nat[0]))} is a missing time"
                              + (f" ({len(nat)} such rows)" if len(nat) > 1 else ""))
         return _as_seconds(values, what).numpy()
-    if kind == "f" and values.dtype.itemsize < 8 and len(values):
+    if kind == "f" and values.dtype.itemsize < 8 and values.size:
         import torch
 
         from ..modeling_utils import _check_exact_seconds
 
         # a native, writable copy: Arrow's arrays are read-only, and torch takes neither those nor a swapped byte order
         _check_exact_seconds(torch.from_numpy(np.array(values, dtype=values.dtype.newbyteorder("="))), what)
-    elif kind in "iu" and len(values):
-        _warn_inexact_times(values, where, stacklevel=5)
+    elif kind in "iu" and values.size:
+        _warn_inexact_times(values.reshape(-1), where, stacklevel=5)
     return values.astype(np.float64, copy=False)
 
 

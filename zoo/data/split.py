@@ -21,6 +21,7 @@ Index conventions
 from __future__ import annotations
 
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -28,7 +29,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..vocab import ItemVocab, UnknownItemError, int_id, unknown_id_hint
-from .readers import Interactions, read_interactions
+from .readers import Interactions, _time_seconds, read_interactions
 
 
 # --------------------------------------------------------------------------- helpers
@@ -53,6 +54,14 @@ def _check_k(name: str, k) -> None:
     read."""
     if k is not None and int_id(k) is None:
         raise ValueError(f"k-core threshold {name} must be an int or None, got {k!r} (0 or None: no filter)")
+
+
+def _need_interactions(inter, call: str) -> None:
+    """``TypeError`` naming ``call`` when ``inter`` is no :class:`~zoo.data.readers.Interactions` (a DataFrame, a
+    tuple of arrays): build one with ``Interactions(user, item, timestamp)``, which checks the columns."""
+    if not isinstance(inter, Interactions):
+        raise TypeError(f"{call} needs a zoo.data.Interactions (read_interactions(path), or Interactions(user, item, "
+                        f"timestamp) from arrays), got {type(inter).__name__}")
 
 
 def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +96,78 @@ def _py(values: np.ndarray) -> list:
     return values.tolist()
 
 
+def _plain_rows(rows: list, dtypes) -> bool:
+    """True when every row is a 1-D ``np.ndarray`` whose dtype is one of ``dtypes`` (C-level passes over the rows:
+    the datasets :func:`build_sequences` and the splits build pass at little cost, 35,598 users in a few ms)."""
+    return (set(map(type, rows)) <= {np.ndarray} and set(map(_DTYPE, rows)) <= dtypes
+            and set(map(_NDIM, rows)) <= {1})
+
+
+_DTYPE, _NDIM = operator.attrgetter("dtype"), operator.attrgetter("ndim")
+_INT_DTYPES = {np.dtype(t) for t in (np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8)}
+_F64 = {np.dtype(np.float64)}
+
+
+def _lengths(rows) -> np.ndarray:
+    return np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+
+
+def _index_rows(rows, what, n_items: int | None = None) -> list:
+    """Rows of internal item indices (``SequenceDataset.sequences``), checked: each a 1-D integer array (a list is
+    made one; integer arrays are kept as they are), every index in ``1..n_items`` (``n_items`` None: ``>= 1``).
+    ``ValueError`` naming ``what(r)`` (the row) and the position otherwise: float ids (an int64 cast would cut 1.7 to
+    item 1), bools (items 0 and 1), strings, 0 (padding), negative ids (a table lookup reads -1 as the last item)."""
+    out = list(rows)
+    if not _plain_rows(out, _INT_DTYPES):
+        for r, s in enumerate(out):
+            if not (isinstance(s, np.ndarray) and s.dtype.kind in "iu" and s.ndim == 1):
+                a = np.asarray(s)
+                if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+                    got = f"{a.dtype} values" if a.ndim == 1 else f"a {a.ndim}-D {a.dtype} array"
+                    raise ValueError(f"{what(r)} must be a 1-D array of int item indices >= 1, got {got} "
+                                     f"{a.ravel()[:3].tolist()}{' ...' if a.size > 3 else ''}; pass int64 indices")
+                out[r] = a.astype(np.int64, copy=False)
+    if out and _lengths(out).sum():
+        flat = np.concatenate(out)
+        hi = n_items if n_items is not None else np.iinfo(np.int64).max
+        if int(flat.min()) < 1 or int(flat.max()) > hi:
+            for r, s in enumerate(out):                  # the first row and position out of range, named
+                bad = np.flatnonzero((s < 1) | (s > hi))
+                if len(bad):
+                    p = int(bad[0])
+                    within = f"1..{n_items} (the vocabulary's {n_items} items)" if n_items is not None else ">= 1"
+                    raise ValueError(f"{what(r)} has item index {int(s[p])} at position {p}: internal item indices "
+                                     f"are {within}; 0 is padding")
+    return out
+
+
+def _time_rows(rows, prefix: str, label, lengths: np.ndarray | None = None) -> list:
+    """Per-row timestamps (``SequenceDataset.timestamps``, ``EvalExamples.history_timestamps``) as float64 seconds
+    through :func:`~zoo.data.readers._time_seconds` (the data layer's one timestamp check: bools, complex numbers,
+    strings, durations, ``datetime`` objects, float32 / float16 seconds too large for their dtype are a ``ValueError``;
+    ``datetime64`` of any unit becomes seconds). Messages read ``f"{prefix}the timestamps {label(r)}"`` (``prefix``:
+    ``"name: "``, ``label(r)``: ``"of user 7"``); ``lengths[r]``: the length row ``r`` must have (its item row's).
+    Float64 rows are kept as they are. NaN / inf are left to the later checks (they name the user)."""
+    out = list(rows)
+    if not _plain_rows(out, _F64):
+        for r, t in enumerate(out):
+            if not (isinstance(t, np.ndarray) and t.dtype == np.float64 and t.ndim == 1):
+                a = np.asarray(t)
+                if a.ndim != 1:
+                    raise ValueError(f"{prefix}the timestamps {label(r)} must be a 1-D array, got shape "
+                                     f"{list(a.shape)}")
+                out[r] = _time_seconds(a, f"{prefix}the timestamps {label(r)}",
+                                       lambda i, r=r, a=a: f"{prefix}the timestamps {label(r)}, position {i}: {a[i]}",
+                                       holder=f"{prefix}the timestamp row {label(r)}")
+    if lengths is not None:
+        bad = np.flatnonzero(_lengths(out) != lengths)
+        if len(bad):
+            r = int(bad[0])
+            raise ValueError(f"{prefix}the timestamp row {label(r)} holds {len(out[r])} timestamps for {lengths[r]} "
+                             "items; pass one timestamp per item")
+    return out
+
+
 # --------------------------------------------------------------------------- k-core
 def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None = 5,
                  max_iterations: int | None = None) -> Interactions:
@@ -103,7 +184,10 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
             most ``N`` rounds (each drops a row); a chain of users sharing items one by one takes that many.
     Returns:
         the kept rows (a new :class:`Interactions`); may be empty.
+    Raises:
+        TypeError: ``inter`` is no :class:`Interactions` (its constructor checks the columns).
     """
+    _need_interactions(inter, "kcore_filter")
     for name, k in (("user_k", user_k), ("item_k", item_k)):
         _check_k(name, k)
     user_k = int(user_k or 0)
@@ -147,6 +231,11 @@ class SequenceDataset:
         name: a label for messages / reports (by default the file name).
         kcore: ``(user_k, item_k)`` of the k-core filter applied by :func:`load_dataset`, ``None`` if unfiltered.
         time_ties: how rows with equal timestamps were ordered (:data:`TIME_TIES`): ``"file"`` or ``"item"``.
+
+    One built by hand is checked on construction (:meth:`__post_init__`, a ``ValueError`` naming the user): int
+    indices in ``1..n_items``, timestamps read as :class:`~zoo.data.readers.Interactions` reads them (bools, strings,
+    complex numbers, float16 / float32 seconds too large for their dtype refused; ``datetime64`` converted to
+    seconds), one per item, oldest first.
     """
 
     users: list
@@ -156,6 +245,42 @@ class SequenceDataset:
     name: str = ""
     kcore: tuple | None = None
     time_ties: str = "file"
+
+    def __post_init__(self):
+        """Checks a dataset built by hand as :func:`build_sequences` builds it (``ValueError`` naming the user): as
+        many users as sequences (and timestamp rows), each user once, ``time_ties`` one of :data:`TIME_TIES`; every
+        sequence a 1-D array of int indices ``1..n_items`` (a list becomes an int64 array); timestamps read by the
+        data layer's one check (``Interactions``' rules: bools, complex numbers, strings, float32 / float16 seconds
+        too large for their dtype refused, ``datetime64`` of any unit converted to float64 seconds), one per item
+        and non-decreasing per user (oldest first: the splits take a sequence's last items as its latest). NaN / inf
+        are left to :meth:`check_timestamps_for`."""
+        name = self.name or "the data"
+        if len(self.users) != len(self.sequences):
+            raise ValueError(f"{name}: {len(self.users)} users for {len(self.sequences)} sequences; pass one user id "
+                             "per sequence")
+        if self.time_ties not in TIME_TIES:
+            raise ValueError(f"{name}: time_ties must be one of {TIME_TIES}, got {self.time_ties!r}")
+        try:
+            unique = len(set(self.users)) == len(self.users)
+        except TypeError:                                  # unhashable user ids: not looked at
+            unique = True
+        if not unique:
+            seen = {}
+            for r, user in enumerate(self.users):
+                if user in seen:
+                    raise ValueError(f"{name}: user {user!r} has two sequences (rows {seen[user]} and {r}); pass one "
+                                     "sequence per user, oldest item first")
+                seen[user] = r
+        n_items = len(self.vocab) if hasattr(self.vocab, "__len__") else None
+        self.sequences = _index_rows(self.sequences, lambda r: f"{name}: the sequence of user {self.users[r]!r}",
+                                     n_items)
+        if self.timestamps is not None:
+            if len(self.timestamps) != len(self.sequences):
+                raise ValueError(f"{name}: {len(self.timestamps)} timestamp rows for {len(self.sequences)} sequences; "
+                                 "pass one row per user (or timestamps=None)")
+            self.timestamps = _time_rows(self.timestamps, f"{name}: ", lambda r: f"of user {self.users[r]!r}",
+                                         _lengths(self.sequences))
+            _check_time_order(self.timestamps, self.users, name)
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -260,6 +385,25 @@ class SequenceDataset:
                 f"{self.n_interactions} interactions, {'timestamps' if self.timestamps is not None else 'order only'})")
 
 
+def _check_time_order(timestamps: list, users: list, name: str) -> None:
+    """``ValueError`` naming ``name``, the user and the position where a user's float64 timestamps decrease (NaN is
+    skipped: it is :meth:`SequenceDataset.check_timestamps_for`'s). One vectorised pass when nothing decreases."""
+    rows = [t for t in timestamps if len(t) > 1]
+    if not rows:
+        return
+    step = np.diff(np.concatenate(rows)) < 0
+    step[np.cumsum([len(t) for t in rows])[:-1] - 1] = False      # a drop from one user's last to the next's first
+    if not step.any():
+        return
+    for user, t in zip(users, timestamps):
+        dec = np.flatnonzero(np.diff(t) < 0)
+        if len(dec):
+            p = int(dec[0]) + 1
+            raise ValueError(f"{name}: the timestamps of user {user!r} decrease at position {p} ({t[p - 1]:.10g} -> "
+                             f"{t[p]:.10g}); pass each sequence oldest first (sorted by time, as build_sequences "
+                             "does)")
+
+
 TIME_TIES = ("file", "item")
 """How rows of one user with equal timestamps are ordered: ``"file"`` keeps their file order (a stable sort, as
 RecBole's), ``"item"`` sorts them by item id (LRURec sorts by (timestamp, item id); ``ml-1m.5core.seq.gz`` is ordered
@@ -276,8 +420,10 @@ def build_sequences(inter: Interactions, name: str | None = None, time_ties: str
     stable sort as RecBole's) or are sorted by item id (``time_ties="item"``, LRURec; numeric order for integer ids).
     Without timestamps the file order is the time order (and ``time_ties="item"`` is refused: there is no time to tie
     on). Users come in order of first appearance, item indices by first appearance in file order (see the module
-    docstring), so ``time_ties`` changes the order of the sequences, never the vocabulary.
+    docstring), so ``time_ties`` changes the order of the sequences, never the vocabulary. ``inter`` must be an
+    :class:`~zoo.data.readers.Interactions` (``TypeError`` otherwise: its constructor checks the columns).
     """
+    _need_interactions(inter, "build_sequences")
     if time_ties not in TIME_TIES:
         raise ValueError(f"time_ties must be one of {TIME_TIES}, got {time_ties!r}")
     if len(inter) == 0:
@@ -394,6 +540,34 @@ class EvalExamples:
     history_timestamps: list | None = None
     target_timestamps: np.ndarray | None = None
 
+    def __post_init__(self):
+        """Checks examples built by hand (``ValueError``): as many histories and users as targets; timestamps read
+        by the data layer's one check (``Interactions``' rules: bools, complex numbers, strings, float32 / float16
+        seconds too large for their dtype refused, ``datetime64`` of any unit converted to float64 seconds), one
+        history timestamp per history item and one target timestamp per target. Item indices are checked where
+        they are used (:func:`~zoo.data.batching.eval_batches`, ``zoo.evaluate``), naming the example."""
+        n = len(self.targets)
+        if len(self.histories) != n or len(self.users) != n:
+            raise ValueError(f"EvalExamples: {len(self.histories)} histories, {n} targets and {len(self.users)} "
+                             "users; pass one target and one user per history")
+        if self.history_timestamps is not None:
+            if len(self.history_timestamps) != n:
+                raise ValueError(f"EvalExamples: {len(self.history_timestamps)} history timestamp rows for {n} "
+                                 "histories; pass one row per history (or history_timestamps=None)")
+            self.history_timestamps = _time_rows(self.history_timestamps, "EvalExamples: ",
+                                                 lambda r: f"of history {r} (user {self.users[r]!r})",
+                                                 _lengths(self.histories))
+        if self.target_timestamps is not None:
+            t = np.asarray(self.target_timestamps)
+            if t.shape != (n,):
+                raise ValueError(f"EvalExamples: target_timestamps must be [{n}] (one per target), got shape "
+                                 f"{list(t.shape)}")
+            if t.dtype != np.float64:
+                t = _time_seconds(t, "EvalExamples: the target timestamps",
+                                  lambda i: f"EvalExamples: target timestamp {i} (user {self.users[i]!r})",
+                                  holder="EvalExamples: target_timestamps")
+            self.target_timestamps = t
+
     def __len__(self) -> int:
         return len(self.targets)
 
@@ -444,9 +618,7 @@ def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
     in the valid examples and training targets, never in the test examples. Raises ``ValueError`` if no user is long enough or
     ``min_length`` is no int >= 3, ``TypeError`` if ``ds`` is no :class:`SequenceDataset`.
     """
-    if not isinstance(ds, SequenceDataset):
-        raise TypeError(f"leave_one_out needs a zoo.data.SequenceDataset (e.g. load_dataset(path)), got "
-                        f"{type(ds).__name__}")
+    _need_dataset(ds, "leave_one_out")
     min_length = int_setting(min_length, "min_length", 3, " (valid and test need a non-empty history)")
     lens = np.fromiter((len(s) for s in ds.sequences), dtype=np.int64, count=len(ds.sequences))
     ev = np.flatnonzero(lens >= min_length)
@@ -474,11 +646,26 @@ def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
 SPLITS = ("leave-one-out", "temporal")
 
 
+def _need_dataset(ds, call: str) -> None:
+    """``TypeError`` naming ``call`` when ``ds`` is no :class:`SequenceDataset` (a list of sequences, None)."""
+    if not isinstance(ds, SequenceDataset):
+        raise TypeError(f"{call} needs a zoo.data.SequenceDataset (e.g. load_dataset(path)), got {type(ds).__name__}")
+
+
 def _need_timestamps(ds: SequenceDataset) -> None:
-    """ValueError naming ``ds`` when it has no timestamps, which a temporal split needs."""
+    """ValueError naming ``ds`` when it has no timestamps, which a temporal split needs, or NaN / infinite ones (a
+    dataset built by hand: a NaN has no place on the timeline, and hides a user's items out of time order), naming
+    the first user concerned."""
     if ds.timestamps is None:
         raise ValueError(f"{ds.name}: a temporal split needs timestamps, and this data has none (a .seq file keeps "
                          "only the order)")
+    flat = np.concatenate(ds.timestamps) if len(ds.timestamps) else np.zeros(0)
+    if not np.isfinite(flat).all():
+        for user, t in zip(ds.users, ds.timestamps):
+            bad = np.flatnonzero(~np.isfinite(t))
+            if len(bad):
+                raise ValueError(f"{ds.name or 'the data'}: user {user!r} has timestamp {float(t[bad[0]])!r} at "
+                                 f"position {int(bad[0])}; a temporal split needs finite Unix seconds")
 
 
 def temporal_cuts(ds: SequenceDataset, test_share: float, valid_share: float) -> tuple[float, float]:
@@ -487,6 +674,7 @@ def temporal_cuts(ds: SequenceDataset, test_share: float, valid_share: float) ->
     for name, v in (("test_share", test_share), ("valid_share", valid_share)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
             raise ValueError(f"{name} must be a fraction in (0, 1), got {v!r}")
+    _need_dataset(ds, "temporal_cuts")
     if test_share + valid_share >= 1:
         raise ValueError(f"test_share + valid_share must be < 1 (something must be left to train on), got "
                          f"{test_share} + {valid_share}")
@@ -498,6 +686,21 @@ def temporal_cuts(ds: SequenceDataset, test_share: float, valid_share: float) ->
     exact = [Fraction(repr(float(v))) for v in (test_share, valid_share)]
     at = lambda share: float(ts[min(n - 1, n - math.floor(share * n))])   # noqa: E731
     return at(exact[1] + exact[0]), at(exact[0])
+
+
+def _cut_time(value, name: str) -> float:
+    """A temporal split's cut time ``name`` as float seconds, read as the timestamps are
+    (:func:`~zoo.data.readers._time_seconds`): a number (Python or numpy) or a numpy ``datetime64`` of any unit
+    (converted to seconds since the epoch); a bool, a complex number, a string, a ``datetime`` object, a float16 /
+    float32 too large for whole seconds, NaT, NaN or an infinity is a ``ValueError`` naming ``name``."""
+    a = np.asarray(value)
+    if a.ndim != 0:
+        raise ValueError(f"the cut time {name} must be one time (Unix seconds), got shape {list(a.shape)}")
+    t = float(_time_seconds(a.reshape(1), f"the seconds of the cut time {name}",
+                            lambda i: f"the cut time {name} ({value!r})", holder=f"the cut time {name}")[0])
+    if not np.isfinite(t):
+        raise ValueError(f"the cut time {name} must be a finite time (Unix seconds), got {t}")
+    return t
 
 
 def temporal_split(ds: SequenceDataset, test_from: float, valid_from: float, cuts_info: dict | None = None) -> Split:
@@ -514,14 +717,19 @@ def temporal_split(ds: SequenceDataset, test_from: float, valid_from: float, cut
     Args:
         ds: a dataset with timestamps.
         test_from, valid_from: cut times in the timestamps' unit (seconds), ``valid_from <= test_from``;
-            :func:`temporal_cuts` picks them by shares of the interactions.
+            :func:`temporal_cuts` picks them by shares of the interactions. Numbers (Python or numpy) or numpy
+            ``datetime64`` of any unit (converted to seconds since the epoch, as the timestamps are); a bool, a
+            complex number, a string, a ``datetime`` object, float16 / float32 values too large for whole seconds,
+            NaT, NaN or an infinity is a ``ValueError`` naming the cut.
         cuts_info: extra entries for ``Split.cuts`` (the shares the cuts came from).
     Raises:
-        ValueError: no timestamps, cuts out of order, or no user to validate or test at the cuts.
+        ValueError: no timestamps, a cut that is no time (above), cuts out of order, or no user to validate or test
+            at the cuts.
     """
+    _need_dataset(ds, "temporal_split")
     _need_timestamps(ds)
-    test_from, valid_from = float(test_from), float(valid_from)
-    if not (np.isfinite(test_from) and np.isfinite(valid_from)) or valid_from > test_from:
+    test_from, valid_from = _cut_time(test_from, "test_from"), _cut_time(valid_from, "valid_from")
+    if valid_from > test_from:
         raise ValueError(f"the cuts must be finite with valid_from <= test_from, got valid_from {valid_from}, "
                          f"test_from {test_from}")
     train, train_ts = [], []
@@ -547,8 +755,17 @@ def temporal_split(ds: SequenceDataset, test_from: float, valid_from: float, cut
 
 def item_counts(sequences, n_items: int) -> np.ndarray:
     """``[n_items]`` int64: how often each internal item index occurs in ``sequences`` (e.g. ``Split.train``); the
-    most-popular baseline's scores and the popularity proposal of sampled softmax."""
-    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences] or [np.zeros(0, np.int64)])
+    most-popular baseline's scores and the popularity proposal of sampled softmax. Each sequence holds int indices
+    (float, bool or string ones are a ``ValueError`` naming it: an int64 cast cut 1.7 to item 1); ``n_items`` is an
+    int >= 1."""
+    n_items = int_setting(n_items, "n_items", 1)
+    rows = [np.asarray(s) for s in sequences]
+    for r, a in enumerate(rows):
+        if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+            got = f"{a.dtype} values" if a.ndim == 1 else f"a {a.ndim}-D {a.dtype} array"
+            raise ValueError(f"sequence {r} must be a 1-D array of int item indices, got {got} "
+                             f"{a.ravel()[:3].tolist()}{' ...' if a.size > 3 else ''}; pass int64 indices")
+    flat = np.concatenate([a.astype(np.int64, copy=False) for a in rows] or [np.zeros(0, np.int64)])
     if len(flat) and (flat.min() < 0 or flat.max() >= n_items):
         raise ValueError(f"sequences hold item indices outside [0, {n_items - 1}]")
     return np.bincount(flat, minlength=n_items)

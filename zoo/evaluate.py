@@ -153,6 +153,14 @@ def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.
 #: the history window a baseline masks under ``--exclude-history``: the zoo models' default ``max_seq_length``
 BASELINE_WINDOW = 200
 
+#: ``max_len="all"`` (``--window all``) on a model with an exact recurrent step (``has_exact_step``: Mamba4Rec,
+#: LRURec, GRU4Rec, TiM4Rec-causal): a history longer than this many items is not run in one forward, whose
+#: activations grow with its length (about 5 GB for 10^6 events of Mamba4Rec's card config), but fed this many items
+#: at a time through :meth:`~zoo.modeling_utils.SeqRecPreTrainedModel.step`, each chunk continuing the state the one
+#: before returned: peak memory about that of 2^16 items, a little above a default batch's 256 x 200 window items
+#: (bench/RESULTS_EVAL_MEMORY.md), whatever the history; the scores equal the one forward's up to float rounding
+STEP_CHUNK_TOKENS = 2**16
+
 
 def _check_examples(examples: EvalExamples, n_items: int, uses_ts: bool, owner: str, name: str) -> None:
     """Non-empty, every target in ``1 .. n_items - 1``, timestamps present when ``owner`` ("model" / "graph") reads
@@ -229,6 +237,40 @@ def predict_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 @torch.no_grad()
+def stepped_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, users: Sequence,
+                   timestamps: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+    """``[B, n_items]`` float32 scores of :func:`predict_scores` (padding at ``-inf``, nothing else masked) for a
+    model with an exact step (``has_exact_step``), without a forward over whole histories: each row's real items
+    (``attention_mask``; either padding side) are fed ``chunk`` (default :data:`STEP_CHUNK_TOKENS`) at a time through
+    :meth:`~zoo.modeling_utils.SeqRecPreTrainedModel.step` from a fresh state, every chunk continuing the state the
+    one before returned, and the row is scored on the last one's output. Peak memory is that of ``chunk`` items (and
+    the ``[B, n_items]`` scores) whatever the history's length; the scores equal the forward's up to float rounding.
+    ``timestamps [B, L]`` for a time-aware model. A row whose state or scores turn NaN or infinite (a numeric
+    overflow, where the forward's scores would be NaN) is a :class:`ScoreOverflow` naming its user (``users``)."""
+    chunk = STEP_CHUNK_TOKENS if chunk is None else int(chunk)
+    rows = []
+    for r in range(input_ids.shape[0]):
+        keep = attention_mask[r].bool()
+        ids = input_ids[r][keep][None]                                                  # [1, L_r], no padding
+        ts = None if timestamps is None else timestamps[r][keep][None]
+        state = model.init_state(1, device=ids.device)
+        for s in range(0, ids.shape[1], chunk):
+            logits, state = model.step(ids[:, s:s + chunk], state,
+                                       timestamps=None if ts is None else ts[:, s:s + chunk])
+            if s + chunk < ids.shape[1] and not all(bool(torch.isfinite(t).all()) for t in state.values()
+                                                    if t.is_floating_point()):
+                raise overflow_error([users[r]], model.dtype)                         # step would refuse it
+        rows.append(logits.float())
+    scores = torch.cat(rows)                                                           # [B, n_items]
+    real = scores[:, 1:]                    # NaN / +-inf at a real item, as predict refuses them: [B] passes only
+    bad = (~(torch.isfinite(real.amax(dim=1)) & torch.isfinite(real.amin(dim=1)))).nonzero().flatten().tolist()
+    if bad:
+        raise overflow_error([users[r] for r in bad], model.dtype)
+    scores[:, 0] = float("-inf")
+    return scores
+
+
+@torch.no_grad()
 def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False,
                    batch_size: int = 256, device: str | torch.device | None = None, progress: bool = True,
                    max_len: int | str | None = None, return_ranks: bool = False, history_share: bool = False,
@@ -248,7 +290,11 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
             card measured on); ``"all"``: each user's whole history, for models without a fixed window (not
             ``fixed_window``: Mamba4Rec, LRURec, GRU4Rec, TiM4Rec-causal, SSD4Rec), what :meth:`step` serves when it
             folds in every event. Its batches go by history length, about ``batch_size * max_seq_length`` items
-            each (the memory of a window batch).
+            each (the memory of a window batch); on a model with an exact step (``has_exact_step``: Mamba4Rec,
+            LRURec, GRU4Rec, TiM4Rec-causal) a batch holding a history longer than :data:`STEP_CHUNK_TOKENS` items
+            is scored a row at a time, each history fed that many items at a time through :meth:`step` (peak memory
+            bounded whatever the history: :func:`stepped_scores`); other models (SSD4Rec) run each batch in one
+            forward, whose memory grows with its longest history.
         return_ranks: also return the ``[B]`` int64 ranks (CPU, example order).
         history_share: also report ``Hist@K``, the mean share of the top-K slots taken by items of the input window
             (:func:`zoo.metrics.history_in_top_k`; 0 when ``exclude_history``).
@@ -278,6 +324,7 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     was_training = model.training
     model.eval()
     max_len, max_tokens = check_window(model, max_len)
+    stepped = max_len is None and bool(getattr(model, "has_exact_step", False))     # "all": long histories chunked
     ranks = torch.empty(len(examples), dtype=torch.long)
     in_top = {k: torch.zeros(len(examples), dtype=torch.long) for k in ks} if history_share else {}
     bar = None
@@ -292,7 +339,10 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
             ts = batch["timestamps"].to(device) if uses_ts else None
             rows = batch["index"]                                                          # a slice or indices
             users = examples.users[rows] if isinstance(rows, slice) else [examples.users[i] for i in rows.tolist()]
-            scores = predict_scores(model, ids, mask, users, timestamps=ts, exclude_seen=False).float()  # pad -inf
+            if stepped and ids.shape[1] > STEP_CHUNK_TOKENS:                             # O(chunk) memory
+                scores = stepped_scores(model, ids, mask, users, ts)
+            else:
+                scores = predict_scores(model, ids, mask, users, timestamps=ts, exclude_seen=False).float()  # pad -inf
             window = torch.where(mask, ids, torch.zeros_like(ids))                         # [B, L], pad -> index 0
             if exclude_history:
                 scores.scatter_(1, window, float("-inf"))                               # predict's own tensor
@@ -604,8 +654,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="history read per user: its last N items, or all of them (default: the model's "
                         "max_seq_length, the window it was trained and its card measured on). 'all' is what stepwise "
                         "serving reads when it folds in every event; only for models without a fixed window "
-                        "(Mamba4Rec, LRURec, GRU4Rec, TiM4Rec-causal, SSD4Rec). The protocol name says it (e.g. "
-                        "recbole-history-all). With --baseline: the window --exclude-history masks")
+                        "(Mamba4Rec, LRURec, GRU4Rec, TiM4Rec-causal, SSD4Rec); with an exact recurrent step "
+                        "(Mamba4Rec, LRURec, GRU4Rec, TiM4Rec-causal) a history longer than 65,536 items is fed "
+                        "that many at a time through the step, so memory stays bounded (SSD4Rec reads it in one "
+                        "forward). The protocol name says it (e.g. recbole-history-all). With --baseline: the window "
+                        "--exclude-history masks")
     p.add_argument("--ks", type=positive_int, nargs="+", default=None,
                    help="cut-offs, at most the number of items (default 5 10 20, those a tiny model has items for; for "
                         "an --onnx graph without a scores output, those <= its top-K)")
@@ -770,11 +823,12 @@ def _evaluate(args) -> dict:
     from .hub import checkpoint_log
     from .pretrained import resolve_pretrained
 
-    hub = getattr(args, "hub", None) or {}      # --revision / --subfolder: both reads below resolve the same
-    try:
+    hub = getattr(args, "hub", None) or {}      # --revision / --subfolder: which checkpoint --model names
+    folder, unresolved = None, None
+    try:                                        # once: a Hub id is not looked up (or downloaded) twice
         folder = resolve_pretrained(args.model, **hub) if args.model else None
-    except (OSError, ValueError):                # named by the model's load below
-        folder = None
+    except (OSError, ValueError) as e:          # named by the model's load below
+        unresolved = e
     run_log = checkpoint_log(folder) if folder is not None else None       # read once: data options and split
     options = model_data_options(folder, args.kcore, args.time_ties, log=run_log)
     args.kcore, args.time_ties = options["kcore"], options["time_ties"]
@@ -787,7 +841,9 @@ def _evaluate(args) -> dict:
     top = os.path.join(args.model, hub.get("subfolder") or "")
     no_config = os.path.isdir(top) and not os.path.isfile(os.path.join(top, "config.json"))
     try:
-        path = folder or resolve_pretrained(args.model, **hub)     # resolved above (again only to raise its error)
+        if unresolved is not None:              # resolved above: its error, named as the load's
+            raise unresolved
+        path = folder
         if no_config:                   # zoo.recommend's one line (not transformers' "Unrecognized model")
             _check_model_type(path)
         with json_depth_guard(lambda: os.path.join(path, "config.json")):   # transformers' reader on [[[...]]]
@@ -795,7 +851,7 @@ def _evaluate(args) -> dict:
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: --model {args.model}: {e}"
                          + ("; for an export.onnx folder use --onnx" if no_config else "")) from None
-    check_run_split(run_log if folder is not None else checkpoint_log(path), args.model, args.temporal_split)
+    check_run_split(run_log, args.model, args.temporal_split)
     _set_ks(args, int(model.config.n_items) - 1, "model")
     ds = _load_data(args)
     try:

@@ -427,6 +427,18 @@ def _failed(e: Exception) -> int:
     return EXIT_MISSING if isinstance(e, ToolMissing) else EXIT_ERROR
 
 
+def _positive_int(value: str) -> int:
+    """``--jobs``: an int >= 1, refused at parse (exit 2) in the words of :func:`zoo.cli.positive_int` -- which this
+    tool cannot import: ``zoo`` loads torch, and this runs without it (and as a script of its own)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value!r}")
+    return n
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog=command_prog("export.build_plugins"), description=__doc__.splitlines()[0],
                                  epilog=EXIT_CODES)
@@ -434,7 +446,8 @@ def main(argv=None) -> int:
                     help=f"CMake build folder; the libraries are written there (default {DEFAULT_BUILD_DIR}; "
                          "--emulated builds into its emu/)")
     ap.add_argument("--arch", default="80;90", help="CMAKE_CUDA_ARCHITECTURES (default '80;90')")
-    ap.add_argument("--jobs", "-j", type=int, default=2, help="parallel compile jobs of cmake --build (default 2)")
+    ap.add_argument("--jobs", "-j", type=_positive_int, default=2,
+                    help="parallel compile jobs of cmake --build, >= 1 (default 2)")
     ap.add_argument("--tensorrt-root", default=None,
                     help="TensorRT installation whose include/ holds NvInferRuntime.h (default: $TensorRT_ROOT or "
                          "$TENSORRT_ROOT, else the system folders, else an installed Python distribution shipping "

@@ -1229,3 +1229,22 @@ def _stack_candidates(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
 
 __all__ = ["MAX_NEW_ITEMS", "OnnxStepSession", "OnnxWindowSession", "StepOutput", "UnknownItemIdError",
            "UserStateRecommender", "VOCAB_FORMAT", "read_spec", "read_vocab", "seconds", "time_gaps"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m export.runtime``: this module is a library (ONNX Runtime sessions of an exported graph), not a
+    command. It ran nothing and exited 0 whatever it was given (``--help`` too): say so in one line on stderr and exit
+    2 (a usage error, whatever ``argv`` holds), as ``python -m export.verify`` does."""
+    from .fsutil import EXIT_USAGE, exit_with
+
+    exit_with(EXIT_USAGE, "python -m export.runtime: a library (ONNX Runtime sessions of an exported graph: from "
+                          "export.runtime import OnnxStepSession), not a command; run python -m export.onnx to export "
+                          "a graph, or python -m zoo.evaluate --onnx DIR to evaluate one")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .fsutil import run_cli
+
+    sys.exit(run_cli(main))

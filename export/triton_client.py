@@ -1265,3 +1265,23 @@ class WindowRecommender(_Base):
 
 __all__ = ["TritonRecommender", "ExplicitStateRecommender", "WindowRecommender", "TritonRecommendError",
            "UnknownItemError", "sequence_id"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m export.triton_client``: this module is a library (the Python client of a served Triton model),
+    not a command -- no client command pairs with ``export.triton_server``. It ran nothing and exited 0 whatever it
+    was given (``--help`` too): say so in one line on stderr and exit 2 (a usage error, whatever ``argv`` holds), as
+    ``python -m export.verify`` does."""
+    from .fsutil import EXIT_USAGE, exit_with
+
+    exit_with(EXIT_USAGE, "python -m export.triton_client: a library (the Python client of a served Triton model: "
+                          "from export.triton_client import TritonRecommender), not a command; run python -m "
+                          "export.triton to write a model repository, or python -m export.triton_server to serve one")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .fsutil import run_cli
+
+    sys.exit(run_cli(main))

@@ -873,7 +873,36 @@ def start_server(repo: str | os.PathLike, venv: str | os.PathLike | None = None,
         raise
 
 
-def main(argv=None) -> int:
+#: the largest TCP port number
+PORT_MAX = 65535
+
+
+def _int_in(low: int, high: int | None = None, what: str = "an int"):
+    """An argparse ``type=``: an int in ``low .. high`` (no upper bound when ``high`` is None), refused at parse
+    (exit 2) in the words of :mod:`zoo.cli`'s types ("expected an int >= 1, got '0'") -- which this module cannot
+    import: it runs on the standard library alone, as a script of the server's virtualenv."""
+    import argparse
+
+    bound = f">= {low}" if high is None else f"in {low}..{high}"
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {value!r}") from None
+        if n < low or (high is not None and n > high):
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {value!r}")
+        return n
+
+    parse.__name__ = f"{what} {bound}"
+    return parse
+
+
+def build_parser():
+    """The parser of ``python -m export.triton_server``: every number checked at parse (a usage error, exit 2, before
+    pytriton is looked for): the HTTP and gRPC ports in ``1 .. 65535`` (the client must know the port, which 0 --
+    "any free port" -- would leave to the server), the metrics port in ``0 .. 65535`` (0: no metrics endpoint, the
+    default) and ``--log-verbose >= 0``."""
     import argparse
 
     try:
@@ -885,14 +914,27 @@ def main(argv=None) -> int:
                                             "repository written by `python -m export.triton --backend python`.",
                                 epilog=(EXIT_CODES and f"{EXIT_CODES}; once the server ran, its own exit status"))
     p.add_argument("--repo", required=True, help="Triton model repository")
-    p.add_argument("--http-port", type=int, default=8000,
-                   help="port of Triton's HTTP/REST endpoint, on 127.0.0.1 (default 8000)")
-    p.add_argument("--grpc-port", type=int, default=8001,
-                   help="port of Triton's gRPC endpoint, on 127.0.0.1 (default 8001)")
-    p.add_argument("--metrics-port", type=int, default=0, help="0 = metrics off")
-    p.add_argument("--log-verbose", type=int, default=0,
+    p.add_argument("--http-port", type=_int_in(1, PORT_MAX, "a port"), default=8000,
+                   help=f"port of Triton's HTTP/REST endpoint, on 127.0.0.1: 1..{PORT_MAX} (default 8000)")
+    p.add_argument("--grpc-port", type=_int_in(1, PORT_MAX, "a port"), default=8001,
+                   help=f"port of Triton's gRPC endpoint, on 127.0.0.1: 1..{PORT_MAX} (default 8001)")
+    p.add_argument("--metrics-port", type=_int_in(0, PORT_MAX, "a port"), default=0,
+                   help=f"port of Triton's Prometheus metrics endpoint, on 127.0.0.1: 1..{PORT_MAX}, or 0 for no "
+                        "metrics endpoint (default 0: metrics off)")
+    p.add_argument("--log-verbose", type=_int_in(0), default=0,
                    help="tritonserver's --log-verbose level: 0 quiet (default), 1 and up more detail per request")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
+    ports = [(flag, n) for flag, n in (("--http-port", a.http_port), ("--grpc-port", a.grpc_port),
+                                       ("--metrics-port", a.metrics_port)) if n]
+    for i, (flag, n) in enumerate(ports):
+        same = [f for f, m in ports[:i] if m == n]
+        if same:
+            p.error(f"{flag} {n} is also the port of {same[0]}: each endpoint needs a port of its own")
     try:
         from export.deps import require
     except ImportError:               # run as a file of its own (the server's virtualenv, which has pytriton)

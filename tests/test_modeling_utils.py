@@ -977,7 +977,11 @@ def test_a_num_layers_the_weight_file_does_not_hold_is_refused_before_any_model_
     from safetensors import safe_open
     from transformers import AutoModel
 
+    from zoo.train import config_fields
+
     cfg_cls, model_cls = MODELS[model_type]
+    if "num_layers" not in config_fields(cfg_cls):      # the library treats num_layers as optional
+        pytest.skip(f"{cfg_cls.__name__} has no num_layers field: no layer count to hold against the weight file")
     torch.manual_seed(0)
     model_cls(cfg_cls(n_items=12, max_seq_length=6, **{**TINY[model_type], "num_layers": 2})).save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())

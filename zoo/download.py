@@ -141,9 +141,10 @@ def default_dir() -> str:
 
 def main(argv: Sequence[str] | None = None) -> str:
     """Entry point of ``python -m zoo.download``; returns the path of the benchmark's file. Exit statuses
-    (:data:`EXIT_CODES`): 2 for a bad option (a ``--dir`` that is a file); 1 for an archive that cannot be found,
-    fetched or read, or a file that is not the benchmark."""
-    from .cli import EXIT_CODES, EXIT_ERROR, command_prog, exit_with
+    (:data:`EXIT_CODES`): 2 for a bad option (a ``--dir`` that is ``-``, a file or a path through one, or a place
+    that cannot be written; checked before any work); 1 for an archive that cannot be found, fetched or read, or a
+    file that is not the benchmark."""
+    from .cli import EXIT_CODES, EXIT_ERROR, STDOUT_PATH, check_outputs, command_prog, exit_with
 
     p = argparse.ArgumentParser(prog=command_prog("zoo.download"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
@@ -158,9 +159,15 @@ def main(argv: Sequence[str] | None = None) -> str:
                    help="no progress bar while downloading (default: a bar on stderr when stderr is a terminal)")
     a = p.parse_args(argv)
     folder = a.dir if a.dir is not None else default_dir()
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        p.error(f"--dir {folder} is a file, not a folder" + ("" if a.dir is not None else
-                                                            f" (${DATA_DIR_ENV}, the default of --dir)"))
+    # before any work, as every folder output is checked: '-' (no folder), a file, a path through a file, a place
+    # that cannot be written -- unless the file is there already and stays (nothing is written: a read-only data
+    # folder answers "already there")
+    there = os.path.isfile(os.path.join(folder, SOURCES[a.name].filename)) and not a.overwrite
+    if folder == STDOUT_PATH or not there:
+        try:
+            check_outputs({"--dir": folder}, folders=True)        # --from-zip is a file: "is a file" names it
+        except ValueError as e:
+            p.error(str(e) + ("" if a.dir is not None else f" (${DATA_DIR_ENV}, the default of --dir)"))
     if a.from_zip and not os.path.isfile(a.from_zip):
         exit_with(EXIT_ERROR, f"error: --from-zip {a.from_zip}: "
                               + ("a folder, not the archive" if os.path.isdir(a.from_zip) else "no such file"))

@@ -238,12 +238,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     add_columns_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass (--data; default 256)")
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (default: a bar on stderr when stderr is a terminal)")
+                   help="no progress bar over the users (--data; default: a bar on stderr when stderr is a terminal)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (default: one line of text)")
     add_device_option(p, "the model")
     add_threads_option(p)
     args = p.parse_args(argv)
-    refuse_options_without(p, args, "data", ["kcore", "time_ties", "columns"])
+    # what reads --data's users (and only that): refused without it, as zoo.recommend refuses them without --all-users
+    refuse_options_without(p, args, "data", ["kcore", "time_ties", "columns", "unknown_items", "batch_size",
+                                             "no_progress"])
     try:                                    # an empty --revision, or one for a local folder
         hub = hub_options(args)
     except ValueError as e:

@@ -2,8 +2,9 @@
 
 With no arguments it loads the bundled pretrained Mamba4Rec on ML-1M (``ssm-rec-zoo/mamba4rec-ml1m``; no network
 needed) and recommends for a short example history of MovieLens movie ids. Histories may also come from a data
-file (``--data FILE --user ID``). ``--stepwise`` shows the recurrent path: the history is primed with one ``step``
-call and each further event costs one ``step`` with a fixed-size state.
+file (``--data FILE --user ID``). ``--stepwise`` shows the recurrent path: the window the model reads is primed with
+one ``step`` call over all but its last few items, which then go in one ``step`` each (each further event costs one
+``step`` with a fixed-size state), and the scores are compared with the full forward's.
 
 Batch mode (``--data FILE --all-users --out RECS.jsonl``): the top-``k`` next items of every user of the file, scored
 from the last ``max_seq_length`` items of the user's history (the window the model reads), one JSON line per user in
@@ -126,6 +127,47 @@ def _excluded_items(args, model) -> list:
     """``--exclude-items`` / ``--exclude-items-file``: items never to recommend (an unknown one cannot be recommended
     anyway: dropped with ``--unknown-items drop``)."""
     return _id_option(args, model, "exclude-items")
+
+
+def _file_given_as_ids(args, model) -> str | None:
+    """The usage error of an ``--exclude-items`` / ``--candidates`` value (item ids) that names an existing file and
+    is no item id the model knows, naming the ``-file`` option meant (``export.onnx --exclude-items`` takes a file):
+    read as an id, such a path is refused as unknown -- or, with ``--unknown-items drop``, dropped without a word,
+    excluding nothing. ``None`` when every value is an id (a file named like a known id is that id)."""
+    for flag in ("exclude-items", "candidates"):
+        for x in getattr(args, flag.replace("-", "_")):
+            if not os.path.isfile(x):
+                continue
+            try:
+                model.encode_item_set([_history_id(x, model)], f"--{flag}")
+            except (KeyError, ValueError, TypeError):
+                return (f"--{flag} {x} names a file: --{flag} takes item ids; use --{flag}-file {x} for a file of "
+                        "ids (one per line)")
+    return None
+
+
+def _dropped_note(dropped: list, left: int, shown: int = 8) -> str:
+    """The stderr line of one history's items that ``--unknown-items drop`` left out (``dropped``, in history order;
+    the first ``shown`` named, `` ...`` when there are more; ``left``: the items kept), a ``WARNING`` as
+    ``--all-users`` and ``zoo.embed`` give for the interactions they drop (:func:`zoo.evaluate.align_with_vocab`)."""
+    more = " ..." if len(dropped) > shown else ""
+    named = ", ".join(repr(_json_value(x)) for x in dropped[:shown])
+    return (f"WARNING: {len(dropped)} history item{'s' if len(dropped) != 1 else ''} the model does not know dropped "
+            f"({named}{more}): recommending from the {left} left")
+
+
+#: ``--stepwise`` feeds the last this many items of the window one ``step`` each (after one ``step`` over the rest)
+STEPWISE_SINGLE_STEPS = 3
+
+
+def stepwise_plan(n: int) -> tuple[int, int]:
+    """``(primed, singles)`` for ``--stepwise`` over a window of ``n >= 1`` items: one ``step`` over the first
+    ``primed`` items, then ``singles = n - primed`` one-item steps, each from the state the last returned, so that the
+    logits compared with the forward's pass through a state carried between calls (a step primed once from a zero
+    state would hide a lost or mixed-up state). ``singles`` is :data:`STEPWISE_SINGLE_STEPS`, fewer for a short window
+    (at least one, and a prefix of at least one item when ``n >= 2``)."""
+    singles = min(STEPWISE_SINGLE_STEPS, max(n - 1, 1))
+    return n - singles, singles
 
 
 def histories_for(model, ds, unknown: str = "error") -> tuple:
@@ -326,8 +368,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="instead of next items: the --k items nearest to each of these items by cosine similarity "
                         "of the model's item embeddings (model.similar_items; default: off, next items)")
     p.add_argument("--stepwise", action="store_true",
-                   help="also score with init_state/step (models with an exact recurrent step) and compare (default: "
-                        "off)")
+                   help="also score with init_state/step (models with an exact recurrent step): one step over all "
+                        "but the last few items of the window, then one step per item; and compare (default: off)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     p.add_argument("--all-users", action="store_true",
                    help="batch mode: recommend for every user of --data, one JSON line each, into --out (scored "
@@ -396,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(f"error: --model {args.model}: {e}")
     model.to(device)                        # its inputs follow it (padded_batches); the outputs come back on the CPU
     options = model_data_options(path, args.kcore, args.time_ties)
+    problem = _file_given_as_ids(args, model)       # --exclude-items FILE: the -file option was meant (exit 2)
+    if problem:
+        p.error(problem)
     try:
         exclude = _excluded_items(args, model)
     except (OSError, UnicodeDecodeError) as e:
@@ -460,13 +505,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         history = [_history_id(x, model) for x in args.history] if args.history else list(DEFAULT_HISTORY)
         timestamps = args.timestamps
+    dropped = []                                # history items --unknown-items drop left out
     if args.unknown_items == "drop" and model.item_vocab is not None:
         keep = [x in model.item_vocab for x in history]
+        dropped = [x for x, ok in zip(history, keep, strict=True) if not ok]
         history = [x for x, ok in zip(history, keep, strict=True) if ok]
         if timestamps is not None and len(timestamps) == len(keep):
             timestamps = [t for t, ok in zip(timestamps, keep, strict=True) if ok]
         if not history:
             sys.exit("error: the model knows none of the history's items")
+        if dropped:                             # said as --all-users says its dropped interactions
+            print(_dropped_note(dropped, len(history)), file=sys.stderr)
     if args.timestamps and not model.uses_timestamps:
         sys.exit(f"error: {model.config.model_type} does not read timestamps; --timestamps is for time-aware models")
     if model.uses_timestamps and timestamps is None:
@@ -489,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(f"error: {e}")
     out = {"model": args.model, **{k: v for k, v in hub.items() if v},              # --revision / --subfolder
            "model_type": model.config.model_type, "history_length": len(history),
-           "history_tail": history[-10:], "items": rec.items[0],
+           "history_tail": history[-10:], "dropped_history_items": len(dropped), "items": rec.items[0],
            "scores": [round(float(s), SCORE_DECIMALS) for s in rec.scores[0]],
            "excluded_items": len(set(exclude)), **({"candidates": len(set(candidates))} if candidates else {})}
     if args.stepwise:
@@ -497,12 +546,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
             sys.exit(f"error: --stepwise: {model.config.model_type} has no exact recurrent step")
         encoded = model.encode_histories([history])[0]               # the whole history (--exclude-seen masks it)
         ids = encoded[-model.config.max_seq_length:]                 # the window the model reads
+        x = torch.tensor([ids], device=device)                      # [1, n]
         ts = None
         if model.uses_timestamps:
             ts = torch.tensor([timestamps[-model.config.max_seq_length:]], dtype=torch.float64, device=device)
+        primed, singles = stepwise_plan(len(ids))
         with torch.no_grad():
             state = model.init_state(1)                              # on the model's device
-            logits, state = model.step(torch.tensor([ids], device=device), state, timestamps=ts)   # the whole history
+            if primed:                                               # one step over the prefix
+                _, state = model.step(x[:, :primed], state, timestamps=None if ts is None else ts[:, :primed])
+            for pos in range(primed, len(ids)):                      # then one step per item, from the state carried
+                logits, state = model.step(x[:, pos:pos + 1], state,
+                                           timestamps=None if ts is None else ts[:, pos:pos + 1])
         scores = logits.clone()
         scores[:, 0] = -float("inf")
         if exclude:
@@ -528,7 +583,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for i, (item, s) in enumerate(zip(out["items"], out["scores"], strict=True), 1):
             print(f"{i:>4}  {_table_id(item):>8}  {s:8.4f}")
         if args.stepwise:
-            print(f"stepwise (init_state + one step over the history, state {out['state_bytes']:,} bytes): "
+            print(f"stepwise (init_state, one step over the first {primed} items, then {singles} one-item "
+                  f"step{'s' if singles != 1 else ''}; state {out['state_bytes']:,} bytes): "
                   f"same top-{args.k}: {out['stepwise_items'] == out['items']}, "
                   f"max |score diff| {out['stepwise_max_abs_diff']:.2e}")
     return out

@@ -4,6 +4,7 @@ averaging weights of multiple fine-tuned models improves accuracy without increa
 CLI::
 
     python -m zoo.soup --models CKPT [CKPT ...] --data FILE --out DIR [--method greedy|uniform] [--exclude-history]
+                       [--revision REV] [--subfolder DIR]
 
 The ingredients are checkpoints of the same model -- same type, same weight names and shapes, same item vocabulary --
 typically the stages and side runs of one lineage (``zoo.train --init-from`` restarts of a card), the setting in which
@@ -17,8 +18,9 @@ never read.
 ``DIR`` receives a normal model folder (``config.json`` of the first checkpoint listed, ``model.safetensors``,
 ``item_vocab.json``), loadable with ``from_pretrained`` and evaluated or exported like any checkpoint, and
 ``soup_log.json``: the method, every ingredient with its validation score and whether it is in the soup, the soup's
-score, the data, the protocol, the command, and the ingredients' training history (:func:`soup_lineage`: the stages
-they share, then each one's own stages). An ``--out`` that holds files is refused unless ``--overwrite`` (replaced
+score, the data, the protocol, the command, the ``--revision`` / ``--subfolder`` the ``--models`` were read at (when
+given: one of each, for every entry) and the ingredients' training history (:func:`soup_lineage`: the stages they
+share, then each one's own stages). An ``--out`` that holds files is refused unless ``--overwrite`` (replaced
 whole, once complete). ``python -m zoo.hub card --run DIR`` cards a soup folder like a training run: its card lists
 the ingredients and every stage that made them.
 """
@@ -192,10 +194,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .cli import EXIT_CODES, EXIT_ERROR, add_columns_option, add_device_option, add_model_data_options
     from .cli import add_threads_option, apply_threads, cannot, cli_device, error_text, exit_with, written_whole_folder
     from .cli import command_prog
+    from .pretrained import add_hub_options, hub_options
 
     p = argparse.ArgumentParser(prog=command_prog("zoo.soup"), description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
     p.add_argument("--models", nargs="+", required=True,
                    help="checkpoints (folders or bundled Hub ids) to average, at least two (required)")
+    add_hub_options(p, "each of --models")
     p.add_argument("--data", required=True,
                    help="interaction file whose validation split scores the ingredients (required)")
     p.add_argument("--out", required=True,
@@ -216,6 +220,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if len(a.models) < 2 or len(set(a.models)) != len(a.models):
         p.error("--models: give at least two different checkpoints")
+    try:                                        # an empty --revision, or one for a local folder among --models
+        hub = [hub_options(argparse.Namespace(models=m, revision=a.revision, subfolder=a.subfolder), "--models")
+               for m in a.models][0]
+    except ValueError as e:
+        p.error(str(e))
     try:
         from .convert import check_out_folder
 
@@ -240,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     folders = []
     for m in a.models:                          # a --models typo fails as a --model one does in the other commands
         try:
-            folders.append(resolve_pretrained(m))
+            folders.append(resolve_pretrained(m, **hub))          # --revision / --subfolder: which checkpoint
         except (OSError, ValueError) as e:
             failed(f"--models {m}: {error_text(e)}")
     same = _same_folder(folders)
@@ -302,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     trained = stages[own_of[first][-1]] if own_of[first] else (shared[-1] if shared else {})
     log = {"kind": "soup", "method": a.method, "ingredients": rows, "valid_NDCG@10": best,
            "init_valid_NDCG10": rows[0]["valid_NDCG@10"], "best_valid_NDCG10": best,
+           **{k: v for k, v in hub.items() if v},        # --revision / --subfolder of --models, when given
            "data": os.path.abspath(a.data), "data_options": load_options(a.kcore, a.time_ties, a.columns),
            "protocol": "lrurec (history excluded)" if a.exclude_history else "recbole",
            "config_notes": notes, "vocab": vocab_note,

@@ -1246,6 +1246,21 @@ def _preset_default(key: str) -> str:
         f"default: the model's preset, {others}"
 
 
+#: the largest ``--seed`` (:func:`set_seed`: NumPy's legacy seed is a 32-bit unsigned int)
+SEED_MAX = 2**32 - 1
+
+
+def seed_int(value: str) -> int:
+    """``--seed``: an int in ``0 .. SEED_MAX`` (:func:`zoo.cli.nonnegative_int`, then NumPy's bound), refused at parse
+    naming the option -- not by ``np.random.seed`` once the run started, in words that name no option."""
+    from .cli import nonnegative_int
+
+    n = nonnegative_int(value)
+    if n > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an int in 0..{SEED_MAX} (2**32 - 1), got {value!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .cli import kcore as kcore_arg
     from .cli import (EXIT_CODES, add_columns_option, add_device_option, add_threads_option, command_prog,
@@ -1268,9 +1283,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "overrides it)")
     run.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                      help="model config overrides (over --config's; --set may be repeated)")
-    run.add_argument("--seed", type=int, default=2020,
-                     help="seeds the initial weights, the batch order, dropout, masks and negatives (default 2020)")
-    run.add_argument("--max-len", type=int, default=None,
+    run.add_argument("--seed", type=seed_int, default=2020,
+                     help="seeds the initial weights, the batch order, dropout, masks and negatives: an int in "
+                          f"0..{SEED_MAX} (default 2020)")
+    run.add_argument("--max-len", type=positive_int, default=None,
                      help="history window (max_seq_length; default 200, or the --init-from checkpoint's)")
     run.add_argument("--init-from", help="start from this checkpoint (folder or Hub id) instead of a fresh init; it "
                                          "is validated first, so the log shows where the run started")

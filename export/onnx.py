@@ -46,12 +46,14 @@ the scan nodes (fp32, with ``Cast`` nodes at their activation inputs/outputs) an
 I/O table is unchanged (``state_spec.json`` adds ``"precision": "fp16"``).
 
 Every export is verified against PyTorch (:mod:`export.verify`, tolerances per precision); an artefact that fails
-verification is deleted and the CLI exits with status 3 (:data:`export.fsutil.EXIT_VERIFY_FAILED`) naming the worst
-case on stderr. The other statuses are the shared table's (:data:`export.fsutil.EXIT_CODES`): 1 a ``--model``,
-``--data`` or ``--exclude-items`` that cannot be found or read, or an export error (``ExportError``: a form the model
-cannot be exported in); 2 a usage error, a ``--topk`` above the items the loaded model can recommend included
-(:func:`topk_usage_error`; ``export_model`` raises ``ExportError`` for it). Error and verdict lines go to stderr, the
-stages of the export to stdout.
+verification is deleted and the CLI exits with status 3 (:data:`export.fsutil.EXIT_VERIFY_FAILED`) naming the worst case
+on stderr -- a graph ONNX Runtime cannot run at some length too (a case naming the length, ONNX Runtime's message and
+the likely cause: a trace fixed to its example length, as a Python loop over the sequence gives); torch's trace warnings
+(:func:`trace_graph`) are then shown on stdout, as they are for a ``--no-verify`` export. The other statuses are the
+shared table's (:data:`export.fsutil.EXIT_CODES`): 1 a ``--model``, ``--data`` or ``--exclude-items`` that cannot be
+found or read, or an export error (``ExportError``: a form the model cannot be exported in); 2 a usage error, a
+``--topk`` above the items the loaded model can recommend included (:func:`topk_usage_error`; ``export_model`` raises
+``ExportError`` for it). Error and verdict lines go to stderr, the stages of the export to stdout.
 
 One run at a time per output folder: the ``--out`` folder is locked before the model is loaded and until the files
 are in (:func:`export.fsutil.held_output_folder`; ``--card-dir``: the card's ``onnx[-window]/``, once the model is
@@ -81,7 +83,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -179,6 +181,49 @@ STAGE_UNNAMED_MAX_AGE_S = 86400.0
 
 class ExportError(RuntimeError):
     """The model cannot be exported in the requested way."""
+
+
+class NoStepGraphError(ExportError):
+    """A step graph asked of a model that has none (:func:`no_step_graph`): no exact recurrent step (``exact``
+    False), or no step exporter for its type (``model_type`` not in :data:`STEP_MODEL_TYPES`). ``str()`` is
+    ``export.onnx``'s message; :func:`no_step_graph_message` words it for ``export.triton`` and ``export.trt``, which
+    have no ``--kind``."""
+
+    def __init__(self, model_type: str, model_class: str, exact: bool):
+        self.model_type, self.model_class, self.exact = model_type, model_class, exact
+        super().__init__(no_step_graph_message(self))
+
+
+def no_step_graph(model) -> NoStepGraphError | None:
+    """Why ``model`` has no step graph (the error to raise), or None when it has one."""
+    mt = model.config.model_type
+    if not getattr(model, "has_exact_step", False):
+        return NoStepGraphError(mt, type(model).__name__, False)
+    if mt not in STEP_MODEL_TYPES:
+        return NoStepGraphError(mt, type(model).__name__, True)
+    return None
+
+
+def no_step_graph_message(e: NoStepGraphError, command: str = "export.onnx", model: str = "MODEL") -> str:
+    """The one-line error of :class:`NoStepGraphError` for ``command`` (``"export.onnx"``, ``"export.triton"``,
+    ``"export.trt"``; ``model``: its ``--model`` value, for the command lines it suggests): what the command can do
+    instead, and for a model with an exact step, what a contributor adds to give it a step graph."""
+    if e.exact:
+        why = f"no step exporter for model type {e.model_type!r} (known: {', '.join(STEP_MODEL_TYPES)})"
+        add = (f"; to give it a step graph, add {e.model_type!r} to STEP_MODEL_TYPES in export/onnx.py, which is "
+               "enough when its _step is made of standard ops (a custom scan op needs more: see zoo/models/README.md)")
+    else:
+        why, add = f"{e.model_class} has no exact recurrent step", ""
+    window = f"python -m export.onnx --model {model} --kind window --out DIR"
+    if command == "export.triton":
+        do = (": export.triton --model serves such a model as a step graph; serve its window graph instead: "
+              f"`{window}`, then `python -m export.triton --onnx DIR ...`")
+    elif command == "export.trt":
+        do = (f": export.trt builds engines of step graphs only; its window graph is exported with `{window}` (served "
+              "by ONNX Runtime, or by Triton: `python -m export.triton --onnx DIR`)")
+    else:
+        do = "; export it with --kind window" if not e.exact else "; export its window graph with --kind window"
+    return why + do + add
 
 
 class VerificationError(RuntimeError):
@@ -1148,7 +1193,7 @@ def graph_sizes(model) -> tuple[int, int]:
 def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: str = "fp32",
                 time_input: str | None = None, exclude_seen: bool = False,
                 exclude_items: Sequence[int] = (), user_vector: bool = False,
-                candidates: bool = False) -> tuple[onnx.ModelProto, dict]:
+                candidates: bool = False, warn: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, dict]:
     """Trace ``model`` into an ONNX ModelProto (not written) and its I/O spec; ``precision="fp16"`` then converts it
     with :func:`convert_to_fp16` (graph I/O, states, scan nodes and the score tail stay fp32). ``time_input``: see
     :data:`TIME_INPUTS` (time-aware models only; default "timestamps"). ``exclude_seen``: rank the history's items last
@@ -1157,7 +1202,12 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
     also output the query vector :data:`USER_VECTOR` (``model.vector_of_hidden`` of the hidden state scored from).
     ``candidates``: one more input, :data:`CANDIDATES` ``[B, C]``, restricting each row's ranking
     (:data:`CANDIDATES_DOC`). Threads: one trace at a time per process (a second waits, :data:`_TRACE_LOCK`); other
-    threads may serve models meanwhile (the trace's stand-ins act in its own thread only, :func:`_tracing_only`)."""
+    threads may serve models meanwhile (the trace's stand-ins act in its own thread only, :func:`_tracing_only`).
+    ``warn`` (default: this module's logger, at INFO) is told, in one line, of the trace warnings torch gives
+    (``torch.jit.TracerWarning``: a value the trace fixed, which the graph may not generalize: every bundled model
+    has some, mostly input checks; :func:`export_model` shows the line when the graph is not verified, or fails);
+    torch's other warnings during the trace are dropped. ``kind="step"`` for a model with no step graph raises
+    :class:`NoStepGraphError` (:func:`no_step_graph`)."""
     excluded = sorted({int(i) for i in exclude_items})
     if excluded and not 1 <= excluded[0] <= excluded[-1] < model.config.n_items:
         raise ExportError(f"exclude_items holds item indices outside 1..{model.config.n_items - 1}")
@@ -1171,11 +1221,9 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
         raise ExportError(f"kind must be 'step' or 'window', got {kind!r}")
     time_input = resolve_time_input(model, kind, time_input)
     if kind == "step":
-        if not getattr(model, "has_exact_step", False):
-            raise ExportError(f"{type(model).__name__} has no exact recurrent step; export it with --kind window")
-        if mt not in STEP_MODEL_TYPES:
-            raise ExportError(f"no step exporter for model type {mt!r} (known: {', '.join(STEP_MODEL_TYPES)}); "
-                              "use --kind window")
+        refused = no_step_graph(model)
+        if refused is not None:
+            raise refused
         kw = dict(exclude_seen=exclude_seen, excluded=excluded, user_vector=user_vector, candidates=candidates)
         module = GapsStepGraph(model, k, **kw) if time_input == "gaps" else StepGraph(model, k, **kw)
     elif kind == "window":
@@ -1213,10 +1261,13 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
         with workdir as folder:
             target = os.path.join(folder, "traced.onnx") if large else io.BytesIO()
             patches = _scan_nodes(mt) if kind == "step" else _window_patches()
-            with _tracing(), torch.no_grad(), patches, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _tracing(), torch.no_grad(), patches, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 torch.onnx.export(module, args, target, dynamo=False, opset_version=OPSET, input_names=in_names,
                                   output_names=out_names, dynamic_axes=dyn, do_constant_folding=True)
+            note = _tracer_warning_note(caught, length)
+            if note:
+                (warn or logger.info)(note)
             traced = onnx.load(target) if large else onnx.load_from_string(target.getvalue())
     finally:
         model.train(was_training)
@@ -1226,6 +1277,29 @@ def trace_graph(model, kind: str, k: int, with_scores: bool = False, precision: 
     if weights <= EXTERNAL_DATA_BYTES:       # a larger graph cannot be checked in memory: export_model checks its file
         onnx.checker.check_model(mp, full_check=True)
     return mp, spec
+
+
+def _tracer_warning_note(caught: Sequence[warnings.WarningMessage], length: int) -> str | None:
+    """One line on the ``torch.jit.TracerWarning`` s among ``caught`` (the warnings of a trace at example length
+    ``length``; the others are dropped), or None when there is none: how many, and the distinct places that raised
+    them (at most four, with what torch converted there: ``zoo/models/x.py:12 (a Python boolean)``)."""
+    import re
+
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if not tracer:
+        return None
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    places: dict[str, str] = {}
+    for w in tracer:
+        path = str(w.filename)
+        path = (os.path.relpath(path, root) if path.startswith(root + os.sep)
+                else path.split("site-packages" + os.sep)[-1])
+        what = re.search(r"Converting a tensor to (a Python \w+)", str(w.message))
+        places.setdefault(f"{path}:{w.lineno}", f" ({what.group(1)})" if what else "")
+    shown = [p + what for p, what in list(places.items())[:4]]
+    more = f", and {len(places) - 4} more places" if len(places) > 4 else ""
+    return (f"warning: torch's tracer warned {len(tracer)} time{'s' * (len(tracer) > 1)} that the trace fixed a "
+            f"value which may not generalize beyond its example (length {length}): at {', '.join(shown)}{more}")
 
 
 # ============================================================================================ fp16 conversion
@@ -1857,8 +1931,16 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         say(f"tracing {model.config.model_type} ({kind} graph, top-{topk}, {'fp32, then int8' if int8 else precision}"
             + (f", time input: {ti}" if ti else "") + (", history excluded" if exclude_seen else "")
             + (", candidates input" if candidates else "") + ") ...")
+        # torch's trace warnings (every bundled model has some, mostly input checks): shown when nothing checks the
+        # graph at other lengths (verify=False) or that check fails, where they may tell why
+        trace_notes: list[str] = []
         mp, spec = trace_graph(model, kind, topk, with_scores, "fp32" if int8 else precision, ti, exclude_seen,
-                               exclude_items, user_vector, candidates)
+                               exclude_items, user_vector, candidates, warn=trace_notes.append)
+
+        def say_trace_notes():
+            for note in trace_notes:
+                say("  " + note)
+
         if int8:                                # before the fingerprint: an int8 graph's states are its own
             spec["precision"] = "int8"
         if spec["kind"] == "step":              # tags the states an explicit-state store keeps
@@ -1866,6 +1948,8 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
         n_scan = sum(1 for n in mp.graph.node if n.domain == ps.ONNX_DOMAIN)
         say(f"  {len(mp.graph.node)} nodes ({n_scan} scan nodes in {ps.ONNX_DOMAIN}), checker full_check OK "
             f"[{time.perf_counter() - t0:.1f} s]")
+        if not verify:
+            say_trace_notes()
         # written and verified in a staging folder inside out_dir, moved into place only when verified: a failed
         # export leaves out_dir's earlier files (e.g. a card's verified graph) as they were, and no out_dir it made
         with staging_folder(out, say) as stage:
@@ -1889,8 +1973,12 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
                 spec["item_vocab"] = names[-1]
             (stage / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
             if int8:
-                _quantize_staged(model, stage, spec, external, verify, real_histories, real_timestamps, verify_kwargs,
-                                 say)
+                try:
+                    _quantize_staged(model, stage, spec, external, verify, real_histories, real_timestamps,
+                                     verify_kwargs, say)
+                except VerificationError:
+                    say_trace_notes()
+                    raise
             report = None
             if verify:
                 from . import verify as V
@@ -1899,6 +1987,7 @@ def export_model(model, out_dir: str | os.PathLike, kind: str | None = None, top
                 report = V.verify_export(model, str(stage / GRAPH_FILE), spec, real_histories=real_histories,
                                          real_timestamps=real_timestamps, progress=say, **(verify_kwargs or {}))
                 if not report.ok:
+                    say_trace_notes()
                     raise VerificationError(f"verification FAILED, nothing written to {out} (its earlier files are "
                                             f"kept): {report.worst_message()}", report)
                 spec["verification"] = report.to_dict()

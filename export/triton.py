@@ -78,10 +78,12 @@ file renamed over them), and ``build_engine.sh`` saves the engine under a tempor
 once trtexec succeeds (it skips the build when ``model.plan`` exists, so a plan cut short must never bear that name).
 
 Exit statuses (the shared table, :data:`export.fsutil.EXIT_CODES`): 1 the run failed (a ``--model`` that cannot be
-loaded, an ``--onnx`` export or a ``--vocab`` file that cannot be found, read or served, an export error, a write
-error); 2 a usage error (a flag that does not apply, a number out of range, a ``--topk`` above the items the
-``--model`` can recommend, repository files this generator did not write without ``--force``); 3 the ``--model``
-export failed its verification (nothing written); 4 a package it needs is missing.
+loaded, an ``--onnx`` export or a ``--vocab`` file that cannot be found, read or served, an export error -- such as a
+``--model`` with an exact step whose type export.onnx has no step exporter for: the message says how to serve its
+window graph with ``--onnx`` --, a write error); 2 a usage error (a flag that does not apply, a number out of range, a
+``--topk`` above the items the ``--model`` can recommend, repository files this generator did not write without
+``--force``); 3 the ``--model`` export failed its verification, ONNX Runtime unable to run its graph included
+(nothing written); 4 a package it needs is missing.
 """
 
 from __future__ import annotations
@@ -1891,7 +1893,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the model folder checked above, nothing run since: write_repository does not hash it again
             mdir = write_repository(a.onnx, a.repo, vocab_path=vocab, _checked=checked, **kw)
         else:
-            from .onnx import ExportError, VerificationError, _load_model, excluded_indices, topk_usage_error
+            from .onnx import (ExportError, VerificationError, _load_model, excluded_indices, no_step_graph,
+                               no_step_graph_message, topk_usage_error)
 
             errors += (ExportError, VerificationError)
             verification_error = VerificationError
@@ -1900,6 +1903,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (OSError, ValueError) as e:                  # named by its flag, as in the other commands
                 exit_with(EXIT_ERROR, f"error: --model {a.model}: {e}")
             kind = "step" if getattr(model, "has_exact_step", False) else "window"
+            refused = no_step_graph(model) if kind == "step" else None
+            if refused is not None:                         # an exact step but no step exporter: no --kind here
+                raise ExportError(no_step_graph_message(refused, "export.triton", a.model))
             sequence_flags(kind, f"--model {a.model}")
             if not a.name:                                  # the default name is known now: before the export
                 check_model_folder(default_model_name(model.config.model_type, kind, a.backend, kw["state"]))
@@ -1912,8 +1918,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     exclude_seen=a.exclude_seen, user_vector=a.user_vector, candidates=a.candidates,
                                     exclude_items=excluded, source=hub_source(a.model, **hub), **kw)
     except errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_VERIFY_FAILED if verification_error and isinstance(e, verification_error) else EXIT_ERROR
+        failed = verification_error is not None and isinstance(e, verification_error)
+        report = getattr(e, "report", None) if failed else None
+        # export_model's message names the temporary folder it exported into: name the repository instead
+        print(f"error: verification FAILED, nothing written to {a.repo}: {report.worst_message()}" if report is not None
+              else f"error: {e}", file=sys.stderr)
+        return EXIT_VERIFY_FAILED if failed else EXIT_ERROR
     print(f"wrote {mdir} (config validated with tritonclient's model_config_pb2); see {mdir / 'README.md'}")
     return EXIT_OK
 

@@ -59,15 +59,17 @@ their tables to stdout:
 * ``0`` engine built and verified, written;
 * ``1`` the run failed: a verified engine in ``DIR`` on a machine that cannot build one, before any work, ``DIR``
   untouched; a ``--model`` that cannot be loaded, before ``DIR`` is touched (one ``ERROR: --model ...`` line, no
-  report; ``DIR`` not created, or left as it was), and so an ``--exclude-items`` file it cannot use; export /
+  report; ``DIR`` not created, or left as it was), and so an ``--exclude-items`` file it cannot use; a model with
+  no step graph (no exact step, or a type export.onnx has no step exporter for: the line says how to export its
+  window graph, and what gives it a step graph); export /
   plugin build / engine build failure, scan nodes not bound to plugins, a graph with float64 I/O: TensorRT has no
   float64, so a float64-timestamps graph (``run(..., time_input="timestamps")``) stops after the ONNX export +
   verification with a message saying so; a verified engine that could not be written;
 * ``2`` usage error (argparse's status), before any work: a bad, missing or conflicting option, an engine setting out
   of range, an ``--out`` that cannot be written or is a model checkpoint, a ``--plugin-lib`` that does not exist, a
   ``--topk`` above the items the loaded model can recommend;
-* ``3`` verification failed (the ONNX graph against PyTorch, or the engine against PyTorch); nothing is written
-  for the failing artefact;
+* ``3`` verification failed (the ONNX graph against PyTorch -- ONNX Runtime unable to run it included, as a graph
+  traced at one fixed length -- or the engine against PyTorch); nothing is written for the failing artefact;
 * ``4`` TensorRT builder or CUDA GPU missing: the ONNX graph was exported and verified, the plugin library was built
   and (when ``tensorrt_lean`` is installed) loaded and checked, and the report names exactly what is missing. The
   graph was also verified against PyTorch with its scan nodes run by the plugins' own code on the CPU (the plugin
@@ -804,6 +806,10 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
                                  progress=lambda m: say("  " + m), time_input=ti, exclude_seen=exclude_seen,
                                  user_vector=user_vector, exclude_items=excluded, candidates=candidates,
                                  lock=False, stale_files=(REPORT_FILE,))
+        except E.NoStepGraphError as e:      # worded for export.trt, which has no --kind
+            report["error"] = E.no_step_graph_message(e, "export.trt", model_name)
+            err(f"  ERROR: {report['error']}")
+            return finish(EXIT_ERROR, "no step graph for this model: nothing exported")
         except E.VerificationError as e:
             err(f"  ONNX verification FAILED: {e}")
             if e.report is not None:

@@ -50,6 +50,13 @@ for both):
   judges after hundreds of steps on the carried state).
 
 Every case reports the top-k overlap beside the ordered agreement, whatever the precision.
+
+A graph that ONNX Runtime cannot run on some call (its own error: ``InvalidArgument``, ``Fail``, ...; not out of
+memory) fails its case instead of ending the verification with ONNX Runtime's traceback: the case's ``error`` says
+which call (``T`` new items of a step graph, a window graph's width), ONNX Runtime's message on one line and the likely
+cause (:data:`FIXED_LENGTH_HINT`: a graph traced at one fixed length, as a Python loop over the sequence is), and its
+errors are infinite; the other cases still run. A graph ONNX Runtime cannot load fails a ``load`` case the same way.
+Other runners (``export.trt``'s engine, the emulated plugins) raise their errors as before.
 """
 
 from __future__ import annotations
@@ -94,6 +101,11 @@ INT8_TOPK_MIN_OVERLAP = 0.85
 #: graph precisions with a row of pass criteria (``spec["precision"]``)
 PRECISIONS = ("fp32", "fp16", "int8")
 
+#: the likely cause of a graph that ONNX Runtime loads but cannot run at another length than its example's:
+#: ``export.onnx`` traces at one example length (3 new items, a 5-item window), and a Python loop over the sequence
+#: (``for t in range(x.shape[1])``) is unrolled to that length (its ``Gather`` indices fixed)
+FIXED_LENGTH_HINT = "likely cause: the graph was traced at one fixed length (a Python loop over the sequence?)"
+
 
 def tolerances(precision: str = "fp32") -> dict:
     """The pass criteria for a graph precision: ``score_atol`` (abs, None = not checked), ``score_rtol`` (relative to
@@ -128,6 +140,9 @@ class CaseResult:
     reason: str = ""
     #: mean fraction of PyTorch's top-k items found in the graph's top-k (order aside), over the compared rows
     topk_overlap: float | None = None
+    #: the runtime could not run (or load) the graph: which call, its message and the likely cause (one line); the
+    #: case fails whatever its numbers say (:func:`_judge`)
+    error: str = ""
 
 
 @dataclass
@@ -157,6 +172,8 @@ class VerifyReport:
 
     def worst_message(self) -> str:
         w = self.worst
+        if w.error:                         # no numbers to give: the graph did not run
+            return f"case {w.name!r}: {w.reason}"
         return (f"worst case {w.name!r}: {w.reason or 'ok'} (max abs err {w.max_abs_err:.3e}, max rel err "
                 f"{w.max_rel_err:.3e}, top-k agreement {100 * w.topk_agreement:.3f}% of {w.topk_cases}"
                 + (f", top-k overlap {w.topk_overlap:.3f}" if w.topk_overlap is not None else "")
@@ -196,7 +213,8 @@ class VerifyReport:
                 "precision": self.precision, "score_atol": self.score_atol, "score_rtol": self.score_rtol,
                 "state_atol": self.state_atol, "topk_min_agreement": self.topk_min_agreement,
                 "topk_min_overlap": self.topk_min_overlap,
-                "cases": [asdict(c) for c in self.cases]}
+                # a case's error only when it has one: a passed graph's spec reads as before
+                "cases": [{k: v for k, v in asdict(c).items() if k != "error" or v} for c in self.cases]}
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -210,14 +228,73 @@ def _worst(pick: Callable, values, default):
 
 
 def ort_session(graph: str | bytes, threads: int = 1):
-    """An ONNX Runtime CPU session (``threads`` intra-op threads) for a graph path or serialized bytes."""
+    """An ONNX Runtime CPU session (``threads`` intra-op threads) for a graph path or serialized bytes. It logs
+    fatal errors only: a node that fails to run reaches the caller as the exception ONNX Runtime raises (which the
+    verification reports in one line), not also as ONNX Runtime's own log line on stderr."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     return ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+
+
+class GraphRunError(Exception):
+    """ONNX Runtime could not run the graph on one call (``where``: which call, e.g. ``"at width 7 (B=50)"``);
+    ``message``: its error on one line. Raised by :func:`_run`, turned into a failed case by the verifiers."""
+
+    def __init__(self, where: str, message: str):
+        super().__init__(f"{where}: {message}")
+        self.where, self.message = where, message
+
+
+def _runtime_error(e: BaseException) -> bool:
+    """``e`` is ONNX Runtime's own error (its exception classes: ``InvalidArgument``, ``Fail``, ...), not its
+    allocator running out of memory (which :func:`export.fsutil.run_cli` reports as such)."""
+    from .fsutil import _out_of_memory
+
+    return type(e).__module__.startswith("onnxruntime") and _out_of_memory(e) is None
+
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    """ONNX Runtime's message on one line, without its ``[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :`` prefix (the
+    exception's class, which the callers name, says the same), at most ``limit`` characters."""
+    import re
+
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(e).split())) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _run(run: Callable, names: list, feeds: dict, where: str) -> list:
+    """``run(names, feeds)``; ONNX Runtime's own error (:func:`_runtime_error`) becomes :class:`GraphRunError`
+    naming ``where``; any other goes on up as it was."""
+    try:
+        return run(names, feeds)
+    except Exception as e:
+        if not _runtime_error(e):
+            raise
+        raise GraphRunError(where, f"{type(e).__name__}: {_one_line(e)}") from None
+
+
+def _run_failed(name: str, e: GraphRunError, detail: str = "") -> CaseResult:
+    """The failed case of a graph that could not run: infinite errors, nothing compared, ``error`` set."""
+    return CaseResult(name, float("inf"), float("inf"), 0.0, 0, None, detail or e.where,
+                      error=f"ONNX Runtime cannot run the graph {e.where}: {e.message}; {FIXED_LENGTH_HINT}")
+
+
+def _session_or_failed(graph: str, runner: Any) -> tuple[Callable | None, CaseResult | None]:
+    """``(runner.run, None)``, or an ONNX Runtime session's ``run`` on ``graph`` with ``scores`` exposed; ``(None,
+    the failed "load" case)`` when ONNX Runtime cannot load the graph (its own error, :func:`_runtime_error`)."""
+    if runner is not None:
+        return runner.run, None
+    try:
+        return scores_session(graph).run, None
+    except Exception as e:
+        if not _runtime_error(e):
+            raise
+        return None, CaseResult("load", float("inf"), float("inf"), 0.0, 0, None, "the session was not made",
+                                error=f"ONNX Runtime cannot load the graph: {type(e).__name__}: {_one_line(e)}")
 
 
 def _with_scores_output(graph_path: str, load_external_data: bool = True):
@@ -421,6 +498,9 @@ class _Acc:
 
 def _judge(c: CaseResult, score_atol: float | None, min_agree: float, state_atol: float | None,
            score_rtol: float | None = None, min_overlap: float | None = None) -> CaseResult:
+    if c.error:                              # the graph did not run: nothing else to judge
+        c.ok, c.reason = False, c.error
+        return c
     reasons = []
     if score_atol is not None and not c.max_abs_err <= score_atol:
         reasons.append(f"score error {c.max_abs_err:.3e} > {score_atol:g}")
@@ -469,7 +549,10 @@ class _StepPair:
         #: --candidates graphs: fresh candidate lists every call (:func:`_rand_candidates`), from their own stream
         self.cand_rng = np.random.default_rng([17, batch]) if spec.get("candidates") else None
 
-    def step(self, ids: np.ndarray, ts: np.ndarray | None = None):
+    def step(self, ids: np.ndarray, ts: np.ndarray | None = None, where: str = ""):
+        """One call on both sides: ``ids [B, T]`` (``ts [B, T]`` float64 when the model reads time) -> (the graph's
+        outputs by name, the reference scores ``[B, n_items]``); ``where`` names the call in a
+        :class:`GraphRunError` (ONNX Runtime could not run it)."""
         tid = torch.from_numpy(ids)
         with torch.no_grad():
             logits, self.t_state = self.model.step(tid, self.t_state, None if ts is None else torch.from_numpy(ts))
@@ -488,7 +571,8 @@ class _StepPair:
         if self.cand_rng is not None:
             feeds["candidates"] = _rand_candidates(self.cand_rng, ids.shape[0], self.spec["n_items"],
                                                    self.spec["topk"], self.max_candidates)
-        res = dict(zip(self.out_names, self.run(self.out_names, feeds), strict=True))
+        call = f"on T={ids.shape[1]} new items (B={ids.shape[0]}{', ' + where if where else ''})"
+        res = dict(zip(self.out_names, _run(self.run, self.out_names, feeds, call), strict=True))
         self.o_state = {**{n: res[f"{n}_out"] for n in self.graph_names}, **client}
         ref = logits.float().numpy()
         if self.exclude_seen:
@@ -546,12 +630,15 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
     """The step graph against ``model.step``: priming + single steps on random histories (``batch`` rows), top-k
     agreement on ``topk_cases`` random states (primed with ``topk_prime`` items), and the real histories' priming
     + steps (``max(batch, 8)`` rows) when given. ``max_candidates``: the widest candidate lists to feed a
-    ``--candidates`` graph (an engine's profile; default ``3k + 2``)."""
+    ``--candidates`` graph (an engine's profile; default ``3k + 2``). A call ONNX Runtime cannot run fails its case
+    (see the module docstring); the next case still runs."""
     say = progress or (lambda m: None)
     k = spec["topk"]
     n_items = spec["n_items"]
     rng = np.random.default_rng(seed)
-    run = (runner or scores_session(graph)).run
+    run, failed = _session_or_failed(graph, runner)
+    if failed is not None:
+        return [failed]
     uses_ts = spec["uses_timestamps"]
     cases = []
 
@@ -564,11 +651,15 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
             ts = _rand_ts(rng, B, Ltot)
         pair = _StepPair(model, run, spec, B, max_candidates)
         acc = _Acc()
-        out, ref = pair.step(hist[:, :n_prime], None if ts is None else ts[:, :n_prime])
-        acc.add(out, ref, k, f"after priming with {n_prime} items")
-        for t in range(n_prime, Ltot):
-            out, ref = pair.step(hist[:, t:t + 1], None if ts is None else ts[:, t:t + 1])
-            acc.add(out, ref, k, f"single step {t - n_prime + 1}")
+        try:
+            out, ref = pair.step(hist[:, :n_prime], None if ts is None else ts[:, :n_prime], "priming")
+            acc.add(out, ref, k, f"after priming with {n_prime} items")
+            for t in range(n_prime, Ltot):
+                out, ref = pair.step(hist[:, t:t + 1], None if ts is None else ts[:, t:t + 1],
+                                     f"single step {t - n_prime + 1}")
+                acc.add(out, ref, k, f"single step {t - n_prime + 1}")
+        except GraphRunError as e:
+            return _run_failed(name, e, f"B={B}, prime {n_prime} + {Ltot - n_prime} single steps")
         agree = np.concatenate(acc.agree)
         return CaseResult(name, acc.abs, acc.rel, float(agree.mean()), int(agree.size), pair.state_err(),
                           f"B={B}, prime {n_prime} + {Ltot - n_prime} single steps; worst at {acc.where}"
@@ -584,15 +675,19 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
     hist = rng.integers(1, n_items, size=(topk_cases, topk_prime + 1))
     ts = _rand_ts(rng, topk_cases, topk_prime + 1) if uses_ts else None
     pair = _StepPair(model, run, spec, topk_cases, max_candidates)
-    out, ref = pair.step(hist[:, :topk_prime], None if ts is None else ts[:, :topk_prime])
-    out, ref = pair.step(hist[:, topk_prime:], None if ts is None else ts[:, topk_prime:])
-    a, r = _errs(out["scores"], ref)
-    ref_ids = _topk_ref(ref, k)
-    rows = _rows_agree(out["topk_ids"], ref, k, ref_ids)       # one entry per row actually compared
-    cases.append(CaseResult("random/topk", a, r, float(rows.mean()), int(rows.size), pair.state_err(),
-                            f"B={int(rows.size)} random states (prime {topk_prime}) + 1 step" + _gaps_note(pair)
-                            + _vector_note(pair.items),
-                            topk_overlap=float(_rows_overlap(out["topk_ids"], ref, k, ref_ids).mean())))
+    try:
+        pair.step(hist[:, :topk_prime], None if ts is None else ts[:, :topk_prime], "priming")
+        out, ref = pair.step(hist[:, topk_prime:], None if ts is None else ts[:, topk_prime:], "the step after it")
+    except GraphRunError as e:
+        cases.append(_run_failed("random/topk", e, f"B={topk_cases} random states (prime {topk_prime}) + 1 step"))
+    else:
+        a, r = _errs(out["scores"], ref)
+        ref_ids = _topk_ref(ref, k)
+        rows = _rows_agree(out["topk_ids"], ref, k, ref_ids)       # one entry per row actually compared
+        cases.append(CaseResult("random/topk", a, r, float(rows.mean()), int(rows.size), pair.state_err(),
+                                f"B={int(rows.size)} random states (prime {topk_prime}) + 1 step" + _gaps_note(pair)
+                                + _vector_note(pair.items),
+                                topk_overlap=float(_rows_overlap(out["topk_ids"], ref, k, ref_ids).mean())))
     say(f"  random/topk done [{time.perf_counter() - t0:.1f} s]")
 
     if real_histories:
@@ -631,11 +726,14 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
                   real_timestamps: Sequence[Sequence[float]] | None = None, seed: int = 0, runner: Any = None,
                   batch_chunk: int = 500, progress=None, max_candidates: int | None = None) -> list[CaseResult]:
     """The window graph against ``model.predict`` on windows of ``widths`` (and the real histories when given), in
-    calls of ``batch_chunk`` rows; ``max_candidates`` as for :func:`verify_step`."""
+    calls of ``batch_chunk`` rows; ``max_candidates`` as for :func:`verify_step`. A call ONNX Runtime cannot run
+    fails its case, naming the width (see the module docstring)."""
     say = progress or (lambda m: None)
     k, n_items, M = spec["topk"], spec["n_items"], spec["max_seq_length"]
     rng = np.random.default_rng(seed)
-    run = (runner or scores_session(graph)).run
+    run, failed = _session_or_failed(graph, runner)
+    if failed is not None:
+        return [failed]
     widths = list(widths or sorted({M, max(1, M // 2), min(M, 7)}))
     items = _item_vectors(model, spec)
     out_names = ["topk_ids", "topk_scores", "scores"] + ([USER_VECTOR] if items is not None else [])
@@ -668,7 +766,11 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
             if spec.get("candidates"):
                 feeds["candidates"] = _rand_candidates(rng, len(chunk), n_items, k, max_candidates)
                 ref = _mask_candidates(ref, feeds["candidates"])
-            res = _add_vector_scores(dict(zip(out_names, run(out_names, feeds), strict=True)), ref, items)
+            try:
+                got = _run(run, out_names, feeds, f"at width {ids.shape[1]} (B={len(chunk)})")
+            except GraphRunError as e:
+                return _run_failed(name, e, f"{sum(map(len, groups))} windows")
+            res = _add_vector_scores(dict(zip(out_names, got, strict=True)), ref, items)
             acc.add(res, ref, k, f"rows {s}..{s + len(chunk) - 1}, width {ids.shape[1]}")
             n += len(chunk)
         agree = np.concatenate(acc.agree)

@@ -1,10 +1,12 @@
 """SSM recommender zoo: state-space-model sequential recommenders as Hugging Face models.
 
-Importing :mod:`zoo` registers every model with ``transformers.AutoConfig`` / ``AutoModel``.
+Importing :mod:`zoo` registers every model with ``transformers.AutoConfig`` / ``AutoModel``; a model of another
+package is registered with :func:`register_model` (``zoo/models/README.md``, "Adding a model").
 """
 
-from .modeling_utils import ItemVectors, Recommendations, SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel, StateTensorSpec
-from .models import MODELS, get_model_class
+from .modeling_utils import (ItemVectors, Recommendations, SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel,
+                             StateTensorSpec)
+from .models import MODELS, get_model_class, register_model
 from .vocab import ItemVocab, UnknownItemError
 
 __version__ = "0.1.0"
@@ -22,4 +24,4 @@ def _seed_cache() -> None:
 _seed_cache()
 
 __all__ = ["ItemVocab", "UnknownItemError", "ItemVectors", "Recommendations", "SeqRecConfig", "SeqRecOutput",
-           "SeqRecPreTrainedModel", "StateTensorSpec", "MODELS", "get_model_class", "__version__"]
+           "SeqRecPreTrainedModel", "StateTensorSpec", "MODELS", "get_model_class", "register_model", "__version__"]

@@ -67,7 +67,23 @@ def hub_repo_id(value: str) -> str:
     return value
 
 
-SSM_MODELS = ("mamba4rec", "lrurec", "tim4rec", "tim4rec_causal", "ssd4rec")
+#: the card tag of each :attr:`~zoo.modeling_utils.SeqRecPreTrainedModel.model_family` (the model class says which)
+FAMILY_TAGS = {"ssm": "state-space-model", "baseline": "baseline"}
+
+
+def family_tag(model_type: str) -> str:
+    """The tag a card of ``model_type`` gets for its family: ``FAMILY_TAGS[model_class.model_family]`` of the
+    registered model class (``ValueError`` for a ``model_type`` the zoo does not have, or a class without a family)."""
+    from .models import get_model_class
+
+    cls = get_model_class(model_type)[1]
+    family = getattr(cls, "model_family", None)
+    if family not in FAMILY_TAGS:
+        raise ValueError(f"{cls.__name__}.model_family is {family!r}, not one of {sorted(FAMILY_TAGS)}: the model "
+                         "class must say which family its card is tagged with")
+    return FAMILY_TAGS[family]
+
+
 #: the reference numbers the cards compare against, each with a source a card's reader can look up (a paper, a public
 #: issue) or, for a target that no publication gives, a plain statement of what it is
 PUBLISHED = {
@@ -357,7 +373,7 @@ def make_card(folder: str | os.PathLike, name: str, metrics: dict, protocol: dic
                for k, v in metrics.items() if not k.startswith("Recall")]
     data = ModelCardData(library_name="transformers", license="apache-2.0", model_name=repo_id, eval_results=results,
                          tags=["recommendation", "sequential-recommendation", model_type, "ssm-rec-zoo"]
-                         + (["state-space-model"] if model_type in SSM_MODELS else ["baseline"]),
+                         + [family_tag(model_type)],
                          datasets=[ds_type], pipeline_tag="other")
     env = train_log.get("environment", {})
     data_section, data_pointer = card_data_texts(dataset)       # where the data comes from; what the path is

@@ -234,6 +234,8 @@ def derived_field(name: str, formula: str, compute: Callable[[Any], Any], doc: s
     return property(get, set_, doc=doc or f"``{formula}`` (derived, read-only).")
 
 
+#: the values of :attr:`SeqRecPreTrainedModel.model_family`
+MODEL_FAMILIES = ("ssm", "baseline")
 #: ``config.json`` keys that are the zoo's own record, not model fields (:meth:`SeqRecPreTrainedModel.save_pretrained`)
 ZOO_CONFIG_KEYS = frozenset({"item_vocab_file"})
 #: RecBole's names of fields the zoo names otherwise: the model docstrings cite RecBole, so RecBole users type these
@@ -268,6 +270,10 @@ def transformers_config_keys() -> frozenset[str]:
                  "add_cross_attention", "tie_encoder_decoder", "cross_attention_hidden_size", "finetuning_task",
                  "tokenizer_class", "prefix", "bos_token_id", "pad_token_id", "eos_token_id", "sep_token_id",
                  "decoder_start_token_id", "task_specific_params", "use_cache"}     # transformers 4's config.json
+        # what transformers writes into config.json beside its fields and reads back: register_for_auto_class's
+        # auto_map (AutoConfig's trust_remote_code route), a custom pipeline's custom_pipelines, a quantizer's
+        # quantization_config
+        keys |= {"auto_map", "custom_pipelines", "quantization_config"}
         try:
             from transformers import GenerationConfig
 
@@ -552,6 +558,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     #: True when the model cannot read more than ``config.max_seq_length`` items (position embeddings, a time branch
     #: of window-sized weights); False when ``max_seq_length`` is only its training / :meth:`recommend` window
     fixed_window: bool = False
+    #: which of :data:`MODEL_FAMILIES` the model belongs to: ``"ssm"`` (a state-space or linear-recurrent model:
+    #: Mamba4Rec, LRURec, TiM4Rec, SSD4Rec) or ``"baseline"`` (the models they are compared with: SASRec, BERT4Rec,
+    #: GRU4Rec); its model card is tagged ``state-space-model`` or ``baseline`` (:func:`zoo.hub.make_card`). Each
+    #: model class sets it; :func:`zoo.models.register_model` refuses a class that leaves it ``None``
+    model_family: ClassVar[str | None] = None
     #: the item table, ``nn.Embedding [n_items (+ extra rows), D]`` (HF's ``get_input_embeddings`` reads this name);
     #: the output layer's weight is its first ``n_items`` rows (:meth:`item_output`)
     _input_embed_layer = "item_embedding"
@@ -1498,12 +1509,71 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         self._upload_modified_files(save_directory, repo_id, stamps, commit_message=commit_message, token=token,
                                     create_pr=create_pr)
 
+    def _upload_modified_files(self, working_dir: str | os.PathLike, repo_id: str, files_timestamps: dict[str, float],
+                               commit_message: str | None = None, token: bool | str | None = None,
+                               create_pr: bool = False, revision: str | None = None,
+                               commit_description: str | None = None):
+        """transformers' upload (``PushToHubMixin._upload_modified_files``, the commit of ``save_pretrained(...,
+        push_to_hub=True)`` and ``push_to_hub``): one commit adding the files of ``working_dir`` written or changed
+        since ``files_timestamps`` (``{name: mtime}``; empty: all), on branch ``revision`` (created when missing) or as
+        a pull request. transformers' only adds files; here the same commit also deletes the repo's files that the
+        zoo's save owns and ``working_dir`` no longer holds: an earlier push's ``item_vocab.json`` (``from_pretrained``
+        refuses weights saved without a vocabulary beside one) and weight files (``model.safetensors``, shards and
+        their index, :data:`_WEIGHT_FILE`: a stale index would be what loads), named in a warning. Other files of the
+        repo (a user's notes, ``.gitattributes``) are left. The repo's files are listed at ``revision`` (the base of a
+        pull request; the default branch where that branch could not be made); offline nothing is listed or deleted
+        (the commit fails as transformers' does). Returns ``create_commit``'s ``CommitInfo``."""
+        import huggingface_hub
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RevisionNotFoundError
+        from transformers.utils import hub as hf_hub
+
+        api = hf_hub.hf_api() if hasattr(hf_hub, "hf_api") else huggingface_hub.HfApi()
+        if commit_message is None:      # transformers' default for a model class
+            name = type(self).__name__
+            commit_message = "Upload model" if "Model" in name else f"Upload {name}"
+        held = os.listdir(working_dir)
+        modified = [f for f in held if f not in files_timestamps
+                    or os.path.getmtime(os.path.join(working_dir, f)) > files_timestamps[f]]
+        operations: list = []
+        for f in modified:              # as transformers: root files, and the files of root folders
+            full = os.path.join(working_dir, f)
+            if os.path.isdir(full):
+                operations += [CommitOperationAdd(path_or_fileobj=os.path.join(full, g), path_in_repo=f"{f}/{g}")
+                               for g in os.listdir(full)]
+            elif os.path.isfile(full):
+                operations.append(CommitOperationAdd(path_or_fileobj=full, path_in_repo=f))
+        if revision is not None and not revision.startswith("refs/pr"):
+            try:
+                api.create_branch(repo_id=repo_id, branch=revision, token=token, exist_ok=True)
+            except HfHubHTTPError as e:     # as transformers: a pull request on a repo one may not branch
+                if not (e.response is not None and e.response.status_code == 403 and create_pr):
+                    raise
+        try:
+            try:
+                remote = api.list_repo_files(repo_id, revision=revision, token=token)
+            except RevisionNotFoundError:
+                remote = api.list_repo_files(repo_id, token=token)
+        except OfflineModeIsEnabled:
+            remote = []
+        stale = sorted(f for f in set(remote) - set(held)
+                       if "/" not in f and (f == VOCAB_FILE or _WEIGHT_FILE.fullmatch(f)))
+        if stale:
+            logger.warning("%s: the commit also deletes %s, left by an earlier push (this save has no such file: "
+                           "served beside the new weights, they would not belong to them)", repo_id, ", ".join(stale))
+        operations += [CommitOperationDelete(path_in_repo=f) for f in stale]
+        logger.info("Uploading the following files to %s: %s", repo_id, ",".join(modified))
+        return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message,
+                                 commit_description=commit_description, token=token, create_pr=create_pr,
+                                 revision=revision)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a zoo model from a folder (or Hub id): strict about class, weights and vocabulary.
 
         Raises ``ValueError`` when the checkpoint is of another model type or of a ``model_type`` the zoo does not
-        have, when weights are missing, unexpected, of the wrong shape, not floating point or not finite (NaN/inf),
+        have (registered, :func:`zoo.models.register_model`, or the loading class's own), when weights are missing,
+        unexpected, of the wrong shape, not floating point or not finite (NaN/inf),
         when the weight files hold another number of layers than ``num_layers`` (told from their tensor names before
         any model is built), when a size is beyond what torch can hold (``n_items=2**62``), when the weight file is
         missing or corrupt, when the vocabulary does not fit ``n_items``, or
@@ -1541,13 +1611,17 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         config = kwargs.pop("config", None)
         given_config = config is not None
         if config is None:
-            cfg_cls = _check_model_type(path)
+            cfg_cls = _check_model_type(path, cls)
             fields = (cfg_cls.init_fields() | set(cfg_cls.derived_fields) | set(cfg_cls.field_aliases)
                       if cfg_cls is not None else set())
             fields |= {"output_hidden_states", "output_attentions", "return_dict"}
+            # a registered model_type is read by AutoConfig; the class's own, maybe unregistered, by its config class
+            from .models import MODELS
+
+            reader = AutoConfig if cfg_cls is None or cfg_cls.model_type in MODELS else cfg_cls
             # config overrides, checked by the config's __init__ (SeqRecConfig.from_dict), not set past its checks
             with _reading_config(_config_json(name, path)):
-                config = AutoConfig.from_pretrained(path, **{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
+                config = reader.from_pretrained(path, **{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
         if cls is SeqRecPreTrainedModel:  # the base class loads whatever concrete model the folder holds
             from .models import get_model_class
 
@@ -1690,9 +1764,12 @@ def _is_safetensors_error(e: BaseException) -> bool:
     return False
 
 
-def _check_model_type(path: str) -> type[SeqRecConfig] | None:
+def _check_model_type(path: str, cls: type | None = None) -> type[SeqRecConfig] | None:
     """A one-line error for a ``config.json`` whose ``model_type`` is no zoo model (before transformers' advice to
     upgrade transformers); a folder without a readable ``config.json`` is left to ``AutoConfig``'s own error (None).
+    A zoo model is one registered (:func:`zoo.models.register_model`: the zoo's own and those other packages
+    register), or the ``model_type`` of ``cls``'s own config class when ``cls`` (the class loading it) is a concrete
+    model class (a model of another package loads its own checkpoints, registered or not).
     A file nested more than :data:`MAX_CONFIG_DEPTH` levels deep (or past Python's JSON reader) is refused here with
     transformers' one line for invalid JSON (:func:`_too_deep`). Returns the config class of the ``model_type``."""
     from .models import MODELS
@@ -1712,6 +1789,10 @@ def _check_model_type(path: str) -> type[SeqRecConfig] | None:
     if not isinstance(saved, dict):
         return
     model_type = saved.get("model_type")
+    own = getattr(cls, "config_class", None) if cls is not None and cls is not SeqRecPreTrainedModel else None
+    if model_type not in MODELS and isinstance(own, type) and issubclass(own, SeqRecConfig) \
+            and isinstance(model_type, str) and own.model_type == model_type:
+        return own
     if model_type not in MODELS:
         raise ValueError(f"{os.path.join(path, 'config.json')}: model_type {model_type!r} is not a zoo model "
                          f"(the zoo has {sorted(MODELS)})")

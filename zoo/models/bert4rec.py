@@ -144,6 +144,7 @@ class BERT4RecConfig(SeqRecConfig):
 class BERT4RecModel(SeqRecPreTrainedModel):
     """BERT4Rec, RecBole v1.2.0 (see the module docstring). Right padding; window re-encoding :meth:`step`."""
 
+    model_family = "baseline"
     config_class = BERT4RecConfig
     base_model_prefix = "bert4rec"
     padding_side = "right"

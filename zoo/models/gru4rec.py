@@ -65,6 +65,7 @@ class GRU4RecConfig(SeqRecConfig):
 class GRU4RecModel(SeqRecPreTrainedModel):
     """GRU4Rec, RecBole v1.2.0 (see the module docstring). Right padding; exact recurrent :meth:`step`."""
 
+    model_family = "baseline"
     config_class = GRU4RecConfig
     base_model_prefix = "gru4rec"
     padding_side = "right"

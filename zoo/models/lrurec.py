@@ -281,6 +281,8 @@ class LRURecPreTrainedModel(SeqRecPreTrainedModel):
 class LRURecModel(LRURecPreTrainedModel):
     """LRURec: item embedding, ``num_layers`` LRU blocks, tied output with a learned item bias (left padding)."""
 
+    model_family = "ssm"
+
     def __init__(self, config: LRURecConfig):
         super().__init__(config)
         d = config.hidden_size

@@ -208,6 +208,8 @@ class Mamba4RecPreTrainedModel(SeqRecPreTrainedModel):
 class Mamba4RecModel(Mamba4RecPreTrainedModel):
     """Mamba4Rec: ``input_ids [B, L]`` (right-padded) -> hidden ``[B, L, D]`` -> next-item logits ``[B, n_items]``."""
 
+    model_family = "ssm"
+
     def __init__(self, config: Mamba4RecConfig):
         super().__init__(config)
         self.item_embedding = nn.Embedding(config.n_items, config.hidden_size, padding_idx=0)

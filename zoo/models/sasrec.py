@@ -162,6 +162,7 @@ class SASRecEncoder(nn.Module):
 class SASRecModel(SeqRecPreTrainedModel):
     """SASRec, RecBole v1.2.0 (see the module docstring). Right padding; re-encoding (not O(1)) :meth:`step`."""
 
+    model_family = "baseline"
     config_class = SASRecConfig
     base_model_prefix = "sasrec"
     padding_side = "right"

@@ -188,6 +188,7 @@ class SSD4RecPreTrainedModel(SeqRecPreTrainedModel):
 class SSD4RecModel(WindowRecomputeMixin, SSD4RecPreTrainedModel):
     """SSD4Rec: ``input_ids [B, L]`` (right-padded) -> hidden ``[B, L, D]`` (bidirectional) -> logits at ``len - 1``."""
 
+    model_family = "ssm"
     window_timestamps = False
 
     def __init__(self, config: SSD4RecConfig):

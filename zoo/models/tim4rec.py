@@ -459,6 +459,7 @@ class WindowRecomputeMixin:
 class TiM4RecModel(WindowRecomputeMixin, TiM4RecPreTrainedModel):
     """TiM4Rec: ``input_ids [B, L<=max_seq_length]`` + ``timestamps`` (right-padded) -> hidden ``[B, L, D]``."""
 
+    model_family = "ssm"
     layer_class = TiSSDLayer
     window_timestamps = True
     fixed_window = True        # the time branch has max_seq_length-sized weights

@@ -122,6 +122,7 @@ class CausalTiSSDLayer(TiSSDLayer):
 class TiM4RecCausalModel(TiM4RecPreTrainedModel):
     """TiM4Rec-causal: ``input_ids [B, L]`` + ``timestamps [B, L]`` (right-padded) -> ``[B, L, D]``; exact step."""
 
+    model_family = "ssm"
     config_class = TiM4RecCausalConfig
     base_model_prefix = "tim4rec_causal"
     has_exact_step = True

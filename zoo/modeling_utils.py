@@ -966,7 +966,11 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         scores = out.logits.float()             # the forward's own tensor (no copy: [B, n_items] is large at scale)
         # torch.topk ranks NaN above every number (first, for every user), and +-inf at a real item is the same
         # overflow (a +inf item ranked first, a -inf one taken for an excluded slot): column 0 is padding
-        nan = ~torch.isfinite(scores[:, 1:]).all(dim=1)
+        # (checked on each row's max and min, NaN propagating: torch.isfinite over the whole [B, n_items] scores
+        # made float and bool copies of them, 1.7 GB at 256 x 10^6 items; bench/RESULTS_EVAL_MEMORY.md)
+        real = scores[:, 1:]
+        nan = ~(torch.isfinite(real.amax(dim=1)) & torch.isfinite(real.amin(dim=1))) if real.shape[1] \
+            else torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
         if bool(nan.any()):
             rows = nan.nonzero().flatten().tolist()
             raise ScoreOverflow(f"the model's scores are NaN or infinite in batch rows {rows[:8]}"

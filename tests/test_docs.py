@@ -30,8 +30,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DOC_GLOBS = ("README.md", "export/README.md", "plugins/**/README.md", "hub_cards/*/README.md", "bench/*.md",
-             "tests/data/*/README.md", "bench/*.sh", ".ci/run")
+DOC_GLOBS = ("README.md", "export/README.md", "zoo/models/README.md", "plugins/**/README.md", "hub_cards/*/README.md",
+             "bench/*.md", "tests/data/*/README.md", "bench/*.sh", ".ci/run")
 
 # the command's start: a module run with -m, or a script of the tree
 COMMAND = re.compile(r"python3? (?:-m ((?:zoo|export)\.[a-z_]+)\b|((?:bench|plugins)/[a-z_]+\.py)\b)")

@@ -17,11 +17,11 @@ MAX_SECONDS = 1e11
 def seconds(timestamps: Any) -> np.ndarray:
     """Timestamps as float64 Unix seconds: numbers (int, or float of float64 precision) as they are, numpy
     ``datetime64`` of any unit converted (``datetime64[ms]`` read as numbers would be 1,000 times too large). Refused
-    with a message: booleans, strings and other non-numbers (TypeError), ``NaT``, and float32/float16 values too
-    large to hold whole seconds (float32 above 2**24 s: it keeps Unix seconds to 64 s steps; float16 above 2**11 s;
-    pass float64 or int64), and values beyond :data:`MAX_SECONDS` (milliseconds or nanoseconds since the epoch, as
-    ``model.step`` refuses them; this also refuses every integer beyond 2**53, which float64 would round). NaN and
-    infinities are left to the caller's check. Rows of different lengths (a ragged nested list) raise ValueError
+    with a message: booleans, strings and other non-numbers (TypeError), ``NaT``, and float32/float16 values too large
+    to hold whole seconds (float32 above 2**24 s: it keeps Unix seconds to 64 s steps before 2004, 128 s after; float16
+    above 2**11 s; pass float64 or int64), and values beyond :data:`MAX_SECONDS` (milliseconds or nanoseconds since the
+    epoch, as ``model.step`` refuses them; this also refuses every integer beyond 2**53, which float64 would round). NaN
+    and infinities are left to the caller's check. Rows of different lengths (a ragged nested list) raise ValueError
     saying so."""
     try:
         arr = np.asarray(timestamps)
@@ -39,7 +39,8 @@ def seconds(timestamps: Any) -> np.ndarray:
         big = np.abs(arr[np.isfinite(arr)]).max(initial=0)   # float16 (zoo.modeling_utils.check_timestamps' rule)
         if big > exact:
             raise ValueError(f"timestamps are {arr.dtype} and reach {float(big):.6g} s: {arr.dtype} cannot hold whole "
-                             "seconds that large (float32 keeps Unix seconds to 64 s steps); pass float64 or int64")
+                             "seconds that large (float32 keeps Unix seconds to 128 s steps since 2004); pass float64 "
+                             "or int64")
     out = arr.astype(np.float64)
     late = out[np.isfinite(out) & (out > MAX_SECONDS)]
     if len(late):

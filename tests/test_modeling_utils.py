@@ -561,7 +561,7 @@ def timed() -> TimedGRU:
                                   dropout_prob=0.0)).eval()
 
 
-UNIX = [1.39e9 + 50 * i for i in range(3)]      # Unix seconds 50 s apart: float32 rounds them to 64-s steps
+UNIX = [1.39e9 + 50 * i for i in range(3)]      # Unix seconds 50 s apart: float32 rounds them to 128-s steps
 
 
 @pytest.mark.parametrize("row", [
@@ -570,7 +570,7 @@ UNIX = [1.39e9 + 50 * i for i in range(3)]      # Unix seconds 50 s apart: float
     pytest.param(lambda: [np.float32(x) for x in UNIX], id="list-of-np.float32")])
 def test_recommend_refuses_float32_timestamp_rows_before_widening_them(row):
     """recommend / user_vectors / pad_batch made every timestamp row float64 before the float32 check of
-    check_timestamps, so a float32 row of Unix seconds (rounded to 64-s steps) was used and moved the scores; each row
+    check_timestamps, so a float32 row of Unix seconds (rounded to 128-s steps) was used and moved the scores; each row
     is read in its own dtype now and refused naming the history, as forward refuses a float32 tensor."""
     model = timed()
     hs, good = [[1, 2, 3], [4, 5, 6]], [UNIX, UNIX]

@@ -2305,6 +2305,14 @@ def _export(p: argparse.ArgumentParser, args, holding: contextlib.ExitStack) -> 
     except (OSError, ValueError) as e:
         exit_with(EXIT_ERROR, f"error: --model {args.model}: {e}")
     kind = args.kind or ("step" if model.has_exact_step else "window")
+    # an option value the loaded model refuses: a usage error (2), before any tracing (as --topk below)
+    refused = no_step_graph(model) if args.kind == "step" else None
+    if refused is not None:
+        p.error(f"--kind step: {no_step_graph_message(refused, 'export.onnx', args.model)}")
+    try:
+        resolve_time_input(model, kind, args.time_input)   # --time-input gaps for a model that does not read time
+    except ExportError as e:
+        p.error(str(e))                                     # each of its messages starts with --time-input
     try:
         excluded = excluded_indices(model, args.exclude_items)
     except ValueError as e:

@@ -1386,23 +1386,28 @@ def check_repository(repo: str | os.PathLike, name: str | None, backend: str = "
                      plan: str | None = None, plugin_lib: str | None = None, vocab_path: str | None = None,
                      flags: dict | None = None, _checked: tuple | None = None) -> tuple | None:
     """The checks :func:`write_repository` makes before it writes, but those of the export: its own arguments
-    (:func:`check_repository_args`), a ``repo`` that is a file, and, once the staging folders of killed runs are
-    cleaned up (a model folder one had moved aside is put back before it is checked: :func:`remove_dead_stages`),
-    the repository's files (:func:`foreign_repository_files`) and the model folder ``repo/<name>``
-    (:func:`_check_model_folder`; not while ``name`` is None, unknown yet) that this generator did not write, unless
-    ``force``. ``flags`` names each argument in the messages (``ARG_FLAGS`` for the CLI, which calls it before any
-    export). Returns the token of the model folder's check (``None`` without a ``name``); ``_checked``: such a token,
-    whose folder is not hashed again (:func:`_check_model_folder`).
+    (:func:`check_repository_args`), a ``repo`` that is a file or lies under one, and, once the staging folders of
+    killed runs are cleaned up (a model folder one had moved aside is put back before it is checked:
+    :func:`remove_dead_stages`), the repository's files (:func:`foreign_repository_files`) and the model folder
+    ``repo/<name>`` (:func:`_check_model_folder`; not while ``name`` is None, unknown yet) that this generator did
+    not write, unless ``force``. ``flags`` names each argument in the messages (``ARG_FLAGS`` for the CLI, which
+    calls it before any export). Returns the token of the model folder's check (``None`` without a ``name``);
+    ``_checked``: such a token, whose folder is not hashed again (:func:`_check_model_folder`).
 
     Raises:
-        ValueError / FileNotFoundError: as :func:`check_repository_args`; a ``repo`` that is a file.
+        ValueError / FileNotFoundError: as :func:`check_repository_args`; a ``repo`` that is a file, or under one.
         FileExistsError: repository files or a model folder this generator did not write (without ``force``).
     """
     check_repository_args(name, backend, plan, plugin_lib, vocab_path, flags)
     path = pathlib.Path(repo).resolve()
+    flag = (flags or {}).get("repo", "repository")
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{(flags or {}).get('repo', 'repository')} {repo} is a file, not a folder (the Triton "
-                         "model repository to write into)")
+        raise ValueError(f"{flag} {repo} is a file, not a folder (the Triton model repository to write into)")
+    where = path.parent                     # the nearest existing folder above it (the rest is made): not a file
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not path.exists() and not where.is_dir():    # zoo.cli.check_outputs' words (not imported: it loads torch)
+        raise ValueError(f"{flag} {repo}: {where} is a file, not a folder")
     _clean_up_after_killed_runs(path)       # a killed run's model folder, moved aside, goes back before the checks
     foreign = [] if force else foreign_repository_files(path, backend == "tensorrt", name)
     if foreign:

@@ -981,7 +981,13 @@ def run(model_name: str, out_dir: str, *, fp16: bool = False, workspace: str | i
         return finish(EXIT_OK, f"engine verified and written to {engine_path}")
 
 
+#: the command-line option of each :func:`run` setting that :func:`check_run_numbers` names
+RUN_FLAGS = {"workspace": "--workspace", "topk": "--topk", "max_batch": "--max-batch", "opt_batch": "--opt-batch",
+             "max_steps": "--max-steps", "max_candidates": "--max-candidates"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from zoo.cli import flag_named, positive_int
     from zoo.pretrained import add_hub_options, hub_options
 
     p = argparse.ArgumentParser(prog=command_prog("export.trt"), description=__doc__.split("\n\n")[0],
@@ -992,12 +998,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 "not a model checkpoint's folder")
     p.add_argument("--fp16", action="store_true", help="fp16 internals (states, graph I/O and scan nodes stay fp32)")
     p.add_argument("--workspace", default="2G", help="builder workspace pool limit, e.g. 512M, 2G (default 2G)")
-    p.add_argument("--topk", type=int, default=10, help="K of the graph's in-graph TopK (default 10)")
-    p.add_argument("--max-batch", type=int, default=2048,
+    p.add_argument("--topk", type=positive_int, default=10, help="K of the graph's in-graph TopK (default 10)")
+    p.add_argument("--max-batch", type=positive_int, default=2048,
                    help="largest batch (users per call) of the engine's optimisation profile (default 2048)")
-    p.add_argument("--opt-batch", type=int, default=64,
+    p.add_argument("--opt-batch", type=positive_int, default=64,
                    help="batch the engine's kernels are tuned for, <= --max-batch (default 64)")
-    p.add_argument("--max-steps", type=int, default=200, help="largest T per call (priming length; default 200)")
+    p.add_argument("--max-steps", type=positive_int, default=200,
+                   help="largest T per call (priming length; default 200)")
     p.add_argument("--version-compatible", action="store_true",
                    help="build a version-compatible engine (runs on the lean/dispatch runtime; plugin lib serialized)")
     p.add_argument("--plugin-lib", default=None, help=f"use this {ps.PLUGIN_LIBRARY} instead of building one")
@@ -1040,8 +1047,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.plugin_lib and not os.path.isfile(a.plugin_lib):   # before the export and before --out is touched
             raise ValueError(f"--plugin-lib {a.plugin_lib}: no such file (give a built {ps.PLUGIN_LIBRARY}, or leave "
                              "the flag out to build one)")
-    except ValueError as e:
-        p.error(str(e))
+    except ValueError as e:                               # run()'s names as the options are given
+        p.error(flag_named(str(e), RUN_FLAGS))
     say = lambda m: print(m, flush=True)  # noqa: E731
     say_error = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     try:

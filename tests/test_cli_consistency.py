@@ -267,3 +267,143 @@ def test_library_modules_say_so_as_export_verify_does(tmp_path, module):
         assert p.returncode == EXIT_USAGE and p.stdout == "", (p.returncode, p.stdout, p.stderr)
         (line,) = p.stderr.splitlines()
         assert line.startswith(f"python -m {module}: a library (") and "not a command; run python -m " in line, line
+
+
+# ------------------------------------------------------------------ an option value the loaded model refuses
+@pytest.fixture
+def sas(tmp_path):
+    """A tiny SASRec (no exact recurrent step) with the item vocabulary ITEMS; its folder."""
+    from tiny_models import TINY
+
+    from zoo.models import MODELS
+    from zoo.vocab import ItemVocab
+
+    cfg_cls, cls = MODELS["sasrec"]
+    torch.manual_seed(0)
+    model = cls(cfg_cls(n_items=len(ITEMS) + 1, max_seq_length=4, **TINY["sasrec"])).eval()
+    model.set_item_vocab(ItemVocab(ITEMS))
+    model.save_pretrained(tmp_path / "sas")
+    return str(tmp_path / "sas")
+
+
+def test_export_onnx_kind_step_without_an_exact_step_is_refused_before_tracing(sas, tmp_path, capsys):
+    """``export.onnx --kind step`` on SASRec failed with status 1 after the "tracing ... (step graph)" line: an option
+    value the loaded model refuses is a usage error (export/README), refused once the model is loaded, before any
+    tracing, naming the option; nothing left in --out."""
+    from export.onnx import main
+
+    out = tmp_path / "o"
+    err = _usage_error(capsys, main, ["--model", sas, "--out", str(out), "--kind", "step"])
+    assert "--kind step: SASRecModel has no exact recurrent step; export it with --kind window" in err, err
+    assert "tracing" not in capsys.readouterr().out + err
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_export_onnx_time_input_for_a_model_that_does_not_read_time_is_a_usage_error(gru, tmp_path, capsys):
+    """``export.onnx --time-input gaps`` on GRU4Rec exited 1 ("ERROR: --time-input gaps: gru4rec does not read
+    time") after tracing had begun: a usage error (2) now, before any tracing."""
+    from export.onnx import main
+
+    err = _usage_error(capsys, main, ["--model", gru, "--out", str(tmp_path / "o"), "--time-input", "gaps"])
+    assert "error: --time-input gaps: gru4rec does not read time" in err, err
+    assert "tracing" not in err
+
+
+@pytest.mark.parametrize("which", ["timestamps", "stepwise"])
+def test_recommend_option_the_model_refuses_is_a_usage_error_before_the_data_is_read(gru, sas, tmp_path, capsys,
+                                                                                    which):
+    """``zoo.recommend --timestamps`` on a model that does not read time and ``--stepwise`` on one without an exact
+    step ended with ``sys.exit(str)`` (status 1), after ``--data`` was read: a usage error now, the same words, once
+    the model is loaded (a missing --data file, a 1, is not reached)."""
+    from zoo.recommend import main
+
+    if which == "timestamps":
+        argv, said = (["--model", gru, "--history", str(ITEMS[0]), str(ITEMS[1]), "--timestamps", "1", "2"],
+                      "gru4rec does not read timestamps; --timestamps is for time-aware models")
+    else:
+        argv, said = (["--model", sas, "--data", str(tmp_path / "none.tsv"), "--user", "1", "--stepwise"],
+                      "--stepwise: sasrec has no exact recurrent step")
+    err = _usage_error(capsys, main, argv)
+    assert f"python -m zoo.recommend: error: {said}" in err and "usage:" in err, err
+    assert capsys.readouterr().out == ""
+
+
+# ------------------------------------------------------------------ export.triton --repo
+@pytest.mark.parametrize("source", ["--model", "--onnx"])
+def test_triton_repo_under_a_file_is_a_usage_error_before_any_work(gru, tmp_path, capsys, source):
+    """``export.triton --repo afile/x`` ended with status 1 and a raw "[Errno 20] Not a directory" line (after the
+    export, for --model): the shared "is a file, not a folder" usage error now, as ``--repo afile`` gets and every
+    other folder output, before any work (--onnx: the folder need not even exist)."""
+    from export.triton import main
+
+    (tmp_path / "afile").write_text("")
+    repo = tmp_path / "afile" / "x"
+    err = _usage_error(capsys, main, [source, gru if source == "--model" else str(tmp_path / "none"),
+                                      "--repo", str(repo)])
+    assert f"error: --repo {repo}: {tmp_path / 'afile'} is a file, not a folder" in err, err
+    assert "Errno" not in err and (tmp_path / "afile").read_text() == ""
+
+
+# ------------------------------------------------------------------ export.trt's numbers
+@pytest.mark.parametrize("flag", ["--topk", "--max-batch", "--opt-batch", "--max-steps"])
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_trt_numbers_are_refused_at_parse_naming_the_option(tmp_path, capsys, flag, value):
+    """``export.trt --topk 0`` (and --max-batch, --opt-batch, --max-steps) said "topk must be an int >= 1, got 0",
+    without the option; refused at parse now with zoo.cli's words, naming the option as given, as export.onnx and
+    export.triton do (a non-number too), before anything is exported."""
+    from export.trt import main
+
+    out = tmp_path / "o"
+    err = _usage_error(capsys, main, ["--model", "m", "--out", str(out), flag, value])
+    assert f"argument {flag}: expected an int >= 1, got '{value}'" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,named", [(["--opt-batch", "9", "--max-batch", "8"], "--opt-batch: opt_batch (9)"),
+                                        (["--workspace", "0"], "--workspace: workspace must be positive"),
+                                        (["--candidates", "--max-candidates", "0"],
+                                         "--max-candidates: max_candidates must be an int >= 1, got 0")])
+def test_trt_checks_of_run_name_the_option(tmp_path, capsys, argv, named):
+    """The settings export.trt checks together (check_run_numbers' words) are named by their options too."""
+    from export.trt import main
+
+    err = _usage_error(capsys, main, ["--model", "m", "--out", str(tmp_path / "o"), *argv])
+    assert named in err, err
+
+
+# ------------------------------------------------------------------ zoo.recommend: id options under drop
+def test_recommend_drop_names_the_unknown_ids_of_id_options_in_every_mode(gru, tmp_path, capsys):
+    """With ``--unknown-items drop``, the unknown ids of --exclude-items, --candidates and --similar-to were
+    dropped without a word (one history, --all-users, --similar-to) while a history's dropped items get a WARNING:
+    one WARNING line each on stderr, naming the option and the ids (the first 8, each once); stdout keeps the JSON
+    alone; no line when nothing is dropped."""
+    from zoo.recommend import main
+
+    known = [str(x) for x in ITEMS]
+    drop = ["--unknown-items", "drop", "--json", "--k", "2"]
+    out = main(["--model", gru, "--history", known[0], "--exclude-items", known[1], "999", "998", "999",
+                "--candidates", *known[2:6], "u7", *drop])
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "WARNING: 2 --exclude-items ids the model does not know dropped (999, 998)",
+        "WARNING: 1 --candidates id the model does not know dropped ('u7')"], captured.err
+    assert json.loads(captured.out)["excluded_items"] == 1 and out["candidates"] == 4
+
+    many = [str(9000 + i) for i in range(10)]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(many) + "\n")
+    main(["--model", gru, "--history", known[0], "--exclude-items-file", str(ids), *drop])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"WARNING: 10 --exclude-items-file ids the model does not know dropped ({', '.join(many[:8])} ...)"
+
+    main(["--model", gru, "--similar-to", known[0], "5", *drop])
+    assert capsys.readouterr().err.splitlines() == ["WARNING: 1 --similar-to id the model does not know dropped (5)"]
+
+    data = tmp_path / "d.tsv"
+    data.write_text("user_id\titem_id\ttimestamp\n" + "".join(f"1\t{x}\t{t}\n" for t, x in enumerate(ITEMS[:3], 1)))
+    main(["--model", gru, "--data", str(data), "--all-users", "--out", str(tmp_path / "r.jsonl"),
+          "--exclude-items", known[4], "42", *drop])
+    assert "WARNING: 1 --exclude-items id the model does not know dropped (42)" in capsys.readouterr().err
+
+    main(["--model", gru, "--history", known[0], "--exclude-items", known[1], "--candidates", *known[2:6], *drop])
+    assert capsys.readouterr().err == ""

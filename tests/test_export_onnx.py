@@ -1730,11 +1730,13 @@ def test_tim4rec_causal_cli_time_input_gaps(saved_tim4rec_causal, saved_model, t
     o = sess.prime([[1, 2, 3]], timestamps=[[1.6e9, 1.6e9 + 1.5, 1.7e9]])
     assert o.state["last_ts"][0, 0] == 1.7e9 and set(o.state) == {"conv_state", "ssm_state", "time_conv_state",
                                                                    "last_ts"}
-    assert E.main(["--model", saved_model, "--out", str(tmp_path / "m"), "--time-input", "gaps", *FAST]) == 1
-    assert "does not read time" in capsys.readouterr().err
-    assert E.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path / "w"), "--kind", "window",
-                   "--time-input", "gaps", "--verify-cases", "200"]) == 1
-    assert "for step graphs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:             # an option value the model refuses: a usage error (2)
+        E.main(["--model", saved_model, "--out", str(tmp_path / "m"), "--time-input", "gaps", *FAST])
+    assert e.value.code == 2 and "--time-input gaps: mamba4rec does not read time" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        E.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path / "w"), "--kind", "window",
+                "--time-input", "gaps", "--verify-cases", "200"])
+    assert e.value.code == 2 and "for step graphs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         E.main(["--model", saved_tim4rec_causal, "--out", str(tmp_path / "x"), "--time-input", "seconds"])
 

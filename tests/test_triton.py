@@ -514,8 +514,12 @@ def test_cli_refuses_a_repo_that_is_a_file(mamba_export, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:                              # was a FileExistsError traceback
         T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "afile")])
     assert e.value.code == 2 and f"--repo {tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
-    assert T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "afile" / "r")]) == 1
-    assert "Not a directory" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "x"
+    with pytest.raises(SystemExit) as e:                              # under a file: was 1, "[Errno 20] Not a ..."
+        T.main(["--onnx", str(mamba_export), "--repo", str(tmp_path / "afile" / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--repo {tmp_path / 'afile' / 'r'}: {tmp_path / 'afile'} is a file, not a folder" \
+        in err and "Errno" not in err, err
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_cli_names_the_vocab_flag_of_a_missing_file(mamba_export, tmp_path, capsys):

@@ -103,22 +103,31 @@ def read_id_list(path: str | os.PathLike, model) -> list:
         return [_history_id(x, model) for x in map(id_of_line, f) if x is not None]
 
 
-def _drop_unknown(ids: list, args, model) -> list:
+def _drop_unknown(ids: list, args, model, flag: str | None = None, needed: bool = False) -> list:
     """``ids`` without those the model does not know with ``--unknown-items drop``; as they are otherwise (the model
-    refuses them, naming them)."""
+    refuses them, naming them). With ``flag`` (the option they came from, ``"--exclude-items"``), the dropped ones
+    are named in a ``WARNING`` line on stderr (:func:`_dropped_ids_note`) -- but when none is left and the caller
+    ``needed`` some (``--candidates``, ``--similar-to``: its error says so)."""
     if args.unknown_items == "drop" and model.item_vocab is not None:
-        return [x for x in ids if x in model.item_vocab]
+        kept = [x for x in ids if x in model.item_vocab]
+        dropped = list(dict.fromkeys(x for x in ids if x not in model.item_vocab))   # each once, in order
+        if flag and dropped and (kept or not needed):
+            print(_dropped_ids_note(dropped, flag), file=sys.stderr)
+        return kept
     return ids
 
 
 def _id_option(args, model, flag: str) -> list:
     """The ids of ``--<flag>`` and ``--<flag>-file`` (read as history ids are); with ``--unknown-items drop`` the
-    ids the model does not know are left out, else they are refused, naming them."""
+    ids the model does not know are left out, named in a stderr ``WARNING`` (:func:`_drop_unknown`), else they are
+    refused, naming them."""
     dest = flag.replace("-", "_")
     ids = [_history_id(x, model) for x in getattr(args, dest)]
     if getattr(args, f"{dest}_file"):
         ids += read_id_list(getattr(args, f"{dest}_file"), model)
-    ids = _drop_unknown(ids, args, model)
+    given = [f"--{flag}"] if getattr(args, dest) else []
+    given += [f"--{flag}-file"] if getattr(args, f"{dest}_file") else []
+    ids = _drop_unknown(ids, args, model, "/".join(given), needed=flag == "candidates")
     model.encode_item_set(ids, f"--{flag}")                       # refuses an unknown id, naming it
     return ids
 
@@ -154,6 +163,16 @@ def _dropped_note(dropped: list, left: int, shown: int = 8) -> str:
     named = ", ".join(repr(_json_value(x)) for x in dropped[:shown])
     return (f"WARNING: {len(dropped)} history item{'s' if len(dropped) != 1 else ''} the model does not know dropped "
             f"({named}{more}): recommending from the {left} left")
+
+
+def _dropped_ids_note(dropped: list, flag: str, shown: int = 8) -> str:
+    """The stderr line of the ids of an id option (``flag``: ``--exclude-items``, ``--candidates``, ``--similar-to``)
+    that ``--unknown-items drop`` left out (``dropped``: each once; the first ``shown`` named, `` ...`` when there are
+    more), a ``WARNING`` as :func:`_dropped_note` gives for a history's."""
+    more = " ..." if len(dropped) > shown else ""
+    named = ", ".join(repr(_json_value(x)) for x in dropped[:shown])
+    return (f"WARNING: {len(dropped)} {flag} id{'s' if len(dropped) != 1 else ''} the model does not know dropped "
+            f"({named}{more})")
 
 
 #: ``--stepwise`` feeds the last this many items of the window one ``step`` each (after one ``step`` over the rest)
@@ -267,7 +286,7 @@ def _similar(args, model, exclude: list, hub: dict | None = None) -> dict:
     ``--revision`` / ``--subfolder`` the model was read at, recorded beside ``model`` when given)."""
     from .cli import error_text
 
-    query = _drop_unknown([_history_id(x, model) for x in args.similar_to], args, model)
+    query = _drop_unknown([_history_id(x, model) for x in args.similar_to], args, model, "--similar-to", needed=True)
     if not query:
         sys.exit("error: the model knows none of the --similar-to items")
     try:
@@ -438,6 +457,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(f"error: --model {args.model}: {e}")
     model.to(device)                        # its inputs follow it (padded_batches); the outputs come back on the CPU
     options = model_data_options(path, args.kcore, args.time_ties)
+    # an option value the loaded model refuses: a usage error (2), before any id or --data is read (as --k below)
+    if args.timestamps and not model.uses_timestamps:
+        p.error(f"{model.config.model_type} does not read timestamps; --timestamps is for time-aware models")
+    if args.stepwise and not model.has_exact_step:
+        p.error(f"--stepwise: {model.config.model_type} has no exact recurrent step")
     problem = _file_given_as_ids(args, model)       # --exclude-items FILE: the -file option was meant (exit 2)
     if problem:
         p.error(problem)
@@ -516,8 +540,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             sys.exit("error: the model knows none of the history's items")
         if dropped:                             # said as --all-users says its dropped interactions
             print(_dropped_note(dropped, len(history)), file=sys.stderr)
-    if args.timestamps and not model.uses_timestamps:
-        sys.exit(f"error: {model.config.model_type} does not read timestamps; --timestamps is for time-aware models")
     if model.uses_timestamps and timestamps is None:
         if args.data:                   # the user's history came from a file without a time column
             sys.exit(f"error: {args.data} has no timestamps (order-only data, as a .seq file is); "
@@ -541,9 +563,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
            "history_tail": history[-10:], "dropped_history_items": len(dropped), "items": rec.items[0],
            "scores": [round(float(s), SCORE_DECIMALS) for s in rec.scores[0]],
            "excluded_items": len(set(exclude)), **({"candidates": len(set(candidates))} if candidates else {})}
-    if args.stepwise:
-        if not model.has_exact_step:
-            sys.exit(f"error: --stepwise: {model.config.model_type} has no exact recurrent step")
+    if args.stepwise:                                            # a model without an exact step: refused above
         encoded = model.encode_histories([history])[0]               # the whole history (--exclude-seen masks it)
         ids = encoded[-model.config.max_seq_length:]                 # the window the model reads
         x = torch.tensor([ids], device=device)                      # [1, n]

@@ -130,7 +130,7 @@ def test_recommend_refuses_timestamps_for_a_model_that_ignores_them(capsys):
     from zoo.recommend import main
 
     with pytest.raises(SystemExit) as e:                # an option value the model refuses: a usage error (2)
-        main(["--history", "1", "2", "3", "--timestamps", "1", "2"])
+        main(["--history", "1", "2", "3", "--timestamps", "1", "2", "3"])
     assert e.value.code == 2 and "mamba4rec does not read timestamps" in capsys.readouterr().err
 
 

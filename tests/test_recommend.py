@@ -564,7 +564,7 @@ def test_data_is_read_with_the_k_core_the_model_was_trained_with(tmp_path):
     assert evaluate_main(argv + ["--kcore", "none", "--unknown-items", "drop"])["protocol"]["kcore"] is None
 
 
-def test_one_user_of_data_without_timestamps_for_a_time_aware_model_names_the_file(tmp_path):
+def test_one_user_of_data_without_timestamps_for_a_time_aware_model_names_the_file(tmp_path, capsys):
     """``--data FILE --user ID`` with a time-aware model and a file without a time column asked for "--timestamps
     (one per item) or --data/--user" -- which had been given; the error names the file and what it lacks."""
     _, path = _model(tmp_path, "tim4rec_causal", hidden_size=16)
@@ -574,8 +574,11 @@ def test_one_user_of_data_without_timestamps_for_a_time_aware_model_names_the_fi
     said = str(e.value.code)
     assert f"error: {tmp_path / 'd.tsv'} has no timestamps" in said and "interaction file with a time column" in said
     assert "or --data/--user" not in said
-    with pytest.raises(SystemExit, match=r"reads timestamps: pass --timestamps \(one per item\) or --data/--user"):
-        main(["--model", path, "--history", "100", "107"])                 # no file: the options to give
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:                                   # no file: the options to give (usage)
+        main(["--model", path, "--history", "100", "107"])
+    assert e.value.code == 2
+    assert "reads timestamps: pass --timestamps (one per --history item) or --data/--user" in capsys.readouterr().err
 
 
 def test_a_bundled_models_short_name_suggests_its_hub_id():
@@ -883,3 +886,18 @@ def test_all_users_shows_a_progress_bar_only_on_a_terminal(tmp_path, capsys, mon
         main(["--model", path, "--data", str(tmp_path / "d.tsv"), "--all-users", "--out", "-", "--k", "3"])
         err = capsys.readouterr().err
         assert ("recommend:" in err) == tty and ("\r" in err) == tty and err.splitlines()[-1].startswith("wrote top-3")
+
+
+def test_timestamps_that_do_not_match_the_history_are_a_usage_error_before_the_model_loads(tmp_path, capsys):
+    """``--timestamps`` of another length than ``--history``, and no ``--timestamps`` for a time-aware model, are
+    missing or conflicting options: exit 2 naming them (they were exit 1, after the model had loaded)."""
+    _, path = _model(tmp_path, "tim4rec_causal", hidden_size=16)
+    for argv, said in ((["--history", "100", "107", "--timestamps", "1000"],
+                        "--timestamps gives 1 timestamps for 2 --history items: give one per item, oldest first"),
+                       (["--history", "100", "107"], "tim4rec_causal reads timestamps: pass --timestamps")):
+        with pytest.raises(SystemExit) as e:
+            main(["--model", path, *argv])
+        assert e.value.code == 2
+        assert said in capsys.readouterr().err
+    out = main(["--model", path, "--history", "100", "107", "--timestamps", "1000", "1060", "--json"])
+    assert out["history_length"] == 2

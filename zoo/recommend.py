@@ -435,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         p.error("--history/--timestamps and --data/--user are two sources of history: give one")
     if args.timestamps and not args.history:
         p.error("--timestamps needs --history (one timestamp per history item)")
+    if args.timestamps and len(args.timestamps) != len(args.history):
+        p.error(f"--timestamps gives {len(args.timestamps)} timestamps for {len(args.history)} --history items: "
+                "give one per item, oldest first")
     if args.out and args.out != STDOUT_PATH:
         try:                                # before any work: a folder, an unwritable place, or the --data file
             check_outputs({"--out": args.out}, {"--data": args.data, "--exclude-items-file": args.exclude_items_file,
@@ -462,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         p.error(f"{model.config.model_type} does not read timestamps; --timestamps is for time-aware models")
     if args.stepwise and not model.has_exact_step:
         p.error(f"--stepwise: {model.config.model_type} has no exact recurrent step")
+    if model.uses_timestamps and not (args.timestamps or args.data or args.similar_to):
+        p.error(f"{model.config.model_type} reads timestamps: pass --timestamps (one per --history item) or "
+                "--data/--user")
     problem = _file_given_as_ids(args, model)       # --exclude-items FILE: the -file option was meant (exit 2)
     if problem:
         p.error(problem)

@@ -128,7 +128,8 @@ def tables(args, rows: list[dict], argv) -> list[str]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--data", default=DATA, help="the interaction file every run trains on (default: "
                                                 "$ZOO_DATA_DIR/ml-100k.inter.gz)")
     p.add_argument("--models", nargs="+", choices=sorted(MODEL_SETTINGS), default=["sasrec"],

@@ -123,7 +123,8 @@ def measure(what: str, n_items: int, batch: int, seq_len: int) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--catalogues", type=positive_int, nargs="+", default=[3417, 100_001, 1_000_001],
                    help="item table rows (padding included), a row each")
     p.add_argument("--batch", type=positive_int, default=256, help="users per batch (evaluate_model's batch_size)")

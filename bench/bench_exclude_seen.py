@@ -89,7 +89,8 @@ def markdown(rows) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     # export_model's rule, checked as the options are parsed (was: a traceback from the export): K <= n_items - 1
     p.add_argument("--items", type=int_at_least(K + 1), nargs="+", default=[3417, 18358, 100001],
                    help=f"catalogue sizes n_items (at least {K + 1}: item 0 is padding, the graphs return top-{K}), "

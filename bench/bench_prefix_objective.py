@@ -73,7 +73,8 @@ def step_seconds(models, ids, mask, ts, labels, repeats) -> list[float]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--repeats", type=positive_int, default=3, help="timed steps per row (the best is kept)")
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), metavar="CONFIG",
                    help=f"the configs measured, rows each: any of {', '.join(CONFIGS)}")

@@ -171,7 +171,8 @@ def main_top_k(a, argv) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--batch", type=positive_int, default=256, help="users per batch (evaluate_model's batch_size)")
     p.add_argument("--catalogues", type=positive_int, nargs="+", default=[3417, 50_000, 1_000_000],
                    help="items ranked per row (padding included), a row each")

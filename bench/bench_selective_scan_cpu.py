@@ -93,7 +93,8 @@ grad_cached: dict = {}
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False,
+                                 description=__doc__, epilog=EXIT_CODES, formatter_class=RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=positive_int, default=64, help="sequences per call (B)")
     ap.add_argument("--dim", type=positive_int, default=128, help="E (channels = d_inner)")
     ap.add_argument("--state", type=positive_int, default=32, help="N (the state size per channel)")

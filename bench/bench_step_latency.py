@@ -260,7 +260,8 @@ def plot_path(path: str) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--lengths", type=positive_int, nargs="+", default=[50, 200, 2000],
                    help="history lengths L, a row each")
     p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 256], help="batch sizes B, a table each")

@@ -121,7 +121,8 @@ def peak_memory_mb(model_type: str, batch: int, seq_len: int, prefixes: int, dev
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--batch", type=positive_int, default=8, help="windows per step")
     p.add_argument("--seq-len", type=positive_int, default=200, help="items per window")
     p.add_argument("--prefixes", type=positive_int, default=4,

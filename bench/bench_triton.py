@@ -101,7 +101,8 @@ def run_level(h, model_name, n_items, conc, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--model", help="zoo model name/folder (default: random Mamba4Rec, ML-1M shape)")
     p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 16, 64],
                    help="concurrent clients, a level (row) each")

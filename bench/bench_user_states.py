@@ -93,7 +93,8 @@ def run(graph: str, store, users: int, events: int, batch: int, threads: int, se
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--cards", nargs="+", type=card_name(["onnx"]), default=CARDS, metavar="CARD",
                    help=f"bundled cards whose step graph (onnx/) is run, {cards_help(['onnx'])}")
     p.add_argument("--users", type=positive_int, default=512, help="users primed, over whom the events are drawn")

@@ -458,7 +458,8 @@ def cards_parser(description: str) -> argparse.ArgumentParser:
     """The options of a bench over the bundled ML-1M cards: ``--models``, ``--data``, ``--threads``, ``--markdown``;
     its ``--help`` ends with the exit statuses (:data:`export.fsutil.EXIT_CODES`: run it with
     :func:`export.fsutil.run_cli`, which gives the last two)."""
-    p = argparse.ArgumentParser(description=description, epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=description, epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--models", nargs="+", type=card_name(), default=ML1M_CARDS, metavar="CARD",
                    help=f"the bundled cards to measure, trained on the data of --data, {cards_help()}")
     p.add_argument("--data", default=ML1M_DATA, help="the interaction file the cards are measured on (default: "

@@ -146,7 +146,8 @@ def kcore_word(value: str) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, help="interaction file with timestamps")
     p.add_argument("--before", required=True, type=cut_time, help="the cut: YYYY-MM-DD (UTC) or Unix seconds")
     p.add_argument("--work", required=True, help="folder for the cut file, the runs, their logs and ranks")

@@ -69,7 +69,8 @@ def model_folder(value: str) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--data", nargs="+", default=["beauty.inter.gz", "sports.inter.gz"],
                    help=f"interaction files (names in $ZOO_DATA_DIR, {DATA_DIR}, or paths)")
     p.add_argument("--models", nargs="*", type=model_folder, default=[], metavar="MODEL",

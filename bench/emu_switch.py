@@ -140,7 +140,8 @@ def describe() -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--long-T", type=positive_int, nargs="+", default=[16, 64, 200],
                    help="the matrix's long T (also T = 1)")
     p.add_argument("--plugin-T", type=positive_int, nargs="*", default=[200],

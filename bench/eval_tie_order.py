@@ -109,7 +109,8 @@ def write_seq(path: str, out_dir: str) -> list[str]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--models", nargs="+", type=card_name(folders=True), metavar="MODEL",
                    default=["mamba4rec-ml1m", "sasrec-ml1m", "gru4rec-ml1m", "lrurec-ml1m"],
                    help=f"model folders (e.g. training runs on ML-1M) or bundled cards, {cards_help()}")

@@ -79,7 +79,8 @@ def run_hf_trainer(args, seed: int, out: str) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--data", default=DATA, help="the interaction file both train on (default: "
                                                 "$ZOO_DATA_DIR/ml-100k.inter.gz)")
     p.add_argument("--model", default="sasrec", choices=sorted(MODELS), help="the model type both train")

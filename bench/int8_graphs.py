@@ -181,7 +181,8 @@ def measure_catalogue(n_items: int, args) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     graphs = ["onnx", "onnx-window"]
     p.add_argument("--cards", nargs="*", type=card_name(graphs), default=CARDS, metavar="CARD",
                    help=f"bundled cards whose ONNX graph (onnx/ or onnx-window/) is quantized and measured, none for "

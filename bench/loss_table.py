@@ -130,7 +130,8 @@ def split_words(protocol, split=None) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", help="finished zoo.train --out folders")
     p.add_argument("--markdown", type=markdown_path, help="also write the table to this file (default: print it only)")
     a = p.parse_args(argv)

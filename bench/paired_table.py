@@ -156,7 +156,8 @@ def update(path: str, block: str) -> None:
 
 def main(argv=None) -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--data", default=os.path.join(os.environ.get("ZOO_DATA_DIR", os.path.join(root, "..", "shared",
                                                                                                "data")),
                                                   "ml-1m.5core.seq.gz"),

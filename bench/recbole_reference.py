@@ -328,7 +328,7 @@ def positive_int(value: str) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
     sub = p.add_subparsers(dest="cmd", required=True)
     about = {"order-probe": "how RecBole orders one user's events (a 3-user probe file)",
              "train": "train RecBole's SASRec with its own trainer and write --out",
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
              "compare": "(zoo side, no RecBole) score RecBole's test inputs with the converted model of --run"}
     tmp = tempfile.gettempdir()
     for name in ("order-probe", "train"):
-        q = sub.add_parser(name, help=about[name], description=about[name], epilog=EXIT_CODES)
+        q = sub.add_parser(name, allow_abbrev=False, help=about[name], description=about[name], epilog=EXIT_CODES)
         q.add_argument("--dataset", default="ml-100k", help="RecBole's dataset name: ml-100k is RecBole's bundled "
                        "copy; another NAME is read from --data-dir/NAME/NAME.inter (default: %(default)s)")
         q.add_argument("--data-dir", default=tmp, help="the folder of the datasets other than ml-100k (default: "
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
                 ("--threads", positive_int, 1, "torch's CPU threads")]:
             q.add_argument(flag, type=kind, default=value, help=f"{what} (default: %(default)s)")
     for name in ("export", "fixture"):
-        q = sub.add_parser(name, help=about[name], description=about[name], epilog=EXIT_CODES)
+        q = sub.add_parser(name, allow_abbrev=False, help=about[name], description=about[name], epilog=EXIT_CODES)
         q.add_argument("--checkpoint", required=True, help="the RecBole SASRec checkpoint (.pth) RecBole saved")
         q.add_argument("--out", required=True, help="the folder to write")
     # fixture's own options (q: the loop's last parser, fixture's)
@@ -369,7 +369,7 @@ def main(argv=None) -> int:
                    help="random histories scored (at least 4: the first four are of lengths 1, 2, max, max) "
                         "(default: %(default)s)")
     q.add_argument("--seed", type=int, default=0, help="seed of the random histories (default: %(default)s)")
-    q = sub.add_parser("compare", help=about["compare"], description=about["compare"],
+    q = sub.add_parser("compare", allow_abbrev=False, help=about["compare"], description=about["compare"],
                        epilog=EXIT_CODES)
     q.add_argument("--run", required=True, help="a folder written by train or export")
     q.add_argument("--ks", type=positive_int, nargs="+", default=[5, 10, 20],

@@ -113,7 +113,8 @@ def _run(graph: str, processes: int, events: int, users: list[list], spec: dict,
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--card", type=card_name(["onnx"]), default="mamba4rec-ml1m",
                    help=f"the bundled card whose step graph (onnx/) the workers run, {cards_help(['onnx'])}")
     p.add_argument("--processes", type=positive_int, nargs="+", default=[1, 2, 4],

@@ -102,7 +102,8 @@ def _run(graph: str, path: str, processes: int, seconds: float, n_users: int, li
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--card", type=card_name(["onnx"]), default="mamba4rec-ml1m",
                    help=f"the bundled card whose step graph (onnx/) the workers run, {cards_help(['onnx'])}")
     p.add_argument("--seconds", type=positive_float, default=20.0, help="seconds of sustained load a configuration")

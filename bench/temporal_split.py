@@ -52,7 +52,8 @@ def main(argv=None) -> None:
     from zoo.data import leave_one_out, load_dataset, temporal_cuts, temporal_split
     from zoo.evaluate import evaluate_baseline
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--data", nargs="+", default=DATA, help="files in $ZOO_DATA_DIR (or paths)")
     p.add_argument("--test-share", type=share, default=0.1,
                    help="share of all interactions, the last ones, in the test period (0 < share < 1)")

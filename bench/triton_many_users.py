@@ -56,7 +56,8 @@ def run(client, users: int, events: int, batch: int, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0], epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("--card", type=card_name(["onnx"]), default="mamba4rec-ml1m",
                    help=f"the bundled card whose step graph (onnx/) the server runs, {cards_help(['onnx'])}")
     p.add_argument("--users", type=positive_int, default=256, help="users primed, over whom the events are drawn")

@@ -440,7 +440,8 @@ def _positive_int(value: str) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog=command_prog("export.build_plugins"), description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False,
+                                 prog=command_prog("export.build_plugins"), description=__doc__.splitlines()[0],
                                  epilog=EXIT_CODES)
     ap.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR),
                     help=f"CMake build folder; the libraries are written there (default {DEFAULT_BUILD_DIR}; "

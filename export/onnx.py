@@ -2184,7 +2184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from zoo.cli import add_columns_option, check_outputs, positive_int, refuse_options_without
     from zoo.pretrained import add_hub_options, hub_options
 
-    p = argparse.ArgumentParser(prog=command_prog("export.onnx"), description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("export.onnx"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
     add_hub_options(p)

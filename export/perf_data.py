@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          model_data_options, nonnegative_int, positive_int, written_whole)
     from zoo.data import load_dataset
 
-    p = argparse.ArgumentParser(prog=command_prog("export.perf_data"), description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("export.perf_data"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     p.add_argument("--repo", required=True, help="Triton model repository written by python -m export.triton")
     p.add_argument("--name", required=True, help="the model's folder in --repo")

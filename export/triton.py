@@ -1765,7 +1765,8 @@ def hub_source(model: str, revision: str | None = None, subfolder: str = "") -> 
 def main(argv: Sequence[str] | None = None) -> int:
     from zoo.pretrained import add_hub_options, hub_options
 
-    p = argparse.ArgumentParser(prog=command_prog("export.triton"), description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("export.triton"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="zoo model name (bundled/Hub) or folder")

@@ -909,7 +909,7 @@ def build_parser():
         from export.fsutil import EXIT_CODES
     except ImportError:               # run as a file of its own (the server's virtualenv): no package to import
         EXIT_CODES = None
-    p = argparse.ArgumentParser(prog="python -m export.triton_server",
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m export.triton_server",
                                 description="Run the nvidia-pytriton tritonserver (python backend) on a model "
                                             "repository written by `python -m export.triton --backend python`.",
                                 epilog=(EXIT_CODES and f"{EXIT_CODES}; once the server ran, its own exit status"))

@@ -990,7 +990,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from zoo.cli import flag_named, positive_int
     from zoo.pretrained import add_hub_options, hub_options
 
-    p = argparse.ArgumentParser(prog=command_prog("export.trt"), description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("export.trt"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     p.add_argument("--model", required=True, help="model folder or Hub id (from_pretrained)")
     add_hub_options(p)

@@ -181,7 +181,7 @@ def write_docs(mod, plugins_dir: str = HERE, check: bool = False) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("out", nargs="?", help="header to write")
     ap.add_argument("--spec", default=DEFAULT_SPEC)
     ap.add_argument("--docs", action="store_true", help="rewrite the plugins' *_PluginConfig.yaml and README I/O tables")

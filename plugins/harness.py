@@ -516,7 +516,7 @@ def bench(k: ScanKernels, iters: int = 20) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EXIT_CODES)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0], epilog=EXIT_CODES)
     ap.add_argument("--lib", default=None)
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--bench", action="store_true")

@@ -231,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``python -m zoo.compare``; returns the comparison (also printed). Options that conflict, or that
     the files cannot honour (:class:`zoo.evaluate.UsageError`), are usage errors (exit 2); a file that cannot be read,
     is not a ranks file, or is not paired with the other exits 1."""
-    p = argparse.ArgumentParser(prog=command_prog("zoo.compare"), description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("zoo.compare"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     p.add_argument("a", metavar="A", help="ranks of model A (python -m zoo.evaluate ... --ranks-out A.csv)")
     p.add_argument("b", metavar="B", help="ranks of model B, on the same data and split")

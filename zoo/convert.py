@@ -569,7 +569,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .cli import EXIT_CODES, command_prog, positive_int
     from .models import get_model_class
 
-    p = argparse.ArgumentParser(prog=command_prog("zoo.convert"), description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("zoo.convert"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     p.add_argument("--model", required=True, choices=["mamba4rec", "sasrec"],
                    help="the model type of the checkpoint: mamba4rec (chengkai-liu/Mamba4Rec) or sasrec (RecBole "

@@ -146,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     file that is not the benchmark."""
     from .cli import EXIT_CODES, EXIT_ERROR, STDOUT_PATH, check_outputs, command_prog, exit_with
 
-    p = argparse.ArgumentParser(prog=command_prog("zoo.download"), description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("zoo.download"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     p.add_argument("name", choices=sorted(SOURCES), help="the benchmark")
     p.add_argument("--dir", default=None,

@@ -225,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .pretrained import add_hub_options, hub_options
     from .recommend import DEFAULT_MODEL
 
-    p = argparse.ArgumentParser(prog=command_prog("zoo.embed"), description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("zoo.embed"), description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
     add_hub_options(p)
     p.add_argument("--out", required=True, help="the safetensors file to write (items, and users with --data)")

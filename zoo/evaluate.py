@@ -625,7 +625,7 @@ def format_table(metrics: dict, ks: Sequence[int], names: Sequence[str] = ("HR",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=command_prog("zoo.evaluate"),
+    p = argparse.ArgumentParser(allow_abbrev=False, prog=command_prog("zoo.evaluate"),
                                 description="Full-ranking leave-one-out evaluation of a zoo model.", epilog=EXIT_CODES)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model folder or Hub id (loaded with transformers.AutoModel)")

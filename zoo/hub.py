@@ -1701,16 +1701,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .cli import EXIT_CODES, EXIT_ERROR, EXIT_MISSING, command_prog, exit_with
     from export.fsutil import EXIT_VERIFY_FAILED
 
-    p = argparse.ArgumentParser(prog=command_prog("zoo.hub"), description="Bundled models, model cards, publishing.",
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("zoo.hub"), description="Bundled models, model cards, publishing.",
                                 epilog=EXIT_CODES)
     sub = p.add_subparsers(dest="cmd", required=True, help="what to do (each command has its own --help)")
-    sub.add_parser("list", help="list bundled models: Hub id, folder, model type, dataset, protocol, test HR@10 and "
-                                "NDCG@10 (tab-separated; - where a folder has no card)",
+    sub.add_parser("list", allow_abbrev=False,
+                   help="list bundled models: Hub id, folder, model type, dataset, protocol, test HR@10 and "
+                        "NDCG@10 (tab-separated; - where a folder has no card)",
                    description="List the bundled models, one tab-separated line each: Hub id, folder, model type, "
                                "dataset, protocol, test HR@10 and NDCG@10 (- where a folder has no card).",
                    epilog=EXIT_CODES)
-    c = sub.add_parser("card", help="turn a training run into a card folder with a measured card (--out, default "
-                                    "./hub_cards/<name>)",
+    c = sub.add_parser("card", allow_abbrev=False,
+                       help="turn a training run into a card folder with a measured card (--out, default "
+                            "./hub_cards/<name>)",
                        description="Measure a training run's checkpoint on the test split and write a card folder: "
                                    "weights, config, item vocabulary, README.md (a Hub model card), eval_results.json "
                                    "and training_log.json. Prints the test metrics as JSON on stdout (alone: "
@@ -1754,7 +1757,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "stage of the card in --out")
     c.add_argument("--no-progress", action="store_true",
                    help="no progress bar during the evaluation (default: a bar on stderr when stderr is a terminal)")
-    u = sub.add_parser("push", help="publish a card folder to the Hub",
+    u = sub.add_parser("push", allow_abbrev=False, help="publish a card folder to the Hub",
                        description="Publish a card folder to the Hugging Face Hub (needs HF_TOKEN or `hf auth "
                                    "login`): one commit uploads the folder and deletes the card files of the "
                                    "repository the folder does not hold (an earlier push's item vocabulary, ONNX "

@@ -357,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .cli import model_data_options, positive_int, refuse_options_without, unknown_items_hint
     from .pretrained import add_hub_options, hub_options
 
-    p = argparse.ArgumentParser(prog=command_prog("zoo.recommend"), description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("zoo.recommend"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL}, bundled)")
     add_hub_options(p)

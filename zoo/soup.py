@@ -196,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .cli import command_prog
     from .pretrained import add_hub_options, hub_options
 
-    p = argparse.ArgumentParser(prog=command_prog("zoo.soup"), description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("zoo.soup"), description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
     p.add_argument("--models", nargs="+", required=True,
                    help="checkpoints (folders or bundled Hub ids) to average, at least two (required)")
     add_hub_options(p, "each of --models")

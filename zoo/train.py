@@ -1270,7 +1270,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .models import MODELS
     from .pretrained import add_hub_options
 
-    p = argparse.ArgumentParser(prog=command_prog("zoo.train"), description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog=command_prog("zoo.train"), description=__doc__.split("\n\n")[0],
                                 epilog=EXIT_CODES)
     run = p.add_argument_group("run")
     run.add_argument("--model", required=True,

@@ -54,7 +54,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the zoo, for `compare`
 
 from export.fsutil import (  # noqa: E402  (the standard library only: no zoo, no torch)
-    EXIT_CODES, EXIT_ERROR, EXIT_MISSING, exit_with, run_cli)
+    EXIT_CODES, EXIT_ERROR, EXIT_MISSING, exit_with, positive_int, run_cli)
 
 
 def _numpy2_shims() -> None:
@@ -313,18 +313,6 @@ def compare(args) -> int:
         print(f"| {k} | {m[f'HR@{k}']:.4f} | {rb.get(f'hit@{k}', float('nan')):.4f} | {m[f'NDCG@{k}']:.4f} | "
               f"{rb.get(f'ndcg@{k}', float('nan')):.4f} | {hist.mean():.4f} |")
     return 0
-
-
-def positive_int(value: str) -> int:
-    """An int >= 1 (sizes, counts); anything else is a usage error. (``zoo.cli.positive_int``'s rule: not imported,
-    as the zoo is loaded here for ``compare`` only.)"""
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value!r}")
-    return n
 
 
 def main(argv=None) -> int:

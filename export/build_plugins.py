@@ -40,9 +40,9 @@ import sys
 from pathlib import Path
 
 try:
-    from .fsutil import EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, command_prog
+    from .fsutil import EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, command_prog, positive_int
 except ImportError:              # run by path (CMake: ``build_plugins.py --print-trt-include``): export/ is sys.path[0]
-    from fsutil import EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, command_prog
+    from fsutil import EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_OK, command_prog, positive_int
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: the plugin sources: ``plugins/`` of a checkout, else (an installed wheel, which ships them) ``export/plugins/``
@@ -427,18 +427,6 @@ def _failed(e: Exception) -> int:
     return EXIT_MISSING if isinstance(e, ToolMissing) else EXIT_ERROR
 
 
-def _positive_int(value: str) -> int:
-    """``--jobs``: an int >= 1, refused at parse (exit 2) in the words of :func:`zoo.cli.positive_int` -- which this
-    tool cannot import: ``zoo`` loads torch, and this runs without it (and as a script of its own)."""
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value!r}")
-    return n
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(allow_abbrev=False,
                                  prog=command_prog("export.build_plugins"), description=__doc__.splitlines()[0],
@@ -447,7 +435,7 @@ def main(argv=None) -> int:
                     help=f"CMake build folder; the libraries are written there (default {DEFAULT_BUILD_DIR}; "
                          "--emulated builds into its emu/)")
     ap.add_argument("--arch", default="80;90", help="CMAKE_CUDA_ARCHITECTURES (default '80;90')")
-    ap.add_argument("--jobs", "-j", type=_positive_int, default=2,
+    ap.add_argument("--jobs", "-j", type=positive_int, default=2,
                     help="parallel compile jobs of cmake --build, >= 1 (default 2)")
     ap.add_argument("--tensorrt-root", default=None,
                     help="TensorRT installation whose include/ holds NvInferRuntime.h (default: $TensorRT_ROOT or "

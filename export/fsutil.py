@@ -261,6 +261,44 @@ def exit_with(code: int, message: str) -> NoReturn:
 STDOUT_PATH = "-"
 
 
+def int_in(low: int, high: int | None = None, what: str = "an int"):
+    """An argparse ``type=``: an int in ``low .. high`` (no upper bound when ``high`` is None); anything else is a
+    usage error (exit 2) naming the bound: "expected an int >= 1, got '0'". The commands' number types
+    (:func:`positive_int`, :func:`nonnegative_int`, ``zoo.cli``'s) in one place, torch-free (export.build_plugins and
+    export.triton_server run on the standard library alone)."""
+    import argparse
+
+    bound = f">= {low}" if high is None else f"in {low}..{high}"
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {value!r}") from None
+        if n < low or (high is not None and n > high):
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {value!r}")
+        return n
+
+    parse.__name__ = f"{what} {bound}"
+    return parse
+
+
+def int_at_least(low: int):
+    """An argparse ``type=``: an int >= ``low`` (``--bootstrap``: >= 100); anything else is a usage error naming
+    the bound."""
+    return int_in(low)
+
+
+def positive_int(value: str) -> int:
+    """An int >= 1 (counts, sizes, cut-offs); anything else is a usage error."""
+    return int_in(1)(value)
+
+
+def nonnegative_int(value: str) -> int:
+    """An int >= 0 (a count that may be none); anything else is a usage error."""
+    return int_in(0)(value)
+
+
 def text_stream(*outputs):
     """Where a command prints its tables and other lines: stderr when one of its ``outputs`` (paths) is
     :data:`STDOUT_PATH` -- stdout then holds that output alone -- else stdout (read at call time)."""

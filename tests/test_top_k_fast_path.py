@@ -1,12 +1,13 @@
 """zoo.metrics.top_k's fast path (the set of a row fixed by ``torch.topk(k + 1)`` when its k-th score is strictly above
-its (k + 1)-th; only rows tied or NaN at slot k resolved by [R, V] masks) against the implementation it replaced,
-copied here as the reference: bit-identical values and indices on inputs full of ties, -inf / +inf blocks, NaNs and
-signed zeros, every float dtype, k = 1 .. V, any item axis and batch shape."""
+its (k + 1)-th; only rows tied or NaN at slot k resolved by [R, V] masks) against the implementation it replaced, kept
+in bench/bench_rank.py as ``old_top_k``: bit-identical values and indices on inputs full of ties, -inf / +inf blocks,
+NaNs and signed zeros, every float dtype, k = 1 .. V, any item axis and batch shape."""
 
 import pytest
 import torch
 
 import zoo.metrics as M
+from bench.bench_rank import old_top_k as reference_top_k   # top_k before the fast path, kept there for the bench
 from zoo.metrics import top_k
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -14,29 +15,6 @@ BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: t
         torch.bfloat16: torch.int16}
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                 reason="no CUDA device: the CUDA path is not run"))]
-
-
-def reference_top_k(scores: torch.Tensor, k: int, dim: int = -1):
-    """zoo.metrics.top_k before the fast path (row counts by ``sum(1)``: the same counts as its ``_count_true``)."""
-    moved = scores.movedim(dim, -1)
-    flat = moved.reshape(-1, moved.shape[-1])
-    vals = flat.topk(k, dim=1).values
-    thr = vals[:, -1:]
-    nan, thr_nan = flat.isnan(), thr.isnan()
-    above = (flat > thr) | (nan & ~thr_nan)
-    tied = torch.where(thr_nan, nan, flat == thr)
-    need = k - above.sum(1)[:, None]
-    take = above | tied
-    over = tied.sum(1) > need[:, 0]
-    if bool(over.any()):
-        rows = over.nonzero().squeeze(1)
-        take[rows] = above[rows] | (tied[rows] & (tied[rows].cumsum(1) <= need[rows]))
-    idx = take.nonzero()[:, 1].view(-1, k)
-    sel = flat.gather(1, idx)
-    order = torch.sort(sel, dim=1, descending=True, stable=True).indices
-    values, indices = sel.gather(1, order), idx.gather(1, order)
-    shape = moved.shape[:-1] + (k,)
-    return values.view(shape).movedim(-1, dim), indices.view(shape).movedim(-1, dim)
 
 
 def hostile_scores(shape, seed: int, dtype, device="cpu", spread: int = 3) -> torch.Tensor:

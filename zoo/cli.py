@@ -16,39 +16,11 @@ import uuid
 
 from export.fsutil import (EXIT_CODES, EXIT_ERROR, EXIT_MISSING, EXIT_USAGE, STDOUT_PATH, UsageError,  # noqa: F401
                            exit_with, run_cli, shell_option, text_stream)  # run_cli: each command's entry
+# the commands' number types, torch-free (export.build_plugins and export.triton_server use them without the zoo)
+from export.fsutil import int_at_least, int_in, nonnegative_int, positive_int  # noqa: F401
 
 from .data.readers import COLUMN_ROLES, check_columns
 from .data.split import parse_kcore
-
-
-def _int_at_least(value: str, low: int) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value!r}") from None
-    if n < low:
-        raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value!r}")
-    return n
-
-
-def positive_int(value: str) -> int:
-    """An int >= 1 (counts, sizes, cut-offs); anything else is a usage error."""
-    return _int_at_least(value, 1)
-
-
-def int_at_least(low: int):
-    """An argparse ``type=``: an int >= ``low`` (``--bootstrap``: >= 100); anything else is a usage error naming
-    the bound."""
-    def parse(value: str) -> int:
-        return _int_at_least(value, low)
-
-    parse.__name__ = f"int >= {low}"
-    return parse
-
-
-def nonnegative_int(value: str) -> int:
-    """An int >= 0 (a count that may be none); anything else is a usage error."""
-    return _int_at_least(value, 0)
 
 
 def positive_float(value: str) -> float:

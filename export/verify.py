@@ -38,8 +38,8 @@ for both):
 
 * fp32: ``max |score_ort - score_torch| <= SCORE_ATOL`` on every real item's score, top-k agreement
   ``>= TOPK_MIN_AGREEMENT`` (identical ordered lists, up to swaps of items whose PyTorch scores are within
-  ``SCORE_ATOL``: see :func:`_rows_agree`), state error ``<= STATE_ATOL`` (module constants, read at call time, so a caller can
-  tighten them);
+  ``SCORE_ATOL``: see :func:`_rows_agree`), state error ``<= STATE_ATOL`` (module constants, read at call time,
+  so a caller can tighten them);
 * fp16: the max abs score error relative to the score scale (``max_rel_err = max |d| / max |score_torch|``)
   ``<= score_rtol``, top-k agreement and state error as in the fp16 row of :data:`TOLERANCES`;
 * int8 (``export.onnx --int8``, dynamic int8 weights): the score error relative to the score scale ``<= score_rtol``
@@ -57,11 +57,24 @@ which call (``T`` new items of a step graph, a window graph's width), ONNX Runti
 cause (:data:`FIXED_LENGTH_HINT`: a graph traced at one fixed length, as a Python loop over the sequence is), and its
 errors are infinite; the other cases still run. A graph ONNX Runtime cannot load fails a ``load`` case the same way.
 Other runners (``export.trt``'s engine, the emulated plugins) raise their errors as before.
+
+ONNX Runtime can also abort the process instead of raising (SIGABRT, "terminate called without an active exception":
+a GRU run step by step in a Python loop, traced at 3 items and fed 1). So before running the graph here, the
+verification runs it once per input shape it will use (``(B, T)`` of a step graph's calls, ``(B, width)`` of a window
+graph's) in a fresh child process that imports no torch (:func:`_probe`, :mod:`export.ort_probe`; ``isolate=False``
+skips it, a ``runner`` is never probed). A child that dies by a signal fails the only case, ``probe``, naming the
+signal and the call (e.g. "ONNX Runtime crashed (SIGABRT) running the graph on T=1 new items (B=4) in a child
+process; the graph cannot be served at this length"), and so does one that exits non-zero, cannot start, or runs
+past :data:`PROBE_TIMEOUT_S`; the graph is then not run in this process. An error the child's ONNX Runtime raises is
+left to the in-process verification, which reports it as above.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -70,7 +83,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from . import ort_probe as _ort
 from .runtime import SEEN_SCORE, SEEN_STATE, USER_VECTOR
+
+#: the sessions of the verification (defined torch-free in :mod:`export.ort_probe`, whose child process opens the
+#: graph the same way)
+ort_session, scores_session, _with_scores_output = (_ort.ort_session, _ort.scores_session,
+                                                  _ort._with_scores_output)
 
 _NP_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16, "int64": np.int64}
 
@@ -227,19 +246,6 @@ def _worst(pick: Callable, values, default):
     return float("nan") if any(v != v for v in values) else pick(values)
 
 
-def ort_session(graph: str | bytes, threads: int = 1):
-    """An ONNX Runtime CPU session (``threads`` intra-op threads) for a graph path or serialized bytes. It logs
-    fatal errors only: a node that fails to run reaches the caller as the exception ONNX Runtime raises (which the
-    verification reports in one line), not also as ONNX Runtime's own log line on stderr."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 4
-    return ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
-
-
 class GraphRunError(Exception):
     """ONNX Runtime could not run the graph on one call (``where``: which call, e.g. ``"at width 7 (B=50)"``);
     ``message``: its error on one line. Raised by :func:`_run`, turned into a failed case by the verifiers."""
@@ -297,36 +303,180 @@ def _session_or_failed(graph: str, runner: Any) -> tuple[Callable | None, CaseRe
                                 error=f"ONNX Runtime cannot load the graph: {type(e).__name__}: {_one_line(e)}")
 
 
-def _with_scores_output(graph_path: str, load_external_data: bool = True):
-    """The graph (``ModelProto``) with the internal ``scores`` tensor exposed as an output (for full-score
-    comparison); ``load_external_data=False`` keeps the tensors of an external-data graph in their file."""
-    import onnx
-
-    mp = onnx.load(graph_path, load_external_data=load_external_data)
-    if "scores" not in [o.name for o in mp.graph.output] and any("scores" in n.output for n in mp.graph.node):
-        n_items = int(next(p.value for p in mp.metadata_props if p.key == "n_items"))
-        mp.graph.output.append(onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["B", n_items]))
-    return mp
+# ------------------------------------------------------------------------------------------ the child probe
+#: seconds the probe's child process (:func:`_probe`) may run before it counts as hung (it is killed and the
+#: verification fails): generous, it loads the graph and runs once each input shape of the verification, the
+#: 2,000-row top-k priming included
+PROBE_TIMEOUT_S = 600.0
+#: the most characters of the child's last stderr line a failed probe case quotes
+_PROBE_STDERR_CHARS = 200
 
 
-def scores_session(graph_path: str, threads: int = 1):
-    """An :func:`ort_session` of the graph with ``scores`` exposed. A graph with external data (past protobuf's
-    2 GiB, so it cannot be passed as bytes) is given to ONNX Runtime as a sibling file that refers to the same
-    tensor file, removed once the session is made."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
+def _probe_child_command(graph: str, folder: str) -> list[str]:
+    """The probe child's command line: this interpreter running :func:`export.ort_probe.main` on ``graph`` and the
+    calls in ``folder``, ``export`` imported from where this process imported it (not torch: it starts cheaply)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from export.ort_probe import main; "
+            "sys.exit(main(sys.argv[2:]))")
+    return [sys.executable, "-c", code, root, graph, folder]
 
-    mp = _with_scores_output(graph_path, load_external_data=False)
-    if not any(uses_external_data(t) for t in mp.graph.initializer):      # then it holds every tensor already
-        return ort_session(mp.SerializeToString(), threads)
-    folder = os.path.dirname(os.path.abspath(graph_path))
-    fd, sibling = tempfile.mkstemp(prefix=".scores-", suffix=".onnx", dir=folder)
-    os.close(fd)
-    try:
-        onnx.save(mp, sibling)
-        return ort_session(sibling, threads)
-    finally:
-        os.unlink(sibling)
+
+def _text(data) -> str:
+    """A child's captured output as text (a ``TimeoutExpired`` may hold bytes, or None)."""
+    if data is None:
+        return ""
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+
+
+def _probe_stage(out: str, calls: Sequence[tuple]) -> tuple[str, int | None]:
+    """What the child was doing when it stopped, from its progress lines (:mod:`export.ort_probe`): ``(words, index
+    of the call it was running or None)``."""
+    stage: tuple[str, int | None] = ("before loading the graph", None)
+    for line in out.split("\n"):
+        word, _, i = line.strip().partition(" ")
+        if word == "load":
+            stage = ("loading the graph", None)
+        elif word in ("loaded", "raised", "done") and not i:
+            stage = ("after loading the graph", None)
+        elif word == "start" and i.isdigit() and int(i) < len(calls):
+            stage = (f"running the graph {calls[int(i)][0]}", int(i))
+        elif word in ("done", "raised") and i.isdigit() and int(i) < len(calls):
+            stage = (f"after running the graph {calls[int(i)][0]}", None)
+    return stage
+
+
+def _probe(graph: str, calls: Sequence[tuple[str, dict, dict]], unit: str, say) -> CaseResult | None:
+    """Run ``graph`` once per call of ``calls`` (``(where, arrays, fill)``, :func:`export.ort_probe.write_calls`) in
+    a fresh child process (:func:`_probe_child_command`; the feeds in a private temporary folder, removed after),
+    before the verification runs it in this process, where an ONNX Runtime abort (SIGABRT: "terminate called
+    without an active exception") would end the process with no report.
+
+    None when the child exits 0 (an error ONNX Runtime raises there is left to the in-process verification, which
+    reports it as today). Otherwise the failed ``probe`` case (infinite errors, ``error`` set) saying what happened:
+    the signal and the call (``unit``: "length" or "width", the graph cannot be served there), the exit status, a
+    child not done in :data:`PROBE_TIMEOUT_S` (killed) or one that could not start; the child's last stderr line
+    when it has one."""
+    timeout = float(PROBE_TIMEOUT_S)
+    t0 = time.perf_counter()
+    rc = None
+    with tempfile.TemporaryDirectory(prefix="zoo-verify-probe-") as folder:
+        _ort.write_calls(folder, calls)
+        cmd = _probe_child_command(graph, folder)
+        try:
+            p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            out, err = _text(e.stdout), _text(e.stderr)
+        except OSError as e:
+            return _probe_failed(calls, f"cannot start the child process that probes the graph ({cmd[0]}): "
+                                        f"{' '.join(str(e).split())}")
+        else:
+            rc, out, err = p.returncode, _text(p.stdout), _text(p.stderr)
+    if rc == 0:
+        say(f"  probe: the graph ran at {len(calls)} input shape(s) in a child process "
+            f"[{time.perf_counter() - t0:.1f} s]")
+        return None
+    stage, at = _probe_stage(out, calls)
+    last = next((" ".join(x.split()) for x in reversed(err.splitlines()) if x.strip()), "")
+    if len(last) > _PROBE_STDERR_CHARS:
+        last = last[:_PROBE_STDERR_CHARS - 3] + "..."
+    last = f" (its last stderr line: {last})" if last else ""
+    if rc is None:
+        msg = f"the child process that probes the graph did not finish in {timeout:g} s ({stage}) and was stopped"
+    elif rc > 0:
+        msg = f"the child process that probes the graph ({cmd[0]}) exited with status {rc} ({stage}){last}"
+    else:
+        try:
+            sig = signal.Signals(-rc).name
+        except ValueError:
+            sig = f"signal {-rc}"
+        msg = f"ONNX Runtime crashed ({sig}) {stage} in a child process{last}"
+        if at is not None:
+            msg += f"; the graph cannot be served at this {unit}; {FIXED_LENGTH_HINT}"
+    return _probe_failed(calls, msg)
+
+
+def _probe_failed(calls: Sequence[tuple], error: str) -> CaseResult:
+    return CaseResult("probe", float("inf"), float("inf"), 0.0, 0, None,
+                      f"{len(calls)} call(s) in a child process, one per input shape", error=error)
+
+
+def _probe_feeds(spec: dict, rng, B: int, T: int | None = None, ids: np.ndarray | None = None,
+                 ts: np.ndarray | None = None, max_candidates: int | None = None) -> tuple[dict, dict]:
+    """One probe call's feeds, of the kind the verification feeds: ``(arrays, fill)`` for
+    :func:`export.ort_probe.write_calls`. ``ids [B, T]`` int64 (default: random real items), ``ts [B, T]`` float64
+    Unix seconds for a time-aware graph (default :func:`_rand_ts`; a gaps-form graph gets their float32 gaps), random
+    candidate lists (:func:`_rand_candidates`), the states filled with their initial values (made by the child)."""
+    if ids is None:
+        ids = rng.integers(1, spec["n_items"], size=(B, T))
+    states = {s["name"]: s for s in spec["state"]}
+    arrays, fill = {}, {}
+    for inp in spec["inputs"]:
+        name = inp["name"]
+        if name == "item_ids":
+            arrays[name] = np.asarray(ids, dtype=np.int64)
+        elif name in states:
+            fill[name] = ([B, *states[name]["shape"][1:]], states[name]["init"], states[name]["dtype"])
+        elif name in ("timestamps", "time_gaps"):
+            t = _rand_ts(rng, *ids.shape) if ts is None else np.asarray(ts, dtype=np.float64)
+            if name == "time_gaps":
+                from .runtime import time_gaps
+
+                t = time_gaps(t, np.full((B, 1), -1.0))[0]
+            arrays[name] = t.astype(_NP_DTYPES[inp["dtype"]])
+        elif name == "candidates":
+            arrays[name] = _rand_candidates(rng, B, spec["n_items"], spec["topk"], max_candidates)
+        else:                                               # an input this module does not know: zeros
+            fill[name] = ([B if d == "B" else ids.shape[1] if d in ("T", "L") else d if isinstance(d, int) else 1
+                           for d in inp["shape"]], 0.0, inp["dtype"])
+    return arrays, fill
+
+
+def _step_probe_calls(spec: dict, seed: int, prime_len: int, n_steps: int, batch: int, topk_cases: int,
+                      topk_prime: int, real_histories, max_candidates: int | None) -> list[tuple[str, dict, dict]]:
+    """The probe calls of :func:`verify_step`: one per distinct ``(B, T)`` it feeds (the random priming and its
+    single steps, the top-k priming and its step, the real histories' priming and steps), random feeds drawn from
+    their own stream (the verification's draws are unchanged)."""
+    shapes = [(batch, prime_len)] + ([(batch, 1)] if n_steps > 0 else []) + [(topk_cases, topk_prime),
+                                                                             (topk_cases, 1)]
+    real = _real_step_rows(real_histories, batch, prime_len, n_steps)
+    if real is not None:
+        keep, L, n_prime = real
+        shapes += [(len(keep), n_prime)] + ([(len(keep), 1)] if L > n_prime else [])
+    rng = np.random.default_rng([seed, 7])
+    return [(f"on T={T} new items (B={B})", *_probe_feeds(spec, rng, B, T=T, max_candidates=max_candidates))
+            for B, T in dict.fromkeys(shapes)]
+
+
+def _window_probe_calls(model, spec: dict, seed: int, widths: Sequence[int], topk_cases: int, real_histories,
+                        real_timestamps, batch_chunk: int,
+                        max_candidates: int | None) -> list[tuple[str, dict, dict]]:
+    """The probe calls of :func:`verify_window`: one per distinct ``(B, width)`` of its calls (the same random
+    windows, replayed from ``seed``, and the real ones), padded as it pads them; timestamps and candidates drawn
+    from their own stream."""
+    M = spec["max_seq_length"]
+    chunks = [(c, None) for c in _chunks(_window_groups(np.random.default_rng(seed), widths, topk_cases,
+                                                        spec["n_items"]), batch_chunk)]
+    real = _real_windows(real_histories, real_timestamps, topk_cases, M)
+    if real is not None:
+        hs, tss = real
+        chunks += [(hs[s:s + batch_chunk], None if tss is None else tss[s:s + batch_chunk])
+                   for s in range(0, len(hs), batch_chunk)]
+    rng = np.random.default_rng([seed, 7])
+    calls, seen = [], set()
+    for chunk, tss in chunks:
+        shape = (len(chunk), min(M, max(len(h) for h in chunk)))
+        if shape in seen:
+            continue
+        seen.add(shape)
+        if spec["uses_timestamps"]:
+            tss = tss or [(1.6e9 + np.cumsum(rng.integers(0, 86400, size=len(h)))).tolist() for h in chunk]
+            ids, _, ts = model.pad_batch(chunk, max_length=M, timestamps=tss)
+            ts = ts.numpy()
+        else:
+            ids, ts = model.pad_batch(chunk, max_length=M)[0], None
+        calls.append((f"at width {ids.shape[1]} (B={len(chunk)})",
+                      *_probe_feeds(spec, rng, len(chunk), ids=ids.numpy(), ts=ts, max_candidates=max_candidates)))
+    return calls
 
 
 def _errs(ort_scores: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -350,7 +500,8 @@ def _errs(ort_scores: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def _item_vectors(model, spec: dict) -> np.ndarray | None:
-    """``[n_items - 1, vector_size]`` the model's item vectors when the graph has a ``user_vector`` output, else None."""
+    """``[n_items - 1, vector_size]`` the model's item vectors when the graph has a ``user_vector`` output, else
+    None."""
     return model.item_vectors().vectors.numpy() if spec.get(USER_VECTOR) else None
 
 
@@ -626,16 +777,23 @@ def _gaps_note(pair: _StepPair) -> str:
 def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps: int = 500, batch: int = 4,
                 topk_cases: int = 2000, topk_prime: int = 20, real_histories: Sequence[Sequence[int]] | None = None,
                 real_timestamps: Sequence[Sequence[float]] | None = None, seed: int = 0, runner: Any = None,
-                progress=None, max_candidates: int | None = None) -> list[CaseResult]:
+                progress=None, max_candidates: int | None = None, isolate: bool = True) -> list[CaseResult]:
     """The step graph against ``model.step``: priming + single steps on random histories (``batch`` rows), top-k
     agreement on ``topk_cases`` random states (primed with ``topk_prime`` items), and the real histories' priming
     + steps (``max(batch, 8)`` rows) when given. ``max_candidates``: the widest candidate lists to feed a
     ``--candidates`` graph (an engine's profile; default ``3k + 2``). A call ONNX Runtime cannot run fails its case
-    (see the module docstring); the next case still runs."""
+    (see the module docstring); the next case still runs. ``isolate`` (without a ``runner``): first run the graph
+    once per ``(B, T)`` of these calls in a child process (:func:`_probe`); if ONNX Runtime crashes there, the
+    only case is the failed ``probe`` and the graph is not run in this process."""
     say = progress or (lambda m: None)
     k = spec["topk"]
     n_items = spec["n_items"]
     rng = np.random.default_rng(seed)
+    if isolate and runner is None:
+        failed = _probe(graph, _step_probe_calls(spec, seed, prime_len, n_steps, batch, topk_cases, topk_prime,
+                                                 real_histories, max_candidates), "length", say)
+        if failed is not None:
+            return [failed]
     run, failed = _session_or_failed(graph, runner)
     if failed is not None:
         return [failed]
@@ -693,16 +851,25 @@ def verify_step(model, graph: str, spec: dict, *, prime_len: int = 200, n_steps:
     if real_histories:
         t0 = time.perf_counter()
         tss = _check_real_timestamps(real_histories, real_timestamps)
-        keep = [j for j, h in enumerate(real_histories) if len(h) >= 4]
-        if keep:
-            keep = sorted(keep, key=lambda j: len(real_histories[j]), reverse=True)[:max(batch, 8)]
-            L = min(len(real_histories[j]) for j in keep)
-            L = min(L, prime_len + n_steps)
+        real = _real_step_rows(real_histories, batch, prime_len, n_steps)
+        if real is not None:
+            keep, L, n_prime = real
             arr = np.array([list(real_histories[j])[:L] for j in keep], dtype=np.int64)
             ts = np.array([list(tss[j])[:L] for j in keep], dtype=np.float64) if tss is not None else None
-            cases.append(prime_and_step("real/prime+steps", arr, max(1, min(prime_len, L // 2)), ts))
+            cases.append(prime_and_step("real/prime+steps", arr, n_prime, ts))
             say(f"  real/prime+steps done [{time.perf_counter() - t0:.1f} s]")
     return cases
+
+
+def _real_step_rows(real_histories, batch: int, prime_len: int, n_steps: int) -> tuple[list, int, int] | None:
+    """The real histories :func:`verify_step` primes and steps: ``(their indices (the ``max(batch, 8)`` longest of
+    at least 4 items), the length L each is cut to, the priming length)``, or None when there is none."""
+    keep = [j for j, h in enumerate(real_histories or []) if len(h) >= 4]
+    if not keep:
+        return None
+    keep = sorted(keep, key=lambda j: len(real_histories[j]), reverse=True)[:max(batch, 8)]
+    L = min(min(len(real_histories[j]) for j in keep), prime_len + n_steps)
+    return keep, L, max(1, min(prime_len, L // 2))
 
 
 def _check_real_timestamps(histories, timestamps):
@@ -724,17 +891,24 @@ def _check_real_timestamps(histories, timestamps):
 def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widths: Sequence[int] | None = None,
                   real_histories: Sequence[Sequence[int]] | None = None,
                   real_timestamps: Sequence[Sequence[float]] | None = None, seed: int = 0, runner: Any = None,
-                  batch_chunk: int = 500, progress=None, max_candidates: int | None = None) -> list[CaseResult]:
+                  batch_chunk: int = 500, progress=None, max_candidates: int | None = None,
+                  isolate: bool = True) -> list[CaseResult]:
     """The window graph against ``model.predict`` on windows of ``widths`` (and the real histories when given), in
     calls of ``batch_chunk`` rows; ``max_candidates`` as for :func:`verify_step`. A call ONNX Runtime cannot run
-    fails its case, naming the width (see the module docstring)."""
+    fails its case, naming the width (see the module docstring). ``isolate`` (without a ``runner``): first run the
+    graph once per ``(B, width)`` of these calls in a child process (:func:`_probe`), as :func:`verify_step` does."""
     say = progress or (lambda m: None)
     k, n_items, M = spec["topk"], spec["n_items"], spec["max_seq_length"]
     rng = np.random.default_rng(seed)
+    widths = list(widths or sorted({M, max(1, M // 2), min(M, 7)}))
+    if isolate and runner is None:
+        failed = _probe(graph, _window_probe_calls(model, spec, seed, widths, topk_cases, real_histories,
+                                                   real_timestamps, batch_chunk, max_candidates), "width", say)
+        if failed is not None:
+            return [failed]
     run, failed = _session_or_failed(graph, runner)
     if failed is not None:
         return [failed]
-    widths = list(widths or sorted({M, max(1, M // 2), min(M, 7)}))
     items = _item_vectors(model, spec)
     out_names = ["topk_ids", "topk_scores", "scores"] + ([USER_VECTOR] if items is not None else [])
 
@@ -743,7 +917,7 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
     def compare(name, groups, given_ts=None):
         acc = _Acc()
         n = 0
-        chunks = [g[s:s + batch_chunk] for g in groups for s in range(0, len(g), batch_chunk)]
+        chunks = _chunks(groups, batch_chunk)
         ts_chunks = ([given_ts[s:s + batch_chunk] for s in range(0, len(given_ts), batch_chunk)]
                      if given_ts is not None else None)
         for ci, chunk in enumerate(chunks):
@@ -780,22 +954,42 @@ def verify_window(model, graph: str, spec: dict, *, topk_cases: int = 2000, widt
                           topk_overlap=acc.overlap_mean())
 
     t0 = time.perf_counter()
+    cases = [compare("random/windows", _window_groups(rng, widths, topk_cases, n_items))]
+    say(f"  random/windows done [{time.perf_counter() - t0:.1f} s]")
+    real = _real_windows(real_histories, real_timestamps, topk_cases, M)
+    if real is not None:
+        cases.append(compare("real/windows", [real[0]], real[1]))
+    return cases
+
+
+def _window_groups(rng, widths: Sequence[int], topk_cases: int, n_items: int) -> list[list[list[int]]]:
+    """:func:`verify_window`'s random windows: per width ``w``, ``ceil(topk_cases / len(widths))`` histories of
+    1..w random real items, the first exactly ``w`` (each group is padded to width w: several graph lengths)."""
     groups = []
     per = -(-topk_cases // len(widths))
-    for w in widths:   # each group is padded to width w (its longest row has w items): several graph lengths
+    for w in widths:
         lens = rng.integers(1, w + 1, size=per)
         lens[0] = w
         groups.append([rng.integers(1, n_items, size=int(n)).tolist() for n in lens])
-    cases = [compare("random/windows", groups)]
-    say(f"  random/windows done [{time.perf_counter() - t0:.1f} s]")
-    if real_histories:
-        tss = _check_real_timestamps(real_histories, real_timestamps)
-        keep = [j for j, h in enumerate(real_histories) if len(h) >= 1][:topk_cases]
-        hs = [list(real_histories[j])[-M:] for j in keep]
-        if hs:
-            cases.append(compare("real/windows", [hs],
-                                 [list(tss[j])[-M:] for j in keep] if tss is not None else None))
-    return cases
+    return groups
+
+
+def _chunks(groups, batch_chunk: int) -> list:
+    """The calls of :func:`verify_window`: each group cut into runs of at most ``batch_chunk`` rows."""
+    return [g[s:s + batch_chunk] for g in groups for s in range(0, len(g), batch_chunk)]
+
+
+def _real_windows(real_histories, real_timestamps, topk_cases: int, M: int) -> tuple[list, list | None] | None:
+    """:func:`verify_window`'s real windows: ``(the last M items of the first topk_cases non-empty histories, their
+    timestamps or None)``, or None when there is none; the timestamps are checked (:func:`_check_real_timestamps`)."""
+    if not real_histories:
+        return None
+    tss = _check_real_timestamps(real_histories, real_timestamps)
+    keep = [j for j, h in enumerate(real_histories) if len(h) >= 1][:topk_cases]
+    if not keep:
+        return None
+    return ([list(real_histories[j])[-M:] for j in keep],
+            [list(tss[j])[-M:] for j in keep] if tss is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------------- entry
@@ -803,13 +997,15 @@ def verify_export(model, graph: str, spec: dict, *, real_histories=None, real_ti
                   progress=None,
                   score_atol: float | None = None, topk_min_agreement: float | None = None,
                   state_atol: float | None = None, score_rtol: float | None = None, precision: str | None = None,
-                  topk_min_overlap: float | None = None, **kwargs) -> VerifyReport:
+                  topk_min_overlap: float | None = None, isolate: bool = True, **kwargs) -> VerifyReport:
     """Verify ``graph`` (described by ``spec``, see ``export.onnx.build_spec``) against ``model``.
 
     Tolerances default to :func:`tolerances` of the graph's precision (``precision``, else ``spec["precision"]``,
     else fp32; fp32 reads the module constants :data:`SCORE_ATOL`, :data:`TOPK_MIN_AGREEMENT`, :data:`STATE_ATOL` at
     call time); explicit arguments override single entries. ``kwargs`` go to :func:`verify_step` /
-    :func:`verify_window`.
+    :func:`verify_window`. ``isolate`` (default): without a ``runner``, the graph first runs once per input shape
+    of the verification in a child process (:func:`_probe`), so that ONNX Runtime aborting (SIGABRT) fails a
+    ``probe`` case instead of ending this process; a ``runner`` (TensorRT, emulated plugins) is never probed.
     """
     precision = precision or spec.get("precision", "fp32")
     tol = tolerances(precision)
@@ -824,7 +1020,7 @@ def verify_export(model, graph: str, spec: dict, *, real_histories=None, real_ti
     try:
         fn = verify_step if spec["kind"] == "step" else verify_window
         cases = fn(model, graph, spec, real_histories=real_histories, real_timestamps=real_timestamps, runner=runner,
-                   progress=progress, **kwargs)
+                   progress=progress, isolate=isolate, **kwargs)
     finally:
         model.train(was_training)
     rep = VerifyReport(spec["kind"], spec["model_type"],
@@ -850,8 +1046,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     from .fsutil import run_cli
 
     sys.exit(run_cli(main))

@@ -676,7 +676,7 @@ SCRIPTS = {"zoo.train": "zoo-train", "zoo.evaluate": "zoo-evaluate", "zoo.recomm
            "zoo.embed": "zoo-embed", "zoo.compare": "zoo-compare", "zoo.soup": "zoo-soup", "zoo.hub": "zoo-hub",
            "zoo.convert": "zoo-convert", "zoo.download": "zoo-download", "export.onnx": "export-onnx",
            "export.trt": "export-trt", "export.triton": "export-triton", "export.perf_data": "export-perf-data",
-           "export.build_plugins": "export-build-plugins"}
+           "export.build_plugins": "export-build-plugins", "export.triton_server": "export-triton-server"}
 #: the module whose console script runs in this process (set by :func:`run_script`), None under ``python -m``
 _running_script: str | None = None
 
@@ -735,3 +735,8 @@ def perf_data_script() -> None:
 def build_plugins_script() -> None:
     """``export-build-plugins``: ``python -m export.build_plugins``."""
     run_script("export.build_plugins")
+
+
+def triton_server_script() -> None:
+    """``export-triton-server``: ``python -m export.triton_server``."""
+    run_script("export.triton_server")

@@ -905,11 +905,11 @@ def build_parser():
     default) and ``--log-verbose >= 0``."""
     import argparse
 
-    try:
-        from export.fsutil import EXIT_CODES
+    try:                              # the console script export-triton-server names itself (command_prog)
+        from export.fsutil import EXIT_CODES, command_prog
     except ImportError:               # run as a file of its own (the server's virtualenv): no package to import
-        EXIT_CODES = None
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m export.triton_server",
+        EXIT_CODES, command_prog = None, lambda module: f"python -m {module}"
+    p = argparse.ArgumentParser(allow_abbrev=False, prog=command_prog("export.triton_server"),
                                 description="Run the nvidia-pytriton tritonserver (python backend) on a model "
                                             "repository written by `python -m export.triton --backend python`.",
                                 epilog=(EXIT_CODES and f"{EXIT_CODES}; once the server ran, its own exit status"))
@@ -940,7 +940,7 @@ def main(argv=None) -> int:
     except ImportError:               # run as a file of its own (the server's virtualenv, which has pytriton)
         require = None
     if require is not None:
-        require("pytriton", "python -m export.triton_server", cli=True)
+        require("pytriton", p.prog, cli=True)          # the command as typed: export-triton-server or python -m
     return serve(a.repo, a.http_port, a.grpc_port, a.metrics_port or None, a.log_verbose)
 
 

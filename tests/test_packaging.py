@@ -115,7 +115,7 @@ def test_plugins_build_from_the_installed_package(installed, tmp_path):
 #: pyproject's console scripts (export.fsutil.SCRIPTS): ``zoo-<name>`` runs ``python -m zoo.<name>``
 ZOO_SCRIPTS = ("train", "evaluate", "recommend", "embed", "compare", "soup", "hub", "convert", "download")
 #: ``export-<name>`` runs ``python -m export.<name with _>``
-EXPORT_SCRIPTS = ("onnx", "trt", "triton", "perf-data", "build-plugins")
+EXPORT_SCRIPTS = ("onnx", "trt", "triton", "perf-data", "build-plugins", "triton-server")
 
 
 def test_every_command_has_a_console_script_whose_help_names_it(installed, tmp_path):

@@ -821,7 +821,7 @@ def _evaluate(args) -> dict:
     t0 = time.time()
     # --data read as the --model's run read its data (its log), else as zoo.train reads it by default
     from .hub import checkpoint_log
-    from .pretrained import resolve_pretrained
+    from .pretrained import resolve_pretrained, weights_sha256
 
     hub = getattr(args, "hub", None) or {}      # --revision / --subfolder: which checkpoint --model names
     folder, unresolved = None, None
@@ -846,6 +846,7 @@ def _evaluate(args) -> dict:
         path = folder
         if no_config:                   # zoo.recommend's one line (not transformers' "Unrecognized model")
             _check_model_type(path)
+        sha = weights_sha256(path)      # before the load: the file the weights are read from (None: no such file)
         with json_depth_guard(lambda: os.path.join(path, "config.json")):   # transformers' reader on [[[...]]]
             model = AutoModel.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -885,6 +886,7 @@ def _evaluate(args) -> dict:
         "dataset": ds.stats(),
         "model": args.model,
         **{k: v for k, v in hub.items() if v},      # --revision / --subfolder, when given
+        **({"weights_sha256": sha} if sha else {}),  # the weights measured: a card's numbers tied to its weights
         "model_type": getattr(model.config, "model_type", None),
         "n_users": len(examples),
         "n_items": int(model.config.n_items) - 1,

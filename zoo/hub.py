@@ -26,8 +26,8 @@ from typing import Sequence
 
 from export.fsutil import JSONReadError, json_depth_guard, read_json, strict_json
 
-from .cli import (cannot, check_outputs, columns_argv, error_text, refuse_links_leading_outside, shell_option,
-                  written_whole, written_whole_folder)
+from .cli import (apply_threads, cannot, check_outputs, cli_device, columns_argv, error_text, positive_int,
+                  refuse_links_leading_outside, shell_option, written_whole, written_whole_folder)
 from .data.benchmarks import BENCHMARKS, recognise_benchmark
 from .pretrained import HUB_ORG, PLACEHOLDER_ORGS, bundled_models, weights_sha256
 
@@ -923,12 +923,18 @@ class _Shown:
 def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = None, exclude_history: bool = False,
                       description: str | None = None, dataset_type: str | None = None,
                       dataset_name: str | None = None, notes: str = "", keep_notes: bool = False,
-                      overwrite: bool = False, repo_id: str | None = None, progress: bool = True) -> dict:
+                      overwrite: bool = False, repo_id: str | None = None, progress: bool = True,
+                      batch_size: int = 256, device=None) -> dict:
     """Evaluate a training run's best checkpoint on the test split, then copy it into ``out_dir`` (default
     ``./hub_cards/<name>``, :func:`default_card_out`) and write its card, re-exporting the folder's ONNX graphs from
     the new weights. Returns the measured metrics (``progress``: the evaluation's progress bar, on stderr). The new
     card is written into a staged copy of the folder and swapped in whole: when any step fails (the evaluation, a
-    graph that no longer verifies) the folder is left as it was.
+    graph that no longer verifies) the folder is left as it was. ``batch_size`` and ``device`` are the evaluation's
+    (:func:`zoo.evaluate.evaluate_model`: users per forward pass; where it runs, a ``str`` or ``torch.device``,
+    default the model's device, the CPU).
+    ``eval_results.json["weights_sha256"]`` is the SHA-256 of the ``model.safetensors`` measured (the run's, which
+    the card copies: a copy that differs is a ``RuntimeError``), which ``push`` checks against the weights it
+    uploads (:func:`card_weights_problems`).
 
     ``run_dir`` may also be a ``zoo.soup`` folder (the card lists its ingredients and their stages) or a card folder
     (its ``training_log.json`` holds every stage); given as its own ``out_dir``
@@ -987,6 +993,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
             require(module, f"re-exporting the ONNX graphs of {out_dir}")
     # everything is measured on the run's checkpoint first: an error (wrong data, a vocabulary that does not fit)
     # leaves an existing card folder as it was
+    measured_sha = weights_sha256(run_dir)  # the weights the numbers are measured on, recorded in eval_results.json
     with json_depth_guard(os.path.join(run_dir, "config.json")):   # [[[...]]] in transformers' reader: one line
         model = AutoModel.from_pretrained(run_dir)
     check_leave_one_out(stages, run_dir)
@@ -1009,7 +1016,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     split = leave_one_out(ds)
     test = split.test
     metrics, ranks = evaluate_model(model, test, ks=default_ks(model.config.n_items - 1),
-                                    exclude_history=exclude_history, return_ranks=True, progress=progress)
+                                    exclude_history=exclude_history, return_ranks=True, progress=progress,
+                                    batch_size=batch_size, device=device)
     intervals = bootstrap_interval(ranks, ks=(10,))
 
     bundled = is_bundled_card(out_dir, name)
@@ -1045,7 +1053,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         masked = bool(ref["history_masked"])
         reference = {"exclude_history": masked, "command": evaluate_command(masked),
                      "metrics": evaluate_model(model, test, ks=default_ks(model.config.n_items - 1),
-                                               exclude_history=masked, progress=progress)}
+                                               exclude_history=masked, progress=progress, batch_size=batch_size,
+                                               device=device)}
     dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences), "benchmark": benchmark,
                "source": source, "path": data, "timed": loaded.timestamps is not None, "options": data_options,
                "item_id_type": loaded.vocab.id_type,
@@ -1058,6 +1067,9 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         with written_whole_folder(out_dir, copy_existing=True) as stage:
             for f in () if in_place else ("config.json", "model.safetensors", "item_vocab.json"):
                 shutil.copyfile(os.path.join(run_dir, f), os.path.join(stage, f))
+            if weights_sha256(stage) != measured_sha:       # replaced while it was measured: not these numbers'
+                raise RuntimeError(f"{os.path.join(run_dir, 'model.safetensors')} changed while the card was being "
+                                   "measured: run the card again once nothing writes it")
             make_card(stage, name, metrics, protocol, dataset, log, repo_id=None if bundled else repo_id,
                       extra_sections=_stages_markdown(stages) + _marked_notes(notes),
                       reference_metrics=reference, intervals=intervals, baselines=baselines, bundled=bundled,
@@ -1070,7 +1082,8 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
                                      "protocol": protocol, "data_file": data_file, "data_options": data_options,
                                      "unknown_items": unknown_items, **({"dropped": dropped} if dropped else {}),
                                      "exclude_history": exclude_history, "baselines": baselines,
-                                     **({"reference_protocol": reference} if reference else {})}, indent=1))
+                                     **({"reference_protocol": reference} if reference else {}),
+                                     "weights_sha256": measured_sha}, indent=1))
             for args in exports:
                 refresh_onnx_export(stage, args, data, data_options.get("columns"), shown_as=out_dir)
     except RuntimeError as e:                   # a VerificationError stays the cause (exit 3)
@@ -1474,7 +1487,9 @@ def card_metadata(folder: str | os.PathLike) -> tuple[str, dict | None, object |
 def card_weights_problems(folder: str | os.PathLike, model, text: str, card) -> list[str]:
     """What in a card folder describes other weights than the ``model`` loaded from it, one line each: the README's
     catalogue (its "Full ranking over all N items") against ``config.json``'s ``n_items``, its model-index numbers
-    (``card``: huggingface_hub's ``ModelCard`` of ``text``) against ``eval_results.json``, the last stage of
+    (``card``: huggingface_hub's ``ModelCard`` of ``text``) against ``eval_results.json``, the SHA-256 of the weights
+    ``eval_results.json`` was measured on (its ``weights_sha256``: :func:`build_card_folder`; a card written before
+    it records none and is not checked) against the folder's ``model.safetensors``, the last stage of
     ``training_log.json`` (its ``n_parameters``) against the weights, and each ONNX folder (:data:`ONNX_FOLDERS`):
     a ``state_spec.json`` there (:func:`export.runtime.read_spec`) of another model type or ``n_items``, a graph file
     it names that is missing, an item vocabulary other than the weights' (:func:`export.runtime.read_vocab`), or, for
@@ -1502,6 +1517,13 @@ def card_weights_problems(folder: str | os.PathLike, model, text: str, card) -> 
                 differ.append(f"{r.metric_name} {r.metric_value} against {v if v is not None else 'none'}")
         if differ:
             problems.append(f"README.md's model-index and eval_results.json give other numbers ({_listed(differ, 3)})")
+    if results.is_file():
+        recorded = read_json_object(results, "the card's eval results").get("weights_sha256")
+        if recorded is not None and not (isinstance(recorded, str) and re.fullmatch(r"[0-9a-f]{64}", recorded)):
+            problems.append(f"eval_results.json's weights_sha256 is not a SHA-256 (64 hex digits): {recorded!r}")
+        elif recorded is not None and recorded != (have := weights_sha256(folder) or "none"):
+            problems.append(f"eval_results.json was measured on other weights (sha256 {recorded[:12]}...) than the "
+                            f"folder's model.safetensors (sha256 {have[:12]}...)")
     stages = _card_stages(folder)
     logged = stages[-1].get("n_parameters") if stages and isinstance(stages[-1], dict) else None
     if isinstance(logged, int) and not isinstance(logged, bool):
@@ -1755,6 +1777,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "vocabulary are replaced, its ONNX graphs re-exported; a folder that also holds files no card "
                         "writes is refused even so; not needed to re-measure a card in place or to card a later "
                         "stage of the card in --out")
+    c.add_argument("--batch-size", type=positive_int, default=256,
+                   help="users scored per forward pass of the card's evaluation (default 256), as zoo.evaluate's")
+    c.add_argument("--threads", type=positive_int, default=None,
+                   help="torch's CPU threads for the card's evaluation and the re-export of its ONNX graphs "
+                        "(default: torch's own, from OMP_NUM_THREADS or the cores), as zoo.evaluate's")
+    c.add_argument("--device", default=None,
+                   help="where the card's evaluation runs: cpu, cuda or cuda:N (default: cuda when available, else "
+                        "cpu), as zoo.evaluate --model's")
     c.add_argument("--no-progress", action="store_true",
                    help="no progress bar during the evaluation (default: a bar on stderr when stderr is a terminal)")
     u = sub.add_parser("push", allow_abbrev=False, help="publish a card folder to the Hub",
@@ -1800,6 +1830,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         problem = card_name_problem(args.name)   # a path component and a Hub name: '../x', '/x', 'a b' are neither
         if problem:
             c.error(f"--name {args.name!r}: {problem}")
+        device = cli_device(args.device)         # as zoo.evaluate's: malformed exits 2, a GPU missing here 4
+        apply_threads(args.threads)
         try:
             notes = pathlib.Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
         except (OSError, UnicodeDecodeError) as e:
@@ -1809,7 +1841,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             with contextlib.redirect_stdout(sys.stderr):
                 m = build_card_folder(args.run, args.name, args.data, out, args.exclude_history, args.description,
                                       args.dataset_type, args.dataset_name, notes, keep_notes=args.keep_notes,
-                                      overwrite=args.overwrite, repo_id=args.repo_id, progress=not args.no_progress)
+                                      overwrite=args.overwrite, repo_id=args.repo_id, progress=not args.no_progress,
+                                      batch_size=args.batch_size, device=device)
         except OutFolderError as e:     # the --out given (or its default) cannot take the card as asked
             c.error(f"card not written: {e}")
         except MissingDependencyError as e:

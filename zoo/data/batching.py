@@ -288,18 +288,24 @@ def pad_sequences(seqs: Sequence[np.ndarray], padding_side: str, max_len: int | 
 
     ``L`` is the longest (truncated) row. Empty rows are allowed here (all padding); models reject them. With an
     integer ``dtype`` (ids) every non-empty row must hold integers (a float, bool or string row is a ``ValueError``
-    naming it: the cast would cut 1.7 to 1). ``max_len``
+    naming it: the cast would cut 1.7 to 1). With a float ``dtype`` (timestamps) every non-empty row must hold
+    numbers, ints or floats (a bool, string, complex, datetime or object row is a ``TypeError`` naming the row and
+    its dtype: the cast read True as 1.0 and '5' as 5.0). A row that is not 1-D is a ``ValueError``. ``max_len``
     is an int >= 1 or ``None`` (no truncation): 0 or a negative one kept the whole row or cut the oldest items.
     """
     _check_side(padding_side)
     max_len = int_setting(max_len, "max_len", 1, " (or None: no truncation)")
     rows = [np.asarray(s) for s in seqs]
-    if np.dtype(dtype).kind in "iu":                # an int cast would cut 1.7 to 1 and read True as item 1
+    kind = np.dtype(dtype).kind
+    if kind in "iuf":                # an int cast would cut 1.7 to 1 and read True as item 1, a float one True as 1.0
+        allowed, what = ("iu", "int ids") if kind in "iu" else ("iuf", "numbers")
         for r, row in enumerate(rows):
-            if row.ndim != 1 or (row.size and row.dtype.kind not in "iu"):
+            if row.ndim != 1 or (row.size and row.dtype.kind not in allowed):
                 got = f"{row.dtype} values" if row.ndim == 1 else f"a {row.ndim}-D {row.dtype} array"
-                raise ValueError(f"row {r} must be a 1-D array of int ids, got {got} "
-                                 f"{row.ravel()[:3].tolist()}{' ...' if row.size > 3 else ''}")
+                # a float row's wrong type is a TypeError; a wrong shape, or an int row's type, a ValueError (as ever)
+                error = TypeError if kind == "f" and row.ndim == 1 else ValueError
+                raise error(f"row {r} must be a 1-D array of {what}, got {got} "
+                            f"{row.ravel()[:3].tolist()}{' ...' if row.size > 3 else ''}")
     rows = [r.astype(dtype, copy=False) for r in rows]
     if max_len is not None:
         rows = [r[-max_len:] if len(r) > max_len else r for r in rows]

@@ -21,6 +21,7 @@ Index conventions
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import os
 from dataclasses import dataclass, field
@@ -670,10 +671,13 @@ def _need_timestamps(ds: SequenceDataset) -> None:
 
 def temporal_cuts(ds: SequenceDataset, test_share: float, valid_share: float) -> tuple[float, float]:
     """``(valid_from, test_from)``: the times after which about ``valid_share + test_share`` and ``test_share`` of all
-    interactions happened (the interaction timestamps' quantiles; ties at a cut fall after it)."""
-    for name, v in (("test_share", test_share), ("valid_share", valid_share)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-            raise ValueError(f"{name} must be a fraction in (0, 1), got {v!r}")
+    interactions happened (the interaction timestamps' quantiles; ties at a cut fall after it).
+
+    Each share is a real number in (0, 1) of any type (Python ``float``/``Fraction``, numpy ``float32``/``float64``
+    ...: ``numbers.Real``), counted as written (``np.float32(0.1)`` is 1/10, not float32's 0.100000001). Anything else
+    is a ``ValueError`` saying why: not a real number (a bool, a string, a complex number), not a number (NaN), or
+    outside (0, 1) -- as is ``test_share + valid_share >= 1``."""
+    test_share, valid_share = _share(test_share, "test_share"), _share(valid_share, "valid_share")
     _need_dataset(ds, "temporal_cuts")
     if test_share + valid_share >= 1:
         raise ValueError(f"test_share + valid_share must be < 1 (something must be left to train on), got "
@@ -683,9 +687,33 @@ def temporal_cuts(ds: SequenceDataset, test_share: float, valid_share: float) ->
     n = len(ts)
     # the share's last interactions start at index ceil((1 - share) * n) = n - floor(share * n), counted exactly with
     # the shares as written ('0.7': 7/10; in floats (1 - 0.7) * 10 is 3.0000000000000004, a cut one interaction late)
-    exact = [Fraction(repr(float(v))) for v in (test_share, valid_share)]
+    exact = [_exact_share(v) for v in (test_share, valid_share)]
     at = lambda share: float(ts[min(n - 1, n - math.floor(share * n))])   # noqa: E731
     return at(exact[1] + exact[0]), at(exact[0])
+
+
+def _share(value, name: str):
+    """``value`` as :func:`temporal_cuts` takes a share: a real number (``numbers.Real``: Python's, numpy's, a
+    ``Fraction``) in (0, 1), returned as given; else a ``ValueError`` naming ``name`` and the reason."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number in (0, 1) (a share of the interactions), got "
+                         f"{type(value).__name__} {value!r}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a share of the interactions in (0, 1), got {value!r} (not a number)")
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must be a share of the interactions in (0, 1), got {value!r} (out of range: "
+                         f"{'<= 0' if value <= 0 else '>= 1'})")
+    return value
+
+
+def _exact_share(value) -> Fraction:
+    """A share as its writer meant it: a ``Fraction`` as is, a float by its shortest repr in its own precision
+    ('0.7': 7/10, where (1 - 0.7) * 10 is 3.0000000000000004 in floats; np.float32(0.1): 1/10)."""
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, np.floating):
+        return Fraction(np.format_float_positional(value, unique=True, trim="0"))
+    return Fraction(repr(float(value)))
 
 
 def _cut_time(value, name: str) -> float:

@@ -217,13 +217,18 @@ def test_matches_lead_reference():
     _check(last, rlast, 1e-4, "last_state vs zoo.ops.selective_scan.selective_scan_ref")
 
 
-def test_a_build_killed_half_way_does_not_hang_the_next_one(tmp_path):
-    """torch's build leaves its ``lock`` file behind when the process is killed mid-build, and the next build waits on
-    it forever (a CI run killed during the kernel build hung the next one). Builds run under an flock the kernel
-    drops when its holder dies: the stale ``lock`` is removed under it, with a warning; a live holder is waited for."""
+def test_a_build_killed_half_way_does_not_hang_the_next_one(tmp_path, monkeypatch):
+    """torch's build (torch <= 2.13: its file baton) leaves its ``lock`` file behind when the process is killed
+    mid-build, and the next build waits on it forever (a CI run killed during the kernel build hung the next one).
+    Builds run under an flock the kernel drops when its holder dies: the stale ``lock`` is removed under it, with a
+    warning; a live holder is waited for. (The file baton is made present here, whatever torch runs the test.)"""
     import subprocess
     import sys
     import time
+
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "FileBaton", object, raising=False)
 
     (tmp_path / "lock").write_text("")                          # what a killed build leaves
     with pytest.warns(UserWarning, match="build lock behind"):
@@ -292,3 +297,21 @@ def test_dispatch_with_mixed_dtypes_equals_the_reference(cast, monkeypatch):
         assert a.dtype == inp[n].dtype, n
         tol = 2e-2 if inp[n].dtype in (torch.bfloat16, torch.float16) else 1e-4
         torch.testing.assert_close(a.float(), b.float(), atol=tol * (1 + b.float().abs().max().item()), rtol=tol)
+
+
+def test_torch_flock_lock_file_is_left_alone_without_a_warning(tmp_path, monkeypatch):
+    """torch >= 2.14 locks its extension builds with an flock on ``lock`` and keeps the file after every normal build
+    (no file baton): finding it is normal, so it is neither removed nor warned about (a false "interrupted build"
+    warning in every process that loaded the kernel, and a removal that would break torch's own mutual exclusion)."""
+    import warnings
+
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.delattr(cpp_extension, "FileBaton", raising=False)
+    assert not ssc._torch_uses_file_baton()
+    (tmp_path / "lock").write_text("")                          # what torch >= 2.14 leaves after a good build
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with ssc._build_lock(str(tmp_path)):
+            assert (tmp_path / "lock").exists()
+    assert (tmp_path / "lock").exists()

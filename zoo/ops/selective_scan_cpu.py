@@ -109,17 +109,29 @@ def _some_stdout():
             sys.stdout = None
 
 
+def _torch_uses_file_baton() -> bool:
+    """True when torch's extension builder locks with ``torch.utils.file_baton.FileBaton`` (torch <= 2.13): a build
+    killed half-way leaves its ``lock`` file, on which the next build waits forever. torch >= 2.14 locks with an
+    ``flock`` (``torch.utils._filelock.FileLock``) that dies with its holder, and leaves the file after a normal
+    build: nothing stale to remove then."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    return "FileBaton" in vars(cpp_extension)
+
+
 @contextlib.contextmanager
 def _build_lock(build_dir: str):
     """Hold an exclusive ``flock`` on ``build_dir/.zoo-build.flock`` (POSIX; elsewhere nothing is held). Every zoo
     process builds or loads under it, and the kernel drops it when its holder dies, so a torch ``lock`` file found
     while holding it belongs to a build that was killed: torch would wait on it forever, so it is removed, with a
-    warning naming it."""
+    warning naming it. Only torch's file baton (torch <= 2.13: the ``lock`` file's existence is the lock) leaves
+    such a file behind; from torch 2.14 on, torch holds an ``flock`` on ``lock`` and keeps the file after every build,
+    so it is left alone (:func:`_torch_uses_file_baton`)."""
     from export.fsutil import build_lock
 
     with build_lock(build_dir) as held:       # an OSError (a folder this user cannot write in) propagates
         stale = os.path.join(build_dir, "lock")
-        if held and os.path.exists(stale):
+        if held and _torch_uses_file_baton() and os.path.exists(stale):
             warnings.warn(f"removing {stale}: a build of the fused CPU kernel was interrupted and left torch's build "
                           "lock behind (a later build would wait on it forever)", stacklevel=3)
             os.remove(stale)

@@ -1162,16 +1162,24 @@ STATE_FINGERPRINT = "state_fingerprint"
 def state_fingerprint(model, spec: dict) -> str:
     """``sha256:<hex>`` of what a step graph's recurrent state depends on: the model's weights and buffers (names,
     dtypes, shapes, bytes), its type, the graph's precision and time input, and the state layout (names, shapes,
-    dtypes). Two graphs share it exactly when a state one of them wrote means the same to the other: a re-export
-    (another top-k, with or without ``scores``) keeps it, retraining, a grown catalogue, fp16 or another state layout
-    change it. Explicit-state clients tag the states they store with it (:class:`export.triton_client.
-    ExplicitStateRecommender`), so that a state written by an earlier model is never fed to a new one."""
+    dtypes), and its item vocabulary (``model.item_vocab``: the ordered external ids, hashed; none for a model
+    without one). Two graphs share it exactly when a state one of them wrote means the same to the other: a re-export
+    (another top-k, with or without ``scores``) keeps it, retraining, a grown or reordered catalogue (the same
+    weights under another vocabulary: a state holds internal indices, which then name other items), fp16 or another
+    state layout change it. Explicit-state clients tag the states they store with it (:class:`export.triton_client.
+    ExplicitStateRecommender`, :class:`export.runtime.UserStateRecommender`), so that a state written by an earlier
+    model is never fed to a new one. (Exports written before the vocabulary counted carry another fingerprint for the
+    same model: re-exported, their stored states are refused as stale once, then primed again.)"""
     import hashlib
 
     h = hashlib.sha256()
     head = {"model_type": spec["model_type"], "precision": spec.get("precision", "fp32"),
             "time_input": spec.get("time_input"), "exclude_seen": bool(spec.get("exclude_seen")),
             "state": [[st["name"], st["shape"][1:], st["dtype"]] for st in spec["state"]]}
+    vocab = getattr(model, "item_vocab", None)
+    if vocab is not None:       # the ordered ids: the same weights under another vocabulary mean other items
+        head["item_vocab"] = "sha256:" + hashlib.sha256(json.dumps(
+            [x if isinstance(x, str) else int(x) for x in vocab.items], ensure_ascii=False).encode()).hexdigest()
     h.update(json.dumps(head, sort_keys=True).encode())
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()

@@ -10,7 +10,8 @@ CLI::
 ``--model`` is exported with :func:`export.onnx.export_model` (step graph for models with an exact step, window graph
 otherwise); ``--onnx DIR`` reuses an export (``model.onnx`` + ``state_spec.json``) instead.
 
-What is written (``DIR/<name>/config.pbtxt``, ``DIR/<name>/1/...``, ``DIR/<name>/item_vocab.json``,
+What is written (``DIR/<name>/config.pbtxt``, ``DIR/<name>/<version>/...`` (``1/`` first; each regeneration writes
+the next version and keeps the one before, see below), ``DIR/<name>/item_vocab.json``,
 ``DIR/<name>/initial_state/`` when a state starts at a non-zero value, ``DIR/<name>/README.md`` (how to serve and call
 it), ``DIR/<name>/.export_triton.json`` (the checksum of every file written there, and the model it serves: its type,
 source and config hash), ``DIR/README.md`` (an index of
@@ -69,7 +70,12 @@ leaves it there, and the next run removes it (once the lock its writer held is f
 replaced whole, so one that this generator did not write, or whose files were changed or added to since (another
 version folder, an edited config), is refused before anything is exported or written, unless ``--force``; one that
 served another model (another source, model type or config, as its ``.export_triton.json`` records -- or, for a folder
-of an earlier version, its ``config.pbtxt``) is replaced with a note on stderr naming both. The ``1/model.plan``
+of an earlier version, its ``config.pbtxt``) is replaced with a note on stderr naming both. A replaced folder's graph
+goes into the next version folder (``N+1/``; ``N/`` is kept for a rollback, older ones removed) and every config
+serves only the latest (``version_policy: { latest: { num_versions: 1 } }``): a client of
+:mod:`export.triton_client` pins the version it read, so after Triton loads the new one its requests fail with
+``ModelReplacedError`` (create a new client) instead of mixing the old model's vocabulary and states with the new
+graph. The ``<version>/model.plan``
 that ``build_engine.sh`` built in a TensorRT folder is kept when the graph, plugin library and build settings it was
 built from are byte-identical (e.g. a new ``--queue-delay-us``); otherwise the output says it was
 dropped (``serve.sh`` builds it again); a plugin library put into ``plugins/`` by hand (the generator had none to
@@ -431,6 +437,12 @@ def check_config_numbers(max_batch_size: int = 64, idle_timeout_s: float = 600.0
         raise ValueError("; ".join(m for _, m in bad))
 
 
+#: the config's version policy: Triton serves the highest version folder only (a regeneration writes the next one and
+#: keeps the one before for a rollback, :func:`write_repository`), so that a client pinned to the version it read
+#: (:mod:`export.triton_client`) is refused once the model is replaced instead of feeding it the old model's states
+VERSION_POLICY = "version_policy: { latest: { num_versions: 1 } }\n"
+
+
 def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str = "implicit", max_batch_size: int = 64,
                 idle_timeout_s: float = 600.0, max_candidate_sequences: int = 1024, queue_delay_us: int = 500,
                 instances: int = 1, ort_threads: int = 1) -> str:
@@ -452,7 +464,7 @@ def make_config(spec: dict, name: str, backend: str = "onnxruntime", state: str 
     window = spec["kind"] != "step"
     kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
     idle_us = int(round(idle_timeout_s * 1e6))
-    head = f'name: "{name}"\nbackend: "{backend}"\nmax_batch_size: {max_batch_size}\n'
+    head = f'name: "{name}"\nbackend: "{backend}"\nmax_batch_size: {max_batch_size}\n' + VERSION_POLICY
     if backend == "tensorrt":
         head += f'default_model_filename: "{PLAN_FILE}"\n'
     elif backend == "onnxruntime":
@@ -809,9 +821,19 @@ def _readme(repo: pathlib.Path, name: str, backend: str, state: str, spec: dict,
                   + ("" if not spec.get("state_fingerprint") else
                      " Keep the `state_fingerprint` string the client adds to each state (the config parameter of "
                      "the same name): a state is the model's own summary of a history, so after this model is "
-                     "replaced (retrained, catalogue grown) the client refuses the states the old one wrote "
-                     "(`StaleStateError`) -- replay such a user's history with `rec.prime(user, history)` (one "
-                     "request), or pass `on_stale=\"restart\"`.")]
+                     "replaced (retrained, catalogue grown or reordered) a client created afterwards refuses the "
+                     "states the old one wrote (`StaleStateError`) -- replay such a user's history with "
+                     "`rec.prime(user, history)` (one request), or pass `on_stale=\"restart\"`.")]
+    lines += ["", "## After a refresh", "", "Writing this model again (`python -m export.triton` over this folder) "
+              "puts the new graph into the next version folder and keeps the one before (a rollback's graph); the "
+              "config serves the latest version only. Every client (`export.triton_client`) pins the version it "
+              "read when it was created, so once Triton has loaded the new one (poll mode, a `load` call or a "
+              "restart) an existing client's calls fail with `ModelReplacedError` (nothing stored, no answer from "
+              "the new model through the old client's vocabulary): create a new client"
+              + (" with the new `item_vocab.json`." if vocab else ".") + ("" if window or state == "implicit" else
+                                     " Its states of the old model are stale: keep them in another store (Redis "
+                                     "`prefix=`, SQLite `table=`) per model version during a rollout and prime "
+                                     "the users into the new one from their histories.")]
     if window or state == "implicit":
         lines += ["", "## Benchmark it", "", "perf_analyzer (Triton's SDK container) with real histories instead of "
                   "random ids" + ("" if window else ": one stream per user, primed with its history, then one "
@@ -856,9 +878,10 @@ def _profile(spec: dict, max_batch: int) -> tuple[str, str, str]:
 
 
 def _build_engine_sh(name: str, spec: dict, max_batch: int, implicit: bool) -> str:
-    """``<name>/build_engine.sh``: builds ``1/model.plan`` from the folder's ONNX graph (``onnx/model_implicit.onnx``
-    for an ``implicit`` state model, whose ``spec`` lists the control inputs; else ``onnx/model.onnx``) with trtexec and
-    the scan plugins, inside a TensorRT or Triton container (the engine must come from the serving TensorRT version),
+    """``<name>/build_engine.sh``: builds ``<version>/model.plan`` (the highest version folder, found when it runs)
+    from the folder's ONNX graph (``onnx/model_implicit.onnx`` for an ``implicit`` state model, whose ``spec`` lists
+    the control inputs; else ``onnx/model.onnx``) with trtexec and the scan plugins, inside a TensorRT or Triton
+    container (the engine must come from the serving TensorRT version),
     with the builder settings and optimisation profile of :func:`export.trt.build_engine`. The shapes, which hold the
     graph's input names, are quoted for the shell (:func:`read_spec` refuses names outside
     :data:`export.runtime.TENSOR_NAME`, which need no quotes: a spec from elsewhere still runs no command here)."""
@@ -882,8 +905,9 @@ def _build_engine_sh(name: str, spec: dict, max_batch: int, implicit: bool) -> s
         "flag. These trtexec flags were checked against trtexec's sources, not run here.")
     about = textwrap.fill(about, 117, initial_indent="# ", subsequent_indent="# ")
     return f"""#!/usr/bin/env bash
-# Build {name}/1/{PLAN_FILE} from onnx/{onnx_name} with trtexec and the zoo's scan plugins (run inside the TensorRT or
-# Triton container that will serve it: an engine only loads in the TensorRT version that built it). Does nothing when
+# Build {name}/<version>/{PLAN_FILE} (the highest version folder: the one the config serves) from onnx/{onnx_name}
+# with trtexec and the zoo's scan plugins (run inside the TensorRT or Triton container that will serve it: an engine
+# only loads in the TensorRT version that built it). Does nothing when
 # the plan exists: trtexec saves it as {PLAN_FILE}.tmp, renamed to {PLAN_FILE} once the build succeeded, so a build
 # cut short (a killed container, a full disk) leaves no {PLAN_FILE} and the next run builds it again.
 # Usage: bash build_engine.sh [PLUGIN_LIBRARY] (default: plugins/{ps.PLUGIN_LIBRARY} beside this file)
@@ -892,20 +916,26 @@ def _build_engine_sh(name: str, spec: dict, max_batch: int, implicit: bool) -> s
 set -euo pipefail
 here="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
 plugin="${{1:-$here/plugins/{ps.PLUGIN_LIBRARY}}}"
-if [ -f "$here/1/{PLAN_FILE}" ]; then
-  echo "$here/1/{PLAN_FILE} exists"
+version="$(ls -1 "$here" | grep -E '^[0-9]+$' | sort -n | tail -n 1 || true)"
+if [ -z "$version" ]; then
+  echo "$here holds no version folder (1/, 2/, ...): regenerate it with python -m export.triton" >&2
+  exit 1
+fi
+vdir="$here/$version"
+if [ -f "$vdir/{PLAN_FILE}" ]; then
+  echo "$vdir/{PLAN_FILE} exists"
   exit 0
 fi
-rm -f "$here/1/{PLAN_FILE}.tmp"
+rm -f "$vdir/{PLAN_FILE}.tmp"
 # --dynamicPlugins registers the creators itself: the library's own registration (for tritonserver) would repeat it
 unset ZOO_TRT_PLUGINS_AUTOREGISTER
-"${{TRTEXEC:-/usr/src/tensorrt/bin/trtexec}}" --onnx="$here/onnx/{onnx_name}" --saveEngine="$here/1/{PLAN_FILE}.tmp" \\
+"${{TRTEXEC:-/usr/src/tensorrt/bin/trtexec}}" --onnx="$here/onnx/{onnx_name}" --saveEngine="$vdir/{PLAN_FILE}.tmp" \\
   --dynamicPlugins="$plugin" --stronglyTyped{" --noTF32" if fp32 else ""} --preview=+aliasedPluginIO1003 \\
   --memPoolSize=workspace:{TRT_WORKSPACE_MIB} --skipInference \\
   --minShapes={shlex.quote(lo)} \\
   --optShapes={shlex.quote(opt)} \\
   --maxShapes={shlex.quote(hi)}
-mv -f "$here/1/{PLAN_FILE}.tmp" "$here/1/{PLAN_FILE}"
+mv -f "$vdir/{PLAN_FILE}.tmp" "$vdir/{PLAN_FILE}"
 """
 
 
@@ -1149,6 +1179,30 @@ def check_graph(graph: str | os.PathLike, spec: dict) -> None:
                              "belong together (re-export with `python -m export.onnx`)")
 
 
+def _served_vocab_fingerprint(spec: dict, export_dir: pathlib.Path, vocab_path) -> dict:
+    """``spec`` with the ``state_fingerprint`` the served model's states get: the export's own when the vocabulary
+    shipped (``vocab_path``) maps the same ids in the same order as the export's ``item_vocab.json`` (or the export
+    names none), else one derived from it and the shipped ids (:func:`export.onnx.state_fingerprint` covers the
+    model's own vocabulary: the same graph served under another vocabulary must refuse the states stored under the
+    first, whose indices name other items)."""
+    from .vocab_format import read_graph_vocab
+
+    fp, own = spec.get("state_fingerprint"), spec.get("item_vocab")
+    if not fp or not own or not (export_dir / own).is_file():
+        return spec
+    n = int(spec["n_items"])
+    try:
+        mine = read_graph_vocab(export_dir / own, n)[0]
+    except (OSError, ValueError):
+        mine = None
+    served = read_graph_vocab(vocab_path, n)[0]
+    if mine is not None and list(mine) == list(served):
+        return spec
+    ids = json.dumps([x if isinstance(x, str) else int(x) for x in served], ensure_ascii=False)
+    return {**spec, "state_fingerprint": "sha256:" + hashlib.sha256(
+        f"{fp}|served item_vocab|{ids}".encode()).hexdigest()}
+
+
 def check_vocab(vocab_path: str | os.PathLike, spec: dict) -> None:
     """``vocab_path`` is a zoo item vocabulary with one id per item of the graph (``n_items - 1``), read as the
     serving runtime and the models read it (:func:`export.vocab_format.read_graph_vocab`; no torch); ValueError
@@ -1168,6 +1222,24 @@ _GENERATOR = "python -m export.triton"
 #: temporary engine (paths relative to the model folder; ``__pycache__`` folders, which the python backend's import of
 #: ``1/model.py`` may leave, are not the user's either)
 _BUILT_LATER = (f"1/{PLAN_FILE}", f"1/{PLAN_FILE}.tmp")
+_BUILT_LATER_RE = re.compile(r"[0-9]+/" + re.escape(PLAN_FILE) + r"(\.tmp)?")
+
+
+def _built_later(rel: str) -> bool:
+    """Whether the path ``rel`` (relative to a model folder) is an engine build_engine.sh builds, in any version
+    folder (:data:`_BUILT_LATER`)."""
+    return bool(_BUILT_LATER_RE.fullmatch(rel))
+
+
+def model_versions(mdir: str | os.PathLike) -> list[int]:
+    """The version folders of the model folder ``mdir`` (folders named by a positive int), ascending; ``[]`` when
+    there is none (or no folder)."""
+    try:
+        names = os.listdir(mdir)
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit() and int(n) > 0 and n == str(int(n))
+                  and os.path.isdir(os.path.join(mdir, n)))
 #: the parts of a TensorRT model folder its engine is built from (build_engine.sh: graph, plugins, trtexec's flags)
 _BUILD_INPUTS = ("onnx/", "plugins/", ENGINE_SCRIPT)
 #: the repository-level flags of write_repository's own arguments (messages from main name the flag)
@@ -1214,7 +1286,7 @@ def _folder_files(mdir: pathlib.Path) -> dict[str, pathlib.Path]:
 def _write_model_mark(mdir: pathlib.Path, provenance: dict | None = None) -> None:
     """``mdir/.export_triton.json``: the checksum of every file written into the model folder (the last file), and
     the model it serves (``provenance``: :func:`model_provenance`)."""
-    files = {rel: file_sha256(p) for rel, p in _folder_files(mdir).items() if rel not in _BUILT_LATER}
+    files = {rel: file_sha256(p) for rel, p in _folder_files(mdir).items() if not _built_later(rel)}
     mark = {"written_by": _GENERATOR, **({"model": provenance} if provenance else {}), "files": files}
     (mdir / MODEL_MARK).write_text(json.dumps(mark, indent=1) + "\n", encoding="utf-8")
 
@@ -1318,7 +1390,7 @@ def foreign_model_files(mdir: str | os.PathLike) -> list[pathlib.Path]:
         return [mdir]
     placed = f"plugins/{ps.PLUGIN_LIBRARY}"                 # put there as plugins/README.md says: carried over
     return sorted(p for rel, p in _folder_files(mdir).items()
-                  if rel not in _BUILT_LATER and not (rel == placed and rel not in recorded)
+                  if not _built_later(rel) and not (rel == placed and rel not in recorded)
                   and recorded.get(rel) != file_sha256(p))
 
 
@@ -1435,11 +1507,15 @@ def _carry_plugins(old: pathlib.Path, new: pathlib.Path) -> str | None:
 
 
 def _carry_plan(old: pathlib.Path, new: pathlib.Path, plan_given: bool) -> str | None:
-    """Put the old folder's ``1/model.plan`` into the new one when it was built from byte-identical inputs (the ONNX
-    graphs, the plugin library and build_engine.sh, which holds trtexec's flags and profile); returns the note to
-    print about it (``None``: there was none, or ``plan_given`` replaces it)."""
-    src = old / "1" / PLAN_FILE
-    if plan_given or not src.is_file():
+    """Put the old folder's ``<version>/model.plan`` (its highest version) into the new one's highest version
+    folder when it was built from byte-identical inputs (the ONNX graphs, the plugin library and build_engine.sh,
+    which holds trtexec's flags and profile); returns the note to print about it (``None``: there was none, or
+    ``plan_given`` replaces it)."""
+    old_v, new_v = model_versions(old), model_versions(new)
+    if plan_given or not old_v or not new_v:
+        return None
+    src = old / str(old_v[-1]) / PLAN_FILE
+    if not src.is_file():
         return None
 
     def inputs(d):
@@ -1447,7 +1523,7 @@ def _carry_plan(old: pathlib.Path, new: pathlib.Path, plan_given: bool) -> str |
 
     a, b = inputs(old), inputs(new)
     if ENGINE_SCRIPT in b and a.keys() == b.keys() and all(filecmp.cmp(a[r], b[r], shallow=False) for r in a):
-        dst = new / "1" / PLAN_FILE
+        dst = new / str(new_v[-1]) / PLAN_FILE
         try:
             os.link(src, dst)                               # the old folder is removed after the swap
         except OSError:
@@ -1596,9 +1672,18 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     replaces an existing ``repo/<name>/`` only once complete (a failure leaves the previous one as it was). An
     existing ``repo/<name>`` that this generator did not write, or whose files were changed or added to since
     (:func:`foreign_model_files`), is refused with ``FileExistsError`` before anything is written, unless ``force``;
-    its ``1/model.plan`` is kept when the engine's inputs are unchanged, and its removal noted on stderr otherwise
-    (:func:`_carry_plan`). The repository's ``README.md`` (its index) and, with a TensorRT model, ``serve.sh`` are
-    rewritten too: one that this generator did not write (it lacks the mark) is refused likewise, unless ``force``.
+    its ``<version>/model.plan`` is kept when the engine's inputs are unchanged, and its removal noted on stderr
+    otherwise (:func:`_carry_plan`).
+
+    Versions: a first write puts the graph into version folder ``1/``; writing over an existing model folder puts it
+    into the next version (``N+1/``, N its highest) and keeps version ``N/`` as it was (a rollback's graph; the
+    versions before it are removed), while ``config.pbtxt``, the vocabulary and the README are the new model's. The
+    config's ``version_policy`` (:data:`VERSION_POLICY`) makes Triton serve only the highest version, so the
+    clients of :mod:`export.triton_client`, pinned to the version they read, are refused after a reload
+    (``ModelReplacedError``) instead of mixing the old model's vocabulary and states with the new one.
+
+    The repository's ``README.md`` (its index) and, with a TensorRT model, ``serve.sh`` are rewritten too: one that
+    this generator did not write (it lacks the mark) is refused likewise, unless ``force``.
     Those checks of the repository are :func:`check_repository`'s, made once the export is checked (``_checked``:
     the token of the CLI's check of the model folder just before, which is then not hashed again). The folder's mark
     records the model it serves (``provenance``: :func:`model_provenance`; default: the export folder's,
@@ -1621,6 +1706,7 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     check_graph(graph, spec)
     if vocab_path:
         check_vocab(vocab_path, spec)
+        spec = _served_vocab_fingerprint(spec, export_dir, vocab_path)
     name = name or default_model_name(spec["model_type"], spec["kind"], backend, state)
     text = make_config(spec, name, backend, state, **config_kwargs)
     implicit = spec["kind"] == "step" and backend != "python" and state == "implicit"
@@ -1629,8 +1715,13 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     check_repository(repo, name, backend, force, plan, plugin_lib, vocab_path, _checked=_checked)
     provenance = provenance or _export_provenance(export_dir, spec)
     replaced = _replaced_model_note(final, _recorded_provenance(final), provenance) if final.is_dir() else None
+    versions = model_versions(final) if final.is_dir() else []
+    version = versions[-1] + 1 if versions else 1            # a regeneration: the next version (see the docstring)
     with _staged_model_folder(final) as mdir:                # a failed write keeps the folder that was there
-        _write_model_folder(mdir, text, cfg, spec, graph, export_dir, backend, implicit, vocab_path, plan, plugin_lib)
+        _write_model_folder(mdir, text, cfg, spec, graph, export_dir, backend, implicit, vocab_path, plan, plugin_lib,
+                            version)
+        if versions and (final / MODEL_MARK).is_file() and not (force and foreign_model_files(final)):
+            _keep_version(final / str(versions[-1]), mdir / str(versions[-1]))     # for a rollback (older ones go)
         seq = cfg.sequence_batching if cfg.HasField("sequence_batching") else None
         (mdir / "README.md").write_text(_readme(
             repo, name, backend, state, spec, cfg.max_batch_size, vocab=bool(vocab_path),
@@ -1650,10 +1741,23 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
     return final
 
 
+def _keep_version(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Copy the version folder ``src`` of the model folder being replaced to ``dst`` in the new one (hard links where
+    the file system allows: the old folder is removed after the swap), ``__pycache__`` left out."""
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"), copy_function=link)
+
+
 def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: pathlib.Path, export_dir: pathlib.Path,
-                        backend: str, implicit: bool, vocab_path, plan, plugin_lib) -> None:
-    """The files of one model folder (config, initial states, vocabulary, graph or plan, plugins) into ``mdir``."""
-    vdir = mdir / "1"
+                        backend: str, implicit: bool, vocab_path, plan, plugin_lib, version: int = 1) -> None:
+    """The files of one model folder (config, initial states, vocabulary, graph or plan, plugins) into ``mdir``, the
+    graph (plan, python model) into the version folder ``mdir/<version>``."""
+    vdir = mdir / str(version)
     vdir.mkdir(parents=True)
     (mdir / "config.pbtxt").write_text(text, encoding="utf-8")
     if cfg.HasField("sequence_batching"):

@@ -54,6 +54,14 @@ refused, naming why, until :meth:`TritonRecommender.prime` restarts it from the 
 :class:`WindowRecommender` keep nothing on the server (the explicit client stores the new states only once every call
 has answered): their error says the call can be sent again.
 
+A replaced model: every client pins the model version it read when it was created (``model_version=`` on each request
+and config read: the highest READY version of the model's metadata; ``python -m export.triton`` writes each
+regeneration as the next version, served alone), together with the vocabulary, ``n_items`` and state fingerprint
+that go with it. Once the server serves another version, the client's calls raise :class:`ModelReplacedError`
+("model 'm' was replaced on the server (version 1 -> 2): create a new client ...") and send or store nothing more:
+create a new client (with the new ``item_vocab.json``). A ``vocab=`` of another size than the config's ``n_items``
+parameter is refused at construction (ValueError naming both sizes).
+
 Sequence slots: the sequence batcher (``oldest`` strategy) holds at most ``max_candidate_sequences`` live sequences
 (``export.triton --max-candidate-sequences``, 1024 by default); the requests of a further sequence wait until a live
 one ends or stays idle for ``max_sequence_idle_microseconds`` (``--idle-timeout-s``). ``end()`` frees a slot at once,
@@ -90,6 +98,36 @@ SEEN_SCORE = float(np.finfo(np.float32).min)
 
 class TritonRecommendError(RuntimeError):
     """Triton answered a request with an error (the message is Triton's / the model's)."""
+
+
+class ModelReplacedError(TritonRecommendError):
+    """The model this client read at construction (its version, config, vocabulary, state fingerprint) was replaced
+    on the server by another version (``python -m export.triton`` over the model folder writes the next version and
+    the config serves the latest only): the client's requests, pinned to its version, are refused. Create a new
+    client (with the repository's new ``item_vocab.json``); the states the old model wrote are stale for the new one.
+    Attributes ``old`` / ``new``: the version read at construction, the one served now."""
+
+    def __init__(self, message: str, old: str | None = None, new: str | None = None):
+        super().__init__(message)
+        self.old, self.new = old, new
+
+
+def _latest_version(metadata: dict) -> str | None:
+    """The highest version a model's metadata lists (Triton lists the versions that are READY), as a string; None
+    when it lists none (a server or stand-in that does not say)."""
+    vs = [str(v) for v in metadata.get("versions") or [] if str(v).isdigit()]
+    return max(vs, key=int) if vs else None
+
+
+def _answered_version(result) -> str | None:
+    """The ``model_version`` an infer result says answered it (tritonclient's ``get_response()``: a dict over http,
+    a ``ModelInferResponse`` over grpc); None when it does not say."""
+    try:
+        resp = result.get_response()
+    except Exception:                       # a stand-in result, or one without a response body
+        return None
+    v = resp.get("model_version") if isinstance(resp, dict) else getattr(resp, "model_version", None)
+    return str(v) if v not in (None, "") else None
 
 
 
@@ -142,6 +180,11 @@ class _Base:
         self.vocab = _load_vocab(vocab)
         self.timeout_s = timeout_s
         meta = self._metadata()
+        #: the model version this client serves from (str; None when the server lists none): the highest READY one
+        #: when it was created. Every request and config read is pinned to it, so that a model replaced on the
+        #: server (a new version: :func:`export.triton.write_repository`) is refused (:class:`ModelReplacedError`)
+        #: rather than served with what this client read of the old one (vocabulary, n_items, state fingerprint)
+        self.model_version = _latest_version(meta)
         self.inputs = {i["name"]: i for i in meta["inputs"]}
         self.outputs = {o["name"]: o for o in meta["outputs"]}
         if "item_ids" not in self.inputs or "topk_ids" not in self.outputs:
@@ -153,6 +196,8 @@ class _Base:
         #: with threads (or for every event's vector) pass ``return_vector(s)=True``, which returns the call's own
         self.last_user_vector: np.ndarray | None = None
         self.n_items = n_items or (self.vocab.n_items if self.vocab is not None else None)
+        if self.vocab is not None:
+            self._check_vocab_size()
         #: a ``--time-input gaps`` model: it takes float32 ``time_gaps`` and the client keeps ``last_ts``
         self.time_gaps = "time_gaps" in self.inputs
         self.uses_timestamps = "timestamps" in self.inputs or self.time_gaps
@@ -224,6 +269,61 @@ class _Base:
         return [self._m.InferRequestedOutput(n) for n in [*names, *(["user_vector"] if "user_vector" in self.outputs
                                                                      else [])]]
 
+    def _check_vocab_size(self) -> None:
+        """Refuse (ValueError) a ``vocab=`` of another size than the model's ``n_items`` config parameter (when the
+        config has one): its indices would name other items, or reach past the model's table."""
+        raw = self._param("n_items")
+        try:
+            want = int(raw) if raw is not None else None
+        except ValueError:
+            want = None
+        if want is not None and want != self.vocab.n_items:
+            raise ValueError(
+                f"vocab= holds {self.vocab.n_items - 1} item ids (n_items {self.vocab.n_items}), but model "
+                f"{self.model_name!r} serves {want - 1} items (its config's n_items parameter: {want}): pass the "
+                f"item_vocab.json of the model folder it is served from (was the model replaced on the server, or "
+                "the vocabulary, without the other?)")
+
+    def _replaced_hint(self) -> str:
+        """What :class:`ModelReplacedError`'s message adds for this kind of client."""
+        return "" if self.vocab is None else " with the model folder's new item_vocab.json"
+
+    def _replaced(self, now: str | None = None) -> ModelReplacedError | None:
+        """A :class:`ModelReplacedError` when the server now serves another version than :attr:`model_version`
+        (``now``: the version that answered; else the highest READY one its metadata lists now), else None (no
+        pinned version, or the server's metadata cannot be read: then the caller's own error stands)."""
+        if self.model_version is None:
+            return None
+        if now is None:
+            try:
+                now = _latest_version(self._metadata())
+            except (TritonRecommendError, self._exc, OSError):
+                return None
+        if now is None or now == self.model_version:
+            return None
+        return ModelReplacedError(
+            f"model {self.model_name!r} was replaced on the server (version {self.model_version} -> {now}): create "
+            f"a new client{self._replaced_hint()}", self.model_version, now)
+
+    def _send(self, ins: list, outs: list, **kw):
+        """``client.infer`` of this model, pinned to :attr:`model_version`. A request the server refuses because
+        the pinned version is gone (the model was replaced), or an answer from another version, raises
+        :class:`ModelReplacedError`; any other error is tritonclient's, for the caller to translate."""
+        if self.model_version is not None:
+            kw["model_version"] = self.model_version
+        try:
+            r = self.client.infer(self.model_name, ins, outputs=outs, **kw, **self._rpc)
+        except (self._exc, OSError) as e:
+            if not _outcome_unknown(e):
+                replaced = self._replaced()
+                if replaced is not None:
+                    raise replaced from None
+            raise
+        got = _answered_version(r)
+        if self.model_version is not None and got is not None and got != self.model_version:
+            raise self._replaced(got)
+        return r
+
     def _metadata(self) -> dict:
         try:
             if self.protocol == "grpc":
@@ -269,10 +369,15 @@ class _Base:
 
     def _model_config(self) -> dict:
         try:
+            pin = {} if getattr(self, "model_version", None) is None else {"model_version": self.model_version}
             if self.protocol == "grpc":
-                return self.client.get_model_config(self.model_name, as_json=True, **self._rpc).get("config", {})
-            return self.client.get_model_config(self.model_name)
+                return self.client.get_model_config(self.model_name, as_json=True, **pin, **self._rpc).get("config",
+                                                                                                            {})
+            return self.client.get_model_config(self.model_name, **pin)
         except self._exc as e:
+            replaced = self._replaced()
+            if replaced is not None:
+                raise replaced from None
             raise TritonRecommendError(f"cannot read the config of model {self.model_name!r}: {e.message()}") from None
 
     def _param(self, key: str, default=None):
@@ -533,6 +638,10 @@ class TritonRecommender(_Base):
         us = int((seq or {}).get("max_sequence_idle_microseconds") or 0)
         return us / 1e6 if us > 0 else 1.0
 
+    def _replaced_hint(self) -> str:
+        return (super()._replaced_hint() + "; the sequences live on the old version ended with it: prime() them "
+                "through the new client")
+
     def _remember(self, sid: int, gone: bool) -> None:
         """Keep ``sid`` among the sequences that idled out (``gone=False``: its next event goes without START, the
         server decides) or are gone (``True``: its next event is refused; its last timestamp dropped), forgetting
@@ -587,8 +696,7 @@ class TritonRecommender(_Base):
         outs = ([self._m.InferRequestedOutput(n) for n in live or ["topk_ids"]] if discard
                 else self._outputs_for(["topk_ids", "topk_scores", *live]))
         try:
-            r = self.client.infer(self.model_name, ins, outputs=outs, sequence_id=sid, sequence_start=start,
-                                  sequence_end=end, **self._rpc)
+            r = self._send(ins, outs, sequence_id=sid, sequence_start=start, sequence_end=end)
         except (self._exc, OSError) as e:
             if _outcome_unknown(e):
                 # no answer (client timeout, gRPC deadline, connection lost): the server usually got the request and
@@ -713,6 +821,8 @@ class TritonRecommender(_Base):
                     answer = self._infer(sid, ids[:, a:b], bool(start) and a == 0, bool(end) and b == n, ins,
                                          None if ts is None else float(ts[0, b - 1]), discard=b < n,
                                          who=user_or_sequence_id)
+                except ModelReplacedError:
+                    raise
                 except TritonRecommendError as e:
                     if a == 0 or (end and b == n):   # nothing applied yet / the caller closed the sequence anyway
                         raise
@@ -954,6 +1064,10 @@ class ExplicitStateRecommender(_Base):
         self._locks = state_store.UserLocks()
         self._count_lock = threading.Lock()
 
+    def _replaced_hint(self) -> str:
+        return (super()._replaced_hint() + "; states stored by the old model are stale (the new client refuses "
+                "them: prime() the users from their histories; during a rollout keep one store per model version)")
+
     def _stored_state(self, user_id, stored: dict | None) -> tuple[dict[str, np.ndarray], bool]:
         """The state to continue from ``stored`` (None: nothing stored), checked to be this model's
         (:func:`export.state_store.usable_state`, then every state tensor there, in the model's datatype and shape):
@@ -1112,7 +1226,7 @@ class ExplicitStateRecommender(_Base):
                         ins += self._candidates_input(None if cands is None else [
                             cands[i] if end else unrestricted for i, end in zip(chunk, last)], len(chunk))
                         try:
-                            r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
+                            r = self._send(ins, outs)
                         except (self._exc, OSError) as e:
                             raise _piece_error(e, rnd, self.max_new_items) from None
                         top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
@@ -1244,7 +1358,7 @@ class WindowRecommender(_Base):
                 ins.append(self._input("timestamps", ts, "FP64"))
             ins += self._candidates_input(None if cands is None else cands[at:at + self.max_batch], len(chunk))
             try:
-                r = self.client.infer(self.model_name, ins, outputs=outs, **self._rpc)
+                r = self._send(ins, outs)
             except (self._exc, OSError) as e:
                 raise _stateless_error(e, "a window request keeps nothing on the server") from None
             top, scores = r.as_numpy("topk_ids"), r.as_numpy("topk_scores")
@@ -1264,7 +1378,7 @@ class WindowRecommender(_Base):
 
 
 __all__ = ["TritonRecommender", "ExplicitStateRecommender", "WindowRecommender", "TritonRecommendError",
-           "UnknownItemError", "sequence_id"]
+           "ModelReplacedError", "UnknownItemError", "sequence_id"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

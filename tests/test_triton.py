@@ -3779,17 +3779,18 @@ def test_a_model_folder_the_generator_did_not_write_is_kept(mamba, mamba_export,
     (mdir / "1" / "__pycache__" / "model.cpython-312.pyc").write_bytes(b"x")
     T.write_repository(mamba_export, repo, name="ours", queue_delay_us=800)
     (mdir / "config.pbtxt").write_text((mdir / "config.pbtxt").read_text().replace("count: 1", "count: 4"))
-    (mdir / "2").mkdir()
-    (mdir / "2" / "model.onnx").write_bytes(b"v2")
+    assert T.model_versions(mdir) == [2, 3]          # each write the next version, the one before kept (session 46)
+    (mdir / "9").mkdir()                              # a version folder added by hand
+    (mdir / "9" / "model.onnx").write_bytes(b"v9")
     edited = _files(mdir)
-    with pytest.raises(FileExistsError, match=r"holds files changed or added since .*\(2/model.onnx, config.pbtxt\)"):
+    with pytest.raises(FileExistsError, match=r"holds files changed or added since .*\(9/model.onnx, config.pbtxt\)"):
         T.write_repository(mamba_export, repo, name="ours")
     with pytest.raises(SystemExit) as e:
         T.main(["--onnx", str(mamba_export), "--repo", str(repo), "--name", "ours"])
-    assert e.value.code == 2 and "2/model.onnx, config.pbtxt" in capsys.readouterr().err
+    assert e.value.code == 2 and "9/model.onnx, config.pbtxt" in capsys.readouterr().err
     assert _files(mdir) == edited
     T.write_repository(mamba_export, repo, name="ours", force=True)
-    assert not (mdir / "2").exists()
+    assert T.model_versions(mdir) == [10]             # after the highest; the folder forced over is not kept
     # a folder from before the mark: the generator's README line vouches for it
     (mdir / T.MODEL_MARK).unlink()
     T.write_repository(mamba_export, repo, name="ours")
@@ -3802,27 +3803,29 @@ def test_regenerating_a_tensorrt_folder_keeps_a_plan_built_from_the_same_inputs(
     """The 1/model.plan that build_engine.sh built (minutes of TensorRT build) was deleted whenever its folder was
     regenerated: it is kept when the graph, plugin library and build settings are byte-identical (a new queue delay
     changes the config only), and the output says it was dropped otherwise (a new max_batch_size is another profile;
-    an onnxruntime model has no engine)."""
+    an onnxruntime model has no engine). Each regeneration writes the next version folder (session 46): the plan
+    kept moves into it."""
     repo = tmp_path / "r"
     mdir = T.write_repository(mamba_export, repo, name="t", backend="tensorrt", max_batch_size=8)
-    plan = mdir / "1" / "model.plan"
-    plan.write_bytes(b"engine built in the container")
+    plan = lambda v: mdir / str(v) / "model.plan"  # noqa: E731
+    plan(1).write_bytes(b"engine built in the container")
     capsys.readouterr()
     T.write_repository(mamba_export, repo, name="t", backend="tensorrt", max_batch_size=8, queue_delay_us=900)
-    assert plan.read_bytes() == b"engine built in the container" and "queue_delay_microseconds: 900" in (
+    assert plan(2).read_bytes() == b"engine built in the container" and "queue_delay_microseconds: 900" in (
         mdir / "config.pbtxt").read_text()
-    assert f"note: kept {plan}" in capsys.readouterr().err
+    assert f"note: kept {plan(1)}" in capsys.readouterr().err
     T.write_repository(mamba_export, repo, name="t", backend="tensorrt", max_batch_size=16)
-    assert not plan.exists()
+    assert not plan(3).exists()
     err = capsys.readouterr().err
-    assert f"note: dropped {plan}: the graph, plugin library or build settings" in err and "serve.sh builds" in err
-    plan.write_bytes(b"engine")
+    assert f"note: dropped {plan(2)}: the graph, plugin library or build settings" in err and "serve.sh builds" in err
+    plan(3).write_bytes(b"engine")
     given = tmp_path / "given.plan"
     given.write_bytes(b"the one passed")
     T.write_repository(mamba_export, repo, name="t", backend="tensorrt", max_batch_size=16, plan=str(given))
-    assert plan.read_bytes() == b"the one passed"
+    assert plan(4).read_bytes() == b"the one passed"
     T.write_repository(mamba_export, repo, name="t", backend="onnxruntime")
-    assert not plan.exists() and "no longer served by TensorRT" in capsys.readouterr().err
+    assert not plan(5).exists() and "no longer served by TensorRT" in capsys.readouterr().err
+    assert T.model_versions(mdir) == [4, 5]
 
 
 def test_regenerating_keeps_the_plugin_library_put_in_by_hand(mamba_export, tmp_path, capsys, monkeypatch):
@@ -3837,8 +3840,8 @@ def test_regenerating_keeps_the_plugin_library_put_in_by_hand(mamba_export, tmp_
     assert (mdir / "plugins" / "README.md").is_file() and not lib.exists()
     lib.write_bytes(b"built for the container")
     (mdir / "1" / "model.plan").write_bytes(b"engine")
-    T.write_repository(mamba_export, repo, name="t", backend="tensorrt", queue_delay_us=900)
-    assert lib.read_bytes() == b"built for the container" and (mdir / "1" / "model.plan").read_bytes() == b"engine"
+    T.write_repository(mamba_export, repo, name="t", backend="tensorrt", queue_delay_us=900)     # version 2
+    assert lib.read_bytes() == b"built for the container" and (mdir / "2" / "model.plan").read_bytes() == b"engine"
     assert f"note: kept {lib}, put there by hand" in capsys.readouterr().err
     lib.write_bytes(b"rebuilt")                                   # still the user's: carried again
     T.write_repository(mamba_export, repo, name="t", backend="tensorrt")

@@ -236,6 +236,8 @@ def derived_field(name: str, formula: str, compute: Callable[[Any], Any], doc: s
 
 #: the values of :attr:`SeqRecPreTrainedModel.model_family`
 MODEL_FAMILIES = ("ssm", "baseline")
+#: the values of :attr:`SeqRecPreTrainedModel.training_objective`
+TRAINING_OBJECTIVES = ("next_item", "cloze")
 #: ``config.json`` keys that are the zoo's own record, not model fields (:meth:`SeqRecPreTrainedModel.save_pretrained`)
 ZOO_CONFIG_KEYS = frozenset({"item_vocab_file"})
 #: RecBole's names of fields the zoo names otherwise: the model docstrings cite RecBole, so RecBole users type these
@@ -563,6 +565,10 @@ class SeqRecPreTrainedModel(PreTrainedModel):
     #: GRU4Rec); its model card is tagged ``state-space-model`` or ``baseline`` (:func:`zoo.hub.make_card`). Each
     #: model class sets it; :func:`zoo.models.register_model` refuses a class that leaves it ``None``
     model_family: ClassVar[str | None] = None
+    #: what ``forward(input_ids, labels=[B, L])`` optimises, which ``zoo.train`` reads (its checks, log and card):
+    #: ``"next_item"``, the labels are per-position targets; ``"cloze"``, a masked-item objective of the model's own
+    #: (BERT4Rec), where the labels are no per-position targets (no ``--window-stride``, no target loss weighting)
+    training_objective: ClassVar[str] = "next_item"
     #: the item table, ``nn.Embedding [n_items (+ extra rows), D]`` (HF's ``get_input_embeddings`` reads this name);
     #: the output layer's weight is its first ``n_items`` rows (:meth:`item_output`)
     _input_embed_layer = "item_embedding"

@@ -14,7 +14,8 @@ augmentation). ``--window-stride S`` (< ``max_seq_length``) overlaps the windows
 positions of each, so every target sees ``>= max_seq_length - S + 1`` items (or its whole prefix), as under prefix
 augmentation, for ``~max_seq_length / S`` times the compute on long histories (see ``zoo.data.batching``).
 BERT4Rec is the exception: it trains with its masked-item (Cloze) objective on the same non-overlapping windows (see
-``zoo.models.bert4rec``); ``describe_objective`` gives the sentence the log and the card carry for each model.
+``zoo.models.bert4rec``), as does any model class with ``training_objective = "cloze"`` (the class attribute, not the
+``model_type``, decides); ``describe_objective`` gives the sentence the log and the card carry for each model.
 ``--loss sampled-softmax`` replaces the cross-entropy over all items by sampled softmax against ``--negatives`` items
 shared by the batch (:mod:`zoo.losses`), for catalogues too large to score whole at every target; validation and test
 rank the full catalogue either way.
@@ -391,9 +392,33 @@ def loss_scale(labels: torch.Tensor, targets_per_batch: float, weighting: str) -
     raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
 
 
+def registered_model_class(model_type: str) -> type | None:
+    """The model class registered for ``model_type`` (a plugin's found through its entry point), or None."""
+    from .models import MODELS
+
+    entry = MODELS.get(model_type) if isinstance(model_type, str) else None
+    return entry[1] if entry is not None else None
+
+
+def training_objective(model_type: str) -> str:
+    """The registered model class's ``training_objective`` (:data:`zoo.modeling_utils.TRAINING_OBJECTIVES`):
+    ``"cloze"`` for a masked-item model (BERT4Rec, or a contributed one that sets it), whose labels are no
+    per-position targets; ``"next_item"`` for every other model and for a type not registered."""
+    return getattr(registered_model_class(model_type), "training_objective", "next_item")
+
+
+def _objective_owner(model_type: str) -> str:
+    """How messages name the model whose objective it is: its class name without ``Model`` (``"BERT4Rec"``)."""
+    cls = registered_model_class(model_type)
+    name = cls.__name__ if cls is not None else model_type
+    return name[:-len("Model")] if name.endswith("Model") and len(name) > len("Model") else name
+
+
 def describe_objective(model_type: str, max_len: int, stride: int, config: dict | None = None,
                        loss: str | None = None) -> str:
-    """One sentence for the training log and the model card: what ``zoo.train`` optimised for this model.
+    """One sentence for the training log and the model card: what ``zoo.train`` optimised for this model, chosen by
+    the model class's ``training_objective`` (``"cloze"``: a masked-item objective) and ``WindowRecomputeMixin``
+    (RecBole's prefix objective), not by its ``model_type``.
 
     Args:
         model_type: the model's ``config.model_type``.
@@ -403,12 +428,17 @@ def describe_objective(model_type: str, max_len: int, stride: int, config: dict 
         loss: what replaces the full cross-entropy (:meth:`zoo.losses.NegativeSampler.describe`), if anything.
     """
     ce = loss or "cross-entropy over all items"
-    if model_type == "bert4rec":
+    if training_objective(model_type) == "cloze":
         c = config or {}
+        owner = _objective_owner(model_type)
+        fields = registered_model_class(model_type).config_class.init_fields()
+        if not {"mask_ratio", "ft_ratio"} <= fields:      # a contributed masked-item model: its forward's own masking
+            return (f"{owner}'s masked-item (Cloze) objective (its own forward), on non-overlapping windows of "
+                    f"max_seq_length = {max_len}; {ce} at the masked positions it predicts")
         ft = (f"with probability ft_ratio = {c.get('ft_ratio')} a batch instead masks only the last item of each row"
               + (" (of a uniformly drawn prefix, one RecBole prefix sample per window)"
                  if c.get("ft_prefix_sampling", True) else ""))
-        return (f"BERT4Rec's masked-item (Cloze) objective in RecBole's form, on non-overlapping windows of "
+        return (f"{owner}'s masked-item (Cloze) objective in RecBole's form, on non-overlapping windows of "
                 f"max_seq_length = {max_len} (plus the item after each window): every item is masked with probability "
                 f"mask_ratio = {c.get('mask_ratio')}, {ft}; {ce} at the predicted masked "
                 "positions; masks are drawn anew every epoch")
@@ -580,11 +610,14 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
     loss_scale(torch.ones(1, 1, dtype=torch.long), 1.0, loss_weighting)
     if batch_order not in BATCH_ORDERS:
         raise ValueError(f"batch_order must be one of {BATCH_ORDERS}, got {batch_order!r}")
-    if loss_weighting == "target" and model_type == "bert4rec":
-        raise ValueError("--loss-weighting target: BERT4Rec's Cloze loss is not a mean over the labelled positions")
-    if window_stride is not None and model_type == "bert4rec":
-        raise ValueError("--window-stride: BERT4Rec's Cloze objective does not use per-position targets, so "
-                         "overlapping windows would only repeat masked items; use the default non-overlapping windows")
+    cloze = training_objective(model_type) == "cloze"         # BERT4Rec's masked-item objective (the class says)
+    if loss_weighting == "target" and cloze:
+        raise ValueError(f"--loss-weighting target: {_objective_owner(model_type)}'s Cloze loss is not a mean over the "
+                         "labelled positions")
+    if window_stride is not None and cloze:
+        raise ValueError(f"--window-stride: {_objective_owner(model_type)}'s Cloze objective does not use per-position "
+                         "targets, so overlapping windows would only repeat masked items; use the default "
+                         "non-overlapping windows")
     preset = dict(TRAIN_PRESETS.get(model_type, DEFAULT_PRESET))
     for k, v in dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, clip=clip).items():
         if v is not None:
@@ -890,8 +923,9 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
         if decay_over == "budget":
             preset["decay_over"] = f"{TIME_BUDGET} of {max_minutes} minutes"
         n_params = sum(p.numel() for p in model.parameters())
-        # BERT4Rec's Cloze objective predicts a random subset of the window items each epoch, not each of them
-        what = "window items (Cloze: a random subset predicted per epoch)" if model_type == "bert4rec" else "targets"
+        # a Cloze objective (BERT4Rec's) predicts a random subset of the window items each epoch, not each of them
+        what = ("window items (Cloze: a random subset predicted per epoch)"
+                if training_objective(model_type) == "cloze" else "targets")
         print(f"[zoo.train] {model_type}: {n_params:,} parameters | data {ds.name}: {ds.n_users:,} users, "
               f"{ds.n_items:,} items, {ds.n_interactions:,} interactions | {len(windows):,} training windows, "
               f"{windows.n_positions:,} {what} ({windows.n_computed:,} positions computed, stride {windows.stride}) | "

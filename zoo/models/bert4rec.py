@@ -151,6 +151,7 @@ class BERT4RecModel(SeqRecPreTrainedModel):
     has_exact_step = False
     uses_timestamps = False
     fixed_window = True        # max_seq_length position embeddings
+    training_objective = "cloze"   # forward's masked-item objective: zoo.train gives it its checks and description
     #: bound on ``windows * window_len**2`` encoded at once by :meth:`_step` (memory cap)
     step_chunk_elems = 1 << 22
 

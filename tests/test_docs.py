@@ -339,7 +339,7 @@ def test_export_readme_states_export_models_signature_and_every_option(monkeypat
     assert not missing, f"export/README.md does not name {missing}"
 
 
-def test_console_scripts_exit_0_after_a_successful_run(monkeypatch, capsys):
+def test_console_scripts_exit_0_after_a_successful_run(monkeypatch, capsys, request):
     """pyproject's console scripts run as pip's wrappers run them, ``sys.exit(entry())``: status 0 after success
     (they pointed at the ``main`` functions, whose returned dict -- the recommendations, a run's log, the metrics --
     became an exit status of 1 and a dict dumped on stderr), and each runs its own command (its argv reaches it).
@@ -351,10 +351,14 @@ def test_console_scripts_exit_0_after_a_successful_run(monkeypatch, capsys):
         tomllib = pytest.importorskip("tomli", reason=f"Python {sys.version.split()[0]} has no tomllib (3.11+) to read "
                                       "pyproject.toml, and its backport tomli is not installed: pip install tomli")
 
+    import export.fsutil
     from export.fsutil import SCRIPTS
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
     assert set(scripts) == set(SCRIPTS.values())
+    # the wrappers mark the process as run by a script (usage lines then name it): undone at the end, or later tests'
+    # `python -m` usage lines would name the last script
+    request.addfinalizer(lambda saved=export.fsutil._running_script: setattr(export.fsutil, "_running_script", saved))
     for module_name, name in SCRIPTS.items():
         module, attr = scripts[name].split(":")
         entry = getattr(importlib.import_module(module), attr)

@@ -210,6 +210,37 @@ def test_broken_entry_points_warn_naming_entry_point_and_distribution_and_the_re
         get_model_class("plug_other")
 
 
+def test_a_checkpoint_of_a_broken_plugins_type_names_the_failed_entry_point(tmp_path, fresh, monkeypatch):
+    """A saved model whose ``model_type`` only a broken plugin would register: loading it is the one-line "not a zoo
+    model" error, which now also names the entry point that failed (not only the PluginWarning before it)."""
+    monkeypatch.syspath_prepend(str(good_and_broken(tmp_path / "site")))
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"model_type": "plug_missing", "n_items": 12}))
+    with pytest.warns(PluginWarning), pytest.raises(ValueError) as e:
+        zoo.SeqRecPreTrainedModel.from_pretrained(tmp_path / "ckpt")
+    assert "model_type 'plug_missing' is not a zoo model" in str(e.value)
+    assert "'plug_missing' would come from ssm_rec_zoo.models entry point 'plug_missing'" in str(e.value), e.value
+
+
+def test_hf_trainer_reads_the_training_objective_not_the_model_type(tmp_path, fresh, monkeypatch):
+    """zoo.hf_trainer refuses overlapping windows for any Cloze model (as zoo.train does), naming its class."""
+    from zoo.data import leave_one_out, load_dataset
+    from zoo.hf_trainer import trainer_kwargs
+
+    monkeypatch.syspath_prepend(str(good_and_broken(tmp_path / "site")))
+    with pytest.warns(PluginWarning):
+        cfg_cls, model_cls = get_model_class("plug_cloze")
+    rows = [f"{u}\t{(u + t) % 9 + 1}\t{t}" for u in range(1, 7) for t in range(8)]
+    (tmp_path / "log.tsv").write_text("user_id\titem_id\ttimestamp\n" + "\n".join(rows) + "\n")
+    ds = load_dataset(str(tmp_path / "log.tsv"), kcore=None)
+    model = model_cls(cfg_cls(n_items=ds.vocab.n_items, max_seq_length=6))
+    model.set_item_vocab(ds.vocab)
+    split = leave_one_out(ds)
+    with pytest.raises(ValueError, match=r"stride=1: PlugCloze's Cloze objective does not use per-position targets"):
+        trainer_kwargs(model, split, stride=1)
+    assert len(trainer_kwargs(model, split)["train_dataset"]) > 0
+
+
 def test_training_objective_is_the_model_classes(tmp_path, fresh, monkeypatch):
     """zoo.train picks the Cloze checks and description from ``training_objective``: BERT4Rec's is ``"cloze"``, the
     other built-ins' ``"next_item"``, and a contributed masked-item model gets the Cloze treatment under its own

@@ -307,8 +307,9 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] | None = None, stride:
     ks = default_ks(n_real) if ks is None else check_cutoffs(ks, n_real, "model")
     _check_split_fits(model, split)
     L = int(model.config.max_seq_length)
-    if stride is not None and stride != L and model.config.model_type == "bert4rec":   # as zoo.train refuses it
-        raise ValueError(f"stride={stride}: BERT4Rec's Cloze objective does not use per-position targets, so "
+    if stride is not None and stride != L and getattr(model, "training_objective", None) == "cloze":   # as zoo.train
+        owner = type(model).__name__.removesuffix("Model")
+        raise ValueError(f"stride={stride}: {owner}'s Cloze objective does not use per-position targets, so "
                          "overlapping windows would only repeat masked items; leave stride at None (non-overlapping "
                          "windows)")
     windows = training_windows(split.train, int(model.config.max_seq_length),

@@ -1804,8 +1804,10 @@ def _check_model_type(path: str, cls: type | None = None) -> type[SeqRecConfig] 
             and isinstance(model_type, str) and own.model_type == model_type:
         return own
     if model_type not in MODELS:
+        from .models import failed_entry_points_note
+
         raise ValueError(f"{os.path.join(path, 'config.json')}: model_type {model_type!r} is not a zoo model "
-                         f"(the zoo has {sorted(MODELS)})")
+                         f"(the zoo has {sorted(MODELS)}){failed_entry_points_note(str(model_type))}")
     return MODELS[model_type][0]
 
 

@@ -1,7 +1,9 @@
 """SSM recommender zoo: state-space-model sequential recommenders as Hugging Face models.
 
 Importing :mod:`zoo` registers every model with ``transformers.AutoConfig`` / ``AutoModel``; a model of another
-package is registered with :func:`register_model` (``zoo/models/README.md``, "Adding a model").
+package is registered with :func:`register_model` (``zoo/models/README.md``, "Adding a model"), which an installed
+package's ``ssm_rec_zoo.models`` entry point does for it (found on the first lookup of a model type the zoo lacks, so
+the command-line tools know its models).
 """
 
 from .modeling_utils import (ItemVectors, Recommendations, SeqRecConfig, SeqRecOutput, SeqRecPreTrainedModel,

@@ -30,7 +30,10 @@ Interactions of one user with equal timestamps keep their file order (a stable s
 the users, and a model loses ~0.04 HR@10 on the order it was not trained on (``bench/TIE_ORDER.md``), so evaluate with
 the order of its training (a card's ``eval_results.json`` says which, under ``data_options``). Unless given,
 ``--kcore`` and ``--time-ties`` are those the ``--model``'s run logged (``train_log.json``, a soup's or a card's
-log), else zoo.train's defaults (auto, file), as zoo.recommend and zoo.embed read ``--data``.
+log), else zoo.train's defaults (auto, file), as zoo.recommend and zoo.embed read ``--data``. The line under the text
+header says what that load left out or kept beyond the counts: the rows, users and items the k-core filter removed
+from the file's, and the rows that repeat an earlier (user, item, time) row (kept, as RecBole keeps them); the JSON's
+``dataset`` holds the same counts (``read``, ``kcore``, ``kcore_removed``, ``repeated_rows``).
 
 ``--onnx DIR`` evaluates an exported graph (``python -m export.onnx``) instead, with ONNX Runtime only: the artefact a
 server runs, on the same examples and windows (:func:`evaluate_onnx`). A step graph is primed with each user's window in
@@ -896,6 +899,7 @@ def _evaluate(args) -> dict:
     print(f"{type(model).__name__} ({args.model}) on {ds.name}: {args.split}, {len(examples)} users, "
           f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}",
           file=text_stream(args.json, args.ranks_out))
+    _print_load_note(ds, args)
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     return _report(result, examples, ranks, ds.vocab, args, args.model, split.train)
@@ -948,6 +952,7 @@ def _main_baseline(args, t0: float) -> dict:
     what = {"pop": "most-popular", "markov": "first-order transitions (markov)"}[args.baseline]
     print(f"{what} baseline on {ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
           f"{' (history excluded)' if args.exclude_history else ''}", file=text_stream(args.json, args.ranks_out))
+    _print_load_note(ds, args)
     return _report(result, examples, ranks, ds.vocab, args, f"baseline:{args.baseline}", split.train)
 
 
@@ -1018,6 +1023,16 @@ def _load_data(args):
         return load_dataset(args.data, kcore=args.kcore, time_ties=args.time_ties, columns=args.columns)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def _print_load_note(ds, args) -> None:
+    """The text header's second line: what ``--data``'s load left out or kept that the counts do not show (the
+    k-core filter's rows, users and items; rows that repeat an earlier (user, item, time) row), as
+    :meth:`~zoo.data.SequenceDataset.load_note` says it; nothing when there is nothing to say. The JSON has the
+    same counts in ``dataset`` (:meth:`~zoo.data.SequenceDataset.stats`)."""
+    note = ds.load_note()
+    if note:
+        print(f"data {ds.name}: {note}", file=text_stream(args.json, args.ranks_out))
 
 
 def _split(ds, args, note: str = ""):
@@ -1335,6 +1350,7 @@ def _main_onnx(args, t0: float) -> dict:
     print(f"ONNX {spec['kind']} graph of {spec.get('model_type')} ({args.onnx}, {spec.get('precision', 'fp32')}) on "
           f"{ds.name}: {args.split}, {len(examples)} users, protocol {protocol['name']}"
           + (" (history excluded by the graph)" if excluded else ""), file=text_stream(args.json, args.ranks_out))
+    _print_load_note(ds, args)
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     return _report(result, examples, ranks, ds.vocab, args, os.path.abspath(args.onnx), split.train,

@@ -1058,8 +1058,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     dataset = {"name": dataset_name, "type": dataset_type, "users": len(ds.sequences), "benchmark": benchmark,
                "source": source, "path": data, "timed": loaded.timestamps is not None, "options": data_options,
                "item_id_type": loaded.vocab.id_type,
-               "description": _with_dropped(description or f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} "
-                                                           f"items, {ds.n_interactions:,} interactions", dropped)}
+               "description": _with_dropped(description or _data_description(data_file, loaded, ds), dropped)}
     notes = "\n\n".join(n for n in (kept_notes, notes.strip()) if n)   # the replaced card's notes first
     # the new card is written into a staged copy of the folder and swapped in whole: a failure on the way (an ONNX
     # graph that no longer verifies, a full disk) leaves the card folder as it was
@@ -1080,6 +1079,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
             with written_whole(os.path.join(stage, "eval_results.json")) as f:
                 f.write(strict_json({"metrics": metrics, "intervals_95": {k: list(v) for k, v in intervals.items()},
                                      "protocol": protocol, "data_file": data_file, "data_options": data_options,
+                                     "dataset": ds.stats(),     # counts as read, the k-core applied, what it removed
                                      "unknown_items": unknown_items, **({"dropped": dropped} if dropped else {}),
                                      "exclude_history": exclude_history, "baselines": baselines,
                                      **({"reference_protocol": reference} if reference else {}),
@@ -1171,6 +1171,20 @@ def run_unknown_items(log: dict) -> str:
     ``"drop"`` (their interactions left out) for a run that dropped them from its training data (``zoo.train
     --init-from X --unknown-items drop``: its log's ``init_items``), else ``"error"`` (every item must be known)."""
     return "drop" if (log.get("init_items") or {}).get("unknown_items") == "drop" else "error"
+
+
+def _data_description(data_file: str, loaded, ds) -> str:
+    """The card's data line by default: the file's counts as read and what the run's k-core filter left of them
+    (``loaded``: :func:`zoo.data.load_dataset`'s dataset, :meth:`~zoo.data.SequenceDataset.load_note`), e.g.
+    ``"`shop.csv`: 19,747 rows of 200 users and 1,420 items; after the 5-core filter (1,115 rows, 0 users and 540
+    items removed) 18,632 interactions, 200 users, 880 items"``; unfiltered data keeps the counts of ``ds`` (the
+    sequences measured) as ``"`f.csv`: U users, I items, N interactions"``. Rows that repeat an earlier (user, item,
+    time) row are counted after either (kept, as RecBole keeps them)."""
+    note = loaded.load_note()
+    if loaded.kcore and note:
+        return f"`{data_file}`: {note}"
+    return (f"`{data_file}`: {ds.n_users:,} users, {ds.n_items:,} items, {ds.n_interactions:,} interactions"
+            + (f"; {note}" if note else ""))
 
 
 def _with_dropped(description: str, dropped: dict | None) -> str:
@@ -1765,8 +1779,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--dataset-name", help="default: a recognised benchmark's, e.g. 'MovieLens-1M (5-core)'; else the "
                                           "replaced card's; else the data file")
     c.add_argument("--description",
-                   help="the card's data line, markdown (default: the data file's name and its users, items and "
-                        "interactions)")
+                   help="the card's data line, markdown (default: the data file's name, its rows, users and items "
+                        "as read and the interactions, users and items its k-core filter left)")
     c.add_argument("--notes", help="markdown file appended to the card, e.g. an ablation or a data caveat (default: "
                                    "none)")
     c.add_argument("--keep-notes", action="store_true",

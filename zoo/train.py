@@ -689,6 +689,8 @@ def _set_up(model_type: str, data: str, out: str, *, epochs: int, patience: int,
         if resumed:     # the same file name is not the same data: an edited file would continue on other data
             was = (resumed[1].get("log") or {}).get("dataset")
             now = ds.stats()
+            if isinstance(was, dict):       # a log written before stats() held the load's counts: the keys it has
+                now = {k: v for k, v in now.items() if k in was}
             if isinstance(was, dict) and was != now:
                 diff = "; ".join(f"{k}: the run's {was.get(k)!r}, now {now.get(k)!r}" for k in now
                                  if was.get(k) != now.get(k))
@@ -930,6 +932,8 @@ def train(model_type: str, data: str, out: str, epochs: int = 200, patience: int
               f"{ds.n_items:,} items, {ds.n_interactions:,} interactions | {len(windows):,} training windows, "
               f"{windows.n_positions:,} {what} ({windows.n_computed:,} positions computed, stride {windows.stride}) | "
               f"device {device} | {preset}", flush=True)
+        if ds.load_note():          # what the k-core removed from the file's rows, users and items; repeated rows
+            print(f"[zoo.train] data {ds.name}: {ds.load_note()}", flush=True)
         if sampler is not None:
             print(f"[zoo.train] loss: {sampler.describe()}", flush=True)
         if preset.get("sparse_item_grad"):

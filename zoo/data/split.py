@@ -232,6 +232,9 @@ class SequenceDataset:
         name: a label for messages / reports (by default the file name).
         kcore: ``(user_k, item_k)`` of the k-core filter applied by :func:`load_dataset`, ``None`` if unfiltered.
         time_ties: how rows with equal timestamps were ordered (:data:`TIME_TIES`): ``"file"`` or ``"item"``.
+        loaded: what :func:`load_dataset` read and what its filter removed (:func:`load_report`), ``None`` for a
+            dataset built otherwise; :meth:`stats` and :meth:`load_note` report it, and :meth:`reencode` keeps it
+            (it describes the file, not the items a vocabulary dropped since).
 
     One built by hand is checked on construction (:meth:`__post_init__`, a ``ValueError`` naming the user): int
     indices in ``1..n_items``, timestamps read as :class:`~zoo.data.readers.Interactions` reads them (bools, strings,
@@ -246,6 +249,7 @@ class SequenceDataset:
     name: str = ""
     kcore: tuple | None = None
     time_ties: str = "file"
+    loaded: dict | None = None
 
     def __post_init__(self):
         """Checks a dataset built by hand as :func:`build_sequences` builds it (``ValueError`` naming the user): as
@@ -300,12 +304,53 @@ class SequenceDataset:
         return int(sum(len(s) for s in self.sequences))
 
     def stats(self) -> dict:
-        """Users, items, interactions and sequence-length summary."""
+        """Users, items, interactions and sequence-length summary (of the sequences as they are, after any filter).
+
+        A dataset from :func:`load_dataset` adds what it read and what its filter removed (JSON values only, so a
+        logged copy compares equal): ``read`` (``{"rows", "users", "items"}`` of the file, before any filter),
+        ``repeated_rows`` (rows that repeat an earlier row's (user, item, timestamp), all kept; ``None`` for a file
+        without timestamps), ``kcore`` (``[user_k, item_k]`` applied, ``None`` when unfiltered) and
+        ``kcore_removed`` (``{"rows", "users", "items"}`` the k-core filter removed; ``None`` when unfiltered)."""
         lens = np.fromiter((len(s) for s in self.sequences), dtype=np.int64, count=len(self.sequences))
-        return {"users": self.n_users, "items": self.n_items, "interactions": int(lens.sum()),
-                "avg_length": float(lens.mean()) if len(lens) else 0.0,
-                "median_length": float(np.median(lens)) if len(lens) else 0.0,
-                "min_length": int(lens.min()) if len(lens) else 0, "max_length": int(lens.max()) if len(lens) else 0}
+        out = {"users": self.n_users, "items": self.n_items, "interactions": int(lens.sum()),
+               "avg_length": float(lens.mean()) if len(lens) else 0.0,
+               "median_length": float(np.median(lens)) if len(lens) else 0.0,
+               "min_length": int(lens.min()) if len(lens) else 0, "max_length": int(lens.max()) if len(lens) else 0}
+        if self.loaded is not None:
+            removed = self.loaded.get("kcore_removed")
+            out.update({"read": dict(self.loaded["read"]), "repeated_rows": self.loaded.get("repeated_rows"),
+                        "kcore": [int(k) for k in self.kcore] if self.kcore else None,
+                        "kcore_removed": dict(removed) if removed is not None else None})
+        return out
+
+    def load_note(self) -> str:
+        """What :func:`load_dataset` left out or kept that its counts do not show, in words (``""`` when there is
+        nothing to say: no filter and no repeated rows, or a dataset not from :func:`load_dataset`), e.g.
+        ``"19,747 rows of 200 users and 1,420 items; after the 5-core filter (1,115 rows, 0 users and 540 items
+        removed) 18,632 interactions, 200 users, 880 items"``, then ``"; 500 rows repeat an earlier (user, item,
+        time) row; kept, as RecBole keeps them"`` when the file has such rows. The counts after the filter are the
+        filter's, before any item a model's vocabulary lacks is dropped (:meth:`reencode`)."""
+        if self.loaded is None:
+            return ""
+        parts = []
+        read, removed = self.loaded["read"], self.loaded.get("kcore_removed")
+        if self.kcore and removed is not None:
+            uk, ik = self.kcore
+            label = f"{uk}-core" if uk == ik else f"{uk}/{ik}-core (user/item)"
+            head = f"{_n(read['rows'], 'row')} of {_n(read['users'], 'user')} and {_n(read['items'], 'item')}"
+            if removed["rows"]:
+                parts.append(f"{head}; after the {label} filter ({_n(removed['rows'], 'row')}, "
+                             f"{_n(removed['users'], 'user')} and {_n(removed['items'], 'item')} removed) "
+                             f"{_n(read['rows'] - removed['rows'], 'interaction')}, "
+                             f"{_n(read['users'] - removed['users'], 'user')}, "
+                             f"{_n(read['items'] - removed['items'], 'item')}")
+            else:
+                parts.append(f"{head}; the {label} filter removed nothing")
+        repeated = self.loaded.get("repeated_rows")
+        if repeated:
+            parts.append(f"{repeated:,} row{'s' if repeated != 1 else ''} repeat{'s' if repeated == 1 else ''} an "
+                         "earlier (user, item, time) row; kept, as RecBole keeps them")
+        return "; ".join(parts)
 
     def check_timestamps_for(self, reader: str) -> None:
         """Before a time-aware model (named ``reader``) trains or is evaluated on this data: ``ValueError`` when the
@@ -379,11 +424,16 @@ class SequenceDataset:
             seqs.append(new[keep] if not keep.all() else new)
             if tss is not None:
                 tss.append(self.timestamps[r][keep])
-        return SequenceDataset(users, seqs, tss, vocab, self.name, self.kcore, self.time_ties)
+        return SequenceDataset(users, seqs, tss, vocab, self.name, self.kcore, self.time_ties, self.loaded)
 
     def __repr__(self) -> str:
         return (f"SequenceDataset({self.name!r}: {self.n_users} users, {self.n_items} items, "
                 f"{self.n_interactions} interactions, {'timestamps' if self.timestamps is not None else 'order only'})")
+
+
+def _n(count: int, word: str) -> str:
+    """``"1 row"``, ``"1,115 rows"``: a count and its word, plural but for one."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
 def _check_time_order(timestamps: list, users: list, name: str) -> None:
@@ -478,6 +528,42 @@ def load_options(kcore="auto", time_ties: str = "file", columns: dict | None = N
     return {"kcore": kcore, "time_ties": time_ties, **({"columns": dict(columns)} if columns else {})}
 
 
+def repeated_rows(inter: Interactions) -> int | None:
+    """Rows of ``inter`` that repeat an earlier row's (user, item, timestamp) exactly (an event logged twice); the
+    first of each such group is not counted. ``None`` when ``inter`` has no timestamps (a repeated (user, item) is
+    then another event, not the same one). Nothing is removed: RecBole keeps such rows too, and they count in the
+    k-core (an item may pass it by its repeats)."""
+    _need_interactions(inter, "repeated_rows")
+    if inter.timestamp is None:
+        return None
+    if len(inter) < 2:
+        return 0
+    ucode, _ = factorize(inter.user)
+    icode, items = factorize(inter.item)
+    pair = ucode * np.int64(len(items)) + icode                     # one key per (user, item)
+    order = np.lexsort((inter.timestamp, pair))
+    p, t = pair[order], inter.timestamp[order]
+    return int(((p[1:] == p[:-1]) & (t[1:] == t[:-1])).sum())
+
+
+def load_report(before: Interactions, after: Interactions | None) -> dict:
+    """:attr:`SequenceDataset.loaded`: the counts of the rows read (``before``, ``N`` rows) and what the k-core
+    filter removed to leave ``after`` (``None``: no filter ran), as plain ints::
+
+        {"read": {"rows", "users", "items"}, "repeated_rows": int | None,
+         "kcore_removed": {"rows", "users", "items"} | None}
+    """
+    def counts(inter: Interactions) -> dict:
+        return {"rows": len(inter), "users": len(factorize(inter.user)[1]), "items": len(factorize(inter.item)[1])}
+
+    read = counts(before)
+    removed = None
+    if after is not None:
+        kept = counts(after) if after is not before else read
+        removed = {k: read[k] - kept[k] for k in ("rows", "users", "items")}
+    return {"read": read, "repeated_rows": repeated_rows(before), "kcore_removed": removed}
+
+
 def load_dataset(path: "str | os.PathLike | Interactions", kcore: int | None | str = "auto", format: str = "auto",
                  user_k: int | None = None, item_k: int | None = None, name: str | None = None,
                  time_ties: str = "file", columns: dict | None = None) -> SequenceDataset:
@@ -513,12 +599,14 @@ def load_dataset(path: "str | os.PathLike | Interactions", kcore: int | None | s
         kcore = None if inter.format == "seq" else 5
     uk = kcore if user_k is None else user_k
     ik = kcore if item_k is None else item_k
+    read = inter
     if uk or ik:
         inter = kcore_filter(inter, uk, ik)
         if len(inter) == 0:
             raise ValueError(f"{path}: no interactions left after the {uk}/{ik}-core filter")
     ds = build_sequences(inter, name=name, time_ties=time_ties)
     ds.kcore = (int(uk or 0), int(ik or 0)) if (uk or ik) else None
+    ds.loaded = load_report(read, inter if (uk or ik) else None)
     return ds
 
 
@@ -799,5 +887,6 @@ def item_counts(sequences, n_items: int) -> np.ndarray:
     return np.bincount(flat, minlength=n_items)
 
 
-__all__ = ["TIME_TIES", "SPLITS", "kcore_filter", "build_sequences", "load_dataset", "leave_one_out", "temporal_split",
-           "temporal_cuts", "factorize", "item_counts", "SequenceDataset", "EvalExamples", "Split"]
+__all__ = ["TIME_TIES", "SPLITS", "kcore_filter", "build_sequences", "load_dataset", "load_report", "repeated_rows",
+           "leave_one_out", "temporal_split", "temporal_cuts", "factorize", "item_counts", "SequenceDataset",
+           "EvalExamples", "Split"]

@@ -1590,7 +1590,8 @@ def card_weights_problems(folder: str | os.PathLike, model, text: str, card) -> 
                                     f"item_vocab.json: {redo}")
         recorded = spec.get(STATE_FINGERPRINT)
         if spec["kind"] == "step" and recorded and recorded != state_fingerprint(model, spec):
-            problems.append(f"{rel}/ was exported from other weights (its {STATE_FINGERPRINT} is not the weights'): "
+            problems.append(f"{rel}/ was exported from other weights (its {STATE_FINGERPRINT} is not the weights'; "
+                            "an export made before the fingerprint covered the item vocabulary differs too): "
                             f"{redo}")
     return problems
 

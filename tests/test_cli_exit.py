@@ -497,13 +497,16 @@ def test_the_fused_cpu_kernel_loads_without_a_stdout(tmp_path):
 
 
 def test_perf_data_reads_data_as_the_models_run(capsys):
-    """export.perf_data's --kcore/--time-ties default to the model's run's, as zoo.evaluate's (not auto/file)."""
+    """export.perf_data's --time-ties defaults to the model's run's, as zoo.evaluate's (not file); its --kcore, a
+    serving command's, to none: each sampled user's whole history, whoever else is in the file."""
     from export.perf_data import main
 
     with pytest.raises(SystemExit):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert text.count("default: the model's run's") == 2, text
+    assert text.count("default: the model's run's") == 1, text
+    assert "--kcore KCORE k-core filter of --data before sampling users: int, 'none' or 'auto' (default: none, each " \
+           "user's whole history" in text, text
 
 
 @pytest.mark.parametrize("module,argv", [

@@ -429,8 +429,9 @@ def test_kcore_filters_the_data_before_picking_users(tmp_path, capsys):
     assert main(argv + ["--user", "a", "--k", "3"])["history_tail"] == [x, y, z, w]
     out = main(argv + ["--user", "a", "--k", "3", "--kcore", "3"])
     assert out["history_tail"] == [x, y, z] and out["items"] == model.recommend([[x, y, z]], k=3).items[0]
-    with pytest.raises(SystemExit, match="user 'd' not found"):
-        main(argv + ["--user", "d", "--kcore", "3"])
+    with pytest.raises(SystemExit, match=r"user 'd' has 1 interaction in .*d\.tsv, all removed by the --kcore 3/3 "
+                                         r"filter .*without --kcore the whole file is read"):
+        main(argv + ["--user", "d", "--kcore", "3"])      # in the file: not "not found"
     summary = main(argv + ["--all-users", "--out", str(tmp_path / "r.jsonl"), "--no-progress", "--kcore", "3"])
     assert summary["users"] == 3 and [r["user"] for r in _lines(tmp_path / "r.jsonl")] == ["a", "b", "c"]
     assert main(argv + ["--all-users", "--out", str(tmp_path / "r.jsonl"), "--no-progress"])["users"] == 4
@@ -521,11 +522,11 @@ def test_an_id_list_file_may_start_with_a_byte_order_mark(tmp_path):
     assert read_id_list(tmp_path / "bom_str.txt", model) == ["i107", "i100"]
 
 
-def test_data_is_read_with_the_k_core_the_model_was_trained_with(tmp_path):
-    """--kcore defaults to the model's run's (its train_log.json), else to zoo.train's auto (5-core for an
-    interaction file): the README's `zoo.recommend --model runs/shop --data shop.csv --all-users` recommends for the
-    users of the 5-core the model was trained on, where reading the whole file meets items the model never saw; that
-    error names --kcore. zoo.embed reads --data the same way."""
+def test_serving_reads_data_whole_and_evaluate_with_the_runs_k_core(tmp_path):
+    """Serving (zoo.recommend, zoo.embed) reads --data with no k-core by default: each user's whole history, whoever
+    else is in the file (it used to take the run's 5-core, so a user's history and recommendations depended on the
+    other users of the file); items the model does not know are --unknown-items' (error, naming --kcore; or drop), an
+    explicit --kcore filters first. zoo.evaluate keeps the run's k-core, to reproduce the run's split."""
     from zoo.embed import main as embed_main
 
     core, rng = ITEMS[:8], random.Random(0)
@@ -539,21 +540,24 @@ def test_data_is_read_with_the_k_core_the_model_was_trained_with(tmp_path):
     model.save_pretrained(tmp_path / "shop")
     argv = ["--model", str(tmp_path / "shop"), "--data", str(tmp_path / "shop.csv"), "--no-progress"]
     rec = ["--k", "3"]
-    summary = main(argv + rec + ["--all-users", "--out", str(tmp_path / "r.jsonl")])
-    assert summary["users"] == 6 and [r["user"] for r in _lines(tmp_path / "r.jsonl")] == [f"u{u}" for u in range(6)]
-    assert embed_main(argv + ["--out", str(tmp_path / "v.safetensors")])["users"] == 6
-    with pytest.raises(SystemExit, match=r"1 of the 9 items .*not in the model's item vocabulary.*read with --kcore "
-                                         r"none .*give --kcore as the model was trained"):
-        main(argv + rec + ["--all-users", "--out", str(tmp_path / "r.jsonl"), "--kcore", "none"])
-    with pytest.raises(SystemExit, match="read with --kcore none"):
-        embed_main(argv + ["--out", str(tmp_path / "v.safetensors"), "--kcore", "none"])
-    # a run that logged --kcore none (zoo.train --kcore 0) is read unfiltered: user z's unknown item is met
-    (tmp_path / "shop" / "train_log.json").write_text(json.dumps({"data_options": {"kcore": None}}))
-    with pytest.raises(SystemExit, match="read with --kcore none"):
+    with pytest.raises(SystemExit, match=r"1 of the 9 items .*not in the model's item vocabulary.*read whole \(no "
+                                         r"k-core\) for serving.*--kcore K filters --data first"):
         main(argv + rec + ["--all-users", "--out", str(tmp_path / "r.jsonl")])
+    with pytest.raises(SystemExit, match=r"read whole \(no k-core\) for serving"):
+        embed_main(argv + ["--out", str(tmp_path / "v.safetensors")])
     summary = main(argv + rec + ["--all-users", "--out", str(tmp_path / "r.jsonl"), "--unknown-items", "drop"])
-    assert summary["users"] == 7
-    # zoo.evaluate reads it the same way: the logged none meets z's unknown item, an explicit --kcore 5 does not
+    assert summary["users"] == 7 and [r["user"] for r in _lines(tmp_path / "r.jsonl")][-1] == "z"
+    summary = main(argv + rec + ["--all-users", "--out", str(tmp_path / "r.jsonl"), "--kcore", "5"])
+    assert summary["users"] == 6 and [r["user"] for r in _lines(tmp_path / "r.jsonl")] == [f"u{u}" for u in range(6)]
+    assert embed_main(argv + ["--out", str(tmp_path / "v.safetensors"), "--kcore", "5"])["users"] == 6
+    # a user's history does not depend on who else is in the file: u0 alone gives u0's recommendations
+    (tmp_path / "u0.csv").write_text("\n".join(x for x in lines if not x.startswith(("u1", "u2", "u3", "u4", "u5",
+                                                                                       "z,"))) + "\n")
+    one = main(["--model", str(tmp_path / "shop"), "--data", str(tmp_path / "u0.csv"), "--user", "u0", *rec])
+    assert one == main(argv[:-1] + rec + ["--user", "u0"])
+    # zoo.evaluate reads --data with the run's k-core: a run that logged --kcore none (zoo.train --kcore 0) meets z's
+    # unknown item, an explicit --kcore 5 does not
+    (tmp_path / "shop" / "train_log.json").write_text(json.dumps({"data_options": {"kcore": None}}))
     from zoo.evaluate import main as evaluate_main
 
     with pytest.raises(SystemExit, match="not in the model's item vocabulary"):

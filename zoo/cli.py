@@ -53,14 +53,29 @@ class _FromRun:
 FROM_RUN = _FromRun()
 
 
+class _WholeHistory:
+    """The default of ``--kcore`` in the serving commands (``zoo.recommend``, ``zoo.embed``, ``export.perf_data``): no
+    k-core filter, each user's whole history as the file holds it (:func:`model_data_options`)."""
+
+    def __repr__(self) -> str:
+        return "none (serving: each user's whole history)"
+
+
+WHOLE_HISTORY = _WholeHistory()
+
+
 def model_data_options(folder, kcore=FROM_RUN, time_ties=FROM_RUN, log: dict | None = None) -> dict:
     """``{"kcore", "time_ties"}`` to read ``--data`` for the model in ``folder`` with: each as given, else
     (:data:`FROM_RUN`) as the run that trained it logged it (its ``train_log.json``, a soup's or a card's log:
     :func:`zoo.hub.checkpoint_log`; ``log``: that log, already read), else as ``zoo.train`` reads data by default
     (``"auto"``: 5-core for interaction files, none for ``.seq``; ``"file"``), so that the items of ``--data`` are
-    those the model was trained on."""
+    those the model was trained on (``zoo.evaluate``: the run's split). ``kcore`` :data:`WHOLE_HISTORY` (the serving
+    commands' default) is no filter: a user's history is all of its rows, whoever else is in the file; the model's
+    vocabulary decides which items are known (``--unknown-items``)."""
     from .hub import checkpoint_log, run_data_options
 
+    if kcore is WHOLE_HISTORY:
+        kcore = None
     if log is None and folder is not None:
         log = checkpoint_log(folder)
     logged = run_data_options(log or {})
@@ -68,15 +83,23 @@ def model_data_options(folder, kcore=FROM_RUN, time_ties=FROM_RUN, log: dict | N
             "time_ties": logged["time_ties"] if time_ties is FROM_RUN else time_ties}
 
 
-def add_model_data_options(parser: argparse.ArgumentParser, users: str) -> None:
+def add_model_data_options(parser: argparse.ArgumentParser, users: str, serving: bool = False) -> None:
     """``--kcore`` and ``--time-ties`` of a command that reads ``--data`` for a trained model (``users``: what it does
-    with the users, for the help), both defaulting to :data:`FROM_RUN` (:func:`model_data_options`)."""
+    with the users, for the help), both defaulting to :data:`FROM_RUN` (:func:`model_data_options`) -- but
+    ``--kcore`` of a ``serving`` command (recommendations, vectors, replayed requests), which defaults to
+    :data:`WHOLE_HISTORY`: no filter, so that a user's history does not depend on who else is in the file."""
     from .data import TIME_TIES
 
-    parser.add_argument("--kcore", type=kcore, default=FROM_RUN,
-                        help=f"k-core filter of --data before {users}: int, 'none' or 'auto' (default: the model's "
-                             "run's, from its train_log.json, else auto as zoo.train: 5 for interaction files, none "
-                             "for .seq), so that --data holds the items the model was trained on")
+    if serving:
+        parser.add_argument("--kcore", type=kcore, default=WHOLE_HISTORY,
+                            help=f"k-core filter of --data before {users}: int, 'none' or 'auto' (default: none, "
+                                 "each user's whole history, whoever else is in the file; the items the model does "
+                                 "not know are --unknown-items' to refuse or drop)")
+    else:
+        parser.add_argument("--kcore", type=kcore, default=FROM_RUN,
+                            help=f"k-core filter of --data before {users}: int, 'none' or 'auto' (default: the model's "
+                                 "run's, from its train_log.json, else auto as zoo.train: 5 for interaction files, "
+                                 "none for .seq), so that --data holds the items the model was trained on")
     parser.add_argument("--time-ties", choices=TIME_TIES, default=FROM_RUN,
                         help="order of a user's interactions with equal timestamps in --data: file (their file order, "
                              "a stable sort as RecBole's) or item (by item id, as LRURec and ml-1m.5core.seq.gz); it "
@@ -133,26 +156,32 @@ def refuse_options_without(parser: argparse.ArgumentParser, args: argparse.Names
                      f"leave {'it' if len(given) == 1 else 'them'} out")
 
 
-def unknown_items_hint(e: Exception, options: dict) -> str:
+def unknown_items_hint(e: Exception, options: dict, serving: bool = False) -> str:
     """:func:`error_text` of ``e``; for data items the model does not know (:class:`zoo.vocab.UnknownItemError`), also
     the k-core ``--data`` was read with (``options``: :func:`model_data_options`), a likely cause: a file filtered
-    otherwise than the model's training data holds other items."""
+    otherwise than the model's training data holds other items -- or, for a ``serving`` command reading ``--data``
+    whole (its default), that the training run's k-core left those items out."""
     from .vocab import UnknownItemError
 
     if not isinstance(e, UnknownItemError):
         return error_text(e)
     kcore = options.get("kcore")
+    if serving and kcore is None:
+        return (f"{error_text(e)}; --data is read whole (no k-core) for serving, so items the training run's k-core "
+                "left out, or new ones, are not the model's; --kcore K filters --data first")
     return (f"{error_text(e)}; or --data was filtered otherwise than the model's training data: it was read with "
             f"--kcore {'none' if kcore is None else kcore} (the run's own, else zoo.train's default auto): give "
             "--kcore as the model was trained")
 
 
-def _column(value: str) -> tuple[str, str]:
-    """One ``--columns`` word: ``ROLE=NAME``."""
+def _column(value: str) -> tuple[str, str | None]:
+    """One ``--columns`` word: ``ROLE=NAME``; ``time=none`` is ``("time", None)``: no time column."""
     role, sep, name = value.partition("=")
     if not sep or role not in COLUMN_ROLES or not name.strip():
         raise argparse.ArgumentTypeError(f"expected ROLE=NAME with ROLE one of {', '.join(COLUMN_ROLES)}, got "
                                          f"{value!r}")
+    if role == "time" and name == "none":           # no time column, even one with a usual name (text dates)
+        return role, None
     return role, name
 
 
@@ -177,12 +206,14 @@ def add_columns_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--columns", nargs="+", type=_column, action=_Columns, default=None, metavar="ROLE=NAME",
                         help="header columns of --data by role when not called user_id/item_id/timestamp (or the "
                              "other usual names): user=NAME item=NAME [time=NAME], e.g. --columns user=customer "
-                             "item=product time=when")
+                             "item=product time=when; time=none reads no time column (the row order is the time "
+                             "order), e.g. one of text dates, for a model that does not read time")
 
 
 def columns_argv(columns: dict | None) -> list[str]:
     """The ``--columns`` words that give ``columns`` (role -> header name) back to a command: ``[]`` for none."""
-    return ["--columns", *(f"{role}={name}" for role, name in columns.items())] if columns else []
+    return ["--columns", *(f"{role}={'none' if name is None else name}" for role, name in columns.items())] \
+        if columns else []
 
 
 def error_text(e: Exception) -> str:

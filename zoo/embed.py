@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                   "item vectors only")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="--data items the model does not know: refuse (default) or leave those interactions out")
-    add_model_data_options(p, "taking users")
+    add_model_data_options(p, "taking users", serving=True)
     add_columns_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="users per forward pass (--data; default 256)")
     p.add_argument("--no-progress", action="store_true",
@@ -272,18 +272,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (OSError, ValueError) as e:
         sys.exit(f"error: --model {args.model}: {e}")
     model.to(device)            # the batches follow it (padded_batches); the vectors come back on the CPU to be written
-    users, note = None, None
+    users, note, file_users = None, None, None
     if args.data:
-        from .data import load_dataset
+        from .data import load_dataset, read_interactions
 
         options = model_data_options(path, args.kcore, args.time_ties)
         try:
-            ds = load_dataset(args.data, **options, columns=args.columns)
+            inter = read_interactions(args.data, columns=args.columns)     # the file as it is, for the counts
+            file_users = inter.n_users
+            ds = load_dataset(inter, **options)
             user_ids, user_vecs, note = user_vectors_of_dataset(model, ds, unknown=args.unknown_items,
                                                                 batch_size=args.batch_size,
                                                                 progress=not args.no_progress)
         except (OSError, KeyError, ValueError) as e:
-            sys.exit(f"error: {unknown_items_hint(e, options)}")
+            sys.exit(f"error: {unknown_items_hint(e, options, serving=True)}")
         users = (user_ids, user_vecs)
     try:
         meta = write_vectors(args.out, model, users=users,
@@ -298,14 +300,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     summary = {"out": os.path.abspath(args.out), "model": args.model, "model_type": meta["model_type"],
                "items": int(meta["n_items"]), "users": int(meta.get("n_users", 0)),
                "vector_size": int(meta["vector_size"]), "bias_column": meta["bias_column"] == "true",
-               "vocab": note, "seconds": round(time.time() - t0, 2)}
+               "vocab": note, "seconds": round(time.time() - t0, 2),
+               **({"file_users": file_users} if file_users is not None else {})}
     if args.json:
         print(strict_json(summary, indent=1))
     else:
         bias = "the last column holds the item bias (1 for users)" if summary["bias_column"] else "no bias column"
+        left_out = ""
+        if file_users is not None and summary["users"] != file_users:    # --kcore, or no item the model knows
+            left_out = (f"; {summary['users']:,} of the {file_users:,} users of {args.data}: the others have no "
+                        "history left after --kcore or --unknown-items drop")
         print(f"wrote {summary['items']:,} item" + (f" and {summary['users']:,} user" if summary["users"] else "")
               + f" vectors of size {summary['vector_size']} ({bias}) to {summary['out']} ({summary['seconds']:.1f} s"
-              + (f"; {note}" if note else "") + ")")
+              + left_out + (f"; {note}" if note else "") + ")")
     return summary
 
 

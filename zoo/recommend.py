@@ -12,6 +12,11 @@ the file's order: ``{"user": ..., "items": [...], "scores": [...]}``. ``--exclud
 every item of the history, not only the window; a user with fewer than ``k`` items left gets a shorter line (for one
 history, such a ``--k`` is an error). The file is written beside ``--out`` and moved there once complete.
 
+``--data`` is read whole, each user's every row whoever else is in the file (no k-core unless ``--kcore`` is given;
+the model's vocabulary decides which items are known, ``--unknown-items`` what becomes of the others); ``--all-users``
+says how many of the file's users it wrote and why the others got no line (the ``--kcore`` filter, or no item the
+model knows), and ``--user`` of a user the filter removed says so, not "not found".
+
 Scores are written with :data:`SCORE_DECIMALS` decimals in every mode (``--json``, ``--all-users``,
 ``--similar-to``), as strict JSON: a model whose scores are NaN or infinite for a history (a numeric overflow, or
 NaN weights; NaN and ``+inf`` would rank first) is refused in one line naming the user
@@ -343,6 +348,43 @@ def _k_usage_error(args, model, exclude: list, candidates: list | None) -> str |
     return f"--k {k}: the model's catalogue has {catalogue} items{less}; use --k <= {left}"
 
 
+def _no_timestamps(data: str, model) -> str:
+    """The error of ``--data`` read without timestamps for a time-aware ``model``: the file has no time column found
+    (an order-only file, a time column under another name, or ``--columns time=none``)."""
+    return (f"{data} has no timestamps (order-only data, as a .seq file is, or no time column found in its header: "
+            f"name it with --columns time=NAME); {model.config.model_type} reads them: give --data an interaction "
+            "file with a time column (e.g. ml-1m.users0001-2999.inter.gz), or --history with --timestamps")
+
+
+def _users_left_out(summary: dict) -> str:
+    """``--all-users``' words for the users of the file it wrote no line for (``summary``: its counts): those the
+    ``--kcore`` filter removed and those left with no item the model knows (``--unknown-items drop``); ``""`` when
+    every user has a line."""
+    parts = []
+    if summary["kcore_dropped_interactions"]:
+        k, n, u = summary["kcore"] or [0, 0], summary["kcore_dropped_interactions"], summary["kcore_dropped_users"]
+        parts.append(f"the --kcore {k[0]}/{k[1]} filter removed {n:,} interaction{'s' if n != 1 else ''}"
+                     + (f" and {u:,} user{'s' if u != 1 else ''}" if u else ""))
+    if summary["dropped_users"]:
+        n = summary["dropped_users"]
+        parts.append(f"{n:,} user{'s' if n != 1 else ''} had no item the model knows (--unknown-items drop)")
+    return "".join(f"; {p}" for p in parts)
+
+
+def _user_not_in(user: str, data: str, inter, ds) -> str:
+    """The error of ``--user`` not among the users of ``ds`` (``--data`` read and filtered): why, when the file
+    (``inter``, its rows before any filter) has the user -- the ``--kcore`` filter removed all of its interactions --
+    else that the file does not hold it."""
+    uid = _find_user(np.unique(inter.user).tolist(), user)
+    if uid is None:
+        return f"user {user!r} not found in {data}"
+    n = int((inter.user == uid).sum())
+    k = ds.kcore or (0, 0)
+    return (f"user {user!r} has {n:,} interaction{'s' if n != 1 else ''} in {data}, all removed by the --kcore "
+            f"{k[0]}/{k[1]} filter (its own count, or its items' too few users): no history is left; without --kcore "
+            "the whole file is read")
+
+
 def _table_id(item) -> str:
     """An id as a table row shows it: as it is, or its ``repr`` when it holds a tab, a line break or another
     character that is not printable (which would break the columns or the line; ``--json`` gives it exactly)."""
@@ -400,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="history (and --exclude-items, --candidates, --similar-to) ids the model does not know: "
                         "refuse (default) or leave them out")
-    add_model_data_options(p, "picking users")
+    add_model_data_options(p, "picking users", serving=True)
     add_columns_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256,
                    help="users per forward pass (--all-users; default 256)")
@@ -494,10 +536,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.similar_to:
         return _similar(args, model, exclude, hub)
     if args.data:
-        from .data import load_dataset
+        from .data import load_dataset, read_interactions
 
         try:
-            ds = load_dataset(args.data, **options, columns=args.columns)
+            inter = read_interactions(args.data, columns=args.columns)     # the file as it is, for the counts
+            ds = load_dataset(inter, **options)
         except (OSError, ValueError) as e:
             sys.exit(f"error: {e}")
     if args.all_users:
@@ -507,21 +550,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                           progress=not args.no_progress, exclude_items=exclude,
                                           candidates=candidates)
         except (KeyError, ValueError) as e:
-            sys.exit(f"error: {unknown_items_hint(e, options)}")
+            hint = ("; if a column of the file holds the times, name it: --columns time=NAME"
+                    if model.uses_timestamps and ds.timestamps is None and "timestamp" in str(e) else "")
+            sys.exit(f"error: {unknown_items_hint(e, options, serving=True)}{hint}")
         except OSError as e:                # writing --out (its place was checked before any work)
             if isinstance(e, BrokenPipeError) and args.out == STDOUT_PATH:
                 raise                       # stdout's reader went away (| head): run_cli ends quietly with 141
             sys.exit(f"error: {cannot('--out', args.out, e)}")
         summary = {"model": args.model, **{k: v for k, v in hub.items() if v},      # --revision / --subfolder
                    "model_type": model.config.model_type, "data": args.data, "k": args.k,
-                   "exclude_seen": args.exclude_seen, **summary}
+                   "exclude_seen": args.exclude_seen, "file_users": inter.n_users,
+                   "kcore": list(ds.kcore) if ds.kcore else None, "kcore_dropped_users": inter.n_users - ds.n_users,
+                   "kcore_dropped_interactions": len(inter) - ds.n_interactions, **summary}
         said = text_stream(args.out)                                        # stdout may hold the lines themselves
         if args.json:
             print(strict_json(summary, indent=1), file=said)
         else:
-            print(f"wrote top-{args.k} for {summary['users']:,} users of {args.data} to "
-                  f"{'stdout' if args.out == STDOUT_PATH else summary['out']} ({summary['seconds']:.1f} s; "
-                  f"{summary['vocab']}"
+            print(f"wrote top-{args.k} for {summary['users']:,} of {inter.n_users:,} user"
+                  f"{'s' if inter.n_users != 1 else ''} of {args.data} to "
+                  f"{'stdout' if args.out == STDOUT_PATH else summary['out']}{_users_left_out(summary)} "
+                  f"({summary['seconds']:.1f} s; {summary['vocab']}"
                   + (f"; {summary['excluded_items']:,} items excluded" if summary["excluded_items"] else "") + ")",
                   file=said)
         return summary
@@ -529,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.data:
         uid = _find_user(ds.users, args.user)
         if uid is None:
-            sys.exit(f"error: user {args.user!r} not found in {args.data}")
+            sys.exit(f"error: {_user_not_in(args.user, args.data, inter, ds)}")
         r = ds.users.index(uid)
         history = ds.vocab.decode(ds.sequences[r].tolist())
         timestamps = ds.timestamps[r].tolist() if ds.timestamps is not None else None
@@ -544,14 +592,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if timestamps is not None and len(timestamps) == len(keep):
             timestamps = [t for t, ok in zip(timestamps, keep, strict=True) if ok]
         if not history:
-            sys.exit("error: the model knows none of the history's items")
+            whose = "" if uid is None else f" (user {args.user!r}: {len(dropped)} interaction" \
+                f"{'s' if len(dropped) != 1 else ''} in {args.data})"
+            sys.exit(f"error: the model knows none of the history's items{whose}: no history is left to recommend "
+                     "from")
         if dropped:                             # said as --all-users says its dropped interactions
             print(_dropped_note(dropped, len(history)), file=sys.stderr)
     if model.uses_timestamps and timestamps is None:
         if args.data:                   # the user's history came from a file without a time column
-            sys.exit(f"error: {args.data} has no timestamps (order-only data, as a .seq file is); "
-                     f"{model.config.model_type} reads them: give --data an interaction file with a time column "
-                     "(e.g. ml-1m.users0001-2999.inter.gz), or --history with --timestamps")
+            sys.exit(f"error: {_no_timestamps(args.data, model)}")
         sys.exit(f"error: {model.config.model_type} reads timestamps: pass --timestamps (one per item) or --data/--user")
     from .evaluate import ScoreOverflow, overflow_error, overflowed_rows
 

@@ -13,13 +13,18 @@ refused, naming their compression):
 ``"delimited"``
     Plain TSV/CSV with a header naming the user column (``user_id``/``user``/``userid``/``uid``), the item column
     (``item_id``/``item``/``itemid``/``movie_id``/``iid``) and optionally the timestamp column
-    (``timestamp``/``time``/``ts``). Tab, comma or semicolon separated (taken from the header line). Other
-    column names are given with ``columns`` (``{"user": "customer", "item": "product", "time": "when"}``; a role not
-    given is found by its usual names).
+    (``timestamp``/``time``/``ts``/``unix_time``/``datetime``), Unix seconds. Tab, comma or semicolon separated
+    (taken from the header line). Other column names are given with ``columns`` (``{"user": "customer", "item":
+    "product", "time": "when"}``; a role not given is found by its usual names; ``"time": None``: no time column).
+    A header with columns left unused and no time column is warned about once (the row order is then the time
+    order). A time column whose first value is an ISO 8601 date-time with a UTC offset (``1997-09-22T16:57:58-05:00``,
+    ``...Z``) is read as such, exactly, every value then being one; a naive date-time (no offset: which time zone?)
+    or another date written as text is refused, naming the ways to convert it.
 ``"parquet"``
     Parquet tables (pandas / polars / Spark / 🤗 datasets exports; needs ``pyarrow``, the ``[parquet]`` extra),
     detected by their magic bytes: columns found by name as in delimited files, only those read; integer or string
-    ids; timestamps as numbers (seconds) or Arrow timestamp / date columns.
+    ids; timestamps as numbers (seconds), Arrow timestamp / date columns, or strings of ISO 8601 date-times with a
+    UTC offset (as in delimited files).
 ``"seq"``
     One user per line, items already in time order: header ``user_id<TAB>item_ids_chronological`` (required), then
     ``user<TAB>item item item ...`` (space separated). There are no timestamps: the order is the time order. A user
@@ -491,9 +496,49 @@ def _check_blanks(tokens: list[str], ids: list[str], where, quoted, quotable: bo
     raise ValueError(f"{w.path}: {problem}; {fix}")
 
 
+#: a date written as text (ISO 8601 ``1997-09-22T16:57:58-05:00``, ``1997-09-22 16:57``, ``1997/09/22``)
+_DATE_TEXT = re.compile(r"\d{4}[-/]\d{1,2}[-/]\d{1,2}")
+#: an ISO 8601 date-time as the readers take it: date, ``T`` or a space, hh:mm[:ss[.ffffff]], then the UTC offset
+#: (``Z``, ``+05:00``, ``-0500``; group 1, absent in a naive date-time, which is refused)
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?")
+_CONVERT = ("convert the column to Unix seconds (e.g. pandas (pd.to_datetime(df[col], utc=True) - pd.Timestamp(0, "
+            "tz='UTC')) // pd.Timedelta('1s')), or write Parquet with a timestamp column (read as seconds); a model "
+            "that does not read time can ignore the column: --columns time=none (columns={'time': None})")
+
+
+def _iso_seconds(tokens: list, where) -> np.ndarray:
+    """``[N]`` float64 Unix seconds of ISO 8601 date-times with a UTC offset (``1997-09-22T16:57:58-05:00``,
+    ``...Z``; :data:`_ISO_TIME`), converted exactly (to the microsecond: the offset applied, no local time zone
+    consulted). ``ValueError`` naming the first value (``where(i)``) that is not one: a number among dates (one
+    column holds one kind), another date format, or a naive date-time -- its time zone unknown, so its seconds
+    too: the message says to add the offset (``Z`` for UTC)."""
+    from datetime import datetime, timedelta, timezone
+
+    epoch, second = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(seconds=1)
+    out = np.empty(len(tokens), dtype=np.float64)
+    for i, t in enumerate(tokens):
+        text = t.strip()
+        m = _ISO_TIME.fullmatch(text)
+        if m is None:
+            raise ValueError(f"{where(i)}: timestamp {t!r} is not an ISO 8601 date-time with a UTC offset like the "
+                             "column's first ('1997-09-22T16:57:58-05:00', '...Z'): a time column holds Unix seconds "
+                             f"or such date-times, one kind; {_CONVERT}")
+        if m.group(1) is None:
+            raise ValueError(f"{where(i)}: timestamp {t!r} is a date-time without a UTC offset, so its seconds are "
+                             "unknown (which time zone?): add the offset ('Z' for UTC, or +HH:MM), or "
+                             f"{_CONVERT}")
+        try:
+            out[i] = (datetime.fromisoformat(text.replace("Z", "+00:00")) - epoch) / second
+        except ValueError as e:                                     # month 13, hour 25, ...
+            raise ValueError(f"{where(i)}: timestamp {t!r} is not a valid date-time ({e})") from None
+    return out
+
+
 def _timestamps(tokens: list[str], path: str, column: str, first_line: int, line_numbers=None) -> np.ndarray:
-    """Float64 timestamps; ``ValueError`` naming file, line and column for the first non-numeric or NaN/inf value;
-    a warning for values beyond 2**53 (not all exact in float64).
+    """Float64 timestamps: Unix seconds, or ISO 8601 date-times with a UTC offset (``Z``, ``+05:00``) when the
+    column's first value is one (:func:`_iso_seconds`: every value then is one; a naive date-time is refused);
+    ``ValueError`` naming file, line and column for the first non-numeric or NaN/inf value (a date as text names
+    the conversion and ``--columns time=none``); a warning for values beyond 2**53 (not all exact in float64).
 
     ``line_numbers`` maps token position -> 1-based line number when lines were skipped (default: consecutive
     lines starting at ``first_line``).
@@ -503,18 +548,28 @@ def _timestamps(tokens: list[str], path: str, column: str, first_line: int, line
         ts = np.fromiter(map(float, tokens), dtype=np.float64, count=len(tokens))
     except ValueError:
         ts = None
+        if tokens and _ISO_TIME.fullmatch(tokens[0].strip()):   # a column of date-times: read as such, or refused
+            return _iso_seconds(tokens, where)
     if ts is None or not np.isfinite(ts).all():
         for i, t in enumerate(tokens):           # the first bad line, whichever its problem
             try:
                 v = float(t)
             except ValueError:
-                raise ValueError(f"{where(i)}: timestamp {t!r} is not a number") from None
+                raise ValueError(f"{where(i)}: timestamp {t!r} is not a number" + (
+                    f" but a date as text: timestamps are Unix seconds or ISO 8601 date-times with a UTC offset; "
+                    f"{_CONVERT}" if _DATE_TEXT.match(t.strip()) else "")) from None
             if not np.isfinite(v):
                 raise ValueError(f"{where(i)}: timestamp {t!r} is not a finite number (NaN/inf)")
         raise AssertionError("unreachable: a timestamp failed to parse, then parsed")  # pragma: no cover
     if len(ts) and (ts.max() >= 2 ** 53 or ts.min() <= -2 ** 53):
         _warn_inexact_times(ts, lambda i: f"{where(i)}: timestamp {tokens[i].strip()}")
     return ts
+
+
+def _first_line_named(e: Exception) -> float:
+    """The first line number an error message names (``"path, line 7, column 'item': ..."``); inf when none."""
+    m = re.search(r", (?:line|row) (\d+)\b", str(e))
+    return int(m.group(1)) if m else float("inf")
 
 
 def _seps_per_line_ok(body: str, sep: str, n_cols: int) -> bool:
@@ -612,13 +667,15 @@ def check_columns(columns: dict | None) -> dict | None:
     unknown = sorted(set(columns) - set(COLUMN_ROLES))
     if unknown:
         raise ValueError(f"columns: unknown role(s) {unknown}; the roles are {list(COLUMN_ROLES)}")
-    empty = [role for role, name in columns.items() if not isinstance(name, str) or not name.strip()]
+    empty = [role for role, name in columns.items()
+             if not (name is None and role == "time") and (not isinstance(name, str) or not name.strip())]
     if empty:
-        raise ValueError(f"columns: an empty column name for {empty}")
-    names = [name.strip() for name in columns.values()]
+        raise ValueError(f"columns: an empty column name for {empty}"
+                         + (" (only the time role may be None: no time column)" if None in columns.values() else ""))
+    names = [name.strip() for name in columns.values() if name is not None]
     if len(set(names)) != len(names):
         raise ValueError(f"columns: one header column given two roles ({columns})")
-    return {role: columns[role].strip() for role in COLUMN_ROLES if role in columns}
+    return {role: None if columns[role] is None else columns[role].strip() for role in COLUMN_ROLES if role in columns}
 
 
 def _column_indices(names: list[str], columns: dict | None, raw: list[str] | None = None) -> list[int | None]:
@@ -631,8 +688,8 @@ def _column_indices(names: list[str], columns: dict | None, raw: list[str] | Non
     def named(name):
         return stripped.index(name) if name in stripped else spelled.index(name) if name in spelled else None
 
-    return [named(columns[role]) if role in columns else _find_column(names, usual)
-            for role, usual in COLUMN_ROLES.items()]
+    return [(None if columns[role] is None else named(columns[role])) if role in columns
+            else _find_column(names, usual) for role, usual in COLUMN_ROLES.items()]
 
 
 def _role_columns(path: str, names: list[str], shown: list[str], columns: dict | None,
@@ -642,7 +699,7 @@ def _role_columns(path: str, names: list[str], shown: list[str], columns: dict |
     the names as the file spells them, for the message)."""
     ucol, icol, tcol = _column_indices(names, columns, shown)
     named = [f"{role} column {columns[role]!r}" for role, c in zip(COLUMN_ROLES, (ucol, icol, tcol))
-             if c is None and role in (columns or {})]
+             if c is None and (columns or {}).get(role) is not None]
     if named:
         raise ValueError(f"{path}: no {' or '.join(named)} in the {what} {names!r} (columns= names {what} columns "
                          "exactly)")
@@ -655,7 +712,25 @@ def _role_columns(path: str, names: list[str], shown: list[str], columns: dict |
         time = "" if tcol is None else f", time {names[tcol]!r}"
         raise ValueError(f"{path}: one {what} column found for two roles (user {names[ucol]!r}, item "
                          f"{names[icol]!r}{time}); name them with columns=")
+    if tcol is None and "time" not in (columns or {}):
+        _note_no_time_column(path, [n for c, n in enumerate(shown) if c not in (ucol, icol) and n.strip()
+                                     and not n.startswith("__index_level_")])       # pandas' index in Parquet
     return [ucol, icol, tcol]
+
+
+def _note_no_time_column(path: str, unused: list[str]) -> None:
+    """Warn (one ``UserWarning``, which the commands show on stderr) that a header with columns left ``unused``
+    (names as the file spells them) has no time column found by its usual names: the file's row order is then
+    taken as the time order, which is wrong for a file not written in time order (a shuffled export). Silent when
+    every column was used, or when ``columns`` said ``time=None`` (no time column, knowingly).
+
+    Other names (``created_at``, ``event_time``, ``date``) are not taken for the time column by a guess: such a
+    column may hold text dates or milliseconds, which would turn a run that works on the row order into an error,
+    and more than one may be there; naming it (``--columns time=NAME``) is one word."""
+    if unused:
+        warnings.warn(f"{path}: no time column among {unused}: the file's row order is taken as the time order; "
+                      "name one with --columns time=NAME (columns={'time': NAME}), or say there is none with "
+                      "--columns time=none", UserWarning, stacklevel=5)
 
 
 def _header_sep(header: str) -> str | None:
@@ -693,14 +768,23 @@ def _read_table(text: str, path: str, typed_header: bool, skip: int = 0, columns
     first = 2 + skip
 
     def read(col, line_numbers, quoted=None):
-        user = _ids(col(ucol), _where(path, names[ucol], first, line_numbers), text.isascii(),
-                    quoted=quoted and quoted(ucol))
-        item = _ids(col(icol), _where(path, names[icol], first, line_numbers), text.isascii(),
-                    quoted=quoted and quoted(icol))
-        ts = None
-        if tcol is not None:
-            ts = _timestamps(col(tcol), path, names[tcol], first_line=first, line_numbers=line_numbers)
-        return Interactions(user, item, ts, source=path)
+        # every column read before any error is raised: the file's first bad line is named, whatever its column
+        parts = [lambda: _ids(col(ucol), _where(path, names[ucol], first, line_numbers), text.isascii(),
+                              quoted=quoted and quoted(ucol)),
+                 lambda: _ids(col(icol), _where(path, names[icol], first, line_numbers), text.isascii(),
+                              quoted=quoted and quoted(icol)),
+                 lambda: None if tcol is None else _timestamps(col(tcol), path, names[tcol], first_line=first,
+                                                               line_numbers=line_numbers)]
+        values, errors = [], []
+        for part in parts:
+            try:
+                values.append(part())
+            except ValueError as e:
+                values.append(None)
+                errors.append(e)
+        if errors:
+            raise min(errors, key=_first_line_named)
+        return Interactions(*values, source=path)
 
     tokens = None if sep is None or '"' in text else _fast_tokens(text, 1, sep, len(names))
     if tokens is not None:
@@ -828,13 +912,18 @@ def _read_parquet(path: str, columns: dict | None = None) -> Interactions:
                 1 / 86400 if pa.types.is_date32(arr.type) else 1e3)          # date32: days, date64: ms
             ts = arr.cast(pa.int64() if pa.types.is_timestamp(arr.type) or pa.types.is_date64(arr.type)
                           else pa.int32()).to_numpy().astype(np.float64) / unit
+        elif (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) and len(arr) \
+                and _ISO_TIME.fullmatch(arr[0].as_py().strip()):           # ISO 8601 date-times with offsets
+            ts = _iso_seconds(arr.to_pylist(), _Where(path, names[cols[2]], 1, unit="row"))
         elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
             raw = arr.to_numpy()            # in its own dtype: a float32 column's rounding is refused before widening
             ts = _time_seconds(raw, f"{path}: the timestamps (column {names[cols[2]]!r})",
                                lambda i: f"{path}, row {i + 1}, column {names[cols[2]]!r}: timestamp {raw[i]}")
         else:
             raise ValueError(f"{path}: column {names[cols[2]]!r} holds {arr.type}; timestamps must be numbers "
-                             "(seconds) or a timestamp / date type")
+                             "(seconds) or a timestamp / date type (convert it, e.g. pandas pd.to_datetime(df[col], "
+                             "utc=True)); a model that does not read time can ignore it: --columns time=none "
+                             "(columns={'time': None})")
         bad = np.flatnonzero(~np.isfinite(ts))
         if len(bad):
             raise ValueError(f"{path}, row {bad[0] + 1}, column {names[cols[2]]!r}: timestamp "
@@ -971,7 +1060,10 @@ def read_interactions(path: str | os.PathLike, format: str = "auto", columns: di
             ``"movielens"``, ``"delimited"``, ``"seq"``, ``"parquet"``.
         columns: header column names by role, for files with a header (delimited, atomic) whose columns are not
             called by the usual names: ``{"user": "customer", "item": "product", "time": "when"}`` (each role
-            optional; a named column must be in the header, exactly).
+            optional; a named column must be in the header, exactly); ``"time": None`` reads no time column even
+            when one has a usual name (a column of text dates, for a model that does not read time). A header
+            with other columns and no time column found warns once, naming them: the row order is then the time
+            order.
     Raises:
         FileNotFoundError: no such file.
         ValueError: unknown format, missing user/item column (or a ``columns`` name not in the header, ``columns``

@@ -55,17 +55,19 @@ class PerfDataError(ValueError):
 
 def read_model_folder(model_dir: str | os.PathLike) -> tuple[object, dict, object]:
     """``(config, spec, vocab)`` of a model folder written by :mod:`export.triton`: the parsed ``config.pbtxt``, the
-    graph's ``state_spec.json`` (beside the config, or in ``1/`` for the python backend) and its ``item_vocab.json``
-    (``None`` when the folder ships none)."""
+    graph's ``state_spec.json`` (beside the config, or in the served -- highest -- version folder for the python
+    backend: a regeneration writes the next version, :func:`export.triton.model_versions`) and its
+    ``item_vocab.json`` (``None`` when the folder ships none)."""
     mdir = pathlib.Path(model_dir)
     if not (mdir / "config.pbtxt").is_file():
         raise FileNotFoundError(f"{mdir} holds no config.pbtxt: pass --repo and --name of a model written by "
                                 "python -m export.triton")
     cfg = T.validate_config((mdir / "config.pbtxt").read_text(encoding="utf-8"))
-    spec_dir = mdir if (mdir / T.SPEC_FILE).is_file() else mdir / "1"
+    versions = T.model_versions(mdir)
+    spec_dir = mdir if (mdir / T.SPEC_FILE).is_file() else mdir / str(versions[-1] if versions else 1)
     if not (spec_dir / T.SPEC_FILE).is_file():
-        raise FileNotFoundError(f"{mdir} holds no {T.SPEC_FILE} (beside config.pbtxt or in 1/): not a model folder "
-                                "written by python -m export.triton")
+        raise FileNotFoundError(f"{mdir} holds no {T.SPEC_FILE} (beside config.pbtxt or in its version folder "
+                                f"{spec_dir.name}/): not a model folder written by python -m export.triton")
     spec = T.read_spec(spec_dir)
     vocab = None
     if (mdir / T.VOCAB_FILE).is_file():
@@ -200,8 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the user sample, >= 0 (default 0)")
     p.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                    help="items of --data the model's vocabulary lacks: refuse (default) or drop their interactions")
-    add_model_data_options(p, "sampling users (as in zoo.evaluate; the run's log is read from the model folder in "
-                              "--repo)")
+    add_model_data_options(p, "sampling users", serving=True)
     add_columns_option(p)
     a = p.parse_args(argv)
     to_stdout = a.out == STDOUT_PATH

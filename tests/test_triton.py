@@ -2595,6 +2595,24 @@ def test_perf_data_streams_prime_then_replay_the_last_events(mamba, mamba_export
         assert got == want
 
 
+def test_perf_data_reads_the_served_version_of_a_regenerated_python_backend_folder(mamba_export, tmp_path, capsys):
+    """A python-backend model folder keeps its state_spec.json in its version folder; each regeneration writes the
+    next version and removes all but the one before, so after two regenerations 1/ is gone: export.perf_data reads
+    the highest version's spec (it looked in 1/ only and refused the folder)."""
+    rng = np.random.default_rng(3)
+    lengths = {"u1": 3, "u2": 5}
+    _, rows = _user_rows(rng, lengths, N_ITEMS, lengths.get, item_name=lambda i: f"item-{i}")
+    data = _inter_file(tmp_path / "d.inter", rows)
+    for _ in range(3):
+        T.write_repository(mamba_export, tmp_path / "repo", name="m", backend="python",
+                           vocab_path=str(mamba_export / "item_vocab.json"))
+    assert T.model_versions(tmp_path / "repo" / "m") == [2, 3]
+    rc, printed, err = _perf(capsys, "--repo", tmp_path / "repo", "--name", "m", "--data", data, "--out",
+                             tmp_path / "p.json", "--kcore", "none")
+    assert rc == 0, err
+    assert len(json.loads((tmp_path / "p.json").read_text())["data"]) == 2
+
+
 def test_perf_data_fits_candidates_models_and_the_tensorrt_profile(mamba, mamba_cand_export, tmp_path, capsys):
     """A --candidates model's onnxruntime/tensorrt config requires the candidates input: every request carries one 0
     (unrestricted; perf_analyzer refused the file without it). A TensorRT engine takes at most max_seq_length new

@@ -191,7 +191,8 @@ def test_check_timestamps_for_a_time_aware_model(tmp_path):
     """Order-only data and negative timestamps are refused before a time-aware model meets them, naming the file and
     the first user (the models read Unix seconds >= 0; TiM4Rec-causal's graphs use -1 for "no event yet")."""
     seq = load_dataset(write(tmp_path / "s.seq", "user_id\titem_ids_chronological\n7\t3 1 2\n"), kcore=None)
-    with pytest.raises(ValueError, match=r"TiM4RecModel reads timestamps, but s.seq has none \(order-only"):
+    with pytest.raises(ValueError, match=r"TiM4RecModel reads timestamps, but s.seq has none \(order-only.*another "
+                                         r"name than the usual ones: --columns time=NAME\)"):
         seq.check_timestamps_for("TiM4RecModel")
     text = "user_id\titem_id\ttimestamp\n1\t5\t100\n1\t6\t200\n2\t5\t-30\n2\t6\t-10\n2\t7\t5\n"
     neg = load_dataset(write(tmp_path / "n.tsv", text), kcore=None)

@@ -362,7 +362,8 @@ class SequenceDataset:
         name = self.name or "the data"
         if self.timestamps is None:
             raise ValueError(f"{reader} reads timestamps, but {name} has none (order-only data such as a .seq file): "
-                             "use an interaction file with a timestamp column")
+                             "use an interaction file with a timestamp column (one under another name than the usual "
+                             "ones: --columns time=NAME)")
         for user, ts in zip(self.users, self.timestamps, strict=True):
             bad = ~np.isfinite(ts)
             if bad.any():                                     # NaN sorts last, -inf first: no time order

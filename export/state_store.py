@@ -444,6 +444,26 @@ def transact(store, keys: Sequence, compute: Callable[[list], tuple[Any, list]],
 _CHECKPOINTERS: dict = {}      # (pid, database path) -> (the live stores of that file in this process, its thread's
                                # wake-up event, the settings it serves: _Shared, the thread)
 _CHECKPOINTERS_LOCK = threading.Lock()
+#: held by the checkpoint threads (:func:`_checkpointer`) around each of their calls into SQLite, and taken by this
+#: process's fork (:func:`os.register_at_fork`) with :data:`_CHECKPOINTERS_LOCK`: a child forked while such a thread
+#: was inside SQLite inherited SQLite's mutexes held by a thread it does not have, and hung for good on its first
+#: statement (a pthread mutex: no busy timeout reaches it) -- a gunicorn --preload master that opened a store, a fork
+#: pool. Now a fork waits for the call of the moment (a checkpoint: milliseconds) and the child finds both free.
+_IN_SQLITE = threading.Lock()
+
+
+def _before_fork() -> None:
+    _CHECKPOINTERS_LOCK.acquire()
+    _IN_SQLITE.acquire()
+
+
+def _after_fork() -> None:
+    _IN_SQLITE.release()
+    _CHECKPOINTERS_LOCK.release()
+
+
+if hasattr(os, "register_at_fork"):         # POSIX
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
 def _retry_locked(fn, timeout: float, path: str):
@@ -467,11 +487,14 @@ def _retry_locked(fn, timeout: float, path: str):
             pause = min(2 * pause, 1e-3)
 
 
-def _truncate_wal(conn: sqlite3.Connection, wait: float, path: str) -> None:
+def _truncate_wal(conn: sqlite3.Connection, wait: float, path: str, guard=contextlib.nullcontext) -> None:
     """``wal_checkpoint(TRUNCATE)``, tried again by :func:`_retry_locked` for up to ``wait`` seconds while the writer
-    lock is taken (SQLite's own busy handler misses the short gaps between the commits of busy writers)."""
+    lock is taken (SQLite's own busy handler misses the short gaps between the commits of busy writers). ``guard``:
+    a context manager held around each try (the checkpoint thread's :data:`_IN_SQLITE`), not across the pauses."""
     def attempt():
-        if conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:        # busy: a writer or reader held on
+        with guard():
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:                            # a writer or reader held on
             raise sqlite3.OperationalError("database is busy: the TRUNCATE checkpoint waits for the writer")
 
     _retry_locked(attempt, wait, path)
@@ -530,7 +553,8 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
 
     def loop():
         nonlocal every
-        conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        with _IN_SQLITE:                    # every call of this thread into SQLite: see _IN_SQLITE (fork)
+            conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
         try:
             while True:
                 wake.wait(every)
@@ -549,13 +573,15 @@ def _checkpointer(store: "SQLiteStateStore") -> None:
                     shared.limit = limit
                     del live                                # the thread must not keep the stores alive
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    with _IN_SQLITE:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     if limit is not None and os.path.exists(wal) and os.path.getsize(wal) > limit:
-                        _truncate_wal(conn, wait, path)
+                        _truncate_wal(conn, wait, path, guard=lambda: _IN_SQLITE)   # timeout=0: no waits
                 except sqlite3.OperationalError:            # busy: another process's thread is checkpointing, or
                     pass                                    # the writers did not let the TRUNCATE in: next round
         finally:
-            conn.close()
+            with _IN_SQLITE:
+                conn.close()
 
     with _CHECKPOINTERS_LOCK:
         entry = _CHECKPOINTERS.get(key)

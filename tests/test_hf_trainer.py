@@ -389,6 +389,11 @@ def test_bad_batches_and_predictions_are_refused_naming_the_problem():
         collate([{"input_ids": np.array([1.5, 2.0]), "labels": 3}])
     with pytest.raises(ValueError, match="padding_side must be"):
         SeqRecCollator("middle")
+    for bad in (np.array([True, False]), np.array(["5", "6"])):       # were cast: True as 1.0 s, '5' as 5.0 s
+        with pytest.raises(TypeError, match=r"row 0 must be a 1-D array of numbers, got (bool|<U1) values"):
+            collate([{"input_ids": np.array([3, 4]), "labels": np.array([4, 5]), "timestamps": bad}])
+    ok = collate([{"input_ids": np.array([3, 4]), "labels": np.array([4, 5]), "timestamps": [10, 20]}])
+    assert ok["timestamps"].dtype == torch.float64 and ok["timestamps"].tolist() == [[10.0, 20.0]]
     empty = EvalExamples([np.array([3]), np.array([], dtype=np.int64)], np.array([1, 2]), ["a", "b"])
     with pytest.raises(ValueError, match="example 1 \\(user 'b'\\) has an empty history"):
         HistoryDataset(empty, 8)

@@ -181,7 +181,7 @@ class SeqRecCollator:
             raise ValueError("labels must be one int per example (histories) or one per input item (windows), not "
                              "a mix")
         if "timestamps" in keys:
-            ts = [np.asarray(f["timestamps"], dtype=np.float64) for f in features]
+            ts = [np.asarray(f["timestamps"]) for f in features]     # as given: pad_sequences refuses bools/strings
             for r, (a, b) in enumerate(zip(ts, ids)):
                 if a.shape != b.shape:
                     raise ValueError(f"example {r} has {len(b)} input_ids but {a.shape[0] if a.ndim else 0} "

@@ -1218,16 +1218,15 @@ def check_vocab(vocab_path: str | os.PathLike, spec: dict) -> None:
 MODEL_MARK = ".export_triton.json"
 _GENERATOR = "python -m export.triton"
 #: files a model folder gains after it is written and that are still the generator's to replace: the engine that
-#: build_engine.sh builds (kept when its inputs are unchanged: :func:`_carry_plan`) and an interrupted build's
-#: temporary engine (paths relative to the model folder; ``__pycache__`` folders, which the python backend's import of
-#: ``1/model.py`` may leave, are not the user's either)
-_BUILT_LATER = (f"1/{PLAN_FILE}", f"1/{PLAN_FILE}.tmp")
+#: build_engine.sh builds in a version folder (kept when its inputs are unchanged: :func:`_carry_plan`) and an
+#: interrupted build's temporary engine (paths relative to the model folder; ``__pycache__`` folders, which the python
+#: backend's import of ``<version>/model.py`` may leave, are not the user's either)
 _BUILT_LATER_RE = re.compile(r"[0-9]+/" + re.escape(PLAN_FILE) + r"(\.tmp)?")
 
 
 def _built_later(rel: str) -> bool:
     """Whether the path ``rel`` (relative to a model folder) is an engine build_engine.sh builds, in any version
-    folder (:data:`_BUILT_LATER`)."""
+    folder (:data:`_BUILT_LATER_RE`)."""
     return bool(_BUILT_LATER_RE.fullmatch(rel))
 
 
@@ -1372,7 +1371,7 @@ def foreign_model_files(mdir: str | os.PathLike) -> list[pathlib.Path]:
     """What replacing the model folder ``mdir`` would lose that this generator did not write: ``[mdir]`` when it has
     no :data:`MODEL_MARK` (a folder written by hand or by another tool, or a file); else the files changed or added
     since it was written (an edited ``config.pbtxt``, another version folder), but the engine build_engine.sh builds
-    (:data:`_BUILT_LATER`). ``[]`` when there is nothing there. A folder from before the mark, whose README.md
+    (:func:`_built_later`). ``[]`` when there is nothing there. A folder from before the mark, whose README.md
     carries the generator's line, counts as the generator's. The plugin library put into ``plugins/`` by hand where
     the generator had none to copy (what ``plugins/README.md`` asks for) is carried over (:func:`_carry_plugins`)."""
     mdir = pathlib.Path(mdir)
@@ -1487,6 +1486,15 @@ def check_repository(repo: str | os.PathLike, name: str | None, backend: str = "
     return None if name is None else _check_model_folder(path / name, force, _checked)
 
 
+def _link_or_copy(src, dst) -> None:
+    """A file of the model folder being replaced into the new one: a hard link where the file system allows (the old
+    folder is removed after the swap), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _carry_plugins(old: pathlib.Path, new: pathlib.Path) -> str | None:
     """Put the plugin library that was put into the old folder's ``plugins/`` by hand (not one the generator wrote,
     which its mark records) into the new folder when the generator had none to put there; returns the note to print
@@ -1499,10 +1507,7 @@ def _carry_plugins(old: pathlib.Path, new: pathlib.Path) -> str | None:
         return None
     if not src.is_file() or rel in recorded or dst.exists() or not dst.parent.is_dir():
         return None
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    _link_or_copy(src, dst)
     return f"kept {src}, put there by hand (the generator had no plugin library to copy)"
 
 
@@ -1524,10 +1529,7 @@ def _carry_plan(old: pathlib.Path, new: pathlib.Path, plan_given: bool) -> str |
     a, b = inputs(old), inputs(new)
     if ENGINE_SCRIPT in b and a.keys() == b.keys() and all(filecmp.cmp(a[r], b[r], shallow=False) for r in a):
         dst = new / str(new_v[-1]) / PLAN_FILE
-        try:
-            os.link(src, dst)                               # the old folder is removed after the swap
-        except OSError:
-            shutil.copy2(src, dst)
+        _link_or_copy(src, dst)
         return f"kept {src}: the graph, plugin library and build settings it was built from are unchanged"
     why = ("the graph, plugin library or build settings (build_engine.sh) it was built from changed; serve.sh builds "
            "a new one" if ENGINE_SCRIPT in b else "the model is no longer served by TensorRT")
@@ -1743,14 +1745,8 @@ def write_repository(export_dir: str | os.PathLike, repo: str | os.PathLike, nam
 
 def _keep_version(src: pathlib.Path, dst: pathlib.Path) -> None:
     """Copy the version folder ``src`` of the model folder being replaced to ``dst`` in the new one (hard links where
-    the file system allows: the old folder is removed after the swap), ``__pycache__`` left out."""
-    def link(a, b):
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"), copy_function=link)
+    the file system allows: :func:`_link_or_copy`), ``__pycache__`` left out."""
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"), copy_function=_link_or_copy)
 
 
 def _write_model_folder(mdir: pathlib.Path, text: str, cfg, spec: dict, graph: pathlib.Path, export_dir: pathlib.Path,

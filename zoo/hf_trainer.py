@@ -308,8 +308,9 @@ def trainer_kwargs(model, split: Split, ks: Iterable[int] | None = None, stride:
     _check_split_fits(model, split)
     L = int(model.config.max_seq_length)
     if stride is not None and stride != L and getattr(model, "training_objective", None) == "cloze":   # as zoo.train
-        owner = type(model).__name__.removesuffix("Model")
-        raise ValueError(f"stride={stride}: {owner}'s Cloze objective does not use per-position targets, so "
+        from .train import _objective_owner
+
+        raise ValueError(f"stride={stride}: {_objective_owner(type(model))}'s Cloze objective does not use per-position targets, so "
                          "overlapping windows would only repeat masked items; leave stride at None (non-overlapping "
                          "windows)")
     windows = training_windows(split.train, int(model.config.max_seq_length),

@@ -407,10 +407,11 @@ def training_objective(model_type: str) -> str:
     return getattr(registered_model_class(model_type), "training_objective", "next_item")
 
 
-def _objective_owner(model_type: str) -> str:
-    """How messages name the model whose objective it is: its class name without ``Model`` (``"BERT4Rec"``)."""
-    cls = registered_model_class(model_type)
-    name = cls.__name__ if cls is not None else model_type
+def _objective_owner(model: str | type) -> str:
+    """How messages name the model whose objective it is (``model``: its ``model_type`` or its class): the class name
+    without ``Model`` (``"BERT4Rec"``)."""
+    cls = registered_model_class(model) if isinstance(model, str) else model
+    name = cls.__name__ if cls is not None else model
     return name[:-len("Model")] if name.endswith("Model") and len(name) > len("Model") else name
 
 

@@ -537,13 +537,19 @@ def repeated_rows(inter: Interactions) -> int | None:
     _need_interactions(inter, "repeated_rows")
     if inter.timestamp is None:
         return None
-    if len(inter) < 2:
-        return 0
     ucode, _ = factorize(inter.user)
     icode, items = factorize(inter.item)
-    pair = ucode * np.int64(len(items)) + icode                     # one key per (user, item)
-    order = np.lexsort((inter.timestamp, pair))
-    p, t = pair[order], inter.timestamp[order]
+    return _repeats(ucode, icode, len(items), inter.timestamp)
+
+
+def _repeats(ucode: np.ndarray, icode: np.ndarray, n_items: int, ts: np.ndarray) -> int:
+    """:func:`repeated_rows` of the rows' user and item codes (:func:`factorize`; ``n_items`` item codes) and
+    timestamps, all ``[N]``."""
+    if len(ts) < 2:
+        return 0
+    pair = ucode * np.int64(n_items) + icode                        # one key per (user, item)
+    order = np.lexsort((ts, pair))
+    p, t = pair[order], ts[order]
     return int(((p[1:] == p[:-1]) & (t[1:] == t[:-1])).sum())
 
 
@@ -557,12 +563,15 @@ def load_report(before: Interactions, after: Interactions | None) -> dict:
     def counts(inter: Interactions) -> dict:
         return {"rows": len(inter), "users": len(factorize(inter.user)[1]), "items": len(factorize(inter.item)[1])}
 
-    read = counts(before)
+    ucode, users = factorize(before.user)           # once: the counts and the repeated rows read the same codes
+    icode, items = factorize(before.item)
+    read = {"rows": len(before), "users": len(users), "items": len(items)}
+    repeated = None if before.timestamp is None else _repeats(ucode, icode, len(items), before.timestamp)
     removed = None
     if after is not None:
         kept = counts(after) if after is not before else read
         removed = {k: read[k] - kept[k] for k in ("rows", "users", "items")}
-    return {"read": read, "repeated_rows": repeated_rows(before), "kcore_removed": removed}
+    return {"read": read, "repeated_rows": repeated, "kcore_removed": removed}
 
 
 def load_dataset(path: "str | os.PathLike | Interactions", kcore: int | None | str = "auto", format: str = "auto",

@@ -34,8 +34,11 @@ command-line tools) fall back to the bundled copies themselves, for any ``cache_
 any zoo code runs, so they find a bundled model offline only in a Hugging Face cache that holds it: ``import zoo``
 seeds the default cache (``HF_HUB_CACHE``: ``$HF_HOME/hub``, by default ``~/.cache/huggingface/hub``) with a
 snapshot of each bundled model under both organisations (``ssm-rec-zoo/<name>`` and ``org/<name>``, each marked
-``.zoo-bundled``; about 2 MB per model and organisation, about 32 MB for the 8 models of this release). A repo whose
-``refs/main`` points at a real download is left alone; one deleted (``hf cache rm``) is seeded again on the next
+``.zoo-bundled``; about 2 MB per model and organisation, about 32 MB for the 8 models of this release). The seeded
+folders get the umask's mode, as ``mkdir`` gives (a shared ``HF_HOME`` stays readable to its other users). A copy of
+an earlier release's bundled model is removed by a later ``import zoo`` once ``refs/main`` has left it for an hour
+(the seed's own copies only; the hour lets a process that was loading it finish). A repo whose ``refs/main`` points
+at a real download is left alone; one deleted (``hf cache rm``) is seeded again on the next
 ``import zoo``; a cache that cannot be written (read-only) is left unseeded without a word (logged at debug level).
 ``ZOO_NO_CACHE_SEED=1`` turns the seeding off. With it off, or with ``AutoModel.from_pretrained(id,
 cache_dir=DIR)``, seed that cache once with :func:`seed_hf_cache` (``python -c "from zoo.pretrained import
@@ -50,6 +53,8 @@ import os
 import pathlib
 import shutil
 import socket
+import stat
+import time
 from urllib.parse import urlparse
 
 logger = logging.getLogger(__name__)
@@ -93,15 +98,111 @@ def _bundled_for(repo_id: str) -> pathlib.Path | None:
     return bundled_models().get(name)
 
 
-def _content_commit(folder: pathlib.Path) -> str:
+#: the mark in each snapshot :func:`seed_hf_cache` writes: a file of that name holding :data:`SEED_MARK_TEXT`
+SEED_MARK = ".zoo-bundled"
+SEED_MARK_TEXT = "copied from the ssm-rec-zoo package\n"
+#: the seed's folders beside a repo's ``snapshots/``: a copy being written, an earlier copy being removed
+SEED_STAGE_PREFIX = ".zoo-seed-"
+#: an earlier copy the seed wrote is removed once ``refs/main`` has pointed elsewhere, and the copy has existed, for
+#: this long (seconds): a process that read the ref before it moved may still be opening that copy's files
+SEED_PRUNE_AFTER_S = 3600.0
+
+
+def _content_commit(folder: pathlib.Path, skip: tuple[str, ...] = ()) -> str:
     import hashlib
 
     h = hashlib.sha1()
     for f in sorted(folder.iterdir()):
-        if f.is_file():
+        if f.is_file() and f.name not in skip:
             h.update(f.name.encode())
             h.update(hashlib.sha1(f.read_bytes()).digest())
     return h.hexdigest()
+
+
+def _own_seed(snap: pathlib.Path) -> bool:
+    """Whether the snapshot folder ``snap`` is a copy :func:`seed_hf_cache` wrote, whole and unchanged: regular files
+    only (a Hub download's are links into ``blobs/``), the mark among them with the seed's text, and named by the
+    content hash of the others (:func:`_content_commit`; a Hub download is named by its git commit)."""
+    try:
+        if snap.is_symlink() or not snap.is_dir():
+            return False
+        entries = list(os.scandir(snap))
+        if not all(e.is_file(follow_symlinks=False) for e in entries) or SEED_MARK not in {e.name for e in entries}:
+            return False
+        if (snap / SEED_MARK).read_text(encoding="utf-8") != SEED_MARK_TEXT:
+            return False
+        return _content_commit(snap, skip=(SEED_MARK,)) == snap.name
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _prune_old_seeds(repo: pathlib.Path, keep: set[str], ref_mtime: float) -> list[str]:
+    """Remove the copies that earlier seeds wrote in ``repo/snapshots/``, other than those named in ``keep`` (the
+    commit ``refs/main`` points at, the one being written), and return their names. Only copies :func:`_own_seed`
+    tells as the seed's (never a Hub download), and only when ``refs/main`` was last written (``ref_mtime``) and the
+    copy made at least :data:`SEED_PRUNE_AFTER_S` ago: transformers reads ``config.json`` by the ref's commit, builds
+    the model, then opens the weights by that same commit, so the copy the ref has just left is kept for a later
+    seed. Each copy is renamed out of ``snapshots/`` first (a reader then finds it whole or not at all), then
+    deleted; one that cannot be (another user's, a file open on Windows) is kept."""
+    now = time.time()
+    if now - ref_mtime < SEED_PRUNE_AFTER_S:
+        return []
+    removed = []
+    try:
+        entries = list(os.scandir(repo / "snapshots"))
+    except OSError:
+        return removed
+    for e in entries:
+        if e.name in keep or e.name.startswith("."):
+            continue
+        snap = pathlib.Path(e.path)
+        gone = repo / f"{SEED_STAGE_PREFIX}{os.getpid()}-old-{e.name}"   # zoo.cli.remove_stale_stages' names
+        try:
+            if now - e.stat(follow_symlinks=False).st_mtime < SEED_PRUNE_AFTER_S \
+                    or not os.access(snap, os.W_OK | os.X_OK) or not _own_seed(snap):
+                continue
+            os.rename(snap, gone)
+        except OSError as err:
+            logger.debug("kept the earlier seeded copy %s: %s", snap, err)
+            continue
+        shutil.rmtree(gone, ignore_errors=True)
+        removed.append(e.name)
+    return removed
+
+
+def _open_up(snap: pathlib.Path) -> None:
+    """Give a copy that an earlier release seeded private (``tempfile.mkdtemp``'s 0700, which left a shared cache
+    unreadable to everyone else) the umask's mode, when it is this user's."""
+    try:
+        st = snap.stat()
+        if stat.S_IMODE(st.st_mode) != 0o700 or not hasattr(os, "geteuid") or st.st_uid != os.geteuid():
+            return
+        from .cli import _umask
+
+        if 0o777 & ~_umask() != 0o700:
+            os.chmod(snap, 0o777 & ~_umask())
+    except OSError as e:
+        logger.debug("could not open up the seeded copy %s: %s", snap, e)
+
+
+def _place_snapshot(folder: pathlib.Path, repo: pathlib.Path, snap: pathlib.Path) -> None:
+    """Copy the bundled ``folder`` to the snapshot folder ``snap`` with the seed's mark, unless it is there: staged
+    beside it (:func:`zoo.cli.staging_folder`, which also removes the stages of seeds that were killed) and renamed
+    into place, with the umask's mode (``mkdtemp`` makes the stage 0700)."""
+    from .cli import _umask, staging_folder
+
+    if (snap / SEED_MARK).exists():
+        return
+    snap.parent.mkdir(parents=True, exist_ok=True)
+    with staging_folder(repo, SEED_STAGE_PREFIX) as stage:
+        for f in folder.iterdir():
+            if f.is_file():
+                shutil.copyfile(f, stage / f.name)
+        (stage / SEED_MARK).write_text(SEED_MARK_TEXT, encoding="utf-8")
+        os.chmod(stage, 0o777 & ~_umask())
+        if snap.is_dir():                 # a copy an older version left cut short (no mark)
+            shutil.rmtree(snap)
+        os.replace(stage, snap)
 
 
 def seed_hf_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
@@ -115,10 +216,11 @@ def seed_hf_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
     Each snapshot is copied into a folder beside it and renamed into place with its ``.zoo-bundled`` mark, and the
     ref is written beside and renamed over: a process killed mid-way leaves no snapshot cut short that looks
     current, and no empty ``refs/main`` (one pointing at no snapshot, as such a kill used to leave, looked like a real
-    download and was never seeded again).
+    download and was never seeded again). The folders it makes get the umask's mode, as ``mkdir`` gives (a shared
+    ``HF_HOME`` stays readable to the others); a seeded copy that an earlier release made private (0700) is given it
+    too. A copy of an earlier version of the bundled model is removed by a later seed, once the ref has left it and it
+    has existed for :data:`SEED_PRUNE_AFTER_S` (:func:`_prune_old_seeds`: only the seed's own copies).
     """
-    import tempfile
-
     from huggingface_hub import constants
 
     cache = pathlib.Path(cache_dir or constants.HF_HUB_CACHE)
@@ -129,33 +231,30 @@ def seed_hf_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
             repo = cache / f"models--{org}--{name}"
             ref = repo / "refs" / "main"
             try:
+                current, ref_mtime = "", None
                 if ref.exists():
                     current = ref.read_text(encoding="utf-8").strip()
+                    ref_mtime = ref.stat().st_mtime
                     snap = repo / "snapshots" / current
-                    ours = (snap / ".zoo-bundled").exists()
+                    ours = (snap / SEED_MARK).exists()
                     if current and snap.is_dir() and not ours:
                         continue  # a real Hub download
-                    if ours and (commit or _content_commit(folder)) == current:
+                    if ours and (commit := commit or _content_commit(folder)) == current:
+                        _open_up(snap)
+                        _prune_old_seeds(repo, {current}, ref_mtime)
                         continue  # our copy is current
                 commit = commit or _content_commit(folder)
                 snap = repo / "snapshots" / commit
-                if not (snap / ".zoo-bundled").exists():
-                    snap.parent.mkdir(parents=True, exist_ok=True)
-                    stage = pathlib.Path(tempfile.mkdtemp(prefix=".zoo-seed-", dir=repo))
-                    try:
-                        for f in folder.iterdir():
-                            if f.is_file():
-                                shutil.copyfile(f, stage / f.name)
-                        (stage / ".zoo-bundled").write_text("copied from the ssm-rec-zoo package\n", encoding="utf-8")
-                        if snap.is_dir():                 # a copy an older version left cut short (no mark)
-                            shutil.rmtree(snap)
-                        os.replace(stage, snap)
-                    finally:
-                        shutil.rmtree(stage, ignore_errors=True)
+                _place_snapshot(folder, repo, snap)
                 ref.parent.mkdir(parents=True, exist_ok=True)
                 tmp_ref = ref.with_name(f".main.{os.getpid()}")
                 tmp_ref.write_text(commit, encoding="utf-8")
                 os.replace(tmp_ref, ref)
+                # a seed of another version may have pruned the copy between its check and the ref's switch
+                _place_snapshot(folder, repo, snap)
+                _open_up(snap)
+                if ref_mtime is not None:      # the copies the ref had left before it moved here
+                    _prune_old_seeds(repo, {current, commit}, ref_mtime)
                 written.append(f"{org}/{name}")
             except OSError as e:
                 logger.debug("could not seed the HF cache with %s: %s", name, e)
@@ -197,10 +296,24 @@ def probe_target() -> tuple[str | None, int, str]:
 def hub_reachable(timeout: float | None = None) -> bool:
     """Quick TCP probe toward the Hub (so an offline machine never waits on HTTP timeouts): ``False`` at once in
     offline mode (``HF_HUB_OFFLINE``), else whether a connection to :func:`probe_target` (the proxy, when the
-    environment names one for the endpoint) opens within ``ZOO_HUB_PROBE_TIMEOUT`` (1.5 s) seconds."""
+    environment names one for the endpoint) opens within ``timeout`` seconds: the argument when given, else
+    ``ZOO_HUB_PROBE_TIMEOUT``, else 1.5 (the zoo's own callers pass none, so the setting decides). Either must be
+    a finite number of seconds > 0: else a ``ValueError`` naming the argument or the setting and its value (checked
+    when a probe is made: offline mode makes none, and reads neither)."""
+    import math
+
     if _offline_mode():
         return False
-    timeout = float(os.environ.get("ZOO_HUB_PROBE_TIMEOUT", timeout or 1.5))
+    if timeout is not None:
+        what, value = "hub_reachable(timeout=...)", timeout
+    else:
+        what, value = "ZOO_HUB_PROBE_TIMEOUT", os.environ.get("ZOO_HUB_PROBE_TIMEOUT", "1.5")
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        timeout = math.nan
+    if not (isinstance(value, (int, float, str)) and not isinstance(value, bool) and 0 < timeout < math.inf):
+        raise ValueError(f"{what}={value!r}: not a number of seconds > 0 (how long the probe of the Hub waits)")
     host, port, _ = probe_target()
     if not host:
         return False

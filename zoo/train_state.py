@@ -90,6 +90,8 @@ def save(out: str | os.PathLike, model: torch.nn.Module, opt: torch.optim.Optimi
     evaluation resumes straight to it)."""
     from safetensors.torch import save_file, save_model
 
+    from .cli import _umask
+
     new, old, final = (os.path.join(out, RESUME_DIR + s) for s in (".new", ".old", ""))
     shutil.rmtree(new, ignore_errors=True)
     os.makedirs(new)
@@ -100,6 +102,8 @@ def save(out: str | os.PathLike, model: torch.nn.Module, opt: torch.optim.Optimi
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
     save_file(tensors, os.path.join(new, "optimizer.safetensors"))
+    for name in ("model.safetensors", "optimizer.safetensors"):     # safetensors makes them 0600; state.json (open),
+        os.chmod(os.path.join(new, name), 0o666 & ~_umask())        # the folders and the checkpoint get the umask's
     np_state = np.random.get_state()
     state = {"format_version": FORMAT_VERSION, "progress": progress, "settings": settings, "optimizer": opt_meta,
              "shuffle_generator": gen.bit_generator.state, "python_random": random.getstate(),
@@ -183,7 +187,8 @@ def load(path: str | os.PathLike) -> tuple[dict, dict]:
                          f"{FORMAT_VERSION}")
     missing = [k for k in STATE_KEYS if k not in state]
     missing += [f"progress.{k}" for k in PROGRESS_KEYS
-                if "progress" not in missing and (not isinstance(state["progress"], dict) or k not in state["progress"])]
+                if "progress" not in missing
+                and (not isinstance(state["progress"], dict) or k not in state["progress"])]
     if missing or "rng.torch" not in tensors:
         raise ValueError(f"{path}: incomplete resume state ({STATE_FILE} lacks {', '.join(missing)})" if missing else
                          f"{path}: incomplete resume state (optimizer.safetensors lacks rng.torch)")

@@ -262,7 +262,7 @@ def run_workers(script: str, args: Sequence[str], jobs: Sequence[dict], barrier:
 _signals_deferred = signals_deferred
 
 
-def die_with_parent(sig: int = signal.SIGKILL):
+def die_with_parent(sig: int | None = None):
     """The ``preexec_fn`` of a process the bench starts (a worker, ``redis-server``) that must not outlive it: on
     Linux the child asks the kernel (``prctl(PR_SET_PDEATHSIG, sig)``) for ``sig`` when its parent ends -- a bench
     killed by SIGKILL or a crash, which cannot stop what it started as :func:`run_workers` and :func:`redis_server`
@@ -273,7 +273,10 @@ def die_with_parent(sig: int = signal.SIGKILL):
     the *thread* that started the child ends (the benches start them from the thread that then waits for them). Start
     such a child with :func:`spawn`, not ``Popen`` alone (a signal may be lost there). Returns None elsewhere (macOS,
     the BSDs have no such request): there a bench killed outright still leaves its workers to end on their own (a
-    worker's stdin/stdout pipes are then closed)."""
+    worker's stdin/stdout pipes are then closed). ``sig`` None: SIGKILL, read at the call (Windows has none, and a
+    default argument read at import made every bench that imports this module fail there; SIGTERM stands in)."""
+    if sig is None:
+        sig = getattr(signal, "SIGKILL", signal.SIGTERM)
     return _die_with_parent(sig)
 
 

@@ -598,6 +598,11 @@ def run_cli(main: Callable, *args, prog: str | None = None):
         _stdout_to_devnull()                    # what is still buffered must not fail again at exit
         if isinstance(e, BrokenPipeError) and _stdout_reader_gone():
             sys.exit(EXIT_BROKEN_PIPE if code in (None, EXIT_OK) else code)
+        if isinstance(e, UnicodeEncodeError):   # Windows: a redirected stdout takes the ANSI code page (cp1252)
+            encoding = getattr(sys.stdout, "encoding", None) or e.encoding
+            reason += (f"; its encoding, {encoding}, cannot write these characters: set PYTHONUTF8=1 (or "
+                       "PYTHONIOENCODING=utf-8) and run it again, or write to a file with --out FILE where the "
+                       "command has that option")
         print(f"{prog}: error: cannot write to standard output ({reason})", file=sys.stderr, flush=True)
         sys.exit(EXIT_ERROR if code in (None, EXIT_OK) else code)
 

@@ -96,7 +96,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import filecmp
 import hashlib
 import json
@@ -110,6 +109,11 @@ import sys
 import tempfile
 import time
 from typing import Sequence
+
+try:
+    import fcntl
+except ImportError:     # not POSIX (Windows): no stage locks, so no stage is taken for dead (as zoo.cli.lock_folder)
+    fcntl = None
 
 from . import plugin_spec as ps
 from .deps import require
@@ -1551,7 +1555,8 @@ def _stage_places(repo: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
 def _remove_dead_stage(stage: pathlib.Path) -> bool:
     """Remove the staging folder ``stage`` if its writer is dead (the lock it held while alive can be taken), first
     putting back the model folder a writer killed between the swap's two renames had moved aside. Returns whether
-    it was removed."""
+    it was removed. Where there are no locks (no ``fcntl``: Windows) a stage with its lock file is never taken for
+    dead: it is left."""
     try:
         fd = os.open(stage / _STAGE_LOCK, os.O_RDWR)
     except FileNotFoundError:          # a writer's first instant (the lock comes next) or one killed removing it
@@ -1565,6 +1570,8 @@ def _remove_dead_stage(stage: pathlib.Path) -> bool:
     except OSError:
         return False
     with os.fdopen(fd, "r+") as f:
+        if fcntl is None:                                   # no locks here: a live writer's cannot be told apart
+            return False
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:                                     # held: a live writer's
@@ -1635,7 +1642,8 @@ def _staged_model_folder(final: pathlib.Path):
     try:
         fd, tmp = tempfile.mkstemp(prefix=".lock-", dir=stage)
         lock = os.fdopen(fd, "w", encoding="utf-8")
-        fcntl.flock(lock, fcntl.LOCK_EX)                    # before it bears its name: never seen unlocked
+        if fcntl is not None:                               # not POSIX: no lock, and no stage is taken for dead
+            fcntl.flock(lock, fcntl.LOCK_EX)                # before it bears its name: never seen unlocked
         lock.write(json.dumps({"target": str(final), "pid": os.getpid()}))
         lock.flush()
         os.rename(tmp, stage / _STAGE_LOCK)

@@ -403,9 +403,50 @@ def lock_folder(path: str) -> int | None:
     return fd
 
 
+def _kernel32():
+    """Windows' ``kernel32`` through ``ctypes`` (:func:`pid_alive`), its three calls typed, and the function that
+    reads the last error of a call."""
+    import ctypes
+    from ctypes import wintypes
+
+    k = ctypes.WinDLL("kernel32", use_last_error=True)
+    k.OpenProcess.argtypes, k.OpenProcess.restype = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD], wintypes.HANDLE
+    k.GetExitCodeProcess.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
+    k.GetExitCodeProcess.restype = wintypes.BOOL
+    k.CloseHandle.argtypes, k.CloseHandle.restype = [wintypes.HANDLE], wintypes.BOOL
+    return k, ctypes.get_last_error
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    """:func:`pid_alive` on Windows, where ``os.kill(pid, 0)`` is no probe (signal 0 is ``CTRL_C_EVENT`` there: it
+    would send Ctrl-C to a process group): ``OpenProcess`` and ``GetExitCodeProcess`` == ``STILL_ACTIVE``. Only an
+    unknown pid (``ERROR_INVALID_PARAMETER``) or an ended process is dead; whatever cannot be told (access denied,
+    another error) is taken for alive, so nothing of a live writer's is removed."""
+    import ctypes
+
+    if not 0 <= pid <= 0xFFFFFFFF:
+        raise OverflowError(f"pid {pid} is beyond Windows' range")
+    k, last_error = _kernel32()
+    handle = k.OpenProcess(0x1000, False, pid)               # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return last_error() != 87                            # ERROR_INVALID_PARAMETER: no such process
+    try:
+        code = ctypes.c_ulong()
+        if not k.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259                             # STILL_ACTIVE
+    finally:
+        k.CloseHandle(handle)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` runs on this machine (another user's too). ``OverflowError`` for a pid beyond the
-    system's range: no writer of this project wrote such a name, the callers leave what carries it."""
+    system's range: no writer of this project wrote such a name, the callers leave what carries it. On Windows:
+    :func:`_windows_pid_alive`."""
+    import sys
+
+    if sys.platform == "win32":
+        return _windows_pid_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -19,12 +19,18 @@ Dtypes: float32 (training) and float64 (used by ``gradcheck``).  CPU tensors onl
 
 The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (needs a
 C++ compiler and the ``ninja`` PyPI package) into ``$TORCH_EXTENSIONS_DIR`` or
-``~/.cache/zoo_extensions`` (a folder per torch version and per checkout); later imports reuse the cached build.  Flags: ``-O3
--fopenmp -fno-trapping-math`` (no ``-march=native``, no fast-math; ``-fno-trapping-math``
+``~/.cache/zoo_extensions`` (a folder per torch version and per checkout); later imports reuse the cached build.
+Flags: ``-O3 -fopenmp -fno-trapping-math`` (no ``-march=native``, no fast-math; ``-fno-trapping-math``
 only lets GCC if-convert/vectorise the exp loop, IEEE results are unchanged): the kernels
 are compiled for the x86-64 baseline and for AVX2+FMA and the AVX2 copy is picked at run
-time when the CPU supports it, so the cached binary is portable.  ``is_available()`` tries the build once, caches the answer
-and warns once with the reason if it failed; importing this module never raises.
+time when the CPU supports it, so the cached binary is portable.  ``-fopenmp`` lets ``at::parallel_for`` run the rows
+on ATen's OpenMP threads (its loop is inlined from the headers).  A compiler without OpenMP (Apple clang rejects the
+flag) gets the same kernel built without it (:data:`_VARIANTS`: the rows then run on one thread), in a build folder of
+its own, with a one-time notice; a file in the OpenMP build folder (:data:`_NO_OPENMP_FILE`, naming the compiler)
+records that, so later processes do not retry the OpenMP build with that compiler (remove the file to retry).
+``is_available()`` tries the build once, caches the answer and warns once, in one line, if it failed (what failed,
+that the pure-PyTorch reference runs instead, and where the full compiler log is: :data:`_BUILD_LOG` in the build
+folder); importing this module never raises.
 
 Builds are serialised across processes by an ``flock`` on the build folder (:func:`_build_lock`), which the kernel
 releases when its holder dies: torch's own ``lock`` file, which a build killed half-way leaves behind and torch then
@@ -38,6 +44,7 @@ import hashlib
 import os
 import pathlib
 import sys
+import tempfile
 import threading
 import warnings
 from typing import Optional
@@ -48,6 +55,17 @@ __all__ = ["is_available", "selective_scan_cpu", "load_extension", "CHECKPOINT_C
 
 CHECKPOINT_CHUNK = 32
 _EXT_NAME = "zoo_selective_scan_cpu"  # bump the build dir when flags change
+#: the builds tried in turn, each ``(name, extra_cflags, extra_ldflags)`` and built into a folder of its own
+#: (:func:`_build_dir`): with OpenMP, then without it for compilers that have none (Apple clang)
+_VARIANTS = (
+    (_EXT_NAME, ["-O3", "-fopenmp", "-fno-trapping-math"], ["-fopenmp"]),
+    (_EXT_NAME + "_noomp", ["-O3", "-fno-trapping-math"], []),
+)
+#: in the OpenMP variant's build folder: the compiler (``$CXX``) that failed to build it while the build without
+#: OpenMP succeeded -- later loads with that compiler go straight to the build without OpenMP
+_NO_OPENMP_FILE = "no-openmp-compiler.txt"
+#: in the first variant's build folder: the full compiler output of the last failed build
+_BUILD_LOG = "build-failed.log"
 _SRC = pathlib.Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
 
 _lock = threading.Lock()
@@ -56,20 +74,90 @@ _tried = False
 _error: Optional[str] = None
 
 
-def _build_dir() -> str:
+def _build_dir(name: str = _EXT_NAME) -> str:
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "zoo_extensions"
     )
     # one folder per torch version, so that an upgrade never loads a stale binary, and per source file: ninja's build
     # file names the source's path, so two checkouts sharing one folder rebuilt it in turn at every load
     src = hashlib.sha256(str(_SRC).encode()).hexdigest()[:10]
-    d = os.path.join(root, f"{_EXT_NAME}_torch{torch.__version__.replace('+', '_')}_{src}")
+    d = os.path.join(root, f"{name}_torch{torch.__version__.replace('+', '_')}_{src}")
     os.makedirs(d, exist_ok=True)
     return d
 
 
+class KernelBuildError(RuntimeError):
+    """The fused kernel could not be built: ``str()`` is one line (the compiler's last error line and where the full
+    log is); ``log_path`` is that log (``None`` where it could not be written)."""
+
+    def __init__(self, summary: str, log_path: Optional[str]):
+        where = f"full compiler log: {log_path}" if log_path else "the compiler log could not be saved"
+        super().__init__(f"{summary}; {where}")
+        self.log_path = log_path
+
+
+def _compiler() -> str:
+    """The C++ compiler torch's builder runs (``$CXX``, else ``c++``)."""
+    return os.environ.get("CXX") or "c++"
+
+
+def _last_error_line(text: str) -> str:
+    """The line of a build's output that says what failed: the last compiler/linker ``error:`` line, else the last
+    line naming an error, else the last line (at most 200 characters)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for pick in (lambda ln: "error:" in ln.lower(), lambda ln: "error" in ln.lower() or "cannot find" in ln.lower()):
+        hits = [ln for ln in lines[1:] if pick(ln)]          # lines[0]: torch's "Error building extension ..."
+        if hits:
+            return hits[-1][:200]
+    return lines[-1][:200] if lines else "no output"
+
+
+def _save_log(text: str) -> Optional[str]:
+    """Write a failed build's full output to :data:`_BUILD_LOG` in the first variant's build folder (else the
+    temporary folder); returns its path, or ``None`` where neither can be written."""
+    try:
+        path = os.path.join(_build_dir(_VARIANTS[0][0]), _BUILD_LOG)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+    except OSError:
+        pass
+    try:
+        fd, path = tempfile.mkstemp(prefix="zoo_selective_scan_cpu-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+    except OSError:
+        return None
+
+
+def _openmp_refused() -> bool:
+    """Whether this compiler already failed the OpenMP build where the build without OpenMP succeeded."""
+    try:
+        path = os.path.join(_build_dir(_VARIANTS[0][0]), _NO_OPENMP_FILE)
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() == _compiler()
+    except OSError:
+        return False
+
+
+def _record_openmp_refused() -> None:
+    """Record :func:`_openmp_refused` for later processes (written whole; a folder this user cannot write in is
+    left as it is: the OpenMP build is then tried again next time, nothing else)."""
+    try:
+        folder = _build_dir(_VARIANTS[0][0])
+        fd, tmp = tempfile.mkstemp(prefix=f".{_NO_OPENMP_FILE}.", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(_compiler() + "\n")
+        os.replace(tmp, os.path.join(folder, _NO_OPENMP_FILE))
+    except OSError:
+        pass
+
+
 def load_extension(verbose: bool = False):
-    """Build (first time) / load the extension; raises on failure."""
+    """Build (first time) / load the extension; raises on failure (:class:`KernelBuildError` when the compiler
+    fails, with one line and the path of the full log). The build with OpenMP is tried first, then the one without
+    (:data:`_VARIANTS`), unless this compiler is known to fail the first (:func:`_openmp_refused`)."""
     global _ext
     if _ext is not None:
         return _ext
@@ -81,17 +169,33 @@ def load_extension(verbose: bool = False):
         raise RuntimeError(f"extension source not found: {_SRC}")
     from torch.utils.cpp_extension import load
 
-    build_dir = _build_dir()
-    with _build_lock(build_dir), _some_stdout():
-        _ext = load(
-            name=_EXT_NAME,
-            sources=[str(_SRC)],
-            extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"],
-            extra_ldflags=["-fopenmp"],
-            build_directory=build_dir,
-            verbose=verbose,
-        )
-    return _ext
+    variants = _VARIANTS[1:] if _openmp_refused() else _VARIANTS
+    failures = []
+    for name, cflags, ldflags in variants:
+        try:
+            build_dir = _build_dir(name)
+            with _build_lock(build_dir), _some_stdout():
+                ext = load(name=name, sources=[str(_SRC)], extra_cflags=cflags, extra_ldflags=ldflags,
+                           build_directory=build_dir, verbose=verbose)
+        except Exception as exc:  # noqa: BLE001 - a compiler's failure of any kind: the next variant, or the report
+            failures.append((name, cflags, exc))
+            continue
+        if failures and name != _VARIANTS[0][0]:
+            _record_openmp_refused()
+            log = _save_log(_failure_text(failures))
+            warnings.warn(f"the C++ compiler {_compiler()!r} could not build the fused CPU kernel with OpenMP "
+                          f"({_last_error_line(str(failures[0][2]))}); it was built without OpenMP, so each scan runs "
+                          f"on one thread" + (f" (full compiler log: {log})" if log else ""), RuntimeWarning,
+                          stacklevel=2)
+        _ext = ext
+        return _ext
+    log = _save_log(_failure_text(failures))
+    raise KernelBuildError(_last_error_line(str(failures[-1][2])), log) from failures[-1][2]
+
+
+def _failure_text(failures) -> str:
+    return "\n\n".join(f"=== build {name} (extra_cflags {' '.join(cflags)}, compiler {_compiler()}) ===\n"
+                        f"{type(exc).__name__}: {exc}" for name, cflags, exc in failures)
 
 
 @contextlib.contextmanager
@@ -149,10 +253,10 @@ def is_available() -> bool:
             try:
                 load_extension()
             except Exception as exc:  # noqa: BLE001 - any build problem means "unavailable"
-                _error = f"{type(exc).__name__}: {exc}"
+                _error = str(exc) if isinstance(exc, KernelBuildError) else f"{type(exc).__name__}: {exc}"
                 warnings.warn(
-                    f"zoo selective_scan_cpu extension unavailable ({_error}); "
-                    "falling back is up to the caller",
+                    f"zoo: the fused CPU selective-scan kernel is unavailable ({_error}); Mamba's selective scan "
+                    "runs the pure-PyTorch reference instead (about 25x slower to train on CPU)",
                     RuntimeWarning,
                     stacklevel=2,
                 )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 import sys
 import time
 import types
@@ -81,7 +82,7 @@ def ssd_cases():
 
 def main() -> int:
     out = {"versions": {"triton": triton.__version__, "torch": torch.__version__,
-                        "mamba_ssm": open(os.path.join(SRC, "mamba_ssm", "__init__.py")).read().split('"')[1]},
+                        "mamba_ssm": pathlib.Path(SRC, "mamba_ssm", "__init__.py").read_text().split('"')[1]},
            "cases": []}
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731

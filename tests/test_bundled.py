@@ -31,7 +31,7 @@ def test_folder_is_complete_and_small(folder):
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "transformers" and "sequential-recommendation" in meta["tags"]
     results = meta["model-index"][0]["results"][0]["metrics"]
-    measured = json.load(open(folder / "eval_results.json"))["metrics"]
+    measured = json.loads((folder / "eval_results.json").read_text())["metrics"]
     for m in results:
         assert abs(m["value"] - measured[m["name"]]) < 1e-6, m["name"]
 
@@ -65,7 +65,7 @@ def test_card_numbers_reproduced(folder, shared_file):
     from zoo.metrics import bootstrap_interval
 
     torch.set_num_threads(2)
-    info = json.load(open(folder / "eval_results.json"))
+    info = json.loads((folder / "eval_results.json").read_text())
     model = AutoModel.from_pretrained(folder)
     ds, _ = align_with_model(load_dataset(shared_file(info["data_file"]), **info.get("data_options", {})), model)
     got, ranks = evaluate_model(model, leave_one_out(ds).test, ks=(5, 10, 20), exclude_history=info["exclude_history"],
@@ -187,8 +187,8 @@ def test_card_onnx_graph_reproduces_the_cards_numbers(folder, rel, shared_file):
     from zoo.evaluate import evaluate_onnx
     from zoo.vocab import ItemVocab
 
-    info = json.load(open(folder / "eval_results.json"))
-    spec = json.load(open(folder / rel / "state_spec.json"))
+    info = json.loads((folder / "eval_results.json").read_text())
+    spec = json.loads((folder / rel / "state_spec.json").read_text())
     assert bool(spec.get("exclude_seen")) == bool(info["exclude_history"]), (
         f"{folder.name}/{rel}: the card's protocol {'masks' if info['exclude_history'] else 'does not mask'} the "
         f"history, the graph {'does' if spec.get('exclude_seen') else 'does not'}")

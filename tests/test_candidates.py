@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sys
 
 import numpy as np
@@ -117,7 +118,7 @@ def test_candidates_window_graph(graphs):
 
 def test_spec_card_and_verification_record_the_candidates(graphs):
     _, res = graphs["step"]
-    spec = json.loads(open(res.spec_path).read())
+    spec = json.loads(pathlib.Path(res.spec_path).read_text())
     assert spec["candidates"] is True and spec["inputs"][-1]["name"] == "candidates"
     assert spec["inputs"][-1]["shape"] == ["B", "C"] and spec["inputs"][-1]["dtype"] == "int64"
     assert "candidates" in E.card_section(spec, "onnx") and "`candidates` input" in E.card_section(spec, "onnx")

@@ -44,34 +44,34 @@ def test_atomic_columns_by_name_any_order(tmp_path):
 
 
 def test_columns_named_by_role(tmp_path):
-    """A header whose columns have other names (Amazon's reviewerID/asin/unixReviewTime, a shop's export) is read with
-    columns= naming them by role; a role not named is found by its usual names; a named column must be there,
-    exactly."""
-    amazon = write(tmp_path / "reviews.csv", "reviewerID,asin,overall,unixReviewTime\nA1,B7,5,300\nA1,B9,4,100\n"
+    """A header whose columns have other names (a shop's export) is read with columns= naming them by role; a role not
+    named is found by its usual names; a named column must be there, exactly. (Amazon's reviewerID/asin/
+    unixReviewTime are usual names: tests/test_readers_usual_names.py.)"""
+    export = write(tmp_path / "reviews.csv", "customerID,product,overall,reviewedAt\nA1,B7,5,300\nA1,B9,4,100\n"
                                              "A2,B7,3,200\n")
     with pytest.raises(ValueError, match="unknown interaction file format.*--columns user=NAME item=NAME"):
-        read_interactions(amazon)
-    x = read_interactions(amazon, columns={"user": "reviewerID", "item": "asin", "time": "unixReviewTime"})
+        read_interactions(export)
+    x = read_interactions(export, columns={"user": "customerID", "item": "product", "time": "reviewedAt"})
     assert x.format == "delimited" and x.user.tolist() == ["A1", "A1", "A2"] and x.item.tolist() == ["B7", "B9", "B7"]
     assert x.timestamp.tolist() == [300.0, 100.0, 200.0]
     # the same file without its time column named: no timestamps (the usual names are not in the header)
-    assert read_interactions(amazon, columns={"user": "reviewerID", "item": "asin"}).timestamp is None
+    assert read_interactions(export, columns={"user": "customerID", "item": "product"}).timestamp is None
     # one role named, the others by their usual names; an atomic header compares the name before ':'
     shop = write(tmp_path / "shop.tsv", "user_id\tsku\ttimestamp\nu\ts1\t1\nu\ts2\t2\n")
     assert read_interactions(shop, columns={"item": "sku"}).item.tolist() == ["s1", "s2"]
     typed = write(tmp_path / "x.inter", "session:token\tproduct:token\tts:float\n1\t10\t5\n")
     x = read_interactions(typed, columns={"user": "session", "item": "product"})
     assert x.format == "atomic" and x.user.tolist() == [1] and x.timestamp.tolist() == [5.0]
-    ds = load_dataset(amazon, kcore=None, columns={"user": "reviewerID", "item": "asin", "time": "unixReviewTime"})
+    ds = load_dataset(export, kcore=None, columns={"user": "customerID", "item": "product", "time": "reviewedAt"})
     assert ds.vocab.decode(ds.sequences[0].tolist()) == ["B9", "B7"]                # A1's items in time order
     for columns, message in [
-            ({"user": "customer", "item": "asin"}, r"no user column 'customer' in the header \['reviewerID', "),
-            ({"user": "reviewerid", "item": "asin"}, "no user column 'reviewerid'"),        # exact, not any case
-            ({"usr": "reviewerID"}, r"unknown role\(s\) \['usr'\]; the roles are \['user', 'item', 'time'\]"),
-            ({"user": " ", "item": "asin"}, r"an empty column name for \['user'\]"),
-            ({"user": "asin", "item": "asin"}, "one header column given two roles")]:
+            ({"user": "customer", "item": "product"}, r"no user column 'customer' in the header \['customerID', "),
+            ({"user": "customerid", "item": "product"}, "no user column 'customerid'"),      # exact, not any case
+            ({"usr": "customerID"}, r"unknown role\(s\) \['usr'\]; the roles are \['user', 'item', 'time'\]"),
+            ({"user": " ", "item": "product"}, r"an empty column name for \['user'\]"),
+            ({"user": "product", "item": "product"}, "one header column given two roles")]:
         with pytest.raises(ValueError, match=message):
-            read_interactions(amazon, columns=columns)
+            read_interactions(export, columns=columns)
     # a role named only implicitly twice: the item column found by its usual name is the one named for the user
     both = write(tmp_path / "both.csv", "item_id,x\n1,2\n")
     with pytest.raises(ValueError, match="one header column found for two roles"):
@@ -219,7 +219,7 @@ def test_in_memory_timestamps_must_be_finite():
     from zoo.data.split import SequenceDataset
     from zoo.vocab import ItemVocab
     ds = SequenceDataset([7], [np.array([1, 2, 3])], [np.array([1.0, 2.0, np.nan])], ItemVocab([4, 5, 6]), "h")
-    with pytest.raises(ValueError, match=r"h: 1 NaN or infinite timestamps \(user 7 has nan at position 2\); M reads"):
+    with pytest.raises(ValueError, match=r"h: 1 NaN or infinite timestamp \(user 7 has nan at position 2\); M reads"):
         ds.check_timestamps_for("M")
 
 
@@ -440,7 +440,7 @@ def test_reencode_with_model_vocab():
     v = ItemVocab([30, 20, 10, 99])
     r = ds.reencode(v)
     assert [s.tolist() for s in r.sequences] == [[3, 2], [1]] and r.vocab is v
-    with pytest.raises(UnknownItemError, match=r"1 of the 3 items .*1 interactions"):
+    with pytest.raises(UnknownItemError, match=r"1 of the 3 items .*\(1 interaction\) is not in"):
         ds.reencode(ItemVocab([10, 20]))
     d = ds.reencode(ItemVocab([10, 20]), unknown="drop")
     assert d.users == [1] and d.timestamps[0].tolist() == [1.0, 2.0]
@@ -992,7 +992,7 @@ def test_kcore_max_iterations_counts_the_rounds_that_drop_rows():
     x = kcore_filter(Interactions(np.array([1, 1, 2]), np.array([5, 5, 6])), 2, 2, max_iterations=1)
     assert x.user.tolist() == [1, 1] and x.item.tolist() == [5, 5]
     assert len(kcore_filter(Interactions(np.array([1, 1]), np.array([5, 5])), 2, 2, max_iterations=0)) == 2
-    with pytest.raises(RuntimeError, match=r"did not converge in 0 rounds \(1 rows still to drop\)"):
+    with pytest.raises(RuntimeError, match=r"did not converge in 0 rounds \(1 row still to drop\)"):
         kcore_filter(Interactions(np.array([1, 1, 2]), np.array([5, 5, 6])), 2, 2, max_iterations=0)
     with pytest.raises(ValueError, match="max_iterations must be >= 0"):
         kcore_filter(Interactions(np.array([1, 1]), np.array([5, 5])), 2, 2, max_iterations=-1)

@@ -114,9 +114,9 @@ def test_hand_built_dataset_rows_are_checked_naming_the_user():
          r"vocabulary's 4 items\); 0 is padding$"),
         (dict(sequences=[SEQS[0], np.array([2, 0, 3])]), r"user 'v' has item index 0 at position 1"),
         (dict(sequences=[SEQS[0], np.array([2, 5, 3])]), r"user 'v' has item index 5 at position 1"),
-        (dict(users=["u"]), r"^h: 1 users for 2 sequences; pass one user id per sequence$"),
+        (dict(users=["u"]), r"^h: 1 user for 2 sequences; pass one user id per sequence$"),
         (dict(users=["u", "u"]), r"^h: user 'u' has two sequences \(rows 0 and 1\); pass one sequence per user"),
-        (dict(timestamps=[SEC_TS[0]]), r"^h: 1 timestamp rows for 2 sequences"),
+        (dict(timestamps=[SEC_TS[0]]), r"^h: 1 timestamp row for 2 sequences"),
         (dict(timestamps=[SEC_TS[0], SEC_TS[1][:2]]),
          r"^h: the timestamp row of user 'v' holds 2 timestamps for 3 items; pass one timestamp per item$"),
         (dict(timestamps=[SEC_TS[0], SEC_TS[1][::-1].copy()]),
@@ -128,15 +128,15 @@ def test_hand_built_dataset_rows_are_checked_naming_the_user():
     listed = _ds(sequences=[[1, 2, 3, 4], [2, 3, 4]], timestamps=[list(SEC_TS[0]), list(SEC_TS[1])])
     assert all(s.dtype == np.int64 for s in listed.sequences) and listed.timestamps[1].dtype == np.float64
     nan = _ds([np.array([1.0, np.nan, 3.0, 4.0]), SEC_TS[1]])               # NaN: left to check_timestamps_for
-    with pytest.raises(ValueError, match=r"h: 1 NaN or infinite timestamps \(user 'u' has nan at position 1\)"):
+    with pytest.raises(ValueError, match=r"h: 1 NaN or infinite timestamp \(user 'u' has nan at position 1\)"):
         nan.check_timestamps_for("M")
     with pytest.raises(ValueError, match=r"^h: user 'u' has timestamp nan at position 1; a temporal split needs "
                                          r"finite Unix seconds$"):
         temporal_split(nan, 5.0, 2.0)
-    with pytest.raises(ValueError, match=r"^EvalExamples: 2 histories, 1 targets and 2 users"):
+    with pytest.raises(ValueError, match=r"^EvalExamples: 2 histories, 1 target and 2 users"):
         EvalExamples([np.array([1]), np.array([2])], np.array([3]), ["a", "b"])
     with pytest.raises(ValueError, match=r"^EvalExamples: the timestamp row of history 0 \(user 'a'\) holds 2 "
-                                         r"timestamps for 1 items"):
+                                         r"timestamps for 1 item;"):
         EvalExamples([np.array([1])], np.array([3]), ["a"], [np.array([1.0, 2.0])])
 
 

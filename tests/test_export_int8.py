@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import sys
 
@@ -79,7 +80,7 @@ def test_int8_export_of_a_trained_model_passes_its_row(int8_mamba, tmp_path):
     assert os.path.getsize(res.graph_path) < 0.6 * os.path.getsize(fp32.graph_path)
     # an int8 graph's states are its own: an explicit-state store must not mix them with the fp32 graph's
     assert spec[E.STATE_FINGERPRINT] != fp32.spec[E.STATE_FINGERPRINT]
-    assert json.loads(open(res.spec_path).read())["quantization"]["nodes"] == q["nodes"]
+    assert json.loads(pathlib.Path(res.spec_path).read_text())["quantization"]["nodes"] == q["nodes"]
 
 
 def test_int8_graph_serves_through_the_runtime(int8_mamba):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -167,7 +168,7 @@ def test_scan_nodes_follow_plugin_spec(exported, name):
 @pytest.mark.parametrize("name", ALL_STEP_MODELS)
 def test_state_spec_json(exported, name):
     model, res = exported(name)
-    spec = json.loads(open(res.spec_path).read())
+    spec = json.loads(pathlib.Path(res.spec_path).read_text())
     want = model.state_spec(3)
     assert [s["name"] for s in spec["state"]] == [s.name for s in want]
     for s, w in zip(spec["state"], want, strict=True):
@@ -1112,8 +1113,8 @@ def test_fp16_step_graph(exported, exported_fp16, name):
                 assert p.op_type == "Cast" and p.attribute[0].i == F, (t.name, p)
     fn = next(f for f in mp.functions if f.name == op.op_type)
     assert fn == next(f for f in mp32.functions if f.name == op.op_type)
-    spec = json.loads(open(res.spec_path).read())
-    spec32 = json.loads(open(res32.spec_path).read())
+    spec = json.loads(pathlib.Path(res.spec_path).read_text())
+    spec32 = json.loads(pathlib.Path(res32.spec_path).read_text())
     assert spec["precision"] == "fp16" and spec32["precision"] == "fp32"
     assert spec["state"] == spec32["state"] and spec["inputs"] == spec32["inputs"]
     assert spec["outputs"] == spec32["outputs"]
@@ -1396,7 +1397,7 @@ def test_tim4rec_causal_ssd_nodes_follow_plugin_spec(exported):
 
 def test_tim4rec_causal_state_spec_json(exported):
     model, res = exported("tim4rec_causal")
-    spec = json.loads(open(res.spec_path).read())
+    spec = json.loads(pathlib.Path(res.spec_path).read_text())
     c = model.config
     want = {"conv_state": (["B", 2, c.d_inner + 2 * c.d_state, c.d_conv - 1], "float32", 0.0),
             "ssm_state": (["B", 2, c.n_heads, c.head_dim, c.d_state], "float32", 0.0),
@@ -1634,7 +1635,7 @@ def test_tim4rec_causal_gaps_graph_io(exported):
     assert not [n.name for n in mp.graph.node if any(
         (a.name == "to" and a.i == D) or (a.type == onnx.AttributeProto.TENSOR and a.t.data_type == D)
         for a in n.attribute)]
-    spec = json.loads(open(res.spec_path).read())
+    spec = json.loads(pathlib.Path(res.spec_path).read_text())
     assert spec["time_input"] == "gaps" and spec["uses_timestamps"] is True
     assert [s["name"] for s in spec["state"]] == names and all(s["dtype"] == "float32" for s in spec["state"])
     (client,) = spec["client_state"]
@@ -1899,7 +1900,7 @@ def test_exclude_seen_step_graph(tmp_path, name):
     res = E.export_model(model, tmp_path, topk=10, with_scores=True, exclude_seen=True,
                          time_input="gaps" if gaps else None, verify_kwargs=SEEN_FAST)
     assert res.report.ok, res.report.table()
-    spec = json.loads(open(res.spec_path).read())
+    spec = json.loads(pathlib.Path(res.spec_path).read_text())
     assert spec["exclude_seen"] is True and spec["seen_score"] == SEEN_SCORE
     assert spec["state"][-1] == {"name": "seen", "shape": ["B", N_ITEMS], "dtype": "float32", "init": 0.0,
                                  "output": "seen_out", "doc": E.SEEN_DOC}
@@ -2158,7 +2159,7 @@ def test_graph_declares_the_scores_width_and_its_kind(exported):
     """``scores`` is ``[B, n_items]`` with the number, in state_spec.json and in the graph; the graph's doc string and
     metadata name its kind (a window graph is not called a step graph)."""
     _, res = exported("lrurec")
-    spec = json.loads(open(res.spec_path).read())
+    spec = json.loads(pathlib.Path(res.spec_path).read_text())
     assert {e["name"]: e["shape"] for e in spec["outputs"]}["scores"] == ["B", N_ITEMS]
     mp = onnx.load(res.graph_path)
     dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in mp.graph.output}

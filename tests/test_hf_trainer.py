@@ -352,6 +352,7 @@ def test_save_run_refuses_other_data_an_occupied_folder_and_foreign_trainers(tmp
     finally:
         child.kill()
         child.wait()
+        child.stdout.close()
 
 
 def test_trainer_kwargs_refuse_data_that_does_not_fit_the_model(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -138,7 +139,7 @@ def test_a_state_named_as_a_path_writes_no_file_outside_the_model_folder(tmp_pat
 def test_build_engine_sh_quotes_the_shapes_it_takes_from_the_spec(tmp_path):
     """build_engine.sh's --min/opt/maxShapes hold the graph's input names: quoted for the shell, a name that got past
     the checks is one argument of trtexec and never a command."""
-    spec = json.loads(open(os.path.join(SRC, "state_spec.json")).read())
+    spec = json.loads(pathlib.Path(SRC, "state_spec.json").read_text())
     bad = f"s$(touch {tmp_path}/PWNED)"
     spec["inputs"][1]["name"] = bad
     sh = tmp_path / "build_engine.sh"
@@ -194,12 +195,12 @@ def test_file_fields_that_are_no_file_name_are_refused(tmp_path, value):
         spec = _edit_spec(export, **{field: value})
         with pytest.raises(ValueError, match=f"{field} {value!r} is not the name of a file beside the graph"):
             R.read_spec(spec)
-        _edit_spec(export, **{field: json.loads(open(os.path.join(SRC, "state_spec.json")).read()).get(field)})
+        _edit_spec(export, **{field: json.loads(pathlib.Path(SRC, "state_spec.json").read_text()).get(field)})
     assert R.read_spec(spec)["graph"] == "model.onnx"              # null external_data / the original names: fine
 
 
 def _eval_data(tmp_path):
-    items = json.loads(open(os.path.join(SRC, "item_vocab.json")).read())["items"][:30]
+    items = json.loads(pathlib.Path(SRC, "item_vocab.json").read_text())["items"][:30]
     lines = ["user_id\titem_id\ttimestamp"] + [f"{u}\t{items[(u * 7 + t) % 30]}\t{t}"
                                                for u in range(12) for t in range(6)]
     data = tmp_path / "toy.tsv"

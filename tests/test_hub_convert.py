@@ -515,18 +515,18 @@ def test_card_compares_with_the_reference_under_the_references_protocol(tmp_path
     with pytest.raises(ValueError, match="another protocol"):
         hub.make_card(tmp_path, "b4r", recbole, protocol, dataset, log)
     ref_cmd = "python -m zoo.evaluate --model ssm-rec-zoo/b4r --data ml-1m.5core.seq.gz --exclude-history"
-    card = open(hub.make_card(tmp_path, "b4r", recbole, protocol, dataset, log,
-                              reference_metrics={"metrics": masked, "command": ref_cmd})).read()
+    card = Path(hub.make_card(tmp_path, "b4r", recbole, protocol, dataset, log,
+                              reference_metrics={"metrics": masked, "command": ref_cmd})).read_text()
     section = card.split("## Against the published numbers")[1]
     assert ref_cmd in section and "| HR@10 | 0.3089 | 0.3100 | +0.0011 |" in section
     assert "**Meets or beats every published number.**" in section
     # the same protocol needs no second measurement, and the headline numbers are compared
     protocol_masked = dict(protocol, name="LRURec protocol", history_masked=True)
-    card = open(hub.make_card(tmp_path, "b4r", recbole, protocol_masked, dataset, log)).read()
+    card = Path(hub.make_card(tmp_path, "b4r", recbole, protocol_masked, dataset, log)).read_text()
     assert "| HR@10 | 0.3089 | 0.2500 | -0.0589 |" in card and "Below the reference numbers" in card
     # with the test users' intervals: stated under the table, and which published numbers lie inside them
     iv = {"HR@10": (0.24, 0.26), "NDCG@10": (0.12, 0.17), "MRR@10": (0.09, 0.11)}
-    card = open(hub.make_card(tmp_path, "b4r", recbole, protocol_masked, dataset, log, intervals=iv)).read()
+    card = Path(hub.make_card(tmp_path, "b4r", recbole, protocol_masked, dataset, log, intervals=iv)).read_text()
     assert "95% intervals over the test users" in card and "HR@10 [0.2400, 0.2600], NDCG@10 [0.1200, 0.1700]" in card
     assert "published inside this model's 95% interval? |" in card
     assert "| HR@10 | 0.3089 | 0.2500 | -0.0589 | no |" in card and "| NDCG@10 | 0.1638 | 0.1300 | -0.0338 | yes |" in card
@@ -545,7 +545,7 @@ def test_a_target_reference_is_not_called_published(tmp_path):
     dataset = {"name": "MovieLens-1M", "type": "ml-1m", "users": 6040, "benchmark": hub.PUBLISHED_ON}
     log = {"stopped": "max epochs", "epochs": [{}] * 3, "train": {"lr_schedule": "linear"}}
     iv = {"HR@10": (0.29, 0.33), "NDCG@10": (0.17, 0.19)}
-    card = open(hub.make_card(tmp_path, "s", metrics, protocol, dataset, log, intervals=iv)).read()
+    card = Path(hub.make_card(tmp_path, "s", metrics, protocol, dataset, log, intervals=iv)).read_text()
     section = card.split("## Against the target numbers")[1]
     assert "| metric | target | this model | difference | target inside this model's 95% interval? |" in section
     assert "**Meets or beats every target number.**" in section and "published |" not in section
@@ -1697,12 +1697,14 @@ def test_push_that_cannot_reach_the_hub_fails_in_one_line(tmp_path, bundled, mon
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     argv = ["push", str(folder), "--repo-id", "me/x"]
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(SystemExit, match=r"^push failed: OfflineModeIsEnabled: Cannot reach .*offline mode") as e:
+    with pytest.raises(SystemExit, match=r"^push failed: OfflineModeIsEnabled: Cannot reach .*offline mode.*; "
+                                         r"nothing was committed \(push failed before its upload\)$") as e:
         hub.main(argv)
     assert "\n" not in str(e.value)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")     # closed port: refused at once
-    with pytest.raises(SystemExit, match=r"^push failed: ConnectError: .*\(reaching the Hub at http://127.0.0.1:9\)$"):
+    with pytest.raises(SystemExit, match=r"^push failed: ConnectError: .*\(reaching the Hub at http://127.0.0.1:9\); "
+                                         r"nothing was committed \(push failed before its upload\)$"):
         hub.main(argv)
 
     def broken(self, repo_id, **kw):

@@ -225,12 +225,12 @@ def test_sampled_training_beats_random_by_far_and_says_so(tmp_path, model_type, 
     assert log["best_valid_NDCG10"] > 2 * log["popularity_valid_NDCG10"] > 0
     assert log["loss"] == {"type": "sampled-softmax", "negatives": 8, "sampler": sampler}
     assert log["objective"].startswith("sampled softmax (each target against 8 negatives")
-    saved = json.load(open(out / "train_log.json"))
+    saved = json.loads((out / "train_log.json").read_text())
     assert saved["loss"] == log["loss"]
     # the card says how the model was trained (its objective line is rebuilt from the log)
     from zoo.hub import _objective
 
-    cfg = json.load(open(out / "config.json"))
+    cfg = json.loads((out / "config.json").read_text())
     assert _objective(cfg, saved) == log["objective"]
 
 

@@ -100,7 +100,7 @@ def test_save_load_roundtrip(tmp_path):
     files = sorted(os.listdir(tmp_path))
     assert "model.safetensors" in files and "item_vocab.json" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
-    assert json.load(open(tmp_path / "config.json"))["model_type"] == "mamba4rec"
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "mamba4rec"
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     assert type(loaded) is Mamba4RecModel
     ids = torch.randint(1, 53, (4, 30))
@@ -192,9 +192,9 @@ def test_wrong_class_corrupt_and_mismatched_checkpoints(tmp_path):
     # mismatched shapes: config says a different width than the weights
     bad = tmp_path / "mismatch"
     model.save_pretrained(bad)
-    cfg = json.load(open(bad / "config.json"))
+    cfg = json.loads((bad / "config.json").read_text())
     cfg["d_state"] = 4
-    json.dump(cfg, open(bad / "config.json", "w"))
+    (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="do not match"):
         AutoModel.from_pretrained(bad)
     # corrupt weight file

@@ -249,6 +249,7 @@ def test_a_build_killed_half_way_does_not_hang_the_next_one(tmp_path, monkeypatc
     finally:
         holder.kill()                                           # killed mid-build: the kernel drops its flock
         holder.wait()
+        holder.stdout.close()
     t = time.monotonic()
     with pytest.warns(UserWarning, match="build lock behind"):
         with ssc._build_lock(str(tmp_path)):

@@ -220,7 +220,7 @@ def test_sparse_training_beats_random_by_far_and_the_card_says_how(tmp_path, cap
     printed = capsys.readouterr().out
     # LRURec's AdamW decays its item table; under lazy Adam it is not, and the run says so
     assert "item table: sparse gradient" in printed and "it is not decayed (weight decay 0.01" in printed
-    text = _optimiser_text(json.load(open(out / "train_log.json"))["train"])
+    text = _optimiser_text(json.loads((out / "train_log.json").read_text())["train"])
     assert "item table: sparse gradient" in text and "lazy Adam" in text and "not weight-decayed" in text
     # the checkpoint is an ordinary model: its table is dense again when loaded
     from transformers import AutoModel

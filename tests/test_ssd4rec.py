@@ -162,7 +162,7 @@ def test_save_load_roundtrip(tmp_path, monkeypatch, transformers_skips):
     model = small()
     model.set_item_vocab(zoo.ItemVocab(list(range(1000, 1052))))
     model.save_pretrained(tmp_path)
-    cfg = json.load(open(tmp_path / "config.json"))
+    cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["model_type"] == "ssd4rec" and "activation" not in cfg
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     assert type(loaded) is SSD4RecModel and loaded.item_vocab == model.item_vocab

@@ -77,7 +77,7 @@ def test_training_beats_random_by_far(tmp_path, model_type):
     assert log["test"]["NDCG@10"] > 0.3, log["test"]
     # far above the most-popular floor the run measured on the same validation examples
     assert log["best_valid_NDCG10"] > 2 * log["popularity_valid_NDCG10"] > 0, log
-    saved = json.load(open(out / "train_log.json"))
+    saved = json.loads((out / "train_log.json").read_text())
     assert saved["best_epoch"] >= 1 and (out / "model.safetensors").exists() and (out / "item_vocab.json").exists()
     # the checkpoint is a complete model: evaluating it again gives the logged test metrics
     from zoo.evaluate import main as eval_main
@@ -720,7 +720,7 @@ def test_time_aware_model_needs_non_negative_timestamps(tmp_path, capsys):
         train_main(base + ["--data", str(seq)])
     neg = tmp_path / "n.tsv"
     neg.write_text("user_id\titem_id\ttimestamp\n1\t1\t-5\n1\t2\t3\n1\t3\t4\n")
-    with refused(capsys, r"n.tsv: 1 negative timestamps \(user 1 starts at -5\)", code=1):
+    with refused(capsys, r"n.tsv: 1 negative timestamp \(user 1 starts at -5\)", code=1):
         train_main(base + ["--data", str(neg)])
     assert not (tmp_path / "o").exists()
     out = train_main(["--model", "tim4rec", "--data", str(seq), "--out", str(tmp_path / "t"), "--kcore", "0",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import random
 import re
 import sys
@@ -156,7 +157,7 @@ def _parse(path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    return text_format.Parse(open(path).read(), mc.ModelConfig())
+    return text_format.Parse(pathlib.Path(path).read_text(), mc.ModelConfig())
 
 
 def _reference_topk(model, histories):
@@ -2695,7 +2696,7 @@ def test_perf_data_refusals_name_the_problem(mamba_export, tc_export, tmp_path, 
     cases = [
         ("m_exp", good, "keeps its state in the requests \\(--state explicit\\): perf_analyzer cannot feed"),
         ("m", _inter_file(tmp_path / "u.inter", [("a", "item-1", 1.0), ("a", "nope", 2.0)]),
-         "1 of the 2 items .* are not in the model's item vocabulary"),
+         "1 of the 2 items .* is not in the model's item vocabulary"),
         ("m", _inter_file(tmp_path / "s.inter", [("a", "item-1", 1.0), ("b", "item-2", 2.0)]),
          "no user of s.inter has two items"),
         ("nothing", good, "holds no config.pbtxt"),
@@ -2715,7 +2716,7 @@ def test_perf_data_refusals_name_the_problem(mamba_export, tc_export, tmp_path, 
     drop = _inter_file(tmp_path / "x.inter", [("a", "item-1", 1.0), ("a", "nope", 2.0), ("a", "item-3", 3.0)])
     rc, _, err = _perf(capsys, "--repo", repo, "--name", "m", "--data", drop, "--out", out, "--kcore", "none",
                        "--unknown-items", "drop", "--events", 1)
-    assert rc == 0 and "WARNING: 1 interactions with items the model 'm' does not know dropped" in err
+    assert rc == 0 and "WARNING: 1 interaction with items the model 'm' does not know dropped" in err
     assert json.loads(out.read_text()) == {"data": [[{"item_ids": {"content": [1], "shape": [1]}},
                                                      {"item_ids": {"content": [3], "shape": [1]}}]]}
 

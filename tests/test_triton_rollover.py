@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sys
 
 import numpy as np
@@ -118,7 +119,7 @@ class RepoServer:
                 from google.protobuf import json_format, text_format
 
                 server._check(name, model_version)
-                cfg = text_format.Parse(open(os.path.join(server.repo, name, "config.pbtxt")).read(),
+                cfg = text_format.Parse(pathlib.Path(server.repo, name, "config.pbtxt").read_text(),
                                         T._model_config_pb2().ModelConfig())
                 return json_format.MessageToDict(cfg, preserving_proto_field_name=True)
 

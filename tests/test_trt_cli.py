@@ -871,6 +871,7 @@ def test_a_second_run_into_a_held_out_stops_at_once(tmp_path, monkeypatch, capsy
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     monkeypatch.undo()
     asked = _failing_export(monkeypatch)
     _can_build(monkeypatch)

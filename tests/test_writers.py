@@ -369,6 +369,7 @@ def test_output_folder_lock_refuses_a_second_holder_and_leaves_no_file(tmp_path)
     finally:
         p.kill()
         p.wait()
+        p.stdout.close()
     with output_folder_lock(out) as held:                  # the killed holder's lock is gone
         assert held
     assert list(out.iterdir()) == [] and sorted(x.name for x in tmp_path.iterdir()) == ["out"]
@@ -429,9 +430,11 @@ def test_the_next_write_removes_the_temporary_files_of_killed_writers_only(tmp_p
         assert all((tmp_path / n).read_text() == "keep" for n in keep[:-1])
     finally:
         for p in (killed, live):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+            if p is not None:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                p.stdout.close()
 
 
 # ============================================================ written_whole_folder: an interrupt after the swap

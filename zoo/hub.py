@@ -1221,15 +1221,31 @@ def _dataset_names(given_type: str | None, given_name: str | None, benchmark: st
 
 
 def _card_dataset(card_dir: str | os.PathLike) -> dict:
-    """``{"name", "type"}`` of the dataset in the model-index of the card in ``card_dir`` (``{}`` when there is none),
-    so that a card re-written into its folder keeps them without repeating ``--dataset-name``/``--dataset-type``."""
+    """``{"name", "type"}`` of the dataset in the model-index of the card in ``card_dir`` (``{}`` when there is none;
+    an entry that is not text is left out), so that a card re-written into its folder keeps them without repeating
+    ``--dataset-name``/``--dataset-type``. A README that cannot be read (not UTF-8), whose metadata block is not a
+    YAML mapping (:func:`_front_matter`) or whose metadata huggingface_hub cannot read (a malformed model-index) is
+    a one-line ``ValueError`` naming it, in :func:`card_metadata`'s words (``zoo.hub push``'s)."""
     from huggingface_hub import ModelCard
 
     readme = pathlib.Path(card_dir) / "README.md"
     if not readme.is_file():
         return {}
-    results = ModelCard.load(readme).data.eval_results or []
-    return {"name": results[0].dataset_name, "type": results[0].dataset_type} if results else {}
+    try:
+        with open(readme, encoding="utf-8", newline="") as f:         # as ModelCard.load reads it
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(cannot("the card", readme, e, "read")) from None
+    try:
+        _front_matter(text)                     # the block is YAML, and a mapping: else a ValueError saying which
+    except ValueError as e:
+        raise ValueError(f"{readme}: {e}") from None
+    try:
+        results = ModelCard(text).data.eval_results or []   # the model-index parsed strictly, as push reads it
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{readme}: huggingface_hub cannot read its metadata ({_one_line(e)})") from None
+    found = {"name": results[0].dataset_name, "type": results[0].dataset_type} if results else {}
+    return {k: v for k, v in found.items() if isinstance(v, str)}
 
 
 def validation_masked(log: dict) -> bool | None:
@@ -1318,7 +1334,8 @@ def card_summary(folder: str | os.PathLike) -> list[str]:
     """``[model type, dataset name, protocol, HR@10, NDCG@10]`` of a card folder, as text (``-`` for what the folder
     does not say: a model folder without a measured card, an entry that is not text or a number). A ``config.json``
     or ``eval_results.json`` that cannot be read (not UTF-8, not JSON, ``[[[...]]]``, no JSON object) is a one-line
-    ``ValueError`` naming it (:func:`read_json_object`)."""
+    ``ValueError`` naming it (:func:`read_json_object`), and so is a ``README.md`` whose metadata cannot be read
+    (:func:`_card_dataset`)."""
     folder = pathlib.Path(folder)
     model_type = read_json_object(folder / "config.json", "the model config").get("model_type")
     results = folder / "eval_results.json"
@@ -1511,7 +1528,10 @@ def card_weights_problems(folder: str | os.PathLike, model, text: str, card) -> 
     README.md, "A state belongs to the weights that wrote it"); a graph without its spec, and a README whose ONNX
     section describes a graph folder the card does not hold (removed by hand). Such a card arises when the
     weights are replaced in the folder (``model.add_items(...)`` then ``save_pretrained`` into it) without re-carding
-    it. ONNX graphs need onnx and onnxruntime to be checked (:class:`export.deps.MissingDependencyError`)."""
+    it. ONNX graphs need onnx and onnxruntime to be checked (:class:`export.deps.MissingDependencyError`). A
+    model-index value that is not a finite number (a quoted number, ``.nan``, ``.inf``) is a problem too, naming it."""
+    import math
+
     folder = pathlib.Path(folder)
     n_items = int(model.config.n_items)
     problems = []
@@ -1525,10 +1545,14 @@ def card_weights_problems(folder: str | os.PathLike, model, text: str, card) -> 
         measured = measured if isinstance(measured, dict) else {}
         differ = []
         for r in card.data.eval_results:
-            v = measured.get(r.metric_name)
+            v, shown = measured.get(r.metric_name), r.metric_value      # huggingface_hub keeps the YAML value as is
+            if not isinstance(shown, (int, float)) or isinstance(shown, bool) or not math.isfinite(shown):
+                problems.append(f"README.md's model-index {r.metric_name} value {shown!r} is not a finite number")
+                continue
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if not number or abs(round(float(v), 6) - r.metric_value) > 1e-6:      # make_card rounds to 6 places
-                differ.append(f"{r.metric_name} {r.metric_value} against {v if v is not None else 'none'}")
+            # make_card rounds to 6 places; written `not <=` so that a NaN in eval_results.json differs too
+            if not number or not abs(round(float(v), 6) - shown) <= 1e-6:
+                differ.append(f"{r.metric_name} {shown} against {v if v is not None else 'none'}")
         if differ:
             problems.append(f"README.md's model-index and eval_results.json give other numbers ({_listed(differ, 3)})")
     if results.is_file():
@@ -1710,11 +1734,44 @@ def push(folder: str, repo_id: str, private: bool | None = None, token: str | No
               "only the files a card holds", file=sys.stderr, flush=True)
     # hidden entries are no part of a card: the stages of interrupted writers (.save-*, .export-staging-*,
     # .NAME.staged-*) would be published with it (and downloaded by ``*.safetensors`` patterns)
-    info = api.upload_folder(folder_path=folder, repo_id=repo_id,
-                             commit_message=f"Upload {os.path.basename(os.path.abspath(folder))}",
-                             ignore_patterns=list(PUSH_IGNORE),
-                             delete_patterns=[_fnmatch_literal(f) for f in deleted] or None)
+    try:
+        info = api.upload_folder(folder_path=folder, repo_id=repo_id,
+                                 commit_message=f"Upload {os.path.basename(os.path.abspath(folder))}",
+                                 ignore_patterns=list(PUSH_IGNORE),
+                                 delete_patterns=[_fnmatch_literal(f) for f in deleted] or None)
+    except hub_errors() as e:          # the commit is this call's last request: push_outcome says if it can be made
+        setattr(e, PUSH_COMMITTING, True)
+        raise
     return str(info)
+
+
+#: the attribute :func:`push` sets (True) on a Hub error raised by its upload, whose last request is the commit
+#: (:func:`push_outcome`); an error raised before it has none
+PUSH_COMMITTING = "zoo_push_committing"
+#: the HTTP client's errors (httpx's names) raised before a request was sent: no connection (refused, DNS failure,
+#: connect timeout, proxy), none free in the pool, or a request the client would not send
+_NOT_SENT = ("ConnectError", "ConnectTimeout", "PoolTimeout", "ProxyError", "UnsupportedProtocol", "LocalProtocolError")
+
+
+def push_outcome(e: BaseException, repo_id: str) -> str:
+    """What a failed :func:`push` left on the Hub, for its error message: nothing committed when it failed before
+    its upload (:data:`PUSH_COMMITTING` unset: the commit request is the upload's last), before any request was
+    sent (offline mode; the HTTP client's :data:`_NOT_SENT` errors: connection refused, DNS failure, ...) or when the
+    Hub answered with a refusal (an HTTP 4xx); otherwise -- an upload whose request may have reached the Hub before
+    its answer failed (a read timeout, a dropped connection, a 5xx from a gateway) -- the commit's outcome is
+    unknown, and the message says where to look."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    if not getattr(e, PUSH_COMMITTING, False):
+        return "nothing was committed (push failed before its upload)"
+    if isinstance(e, OfflineModeIsEnabled) or any(c.__name__ in _NOT_SENT for c in type(e).__mro__):
+        return "nothing was committed (no request reached the Hub)"
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(status, int) and 400 <= status < 500:
+        return f"nothing was committed (the Hub refused the upload: HTTP {status})"
+    return (f"the commit's outcome is unknown (a request may have reached the Hub before its answer failed): see "
+            f"{constants.ENDPOINT}/{repo_id}/commits/main before pushing again")
 
 
 def hub_errors() -> tuple[type[Exception], ...]:
@@ -1885,13 +1942,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         except MissingDependencyError as e:                 # onnx/onnxruntime, to check the card's ONNX graphs
             exit_with(EXIT_MISSING, f"push failed: {_one_line(e)}")
         except (RuntimeError, ValueError) as e:             # the Hub's metadata rejection spans several lines
-            sys.exit(f"push failed: {_one_line(e)}")
+            # the Hub's HTTP 400 (BadRequestError) is a ValueError too: it says what was committed (nothing)
+            sys.exit(f"push failed: {_one_line(e)}"
+                     + (f"; {push_outcome(e, args.repo_id)}" if isinstance(e, hub_errors()) else ""))
         except hub_errors() as e:       # the Hub not reached (offline mode, no network) or refusing (HTTP errors)
             from huggingface_hub import constants
 
             # the HTTP client's own errors (ConnectError: "[Errno 111] Connection refused") do not say what was called
             where = "" if isinstance(e, OSError) else f" (reaching the Hub at {constants.ENDPOINT})"
-            sys.exit(f"push failed: {type(e).__name__}: {' '.join(str(e).split()) or 'no message'}{where}")
+            sys.exit(f"push failed: {type(e).__name__}: {' '.join(str(e).split()) or 'no message'}{where}; "
+                     f"{push_outcome(e, args.repo_id)}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ refused, naming their compression):
 ``"movielens"``
     MovieLens ``ratings.dat``: ``user::item::rating::timestamp`` per line, no header.
 ``"delimited"``
-    Plain TSV/CSV with a header naming the user column (``user_id``/``user``/``userid``/``uid``), the item column
-    (``item_id``/``item``/``itemid``/``movie_id``/``iid``) and optionally the timestamp column
-    (``timestamp``/``time``/``ts``/``unix_time``/``datetime``), Unix seconds. Tab, comma or semicolon separated
+    Plain TSV/CSV with a header naming the user column (``user_id``/``user``/``userid``/``uid``; Amazon's
+    ``reviewerID``, RetailRocket's ``visitorid``), the item column (``item_id``/``item``/``itemid``/``movie_id``/
+    ``movieid``/``iid``/``sid``; Amazon's ``parent_asin``/``asin``) and optionally the timestamp column
+    (``timestamp``/``time``/``ts``/``unix_time``/``datetime``; Amazon's ``unixReviewTime``), Unix seconds, names in
+    any case (:data:`COLUMN_ROLES`; the first found in a role's list is taken). Tab, comma or semicolon separated
     (taken from the header line). Other column names are given with ``columns`` (``{"user": "customer", "item":
     "product", "time": "when"}``; a role not given is found by its usual names; ``"time": None``: no time column).
     A header with columns left unused and no time column is warned about once (the row order is then the time
@@ -70,9 +72,15 @@ import numpy as np
 
 FORMATS = ("atomic", "movielens", "delimited", "seq", "parquet")
 
-USER_COLUMNS = ("user_id", "user", "userid", "uid")
-ITEM_COLUMNS = ("item_id", "item", "itemid", "movie_id", "movieid", "iid", "sid")
-TIME_COLUMNS = ("timestamp", "time", "ts", "unix_time", "datetime")
+#: the usual names of each role, matched in any case, the first found in the header taken: the common ones, then the
+#: raw field names of public datasets whose values the readers read as they are meant -- Amazon reviews
+#: (``reviewerID``, ``asin``; ``parent_asin`` in the 2023 release, the product that older releases call ``asin``;
+#: ``unixReviewTime``, Unix seconds) and RetailRocket (``visitorid``; its ``timestamp``, like Amazon 2023's, is in
+#: milliseconds: the time-aware models refuse that by name, the others read only its order). Not here: names whose
+#: values are text dates (Yelp's and Steam's ``date``, Amazon's ``reviewTime``) or whose meaning varies by dataset
+USER_COLUMNS = ("user_id", "user", "userid", "uid", "reviewerID", "visitorid")
+ITEM_COLUMNS = ("item_id", "item", "itemid", "movie_id", "movieid", "iid", "sid", "parent_asin", "asin")
+TIME_COLUMNS = ("timestamp", "time", "ts", "unix_time", "datetime", "unixReviewTime")
 #: the roles ``columns=`` may name a header column for, and the names each is otherwise found by
 COLUMN_ROLES = {"user": USER_COLUMNS, "item": ITEM_COLUMNS, "time": TIME_COLUMNS}
 
@@ -652,10 +660,11 @@ def _body_lines(text: str, start: int) -> tuple[list[str], np.ndarray | None]:
 
 
 def _find_column(names: list[str], candidates: tuple[str, ...]) -> int | None:
+    """Index in ``names`` of the first of ``candidates`` there (any case, blanks around a name dropped), or None."""
     low = [n.strip().lower() for n in names]
     for c in candidates:
-        if c in low:
-            return low.index(c)
+        if c.lower() in low:
+            return low.index(c.lower())
     return None
 
 

@@ -136,7 +136,8 @@ def _index_rows(rows, what, n_items: int | None = None) -> list:
                 bad = np.flatnonzero((s < 1) | (s > hi))
                 if len(bad):
                     p = int(bad[0])
-                    within = f"1..{n_items} (the vocabulary's {n_items} items)" if n_items is not None else ">= 1"
+                    within = (f"1..{n_items} (the vocabulary's {_count(n_items, 'item')})" if n_items is not None
+                              else ">= 1")
                     raise ValueError(f"{what(r)} has item index {int(s[p])} at position {p}: internal item indices "
                                      f"are {within}; 0 is padding")
     return out
@@ -164,8 +165,8 @@ def _time_rows(rows, prefix: str, label, lengths: np.ndarray | None = None) -> l
         bad = np.flatnonzero(_lengths(out) != lengths)
         if len(bad):
             r = int(bad[0])
-            raise ValueError(f"{prefix}the timestamp row {label(r)} holds {len(out[r])} timestamps for {lengths[r]} "
-                             "items; pass one timestamp per item")
+            raise ValueError(f"{prefix}the timestamp row {label(r)} holds {_count(len(out[r]), 'timestamp')} for "
+                             f"{_count(int(lengths[r]), 'item')}; pass one timestamp per item")
     return out
 
 
@@ -212,8 +213,8 @@ def kcore_filter(inter: Interactions, user_k: int | None = 5, item_k: int | None
         if not drop.any():
             break
         if done == rounds:
-            raise RuntimeError(f"k-core filter did not converge in {max_iterations} rounds ({int(drop.sum())} rows "
-                               "still to drop)")
+            raise RuntimeError(f"k-core filter did not converge in {_count(max_iterations, 'round')} "
+                               f"({_count(int(drop.sum()), 'row')} still to drop)")
         idx = np.flatnonzero(keep)
         keep[idx[drop]] = False
     return inter if keep.all() else inter.select(keep)
@@ -261,8 +262,8 @@ class SequenceDataset:
         are left to :meth:`check_timestamps_for`."""
         name = self.name or "the data"
         if len(self.users) != len(self.sequences):
-            raise ValueError(f"{name}: {len(self.users)} users for {len(self.sequences)} sequences; pass one user id "
-                             "per sequence")
+            raise ValueError(f"{name}: {_count(len(self.users), 'user')} for "
+                             f"{_count(len(self.sequences), 'sequence')}; pass one user id per sequence")
         if self.time_ties not in TIME_TIES:
             raise ValueError(f"{name}: time_ties must be one of {TIME_TIES}, got {self.time_ties!r}")
         try:
@@ -281,8 +282,9 @@ class SequenceDataset:
                                      n_items)
         if self.timestamps is not None:
             if len(self.timestamps) != len(self.sequences):
-                raise ValueError(f"{name}: {len(self.timestamps)} timestamp rows for {len(self.sequences)} sequences; "
-                                 "pass one row per user (or timestamps=None)")
+                raise ValueError(f"{name}: {_count(len(self.timestamps), 'timestamp row')} for "
+                                 f"{_count(len(self.sequences), 'sequence')}; pass one row per user (or "
+                                 "timestamps=None)")
             self.timestamps = _time_rows(self.timestamps, f"{name}: ", lambda r: f"of user {self.users[r]!r}",
                                          _lengths(self.sequences))
             _check_time_order(self.timestamps, self.users, name)
@@ -368,22 +370,22 @@ class SequenceDataset:
             bad = ~np.isfinite(ts)
             if bad.any():                                     # NaN sorts last, -inf first: no time order
                 n = sum(int((~np.isfinite(t)).sum()) for t in self.timestamps)
-                raise ValueError(f"{name}: {n} NaN or infinite timestamps (user {user!r} has "
+                raise ValueError(f"{name}: {_count(n, 'NaN or infinite timestamp')} (user {user!r} has "
                                  f"{float(ts[bad][0])!r} at position {int(np.flatnonzero(bad)[0])}); {reader} reads "
                                  "finite Unix seconds")
         for user, ts in zip(self.users, self.timestamps, strict=True):
             if len(ts) and ts[0] < 0:                         # sorted per user: the first is the smallest
                 n = sum(int((t < 0).sum()) for t in self.timestamps)
-                raise ValueError(f"{name}: {n} negative timestamps (user {user!r} starts at {ts[0]:g}); {reader} reads "
-                                 "Unix seconds >= 0")
+                raise ValueError(f"{name}: {_count(n, 'negative timestamp')} (user {user!r} starts at "
+                                 f"{ts[0]:g}); {reader} reads Unix seconds >= 0")
         from ..modeling_utils import MAX_TIMESTAMP_S        # the models' own bound (check_timestamps)
 
         for user, ts in zip(self.users, self.timestamps, strict=True):
             if len(ts) and ts[-1] > MAX_TIMESTAMP_S:          # sorted per user: the last is the largest
                 n = sum(int((t > MAX_TIMESTAMP_S).sum()) for t in self.timestamps)
-                raise ValueError(f"{name}: {n} timestamps beyond {MAX_TIMESTAMP_S:.0e} s, the year ~5000 (user {user!r} "
-                                 f"reaches {ts[-1]:.6g}): they look like milliseconds or nanoseconds since the epoch; "
-                                 f"{reader} reads Unix seconds")
+                raise ValueError(f"{name}: {_count(n, 'timestamp')} beyond {MAX_TIMESTAMP_S:.0e} s, the year "
+                                 f"~5000 (user {user!r} reaches {ts[-1]:.6g}): {'it looks' if n == 1 else 'they look'} "
+                                 f"like milliseconds or nanoseconds since the epoch; {reader} reads Unix seconds")
 
     def reencode(self, vocab: ItemVocab, unknown: str = "error") -> "SequenceDataset":
         """The same sequences indexed with another vocabulary (e.g. a pretrained model's ``item_vocab``).
@@ -411,10 +413,11 @@ class SequenceDataset:
             known = set(vocab.items)
             hint = next((h for h in (unknown_id_hint(x, known) for x in missing) if h), "")
             raise UnknownItemError(
-                f"{len(missing)} of the {len(old)} items of {self.name or 'the data'} ({n_rows} interactions) are not "
-                f"in the model's item vocabulary ({len(vocab)} items), e.g. {missing[:5]}{hint}; the model was trained "
-                "on other data (unknown='drop', or --unknown-items drop in zoo.evaluate and zoo.recommend, keeps only "
-                "the known items)")
+                f"{len(missing)} of the {_count(len(old), 'item')} of {self.name or 'the data'} "
+                f"({_count(n_rows, 'interaction')}) {'is' if len(missing) == 1 else 'are'} not in the model's item "
+                f"vocabulary ({_count(len(vocab), 'item')}), e.g. {missing[:5]}{hint}; the model was trained on other "
+                "data (unknown='drop', or --unknown-items drop in zoo.evaluate and zoo.recommend, keeps only the known "
+                "items)")
         users, seqs, tss = [], [], [] if self.timestamps is not None else None
         for r, s in enumerate(self.sequences):
             new = table[s]
@@ -428,13 +431,20 @@ class SequenceDataset:
         return SequenceDataset(users, seqs, tss, vocab, self.name, self.kcore, self.time_ties, self.loaded)
 
     def __repr__(self) -> str:
-        return (f"SequenceDataset({self.name!r}: {self.n_users} users, {self.n_items} items, "
-                f"{self.n_interactions} interactions, {'timestamps' if self.timestamps is not None else 'order only'})")
+        return (f"SequenceDataset({self.name!r}: {_count(self.n_users, 'user')}, {_count(self.n_items, 'item')}, "
+                f"{_count(self.n_interactions, 'interaction')}, "
+                f"{'timestamps' if self.timestamps is not None else 'order only'})")
 
 
 def _n(count: int, word: str) -> str:
     """``"1 row"``, ``"1,115 rows"``: a count and its word, plural but for one."""
     return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def _count(count: int, word: str, plural: str | None = None) -> str:
+    """``"1 row"``, ``"1115 rows"``: a count as the error messages write it (no thousands separator) and its word,
+    plural (``plural``, else ``word`` + s) but for one."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
 
 
 def _check_time_order(timestamps: list, users: list, name: str) -> None:
@@ -647,12 +657,14 @@ class EvalExamples:
         they are used (:func:`~zoo.data.batching.eval_batches`, ``zoo.evaluate``), naming the example."""
         n = len(self.targets)
         if len(self.histories) != n or len(self.users) != n:
-            raise ValueError(f"EvalExamples: {len(self.histories)} histories, {n} targets and {len(self.users)} "
-                             "users; pass one target and one user per history")
+            raise ValueError(f"EvalExamples: {_count(len(self.histories), 'history', 'histories')}, "
+                             f"{_count(n, 'target')} and {_count(len(self.users), 'user')}; pass one target and one "
+                             "user per history")
         if self.history_timestamps is not None:
             if len(self.history_timestamps) != n:
-                raise ValueError(f"EvalExamples: {len(self.history_timestamps)} history timestamp rows for {n} "
-                                 "histories; pass one row per history (or history_timestamps=None)")
+                raise ValueError(f"EvalExamples: {_count(len(self.history_timestamps), 'history timestamp row')} for "
+                                 f"{_count(n, 'history', 'histories')}; pass one row per history (or "
+                                 "history_timestamps=None)")
             self.history_timestamps = _time_rows(self.history_timestamps, "EvalExamples: ",
                                                  lambda r: f"of history {r} (user {self.users[r]!r})",
                                                  _lengths(self.histories))
@@ -714,8 +726,8 @@ def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
     nothing leaks). After a 5-core filter no user is that short. A user with exactly 3 items gets a valid example
     (``s[0] -> s[1]``, as LRURec's split; its train sequence ``s[:1]`` has no target); RecBole gives such a user none
     (its ``legal_leave_one_num``: train ``s[0] -> s[1]`` and the test example only), so below a 4-core the two differ
-    in the valid examples and training targets, never in the test examples. Raises ``ValueError`` if no user is long enough or
-    ``min_length`` is no int >= 3, ``TypeError`` if ``ds`` is no :class:`SequenceDataset`.
+    in the valid examples and training targets, never in the test examples. Raises ``ValueError`` if no user is long
+    enough or ``min_length`` is no int >= 3, ``TypeError`` if ``ds`` is no :class:`SequenceDataset`.
     """
     _need_dataset(ds, "leave_one_out")
     min_length = int_setting(min_length, "min_length", 3, " (valid and test need a non-empty history)")

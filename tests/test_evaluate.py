@@ -201,7 +201,7 @@ def test_cli_inter_file_and_unknown_items(tmp_path):
     res = main(["--model", str(d), "--data", str(data), "--kcore", "none", "--ks", "1", "--no-progress",
                 "--unknown-items", "drop"])
     assert res["metrics"]["HR@1"] == 1.0 and res["protocol"]["unknown_items"] == "drop"
-    assert "1 interactions with items the model does not know dropped" in res["vocab"]
+    assert "1 interaction with items the model does not know dropped" in res["vocab"]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -337,7 +337,7 @@ def test_cli_onnx(tmp_path, capsys):
                 "--no-progress", "--json", str(tmp_path / "r.json")])
     text = capsys.readouterr().out
     assert "protocol lrurec (history excluded by the graph)" in text and "NDCG" in text
-    saved = json.load(open(tmp_path / "r.json"))
+    saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["metrics"] == out["metrics"] and saved["protocol"]["exclude_history"] is True
     assert saved["graph"]["exclude_seen"] is True and "the graph's vocabulary (39 items)" in saved["vocab"]
     # the same numbers as the PyTorch model under the LRURec protocol (ids mapped the same way)
@@ -428,7 +428,7 @@ def test_cli_time_aware_model_on_data_without_usable_timestamps(tmp_path):
         main(["--model", str(tmp_path / "m"), "--data", str(seq), "--no-progress"])
     neg = tmp_path / "n.tsv"
     neg.write_text("user_id\titem_id\ttimestamp\n1\t10\t-9\n1\t20\t3\n1\t30\t4\n")
-    with pytest.raises(SystemExit, match=r"n.tsv: 1 negative timestamps \(user 1 starts at -9\)"):
+    with pytest.raises(SystemExit, match=r"n.tsv: 1 negative timestamp \(user 1 starts at -9\)"):
         main(["--model", str(tmp_path / "m"), "--data", str(neg), "--kcore", "none", "--no-progress"])
 
 

@@ -53,6 +53,11 @@ each user's target rank for paired comparisons of two models (``python -m zoo.co
 A model or ``--onnx`` graph whose scores are NaN or infinite for a user (a numeric overflow, or NaN weights) is
 refused in one line naming the users (:class:`ScoreOverflow`), as ``zoo.recommend`` refuses it: NaN and ``+inf`` rank
 first.
+
+A ``--model``'s results (the ``--json`` file and the table's first line) say the dtype it was measured in (``dtype``:
+a checkpoint saved in bfloat16 loads and runs in bfloat16; its item scores are computed in float32, since 16-bit
+logits tie) and ``tied_targets``, how many targets tied with another item's score, which the pessimistic ties rank
+below them (the first line names them when there are any).
 """
 
 from __future__ import annotations
@@ -258,8 +263,11 @@ def stepped_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         ts = None if timestamps is None else timestamps[r][keep][None]
         state = model.init_state(1, device=ids.device)
         for s in range(0, ids.shape[1], chunk):
-            logits, state = model.step(ids[:, s:s + chunk], state,
-                                       timestamps=None if ts is None else ts[:, s:s + chunk])
+            try:
+                logits, state = model.step(ids[:, s:s + chunk], state,
+                                           timestamps=None if ts is None else ts[:, s:s + chunk])
+            except ScoreOverflow:                                                       # step's (batch rows)
+                raise overflow_error([users[r]], model.dtype) from None
             if s + chunk < ids.shape[1] and not all(bool(torch.isfinite(t).all()) for t in state.values()
                                                     if t.is_floating_point()):
                 raise overflow_error([users[r]], model.dtype)                         # step would refuse it
@@ -277,7 +285,7 @@ def stepped_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20), exclude_history: bool = False,
                    batch_size: int = 256, device: str | torch.device | None = None, progress: bool = True,
                    max_len: int | str | None = None, return_ranks: bool = False, history_share: bool = False,
-                   negatives: np.ndarray | None = None, any_ks: bool = False):
+                   negatives: np.ndarray | None = None, any_ks: bool = False, stats: dict | None = None):
     """Full-ranking metrics of ``model`` on ``examples``.
 
     Args:
@@ -306,6 +314,9 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
         any_ks: take cut-offs above the items ranked (for the fixed ``NDCG@10`` of a run's validation, its
             popularity floor and a soup's choice: on a catalogue of fewer than 10 items it is the NDCG over all of
             them, still an ordering measure); by default they are refused (``HR@K`` would be 1).
+        stats: a dict that gets ``"tied_targets"``: how many targets (finite score) tied with another item ranked
+            (with ``negatives``, one of their own), which the pessimistic ties rank below all of them
+            (:func:`tied_targets`; a 16-bit scoring gave ties to half the targets).
     Returns:
         ``{"HR@5": ..., "NDCG@5": ..., "MRR@5": ..., "Recall@5": ..., ...}`` (floats; plus ``"Hist@K"`` with
         ``history_share``), or ``(metrics, ranks)``.
@@ -330,6 +341,7 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     stepped = max_len is None and bool(getattr(model, "has_exact_step", False))     # "all": long histories chunked
     ranks = torch.empty(len(examples), dtype=torch.long)
     in_top = {k: torch.zeros(len(examples), dtype=torch.long) for k in ks} if history_share else {}
+    tied = 0                                                   # targets tied with another item (stats)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -352,6 +364,8 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
             targets = batch["targets"].to(device)
             ranks[batch["index"]] = (rank_of_target(scores, targets) if negs is None
                                      else sampled_ranks(scores, targets, negs[batch["index"]])).cpu()
+            if stats is not None:
+                tied += int(tied_targets(scores, targets, None if negs is None else negs[batch["index"]]).sum())
             for k, counts in in_top.items():
                 counts[batch["index"]] = history_in_top_k(scores, window, k).cpu()
             if bar is not None:
@@ -363,7 +377,20 @@ def evaluate_model(model, examples: EvalExamples, ks: Iterable[int] = (5, 10, 20
     metrics = compute_metrics(ranks, ks)
     for k, counts in in_top.items():
         metrics[f"Hist@{k}"] = float(counts.double().mean() / k)
+    if stats is not None:
+        stats["tied_targets"] = tied
     return (metrics, ranks) if return_ranks else metrics
+
+
+def tied_targets(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B]`` bool: the target's score (``scores [B, V]``, ``targets [B]``) is finite and equal to another item's
+    (with ``negatives [B, N]``: to one of its own negatives'), so that the pessimistic ties rank the target below
+    them. One ``[B, V]`` comparison, the cost of a :func:`rank_of_target`."""
+    if negatives is not None:
+        scores = scores.gather(1, torch.cat([targets.long()[:, None], negatives.long()], 1).to(scores.device))
+        targets = torch.zeros(len(targets), dtype=torch.long, device=scores.device)
+    t = scores.gather(1, targets.long()[:, None].to(scores.device))                          # [B, 1]
+    return torch.isfinite(t[:, 0]) & ((scores == t).sum(dim=1) > 1)
 
 
 def popularity_scores(train: Sequence, n_items: int) -> torch.Tensor:
@@ -598,11 +625,12 @@ def align_with_vocab(ds: SequenceDataset, vocab, n_items: int, owner: str = "mod
     ``WARNING`` (dropped interactions, no vocabulary) is one the commands print to stderr."""
     if vocab is not None:
         out = ds.reencode(vocab, unknown=unknown)
-        note = f"item ids mapped through the {owner}'s vocabulary ({len(vocab)} items)"
-        dropped = ds.n_interactions - out.n_interactions
+        note = f"item ids mapped through the {owner}'s vocabulary ({len(vocab)} item{'s' * (len(vocab) != 1)})"
+        dropped, emptied = ds.n_interactions - out.n_interactions, ds.n_users - out.n_users
         if dropped:
-            note = (f"WARNING: {dropped} interactions with items the {owner} does not know dropped "
-                    f"({ds.n_users - out.n_users} users left with none): not the full data's protocol; {note}")
+            note = (f"WARNING: {dropped} interaction{'s' * (dropped != 1)} with items the {owner} does not know "
+                    f"dropped ({emptied} user{'s' * (emptied != 1)} left with none): not the full data's protocol; "
+                    f"{note}")
         return out, note
     if ds.n_items + 1 > n_items:
         raise ValueError(f"the data has {ds.n_items} items but the {owner} (no item vocabulary) has only "
@@ -870,11 +898,12 @@ def _evaluate(args) -> dict:
         check_window(model, args.window)
     except ValueError as e:
         raise UsageError(f"--window {args.window}: {e}") from None
+    stats: dict = {}
     try:
         metrics, ranks = evaluate_model(model, examples, ks=args.ks, exclude_history=args.exclude_history,
                                         batch_size=args.batch_size, device=device, progress=not args.no_progress,
                                         history_share=args.history_share, return_ranks=True, negatives=negatives,
-                                        max_len=args.window)
+                                        max_len=args.window, stats=stats)
     except ScoreOverflow as e:                  # NaN / infinite scores: zoo.recommend's one line
         raise SystemExit(f"error: {e}") from None
     protocol = _protocol(args, ds, split, bool(args.exclude_history),
@@ -891,18 +920,29 @@ def _evaluate(args) -> dict:
         **{k: v for k, v in hub.items() if v},      # --revision / --subfolder, when given
         **({"weights_sha256": sha} if sha else {}),  # the weights measured: a card's numbers tied to its weights
         "model_type": getattr(model.config, "model_type", None),
+        # the precision measured (a 16-bit model is scored in float32, but its encoder runs in 16 bits), and the
+        # targets tied with another item's score, which the pessimistic ties rank below them
+        "dtype": dtype_name(model.dtype),
+        "tied_targets": stats["tied_targets"],
         "n_users": len(examples),
         "n_items": int(model.config.n_items) - 1,
         "vocab": note,
         "seconds": round(time.time() - t0, 2),
     }
-    print(f"{type(model).__name__} ({args.model}) on {ds.name}: {args.split}, {len(examples)} users, "
-          f"protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}",
+    print(f"{type(model).__name__} ({args.model}, {result['dtype']}) on {ds.name}: {args.split}, "
+          f"{len(examples)} users, protocol {protocol['name']}{' (history excluded)' if args.exclude_history else ''}"
+          + (f"; {stats['tied_targets']} target{'s' if stats['tied_targets'] != 1 else ''} tied with another "
+             "item's score (ranked below it)" if stats["tied_targets"] else ""),
           file=text_stream(args.json, args.ranks_out))
     _print_load_note(ds, args)
     if note.startswith("WARNING"):
         print(note, file=sys.stderr)
     return _report(result, examples, ranks, ds.vocab, args, args.model, split.train)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: a model's dtype as the JSON results name it."""
+    return str(dtype).replace("torch.", "")
 
 
 def check_run_split(log: dict | None, model: str, temporal: Sequence[float] | None) -> None:

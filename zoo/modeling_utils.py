@@ -597,9 +597,15 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         raise NotImplementedError
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., D]`` -> ``[..., n_items]`` raw logits, ``hidden @ weight^T + bias`` (:meth:`item_output`)."""
+        """``[..., D]`` -> ``[..., n_items]`` raw logits, ``hidden @ weight^T + bias`` (:meth:`item_output`).
+
+        A 16-bit model (or hidden state) is scored in float32: ``hidden``, the item table and the bias are cast up
+        for this one matmul and the logits are float32 (:func:`score_items`). In bfloat16 the logits of a few
+        thousand items took ~1,000 distinct values, so about half the targets tied with another item (ranked
+        pessimistically by ``zoo.evaluate``: lower HR/NDCG) and top-K lists held arbitrary ties. float32 and float64
+        models are scored in their own dtype, with the same op as ever (bit-identical logits)."""
         weight, bias = self.item_output()
-        return F.linear(hidden, weight, bias)
+        return score_items(hidden, weight, bias)
 
     def state_spec(self, batch_size: int) -> list[StateTensorSpec]:
         """Named state tensors of the recurrent step (empty for models without one)."""
@@ -972,17 +978,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         scores = out.logits.float()             # the forward's own tensor (no copy: [B, n_items] is large at scale)
         # torch.topk ranks NaN above every number (first, for every user), and +-inf at a real item is the same
         # overflow (a +inf item ranked first, a -inf one taken for an excluded slot): column 0 is padding
-        # (checked on each row's max and min, NaN propagating: torch.isfinite over the whole [B, n_items] scores
-        # made float and bool copies of them, 1.7 GB at 256 x 10^6 items; bench/RESULTS_EVAL_MEMORY.md)
-        real = scores[:, 1:]
-        nan = ~(torch.isfinite(real.amax(dim=1)) & torch.isfinite(real.amin(dim=1))) if real.shape[1] \
-            else torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
-        if bool(nan.any()):
-            rows = nan.nonzero().flatten().tolist()
-            raise ScoreOverflow(f"the model's scores are NaN or infinite in batch rows {rows[:8]}"
-                                f"{' ...' if len(rows) > 8 else ''} "
-                                f"(a numeric overflow or NaN weights, e.g. in {self.dtype}): a NaN would be "
-                                "recommended first, so nothing is ranked", rows=rows)
+        self._check_scores(scores)
         scores[:, 0] = -float("inf")
         if excluded:
             scores[:, torch.as_tensor(excluded, device=scores.device)] = -float("inf")
@@ -991,6 +987,23 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             seen = torch.where(mask, input_ids.long(), torch.zeros_like(input_ids.long()))
             scores.scatter_(1, seen.to(scores.device), -float("inf"))
         return scores
+
+    def _check_scores(self, scores: torch.Tensor, what: str = "scores") -> None:
+        """:class:`ScoreOverflow` naming the batch rows of ``scores [B, n_items]`` (or ``[B, T, n_items]``) with a NaN
+        or infinite value at a real item (column 0, padding, is not read): what :meth:`predict` and :meth:`step`
+        refuse. Checked on each row's max and min, NaN propagating: ``[B]`` temporaries only (``torch.isfinite``
+        over the whole ``[B, n_items]`` scores made float and bool copies of them, 1.7 GB at 256 x 10^6 items;
+        bench/RESULTS_EVAL_MEMORY.md)."""
+        real = scores[..., 1:]
+        dims = tuple(range(1, real.dim()))
+        nan = ~(torch.isfinite(real.amax(dim=dims)) & torch.isfinite(real.amin(dim=dims))) if real.numel() \
+            else torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+        if bool(nan.any()):
+            rows = nan.nonzero().flatten().tolist()
+            raise ScoreOverflow(f"the model's {what} are NaN or infinite in batch rows {rows[:8]}"
+                                f"{' ...' if len(rows) > 8 else ''} "
+                                f"(a numeric overflow or NaN weights, e.g. in {self.dtype}): a NaN would be "
+                                "recommended first, so nothing is ranked", rows=rows)
 
     def _check_indices(self, indices: Any, what: str) -> list[int]:
         """Internal indices of real items (e.g. :meth:`predict`'s ``exclude_items``) -> Python ints; ``TypeError`` for
@@ -1316,14 +1329,17 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             timestamps: ``[B, T]`` seconds for time-aware models.
             all_positions: return logits after each of the ``T`` items (``[B, T, n_items]``) instead of only the last.
         Returns:
-            ``(logits [B, n_items] or [B, T, n_items], new_state)``, the logits in the model's dtype as
-            :meth:`forward`'s (:meth:`predict` and :meth:`recommend` give float32 scores; the state is float32 in
-            every dtype, so a float64 model steps to float32 accuracy); logits equal :meth:`forward`'s at the same
+            ``(logits [B, n_items] or [B, T, n_items], new_state)``, the logits in :meth:`forward`'s dtype (the
+            model's; float32 for a 16-bit model, :meth:`score`; the state is float32 in every dtype, so a float64
+            model steps to float32 accuracy); logits equal :meth:`forward`'s at the same
             history (exactly, up to float error, for models with ``has_exact_step``). Runs in eval mode
             (:meth:`eval_mode`) and under ``torch.no_grad()``, like :meth:`predict`: serving, not training (which goes
             through :meth:`forward`). With gradients, the state of each step would hold the autograd graph of every
             step before it, and a serving loop would grow in memory without bound. Timestamps given to a model that
-            reads none are an error.
+            reads none are an error, and so are logits NaN or infinite at a real item (a numeric overflow, e.g. of
+            16-bit weights or a state): a :class:`ScoreOverflow` naming the batch rows, as :meth:`predict` raises
+            (one max and min over the logits, a small cost next to scoring them; :meth:`forward`, which training
+            runs, is not checked).
         """
         all_positions = config_bool(all_positions, "all_positions")      # "no" is truthy
         ids = self._check_ids(item_ids, "item_ids")
@@ -1338,6 +1354,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
         with self.eval_mode():
             hidden, new_state = self._step(ids, state, ts)                    # [B, T, D]
             logits = self.score(hidden if all_positions else hidden[:, -1])
+        self._check_scores(logits, "step logits")        # a NaN / inf served would be recommended first
         return logits, new_state
 
     # ------------------------------------------------------------- catalogue
@@ -1677,6 +1694,7 @@ class SeqRecPreTrainedModel(PreTrainedModel):
             detail = "; ".join(f"{k.replace('_', ' ')}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
             raise ValueError(f"weights in {shown} do not match {cls.__name__}({config.model_type}): {detail}")
         _check_weight_values(weight_files)
+        _check_loaded_values(model, shown)      # finite in the file, but maybe not in the dtype loaded (torch_dtype)
         vocab_path = os.path.join(path, VOCAB_FILE) if os.path.isdir(path) else None
         recorded = getattr(config, "item_vocab_file", "unrecorded")      # unrecorded: saved before the field existed
         if vocab_path and recorded not in (None, "unrecorded") and not os.path.exists(vocab_path):
@@ -2028,6 +2046,20 @@ def _weight_files(path: str) -> list[str]:
     raise ValueError(f"{path} has no weights: model.safetensors is missing")
 
 
+#: the dtypes whose final item scoring runs in float32 (:func:`score_items`)
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def score_items(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``hidden [..., D] @ weight[V, D]^T (+ bias [V])`` -> ``[..., V]`` logits: ``F.linear`` in float32 when any of
+    them is 16-bit (:data:`LOW_PRECISION_DTYPES`; the copies are cast up for this matmul only, and the logits are
+    float32), else ``F.linear`` as given (float32 / float64 models: unchanged, bit for bit)."""
+    if (hidden.dtype in LOW_PRECISION_DTYPES or weight.dtype in LOW_PRECISION_DTYPES
+            or (bias is not None and bias.dtype in LOW_PRECISION_DTYPES)):
+        return F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+    return F.linear(hidden, weight, bias)
+
+
 def _check_weight_values(files: list[str]) -> None:
     """Every weight tensor floating point and finite: an integer tensor would be cast silently, a NaN would make every
     score NaN."""
@@ -2037,6 +2069,17 @@ def _check_weight_values(files: list[str]) -> None:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():                    # noqa: SIM118  (a safetensors file, not a dict)
                 check_weight_tensor(name, f.get_tensor(name), file)
+
+
+def _check_loaded_values(model: torch.nn.Module, shown: str) -> None:
+    """``ValueError`` naming the first weight of ``model`` (loaded from ``shown``) that is NaN or infinite once
+    loaded: the file's values are finite (:func:`_check_weight_values`), so such a weight overflowed the dtype it was
+    converted to (``torch_dtype=torch.float16``: beyond +-65504), and the model would serve NaN / inf scores."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not t.is_meta and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"weight {name!r} of {shown} overflows {str(t.dtype).replace('torch.', '')}: finite "
+                             f"in the file, but beyond the range of {t.dtype} (max {torch.finfo(t.dtype).max:g}) "
+                             "once converted; load the model in float32 or bfloat16 (dtype=torch.float32)")
 
 
 def check_weight_tensor(name: str, t: torch.Tensor, where: str) -> None:

@@ -428,7 +428,9 @@ class _Base:
                                        + ": regenerate its repository with python -m export.triton")
         ts = seconds(timestamps).reshape(1, -1)
         if ts.shape[1] != n:
-            raise ValueError(f"got {ts.shape[1]} timestamps for {n} items")
+            # singular for 1 as zoo.data.split._count writes it; not imported: importing zoo imports torch
+            raise ValueError(f"got {ts.shape[1]} timestamp{'' if ts.shape[1] == 1 else 's'} for {n} "
+                             f"item{'' if n == 1 else 's'}")
         if not np.isfinite(ts).all() or (ts < 0).any():
             raise ValueError("timestamps must be finite and non-negative (Unix seconds)")
         if (ts[0, 1:] < ts[0, :-1]).any():

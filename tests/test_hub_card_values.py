@@ -104,11 +104,34 @@ def _contents(folder) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture
+def no_loading(monkeypatch):
+    """The names of the loaders called (the model's weights and hash, the data), each refused, so that a test sees
+    that a card is refused before any loading (before: only after the model was evaluated)."""
+    import transformers
+
+    import zoo.data
+
+    called = []
+
+    def refuse(name):
+        def loader(*args, **kwargs):
+            called.append(name)
+            raise RuntimeError(f"{name} called before the old card was read")
+        return loader
+
+    monkeypatch.setattr(zoo.data, "load_dataset", refuse("load_dataset"))
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse("AutoModel.from_pretrained"))
+    monkeypatch.setattr(hub, "weights_sha256", refuse("weights_sha256"))
+    return called
+
+
 @pytest.mark.usefixtures("one_thread")
-def test_card_in_place_refuses_a_card_whose_old_readme_is_not_yaml(built_card, card, capsys):
+def test_card_in_place_refuses_a_card_whose_old_readme_is_not_yaml(built_card, card, capsys, no_loading):
     """``zoo.hub card --run F --out F`` over a card whose README metadata is not YAML ended in a yaml traceback. The
     old README is what the new card keeps its dataset names (and --keep-notes text) from, so it is not ignored: one
-    line naming it, status 1, and the folder left exactly as it was (nothing already written is lost)."""
+    line naming it, status 1, and the folder left exactly as it was (nothing already written is lost), refused
+    before the model or the data is loaded (it was refused only after the model had been evaluated)."""
     readme = card / "README.md"
     readme.write_text(readme.read_text().replace("license: apache-2.0", 'license: "apache-2.0', 1))
     before = _contents(card)
@@ -120,6 +143,23 @@ def test_card_in_place_refuses_a_card_whose_old_readme_is_not_yaml(built_card, c
     assert said.startswith(f"card not written: {readme}: its metadata block is not YAML ("), said
     assert "Traceback" not in capsys.readouterr().err
     assert _contents(card) == before
+    assert no_loading == []
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("broken", list(BROKEN_READMES))
+def test_card_in_place_refuses_an_unreadable_old_readme_before_any_loading(built_card, card, no_loading, broken):
+    """Every README whose metadata cannot be read (:data:`BROKEN_READMES`) is refused by ``build_card_folder`` in
+    its one line before the model, its weights' hash or the data is loaded, the folder left as it was; the data
+    path does not even exist (it would be refused, later, as a missing file)."""
+    content, says = BROKEN_READMES[broken]
+    (card / "README.md").write_bytes(content)
+    before = _contents(card)
+    with pytest.raises(ValueError) as e:
+        hub.build_card_folder(str(card), "tiny", str(card / "no such data.csv"), out_dir=str(card), repo_id=REPO,
+                              progress=False)
+    assert str(e.value).startswith(says.format(card / "README.md")) and "\n" not in str(e.value), e.value
+    assert no_loading == [] and _contents(card) == before
 
 
 def _first_value(card, value: str) -> str:

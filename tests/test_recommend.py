@@ -897,7 +897,7 @@ def test_timestamps_that_do_not_match_the_history_are_a_usage_error_before_the_m
     missing or conflicting options: exit 2 naming them (they were exit 1, after the model had loaded)."""
     _, path = _model(tmp_path, "tim4rec_causal", hidden_size=16)
     for argv, said in ((["--history", "100", "107", "--timestamps", "1000"],
-                        "--timestamps gives 1 timestamps for 2 --history items: give one per item, oldest first"),
+                        "--timestamps gives 1 timestamp for 2 --history items: give one per item, oldest first"),
                        (["--history", "100", "107"], "tim4rec_causal reads timestamps: pass --timestamps")):
         with pytest.raises(SystemExit) as e:
             main(["--model", path, *argv])

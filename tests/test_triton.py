@@ -1148,9 +1148,12 @@ def test_client_checks_timestamps_and_honours_k(monkeypatch):
     calls, _ = _fake_http_client(monkeypatch, ins, outs)
     rec = TritonRecommender("127.0.0.1:1", "m", protocol="http", n_items=N_ITEMS)
     for ts, msg in (([-1.0, 5.0], "finite and non-negative"), ([np.nan, 5.0], "finite and non-negative"),
-                    ([9.0, 5.0], r"decrease \(5\.0 after 9\.0\)"), ([5.0], "got 1 timestamps for 2 items")):
+                    ([9.0, 5.0], r"decrease \(5\.0 after 9\.0\)"), ([5.0], "^got 1 timestamp for 2 items$"),
+                    ([5.0, 6.0, 7.0], "^got 3 timestamps for 2 items$")):
         with pytest.raises(ValueError, match=msg):
             rec.recommend("u", [1, 2], timestamps=ts)
+    with pytest.raises(ValueError, match="^got 2 timestamps for 1 item$"):
+        rec.recommend("u", [1], timestamps=[1.0, 2.0])
     assert calls == []
     rec.recommend("u", [1, 2], timestamps=[0.0, 5.0])
     assert calls[-1]["inputs"] == ["item_ids", "timestamps"]

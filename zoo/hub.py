@@ -29,6 +29,7 @@ from export.fsutil import JSONReadError, json_depth_guard, read_json, strict_jso
 from .cli import (apply_threads, cannot, check_outputs, cli_device, columns_argv, error_text, positive_int,
                   refuse_links_leading_outside, shell_option, written_whole, written_whole_folder)
 from .data.benchmarks import BENCHMARKS, recognise_benchmark
+from .data.split import _count
 from .pretrained import HUB_ORG, PLACEHOLDER_ORGS, bundled_models, weights_sha256
 
 logger = logging.getLogger(__name__)
@@ -984,6 +985,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
         print(f"[zoo.hub] note: {out_dir} holds files a card does not write ({_listed(extra)}): they stay beside the "
               "card, and zoo.hub push refuses the folder unless --allow-extra", file=sys.stderr, flush=True)
     _check_same_protocol(out_dir, exclude_history)
+    replaced = _card_dataset(out_dir)       # the replaced card's names: unreadable metadata refused before measuring
     kept_notes = card_notes(out_dir) if keep_notes else ""     # refused (no markers) before any measuring
     exports = existing_onnx_exports(out_dir)            # graphs of the weights about to be replaced: re-exported below
     if exports:                                         # with what re-exports them, or refused before any measuring
@@ -1002,8 +1004,7 @@ def build_card_folder(run_dir: str, name: str, data: str, out_dir: str | None = 
     loaded = load_dataset(data, **data_options)
     data_file = os.path.basename(data)
     benchmark = source = recognise_benchmark(loaded)      # source: what the file is, whatever is left out below
-    dataset_type, dataset_name = _dataset_names(dataset_type, dataset_name, benchmark, _card_dataset(out_dir),
-                                                data_file)
+    dataset_type, dataset_name = _dataset_names(dataset_type, dataset_name, benchmark, replaced, data_file)
     # a run that left out the interactions of items its checkpoint lacked (--init-from X --unknown-items drop) is
     # measured on the data without them too, and its card says how many
     unknown_items = run_unknown_items(log)
@@ -1192,9 +1193,13 @@ def _with_dropped(description: str, dropped: dict | None) -> str:
     items, interactions and users left with none; None when nothing was)."""
     if not dropped:
         return description
+
+    def counted(key: str, word: str) -> str:        # _count's words with the card's thousands separator
+        return f"{dropped[key]:,}{_count(dropped[key], word)[len(str(dropped[key])):]}"
+
     return (f"{description.rstrip().rstrip('.')}. As in training (`--unknown-items drop`), the interactions of the "
-            f"{dropped['items']:,} items the model's item vocabulary lacks were dropped before the split: "
-            f"{dropped['interactions']:,} interactions ({dropped['users']:,} users left with none). The numbers of "
+            f"{counted('items', 'item')} the model's item vocabulary lacks were dropped before the split: "
+            f"{counted('interactions', 'interaction')} ({counted('users', 'user')} left with none). The numbers of "
             "this card are on the data without them (`zoo.evaluate --unknown-items drop` drops them too; "
             "`zoo.evaluate --baseline`, which has no vocabulary to drop them by, measures the whole file).")
 

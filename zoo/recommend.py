@@ -479,8 +479,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.timestamps and not args.history:
         p.error("--timestamps needs --history (one timestamp per history item)")
     if args.timestamps and len(args.timestamps) != len(args.history):
-        p.error(f"--timestamps gives {len(args.timestamps)} timestamps for {len(args.history)} --history items: "
-                "give one per item, oldest first")
+        from .data.split import _count
+        p.error(f"--timestamps gives {_count(len(args.timestamps), 'timestamp')} for "
+                f"{_count(len(args.history), '--history item')}: give one per item, oldest first")
     if args.out and args.out != STDOUT_PATH:
         try:                                # before any work: a folder, an unwritable place, or the --data file
             check_outputs({"--out": args.out}, {"--data": args.data, "--exclude-items-file": args.exclude_items_file,

@@ -765,10 +765,12 @@ def fit_data_to_checkpoint(ds, model, unknown_items: str = "error", where: str =
     if unknown and unknown_items == "error":
         flat = np.concatenate(ds.sequences) if ds.sequences else np.zeros(0, np.int64)
         n_rows = int(np.isin(flat, ds.vocab.encode(unknown)).sum())
+        from .data.split import _count
         raise ValueError(
-            f"{where}: {len(unknown)} of the data's {len(ds.vocab)} items ({n_rows} interactions) are not in the "
-            f"checkpoint's item vocabulary ({len(vocab)} items), e.g. {unknown[:5]}: --unknown-items add gives them "
-            "new rows (a catalogue that gained items), --unknown-items drop leaves their interactions out")
+            f"{where}: {len(unknown)} of the data's {_count(len(ds.vocab), 'item')} ({_count(n_rows, 'interaction')}) "
+            f"{'is' if len(unknown) == 1 else 'are'} not in the checkpoint's item vocabulary "
+            f"({_count(len(vocab), 'item')}), e.g. {unknown[:5]}: --unknown-items add gives them new rows (a catalogue "
+            "that gained items), --unknown-items drop leaves their interactions out")
     if unknown and unknown_items == "add":
         try:
             info["added"] = len(model.add_items(unknown))

@@ -514,6 +514,22 @@ _CONVERT = ("convert the column to Unix seconds (e.g. pandas (pd.to_datetime(df[
             "that does not read time can ignore the column: --columns time=none (columns={'time': None})")
 
 
+def _iso_normalised(m: re.Match) -> str:
+    """The date-time of ``m`` (a full :data:`_ISO_TIME` match with an offset) as ``isoformat()`` writes it, which
+    ``datetime.fromisoformat`` reads on every Python: a fraction padded to 6 digits (``.5`` -> ``.500000``, the
+    same microseconds), ``Z`` as ``+00:00`` and the offset's colon inserted (``-0500`` -> ``-05:00``). Python 3.11+
+    reads the text as written too, to the same date-time; 3.10 refuses the unpadded and colon-less forms."""
+    body, offset = m.string[m.start():m.start(1)], m.group(1)
+    whole, dot, fraction = body.partition(".")
+    if dot:                                     # 1 to 6 digits (_ISO_TIME): right-padded they are microseconds
+        body = f"{whole}.{fraction.ljust(6, '0')}"
+    if offset == "Z":
+        offset = "+00:00"
+    elif ":" not in offset:                     # +HHMM
+        offset = f"{offset[:3]}:{offset[3:]}"
+    return body + offset
+
+
 def _iso_seconds(tokens: list, where) -> np.ndarray:
     """``[N]`` float64 Unix seconds of ISO 8601 date-times with a UTC offset (``1997-09-22T16:57:58-05:00``,
     ``...Z``; :data:`_ISO_TIME`), converted exactly (to the microsecond: the offset applied, no local time zone
@@ -536,7 +552,7 @@ def _iso_seconds(tokens: list, where) -> np.ndarray:
                              "unknown (which time zone?): add the offset ('Z' for UTC, or +HH:MM), or "
                              f"{_CONVERT}")
         try:
-            out[i] = (datetime.fromisoformat(text.replace("Z", "+00:00")) - epoch) / second
+            out[i] = (datetime.fromisoformat(_iso_normalised(m)) - epoch) / second
         except ValueError as e:                                     # month 13, hour 25, ...
             raise ValueError(f"{where(i)}: timestamp {t!r} is not a valid date-time ({e})") from None
     return out

@@ -905,3 +905,20 @@ def test_timestamps_that_do_not_match_the_history_are_a_usage_error_before_the_m
         assert said in capsys.readouterr().err
     out = main(["--model", path, "--history", "100", "107", "--timestamps", "1000", "1060", "--json"])
     assert out["history_length"] == 2
+
+
+def test_stepwise_step_that_refuses_nan_logits_is_one_error_line(tmp_path, monkeypatch):
+    """step() raises ScoreOverflow on NaN / inf logits (a state that overflows, which the window forward of
+    recommend() may not hit): --stepwise turns it into the one-line overflow error, not a traceback."""
+    from zoo.evaluate import ScoreOverflow
+
+    model, path = _model(tmp_path, embedding_size=16, hidden_size=16)
+
+    def step(self, *a, **kw):
+        raise ScoreOverflow("the model's step logits are NaN or infinite in batch rows [0]", rows=[0])
+
+    monkeypatch.setattr(type(model), "step", step)
+    with pytest.raises(SystemExit) as e:
+        main(["--model", path, "--history", *map(str, ITEMS[:6]), "--k", "5", "--stepwise"])
+    assert isinstance(e.value.code, str) and e.value.code.startswith("error: --stepwise: ") \
+        and "\n" not in e.value.code, e.value.code

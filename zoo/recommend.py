@@ -628,13 +628,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if model.uses_timestamps:
             ts = torch.tensor([timestamps[-model.config.max_seq_length:]], dtype=torch.float64, device=device)
         primed, singles = stepwise_plan(len(ids))
-        with torch.no_grad():
-            state = model.init_state(1)                              # on the model's device
-            if primed:                                               # one step over the prefix
-                _, state = model.step(x[:, :primed], state, timestamps=None if ts is None else ts[:, :primed])
-            for pos in range(primed, len(ids)):                      # then one step per item, from the state carried
-                logits, state = model.step(x[:, pos:pos + 1], state,
-                                           timestamps=None if ts is None else ts[:, pos:pos + 1])
+        try:
+            with torch.no_grad():
+                state = model.init_state(1)                          # on the model's device
+                if primed:                                           # one step over the prefix
+                    _, state = model.step(x[:, :primed], state, timestamps=None if ts is None else ts[:, :primed])
+                for pos in range(primed, len(ids)):                  # then one step per item, from the state carried
+                    logits, state = model.step(x[:, pos:pos + 1], state,
+                                               timestamps=None if ts is None else ts[:, pos:pos + 1])
+        except ScoreOverflow:                             # step() refuses NaN / +-inf logits (at any step)
+            sys.exit(f"error: --stepwise: {overflow_error(None if uid is None else [uid], model.dtype)}")
         scores = logits.clone()
         scores[:, 0] = -float("inf")
         if exclude:

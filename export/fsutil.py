@@ -460,13 +460,91 @@ class _WatchedStdout:
         return self._call("flush")
 
 
+class _NoStdout:
+    """What :func:`_watch_stdout` watches in place of a stdout the process has not got (``>&-``, a daemon: Python sets
+    ``sys.stdout`` to None, and ``print`` then drops everything without an error): writing anything to it raises
+    ``OSError(EBADF, "it is closed")``, so a command that prints its product (``zoo.hub list``, ``zoo.recommend``,
+    ``zoo.evaluate``'s table) fails as one whose stdout is a full disk does; a command that prints nothing there
+    (only ``--out FILE``) is not affected. Writing nothing (``""``) and flushing succeed."""
+
+    encoding = "utf-8"
+    errors = "strict"
+    closed = False
+
+    def write(self, text):
+        if text:
+            import errno
+
+            raise OSError(errno.EBADF, "it is closed")
+        return 0
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        import io
+
+        raise io.UnsupportedOperation("standard output is closed")
+
+
+def _stdout_closed() -> bool:
+    """Whether this process has no stdout: ``sys.stdout`` is None (Python's answer to a descriptor 1 closed at
+    start: ``>&-``) or its descriptor is not open (closed since)."""
+    if sys.stdout is None:
+        return True
+    try:
+        os.fstat(sys.stdout.fileno())
+    except OSError as e:
+        import errno
+
+        return e.errno == errno.EBADF
+    except (AttributeError, ValueError):                   # no descriptor (a StringIO, a capture): a stream still
+        pass
+    return False
+
+
+def _hold_descriptor_1() -> None:
+    """With descriptor 1 closed, the next file the command opens (its ``--out``) would get it -- and whatever writes
+    to descriptor 1 below Python (C code's ``printf``, ``os.write(1, ...)``) would write into that file: descriptor
+    1 is pointed at ``os.devnull`` first (and left there)."""
+    try:
+        os.fstat(1)
+        return
+    except OSError:
+        pass
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        if fd != 1:
+            os.dup2(fd, 1)
+            os.close(fd)
+    except OSError:                                        # pragma: no cover - no os.devnull
+        pass
+
+
 def _watch_stdout():
     """Make ``sys.stdout`` a :class:`_WatchedStdout` of itself and return what to put back after
-    (:func:`_unwatch_stdout`), or None when nothing was changed: no stdout (``>&-``: ``sys.stdout`` is None, and
-    stays None, so that ``print`` drops what it is given as Python does), or one already watched (a nested call)."""
-    if sys.stdout is None or isinstance(sys.stdout, _WatchedStdout):
+    (:func:`_unwatch_stdout`), or None when nothing was changed (one already watched: a nested call). A process
+    without a stdout (``>&-``: ``sys.stdout`` is None, or its descriptor is not open, :func:`_stdout_closed`) gets a
+    watched :class:`_NoStdout`: what the command prints fails the run (``cannot write to standard output (it is
+    closed)``, status 1) rather than being dropped with status 0, while a command that prints nothing still ends
+    with 0."""
+    if isinstance(sys.stdout, _WatchedStdout):
         return None
-    watched = _WatchedStdout(sys.stdout)
+    if _stdout_closed():
+        _hold_descriptor_1()
+        watched = _WatchedStdout(_NoStdout())
+    else:
+        watched = _WatchedStdout(sys.stdout)
     original, sys.stdout = sys.stdout, watched
     return watched, original
 
@@ -568,8 +646,10 @@ def run_cli(main: Callable, *args, prog: str | None = None):
     quietly with status 141 (what was written whole stays whole; nothing half-written is left, the writers replace
     their outputs only once complete). Any other failure to write stdout -- a full disk (``> /dev/full``), an I/O
     error, no stdout at all (``>&-``) -- ends it with one line on stderr, ``PROG: error: cannot write to standard
-    output (No space left on device)``, and status 1 (:data:`EXIT_ERROR`), without a traceback: ``sys.stdout`` is
-    watched for the call (:class:`_WatchedStdout`), so only an error of writing it is taken for stdout's; any other
+    output (No space left on device)``, and status 1 (:data:`EXIT_ERROR`), without a traceback -- with no stdout, as
+    soon as the command writes anything there (``print`` would drop it: :class:`_NoStdout`), while a command that
+    writes nothing there still ends with 0. ``sys.stdout`` is watched for the call (:class:`_WatchedStdout`), so
+    only an error of writing it is taken for stdout's; any other
     ``OSError`` (a data file that cannot be read) goes on up as it was. A file output is never left cut short by it:
     the writers replace their files only once complete. A command ending with ``sys.exit`` whose stdout cannot take
     what it printed gets that line too (status 1 in place of 0). Ctrl-C (``KeyboardInterrupt``) ends it with one

@@ -213,7 +213,8 @@ def test_a_stdout_that_cannot_be_written_is_one_line_and_status_1_other_errors_s
     ``OSError: [Errno 28]`` (or ``AttributeError: 'NoneType' object has no attribute 'write'``) in every command.
     run_cli ends it with one line naming standard output and the OS error, status 1 -- also when the command caught
     the error and went on (argparse's --help drops it) -- while an OSError or AttributeError of anything else (a data
-    file that cannot be read) goes on up as it was, even with such a stdout; print() without a stdout stays quiet."""
+    file that cannot be read) goes on up as it was, even with such a stdout; print() without a stdout fails the same
+    way (it dropped the output with status 0), a command that writes nothing there does not fail."""
     line = "cmd: error: cannot write to standard output ({})"
 
     def product():
@@ -252,7 +253,8 @@ def test_a_stdout_that_cannot_be_written_is_one_line_and_status_1_other_errors_s
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(sys, "stdout", None)                # >&-
     assert ended(product) == [line.format("it is closed")]
-    assert run_cli(lambda: print("a note") or "done", prog="cmd") == "done"
+    assert ended(lambda: print("a note")) == [line.format("it is closed")]    # not dropped with status 0
+    assert run_cli(lambda: "done", prog="cmd") == "done"     # nothing written to it: no failure
     with pytest.raises(AttributeError, match="missing"):
         run_cli(lambda: types.SimpleNamespace().missing, prog="cmd")
 

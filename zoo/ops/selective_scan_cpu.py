@@ -35,14 +35,26 @@ folder); importing this module never raises.
 Builds are serialised across processes by an ``flock`` on the build folder (:func:`_build_lock`), which the kernel
 releases when its holder dies: torch's own ``lock`` file, which a build killed half-way leaves behind and torch then
 waits on forever, is removed (with a warning) when found under it.
+
+A finished build is recorded in its folder (:data:`_COMPLETE_FILE`, written whole once the library has loaded: the
+torch, Python, source and flags it was built from, and the library's SHA-256). A later process whose torch, Python,
+source and flags are the same loads that library as it is (:func:`_load_complete`), writing nothing and taking no
+lock -- so a kernel built once into a container image, or a cache of another user, serves a read-only filesystem; a
+library a killed build left half-written does not match its record (nor has one) and is rebuilt, under the lock. A
+cache folder that cannot be written and holds no such build is :class:`KernelCacheError`, whose one line names
+``TORCH_EXTENSIONS_DIR``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import importlib.util
+import json
 import os
 import pathlib
+import platform
 import sys
 import tempfile
 import threading
@@ -51,7 +63,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["is_available", "selective_scan_cpu", "load_extension", "CHECKPOINT_CHUNK"]
+__all__ = ["is_available", "selective_scan_cpu", "load_extension", "CHECKPOINT_CHUNK", "KernelBuildError",
+           "KernelCacheError"]
 
 CHECKPOINT_CHUNK = 32
 _EXT_NAME = "zoo_selective_scan_cpu"  # bump the build dir when flags change
@@ -66,6 +79,10 @@ _VARIANTS = (
 _NO_OPENMP_FILE = "no-openmp-compiler.txt"
 #: in the first variant's build folder: the full compiler output of the last failed build
 _BUILD_LOG = "build-failed.log"
+#: in each variant's build folder, written whole once its library has loaded (:func:`_record_complete`): what it
+#: was built from (:func:`_build_key`), the library's file name and its SHA-256 -- the library is complete when its
+#: record says so and is loaded without a build (:func:`_load_complete`)
+_COMPLETE_FILE = "zoo-build-complete.json"
 _SRC = pathlib.Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
 
 _lock = threading.Lock()
@@ -74,16 +91,33 @@ _tried = False
 _error: Optional[str] = None
 
 
-def _build_dir(name: str = _EXT_NAME) -> str:
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "zoo_extensions"
-    )
+def _cache_root() -> str:
+    """The folder the build folders are in: ``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/zoo_extensions``."""
+    return os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "zoo_extensions")
+
+
+def _build_dir(name: str = _EXT_NAME, create: bool = True) -> str:
+    """The build folder of the variant ``name`` (created unless ``create`` is false: a load that only reads)."""
     # one folder per torch version, so that an upgrade never loads a stale binary, and per source file: ninja's build
     # file names the source's path, so two checkouts sharing one folder rebuilt it in turn at every load
     src = hashlib.sha256(str(_SRC).encode()).hexdigest()[:10]
-    d = os.path.join(root, f"{name}_torch{torch.__version__.replace('+', '_')}_{src}")
-    os.makedirs(d, exist_ok=True)
+    d = os.path.join(_cache_root(), f"{name}_torch{torch.__version__.replace('+', '_')}_{src}")
+    if create:
+        os.makedirs(d, exist_ok=True)
     return d
+
+
+class KernelCacheError(RuntimeError):
+    """The kernel's cache folder cannot be written (a read-only filesystem, a folder of another user) and holds no
+    complete build for this torch, Python, source and flags: ``str()`` is one line naming the folder and the fix."""
+
+    def __init__(self, folder: str, exc: OSError):
+        why = exc.strerror or str(exc)
+        super().__init__(
+            f"the kernel cache {folder} cannot be written ({why}) and holds no complete build of the kernel for this "
+            "torch, Python and source: set TORCH_EXTENSIONS_DIR to a writable folder, or build the kernel into this "
+            "cache while it is writable (python -c 'from zoo.ops import selective_scan_cpu as s; s.load_extension()')")
+        self.folder = folder
 
 
 class KernelBuildError(RuntimeError):
@@ -132,32 +166,161 @@ def _save_log(text: str) -> Optional[str]:
 
 
 def _openmp_refused() -> bool:
-    """Whether this compiler already failed the OpenMP build where the build without OpenMP succeeded."""
+    """Whether this compiler already failed the OpenMP build where the build without OpenMP succeeded (reads only:
+    a read-only cache answers it too)."""
     try:
-        path = os.path.join(_build_dir(_VARIANTS[0][0]), _NO_OPENMP_FILE)
+        path = os.path.join(_build_dir(_VARIANTS[0][0], create=False), _NO_OPENMP_FILE)
         with open(path, encoding="utf-8") as f:
             return f.read().strip() == _compiler()
     except OSError:
         return False
 
 
+def _write_whole(folder: str, name: str, text: str) -> None:
+    """Write ``folder/name`` whole (a temporary file replaced into place) with the umask's mode, as the build's own
+    files: a cache built by one user (a container image's build) is read by others; raises ``OSError``."""
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(folder, name))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def _record_openmp_refused() -> None:
     """Record :func:`_openmp_refused` for later processes (written whole; a folder this user cannot write in is
     left as it is: the OpenMP build is then tried again next time, nothing else)."""
     try:
-        folder = _build_dir(_VARIANTS[0][0])
-        fd, tmp = tempfile.mkstemp(prefix=f".{_NO_OPENMP_FILE}.", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_compiler() + "\n")
-        os.replace(tmp, os.path.join(folder, _NO_OPENMP_FILE))
+        _write_whole(_build_dir(_VARIANTS[0][0]), _NO_OPENMP_FILE, _compiler() + "\n")
     except OSError:
         pass
 
 
+def _build_key(name: str, cflags, ldflags) -> dict:
+    """What a build of the variant ``name`` depends on: torch (version and commit), the Python ABI, the platform, the
+    source's SHA-256 and the flags. A recorded build (:data:`_COMPLETE_FILE`) is loaded only when all of it is the
+    same; the compiler is not part of it (a built library does not need one)."""
+    return {"name": name, "torch": torch.__version__, "torch_git": getattr(torch.version, "git_version", None),
+            "python": sys.implementation.cache_tag, "platform": f"{sys.platform}-{platform.machine()}",
+            "source_sha256": hashlib.sha256(_SRC.read_bytes()).hexdigest(),
+            "extra_cflags": list(cflags), "extra_ldflags": list(ldflags)}
+
+
+def _import_library(path: str):
+    """Import the extension module ``path`` (``NAME.so``) as ``torch.utils.cpp_extension.load`` imports what it built
+    (``importlib`` from the file: ``PyInit_NAME``)."""
+    module_name = os.path.basename(path).split(".")[0]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _recorded_library(build_dir: str, key: dict):
+    """``(path, sha256)`` of the library the record in ``build_dir`` (:data:`_COMPLETE_FILE`) names, when the record
+    is of a build with this ``key`` (:func:`_build_key`); else None (no record, another build's, unreadable)."""
+    try:
+        with open(os.path.join(build_dir, _COMPLETE_FILE), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    library, sha = record.get("library"), record.get("sha256")
+    if (not isinstance(library, str) or not isinstance(sha, str) or os.path.basename(library) != library
+            or not library.startswith(key["name"] + ".")):
+        return None
+    return os.path.join(build_dir, library), sha
+
+
+def _load_complete(build_dir: str, key: dict):
+    """The library a finished build recorded in ``build_dir`` (:data:`_COMPLETE_FILE`), imported without writing
+    anything -- when the record's :func:`_build_key` is ``key`` and the library's SHA-256 is the recorded one (a
+    library a killed build left half-written, or one rebuilt since, is not) -- else None."""
+    from export.fsutil import file_sha256
+
+    recorded = _recorded_library(build_dir, key)
+    if recorded is None:
+        return None
+    try:
+        if file_sha256(recorded[0]) != recorded[1]:
+            return None
+        return _import_library(recorded[0])
+    except (OSError, ImportError):
+        return None
+
+
+def _forget_complete(build_dir: str, key: dict) -> None:
+    """Remove the record of a finished build before a (re)build rewrites the library (no process loads it
+    meanwhile). A library whose record has this ``key`` but not its SHA-256 was changed after its build (cut short,
+    overwritten): it is removed too, so that torch relinks it (ninja's log still calls it up to date)."""
+    from export.fsutil import file_sha256
+
+    recorded = _recorded_library(build_dir, key)
+    with contextlib.suppress(OSError):
+        if recorded is not None and file_sha256(recorded[0]) != recorded[1]:
+            os.remove(recorded[0])
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(build_dir, _COMPLETE_FILE))
+
+
+def _record_complete(build_dir: str, ext, key: dict) -> None:
+    """Record that the library of ``ext`` (just built or checked by torch, and loaded) is complete
+    (:data:`_COMPLETE_FILE`, written whole); a folder where it cannot be written is left as it is (the next process
+    takes the lock and lets torch check the build again, nothing else)."""
+    from export.fsutil import file_sha256
+
+    path = getattr(ext, "__file__", None)
+    if not path or os.path.dirname(os.path.abspath(path)) != os.path.abspath(build_dir):
+        return
+    try:
+        record = {"key": key, "library": os.path.basename(path), "sha256": file_sha256(path), "compiler": _compiler()}
+        _write_whole(build_dir, _COMPLETE_FILE, json.dumps(record, indent=1) + "\n")
+    except OSError:
+        pass
+
+
+#: what an ``OSError`` of creating the build folder or its lock means when the cache cannot be written
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _build(name: str, cflags, ldflags, key: dict, verbose: bool):
+    """Build (or let torch check and load) the variant ``name`` under the build lock, and record it complete; raises
+    :class:`KernelCacheError` when the folder or its lock cannot be created for want of write access."""
+    from torch.utils.cpp_extension import load
+
+    with contextlib.ExitStack() as stack:
+        try:
+            build_dir = _build_dir(name)
+            stack.enter_context(_build_lock(build_dir))
+        except OSError as exc:
+            if exc.errno in _UNWRITABLE:
+                raise KernelCacheError(_build_dir(name, create=False), exc) from exc
+            raise
+        ext = _load_complete(build_dir, key)            # built by another process while this one waited on the lock
+        if ext is not None:
+            return ext
+        _forget_complete(build_dir, key)
+        with _some_stdout():
+            ext = load(name=name, sources=[str(_SRC)], extra_cflags=cflags, extra_ldflags=ldflags,
+                       build_directory=build_dir, verbose=verbose)
+        _record_complete(build_dir, ext, key)
+        return ext
+
+
 def load_extension(verbose: bool = False):
-    """Build (first time) / load the extension; raises on failure (:class:`KernelBuildError` when the compiler
-    fails, with one line and the path of the full log). The build with OpenMP is tried first, then the one without
-    (:data:`_VARIANTS`), unless this compiler is known to fail the first (:func:`_openmp_refused`)."""
+    """Load the extension, building it the first time; raises on failure (:class:`KernelBuildError` when the
+    compiler fails, with one line and the path of the full log; :class:`KernelCacheError` when the cache folder
+    cannot be written and holds no complete build). The build with OpenMP is tried first, then the one without
+    (:data:`_VARIANTS`), unless this compiler is known to fail the first (:func:`_openmp_refused`). A variant whose
+    complete build is recorded in its folder (:func:`_load_complete`) is loaded without writing anything and without
+    the lock; only a build takes the lock (:func:`_build`)."""
     global _ext
     if _ext is not None:
         return _ext
@@ -167,30 +330,33 @@ def load_extension(verbose: bool = False):
         raise RuntimeError("the 'ninja' package is missing (pip install ninja)") from exc
     if not _SRC.exists():
         raise RuntimeError(f"extension source not found: {_SRC}")
-    from torch.utils.cpp_extension import load
 
     variants = _VARIANTS[1:] if _openmp_refused() else _VARIANTS
     failures = []
     for name, cflags, ldflags in variants:
-        try:
-            build_dir = _build_dir(name)
-            with _build_lock(build_dir), _some_stdout():
-                ext = load(name=name, sources=[str(_SRC)], extra_cflags=cflags, extra_ldflags=ldflags,
-                           build_directory=build_dir, verbose=verbose)
-        except Exception as exc:  # noqa: BLE001 - a compiler's failure of any kind: the next variant, or the report
-            failures.append((name, cflags, exc))
-            continue
-        if failures and name != _VARIANTS[0][0]:
+        key = _build_key(name, cflags, ldflags)
+        ext = _load_complete(_build_dir(name, create=False), key)
+        if ext is None:
+            try:
+                ext = _build(name, cflags, ldflags, key, verbose)
+            except Exception as exc:  # noqa: BLE001 - a compiler's failure of any kind: the next variant, or the report
+                failures.append((name, cflags, exc))
+                continue
+        built = [f for f in failures if not isinstance(f[2], KernelCacheError)]     # the compiler's failures
+        if built and name != _VARIANTS[0][0]:
             _record_openmp_refused()
-            log = _save_log(_failure_text(failures))
+            log = _save_log(_failure_text(built))
             warnings.warn(f"the C++ compiler {_compiler()!r} could not build the fused CPU kernel with OpenMP "
-                          f"({_last_error_line(str(failures[0][2]))}); it was built without OpenMP, so each scan runs "
+                          f"({_last_error_line(str(built[0][2]))}); it was built without OpenMP, so each scan runs "
                           f"on one thread" + (f" (full compiler log: {log})" if log else ""), RuntimeWarning,
                           stacklevel=2)
         _ext = ext
         return _ext
-    log = _save_log(_failure_text(failures))
-    raise KernelBuildError(_last_error_line(str(failures[-1][2])), log) from failures[-1][2]
+    compiler_failures = [f for f in failures if not isinstance(f[2], KernelCacheError)]
+    if not compiler_failures:
+        raise failures[0][2]
+    log = _save_log(_failure_text(compiler_failures))
+    raise KernelBuildError(_last_error_line(str(compiler_failures[-1][2])), log) from compiler_failures[-1][2]
 
 
 def _failure_text(failures) -> str:
@@ -253,7 +419,8 @@ def is_available() -> bool:
             try:
                 load_extension()
             except Exception as exc:  # noqa: BLE001 - any build problem means "unavailable"
-                _error = str(exc) if isinstance(exc, KernelBuildError) else f"{type(exc).__name__}: {exc}"
+                one_line = isinstance(exc, (KernelBuildError, KernelCacheError))
+                _error = str(exc) if one_line else f"{type(exc).__name__}: {exc}"
                 warnings.warn(
                     f"zoo: the fused CPU selective-scan kernel is unavailable ({_error}); Mamba's selective scan "
                     "runs the pure-PyTorch reference instead (about 25x slower to train on CPU)",

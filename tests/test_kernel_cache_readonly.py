@@ -160,12 +160,16 @@ def test_a_complete_build_loads_from_a_read_only_cache_without_writing(built, tm
     root, folder = _copy(built, tmp_path / "ro")
     (folder / ".zoo-build.flock").unlink()
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(root))
+    imported, real_import = [], ssc._import_library
+    # the library imported is named by the path asked for: a process that already imported the extension (an earlier
+    # test) gets that same module back from Python for the same module name, whatever the path
+    monkeypatch.setattr(ssc, "_import_library", lambda path: imported.append(path) or real_import(path))
     with _read_only(root, monkeypatch) as tried:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert fresh.is_available(), fresh.unavailable_reason()
     assert tried == []
-    assert fresh._ext.__file__ == str(folder / (ssc._EXT_NAME + ".so"))
+    assert imported == [str(folder / (ssc._EXT_NAME + ".so"))] and fresh._ext is not None
     assert not (folder / ".zoo-build.flock").exists()                 # no lock taken
     g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
     u, delta = torch.randn(2, 3, 11, generator=g), torch.rand(2, 3, 11, generator=g)
@@ -282,3 +286,29 @@ def test_a_real_read_only_mount_serves_the_built_kernel(built, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr
     (line,) = [ln for ln in r.stderr.splitlines() if "RuntimeWarning" in ln]
     assert "TORCH_EXTENSIONS_DIR" in line and "Read-only file system" in line, r.stderr
+
+
+def test_each_build_gets_fresh_flag_lists(tmp_path, monkeypatch, fresh):
+    """torch's ``load`` appends its own link flags (``-L.../torch/lib -lc10 ...``) to the ``extra_ldflags`` list it is
+    given: handed the variant's own list, a second build in the same process (after a failed variant, or a test
+    resetting the module) got those flags twice and a record key that no other process computes, so a complete
+    build was never found and the kernel was relinked. Each call gets fresh lists, and the variants stay as written."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    given = []
+
+    def fake_load(name, sources, extra_cflags, extra_ldflags, build_directory, verbose):
+        given.append((list(extra_cflags), list(extra_ldflags)))
+        extra_cflags.append("-DAPPENDED_BY_TORCH")
+        extra_ldflags.append("-lappended_by_torch")      # what torch.utils.cpp_extension does to the list given
+        return object()
+
+    import torch.utils.cpp_extension as cpp
+
+    monkeypatch.setattr(cpp, "load", fake_load)
+    monkeypatch.setattr(ssc, "_record_complete", lambda *a: None)
+    variant = ssc._VARIANTS[0]
+    before = [list(v) if not isinstance(v, str) else v for v in variant]
+    for _ in range(2):
+        ssc._build(*variant, ssc._build_key(*variant), False)
+    assert given[0] == given[1] == (before[1], before[2])
+    assert [list(v) if not isinstance(v, str) else v for v in ssc._VARIANTS[0]] == before

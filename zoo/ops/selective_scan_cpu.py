@@ -69,10 +69,11 @@ __all__ = ["is_available", "selective_scan_cpu", "load_extension", "CHECKPOINT_C
 CHECKPOINT_CHUNK = 32
 _EXT_NAME = "zoo_selective_scan_cpu"  # bump the build dir when flags change
 #: the builds tried in turn, each ``(name, extra_cflags, extra_ldflags)`` and built into a folder of its own
-#: (:func:`_build_dir`): with OpenMP, then without it for compilers that have none (Apple clang)
+#: (:func:`_build_dir`): with OpenMP, then without it for compilers that have none (Apple clang). Tuples: torch's
+#: ``load`` appends its own link flags to the lists it is given, so each call gets fresh lists (:func:`_build`)
 _VARIANTS = (
-    (_EXT_NAME, ["-O3", "-fopenmp", "-fno-trapping-math"], ["-fopenmp"]),
-    (_EXT_NAME + "_noomp", ["-O3", "-fno-trapping-math"], []),
+    (_EXT_NAME, ("-O3", "-fopenmp", "-fno-trapping-math"), ("-fopenmp",)),
+    (_EXT_NAME + "_noomp", ("-O3", "-fno-trapping-math"), ()),
 )
 #: in the OpenMP variant's build folder: the compiler (``$CXX``) that failed to build it while the build without
 #: OpenMP succeeded -- later loads with that compiler go straight to the build without OpenMP
@@ -308,7 +309,7 @@ def _build(name: str, cflags, ldflags, key: dict, verbose: bool):
             return ext
         _forget_complete(build_dir, key)
         with _some_stdout():
-            ext = load(name=name, sources=[str(_SRC)], extra_cflags=cflags, extra_ldflags=ldflags,
+            ext = load(name=name, sources=[str(_SRC)], extra_cflags=list(cflags), extra_ldflags=list(ldflags),
                        build_directory=build_dir, verbose=verbose)
         _record_complete(build_dir, ext, key)
         return ext

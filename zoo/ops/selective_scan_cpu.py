@@ -178,18 +178,12 @@ def _openmp_refused() -> bool:
 
 
 def _write_whole(folder: str, name: str, text: str) -> None:
-    """Write ``folder/name`` whole (a temporary file replaced into place) with the umask's mode, as the build's own
-    files: a cache built by one user (a container image's build) is read by others; raises ``OSError``."""
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(folder, name))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    """Write ``folder/name`` whole with the umask's mode (:func:`zoo.cli.written_whole`), as the build's own files: a
+    cache built by one user (a container image's build) is read by others; raises ``OSError``."""
+    from ..cli import written_whole
+
+    with written_whole(os.path.join(folder, name)) as f:
+        f.write(text)
 
 
 def _record_openmp_refused() -> None:
